@@ -1,0 +1,520 @@
+/**
+ * Benchmark harness: the project's benchmark row/report format (`--json FILE`), machine
+ * description with a noise verdict, sample statistics, size parsing and sweeps, quick/full
+ * profiles, and the text table that compares every transport against the raw baselines
+ * measured in the same run.
+ */
+
+import { mkdirSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import { dirname } from "node:path";
+import Table from "cli-table3";
+import pc from "picocolors";
+
+// ---- format -----------------------------------------------------------------------------
+
+export type Metric = "latency_us" | "bandwidth_MBps" | "ops_per_s";
+export type Scope = "intra-host" | "cross-host";
+
+export const METRICS: readonly Metric[] = ["latency_us", "bandwidth_MBps", "ops_per_s"];
+export const SCOPES: readonly Scope[] = ["intra-host", "cross-host"];
+/** Transport names used across the project (rows may carry others; validation does not restrict). */
+export const TRANSPORTS = [
+  "native",
+  "bypass",
+  "split",
+  "raw-sab",
+  "raw-relay",
+  "postmessage",
+  "raw-tcp",
+  "memcpy",
+  "evtchn",
+  "ring",
+] as const;
+
+/** One line of `--json` output. Field names are a public interface: do not rename. */
+export interface BenchRow {
+  bench: string;
+  transport: string;
+  scope: Scope;
+  bytes: number;
+  metric: Metric;
+  median: number;
+  min: number;
+  max: number;
+  runs: number;
+}
+
+export interface MachineInfo {
+  hostname: string;
+  /** ISO date at start. */
+  date: string;
+  platform: string;
+  arch: string;
+  /** Kernel release (os.release()). */
+  release: string;
+  node: string;
+  v8: string;
+  cpus: { count: number; model: string };
+  totalMemBytes: number;
+  /** 1, 5, 15-minute load averages when the run started. */
+  loadavgStart: number[];
+  /** Same, when the run ended (set by finishMachineInfo). */
+  loadavgEnd?: number[];
+  /** Largest max/min spread over the rows (set by finishMachineInfo). */
+  maxSpread?: number;
+  noisy: boolean;
+  noiseReason?: string;
+}
+
+export interface BenchReport {
+  machine: MachineInfo;
+  rows: BenchRow[];
+}
+
+// ---- machine ----------------------------------------------------------------------------
+
+/** A machine is noisy when its 1-minute load average at start exceeds this × cores. */
+export const NOISY_LOAD_PER_CORE = 0.5;
+/** …or when a row's max/min over repeated runs exceeds this. */
+export const NOISY_SPREAD = 3;
+
+function round2(x: number): number {
+  return Math.round(x * 100) / 100;
+}
+
+/** Describe the machine at the start of a run; call finishMachineInfo at the end. */
+export function machineInfo(): MachineInfo {
+  const cpus = os.cpus();
+  const count = cpus.length > 0 ? cpus.length : os.availableParallelism();
+  const loadavgStart = os.loadavg().map(round2);
+  const info: MachineInfo = {
+    hostname: os.hostname(),
+    date: new Date().toISOString(),
+    platform: os.platform(),
+    arch: os.arch(),
+    release: os.release(),
+    node: process.versions.node,
+    v8: process.versions.v8,
+    cpus: { count, model: cpus[0]?.model.trim() || "unknown" },
+    totalMemBytes: os.totalmem(),
+    loadavgStart,
+    noisy: false,
+  };
+  const limit = NOISY_LOAD_PER_CORE * count;
+  if (loadavgStart[0] > limit) {
+    info.noisy = true;
+    info.noiseReason = `1-minute load average at start was ${loadavgStart[0]} (> ${limit} for ${count} cores)`;
+  }
+  return info;
+}
+
+/** Spread of one row: max/min (Infinity when min is 0 and max is not). */
+export function rowSpread(row: BenchRow): number {
+  if (row.min > 0) return row.max / row.min;
+  return row.max > 0 ? Number.POSITIVE_INFINITY : 1;
+}
+
+/**
+ * Complete a MachineInfo at the end of a run: load average at end, and the noise verdict
+ * extended with the spread of repeated runs in `rows` (rows with at least 2 runs).
+ */
+export function finishMachineInfo(info: MachineInfo, rows: readonly BenchRow[] = []): MachineInfo {
+  const out: MachineInfo = { ...info, loadavgEnd: os.loadavg().map(round2) };
+  const reasons = info.noiseReason ? [info.noiseReason] : [];
+  let worst: BenchRow | undefined;
+  let worstSpread = 1;
+  for (const row of rows) {
+    if (row.runs < 2) continue;
+    const s = rowSpread(row);
+    if (s > worstSpread) {
+      worstSpread = s;
+      worst = row;
+    }
+  }
+  if (rows.length > 0) out.maxSpread = Number.isFinite(worstSpread) ? round2(worstSpread) : worstSpread;
+  if (worst && worstSpread > NOISY_SPREAD) {
+    const s = Number.isFinite(worstSpread) ? `${round2(worstSpread)}×` : "unbounded";
+    reasons.push(
+      `runs spread ${s} (max/min > ${NOISY_SPREAD}) in ${worst.bench} ${worst.transport} ${formatBytes(worst.bytes)}`,
+    );
+  }
+  out.noisy = reasons.length > 0;
+  if (out.noisy) out.noiseReason = reasons.join("; ");
+  else delete out.noiseReason;
+  return out;
+}
+
+/** One or two lines describing the machine; says so when the machine was noisy. */
+export function describeMachine(info: MachineInfo, opts: { color?: boolean } = {}): string {
+  const c = pc.createColors(opts.color ?? pc.isColorSupported);
+  const gib = (info.totalMemBytes / 2 ** 30).toFixed(1);
+  const load = `load ${info.loadavgStart.join(" ")}${info.loadavgEnd ? ` → ${info.loadavgEnd.join(" ")}` : ""}`;
+  let s =
+    `${info.hostname}: ${info.cpus.count} × ${info.cpus.model}, ${gib} GiB, ${info.platform}/${info.arch} ` +
+    `${info.release}, Node ${info.node} (V8 ${info.v8}), ${load}, ${info.date}`;
+  if (info.noisy)
+    s += `\n${c.yellow(`NOISY MACHINE: ${info.noiseReason ?? "unknown reason"}; compare ratios only`)}`;
+  return s;
+}
+
+// ---- statistics -------------------------------------------------------------------------
+
+export interface Summary {
+  median: number;
+  min: number;
+  max: number;
+  runs: number;
+}
+
+/** Median (mean of the middle two for even counts), min, max and count of samples. */
+export function summarize(samples: readonly number[]): Summary {
+  if (samples.length === 0) throw new Error("summarize: no samples");
+  for (const s of samples) {
+    if (typeof s !== "number" || !Number.isFinite(s)) throw new Error(`summarize: non-finite sample ${s}`);
+  }
+  const sorted = [...samples].sort((a, b) => a - b);
+  const n = sorted.length;
+  const mid = n >> 1;
+  const median = n % 2 === 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+  return { median, min: sorted[0], max: sorted[n - 1], runs: n };
+}
+
+/**
+ * Run `fn` `warmup` times (results discarded), then `runs` times, returning the samples.
+ * Each sample is typically itself a mean over many iterations measured inside a worker.
+ */
+export async function measure(
+  runs: number,
+  warmup: number,
+  fn: (run: number) => number | Promise<number>,
+): Promise<number[]> {
+  if (!Number.isInteger(runs) || runs < 1)
+    throw new Error(`measure: runs must be a positive integer, got ${runs}`);
+  if (!Number.isInteger(warmup) || warmup < 0) {
+    throw new Error(`measure: warmup must be a non-negative integer, got ${warmup}`);
+  }
+  for (let i = 0; i < warmup; i++) await fn(-1 - i);
+  const samples: number[] = [];
+  for (let i = 0; i < runs; i++) {
+    const s = await fn(i);
+    if (typeof s !== "number" || !Number.isFinite(s)) throw new Error(`measure: run ${i} returned ${s}`);
+    samples.push(s);
+  }
+  return samples;
+}
+
+export interface RowKey {
+  bench: string;
+  transport: string;
+  bytes: number;
+  metric: Metric;
+  /** Defaults to "intra-host". */
+  scope?: Scope;
+}
+
+/** Build a row from raw samples or an existing summary. */
+export function makeRow(key: RowKey, samples: readonly number[] | Summary): BenchRow {
+  const s = Array.isArray(samples) ? summarize(samples as readonly number[]) : (samples as Summary);
+  const row: BenchRow = {
+    bench: key.bench,
+    transport: key.transport,
+    scope: key.scope ?? "intra-host",
+    bytes: key.bytes,
+    metric: key.metric,
+    median: s.median,
+    min: s.min,
+    max: s.max,
+    runs: s.runs,
+  };
+  const problems = rowProblems(row, "row");
+  if (problems.length > 0) throw new Error(`makeRow: ${problems.join("; ")}`);
+  return row;
+}
+
+// ---- validation -------------------------------------------------------------------------
+
+function isObject(x: unknown): x is Record<string, unknown> {
+  return typeof x === "object" && x !== null && !Array.isArray(x);
+}
+
+function rowProblems(row: unknown, where: string): string[] {
+  if (!isObject(row)) return [`${where}: not an object`];
+  const p: string[] = [];
+  for (const f of ["bench", "transport"]) {
+    if (typeof row[f] !== "string" || row[f] === "") p.push(`${where}.${f}: expected a non-empty string`);
+  }
+  if (!SCOPES.includes(row.scope as Scope)) p.push(`${where}.scope: expected one of ${SCOPES.join(", ")}`);
+  if (!METRICS.includes(row.metric as Metric))
+    p.push(`${where}.metric: expected one of ${METRICS.join(", ")}`);
+  if (!Number.isSafeInteger(row.bytes) || (row.bytes as number) < 0) {
+    p.push(`${where}.bytes: expected a non-negative integer`);
+  }
+  if (!Number.isSafeInteger(row.runs) || (row.runs as number) < 1)
+    p.push(`${where}.runs: expected a positive integer`);
+  let numbersOk = true;
+  for (const f of ["median", "min", "max"]) {
+    if (typeof row[f] !== "number" || !Number.isFinite(row[f])) {
+      p.push(`${where}.${f}: expected a finite number`);
+      numbersOk = false;
+    }
+  }
+  if (numbersOk) {
+    const { min, median, max } = row as unknown as BenchRow;
+    if (!(min <= median && median <= max)) p.push(`${where}: expected min <= median <= max`);
+  }
+  return p;
+}
+
+/** Every problem found in a would-be BenchReport (empty when valid). */
+export function reportProblems(obj: unknown): string[] {
+  if (!isObject(obj)) return ["report: not an object"];
+  const p: string[] = [];
+  if (!isObject(obj.machine)) p.push("machine: expected an object");
+  else if (typeof obj.machine.noisy !== "boolean") p.push("machine.noisy: expected a boolean");
+  if (!Array.isArray(obj.rows)) p.push("rows: expected an array");
+  else {
+    obj.rows.forEach((r, i) => {
+      p.push(...rowProblems(r, `rows[${i}]`));
+    });
+  }
+  return p;
+}
+
+/** Check a parsed `--json` file against the row format; returns it typed, or throws listing the problems. */
+export function validateReport(obj: unknown): BenchReport {
+  const problems = reportProblems(obj);
+  if (problems.length > 0) {
+    const shown = problems.slice(0, 10).join("; ");
+    const more = problems.length > 10 ? ` (and ${problems.length - 10} more)` : "";
+    throw new Error(`invalid benchmark report: ${shown}${more}`);
+  }
+  return obj as BenchReport;
+}
+
+/** Write the report as pretty JSON, creating the parent directory. */
+export function writeReport(file: string, report: BenchReport): void {
+  validateReport(report);
+  try {
+    mkdirSync(dirname(file), { recursive: true });
+    writeFileSync(file, `${JSON.stringify(report, null, 2)}\n`);
+  } catch (e) {
+    const reason = e instanceof Error ? e.message : String(e);
+    throw new Error(`cannot write benchmark JSON to ${file}: ${reason}`, { cause: e });
+  }
+}
+
+// ---- sizes ------------------------------------------------------------------------------
+
+const SIZE_UNITS: Record<string, number> = { "": 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3 };
+
+/** Parse one size: a non-negative integer with an optional K, M or G suffix (powers of 1024). */
+export function parseSize(text: string): number {
+  const t = text.trim();
+  const m = /^(\d+)\s*([KMG])?(?:i?B)?$/i.exec(t);
+  if (!m) {
+    throw new Error(
+      `invalid size "${text}": expected a non-negative integer with an optional K, M or G suffix (e.g. 0, 8, 1K, 64K, 1M)`,
+    );
+  }
+  const n = Number(m[1]) * SIZE_UNITS[(m[2] ?? "").toUpperCase()];
+  if (!Number.isSafeInteger(n)) throw new Error(`invalid size "${text}": too large`);
+  return n;
+}
+
+/** Parse a comma-separated size list ("0,8,1K,64K,1M,4M") into sorted, distinct byte counts. */
+export function parseSizes(text: string): number[] {
+  const parts = text.split(",").map((s) => s.trim());
+  if (text.trim() === "" || parts.some((s) => s === "")) {
+    throw new Error(`invalid size list "${text}": expected comma-separated sizes such as 0,8,1K,64K,1M`);
+  }
+  return [...new Set(parts.map(parseSize))].sort((a, b) => a - b);
+}
+
+/** OSU-style sweep of powers of two in [min, max]: 0 (if min is 0), then 1, 2, 4, … */
+export function sizeSweep(min: number, max: number): number[] {
+  for (const [name, v] of [
+    ["min", min],
+    ["max", max],
+  ] as const) {
+    if (!Number.isSafeInteger(v) || v < 0)
+      throw new Error(`sizeSweep: ${name} must be a non-negative integer, got ${v}`);
+  }
+  if (min > max) throw new Error(`sizeSweep: min (${min}) is larger than max (${max})`);
+  const out: number[] = min === 0 ? [0] : [];
+  for (let s = 1; s <= max; s *= 2) if (s >= min) out.push(s);
+  if (out.length === 0) throw new Error(`sizeSweep: no power of two between ${min} and ${max}`);
+  return out;
+}
+
+/** 0 B, 8 B, 1 KiB, 1.5 KiB, 64 KiB, 4 MiB … */
+export function formatBytes(n: number): string {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let v = n;
+  let u = 0;
+  while (Math.abs(v) >= 1024 && u < units.length - 1) {
+    v /= 1024;
+    u++;
+  }
+  const text = Number.isInteger(v) ? String(v) : v.toFixed(v < 10 ? 2 : 1).replace(/\.?0+$/, "");
+  return `${text} ${units[u]}`;
+}
+
+// ---- profiles ---------------------------------------------------------------------------
+
+export interface BenchProfile {
+  name: "quick" | "full";
+  /** Measured runs per (bench, transport, size); each run yields one sample. */
+  runs: number;
+  /** Runs discarded before measuring. */
+  warmupRuns: number;
+  /** Iterations per run for messages below `largeBytes`. */
+  itersSmall: number;
+  /** Iterations per run for messages of `largeBytes` or more. */
+  itersLarge: number;
+  /** Warm-up iterations inside each run (before the timed ones). */
+  warmupIters: number;
+  /** Threshold between small and large messages. */
+  largeBytes: number;
+  /** Default message sizes. */
+  sizes: number[];
+}
+
+export function profileFor(quick: boolean): BenchProfile {
+  return quick
+    ? {
+        name: "quick",
+        runs: 3,
+        warmupRuns: 1,
+        itersSmall: 2_000,
+        itersLarge: 100,
+        warmupIters: 200,
+        largeBytes: 64 * 1024,
+        sizes: [0, 8, 4096, 64 * 1024, 1024 * 1024],
+      }
+    : {
+        name: "full",
+        runs: 7,
+        warmupRuns: 1,
+        itersSmall: 20_000,
+        itersLarge: 1_000,
+        warmupIters: 2_000,
+        largeBytes: 64 * 1024,
+        sizes: [0, 8, 64, 512, 4096, 16 * 1024, 64 * 1024, 256 * 1024, 1024 * 1024, 4 * 1024 * 1024],
+      };
+}
+
+/** Iterations per run for a message size under a profile. */
+export function itersFor(profile: BenchProfile, bytes: number): number {
+  return bytes >= profile.largeBytes ? profile.itersLarge : profile.itersSmall;
+}
+
+/** Warm-up iterations per run for a message size (never more than the timed ones). */
+export function warmupFor(profile: BenchProfile, bytes: number): number {
+  return Math.min(profile.warmupIters, itersFor(profile, bytes));
+}
+
+// ---- table ------------------------------------------------------------------------------
+
+/** A value in human units: "0.18 µs", "13500 MB/s", "1.25 Mops/s". */
+export function formatValue(metric: Metric, v: number, withUnit = true): string {
+  let text: string;
+  let unit: string;
+  if (metric === "latency_us") {
+    text = v.toFixed(2);
+    unit = "µs";
+  } else if (metric === "bandwidth_MBps") {
+    text = v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2);
+    unit = "MB/s";
+  } else {
+    const m = v / 1e6;
+    text = m >= 100 ? m.toFixed(0) : m >= 1 ? m.toFixed(2) : m.toFixed(3);
+    unit = "Mops/s";
+  }
+  return withUnit ? `${text} ${unit}` : text;
+}
+
+export interface RenderOptions {
+  /** Ratio columns [a, b] → "a/b" = median(a) / median(b) on the same line. */
+  ratios?: readonly (readonly [string, string])[];
+  /** Column order for transports (others follow in order of first appearance). */
+  transports?: readonly string[];
+  /** Show min–max under each median (default true). */
+  showRange?: boolean;
+  /** ANSI colours (default: when the terminal supports them). */
+  color?: boolean;
+  title?: string;
+}
+
+/** One line per (bench, scope, metric, bytes), one column per transport, plus ratio columns. */
+export function renderTable(rows: readonly BenchRow[], opts: RenderOptions = {}): string {
+  const color = opts.color ?? pc.isColorSupported;
+  const c = pc.createColors(color);
+  const showRange = opts.showRange ?? true;
+  const ratios = opts.ratios ?? [];
+
+  const transports: string[] = [...(opts.transports ?? [])].filter((t) =>
+    rows.some((r) => r.transport === t),
+  );
+  for (const r of rows) if (!transports.includes(r.transport)) transports.push(r.transport);
+  const multiScope = new Set(rows.map((r) => r.scope)).size > 1;
+
+  // Group into lines, keeping groups in order of first appearance and sizes ascending.
+  const groups = new Map<string, Map<number, Map<string, BenchRow>>>();
+  const groupInfo = new Map<string, { bench: string; scope: Scope; metric: Metric }>();
+  for (const r of rows) {
+    const g = `${r.bench}\u0000${r.scope}\u0000${r.metric}`;
+    let sizes = groups.get(g);
+    if (!sizes) {
+      sizes = new Map();
+      groups.set(g, sizes);
+      groupInfo.set(g, { bench: r.bench, scope: r.scope, metric: r.metric });
+    }
+    let cells = sizes.get(r.bytes);
+    if (!cells) {
+      cells = new Map();
+      sizes.set(r.bytes, cells);
+    }
+    cells.set(r.transport, r);
+  }
+
+  const head = [
+    "bench",
+    ...(multiScope ? ["scope"] : []),
+    "size",
+    ...transports,
+    ...ratios.map(([a, b]) => `${a}/${b}`),
+  ];
+  const table = new Table({
+    head: head.map((h) => c.bold(h)),
+    style: { head: [], border: [] },
+    colAligns: head.map((_, i) => (i < (multiScope ? 3 : 2) ? "left" : "right")),
+  });
+  for (const [g, sizes] of groups) {
+    const info = groupInfo.get(g)!;
+    for (const bytes of [...sizes.keys()].sort((a, b) => a - b)) {
+      const cells = sizes.get(bytes)!;
+      const line: string[] = [info.bench, ...(multiScope ? [info.scope] : []), formatBytes(bytes)];
+      for (const t of transports) {
+        const r = cells.get(t);
+        if (!r) {
+          line.push(c.dim("—"));
+          continue;
+        }
+        let cell = formatValue(r.metric, r.median);
+        if (showRange && r.runs > 1) {
+          cell += `\n${c.dim(`${formatValue(r.metric, r.min, false)}–${formatValue(r.metric, r.max, false)}`)}`;
+        }
+        line.push(cell);
+      }
+      for (const [a, b] of ratios) {
+        const ra = cells.get(a);
+        const rb = cells.get(b);
+        line.push(ra && rb && rb.median !== 0 ? `${(ra.median / rb.median).toFixed(2)}×` : c.dim("—"));
+      }
+      table.push(line);
+    }
+  }
+  const text = table.toString();
+  return opts.title ? `${c.bold(opts.title)}\n${text}` : text;
+}

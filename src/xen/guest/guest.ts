@@ -1,0 +1,353 @@
+/**
+ * What a guest program gets: `main(guest)` receives a `Guest`, its whole world. Through it,
+ * and only through it, a domain reaches its own memory, its grant table, its event channels,
+ * XenStore and the host. It holds no reference to another domain's memory unless a grant
+ * was mapped for it (or, for the privileged domain, the hypervisor handed it foreign access).
+ */
+import type { MessagePort } from "node:worker_threads";
+import { DOMID_MAX, type DomId, type EvtchnPort, GNTST, PAGE_SIZE } from "../abi.js";
+import { CounterBlock, type CounterSnapshot, CounterWriter, readCounters } from "../counters.js";
+import { type EvtchnHypercalls, GuestEventChannels, type PortGrant } from "../event-channel.js";
+import {
+  executeGrantCopy,
+  type FrameLocation,
+  type GrantCopyOp,
+  GrantError,
+  type GrantingDomain,
+  type GrantResult,
+  GuestGrantTable,
+} from "../grant-table.js";
+import { type AsyncToGuest, type AsyncToHypervisor, HypercallClient } from "../hypercall.js";
+import type { GuestBootData } from "../hypervisor.js";
+import { GuestMemory, type PageRun } from "../memory.js";
+import { RequestXenStoreClient, XenStoreError, type XenStoreRequest } from "../xenstore.js";
+
+/** A page of another domain, mapped through a grant. Writable mappings expose `bytes`. */
+export class GrantMapping {
+  readonly #bytes: Uint8Array;
+
+  constructor(
+    readonly domid: DomId,
+    readonly ref: number,
+    readonly handle: number,
+    readonly readonly: boolean,
+    bytes: Uint8Array,
+  ) {
+    this.#bytes = bytes;
+  }
+
+  /** The mapped page (writable mappings only; a read-only mapping offers `read`/`readInto`). */
+  get bytes(): Uint8Array {
+    if (this.readonly)
+      throw new GrantError(
+        `grant ref ${this.ref} of domain ${this.domid} is mapped read-only; use read() or readInto()`,
+      );
+    return this.#bytes;
+  }
+
+  /** A copy of `length` bytes at `offset`. */
+  read(offset = 0, length = PAGE_SIZE - offset): Uint8Array {
+    return this.#bytes.slice(offset, offset + length);
+  }
+
+  readInto(dst: Uint8Array, offset = 0): void {
+    dst.set(this.#bytes.subarray(offset, offset + dst.length));
+  }
+}
+
+export type MapResult = { status: 0; mapping: GrantMapping } | { status: number; error: string };
+
+interface ForeignInfo {
+  domid: DomId;
+  ram: SharedArrayBuffer;
+  nrPages: number;
+  table: SharedArrayBuffer;
+  shadow: SharedArrayBuffer;
+  segments: { firstPfn: number; pages: number; buffer: SharedArrayBuffer }[];
+}
+
+/** The privileged domain's cache of foreign memory, for in-place grant copies. */
+class ForeignDomains {
+  private readonly cache = new Map<DomId, GrantingDomain & { info: ForeignInfo }>();
+
+  constructor(private readonly hc: HypercallClient) {}
+
+  resolve = (domid: DomId): GrantingDomain | undefined => {
+    let d = this.cache.get(domid);
+    if (!d) {
+      try {
+        d = this.build(this.hc.call<ForeignInfo>({ op: "foreign_domain", domid }));
+      } catch {
+        return undefined;
+      }
+      this.cache.set(domid, d);
+    }
+    return d;
+  };
+
+  drop(domid: DomId): void {
+    this.cache.delete(domid);
+  }
+
+  private build(info: ForeignInfo): GrantingDomain & { info: ForeignInfo } {
+    const frame = (pfn: number): FrameLocation | undefined => {
+      if (!Number.isInteger(pfn) || pfn < 0) return undefined;
+      if (pfn < info.nrPages) return { buffer: info.ram, offset: pfn * PAGE_SIZE, shareable: false };
+      const seg = info.segments.find((s) => pfn >= s.firstPfn && pfn < s.firstPfn + s.pages);
+      if (seg) return { buffer: seg.buffer, offset: (pfn - seg.firstPfn) * PAGE_SIZE, shareable: true };
+      // A segment registered after we cached this domain: refresh once.
+      const fresh = this.hc.call<ForeignInfo>({ op: "foreign_domain", domid: info.domid });
+      if (fresh.segments.length === info.segments.length) return undefined;
+      info.segments = fresh.segments;
+      return frame(pfn);
+    };
+    return {
+      domid: info.domid,
+      entries: new Uint32Array(info.table),
+      shadow: new Int32Array(info.shadow),
+      frame,
+      info,
+    };
+  }
+}
+
+/** Grant operations of a domain: its own table, plus map/unmap/copy of others' grants. */
+export class GuestGrants {
+  readonly table: GuestGrantTable;
+
+  constructor(
+    private readonly guest: Guest,
+    tableBuffer: SharedArrayBuffer,
+    private readonly hc: HypercallClient,
+    private readonly foreign: ForeignDomains | undefined,
+  ) {
+    this.table = new GuestGrantTable(tableBuffer, guest.domid, (pfn) => guest.ownsFrame(pfn));
+  }
+
+  /** Grants `peer` access to one of this domain's frames. Returns the grant ref. */
+  grantAccess(peer: DomId, pfn: number, opts: { readonly?: boolean } = {}): number {
+    return this.table.grantAccess(peer, pfn, opts.readonly === true);
+  }
+
+  /** Revokes a grant; throws a GrantError if a peer still has it mapped. */
+  endAccess(ref: number): void {
+    this.table.endAccess(ref);
+  }
+
+  isInUse(ref: number): boolean {
+    return this.table.isInUse(ref);
+  }
+
+  /** Maps `domid`'s grant `ref` into this domain. A failed map returns the GNTST status and changes nothing. */
+  map(domid: DomId, ref: number, opts: { readonly?: boolean } = {}): MapResult {
+    const readonly = opts.readonly === true;
+    if (!Number.isInteger(domid) || domid < 0 || domid > DOMID_MAX)
+      return { status: GNTST.bad_domain, error: `GNTST_bad_domain: ${String(domid)} is not a domain id` };
+    const r = this.hc.call<GrantResult & { handle?: number; buffer?: SharedArrayBuffer; offset?: number }>({
+      op: "grant_map",
+      domid,
+      ref,
+      readonly,
+    });
+    if (r.status !== GNTST.okay) return { status: r.status, error: r.error ?? "grant map failed" };
+    const bytes = new Uint8Array(r.buffer!, r.offset!, PAGE_SIZE);
+    return { status: 0, mapping: new GrantMapping(domid, ref, r.handle!, readonly, bytes) };
+  }
+
+  /** map() that throws a GrantError (with Xen's status name) instead of returning a status. */
+  mapOrThrow(domid: DomId, ref: number, opts: { readonly?: boolean } = {}): GrantMapping {
+    const r = this.map(domid, ref, opts);
+    if (r.status !== 0) throw new GrantError((r as { error: string }).error, ref);
+    return (r as { mapping: GrantMapping }).mapping;
+  }
+
+  unmap(mapping: GrantMapping | number): GrantResult {
+    const handle = typeof mapping === "number" ? mapping : mapping.handle;
+    return this.hc.call<GrantResult>({ op: "grant_unmap", handle });
+  }
+
+  /**
+   * GNTTABOP_copy: one status per op. The privileged domain copies in place (its thread holds
+   * foreign memory and validates against the grant tables itself); others ask the hypervisor.
+   */
+  copy(ops: GrantCopyOp[]): GrantResult[] {
+    if (!Array.isArray(ops)) throw new TypeError("copy: ops must be an array of GrantCopyOp");
+    if (!this.foreign) return this.hc.call<GrantResult[]>({ op: "grant_copy", ops });
+    const w = this.guest.countersWriter;
+    return ops.map((op) => {
+      const r = executeGrantCopy(op, this.guest.domid, this.foreign!.resolve);
+      if (r.status === GNTST.okay) {
+        w.add("grant_copy");
+        w.add("grant_copy_bytes", op.len);
+      } else w.add("grant_errors");
+      return r;
+    });
+  }
+}
+
+/** XenStore for a guest: requests travel to xenstored on the asynchronous port. */
+class RemoteXenStoreClient extends RequestXenStoreClient {
+  private nextId = 1;
+  private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
+
+  constructor(
+    domid: DomId,
+    private readonly port: MessagePort,
+  ) {
+    super(domid);
+  }
+
+  protected send(req: XenStoreRequest): Promise<unknown> {
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      this.port.postMessage({ kind: "xenstore", id, req } satisfies AsyncToHypervisor);
+    });
+  }
+
+  handle(msg: AsyncToGuest): void {
+    if (msg.kind === "watch") {
+      this.deliverWatch(msg.path, msg.token);
+    } else if (msg.kind === "xenstore-reply") {
+      const p = this.pending.get(msg.id);
+      if (!p) return;
+      this.pending.delete(msg.id);
+      if (msg.ok) p.resolve(msg.value);
+      else p.reject(XenStoreError.fromWire(msg.error));
+    }
+  }
+}
+
+export type HostMessageHandler = (data: unknown) => void;
+
+/** A running domain, from the inside. */
+export class Guest {
+  readonly domid: DomId;
+  readonly name: string;
+  readonly privileged: boolean;
+  /** What the host passed in createDomain({ args }). */
+  readonly args: unknown;
+  readonly memory: GuestMemory;
+  readonly grants: GuestGrants;
+  readonly evtchn: GuestEventChannels;
+  readonly xenstore: RequestXenStoreClient;
+  /** @internal */
+  readonly countersWriter: CounterWriter;
+  private readonly counterBuffer: SharedArrayBuffer;
+  private readonly hc: HypercallClient;
+  private readonly foreign?: ForeignDomains;
+  private readonly shared: PageRun[] = [];
+  private readonly hostHandlers: HostMessageHandler[] = [];
+  private readonly hostQueue: unknown[] = [];
+
+  constructor(
+    boot: GuestBootData,
+    private readonly toHost: (msg: unknown) => void,
+  ) {
+    this.domid = boot.domid;
+    this.name = boot.name;
+    this.privileged = boot.privileged;
+    this.args = boot.args;
+    this.memory = new GuestMemory(boot.ram, boot.nrPages);
+    this.counterBuffer = boot.counters;
+    this.countersWriter = new CounterWriter(boot.counters, CounterBlock.Domain);
+    this.hc = new HypercallClient(boot.hcPort, boot.replyWord);
+    if (boot.privileged) this.foreign = new ForeignDomains(this.hc);
+    this.grants = new GuestGrants(this, boot.grantTable, this.hc, this.foreign);
+    const hc = this.hc;
+    const evtchnCalls: EvtchnHypercalls = {
+      allocUnbound: (remoteDom) => hc.call<PortGrant>({ op: "evtchn_alloc_unbound", remoteDom }),
+      bindInterdomain: (remoteDom, remotePort) =>
+        hc.call<PortGrant>({ op: "evtchn_bind_interdomain", remoteDom, remotePort }),
+      close: (port: EvtchnPort) => void hc.call({ op: "evtchn_close", port }),
+      status: (port: EvtchnPort) => hc.call({ op: "evtchn_status", port }),
+    };
+    this.evtchn = new GuestEventChannels(evtchnCalls, this.countersWriter);
+    const xs = new RemoteXenStoreClient(boot.domid, boot.asyncPort);
+    boot.asyncPort.on("message", (m: AsyncToGuest) => {
+      if (m.kind === "domain-gone") this.foreign?.drop(m.domid);
+      else xs.handle(m);
+    });
+    // The async port must not keep a finished guest alive; the runtime refs it while main runs.
+    boot.asyncPort.unref();
+    this.asyncPort = boot.asyncPort;
+    this.xenstore = xs;
+  }
+
+  private readonly asyncPort: MessagePort;
+
+  /** @internal Keeps the event loop alive while main runs (watch events, XenStore replies). */
+  holdEventLoop(hold: boolean): void {
+    if (hold) this.asyncPort.ref();
+    else this.asyncPort.unref();
+  }
+
+  /** Whether `pfn` is a frame of this domain (RAM or a registered shared segment). */
+  ownsFrame(pfn: number): boolean {
+    if (pfn >= 0 && pfn < this.memory.nrPages) return true;
+    return this.shared.some((s) => pfn >= s.pfn && pfn < s.pfn + s.count);
+  }
+
+  /**
+   * Allocates `pages` pages that another (unprivileged) domain may map: a separately backed
+   * segment registered with the hypervisor. Use it for rings and channels shared with guests.
+   */
+  allocShared(pages = 1): PageRun {
+    if (!Number.isInteger(pages) || pages < 1 || pages > 1024)
+      throw new RangeError(`allocShared: pages must be an integer in 1..1024, got ${String(pages)}`);
+    const buffer = new SharedArrayBuffer(pages * PAGE_SIZE);
+    const pfn = this.hc.call<number>({ op: "mem_register_shared", buffer, pages });
+    const run = { pfn, count: pages, bytes: new Uint8Array(buffer) };
+    this.shared.push(run);
+    return run;
+  }
+
+  /** The bytes of one of this domain's frames (RAM or shared segment). */
+  frameBytes(pfn: number): Uint8Array {
+    if (pfn < this.memory.nrPages) return this.memory.page(pfn);
+    const s = this.shared.find((r) => pfn >= r.pfn && pfn < r.pfn + r.count);
+    if (!s) throw new RangeError(`frame ${pfn} is not memory of domain ${this.domid}`);
+    const off = (pfn - s.pfn) * PAGE_SIZE;
+    return s.bytes.subarray(off, off + PAGE_SIZE);
+  }
+
+  /** This domain's counters (both the hypervisor's and its own). */
+  counters(): CounterSnapshot {
+    return readCounters(this.counterBuffer);
+  }
+
+  /** Sends a message to the host (domain.on("message")). */
+  send(data: unknown): void {
+    this.toHost({ type: "user", data });
+  }
+
+  /** Registers a handler for messages from the host (domain.send). */
+  onMessage(handler: HostMessageHandler): void {
+    this.hostHandlers.push(handler);
+    for (const m of this.hostQueue.splice(0)) handler(m);
+  }
+
+  /** Resolves with the next message from the host. */
+  nextMessage(): Promise<unknown> {
+    const queued = this.hostQueue.shift();
+    if (queued !== undefined) return Promise.resolve(queued);
+    return new Promise((resolve) => {
+      const once: HostMessageHandler = (m) => {
+        this.hostHandlers.splice(this.hostHandlers.indexOf(once), 1);
+        resolve(m);
+      };
+      this.hostHandlers.push(once);
+    });
+  }
+
+  /** @internal */
+  deliverHostMessage(data: unknown): void {
+    if (this.hostHandlers.length === 0) this.hostQueue.push(data);
+    else for (const h of [...this.hostHandlers]) h(data);
+  }
+
+  /** @internal */
+  dropForeign(domid: DomId): void {
+    this.foreign?.drop(domid);
+  }
+}

@@ -1,0 +1,119 @@
+/** Domains: boot, guest programs in TS and JS, memory, states on every way a guest can end, destruction. */
+import assert from "node:assert/strict";
+import { after, test } from "node:test";
+import { fileURLToPath } from "node:url";
+import { Hypervisor } from "../src/xen/hypervisor.js";
+import { startAgent } from "./helpers/agent.js";
+
+const hv = new Hypervisor();
+after(() => hv.shutdown());
+
+const fixture = (name: string) => new URL(`./fixtures/guests/${name}.js`, import.meta.url);
+// The TypeScript source itself, not its compiled output: guests may be written in TypeScript.
+const tsSource = fileURLToPath(new URL("../../test/fixtures/guests/hello.ts", import.meta.url));
+
+test("a guest boots as a worker with its domid, memory and args, and its result comes back", async () => {
+  const a = await startAgent(hv, { pages: 32, args: { rank: 3 }, name: "agent-a" });
+  assert.equal(a.dom.state, "running");
+  const info = await a.rpc<{
+    domid: number;
+    name: string;
+    pages: number;
+    args: unknown;
+    privileged: boolean;
+  }>({
+    op: "info",
+  });
+  assert.equal(info.domid, a.dom.domid);
+  assert.ok(info.domid >= 1);
+  assert.equal(info.name, "agent-a");
+  assert.equal(info.pages, 32);
+  assert.equal(info.privileged, false);
+  assert.deepEqual(info.args, { rank: 3 });
+  assert.equal(await hv.toolstack.read(`/local/domain/${info.domid}/name`), "agent-a");
+  a.dom.send({ op: "exit" });
+  const exit = await a.dom.exited;
+  assert.equal(exit.state, "shutdown");
+  assert.equal(exit.result, "bye");
+});
+
+test("a guest program written in TypeScript runs from its source file", async () => {
+  const dom = await hv.createDomain({ module: tsSource, pages: 8 });
+  const exit = await dom.exited;
+  assert.equal(exit.state, "shutdown", exit.error?.message);
+  assert.deepEqual(exit.result, { from: dom.domid, pages: 8 });
+});
+
+test("the page allocator hands out contiguous runs and says clearly when memory runs out", async () => {
+  const a = await startAgent(hv, { pages: 16 });
+  const first = await a.rpc<{ pfn: number; free: number }>({ op: "alloc", pages: 10 });
+  assert.equal(first.free, 6);
+  const second = await a.rpc<{ pfn: number }>({ op: "alloc", pages: 6 });
+  assert.equal(second.pfn, first.pfn + 10);
+  const oom = await a.rpc<{ thrown: string; message: string }>({ op: "alloc", pages: 1 });
+  assert.equal(oom.thrown, "OutOfMemoryError");
+  assert.match(oom.message, /out of guest memory.*give the domain more pages/);
+  await a.dom.destroy();
+});
+
+for (const how of ["throw", "reject", "uncaught", "exit", "unsendable"]) {
+  test(`a guest that ends by "${how}" is reported as crashed with its error, and others keep running`, async () => {
+    const bystander = await startAgent(hv);
+    const dom = await hv.createDomain({ module: fixture("misbehave"), args: { how } });
+    const exit = await dom.exited;
+    assert.equal(exit.state, "crashed");
+    assert.equal(dom.state, "crashed");
+    assert.ok(exit.error instanceof Error);
+    const expected = {
+      throw: /deliberate throw/,
+      reject: /rejected after a tick/,
+      uncaught: /uncaught in a timer/,
+      exit: /exited with code 3/,
+      unsendable: /cannot receive/,
+    }[how]!;
+    assert.match(exit.error.message, expected);
+    const info = await bystander.rpc<{ domid: number }>({ op: "info" });
+    assert.equal(info.domid, bystander.dom.domid);
+    await bystander.dom.destroy();
+  });
+}
+
+test("a guest over its heap limit is stopped as crashed; the host survives", async () => {
+  const dom = await hv.createDomain({ module: fixture("misbehave"), args: { how: "hog" }, maxHeapMb: 32 });
+  const exit = await dom.exited;
+  assert.equal(exit.state, "crashed");
+  assert.match(exit.error!.message, /memory|heap/i);
+});
+
+test("a program without main fails to boot with a clear message", async () => {
+  const dom = await hv.createDomain({ module: fixture("nomain") });
+  const exit = await dom.exited;
+  assert.equal(exit.state, "crashed");
+  assert.match(exit.error!.message, /must export a function `main\(guest\)`/);
+});
+
+test("createDomain rejects bad configuration with the field's name", async () => {
+  await assert.rejects(hv.createDomain({ module: fixture("hello"), pages: 0 }), /`pages` must be an integer/);
+  await assert.rejects(hv.createDomain({ module: fixture("hello"), maxHeapMb: 1.5 }), /`maxHeapMb`/);
+  await assert.rejects(hv.createDomain({ module: "" }), /`module` must be a path/);
+  await assert.rejects(hv.createDomain({ module: fixture("hello"), name: "a b" }), /`name`/);
+});
+
+test("destroying a domain releases its channels, grants and XenStore subtree", async () => {
+  const a = await startAgent(hv);
+  const b = await startAgent(hv);
+  const pa = await a.rpc<number>({ op: "allocUnbound", remote: b.dom.domid });
+  const pb = await b.rpc<number>({ op: "bind", remote: a.dom.domid, port: pa });
+  const shared = await a.rpc<{ pfn: number }>({ op: "allocShared", pages: 1 });
+  const ref = await a.rpc<number>({ op: "grant", peer: b.dom.domid, pfn: shared.pfn });
+  await a.dom.destroy();
+  assert.equal(a.dom.state, "destroyed");
+  assert.equal(await hv.toolstack.tryRead(`/local/domain/${a.dom.domid}`), undefined);
+  // The peer's port is back to unbound, and waiting on it returns at once instead of hanging.
+  assert.equal((await b.rpc<{ status: number }>({ op: "status", port: pb })).status, 1);
+  assert.equal(await b.rpc({ op: "wait", port: pb, timeoutMs: 5000 }), "unbound");
+  const map = await b.rpc<{ status: number; error: string }>({ op: "map", domid: a.dom.domid, ref });
+  assert.equal(map.status, -2);
+  assert.match(map.error, /GNTST_bad_domain/);
+  await b.dom.destroy();
+});
