@@ -5,9 +5,9 @@
  * measured in the same run.
  */
 
-import { mkdirSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, statSync, unlinkSync, writeFileSync } from "node:fs";
 import os from "node:os";
-import { dirname } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import Table from "cli-table3";
 import pc from "picocolors";
 
@@ -292,11 +292,46 @@ export function validateReport(obj: unknown): BenchReport {
   return obj as BenchReport;
 }
 
+/**
+ * Creates `dir` and its missing parents one level at a time. (Node 20's recursive mkdirSync
+ * can spin forever under a read-only pseudo-filesystem such as /proc; this fails at once.)
+ */
+export function makeDirs(dir: string): void {
+  const missing: string[] = [];
+  let d = resolve(dir);
+  while (!existsSync(d)) {
+    missing.unshift(d);
+    const up = dirname(d);
+    if (up === d) break;
+    d = up;
+  }
+  if (existsSync(d) && !statSync(d).isDirectory()) throw new Error(`${d} is not a directory`);
+  for (const m of missing) mkdirSync(m);
+}
+
+/**
+ * Checks, before any benchmark runs, that `file` can be written: creates its directory and
+ * writes and removes a probe file there. Throws `cannot write <what> to <file>: <reason>`.
+ */
+export function prepareOutputFile(file: string, what = "benchmark JSON"): string {
+  const path = resolve(file);
+  try {
+    if (existsSync(path) && statSync(path).isDirectory()) throw new Error("it is a directory");
+    makeDirs(dirname(path));
+    const probe = join(dirname(path), `.myrixen-probe-${process.pid}`);
+    writeFileSync(probe, "");
+    unlinkSync(probe);
+  } catch (e) {
+    throw new Error(`cannot write ${what} to ${file}: ${e instanceof Error ? e.message : String(e)}`);
+  }
+  return path;
+}
+
 /** Write the report as pretty JSON, creating the parent directory. */
 export function writeReport(file: string, report: BenchReport): void {
   validateReport(report);
   try {
-    mkdirSync(dirname(file), { recursive: true });
+    makeDirs(dirname(file));
     writeFileSync(file, `${JSON.stringify(report, null, 2)}\n`);
   } catch (e) {
     const reason = e instanceof Error ? e.message : String(e);

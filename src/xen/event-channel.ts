@@ -24,11 +24,17 @@ import {
 import { type CounterWriter, counterIndex } from "./counters.js";
 import { adaptiveWait, DEFAULT_SPIN_US } from "./wait.js";
 
-/** Binding word layout (Int32Array). End e uses PEND(e) and MASK(e). */
-const STATE = 4;
-const BINDING_WORDS = 8;
-const PEND = (end: number) => end * 2;
-const MASK = (end: number) => end * 2 + 1;
+/**
+ * Binding layout (Int32Array indices). Each end's pending and mask words sit on their own
+ * 128-byte block (two cache lines, beyond the adjacent-line prefetcher), and the state word
+ * on a third: a spinning waiter then reads a line only its peer's send writes, and the
+ * read-mostly state line stays shared by both cores.
+ */
+const END_STRIDE = 32;
+const STATE = 2 * END_STRIDE;
+const BINDING_WORDS = 3 * END_STRIDE;
+const PEND = (end: number) => end * END_STRIDE;
+const MASK = (end: number) => end * END_STRIDE + 1;
 const BOUND = 1;
 const UNBOUND = 0;
 
@@ -207,6 +213,15 @@ export class EventChannelPort {
     this.peerMask = MASK(1 - end);
   }
 
+  /** Runs just before a wait blocks: unmask so the peer kicks us; refuse to sleep if an event slipped in. */
+  private readonly armForSleep = (): boolean => {
+    this.armed = true;
+    if (this.unmask()) return false;
+    this.counters.slots[SLEEP]++;
+    return true;
+  };
+  private armed = false;
+
   get bound(): boolean {
     return Atomics.load(this.words, STATE) === BOUND;
   }
@@ -261,12 +276,10 @@ export class EventChannelPort {
     const c = this.counters.slots;
     c[WAIT]++;
     const wasMasked = this.masked;
-    const outcome = adaptiveWait(this.words, this.myPend, 0, spinUs, timeoutMs, () => {
-      if (this.unmask()) return false;
-      c[SLEEP]++;
-      return true;
-    });
-    if (wasMasked) this.mask();
+    this.armed = false;
+    const outcome = adaptiveWait(this.words, this.myPend, 0, spinUs, timeoutMs, this.armForSleep);
+    // Re-mask only if the wait unmasked: a wait satisfied while spinning writes nothing.
+    if (wasMasked && this.armed) this.mask();
     if (outcome === "timed-out") return "timeout";
     this.consume();
     return this.bound ? "event" : "unbound";

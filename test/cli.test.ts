@@ -1,0 +1,72 @@
+/** The `myrixen` command as a user runs it: help, bad usage, the demo, and a benchmark writing JSON. */
+import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import { mkdtempSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { test } from "node:test";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
+import { validateReport } from "../src/bench/harness.js";
+
+const BIN = fileURLToPath(new URL("../../bin/myrixen.js", import.meta.url));
+const run = async (...args: string[]) => {
+  try {
+    const r = await promisify(execFile)(process.execPath, [BIN, ...args], {
+      env: { ...process.env, NO_COLOR: "1" },
+    });
+    return { code: 0, stdout: r.stdout, stderr: r.stderr };
+  } catch (e) {
+    const x = e as { code: number; stdout: string; stderr: string };
+    return { code: x.code, stdout: x.stdout, stderr: x.stderr };
+  }
+};
+
+test("--help lists the commands", async () => {
+  const r = await run("--help");
+  assert.equal(r.code, 0);
+  for (const c of ["demo", "bench"]) assert.match(r.stdout, new RegExp(`^  ${c}`, "m"));
+  const b = await run("bench", "--help");
+  assert.match(b.stdout, /substrate/);
+  assert.match(b.stdout, /--json <file>/);
+});
+
+test("bad usage fails before anything runs, with a message saying what to fix", async () => {
+  const suite = await run("bench", "nope");
+  assert.equal(suite.code, 2);
+  assert.match(suite.stderr, /unknown benchmark suite "nope"; available: substrate/);
+  const json = await run("bench", "substrate", "--json", "/proc/no/such/dir/out.json");
+  assert.equal(json.code, 2);
+  assert.match(json.stderr, /cannot write benchmark JSON to \/proc\/no\/such\/dir\/out.json/);
+  const requests = await run("demo", "--requests", "-5");
+  assert.equal(requests.code, 2);
+  assert.match(requests.stderr, /--requests must be a positive integer/);
+  const cmd = await run("frobnicate");
+  assert.equal(cmd.code, 2);
+  assert.match(cmd.stderr, /unknown command 'frobnicate'/);
+});
+
+test("the demo exchanges requests between two domains and verifies them", async () => {
+  const r = await run("demo", "--requests", "20000");
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /20,000 requests in/);
+  assert.match(r.stdout, /saw the backend: .*Connected/);
+  assert.match(r.stdout, /Verification = SUCCESSFUL/);
+});
+
+test("bench substrate --quick --json writes rows in the project's format", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "myrixen-cli-"));
+  const file = join(dir, "nested", "substrate.json");
+  const r = await run("bench", "substrate", "--quick", "--json", file);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /evtchn\/raw-sab/);
+  const report = validateReport(JSON.parse(readFileSync(file, "utf8")));
+  const transports = report.rows.map((row) => `${row.bench}/${row.transport}`).sort();
+  assert.deepEqual(transports, ["pingpong/evtchn", "pingpong/raw-sab", "ring-throughput/ring"]);
+  for (const row of report.rows) {
+    assert.equal(row.scope, "intra-host");
+    assert.ok(row.min <= row.median && row.median <= row.max);
+    assert.ok(row.runs >= 3);
+  }
+  assert.equal(report.machine.cpus.count > 0, true);
+});

@@ -1,0 +1,543 @@
+// Tests of the XenStore daemon and its clients: nodes, paths, perms, watches, transactions,
+// quotas, domain release, accounting, and the request protocol across a message channel.
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { MessageChannel, type MessagePort } from "node:worker_threads";
+import {
+  executeXenStoreRequest,
+  LocalXenStoreClient,
+  parsePerms,
+  RequestXenStoreClient,
+  XenStore,
+  XenStoreError,
+  type XenStoreRequest,
+} from "../src/xen/xenstore.js";
+
+/** Lets queued watch events (microtasks) and setImmediate work run. */
+const settle = () => new Promise<void>((r) => setImmediate(r));
+
+function errno(name: string, msg?: RegExp) {
+  return (e: unknown) => {
+    assert.ok(e instanceof XenStoreError, `expected XenStoreError, got ${String(e)}`);
+    assert.equal(e.errno, name, e.message);
+    if (msg) assert.match(e.message, msg);
+    return true;
+  };
+}
+
+function storeWith(...doms: number[]): XenStore {
+  const s = new XenStore();
+  for (const d of doms) s.introduceDomain(d);
+  return s;
+}
+
+test("CRUD: write creates parents, read, directory sorted, mkdir, rm recursive", () => {
+  const s = storeWith(1);
+  s.write(0, "/a/b/c", "hello");
+  assert.equal(s.read(0, "/a/b/c"), "hello");
+  assert.equal(s.read(0, "/a/b"), "");
+  assert.deepEqual(s.directory(0, "/"), ["a", "local"]);
+  s.write(0, "/a/b/c", "again");
+  assert.equal(s.read(0, "/a/b/c"), "again");
+  s.write(0, "/a/z", "1");
+  s.write(0, "/a/m", "2");
+  assert.deepEqual(s.directory(0, "/a"), ["b", "m", "z"]);
+  s.mkdir(0, "/a/d");
+  assert.equal(s.read(0, "/a/d"), "");
+  s.write(0, "/a/d", "kept");
+  s.mkdir(0, "/a/d"); // existing node: left alone
+  assert.equal(s.read(0, "/a/d"), "kept");
+  assert.equal(s.exists(0, "/a/b/c"), true);
+  s.rm(0, "/a/b");
+  assert.equal(s.exists(0, "/a/b/c"), false);
+  assert.throws(() => s.read(0, "/a/b/c"), errno("ENOENT", /\/a\/b\/c/));
+  assert.throws(() => s.rm(0, "/a/b"), errno("ENOENT"));
+  assert.throws(() => s.rm(0, "/"), errno("EINVAL", /root/));
+  // Relative paths are under the caller's home.
+  s.write(1, "name", "guest1");
+  assert.equal(s.read(0, "/local/domain/1/name"), "guest1");
+  assert.equal(s.read(1, "name"), "guest1");
+});
+
+test("path and value validation give errors that say what to fix", () => {
+  const s = storeWith();
+  assert.throws(() => s.read(0, ""), errno("EINVAL", /empty path/));
+  assert.throws(() => s.write(0, "/a//b", "x"), errno("EINVAL", /empty component/));
+  assert.throws(() => s.write(0, "/a/", "x"), errno("EINVAL", /trailing slash/));
+  assert.throws(() => s.write(0, "/a b", "x"), errno("EINVAL", /contains " "; allowed characters/));
+  assert.throws(() => s.write(0, `/${"x".repeat(3072)}`, "x"), errno("EINVAL", /limit is 3072/));
+  s.write(0, `/${"x".repeat(3071)}`, "ok"); // exactly 3072 characters
+  assert.throws(() => s.write(0, "/v", "y".repeat(4097)), errno("EINVAL", /4097 bytes; the limit is 4096/));
+  s.write(0, "/v", "y".repeat(4096));
+  assert.throws(() => s.write(0, "/v", 5 as unknown as string), errno("EINVAL", /must be a string/));
+  assert.throws(() => s.read(0, "@releaseDomain"), errno("EINVAL", /only watches/));
+  assert.throws(() => s.read(7, "/"), errno("ESRCH", /not introduced/));
+  assert.throws(() => s.read(-1, "/"), errno("EINVAL", /domain id/));
+  s.write(0, "/ok_name-1.2@x", "fine");
+});
+
+test("watches: initial firing, path and below, not siblings, asynchronous, rm, unwatch", async () => {
+  const s = storeWith();
+  s.write(0, "/dev/vif/0/state", "1");
+  const seen: string[] = [];
+  s.watch(0, "/dev/vif/0", "tok", (p, token) => seen.push(`${token}:${p}`));
+  assert.deepEqual(seen, [], "never called inside the op");
+  await settle();
+  assert.deepEqual(seen, ["tok:/dev/vif/0"], "fires once on registration");
+  seen.length = 0;
+
+  s.write(0, "/dev/vif/0/state", "2");
+  s.write(0, "/dev/vif/0/ring/ref", "8");
+  s.write(0, "/dev/vif/1/state", "1"); // sibling: not reported
+  s.write(0, "/dev/vif0", "x"); // name prefix but not below: not reported
+  s.setPerms(0, "/dev/vif/0/state", [{ dom: 0, access: "r" }]);
+  s.mkdir(0, "/dev/vif/0/q");
+  assert.deepEqual(seen, []);
+  await settle();
+  assert.deepEqual(seen, [
+    "tok:/dev/vif/0/state",
+    "tok:/dev/vif/0/ring/ref",
+    "tok:/dev/vif/0/state",
+    "tok:/dev/vif/0/q",
+  ]);
+  seen.length = 0;
+
+  // Removing an ancestor: watches on or above the removed node hear the removed path; a
+  // watch below it hears its own path.
+  const below: string[] = [];
+  s.watch(0, "/dev/vif/0/ring/ref", "deep", (p) => below.push(p));
+  await settle();
+  below.length = 0;
+  s.rm(0, "/dev/vif/0");
+  await settle();
+  assert.deepEqual(seen, ["tok:/dev/vif/0"]);
+  assert.deepEqual(below, ["/dev/vif/0/ring/ref"]);
+
+  assert.throws(() => s.watch(0, "/dev/vif/0", "tok", () => {}), errno("EEXIST"));
+  s.unwatch(0, "/dev/vif/0", "tok");
+  seen.length = 0;
+  s.write(0, "/dev/vif/0/state", "3");
+  await settle();
+  assert.deepEqual(seen, []);
+  assert.throws(() => s.unwatch(0, "/dev/vif/0", "tok"), errno("ENOENT"));
+});
+
+test("an event queued before unwatch is not delivered after it", async () => {
+  const s = storeWith();
+  const seen: string[] = [];
+  s.watch(0, "/x", "t", (p) => seen.push(p));
+  s.write(0, "/x", "1");
+  s.unwatch(0, "/x", "t");
+  await settle();
+  assert.deepEqual(seen, []);
+});
+
+test("a throwing watch callback is reported, not fatal", async () => {
+  const errors: string[] = [];
+  const s = new XenStore({ onWatchError: (e, p) => errors.push(`${p}:${(e as Error).message}`) });
+  s.watch(0, "/x", "t", () => {
+    throw new Error("boom");
+  });
+  await settle();
+  assert.deepEqual(errors, ["/x:boom"]);
+});
+
+test("permissions: guests write only their own subtree until the owner grants more", async () => {
+  const s = storeWith(1, 2);
+  s.write(2, "/local/domain/2/data", "secret");
+  assert.deepEqual(s.getPerms(2, "/local/domain/2/data"), [{ dom: 2, access: "n" }]);
+  assert.throws(
+    () => s.write(1, "/local/domain/2/data", "x"),
+    errno("EACCES", /domain 1 may not write \/local\/domain\/2\/data \(owner 2, others: none\)/),
+  );
+  assert.throws(() => s.read(1, "/local/domain/2/data"), errno("EACCES"));
+  assert.throws(() => s.write(1, "/local/domain/2/new", "x"), errno("EACCES", /needs write access to/));
+  // A missing node under a tree the guest cannot read is EACCES too: no probing.
+  assert.throws(() => s.read(1, "/local/domain/2/nothing"), errno("EACCES", /missing or hidden/));
+  assert.throws(() => s.read(1, "/local/domain/1/nothing"), errno("ENOENT"));
+  assert.throws(() => s.directory(1, "/local/domain"), errno("EACCES"));
+  assert.throws(
+    () => s.setPerms(1, "/local/domain/2/data", [{ dom: 2, access: "b" }]),
+    errno("EACCES", /only its owner \(domain 2\) or domain 0/),
+  );
+
+  // The owner grants domain 1 both read and write on its directory.
+  s.mkdir(2, "shared");
+  s.setPerms(2, "shared", [
+    { dom: 2, access: "n" },
+    { dom: 1, access: "b" },
+  ]);
+  s.write(1, "/local/domain/2/shared/from1", "hi");
+  assert.equal(s.read(0, "/local/domain/2/shared/from1"), "hi");
+  // The unprivileged creator owns what it creates; the other entries are inherited, so the
+  // directory's owner (2) now falls under "others: none" for this node (xenstored's rule).
+  assert.throws(() => s.read(2, "shared/from1"), errno("EACCES", /owner 1, others: none/));
+  assert.deepEqual(s.getPerms(1, "/local/domain/2/shared/from1"), [
+    { dom: 1, access: "n" },
+    { dom: 1, access: "b" },
+  ]);
+  // ... and may not give it away.
+  assert.throws(
+    () => s.setPerms(1, "/local/domain/2/shared/from1", [{ dom: 2, access: "n" }]),
+    errno("EPERM", /only domain 0 may change a node's owner/),
+  );
+
+  // dom0 can do everything, and what it creates keeps the inherited owner.
+  s.write(0, "/local/domain/2/shared/by0", "x");
+  assert.equal(s.getPerms(0, "/local/domain/2/shared/by0")[0].dom, 2);
+  s.setPerms(0, "/local/domain/2/data", [{ dom: 1, access: "r" }]);
+  assert.equal(s.read(1, "/local/domain/2/data"), "secret");
+  s.rm(0, "/local/domain/2/data");
+
+  // Read perms hide watch events: domain 1 watches domain 2's node but may not read it.
+  s.write(2, "hidden", "0");
+  const seen: string[] = [];
+  s.watch(1, "/local/domain/2/hidden", "w", (p) => seen.push(p));
+  await settle();
+  assert.deepEqual(seen, ["/local/domain/2/hidden"], "the registration event is always sent");
+  seen.length = 0;
+  s.write(2, "hidden", "1");
+  await settle();
+  assert.deepEqual(seen, []);
+  s.setPerms(2, "hidden", [
+    { dom: 2, access: "n" },
+    { dom: 1, access: "r" },
+  ]);
+  s.write(2, "hidden", "2");
+  await settle();
+  assert.deepEqual(seen, ["/local/domain/2/hidden", "/local/domain/2/hidden"]);
+});
+
+test("perms notation parses and validates", () => {
+  assert.deepEqual(parsePerms("n0,r5"), [
+    { dom: 0, access: "n" },
+    { dom: 5, access: "r" },
+  ]);
+  assert.throws(() => parsePerms("x0"), errno("EINVAL", /letter n\/r\/w\/b/));
+  const s = storeWith();
+  s.write(0, "/p", "");
+  assert.throws(() => s.setPerms(0, "/p", []), errno("EINVAL", /non-empty/));
+  assert.throws(
+    () => s.setPerms(0, "/p", [{ dom: 1, access: "q" as "r" }]),
+    errno("EINVAL", /use "n" \(none\)/),
+  );
+});
+
+test("transactions: private view, commit applies, conflict → EAGAIN and nothing applied", async () => {
+  const s = storeWith(1);
+  s.write(1, "counter", "1");
+  const tx = s.transactionStart(1);
+  s.write(1, "counter", "2", tx);
+  s.write(1, "new/key", "v", tx);
+  assert.equal(s.read(1, "counter", tx), "2");
+  assert.deepEqual(s.directory(1, "new", tx), ["key"]);
+  assert.equal(s.read(1, "counter"), "1", "not visible outside before commit");
+  assert.equal(s.exists(1, "new/key"), false);
+
+  const seen: string[] = [];
+  s.watch(0, "/local/domain/1", "t", (p) => seen.push(p));
+  await settle();
+  seen.length = 0;
+  await settle();
+  assert.deepEqual(seen, [], "no events before commit");
+  s.transactionEnd(1, tx, true);
+  assert.equal(s.read(1, "counter"), "2");
+  assert.equal(s.read(1, "new/key"), "v");
+  await settle();
+  assert.deepEqual(seen, ["/local/domain/1/counter", "/local/domain/1/new/key"]);
+
+  // Conflict: the transaction read counter, someone else wrote it meanwhile.
+  const t2 = s.transactionStart(1);
+  const v = Number(s.read(1, "counter", t2));
+  s.write(1, "counter", String(v + 1), t2);
+  s.write(1, "other", "x", t2);
+  s.write(0, "/local/domain/1/counter", "100");
+  assert.throws(
+    () => s.transactionEnd(1, t2, true),
+    errno("EAGAIN", /transaction conflict: .*counter changed; retry/),
+  );
+  assert.equal(s.read(1, "counter"), "100");
+  assert.equal(s.exists(1, "other"), false, "nothing of the failed transaction applied");
+  assert.throws(() => s.read(1, "counter", t2), errno("ESRCH"), "a conflicting transaction is closed");
+
+  // Listing a directory counts as reading it: a new child conflicts.
+  const t3 = s.transactionStart(1);
+  s.directory(1, "new", t3);
+  s.write(1, "summary", "1", t3);
+  s.write(1, "new/key2", "v");
+  assert.throws(() => s.transactionEnd(1, t3, true), errno("EAGAIN"));
+
+  // Unrelated concurrent writes do not conflict.
+  const t4 = s.transactionStart(1);
+  s.write(1, "new/key", "w", t4);
+  s.write(1, "counter", "5");
+  s.transactionEnd(1, t4, true);
+  assert.equal(s.read(1, "new/key"), "w");
+
+  // Abort discards.
+  const t5 = s.transactionStart(1);
+  s.rm(1, "new", t5);
+  assert.equal(s.exists(1, "new/key", t5), false);
+  s.transactionEnd(1, t5, false);
+  assert.equal(s.read(1, "new/key"), "w");
+});
+
+test("transactions: rm and re-create, perms, ownership and bad ids", () => {
+  const s = storeWith(1, 2);
+  s.write(1, "d/a", "1");
+  s.write(1, "d/b", "2");
+  const t = s.transactionStart(1);
+  s.rm(1, "d", t);
+  s.write(1, "d/c", "3", t);
+  assert.deepEqual(s.directory(1, "d", t), ["c"], "old children do not come back");
+  s.setPerms(
+    1,
+    "d/c",
+    [
+      { dom: 1, access: "n" },
+      { dom: 2, access: "r" },
+    ],
+    t,
+  );
+  assert.throws(() => s.read(2, "/local/domain/1/d/c", t), errno("EACCES", /belongs to domain 1/));
+  s.transactionEnd(1, t, true);
+  assert.deepEqual(s.directory(1, "d"), ["c"]);
+  assert.equal(s.read(2, "/local/domain/1/d/c"), "3");
+  assert.throws(() => s.read(1, "d", 999), errno("ESRCH", /not open/));
+  assert.throws(() => s.transactionEnd(1, 0, true), errno("EINVAL"));
+});
+
+test("client.transaction retries the body on conflict and gives up after maxRetries", async () => {
+  const s = storeWith(1);
+  const guest = new LocalXenStoreClient(s, 1);
+  const dom0 = new LocalXenStoreClient(s, 0);
+  await guest.write("counter", "10");
+  let attempts = 0;
+  const result = await guest.transaction(async (tx) => {
+    attempts++;
+    const v = Number(await tx.read("counter"));
+    if (attempts === 1) await dom0.write("/local/domain/1/counter", "20"); // concurrent writer
+    await tx.write("counter", String(v + 1));
+    return v + 1;
+  });
+  assert.equal(attempts, 2);
+  assert.equal(result, 21);
+  assert.equal(await guest.read("counter"), "21");
+
+  let tries = 0;
+  await assert.rejects(
+    guest.transaction(
+      async (tx) => {
+        tries++;
+        await tx.read("counter");
+        await dom0.write("/local/domain/1/counter", String(tries));
+        await tx.write("counter", "never");
+      },
+      { maxRetries: 3 },
+    ),
+    errno("EAGAIN"),
+  );
+  assert.equal(tries, 4);
+  assert.notEqual(await guest.read("counter"), "never");
+
+  // A body that throws aborts the transaction and rethrows.
+  await assert.rejects(
+    guest.transaction(async (tx) => {
+      await tx.write("aborted", "1");
+      throw new Error("body failed");
+    }),
+    /body failed/,
+  );
+  assert.equal(await guest.exists("aborted"), false);
+  assert.equal(s.stats()[1].transactions, 0, "no transaction left open");
+});
+
+test("quotas: nodes, watches and transactions per unprivileged domain", () => {
+  const s = new XenStore({ maxNodesPerDomain: 5, maxWatchesPerDomain: 2, maxTransactionsPerDomain: 2 });
+  s.introduceDomain(1);
+  // The home directory counts: 1 node so far.
+  s.write(1, "a", "1");
+  s.write(1, "b/c", "1"); // two nodes
+  assert.equal(s.stats()[1].nodes, 4);
+  assert.throws(() => s.write(1, "x/y", "1"), errno("ENOSPC", /owns 4 nodes.*quota of 5/));
+  s.write(1, "x", "1");
+  assert.throws(() => s.mkdir(1, "z"), errno("ENOSPC"));
+  s.write(1, "x", "overwrite is fine");
+  s.rm(1, "b");
+  s.write(1, "z", "room again");
+  s.write(0, "/local/domain/1/by-dom0", "dom0 is not limited");
+
+  // Inside a transaction, and at commit when other activity used the room meanwhile.
+  s.rm(1, "z");
+  s.rm(0, "/local/domain/1/by-dom0");
+  const t = s.transactionStart(1);
+  s.write(1, "t1", "1", t);
+  s.write(1, "t2", "1", t);
+  assert.throws(() => s.write(1, "t3", "1", t), errno("ENOSPC"), "the view counts its own nodes");
+  s.write(1, "a/outside", "1"); // no conflict with the transaction, but uses one node of room
+  assert.throws(() => s.transactionEnd(1, t, true), errno("ENOSPC"));
+  assert.equal(s.exists(1, "t1"), false, "t1 was applied, then rolled back when t2 failed");
+  assert.equal(s.stats()[1].nodes, 4);
+
+  s.watch(1, "a", "1", () => {});
+  s.watch(1, "a", "2", () => {});
+  assert.throws(() => s.watch(1, "a", "3", () => {}), errno("E2BIG", /2 watches, the limit/));
+  const t1 = s.transactionStart(1);
+  s.transactionStart(1);
+  assert.throws(() => s.transactionStart(1), errno("ENOSPC", /open transactions/));
+  s.transactionEnd(1, t1, false);
+  s.transactionStart(1);
+});
+
+test("releaseDomain removes the home tree, fires others' watches, drops watches and transactions", async () => {
+  const s = storeWith(3);
+  s.write(3, "device/vif/0/state", "4");
+  const dom0Seen: string[] = [];
+  const guestSeen: string[] = [];
+  const released: string[] = [];
+  s.watch(0, "/local/domain/3/device", "d0", (p) => dom0Seen.push(p));
+  s.watch(3, "/local/domain/3", "g", (p) => guestSeen.push(p));
+  s.watch(0, "@releaseDomain", "rel", (p) => released.push(p));
+  const tx = s.transactionStart(3);
+  await settle();
+  dom0Seen.length = guestSeen.length = released.length = 0;
+
+  s.releaseDomain(3);
+  await settle();
+  assert.equal(s.exists(0, "/local/domain/3"), false);
+  assert.deepEqual(dom0Seen, ["/local/domain/3/device"]);
+  assert.deepEqual(guestSeen, [], "the released domain's watches are gone");
+  assert.deepEqual(released, ["@releaseDomain"]);
+  assert.equal(s.stats()[3]?.transactions ?? 0, 0);
+  assert.throws(() => s.read(3, "device"), errno("ESRCH", /not introduced/));
+  assert.throws(() => s.transactionEnd(3, tx, true), errno("ESRCH"));
+  assert.throws(() => s.releaseDomain(3), errno("ESRCH"));
+  assert.throws(() => s.releaseDomain(0), errno("EINVAL"));
+  // It can be introduced again, with a fresh home.
+  s.introduceDomain(3);
+  assert.deepEqual(s.directory(3, "/local/domain/3"), []);
+  assert.throws(() => s.introduceDomain(3), errno("EEXIST"));
+});
+
+test("onOp and stats count operations per domain; dump shows the tree", () => {
+  const s = storeWith(1);
+  const ops: string[] = [];
+  s.onOp = (d, op) => ops.push(`${d}:${op}`);
+  s.write(1, "k", "v");
+  s.read(1, "k");
+  s.directory(0, "/local/domain/1");
+  assert.throws(() => s.read(1, "missing"));
+  assert.deepEqual(ops, ["1:write", "1:read", "0:directory", "1:read"]);
+  const st = s.stats();
+  assert.equal(st[1].ops.read, 2);
+  assert.equal(st[1].ops.write, 1);
+  assert.equal(st[1].totalOps, 3);
+  assert.equal(st[1].nodes, 2);
+  assert.equal(s.dump("/local/domain/1"), ['/local/domain/1 = "" (n1)', '  k = "v" (n1)'].join("\n"));
+  assert.match(s.dump(), /^\/ = "" \(n0\)\n {2}local = ""/);
+});
+
+test("executeXenStoreRequest rejects malformed requests from guests", () => {
+  const s = storeWith(1);
+  const run = (req: unknown) => executeXenStoreRequest(s, 1, req as XenStoreRequest, () => {});
+  assert.throws(() => run(null), errno("EINVAL", /unknown XenStore request/));
+  assert.throws(() => run({ op: "introduce" }), errno("EINVAL", /use one of read, write/));
+  assert.throws(() => run({ op: "read" }), errno("EINVAL", /path must be a string/));
+  assert.throws(() => run({ op: "write", path: "x", value: { a: 1 } }), errno("EINVAL"));
+  assert.throws(() => run({ op: "read", path: "x", tx: "1" }), errno("EINVAL", /transaction id/));
+  assert.throws(() => run({ op: "txEnd", tx: 1 }), errno("EINVAL", /commit/));
+  assert.throws(() => run({ op: "setPerms", path: "x", perms: "b1" }), errno("EINVAL", /non-empty list/));
+  run({ op: "write", path: "x", value: "ok" });
+  assert.equal(run({ op: "read", path: "x" }), "ok");
+});
+
+test("XenStoreError survives a wire round trip", () => {
+  const e = new XenStoreError("EACCES", "/local/domain/4/x", "domain 3 may not write /local/domain/4/x");
+  const back = XenStoreError.fromWire(JSON.parse(JSON.stringify(e)));
+  assert.ok(back instanceof XenStoreError);
+  assert.equal(back.errno, "EACCES");
+  assert.equal(back.path, "/local/domain/4/x");
+  assert.equal(back.message, e.message);
+  assert.equal(back.code, 13);
+  assert.equal(XenStoreError.fromWire({ nonsense: true }).errno, "EIO");
+});
+
+/** The remote client the brief asks to be ~20 lines: requests and watch events over a port. */
+class PortXenStoreClient extends RequestXenStoreClient {
+  private nextId = 1;
+  private readonly pending = new Map<
+    number,
+    { resolve: (v: unknown) => void; reject: (e: unknown) => void }
+  >();
+  constructor(
+    domid: number,
+    private readonly port: MessagePort,
+  ) {
+    super(domid);
+    port.on(
+      "message",
+      (m: {
+        kind: string;
+        id?: number;
+        result?: unknown;
+        error?: unknown;
+        path?: string;
+        token?: string;
+      }) => {
+        if (m.kind === "watch") return this.deliverWatch(m.path as string, m.token as string);
+        const p = this.pending.get(m.id as number);
+        this.pending.delete(m.id as number);
+        if (m.kind === "ok") p?.resolve(m.result);
+        else p?.reject(XenStoreError.fromWire(m.error));
+      },
+    );
+  }
+  protected send(req: XenStoreRequest): Promise<unknown> {
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      this.port.postMessage({ id, req });
+    });
+  }
+}
+
+test("a client over a message channel works through RequestXenStoreClient", async () => {
+  const s = storeWith(4);
+  const { port1: hostSide, port2: guestSide } = new MessageChannel();
+  hostSide.on("message", ({ id, req }: { id: number; req: XenStoreRequest }) => {
+    try {
+      const result = executeXenStoreRequest(s, 4, req, (path, token) =>
+        hostSide.postMessage({ kind: "watch", path, token }),
+      );
+      hostSide.postMessage({ kind: "ok", id, result });
+    } catch (e) {
+      hostSide.postMessage({ kind: "err", id, error: (e as XenStoreError).toJSON() });
+    }
+  });
+  const guest = new PortXenStoreClient(4, guestSide);
+  try {
+    const events: string[] = [];
+    const unwatch = await guest.watch("device", (p) => events.push(p));
+    await guest.write("device/x", "1");
+    assert.equal(await guest.read("device/x"), "1");
+    await assert.rejects(guest.write("/local/domain/0/x", "1"), errno("EACCES"));
+    assert.equal(await guest.tryRead("device/none"), undefined);
+    const n = await guest.transaction(async (tx) => {
+      await tx.write("device/y", "2");
+      return (await tx.directory("device")).length;
+    });
+    assert.equal(n, 2);
+    await new Promise((r) => setTimeout(r, 20));
+    assert.deepEqual(events, [
+      "/local/domain/4/device",
+      "/local/domain/4/device/x",
+      "/local/domain/4/device/y",
+    ]);
+    await unwatch();
+    await unwatch(); // idempotent
+    assert.equal(s.stats()[4].watches, 0);
+  } finally {
+    hostSide.close();
+    guestSide.close();
+  }
+});
