@@ -117,3 +117,17 @@ test("destroying a domain releases its channels, grants and XenStore subtree", a
   assert.match(map.error, /GNTST_bad_domain/);
   await b.dom.destroy();
 });
+
+test("malformed hypercalls and XenStore requests get errors; the hypervisor keeps serving", async () => {
+  const dom = await hv.createDomain({ module: fixture("garbage-hypercalls") });
+  const exit = await dom.exited;
+  assert.equal(exit.state, "shutdown", exit.error?.message);
+  const answers = exit.result as string[];
+  assert.equal(answers.length, 15);
+  for (const a of answers) assert.match(a, /^(E[A-Z]+:|statuses -|status -)/, a);
+  assert.match(answers[3], /ENOSYS: unknown hypercall "no_such_op"/);
+  assert.match(answers[11], /EPERM: domain \d+ is not privileged/);
+  const bystander = await startAgent(hv);
+  assert.equal((await bystander.rpc<{ domid: number }>({ op: "info" })).domid, bystander.dom.domid);
+  await bystander.dom.destroy();
+});
