@@ -11,9 +11,10 @@
  * Hypercalls are the control path only. Nothing on a data path (event-channel sends,
  * waits, ring traffic, privileged grant copies) comes through here.
  */
-import { type MessagePort, receiveMessageOnPort } from "node:worker_threads";
+import type { MessagePort } from "node:worker_threads";
 import type { DomId, EvtchnPort } from "./abi.js";
 import type { GrantCopyOp } from "./grant-table.js";
+import { answerSyncCall, SyncCallClient, SyncCallFailed } from "./sync-call.js";
 import type { XenStoreRequest } from "./xenstore.js";
 
 export type HypercallRequest =
@@ -27,7 +28,7 @@ export type HypercallRequest =
   | { op: "mem_register_shared"; buffer: SharedArrayBuffer; pages: number }
   | { op: "foreign_domain"; domid: DomId };
 
-export type HypercallReply = { ok: true; value: unknown } | { ok: false; errno: string; message: string };
+export type { SyncReply as HypercallReply } from "./sync-call.js";
 
 /** Messages on the asynchronous port. */
 export type AsyncToHypervisor = { kind: "xenstore"; id: number; req: XenStoreRequest };
@@ -37,52 +38,18 @@ export type AsyncToGuest =
   | { kind: "watch"; path: string; token: string }
   | { kind: "domain-gone"; domid: DomId };
 
-/** Offsets in the reply word page. */
-const REPLY_READY = 0;
-
-export class HypercallFailed extends Error {
-  constructor(
-    readonly errno: string,
-    message: string,
-  ) {
-    super(message.startsWith(`${errno}:`) ? message : `${errno}: ${message}`);
+export class HypercallFailed extends SyncCallFailed {
+  constructor(errno: string, message: string) {
+    super(errno, message);
     this.name = "HypercallFailed";
   }
 }
 
 /** The guest's end: issue a hypercall and block until the hypervisor answers. */
-export class HypercallClient {
-  private readonly word: Int32Array;
-
-  constructor(
-    private readonly port: MessagePort,
-    replyWord: SharedArrayBuffer,
-  ) {
-    this.word = new Int32Array(replyWord);
-    // No listener: replies are taken synchronously, and the port must not keep the thread alive.
-    port.unref();
-  }
-
-  call<T>(req: HypercallRequest): T {
-    Atomics.store(this.word, REPLY_READY, 0);
-    this.port.postMessage(req);
-    // The hypervisor thread answers in tens of µs; spin briefly, then block.
-    for (let i = 0; i < 2000 && Atomics.load(this.word, REPLY_READY) === 0; i++) {
-      // spin
-    }
-    while (Atomics.load(this.word, REPLY_READY) === 0) Atomics.wait(this.word, REPLY_READY, 0, 1000);
-    const msg = receiveMessageOnPort(this.port);
-    if (!msg)
-      throw new HypercallFailed("EIO", "hypercall reply lost (the hypervisor signalled but sent nothing)");
-    const reply = msg.message as HypercallReply;
-    if (!reply.ok) throw new HypercallFailed(reply.errno, reply.message);
-    return reply.value as T;
+export class HypercallClient extends SyncCallClient<HypercallRequest> {
+  constructor(port: MessagePort, replyWord: SharedArrayBuffer) {
+    super(port, replyWord, (errno, message) => new HypercallFailed(errno, message));
   }
 }
 
-/** The hypervisor's end: answer one request and wake the blocked guest. */
-export function answerHypercall(port: MessagePort, replyWord: Int32Array, reply: HypercallReply): void {
-  port.postMessage(reply);
-  Atomics.store(replyWord, REPLY_READY, 1);
-  Atomics.notify(replyWord, REPLY_READY);
-}
+export { answerSyncCall as answerHypercall };

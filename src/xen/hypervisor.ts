@@ -9,7 +9,7 @@
  */
 import { EventEmitter } from "node:events";
 import { fileURLToPath, pathToFileURL } from "node:url";
-import { MessageChannel, type MessagePort, Worker } from "node:worker_threads";
+import { MessageChannel, type MessagePort, type TransferListItem, Worker } from "node:worker_threads";
 import { DOMID_MAX, type DomId, GNTST, PAGE_SIZE } from "./abi.js";
 import {
   allocCounterBuffer,
@@ -56,6 +56,13 @@ export interface DomainConfig {
   grantEntries?: number;
   /** Extra shared pages the domain may register for mapping by other domains (default: as many as RAM). */
   maxSharedPages?: number;
+  /** Objects in `args` to transfer rather than clone (MessagePorts handed to the domain). */
+  transfer?: TransferListItem[];
+  /**
+   * A native process rather than a VM: a thread of the driver domain's OS, with its own
+   * memory and no Xen devices (the reference point the bypass path is measured against).
+   */
+  native?: boolean;
 }
 
 export interface DomainExit {
@@ -69,6 +76,7 @@ export interface GuestBootData {
   domid: DomId;
   name: string;
   privileged: boolean;
+  native: boolean;
   ram: SharedArrayBuffer;
   nrPages: number;
   grantTable: SharedArrayBuffer;
@@ -151,6 +159,7 @@ export class Domain extends EventEmitter {
     private readonly hv: Hypervisor,
     readonly worker: Worker,
     private readonly counterBuffer: SharedArrayBuffer,
+    readonly native = false,
   ) {
     super();
     this.exited = new Promise((r) => {
@@ -223,8 +232,17 @@ function checkConfig(
     maxHeapMb: int("maxHeapMb", c.maxHeapMb, 256, 16, 16384),
     privileged: c.privileged === true,
     args: c.args,
-    grantEntries: int("grantEntries", c.grantEntries, DEFAULT_GRANT_ENTRIES, 16, 65536),
-    maxSharedPages: int("maxSharedPages", c.maxSharedPages, pages, 0, 1 << 20),
+    // Enough for every page to be granted once (memory registration grants page by page).
+    grantEntries: int(
+      "grantEntries",
+      c.grantEntries,
+      Math.max(DEFAULT_GRANT_ENTRIES, pages + 1024),
+      16,
+      1 << 21,
+    ),
+    maxSharedPages: int("maxSharedPages", c.maxSharedPages, Math.max(pages, 1024), 0, 1 << 20),
+    transfer: Array.isArray(c.transfer) ? c.transfer : [],
+    native: c.native === true,
   };
 }
 
@@ -260,7 +278,7 @@ export class Hypervisor {
       if (this.nextDomid > DOMID_MAX) throw new RangeError("createDomain: out of domain ids");
       domid = this.nextDomid++;
     }
-    const name = c.name ?? (c.privileged ? "Domain-0" : `domU-${domid}`);
+    const name = c.name ?? (c.privileged ? "Domain-0" : c.native ? `native-${domid}` : `domU-${domid}`);
     const ram = new SharedArrayBuffer(c.pages * PAGE_SIZE);
     const { table, shadow } = allocGrantTable(c.grantEntries);
     const counters = allocCounterBuffer();
@@ -288,6 +306,7 @@ export class Hypervisor {
       domid,
       name,
       privileged: c.privileged,
+      native: c.native,
       ram,
       nrPages: c.pages,
       grantTable: table,
@@ -302,7 +321,7 @@ export class Hypervisor {
     try {
       worker = new Worker(runtimeUrl, {
         workerData: boot,
-        transferList: [hc.port2, async.port2],
+        transferList: [hc.port2, async.port2, ...c.transfer],
         resourceLimits: { maxOldGenerationSizeMb: c.maxHeapMb },
         name: `dom${domid}:${name}`,
       });
@@ -310,7 +329,7 @@ export class Hypervisor {
       this.release(domid);
       throw e;
     }
-    const dom = new Domain(domid, name, c.privileged, c.pages, this, worker, counters);
+    const dom = new Domain(domid, name, c.privileged, c.pages, this, worker, counters, c.native);
     this.live.set(domid, dom);
     this.all.set(domid, dom);
 

@@ -9,6 +9,7 @@ import { DOMID_MAX, type DomId, type EvtchnPort, GNTST, PAGE_SIZE } from "../abi
 import { CounterBlock, type CounterSnapshot, CounterWriter, readCounters } from "../counters.js";
 import { type EvtchnHypercalls, GuestEventChannels, type PortGrant } from "../event-channel.js";
 import {
+  acquireGrant,
   executeGrantCopy,
   type FrameLocation,
   type GrantCopyOp,
@@ -16,6 +17,7 @@ import {
   type GrantingDomain,
   type GrantResult,
   GuestGrantTable,
+  releaseGrant,
 } from "../grant-table.js";
 import { type AsyncToGuest, type AsyncToHypervisor, HypercallClient } from "../hypercall.js";
 import type { GuestBootData } from "../hypervisor.js";
@@ -56,6 +58,12 @@ export class GrantMapping {
 }
 
 export type MapResult = { status: 0; mapping: GrantMapping } | { status: number; error: string };
+
+export interface PinnedFrames {
+  status: number;
+  error?: string;
+  frames: FrameLocation[];
+}
 
 interface ForeignInfo {
   domid: DomId;
@@ -167,6 +175,42 @@ export class GuestGrants {
   }
 
   /**
+   * The privileged domain's map of many grants at once, done in place (as a backend maps a
+   * frontend's buffer to DMA it): validates and pins every ref of `domid` for this domain,
+   * all or nothing. Returns the frames' locations; `unpinForeign` releases them.
+   */
+  pinForeign(domid: DomId, refs: readonly number[], write: boolean): PinnedFrames {
+    if (!this.foreign)
+      throw new GrantError("pinForeign: only the privileged domain maps foreign frames in place");
+    const granter = this.foreign.resolve(domid);
+    if (!granter)
+      return {
+        status: GNTST.bad_domain,
+        error: `GNTST_bad_domain: domain ${domid} does not exist`,
+        frames: [],
+      };
+    const frames: FrameLocation[] = [];
+    for (let i = 0; i < refs.length; i++) {
+      const r = acquireGrant(granter, refs[i], this.guest.domid, write);
+      if (r.status !== GNTST.okay) {
+        for (let j = 0; j < i; j++) releaseGrant(granter, refs[j], write);
+        this.guest.countersWriter.add("grant_errors");
+        return { status: r.status, error: r.error, frames: [] };
+      }
+      frames.push(r.frame!);
+    }
+    this.guest.countersWriter.add("grant_map", refs.length);
+    return { status: GNTST.okay, frames };
+  }
+
+  unpinForeign(domid: DomId, refs: readonly number[], write: boolean): void {
+    const granter = this.foreign?.resolve(domid);
+    if (!granter) return;
+    for (const ref of refs) releaseGrant(granter, ref, write);
+    this.guest.countersWriter.add("grant_unmap", refs.length);
+  }
+
+  /**
    * GNTTABOP_copy: one status per op. The privileged domain copies in place (its thread holds
    * foreign memory and validates against the grant tables itself); others ask the hypervisor.
    */
@@ -225,6 +269,8 @@ export class Guest {
   readonly domid: DomId;
   readonly name: string;
   readonly privileged: boolean;
+  /** A native process of the driver domain rather than a VM (createDomain({ native: true })). */
+  readonly native: boolean;
   /** What the host passed in createDomain({ args }). */
   readonly args: unknown;
   readonly memory: GuestMemory;
@@ -247,6 +293,7 @@ export class Guest {
     this.domid = boot.domid;
     this.name = boot.name;
     this.privileged = boot.privileged;
+    this.native = boot.native;
     this.args = boot.args;
     this.memory = new GuestMemory(boot.ram, boot.nrPages);
     this.counterBuffer = boot.counters;
@@ -293,9 +340,26 @@ export class Guest {
    * segment registered with the hypervisor. Use it for rings and channels shared with guests.
    */
   allocShared(pages = 1): PageRun {
-    if (!Number.isInteger(pages) || pages < 1 || pages > 1024)
-      throw new RangeError(`allocShared: pages must be an integer in 1..1024, got ${String(pages)}`);
-    const buffer = new SharedArrayBuffer(pages * PAGE_SIZE);
+    if (!Number.isInteger(pages) || pages < 1 || pages > 4096)
+      throw new RangeError(`allocShared: pages must be an integer in 1..4096, got ${String(pages)}`);
+    return this.adoptShared(new SharedArrayBuffer(pages * PAGE_SIZE));
+  }
+
+  /**
+   * Makes an existing SharedArrayBuffer (a whole number of pages) part of this domain's
+   * frames, so it can be granted: how the driver domain hands a device's memory (a NIC
+   * window, a channel) to a guest.
+   */
+  adoptShared(buffer: SharedArrayBuffer): PageRun {
+    if (
+      !(buffer instanceof SharedArrayBuffer) ||
+      buffer.byteLength === 0 ||
+      buffer.byteLength % PAGE_SIZE !== 0
+    )
+      throw new RangeError(
+        "adoptShared: need a SharedArrayBuffer whose size is a whole number of 4 KiB pages",
+      );
+    const pages = buffer.byteLength / PAGE_SIZE;
     const pfn = this.hc.call<number>({ op: "mem_register_shared", buffer, pages });
     const run = { pfn, count: pages, bytes: new Uint8Array(buffer) };
     this.shared.push(run);

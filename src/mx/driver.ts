@@ -1,0 +1,104 @@
+/**
+ * What the MX library needs from below: the control path of one NIC, whoever provides it.
+ *
+ *   bypass (a guest):  myrifront → control ring + event channel → myrback in the driver domain → NIC
+ *   native (a process of the driver domain): its MX driver calls straight into the driver domain's service → NIC
+ *
+ * Both hand the library the same things — an endpoint window and interrupt page from the
+ * NIC, registered regions, and co-resident channels — after which the data path is the
+ * same code on both: the library talks to the window and the channels directly, and the
+ * driver is not involved again until the next control operation.
+ *
+ * Errors: a driver method throws `MxDriverError` with an MX return code name
+ * (`MX_BAD_CONNECTION_KEY`, `MX_NO_RESOURCES`, ...) and a message that says what to fix.
+ */
+
+export class MxDriverError extends Error {
+  constructor(
+    /** An MX return code name, e.g. "MX_BAD_CONNECTION_KEY". */
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+    this.name = "MxDriverError";
+  }
+}
+
+export interface DriverEndpoint {
+  endpointId: number;
+  session: number;
+  /** The NIC window (src/nic/window.ts layout). */
+  window: SharedArrayBuffer;
+  /** This endpoint's interrupt page: the library sleeps on it. */
+  intr: SharedArrayBuffer;
+}
+
+export interface DriverRegion {
+  regionId: number;
+  /** What a peer presents to PULL from the region. */
+  key: number;
+}
+
+/**
+ * A co-resident channel between two endpoints: one SharedArrayBuffer (src/mx/channel.ts
+ * layout) shared by exactly those two, plus the peer's interrupt page so a sender can wake
+ * a sleeping receiver. `side` says which lane this endpoint writes (0 or 1).
+ */
+export interface DriverChannel {
+  channelId: number;
+  channel: SharedArrayBuffer;
+  side: 0 | 1;
+  peerIntr: SharedArrayBuffer;
+}
+
+export interface DriverConnection {
+  peerNic: number;
+  peerEndpoint: number;
+  peerSession: number;
+  /** Present when the peer is co-resident (same NIC): messages go through it. */
+  channel?: DriverChannel;
+}
+
+/** The Driver event the library finds in its event queue when a peer connected to it. */
+export const DRIVER_EVENT_CONNECT = 1;
+/** …and when a peer's endpoint went away (closed, domain died): its channel is dead. */
+export const DRIVER_EVENT_DISCONNECT = 2;
+
+export interface MxDriver {
+  /** "native" or "bypass" (and later "split"): which path this endpoint's control goes through. */
+  readonly path: string;
+  readonly nicId: number;
+
+  openEndpoint(endpointId: number, key: number): DriverEndpoint;
+  closeEndpoint(endpointId: number): void;
+
+  /**
+   * Registers `bytes` (a view into this domain's memory: RAM from guest.memory, or a
+   * process's own memory for native) for the NIC with `access` bits (window.ts Access).
+   */
+  registerRegion(endpointId: number, bytes: Uint8Array, access: number): DriverRegion;
+  deregisterRegion(endpointId: number, regionId: number): void;
+
+  /**
+   * Connects `endpointId` to (peerNic, peerEndpoint) presenting `key`. Throws
+   * MxDriverError("MX_BAD_CONNECTION_KEY") on a key mismatch and ("MX_CONNECTION_FAILED")
+   * if there is no such endpoint. Co-resident peers get a channel; the peer finds a
+   * DRIVER_EVENT_CONNECT event (words: channelId, nic, endpoint, session) in its queue and
+   * calls `acceptChannel`. At most one channel exists per pair of endpoints: connecting
+   * again, from either side, returns the same one.
+   */
+  connect(endpointId: number, peerNic: number, peerEndpoint: number, key: number): DriverConnection;
+
+  /** The passive side of a connect: map the channel the peer's connect created. */
+  acceptChannel(
+    endpointId: number,
+    channelId: number,
+  ): DriverChannel & { peerNic: number; peerEndpoint: number; peerSession: number };
+
+  /** Memory the library may use for message buffers (registrable by this driver). */
+  allocBuffer(length: number): Uint8Array;
+  freeBuffer(buffer: Uint8Array): void;
+
+  /** Tears down: closes what is still open. */
+  finalize(): void;
+}

@@ -1,0 +1,65 @@
+/**
+ * The NIC's control interface: what its driver may ask (the driver domain's myrback, or a
+ * native process's in-process driver). Requests travel as synchronous calls (xen/sync-call.ts)
+ * on a driver's own port; the data path never comes here.
+ *
+ * Every request is validated by the NIC; a bad one is answered with an errno and a message
+ * that says what to fix (`ENOSPC: all 32 endpoint contexts are in use`).
+ */
+import type { SyncEndpoint } from "../xen/sync-call.js";
+
+/** A byte range of a memory buffer that a registered region covers. Runs are concatenated in order. */
+export interface MemoryRun {
+  offset: number;
+  length: number;
+}
+
+export type NicControlRequest =
+  /** Opens an endpoint context for `owner` (a label for counters and errors). endpointId may be ANY_ENDPOINT. */
+  | { op: "open_endpoint"; owner: string; endpointId: number; key: number }
+  /** Closes it: outstanding descriptors complete with MX_STATUS_ENDPOINT_CLOSED, its regions are removed. */
+  | { op: "close_endpoint"; endpointId: number }
+  /** Installs a TPT entry for `endpointId`'s owner: `runs` of `memory`, with Access bits. */
+  | {
+      op: "register_region";
+      endpointId: number;
+      memory: SharedArrayBuffer;
+      runs: MemoryRun[];
+      access: number;
+    }
+  | { op: "deregister_region"; endpointId: number; regionId: number }
+  /** Connect-time check of a peer endpoint on this NIC: its key, session, and interrupt page. */
+  | { op: "lookup_endpoint"; endpointId: number; key: number }
+  /** Writes an event of type Driver with `words` (up to 4, at E_EXTRA) into an endpoint's queue and raises it. */
+  | { op: "deliver_event"; endpointId: number; cookie: number; words: number[] }
+  | { op: "info" };
+
+export interface OpenEndpointReply {
+  endpointId: number;
+  session: number;
+  window: SharedArrayBuffer;
+  intr: SharedArrayBuffer;
+}
+
+export interface RegisterRegionReply {
+  regionId: number;
+  /** The key a peer must present to PULL from this region (MX's rkey). */
+  key: number;
+  length: number;
+}
+
+export type LookupReply =
+  | { status: "ok"; session: number; intr: SharedArrayBuffer; owner: string }
+  | { status: "bad_key" }
+  | { status: "unknown" };
+
+export interface NicInfo {
+  nicId: number;
+  maxEndpoints: number;
+  openEndpoints: number[];
+  regions: number;
+  links: number[];
+}
+
+/** What a thread needs to drive the NIC: a sync-call endpoint (port + reply word). */
+export type NicDriverEndpoint = SyncEndpoint;

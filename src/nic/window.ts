@@ -1,0 +1,174 @@
+/**
+ * The endpoint window: the contract between an MX endpoint's owner (a guest's MX library, or
+ * a native process) and the emulated NIC, like a Myri-10G endpoint's mapped queues. One
+ * SharedArrayBuffer per endpoint, allocated by the NIC and handed to the owner only:
+ *
+ *   page 0          control block: producer/consumer indices, each on its own cache line
+ *   send queue      SQ_ENTRIES descriptors of 64 bytes (owner writes, NIC reads)
+ *   event queue     EQ_ENTRIES events of 64 bytes (NIC writes, owner reads)
+ *   receive area    RECV_BYTES of eager payloads delivered by the NIC (SEND from a peer)
+ *
+ * Every index and every descriptor is hostile input to the NIC: it validates each one and
+ * answers garbage with an ERROR event and a counter, never an exception.
+ *
+ * A second, smaller SharedArrayBuffer per endpoint is its *interrupt page*: the word the
+ * owner sleeps on. The NIC raises it after writing an event, and so may a co-resident peer
+ * the backend connected to the endpoint (it is the only part of an endpoint a peer gets).
+ * A raiser kicks (Atomics.notify) only when the owner has said it sleeps.
+ */
+import { PAGE_SIZE } from "../xen/abi.js";
+
+// ---- control block (Int32Array word indices; 16 words = one 64-byte cache line) ----------
+
+/** Owner: descriptors produced (free-running u32). Writing it is the doorbell. */
+export const W_SQ_PROD = 0;
+/** NIC: descriptors consumed. */
+export const W_SQ_CONS = 16;
+/** NIC: events produced. */
+export const W_EQ_PROD = 32;
+/** Owner: events consumed. */
+export const W_EQ_CONS = 48;
+/** NIC: 1 while it sleeps waiting for this endpoint's doorbell (the owner then notifies W_SQ_PROD). */
+export const W_NIC_SLEEPING = 64;
+/** NIC: endpoint state, one of EndpointState. */
+export const W_STATE = 80;
+export const W_ENDPOINT_ID = 81;
+export const W_NIC_ID = 82;
+export const W_SESSION = 83;
+/** NIC: bytes written into the receive area (free-running u32). */
+export const W_RQ_PROD = 96;
+/** Owner: bytes of the receive area released (free-running u32). */
+export const W_RQ_CONS = 112;
+
+export const EndpointState = { Closed: 0, Open: 1 } as const;
+
+// ---- geometry ------------------------------------------------------------------------------
+
+export const SQ_ENTRIES = 256;
+export const DESC_BYTES = 64;
+export const DESC_WORDS = DESC_BYTES / 4;
+export const EQ_ENTRIES = 1024;
+export const EVENT_BYTES = 64;
+export const EVENT_WORDS = EVENT_BYTES / 4;
+export const RECV_BYTES = 256 * 1024;
+/** Largest payload a SEND descriptor may carry (the eager limit; larger messages are pulled). */
+export const SEND_MAX = 32 * 1024;
+/** Receive-area records start on this alignment. */
+export const RECV_ALIGN = 64;
+
+export const SQ_OFFSET = PAGE_SIZE;
+export const EQ_OFFSET = SQ_OFFSET + SQ_ENTRIES * DESC_BYTES;
+export const RECV_OFFSET = EQ_OFFSET + EQ_ENTRIES * EVENT_BYTES;
+export const WINDOW_BYTES = RECV_OFFSET + RECV_BYTES;
+export const INTR_BYTES = PAGE_SIZE;
+
+// ---- descriptors (u32 word offsets within a 64-byte descriptor) ---------------------------
+
+/** Low 16 bits: opcode; high 16 bits: flags. */
+export const D_OPCODE = 0;
+/** Returned unchanged in the completion event. */
+export const D_COOKIE = 1;
+export const D_SRC_REGION = 2;
+export const D_SRC_KEY = 3;
+export const D_SRC_OFFSET = 4;
+export const D_DST_REGION = 5;
+export const D_DST_KEY = 6;
+export const D_DST_OFFSET = 7;
+export const D_LENGTH = 8;
+export const D_DEST_NIC = 9;
+export const D_DEST_ENDPOINT = 10;
+/** The destination endpoint's session (learned at connect): a closed and reopened endpoint has a new one. */
+export const D_DEST_SESSION = 11;
+export const D_MATCH_HI = 12;
+export const D_MATCH_LO = 13;
+/** Protocol words carried to the receiver's RECV event unchanged. */
+export const D_AUX0 = 14;
+export const D_AUX1 = 15;
+
+export const Opcode = {
+  Nop: 0,
+  /**
+   * PULL: copy D_LENGTH bytes from (D_SRC_REGION, D_SRC_KEY, D_SRC_OFFSET) — a region with
+   * REMOTE_READ whose key matches — into (D_DST_REGION, D_DST_OFFSET), a region of this
+   * endpoint with LOCAL_WRITE. The receiver-driven rendezvous. Completes with PULL_DONE.
+   */
+  Pull: 1,
+  /**
+   * SEND: D_LENGTH ≤ SEND_MAX bytes from (D_SRC_REGION, D_SRC_OFFSET), a region of this
+   * endpoint with LOCAL_READ, to endpoint (D_DEST_NIC, D_DEST_ENDPOINT, D_DEST_SESSION)
+   * over the NIC's link to that NIC (loopback for its own id). The receiver gets a RECV
+   * event with the match words and D_AUX0/1; the sender a SEND_DONE.
+   */
+  Send: 2,
+} as const;
+
+// ---- events (u32 word offsets within a 64-byte event) ---------------------------------------
+
+/** Low 16 bits: event type; high 16 bits: MX status code (mx_status_code_t). */
+export const E_TYPE = 0;
+export const E_COOKIE = 1;
+export const E_LENGTH = 2;
+export const E_SRC_NIC = 3;
+export const E_SRC_ENDPOINT = 4;
+export const E_SRC_SESSION = 5;
+export const E_MATCH_HI = 6;
+export const E_MATCH_LO = 7;
+/** RECV: where the payload starts in the receive area (byte offset from RECV_OFFSET). */
+export const E_RECV_OFFSET = 8;
+/** RECV: bytes of receive area to release (W_RQ_CONS += span) once the payload is consumed, in order. */
+export const E_RECV_SPAN = 9;
+export const E_AUX0 = 10;
+export const E_AUX1 = 11;
+/** ERROR: a reason code (ErrorReason); DRIVER: free words 12..15. */
+export const E_REASON = 12;
+export const E_EXTRA = 12;
+
+export const EventType = {
+  PullDone: 1,
+  SendDone: 2,
+  Recv: 3,
+  /** A descriptor the NIC refused: E_COOKIE is the descriptor's cookie, E_REASON says why. */
+  Error: 4,
+  /** Written on a driver's request (control op deliver_event), e.g. "peer connected". */
+  Driver: 5,
+} as const;
+
+export const ErrorReason = {
+  UnknownOpcode: 1,
+  BadRegion: 2,
+  BadKey: 3,
+  OutOfBounds: 4,
+  Permission: 5,
+  BadLength: 6,
+  UnknownEndpoint: 7,
+  BadSession: 8,
+  BadIndex: 9,
+  NoResources: 10,
+  Unreachable: 11,
+} as const;
+
+/** TPT access bits of a registered region. */
+export const Access = {
+  LocalRead: 1,
+  LocalWrite: 2,
+  RemoteRead: 4,
+  RemoteWrite: 8,
+} as const;
+
+/** MX_ANY_ENDPOINT: let the NIC choose the endpoint id. */
+export const ANY_ENDPOINT = 0xffffffff;
+
+// ---- interrupt page -------------------------------------------------------------------------
+
+/** Incremented by every kick; the owner sleeps with Atomics.wait(intr, I_SEQ, seenValue). */
+export const I_SEQ = 0;
+/** Owner: 1 while it sleeps (or is about to); raisers kick only then. */
+export const I_SLEEPING = 16;
+
+/** Raise an endpoint's interrupt: kick only if its owner said it sleeps. Returns whether it kicked. */
+export function raiseInterrupt(intr: Int32Array): boolean {
+  if (Atomics.load(intr, I_SLEEPING) === 0) return false;
+  Atomics.add(intr, I_SEQ, 1);
+  Atomics.notify(intr, I_SEQ);
+  return true;
+}
