@@ -4,7 +4,7 @@
  * XenStore and the host. It holds no reference to another domain's memory unless a grant
  * was mapped for it (or, for the privileged domain, the hypervisor handed it foreign access).
  */
-import type { MessagePort } from "node:worker_threads";
+import { type MessagePort, receiveMessageOnPort } from "node:worker_threads";
 import { DOMID_MAX, type DomId, type EvtchnPort, GNTST, PAGE_SIZE } from "../abi.js";
 import { CounterBlock, type CounterSnapshot, CounterWriter, readCounters } from "../counters.js";
 import { type EvtchnHypercalls, GuestEventChannels, type PortGrant } from "../event-channel.js";
@@ -249,6 +249,13 @@ class RemoteXenStoreClient extends RequestXenStoreClient {
     });
   }
 
+  /** Posts a request whose reply the caller takes off the port itself (Guest.xenstoreSync); returns its id. */
+  post(req: XenStoreRequest): number {
+    const id = this.nextId++;
+    this.port.postMessage({ kind: "xenstore", id, req } satisfies AsyncToHypervisor);
+    return id;
+  }
+
   handle(msg: AsyncToGuest): void {
     if (msg.kind === "watch") {
       this.deliverWatch(msg.path, msg.token);
@@ -311,10 +318,8 @@ export class Guest {
     };
     this.evtchn = new GuestEventChannels(evtchnCalls, this.countersWriter);
     const xs = new RemoteXenStoreClient(boot.domid, boot.asyncPort);
-    boot.asyncPort.on("message", (m: AsyncToGuest) => {
-      if (m.kind === "domain-gone") this.foreign?.drop(m.domid);
-      else xs.handle(m);
-    });
+    this.xs = xs;
+    boot.asyncPort.on("message", (m: AsyncToGuest) => this.dispatchAsync(m));
     // The async port must not keep a finished guest alive; the runtime refs it while main runs.
     boot.asyncPort.unref();
     this.asyncPort = boot.asyncPort;
@@ -322,6 +327,42 @@ export class Guest {
   }
 
   private readonly asyncPort: MessagePort;
+  private readonly xs: RemoteXenStoreClient;
+  private readonly nap = new Int32Array(new SharedArrayBuffer(4));
+
+  private dispatchAsync(m: AsyncToGuest): void {
+    if (m.kind === "domain-gone") this.foreign?.drop(m.domid);
+    else this.xs.handle(m);
+  }
+
+  /**
+   * One XenStore request answered synchronously, for code that cannot await: a driver set up
+   * from a synchronous call (mx_init → myrifront's xenbus handshake). The thread blocks (spin,
+   * then short sleeps) until xenstored answers; other replies and watch events that arrive
+   * meanwhile are dispatched as usual. Returns what the async client's request would resolve
+   * to; throws XenStoreError.
+   */
+  xenstoreSync(req: XenStoreRequest, timeoutMs = 10_000): unknown {
+    const id = this.xs.post(req);
+    const deadline = performance.now() + timeoutMs;
+    for (let idle = 0; ; ) {
+      const got = receiveMessageOnPort(this.asyncPort);
+      if (got) {
+        const m = got.message as AsyncToGuest;
+        if (m.kind === "xenstore-reply" && m.id === id) {
+          if (m.ok) return m.value;
+          throw XenStoreError.fromWire(m.error);
+        }
+        this.dispatchAsync(m);
+        idle = 0;
+        continue;
+      }
+      if (performance.now() > deadline)
+        throw new XenStoreError("ETIMEDOUT", req.path ?? "", `no XenStore reply in ${timeoutMs} ms`);
+      // xenstored answers from the host's event loop in tens of µs: spin a little, then nap.
+      if (++idle > 200) Atomics.wait(this.nap, 0, 0, 0.05);
+    }
+  }
 
   /** @internal Keeps the event loop alive while main runs (watch events, XenStore replies). */
   holdEventLoop(hold: boolean): void {

@@ -1,0 +1,301 @@
+/**
+ * One machine: the hypervisor, the NIC, and domain 0 running the driver domain (myrback and
+ * the native service). The host is also the toolstack: it creates each guest's myri device in
+ * XenStore (and removes it when the guest goes), writes the guest's memory/target, and hands
+ * each native process its link to the native service.
+ *
+ * What the host can see of the driver domain without asking it: the request counters in the
+ * stats page (backendStats), read straight from shared memory — how tests prove the data
+ * path never reaches the backend.
+ */
+import { MessageChannel, type MessagePort, type TransferListItem } from "node:worker_threads";
+import { type BackendStats, readBackendStats, STATS_BYTES } from "../myrixen/back.js";
+import type { DriverDomainArgs, DriverToHost, HostToDriver } from "../myrixen/driver-domain.js";
+import {
+  DEFAULT_ENDPOINTS_PER_DOMAIN,
+  DEFAULT_REGIONS_PER_DOMAIN,
+  DEFAULT_REGISTERED_BYTES_PER_DOMAIN,
+  MEMORY_TARGET_KEY,
+  MYRI_DEVICE_TYPE,
+} from "../myrixen/protocol.js";
+import type { NicInfo } from "../nic/control.js";
+import { NicDevice } from "../nic/device.js";
+import type { DomId } from "../xen/abi.js";
+import type { Domain } from "../xen/hypervisor.js";
+import { Hypervisor } from "../xen/hypervisor.js";
+import { createDevice, destroyDevice } from "../xen/xenbus.js";
+
+export const DRIVER_DOMAIN_PROGRAM = new URL("../myrixen/driver-domain.js", import.meta.url);
+
+export interface HostOptions {
+  nicId?: number;
+  /** NIC endpoint contexts (default 32). */
+  maxEndpoints?: number;
+  /** myrback quota: endpoints one domain or process may have open (default 8). */
+  endpointsPerDomain?: number;
+  /** myrback quota: bytes one domain may have registered (default 256 MiB, and at most its RAM). */
+  registeredBytesPerDomain?: number;
+  /** myrback quota: regions one domain may have registered (default 1024). */
+  regionsPerDomain?: number;
+  /** Print the driver domain's log lines to stderr. */
+  verbose?: boolean;
+}
+
+export interface DomainSpec {
+  /** The program: path or URL of a module whose default export is main(guest). */
+  module: string | URL;
+  /** guest.args; for a native process, an object (the host adds `myrixen` to it). */
+  args?: unknown;
+  /** Guest-physical memory in 4 KiB pages (default 256). */
+  pages?: number;
+  name?: string;
+  maxHeapMb?: number;
+  transfer?: TransferListItem[];
+}
+
+export interface LogLine {
+  time: number;
+  message: string;
+}
+
+const LOG_MAX = 1000;
+
+function int(name: string, v: unknown, def: number, min: number, max: number): number {
+  if (v === undefined) return def;
+  if (typeof v !== "number" || !Number.isInteger(v) || v < min || v > max)
+    throw new RangeError(`Host.start: ${name} must be an integer in ${min}..${max}, got ${String(v)}`);
+  return v;
+}
+
+export class Host {
+  /** The driver domain's log (newest last, at most 1000 lines). */
+  readonly log: LogLine[] = [];
+  private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
+  private readonly logWaiters = new Set<() => void>();
+  private nextRequest = 1;
+  private stopped = false;
+
+  private constructor(
+    readonly hypervisor: Hypervisor,
+    readonly nic: NicDevice,
+    readonly dom0: Domain,
+    private readonly link: MessagePort,
+    private readonly stats: SharedArrayBuffer,
+    readonly nicId: number,
+  ) {
+    link.on("message", (m: DriverToHost) => this.onDriverMessage(m));
+    // The link must not keep the host process alive on its own.
+    link.unref();
+  }
+
+  static async start(opts: HostOptions = {}): Promise<Host> {
+    const nicId = int("nicId", opts.nicId, 0, 0, 0xfffffffe);
+    const maxEndpoints = int("maxEndpoints", opts.maxEndpoints, 32, 1, 256);
+    const endpointsPerDomain = int(
+      "endpointsPerDomain",
+      opts.endpointsPerDomain,
+      DEFAULT_ENDPOINTS_PER_DOMAIN,
+      1,
+      256,
+    );
+    const registeredBytesPerDomain = int(
+      "registeredBytesPerDomain",
+      opts.registeredBytesPerDomain,
+      DEFAULT_REGISTERED_BYTES_PER_DOMAIN,
+      4096,
+      2 ** 40,
+    );
+    const regionsPerDomain = int(
+      "regionsPerDomain",
+      opts.regionsPerDomain,
+      DEFAULT_REGIONS_PER_DOMAIN,
+      1,
+      65536,
+    );
+    const hv = new Hypervisor();
+    const nic = await NicDevice.start({ nicId, maxEndpoints });
+    try {
+      const ep = nic.driverEndpoint();
+      const { port1: link, port2 } = new MessageChannel();
+      const stats = new SharedArrayBuffer(STATS_BYTES);
+      const early: LogLine[] = [];
+      const ready = new Promise<void>((resolve) => {
+        const onMsg = (m: DriverToHost) => {
+          if (m?.type === "log") early.push({ time: m.time, message: m.message });
+          if (m?.type === "ready") {
+            link.off("message", onMsg);
+            resolve();
+          }
+        };
+        link.on("message", onMsg);
+      });
+      const args: DriverDomainArgs = {
+        nic: ep,
+        hostLink: port2,
+        stats,
+        endpointsPerDomain,
+        registeredBytesPerDomain,
+        regionsPerDomain,
+      };
+      const dom0 = await hv.createDomain({
+        module: DRIVER_DOMAIN_PROGRAM,
+        name: "Domain-0",
+        privileged: true,
+        pages: 256,
+        // Every endpoint window and channel becomes dom0 frames granted to guests.
+        maxSharedPages: 1 << 20,
+        grantEntries: 1 << 16,
+        args,
+        transfer: [ep.port, port2],
+      });
+      const exit = dom0.exited.then((e) => {
+        throw new Error(`the driver domain ${e.state} while starting: ${e.error?.message ?? "no error"}`);
+      });
+      await Promise.race([ready, exit]);
+      void exit.catch(() => undefined);
+      const host = new Host(hv, nic, dom0, link, stats, nicId);
+      host.log.push(...early);
+      if (opts.verbose) host.verbose = true;
+      return host;
+    } catch (e) {
+      await hv.shutdown().catch(() => undefined);
+      await nic.stop();
+      throw e;
+    }
+  }
+
+  private verbose = false;
+
+  private onDriverMessage(m: DriverToHost): void {
+    if (m?.type === "log") {
+      this.log.push({ time: m.time, message: m.message });
+      if (this.log.length > LOG_MAX) this.log.splice(0, this.log.length - LOG_MAX);
+      if (this.verbose) process.stderr.write(`[dom0] ${m.message}\n`);
+      for (const w of [...this.logWaiters]) w();
+    } else if (m?.type === "reply") {
+      const p = this.pending.get(m.id);
+      if (!p) return;
+      this.pending.delete(m.id);
+      if (m.ok) p.resolve(m.value);
+      else p.reject(new Error(m.error));
+    }
+  }
+
+  private request<T>(what: "nic-info" | "frontends"): Promise<T> {
+    if (this.stopped) return Promise.reject(new Error("the host is stopped"));
+    const id = this.nextRequest++;
+    return new Promise<T>((resolve, reject) => {
+      this.pending.set(id, { resolve: resolve as (v: unknown) => void, reject });
+      this.link.ref();
+      this.send({ type: "request", id, what });
+    }).finally(() => {
+      if (this.pending.size === 0) this.link.unref();
+    });
+  }
+
+  private send(m: HostToDriver, transfer?: TransferListItem[]): void {
+    this.link.postMessage(m, transfer);
+  }
+
+  /**
+   * Starts a guest VM and, as the toolstack, gives it a myri device served by domain 0
+   * (its program connects with openDriver / MyriFront.connect).
+   */
+  async startGuest(spec: DomainSpec): Promise<Domain> {
+    const dom = await this.hypervisor.createDomain({
+      module: spec.module,
+      name: spec.name,
+      pages: spec.pages,
+      maxHeapMb: spec.maxHeapMb,
+      args: spec.args,
+      transfer: spec.transfer,
+    });
+    const ts = this.hypervisor.toolstack;
+    const d = dom.domid;
+    const device = { type: MYRI_DEVICE_TYPE, frontDom: d, backDom: 0, devid: 0 };
+    try {
+      // Like xl's memory/target: the guest may read it, not change it; myrback caps its
+      // registrations at it.
+      const mem = `/local/domain/${d}/memory`;
+      await ts.write(`/local/domain/${d}/${MEMORY_TARGET_KEY}`, String(dom.pages * 4));
+      for (const p of [mem, `/local/domain/${d}/${MEMORY_TARGET_KEY}`])
+        await ts.setPerms(p, [
+          { dom: 0, access: "n" },
+          { dom: d, access: "r" },
+        ]);
+      await createDevice(ts, device);
+    } catch (e) {
+      if (dom.state === "running" || dom.state === "booting") throw e;
+    }
+    // The toolstack removes the device when the domain goes; myrback sees it vanish.
+    void dom.exited.then(() => destroyDevice(ts, device).catch(() => undefined));
+    return dom;
+  }
+
+  /** Starts a native process of the driver domain's OS; it finds its service link in guest.args.myrixen. */
+  async startNative(spec: DomainSpec): Promise<Domain> {
+    const user = spec.args;
+    if (user !== undefined && (typeof user !== "object" || user === null || Array.isArray(user)))
+      throw new TypeError("startNative: args must be an object (the host adds `myrixen` to it) or undefined");
+    const { port1, port2 } = new MessageChannel();
+    const replyWord = new SharedArrayBuffer(8);
+    const dom = await this.hypervisor.createDomain({
+      module: spec.module,
+      name: spec.name,
+      pages: spec.pages,
+      maxHeapMb: spec.maxHeapMb,
+      native: true,
+      args: { ...(user as object | undefined), myrixen: { port: port2, replyWord } },
+      transfer: [port2, ...(spec.transfer ?? [])],
+    });
+    this.send({ type: "attach-native", domid: dom.domid, endpoint: { port: port1, replyWord } }, [port1]);
+    return dom;
+  }
+
+  /** myrback's and the native service's counters, read from shared memory now. */
+  backendStats(): BackendStats {
+    return readBackendStats(this.stats);
+  }
+
+  /** The NIC's view (open endpoints, regions, links), asked through the driver domain. */
+  nicInfo(): Promise<NicInfo> {
+    return this.request<NicInfo>("nic-info");
+  }
+
+  /** Which frontends and native processes the driver domain serves. */
+  backendState(): Promise<{ frontends: { domid: DomId; devid: number; state: string }[]; native: DomId[] }> {
+    return this.request("frontends");
+  }
+
+  /** Resolves with the first driver-domain log line matching `pattern` (past or future). */
+  waitForLog(pattern: RegExp, timeoutMs = 10_000): Promise<string> {
+    const found = () => this.log.find((l) => pattern.test(l.message))?.message;
+    const now = found();
+    if (now !== undefined) return Promise.resolve(now);
+    return new Promise((resolve, reject) => {
+      const check = () => {
+        const m = found();
+        if (m === undefined) return;
+        clearTimeout(timer);
+        this.logWaiters.delete(check);
+        resolve(m);
+      };
+      const timer = setTimeout(() => {
+        this.logWaiters.delete(check);
+        reject(new Error(`no driver-domain log line matched ${pattern} in ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.logWaiters.add(check);
+    });
+  }
+
+  /** Destroys every domain and stops the NIC. */
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    for (const p of this.pending.values()) p.reject(new Error("the host stopped"));
+    this.pending.clear();
+    await this.hypervisor.shutdown();
+    await this.nic.stop();
+    this.link.close();
+  }
+}

@@ -1,0 +1,82 @@
+/**
+ * MX return codes (mx_return_t) with their names, and the error the MX API raises. Values
+ * are those of myriexpress.h (MX_API 0x301), so an MX programmer reads them as-is. Status
+ * codes (mx_status_code_t) are the NIC's and live in src/nic/status.ts.
+ */
+
+export const MxReturn = {
+  MX_SUCCESS: 0,
+  MX_BAD_BAD_BAD: 1,
+  MX_FAILURE: 2,
+  MX_ALREADY_INITIALIZED: 3,
+  MX_NOT_INITIALIZED: 4,
+  MX_NO_DEV: 5,
+  MX_NO_DRIVER: 6,
+  MX_NO_PERM: 7,
+  MX_BOARD_UNKNOWN: 8,
+  MX_BAD_ENDPOINT: 9,
+  MX_BAD_SEG_LIST: 10,
+  MX_BAD_SEG_MEM: 11,
+  MX_BAD_SEG_CNT: 12,
+  MX_BAD_REQUEST: 13,
+  MX_BAD_MATCH_MASK: 14,
+  MX_NO_RESOURCES: 15,
+  MX_BAD_ADDR_LIST: 16,
+  MX_BAD_ADDR_COUNT: 17,
+  MX_BAD_ROOT: 18,
+  MX_NOT_COMPLETED: 19,
+  MX_BUSY: 20,
+  MX_BAD_INFO_KEY: 21,
+  MX_BAD_INFO_VAL: 22,
+  MX_BAD_NIC: 23,
+  MX_BAD_PARAM_LIST: 24,
+  MX_BAD_PARAM_NAME: 25,
+  MX_BAD_PARAM_VAL: 26,
+  MX_BAD_HOSTNAME_ARGS: 27,
+  MX_HOST_NOT_FOUND: 28,
+  MX_REQUEST_PENDING: 29,
+  MX_TIMEOUT: 30,
+  MX_NO_MATCH: 31,
+  MX_BAD_ENDPOINT_ID: 32,
+  MX_CONNECTION_FAILED: 33,
+  MX_BAD_CONNECTION_KEY: 34,
+  MX_BAD_INFO_LENGTH: 35,
+  MX_NIC_NOT_FOUND: 36,
+  MX_BAD_KERNEL_VERSION: 37,
+  MX_BAD_LIB_VERSION: 38,
+  MX_NIC_DEAD: 39,
+  MX_CANCEL_NOT_SUPPORTED: 40,
+  MX_CLOSE_IN_HANDLER: 41,
+  MX_BAD_MATCHING_FOR_CONTEXT_ID_MASK: 42,
+  MX_NOT_SUPPORTED_WITH_CONTEXT_ID: 43,
+} as const;
+
+export type MxReturnName = keyof typeof MxReturn;
+
+const names = new Map<number, string>(Object.entries(MxReturn).map(([k, v]) => [v, k]));
+
+/** mx_strerror: the name of a return code. */
+export function mxStrerror(code: number): string {
+  return names.get(code) ?? `MX_UNKNOWN_RETURN(${code})`;
+}
+
+/** An MX call that failed: carries the MX return code (number and name) and what to fix. */
+export class MxError extends Error {
+  readonly code: number;
+  constructor(
+    readonly codeName: MxReturnName,
+    message: string,
+  ) {
+    super(`${codeName}: ${message}`);
+    this.name = "MxError";
+    this.code = MxReturn[codeName];
+  }
+}
+
+/** MX_ANY_ENDPOINT / MX_ANY_NIC. */
+export const MX_ANY_ENDPOINT = 0xffffffff;
+export const MX_ANY_NIC = 0xffffffff;
+/** MX_INFINITE timeout. */
+export const MX_INFINITE = 0;
+/** Default rendezvous threshold: eager up to 32 KiB (Open-MX's inter-node default). */
+export const DEFAULT_RNDV_THRESHOLD = 32 * 1024;

@@ -1,0 +1,142 @@
+/**
+ * The native MX driver: how a process of the driver domain's OS (createDomain({ native: true }),
+ * Host.startNative) reaches the NIC — the reference point the bypass path is measured against.
+ * Each method is one synchronous call to the driver domain's native service, which answers with
+ * SharedArrayBuffers directly (no grants inside one OS). The data path is then the same as a
+ * guest's: window, interrupt page and channels, with no driver involved.
+ */
+
+import type {
+  MyriInfo,
+  NativeAttachReply,
+  NativeConnectReply,
+  NativeRequest,
+  NativeServiceEndpoint,
+} from "../myrixen/protocol.js";
+import type { Guest } from "../xen/guest/guest.js";
+import { SyncCallClient } from "../xen/sync-call.js";
+import {
+  type DriverChannel,
+  type DriverConnection,
+  type DriverEndpoint,
+  type DriverRegion,
+  type MxDriver,
+  MxDriverError,
+} from "./driver.js";
+
+function fail(code: string, message: string): MxDriverError {
+  return new MxDriverError(code, `${code}: ${message}`);
+}
+
+export class NativeDriver implements MxDriver {
+  readonly path = "native";
+  readonly nicId: number;
+  /** Endpoint contexts of the NIC. */
+  readonly maxEndpoints: number;
+  private readonly rpc: SyncCallClient<NativeRequest>;
+  private readonly open = new Set<number>();
+  private finalized = false;
+
+  /** `endpoint` defaults to `guest.args.myrixen`, where Host.startNative puts it. */
+  constructor(
+    private readonly guest: Guest,
+    endpoint?: NativeServiceEndpoint,
+  ) {
+    if (!guest.native)
+      throw fail(
+        "MX_NO_DRIVER",
+        "NativeDriver is for native processes; a guest VM uses myrifront (openDriver picks it)",
+      );
+    const ep = endpoint ?? (guest.args as { myrixen?: NativeServiceEndpoint } | undefined)?.myrixen;
+    if (!ep?.port || !(ep.replyWord instanceof SharedArrayBuffer))
+      throw fail(
+        "MX_NO_DRIVER",
+        "no native service endpoint in guest.args.myrixen; start the process with Host.startNative",
+      );
+    this.rpc = new SyncCallClient<NativeRequest>(
+      ep.port,
+      ep.replyWord,
+      (errno, message) => new MxDriverError(errno.startsWith("MX_") ? errno : "MX_FAILURE", message),
+    );
+    const r = this.call<NativeAttachReply>({ op: "attach", memory: guest.memory.ram });
+    this.nicId = r.nicId;
+    this.maxEndpoints = r.maxEndpoints;
+  }
+
+  private call<T>(req: NativeRequest): T {
+    if (this.finalized) throw fail("MX_NOT_INITIALIZED", "this driver was finalized");
+    return this.rpc.call<T>(req);
+  }
+
+  openEndpoint(endpointId: number, key: number): DriverEndpoint {
+    const r = this.call<DriverEndpoint>({ op: "open_endpoint", endpointId, key });
+    this.open.add(r.endpointId);
+    return r;
+  }
+
+  closeEndpoint(endpointId: number): void {
+    this.call({ op: "close_endpoint", endpointId });
+    this.open.delete(endpointId);
+  }
+
+  registerRegion(endpointId: number, bytes: Uint8Array, access: number): DriverRegion {
+    if (!(bytes instanceof Uint8Array) || bytes.buffer !== this.guest.memory.ram)
+      throw fail(
+        "MX_BAD_SEG_MEM",
+        "registerRegion: the buffer must be a view of this process's memory (allocBuffer, guest.memory)",
+      );
+    return this.call<DriverRegion>({
+      op: "register_region",
+      endpointId,
+      offset: bytes.byteOffset,
+      length: bytes.byteLength,
+      access,
+    });
+  }
+
+  deregisterRegion(endpointId: number, regionId: number): void {
+    this.call({ op: "deregister_region", endpointId, regionId });
+  }
+
+  connect(endpointId: number, peerNic: number, peerEndpoint: number, key: number): DriverConnection {
+    return this.call<NativeConnectReply>({ op: "connect", endpointId, peerNic, peerEndpoint, key });
+  }
+
+  acceptChannel(
+    endpointId: number,
+    channelId: number,
+  ): DriverChannel & { peerNic: number; peerEndpoint: number; peerSession: number } {
+    return this.call({ op: "accept_channel", endpointId, channelId });
+  }
+
+  allocBuffer(length: number): Uint8Array {
+    try {
+      return this.guest.memory.allocBytes(length).bytes;
+    } catch (e) {
+      throw fail("MX_NO_RESOURCES", `allocBuffer(${length}): ${(e as Error).message}`);
+    }
+  }
+
+  freeBuffer(buffer: Uint8Array): void {
+    const loc = this.guest.memory.locate(buffer);
+    if (loc?.offset !== 0 || buffer.byteLength < 1)
+      throw fail("MX_BAD_SEG_MEM", "freeBuffer: not a buffer from allocBuffer");
+    this.guest.memory.freePages({ pfn: loc.pfn, count: Math.ceil(buffer.byteLength / 4096) });
+  }
+
+  info(): MyriInfo {
+    return this.call<MyriInfo>({ op: "info" });
+  }
+
+  finalize(): void {
+    if (this.finalized) return;
+    for (const id of [...this.open]) {
+      try {
+        this.closeEndpoint(id);
+      } catch {
+        // already gone
+      }
+    }
+    this.finalized = true;
+  }
+}

@@ -1,0 +1,663 @@
+/**
+ * myrifront: a guest's half of the myri split driver, the MxDriver of the bypass path.
+ *
+ * Set-up (asynchronous, once): wait for the toolstack's device/myri/<devid>, put the control
+ * ring in a RAM page granted to the driver domain, allocate an event channel, walk the xenbus
+ * handshake. After that every MxDriver method is one synchronous round trip on the ring —
+ * push, notify, wait for the response on the event channel (spin, then sleep) — because the
+ * MX library calls them from synchronous code. What a response grants (the NIC window, the
+ * interrupt page, a channel) is mapped page by page and handed to the library; the data path
+ * then never comes back here.
+ */
+
+import {
+  type DriverChannel,
+  type DriverConnection,
+  type DriverEndpoint,
+  type DriverRegion,
+  type MxDriver,
+  MxDriverError,
+} from "../mx/driver.js";
+import { Access } from "../nic/window.js";
+import { PAGE_SIZE, XenbusState, xenbusStateName } from "../xen/abi.js";
+import type { EventChannelPort } from "../xen/event-channel.js";
+import type { GrantMapping, Guest } from "../xen/guest/guest.js";
+import type { PageRun } from "../xen/memory.js";
+import { FrontRing, initSharedRing } from "../xen/ring.js";
+import { DEFAULT_XENBUS_TIMEOUT_MS, frontendPath, parseXenbusState } from "../xen/xenbus.js";
+import { XenStoreError, type XenStoreRequest } from "../xen/xenstore.js";
+import {
+  CONNECT_FLAG_CHANNEL,
+  MAX_INDIRECT_PAGES,
+  MAX_REGION_PAGES,
+  MYRI_DEVICE_TYPE,
+  MYRI_PROTOCOL,
+  type MyriInfo,
+  NO_REF,
+  Op,
+  opName,
+  REFS_PER_PAGE,
+  REQ_ARG,
+  REQ_BYTES,
+  REQ_ENDPOINT,
+  REQ_ID,
+  REQ_INDIRECT,
+  REQ_NR_INDIRECT,
+  REQ_OP,
+  RSP_BYTES,
+  RSP_ID,
+  RSP_MSG_LEN,
+  RSP_NR_REFS,
+  RSP_OP,
+  RSP_PAGE_REF,
+  RSP_STATUS,
+  RSP_VAL,
+  statusName,
+  XsKey,
+} from "./protocol.js";
+
+export interface MyriFrontOptions {
+  /** Device index under device/myri (default 0). */
+  devid?: number;
+  /** How long to wait for the device directory and for each handshake step (ms). */
+  timeoutMs?: number;
+  /** How long one control request may take before MX_TIMEOUT (ms). */
+  requestTimeoutMs?: number;
+  /** Spin budget of the response wait (µs) before sleeping on the event channel. */
+  spinUs?: number;
+}
+
+interface Response {
+  vals: Uint32Array;
+  refs: number[];
+}
+
+interface LocalChannel {
+  conn: DriverChannel & { peerNic: number; peerEndpoint: number; peerSession: number };
+  mappings: GrantMapping[];
+}
+
+interface LocalEndpoint {
+  id: number;
+  mappings: GrantMapping[];
+  channels: Map<number, LocalChannel>;
+}
+
+const decoder = new TextDecoder();
+
+function fail(code: string, message: string): MxDriverError {
+  return new MxDriverError(code, `${code}: ${message}`);
+}
+
+export class MyriFront implements MxDriver {
+  readonly path = "bypass";
+  readonly nicId: number;
+  /** What the backend advertised (max-endpoints, max-registered-bytes, ...). */
+  readonly features: Readonly<Record<string, string>>;
+
+  private readonly ring: FrontRing;
+  private readonly port: EventChannelPort;
+  private readonly req = new Uint8Array(REQ_BYTES);
+  private readonly reqView = new DataView(this.req.buffer);
+  private readonly rsp = new Uint8Array(RSP_BYTES);
+  private readonly rspView = new DataView(this.rsp.buffer);
+  private nextId = 1;
+  /** Why the backend is unusable (a failed round trip found it gone). */
+  private dead: string | undefined;
+  private finalized = false;
+  private readonly endpoints = new Map<number, LocalEndpoint>();
+  private readonly regions = new Map<number, { endpointId: number; refs: number[] }>();
+  private readonly rspPages = new Map<number, GrantMapping>();
+
+  private constructor(
+    private readonly guest: Guest,
+    private readonly xs: SyncXenbus,
+    /** device/myri/<devid> and the backend's directory. */
+    readonly frontPath: string,
+    readonly backPath: string,
+    private readonly backId: number,
+    private readonly ringPage: PageRun,
+    private readonly ringRef: number,
+    private readonly portNo: number,
+    features: Record<string, string>,
+    private readonly requestTimeoutMs: number,
+    private readonly spinUs: number | undefined,
+  ) {
+    this.features = features;
+    this.nicId = Number(features[XsKey.nicId]);
+    this.ring = new FrontRing(ringPage.bytes.subarray(0, PAGE_SIZE), REQ_BYTES, RSP_BYTES);
+    this.port = guest.evtchn.port(portNo);
+    // Masked between waits: the backend's notifications kick only while we really sleep.
+    this.port.mask();
+  }
+
+  /**
+   * Connects to the myri device the toolstack gave this guest (Host.startGuest creates it).
+   * Synchronous, like everything the MX library calls: the xenbus steps use synchronous
+   * XenStore requests and poll the peer's state (a handshake, not a hot path).
+   */
+  static connect(guest: Guest, opts: MyriFrontOptions = {}): MyriFront {
+    if (guest.native)
+      throw fail(
+        "MX_NO_DRIVER",
+        "a native process has no myri device; use NativeDriver (openDriver picks it)",
+      );
+    const devid = opts.devid ?? 0;
+    const timeoutMs = opts.timeoutMs ?? DEFAULT_XENBUS_TIMEOUT_MS;
+    const xs = new SyncXenbus(guest, timeoutMs);
+    const path = frontendPath(guest.domid, MYRI_DEVICE_TYPE, devid);
+    try {
+      xs.waitState(path, LIVE_STATES, CLOSED_STATES, "myri device");
+    } catch (e) {
+      throw fail(
+        "MX_NO_DEV",
+        `domain ${guest.domid} has no usable myri device (${(e as Error).message}); ` +
+          "start the guest with Host.startGuest, whose toolstack creates it",
+      );
+    }
+    const backPath = xs.tryRead(`${path}/backend`);
+    const backIdText = xs.tryRead(`${path}/backend-id`);
+    if (backPath === undefined || backIdText === undefined || !/^\d+$/.test(backIdText))
+      throw fail(
+        "MX_NO_DEV",
+        `${path} names no backend (backend, backend-id); the toolstack must create the device`,
+      );
+    const backId = Number(backIdText);
+    const ringPage = guest.memory.allocPages(1);
+    initSharedRing(ringPage.bytes);
+    let ringRef: number | undefined;
+    let portNo: number | undefined;
+    const features: Record<string, string> = {};
+    try {
+      xs.waitState(backPath, [XenbusState.InitWait], CLOSED_STATES, "myri backend");
+      for (const name of xs.directory(backPath)) {
+        if (BACKEND_BOOKKEEPING.has(name)) continue;
+        const v = xs.tryRead(`${backPath}/${name}`);
+        if (v !== undefined) features[name] = v;
+      }
+      if (features[XsKey.protocol] !== undefined && features[XsKey.protocol] !== MYRI_PROTOCOL)
+        throw new Error(`the backend speaks ${features[XsKey.protocol]}, this frontend ${MYRI_PROTOCOL}`);
+      if (!/^\d+$/.test(features[XsKey.nicId] ?? "")) throw new Error("the backend did not advertise nic-id");
+      const ref = guest.grants.grantAccess(backId, ringPage.pfn);
+      ringRef = ref;
+      const port = guest.evtchn.allocUnbound(backId);
+      portNo = port;
+      xs.transaction((tx) => {
+        if (xs.tryRead(`${path}/state`, tx) === undefined) throw new Error(`${path} is gone`);
+        xs.write(`${path}/${XsKey.protocol}`, MYRI_PROTOCOL, tx);
+        xs.write(`${path}/${XsKey.ringRef}`, String(ref), tx);
+        xs.write(`${path}/${XsKey.eventChannel}`, String(port), tx);
+        xs.write(`${path}/state`, String(XenbusState.Initialised), tx);
+      });
+      xs.waitState(backPath, [XenbusState.Connected], CLOSED_STATES, "myri backend");
+      xs.switchState(path, XenbusState.Connected);
+    } catch (e) {
+      if (portNo !== undefined) guest.evtchn.close(portNo);
+      if (ringRef !== undefined && !guest.grants.isInUse(ringRef)) guest.grants.endAccess(ringRef);
+      throw fail("MX_NO_DRIVER", `the myri handshake with domain ${backId} failed: ${(e as Error).message}`);
+    }
+    return new MyriFront(
+      guest,
+      xs,
+      path,
+      backPath,
+      backId,
+      ringPage,
+      ringRef,
+      portNo,
+      features,
+      opts.requestTimeoutMs ?? 30_000,
+      opts.spinUs,
+    );
+  }
+
+  // ---- the ring round trip ---------------------------------------------------------------
+
+  /** One request, one response: args are the op's u32 arguments, indirect its indirect-page refs. */
+  private call(
+    op: number,
+    endpoint: number,
+    args: readonly number[],
+    indirect?: readonly number[],
+  ): Response {
+    if (this.finalized) throw fail("MX_NOT_INITIALIZED", "this driver was finalized");
+    if (this.dead) throw fail("MX_NIC_DEAD", `the myri backend is gone (${this.dead})`);
+    const ring = this.ring;
+    if (ring.isFull()) throw fail("MX_BUSY", "the control ring is full");
+    const id = this.nextId;
+    this.nextId = (this.nextId + 1) >>> 0 || 1;
+    const q = this.reqView;
+    this.req.fill(0);
+    q.setUint32(REQ_ID, id, true);
+    q.setUint16(REQ_OP, op, true);
+    q.setUint32(REQ_ENDPOINT, endpoint >>> 0, true);
+    for (let i = 0; i < args.length; i++) q.setUint32(REQ_ARG + 4 * i, args[i] >>> 0, true);
+    if (indirect) {
+      q.setUint16(REQ_NR_INDIRECT, indirect.length, true);
+      for (let i = 0; i < indirect.length; i++) q.setUint32(REQ_INDIRECT + 4 * i, indirect[i], true);
+    }
+    const off = ring.nextRequest();
+    ring.bytes.set(this.req, off);
+    if (ring.pushRequests()) this.port.notify();
+    this.awaitResponse(id, op);
+    const r = this.rspView;
+    const status = r.getUint16(RSP_STATUS, true);
+    const pageRef = r.getUint32(RSP_PAGE_REF, true);
+    if (status !== 0) {
+      const len = Math.min(r.getUint32(RSP_MSG_LEN, true), PAGE_SIZE);
+      const msg = len > 0 && pageRef !== NO_REF ? decoder.decode(this.rspPage(pageRef).read(0, len)) : "";
+      throw fail(statusName(status), msg || `${opName(op)} failed with status ${status}`);
+    }
+    const vals = new Uint32Array(8);
+    for (let i = 0; i < 8; i++) vals[i] = r.getUint32(RSP_VAL + 4 * i, true);
+    const n = Math.min(r.getUint32(RSP_NR_REFS, true), REFS_PER_PAGE);
+    const refs: number[] = [];
+    if (n > 0 && pageRef !== NO_REF) {
+      const page = new DataView(this.rspPage(pageRef).read(0, 4 * n).buffer);
+      for (let i = 0; i < n; i++) refs.push(page.getUint32(4 * i, true));
+    }
+    return { vals, refs };
+  }
+
+  /** Waits (spin, then sleep on the event channel) for the response to `id`; stale ones are skipped. */
+  private awaitResponse(id: number, op: number): void {
+    const ring = this.ring;
+    const deadline = performance.now() + this.requestTimeoutMs;
+    for (;;) {
+      while (ring.unconsumedResponses() > 0) {
+        const off = ring.nextResponse();
+        this.rsp.set(ring.bytes.subarray(off, off + RSP_BYTES));
+        if (this.rspView.getUint32(RSP_ID, true) === id && this.rspView.getUint16(RSP_OP, true) === op)
+          return;
+      }
+      if (ring.broken) {
+        this.dead = `the backend broke the ring: ${ring.broken}`;
+        throw fail("MX_NIC_DEAD", this.dead);
+      }
+      if (ring.finalCheckForResponses()) continue;
+      const left = deadline - performance.now();
+      if (left <= 0)
+        throw fail(
+          "MX_TIMEOUT",
+          `no answer to ${opName(op)} from the myri backend in ${this.requestTimeoutMs} ms`,
+        );
+      const w = this.port.wait(left, this.spinUs);
+      if (w === "unbound") {
+        if (ring.unconsumedResponses() > 0) continue;
+        this.dead = "the backend closed the event channel";
+        throw fail("MX_NIC_DEAD", `the myri backend disconnected (${this.dead})`);
+      }
+    }
+  }
+
+  private rspPage(ref: number): GrantMapping {
+    let m = this.rspPages.get(ref);
+    if (!m) {
+      const r = this.guest.grants.map(this.backId, ref, { readonly: true });
+      if (r.status !== 0)
+        throw fail("MX_FAILURE", `cannot map the backend's response page: ${(r as { error: string }).error}`);
+      m = (r as { mapping: GrantMapping }).mapping;
+      this.rspPages.set(ref, m);
+    }
+    return m;
+  }
+
+  /** Maps `refs` (pages of one backend buffer, in order) and returns that buffer. */
+  private mapBuffer(refs: readonly number[], what: string, into: GrantMapping[]): SharedArrayBuffer {
+    const maps: GrantMapping[] = [];
+    try {
+      for (const ref of refs) maps.push(this.guest.grants.mapOrThrow(this.backId, ref));
+      const buffer = maps[0].bytes.buffer as SharedArrayBuffer;
+      // A guest cannot be handed part of a SharedArrayBuffer: each granted buffer is its own
+      // segment, so page i of it must sit at offset i × 4 KiB of a buffer of exactly that size.
+      maps.forEach((m, i) => {
+        if (m.bytes.byteOffset !== i * PAGE_SIZE || m.bytes.buffer.byteLength !== refs.length * PAGE_SIZE)
+          throw new Error(`page ${i} of the ${what} is not page ${i} of one ${refs.length}-page buffer`);
+      });
+      into.push(...maps);
+      return buffer;
+    } catch (e) {
+      for (const m of maps) this.guest.grants.unmap(m);
+      throw fail("MX_FAILURE", `cannot map the ${what} the backend granted: ${(e as Error).message}`);
+    }
+  }
+
+  private unmapAll(maps: GrantMapping[]): void {
+    for (const m of maps.splice(0)) this.guest.grants.unmap(m);
+  }
+
+  private local(endpointId: number): LocalEndpoint {
+    const ep = this.endpoints.get(endpointId);
+    if (!ep) throw fail("MX_BAD_ENDPOINT", `endpoint ${endpointId} is not open in this driver`);
+    return ep;
+  }
+
+  // ---- MxDriver ---------------------------------------------------------------------------
+
+  openEndpoint(endpointId: number, key: number): DriverEndpoint {
+    const { vals, refs } = this.call(Op.OPEN_ENDPOINT, endpointId, [key]);
+    const [id, session, windowPages, intrPages] = vals;
+    const ep: LocalEndpoint = { id, mappings: [], channels: new Map() };
+    try {
+      if (refs.length !== windowPages + intrPages || windowPages === 0 || intrPages === 0)
+        throw fail(
+          "MX_FAILURE",
+          `the backend granted ${refs.length} pages for a ${windowPages}+${intrPages}-page endpoint`,
+        );
+      const window = this.mapBuffer(refs.slice(0, windowPages), "endpoint window", ep.mappings);
+      const intr = this.mapBuffer(refs.slice(windowPages), "interrupt page", ep.mappings);
+      this.endpoints.set(id, ep);
+      return { endpointId: id, session, window, intr };
+    } catch (e) {
+      this.unmapAll(ep.mappings);
+      try {
+        this.call(Op.CLOSE_ENDPOINT, id, []);
+      } catch {
+        // the backend is gone: nothing left to close
+      }
+      throw e;
+    }
+  }
+
+  closeEndpoint(endpointId: number): void {
+    const ep = this.local(endpointId);
+    // Unmap first, so the backend can revoke its grants the moment it closes the endpoint.
+    for (const ch of ep.channels.values()) this.unmapAll(ch.mappings);
+    this.unmapAll(ep.mappings);
+    this.endpoints.delete(endpointId);
+    try {
+      this.call(Op.CLOSE_ENDPOINT, endpointId, []);
+    } finally {
+      // The backend released the endpoint's regions (and unpinned their pages) with it.
+      for (const [rid, reg] of this.regions) {
+        if (reg.endpointId !== endpointId) continue;
+        this.regions.delete(rid);
+        this.endGrants(reg.refs);
+      }
+    }
+  }
+
+  registerRegion(endpointId: number, bytes: Uint8Array, access: number): DriverRegion {
+    this.local(endpointId);
+    const loc = bytes instanceof Uint8Array ? this.guest.memory.locate(bytes) : undefined;
+    if (!loc)
+      throw fail(
+        "MX_BAD_SEG_MEM",
+        "registerRegion: the buffer must be a view of this guest's RAM (allocBuffer, guest.memory)",
+      );
+    if (bytes.byteLength < 1) throw fail("MX_BAD_SEG_MEM", "registerRegion: the buffer is empty");
+    const pages = Math.ceil((loc.offset + bytes.byteLength) / PAGE_SIZE);
+    if (pages > MAX_REGION_PAGES)
+      throw fail(
+        "MX_BAD_SEG_CNT",
+        `registerRegion: ${bytes.byteLength} bytes span ${pages} pages; one region covers at most ${MAX_REGION_PAGES} (${(MAX_REGION_PAGES * PAGE_SIZE) >> 20} MiB)`,
+      );
+    const readonly = (access & (Access.LocalWrite | Access.RemoteWrite)) === 0;
+    const grants = this.guest.grants;
+    const refs: number[] = [];
+    const nInd = Math.ceil(pages / REFS_PER_PAGE);
+    let ind: PageRun | undefined;
+    const indRefs: number[] = [];
+    try {
+      for (let i = 0; i < pages; i++) refs.push(grants.grantAccess(this.backId, loc.pfn + i, { readonly }));
+      ind = this.guest.memory.allocPages(nInd);
+      const dv = new DataView(ind.bytes.buffer, ind.bytes.byteOffset, nInd * PAGE_SIZE);
+      for (let i = 0; i < pages; i++) dv.setUint32(4 * i, refs[i], true);
+      for (let i = 0; i < nInd; i++)
+        indRefs.push(grants.grantAccess(this.backId, ind.pfn + i, { readonly: true }));
+      if (nInd > MAX_INDIRECT_PAGES) throw new RangeError("too many indirect pages");
+      const { vals } = this.call(
+        Op.REGISTER,
+        endpointId,
+        [access, loc.offset, bytes.byteLength, pages],
+        indRefs,
+      );
+      this.regions.set(vals[0], { endpointId, refs });
+      return { regionId: vals[0], key: vals[1] };
+    } catch (e) {
+      this.endGrants(refs);
+      throw e instanceof MxDriverError
+        ? e
+        : fail("MX_NO_RESOURCES", `registerRegion: ${(e as Error).message}`);
+    } finally {
+      // The backend copied the refs out and unpinned the indirect pages before answering.
+      this.endGrants(indRefs);
+      if (ind) this.guest.memory.freePages(ind);
+    }
+  }
+
+  deregisterRegion(endpointId: number, regionId: number): void {
+    this.call(Op.DEREGISTER, endpointId, [regionId]);
+    const reg = this.regions.get(regionId);
+    if (reg) {
+      this.regions.delete(regionId);
+      this.endGrants(reg.refs);
+    }
+  }
+
+  connect(endpointId: number, peerNic: number, peerEndpoint: number, key: number): DriverConnection {
+    const ep = this.local(endpointId);
+    const { vals, refs } = this.call(Op.CONNECT, endpointId, [peerNic, peerEndpoint, key]);
+    const conn: DriverConnection = { peerNic: vals[0], peerEndpoint: vals[1], peerSession: vals[2] };
+    if (vals[3] & CONNECT_FLAG_CHANNEL) conn.channel = this.mapChannel(ep, vals, refs).conn;
+    return conn;
+  }
+
+  acceptChannel(
+    endpointId: number,
+    channelId: number,
+  ): DriverChannel & { peerNic: number; peerEndpoint: number; peerSession: number } {
+    const ep = this.local(endpointId);
+    const { vals, refs } = this.call(Op.ACCEPT_CHANNEL, endpointId, [channelId]);
+    return this.mapChannel(ep, vals, refs).conn;
+  }
+
+  private mapChannel(ep: LocalEndpoint, vals: Uint32Array, refs: number[]): LocalChannel {
+    const channelId = vals[4];
+    const known = ep.channels.get(channelId);
+    if (known) return known;
+    const chPages = vals[6];
+    const intrPages = vals[7];
+    if (refs.length !== chPages + intrPages || chPages === 0 || intrPages === 0)
+      throw fail(
+        "MX_FAILURE",
+        `the backend granted ${refs.length} pages for a ${chPages}+${intrPages}-page channel`,
+      );
+    const mappings: GrantMapping[] = [];
+    try {
+      const channel = this.mapBuffer(refs.slice(0, chPages), "channel", mappings);
+      const peerIntr = this.mapBuffer(refs.slice(chPages), "peer's interrupt page", mappings);
+      const lc: LocalChannel = {
+        conn: {
+          channelId,
+          channel,
+          side: (vals[5] & 1) as 0 | 1,
+          peerIntr,
+          peerNic: vals[0],
+          peerEndpoint: vals[1],
+          peerSession: vals[2],
+        },
+        mappings,
+      };
+      ep.channels.set(channelId, lc);
+      return lc;
+    } catch (e) {
+      this.unmapAll(mappings);
+      throw e;
+    }
+  }
+
+  allocBuffer(length: number): Uint8Array {
+    try {
+      return this.guest.memory.allocBytes(length).bytes;
+    } catch (e) {
+      throw fail("MX_NO_RESOURCES", `allocBuffer(${length}): ${(e as Error).message}`);
+    }
+  }
+
+  freeBuffer(buffer: Uint8Array): void {
+    const loc = this.guest.memory.locate(buffer);
+    if (loc?.offset !== 0 || buffer.byteLength < 1)
+      throw fail("MX_BAD_SEG_MEM", "freeBuffer: not a buffer from allocBuffer");
+    this.guest.memory.freePages({ pfn: loc.pfn, count: Math.ceil(buffer.byteLength / PAGE_SIZE) });
+  }
+
+  /** The backend's view of this guest: NIC, endpoints and registration quotas. */
+  info(): MyriInfo {
+    const { vals } = this.call(Op.INFO, 0, []);
+    return {
+      nicId: vals[0],
+      maxEndpoints: vals[1],
+      nicOpenEndpoints: vals[2],
+      endpoints: vals[3],
+      endpointQuota: vals[4],
+      registeredBytes: vals[5] * PAGE_SIZE,
+      registeredBytesQuota: vals[6] * PAGE_SIZE,
+      regions: vals[7],
+    };
+  }
+
+  /** Closes every endpoint, then walks the device to Closed (the backend releases the rest). */
+  finalize(): void {
+    if (this.finalized) return;
+    for (const id of [...this.endpoints.keys()]) {
+      try {
+        this.closeEndpoint(id);
+      } catch {
+        // a dead backend already released it
+      }
+    }
+    this.finalized = true;
+    this.unmapAll([...this.rspPages.values()]);
+    this.rspPages.clear();
+    const xs = this.xs;
+    try {
+      xs.switchState(this.frontPath, XenbusState.Closing);
+      xs.waitState(
+        this.backPath,
+        [XenbusState.Closing, XenbusState.Closed, XenbusState.Unknown],
+        [],
+        "myri backend",
+      );
+      xs.switchState(this.frontPath, XenbusState.Closed);
+    } catch {
+      // The backend or the device is gone already: nothing left to walk.
+    }
+    try {
+      this.guest.evtchn.close(this.portNo);
+    } catch {
+      // closed by the backend's teardown already
+    }
+    this.endGrants([this.ringRef]);
+    if (!this.guest.grants.isInUse(this.ringRef)) this.guest.memory.freePages(this.ringPage);
+  }
+
+  private endGrants(refs: readonly number[]): void {
+    for (const r of refs) {
+      try {
+        this.guest.grants.endAccess(r);
+      } catch {
+        // Still pinned by the backend (it releases on its side first) or already ended.
+      }
+    }
+  }
+}
+
+const LIVE_STATES: readonly XenbusState[] = [
+  XenbusState.Initialising,
+  XenbusState.InitWait,
+  XenbusState.Initialised,
+  XenbusState.Connected,
+];
+const CLOSED_STATES: readonly XenbusState[] = [XenbusState.Closing, XenbusState.Closed];
+const BACKEND_BOOKKEEPING = new Set(["state", "frontend", "frontend-id", "online"]);
+
+/**
+ * The xenbus steps with synchronous XenStore requests (Guest.xenstoreSync). Peer states are
+ * polled with short, growing naps instead of watched: a watch needs the event loop, which a
+ * synchronous mx_init does not give back.
+ */
+class SyncXenbus {
+  private readonly nap = new Int32Array(new SharedArrayBuffer(4));
+
+  constructor(
+    private readonly guest: Guest,
+    private readonly timeoutMs: number,
+  ) {}
+
+  private call(req: XenStoreRequest): unknown {
+    return this.guest.xenstoreSync(req, this.timeoutMs);
+  }
+
+  tryRead(path: string, tx?: number): string | undefined {
+    try {
+      return this.call({ op: "read", path, tx }) as string;
+    } catch (e) {
+      // A directory that does not exist yet may sit under one we cannot read: EACCES.
+      if (XenStoreError.is(e, "ENOENT") || XenStoreError.is(e, "EACCES")) return undefined;
+      throw e;
+    }
+  }
+
+  write(path: string, value: string, tx?: number): void {
+    this.call({ op: "write", path, value, tx });
+  }
+
+  directory(path: string): string[] {
+    return this.call({ op: "directory", path }) as string[];
+  }
+
+  transaction(body: (tx: number) => void): void {
+    for (let attempt = 0; ; attempt++) {
+      const tx = this.call({ op: "txStart" }) as number;
+      try {
+        body(tx);
+      } catch (e) {
+        try {
+          this.call({ op: "txEnd", tx, commit: false });
+        } catch {
+          // the transaction is gone either way
+        }
+        throw e;
+      }
+      try {
+        this.call({ op: "txEnd", tx, commit: true });
+        return;
+      } catch (e) {
+        if (!XenStoreError.is(e, "EAGAIN") || attempt >= 16) throw e;
+      }
+    }
+  }
+
+  /** Writes `<dir>/state` unless the directory is gone (a torn-down device is not resurrected). */
+  switchState(dir: string, state: XenbusState): void {
+    this.transaction((tx) => {
+      const cur = this.tryRead(`${dir}/state`, tx);
+      if (cur !== undefined && cur !== String(state)) this.write(`${dir}/state`, String(state), tx);
+    });
+  }
+
+  /** Polls `<dir>/state` until it is one of `want`; throws if it becomes one of `failOn` or time runs out. */
+  waitState(
+    dir: string,
+    want: readonly XenbusState[],
+    failOn: readonly XenbusState[],
+    who: string,
+  ): XenbusState {
+    const deadline = performance.now() + this.timeoutMs;
+    let napMs = 0.1;
+    for (;;) {
+      const raw = this.tryRead(`${dir}/state`);
+      const s = parseXenbusState(raw);
+      if (want.includes(s)) return s;
+      if (failOn.includes(s)) throw new Error(`the ${who} at ${dir} went ${xenbusStateName(s)}`);
+      if (performance.now() > deadline)
+        throw new Error(
+          `timed out after ${this.timeoutMs} ms waiting for the ${who} state ${dir}/state to become ` +
+            `${want.map(xenbusStateName).join(" or ")}; last seen: ${raw === undefined ? "nothing" : xenbusStateName(s)}`,
+        );
+      Atomics.wait(this.nap, 0, 0, napMs);
+      napMs = Math.min(napMs * 2, 5);
+    }
+  }
+}

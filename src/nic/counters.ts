@@ -1,0 +1,150 @@
+/**
+ * The NIC's counters, in a SharedArrayBuffer that the host reads at any time without asking
+ * the NIC (device.counters()): tests and benchmarks prove the data path with them.
+ *
+ * Layout: float64 slots, GLOBAL_SLOTS for the NIC as a whole, then EP_SLOTS per endpoint
+ * context. The NIC thread is the only writer, so plain stores suffice; the hot path indexes
+ * the Float64Array with the constants of `G` and `E` (no lookups by string).
+ */
+
+export const NIC_COUNTER_NAMES = [
+  "descriptors",
+  "nops",
+  "pulls",
+  "pull_bytes",
+  "pull_chunks",
+  "sends",
+  "send_bytes",
+  "send_failures",
+  "recvs",
+  "recv_bytes",
+  "events",
+  "event_backlog",
+  "event_drops",
+  "delivery_queued",
+  "delivery_rejected",
+  "errors",
+  "error_unknown_opcode",
+  "error_bad_region",
+  "error_bad_key",
+  "error_out_of_bounds",
+  "error_permission",
+  "error_bad_length",
+  "error_unknown_endpoint",
+  "error_bad_session",
+  "error_bad_index",
+  "error_no_resources",
+  "error_unreachable",
+  "sleeps",
+  "wakeups",
+  "timer_wakeups",
+  "interrupts",
+  "interrupt_kicks",
+  "control_requests",
+  "control_errors",
+  "frames_tx",
+  "frames_rx",
+  "frames_bad",
+  "link_backpressure",
+  "acks_dropped",
+  "internal_errors",
+] as const;
+
+export const NIC_EP_COUNTER_NAMES = [
+  "opens",
+  "descriptors",
+  "pulls",
+  "pull_bytes",
+  "sends",
+  "send_bytes",
+  "recvs",
+  "recv_bytes",
+  "events",
+  "errors",
+  "event_backlog",
+  "event_drops",
+  "delivery_queued",
+  "delivery_rejected",
+  "interrupts",
+  "bad_index",
+] as const;
+
+export type NicCounterName = (typeof NIC_COUNTER_NAMES)[number];
+export type NicEpCounterName = (typeof NIC_EP_COUNTER_NAMES)[number];
+
+export interface NicCounterSnapshot {
+  global: Record<NicCounterName, number>;
+  /** Indexed by endpoint id (every context, open or not). */
+  endpoints: Record<NicEpCounterName, number>[];
+}
+
+export const GLOBAL_SLOTS = 64;
+export const EP_SLOTS = 32;
+
+function indexOf<T extends string>(names: readonly T[]): Record<T, number> {
+  const out = {} as Record<T, number>;
+  names.forEach((n, i) => {
+    out[n] = i;
+  });
+  return out;
+}
+
+/** Slot of each global counter. */
+export const G = indexOf(NIC_COUNTER_NAMES);
+/** Slot of each per-endpoint counter, relative to the endpoint's block. */
+export const E = indexOf(NIC_EP_COUNTER_NAMES);
+
+/** Per-reason global error counter slots, indexed by ErrorReason (window.ts). */
+export const ERROR_REASON_SLOT: readonly number[] = [
+  -1,
+  G.error_unknown_opcode,
+  G.error_bad_region,
+  G.error_bad_key,
+  G.error_out_of_bounds,
+  G.error_permission,
+  G.error_bad_length,
+  G.error_unknown_endpoint,
+  G.error_bad_session,
+  G.error_bad_index,
+  G.error_no_resources,
+  G.error_unreachable,
+];
+
+export function allocNicCounters(maxEndpoints: number): SharedArrayBuffer {
+  return new SharedArrayBuffer((GLOBAL_SLOTS + maxEndpoints * EP_SLOTS) * 8);
+}
+
+/** The base slot of endpoint `id`'s block. */
+export function epBase(id: number): number {
+  return GLOBAL_SLOTS + id * EP_SLOTS;
+}
+
+/** Reads every counter (the endpoint count is implied by the buffer's size). */
+export function readNicCounters(buffer: SharedArrayBuffer): NicCounterSnapshot {
+  const all = new Float64Array(buffer);
+  const global = {} as Record<NicCounterName, number>;
+  NIC_COUNTER_NAMES.forEach((n, i) => {
+    global[n] = all[i];
+  });
+  const endpoints: Record<NicEpCounterName, number>[] = [];
+  const count = (all.length - GLOBAL_SLOTS) / EP_SLOTS;
+  for (let id = 0; id < count; id++) {
+    const ep = {} as Record<NicEpCounterName, number>;
+    const base = epBase(id);
+    NIC_EP_COUNTER_NAMES.forEach((n, i) => {
+      ep[n] = all[base + i];
+    });
+    endpoints.push(ep);
+  }
+  return { global, endpoints };
+}
+
+/** `after − before` of the global counters. */
+export function diffNicCounters(
+  after: NicCounterSnapshot,
+  before: NicCounterSnapshot,
+): Record<NicCounterName, number> {
+  const out = {} as Record<NicCounterName, number>;
+  for (const n of NIC_COUNTER_NAMES) out[n] = after.global[n] - before.global[n];
+  return out;
+}

@@ -1,0 +1,116 @@
+/**
+ * The host's handle on an emulated NIC: starts the NIC thread (nic-worker.ts), creates
+ * control channels for drivers (the driver domain's backend, or a native process), reads the
+ * NIC's counters straight from shared memory, attaches links, and stops it.
+ */
+import type { EventLoopUtilization } from "node:perf_hooks";
+import { MessageChannel, Worker } from "node:worker_threads";
+import type { NicDriverEndpoint } from "./control.js";
+import { allocNicCounters, type NicCounterSnapshot, readNicCounters } from "./counters.js";
+import type { LinkSpec } from "./link.js";
+import { checkNicOptions } from "./nic.js";
+import type { NicHostMessage, NicWorkerData, NicWorkerMessage } from "./nic-worker.js";
+
+export interface NicDeviceOptions {
+  nicId: number;
+  /** Endpoint contexts (default 32, at most 256). */
+  maxEndpoints?: number;
+  /** TPT entries (default and at most 65536). */
+  maxRegions?: number;
+}
+
+const WORKER_URL = new URL("./nic-worker.js", import.meta.url);
+
+export class NicDevice {
+  private nextId = 1;
+  private readonly pending = new Map<number, { resolve: () => void; reject: (e: Error) => void }>();
+  private exited = false;
+
+  private constructor(
+    readonly nicId: number,
+    readonly maxEndpoints: number,
+    private readonly worker: Worker,
+    private readonly countersBuffer: SharedArrayBuffer,
+  ) {
+    worker.on("message", (m: NicWorkerMessage) => {
+      if (m.type !== "reply") return;
+      const p = this.pending.get(m.id);
+      if (!p) return;
+      this.pending.delete(m.id);
+      if (m.ok) p.resolve();
+      else p.reject(new Error(m.message));
+    });
+    worker.on("exit", () => {
+      this.exited = true;
+      for (const p of this.pending.values()) p.reject(new Error(`NIC ${nicId} stopped`));
+      this.pending.clear();
+    });
+  }
+
+  /** Spawns the NIC thread; resolves when it serves. Rejects with a clear error on bad options. */
+  static async start(options: NicDeviceOptions): Promise<NicDevice> {
+    const { nicId, maxEndpoints, maxRegions } = checkNicOptions(options);
+    const counters = allocNicCounters(maxEndpoints);
+    const workerData: NicWorkerData = { nicId, maxEndpoints, maxRegions, counters };
+    const worker = new Worker(WORKER_URL, { workerData, name: `nic${nicId}` });
+    await new Promise<void>((resolve, reject) => {
+      const onError = (e: Error) => reject(new Error(`NIC ${nicId} failed to start: ${e.message}`));
+      const onExit = (code: number) => reject(new Error(`NIC ${nicId} exited during start (code ${code})`));
+      worker.once("error", onError);
+      worker.once("exit", onExit);
+      worker.once("message", (m: NicWorkerMessage) => {
+        worker.off("error", onError);
+        worker.off("exit", onExit);
+        if (m.type === "ready") resolve();
+        else reject(new Error(`NIC ${nicId}: unexpected first message ${m.type}`));
+      });
+    });
+    return new NicDevice(nicId, maxEndpoints, worker, counters);
+  }
+
+  /**
+   * A new control channel. Hand `port` (in a transferList) and `replyWord` to the thread that
+   * drives the NIC; it builds `new SyncCallClient<NicControlRequest>(port, replyWord)`.
+   */
+  driverEndpoint(): NicDriverEndpoint {
+    if (this.exited) throw new Error(`NIC ${this.nicId} is stopped`);
+    const { port1, port2 } = new MessageChannel();
+    const replyWord = new SharedArrayBuffer(8);
+    const msg: NicHostMessage = { type: "driver", port: port2, replyWord };
+    this.worker.postMessage(msg, [port2]);
+    return { port: port1, replyWord };
+  }
+
+  /** Every counter, read from shared memory now (the NIC is not asked). */
+  counters(): NicCounterSnapshot {
+    return readNicCounters(this.countersBuffer);
+  }
+
+  /** How busy the NIC thread's event loop was (it idles there while it sleeps). */
+  eventLoopUtilization(since?: EventLoopUtilization): EventLoopUtilization {
+    return this.worker.performance.eventLoopUtilization(since);
+  }
+
+  /** Attaches a link (see link.ts). A loopback link makes this NIC's own SENDs travel as frames. */
+  attachLink(spec: LinkSpec): Promise<void> {
+    return this.request({ type: "attach_link", id: this.nextId++, spec });
+  }
+
+  detachLink(peerNic: number): Promise<void> {
+    return this.request({ type: "detach_link", id: this.nextId++, peerNic });
+  }
+
+  private request(msg: Extract<NicHostMessage, { id: number }>): Promise<void> {
+    if (this.exited) return Promise.reject(new Error(`NIC ${this.nicId} is stopped`));
+    return new Promise((resolve, reject) => {
+      this.pending.set(msg.id, { resolve, reject });
+      this.worker.postMessage(msg);
+    });
+  }
+
+  /** Terminates the NIC thread; its endpoints, regions and links go with it. */
+  async stop(): Promise<void> {
+    if (this.exited) return;
+    await this.worker.terminate();
+  }
+}

@@ -1,0 +1,56 @@
+/**
+ * The NIC's thread: runs one Nic engine (nic.ts) and nothing else, so that the NIC's polling
+ * and DMA never share a thread with a guest or the backend. The host side (device.ts) hands
+ * it drivers' control channels and link requests; the data path never passes the host.
+ */
+import { type MessagePort, parentPort, workerData } from "node:worker_threads";
+import { createLink } from "./link.js";
+import { Nic } from "./nic.js";
+
+/** What device.ts starts the worker with. */
+export interface NicWorkerData {
+  nicId: number;
+  maxEndpoints: number;
+  maxRegions: number;
+  counters: SharedArrayBuffer;
+}
+
+/** Host → NIC thread. */
+export type NicHostMessage =
+  | { type: "driver"; port: MessagePort; replyWord: SharedArrayBuffer }
+  | { type: "attach_link"; id: number; spec: unknown }
+  | { type: "detach_link"; id: number; peerNic: number };
+
+/** NIC thread → host. */
+export type NicWorkerMessage =
+  | { type: "ready" }
+  | { type: "reply"; id: number; ok: true }
+  | { type: "reply"; id: number; ok: false; message: string };
+
+const data = workerData as NicWorkerData;
+const port = parentPort!;
+const nic = new Nic({
+  nicId: data.nicId,
+  maxEndpoints: data.maxEndpoints,
+  maxRegions: data.maxRegions,
+  counters: data.counters,
+});
+
+port.on("message", (m: NicHostMessage) => {
+  if (m.type === "driver") {
+    nic.serveDriver(m.port, m.replyWord);
+    return;
+  }
+  let reply: NicWorkerMessage;
+  try {
+    if (m.type === "attach_link") nic.attachLink(createLink(m.spec, nic.nicId));
+    else nic.detachLink(m.peerNic);
+    reply = { type: "reply", id: m.id, ok: true };
+  } catch (e) {
+    reply = { type: "reply", id: m.id, ok: false, message: (e as Error).message };
+  }
+  port.postMessage(reply);
+});
+
+nic.start();
+port.postMessage({ type: "ready" } satisfies NicWorkerMessage);

@@ -1,0 +1,131 @@
+/**
+ * The MX API between two ranks on one host, on every path (one suite, parameterized by
+ * path): matching, ordering, unexpected messages, truncation, 0-byte and 64 MiB messages,
+ * issend, cancel, probe, ≥ 1000 outstanding requests, and closing with requests pending.
+ */
+import assert from "node:assert/strict";
+import { once } from "node:events";
+import { after, before, describe, test } from "node:test";
+import { Host } from "../src/host/host.js";
+import type { Domain } from "../src/xen/hypervisor.js";
+
+const CONFORMANCE = new URL("./fixtures/guests/mx-conformance.js", import.meta.url);
+const PAGES = 24_000; // 64 MiB messages on both sides, plus everything else the scenarios allocate
+
+let host: Host;
+before(async () => {
+  host = await Host.start({});
+});
+after(() => host.stop());
+
+type Obs = Record<string, unknown>;
+
+async function pair(path: "bypass" | "native", args: Record<string, unknown> = {}): Promise<[Obs, Obs]> {
+  const start = (role: string) =>
+    path === "bypass"
+      ? host.startGuest({
+          module: CONFORMANCE,
+          args: { role, ...args },
+          pages: PAGES,
+          maxHeapMb: 256,
+          name: `conf-${role}`,
+        })
+      : host.startNative({
+          module: CONFORMANCE,
+          args: { role, ...args },
+          pages: PAGES,
+          maxHeapMb: 256,
+          name: `conf-${role}`,
+        });
+  // Listen before the next await: a domain's messages are events, not queued.
+  const a: Domain = await start("a");
+  const gotA = once(a, "message");
+  const b: Domain = await start("b");
+  const gotB = once(b, "message");
+  const [addrA] = (await gotA) as [unknown];
+  const [addrB] = (await gotB) as [unknown];
+  a.send(addrB);
+  b.send(addrA);
+  const [ea, eb] = await Promise.all([a.exited, b.exited]);
+  assert.equal(ea.state, "shutdown", `rank a: ${ea.error?.stack}`);
+  assert.equal(eb.state, "shutdown", `rank b: ${eb.error?.stack}`);
+  await Promise.all([a.destroy(), b.destroy()]);
+  return [ea.result as Obs, eb.result as Obs];
+}
+
+for (const path of ["bypass", "native"] as const) {
+  describe(`MX conformance on the ${path} path`, () => {
+    let a: Obs;
+    let b: Obs;
+    before(async () => {
+      [a, b] = await pair(path);
+    });
+
+    test("the endpoint runs on the expected path", () => {
+      assert.equal(a.path, path);
+      assert.equal(b.path, path);
+    });
+
+    test("a wrong connection key is refused with MX_BAD_CONNECTION_KEY", () => {
+      assert.equal(a.badKey, "MX_BAD_CONNECTION_KEY");
+      assert.equal(b.badKey, "MX_BAD_CONNECTION_KEY");
+    });
+
+    test("masks and wildcards match; info outside the mask is MX_BAD_MATCH_MASK", () => {
+      assert.equal(b.badMask, "MX_BAD_MATCH_MASK");
+      assert.deepEqual(b.wildcard, { hi: 0x10, lo: 0x12340005, code: 0, source: true });
+    });
+
+    test("messages between two endpoints are matched in send order (eager and rendezvous mixed)", () => {
+      assert.equal(b.ordered, true);
+    });
+
+    test("unexpected messages are queued, probed without being consumed, then matched", () => {
+      assert.deepEqual(b.probe, { lo: 0, length: 64 });
+      assert.equal(b.probeRndv, 100_000);
+      assert.deepEqual(
+        b.unexpected,
+        Array.from({ length: 10 }, (_, k) => (9 - k) * 1000 + (9 - k)),
+      );
+      assert.deepEqual(b.unexpectedRndv, { code: 0, ok: true });
+    });
+
+    test("truncation is reported; 0-byte messages work", () => {
+      assert.deepEqual(b.truncEager, { code: "MX_STATUS_TRUNCATED", msg: 100, xfer: 10 });
+      assert.deepEqual(b.truncRndv, { code: "MX_STATUS_TRUNCATED", msg: 100_000, xfer: 50_000, ok: true });
+      assert.deepEqual(b.zero, { code: "MX_STATUS_SUCCESS", msg: 0, xfer: 0 });
+    });
+
+    test("issend completes only after the receiver matched", () => {
+      assert.equal(a.issendEarly, false);
+      assert.equal(a.issend, "MX_STATUS_SUCCESS");
+    });
+
+    test("cancel removes an unmatched receive; wait times out; test_any finds a completion", () => {
+      assert.equal(b.waitTimeout, true);
+      assert.equal(b.cancel, true);
+      assert.equal(b.cancelCode, "MX_STATUS_CANCELLED");
+      assert.equal(b.cancelMatched, false, "a matched receive cannot be cancelled");
+      assert.equal(b.testAny, 3);
+    });
+
+    test("1200 outstanding receives complete, each with its own message", () => {
+      assert.equal(b.many, true);
+    });
+
+    test("buffers outside guest memory are bounce-copied, eager and rendezvous", () => {
+      assert.deepEqual(b.bounce, { rndv: true, eager: true });
+    });
+
+    test("a 64 MiB rendezvous arrives intact (one copy by the NIC's DMA engine)", () => {
+      assert.equal(a.bigSend, "MX_STATUS_SUCCESS");
+      assert.deepEqual(b.big, { code: "MX_STATUS_SUCCESS", xfer: 64 * 1024 * 1024, ok: true });
+    });
+
+    test("closing an endpoint completes its pending requests with an error; its peer does not hang", () => {
+      assert.deepEqual(b.closed, ["MX_STATUS_ENDPOINT_CLOSED", "MX_STATUS_ENDPOINT_CLOSED"]);
+      assert.equal(b.afterClose, "MX_BAD_ENDPOINT");
+      assert.match(String(a.sendToClosed), /MX_STATUS_ENDPOINT_(CLOSED|UNREACHABLE)/);
+    });
+  });
+}

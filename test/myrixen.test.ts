@@ -1,0 +1,431 @@
+/**
+ * MyriXen's control path between real domains: myrifront ⇄ myrback over a xenbus ring, the
+ * native service, the NIC behind them. Guests and processes run test/fixtures/myri-agent.ts
+ * and drive their MxDriver directly; the tests check what the driver hands out (window,
+ * interrupt page, regions, channels) with the data path itself, and the counters prove the
+ * backend does no per-message work.
+ */
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+import { Host } from "../src/host/host.js";
+import { DRIVER_EVENT_CONNECT, DRIVER_EVENT_DISCONNECT } from "../src/mx/driver.js";
+import { Access, ANY_ENDPOINT, EndpointState, EventType } from "../src/nic/window.js";
+import type { Domain } from "../src/xen/hypervisor.js";
+import type { AgentCommand, AgentReply } from "./fixtures/myri-agent.js";
+
+const AGENT = new URL("./fixtures/myri-agent.js", import.meta.url);
+const HOSTILE = new URL("./fixtures/myri-hostile.js", import.meta.url);
+
+interface Agent {
+  dom: Domain;
+  /** Runs a command; resolves with its value, or rejects with an Error carrying the MX code. */
+  call<T = Record<string, unknown>>(cmd: AgentCommand): Promise<T>;
+  /** Runs a command that must fail; resolves with its code and message. */
+  fails(cmd: AgentCommand): Promise<{ code: string; message: string }>;
+}
+
+function agent(dom: Domain): Agent {
+  const raw = (cmd: AgentCommand) =>
+    new Promise<AgentReply>((resolve, reject) => {
+      const onExit = () =>
+        reject(new Error(`domain ${dom.domid} stopped (${dom.state}): ${dom.error?.message ?? ""}`));
+      dom.once("message", (m) => {
+        dom.off("exit", onExit);
+        resolve(m as AgentReply);
+      });
+      dom.once("exit", onExit);
+      dom.send(cmd);
+    });
+  return {
+    dom,
+    async call<T>(cmd: AgentCommand): Promise<T> {
+      const r = await raw(cmd);
+      if (!r.ok) throw Object.assign(new Error(`${cmd.op}: ${r.message}`), { code: r.code });
+      return r.value as T;
+    },
+    async fails(cmd: AgentCommand) {
+      const r = await raw(cmd);
+      assert.equal(r.ok, false, `${cmd.op} should have failed`);
+      return r as { code: string; message: string };
+    },
+  };
+}
+
+let host: Host;
+const KEY_A = 0x1234;
+const KEY_B = 0x5678;
+
+before(async () => {
+  host = await Host.start({ nicId: 7, maxEndpoints: 32, verbose: !!process.env.MYRI_VERBOSE });
+});
+after(async () => {
+  await host?.stop();
+});
+
+async function guest(name: string, pages = 512): Promise<Agent> {
+  const a = agent(await host.startGuest({ module: AGENT, name, pages, maxHeapMb: 64 }));
+  const init = await a.call<{ path: string; nicId: number }>({ op: "init" });
+  assert.equal(init.path, "bypass");
+  assert.equal(init.nicId, 7);
+  return a;
+}
+
+async function native(name: string): Promise<Agent> {
+  const a = agent(await host.startNative({ module: AGENT, name, pages: 512, maxHeapMb: 64 }));
+  const init = await a.call<{ path: string; nicId: number }>({ op: "init" });
+  assert.equal(init.path, "native");
+  assert.equal(init.nicId, 7);
+  return a;
+}
+
+interface Opened {
+  endpointId: number;
+  session: number;
+  state: number;
+  windowEndpoint: number;
+  windowNic: number;
+  windowSession: number;
+  windowOk: boolean;
+}
+
+async function open(a: Agent, key: number): Promise<Opened> {
+  const ep = await a.call<Opened>({ op: "open", endpointId: ANY_ENDPOINT, key });
+  assert.equal(ep.state, EndpointState.Open, "the window says Open");
+  assert.equal(ep.windowEndpoint, ep.endpointId);
+  assert.equal(ep.windowNic, 7);
+  assert.equal(ep.windowSession, ep.session);
+  assert.ok(ep.windowOk, "window and interrupt page have the NIC's sizes");
+  return ep;
+}
+
+/**
+ * Both sides open, register and move data with a PULL through the window; then connect with
+ * a wrong key, to a missing endpoint, and for real (a channel both ends see).
+ */
+async function exercisePair(a: Agent, b: Agent, label: string): Promise<void> {
+  const epA = await open(a, KEY_A);
+  const epB = await open(b, KEY_B);
+  const src = await a.call<{ regionId: number; key: number }>({
+    op: "register",
+    endpointId: epA.endpointId,
+    length: 64 * 1024,
+    access: Access.LocalRead | Access.RemoteRead,
+    seed: 7,
+  });
+  const dst = await b.call<{ regionId: number; key: number }>({
+    op: "register",
+    endpointId: epB.endpointId,
+    length: 64 * 1024 + 100,
+    access: Access.LocalWrite,
+    seed: 0,
+  });
+
+  // The data phase: the backend must not see it.
+  const before = host.backendStats();
+  const nicBefore = host.nic.counters().global.pull_bytes;
+  const pull = await b.call<{ type: number; status: number; length: number }>({
+    op: "pull",
+    endpointId: epB.endpointId,
+    srcRegion: src.regionId,
+    srcKey: src.key,
+    srcOffset: 100,
+    dstRegion: dst.regionId,
+    dstOffset: 200,
+    length: 30_000,
+  });
+  assert.deepEqual(
+    pull,
+    { type: EventType.PullDone, status: 0, length: 30_000, reason: 0 },
+    `${label}: PULL done`,
+  );
+  const got = await b.call<number[]>({ op: "read", regionId: dst.regionId, offset: 200, length: 30_000 });
+  const want = Array.from({ length: 30_000 }, (_, i) => ((i + 100) * 7 + 1) & 0xff);
+  assert.deepEqual(got, want, `${label}: the pulled bytes are the source's`);
+  const bad = await b.call<{ type: number; status: number }>({
+    op: "pull",
+    endpointId: epB.endpointId,
+    srcRegion: src.regionId,
+    srcKey: src.key ^ 1,
+    srcOffset: 0,
+    dstRegion: dst.regionId,
+    dstOffset: 0,
+    length: 16,
+  });
+  assert.equal(bad.type, EventType.Error, `${label}: a wrong region key is refused by the NIC`);
+  assert.equal(
+    host.backendStats().requests,
+    before.requests,
+    `${label}: myrback served 0 requests during the data phase`,
+  );
+  assert.ok(host.nic.counters().global.pull_bytes - nicBefore >= 30_000, "the NIC moved the bytes");
+
+  // Connections.
+  const wrongKey = await a.fails({
+    op: "connect",
+    endpointId: epA.endpointId,
+    peerNic: 7,
+    peerEndpoint: epB.endpointId,
+    key: KEY_B + 1,
+  });
+  assert.equal(wrongKey.code, "MX_BAD_CONNECTION_KEY", wrongKey.message);
+  const missing = await a.fails({
+    op: "connect",
+    endpointId: epA.endpointId,
+    peerNic: 7,
+    peerEndpoint: 31,
+    key: KEY_B,
+  });
+  assert.equal(missing.code, "MX_CONNECTION_FAILED", missing.message);
+  const conn = await a.call<{ channelId: number; side: number; peerSession: number; peerEndpoint: number }>({
+    op: "connect",
+    endpointId: epA.endpointId,
+    peerNic: 7,
+    peerEndpoint: epB.endpointId,
+    key: KEY_B,
+  });
+  assert.equal(conn.peerSession, epB.session);
+  assert.equal(typeof conn.channelId, "number", `${label}: co-resident peers get a channel`);
+  const ev = await b.call<{ kind: number; words: number[] }>({
+    op: "driverEvent",
+    endpointId: epB.endpointId,
+    kind: DRIVER_EVENT_CONNECT,
+  });
+  assert.deepEqual(ev.words, [conn.channelId, 7, epA.endpointId, epA.session], `${label}: the peer was told`);
+  const acc = await b.call<{ channelId: number; side: number; peerEndpoint: number; peerSession: number }>({
+    op: "accept",
+    endpointId: epB.endpointId,
+    channelId: conn.channelId,
+  });
+  assert.equal(acc.side, 1 - conn.side);
+  assert.equal(acc.peerEndpoint, epA.endpointId);
+  assert.equal(acc.peerSession, epA.session);
+  await a.call({
+    op: "chanWrite",
+    endpointId: epA.endpointId,
+    channelId: conn.channelId,
+    bytes: [42, 1, 2, 3],
+  });
+  assert.deepEqual(
+    await b.call({ op: "chanRead", endpointId: epB.endpointId, channelId: conn.channelId }),
+    [42, 1, 2, 3],
+  );
+  await b.call({ op: "chanWrite", endpointId: epB.endpointId, channelId: conn.channelId, bytes: [9] });
+  assert.deepEqual(
+    await a.call({ op: "chanRead", endpointId: epA.endpointId, channelId: conn.channelId }),
+    [9],
+  );
+  // One channel per pair, whichever side connects.
+  const again = await b.call<{ channelId: number; side: number }>({
+    op: "connect",
+    endpointId: epB.endpointId,
+    peerNic: 7,
+    peerEndpoint: epA.endpointId,
+    key: KEY_A,
+  });
+  assert.equal(again.channelId, conn.channelId);
+  assert.equal(again.side, acc.side);
+  // A stranger cannot accept it.
+  const c = await open(b, 0x99);
+  const stranger = await b.fails({ op: "accept", endpointId: c.endpointId, channelId: conn.channelId });
+  assert.equal(stranger.code, "MX_NO_PERM", stranger.message);
+  await b.call({ op: "close", endpointId: c.endpointId });
+  await a.call({ op: "close", endpointId: epA.endpointId });
+  await b.call({ op: "close", endpointId: epB.endpointId });
+}
+
+test("two guests: endpoints, registration, PULL through the window, connect and channels (bypass)", async () => {
+  const [a, b] = await Promise.all([guest("myri-a"), guest("myri-b")]);
+  await exercisePair(a, b, "bypass");
+  const info = await a.call<{ endpoints: number; endpointQuota: number }>({ op: "info" });
+  assert.equal(info.endpoints, 0);
+  assert.equal(info.endpointQuota, 8);
+  await Promise.all([a.dom.destroy(), b.dom.destroy()]);
+});
+
+test("two native processes do the same through the native service", async () => {
+  const before = host.backendStats();
+  const [a, b] = await Promise.all([native("native-a"), native("native-b")]);
+  await exercisePair(a, b, "native");
+  const after = host.backendStats();
+  assert.ok(after.nativeRequests - before.nativeRequests >= 10, "the native service served the control path");
+  assert.equal(after.ringRequests, before.ringRequests, "no ring requests for native processes");
+  await Promise.all([a.dom.destroy(), b.dom.destroy()]);
+});
+
+test("quotas: endpoints per domain and registered bytes per domain", async () => {
+  const g = await guest("myri-quota", 256);
+  const ids: number[] = [];
+  for (let i = 0; i < 8; i++) ids.push((await open(g, i)).endpointId);
+  const over = await g.fails({ op: "open", endpointId: ANY_ENDPOINT, key: 1 });
+  assert.equal(over.code, "MX_NO_RESOURCES");
+  assert.match(over.message, /quota/);
+  // 1 MiB of RAM: the toolstack's memory/target caps what it may register.
+  const r1 = await g.call<{ regionId: number }>({
+    op: "register",
+    endpointId: ids[0],
+    length: 600 * 1024,
+    access: Access.LocalRead,
+    seed: 1,
+  });
+  const tooMuch = await g.fails({
+    op: "register",
+    endpointId: ids[0],
+    reuse: r1.regionId,
+    access: Access.LocalRead,
+  });
+  assert.equal(tooMuch.code, "MX_NO_RESOURCES");
+  assert.match(tooMuch.message, /quota of 1048576/);
+  const notMine = await g.fails({ op: "register", endpointId: 31, length: 10, access: Access.LocalRead });
+  assert.equal(notMine.code, "MX_BAD_ENDPOINT");
+  for (const id of ids) await g.call({ op: "close", endpointId: id });
+  assert.deepEqual((await host.nicInfo()).openEndpoints, []);
+  await g.dom.destroy();
+});
+
+test("a guest that dies: its peer sees the channel closed and a DISCONNECT, its endpoints are released", async () => {
+  const [d, e] = await Promise.all([guest("myri-dies"), guest("myri-lives")]);
+  const epD = await open(d, 1);
+  const epE = await open(e, 2);
+  await d.call({
+    op: "register",
+    endpointId: epD.endpointId,
+    length: 8192,
+    access: Access.RemoteRead,
+    seed: 3,
+  });
+  const conn = await d.call<{ channelId: number }>({
+    op: "connect",
+    endpointId: epD.endpointId,
+    peerNic: 7,
+    peerEndpoint: epE.endpointId,
+    key: 2,
+  });
+  await e.call({ op: "driverEvent", endpointId: epE.endpointId, kind: DRIVER_EVENT_CONNECT });
+  await e.call({ op: "accept", endpointId: epE.endpointId, channelId: conn.channelId });
+  const disconnects = host.backendStats().frontendsDisconnected;
+  await d.dom.destroy();
+  const ev = await e.call<{ kind: number; words: number[] }>({
+    op: "driverEvent",
+    endpointId: epE.endpointId,
+    kind: DRIVER_EVENT_DISCONNECT,
+  });
+  assert.deepEqual(ev.words, [conn.channelId, 7, epD.endpointId, epD.session]);
+  assert.deepEqual(await e.call({ op: "chanState", endpointId: epE.endpointId, channelId: conn.channelId }), {
+    readerClosed: true,
+    writerClosed: true,
+  });
+  const nic = await host.nicInfo();
+  assert.ok(!nic.openEndpoints.includes(epD.endpointId), "the dead guest's endpoint is closed on the NIC");
+  assert.ok(nic.openEndpoints.includes(epE.endpointId), "the survivor's endpoint is still open");
+  const stats = host.backendStats();
+  assert.equal(stats.frontendsDisconnected, disconnects + 1);
+  assert.equal(stats.channels, 0);
+  await host.waitForLog(new RegExp(`domain ${d.dom.domid} myri/0 disconnected`));
+  await e.call({ op: "close", endpointId: epE.endpointId });
+  await e.dom.destroy();
+});
+
+test("a hostile frontend gets errors for garbage, is cut off when it breaks the ring, and dom0 serves the others", async () => {
+  const ok = await guest("myri-good");
+  const epOk = await open(ok, 5);
+  const h = agent(await host.startGuest({ module: HOSTILE, name: "myri-hostile", pages: 64, maxHeapMb: 64 }));
+  await h.call({ op: "init" });
+  const errorsBefore = host.backendStats().errors;
+  const statuses = await h.call<number[]>({ op: "garbage", count: 60, victimEndpoint: epOk.endpointId });
+  assert.equal(statuses.length, 60);
+  assert.ok(
+    statuses.every((s) => s !== 0),
+    `every garbage request got an error status: ${statuses}`,
+  );
+  assert.ok(host.backendStats().errors - errorsBefore >= 60);
+  // The victim's endpoint is intact and it is still served.
+  const reg = await ok.call<{ regionId: number }>({
+    op: "register",
+    endpointId: epOk.endpointId,
+    length: 4096,
+    access: Access.LocalRead,
+    seed: 1,
+  });
+  assert.ok(reg.regionId > 0);
+  const broken = host.backendStats().brokenRings;
+  const res = await h.call<{ waited: string; backendState: number }>({ op: "break" });
+  assert.equal(res.waited, "unbound", "the backend closed the event channel");
+  await host.waitForLog(/control ring is broken/);
+  assert.equal(host.backendStats().brokenRings, broken + 1);
+  const info = await ok.call<{ endpoints: number }>({ op: "info" });
+  assert.equal(info.endpoints, 1);
+  await ok.call({ op: "close", endpointId: epOk.endpointId });
+  await Promise.all([ok.dom.destroy(), h.dom.destroy()]);
+});
+
+test("finalize closes the device cleanly: endpoints released, grants ended, later calls refused", async () => {
+  const f = await guest("myri-final");
+  const ep = await open(f, 11);
+  await f.call({
+    op: "register",
+    endpointId: ep.endpointId,
+    length: 3 * 4096 + 5,
+    access: Access.LocalWrite,
+    seed: 0,
+  });
+  await f.call({ op: "finalize" });
+  await host.waitForLog(new RegExp(`domain ${f.dom.domid} myri/0 disconnected: the frontend went Closing`));
+  assert.ok(!(await host.nicInfo()).openEndpoints.includes(ep.endpointId));
+  const late = await f.fails({ op: "open", endpointId: ANY_ENDPOINT, key: 1 });
+  assert.equal(late.code, "MX_NOT_INITIALIZED");
+  assert.equal(
+    host.backendStats().deferredGrants,
+    0,
+    "the guest unmapped everything, so dom0 ended every grant",
+  );
+  await f.dom.destroy();
+});
+
+test("a guest and a native process connect through the NIC (no channel); the process dying tells the guest", async () => {
+  const [g, n] = await Promise.all([guest("myri-mixed"), native("native-mixed")]);
+  const epG = await open(g, 21);
+  const epN = await open(n, 22);
+  const c1 = await g.call<{ channelId?: number; peerSession: number }>({
+    op: "connect",
+    endpointId: epG.endpointId,
+    peerNic: 7,
+    peerEndpoint: epN.endpointId,
+    key: 22,
+  });
+  assert.equal(c1.channelId, undefined, "guests and processes share no channel");
+  assert.equal(c1.peerSession, epN.session);
+  const c2 = await n.call<{ channelId?: number }>({
+    op: "connect",
+    endpointId: epN.endpointId,
+    peerNic: 7,
+    peerEndpoint: epG.endpointId,
+    key: 21,
+  });
+  assert.equal(c2.channelId, undefined);
+  await n.dom.destroy();
+  const ev = await g.call<{ words: number[] }>({
+    op: "driverEvent",
+    endpointId: epG.endpointId,
+    kind: DRIVER_EVENT_DISCONNECT,
+  });
+  assert.deepEqual(ev.words, [0xffffffff, 7, epN.endpointId, epN.session]);
+  await g.call({ op: "close", endpointId: epG.endpointId });
+  await g.dom.destroy();
+});
+
+test("backend stats count the requests it served, per operation", async () => {
+  const s = host.backendStats();
+  const sum = Object.values(s.byOp).reduce((x, y) => x + y, 0);
+  assert.ok(s.requests >= sum, "every counted op is in the total (unknown ops only there)");
+  for (const op of [
+    "OPEN_ENDPOINT",
+    "CLOSE_ENDPOINT",
+    "REGISTER",
+    "CONNECT",
+    "ACCEPT_CHANNEL",
+    "INFO",
+  ] as const)
+    assert.ok(s.byOp[op] > 0, `${op} was counted`);
+  assert.equal(s.requests, s.ringRequests + s.nativeRequests);
+  assert.ok(s.frontendsConnected >= 6);
+});
