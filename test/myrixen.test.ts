@@ -358,7 +358,7 @@ test("a hostile frontend gets errors for garbage, is cut off when it breaks the 
   await Promise.all([ok.dom.destroy(), h.dom.destroy()]);
 });
 
-test("finalize closes the device cleanly: endpoints released, grants ended, later calls refused", async () => {
+test("finalize closes the device cleanly (endpoints released, grants ended); a new init re-opens it", async () => {
   const f = await guest("myri-final");
   const ep = await open(f, 11);
   await f.call({
@@ -378,6 +378,11 @@ test("finalize closes the device cleanly: endpoints released, grants ended, late
     0,
     "the guest unmapped everything, so dom0 ended every grant",
   );
+  // mx_init again: the device is re-initialised (Closed → Initialising) and served anew.
+  assert.deepEqual(await f.call({ op: "init" }), { path: "bypass", nicId: 7 });
+  const again = await open(f, 12);
+  await f.call({ op: "close", endpointId: again.endpointId });
+  await host.waitForLog(new RegExp(`domain ${f.dom.domid} myri/0 re-initialises its device`));
   await f.dom.destroy();
 });
 

@@ -35,6 +35,11 @@ export class MxPair {
     private readonly b: Domain,
   ) {}
 
+  /** The two ranks' domains (or native processes). */
+  get domains(): [Domain, Domain] {
+    return [this.a, this.b];
+  }
+
   static async start(host: Host, path: MxPath, pages = 4096): Promise<MxPair> {
     const start = (name: string) =>
       path === "bypass"

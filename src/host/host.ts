@@ -37,7 +37,7 @@ export interface HostOptions {
   registeredBytesPerDomain?: number;
   /** myrback quota: regions one domain may have registered (default 1024). */
   regionsPerDomain?: number;
-  /** Print the driver domain's log lines to stderr. */
+  /** Print the driver domain's log lines to stderr (also when MYRIXEN_LOG=1 is set). */
   verbose?: boolean;
 }
 
@@ -155,7 +155,8 @@ export class Host {
       void exit.catch(() => undefined);
       const host = new Host(hv, nic, dom0, link, stats, nicId);
       host.log.push(...early);
-      if (opts.verbose) host.verbose = true;
+      host.verbose = opts.verbose ?? process.env.MYRIXEN_LOG === "1";
+      if (host.verbose) for (const l of early) process.stderr.write(`[dom0] ${l.message}\n`);
       return host;
     } catch (e) {
       await hv.shutdown().catch(() => undefined);

@@ -24,9 +24,11 @@ export const RECORD_WORDS = RECORD_HEADER_BYTES / 4;
 /** Record type 0 fills the end of the lane when the next record does not fit there. */
 export const RECORD_PAD = 0;
 
+// 128 bytes apart: the writer's and the reader's words never share a cache line or its
+// prefetched neighbour.
 const TAIL = 0;
-const HEAD = 16;
-const CLOSED = 32;
+const HEAD = 32;
+const CLOSED = 64;
 
 const align8 = (n: number) => (n + 7) & ~7;
 

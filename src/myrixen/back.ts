@@ -711,6 +711,10 @@ interface Frontend {
   rspRef?: number;
   rspView?: DataView;
   unwatch?: () => Promise<void>;
+  /** The frontend closed cleanly: it may re-initialise the device (Closed → Initialising). */
+  reopenable?: boolean;
+  /** The teardown in progress or done. */
+  closing?: Promise<void>;
 }
 
 const BACKEND_ROOT = `/local/domain/0/backend/${MYRI_DEVICE_TYPE}`;
@@ -751,7 +755,10 @@ export class MyriBack {
   async stop(): Promise<void> {
     this.stopped = true;
     for (const u of this.unwatchers) await u().catch(() => undefined);
-    for (const f of [...this.fronts.values()]) await this.teardown(f, "the driver domain is stopping");
+    for (const f of [...this.fronts.values()]) {
+      await this.teardown(f, "the driver domain is stopping");
+      await this.forget(f);
+    }
   }
 
   /** Frontends currently connected (for diagnostics). */
@@ -801,7 +808,7 @@ export class MyriBack {
     for (const f of [...this.fronts.values()]) {
       if (!present.has(f.key)) {
         await this.teardown(f, "the toolstack removed the device");
-        this.fronts.delete(f.key);
+        await this.forget(f);
       } else if (f.state !== "closed" && !(await this.guest.xenstore.exists(`/local/domain/${f.domid}`))) {
         await this.teardown(f, `domain ${f.domid} is gone`);
       }
@@ -829,11 +836,16 @@ export class MyriBack {
       });
       let seen = false;
       f.unwatch = await xb.onFrontendState((s) => {
-        if (f.state === "closed") return;
+        if (f.state === "closed") {
+          // Like Xen's backends: a frontend that closed cleanly may start over.
+          if (s === XenbusState.Initialising && f.reopenable) void this.reopen(f);
+          return;
+        }
         if (s === XenbusState.Initialised || s === XenbusState.Connected) {
           seen = true;
           if (f.state === "advertised") void this.connectFrontend(f, quota);
         } else if (s === XenbusState.Closing || s === XenbusState.Closed) {
+          f.reopenable = true;
           void this.teardown(f, `the frontend went ${s === XenbusState.Closing ? "Closing" : "Closed"}`);
         } else if (s === XenbusState.Unknown && (seen || f.state !== "advertised")) {
           void this.teardown(f, "the frontend directory vanished (its domain is gone)");
@@ -842,6 +854,24 @@ export class MyriBack {
     } catch (e) {
       await this.teardown(f, `handshake failed: ${(e as Error).message}`);
     }
+  }
+
+  /** The frontend re-initialised its device after a clean close: serve it as a new one. */
+  private async reopen(f: Frontend): Promise<void> {
+    if (this.stopped || this.fronts.get(f.key) !== f || !f.reopenable) return;
+    f.reopenable = false;
+    await f.closing;
+    await this.forget(f);
+    this.log(`domain ${f.domid} myri/${f.devid} re-initialises its device`);
+    await this.startDevice(f.domid, f.devid, f.key);
+  }
+
+  /** Stops following a frontend whose session is over. */
+  private async forget(f: Frontend): Promise<void> {
+    if (this.fronts.get(f.key) === f) this.fronts.delete(f.key);
+    const unwatch = f.unwatch;
+    f.unwatch = undefined;
+    if (unwatch) await unwatch().catch(() => undefined);
   }
 
   private async connectFrontend(f: Frontend, quota: number): Promise<void> {
@@ -1160,9 +1190,12 @@ export class MyriBack {
     return 0;
   }
 
-  /** Disconnects a frontend and releases everything its domain held. Idempotent. */
-  async teardown(f: Frontend, reason: string): Promise<void> {
-    if (f.state === "closed") return;
+  /**
+   * Disconnects a frontend and releases everything its domain held. Idempotent. The watch on
+   * the frontend stays while it may re-initialise (it closed cleanly); otherwise it goes.
+   */
+  teardown(f: Frontend, reason: string): Promise<void> {
+    if (f.state === "closed") return f.closing ?? Promise.resolve();
     const wasConnected = f.state === "connected";
     f.state = "closed";
     this.log(`domain ${f.domid} myri/${f.devid} disconnected: ${reason}`);
@@ -1180,14 +1213,19 @@ export class MyriBack {
         // already closed by the hypervisor when the domain died
       }
     }
-    const unwatch = f.unwatch;
-    f.unwatch = undefined;
-    if (unwatch) await unwatch().catch(() => undefined);
-    try {
-      await f.xb.switchState(XenbusState.Closing);
-      await f.xb.switchState(XenbusState.Closed);
-    } catch {
-      // the directory may be gone already
-    }
+    f.closing = (async () => {
+      if (!f.reopenable) {
+        const unwatch = f.unwatch;
+        f.unwatch = undefined;
+        if (unwatch) await unwatch().catch(() => undefined);
+      }
+      try {
+        await f.xb.switchState(XenbusState.Closing);
+        await f.xb.switchState(XenbusState.Closed);
+      } catch {
+        // the directory may be gone already
+      }
+    })();
+    return f.closing;
   }
 }

@@ -1,13 +1,13 @@
 /**
  * myrifront: a guest's half of the myri split driver, the MxDriver of the bypass path.
  *
- * Set-up (asynchronous, once): wait for the toolstack's device/myri/<devid>, put the control
- * ring in a RAM page granted to the driver domain, allocate an event channel, walk the xenbus
- * handshake. After that every MxDriver method is one synchronous round trip on the ring —
- * push, notify, wait for the response on the event channel (spin, then sleep) — because the
- * MX library calls them from synchronous code. What a response grants (the NIC window, the
- * interrupt page, a channel) is mapped page by page and handed to the library; the data path
- * then never comes back here.
+ * Set-up (once, synchronous like the rest, since mx_init calls it): wait for the toolstack's
+ * device/myri/<devid>, put the control ring in a RAM page granted to the driver domain,
+ * allocate an event channel, walk the xenbus handshake (synchronous XenStore requests,
+ * polling the backend's state). After that every MxDriver method is one round trip on the
+ * ring — push, notify, wait for the response on the event channel (spin, then sleep). What a
+ * response grants (the NIC window, the interrupt page, a channel) is mapped page by page and
+ * handed to the library; the data path then never comes back here.
  */
 
 import {
@@ -146,7 +146,11 @@ export class MyriFront implements MxDriver {
     const timeoutMs = opts.timeoutMs ?? DEFAULT_XENBUS_TIMEOUT_MS;
     const xs = new SyncXenbus(guest, timeoutMs);
     const path = frontendPath(guest.domid, MYRI_DEVICE_TYPE, devid);
+    // A device this guest closed before (finalize) is re-initialised, as Xen frontends do;
+    // the backend then starts over from InitWait.
+    const reopening = parseXenbusState(xs.tryRead(`${path}/state`)) === XenbusState.Closed;
     try {
+      if (reopening) xs.switchState(path, XenbusState.Initialising);
       xs.waitState(path, LIVE_STATES, CLOSED_STATES, "myri device");
     } catch (e) {
       throw fail(
@@ -169,7 +173,8 @@ export class MyriFront implements MxDriver {
     let portNo: number | undefined;
     const features: Record<string, string> = {};
     try {
-      xs.waitState(backPath, [XenbusState.InitWait], CLOSED_STATES, "myri backend");
+      // While re-initialising, the backend may still be finishing its own Closed.
+      xs.waitState(backPath, [XenbusState.InitWait], reopening ? [] : CLOSED_STATES, "myri backend");
       for (const name of xs.directory(backPath)) {
         if (BACKEND_BOOKKEEPING.has(name)) continue;
         const v = xs.tryRead(`${backPath}/${name}`);

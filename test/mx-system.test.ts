@@ -1,0 +1,90 @@
+/**
+ * The bypass path as a system: after set-up, ten thousand ping-pongs between two guests
+ * involve neither the backend nor the hypervisor (proved with their counters); and a
+ * hostile guest writing garbage into everything it was handed hurts no one else.
+ */
+import assert from "node:assert/strict";
+import { once } from "node:events";
+import { after, before, test } from "node:test";
+import { MxPair } from "../src/bench/mx.js";
+import { Host } from "../src/host/host.js";
+import type { Domain } from "../src/xen/hypervisor.js";
+
+let host: Host;
+before(async () => {
+  host = await Host.start({});
+});
+after(() => host.stop());
+
+const GRANT_OPS = ["grant_map", "grant_unmap", "grant_copy"] as const;
+
+test("10,000 ping-pongs between two guests: 0 backend requests, 0 grant operations, kicks only to sleepers", async () => {
+  const pair = await MxPair.start(host, "bypass");
+  try {
+    await pair.pingpong(8, 200, 20); // set-up done: both ends connected and warm
+    const domids = [0, ...pair.domains.map((d) => d.domid)];
+    const backendBefore = host.backendStats();
+    const hvBefore = domids.map((d) => host.hypervisor.counters(d));
+    const [ca0, cb0] = await pair.counters();
+    const us = await pair.pingpong(8, 10_000, 0);
+    const [ca1, cb1] = await pair.counters();
+    const backendAfter = host.backendStats();
+    const hvAfter = domids.map((d) => host.hypervisor.counters(d));
+    assert.ok(us > 0);
+    assert.equal(backendAfter.requests - backendBefore.requests, 0, "myrback served no request");
+    for (const [i, d] of domids.entries()) {
+      for (const op of GRANT_OPS)
+        assert.equal(hvAfter[i][op] - hvBefore[i][op], 0, `domain ${d}: ${op} during the data phase`);
+      assert.equal(hvAfter[i].hypercalls - hvBefore[i].hypercalls, 0, `domain ${d}: hypercalls`);
+    }
+    assert.equal(ca1.sends - ca0.sends, 10_000);
+    assert.equal(cb1.recvs - cb0.recvs, 10_000);
+    // A rank kicks its peer only when the peer announced it was going to sleep.
+    assert.ok(ca1.kicks - ca0.kicks <= cb1.sleeps - cb0.sleeps, "a kicks only b's sleeps");
+    assert.ok(cb1.kicks - cb0.kicks <= ca1.sleeps - ca0.sleeps, "b kicks only a's sleeps");
+  } finally {
+    await pair.stop();
+  }
+});
+
+test("a hostile guest's garbage in its window and channel: error completions for it, no harm to others", async () => {
+  const HOSTILE = new URL("./fixtures/guests/mx-hostile.js", import.meta.url);
+  const start = async (role: string, pages = 512) => {
+    const d = await host.startGuest({ module: HOSTILE, args: { role }, pages, name: role });
+    return { d, first: once(d, "message") };
+  };
+  const bystander = await start("bystander");
+  const victim = await start("victim");
+  const peer = await start("peer");
+  const hostile = await start("hostile");
+  const nicBefore = host.nic.counters().global;
+  const [checksum] = (await bystander.first) as [{ before: number }];
+  const addr = async (x: { first: Promise<unknown[]> }) => (await x.first)[0];
+  const [va, pa, ha] = [await addr(victim), await addr(peer), await addr(hostile)];
+  const connected = (d: Domain) => once(d, "message");
+  const conns = [connected(victim.d), connected(peer.d), connected(hostile.d)];
+  victim.d.send([ha, pa]);
+  peer.d.send([va]);
+  hostile.d.send([va]);
+  await Promise.all(conns);
+  for (const x of [victim, peer, hostile]) x.d.send("go");
+  const [ev, ep, eh] = await Promise.all([victim.d.exited, peer.d.exited, hostile.d.exited]);
+  bystander.d.send("done");
+  const eb = await bystander.d.exited;
+  for (const e of [ev, ep, eh, eb]) assert.equal(e.state, "shutdown", e.error?.stack);
+  const h = eh.result as { errors: number };
+  const v = ev.result as { ok: number; bad: number; hostileDead: string; channelErrors: number };
+  const p = ep.result as { rounds: number; bad: number };
+  const b = eb.result as { before: number; after: number };
+  assert.ok(h.errors >= 10_000, `the hostile guest got ${h.errors} error completions`);
+  assert.ok(v.ok >= 100, `the victim kept communicating (${v.ok} checked messages)`);
+  assert.equal(v.bad, 0);
+  assert.equal(p.bad, 0);
+  assert.match(v.hostileDead, /garbage/);
+  assert.equal(v.channelErrors, 1);
+  assert.equal(b.after, b.before, "the bystander's memory did not change");
+  assert.equal(checksum.before, b.before);
+  const nic = host.nic.counters().global;
+  assert.ok(nic.errors - nicBefore.errors >= h.errors, "the NIC counted every refusal");
+  assert.equal(nic.internal_errors, 0);
+});
