@@ -37,6 +37,8 @@ const PEND = (end: number) => end * END_STRIDE;
 const MASK = (end: number) => end * END_STRIDE + 1;
 const BOUND = 1;
 const UNBOUND = 0;
+/** Pending value a close leaves on an idle end: wakes its waiter without posing as an event. */
+const CLOSE_WAKE = 2;
 
 const SEND = counterIndex("evtchn_send");
 const KICK = counterIndex("evtchn_kick");
@@ -160,7 +162,8 @@ export class EventChannelTable {
     Atomics.store(w, STATE, UNBOUND);
     // Wake both ends so nobody sleeps on a channel that no longer connects anywhere.
     for (const end of [0, 1]) {
-      Atomics.store(w, PEND(end), 1);
+      // A pending event stays an event (1); an idle end gets the close wake (CLOSE_WAKE).
+      Atomics.compareExchange(w, PEND(end), 0, CLOSE_WAKE);
       Atomics.notify(w, PEND(end));
     }
   }
@@ -253,6 +256,14 @@ export class EventChannelPort {
     return Atomics.exchange(this.words, this.myPend, 0) !== 0;
   }
 
+  /** Consumes and classifies: an event sent before a close is still delivered as an event. */
+  private take(): WaitResult | undefined {
+    const v = Atomics.exchange(this.words, this.myPend, 0);
+    if (v === 1) return "event";
+    if (v !== 0 || !this.bound) return this.bound ? "event" : "unbound";
+    return undefined;
+  }
+
   mask(): void {
     Atomics.store(this.words, this.myMask, 1);
   }
@@ -275,14 +286,14 @@ export class EventChannelPort {
   wait(timeoutMs = Number.POSITIVE_INFINITY, spinUs = DEFAULT_SPIN_US): WaitResult {
     const c = this.counters.slots;
     c[WAIT]++;
+    if (!this.bound && !this.isPending()) return "unbound";
     const wasMasked = this.masked;
     this.armed = false;
     const outcome = adaptiveWait(this.words, this.myPend, 0, spinUs, timeoutMs, this.armForSleep);
     // Re-mask only if the wait unmasked: a wait satisfied while spinning writes nothing.
     if (wasMasked && this.armed) this.mask();
     if (outcome === "timed-out") return "timeout";
-    this.consume();
-    return this.bound ? "event" : "unbound";
+    return this.take() ?? "event";
   }
 
   /** Event-loop variant: resolves when an event arrives (consumed), without blocking the thread. */
@@ -290,7 +301,8 @@ export class EventChannelPort {
     const c = this.counters.slots;
     c[WAIT]++;
     for (;;) {
-      if (this.consume()) return this.bound ? "event" : "unbound";
+      const got = this.take();
+      if (got) return got;
       const wasMasked = this.masked;
       if (this.unmask()) {
         if (wasMasked) this.mask();
