@@ -40,11 +40,17 @@ export class MxPair {
     return [this.a, this.b];
   }
 
-  static async start(host: Host, path: MxPath, pages = 4096): Promise<MxPair> {
+  static async start(
+    host: Host,
+    path: MxPath,
+    opts: { pages?: number; rndvThreshold?: number } = {},
+  ): Promise<MxPair> {
+    const pages = opts.pages ?? 4096;
+    const args = { rndvThreshold: opts.rndvThreshold };
     const start = (name: string) =>
       path === "bypass"
-        ? host.startGuest({ module: PROGRAM, pages, name, maxHeapMb: 128 })
-        : host.startNative({ module: PROGRAM, pages, name, maxHeapMb: 128 });
+        ? host.startGuest({ module: PROGRAM, pages, name, maxHeapMb: 128, args })
+        : host.startNative({ module: PROGRAM, pages, name, maxHeapMb: 128, args });
     // Listen before the next await: a domain's messages are events, not queued.
     const a = await start(`${path}-a`);
     const gotA = once(a, "message");
@@ -229,7 +235,13 @@ function row(
 async function startPairs(host: Host, transports: string[]): Promise<Map<string, MxPair>> {
   const pairs = new Map<string, MxPair>();
   for (const t of ["native", "bypass"] as const) {
-    if (transports.includes(t)) pairs.set(t, await MxPair.start(host, t));
+    if (!transports.includes(t)) continue;
+    const pair = await MxPair.start(host, t);
+    // Warm the JIT on every code path before anything is measured (eager and rendezvous).
+    await pair.pingpong(8, 20_000, 0);
+    await pair.pingpong(64 * 1024, 200, 0);
+    await pair.stream(4096, 10, 0);
+    pairs.set(t, pair);
   }
   return pairs;
 }

@@ -120,12 +120,15 @@ async function bench(suites: Suite[], opts: BenchCliOptions) {
   const report: BenchReport = { machine: finishMachineInfo(machine, rows), rows };
   out(
     renderTable(rows, {
-      ratios: [
-        ["evtchn", "raw-sab"],
-        ["bypass", "native"],
-        ["bypass", "raw-sab"],
-        ["postmessage", "bypass"],
-      ],
+      // Only the ratios whose two transports were both measured.
+      ratios: (
+        [
+          ["evtchn", "raw-sab"],
+          ["bypass", "native"],
+          ["bypass", "raw-sab"],
+          ["postmessage", "bypass"],
+        ] as const
+      ).filter(([x, y]) => rows.some((r) => r.transport === x) && rows.some((r) => r.transport === y)),
       transports: ["native", "bypass", "raw-sab", "raw-relay", "postmessage", "memcpy", "evtchn", "ring"],
       title: `myrixen bench (${profile.name})`,
     }),

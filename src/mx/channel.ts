@@ -29,6 +29,8 @@ export const RECORD_PAD = 0;
 const TAIL = 0;
 const HEAD = 32;
 const CLOSED = 64;
+/** Set by a writer that found the lane full; the reader wakes it after freeing space. */
+const SPACE_WANTED = 96;
 
 const align8 = (n: number) => (n + 7) & ~7;
 
@@ -68,7 +70,12 @@ export class LaneWriter {
     const total = need > tillEnd ? tillEnd + need : need;
     if (LANE_BYTES - ((this.tail - this.headSeen) >>> 0) < total) {
       this.headSeen = Atomics.load(this.ctl, HEAD) >>> 0;
-      if (LANE_BYTES - ((this.tail - this.headSeen) >>> 0) < total) return -1;
+      if (LANE_BYTES - ((this.tail - this.headSeen) >>> 0) < total) {
+        Atomics.store(this.ctl, SPACE_WANTED, 1);
+        // The reader may have freed space between our look and the flag: look once more.
+        this.headSeen = Atomics.load(this.ctl, HEAD) >>> 0;
+        if (LANE_BYTES - ((this.tail - this.headSeen) >>> 0) < total) return -1;
+      }
     }
     if (need > tillEnd) {
       this.words[pos >>> 2] = tillEnd;
@@ -181,6 +188,11 @@ export class LaneReader {
       this.size = size;
       return true;
     }
+  }
+
+  /** True (once) if the writer found the lane full and waits for space: wake it. */
+  takeSpaceWanted(): boolean {
+    return Atomics.load(this.ctl, SPACE_WANTED) !== 0 && Atomics.exchange(this.ctl, SPACE_WANTED, 0) !== 0;
   }
 
   /** Consumes the current record (frees its space for the writer). */

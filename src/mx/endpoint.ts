@@ -127,9 +127,11 @@ export function mxStatusName(code: number): string {
 
 type RequestKind = "send" | "recv";
 
-/** mx_request_t: a send or a receive in flight. */
-export class MxRequest {
-  readonly status = new MxStatusInfo();
+/**
+ * mx_request_t: a send or a receive in flight. It is its own status (`req.status === req`),
+ * so a message costs one object, not two.
+ */
+export class MxRequest extends MxStatusInfo {
   done = false;
   /** @internal */ dest?: MxAddress;
   /** @internal */ buffer: Uint8Array;
@@ -146,8 +148,14 @@ export class MxRequest {
     buffer: Uint8Array,
     context: unknown,
   ) {
+    super();
     this.buffer = buffer;
-    this.status.context = context;
+    this.context = context;
+  }
+
+  /** mx_status_t of this request (the request itself). */
+  get status(): MxStatusInfo {
+    return this;
   }
 }
 
@@ -248,6 +256,7 @@ export class MxEndpoint {
   private readonly posted: MxRequest[] = [];
   private readonly unexpected: Unexpected[] = [];
   private readonly completed: MxRequest[] = [];
+  private reapedInQueue = 0;
   private readonly waitingSync = new Map<number, MxRequest>();
   private readonly pulls = new Map<number, PendingPull>();
   private readonly regions = new Map<string, { regionId: number; key: number; bytes: Uint8Array }>();
@@ -452,8 +461,8 @@ export class MxEndpoint {
     req.matchMaskHi = u32(maskHi);
     req.matchMaskLo = u32(maskLo);
     this.counters.recvs++;
-    this.progress();
-    // Unexpected messages first, in arrival order.
+    // Unexpected messages first, in arrival order. (Messages still in a channel are matched
+    // against the posted queue, this receive included, when progress reads them: same result.)
     for (let i = 0; i < this.unexpected.length; i++) {
       const u = this.unexpected[i];
       if (
@@ -536,11 +545,13 @@ export class MxEndpoint {
   /** mx_ipeek: some completed request, not yet reaped (the caller then tests it). */
   ipeek(): MxRequest | undefined {
     this.progress();
-    return this.completed[0];
+    return this.firstCompleted();
   }
 
   peek(timeoutMs: number = MX_INFINITE): MxRequest | undefined {
-    return this.block(() => this.completed.length > 0, timeoutMs) ? this.completed[0] : undefined;
+    return this.block(() => this.firstCompleted() !== undefined, timeoutMs)
+      ? this.firstCompleted()
+      : undefined;
   }
 
   /** mx_iprobe: is an unexpected message matching (info, mask) waiting? Does not consume it. */
@@ -606,7 +617,12 @@ export class MxEndpoint {
 
   private findCompleted(mh: number, ml: number, mmh: number, mml: number): MxRequest | undefined {
     for (const r of this.completed) {
-      if ((r.status.matchHi & mmh) >>> 0 === u32(mh) && (r.status.matchLo & mml) >>> 0 === u32(ml)) return r;
+      if (
+        !r.completedByUser &&
+        (r.status.matchHi & mmh) >>> 0 === u32(mh) &&
+        (r.status.matchLo & mml) >>> 0 === u32(ml)
+      )
+        return r;
     }
     return undefined;
   }
@@ -627,13 +643,28 @@ export class MxEndpoint {
     return undefined;
   }
 
+  /**
+   * Hands a completed request to the user. The completion queue (for test_any, ipeek) is
+   * cleaned lazily: a reaped entry is skipped there and swept out in batches.
+   */
   private reap(req: MxRequest): MxStatusInfo {
     if (!req.completedByUser) {
       req.completedByUser = true;
-      const i = this.completed.indexOf(req);
-      if (i >= 0) this.completed.splice(i, 1);
+      if (++this.reapedInQueue >= 256) this.compactCompleted();
     }
-    return req.status;
+    return req;
+  }
+
+  private compactCompleted(): void {
+    let k = 0;
+    for (const r of this.completed) if (!r.completedByUser) this.completed[k++] = r;
+    this.completed.length = k;
+    this.reapedInQueue = 0;
+  }
+
+  private firstCompleted(): MxRequest | undefined {
+    for (const r of this.completed) if (!r.completedByUser) return r;
+    return undefined;
   }
 
   private complete(req: MxRequest, code: number, xfer: number): void {
@@ -720,6 +751,11 @@ export class MxEndpoint {
         this.onRecord(peer, rd);
         rd.release();
         moved = true;
+      }
+      // Space freed: a writer that found the lane full and went to sleep wakes.
+      if (moved && rd.takeSpaceWanted()) {
+        Atomics.add(peer.peerIntr!, I_SEQ, 1);
+        Atomics.notify(peer.peerIntr!, I_SEQ);
       }
       if (rd.broken) {
         this.counters.channelErrors++;

@@ -24,7 +24,8 @@ export type MxBenchCommand =
 
 export default async function main(guest: Guest): Promise<string> {
   const mx = Mx.init(guest);
-  const ep = mx.openEndpoint({ key: MX_BENCH_KEY });
+  const threshold = (guest.args as { rndvThreshold?: number } | undefined)?.rndvThreshold;
+  const ep = mx.openEndpoint({ key: MX_BENCH_KEY, rndvThreshold: threshold });
   guest.send({ nic: ep.nicId, endpoint: ep.endpointId, path: mx.path });
   const peerInfo = (await guest.nextMessage()) as { nic: number; endpoint: number };
   const peer = ep.connect(peerInfo.nic, peerInfo.endpoint, MX_BENCH_KEY);
