@@ -6,11 +6,12 @@
  * The 64-bit match value is passed as two 32-bit words (hi, lo) on every hot call, as the
  * wire carries it; `splitMatch`/`joinMatch` convert from and to bigint.
  */
-import { openDriver } from "../host/drivers.js";
+
 import type { Guest } from "../xen/guest/guest.js";
 import { MX_ANY_ENDPOINT, MxError } from "./codes.js";
 import type { MxDriver } from "./driver.js";
 import { type EndpointOptions, MxEndpoint } from "./endpoint.js";
+import { openDriver } from "./open-driver.js";
 
 export class Mx {
   private readonly endpoints: MxEndpoint[] = [];
