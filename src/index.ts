@@ -2,6 +2,13 @@
  * The public API of the `myrixen` package: the hypervisor layer (domains, grant tables, event
  * channels, XenStore, shared rings) and the types a guest program needs.
  */
+
+// The machine and the MX library.
+export { Host, type HostOptions } from "./host/host.js";
+export { MX_ANY_ENDPOINT, MX_INFINITE, MxError, MxReturn, mxStrerror } from "./mx/codes.js";
+export { MxAddress, MxEndpoint, MxRequest, MxStatusInfo } from "./mx/endpoint.js";
+export { joinMatch, MATCH_MASK_NONE, Mx, splitMatch } from "./mx/mx.js";
+export { MxStatus } from "./nic/status.js";
 export * from "./xen/abi.js";
 export { type CounterName, type CounterSnapshot, diffCounters } from "./xen/counters.js";
 export { EventChannelPort, HypercallError, type WaitResult } from "./xen/event-channel.js";
