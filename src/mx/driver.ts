@@ -13,6 +13,8 @@
  * (`MX_BAD_CONNECTION_KEY`, `MX_NO_RESOURCES`, ...) and a message that says what to fix.
  */
 
+import type { GuestMemory } from "../xen/memory.js";
+
 export class MxDriverError extends Error {
   constructor(
     /** An MX return code name, e.g. "MX_BAD_CONNECTION_KEY". */
@@ -101,4 +103,20 @@ export interface MxDriver {
 
   /** Tears down: closes what is still open. */
   finalize(): void;
+}
+
+/** Message buffers in a domain's own RAM (page-aligned), as every driver hands them out. */
+export function allocGuestBuffer(memory: GuestMemory, length: number): Uint8Array {
+  try {
+    return memory.allocBytes(length).bytes;
+  } catch (e) {
+    throw new MxDriverError("MX_NO_RESOURCES", `allocBuffer(${length}): ${(e as Error).message}`);
+  }
+}
+
+export function freeGuestBuffer(memory: GuestMemory, buffer: Uint8Array): void {
+  const loc = memory.locate(buffer);
+  if (loc?.offset !== 0 || buffer.byteLength < 1)
+    throw new MxDriverError("MX_BAD_SEG_MEM", "freeBuffer: not a buffer from allocBuffer");
+  memory.freePages({ pfn: loc.pfn, count: Math.ceil(buffer.byteLength / 4096) });
 }

@@ -16,10 +16,12 @@ import type {
 import type { Guest } from "../xen/guest/guest.js";
 import { SyncCallClient } from "../xen/sync-call.js";
 import {
+  allocGuestBuffer,
   type DriverChannel,
   type DriverConnection,
   type DriverEndpoint,
   type DriverRegion,
+  freeGuestBuffer,
   type MxDriver,
   MxDriverError,
 } from "./driver.js";
@@ -110,18 +112,11 @@ export class NativeDriver implements MxDriver {
   }
 
   allocBuffer(length: number): Uint8Array {
-    try {
-      return this.guest.memory.allocBytes(length).bytes;
-    } catch (e) {
-      throw fail("MX_NO_RESOURCES", `allocBuffer(${length}): ${(e as Error).message}`);
-    }
+    return allocGuestBuffer(this.guest.memory, length);
   }
 
   freeBuffer(buffer: Uint8Array): void {
-    const loc = this.guest.memory.locate(buffer);
-    if (loc?.offset !== 0 || buffer.byteLength < 1)
-      throw fail("MX_BAD_SEG_MEM", "freeBuffer: not a buffer from allocBuffer");
-    this.guest.memory.freePages({ pfn: loc.pfn, count: Math.ceil(buffer.byteLength / 4096) });
+    freeGuestBuffer(this.guest.memory, buffer);
   }
 
   info(): MyriInfo {

@@ -11,10 +11,12 @@
  */
 
 import {
+  allocGuestBuffer,
   type DriverChannel,
   type DriverConnection,
   type DriverEndpoint,
   type DriverRegion,
+  freeGuestBuffer,
   type MxDriver,
   MxDriverError,
 } from "../mx/driver.js";
@@ -493,18 +495,11 @@ export class MyriFront implements MxDriver {
   }
 
   allocBuffer(length: number): Uint8Array {
-    try {
-      return this.guest.memory.allocBytes(length).bytes;
-    } catch (e) {
-      throw fail("MX_NO_RESOURCES", `allocBuffer(${length}): ${(e as Error).message}`);
-    }
+    return allocGuestBuffer(this.guest.memory, length);
   }
 
   freeBuffer(buffer: Uint8Array): void {
-    const loc = this.guest.memory.locate(buffer);
-    if (loc?.offset !== 0 || buffer.byteLength < 1)
-      throw fail("MX_BAD_SEG_MEM", "freeBuffer: not a buffer from allocBuffer");
-    this.guest.memory.freePages({ pfn: loc.pfn, count: Math.ceil(buffer.byteLength / PAGE_SIZE) });
+    freeGuestBuffer(this.guest.memory, buffer);
   }
 
   /** The backend's view of this guest: NIC, endpoints and registration quotas. */
