@@ -51,6 +51,8 @@ export interface DomainSpec {
   name?: string;
   maxHeapMb?: number;
   transfer?: TransferListItem[];
+  /** "pipe": stdout/stderr arrive as `domain.worker.stdout`/`.stderr` (a launcher prefixes them). */
+  output?: "inherit" | "pipe";
 }
 
 export interface LogLine {
@@ -210,6 +212,7 @@ export class Host {
       maxHeapMb: spec.maxHeapMb,
       args: spec.args,
       transfer: spec.transfer,
+      output: spec.output,
     });
     const ts = this.hypervisor.toolstack;
     const d = dom.domid;
@@ -248,6 +251,7 @@ export class Host {
       native: true,
       args: { ...(user as object | undefined), myrixen: { port: port2, replyWord } },
       transfer: [port2, ...(spec.transfer ?? [])],
+      output: spec.output,
     });
     this.send({ type: "attach-native", domid: dom.domid, endpoint: { port: port1, replyWord } }, [port1]);
     return dom;

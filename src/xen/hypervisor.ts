@@ -63,6 +63,8 @@ export interface DomainConfig {
    * memory and no Xen devices (the reference point the bypass path is measured against).
    */
   native?: boolean;
+  /** "pipe": the guest's stdout/stderr become `domain.stdout`/`domain.stderr` streams (a launcher prefixes them). */
+  output?: "inherit" | "pipe";
 }
 
 export interface DomainExit {
@@ -165,11 +167,42 @@ export class Domain extends EventEmitter {
     this.exited = new Promise((r) => {
       this.resolveExit = r;
     });
+    this.on("newListener", (event) => {
+      if (event === "message" && this.early.length > 0) {
+        this.flushing = false;
+        queueMicrotask(() => this.scheduleFlush());
+      }
+    });
   }
 
   /** Counters of hypervisor work done by or for this domain. */
   counters(): CounterSnapshot {
     return readCounters(this.counterBuffer);
+  }
+
+  private readonly early: unknown[] = [];
+  private flushing = false;
+
+  /**
+   * @internal Emits a guest's message, or keeps it until someone listens: a message sent
+   * while the host was still setting the domain up is not lost.
+   */
+  deliver(data: unknown): void {
+    if (this.listenerCount("message") > 0 && this.early.length === 0) this.emit("message", data);
+    else {
+      this.early.push(data);
+      this.scheduleFlush();
+    }
+  }
+
+  private scheduleFlush(): void {
+    if (this.flushing || this.listenerCount("message") === 0) return;
+    this.flushing = true;
+    queueMicrotask(() => {
+      this.flushing = false;
+      while (this.early.length > 0 && this.listenerCount("message") > 0)
+        this.emit("message", this.early.shift());
+    });
   }
 
   /** Sends a message to the guest (guest.onMessage). */
@@ -210,7 +243,11 @@ function toModuleUrl(module: string | URL): string {
 /** Validates a createDomain config; throws a TypeError/RangeError naming the bad field. */
 function checkConfig(
   c: DomainConfig,
-): Required<Omit<DomainConfig, "args" | "name">> & { name?: string; args: unknown } {
+): Required<Omit<DomainConfig, "args" | "name" | "output">> & {
+  name?: string;
+  args: unknown;
+  pipe: boolean;
+} {
   if (c === null || typeof c !== "object") throw new TypeError("createDomain: config must be an object");
   const int = (field: string, v: unknown, def: number, min: number, max: number): number => {
     if (v === undefined) return def;
@@ -243,6 +280,7 @@ function checkConfig(
     maxSharedPages: int("maxSharedPages", c.maxSharedPages, Math.max(pages, 1024), 0, 1 << 20),
     transfer: Array.isArray(c.transfer) ? c.transfer : [],
     native: c.native === true,
+    pipe: c.output === "pipe",
   };
 }
 
@@ -323,6 +361,8 @@ export class Hypervisor {
         workerData: boot,
         transferList: [hc.port2, async.port2, ...c.transfer],
         resourceLimits: { maxOldGenerationSizeMb: c.maxHeapMb },
+        stdout: c.pipe,
+        stderr: c.pipe,
         name: `dom${domid}:${name}`,
       });
     } catch (e) {
@@ -344,7 +384,7 @@ export class Hypervisor {
         if (dom.state === "booting") dom.state = "running";
         dom.emit("running");
       } else if (m.type === "user") {
-        dom.emit("message", m.data);
+        dom.deliver(m.data);
       } else if (m.type === "exit") {
         this.stopDomain(dom, "shutdown", { result: m.result });
       } else if (m.type === "crash") {
