@@ -70,3 +70,37 @@ test("bench substrate --quick --json writes rows in the project's format", async
   }
   assert.equal(report.machine.cpus.count > 0, true);
 });
+
+test("run -n 3 starts three ranks of a TypeScript program and prefixes their output", async () => {
+  const prog = fileURLToPath(new URL("../../test/fixtures/guests/hello-rank.ts", import.meta.url));
+  const r = await run("run", "-n", "3", prog, "--class", "S");
+  assert.equal(r.code, 0, r.stderr);
+  for (const rank of [0, 1, 2])
+    assert.match(
+      r.stdout,
+      new RegExp(`^\\[${rank}\\] hello from rank ${rank} of 3 on bypass --class S$`, "m"),
+    );
+});
+
+test("run: a failing rank ends the job with its error and a non-zero code; the others are stopped", async () => {
+  const prog = fileURLToPath(new URL("./fixtures/guests/hello-rank.js", import.meta.url));
+  const fail = await run("run", "-n", "3", "--path", "native", prog, "--fail");
+  assert.equal(fail.code, 1);
+  assert.match(fail.stderr, /rank 1 crashed: rank 1 fails on purpose; the other ranks were stopped/);
+  // Ranks 0 and 2 would never end by themselves: rank 1's exit code 3 stops them.
+  const hang = await run("run", "-n", "3", prog, "--hang");
+  assert.equal(hang.code, 3);
+  assert.match(hang.stderr, /rank 1 exited with code 3/);
+});
+
+test("run: bad usage is refused before anything starts", async () => {
+  const none = await run("run", "-n", "2", "no-such-program");
+  assert.equal(none.code, 2);
+  assert.match(none.stderr, /no program "no-such-program": give a built-in name/);
+  const split = await run("run", "-n", "2", "--path", "split", "nas-ep");
+  assert.equal(split.code, 2);
+  assert.match(split.stderr, /--path split is not available yet/);
+  const n = await run("run", "-n", "0", "nas-ep");
+  assert.equal(n.code, 2);
+  assert.match(n.stderr, /-n must be a positive integer/);
+});

@@ -28,6 +28,7 @@ import { benchSubstrate, substrateVerdict } from "../bench/substrate.js";
 import { Host } from "../host/host.js";
 import { Hypervisor } from "../xen/hypervisor.js";
 import { runDemo } from "./demo.js";
+import { BUILTIN_PROGRAMS, RunUsageError, runCommand } from "./run.js";
 
 class UsageError extends Error {}
 
@@ -149,7 +150,8 @@ export function buildProgram(): Command {
     )
     .version("0.1.0")
     .showHelpAfterError("(run with --help for usage)")
-    .exitOverride();
+    .exitOverride()
+    .enablePositionalOptions();
 
   program
     .command("demo")
@@ -181,6 +183,28 @@ export function buildProgram(): Command {
         throw new UsageError(`unknown benchmark suite "${suite}"; available: ${SUITES.join(", ")}`);
       await bench(suite ? [suite as Suite] : [...SUITES], o);
     });
+  program
+    .command("run")
+    .description("run N ranks of a program (built-in or a module) on this machine")
+    .requiredOption("-n, --np <n>", "number of ranks", positiveInt("-n"))
+    .option("--path <path>", "native | bypass", "bypass")
+    .option(
+      "--pages <n>",
+      "guest memory per rank in 4 KiB pages (default 16384 = 64 MiB)",
+      positiveInt("--pages"),
+    )
+    .argument("<program>", `a built-in (${Object.keys(BUILTIN_PROGRAMS).join(", ")}) or a module path`)
+    .argument("[args...]", "the program's own arguments")
+    .passThroughOptions()
+    .action(async (prog: string, args: string[], o: { np: number; path: string; pages?: number }) => {
+      try {
+        process.exitCode = await runCommand(prog, args, { n: o.np, path: o.path, pages: o.pages });
+      } catch (e) {
+        if (e instanceof RunUsageError || e instanceof RangeError) throw new UsageError(e.message);
+        throw e;
+      }
+    });
+
   return program;
 }
 

@@ -241,9 +241,7 @@ function toModuleUrl(module: string | URL): string {
 }
 
 /** Validates a createDomain config; throws a TypeError/RangeError naming the bad field. */
-function checkConfig(
-  c: DomainConfig,
-): Required<Omit<DomainConfig, "args" | "name" | "output">> & {
+function checkConfig(c: DomainConfig): Required<Omit<DomainConfig, "args" | "name" | "output">> & {
   name?: string;
   args: unknown;
   pipe: boolean;
