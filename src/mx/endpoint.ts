@@ -68,6 +68,8 @@ const REC_MAX = REC_NOTIFY;
 
 /** How long a blocking call spins on progress before it sleeps, µs (machine-limits.md). */
 export const DEFAULT_SPIN_US = 20;
+/** Bounce buffers kept registered for reuse, at most this many bytes. */
+const BOUNCE_POOL_BYTES = 64 * 1024 * 1024;
 /** Polls of a blocking wait before it looks at the clock (a spinning peer answers well within them). */
 const FAST_POLLS = 256;
 /** A sleeping endpoint re-checks at least this often, so no peer can make it sleep forever. */
@@ -261,6 +263,7 @@ export class MxEndpoint {
   private readonly pulls = new Map<number, PendingPull>();
   private readonly regions = new Map<string, { regionId: number; key: number; bytes: Uint8Array }>();
   private nextId = 1;
+  private readonly bouncePool: Uint8Array[] = [];
   private sqProd = 0;
   private eqCons = 0;
   private wakeupPending = false;
@@ -437,7 +440,7 @@ export class MxEndpoint {
 
   private prepareRndv(req: MxRequest): void {
     if (!this.inMemory(req.buffer)) {
-      req.bounce = this.driver.allocBuffer(req.buffer.length);
+      req.bounce = this.takeBounce(req.buffer.length);
       req.bounce.set(req.buffer);
       this.counters.bounces++;
     }
@@ -884,7 +887,7 @@ export class MxEndpoint {
     }
     let target = req.buffer;
     if (!this.inMemory(target)) {
-      req.bounce = this.driver.allocBuffer(xfer);
+      req.bounce = this.takeBounce(xfer);
       target = req.bounce;
       this.counters.bounces++;
     }
@@ -1053,20 +1056,31 @@ export class MxEndpoint {
     return { regionId: r.regionId, key: r.key, offset: bytes.byteOffset - start };
   }
 
+  /**
+   * Bounce buffers are kept (still registered) for reuse: a program that sends from its own
+   * heap again and again then pays a copy per message, not a registration round trip.
+   */
+  private takeBounce(length: number): Uint8Array {
+    const pages = Math.ceil(length / 4096);
+    const i = this.bouncePool.findIndex((b) => b.length / 4096 === pages);
+    if (i >= 0) return this.bouncePool.splice(i, 1)[0].subarray(0, length);
+    return this.driver.allocBuffer(pages * 4096).subarray(0, length);
+  }
+
   private releaseBounce(b: Uint8Array): void {
-    const start = b.byteOffset & ~4095;
-    const end = (b.byteOffset + b.length + 4095) & ~4095;
-    const k = `${start}:${end}`;
-    const r = this.regions.get(k);
-    if (r) {
-      this.regions.delete(k);
-      try {
-        this.driver.deregisterRegion(this.endpointId, r.regionId);
-      } catch {
-        // The endpoint may be closing; the NIC drops its regions then anyway.
-      }
+    const whole = new Uint8Array(
+      b.buffer as SharedArrayBuffer,
+      b.byteOffset,
+      Math.ceil(b.length / 4096) * 4096,
+    );
+    this.bouncePool.push(whole);
+    let pooled = 0;
+    for (const p of this.bouncePool) pooled += p.length;
+    while (pooled > BOUNCE_POOL_BYTES && this.bouncePool.length > 0) {
+      const old = this.bouncePool.shift()!;
+      pooled -= old.length;
+      this.free(old);
     }
-    this.driver.freeBuffer(b);
   }
 
   /** Memory for message buffers: in this domain's memory, so large messages need no bounce copy. */

@@ -449,7 +449,8 @@ export class Hypervisor {
     if (!dom.settle(state, detail)) return;
     this.release(dom.domid);
     // A guest that returned or crashed leaves nothing running behind it.
-    if (state !== "destroyed") void dom.worker.terminate();
+    // (A moment's grace first: output the guest printed last is still on its way to the host.)
+    if (state !== "destroyed") setTimeout(() => void dom.worker.terminate(), 50).unref();
   }
 
   /** Releases a stopped domain's grants, mappings, ports and XenStore subtree. */

@@ -24,6 +24,16 @@ async function loadGuestProgram(url: string): Promise<Record<string, unknown>> {
   return (await import(url)) as Record<string, unknown>;
 }
 
+/** The host stops the worker on "exit": let what the guest printed reach the host first. */
+async function flushOutput(): Promise<void> {
+  const flush = (s: NodeJS.WriteStream) =>
+    new Promise<void>((r) => (s.writableLength === 0 ? r() : s.write("", () => r())));
+  await Promise.race([
+    Promise.all([flush(process.stdout), flush(process.stderr)]),
+    new Promise((r) => setTimeout(r, 1000)),
+  ]);
+}
+
 function describe(e: unknown): { name: string; message: string; stack?: string } {
   if (e instanceof Error) return { name: e.name, message: e.message, stack: e.stack };
   return { name: "Error", message: `guest threw a non-Error value: ${String(e)}` };
@@ -48,6 +58,7 @@ try {
   post({ type: "running" });
   guest.holdEventLoop(true);
   const result = await main(guest);
+  await flushOutput();
   guest.holdEventLoop(false);
   try {
     post({ type: "exit", result });
@@ -55,5 +66,6 @@ try {
     throw new TypeError(`main() returned a value the host cannot receive (${(e as Error).message})`);
   }
 } catch (e) {
+  await flushOutput();
   post({ type: "crash", error: describe(e) });
 }

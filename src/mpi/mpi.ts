@@ -1,0 +1,82 @@
+/**
+ * The MPI library's entry: `MPI.init(guest)` bootstraps a rank of a job started by the
+ * launcher (cluster/job.ts): it opens an MX endpoint with the job's key, tells the launcher
+ * its address, receives everyone's, connects to every other rank and synchronizes. It
+ * returns the world communicator; everything else is on Comm (comm.ts).
+ */
+import { JOB_KEY, type LauncherToRank, type RankToLauncher, rankArgs } from "../cluster/protocol.js";
+import { Mx } from "../mx/mx.js";
+import type { Guest } from "../xen/guest/guest.js";
+import {
+  ANY_SOURCE,
+  ANY_TAG,
+  Comm,
+  IN_PLACE,
+  MpiError,
+  MpiRequest,
+  type MpiStatus,
+  Runtime,
+} from "./comm.js";
+import { MAX, MIN, type MpiBuffer, MpiOp, PROD, SUM } from "./ops.js";
+
+export type { InPlace } from "./comm.js";
+export { Comm, type MpiBuffer, MpiError, MpiOp, MpiRequest, type MpiStatus };
+
+async function init(guest: Guest): Promise<Comm> {
+  const job = rankArgs(guest?.args);
+  if (!job)
+    throw new MpiError(
+      "MPI.init: this program was not started as a rank of a job (guest.args.job is missing); run this program with myrixen run",
+    );
+  const { rank, size } = job;
+  if (size < 1 || size > 0x10000 || rank < 0 || rank >= size)
+    throw new MpiError(`MPI.init: rank ${rank} of size ${size} is not a valid job position`);
+  const mx = Mx.init(guest);
+  try {
+    const ep = mx.openEndpoint({ key: JOB_KEY });
+    guest.send({ type: "mpi-addr", rank, nic: ep.nicId, endpoint: ep.endpointId } satisfies RankToLauncher);
+    let peers: LauncherToRank["peers"];
+    for (;;) {
+      const m = (await guest.nextMessage()) as Partial<LauncherToRank> | undefined;
+      if (m?.type === "mpi-peers" && Array.isArray(m.peers)) {
+        peers = m.peers;
+        break;
+      }
+    }
+    if (peers.length !== size)
+      throw new MpiError(`MPI.init: the launcher sent ${peers.length} addresses for a job of ${size} ranks`);
+    const addrs = peers.map((p, i) => (i === rank ? undefined : ep.connect(p.nic, p.endpoint, JOB_KEY)));
+    const rt = new Runtime(mx, ep, addrs);
+    const world = new Comm(
+      rt,
+      0,
+      peers.map((_, i) => i),
+      rank,
+    );
+    rt.world = world;
+    world.barrier();
+    return world;
+  } catch (e) {
+    mx.finalize();
+    throw e;
+  }
+}
+
+export const MPI = {
+  init,
+  /** MPI_Finalize for the rank that owns `comm` (same as comm.finalize()). */
+  finalize(comm: Comm): void {
+    comm.finalize();
+  },
+  /** Seconds since an arbitrary origin (performance.now based), like MPI_Wtime. */
+  wtime(): number {
+    return performance.now() / 1000;
+  },
+  ANY_SOURCE,
+  ANY_TAG,
+  IN_PLACE,
+  SUM,
+  MIN,
+  MAX,
+  PROD,
+} as const;

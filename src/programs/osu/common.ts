@@ -1,0 +1,203 @@
+/**
+ * Shared driver of the OSU micro-benchmark programs (OMB 7.x methodology): argument parsing
+ * (`-m [MIN:]MAX`, `-i ITERS`, `-x SKIP`, `--json FILE`), the message-size sweep, the
+ * iteration/skip counts (small vs large above LARGE_MESSAGE_SIZE), OSU's header and
+ * `%-10d%20.2f` rows, and the `--json` report in the project's benchmark row format.
+ */
+
+import {
+  type BenchRow,
+  finishMachineInfo,
+  type Metric,
+  machineInfo,
+  makeRow,
+  parseSize,
+  prepareOutputFile,
+  writeReport,
+} from "../../bench/harness.js";
+import { rankArgs } from "../../cluster/protocol.js";
+import { type Comm, MPI } from "../../mpi/mpi.js";
+import type { Guest } from "../../xen/guest/guest.js";
+
+export const LARGE_MESSAGE_SIZE = 8192;
+export const WINDOW_SIZE = 64;
+export const OSU_VERSION = "7.4";
+
+export interface Loops {
+  small: number;
+  skipSmall: number;
+  large: number;
+  skipLarge: number;
+}
+export const LAT_LOOPS: Loops = { small: 10000, skipSmall: 100, large: 1000, skipLarge: 10 };
+export const BW_LOOPS: Loops = { small: 100, skipSmall: 10, large: 20, skipLarge: 2 };
+export const COLL_LOOPS: Loops = { small: 1000, skipSmall: 100, large: 100, skipLarge: 10 };
+
+export interface OsuOptions {
+  min: number;
+  max: number;
+  iters?: number;
+  skip?: number;
+  json?: string;
+}
+
+/** Parses the OSU-style arguments; throws a clear Error on anything it does not know. */
+export function parseOsuArgs(
+  bench: string,
+  argv: readonly string[],
+  defaults: { min: number; max: number },
+): OsuOptions {
+  const o: OsuOptions = { ...defaults };
+  const usage = `usage: ${bench} [-m [MIN:]MAX] [-i ITERS] [-x SKIP] [--json FILE]`;
+  const count = (flag: string, v: string, least: number): number => {
+    if (!/^\d+$/.test(v) || Number(v) < least)
+      throw new Error(`${bench}: ${flag} expects an integer >= ${least}, got "${v}"`);
+    return Number(v);
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    const v = argv[i + 1];
+    if (["-m", "-i", "-x", "--json"].includes(a) && v === undefined)
+      throw new Error(`${bench}: ${a} needs a value (${usage})`);
+    if (a === "-m" || a === "--message-size") {
+      i++;
+      try {
+        const parts = v.split(":");
+        if (parts.length > 2) throw new Error("too many ':'");
+        if (parts.length === 2) {
+          if (parts[0] !== "") o.min = parseSize(parts[0]);
+          if (parts[1] !== "") o.max = parseSize(parts[1]);
+        } else o.max = parseSize(parts[0]);
+      } catch (e) {
+        throw new Error(`${bench}: bad -m "${v}": ${e instanceof Error ? e.message : String(e)}`);
+      }
+      if (o.min > o.max) throw new Error(`${bench}: -m: minimum ${o.min} is larger than maximum ${o.max}`);
+    } else if (a === "-i" || a === "--iterations") {
+      o.iters = count(a, argv[++i], 1);
+    } else if (a === "-x" || a === "--warmup") {
+      o.skip = count(a, argv[++i], 0);
+    } else if (a === "--json") {
+      o.json = argv[++i];
+    } else {
+      throw new Error(`${bench}: unknown argument "${a}" (${usage})`);
+    }
+  }
+  return o;
+}
+
+/** OSU's sweep: `for (size = min; size <= max; size = size ? size * 2 : 1)`. */
+export function osuSizes(min: number, max: number): number[] {
+  const out: number[] = [];
+  for (let s = min; s <= max; s = s ? s * 2 : 1) out.push(s);
+  return out;
+}
+
+/** Iterations and warm-up for one size: the large counts apply above LARGE_MESSAGE_SIZE. */
+export function loopsFor(size: number, loops: Loops, o: OsuOptions): { iters: number; skip: number } {
+  const large = size > LARGE_MESSAGE_SIZE;
+  return {
+    iters: o.iters ?? (large ? loops.large : loops.small),
+    skip: o.skip ?? (large ? loops.skipLarge : loops.skipSmall),
+  };
+}
+
+/** `%-10d%20.2f` */
+export function osuRow(size: number, value: number): string {
+  return `${String(size).padEnd(10)}${value.toFixed(2).padStart(20)}`;
+}
+
+/** OSU prints its column header 28 wide: `%-10s%18s`. */
+export function osuColumns(column: string): string {
+  return `${"# Size".padEnd(10)}${column.padStart(18)}`;
+}
+
+/** One size's result at rank 0: the value, and the spread over ranks when there is one. */
+export interface Sample {
+  value: number;
+  min?: number;
+  max?: number;
+}
+
+export interface OsuSpec {
+  /** Project benchmark name, e.g. "osu-latency". */
+  bench: string;
+  /** The header title after "# ", e.g. "OSU MPI Latency Test". */
+  title: string;
+  column: string;
+  metric: Metric;
+  /** "pair": exactly 2 ranks; "many": at least 2. */
+  ranks: "pair" | "many";
+  defaults: { min: number; max: number };
+  loops: Loops;
+  /** Runs one size on every rank; rank 0's return value is the result. */
+  measure(comm: Comm, size: number, iters: number, skip: number): Sample;
+}
+
+/** Waits until stdout and stderr have handed on everything (the guest ends when main returns). */
+export function flushOutput(): Promise<void> {
+  return new Promise((done) => process.stdout.write("", () => process.stderr.write("", () => done())));
+}
+
+/** Runs an OSU benchmark program; returns the exit code (0, or 2 for bad arguments). */
+export async function runOsu(guest: Guest, spec: OsuSpec): Promise<number> {
+  try {
+    return await runOsuInner(guest, spec);
+  } finally {
+    await flushOutput();
+  }
+}
+
+async function runOsuInner(guest: Guest, spec: OsuSpec): Promise<number> {
+  const job = rankArgs(guest.args);
+  const rank = job?.rank ?? 0;
+  const size = job?.size ?? 1;
+  const path = job?.path ?? "native";
+  let o: OsuOptions;
+  try {
+    o = parseOsuArgs(spec.bench, job?.argv ?? [], spec.defaults);
+    if (spec.ranks === "pair" && size !== 2)
+      throw new Error(`${spec.bench}: this test requires exactly two processes, got ${size}`);
+    if (spec.ranks === "many" && size < 2)
+      throw new Error(`${spec.bench}: this test requires at least two processes, got ${size}`);
+    if (o.json && rank === 0) o.json = prepareOutputFile(o.json);
+  } catch (e) {
+    if (rank === 0) console.error(e instanceof Error ? e.message : String(e));
+    return 2;
+  }
+  const machine = rank === 0 ? machineInfo() : undefined;
+  const comm = await MPI.init(guest);
+  if (rank === 0) {
+    console.log(`# ${spec.title} v${OSU_VERSION}`);
+    console.log("# Datatype: MPI_CHAR.");
+    console.log(osuColumns(spec.column));
+  }
+  const rows: BenchRow[] = [];
+  for (const bytes of osuSizes(o.min, o.max)) {
+    const { iters, skip } = loopsFor(bytes, spec.loops, o);
+    comm.barrier();
+    const s = spec.measure(comm, bytes, iters, skip);
+    if (rank === 0) {
+      console.log(osuRow(bytes, s.value));
+      const min = Math.min(s.min ?? s.value, s.value);
+      const max = Math.max(s.max ?? s.value, s.value);
+      const summary = { median: s.value, min, max, runs: 1 };
+      rows.push(makeRow({ bench: spec.bench, transport: path, bytes, metric: spec.metric }, summary));
+    }
+  }
+  if (rank === 0 && o.json && machine)
+    writeReport(o.json, { machine: finishMachineInfo(machine, rows), rows });
+  comm.barrier();
+  comm.finalize();
+  return 0;
+}
+
+/**
+ * A message buffer of `n` bytes filled with `fill` (OSU fills 'a' for sends, 'b' for
+ * receives). With a communicator it lives in the rank's guest memory (MPI_Alloc_mem), as
+ * OSU's buffers are page-aligned and pinned, so large messages need no bounce copy.
+ */
+export function buffer(n: number, fill: number, comm?: Comm): Uint8Array {
+  return (comm ? comm.allocMem(Math.max(n, 1)) : new Uint8Array(Math.max(n, 1))).fill(fill);
+}
+
+export { MPI };

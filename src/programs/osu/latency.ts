@@ -1,0 +1,44 @@
+/**
+ * osu-latency (OSU osu_latency): ping-pong between ranks 0 and 1 with blocking send/recv
+ * (tag 1); one-way latency = total round-trip time / (2 · iterations), in microseconds.
+ */
+import type { Guest } from "../../xen/guest/guest.js";
+import { buffer, LAT_LOOPS, MPI, runOsu } from "./common.js";
+
+const TAG = 1;
+
+export default function main(guest: Guest): Promise<number> {
+  let sbuf = buffer(1, 0x61);
+  let rbuf = buffer(1, 0x62);
+  return runOsu(guest, {
+    bench: "osu-latency",
+    title: "OSU MPI Latency Test",
+    column: "Latency (us)",
+    metric: "latency_us",
+    ranks: "pair",
+    defaults: { min: 0, max: 1 << 22 },
+    loops: LAT_LOOPS,
+    measure(comm, size, iters, skip) {
+      if (sbuf.length < size) {
+        sbuf = buffer(size, 0x61, comm);
+        rbuf = buffer(size, 0x62, comm);
+      }
+      const s = sbuf.subarray(0, size);
+      const r = rbuf.subarray(0, size);
+      let t0 = 0;
+      if (comm.rank === 0) {
+        for (let i = 0; i < iters + skip; i++) {
+          if (i === skip) t0 = MPI.wtime();
+          comm.send(s, 1, TAG);
+          comm.recv(r, 1, TAG);
+        }
+        return { value: ((MPI.wtime() - t0) * 1e6) / (2 * iters) };
+      }
+      for (let i = 0; i < iters + skip; i++) {
+        comm.recv(r, 0, TAG);
+        comm.send(s, 0, TAG);
+      }
+      return { value: 0 };
+    },
+  });
+}

@@ -1,0 +1,128 @@
+/**
+ * The MPI library on real ranks (guests on the bypass path, processes on the native path):
+ * every collective against a serial reference for several lengths and rank counts,
+ * point-to-point semantics (wildcards, probe, waitany, self messages), communicators
+ * (dup, split), misuse errors, and a failing rank that ends its job without a hang.
+ */
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+import { Job, type JobResult } from "../src/cluster/job.js";
+import { Host } from "../src/host/host.js";
+
+let host: Host;
+before(async () => {
+  host = await Host.start({ maxEndpoints: 64, endpointsPerDomain: 8 });
+});
+after(() => host.stop());
+
+async function run(
+  n: number,
+  path: "native" | "bypass",
+  fixture: string,
+  argv: string[] = [],
+): Promise<{ res: JobResult; lines: string[] }> {
+  const lines: string[] = [];
+  const job = new Job(host, {
+    n,
+    path,
+    program: new URL(`./fixtures/${fixture}.js`, import.meta.url),
+    argv,
+    pages: 4096,
+    maxHeapMb: 256,
+    output: (rank, stream, line) => lines.push(`[${rank} ${stream}] ${line}`),
+  });
+  return { res: await job.run(), lines };
+}
+
+function ok(r: { res: JobResult; lines: string[] }): unknown[] {
+  const bad = r.res.failed;
+  assert.equal(
+    r.res.exitCode,
+    0,
+    `rank ${bad?.rank} failed: ${bad?.error?.stack ?? bad?.error?.message}\n${r.lines.join("\n")}`,
+  );
+  return r.res.ranks.map((x) => x.result);
+}
+
+const LENGTHS = [0, 1, 7, 1000, 100_003];
+
+for (const n of [1, 2, 3, 4, 8]) {
+  test(`collectives on ${n} native rank(s), lengths ${LENGTHS.join(", ")}`, async () => {
+    const results = ok(await run(n, "native", "mpi-coll", [JSON.stringify(LENGTHS)]));
+    const checks = results.map((c) => (c as { checks: number }).checks);
+    for (const c of checks) assert.ok(c > 0);
+  });
+}
+
+for (const [n, lengths] of [
+  [2, [0, 1, 7, 1000]],
+  [3, [0, 7, 100_003]],
+] as const) {
+  test(`collectives on ${n} bypass ranks (guests), lengths ${lengths.join(", ")}`, async () => {
+    const results = ok(await run(n, "bypass", "mpi-coll", [JSON.stringify(lengths)]));
+    for (const c of results) assert.ok((c as { checks: number }).checks > 0);
+  });
+}
+
+for (const [n, path] of [
+  [1, "native"],
+  [4, "bypass"],
+  [5, "native"],
+] as const) {
+  test(`point-to-point, communicators and misuse on ${n} ${path} rank(s)`, async () => {
+    const results = ok(await run(n, path, "mpi-p2p")) as Record<string, unknown>[];
+    const r0 = results[0];
+    assert.deepEqual(
+      r0.anySource,
+      Array.from({ length: n - 1 }, (_, i) => i + 1),
+    );
+    if (n > 1) {
+      assert.deepEqual(r0.probe, { source: 1, count: 7, bytes: 56, got: 7, v: 1.5 });
+      assert.deepEqual(
+        r0.waitany,
+        Array.from({ length: n - 1 }, (_, i) => i),
+      );
+    }
+    for (const [rank, r] of results.entries()) {
+      assert.equal(r.ring, (rank - 1 + n) % n);
+      assert.equal(r.self, true);
+      assert.equal(r.dupSum, (n * (n - 1)) / 2);
+      const mine = Array.from({ length: n }, (_, i) => i).filter((i) => i % 2 === rank % 2);
+      const members = [...mine].reverse();
+      assert.deepEqual(r.split, {
+        rank: members.indexOf(rank),
+        size: mine.length,
+        members,
+        sum: mine.reduce((a, b) => a + b, 0),
+      });
+      const errs = r.errors as string[];
+      assert.match(errs[0], new RegExp(`dest ${n} is out of range`));
+      assert.match(errs[1], /tag -1 is invalid/);
+      assert.match(errs[2], /buf must be a numeric TypedArray.*got Array/);
+      assert.match(errs[3], /rbuf is a Float64Array but sbuf is a Int32Array/);
+      assert.match(errs[4], /op sum is not an MPI operation/);
+      assert.match(errs[5], /rbuf has \d+ elements but needs at least/);
+      assert.match(errs[6], /root -3 is out of range/);
+      assert.match(r.afterFinalize as string, /MPI.finalize was called/);
+    }
+  });
+}
+
+test("a rank that throws: the job fails with its rank, the others are stopped (no hang)", async () => {
+  const { res } = await run(4, "bypass", "mpi-fail", ["2"]);
+  assert.notEqual(res.exitCode, 0);
+  assert.equal(res.failed?.rank, 2);
+  assert.match(res.failed?.error?.message ?? "", /rank 2 gives up/);
+  assert.equal(res.ranks.length, 4);
+});
+
+test("MPI.init outside a job says to use myrixen run", async () => {
+  const dom = await host.startGuest({
+    module: new URL("./fixtures/mpi-nojob.js", import.meta.url),
+    pages: 256,
+    output: "pipe",
+  });
+  const e = await dom.exited;
+  assert.notEqual(e.state, "shutdown");
+  assert.match(e.error?.message ?? "", /run this program with myrixen run/);
+});

@@ -1,0 +1,152 @@
+/**
+ * OSU micro-benchmark programs (osu-latency, osu-bw, osu-bibw on 2 ranks, osu-allreduce on 3)
+ * with small `-m` ranges: OSU's header and one `%-10d%20.2f` row per size, and `--json` rows in
+ * the project's benchmark format. No timing assertions. Also the pure helpers (sweeps,
+ * iteration counts, argument parsing).
+ */
+import assert from "node:assert/strict";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, test } from "node:test";
+import { validateReport } from "../src/bench/harness.js";
+import { Job } from "../src/cluster/job.js";
+import { Host } from "../src/host/host.js";
+import { BW_LOOPS, LAT_LOOPS, loopsFor, osuRow, osuSizes, parseOsuArgs } from "../src/programs/osu/common.js";
+
+let host: Host;
+let dir: string;
+before(async () => {
+  host = await Host.start({});
+  dir = mkdtempSync(join(tmpdir(), "myrixen-osu-"));
+});
+after(async () => {
+  await host.stop();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+async function runOsu(program: string, n: number, path: "native" | "bypass", argv: string[]) {
+  const out: string[] = [];
+  const err: string[] = [];
+  const res = await new Job(host, {
+    n,
+    path,
+    program: new URL(`../src/programs/osu/${program}.js`, import.meta.url),
+    argv,
+    pages: 8192,
+    output: (rank, stream, line) => (stream === "stdout" ? out : err).push(`${rank}|${line}`),
+  }).run();
+  const rank0 = out.filter((l) => l.startsWith("0|")).map((l) => l.slice(2));
+  return { res, lines: rank0, err: err.join("\n") };
+}
+
+test("sweeps, iteration counts and rows follow OSU", () => {
+  assert.equal(osuSizes(0, 1 << 22).length, 24);
+  assert.equal(osuSizes(1, 1 << 22).length, 23);
+  assert.equal(osuSizes(1, 1 << 20).length, 21);
+  assert.deepEqual(osuSizes(0, 8), [0, 1, 2, 4, 8]);
+  assert.deepEqual(loopsFor(8192, LAT_LOOPS, { min: 0, max: 0 }), { iters: 10000, skip: 100 });
+  assert.deepEqual(loopsFor(16384, LAT_LOOPS, { min: 0, max: 0 }), { iters: 1000, skip: 10 });
+  assert.deepEqual(loopsFor(16384, BW_LOOPS, { min: 0, max: 0 }), { iters: 20, skip: 2 });
+  assert.deepEqual(loopsFor(16384, BW_LOOPS, { min: 0, max: 0, iters: 7, skip: 1 }), { iters: 7, skip: 1 });
+  assert.equal(osuRow(8, 1.234), "8                         1.23");
+  const d = { min: 0, max: 4194304 };
+  assert.deepEqual(parseOsuArgs("osu-latency", ["-m", "4:1K"], d), { min: 4, max: 1024 });
+  assert.deepEqual(parseOsuArgs("osu-latency", ["-m", "64", "-i", "5", "-x", "0"], d), {
+    min: 0,
+    max: 64,
+    iters: 5,
+    skip: 0,
+  });
+  assert.throws(() => parseOsuArgs("osu-bw", ["-m", "8:4"], d), /minimum 8 is larger than maximum 4/);
+  assert.throws(() => parseOsuArgs("osu-bw", ["-i", "0"], d), /-i expects an integer >= 1/);
+  assert.throws(() => parseOsuArgs("osu-bw", ["--nope"], d), /unknown argument "--nope"/);
+});
+
+const ROW = /^(\d+) +(\d+\.\d\d)$/;
+
+const cases = [
+  {
+    program: "latency",
+    bench: "osu-latency",
+    n: 2,
+    path: "native" as const,
+    argv: ["-m", "0:64", "-i", "200", "-x", "20"],
+    sizes: [0, 1, 2, 4, 8, 16, 32, 64],
+    title: "# OSU MPI Latency Test v7.4",
+    columns: "# Size          Latency (us)",
+    metric: "latency_us",
+  },
+  {
+    program: "bw",
+    bench: "osu-bw",
+    n: 2,
+    path: "bypass" as const,
+    argv: ["-m", "1:16K", "-i", "4", "-x", "1"],
+    sizes: [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384],
+    title: "# OSU MPI Bandwidth Test v7.4",
+    columns: "# Size      Bandwidth (MB/s)",
+    metric: "bandwidth_MBps",
+  },
+  {
+    program: "bibw",
+    bench: "osu-bibw",
+    n: 2,
+    path: "native" as const,
+    argv: ["-m", "512:4K", "-i", "4", "-x", "1"],
+    sizes: [512, 1024, 2048, 4096],
+    title: "# OSU MPI Bi-Directional Bandwidth Test v7.4",
+    columns: "# Size      Bandwidth (MB/s)",
+    metric: "bandwidth_MBps",
+  },
+  {
+    program: "allreduce",
+    bench: "osu-allreduce",
+    n: 3,
+    path: "native" as const,
+    argv: ["-m", "1:256", "-i", "20", "-x", "2"],
+    sizes: [1, 2, 4, 8, 16, 32, 64, 128, 256],
+    title: "# OSU MPI Allreduce Latency Test v7.4",
+    columns: "# Size       Avg Latency(us)",
+    metric: "latency_us",
+  },
+];
+
+for (const c of cases) {
+  test(`${c.bench} on ${c.n} ranks (${c.path}): OSU header, one row per size, JSON rows`, async () => {
+    const file = join(dir, `${c.bench}.json`);
+    const { res, lines, err } = await runOsu(c.program, c.n, c.path, [...c.argv, "--json", file]);
+    assert.equal(res.exitCode, 0, `exit ${res.exitCode}: ${res.failed?.error?.message ?? ""}\n${err}`);
+    assert.equal(lines[0], c.title);
+    assert.equal(lines[1], "# Datatype: MPI_CHAR.");
+    assert.equal(lines[2], c.columns);
+    const rows = lines.slice(3);
+    assert.equal(rows.length, c.sizes.length, lines.join("\n"));
+    rows.forEach((line, i) => {
+      const m = ROW.exec(line);
+      assert.ok(m, `row "${line}"`);
+      assert.equal(Number(m[1]), c.sizes[i]);
+      assert.equal(line.length, 30);
+    });
+    const report = validateReport(JSON.parse(readFileSync(file, "utf8")));
+    assert.equal(report.rows.length, c.sizes.length);
+    report.rows.forEach((r, i) => {
+      assert.equal(r.bench, c.bench);
+      assert.equal(r.transport, c.path);
+      assert.equal(r.scope, "intra-host");
+      assert.equal(r.bytes, c.sizes[i]);
+      assert.equal(r.metric, c.metric);
+      assert.equal(r.runs, 1);
+      assert.ok(r.median > 0 && r.min <= r.median && r.median <= r.max);
+    });
+  });
+}
+
+test("the point-to-point tests need exactly two ranks; bad arguments fail with exit code 2", async () => {
+  const three = await runOsu("latency", 3, "native", ["-m", "8"]);
+  assert.equal(three.res.exitCode, 2);
+  assert.match(three.err, /osu-latency: this test requires exactly two processes, got 3/);
+  const bad = await runOsu("bw", 2, "native", ["-m", "x:y"]);
+  assert.equal(bad.res.exitCode, 2);
+  assert.match(bad.err, /osu-bw: bad -m "x:y"/);
+});
