@@ -3,8 +3,10 @@
  * channels, XenStore, shared rings) and the types a guest program needs.
  */
 
+export { Job, type JobResult, type JobSpec } from "./cluster/job.js";
 // The machine and the MX library.
 export { Host, type HostOptions } from "./host/host.js";
+export { Comm, MPI, MpiError, type MpiStatus } from "./mpi/mpi.js";
 export { MX_ANY_ENDPOINT, MX_INFINITE, MxError, MxReturn, mxStrerror } from "./mx/codes.js";
 export { MxAddress, MxEndpoint, MxRequest, MxStatusInfo } from "./mx/endpoint.js";
 export { joinMatch, MATCH_MASK_NONE, Mx, splitMatch } from "./mx/mx.js";
