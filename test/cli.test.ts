@@ -104,3 +104,14 @@ test("run: bad usage is refused before anything starts", async () => {
   assert.equal(n.code, 2);
   assert.match(n.stderr, /-n must be a positive integer/);
 });
+
+test("start (npm start) runs NAS EP and OSU on both paths and prints the comparison and the verification", async () => {
+  const r = await run("start");
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /NAS EP class S, 4 ranks: time/);
+  assert.match(r.stdout, /OSU latency 4 KiB/);
+  assert.match(r.stdout, /OSU bandwidth 1 MiB/);
+  assert.match(r.stdout, /bypass \/ native/);
+  assert.match(r.stdout, /Verification = SUCCESSFUL on native and bypass/);
+  assert.match(r.stderr, /\[6\/6\] osu-bw on 2 ranks, bypass path/);
+});
