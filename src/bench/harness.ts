@@ -26,6 +26,7 @@ export const TRANSPORTS = [
   "raw-sab",
   "raw-relay",
   "postmessage",
+  "postmessage-transfer",
   "raw-tcp",
   "memcpy",
   "evtchn",

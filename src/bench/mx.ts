@@ -20,6 +20,7 @@ import {
   rawSabStream,
 } from "./baselines.js";
 import { type BenchProfile, type BenchRow, makeRow } from "./harness.js";
+import { rawTcpPingPong } from "./tcp-baseline.js";
 
 const PROGRAM = new URL("../programs/mx-bench.js", import.meta.url);
 export const OSU_WINDOW = 64;
@@ -129,7 +130,15 @@ export interface MxBenchOptions {
   sizes: number[];
 }
 
-export const PINGPONG_TRANSPORTS = ["native", "bypass", "raw-sab", "raw-relay", "postmessage"];
+export const PINGPONG_TRANSPORTS = [
+  "native",
+  "bypass",
+  "raw-sab",
+  "raw-relay",
+  "postmessage",
+  "postmessage-transfer",
+  "raw-tcp",
+];
 export const STREAM_TRANSPORTS = ["native", "bypass", "raw-sab", "memcpy"];
 
 export async function benchPingpong(
@@ -170,6 +179,36 @@ export async function benchPingpong(
         const pm = { ...base, iters: Math.max(10, Math.floor(iters / 10)), transfer: false };
         rows.push(
           row("pingpong", "postmessage", bytes, "latency_us", (await postMessagePingPong(pm)).samples),
+        );
+      }
+      if (opts.transports.includes("postmessage-transfer") && bytes > 0) {
+        // The buffer is moved, not cloned: what postMessage costs at its best for large messages.
+        progress(`pingpong ${bytes} B, postmessage-transfer`);
+        const pm = { ...base, iters: Math.max(10, Math.floor(iters / 10)), transfer: true };
+        rows.push(
+          row(
+            "pingpong",
+            "postmessage-transfer",
+            bytes,
+            "latency_us",
+            (await postMessagePingPong(pm)).samples,
+          ),
+        );
+      }
+      if (opts.transports.includes("raw-tcp")) {
+        // Two plain processes over loopback TCP: the wire a cross-host message takes.
+        progress(`pingpong ${bytes} B, raw-tcp`);
+        const tcp = await rawTcpPingPong({
+          bytes,
+          iters: Math.max(10, Math.floor(iters / 10)),
+          warmup: Math.max(2, Math.floor(warmup / 10)),
+          runs: profile.runs,
+        });
+        rows.push(
+          makeRow(
+            { bench: "pingpong", transport: "raw-tcp", scope: "cross-host", bytes, metric: "latency_us" },
+            tcp,
+          ),
         );
       }
     }
