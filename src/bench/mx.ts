@@ -152,18 +152,11 @@ export async function benchPingpong(
   try {
     for (const bytes of opts.sizes) {
       const { iters, warmup } = osuIters(profile, bytes, "latency");
-      const samples = new Map<string, number[]>();
-      for (const t of pairs.keys()) samples.set(t, []);
-      // Runs of the MX paths interleave, so both see the same machine.
-      for (let r = 0; r < profile.runs + profile.warmupRuns; r++) {
-        for (const [t, pair] of pairs) {
-          progress(`pingpong ${bytes} B, ${t}, run ${r + 1}`);
-          const us = await pair.pingpong(bytes, iters, warmup);
-          if (r >= profile.warmupRuns) samples.get(t)!.push(us);
-        }
-      }
-      for (const [t, s] of samples)
-        rows.push(makeRow({ bench: "pingpong", transport: t, bytes, metric: "latency_us" }, s));
+      rows.push(
+        ...(await samplePairs(pairs, profile, "pingpong", bytes, "latency_us", progress, (p) =>
+          p.pingpong(bytes, iters, warmup),
+        )),
+      );
       const base = { bytes, iters, warmup, runs: profile.runs, warmupRuns: profile.warmupRuns };
       if (opts.transports.includes("raw-sab")) {
         progress(`pingpong ${bytes} B, raw-sab`);
@@ -229,17 +222,11 @@ export async function benchStream(
   try {
     for (const bytes of opts.sizes) {
       const { iters, warmup } = osuIters(profile, bytes, "bw");
-      const samples = new Map<string, number[]>();
-      for (const t of pairs.keys()) samples.set(t, []);
-      for (let r = 0; r < profile.runs + profile.warmupRuns; r++) {
-        for (const [t, pair] of pairs) {
-          progress(`stream ${bytes} B, ${t}, run ${r + 1}`);
-          const mbps = await pair.stream(bytes, iters, warmup);
-          if (r >= profile.warmupRuns) samples.get(t)!.push(mbps);
-        }
-      }
-      for (const [t, s] of samples)
-        rows.push(makeRow({ bench: "stream", transport: t, bytes, metric: "bandwidth_MBps" }, s));
+      rows.push(
+        ...(await samplePairs(pairs, profile, "stream", bytes, "bandwidth_MBps", progress, (p) =>
+          p.stream(bytes, iters, warmup),
+        )),
+      );
       const base = { bytes, runs: profile.runs, warmupRuns: profile.warmupRuns };
       if (opts.transports.includes("raw-sab")) {
         progress(`stream ${bytes} B, raw-sab`);
@@ -259,6 +246,31 @@ export async function benchStream(
     for (const p of pairs.values()) await p.stop();
   }
   return rows;
+}
+
+/**
+ * One row per MX path for one size: runs of the paths interleave, so both see the same
+ * machine; warm-up runs are dropped.
+ */
+async function samplePairs(
+  pairs: Map<string, MxPair>,
+  profile: BenchProfile,
+  bench: string,
+  bytes: number,
+  metric: BenchRow["metric"],
+  progress: Progress,
+  measureOnce: (pair: MxPair) => Promise<number>,
+): Promise<BenchRow[]> {
+  const samples = new Map<string, number[]>();
+  for (const t of pairs.keys()) samples.set(t, []);
+  for (let r = 0; r < profile.runs + profile.warmupRuns; r++) {
+    for (const [t, pair] of pairs) {
+      progress(`${bench} ${bytes} B, ${t}, run ${r + 1}`);
+      const v = await measureOnce(pair);
+      if (r >= profile.warmupRuns) samples.get(t)!.push(v);
+    }
+  }
+  return [...samples].map(([t, s]) => makeRow({ bench, transport: t, bytes, metric }, s));
 }
 
 function row(
