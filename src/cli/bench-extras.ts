@@ -1,29 +1,66 @@
 /**
- * The parts of `myrixen bench` that build on later pieces (the latency breakdown, the HTML
- * report), kept in one place so the bench command reads the same whichever are present.
+ * The parts of `myrixen bench` beyond the ping-pong and stream suites: the latency
+ * breakdown suite and the HTML report, kept in one place so the bench command stays short.
  */
+import {
+  BREAKDOWN_SIZES,
+  BREAKDOWN_TRANSPORTS,
+  type BreakdownRow,
+  benchBreakdown,
+} from "../bench/breakdown.js";
 import type { BenchProfile, BenchReport, BenchRow } from "../bench/harness.js";
 import type { Host } from "../host/host.js";
 
+type HtmlWriter = (file: string, report: BenchReport) => void;
+let htmlWriter: HtmlWriter | undefined;
+
+/** Set by the report module when this build has it (see cli/bench.ts). */
+export function setHtmlWriter(w: HtmlWriter): void {
+  htmlWriter = w;
+}
+
 export const BenchExtras = {
-  suites: [] as string[],
-  transports(_suite: string): string[] {
-    return [];
+  suites: ["breakdown"] as string[],
+  transports(suite: string): string[] {
+    return suite === "breakdown" ? [...BREAKDOWN_TRANSPORTS] : [];
+  },
+  /** Sizes a suite uses when the user gives none. */
+  defaultSizes(suite: string): number[] | undefined {
+    return suite === "breakdown" ? [...BREAKDOWN_SIZES] : undefined;
   },
   async run(
     suite: string,
-    _host: Host,
-    _profile: BenchProfile,
-    _o: { sizes: number[]; transports: string[] },
-    _progress: (label: string) => void,
+    host: Host,
+    profile: BenchProfile,
+    o: { sizes: number[]; transports: string[] },
+    progress: (label: string) => void,
   ): Promise<BenchRow[]> {
-    throw new Error(`suite ${suite} is not available in this build`);
+    if (suite !== "breakdown") throw new Error(`suite ${suite} is not available in this build`);
+    return benchBreakdown(host, profile, { sizes: o.sizes, transports: o.transports as never }, progress);
   },
-  describe(_rows: readonly BenchRow[]): string[] {
-    return [];
+  /** The breakdown as text: per path and size, each stage's share of the one-way time. */
+  describe(rows: readonly BenchRow[]): string[] {
+    const b = rows.filter(
+      (r): r is BreakdownRow => r.bench === "breakdown" && typeof (r as BreakdownRow).stage === "string",
+    );
+    if (b.length === 0) return [];
+    const out = ["latency breakdown (median µs per stage of a traced one-way message):"];
+    const keys = [...new Set(b.map((r) => `${r.transport}\u0000${r.bytes}`))];
+    for (const k of keys) {
+      const [t, bytes] = k.split("\u0000");
+      const stages = b.filter((r) => r.transport === t && String(r.bytes) === bytes);
+      const total = stages.reduce((s, r) => s + r.median, 0);
+      out.push(
+        `  ${t.padEnd(7)} ${String(bytes).padStart(8)} B  ${total.toFixed(2).padStart(8)} µs = ` +
+          stages.map((r) => `${r.stage} ${r.median.toFixed(2)}`).join(" + "),
+      );
+    }
+    return out;
   },
   /** Writes the HTML report; returns its path, or undefined if this build has none. */
-  writeHtml(_file: string, _report: BenchReport): string | undefined {
-    return undefined;
+  writeHtml(file: string, report: BenchReport): string | undefined {
+    if (!htmlWriter) return undefined;
+    htmlWriter(file, report);
+    return file;
   },
 };

@@ -159,7 +159,7 @@ export async function benchCommand(
             ? STREAM_TRANSPORTS
             : BenchExtras.transports(s);
       const o = {
-        sizes: sizes ?? defaultSizes(s, quick),
+        sizes: sizes ?? BenchExtras.defaultSizes(s) ?? defaultSizes(s, quick),
         transports: (transports ?? known).filter((t) => known.includes(t)),
       };
       if (s === "pingpong") rows.push(...(await benchPingpong(host, profile, o, tick)));
@@ -173,23 +173,24 @@ export async function benchCommand(
   }
   const report: BenchReport = { machine: finishMachineInfo(machine, rows), rows };
   const tableRows = rows.filter((r) => r.bench !== "breakdown");
-  out(
-    renderTable(tableRows, {
-      // Only the ratios whose two transports were both measured.
-      ratios: (
-        [
-          ["evtchn", "raw-sab"],
-          ["bypass", "native"],
-          ["bypass", "raw-sab"],
-          ["postmessage", "bypass"],
-        ] as const
-      ).filter(
-        ([x, y]) => tableRows.some((r) => r.transport === x) && tableRows.some((r) => r.transport === y),
-      ),
-      transports: ["native", "bypass", "raw-sab", "raw-relay", "postmessage", "memcpy", "evtchn", "ring"],
-      title: `myrixen bench (${profile.name})`,
-    }),
-  );
+  if (tableRows.length > 0)
+    out(
+      renderTable(tableRows, {
+        // Only the ratios whose two transports were both measured.
+        ratios: (
+          [
+            ["evtchn", "raw-sab"],
+            ["bypass", "native"],
+            ["bypass", "raw-sab"],
+            ["postmessage", "bypass"],
+          ] as const
+        ).filter(
+          ([x, y]) => tableRows.some((r) => r.transport === x) && tableRows.some((r) => r.transport === y),
+        ),
+        transports: ["native", "bypass", "raw-sab", "raw-relay", "postmessage", "memcpy", "evtchn", "ring"],
+        title: `myrixen bench (${profile.name})`,
+      }),
+    );
   for (const line of BenchExtras.describe(rows)) out(line);
   for (const v of [substrateVerdict(rows), ...mxVerdicts(rows)]) if (v) out(v);
   out(describeMachine(report.machine));

@@ -11,6 +11,9 @@
  *   RNDV   match, message length, no payload; aux0 = sync id (the send completes on
  *          NOTIFY), aux1 = sequence, aux2 = region, aux3 = key, aux4 = offset in region
  *   NOTIFY aux0 = sync id, aux1 = bytes transferred, aux2 = MX status
+ * Tracing (trace.ts): a traced EAGER or RNDV record has FLAG_TRACED in its flags and its
+ * trace sequence number in aux5; a traced PULL descriptor has DFLAG_TRACE and its PULL_DONE
+ * carries the NIC's stamps in E_EXTRA. With tracing off each stage costs one boolean check.
  * A large message stays in the sender's registered memory until the receiver matches it
  * and asks its NIC to PULL it (one copy, receiver-driven, as in Open-MX); then the
  * receiver tells the sender with NOTIFY.
@@ -32,8 +35,11 @@ import {
   D_SRC_OFFSET,
   D_SRC_REGION,
   DESC_WORDS,
+  DFLAG_TRACE,
   E_COOKIE,
   E_EXTRA,
+  E_TRACE_DMA_DONE,
+  E_TRACE_NIC_SEEN,
   E_TYPE,
   EQ_ENTRIES,
   EQ_OFFSET,
@@ -60,6 +66,7 @@ import {
   type MxDriver,
   MxDriverError,
 } from "./driver.js";
+import { DEFAULT_TRACE_RECORDS, FLAG_TRACED, TraceBuffer, TraceStage, traceId, traceNow } from "./trace.js";
 
 const REC_EAGER = 1;
 const REC_RNDV = 2;
@@ -144,6 +151,8 @@ export class MxRequest extends MxStatusInfo {
   /** @internal */ rndv = false;
   /** @internal */ bounce?: Uint8Array;
   /** @internal */ completedByUser = false;
+  /** @internal Message id while traced (trace.ts), else 0. */
+  traceId = 0;
 
   constructor(
     readonly kind: RequestKind,
@@ -173,6 +182,7 @@ interface Unexpected {
   region: number;
   key: number;
   offset: number;
+  traceId: number;
 }
 
 interface PendingPull {
@@ -209,6 +219,8 @@ export interface EndpointOptions {
   spinUs?: number;
   /** This domain's memory: buffers in it are registered in place; others are bounce-copied. */
   memory?: SharedArrayBuffer;
+  /** Stamp each message's stages into a trace buffer (true, or its capacity in records). */
+  trace?: boolean | number;
 }
 
 const u32 = (n: number) => n >>> 0;
@@ -247,6 +259,12 @@ export class MxEndpoint {
     registrations: 0,
   };
   closed = false;
+  /** Stages are being stamped into `traceBuffer` (see enableTrace). */
+  tracing = false;
+  /** The trace buffer (kept after disableTrace, so it can be read). */
+  traceBuffer: TraceBuffer | undefined;
+  private traceSeq = 0;
+  private windowF64: Float64Array | undefined;
 
   private readonly window: Int32Array;
   private readonly intr: Int32Array;
@@ -298,6 +316,22 @@ export class MxEndpoint {
     this.intr = new Int32Array(ep.intr);
     this.sqProd = Atomics.load(this.window, W_SQ_PROD) >>> 0;
     this.eqCons = Atomics.load(this.window, W_EQ_CONS) >>> 0;
+    if (opts.trace) this.enableTrace(opts.trace === true ? DEFAULT_TRACE_RECORDS : opts.trace);
+  }
+
+  // ---- tracing --------------------------------------------------------------------------------
+
+  /** Starts stamping messages into a fresh trace buffer of `capacity` records (default 65536). */
+  enableTrace(capacity: number = DEFAULT_TRACE_RECORDS): TraceBuffer {
+    this.traceBuffer = new TraceBuffer(capacity);
+    this.windowF64 ??= new Float64Array(this.window.buffer);
+    this.tracing = true;
+    return this.traceBuffer;
+  }
+
+  /** Stops stamping; the buffer stays readable. */
+  disableTrace(): void {
+    this.tracing = false;
   }
 
   get address(): { nic: number; endpoint: number } {
@@ -388,6 +422,11 @@ export class MxEndpoint {
     req.sync = sync;
     req.rndv = buffer.length > this.rndvThreshold;
     this.counters.sends++;
+    if (this.tracing) {
+      this.traceSeq = (this.traceSeq + 1) >>> 0 || 1;
+      req.traceId = traceId(this.nicId, this.endpointId, this.traceSeq);
+      this.traceBuffer!.record(req.traceId, TraceStage.Posted, traceNow());
+    }
     if (dest.dead) {
       this.complete(req, MxStatus.ENDPOINT_UNREACHABLE, 0);
       return req;
@@ -430,6 +469,12 @@ export class MxEndpoint {
     } else {
       if (payload > 0) copyInto(w.bytes, at + RECORD_HEADER_BYTES, req.buffer, 0, payload);
       this.counters.eager++;
+    }
+    if (this.tracing && req.traceId !== 0) {
+      // Stamped before the commit: the receiver may see the record the moment it is published.
+      words[i + 1] |= FLAG_TRACED << 16;
+      words[i + 10] = req.traceId % 0x100000000;
+      this.traceBuffer!.record(req.traceId, req.rndv ? TraceStage.RndvSent : TraceStage.Written, traceNow());
     }
     w.commit();
     if (raiseInterrupt(dest.peerIntr!)) this.counters.kicks++;
@@ -486,12 +531,14 @@ export class MxEndpoint {
     req.status.matchHi = u.matchHi;
     req.status.matchLo = u.matchLo;
     req.status.msgLength = u.length;
+    req.traceId = u.traceId;
     if (u.rndv) {
       this.startPull(req, u.source, u.region, u.key, u.offset, u.length, u.syncId);
       return;
     }
     const xfer = Math.min(u.length, req.buffer.length);
     if (xfer > 0) req.buffer.set(u.data!.subarray(0, xfer));
+    if (u.traceId !== 0 && this.tracing) this.traceBuffer!.record(u.traceId, TraceStage.Copied, traceNow());
     if (u.syncId !== 0) this.sendNotify(u.source, u.syncId, xfer, MxStatus.SUCCESS);
     this.complete(req, xfer < u.length ? MxStatus.TRUNCATED : MxStatus.SUCCESS, xfer);
   }
@@ -653,6 +700,8 @@ export class MxEndpoint {
   private reap(req: MxRequest): MxStatusInfo {
     if (!req.completedByUser) {
       req.completedByUser = true;
+      if (this.tracing && req.traceId !== 0 && req.kind === "recv")
+        this.traceBuffer!.record(req.traceId, TraceStage.Completed, traceNow());
       if (++this.reapedInQueue >= 256) this.compactCompleted();
     }
     return req;
@@ -807,6 +856,11 @@ export class MxEndpoint {
     const length = rd.length;
     const rndv = type === REC_RNDV;
     const syncId = rd.aux[0];
+    let tid = 0;
+    if (this.tracing && (rd.flags & FLAG_TRACED) !== 0) {
+      tid = traceId(peer.nic, peer.endpoint, rd.aux[5]);
+      this.traceBuffer!.record(tid, TraceStage.Seen, traceNow());
+    }
     const posted = this.posted;
     for (let i = 0; i < posted.length; i++) {
       const r = posted[i];
@@ -819,11 +873,13 @@ export class MxEndpoint {
         r.status.matchHi = mh;
         r.status.matchLo = ml;
         r.status.msgLength = length;
+        r.traceId = tid;
         if (rndv) {
           this.startPull(r, peer, rd.aux[2], rd.aux[3], rd.aux[4], length, syncId);
         } else {
           const xfer = Math.min(length, r.buffer.length);
           if (xfer > 0) copyInto(r.buffer, 0, rd.bytes, rd.payload, xfer);
+          if (tid !== 0) this.traceBuffer!.record(tid, TraceStage.Copied, traceNow());
           if (syncId !== 0) this.sendNotify(peer, syncId, xfer, MxStatus.SUCCESS);
           this.complete(r, xfer < length ? MxStatus.TRUNCATED : MxStatus.SUCCESS, xfer);
         }
@@ -842,6 +898,7 @@ export class MxEndpoint {
       region: rd.aux[2],
       key: rd.aux[3],
       offset: rd.aux[4],
+      traceId: tid,
     });
   }
 
@@ -895,7 +952,9 @@ export class MxEndpoint {
     const cookie = this.newId();
     this.pulls.set(cookie, { recv: req, source, syncId, xfer });
     this.counters.pulls++;
-    this.postDescriptor(Opcode.Pull, cookie, region, key, offset, dst.regionId, dst.offset, xfer);
+    const tid = this.tracing ? req.traceId : 0;
+    const op = tid !== 0 ? Opcode.Pull | (DFLAG_TRACE << 16) : Opcode.Pull;
+    this.postDescriptor(op, cookie, region, key, offset, dst.regionId, dst.offset, xfer, tid);
   }
 
   private postDescriptor(
@@ -907,6 +966,7 @@ export class MxEndpoint {
     dstRegion: number,
     dstOffset: number,
     length: number,
+    tid = 0,
   ): void {
     const w = this.window;
     // The send queue holds SQ_ENTRIES descriptors; wait for the NIC to consume if it is full.
@@ -922,6 +982,7 @@ export class MxEndpoint {
     w[base + D_DST_OFFSET] = dstOffset;
     w[base + D_LENGTH] = length;
     this.sqProd = (this.sqProd + 1) >>> 0;
+    if (tid !== 0) this.traceBuffer!.record(tid, TraceStage.PullPosted, traceNow());
     Atomics.store(w, W_SQ_PROD, this.sqProd | 0);
     if (Atomics.load(w, W_NIC_SLEEPING) !== 0) Atomics.notify(w, W_SQ_PROD);
   }
@@ -941,6 +1002,7 @@ export class MxEndpoint {
         if (p) {
           this.pulls.delete(cookie);
           const ok = type === EventType.PullDone && status === MxStatus.SUCCESS;
+          if (this.tracing && p.recv.traceId !== 0 && ok) this.tracePullDone(p.recv.traceId, base);
           const xfer = ok ? p.xfer : 0;
           const code = !ok
             ? status || MxStatus.ABORTED
@@ -964,6 +1026,18 @@ export class MxEndpoint {
       this.eqCons = (this.eqCons + 1) >>> 0;
     }
     Atomics.store(w, W_EQ_CONS, this.eqCons | 0);
+  }
+
+  /** The NIC's stamps (float64 pairs at E_EXTRA of PULL_DONE, window.ts) and ours. */
+  private tracePullDone(tid: number, base: number): void {
+    const now = traceNow();
+    const f = this.windowF64!;
+    const tb = this.traceBuffer!;
+    const seen = f[(base + E_TRACE_NIC_SEEN) >> 1];
+    const done = f[(base + E_TRACE_DMA_DONE) >> 1];
+    if (seen !== 0) tb.record(tid, TraceStage.NicSeen, seen);
+    if (done !== 0) tb.record(tid, TraceStage.DmaDone, done);
+    tb.record(tid, TraceStage.EventSeen, now);
   }
 
   private onDriverEvent(

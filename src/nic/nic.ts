@@ -13,7 +13,8 @@
  * the TPT. Garbage gets an ERROR event and a counter.
  *
  * Events the NIC writes (word offsets from window.ts):
- *   PULL_DONE  cookie, length; status SUCCESS or ABORTED (a region went away mid-pull)
+ *   PULL_DONE  cookie, length; status SUCCESS or ABORTED (a region went away mid-pull); for a
+ *              descriptor with DFLAG_TRACE, the NIC's stamps at E_TRACE_NIC_SEEN / E_TRACE_DMA_DONE
  *   SEND_DONE  cookie, length; status SUCCESS once the payload is placed, else ENDPOINT_UNKNOWN,
  *              ENDPOINT_CLOSED, BAD_SESSION, ENDPOINT_UNREACHABLE or NO_RESOURCES (E_REASON says more)
  *   RECV       source nic/endpoint/session, match words, aux words, length, E_RECV_OFFSET, E_RECV_SPAN
@@ -35,6 +36,7 @@
  * the view of its frame.
  */
 import type { MessagePort } from "node:worker_threads";
+import { traceNow } from "../mx/trace.js";
 import { serveSyncCalls } from "../xen/sync-call.js";
 import type {
   LookupReply,
@@ -88,6 +90,7 @@ import {
   D_SRC_OFFSET,
   D_SRC_REGION,
   DESC_WORDS,
+  DFLAG_TRACE,
   E_AUX0,
   E_AUX1,
   E_COOKIE,
@@ -101,6 +104,8 @@ import {
   E_SRC_ENDPOINT,
   E_SRC_NIC,
   E_SRC_SESSION,
+  E_TRACE_DMA_DONE,
+  E_TRACE_NIC_SEEN,
   E_TYPE,
   EndpointState,
   EQ_ENTRIES,
@@ -281,6 +286,8 @@ class EndpointContext {
   pullLeft = 0;
   pullLen = 0;
   pullCookie = 0;
+  /** Trace-clock time the NIC took a traced PULL (0: untraced). */
+  pullSeenAt = 0;
   /** A SEND waits for its link to take frames again. */
   linkStalled = false;
   needRaise = false;
@@ -310,6 +317,7 @@ export class Nic {
   // Scratch: the descriptor being executed, the event being written, the delivery in hand.
   private readonly d = new Int32Array(DESC_WORDS);
   private readonly ev = new Int32Array(EVENT_WORDS);
+  private readonly evF64 = new Float64Array(this.ev.buffer);
   private readonly dv = new Int32Array(META_WORDS);
   private readonly txFrame = new Uint8Array(FRAME_MAX);
   private readonly ackFrame = new Uint8Array(FRAME_HEADER_BYTES);
@@ -843,6 +851,8 @@ export class Nic {
 
   private execPull(ctx: EndpointContext): void {
     const d = this.d;
+    // nic-seen: a traced descriptor is stamped as the NIC takes it (window.ts, DFLAG_TRACE).
+    const seenAt = (d[D_OPCODE] >>> 16) & DFLAG_TRACE ? traceNow() : 0;
     const t = this.tpt;
     const len = d[D_LENGTH] >>> 0;
     const srcOff = d[D_SRC_OFFSET] >>> 0;
@@ -874,7 +884,7 @@ export class Nic {
       t.copy(src, srcOff, dst, dstOff, len);
       this.roundBytes += len;
       this.countPulled(ctx, len);
-      this.pullDone(ctx, d[D_COOKIE], len, MxStatus.SUCCESS);
+      this.pullDone(ctx, d[D_COOKIE], len, MxStatus.SUCCESS, seenAt);
       return;
     }
     // Large: a chunk per round, this endpoint's later descriptors waiting (completions stay in order).
@@ -886,6 +896,7 @@ export class Nic {
     ctx.pullLeft = len;
     ctx.pullLen = len;
     ctx.pullCookie = d[D_COOKIE];
+    ctx.pullSeenAt = seenAt;
   }
 
   private pullChunk(ctx: EndpointContext): void {
@@ -906,7 +917,7 @@ export class Nic {
     this.countPulled(ctx, n);
     if (ctx.pullLeft === 0) {
       ctx.pulling = false;
-      this.pullDone(ctx, ctx.pullCookie, ctx.pullLen, MxStatus.SUCCESS);
+      this.pullDone(ctx, ctx.pullCookie, ctx.pullLen, MxStatus.SUCCESS, ctx.pullSeenAt);
     }
   }
 
@@ -916,12 +927,17 @@ export class Nic {
     this.c[ctx.base + E.pull_bytes] += n;
   }
 
-  private pullDone(ctx: EndpointContext, cookie: number, len: number, status: number): void {
+  /** `seenAt` ≠ 0: a traced pull; its stamps go into the event (window.ts E_TRACE_*). */
+  private pullDone(ctx: EndpointContext, cookie: number, len: number, status: number, seenAt = 0): void {
     const ev = this.ev;
     ev.fill(0);
     ev[E_TYPE] = EventType.PullDone | (status << 16);
     ev[E_COOKIE] = cookie;
     ev[E_LENGTH] = len;
+    if (seenAt !== 0) {
+      this.evF64[E_TRACE_NIC_SEEN >> 1] = seenAt;
+      this.evF64[E_TRACE_DMA_DONE >> 1] = traceNow();
+    }
     this.postEvent(ctx);
   }
 

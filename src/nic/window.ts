@@ -85,6 +85,13 @@ export const D_MATCH_LO = 13;
 export const D_AUX0 = 14;
 export const D_AUX1 = 15;
 
+/**
+ * Descriptor flag (D_OPCODE bits 16..31): trace this PULL. The NIC then stamps when it took
+ * the descriptor and when its copy finished, and returns both in the PULL_DONE event at
+ * E_TRACE_NIC_SEEN and E_TRACE_DMA_DONE. Untraced descriptors cost the NIC nothing.
+ */
+export const DFLAG_TRACE = 1;
+
 export const Opcode = {
   Nop: 0,
   /**
@@ -122,6 +129,16 @@ export const E_AUX1 = 11;
 /** ERROR: a reason code (ErrorReason); DRIVER: free words 12..15. */
 export const E_REASON = 12;
 export const E_EXTRA = 12;
+/**
+ * PULL_DONE of a descriptor with DFLAG_TRACE: words 12..13 and 14..15 hold two float64
+ * (little-endian, 8-byte aligned in the window: a Float64Array over the window reads them at
+ * word index / 2), the NIC's trace-clock stamps (mx/trace.ts traceNow(), ms) of taking the
+ * descriptor (nic-seen) and of finishing its copy (dma-done). Full doubles rather than
+ * offsets: no base has to travel, and a microsecond offset in a float32 would lose precision
+ * for long copies. Untraced PULL_DONE events leave them 0.
+ */
+export const E_TRACE_NIC_SEEN = 12;
+export const E_TRACE_DMA_DONE = 14;
 
 export const EventType = {
   PullDone: 1,

@@ -7,9 +7,16 @@
  * runs one measured batch and answers with its sample:
  *   { kind: "pingpong", role, bytes, iters, warmup }  → one-way latency, µs (round trip / 2)
  *   { kind: "stream", role, bytes, iters, warmup, window } → MB/s (10^6 bytes), osu_bw style
+ *   { kind: "breakdown", role, bytes, iters, warmup } → a traced ping-pong (the last `iters` round
+ *       trips measured; mx/trace.ts): { us: one-way latency (rank a; 0 for b), since: trace
+ *       time the measured part began (rank a), trace: the rank's trace records, flat
+ *       (id, stage, time)*, warm-up messages included }; with trace: false the same run with a
+ *       trace buffer present but tracing off (its records should be none)
  *   "counters" → the endpoint's counters;  "stop" → close and return
  */
+import type { MxAddress, MxEndpoint } from "../mx/endpoint.js";
 import { Mx } from "../mx/mx.js";
+import { traceNow } from "../mx/trace.js";
 import type { Guest } from "../xen/guest/guest.js";
 
 export const MX_BENCH_KEY = 0x4d584221;
@@ -19,6 +26,7 @@ const TAG_ACK = 2;
 export type MxBenchCommand =
   | { kind: "pingpong"; role: "a" | "b"; bytes: number; iters: number; warmup: number }
   | { kind: "stream"; role: "a" | "b"; bytes: number; iters: number; warmup: number; window: number }
+  | { kind: "breakdown"; role: "a" | "b"; bytes: number; iters: number; warmup: number; trace?: boolean }
   | "counters"
   | "stop";
 
@@ -52,7 +60,9 @@ export default async function main(guest: Guest): Promise<string> {
     ensure(Math.max(cmd.bytes, 1));
     const s = sbuf.subarray(0, cmd.bytes);
     const r = rbuf.subarray(0, cmd.bytes);
-    if (cmd.kind === "pingpong") {
+    if (cmd.kind === "breakdown") {
+      guest.send(breakdown(ep, peer, s, r, cmd));
+    } else if (cmd.kind === "pingpong") {
       let t0 = 0;
       const total = cmd.warmup + cmd.iters;
       if (cmd.role === "a") {
@@ -94,4 +104,45 @@ export default async function main(guest: Guest): Promise<string> {
   }
   mx.finalize();
   return "done";
+}
+
+/** A ping-pong like "pingpong", tracing its last `iters` round trips (both messages of each). */
+function breakdown(
+  ep: MxEndpoint,
+  peer: MxAddress,
+  s: Uint8Array,
+  r: Uint8Array,
+  cmd: { role: "a" | "b"; iters: number; warmup: number; trace?: boolean },
+): { us: number; since: number; trace: Float64Array } {
+  const total = cmd.warmup + cmd.iters;
+  // Per round trip a rank stamps one send (2 records) and one receive (≤ 6).
+  const capacity = (total + 1) * 8 + 64;
+  // Traced from the start on both ranks (a rank enabling mid-run could see a message the
+  // other traced with tracing still off); the host keeps the messages posted since `since`.
+  ep.enableTrace(capacity);
+  if (cmd.trace === false) ep.disableTrace();
+  let t0 = 0;
+  let since = 0;
+  if (cmd.role === "a") {
+    for (let i = 0; i < total; i++) {
+      if (i === cmd.warmup) {
+        since = traceNow();
+        t0 = performance.now();
+      }
+      const rr = ep.irecv(r, 0, TAG_DATA, 0xffffffff, 0xffffffff);
+      ep.wait(ep.isend(s, peer, 0, TAG_DATA));
+      ep.wait(rr);
+    }
+  } else {
+    let rr = ep.irecv(r, 0, TAG_DATA, 0xffffffff, 0xffffffff);
+    for (let i = 0; i < total; i++) {
+      ep.wait(rr);
+      if (i + 1 < total) rr = ep.irecv(r, 0, TAG_DATA, 0xffffffff, 0xffffffff);
+      ep.wait(ep.isend(s, peer, 0, TAG_DATA));
+    }
+  }
+  const us = cmd.role === "a" ? ((performance.now() - t0) * 1000) / (2 * cmd.iters) : 0;
+  ep.disableTrace();
+  const trace = ep.traceBuffer?.snapshot() ?? new Float64Array(0);
+  return { us, since, trace };
 }
