@@ -27,10 +27,13 @@ import {
   PINGPONG_TRANSPORTS,
   STREAM_TRANSPORTS,
 } from "../bench/mx.js";
+import { writeHtmlReport } from "../bench/report.js";
 import { benchSubstrate, substrateVerdict } from "../bench/substrate.js";
 import { Host } from "../host/host.js";
 import { Hypervisor } from "../xen/hypervisor.js";
-import { BenchExtras } from "./bench-extras.js";
+import { BenchExtras, setHtmlWriter } from "./bench-extras.js";
+
+setHtmlWriter((file, report) => writeHtmlReport(file, report));
 
 export const SUITES = ["substrate", "pingpong", "stream", ...BenchExtras.suites] as const;
 export type Suite = string;
@@ -172,11 +175,13 @@ export async function benchCommand(
     await host?.stop();
   }
   const report: BenchReport = { machine: finishMachineInfo(machine, rows), rows };
+  // One table per bench, each with only its own transports and the ratios it can show.
   const tableRows = rows.filter((r) => r.bench !== "breakdown");
-  if (tableRows.length > 0)
+  for (const bench of [...new Set(tableRows.map((r) => r.bench))]) {
+    const group = tableRows.filter((r) => r.bench === bench);
+    const has = (t: string) => group.some((r) => r.transport === t);
     out(
-      renderTable(tableRows, {
-        // Only the ratios whose two transports were both measured.
+      renderTable(group, {
         ratios: (
           [
             ["evtchn", "raw-sab"],
@@ -184,13 +189,12 @@ export async function benchCommand(
             ["bypass", "raw-sab"],
             ["postmessage", "bypass"],
           ] as const
-        ).filter(
-          ([x, y]) => tableRows.some((r) => r.transport === x) && tableRows.some((r) => r.transport === y),
-        ),
+        ).filter(([x, y]) => has(x) && has(y)),
         transports: ["native", "bypass", "raw-sab", "raw-relay", "postmessage", "memcpy", "evtchn", "ring"],
-        title: `myrixen bench (${profile.name})`,
+        title: `${bench} (${profile.name})`,
       }),
     );
+  }
   for (const line of BenchExtras.describe(rows)) out(line);
   for (const v of [substrateVerdict(rows), ...mxVerdicts(rows)]) if (v) out(v);
   out(describeMachine(report.machine));

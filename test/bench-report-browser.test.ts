@@ -1,0 +1,176 @@
+// Browser test of the HTML benchmark report: opens the written file (file://) in Debian's
+// headless chromium through playwright-core and checks with the DOM that every plot really
+// draws its lines, markers and legend. Skips when chromium or playwright-core is missing.
+
+import assert from "node:assert/strict";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { test } from "node:test";
+import { fileURLToPath, pathToFileURL } from "node:url";
+import { type BenchReport, validateReport } from "../src/bench/harness.js";
+import { writeHtmlReport } from "../src/bench/report.js";
+
+const CHROMIUM = "/usr/bin/chromium";
+const FLAGS = [
+  "--no-sandbox",
+  "--disable-gpu",
+  "--disable-quic",
+  "--no-first-run",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+];
+const here = dirname(fileURLToPath(import.meta.url));
+
+function loadFixture(): BenchReport {
+  for (const f of [
+    join(here, "fixtures/bench-report.json"),
+    join(here, "../../test/fixtures/bench-report.json"),
+  ]) {
+    if (existsSync(f)) return validateReport(JSON.parse(readFileSync(f, "utf8")));
+  }
+  throw new Error("fixture test/fixtures/bench-report.json not found");
+}
+
+/** The little of the DOM the page-side check uses (the project's tsconfig has no "dom" lib). */
+interface El {
+  id: string;
+  dataset: Record<string, string | undefined>;
+  textContent: string | null;
+  querySelector(sel: string): El | null;
+  querySelectorAll(sel: string): Iterable<El> & { length: number };
+  getBoundingClientRect(): { width: number; height: number };
+  getBBox(): { width: number; height: number };
+  viewBox: { baseVal: { x: number; y: number; width: number; height: number } };
+  points: { numberOfItems: number; getItem(i: number): { x: number; y: number } };
+}
+
+interface PlotCheck {
+  id: string;
+  svgSize: [number, number];
+  lines: { transport: string; points: number; width: number; height: number; inside: boolean }[];
+  markers: number;
+  legend: string[];
+  segments: number;
+  segmentsVisible: boolean;
+}
+
+test("the HTML report draws its plots in headless chromium", { timeout: 180_000 }, async (t) => {
+  if (!existsSync(CHROMIUM)) {
+    t.skip("chromium not installed: run node scripts/ensure-chromium.mjs");
+    return;
+  }
+  let pw: typeof import("playwright-core");
+  try {
+    pw = await import("playwright-core");
+  } catch {
+    t.skip("playwright-core not installed: npm i -D playwright-core");
+    return;
+  }
+  const dir = mkdtempSync(join(tmpdir(), "myrixen-report-browser-"));
+  const report = loadFixture();
+  const file = join(dir, "report.html");
+  writeHtmlReport(file, report);
+  const context = await pw.chromium.launchPersistentContext(join(dir, "profile"), {
+    executablePath: CHROMIUM,
+    headless: true,
+    args: FLAGS,
+    timeout: 60_000,
+    viewport: { width: 1100, height: 900 },
+  });
+  try {
+    context.setDefaultTimeout(30_000);
+    context.setDefaultNavigationTimeout(30_000);
+    const page = context.pages()[0] ?? (await context.newPage());
+    const external: string[] = [];
+    page.on("request", (req) => {
+      if (!req.url().startsWith("file:") && !req.url().startsWith("data:")) external.push(req.url());
+    });
+    const errors: string[] = [];
+    page.on("pageerror", (e) => errors.push(e.message));
+    await page.goto(pathToFileURL(file).href, { waitUntil: "load", timeout: 30_000 });
+
+    const checks: PlotCheck[] = await page.evaluate(() => {
+      const doc = (globalThis as unknown as { document: El }).document;
+      const out: PlotCheck[] = [];
+      for (const fig of doc.querySelectorAll("figure.plot, figure.breakdown")) {
+        const svg = fig.querySelector("svg")!;
+        const box = svg.getBoundingClientRect();
+        const vb = svg.viewBox.baseVal;
+        const lines = [...fig.querySelectorAll("polyline")].map((l) => {
+          const b = l.getBBox();
+          const pts = [...Array(l.points.numberOfItems).keys()].map((i) => l.points.getItem(i));
+          return {
+            transport: l.dataset.transport ?? "",
+            points: pts.length,
+            width: b.width,
+            height: b.height,
+            inside: pts.every(
+              (p) => p.x >= vb.x && p.x <= vb.x + vb.width && p.y >= vb.y && p.y <= vb.y + vb.height,
+            ),
+          };
+        });
+        const segs = [...fig.querySelectorAll("rect.segment")];
+        out.push({
+          id: fig.id,
+          svgSize: [box.width, box.height],
+          lines,
+          markers: fig.querySelectorAll("circle.marker").length,
+          legend: [...fig.querySelectorAll(".legend-entry text")].map((e) => e.textContent ?? ""),
+          segments: segs.length,
+          segmentsVisible: segs.every((s) => s.getBBox().width > 0 && s.getBBox().height > 0),
+        });
+      }
+      return out;
+    });
+
+    const rows = report.rows as (BenchReport["rows"][number] & { stage?: string })[];
+    const lineRows = rows.filter((r) => r.bench !== "breakdown");
+    const groups = new Set(lineRows.map((r) => `${r.bench}|${r.scope}|${r.metric}`));
+    const plots = checks.filter((c) => c.id.startsWith("plot-"));
+    const bars = checks.filter((c) => c.id.startsWith("breakdown-"));
+    assert.equal(plots.length, groups.size);
+    assert.equal(bars.length, 1);
+    for (const c of checks) {
+      assert.ok(c.svgSize[0] > 100 && c.svgSize[1] > 100, `${c.id} is laid out: ${c.svgSize}`);
+      assert.ok(c.legend.length > 0, `${c.id} has a legend`);
+    }
+    for (const c of plots) {
+      assert.ok(c.lines.length > 0, `${c.id} has lines`);
+      let union = 0;
+      for (const l of c.lines) {
+        assert.ok(l.points >= 2, `${c.id} ${l.transport}: ${l.points} points`);
+        assert.ok(l.inside, `${c.id} ${l.transport}: points inside the plot`);
+        assert.ok(l.width > 0, `${c.id} ${l.transport}: line has width`);
+        union = Math.max(union, l.height);
+      }
+      assert.ok(union > 0, `${c.id}: lines have height`);
+      assert.equal(
+        c.markers,
+        c.lines.reduce((s, l) => s + l.points, 0),
+      );
+      assert.deepEqual(
+        c.legend,
+        c.lines.map((l) => l.transport),
+      );
+    }
+    const bd = rows.filter((r) => r.bench === "breakdown");
+    assert.equal(bars[0].segments, bd.length);
+    assert.ok(bars[0].segmentsVisible, "every breakdown segment is visible");
+    assert.deepEqual([...bars[0].legend].sort(), [...new Set(bd.map((r) => r.stage ?? ""))].sort());
+    assert.deepEqual(external, [], "the report loads nothing from outside");
+    assert.deepEqual(errors, []);
+
+    const shot = join(dir, "report.png");
+    await page.screenshot({ path: shot, fullPage: true, timeout: 30_000 });
+    assert.ok(existsSync(shot));
+    t.diagnostic(`screenshot: ${shot}`);
+    const first = page.locator("figure.plot").first();
+    await first.screenshot({ path: join(dir, "plot-1.png"), timeout: 30_000 });
+    t.diagnostic(`first plot: ${join(dir, "plot-1.png")}`);
+  } finally {
+    await context.close().catch(() => {});
+    if (!process.env.MYRIXEN_KEEP_SCREENSHOTS) rmSync(dir, { recursive: true, force: true });
+  }
+});
