@@ -62,7 +62,7 @@ test("bench substrate --quick --json writes rows in the project's format", async
   assert.match(r.stdout, /evtchn\/raw-sab/);
   const report = validateReport(JSON.parse(readFileSync(file, "utf8")));
   const transports = report.rows.map((row) => `${row.bench}/${row.transport}`).sort();
-  assert.deepEqual(transports, ["pingpong/evtchn", "pingpong/raw-sab", "ring-throughput/ring"]);
+  assert.deepEqual(transports, ["evtchn-pingpong/evtchn", "evtchn-pingpong/raw-sab", "ring-throughput/ring"]);
   for (const row of report.rows) {
     assert.equal(row.scope, "intra-host");
     assert.ok(row.min <= row.median && row.median <= row.max);

@@ -77,8 +77,8 @@ export async function benchSubstrate(hv: Hypervisor, profile: BenchProfile, prog
     await pp.stop();
   }
   const rows: BenchRow[] = [
-    makeRow({ bench: "pingpong", transport: "evtchn", bytes: 0, metric: "latency_us" }, evt),
-    makeRow({ bench: "pingpong", transport: "raw-sab", bytes: 0, metric: "latency_us" }, raw),
+    makeRow({ bench: "evtchn-pingpong", transport: "evtchn", bytes: 0, metric: "latency_us" }, evt),
+    makeRow({ bench: "evtchn-pingpong", transport: "raw-sab", bytes: 0, metric: "latency_us" }, raw),
   ];
 
   const requests = profile.name === "quick" ? 200_000 : 1_000_000;
@@ -95,7 +95,7 @@ export async function benchSubstrate(hv: Hypervisor, profile: BenchProfile, prog
 /** The target, checked on the measured medians: the event channel adds little to the raw limit. */
 export function substrateVerdict(rows: readonly BenchRow[]): string {
   const evt = rows.find((r) => r.transport === "evtchn");
-  const raw = rows.find((r) => r.transport === "raw-sab" && r.bench === "pingpong");
+  const raw = rows.find((r) => r.transport === "raw-sab" && r.bench === "evtchn-pingpong");
   if (!evt || !raw) return "";
   const ratio = evt.median / raw.median;
   const ok = ratio <= 1.5;
