@@ -41,6 +41,15 @@ test("bad usage fails before anything runs, with a message saying what to fix", 
   const requests = await run("demo", "--requests", "-5");
   assert.equal(requests.code, 2);
   assert.match(requests.stderr, /--requests must be a positive integer/);
+  const transports = await run("bench", "pingpong", "--transports", "bypass,carrier-pigeon");
+  assert.equal(transports.code, 2);
+  assert.match(transports.stderr, /--transports: unknown "carrier-pigeon"/);
+  const sizes = await run("bench", "stream", "--sizes", "8,lots");
+  assert.equal(sizes.code, 2);
+  assert.match(sizes.stderr, /lots/);
+  const outDir = await run("bench", "--quick", "--out", "/proc/no/report");
+  assert.equal(outDir.code, 2);
+  assert.match(outDir.stderr, /cannot write the benchmark report to \/proc\/no\/report/);
   const cmd = await run("frobnicate");
   assert.equal(cmd.code, 2);
   assert.match(cmd.stderr, /unknown command 'frobnicate'/);
@@ -52,6 +61,20 @@ test("the demo exchanges requests between two domains and verifies them", async 
   assert.match(r.stdout, /20,000 requests in/);
   assert.match(r.stdout, /saw the backend: .*Connected/);
   assert.match(r.stdout, /Verification = SUCCESSFUL/);
+});
+
+test("bench --quick --out DIR runs every suite and writes the JSON rows and the HTML report", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "myrixen-report-"));
+  const r = await run("bench", "--quick", "--out", dir);
+  assert.equal(r.code, 0, r.stderr);
+  const report = validateReport(JSON.parse(readFileSync(join(dir, "bench.json"), "utf8")));
+  const benches = new Set(report.rows.map((row) => row.bench));
+  for (const b of ["evtchn-pingpong", "ring-throughput", "pingpong", "stream", "breakdown"])
+    assert.ok(benches.has(b), b);
+  const html = readFileSync(join(dir, "bench.html"), "utf8");
+  assert.match(html, /<svg/);
+  assert.match(html, /latency breakdown/i);
+  assert.match(r.stdout, /latency breakdown/);
 });
 
 test("bench substrate --quick --json writes rows in the project's format", async () => {
