@@ -5,11 +5,10 @@
  * minimum and maximum over ranks kept for the JSON row.
  */
 import type { Guest } from "../../xen/guest/guest.js";
-import { buffer, COLL_LOOPS, MPI, runOsu } from "./common.js";
+import { COLL_LOOPS, MPI, runOsu, sweepBuffers } from "./common.js";
 
 export default function main(guest: Guest): Promise<number> {
-  let sbuf = buffer(1, 1);
-  let rbuf = buffer(1, 0);
+  const bufs = sweepBuffers(1, 0);
   return runOsu(guest, {
     bench: "osu-allreduce",
     title: "OSU MPI Allreduce Latency Test",
@@ -19,12 +18,7 @@ export default function main(guest: Guest): Promise<number> {
     defaults: { min: 1, max: 1 << 20 },
     loops: COLL_LOOPS,
     measure(comm, size, iters, skip) {
-      if (sbuf.length < size) {
-        sbuf = buffer(size, 1, comm);
-        rbuf = buffer(size, 0, comm);
-      }
-      const s = sbuf.subarray(0, size);
-      const r = rbuf.subarray(0, size);
+      const [s, r] = bufs.views(comm, size);
       let timer = 0;
       for (let i = 0; i < iters + skip; i++) {
         const t0 = MPI.wtime();

@@ -4,11 +4,10 @@
  * for all. Bandwidth in MB/s (10^6 bytes) = 2 · bytes · iterations · window / time (rank 0).
  */
 import type { Guest } from "../../xen/guest/guest.js";
-import { BW_LOOPS, buffer, MPI, runOsu, WINDOW_SIZE } from "./common.js";
+import { BW_LOOPS, MPI, runOsu, sweepBuffers, WINDOW_SIZE } from "./common.js";
 
 export default function main(guest: Guest): Promise<number> {
-  let sbuf = buffer(1, 0x61);
-  let rbuf = buffer(1, 0x62);
+  const bufs = sweepBuffers(0x61, 0x62);
   return runOsu(guest, {
     bench: "osu-bibw",
     title: "OSU MPI Bi-Directional Bandwidth Test",
@@ -18,12 +17,7 @@ export default function main(guest: Guest): Promise<number> {
     defaults: { min: 1, max: 1 << 22 },
     loops: BW_LOOPS,
     measure(comm, size, iters, skip) {
-      if (sbuf.length < size) {
-        sbuf = buffer(size, 0x61, comm);
-        rbuf = buffer(size, 0x62, comm);
-      }
-      const s = sbuf.subarray(0, size);
-      const r = rbuf.subarray(0, size);
+      const [s, r] = bufs.views(comm, size);
       const peer = comm.rank === 0 ? 1 : 0;
       const rtag = comm.rank === 0 ? 10 : 100;
       const stag = comm.rank === 0 ? 100 : 10;

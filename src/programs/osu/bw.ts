@@ -4,14 +4,13 @@
  * (10^6 bytes) = bytes · iterations · window / time, timed at the sender.
  */
 import type { Guest } from "../../xen/guest/guest.js";
-import { BW_LOOPS, buffer, MPI, runOsu, WINDOW_SIZE } from "./common.js";
+import { BW_LOOPS, buffer, MPI, runOsu, sweepBuffers, WINDOW_SIZE } from "./common.js";
 
 const TAG_DATA = 100;
 const TAG_ACK = 101;
 
 export default function main(guest: Guest): Promise<number> {
-  let sbuf = buffer(1, 0x61);
-  let rbuf = buffer(1, 0x62);
+  const bufs = sweepBuffers(0x61, 0x62);
   const ack = buffer(1, 0x61);
   return runOsu(guest, {
     bench: "osu-bw",
@@ -22,12 +21,7 @@ export default function main(guest: Guest): Promise<number> {
     defaults: { min: 1, max: 1 << 22 },
     loops: BW_LOOPS,
     measure(comm, size, iters, skip) {
-      if (sbuf.length < size) {
-        sbuf = buffer(size, 0x61, comm);
-        rbuf = buffer(size, 0x62, comm);
-      }
-      const s = sbuf.subarray(0, size);
-      const r = rbuf.subarray(0, size);
+      const [s, r] = bufs.views(comm, size);
       const reqs = new Array(WINDOW_SIZE);
       let t0 = 0;
       for (let i = 0; i < iters + skip; i++) {

@@ -200,4 +200,22 @@ export function buffer(n: number, fill: number, comm?: Comm): Uint8Array {
   return (comm ? comm.allocMem(Math.max(n, 1)) : new Uint8Array(Math.max(n, 1))).fill(fill);
 }
 
+/**
+ * The send and receive buffers of a sweep, grown (in guest memory) as the sizes grow:
+ * `views(comm, size)` returns [send, receive] views of exactly `size` bytes.
+ */
+export function sweepBuffers(sendFill: number, recvFill: number) {
+  let sbuf = buffer(1, sendFill);
+  let rbuf = buffer(1, recvFill);
+  return {
+    views(comm: Comm, size: number): [Uint8Array, Uint8Array] {
+      if (sbuf.length < size) {
+        sbuf = buffer(size, sendFill, comm);
+        rbuf = buffer(size, recvFill, comm);
+      }
+      return [sbuf.subarray(0, size), rbuf.subarray(0, size)];
+    },
+  };
+}
+
 export { MPI };

@@ -3,13 +3,12 @@
  * (tag 1); one-way latency = total round-trip time / (2 · iterations), in microseconds.
  */
 import type { Guest } from "../../xen/guest/guest.js";
-import { buffer, LAT_LOOPS, MPI, runOsu } from "./common.js";
+import { LAT_LOOPS, MPI, runOsu, sweepBuffers } from "./common.js";
 
 const TAG = 1;
 
 export default function main(guest: Guest): Promise<number> {
-  let sbuf = buffer(1, 0x61);
-  let rbuf = buffer(1, 0x62);
+  const bufs = sweepBuffers(0x61, 0x62);
   return runOsu(guest, {
     bench: "osu-latency",
     title: "OSU MPI Latency Test",
@@ -19,12 +18,7 @@ export default function main(guest: Guest): Promise<number> {
     defaults: { min: 0, max: 1 << 22 },
     loops: LAT_LOOPS,
     measure(comm, size, iters, skip) {
-      if (sbuf.length < size) {
-        sbuf = buffer(size, 0x61, comm);
-        rbuf = buffer(size, 0x62, comm);
-      }
-      const s = sbuf.subarray(0, size);
-      const r = rbuf.subarray(0, size);
+      const [s, r] = bufs.views(comm, size);
       let t0 = 0;
       if (comm.rank === 0) {
         for (let i = 0; i < iters + skip; i++) {
