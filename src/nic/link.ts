@@ -98,8 +98,15 @@ export interface Link {
   close(): void;
 }
 
-/** What the host may ask the NIC to attach (device.attachLink). A TCP kind joins later. */
-export type LinkSpec = { kind: "loopback"; slots?: number };
+/**
+ * What the host may ask the NIC to attach (device.attachLink). The TCP kinds (tcp-link.ts) are
+ * carried out asynchronously on the NIC's thread by nic-worker.ts, not by createLink: "tcp"
+ * connects to a peer NIC's listener, "tcp-listen" accepts peers and attaches each one.
+ */
+export type LinkSpec =
+  | { kind: "loopback"; slots?: number }
+  | { kind: "tcp"; host?: string; port: number; timeoutMs?: number }
+  | { kind: "tcp-listen"; host?: string; port: number };
 
 export const LOOPBACK_DEFAULT_SLOTS = 64;
 
@@ -189,5 +196,11 @@ export function createLink(spec: unknown, nicId: number): Link {
       throw new RangeError(`loopback link: slots must be an integer in 1..4096, got ${String(s.slots)}`);
     return new LoopbackLink(nicId, s.slots ?? LOOPBACK_DEFAULT_SLOTS);
   }
-  throw new RangeError(`unknown link kind ${JSON.stringify(s?.kind)}: expected "loopback"`);
+  if (s?.kind === "tcp" || s?.kind === "tcp-listen")
+    throw new RangeError(
+      `a ${s.kind} link is attached asynchronously on the NIC's thread (tcp-link.ts attachTcpSpec)`,
+    );
+  throw new RangeError(
+    `unknown link kind ${JSON.stringify(s?.kind)}: expected "loopback", "tcp" or "tcp-listen"`,
+  );
 }

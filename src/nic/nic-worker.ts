@@ -6,6 +6,7 @@
 import { type MessagePort, parentPort, workerData } from "node:worker_threads";
 import { createLink } from "./link.js";
 import { Nic } from "./nic.js";
+import { attachTcpSpec, isTcpLinkSpec } from "./tcp-link.js";
 
 /** What device.ts starts the worker with. */
 export interface NicWorkerData {
@@ -39,6 +40,20 @@ const nic = new Nic({
 port.on("message", (m: NicHostMessage) => {
   if (m.type === "driver") {
     nic.serveDriver(m.port, m.replyWord);
+    return;
+  }
+  if (m.type === "attach_link" && isTcpLinkSpec(m.spec)) {
+    // TCP links connect (or listen) asynchronously; the socket lives here, on the NIC's thread.
+    attachTcpSpec(nic, m.spec).then(
+      () => port.postMessage({ type: "reply", id: m.id, ok: true } satisfies NicWorkerMessage),
+      (e: Error) =>
+        port.postMessage({
+          type: "reply",
+          id: m.id,
+          ok: false,
+          message: e.message,
+        } satisfies NicWorkerMessage),
+    );
     return;
   }
   let reply: NicWorkerMessage;
