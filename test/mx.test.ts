@@ -1,10 +1,13 @@
 /**
- * The MX API between two ranks on one host, on every path (one suite, parameterized by
- * path): matching, ordering, unexpected messages, truncation, 0-byte and 64 MiB messages,
- * issend, cancel, probe, ≥ 1000 outstanding requests, and closing with requests pending.
+ * The MX API between two ranks, on every path and both scopes (one suite, parameterized):
+ * on one host (co-resident channel, NIC DMA) and across two hosts whose NICs are joined by a
+ * TCP link (NIC SEND, remote PULL). Matching, ordering, unexpected messages, truncation,
+ * 0-byte and 64 MiB messages, issend, cancel, probe, ≥ 1000 outstanding requests, and
+ * closing with requests pending.
  */
 import assert from "node:assert/strict";
 import { once } from "node:events";
+import { createServer } from "node:net";
 import { after, before, describe, test } from "node:test";
 import { Host } from "../src/host/host.js";
 import type { Domain } from "../src/xen/hypervisor.js";
@@ -13,30 +16,53 @@ const CONFORMANCE = new URL("./fixtures/guests/mx-conformance.js", import.meta.u
 const PAGES = 24_000; // 64 MiB messages on both sides, plus everything else the scenarios allocate
 
 let host: Host;
+/** A second host (NIC 2) linked to the first (NIC 1) over TCP on 127.0.0.1. */
+let remote: Host;
 before(async () => {
-  host = await Host.start({});
+  host = await Host.start({ nicId: 1 });
+  remote = await Host.start({ nicId: 2 });
+  const port = await freePort();
+  await remote.nic.attachLink({ kind: "tcp-listen", host: "127.0.0.1", port });
+  await host.nic.attachLink({ kind: "tcp", host: "127.0.0.1", port, timeoutMs: 5000 });
 });
-after(() => host.stop());
+after(async () => {
+  await host.stop();
+  await remote.stop();
+});
+
+async function freePort(): Promise<number> {
+  const s = createServer();
+  await new Promise<void>((r) => s.listen(0, "127.0.0.1", r));
+  const port = (s.address() as { port: number }).port;
+  await new Promise((r) => s.close(r));
+  return port;
+}
 
 type Obs = Record<string, unknown>;
 
-async function pair(path: "bypass" | "native", args: Record<string, unknown> = {}): Promise<[Obs, Obs]> {
-  const start = (role: string) =>
-    path === "bypass"
-      ? host.startGuest({
+async function pair(
+  path: "bypass" | "native",
+  scope: "one host" | "cross-host",
+  args: Record<string, unknown> = {},
+): Promise<[Obs, Obs]> {
+  const start = (role: string) => {
+    const on = scope === "cross-host" && role === "b" ? remote : host;
+    return path === "bypass"
+      ? on.startGuest({
           module: CONFORMANCE,
           args: { role, ...args },
           pages: PAGES,
           maxHeapMb: 256,
           name: `conf-${role}`,
         })
-      : host.startNative({
+      : on.startNative({
           module: CONFORMANCE,
           args: { role, ...args },
           pages: PAGES,
           maxHeapMb: 256,
           name: `conf-${role}`,
         });
+  };
   // Listen before the next await: a domain's messages are events, not queued.
   const a: Domain = await start("a");
   const gotA = once(a, "message");
@@ -53,12 +79,24 @@ async function pair(path: "bypass" | "native", args: Record<string, unknown> = {
   return [ea.result as Obs, eb.result as Obs];
 }
 
-for (const path of ["bypass", "native"] as const) {
-  describe(`MX conformance on the ${path} path`, () => {
+const CASES = [
+  ["bypass", "one host"],
+  ["native", "one host"],
+  ["bypass", "cross-host"],
+  ["native", "cross-host"],
+] as const;
+
+for (const [path, scope] of CASES) {
+  describe(`MX conformance on the ${path} path, ${scope}`, () => {
     let a: Obs;
     let b: Obs;
     before(async () => {
-      [a, b] = await pair(path);
+      [a, b] = await pair(path, scope);
+    });
+
+    test("the peers sit where the scope says", () => {
+      if (scope === "cross-host") assert.notEqual(a.nic, b.nic);
+      else assert.equal(a.nic, b.nic);
     });
 
     test("the endpoint runs on the expected path", () => {

@@ -26,18 +26,36 @@
 import { MxStatus } from "../nic/status.js";
 import {
   Access,
+  D_AUX0,
+  D_AUX1,
   D_COOKIE,
+  D_DEST_ENDPOINT,
+  D_DEST_NIC,
+  D_DEST_SESSION,
   D_DST_OFFSET,
   D_DST_REGION,
   D_LENGTH,
+  D_MATCH_HI,
+  D_MATCH_LO,
   D_OPCODE,
   D_SRC_KEY,
   D_SRC_OFFSET,
   D_SRC_REGION,
   DESC_WORDS,
+  DFLAG_REMOTE,
   DFLAG_TRACE,
+  E_AUX0,
+  E_AUX1,
   E_COOKIE,
   E_EXTRA,
+  E_LENGTH,
+  E_MATCH_HI,
+  E_MATCH_LO,
+  E_RECV_OFFSET,
+  E_RECV_SPAN,
+  E_SRC_ENDPOINT,
+  E_SRC_NIC,
+  E_SRC_SESSION,
   E_TRACE_DMA_DONE,
   E_TRACE_NIC_SEEN,
   E_TYPE,
@@ -48,14 +66,18 @@ import {
   I_SEQ,
   I_SLEEPING,
   Opcode,
+  RECV_BYTES,
+  RECV_OFFSET,
   raiseInterrupt,
   SQ_ENTRIES,
   SQ_OFFSET,
   W_EQ_CONS,
   W_EQ_PROD,
   W_NIC_SLEEPING,
+  W_RQ_CONS,
   W_SQ_CONS,
   W_SQ_PROD,
+  WIRE_TIMEOUT_MS,
 } from "../nic/window.js";
 import { FLAG_NO_PAYLOAD, LaneReader, LaneWriter, RECORD_HEADER_BYTES } from "./channel.js";
 import { DEFAULT_RNDV_THRESHOLD, MX_INFINITE, MxError, MxReturn } from "./codes.js";
@@ -66,12 +88,59 @@ import {
   type MxDriver,
   MxDriverError,
 } from "./driver.js";
+import {
+  BROADCAST_MAC,
+  type EtherHub,
+  EtherLink,
+  EtherType_,
+  word as etherWord,
+  H,
+  initEtherFrame,
+  macString,
+  PAYLOAD_AT,
+  setWord as setEtherWord,
+} from "./ether.js";
 import { DEFAULT_TRACE_RECORDS, FLAG_TRACED, TraceBuffer, TraceStage, traceId, traceNow } from "./trace.js";
+import {
+  COOKIE_CONNECT,
+  COOKIE_SEND,
+  WIRE_ID_MASK,
+  WIRE_ID_SHIFT,
+  WIRE_RNDV_BYTES,
+  WIRE_TYPE_MASK,
+  WireStaging,
+  wireAux0,
+} from "./wire.js";
 
 const REC_EAGER = 1;
 const REC_RNDV = 2;
 const REC_NOTIFY = 3;
+/** Wire only (wire.ts): a liveness probe; its SEND_DONE tells whether the peer is still there. */
+const REC_PING = 4;
 const REC_MAX = REC_NOTIFY;
+/** Endpoint ids from here up belong to endpoints without a NIC context (split path only). */
+export const SPLIT_ENDPOINT_BASE = 0x10000;
+
+/** How sends to a peer travel. */
+const VIA_NONE = 0;
+/** A co-resident channel (channel.ts): two threads, no NIC. */
+const VIA_CHANNEL = 1;
+/** NIC SEND descriptors (wire.ts): a peer on another NIC, over a link. */
+const VIA_WIRE = 2;
+/** MX over Ethernet through the guest's netfront (ether.ts): the split path. */
+const VIA_ETHER = 3;
+/** Record flag (local): a rendezvous that came over Ethernet is pulled over Ethernet. */
+const FLAG_ETHER = 0x80;
+/** A connect over Ethernet repeats its broadcast this often until answered. */
+const CONNECT_RETRY_MS = 100;
+/** While some peer is reached over Ethernet, sleeps are cut into slices this short (ms). */
+const MIXED_SLICE_MS = 1;
+/** A SEND without a completion to report (NOTIFY, PING). */
+const NO_SLOT = 0xffff;
+/** Records held back because an earlier one of the same peer has not arrived yet, at most. */
+const MAX_HELD = 4096;
+/** A peer we wait on (a rendezvous or synchronous send) is probed after this long without news. */
+const PROBE_AFTER_MS = 250;
 
 /** How long a blocking call spins on progress before it sleeps, µs (machine-limits.md). */
 export const DEFAULT_SPIN_US = 20;
@@ -91,6 +160,27 @@ export class MxAddress {
   /** @internal */ sendSeq = 0;
   /** @internal */ backlog: MxRequest[] = [];
   /** @internal */ dead?: string;
+  /** @internal How sends to this peer travel (VIA_*). */ via = VIA_NONE;
+  /** @internal The sequence number the next message from this peer must carry (MX keeps a pair's order). */
+  recvSeq = 0;
+  /** @internal Messages that arrived ahead of an earlier one (only when the peer's path changed). */
+  held: Held[] | undefined;
+  /** @internal Whether a connect checked this peer's key (a peer that only sent to us is not). */
+  verified = false;
+  /** @internal When we last heard from the peer or last probed it (ms, performance.now()). */
+  lastNews = 0;
+  /** @internal A probe is in flight. */
+  probing = false;
+  /** @internal How sends went before Ethernet was chosen (VIA_CHANNEL, VIA_WIRE or VIA_NONE). */
+  fastVia = VIA_NONE;
+  /** @internal The peer's frame stream over Ethernet, once resolved (ether.ts). */
+  eth: EtherLink | undefined;
+  /** @internal The peer said it is on the split path: reach it over Ethernet. */
+  peerSplit = false;
+  /** @internal An eager message arriving in several frames. */
+  rxEager: { seq: number; buf: Uint8Array; got: number } | undefined;
+  /** @internal Rendezvous data the peer pulls from us over Ethernet, in order. */
+  serving: { req: MxRequest; pullId: number; off: number; end: number }[] | undefined;
   /** A value the application may attach (mx_set_endpoint_addr_context). */
   context: unknown;
 
@@ -183,6 +273,42 @@ interface Unexpected {
   key: number;
   offset: number;
   traceId: number;
+  /** Record flags (FLAG_ETHER: pull it over Ethernet). */
+  flags: number;
+}
+
+/** A message kept until the ones before it arrive (its eager payload copied out). */
+interface Held {
+  seq: number;
+  rndv: boolean;
+  flags: number;
+  matchHi: number;
+  matchLo: number;
+  length: number;
+  syncId: number;
+  region: number;
+  key: number;
+  offset: number;
+  traceSeq: number;
+  data: Uint8Array | undefined;
+}
+
+interface PendingConnect {
+  done: boolean;
+  status: number;
+  session: number;
+  /** Over Ethernet: who answered, and whether it is on the split path. */
+  mac?: Uint8Array;
+  peerSplit?: boolean;
+}
+
+/** A rendezvous we pull over Ethernet: DATA frames land straight in the receive buffer. */
+interface EtherPull {
+  recv: MxRequest;
+  source: MxAddress;
+  syncId: number;
+  xfer: number;
+  got: number;
 }
 
 interface PendingPull {
@@ -208,6 +334,13 @@ export interface EndpointCounters {
   nicErrors: number;
   bounces: number;
   registrations: number;
+  /** Records sent and received through the NIC (peers on other NICs). */
+  wireSends: number;
+  wireRecvs: number;
+  /** Messages that arrived ahead of their turn and waited (a peer changing paths). */
+  held: number;
+  /** Liveness probes sent to peers we were waiting on. */
+  probes: number;
 }
 
 export interface EndpointOptions {
@@ -221,6 +354,10 @@ export interface EndpointOptions {
   memory?: SharedArrayBuffer;
   /** Stamp each message's stages into a trace buffer (true, or its capacity in records). */
   trace?: boolean | number;
+  /** The guest's MX-over-Ethernet hub (netfront): the split path, and the fallback. */
+  ether?: EtherHub;
+  /** Start on the split path (every peer over Ethernet). */
+  split?: boolean;
 }
 
 const u32 = (n: number) => n >>> 0;
@@ -242,7 +379,18 @@ export class MxEndpoint {
   readonly session: number;
   readonly nicId: number;
   readonly key: number;
-  readonly path: string;
+  /** The path the endpoint's own traffic takes now: "native", "bypass" or "split". */
+  get path(): string {
+    return this.split ? "split" : this.fastPath;
+  }
+  /** The path of its driver (what `switchPath("bypass")` returns to). */
+  private readonly fastPath: string;
+  /** Every peer is reached over Ethernet (ether.ts), the driver domain in the middle. */
+  private split = false;
+  private readonly hub: EtherHub | undefined;
+  private readonly etherPeers: MxAddress[] = [];
+  private readonly etherPulls = new Map<number, EtherPull>();
+  private readonly etherScratch = new Uint8Array(PAYLOAD_AT);
   readonly counters: EndpointCounters = {
     sends: 0,
     recvs: 0,
@@ -257,6 +405,10 @@ export class MxEndpoint {
     nicErrors: 0,
     bounces: 0,
     registrations: 0,
+    wireSends: 0,
+    wireRecvs: 0,
+    held: 0,
+    probes: 0,
   };
   closed = false;
   /** Stages are being stamped into `traceBuffer` (see enableTrace). */
@@ -267,6 +419,7 @@ export class MxEndpoint {
   private windowF64: Float64Array | undefined;
 
   private readonly window: Int32Array;
+  private readonly windowBytes: Uint8Array;
   private readonly intr: Int32Array;
   private readonly rndvThreshold: number;
   private readonly spinUs: number;
@@ -284,6 +437,14 @@ export class MxEndpoint {
   private readonly bouncePool: Uint8Array[] = [];
   private sqProd = 0;
   private eqCons = 0;
+  private rqCons = 0;
+  /** Eager payloads leaving through the NIC (opened with the first wire send). */
+  private staging: WireStaging | undefined;
+  private readonly connects = new Map<number, PendingConnect>();
+  /** The peer of the last wire record: consecutive records mostly come from one peer. */
+  private lastWirePeer: MxAddress | undefined;
+  /** Some peer is reached through the NIC: its records arrive as events, so poll them on every progress. */
+  private usesWire = false;
   private wakeupPending = false;
 
   constructor(
@@ -302,7 +463,8 @@ export class MxEndpoint {
     this.spinUs = opts.spinUs ?? DEFAULT_SPIN_US;
     this.memory = opts.memory;
     this.key = opts.key >>> 0;
-    this.path = driver.path;
+    this.fastPath = driver.path;
+    this.hub = opts.ether;
     this.nicId = driver.nicId;
     let ep: ReturnType<MxDriver["openEndpoint"]>;
     try {
@@ -313,10 +475,24 @@ export class MxEndpoint {
     this.endpointId = ep.endpointId;
     this.session = ep.session;
     this.window = new Int32Array(ep.window);
+    this.windowBytes = new Uint8Array(ep.window);
     this.intr = new Int32Array(ep.intr);
     this.sqProd = Atomics.load(this.window, W_SQ_PROD) >>> 0;
     this.eqCons = Atomics.load(this.window, W_EQ_CONS) >>> 0;
+    this.rqCons = Atomics.load(this.window, W_RQ_CONS) >>> 0;
     if (opts.trace) this.enableTrace(opts.trace === true ? DEFAULT_TRACE_RECORDS : opts.trace);
+    if (this.hub) {
+      this.hub.attach(this.endpointId, {
+        onFrame: (f, type) => this.onEtherFrame(f, type),
+        afterPoll: () => this.afterEtherPoll(),
+      });
+      this.split = opts.split === true || driver.path === "split";
+    } else if (opts.split) {
+      throw new MxError(
+        "MX_NO_DEV",
+        "the split path needs a network device (netfront); this domain has none",
+      );
+    }
   }
 
   // ---- tracing --------------------------------------------------------------------------------
@@ -341,10 +517,24 @@ export class MxEndpoint {
   // ---- connections ----------------------------------------------------------------------
 
   /** mx_connect: resolves a peer endpoint, checking its key. Connecting twice returns the same address. */
-  connect(nic: number, endpoint: number, key: number): MxAddress {
+  connect(nic: number, endpoint: number, key: number, timeoutMs: number = 2 * WIRE_TIMEOUT_MS): MxAddress {
     this.checkOpen();
+    for (const [v, what] of [
+      [nic, "nic"],
+      [endpoint, "endpoint"],
+      [key, "key"],
+    ] as const)
+      if (!Number.isInteger(v) || v < 0 || v > 0xffffffff)
+        throw new MxError(
+          "MX_BAD_PARAM_VAL",
+          `connect: ${what} must be a 32-bit unsigned integer, got ${String(v)}`,
+        );
     const known = this.peerIndex.get(`${nic}:${endpoint}`);
-    if (known && !known.dead) return known;
+    if (known && !known.dead && known.verified) return known;
+    // A split-only endpoint (ours or the peer's) is reached over Ethernet, key checked by its owner.
+    if (this.fastPath === "split" || endpoint >= SPLIT_ENDPOINT_BASE)
+      return this.connectEther(nic, endpoint, key >>> 0, 0, timeoutMs);
+    if (nic !== this.nicId) return this.connectWire(nic, endpoint, key >>> 0, timeoutMs);
     let conn: ReturnType<MxDriver["connect"]>;
     try {
       conn = this.driver.connect(this.endpointId, nic, endpoint, key >>> 0);
@@ -352,14 +542,67 @@ export class MxEndpoint {
       throw asMxError(e, "MX_CONNECTION_FAILED");
     }
     const addr = this.addPeer(conn.peerNic, conn.peerEndpoint, conn.peerSession);
+    addr.verified = true;
     if (conn.channel) this.attachChannel(addr, conn.channel);
+    // A same-NIC peer without a channel is still reachable: the NIC delivers locally.
+    else this.setFastVia(addr, VIA_WIRE);
+    if (this.split) this.resolveEther(addr, timeoutMs);
     return addr;
+  }
+
+  /**
+   * mx_connect to an endpoint on another NIC: the NICs check the key between themselves
+   * (CONNECT descriptor, window.ts); neither backend is asked. Blocks, progressing, until the
+   * answer or `timeoutMs`.
+   */
+  private connectWire(nic: number, endpoint: number, key: number, timeoutMs: number): MxAddress {
+    const id = this.newId();
+    const pending: PendingConnect = { done: false, status: MxStatus.PENDING, session: 0 };
+    this.connects.set(id, pending);
+    try {
+      const b = this.sqSlot(true);
+      const w = this.window;
+      w[b + D_OPCODE] = Opcode.Connect;
+      w[b + D_COOKIE] = COOKIE_CONNECT | id;
+      w[b + D_SRC_KEY] = key;
+      w[b + D_DEST_NIC] = nic;
+      w[b + D_DEST_ENDPOINT] = endpoint;
+      this.sqPost();
+      this.block(() => pending.done, timeoutMs);
+    } finally {
+      this.connects.delete(id);
+    }
+    const where = `nic ${nic} endpoint ${endpoint}`;
+    switch (pending.done ? pending.status : MxStatus.TIMEOUT) {
+      case MxStatus.SUCCESS: {
+        const old = this.peerIndex.get(`${nic}:${endpoint}`);
+        if (old && !old.dead && old.session !== pending.session)
+          this.failPeer(old, "the peer endpoint was reopened", MxStatus.ENDPOINT_CLOSED);
+        const addr = this.addPeer(nic, endpoint, pending.session);
+        addr.verified = true;
+        this.setFastVia(addr, VIA_WIRE);
+        if (this.split) this.resolveEther(addr, timeoutMs);
+        return addr;
+      }
+      case MxStatus.BAD_KEY:
+        throw new MxError("MX_BAD_CONNECTION_KEY", `${where} refused the key 0x${key.toString(16)}`);
+      case MxStatus.ENDPOINT_UNKNOWN:
+      case MxStatus.ENDPOINT_CLOSED:
+        throw new MxError("MX_CONNECTION_FAILED", `${where}: no such endpoint is open`);
+      case MxStatus.TIMEOUT:
+        throw new MxError("MX_TIMEOUT", `${where} did not answer within ${timeoutMs} ms`);
+      default:
+        throw new MxError(
+          "MX_CONNECTION_FAILED",
+          `${where} is unreachable (${mxStatusName(pending.status)}): no live link from NIC ${this.nicId} to NIC ${nic}`,
+        );
+    }
   }
 
   /** mx_disconnect: forgets a peer; its pending sends complete with MX_STATUS_ENDPOINT_CLOSED. */
   disconnect(addr: MxAddress): void {
+    // Kept in the index, dead: connecting again continues the pair's sequence numbers.
     this.failPeer(addr, "disconnected", MxStatus.ENDPOINT_CLOSED);
-    this.peerIndex.delete(`${addr.nic}:${addr.endpoint}`);
   }
 
   private addPeer(nic: number, endpoint: number, session: number): MxAddress {
@@ -367,6 +610,12 @@ export class MxEndpoint {
     const old = this.peerIndex.get(k);
     if (old && !old.dead) return old;
     const a = new MxAddress(this, nic, endpoint, session);
+    if (old && old.session === session) {
+      // The same peer endpoint again (after mx_disconnect): its side kept counting.
+      a.sendSeq = old.sendSeq;
+      a.recvSeq = old.recvSeq;
+    }
+    a.lastNews = performance.now();
     this.peers.push(a);
     this.peerIndex.set(k, a);
     return a;
@@ -378,6 +627,19 @@ export class MxEndpoint {
     addr.writer = new LaneWriter(ch.channel, ch.side);
     addr.reader = new LaneReader(ch.channel, (1 - ch.side) as 0 | 1, REC_MAX);
     addr.peerIntr = new Int32Array(ch.peerIntr);
+    addr.fastVia = VIA_CHANNEL;
+    this.recomputeVia(addr);
+  }
+
+  /** Ethernet if either side is on the split path (and the peer's MAC is known), else the fast way. */
+  private recomputeVia(peer: MxAddress): void {
+    peer.via = (this.split || peer.peerSplit) && peer.eth !== undefined ? VIA_ETHER : peer.fastVia;
+    if (peer.fastVia === VIA_WIRE) this.usesWire = true;
+  }
+
+  private setFastVia(peer: MxAddress, via: number): void {
+    if (peer.fastVia === VIA_NONE) peer.fastVia = via;
+    this.recomputeVia(peer);
   }
 
   // ---- sends and receives -----------------------------------------------------------------
@@ -431,8 +693,7 @@ export class MxEndpoint {
       this.complete(req, MxStatus.ENDPOINT_UNREACHABLE, 0);
       return req;
     }
-    if (!dest.writer) {
-      // Only co-resident peers exist until the link path lands (multi-host).
+    if (dest.via === VIA_NONE) {
       this.complete(req, MxStatus.ENDPOINT_UNREACHABLE, 0);
       return req;
     }
@@ -441,8 +702,18 @@ export class MxEndpoint {
     return req;
   }
 
-  /** Writes the send's record into the channel; false if the lane is full right now. */
+  /** Hands the send to its peer's path; false if that path is full right now (it is retried in order). */
   private trySend(req: MxRequest): boolean {
+    const via = req.dest!.via;
+    return via === VIA_CHANNEL
+      ? this.trySendChannel(req)
+      : via === VIA_WIRE
+        ? this.trySendWire(req)
+        : this.trySendEther(req);
+  }
+
+  /** Writes the send's record into the channel; false if the lane is full right now. */
+  private trySendChannel(req: MxRequest): boolean {
     const dest = req.dest!;
     const w = dest.writer!;
     const payload = req.rndv ? 0 : req.buffer.length;
@@ -481,6 +752,84 @@ export class MxEndpoint {
     // An eager send is complete once its data is in the channel (MX may complete eager sends locally).
     if (!req.sync && !req.rndv) this.complete(req, MxStatus.SUCCESS, req.buffer.length);
     return true;
+  }
+
+  /**
+   * Posts the send's record as a NIC SEND (wire.ts): eager data through a staging slot, a
+   * rendezvous as its 16-byte announcement. false if the send queue or the staging slots are
+   * full right now.
+   */
+  private trySendWire(req: MxRequest): boolean {
+    const dest = req.dest!;
+    if (this.sqFree() === 0) return false;
+    let st = this.staging;
+    if (st === undefined) {
+      try {
+        st = this.staging = new WireStaging(this.driver, this.endpointId);
+      } catch {
+        // No memory or registration left for the staging area: this send cannot leave.
+        this.complete(req, MxStatus.NO_RESOURCES, 0);
+        this.counters.nicErrors++;
+        return true;
+      }
+    }
+    const slot = st.take(req);
+    if (slot < 0) return false;
+    const at = st.offsetOf(slot);
+    let len: number;
+    if (req.rndv) {
+      const r = this.regionFor(req.bounce ?? req.buffer);
+      const b = st.bytes;
+      putWord(b, at, req.buffer.length);
+      putWord(b, at + 4, r.regionId);
+      putWord(b, at + 8, r.key);
+      putWord(b, at + 12, r.offset);
+      len = WIRE_RNDV_BYTES;
+      this.counters.rndv++;
+    } else {
+      len = req.buffer.length;
+      if (len > 0) copyInto(st.bytes, at, req.buffer, 0, len);
+      this.counters.eager++;
+    }
+    if (req.sync || req.rndv) {
+      req.syncId = this.newId();
+      this.waitingSync.set(req.syncId, req);
+    }
+    const aux1 = dest.sendSeq;
+    dest.sendSeq = (dest.sendSeq + 1) >>> 0;
+    const w = this.window;
+    const b = this.sqSlot(false);
+    w[b + D_OPCODE] = Opcode.Send;
+    w[b + D_COOKIE] = COOKIE_SEND | slot;
+    w[b + D_SRC_REGION] = st.regionId;
+    w[b + D_SRC_OFFSET] = at;
+    w[b + D_LENGTH] = len;
+    w[b + D_DEST_NIC] = dest.nic;
+    w[b + D_DEST_ENDPOINT] = dest.endpoint;
+    w[b + D_DEST_SESSION] = dest.session;
+    w[b + D_MATCH_HI] = req.status.matchHi;
+    w[b + D_MATCH_LO] = req.status.matchLo;
+    w[b + D_AUX0] = wireAux0(req.rndv ? REC_RNDV : REC_EAGER, 0, req.syncId);
+    w[b + D_AUX1] = aux1;
+    this.sqPost();
+    this.counters.wireSends++;
+    return true;
+  }
+
+  /** A payload-less wire record (NOTIFY, PING): `slotOwner` gets the SEND_DONE, if any. */
+  private postWireControl(peer: MxAddress, type: number, id: number, aux1: number, matchHi: number): void {
+    const w = this.window;
+    const b = this.sqSlot(true);
+    w[b + D_OPCODE] = Opcode.Send;
+    w[b + D_COOKIE] = COOKIE_SEND | NO_SLOT;
+    w[b + D_DEST_NIC] = peer.nic;
+    w[b + D_DEST_ENDPOINT] = peer.endpoint;
+    w[b + D_DEST_SESSION] = peer.session;
+    w[b + D_MATCH_HI] = matchHi;
+    w[b + D_AUX0] = wireAux0(type, 0, id);
+    w[b + D_AUX1] = aux1;
+    this.sqPost();
+    this.counters.wireSends++;
   }
 
   private prepareRndv(req: MxRequest): void {
@@ -533,7 +882,7 @@ export class MxEndpoint {
     req.status.msgLength = u.length;
     req.traceId = u.traceId;
     if (u.rndv) {
-      this.startPull(req, u.source, u.region, u.key, u.offset, u.length, u.syncId);
+      this.startPull(req, u.source, u.region, u.key, u.offset, u.length, u.syncId, u.flags);
       return;
     }
     const xfer = Math.min(u.length, req.buffer.length);
@@ -773,7 +1122,15 @@ export class MxEndpoint {
         }
         return true;
       }
-      Atomics.wait(intr, I_SEQ, seq, Math.min(deadline - now, SLEEP_SLICE_MS));
+      if (this.hub !== undefined && this.split) {
+        // Our peers reach us over Ethernet: netback's event channel wakes us. A peer still
+        // writing to an old channel kicks the interrupt page, hence the short slices.
+        Atomics.store(intr, I_SLEEPING, 0);
+        this.hub.wait(Math.min(deadline - now, MIXED_SLICE_MS));
+      } else {
+        const slice = this.etherPeers.length > 0 ? MIXED_SLICE_MS : SLEEP_SLICE_MS;
+        Atomics.wait(intr, I_SEQ, seq, Math.min(deadline - now, slice));
+      }
       Atomics.store(intr, I_SLEEPING, 0);
       // Woken: spin again briefly, the sender usually has more for us.
       const again = performance.now() + this.spinUs / 1000;
@@ -798,7 +1155,11 @@ export class MxEndpoint {
     for (let p = 0; p < peers.length; p++) {
       const peer = peers[p];
       const rd = peer.reader;
-      if (!rd || peer.dead) continue;
+      if (peer.dead) continue;
+      if (!rd) {
+        if (peer.backlog.length > 0) this.flushBacklog(peer);
+        continue;
+      }
       while (rd.next()) {
         this.onRecord(peer, rd);
         rd.release();
@@ -824,7 +1185,12 @@ export class MxEndpoint {
         this.failPeer(peer, "the peer endpoint went away", MxStatus.ENDPOINT_CLOSED);
       }
     }
-    if (sweep) this.pollEvents();
+    if (sweep || this.usesWire) {
+      this.pollEvents();
+      if (sweep && this.waitingSync.size > 0 && this.usesWire) this.probeSilentPeers(performance.now());
+    }
+    // Ethernet: every time while it carries traffic; else now and then, to answer connects.
+    if (this.hub !== undefined && (sweep || this.split || this.etherPeers.length > 0)) this.hub.poll();
   }
 
   private flushBacklog(peer: MxAddress): void {
@@ -837,28 +1203,186 @@ export class MxEndpoint {
   private onRecord(peer: MxAddress, rd: LaneReader): void {
     const type = rd.type;
     if (type === REC_NOTIFY) {
-      const req = this.waitingSync.get(rd.aux[0]);
-      if (!req) {
-        this.counters.channelErrors++;
-        return;
-      }
-      this.waitingSync.delete(rd.aux[0]);
-      const status = rd.aux[2];
-      this.complete(
-        req,
-        status === MxStatus.TRUNCATED ? MxStatus.SUCCESS : status,
-        Math.min(rd.aux[1], req.buffer.length),
+      this.onNotify(rd.aux[0], rd.aux[1], rd.aux[2]);
+      return;
+    }
+    const a = rd.aux;
+    this.deliverRecord(
+      peer,
+      type === REC_RNDV,
+      rd.flags,
+      rd.matchHi,
+      rd.matchLo,
+      rd.length,
+      a[0],
+      a[1],
+      a[2],
+      a[3],
+      a[4],
+      a[5],
+      rd.bytes,
+      rd.payload,
+    );
+  }
+
+  /** A NOTIFY: the receiver matched our synchronous send, or pulled our rendezvous. */
+  private onNotify(syncId: number, xfer: number, status: number): void {
+    const req = this.waitingSync.get(syncId);
+    if (!req) {
+      this.counters.channelErrors++;
+      return;
+    }
+    this.waitingSync.delete(syncId);
+    this.complete(
+      req,
+      status === MxStatus.TRUNCATED ? MxStatus.SUCCESS : status,
+      Math.min(xfer, req.buffer.length),
+    );
+  }
+
+  /**
+   * An EAGER or RNDV record from `peer`, whichever path brought it: matched against the
+   * posted receives in sequence order (a record ahead of its turn waits in `peer.held`).
+   */
+  private deliverRecord(
+    peer: MxAddress,
+    rndv: boolean,
+    flags: number,
+    mh: number,
+    ml: number,
+    length: number,
+    syncId: number,
+    seq: number,
+    region: number,
+    key: number,
+    offset: number,
+    traceSeq: number,
+    bytes: Uint8Array | null,
+    payload: number,
+  ): void {
+    if (seq !== peer.recvSeq) {
+      this.hold(
+        peer,
+        rndv,
+        flags,
+        mh,
+        ml,
+        length,
+        syncId,
+        seq,
+        region,
+        key,
+        offset,
+        traceSeq,
+        bytes,
+        payload,
       );
       return;
     }
-    const mh = rd.matchHi;
-    const ml = rd.matchLo;
-    const length = rd.length;
-    const rndv = type === REC_RNDV;
-    const syncId = rd.aux[0];
+    peer.recvSeq = (seq + 1) >>> 0;
+    this.matchRecord(
+      peer,
+      rndv,
+      flags,
+      mh,
+      ml,
+      length,
+      syncId,
+      region,
+      key,
+      offset,
+      traceSeq,
+      bytes,
+      payload,
+    );
+    if (peer.held !== undefined && peer.held.length > 0) this.releaseHeld(peer);
+  }
+
+  private hold(
+    peer: MxAddress,
+    rndv: boolean,
+    flags: number,
+    mh: number,
+    ml: number,
+    length: number,
+    syncId: number,
+    seq: number,
+    region: number,
+    key: number,
+    offset: number,
+    traceSeq: number,
+    bytes: Uint8Array | null,
+    payload: number,
+  ): void {
+    // Behind us: a duplicate, which no path of ours produces. A peer that runs far ahead is broken.
+    if (((seq - peer.recvSeq) | 0) < 0 || (peer.held?.length ?? 0) >= MAX_HELD) {
+      this.counters.channelErrors++;
+      if ((peer.held?.length ?? 0) >= MAX_HELD)
+        this.failPeer(peer, "the peer's sequence numbers ran away", MxStatus.ENDPOINT_UNREACHABLE);
+      return;
+    }
+    this.counters.held++;
+    const held = (peer.held ??= []);
+    const h: Held = {
+      seq,
+      rndv,
+      flags,
+      matchHi: mh,
+      matchLo: ml,
+      length,
+      syncId,
+      region,
+      key,
+      offset,
+      traceSeq,
+      data: !rndv && bytes !== null ? bytes.slice(payload, payload + length) : undefined,
+    };
+    let i = held.length;
+    while (i > 0 && ((held[i - 1].seq - seq) | 0) > 0) i--;
+    held.splice(i, 0, h);
+  }
+
+  private releaseHeld(peer: MxAddress): void {
+    const held = peer.held!;
+    while (held.length > 0 && held[0].seq === peer.recvSeq) {
+      const h = held.shift()!;
+      peer.recvSeq = (h.seq + 1) >>> 0;
+      this.matchRecord(
+        peer,
+        h.rndv,
+        h.flags,
+        h.matchHi,
+        h.matchLo,
+        h.length,
+        h.syncId,
+        h.region,
+        h.key,
+        h.offset,
+        h.traceSeq,
+        h.data ?? null,
+        0,
+      );
+    }
+  }
+
+  private matchRecord(
+    peer: MxAddress,
+    rndv: boolean,
+    flags: number,
+    mh: number,
+    ml: number,
+    length: number,
+    syncId: number,
+    region: number,
+    key: number,
+    offset: number,
+    traceSeq: number,
+    bytes: Uint8Array | null,
+    payload: number,
+  ): void {
     let tid = 0;
-    if (this.tracing && (rd.flags & FLAG_TRACED) !== 0) {
-      tid = traceId(peer.nic, peer.endpoint, rd.aux[5]);
+    if (this.tracing && (flags & FLAG_TRACED) !== 0) {
+      tid = traceId(peer.nic, peer.endpoint, traceSeq);
       this.traceBuffer!.record(tid, TraceStage.Seen, traceNow());
     }
     const posted = this.posted;
@@ -875,10 +1399,10 @@ export class MxEndpoint {
         r.status.msgLength = length;
         r.traceId = tid;
         if (rndv) {
-          this.startPull(r, peer, rd.aux[2], rd.aux[3], rd.aux[4], length, syncId);
+          this.startPull(r, peer, region, key, offset, length, syncId, flags);
         } else {
           const xfer = Math.min(length, r.buffer.length);
-          if (xfer > 0) copyInto(r.buffer, 0, rd.bytes, rd.payload, xfer);
+          if (xfer > 0) copyInto(r.buffer, 0, bytes!, payload, xfer);
           if (tid !== 0) this.traceBuffer!.record(tid, TraceStage.Copied, traceNow());
           if (syncId !== 0) this.sendNotify(peer, syncId, xfer, MxStatus.SUCCESS);
           this.complete(r, xfer < length ? MxStatus.TRUNCATED : MxStatus.SUCCESS, xfer);
@@ -892,20 +1416,30 @@ export class MxEndpoint {
       matchHi: mh,
       matchLo: ml,
       length,
-      data: rndv ? undefined : rd.bytes.slice(rd.payload, rd.payload + length),
+      data: rndv || bytes === null ? undefined : bytes.slice(payload, payload + length),
       syncId,
       rndv,
-      region: rd.aux[2],
-      key: rd.aux[3],
-      offset: rd.aux[4],
+      region,
+      key,
+      offset,
       traceId: tid,
+      flags,
     });
   }
 
   /** Answers a synchronous send or a finished pull. Control records are tiny; a full lane is retried. */
   private sendNotify(peer: MxAddress, syncId: number, xfer: number, status: number): void {
+    if (peer.dead) return;
+    if (peer.via === VIA_ETHER) {
+      this.etherNotify(peer, syncId, xfer, status);
+      return;
+    }
+    if (peer.via === VIA_WIRE) {
+      this.postWireControl(peer, REC_NOTIFY, syncId, status, xfer);
+      return;
+    }
     const w = peer.writer;
-    if (!w || peer.dead) return;
+    if (!w) return;
     let at = w.reserve(0);
     while (at < 0) {
       // The peer drains its lane in its own progress; our notify must not be lost.
@@ -935,11 +1469,16 @@ export class MxEndpoint {
     offset: number,
     length: number,
     syncId: number,
+    flags: number,
   ): void {
     const xfer = Math.min(length, req.buffer.length);
     if (xfer === 0) {
       this.sendNotify(source, syncId, 0, MxStatus.SUCCESS);
       this.complete(req, length > 0 ? MxStatus.TRUNCATED : MxStatus.SUCCESS, 0);
+      return;
+    }
+    if (flags & FLAG_ETHER) {
+      this.etherPull(req, source, syncId, xfer);
       return;
     }
     let target = req.buffer;
@@ -953,36 +1492,48 @@ export class MxEndpoint {
     this.pulls.set(cookie, { recv: req, source, syncId, xfer });
     this.counters.pulls++;
     const tid = this.tracing ? req.traceId : 0;
-    const op = tid !== 0 ? Opcode.Pull | (DFLAG_TRACE << 16) : Opcode.Pull;
-    this.postDescriptor(op, cookie, region, key, offset, dst.regionId, dst.offset, xfer, tid);
+    let dflags = tid !== 0 ? DFLAG_TRACE : 0;
+    // A rendezvous from another NIC is pulled across the link (window.ts DFLAG_REMOTE).
+    if (source.nic !== this.nicId) dflags |= DFLAG_REMOTE;
+    const w = this.window;
+    const b = this.sqSlot(true);
+    w[b + D_OPCODE] = Opcode.Pull | (dflags << 16);
+    w[b + D_COOKIE] = cookie;
+    w[b + D_SRC_REGION] = region;
+    w[b + D_SRC_KEY] = key;
+    w[b + D_SRC_OFFSET] = offset;
+    w[b + D_DST_REGION] = dst.regionId;
+    w[b + D_DST_OFFSET] = dst.offset;
+    w[b + D_LENGTH] = xfer;
+    if (dflags & DFLAG_REMOTE) {
+      w[b + D_DEST_NIC] = source.nic;
+      w[b + D_DEST_ENDPOINT] = source.endpoint;
+      w[b + D_DEST_SESSION] = source.session;
+    }
+    if (tid !== 0) this.traceBuffer!.record(tid, TraceStage.PullPosted, traceNow());
+    this.sqPost();
   }
 
-  private postDescriptor(
-    opcode: number,
-    cookie: number,
-    srcRegion: number,
-    srcKey: number,
-    srcOffset: number,
-    dstRegion: number,
-    dstOffset: number,
-    length: number,
-    tid = 0,
-  ): void {
+  private sqFree(): number {
+    return SQ_ENTRIES - ((this.sqProd - (Atomics.load(this.window, W_SQ_CONS) >>> 0)) >>> 0);
+  }
+
+  /**
+   * The next send-queue descriptor, zeroed; its word index in the window. `wait`: if the
+   * queue is full, progress until the NIC consumed one (else the caller checked sqFree).
+   */
+  private sqSlot(wait: boolean): number {
     const w = this.window;
-    // The send queue holds SQ_ENTRIES descriptors; wait for the NIC to consume if it is full.
-    while ((this.sqProd - (Atomics.load(w, W_SQ_CONS) >>> 0)) >>> 0 >= SQ_ENTRIES) this.pollEvents();
+    if (wait) while (this.sqFree() === 0) this.pollEvents();
     const base = (SQ_OFFSET >> 2) + (this.sqProd % SQ_ENTRIES) * DESC_WORDS;
     for (let i = 0; i < DESC_WORDS; i++) w[base + i] = 0;
-    w[base + D_OPCODE] = opcode;
-    w[base + D_COOKIE] = cookie;
-    w[base + D_SRC_REGION] = srcRegion;
-    w[base + D_SRC_KEY] = srcKey;
-    w[base + D_SRC_OFFSET] = srcOffset;
-    w[base + D_DST_REGION] = dstRegion;
-    w[base + D_DST_OFFSET] = dstOffset;
-    w[base + D_LENGTH] = length;
+    return base;
+  }
+
+  /** Publishes the descriptor sqSlot gave (the doorbell), waking the NIC if it sleeps. */
+  private sqPost(): void {
+    const w = this.window;
     this.sqProd = (this.sqProd + 1) >>> 0;
-    if (tid !== 0) this.traceBuffer!.record(tid, TraceStage.PullPosted, traceNow());
     Atomics.store(w, W_SQ_PROD, this.sqProd | 0);
     if (Atomics.load(w, W_NIC_SLEEPING) !== 0) Atomics.notify(w, W_SQ_PROD);
   }
@@ -1020,12 +1571,169 @@ export class MxEndpoint {
           w[base + E_EXTRA + 2] >>> 0,
           w[base + E_EXTRA + 3] >>> 0,
         );
+      } else if (type === EventType.Recv) {
+        this.onWireRecv(base);
+      } else if (type === EventType.SendDone || (type === EventType.Error && (cookie & COOKIE_SEND) !== 0)) {
+        this.onSendDone(cookie, status === 0 && type === EventType.Error ? MxStatus.ABORTED : status);
+      } else if (
+        type === EventType.ConnectDone ||
+        (type === EventType.Error && (cookie & COOKIE_CONNECT) !== 0)
+      ) {
+        const c = this.connects.get(cookie & WIRE_ID_MASK);
+        if (c) {
+          c.done = true;
+          c.status = type === EventType.Error ? status || MxStatus.ABORTED : status;
+          c.session = w[base + E_SRC_SESSION] >>> 0;
+        }
       } else if (type === EventType.Error) {
         this.counters.nicErrors++;
       }
       this.eqCons = (this.eqCons + 1) >>> 0;
     }
     Atomics.store(w, W_EQ_CONS, this.eqCons | 0);
+  }
+
+  /** A record that came through the NIC (RECV event; wire.ts packing), then its receive-area space released. */
+  private onWireRecv(base: number): void {
+    const w = this.window;
+    const nic = w[base + E_SRC_NIC] >>> 0;
+    const ep = w[base + E_SRC_ENDPOINT] >>> 0;
+    const session = w[base + E_SRC_SESSION] >>> 0;
+    const len = w[base + E_LENGTH] >>> 0;
+    const off = w[base + E_RECV_OFFSET] >>> 0;
+    const aux0 = w[base + E_AUX0] >>> 0;
+    const aux1 = w[base + E_AUX1] >>> 0;
+    const mh = w[base + E_MATCH_HI] >>> 0;
+    const ml = w[base + E_MATCH_LO] >>> 0;
+    this.counters.wireRecvs++;
+    if (off + len <= RECV_BYTES) {
+      const peer = this.wirePeer(nic, ep, session);
+      peer.lastNews = performance.now();
+      const type = aux0 & WIRE_TYPE_MASK;
+      const id = aux0 >>> WIRE_ID_SHIFT;
+      const pay = RECV_OFFSET + off;
+      const b = this.windowBytes;
+      if (type === REC_EAGER) {
+        this.deliverRecord(peer, false, 0, mh, ml, len, id, aux1, 0, 0, 0, 0, b, pay);
+      } else if (type === REC_RNDV && len === WIRE_RNDV_BYTES) {
+        const msgLen = getWord(b, pay);
+        this.deliverRecord(
+          peer,
+          true,
+          0,
+          mh,
+          ml,
+          msgLen,
+          id,
+          aux1,
+          getWord(b, pay + 4),
+          getWord(b, pay + 8),
+          getWord(b, pay + 12),
+          0,
+          null,
+          0,
+        );
+      } else if (type === REC_NOTIFY) {
+        this.onNotify(id, mh, aux1);
+      } else if (type !== REC_PING) {
+        this.counters.channelErrors++;
+      }
+    } else {
+      this.counters.nicErrors++;
+    }
+    this.rqCons = (this.rqCons + (w[base + E_RECV_SPAN] >>> 0)) >>> 0;
+    Atomics.store(w, W_RQ_CONS, this.rqCons | 0);
+  }
+
+  /** The address of the wire peer (nic, ep, session): known, or learned from its first message. */
+  private wirePeer(nic: number, ep: number, session: number): MxAddress {
+    const last = this.lastWirePeer;
+    if (
+      last !== undefined &&
+      last.nic === nic &&
+      last.endpoint === ep &&
+      last.session === session &&
+      !last.dead
+    )
+      return last;
+    let peer = this.peerIndex.get(`${nic}:${ep}`);
+    if (peer && !peer.dead && peer.session !== session) {
+      this.failPeer(peer, "the peer endpoint was reopened", MxStatus.ENDPOINT_CLOSED);
+      peer = undefined;
+    }
+    if (!peer || peer.dead) {
+      peer = this.addPeer(nic, ep, session);
+      this.setFastVia(peer, VIA_WIRE);
+    }
+    this.lastWirePeer = peer;
+    return peer;
+  }
+
+  /** A SEND of ours finished (SEND_DONE, or an ERROR for its descriptor). */
+  private onSendDone(cookie: number, status: number): void {
+    const slot = cookie & 0xffff;
+    if (slot === NO_SLOT) {
+      if (status !== MxStatus.SUCCESS) this.counters.nicErrors++;
+      return;
+    }
+    const st = this.staging;
+    if (st === undefined || slot >= st.slots) {
+      this.counters.nicErrors++;
+      return;
+    }
+    const owner = st.release(slot);
+    if (owner instanceof MxAddress) {
+      // A probe: the peer answered, or is gone.
+      owner.probing = false;
+      if (status === MxStatus.SUCCESS) owner.lastNews = performance.now();
+      else this.failPeer(owner, `the peer did not answer (${mxStatusName(status)})`, status);
+      return;
+    }
+    const req = owner as MxRequest | undefined;
+    if (req === undefined) return;
+    if (status === MxStatus.SUCCESS) {
+      if (!req.sync && !req.rndv) this.complete(req, MxStatus.SUCCESS, req.buffer.length);
+      return;
+    }
+    if (req.syncId !== 0) this.waitingSync.delete(req.syncId);
+    this.complete(req, status, 0);
+    const dest = req.dest;
+    if (
+      dest &&
+      (status === MxStatus.ENDPOINT_CLOSED ||
+        status === MxStatus.BAD_SESSION ||
+        status === MxStatus.ENDPOINT_UNKNOWN)
+    )
+      this.failPeer(dest, `the peer endpoint went away (${mxStatusName(status)})`, status);
+  }
+
+  /**
+   * Peers on other NICs that owe us an answer (a NOTIFY for a rendezvous or synchronous send)
+   * and have been silent a while get a PING: its SEND_DONE fails if the peer endpoint or its
+   * host is gone, and then everything waiting on that peer fails instead of hanging.
+   */
+  private probeSilentPeers(now: number): void {
+    if (this.waitingSync.size === 0) return;
+    for (const r of this.waitingSync.values()) {
+      const p = r.dest;
+      if (!p || p.via !== VIA_WIRE || p.dead || p.probing || now - p.lastNews < PROBE_AFTER_MS) continue;
+      const st = this.staging;
+      if (!st || this.sqFree() === 0) return;
+      const slot = st.take(p);
+      if (slot < 0) return;
+      p.probing = true;
+      p.lastNews = now;
+      const w = this.window;
+      const b = this.sqSlot(false);
+      w[b + D_OPCODE] = Opcode.Send;
+      w[b + D_COOKIE] = COOKIE_SEND | slot;
+      w[b + D_DEST_NIC] = p.nic;
+      w[b + D_DEST_ENDPOINT] = p.endpoint;
+      w[b + D_DEST_SESSION] = p.session;
+      w[b + D_AUX0] = wireAux0(REC_PING, 0, 0);
+      this.sqPost();
+      this.counters.probes++;
+    }
   }
 
   /** The NIC's stamps (float64 pairs at E_EXTRA of PULL_DONE, window.ts) and ours. */
@@ -1093,6 +1801,446 @@ export class MxEndpoint {
     for (let i = this.unexpected.length - 1; i >= 0; i--) {
       if (this.unexpected[i].source === peer && this.unexpected[i].rndv) this.unexpected.splice(i, 1);
     }
+    for (const [id, p] of this.etherPulls) {
+      if (p.source === peer) {
+        this.etherPulls.delete(id);
+        this.complete(p.recv, code, 0);
+      }
+    }
+    peer.serving = undefined;
+    const i = this.etherPeers.indexOf(peer);
+    if (i >= 0) this.etherPeers.splice(i, 1);
+  }
+
+  // ---- the split path: MX over Ethernet (ether.ts) ---------------------------------------------
+
+  /**
+   * Moves this endpoint to the split path ("split": every peer over Ethernet, through netback
+   * and the bridge) or back to its fast path ("bypass"/"native"), with traffic flowing. Peers
+   * are told with a PATH frame and keep reading every way in, and each pair's messages carry
+   * sequence numbers, so nothing is lost, duplicated or reordered by the move.
+   */
+  switchPath(to: "split" | "bypass" | "native", timeoutMs: number = 2 * WIRE_TIMEOUT_MS): void {
+    this.checkOpen();
+    if (to !== "split" && to !== this.fastPath)
+      throw new MxError(
+        "MX_BAD_PARAM_VAL",
+        this.fastPath === "split"
+          ? "this endpoint has no fast path (it fell back to the split path when it opened)"
+          : `switchPath: expected "split" or "${this.fastPath}", got ${JSON.stringify(to)}`,
+      );
+    if (this.hub === undefined)
+      throw new MxError(
+        "MX_NO_DEV",
+        "switchPath: this domain has no network device (netfront) for the split path",
+      );
+    const split = to === "split";
+    if (split === this.split) return;
+    // Every peer must be reachable over Ethernet before anything goes that way.
+    for (const p of this.peers) if (!p.dead && p.eth === undefined) this.resolveEther(p, timeoutMs);
+    this.split = split;
+    for (const p of this.peers) {
+      if (p.dead) continue;
+      this.recomputeVia(p);
+      if (p.eth !== undefined) this.sendPath(p);
+    }
+    this.hub.flush();
+  }
+
+  /** Tells a peer which path we are on (a sequenced control frame). */
+  private sendPath(peer: MxAddress): void {
+    const link = peer.eth!;
+    while (link.room === 0 && !peer.dead) this.hub!.poll();
+    if (peer.dead) return;
+    const f = link.reserve(EtherType_.Path, 0);
+    setEtherWord(f, H.msgSeq, this.split ? 1 : 0);
+    link.commit();
+    link.pump(performance.now());
+  }
+
+  /** The peer's MAC, asked for over Ethernet by its session (proof of an earlier connect). */
+  private resolveEther(peer: MxAddress, timeoutMs: number): void {
+    this.connectEther(peer.nic, peer.endpoint, 0, peer.session, timeoutMs);
+  }
+
+  /**
+   * mx_connect over Ethernet: a broadcast CONNECT (repeated until answered) that the owner of
+   * (nic, endpoint) answers with its MAC and session — after checking `key`, or, to resolve
+   * an already connected peer, `session`.
+   */
+  private connectEther(
+    nic: number,
+    endpoint: number,
+    key: number,
+    session: number,
+    timeoutMs: number,
+  ): MxAddress {
+    const hub = this.hub;
+    const where = `nic ${nic} endpoint ${endpoint}`;
+    if (hub === undefined)
+      throw new MxError(
+        "MX_CONNECTION_FAILED",
+        `${where} is on the split path and this domain has no network device`,
+      );
+    const id = this.newId();
+    const pending: PendingConnect = { done: false, status: MxStatus.PENDING, session: 0 };
+    this.connects.set(id, pending);
+    const f = this.etherScratch;
+    const send = () => {
+      initEtherFrame(f, BROADCAST_MAC, hub.mac, EtherType_.Connect);
+      setEtherWord(f, H.dstNic, nic);
+      setEtherWord(f, H.dstEp, endpoint);
+      setEtherWord(f, H.dstSession, session);
+      setEtherWord(f, H.srcNic, this.nicId);
+      setEtherWord(f, H.srcEp, this.endpointId);
+      setEtherWord(f, H.srcSession, this.session);
+      setEtherWord(f, H.id, id);
+      setEtherWord(f, H.offset, key);
+      setEtherWord(f, H.matchHi, this.split ? 1 : 0);
+      hub.send(f);
+      hub.flush();
+    };
+    let last = performance.now();
+    send();
+    try {
+      this.block(() => {
+        if (pending.done) return true;
+        const now = performance.now();
+        if (now - last >= CONNECT_RETRY_MS) {
+          last = now;
+          send();
+        }
+        return false;
+      }, timeoutMs);
+    } finally {
+      this.connects.delete(id);
+    }
+    if (!pending.done)
+      throw new MxError("MX_TIMEOUT", `${where} did not answer over Ethernet within ${timeoutMs} ms`);
+    if (pending.status === MxStatus.BAD_KEY)
+      throw new MxError("MX_BAD_CONNECTION_KEY", `${where} refused the key 0x${key.toString(16)}`);
+    if (pending.status !== MxStatus.SUCCESS)
+      throw new MxError("MX_CONNECTION_FAILED", `${where}: ${mxStatusName(pending.status)}`);
+    const peer = this.learnEtherPeer(
+      nic,
+      endpoint,
+      pending.session,
+      pending.mac!,
+      pending.peerSplit === true,
+    );
+    if (session === 0) peer.verified = true;
+    return peer;
+  }
+
+  /** The peer (nic, ep, session) reachable at `mac`: known, or new. */
+  private learnEtherPeer(
+    nic: number,
+    ep: number,
+    session: number,
+    mac: Uint8Array,
+    peerSplit: boolean,
+  ): MxAddress {
+    let peer = this.peerIndex.get(`${nic}:${ep}`);
+    if (peer && !peer.dead && peer.session !== session) {
+      this.failPeer(peer, "the peer endpoint was reopened", MxStatus.ENDPOINT_CLOSED);
+      peer = undefined;
+    }
+    if (!peer || peer.dead) peer = this.addPeer(nic, ep, session);
+    if (peer.eth === undefined) {
+      peer.eth = new EtherLink(
+        this.hub!,
+        mac,
+        { nic: this.nicId, ep: this.endpointId, session: this.session },
+        nic,
+        ep,
+        session,
+      );
+      this.etherPeers.push(peer);
+    } else peer.eth.mac.set(mac);
+    peer.peerSplit = peerSplit;
+    this.recomputeVia(peer);
+    return peer;
+  }
+
+  /** A frame for this endpoint (the hub checked its headers and destination). */
+  private onEtherFrame(f: Uint8Array, type: number): void {
+    const srcNic = etherWord(f, H.srcNic);
+    const srcEp = etherWord(f, H.srcEp);
+    const srcSession = etherWord(f, H.srcSession);
+    if (type === EtherType_.Connect) {
+      this.answerConnect(f, srcNic, srcEp, srcSession);
+      return;
+    }
+    if (type === EtherType_.ConnectReply) {
+      const c = this.connects.get(etherWord(f, H.id));
+      if (c && !c.done && etherWord(f, H.dstSession) === this.session) {
+        c.done = true;
+        c.status = etherWord(f, H.msgSeq);
+        c.session = srcSession;
+        c.mac = f.slice(6, 12);
+        c.peerSplit = etherWord(f, H.matchHi) === 1;
+      }
+      return;
+    }
+    if (etherWord(f, H.dstSession) !== this.session) {
+      this.hub!.counters.dropped++;
+      return;
+    }
+    const peer = this.peerIndex.get(`${srcNic}:${srcEp}`);
+    const link = peer?.eth;
+    if (peer === undefined || link === undefined || peer.dead || peer.session !== srcSession) {
+      this.hub!.counters.dropped++;
+      return;
+    }
+    const now = performance.now();
+    link.onAck(etherWord(f, H.ack), now);
+    if (type === EtherType_.Ack || !link.accept(etherWord(f, H.seq))) return;
+    peer.lastNews = now;
+    const n = etherWord(f, H.payload);
+    switch (type) {
+      case EtherType_.Eager:
+        this.etherEager(peer, f, n);
+        return;
+      case EtherType_.Rndv:
+        this.deliverRecord(
+          peer,
+          true,
+          FLAG_ETHER,
+          etherWord(f, H.matchHi),
+          etherWord(f, H.matchLo),
+          etherWord(f, H.length),
+          etherWord(f, H.id),
+          etherWord(f, H.msgSeq),
+          0,
+          0,
+          0,
+          0,
+          null,
+          0,
+        );
+        return;
+      case EtherType_.Pull: {
+        // The receiver matched our rendezvous and asks for its bytes.
+        const req = this.waitingSync.get(etherWord(f, H.id));
+        const len = etherWord(f, H.length);
+        if (!req?.rndv || len > req.buffer.length) {
+          this.counters.channelErrors++;
+          return;
+        }
+        (peer.serving ??= []).push({ req, pullId: etherWord(f, H.offset), off: 0, end: len });
+        this.serve(peer);
+        return;
+      }
+      case EtherType_.Data: {
+        const p = this.etherPulls.get(etherWord(f, H.id));
+        const off = etherWord(f, H.offset);
+        if (!p || p.source !== peer || off + n > p.xfer) {
+          this.counters.channelErrors++;
+          return;
+        }
+        p.recv.buffer.set(f.subarray(PAYLOAD_AT, PAYLOAD_AT + n), off);
+        p.got += n;
+        if (p.got >= p.xfer) {
+          this.etherPulls.delete(etherWord(f, H.id));
+          this.sendNotify(peer, p.syncId, p.xfer, MxStatus.SUCCESS);
+          this.complete(
+            p.recv,
+            p.xfer < p.recv.status.msgLength ? MxStatus.TRUNCATED : MxStatus.SUCCESS,
+            p.xfer,
+          );
+        }
+        return;
+      }
+      case EtherType_.Notify:
+        this.onNotify(etherWord(f, H.id), etherWord(f, H.offset), etherWord(f, H.msgSeq));
+        return;
+      case EtherType_.Path:
+        peer.peerSplit = etherWord(f, H.msgSeq) === 1;
+        this.recomputeVia(peer);
+        return;
+      default:
+        this.counters.channelErrors++;
+    }
+  }
+
+  /** An eager fragment: delivered at once if whole, else gathered (a message's frames are consecutive). */
+  private etherEager(peer: MxAddress, f: Uint8Array, n: number): void {
+    const length = etherWord(f, H.length);
+    const off = etherWord(f, H.offset);
+    const seq = etherWord(f, H.msgSeq);
+    const mh = etherWord(f, H.matchHi);
+    const ml = etherWord(f, H.matchLo);
+    const syncId = etherWord(f, H.id);
+    if (off === 0 && n === length) {
+      this.deliverRecord(peer, false, 0, mh, ml, length, syncId, seq, 0, 0, 0, 0, f, PAYLOAD_AT);
+      return;
+    }
+    if (length > 64 * 1024 || off + n > length) {
+      this.counters.channelErrors++;
+      return;
+    }
+    let rx = peer.rxEager;
+    if (off === 0) rx = peer.rxEager = { seq, buf: new Uint8Array(length), got: 0 };
+    if (rx === undefined || rx.seq !== seq || rx.buf.length !== length || rx.got !== off) {
+      this.counters.channelErrors++;
+      peer.rxEager = undefined;
+      return;
+    }
+    rx.buf.set(f.subarray(PAYLOAD_AT, PAYLOAD_AT + n), off);
+    rx.got += n;
+    if (rx.got === length) {
+      peer.rxEager = undefined;
+      this.deliverRecord(peer, false, 0, mh, ml, length, syncId, seq, 0, 0, 0, 0, rx.buf, 0);
+    }
+  }
+
+  /** The owner of (nic, ep) answers a CONNECT: key (or session) checked, and learns who asked. */
+  private answerConnect(f: Uint8Array, srcNic: number, srcEp: number, srcSession: number): void {
+    const resolveSession = etherWord(f, H.dstSession);
+    const status =
+      resolveSession !== 0
+        ? resolveSession === this.session
+          ? MxStatus.SUCCESS
+          : MxStatus.BAD_SESSION
+        : etherWord(f, H.offset) === this.key
+          ? MxStatus.SUCCESS
+          : MxStatus.BAD_KEY;
+    const mac = f.slice(6, 12);
+    const peerSplit = etherWord(f, H.matchHi) === 1;
+    const id = etherWord(f, H.id);
+    if (status === MxStatus.SUCCESS) this.learnEtherPeer(srcNic, srcEp, srcSession, mac, peerSplit);
+    const r = this.etherScratch;
+    initEtherFrame(r, mac, this.hub!.mac, EtherType_.ConnectReply);
+    setEtherWord(r, H.dstNic, srcNic);
+    setEtherWord(r, H.dstEp, srcEp);
+    setEtherWord(r, H.dstSession, srcSession);
+    setEtherWord(r, H.srcNic, this.nicId);
+    setEtherWord(r, H.srcEp, this.endpointId);
+    setEtherWord(r, H.srcSession, this.session);
+    setEtherWord(r, H.id, id);
+    setEtherWord(r, H.msgSeq, status);
+    setEtherWord(r, H.matchHi, this.split ? 1 : 0);
+    this.hub!.send(r);
+  }
+
+  /** After the hub's poll: timers, acks, rendezvous data and backlogs of Ethernet peers. */
+  private afterEtherPoll(): void {
+    if (this.etherPeers.length === 0) return;
+    const now = performance.now();
+    for (let i = this.etherPeers.length - 1; i >= 0; i--) {
+      const p = this.etherPeers[i];
+      if (p.dead) continue;
+      if (!p.eth!.tick(now)) {
+        this.failPeer(p, "the peer stopped acknowledging over Ethernet", MxStatus.ENDPOINT_UNREACHABLE);
+        continue;
+      }
+      if (p.serving !== undefined && p.serving.length > 0) this.serve(p);
+      if (p.backlog.length > 0 && p.via === VIA_ETHER) this.flushBacklog(p);
+    }
+  }
+
+  /** Streams pulled rendezvous data to `peer` as the window allows. */
+  private serve(peer: MxAddress): void {
+    const link = peer.eth!;
+    const jobs = peer.serving!;
+    const max = this.hub!.maxPayload;
+    while (jobs.length > 0 && link.room > 0) {
+      const j = jobs[0];
+      const n = Math.min(max, j.end - j.off);
+      const f = link.reserve(EtherType_.Data, n);
+      setEtherWord(f, H.id, j.pullId);
+      setEtherWord(f, H.offset, j.off);
+      const src = j.req.bounce ?? j.req.buffer;
+      f.set(src.subarray(j.off, j.off + n), PAYLOAD_AT);
+      link.commit();
+      j.off += n;
+      if (j.off >= j.end) jobs.shift();
+    }
+    link.pump(performance.now());
+  }
+
+  /** A send over Ethernet: eager in consecutive frames (all or none), or a rendezvous announcement. */
+  private trySendEther(req: MxRequest): boolean {
+    const dest = req.dest!;
+    const link = dest.eth!;
+    const n = req.buffer.length;
+    const max = this.hub!.maxPayload;
+    const frames = req.rndv ? 1 : Math.max(1, Math.ceil(n / max));
+    if (link.room < frames) return false;
+    if (req.sync || req.rndv) {
+      req.syncId = this.newId();
+      this.waitingSync.set(req.syncId, req);
+    }
+    const seq = dest.sendSeq;
+    dest.sendSeq = (dest.sendSeq + 1) >>> 0;
+    if (req.rndv) {
+      const f = link.reserve(EtherType_.Rndv, 0);
+      this.stampMessage(f, req, seq);
+      link.commit();
+      this.counters.rndv++;
+    } else {
+      for (let off = 0, k = 0; k < frames; k++, off += max) {
+        const len = Math.min(max, n - off);
+        const f = link.reserve(EtherType_.Eager, len);
+        this.stampMessage(f, req, seq);
+        setEtherWord(f, H.offset, off);
+        if (len > 0) f.set(req.buffer.subarray(off, off + len), PAYLOAD_AT);
+        link.commit();
+      }
+      this.counters.eager++;
+    }
+    link.pump(performance.now());
+    this.hub!.flush();
+    if (!req.sync && !req.rndv) this.complete(req, MxStatus.SUCCESS, n);
+    return true;
+  }
+
+  private stampMessage(f: Uint8Array, req: MxRequest, seq: number): void {
+    setEtherWord(f, H.matchHi, req.status.matchHi);
+    setEtherWord(f, H.matchLo, req.status.matchLo);
+    setEtherWord(f, H.length, req.buffer.length);
+    setEtherWord(f, H.msgSeq, seq);
+    setEtherWord(f, H.id, req.syncId);
+  }
+
+  private etherNotify(peer: MxAddress, syncId: number, xfer: number, status: number): void {
+    const link = peer.eth!;
+    // A notify must not be lost: wait for window room (acks come through the hub's poll).
+    while (link.room === 0 && !peer.dead) this.hub!.poll();
+    if (peer.dead) return;
+    const f = link.reserve(EtherType_.Notify, 0);
+    setEtherWord(f, H.id, syncId);
+    setEtherWord(f, H.offset, xfer);
+    setEtherWord(f, H.msgSeq, status);
+    link.commit();
+    link.pump(performance.now());
+    this.hub!.flush();
+  }
+
+  /** The receiver's side of a rendezvous over Ethernet: ask the sender for the bytes. */
+  private etherPull(req: MxRequest, source: MxAddress, syncId: number, xfer: number): void {
+    const link = source.eth;
+    if (link === undefined) {
+      this.complete(req, MxStatus.ENDPOINT_UNREACHABLE, 0);
+      return;
+    }
+    const pullId = this.newId();
+    this.etherPulls.set(pullId, { recv: req, source, syncId, xfer, got: 0 });
+    this.counters.pulls++;
+    while (link.room === 0 && !source.dead) this.hub!.poll();
+    if (source.dead) return;
+    const f = link.reserve(EtherType_.Pull, 0);
+    setEtherWord(f, H.id, syncId);
+    setEtherWord(f, H.offset, pullId);
+    setEtherWord(f, H.length, xfer);
+    link.commit();
+    link.pump(performance.now());
+    this.hub!.flush();
+  }
+
+  /** Where this endpoint's Ethernet frames go out, if it has a network device. */
+  get mac(): string | undefined {
+    return this.hub ? macString(this.hub.mac) : undefined;
   }
 
   // ---- memory ---------------------------------------------------------------------------------
@@ -1199,6 +2347,7 @@ export class MxEndpoint {
     }
     for (const r of this.posted.splice(0)) this.complete(r, MxStatus.ENDPOINT_CLOSED, 0);
     this.closed = true;
+    this.hub?.detach(this.endpointId);
     try {
       this.driver.closeEndpoint(this.endpointId);
     } catch {
@@ -1209,7 +2358,8 @@ export class MxEndpoint {
   /** A nonzero 32-bit id for a sync send or a pull (0 means "none" on the wire). */
   private newId(): number {
     const id = this.nextId;
-    this.nextId = (this.nextId + 1) >>> 0 || 1;
+    // 24 bits: ids travel in a wire record's aux0 (wire.ts); 0 means "none".
+    this.nextId = (this.nextId + 1) & WIRE_ID_MASK || 1;
     return id;
   }
 
@@ -1227,6 +2377,17 @@ export class MxEndpoint {
   connectedPeers(): readonly MxAddress[] {
     return this.peers.filter((p) => !p.dead);
   }
+}
+
+function getWord(b: Uint8Array, o: number): number {
+  return (b[o] | (b[o + 1] << 8) | (b[o + 2] << 16) | (b[o + 3] << 24)) >>> 0;
+}
+
+function putWord(b: Uint8Array, o: number, v: number): void {
+  b[o] = v;
+  b[o + 1] = v >>> 8;
+  b[o + 2] = v >>> 16;
+  b[o + 3] = v >>> 24;
 }
 
 /** Copies `n` bytes; a plain loop for small messages, where TypedArray.set's view costs more than the copy. */

@@ -1,0 +1,401 @@
+/**
+ * MX over Ethernet (the split path's wire, as Open-MX runs MX over plain Ethernet): the frame
+ * format, a per-guest hub that owns the guest's network device (netfront) and hands frames
+ * to endpoints, and the per-peer reliable, ordered frame stream MX needs on top of a lossy
+ * medium — netback drops a frame when the receiver has no buffer posted, as Xen's does.
+ *
+ * Frame = Ethernet II header (dst MAC, src MAC, EtherType 0x86DF) + 64-byte MXoE header of
+ * 16 little-endian u32 words + payload:
+ *
+ *   0  magic 0x4d45 ("ME") << 16 | version << 8 | type (EtherType_)
+ *   1  dst nic     2  dst endpoint   3  dst session (CONNECT: 0, or the session to resolve)
+ *   4  src nic     5  src endpoint   6  src session
+ *   7  frame sequence (sequenced types; 0 otherwise)
+ *   8  cumulative ack: the next frame sequence the sender of this frame expects from us
+ *   9  match hi   10 match lo
+ *   11 message length
+ *   12 message sequence (EAGER, RNDV) | status (NOTIFY, CONNECT_REPLY) | path (PATH)
+ *   13 id: sync id (EAGER, RNDV, NOTIFY, PULL), pull id (DATA), connect id (CONNECT*)
+ *   14 fragment offset (EAGER, DATA) | key (CONNECT) | bytes transferred (NOTIFY) | pull id (PULL)
+ *   15 payload bytes in this frame
+ *
+ * Reliability is go-back-N per peer: sequenced frames wait in a ring of copies until the
+ * peer acknowledges them (piggybacked on any frame, or an ACK after a receive burst); a gap
+ * is dropped and re-acked; after RTO the sender resends from the oldest unacknowledged frame.
+ * Every field of a received frame is hostile input: a bad frame is counted and dropped.
+ */
+
+export const MXOE_ETHERTYPE = 0x86df;
+export const ETH_HEADER_BYTES = 14;
+export const MXOE_HEADER_BYTES = 64;
+export const MXOE_MAGIC = 0x4d45;
+export const MXOE_VERSION = 1;
+export const BROADCAST_MAC = new Uint8Array([0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
+
+export const EtherType_ = {
+  Connect: 1,
+  ConnectReply: 2,
+  Eager: 3,
+  Rndv: 4,
+  Pull: 5,
+  Data: 6,
+  Notify: 7,
+  Ack: 8,
+  Path: 9,
+} as const;
+const MAX_TYPE = EtherType_.Path;
+
+/** Header word indices. */
+export const H = {
+  magic: 0,
+  dstNic: 1,
+  dstEp: 2,
+  dstSession: 3,
+  srcNic: 4,
+  srcEp: 5,
+  srcSession: 6,
+  seq: 7,
+  ack: 8,
+  matchHi: 9,
+  matchLo: 10,
+  length: 11,
+  msgSeq: 12,
+  id: 13,
+  offset: 14,
+  payload: 15,
+} as const;
+
+/** Types that travel in the reliable stream. */
+export function isSequenced(type: number): boolean {
+  return type >= EtherType_.Eager && type !== EtherType_.Ack;
+}
+
+/** Frames a peer may have unacknowledged; then its sends wait (back-pressure). */
+export const TX_WINDOW = 128;
+/** First resend after this long without an ack, doubling up to RTO_MAX_MS. */
+export const RTO_MS = 4;
+export const RTO_MAX_MS = 200;
+/** A peer that acknowledges nothing for this long is unreachable. */
+export const PEER_TIMEOUT_MS = 2000;
+
+/** The device the hub sends and receives through: the guest's netfront (src/netfront/). */
+export interface EtherDevice {
+  readonly mac: Uint8Array;
+  readonly mtu: number;
+  readonly nicId: number;
+  send(frame: Uint8Array): boolean;
+  flush(): void;
+  poll(cb: (frame: Uint8Array) => void, max?: number): number;
+  wait(timeoutMs: number): boolean;
+}
+
+export function word(f: Uint8Array, w: number): number {
+  const o = ETH_HEADER_BYTES + w * 4;
+  return (f[o] | (f[o + 1] << 8) | (f[o + 2] << 16) | (f[o + 3] << 24)) >>> 0;
+}
+
+export function setWord(f: Uint8Array, w: number, v: number): void {
+  const o = ETH_HEADER_BYTES + w * 4;
+  f[o] = v;
+  f[o + 1] = v >>> 8;
+  f[o + 2] = v >>> 16;
+  f[o + 3] = v >>> 24;
+}
+
+export function frameType(f: Uint8Array): number {
+  return word(f, H.magic) & 0xff;
+}
+
+export const PAYLOAD_AT = ETH_HEADER_BYTES + MXOE_HEADER_BYTES;
+
+/** Starts a frame: Ethernet header, magic/type, every other header word 0. */
+export function initEtherFrame(f: Uint8Array, dst: Uint8Array, src: Uint8Array, type: number): void {
+  f.set(dst, 0);
+  f.set(src, 6);
+  f[12] = MXOE_ETHERTYPE >>> 8;
+  f[13] = MXOE_ETHERTYPE & 0xff;
+  f.fill(0, ETH_HEADER_BYTES, PAYLOAD_AT);
+  setWord(f, H.magic, ((MXOE_MAGIC << 16) | (MXOE_VERSION << 8) | type) >>> 0);
+}
+
+/** The frame's MXoE type if its headers are well formed, else -1. */
+export function checkEtherFrame(f: Uint8Array): number {
+  if (f.length < PAYLOAD_AT) return -1;
+  if (((f[12] << 8) | f[13]) !== MXOE_ETHERTYPE) return -1;
+  const m = word(f, H.magic);
+  if (m >>> 16 !== MXOE_MAGIC || ((m >>> 8) & 0xff) !== MXOE_VERSION) return -1;
+  const type = m & 0xff;
+  if (type < 1 || type > MAX_TYPE) return -1;
+  if (PAYLOAD_AT + word(f, H.payload) > f.length) return -1;
+  return type;
+}
+
+export function macString(mac: Uint8Array): string {
+  return Array.from(mac, (b) => b.toString(16).padStart(2, "0")).join(":");
+}
+
+export interface EtherHubCounters {
+  framesTx: number;
+  framesRx: number;
+  /** Frames not for MX (other EtherTypes), malformed, or for no endpoint of ours. */
+  dropped: number;
+  /** Sends the device refused (its ring or buffers full): retried. */
+  deviceFull: number;
+  retransmits: number;
+  acksTx: number;
+  /** Frames that arrived out of order and were dropped for a resend. */
+  gaps: number;
+}
+
+/** What an endpoint gives the hub: its frames, and its share of the hub's work. */
+export interface EtherEndpointHandler {
+  onFrame(frame: Uint8Array, type: number): void;
+  /** The hub's poll is over: send acks owed, pump windows. */
+  afterPoll(): void;
+}
+
+/**
+ * One per guest: the netfront, shared by every endpoint of the guest's MX library. poll()
+ * drains the device and hands each frame to the endpoint it names; CONNECT frames are
+ * broadcast, so they reach every guest on the bridge (and other hosts through the uplink).
+ */
+export class EtherHub {
+  readonly counters: EtherHubCounters = {
+    framesTx: 0,
+    framesRx: 0,
+    dropped: 0,
+    deviceFull: 0,
+    retransmits: 0,
+    acksTx: 0,
+    gaps: 0,
+  };
+  private readonly handlers = new Map<number, EtherEndpointHandler>();
+  private dirty = false;
+  private polling = false;
+  readonly maxPayload: number;
+
+  constructor(readonly device: EtherDevice) {
+    this.maxPayload = device.mtu - MXOE_HEADER_BYTES;
+    if (this.maxPayload < 1024)
+      throw new RangeError(
+        `MX over Ethernet needs an MTU of at least ${1024 + MXOE_HEADER_BYTES}, got ${device.mtu}`,
+      );
+  }
+
+  get mac(): Uint8Array {
+    return this.device.mac;
+  }
+
+  get nicId(): number {
+    return this.device.nicId;
+  }
+
+  attach(endpointId: number, h: EtherEndpointHandler): void {
+    this.handlers.set(endpointId, h);
+  }
+
+  detach(endpointId: number): void {
+    this.handlers.delete(endpointId);
+  }
+
+  /** Sends one frame now; false if the device is full (the caller keeps it and retries). */
+  send(frame: Uint8Array): boolean {
+    if (!this.device.send(frame)) {
+      this.counters.deviceFull++;
+      return false;
+    }
+    this.counters.framesTx++;
+    this.dirty = true;
+    return true;
+  }
+
+  /** Pushes what was sent to netback: one notification per batch. */
+  flush(): void {
+    if (this.dirty) {
+      this.dirty = false;
+      this.device.flush();
+    }
+  }
+
+  /** Receives what arrived, lets every endpoint answer, and flushes. Re-entrant calls do nothing. */
+  poll(): void {
+    if (this.polling) return;
+    this.polling = true;
+    try {
+      this.device.poll(this.onFrame);
+      for (const h of this.handlers.values()) h.afterPoll();
+      this.flush();
+    } finally {
+      this.polling = false;
+    }
+  }
+
+  private readonly onFrame = (f: Uint8Array): void => {
+    this.counters.framesRx++;
+    const type = checkEtherFrame(f);
+    if (type < 0 || word(f, H.dstNic) !== this.device.nicId) {
+      this.counters.dropped++;
+      return;
+    }
+    const h = this.handlers.get(word(f, H.dstEp));
+    if (h === undefined) {
+      // A broadcast CONNECT for an endpoint of another guest: not ours to answer.
+      this.counters.dropped++;
+      return;
+    }
+    h.onFrame(f, type);
+  };
+
+  /** Sleeps until the device has something (or the timeout). */
+  wait(timeoutMs: number): boolean {
+    this.flush();
+    return this.device.wait(timeoutMs);
+  }
+}
+
+/**
+ * The reliable frame stream to one peer: a ring of TX_WINDOW frame copies, go-back-N resends,
+ * cumulative acks. The endpoint builds frames in `reserve()`d slots and `commit()`s them;
+ * `pump()` puts committed frames on the device as it takes them.
+ */
+export class EtherLink {
+  /** The peer's MAC. */
+  readonly mac = new Uint8Array(6);
+  private readonly ring: Uint8Array[] = [];
+  private readonly lengths = new Int32Array(TX_WINDOW);
+  /** Frame sequences: [acked, sent) on the wire, [sent, next) waiting for the device. */
+  private acked = 1;
+  private sent = 1;
+  private next = 1;
+  /** The next sequence we accept from the peer. */
+  rxExpect = 1;
+  ackOwed = false;
+  private rto = RTO_MS;
+  private lastAckProgress = 0;
+  private lastSend = 0;
+  private readonly ackFrame: Uint8Array;
+
+  constructor(
+    private readonly hub: EtherHub,
+    mac: Uint8Array,
+    /** Our address and the peer's, stamped into every frame. */
+    private readonly src: { nic: number; ep: number; session: number },
+    readonly peerNic: number,
+    readonly peerEp: number,
+    public peerSession: number,
+  ) {
+    this.mac.set(mac);
+    this.ackFrame = new Uint8Array(PAYLOAD_AT);
+    this.lastAckProgress = performance.now();
+  }
+
+  /** Sequenced frames the window still has room for. */
+  get room(): number {
+    return TX_WINDOW - (this.next - this.acked);
+  }
+
+  get unacked(): number {
+    return this.next - this.acked;
+  }
+
+  /**
+   * A frame slot of `payload` bytes with its headers started (type, addresses, sequence);
+   * the caller fills the rest and commits. Only when room > 0.
+   */
+  reserve(type: number, payload: number): Uint8Array {
+    const i = this.next % TX_WINDOW;
+    let f = this.ring[i];
+    const size = PAYLOAD_AT + payload;
+    if (f === undefined || f.length < size) {
+      f = new Uint8Array(Math.max(size, PAYLOAD_AT + this.hub.maxPayload));
+      this.ring[i] = f;
+    }
+    this.stamp(f, type);
+    setWord(f, H.seq, this.next);
+    setWord(f, H.payload, payload);
+    this.lengths[i] = size;
+    return f;
+  }
+
+  commit(): void {
+    this.next++;
+  }
+
+  private stamp(f: Uint8Array, type: number): void {
+    initEtherFrame(f, this.mac, this.hub.mac, type);
+    setWord(f, H.dstNic, this.peerNic);
+    setWord(f, H.dstEp, this.peerEp);
+    setWord(f, H.dstSession, this.peerSession);
+    setWord(f, H.srcNic, this.src.nic);
+    setWord(f, H.srcEp, this.src.ep);
+    setWord(f, H.srcSession, this.src.session);
+  }
+
+  /** Puts committed frames on the device (acks piggybacked), as far as it takes them. */
+  pump(now: number): void {
+    while (this.sent < this.next) {
+      const i = this.sent % TX_WINDOW;
+      const f = this.ring[i];
+      setWord(f, H.ack, this.rxExpect);
+      if (!this.hub.send(f.subarray(0, this.lengths[i]))) return;
+      this.sent++;
+      this.ackOwed = false;
+      this.lastSend = now;
+    }
+  }
+
+  /**
+   * An incoming sequenced frame: true if it is the next one (the caller processes it), false
+   * if it is a duplicate or ahead of a gap (dropped; the peer resends).
+   */
+  accept(seq: number): boolean {
+    this.ackOwed = true;
+    if (seq === this.rxExpect) {
+      this.rxExpect++;
+      return true;
+    }
+    if (seq > this.rxExpect) this.hub.counters.gaps++;
+    return false;
+  }
+
+  /** The peer's cumulative ack: frames before `ack` are delivered. */
+  onAck(ack: number, now: number): void {
+    if (ack > this.acked && ack <= this.sent) {
+      this.acked = ack;
+      this.rto = RTO_MS;
+      this.lastAckProgress = now;
+    }
+  }
+
+  /**
+   * Timers, driven by the endpoint's progress: resend from the oldest unacknowledged frame
+   * after RTO; an explicit ACK if we owe one and sent nothing that carried it. Returns false
+   * when the peer has acknowledged nothing for PEER_TIMEOUT_MS (it is unreachable).
+   */
+  tick(now: number): boolean {
+    if (this.acked < this.sent) {
+      if (now - this.lastAckProgress > PEER_TIMEOUT_MS) return false;
+      if (now - this.lastSend > this.rto) {
+        this.hub.counters.retransmits += this.sent - this.acked;
+        this.sent = this.acked;
+        this.rto = Math.min(this.rto * 2, RTO_MAX_MS);
+        this.lastSend = now;
+      }
+    } else {
+      this.lastAckProgress = now;
+    }
+    this.pump(now);
+    if (this.ackOwed) this.sendAck();
+    return true;
+  }
+
+  sendAck(): void {
+    const f = this.ackFrame;
+    this.stamp(f, EtherType_.Ack);
+    setWord(f, H.ack, this.rxExpect);
+    if (this.hub.send(f)) {
+      this.ackOwed = false;
+      this.hub.counters.acksTx++;
+    }
+  }
+}

@@ -1,0 +1,88 @@
+/**
+ * MX records carried by the NIC (SEND descriptors and RECV events, window.ts) — the path to
+ * a peer endpoint on another NIC, across a NIC link. The endpoint (endpoint.ts) speaks the
+ * same records here as on a co-resident channel; only their packing differs, because a SEND
+ * has two protocol words (aux0, aux1) next to the 64-bit match value:
+ *
+ *   aux0 = record type (bits 0..3) | flags (bits 4..7) | id << 8 (a 24-bit sync/pull id)
+ *   EAGER   aux1 = sender sequence, payload = the message
+ *   RNDV    aux1 = sender sequence, payload = 16 bytes: message length, region, key, offset
+ *   NOTIFY  aux1 = MX status, match hi = bytes transferred, no payload
+ *   PING    no payload, nothing to do: its SEND_DONE says whether the peer is still there
+ *
+ * Eager payloads leave from a staging area the endpoint registers once (one copy, as MX's
+ * eager path); a slot is the sender's until the NIC reports the SEND done.
+ */
+import { SEND_MAX } from "../nic/window.js";
+import { type MxDriver, MxDriverError } from "./driver.js";
+
+export const WIRE_TYPE_MASK = 0xf;
+export const WIRE_ID_SHIFT = 8;
+/** Sync and pull ids fit 24 bits on the wire (endpoint.ts hands out ids in 1..2^24-1). */
+export const WIRE_ID_MASK = 0xffffff;
+export const WIRE_RNDV_BYTES = 16;
+
+/** Cookies of SEND descriptors carry this bit (pull cookies are ids below 2^24). */
+export const COOKIE_SEND = 0x80000000;
+/** CONNECT descriptors' cookies. */
+export const COOKIE_CONNECT = 0x40000000;
+
+export const DEFAULT_STAGING_SLOTS = 32;
+
+/** The aux0 word of a wire record. */
+export function wireAux0(type: number, flags: number, id: number): number {
+  return ((type & WIRE_TYPE_MASK) | ((flags & 0xf) << 4) | ((id & WIRE_ID_MASK) << WIRE_ID_SHIFT)) >>> 0;
+}
+
+/**
+ * Fixed slots of SEND_MAX bytes in one registered buffer. Slots are released out of order
+ * (a local delivery may complete before an earlier one over a link), so they are kept on a
+ * free stack rather than as a ring.
+ */
+export class WireStaging {
+  readonly bytes: Uint8Array;
+  readonly regionId: number;
+  private readonly free: number[] = [];
+  /** The request (or other owner) of each slot in flight. */
+  readonly owner: unknown[];
+
+  constructor(
+    driver: MxDriver,
+    endpointId: number,
+    readonly slots: number = DEFAULT_STAGING_SLOTS,
+    access = 1 /* Access.LocalRead */,
+  ) {
+    this.bytes = driver.allocBuffer(slots * SEND_MAX);
+    try {
+      this.regionId = driver.registerRegion(endpointId, this.bytes, access).regionId;
+    } catch (e) {
+      driver.freeBuffer(this.bytes);
+      throw e instanceof MxDriverError ? e : new MxDriverError("MX_NO_RESOURCES", (e as Error).message);
+    }
+    this.owner = new Array(slots).fill(undefined);
+    for (let i = slots - 1; i >= 0; i--) this.free.push(i);
+  }
+
+  /** A free slot, or -1 when all are in flight. */
+  take(owner: unknown): number {
+    const s = this.free.pop();
+    if (s === undefined) return -1;
+    this.owner[s] = owner;
+    return s;
+  }
+
+  release(slot: number): unknown {
+    const o = this.owner[slot];
+    this.owner[slot] = undefined;
+    this.free.push(slot);
+    return o;
+  }
+
+  get inFlight(): number {
+    return this.slots - this.free.length;
+  }
+
+  offsetOf(slot: number): number {
+    return slot * SEND_MAX;
+  }
+}
