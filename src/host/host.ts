@@ -1,12 +1,13 @@
 /**
- * One machine: the hypervisor, the NIC, and domain 0 running the driver domain (myrback and
- * the native service). The host is also the toolstack: it creates each guest's myri device in
- * XenStore (and removes it when the guest goes), writes the guest's memory/target, and hands
- * each native process its link to the native service.
+ * One machine: the hypervisor, the NIC, and domain 0 running the driver domain (myrback, the
+ * native service, netback and its bridge). The host is also the toolstack: it creates each
+ * guest's devices in XenStore — a myri device (the fast path, unless policy disables it) and
+ * a vif with its MAC (the split path) — and removes them when the guest goes, writes the
+ * guest's memory/target, and hands each native process its link to the native service.
  *
  * What the host can see of the driver domain without asking it: the request counters in the
- * stats page (backendStats), read straight from shared memory — how tests prove the data
- * path never reaches the backend.
+ * stats pages (backendStats for myrback, netStats for netback and the bridge), read straight
+ * from shared memory — how tests prove which path the data took.
  */
 import { MessageChannel, type MessagePort, type TransferListItem } from "node:worker_threads";
 import { type BackendStats, readBackendStats, STATS_BYTES } from "../myrixen/back.js";
@@ -18,6 +19,8 @@ import {
   MEMORY_TARGET_KEY,
   MYRI_DEVICE_TYPE,
 } from "../myrixen/protocol.js";
+import { NET_STATS_BYTES, type NetStats, readNetStats } from "../netback/stats.js";
+import { NetifKey, VIF_DEVICE_TYPE, vifMac } from "../netfront/netif.js";
 import type { NicInfo } from "../nic/control.js";
 import { NicDevice } from "../nic/device.js";
 import type { DomId } from "../xen/abi.js";
@@ -39,6 +42,8 @@ export interface HostOptions {
   regionsPerDomain?: number;
   /** Print the driver domain's log lines to stderr (also when MYRIXEN_LOG=1 is set). */
   verbose?: boolean;
+  /** The bridge forgets a MAC not seen for this long (ms; default 300 000, as Linux's bridge). */
+  bridgeAgeingMs?: number;
 }
 
 export interface DomainSpec {
@@ -53,6 +58,12 @@ export interface DomainSpec {
   transfer?: TransferListItem[];
   /** "pipe": stdout/stderr arrive as `domain.worker.stdout`/`.stderr` (a launcher prefixes them). */
   output?: "inherit" | "pipe";
+  /**
+   * Whether the guest gets the fast path (a myri device; default true). false = disabled by
+   * policy: no myri device, so MyriFront.connect fails with its usual MX_NO_DEV error and the
+   * guest talks over its vif only. Guests always get a vif.
+   */
+  fastPath?: boolean;
 }
 
 export interface LogLine {
@@ -83,6 +94,7 @@ export class Host {
     readonly dom0: Domain,
     private readonly link: MessagePort,
     private readonly stats: SharedArrayBuffer,
+    private readonly netStatsBuffer: SharedArrayBuffer,
     readonly nicId: number,
   ) {
     link.on("message", (m: DriverToHost) => this.onDriverMessage(m));
@@ -114,12 +126,14 @@ export class Host {
       1,
       65536,
     );
+    const bridgeAgeingMs = int("bridgeAgeingMs", opts.bridgeAgeingMs, 300_000, 1, 2 ** 31);
     const hv = new Hypervisor();
     const nic = await NicDevice.start({ nicId, maxEndpoints });
     try {
       const ep = nic.driverEndpoint();
       const { port1: link, port2 } = new MessageChannel();
       const stats = new SharedArrayBuffer(STATS_BYTES);
+      const netStats = new SharedArrayBuffer(NET_STATS_BYTES);
       const early: LogLine[] = [];
       const ready = new Promise<void>((resolve) => {
         const onMsg = (m: DriverToHost) => {
@@ -135,6 +149,8 @@ export class Host {
         nic: ep,
         hostLink: port2,
         stats,
+        netStats,
+        bridgeAgeingMs,
         endpointsPerDomain,
         registeredBytesPerDomain,
         regionsPerDomain,
@@ -143,7 +159,8 @@ export class Host {
         module: DRIVER_DOMAIN_PROGRAM,
         name: "Domain-0",
         privileged: true,
-        pages: 256,
+        // 256 pages for the driver domain itself, 192 for netback's staging area (64 jumbo frames).
+        pages: 512,
         // Every endpoint window and channel becomes dom0 frames granted to guests.
         maxSharedPages: 1 << 20,
         grantEntries: 1 << 16,
@@ -155,7 +172,7 @@ export class Host {
       });
       await Promise.race([ready, exit]);
       void exit.catch(() => undefined);
-      const host = new Host(hv, nic, dom0, link, stats, nicId);
+      const host = new Host(hv, nic, dom0, link, stats, netStats, nicId);
       host.log.push(...early);
       host.verbose = opts.verbose ?? process.env.MYRIXEN_LOG === "1";
       if (host.verbose) for (const l of early) process.stderr.write(`[dom0] ${l.message}\n`);
@@ -201,10 +218,16 @@ export class Host {
   }
 
   /**
-   * Starts a guest VM and, as the toolstack, gives it a myri device served by domain 0
-   * (its program connects with openDriver / MyriFront.connect).
+   * Starts a guest VM and, as the toolstack, gives it devices served by domain 0: a myri
+   * device (unless spec.fastPath is false; its program connects with openDriver /
+   * MyriFront.connect) and a vif, devid 0, MAC 00:16:3e:<nicId & 0xff>:<domid, 16 bits>
+   * (Netfront.connect). Both backends are ready before the guest connects; the guest-side
+   * handshakes run only when its program asks.
    */
   async startGuest(spec: DomainSpec): Promise<Domain> {
+    if (spec?.fastPath !== undefined && typeof spec.fastPath !== "boolean")
+      throw new TypeError(`startGuest: fastPath must be true or false, got ${JSON.stringify(spec.fastPath)}`);
+    const fastPath = spec.fastPath !== false;
     const dom = await this.hypervisor.createDomain({
       module: spec.module,
       name: spec.name,
@@ -217,6 +240,7 @@ export class Host {
     const ts = this.hypervisor.toolstack;
     const d = dom.domid;
     const device = { type: MYRI_DEVICE_TYPE, frontDom: d, backDom: 0, devid: 0 };
+    const vif = { type: VIF_DEVICE_TYPE, frontDom: d, backDom: 0, devid: 0 };
     try {
       // Like xl's memory/target: the guest may read it, not change it; myrback caps its
       // registrations at it.
@@ -227,12 +251,24 @@ export class Host {
           { dom: 0, access: "n" },
           { dom: d, access: "r" },
         ]);
-      await createDevice(ts, device);
+      // The myri device first: the MX library reads "a vif and no myri device" as the policy
+      // having disabled the fast path, so the vif must never appear before it.
+      if (fastPath) await createDevice(ts, device);
+      const { frontPath, backPath } = await createDevice(ts, vif);
+      // Like xl: the MAC goes into both directories; netback serves the vif once it is there.
+      const mac = vifMac(this.nicId, d);
+      await ts.transaction(async (tx) => {
+        await tx.write(`${frontPath}/${NetifKey.mac}`, mac);
+        await tx.write(`${backPath}/${NetifKey.mac}`, mac);
+      });
     } catch (e) {
       if (dom.state === "running" || dom.state === "booting") throw e;
     }
-    // The toolstack removes the device when the domain goes; myrback sees it vanish.
-    void dom.exited.then(() => destroyDevice(ts, device).catch(() => undefined));
+    // The toolstack removes the devices when the domain goes; the backends see them vanish.
+    void dom.exited.then(async () => {
+      if (fastPath) await destroyDevice(ts, device).catch(() => undefined);
+      await destroyDevice(ts, vif).catch(() => undefined);
+    });
     return dom;
   }
 
@@ -260,6 +296,16 @@ export class Host {
   /** myrback's and the native service's counters, read from shared memory now. */
   backendStats(): BackendStats {
     return readBackendStats(this.stats);
+  }
+
+  /**
+   * netback's and the bridge's counters, read from shared memory now: per vif and in total
+   * (TX/RX requests, frames, bytes, grant copies and their bytes, notifications sent and
+   * received, frames bridged, errors, drops) and the bridge's (lookups, hits, floods,
+   * learned, aged, drops), plus the uplink's.
+   */
+  netStats(): NetStats {
+    return readNetStats(this.netStatsBuffer);
   }
 
   /** The NIC's view (open endpoints, regions, links), asked through the driver domain. */

@@ -6,6 +6,9 @@
  *   - the native service: processes of the driver domain's OS (Host.startNative), over
  *     synchronous calls. They get SharedArrayBuffers directly: no grants inside one OS.
  *
+ * and the split path's netback with its bridge (src/netback/): guests' vifs, bridged to each
+ * other and, through the NIC's Ethernet port, to the wire.
+ *
  * Both share one registry (MyriCore), so quotas, keys and channel rules are the same. The
  * host talks to this domain over `hostLink` (attach a native process, NIC info, log lines);
  * the request counters live in a stats page the host passed in and reads at any time.
@@ -14,6 +17,9 @@
  * The only synchronous calls go to the NIC thread, which answers in microseconds.
  */
 import type { MessagePort } from "node:worker_threads";
+import { Netback } from "../netback/netback.js";
+import { NET_STATS_BYTES } from "../netback/stats.js";
+import { openUplink } from "../netback/uplink.js";
 import type { NicControlRequest, NicDriverEndpoint, NicInfo } from "../nic/control.js";
 import type { DomId } from "../xen/abi.js";
 import type { Guest } from "../xen/guest/guest.js";
@@ -38,6 +44,10 @@ export interface DriverDomainArgs {
   hostLink: MessagePort;
   /** STATS_BYTES, written here, read by the host (back.ts Stat). */
   stats: SharedArrayBuffer;
+  /** NET_STATS_BYTES for netback and the bridge (netback/stats.ts); without it netback does not run. */
+  netStats?: SharedArrayBuffer;
+  /** The bridge's MAC ageing time (ms). */
+  bridgeAgeingMs?: number;
   endpointsPerDomain?: number;
   registeredBytesPerDomain?: number;
   regionsPerDomain?: number;
@@ -240,6 +250,13 @@ function checkArgs(a: unknown): DriverDomainArgs {
   if (!args.hostLink) throw new TypeError("driver domain: args.hostLink must be a MessagePort (transferred)");
   if (!(args.stats instanceof SharedArrayBuffer) || args.stats.byteLength < STATS_BYTES)
     throw new TypeError(`driver domain: args.stats must be a SharedArrayBuffer of ${STATS_BYTES} bytes`);
+  if (
+    args.netStats !== undefined &&
+    (!(args.netStats instanceof SharedArrayBuffer) || args.netStats.byteLength < NET_STATS_BYTES)
+  )
+    throw new TypeError(
+      `driver domain: args.netStats must be a SharedArrayBuffer of ${NET_STATS_BYTES} bytes`,
+    );
   return args as DriverDomainArgs;
 }
 
@@ -263,6 +280,21 @@ export default async function main(guest: Guest): Promise<{ stopped: true }> {
   const back = new MyriBack(guest, core);
   const native = new NativeService(core, log);
   await back.start();
+  let netback: Netback | undefined;
+  if (args.netStats) {
+    const uplink = openUplink(nic);
+    if (uplink.error !== undefined)
+      log(`netback: no Ethernet uplink (${uplink.error}); the bridge connects this host's guests only`);
+    netback = new Netback({
+      guest,
+      stats: args.netStats,
+      nicId: core.nicId,
+      log,
+      uplink: uplink.port,
+      ageingMs: args.bridgeAgeingMs,
+    });
+    await netback.start();
+  }
   // Native processes have no xenbus device: their XenStore home vanishing is how we learn they died.
   const unwatchRelease = await guest.xenstore.watch("@releaseDomain", () => {
     void (async () => {
@@ -294,6 +326,7 @@ export default async function main(guest: Guest): Promise<{ stopped: true }> {
   await stopped;
   await unwatchRelease().catch(() => undefined);
   await back.stop();
+  await netback?.stop();
   for (const d of native.attached()) native.gone(d);
   core.keeper.stop();
   link.close();

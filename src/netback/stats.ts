@@ -1,0 +1,170 @@
+/**
+ * The split path's counters page: netback and the bridge write it in the driver domain, the
+ * host reads it straight from shared memory (Host.netStats) without asking dom0 — how tests
+ * prove batching (notifications ≪ frames), grant copies per frame, and who refused what.
+ *
+ * Float64 words (byte counts outgrow 32 bits), one writer (dom0's thread), plain stores. The
+ * first block holds totals and the bridge's counters; then one block per vif. Per-vif counter
+ * indexes are the same in a vif block and in the totals block, so one add updates both.
+ */
+
+export const STAT_BLOCK_WORDS = 32;
+export const MAX_VIF_STATS = 128;
+export const NET_STATS_BYTES = (1 + MAX_VIF_STATS) * STAT_BLOCK_WORDS * 8;
+
+/** Word indexes in the totals block only. */
+export const G = {
+  passes: 0,
+  /** Grant-copy batches (one GNTTABOP_copy call each). */
+  grantCopyCalls: 1,
+  vifsConnected: 2,
+  uplinkPresent: 3,
+  uplinkTx: 20,
+  uplinkRx: 21,
+  uplinkDrops: 22,
+  uplinkBad: 23,
+  lookups: 24,
+  hits: 25,
+  floods: 26,
+  learned: 27,
+  aged: 28,
+  bridgeDrops: 29,
+  macEntries: 30,
+  bridgePorts: 31,
+} as const;
+
+/** Word indexes in a vif block; 4..19 are also the totals' indexes. */
+export const V = {
+  used: 0,
+  domid: 1,
+  devid: 2,
+  connected: 3,
+  txRequests: 4,
+  rxRequests: 5,
+  txFrames: 6,
+  rxFrames: 7,
+  txBytes: 8,
+  rxBytes: 9,
+  txErrors: 10,
+  rxErrors: 11,
+  /** Frames for this vif dropped because it had no rx buffer posted. */
+  rxDropped: 12,
+  grantCopies: 13,
+  grantCopyBytes: 14,
+  notificationsSent: 15,
+  notificationsReceived: 16,
+  /** Frames from this vif the bridge sent out of at least one port. */
+  framesBridged: 17,
+  disconnects: 18,
+  grantCopyErrors: 19,
+} as const;
+
+export interface VifCounters {
+  txRequests: number;
+  rxRequests: number;
+  txFrames: number;
+  rxFrames: number;
+  txBytes: number;
+  rxBytes: number;
+  txErrors: number;
+  rxErrors: number;
+  rxDropped: number;
+  grantCopies: number;
+  grantCopyBytes: number;
+  grantCopyErrors: number;
+  notificationsSent: number;
+  notificationsReceived: number;
+  framesBridged: number;
+  disconnects: number;
+}
+
+export interface VifStats extends VifCounters {
+  domid: number;
+  devid: number;
+  connected: boolean;
+}
+
+export interface BridgeStats {
+  lookups: number;
+  hits: number;
+  floods: number;
+  learned: number;
+  aged: number;
+  drops: number;
+  /** MAC table entries now. */
+  entries: number;
+  /** Ports now (vifs + uplink). */
+  ports: number;
+}
+
+export interface NetStats {
+  /** Every vif netback has served (connected now or not). */
+  vifs: VifStats[];
+  totals: VifCounters & { passes: number; grantCopyCalls: number; vifsConnected: number };
+  bridge: BridgeStats;
+  uplink: { present: boolean; txFrames: number; rxFrames: number; drops: number; bad: number };
+}
+
+function vifCounters(w: Float64Array, base: number): VifCounters {
+  return {
+    txRequests: w[base + V.txRequests],
+    rxRequests: w[base + V.rxRequests],
+    txFrames: w[base + V.txFrames],
+    rxFrames: w[base + V.rxFrames],
+    txBytes: w[base + V.txBytes],
+    rxBytes: w[base + V.rxBytes],
+    txErrors: w[base + V.txErrors],
+    rxErrors: w[base + V.rxErrors],
+    rxDropped: w[base + V.rxDropped],
+    grantCopies: w[base + V.grantCopies],
+    grantCopyBytes: w[base + V.grantCopyBytes],
+    grantCopyErrors: w[base + V.grantCopyErrors],
+    notificationsSent: w[base + V.notificationsSent],
+    notificationsReceived: w[base + V.notificationsReceived],
+    framesBridged: w[base + V.framesBridged],
+    disconnects: w[base + V.disconnects],
+  };
+}
+
+/** A snapshot of the page (the host's side). */
+export function readNetStats(buffer: SharedArrayBuffer): NetStats {
+  const w = new Float64Array(buffer);
+  const vifs: VifStats[] = [];
+  for (let i = 0; i < MAX_VIF_STATS; i++) {
+    const base = (1 + i) * STAT_BLOCK_WORDS;
+    if (w[base + V.used] !== 1) continue;
+    vifs.push({
+      domid: w[base + V.domid],
+      devid: w[base + V.devid],
+      connected: w[base + V.connected] === 1,
+      ...vifCounters(w, base),
+    });
+  }
+  vifs.sort((a, b) => a.domid - b.domid || a.devid - b.devid);
+  return {
+    vifs,
+    totals: {
+      ...vifCounters(w, 0),
+      passes: w[G.passes],
+      grantCopyCalls: w[G.grantCopyCalls],
+      vifsConnected: w[G.vifsConnected],
+    },
+    bridge: {
+      lookups: w[G.lookups],
+      hits: w[G.hits],
+      floods: w[G.floods],
+      learned: w[G.learned],
+      aged: w[G.aged],
+      drops: w[G.bridgeDrops],
+      entries: w[G.macEntries],
+      ports: w[G.bridgePorts],
+    },
+    uplink: {
+      present: w[G.uplinkPresent] === 1,
+      txFrames: w[G.uplinkTx],
+      rxFrames: w[G.uplinkRx],
+      drops: w[G.uplinkDrops],
+      bad: w[G.uplinkBad],
+    },
+  };
+}

@@ -1,0 +1,746 @@
+/**
+ * netfront: a guest's half of the classic Xen split network driver — the slow path the MX
+ * library falls back to when no fast path is available (or policy disables it).
+ *
+ * Synchronous, like MyriFront, because mx_init is: `Netfront.connect` walks the xenbus
+ * handshake with synchronous XenStore requests, and `wait` blocks on the event channel (spin
+ * briefly, then sleep). Set-up grants the backend two ring pages and a pool of buffer pages
+ * once (persistent grants: no grant operation per frame); after that:
+ *
+ *   send   copies a frame into free TX buffer page(s) and queues one request per page
+ *          (NETTXF_more_data on all but the last; the first slot's size is the whole frame);
+ *   flush  publishes the queued requests and notifies netback only if its req_event asks
+ *          (RING_PUSH_REQUESTS_AND_CHECK_NOTIFY): send many, flush once, one notification;
+ *   poll   reclaims TX buffers, hands received frames to the callback (reassembled when they
+ *          span several RX buffers), reposts RX buffers in batches; never blocks;
+ *   wait   sets the response event index with a final check (no lost wake-up) and sleeps.
+ *
+ * Responses come from another domain: ids, offsets and sizes are checked before use.
+ */
+
+import { DOMID_MAX, PAGE_SIZE, XenbusState, xenbusStateName } from "../xen/abi.js";
+import type { EventChannelPort } from "../xen/event-channel.js";
+import type { Guest } from "../xen/guest/guest.js";
+import type { PageRun } from "../xen/memory.js";
+import { FrontRing, initSharedRing } from "../xen/ring.js";
+import { DEFAULT_XENBUS_TIMEOUT_MS, frontendPath, parseXenbusState } from "../xen/xenbus.js";
+import { XenStoreError, type XenStoreRequest } from "../xen/xenstore.js";
+import {
+  ETH_HLEN,
+  MAX_FRAME,
+  NETIF_MTU,
+  NETIF_RSP_NULL,
+  NETRXF_more_data,
+  NETTXF_more_data,
+  NetifKey,
+  parseMac,
+  RX_REQ_BYTES,
+  RX_RING_SIZE,
+  RX_RSP_BYTES,
+  RX_RSP_FLAGS,
+  RX_RSP_ID,
+  RX_RSP_OFFSET,
+  RX_RSP_STATUS,
+  TX_REQ_BYTES,
+  TX_REQ_FLAGS,
+  TX_REQ_GREF,
+  TX_REQ_ID,
+  TX_REQ_OFFSET,
+  TX_REQ_SIZE,
+  TX_RING_SIZE,
+  TX_RSP_BYTES,
+  TX_RSP_ID,
+  TX_RSP_STATUS,
+  VIF_DEVICE_TYPE,
+  writeRxRequest,
+} from "./netif.js";
+
+export interface NetfrontOptions {
+  /** Device index under device/vif (default 0). */
+  devid?: number;
+  /** How long to wait for the device directory and for each handshake step (ms). */
+  timeoutMs?: number;
+  /** TX buffer pages (one per in-flight slot; default guest pages / 8, 16..256). */
+  txBuffers?: number;
+  /** RX buffer pages posted to netback (default guest pages / 4, 16..256). */
+  rxBuffers?: number;
+  /** Repost RX buffers once this many are free (default rxBuffers / 4). */
+  rxRefillBatch?: number;
+  /** Spin budget of `wait` (µs) before sleeping on the event channel. */
+  spinUs?: number;
+}
+
+export interface NetfrontCounters {
+  txFrames: number;
+  txBytes: number;
+  rxFrames: number;
+  rxBytes: number;
+  /** send() calls refused for want of ring slots or TX buffers. */
+  txFull: number;
+  /** TX slots netback answered with an error (or dropped). */
+  txErrors: number;
+  /** Received frames thrown away: an error slot, or a response that makes no sense. */
+  rxErrors: number;
+  /** Event-channel notifications sent to netback (flushes and refills that it asked for). */
+  notificationsSent: number;
+  /** Waits that ended with an event from netback. */
+  eventsReceived: number;
+  /** RX refill batches pushed. */
+  rxRefills: number;
+  /** RX buffers posted in all. */
+  rxBuffersPosted: number;
+  /** Waits (wait + waitAsync). */
+  waits: number;
+}
+
+export class NetfrontError extends Error {
+  override readonly name = "NetfrontError";
+}
+
+const LIVE_STATES: readonly XenbusState[] = [
+  XenbusState.Initialising,
+  XenbusState.InitWait,
+  XenbusState.Initialised,
+  XenbusState.Connected,
+];
+const CLOSED_STATES: readonly XenbusState[] = [XenbusState.Closing, XenbusState.Closed];
+const BACKEND_BOOKKEEPING = new Set(["state", "frontend", "frontend-id", "online"]);
+const PAGES_PER_FRAME = Math.ceil(MAX_FRAME / PAGE_SIZE);
+
+function clampInt(name: string, v: number | undefined, def: number, min: number, max: number): number {
+  if (v === undefined) return Math.min(max, Math.max(min, def));
+  if (!Number.isInteger(v) || v < min || v > max)
+    throw new NetfrontError(
+      `Netfront.connect: ${name} must be an integer in ${min}..${max}, got ${String(v)}`,
+    );
+  return v;
+}
+
+export class Netfront {
+  /** The vif's MAC (from the backend's `mac` key). */
+  readonly mac: Uint8Array;
+  /** The largest payload after the Ethernet header this vif carries. */
+  readonly mtu: number;
+  /** The host's NIC id (`mx-nic-id`), so the MX library can address endpoints. */
+  readonly nicId: number;
+  /** What the backend advertised. */
+  readonly features: Readonly<Record<string, string>>;
+  readonly counters: NetfrontCounters = {
+    txFrames: 0,
+    txBytes: 0,
+    rxFrames: 0,
+    rxBytes: 0,
+    txFull: 0,
+    txErrors: 0,
+    rxErrors: 0,
+    notificationsSent: 0,
+    eventsReceived: 0,
+    rxRefills: 0,
+    rxBuffersPosted: 0,
+    waits: 0,
+  };
+
+  private readonly maxFrame: number;
+  private readonly tx: FrontRing;
+  private readonly rx: FrontRing;
+  private readonly port: EventChannelPort;
+  // TX buffers: page i of txRun, grant txGref[i]; its index is the request id.
+  private readonly txPage: Uint8Array;
+  private readonly txFree: Uint16Array;
+  private txFreeCount: number;
+  private readonly txBusy: Uint8Array;
+  /** A send was refused: ask for a TX completion event when waiting. */
+  private txBlocked = false;
+  // RX buffers: page i of rxRun, grant rxGref[i]; its index is the request id.
+  private readonly rxPage: Uint8Array;
+  private readonly rxFree: Uint16Array;
+  private rxFreeCount: number;
+  private readonly rxPosted: Uint8Array;
+  private readonly rxBatch: number;
+  /** One cached view per RX buffer, reused while frame lengths repeat. */
+  private readonly rxViews: Uint8Array[] = [];
+  // Reassembly of a frame over several RX buffers (may continue across polls).
+  private readonly reasm: Uint8Array;
+  private reasmView: Uint8Array;
+  private reasmLen = 0;
+  private inFrame = false;
+  private frameBad = false;
+  private dead: string | undefined;
+  private closed = false;
+
+  private constructor(
+    private readonly guest: Guest,
+    private readonly xs: SyncXenbus,
+    /** device/vif/<devid> and the backend's directory. */
+    readonly frontPath: string,
+    readonly backPath: string,
+    /** The backend's domain. */
+    readonly backendId: number,
+    private readonly pages: {
+      rings: PageRun;
+      tx: PageRun;
+      rx: PageRun;
+      grants: number[];
+    },
+    private readonly txGref: Uint32Array,
+    private readonly rxGref: Uint32Array,
+    private readonly portNo: number,
+    features: Record<string, string>,
+    info: { mac: Uint8Array; mtu: number; nicId: number },
+    rxBatch: number,
+    private readonly spinUs: number | undefined,
+  ) {
+    this.features = features;
+    this.mac = info.mac;
+    this.mtu = info.mtu;
+    this.nicId = info.nicId;
+    this.maxFrame = info.mtu + ETH_HLEN;
+    const ringBytes = pages.rings.bytes;
+    this.tx = new FrontRing(ringBytes.subarray(0, PAGE_SIZE), TX_REQ_BYTES, TX_RSP_BYTES);
+    this.rx = new FrontRing(ringBytes.subarray(PAGE_SIZE, 2 * PAGE_SIZE), RX_REQ_BYTES, RX_RSP_BYTES);
+    this.txPage = pages.tx.bytes;
+    const nTx = txGref.length;
+    this.txFree = new Uint16Array(nTx);
+    for (let i = 0; i < nTx; i++) this.txFree[i] = nTx - 1 - i;
+    this.txFreeCount = nTx;
+    this.txBusy = new Uint8Array(nTx);
+    this.rxPage = pages.rx.bytes;
+    const nRx = rxGref.length;
+    this.rxFree = new Uint16Array(nRx);
+    this.rxFreeCount = 0;
+    this.rxPosted = new Uint8Array(nRx);
+    for (let i = 0; i < nRx; i++) {
+      this.rxViews.push(this.rxPage.subarray(i * PAGE_SIZE, i * PAGE_SIZE));
+      this.rxPosted[i] = 1;
+    }
+    this.rxBatch = rxBatch;
+    this.reasm = new Uint8Array(PAGES_PER_FRAME * PAGE_SIZE);
+    this.reasmView = this.reasm.subarray(0, 0);
+    this.port = guest.evtchn.port(portNo);
+    // Masked between waits: netback's notifications kick only while we really sleep.
+    this.port.mask();
+  }
+
+  /**
+   * Connects to the vif the toolstack gave this guest (Host.startGuest creates device/vif/0).
+   * Synchronous: the xenbus steps use synchronous XenStore requests and poll the peer's state.
+   */
+  static connect(guest: Guest, opts: NetfrontOptions = {}): Netfront {
+    if (guest.native)
+      throw new NetfrontError(
+        "a native process has no vif device: it is not a VM (start a guest with Host.startGuest)",
+      );
+    const devid = opts.devid ?? 0;
+    const timeoutMs = opts.timeoutMs ?? DEFAULT_XENBUS_TIMEOUT_MS;
+    const guestPages = guest.memory.nrPages;
+    const nTx = clampInt("txBuffers", opts.txBuffers, guestPages >> 3, 16, TX_RING_SIZE);
+    const nRx = clampInt("rxBuffers", opts.rxBuffers, guestPages >> 2, 16, RX_RING_SIZE);
+    const rxBatch = clampInt("rxRefillBatch", opts.rxRefillBatch, nRx >> 2, 1, nRx);
+    const xs = new SyncXenbus(guest, timeoutMs);
+    const path = frontendPath(guest.domid, VIF_DEVICE_TYPE, devid);
+    // A device this guest closed before is re-initialised, as Xen frontends do; netback
+    // then starts over from InitWait.
+    const current = parseXenbusState(xs.tryRead(`${path}/state`));
+    if (current === XenbusState.Initialised || current === XenbusState.Connected)
+      throw new NetfrontError(
+        `${path} is already ${xenbusStateName(current)}: one Netfront per device; close() the other first`,
+      );
+    const reopening = current === XenbusState.Closed;
+    try {
+      if (reopening) xs.switchState(path, XenbusState.Initialising);
+      xs.waitState(path, LIVE_STATES, CLOSED_STATES, "vif device");
+    } catch (e) {
+      throw new NetfrontError(
+        `domain ${guest.domid} has no usable vif device ${devid} (${(e as Error).message}); ` +
+          "start the guest with Host.startGuest, whose toolstack creates device/vif/0",
+      );
+    }
+    const backPath = xs.tryRead(`${path}/backend`);
+    const backIdText = xs.tryRead(`${path}/backend-id`);
+    if (backPath === undefined || backIdText === undefined || !/^\d+$/.test(backIdText))
+      throw new NetfrontError(
+        `${path} names no backend (backend, backend-id); the toolstack must create the device`,
+      );
+    const backId = Number(backIdText);
+    if (backId > DOMID_MAX) throw new NetfrontError(`${path}/backend-id ${backId} is not a domain id`);
+
+    const need = 2 + nTx + nRx;
+    if (guest.memory.allocator.freePages < need)
+      throw new NetfrontError(
+        `the vif needs ${need} pages (2 rings, ${nTx} tx and ${nRx} rx buffers) but domain ${guest.domid} has ` +
+          `${guest.memory.allocator.freePages} free; give the guest more pages or pass smaller txBuffers/rxBuffers`,
+      );
+    const rings = guest.memory.allocPages(2);
+    const txRun = guest.memory.allocPages(nTx);
+    const rxRun = guest.memory.allocPages(nRx);
+    initSharedRing(rings.bytes.subarray(0, PAGE_SIZE));
+    initSharedRing(rings.bytes.subarray(PAGE_SIZE, 2 * PAGE_SIZE));
+    const grants: number[] = [];
+    let portNo: number | undefined;
+    const free = () => {
+      if (portNo !== undefined) {
+        try {
+          guest.evtchn.close(portNo);
+        } catch {
+          // already closed
+        }
+      }
+      const left = endGrants(guest, grants);
+      if (left === 0) for (const run of [rings, txRun, rxRun]) guest.memory.freePages(run);
+    };
+    const features: Record<string, string> = {};
+    let info: { mac: Uint8Array; mtu: number; nicId: number };
+    const txGref = new Uint32Array(nTx);
+    const rxGref = new Uint32Array(nRx);
+    try {
+      // While re-initialising, the backend may still be finishing its own Closed.
+      xs.waitState(backPath, [XenbusState.InitWait], reopening ? [] : CLOSED_STATES, "vif backend");
+      for (const name of xs.directory(backPath)) {
+        if (BACKEND_BOOKKEEPING.has(name)) continue;
+        const v = xs.tryRead(`${backPath}/${name}`);
+        if (v !== undefined) features[name] = v;
+      }
+      if (features[NetifKey.featureRxCopy] !== "1")
+        throw new Error("the backend does not offer feature-rx-copy=1 (this frontend never flips pages)");
+      const mac = parseMac(features[NetifKey.mac]);
+      if (!mac) throw new Error(`the backend's mac ${JSON.stringify(features[NetifKey.mac])} is not a MAC`);
+      const nicIdText = features[NetifKey.mxNicId] ?? "";
+      if (!/^\d+$/.test(nicIdText)) throw new Error("the backend did not advertise mx-nic-id");
+      const mtuText = features[NetifKey.mtu];
+      let mtu = mtuText !== undefined && /^\d+$/.test(mtuText) ? Number(mtuText) : 1500;
+      mtu = Math.min(mtu, NETIF_MTU);
+      // Without scatter-gather a frame must fit one page.
+      if (features[NetifKey.featureSg] !== "1") mtu = Math.min(mtu, PAGE_SIZE - ETH_HLEN);
+      if (mtu < 68) throw new Error(`the backend's mtu ${mtuText} is below the minimum of 68`);
+      info = { mac, mtu, nicId: Number(nicIdText) };
+
+      const g = guest.grants;
+      const txRingRef = g.grantAccess(backId, rings.pfn);
+      grants.push(txRingRef);
+      const rxRingRef = g.grantAccess(backId, rings.pfn + 1);
+      grants.push(rxRingRef);
+      // TX buffers only need reading by the backend; RX buffers are written by its copies.
+      for (let i = 0; i < nTx; i++)
+        grants.push((txGref[i] = g.grantAccess(backId, txRun.pfn + i, { readonly: true })));
+      for (let i = 0; i < nRx; i++) grants.push((rxGref[i] = g.grantAccess(backId, rxRun.pfn + i)));
+      // Post every RX buffer before the backend attaches; it finds them when it maps the ring.
+      const rxRing = new FrontRing(
+        rings.bytes.subarray(PAGE_SIZE, 2 * PAGE_SIZE),
+        RX_REQ_BYTES,
+        RX_RSP_BYTES,
+      );
+      for (let i = 0; i < nRx; i++) writeRxRequest(rxRing.view, rxRing.nextRequest(), i, rxGref[i]);
+      rxRing.pushRequests();
+      const port = guest.evtchn.allocUnbound(backId);
+      portNo = port;
+      xs.transaction((tx) => {
+        if (xs.tryRead(`${path}/state`, tx) === undefined) throw new Error(`${path} is gone`);
+        xs.write(`${path}/${NetifKey.txRingRef}`, String(txRingRef), tx);
+        xs.write(`${path}/${NetifKey.rxRingRef}`, String(rxRingRef), tx);
+        xs.write(`${path}/${NetifKey.eventChannel}`, String(port), tx);
+        xs.write(`${path}/${NetifKey.requestRxCopy}`, "1", tx);
+        xs.write(`${path}/${NetifKey.featureRxNotify}`, "1", tx);
+        xs.write(`${path}/${NetifKey.featureSg}`, "1", tx);
+        xs.write(`${path}/state`, String(XenbusState.Initialised), tx);
+      });
+      xs.waitState(backPath, [XenbusState.Connected], CLOSED_STATES, "vif backend");
+      xs.switchState(path, XenbusState.Connected);
+    } catch (e) {
+      free();
+      throw new NetfrontError(`the vif handshake with domain ${backId} failed: ${(e as Error).message}`);
+    }
+    const nf = new Netfront(
+      guest,
+      xs,
+      path,
+      backPath,
+      backId,
+      { rings, tx: txRun, rx: rxRun, grants },
+      txGref,
+      rxGref,
+      portNo,
+      features,
+      info,
+      rxBatch,
+      opts.spinUs,
+    );
+    nf.counters.rxBuffersPosted = nRx;
+    nf.counters.rxRefills = 1;
+    return nf;
+  }
+
+  /** Why the vif is unusable, if it is (the backend disconnected or broke a ring). */
+  get disconnected(): string | undefined {
+    return this.dead;
+  }
+
+  private check(what: string): void {
+    if (this.closed) throw new NetfrontError(`${what}: this vif was closed`);
+    if (this.dead) throw new NetfrontError(`${what}: the vif backend disconnected (${this.dead})`);
+  }
+
+  // ---- TX -----------------------------------------------------------------------------------------
+
+  /**
+   * Copies one Ethernet frame (header included, ETH_HLEN..mtu + ETH_HLEN bytes) into TX
+   * buffers and queues its request(s). false = no ring slot or buffer free: poll (which
+   * reclaims completed ones) and retry. Nothing reaches netback before `flush`.
+   */
+  send(frame: Uint8Array): boolean {
+    this.check("send");
+    const len = frame.length;
+    if (len < ETH_HLEN || len > this.maxFrame)
+      throw new NetfrontError(
+        `send: a frame must be ${ETH_HLEN}..${this.maxFrame} bytes (Ethernet header + MTU ${this.mtu}), got ${len}`,
+      );
+    const slots = len <= PAGE_SIZE ? 1 : Math.ceil(len / PAGE_SIZE);
+    const ring = this.tx;
+    if (this.txFreeCount < slots || ring.freeRequests() < slots) {
+      this.reclaimTx();
+      if (this.txFreeCount < slots || ring.freeRequests() < slots) {
+        this.counters.txFull++;
+        this.txBlocked = true;
+        return false;
+      }
+    }
+    const v = ring.view;
+    for (let s = 0; s < slots; s++) {
+      const id = this.txFree[--this.txFreeCount];
+      this.txBusy[id] = 1;
+      const start = s * PAGE_SIZE;
+      const chunk = Math.min(PAGE_SIZE, len - start);
+      if (slots === 1) this.txPage.set(frame, id * PAGE_SIZE);
+      else this.txPage.set(frame.subarray(start, start + chunk), id * PAGE_SIZE);
+      const off = ring.nextRequest();
+      v.setUint32(off + TX_REQ_GREF, this.txGref[id], true);
+      v.setUint16(off + TX_REQ_OFFSET, 0, true);
+      v.setUint16(off + TX_REQ_FLAGS, s < slots - 1 ? NETTXF_more_data : 0, true);
+      v.setUint16(off + TX_REQ_ID, id, true);
+      // netif.h: the first slot carries the whole packet's size, later ones their own.
+      v.setUint16(off + TX_REQ_SIZE, s === 0 ? len : chunk, true);
+    }
+    this.counters.txFrames++;
+    this.counters.txBytes += len;
+    return true;
+  }
+
+  /** Publishes queued requests; notifies netback only if it asked (its req_event). */
+  flush(): void {
+    if (this.closed || this.dead) return;
+    if (this.tx.pushRequests()) {
+      this.port.notify();
+      this.counters.notificationsSent++;
+    }
+  }
+
+  private reclaimTx(): void {
+    const ring = this.tx;
+    const v = ring.view;
+    const nTx = this.txBusy.length;
+    while (ring.unconsumedResponses() > 0) {
+      const off = ring.nextResponse();
+      const status = v.getInt16(off + TX_RSP_STATUS, true);
+      if (status === NETIF_RSP_NULL) continue;
+      const id = v.getUint16(off + TX_RSP_ID, true);
+      if (status < 0) this.counters.txErrors++;
+      if (id < nTx && this.txBusy[id] === 1) {
+        this.txBusy[id] = 0;
+        this.txFree[this.txFreeCount++] = id;
+      } else this.counters.txErrors++;
+    }
+    if (ring.broken) this.dead ??= `netback broke the tx ring: ${ring.broken}`;
+    if (this.txFreeCount >= PAGES_PER_FRAME) this.txBlocked = false;
+  }
+
+  // ---- RX -----------------------------------------------------------------------------------------
+
+  /**
+   * Reclaims TX buffers, hands up to `max` received frames to `cb` (each valid only during
+   * the call), reposts RX buffers in batches. Returns how many frames it delivered. Never
+   * blocks.
+   */
+  poll(cb: (frame: Uint8Array) => void, max = Number.POSITIVE_INFINITY): number {
+    if (this.closed) throw new NetfrontError("poll: this vif was closed");
+    this.reclaimTx();
+    const ring = this.rx;
+    const v = ring.view;
+    const nRx = this.rxPosted.length;
+    let delivered = 0;
+    while ((this.inFrame || delivered < max) && ring.unconsumedResponses() > 0) {
+      const off = ring.nextResponse();
+      const id = v.getUint16(off + RX_RSP_ID, true);
+      const offset = v.getUint16(off + RX_RSP_OFFSET, true);
+      const flags = v.getUint16(off + RX_RSP_FLAGS, true);
+      const status = v.getInt16(off + RX_RSP_STATUS, true);
+      const more = (flags & NETRXF_more_data) !== 0;
+      if (id >= nRx || this.rxPosted[id] !== 1) {
+        // Not a buffer we posted: nothing to recycle, and the frame it belongs to is lost.
+        this.frameBad = true;
+      } else {
+        this.rxPosted[id] = 0;
+        this.rxFree[this.rxFreeCount++] = id;
+        if (status < 0 || offset + status > PAGE_SIZE) this.frameBad = true;
+      }
+      const first = !this.inFrame;
+      if (!this.frameBad) {
+        const src = id * PAGE_SIZE + offset;
+        if (first && !more && status >= ETH_HLEN) {
+          // The common case: the frame is in one buffer; hand out a view, no copy.
+          let view = this.rxViews[id];
+          if (view.byteOffset !== this.rxPage.byteOffset + src || view.length !== status)
+            this.rxViews[id] = view = this.rxPage.subarray(src, src + status);
+          this.counters.rxFrames++;
+          this.counters.rxBytes += status;
+          delivered++;
+          cb(view);
+          continue;
+        }
+        if (first) this.reasmLen = 0;
+        if (this.reasmLen + status > this.maxFrame) this.frameBad = true;
+        else {
+          this.reasm.set(this.rxPage.subarray(src, src + status), this.reasmLen);
+          this.reasmLen += status;
+        }
+      }
+      this.inFrame = more;
+      if (more) continue;
+      // The last slot of a frame.
+      if (this.frameBad || this.reasmLen < ETH_HLEN) {
+        this.counters.rxErrors++;
+        this.frameBad = false;
+        continue;
+      }
+      if (this.reasmView.length !== this.reasmLen) this.reasmView = this.reasm.subarray(0, this.reasmLen);
+      this.counters.rxFrames++;
+      this.counters.rxBytes += this.reasmLen;
+      delivered++;
+      cb(this.reasmView);
+    }
+    if (ring.broken) this.dead ??= `netback broke the rx ring: ${ring.broken}`;
+    if (this.rxFreeCount >= this.rxBatch) this.refill();
+    return delivered;
+  }
+
+  /** Posts every free RX buffer; one push and at most one notification per batch. */
+  private refill(): void {
+    if (this.dead) return;
+    const ring = this.rx;
+    const v = ring.view;
+    let n = 0;
+    while (this.rxFreeCount > 0 && ring.freeRequests() > 0) {
+      const id = this.rxFree[--this.rxFreeCount];
+      writeRxRequest(v, ring.nextRequest(), id, this.rxGref[id]);
+      this.rxPosted[id] = 1;
+      n++;
+    }
+    if (n === 0) return;
+    this.counters.rxRefills++;
+    this.counters.rxBuffersPosted += n;
+    if (ring.pushRequests()) {
+      this.port.notify();
+      this.counters.notificationsSent++;
+    }
+  }
+
+  // ---- waiting ------------------------------------------------------------------------------------
+
+  /** Whether a TX completion should wake us: only when a sender is short of buffers. */
+  private get wantTxEvent(): boolean {
+    return this.txBlocked || this.txFreeCount < PAGES_PER_FRAME;
+  }
+
+  /** true if there is something to poll; otherwise arms the event indexes (final checks). */
+  private ready(): boolean {
+    if (this.rx.unconsumedResponses() > 0) return true;
+    if (this.wantTxEvent && this.tx.unconsumedResponses() > 0) return true;
+    if (this.rx.finalCheckForResponses()) return true;
+    if (this.wantTxEvent && this.tx.finalCheckForResponses()) return true;
+    if (this.rx.broken || this.tx.broken) {
+      this.dead ??= `netback broke a ring: ${this.rx.broken ?? this.tx.broken}`;
+      return true;
+    }
+    return false;
+  }
+
+  /**
+   * Sleeps until netback delivers a frame (or completes TX when sends were refused), at most
+   * `timeoutMs`. Spins briefly first. true = something arrived (poll now).
+   */
+  wait(timeoutMs: number): boolean {
+    this.check("wait");
+    this.counters.waits++;
+    if (this.ready()) return true;
+    const w = this.port.wait(timeoutMs, this.spinUs);
+    if (w === "event") {
+      this.counters.eventsReceived++;
+      return true;
+    }
+    if (w === "unbound") {
+      this.dead ??= "netback closed the event channel";
+      return this.rx.unconsumedResponses() > 0;
+    }
+    return false;
+  }
+
+  /** `wait` for code with an event loop: resolves without blocking the thread. */
+  async waitAsync(timeoutMs: number): Promise<boolean> {
+    this.check("waitAsync");
+    this.counters.waits++;
+    if (this.ready()) return true;
+    const w = await this.port.waitAsync(timeoutMs);
+    if (w === "event") {
+      this.counters.eventsReceived++;
+      return true;
+    }
+    if (w === "unbound") {
+      this.dead ??= "netback closed the event channel";
+      return this.rx.unconsumedResponses() > 0;
+    }
+    return false;
+  }
+
+  // ---- teardown -----------------------------------------------------------------------------------
+
+  /** Walks the device to Closed, closes the channel and ends the grants (pages freed once ended). */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    const xs = this.xs;
+    try {
+      xs.switchState(this.frontPath, XenbusState.Closing);
+      xs.waitState(
+        this.backPath,
+        [XenbusState.Closing, XenbusState.Closed, XenbusState.Unknown],
+        [],
+        "vif backend",
+      );
+      xs.switchState(this.frontPath, XenbusState.Closed);
+    } catch {
+      // The backend or the device is gone already: nothing left to walk.
+    }
+    try {
+      this.guest.evtchn.close(this.portNo);
+    } catch {
+      // closed by the backend's teardown already
+    }
+    // netback unmaps the rings before it goes Closing; a copy in flight ends within microseconds.
+    let left = endGrants(this.guest, this.pages.grants);
+    for (let i = 0; left > 0 && i < 100; i++) {
+      Atomics.wait(napWord, 0, 0, 1);
+      left = endGrants(this.guest, this.pages.grants);
+    }
+    if (left === 0) {
+      const m = this.guest.memory;
+      m.freePages(this.pages.rings);
+      m.freePages(this.pages.tx);
+      m.freePages(this.pages.rx);
+    }
+  }
+}
+
+const napWord = new Int32Array(new SharedArrayBuffer(4));
+
+/** Ends the grants in `refs` it can (removing them); returns how many are still in use. */
+function endGrants(guest: Guest, refs: number[]): number {
+  let w = 0;
+  for (const r of refs) {
+    try {
+      guest.grants.endAccess(r);
+    } catch {
+      if (guest.grants.isInUse(r)) refs[w++] = r;
+    }
+  }
+  refs.length = w;
+  return w;
+}
+
+/**
+ * The xenbus steps with synchronous XenStore requests (Guest.xenstoreSync). Peer states are
+ * polled with short, growing naps: a watch needs the event loop, which a synchronous
+ * mx_init does not give back. (MyriFront has the same helper; the import rules keep
+ * netfront on src/xen only.)
+ */
+class SyncXenbus {
+  private readonly nap = new Int32Array(new SharedArrayBuffer(4));
+
+  constructor(
+    private readonly guest: Guest,
+    private readonly timeoutMs: number,
+  ) {}
+
+  private call(req: XenStoreRequest): unknown {
+    return this.guest.xenstoreSync(req, this.timeoutMs);
+  }
+
+  tryRead(path: string, tx?: number): string | undefined {
+    try {
+      return this.call({ op: "read", path, tx }) as string;
+    } catch (e) {
+      // A directory that does not exist yet may sit under one we cannot read: EACCES.
+      if (XenStoreError.is(e, "ENOENT") || XenStoreError.is(e, "EACCES")) return undefined;
+      throw e;
+    }
+  }
+
+  write(path: string, value: string, tx?: number): void {
+    this.call({ op: "write", path, value, tx });
+  }
+
+  directory(path: string): string[] {
+    return this.call({ op: "directory", path }) as string[];
+  }
+
+  transaction(body: (tx: number) => void): void {
+    for (let attempt = 0; ; attempt++) {
+      const tx = this.call({ op: "txStart" }) as number;
+      try {
+        body(tx);
+      } catch (e) {
+        try {
+          this.call({ op: "txEnd", tx, commit: false });
+        } catch {
+          // the transaction is gone either way
+        }
+        throw e;
+      }
+      try {
+        this.call({ op: "txEnd", tx, commit: true });
+        return;
+      } catch (e) {
+        if (!XenStoreError.is(e, "EAGAIN") || attempt >= 16) throw e;
+      }
+    }
+  }
+
+  /** Writes `<dir>/state` unless the directory is gone (a torn-down device is not resurrected). */
+  switchState(dir: string, state: XenbusState): void {
+    this.transaction((tx) => {
+      const cur = this.tryRead(`${dir}/state`, tx);
+      if (cur !== undefined && cur !== String(state)) this.write(`${dir}/state`, String(state), tx);
+    });
+  }
+
+  /** Polls `<dir>/state` until it is one of `want`; throws if it becomes one of `failOn` or time runs out. */
+  waitState(
+    dir: string,
+    want: readonly XenbusState[],
+    failOn: readonly XenbusState[],
+    who: string,
+  ): XenbusState {
+    const deadline = performance.now() + this.timeoutMs;
+    let napMs = 0.1;
+    for (;;) {
+      const raw = this.tryRead(`${dir}/state`);
+      const s = parseXenbusState(raw);
+      if (want.includes(s)) return s;
+      if (failOn.includes(s)) throw new Error(`the ${who} at ${dir} went ${xenbusStateName(s)}`);
+      if (performance.now() > deadline)
+        throw new Error(
+          `timed out after ${this.timeoutMs} ms waiting for the ${who} state ${dir}/state to become ` +
+            `${want.map(xenbusStateName).join(" or ")}; last seen: ${raw === undefined ? "nothing" : xenbusStateName(s)}`,
+        );
+      Atomics.wait(this.nap, 0, 0, napMs);
+      napMs = Math.min(napMs * 2, 5);
+    }
+  }
+}

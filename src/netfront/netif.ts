@@ -1,0 +1,194 @@
+/**
+ * The netif contract (xen/include/public/io/netif.h) that netfront and netback share, byte
+ * for byte: the TX and RX request/response layouts, their flags and statuses, the ring sizes
+ * one 4 KiB page gives, the xenbus keys each side publishes, and the frame limits of this
+ * network (Ethernet II, jumbo MTU 9000, so a frame spans up to three pages).
+ *
+ * Offsets are byte offsets inside a ring slot (little endian, as on x86 Xen). The helpers
+ * read and write a slot through the ring's DataView without allocating.
+ */
+
+import { PAGE_SIZE } from "../xen/abi.js";
+import { ringEntries, ringSlotSize } from "../xen/ring.js";
+
+/** Device class in XenStore: device/vif/<devid>, backend/vif/<domid>/<devid>. */
+export const VIF_DEVICE_TYPE = "vif";
+
+// ---- netif_tx_request / netif_tx_response -----------------------------------------------------
+
+/** struct netif_tx_request { grant_ref_t gref; uint16_t offset, flags, id, size; } — 12 bytes. */
+export const TX_REQ_GREF = 0;
+export const TX_REQ_OFFSET = 4;
+export const TX_REQ_FLAGS = 6;
+export const TX_REQ_ID = 8;
+/** First slot of a packet: the whole packet's size; later slots: this fragment's size. */
+export const TX_REQ_SIZE = 10;
+export const TX_REQ_BYTES = 12;
+
+/** struct netif_tx_response { uint16_t id; int16_t status; } — 4 bytes. */
+export const TX_RSP_ID = 0;
+export const TX_RSP_STATUS = 2;
+export const TX_RSP_BYTES = 4;
+
+/** NETTXF_*: flags of a TX request. */
+export const NETTXF_csum_blank = 1 << 0;
+export const NETTXF_data_validated = 1 << 1;
+/** More slots of this packet follow. */
+export const NETTXF_more_data = 1 << 2;
+/** The next slot is a netif_extra_info (GSO, multicast); this backend supports none. */
+export const NETTXF_extra_info = 1 << 3;
+/** Every flag netif.h defines for TX; any other bit is garbage. */
+export const NETTXF_KNOWN = NETTXF_csum_blank | NETTXF_data_validated | NETTXF_more_data | NETTXF_extra_info;
+
+// ---- netif_rx_request / netif_rx_response -----------------------------------------------------
+
+/** struct netif_rx_request { uint16_t id; uint16_t pad; grant_ref_t gref; } — 8 bytes. */
+export const RX_REQ_ID = 0;
+export const RX_REQ_PAD = 2;
+export const RX_REQ_GREF = 4;
+export const RX_REQ_BYTES = 8;
+
+/** struct netif_rx_response { uint16_t id, offset, flags; int16_t status; } — 8 bytes. */
+export const RX_RSP_ID = 0;
+export const RX_RSP_OFFSET = 2;
+export const RX_RSP_FLAGS = 4;
+/** Negative: a NETIF_RSP_* error; otherwise the bytes of data in this slot. */
+export const RX_RSP_STATUS = 6;
+export const RX_RSP_BYTES = 8;
+
+/** NETRXF_*: flags of an RX response. */
+export const NETRXF_data_validated = 1 << 0;
+export const NETRXF_csum_blank = 1 << 1;
+/** More slots of this packet follow. */
+export const NETRXF_more_data = 1 << 2;
+export const NETRXF_extra_info = 1 << 3;
+export const NETRXF_gso_prefix = 1 << 4;
+
+// ---- statuses ---------------------------------------------------------------------------------
+
+export const NETIF_RSP_DROPPED = -2;
+export const NETIF_RSP_ERROR = -1;
+export const NETIF_RSP_OKAY = 0;
+/** The response of an extra-info slot: no packet status of its own. */
+export const NETIF_RSP_NULL = 1;
+
+// ---- netif_extra_info (only its first two bytes matter here: we support no extra type) -------
+
+export const EXTRA_TYPE = 0;
+export const EXTRA_FLAGS = 1;
+export const XEN_NETIF_EXTRA_FLAG_MORE = 1 << 0;
+
+// ---- rings --------------------------------------------------------------------------------------
+
+/** TX: (4096 − 64) / 12 = 336 slots fit → 256 entries. */
+export const TX_RING_SIZE = ringEntries(ringSlotSize(TX_REQ_BYTES, TX_RSP_BYTES));
+/** RX: (4096 − 64) / 8 = 504 slots fit → 256 entries. */
+export const RX_RING_SIZE = ringEntries(ringSlotSize(RX_REQ_BYTES, RX_RSP_BYTES));
+
+// ---- frames -------------------------------------------------------------------------------------
+
+/** Destination MAC, source MAC, EtherType. */
+export const ETH_HLEN = 14;
+export const ETH_ALEN = 6;
+/** The MTU of this network: jumbo frames. */
+export const NETIF_MTU = 9000;
+/** Largest Ethernet II frame: MTU + header (no FCS on a virtual wire). */
+export const MAX_FRAME = NETIF_MTU + ETH_HLEN;
+/** Pages (slots) a largest frame needs when each slot is a whole page. */
+export const MAX_FRAME_PAGES = Math.ceil(MAX_FRAME / PAGE_SIZE);
+/** XEN_NETIF_NR_SLOTS_MIN: the most slots a packet may use (Linux's max_skb_slots). */
+export const XEN_NETIF_NR_SLOTS_MIN = 18;
+/** Linux netback's fatal_skb_slots: a chain longer than this is a broken frontend. */
+export const FATAL_SKB_SLOTS = 20;
+
+// ---- xenbus keys --------------------------------------------------------------------------------
+
+export const NetifKey = {
+  // written by netfront
+  txRingRef: "tx-ring-ref",
+  rxRingRef: "rx-ring-ref",
+  eventChannel: "event-channel",
+  requestRxCopy: "request-rx-copy",
+  featureRxNotify: "feature-rx-notify",
+  featureSg: "feature-sg",
+  // written by netback (feature-sg too)
+  featureRxCopy: "feature-rx-copy",
+  featureRxFlip: "feature-rx-flip",
+  mac: "mac",
+  mtu: "mtu",
+  /** The host's NIC id, so the MX library can address endpoints over Ethernet. */
+  mxNicId: "mx-nic-id",
+} as const;
+
+// ---- helpers ------------------------------------------------------------------------------------
+
+/** "00:16:3e:07:00:02" → bytes; undefined if it is not six hex octets. */
+export function parseMac(text: string | undefined): Uint8Array | undefined {
+  if (typeof text !== "string" || !/^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$/.test(text)) return undefined;
+  return Uint8Array.from(text.split(":").map((h) => Number.parseInt(h, 16)));
+}
+
+export function formatMac(mac: ArrayLike<number>, offset = 0): string {
+  const out: string[] = [];
+  for (let i = 0; i < ETH_ALEN; i++) out.push((mac[offset + i] & 0xff).toString(16).padStart(2, "0"));
+  return out.join(":");
+}
+
+/**
+ * The toolstack's MAC for a guest's vif: Xen's OUI 00:16:3e, then the NIC id's low byte and
+ * the domain id, so MACs are unique across hosts with distinct NIC ids.
+ */
+export function vifMac(nicId: number, domid: number): string {
+  return formatMac([0x00, 0x16, 0x3e, nicId & 0xff, (domid >>> 8) & 0xff, domid & 0xff]);
+}
+
+export interface TxRequest {
+  gref: number;
+  offset: number;
+  flags: number;
+  id: number;
+  size: number;
+}
+
+export function writeTxRequest(v: DataView, off: number, r: TxRequest): void {
+  v.setUint32(off + TX_REQ_GREF, r.gref >>> 0, true);
+  v.setUint16(off + TX_REQ_OFFSET, r.offset, true);
+  v.setUint16(off + TX_REQ_FLAGS, r.flags, true);
+  v.setUint16(off + TX_REQ_ID, r.id, true);
+  v.setUint16(off + TX_REQ_SIZE, r.size, true);
+}
+
+export function readTxRequest(v: DataView, off: number): TxRequest {
+  return {
+    gref: v.getUint32(off + TX_REQ_GREF, true),
+    offset: v.getUint16(off + TX_REQ_OFFSET, true),
+    flags: v.getUint16(off + TX_REQ_FLAGS, true),
+    id: v.getUint16(off + TX_REQ_ID, true),
+    size: v.getUint16(off + TX_REQ_SIZE, true),
+  };
+}
+
+export function writeTxResponse(v: DataView, off: number, id: number, status: number): void {
+  v.setUint16(off + TX_RSP_ID, id, true);
+  v.setInt16(off + TX_RSP_STATUS, status, true);
+}
+
+export function writeRxRequest(v: DataView, off: number, id: number, gref: number): void {
+  v.setUint16(off + RX_REQ_ID, id, true);
+  v.setUint16(off + RX_REQ_PAD, 0, true);
+  v.setUint32(off + RX_REQ_GREF, gref >>> 0, true);
+}
+
+export function writeRxResponse(
+  v: DataView,
+  off: number,
+  id: number,
+  offset: number,
+  flags: number,
+  status: number,
+): void {
+  v.setUint16(off + RX_RSP_ID, id, true);
+  v.setUint16(off + RX_RSP_OFFSET, offset, true);
+  v.setUint16(off + RX_RSP_FLAGS, flags, true);
+  v.setInt16(off + RX_RSP_STATUS, status, true);
+}
