@@ -41,16 +41,16 @@ async function freePort(): Promise<number> {
 type Obs = Record<string, unknown>;
 
 async function pair(
-  path: "bypass" | "native",
+  path: "bypass" | "native" | "split",
   scope: "one host" | "cross-host",
   args: Record<string, unknown> = {},
 ): Promise<[Obs, Obs]> {
   const start = (role: string) => {
     const on = scope === "cross-host" && role === "b" ? remote : host;
-    return path === "bypass"
+    return path !== "native"
       ? on.startGuest({
           module: CONFORMANCE,
-          args: { role, ...args },
+          args: { role, ...(path === "split" ? { mxPath: "split" } : {}), ...args },
           pages: PAGES,
           maxHeapMb: 256,
           name: `conf-${role}`,
@@ -84,6 +84,8 @@ const CASES = [
   ["native", "one host"],
   ["bypass", "cross-host"],
   ["native", "cross-host"],
+  ["split", "one host"],
+  ["split", "cross-host"],
 ] as const;
 
 for (const [path, scope] of CASES) {

@@ -98,8 +98,10 @@ import {
   initEtherFrame,
   macString,
   PAYLOAD_AT,
+  PEER_TIMEOUT_MS,
   setWord as setEtherWord,
 } from "./ether.js";
+import { SPLIT_ENDPOINT_BASE } from "./split-driver.js";
 import { DEFAULT_TRACE_RECORDS, FLAG_TRACED, TraceBuffer, TraceStage, traceId, traceNow } from "./trace.js";
 import {
   COOKIE_CONNECT,
@@ -118,8 +120,6 @@ const REC_NOTIFY = 3;
 /** Wire only (wire.ts): a liveness probe; its SEND_DONE tells whether the peer is still there. */
 const REC_PING = 4;
 const REC_MAX = REC_NOTIFY;
-/** Endpoint ids from here up belong to endpoints without a NIC context (split path only). */
-export const SPLIT_ENDPOINT_BASE = 0x10000;
 
 /** How sends to a peer travel. */
 const VIA_NONE = 0;
@@ -383,6 +383,8 @@ export class MxEndpoint {
   get path(): string {
     return this.split ? "split" : this.fastPath;
   }
+  /** Why this endpoint is on the split path although the library wanted the fast one, if it is. */
+  fallbackReason: string | undefined;
   /** The path of its driver (what `switchPath("bypass")` returns to). */
   private readonly fastPath: string;
   /** Every peer is reached over Ethernet (ether.ts), the driver domain in the middle. */
@@ -1982,6 +1984,12 @@ export class MxEndpoint {
       }
       return;
     }
+    if (type === EtherType_.Nack) {
+      const gone = this.peerIndex.get(`${srcNic}:${srcEp}`);
+      if (gone && !gone.dead && gone.session === srcSession && etherWord(f, H.dstSession) === this.session)
+        this.failPeer(gone, "the peer endpoint is closed", MxStatus.ENDPOINT_CLOSED);
+      return;
+    }
     if (etherWord(f, H.dstSession) !== this.session) {
       this.hub!.counters.dropped++;
       return;
@@ -2238,6 +2246,22 @@ export class MxEndpoint {
     this.hub!.flush();
   }
 
+  /**
+   * Before closing: frames already handed to the reliable stream (eager sends complete as
+   * they enter it) are resent until acknowledged, for at most PEER_TIMEOUT_MS — a closing
+   * endpoint must not take its last messages with it.
+   */
+  private lingerEther(): void {
+    const hub = this.hub;
+    if (hub === undefined || this.etherPeers.length === 0) return;
+    const until = performance.now() + PEER_TIMEOUT_MS;
+    const owed = () => this.etherPeers.some((p) => !p.dead && (p.eth!.unacked > 0 || p.backlog.length > 0));
+    while (owed() && performance.now() < until) {
+      hub.poll();
+      if (owed()) hub.wait(1);
+    }
+  }
+
   /** Where this endpoint's Ethernet frames go out, if it has a network device. */
   get mac(): string | undefined {
     return this.hub ? macString(this.hub.mac) : undefined;
@@ -2340,7 +2364,15 @@ export class MxEndpoint {
   /** mx_close_endpoint: pending requests complete with MX_STATUS_ENDPOINT_CLOSED; channels close. */
   close(): void {
     if (this.closed) return;
+    this.lingerEther();
     for (const peer of this.peers) {
+      // Peers over Ethernet hear of it now (on the fast path the backend tells them).
+      if (peer.eth !== undefined && !peer.dead)
+        this.hub!.sendClosed(
+          peer.eth.mac,
+          { nic: peer.nic, ep: peer.endpoint, session: peer.session },
+          { nic: this.nicId, ep: this.endpointId, session: this.session },
+        );
       this.failPeer(peer, "endpoint closed", MxStatus.ENDPOINT_CLOSED);
       peer.writer?.close();
       peer.reader?.close();

@@ -42,8 +42,12 @@ export const EtherType_ = {
   Notify: 7,
   Ack: 8,
   Path: 9,
+  /** "No such endpoint here" (as Open-MX's nack): status in msgSeq; the sender fails the peer. */
+  Nack: 10,
 } as const;
-const MAX_TYPE = EtherType_.Path;
+const MAX_TYPE = EtherType_.Nack;
+/** MX status of a NACK (src/nic/status.ts ENDPOINT_CLOSED; kept local: ether.ts stands alone). */
+const STATUS_ENDPOINT_CLOSED = 8;
 
 /** Header word indices. */
 export const H = {
@@ -67,7 +71,7 @@ export const H = {
 
 /** Types that travel in the reliable stream. */
 export function isSequenced(type: number): boolean {
-  return type >= EtherType_.Eager && type !== EtherType_.Ack;
+  return type >= EtherType_.Eager && type <= EtherType_.Path && type !== EtherType_.Ack;
 }
 
 /** Frames a peer may have unacknowledged; then its sends wait (back-pressure). */
@@ -76,7 +80,7 @@ export const TX_WINDOW = 128;
 export const RTO_MS = 4;
 export const RTO_MAX_MS = 200;
 /** A peer that acknowledges nothing for this long is unreachable. */
-export const PEER_TIMEOUT_MS = 2000;
+export const PEER_TIMEOUT_MS = 1500;
 
 /** The device the hub sends and receives through: the guest's netfront (src/netfront/). */
 export interface EtherDevice {
@@ -170,6 +174,7 @@ export class EtherHub {
     gaps: 0,
   };
   private readonly handlers = new Map<number, EtherEndpointHandler>();
+  private readonly nack = new Uint8Array(PAYLOAD_AT);
   private dirty = false;
   private polling = false;
   readonly maxPayload: number;
@@ -239,12 +244,47 @@ export class EtherHub {
     }
     const h = this.handlers.get(word(f, H.dstEp));
     if (h === undefined) {
-      // A broadcast CONNECT for an endpoint of another guest: not ours to answer.
       this.counters.dropped++;
+      // A broadcast CONNECT for an endpoint of another guest is not ours to answer; a frame
+      // sent to us for an endpoint that is gone gets a NACK, so its sender does not wait.
+      if (type !== EtherType_.Connect && type !== EtherType_.Nack && type !== EtherType_.ConnectReply)
+        this.sendNack(f);
       return;
     }
     h.onFrame(f, type);
   };
+
+  /** Tells a peer that endpoint (nic, ep, session) of ours is gone (best effort: it may be lost, then the peer times out). */
+  sendClosed(
+    to: Uint8Array,
+    peer: { nic: number; ep: number; session: number },
+    self: { nic: number; ep: number; session: number },
+  ): void {
+    const n = this.nack;
+    initEtherFrame(n, to, this.device.mac, EtherType_.Nack);
+    setWord(n, H.dstNic, peer.nic);
+    setWord(n, H.dstEp, peer.ep);
+    setWord(n, H.dstSession, peer.session);
+    setWord(n, H.srcNic, self.nic);
+    setWord(n, H.srcEp, self.ep);
+    setWord(n, H.srcSession, self.session);
+    setWord(n, H.msgSeq, STATUS_ENDPOINT_CLOSED);
+    this.send(n);
+    this.flush();
+  }
+
+  private sendNack(f: Uint8Array): void {
+    const n = this.nack;
+    initEtherFrame(n, f.subarray(6, 12), this.device.mac, EtherType_.Nack);
+    setWord(n, H.dstNic, word(f, H.srcNic));
+    setWord(n, H.dstEp, word(f, H.srcEp));
+    setWord(n, H.dstSession, word(f, H.srcSession));
+    setWord(n, H.srcNic, word(f, H.dstNic));
+    setWord(n, H.srcEp, word(f, H.dstEp));
+    setWord(n, H.srcSession, word(f, H.dstSession));
+    setWord(n, H.msgSeq, STATUS_ENDPOINT_CLOSED);
+    this.send(n);
+  }
 
   /** Sleeps until the device has something (or the timeout). */
   wait(timeoutMs: number): boolean {

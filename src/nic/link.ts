@@ -17,9 +17,10 @@
  *
  * SEND carries a payload to (destination endpoint, session); the receiving NIC answers with a
  * header-only SEND_ACK whose destination is the original sender and whose status says
- * whether the payload was placed (SUCCESS) or why not. The ACK carries everything the sender
- * needs to write SEND_DONE, so the sending NIC keeps no per-message state. PULL_REQUEST and
- * PULL_REPLY are reserved for remote PULLs. Every field of a received frame is hostile input.
+ * whether the payload was placed (SUCCESS) or why not (or, PENDING, that it is still held for
+ * receive space: a keepalive). The sending NIC keeps each unacknowledged SEND in a bounded
+ * window per link (nic.ts) so that a lost link or a missing ACK completes it with
+ * ENDPOINT_UNREACHABLE. Every field of a received frame is hostile input.
  */
 import { SEND_MAX } from "./window.js";
 
@@ -28,7 +29,21 @@ export const FRAME_VERSION = 1;
 export const FRAME_HEADER_BYTES = 64;
 export const FRAME_MAX = FRAME_HEADER_BYTES + SEND_MAX;
 
-export const FrameType = { Send: 1, SendAck: 2, PullRequest: 3, PullReply: 4 } as const;
+/**
+ * Frame types. SEND/SEND_ACK as above; PULL_REQUEST/PULL_REPLY carry a remote PULL
+ * (window.ts DFLAG_REMOTE); CONNECT_REQUEST/CONNECT_REPLY a CONNECT descriptor; ETHERNET a raw
+ * Ethernet frame between NIC Ethernet ports (the split path's uplink to other hosts). The
+ * words each type uses are documented where nic.ts builds and parses it.
+ */
+export const FrameType = {
+  Send: 1,
+  SendAck: 2,
+  PullRequest: 3,
+  PullReply: 4,
+  ConnectRequest: 5,
+  ConnectReply: 6,
+  Ethernet: 7,
+} as const;
 
 export const F_MAGIC = 0;
 export const F_LENGTH = 1;
@@ -101,7 +116,8 @@ export interface Link {
 /**
  * What the host may ask the NIC to attach (device.attachLink). The TCP kinds (tcp-link.ts) are
  * carried out asynchronously on the NIC's thread by nic-worker.ts, not by createLink: "tcp"
- * connects to a peer NIC's listener, "tcp-listen" accepts peers and attaches each one.
+ * connects to a peer NIC's listener (and reconnects, with backoff, whenever the connection
+ * drops until the host detaches that peer), "tcp-listen" accepts peers and attaches each one.
  */
 export type LinkSpec =
   | { kind: "loopback"; slots?: number }

@@ -92,6 +92,33 @@ export const D_AUX1 = 15;
  */
 export const DFLAG_TRACE = 1;
 
+/**
+ * Descriptor flag: a PULL whose source region lives on another NIC. D_DEST_NIC,
+ * D_DEST_ENDPOINT and D_DEST_SESSION name the endpoint that owns the source region (the
+ * sender of the rendezvous); the rest is as for a local PULL. The NIC asks the peer NIC with
+ * PULL_REQUEST frames; the peer validates the region (owner endpoint and session, key,
+ * REMOTE_READ, bounds) and answers with PULL_REPLY frames of at most SEND_MAX bytes each,
+ * which this NIC writes into the destination region. PULL_DONE's status: SUCCESS; the peer's
+ * refusal (BAD_KEY, BAD_RDMAWIN, ENDPOINT_CLOSED, BAD_SESSION; ENDPOINT_UNKNOWN for an
+ * endpoint id the peer does not have; NO_RESOURCES if it serves too many pulls); ABORTED when
+ * the source or the destination region is deregistered mid-transfer (ENDPOINT_CLOSED when the
+ * source endpoint closes); ENDPOINT_UNREACHABLE when there is no link to D_DEST_NIC, the link
+ * goes away, or no reply makes progress for WIRE_TIMEOUT_MS. Never a hang. The destination is
+ * checked before anything is sent: a bad one is an ERROR event, as for a local PULL. Unlike a
+ * local PULL, a remote one does not hold the endpoint's later descriptors: its PULL_DONE may
+ * come after theirs. D_DEST_NIC = this NIC works too (as frames over a loopback link if one is
+ * attached, else copied directly after the same checks).
+ */
+export const DFLAG_REMOTE = 2;
+
+/**
+ * How long a request that waits on another NIC (CONNECT, a remote PULL without progress, a
+ * SEND's acknowledgement) may wait before it completes with ENDPOINT_UNREACHABLE. A receiving
+ * NIC that holds a SEND for receive space says so every WIRE_TIMEOUT_MS / 3 (a PENDING
+ * SEND_ACK), which restarts the sender's wait: a slow receiver is not an unreachable one.
+ */
+export const WIRE_TIMEOUT_MS = 1500;
+
 export const Opcode = {
   Nop: 0,
   /**
@@ -107,6 +134,15 @@ export const Opcode = {
    * event with the match words and D_AUX0/1; the sender a SEND_DONE.
    */
   Send: 2,
+  /**
+   * CONNECT: resolve endpoint (D_DEST_NIC, D_DEST_ENDPOINT) presenting key D_SRC_KEY, as
+   * mx_connect does, without the driver: the NIC that owns the endpoint checks the key (a
+   * CONNECT_REQUEST frame when D_DEST_NIC is another NIC, directly when it is this one).
+   * Completes with a CONNECT_DONE event: status SUCCESS and E_SRC_NIC/E_SRC_ENDPOINT/
+   * E_SRC_SESSION = the peer and its session; BAD_KEY; ENDPOINT_UNKNOWN (no such endpoint
+   * open); ENDPOINT_UNREACHABLE (no link, link lost, or no reply within WIRE_TIMEOUT_MS).
+   */
+  Connect: 3,
 } as const;
 
 // ---- events (u32 word offsets within a 64-byte event) ---------------------------------------
@@ -148,6 +184,8 @@ export const EventType = {
   Error: 4,
   /** Written on a driver's request (control op deliver_event), e.g. "peer connected". */
   Driver: 5,
+  /** The answer to a CONNECT descriptor (see Opcode.Connect). */
+  ConnectDone: 6,
 } as const;
 
 export const ErrorReason = {
