@@ -32,7 +32,17 @@ export type NicControlRequest =
   | { op: "lookup_endpoint"; endpointId: number; key: number }
   /** Writes an event of type Driver with `words` (up to 4, at E_EXTRA) into an endpoint's queue and raises it. */
   | { op: "deliver_event"; endpointId: number; cookie: number; words: number[] }
+  /**
+   * The NIC's Ethernet port (ether-port.ts), for the driver domain's bridge: one per NIC,
+   * created on the first call; later calls return the same buffer.
+   */
+  | { op: "open_ether_port" }
   | { op: "info" };
+
+export interface OpenEtherPortReply {
+  /** The port's shared memory: hand it to `new EtherPortClient(port)`. */
+  port: SharedArrayBuffer;
+}
 
 export interface OpenEndpointReply {
   endpointId: number;
@@ -58,7 +68,21 @@ export interface NicInfo {
   maxEndpoints: number;
   openEndpoints: number[];
   regions: number;
+  /** Peer NICs with a link attached now (up), ascending. */
   links: number[];
+  /**
+   * Every peer the NIC knows a link for, ascending: "up" (attached) or "down" (lost, and a
+   * reconnecting TCP link is retrying it); `reconnects` counts re-attachments after a loss.
+   */
+  linkStates?: LinkStateInfo[];
+  /** Whether the Ethernet port has been opened. */
+  etherPort?: boolean;
+}
+
+export interface LinkStateInfo {
+  peerNic: number;
+  state: "up" | "down";
+  reconnects: number;
 }
 
 /** What a thread needs to drive the NIC: a sync-call endpoint (port + reply word). */

@@ -48,6 +48,31 @@ export const NIC_COUNTER_NAMES = [
   "link_backpressure",
   "acks_dropped",
   "internal_errors",
+  // The wire between NICs (window.ts DFLAG_REMOTE, Opcode.Connect; nic.ts frame layouts).
+  "connects",
+  "connect_failures",
+  "connects_served",
+  "connect_replies_unknown",
+  "remote_pulls",
+  "remote_pull_bytes",
+  "remote_pull_failures",
+  "pull_requests_rx",
+  "pull_served_bytes",
+  "pull_replies_tx",
+  "pull_replies_rx",
+  "pull_replies_bad",
+  "pull_timeouts",
+  "send_window_full",
+  "send_timeouts",
+  "link_losses",
+  "link_reconnects",
+  "frames_unknown",
+  // The Ethernet port (ether-port.ts).
+  "ether_tx",
+  "ether_rx",
+  "ether_flooded",
+  "ether_dropped",
+  "ether_bad",
 ] as const;
 
 export const NIC_EP_COUNTER_NAMES = [
@@ -78,7 +103,10 @@ export interface NicCounterSnapshot {
   endpoints: Record<NicEpCounterName, number>[];
 }
 
-export const GLOBAL_SLOTS = 64;
+/** Global slots (more than there are names: room to add counters). */
+export const GLOBAL_SLOTS = 96;
+if (NIC_COUNTER_NAMES.length > GLOBAL_SLOTS)
+  throw new Error("counters.ts: more global counter names than GLOBAL_SLOTS");
 export const EP_SLOTS = 32;
 
 function indexOf<T extends string>(names: readonly T[]): Record<T, number> {

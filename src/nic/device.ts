@@ -91,7 +91,11 @@ export class NicDevice {
     return this.worker.performance.eventLoopUtilization(since);
   }
 
-  /** Attaches a link (see link.ts). A loopback link makes this NIC's own SENDs travel as frames. */
+  /**
+   * Attaches a link (see link.ts). A loopback link makes this NIC's own SENDs travel as frames.
+   * A "tcp" link resolves once connected and from then on reconnects by itself whenever its
+   * connection drops, until detachLink(peerNic).
+   */
   attachLink(spec: LinkSpec): Promise<void> {
     return this.request({ type: "attach_link", id: this.nextId++, spec });
   }

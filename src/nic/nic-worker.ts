@@ -6,7 +6,8 @@
 import { type MessagePort, parentPort, workerData } from "node:worker_threads";
 import { createLink } from "./link.js";
 import { Nic } from "./nic.js";
-import { attachTcpSpec, isTcpLinkSpec } from "./tcp-link.js";
+import { NicError } from "./status.js";
+import { attachTcpSpec, cancelTcpReconnect, isTcpLinkSpec } from "./tcp-link.js";
 
 /** What device.ts starts the worker with. */
 export interface NicWorkerData {
@@ -59,7 +60,12 @@ port.on("message", (m: NicHostMessage) => {
   let reply: NicWorkerMessage;
   try {
     if (m.type === "attach_link") nic.attachLink(createLink(m.spec, nic.nicId));
-    else nic.detachLink(m.peerNic);
+    else {
+      // A reconnecting TCP link stops retrying; its connection, if up, is detached as any link.
+      const retrying = cancelTcpReconnect(nic, m.peerNic);
+      if (nic.hasLink(m.peerNic)) nic.detachLink(m.peerNic);
+      else if (!retrying) throw new NicError("ENOENT", `no link to NIC ${m.peerNic} is attached`);
+    }
     reply = { type: "reply", id: m.id, ok: true };
   } catch (e) {
     reply = { type: "reply", id: m.id, ok: false, message: (e as Error).message };

@@ -21,6 +21,36 @@
  *   ERROR      cookie, length, E_REASON, word 13 = the descriptor's opcode word; for BadIndex
  *              word 13 = the producer index seen, word 14 = the NIC's consumer index
  *   DRIVER     cookie, words at E_EXTRA..
+ *   CONNECT_DONE  cookie; status SUCCESS, BAD_KEY, ENDPOINT_UNKNOWN, ENDPOINT_UNREACHABLE or
+ *              NO_RESOURCES; E_SRC_NIC/E_SRC_ENDPOINT = the endpoint asked for, E_SRC_SESSION its
+ *              session (SUCCESS only)
+ *
+ * The wire (link.ts header words; every other word 0). Header-only unless said:
+ *   CONNECT_REQUEST  src nic/endpoint/session = the requester; dest nic/endpoint = the endpoint
+ *              asked for; cookie = request id; aux0 = the key presented
+ *   CONNECT_REPLY    src nic/endpoint = the endpoint asked for, src session = its session
+ *              (SUCCESS only); dest nic/endpoint/session = the requester; cookie = request id;
+ *              status = SUCCESS, BAD_KEY or ENDPOINT_UNKNOWN
+ *   PULL_REQUEST     src nic/endpoint/session = the requester; dest nic/endpoint/session = the
+ *              source region's owner; cookie = request id; match hi = source region id;
+ *              match lo = key; aux0 = offset in the region; aux1 = length. status ≠ 0 cancels
+ *              the request with that id (the requester gave up: its region or endpoint went away)
+ *   PULL_REPLY       src nic/endpoint/session = the source owner; dest = the requester;
+ *              cookie = request id; status; aux0 = offset of this payload within the transfer;
+ *              aux1 = the transfer's length. SUCCESS replies carry ≤ SEND_MAX bytes each, in
+ *              order (a zero-length pull gets one empty reply); an error reply is header-only
+ *              and ends the pull (BAD_KEY, BAD_RDMAWIN, ENDPOINT_UNKNOWN, ENDPOINT_CLOSED,
+ *              BAD_SESSION, NO_RESOURCES, ABORTED)
+ *   SEND_ACK         as link.ts; status PENDING (1) is a keepalive: the delivery waits for
+ *              receive space, the sender restarts its timeout and keeps waiting
+ *   ETHERNET         src nic, dest nic; payload = one Ethernet frame (ether-port.ts)
+ *
+ * Wire state is bounded: SEND_WINDOW unacknowledged SENDs and PULL_JOBS_PER_LINK pulls per
+ * link (a full one holds the descriptor in its queue), CONNECT_SLOTS connects (full: a
+ * NO_RESOURCES CONNECT_DONE), REMOTE_PULL_SLOTS pulls in all. A link that goes away completes
+ * everything that waits on it with ENDPOINT_UNREACHABLE at once; a wire timer (running only
+ * while something waits) does so after WIRE_TIMEOUT_MS without progress. Remote PULLs do not
+ * hold the endpoint's queue: their PULL_DONE may come after later descriptors' completions.
  *
  * Idle: after work the NIC polls its endpoints for POLL_BUDGET_MS, then sets W_NIC_SLEEPING in
  * every open window, re-checks every doorbell, and waits in its event loop (one
@@ -30,22 +60,46 @@
  * re-checks; an owner that wants them sooner notifies W_SQ_PROD after releasing space while
  * W_NIC_SLEEPING is 1 (notify wakes the NIC whatever the word's value).
  *
- * Allocation: the per-descriptor path uses preallocated scratch arrays and numbers only; the
- * one object it creates is the typed-array view `Uint8Array.prototype.set` needs per copied
- * run (copies up to 64 bytes are done by a loop instead), and a SEND over a link creates
- * the view of its frame.
+ * Allocation: the per-descriptor and per-frame paths use preallocated scratch arrays and
+ * numbers only; the one object they create is the typed-array view `Uint8Array.prototype.set`
+ * needs per copied run (copies up to 64 bytes are done by a loop instead), and a frame with a
+ * payload sent on a link (SEND, PULL_REPLY, ETHERNET) creates the view of its frame.
  */
 import type { MessagePort } from "node:worker_threads";
 import { traceNow } from "../mx/trace.js";
 import { serveSyncCalls } from "../xen/sync-call.js";
 import type {
+  LinkStateInfo,
   LookupReply,
   NicControlRequest,
   NicInfo,
   OpenEndpointReply,
+  OpenEtherPortReply,
   RegisterRegionReply,
 } from "./control.js";
 import { allocNicCounters, E, ERROR_REASON_SLOT, epBase, G } from "./counters.js";
+import {
+  allocEtherPort,
+  ETHER_MAX_FRAME,
+  ETHER_MIN_FRAME,
+  P_NIC_SLEEPING,
+  P_RX_HEAD,
+  P_RX_TAIL,
+  P_STAT_RX_DROPPED,
+  P_STAT_TX_BAD,
+  P_STAT_TX_DROPPED,
+  P_TX_HEAD,
+  P_TX_TAIL,
+  P_TX_WAITING,
+  PORT_INTR_OFFSET,
+  PORT_INTR_WORDS,
+  PORT_RING_BYTES,
+  PORT_RX_OFFSET,
+  PORT_TX_OFFSET,
+  RECORD_SKIP,
+  recordBytes,
+  ringPut,
+} from "./ether-port.js";
 import {
   checkFrame,
   F_AUX0,
@@ -90,6 +144,7 @@ import {
   D_SRC_OFFSET,
   D_SRC_REGION,
   DESC_WORDS,
+  DFLAG_REMOTE,
   DFLAG_TRACE,
   E_AUX0,
   E_AUX1,
@@ -134,7 +189,9 @@ import {
   W_SQ_PROD,
   W_STATE,
   WINDOW_BYTES,
+  WIRE_TIMEOUT_MS,
 } from "./window.js";
+import { CTRL_QUEUE, JOB_ROUND, LinkState, MacTable, PULL_JOBS_PER_LINK, SEND_WINDOW } from "./wire.js";
 
 export const DEFAULT_MAX_ENDPOINTS = 32;
 /** Endpoint ids are context indices; MX endpoint indices stay below 256 (B7). */
@@ -153,8 +210,16 @@ const BACKLOG_RESERVE = 8;
  * one slow receiver never costs the others their queue.
  */
 export const DELIVERY_QUEUE = 32;
-/** Acknowledgements held while a link pushes back. */
-const ACK_QUEUE = 1024;
+/** CONNECTs waiting for their CONNECT_REPLY, across links. */
+export const CONNECT_SLOTS = 256;
+/** Remote PULLs outstanding, across links (the slot is the low 8 bits of a request id). */
+export const REMOTE_PULL_SLOTS = 256;
+/** How often the wire timer looks for requests past WIRE_TIMEOUT_MS (only while some wait). */
+const WIRE_TICK_MS = 100;
+/** A receiver holding a delivery from a link tells its sender so this often (a PENDING SEND_ACK). */
+const KEEPALIVE_MS = WIRE_TIMEOUT_MS / 3;
+/** Frames taken from the Ethernet port's TX ring per round. */
+const ETHER_BATCH = 64;
 /** Keep polling this long after the last work before sleeping (machine-limits.md: ~20-50 µs). */
 export const POLL_BUDGET_MS = 0.04;
 /** Longest run of the poll loop before it yields to the event loop (control requests, link frames). */
@@ -213,7 +278,6 @@ const M_COOKIE = 9;
 const M_LENGTH = 10;
 /** 1 when the payload came in a frame: its completion goes back as a SEND_ACK frame. */
 const M_VIA_LINK = 11;
-const M_STATUS = 12;
 const META_WORDS = 16;
 
 const CONSUMED = 0;
@@ -225,6 +289,11 @@ export interface NicOptions {
   maxRegions?: number;
   /** The counters' shared memory (allocNicCounters(maxEndpoints)); allocated if absent. */
   counters?: SharedArrayBuffer;
+}
+
+/** The low 32 bits of a MAC address whose bytes 2..5 start at b[o]. */
+function macLo(b: Uint8Array, o: number): number {
+  return ((b[o] << 24) | (b[o + 1] << 16) | (b[o + 2] << 8) | b[o + 3]) >>> 0;
 }
 
 function isInt(v: unknown): v is number {
@@ -312,7 +381,12 @@ export class Nic {
   private openCount = 0;
   private readonly raiseIds: Int32Array;
   private raiseCount = 0;
-  private readonly links = new Map<number, Link>();
+  private readonly links = new Map<number, LinkState>();
+  /** The attached links, compact, for the poll loop and flooding (no iterator per round). */
+  private readonly linkList: LinkState[] = [];
+  /** Every peer a link is known for: up, or down while a reconnecting link retries. */
+  private readonly linkInfo = new Map<number, { state: "up" | "down"; reconnects: number }>();
+  private readonly stopHooks: (() => void)[] = [];
 
   // Scratch: the descriptor being executed, the event being written, the delivery in hand.
   private readonly d = new Int32Array(DESC_WORDS);
@@ -320,11 +394,69 @@ export class Nic {
   private readonly evF64 = new Float64Array(this.ev.buffer);
   private readonly dv = new Int32Array(META_WORDS);
   private readonly txFrame = new Uint8Array(FRAME_MAX);
-  private readonly ackFrame = new Uint8Array(FRAME_HEADER_BYTES);
+  /** The header-only frame being built (sendHdr sends or queues it). */
+  private readonly hdr = new Uint8Array(FRAME_HEADER_BYTES);
+  /** A queued header on its way out (flushCtrl). */
+  private readonly ctrlOut = new Uint8Array(FRAME_HEADER_BYTES);
+  /** performance.now() as of the current round or frame: wire deadlines and MAC ageing. */
+  private now = 0;
 
-  private readonly ackQueue = new Int32Array(ACK_QUEUE * META_WORDS);
-  private ackHead = 0;
-  private ackCount = 0;
+  // CONNECTs awaiting a reply (typed arrays by slot; a request id is seq << 8 | slot).
+  private readonly cnUsed = new Uint8Array(CONNECT_SLOTS);
+  private readonly cnId = new Uint32Array(CONNECT_SLOTS);
+  private readonly cnEp = new Uint32Array(CONNECT_SLOTS);
+  private readonly cnSession = new Uint32Array(CONNECT_SLOTS);
+  private readonly cnCookie = new Int32Array(CONNECT_SLOTS);
+  private readonly cnNic = new Uint32Array(CONNECT_SLOTS);
+  private readonly cnDestEp = new Uint32Array(CONNECT_SLOTS);
+  private readonly cnDeadline = new Float64Array(CONNECT_SLOTS);
+  private readonly cnFree = new Int32Array(CONNECT_SLOTS);
+  private cnFreeCount = CONNECT_SLOTS;
+  private cnSeq = 0;
+
+  // Remote PULLs this NIC asked for (requester side), by slot.
+  private readonly rpUsed = new Uint8Array(REMOTE_PULL_SLOTS);
+  private readonly rpId = new Uint32Array(REMOTE_PULL_SLOTS);
+  private readonly rpEp = new Uint32Array(REMOTE_PULL_SLOTS);
+  private readonly rpSession = new Uint32Array(REMOTE_PULL_SLOTS);
+  private readonly rpCookie = new Int32Array(REMOTE_PULL_SLOTS);
+  private readonly rpNic = new Uint32Array(REMOTE_PULL_SLOTS);
+  private readonly rpSrcEp = new Uint32Array(REMOTE_PULL_SLOTS);
+  private readonly rpDst = new Uint32Array(REMOTE_PULL_SLOTS);
+  private readonly rpDstOff = new Uint32Array(REMOTE_PULL_SLOTS);
+  private readonly rpLen = new Uint32Array(REMOTE_PULL_SLOTS);
+  private readonly rpGot = new Uint32Array(REMOTE_PULL_SLOTS);
+  /** When the pull last made progress (or started). */
+  private readonly rpLast = new Float64Array(REMOTE_PULL_SLOTS);
+  private readonly rpSeenAt = new Float64Array(REMOTE_PULL_SLOTS);
+  private readonly rpFree = new Int32Array(REMOTE_PULL_SLOTS);
+  private rpFreeCount = REMOTE_PULL_SLOTS;
+  private rpSeq = 0;
+
+  /** pullSourceStatus's region slot when it says SUCCESS. */
+  private srcSlot = -1;
+  /** serveJob: the link pushed back. */
+  private jobRefused = false;
+  /** wireTick completed or sent something. */
+  private wireActed = false;
+  private wireTimer: ReturnType<typeof setTimeout> | null = null;
+  private lastKeepalive = 0;
+
+  // The Ethernet port (ether-port.ts), once opened.
+  private port: SharedArrayBuffer | null = null;
+  private portW: Int32Array = new Int32Array(0);
+  private portU32: Uint32Array = new Uint32Array(0);
+  private portBytes: Uint8Array = new Uint8Array(0);
+  private portIntr: Int32Array = new Int32Array(0);
+  private portTxTail = 0;
+  private portTxSeen = 0;
+  private portRxHead = 0;
+  /** A unicast frame waits for its link to take frames again. */
+  private portTxStalled = false;
+  private portNeedRaise = false;
+  private portWaiterPending = false;
+  private portWaiterGen = 0;
+  private readonly macs = new MacTable();
 
   private readonly rnd = new Uint32Array(1);
   /** Bytes one endpoint's descriptors moved in this round: past PULL_CHUNK the others get their turn. */
@@ -348,6 +480,8 @@ export class Nic {
     for (let i = 0; i < maxEndpoints; i++) this.ctxs.push(new EndpointContext(i));
     this.openIds = new Int32Array(maxEndpoints);
     this.raiseIds = new Int32Array(maxEndpoints);
+    for (let i = 0; i < CONNECT_SLOTS; i++) this.cnFree[i] = i;
+    for (let i = 0; i < REMOTE_PULL_SLOTS; i++) this.rpFree[i] = i;
   }
 
   // ---- the control interface (control.ts) ------------------------------------------------
@@ -392,12 +526,14 @@ export class Nic {
       case "deliver_event":
         this.deliverEvent(r);
         return null;
+      case "open_ether_port":
+        return this.openEtherPort();
       case "info":
         return this.info();
       default:
         throw new NicError(
           "EINVAL",
-          `unknown control op ${JSON.stringify((r as { op: string }).op)}: expected open_endpoint, close_endpoint, register_region, deregister_region, lookup_endpoint, deliver_event or info`,
+          `unknown control op ${JSON.stringify((r as { op: string }).op)}: expected open_endpoint, close_endpoint, register_region, deregister_region, lookup_endpoint, deliver_event, open_ether_port or info`,
         );
     }
   }
@@ -483,6 +619,8 @@ export class Nic {
     Atomics.store(ctx.w, W_STATE, EndpointState.Closed);
     Atomics.store(ctx.w, W_NIC_SLEEPING, 0);
     this.tpt.dropOwner(ctx.id);
+    // Its wire requests end with it: nobody reads their completions, and the peers stop serving them.
+    this.dropWireRequests(ctx.id);
     // Payloads queued for it will never be placed: their senders learn it now.
     while (ctx.dqCount > 0) {
       this.loadQueued(ctx, ctx.dqHead);
@@ -542,6 +680,10 @@ export class Nic {
       openEndpoints,
       regions: this.tpt.count,
       links: [...this.links.keys()].sort((a, b) => a - b),
+      linkStates: [...this.linkInfo.entries()]
+        .map(([peerNic, i]): LinkStateInfo => ({ peerNic, state: i.state, reconnects: i.reconnects }))
+        .sort((a, b) => a.peerNic - b.peerNic),
+      etherPort: this.port !== null,
     };
   }
 
@@ -549,72 +691,972 @@ export class Nic {
 
   /**
    * Attaches a link to `link.peerNic`. A link whose peer is this NIC itself (loopback) takes
-   * over this NIC's own SENDs, which otherwise are placed directly without frames.
+   * over this NIC's own SENDs, which otherwise are placed directly without frames. `replace`:
+   * a link already attached to that peer is taken out first, as lost (the peer reconnected).
    */
-  attachLink(link: Link): void {
-    if (this.links.has(link.peerNic))
-      throw new NicError("EBUSY", `a link to NIC ${link.peerNic} is already attached; detach it first`);
-    this.links.set(link.peerNic, link);
-    link.onFrame((frame) => this.onFrame(link, frame));
+  attachLink(link: Link, replace = false): void {
+    const old = this.links.get(link.peerNic);
+    let reconnected = false;
+    if (old) {
+      if (!replace)
+        throw new NicError("EBUSY", `a link to NIC ${link.peerNic} is already attached; detach it first`);
+      this.c[G.link_losses]++;
+      this.removeLink(old);
+      old.link.close();
+      reconnected = true;
+    }
+    const ls = new LinkState(link, link.peerNic);
+    ls.index = this.linkList.length;
+    this.linkList.push(ls);
+    this.links.set(link.peerNic, ls);
+    const info = this.linkInfo.get(link.peerNic);
+    if (info === undefined) {
+      this.linkInfo.set(link.peerNic, { state: "up", reconnects: 0 });
+    } else {
+      if (info.state === "down" || reconnected) {
+        info.reconnects++;
+        this.c[G.link_reconnects]++;
+      }
+      info.state = "up";
+    }
+    link.onFrame((frame) => this.onFrame(ls, frame));
     link.onWritable?.(() => this.kick());
     this.kick();
   }
 
+  /** Detaches the link to `peerNic` on request: what waits on it completes ENDPOINT_UNREACHABLE. */
   detachLink(peerNic: number): void {
-    const link = this.links.get(peerNic);
-    if (!link) throw new NicError("ENOENT", `no link to NIC ${peerNic} is attached`);
-    this.links.delete(peerNic);
-    link.close();
+    const ls = this.links.get(peerNic);
+    if (!ls) throw new NicError("ENOENT", `no link to NIC ${peerNic} is attached`);
+    this.removeLink(ls);
+    this.linkInfo.delete(peerNic);
+    ls.link.close();
+  }
+
+  /**
+   * The link went down by itself (the peer went away, a stream fault). `retrying`: a
+   * reconnecting link tries again, and the peer shows as "down" meanwhile.
+   */
+  linkLost(link: Link, retrying: boolean): void {
+    const ls = this.links.get(link.peerNic);
+    // A link that was already replaced or detached: nothing waits on it any more.
+    if (ls === undefined || ls.link !== link) return;
+    this.c[G.link_losses]++;
+    this.removeLink(ls);
+    const info = this.linkInfo.get(link.peerNic);
+    if (retrying && info) info.state = "down";
+    else this.linkInfo.delete(link.peerNic);
+  }
+
+  /** A reconnecting link gave up or was cancelled: forget the peer unless a link to it is attached. */
+  forgetLink(peerNic: number): void {
+    if (!this.links.has(peerNic)) this.linkInfo.delete(peerNic);
+  }
+
+  hasLink(peerNic: number): boolean {
+    return this.links.has(peerNic);
+  }
+
+  /** Runs `cb` when the NIC stops (reconnecting links cancel their retries). */
+  onStop(cb: () => void): void {
+    this.stopHooks.push(cb);
+  }
+
+  /** Takes a link out of service; whatever waits on it completes ENDPOINT_UNREACHABLE now. */
+  private removeLink(ls: LinkState): void {
+    ls.attached = false;
+    this.links.delete(ls.peerNic);
+    const last = this.linkList.pop()!;
+    if (last !== ls) {
+      this.linkList[ls.index] = last;
+      last.index = ls.index;
+    }
+    try {
+      this.failLink(ls);
+    } catch {
+      this.c[G.internal_errors]++;
+    }
+    this.flushRaises();
     this.kick();
   }
 
-  private onFrame(link: Link, frame: Uint8Array): void {
+  private failLink(ls: LinkState): void {
+    for (let k = 0; k < ls.sCount; k++) {
+      const i = (ls.sHead + k) % SEND_WINDOW;
+      if (ls.sDone[i] === 0)
+        this.sendDoneTo(ls.sEp[i], ls.sSession[i], ls.sCookie[i], ls.sLen[i], MxStatus.ENDPOINT_UNREACHABLE);
+    }
+    ls.sCount = 0;
+    // Requests on a removed link: the link was the current one for its peer until now.
+    for (let s = 0; s < CONNECT_SLOTS; s++)
+      if (this.cnUsed[s] === 1 && this.cnNic[s] === ls.peerNic)
+        this.finishConnect(s, MxStatus.ENDPOINT_UNREACHABLE, 0);
+    for (let s = 0; s < REMOTE_PULL_SLOTS; s++)
+      if (this.rpUsed[s] === 1 && this.rpNic[s] === ls.peerNic)
+        this.finishPull(s, MxStatus.ENDPOINT_UNREACHABLE, null);
+    ls.jUsed.fill(0);
+    ls.jobCount = 0;
+    ls.ctrlCount = 0;
+    ls.pullsOut = 0;
+  }
+
+  private onFrame(ls: LinkState, frame: Uint8Array): void {
+    if (!ls.attached) return;
     this.c[G.frames_rx]++;
+    this.now = performance.now();
     try {
       const type = checkFrame(frame);
-      if (
-        type < 0 ||
-        getWord(frame, F_DEST_NIC) !== this.nicId ||
-        getWord(frame, F_SRC_NIC) !== link.peerNic
-      ) {
+      if (type < 0 || getWord(frame, F_DEST_NIC) !== this.nicId || getWord(frame, F_SRC_NIC) !== ls.peerNic) {
         this.c[G.frames_bad]++;
-      } else if (type === FrameType.Send) {
-        const m = this.dv;
-        m[M_SRC_NIC] = getWord(frame, F_SRC_NIC);
-        m[M_SRC_EP] = getWord(frame, F_SRC_ENDPOINT);
-        m[M_SRC_SESSION] = getWord(frame, F_SRC_SESSION);
-        m[M_DEST_EP] = getWord(frame, F_DEST_ENDPOINT);
-        m[M_DEST_SESSION] = getWord(frame, F_DEST_SESSION);
-        m[M_MATCH_HI] = getWord(frame, F_MATCH_HI);
-        m[M_MATCH_LO] = getWord(frame, F_MATCH_LO);
-        m[M_AUX0] = getWord(frame, F_AUX0);
-        m[M_AUX1] = getWord(frame, F_AUX1);
-        m[M_COOKIE] = getWord(frame, F_COOKIE);
-        m[M_LENGTH] = getWord(frame, F_LENGTH);
-        m[M_VIA_LINK] = 1;
-        const status = this.deliver(-1, 0, frame, FRAME_HEADER_BYTES);
-        if (status !== MxStatus.PENDING) this.completeSend(status);
-      } else if (type === FrameType.SendAck) {
-        const ep = getWord(frame, F_DEST_ENDPOINT);
-        const ctx = ep < this.maxEndpoints ? this.ctxs[ep] : null;
-        if (ctx?.open && ctx.session === getWord(frame, F_DEST_SESSION)) {
-          this.sendDone(
-            ctx,
-            getWord(frame, F_COOKIE),
-            getWord(frame, F_AUX0),
-            getWord(frame, F_STATUS) & 0xffff,
-          );
-        } else {
-          this.c[G.acks_dropped]++;
-        }
       } else {
-        this.c[G.frames_bad]++;
+        switch (type) {
+          case FrameType.Send:
+            this.rxSend(frame);
+            break;
+          case FrameType.SendAck:
+            this.rxSendAck(ls, frame);
+            break;
+          case FrameType.ConnectRequest:
+            this.rxConnectRequest(ls, frame);
+            break;
+          case FrameType.ConnectReply:
+            this.rxConnectReply(ls, frame);
+            break;
+          case FrameType.PullRequest:
+            this.rxPullRequest(ls, frame);
+            break;
+          case FrameType.PullReply:
+            this.rxPullReply(ls, frame);
+            break;
+          case FrameType.Ethernet:
+            this.rxEthernet(ls, frame);
+            break;
+          default:
+            this.c[G.frames_unknown]++;
+        }
       }
     } catch {
       this.c[G.internal_errors]++;
     }
     this.flushRaises();
     this.kick();
+  }
+
+  /**
+   * Sends the header-only frame in this.hdr on `ls`, or queues it behind earlier ones while
+   * the link pushes back. false: the queue is full and the frame is dropped.
+   */
+  private sendHdr(ls: LinkState): boolean {
+    if (ls.ctrlCount === 0) {
+      if (ls.link.send(this.hdr)) {
+        this.c[G.frames_tx]++;
+        return true;
+      }
+      this.c[G.link_backpressure]++;
+    }
+    if (ls.ctrlCount === CTRL_QUEUE) return false;
+    ls.ctrl.set(this.hdr, ((ls.ctrlHead + ls.ctrlCount) % CTRL_QUEUE) * FRAME_HEADER_BYTES);
+    ls.ctrlCount++;
+    return true;
+  }
+
+  private flushCtrl(ls: LinkState): boolean {
+    let did = false;
+    const out = this.ctrlOut;
+    while (ls.ctrlCount > 0) {
+      const base = ls.ctrlHead * FRAME_HEADER_BYTES;
+      for (let i = 0; i < FRAME_HEADER_BYTES; i++) out[i] = ls.ctrl[base + i];
+      if (!ls.link.send(out)) {
+        this.c[G.link_backpressure]++;
+        break;
+      }
+      this.c[G.frames_tx]++;
+      ls.ctrlHead = (ls.ctrlHead + 1) % CTRL_QUEUE;
+      ls.ctrlCount--;
+      did = true;
+    }
+    return did;
+  }
+
+  // ---- SEND over a link ----------------------------------------------------------------------
+
+  private rxSend(frame: Uint8Array): void {
+    const m = this.dv;
+    m[M_SRC_NIC] = getWord(frame, F_SRC_NIC);
+    m[M_SRC_EP] = getWord(frame, F_SRC_ENDPOINT);
+    m[M_SRC_SESSION] = getWord(frame, F_SRC_SESSION);
+    m[M_DEST_EP] = getWord(frame, F_DEST_ENDPOINT);
+    m[M_DEST_SESSION] = getWord(frame, F_DEST_SESSION);
+    m[M_MATCH_HI] = getWord(frame, F_MATCH_HI);
+    m[M_MATCH_LO] = getWord(frame, F_MATCH_LO);
+    m[M_AUX0] = getWord(frame, F_AUX0);
+    m[M_AUX1] = getWord(frame, F_AUX1);
+    m[M_COOKIE] = getWord(frame, F_COOKIE);
+    m[M_LENGTH] = getWord(frame, F_LENGTH);
+    m[M_VIA_LINK] = 1;
+    const status = this.deliver(-1, 0, frame, FRAME_HEADER_BYTES);
+    if (status !== MxStatus.PENDING) this.completeSend(status);
+    // A held delivery: the wire timer tells its sender to keep waiting.
+    else this.armWireTimer();
+  }
+
+  private rxSendAck(ls: LinkState, frame: Uint8Array): void {
+    const ep = getWord(frame, F_DEST_ENDPOINT);
+    const session = getWord(frame, F_DEST_SESSION);
+    const cookie = getWord(frame, F_COOKIE) | 0;
+    const i = ls.findSend(ep | 0, session, cookie);
+    if (i < 0) {
+      // Late (after a timeout) or garbage.
+      this.c[G.acks_dropped]++;
+      return;
+    }
+    const status = getWord(frame, F_STATUS);
+    if (status === MxStatus.PENDING) {
+      ls.sDeadline[i] = this.now + WIRE_TIMEOUT_MS;
+      return;
+    }
+    const len = ls.sLen[i];
+    ls.completeSend(i);
+    this.sendDoneTo(ep, session, cookie, len, status > MxStatus.NO_RESOURCES ? MxStatus.ABORTED : status);
+  }
+
+  /** SEND_DONE to endpoint `ep` if it is still the one (same session) that sent. */
+  private sendDoneTo(ep: number, session: number, cookie: number, len: number, status: number): void {
+    if (ep >= this.maxEndpoints) return;
+    const ctx = this.ctxs[ep];
+    if (ctx.open && ctx.session === session) this.sendDone(ctx, cookie, len, status);
+  }
+
+  /** Tells the sending NIC how a delivery from a link ended (PENDING: still held) with a SEND_ACK. */
+  private ackDelivery(words: Int32Array, base: number, status: number): void {
+    const srcNic = words[base + M_SRC_NIC] >>> 0;
+    const ls = this.links.get(srcNic);
+    if (!ls) {
+      this.c[G.acks_dropped]++;
+      return;
+    }
+    const f = this.hdr;
+    initFrame(f, FrameType.SendAck, 0);
+    setWord(f, F_SRC_NIC, this.nicId);
+    setWord(f, F_SRC_ENDPOINT, words[base + M_DEST_EP]);
+    setWord(f, F_SRC_SESSION, words[base + M_DEST_SESSION]);
+    setWord(f, F_DEST_NIC, srcNic);
+    setWord(f, F_DEST_ENDPOINT, words[base + M_SRC_EP]);
+    setWord(f, F_DEST_SESSION, words[base + M_SRC_SESSION]);
+    setWord(f, F_COOKIE, words[base + M_COOKIE]);
+    setWord(f, F_STATUS, status);
+    setWord(f, F_AUX0, words[base + M_LENGTH]);
+    if (!this.sendHdr(ls)) this.c[G.acks_dropped]++;
+  }
+
+  // ---- CONNECT ----------------------------------------------------------------------------------
+
+  private execConnect(ctx: EndpointContext): number {
+    const d = this.d;
+    const destNic = d[D_DEST_NIC] >>> 0;
+    const destEp = d[D_DEST_ENDPOINT] >>> 0;
+    const cookie = d[D_COOKIE];
+    if (destNic === this.nicId) {
+      this.c[G.connects]++;
+      const status = this.connectStatus(destEp, d[D_SRC_KEY] >>> 0);
+      const session = status === MxStatus.SUCCESS ? this.ctxs[destEp].session : 0;
+      this.connectDone(ctx, cookie, destNic, destEp, session, status);
+      return CONSUMED;
+    }
+    const ls = this.links.get(destNic);
+    if (ls === undefined || this.cnFreeCount === 0) {
+      this.c[G.connects]++;
+      const status = ls === undefined ? MxStatus.ENDPOINT_UNREACHABLE : MxStatus.NO_RESOURCES;
+      this.connectDone(ctx, cookie, destNic, destEp, 0, status);
+      return CONSUMED;
+    }
+    if (ls.ctrlCount === CTRL_QUEUE) {
+      ctx.linkStalled = true;
+      return STALLED;
+    }
+    const s = this.cnFree[--this.cnFreeCount];
+    const id = (((++this.cnSeq & 0xffffff) << 8) | s) >>> 0;
+    this.cnUsed[s] = 1;
+    this.cnId[s] = id;
+    this.cnEp[s] = ctx.id;
+    this.cnSession[s] = ctx.session;
+    this.cnCookie[s] = cookie;
+    this.cnNic[s] = destNic;
+    this.cnDestEp[s] = destEp;
+    this.cnDeadline[s] = this.now + WIRE_TIMEOUT_MS;
+    const f = this.hdr;
+    initFrame(f, FrameType.ConnectRequest, 0);
+    setWord(f, F_SRC_NIC, this.nicId);
+    setWord(f, F_SRC_ENDPOINT, ctx.id);
+    setWord(f, F_SRC_SESSION, ctx.session);
+    setWord(f, F_DEST_NIC, destNic);
+    setWord(f, F_DEST_ENDPOINT, destEp);
+    setWord(f, F_COOKIE, id);
+    setWord(f, F_AUX0, d[D_SRC_KEY]);
+    this.sendHdr(ls);
+    this.c[G.connects]++;
+    this.armWireTimer();
+    return CONSUMED;
+  }
+
+  /** SUCCESS, ENDPOINT_UNKNOWN (not open) or BAD_KEY for a connect to endpoint `ep` of this NIC. */
+  private connectStatus(ep: number, key: number): number {
+    if (ep >= this.maxEndpoints || !this.ctxs[ep].open) return MxStatus.ENDPOINT_UNKNOWN;
+    return this.ctxs[ep].key === key ? MxStatus.SUCCESS : MxStatus.BAD_KEY;
+  }
+
+  private connectDone(
+    ctx: EndpointContext,
+    cookie: number,
+    nic: number,
+    ep: number,
+    session: number,
+    status: number,
+  ): void {
+    if (status !== MxStatus.SUCCESS) this.c[G.connect_failures]++;
+    const ev = this.ev;
+    ev.fill(0);
+    ev[E_TYPE] = EventType.ConnectDone | (status << 16);
+    ev[E_COOKIE] = cookie;
+    ev[E_SRC_NIC] = nic;
+    ev[E_SRC_ENDPOINT] = ep;
+    ev[E_SRC_SESSION] = session;
+    this.postEvent(ctx);
+  }
+
+  private finishConnect(s: number, status: number, session: number): void {
+    this.cnUsed[s] = 0;
+    this.cnFree[this.cnFreeCount++] = s;
+    const ctx = this.ctxs[this.cnEp[s]];
+    if (ctx.open && ctx.session === this.cnSession[s])
+      this.connectDone(ctx, this.cnCookie[s], this.cnNic[s], this.cnDestEp[s], session, status);
+  }
+
+  private rxConnectRequest(ls: LinkState, frame: Uint8Array): void {
+    this.c[G.connects_served]++;
+    const ep = getWord(frame, F_DEST_ENDPOINT);
+    const status = this.connectStatus(ep, getWord(frame, F_AUX0));
+    const f = this.hdr;
+    initFrame(f, FrameType.ConnectReply, 0);
+    setWord(f, F_SRC_NIC, this.nicId);
+    setWord(f, F_SRC_ENDPOINT, ep);
+    setWord(f, F_SRC_SESSION, status === MxStatus.SUCCESS ? this.ctxs[ep].session : 0);
+    setWord(f, F_DEST_NIC, ls.peerNic);
+    setWord(f, F_DEST_ENDPOINT, getWord(frame, F_SRC_ENDPOINT));
+    setWord(f, F_DEST_SESSION, getWord(frame, F_SRC_SESSION));
+    setWord(f, F_COOKIE, getWord(frame, F_COOKIE));
+    setWord(f, F_STATUS, status);
+    // Dropped when the link's queue is full: the requester times out.
+    if (!this.sendHdr(ls)) this.c[G.acks_dropped]++;
+  }
+
+  private rxConnectReply(ls: LinkState, frame: Uint8Array): void {
+    const id = getWord(frame, F_COOKIE);
+    const s = id & (CONNECT_SLOTS - 1);
+    if (
+      this.cnUsed[s] !== 1 ||
+      this.cnId[s] !== id ||
+      this.cnNic[s] !== ls.peerNic ||
+      getWord(frame, F_SRC_ENDPOINT) !== this.cnDestEp[s] ||
+      getWord(frame, F_DEST_ENDPOINT) !== this.cnEp[s] ||
+      getWord(frame, F_DEST_SESSION) !== this.cnSession[s]
+    ) {
+      this.c[G.connect_replies_unknown]++;
+      return;
+    }
+    const st = getWord(frame, F_STATUS);
+    const status = st > MxStatus.NO_RESOURCES || st === MxStatus.PENDING ? MxStatus.ABORTED : st;
+    this.finishConnect(s, status, status === MxStatus.SUCCESS ? getWord(frame, F_SRC_SESSION) : 0);
+  }
+
+  // ---- remote PULL: requester side --------------------------------------------------------------
+
+  private execRemotePull(ctx: EndpointContext): number {
+    const d = this.d;
+    const t = this.tpt;
+    const len = d[D_LENGTH] >>> 0;
+    const dstOff = d[D_DST_OFFSET] >>> 0;
+    const dst = t.lookup(d[D_DST_REGION]);
+    let reason = 0;
+    if (dst < 0) reason = ErrorReason.BadRegion;
+    else if (t.owner[dst] !== ctx.id || (t.access[dst] & Access.LocalWrite) === 0)
+      reason = ErrorReason.Permission;
+    else if (!t.inBounds(dst, dstOff, len)) reason = ErrorReason.OutOfBounds;
+    if (reason !== 0) {
+      this.descError(ctx, reason);
+      return CONSUMED;
+    }
+    const destNic = d[D_DEST_NIC] >>> 0;
+    const srcEp = d[D_DEST_ENDPOINT] >>> 0;
+    const srcSession = d[D_DEST_SESSION] >>> 0;
+    const srcOff = d[D_SRC_OFFSET] >>> 0;
+    const cookie = d[D_COOKIE];
+    const ls = this.links.get(destNic);
+    if (
+      ls !== undefined &&
+      (this.rpFreeCount === 0 || ls.pullsOut >= PULL_JOBS_PER_LINK || ls.ctrlCount === CTRL_QUEUE)
+    ) {
+      // Back-pressure: the descriptor waits at the head of the queue.
+      ctx.linkStalled = true;
+      return STALLED;
+    }
+    const seenAt = (d[D_OPCODE] >>> 16) & DFLAG_TRACE ? traceNow() : 0;
+    this.c[G.remote_pulls]++;
+    this.c[ctx.base + E.pulls]++;
+    if (ls === undefined) {
+      let status: number = MxStatus.ENDPOINT_UNREACHABLE;
+      if (destNic === this.nicId) {
+        // The source is on this NIC and there is no loopback link: check it as a peer would, copy here.
+        status = this.pullSourceStatus(srcEp, srcSession, d[D_SRC_REGION], d[D_SRC_KEY], srcOff, len);
+        if (status === MxStatus.SUCCESS) {
+          this.c[G.remote_pull_bytes] += len;
+          this.startCopy(ctx, this.srcSlot, srcOff, dst, dstOff, len, seenAt);
+          return CONSUMED;
+        }
+      }
+      this.c[G.remote_pull_failures]++;
+      this.pullDone(ctx, cookie, 0, status, seenAt);
+      return CONSUMED;
+    }
+    const s = this.rpFree[--this.rpFreeCount];
+    const id = (((++this.rpSeq & 0xffffff) << 8) | s) >>> 0;
+    this.rpUsed[s] = 1;
+    this.rpId[s] = id;
+    this.rpEp[s] = ctx.id;
+    this.rpSession[s] = ctx.session;
+    this.rpCookie[s] = cookie;
+    this.rpNic[s] = destNic;
+    this.rpSrcEp[s] = srcEp;
+    this.rpDst[s] = d[D_DST_REGION];
+    this.rpDstOff[s] = dstOff;
+    this.rpLen[s] = len;
+    this.rpGot[s] = 0;
+    this.rpLast[s] = this.now;
+    this.rpSeenAt[s] = seenAt;
+    ls.pullsOut++;
+    const f = this.hdr;
+    initFrame(f, FrameType.PullRequest, 0);
+    setWord(f, F_SRC_NIC, this.nicId);
+    setWord(f, F_SRC_ENDPOINT, ctx.id);
+    setWord(f, F_SRC_SESSION, ctx.session);
+    setWord(f, F_DEST_NIC, destNic);
+    setWord(f, F_DEST_ENDPOINT, srcEp);
+    setWord(f, F_DEST_SESSION, srcSession);
+    setWord(f, F_COOKIE, id);
+    setWord(f, F_MATCH_HI, d[D_SRC_REGION]);
+    setWord(f, F_MATCH_LO, d[D_SRC_KEY]);
+    setWord(f, F_AUX0, srcOff);
+    setWord(f, F_AUX1, len);
+    this.sendHdr(ls);
+    this.armWireTimer();
+    return CONSUMED;
+  }
+
+  private rxPullReply(ls: LinkState, frame: Uint8Array): void {
+    this.c[G.pull_replies_rx]++;
+    const id = getWord(frame, F_COOKIE);
+    const s = id & (REMOTE_PULL_SLOTS - 1);
+    if (
+      this.rpUsed[s] !== 1 ||
+      this.rpId[s] !== id ||
+      this.rpNic[s] !== ls.peerNic ||
+      getWord(frame, F_DEST_ENDPOINT) !== this.rpEp[s] ||
+      getWord(frame, F_DEST_SESSION) !== this.rpSession[s] ||
+      getWord(frame, F_SRC_ENDPOINT) !== this.rpSrcEp[s] ||
+      getWord(frame, F_AUX1) !== this.rpLen[s]
+    ) {
+      this.c[G.pull_replies_bad]++;
+      return;
+    }
+    const n = getWord(frame, F_LENGTH);
+    const st = getWord(frame, F_STATUS);
+    if (st !== MxStatus.SUCCESS) {
+      if (n !== 0) {
+        this.c[G.pull_replies_bad]++;
+        return;
+      }
+      this.finishPull(s, st > MxStatus.NO_RESOURCES || st === MxStatus.PENDING ? MxStatus.ABORTED : st, null);
+      return;
+    }
+    const got = this.rpGot[s];
+    const len = this.rpLen[s];
+    // Replies come in order on a link: each must continue exactly where the last one ended.
+    if (getWord(frame, F_AUX0) !== got || n > len - got || (n === 0 && len !== 0)) {
+      this.c[G.pull_replies_bad]++;
+      return;
+    }
+    if (n > 0) {
+      const t = this.tpt;
+      // The destination may have been deregistered (or its endpoint closed) since the descriptor.
+      const dst = t.lookup(this.rpDst[s]);
+      if (dst < 0 || t.owner[dst] !== this.rpEp[s]) {
+        this.finishPull(s, MxStatus.ABORTED, ls);
+        return;
+      }
+      t.copyIn(frame, FRAME_HEADER_BYTES, n, dst, this.rpDstOff[s] + got);
+      this.rpGot[s] = got + n;
+      this.c[G.remote_pull_bytes] += n;
+      this.c[this.ctxs[this.rpEp[s]].base + E.pull_bytes] += n;
+    }
+    this.rpLast[s] = this.now;
+    if (this.rpGot[s] === len) this.finishPull(s, MxStatus.SUCCESS, null);
+  }
+
+  /** Ends remote pull `s` with PULL_DONE(status); `cancel`: tell the peer on that link to stop serving it. */
+  private finishPull(s: number, status: number, cancel: LinkState | null): void {
+    this.rpUsed[s] = 0;
+    this.rpFree[this.rpFreeCount++] = s;
+    const ls = this.links.get(this.rpNic[s]);
+    if (ls !== undefined && ls.pullsOut > 0) ls.pullsOut--;
+    if (cancel?.attached) {
+      const f = this.hdr;
+      initFrame(f, FrameType.PullRequest, 0);
+      setWord(f, F_SRC_NIC, this.nicId);
+      setWord(f, F_SRC_ENDPOINT, this.rpEp[s]);
+      setWord(f, F_SRC_SESSION, this.rpSession[s]);
+      setWord(f, F_DEST_NIC, cancel.peerNic);
+      setWord(f, F_DEST_ENDPOINT, this.rpSrcEp[s]);
+      setWord(f, F_COOKIE, this.rpId[s]);
+      setWord(f, F_STATUS, MxStatus.ABORTED);
+      this.sendHdr(cancel);
+    }
+    if (status !== MxStatus.SUCCESS) this.c[G.remote_pull_failures]++;
+    const ctx = this.ctxs[this.rpEp[s]];
+    if (ctx.open && ctx.session === this.rpSession[s])
+      this.pullDone(ctx, this.rpCookie[s], this.rpGot[s], status, this.rpSeenAt[s]);
+  }
+
+  /** An endpoint closed: its connects and remote pulls end without events; the peers stop serving. */
+  private dropWireRequests(ep: number): void {
+    for (let s = 0; s < CONNECT_SLOTS; s++)
+      if (this.cnUsed[s] === 1 && this.cnEp[s] === ep) this.finishConnect(s, MxStatus.ENDPOINT_CLOSED, 0);
+    for (let s = 0; s < REMOTE_PULL_SLOTS; s++)
+      if (this.rpUsed[s] === 1 && this.rpEp[s] === ep)
+        this.finishPull(s, MxStatus.ENDPOINT_CLOSED, this.links.get(this.rpNic[s]) ?? null);
+  }
+
+  // ---- remote PULL: responder side --------------------------------------------------------------
+
+  /**
+   * Whether a peer may read [off, off + len) of region `regionId` owned by endpoint `ep` with
+   * session `session` presenting `key`: SUCCESS (this.srcSlot = the region's slot) or the MX
+   * status of the refusal.
+   */
+  private pullSourceStatus(
+    ep: number,
+    session: number,
+    regionId: number,
+    key: number,
+    off: number,
+    len: number,
+  ): number {
+    if (ep >= this.maxEndpoints) return MxStatus.ENDPOINT_UNKNOWN;
+    const owner = this.ctxs[ep];
+    if (!owner.open) return MxStatus.ENDPOINT_CLOSED;
+    if (owner.session !== session >>> 0) return MxStatus.BAD_SESSION;
+    const t = this.tpt;
+    const slot = t.lookup(regionId);
+    if (slot < 0) return t.closedWithEndpoint(regionId) ? MxStatus.ENDPOINT_CLOSED : MxStatus.BAD_RDMAWIN;
+    if (t.owner[slot] !== ep) return MxStatus.BAD_RDMAWIN;
+    if (t.key[slot] !== key >>> 0) return MxStatus.BAD_KEY;
+    if ((t.access[slot] & Access.RemoteRead) === 0 || !t.inBounds(slot, off, len))
+      return MxStatus.BAD_RDMAWIN;
+    this.srcSlot = slot;
+    return MxStatus.SUCCESS;
+  }
+
+  private rxPullRequest(ls: LinkState, frame: Uint8Array): void {
+    this.c[G.pull_requests_rx]++;
+    const id = getWord(frame, F_COOKIE);
+    if (getWord(frame, F_STATUS) !== 0) {
+      // A cancel: the requester gave up on it.
+      for (let j = 0; j < PULL_JOBS_PER_LINK; j++) if (ls.jUsed[j] === 1 && ls.jId[j] === id) ls.freeJob(j);
+      return;
+    }
+    const reqEp = getWord(frame, F_SRC_ENDPOINT);
+    const reqSession = getWord(frame, F_SRC_SESSION);
+    const srcEp = getWord(frame, F_DEST_ENDPOINT);
+    const srcSession = getWord(frame, F_DEST_SESSION);
+    const off = getWord(frame, F_AUX0);
+    const len = getWord(frame, F_AUX1);
+    let status = this.pullSourceStatus(
+      srcEp,
+      srcSession,
+      getWord(frame, F_MATCH_HI),
+      getWord(frame, F_MATCH_LO),
+      off,
+      len,
+    );
+    const j = status === MxStatus.SUCCESS ? ls.jUsed.indexOf(0) : -1;
+    if (status === MxStatus.SUCCESS && j < 0) status = MxStatus.NO_RESOURCES;
+    if (status !== MxStatus.SUCCESS) {
+      this.replyPullError(ls, id, reqEp, reqSession, srcEp, srcSession, len, status);
+      return;
+    }
+    ls.jUsed[j] = 1;
+    ls.jobCount++;
+    ls.jId[j] = id;
+    ls.jReqEp[j] = reqEp;
+    ls.jReqSession[j] = reqSession;
+    ls.jSrcEp[j] = srcEp;
+    ls.jSrcSession[j] = srcSession;
+    ls.jRegion[j] = getWord(frame, F_MATCH_HI);
+    ls.jOff[j] = off;
+    ls.jLen[j] = len;
+    ls.jSent[j] = 0;
+  }
+
+  private replyPullError(
+    ls: LinkState,
+    id: number,
+    reqEp: number,
+    reqSession: number,
+    srcEp: number,
+    srcSession: number,
+    len: number,
+    status: number,
+  ): void {
+    const f = this.hdr;
+    initFrame(f, FrameType.PullReply, 0);
+    setWord(f, F_SRC_NIC, this.nicId);
+    setWord(f, F_SRC_ENDPOINT, srcEp);
+    setWord(f, F_SRC_SESSION, srcSession);
+    setWord(f, F_DEST_NIC, ls.peerNic);
+    setWord(f, F_DEST_ENDPOINT, reqEp);
+    setWord(f, F_DEST_SESSION, reqSession);
+    setWord(f, F_COOKIE, id);
+    setWord(f, F_STATUS, status);
+    setWord(f, F_AUX1, len);
+    if (this.sendHdr(ls)) this.c[G.pull_replies_tx]++;
+    else this.c[G.acks_dropped]++;
+  }
+
+  /** Serves `ls`'s jobs in turn, up to PULL_CHUNK bytes this round. Returns whether it sent anything. */
+  private serveJobs(ls: LinkState): boolean {
+    let budget = PULL_CHUNK;
+    let did = false;
+    let j = ls.jNext;
+    for (let visits = 0; visits < PULL_JOBS_PER_LINK && budget > 0 && ls.jobCount > 0; visits++) {
+      if (ls.jUsed[j] === 1) {
+        const had = ls.jobCount;
+        const sent = this.serveJob(ls, j, Math.min(JOB_ROUND, budget));
+        if (sent > 0 || ls.jobCount !== had) did = true;
+        if (this.jobRefused) {
+          // The link pushes back: this job goes first when it can take frames again.
+          ls.jNext = j;
+          return did;
+        }
+        budget -= sent;
+      }
+      j = (j + 1) % PULL_JOBS_PER_LINK;
+    }
+    ls.jNext = j;
+    return did;
+  }
+
+  /** Sends up to `budget` bytes of job j as PULL_REPLY frames; this.jobRefused when the link pushed back. */
+  private serveJob(ls: LinkState, j: number, budget: number): number {
+    this.jobRefused = false;
+    const t = this.tpt;
+    const srcEp = ls.jSrcEp[j];
+    const owner = this.ctxs[srcEp];
+    const slot = t.lookup(ls.jRegion[j]);
+    const ownerGone = !owner.open || owner.session !== ls.jSrcSession[j];
+    if (ownerGone || slot < 0 || t.owner[slot] !== srcEp) {
+      // Deregistered or closed mid-transfer: the requester gets an error, never stale bytes.
+      this.replyPullError(
+        ls,
+        ls.jId[j],
+        ls.jReqEp[j],
+        ls.jReqSession[j],
+        srcEp,
+        ls.jSrcSession[j],
+        ls.jLen[j],
+        ownerGone ? MxStatus.ENDPOINT_CLOSED : MxStatus.ABORTED,
+      );
+      ls.freeJob(j);
+      return 0;
+    }
+    const f = this.txFrame;
+    const len = ls.jLen[j];
+    let sent = 0;
+    do {
+      const off = ls.jSent[j];
+      const n = Math.min(SEND_MAX, len - off);
+      initFrame(f, FrameType.PullReply, n);
+      setWord(f, F_SRC_NIC, this.nicId);
+      setWord(f, F_SRC_ENDPOINT, srcEp);
+      setWord(f, F_SRC_SESSION, ls.jSrcSession[j]);
+      setWord(f, F_DEST_NIC, ls.peerNic);
+      setWord(f, F_DEST_ENDPOINT, ls.jReqEp[j]);
+      setWord(f, F_DEST_SESSION, ls.jReqSession[j]);
+      setWord(f, F_COOKIE, ls.jId[j]);
+      setWord(f, F_AUX0, off);
+      setWord(f, F_AUX1, len);
+      if (n > 0) t.copyOut(slot, ls.jOff[j] + off, n, f, FRAME_HEADER_BYTES);
+      if (!ls.link.send(f.subarray(0, FRAME_HEADER_BYTES + n))) {
+        this.c[G.link_backpressure]++;
+        this.jobRefused = true;
+        return sent;
+      }
+      ls.jSent[j] = off + n;
+      sent += n;
+      this.c[G.frames_tx]++;
+      this.c[G.pull_replies_tx]++;
+      this.c[G.pull_served_bytes] += n;
+    } while (ls.jSent[j] < len && sent < budget);
+    if (ls.jSent[j] === len) ls.freeJob(j);
+    return sent;
+  }
+
+  // ---- the wire timer ---------------------------------------------------------------------------
+
+  /** Makes sure the wire timer runs (it stops by itself once nothing waits on another NIC). */
+  private armWireTimer(): void {
+    if (this.wireTimer !== null) return;
+    this.wireTimer = setTimeout(this.onWireTick, WIRE_TICK_MS);
+    // In-thread users (tests) must not be kept alive by it.
+    this.wireTimer.unref();
+  }
+
+  private readonly onWireTick = (): void => {
+    this.wireTimer = null;
+    this.now = performance.now();
+    this.wireActed = false;
+    let waiting = false;
+    try {
+      waiting = this.wireTick();
+    } catch {
+      this.c[G.internal_errors]++;
+    }
+    this.flushRaises();
+    if (waiting) this.armWireTimer();
+    // Only when it completed or sent something: an idle NIC must stay asleep.
+    if (this.wireActed) this.kick();
+  };
+
+  /**
+   * Completes what waited WIRE_TIMEOUT_MS; sends keepalives for held deliveries (this.wireActed
+   * when it did either). Returns whether anything still waits.
+   */
+  private wireTick(): boolean {
+    const now = this.now;
+    let waiting = false;
+    for (let s = 0; s < CONNECT_SLOTS; s++) {
+      if (this.cnUsed[s] !== 1) continue;
+      if (now >= this.cnDeadline[s]) {
+        this.wireActed = true;
+        this.finishConnect(s, MxStatus.ENDPOINT_UNREACHABLE, 0);
+      } else waiting = true;
+    }
+    for (let s = 0; s < REMOTE_PULL_SLOTS; s++) {
+      if (this.rpUsed[s] !== 1) continue;
+      if (now - this.rpLast[s] >= WIRE_TIMEOUT_MS) {
+        this.wireActed = true;
+        this.c[G.pull_timeouts]++;
+        this.finishPull(s, MxStatus.ENDPOINT_UNREACHABLE, this.links.get(this.rpNic[s]) ?? null);
+      } else waiting = true;
+    }
+    for (let k = 0; k < this.linkList.length; k++) {
+      const ls = this.linkList[k];
+      for (let q = 0; q < ls.sCount; q++) {
+        const i = (ls.sHead + q) % SEND_WINDOW;
+        if (ls.sDone[i] !== 0) continue;
+        if (now >= ls.sDeadline[i]) {
+          this.wireActed = true;
+          ls.sDone[i] = 1;
+          this.c[G.send_timeouts]++;
+          this.sendDoneTo(
+            ls.sEp[i],
+            ls.sSession[i],
+            ls.sCookie[i],
+            ls.sLen[i],
+            MxStatus.ENDPOINT_UNREACHABLE,
+          );
+        } else waiting = true;
+      }
+      ls.trimSends();
+    }
+    const keepalive = now - this.lastKeepalive >= KEEPALIVE_MS;
+    let held = false;
+    for (let i = 0; i < this.openCount; i++) {
+      const ctx = this.ctxs[this.openIds[i]];
+      for (let q = 0; q < ctx.dqCount; q++) {
+        const base = ((ctx.dqHead + q) % DELIVERY_QUEUE) * META_WORDS;
+        if (ctx.dqMeta[base + M_VIA_LINK] === 0) continue;
+        held = true;
+        if (keepalive) this.ackDelivery(ctx.dqMeta, base, MxStatus.PENDING);
+      }
+    }
+    if (held && keepalive) {
+      this.lastKeepalive = now;
+      this.wireActed = true;
+    }
+    return waiting || held;
+  }
+
+  // ---- the Ethernet port ------------------------------------------------------------------------
+
+  private openEtherPort(): OpenEtherPortReply {
+    if (this.port === null) {
+      const p = allocEtherPort();
+      this.portW = new Int32Array(p);
+      this.portU32 = new Uint32Array(p);
+      this.portBytes = new Uint8Array(p);
+      this.portIntr = new Int32Array(p, PORT_INTR_OFFSET, PORT_INTR_WORDS);
+      this.portTxTail = this.portTxSeen = this.portRxHead = 0;
+      this.port = p;
+    }
+    return { port: this.port };
+  }
+
+  /** Takes frames the driver queued and puts them on the wire. Returns whether it took any. */
+  private serviceEtherTx(): boolean {
+    const w = this.portW;
+    const head = Atomics.load(w, P_TX_HEAD) >>> 0;
+    this.portTxSeen = head;
+    let tail = this.portTxTail;
+    if (head === tail) return false;
+    this.portTxStalled = false;
+    let n = 0;
+    let bad = false;
+    while (tail !== head && n < ETHER_BATCH) {
+      const avail = (head - tail) >>> 0;
+      if (avail > PORT_RING_BYTES) {
+        bad = true;
+        break;
+      }
+      const pos = tail & (PORT_RING_BYTES - 1);
+      const len = this.portU32[(PORT_TX_OFFSET + pos) >> 2];
+      if (len === RECORD_SKIP) {
+        if (PORT_RING_BYTES - pos > avail) {
+          bad = true;
+          break;
+        }
+        tail = (tail + PORT_RING_BYTES - pos) >>> 0;
+        continue;
+      }
+      const rec = len <= PORT_RING_BYTES ? recordBytes(len) : 0;
+      if (rec === 0 || rec > avail || pos + rec > PORT_RING_BYTES) {
+        bad = true;
+        break;
+      }
+      if (len < ETHER_MIN_FRAME || len > ETHER_MAX_FRAME) {
+        // A whole record with a length no Ethernet frame has: drop it, keep the ring.
+        this.c[G.ether_bad]++;
+        Atomics.add(w, P_STAT_TX_BAD, 1);
+      } else if (!this.etherOut(PORT_TX_OFFSET + pos + 4, len)) {
+        this.portTxStalled = true;
+        break;
+      }
+      tail = (tail + rec) >>> 0;
+      n++;
+    }
+    if (bad) {
+      // Indices or a length word that describe no record: drop everything queued, resynchronise.
+      this.c[G.ether_bad]++;
+      Atomics.add(w, P_STAT_TX_BAD, 1);
+      tail = head;
+    }
+    if (tail === this.portTxTail) return false;
+    this.portTxTail = tail;
+    Atomics.store(w, P_TX_TAIL, tail | 0);
+    if (Atomics.load(w, P_TX_WAITING) !== 0) {
+      // The driver found the ring full: it may be waiting for room.
+      Atomics.store(w, P_TX_WAITING, 0);
+      this.portNeedRaise = true;
+    }
+    return true;
+  }
+
+  /**
+   * Sends the driver's frame at port byte `off` as an ETHERNET link frame: to the link its
+   * destination MAC was learned on, else (broadcast, multicast, unknown) to every link.
+   * false: that one link pushes back (the frame stays in the ring).
+   */
+  private etherOut(off: number, len: number): boolean {
+    const b = this.portBytes;
+    if (this.linkList.length === 0) {
+      this.c[G.ether_dropped]++;
+      Atomics.add(this.portW, P_STAT_TX_DROPPED, 1);
+      return true;
+    }
+    const f = this.txFrame;
+    initFrame(f, FrameType.Ethernet, len);
+    setWord(f, F_SRC_NIC, this.nicId);
+    copyBytes(f, FRAME_HEADER_BYTES, b, off, len);
+    const out = f.subarray(0, FRAME_HEADER_BYTES + len);
+    if ((b[off] & 1) === 0) {
+      const peer = this.macs.lookup((b[off] << 8) | b[off + 1], macLo(b, off + 2), (this.now / 1000) | 0);
+      const ls = peer >= 0 ? this.links.get(peer) : undefined;
+      if (ls !== undefined) {
+        setWord(f, F_DEST_NIC, ls.peerNic);
+        if (!ls.link.send(out)) {
+          this.c[G.link_backpressure]++;
+          return false;
+        }
+        this.c[G.frames_tx]++;
+        this.c[G.ether_tx]++;
+        return true;
+      }
+    }
+    // Flood. A link that pushes back loses its copy (a switch drops too): the others go on.
+    this.c[G.ether_flooded]++;
+    this.c[G.ether_tx]++;
+    for (let k = 0; k < this.linkList.length; k++) {
+      const ls = this.linkList[k];
+      setWord(f, F_DEST_NIC, ls.peerNic);
+      if (ls.link.send(out)) this.c[G.frames_tx]++;
+      else {
+        this.c[G.link_backpressure]++;
+        this.c[G.ether_dropped]++;
+        Atomics.add(this.portW, P_STAT_TX_DROPPED, 1);
+      }
+    }
+    return true;
+  }
+
+  /** An ETHERNET frame from a link: learn its source MAC, put it in the port's RX ring. */
+  private rxEthernet(ls: LinkState, frame: Uint8Array): void {
+    const len = getWord(frame, F_LENGTH);
+    if (len < ETHER_MIN_FRAME || len > ETHER_MAX_FRAME) {
+      this.c[G.frames_bad]++;
+      return;
+    }
+    const src = FRAME_HEADER_BYTES + 6;
+    // A group address is never a sender's: do not learn it.
+    if ((frame[src] & 1) === 0)
+      this.macs.learn(
+        (frame[src] << 8) | frame[src + 1],
+        macLo(frame, src + 2),
+        ls.peerNic,
+        (this.now / 1000) | 0,
+      );
+    if (this.port === null) {
+      this.c[G.ether_dropped]++;
+      return;
+    }
+    const w = this.portW;
+    const head = ringPut(
+      this.portBytes,
+      this.portU32,
+      PORT_RX_OFFSET,
+      this.portRxHead,
+      Atomics.load(w, P_RX_TAIL) >>> 0,
+      frame,
+      FRAME_HEADER_BYTES,
+      len,
+    );
+    if (head < 0) {
+      // The driver does not keep up: drop, as a NIC whose receive ring is full does.
+      this.c[G.ether_dropped]++;
+      Atomics.add(w, P_STAT_RX_DROPPED, 1);
+      return;
+    }
+    this.portRxHead = head;
+    Atomics.store(w, P_RX_HEAD, head | 0);
+    this.c[G.ether_rx]++;
+    this.portNeedRaise = true;
   }
 
   // ---- the run loop ------------------------------------------------------------------------
@@ -629,8 +1671,22 @@ export class Nic {
     this.running = false;
     if (this.backstop) clearTimeout(this.backstop);
     this.backstop = null;
-    for (const link of this.links.values()) link.close();
+    if (this.wireTimer) clearTimeout(this.wireTimer);
+    this.wireTimer = null;
+    for (const cb of this.stopHooks.splice(0)) {
+      try {
+        cb();
+      } catch {
+        // A hook's failure must not keep the NIC from stopping.
+      }
+    }
+    for (const ls of this.linkList) {
+      ls.attached = false;
+      ls.link.close();
+    }
     this.links.clear();
+    this.linkList.length = 0;
+    this.linkInfo.clear();
     for (const ctx of this.ctxs) if (ctx.open) Atomics.notify(ctx.w, W_SQ_PROD);
   }
 
@@ -653,6 +1709,7 @@ export class Nic {
       this.backstop = null;
     }
     for (let i = 0; i < this.openCount; i++) Atomics.store(this.ctxs[this.openIds[i]].w, W_NIC_SLEEPING, 0);
+    if (this.port !== null) Atomics.store(this.portW, P_NIC_SLEEPING, 0);
   }
 
   private readonly runSlice = (): void => {
@@ -683,9 +1740,11 @@ export class Nic {
 
   private sleep(): void {
     for (let i = 0; i < this.openCount; i++) Atomics.store(this.ctxs[this.openIds[i]].w, W_NIC_SLEEPING, 1);
+    if (this.port !== null) Atomics.store(this.portW, P_NIC_SLEEPING, 1);
     // An owner that rang before it could see the flag did not notify: look once more.
     if (this.poll()) {
       for (let i = 0; i < this.openCount; i++) Atomics.store(this.ctxs[this.openIds[i]].w, W_NIC_SLEEPING, 0);
+      if (this.port !== null) Atomics.store(this.portW, P_NIC_SLEEPING, 0);
       this.scheduled = true;
       setImmediate(this.runSlice);
       return;
@@ -709,6 +1768,19 @@ export class Nic {
         this.kick();
       });
     }
+    if (this.port !== null && !this.portWaiterPending) {
+      // The driver's doorbell: it notifies the TX head word when it sees P_NIC_SLEEPING.
+      const r = Atomics.waitAsync(this.portW, P_TX_HEAD, this.portTxSeen | 0);
+      if (!r.async) changed = true;
+      else {
+        this.portWaiterPending = true;
+        const gen = ++this.portWaiterGen;
+        r.value.then(() => {
+          if (this.portWaiterGen === gen) this.portWaiterPending = false;
+          this.kick();
+        });
+      }
+    }
     if (changed) {
       this.kick();
       return;
@@ -727,7 +1799,11 @@ export class Nic {
 
   /** Work that waits for an owner to free space or a link to take frames (no doorbell announces it). */
   private hasDeferredWork(): boolean {
-    if (this.ackCount > 0) return true;
+    if (this.portTxStalled) return true;
+    for (let k = 0; k < this.linkList.length; k++) {
+      const ls = this.linkList[k];
+      if (ls.ctrlCount > 0 || ls.jobCount > 0) return true;
+    }
     for (let i = 0; i < this.openCount; i++) {
       const ctx = this.ctxs[this.openIds[i]];
       if (ctx.blCount > 0 || ctx.dqCount > 0 || ctx.linkStalled || ctx.pulling) return true;
@@ -739,7 +1815,28 @@ export class Nic {
   /** One round over every open endpoint. Returns whether anything was done. */
   poll(): boolean {
     let did = false;
-    if (this.ackCount > 0 && this.flushAcks()) did = true;
+    this.now = performance.now();
+    for (let k = 0; k < this.linkList.length; k++) {
+      const ls = this.linkList[k];
+      try {
+        if (ls.ctrlCount > 0 && this.flushCtrl(ls)) did = true;
+        if (ls.jobCount > 0 && this.serveJobs(ls)) did = true;
+      } catch {
+        // A bug, never a peer's garbage: count it, drop that link's jobs (their requesters time out).
+        this.c[G.internal_errors]++;
+        ls.jUsed.fill(0);
+        ls.jobCount = 0;
+      }
+    }
+    if (this.port !== null) {
+      try {
+        if (this.serviceEtherTx()) did = true;
+      } catch {
+        this.c[G.internal_errors]++;
+        this.portTxTail = Atomics.load(this.portW, P_TX_HEAD) >>> 0;
+        Atomics.store(this.portW, P_TX_TAIL, this.portTxTail | 0);
+      }
+    }
     for (let i = 0; i < this.openCount; i++) {
       const ctx = this.ctxs[this.openIds[i]];
       try {
@@ -774,6 +1871,8 @@ export class Nic {
     const w = ctx.w;
     const prod = Atomics.load(w, W_SQ_PROD) >>> 0;
     ctx.prodSeen = prod;
+    // Set again below if the head descriptor still has to wait (for a link, a window, a slot).
+    ctx.linkStalled = false;
     let cons = ctx.sqCons;
     if (prod === cons) return false;
     if ((prod - cons) >>> 0 > SQ_ENTRIES) {
@@ -824,10 +1923,13 @@ export class Nic {
         this.c[G.nops]++;
         return CONSUMED;
       case Opcode.Pull:
+        if ((this.d[D_OPCODE] >>> 16) & DFLAG_REMOTE) return this.execRemotePull(ctx);
         this.execPull(ctx);
         return CONSUMED;
       case Opcode.Send:
         return this.execSend(ctx);
+      case Opcode.Connect:
+        return this.execConnect(ctx);
       default:
         this.descError(ctx, ErrorReason.UnknownOpcode);
         return CONSUMED;
@@ -880,8 +1982,22 @@ export class Nic {
     }
     this.c[G.pulls]++;
     this.c[ctx.base + E.pulls]++;
+    this.startCopy(ctx, src, srcOff, dst, dstOff, len, seenAt);
+  }
+
+  /** The DMA engine copies the PULL in this.d (both ranges checked): now, or a chunk per round. */
+  private startCopy(
+    ctx: EndpointContext,
+    src: number,
+    srcOff: number,
+    dst: number,
+    dstOff: number,
+    len: number,
+    seenAt: number,
+  ): void {
+    const d = this.d;
     if (len <= PULL_CHUNK) {
-      t.copy(src, srcOff, dst, dstOff, len);
+      this.tpt.copy(src, srcOff, dst, dstOff, len);
       this.roundBytes += len;
       this.countPulled(ctx, len);
       this.pullDone(ctx, d[D_COOKIE], len, MxStatus.SUCCESS, seenAt);
@@ -966,8 +2082,8 @@ export class Nic {
     }
     const destNic = d[D_DEST_NIC] >>> 0;
     const cookie = d[D_COOKIE];
-    const link = this.links.get(destNic);
-    if (link === undefined) {
+    const ls = this.links.get(destNic);
+    if (ls === undefined) {
       this.countSend(ctx, len);
       if (destNic !== this.nicId) {
         this.sendDone(ctx, cookie, len, MxStatus.ENDPOINT_UNREACHABLE);
@@ -991,6 +2107,12 @@ export class Nic {
       if (status !== MxStatus.PENDING) this.completeSend(status);
       return CONSUMED;
     }
+    if (ls.sCount === SEND_WINDOW) {
+      // As many SENDs as the window holds await their ACK: this one waits in the queue.
+      this.c[G.send_window_full]++;
+      ctx.linkStalled = true;
+      return STALLED;
+    }
     const f = this.txFrame;
     initFrame(f, FrameType.Send, len);
     setWord(f, F_SRC_NIC, this.nicId);
@@ -1005,13 +2127,14 @@ export class Nic {
     setWord(f, F_AUX1, d[D_AUX1]);
     setWord(f, F_COOKIE, cookie);
     if (len > 0) t.copyOut(src, srcOff, len, f, FRAME_HEADER_BYTES);
-    if (!link.send(f.subarray(0, FRAME_HEADER_BYTES + len))) {
+    if (!ls.link.send(f.subarray(0, FRAME_HEADER_BYTES + len))) {
       // The wire pushes back: this descriptor stays at the head of the queue and is retried.
       this.c[G.link_backpressure]++;
       ctx.linkStalled = true;
       return STALLED;
     }
-    ctx.linkStalled = false;
+    ls.pushSend(ctx.id, ctx.session, cookie, len, this.now + WIRE_TIMEOUT_MS);
+    this.armWireTimer();
     this.c[G.frames_tx]++;
     this.countSend(ctx, len);
     return CONSUMED;
@@ -1144,8 +2267,7 @@ export class Nic {
   private completeSend(status: number): void {
     const m = this.dv;
     if (m[M_VIA_LINK] !== 0) {
-      m[M_STATUS] = status;
-      if (this.ackCount > 0 || !this.sendAck(m, 0)) this.queueAck();
+      this.ackDelivery(m, 0, status);
       return;
     }
     const ep = m[M_SRC_EP] >>> 0;
@@ -1153,52 +2275,6 @@ export class Nic {
     // The sender may have closed (or closed and reopened) meanwhile: then nobody waits for it.
     if (ctx?.open && ctx.session === m[M_SRC_SESSION] >>> 0)
       this.sendDone(ctx, m[M_COOKIE], m[M_LENGTH] >>> 0, status);
-  }
-
-  /** Sends the SEND_ACK for the delivery whose metadata is at words[base..]. */
-  private sendAck(words: Int32Array, base: number): boolean {
-    const srcNic = words[base + M_SRC_NIC] >>> 0;
-    const link = this.links.get(srcNic);
-    if (!link) {
-      this.c[G.acks_dropped]++;
-      return true;
-    }
-    const f = this.ackFrame;
-    initFrame(f, FrameType.SendAck, 0);
-    setWord(f, F_SRC_NIC, this.nicId);
-    setWord(f, F_SRC_ENDPOINT, words[base + M_DEST_EP]);
-    setWord(f, F_SRC_SESSION, words[base + M_DEST_SESSION]);
-    setWord(f, F_DEST_NIC, srcNic);
-    setWord(f, F_DEST_ENDPOINT, words[base + M_SRC_EP]);
-    setWord(f, F_DEST_SESSION, words[base + M_SRC_SESSION]);
-    setWord(f, F_COOKIE, words[base + M_COOKIE]);
-    setWord(f, F_STATUS, words[base + M_STATUS]);
-    setWord(f, F_AUX0, words[base + M_LENGTH]);
-    if (!link.send(f)) {
-      this.c[G.link_backpressure]++;
-      return false;
-    }
-    this.c[G.frames_tx]++;
-    return true;
-  }
-
-  private queueAck(): void {
-    if (this.ackCount === ACK_QUEUE) {
-      this.c[G.acks_dropped]++;
-      return;
-    }
-    this.ackQueue.set(this.dv, ((this.ackHead + this.ackCount) % ACK_QUEUE) * META_WORDS);
-    this.ackCount++;
-  }
-
-  private flushAcks(): boolean {
-    let did = false;
-    while (this.ackCount > 0 && this.sendAck(this.ackQueue, this.ackHead * META_WORDS)) {
-      this.ackHead = (this.ackHead + 1) % ACK_QUEUE;
-      this.ackCount--;
-      did = true;
-    }
-    return did;
   }
 
   // ---- events and interrupts -----------------------------------------------------------------
@@ -1264,5 +2340,10 @@ export class Nic {
       if (raiseInterrupt(ctx.intr)) this.c[G.interrupt_kicks]++;
     }
     this.raiseCount = 0;
+    if (this.portNeedRaise) {
+      this.portNeedRaise = false;
+      this.c[G.interrupts]++;
+      if (raiseInterrupt(this.portIntr)) this.c[G.interrupt_kicks]++;
+    }
   }
 }

@@ -12,6 +12,13 @@
  * frame cut off by the close drops the connection and counts it (tcpLinkStats); nothing
  * throws into the NIC. Every byte from the socket is hostile input.
  *
+ * Goodbye: a length prefix of 0 (no frame) says the sender closes on purpose (detachLink): the
+ * receiving side then does not try to reconnect. A connection that ends without one (the peer
+ * NIC was stopped or crashed, the network failed, a stream fault) is retried by the side that
+ * connected, with backoff (RECONNECT_MIN_MS doubling to RECONNECT_MAX_MS), until the host
+ * detaches that peer or the NIC stops; the listening side accepts the new connection, which
+ * replaces any link it still has to that NIC.
+ *
  * Back-pressure: send() copies the frame into one write and refuses (false) while the socket's
  * write buffer is above a high-water mark and still draining; onWritable fires on 'drain'. So
  * the queued bytes stay below the mark plus one frame. Receiving parses each chunk at once into
@@ -34,6 +41,10 @@ export const TCP_HELLO_BYTES = 16;
 /** Default write-buffer mark above which send() pushes back (32 full frames). */
 export const TCP_LINK_HIGH_WATER = 32 * FRAME_MAX;
 export const TCP_HANDSHAKE_TIMEOUT_MS = 5000;
+export const RECONNECT_MIN_MS = 50;
+export const RECONNECT_MAX_MS = 1000;
+/** Connect plus handshake time allowed to one reconnection attempt (unless the spec says). */
+export const RECONNECT_ATTEMPT_MS = 1000;
 
 /** Per-thread counts of connections this module dropped (handshake refusals and bad streams). */
 export const tcpLinkStats = { handshakesRejected: 0, connectionsDropped: 0 };
@@ -147,13 +158,15 @@ export class TcpLink implements Link {
   private closed = false;
   private frameCb: ((frame: Uint8Array) => void) | null = null;
   private writableCb: (() => void) | null = null;
-  private readonly closeCbs: ((reason: string) => void)[] = [];
+  private readonly closeCbs: ((reason: string, goodbye: boolean) => void)[] = [];
   private readonly hwm: number;
   private readonly log: TcpLinkLog;
   /** Why the connection went down (null while up). */
   closeReason: string | null = null;
   /** Frames received before onFrame was set (dropped). */
   framesUnclaimed = 0;
+  /** The peer closed on purpose (sent a goodbye). */
+  goodbye = false;
 
   constructor(
     private readonly socket: net.Socket,
@@ -209,9 +222,12 @@ export class TcpLink implements Link {
     this.writableCb = cb;
   }
 
-  /** Called once when the connection goes down, by close() or by the peer or an error. */
-  onClose(cb: (reason: string) => void): void {
-    if (this.closed) cb(this.closeReason ?? "closed");
+  /**
+   * Called once when the connection goes down, by close() or by the peer or an error;
+   * `goodbye`: the peer closed on purpose (do not reconnect).
+   */
+  onClose(cb: (reason: string, goodbye: boolean) => void): void {
+    if (this.closed) cb(this.closeReason ?? "closed", this.goodbye);
     else this.closeCbs.push(cb);
   }
 
@@ -219,8 +235,9 @@ export class TcpLink implements Link {
     return this.closed;
   }
 
-  /** Ends the connection (queued frames are flushed; nothing more is delivered). */
+  /** Ends the connection on purpose: queued frames are flushed, then a goodbye; nothing more is delivered. */
   close(): void {
+    if (!this.closed && !this.socket.destroyed) this.socket.write(Buffer.alloc(4));
     this.shutdown("closed locally", true);
   }
 
@@ -238,7 +255,7 @@ export class TcpLink implements Link {
     }
     for (const cb of this.closeCbs.splice(0)) {
       try {
-        cb(reason);
+        cb(reason, this.goodbye);
       } catch {
         // A close listener's failure is not the link's.
       }
@@ -264,6 +281,11 @@ export class TcpLink implements Link {
         if (this.lenGot < 4) break;
         const len = this.lenBuf.readUInt32LE(0);
         this.lenGot = 0;
+        if (len === 0) {
+          this.goodbye = true;
+          this.shutdown("detached by the peer", false);
+          return;
+        }
         if (len < FRAME_HEADER_BYTES || len > FRAME_MAX) {
           this.drop(`frame length ${len} outside ${FRAME_HEADER_BYTES}..${FRAME_MAX}`);
           return;
@@ -414,8 +436,15 @@ export function connectTcpLink(options: ConnectTcpLinkOptions): Promise<TcpLink>
 /** The part of the Nic engine that attachTcpSpec drives. */
 export interface TcpLinkHost {
   readonly nicId: number;
-  attachLink(link: Link): void;
+  /** Throws (EBUSY) if a link to that peer is attached, unless `replace`. */
+  attachLink(link: Link, replace?: boolean): void;
   detachLink(peerNic: number): void;
+  /** The link went down by itself; `retrying`: a reconnection will be tried. */
+  linkLost(link: Link, retrying: boolean): void;
+  /** No reconnection will be tried any more for that peer. */
+  forgetLink(peerNic: number): void;
+  hasLink(peerNic: number): boolean;
+  onStop(cb: () => void): void;
 }
 
 export type TcpLinkSpec =
@@ -427,31 +456,160 @@ export function isTcpLinkSpec(spec: unknown): spec is TcpLinkSpec {
   return k === "tcp" || k === "tcp-listen";
 }
 
-const attached = new WeakMap<TcpLinkHost, Map<number, TcpLink>>();
+/**
+ * A connecting link's life after its first connection: while its connection is up it waits;
+ * when it drops without a goodbye it reconnects with backoff, until cancelled.
+ */
+class Reconnector {
+  cancelled = false;
+  link: TcpLink | null = null;
+  private timer: ReturnType<typeof setTimeout> | null = null;
+  private backoffMs = RECONNECT_MIN_MS;
+  private attempts = 0;
+  readonly where: string;
 
-/** Attaches `link` to the NIC; a link that goes down detaches itself (later SENDs: UNREACHABLE). */
-function attachTo(nic: TcpLinkHost, link: TcpLink): void {
-  let current = attached.get(nic);
-  if (!current) attached.set(nic, (current = new Map()));
-  nic.attachLink(link); // throws EBUSY if a link to that NIC is attached
-  const map = current;
-  map.set(link.peerNic, link);
-  link.onClose(() => {
-    if (map.get(link.peerNic) !== link) return;
-    map.delete(link.peerNic);
+  constructor(
+    private readonly nic: TcpLinkHost,
+    readonly peerNic: number,
+    private readonly host: string,
+    private readonly port: number,
+    private readonly timeoutMs: number,
+    private readonly log: TcpLinkLog,
+  ) {
+    this.where = `tcp-link nic ${nic.nicId} -> nic ${peerNic} (${host}:${port})`;
+  }
+
+  /** Watches a connection just attached. */
+  watch(link: TcpLink): void {
+    this.link = link;
+    link.onClose((reason, goodbye) => {
+      if (this.link !== link) return;
+      this.link = null;
+      const retry = !this.cancelled && !goodbye;
+      this.nic.linkLost(link, retry);
+      if (!retry) {
+        if (!this.cancelled) this.log(`${this.where}: link down (${reason}); not reconnecting`);
+        this.forget();
+        return;
+      }
+      this.log(`${this.where}: link down (${reason}); reconnecting`);
+      this.backoffMs = RECONNECT_MIN_MS;
+      this.attempts = 0;
+      this.schedule();
+    });
+  }
+
+  cancel(): void {
+    this.cancelled = true;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    this.forget();
+  }
+
+  private forget(): void {
+    this.cancelled = true;
+    const map = reconnectors.get(this.nic);
+    if (map?.get(this.peerNic) === this) map.delete(this.peerNic);
+    this.nic.forgetLink(this.peerNic);
+  }
+
+  private schedule(): void {
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      void this.attempt();
+    }, this.backoffMs);
+    this.backoffMs = Math.min(this.backoffMs * 2, RECONNECT_MAX_MS);
+  }
+
+  private async attempt(): Promise<void> {
+    if (this.cancelled) return;
+    this.attempts++;
+    let link: TcpLink;
     try {
-      nic.detachLink(link.peerNic);
-    } catch {
-      // Already detached (the host's detachLink closed it).
+      link = await connectTcpLink({
+        nicId: this.nic.nicId,
+        host: this.host,
+        port: this.port,
+        timeoutMs: this.timeoutMs,
+        log: this.log,
+      });
+    } catch (e) {
+      if (this.cancelled) return;
+      // Every attempt at first, then once in 10: a long outage should not flood the log.
+      if (this.attempts <= 3 || this.attempts % 10 === 0)
+        this.log(
+          `${this.where}: reconnection attempt ${this.attempts} failed (${(e as Error).message}); next in ${this.backoffMs} ms`,
+        );
+      this.schedule();
+      return;
     }
-  });
+    if (this.cancelled) {
+      link.close();
+      return;
+    }
+    if (link.peerNic !== this.peerNic) {
+      this.log(`${this.where}: the listener is now NIC ${link.peerNic}; retrying`);
+      link.close();
+      this.schedule();
+      return;
+    }
+    if (this.nic.hasLink(this.peerNic)) {
+      // The peer reached us another way meanwhile (it connected to our listener): keep that one.
+      this.log(`${this.where}: a link to NIC ${this.peerNic} is attached already; not reconnecting`);
+      link.close();
+      this.forget();
+      return;
+    }
+    try {
+      this.nic.attachLink(link);
+    } catch (e) {
+      this.log(`${this.where}: reconnected but the NIC refused the link: ${(e as Error).message}`);
+      link.close();
+      this.forget();
+      return;
+    }
+    this.log(`${this.where}: link up again (attempt ${this.attempts})`);
+    this.watch(link);
+  }
+}
+
+const reconnectors = new WeakMap<TcpLinkHost, Map<number, Reconnector>>();
+
+function reconnectorsOf(nic: TcpLinkHost): Map<number, Reconnector> {
+  let map = reconnectors.get(nic);
+  if (!map) {
+    const m = new Map<number, Reconnector>();
+    reconnectors.set(nic, m);
+    nic.onStop(() => {
+      for (const r of [...m.values()]) r.cancel();
+    });
+    map = m;
+  }
+  return map;
 }
 
 /**
- * Carries out a TCP link spec on the NIC's thread: "tcp" connects and attaches the link (resolves
- * after the handshake); "tcp-listen" resolves once listening and attaches each peer that connects.
+ * Stops reconnecting to `peerNic` (the host detaches it). Returns whether a reconnecting link
+ * existed; its connection, if up, is still attached (the caller detaches it).
  */
-export async function attachTcpSpec(nic: TcpLinkHost, spec: unknown): Promise<TcpLinkServer | TcpLink> {
+export function cancelTcpReconnect(nic: TcpLinkHost, peerNic: number): boolean {
+  const r = reconnectors.get(nic)?.get(peerNic);
+  if (!r) return false;
+  r.cancel();
+  return true;
+}
+
+/**
+ * Carries out a TCP link spec on the NIC's thread: "tcp" connects and attaches the link
+ * (resolves after the handshake; a first connection that fails rejects) and from then on
+ * reconnects it whenever it drops without a goodbye; "tcp-listen" resolves once listening and
+ * attaches each peer that connects, replacing a link that peer had.
+ */
+export async function attachTcpSpec(
+  nic: TcpLinkHost,
+  spec: unknown,
+  log: TcpLinkLog = defaultLog,
+): Promise<TcpLinkServer | TcpLink> {
   if (!isTcpLinkSpec(spec)) throw new RangeError(`not a tcp link spec: ${JSON.stringify(spec)}`);
   const s = spec as Partial<{ host: unknown; port: unknown; timeoutMs: unknown }>;
   if (s.host !== undefined && typeof s.host !== "string")
@@ -459,24 +617,51 @@ export async function attachTcpSpec(nic: TcpLinkHost, spec: unknown): Promise<Tc
   if (s.timeoutMs !== undefined && (!Number.isInteger(s.timeoutMs) || (s.timeoutMs as number) < 1))
     throw new RangeError("tcp link: timeoutMs must be a positive integer");
   if (spec.kind === "tcp") {
+    const host = spec.host ?? "127.0.0.1";
     const link = await connectTcpLink({
       nicId: nic.nicId,
-      host: spec.host,
+      host,
       port: spec.port,
       timeoutMs: spec.timeoutMs,
+      log,
     });
+    // An explicit attach wins over a reconnection still trying for that peer.
+    cancelTcpReconnect(nic, link.peerNic);
     try {
-      attachTo(nic, link);
+      nic.attachLink(link); // throws EBUSY if a link to that NIC is attached
     } catch (e) {
       link.close();
       throw e;
     }
+    const r = new Reconnector(
+      nic,
+      link.peerNic,
+      host,
+      spec.port,
+      spec.timeoutMs ?? RECONNECT_ATTEMPT_MS,
+      log,
+    );
+    reconnectorsOf(nic).set(link.peerNic, r);
+    r.watch(link);
     return link;
   }
   return listenTcpLinks({
     nicId: nic.nicId,
     host: spec.host,
     port: spec.port,
-    onLink: (link) => attachTo(nic, link),
+    log,
+    onLink: (link) => {
+      // A NIC that connects again (it restarted, or its old connection died unnoticed) replaces its old link.
+      const replacing = nic.hasLink(link.peerNic);
+      nic.attachLink(link, true);
+      log(
+        `tcp-link nic ${nic.nicId} <- nic ${link.peerNic}: link up${replacing ? " (replaces the previous connection)" : ""}`,
+      );
+      link.onClose((reason) => {
+        nic.linkLost(link, false);
+        if (nic.hasLink(link.peerNic)) return;
+        log(`tcp-link nic ${nic.nicId} <- nic ${link.peerNic}: link down (${reason})`);
+      });
+    },
   });
 }

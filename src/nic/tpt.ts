@@ -293,4 +293,24 @@ export class Tpt {
       sLeft = sr[si * 3 + 1];
     }
   }
+
+  /** Copies `len` bytes of contiguous `src` at `srcOff` into region `dst` at `dstOff` (remote PULL replies). */
+  copyIn(src: Uint8Array, srcOff: number, len: number, dst: number, dstOff: number): void {
+    if (len <= 0) return;
+    const dr = this.runs[dst]!;
+    const dMem = this.mem[dst]!;
+    let di = this.findRun(dr, dstOff);
+    let dPos = dr[di * 3] + (dstOff - dr[di * 3 + 2]);
+    let dLeft = dr[di * 3 + 1] - (dstOff - dr[di * 3 + 2]);
+    for (;;) {
+      const n = Math.min(dLeft, len);
+      copyBytes(dMem, dPos, src, srcOff, n);
+      len -= n;
+      if (len === 0) return;
+      srcOff += n;
+      di++;
+      dPos = dr[di * 3];
+      dLeft = dr[di * 3 + 1];
+    }
+  }
 }

@@ -1,0 +1,1266 @@
+/**
+ * The wire between NICs (src/nic/): CONNECT descriptors, remote PULLs over TCP links, SENDs
+ * that wait for their ACK when a link dies, reconnecting TCP links, the Ethernet port of the
+ * split path, and garbage frames from a fake peer. Real NIC threads, real TCP sockets on
+ * 127.0.0.1; this thread drives the NICs and owns their endpoints. A fake peer NIC (a TCP link
+ * in this thread) plays a peer that goes silent or talks nonsense.
+ */
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import net from "node:net";
+import { after, before, test } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
+import type {
+  NicControlRequest,
+  NicInfo,
+  OpenEndpointReply,
+  OpenEtherPortReply,
+  RegisterRegionReply,
+} from "../src/nic/control.js";
+import { NicDevice } from "../src/nic/device.js";
+import {
+  ETHER_MAX_FRAME,
+  EtherPortClient,
+  P_TX_HEAD,
+  P_TX_TAIL,
+  PORT_TX_OFFSET,
+  ringPut,
+} from "../src/nic/ether-port.js";
+import {
+  F_AUX0,
+  F_AUX1,
+  F_COOKIE,
+  F_DEST_ENDPOINT,
+  F_DEST_NIC,
+  F_DEST_SESSION,
+  F_LENGTH,
+  F_SRC_ENDPOINT,
+  F_SRC_NIC,
+  F_SRC_SESSION,
+  F_STATUS,
+  FRAME_HEADER_BYTES,
+  FrameType,
+  getWord,
+  initFrame,
+  setWord,
+} from "../src/nic/link.js";
+import { MxStatus, mxStatusName } from "../src/nic/status.js";
+import { connectTcpLink, listenTcpLinks, type TcpLink, type TcpLinkServer } from "../src/nic/tcp-link.js";
+import {
+  Access,
+  ANY_ENDPOINT,
+  D_COOKIE,
+  D_DEST_ENDPOINT,
+  D_DEST_NIC,
+  D_DEST_SESSION,
+  D_DST_OFFSET,
+  D_DST_REGION,
+  D_LENGTH,
+  D_OPCODE,
+  D_SRC_KEY,
+  D_SRC_OFFSET,
+  D_SRC_REGION,
+  DESC_WORDS,
+  DFLAG_REMOTE,
+  DFLAG_TRACE,
+  E_COOKIE,
+  E_LENGTH,
+  E_REASON,
+  E_RECV_SPAN,
+  E_SRC_ENDPOINT,
+  E_SRC_NIC,
+  E_SRC_SESSION,
+  E_TRACE_DMA_DONE,
+  E_TRACE_NIC_SEEN,
+  E_TYPE,
+  EQ_ENTRIES,
+  EQ_OFFSET,
+  ErrorReason,
+  EVENT_WORDS,
+  EventType,
+  Opcode,
+  SEND_MAX,
+  SQ_ENTRIES,
+  SQ_OFFSET,
+  W_EQ_CONS,
+  W_EQ_PROD,
+  W_NIC_SLEEPING,
+  W_RQ_CONS,
+  W_SQ_CONS,
+  W_SQ_PROD,
+  WIRE_TIMEOUT_MS,
+} from "../src/nic/window.js";
+import { SEND_WINDOW } from "../src/nic/wire.js";
+import { SyncCallClient } from "../src/xen/sync-call.js";
+
+const HOST = "127.0.0.1";
+const quiet = () => {};
+
+async function until(pred: () => boolean, what: string, timeoutMs = 5000): Promise<void> {
+  const start = performance.now();
+  while (!pred()) {
+    if (performance.now() - start > timeoutMs) throw new Error(`timed out waiting for ${what}`);
+    await sleep(2);
+  }
+}
+
+async function freePort(): Promise<number> {
+  const s = net.createServer();
+  await new Promise<void>((r) => s.listen(0, HOST, r));
+  const port = (s.address() as net.AddressInfo).port;
+  await new Promise<void>((r) => s.close(() => r()));
+  return port;
+}
+
+function control(nic: NicDevice): SyncCallClient<NicControlRequest> {
+  const ep = nic.driverEndpoint();
+  return new SyncCallClient<NicControlRequest>(ep.port, ep.replyWord);
+}
+
+function info(ctl: SyncCallClient<NicControlRequest>): NicInfo {
+  return ctl.call<NicInfo>({ op: "info" });
+}
+
+function sha(buf: SharedArrayBuffer | Uint8Array, offset = 0, length?: number): string {
+  const b = buf instanceof Uint8Array ? buf : new Uint8Array(buf);
+  return createHash("sha256")
+    .update(b.subarray(offset, length === undefined ? undefined : offset + length))
+    .digest("hex");
+}
+
+function fill(mem: SharedArrayBuffer, seed: number): void {
+  const b = new Uint8Array(mem);
+  let x = seed >>> 0 || 1;
+  for (let i = 0; i < b.length; i += 4) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    b[i] = x;
+    b[i + 1] = x >>> 8;
+    b[i + 2] = x >>> 16;
+    b[i + 3] = x >>> 24;
+  }
+}
+
+interface Ev {
+  type: number;
+  status: number;
+  cookie: number;
+  length: number;
+  srcNic: number;
+  srcEndpoint: number;
+  srcSession: number;
+  reason: number;
+  span: number;
+  seenAt: number;
+  dmaDone: number;
+}
+
+/** This thread as an endpoint's owner. */
+class Owner {
+  readonly w: Int32Array;
+  readonly f64: Float64Array;
+  prod = 0;
+  eqCons = 0;
+  rqCons = 0;
+  constructor(
+    readonly ctl: SyncCallClient<NicControlRequest>,
+    readonly ep: OpenEndpointReply,
+  ) {
+    this.w = new Int32Array(ep.window);
+    this.f64 = new Float64Array(ep.window);
+  }
+  static open(ctl: SyncCallClient<NicControlRequest>, owner: string, key = 0): Owner {
+    return new Owner(
+      ctl,
+      ctl.call<OpenEndpointReply>({ op: "open_endpoint", owner, endpointId: ANY_ENDPOINT, key }),
+    );
+  }
+  get id(): number {
+    return this.ep.endpointId;
+  }
+  get session(): number {
+    return this.ep.session;
+  }
+  register(memory: SharedArrayBuffer, access: number): RegisterRegionReply {
+    return this.ctl.call<RegisterRegionReply>({
+      op: "register_region",
+      endpointId: this.id,
+      memory,
+      runs: [{ offset: 0, length: memory.byteLength }],
+      access,
+    });
+  }
+  deregister(regionId: number): void {
+    this.ctl.call({ op: "deregister_region", endpointId: this.id, regionId });
+  }
+  close(): void {
+    this.ctl.call({ op: "close_endpoint", endpointId: this.id });
+  }
+  post(d: Record<number, number>): void {
+    assert.ok(this.prod - Atomics.load(this.w, W_SQ_CONS) < SQ_ENTRIES, "send-queue room");
+    const base = SQ_OFFSET / 4 + (this.prod % SQ_ENTRIES) * DESC_WORDS;
+    for (let i = 0; i < DESC_WORDS; i++) this.w[base + i] = d[i] ?? 0;
+    this.prod++;
+    Atomics.store(this.w, W_SQ_PROD, this.prod);
+    this.poke();
+  }
+  poke(): void {
+    if (Atomics.load(this.w, W_NIC_SLEEPING) === 1) Atomics.notify(this.w, W_SQ_PROD);
+  }
+  tryEvent(): Ev | null {
+    if (Atomics.load(this.w, W_EQ_PROD) === this.eqCons) return null;
+    const base = EQ_OFFSET / 4 + (this.eqCons % EQ_ENTRIES) * EVENT_WORDS;
+    const u = (i: number) => this.w[base + i] >>> 0;
+    const ev: Ev = {
+      type: u(E_TYPE) & 0xffff,
+      status: u(E_TYPE) >>> 16,
+      cookie: u(E_COOKIE),
+      length: u(E_LENGTH),
+      srcNic: u(E_SRC_NIC),
+      srcEndpoint: u(E_SRC_ENDPOINT),
+      srcSession: u(E_SRC_SESSION),
+      reason: u(E_REASON),
+      span: u(E_RECV_SPAN),
+      seenAt: this.f64[(base + E_TRACE_NIC_SEEN) / 2],
+      dmaDone: this.f64[(base + E_TRACE_DMA_DONE) / 2],
+    };
+    this.eqCons++;
+    Atomics.store(this.w, W_EQ_CONS, this.eqCons);
+    this.poke();
+    return ev;
+  }
+  async nextEvent(timeoutMs = 5000, what = "an event"): Promise<Ev> {
+    let ev: Ev | null = null;
+    await until(() => (ev = this.tryEvent()) !== null, `${what} on endpoint ${this.id}`, timeoutMs);
+    return ev!;
+  }
+  release(span: number): void {
+    this.rqCons += span;
+    Atomics.store(this.w, W_RQ_CONS, this.rqCons);
+    this.poke();
+  }
+}
+
+function expectEvent(ev: Ev, type: number, status: number, what: string): void {
+  assert.equal(ev.type, type, `${what}: event type ${ev.type}, expected ${type}`);
+  assert.equal(ev.status, status, `${what}: ${mxStatusName(ev.status)}, expected ${mxStatusName(status)}`);
+}
+
+const connectDesc = (cookie: number, nic: number, ep: number, key: number) => ({
+  [D_OPCODE]: Opcode.Connect,
+  [D_COOKIE]: cookie,
+  [D_DEST_NIC]: nic,
+  [D_DEST_ENDPOINT]: ep,
+  [D_SRC_KEY]: key,
+});
+
+interface PullArgs {
+  cookie: number;
+  nic: number;
+  src: Owner | { id: number; session: number };
+  region: RegisterRegionReply | { regionId: number; key: number };
+  srcOffset?: number;
+  dst: RegisterRegionReply;
+  dstOffset?: number;
+  length: number;
+  flags?: number;
+}
+
+const pullDesc = (a: PullArgs) => ({
+  [D_OPCODE]: Opcode.Pull | ((DFLAG_REMOTE | (a.flags ?? 0)) << 16),
+  [D_COOKIE]: a.cookie,
+  [D_SRC_REGION]: a.region.regionId,
+  [D_SRC_KEY]: a.region.key,
+  [D_SRC_OFFSET]: a.srcOffset ?? 0,
+  [D_DST_REGION]: a.dst.regionId,
+  [D_DST_OFFSET]: a.dstOffset ?? 0,
+  [D_LENGTH]: a.length,
+  [D_DEST_NIC]: a.nic,
+  [D_DEST_ENDPOINT]: a.src.id,
+  [D_DEST_SESSION]: a.src.session,
+});
+
+const sendDesc = (
+  cookie: number,
+  region: RegisterRegionReply,
+  length: number,
+  nic: number,
+  to: { id: number; session: number },
+) => ({
+  [D_OPCODE]: Opcode.Send,
+  [D_COOKIE]: cookie,
+  [D_SRC_REGION]: region.regionId,
+  [D_LENGTH]: length,
+  [D_DEST_NIC]: nic,
+  [D_DEST_ENDPOINT]: to.id,
+  [D_DEST_SESSION]: to.session,
+});
+
+/** A fake peer NIC in this thread: a TCP listener whose links record what they get. */
+class FakePeer {
+  links: TcpLink[] = [];
+  frames: Buffer[] = [];
+  private constructor(
+    readonly nicId: number,
+    readonly server: TcpLinkServer,
+  ) {}
+  static async start(nicId: number): Promise<FakePeer> {
+    let self: FakePeer | null = null;
+    const server = await listenTcpLinks({
+      nicId,
+      port: 0,
+      host: HOST,
+      log: quiet,
+      onLink: (l) => {
+        self!.links.push(l);
+        l.onFrame((f) => self!.frames.push(Buffer.from(f)));
+      },
+    });
+    self = new FakePeer(nicId, server);
+    return self;
+  }
+  get link(): TcpLink {
+    return this.links[this.links.length - 1];
+  }
+  framesOf(type: number): Buffer[] {
+    return this.frames.filter((f) => (getWord(f, 0) & 0xff) === type);
+  }
+  /** A frame from this fake to NIC `dest`, header words as given. */
+  send(type: number, dest: number, words: Record<number, number>, payload?: Uint8Array): boolean {
+    const n = payload?.length ?? 0;
+    const f = new Uint8Array(FRAME_HEADER_BYTES + n);
+    initFrame(f, type, n);
+    setWord(f, F_SRC_NIC, this.nicId);
+    setWord(f, F_DEST_NIC, dest);
+    for (const [w, v] of Object.entries(words)) setWord(f, Number(w), v);
+    if (payload) f.set(payload, FRAME_HEADER_BYTES);
+    return this.link.send(f);
+  }
+}
+
+let nic1: NicDevice;
+let nic2: NicDevice;
+let ctl1: SyncCallClient<NicControlRequest>;
+let ctl2: SyncCallClient<NicControlRequest>;
+const extra: NicDevice[] = [];
+
+before(async () => {
+  [nic1, nic2] = await Promise.all([NicDevice.start({ nicId: 1 }), NicDevice.start({ nicId: 2 })]);
+  ctl1 = control(nic1);
+  ctl2 = control(nic2);
+  const port = await freePort();
+  await nic2.attachLink({ kind: "tcp-listen", host: HOST, port });
+  await nic1.attachLink({ kind: "tcp", host: HOST, port, timeoutMs: 2000 });
+  await until(() => info(ctl2).links.includes(1), "NIC 2 attached NIC 1's link");
+});
+
+after(async () => {
+  await Promise.all([nic1?.stop(), nic2?.stop(), ...extra.map((n) => n.stop())]);
+});
+
+// ---- CONNECT ---------------------------------------------------------------------------------
+
+test("CONNECT: on this NIC and across a TCP link (ok, bad key, unknown endpoint), no link", async () => {
+  const a = Owner.open(ctl1, "a", 11);
+  const local = Owner.open(ctl1, "local", 0x1234);
+  const b = Owner.open(ctl2, "b", 0xfeedf00d);
+  const c0 = nic1.counters().global;
+
+  // This NIC: checked directly.
+  a.post(connectDesc(1, 1, local.id, 0x1234));
+  let e = await a.nextEvent();
+  expectEvent(e, EventType.ConnectDone, MxStatus.SUCCESS, "local ok");
+  assert.deepEqual([e.cookie, e.srcNic, e.srcEndpoint, e.srcSession], [1, 1, local.id, local.session]);
+  a.post(connectDesc(2, 1, local.id, 0x1235));
+  expectEvent(await a.nextEvent(), EventType.ConnectDone, MxStatus.BAD_KEY, "local bad key");
+  a.post(connectDesc(3, 1, 30, 0));
+  expectEvent(await a.nextEvent(), EventType.ConnectDone, MxStatus.ENDPOINT_UNKNOWN, "local not open");
+  a.post(connectDesc(4, 1, 100000, 0));
+  expectEvent(await a.nextEvent(), EventType.ConnectDone, MxStatus.ENDPOINT_UNKNOWN, "local out of range");
+
+  // NIC 2, over the wire.
+  a.post(connectDesc(5, 2, b.id, 0xfeedf00d));
+  e = await a.nextEvent();
+  expectEvent(e, EventType.ConnectDone, MxStatus.SUCCESS, "remote ok");
+  assert.deepEqual([e.cookie, e.srcNic, e.srcEndpoint, e.srcSession], [5, 2, b.id, b.session]);
+  a.post(connectDesc(6, 2, b.id, 1));
+  e = await a.nextEvent();
+  expectEvent(e, EventType.ConnectDone, MxStatus.BAD_KEY, "remote bad key");
+  assert.deepEqual([e.cookie, e.srcSession], [6, 0]);
+  a.post(connectDesc(7, 2, 31, 0));
+  expectEvent(await a.nextEvent(), EventType.ConnectDone, MxStatus.ENDPOINT_UNKNOWN, "remote not open");
+  // Many at once: each answered, in any order.
+  for (let i = 0; i < 50; i++) a.post(connectDesc(100 + i, 2, b.id, i % 2 ? 0xfeedf00d : 0));
+  const got = new Map<number, number>();
+  for (let i = 0; i < 50; i++) {
+    const ev = await a.nextEvent();
+    got.set(ev.cookie, ev.status);
+  }
+  for (let i = 0; i < 50; i++) assert.equal(got.get(100 + i), i % 2 ? MxStatus.SUCCESS : MxStatus.BAD_KEY);
+
+  // No link to NIC 77: at once.
+  const t0 = performance.now();
+  a.post(connectDesc(8, 77, 0, 0));
+  e = await a.nextEvent();
+  expectEvent(e, EventType.ConnectDone, MxStatus.ENDPOINT_UNREACHABLE, "no link");
+  assert.ok(performance.now() - t0 < 500, "no link fails fast");
+
+  const c1 = nic1.counters().global;
+  assert.equal(c1.connects - c0.connects, 58);
+  assert.equal(c1.connect_failures - c0.connect_failures, 5 + 25 + 1);
+  assert.ok(nic2.counters().global.connects_served >= 53);
+  for (const o of [a, local, b]) o.close();
+});
+
+// ---- remote PULL ---------------------------------------------------------------------------------
+
+test("remote PULL: 0 B, 1 B, 100 KiB, 5 MiB and 64 MiB arrive intact; traced stamps; per-endpoint counters", async (t) => {
+  const a = Owner.open(ctl1, "puller");
+  const b = Owner.open(ctl2, "source");
+  const SRC = 64 * 1024 * 1024;
+  const srcMem = new SharedArrayBuffer(SRC + 4096);
+  fill(srcMem, 99);
+  const dstMem = new SharedArrayBuffer(SRC + 4096);
+  const src = b.register(srcMem, Access.RemoteRead);
+  const dst = a.register(dstMem, Access.LocalWrite);
+  const c0 = nic1.counters();
+  const s0 = nic2.counters().global;
+  let total = 0;
+  for (const [i, len] of [0, 1, 100 * 1024, 5 * 1024 * 1024 + 3, SRC].entries()) {
+    const so = len === SRC ? 4096 : 4096 - i * 7;
+    const dOff = len === SRC ? 0 : 5 + i;
+    new Uint8Array(dstMem).fill(0);
+    const t0 = performance.now();
+    a.post(
+      pullDesc({
+        cookie: 10 + i,
+        nic: 2,
+        src: b,
+        region: src,
+        srcOffset: so,
+        dst,
+        dstOffset: dOff,
+        length: len,
+        flags: i === 3 ? DFLAG_TRACE : 0,
+      }),
+    );
+    const e = await a.nextEvent(30000, `the ${len}-byte pull`);
+    expectEvent(e, EventType.PullDone, MxStatus.SUCCESS, `pull ${len}`);
+    assert.deepEqual([e.cookie, e.length], [10 + i, len]);
+    assert.equal(sha(dstMem, dOff, len), sha(srcMem, so, len), `${len} bytes arrived intact`);
+    // Nothing before or after the destination range was touched.
+    const d = new Uint8Array(dstMem);
+    if (dOff > 0) assert.equal(d[dOff - 1], 0);
+    if (dOff + len < d.length) assert.equal(d[dOff + len], 0);
+    if (i === 3) {
+      assert.ok(e.seenAt > 0 && e.dmaDone >= e.seenAt, "traced: nic-seen ≤ dma-done");
+    } else assert.equal(e.seenAt, 0, "untraced: no stamps");
+    total += len;
+    if (len === SRC) t.diagnostic(`64 MiB in ${(performance.now() - t0).toFixed(0)} ms`);
+  }
+  const c1 = nic1.counters();
+  const g = (k: keyof typeof c1.global) => c1.global[k] - c0.global[k];
+  assert.equal(g("remote_pulls"), 5);
+  assert.equal(g("remote_pull_bytes"), total);
+  assert.equal(g("remote_pull_failures"), 0);
+  assert.equal(g("pull_replies_bad"), 0);
+  assert.equal(g("pulls"), 0, "no local DMA pulls");
+  assert.equal(c1.endpoints[a.id].pull_bytes - c0.endpoints[a.id].pull_bytes, total);
+  const s1 = nic2.counters().global;
+  assert.equal(s1.pull_served_bytes - s0.pull_served_bytes, total);
+  assert.equal(s1.pull_requests_rx - s0.pull_requests_rx, 5);
+  // One frame per SEND_MAX bytes (and one for the empty pull).
+  const frames =
+    1 + [1, 100 * 1024, 5 * 1024 * 1024 + 3, SRC].reduce((n, l) => n + Math.ceil(l / SEND_MAX), 0);
+  assert.equal(s1.pull_replies_tx - s0.pull_replies_tx, frames);
+  assert.equal(g("pull_replies_rx"), frames);
+
+  // Several at once, interleaved with SENDs both ways: every one completes.
+  const sendMem = new SharedArrayBuffer(SEND_MAX);
+  const sreg = a.register(sendMem, Access.LocalRead);
+  for (let i = 0; i < 8; i++) {
+    a.post(
+      pullDesc({
+        cookie: 100 + i,
+        nic: 2,
+        src: b,
+        region: src,
+        srcOffset: i * 1000,
+        dst,
+        dstOffset: i * 2 * 1024 * 1024,
+        length: 2 * 1024 * 1024 - i,
+      }),
+    );
+    a.post(sendDesc(200 + i, sreg, 1000, 2, b));
+  }
+  const done = new Map<number, Ev>();
+  let recvs = 0;
+  while (done.size < 16 || recvs < 8) {
+    const e = a.tryEvent();
+    if (e) done.set(e.cookie, e);
+    const r = b.tryEvent();
+    if (r) {
+      expectEvent(r, EventType.Recv, MxStatus.SUCCESS, "recv");
+      b.release(r.span);
+      recvs++;
+    }
+    if (!e && !r) await sleep(2);
+  }
+  for (let i = 0; i < 8; i++) {
+    expectEvent(done.get(100 + i)!, EventType.PullDone, MxStatus.SUCCESS, `concurrent pull ${i}`);
+    assert.equal(
+      sha(dstMem, i * 2 * 1024 * 1024, 2 * 1024 * 1024 - i),
+      sha(srcMem, i * 1000, 2 * 1024 * 1024 - i),
+    );
+    expectEvent(done.get(200 + i)!, EventType.SendDone, MxStatus.SUCCESS, `send ${i}`);
+  }
+  a.close();
+  b.close();
+  assert.equal(nic1.counters().global.internal_errors, 0);
+  assert.equal(nic2.counters().global.internal_errors, 0);
+});
+
+test("remote PULL refusals: bad key, bad region, out of bounds, no REMOTE_READ, wrong session, closed source, bad destination, no link", async () => {
+  const a = Owner.open(ctl1, "puller");
+  const b = Owner.open(ctl2, "source");
+  const other = Owner.open(ctl2, "other");
+  const srcMem = new SharedArrayBuffer(8192);
+  const src = b.register(srcMem, Access.RemoteRead);
+  const noRead = b.register(new SharedArrayBuffer(4096), Access.LocalRead);
+  const foreign = other.register(new SharedArrayBuffer(4096), Access.RemoteRead);
+  const dst = a.register(new SharedArrayBuffer(8192), Access.LocalWrite);
+  const ro = a.register(new SharedArrayBuffer(8192), Access.LocalRead);
+  const base = { nic: 2, src: b, region: src, dst, length: 100 };
+  const cases: [string, PullArgs, number][] = [
+    [
+      "bad key",
+      { ...base, cookie: 1, region: { regionId: src.regionId, key: src.key ^ 1 } },
+      MxStatus.BAD_KEY,
+    ],
+    ["bad region", { ...base, cookie: 2, region: { regionId: 0x7777, key: 1 } }, MxStatus.BAD_RDMAWIN],
+    ["out of bounds", { ...base, cookie: 3, srcOffset: 8100 }, MxStatus.BAD_RDMAWIN],
+    ["offset wraps", { ...base, cookie: 4, srcOffset: 0xffffff00, length: 0x200 }, MxStatus.BAD_RDMAWIN],
+    ["no REMOTE_READ", { ...base, cookie: 5, region: noRead }, MxStatus.BAD_RDMAWIN],
+    ["another endpoint's region", { ...base, cookie: 6, region: foreign }, MxStatus.BAD_RDMAWIN],
+    [
+      "wrong session",
+      { ...base, cookie: 7, src: { id: b.id, session: b.session ^ 5 } },
+      MxStatus.BAD_SESSION,
+    ],
+    ["endpoint not open", { ...base, cookie: 8, src: { id: 30, session: 1 } }, MxStatus.ENDPOINT_CLOSED],
+    [
+      "endpoint out of range",
+      { ...base, cookie: 9, src: { id: 5000, session: 1 } },
+      MxStatus.ENDPOINT_UNKNOWN,
+    ],
+    ["no link", { ...base, cookie: 10, nic: 77 }, MxStatus.ENDPOINT_UNREACHABLE],
+  ];
+  for (const [what, args, status] of cases) {
+    a.post(pullDesc(args));
+    const e = await a.nextEvent(3000, what);
+    expectEvent(e, EventType.PullDone, status, what);
+    assert.equal(e.cookie, args.cookie, what);
+  }
+  // The destination is checked here, before anything goes on the wire: an ERROR event.
+  const bad: [string, PullArgs, number][] = [
+    ["read-only destination", { ...base, cookie: 20, dst: ro }, ErrorReason.Permission],
+    ["destination out of bounds", { ...base, cookie: 21, dstOffset: 8150 }, ErrorReason.OutOfBounds],
+    [
+      "no destination",
+      { ...base, cookie: 22, dst: { regionId: 3, key: 0, length: 0 } },
+      ErrorReason.BadRegion,
+    ],
+  ];
+  for (const [what, args, reason] of bad) {
+    a.post(pullDesc(args));
+    const e = await a.nextEvent(3000, what);
+    assert.equal(e.type, EventType.Error, what);
+    assert.equal(e.reason, reason, what);
+  }
+  // A closed source endpoint: its regions went with it.
+  const srcId = b.id;
+  const srcSession = b.session;
+  b.close();
+  a.post(pullDesc({ ...base, cookie: 30, src: { id: srcId, session: srcSession } }));
+  expectEvent(await a.nextEvent(), EventType.PullDone, MxStatus.ENDPOINT_CLOSED, "closed source");
+  a.close();
+  other.close();
+});
+
+test("remote PULL: a region deregistered or an endpoint closed mid-transfer, on either side, ends it with an error", async () => {
+  const SIZE = 64 * 1024 * 1024;
+  const srcMem = new SharedArrayBuffer(SIZE);
+  const dstMem = new SharedArrayBuffer(SIZE);
+  const before1 = nic1.counters().global;
+  const midway = () => nic1.counters().global.remote_pull_bytes > before1.remote_pull_bytes;
+  const run = async (
+    what: string,
+    act: (a: Owner, b: Owner, src: RegisterRegionReply, dst: RegisterRegionReply) => void,
+  ) => {
+    const a = Owner.open(ctl1, "puller");
+    const b = Owner.open(ctl2, "source");
+    const src = b.register(srcMem, Access.RemoteRead);
+    const dst = a.register(dstMem, Access.LocalWrite);
+    const start = nic1.counters().global.remote_pull_bytes;
+    a.post(pullDesc({ cookie: 1, nic: 2, src: b, region: src, dst, length: SIZE }));
+    await until(() => nic1.counters().global.remote_pull_bytes > start, `${what}: the first bytes`);
+    act(a, b, src, dst);
+    return { a, b };
+  };
+  // Source region deregistered: the responder stops and says ABORTED.
+  let { a, b } = await run("source deregistered", (_a, b2, src) => b2.deregister(src.regionId));
+  let e = await a.nextEvent(5000, "the aborted pull");
+  expectEvent(e, EventType.PullDone, MxStatus.ABORTED, "source deregistered");
+  assert.ok(e.length < SIZE);
+  a.close();
+  b.close();
+  // Source endpoint closed: ENDPOINT_CLOSED.
+  ({ a, b } = await run("source closed", (_a, b2) => b2.close()));
+  expectEvent(await a.nextEvent(), EventType.PullDone, MxStatus.ENDPOINT_CLOSED, "source closed");
+  a.close();
+  // Destination deregistered: ABORTED here, and the peer is told to stop.
+  const served0 = nic2.counters().global.pull_served_bytes;
+  ({ a, b } = await run("destination deregistered", (a2, _b, _s, dst) => a2.deregister(dst.regionId)));
+  expectEvent(await a.nextEvent(), EventType.PullDone, MxStatus.ABORTED, "destination deregistered");
+  await sleep(200);
+  const served = nic2.counters().global.pull_served_bytes - served0;
+  assert.ok(served < SIZE, `the responder stopped early (${served} of ${SIZE} bytes)`);
+  a.close();
+  b.close();
+  // Destination endpoint closed: no event (nobody reads it), no crash; the NIC carries on.
+  ({ a, b } = await run("destination closed", (a2) => a2.close()));
+  await sleep(100);
+  b.close();
+  assert.ok(midway());
+  assert.equal(nic1.counters().global.internal_errors, 0);
+  assert.equal(nic2.counters().global.internal_errors, 0);
+  // And a pull right after still works.
+  const a2 = Owner.open(ctl1, "again");
+  const b2 = Owner.open(ctl2, "again");
+  fill(srcMem, 5);
+  const src = b2.register(srcMem, Access.RemoteRead);
+  const dst = a2.register(dstMem, Access.LocalWrite);
+  a2.post(pullDesc({ cookie: 2, nic: 2, src: b2, region: src, dst, length: 1 << 20 }));
+  e = await a2.nextEvent();
+  expectEvent(e, EventType.PullDone, MxStatus.SUCCESS, "after the aborts");
+  assert.equal(sha(dstMem, 0, 1 << 20), sha(srcMem, 0, 1 << 20));
+  a2.close();
+  b2.close();
+});
+
+// ---- a NIC that goes away -----------------------------------------------------------------------
+
+/** Starts NIC `id` listening on `port` and links NIC 1 to it. */
+async function peerOf1(
+  id: number,
+  port?: number,
+): Promise<{ nic: NicDevice; ctl: SyncCallClient<NicControlRequest>; port: number }> {
+  const nic = await NicDevice.start({ nicId: id });
+  extra.push(nic);
+  const p = port ?? (await freePort());
+  await nic.attachLink({ kind: "tcp-listen", host: HOST, port: p });
+  const ctl = control(nic);
+  if (!info(ctl1).links.includes(id))
+    await nic1.attachLink({ kind: "tcp", host: HOST, port: p, timeoutMs: 2000 });
+  await until(() => info(ctl).links.includes(1), `NIC ${id} attached NIC 1`);
+  return { nic, ctl, port: p };
+}
+
+test("a peer NIC killed mid-pull: the pull and the SENDs awaiting their ACK complete ENDPOINT_UNREACHABLE at once", async () => {
+  const { nic: nic3, ctl: ctl3 } = await peerOf1(3);
+  const a = Owner.open(ctl1, "a");
+  const b = Owner.open(ctl3, "b");
+  const SIZE = 64 * 1024 * 1024;
+  const srcMem = new SharedArrayBuffer(SIZE);
+  const src = b.register(srcMem, Access.RemoteRead);
+  const dst = a.register(new SharedArrayBuffer(SIZE), Access.LocalWrite);
+  const sendMem = new SharedArrayBuffer(SEND_MAX);
+  const sreg = a.register(sendMem, Access.LocalRead);
+
+  // b never frees its receive area: 8 × 32 KiB fill it, the next 4 are held by NIC 3 (no ACK).
+  for (let i = 0; i < 12; i++) a.post(sendDesc(i, sreg, SEND_MAX, 3, b));
+  for (let i = 0; i < 8; i++) {
+    const e = await a.nextEvent();
+    expectEvent(e, EventType.SendDone, MxStatus.SUCCESS, `send ${i}`);
+  }
+  await until(() => nic3.counters().global.delivery_queued >= 4, "four held deliveries");
+  // Held longer than WIRE_TIMEOUT_MS: NIC 3's keepalives keep them from timing out.
+  await sleep(WIRE_TIMEOUT_MS + 700);
+  assert.equal(a.tryEvent(), null, "held SENDs do not time out while their receiver says it holds them");
+  assert.equal(nic1.counters().global.send_timeouts, 0);
+
+  const start = nic1.counters().global.remote_pull_bytes;
+  a.post(pullDesc({ cookie: 100, nic: 3, src: b, region: src, dst, length: SIZE }));
+  await until(() => nic1.counters().global.remote_pull_bytes > start, "the pull under way");
+  const losses = nic1.counters().global.link_losses;
+  const t0 = performance.now();
+  await nic3.stop();
+  const evs: Ev[] = [];
+  for (let i = 0; i < 5; i++) evs.push(await a.nextEvent(3000, "a failure"));
+  const took = performance.now() - t0;
+  const pull = evs.find((e) => e.cookie === 100)!;
+  expectEvent(pull, EventType.PullDone, MxStatus.ENDPOINT_UNREACHABLE, "the pull");
+  assert.ok(pull.length < SIZE);
+  for (const e of evs.filter((x) => x !== pull)) {
+    expectEvent(e, EventType.SendDone, MxStatus.ENDPOINT_UNREACHABLE, `held send ${e.cookie}`);
+    assert.ok(e.cookie >= 8 && e.cookie < 12);
+  }
+  assert.ok(took < 3000, `failed within ${took.toFixed(0)} ms`);
+  assert.equal(nic1.counters().global.link_losses, losses + 1);
+  // NIC 1 keeps trying to reconnect; meanwhile everything to NIC 3 fails fast.
+  await until(
+    () => info(ctl1).linkStates?.some((l) => l.peerNic === 3 && l.state === "down") === true,
+    "NIC 3 down",
+  );
+  for (const d of [
+    sendDesc(200, sreg, 10, 3, b),
+    connectDesc(201, 3, b.id, 0),
+    pullDesc({ cookie: 202, nic: 3, src: b, region: src, dst, length: 10 }),
+  ]) {
+    const t = performance.now();
+    a.post(d);
+    const e = await a.nextEvent();
+    assert.equal(e.status, MxStatus.ENDPOINT_UNREACHABLE, `cookie ${e.cookie}`);
+    assert.ok(performance.now() - t < 1000, "fails fast while the link is down");
+  }
+  await nic1.detachLink(3); // stops the retries
+  assert.ok(!info(ctl1).linkStates?.some((l) => l.peerNic === 3), "forgotten after the detach");
+  a.close();
+  assert.equal(nic1.counters().global.internal_errors, 0);
+});
+
+test("a peer NIC restarted on the same port: the connecting NIC reconnects; a NIC that connects again replaces its link", async () => {
+  const { nic: first, port } = await peerOf1(4);
+  const a = Owner.open(ctl1, "a");
+  const reconnects0 = nic1.counters().global.link_reconnects;
+  await first.stop();
+  await until(
+    () => info(ctl1).linkStates?.some((l) => l.peerNic === 4 && l.state === "down") === true,
+    "down",
+  );
+  a.post(connectDesc(1, 4, 0, 0));
+  expectEvent(await a.nextEvent(), EventType.ConnectDone, MxStatus.ENDPOINT_UNREACHABLE, "while down");
+  await sleep(300); // a few failed attempts (backoff)
+  const second = await NicDevice.start({ nicId: 4 });
+  extra.push(second);
+  await second.attachLink({ kind: "tcp-listen", host: HOST, port });
+  const ctl4 = control(second);
+  await until(() => info(ctl1).links.includes(4), "NIC 1 reconnected", 5000);
+  const st = info(ctl1).linkStates!.find((l) => l.peerNic === 4)!;
+  assert.deepEqual([st.state, st.reconnects], ["up", 1]);
+  assert.equal(nic1.counters().global.link_reconnects, reconnects0 + 1);
+  const b = Owner.open(ctl4, "b", 42);
+  a.post(connectDesc(2, 4, b.id, 42));
+  const e = await a.nextEvent();
+  expectEvent(e, EventType.ConnectDone, MxStatus.SUCCESS, "after the reconnect");
+  assert.equal(e.srcSession, b.session);
+  await nic1.detachLink(4);
+  await until(() => !info(ctl4).links.includes(1), "NIC 4 saw the detach");
+  await sleep(200);
+  assert.ok(!info(ctl1).links.includes(4), "no reconnection after an explicit detach");
+
+  // The listening side: a second connection from the same NIC id replaces the first.
+  const { nic: nic5, ctl: ctl5, port: p5 } = await peerOf1(5);
+  const x1 = await connectTcpLink({ nicId: 8, host: HOST, port: p5, log: quiet });
+  await until(() => info(ctl5).links.includes(8), "the first connection");
+  let closed1 = false;
+  x1.onClose(() => {
+    closed1 = true;
+  });
+  const x2 = await connectTcpLink({ nicId: 8, host: HOST, port: p5, log: quiet });
+  await until(() => closed1, "the first connection replaced");
+  const s8 = info(ctl5).linkStates!.find((l) => l.peerNic === 8)!;
+  assert.deepEqual([s8.state, s8.reconnects], ["up", 1]);
+  x2.close();
+  await until(() => !info(ctl5).links.includes(8), "the second closed");
+  await nic1.detachLink(5);
+  await nic5.stop();
+  a.close();
+  b.close();
+});
+
+// ---- a fake peer ----------------------------------------------------------------------------------
+
+test("a silent peer: CONNECT, remote PULL and SEND complete ENDPOINT_UNREACHABLE after WIRE_TIMEOUT_MS", async () => {
+  const fake = await FakePeer.start(9);
+  try {
+    await nic1.attachLink({ kind: "tcp", host: HOST, port: fake.server.port, timeoutMs: 2000 });
+    const a = Owner.open(ctl1, "a");
+    const dst = a.register(new SharedArrayBuffer(4096), Access.LocalWrite | Access.LocalRead);
+    const c0 = nic1.counters().global;
+    const t0 = performance.now();
+    a.post(connectDesc(1, 9, 0, 0));
+    a.post(
+      pullDesc({
+        cookie: 2,
+        nic: 9,
+        src: { id: 0, session: 0 },
+        region: { regionId: 1, key: 2 },
+        dst,
+        length: 100,
+      }),
+    );
+    a.post(sendDesc(3, dst, 100, 9, { id: 0, session: 0 }));
+    const evs = [await a.nextEvent(4000), await a.nextEvent(4000), await a.nextEvent(4000)];
+    const took = performance.now() - t0;
+    evs.sort((x, y) => x.cookie - y.cookie);
+    expectEvent(evs[0], EventType.ConnectDone, MxStatus.ENDPOINT_UNREACHABLE, "connect");
+    expectEvent(evs[1], EventType.PullDone, MxStatus.ENDPOINT_UNREACHABLE, "pull");
+    expectEvent(evs[2], EventType.SendDone, MxStatus.ENDPOINT_UNREACHABLE, "send");
+    assert.ok(
+      took >= WIRE_TIMEOUT_MS - 50 && took < WIRE_TIMEOUT_MS + 1500,
+      `timed out after ${took.toFixed(0)} ms`,
+    );
+    const c1 = nic1.counters().global;
+    assert.equal(c1.pull_timeouts - c0.pull_timeouts, 1);
+    assert.equal(c1.send_timeouts - c0.send_timeouts, 1);
+    // The fake saw the requests (and the cancel of the timed-out pull).
+    assert.equal(fake.framesOf(FrameType.ConnectRequest).length, 1);
+    await until(() => fake.framesOf(FrameType.PullRequest).length === 2, "the request and its cancel");
+    const preqs = fake.framesOf(FrameType.PullRequest);
+    assert.equal(getWord(preqs[1], F_STATUS), MxStatus.ABORTED, "a cancel follows the timeout");
+
+    // More SENDs than the window holds: the rest wait in the queue (nothing is dropped), go out
+    // once the first ones time out, and time out in turn.
+    const N = SEND_WINDOW + 40;
+    const t1 = performance.now();
+    for (let i = 0; i < N; i++) {
+      await until(() => a.prod - Atomics.load(a.w, W_SQ_CONS) < SQ_ENTRIES, "queue room");
+      a.post(sendDesc(1000 + i, dst, 10, 9, { id: 0, session: 0 }));
+    }
+    await until(() => fake.framesOf(FrameType.Send).length === 1 + SEND_WINDOW, "a full window on the wire");
+    await sleep(100);
+    assert.equal(fake.framesOf(FrameType.Send).length, 1 + SEND_WINDOW, "no more than the window");
+    assert.ok(nic1.counters().global.send_window_full > c1.send_window_full, "the window pushed back");
+    const cookies = new Set<number>();
+    while (cookies.size < N) {
+      const e = await a.nextEvent(3 * WIRE_TIMEOUT_MS, "a timed-out send");
+      expectEvent(e, EventType.SendDone, MxStatus.ENDPOINT_UNREACHABLE, `send ${e.cookie}`);
+      cookies.add(e.cookie);
+    }
+    assert.ok(performance.now() - t1 >= 2 * WIRE_TIMEOUT_MS - 100, "two rounds of timeouts");
+    assert.equal(fake.framesOf(FrameType.Send).length, 1 + N, "every SEND went out once");
+    assert.equal(nic1.counters().global.send_timeouts - c1.send_timeouts, N);
+    a.close();
+  } finally {
+    await nic1.detachLink(9).catch(() => {});
+    await fake.server.close();
+  }
+});
+
+test("garbage from a peer (unknown ids, bad offsets, wrong lengths, bad Ethernet frames) is counted; a well-formed peer is served", async () => {
+  const fake = await FakePeer.start(10);
+  try {
+    await nic1.attachLink({ kind: "tcp", host: HOST, port: fake.server.port, timeoutMs: 2000 });
+    await until(() => fake.links.length === 1, "the fake's link");
+    const a = Owner.open(ctl1, "a", 7);
+    const mem = new SharedArrayBuffer(1 << 20);
+    const dst = a.register(mem, Access.LocalWrite | Access.RemoteRead);
+    const c0 = nic1.counters().global;
+
+    // A pull the fake will serve: learn its request id.
+    a.post(
+      pullDesc({
+        cookie: 1,
+        nic: 10,
+        src: { id: 3, session: 33 },
+        region: { regionId: 5, key: 6 },
+        dst,
+        length: 40000,
+      }),
+    );
+    await until(() => fake.framesOf(FrameType.PullRequest).length === 1, "the PULL_REQUEST");
+    const req = fake.framesOf(FrameType.PullRequest)[0];
+    const id = getWord(req, F_COOKIE);
+    assert.deepEqual(
+      [
+        getWord(req, F_SRC_ENDPOINT),
+        getWord(req, F_SRC_SESSION),
+        getWord(req, F_DEST_ENDPOINT),
+        getWord(req, F_DEST_SESSION),
+      ],
+      [a.id, a.session, 3, 33],
+    );
+    assert.deepEqual(
+      [getWord(req, 8), getWord(req, 9), getWord(req, F_AUX0), getWord(req, F_AUX1)],
+      [5, 6, 0, 40000],
+    );
+    const reply = (over: Record<number, number>, payload?: Uint8Array) =>
+      fake.send(
+        FrameType.PullReply,
+        1,
+        {
+          [F_SRC_ENDPOINT]: 3,
+          [F_SRC_SESSION]: 33,
+          [F_DEST_ENDPOINT]: a.id,
+          [F_DEST_SESSION]: a.session,
+          [F_COOKIE]: id,
+          [F_AUX0]: 0,
+          [F_AUX1]: 40000,
+          ...over,
+        },
+        payload,
+      );
+    const data = new Uint8Array(40000);
+    for (let i = 0; i < data.length; i++) data[i] = (i * 13) & 0xff;
+    const garbage: [string, () => void][] = [
+      ["unknown id", () => reply({ [F_COOKIE]: id ^ 0x100 }, data.subarray(0, 100))],
+      ["wrong endpoint", () => reply({ [F_DEST_ENDPOINT]: a.id + 1 }, data.subarray(0, 100))],
+      ["wrong session", () => reply({ [F_DEST_SESSION]: a.session ^ 1 }, data.subarray(0, 100))],
+      ["wrong total", () => reply({ [F_AUX1]: 40001 }, data.subarray(0, 100))],
+      ["offset ahead", () => reply({ [F_AUX0]: 100 }, data.subarray(100, 200))],
+      ["offset huge", () => reply({ [F_AUX0]: 0xfffffff0 }, data.subarray(0, 100))],
+      ["empty reply for a non-empty pull", () => reply({})],
+      ["error reply with a payload", () => reply({ [F_STATUS]: MxStatus.BAD_KEY }, data.subarray(0, 10))],
+    ];
+    for (const [, g] of garbage) g();
+    // Connect replies and acks nobody asked for, Ethernet frames of impossible lengths.
+    fake.send(FrameType.ConnectReply, 1, {
+      [F_COOKIE]: 12345,
+      [F_DEST_ENDPOINT]: a.id,
+      [F_DEST_SESSION]: a.session,
+    });
+    fake.send(FrameType.SendAck, 1, { [F_COOKIE]: 1, [F_DEST_ENDPOINT]: a.id, [F_DEST_SESSION]: a.session });
+    fake.send(FrameType.Ethernet, 1, {}, new Uint8Array(5));
+    // Frames for another NIC, or claiming another source.
+    fake.send(FrameType.PullReply, 2, { [F_COOKIE]: id });
+    const spoof = new Uint8Array(FRAME_HEADER_BYTES);
+    initFrame(spoof, FrameType.Send, 0);
+    setWord(spoof, F_SRC_NIC, 2);
+    setWord(spoof, F_DEST_NIC, 1);
+    fake.link.send(spoof);
+    await until(
+      () => nic1.counters().global.pull_replies_bad - c0.pull_replies_bad === garbage.length,
+      "the garbage counted",
+    );
+    // Now the real thing, in two replies; then the PULL_DONE.
+    reply({ [F_AUX0]: 0 }, data.subarray(0, SEND_MAX));
+    reply({ [F_AUX0]: SEND_MAX }, data.subarray(SEND_MAX));
+    const e = await a.nextEvent();
+    expectEvent(e, EventType.PullDone, MxStatus.SUCCESS, "served by the fake");
+    assert.deepEqual(new Uint8Array(mem, 0, 40000), data);
+    // A late duplicate is just counted.
+    reply({ [F_AUX0]: 0 }, data.subarray(0, 100));
+    const c1 = await (async () => {
+      await until(
+        () => nic1.counters().global.pull_replies_bad - c0.pull_replies_bad === garbage.length + 1,
+        "late reply",
+      );
+      return nic1.counters().global;
+    })();
+    assert.equal(c1.connect_replies_unknown - c0.connect_replies_unknown, 1);
+    assert.equal(c1.acks_dropped - c0.acks_dropped, 1);
+    assert.equal(c1.frames_bad - c0.frames_bad, 3, "bad Ethernet length, wrong destination, spoofed source");
+
+    // A CONNECT and a PULL request from the fake: NIC 1 answers as a peer.
+    fake.send(FrameType.ConnectRequest, 1, {
+      [F_SRC_ENDPOINT]: 4,
+      [F_SRC_SESSION]: 44,
+      [F_DEST_ENDPOINT]: a.id,
+      [F_COOKIE]: 77,
+      [F_AUX0]: 7,
+    });
+    fake.send(FrameType.ConnectRequest, 1, {
+      [F_SRC_ENDPOINT]: 4,
+      [F_DEST_ENDPOINT]: a.id,
+      [F_COOKIE]: 78,
+      [F_AUX0]: 8,
+    });
+    fake.send(FrameType.PullRequest, 1, {
+      [F_SRC_ENDPOINT]: 4,
+      [F_SRC_SESSION]: 44,
+      [F_DEST_ENDPOINT]: a.id,
+      [F_DEST_SESSION]: a.session,
+      [F_COOKIE]: 79,
+      8: dst.regionId,
+      9: dst.key,
+      [F_AUX0]: 10,
+      [F_AUX1]: 70000,
+    });
+    fake.send(FrameType.PullRequest, 1, {
+      [F_DEST_ENDPOINT]: a.id,
+      [F_DEST_SESSION]: a.session,
+      [F_COOKIE]: 80,
+      8: dst.regionId,
+      9: dst.key ^ 1,
+      [F_AUX1]: 1,
+    });
+    await until(() => fake.framesOf(FrameType.ConnectReply).length === 2, "two connect replies");
+    const [r1, r2] = fake.framesOf(FrameType.ConnectReply);
+    assert.deepEqual(
+      [
+        getWord(r1, F_COOKIE),
+        getWord(r1, F_STATUS),
+        getWord(r1, F_SRC_ENDPOINT),
+        getWord(r1, F_SRC_SESSION),
+        getWord(r1, F_DEST_ENDPOINT),
+        getWord(r1, F_DEST_SESSION),
+      ],
+      [77, MxStatus.SUCCESS, a.id, a.session, 4, 44],
+    );
+    assert.deepEqual(
+      [getWord(r2, F_COOKIE), getWord(r2, F_STATUS), getWord(r2, F_SRC_SESSION)],
+      [78, MxStatus.BAD_KEY, 0],
+    );
+    await until(() => fake.framesOf(FrameType.PullReply).length === 4, "three data replies and a refusal");
+    const replies = fake.framesOf(FrameType.PullReply);
+    const of79 = replies.filter((f) => getWord(f, F_COOKIE) === 79);
+    assert.deepEqual(
+      of79.map((f) => [getWord(f, F_AUX0), getWord(f, F_LENGTH), getWord(f, F_AUX1), getWord(f, F_STATUS)]),
+      [
+        [0, SEND_MAX, 70000, 0],
+        [SEND_MAX, SEND_MAX, 70000, 0],
+        [2 * SEND_MAX, 70000 - 2 * SEND_MAX, 70000, 0],
+      ],
+    );
+    const got = Buffer.concat(of79.map((f) => f.subarray(FRAME_HEADER_BYTES)));
+    assert.ok(got.equals(Buffer.from(new Uint8Array(mem, 10, 70000))));
+    const refused = replies.find((f) => getWord(f, F_COOKIE) === 80)!;
+    assert.deepEqual([getWord(refused, F_STATUS), getWord(refused, F_LENGTH)], [MxStatus.BAD_KEY, 0]);
+    assert.equal(nic1.counters().global.internal_errors, 0);
+    assert.equal(nic1.counters().global.frames_unknown, 0);
+    a.close();
+  } finally {
+    await nic1.detachLink(10).catch(() => {});
+    await fake.server.close();
+  }
+});
+
+// ---- the Ethernet port ----------------------------------------------------------------------------
+
+function etherFrame(dst: number[], src: number[], type: number, payload: number, tag: number): Uint8Array {
+  const f = new Uint8Array(14 + payload);
+  f.set(dst, 0);
+  f.set(src, 6);
+  f[12] = type >> 8;
+  f[13] = type & 0xff;
+  for (let i = 0; i < payload; i++) f[14 + i] = (i + tag) & 0xff;
+  if (payload >= 4) new DataView(f.buffer).setUint32(14, tag);
+  return f;
+}
+
+const tagOf = (f: Uint8Array) => new DataView(f.buffer, f.byteOffset, f.byteLength).getUint32(14);
+const BCAST = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
+const mac = (n: number) => [0x02, 0, 0, 0, 0, n];
+
+function port(ctl: SyncCallClient<NicControlRequest>): EtherPortClient {
+  return new EtherPortClient(ctl.call<OpenEtherPortReply>({ op: "open_ether_port" }).port);
+}
+
+function drain(p: EtherPortClient): number[] {
+  const tags: number[] = [];
+  p.poll((f) => tags.push(tagOf(f)));
+  return tags;
+}
+
+test("Ethernet ports: frames between two NICs over TCP, flooding to two links, learning, drops and bad frames counted", async () => {
+  // NIC 6 listens; NICs 1 and 7 connect to it (NIC 1 also keeps its link to NIC 2, which has no port).
+  const nic6 = await NicDevice.start({ nicId: 6 });
+  const nic7 = await NicDevice.start({ nicId: 7 });
+  extra.push(nic6, nic7);
+  const ctl6 = control(nic6);
+  const ctl7 = control(nic7);
+  const p6 = await freePort();
+  await nic6.attachLink({ kind: "tcp-listen", host: HOST, port: p6 });
+  await nic1.attachLink({ kind: "tcp", host: HOST, port: p6 });
+  await nic7.attachLink({ kind: "tcp", host: HOST, port: p6 });
+  await until(() => info(ctl6).links.length === 2, "NIC 6 has two links");
+  const e1 = port(ctl1);
+  const e6 = port(ctl6);
+  const e7 = port(ctl7);
+  const again = ctl6.call<OpenEtherPortReply>({ op: "open_ether_port" }).port;
+  // One port per NIC: the second open maps the same memory (a new SharedArrayBuffer object).
+  const probe = 127; // an unused word of the control block
+  new Int32Array(again)[probe] = 0x5a5a;
+  assert.equal(new Int32Array(e6.buffer)[probe], 0x5a5a, "one port per NIC");
+  new Int32Array(again)[probe] = 0;
+  assert.equal(info(ctl6).etherPort, true);
+  const c6 = nic6.counters().global;
+
+  // A broadcast from NIC 6 floods both links.
+  assert.ok(e6.send(etherFrame(BCAST, mac(6), 0x0806, 46, 1)));
+  await until(() => e1.rxPending && e7.rxPending, "the broadcast on both");
+  assert.deepEqual(drain(e1), [1]);
+  assert.deepEqual(drain(e7), [1]);
+  // NIC 1 answers (it learned mac(6) from the broadcast): NIC 6 learns mac(1) is behind NIC 1.
+  assert.ok(e1.send(etherFrame(mac(6), mac(1), 0x0800, 100, 2)));
+  await until(() => e6.rxPending, "NIC 1's frame");
+  assert.deepEqual(drain(e6), [2]);
+  // Unicast to the learned address: NIC 1 only. To an unknown one: both.
+  assert.ok(e6.send(etherFrame(mac(1), mac(6), 0x0800, 1500, 3)));
+  assert.ok(e6.send(etherFrame(mac(99), mac(6), 0x0800, 60, 4)));
+  await until(
+    () => nic7.counters().global.ether_rx === 2 && nic1.counters().global.ether_rx >= 3,
+    "delivery",
+  );
+  assert.deepEqual(drain(e1), [3, 4]);
+  assert.deepEqual(drain(e7), [4], "NIC 7 did not get the frame for mac(1)");
+  const c6b = nic6.counters().global;
+  assert.equal(c6b.ether_tx - c6.ether_tx, 3);
+  assert.equal(c6b.ether_flooded - c6.ether_flooded, 2);
+
+  // A waiting driver is woken by the interrupt.
+  const waiting = e7.waitAsync(3000);
+  const t0 = performance.now();
+  assert.ok(e6.send(etherFrame(BCAST, mac(6), 0x0806, ETHER_MAX_FRAME - 14, 5)), "a jumbo frame");
+  await waiting;
+  assert.ok(performance.now() - t0 < 2500, "woken before the timeout");
+  let jumbo = 0;
+  e7.poll((f) => {
+    jumbo = f.length;
+  });
+  assert.equal(jumbo, ETHER_MAX_FRAME);
+  drain(e1);
+
+  // NIC 1's driver does not poll: its RX ring fills and the rest is dropped, counted.
+  const d1 = nic1.counters().global.ether_dropped;
+  const rx0 = nic1.counters().global.ether_rx;
+  const N = 200;
+  let sent = 0;
+  while (sent < N) {
+    if (e6.send(etherFrame(mac(1), mac(6), 0x0800, 9000, 1000 + sent))) sent++;
+    else await e6.waitAsync(100);
+  }
+  await until(
+    () => nic1.counters().global.ether_rx - rx0 + nic1.counters().global.ether_dropped - d1 === N,
+    "all accounted",
+  );
+  const dropped = nic1.counters().global.ether_dropped - d1;
+  assert.ok(dropped > 0, "a full ring drops");
+  assert.equal(e1.nicStats.rxDropped, dropped);
+  const tags = drain(e1);
+  assert.equal(tags.length, N - dropped);
+  assert.deepEqual(
+    tags,
+    tags.slice().sort((x, y) => x - y),
+    "in order",
+  );
+
+  // Bad records from the driver: too short, too long, then garbage indices.
+  const raw = new Int32Array(e6.buffer);
+  const u32 = new Uint32Array(e6.buffer);
+  const bytes = new Uint8Array(e6.buffer);
+  const bad0 = nic6.counters().global.ether_bad;
+  let head = Atomics.load(raw, P_TX_HEAD) >>> 0;
+  for (const len of [5, 13, 9019, 20000]) {
+    head = ringPut(
+      bytes,
+      u32,
+      PORT_TX_OFFSET,
+      head,
+      Atomics.load(raw, P_TX_TAIL) >>> 0,
+      new Uint8Array(len),
+      0,
+      len,
+    );
+    assert.ok(head >= 0);
+  }
+  Atomics.store(raw, P_TX_HEAD, head | 0);
+  Atomics.notify(raw, P_TX_HEAD);
+  await until(() => nic6.counters().global.ether_bad - bad0 === 4, "four bad lengths");
+  // A head more than a ring ahead: nothing to parse, resynchronise.
+  Atomics.store(raw, P_TX_HEAD, (head + (1 << 20) + 5) | 0);
+  Atomics.notify(raw, P_TX_HEAD);
+  await until(() => nic6.counters().global.ether_bad - bad0 === 5, "garbage indices");
+  assert.equal(e6.nicStats.txBad, 5);
+  // The client's view is stale now: a new one carries on from the resynchronised ring.
+  const e6b = new EtherPortClient(e6.buffer);
+  assert.ok(e6b.send(etherFrame(BCAST, mac(6), 0x0806, 46, 6)));
+  await until(() => e7.rxPending, "after the resync");
+  assert.deepEqual(drain(e7), [6]);
+  assert.equal(e6b.send(new Uint8Array(3)), true);
+  assert.equal(e6b.counters.txBad, 1, "the client drops a bad length itself");
+  for (const n of [nic1, nic6, nic7]) assert.equal(n.counters().global.internal_errors, 0);
+
+  // A frame from a link to a NIC whose port is not open is dropped (NIC 2), counted.
+  const nd2 = nic2.counters().global.ether_dropped;
+  assert.ok(e1.send(etherFrame(BCAST, mac(1), 0x0806, 46, 7)));
+  await until(
+    () => nic2.counters().global.ether_dropped === nd2 + 1 && e6.rxPending,
+    "flooded to NICs 2 and 6",
+  );
+  assert.deepEqual(drain(e6), [7]);
+  // A port with no link drops what its driver sends, counted.
+  await nic7.detachLink(6);
+  await until(() => info(ctl6).links.length === 1, "NIC 6 saw the detach");
+  const nd = nic7.counters().global.ether_dropped;
+  assert.ok(e7.send(etherFrame(BCAST, mac(7), 0x0806, 46, 8)));
+  await until(() => nic7.counters().global.ether_dropped === nd + 1, "no link: dropped");
+  assert.equal(e7.nicStats.txDropped, 1);
+  await nic1.detachLink(6);
+  await nic7.stop();
+  await nic6.stop();
+});
+
+// ---- one NIC -------------------------------------------------------------------------------------
+
+test("remote PULL and CONNECT aimed at this NIC: directly without a loopback link, as frames with one", async () => {
+  const nic = await NicDevice.start({ nicId: 11 });
+  extra.push(nic);
+  const ctl = control(nic);
+  const a = Owner.open(ctl, "a");
+  const b = Owner.open(ctl, "b", 5);
+  const srcMem = new SharedArrayBuffer(3 << 20);
+  fill(srcMem, 3);
+  const src = b.register(srcMem, Access.RemoteRead);
+  const dstMem = new SharedArrayBuffer(3 << 20);
+  const dst = a.register(dstMem, Access.LocalWrite);
+  const run = async (what: string, frames: boolean) => {
+    const c0 = nic.counters().global;
+    new Uint8Array(dstMem).fill(0);
+    a.post(
+      pullDesc({
+        cookie: 1,
+        nic: 11,
+        src: b,
+        region: src,
+        srcOffset: 7,
+        dst,
+        length: (3 << 20) - 7,
+        flags: DFLAG_TRACE,
+      }),
+    );
+    const e = await a.nextEvent();
+    expectEvent(e, EventType.PullDone, MxStatus.SUCCESS, what);
+    assert.ok(e.seenAt > 0 && e.dmaDone >= e.seenAt, `${what}: traced`);
+    assert.equal(sha(dstMem, 0, (3 << 20) - 7), sha(srcMem, 7, (3 << 20) - 7), what);
+    a.post(
+      pullDesc({
+        cookie: 2,
+        nic: 11,
+        src: { id: b.id, session: b.session + 1 },
+        region: src,
+        dst,
+        length: 1,
+      }),
+    );
+    expectEvent(await a.nextEvent(), EventType.PullDone, MxStatus.BAD_SESSION, `${what}: wrong session`);
+    a.post(connectDesc(3, 11, b.id, 5));
+    const c = await a.nextEvent();
+    expectEvent(c, EventType.ConnectDone, MxStatus.SUCCESS, `${what}: connect`);
+    assert.equal(c.srcSession, b.session);
+    const c1 = nic.counters().global;
+    assert.equal(c1.remote_pulls - c0.remote_pulls, 2);
+    assert.equal(c1.pull_replies_rx - c0.pull_replies_rx, frames ? 97 : 0, `${what}: replies`);
+  };
+  await run("directly", false);
+  await nic.attachLink({ kind: "loopback", slots: 8 });
+  await run("through the loopback link", true);
+  assert.equal(nic.counters().global.internal_errors, 0);
+  await nic.stop();
+});
+
+// ---- the engine in-thread ------------------------------------------------------------------------
+
+test("NicInfo keeps its old fields and adds link states", () => {
+  const i = info(ctl1);
+  assert.ok(Array.isArray(i.links));
+  assert.ok(i.links.includes(2));
+  assert.deepEqual(
+    i.linkStates?.find((l) => l.peerNic === 2),
+    { peerNic: 2, state: "up", reconnects: 0 },
+  );
+  assert.equal(nic1.counters().global.internal_errors, 0);
+  assert.equal(nic2.counters().global.internal_errors, 0);
+});
