@@ -10,6 +10,7 @@ import { after, before, test } from "node:test";
 import { Host } from "../src/host/host.js";
 import { Bridge, type BridgeFrame, type BridgePort } from "../src/netback/bridge.js";
 import type { NetStats } from "../src/netback/stats.js";
+import type { Domain } from "../src/xen/hypervisor.js";
 import {
   FATAL_SKB_SLOTS,
   MAX_FRAME,
@@ -39,8 +40,7 @@ import {
   writeTxRequest,
   writeTxResponse,
   XEN_NETIF_NR_SLOTS_MIN,
-} from "../src/netfront/netif.js";
-import type { Domain } from "../src/xen/hypervisor.js";
+} from "../src/xen/io/netif.js";
 import { ringSlotSize } from "../src/xen/ring.js";
 import type { FrameSummary, NetCommand, NetReply } from "./fixtures/net-agent.js";
 

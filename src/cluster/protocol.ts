@@ -10,7 +10,7 @@ export const JOB_KEY = 0x4d504921;
 export interface RankArgs {
   rank: number;
   size: number;
-  /** "native" or "bypass" (and later "split"). */
+  /** "native", "bypass" or "split". */
   path: string;
   /** The program's own arguments (after PROGRAM on the command line). */
   argv: string[];

@@ -20,12 +20,12 @@ import {
   MYRI_DEVICE_TYPE,
 } from "../myrixen/protocol.js";
 import { NET_STATS_BYTES, type NetStats, readNetStats } from "../netback/stats.js";
-import { NetifKey, VIF_DEVICE_TYPE, vifMac } from "../netfront/netif.js";
 import type { NicInfo } from "../nic/control.js";
 import { NicDevice } from "../nic/device.js";
 import type { DomId } from "../xen/abi.js";
 import type { Domain } from "../xen/hypervisor.js";
 import { Hypervisor } from "../xen/hypervisor.js";
+import { NetifKey, VIF_DEVICE_TYPE, vifMac } from "../xen/io/netif.js";
 import { createDevice, destroyDevice } from "../xen/xenbus.js";
 
 export const DRIVER_DOMAIN_PROGRAM = new URL("../myrixen/driver-domain.js", import.meta.url);

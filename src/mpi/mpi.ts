@@ -31,9 +31,14 @@ async function init(guest: Guest): Promise<Comm> {
   const { rank, size } = job;
   if (size < 1 || size > 0x10000 || rank < 0 || rank >= size)
     throw new MpiError(`MPI.init: rank ${rank} of size ${size} is not a valid job position`);
-  const mx = Mx.init(guest);
+  // "split": MX over Ethernet through the driver domain. Otherwise the fast path, and if the
+  // host cannot give it, the split path (the accelerator model) — said on stderr, since it
+  // changes what the job measures.
+  const mx = Mx.init(guest, { path: job.path === "split" ? "split" : "auto" });
   try {
     const ep = mx.openEndpoint({ key: JOB_KEY });
+    if (ep.fallbackReason !== undefined && job.path !== "split")
+      console.error(`MPI rank ${rank}: running on the split path: ${ep.fallbackReason}`);
     guest.send({ type: "mpi-addr", rank, nic: ep.nicId, endpoint: ep.endpointId } satisfies RankToLauncher);
     let peers: LauncherToRank["peers"];
     for (;;) {

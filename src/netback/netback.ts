@@ -29,6 +29,10 @@
  * guest with no RX buffer posted loses the frame, counted (rxDropped), as netback does.
  */
 
+import { type DomId, PAGE_SHIFT, PAGE_SIZE, XenbusState } from "../xen/abi.js";
+import type { EventChannelPort } from "../xen/event-channel.js";
+import type { GrantCopyOp } from "../xen/grant-table.js";
+import type { GrantMapping, Guest } from "../xen/guest/guest.js";
 import {
   ETH_HLEN,
   EXTRA_FLAGS,
@@ -67,11 +71,7 @@ import {
   writeTxResponse,
   XEN_NETIF_EXTRA_FLAG_MORE,
   XEN_NETIF_NR_SLOTS_MIN,
-} from "../netfront/netif.js";
-import { type DomId, PAGE_SHIFT, PAGE_SIZE, XenbusState } from "../xen/abi.js";
-import type { EventChannelPort } from "../xen/event-channel.js";
-import type { GrantCopyOp } from "../xen/grant-table.js";
-import type { GrantMapping, Guest } from "../xen/guest/guest.js";
+} from "../xen/io/netif.js";
 import { BackRing } from "../xen/ring.js";
 import { XenbusBackend } from "../xen/xenbus.js";
 import { XenStoreError } from "../xen/xenstore.js";

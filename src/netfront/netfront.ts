@@ -21,10 +21,6 @@
 import { DOMID_MAX, PAGE_SIZE, XenbusState, xenbusStateName } from "../xen/abi.js";
 import type { EventChannelPort } from "../xen/event-channel.js";
 import type { Guest } from "../xen/guest/guest.js";
-import type { PageRun } from "../xen/memory.js";
-import { FrontRing, initSharedRing } from "../xen/ring.js";
-import { DEFAULT_XENBUS_TIMEOUT_MS, frontendPath, parseXenbusState } from "../xen/xenbus.js";
-import { XenStoreError, type XenStoreRequest } from "../xen/xenstore.js";
 import {
   ETH_HLEN,
   MAX_FRAME,
@@ -53,7 +49,11 @@ import {
   TX_RSP_STATUS,
   VIF_DEVICE_TYPE,
   writeRxRequest,
-} from "./netif.js";
+} from "../xen/io/netif.js";
+import type { PageRun } from "../xen/memory.js";
+import { FrontRing, initSharedRing } from "../xen/ring.js";
+import { DEFAULT_XENBUS_TIMEOUT_MS, frontendPath, parseXenbusState } from "../xen/xenbus.js";
+import { XenStoreError, type XenStoreRequest } from "../xen/xenstore.js";
 
 export interface NetfrontOptions {
   /** Device index under device/vif (default 0). */

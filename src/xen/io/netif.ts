@@ -8,8 +8,8 @@
  * read and write a slot through the ring's DataView without allocating.
  */
 
-import { PAGE_SIZE } from "../xen/abi.js";
-import { ringEntries, ringSlotSize } from "../xen/ring.js";
+import { PAGE_SIZE } from "../abi.js";
+import { ringEntries, ringSlotSize } from "../ring.js";
 
 /** Device class in XenStore: device/vif/<devid>, backend/vif/<domid>/<devid>. */
 export const VIF_DEVICE_TYPE = "vif";
