@@ -29,6 +29,8 @@ test("--help lists the commands", async () => {
   const b = await run("bench", "--help");
   assert.match(b.stdout, /substrate/);
   assert.match(b.stdout, /--json <file>/);
+  assert.match(b.stdout, /--scope <scope>/);
+  assert.match(b.stdout, /bypass 8 B latency\s+≤ 1\.3× raw-tcp/);
 });
 
 test("bad usage fails before anything runs, with a message saying what to fix", async () => {
@@ -50,6 +52,18 @@ test("bad usage fails before anything runs, with a message saying what to fix", 
   const outDir = await run("bench", "--quick", "--out", "/proc/no/report");
   assert.equal(outDir.code, 2);
   assert.match(outDir.stderr, /cannot write the benchmark report to \/proc\/no\/report/);
+  const scope = await run("bench", "pingpong", "--scope", "moon");
+  assert.equal(scope.code, 2);
+  assert.match(scope.stderr, /--scope: unknown "moon"; expected one of intra-host, cross-host, all/);
+  const substrateCross = await run("bench", "substrate", "--scope", "cross-host");
+  assert.equal(substrateCross.code, 2);
+  assert.match(
+    substrateCross.stderr,
+    /--scope cross-host: the substrate suite measures one host only; cross-host applies to pingpong and stream/,
+  );
+  const split = await run("bench", "stream", "--scope", "cross-host", "--transports", "split");
+  assert.equal(split.code, 2);
+  assert.match(split.stderr, /--transports: split is not available yet/);
   const cmd = await run("frobnicate");
   assert.equal(cmd.code, 2);
   assert.match(cmd.stderr, /unknown command 'frobnicate'/);
@@ -71,6 +85,16 @@ test("bench --quick --out DIR runs every suite and writes the JSON rows and the 
   const benches = new Set(report.rows.map((row) => row.bench));
   for (const b of ["evtchn-pingpong", "ring-throughput", "pingpong", "stream", "breakdown"])
     assert.ok(benches.has(b), b);
+  // The full report has both scopes of pingpong and stream, and the targets in words.
+  for (const b of ["pingpong", "stream"])
+    for (const t of ["native", "bypass", "raw-tcp"])
+      assert.ok(
+        report.rows.some((row) => row.bench === b && row.transport === t && row.scope === "cross-host"),
+        `${b} ${t} cross-host`,
+      );
+  assert.ok(report.rows.some((row) => row.bench === "pingpong" && row.scope === "intra-host"));
+  assert.match(r.stdout, /cross-host target bypass 8 B latency ≤ 1\.3× raw-tcp: measured/);
+  assert.match(r.stdout, /cross-host target bypass 1 MiB bandwidth ≥ 0\.8× raw-tcp: measured/);
   const html = readFileSync(join(dir, "bench.html"), "utf8");
   assert.match(html, /<svg/);
   assert.match(html, /latency breakdown/i);
@@ -92,6 +116,50 @@ test("bench substrate --quick --json writes rows in the project's format", async
     assert.ok(row.runs >= 3);
   }
   assert.equal(report.machine.cpus.count > 0, true);
+});
+
+test("bench pingpong|stream --scope cross-host: rows between two linked hosts, raw-tcp, the targets in words", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "myrixen-cross-"));
+  const cases = [
+    { suite: "pingpong", sizes: "8", metric: "latency_us", target: /bypass 8 B latency ≤ 1\.3× raw-tcp/ },
+    {
+      suite: "stream",
+      sizes: "1M",
+      metric: "bandwidth_MBps",
+      target: /bypass 1 MiB bandwidth ≥ 0\.8× raw-tcp/,
+    },
+  ];
+  for (const c of cases) {
+    const file = join(dir, `${c.suite}.json`);
+    const r = await run(
+      "bench",
+      c.suite,
+      "--scope",
+      "cross-host",
+      "--quick",
+      "--sizes",
+      c.sizes,
+      "--json",
+      file,
+    );
+    assert.equal(r.code, 0, r.stderr);
+    const report = validateReport(JSON.parse(readFileSync(file, "utf8")));
+    assert.deepEqual(report.rows.map((row) => row.transport).sort(), ["bypass", "native", "raw-tcp"]);
+    for (const row of report.rows) {
+      assert.equal(row.bench, c.suite);
+      assert.equal(row.scope, "cross-host");
+      assert.equal(row.metric, c.metric);
+      assert.ok(row.median > 0 && row.min <= row.median && row.median <= row.max);
+      assert.ok(row.runs >= 3);
+    }
+    assert.match(r.stdout, new RegExp(`${c.suite}, cross-host \\(quick\\)`));
+    assert.match(r.stdout, /bypass\/raw-tcp/);
+    // Met or not is whatever the medians say; the line names the target and the ratio.
+    assert.match(
+      r.stdout,
+      new RegExp(`cross-host target ${c.target.source}: measured \\d+\\.\\d\\d× .* — (met|NOT met)`),
+    );
+  }
 });
 
 test("run -n 3 starts three ranks of a TypeScript program and prefixes their output", async () => {
@@ -120,9 +188,9 @@ test("run: bad usage is refused before anything starts", async () => {
   const none = await run("run", "-n", "2", "no-such-program");
   assert.equal(none.code, 2);
   assert.match(none.stderr, /no program "no-such-program": give a built-in name/);
-  const split = await run("run", "-n", "2", "--path", "split", "nas-ep");
-  assert.equal(split.code, 2);
-  assert.match(split.stderr, /--path split is not available yet/);
+  const path = await run("run", "-n", "2", "--path", "pigeon", "nas-ep");
+  assert.equal(path.code, 2);
+  assert.match(path.stderr, /--path must be one of native, bypass, split/);
   const n = await run("run", "-n", "0", "nas-ep");
   assert.equal(n.code, 2);
   assert.match(n.stderr, /-n must be a positive integer/);

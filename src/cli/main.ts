@@ -1,15 +1,28 @@
 /**
  * The `myrixen` command line: parses arguments (commander), validates them before anything
- * starts, and dispatches to the demo and the benchmarks. Exit codes: 0 success, 1 a run
- * failed, 2 bad usage.
+ * starts, and dispatches to the demo, the benchmarks, jobs (run) and hosts (host). Exit
+ * codes: 0 success, 1 a run failed, 2 bad usage, 130 a job stopped by Ctrl-C.
  */
 import { Command, CommanderError, InvalidArgumentError } from "commander";
 import { ALL_TRANSPORTS, type BenchCliOptions, BenchUsageError, benchCommand, SUITES } from "./bench.js";
 import { runDemo } from "./demo.js";
+import { ConfigError, configureHostCommand } from "./host.js";
 import { BUILTIN_PROGRAMS, RunUsageError, runCommand } from "./run.js";
 import { runMainJob } from "./start.js";
 
 class UsageError extends Error {}
+
+interface RunCliOptions {
+  np?: number;
+  path: string;
+  pages?: number;
+  hosts?: string;
+  hostfile?: string;
+  mapBy?: string;
+  oversubscribe?: boolean;
+  tagOutput?: boolean;
+  linkTimeout?: number;
+}
 
 function positiveInt(name: string) {
   return (v: string): number => {
@@ -65,11 +78,19 @@ export function buildProgram(): Command {
     )
     .option("--sizes <list>", "message sizes, e.g. 0,8,4K,1M (default: OSU's sweep to 4 MiB)")
     .option("--transports <list>", `subset of: ${ALL_TRANSPORTS.join(",")}`)
+    .option(
+      "--scope <scope>",
+      "pingpong/stream ranks on one host (intra-host), on two linked hosts with raw-tcp (cross-host), or all " +
+        "(default: intra-host with a suite, all without)",
+    )
     .addHelpText(
       "after",
       "\nSuites:\n  substrate   event-channel ping-pong vs raw SharedArrayBuffer ping-pong; ring requests/s\n" +
         "  pingpong    MX one-way latency, native and bypass, with raw-sab, raw-relay, postmessage\n" +
         "  stream      MX bandwidth (osu_bw: window 64), native and bypass, with raw-sab and memcpy\n" +
+        "  (--scope cross-host: pingpong and stream between two hosts whose NICs are linked over\n" +
+        "   loopback TCP, against raw-tcp, with the issue's targets checked: bypass 8 B latency\n" +
+        "   ≤ 1.3× raw-tcp, bypass 1 MiB bandwidth ≥ 0.8× raw-tcp)\n" +
         "\nRows: { bench, transport, scope, bytes, metric, median, min, max, runs }; medians over runs,\n" +
         "warm-up runs excluded, machine load recorded.",
     )
@@ -83,25 +104,64 @@ export function buildProgram(): Command {
     });
   program
     .command("run")
-    .description("run N ranks of a program (built-in or a module) on this machine")
-    .requiredOption("-n, --np <n>", "number of ranks", positiveInt("-n"))
-    .option("--path <path>", "native | bypass", "bypass")
+    .description("run N ranks of a program (built-in or a module) on this machine, or across myrixen hosts")
+    .option(
+      "-n, --np <n>",
+      "number of ranks (default inside Slurm: SLURM_NTASKS; with hosts: their total slots)",
+      positiveInt("-n"),
+    )
+    .option("--hosts <list>", "run on these myrixen hosts: host[:port][*slots],... (port default 7470)")
+    .option(
+      "--hostfile <file>",
+      "run on the hosts of an Open MPI hostfile (hostname[:port] slots=N [max_slots=M])",
+    )
+    .option(
+      "--map-by <how>",
+      "node: ranks round-robin across hosts; slot: fill each host's slots in order",
+      "node",
+    )
+    .option("--oversubscribe", "allow more ranks than slots")
+    .option("--path <path>", "native | bypass | split", "bypass")
     .option(
       "--pages <n>",
       "guest memory per rank in 4 KiB pages (default 16384 = 64 MiB)",
       positiveInt("--pages"),
     )
+    .option("--tag-output", "prefix output lines with [rank@host] instead of [rank]")
+    .option(
+      "--link-timeout <ms>",
+      "how long the hosts may take to link their NICs before the job gives up (default 10000)",
+      positiveInt("--link-timeout"),
+    )
     .argument("<program>", `a built-in (${Object.keys(BUILTIN_PROGRAMS).join(", ")}) or a module path`)
     .argument("[args...]", "the program's own arguments")
+    .addHelpText(
+      "after",
+      "\nWith no --hosts or --hostfile and outside Slurm, a host starts in this process. Inside a\n" +
+        "Slurm allocation (SLURM_JOB_NODELIST set), the nodes and their task counts come from\n" +
+        "Slurm (each node runs `myrixen host` on port 7470). Ctrl-C stops every rank on every host.",
+    )
     .passThroughOptions()
-    .action(async (prog: string, args: string[], o: { np: number; path: string; pages?: number }) => {
+    .action(async (prog: string, args: string[], o: RunCliOptions) => {
       try {
-        process.exitCode = await runCommand(prog, args, { n: o.np, path: o.path, pages: o.pages });
+        process.exitCode = await runCommand(prog, args, {
+          n: o.np,
+          path: o.path,
+          pages: o.pages,
+          hosts: o.hosts,
+          hostfile: o.hostfile,
+          mapBy: o.mapBy,
+          oversubscribe: o.oversubscribe,
+          tagOutput: o.tagOutput,
+          linkTimeoutMs: o.linkTimeout,
+        });
       } catch (e) {
         if (e instanceof RunUsageError || e instanceof RangeError) throw new UsageError(e.message);
         throw e;
       }
     });
+
+  configureHostCommand(program.command("host"));
 
   return program;
 }
@@ -115,6 +175,10 @@ export async function main(argv: string[]): Promise<number> {
     if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : 2;
     if (e instanceof UsageError) {
       err(`myrixen: ${e.message}`);
+      return 2;
+    }
+    if (e instanceof ConfigError) {
+      for (const p of e.problems) err(`myrixen host: ${p}`);
       return 2;
     }
     err(`myrixen: ${(e as Error)?.stack ?? String(e)}`);

@@ -1,87 +1,185 @@
 /**
- * `myrixen run -n N [--path native|bypass] PROGRAM [ARGS...]`: starts a host on this machine
- * (the embedded default), runs N ranks of PROGRAM on it, forwards their output with rank
- * prefixes, and returns the first non-zero exit code. Ctrl-C stops the whole job cleanly.
+ * `myrixen run -n N [--hosts LIST | --hostfile FILE] [--map-by node|slot] [--path P] PROGRAM
+ * [ARGS...]`: runs N ranks of PROGRAM on a host started in this process (the embedded
+ * default), or across running `myrixen host`s (a list, an Open MPI hostfile, or the Slurm
+ * allocation this runs in). Rank output is prefixed with `[rank]`; the exit code is the first
+ * non-zero exit code of a rank; Ctrl-C stops every rank on every host (exit code 130); a host
+ * that vanishes ends the job with a message naming it.
  */
-import { existsSync } from "node:fs";
-import { resolve } from "node:path";
-import { pathToFileURL } from "node:url";
-import { Job } from "../cluster/job.js";
+import { readFileSync } from "node:fs";
+import {
+  type HostEntry,
+  HostListError,
+  hostsFromSlurm,
+  parseHostfile,
+  parseHostList,
+} from "../cluster/hostfile.js";
+import { Job, JobSetupError, type JobTarget, LocalTarget, type RankOutcome } from "../cluster/job.js";
+import { MAP_BY, type MapBy } from "../cluster/placement.js";
+import { BUILTIN_PROGRAMS, ProgramError, resolveProgram } from "../cluster/programs.js";
+import { RemoteHost } from "../cluster/remote.js";
+import { RANK_PATHS, type RankPath } from "../cluster/wire.js";
 import { Host } from "../host/host.js";
 
-/** Built-in programs, by the name `myrixen run` takes. */
-export const BUILTIN_PROGRAMS: Record<string, string> = {
-  "nas-ep": "../programs/nas/ep.js",
-  "nas-is": "../programs/nas/is.js",
-  "nas-cg": "../programs/nas/cg.js",
-  "osu-latency": "../programs/osu/latency.js",
-  "osu-bw": "../programs/osu/bw.js",
-  "osu-bibw": "../programs/osu/bibw.js",
-  "osu-allreduce": "../programs/osu/allreduce.js",
-};
-
-export const RUN_PATHS = ["native", "bypass"] as const;
+export { BUILTIN_PROGRAMS, resolveProgram };
 
 export class RunUsageError extends Error {}
 
-/** PROGRAM as a module URL: a built-in name, or a path to a .js/.mjs/.ts module. */
-export function resolveProgram(program: string): URL {
-  const builtin = BUILTIN_PROGRAMS[program];
-  if (builtin) {
-    const url = new URL(builtin, import.meta.url);
-    if (!existsSync(url))
-      throw new RunUsageError(`built-in program ${program} is not available in this build`);
-    return url;
-  }
-  const path = resolve(program);
-  if (!existsSync(path))
-    throw new RunUsageError(
-      `no program "${program}": give a built-in name (${Object.keys(BUILTIN_PROGRAMS).join(", ")}) or a path to a module`,
-    );
-  return pathToFileURL(path);
-}
-
 export interface RunOptions {
-  n: number;
+  /** Ranks (default: SLURM_NTASKS inside Slurm, else the hosts' total slots; required with no hosts). */
+  n?: number;
   path: string;
   pages?: number;
+  /** `host[:port][*slots],...` */
+  hosts?: string;
+  hostfile?: string;
+  mapBy?: string;
+  oversubscribe?: boolean;
+  /** Prefix lines with `[rank@host]` instead of `[rank]`. */
+  tagOutput?: boolean;
+  /** How long the hosts may take to link their NICs (ms, default 10 000). */
+  linkTimeoutMs?: number;
+  /** Where Slurm's variables come from (default process.env). */
+  env?: NodeJS.ProcessEnv;
+}
+
+const err = (line: string) => process.stderr.write(`myrixen run: ${line}\n`);
+
+/** Which hosts the job runs on: --hosts, --hostfile, Slurm's allocation, or none (embedded). */
+function chooseHosts(o: RunOptions): { hosts?: HostEntry[]; ntasks?: number; source: string } {
+  try {
+    if (o.hosts !== undefined && o.hostfile !== undefined)
+      throw new RunUsageError("give --hosts or --hostfile, not both");
+    if (o.hosts !== undefined) return { hosts: parseHostList(o.hosts), source: "--hosts" };
+    if (o.hostfile !== undefined) {
+      let text: string;
+      try {
+        text = readFileSync(o.hostfile, "utf8");
+      } catch (e) {
+        throw new RunUsageError(`cannot read the hostfile ${o.hostfile}: ${(e as Error).message}`);
+      }
+      return { hosts: parseHostfile(text, o.hostfile), source: o.hostfile };
+    }
+    const slurm = hostsFromSlurm(o.env ?? process.env);
+    if (slurm) return { hosts: slurm.hosts, ntasks: slurm.ntasks, source: "the Slurm allocation" };
+    return { source: "embedded" };
+  } catch (e) {
+    if (e instanceof HostListError) throw new RunUsageError(e.message);
+    throw e;
+  }
+}
+
+async function connectAll(hosts: HostEntry[]): Promise<RemoteHost[]> {
+  const results = await Promise.allSettled(
+    hosts.map((h) =>
+      RemoteHost.connect(h, {
+        onLog: (level, msg) => {
+          if (level === "error" || level === "warn") err(`host ${h.label}: ${msg}`);
+        },
+      }),
+    ),
+  );
+  const ok = results.flatMap((r) => (r.status === "fulfilled" ? [r.value] : []));
+  const bad = results.flatMap((r) => (r.status === "rejected" ? [(r.reason as Error).message] : []));
+  if (bad.length > 0) {
+    for (const h of ok) h.close();
+    throw new Error(bad.join("\n"));
+  }
+  return ok;
+}
+
+function describeFailure(f: RankOutcome, lost: { label: string; nicId: number; reason: string }[]): string {
+  if (f.state === "lost") {
+    const l = lost.find((x) => x.label === f.host);
+    if (l)
+      return `host ${l.label} (NIC ${l.nicId}) was lost mid-job: ${l.reason}; its ranks are gone and the other ranks were stopped`;
+    return `${f.error?.message ?? `rank ${f.rank} was lost`}; the other ranks were stopped`;
+  }
+  const how = f.state === "shutdown" ? `exited with code ${f.exitCode}` : f.state;
+  return `rank ${f.rank} ${how}${f.error ? `: ${f.error.message}` : ""}; the other ranks were stopped`;
 }
 
 export async function runCommand(program: string, argv: string[], o: RunOptions): Promise<number> {
-  if (!RUN_PATHS.includes(o.path as (typeof RUN_PATHS)[number]))
-    throw new RunUsageError(
-      o.path === "split"
-        ? "--path split is not available yet (the split-driver path is being built); use native or bypass"
-        : `--path must be one of ${RUN_PATHS.join(", ")}, got "${o.path}"`,
-    );
-  const url = resolveProgram(program);
-  const host = await Host.start({});
-  const job = new Job(host, {
-    n: o.n,
-    path: o.path as "native" | "bypass",
-    program: url,
+  if (!RANK_PATHS.includes(o.path as RankPath))
+    throw new RunUsageError(`--path must be one of ${RANK_PATHS.join(", ")}, got "${o.path}"`);
+  const mapBy = (o.mapBy ?? "node") as MapBy;
+  if (!MAP_BY.includes(mapBy))
+    throw new RunUsageError(`--map-by must be one of ${MAP_BY.join(", ")}, got "${o.mapBy}"`);
+  const chosen = chooseHosts(o);
+
+  let targets: JobTarget[];
+  let cleanup: () => Promise<void>;
+  let programRef: string | URL = program;
+  let n = o.n;
+  if (!chosen.hosts) {
+    if (n === undefined)
+      throw new RunUsageError(
+        "-n is required (no --hosts, --hostfile or Slurm allocation to count slots from)",
+      );
+    try {
+      programRef = resolveProgram(program);
+    } catch (e) {
+      if (e instanceof ProgramError) throw new RunUsageError(e.message);
+      throw e;
+    }
+    const host = await Host.start({});
+    targets = [new LocalTarget(host)];
+    cleanup = () => host.stop();
+  } else {
+    let remotes: RemoteHost[];
+    try {
+      remotes = await connectAll(chosen.hosts);
+    } catch (e) {
+      err((e as Error).message);
+      return 1;
+    }
+    targets = remotes;
+    cleanup = async () => {
+      for (const r of remotes) r.close();
+    };
+    n ??= chosen.ntasks ?? chosen.hosts.reduce((s, h, i) => s + (h.slots ?? remotes[i].slots), 0);
+  }
+
+  const hosts = chosen.hosts;
+  const job = new Job(targets, {
+    n,
+    path: o.path as RankPath,
+    program: programRef,
     argv,
     pages: o.pages,
+    mapBy,
+    oversubscribe: o.oversubscribe,
+    slots: hosts?.map((h) => ({ slots: h.slots, maxSlots: h.maxSlots })),
+    linkTimeoutMs: o.linkTimeoutMs,
+    output: o.tagOutput
+      ? (rank, stream, line, host) =>
+          (stream === "stdout" ? process.stdout : process.stderr).write(`[${rank}@${host}] ${line}\n`)
+      : undefined,
   });
+  let interrupted = false;
   const onSignal = () => {
-    process.stderr.write("\nmyrixen run: stopping the job\n");
+    if (interrupted) process.exit(130);
+    interrupted = true;
+    process.stderr.write(`\nmyrixen run: stopping the job${hosts ? " on every host" : ""}\n`);
     void job.stop();
   };
-  process.once("SIGINT", onSignal);
-  process.once("SIGTERM", onSignal);
+  process.on("SIGINT", onSignal);
+  process.on("SIGTERM", onSignal);
   try {
     const r = await job.run();
-    if (r.failed) {
-      const f = r.failed;
-      process.stderr.write(
-        `myrixen run: rank ${f.rank} ${f.state === "shutdown" ? `exited with code ${f.exitCode}` : f.state}` +
-          `${f.error ? `: ${f.error.message}` : ""}; the other ranks were stopped\n`,
-      );
-    }
+    if (r.failed) err(describeFailure(r.failed, r.lostHosts));
+    if (interrupted) return 130;
     return r.exitCode;
+  } catch (e) {
+    if (e instanceof JobSetupError) {
+      if (e.usage) throw new RunUsageError(e.message);
+      err(e.message);
+      return 1;
+    }
+    throw e;
   } finally {
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);
-    await host.stop();
+    await cleanup();
   }
 }

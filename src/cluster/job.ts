@@ -1,32 +1,114 @@
 /**
- * A job: N ranks of one program on a host, as `myrixen run -n N` starts them. The launcher
- * starts the ranks (guests for the bypass path, native processes for the native path),
- * spreads their MX addresses (cluster/protocol.ts), forwards their output with rank
- * prefixes, and ends the job cleanly: the first rank that fails stops all the others.
+ * A job: N ranks of one program across one or more hosts, as `myrixen run -n N` starts them.
+ * The launcher places the ranks on hosts (placement.ts), links the hosts' NICs to each other,
+ * starts each host's share of ranks, relays their MX addresses (the mpi-addr → mpi-peers
+ * bootstrap of cluster/protocol.ts), forwards their output, and ends the job cleanly: the
+ * first rank that fails, or a host that vanishes, stops all the others.
+ *
+ * A host is a JobTarget: the Host in this process (LocalTarget, the embedded default) or a
+ * `myrixen host` reached over the control protocol (RemoteHost in remote.ts). Both run their
+ * ranks with the same RankSet (ranks.ts); this file is the one launcher for both.
  */
-import { createInterface } from "node:readline";
-import type { Readable } from "node:stream";
+import { hostname as osHostname } from "node:os";
 import type { Host } from "../host/host.js";
-import type { Domain, DomainExit } from "../xen/hypervisor.js";
-import type { LauncherToRank, RankArgs, RankToLauncher } from "./protocol.js";
+import type { DomainExit } from "../xen/hypervisor.js";
+import type { HostAddress } from "./hostfile.js";
+import { type MapBy, PlacementError, placeRanks } from "./placement.js";
+import { type RankEvents, type RankExit, RankRefusal, RankSet, type RankStartSpec } from "./ranks.js";
+import { type LinkPeer, MAX_RANKS, RANK_PATHS, type RankPath } from "./wire.js";
+
+/** One host's share of a job, as the launcher drives it. */
+export interface TargetJob {
+  /** Resolves when the host's ranks all started; rejects (RankRefusal for a refusal) otherwise. */
+  readonly started: Promise<void>;
+  /** The job's MX addresses, for the host's ranks (also those still starting). */
+  peers(peers: { nic: number; endpoint: number }[]): void;
+  /** Stops the host's ranks; their exits follow as events. */
+  stop(): Promise<void>;
+}
+
+/** A host a job can run ranks on. */
+export interface JobTarget {
+  /** How messages name it (`host:port`, or "local"). */
+  readonly label: string;
+  readonly hostname: string;
+  readonly nicId: number;
+  /** Ranks it takes before it counts as full (Infinity: no limit). */
+  readonly slots: number;
+  /** Where other hosts' NICs reach its NIC (undefined: it cannot be linked to). */
+  readonly linkAddress?: HostAddress;
+  /** Makes sure its NIC is linked to these peers' NICs (bounded by timeoutMs). */
+  link(peers: LinkPeer[], timeoutMs: number): Promise<void>;
+  start(spec: RankStartSpec, events: RankEvents): TargetJob;
+  /** Called once if the host goes away; returns an unsubscribe function. */
+  onLost(cb: (why: string) => void): () => void;
+}
+
+/** The Host in this process as a JobTarget. */
+export class LocalTarget implements JobTarget {
+  readonly label: string;
+  readonly hostname = osHostname();
+
+  constructor(
+    readonly host: Host,
+    readonly slots = Number.POSITIVE_INFINITY,
+    label = "local",
+  ) {
+    this.label = label;
+  }
+
+  get nicId(): number {
+    return this.host.nicId;
+  }
+
+  async link(peers: LinkPeer[]): Promise<void> {
+    if (peers.length > 0) throw new Error("an embedded host links to no other host");
+  }
+
+  start(spec: RankStartSpec, events: RankEvents): TargetJob {
+    const set = new RankSet(this.host, spec, events);
+    return { started: set.start(), peers: (p) => set.peers(p), stop: () => set.stop() };
+  }
+
+  onLost(): () => void {
+    return () => {};
+  }
+}
 
 export interface JobSpec {
   /** Number of ranks. */
   n: number;
-  path: "native" | "bypass";
-  /** The program: a module path or URL whose default export is main(guest). */
+  path: RankPath;
+  /** The program: a built-in name, a module path or URL whose default export is main(guest). */
   program: string | URL;
   argv?: string[];
   /** Guest-physical memory per rank, pages (default 16384 = 64 MiB). */
   pages?: number;
   maxHeapMb?: number;
   /** Where rank output goes (default: process stdout/stderr with "[rank] " prefixes). */
-  output?: (rank: number, stream: "stdout" | "stderr", line: string) => void;
+  output?: (rank: number, stream: "stdout" | "stderr", line: string, host: string) => void;
+  /** Placement (default "node": round-robin over hosts). */
+  mapBy?: MapBy;
+  /** Allow more ranks than slots. */
+  oversubscribe?: boolean;
+  /** Per target, in order: slots and max_slots the user gave (override what the host reports). */
+  slots?: ({ slots?: number; maxSlots?: number } | undefined)[];
+  /** How long linking the hosts' NICs may take (default 10 s). */
+  linkTimeoutMs?: number;
+  /** After a host is lost, how long the other ranks run on before they are stopped (default 0). */
+  lostHostGraceMs?: number;
+  /** How long stopped ranks may take to report their end before they count as lost (default 5 s). */
+  stopTimeoutMs?: number;
+  /** Job id on the hosts (default: launcher hostname, pid and a counter). */
+  id?: string;
 }
 
 export interface RankOutcome {
   rank: number;
-  state: DomainExit["state"];
+  /** Which host it ran on (its label). */
+  host: string;
+  /** "lost": its host vanished; "not-started": the job ended before it started. */
+  state: DomainExit["state"] | "lost" | "not-started";
   result?: unknown;
   error?: Error;
   exitCode: number;
@@ -38,91 +120,279 @@ export interface JobResult {
   ranks: RankOutcome[];
   /** The rank that failed first, if any. */
   failed?: RankOutcome;
+  /** Hosts whose control connection was lost during the job. */
+  lostHosts: { label: string; nicId: number; reason: string }[];
+  /** The host label of each rank. */
+  placement: string[];
+  /** stop() was called (Ctrl-C) before the job ended by itself. */
+  stopped: boolean;
+}
+
+/** The job could not start as asked; `usage` means the request itself was wrong (exit code 2). */
+export class JobSetupError extends Error {
+  constructor(
+    message: string,
+    readonly usage: boolean,
+  ) {
+    super(message);
+  }
 }
 
 function defaultOutput(rank: number, stream: "stdout" | "stderr", line: string): void {
   (stream === "stdout" ? process.stdout : process.stderr).write(`[${rank}] ${line}\n`);
 }
 
-function exitCodeOf(e: DomainExit): number {
-  if (e.state === "shutdown")
-    return typeof e.result === "number" && Number.isInteger(e.result) ? e.result : 0;
-  const m = /exited with code (\d+)/.exec(e.error?.message ?? "");
-  return m ? Number(m[1]) || 1 : 1;
+let jobCounter = 0;
+
+/** Unique enough across launchers: hosts also keep each launcher's jobs apart. */
+function newJobId(): string {
+  const host = osHostname()
+    .replace(/[^A-Za-z0-9_.-]/g, "_")
+    .slice(0, 64);
+  return `${host}-${process.pid}-${++jobCounter}`;
 }
 
 export class Job {
-  readonly ranks: Domain[] = [];
+  private readonly targets: JobTarget[];
+  private readonly handles: (TargetJob | undefined)[] = [];
   private stopping = false;
+  private stopTimer: NodeJS.Timeout | undefined;
+  private graceTimer: NodeJS.Timeout | undefined;
+  private readonly outcomes = new Map<number, RankOutcome>();
+  private failed: RankOutcome | undefined;
+  private rankHost: number[] = [];
+  private settle: (() => void) | undefined;
+  private readonly lostHosts: JobResult["lostHosts"] = [];
+  readonly id: string;
 
   constructor(
-    private readonly host: Host,
+    hosts: Host | JobTarget | JobTarget[],
     private readonly spec: JobSpec,
-  ) {}
+  ) {
+    this.targets = Array.isArray(hosts)
+      ? hosts
+      : "start" in hosts && typeof hosts.start === "function"
+        ? [hosts as JobTarget]
+        : [new LocalTarget(hosts as Host)];
+    this.id = spec.id ?? newJobId();
+  }
 
-  /** Starts every rank and waits for the job to end. */
+  /** Starts every rank and waits for the job to end. Throws JobSetupError if it cannot start. */
   async run(): Promise<JobResult> {
     const { n, path } = this.spec;
-    if (!Number.isInteger(n) || n < 1 || n > 64)
-      throw new RangeError(`-n must be an integer in 1..64, got ${String(n)}`);
-    const out = this.spec.output ?? defaultOutput;
-    const addrs: (RankToLauncher | undefined)[] = new Array(n);
-    let announced = 0;
-    const outcomes: RankOutcome[] = [];
-    let failed: RankOutcome | undefined;
-    const done: Promise<void>[] = [];
-    for (let rank = 0; rank < n; rank++) {
-      const job: RankArgs = { rank, size: n, path, argv: this.spec.argv ?? [] };
-      const spec = {
-        module: this.spec.program,
-        args: { job },
-        pages: this.spec.pages ?? 16384,
-        maxHeapMb: this.spec.maxHeapMb ?? 512,
-        name: `rank${rank}`,
-        output: "pipe" as const,
-      };
-      const dom = path === "bypass" ? await this.host.startGuest(spec) : await this.host.startNative(spec);
-      this.ranks.push(dom);
-      forward(dom.worker.stdout, (line) => out(rank, "stdout", line));
-      forward(dom.worker.stderr, (line) => out(rank, "stderr", line));
-      dom.on("message", (m: RankToLauncher) => {
-        if (m?.type !== "mpi-addr" || m.rank !== rank || addrs[rank]) return;
-        addrs[rank] = m;
-        if (++announced === n) {
-          const peers = addrs.map((a) => ({ nic: a!.nic, endpoint: a!.endpoint }));
-          for (const d of this.ranks) d.send({ type: "mpi-peers", peers } satisfies LauncherToRank);
-        }
-      });
-      done.push(
-        dom.exited.then(async (e) => {
-          const o: RankOutcome = {
-            rank,
-            state: e.state,
-            result: e.result,
-            error: e.error,
-            exitCode: exitCodeOf(e),
-          };
-          outcomes.push(o);
-          if (o.exitCode !== 0 && !failed && !this.stopping) {
-            failed = o;
-            await this.stop();
-          }
-        }),
+    if (!Number.isInteger(n) || n < 1 || n > MAX_RANKS)
+      throw new RangeError(`-n must be an integer in 1..${MAX_RANKS}, got ${String(n)}`);
+    if (!RANK_PATHS.includes(path))
+      throw new JobSetupError(`--path must be one of ${RANK_PATHS.join(", ")}, got "${String(path)}"`, true);
+    const targets = this.targets;
+    if (targets.length === 0) throw new JobSetupError("a job needs at least one host", true);
+    this.checkNicIds();
+    try {
+      this.rankHost = placeRanks(
+        n,
+        targets.map((t, i) => ({
+          label: t.label,
+          slots: this.spec.slots?.[i]?.slots ?? t.slots,
+          maxSlots: this.spec.slots?.[i]?.maxSlots,
+        })),
+        this.spec.mapBy ?? "node",
+        this.spec.oversubscribe ?? false,
       );
+    } catch (e) {
+      if (e instanceof PlacementError) throw new JobSetupError(e.message, true);
+      throw e;
     }
-    await Promise.all(done);
-    outcomes.sort((a, b) => a.rank - b.rank);
-    return { exitCode: failed?.exitCode ?? 0, ranks: outcomes, failed };
+    const used = [...new Set(this.rankHost)].sort((a, b) => a - b);
+    const placement = this.rankHost.map((h) => targets[h].label);
+    const finished = new Promise<void>((r) => (this.settle = r));
+    const unsubscribe = used.map((h) => targets[h].onLost((why) => this.hostLost(h, why)));
+    try {
+      if (used.length > 1) await this.linkHosts(used);
+      if (this.stopping) return this.result(placement);
+      await this.startRanks(used);
+      await finished;
+    } finally {
+      for (const u of unsubscribe) u();
+      clearTimeout(this.stopTimer);
+      clearTimeout(this.graceTimer);
+    }
+    return this.result(placement);
   }
 
-  /** Stops every rank still running (Ctrl-C, or a rank failed). */
+  /** Stops every rank still running, on every host (Ctrl-C, or a rank failed). */
   async stop(): Promise<void> {
+    if (this.stopping) return;
     this.stopping = true;
-    await Promise.all(this.ranks.map((d) => d.destroy().catch(() => undefined)));
+    clearTimeout(this.graceTimer);
+    const limit = this.spec.stopTimeoutMs ?? 5000;
+    // A host that never reports its ranks' ends must not hold the launcher forever.
+    this.stopTimer = setTimeout(() => {
+      for (let rank = 0; rank < this.rankHost.length; rank++)
+        this.record({
+          rank,
+          host: this.targets[this.rankHost[rank]].label,
+          state: "lost",
+          exitCode: 1,
+          error: new Error(`rank ${rank} did not report its end within ${limit} ms of the stop`),
+        });
+    }, limit);
+    this.stopTimer.unref();
+    await Promise.all(this.handles.map((h) => h?.stop().catch(() => undefined)));
   }
-}
 
-function forward(stream: Readable | null | undefined, line: (s: string) => void): void {
-  if (!stream) return;
-  createInterface({ input: stream, crlfDelay: Number.POSITIVE_INFINITY }).on("line", line);
+  private result(placement: string[]): JobResult {
+    const ranks = [...this.outcomes.values()].sort((a, b) => a.rank - b.rank);
+    return {
+      exitCode: this.failed?.exitCode ?? 0,
+      ranks,
+      failed: this.failed,
+      lostHosts: this.lostHosts,
+      placement,
+      stopped: this.stopping && !this.failed,
+    };
+  }
+
+  private checkNicIds(): void {
+    if (this.targets.length < 2) return;
+    const seen = new Map<number, JobTarget>();
+    for (const t of this.targets) {
+      const other = seen.get(t.nicId);
+      if (other)
+        throw new JobSetupError(
+          `hosts ${other.label} (${other.hostname}) and ${t.label} (${t.hostname}) both have NIC id ${t.nicId}; ` +
+            "start one of them with a different --nic-id",
+          true,
+        );
+      seen.set(t.nicId, t);
+    }
+  }
+
+  private async linkHosts(used: number[]): Promise<void> {
+    const timeout = this.spec.linkTimeoutMs ?? 10_000;
+    const peerOf = (h: number): LinkPeer => {
+      const t = this.targets[h];
+      if (!t.linkAddress) throw new JobSetupError(`host ${t.label} cannot be linked to other hosts`, true);
+      return { nicId: t.nicId, host: t.linkAddress.host, port: t.linkAddress.port, label: t.label };
+    };
+    const peers = used.map(peerOf);
+    const results = await Promise.allSettled(
+      used.map((h, i) =>
+        this.targets[h].link(
+          peers.filter((_, j) => j !== i),
+          timeout,
+        ),
+      ),
+    );
+    const problems = results.flatMap((r, i) =>
+      r.status === "rejected" ? [`host ${this.targets[used[i]].label}: ${(r.reason as Error).message}`] : [],
+    );
+    if (problems.length > 0)
+      throw new JobSetupError(`cannot link the hosts' NICs:\n  ${problems.join("\n  ")}`, false);
+  }
+
+  private async startRanks(used: number[]): Promise<void> {
+    const { spec } = this;
+    const n = spec.n;
+    const addrs: ({ nic: number; endpoint: number } | undefined)[] = new Array(n);
+    let announced = 0;
+    const out = spec.output ?? defaultOutput;
+    const starts = used.map((h) => {
+      const t = this.targets[h];
+      const ranks = this.rankHost.flatMap((x, rank) => (x === h ? [rank] : []));
+      const mine = new Set(ranks);
+      const events: RankEvents = {
+        output: (rank, stream, line) => {
+          if (mine.has(rank)) out(rank, stream, line, t.label);
+        },
+        addr: (rank, nic, endpoint) => {
+          if (!mine.has(rank) || addrs[rank]) return;
+          addrs[rank] = { nic, endpoint };
+          if (++announced === n) {
+            const peers = addrs as { nic: number; endpoint: number }[];
+            for (const hd of this.handles) hd?.peers(peers);
+          }
+        },
+        exit: (e: RankExit) => {
+          if (mine.has(e.rank)) this.record({ ...e, host: t.label });
+        },
+      };
+      const handle = t.start(
+        {
+          job: this.id,
+          size: n,
+          path: spec.path,
+          program: spec.program,
+          argv: spec.argv ?? [],
+          ranks,
+          pages: spec.pages,
+          maxHeapMb: spec.maxHeapMb,
+        },
+        events,
+      );
+      this.handles[h] = handle;
+      return { h, ranks, started: handle.started };
+    });
+    // A stop() that came while the starts were being sent reaches every host.
+    if (this.stopping) for (const hd of this.handles) void hd?.stop().catch(() => undefined);
+    const results = await Promise.allSettled(starts.map((s) => s.started));
+    const refusals: string[] = [];
+    let usage = true;
+    results.forEach((r, i) => {
+      if (r.status === "fulfilled") return;
+      const { h, ranks } = starts[i];
+      const e = r.reason as Error;
+      if (!(e instanceof RankRefusal)) usage = false;
+      if (!this.stopping || !/stopped while/.test(e.message))
+        refusals.push(
+          this.targets.length > 1 || this.targets[h].label !== "local"
+            ? `host ${this.targets[h].label}: ${e.message}`
+            : e.message,
+        );
+      // Those ranks will never report: they did not start (or were destroyed on the way).
+      for (const rank of ranks)
+        this.record({ rank, host: this.targets[h].label, state: "not-started", exitCode: 0 });
+    });
+    if (refusals.length > 0) {
+      await this.stop();
+      await new Promise<void>((resolve) => {
+        const prev = this.settle;
+        this.settle = () => {
+          prev?.();
+          resolve();
+        };
+        if (this.outcomes.size === n) resolve();
+      });
+      throw new JobSetupError(refusals.join("\n"), usage);
+    }
+  }
+
+  private record(o: RankOutcome): void {
+    if (this.outcomes.has(o.rank) || o.rank < 0 || o.rank >= this.rankHost.length) return;
+    this.outcomes.set(o.rank, o);
+    const bad = o.state === "lost" || (o.exitCode !== 0 && o.state !== "not-started");
+    if (bad && !this.failed && !this.stopping) {
+      this.failed = o.exitCode === 0 ? { ...o, exitCode: 1 } : o;
+      if (o.state === "lost" && (this.spec.lostHostGraceMs ?? 0) > 0) {
+        // The other ranks get a moment to notice the loss themselves (their MX errors).
+        this.graceTimer = setTimeout(() => void this.stop(), this.spec.lostHostGraceMs);
+        this.graceTimer.unref();
+      } else void this.stop();
+    }
+    if (this.outcomes.size === this.rankHost.length) this.settle?.();
+  }
+
+  private hostLost(h: number, why: string): void {
+    const t = this.targets[h];
+    if (this.lostHosts.some((l) => l.label === t.label)) return;
+    this.lostHosts.push({ label: t.label, nicId: t.nicId, reason: why });
+    for (let rank = 0; rank < this.rankHost.length; rank++)
+      if (this.rankHost[rank] === h)
+        this.record({
+          rank,
+          host: t.label,
+          state: "lost",
+          exitCode: 1,
+          error: new Error(`host ${t.label} (NIC ${t.nicId}) was lost: ${why}`),
+        });
+  }
 }

@@ -1,0 +1,148 @@
+/**
+ * `myrixen host`: runs one host of a cluster (hypervisor, driver domain, NIC) and serves
+ * launchers until Ctrl-C or SIGTERM, which stop it cleanly. Flags override the config file;
+ * both are checked before anything starts (bad input: exit code 2, one line per problem).
+ */
+import { type Command, InvalidArgumentError, Option } from "commander";
+import {
+  ConfigError,
+  type HostFlags,
+  LIMITS,
+  loadHostConfig,
+  resolveHostSettings,
+} from "../cluster/config.js";
+import { HostDaemon } from "../cluster/host-daemon.js";
+import { DEFAULT_CONTROL_PORT, HostListError, parseAddress, parseHostList } from "../cluster/hostfile.js";
+import { createLogger, LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from "../cluster/log.js";
+
+export { ConfigError };
+
+function intFlag(name: string, [min, max]: readonly [number, number]) {
+  return (v: string): number => {
+    const n = Number(v);
+    if (!/^\d+$/.test(v) || n < min || n > max)
+      throw new InvalidArgumentError(`${name} must be a whole number in ${min}..${max}, got "${v}"`);
+    return n;
+  };
+}
+
+interface HostCliOptions {
+  listen?: HostFlags["listen"];
+  linkPort?: number;
+  nicId?: number;
+  slots?: number;
+  peers?: HostFlags["peers"];
+  maxEndpoints?: number;
+  config?: string;
+  logLevel?: LogLevel;
+  logFormat?: LogFormat;
+}
+
+/** Fills in `myrixen host` (the command object comes from main.ts, so it inherits its settings). */
+export function configureHostCommand(cmd: Command): Command {
+  return cmd
+    .description("run a host (hypervisor, driver domain, NIC) that launchers start ranks on")
+    .option(
+      "--listen <addr:port>",
+      `control address launchers connect to (default 127.0.0.1:${DEFAULT_CONTROL_PORT}); ` +
+        "0.0.0.0 or [::] exposes it to the network — anyone who reaches it can run programs here; " +
+        'port 0 picks a free port (logged in the "host ready" line)',
+      (v: string) => {
+        const a = parseAddress(v, DEFAULT_CONTROL_PORT, true);
+        if (typeof a === "string") throw new InvalidArgumentError(`--listen: ${a}`);
+        return a;
+      },
+    )
+    .option(
+      "--link-port <port>",
+      "where the NIC accepts links from other hosts' NICs, on the --listen address (default: control port + 1; 0: a free port)",
+      intFlag("--link-port", LIMITS.linkPort),
+    )
+    .option(
+      "--nic-id <n>",
+      "this host's NIC id, unique in the cluster (u32; default: derived from the hostname and control port, and logged)",
+      intFlag("--nic-id", LIMITS.nicId),
+    )
+    .option(
+      "--slots <n>",
+      "ranks a launcher places here before the host counts as full (default: CPU count)",
+      intFlag("--slots", LIMITS.slots),
+    )
+    .option(
+      "--peers <list>",
+      `other hosts' control addresses, host[:port],... (port default ${DEFAULT_CONTROL_PORT}): link this NIC to theirs on start and keep retrying`,
+      (v: string) => {
+        try {
+          return parseHostList(v);
+        } catch (e) {
+          if (e instanceof HostListError)
+            throw new InvalidArgumentError(`--peers: ${e.message.replaceAll("--hosts", "--peers")}`);
+          throw e;
+        }
+      },
+    )
+    .option(
+      "--max-endpoints <n>",
+      "NIC endpoint contexts (default 32)",
+      intFlag("--max-endpoints", LIMITS.maxEndpoints),
+    )
+    .option("--config <file>", "JSON settings file; flags given here override it (fields below)")
+    .addOption(
+      new Option("--log-level <level>", "least severe log lines shown (default info)").choices(LOG_LEVELS),
+    )
+    .addOption(
+      new Option(
+        "--log-format <format>",
+        "json: one JSON object per line on stderr (time, level, msg, fields); text: readable lines (default json)",
+      ).choices(LOG_FORMATS),
+    )
+    .addHelpText(
+      "after",
+      "\nConfig file (every field optional; an unknown or wrong field is an error naming it):\n" +
+        '  { "listen": "0.0.0.0:7470", "linkPort": 7471, "nicId": 12, "slots": 4,\n' +
+        '    "peers": ["node2:7470", "node3"], "maxEndpoints": 64, "logLevel": "info", "logFormat": "json" }\n' +
+        "\nCtrl-C or SIGTERM stops the host cleanly: every job's ranks are destroyed, the NIC stopped,\n" +
+        "sockets closed. Launchers (myrixen run --hosts/--hostfile, or inside Slurm) connect to the\n" +
+        "control port; hosts link their NICs to each other when a job spans them.",
+    )
+    .action(async (o: HostCliOptions) => {
+      process.exitCode = await hostCommand(o);
+    });
+}
+
+export async function hostCommand(o: HostCliOptions): Promise<number> {
+  const file = o.config !== undefined ? loadHostConfig(o.config) : undefined;
+  const s = resolveHostSettings(file, o);
+  const log = createLogger({ level: s.logLevel, format: s.logFormat });
+  // Listen for signals before starting: one that comes while the host starts stops it after.
+  const signal = new Promise<NodeJS.Signals>((resolve) => {
+    process.once("SIGINT", () => resolve("SIGINT"));
+    process.once("SIGTERM", () => resolve("SIGTERM"));
+  });
+  let daemon: HostDaemon;
+  try {
+    daemon = await HostDaemon.start({
+      listen: s.listen,
+      linkPort: s.linkPort,
+      nicId: s.nicId,
+      slots: s.slots,
+      peers: s.peers,
+      maxEndpoints: s.maxEndpoints,
+      log,
+    });
+  } catch (e) {
+    log.error("the host could not start", { error: (e as Error).message });
+    return 1;
+  }
+  log.info("signal received: stopping the host", { signal: await signal });
+  // A second signal while stopping means "now".
+  const force = () => process.exit(130);
+  process.once("SIGINT", force);
+  process.once("SIGTERM", force);
+  await daemon.stop();
+  process.off("SIGINT", force);
+  process.off("SIGTERM", force);
+  // Everything is closed; should a stray handle linger, it must not keep a stopped host alive.
+  setTimeout(() => process.exit(0), 2000).unref();
+  return 0;
+}

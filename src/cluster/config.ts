@@ -1,0 +1,135 @@
+/**
+ * `myrixen host`'s settings: the JSON config file (validated with zod; every wrong or unknown
+ * field gets a line naming it, what is expected and what was found) merged with the command
+ * line's flags, which override the file.
+ */
+import { readFileSync } from "node:fs";
+import { availableParallelism } from "node:os";
+import { z } from "zod";
+import {
+  DEFAULT_CONTROL_PORT,
+  type HostAddress,
+  type HostEntry,
+  parseAddress,
+  parseHostList,
+} from "./hostfile.js";
+import { LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from "./log.js";
+import { describeIssues } from "./wire.js";
+
+export class ConfigError extends Error {
+  constructor(readonly problems: string[]) {
+    super(problems.join("\n"));
+  }
+}
+
+export interface HostSettings {
+  listen: HostAddress;
+  linkPort?: number;
+  nicId?: number;
+  slots: number;
+  peers: HostEntry[];
+  maxEndpoints?: number;
+  logLevel: LogLevel;
+  logFormat: LogFormat;
+}
+
+/** What each field of the file and its flag accept (one source for both messages). */
+export const LIMITS = {
+  linkPort: [0, 65535],
+  nicId: [0, 0xfffffffe],
+  slots: [1, 4096],
+  maxEndpoints: [1, 256],
+} as const;
+
+const intIn = (min: number, max: number) => {
+  const error = `expected a whole number in ${min}..${max}`;
+  return z.int({ error }).min(min, { error }).max(max, { error });
+};
+
+const address = (allowZero: boolean) =>
+  z.string({ error: "expected a string host:port" }).superRefine((s, ctx) => {
+    const a = parseAddress(s, DEFAULT_CONTROL_PORT, allowZero);
+    if (typeof a === "string") ctx.addIssue({ code: "custom", message: `expected host:port; ${a}` });
+  });
+
+export const HostConfigSchema = z.strictObject({
+  listen: address(true).optional(),
+  linkPort: intIn(...LIMITS.linkPort).optional(),
+  nicId: intIn(...LIMITS.nicId).optional(),
+  slots: intIn(...LIMITS.slots).optional(),
+  peers: z.array(address(false), { error: 'expected a list of "host[:port]" strings' }).max(1024).optional(),
+  maxEndpoints: intIn(...LIMITS.maxEndpoints).optional(),
+  logLevel: z.enum(LOG_LEVELS, { error: `expected one of ${LOG_LEVELS.join(", ")}` }).optional(),
+  logFormat: z.enum(LOG_FORMATS, { error: `expected one of ${LOG_FORMATS.join(", ")}` }).optional(),
+});
+export type HostConfigFile = z.infer<typeof HostConfigSchema>;
+const KNOWN = Object.keys(HostConfigSchema.shape);
+
+function at(value: unknown, path: PropertyKey[]): unknown {
+  let v = value;
+  for (const k of path) v = (v as Record<PropertyKey, unknown> | undefined)?.[k];
+  return v;
+}
+
+/** Reads and validates a config file; throws ConfigError listing every problem. */
+export function loadHostConfig(file: string): HostConfigFile {
+  let text: string;
+  try {
+    text = readFileSync(file, "utf8");
+  } catch (e) {
+    throw new ConfigError([`cannot read the config file ${file}: ${(e as Error).message}`]);
+  }
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (e) {
+    throw new ConfigError([`the config file ${file} is not valid JSON: ${(e as Error).message}`]);
+  }
+  if (raw === null || typeof raw !== "object" || Array.isArray(raw))
+    throw new ConfigError([`the config file ${file} must hold a JSON object like {"slots": 4}`]);
+  const r = HostConfigSchema.safeParse(raw);
+  if (r.success) return r.data;
+  const problems: string[] = [];
+  for (const issue of r.error.issues) {
+    if (issue.code === "unrecognized_keys") {
+      for (const k of issue.keys)
+        problems.push(`${file}: unknown field "${k}" (known fields: ${KNOWN.join(", ")})`);
+      continue;
+    }
+    const [line] = describeIssues(new z.ZodError([issue]));
+    problems.push(`${file}: ${line}, got ${JSON.stringify(at(raw, issue.path)) ?? "nothing"}`);
+  }
+  throw new ConfigError(problems);
+}
+
+/** Flag values, already checked by the command line (undefined: not given). */
+export interface HostFlags {
+  listen?: HostAddress;
+  linkPort?: number;
+  nicId?: number;
+  slots?: number;
+  peers?: HostEntry[];
+  maxEndpoints?: number;
+  logLevel?: LogLevel;
+  logFormat?: LogFormat;
+}
+
+/** The file's values under the flags', then the defaults. */
+export function resolveHostSettings(file: HostConfigFile | undefined, flags: HostFlags): HostSettings {
+  const listen =
+    flags.listen ??
+    (file?.listen !== undefined
+      ? (parseAddress(file.listen, DEFAULT_CONTROL_PORT, true) as HostAddress)
+      : { host: "127.0.0.1", port: DEFAULT_CONTROL_PORT });
+  const peers = flags.peers ?? (file?.peers?.length ? parseHostList(file.peers.join(",")) : []);
+  return {
+    listen,
+    linkPort: flags.linkPort ?? file?.linkPort,
+    nicId: flags.nicId ?? file?.nicId,
+    slots: flags.slots ?? file?.slots ?? availableParallelism(),
+    peers,
+    maxEndpoints: flags.maxEndpoints ?? file?.maxEndpoints,
+    logLevel: flags.logLevel ?? file?.logLevel ?? "info",
+    logFormat: flags.logFormat ?? file?.logFormat ?? "json",
+  };
+}

@@ -1,0 +1,55 @@
+/**
+ * What PROGRAM on a `myrixen run` command line means: a built-in program's name, or a path
+ * (or file: URL) to a TypeScript/JavaScript module whose default export is main(guest). The
+ * launcher and every host resolve it the same way (a remote host resolves it on its own
+ * file system, as MPI launchers expect the program to be at the same path on every node).
+ */
+import { existsSync } from "node:fs";
+import { isAbsolute, resolve } from "node:path";
+import { fileURLToPath, pathToFileURL } from "node:url";
+
+/** Built-in programs, by the name `myrixen run` takes (paths relative to this file). */
+export const BUILTIN_PROGRAMS: Record<string, string> = {
+  "nas-ep": "../programs/nas/ep.js",
+  "nas-is": "../programs/nas/is.js",
+  "nas-cg": "../programs/nas/cg.js",
+  "osu-latency": "../programs/osu/latency.js",
+  "osu-bw": "../programs/osu/bw.js",
+  "osu-bibw": "../programs/osu/bibw.js",
+  "osu-allreduce": "../programs/osu/allreduce.js",
+};
+
+export class ProgramError extends Error {}
+
+/** PROGRAM as a module URL on this machine: a built-in name, a path, or a file: URL. */
+export function resolveProgram(program: string | URL): URL {
+  if (program instanceof URL) {
+    if (program.protocol === "file:" && !existsSync(program))
+      throw new ProgramError(`no program ${fileURLToPath(program)}`);
+    return program;
+  }
+  const builtin = BUILTIN_PROGRAMS[program];
+  if (builtin) {
+    const url = new URL(builtin, import.meta.url);
+    if (!existsSync(url))
+      throw new ProgramError(`built-in program ${program} is not available in this build`);
+    return url;
+  }
+  if (program.startsWith("file:")) return resolveProgram(new URL(program));
+  const path = resolve(program);
+  if (!existsSync(path))
+    throw new ProgramError(
+      `no program "${program}": give a built-in name (${Object.keys(BUILTIN_PROGRAMS).join(", ")}) or a path to a module`,
+    );
+  return pathToFileURL(path);
+}
+
+/**
+ * PROGRAM as the launcher sends it to remote hosts: a built-in name as is, a path made
+ * absolute against the launcher's working directory (each host resolves it on its side).
+ */
+export function programForHosts(program: string | URL): string {
+  if (program instanceof URL) return program.href;
+  if (BUILTIN_PROGRAMS[program] || program.startsWith("file:")) return program;
+  return isAbsolute(program) ? program : resolve(program);
+}

@@ -1,0 +1,187 @@
+/**
+ * The ranks of one job on one host: starts them (guests for the bypass path, native
+ * processes for the native path), turns their output, MPI addresses and exits into events,
+ * hands them the job's peer list, and stops them. The same code serves the embedded host of
+ * `myrixen run` (events go straight to the launcher) and `myrixen host` (events go over the
+ * control connection), so a job behaves the same on one machine and across many.
+ */
+import { createInterface } from "node:readline";
+import type { Readable } from "node:stream";
+import type { Host } from "../host/host.js";
+import type { Domain, DomainExit } from "../xen/hypervisor.js";
+import { ProgramError, resolveProgram } from "./programs.js";
+import type { LauncherToRank, RankArgs, RankToLauncher } from "./protocol.js";
+import type { RankPath } from "./wire.js";
+
+export interface RankExit {
+  rank: number;
+  state: DomainExit["state"];
+  exitCode: number;
+  error?: Error;
+  result?: unknown;
+}
+
+export interface RankEvents {
+  output(rank: number, stream: "stdout" | "stderr", line: string): void;
+  /** A rank's MX address (its mpi-addr message). */
+  addr(rank: number, nic: number, endpoint: number): void;
+  /** A rank ended; sent after its last output line. */
+  exit(e: RankExit): void;
+}
+
+export interface RankStartSpec {
+  job: string;
+  size: number;
+  path: RankPath;
+  /** The program: a built-in name, a path or a URL, resolved on this host (programs.ts). */
+  program: string | URL;
+  argv: string[];
+  /** Which ranks of the job run here. */
+  ranks: number[];
+  pages?: number;
+  maxHeapMb?: number;
+}
+
+/** The host cannot run ranks as asked (a path it lacks, a bad program): nothing was started. */
+export class RankRefusal extends Error {}
+
+export const DEFAULT_RANK_PAGES = 16384;
+export const DEFAULT_RANK_HEAP_MB = 512;
+/** How long an ended rank's output may take to drain before its exit is reported anyway. */
+const OUTPUT_DRAIN_MS = 1500;
+
+export function exitCodeOf(e: DomainExit): number {
+  if (e.state === "shutdown")
+    return typeof e.result === "number" && Number.isInteger(e.result) && e.result >= 0 && e.result <= 255
+      ? e.result
+      : 0;
+  const m = /exited with code (\d+)/.exec(e.error?.message ?? "");
+  return m ? Number(m[1]) % 256 || 1 : 1;
+}
+
+function lines(stream: Readable | null | undefined, line: (s: string) => void): Promise<void> {
+  if (!stream) return Promise.resolve();
+  return new Promise((resolve) => {
+    const rl = createInterface({ input: stream, crlfDelay: Number.POSITIVE_INFINITY });
+    rl.on("line", line);
+    rl.on("close", () => resolve());
+  });
+}
+
+export class RankSet {
+  private readonly domains = new Map<number, Domain>();
+  private readonly exits: Promise<void>[] = [];
+  private stopping = false;
+  private lastPeers: LauncherToRank | undefined;
+  private program: URL | undefined;
+
+  /** Nothing runs until start(); peers() and stop() may come before start() is done. */
+  constructor(
+    private readonly host: Host,
+    readonly spec: RankStartSpec,
+    private readonly events: RankEvents,
+  ) {}
+
+  /**
+   * Starts the ranks. Rejects with RankRefusal (nothing left running) when this host cannot
+   * run them or the set was stopped meanwhile; if a rank fails to start, the ones already
+   * started are destroyed (their exits are still reported).
+   */
+  async start(): Promise<void> {
+    const { spec } = this;
+    try {
+      this.program = resolveProgram(spec.program);
+    } catch (e) {
+      if (e instanceof ProgramError) throw new RankRefusal(e.message);
+      throw e;
+    }
+    try {
+      for (const rank of spec.ranks) {
+        if (this.stopping) throw new RankRefusal("the job was stopped while its ranks were starting");
+        await this.startRank(rank, this.program);
+      }
+    } catch (e) {
+      await this.stop();
+      throw e;
+    }
+  }
+
+  /** Resolves when every started rank has reported its exit. */
+  get done(): Promise<void> {
+    return Promise.all(this.exits).then(() => undefined);
+  }
+
+  private async startRank(rank: number, program: URL): Promise<void> {
+    const { spec } = this;
+    const job: RankArgs = { rank, size: spec.size, path: spec.path, argv: spec.argv };
+    const domSpec = {
+      module: program,
+      args: { job },
+      pages: spec.pages ?? DEFAULT_RANK_PAGES,
+      maxHeapMb: spec.maxHeapMb ?? DEFAULT_RANK_HEAP_MB,
+      name: `rank${rank}`,
+      output: "pipe" as const,
+    };
+    // A split rank is a guest without the fast path: its MX runs over its vif (MPI.init reads path).
+    const dom =
+      spec.path === "native"
+        ? await this.host.startNative(domSpec)
+        : await this.host.startGuest({ ...domSpec, fastPath: spec.path === "bypass" });
+    this.domains.set(rank, dom);
+    if (this.stopping) void dom.destroy().catch(() => undefined);
+    if (this.lastPeers) dom.send(this.lastPeers);
+    const drained = Promise.all([
+      lines(dom.worker.stdout, (l) => this.events.output(rank, "stdout", l)),
+      lines(dom.worker.stderr, (l) => this.events.output(rank, "stderr", l)),
+    ]);
+    let announced = false;
+    dom.on("message", (m: RankToLauncher) => {
+      if (m?.type !== "mpi-addr" || m.rank !== rank || announced) return;
+      if (!Number.isInteger(m.nic) || !Number.isInteger(m.endpoint)) return;
+      announced = true;
+      this.events.addr(rank, m.nic >>> 0, m.endpoint >>> 0);
+    });
+    this.exits.push(
+      dom.exited.then(async (e) => {
+        // The exit goes after the rank's last line, so a launcher never ends before it prints it.
+        let timer: NodeJS.Timeout | undefined;
+        await Promise.race([drained, new Promise((r) => (timer = setTimeout(r, OUTPUT_DRAIN_MS)))]);
+        clearTimeout(timer);
+        this.events.exit({
+          rank,
+          state: e.state,
+          exitCode: exitCodeOf(e),
+          error: e.error,
+          result: e.result,
+        });
+        // A long-lived host must not keep ended domains (their memory) around.
+        await dom.destroy().catch(() => undefined);
+      }),
+    );
+  }
+
+  /** The job's MX addresses, one per rank (the mpi-peers relay). */
+  peers(peers: { nic: number; endpoint: number }[]): void {
+    // Ranks still starting get the list when they are up.
+    this.lastPeers = { type: "mpi-peers", peers };
+    for (const d of this.domains.values()) d.send(this.lastPeers);
+  }
+
+  /** Ranks here and their domains' states. */
+  status(): { rank: number; domid: number; state: string }[] {
+    return [...this.domains].map(([rank, d]) => ({ rank, domid: d.domid, state: d.state }));
+  }
+
+  /** Ranks still running. */
+  get live(): number {
+    let n = 0;
+    for (const d of this.domains.values()) if (d.state === "running" || d.state === "booting") n++;
+    return n;
+  }
+
+  /** Destroys every rank still running; their exits (state "destroyed") follow as events. */
+  async stop(): Promise<void> {
+    this.stopping = true;
+    await Promise.all([...this.domains.values()].map((d) => d.destroy().catch(() => undefined)));
+  }
+}

@@ -1,0 +1,291 @@
+/**
+ * The launcher's side of a control connection to a `myrixen host` (and a host's side when it
+ * links to its `--peers`): connects, exchanges hellos, and is that host as a JobTarget —
+ * link requests, a job's ranks (their output, addresses and exits come back as events),
+ * status. A connection that closes, sends garbage or stops answering pings makes the host
+ * "lost": every job on it learns at once, with the reason.
+ */
+import net from "node:net";
+import { hostname as osHostname } from "node:os";
+import type { HostAddress } from "./hostfile.js";
+import { formatAddress } from "./hostfile.js";
+import type { JobTarget, TargetJob } from "./job.js";
+import { programForHosts } from "./programs.js";
+import { type RankEvents, RankRefusal, type RankStartSpec } from "./ranks.js";
+import {
+  type ClientMessage,
+  HOST_TYPES,
+  type HostHello,
+  type HostMessage,
+  HostMessageSchema,
+  LineChannel,
+  type LinkPeer,
+  type StatusMessage,
+  validateMessage,
+  WIRE_VERSION,
+} from "./wire.js";
+
+export interface ConnectOptions {
+  /** Connect plus hello (default 5 s). */
+  timeoutMs?: number;
+  role?: "launcher" | "peer";
+  /** Who we are, for the host's log. */
+  name?: string;
+  /** Ping period (default 1 s); the host is lost after deadAfterMs (default 5 s) without a word. */
+  pingMs?: number;
+  deadAfterMs?: number;
+  /** The host's log and warning messages. */
+  onLog?: (level: string, msg: string) => void;
+}
+
+type Pending = { resolve: (m: HostMessage) => void; reject: (e: Error) => void };
+
+export class RemoteHost implements JobTarget {
+  readonly label: string;
+  private readonly pending = new Map<number, Pending>();
+  private readonly jobs = new Map<string, RankEvents>();
+  private readonly lostCbs = new Set<(why: string) => void>();
+  private nextId = 1;
+  private lastHeard = Date.now();
+  private pinger: NodeJS.Timeout | undefined;
+  private lastError: string | undefined;
+  /** Why the connection went down (undefined while up). */
+  lostReason: string | undefined;
+
+  private constructor(
+    private readonly channel: LineChannel,
+    readonly hello: HostHello,
+    readonly address: HostAddress,
+    label: string,
+    private readonly opts: ConnectOptions,
+  ) {
+    this.label = label;
+    const ping = opts.pingMs ?? 1000;
+    const dead = opts.deadAfterMs ?? 5000;
+    this.pinger = setInterval(() => {
+      if (Date.now() - this.lastHeard > dead) this.lose(`no answer for ${dead} ms`);
+      else this.channel.send({ type: "ping" } satisfies ClientMessage);
+    }, ping);
+    this.pinger.unref();
+  }
+
+  /** Connects to a host's control port; rejects with a message naming the host and what to check. */
+  static connect(address: HostAddress & { label?: string }, opts: ConnectOptions = {}): Promise<RemoteHost> {
+    const label = address.label ?? formatAddress(address);
+    const timeoutMs = opts.timeoutMs ?? 5000;
+    return new Promise((resolve, reject) => {
+      let host: RemoteHost | undefined;
+      let settled = false;
+      const fail = (why: string) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        socket.destroy();
+        reject(new Error(`cannot reach host ${label}: ${why}`));
+      };
+      const timer = setTimeout(() => fail(`no hello within ${timeoutMs} ms`), timeoutMs);
+      const socket = net.connect({ host: address.host, port: address.port });
+      socket.once("error", (e: NodeJS.ErrnoException) =>
+        fail(
+          e.code === "ECONNREFUSED"
+            ? `connection refused (is \`myrixen host\` running there, on port ${address.port}?)`
+            : e.message,
+        ),
+      );
+      socket.once("connect", () => {
+        const channel = new LineChannel(socket, {
+          line: (value) => {
+            if (host) {
+              host.onLine(value);
+              return;
+            }
+            const m = validateMessage(value, HostMessageSchema, HOST_TYPES, true);
+            if (typeof m === "string") {
+              const err = (value as { type?: unknown; msg?: unknown } | null)?.type === "error";
+              fail(
+                err
+                  ? `the host refused: ${String((value as { msg: unknown }).msg)}`
+                  : `not a MyriXen host (${m})`,
+              );
+              return;
+            }
+            if (m.type !== "hello") return;
+            settled = true;
+            clearTimeout(timer);
+            host = new RemoteHost(channel, m, address, label, opts);
+            resolve(host);
+          },
+          garbage: (why) => {
+            if (host) host.lose(`sent garbage: ${why}`);
+            else fail(`not a MyriXen host (it sent ${why})`);
+          },
+          close: (why) => {
+            if (host) host.lose(host.lastError ? `${host.lastError} (${why})` : why);
+            else fail(why);
+          },
+        });
+        channel.send({
+          type: "hello",
+          version: WIRE_VERSION,
+          role: opts.role ?? "launcher",
+          name: opts.name ?? `${osHostname()}:${process.pid}`,
+        } satisfies ClientMessage);
+      });
+    });
+  }
+
+  get hostname(): string {
+    return this.hello.hostname;
+  }
+
+  get nicId(): number {
+    return this.hello.nicId;
+  }
+
+  get slots(): number {
+    return this.hello.slots;
+  }
+
+  get linkAddress(): HostAddress {
+    return this.hello.link;
+  }
+
+  /** Our end of the control connection (the address the host sees us at). */
+  get localAddress(): string | undefined {
+    return this.channel.socket.localAddress;
+  }
+
+  get isLost(): boolean {
+    return this.lostReason !== undefined;
+  }
+
+  link(peers: LinkPeer[], timeoutMs: number): Promise<void> {
+    return this.request({ type: "link", id: 0, peers, timeoutMs }).then(() => undefined);
+  }
+
+  status(): Promise<StatusMessage> {
+    return this.request({ type: "status", id: 0 }) as Promise<StatusMessage>;
+  }
+
+  start(spec: RankStartSpec, events: RankEvents): TargetJob {
+    const job = spec.job;
+    this.jobs.set(job, events);
+    const started = this.request({
+      type: "start",
+      id: 0,
+      job,
+      size: spec.size,
+      path: spec.path,
+      program: programForHosts(spec.program),
+      argv: spec.argv,
+      ranks: spec.ranks,
+      pages: spec.pages,
+      maxHeapMb: spec.maxHeapMb,
+    }).then(() => undefined);
+    return {
+      started,
+      peers: (peers) => {
+        this.channel.send({ type: "peers", job, peers } satisfies ClientMessage);
+      },
+      stop: async () => {
+        this.channel.send({ type: "stop", job } satisfies ClientMessage);
+      },
+    };
+  }
+
+  onLost(cb: (why: string) => void): () => void {
+    if (this.lostReason !== undefined) {
+      const why = this.lostReason;
+      queueMicrotask(() => cb(why));
+      return () => {};
+    }
+    this.lostCbs.add(cb);
+    return () => this.lostCbs.delete(cb);
+  }
+
+  /** Ends the connection (a host stops the jobs this connection started). */
+  close(): void {
+    clearInterval(this.pinger);
+    this.lostReason ??= "closed by the launcher";
+    this.lostCbs.clear();
+    this.channel.end();
+  }
+
+  private request(msg: ClientMessage & { id: number }): Promise<HostMessage> {
+    if (this.lostReason !== undefined)
+      return Promise.reject(new Error(`host ${this.label} is gone: ${this.lostReason}`));
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      this.channel.send({ ...msg, id });
+    });
+  }
+
+  private onLine(value: unknown): void {
+    const m = validateMessage(value, HostMessageSchema, HOST_TYPES, false);
+    if (typeof m === "string") {
+      this.lose(`sent a bad message: ${m}`);
+      return;
+    }
+    this.lastHeard = Date.now();
+    switch (m.type) {
+      case "reply": {
+        const p = this.pending.get(m.id);
+        if (!p) return;
+        this.pending.delete(m.id);
+        if (m.ok) p.resolve(m);
+        else {
+          const e =
+            m.code === "refused" ? new RankRefusal(m.error ?? "refused") : new Error(m.error ?? "failed");
+          p.reject(e);
+        }
+        return;
+      }
+      case "status": {
+        const p = this.pending.get(m.id);
+        if (!p) return;
+        this.pending.delete(m.id);
+        p.resolve(m);
+        return;
+      }
+      case "output":
+        this.jobs.get(m.job)?.output(m.rank, m.stream, m.line);
+        return;
+      case "addr":
+        this.jobs.get(m.job)?.addr(m.rank, m.nic, m.endpoint);
+        return;
+      case "exit": {
+        let error: Error | undefined;
+        if (m.error) {
+          error = new Error(m.error.message);
+          error.name = m.error.name;
+          if (m.error.stack) error.stack = m.error.stack;
+        }
+        this.jobs
+          .get(m.job)
+          ?.exit({ rank: m.rank, state: m.state, exitCode: m.exitCode, error, result: m.result });
+        return;
+      }
+      case "log":
+        this.opts.onLog?.(m.level, m.msg);
+        return;
+      case "error":
+        this.lastError = `the host said: ${m.msg}`;
+        return;
+      default:
+        return;
+    }
+  }
+
+  private lose(why: string): void {
+    if (this.lostReason !== undefined) return;
+    this.lostReason = why;
+    clearInterval(this.pinger);
+    this.channel.destroy(why);
+    const e = new Error(`host ${this.label} is gone: ${why}`);
+    for (const p of this.pending.values()) p.reject(e);
+    this.pending.clear();
+    for (const cb of [...this.lostCbs]) cb(why);
+    this.lostCbs.clear();
+  }
+}

@@ -1,0 +1,363 @@
+/**
+ * The control protocol between a launcher (`myrixen run`) and a host (`myrixen host`), and
+ * between hosts that link up from `--peers`: newline-delimited JSON over TCP, every line at
+ * most MAX_LINE_BYTES, every message validated with zod on arrival (both ends treat the other
+ * as untrusted). Each side opens with a `hello` carrying WIRE_VERSION; the host's hello also
+ * says who it is (hostname, NIC id, link address, slots).
+ *
+ * Client → host: hello, link (make sure the NIC is linked to these peers), start (ranks of a
+ * job), peers (the MPI address relay), stop (a job), status, ping.
+ * Host → client: hello, reply (to link/start), status, output (a rank's line), addr (a rank's
+ * MX address), exit (a rank ended), log, error (why the host drops the connection), pong.
+ */
+import type net from "node:net";
+import { z } from "zod";
+
+export const WIRE_VERSION = 1;
+/** Longest line either side accepts; a longer one is garbage and drops the connection. */
+export const MAX_LINE_BYTES = 1 << 20;
+/** A rank's output line is cut to this many characters before it is sent. */
+export const MAX_OUTPUT_LINE = 64 * 1024;
+/** Largest job a host accepts ranks of. */
+export const MAX_RANKS = 4096;
+/** Above this many bytes queued towards a slow client, rank output is dropped (and counted). */
+export const MAX_QUEUED_BYTES = 64 << 20;
+
+const reqId = z.int().min(0).max(0x7fffffff);
+const u32 = z.int().min(0).max(0xffffffff);
+const nicId = z.int().min(0).max(0xfffffffe);
+const rank = z
+  .int()
+  .min(0)
+  .max(MAX_RANKS - 1);
+const jobId = z.string().regex(/^[A-Za-z0-9_.:@-]{1,128}$/, "a job id of 1-128 characters [A-Za-z0-9_.:@-]");
+const hostName = z.string().min(1).max(255);
+const port = z.int().min(1).max(65535);
+export const RANK_PATHS = ["native", "bypass", "split"] as const;
+export type RankPath = (typeof RANK_PATHS)[number];
+
+export const LinkPeerSchema = z.strictObject({
+  nicId,
+  host: hostName,
+  port,
+  label: z.string().max(300),
+});
+export type LinkPeer = z.infer<typeof LinkPeerSchema>;
+
+const ClientHello = z.strictObject({
+  type: z.literal("hello"),
+  version: z.int(),
+  role: z.enum(["launcher", "peer"]),
+  name: z.string().max(256),
+});
+const Link = z.strictObject({
+  type: z.literal("link"),
+  id: reqId,
+  peers: z.array(LinkPeerSchema).max(1024),
+  timeoutMs: z.int().min(1).max(600_000),
+});
+const Start = z.strictObject({
+  type: z.literal("start"),
+  id: reqId,
+  job: jobId,
+  size: z.int().min(1).max(MAX_RANKS),
+  path: z.enum(RANK_PATHS),
+  program: z.string().min(1).max(4096),
+  argv: z.array(z.string().max(65536)).max(4096),
+  ranks: z.array(rank).min(1).max(MAX_RANKS),
+  pages: z
+    .int()
+    .min(1)
+    .max(1 << 20)
+    .optional(),
+  maxHeapMb: z.int().min(16).max(65536).optional(),
+});
+const Peers = z.strictObject({
+  type: z.literal("peers"),
+  job: jobId,
+  peers: z.array(z.strictObject({ nic: u32, endpoint: u32 })).max(MAX_RANKS),
+});
+const Stop = z.strictObject({ type: z.literal("stop"), job: jobId });
+const StatusRequest = z.strictObject({ type: z.literal("status"), id: reqId });
+const Ping = z.strictObject({ type: z.literal("ping") });
+
+export const ClientMessageSchema = z.discriminatedUnion("type", [
+  ClientHello,
+  Link,
+  Start,
+  Peers,
+  Stop,
+  StatusRequest,
+  Ping,
+]);
+export type ClientMessage = z.infer<typeof ClientMessageSchema>;
+export type ClientHello = z.infer<typeof ClientHello>;
+export type StartMessage = z.infer<typeof Start>;
+
+const HostHello = z.strictObject({
+  type: z.literal("hello"),
+  version: z.int(),
+  hostname: z.string().max(255),
+  nicId,
+  link: z.strictObject({ host: hostName, port }),
+  slots: z.int().min(1).max(4096),
+  pid: z.int().min(0),
+  paths: z.array(z.string().max(32)).max(16),
+});
+const Reply = z.strictObject({
+  type: z.literal("reply"),
+  id: reqId,
+  ok: z.boolean(),
+  /** "refused": the host cannot do this as asked (nothing started); "failed": it tried and failed. */
+  code: z.enum(["refused", "failed"]).optional(),
+  error: z.string().max(65536).optional(),
+});
+const EXIT_STATES = ["shutdown", "crashed", "destroyed"] as const;
+const Status = z.strictObject({
+  type: z.literal("status"),
+  id: reqId,
+  nicId,
+  /** Guest domains and native processes alive on the host (all jobs). */
+  guests: z.int().min(0),
+  links: z.array(u32).max(65536),
+  jobs: z
+    .array(
+      z.strictObject({
+        job: jobId,
+        ranks: z
+          .array(z.strictObject({ rank, domid: z.int().min(0), state: z.string().max(32) }))
+          .max(MAX_RANKS),
+      }),
+    )
+    .max(1024),
+});
+const Output = z.strictObject({
+  type: z.literal("output"),
+  job: jobId,
+  rank,
+  stream: z.enum(["stdout", "stderr"]),
+  line: z.string().max(MAX_OUTPUT_LINE + 64),
+});
+const Addr = z.strictObject({ type: z.literal("addr"), job: jobId, rank, nic: u32, endpoint: u32 });
+const Exit = z.strictObject({
+  type: z.literal("exit"),
+  job: jobId,
+  rank,
+  state: z.enum(EXIT_STATES),
+  exitCode: z.int().min(0).max(255),
+  error: z
+    .strictObject({
+      name: z.string().max(256),
+      message: z.string().max(65536),
+      stack: z.string().max(65536).optional(),
+    })
+    .optional(),
+  result: z.unknown().optional(),
+});
+const Log = z.strictObject({
+  type: z.literal("log"),
+  level: z.enum(["error", "warn", "info", "debug"]),
+  msg: z.string().max(65536),
+});
+const ErrorMessage = z.strictObject({ type: z.literal("error"), msg: z.string().max(65536) });
+const Pong = z.strictObject({ type: z.literal("pong") });
+
+export const HostMessageSchema = z.discriminatedUnion("type", [
+  HostHello,
+  Reply,
+  Status,
+  Output,
+  Addr,
+  Exit,
+  Log,
+  ErrorMessage,
+  Pong,
+]);
+export type HostMessage = z.infer<typeof HostMessageSchema>;
+export type HostHello = z.infer<typeof HostHello>;
+export type StatusMessage = z.infer<typeof Status>;
+export type ExitMessage = z.infer<typeof Exit>;
+
+/** zod's issues as one line each: which field, what was expected. */
+export function describeIssues(error: z.ZodError, prefix = ""): string[] {
+  const out: string[] = [];
+  for (const issue of error.issues) {
+    const path = issue.path
+      .map((p, i) => (typeof p === "number" ? `[${p}]` : `${i > 0 ? "." : ""}${String(p)}`))
+      .join("");
+    const at = prefix + path;
+    if (issue.code === "unrecognized_keys")
+      for (const k of issue.keys) out.push(`unknown field "${at ? `${at}.` : ""}${k}"`);
+    else out.push(`field "${at || "(message)"}": ${issue.message}`);
+  }
+  return out;
+}
+
+/**
+ * Checks one parsed line against a schema. Returns the message, or a sentence saying what is
+ * wrong (an unknown type and a version mismatch are named as such).
+ */
+export function validateMessage<T>(
+  value: unknown,
+  schema: z.ZodType<T>,
+  types: readonly string[],
+  expectHello: boolean,
+): T | string {
+  if (value === null || typeof value !== "object" || Array.isArray(value))
+    return "a message must be a JSON object";
+  const type = (value as { type?: unknown }).type;
+  if (typeof type !== "string") return 'a message needs a string "type"';
+  if (!types.includes(type)) return `unknown message type ${JSON.stringify(type).slice(0, 80)}`;
+  if (expectHello && type !== "hello") return `the first message must be "hello", got "${type}"`;
+  if (!expectHello && type === "hello") return "a second hello";
+  if (type === "hello") {
+    const v = (value as { version?: unknown }).version;
+    if (v !== WIRE_VERSION)
+      return `protocol version mismatch: the peer speaks version ${JSON.stringify(v)}, this side speaks ${WIRE_VERSION}`;
+  }
+  const r = schema.safeParse(value);
+  if (!r.success) return `bad "${type}" message: ${describeIssues(r.error).slice(0, 5).join("; ")}`;
+  return r.data;
+}
+
+export const CLIENT_TYPES = ["hello", "link", "start", "peers", "stop", "status", "ping"] as const;
+export const HOST_TYPES = [
+  "hello",
+  "reply",
+  "status",
+  "output",
+  "addr",
+  "exit",
+  "log",
+  "error",
+  "pong",
+] as const;
+
+export interface LineChannelHandlers {
+  /** One parsed JSON value per line (not yet validated). */
+  line(value: unknown): void;
+  /** Garbage: an oversized line, bytes that are not UTF-8, a line that is not JSON. */
+  garbage(why: string): void;
+  close(why: string): void;
+}
+
+const decoder = new TextDecoder("utf-8", { fatal: true });
+
+/**
+ * Newline-delimited JSON on a socket, with the line length bounded on both directions and a
+ * write side that never queues without bound (send() reports what it could not queue).
+ */
+export class LineChannel {
+  private chunks: Buffer[] = [];
+  private pending = 0;
+  private closed = false;
+  closeReason: string | null = null;
+
+  constructor(
+    readonly socket: net.Socket,
+    private readonly handlers: LineChannelHandlers,
+  ) {
+    socket.setNoDelay(true);
+    socket.on("data", (b: Buffer) => this.onData(b));
+    socket.on("error", (e: Error) => this.shutdown(`socket error: ${e.message}`));
+    socket.on("end", () =>
+      this.shutdown(this.pending > 0 ? "closed in the middle of a line" : "closed by the peer"),
+    );
+    socket.on("close", () => this.shutdown("connection closed"));
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  get queuedBytes(): number {
+    return this.socket.writableLength;
+  }
+
+  /**
+   * Writes one message. Returns false (nothing written) when the channel is closed or more
+   * than MAX_QUEUED_BYTES wait for a slow reader: a droppable message is dropped, any other
+   * closes the channel.
+   */
+  send(msg: unknown, droppable = false): boolean {
+    if (this.closed || this.socket.destroyed) return false;
+    if (this.socket.writableLength > MAX_QUEUED_BYTES) {
+      if (droppable) return false;
+      // A peer that never reads its replies must not make this side buffer without bound.
+      this.destroy(`the peer has not read ${MAX_QUEUED_BYTES} bytes sent to it`);
+      return false;
+    }
+    this.socket.write(`${JSON.stringify(msg)}\n`);
+    return true;
+  }
+
+  /** Flushes what is queued, then closes. */
+  end(why = "closed locally"): void {
+    if (this.closed) return;
+    this.socket.end();
+    setTimeout(() => this.socket.destroy(), 1000).unref();
+    this.shutdown(why);
+  }
+
+  destroy(why = "closed locally"): void {
+    this.socket.destroy();
+    this.shutdown(why);
+  }
+
+  private shutdown(why: string): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.closeReason = why;
+    this.chunks = [];
+    this.handlers.close(why);
+  }
+
+  private onData(b: Buffer): void {
+    let start = 0;
+    while (!this.closed) {
+      const nl = b.indexOf(10, start);
+      if (nl < 0) {
+        const rest = b.length - start;
+        if (this.pending + rest > MAX_LINE_BYTES) {
+          this.garbage(`a line longer than ${MAX_LINE_BYTES} bytes`);
+          return;
+        }
+        if (rest > 0) {
+          this.chunks.push(b.subarray(start));
+          this.pending += rest;
+        }
+        return;
+      }
+      if (this.pending + (nl - start) > MAX_LINE_BYTES) {
+        this.garbage(`a line longer than ${MAX_LINE_BYTES} bytes`);
+        return;
+      }
+      const piece = b.subarray(start, nl);
+      const line = this.pending > 0 ? Buffer.concat([...this.chunks, piece]) : piece;
+      this.chunks = [];
+      this.pending = 0;
+      start = nl + 1;
+      if (line.length === 0 || (line.length === 1 && line[0] === 13)) continue;
+      let text: string;
+      try {
+        text = decoder.decode(line);
+      } catch {
+        this.garbage("bytes that are not UTF-8 text");
+        return;
+      }
+      let value: unknown;
+      try {
+        value = JSON.parse(text);
+      } catch {
+        this.garbage(`a line that is not JSON: ${JSON.stringify(text.slice(0, 60))}`);
+        return;
+      }
+      this.handlers.line(value);
+    }
+  }
+
+  private garbage(why: string): void {
+    if (this.closed) return;
+    this.handlers.garbage(why);
+  }
+}
