@@ -179,6 +179,8 @@ export class MxAddress {
   peerSplit = false;
   /** @internal An eager message arriving in several frames. */
   rxEager: { seq: number; buf: Uint8Array; got: number } | undefined;
+  /** @internal Control frames waiting for window room: (type, id, offset, msgSeq, length) fives. */
+  ctlQueue: number[] | undefined;
   /** @internal Rendezvous data the peer pulls from us over Ethernet, in order. */
   serving: { req: MxRequest; pullId: number; off: number; end: number }[] | undefined;
   /** A value the application may attach (mx_set_endpoint_addr_context). */
@@ -1810,6 +1812,7 @@ export class MxEndpoint {
       }
     }
     peer.serving = undefined;
+    peer.ctlQueue = undefined;
     const i = this.etherPeers.indexOf(peer);
     if (i >= 0) this.etherPeers.splice(i, 1);
   }
@@ -1851,12 +1854,59 @@ export class MxEndpoint {
 
   /** Tells a peer which path we are on (a sequenced control frame). */
   private sendPath(peer: MxAddress): void {
+    this.etherControl(peer, EtherType_.Path, 0, 0, this.split ? 1 : 0, 0);
+  }
+
+  /**
+   * A payload-less sequenced frame (PATH, PULL, NOTIFY) to `peer`: now if the window has
+   * room, else queued and sent first when acks open it. Never waits: it may be called from
+   * inside the hub's poll, which cannot poll again.
+   */
+  private etherControl(
+    peer: MxAddress,
+    type: number,
+    id: number,
+    offset: number,
+    msgSeq: number,
+    length: number,
+  ): void {
     const link = peer.eth!;
-    while (link.room === 0 && !peer.dead) this.hub!.poll();
-    if (peer.dead) return;
-    const f = link.reserve(EtherType_.Path, 0);
-    setEtherWord(f, H.msgSeq, this.split ? 1 : 0);
+    const q = peer.ctlQueue;
+    if (link.room === 0 || (q !== undefined && q.length > 0)) {
+      (peer.ctlQueue ??= []).push(type, id, offset, msgSeq, length);
+      return;
+    }
+    this.writeControl(link, type, id, offset, msgSeq, length);
+    link.pump(performance.now());
+    this.hub!.flush();
+  }
+
+  private writeControl(
+    link: EtherLink,
+    type: number,
+    id: number,
+    offset: number,
+    msgSeq: number,
+    length: number,
+  ): void {
+    const f = link.reserve(type, 0);
+    setEtherWord(f, H.id, id);
+    setEtherWord(f, H.offset, offset);
+    setEtherWord(f, H.msgSeq, msgSeq);
+    setEtherWord(f, H.length, length);
     link.commit();
+  }
+
+  /** Queued control frames go out first, as the window allows. */
+  private flushControl(peer: MxAddress): void {
+    const q = peer.ctlQueue!;
+    const link = peer.eth!;
+    let i = 0;
+    while (i < q.length && link.room > 0) {
+      this.writeControl(link, q[i], q[i + 1], q[i + 2], q[i + 3], q[i + 4]);
+      i += 5;
+    }
+    q.splice(0, i);
     link.pump(performance.now());
   }
 
@@ -2142,6 +2192,7 @@ export class MxEndpoint {
         this.failPeer(p, "the peer stopped acknowledging over Ethernet", MxStatus.ENDPOINT_UNREACHABLE);
         continue;
       }
+      if (p.ctlQueue !== undefined && p.ctlQueue.length > 0) this.flushControl(p);
       if (p.serving !== undefined && p.serving.length > 0) this.serve(p);
       if (p.backlog.length > 0 && p.via === VIA_ETHER) this.flushBacklog(p);
     }
@@ -2174,7 +2225,7 @@ export class MxEndpoint {
     const n = req.buffer.length;
     const max = this.hub!.maxPayload;
     const frames = req.rndv ? 1 : Math.max(1, Math.ceil(n / max));
-    if (link.room < frames) return false;
+    if (link.room < frames || (dest.ctlQueue !== undefined && dest.ctlQueue.length > 0)) return false;
     if (req.sync || req.rndv) {
       req.syncId = this.newId();
       this.waitingSync.set(req.syncId, req);
@@ -2212,17 +2263,7 @@ export class MxEndpoint {
   }
 
   private etherNotify(peer: MxAddress, syncId: number, xfer: number, status: number): void {
-    const link = peer.eth!;
-    // A notify must not be lost: wait for window room (acks come through the hub's poll).
-    while (link.room === 0 && !peer.dead) this.hub!.poll();
-    if (peer.dead) return;
-    const f = link.reserve(EtherType_.Notify, 0);
-    setEtherWord(f, H.id, syncId);
-    setEtherWord(f, H.offset, xfer);
-    setEtherWord(f, H.msgSeq, status);
-    link.commit();
-    link.pump(performance.now());
-    this.hub!.flush();
+    this.etherControl(peer, EtherType_.Notify, syncId, xfer, status, 0);
   }
 
   /** The receiver's side of a rendezvous over Ethernet: ask the sender for the bytes. */
@@ -2235,15 +2276,7 @@ export class MxEndpoint {
     const pullId = this.newId();
     this.etherPulls.set(pullId, { recv: req, source, syncId, xfer, got: 0 });
     this.counters.pulls++;
-    while (link.room === 0 && !source.dead) this.hub!.poll();
-    if (source.dead) return;
-    const f = link.reserve(EtherType_.Pull, 0);
-    setEtherWord(f, H.id, syncId);
-    setEtherWord(f, H.offset, pullId);
-    setEtherWord(f, H.length, xfer);
-    link.commit();
-    link.pump(performance.now());
-    this.hub!.flush();
+    this.etherControl(source, EtherType_.Pull, syncId, pullId, 0, xfer);
   }
 
   /**
@@ -2255,7 +2288,10 @@ export class MxEndpoint {
     const hub = this.hub;
     if (hub === undefined || this.etherPeers.length === 0) return;
     const until = performance.now() + PEER_TIMEOUT_MS;
-    const owed = () => this.etherPeers.some((p) => !p.dead && (p.eth!.unacked > 0 || p.backlog.length > 0));
+    const owed = () =>
+      this.etherPeers.some(
+        (p) => !p.dead && (p.eth!.unacked > 0 || p.backlog.length > 0 || (p.ctlQueue?.length ?? 0) > 0),
+      );
     while (owed() && performance.now() < until) {
       hub.poll();
       if (owed()) hub.wait(1);

@@ -74,8 +74,17 @@ export function isSequenced(type: number): boolean {
   return type >= EtherType_.Eager && type <= EtherType_.Path && type !== EtherType_.Ack;
 }
 
-/** Frames a peer may have unacknowledged; then its sends wait (back-pressure). */
-export const TX_WINDOW = 128;
+/**
+ * Frames a peer may have unacknowledged; then its sends wait (back-pressure). Kept below
+ * what a receiver has posted (netfront posts up to 256 pages; a frame takes two), so a
+ * stream does not outrun the receiver's buffers and fall back on resends.
+ */
+export const TX_WINDOW = 64;
+/** Frames are kept within two pages of a receive buffer (jumbo MTUs would take three). */
+export const MAX_FRAME_BYTES = 8192;
+/** An explicit ACK waits this long for a frame of ours to carry it, or this many frames. */
+export const ACK_DELAY_MS = 0.2;
+export const ACK_EVERY = 16;
 /** First resend after this long without an ack, doubling up to RTO_MAX_MS. */
 export const RTO_MS = 4;
 export const RTO_MAX_MS = 200;
@@ -180,7 +189,7 @@ export class EtherHub {
   readonly maxPayload: number;
 
   constructor(readonly device: EtherDevice) {
-    this.maxPayload = device.mtu - MXOE_HEADER_BYTES;
+    this.maxPayload = Math.min(device.mtu + ETH_HEADER_BYTES, MAX_FRAME_BYTES) - PAYLOAD_AT;
     if (this.maxPayload < 1024)
       throw new RangeError(
         `MX over Ethernet needs an MTU of at least ${1024 + MXOE_HEADER_BYTES}, got ${device.mtu}`,
@@ -310,6 +319,9 @@ export class EtherLink {
   /** The next sequence we accept from the peer. */
   rxExpect = 1;
   ackOwed = false;
+  /** Frames accepted since our last ack went out, and when the first of them came. */
+  private rxSinceAck = 0;
+  private ackOwedSince = 0;
   private rto = RTO_MS;
   private lastAckProgress = 0;
   private lastSend = 0;
@@ -380,6 +392,7 @@ export class EtherLink {
       if (!this.hub.send(f.subarray(0, this.lengths[i]))) return;
       this.sent++;
       this.ackOwed = false;
+      this.rxSinceAck = 0;
       this.lastSend = now;
     }
   }
@@ -389,11 +402,15 @@ export class EtherLink {
    * if it is a duplicate or ahead of a gap (dropped; the peer resends).
    */
   accept(seq: number): boolean {
+    if (!this.ackOwed) this.ackOwedSince = performance.now();
     this.ackOwed = true;
     if (seq === this.rxExpect) {
       this.rxExpect++;
+      this.rxSinceAck++;
       return true;
     }
+    // A resend or a gap: answer at once, the sender is waiting on it.
+    this.rxSinceAck = ACK_EVERY;
     if (seq > this.rxExpect) this.hub.counters.gaps++;
     return false;
   }
@@ -425,7 +442,9 @@ export class EtherLink {
       this.lastAckProgress = now;
     }
     this.pump(now);
-    if (this.ackOwed) this.sendAck();
+    // Delayed ack: an answer of ours usually carries it within the delay.
+    if (this.ackOwed && (this.rxSinceAck >= ACK_EVERY || now - this.ackOwedSince >= ACK_DELAY_MS))
+      this.sendAck();
     return true;
   }
 
@@ -435,6 +454,7 @@ export class EtherLink {
     setWord(f, H.ack, this.rxExpect);
     if (this.hub.send(f)) {
       this.ackOwed = false;
+      this.rxSinceAck = 0;
       this.hub.counters.acksTx++;
     }
   }
