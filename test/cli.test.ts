@@ -196,13 +196,26 @@ test("run: bad usage is refused before anything starts", async () => {
   assert.match(n.stderr, /-n must be a positive integer/);
 });
 
-test("start (npm start) runs NAS EP and OSU on both paths and prints the comparison and the verification", async () => {
+test("start (npm start) runs NAS EP and OSU on two hosts and three paths and prints the comparison and the verification", async () => {
   const r = await run("start");
   assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /two hosts .* linked over TCP, two guests each/);
   assert.match(r.stdout, /NAS EP class S, 4 ranks: time/);
-  assert.match(r.stdout, /OSU latency 4 KiB/);
-  assert.match(r.stdout, /OSU bandwidth 1 MiB/);
-  assert.match(r.stdout, /bypass \/ native/);
-  assert.match(r.stdout, /Verification = SUCCESSFUL on native and bypass/);
-  assert.match(r.stderr, /\[6\/6\] osu-bw on 2 ranks, bypass path/);
+  for (const scope of ["one host", "two hosts"]) {
+    assert.match(
+      r.stdout,
+      new RegExp(`OSU latency 8 B, ${scope} +│ +[\\d.]+ µs │ +[\\d.]+ µs │ +[\\d.]+ µs │`),
+    );
+    assert.match(
+      r.stdout,
+      new RegExp(`OSU bandwidth 1 MiB, ${scope} +│ +\\d+ MB/s │ +\\d+ MB/s │ +\\d+ MB/s │`),
+    );
+  }
+  assert.match(r.stdout, /bypass vs native/);
+  assert.match(r.stdout, /split vs bypass/);
+  assert.match(r.stdout, /split path, per frame through the driver domain .*: [\d.]+ grant copies/);
+  assert.match(r.stdout, /Verification = SUCCESSFUL on native, bypass, split/);
+  assert.match(r.stderr, /\[15\/15\] osu-bw on 2 ranks, across the hosts, split path/);
+  // A clean stop: the hosts' links say goodbye, nobody is left reconnecting.
+  assert.doesNotMatch(r.stderr, /; reconnecting/);
 });

@@ -695,7 +695,7 @@ test("a peer NIC killed mid-pull: the pull and the SENDs awaiting their ACK comp
   await until(() => nic1.counters().global.remote_pull_bytes > start, "the pull under way");
   const losses = nic1.counters().global.link_losses;
   const t0 = performance.now();
-  await nic3.stop();
+  await nic3.kill();
   const evs: Ev[] = [];
   for (let i = 0; i < 5; i++) evs.push(await a.nextEvent(3000, "a failure"));
   const took = performance.now() - t0;
@@ -734,7 +734,7 @@ test("a peer NIC restarted on the same port: the connecting NIC reconnects; a NI
   const { nic: first, port } = await peerOf1(4);
   const a = Owner.open(ctl1, "a");
   const reconnects0 = nic1.counters().global.link_reconnects;
-  await first.stop();
+  await first.kill();
   await until(
     () => info(ctl1).linkStates?.some((l) => l.peerNic === 4 && l.state === "down") === true,
     "down",

@@ -1,8 +1,10 @@
 /**
- * `myrixen start` — the main job (`npm start`): boots a virtual cluster on this machine (one
- * host: hypervisor, NIC, driver domain, four guests), runs NAS EP class S on 4 ranks and OSU
- * latency and bandwidth on 2 ranks, on the native and bypass paths, and prints one screen:
- * the comparison with ratios to native and the NAS verification line.
+ * `myrixen start` — the main job (`npm start`): boots a virtual cluster on this machine — two
+ * hosts (each a hypervisor, an emulated MX NIC and a driver domain), NICs linked over TCP, two
+ * guests per host — and runs NAS EP class S on the 4 ranks and OSU latency and bandwidth
+ * between 2 ranks on one host and across the hosts, on the native, bypass and split paths.
+ * It prints one screen: the comparison with the ratios that matter (bypass against native,
+ * split against bypass), what the split path cost the driver domain, and NAS's verification.
  */
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -10,12 +12,15 @@ import { join } from "node:path";
 import Table from "cli-table3";
 import pc from "picocolors";
 import type { BenchRow } from "../bench/harness.js";
-import { Job } from "../cluster/job.js";
-import { Host } from "../host/host.js";
+import { Job, type JobTarget } from "../cluster/job.js";
+import { startLocalCluster } from "../cluster/local-cluster.js";
+import type { NetStats } from "../netback/stats.js";
 import { resolveProgram } from "./run.js";
 
-const PATHS = ["native", "bypass"] as const;
+const PATHS = ["native", "bypass", "split"] as const;
 type Path = (typeof PATHS)[number];
+const SCOPES = ["one host", "two hosts"] as const;
+type Scope = (typeof SCOPES)[number];
 
 interface NasResult {
   verified: boolean;
@@ -23,118 +28,171 @@ interface NasResult {
   mops: number;
 }
 
+/**
+ * OSU's loop counts are sized for sub-microsecond paths; a main job that must finish in well
+ * under a minute runs fewer iterations (same method: warm-up skipped, then timed) where a
+ * message takes tens of microseconds or more — across hosts and on the split path.
+ */
+function osuArgs(path: Path, scope: Scope, bench: "osu-latency" | "osu-bw"): string[] {
+  const slow = path === "split" || scope === "two hosts";
+  if (bench === "osu-latency")
+    return ["-m", "0:65536", ...(slow ? ["-i", "200", "-x", "20"] : ["-i", "2000", "-x", "200"])];
+  return ["-m", "65536:1048576", ...(slow ? ["-i", "8", "-x", "2"] : ["-i", "20", "-x", "4"])];
+}
+
 export async function runMainJob(out: (line: string) => void, err: (line: string) => void): Promise<boolean> {
   const dir = mkdtempSync(join(tmpdir(), "myrixen-start-"));
   const t0 = performance.now();
-  const steps = PATHS.length * 3;
+  const steps = PATHS.length * 5;
   let step = 0;
   const progress = (what: string) => err(pc.dim(`[${++step}/${steps}] ${what}`));
   out(pc.bold("MyriXen: MPI over a cluster of VMs on this machine"));
-  out(pc.dim("  one host: hypervisor, emulated MX NIC, driver domain (myrback), guests as worker threads"));
-  const host = await Host.start({});
+  out(
+    pc.dim(
+      "  two hosts (hypervisor, emulated MX NIC, driver domain) linked over TCP, two guests each, as worker threads",
+    ),
+  );
+  const cluster = await startLocalCluster(2, 2);
   const nas = new Map<Path, NasResult>();
-  const osu = new Map<Path, BenchRow[]>();
+  const osu = new Map<string, BenchRow[]>();
   const logs: string[] = [];
   const keep = (rank: number, _s: string, line: string) => logs.push(`[${rank}] ${line}`);
+  let splitCost: { frames: number; copies: number; notifications: number; lookups: number } | undefined;
+  const run = async (targets: JobTarget[], n: number, path: Path, program: string, argv: string[]) => {
+    const r = await new Job(targets, {
+      n,
+      path,
+      program: resolveProgram(program),
+      argv,
+      pages: 4096,
+      output: keep,
+    }).run();
+    if (r.exitCode !== 0)
+      throw new Error(
+        `${program} on the ${path} path failed (exit ${r.exitCode}):\n${logs.slice(-20).join("\n")}`,
+      );
+  };
   try {
+    const [h1] = cluster.targets;
     for (const path of PATHS) {
-      progress(`NAS EP class S on 4 ranks, ${path} path`);
+      progress(`NAS EP class S on 4 ranks (2 hosts × 2 guests), ${path} path`);
       const file = join(dir, `ep-${path}.json`);
-      const job = new Job(host, {
-        n: 4,
-        path,
-        program: resolveProgram("nas-ep"),
-        argv: ["--class", "S", "--json", file],
-        pages: 4096,
-        output: keep,
-      });
-      const r = await job.run();
-      if (r.exitCode !== 0)
-        throw new Error(`NAS EP on ${path} failed (exit ${r.exitCode}):\n${logs.slice(-20).join("\n")}`);
+      await run(cluster.targets, 4, path, "nas-ep", ["--class", "S", "--json", file]);
       nas.set(path, JSON.parse(readFileSync(file, "utf8")) as NasResult);
-
-      const rows: BenchRow[] = [];
-      for (const [bench, sizes] of [
-        ["osu-latency", "0:65536"],
-        ["osu-bw", "4096:1048576"],
-      ] as const) {
-        progress(`${bench} on 2 ranks, ${path} path`);
-        const f = join(dir, `${bench}-${path}.json`);
-        const o = await new Job(host, {
-          n: 2,
-          path,
-          program: resolveProgram(bench),
-          argv: ["-m", sizes, "--json", f],
-          pages: 4096,
-          output: keep,
-        }).run();
-        if (o.exitCode !== 0) throw new Error(`${bench} on ${path} failed (exit ${o.exitCode})`);
-        rows.push(...(JSON.parse(readFileSync(f, "utf8")) as { rows: BenchRow[] }).rows);
+      for (const scope of SCOPES) {
+        for (const bench of ["osu-latency", "osu-bw"] as const) {
+          progress(
+            `${bench} on 2 ranks, ${scope === "one host" ? "same host" : "across the hosts"}, ${path} path`,
+          );
+          const f = join(dir, `${bench}-${path}-${scope}.json`);
+          const before = path === "split" && scope === "one host" ? cluster.hosts[0].netStats() : undefined;
+          await run(scope === "one host" ? [h1] : cluster.targets, 2, path, bench, [
+            ...osuArgs(path, scope, bench),
+            "--json",
+            f,
+          ]);
+          if (before && bench === "osu-latency") splitCost = costOf(before, cluster.hosts[0].netStats());
+          osu.set(`${path}/${scope}`, [
+            ...(osu.get(`${path}/${scope}`) ?? []),
+            ...(JSON.parse(readFileSync(f, "utf8")) as { rows: BenchRow[] }).rows,
+          ]);
+        }
       }
-      osu.set(path, rows);
     }
   } finally {
-    await host.stop();
+    await cluster.stop();
     rmSync(dir, { recursive: true, force: true });
   }
 
   const table = new Table({
-    head: ["", "native", "bypass", "bypass / native", "split"],
+    head: ["", "native", "bypass", "split", "bypass vs native", "split vs bypass"],
     style: pc.isColorSupported ? {} : { head: [], border: [] },
     chars: { mid: "", "left-mid": "", "mid-mid": "", "right-mid": "" },
-    colAligns: ["left", "right", "right", "right", "right"],
+    colAligns: ["left", "right", "right", "right", "right", "right"],
   });
-  const ratio = (b: number, n: number) => (n > 0 ? `${(b / n).toFixed(2)}×` : "—");
-  const n = nas.get("native")!;
-  const b = nas.get("bypass")!;
-  table.push([
+  // Every ratio is a slowdown (> 1: slower): times divide as they are, rates the other way.
+  const slow = (v: number, base: number, rate: boolean) =>
+    base > 0 && v > 0 && Number.isFinite(v) && Number.isFinite(base)
+      ? `${(rate ? base / v : v / base).toFixed(2)}×`
+      : "—";
+  const row = (label: string, vals: Record<Path, number>, fmt: (v: number) => string, rate: boolean) =>
+    table.push([
+      label,
+      fmt(vals.native),
+      fmt(vals.bypass),
+      fmt(vals.split),
+      slow(vals.bypass, vals.native, rate),
+      slow(vals.split, vals.bypass, rate),
+    ]);
+  const per = (f: (p: Path) => number) => ({ native: f("native"), bypass: f("bypass"), split: f("split") });
+  row(
     "NAS EP class S, 4 ranks: time",
-    `${n.time_s.toFixed(2)} s`,
-    `${b.time_s.toFixed(2)} s`,
-    ratio(b.time_s, n.time_s),
-    "—",
-  ]);
-  table.push([
+    per((p) => nas.get(p)!.time_s),
+    (v) => `${v.toFixed(2)} s`,
+    false,
+  );
+  row(
     "NAS EP class S, 4 ranks: Mop/s",
-    n.mops.toFixed(1),
-    b.mops.toFixed(1),
-    ratio(b.mops, n.mops),
-    "—",
-  ]);
-  const pick = (path: Path, bench: string, bytes: number) =>
-    osu.get(path)!.find((r) => r.bench === bench && r.bytes === bytes)?.median ?? Number.NaN;
-  for (const bytes of [8, 4096, 65536]) {
-    const nv = pick("native", "osu-latency", bytes);
-    const bv = pick("bypass", "osu-latency", bytes);
-    table.push([
-      `OSU latency ${size(bytes)}`,
-      `${nv.toFixed(2)} µs`,
-      `${bv.toFixed(2)} µs`,
-      ratio(bv, nv),
-      "—",
-    ]);
-  }
-  for (const bytes of [65536, 1 << 20]) {
-    const nv = pick("native", "osu-bw", bytes);
-    const bv = pick("bypass", "osu-bw", bytes);
-    table.push([
-      `OSU bandwidth ${size(bytes)}`,
-      `${nv.toFixed(0)} MB/s`,
-      `${bv.toFixed(0)} MB/s`,
-      ratio(bv, nv),
-      "—",
-    ]);
+    per((p) => nas.get(p)!.mops),
+    (v) => v.toFixed(1),
+    true,
+  );
+  const pick = (path: Path, scope: Scope, bench: string, bytes: number) =>
+    osu.get(`${path}/${scope}`)?.find((r) => r.bench === bench && r.bytes === bytes)?.median ?? Number.NaN;
+  for (const scope of SCOPES) {
+    for (const bytes of [8, 65536])
+      row(
+        `OSU latency ${size(bytes)}, ${scope}`,
+        per((p) => pick(p, scope, "osu-latency", bytes)),
+        (v) => `${v.toFixed(2)} µs`,
+        false,
+      );
+    row(
+      `OSU bandwidth 1 MiB, ${scope}`,
+      per((p) => pick(p, scope, "osu-bw", 1 << 20)),
+      (v) => `${v.toFixed(0)} MB/s`,
+      true,
+    );
   }
   out("");
   out(table.toString());
-  out(pc.dim("  split: the netfront/netback path is not built yet; its column fills in when it lands."));
-  const ok = n.verified && b.verified;
+  out(
+    pc.dim(
+      "  native: a process of the driver domain on the NIC; bypass: a guest after myrifront/myrback set-up, straight to",
+    ),
+  );
+  out(
+    pc.dim(
+      "  the NIC and its co-resident peers; split: the same MX over Ethernet through netfront, netback and the bridge.",
+    ),
+  );
+  out(pc.dim("  Ratios are slowdowns (> 1 = slower): times as they are, rates inverted."));
+  if (splitCost)
+    out(
+      pc.dim(
+        `  split path, per frame through the driver domain (OSU latency, one host): ${splitCost.copies.toFixed(1)} grant copies, ` +
+          `${splitCost.notifications.toFixed(2)} notifications, ${splitCost.lookups.toFixed(1)} bridge lookups (${splitCost.frames} frames)`,
+      ),
+    );
+  const ok = PATHS.every((p) => nas.get(p)?.verified === true);
   out("");
   out(
-    `  NAS EP class S: Verification = ${ok ? pc.green("SUCCESSFUL") : pc.red("UNSUCCESSFUL")} on ${PATHS.join(" and ")}` +
+    `  NAS EP class S: Verification = ${ok ? pc.green("SUCCESSFUL") : pc.red("UNSUCCESSFUL")} on ${PATHS.join(", ")}` +
       pc.dim(`   (whole job ${((performance.now() - t0) / 1000).toFixed(1)} s)`),
   );
   return ok;
+}
+
+/** What the driver domain did per frame between two readings of its counters. */
+function costOf(a: NetStats, b: NetStats) {
+  const frames = b.totals.txFrames - a.totals.txFrames;
+  const d = (f: (s: NetStats) => number) => (frames > 0 ? (f(b) - f(a)) / frames : 0);
+  return {
+    frames,
+    copies: d((s) => s.totals.grantCopies),
+    notifications: d((s) => s.totals.notificationsSent + s.totals.notificationsReceived),
+    lookups: d((s) => s.bridge.lookups),
+  };
 }
 
 function size(bytes: number): string {

@@ -44,7 +44,11 @@ export interface JobTarget {
   onLost(cb: (why: string) => void): () => void;
 }
 
-/** The Host in this process as a JobTarget. */
+/**
+ * The Host in this process as a JobTarget. With a `linkAddress` (its NIC listens there) it can
+ * be one of several hosts of a job: several Hosts in one process, NICs joined over TCP, as
+ * `myrixen start` runs its two-host cluster.
+ */
 export class LocalTarget implements JobTarget {
   readonly label: string;
   readonly hostname = osHostname();
@@ -53,6 +57,7 @@ export class LocalTarget implements JobTarget {
     readonly host: Host,
     readonly slots = Number.POSITIVE_INFINITY,
     label = "local",
+    readonly linkAddress?: HostAddress,
   ) {
     this.label = label;
   }
@@ -61,8 +66,26 @@ export class LocalTarget implements JobTarget {
     return this.host.nicId;
   }
 
-  async link(peers: LinkPeer[]): Promise<void> {
-    if (peers.length > 0) throw new Error("an embedded host links to no other host");
+  /** Links this NIC to the peers' (the lower NIC id connects, as between host processes) and waits until both ends see each link. */
+  async link(peers: LinkPeer[], timeoutMs: number): Promise<void> {
+    if (peers.length === 0) return;
+    if (!this.linkAddress)
+      throw new Error("this embedded host has no link address: it links to no other host");
+    const deadline = Date.now() + timeoutMs;
+    const have = new Set((await this.host.nicInfo()).links);
+    for (const p of peers)
+      if (!have.has(p.nicId) && this.nicId < p.nicId)
+        await this.host.nic.attachLink({ kind: "tcp", host: p.host, port: p.port, timeoutMs });
+    for (;;) {
+      const links = new Set((await this.host.nicInfo()).links);
+      const missing = peers.filter((p) => !links.has(p.nicId));
+      if (missing.length === 0) return;
+      if (Date.now() > deadline)
+        throw new Error(
+          `NIC ${this.nicId} has no link to ${missing.map((p) => `${p.label} (NIC ${p.nicId})`).join(", ")}`,
+        );
+      await new Promise((r) => setTimeout(r, 10));
+    }
   }
 
   start(spec: RankStartSpec, events: RankEvents): TargetJob {

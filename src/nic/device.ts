@@ -112,9 +112,27 @@ export class NicDevice {
     });
   }
 
-  /** Terminates the NIC thread; its endpoints, regions and links go with it. */
+  /**
+   * Terminates the NIC thread at once, as a crash or a pulled plug would: no goodbye on its
+   * links, so peers see the connection drop and keep trying to reconnect.
+   */
+  async kill(): Promise<void> {
+    if (this.exited) return;
+    await this.worker.terminate();
+  }
+
+  /** Stops the NIC: its links say goodbye, then the thread ends; its endpoints, regions and links go with it. */
   async stop(): Promise<void> {
     if (this.exited) return;
+    // A clean stop first (links send their goodbye, so peers do not keep reconnecting), bounded.
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      this.request({ type: "shutdown", id: this.nextId++ }).catch(() => undefined),
+      new Promise<void>((r) => {
+        timer = setTimeout(r, 500);
+      }),
+    ]);
+    clearTimeout(timer);
     await this.worker.terminate();
   }
 }

@@ -21,7 +21,9 @@ export interface NicWorkerData {
 export type NicHostMessage =
   | { type: "driver"; port: MessagePort; replyWord: SharedArrayBuffer }
   | { type: "attach_link"; id: number; spec: unknown }
-  | { type: "detach_link"; id: number; peerNic: number };
+  | { type: "detach_link"; id: number; peerNic: number }
+  /** Stop serving: links say goodbye (peers then do not reconnect), then the host terminates the thread. */
+  | { type: "shutdown"; id: number };
 
 /** NIC thread → host. */
 export type NicWorkerMessage =
@@ -55,6 +57,12 @@ port.on("message", (m: NicHostMessage) => {
           message: e.message,
         } satisfies NicWorkerMessage),
     );
+    return;
+  }
+  if (m.type === "shutdown") {
+    nic.stop();
+    // Let the goodbyes leave the socket before the host terminates this thread.
+    setTimeout(() => port.postMessage({ type: "reply", id: m.id, ok: true } satisfies NicWorkerMessage), 20);
     return;
   }
   let reply: NicWorkerMessage;

@@ -1,0 +1,66 @@
+/**
+ * Several hosts in this process, each with its NIC listening for links on a loopback port:
+ * a cluster on one machine with no set-up (what `myrixen start` runs). Each host is a full
+ * Host (hypervisor, NIC thread, driver domain); a job across them links their NICs over real
+ * TCP sockets exactly as between `myrixen host` processes (LocalTarget.link).
+ */
+import { createServer } from "node:net";
+import { Host, type HostOptions } from "../host/host.js";
+import { LocalTarget } from "./job.js";
+
+export interface LocalCluster {
+  hosts: Host[];
+  /** One job target per host, each offering `slotsPerHost` ranks. */
+  targets: LocalTarget[];
+  stop(): Promise<void>;
+}
+
+async function freePort(): Promise<number> {
+  const s = createServer();
+  await new Promise<void>((resolve, reject) => {
+    s.once("error", reject);
+    s.listen(0, "127.0.0.1", resolve);
+  });
+  const port = (s.address() as { port: number }).port;
+  await new Promise((r) => s.close(r));
+  return port;
+}
+
+/** Starts `n` hosts with NIC ids 1..n, each listening for NIC links on 127.0.0.1. */
+export async function startLocalCluster(
+  n: number,
+  slotsPerHost: number,
+  opts: Omit<HostOptions, "nicId"> = {},
+): Promise<LocalCluster> {
+  if (!Number.isInteger(n) || n < 1 || n > 16) throw new RangeError(`hosts must be 1..16, got ${n}`);
+  const hosts: Host[] = [];
+  const targets: LocalTarget[] = [];
+  try {
+    for (let i = 0; i < n; i++) {
+      const host = await Host.start({ ...opts, nicId: i + 1 });
+      hosts.push(host);
+      // A port free a moment ago may be taken in between: try another once.
+      let port = 0;
+      for (let attempt = 0; ; attempt++) {
+        port = await freePort();
+        try {
+          await host.nic.attachLink({ kind: "tcp-listen", host: "127.0.0.1", port });
+          break;
+        } catch (e) {
+          if (attempt >= 1) throw e;
+        }
+      }
+      targets.push(new LocalTarget(host, slotsPerHost, `host${i + 1}`, { host: "127.0.0.1", port }));
+    }
+  } catch (e) {
+    await Promise.all(hosts.map((h) => h.stop().catch(() => undefined)));
+    throw e;
+  }
+  return {
+    hosts,
+    targets,
+    async stop() {
+      await Promise.all(hosts.map((h) => h.stop().catch(() => undefined)));
+    },
+  };
+}
