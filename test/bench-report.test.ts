@@ -251,6 +251,58 @@ test("the ratios are stated in numbers and words, computed from the medians", ()
   assert.match(html, /At 8 B, postmessage has 18\.00× the latency of bypass \(6\.30 µs vs 0\.35 µs\)\./);
 });
 
+test("cross-host rows: bypass/raw-tcp is stated for latency and bandwidth, with the targets met or not", () => {
+  const rep = loadFixture();
+  const cross = (transport: string, median: number): BenchRow => ({
+    bench: "stream",
+    transport,
+    scope: "cross-host",
+    bytes: 1048576,
+    metric: "bandwidth_MBps",
+    median,
+    min: median * 0.9,
+    max: median * 1.1,
+    runs: 5,
+  });
+  const rows = [...rep.rows, cross("native", 880), cross("bypass", 900), cross("raw-tcp", 1800)];
+  const html = renderHtmlReport({ ...rep, rows });
+  const ratios = (html.match(/<li class="ratio"[^>]*>[\s\S]*?<\/li>/g) ?? []).filter((li) =>
+    li.includes('data-pair="bypass/raw-tcp"'),
+  );
+  const byKey = new Map(
+    ratios.map((li) => {
+      const a = attrs(li.slice(0, li.indexOf(">") + 1));
+      return [`${a["data-bench"]}|${a["data-scope"]}|${a["data-metric"]}|${a["data-bytes"]}`, li];
+    }),
+  );
+  // Latency from the fixture (24.5 / 21.2 µs at 8 B), bandwidth from the rows added here.
+  assert.ok(byKey.has("pingpong|cross-host|latency_us|8"));
+  const bw = byKey.get("stream|cross-host|bandwidth_MBps|1048576");
+  assert.ok(bw, "bandwidth ratio stated");
+  assert.match(bw, /data-value="0\.5"/);
+  assert.match(
+    bw,
+    /At 1 MiB, bypass has 0\.50× the bandwidth of raw-tcp \(900 MB\/s vs 1800 MB\/s\): 50% lower\./,
+  );
+  // Only cross-host rows are compared with raw-tcp (the intra-host bypass rows have no partner).
+  for (const li of ratios) assert.match(li, /data-scope="cross-host"/);
+  // The targets, from the same medians: 24.5 / 21.2 = 1.16 ≤ 1.3 met; 900 / 1800 = 0.50 < 0.8 not met.
+  const targets = tags(html, "li", "target");
+  assert.deepEqual(
+    targets.map((t) => [t["data-bench"], t["data-bytes"], t["data-state"]]),
+    [
+      ["pingpong", "8", "met"],
+      ["stream", "1048576", "not-met"],
+    ],
+  );
+  assert.match(html, /cross-host target bypass 8 B latency ≤ 1\.3× raw-tcp: measured 1\.16× .*— met/);
+  assert.match(html, /cross-host target bypass 1 MiB bandwidth ≥ 0\.8× raw-tcp: measured 0\.50× .*— NOT met/);
+  // Without cross-host rows there is nothing to check and no such section.
+  const intra = renderHtmlReport({ ...rep, rows: rep.rows.filter((r) => r.scope === "intra-host") });
+  assert.ok(!intra.includes("Cross-host targets"));
+  assert.ok(!intra.includes('data-pair="bypass/raw-tcp"'));
+});
+
 test("the machine is described, and the noisy banner appears only when noisy", () => {
   const rep = loadFixture();
   const quiet = renderHtmlReport(rep);

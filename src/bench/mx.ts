@@ -1,15 +1,18 @@
 /**
- * `myrixen bench pingpong` and `myrixen bench stream`: MX between two ranks on one host, on
- * the native and bypass paths, with the machine's limits measured in the same run:
+ * `myrixen bench pingpong` and `myrixen bench stream`: MX between two ranks on the native and
+ * bypass paths (and split, once it can start a rank: see RANK_STARTERS), in two scopes.
+ * intra-host: both ranks on one host, with the machine's limits measured in the same run:
  *   raw-sab     two plain workers over a SharedArrayBuffer (spin, then block): the floor
  *   raw-relay   three plain workers in a relay: what a message crossing a third thread costs
  *   postmessage MessageChannel between two workers (structured clone): Node's own way
  *   memcpy      Uint8Array.set between SharedArrayBuffers: the copy ceiling
+ * cross-host: rank a on host A, rank b on host B, their NICs linked over loopback TCP, with
+ *   raw-tcp     two plain processes over loopback TCP (tcp-baseline.ts): the wire's own cost
  * pingpong is one-way latency (round trip / 2, OSU's osu_latency); stream is osu_bw: windows
  * of 64 sends, then a 1-byte ack, MB = 10^6 bytes, timed at the sender.
  */
 import { once } from "node:events";
-import type { Host } from "../host/host.js";
+import type { DomainSpec, Host } from "../host/host.js";
 import type { MxBenchCommand } from "../programs/mx-bench.js";
 import type { Domain } from "../xen/hypervisor.js";
 import {
@@ -19,19 +22,77 @@ import {
   rawSabPingPong,
   rawSabStream,
 } from "./baselines.js";
-import { type BenchProfile, type BenchRow, makeRow } from "./harness.js";
-import { rawTcpPingPong } from "./tcp-baseline.js";
+import { type BenchProfile, type BenchRow, makeRow, type Scope } from "./harness.js";
+import { rawTcpPingPong, TcpPair } from "./tcp-baseline.js";
+
+export { CROSS_HOST_TARGETS, type CrossHostTarget, crossHostVerdicts } from "./targets.js";
 
 const PROGRAM = new URL("../programs/mx-bench.js", import.meta.url);
 export const OSU_WINDOW = 64;
 
-export type MxPath = "native" | "bypass";
 export type Progress = (label: string) => void;
 
-/** Two ranks of mx-bench on one host, connected, waiting for commands. */
-export class MxPair {
+/**
+ * The MX paths a pair of ranks can take, and how a rank of each starts on a host (mx-bench
+ * reads `mxPath` and asks Mx.init for exactly that path; MxPair checks the path the rank
+ * reports). The split-driver path (MX over netfront/netback) is being built elsewhere: when
+ * it runs, enable it by adding `split: SPLIT_STARTER` to RANK_STARTERS — then every suite
+ * measures it on one host and across hosts, the transport lists and table columns include
+ * it, and the table and the report state split/bypass (report.ts already knows the pair).
+ */
+export type MxPath = "native" | "bypass" | "split";
+export type RankStarter = (host: Host, spec: DomainSpec) => Promise<Domain>;
+const withPath = (spec: DomainSpec, mxPath: "bypass" | "split"): DomainSpec => ({
+  ...spec,
+  args: { ...(spec.args as object), mxPath },
+});
+export const SPLIT_STARTER: RankStarter = (host, spec) => host.startGuest(withPath(spec, "split"));
+const RANK_STARTERS: Partial<Record<MxPath, RankStarter>> = {
+  native: (host, spec) => host.startNative(spec),
+  bypass: (host, spec) => host.startGuest(withPath(spec, "bypass")),
+};
+
+/**
+ * Makes `path` available to MxPair from now on (for tests and experiments; the transport
+ * lists the CLI validates against are computed when this module loads, from RANK_STARTERS).
+ */
+export function registerMxPath(path: MxPath, start: RankStarter): void {
+  RANK_STARTERS[path] = start;
+}
+
+/** The MX paths that can start a rank now, in column order. */
+export function mxPaths(): MxPath[] {
+  return (["native", "bypass", "split"] as const).filter((p) => RANK_STARTERS[p] !== undefined);
+}
+
+/**
+ * Where a pair's two ranks run: one host (both ranks on it: intra-host), or two hosts whose
+ * NICs are linked (rank a on the first, rank b on the second: cross-host).
+ */
+export type Placement = Host | readonly [Host, Host];
+
+export function scopeOf(placement: Placement): Scope {
+  return Array.isArray(placement) && placement[0] !== placement[1] ? "cross-host" : "intra-host";
+}
+
+function hostsOf(placement: Placement): readonly [Host, Host] {
+  return Array.isArray(placement)
+    ? (placement as readonly [Host, Host])
+    : [placement as Host, placement as Host];
+}
+
+/** What the sampling loop needs of a pair: an MX pair, or the raw-tcp processes. */
+export interface BenchPair {
+  pingpong(bytes: number, iters: number, warmup: number): Promise<number>;
+  stream(bytes: number, iters: number, warmup: number, window?: number): Promise<number>;
+  stop(): Promise<void>;
+}
+
+/** Two ranks of mx-bench, on one host or on two, connected, waiting for commands. */
+export class MxPair implements BenchPair {
   private constructor(
     readonly path: MxPath,
+    readonly scope: Scope,
     private readonly a: Domain,
     private readonly b: Domain,
   ) {}
@@ -41,29 +102,47 @@ export class MxPair {
     return [this.a, this.b];
   }
 
+  /** Rank a on the first host, rank b on the second (or both on the one host). */
   static async start(
-    host: Host,
+    placement: Placement,
     path: MxPath,
     opts: { pages?: number; rndvThreshold?: number } = {},
   ): Promise<MxPair> {
+    const starter = RANK_STARTERS[path];
+    if (!starter) throw new Error(`MX path ${path} is not available in this build`);
+    const [hostA, hostB] = hostsOf(placement);
+    const scope = scopeOf(placement);
     const pages = opts.pages ?? 4096;
     const args = { rndvThreshold: opts.rndvThreshold };
-    const start = (name: string) =>
-      path === "bypass"
-        ? host.startGuest({ module: PROGRAM, pages, name, maxHeapMb: 128, args })
-        : host.startNative({ module: PROGRAM, pages, name, maxHeapMb: 128, args });
+    const start = (host: Host, name: string) =>
+      starter(host, { module: PROGRAM, pages, name, maxHeapMb: 128, args });
+    const tag = scope === "cross-host" ? `${path}-x` : path;
     // Listen before the next await: a domain's messages are events, not queued.
-    const a = await start(`${path}-a`);
+    const a = await start(hostA, `${tag}-a`);
     const gotA = once(a, "message");
-    const b = await start(`${path}-b`);
+    const b = await start(hostB, `${tag}-b`);
     const gotB = once(b, "message");
-    const [addrA] = await gotA;
-    const [addrB] = await gotB;
-    const connected = Promise.all([once(a, "message"), once(b, "message")]);
-    a.send(addrB);
-    b.send(addrA);
-    await connected;
-    return new MxPair(path, a, b);
+    const failed = Promise.race([a.exited, b.exited]).then((e) => {
+      throw new Error(`mx-bench rank ${e.state} while connecting: ${e.error?.message ?? "ended early"}`);
+    });
+    failed.catch(() => {});
+    try {
+      const [[addrA], [addrB]] = (await Promise.race([Promise.all([gotA, gotB]), failed])) as [
+        [{ path?: string }],
+        [{ path?: string }],
+      ];
+      // A row must be measured on the path it names (a guest could end up on another path).
+      for (const addr of [addrA, addrB])
+        if (addr.path !== path) throw new Error(`an mx-bench rank asked for ${path} runs on ${addr.path}`);
+      const connected = Promise.all([once(a, "message"), once(b, "message")]);
+      a.send(addrB);
+      b.send(addrA);
+      await Promise.race([connected, failed]);
+    } catch (e) {
+      await Promise.all([a.destroy(), b.destroy()]);
+      throw e;
+    }
+    return new MxPair(path, scope, a, b);
   }
 
   private async run(cmdA: MxBenchCommand, cmdB: MxBenchCommand): Promise<number> {
@@ -125,35 +204,79 @@ function osuIters(
   return quick ? { iters: 5, warmup: 1 } : { iters: 20, warmup: 2 };
 }
 
+/**
+ * Cross-host iteration counts. A round trip across hosts is a few hundred µs here, not the
+ * ~1 µs OSU's counts were made for, so latency runs take fewer iterations (about 0.5 s per
+ * run in the full profile); bandwidth above 8 KiB takes enough windows to move about 128 MiB
+ * (quick) or 512 MiB (full) per run, between 2 and OSU's count — a window of 64 × 4 MiB is
+ * 256 MiB, most of a second over loopback TCP, where OSU's 20 windows would take a minute.
+ * Every transport of a size runs the same counts, raw-tcp included.
+ */
+function crossHostIters(
+  profile: BenchProfile,
+  bytes: number,
+  kind: "latency" | "bw",
+): { iters: number; warmup: number } {
+  const quick = profile.name === "quick";
+  if (kind === "latency") {
+    if (bytes <= 8192) return quick ? { iters: 1000, warmup: 50 } : { iters: 2000, warmup: 100 };
+    if (bytes <= 256 * 1024) return quick ? { iters: 100, warmup: 5 } : { iters: 500, warmup: 10 };
+    return quick ? { iters: 10, warmup: 2 } : { iters: 50, warmup: 5 };
+  }
+  const osu = osuIters(profile, bytes, kind);
+  if (bytes <= 8192) return osu;
+  const volume = (quick ? 128 : 512) * 1024 * 1024;
+  const iters = Math.max(2, Math.min(osu.iters, Math.round(volume / (bytes * OSU_WINDOW))));
+  return { iters, warmup: 1 };
+}
+
 export interface MxBenchOptions {
   transports: string[];
   sizes: number[];
 }
 
-export const PINGPONG_TRANSPORTS = [
-  "native",
-  "bypass",
-  "raw-sab",
-  "raw-relay",
-  "postmessage",
-  "postmessage-transfer",
-  "raw-tcp",
-];
-export const STREAM_TRANSPORTS = ["native", "bypass", "raw-sab", "memcpy"];
+/**
+ * What each suite measures in each scope. On one host: the MX paths with the machine's
+ * limits (raw-tcp too, as the cross-host reference it always was). Across hosts: the MX
+ * paths and raw-tcp, nothing else (a SharedArrayBuffer does not cross machines).
+ */
+export function suiteTransports(bench: "pingpong" | "stream", scope: Scope): string[] {
+  const paths: string[] = mxPaths();
+  if (scope === "cross-host") return [...paths, "raw-tcp"];
+  return bench === "pingpong"
+    ? [...paths, "raw-sab", "raw-relay", "postmessage", "postmessage-transfer", "raw-tcp"]
+    : [...paths, "raw-sab", "memcpy"];
+}
 
+/** Every transport each suite knows, over both scopes. */
+export const PINGPONG_TRANSPORTS = [
+  ...new Set([...suiteTransports("pingpong", "intra-host"), ...suiteTransports("pingpong", "cross-host")]),
+];
+export const STREAM_TRANSPORTS = [
+  ...new Set([...suiteTransports("stream", "intra-host"), ...suiteTransports("stream", "cross-host")]),
+];
+
+/**
+ * osu_latency for the MX paths in `opts.transports`: on one host (`placement` a Host) with
+ * the raw baselines, or across two linked hosts (`placement` [a, b]) with raw-tcp, all runs
+ * interleaved. Rows carry the placement's scope.
+ */
 export async function benchPingpong(
-  host: Host,
+  placement: Placement,
   profile: BenchProfile,
   opts: MxBenchOptions,
   progress: Progress = () => {},
 ): Promise<BenchRow[]> {
+  if (scopeOf(placement) === "cross-host")
+    return benchCrossHost("pingpong", placement, profile, opts, progress);
+  const host = hostsOf(placement)[0];
   const rows: BenchRow[] = [];
   const pairs = await startPairs(host, opts.transports);
   try {
     for (const bytes of opts.sizes) {
       const { iters, warmup } = osuIters(profile, bytes, "latency");
       rows.push(
-        ...(await samplePairs(pairs, profile, "pingpong", bytes, "latency_us", progress, (p) =>
+        ...(await samplePairs(pairs, profile, "pingpong", "intra-host", bytes, "latency_us", progress, (p) =>
           p.pingpong(bytes, iters, warmup),
         )),
       );
@@ -189,7 +312,9 @@ export async function benchPingpong(
         );
       }
       if (opts.transports.includes("raw-tcp")) {
-        // Two plain processes over loopback TCP: the wire a cross-host message takes.
+        // Two plain processes over loopback TCP: the wire a cross-host message takes. (With
+        // the cross-host scope in the same run, the CLI leaves this out: that scope measures
+        // raw-tcp interleaved with cross-host MX, with the same iteration counts.)
         progress(`pingpong ${bytes} B, raw-tcp`);
         const tcp = await rawTcpPingPong({
           bytes,
@@ -211,20 +336,31 @@ export async function benchPingpong(
   return rows;
 }
 
+/** osu_bw for the MX paths, on one host with raw-sab and memcpy, or across hosts with raw-tcp. */
 export async function benchStream(
-  host: Host,
+  placement: Placement,
   profile: BenchProfile,
   opts: MxBenchOptions,
   progress: Progress = () => {},
 ): Promise<BenchRow[]> {
+  if (scopeOf(placement) === "cross-host")
+    return benchCrossHost("stream", placement, profile, opts, progress);
+  const host = hostsOf(placement)[0];
   const rows: BenchRow[] = [];
   const pairs = await startPairs(host, opts.transports);
   try {
     for (const bytes of opts.sizes) {
       const { iters, warmup } = osuIters(profile, bytes, "bw");
       rows.push(
-        ...(await samplePairs(pairs, profile, "stream", bytes, "bandwidth_MBps", progress, (p) =>
-          p.stream(bytes, iters, warmup),
+        ...(await samplePairs(
+          pairs,
+          profile,
+          "stream",
+          "intra-host",
+          bytes,
+          "bandwidth_MBps",
+          progress,
+          (p) => p.stream(bytes, iters, warmup),
         )),
       );
       const base = { bytes, runs: profile.runs, warmupRuns: profile.warmupRuns };
@@ -249,28 +385,84 @@ export async function benchStream(
 }
 
 /**
- * One row per MX path for one size: runs of the paths interleave, so both see the same
+ * One suite across two linked hosts: an MX pair per path with rank a on host A and rank b on
+ * host B, and raw-tcp's two processes, kept for the whole suite; every size runs each of them
+ * in turn with the same iteration counts, so the ratios compare like with like.
+ */
+async function benchCrossHost(
+  bench: "pingpong" | "stream",
+  hosts: Placement,
+  profile: BenchProfile,
+  opts: MxBenchOptions,
+  progress: Progress,
+): Promise<BenchRow[]> {
+  const rows: BenchRow[] = [];
+  const pairs = new Map<string, BenchPair>();
+  try {
+    for (const path of mxPaths()) {
+      if (!opts.transports.includes(path)) continue;
+      progress(`${bench} cross-host: starting ${path} pair`);
+      const pair = await MxPair.start(hosts, path);
+      pairs.set(path, pair);
+      // Warm the JIT on both protocols (eager, and rendezvous with its remote PULL).
+      await pair.pingpong(8, 2_000, 0);
+      await pair.pingpong(64 * 1024, 50, 0);
+      await pair.stream(4096, 5, 0);
+    }
+    if (opts.transports.includes("raw-tcp")) {
+      progress(`${bench} cross-host: starting raw-tcp processes`);
+      const tcp = await TcpPair.start();
+      pairs.set("raw-tcp", tcp);
+      await tcp.pingpong(8, 2_000, 0);
+      await tcp.stream(4096, 5, 0);
+    }
+    for (const bytes of opts.sizes) {
+      if (bench === "pingpong") {
+        const { iters, warmup } = crossHostIters(profile, bytes, "latency");
+        rows.push(
+          ...(await samplePairs(pairs, profile, bench, "cross-host", bytes, "latency_us", progress, (p) =>
+            p.pingpong(bytes, iters, warmup),
+          )),
+        );
+      } else {
+        const { iters, warmup } = crossHostIters(profile, bytes, "bw");
+        rows.push(
+          ...(await samplePairs(pairs, profile, bench, "cross-host", bytes, "bandwidth_MBps", progress, (p) =>
+            p.stream(bytes, iters, warmup, OSU_WINDOW),
+          )),
+        );
+      }
+    }
+  } finally {
+    for (const p of pairs.values()) await p.stop();
+  }
+  return rows;
+}
+
+/**
+ * One row per pair for one size: runs of the pairs interleave, so all see the same
  * machine; warm-up runs are dropped.
  */
 async function samplePairs(
-  pairs: Map<string, MxPair>,
+  pairs: ReadonlyMap<string, BenchPair>,
   profile: BenchProfile,
   bench: string,
+  scope: Scope,
   bytes: number,
   metric: BenchRow["metric"],
   progress: Progress,
-  measureOnce: (pair: MxPair) => Promise<number>,
+  measureOnce: (pair: BenchPair) => Promise<number>,
 ): Promise<BenchRow[]> {
   const samples = new Map<string, number[]>();
   for (const t of pairs.keys()) samples.set(t, []);
   for (let r = 0; r < profile.runs + profile.warmupRuns; r++) {
     for (const [t, pair] of pairs) {
-      progress(`${bench} ${bytes} B, ${t}, run ${r + 1}`);
+      progress(`${bench} ${scope === "cross-host" ? "cross-host " : ""}${bytes} B, ${t}, run ${r + 1}`);
       const v = await measureOnce(pair);
       if (r >= profile.warmupRuns) samples.get(t)!.push(v);
     }
   }
-  return [...samples].map(([t, s]) => makeRow({ bench, transport: t, bytes, metric }, s));
+  return [...samples].map(([t, s]) => makeRow({ bench, transport: t, scope, bytes, metric }, s));
 }
 
 function row(
@@ -285,22 +477,23 @@ function row(
 
 async function startPairs(host: Host, transports: string[]): Promise<Map<string, MxPair>> {
   const pairs = new Map<string, MxPair>();
-  for (const t of ["native", "bypass"] as const) {
+  for (const t of mxPaths()) {
     if (!transports.includes(t)) continue;
     const pair = await MxPair.start(host, t);
+    pairs.set(t, pair);
     // Warm the JIT on every code path before anything is measured (eager and rendezvous).
     await pair.pingpong(8, 20_000, 0);
     await pair.pingpong(64 * 1024, 200, 0);
     await pair.stream(4096, 10, 0);
-    pairs.set(t, pair);
   }
   return pairs;
 }
 
-/** The issue's targets, checked on the medians of one run. */
+/** The issue's intra-host targets, checked on the medians of one run. */
 export function mxVerdicts(rows: readonly BenchRow[]): string[] {
   const get = (bench: string, t: string, bytes: number) =>
-    rows.find((r) => r.bench === bench && r.transport === t && r.bytes === bytes)?.median;
+    rows.find((r) => r.bench === bench && r.transport === t && r.bytes === bytes && r.scope === "intra-host")
+      ?.median;
   const out: string[] = [];
   const line = (what: string, v: number | undefined, target: string, ok: (v: number) => boolean) => {
     if (v !== undefined && Number.isFinite(v))

@@ -1,7 +1,8 @@
 /**
  * HTML benchmark report: one self-contained file (inline CSS, inline SVG drawn at render time,
- * no external references) with the machine, the ratios against the same run's baselines, one
- * log–log plot per (bench, scope, metric), the stacked latency breakdown and the full table.
+ * no external references) with the machine, the ratios against the same run's baselines (and,
+ * with cross-host rows, the issue's cross-host targets met or not), one log–log plot per
+ * (bench, scope, metric), the stacked latency breakdown and the full table.
  * Every plot carries its data in `data-` attributes and a JSON block so it can be checked.
  */
 
@@ -16,6 +17,7 @@ import {
   prepareOutputFile,
   type Scope,
 } from "./harness.js";
+import { checkCrossHostTargets } from "./targets.js";
 
 export interface HtmlReportOptions {
   title?: string;
@@ -522,7 +524,11 @@ function ratioSection(rows: readonly BenchRow[]): string {
   const ratios = computeRatios(rows);
   const out = [`<section class="ratios"><h2>Ratios</h2>`];
   if (ratios.length === 0) {
-    out.push("<p>No pair of transports measured at the same size in this report.</p></section>");
+    out.push(
+      "<p>No pair of transports measured at the same size in this report.</p>",
+      ...targetList(rows),
+      "</section>",
+    );
     return out.join("\n");
   }
   out.push(
@@ -543,8 +549,24 @@ function ratioSection(rows: readonly BenchRow[]): string {
     }
     out.push("</ul>");
   }
-  out.push("</section>");
+  out.push(...targetList(rows), "</section>");
   return out.join("\n");
+}
+
+/** The cross-host targets checked on this report's rows (nothing without cross-host rows). */
+function targetList(rows: readonly BenchRow[]): string[] {
+  const checks = checkCrossHostTargets(rows);
+  if (checks.length === 0) return [];
+  const out = ["<h3>Cross-host targets</h3>", "<ul>"];
+  for (const c of checks) {
+    const state = c.met === undefined ? "unchecked" : c.met ? "met" : "not-met";
+    out.push(
+      `<li class="target" data-bench="${esc(c.target.bench)}" data-bytes="${c.target.bytes}" data-state="${state}"` +
+        `${c.ratio === undefined ? "" : ` data-value="${c.ratio}"`}>${esc(c.sentence)}</li>`,
+    );
+  }
+  out.push("</ul>");
+  return out;
 }
 
 function tableSection(rows: readonly BreakdownRow[]): string {

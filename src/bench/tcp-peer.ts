@@ -1,72 +1,139 @@
 /**
- * One end of the raw-tcp baseline: a plain Node process (no MyriXen at all) ping-ponging
- * fixed-size messages over node:net on loopback, Nagle off. Started by tcp-baseline.ts with
- * fork(); the server reports its port, the client reports one-way latency samples (µs).
+ * One end of the raw-tcp baseline: a plain Node process (no MyriXen at all) exchanging
+ * fixed-size messages with its twin over node:net on loopback, Nagle off. Started by
+ * tcp-baseline.ts with fork() and kept for many batches, like an MX pair, so its runs can
+ * interleave with the MX paths' runs.
+ *
+ * Set-up: the parent sends { role: "server" } (it answers { port }) and then
+ * { role: "client", port } (it answers "connected"). Then each batch is one command, given
+ * first to the server (which answers "ready") and then to the client (which answers with
+ * its sample):
+ *   { kind: "pingpong", bytes, iters, warmup }          the client sends a message, the
+ *        server echoes it: one-way latency in µs (round trip / 2, osu_latency)
+ *   { kind: "stream", bytes, iters, warmup, window }    the client writes windows of
+ *        `window` messages back to back, the server answers each window with a 1-byte ack:
+ *        MB/s (10^6 bytes) timed at the client (osu_bw) — what mx-bench's stream does over MX
+ * `warmup` iterations (round trips or windows) run untimed before the `iters` timed ones.
+ * "stop" ends the process.
  */
 import { createConnection, createServer, type Socket } from "node:net";
 
-interface Job {
-  role: "server" | "client";
-  port?: number;
+export type TcpSetup = { role: "server" } | { role: "client"; port: number };
+export interface TcpBatch {
+  kind: "pingpong" | "stream";
   bytes: number;
   iters: number;
   warmup: number;
-  runs: number;
+  /** stream: messages per window (osu_bw: 64). */
+  window?: number;
 }
+export type TcpCommand = TcpBatch | "stop";
 
 const send = (m: unknown) => process.send?.(m);
 
-/** Reads exactly `n` bytes at a time from a socket and calls `onMessage` for each. */
-function framer(sock: Socket, n: number, onMessage: () => void): void {
-  let have = 0;
-  sock.on("data", (chunk: Buffer) => {
-    have += chunk.length;
-    while (have >= n) {
-      have -= n;
-      onMessage();
+/** The batch's unit on the wire: a message travels as at least 1 byte (TCP has no empty write). */
+const sizeOf = (b: TcpBatch) => Math.max(b.bytes, 1);
+
+/**
+ * Calls `onUnit()` once per `unit` bytes received (a message's bytes may span chunks, and a
+ * chunk may hold several). `unit` changes between batches, at a quiet point of the stream.
+ */
+class Counter {
+  unit = 1;
+  have = 0;
+  onUnit: () => void = () => {};
+  attach(sock: Socket): void {
+    sock.on("data", (chunk: Buffer) => {
+      this.have += chunk.length;
+      while (this.have >= this.unit) {
+        this.have -= this.unit;
+        this.onUnit();
+      }
+    });
+  }
+}
+
+function server(): void {
+  const counter = new Counter();
+  let conn: Socket | undefined;
+  const srv = createServer((sock) => {
+    sock.setNoDelay(true);
+    conn = sock;
+    counter.attach(sock);
+    sock.on("error", () => process.exit(1));
+  });
+  srv.listen(0, "127.0.0.1", () => {
+    const addr = srv.address();
+    send({ port: typeof addr === "object" && addr ? addr.port : 0 });
+  });
+  process.on("message", (cmd: TcpCommand) => {
+    if (cmd === "stop") process.exit(0);
+    const size = sizeOf(cmd);
+    const echo = Buffer.alloc(size, 0x5a);
+    const ack = Buffer.alloc(1, 1);
+    counter.have = 0;
+    if (cmd.kind === "pingpong") {
+      counter.unit = size;
+      counter.onUnit = () => conn?.write(echo);
+    } else {
+      counter.unit = size * (cmd.window ?? 64);
+      counter.onUnit = () => conn?.write(ack);
     }
+    send("ready");
   });
 }
 
-process.once("message", (job: Job) => {
-  const size = Math.max(job.bytes, 1);
-  const payload = Buffer.alloc(size, 0x5a);
-  if (job.role === "server") {
-    const server = createServer((sock) => {
-      sock.setNoDelay(true);
-      framer(sock, size, () => sock.write(payload));
-      sock.on("close", () => server.close(() => process.exit(0)));
-    });
-    server.listen(0, "127.0.0.1", () => {
-      const addr = server.address();
-      send({ port: typeof addr === "object" && addr ? addr.port : 0 });
-    });
-    return;
-  }
-  const sock = createConnection({ port: job.port!, host: "127.0.0.1" }, () => {
+function client(port: number): void {
+  const counter = new Counter();
+  const sock = createConnection({ port, host: "127.0.0.1" }, () => {
     sock.setNoDelay(true);
-    const samples: number[] = [];
-    const perRun = job.warmup + job.iters;
-    let i = 0;
-    let t0 = 0;
-    framer(sock, size, () => {
-      i++;
-      const inRun = i % perRun;
-      if (inRun === job.warmup) t0 = performance.now();
-      if (inRun === 0) {
-        samples.push(((performance.now() - t0) * 1000) / (2 * job.iters));
-        if (samples.length === job.runs) {
-          send({ samples });
-          sock.end();
-          return;
-        }
-      }
-      sock.write(payload);
-    });
-    sock.write(payload);
+    send("connected");
   });
+  counter.attach(sock);
   sock.on("error", (e) => {
     send({ error: e.message });
     process.exit(1);
   });
+  process.on("message", (cmd: TcpCommand) => {
+    if (cmd === "stop") {
+      sock.end();
+      process.exit(0);
+    }
+    const size = sizeOf(cmd);
+    const payload = Buffer.alloc(size, 0x5a);
+    const window = cmd.window ?? 64;
+    const total = cmd.warmup + cmd.iters;
+    // One iteration: a message (pingpong) or a window of messages written back to back (as
+    // MX posts 64 isends before waiting; Node may gather queued writes into one writev).
+    const iterate =
+      cmd.kind === "pingpong"
+        ? () => sock.write(payload)
+        : () => {
+            for (let k = 0; k < window; k++) sock.write(payload);
+          };
+    let done = 0;
+    let t0 = performance.now();
+    counter.have = 0;
+    counter.unit = cmd.kind === "pingpong" ? size : 1; // the echo, or the window's ack
+    counter.onUnit = () => {
+      done++;
+      if (done === cmd.warmup) t0 = performance.now();
+      if (done < total) {
+        iterate();
+        return;
+      }
+      const sec = (performance.now() - t0) / 1000;
+      send(
+        cmd.kind === "pingpong"
+          ? (sec * 1e6) / (2 * cmd.iters)
+          : (cmd.bytes * window * cmd.iters) / 1e6 / sec,
+      );
+    };
+    iterate();
+  });
+}
+
+process.once("message", (setup: TcpSetup) => {
+  if (setup.role === "server") server();
+  else client(setup.port);
 });

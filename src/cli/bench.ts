@@ -3,12 +3,15 @@
  * progress, and prints a table with the ratios; `--json FILE` writes the rows, `--out DIR`
  * writes DIR/bench.json and a self-contained DIR/bench.html with plots. With no suite it runs
  * them all and writes the report to reports/bench-<time>/ unless --out says otherwise.
+ * `--scope` places pingpong's and stream's two ranks on one host (intra-host), on two hosts
+ * whose NICs are linked over loopback TCP (cross-host, measured with raw-tcp), or both (all).
  * Every argument is checked before any benchmark starts.
  */
 import { join } from "node:path";
 import cliProgress from "cli-progress";
 import pc from "picocolors";
 import {
+  type BenchProfile,
   type BenchReport,
   type BenchRow,
   describeMachine,
@@ -18,14 +21,18 @@ import {
   prepareOutputFile,
   profileFor,
   renderTable,
+  type Scope,
   writeReport,
 } from "../bench/harness.js";
+import { type LinkedHosts, startLinkedHosts } from "../bench/hosts.js";
 import {
   benchPingpong,
   benchStream,
+  crossHostVerdicts,
   mxVerdicts,
   PINGPONG_TRANSPORTS,
   STREAM_TRANSPORTS,
+  suiteTransports,
 } from "../bench/mx.js";
 import { writeHtmlReport } from "../bench/report.js";
 import { benchSubstrate, substrateVerdict } from "../bench/substrate.js";
@@ -46,17 +53,43 @@ export interface BenchCliOptions {
   out?: string;
   sizes?: string;
   transports?: string;
+  scope?: string;
 }
 
 export const ALL_TRANSPORTS = [...new Set([...PINGPONG_TRANSPORTS, ...STREAM_TRANSPORTS, "evtchn", "ring"])];
 
+/** --scope values: one scope, or all (every scope each suite has). */
+export const SCOPE_CHOICES = ["intra-host", "cross-host", "all"] as const;
+/** Suites that can place their ranks on two hosts; the others measure one host only. */
+export const CROSS_HOST_SUITES: readonly string[] = ["pingpong", "stream"];
+
 /** Default sizes: OSU's sweeps (0 B / 1 B to 4 MiB), thinned out with --quick. */
-function defaultSizes(suite: string, quick: boolean): number[] {
+function defaultSizes(suite: string, quick: boolean, scope: Scope = "intra-host"): number[] {
+  if (scope === "cross-host" && quick)
+    // Each cross-host point costs more than on one host (hundreds of µs per round trip,
+    // ~1 GB/s), so --quick keeps the sizes the issue's targets need and one for rendezvous.
+    return suite === "stream" ? [65536, 1 << 20] : [8, 65536];
   if (quick) return suite === "stream" ? [4096, 65536, 1 << 20, 4 << 20] : [0, 8, 4096, 65536, 1 << 20];
   const sweep: number[] = suite === "stream" ? [] : [0];
   for (let s = 1; s <= 4 << 20; s *= 4) sweep.push(s);
   if (!sweep.includes(4 << 20)) sweep.push(4 << 20);
   return sweep;
+}
+
+/**
+ * The scopes `suite` runs in under `--scope` (or its default: intra-host for one suite, all
+ * for the full report); throws a usage error for a scope the suite cannot run in.
+ */
+function scopesFor(suite: string, scope: (typeof SCOPE_CHOICES)[number], explicit: boolean): Scope[] {
+  const canCross = CROSS_HOST_SUITES.includes(suite);
+  if (scope === "intra-host") return ["intra-host"];
+  if (scope === "all") return canCross ? ["intra-host", "cross-host"] : ["intra-host"];
+  if (canCross) return ["cross-host"];
+  if (explicit)
+    throw new BenchUsageError(
+      `--scope cross-host: the ${suite} suite measures one host only; cross-host applies to ${CROSS_HOST_SUITES.join(" and ")}`,
+    );
+  return [];
 }
 
 function timestamp(): string {
@@ -103,7 +136,17 @@ export async function benchCommand(
 ): Promise<void> {
   if (suite !== undefined && !(SUITES as readonly string[]).includes(suite))
     throw new BenchUsageError(`unknown benchmark suite "${suite}"; available: ${SUITES.join(", ")}`);
-  const suites = suite ? [suite] : [...SUITES];
+  if (opts.scope !== undefined && !(SCOPE_CHOICES as readonly string[]).includes(opts.scope))
+    throw new BenchUsageError(
+      `--scope: unknown "${opts.scope}"; expected one of ${SCOPE_CHOICES.join(", ")}`,
+    );
+  const scope = (opts.scope ??
+    (suite === undefined ? "all" : "intra-host")) as (typeof SCOPE_CHOICES)[number];
+  // Each suite with the scopes it runs in (the full report with --scope cross-host: only
+  // the suites that have that scope).
+  const plan = (suite ? [suite] : [...SUITES])
+    .map((s) => ({ suite: s, scopes: scopesFor(s, scope, suite !== undefined) }))
+    .filter((p) => p.scopes.length > 0);
   let jsonPath: string | undefined;
   let outDir: string | undefined;
   let sizes: number[] | undefined;
@@ -126,6 +169,10 @@ export async function benchCommand(
   if (opts.transports !== undefined) {
     transports = opts.transports.split(",").map((t) => t.trim());
     const bad = transports.filter((t) => !ALL_TRANSPORTS.includes(t));
+    if (bad.includes("split"))
+      throw new BenchUsageError(
+        "--transports: split is not available yet (the split-driver path is being built); use native or bypass",
+      );
     if (bad.length > 0 || transports.length === 0)
       throw new BenchUsageError(
         `--transports: unknown "${bad.join(",")}"; known: ${ALL_TRANSPORTS.join(", ")}`,
@@ -137,66 +184,66 @@ export async function benchCommand(
   const rows: BenchRow[] = [];
   const progress = makeProgress(err);
   // A rough count of steps for the bar (each suite reports one step per measurement).
-  const perSize = (profile.runs + profile.warmupRuns) * 2 + 3;
+  const perSize = (profile.runs + profile.warmupRuns) * 3 + 3;
   progress.start(
-    suites.reduce(
-      (n, s) =>
-        n + (s === "substrate" ? 4 + profile.runs + 1 : (sizes ?? defaultSizes(s, quick)).length * perSize),
+    plan.reduce(
+      (n, { suite: s, scopes }) =>
+        n +
+        (s === "substrate"
+          ? 4 + profile.runs + 1
+          : scopes.reduce((m, sc) => m + (sizes ?? defaultSizes(s, quick, sc)).length * perSize, 0)),
       0,
     ),
   );
   const tick = (label: string) => progress.tick(label);
   const hv = new Hypervisor();
   let host: Host | undefined;
+  let linked: LinkedHosts | undefined;
   try {
-    for (const s of suites) {
+    for (const { suite: s, scopes } of plan) {
       if (s === "substrate") {
         rows.push(...(await benchSubstrate(hv, profile, tick)));
         continue;
       }
-      host ??= await Host.start({});
-      const known =
-        s === "pingpong"
-          ? PINGPONG_TRANSPORTS
-          : s === "stream"
-            ? STREAM_TRANSPORTS
-            : BenchExtras.transports(s);
-      const o = {
-        sizes: sizes ?? BenchExtras.defaultSizes(s) ?? defaultSizes(s, quick),
-        transports: (transports ?? known).filter((t) => known.includes(t)),
-      };
-      if (s === "pingpong") rows.push(...(await benchPingpong(host, profile, o, tick)));
-      else if (s === "stream") rows.push(...(await benchStream(host, profile, o, tick)));
-      else rows.push(...(await BenchExtras.run(s, host, profile, o, tick)));
+      if (s !== "pingpong" && s !== "stream") {
+        host ??= await Host.start({});
+        const known = BenchExtras.transports(s);
+        const o = {
+          sizes: sizes ?? BenchExtras.defaultSizes(s) ?? defaultSizes(s, quick),
+          transports: (transports ?? known).filter((t) => known.includes(t)),
+        };
+        rows.push(...(await BenchExtras.run(s, host, profile, o, tick)));
+        continue;
+      }
+      for (const sc of scopes) {
+        let known = suiteTransports(s, sc);
+        // raw-tcp is a cross-host row: when this run measures the cross-host scope too, it is
+        // measured there (interleaved with cross-host MX, same iteration counts), not twice.
+        if (sc === "intra-host" && scopes.includes("cross-host"))
+          known = known.filter((t) => t !== "raw-tcp");
+        const o = {
+          sizes: sizes ?? defaultSizes(s, quick, sc),
+          transports: (transports ?? known).filter((t) => known.includes(t)),
+        };
+        if (o.transports.length === 0) continue;
+        if (sc === "cross-host" && !linked) {
+          tick("starting two hosts linked over loopback TCP");
+          linked = await startLinkedHosts();
+        } else if (sc === "intra-host") host ??= await Host.start({});
+        const placement = sc === "cross-host" ? ([linked!.a, linked!.b] as const) : host!;
+        rows.push(...(await (s === "pingpong" ? benchPingpong : benchStream)(placement, profile, o, tick)));
+      }
     }
   } finally {
     progress.stop();
     await hv.shutdown();
     await host?.stop();
+    await linked?.stop();
   }
   const report: BenchReport = { machine: finishMachineInfo(machine, rows), rows };
-  // One table per bench, each with only its own transports and the ratios it can show.
-  const tableRows = rows.filter((r) => r.bench !== "breakdown");
-  for (const bench of [...new Set(tableRows.map((r) => r.bench))]) {
-    const group = tableRows.filter((r) => r.bench === bench);
-    const has = (t: string) => group.some((r) => r.transport === t);
-    out(
-      renderTable(group, {
-        ratios: (
-          [
-            ["evtchn", "raw-sab"],
-            ["bypass", "native"],
-            ["bypass", "raw-sab"],
-            ["postmessage", "bypass"],
-          ] as const
-        ).filter(([x, y]) => has(x) && has(y)),
-        transports: ["native", "bypass", "raw-sab", "raw-relay", "postmessage", "memcpy", "evtchn", "ring"],
-        title: `${bench} (${profile.name})`,
-      }),
-    );
-  }
+  printTables(rows, profile, out);
   for (const line of BenchExtras.describe(rows)) out(line);
-  for (const v of [substrateVerdict(rows), ...mxVerdicts(rows)]) if (v) out(v);
+  for (const v of [substrateVerdict(rows), ...mxVerdicts(rows), ...crossHostVerdicts(rows)]) if (v) out(v);
   out(describeMachine(report.machine));
   if (jsonPath) {
     writeReport(jsonPath, report);
@@ -206,5 +253,52 @@ export async function benchCommand(
     writeReport(join(outDir, "bench.json"), report);
     const html = BenchExtras.writeHtml(join(outDir, "bench.html"), report);
     out(pc.dim(`report written to ${join(outDir, "bench.json")}${html ? ` and ${html}` : ""}`));
+  }
+}
+
+/**
+ * One table per (bench, scope), each with only its own transports and the ratios it can
+ * show: on one host against native and the raw limits, across hosts bypass/raw-tcp (latency
+ * in the pingpong table, bandwidth in the stream table).
+ */
+function printTables(rows: readonly BenchRow[], profile: BenchProfile, out: (line: string) => void): void {
+  const tableRows = rows.filter((r) => r.bench !== "breakdown");
+  const keys = [...new Set(tableRows.map((r) => `${r.bench}\u0000${r.scope}`))];
+  const scopesOf = (bench: string) => new Set(tableRows.filter((r) => r.bench === bench).map((r) => r.scope));
+  for (const key of keys) {
+    const [bench, scope] = key.split("\u0000");
+    const group = tableRows.filter((r) => r.bench === bench && r.scope === scope);
+    const has = (t: string) => group.some((r) => r.transport === t);
+    out(
+      renderTable(group, {
+        ratios: (
+          [
+            ["evtchn", "raw-sab"],
+            ["bypass", "native"],
+            ["split", "bypass"],
+            ["bypass", "raw-sab"],
+            ["postmessage", "bypass"],
+            ["bypass", "raw-tcp"],
+          ] as const
+        ).filter(([x, y]) => has(x) && has(y)),
+        transports: [
+          "native",
+          "bypass",
+          "split",
+          "raw-tcp",
+          "raw-sab",
+          "raw-relay",
+          "postmessage",
+          "memcpy",
+          "evtchn",
+          "ring",
+        ],
+        // Name the scope when the bench has rows in both, or when it is not the usual one.
+        title:
+          scopesOf(bench).size > 1 || scope === "cross-host"
+            ? `${bench}, ${scope} (${profile.name})`
+            : `${bench} (${profile.name})`,
+      }),
+    );
   }
 }

@@ -1,6 +1,8 @@
 /**
  * mx-bench: one rank of an MX ping-pong / stream pair, used by `myrixen bench pingpong|stream`
  * for the native and bypass paths (the same program runs as a guest or as a native process).
+ * guest.args: { rndvThreshold?, mxPath?: "bypass" | "split" } — a guest asks Mx.init for that
+ * path (no silent fallback from bypass to split), so a row is measured on the path it names.
  *
  * With the host: the rank opens an endpoint and reports its address; the host answers with
  * the peer's address; the rank connects and reports "connected". Then each host command
@@ -31,8 +33,9 @@ export type MxBenchCommand =
   | "stop";
 
 export default async function main(guest: Guest): Promise<string> {
-  const mx = Mx.init(guest);
-  const threshold = (guest.args as { rndvThreshold?: number } | undefined)?.rndvThreshold;
+  const args = guest.args as { rndvThreshold?: number; mxPath?: "bypass" | "split" } | undefined;
+  const mx = Mx.init(guest, !guest.native && args?.mxPath ? { path: args.mxPath } : undefined);
+  const threshold = args?.rndvThreshold;
   const ep = mx.openEndpoint({ key: MX_BENCH_KEY, rndvThreshold: threshold });
   guest.send({ nic: ep.nicId, endpoint: ep.endpointId, path: mx.path });
   const peerInfo = (await guest.nextMessage()) as { nic: number; endpoint: number };

@@ -1,0 +1,79 @@
+/**
+ * The issue's cross-host targets (bypass against raw-tcp, as ratios of medians measured in the
+ * same run), checked and put in words for the terminal and the HTML report. Kept apart from
+ * mx.ts so the report can state them without loading the benchmark machinery.
+ */
+import { type BenchRow, formatBytes, formatValue } from "./harness.js";
+
+/** One target: bypass against raw-tcp at one size of one bench. */
+export interface CrossHostTarget {
+  bench: "pingpong" | "stream";
+  bytes: number;
+  /** "at most" for latency (lower is better), "at least" for bandwidth. */
+  bound: "at most" | "at least";
+  factor: number;
+}
+
+/** Issue 5: bypass 8 B latency ≤ 1.3× raw-tcp; bypass 1 MiB bandwidth ≥ 0.8× raw-tcp. */
+export const CROSS_HOST_TARGETS: readonly CrossHostTarget[] = [
+  { bench: "pingpong", bytes: 8, bound: "at most", factor: 1.3 },
+  { bench: "stream", bytes: 1024 * 1024, bound: "at least", factor: 0.8 },
+];
+
+export interface TargetCheck {
+  target: CrossHostTarget;
+  /** The target in words: "bypass 8 B latency ≤ 1.3× raw-tcp". */
+  text: string;
+  /** bypass / raw-tcp (undefined when a row is missing). */
+  ratio?: number;
+  met?: boolean;
+  bypass?: BenchRow;
+  rawTcp?: BenchRow;
+  /** The whole verdict as one sentence. */
+  sentence: string;
+}
+
+/**
+ * Every target whose bench has cross-host rows: the measured ratio and whether it is met, or
+ * why it could not be checked (a size or a transport left out of the run).
+ */
+export function checkCrossHostTargets(rows: readonly BenchRow[]): TargetCheck[] {
+  const out: TargetCheck[] = [];
+  for (const t of CROSS_HOST_TARGETS) {
+    const mine = rows.filter((r) => r.bench === t.bench && r.scope === "cross-host");
+    if (mine.length === 0) continue;
+    const noun = t.bench === "pingpong" ? "latency" : "bandwidth";
+    const text = `bypass ${formatBytes(t.bytes)} ${noun} ${t.bound === "at most" ? "≤" : "≥"} ${t.factor}× raw-tcp`;
+    const b = mine.find((r) => r.transport === "bypass" && r.bytes === t.bytes);
+    const raw = mine.find((r) => r.transport === "raw-tcp" && r.bytes === t.bytes);
+    if (!b || !raw || raw.median === 0) {
+      const missing = [!b && "bypass", !raw && "raw-tcp"].filter(Boolean).join(" and ");
+      out.push({
+        target: t,
+        text,
+        sentence: `cross-host target ${text}: not checked (no ${missing} row at ${formatBytes(t.bytes)}; include it in --sizes and --transports)`,
+      });
+      continue;
+    }
+    const ratio = b.median / raw.median;
+    const met = t.bound === "at most" ? ratio <= t.factor : ratio >= t.factor;
+    out.push({
+      target: t,
+      text,
+      ratio,
+      met,
+      bypass: b,
+      rawTcp: raw,
+      sentence:
+        `cross-host target ${text}: measured ${ratio.toFixed(2)}× ` +
+        `(bypass ${formatValue(b.metric, b.median)}, raw-tcp ${formatValue(raw.metric, raw.median)}; ` +
+        `${b.runs === 1 ? "1 run" : `medians of ${b.runs} runs`}) — ${met ? "met" : "NOT met"}`,
+    });
+  }
+  return out;
+}
+
+/** The cross-host targets in words, one line each (none when the run has no cross-host rows). */
+export function crossHostVerdicts(rows: readonly BenchRow[]): string[] {
+  return checkCrossHostTargets(rows).map((c) => c.sentence);
+}

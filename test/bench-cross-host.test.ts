@@ -1,0 +1,175 @@
+// Tests for the cross-host benchmarks: two hosts in this process with their NICs linked over
+// loopback TCP, an MX pair with one rank on each, raw-tcp's two processes, the rows they
+// produce, and the issue's targets in words. Shapes only: speed is measured by benchmarks,
+// never asserted here.
+
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+import { type BenchRow, makeRow, profileFor } from "../src/bench/harness.js";
+import { HOST_A_NIC, HOST_B_NIC, type LinkedHosts, startLinkedHosts } from "../src/bench/hosts.js";
+import {
+  benchPingpong,
+  benchStream,
+  CROSS_HOST_TARGETS,
+  crossHostVerdicts,
+  MxPair,
+  mxPaths,
+  mxVerdicts,
+  scopeOf,
+  suiteTransports,
+} from "../src/bench/mx.js";
+import { rawTcpStream, TcpPair } from "../src/bench/tcp-baseline.js";
+
+let hosts: LinkedHosts;
+before(async () => {
+  hosts = await startLinkedHosts();
+});
+after(async () => {
+  await hosts?.stop();
+});
+
+/** The quick profile with one measured run and none dropped: enough for shapes. */
+const tiny = { ...profileFor(true), runs: 1, warmupRuns: 0 };
+
+function assertRow(r: BenchRow, metric: BenchRow["metric"]): void {
+  assert.equal(r.scope, "cross-host", `${r.transport} scope`);
+  assert.equal(r.metric, metric);
+  assert.equal(r.runs, 1);
+  assert.ok(r.median > 0 && Number.isFinite(r.median), `${r.transport} ${r.bytes} B median ${r.median}`);
+  assert.ok(r.min <= r.median && r.median <= r.max);
+}
+
+test("a placement of two hosts is cross-host; one host (or the same twice) is intra-host", () => {
+  assert.equal(scopeOf([hosts.a, hosts.b]), "cross-host");
+  assert.equal(scopeOf(hosts.a), "intra-host");
+  assert.equal(scopeOf([hosts.a, hosts.a]), "intra-host");
+  assert.deepEqual(suiteTransports("pingpong", "cross-host"), ["native", "bypass", "raw-tcp"]);
+  assert.deepEqual(suiteTransports("stream", "cross-host"), ["native", "bypass", "raw-tcp"]);
+});
+
+test("split is a hook: not measured (nor startable) until its starter is enabled", async () => {
+  assert.deepEqual(mxPaths(), ["native", "bypass"]);
+  await assert.rejects(
+    MxPair.start([hosts.a, hosts.b], "split"),
+    /MX path split is not available in this build/,
+  );
+});
+
+test("an MX pair across hosts: one rank on each NIC, both protocols and both directions work", async () => {
+  const pair = await MxPair.start([hosts.a, hosts.b], "bypass");
+  try {
+    assert.equal(pair.scope, "cross-host");
+    assert.ok((await pair.pingpong(8, 20, 2)) > 0);
+    assert.ok((await pair.pingpong(256 * 1024, 3, 1)) > 0, "rendezvous: the remote PULL over the link");
+    assert.ok((await pair.stream(4096, 2, 1)) > 0);
+  } finally {
+    await pair.stop();
+  }
+  // The messages went over the link, both ways.
+  const ga = hosts.a.nic.counters().global;
+  const gb = hosts.b.nic.counters().global;
+  assert.ok(ga.frames_tx > 0 && ga.frames_rx > 0, `NIC ${HOST_A_NIC} frames`);
+  assert.ok(gb.frames_tx > 0 && gb.frames_rx > 0, `NIC ${HOST_B_NIC} frames`);
+});
+
+test("a quick cross-host pingpong gives a cross-host row for native, bypass and raw-tcp per size", async () => {
+  const labels: string[] = [];
+  const rows = await benchPingpong(
+    [hosts.a, hosts.b],
+    tiny,
+    { transports: ["native", "bypass", "raw-tcp"], sizes: [8, 64 * 1024] },
+    (l) => labels.push(l),
+  );
+  assert.deepEqual(rows.map((r) => `${r.bench}/${r.transport}/${r.bytes}`).sort(), [
+    "pingpong/bypass/65536",
+    "pingpong/bypass/8",
+    "pingpong/native/65536",
+    "pingpong/native/8",
+    "pingpong/raw-tcp/65536",
+    "pingpong/raw-tcp/8",
+  ]);
+  for (const r of rows) assertRow(r, "latency_us");
+  assert.ok(
+    labels.some((l) => /pingpong cross-host 8 B, raw-tcp/.test(l)),
+    "progress names the scope",
+  );
+  // The verdict is computed from these rows, in words.
+  const [v] = crossHostVerdicts(rows);
+  assert.match(
+    v,
+    /^cross-host target bypass 8 B latency ≤ 1\.3× raw-tcp: measured \d+\.\d\d× .* — (met|NOT met)$/,
+  );
+  // Intra-host verdicts ignore cross-host rows.
+  assert.deepEqual(mxVerdicts(rows), []);
+});
+
+test("a quick cross-host stream gives a cross-host bandwidth row for native, bypass and raw-tcp", async () => {
+  const rows = await benchStream(
+    [hosts.a, hosts.b],
+    tiny,
+    { transports: ["native", "bypass", "raw-tcp"], sizes: [64 * 1024] },
+    () => {},
+  );
+  assert.deepEqual(rows.map((r) => r.transport).sort(), ["bypass", "native", "raw-tcp"]);
+  for (const r of rows) assertRow(r, "bandwidth_MBps");
+  // 1 MiB was not measured: the bandwidth target says so instead of guessing.
+  assert.deepEqual(crossHostVerdicts(rows), [
+    "cross-host target bypass 1 MiB bandwidth ≥ 0.8× raw-tcp: not checked (no bypass and raw-tcp row at 1 MiB; include it in --sizes and --transports)",
+  ]);
+});
+
+test("raw-tcp stream: osu_bw over loopback TCP, one sample per run; a pair serves many batches", async () => {
+  const s = await rawTcpStream({ bytes: 4096, iters: 3, warmup: 1, runs: 2, warmupRuns: 1 });
+  assert.equal(s.length, 2);
+  for (const v of s) assert.ok(v > 0 && Number.isFinite(v));
+  const pair = await TcpPair.start();
+  try {
+    assert.ok((await pair.stream(0, 2, 1)) === 0, "0-byte messages carry no payload bytes");
+    assert.ok((await pair.pingpong(8, 10, 2)) > 0);
+    assert.ok((await pair.stream(1 << 20, 1, 0)) > 0);
+    assert.ok((await pair.pingpong(100_000, 3, 1)) > 0, "a message larger than one TCP segment");
+  } finally {
+    await pair.stop();
+  }
+});
+
+test("the targets are checked from the medians, met or not, never assumed", () => {
+  const r = (bench: string, transport: string, bytes: number, median: number): BenchRow =>
+    makeRow(
+      {
+        bench,
+        transport,
+        scope: "cross-host",
+        bytes,
+        metric: bench === "pingpong" ? "latency_us" : "bandwidth_MBps",
+      },
+      [median],
+    );
+  assert.deepEqual(
+    CROSS_HOST_TARGETS.map((t) => [t.bench, t.bytes, t.bound, t.factor]),
+    [
+      ["pingpong", 8, "at most", 1.3],
+      ["stream", 1 << 20, "at least", 0.8],
+    ],
+  );
+  const met = crossHostVerdicts([
+    r("pingpong", "bypass", 8, 26),
+    r("pingpong", "raw-tcp", 8, 20),
+    r("stream", "bypass", 1 << 20, 1600),
+    r("stream", "raw-tcp", 1 << 20, 2000),
+  ]);
+  assert.deepEqual(met, [
+    "cross-host target bypass 8 B latency ≤ 1.3× raw-tcp: measured 1.30× (bypass 26.00 µs, raw-tcp 20.00 µs; 1 run) — met",
+    "cross-host target bypass 1 MiB bandwidth ≥ 0.8× raw-tcp: measured 0.80× (bypass 1600 MB/s, raw-tcp 2000 MB/s; 1 run) — met",
+  ]);
+  const missed = crossHostVerdicts([
+    r("pingpong", "bypass", 8, 27),
+    r("pingpong", "raw-tcp", 8, 20),
+    r("stream", "bypass", 1 << 20, 1500),
+    r("stream", "raw-tcp", 1 << 20, 2000),
+  ]);
+  assert.match(missed[0], /measured 1\.35× .* — NOT met$/);
+  assert.match(missed[1], /measured 0\.75× .* — NOT met$/);
+  // Intra-host rows alone: no cross-host verdict at all.
+  assert.deepEqual(crossHostVerdicts([{ ...r("pingpong", "bypass", 8, 1), scope: "intra-host" }]), []);
+});
