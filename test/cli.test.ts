@@ -1,7 +1,7 @@
 /** The `myrixen` command as a user runs it: help, bad usage, the demo, and a benchmark writing JSON. */
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
-import { mkdtempSync, readFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
@@ -61,9 +61,9 @@ test("bad usage fails before anything runs, with a message saying what to fix", 
     substrateCross.stderr,
     /--scope cross-host: the substrate suite measures one host only; cross-host applies to pingpong and stream/,
   );
-  const split = await run("bench", "stream", "--scope", "cross-host", "--transports", "split");
-  assert.equal(split.code, 2);
-  assert.match(split.stderr, /--transports: split is not available yet/);
+  const pigeon = await run("bench", "stream", "--scope", "cross-host", "--transports", "pigeon");
+  assert.equal(pigeon.code, 2);
+  assert.match(pigeon.stderr, /--transports: unknown "pigeon"/);
   const cmd = await run("frobnicate");
   assert.equal(cmd.code, 2);
   assert.match(cmd.stderr, /unknown command 'frobnicate'/);
@@ -99,6 +99,41 @@ test("bench --quick --out DIR runs every suite and writes the JSON rows and the 
   assert.match(html, /<svg/);
   assert.match(html, /latency breakdown/i);
   assert.match(r.stdout, /latency breakdown/);
+});
+
+test("bench pingpong --transports bypass,split: the split column, split/bypass, and the split path's cost per message", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "myrixen-split-"));
+  try {
+    const file = join(dir, "rows.json");
+    const r = await run(
+      "bench",
+      "pingpong",
+      "--quick",
+      "--sizes",
+      "8,64K",
+      "--transports",
+      "bypass,split",
+      "--json",
+      file,
+    );
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /split\/bypass/);
+    assert.match(
+      r.stdout,
+      /split path, pingpong, intra-host: per message [\d.]+ netback requests, [\d.]+ grant copies, [\d.]+ notifications, [\d.]+ bridge lookups/,
+    );
+    const rows = (
+      JSON.parse(readFileSync(file, "utf8")) as {
+        rows: { transport: string; bytes: number; median: number }[];
+      }
+    ).rows;
+    for (const bytes of [8, 65536]) {
+      const split = rows.find((x) => x.transport === "split" && x.bytes === bytes);
+      assert.ok(split && split.median > 0, `a split row for ${bytes} B`);
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 test("bench substrate --quick --json writes rows in the project's format", async () => {

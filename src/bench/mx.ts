@@ -35,10 +35,8 @@ export type Progress = (label: string) => void;
 /**
  * The MX paths a pair of ranks can take, and how a rank of each starts on a host (mx-bench
  * reads `mxPath` and asks Mx.init for exactly that path; MxPair checks the path the rank
- * reports). The split-driver path (MX over netfront/netback) is being built elsewhere: when
- * it runs, enable it by adding `split: SPLIT_STARTER` to RANK_STARTERS — then every suite
- * measures it on one host and across hosts, the transport lists and table columns include
- * it, and the table and the report state split/bypass (report.ts already knows the pair).
+ * reports). The split path (MX over netfront, netback and the bridge) runs in guests that
+ * ask Mx.init for it.
  */
 export type MxPath = "native" | "bypass" | "split";
 export type RankStarter = (host: Host, spec: DomainSpec) => Promise<Domain>;
@@ -50,7 +48,38 @@ export const SPLIT_STARTER: RankStarter = (host, spec) => host.startGuest(withPa
 const RANK_STARTERS: Partial<Record<MxPath, RankStarter>> = {
   native: (host, spec) => host.startNative(spec),
   bypass: (host, spec) => host.startGuest(withPath(spec, "bypass")),
+  split: SPLIT_STARTER,
 };
+
+/**
+ * What the split path cost the driver domain per MX message, summed over every split run of
+ * a bench (pingpong counts both directions; stream counts the window's sends and its ack):
+ * netback requests (tx + rx), grant copies, event-channel notifications (to and from
+ * netback), bridge lookups, frames through netback.
+ */
+export interface SplitCost {
+  messages: number;
+  netbackRequests: number;
+  grantCopies: number;
+  notifications: number;
+  bridgeLookups: number;
+  frames: number;
+}
+
+export const splitCosts: Record<string, SplitCost> = {};
+
+function netSnapshot(hosts: readonly Host[]): Omit<SplitCost, "messages"> {
+  const r = { netbackRequests: 0, grantCopies: 0, notifications: 0, bridgeLookups: 0, frames: 0 };
+  for (const h of new Set(hosts)) {
+    const n = h.netStats();
+    r.netbackRequests += n.totals.txRequests + n.totals.rxRequests;
+    r.grantCopies += n.totals.grantCopies;
+    r.notifications += n.totals.notificationsSent + n.totals.notificationsReceived;
+    r.bridgeLookups += n.bridge.lookups;
+    r.frames += n.totals.txFrames;
+  }
+  return r;
+}
 
 /**
  * Makes `path` available to MxPair from now on (for tests and experiments; the transport
@@ -95,6 +124,7 @@ export class MxPair implements BenchPair {
     readonly scope: Scope,
     private readonly a: Domain,
     private readonly b: Domain,
+    private readonly hosts: readonly Host[],
   ) {}
 
   /** The two ranks' domains (or native processes). */
@@ -142,7 +172,7 @@ export class MxPair implements BenchPair {
       await Promise.all([a.destroy(), b.destroy()]);
       throw e;
     }
-    return new MxPair(path, scope, a, b);
+    return new MxPair(path, scope, a, b, [hostA, hostB]);
   }
 
   private async run(cmdA: MxBenchCommand, cmdB: MxBenchCommand): Promise<number> {
@@ -158,17 +188,41 @@ export class MxPair implements BenchPair {
   }
 
   pingpong(bytes: number, iters: number, warmup: number): Promise<number> {
-    return this.run(
-      { kind: "pingpong", role: "a", bytes, iters, warmup },
-      { kind: "pingpong", role: "b", bytes, iters, warmup },
+    return this.costed("pingpong", 2 * (iters + warmup), () =>
+      this.run(
+        { kind: "pingpong", role: "a", bytes, iters, warmup },
+        { kind: "pingpong", role: "b", bytes, iters, warmup },
+      ),
     );
   }
 
   stream(bytes: number, iters: number, warmup: number, window = OSU_WINDOW): Promise<number> {
-    return this.run(
-      { kind: "stream", role: "a", bytes, iters, warmup, window },
-      { kind: "stream", role: "b", bytes, iters, warmup, window },
+    return this.costed("stream", (iters + warmup) * (window + 1), () =>
+      this.run(
+        { kind: "stream", role: "a", bytes, iters, warmup, window },
+        { kind: "stream", role: "b", bytes, iters, warmup, window },
+      ),
     );
+  }
+
+  /** On the split path, adds what the run cost the driver domain to splitCosts[bench/scope]. */
+  private async costed(bench: string, messages: number, run: () => Promise<number>): Promise<number> {
+    if (this.path !== "split") return run();
+    const before = netSnapshot(this.hosts);
+    const v = await run();
+    const after = netSnapshot(this.hosts);
+    const c = (splitCosts[`${bench}/${this.scope}`] ??= {
+      messages: 0,
+      netbackRequests: 0,
+      grantCopies: 0,
+      notifications: 0,
+      bridgeLookups: 0,
+      frames: 0,
+    });
+    c.messages += messages;
+    for (const k of ["netbackRequests", "grantCopies", "notifications", "bridgeLookups", "frames"] as const)
+      c[k] += after[k] - before[k];
+    return v;
   }
 
   async counters(): Promise<[Record<string, number>, Record<string, number>]> {

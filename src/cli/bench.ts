@@ -32,6 +32,7 @@ import {
   mxVerdicts,
   PINGPONG_TRANSPORTS,
   STREAM_TRANSPORTS,
+  splitCosts,
   suiteTransports,
 } from "../bench/mx.js";
 import { writeHtmlReport } from "../bench/report.js";
@@ -169,10 +170,6 @@ export async function benchCommand(
   if (opts.transports !== undefined) {
     transports = opts.transports.split(",").map((t) => t.trim());
     const bad = transports.filter((t) => !ALL_TRANSPORTS.includes(t));
-    if (bad.includes("split"))
-      throw new BenchUsageError(
-        "--transports: split is not available yet (the split-driver path is being built); use native or bypass",
-      );
     if (bad.length > 0 || transports.length === 0)
       throw new BenchUsageError(
         `--transports: unknown "${bad.join(",")}"; known: ${ALL_TRANSPORTS.join(", ")}`,
@@ -244,6 +241,7 @@ export async function benchCommand(
   printTables(rows, profile, out);
   for (const line of BenchExtras.describe(rows)) out(line);
   for (const v of [substrateVerdict(rows), ...mxVerdicts(rows), ...crossHostVerdicts(rows)]) if (v) out(v);
+  for (const line of splitCostLines()) out(line);
   out(describeMachine(report.machine));
   if (jsonPath) {
     writeReport(jsonPath, report);
@@ -254,6 +252,19 @@ export async function benchCommand(
     const html = BenchExtras.writeHtml(join(outDir, "bench.html"), report);
     out(pc.dim(`report written to ${join(outDir, "bench.json")}${html ? ` and ${html}` : ""}`));
   }
+}
+
+/** What the split path's messages cost the driver domain, per message, from its counters. */
+function splitCostLines(): string[] {
+  return Object.entries(splitCosts).flatMap(([key, c]) => {
+    if (c.messages === 0) return [];
+    const per = (v: number) => (v / c.messages).toFixed(2);
+    return [
+      `split path, ${key.replace("/", ", ")}: per message ${per(c.netbackRequests)} netback requests, ` +
+        `${per(c.grantCopies)} grant copies, ${per(c.notifications)} notifications, ` +
+        `${per(c.bridgeLookups)} bridge lookups (${per(c.frames)} frames; ${c.messages} messages)`,
+    ];
+  });
 }
 
 /**

@@ -895,6 +895,8 @@ export class Nic {
     m[M_LENGTH] = getWord(frame, F_LENGTH);
     m[M_VIA_LINK] = 1;
     const status = this.deliver(-1, 0, frame, FRAME_HEADER_BYTES);
+    // Wake the receiver before writing the ACK to the socket: it is what the message waits on.
+    this.flushRaises();
     if (status !== MxStatus.PENDING) this.completeSend(status);
     // A held delivery: the wire timer tells its sender to keep waiting.
     else this.armWireTimer();
