@@ -1193,8 +1193,13 @@ export class MxEndpoint {
       this.pollEvents();
       if (sweep && this.waitingSync.size > 0 && this.usesWire) this.probeSilentPeers(performance.now());
     }
-    // Ethernet: every time while it carries traffic; else now and then, to answer connects.
-    if (this.hub !== undefined && (sweep || this.split || this.etherPeers.length > 0)) this.hub.poll();
+    // Ethernet: every time while it carries traffic; else now and then (every 256th poll, and
+    // before sleeping), to answer connects and path changes without taxing the fast path.
+    if (
+      this.hub !== undefined &&
+      (this.split || this.etherPeers.length > 0 || full || (this.counters.progress & 255) === 0)
+    )
+      this.hub.poll();
   }
 
   private flushBacklog(peer: MxAddress): void {
