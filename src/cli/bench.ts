@@ -241,7 +241,7 @@ export async function benchCommand(
   printTables(rows, profile, out);
   for (const line of BenchExtras.describe(rows)) out(line);
   for (const v of [substrateVerdict(rows), ...mxVerdicts(rows), ...crossHostVerdicts(rows)]) if (v) out(v);
-  for (const line of splitCostLines()) out(line);
+  for (const line of splitCostLines(rows)) out(line);
   out(describeMachine(report.machine));
   if (jsonPath) {
     writeReport(jsonPath, report);
@@ -255,9 +255,12 @@ export async function benchCommand(
 }
 
 /** What the split path's messages cost the driver domain, per message, from its counters. */
-function splitCostLines(): string[] {
+function splitCostLines(rows: readonly BenchRow[]): string[] {
   return Object.entries(splitCosts).flatMap(([key, c]) => {
-    if (c.messages === 0) return [];
+    // Only benches this run reports (a pair's warm-up runs the other kind too).
+    const [bench, scope] = key.split("/");
+    if (c.messages === 0 || !rows.some((r) => r.bench === bench && r.scope === scope && r.transport === "split"))
+      return [];
     const per = (v: number) => (v / c.messages).toFixed(2);
     return [
       `split path, ${key.replace("/", ", ")}: per message ${per(c.netbackRequests)} netback requests, ` +

@@ -83,7 +83,7 @@ export const TX_WINDOW = 64;
 /** Frames are kept within two pages of a receive buffer (jumbo MTUs would take three). */
 export const MAX_FRAME_BYTES = 8192;
 /** An explicit ACK waits this long for a frame of ours to carry it, or this many frames. */
-export const ACK_DELAY_MS = 0.2;
+export const ACK_DELAY_MS = 1;
 export const ACK_EVERY = 16;
 /** First resend after this long without an ack, doubling up to RTO_MAX_MS. */
 export const RTO_MS = 4;
