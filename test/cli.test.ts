@@ -231,7 +231,15 @@ test("run: bad usage is refused before anything starts", async () => {
   assert.match(n.stderr, /-n must be a positive integer/);
 });
 
-test("start (npm start) runs NAS EP and OSU on two hosts and three paths and prints the comparison and the verification", async () => {
+test("run --path split: NAS EP over netfront/netback verifies", async () => {
+  const r = await run("run", "-n", "2", "--path", "split", "nas-ep", "--class", "S");
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /Verification += +SUCCESSFUL/);
+});
+
+test("start (npm start) runs NAS EP and OSU on two hosts and three paths and prints the comparison and the verification", {
+  timeout: 300_000,
+}, async () => {
   const r = await run("start");
   assert.equal(r.code, 0, r.stderr);
   assert.match(r.stdout, /two hosts .* linked over TCP, two guests each/);

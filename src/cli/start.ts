@@ -21,6 +21,8 @@ const PATHS = ["native", "bypass", "split"] as const;
 type Path = (typeof PATHS)[number];
 const SCOPES = ["one host", "two hosts"] as const;
 type Scope = (typeof SCOPES)[number];
+/** A step of the main job that takes longer than this is stopped and reported. */
+const STEP_LIMIT_MS = 120_000;
 
 interface NasResult {
   verified: boolean;
@@ -59,14 +61,25 @@ export async function runMainJob(out: (line: string) => void, err: (line: string
   const keep = (rank: number, _s: string, line: string) => logs.push(`[${rank}] ${line}`);
   let splitCost: { frames: number; copies: number; notifications: number; lookups: number } | undefined;
   const run = async (targets: JobTarget[], n: number, path: Path, program: string, argv: string[]) => {
-    const r = await new Job(targets, {
+    const job = new Job(targets, {
       n,
       path,
       program: resolveProgram(program),
       argv,
       pages: 4096,
       output: keep,
-    }).run();
+    });
+    // Each step takes seconds; one that runs for minutes is stuck, and says so rather than hang.
+    let stuck = false;
+    const timer = setTimeout(() => {
+      stuck = true;
+      void job.stop();
+    }, STEP_LIMIT_MS);
+    const r = await job.run().finally(() => clearTimeout(timer));
+    if (stuck)
+      throw new Error(
+        `${program} on the ${path} path did not finish within ${STEP_LIMIT_MS / 1000} s and was stopped:\n${logs.slice(-20).join("\n")}`,
+      );
     if (r.exitCode !== 0)
       throw new Error(
         `${program} on the ${path} path failed (exit ${r.exitCode}):\n${logs.slice(-20).join("\n")}`,
