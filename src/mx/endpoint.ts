@@ -98,7 +98,6 @@ import {
   initEtherFrame,
   macString,
   PAYLOAD_AT,
-  PEER_TIMEOUT_MS,
   setWord as setEtherWord,
 } from "./ether.js";
 import { SPLIT_ENDPOINT_BASE } from "./split-driver.js";
@@ -133,6 +132,8 @@ const VIA_ETHER = 3;
 const FLAG_ETHER = 0x80;
 /** A connect over Ethernet repeats its broadcast this often until answered. */
 const CONNECT_RETRY_MS = 100;
+/** A closing endpoint resends its unacknowledged Ethernet frames for at most this long (ms). */
+const LINGER_MS = 2000;
 /** While some peer is reached over Ethernet, sleeps are cut into slices this short (ms). */
 const MIXED_SLICE_MS = 1;
 /** A SEND without a completion to report (NOTIFY, PING). */
@@ -2286,13 +2287,13 @@ export class MxEndpoint {
 
   /**
    * Before closing: frames already handed to the reliable stream (eager sends complete as
-   * they enter it) are resent until acknowledged, for at most PEER_TIMEOUT_MS — a closing
+   * they enter it) are resent until acknowledged, for at most LINGER_MS — a closing
    * endpoint must not take its last messages with it.
    */
   private lingerEther(): void {
     const hub = this.hub;
     if (hub === undefined || this.etherPeers.length === 0) return;
-    const until = performance.now() + PEER_TIMEOUT_MS;
+    const until = performance.now() + LINGER_MS;
     const owed = () =>
       this.etherPeers.some(
         (p) => !p.dead && (p.eth!.unacked > 0 || p.backlog.length > 0 || (p.ctlQueue?.length ?? 0) > 0),

@@ -88,8 +88,15 @@ export const ACK_EVERY = 16;
 /** First resend after this long without an ack, doubling up to RTO_MAX_MS. */
 export const RTO_MS = 4;
 export const RTO_MAX_MS = 200;
-/** A peer that acknowledges nothing for this long is unreachable. */
-export const PEER_TIMEOUT_MS = 1500;
+/**
+ * A peer that acknowledges nothing while we resend to it for this long is unreachable. Long,
+ * because the MX library progresses only inside API calls: a peer busy computing does not
+ * acknowledge until its next call (Open-MX's driver would; there is no progression thread
+ * here). A closed endpoint answers with a NACK at once instead.
+ */
+export const PEER_TIMEOUT_MS = 10_000;
+/** A gap this long between our own ticks means we were not polling: it is not the peer's silence. */
+const IDLE_GAP_MS = 50;
 
 /** The device the hub sends and receives through: the guest's netfront (src/netfront/). */
 export interface EtherDevice {
@@ -141,6 +148,12 @@ export function checkEtherFrame(f: Uint8Array): number {
   if (type < 1 || type > MAX_TYPE) return -1;
   if (PAYLOAD_AT + word(f, H.payload) > f.length) return -1;
   return type;
+}
+
+/** Whether the frame's destination MAC is `mac`. */
+function sameMac(f: Uint8Array, mac: Uint8Array): boolean {
+  for (let i = 0; i < 6; i++) if (f[i] !== mac[i]) return false;
+  return true;
 }
 
 export function macString(mac: Uint8Array): string {
@@ -256,7 +269,14 @@ export class EtherHub {
       this.counters.dropped++;
       // A broadcast CONNECT for an endpoint of another guest is not ours to answer; a frame
       // sent to us for an endpoint that is gone gets a NACK, so its sender does not wait.
-      if (type !== EtherType_.Connect && type !== EtherType_.Nack && type !== EtherType_.ConnectReply)
+      // Only frames sent to our own MAC: a bridge floods unicast to an address it has not
+      // learned (or has aged out) to every guest, and those are not ours to refuse.
+      if (
+        type !== EtherType_.Connect &&
+        type !== EtherType_.Nack &&
+        type !== EtherType_.ConnectReply &&
+        sameMac(f, this.device.mac)
+      )
         this.sendNack(f);
       return;
     }
@@ -325,6 +345,7 @@ export class EtherLink {
   private rto = RTO_MS;
   private lastAckProgress = 0;
   private lastSend = 0;
+  private lastTick = 0;
   private readonly ackFrame: Uint8Array;
 
   constructor(
@@ -430,6 +451,13 @@ export class EtherLink {
    * when the peer has acknowledged nothing for PEER_TIMEOUT_MS (it is unreachable).
    */
   tick(now: number): boolean {
+    if (now - this.lastTick > IDLE_GAP_MS) {
+      // We were away (the application computed, or waited for its host): the peer's silence
+      // meanwhile says nothing, and what it owes us is resent now.
+      this.lastAckProgress = now;
+      this.lastSend = Math.min(this.lastSend, now - this.rto);
+    }
+    this.lastTick = now;
     if (this.acked < this.sent) {
       if (now - this.lastAckProgress > PEER_TIMEOUT_MS) return false;
       if (now - this.lastSend > this.rto) {
