@@ -1,16 +1,20 @@
 // Tests for the cross-host benchmarks: two hosts in this process with their NICs linked over
-// loopback TCP, an MX pair with one rank on each, raw-tcp's two processes, the rows they
-// produce, and the issue's targets in words. Shapes only: speed is measured by benchmarks,
+// loopback TCP, an MX pair with one rank on each, raw-tcp's two processes, raw-chain's four
+// threads (bytes checked end to end), the rows they produce, the targets and the chain's
+// share of the cost in words. Shapes only: speed is measured by benchmarks,
 // never asserted here.
 
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
+import { ChainPair } from "../src/bench/chain-baseline.js";
+import { checksum, pattern } from "../src/bench/chain-worker.js";
 import { type BenchRow, makeRow, profileFor } from "../src/bench/harness.js";
 import { HOST_A_NIC, HOST_B_NIC, type LinkedHosts, startLinkedHosts } from "../src/bench/hosts.js";
 import {
   benchPingpong,
   benchStream,
   CROSS_HOST_TARGETS,
+  chainVerdicts,
   crossHostVerdicts,
   MxPair,
   mxPaths,
@@ -44,8 +48,10 @@ test("a placement of two hosts is cross-host; one host (or the same twice) is in
   assert.equal(scopeOf([hosts.a, hosts.b]), "cross-host");
   assert.equal(scopeOf(hosts.a), "intra-host");
   assert.equal(scopeOf([hosts.a, hosts.a]), "intra-host");
-  assert.deepEqual(suiteTransports("pingpong", "cross-host"), ["native", "bypass", "split", "raw-tcp"]);
-  assert.deepEqual(suiteTransports("stream", "cross-host"), ["native", "bypass", "split", "raw-tcp"]);
+  const cross = ["native", "bypass", "split", "raw-tcp", "raw-chain"];
+  assert.deepEqual(suiteTransports("pingpong", "cross-host"), cross);
+  assert.deepEqual(suiteTransports("stream", "cross-host"), cross);
+  assert.ok(!suiteTransports("pingpong", "intra-host").includes("raw-chain"));
 });
 
 test("a split pair across hosts runs over the bridges and the NICs' Ethernet ports, and its cost per message is counted", async () => {
@@ -87,7 +93,7 @@ test("a quick cross-host pingpong gives a cross-host row for native, bypass and 
   const rows = await benchPingpong(
     [hosts.a, hosts.b],
     tiny,
-    { transports: ["native", "bypass", "raw-tcp"], sizes: [8, 64 * 1024] },
+    { transports: ["native", "bypass", "raw-tcp", "raw-chain"], sizes: [8, 64 * 1024] },
     (l) => labels.push(l),
   );
   assert.deepEqual(rows.map((r) => `${r.bench}/${r.transport}/${r.bytes}`).sort(), [
@@ -95,6 +101,8 @@ test("a quick cross-host pingpong gives a cross-host row for native, bypass and 
     "pingpong/bypass/8",
     "pingpong/native/65536",
     "pingpong/native/8",
+    "pingpong/raw-chain/65536",
+    "pingpong/raw-chain/8",
     "pingpong/raw-tcp/65536",
     "pingpong/raw-tcp/8",
   ]);
@@ -111,21 +119,58 @@ test("a quick cross-host pingpong gives a cross-host row for native, bypass and 
   );
   // Intra-host verdicts ignore cross-host rows.
   assert.deepEqual(mxVerdicts(rows), []);
+  // Where the 8 B latency comes from, in words, from the same medians.
+  assert.deepEqual(
+    chainVerdicts(rows).map((l) => l.slice(0, 10)),
+    ["8 B latenc"],
+  );
+  assert.match(
+    chainVerdicts(rows)[0],
+    /^8 B latency: bypass is \d+\.\d\d× the bare chain \(guest→NIC→TCP→NIC→guest; .* vs .*\); the chain is \d+\.\d\d× raw-tcp \(.*\): (the thread hand-offs|MX's own work)/,
+  );
 });
 
 test("a quick cross-host stream gives a cross-host bandwidth row for native, bypass and raw-tcp", async () => {
   const rows = await benchStream(
     [hosts.a, hosts.b],
     tiny,
-    { transports: ["native", "bypass", "raw-tcp"], sizes: [64 * 1024] },
+    { transports: ["native", "bypass", "raw-tcp", "raw-chain"], sizes: [64 * 1024] },
     () => {},
   );
-  assert.deepEqual(rows.map((r) => r.transport).sort(), ["bypass", "native", "raw-tcp"]);
+  assert.deepEqual(rows.map((r) => r.transport).sort(), ["bypass", "native", "raw-chain", "raw-tcp"]);
   for (const r of rows) assertRow(r, "bandwidth_MBps");
   // 1 MiB was not measured: the bandwidth target says so instead of guessing.
   assert.deepEqual(crossHostVerdicts(rows), [
     "cross-host target bypass 1 MiB bandwidth ≥ 0.8× raw-tcp: not checked (no bypass and raw-tcp row at 1 MiB; include it in --sizes and --transports)",
   ]);
+  assert.deepEqual(chainVerdicts(rows), [], "no sentence without 8 B or 1 MiB rows");
+});
+
+test("raw-chain: the payload crosses guest → NIC → TCP → NIC → guest intact, and a corrupted byte is caught", async () => {
+  // The guests' checksum is FNV-1a over the bytes the sender meant to send.
+  assert.equal(checksum(new Uint8Array(0), 0), 0x811c9dc5);
+  assert.notEqual(checksum(pattern(64, 1), 64), checksum(pattern(64, 2), 64));
+  const pair = await ChainPair.start();
+  try {
+    assert.ok((await pair.pingpong(8, 20, 2)) > 0);
+    assert.ok((await pair.pingpong(0, 5, 1)) > 0, "0-byte messages: a bare length prefix");
+    assert.ok((await pair.pingpong(200_000, 3, 1)) > 0, "a message spanning many TCP chunks");
+    assert.ok((await pair.stream(1 << 20, 2, 1)) > 0, "more messages than ring slots");
+    assert.ok((await pair.stream(64, 2, 0, 100)) > 0, "a window larger than the ring");
+    // Every message's stamps were checked on receipt (both directions; the stream's acks too)
+    // and the last one of each batch in full, per receiving guest.
+    const msgs = 2 * 22 + 2 * 6 + 2 * 4 + (3 * 64 + 3) + (2 * 100 + 2);
+    assert.deepEqual(pair.checked, { messages: msgs, checksums: 3 * 2 + 2 });
+  } finally {
+    await pair.stop();
+  }
+  const bad = await ChainPair.start({ corrupt: true });
+  try {
+    await assert.rejects(bad.pingpong(64, 5, 1), /raw-chain pingpong: guest B: checksum mismatch/);
+    await assert.rejects(bad.stream(4096, 1, 0), /raw-chain stream: guest B: checksum mismatch/);
+  } finally {
+    await bad.stop();
+  }
 });
 
 test("raw-tcp stream: osu_bw over loopback TCP, one sample per run; a pair serves many batches", async () => {
@@ -180,6 +225,22 @@ test("the targets are checked from the medians, met or not, never assumed", () =
   ]);
   assert.match(missed[0], /measured 1\.35× .* — NOT met$/);
   assert.match(missed[1], /measured 0\.75× .* — NOT met$/);
+  // The chain sentence: bypass against the bare chain, the chain against raw-tcp, and which
+  // factor is the larger, from the medians (latency: higher is worse; bandwidth: lower is).
+  assert.deepEqual(
+    chainVerdicts([
+      r("pingpong", "bypass", 8, 140),
+      r("pingpong", "raw-chain", 8, 125),
+      r("pingpong", "raw-tcp", 8, 32),
+      r("stream", "bypass", 1 << 20, 500),
+      r("stream", "raw-chain", 1 << 20, 1200),
+      r("stream", "raw-tcp", 1 << 20, 2000),
+    ]),
+    [
+      "8 B latency: bypass is 1.12× the bare chain (guest→NIC→TCP→NIC→guest; 140.00 µs vs 125.00 µs); the chain is 3.91× raw-tcp (32.00 µs): the thread hand-offs, not MX, set the cross-host latency on this machine",
+      "1 MiB bandwidth: bypass is 0.42× the bare chain (guest→NIC→TCP→NIC→guest; 500 MB/s vs 1200 MB/s); the chain is 0.60× raw-tcp (2000 MB/s): MX's own work on top of the chain, more than the thread hand-offs, sets the cross-host bandwidth on this machine",
+    ],
+  );
   // Intra-host rows alone: no cross-host verdict at all.
   assert.deepEqual(crossHostVerdicts([{ ...r("pingpong", "bypass", 8, 1), scope: "intra-host" }]), []);
 });

@@ -179,7 +179,13 @@ test("bench pingpong|stream --scope cross-host: rows between two linked hosts, r
     );
     assert.equal(r.code, 0, r.stderr);
     const report = validateReport(JSON.parse(readFileSync(file, "utf8")));
-    assert.deepEqual(report.rows.map((row) => row.transport).sort(), ["bypass", "native", "raw-tcp"]);
+    assert.deepEqual(report.rows.map((row) => row.transport).sort(), [
+      "bypass",
+      "native",
+      "raw-chain",
+      "raw-tcp",
+      "split",
+    ]);
     for (const row of report.rows) {
       assert.equal(row.bench, c.suite);
       assert.equal(row.scope, "cross-host");

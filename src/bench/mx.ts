@@ -8,6 +8,8 @@
  *   memcpy      Uint8Array.set between SharedArrayBuffers: the copy ceiling
  * cross-host: rank a on host A, rank b on host B, their NICs linked over loopback TCP, with
  *   raw-tcp     two plain processes over loopback TCP (tcp-baseline.ts): the wire's own cost
+ *   raw-chain   four plain threads, guest → NIC → TCP → NIC → guest (chain-baseline.ts): the
+ *               thread hand-offs a cross-host message makes, with no MX
  * pingpong is one-way latency (round trip / 2, OSU's osu_latency); stream is osu_bw: windows
  * of 64 sends, then a 1-byte ack, MB = 10^6 bytes, timed at the sender.
  */
@@ -22,10 +24,11 @@ import {
   rawSabPingPong,
   rawSabStream,
 } from "./baselines.js";
+import { ChainPair } from "./chain-baseline.js";
 import { type BenchProfile, type BenchRow, makeRow, type Scope } from "./harness.js";
 import { rawTcpPingPong, TcpPair } from "./tcp-baseline.js";
 
-export { CROSS_HOST_TARGETS, type CrossHostTarget, crossHostVerdicts } from "./targets.js";
+export { CROSS_HOST_TARGETS, type CrossHostTarget, chainVerdicts, crossHostVerdicts } from "./targets.js";
 
 const PROGRAM = new URL("../programs/mx-bench.js", import.meta.url);
 export const OSU_WINDOW = 64;
@@ -110,7 +113,7 @@ function hostsOf(placement: Placement): readonly [Host, Host] {
     : [placement as Host, placement as Host];
 }
 
-/** What the sampling loop needs of a pair: an MX pair, or the raw-tcp processes. */
+/** What the sampling loop needs of a pair: an MX pair, the raw-tcp processes, the raw-chain threads. */
 export interface BenchPair {
   pingpong(bytes: number, iters: number, warmup: number): Promise<number>;
   stream(bytes: number, iters: number, warmup: number, window?: number): Promise<number>;
@@ -264,7 +267,7 @@ function osuIters(
  * run in the full profile); bandwidth above 8 KiB takes enough windows to move about 128 MiB
  * (quick) or 512 MiB (full) per run, between 2 and OSU's count — a window of 64 × 4 MiB is
  * 256 MiB, most of a second over loopback TCP, where OSU's 20 windows would take a minute.
- * Every transport of a size runs the same counts, raw-tcp included.
+ * Every transport of a size runs the same counts, raw-tcp and raw-chain included.
  */
 function crossHostIters(
   profile: BenchProfile,
@@ -292,11 +295,11 @@ export interface MxBenchOptions {
 /**
  * What each suite measures in each scope. On one host: the MX paths with the machine's
  * limits (raw-tcp too, as the cross-host reference it always was). Across hosts: the MX
- * paths and raw-tcp, nothing else (a SharedArrayBuffer does not cross machines).
+ * paths, raw-tcp, and raw-chain (the four threads MX's cross-host path crosses, bare).
  */
 export function suiteTransports(bench: "pingpong" | "stream", scope: Scope): string[] {
   const paths: string[] = mxPaths();
-  if (scope === "cross-host") return [...paths, "raw-tcp"];
+  if (scope === "cross-host") return [...paths, "raw-tcp", "raw-chain"];
   return bench === "pingpong"
     ? [...paths, "raw-sab", "raw-relay", "postmessage", "postmessage-transfer", "raw-tcp"]
     : [...paths, "raw-sab", "memcpy"];
@@ -440,7 +443,7 @@ export async function benchStream(
 
 /**
  * One suite across two linked hosts: an MX pair per path with rank a on host A and rank b on
- * host B, and raw-tcp's two processes, kept for the whole suite; every size runs each of them
+ * host B, raw-tcp's two processes and raw-chain's four threads, kept for the whole suite; every size runs each of them
  * in turn with the same iteration counts, so the ratios compare like with like.
  */
 async function benchCrossHost(
@@ -469,6 +472,14 @@ async function benchCrossHost(
       pairs.set("raw-tcp", tcp);
       await tcp.pingpong(8, 2_000, 0);
       await tcp.stream(4096, 5, 0);
+    }
+    if (opts.transports.includes("raw-chain")) {
+      progress(`${bench} cross-host: starting raw-chain threads`);
+      const chain = await ChainPair.start();
+      pairs.set("raw-chain", chain);
+      await chain.pingpong(8, 2_000, 0);
+      await chain.pingpong(64 * 1024, 50, 0);
+      await chain.stream(4096, 5, 0);
     }
     for (const bytes of opts.sizes) {
       if (bench === "pingpong") {

@@ -70,6 +70,12 @@ export const RATIO_PAIRS: readonly RatioPair[] = [
     scope: "cross-host",
     what: "across hosts: the bypass path against raw TCP",
   },
+  {
+    a: "bypass",
+    b: "raw-chain",
+    scope: "cross-host",
+    what: "across hosts: the bypass path against the bare four-thread chain it is built on",
+  },
   { a: "evtchn", b: "raw-sab", what: "event-channel notification against a raw shared-memory wake-up" },
 ];
 
@@ -168,6 +174,7 @@ const TRANSPORT_COLORS: Record<string, string> = {
   "raw-relay": "#bcbd22",
   postmessage: "#9467bd",
   "raw-tcp": "#8c564b",
+  "raw-chain": "#c49c94",
   memcpy: "#17becf",
   evtchn: "#ff7f0e",
   ring: "#e377c2",

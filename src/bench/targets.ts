@@ -77,3 +77,46 @@ export function checkCrossHostTargets(rows: readonly BenchRow[]): TargetCheck[] 
 export function crossHostVerdicts(rows: readonly BenchRow[]): string[] {
   return checkCrossHostTargets(rows).map((c) => c.sentence);
 }
+
+/** The sizes at which the chain sentence splits the cross-host gap: the targets' sizes. */
+const CHAIN_SIZES = [8, 1024 * 1024];
+
+/**
+ * Where the cross-host cost comes from, in words, from the medians of one run: at 8 B and
+ * 1 MiB (each bench that has bypass, raw-chain and raw-tcp rows there), how far bypass is
+ * from the bare four-thread chain it is built on, how far the chain is from raw-tcp, and
+ * which of the two factors is the larger.
+ */
+export function chainVerdicts(rows: readonly BenchRow[]): string[] {
+  const out: string[] = [];
+  for (const bench of ["pingpong", "stream"] as const) {
+    for (const bytes of CHAIN_SIZES) {
+      const at = (t: string) =>
+        rows.find(
+          (r) => r.bench === bench && r.scope === "cross-host" && r.bytes === bytes && r.transport === t,
+        );
+      const b = at("bypass");
+      const chain = at("raw-chain");
+      const raw = at("raw-tcp");
+      if (!b || !chain || !raw || chain.median === 0 || raw.median === 0 || b.median === 0) continue;
+      const latency = b.metric === "latency_us";
+      const noun = latency ? "latency" : "bandwidth";
+      const mx = b.median / chain.median;
+      const hops = chain.median / raw.median;
+      // How much worse each step makes it (latency: higher is worse; bandwidth: lower is).
+      const mxCost = latency ? mx : 1 / mx;
+      const hopCost = latency ? hops : 1 / hops;
+      const who =
+        hopCost >= mxCost
+          ? `the thread hand-offs, not MX, set the cross-host ${noun} on this machine`
+          : `MX's own work on top of the chain, more than the thread hand-offs, sets the cross-host ${noun} on this machine`;
+      const v = (r: BenchRow) => formatValue(r.metric, r.median);
+      out.push(
+        `${formatBytes(bytes)} ${noun}: bypass is ${mx.toFixed(2)}× the bare chain ` +
+          `(guest→NIC→TCP→NIC→guest; ${v(b)} vs ${v(chain)}); the chain is ${hops.toFixed(2)}× raw-tcp ` +
+          `(${v(raw)}): ${who}`,
+      );
+    }
+  }
+  return out;
+}

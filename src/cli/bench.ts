@@ -4,7 +4,8 @@
  * writes DIR/bench.json and a self-contained DIR/bench.html with plots. With no suite it runs
  * them all and writes the report to reports/bench-<time>/ unless --out says otherwise.
  * `--scope` places pingpong's and stream's two ranks on one host (intra-host), on two hosts
- * whose NICs are linked over loopback TCP (cross-host, measured with raw-tcp), or both (all).
+ * whose NICs are linked over loopback TCP (cross-host, measured with raw-tcp and raw-chain),
+ * or both (all).
  * Every argument is checked before any benchmark starts.
  */
 import { join } from "node:path";
@@ -28,6 +29,7 @@ import { type LinkedHosts, startLinkedHosts } from "../bench/hosts.js";
 import {
   benchPingpong,
   benchStream,
+  chainVerdicts,
   crossHostVerdicts,
   mxVerdicts,
   PINGPONG_TRANSPORTS,
@@ -240,7 +242,13 @@ export async function benchCommand(
   const report: BenchReport = { machine: finishMachineInfo(machine, rows), rows };
   printTables(rows, profile, out);
   for (const line of BenchExtras.describe(rows)) out(line);
-  for (const v of [substrateVerdict(rows), ...mxVerdicts(rows), ...crossHostVerdicts(rows)]) if (v) out(v);
+  for (const v of [
+    substrateVerdict(rows),
+    ...mxVerdicts(rows),
+    ...crossHostVerdicts(rows),
+    ...chainVerdicts(rows),
+  ])
+    if (v) out(v);
   for (const line of splitCostLines(rows)) out(line);
   out(describeMachine(report.machine));
   if (jsonPath) {
@@ -259,7 +267,10 @@ function splitCostLines(rows: readonly BenchRow[]): string[] {
   return Object.entries(splitCosts).flatMap(([key, c]) => {
     // Only benches this run reports (a pair's warm-up runs the other kind too).
     const [bench, scope] = key.split("/");
-    if (c.messages === 0 || !rows.some((r) => r.bench === bench && r.scope === scope && r.transport === "split"))
+    if (
+      c.messages === 0 ||
+      !rows.some((r) => r.bench === bench && r.scope === scope && r.transport === "split")
+    )
       return [];
     const per = (v: number) => (v / c.messages).toFixed(2);
     return [
@@ -272,8 +283,8 @@ function splitCostLines(rows: readonly BenchRow[]): string[] {
 
 /**
  * One table per (bench, scope), each with only its own transports and the ratios it can
- * show: on one host against native and the raw limits, across hosts bypass/raw-tcp (latency
- * in the pingpong table, bandwidth in the stream table).
+ * show: on one host against native and the raw limits, across hosts bypass/raw-tcp and
+ * bypass/raw-chain (latency in the pingpong table, bandwidth in the stream table).
  */
 function printTables(rows: readonly BenchRow[], profile: BenchProfile, out: (line: string) => void): void {
   const tableRows = rows.filter((r) => r.bench !== "breakdown");
@@ -293,6 +304,7 @@ function printTables(rows: readonly BenchRow[], profile: BenchProfile, out: (lin
             ["bypass", "raw-sab"],
             ["postmessage", "bypass"],
             ["bypass", "raw-tcp"],
+            ["bypass", "raw-chain"],
           ] as const
         ).filter(([x, y]) => has(x) && has(y)),
         transports: [
@@ -300,6 +312,7 @@ function printTables(rows: readonly BenchRow[], profile: BenchProfile, out: (lin
           "bypass",
           "split",
           "raw-tcp",
+          "raw-chain",
           "raw-sab",
           "raw-relay",
           "postmessage",
