@@ -63,13 +63,14 @@ for (const [bytes, protocol, stages] of [
       for (let k = 1; k < s.length; k++)
         assert.ok(s[k] >= s[k - 1], `stage ${k} (${s[k]}) before stage ${k - 1} (${s[k - 1]})`);
     for (const m of run.messages) for (const d of m) assert.ok(d >= 0 && Number.isFinite(d));
-    // Each message's stages sum to its time from isend to the receiver's wait seeing it done;
-    // on average that is the one-way latency, less the little between a receive and the reply.
+    // Each message's stages sum to its time from isend to the receiver's wait seeing it done,
+    // which lies within its round trip (2 × one-way). How close it comes to one-way depends
+    // on the machine's load (wake-ups between a receive and the reply), so no lower bound.
     const sums = run.messages.map((m) => m.reduce((x, y) => x + y, 0));
     const mean = sums.reduce((x, y) => x + y, 0) / sums.length;
     assert.ok(run.latencyUs > 0);
     assert.ok(
-      mean >= 0.5 * run.latencyUs && mean <= 2 * run.latencyUs,
+      mean > 0 && mean <= 2 * run.latencyUs,
       `stage sum ${mean.toFixed(2)} µs vs one-way latency ${run.latencyUs.toFixed(2)} µs`,
     );
   });
