@@ -137,3 +137,7 @@ process.once("message", (setup: TcpSetup) => {
   if (setup.role === "server") server();
   else client(setup.port);
 });
+
+// The bench that forked us is gone (killed, crashed): so are we — an orphan would hold its
+// socket and its parent's output pipes open.
+process.on("disconnect", () => process.exit(0));
