@@ -27,8 +27,7 @@ import type { GrantMapping, Guest } from "../xen/guest/guest.js";
 import type { PageRun } from "../xen/memory.js";
 import { BackRing } from "../xen/ring.js";
 import type { SyncCallClient } from "../xen/sync-call.js";
-import { XenbusBackend } from "../xen/xenbus.js";
-import { XenStoreError } from "../xen/xenstore.js";
+import { BackendDeviceWatcher, XenbusBackend } from "../xen/xenbus.js";
 import {
   CONNECT_FLAG_CHANNEL,
   MAX_INDIRECT_PAGES,
@@ -717,24 +716,30 @@ interface Frontend {
   closing?: Promise<void>;
 }
 
-const BACKEND_ROOT = `/local/domain/0/backend/${MYRI_DEVICE_TYPE}`;
 const encoder = new TextEncoder();
 
 /** Serves every guest's myri device: the xenbus backend handshake, then its control ring. */
 export class MyriBack {
   private readonly fronts = new Map<string, Frontend>();
   private readonly rspPool: SharedPool;
-  private scanning: Promise<void> = Promise.resolve();
-  private rescan = false;
-  private scanQueued = false;
-  private unwatchers: (() => Promise<void>)[] = [];
   private stopped = false;
+  private readonly watcher: BackendDeviceWatcher<Frontend>;
 
   constructor(
     private readonly guest: Guest,
     private readonly core: MyriCore,
   ) {
     this.rspPool = new SharedPool(guest, 1);
+    this.watcher = new BackendDeviceWatcher<Frontend>(guest.xenstore, MYRI_DEVICE_TYPE, {
+      devices: () => this.fronts.values(),
+      add: (domid, devid, key) => this.startDevice(domid, devid, key),
+      removed: async (f, why) => {
+        await this.teardown(f, why);
+        await this.forget(f);
+      },
+      domainGone: (f, why) => this.teardown(f, why),
+      log: (m) => this.log(m),
+    });
   }
 
   private get stats(): Int32Array {
@@ -747,14 +752,12 @@ export class MyriBack {
 
   /** Starts watching for frontends (the toolstack's device directories). */
   async start(): Promise<void> {
-    const xs = this.guest.xenstore;
-    this.unwatchers.push(await xs.watch(BACKEND_ROOT, () => this.scheduleScan()));
-    this.unwatchers.push(await xs.watch("@releaseDomain", () => this.scheduleScan()));
+    await this.watcher.start();
   }
 
   async stop(): Promise<void> {
     this.stopped = true;
-    for (const u of this.unwatchers) await u().catch(() => undefined);
+    await this.watcher.stop();
     for (const f of [...this.fronts.values()]) {
       await this.teardown(f, "the driver domain is stopping");
       await this.forget(f);
@@ -764,55 +767,6 @@ export class MyriBack {
   /** Frontends currently connected (for diagnostics). */
   connected(): { domid: DomId; devid: number; state: string }[] {
     return [...this.fronts.values()].map((f) => ({ domid: f.domid, devid: f.devid, state: f.state }));
-  }
-
-  private scheduleScan(): void {
-    if (this.stopped) return;
-    if (this.scanQueued) {
-      this.rescan = true;
-      return;
-    }
-    this.scanQueued = true;
-    this.scanning = this.scanning.then(async () => {
-      do {
-        this.rescan = false;
-        await this.scan().catch((e: unknown) =>
-          this.log(`scanning ${BACKEND_ROOT} failed: ${(e as Error).message}`),
-        );
-      } while (this.rescan && !this.stopped);
-      this.scanQueued = false;
-    });
-  }
-
-  private async list(path: string): Promise<string[]> {
-    try {
-      return await this.guest.xenstore.directory(path);
-    } catch (e) {
-      if (XenStoreError.is(e, "ENOENT")) return [];
-      throw e;
-    }
-  }
-
-  /** Finds new device directories, and frontends whose directory or domain vanished. */
-  private async scan(): Promise<void> {
-    const present = new Set<string>();
-    for (const d of await this.list(BACKEND_ROOT)) {
-      if (!/^\d+$/.test(d)) continue;
-      for (const devid of await this.list(`${BACKEND_ROOT}/${d}`)) {
-        if (!/^\d+$/.test(devid)) continue;
-        const key = `${d}/${devid}`;
-        present.add(key);
-        if (!this.fronts.has(key)) await this.startDevice(Number(d), Number(devid), key);
-      }
-    }
-    for (const f of [...this.fronts.values()]) {
-      if (!present.has(f.key)) {
-        await this.teardown(f, "the toolstack removed the device");
-        await this.forget(f);
-      } else if (f.state !== "closed" && !(await this.guest.xenstore.exists(`/local/domain/${f.domid}`))) {
-        await this.teardown(f, `domain ${f.domid} is gone`);
-      }
-    }
   }
 
   private async startDevice(domid: DomId, devid: number, key: string): Promise<void> {

@@ -73,8 +73,7 @@ import {
   XEN_NETIF_NR_SLOTS_MIN,
 } from "../xen/io/netif.js";
 import { BackRing } from "../xen/ring.js";
-import { XenbusBackend } from "../xen/xenbus.js";
-import { XenStoreError } from "../xen/xenstore.js";
+import { BackendDeviceWatcher, XenbusBackend } from "../xen/xenbus.js";
 import { Bridge, type BridgeFrame, type BridgePort } from "./bridge.js";
 import { G, MAX_VIF_STATS, NET_STATS_BYTES, STAT_BLOCK_WORDS, V } from "./stats.js";
 import { type EtherPortLike, UplinkPort } from "./uplink.js";
@@ -101,8 +100,6 @@ const VIF_SLOT_BUDGET = 256;
 const ERROR_LOG_LIMIT = 5;
 /** How long the uplink sleeps before re-checking its ring (ms). */
 const UPLINK_WAIT_MS = 1000;
-
-const BACKEND_ROOT = `/local/domain/0/backend/${VIF_DEVICE_TYPE}`;
 
 type VifState = "advertised" | "connecting" | "connected" | "closed";
 
@@ -215,16 +212,23 @@ export class Netback {
   };
 
   // xenbus bookkeeping
-  private scanning: Promise<void> = Promise.resolve();
-  private rescan = false;
-  private scanQueued = false;
-  private unwatchers: (() => Promise<void>)[] = [];
+  private readonly watcher: BackendDeviceWatcher<Vif>;
 
   constructor(cfg: NetbackConfig) {
     if (!(cfg.stats instanceof SharedArrayBuffer) || cfg.stats.byteLength < NET_STATS_BYTES)
       throw new TypeError(`netback: stats must be a SharedArrayBuffer of ${NET_STATS_BYTES} bytes`);
     this.cfg = cfg;
     this.guest = cfg.guest;
+    this.watcher = new BackendDeviceWatcher<Vif>(cfg.guest.xenstore, VIF_DEVICE_TYPE, {
+      devices: () => this.vifs.values(),
+      add: (domid, devid, key) => this.startDevice(domid, devid, key),
+      removed: async (v, why) => {
+        await this.teardown(v, why);
+        await this.forget(v);
+      },
+      domainGone: (v, why) => this.teardown(v, why),
+      log: (m) => this.log(m),
+    });
     this.s = new Float64Array(cfg.stats);
     this.bridge = new Bridge({ ageingMs: cfg.ageingMs });
     const run = this.guest.memory.allocPages(STAGING_FRAMES * MAX_FRAME_PAGES);
@@ -251,15 +255,13 @@ export class Netback {
 
   /** Watches for the toolstack's vif devices and starts the uplink. */
   async start(): Promise<void> {
-    const xs = this.guest.xenstore;
-    this.unwatchers.push(await xs.watch(BACKEND_ROOT, () => this.scheduleScan()));
-    this.unwatchers.push(await xs.watch("@releaseDomain", () => this.scheduleScan()));
+    await this.watcher.start();
     if (this.uplink) this.schedule();
   }
 
   async stop(): Promise<void> {
     this.stopped = true;
-    for (const u of this.unwatchers) await u().catch(() => undefined);
+    await this.watcher.stop();
     for (const v of [...this.vifs.values()]) {
       await this.teardown(v, "the driver domain is stopping");
       await this.forget(v);
@@ -772,54 +774,6 @@ export class Netback {
   }
 
   // ---- xenbus -----------------------------------------------------------------------------------
-
-  private scheduleScan(): void {
-    if (this.stopped) return;
-    if (this.scanQueued) {
-      this.rescan = true;
-      return;
-    }
-    this.scanQueued = true;
-    this.scanning = this.scanning.then(async () => {
-      do {
-        this.rescan = false;
-        await this.scan().catch((e: unknown) =>
-          this.log(`scanning ${BACKEND_ROOT} failed: ${(e as Error).message}`),
-        );
-      } while (this.rescan && !this.stopped);
-      this.scanQueued = false;
-    });
-  }
-
-  private async list(path: string): Promise<string[]> {
-    try {
-      return await this.guest.xenstore.directory(path);
-    } catch (e) {
-      if (XenStoreError.is(e, "ENOENT")) return [];
-      throw e;
-    }
-  }
-
-  private async scan(): Promise<void> {
-    const present = new Set<string>();
-    for (const d of await this.list(BACKEND_ROOT)) {
-      if (!/^\d+$/.test(d)) continue;
-      for (const devid of await this.list(`${BACKEND_ROOT}/${d}`)) {
-        if (!/^\d+$/.test(devid)) continue;
-        const key = `${d}/${devid}`;
-        present.add(key);
-        if (!this.vifs.has(key)) await this.startDevice(Number(d), Number(devid), key);
-      }
-    }
-    for (const v of [...this.vifs.values()]) {
-      if (!present.has(v.key)) {
-        await this.teardown(v, "the toolstack removed the device");
-        await this.forget(v);
-      } else if (v.state !== "closed" && !(await this.guest.xenstore.exists(`/local/domain/${v.domid}`))) {
-        await this.teardown(v, `domain ${v.domid} is gone`);
-      }
-    }
-  }
 
   private async startDevice(domid: DomId, devid: number, key: string): Promise<void> {
     const xb = new XenbusBackend(this.guest.xenstore, VIF_DEVICE_TYPE, domid, devid);

@@ -504,3 +504,103 @@ export class XenbusBackend {
     await this.switchState(XenbusState.Closed);
   }
 }
+
+/** A device a backend serves, as BackendDeviceWatcher sees it. */
+export interface WatchedDevice {
+  readonly key: string;
+  readonly domid: DomId;
+  readonly state: string;
+}
+
+export interface BackendDeviceHooks<D extends WatchedDevice> {
+  /** The devices being served now. */
+  devices(): Iterable<D>;
+  /** A device directory appeared (`key` = "domid/devid"): start serving it. */
+  add(domid: DomId, devid: number, key: string): Promise<void>;
+  /** The toolstack removed the device: tear it down and forget it. */
+  removed(device: D, why: string): Promise<void>;
+  /** Its domain is gone while its directory remains: tear it down. */
+  domainGone(device: D, why: string): Promise<void>;
+  log(message: string): void;
+}
+
+/**
+ * A backend's view of the toolstack: watches backend/<type> and @releaseDomain, and on every
+ * change walks the device directories (one walk at a time; a change during a walk asks for
+ * one more) to start new devices and tear down those whose directory or domain vanished —
+ * what every split driver's backend (myrback, netback) needs, written once.
+ */
+export class BackendDeviceWatcher<D extends WatchedDevice> {
+  readonly root: string;
+  private readonly unwatchers: (() => Promise<void>)[] = [];
+  private walking: Promise<void> = Promise.resolve();
+  private queued = false;
+  private again = false;
+  private stopped = false;
+
+  constructor(
+    private readonly client: XenStoreClient,
+    deviceType: string,
+    private readonly hooks: BackendDeviceHooks<D>,
+    backDom: DomId = 0,
+  ) {
+    this.root = `/local/domain/${backDom}/backend/${deviceType}`;
+  }
+
+  async start(): Promise<void> {
+    this.unwatchers.push(await this.client.watch(this.root, () => this.schedule()));
+    this.unwatchers.push(await this.client.watch("@releaseDomain", () => this.schedule()));
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    for (const u of this.unwatchers.splice(0)) await u().catch(() => undefined);
+  }
+
+  private schedule(): void {
+    if (this.stopped) return;
+    if (this.queued) {
+      this.again = true;
+      return;
+    }
+    this.queued = true;
+    this.walking = this.walking.then(async () => {
+      do {
+        this.again = false;
+        await this.walk().catch((e: unknown) =>
+          this.hooks.log(`scanning ${this.root} failed: ${(e as Error).message}`),
+        );
+      } while (this.again && !this.stopped);
+      this.queued = false;
+    });
+  }
+
+  private async list(path: string): Promise<string[]> {
+    try {
+      return await this.client.directory(path);
+    } catch (e) {
+      if (XenStoreError.is(e, "ENOENT")) return [];
+      throw e;
+    }
+  }
+
+  /** Finds new device directories, and devices whose directory or domain vanished. */
+  private async walk(): Promise<void> {
+    const present = new Set<string>();
+    const known = new Set([...this.hooks.devices()].map((d) => d.key));
+    for (const d of await this.list(this.root)) {
+      if (!/^\d+$/.test(d)) continue;
+      for (const devid of await this.list(`${this.root}/${d}`)) {
+        if (!/^\d+$/.test(devid)) continue;
+        const key = `${d}/${devid}`;
+        present.add(key);
+        if (!known.has(key)) await this.hooks.add(Number(d), Number(devid), key);
+      }
+    }
+    for (const dev of [...this.hooks.devices()]) {
+      if (!present.has(dev.key)) await this.hooks.removed(dev, "the toolstack removed the device");
+      else if (dev.state !== "closed" && !(await this.client.exists(`/local/domain/${dev.domid}`)))
+        await this.hooks.domainGone(dev, `domain ${dev.domid} is gone`);
+    }
+  }
+}
