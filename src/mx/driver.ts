@@ -97,6 +97,12 @@ export interface MxDriver {
     channelId: number,
   ): DriverChannel & { peerNic: number; peerEndpoint: number; peerSession: number };
 
+  /**
+   * The channel is dead (its peer went away): the driver drops what it mapped for it. The
+   * library has dropped its own references to the channel first.
+   */
+  releaseChannel?(endpointId: number, channelId: number): void;
+
   /** Memory the library may use for message buffers (registrable by this driver). */
   allocBuffer(length: number): Uint8Array;
   freeBuffer(buffer: Uint8Array): void;

@@ -430,6 +430,8 @@ export class MxEndpoint {
   private readonly spinUs: number;
   private readonly memory?: SharedArrayBuffer;
   private readonly peers: MxAddress[] = [];
+  /** Peers in `peers` that died since it was last compacted. */
+  private deadPeers = 0;
   private readonly peerIndex = new Map<string, MxAddress>();
   private readonly posted: MxRequest[] = [];
   private readonly unexpected: Unexpected[] = [];
@@ -1155,6 +1157,8 @@ export class MxEndpoint {
     // Rare conditions (a peer gone, a NIC event with nothing pulling) are looked at on every
     // 32nd idle poll only: a spinning wait then touches one cache line per peer.
     const sweep = full || (++this.counters.progress & 31) === 0 || this.pulls.size > 0;
+    // Peers that died are dropped from the poll list (a survivor of many peers stays fast).
+    if (this.deadPeers > 0) this.compactPeers();
     const peers = this.peers;
     let moved = false;
     for (let p = 0; p < peers.length; p++) {
@@ -1790,10 +1794,35 @@ export class MxEndpoint {
     }
   }
 
+  private compactPeers(): void {
+    let n = 0;
+    for (const p of this.peers) if (!p.dead) this.peers[n++] = p;
+    this.peers.length = n;
+    this.deadPeers = 0;
+  }
+
+  /**
+   * A dead peer's channel is dropped here and unmapped by the driver, so the backend can give
+   * the memory back: a survivor keeps nothing of a peer that went away.
+   */
+  private releaseChannelOf(peer: MxAddress): void {
+    if (!peer.writer) return;
+    const id = peer.channelId;
+    peer.writer = undefined;
+    peer.reader = undefined;
+    peer.peerIntr = undefined;
+    try {
+      this.driver.releaseChannel?.(this.endpointId, id);
+    } catch {
+      this.counters.channelErrors++;
+    }
+  }
+
   /** A peer is gone: everything waiting on it completes with an error status; nothing hangs. */
   private failPeer(peer: MxAddress, why: string, code: number): void {
     if (peer.dead) return;
     peer.dead = why;
+    this.deadPeers++;
     for (const r of peer.backlog.splice(0)) this.complete(r, code, 0);
     for (const [id, r] of this.waitingSync) {
       if (r.dest === peer) {
@@ -1821,6 +1850,7 @@ export class MxEndpoint {
     peer.ctlQueue = undefined;
     const i = this.etherPeers.indexOf(peer);
     if (i >= 0) this.etherPeers.splice(i, 1);
+    this.releaseChannelOf(peer);
   }
 
   // ---- the split path: MX over Ethernet (ether.ts) ---------------------------------------------

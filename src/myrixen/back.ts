@@ -20,9 +20,10 @@ import type {
   OpenEndpointReply,
   RegisterRegionReply,
 } from "../nic/control.js";
-import { Access, ANY_ENDPOINT } from "../nic/window.js";
+import { Access, ANY_ENDPOINT, INTR_BYTES, WINDOW_BYTES } from "../nic/window.js";
 import { type DomId, PAGE_SIZE, XenbusState } from "../xen/abi.js";
 import type { EventChannelPort } from "../xen/event-channel.js";
+import { GNTTAB_NR_RESERVED_ENTRIES } from "../xen/grant-table.js";
 import type { GrantMapping, Guest } from "../xen/guest/guest.js";
 import type { PageRun } from "../xen/memory.js";
 import { BackRing } from "../xen/ring.js";
@@ -78,6 +79,10 @@ export const Stat = {
   regions: 16,
   deferredGrants: 17,
   nativeClients: 18,
+  /** dom0's grant entries in use (granted and not yet ended). */
+  grantsInUse: 19,
+  /** dom0's shared pages (windows, interrupt pages, channels, response pages). */
+  sharedPages: 20,
 } as const;
 export const STATS_BYTES = 32 * 4;
 
@@ -97,6 +102,8 @@ export interface BackendStats {
   /** dom0 grants whose end waits for the peer to unmap them. */
   deferredGrants: number;
   nativeClients: number;
+  grantsInUse: number;
+  sharedPages: number;
 }
 
 export function readBackendStats(buffer: SharedArrayBuffer): BackendStats {
@@ -118,18 +125,21 @@ export function readBackendStats(buffer: SharedArrayBuffer): BackendStats {
     regions: get(Stat.regions),
     deferredGrants: get(Stat.deferredGrants),
     nativeClients: get(Stat.nativeClients),
+    grantsInUse: get(Stat.grantsInUse),
+    sharedPages: get(Stat.sharedPages),
   };
 }
 
-// ---- dom0 grants and shared pages -------------------------------------------------------------
+// ---- dom0 grants and shared memory ------------------------------------------------------------
 
 /**
  * dom0's grants to guests. A grant still mapped by its peer cannot be revoked (Xen's rule, and
  * the lesson of the CVE-2022-23036 family): such ends are deferred and retried until the
- * peer unmaps (or dies, which unmaps everything it held).
+ * peer unmaps (or dies, which unmaps everything it held). `whenUnused` waits the same way
+ * without ending the grants: for memory that is reused for the same domains.
  */
 export class GrantKeeper {
-  private pending: { refs: number[]; done?: () => void }[] = [];
+  private pending: { refs: number[]; end: boolean; done?: () => void }[] = [];
   private timer: NodeJS.Timeout | undefined;
 
   constructor(
@@ -149,27 +159,38 @@ export class GrantKeeper {
         `the driver domain ran out of grant entries (${(e as Error).message}); close endpoints or channels`,
       );
     }
+    this.publish();
     return refs;
   }
 
   /** Ends `refs`; `done` runs once every one of them has ended (now, or after the peer unmapped). */
   end(refs: readonly number[], done?: () => void): void {
-    const left = refs.filter((r) => !this.tryEnd(r));
+    this.track(refs, true, done);
+  }
+
+  /** Runs `done` once no peer maps any of `refs` (now, or later); the grants stay. */
+  whenUnused(refs: readonly number[], done: () => void): void {
+    this.track(refs, false, done);
+  }
+
+  private track(refs: readonly number[], end: boolean, done?: () => void): void {
+    const left = refs.filter((r) => !this.settle(r, end));
     if (left.length === 0) {
+      this.publish();
       done?.();
       return;
     }
-    this.pending.push({ refs: left, done });
+    this.pending.push({ refs: left, end, done });
     this.publish();
     this.timer ??= setInterval(() => this.retry(), 100);
   }
 
   retry(): void {
-    const still: { refs: number[]; done?: () => void }[] = [];
+    const still: { refs: number[]; end: boolean; done?: () => void }[] = [];
     for (const p of this.pending) {
-      const left = p.refs.filter((r) => !this.tryEnd(r));
+      const left = p.refs.filter((r) => !this.settle(r, p.end));
       if (left.length === 0) p.done?.();
-      else still.push({ refs: left, done: p.done });
+      else still.push({ refs: left, end: p.end, done: p.done });
     }
     this.pending = still;
     this.publish();
@@ -184,8 +205,10 @@ export class GrantKeeper {
     this.timer = undefined;
   }
 
-  private tryEnd(ref: number): boolean {
+  /** Whether `ref` is free of mappings (and, if `end`, ended now). */
+  private settle(ref: number, end: boolean): boolean {
     if (this.guest.grants.isInUse(ref)) return false;
+    if (!end) return true;
     try {
       this.guest.grants.endAccess(ref);
     } catch {
@@ -196,31 +219,74 @@ export class GrantKeeper {
 
   private publish(): void {
     let n = 0;
-    for (const p of this.pending) n += p.refs.length;
+    for (const p of this.pending) if (p.end) n += p.refs.length;
     Atomics.store(this.stats, Stat.deferredGrants, n);
+    const t = this.guest.grants.table;
+    Atomics.store(this.stats, Stat.grantsInUse, t.size - GNTTAB_NR_RESERVED_ENTRIES - t.freeCount);
   }
 }
 
 /**
- * Shared frames of one size that dom0 reuses: the hypervisor cannot take a shared segment
- * back, so channel buffers and response pages are recycled once no grant of them is left.
+ * The memory dom0 shares with guests, and the rule it keeps: memory a guest could once reach
+ * is never given to another domain while that guest lives (a SharedArrayBuffer handed to a
+ * thread can never be taken back; see xen/hypervisor.ts, Segment). So:
+ *  - an endpoint's window and interrupt page are a *slot* of its owner domain, granted to it
+ *    once and reused only for that domain's later endpoints (at most its endpoint quota);
+ *    a co-resident peer that connects is granted the interrupt page too (to wake the owner),
+ *    and keeps that grant while the slot lives — an interrupt page holds no data, only a
+ *    wake counter and a sleeping flag;
+ *  - a channel's buffer belongs to its pair of domains, granted to both once and reused only
+ *    for a later channel of the same pair, once neither maps it any more (at most
+ *    CHANNELS_PER_PAIR per pair: beyond that the pair talks through the NIC);
+ *  - all of it is released (the hypervisor forgets its frames) when a member domain goes.
+ * Response pages are mapped read-only (copies through the hypervisor, re-checked on every
+ * read), so one may serve anyone once its grant has ended.
  */
-export class SharedPool {
-  private readonly free: PageRun[] = [];
+export interface WindowSlot {
+  window: PageRun;
+  intr: PageRun;
+  /** Grants to the owner: the window's pages, then the interrupt page's. */
+  refs: number[];
+  /** Grants of the interrupt page to co-resident peers, by domain. */
+  peerRefs: Map<DomId, number[]>;
+}
+
+export interface ChannelMem {
+  run: PageRun;
+  /** "a:b", the two member domains (a ≤ b). */
+  pair: string;
+  /** Grants of the buffer to each member domain (one entry when both ends are one domain). */
+  refs: Map<DomId, number[]>;
+}
+
+/** Channel buffers one pair of domains may hold at once (in use or waiting to be unmapped). */
+export const CHANNELS_PER_PAIR = 16;
+
+const WINDOW_PAGES = WINDOW_BYTES / PAGE_SIZE;
+const INTR_PAGES = INTR_BYTES / PAGE_SIZE;
+const CHANNEL_PAGES = CHANNEL_BYTES / PAGE_SIZE;
+
+export function pairKey(a: DomId, b: DomId): string {
+  return a <= b ? `${a}:${b}` : `${b}:${a}`;
+}
+
+export class SharedMemory {
+  /** Free window slots per domain. */
+  private readonly slots = new Map<DomId, WindowSlot[]>();
+  /** Per domain pair: free channel buffers, and how many exist. */
+  private readonly channels = new Map<string, { free: ChannelMem[]; count: number }>();
+  /** Response pages whose grant has ended. */
+  private readonly rspFree: PageRun[] = [];
 
   constructor(
     private readonly guest: Guest,
-    readonly pages: number,
+    private readonly keeper: GrantKeeper,
+    private readonly stats: Int32Array,
   ) {}
 
-  take(): PageRun {
-    const run = this.free.pop();
-    if (run) {
-      run.bytes.fill(0);
-      return run;
-    }
+  private alloc(pages: number, audience: DomId[]): PageRun {
     try {
-      return this.guest.adoptShared(new SharedArrayBuffer(this.pages * PAGE_SIZE));
+      return this.guest.allocShared(pages, { audience });
     } catch (e) {
       throw new MyriError(
         "MX_NO_RESOURCES",
@@ -229,8 +295,142 @@ export class SharedPool {
     }
   }
 
-  put(run: PageRun): void {
-    this.free.push(run);
+  private release(run: PageRun): void {
+    try {
+      this.guest.releaseShared(run);
+    } catch {
+      // already gone with its owner
+    }
+  }
+
+  /** A window and interrupt page for an endpoint of `domid`: one it had before, or new ones. */
+  takeSlot(domid: DomId): WindowSlot {
+    const free = this.slots.get(domid);
+    const reused = free?.pop();
+    if (reused) return reused;
+    const window = this.alloc(WINDOW_PAGES, [domid]);
+    let intr: PageRun;
+    try {
+      intr = this.alloc(INTR_PAGES, [domid]);
+    } catch (e) {
+      this.release(window);
+      throw e;
+    }
+    let refs: number[];
+    try {
+      refs = [...this.keeper.grantRun(domid, window.pfn, window.count, false)];
+      try {
+        refs.push(...this.keeper.grantRun(domid, intr.pfn, intr.count, false));
+      } catch (e) {
+        this.keeper.end(refs);
+        throw e;
+      }
+    } catch (e) {
+      this.release(window);
+      this.release(intr);
+      throw e;
+    }
+    this.publish();
+    return { window, intr, refs, peerRefs: new Map() };
+  }
+
+  /** The endpoint closed: the slot waits for the same domain's next endpoint. */
+  putSlot(domid: DomId, slot: WindowSlot): void {
+    let free = this.slots.get(domid);
+    if (!free) this.slots.set(domid, (free = []));
+    free.push(slot);
+  }
+
+  /** The interrupt page of `slot`, granted to co-resident peer `peer` (once per peer). */
+  intrFor(slot: WindowSlot, peer: DomId): number[] {
+    let refs = slot.peerRefs.get(peer);
+    if (!refs) {
+      this.guest.shareWith(slot.intr, peer);
+      refs = this.keeper.grantRun(peer, slot.intr.pfn, slot.intr.count, false);
+      slot.peerRefs.set(peer, refs);
+    }
+    return refs;
+  }
+
+  /** A channel buffer for domains a and b, or undefined when the pair holds CHANNELS_PER_PAIR already. */
+  takeChannel(a: DomId, b: DomId): ChannelMem | undefined {
+    const pair = pairKey(a, b);
+    let p = this.channels.get(pair);
+    if (!p) this.channels.set(pair, (p = { free: [], count: 0 }));
+    const reused = p.free.pop();
+    if (reused) {
+      reused.run.bytes.fill(0);
+      return reused;
+    }
+    if (p.count >= CHANNELS_PER_PAIR) return undefined;
+    const run = this.alloc(CHANNEL_PAGES, a === b ? [a] : [a, b]);
+    p.count++;
+    this.publish();
+    return { run, pair, refs: new Map() };
+  }
+
+  /** The buffer granted to member `domid` (once per member). */
+  channelRefs(mem: ChannelMem, domid: DomId): number[] {
+    let refs = mem.refs.get(domid);
+    if (!refs) {
+      refs = this.keeper.grantRun(domid, mem.run.pfn, mem.run.count, false);
+      mem.refs.set(domid, refs);
+    }
+    return refs;
+  }
+
+  /** The channel closed: once neither member maps the buffer, it serves the pair's next channel. */
+  putChannel(mem: ChannelMem): void {
+    this.keeper.whenUnused([...mem.refs.values()].flat(), () => {
+      const p = this.channels.get(mem.pair);
+      if (p) p.free.push(mem);
+      else this.dropChannel(mem);
+    });
+  }
+
+  private dropChannel(mem: ChannelMem): void {
+    this.keeper.end([...mem.refs.values()].flat());
+    this.release(mem.run);
+    this.publish();
+  }
+
+  /**
+   * A domain is gone (its mappings went with it): everything it could reach is released —
+   * its slots, and every channel buffer of a pair it belonged to. Peers that still map one
+   * keep it (their grants end when they unmap); no one else will ever get it.
+   */
+  forgetDomain(domid: DomId): void {
+    for (const slot of this.slots.get(domid) ?? []) {
+      this.keeper.end([...slot.refs, ...[...slot.peerRefs.values()].flat()]);
+      this.release(slot.window);
+      this.release(slot.intr);
+    }
+    this.slots.delete(domid);
+    for (const [pair, p] of this.channels) {
+      const [a, b] = pair.split(":").map(Number);
+      if (a !== domid && b !== domid) continue;
+      this.channels.delete(pair);
+      for (const mem of p.free) this.dropChannel(mem);
+    }
+    this.publish();
+  }
+
+  takeResponsePage(): PageRun {
+    const run = this.rspFree.pop();
+    if (run) {
+      run.bytes.fill(0);
+      return run;
+    }
+    return this.alloc(1, []);
+  }
+
+  putResponsePage(run: PageRun): void {
+    this.rspFree.push(run);
+  }
+
+  private publish(): void {
+    const c = this.guest.counters();
+    Atomics.store(this.stats, Stat.sharedPages, c.mem_shared_alloc - c.mem_shared_release);
   }
 }
 
@@ -259,8 +459,8 @@ export interface EndpointRec {
   owner: Client;
   window: SharedArrayBuffer;
   intr: SharedArrayBuffer;
-  /** Guest-owned endpoints: the window and interrupt page as dom0 frames (granted to the owner). */
-  shared?: { window: PageRun; intr: PageRun; grants: number[] };
+  /** Guest-owned endpoints: the window and interrupt page, a slot of the owner domain's (SharedMemory). */
+  shared?: WindowSlot;
   channels: Set<ChannelRec>;
   /** Endpoints this one connected to or that connected to it (told when it goes away). */
   peers: Set<EndpointRec>;
@@ -280,9 +480,8 @@ export interface ChannelRec {
   /** members[s] writes lane s. */
   members: [EndpointRec, EndpointRec];
   buffer: SharedArrayBuffer;
-  /** Guest channels: the buffer as dom0 frames, and the grants each member received. */
-  run?: PageRun;
-  grants: Map<number, number[]>;
+  /** Guest channels: the buffer as dom0 frames of the members' pair (SharedMemory). */
+  mem?: ChannelMem;
   closed: boolean;
 }
 
@@ -326,7 +525,7 @@ export class MyriCore {
   readonly nicId: number;
   readonly maxEndpoints: number;
   readonly keeper: GrantKeeper;
-  readonly channelPool: SharedPool;
+  readonly memory: SharedMemory;
   private readonly clients = new Map<DomId, Client>();
   private readonly endpoints = new Map<number, EndpointRec>();
   private readonly channels = new Map<number, ChannelRec>();
@@ -338,7 +537,7 @@ export class MyriCore {
     this.nicId = info.nicId;
     this.maxEndpoints = info.maxEndpoints;
     this.keeper = new GrantKeeper(cfg.guest, cfg.stats);
-    this.channelPool = new SharedPool(cfg.guest, CHANNEL_BYTES / PAGE_SIZE);
+    this.memory = new SharedMemory(cfg.guest, this.keeper, cfg.stats);
   }
 
   /** Counts one served request (both transports). */
@@ -397,6 +596,12 @@ export class MyriCore {
   // -- endpoints --
 
   openEndpoint(client: Client, endpointId: unknown, key: unknown): EndpointRec {
+    return this.openEndpointWith(client, endpointId, key, undefined);
+  }
+
+  /** Opens an endpoint; a guest's gets a window slot of its own domain (`slot`), natives a fresh window. */
+  /** Throws what opening would refuse (ids, key, quota) before anything is spent on it. */
+  checkOpen(client: Client, endpointId: unknown, key: unknown): void {
     if (!U32(endpointId) || (endpointId !== ANY_ENDPOINT && endpointId >= this.maxEndpoints))
       throw new MyriError(
         "MX_BAD_ENDPOINT_ID",
@@ -408,8 +613,24 @@ export class MyriCore {
         "MX_NO_RESOURCES",
         `${client.label} already has ${client.endpoints.size} endpoints open, its quota (${XsKey.maxEndpoints}=${this.cfg.endpointsPerDomain}); close one first`,
       );
+  }
+
+  openEndpointWith(
+    client: Client,
+    endpointId: unknown,
+    key: unknown,
+    slot: WindowSlot | undefined,
+  ): EndpointRec {
+    this.checkOpen(client, endpointId, key);
     const r = this.nic<OpenEndpointReply>(
-      { op: "open_endpoint", owner: client.label, endpointId, key },
+      {
+        op: "open_endpoint",
+        owner: client.label,
+        endpointId: endpointId as number,
+        key: key as number,
+        window: slot?.window.bytes.buffer as SharedArrayBuffer | undefined,
+        intr: slot?.intr.bytes.buffer as SharedArrayBuffer | undefined,
+      },
       "MX_BAD_ENDPOINT_ID",
     );
     const ep: EndpointRec = {
@@ -418,6 +639,7 @@ export class MyriCore {
       owner: client,
       window: r.window,
       intr: r.intr,
+      shared: slot,
       channels: new Set(),
       peers: new Set(),
       closed: false,
@@ -465,7 +687,7 @@ export class MyriCore {
       owner.registeredBytes -= reg.bytes;
       reg.release();
     }
-    if (ep.shared) this.keeper.end(ep.shared.grants);
+    if (ep.shared) this.memory.putSlot(owner.domid, ep.shared);
     owner.endpoints.delete(ep.id);
     if (this.endpoints.get(ep.id) === ep) this.endpoints.delete(ep.id);
     this.publishCounts();
@@ -568,13 +790,15 @@ export class MyriCore {
     const pair = ep.id < peer.id ? `${ep.id}:${peer.id}` : `${peer.id}:${ep.id}`;
     let ch = this.pairs.get(pair);
     if (!ch) {
-      let run: PageRun | undefined;
+      let mem: ChannelMem | undefined;
       let buffer: SharedArrayBuffer;
       if (client.kind === "guest") {
-        run = this.channelPool.take();
-        buffer = run.bytes.buffer as SharedArrayBuffer;
+        mem = this.memory.takeChannel(client.domid, peer.owner.domid);
+        // The pair already holds its share of channel buffers: it talks through the NIC.
+        if (!mem) return result;
+        buffer = mem.run.bytes.buffer as SharedArrayBuffer;
       } else buffer = new SharedArrayBuffer(CHANNEL_BYTES);
-      ch = { id: this.nextChannelId++, members: [ep, peer], buffer, run, grants: new Map(), closed: false };
+      ch = { id: this.nextChannelId++, members: [ep, peer], buffer, mem, closed: false };
       if (this.nextChannelId > 0x7fffffff) this.nextChannelId = 1;
       this.pairs.set(pair, ch);
       this.channels.set(ch.id, ch);
@@ -639,10 +863,7 @@ export class MyriCore {
     const key = a.id < b.id ? `${a.id}:${b.id}` : `${b.id}:${a.id}`;
     if (this.pairs.get(key) === ch) this.pairs.delete(key);
     this.channels.delete(ch.id);
-    const refs = [...ch.grants.values()].flat();
-    ch.grants.clear();
-    const run = ch.run;
-    this.keeper.end(refs, run ? () => this.channelPool.put(run) : undefined);
+    if (ch.mem) this.memory.putChannel(ch.mem);
     this.publishCounts();
   }
 
@@ -689,6 +910,14 @@ export class MyriCore {
     if (this.clients.get(client.domid) === client) this.clients.delete(client.domid);
     this.publishCounts();
   }
+
+  /**
+   * The domain itself is gone (not just its device): what it could reach is released. A
+   * frontend that merely reconnects keeps its slots and channels, which are its own.
+   */
+  forgetDomain(domid: DomId): void {
+    this.memory.forgetDomain(domid);
+  }
 }
 
 // ---- the guest transport: xenbus + control ring -------------------------------------------------
@@ -721,7 +950,6 @@ const encoder = new TextEncoder();
 /** Serves every guest's myri device: the xenbus backend handshake, then its control ring. */
 export class MyriBack {
   private readonly fronts = new Map<string, Frontend>();
-  private readonly rspPool: SharedPool;
   private stopped = false;
   private readonly watcher: BackendDeviceWatcher<Frontend>;
 
@@ -729,15 +957,18 @@ export class MyriBack {
     private readonly guest: Guest,
     private readonly core: MyriCore,
   ) {
-    this.rspPool = new SharedPool(guest, 1);
     this.watcher = new BackendDeviceWatcher<Frontend>(guest.xenstore, MYRI_DEVICE_TYPE, {
       devices: () => this.fronts.values(),
       add: (domid, devid, key) => this.startDevice(domid, devid, key),
       removed: async (f, why) => {
         await this.teardown(f, why);
         await this.forget(f);
+        this.core.forgetDomain(f.domid);
       },
-      domainGone: (f, why) => this.teardown(f, why),
+      domainGone: async (f, why) => {
+        await this.teardown(f, why);
+        this.core.forgetDomain(f.domid);
+      },
       log: (m) => this.log(m),
     });
   }
@@ -851,9 +1082,11 @@ export class MyriBack {
       f.portNo = this.guest.evtchn.bindInterdomain(f.domid, Number(evt));
       f.port = this.guest.evtchn.port(f.portNo);
       f.port.mask();
-      f.rspRun = this.rspPool.take();
-      f.rspRef = this.guest.grants.grantAccess(f.domid, f.rspRun.pfn, { readonly: true });
-      f.rspView = new DataView(f.rspRun.bytes.buffer, f.rspRun.bytes.byteOffset, PAGE_SIZE);
+      const rsp = this.core.memory.takeResponsePage();
+      f.rspRun = rsp;
+      // Read-only: the guest gets copies through the hypervisor, never this page itself.
+      f.rspRef = this.guest.grants.grantAccess(f.domid, rsp.pfn, { readonly: true });
+      f.rspView = new DataView(rsp.bytes.buffer, rsp.bytes.byteOffset, PAGE_SIZE);
       f.client = this.core.client(f.domid, "guest", `domain ${f.domid}`, quota);
       if (f.state !== "connecting") return;
       await f.xb.switchState(XenbusState.Connected);
@@ -946,34 +1179,21 @@ export class MyriBack {
     const arg = (i: number) => r.getUint32(REQ_ARG + 4 * i, true);
     switch (op) {
       case Op.OPEN_ENDPOINT: {
-        const ep = core.openEndpoint(client, endpoint, arg(0));
-        let window: PageRun;
-        let intr: PageRun;
+        // Quota and id checks first, so a refused open costs no memory.
+        core.checkOpen(client, endpoint, arg(0));
+        const slot = core.memory.takeSlot(f.domid);
+        let ep: EndpointRec;
         try {
-          window = this.guest.adoptShared(ep.window);
-          intr = this.guest.adoptShared(ep.intr);
+          ep = core.openEndpointWith(client, endpoint, arg(0), slot);
         } catch (e) {
-          core.closeEndpoint(client, ep.id);
-          throw new MyriError(
-            "MX_NO_RESOURCES",
-            `the driver domain cannot share the window: ${(e as Error).message}`,
-          );
-        }
-        const wRefs = core.keeper.grantRun(f.domid, window.pfn, window.count, false);
-        let iRefs: number[];
-        try {
-          iRefs = core.keeper.grantRun(f.domid, intr.pfn, intr.count, false);
-        } catch (e) {
-          core.keeper.end(wRefs);
-          core.closeEndpoint(client, ep.id);
+          core.memory.putSlot(f.domid, slot);
           throw e;
         }
-        ep.shared = { window, intr, grants: [...wRefs, ...iRefs] };
         vals[0] = ep.id;
         vals[1] = ep.session;
-        vals[2] = window.count;
-        vals[3] = intr.count;
-        return this.putRefs(f, [wRefs, iRefs]);
+        vals[2] = slot.window.count;
+        vals[3] = slot.intr.count;
+        return this.putRefs(f, [slot.refs]);
       }
       case Op.CLOSE_ENDPOINT:
         core.closeEndpoint(client, endpoint);
@@ -1027,28 +1247,21 @@ export class MyriBack {
     vals: Uint32Array,
   ): number {
     const { rec, side, peer } = c;
-    const me = rec.members[side];
-    let refs = rec.grants.get(me.id);
-    if (!refs) {
-      if (!rec.run || !peer.shared)
-        throw new MyriError("MX_CONNECTION_FAILED", "the peer's endpoint cannot be shared");
-      const ch = this.core.keeper.grantRun(f.domid, rec.run.pfn, rec.run.count, false);
-      let pi: number[];
-      try {
-        pi = this.core.keeper.grantRun(f.domid, peer.shared.intr.pfn, peer.shared.intr.count, false);
-      } catch (e) {
-        this.core.keeper.end(ch);
-        throw e;
-      }
-      refs = [...ch, ...pi];
-      rec.grants.set(me.id, refs);
-    }
+    if (!rec.mem || !peer.shared)
+      throw new MyriError("MX_CONNECTION_FAILED", "the peer's endpoint cannot be shared");
+    const memory = this.core.memory;
+    // Granted once per domain and kept: a later channel of the same pair reuses the grants.
+    const ch = memory.channelRefs(rec.mem, f.domid);
+    const pi =
+      peer.owner.domid === f.domid
+        ? peer.shared.refs.slice(-peer.shared.intr.count)
+        : memory.intrFor(peer.shared, f.domid);
     vals[3] = CONNECT_FLAG_CHANNEL;
     vals[4] = rec.id;
     vals[5] = side;
-    vals[6] = rec.run!.count;
-    vals[7] = peer.shared!.intr.count;
-    return this.putRefs(f, [refs]);
+    vals[6] = rec.mem.run.count;
+    vals[7] = peer.shared.intr.count;
+    return this.putRefs(f, [ch, pi]);
   }
 
   /** REGISTER: read the refs through the indirect pages, pin the pages in place, hand the NIC their runs. */
@@ -1157,7 +1370,7 @@ export class MyriBack {
     if (f.client) this.core.releaseClient(f.client);
     if (f.rspRef !== undefined) {
       const run = f.rspRun!;
-      this.core.keeper.end([f.rspRef], () => this.rspPool.put(run));
+      this.core.keeper.end([f.rspRef], () => this.core.memory.putResponsePage(run));
     }
     if (f.mapping) this.guest.grants.unmap(f.mapping);
     if (f.portNo !== undefined) {

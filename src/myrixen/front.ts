@@ -309,24 +309,25 @@ export class MyriFront implements MxDriver {
     return m;
   }
 
-  /** Maps `refs` (pages of one backend buffer, in order) and returns that buffer. */
+  /**
+   * Maps `refs` (every page of one backend buffer, in order) and returns that buffer. The
+   * hypervisor hands out a shared segment only whole, and only to a domain the backend
+   * shared it with.
+   */
   private mapBuffer(refs: readonly number[], what: string, into: GrantMapping[]): SharedArrayBuffer {
-    const maps: GrantMapping[] = [];
+    let m: GrantMapping;
     try {
-      for (const ref of refs) maps.push(this.guest.grants.mapOrThrow(this.backId, ref));
-      const buffer = maps[0].bytes.buffer as SharedArrayBuffer;
-      // A guest cannot be handed part of a SharedArrayBuffer: each granted buffer is its own
-      // segment, so page i of it must sit at offset i × 4 KiB of a buffer of exactly that size.
-      maps.forEach((m, i) => {
-        if (m.bytes.byteOffset !== i * PAGE_SIZE || m.bytes.buffer.byteLength !== refs.length * PAGE_SIZE)
-          throw new Error(`page ${i} of the ${what} is not page ${i} of one ${refs.length}-page buffer`);
-      });
-      into.push(...maps);
-      return buffer;
+      m = this.guest.grants.mapOrThrow(this.backId, refs);
     } catch (e) {
-      for (const m of maps) this.guest.grants.unmap(m);
       throw fail("MX_FAILURE", `cannot map the ${what} the backend granted: ${(e as Error).message}`);
     }
+    const bytes = m.bytes;
+    if (bytes.byteOffset !== 0 || bytes.buffer.byteLength !== refs.length * PAGE_SIZE) {
+      this.guest.grants.unmap(m);
+      throw fail("MX_FAILURE", `the ${what} the backend granted is not one ${refs.length}-page buffer`);
+    }
+    into.push(m);
+    return bytes.buffer as SharedArrayBuffer;
   }
 
   private unmapAll(maps: GrantMapping[]): void {
@@ -492,6 +493,18 @@ export class MyriFront implements MxDriver {
       this.unmapAll(mappings);
       throw e;
     }
+  }
+
+  /**
+   * The peer went away: unmap its channel and interrupt page now, so the backend can reuse
+   * them for this pair or give them back (a survivor holds nothing of a dead peer's).
+   */
+  releaseChannel(endpointId: number, channelId: number): void {
+    const ep = this.endpoints.get(endpointId);
+    const ch = ep?.channels.get(channelId);
+    if (!ep || !ch) return;
+    ep.channels.delete(channelId);
+    this.unmapAll(ch.mappings);
   }
 
   allocBuffer(length: number): Uint8Array {

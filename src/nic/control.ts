@@ -15,8 +15,20 @@ export interface MemoryRun {
 }
 
 export type NicControlRequest =
-  /** Opens an endpoint context for `owner` (a label for counters and errors). endpointId may be ANY_ENDPOINT. */
-  | { op: "open_endpoint"; owner: string; endpointId: number; key: number }
+  /**
+   * Opens an endpoint context for `owner` (a label for counters and errors). endpointId may be
+   * ANY_ENDPOINT. `window`/`intr`: memory for them (WINDOW_BYTES / INTR_BYTES), which the NIC
+   * clears; the driver domain passes memory of the owner's own, so a window a guest once held
+   * is only ever reused for that guest. Without them the NIC makes fresh ones.
+   */
+  | {
+      op: "open_endpoint";
+      owner: string;
+      endpointId: number;
+      key: number;
+      window?: SharedArrayBuffer;
+      intr?: SharedArrayBuffer;
+    }
   /** Closes it: outstanding descriptors complete with MX_STATUS_ENDPOINT_CLOSED, its regions are removed. */
   | { op: "close_endpoint"; endpointId: number }
   /** Installs a TPT entry for `endpointId`'s owner: `runs` of `memory`, with Access bits. */

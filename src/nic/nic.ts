@@ -582,8 +582,20 @@ export class Nic {
           `open_endpoint: endpoint ${r.endpointId} is already open (by ${JSON.stringify(ctx.owner)})`,
         );
     }
-    const window = new SharedArrayBuffer(WINDOW_BYTES);
-    const intrBuffer = new SharedArrayBuffer(INTR_BYTES);
+    if (
+      (r.window !== undefined &&
+        !(r.window instanceof SharedArrayBuffer && r.window.byteLength === WINDOW_BYTES)) ||
+      (r.intr !== undefined && !(r.intr instanceof SharedArrayBuffer && r.intr.byteLength === INTR_BYTES))
+    )
+      throw new NicError(
+        "EINVAL",
+        `open_endpoint: window and intr must be SharedArrayBuffers of ${WINDOW_BYTES} and ${INTR_BYTES} bytes`,
+      );
+    const window = r.window ?? new SharedArrayBuffer(WINDOW_BYTES);
+    const intrBuffer = r.intr ?? new SharedArrayBuffer(INTR_BYTES);
+    // Reused memory starts as clean as fresh memory.
+    if (r.window) new Uint8Array(window).fill(0);
+    if (r.intr) new Uint8Array(intrBuffer).fill(0);
     let session: number;
     do session = randomNonzeroU32(this.rnd);
     while (session === ctx.session);

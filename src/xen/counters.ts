@@ -28,6 +28,8 @@ export const COUNTER_NAMES = [
   "xenstore_ops",
   "xenstore_errors",
   "mem_shared_alloc",
+  "mem_shared_release",
+  "grant_read",
 ] as const;
 
 export type CounterName = (typeof COUNTER_NAMES)[number];

@@ -86,6 +86,13 @@ export class EventChannelTable {
     this.domains.set(d, new Map());
   }
 
+  /** Whether some domain's port names `d` (unbound ports waiting for it, or bound to it). */
+  waitsFor(d: DomId): boolean {
+    for (const ports of this.domains.values())
+      for (const e of ports.values()) if (e.remoteDom === d) return true;
+    return false;
+  }
+
   private portsOf(d: DomId): Map<EvtchnPort, PortEntry> {
     const ports = this.domains.get(d);
     if (!ports) throw new HypercallError("ESRCH", `domain ${d} does not exist`);

@@ -52,11 +52,17 @@ export function markGrantTableDead(shadow: SharedArrayBuffer): void {
   Atomics.store(new Int32Array(shadow), SHADOW_ALIVE, 0);
 }
 
-/** Where a frame's bytes live: a buffer and a byte offset. `shareable` frames may be handed to any domain. */
+/**
+ * Where a frame's bytes live: a buffer and a byte offset. `shareable` frames belong to a
+ * shared segment (a buffer of their own, which a mapping may hand out whole); the others are
+ * RAM, which only the privileged domain maps. `segment` is the hypervisor's own record of
+ * that segment (opaque here; absent in the privileged domain's foreign view).
+ */
 export interface FrameLocation {
   readonly buffer: SharedArrayBuffer;
   readonly offset: number;
   readonly shareable: boolean;
+  readonly segment?: unknown;
 }
 
 /** What the hypervisor-side checks need to know of a granting domain. */

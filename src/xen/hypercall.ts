@@ -18,14 +18,31 @@ import { answerSyncCall, SyncCallClient, SyncCallFailed } from "./sync-call.js";
 import type { XenStoreRequest } from "./xenstore.js";
 
 export type HypercallRequest =
-  | { op: "grant_map"; domid: DomId; ref: number; readonly: boolean }
+  /**
+   * Maps grants of `domid`. Writable: `refs` must grant, in order, every page of one shared
+   * segment (or, for the privileged domain, consecutive RAM frames), and the mapping is that
+   * segment's buffer. Read-only: any granted frames; no buffer is handed out, the mapping is
+   * a standing right to copy (grant_read), re-checked against the grant on every read.
+   */
+  | { op: "grant_map"; domid: DomId; ref?: number; refs?: number[]; readonly: boolean }
   | { op: "grant_unmap"; handle: number }
+  /** A copy of `length` bytes at `offset` of a read-only mapping (the grants must still be in force). */
+  | { op: "grant_read"; handle: number; offset: number; length: number }
   | { op: "grant_copy"; ops: GrantCopyOp[] }
   | { op: "evtchn_alloc_unbound"; remoteDom: DomId }
   | { op: "evtchn_bind_interdomain"; remoteDom: DomId; remotePort: EvtchnPort }
   | { op: "evtchn_close"; port: EvtchnPort }
   | { op: "evtchn_status"; port: EvtchnPort }
-  | { op: "mem_register_shared"; buffer: SharedArrayBuffer; pages: number }
+  /**
+   * A fresh shared segment of `pages` pages, made by the hypervisor (never a buffer the
+   * domain brings): `audience` lists the domains that may ever map it writable; without
+   * one, the first domain to map it becomes its only audience.
+   */
+  | { op: "mem_alloc_shared"; pages: number; audience?: DomId[] }
+  /** Adds `domid` to the audience of the caller's segment that starts at `pfn`. */
+  | { op: "mem_share"; pfn: number; domid: DomId }
+  /** Gives a segment back: its frames stop resolving for anyone (mappings already made stay). */
+  | { op: "mem_release_shared"; pfn: number }
   | { op: "foreign_domain"; domid: DomId };
 
 export type { SyncReply as HypercallReply } from "./sync-call.js";

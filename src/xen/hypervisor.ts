@@ -10,7 +10,15 @@
 import { EventEmitter } from "node:events";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { MessageChannel, type MessagePort, type TransferListItem, Worker } from "node:worker_threads";
-import { DOMID_MAX, type DomId, GNTST, PAGE_SIZE } from "./abi.js";
+import {
+  DOMID_MAX,
+  type DomId,
+  GNTST,
+  GTF_permit_access,
+  GTF_type_mask,
+  gntstName,
+  PAGE_SIZE,
+} from "./abi.js";
 import {
   allocCounterBuffer,
   CounterBlock,
@@ -26,6 +34,7 @@ import {
   DEFAULT_GRANT_ENTRIES,
   executeGrantCopy,
   type FrameLocation,
+  GNTTAB_NR_RESERVED_ENTRIES,
   type GrantCopyOp,
   type GrantingDomain,
   markGrantTableDead,
@@ -97,30 +106,71 @@ export type GuestControlMessage =
   | { type: "crash"; error: { name: string; message: string; stack?: string } }
   | { type: "user"; data: unknown };
 
-interface Segment {
-  firstPfn: number;
-  pages: number;
-  buffer: SharedArrayBuffer;
+/**
+ * A shared segment: a buffer the hypervisor made for one domain (its owner) to grant to
+ * others. A JS isolate cannot be handed part of a SharedArrayBuffer, and a buffer once handed
+ * to a thread can never be taken back. So the rules that make sharing safe live here, not
+ * in any guest-side wrapper:
+ *   1. a segment is always fresh memory (the hypervisor allocates it; no domain can register
+ *      a buffer it brought, e.g. one it once mapped from someone else);
+ *   2. a writable mapping gives the whole segment, so it needs a grant for every page of it;
+ *   3. only domains in the segment's audience may map it writable (the owner declares the
+ *      audience; undeclared, the first mapper is the whole audience), identified by
+ *      incarnation, so a reused domain id is not a member;
+ *   4. a released segment's frames never resolve again (frame numbers are not reused).
+ * Whoever was in the audience may keep the buffer; no one else can ever get it. That is
+ * what "memory a domain could once reach is never given to another domain" means here; the
+ * garbage collector frees the memory once every holder has dropped it.
+ */
+class Segment {
+  /** Incarnations (DomainRecord.serial) that ever mapped it writable. */
+  readonly holders = new Set<number>();
+  released = false;
+
+  constructor(
+    readonly owner: DomainRecord,
+    readonly firstPfn: number,
+    readonly pages: number,
+    readonly buffer: SharedArrayBuffer,
+    /** Incarnations allowed to map it writable (the owner and the privileged domain always may). */
+    readonly audience: Set<number>,
+    /** No audience declared yet: the first domain to map it becomes the audience. */
+    public open: boolean,
+  ) {}
 }
 
+/** A mapping a domain holds: writable ones pin their grants; read-only ones are a right to copy. */
 interface Mapping {
   granter: DomainRecord;
-  ref: number;
+  refs: number[];
   write: boolean;
 }
+
+/** Stopped domains the hypervisor still answers lookups for (domain(), counters()). */
+export const KEEP_STOPPED_DOMAINS = 256;
+/** At most this many pages in one segment, and in one mapping (16 MiB). */
+export const MAX_SEGMENT_PAGES = 4096;
+/** At most this many mappings per domain at once (each costs the hypervisor a record). */
+export const MAX_MAPPINGS_PER_DOMAIN = 16384;
 
 /** Everything the hypervisor keeps for one domain. */
 class DomainRecord implements GrantingDomain {
   readonly entries: Uint32Array;
   readonly shadow: Int32Array;
+  /** Live shared segments, in frame order (frame numbers only grow). */
   readonly segments: Segment[] = [];
+  /** Pages of live segments (the quota counts these). */
   sharedPages = 0;
+  /** Frame numbers handed out to segments so far, above RAM. */
+  sharedFrames = 0;
   readonly mappings = new Map<number, Mapping>();
   nextHandle = 1;
   readonly hyp: CounterWriter;
 
   constructor(
     readonly domid: DomId,
+    /** This incarnation of the domain id: unique for the life of the hypervisor. */
+    readonly serial: number,
     readonly privileged: boolean,
     readonly ram: SharedArrayBuffer,
     readonly nrPages: number,
@@ -134,14 +184,36 @@ class DomainRecord implements GrantingDomain {
     this.hyp = new CounterWriter(counters, CounterBlock.Hypervisor);
   }
 
+  segmentAt(pfn: number): Segment | undefined {
+    const segs = this.segments;
+    let lo = 0;
+    let hi = segs.length - 1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      const sg = segs[mid];
+      if (pfn < sg.firstPfn) hi = mid - 1;
+      else if (pfn >= sg.firstPfn + sg.pages) lo = mid + 1;
+      else return sg;
+    }
+    return undefined;
+  }
+
   frame(pfn: number): FrameLocation | undefined {
     if (!Number.isInteger(pfn) || pfn < 0) return undefined;
     if (pfn < this.nrPages) return { buffer: this.ram, offset: pfn * PAGE_SIZE, shareable: false };
-    for (const s of this.segments) {
-      if (pfn >= s.firstPfn && pfn < s.firstPfn + s.pages)
-        return { buffer: s.buffer, offset: (pfn - s.firstPfn) * PAGE_SIZE, shareable: true };
+    const sg = this.segmentAt(pfn);
+    if (!sg) return undefined;
+    return { buffer: sg.buffer, offset: (pfn - sg.firstPfn) * PAGE_SIZE, shareable: true, segment: sg };
+  }
+
+  /** Whether this domain's grant table has an entry in force naming `domid`. */
+  grantsTo(domid: DomId): boolean {
+    const e = this.entries;
+    for (let i = 2 * GNTTAB_NR_RESERVED_ENTRIES; i < e.length; i += 2) {
+      const w = Atomics.load(e, i);
+      if ((w & GTF_type_mask) === GTF_permit_access && w >>> 16 === domid) return true;
     }
-    return undefined;
+    return false;
   }
 }
 
@@ -212,7 +284,7 @@ export class Domain extends EventEmitter {
 
   /** Stops the domain if it still runs and releases its memory, grants, channels and XenStore entries. */
   async destroy(): Promise<void> {
-    await this.hv.destroyDomain(this.domid);
+    await this.hv.destroyDomainObject(this);
   }
 
   /** @internal */
@@ -291,6 +363,8 @@ export class Hypervisor {
   private readonly live = new Map<DomId, Domain>();
   private readonly all = new Map<DomId, Domain>();
   private nextDomid = 1;
+  private serials = 0;
+  private readonly stopped: Domain[] = [];
 
   constructor() {
     this.evtchn = new EventChannelTable((d) => this.records.has(d));
@@ -311,8 +385,7 @@ export class Hypervisor {
         throw new Error("createDomain: a privileged domain (domain 0) already runs on this host");
       domid = 0;
     } else {
-      if (this.nextDomid > DOMID_MAX) throw new RangeError("createDomain: out of domain ids");
-      domid = this.nextDomid++;
+      domid = this.allocDomid();
     }
     const name = c.name ?? (c.privileged ? "Domain-0" : c.native ? `native-${domid}` : `domU-${domid}`);
     const ram = new SharedArrayBuffer(c.pages * PAGE_SIZE);
@@ -320,6 +393,7 @@ export class Hypervisor {
     const counters = allocCounterBuffer();
     const rec = new DomainRecord(
       domid,
+      ++this.serials,
       c.privileged,
       ram,
       c.pages,
@@ -428,12 +502,17 @@ export class Hypervisor {
   async destroyDomain(domid: DomId): Promise<void> {
     const dom = this.all.get(domid);
     if (!dom) throw new RangeError(`destroyDomain: no domain ${domid}`);
+    await this.destroyDomainObject(dom);
+  }
+
+  /** @internal By identity: a stopped domain's id may since belong to a new domain. */
+  async destroyDomainObject(dom: Domain): Promise<void> {
     if (dom.state === "destroyed") return;
     const wasRunning = dom.state === "running" || dom.state === "booting";
     if (wasRunning) this.stopDomain(dom, "destroyed", {});
     else dom.settle("destroyed", {});
     await dom.worker.terminate();
-    this.all.delete(domid);
+    if (this.all.get(dom.domid) === dom) this.all.delete(dom.domid);
   }
 
   /** Destroys every domain (the host shuts down). */
@@ -448,6 +527,12 @@ export class Hypervisor {
   ) {
     if (!dom.settle(state, detail)) return;
     this.release(dom.domid);
+    // A host runs for weeks: keep the last stopped domains for lookups, not every one ever.
+    this.stopped.push(dom);
+    while (this.stopped.length > KEEP_STOPPED_DOMAINS) {
+      const old = this.stopped.shift()!;
+      if (this.all.get(old.domid) === old) this.all.delete(old.domid);
+    }
     // A guest that returned or crashed leaves nothing running behind it.
     // (A moment's grace first: output the guest printed last is still on its way to the host.)
     if (state !== "destroyed") setTimeout(() => void dom.worker.terminate(), 50).unref();
@@ -458,8 +543,13 @@ export class Hypervisor {
     const rec = this.records.get(domid);
     if (!rec) return;
     this.live.delete(domid);
-    for (const m of rec.mappings.values()) releaseGrant(m.granter, m.ref, m.write);
+    for (const m of rec.mappings.values())
+      if (m.write) for (const r of m.refs) releaseGrant(m.granter, r, true);
     rec.mappings.clear();
+    // Its segments go with it: no frame of theirs resolves again (holders keep what they mapped).
+    for (const sg of rec.segments) sg.released = true;
+    rec.segments.length = 0;
+    rec.sharedPages = 0;
     markGrantTableDead(rec.shadowBuffer);
     this.evtchn.closeAll(domid);
     if (domid !== 0) this.xenstore.releaseDomain(domid);
@@ -495,9 +585,11 @@ export class Hypervisor {
       throw new HypercallError("EINVAL", "hypercall must be an object");
     switch (req.op) {
       case "grant_map":
-        return this.grantMap(rec, req.domid, req.ref, req.readonly === true);
+        return this.grantMap(rec, req.domid, req.refs ?? req.ref, req.readonly === true);
       case "grant_unmap":
         return this.grantUnmap(rec, req.handle);
+      case "grant_read":
+        return this.grantRead(rec, req.handle, req.offset, req.length);
       case "grant_copy": {
         if (!Array.isArray(req.ops) || req.ops.length > 4096)
           throw new HypercallError("EINVAL", "grant_copy: ops must be an array of at most 4096 copies");
@@ -523,8 +615,12 @@ export class Hypervisor {
         return null;
       case "evtchn_status":
         return this.evtchn.status(rec.domid, req.port);
-      case "mem_register_shared":
-        return this.registerShared(rec, req.buffer, req.pages);
+      case "mem_alloc_shared":
+        return this.allocShared(rec, req.pages, req.audience);
+      case "mem_share":
+        return this.shareSegment(rec, req.pfn, req.domid);
+      case "mem_release_shared":
+        return this.releaseSegment(rec, req.pfn);
       case "foreign_domain":
         return this.foreignDomain(rec, req.domid);
       default:
@@ -535,74 +631,280 @@ export class Hypervisor {
     }
   }
 
-  private grantMap(rec: DomainRecord, granterId: DomId, ref: number, readonly: boolean) {
+  // ---- grant mappings ---------------------------------------------------------------------
+
+  private mapFail(rec: DomainRecord, status: number, error: string) {
+    this.count(rec, "grant_errors");
+    return { status, error: `${gntstName(status)}: ${error}` };
+  }
+
+  /**
+   * GNTTABOP_map_grant_ref, for a run of refs. Every check is here, on the host side of the
+   * hypercall: the guest-side wrapper is a convenience a guest can step around.
+   */
+  private grantMap(rec: DomainRecord, granterId: DomId, refsArg: unknown, readonly: boolean) {
+    const refs = Array.isArray(refsArg) ? refsArg : [refsArg];
+    if (refs.length < 1 || refs.length > MAX_SEGMENT_PAGES || !refs.every((r) => Number.isInteger(r)))
+      return this.mapFail(
+        rec,
+        GNTST.general_error,
+        `grant_map takes 1..${MAX_SEGMENT_PAGES} integer grant refs, got ${refs.length === 1 ? String(refs[0]) : `${refs.length}`}`,
+      );
+    if (rec.mappings.size >= MAX_MAPPINGS_PER_DOMAIN)
+      return this.mapFail(
+        rec,
+        GNTST.no_device_space,
+        `domain ${rec.domid} already holds ${rec.mappings.size} mappings (the limit); unmap some first`,
+      );
     const granter = this.records.get(granterId);
-    if (!granter) {
-      this.count(rec, "grant_errors");
-      return {
-        status: GNTST.bad_domain,
-        error: `GNTST_bad_domain: domain ${String(granterId)} does not exist`,
-      };
+    if (!granter) return this.mapFail(rec, GNTST.bad_domain, `domain ${String(granterId)} does not exist`);
+    if (readonly) {
+      // A right to copy, not a buffer: checked now, and again (against the grant as it is then) on every read.
+      for (const ref of refs) {
+        const r = acquireGrant(granter, ref as number, rec.domid, false);
+        if (r.status !== GNTST.okay) {
+          this.count(rec, "grant_errors");
+          return r;
+        }
+        releaseGrant(granter, ref as number, false);
+      }
+      const handle = rec.nextHandle++;
+      rec.mappings.set(handle, { granter, refs: refs.slice() as number[], write: false });
+      this.count(rec, "grant_map");
+      return { status: GNTST.okay, handle };
     }
-    const r = acquireGrant(granter, ref, rec.domid, !readonly);
-    if (r.status !== GNTST.okay) {
-      this.count(rec, "grant_errors");
-      return r;
+    const frames: FrameLocation[] = [];
+    const unpin = (n: number) => {
+      for (let j = 0; j < n; j++) releaseGrant(granter, refs[j] as number, true);
+    };
+    for (let i = 0; i < refs.length; i++) {
+      const r = acquireGrant(granter, refs[i] as number, rec.domid, true);
+      if (r.status !== GNTST.okay) {
+        unpin(i);
+        this.count(rec, "grant_errors");
+        return r;
+      }
+      frames.push(r.frame!);
     }
-    const frame = r.frame!;
-    if (!frame.shareable && !rec.privileged) {
-      releaseGrant(granter, ref, !readonly);
-      this.count(rec, "grant_errors");
-      return {
-        status: GNTST.bad_page,
-        error:
-          `GNTST_bad_page: grant ref ${ref} of domain ${granterId} names a RAM frame, which only the privileged ` +
-          "domain may map; grant a page from guest.allocShared() to share it with another guest",
-      };
+    const shape = this.mappable(rec, granter, refs as number[], frames);
+    if (typeof shape === "string") {
+      unpin(refs.length);
+      const status = shape.startsWith("!") ? GNTST.permission_denied : GNTST.bad_page;
+      return this.mapFail(rec, status, shape.replace(/^!/, ""));
     }
     const handle = rec.nextHandle++;
-    rec.mappings.set(handle, { granter, ref, write: !readonly });
+    rec.mappings.set(handle, { granter, refs: refs.slice() as number[], write: true });
     this.count(rec, "grant_map");
-    return { status: GNTST.okay, handle, buffer: frame.buffer, offset: frame.offset };
+    return { status: GNTST.okay, handle, buffer: shape.buffer, offset: shape.offset };
+  }
+
+  /**
+   * What a writable mapping of `frames` may hand out, or why not ("!" = permission). A guest
+   * gets a whole segment (every page granted, in order) if it is in the segment's audience;
+   * the privileged domain may also map consecutive RAM frames, as dom0 maps any guest page.
+   */
+  private mappable(
+    rec: DomainRecord,
+    granter: DomainRecord,
+    refs: number[],
+    frames: FrameLocation[],
+  ): { buffer: SharedArrayBuffer; offset: number } | string {
+    const first = frames[0];
+    const sg = first.segment as Segment | undefined;
+    if (!sg) {
+      if (!rec.privileged)
+        return (
+          `grant ref ${refs[0]} of domain ${granter.domid} names a RAM frame, which only the privileged ` +
+          "domain may map writable; grant a page from guest.allocShared() to share it with another guest " +
+          "(or map it read-only, which gives copies)"
+        );
+      for (let i = 1; i < frames.length; i++)
+        if (frames[i].segment || frames[i].offset !== first.offset + i * PAGE_SIZE)
+          return `grant refs ${refs.join(",")} of domain ${granter.domid} are not consecutive RAM frames`;
+      return { buffer: first.buffer, offset: first.offset };
+    }
+    if (frames.length !== sg.pages || first.offset !== 0)
+      return (
+        `grant refs ${refs.join(",")} of domain ${granter.domid} cover ${frames.length} page(s) from page ` +
+        `${first.offset / PAGE_SIZE} of a ${sg.pages}-page shared segment; a mapping gives the whole segment, ` +
+        "so it takes a grant of every page of it, in order"
+      );
+    for (let i = 1; i < frames.length; i++)
+      if (frames[i].segment !== sg || frames[i].offset !== i * PAGE_SIZE)
+        return `grant ref ${refs[i]} of domain ${granter.domid} is not page ${i} of the segment the others name`;
+    if (!rec.privileged && rec !== sg.owner) {
+      if (sg.open) {
+        sg.audience.add(rec.serial);
+        sg.open = false;
+      } else if (!sg.audience.has(rec.serial))
+        return (
+          `!the shared segment at frame ${sg.firstPfn} of domain ${granter.domid} is not shared with domain ${rec.domid}; ` +
+          "its owner must add it (guest.shareWith) before granting it"
+        );
+    }
+    sg.holders.add(rec.serial);
+    return { buffer: sg.buffer, offset: 0 };
   }
 
   private grantUnmap(rec: DomainRecord, handle: number) {
     const m = rec.mappings.get(handle);
-    if (!m) {
-      this.count(rec, "grant_errors");
-      return {
-        status: GNTST.bad_handle,
-        error: `GNTST_bad_handle: domain ${rec.domid} has no mapping ${String(handle)}`,
-      };
-    }
+    if (!m)
+      return this.mapFail(rec, GNTST.bad_handle, `domain ${rec.domid} has no mapping ${String(handle)}`);
     rec.mappings.delete(handle);
-    releaseGrant(m.granter, m.ref, m.write);
+    if (m.write) for (const r of m.refs) releaseGrant(m.granter, r, true);
     this.count(rec, "grant_unmap");
     return { status: GNTST.okay };
   }
 
-  private registerShared(rec: DomainRecord, buffer: SharedArrayBuffer, pages: number) {
+  /**
+   * A copy out of a read-only mapping. The grant is checked (and pinned for the copy) as it is
+   * now: a granter that ended it, or died, is not read, whatever the mapping once allowed.
+   */
+  private grantRead(rec: DomainRecord, handle: number, offset: number, length: number) {
+    const m = rec.mappings.get(handle);
+    if (!m || m.write)
+      return this.mapFail(
+        rec,
+        GNTST.bad_handle,
+        `domain ${rec.domid} has no read-only mapping ${String(handle)}`,
+      );
+    const total = m.refs.length * PAGE_SIZE;
     if (
-      !(buffer instanceof SharedArrayBuffer) ||
-      !Number.isInteger(pages) ||
-      pages < 1 ||
-      buffer.byteLength !== pages * PAGE_SIZE
+      !Number.isInteger(offset) ||
+      !Number.isInteger(length) ||
+      offset < 0 ||
+      length < 0 ||
+      offset + length > total
     )
+      return this.mapFail(
+        rec,
+        GNTST.bad_copy_arg,
+        `read of ${String(length)} bytes at ${String(offset)} is outside the ${total}-byte mapping`,
+      );
+    if (this.records.get(m.granter.domid) !== m.granter)
+      return this.mapFail(rec, GNTST.bad_domain, `domain ${m.granter.domid} is gone`);
+    const out = new Uint8Array(length);
+    let done = 0;
+    while (done < length) {
+      const at = offset + done;
+      const page = Math.floor(at / PAGE_SIZE);
+      const inPage = at % PAGE_SIZE;
+      const n = Math.min(PAGE_SIZE - inPage, length - done);
+      const r = acquireGrant(m.granter, m.refs[page], rec.domid, false);
+      if (r.status !== GNTST.okay) {
+        this.count(rec, "grant_errors");
+        return r;
+      }
+      out.set(new Uint8Array(r.frame!.buffer, r.frame!.offset + inPage, n), done);
+      releaseGrant(m.granter, m.refs[page], false);
+      done += n;
+    }
+    this.count(rec, "grant_read");
+    return { status: GNTST.okay, bytes: out };
+  }
+
+  // ---- shared segments ----------------------------------------------------------------------
+
+  private allocShared(rec: DomainRecord, pages: unknown, audience: unknown) {
+    if (!Number.isInteger(pages) || (pages as number) < 1 || (pages as number) > MAX_SEGMENT_PAGES)
       throw new HypercallError(
         "EINVAL",
-        "mem_register_shared: need a SharedArrayBuffer of exactly `pages` × 4096 bytes",
+        `mem_alloc_shared: pages must be an integer in 1..${MAX_SEGMENT_PAGES}, got ${String(pages)}`,
       );
-    if (rec.sharedPages + pages > rec.maxSharedPages)
+    const n = pages as number;
+    const members = new Set<number>();
+    if (audience !== undefined) {
+      if (!Array.isArray(audience) || audience.length > 64)
+        throw new HypercallError(
+          "EINVAL",
+          "mem_alloc_shared: audience must be an array of at most 64 domain ids",
+        );
+      for (const d of audience) {
+        const peer = Number.isInteger(d) ? this.records.get(d as DomId) : undefined;
+        if (!peer) throw new HypercallError("ESRCH", `mem_alloc_shared: domain ${String(d)} does not exist`);
+        if (peer !== rec) members.add(peer.serial);
+      }
+    }
+    if (rec.sharedPages + n > rec.maxSharedPages)
       throw new HypercallError(
         "ENOMEM",
-        `domain ${rec.domid} may register at most ${rec.maxSharedPages} shared pages (has ${rec.sharedPages}, asked ${pages}); ` +
-          "raise maxSharedPages in createDomain",
+        `domain ${rec.domid} may have at most ${rec.maxSharedPages} shared pages (has ${rec.sharedPages}, asked ${n}); ` +
+          "release segments it no longer needs, or raise maxSharedPages in createDomain",
       );
-    const firstPfn = rec.nrPages + rec.sharedPages;
-    rec.segments.push({ firstPfn, pages, buffer });
-    rec.sharedPages += pages;
-    this.count(rec, "mem_shared_alloc", pages);
-    return firstPfn;
+    const firstPfn = rec.nrPages + rec.sharedFrames;
+    if (firstPfn + n > 0xffffffff)
+      throw new HypercallError("ENOMEM", `domain ${rec.domid} has used up its shared frame numbers`);
+    const sg = new Segment(
+      rec,
+      firstPfn,
+      n,
+      new SharedArrayBuffer(n * PAGE_SIZE),
+      members,
+      audience === undefined,
+    );
+    rec.segments.push(sg);
+    rec.sharedFrames += n;
+    rec.sharedPages += n;
+    this.count(rec, "mem_shared_alloc", n);
+    return { pfn: firstPfn, buffer: sg.buffer };
+  }
+
+  private ownSegment(rec: DomainRecord, pfn: unknown, op: string): Segment {
+    const sg = Number.isInteger(pfn) ? rec.segmentAt(pfn as number) : undefined;
+    if (!sg || sg.firstPfn !== pfn)
+      throw new HypercallError(
+        "EINVAL",
+        `${op}: frame ${String(pfn)} does not start a shared segment of domain ${rec.domid}`,
+      );
+    return sg;
+  }
+
+  private shareSegment(rec: DomainRecord, pfn: unknown, domid: unknown) {
+    const sg = this.ownSegment(rec, pfn, "mem_share");
+    const peer = Number.isInteger(domid) ? this.records.get(domid as DomId) : undefined;
+    if (!peer) throw new HypercallError("ESRCH", `mem_share: domain ${String(domid)} does not exist`);
+    if (peer !== rec) sg.audience.add(peer.serial);
+    sg.open = false;
+    return null;
+  }
+
+  private releaseSegment(rec: DomainRecord, pfn: unknown) {
+    const sg = this.ownSegment(rec, pfn, "mem_release_shared");
+    rec.segments.splice(rec.segments.indexOf(sg), 1);
+    rec.sharedPages -= sg.pages;
+    sg.released = true;
+    this.count(rec, "mem_shared_release", sg.pages);
+    // The privileged domain caches foreign segments for in-place copies: it must look again.
+    for (const other of this.live.values())
+      if (other.privileged && other.domid !== rec.domid)
+        other.worker.postMessage({ type: "foreign-stale", domid: rec.domid });
+    return null;
+  }
+
+  // ---- domain ids ---------------------------------------------------------------------------
+
+  /**
+   * The next domain id, round robin as Xen's toolstack does, so an id comes back only after
+   * the others were used. An id is skipped while anything still names it — a grant in force
+   * in a live domain's table, an event channel waiting for it, a XenStore permission — so a
+   * new domain never inherits what was meant for an old one.
+   */
+  private allocDomid(): DomId {
+    for (let tries = 0; tries < DOMID_MAX; tries++) {
+      const d = this.nextDomid;
+      this.nextDomid = d >= DOMID_MAX ? 1 : d + 1;
+      if (this.records.has(d) || this.all.has(d)) continue;
+      if (this.isNamed(d)) continue;
+      return d;
+    }
+    throw new RangeError(
+      `createDomain: all ${DOMID_MAX} domain ids are in use (or still named by a live domain's grants, event channels or XenStore permissions)`,
+    );
+  }
+
+  private isNamed(d: DomId): boolean {
+    for (const r of this.records.values()) if (r.grantsTo(d)) return true;
+    return this.evtchn.waitsFor(d) || this.xenstore.referencesDomain(d);
   }
 
   /** The privileged domain's foreign access: everything it needs to validate and copy grants in place. */
@@ -616,7 +918,7 @@ export class Hypervisor {
       nrPages: d.nrPages,
       table: d.table,
       shadow: d.shadowBuffer,
-      segments: d.segments.map((s) => ({ ...s })),
+      segments: d.segments.map((s) => ({ firstPfn: s.firstPfn, pages: s.pages, buffer: s.buffer })),
     };
   }
 

@@ -622,6 +622,21 @@ export class XenStore {
     return this.introduced.has(domid);
   }
 
+  /**
+   * Whether any node's permissions name `domid`. The hypervisor gives a domain id to a new
+   * domain only when nothing names it any more, so a new domain never inherits access that
+   * was meant for an old one with the same id (xenstored guards this with node generations).
+   */
+  referencesDomain(domid: DomId): boolean {
+    const stack: Node[] = [this.live.root];
+    while (stack.length > 0) {
+      const n = stack.pop()!;
+      for (const p of n.perms) if (p.dom === domid) return true;
+      for (const c of n.children.values()) stack.push(c);
+    }
+    return false;
+  }
+
   // -- node operations --
 
   read(caller: DomId, path: string, tx?: number): string {

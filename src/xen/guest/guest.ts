@@ -24,23 +24,32 @@ import type { GuestBootData } from "../hypervisor.js";
 import { GuestMemory, type PageRun } from "../memory.js";
 import { RequestXenStoreClient, XenStoreError, type XenStoreRequest } from "../xenstore.js";
 
-/** A page of another domain, mapped through a grant. Writable mappings expose `bytes`. */
+/**
+ * Pages of another domain, mapped through grants. A writable mapping is the granter's whole
+ * shared segment (`bytes`); a read-only one holds no memory at all: `read`/`readInto` ask
+ * the hypervisor for a copy, checked against the grant as it stands at that moment.
+ */
 export class GrantMapping {
-  readonly #bytes: Uint8Array;
+  readonly #bytes: Uint8Array | undefined;
+  readonly #read: ((offset: number, length: number) => Uint8Array) | undefined;
 
   constructor(
     readonly domid: DomId,
     readonly ref: number,
     readonly handle: number,
     readonly readonly: boolean,
-    bytes: Uint8Array,
+    bytes: Uint8Array | undefined,
+    read?: (offset: number, length: number) => Uint8Array,
+    /** All the grant refs this mapping covers, in order. */
+    readonly refs: readonly number[] = [ref],
   ) {
     this.#bytes = bytes;
+    this.#read = read;
   }
 
-  /** The mapped page (writable mappings only; a read-only mapping offers `read`/`readInto`). */
+  /** The mapped pages (writable mappings only; a read-only mapping offers `read`/`readInto`). */
   get bytes(): Uint8Array {
-    if (this.readonly)
+    if (this.readonly || !this.#bytes)
       throw new GrantError(
         `grant ref ${this.ref} of domain ${this.domid} is mapped read-only; use read() or readInto()`,
       );
@@ -48,12 +57,13 @@ export class GrantMapping {
   }
 
   /** A copy of `length` bytes at `offset`. */
-  read(offset = 0, length = PAGE_SIZE - offset): Uint8Array {
-    return this.#bytes.slice(offset, offset + length);
+  read(offset = 0, length = this.refs.length * PAGE_SIZE - offset): Uint8Array {
+    if (this.#read) return this.#read(offset, length);
+    return this.#bytes!.slice(offset, offset + length);
   }
 
   readInto(dst: Uint8Array, offset = 0): void {
-    dst.set(this.#bytes.subarray(offset, offset + dst.length));
+    dst.set(this.read(offset, dst.length));
   }
 }
 
@@ -103,11 +113,19 @@ class ForeignDomains {
       if (pfn < info.nrPages) return { buffer: info.ram, offset: pfn * PAGE_SIZE, shareable: false };
       const seg = info.segments.find((s) => pfn >= s.firstPfn && pfn < s.firstPfn + s.pages);
       if (seg) return { buffer: seg.buffer, offset: (pfn - seg.firstPfn) * PAGE_SIZE, shareable: true };
-      // A segment registered after we cached this domain: refresh once.
-      const fresh = this.hc.call<ForeignInfo>({ op: "foreign_domain", domid: info.domid });
-      if (fresh.segments.length === info.segments.length) return undefined;
+      // A segment allocated after we cached this domain: look again (frame numbers only grow,
+      // so a frame above everything we know may be new; below it, it is not memory).
+      const known = info.segments.reduce((m, s) => Math.max(m, s.firstPfn + s.pages), info.nrPages);
+      if (pfn < known) return undefined;
+      let fresh: ForeignInfo;
+      try {
+        fresh = this.hc.call<ForeignInfo>({ op: "foreign_domain", domid: info.domid });
+      } catch {
+        return undefined;
+      }
       info.segments = fresh.segments;
-      return frame(pfn);
+      const again = info.segments.find((s) => pfn >= s.firstPfn && pfn < s.firstPfn + s.pages);
+      return again && { buffer: again.buffer, offset: (pfn - again.firstPfn) * PAGE_SIZE, shareable: true };
     };
     return {
       domid: info.domid,
@@ -146,26 +164,47 @@ export class GuestGrants {
     return this.table.isInUse(ref);
   }
 
-  /** Maps `domid`'s grant `ref` into this domain. A failed map returns the GNTST status and changes nothing. */
-  map(domid: DomId, ref: number, opts: { readonly?: boolean } = {}): MapResult {
+  /**
+   * Maps `domid`'s grant `ref` (or, with an array, refs covering every page of one shared
+   * segment, in order) into this domain. A failed map returns the GNTST status and changes
+   * nothing. Writable mappings of another guest's memory give its whole shared segment, so
+   * they need a grant of every page of it; read-only mappings give copies on request.
+   */
+  map(domid: DomId, ref: number | readonly number[], opts: { readonly?: boolean } = {}): MapResult {
     const readonly = opts.readonly === true;
     if (!Number.isInteger(domid) || domid < 0 || domid > DOMID_MAX)
       return { status: GNTST.bad_domain, error: `GNTST_bad_domain: ${String(domid)} is not a domain id` };
+    const refs = typeof ref === "number" ? [ref] : [...ref];
     const r = this.hc.call<GrantResult & { handle?: number; buffer?: SharedArrayBuffer; offset?: number }>({
       op: "grant_map",
       domid,
-      ref,
+      refs,
       readonly,
     });
     if (r.status !== GNTST.okay) return { status: r.status, error: r.error ?? "grant map failed" };
-    const bytes = new Uint8Array(r.buffer!, r.offset!, PAGE_SIZE);
-    return { status: 0, mapping: new GrantMapping(domid, ref, r.handle!, readonly, bytes) };
+    const handle = r.handle!;
+    if (readonly) {
+      const read = (offset: number, length: number): Uint8Array => {
+        const got = this.hc.call<GrantResult & { bytes?: Uint8Array }>({
+          op: "grant_read",
+          handle,
+          offset,
+          length,
+        });
+        if (got.status !== GNTST.okay) throw new GrantError(got.error ?? "grant read failed", refs[0]);
+        return got.bytes!;
+      };
+      return { status: 0, mapping: new GrantMapping(domid, refs[0], handle, true, undefined, read, refs) };
+    }
+    const bytes = new Uint8Array(r.buffer!, r.offset!, refs.length * PAGE_SIZE);
+    return { status: 0, mapping: new GrantMapping(domid, refs[0], handle, false, bytes, undefined, refs) };
   }
 
   /** map() that throws a GrantError (with Xen's status name) instead of returning a status. */
-  mapOrThrow(domid: DomId, ref: number, opts: { readonly?: boolean } = {}): GrantMapping {
+  mapOrThrow(domid: DomId, ref: number | readonly number[], opts: { readonly?: boolean } = {}): GrantMapping {
     const r = this.map(domid, ref, opts);
-    if (r.status !== 0) throw new GrantError((r as { error: string }).error, ref);
+    if (r.status !== 0)
+      throw new GrantError((r as { error: string }).error, typeof ref === "number" ? ref : ref[0]);
     return (r as { mapping: GrantMapping }).mapping;
   }
 
@@ -377,34 +416,40 @@ export class Guest {
   }
 
   /**
-   * Allocates `pages` pages that another (unprivileged) domain may map: a separately backed
-   * segment registered with the hypervisor. Use it for rings and channels shared with guests.
+   * Allocates `pages` fresh pages that other domains may map: a shared segment the hypervisor
+   * makes and registers as this domain's frames. Use it for rings and channels shared with
+   * guests. `audience` lists who may map it (writable mappings are the whole segment); without
+   * one, the first domain to map it is the only one who ever can. A segment once mapped by a
+   * domain stays reachable by it: release it (releaseShared) rather than reuse it for someone else.
    */
-  allocShared(pages = 1): PageRun {
+  allocShared(pages = 1, opts: { audience?: readonly DomId[] } = {}): PageRun {
     if (!Number.isInteger(pages) || pages < 1 || pages > 4096)
       throw new RangeError(`allocShared: pages must be an integer in 1..4096, got ${String(pages)}`);
-    return this.adoptShared(new SharedArrayBuffer(pages * PAGE_SIZE));
-  }
-
-  /**
-   * Makes an existing SharedArrayBuffer (a whole number of pages) part of this domain's
-   * frames, so it can be granted: how the driver domain hands a device's memory (a NIC
-   * window, a channel) to a guest.
-   */
-  adoptShared(buffer: SharedArrayBuffer): PageRun {
-    if (
-      !(buffer instanceof SharedArrayBuffer) ||
-      buffer.byteLength === 0 ||
-      buffer.byteLength % PAGE_SIZE !== 0
-    )
-      throw new RangeError(
-        "adoptShared: need a SharedArrayBuffer whose size is a whole number of 4 KiB pages",
-      );
-    const pages = buffer.byteLength / PAGE_SIZE;
-    const pfn = this.hc.call<number>({ op: "mem_register_shared", buffer, pages });
+    const audience = opts.audience === undefined ? undefined : [...opts.audience];
+    const { pfn, buffer } = this.hc.call<{ pfn: number; buffer: SharedArrayBuffer }>({
+      op: "mem_alloc_shared",
+      pages,
+      audience,
+    });
     const run = { pfn, count: pages, bytes: new Uint8Array(buffer) };
     this.shared.push(run);
     return run;
+  }
+
+  /** Lets `domid` map the shared segment `run` (from allocShared) too. It cannot be taken back. */
+  shareWith(run: Pick<PageRun, "pfn">, domid: DomId): void {
+    this.hc.call({ op: "mem_share", pfn: run.pfn, domid });
+  }
+
+  /**
+   * Gives a shared segment back: its frames stop being this domain's, so no new grant, map or
+   * copy reaches them. Domains that mapped it keep what they mapped (the hypervisor cannot
+   * take a buffer back), which is why a segment is released, never handed to someone new.
+   */
+  releaseShared(run: Pick<PageRun, "pfn">): void {
+    const i = this.shared.findIndex((s) => s.pfn === run.pfn);
+    this.hc.call({ op: "mem_release_shared", pfn: run.pfn });
+    if (i >= 0) this.shared.splice(i, 1);
   }
 
   /** The bytes of one of this domain's frames (RAM or shared segment). */

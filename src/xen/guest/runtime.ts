@@ -45,7 +45,9 @@ const post = (m: GuestControlMessage) => port.postMessage(m);
 const guest = new Guest(boot, (m) => port.postMessage(m));
 port.on("message", (m: { type: string; data?: unknown; domid?: number }) => {
   if (m?.type === "host") guest.deliverHostMessage(m.data);
-  else if (m?.type === "domain-gone" && typeof m.domid === "number") guest.dropForeign(m.domid);
+  // A domain died or gave back a segment: the privileged domain's cached view of it is stale.
+  else if ((m?.type === "domain-gone" || m?.type === "foreign-stale") && typeof m.domid === "number")
+    guest.dropForeign(m.domid);
 });
 
 try {
