@@ -243,6 +243,8 @@ export class GrantKeeper {
  * read), so one may serve anyone once its grant has ended.
  */
 export interface WindowSlot {
+  /** Nonzero, unique in this backend: the frontend may keep its mappings of a slot it knows. */
+  id: number;
   window: PageRun;
   intr: PageRun;
   /** Grants to the owner: the window's pages, then the interrupt page's. */
@@ -277,6 +279,7 @@ export class SharedMemory {
   private readonly channels = new Map<string, { free: ChannelMem[]; count: number }>();
   /** Response pages whose grant has ended. */
   private readonly rspFree: PageRun[] = [];
+  private nextSlotId = 1;
 
   constructor(
     private readonly guest: Guest,
@@ -331,7 +334,9 @@ export class SharedMemory {
       throw e;
     }
     this.publish();
-    return { window, intr, refs, peerRefs: new Map() };
+    const id = this.nextSlotId;
+    this.nextSlotId = (this.nextSlotId % 0x7fffffff) + 1;
+    return { id, window, intr, refs, peerRefs: new Map() };
   }
 
   /** The endpoint closed: the slot waits for the same domain's next endpoint. */
@@ -1193,6 +1198,7 @@ export class MyriBack {
         vals[1] = ep.session;
         vals[2] = slot.window.count;
         vals[3] = slot.intr.count;
+        vals[4] = slot.id;
         return this.putRefs(f, [slot.refs]);
       }
       case Op.CLOSE_ENDPOINT:

@@ -71,7 +71,8 @@ export interface MyriFrontOptions {
 
 interface Response {
   vals: Uint32Array;
-  refs: number[];
+  /** The refs on the response page, read (a copy through the hypervisor) when asked for. */
+  refs: () => number[];
 }
 
 interface LocalChannel {
@@ -81,8 +82,17 @@ interface LocalChannel {
 
 interface LocalEndpoint {
   id: number;
-  mappings: GrantMapping[];
+  slot: WindowSlot;
+  /** The slot stays mapped after close (the backend keeps slots). */
+  kept: boolean;
   channels: Map<number, LocalChannel>;
+}
+
+/** An endpoint window and interrupt page the backend keeps for this domain, mapped once. */
+interface WindowSlot {
+  window: SharedArrayBuffer;
+  intr: SharedArrayBuffer;
+  mappings: GrantMapping[];
 }
 
 const decoder = new TextDecoder();
@@ -110,6 +120,8 @@ export class MyriFront implements MxDriver {
   private readonly endpoints = new Map<number, LocalEndpoint>();
   private readonly regions = new Map<number, { endpointId: number; refs: number[] }>();
   private readonly rspPages = new Map<number, GrantMapping>();
+  /** Window slots by the backend's slot id: the same slot comes back with the same grants. */
+  private readonly slots = new Map<number, WindowSlot>();
 
   private constructor(
     private readonly guest: Guest,
@@ -258,11 +270,14 @@ export class MyriFront implements MxDriver {
     const vals = new Uint32Array(8);
     for (let i = 0; i < 8; i++) vals[i] = r.getUint32(RSP_VAL + 4 * i, true);
     const n = Math.min(r.getUint32(RSP_NR_REFS, true), REFS_PER_PAGE);
-    const refs: number[] = [];
-    if (n > 0 && pageRef !== NO_REF) {
-      const page = new DataView(this.rspPage(pageRef).read(0, 4 * n).buffer);
-      for (let i = 0; i < n; i++) refs.push(page.getUint32(4 * i, true));
-    }
+    const refs = (): number[] => {
+      const out: number[] = [];
+      if (n > 0 && pageRef !== NO_REF) {
+        const page = new DataView(this.rspPage(pageRef).read(0, 4 * n).buffer);
+        for (let i = 0; i < n; i++) out.push(page.getUint32(4 * i, true));
+      }
+      return out;
+    };
     return { vals, refs };
   }
 
@@ -343,21 +358,32 @@ export class MyriFront implements MxDriver {
   // ---- MxDriver ---------------------------------------------------------------------------
 
   openEndpoint(endpointId: number, key: number): DriverEndpoint {
-    const { vals, refs } = this.call(Op.OPEN_ENDPOINT, endpointId, [key]);
-    const [id, session, windowPages, intrPages] = vals;
-    const ep: LocalEndpoint = { id, mappings: [], channels: new Map() };
+    const reply = this.call(Op.OPEN_ENDPOINT, endpointId, [key]);
+    const [id, session, windowPages, intrPages, slotId] = reply.vals;
     try {
-      if (refs.length !== windowPages + intrPages || windowPages === 0 || intrPages === 0)
-        throw fail(
-          "MX_FAILURE",
-          `the backend granted ${refs.length} pages for a ${windowPages}+${intrPages}-page endpoint`,
-        );
-      const window = this.mapBuffer(refs.slice(0, windowPages), "endpoint window", ep.mappings);
-      const intr = this.mapBuffer(refs.slice(windowPages), "interrupt page", ep.mappings);
-      this.endpoints.set(id, ep);
-      return { endpointId: id, session, window, intr };
+      let slot = this.slots.get(slotId);
+      if (!slot) {
+        const refs = reply.refs();
+        if (refs.length !== windowPages + intrPages || windowPages === 0 || intrPages === 0)
+          throw fail(
+            "MX_FAILURE",
+            `the backend granted ${refs.length} pages for a ${windowPages}+${intrPages}-page endpoint`,
+          );
+        const mappings: GrantMapping[] = [];
+        try {
+          const window = this.mapBuffer(refs.slice(0, windowPages), "endpoint window", mappings);
+          const intr = this.mapBuffer(refs.slice(windowPages), "interrupt page", mappings);
+          slot = { window, intr, mappings };
+        } catch (e) {
+          this.unmapAll(mappings);
+          throw e;
+        }
+        // Slot 0 is a backend that does not keep slots: map anew each time.
+        if (slotId !== 0) this.slots.set(slotId, slot);
+      }
+      this.endpoints.set(id, { id, slot, kept: slotId !== 0, channels: new Map() });
+      return { endpointId: id, session, window: slot.window, intr: slot.intr };
     } catch (e) {
-      this.unmapAll(ep.mappings);
       try {
         this.call(Op.CLOSE_ENDPOINT, id, []);
       } catch {
@@ -369,9 +395,10 @@ export class MyriFront implements MxDriver {
 
   closeEndpoint(endpointId: number): void {
     const ep = this.local(endpointId);
-    // Unmap first, so the backend can revoke its grants the moment it closes the endpoint.
+    // Channels unmapped first, so the backend can reuse them for the pair once it closes the
+    // endpoint; the window slot stays mapped: it is this domain's, and comes back to it.
     for (const ch of ep.channels.values()) this.unmapAll(ch.mappings);
-    this.unmapAll(ep.mappings);
+    if (!ep.kept) this.unmapAll(ep.slot.mappings);
     this.endpoints.delete(endpointId);
     try {
       this.call(Op.CLOSE_ENDPOINT, endpointId, []);
@@ -447,7 +474,7 @@ export class MyriFront implements MxDriver {
     const ep = this.local(endpointId);
     const { vals, refs } = this.call(Op.CONNECT, endpointId, [peerNic, peerEndpoint, key]);
     const conn: DriverConnection = { peerNic: vals[0], peerEndpoint: vals[1], peerSession: vals[2] };
-    if (vals[3] & CONNECT_FLAG_CHANNEL) conn.channel = this.mapChannel(ep, vals, refs).conn;
+    if (vals[3] & CONNECT_FLAG_CHANNEL) conn.channel = this.mapChannel(ep, vals, refs()).conn;
     return conn;
   }
 
@@ -457,7 +484,7 @@ export class MyriFront implements MxDriver {
   ): DriverChannel & { peerNic: number; peerEndpoint: number; peerSession: number } {
     const ep = this.local(endpointId);
     const { vals, refs } = this.call(Op.ACCEPT_CHANNEL, endpointId, [channelId]);
-    return this.mapChannel(ep, vals, refs).conn;
+    return this.mapChannel(ep, vals, refs()).conn;
   }
 
   private mapChannel(ep: LocalEndpoint, vals: Uint32Array, refs: number[]): LocalChannel {
@@ -541,6 +568,8 @@ export class MyriFront implements MxDriver {
       }
     }
     this.finalized = true;
+    for (const slot of this.slots.values()) this.unmapAll(slot.mappings);
+    this.slots.clear();
     this.unmapAll([...this.rspPages.values()]);
     this.rspPages.clear();
     const xs = this.xs;
