@@ -241,6 +241,7 @@ class ControlConnection {
         program: m.program,
         argv: m.argv,
         ranks: m.ranks,
+        key: m.key,
         pages: m.pages,
         maxHeapMb: m.maxHeapMb,
       },

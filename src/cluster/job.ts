@@ -8,12 +8,18 @@
  * A host is a JobTarget: the Host in this process (LocalTarget, the embedded default) or a
  * `myrixen host` reached over the control protocol (RemoteHost in remote.ts). Both run their
  * ranks with the same RankSet (ranks.ts); this file is the one launcher for both.
+ *
+ * Each job draws its own MX endpoint key here (newJobKey: node:crypto, never 0 or the old
+ * shared constant, never one this process drew before), which the hosts hand to its ranks:
+ * ranks of another job hold another key and cannot connect to this job's endpoints.
  */
+import { randomInt } from "node:crypto";
 import { hostname as osHostname } from "node:os";
 import type { Host } from "../host/host.js";
 import type { DomainExit } from "../xen/hypervisor.js";
 import type { HostAddress } from "./hostfile.js";
 import { type MapBy, PlacementError, placeRanks } from "./placement.js";
+import { isJobKey } from "./protocol.js";
 import { type RankEvents, type RankExit, RankRefusal, RankSet, type RankStartSpec } from "./ranks.js";
 import { type LinkPeer, MAX_RANKS, RANK_PATHS, type RankPath } from "./wire.js";
 
@@ -167,6 +173,21 @@ function defaultOutput(rank: number, stream: "stdout" | "stderr", line: string):
 
 let jobCounter = 0;
 
+/** Keys this process drew (so it never draws one twice); bounded, oldest forgotten first. */
+const drawnKeys = new Set<number>();
+const MAX_REMEMBERED_KEYS = 1 << 16;
+
+/** A job's endpoint key: random (node:crypto), a u32 other than 0 and the old shared constant, new to this process. */
+export function newJobKey(): number {
+  for (;;) {
+    const k = randomInt(1, 0x1_0000_0000);
+    if (!isJobKey(k) || drawnKeys.has(k)) continue;
+    drawnKeys.add(k);
+    if (drawnKeys.size > MAX_REMEMBERED_KEYS) drawnKeys.delete(drawnKeys.values().next().value as number);
+    return k;
+  }
+}
+
 /** Unique enough across launchers: hosts also keep each launcher's jobs apart. */
 function newJobId(): string {
   const host = osHostname()
@@ -187,6 +208,8 @@ export class Job {
   private settle: (() => void) | undefined;
   private readonly lostHosts: JobResult["lostHosts"] = [];
   readonly id: string;
+  /** The job's MX endpoint key, handed to its ranks only (not logged, not in any status). */
+  private readonly key = newJobKey();
 
   constructor(
     hosts: Host | JobTarget | JobTarget[],
@@ -347,6 +370,7 @@ export class Job {
           program: spec.program,
           argv: spec.argv ?? [],
           ranks,
+          key: this.key,
           pages: spec.pages,
           maxHeapMb: spec.maxHeapMb,
         },

@@ -179,6 +179,7 @@ export class RemoteHost implements JobTarget {
       program: programForHosts(spec.program),
       argv: spec.argv,
       ranks: spec.ranks,
+      key: spec.key,
       pages: spec.pages,
       maxHeapMb: spec.maxHeapMb,
     }).then(() => undefined);

@@ -6,12 +6,13 @@
  * says who it is (hostname, NIC id, link address, slots).
  *
  * Client → host: hello, link (make sure the NIC is linked to these peers), start (ranks of a
- * job), peers (the MPI address relay), stop (a job), status, ping.
+ * job, with the job's endpoint key), peers (the MPI address relay), stop (a job), status, ping.
  * Host → client: hello, reply (to link/start), status, output (a rank's line), addr (a rank's
  * MX address), exit (a rank ended), log, error (why the host drops the connection), pong.
  */
 import type net from "node:net";
 import { z } from "zod";
+import { isJobKey } from "./protocol.js";
 
 export const WIRE_VERSION = 1;
 /** Longest line either side accepts; a longer one is garbage and drops the connection. */
@@ -33,6 +34,8 @@ const rank = z
 const jobId = z.string().regex(/^[A-Za-z0-9_.:@-]{1,128}$/, "a job id of 1-128 characters [A-Za-z0-9_.:@-]");
 const hostName = z.string().min(1).max(255);
 const port = z.int().min(1).max(65535);
+/** A job's MX endpoint key: a random u32, never 0 or the constant every job once shared. */
+const jobKey = z.int().refine(isJobKey, "a job key (a random u32 other than 0 and 0x4d504921)");
 export const RANK_PATHS = ["native", "bypass", "split"] as const;
 export type RankPath = (typeof RANK_PATHS)[number];
 
@@ -65,6 +68,7 @@ const Start = z.strictObject({
   program: z.string().min(1).max(4096),
   argv: z.array(z.string().max(65536)).max(4096),
   ranks: z.array(rank).min(1).max(MAX_RANKS),
+  key: jobKey,
   pages: z
     .int()
     .min(1)
