@@ -17,6 +17,7 @@ import { randomInt } from "node:crypto";
 import { hostname as osHostname } from "node:os";
 import type { Host } from "../host/host.js";
 import type { DomainExit } from "../xen/hypervisor.js";
+import type { ClusterKey } from "./auth.js";
 import type { HostAddress } from "./hostfile.js";
 import { type MapBy, PlacementError, placeRanks } from "./placement.js";
 import { isJobKey } from "./protocol.js";
@@ -51,9 +52,9 @@ export interface JobTarget {
 }
 
 /**
- * The Host in this process as a JobTarget. With a `linkAddress` (its NIC listens there) it can
- * be one of several hosts of a job: several Hosts in one process, NICs joined over TCP, as
- * `myrixen start` runs its two-host cluster.
+ * The Host in this process as a JobTarget. With a `linkAddress` (its NIC listens there, with
+ * `clusterKey`) it can be one of several hosts of a job: several Hosts in one process, NICs
+ * joined over TCP and authenticated with the key, as `myrixen start` runs its two-host cluster.
  */
 export class LocalTarget implements JobTarget {
   readonly label: string;
@@ -64,6 +65,7 @@ export class LocalTarget implements JobTarget {
     readonly slots = Number.POSITIVE_INFINITY,
     label = "local",
     readonly linkAddress?: HostAddress,
+    private readonly clusterKey?: ClusterKey,
   ) {
     this.label = label;
   }
@@ -75,13 +77,14 @@ export class LocalTarget implements JobTarget {
   /** Links this NIC to the peers' (the lower NIC id connects, as between host processes) and waits until both ends see each link. */
   async link(peers: LinkPeer[], timeoutMs: number): Promise<void> {
     if (peers.length === 0) return;
-    if (!this.linkAddress)
-      throw new Error("this embedded host has no link address: it links to no other host");
+    if (!this.linkAddress || !this.clusterKey)
+      throw new Error("this embedded host has no link address and cluster key: it links to no other host");
+    const key = this.clusterKey.bytes;
     const deadline = Date.now() + timeoutMs;
     const have = new Set((await this.host.nicInfo()).links);
     for (const p of peers)
       if (!have.has(p.nicId) && this.nicId < p.nicId)
-        await this.host.nic.attachLink({ kind: "tcp", host: p.host, port: p.port, timeoutMs });
+        await this.host.nic.attachLink({ kind: "tcp", host: p.host, port: p.port, timeoutMs, key });
     for (;;) {
       const links = new Set((await this.host.nicInfo()).links);
       const missing = peers.filter((p) => !links.has(p.nicId));
