@@ -9,7 +9,7 @@
  */
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, statSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -25,6 +25,7 @@ import { fixture, type HostProc, killChildren, myrixen, startHost, until } from 
 after(killChildren);
 
 const TMP = mkdtempSync(join(tmpdir(), "myrixen-auth-"));
+after(() => rmSync(TMP, { recursive: true, force: true }));
 // Nothing here may read or write the user's own key file.
 process.env.XDG_CONFIG_HOME = join(TMP, "xdg-unused");
 delete process.env.MYRIXEN_KEY_FILE;
