@@ -39,6 +39,13 @@ test("addresses: host, host:port, IPv4, IPv6 with and without brackets; bad port
   assert.match(parseAddress("a:http", 7470) as string, /port "http" is not a number/);
   assert.match(parseAddress("bad host", 7470) as string, /not a valid host name/);
   assert.match(parseAddress("[nothex]:1", 7470) as string, /not an IPv6 address/);
+  // Colons alone are not an address (they used to pass as IPv6 and be retried forever).
+  for (const bad of ["::::", ":::", "1:2:3:4:5:6:7:8:9", "[::::]:7470", "fe80::1%"])
+    assert.match(
+      parseAddress(bad, 7470) as string,
+      /not (a host name, IPv4 or IPv6 address|an IPv6 address)/,
+      bad,
+    );
   assert.match(parseAddress("", 7470) as string, /empty/);
 });
 

@@ -8,7 +8,8 @@
  *
  * Tests named "MX cross-host: ..." need MX messages between ranks on different hosts (NIC
  * links carrying CONNECT, SEND and remote PULL); everything else runs programs that never
- * message across hosts.
+ * message across hosts. Hosts and launchers share the default cluster key file, generated
+ * on first use under this test's own XDG_CONFIG_HOME (cluster-auth.test.ts tests the key).
  */
 import assert from "node:assert/strict";
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
@@ -18,6 +19,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
 import { fileURLToPath } from "node:url";
+import { controlProof, loadClusterKey } from "../src/cluster/auth.js";
 import { Job } from "../src/cluster/job.js";
 import { RemoteHost } from "../src/cluster/remote.js";
 import { MAX_LINE_BYTES } from "../src/cluster/wire.js";
@@ -25,6 +27,10 @@ import { MAX_LINE_BYTES } from "../src/cluster/wire.js";
 const BIN = fileURLToPath(new URL("../../bin/myrixen.js", import.meta.url));
 const fixture = (name: string) => fileURLToPath(new URL(`./fixtures/${name}.js`, import.meta.url));
 const TMP = mkdtempSync(join(tmpdir(), "myrixen-multihost-"));
+// The default key file goes here (children inherit it), never into the user's home.
+process.env.XDG_CONFIG_HOME = TMP;
+delete process.env.MYRIXEN_KEY_FILE;
+const KEY = loadClusterKey();
 
 type Log = Record<string, unknown> & { msg: string; level: string };
 
@@ -159,7 +165,7 @@ function myrixen(
 }
 
 async function status(h: { port: number }, host = "127.0.0.1") {
-  const c = await RemoteHost.connect({ host, port: h.port });
+  const c = await RemoteHost.connect({ host, port: h.port }, { key: KEY });
   try {
     return await c.status();
   } finally {
@@ -372,21 +378,30 @@ test("two hosts with the same NIC id are refused with both named; unreachable ho
   );
 });
 
-/** A control port that speaks the protocol but whose NIC is nowhere (link port 1), or speaks garbage. */
+/**
+ * A control port that speaks the protocol (and holds the cluster key) but whose NIC is nowhere
+ * (link port 1), or speaks garbage.
+ */
 async function fakeHost(mode: "no-nic" | "garbage"): Promise<{ port: number; close: () => void }> {
   const server = net.createServer((s) => {
     s.on("error", () => {});
+    let clientNonce = "";
+    const hostNonce = "ab".repeat(32);
     lines(s, (l) => {
-      const m = JSON.parse(l) as { type: string; id?: number };
+      const m = JSON.parse(l) as { type: string; id?: number; nonce?: string };
       if (mode === "garbage") {
         s.write("HTTP/1.1 400 Bad Request\r\n\r\n");
         return;
       }
       const reply = (o: unknown) => s.write(`${JSON.stringify(o)}\n`);
-      if (m.type === "hello")
+      if (m.type === "hello") {
+        clientNonce = m.nonce ?? "";
+        reply({ type: "challenge", nonce: hostNonce });
+      } else if (m.type === "auth")
         reply({
           type: "hello",
-          version: 1,
+          version: 2,
+          proof: controlProof(KEY, "host", clientNonce, hostNonce),
           hostname: "fake",
           // The highest id: the real host must connect to it, and finds nothing there.
           nicId: 0xfffffffe,
@@ -485,6 +500,7 @@ test("host --help documents every option; run --help the multi-host flags", asyn
     "--config <file>",
     "--log-level <level>",
     "--log-format <format>",
+    "--key-file <file>",
   ])
     assert.ok(h.stdout.includes(o), `${o} missing from:\n${h.stdout}`);
   assert.match(h.stdout, /0\.0\.0\.0 or \[::\] exposes it/);
@@ -495,6 +511,7 @@ test("host --help documents every option; run --help the multi-host flags", asyn
     "--map-by <how>",
     "--oversubscribe",
     "--tag-output",
+    "--key-file <file>",
     "split",
   ])
     assert.ok(r.stdout.includes(o), `${o} missing from:\n${r.stdout}`);
@@ -589,18 +606,19 @@ function poke(
 }
 
 test("garbage on the control port is logged and dropped; the host keeps serving", async () => {
-  const hello = `${JSON.stringify({ type: "hello", version: 1, role: "launcher", name: "t" })}\n`;
+  const hello = `${JSON.stringify({ type: "hello", version: 2, role: "launcher", name: "t", nonce: "cd".repeat(32) })}\n`;
   const random = Buffer.alloc(70_000);
   for (let i = 0; i < random.length; i++) random[i] = (i * 7919 + 13) & 0xff;
   const cases: [string, (Buffer | string)[], RegExp][] = [
     ["random bytes", [random], /not UTF-8|not JSON|longer than/],
-    ["an oversized line", [Buffer.alloc(MAX_LINE_BYTES + 10, 0x61)], /a line longer than 1048576 bytes/],
+    // Before it has proved the key, a client's lines are held to MAX_HANDSHAKE_LINE_BYTES.
+    ["an oversized line", [Buffer.alloc(MAX_LINE_BYTES + 10, 0x61)], /a line longer than 4096 bytes/],
     ["not JSON", ["GET / HTTP/1.1\r\nHost: x\r\n\r\n"], /not JSON/],
     ["a JSON array", ["[1,2,3]\n"], /must be a JSON object/],
     [
       "a wrong version",
       [`${JSON.stringify({ type: "hello", version: 99, role: "launcher", name: "t" })}\n`],
-      /protocol version mismatch: the peer speaks version 99, this side speaks 1/,
+      /protocol version mismatch: the peer speaks version 99, this side speaks 2/,
     ],
     [
       "no hello first",
@@ -609,9 +627,9 @@ test("garbage on the control port is logged and dropped; the host keeps serving"
     ],
     ["an unknown type", [hello, `${JSON.stringify({ type: "reboot" })}\n`], /unknown message type "reboot"/],
     [
-      "a bad start",
+      "a start before authenticating",
       [hello, `${JSON.stringify({ type: "start", id: 1, job: "j", size: -1 })}\n`],
-      /bad "start" message: field "size"/,
+      /"start" before authenticating/,
     ],
   ];
   const before = A.logs.length;
@@ -628,7 +646,7 @@ test("garbage on the control port is logged and dropped; the host keeps serving"
   await poke(A.port, []);
   // The host told the wrong-version client why before closing.
   const v = await poke(A.port, [
-    `${JSON.stringify({ type: "hello", version: 2, role: "launcher", name: "t" })}\n`,
+    `${JSON.stringify({ type: "hello", version: 3, role: "launcher", name: "t" })}\n`,
   ]);
   assert.match(v.got, /"type":"error".*version mismatch/);
   const s = await status(A);
@@ -691,8 +709,8 @@ test("MX cross-host: 2 hosts x 2 ranks ping-pong 8 B and 1 MiB with contents che
 test("MX cross-host: a host killed mid-transfer — its peer's MPI call fails within 2 s, the job ends, the other host serves on", async () => {
   const [F, G] = await Promise.all([startHost(), startHost()]);
   const [f, g] = await Promise.all([
-    RemoteHost.connect({ host: "127.0.0.1", port: F.port }),
-    RemoteHost.connect({ host: "127.0.0.1", port: G.port }),
+    RemoteHost.connect({ host: "127.0.0.1", port: F.port }, { key: KEY }),
+    RemoteHost.connect({ host: "127.0.0.1", port: G.port }, { key: KEY }),
   ]);
   let killedAt = 0;
   let failedAt = 0;

@@ -11,6 +11,7 @@ import { createServer } from "node:net";
 import { after, before, describe, test } from "node:test";
 import { Host } from "../src/host/host.js";
 import type { Domain } from "../src/xen/hypervisor.js";
+import { LINK_KEY } from "./helpers/link-key.js";
 
 const CONFORMANCE = new URL("./fixtures/guests/mx-conformance.js", import.meta.url);
 const PAGES = 24_000; // 64 MiB messages on both sides, plus everything else the scenarios allocate
@@ -22,8 +23,8 @@ before(async () => {
   host = await Host.start({ nicId: 1 });
   remote = await Host.start({ nicId: 2 });
   const port = await freePort();
-  await remote.nic.attachLink({ kind: "tcp-listen", host: "127.0.0.1", port });
-  await host.nic.attachLink({ kind: "tcp", host: "127.0.0.1", port, timeoutMs: 5000 });
+  await remote.nic.attachLink({ kind: "tcp-listen", host: "127.0.0.1", port, key: LINK_KEY });
+  await host.nic.attachLink({ kind: "tcp", host: "127.0.0.1", port, timeoutMs: 5000, key: LINK_KEY });
 });
 after(async () => {
   await host.stop();

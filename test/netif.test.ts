@@ -43,6 +43,7 @@ import {
 } from "../src/xen/io/netif.js";
 import { ringSlotSize } from "../src/xen/ring.js";
 import type { FrameSummary, NetCommand, NetReply } from "./fixtures/net-agent.js";
+import { LINK_KEY } from "./helpers/link-key.js";
 
 const AGENT = new URL("./fixtures/net-agent.js", import.meta.url);
 const HOSTILE = new URL("./fixtures/net-hostile.js", import.meta.url);
@@ -564,8 +565,8 @@ test("across two hosts: frames leave through one bridge's uplink and arrive thro
   const remote = await Host.start({ nicId: 10 });
   try {
     const port = await freePort();
-    await remote.nic.attachLink({ kind: "tcp-listen", host: "127.0.0.1", port });
-    await host.nic.attachLink({ kind: "tcp", host: "127.0.0.1", port, timeoutMs: 5000 });
+    await remote.nic.attachLink({ kind: "tcp-listen", host: "127.0.0.1", port, key: LINK_KEY });
+    await host.nic.attachLink({ kind: "tcp", host: "127.0.0.1", port, timeoutMs: 5000, key: LINK_KEY });
     assert.ok(host.netStats().uplink.present, "this host's bridge has an uplink");
     assert.ok(remote.netStats().uplink.present, "so has the remote's");
     const [a, b] = await Promise.all([agent("x-local"), agent("x-remote", { on: remote })]);

@@ -92,6 +92,7 @@ import {
 } from "../src/nic/window.js";
 import { SEND_WINDOW } from "../src/nic/wire.js";
 import { SyncCallClient } from "../src/xen/sync-call.js";
+import { LINK_KEY } from "./helpers/link-key.js";
 
 const HOST = "127.0.0.1";
 const quiet = () => {};
@@ -309,6 +310,7 @@ class FakePeer {
     let self: FakePeer | null = null;
     const server = await listenTcpLinks({
       nicId,
+      key: LINK_KEY,
       port: 0,
       host: HOST,
       log: quiet,
@@ -350,8 +352,8 @@ before(async () => {
   ctl1 = control(nic1);
   ctl2 = control(nic2);
   const port = await freePort();
-  await nic2.attachLink({ kind: "tcp-listen", host: HOST, port });
-  await nic1.attachLink({ kind: "tcp", host: HOST, port, timeoutMs: 2000 });
+  await nic2.attachLink({ kind: "tcp-listen", host: HOST, port, key: LINK_KEY });
+  await nic1.attachLink({ kind: "tcp", host: HOST, port, timeoutMs: 2000, key: LINK_KEY });
   await until(() => info(ctl2).links.includes(1), "NIC 2 attached NIC 1's link");
 });
 
@@ -659,10 +661,10 @@ async function peerOf1(
   const nic = await NicDevice.start({ nicId: id });
   extra.push(nic);
   const p = port ?? (await freePort());
-  await nic.attachLink({ kind: "tcp-listen", host: HOST, port: p });
+  await nic.attachLink({ kind: "tcp-listen", host: HOST, port: p, key: LINK_KEY });
   const ctl = control(nic);
   if (!info(ctl1).links.includes(id))
-    await nic1.attachLink({ kind: "tcp", host: HOST, port: p, timeoutMs: 2000 });
+    await nic1.attachLink({ kind: "tcp", host: HOST, port: p, timeoutMs: 2000, key: LINK_KEY });
   await until(() => info(ctl).links.includes(1), `NIC ${id} attached NIC 1`);
   return { nic, ctl, port: p };
 }
@@ -744,7 +746,7 @@ test("a peer NIC restarted on the same port: the connecting NIC reconnects; a NI
   await sleep(300); // a few failed attempts (backoff)
   const second = await NicDevice.start({ nicId: 4 });
   extra.push(second);
-  await second.attachLink({ kind: "tcp-listen", host: HOST, port });
+  await second.attachLink({ kind: "tcp-listen", host: HOST, port, key: LINK_KEY });
   const ctl4 = control(second);
   await until(() => info(ctl1).links.includes(4), "NIC 1 reconnected", 5000);
   const st = info(ctl1).linkStates!.find((l) => l.peerNic === 4)!;
@@ -762,13 +764,13 @@ test("a peer NIC restarted on the same port: the connecting NIC reconnects; a NI
 
   // The listening side: a second connection from the same NIC id replaces the first.
   const { nic: nic5, ctl: ctl5, port: p5 } = await peerOf1(5);
-  const x1 = await connectTcpLink({ nicId: 8, host: HOST, port: p5, log: quiet });
+  const x1 = await connectTcpLink({ nicId: 8, host: HOST, port: p5, log: quiet, key: LINK_KEY });
   await until(() => info(ctl5).links.includes(8), "the first connection");
   let closed1 = false;
   x1.onClose(() => {
     closed1 = true;
   });
-  const x2 = await connectTcpLink({ nicId: 8, host: HOST, port: p5, log: quiet });
+  const x2 = await connectTcpLink({ nicId: 8, host: HOST, port: p5, log: quiet, key: LINK_KEY });
   await until(() => closed1, "the first connection replaced");
   const s8 = info(ctl5).linkStates!.find((l) => l.peerNic === 8)!;
   assert.deepEqual([s8.state, s8.reconnects], ["up", 1]);
@@ -785,7 +787,13 @@ test("a peer NIC restarted on the same port: the connecting NIC reconnects; a NI
 test("a silent peer: CONNECT, remote PULL and SEND complete ENDPOINT_UNREACHABLE after WIRE_TIMEOUT_MS", async () => {
   const fake = await FakePeer.start(9);
   try {
-    await nic1.attachLink({ kind: "tcp", host: HOST, port: fake.server.port, timeoutMs: 2000 });
+    await nic1.attachLink({
+      kind: "tcp",
+      host: HOST,
+      port: fake.server.port,
+      timeoutMs: 2000,
+      key: LINK_KEY,
+    });
     const a = Owner.open(ctl1, "a");
     const dst = a.register(new SharedArrayBuffer(4096), Access.LocalWrite | Access.LocalRead);
     const c0 = nic1.counters().global;
@@ -852,7 +860,13 @@ test("a silent peer: CONNECT, remote PULL and SEND complete ENDPOINT_UNREACHABLE
 test("garbage from a peer (unknown ids, bad offsets, wrong lengths, bad Ethernet frames) is counted; a well-formed peer is served", async () => {
   const fake = await FakePeer.start(10);
   try {
-    await nic1.attachLink({ kind: "tcp", host: HOST, port: fake.server.port, timeoutMs: 2000 });
+    await nic1.attachLink({
+      kind: "tcp",
+      host: HOST,
+      port: fake.server.port,
+      timeoutMs: 2000,
+      key: LINK_KEY,
+    });
     await until(() => fake.links.length === 1, "the fake's link");
     const a = Owner.open(ctl1, "a", 7);
     const mem = new SharedArrayBuffer(1 << 20);
@@ -1062,9 +1076,9 @@ test("Ethernet ports: frames between two NICs over TCP, flooding to two links, l
   const ctl6 = control(nic6);
   const ctl7 = control(nic7);
   const p6 = await freePort();
-  await nic6.attachLink({ kind: "tcp-listen", host: HOST, port: p6 });
-  await nic1.attachLink({ kind: "tcp", host: HOST, port: p6 });
-  await nic7.attachLink({ kind: "tcp", host: HOST, port: p6 });
+  await nic6.attachLink({ kind: "tcp-listen", host: HOST, port: p6, key: LINK_KEY });
+  await nic1.attachLink({ kind: "tcp", host: HOST, port: p6, key: LINK_KEY });
+  await nic7.attachLink({ kind: "tcp", host: HOST, port: p6, key: LINK_KEY });
   await until(() => info(ctl6).links.length === 2, "NIC 6 has two links");
   const e1 = port(ctl1);
   const e6 = port(ctl6);

@@ -1,10 +1,12 @@
 /**
  * TCP links (src/nic/tcp-link.ts): the handshake, framing faults and back-pressure on bare
- * links in this thread, then two NIC workers (NICs 1 and 2) joined by a TCP link over loopback:
- * a SEND crosses it, a garbage client is dropped, and a link closed by the peer makes later
- * SENDs complete with ENDPOINT_UNREACHABLE.
+ * links in this thread; authentication (a wrong key on either side, a forged or replayed
+ * proof, idle sockets over the pending bound); then two NIC workers (NICs 1 and 2) joined by
+ * a TCP link over loopback: a SEND crosses it, a garbage client is dropped, and a link closed
+ * by the peer makes later SENDs complete with ENDPOINT_UNREACHABLE.
  */
 import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
 import net from "node:net";
 import { after, before, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -22,6 +24,7 @@ import {
   listenTcpLinks,
   TCP_HELLO_BYTES,
   TCP_LINK_MAGIC,
+  TCP_LINK_VERSION,
   type TcpLink,
   tcpLinkStats,
 } from "../src/nic/tcp-link.js";
@@ -62,6 +65,7 @@ import {
   W_SQ_PROD,
 } from "../src/nic/window.js";
 import { SyncCallClient } from "../src/xen/sync-call.js";
+import { LINK_KEY } from "./helpers/link-key.js";
 
 const HOST = "127.0.0.1";
 const logs: string[] = [];
@@ -76,12 +80,13 @@ function frame(type: number, payload: number, src = 2, dest = 1): Uint8Array {
   return f;
 }
 
-function helloBytes(nicId: number, version = 1, magic = TCP_LINK_MAGIC): Buffer {
+function helloBytes(nicId: number, version = TCP_LINK_VERSION, magic = TCP_LINK_MAGIC): Buffer {
   const b = Buffer.alloc(TCP_HELLO_BYTES);
   b.writeUInt32LE(magic, 0);
   b.writeUInt16LE(version, 4);
   b.writeUInt32LE(nicId, 8);
   b.writeUInt32LE(FRAME_HEADER_BYTES + 32768, 12);
+  randomBytes(32).copy(b, 16);
   return b;
 }
 
@@ -114,13 +119,21 @@ test("bare links: handshake, frames both ways, framing faults drop and count, ve
   const accepted: TcpLink[] = [];
   const server = await listenTcpLinks({
     nicId: 1,
+    key: LINK_KEY,
     port: 0,
     host: HOST,
     log,
     onLink: (l) => accepted.push(l),
   });
   try {
-    const c = await connectTcpLink({ nicId: 2, host: HOST, port: server.port, timeoutMs: 2000, log });
+    const c = await connectTcpLink({
+      nicId: 2,
+      host: HOST,
+      port: server.port,
+      timeoutMs: 2000,
+      log,
+      key: LINK_KEY,
+    });
     assert.equal(c.peerNic, 1);
     await until(() => accepted.length === 1, "the accepted link");
     const s = accepted[0];
@@ -141,6 +154,7 @@ test("bare links: handshake, frames both ways, framing faults drop and count, ve
     // Back-pressure: a peer that does not read makes send() refuse; 'drain' brings onWritable.
     const tiny = await connectTcpLink({
       nicId: 3,
+      key: LINK_KEY,
       host: HOST,
       port: server.port,
       highWaterMark: 64 * 1024,
@@ -161,19 +175,19 @@ test("bare links: handshake, frames both ways, framing faults drop and count, ve
 
     // Faults after the handshake: each drops that connection and is counted.
     const dropped0 = tcpLinkStats.connectionsDropped;
-    const badLen = await connectTcpLink({ nicId: 4, host: HOST, port: server.port, log });
+    const badLen = await connectTcpLink({ nicId: 4, host: HOST, port: server.port, log, key: LINK_KEY });
     const sock = (l: TcpLink) => (l as unknown as { socket: net.Socket }).socket;
     const lenPrefix = Buffer.alloc(4);
     lenPrefix.writeUInt32LE(1 << 30);
     sock(badLen).write(lenPrefix);
-    const unknownType = await connectTcpLink({ nicId: 5, host: HOST, port: server.port, log });
+    const unknownType = await connectTcpLink({ nicId: 5, host: HOST, port: server.port, log, key: LINK_KEY });
     const u = frame(FrameType.Send, 0, 5, 1);
     u[0] = 99; // type byte
     const wire = Buffer.alloc(4 + u.length);
     wire.writeUInt32LE(u.length);
     wire.set(u, 4);
     sock(unknownType).write(wire);
-    const truncated = await connectTcpLink({ nicId: 6, host: HOST, port: server.port, log });
+    const truncated = await connectTcpLink({ nicId: 6, host: HOST, port: server.port, log, key: LINK_KEY });
     const half = Buffer.from(wire.subarray(0, 30));
     half.writeUInt32LE(u.length);
     sock(truncated).end(half);
@@ -184,13 +198,15 @@ test("bare links: handshake, frames both ways, framing faults drop and count, ve
 
     // A peer speaking another version: the client is told why; the server logs and drops it.
     const rejected0 = tcpLinkStats.handshakesRejected;
-    await rawClient(server.port, helloBytes(9, 2));
+    await rawClient(server.port, helloBytes(9, 1));
     await assert.rejects(
-      connectTcpLink({ nicId: 1, host: HOST, port: server.port, log }),
+      connectTcpLink({ nicId: 1, host: HOST, port: server.port, log, key: LINK_KEY }),
       /handshake failed: peer claims this NIC's own id 1/,
     );
     await until(() => tcpLinkStats.handshakesRejected - rejected0 >= 2, "two refused handshakes");
-    assert.ok(logs.some((m) => /protocol version mismatch: peer speaks version 2/.test(m)));
+    assert.ok(
+      logs.some((m) => /protocol version mismatch: peer speaks version 1, this NIC speaks 2/.test(m)),
+    );
     assert.equal(accepted.length, 5, "no bad peer was handed over");
     for (const l of [c, tiny, badLen, unknownType, truncated]) l.close();
   } finally {
@@ -198,7 +214,7 @@ test("bare links: handshake, frames both ways, framing faults drop and count, ve
   }
   // Refused and timed out connections reject clearly.
   await assert.rejects(
-    connectTcpLink({ nicId: 2, host: HOST, port: server.port, timeoutMs: 1000 }),
+    connectTcpLink({ nicId: 2, host: HOST, port: server.port, timeoutMs: 1000, key: LINK_KEY }),
     /ECONNREFUSED/,
   );
   const mute = net.createServer(() => {});
@@ -206,7 +222,7 @@ test("bare links: handshake, frames both ways, framing faults drop and count, ve
   try {
     const port = (mute.address() as net.AddressInfo).port;
     await assert.rejects(
-      connectTcpLink({ nicId: 2, host: HOST, port, timeoutMs: 200 }),
+      connectTcpLink({ nicId: 2, host: HOST, port, timeoutMs: 200, key: LINK_KEY }),
       /no handshake within 200 ms/,
     );
   } finally {
@@ -218,11 +234,134 @@ test("bare links: handshake, frames both ways, framing faults drop and count, ve
   try {
     const port = (v2.address() as net.AddressInfo).port;
     await assert.rejects(
-      connectTcpLink({ nicId: 2, host: HOST, port, timeoutMs: 1000 }),
+      connectTcpLink({ nicId: 2, host: HOST, port, timeoutMs: 1000, key: LINK_KEY }),
       /version mismatch: peer speaks version 7/,
     );
   } finally {
     v2.close();
+  }
+});
+
+test("authentication: a wrong key on either side, a forged or replayed proof are refused and counted; idle sockets over the bound drop the oldest", async () => {
+  const accepted: TcpLink[] = [];
+  const fields: { reason?: string; remote?: string }[] = [];
+  const server = await listenTcpLinks({
+    nicId: 1,
+    port: 0,
+    host: HOST,
+    key: LINK_KEY,
+    log: (m, f) => {
+      logs.push(m);
+      if (f) fields.push(f);
+    },
+    onLink: (l) => accepted.push(l),
+    maxPendingHandshakes: 8,
+  });
+  try {
+    const auth0 = tcpLinkStats.authFailures;
+    // The client holds another key: the server refuses it; the client is told the server closed.
+    await assert.rejects(
+      connectTcpLink({ nicId: 2, host: HOST, port: server.port, timeoutMs: 2000, key: randomBytes(32) }),
+      /closed the connection instead of proving the cluster key.*different cluster keys/,
+    );
+    await until(() => tcpLinkStats.authFailures === auth0 + 1, "the refusal counted");
+    const refusal = fields.find((f) => /authentication failed/.test(f.reason ?? ""));
+    assert.match(refusal?.remote ?? "", /^127\.0\.0\.1:\d+$/);
+    // A server with another key: the client refuses it (after proving itself, it gets a wrong proof).
+    const other = await listenTcpLinks({
+      nicId: 3,
+      port: 0,
+      host: HOST,
+      key: randomBytes(32),
+      log: () => {},
+      onLink: () => assert.fail("the other cluster's NIC must not accept us"),
+    });
+    try {
+      await assert.rejects(
+        connectTcpLink({ nicId: 2, host: HOST, port: other.port, timeoutMs: 2000, key: LINK_KEY, log }),
+        /handshake failed: (authentication failed|NIC 3 closed)/,
+      );
+    } finally {
+      await other.close();
+    }
+    // Keys shorter than 32 bytes are refused before anything is sent.
+    assert.throws(
+      () => connectTcpLink({ nicId: 2, host: HOST, port: server.port, key: randomBytes(16) }),
+      /key must be the cluster key, a Uint8Array of at least 32 bytes/,
+    );
+
+    // A forged proof, and a real client's hello and proof recorded by a relay and replayed.
+    const replayAs = async (hello: Buffer, proof: Buffer): Promise<void> => {
+      const s = net.connect({ host: HOST, port: server.port });
+      s.on("error", () => {});
+      let got = Buffer.alloc(0);
+      await new Promise<void>((resolve) => {
+        s.on("data", (d: Buffer) => {
+          const first = got.length < TCP_HELLO_BYTES;
+          got = Buffer.concat([got, d]);
+          if (first && got.length >= TCP_HELLO_BYTES) s.write(proof);
+        });
+        s.on("close", () => resolve());
+        s.write(hello);
+      });
+      assert.equal(got.length, TCP_HELLO_BYTES, "the server sent its hello and nothing more (no proof)");
+    };
+    const recorded: Buffer[] = [];
+    const relay = net.createServer((c) => {
+      const up = net.connect({ host: HOST, port: server.port });
+      c.on("data", (d: Buffer) => {
+        recorded.push(Buffer.from(d));
+        up.write(d);
+      });
+      up.on("data", (d: Buffer) => c.write(d));
+      for (const x of [c, up]) x.on("error", () => {});
+      c.on("close", () => up.destroy());
+      up.on("close", () => c.destroy());
+    });
+    await new Promise<void>((r) => relay.listen(0, HOST, r));
+    const relayed = await connectTcpLink({
+      nicId: 7,
+      host: HOST,
+      port: (relay.address() as net.AddressInfo).port,
+      key: LINK_KEY,
+    });
+    await until(() => accepted.length === 1, "the relayed (real) link");
+    relayed.close();
+    relay.close();
+    const sent = Buffer.concat(recorded);
+    const auth1 = tcpLinkStats.authFailures;
+    await replayAs(helloBytes(7), randomBytes(32));
+    await replayAs(sent.subarray(0, TCP_HELLO_BYTES), sent.subarray(TCP_HELLO_BYTES, TCP_HELLO_BYTES + 32));
+    await until(() => tcpLinkStats.authFailures === auth1 + 2, "the forged and the replayed proof refused");
+    assert.equal(accepted.length, 1, "no unauthenticated link was handed over");
+
+    // 20 idle sockets against a bound of 8: the oldest are dropped at once; a real peer still links.
+    const evicted0 = tcpLinkStats.evicted;
+    const idle: net.Socket[] = [];
+    const closed: Promise<void>[] = [];
+    for (let i = 0; i < 20; i++) {
+      const s = net.connect({ host: HOST, port: server.port });
+      s.on("error", () => {});
+      s.resume();
+      closed.push(new Promise((r) => s.on("close", () => r())));
+      idle.push(s);
+      await new Promise((r) => s.once("connect", r));
+    }
+    await until(() => tcpLinkStats.evicted - evicted0 >= 12, "the oldest idle sockets dropped");
+    const real = await connectTcpLink({
+      nicId: 2,
+      host: HOST,
+      port: server.port,
+      timeoutMs: 2000,
+      key: LINK_KEY,
+    });
+    await until(() => accepted.length === 2, "the real peer's link");
+    assert.equal(accepted[1].peerNic, 2);
+    // The rest go at the handshake deadline.
+    await Promise.all(closed);
+    real.close();
+  } finally {
+    await server.close();
   }
 });
 
@@ -302,12 +441,12 @@ test("two NICs over a TCP link: SEND and ACK cross it, a garbage client is dropp
   const ctl1 = control(nic1);
   const ctl2 = control(nic2);
   const port = await freePort();
-  await nic2.attachLink({ kind: "tcp-listen", host: HOST, port });
+  await nic2.attachLink({ kind: "tcp-listen", host: HOST, port, key: LINK_KEY });
   await assert.rejects(
-    nic1.attachLink({ kind: "tcp", host: HOST, port: 1, timeoutMs: 1000 }),
+    nic1.attachLink({ kind: "tcp", host: HOST, port: 1, timeoutMs: 1000, key: LINK_KEY }),
     /ECONNREFUSED/,
   );
-  await nic1.attachLink({ kind: "tcp", host: HOST, port, timeoutMs: 2000 });
+  await nic1.attachLink({ kind: "tcp", host: HOST, port, timeoutMs: 2000, key: LINK_KEY });
   const links = (ctl: SyncCallClient<NicControlRequest>) => ctl.call<NicInfo>({ op: "info" }).links;
   assert.deepEqual(links(ctl1), [2]);
   await until(() => links(ctl2).includes(1), "NIC 2 attached the accepted link");
@@ -383,7 +522,7 @@ test("two NICs over a TCP link: SEND and ACK cross it, a garbage client is dropp
   assert.ok(performance.now() - t0 < 2000, "within 2 s");
 
   // The listener still accepts: reconnecting restores the path.
-  await nic1.attachLink({ kind: "tcp", host: HOST, port, timeoutMs: 2000 });
+  await nic1.attachLink({ kind: "tcp", host: HOST, port, timeoutMs: 2000, key: LINK_KEY });
   await until(() => links(ctl2).includes(1), "NIC 2 re-attached");
   await roundTrip(5, 64, 1);
   await nic1.detachLink(2);

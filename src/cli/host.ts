@@ -1,9 +1,12 @@
 /**
  * `myrixen host`: runs one host of a cluster (hypervisor, driver domain, NIC) and serves
  * launchers until Ctrl-C or SIGTERM, which stop it cleanly. Flags override the config file;
- * both are checked before anything starts (bad input: exit code 2, one line per problem).
+ * both are checked before anything starts (bad input: exit code 2, one line per problem),
+ * the cluster key file too (auth.ts: --key-file, keyFile, MYRIXEN_KEY_FILE, or the default
+ * file, generated on first use).
  */
 import { type Command, InvalidArgumentError, Option } from "commander";
+import { type ClusterKey, KEY_FILE_ENV, KeyFileError, loadClusterKey } from "../cluster/auth.js";
 import {
   ConfigError,
   type HostFlags,
@@ -36,6 +39,7 @@ interface HostCliOptions {
   config?: string;
   logLevel?: LogLevel;
   logFormat?: LogFormat;
+  keyFile?: string;
 }
 
 /** Fills in `myrixen host` (the command object comes from main.ts, so it inherits its settings). */
@@ -45,7 +49,7 @@ export function configureHostCommand(cmd: Command): Command {
     .option(
       "--listen <addr:port>",
       `control address launchers connect to (default 127.0.0.1:${DEFAULT_CONTROL_PORT}); ` +
-        "0.0.0.0 or [::] exposes it to the network — anyone who reaches it can run programs here; " +
+        "0.0.0.0 or [::] exposes it to the network — only clients that prove the cluster key are served; " +
         'port 0 picks a free port (logged in the "host ready" line)',
       (v: string) => {
         const a = parseAddress(v, DEFAULT_CONTROL_PORT, true);
@@ -86,6 +90,12 @@ export function configureHostCommand(cmd: Command): Command {
       "NIC endpoint contexts (default 32)",
       intFlag("--max-endpoints", LIMITS.maxEndpoints),
     )
+    .option(
+      "--key-file <file>",
+      `the cluster key (at least 32 bytes, mode 600) that launchers and other hosts' NICs must prove; ` +
+        `default: keyFile in --config, then $${KEY_FILE_ENV}, then ~/.config/myrixen/cluster.key ` +
+        "(under $XDG_CONFIG_HOME if set; generated on first use)",
+    )
     .option("--config <file>", "JSON settings file; flags given here override it (fields below)")
     .addOption(
       new Option("--log-level <level>", "least severe log lines shown (default info)").choices(LOG_LEVELS),
@@ -100,7 +110,10 @@ export function configureHostCommand(cmd: Command): Command {
       "after",
       "\nConfig file (every field optional; an unknown or wrong field is an error naming it):\n" +
         '  { "listen": "0.0.0.0:7470", "linkPort": 7471, "nicId": 12, "slots": 4,\n' +
-        '    "peers": ["node2:7470", "node3"], "maxEndpoints": 64, "logLevel": "info", "logFormat": "json" }\n' +
+        '    "peers": ["node2:7470", "node3"], "maxEndpoints": 64, "logLevel": "info", "logFormat": "json",\n' +
+        '    "keyFile": "cluster.key" }   (keyFile: relative to the config file)\n' +
+        "\nEvery host of a cluster and every launcher that uses it hold the same key file; connections\n" +
+        "and NIC links that cannot prove it are refused and logged.\n" +
         "\nCtrl-C or SIGTERM stops the host cleanly: every job's ranks are destroyed, the NIC stopped,\n" +
         "sockets closed. Launchers (myrixen run --hosts/--hostfile, or inside Slurm) connect to the\n" +
         "control port; hosts link their NICs to each other when a job spans them.",
@@ -112,8 +125,22 @@ export function configureHostCommand(cmd: Command): Command {
 
 export async function hostCommand(o: HostCliOptions): Promise<number> {
   const file = o.config !== undefined ? loadHostConfig(o.config) : undefined;
-  const s = resolveHostSettings(file, o);
+  const s = resolveHostSettings(file, o, o.config);
+  let key: ClusterKey;
+  try {
+    key = loadClusterKey(s.keyFile ?? {});
+  } catch (e) {
+    if (e instanceof KeyFileError) throw new ConfigError([e.message]);
+    throw e;
+  }
   const log = createLogger({ level: s.logLevel, format: s.logFormat });
+  if (key.created)
+    log.warn(
+      "generated a new cluster key: copy this file (mode 600) to every host and launcher of the cluster",
+      {
+        keyFile: key.file,
+      },
+    );
   // Listen for signals before starting: one that comes while the host starts stops it after.
   const signal = new Promise<NodeJS.Signals>((resolve) => {
     process.once("SIGINT", () => resolve("SIGINT"));
@@ -129,6 +156,7 @@ export async function hostCommand(o: HostCliOptions): Promise<number> {
       peers: s.peers,
       maxEndpoints: s.maxEndpoints,
       log,
+      key,
     });
   } catch (e) {
     log.error("the host could not start", { error: (e as Error).message });

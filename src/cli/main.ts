@@ -22,6 +22,7 @@ interface RunCliOptions {
   oversubscribe?: boolean;
   tagOutput?: boolean;
   linkTimeout?: number;
+  keyFile?: string;
 }
 
 function positiveInt(name: string) {
@@ -133,6 +134,10 @@ export function buildProgram(): Command {
       "how long the hosts may take to link their NICs before the job gives up (default 10000)",
       positiveInt("--link-timeout"),
     )
+    .option(
+      "--key-file <file>",
+      "the cluster key file the hosts hold (default: $MYRIXEN_KEY_FILE, then ~/.config/myrixen/cluster.key)",
+    )
     .argument("<program>", `a built-in (${Object.keys(BUILTIN_PROGRAMS).join(", ")}) or a module path`)
     .argument("[args...]", "the program's own arguments")
     .addHelpText(
@@ -154,6 +159,7 @@ export function buildProgram(): Command {
           oversubscribe: o.oversubscribe,
           tagOutput: o.tagOutput,
           linkTimeoutMs: o.linkTimeout,
+          keyFile: o.keyFile,
         });
       } catch (e) {
         if (e instanceof RunUsageError || e instanceof RangeError) throw new UsageError(e.message);

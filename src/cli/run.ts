@@ -4,9 +4,12 @@
  * default), or across running `myrixen host`s (a list, an Open MPI hostfile, or the Slurm
  * allocation this runs in). Rank output is prefixed with `[rank]`; the exit code is the first
  * non-zero exit code of a rank; Ctrl-C stops every rank on every host (exit code 130); a host
- * that vanishes ends the job with a message naming it.
+ * that vanishes ends the job with a message naming it. Hosts are reached with the cluster key
+ * (auth.ts: --key-file, MYRIXEN_KEY_FILE, or the default file); a host that refuses it is
+ * named with the key file to use (exit code 1), an unusable key file is exit code 2.
  */
 import { readFileSync } from "node:fs";
+import { type ClusterKey, KEY_FILE_ENV, KeyFileError, loadClusterKey } from "../cluster/auth.js";
 import {
   type HostEntry,
   HostListError,
@@ -17,7 +20,7 @@ import {
 import { Job, JobSetupError, type JobTarget, LocalTarget, type RankOutcome } from "../cluster/job.js";
 import { MAP_BY, type MapBy } from "../cluster/placement.js";
 import { BUILTIN_PROGRAMS, ProgramError, resolveProgram } from "../cluster/programs.js";
-import { RemoteHost } from "../cluster/remote.js";
+import { AuthError, RemoteHost } from "../cluster/remote.js";
 import { RANK_PATHS, type RankPath } from "../cluster/wire.js";
 import { Host } from "../host/host.js";
 
@@ -39,7 +42,9 @@ export interface RunOptions {
   tagOutput?: boolean;
   /** How long the hosts may take to link their NICs (ms, default 10 000). */
   linkTimeoutMs?: number;
-  /** Where Slurm's variables come from (default process.env). */
+  /** The cluster key file (default: MYRIXEN_KEY_FILE, then ~/.config/myrixen/cluster.key). */
+  keyFile?: string;
+  /** Where Slurm's variables and MYRIXEN_KEY_FILE come from (default process.env). */
   env?: NodeJS.ProcessEnv;
 }
 
@@ -69,10 +74,11 @@ function chooseHosts(o: RunOptions): { hosts?: HostEntry[]; ntasks?: number; sou
   }
 }
 
-async function connectAll(hosts: HostEntry[]): Promise<RemoteHost[]> {
+async function connectAll(hosts: HostEntry[], key: ClusterKey): Promise<RemoteHost[]> {
   const results = await Promise.allSettled(
     hosts.map((h) =>
       RemoteHost.connect(h, {
+        key,
         onLog: (level, msg) => {
           if (level === "error" || level === "warn") err(`host ${h.label}: ${msg}`);
         },
@@ -80,7 +86,13 @@ async function connectAll(hosts: HostEntry[]): Promise<RemoteHost[]> {
     ),
   );
   const ok = results.flatMap((r) => (r.status === "fulfilled" ? [r.value] : []));
-  const bad = results.flatMap((r) => (r.status === "rejected" ? [(r.reason as Error).message] : []));
+  const bad = results.flatMap((r) =>
+    r.status === "fulfilled"
+      ? []
+      : r.reason instanceof AuthError
+        ? [`${r.reason.message}; use the cluster's key file: --key-file FILE or ${KEY_FILE_ENV}=FILE`]
+        : [(r.reason as Error).message],
+  );
   if (bad.length > 0) {
     for (const h of ok) h.close();
     throw new Error(bad.join("\n"));
@@ -126,9 +138,18 @@ export async function runCommand(program: string, argv: string[], o: RunOptions)
     targets = [new LocalTarget(host)];
     cleanup = () => host.stop();
   } else {
+    let key: ClusterKey;
+    try {
+      key = loadClusterKey({ flag: o.keyFile, env: o.env });
+    } catch (e) {
+      if (e instanceof KeyFileError) throw new RunUsageError(e.message);
+      throw e;
+    }
+    if (key.created)
+      err(`generated a new cluster key in ${key.file} (the hosts must hold the same key file)`);
     let remotes: RemoteHost[];
     try {
-      remotes = await connectAll(chosen.hosts);
+      remotes = await connectAll(chosen.hosts, key);
     } catch (e) {
       err((e as Error).message);
       return 1;

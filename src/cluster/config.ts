@@ -1,10 +1,12 @@
 /**
  * `myrixen host`'s settings: the JSON config file (validated with zod; every wrong or unknown
  * field gets a line naming it, what is expected and what was found) merged with the command
- * line's flags, which override the file.
+ * line's flags, which override the file. `keyFile` (the cluster key, auth.ts) is a path
+ * relative to the config file's directory.
  */
 import { readFileSync } from "node:fs";
 import { availableParallelism } from "node:os";
+import path from "node:path";
 import { z } from "zod";
 import {
   DEFAULT_CONTROL_PORT,
@@ -31,6 +33,8 @@ export interface HostSettings {
   maxEndpoints?: number;
   logLevel: LogLevel;
   logFormat: LogFormat;
+  /** `--key-file`, else the file's `keyFile` (resolved against the file's directory). */
+  keyFile?: { flag?: string; config?: { file: string; configPath: string } };
 }
 
 /** What each field of the file and its flag accept (one source for both messages). */
@@ -61,6 +65,11 @@ export const HostConfigSchema = z.strictObject({
   maxEndpoints: intIn(...LIMITS.maxEndpoints).optional(),
   logLevel: z.enum(LOG_LEVELS, { error: `expected one of ${LOG_LEVELS.join(", ")}` }).optional(),
   logFormat: z.enum(LOG_FORMATS, { error: `expected one of ${LOG_FORMATS.join(", ")}` }).optional(),
+  keyFile: z
+    .string({ error: "expected a file path (the cluster key file)" })
+    .min(1, { error: "expected a file path (the cluster key file)" })
+    .max(4096, { error: "expected a file path of at most 4096 characters" })
+    .optional(),
 });
 export type HostConfigFile = z.infer<typeof HostConfigSchema>;
 const KNOWN = Object.keys(HostConfigSchema.shape);
@@ -112,10 +121,18 @@ export interface HostFlags {
   maxEndpoints?: number;
   logLevel?: LogLevel;
   logFormat?: LogFormat;
+  keyFile?: string;
 }
 
-/** The file's values under the flags', then the defaults. */
-export function resolveHostSettings(file: HostConfigFile | undefined, flags: HostFlags): HostSettings {
+/**
+ * The file's values under the flags', then the defaults. `configPath`: where the file was
+ * read from (its `keyFile` is relative to it).
+ */
+export function resolveHostSettings(
+  file: HostConfigFile | undefined,
+  flags: HostFlags,
+  configPath?: string,
+): HostSettings {
   const listen =
     flags.listen ??
     (file?.listen !== undefined
@@ -131,5 +148,15 @@ export function resolveHostSettings(file: HostConfigFile | undefined, flags: Hos
     maxEndpoints: flags.maxEndpoints ?? file?.maxEndpoints,
     logLevel: flags.logLevel ?? file?.logLevel ?? "info",
     logFormat: flags.logFormat ?? file?.logFormat ?? "json",
+    keyFile: {
+      flag: flags.keyFile,
+      config:
+        file?.keyFile !== undefined
+          ? {
+              file: path.resolve(path.dirname(configPath ?? "."), file.keyFile),
+              configPath: configPath ?? "the config file",
+            }
+          : undefined,
+    },
   };
 }

@@ -5,12 +5,21 @@
  * same code as the embedded host), status. Every client is untrusted: garbage, a port scan,
  * an oversized line, a wrong version or an unknown message is logged and that connection
  * dropped; the host keeps serving. A launcher that goes away takes its jobs' ranks with it.
+ *
+ * Authentication: a client must prove the cluster key (auth.ts, wire.ts) before any request;
+ * its NIC accepts only links from NICs that prove it too (tcp-link.ts). A connection has
+ * handshakeTimeoutMs (2 s) from accept to finish the handshake; at most maxPendingHandshakes
+ * (64) connections are in the handshake at once, and a new one beyond that drops the OLDEST
+ * (a launcher takes a few round trips; a static flood of idle sockets cannot keep it out).
+ * Refusals of unauthenticated clients are logged with their address and reason, at most 20
+ * lines per 10 s (then a count). The NIC's link events come through the same logger.
  */
 import net from "node:net";
 import { hostname as osHostname } from "node:os";
 import { Host } from "../host/host.js";
+import { type ClusterKey, checkControlProof, controlProof, newNonce } from "./auth.js";
 import { formatAddress, type HostAddress, type HostEntry } from "./hostfile.js";
-import type { Logger } from "./log.js";
+import { type LogFields, type Logger, rateLimitedWarn } from "./log.js";
 import { RankRefusal, RankSet } from "./ranks.js";
 import { RemoteHost } from "./remote.js";
 import {
@@ -20,6 +29,8 @@ import {
   type HostMessage,
   LineChannel,
   type LinkPeer,
+  MAX_HANDSHAKE_LINE_BYTES,
+  MAX_LINE_BYTES,
   MAX_OUTPUT_LINE,
   type StartMessage,
   validateMessage,
@@ -38,11 +49,15 @@ export interface HostDaemonOptions {
   peers?: HostEntry[];
   maxEndpoints?: number;
   log: Logger;
-  /** A client must say hello within this time (default 5 s). */
-  helloTimeoutMs?: number;
+  /** The cluster key: clients and NICs must prove it; the host proves it to its peers. */
+  key: ClusterKey;
+  /** A client must finish the handshake (hello, proof) within this time from accept (default 2 s). */
+  handshakeTimeoutMs?: number;
+  /** Connections in the handshake at once (default 64); beyond, the oldest is dropped. */
+  maxPendingHandshakes?: number;
   /** A client silent for this long after its hello is dropped (default 30 s; launchers ping every second). */
   idleTimeoutMs?: number;
-  /** At most this many control connections at once (default 256). */
+  /** At most this many authenticated control connections at once (default 256). */
   maxConnections?: number;
 }
 
@@ -96,8 +111,12 @@ class ControlConnection {
   readonly id = ++connectionIds;
   readonly remote: string;
   private hello: Extract<ClientMessage, { type: "hello" }> | undefined;
+  /** Our nonce, once the client said hello. */
+  private hostNonce: string | undefined;
+  /** The client proved the cluster key. */
+  authenticated = false;
   readonly jobs = new Map<string, RankSet>();
-  private helloTimer: NodeJS.Timeout;
+  private handshakeTimer: NodeJS.Timeout;
   private idleTimer: NodeJS.Timeout | undefined;
   private readonly channel: LineChannel;
   private droppedLines = 0;
@@ -106,7 +125,12 @@ class ControlConnection {
     private readonly daemon: HostDaemon,
     private readonly socket: net.Socket,
     private readonly log: Logger,
-    private readonly opts: { helloTimeoutMs: number; idleTimeoutMs: number },
+    private readonly opts: {
+      handshakeTimeoutMs: number;
+      idleTimeoutMs: number;
+      key: ClusterKey;
+      refuse: (msg: string, fields: LogFields) => void;
+    },
   ) {
     this.remote = `${plainAddress(socket.remoteAddress)}:${socket.remotePort}`;
     this.channel = new LineChannel(socket, {
@@ -114,11 +138,18 @@ class ControlConnection {
       garbage: (why) => this.drop(`it sent ${why}`),
       close: (why) => this.onClose(why),
     });
-    this.helloTimer = setTimeout(
-      () => this.drop(`no hello within ${opts.helloTimeoutMs} ms`),
-      opts.helloTimeoutMs,
+    // An unauthenticated client cannot make the host buffer more than a handshake line.
+    this.channel.maxLineBytes = MAX_HANDSHAKE_LINE_BYTES;
+    this.handshakeTimer = setTimeout(
+      () =>
+        this.drop(
+          this.hello
+            ? `no proof of the cluster key within ${opts.handshakeTimeoutMs} ms`
+            : `no hello within ${opts.handshakeTimeoutMs} ms`,
+        ),
+      opts.handshakeTimeoutMs,
     );
-    this.helloTimer.unref();
+    this.handshakeTimer.unref();
   }
 
   private get who(): string {
@@ -132,7 +163,14 @@ class ControlConnection {
   /** Refuses the client: says why (if it can still hear), logs, closes. */
   drop(why: string): void {
     if (this.channel.isClosed) return;
-    this.log.warn("dropping a control connection", { client: this.who, reason: why });
+    // Anyone can make an unauthenticated connection fail: those lines are rate-limited.
+    if (this.authenticated) this.log.warn("dropping a control connection", { client: this.who, reason: why });
+    else
+      this.opts.refuse("dropping a control connection", {
+        client: this.who,
+        reason: why,
+        authenticated: false,
+      });
     this.channel.send({ type: "error", msg: why } satisfies HostMessage);
     this.channel.end(why);
   }
@@ -151,10 +189,10 @@ class ControlConnection {
   }
 
   private onClose(why: string): void {
-    clearTimeout(this.helloTimer);
+    clearTimeout(this.handshakeTimer);
     clearTimeout(this.idleTimer);
-    if (this.hello) this.log.info("client disconnected", { client: this.who, reason: why });
-    else this.log.debug("connection closed before its hello", { client: this.remote, reason: why });
+    if (this.authenticated) this.log.info("client disconnected", { client: this.who, reason: why });
+    else this.log.debug("connection closed before it authenticated", { client: this.remote, reason: why });
     for (const [job, set] of this.jobs) {
       if (set.live === 0) continue;
       this.log.info("the job's launcher is gone: stopping its ranks here", { job, ranks: set.spec.ranks });
@@ -163,20 +201,47 @@ class ControlConnection {
     this.daemon.forget(this);
   }
 
+  /** The handshake: hello → challenge, then auth → our hello with our proof. */
+  private onHandshake(m: Extract<ClientMessage, { type: "hello" | "auth" }>): void {
+    if (m.type === "hello") {
+      this.hello = m;
+      this.hostNonce = newNonce();
+      this.send({ type: "challenge", nonce: this.hostNonce });
+      return;
+    }
+    const hello = this.hello!;
+    const nonce = this.hostNonce!;
+    if (!checkControlProof(this.opts.key, "client", hello.nonce, nonce, m.proof)) {
+      this.drop(
+        "authentication failed: the client's proof does not match this host's cluster key (it holds another key)",
+      );
+      return;
+    }
+    const refusal = this.daemon.admit(this);
+    if (refusal) {
+      this.drop(refusal);
+      return;
+    }
+    clearTimeout(this.handshakeTimer);
+    this.authenticated = true;
+    this.channel.maxLineBytes = MAX_LINE_BYTES;
+    this.log.info("client connected", { client: this.who });
+    this.send(this.daemon.helloFor(this.socket, controlProof(this.opts.key, "host", hello.nonce, nonce)));
+  }
+
   private onLine(value: unknown): void {
-    const m = validateMessage(value, ClientMessageSchema, CLIENT_TYPES, this.hello === undefined);
+    const expect = this.authenticated ? null : this.hello === undefined ? "hello" : "auth";
+    const m = validateMessage(value, ClientMessageSchema, CLIENT_TYPES, expect);
     if (typeof m === "string") {
       this.drop(m);
       return;
     }
+    if (m.type === "hello" || m.type === "auth") {
+      this.onHandshake(m);
+      return;
+    }
     this.touch();
     switch (m.type) {
-      case "hello":
-        clearTimeout(this.helloTimer);
-        this.hello = m;
-        this.log.info("client connected", { client: this.who });
-        this.send(this.daemon.helloFor(this.socket));
-        return;
       case "ping":
         this.send({ type: "pong" });
         return;
@@ -241,6 +306,7 @@ class ControlConnection {
         program: m.program,
         argv: m.argv,
         ranks: m.ranks,
+        key: m.key,
         pages: m.pages,
         maxHeapMb: m.maxHeapMb,
       },
@@ -321,7 +387,11 @@ function wireResult(v: unknown): unknown {
 }
 
 export class HostDaemon {
+  /** Authenticated control connections. */
   private readonly conns = new Set<ControlConnection>();
+  /** Connections still in the handshake, oldest first (a Set keeps insertion order). */
+  private readonly pending = new Set<ControlConnection>();
+  private readonly refuse: (msg: string, fields?: LogFields) => void;
   private readonly linking = new Map<number, Promise<void>>();
   private stopped = false;
   readonly hostname = osHostname();
@@ -334,7 +404,12 @@ export class HostDaemon {
     readonly slots: number,
     private readonly log: Logger,
     private readonly opts: HostDaemonOptions,
-  ) {}
+  ) {
+    this.refuse = rateLimitedWarn(
+      log,
+      "more unauthenticated control connections dropped (not logged one by one)",
+    );
+  }
 
   get nicId(): number {
     return this.host.nicId;
@@ -360,10 +435,22 @@ export class HostDaemon {
           port: controlPort,
         });
       host = await Host.start({ nicId, maxEndpoints: opts.maxEndpoints });
+      // The NIC thread's link events (connections refused, links up and down) in our format.
+      const nicWarn = rateLimitedWarn(log, "more NIC link events (not logged one by one)", 40);
+      host.nic.onLog((message, fields) => {
+        const { level, ...rest } = fields;
+        if (level === "info") log.info(message, { source: "nic", ...rest });
+        else nicWarn(message, { source: "nic", ...rest });
+      });
       let linkPort = opts.linkPort ?? (opts.listen.port === 0 ? 0 : controlPort + 1);
       if (linkPort === 0) linkPort = await freePort(control.host);
       try {
-        await host.nic.attachLink({ kind: "tcp-listen", host: control.host, port: linkPort });
+        await host.nic.attachLink({
+          kind: "tcp-listen",
+          host: control.host,
+          port: linkPort,
+          key: opts.key.bytes,
+        });
       } catch (e) {
         throw new Error(
           `the NIC cannot accept links on ${formatAddress({ host: control.host, port: linkPort })}: ${(e as Error).message}`,
@@ -396,6 +483,7 @@ export class HostDaemon {
       slots: opts.slots,
       pid: process.pid,
       version: WIRE_VERSION,
+      clusterKey: opts.key.file ?? "in memory",
     });
     for (const p of opts.peers ?? []) void daemon.peerLoop(p);
     return daemon;
@@ -406,30 +494,40 @@ export class HostDaemon {
       socket.destroy();
       return;
     }
-    const max = this.opts.maxConnections ?? 256;
-    if (this.conns.size >= max) {
-      this.log.warn("too many control connections: refusing one", {
-        client: `${plainAddress(socket.remoteAddress)}:${socket.remotePort}`,
-        max,
-      });
-      socket.destroy();
-      return;
+    const maxPending = this.opts.maxPendingHandshakes ?? 64;
+    if (this.pending.size >= maxPending) {
+      // The oldest has had the longest to prove itself; a launcher takes a few round trips.
+      const oldest = this.pending.values().next().value as ControlConnection;
+      this.pending.delete(oldest);
+      oldest.drop(`dropped unauthenticated: more than ${maxPending} connections in the handshake at once`);
     }
-    this.conns.add(
+    this.pending.add(
       new ControlConnection(this, socket, this.log, {
-        helloTimeoutMs: this.opts.helloTimeoutMs ?? 5000,
+        handshakeTimeoutMs: this.opts.handshakeTimeoutMs ?? 2000,
         idleTimeoutMs: this.opts.idleTimeoutMs ?? 30_000,
+        key: this.opts.key,
+        refuse: this.refuse,
       }),
     );
+  }
+
+  /** @internal A client proved the key: it becomes a client, or the reason it cannot. */
+  admit(c: ControlConnection): string | undefined {
+    this.pending.delete(c);
+    const max = this.opts.maxConnections ?? 256;
+    if (this.conns.size >= max) return `the host serves ${max} clients already; try again later`;
+    this.conns.add(c);
+    return undefined;
   }
 
   /** @internal */
   forget(c: ControlConnection): void {
     this.conns.delete(c);
+    this.pending.delete(c);
   }
 
-  /** Our hello for a client: the link address as the client can reach it. */
-  helloFor(socket: net.Socket): HostMessage {
+  /** Our hello for an authenticated client: the link address as it can reach it, and our proof. */
+  helloFor(socket: net.Socket, proof: string): HostMessage {
     return {
       type: "hello",
       version: WIRE_VERSION,
@@ -439,6 +537,7 @@ export class HostDaemon {
       slots: this.slots,
       pid: process.pid,
       paths: ["native", "bypass", "split"],
+      proof,
     };
   }
 
@@ -494,7 +593,13 @@ export class HostDaemon {
         if (this.nicId < p.nicId) {
           const left = Math.max(1, Math.min(3000, deadline - Date.now()));
           try {
-            await this.host.nic.attachLink({ kind: "tcp", host: p.host, port: p.port, timeoutMs: left });
+            await this.host.nic.attachLink({
+              kind: "tcp",
+              host: p.host,
+              port: p.port,
+              timeoutMs: left,
+              key: this.opts.key.bytes,
+            });
             this.log.info("NIC linked", { peer: p.label, peerNic: p.nicId });
             return;
           } catch (e) {
@@ -522,7 +627,11 @@ export class HostDaemon {
     while (!this.stopped) {
       let rh: RemoteHost | undefined;
       try {
-        rh = await RemoteHost.connect(peer, { role: "peer", name: `${this.hostname}:${this.control.port}` });
+        rh = await RemoteHost.connect(peer, {
+          role: "peer",
+          name: `${this.hostname}:${this.control.port}`,
+          key: this.opts.key,
+        });
         if (rh.nicId === this.nicId)
           throw new Error(`it has this host's NIC id ${this.nicId}; give one of them another --nic-id`);
         const me: LinkPeer = {
@@ -562,6 +671,7 @@ export class HostDaemon {
     const jobs = [...this.conns].flatMap((c) => [...c.jobs.values()]);
     await Promise.all(jobs.map((s) => s.stop()));
     for (const c of this.conns) c.close("the host is stopping");
+    for (const c of this.pending) c.close("the host is stopping");
     await this.host.stop();
     await Promise.race([closed, sleep(1500)]);
     this.log.info("host stopped", { jobsStopped: jobs.length });

@@ -5,6 +5,7 @@
  * node list `node[01-03,07],gpu5` and task counts `2(x3),1`). Everything here is user input:
  * every error says where (item, line) and what to write instead.
  */
+import net from "node:net";
 
 /** The control port `myrixen host` listens on unless told otherwise. */
 export const DEFAULT_CONTROL_PORT = 7470;
@@ -35,7 +36,12 @@ export interface HostEntry extends HostAddress {
 }
 
 const HOSTNAME = /^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,252})$/;
-const IPV6 = /^[0-9A-Fa-f:.]+(?:%[A-Za-z0-9_.-]+)?$/;
+const ZONE = /%[A-Za-z0-9_.-]+$/;
+
+/** A well-formed IPv6 literal (net.isIPv6: "::::" is not), optionally with a %zone. */
+function isIPv6(s: string): boolean {
+  return net.isIPv6(s) && (!s.includes("%") || ZONE.test(s));
+}
 
 export function formatAddress(a: HostAddress): string {
   return `${a.host.includes(":") ? `[${a.host}]` : a.host}:${a.port}`;
@@ -60,8 +66,7 @@ export function parseAddress(text: string, defaultPort: number, allowZeroPort = 
   const bracket = /^\[([^\]]*)\](?::(.*))?$/.exec(s);
   if (bracket) {
     host = bracket[1];
-    if (!IPV6.test(host) || !host.includes(":"))
-      return `"${s}": "${host}" in brackets is not an IPv6 address`;
+    if (!isIPv6(host)) return `"${s}": "${host}" in brackets is not an IPv6 address`;
     if (bracket[2] !== undefined) {
       const p = parsePort(bracket[2], allowZeroPort);
       if (typeof p === "string") return `"${s}": ${p}`;
@@ -72,7 +77,7 @@ export function parseAddress(text: string, defaultPort: number, allowZeroPort = 
   const colons = s.split(":").length - 1;
   if (colons > 1) {
     // Several colons and no brackets: an IPv6 literal without a port.
-    if (!IPV6.test(s))
+    if (!isIPv6(s))
       return `"${s}" is not a host name, IPv4 or IPv6 address (write IPv6 with a port as [addr]:port)`;
     return { host: s, port };
   }

@@ -8,12 +8,19 @@
  * A host is a JobTarget: the Host in this process (LocalTarget, the embedded default) or a
  * `myrixen host` reached over the control protocol (RemoteHost in remote.ts). Both run their
  * ranks with the same RankSet (ranks.ts); this file is the one launcher for both.
+ *
+ * Each job draws its own MX endpoint key here (newJobKey: node:crypto, never 0 or the old
+ * shared constant, never one this process drew before), which the hosts hand to its ranks:
+ * ranks of another job hold another key and cannot connect to this job's endpoints.
  */
+import { randomInt } from "node:crypto";
 import { hostname as osHostname } from "node:os";
 import type { Host } from "../host/host.js";
 import type { DomainExit } from "../xen/hypervisor.js";
+import type { ClusterKey } from "./auth.js";
 import type { HostAddress } from "./hostfile.js";
 import { type MapBy, PlacementError, placeRanks } from "./placement.js";
+import { isJobKey } from "./protocol.js";
 import { type RankEvents, type RankExit, RankRefusal, RankSet, type RankStartSpec } from "./ranks.js";
 import { type LinkPeer, MAX_RANKS, RANK_PATHS, type RankPath } from "./wire.js";
 
@@ -45,9 +52,9 @@ export interface JobTarget {
 }
 
 /**
- * The Host in this process as a JobTarget. With a `linkAddress` (its NIC listens there) it can
- * be one of several hosts of a job: several Hosts in one process, NICs joined over TCP, as
- * `myrixen start` runs its two-host cluster.
+ * The Host in this process as a JobTarget. With a `linkAddress` (its NIC listens there, with
+ * `clusterKey`) it can be one of several hosts of a job: several Hosts in one process, NICs
+ * joined over TCP and authenticated with the key, as `myrixen start` runs its two-host cluster.
  */
 export class LocalTarget implements JobTarget {
   readonly label: string;
@@ -58,6 +65,7 @@ export class LocalTarget implements JobTarget {
     readonly slots = Number.POSITIVE_INFINITY,
     label = "local",
     readonly linkAddress?: HostAddress,
+    private readonly clusterKey?: ClusterKey,
   ) {
     this.label = label;
   }
@@ -69,13 +77,14 @@ export class LocalTarget implements JobTarget {
   /** Links this NIC to the peers' (the lower NIC id connects, as between host processes) and waits until both ends see each link. */
   async link(peers: LinkPeer[], timeoutMs: number): Promise<void> {
     if (peers.length === 0) return;
-    if (!this.linkAddress)
-      throw new Error("this embedded host has no link address: it links to no other host");
+    if (!this.linkAddress || !this.clusterKey)
+      throw new Error("this embedded host has no link address and cluster key: it links to no other host");
+    const key = this.clusterKey.bytes;
     const deadline = Date.now() + timeoutMs;
     const have = new Set((await this.host.nicInfo()).links);
     for (const p of peers)
       if (!have.has(p.nicId) && this.nicId < p.nicId)
-        await this.host.nic.attachLink({ kind: "tcp", host: p.host, port: p.port, timeoutMs });
+        await this.host.nic.attachLink({ kind: "tcp", host: p.host, port: p.port, timeoutMs, key });
     for (;;) {
       const links = new Set((await this.host.nicInfo()).links);
       const missing = peers.filter((p) => !links.has(p.nicId));
@@ -167,6 +176,21 @@ function defaultOutput(rank: number, stream: "stdout" | "stderr", line: string):
 
 let jobCounter = 0;
 
+/** Keys this process drew (so it never draws one twice); bounded, oldest forgotten first. */
+const drawnKeys = new Set<number>();
+const MAX_REMEMBERED_KEYS = 1 << 16;
+
+/** A job's endpoint key: random (node:crypto), a u32 other than 0 and the old shared constant, new to this process. */
+export function newJobKey(): number {
+  for (;;) {
+    const k = randomInt(1, 0x1_0000_0000);
+    if (!isJobKey(k) || drawnKeys.has(k)) continue;
+    drawnKeys.add(k);
+    if (drawnKeys.size > MAX_REMEMBERED_KEYS) drawnKeys.delete(drawnKeys.values().next().value as number);
+    return k;
+  }
+}
+
 /** Unique enough across launchers: hosts also keep each launcher's jobs apart. */
 function newJobId(): string {
   const host = osHostname()
@@ -187,6 +211,8 @@ export class Job {
   private settle: (() => void) | undefined;
   private readonly lostHosts: JobResult["lostHosts"] = [];
   readonly id: string;
+  /** The job's MX endpoint key, handed to its ranks only (not logged, not in any status). */
+  private readonly key = newJobKey();
 
   constructor(
     hosts: Host | JobTarget | JobTarget[],
@@ -347,6 +373,7 @@ export class Job {
           program: spec.program,
           argv: spec.argv ?? [],
           ranks,
+          key: this.key,
           pages: spec.pages,
           maxHeapMb: spec.maxHeapMb,
         },

@@ -2,16 +2,20 @@
  * Several hosts in this process, each with its NIC listening for links on a loopback port:
  * a cluster on one machine with no set-up (what `myrixen start` runs). Each host is a full
  * Host (hypervisor, NIC thread, driver domain); a job across them links their NICs over real
- * TCP sockets exactly as between `myrixen host` processes (LocalTarget.link).
+ * TCP sockets exactly as between `myrixen host` processes (LocalTarget.link), authenticated
+ * with a cluster key as they are: here a fresh random key held in memory, one per cluster.
  */
 import { createServer } from "node:net";
 import { Host, type HostOptions } from "../host/host.js";
+import { type ClusterKey, randomClusterKey } from "./auth.js";
 import { LocalTarget } from "./job.js";
 
 export interface LocalCluster {
   hosts: Host[];
   /** One job target per host, each offering `slotsPerHost` ranks. */
   targets: LocalTarget[];
+  /** The cluster's key (in memory only): what a NIC must prove to link to these hosts. */
+  key: ClusterKey;
   stop(): Promise<void>;
 }
 
@@ -35,6 +39,7 @@ export async function startLocalCluster(
   if (!Number.isInteger(n) || n < 1 || n > 16) throw new RangeError(`hosts must be 1..16, got ${n}`);
   const hosts: Host[] = [];
   const targets: LocalTarget[] = [];
+  const key = randomClusterKey();
   try {
     for (let i = 0; i < n; i++) {
       const host = await Host.start({ ...opts, nicId: i + 1 });
@@ -44,13 +49,13 @@ export async function startLocalCluster(
       for (let attempt = 0; ; attempt++) {
         port = await freePort();
         try {
-          await host.nic.attachLink({ kind: "tcp-listen", host: "127.0.0.1", port });
+          await host.nic.attachLink({ kind: "tcp-listen", host: "127.0.0.1", port, key: key.bytes });
           break;
         } catch (e) {
           if (attempt >= 1) throw e;
         }
       }
-      targets.push(new LocalTarget(host, slotsPerHost, `host${i + 1}`, { host: "127.0.0.1", port }));
+      targets.push(new LocalTarget(host, slotsPerHost, `host${i + 1}`, { host: "127.0.0.1", port }, key));
     }
   } catch (e) {
     await Promise.all(hosts.map((h) => h.stop().catch(() => undefined)));
@@ -59,6 +64,7 @@ export async function startLocalCluster(
   return {
     hosts,
     targets,
+    key,
     async stop() {
       await Promise.all(hosts.map((h) => h.stop().catch(() => undefined)));
     },

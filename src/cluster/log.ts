@@ -78,3 +78,43 @@ export const silentLogger: Logger = {
   debug: () => {},
   enabled: () => false,
 };
+
+/**
+ * A warn() for events an attacker can cause at will (refused connections): at most
+ * `perWindow` lines per `windowMs`, then the rest are counted and summed up in one line when
+ * the window ends, so a flood of connections does not flood the log too.
+ */
+export function rateLimitedWarn(
+  log: Logger,
+  summary: string,
+  perWindow = 20,
+  windowMs = 10_000,
+): (msg: string, fields?: LogFields) => void {
+  let windowStart = 0;
+  let logged = 0;
+  let suppressed = 0;
+  let timer: NodeJS.Timeout | undefined;
+  const flush = () => {
+    clearTimeout(timer);
+    timer = undefined;
+    if (suppressed > 0) log.warn(summary, { count: suppressed, windowMs });
+    suppressed = 0;
+  };
+  return (msg, fields) => {
+    const now = Date.now();
+    if (now - windowStart >= windowMs) {
+      flush();
+      windowStart = now;
+      logged = 0;
+    }
+    if (logged++ < perWindow) {
+      log.warn(msg, fields);
+      return;
+    }
+    suppressed++;
+    if (!timer) {
+      timer = setTimeout(flush, windowMs - (now - windowStart));
+      timer.unref();
+    }
+  };
+}

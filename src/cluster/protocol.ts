@@ -1,11 +1,25 @@
 /**
  * How a job's launcher and its ranks find each other (the PMI of this project). A rank is a
- * guest (bypass path) or a native process; its `guest.args.job` says who it is. At MPI init
- * the rank opens an MX endpoint, tells the launcher its address, and gets everyone's back.
+ * guest (bypass path) or a native process; its `guest.args.job` says who it is, including the
+ * job's MX endpoint key. At MPI init the rank opens an MX endpoint with that key, tells the
+ * launcher its address, and gets everyone's back.
+ *
+ * Job keys: each job's launcher draws its own random key (job.ts newJobKey, node:crypto), so a
+ * rank of another job cannot connect to this job's endpoints; a host refuses a job whose key
+ * is one a job still running there has (ranks.ts). This file is imported by guest code (the
+ * MPI library), so it uses no Node module.
  */
 
-/** The MX endpoint key every rank of a job opens with. */
-export const JOB_KEY = 0x4d504921;
+/**
+ * The MX endpoint key every job used to share (before per-job keys). Never a job's key: a
+ * launcher does not draw it, hosts and MPI.init refuse it.
+ */
+export const OLD_SHARED_JOB_KEY = 0x4d504921;
+
+/** A usable job key: a u32 other than 0 and OLD_SHARED_JOB_KEY. */
+export function isJobKey(k: unknown): k is number {
+  return Number.isInteger(k) && (k as number) >= 1 && (k as number) <= 0xffffffff && k !== OLD_SHARED_JOB_KEY;
+}
 
 export interface RankArgs {
   rank: number;
@@ -14,6 +28,8 @@ export interface RankArgs {
   path: string;
   /** The program's own arguments (after PROGRAM on the command line). */
   argv: string[];
+  /** The job's MX endpoint key (isJobKey). */
+  key: number;
 }
 
 export type RankToLauncher = { type: "mpi-addr"; rank: number; nic: number; endpoint: number };

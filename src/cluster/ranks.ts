@@ -4,13 +4,17 @@
  * hands them the job's peer list, and stops them. The same code serves the embedded host of
  * `myrixen run` (events go straight to the launcher) and `myrixen host` (events go over the
  * control connection), so a job behaves the same on one machine and across many.
+ *
+ * Each job's ranks open their endpoints with the job's key (protocol.ts). A host refuses a
+ * job whose key is the key of a job still running on it (keysInUse below, per Host): two jobs
+ * sharing a key could connect to each other's endpoints.
  */
 import { createInterface } from "node:readline";
 import type { Readable } from "node:stream";
 import type { Host } from "../host/host.js";
 import type { Domain, DomainExit } from "../xen/hypervisor.js";
 import { ProgramError, resolveProgram } from "./programs.js";
-import type { LauncherToRank, RankArgs, RankToLauncher } from "./protocol.js";
+import { isJobKey, type LauncherToRank, type RankArgs, type RankToLauncher } from "./protocol.js";
 import type { RankPath } from "./wire.js";
 
 export interface RankExit {
@@ -38,6 +42,8 @@ export interface RankStartSpec {
   argv: string[];
   /** Which ranks of the job run here. */
   ranks: number[];
+  /** The job's MX endpoint key (isJobKey), drawn by its launcher. */
+  key: number;
   pages?: number;
   maxHeapMb?: number;
 }
@@ -68,12 +74,16 @@ function lines(stream: Readable | null | undefined, line: (s: string) => void): 
   });
 }
 
+/** Per Host: the keys of the jobs that have ranks on it now. */
+const keysInUse = new WeakMap<Host, Set<number>>();
+
 export class RankSet {
   private readonly domains = new Map<number, Domain>();
   private readonly exits: Promise<void>[] = [];
   private stopping = false;
   private lastPeers: LauncherToRank | undefined;
   private program: URL | undefined;
+  private keyHeld = false;
 
   /** Nothing runs until start(); peers() and stop() may come before start() is done. */
   constructor(
@@ -89,12 +99,23 @@ export class RankSet {
    */
   async start(): Promise<void> {
     const { spec } = this;
+    if (!isJobKey(spec.key))
+      throw new RankRefusal("the job has no valid endpoint key (a random u32 other than 0 and 0x4d504921)");
     try {
       this.program = resolveProgram(spec.program);
     } catch (e) {
       if (e instanceof ProgramError) throw new RankRefusal(e.message);
       throw e;
     }
+    let keys = keysInUse.get(this.host);
+    if (!keys) keysInUse.set(this.host, (keys = new Set()));
+    if (keys.has(spec.key))
+      // Not a refusal of the request as such: the launcher drew a key that is taken (or lied).
+      throw new Error(
+        "the job's endpoint key is the key of another job running on this host; run the job again (its launcher draws a new key)",
+      );
+    keys.add(spec.key);
+    this.keyHeld = true;
     try {
       for (const rank of spec.ranks) {
         if (this.stopping) throw new RankRefusal("the job was stopped while its ranks were starting");
@@ -102,8 +123,17 @@ export class RankSet {
       }
     } catch (e) {
       await this.stop();
+      void this.done.then(() => this.releaseKey());
       throw e;
     }
+    void this.done.then(() => this.releaseKey());
+  }
+
+  /** The job's key is free again on this host once all its ranks here have ended. */
+  private releaseKey(): void {
+    if (!this.keyHeld) return;
+    this.keyHeld = false;
+    keysInUse.get(this.host)?.delete(this.spec.key);
   }
 
   /** Resolves when every started rank has reported its exit. */
@@ -113,7 +143,7 @@ export class RankSet {
 
   private async startRank(rank: number, program: URL): Promise<void> {
     const { spec } = this;
-    const job: RankArgs = { rank, size: spec.size, path: spec.path, argv: spec.argv };
+    const job: RankArgs = { rank, size: spec.size, path: spec.path, argv: spec.argv, key: spec.key };
     const domSpec = {
       module: program,
       args: { job },

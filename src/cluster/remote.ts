@@ -1,12 +1,14 @@
 /**
  * The launcher's side of a control connection to a `myrixen host` (and a host's side when it
- * links to its `--peers`): connects, exchanges hellos, and is that host as a JobTarget —
+ * links to its `--peers`): connects, proves the cluster key and checks the host's proof
+ * (wire.ts, auth.ts), and is that host as a JobTarget —
  * link requests, a job's ranks (their output, addresses and exits come back as events),
  * status. A connection that closes, sends garbage or stops answering pings makes the host
  * "lost": every job on it learns at once, with the reason.
  */
 import net from "node:net";
 import { hostname as osHostname } from "node:os";
+import { type ClusterKey, checkControlProof, controlProof, newNonce } from "./auth.js";
 import type { HostAddress } from "./hostfile.js";
 import { formatAddress } from "./hostfile.js";
 import type { JobTarget, TargetJob } from "./job.js";
@@ -26,7 +28,9 @@ import {
 } from "./wire.js";
 
 export interface ConnectOptions {
-  /** Connect plus hello (default 5 s). */
+  /** The cluster key (auth.ts): proved to the host, which proves it back. */
+  key: ClusterKey;
+  /** Connect plus handshake (default 5 s). */
   timeoutMs?: number;
   role?: "launcher" | "peer";
   /** Who we are, for the host's log. */
@@ -37,6 +41,9 @@ export interface ConnectOptions {
   /** The host's log and warning messages. */
   onLog?: (level: string, msg: string) => void;
 }
+
+/** The host refused this side's proof of the cluster key, or could not prove its own. */
+export class AuthError extends Error {}
 
 type Pending = { resolve: (m: HostMessage) => void; reject: (e: Error) => void };
 
@@ -69,19 +76,28 @@ export class RemoteHost implements JobTarget {
     this.pinger.unref();
   }
 
-  /** Connects to a host's control port; rejects with a message naming the host and what to check. */
-  static connect(address: HostAddress & { label?: string }, opts: ConnectOptions = {}): Promise<RemoteHost> {
+  /**
+   * Connects to a host's control port and runs the handshake (wire.ts): both sides prove the
+   * cluster key. Rejects with a message naming the host and what to check; an AuthError when
+   * the host refused our proof or could not prove its own.
+   */
+  static connect(address: HostAddress & { label?: string }, opts: ConnectOptions): Promise<RemoteHost> {
     const label = address.label ?? formatAddress(address);
     const timeoutMs = opts.timeoutMs ?? 5000;
+    const key = opts.key;
     return new Promise((resolve, reject) => {
       let host: RemoteHost | undefined;
       let settled = false;
-      const fail = (why: string) => {
+      const clientNonce = newNonce();
+      let hostNonce: string | undefined;
+      const fail = (why: string, auth = false) => {
         if (settled) return;
         settled = true;
         clearTimeout(timer);
         socket.destroy();
-        reject(new Error(`cannot reach host ${label}: ${why}`));
+        reject(
+          auth ? new AuthError(`host ${label} ${why}`) : new Error(`cannot reach host ${label}: ${why}`),
+        );
       };
       const timer = setTimeout(() => fail(`no hello within ${timeoutMs} ms`), timeoutMs);
       const socket = net.connect({ host: address.host, port: address.port });
@@ -99,17 +115,39 @@ export class RemoteHost implements JobTarget {
               host.onLine(value);
               return;
             }
-            const m = validateMessage(value, HostMessageSchema, HOST_TYPES, true);
+            const m = validateMessage(
+              value,
+              HostMessageSchema,
+              HOST_TYPES,
+              hostNonce === undefined ? "challenge" : "hello",
+            );
             if (typeof m === "string") {
-              const err = (value as { type?: unknown; msg?: unknown } | null)?.type === "error";
+              const err = (value as { type?: unknown } | null)?.type === "error";
+              const said = err ? String((value as { msg?: unknown }).msg).slice(0, 1000) : "";
+              if (err && /^authentication failed/.test(said))
+                fail(
+                  `refused authentication: this side's cluster key (${key.source}) is not the host's`,
+                  true,
+                );
+              else fail(err ? `the host refused: ${said}` : `not a MyriXen host (${m})`);
+              return;
+            }
+            if (m.type === "challenge") {
+              hostNonce = m.nonce;
+              channel.send({
+                type: "auth",
+                proof: controlProof(key, "client", clientNonce, m.nonce),
+              } satisfies ClientMessage);
+              return;
+            }
+            if (m.type !== "hello" || hostNonce === undefined) return;
+            if (!checkControlProof(key, "host", clientNonce, hostNonce, m.proof)) {
               fail(
-                err
-                  ? `the host refused: ${String((value as { msg: unknown }).msg)}`
-                  : `not a MyriXen host (${m})`,
+                `did not prove the cluster key: it is not a host of this cluster, or it holds another key than ${key.source}`,
+                true,
               );
               return;
             }
-            if (m.type !== "hello") return;
             settled = true;
             clearTimeout(timer);
             host = new RemoteHost(channel, m, address, label, opts);
@@ -129,6 +167,7 @@ export class RemoteHost implements JobTarget {
           version: WIRE_VERSION,
           role: opts.role ?? "launcher",
           name: opts.name ?? `${osHostname()}:${process.pid}`,
+          nonce: clientNonce,
         } satisfies ClientMessage);
       });
     });
@@ -179,6 +218,7 @@ export class RemoteHost implements JobTarget {
       program: programForHosts(spec.program),
       argv: spec.argv,
       ranks: spec.ranks,
+      key: spec.key,
       pages: spec.pages,
       maxHeapMb: spec.maxHeapMb,
     }).then(() => undefined);
@@ -222,7 +262,7 @@ export class RemoteHost implements JobTarget {
   }
 
   private onLine(value: unknown): void {
-    const m = validateMessage(value, HostMessageSchema, HOST_TYPES, false);
+    const m = validateMessage(value, HostMessageSchema, HOST_TYPES, null);
     if (typeof m === "string") {
       this.lose(`sent a bad message: ${m}`);
       return;

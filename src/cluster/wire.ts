@@ -2,20 +2,32 @@
  * The control protocol between a launcher (`myrixen run`) and a host (`myrixen host`), and
  * between hosts that link up from `--peers`: newline-delimited JSON over TCP, every line at
  * most MAX_LINE_BYTES, every message validated with zod on arrival (both ends treat the other
- * as untrusted). Each side opens with a `hello` carrying WIRE_VERSION; the host's hello also
- * says who it is (hostname, NIC id, link address, slots).
+ * as untrusted).
  *
- * Client → host: hello, link (make sure the NIC is linked to these peers), start (ranks of a
- * job), peers (the MPI address relay), stop (a job), status, ping.
- * Host → client: hello, reply (to link/start), status, output (a rank's line), addr (a rank's
- * MX address), exit (a rank ended), log, error (why the host drops the connection), pong.
+ * Handshake (version 2), before any request: the client's `hello` carries WIRE_VERSION and its
+ * nonce; the host answers `challenge` with its nonce; the client sends `auth` with its proof
+ * of the cluster key (auth.ts controlProof); only if it matches does the host send its `hello`,
+ * which says who it is (hostname, NIC id, link address, slots) and carries the host's proof,
+ * which the client checks in turn. Anything else first, a wrong proof or no proof in time
+ * gets one `error` line and the connection closes.
+ *
+ * Client → host: hello, auth, then link (make sure the NIC is linked to these peers), start
+ * (ranks of a job, with the job's endpoint key), peers (the MPI address relay), stop (a job),
+ * status, ping.
+ * Host → client: challenge, hello, then reply (to link/start), status, output (a rank's line),
+ * addr (a rank's MX address), exit (a rank ended), log, error (why the host drops the
+ * connection), pong.
  */
 import type net from "node:net";
 import { z } from "zod";
+import { isJobKey } from "./protocol.js";
 
-export const WIRE_VERSION = 1;
+/** 2: the handshake proves the cluster key; start carries the job's key. */
+export const WIRE_VERSION = 2;
 /** Longest line either side accepts; a longer one is garbage and drops the connection. */
 export const MAX_LINE_BYTES = 1 << 20;
+/** Longest line a host accepts before the client proved the key (handshake lines are short). */
+export const MAX_HANDSHAKE_LINE_BYTES = 4096;
 /** A rank's output line is cut to this many characters before it is sent. */
 export const MAX_OUTPUT_LINE = 64 * 1024;
 /** Largest job a host accepts ranks of. */
@@ -33,6 +45,10 @@ const rank = z
 const jobId = z.string().regex(/^[A-Za-z0-9_.:@-]{1,128}$/, "a job id of 1-128 characters [A-Za-z0-9_.:@-]");
 const hostName = z.string().min(1).max(255);
 const port = z.int().min(1).max(65535);
+const nonce = z.string().regex(/^[0-9a-f]{64}$/, "32 bytes as 64 lowercase hex characters");
+const proof = nonce;
+/** A job's MX endpoint key: a random u32, never 0 or the constant every job once shared. */
+const jobKey = z.int().refine(isJobKey, "a job key (a random u32 other than 0 and 0x4d504921)");
 export const RANK_PATHS = ["native", "bypass", "split"] as const;
 export type RankPath = (typeof RANK_PATHS)[number];
 
@@ -49,7 +65,9 @@ const ClientHello = z.strictObject({
   version: z.int(),
   role: z.enum(["launcher", "peer"]),
   name: z.string().max(256),
+  nonce,
 });
+const Auth = z.strictObject({ type: z.literal("auth"), proof });
 const Link = z.strictObject({
   type: z.literal("link"),
   id: reqId,
@@ -65,6 +83,7 @@ const Start = z.strictObject({
   program: z.string().min(1).max(4096),
   argv: z.array(z.string().max(65536)).max(4096),
   ranks: z.array(rank).min(1).max(MAX_RANKS),
+  key: jobKey,
   pages: z
     .int()
     .min(1)
@@ -83,6 +102,7 @@ const Ping = z.strictObject({ type: z.literal("ping") });
 
 export const ClientMessageSchema = z.discriminatedUnion("type", [
   ClientHello,
+  Auth,
   Link,
   Start,
   Peers,
@@ -103,7 +123,10 @@ const HostHello = z.strictObject({
   slots: z.int().min(1).max(4096),
   pid: z.int().min(0),
   paths: z.array(z.string().max(32)).max(16),
+  /** The host's proof of the cluster key (after the client's). */
+  proof,
 });
+const Challenge = z.strictObject({ type: z.literal("challenge"), nonce });
 const Reply = z.strictObject({
   type: z.literal("reply"),
   id: reqId,
@@ -164,6 +187,7 @@ const Pong = z.strictObject({ type: z.literal("pong") });
 
 export const HostMessageSchema = z.discriminatedUnion("type", [
   HostHello,
+  Challenge,
   Reply,
   Status,
   Output,
@@ -193,23 +217,32 @@ export function describeIssues(error: z.ZodError, prefix = ""): string[] {
   return out;
 }
 
+/** Messages of the handshake; each is valid only at its step. */
+const HANDSHAKE_TYPES = new Set(["hello", "challenge", "auth"]);
+
 /**
- * Checks one parsed line against a schema. Returns the message, or a sentence saying what is
- * wrong (an unknown type and a version mismatch are named as such).
+ * Checks one parsed line against a schema. `expect`: the one type the handshake step allows
+ * now (null once it is over: then no handshake type). Returns the message, or a sentence
+ * saying what is wrong (an unknown type, a request before authentication and a version
+ * mismatch are named as such).
  */
 export function validateMessage<T>(
   value: unknown,
   schema: z.ZodType<T>,
   types: readonly string[],
-  expectHello: boolean,
+  expect: "hello" | "challenge" | "auth" | null,
 ): T | string {
   if (value === null || typeof value !== "object" || Array.isArray(value))
     return "a message must be a JSON object";
   const type = (value as { type?: unknown }).type;
   if (typeof type !== "string") return 'a message needs a string "type"';
   if (!types.includes(type)) return `unknown message type ${JSON.stringify(type).slice(0, 80)}`;
-  if (expectHello && type !== "hello") return `the first message must be "hello", got "${type}"`;
-  if (!expectHello && type === "hello") return "a second hello";
+  if (expect === "hello" && type !== "hello") return `the first message must be "hello", got "${type}"`;
+  if (expect === "auth" && type !== "auth")
+    return `"${type}" before authenticating: the client must prove the cluster key first ("auth")`;
+  if (expect === "challenge" && type !== "challenge") return `expected the host's "challenge", got "${type}"`;
+  if (expect === null && HANDSHAKE_TYPES.has(type))
+    return type === "hello" ? "a second hello" : `a "${type}" after the handshake`;
   if (type === "hello") {
     const v = (value as { version?: unknown }).version;
     if (v !== WIRE_VERSION)
@@ -220,9 +253,10 @@ export function validateMessage<T>(
   return r.data;
 }
 
-export const CLIENT_TYPES = ["hello", "link", "start", "peers", "stop", "status", "ping"] as const;
+export const CLIENT_TYPES = ["hello", "auth", "link", "start", "peers", "stop", "status", "ping"] as const;
 export const HOST_TYPES = [
   "hello",
+  "challenge",
   "reply",
   "status",
   "output",
@@ -252,6 +286,8 @@ export class LineChannel {
   private pending = 0;
   private closed = false;
   closeReason: string | null = null;
+  /** Longest line accepted now (a host lowers it until its client has authenticated). */
+  maxLineBytes = MAX_LINE_BYTES;
 
   constructor(
     readonly socket: net.Socket,
@@ -318,8 +354,8 @@ export class LineChannel {
       const nl = b.indexOf(10, start);
       if (nl < 0) {
         const rest = b.length - start;
-        if (this.pending + rest > MAX_LINE_BYTES) {
-          this.garbage(`a line longer than ${MAX_LINE_BYTES} bytes`);
+        if (this.pending + rest > this.maxLineBytes) {
+          this.garbage(`a line longer than ${this.maxLineBytes} bytes`);
           return;
         }
         if (rest > 0) {
@@ -328,8 +364,8 @@ export class LineChannel {
         }
         return;
       }
-      if (this.pending + (nl - start) > MAX_LINE_BYTES) {
-        this.garbage(`a line longer than ${MAX_LINE_BYTES} bytes`);
+      if (this.pending + (nl - start) > this.maxLineBytes) {
+        this.garbage(`a line longer than ${this.maxLineBytes} bytes`);
         return;
       }
       const piece = b.subarray(start, nl);

@@ -1,10 +1,11 @@
 /**
  * The MPI library's entry: `MPI.init(guest)` bootstraps a rank of a job started by the
- * launcher (cluster/job.ts): it opens an MX endpoint with the job's key, tells the launcher
- * its address, receives everyone's, connects to every other rank and synchronizes. It
- * returns the world communicator; everything else is on Comm (comm.ts).
+ * launcher (cluster/job.ts): it opens an MX endpoint with the job's own key (drawn by the
+ * launcher, in guest.args.job.key; ranks of other jobs hold other keys and cannot connect),
+ * tells the launcher its address, receives everyone's, connects to every other rank and
+ * synchronizes. It returns the world communicator; everything else is on Comm (comm.ts).
  */
-import { JOB_KEY, type LauncherToRank, type RankToLauncher, rankArgs } from "../cluster/protocol.js";
+import { isJobKey, type LauncherToRank, type RankToLauncher, rankArgs } from "../cluster/protocol.js";
 import { Mx } from "../mx/mx.js";
 import type { Guest } from "../xen/guest/guest.js";
 import {
@@ -31,12 +32,17 @@ async function init(guest: Guest): Promise<Comm> {
   const { rank, size } = job;
   if (size < 1 || size > 0x10000 || rank < 0 || rank >= size)
     throw new MpiError(`MPI.init: rank ${rank} of size ${size} is not a valid job position`);
+  const key = job.key;
+  if (!isJobKey(key))
+    throw new MpiError(
+      "MPI.init: this rank has no valid job key (guest.args.job.key); start the job with myrixen run, whose launcher draws one per job",
+    );
   // "split": MX over Ethernet through the driver domain. Otherwise the fast path, and if the
   // host cannot give it, the split path (the accelerator model) — said on stderr, since it
   // changes what the job measures.
   const mx = Mx.init(guest, { path: job.path === "split" ? "split" : "auto" });
   try {
-    const ep = mx.openEndpoint({ key: JOB_KEY });
+    const ep = mx.openEndpoint({ key });
     if (ep.fallbackReason !== undefined && job.path !== "split")
       console.error(`MPI rank ${rank}: running on the split path: ${ep.fallbackReason}`);
     guest.send({ type: "mpi-addr", rank, nic: ep.nicId, endpoint: ep.endpointId } satisfies RankToLauncher);
@@ -50,7 +56,7 @@ async function init(guest: Guest): Promise<Comm> {
     }
     if (peers.length !== size)
       throw new MpiError(`MPI.init: the launcher sent ${peers.length} addresses for a job of ${size} ranks`);
-    const addrs = peers.map((p, i) => (i === rank ? undefined : ep.connect(p.nic, p.endpoint, JOB_KEY)));
+    const addrs = peers.map((p, i) => (i === rank ? undefined : ep.connect(p.nic, p.endpoint, key)));
     const rt = new Runtime(mx, ep, addrs);
     const world = new Comm(
       rt,

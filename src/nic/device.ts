@@ -10,6 +10,7 @@ import { allocNicCounters, type NicCounterSnapshot, readNicCounters } from "./co
 import type { LinkSpec } from "./link.js";
 import { checkNicOptions } from "./nic.js";
 import type { NicHostMessage, NicWorkerData, NicWorkerMessage } from "./nic-worker.js";
+import type { TcpLinkLogFields } from "./tcp-link.js";
 
 export interface NicDeviceOptions {
   nicId: number;
@@ -25,6 +26,7 @@ export class NicDevice {
   private nextId = 1;
   private readonly pending = new Map<number, { resolve: () => void; reject: (e: Error) => void }>();
   private exited = false;
+  private logCb: ((message: string, fields: TcpLinkLogFields) => void) | undefined;
 
   private constructor(
     readonly nicId: number,
@@ -33,6 +35,11 @@ export class NicDevice {
     private readonly countersBuffer: SharedArrayBuffer,
   ) {
     worker.on("message", (m: NicWorkerMessage) => {
+      if (m.type === "log") {
+        if (this.logCb) this.logCb(m.message, m.fields ?? {});
+        else console.warn(m.message);
+        return;
+      }
       if (m.type !== "reply") return;
       const p = this.pending.get(m.id);
       if (!p) return;
@@ -79,6 +86,11 @@ export class NicDevice {
     const msg: NicHostMessage = { type: "driver", port: port2, replyWord };
     this.worker.postMessage(msg, [port2]);
     return { port: port1, replyWord };
+  }
+
+  /** Where the NIC's link events go (default: console.warn), e.g. a host's structured logger. */
+  onLog(cb: (message: string, fields: TcpLinkLogFields) => void): void {
+    this.logCb = cb;
   }
 
   /** Every counter, read from shared memory now (the NIC is not asked). */

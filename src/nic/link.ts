@@ -118,11 +118,12 @@ export interface Link {
  * carried out asynchronously on the NIC's thread by nic-worker.ts, not by createLink: "tcp"
  * connects to a peer NIC's listener (and reconnects, with backoff, whenever the connection
  * drops until the host detaches that peer), "tcp-listen" accepts peers and attaches each one.
+ * Both prove the cluster `key` (at least 32 bytes) to the peer, which never sees it.
  */
 export type LinkSpec =
   | { kind: "loopback"; slots?: number }
-  | { kind: "tcp"; host?: string; port: number; timeoutMs?: number }
-  | { kind: "tcp-listen"; host?: string; port: number };
+  | { kind: "tcp"; host?: string; port: number; timeoutMs?: number; key: Uint8Array }
+  | { kind: "tcp-listen"; host?: string; port: number; key: Uint8Array };
 
 export const LOOPBACK_DEFAULT_SLOTS = 64;
 

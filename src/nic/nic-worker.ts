@@ -1,13 +1,20 @@
 /**
  * The NIC's thread: runs one Nic engine (nic.ts) and nothing else, so that the NIC's polling
  * and DMA never share a thread with a guest or the backend. The host side (device.ts) hands
- * it drivers' control channels and link requests; the data path never passes the host.
+ * it drivers' control channels and link requests; the data path never passes the host. Link
+ * log lines are posted to the host thread (it owns the logger and stderr).
  */
 import { type MessagePort, parentPort, workerData } from "node:worker_threads";
 import { createLink } from "./link.js";
 import { Nic } from "./nic.js";
 import { NicError } from "./status.js";
-import { attachTcpSpec, cancelTcpReconnect, isTcpLinkSpec } from "./tcp-link.js";
+import {
+  attachTcpSpec,
+  cancelTcpReconnect,
+  isTcpLinkSpec,
+  type TcpLinkLog,
+  type TcpLinkLogFields,
+} from "./tcp-link.js";
 
 /** What device.ts starts the worker with. */
 export interface NicWorkerData {
@@ -28,6 +35,8 @@ export type NicHostMessage =
 /** NIC thread → host. */
 export type NicWorkerMessage =
   | { type: "ready" }
+  /** A link event (tcp-link.ts), for the host's logger. */
+  | { type: "log"; message: string; fields?: TcpLinkLogFields }
   | { type: "reply"; id: number; ok: true }
   | { type: "reply"; id: number; ok: false; message: string };
 
@@ -40,6 +49,10 @@ const nic = new Nic({
   counters: data.counters,
 });
 
+// Link events go to the host thread, which writes them with its own logger (device.ts onLog).
+const linkLog: TcpLinkLog = (message, fields) =>
+  port.postMessage({ type: "log", message, fields } satisfies NicWorkerMessage);
+
 port.on("message", (m: NicHostMessage) => {
   if (m.type === "driver") {
     nic.serveDriver(m.port, m.replyWord);
@@ -47,7 +60,7 @@ port.on("message", (m: NicHostMessage) => {
   }
   if (m.type === "attach_link" && isTcpLinkSpec(m.spec)) {
     // TCP links connect (or listen) asynchronously; the socket lives here, on the NIC's thread.
-    attachTcpSpec(nic, m.spec).then(
+    attachTcpSpec(nic, m.spec, linkLog).then(
       () => port.postMessage({ type: "reply", id: m.id, ok: true } satisfies NicWorkerMessage),
       (e: Error) =>
         port.postMessage({

@@ -1,29 +1,47 @@
 /**
  * A Link over a node:net TCP socket, between the NICs of two host processes (or two NICs in
  * one process). The socket lives on the NIC's own thread: nic-worker.ts attaches TCP links
- * for the specs `{ kind: "tcp", host, port }` (connect) and `{ kind: "tcp-listen", port }`
- * (accept peers) through attachTcpSpec() below.
+ * for the specs `{ kind: "tcp", host, port, key }` (connect) and `{ kind: "tcp-listen", port,
+ * key }` (accept peers) through attachTcpSpec() below.
  *
- * Wire: each side first sends a 16-byte hello — u32 magic "MXTL", u16 protocol version,
- * u16 reserved (0), u32 sender NIC id, u32 FRAME_MAX — all little-endian, then frames, each
- * behind a u32 little-endian length prefix. A bad hello (magic, version, NIC id) drops the
- * connection with a logged reason and nothing else. After the hello, a length outside
- * [FRAME_HEADER_BYTES, FRAME_MAX], a header checkFrame refuses, an unknown frame type, or a
- * frame cut off by the close drops the connection and counts it (tcpLinkStats); nothing
- * throws into the NIC. Every byte from the socket is hostile input.
+ * Handshake (protocol version 2; both sides hold the cluster key, at least 32 bytes, which
+ * never crosses the wire):
+ *   1. each side sends a 48-byte hello — u32 magic "MXTL", u16 protocol version, u16 reserved
+ *      (0), u32 sender NIC id, u32 FRAME_MAX, 32 random bytes (its nonce) — little-endian;
+ *   2. the connecting side ("dial") sends its 32-byte proof: HMAC-SHA256(key, label, version,
+ *      role, prover's NIC id, verifier's NIC id, prover's nonce, verifier's nonce);
+ *   3. the accepting side checks it (crypto.timingSafeEqual) and only then sends its own proof
+ *      (role "accept"), so a peer that cannot prove the key learns nothing but a nonce;
+ *   4. the connecting side checks that proof; then frames flow.
+ * Fresh nonces on both sides stop replays, the role stops a proof being reflected back, the
+ * NIC ids bind the proof to the claimed identity. A bad hello (magic, version, NIC id, frame
+ * size), a wrong proof, a close or the deadline drops the connection with a logged reason
+ * (remote address) and a count (tcpLinkStats); only a link that passed all four steps reaches
+ * the NIC, so an unauthenticated peer never displaces an attached link.
+ *
+ * Accepted sockets get TCP_ACCEPT_DEADLINE_MS (2 s) from accept for the whole handshake, and
+ * a listener keeps at most TCP_MAX_PENDING_HANDSHAKES sockets in the handshake: a new one
+ * beyond that drops the OLDEST, so a static flood of idle connections cannot keep a real
+ * peer (which finishes in a few round trips) out. Refusals are logged at most
+ * REFUSALS_LOGGED_PER_WINDOW per 10 s per listener, then counted in one summary line.
+ *
+ * After the handshake, a length outside [FRAME_HEADER_BYTES, FRAME_MAX], a header checkFrame
+ * refuses, an unknown frame type, or a frame cut off by the close drops the connection and
+ * counts it; nothing throws into the NIC. Every byte from the socket is hostile input.
  *
  * Goodbye: a length prefix of 0 (no frame) says the sender closes on purpose (detachLink): the
  * receiving side then does not try to reconnect. A connection that ends without one (the peer
  * NIC was stopped or crashed, the network failed, a stream fault) is retried by the side that
  * connected, with backoff (RECONNECT_MIN_MS doubling to RECONNECT_MAX_MS), until the host
- * detaches that peer or the NIC stops; the listening side accepts the new connection, which
- * replaces any link it still has to that NIC.
+ * detaches that peer or the NIC stops; the listening side accepts the new (authenticated)
+ * connection, which replaces any link it still has to that NIC.
  *
  * Back-pressure: send() copies the frame into one write and refuses (false) while the socket's
  * write buffer is above a high-water mark and still draining; onWritable fires on 'drain'. So
  * the queued bytes stay below the mark plus one frame. Receiving parses each chunk at once into
  * one FRAME_MAX buffer (TCP's own flow control bounds the rest).
  */
+import { createHmac, randomBytes, timingSafeEqual } from "node:crypto";
 import net from "node:net";
 import {
   checkFrame,
@@ -36,47 +54,105 @@ import {
 } from "./link.js";
 
 export const TCP_LINK_MAGIC = 0x4c54584d; // "MXTL" in little-endian bytes
-export const TCP_LINK_VERSION = 1;
-export const TCP_HELLO_BYTES = 16;
+/** 2: hellos carry a nonce and both sides prove the cluster key (1 had no authentication). */
+export const TCP_LINK_VERSION = 2;
+export const TCP_NONCE_BYTES = 32;
+export const TCP_HELLO_BYTES = 16 + TCP_NONCE_BYTES;
+export const TCP_PROOF_BYTES = 32;
+/** The shortest cluster key a link accepts. */
+export const TCP_LINK_MIN_KEY_BYTES = 32;
 /** Default write-buffer mark above which send() pushes back (32 full frames). */
 export const TCP_LINK_HIGH_WATER = 32 * FRAME_MAX;
+/** Connect plus handshake allowed to a connecting side (unless its options say). */
 export const TCP_HANDSHAKE_TIMEOUT_MS = 5000;
+/** An accepted socket must finish the handshake this soon after accept. */
+export const TCP_ACCEPT_DEADLINE_MS = 2000;
+/** Sockets a listener keeps in the handshake at once (beyond: the oldest is dropped). */
+export const TCP_MAX_PENDING_HANDSHAKES = 64;
 export const RECONNECT_MIN_MS = 50;
 export const RECONNECT_MAX_MS = 1000;
 /** Connect plus handshake time allowed to one reconnection attempt (unless the spec says). */
 export const RECONNECT_ATTEMPT_MS = 1000;
+const REFUSALS_LOGGED_PER_WINDOW = 20;
+const REFUSAL_WINDOW_MS = 10_000;
+const PROOF_LABEL = Buffer.from("MyriXen TCP link proof\0", "latin1");
+const ROLE_DIAL = 1;
+const ROLE_ACCEPT = 2;
 
-/** Per-thread counts of connections this module dropped (handshake refusals and bad streams). */
-export const tcpLinkStats = { handshakesRejected: 0, connectionsDropped: 0 };
+/**
+ * Per-thread counts of connections this module refused or dropped: handshakes refused (any
+ * reason), of which authFailures (a wrong proof) and evicted (over the pending bound), and
+ * connections dropped after the handshake for a stream fault.
+ */
+export const tcpLinkStats = { handshakesRejected: 0, authFailures: 0, evicted: 0, connectionsDropped: 0 };
 
-export type TcpLinkLog = (message: string) => void;
+/** Structured detail for a log line; `level` defaults to "warn". */
+export interface TcpLinkLogFields {
+  level?: "warn" | "info";
+  /** The peer's address, host:port. */
+  remote?: string;
+  reason?: string;
+  peerNic?: number;
+}
+/** Where link events go: the message is a complete line; fields repeat its parts for JSON logs. */
+export type TcpLinkLog = (message: string, fields?: TcpLinkLogFields) => void;
 const defaultLog: TcpLinkLog = (m) => console.warn(m);
 
 const KNOWN_TYPES = new Set<number>(Object.values(FrameType));
 
-function hello(nicId: number): Buffer {
+function hello(nicId: number, nonce: Buffer): Buffer {
   const b = Buffer.alloc(TCP_HELLO_BYTES);
   b.writeUInt32LE(TCP_LINK_MAGIC, 0);
   b.writeUInt16LE(TCP_LINK_VERSION, 4);
   b.writeUInt32LE(nicId >>> 0, 8);
   b.writeUInt32LE(FRAME_MAX, 12);
+  nonce.copy(b, 16);
   return b;
 }
 
-/** The peer's NIC id from a hello, or a string saying why the hello is refused. */
-function parseHello(b: Buffer, ownNic: number): number | string {
+/** A reason the first 6 bytes (magic, version) already give, or null. */
+function checkPrefix(b: Buffer): string | null {
   const magic = b.readUInt32LE(0);
   if (magic !== TCP_LINK_MAGIC)
     return `bad magic 0x${magic.toString(16).padStart(8, "0")} (expected 0x${TCP_LINK_MAGIC.toString(16)}): not a MyriXen TCP link`;
   const version = b.readUInt16LE(4);
   if (version !== TCP_LINK_VERSION)
-    return `protocol version mismatch: peer speaks version ${version}, this NIC speaks ${TCP_LINK_VERSION}`;
+    return `protocol version mismatch: peer speaks version ${version}, this NIC speaks ${TCP_LINK_VERSION}${version < TCP_LINK_VERSION ? " (an unauthenticated older NIC: upgrade it)" : ""}`;
+  return null;
+}
+
+/** The peer's NIC id from a full hello, or a string saying why the hello is refused. */
+function parseHello(b: Buffer, ownNic: number): number | string {
+  const bad = checkPrefix(b);
+  if (bad) return bad;
   const peer = b.readUInt32LE(8);
   if (peer === ownNic) return `peer claims this NIC's own id ${peer}`;
   const frameMax = b.readUInt32LE(12);
   if (frameMax !== FRAME_MAX)
     return `frame size mismatch: peer's FRAME_MAX is ${frameMax}, ours ${FRAME_MAX}`;
   return peer;
+}
+
+/** HMAC-SHA256 over fixed-size fields (so no two inputs concatenate alike). */
+function proof(
+  key: Buffer,
+  role: number,
+  prover: number,
+  verifier: number,
+  proverNonce: Buffer,
+  verifierNonce: Buffer,
+): Buffer {
+  const h = Buffer.alloc(11);
+  h.writeUInt16LE(TCP_LINK_VERSION, 0);
+  h.writeUInt8(role, 2);
+  h.writeUInt32LE(prover >>> 0, 3);
+  h.writeUInt32LE(verifier >>> 0, 7);
+  return createHmac("sha256", key)
+    .update(PROOF_LABEL)
+    .update(h)
+    .update(proverNonce)
+    .update(verifierNonce)
+    .digest();
 }
 
 function checkNicId(nicId: unknown, what: string): number {
@@ -93,52 +169,164 @@ function checkPort(port: unknown, what: string, allowZero: boolean): number {
   return port as number;
 }
 
+/** A private copy of the cluster key (it may come as a Uint8Array through postMessage). */
+function checkKey(key: unknown, what: string): Buffer {
+  if (!(key instanceof Uint8Array) || key.length < TCP_LINK_MIN_KEY_BYTES)
+    throw new RangeError(
+      `${what}: key must be the cluster key, a Uint8Array of at least ${TCP_LINK_MIN_KEY_BYTES} bytes`,
+    );
+  return Buffer.from(key);
+}
+
+function remoteOf(socket: net.Socket): string {
+  const a = (socket.remoteAddress ?? "?").replace(/^::ffff:(\d+\.\d+\.\d+\.\d+)$/, "$1");
+  return `${a.includes(":") ? `[${a}]` : a}:${socket.remotePort ?? "?"}`;
+}
+
+/** Why a handshake failed; `auth`: the peer's proof did not match the key. */
+class HandshakeError extends Error {
+  constructor(
+    message: string,
+    readonly auth = false,
+  ) {
+    super(message);
+  }
+}
+
 /**
- * Reads the 16-byte hello from a fresh socket. Resolves with the peer's NIC id and any bytes
- * that followed the hello in the same chunk; rejects (socket destroyed) on a bad hello, a
- * close, an error or the timeout.
+ * The handshake on a fresh socket (steps 1–4 of the header), in `role`. `done` resolves with
+ * the peer's NIC id and any bytes that followed its last handshake message; it rejects
+ * (socket destroyed) on a bad hello, a wrong proof, a close, an error, the deadline or abort().
  */
-function readHello(
-  socket: net.Socket,
-  ownNic: number,
-  timeoutMs: number,
-): Promise<{ peer: number; rest: Buffer }> {
-  return new Promise((resolve, reject) => {
-    const got = Buffer.alloc(TCP_HELLO_BYTES);
-    let n = 0;
-    const timer = setTimeout(() => fail(`no handshake within ${timeoutMs} ms`), timeoutMs);
-    const cleanup = () => {
-      clearTimeout(timer);
-      socket.off("data", onData);
-      socket.off("close", onClose);
-      socket.off("error", onError);
-    };
-    const fail = (why: string) => {
-      cleanup();
-      socket.destroy();
-      reject(new Error(why));
-    };
-    const onData = (chunk: Buffer) => {
-      const take = Math.min(TCP_HELLO_BYTES - n, chunk.length);
-      chunk.copy(got, n, 0, take);
-      n += take;
-      if (n < TCP_HELLO_BYTES) return;
-      const r = parseHello(got, ownNic);
-      if (typeof r === "string") {
-        fail(r);
-        return;
-      }
-      cleanup();
-      socket.pause();
-      resolve({ peer: r, rest: chunk.subarray(take) });
-    };
-    const onClose = () =>
-      fail(`connection closed during the handshake (after ${n} of ${TCP_HELLO_BYTES} bytes)`);
-    const onError = (e: Error) => fail(`socket error during the handshake: ${e.message}`);
-    socket.on("data", onData);
-    socket.on("close", onClose);
-    socket.on("error", onError);
-  });
+class Handshake {
+  readonly done: Promise<{ peer: number; rest: Buffer }>;
+  private settled = false;
+  private fail: (why: string, auth?: boolean) => void = () => {};
+
+  /** `timeoutMs`: the time left; `statedMs`: the limit the error names (default timeoutMs). */
+  constructor(
+    socket: net.Socket,
+    role: "dial" | "accept",
+    nicId: number,
+    key: Buffer,
+    timeoutMs: number,
+    statedMs = timeoutMs,
+  ) {
+    this.done = new Promise((resolve, reject) => {
+      const myNonce = randomBytes(TCP_NONCE_BYTES);
+      let buf: Buffer = Buffer.alloc(0);
+      let peer = -1;
+      let peerNonce: Buffer | null = null;
+      const timer = setTimeout(() => fail(`no handshake within ${statedMs} ms`), timeoutMs);
+      const cleanup = () => {
+        this.settled = true;
+        clearTimeout(timer);
+        socket.off("data", onData);
+        socket.off("close", onClose);
+        socket.off("error", onError);
+      };
+      const fail = (why: string, auth = false) => {
+        if (this.settled) return;
+        cleanup();
+        socket.destroy();
+        reject(new HandshakeError(why, auth));
+      };
+      this.fail = fail;
+      const onData = (chunk: Buffer) => {
+        // At most one hello and one proof are buffered; what follows is handed on as `rest`.
+        buf = buf.length === 0 ? chunk : Buffer.concat([buf, chunk]);
+        if (peerNonce === null) {
+          if (buf.length >= 6) {
+            const bad = checkPrefix(buf);
+            if (bad) return fail(bad);
+          }
+          if (buf.length < TCP_HELLO_BYTES) return;
+          const r = parseHello(buf, nicId);
+          if (typeof r === "string") return fail(r);
+          peer = r;
+          peerNonce = Buffer.from(buf.subarray(16, TCP_HELLO_BYTES));
+          buf = buf.subarray(TCP_HELLO_BYTES);
+          if (role === "dial") socket.write(proof(key, ROLE_DIAL, nicId, peer, myNonce, peerNonce));
+        }
+        if (buf.length < TCP_PROOF_BYTES) return;
+        const peerRole = role === "dial" ? ROLE_ACCEPT : ROLE_DIAL;
+        const want = proof(key, peerRole, peer, nicId, peerNonce, myNonce);
+        if (!timingSafeEqual(buf.subarray(0, TCP_PROOF_BYTES), want))
+          return fail(
+            `authentication failed: NIC ${peer}'s proof does not match this NIC's cluster key (another key, or not a member of this cluster)`,
+            true,
+          );
+        if (role === "accept") socket.write(proof(key, ROLE_ACCEPT, nicId, peer, myNonce, peerNonce));
+        const rest = Buffer.from(buf.subarray(TCP_PROOF_BYTES));
+        cleanup();
+        socket.pause();
+        resolve({ peer, rest });
+      };
+      const onClose = () => {
+        if (peerNonce === null)
+          fail(
+            `connection closed during the handshake (after ${buf.length} of ${TCP_HELLO_BYTES} hello bytes)`,
+          );
+        else if (role === "dial")
+          fail(
+            `NIC ${peer} closed the connection instead of proving the cluster key: it refused this NIC's proof (the two hosts have different cluster keys?)`,
+          );
+        else fail(`connection closed before NIC ${peer} proved the cluster key`);
+      };
+      const onError = (e: Error) => fail(`socket error during the handshake: ${e.message}`);
+      socket.on("data", onData);
+      socket.on("close", onClose);
+      socket.on("error", onError);
+      socket.write(hello(nicId, myNonce));
+    });
+  }
+
+  abort(why: string): void {
+    this.fail(why);
+  }
+}
+
+/**
+ * Logs refusals, at most REFUSALS_LOGGED_PER_WINDOW per window; the rest are counted and
+ * summed up in one line when the window ends (a flood must not flood the log too).
+ */
+class RefusalLog {
+  private windowStart = 0;
+  private logged = 0;
+  private suppressed = 0;
+  private timer: ReturnType<typeof setTimeout> | null = null;
+
+  constructor(
+    private readonly log: TcpLinkLog,
+    private readonly nicId: number,
+  ) {}
+
+  refuse(message: string, fields: TcpLinkLogFields): void {
+    const now = Date.now();
+    if (now - this.windowStart >= REFUSAL_WINDOW_MS) {
+      this.flush();
+      this.windowStart = now;
+      this.logged = 0;
+    }
+    if (this.logged++ < REFUSALS_LOGGED_PER_WINDOW) {
+      this.log(message, { level: "warn", ...fields });
+      return;
+    }
+    this.suppressed++;
+    this.timer ??= setTimeout(() => this.flush(), REFUSAL_WINDOW_MS - (now - this.windowStart));
+    this.timer.unref?.();
+  }
+
+  private flush(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    if (this.suppressed === 0) return;
+    this.log(
+      `tcp-link nic ${this.nicId}: ${this.suppressed} more refused connections were not logged one by one`,
+      { level: "warn", reason: "log rate limit" },
+    );
+    this.suppressed = 0;
+  }
 }
 
 export interface TcpLinkOptions {
@@ -266,7 +454,10 @@ export class TcpLink implements Link {
   private drop(why: string): void {
     if (this.closed) return;
     tcpLinkStats.connectionsDropped++;
-    this.log(`tcp-link nic ${this.nicId} <- nic ${this.peerNic}: dropping the connection: ${why}`);
+    this.log(`tcp-link nic ${this.nicId} <- nic ${this.peerNic}: dropping the connection: ${why}`, {
+      peerNic: this.peerNic,
+      reason: why,
+    });
     this.shutdown(why, false);
   }
 
@@ -317,7 +508,9 @@ export class TcpLink implements Link {
       try {
         cb(frame);
       } catch (e) {
-        this.log(`tcp-link nic ${this.nicId}: frame callback threw: ${(e as Error).message}`);
+        this.log(`tcp-link nic ${this.nicId}: frame callback threw: ${(e as Error).message}`, {
+          peerNic: this.peerNic,
+        });
       }
     }
   }
@@ -333,38 +526,66 @@ export interface ListenTcpLinksOptions extends TcpLinkOptions {
   port: number;
   /** Default 127.0.0.1. */
   host?: string;
+  /** The cluster key (at least TCP_LINK_MIN_KEY_BYTES bytes). */
+  key: Uint8Array;
   /** Each authenticated link. A throw closes that link. */
   onLink: (link: TcpLink) => void;
+  /** From accept to the end of the handshake (default TCP_ACCEPT_DEADLINE_MS). */
   handshakeTimeoutMs?: number;
+  /** Sockets in the handshake at once (default TCP_MAX_PENDING_HANDSHAKES); beyond, the oldest is dropped. */
+  maxPendingHandshakes?: number;
 }
 
 /** A server that accepts peers and hands each link that passed the handshake to onLink. */
 export function listenTcpLinks(options: ListenTcpLinksOptions): Promise<TcpLinkServer> {
   const nicId = checkNicId(options.nicId, "listenTcpLinks");
   const port = checkPort(options.port, "listenTcpLinks", true);
+  const key = checkKey(options.key, "listenTcpLinks");
   const host = options.host ?? "127.0.0.1";
   const log = options.log ?? defaultLog;
-  const timeoutMs = options.handshakeTimeoutMs ?? TCP_HANDSHAKE_TIMEOUT_MS;
+  const timeoutMs = options.handshakeTimeoutMs ?? TCP_ACCEPT_DEADLINE_MS;
+  const maxPending = options.maxPendingHandshakes ?? TCP_MAX_PENDING_HANDSHAKES;
+  const refusals = new RefusalLog(log, nicId);
   const sockets = new Set<net.Socket>();
+  /** Sockets still in the handshake, oldest first (a Map keeps insertion order). */
+  const pending = new Map<net.Socket, Handshake>();
   const server = net.createServer((socket) => {
     sockets.add(socket);
     socket.on("close", () => sockets.delete(socket));
-    socket.on("error", () => {}); // reported through readHello or the link
-    const from = `${socket.remoteAddress}:${socket.remotePort}`;
-    socket.write(hello(nicId));
-    readHello(socket, nicId, timeoutMs).then(
+    socket.on("error", () => {}); // reported through the handshake or the link
+    const from = remoteOf(socket);
+    if (pending.size >= maxPending) {
+      // The oldest has had the longest to finish: a real peer takes a few round trips.
+      const [oldSocket, old] = pending.entries().next().value as [net.Socket, Handshake];
+      pending.delete(oldSocket);
+      tcpLinkStats.evicted++;
+      old.abort(`dropped unauthenticated: more than ${maxPending} connections in the handshake at once`);
+    }
+    const hs = new Handshake(socket, "accept", nicId, key, timeoutMs);
+    pending.set(socket, hs);
+    hs.done.then(
       ({ peer, rest }) => {
+        pending.delete(socket);
         const link = new TcpLink(socket, nicId, peer, rest, options);
         try {
           options.onLink(link);
         } catch (e) {
-          log(`tcp-link nic ${nicId}: link from nic ${peer} (${from}) refused: ${(e as Error).message}`);
+          log(`tcp-link nic ${nicId}: link from nic ${peer} (${from}) refused: ${(e as Error).message}`, {
+            remote: from,
+            peerNic: peer,
+            reason: (e as Error).message,
+          });
           link.close();
         }
       },
-      (e: Error) => {
+      (e: HandshakeError) => {
+        pending.delete(socket);
         tcpLinkStats.handshakesRejected++;
-        log(`tcp-link nic ${nicId}: dropping connection from ${from}: ${e.message}`);
+        if (e.auth) tcpLinkStats.authFailures++;
+        refusals.refuse(`tcp-link nic ${nicId}: refused a connection from ${from}: ${e.message}`, {
+          remote: from,
+          reason: e.message,
+        });
       },
     );
   });
@@ -391,17 +612,21 @@ export interface ConnectTcpLinkOptions extends TcpLinkOptions {
   nicId: number;
   host?: string;
   port: number;
+  /** The cluster key (at least TCP_LINK_MIN_KEY_BYTES bytes). */
+  key: Uint8Array;
   /** Connect plus handshake (default TCP_HANDSHAKE_TIMEOUT_MS). */
   timeoutMs?: number;
 }
 
-/** Connects to a peer NIC's listener; resolves with the link once both hellos checked out. */
+/** Connects to a peer NIC's listener; resolves with the link once both sides proved the key. */
 export function connectTcpLink(options: ConnectTcpLinkOptions): Promise<TcpLink> {
   const nicId = checkNicId(options.nicId, "connectTcpLink");
   const port = checkPort(options.port, "connectTcpLink", false);
+  const key = checkKey(options.key, "connectTcpLink");
   const host = options.host ?? "127.0.0.1";
   const timeoutMs = options.timeoutMs ?? TCP_HANDSHAKE_TIMEOUT_MS;
   const where = `tcp-link nic ${nicId} -> ${host}:${port}`;
+  const deadline = Date.now() + timeoutMs;
   return new Promise((resolve, reject) => {
     const socket = net.connect({ host, port });
     const onError = (e: Error) => {
@@ -419,8 +644,8 @@ export function connectTcpLink(options: ConnectTcpLinkOptions): Promise<TcpLink>
       clearTimeout(timer);
       socket.off("error", onError);
       socket.setNoDelay(true);
-      socket.write(hello(nicId));
-      readHello(socket, nicId, timeoutMs).then(
+      const left = Math.max(1, deadline - Date.now());
+      new Handshake(socket, "dial", nicId, key, left, timeoutMs).done.then(
         ({ peer, rest }) => {
           socket.on("error", () => {}); // until the link takes over
           resolve(new TcpLink(socket, nicId, peer, rest, options));
@@ -447,9 +672,10 @@ export interface TcpLinkHost {
   onStop(cb: () => void): void;
 }
 
+/** `key`: the cluster key both ends hold (never sent; see the header). */
 export type TcpLinkSpec =
-  | { kind: "tcp"; host?: string; port: number; timeoutMs?: number }
-  | { kind: "tcp-listen"; host?: string; port: number };
+  | { kind: "tcp"; host?: string; port: number; timeoutMs?: number; key: Uint8Array }
+  | { kind: "tcp-listen"; host?: string; port: number; key: Uint8Array };
 
 export function isTcpLinkSpec(spec: unknown): spec is TcpLinkSpec {
   const k = (spec as { kind?: unknown } | null)?.kind;
@@ -474,6 +700,7 @@ class Reconnector {
     private readonly host: string,
     private readonly port: number,
     private readonly timeoutMs: number,
+    private readonly key: Buffer,
     private readonly log: TcpLinkLog,
   ) {
     this.where = `tcp-link nic ${nic.nicId} -> nic ${peerNic} (${host}:${port})`;
@@ -488,11 +715,15 @@ class Reconnector {
       const retry = !this.cancelled && !goodbye;
       this.nic.linkLost(link, retry);
       if (!retry) {
-        if (!this.cancelled) this.log(`${this.where}: link down (${reason}); not reconnecting`);
+        if (!this.cancelled)
+          this.log(`${this.where}: link down (${reason}); not reconnecting`, {
+            peerNic: this.peerNic,
+            reason,
+          });
         this.forget();
         return;
       }
-      this.log(`${this.where}: link down (${reason}); reconnecting`);
+      this.log(`${this.where}: link down (${reason}); reconnecting`, { peerNic: this.peerNic, reason });
       this.backoffMs = RECONNECT_MIN_MS;
       this.attempts = 0;
       this.schedule();
@@ -530,6 +761,7 @@ class Reconnector {
         nicId: this.nic.nicId,
         host: this.host,
         port: this.port,
+        key: this.key,
         timeoutMs: this.timeoutMs,
         log: this.log,
       });
@@ -539,6 +771,7 @@ class Reconnector {
       if (this.attempts <= 3 || this.attempts % 10 === 0)
         this.log(
           `${this.where}: reconnection attempt ${this.attempts} failed (${(e as Error).message}); next in ${this.backoffMs} ms`,
+          { peerNic: this.peerNic, reason: (e as Error).message },
         );
       this.schedule();
       return;
@@ -555,7 +788,10 @@ class Reconnector {
     }
     if (this.nic.hasLink(this.peerNic)) {
       // The peer reached us another way meanwhile (it connected to our listener): keep that one.
-      this.log(`${this.where}: a link to NIC ${this.peerNic} is attached already; not reconnecting`);
+      this.log(`${this.where}: a link to NIC ${this.peerNic} is attached already; not reconnecting`, {
+        level: "info",
+        peerNic: this.peerNic,
+      });
       link.close();
       this.forget();
       return;
@@ -568,7 +804,10 @@ class Reconnector {
       this.forget();
       return;
     }
-    this.log(`${this.where}: link up again (attempt ${this.attempts})`);
+    this.log(`${this.where}: link up again (attempt ${this.attempts})`, {
+      level: "info",
+      peerNic: this.peerNic,
+    });
     this.watch(link);
   }
 }
@@ -603,15 +842,19 @@ export function cancelTcpReconnect(nic: TcpLinkHost, peerNic: number): boolean {
  * Carries out a TCP link spec on the NIC's thread: "tcp" connects and attaches the link
  * (resolves after the handshake; a first connection that fails rejects) and from then on
  * reconnects it whenever it drops without a goodbye; "tcp-listen" resolves once listening and
- * attaches each peer that connects, replacing a link that peer had.
+ * attaches each peer that connects and proves the key, replacing a link that peer had. Both
+ * need the spec's `key`; `log` gets every link event (nic-worker.ts sends them to the host).
  */
 export async function attachTcpSpec(
   nic: TcpLinkHost,
   spec: unknown,
   log: TcpLinkLog = defaultLog,
 ): Promise<TcpLinkServer | TcpLink> {
-  if (!isTcpLinkSpec(spec)) throw new RangeError(`not a tcp link spec: ${JSON.stringify(spec)}`);
+  // Never the spec itself in a message: it holds the key.
+  if (!isTcpLinkSpec(spec))
+    throw new RangeError(`not a tcp link spec: kind ${JSON.stringify((spec as { kind?: unknown })?.kind)}`);
   const s = spec as Partial<{ host: unknown; port: unknown; timeoutMs: unknown }>;
+  const key = checkKey((spec as { key?: unknown }).key, `tcp link (${spec.kind})`);
   if (s.host !== undefined && typeof s.host !== "string")
     throw new RangeError("tcp link: host must be a string");
   if (s.timeoutMs !== undefined && (!Number.isInteger(s.timeoutMs) || (s.timeoutMs as number) < 1))
@@ -622,6 +865,7 @@ export async function attachTcpSpec(
       nicId: nic.nicId,
       host,
       port: spec.port,
+      key,
       timeoutMs: spec.timeoutMs,
       log,
     });
@@ -639,6 +883,7 @@ export async function attachTcpSpec(
       host,
       spec.port,
       spec.timeoutMs ?? RECONNECT_ATTEMPT_MS,
+      key,
       log,
     );
     reconnectorsOf(nic).set(link.peerNic, r);
@@ -649,18 +894,24 @@ export async function attachTcpSpec(
     nicId: nic.nicId,
     host: spec.host,
     port: spec.port,
+    key,
     log,
     onLink: (link) => {
-      // A NIC that connects again (it restarted, or its old connection died unnoticed) replaces its old link.
+      // Only a peer that proved the cluster key gets here. A NIC that connects again (it
+      // restarted, or its old connection died unnoticed) replaces its old link.
       const replacing = nic.hasLink(link.peerNic);
       nic.attachLink(link, true);
       log(
         `tcp-link nic ${nic.nicId} <- nic ${link.peerNic}: link up${replacing ? " (replaces the previous connection)" : ""}`,
+        { level: "info", peerNic: link.peerNic },
       );
       link.onClose((reason) => {
         nic.linkLost(link, false);
         if (nic.hasLink(link.peerNic)) return;
-        log(`tcp-link nic ${nic.nicId} <- nic ${link.peerNic}: link down (${reason})`);
+        log(`tcp-link nic ${nic.nicId} <- nic ${link.peerNic}: link down (${reason})`, {
+          peerNic: link.peerNic,
+          reason,
+        });
       });
     },
   });
