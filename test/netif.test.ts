@@ -457,6 +457,7 @@ test("hostile netfronts get errors, then are cut off with a logged reason; the o
       "fragment with bad grant": [E, E],
       "19 slots": Array(19).fill(E),
       "a good frame": [NETIF_RSP_OKAY],
+      "a frame from another MAC": [E],
     });
     assert.equal(g.random.length, 300);
     assert.ok(

@@ -52,6 +52,7 @@ import {
   NETTXF_KNOWN,
   NETTXF_more_data,
   NetifKey,
+  formatMac,
   parseMac,
   RX_REQ_BYTES,
   RX_REQ_GREF,
@@ -108,6 +109,8 @@ interface Vif {
   domid: DomId;
   devid: number;
   mac: string;
+  /** The MAC the toolstack gave the vif: the only source address its frames may carry. */
+  macBytes: Uint8Array;
   xb: XenbusBackend;
   state: VifState;
   txMap?: GrantMapping;
@@ -463,6 +466,15 @@ export class Netback {
         this.reportError(v, fr.error);
         continue;
       }
+      // Anti-spoofing (what Xen's vif scripts do with ebtables): a guest sends only as its own
+      // MAC, so a peer can trust the source address of what reaches it through the bridge.
+      const d = fr.data;
+      const m = v.macBytes;
+      if (d[6] !== m[0] || d[7] !== m[1] || d[8] !== m[2] || d[9] !== m[3] || d[10] !== m[4] || d[11] !== m[5]) {
+        this.add(v, V.txErrors);
+        this.reportError(v, `a frame with source MAC ${formatMac(d, 6)} is not from this vif's MAC ${v.mac}`);
+        continue;
+      }
       const view = v.tx!.view;
       for (let r = fr.rspStart; r < fr.rspStart + fr.rspCount; r++)
         view.setInt16(this.rspOff[r] + TX_RSP_STATUS, NETIF_RSP_OKAY, true);
@@ -785,6 +797,7 @@ export class Netback {
       domid,
       devid,
       mac,
+      macBytes: parseMac(mac) ?? new Uint8Array(6),
       xb,
       state: "advertised",
       bridgeId: -1,
