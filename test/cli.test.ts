@@ -67,6 +67,11 @@ test("bad usage fails before anything runs, with a message saying what to fix", 
   const cmd = await run("frobnicate");
   assert.equal(cmd.code, 2);
   assert.match(cmd.stderr, /unknown command 'frobnicate'/);
+  // A file that is not a module is named as such, not evaluated ("vm is not defined").
+  const notModule = await run("run", "-n", "1", "/etc/hostname");
+  assert.equal(notModule.code, 2);
+  assert.match(notModule.stderr, /"\/etc\/hostname" is not a program: give a built-in name .* or a TypeScript or JavaScript module/);
+  assert.doesNotMatch(notModule.stderr, /is not defined/);
 });
 
 test("the demo exchanges requests between two domains and verifies them", async () => {

@@ -21,11 +21,23 @@ export const BUILTIN_PROGRAMS: Record<string, string> = {
 
 export class ProgramError extends Error {}
 
+/** What a guest program's file may be: TypeScript or JavaScript, as the guest runtime loads them. */
+export const PROGRAM_EXTENSIONS = /\.(ts|mts|cts|tsx|js|mjs|cjs)$/;
+
+function checkModule(path: string, program: string): void {
+  if (!PROGRAM_EXTENSIONS.test(path))
+    throw new ProgramError(
+      `"${program}" is not a program: give a built-in name (${Object.keys(BUILTIN_PROGRAMS).join(", ")}) ` +
+        "or a TypeScript or JavaScript module (.ts, .mts, .js, .mjs) whose default export is main(guest)",
+    );
+}
+
 /** PROGRAM as a module URL on this machine: a built-in name, a path, or a file: URL. */
 export function resolveProgram(program: string | URL): URL {
   if (program instanceof URL) {
     if (program.protocol === "file:" && !existsSync(program))
       throw new ProgramError(`no program ${fileURLToPath(program)}`);
+    if (program.protocol === "file:") checkModule(program.pathname, fileURLToPath(program));
     return program;
   }
   const builtin = BUILTIN_PROGRAMS[program];
@@ -41,6 +53,7 @@ export function resolveProgram(program: string | URL): URL {
     throw new ProgramError(
       `no program "${program}": give a built-in name (${Object.keys(BUILTIN_PROGRAMS).join(", ")}) or a path to a module`,
     );
+  checkModule(path, program);
   return pathToFileURL(path);
 }
 
