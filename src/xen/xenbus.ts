@@ -269,8 +269,12 @@ export async function createDevice(
 export async function destroyDevice(toolstack: XenStoreClient, spec: XenbusDeviceSpec): Promise<void> {
   const frontPath = frontendPath(spec.frontDom, spec.type, spec.devid);
   const backPath = backendPath(spec.backDom, spec.type, spec.frontDom, spec.devid);
+  // The backend's per-domain directory goes too once empty: a host that runs for weeks must
+  // not keep a node for every domain it ever ran.
+  const perDomain = backPath.slice(0, backPath.lastIndexOf("/"));
   await toolstack.transaction(async (tx) => {
     for (const p of [frontPath, backPath]) if (await tx.exists(p)) await tx.rm(p);
+    if ((await tx.exists(perDomain)) && (await tx.directory(perDomain)).length === 0) await tx.rm(perDomain);
   });
 }
 
