@@ -25,7 +25,6 @@
 
 import { MxStatus } from "../nic/status.js";
 import {
-  Access,
   D_AUX0,
   D_AUX1,
   D_COOKIE,
@@ -100,6 +99,15 @@ import {
   PAYLOAD_AT,
   setWord as setEtherWord,
 } from "./ether.js";
+import {
+  BouncePool,
+  MEMORY_KNOB,
+  RegCache,
+  type RegCounters,
+  type RegEntry,
+  type RegLimits,
+  regLimits,
+} from "./regcache.js";
 import { SPLIT_ENDPOINT_BASE } from "./split-driver.js";
 import { DEFAULT_TRACE_RECORDS, FLAG_TRACED, TraceBuffer, TraceStage, traceId, traceNow } from "./trace.js";
 import {
@@ -145,8 +153,6 @@ const PROBE_AFTER_MS = 250;
 
 /** How long a blocking call spins on progress before it sleeps, µs (machine-limits.md). */
 export const DEFAULT_SPIN_US = 20;
-/** Bounce buffers kept registered for reuse, at most this many bytes. */
-const BOUNCE_POOL_BYTES = 64 * 1024 * 1024;
 /** Polls of a blocking wait before it looks at the clock (a spinning peer answers well within them). */
 const FAST_POLLS = 256;
 /** A sleeping endpoint re-checks at least this often, so no peer can make it sleep forever. */
@@ -211,6 +217,8 @@ export class MxStatusInfo {
   /** Bytes actually moved (min of message and receive buffer). */
   xferLength = 0;
   context: unknown;
+  /** Why the request failed, when the library knows more than the status code says. */
+  reason: string | undefined = undefined;
 
   /** The 64-bit match value. */
   get matchInfo(): bigint {
@@ -242,7 +250,10 @@ export class MxRequest extends MxStatusInfo {
   /** @internal */ sync = false;
   /** @internal */ syncId = 0;
   /** @internal */ rndv = false;
-  /** @internal */ bounce?: Uint8Array;
+  /** @internal A whole bounce buffer (its size class) standing in for `buffer` in this domain's memory. */
+  bounce?: Uint8Array;
+  /** @internal The registration this request holds while in flight (regcache.ts). */
+  reg: RegEntry | undefined = undefined;
   /** @internal */ completedByUser = false;
   /** @internal Message id while traced (trace.ts), else 0. */
   traceId = 0;
@@ -321,7 +332,7 @@ interface PendingPull {
   xfer: number;
 }
 
-export interface EndpointCounters {
+export interface EndpointCounters extends RegCounters {
   sends: number;
   recvs: number;
   eager: number;
@@ -336,7 +347,6 @@ export interface EndpointCounters {
   channelErrors: number;
   nicErrors: number;
   bounces: number;
-  registrations: number;
   /** Records sent and received through the NIC (peers on other NICs). */
   wireSends: number;
   wireRecvs: number;
@@ -410,6 +420,12 @@ export class MxEndpoint {
     nicErrors: 0,
     bounces: 0,
     registrations: 0,
+    deregistrations: 0,
+    regCacheHits: 0,
+    regCacheEvictions: 0,
+    regionsCached: 0,
+    bytesCached: 0,
+    bouncePooledBytes: 0,
     wireSends: 0,
     wireRecvs: 0,
     held: 0,
@@ -437,9 +453,12 @@ export class MxEndpoint {
   private reapedInQueue = 0;
   private readonly waitingSync = new Map<number, MxRequest>();
   private readonly pulls = new Map<number, PendingPull>();
-  private readonly regions = new Map<string, { regionId: number; key: number; bytes: Uint8Array }>();
+  /** Registrations of message memory, reused across messages (regcache.ts). */
+  private readonly regs: RegCache;
+  private readonly bouncePool: BouncePool;
+  /** The driver registers memory with a NIC (the split driver has nothing to register). */
+  private readonly registers: boolean;
   private nextId = 1;
-  private readonly bouncePool: Uint8Array[] = [];
   private sqProd = 0;
   private eqCons = 0;
   private rqCons = 0;
@@ -485,6 +504,10 @@ export class MxEndpoint {
     this.sqProd = Atomics.load(this.window, W_SQ_PROD) >>> 0;
     this.eqCons = Atomics.load(this.window, W_EQ_CONS) >>> 0;
     this.rqCons = Atomics.load(this.window, W_RQ_CONS) >>> 0;
+    const limits = regLimits(opts.memory?.byteLength ?? 64 << 20);
+    this.regs = new RegCache(driver, this.endpointId, limits, this.counters);
+    this.bouncePool = new BouncePool(driver, this.regs, limits.bouncePoolBytes, this.counters);
+    this.registers = driver.path !== "split";
     if (opts.trace) this.enableTrace(opts.trace === true ? DEFAULT_TRACE_RECORDS : opts.trace);
     if (this.hub) {
       this.hub.attach(this.endpointId, {
@@ -702,7 +725,7 @@ export class MxEndpoint {
       this.complete(req, MxStatus.ENDPOINT_UNREACHABLE, 0);
       return req;
     }
-    if (req.rndv) this.prepareRndv(req);
+    if (req.rndv && !this.prepareRndv(req)) return req;
     if (dest.backlog.length > 0 || !this.trySend(req)) dest.backlog.push(req);
     return req;
   }
@@ -737,10 +760,10 @@ export class MxEndpoint {
     words[i + 5] = req.syncId;
     words[i + 6] = dest.sendSeq++;
     if (req.rndv) {
-      const r = this.regionFor(req.bounce ?? req.buffer);
+      const r = req.reg!;
       words[i + 7] = r.regionId;
       words[i + 8] = r.key;
-      words[i + 9] = r.offset;
+      words[i + 9] = (req.bounce ?? req.buffer).byteOffset - r.start;
       this.counters.rndv++;
     } else {
       if (payload > 0) copyInto(w.bytes, at + RECORD_HEADER_BYTES, req.buffer, 0, payload);
@@ -783,12 +806,12 @@ export class MxEndpoint {
     const at = st.offsetOf(slot);
     let len: number;
     if (req.rndv) {
-      const r = this.regionFor(req.bounce ?? req.buffer);
+      const r = req.reg!;
       const b = st.bytes;
       putWord(b, at, req.buffer.length);
       putWord(b, at + 4, r.regionId);
       putWord(b, at + 8, r.key);
-      putWord(b, at + 12, r.offset);
+      putWord(b, at + 12, (req.bounce ?? req.buffer).byteOffset - r.start);
       len = WIRE_RNDV_BYTES;
       this.counters.rndv++;
     } else {
@@ -837,11 +860,23 @@ export class MxEndpoint {
     this.counters.wireSends++;
   }
 
-  private prepareRndv(req: MxRequest): void {
-    if (!this.inMemory(req.buffer)) {
-      req.bounce = this.takeBounce(req.buffer.length);
-      req.bounce.set(req.buffer);
-      this.counters.bounces++;
+  /**
+   * A rendezvous send's data in registered memory of this domain (bounce-copied if it is not
+   * there), held until the send completes. false: the request failed with the reason.
+   */
+  private prepareRndv(req: MxRequest): boolean {
+    try {
+      if (!this.inMemory(req.buffer)) {
+        req.bounce = this.bouncePool.take(req.buffer.length);
+        req.bounce.set(req.buffer);
+        this.counters.bounces++;
+      }
+      if (this.registers) req.reg = this.regs.acquire(req.bounce ?? req.buffer);
+      return true;
+    } catch (e) {
+      req.reason = `isend of ${req.buffer.length} bytes: ${(e as Error).message}`;
+      this.complete(req, MxStatus.NO_RESOURCES, 0);
+      return false;
     }
   }
 
@@ -1078,9 +1113,13 @@ export class MxEndpoint {
     req.status.code = code;
     req.status.xferLength = xfer;
     req.done = true;
+    if (req.reg !== undefined) {
+      this.regs.release(req.reg);
+      req.reg = undefined;
+    }
     if (req.bounce) {
       if (req.kind === "recv" && xfer > 0) req.buffer.set(req.bounce.subarray(0, xfer));
-      this.releaseBounce(req.bounce);
+      this.bouncePool.give(req.bounce);
       req.bounce = undefined;
     }
     this.completed.push(req);
@@ -1491,13 +1530,11 @@ export class MxEndpoint {
       this.etherPull(req, source, syncId, xfer);
       return;
     }
-    let target = req.buffer;
-    if (!this.inMemory(target)) {
-      req.bounce = this.takeBounce(xfer);
-      target = req.bounce;
-      this.counters.bounces++;
+    const dst = this.pullTarget(req, xfer);
+    if (dst === undefined) {
+      this.sendNotify(source, syncId, 0, MxStatus.NO_RESOURCES);
+      return;
     }
-    const dst = this.regionFor(target);
     const cookie = this.newId();
     this.pulls.set(cookie, { recv: req, source, syncId, xfer });
     this.counters.pulls++;
@@ -1513,7 +1550,7 @@ export class MxEndpoint {
     w[b + D_SRC_KEY] = key;
     w[b + D_SRC_OFFSET] = offset;
     w[b + D_DST_REGION] = dst.regionId;
-    w[b + D_DST_OFFSET] = dst.offset;
+    w[b + D_DST_OFFSET] = (req.bounce ?? req.buffer).byteOffset - dst.start;
     w[b + D_LENGTH] = xfer;
     if (dflags & DFLAG_REMOTE) {
       w[b + D_DEST_NIC] = source.nic;
@@ -2316,59 +2353,28 @@ export class MxEndpoint {
   }
 
   /**
-   * The registered region covering the pages of `bytes` (registered the first time and
-   * cached: registration is a control operation), and the offset of `bytes` in it. Regions
-   * allow local access and remote reads (with their key), as a send or receive buffer needs.
+   * Where a pull of `xfer` bytes lands: the receive buffer, or a bounce buffer standing in
+   * for it, registered and held until the receive completes. undefined: the receive failed
+   * (completed with MX_STATUS_NO_RESOURCES and the reason).
    */
-  private regionFor(bytes: Uint8Array): { regionId: number; key: number; offset: number } {
-    const start = bytes.byteOffset & ~4095;
-    const end = (bytes.byteOffset + bytes.length + 4095) & ~4095;
-    const k = `${start}:${end}`;
-    let r = this.regions.get(k);
-    if (!r) {
-      const view = new Uint8Array(bytes.buffer as SharedArrayBuffer, start, end - start);
-      let reg: { regionId: number; key: number };
-      try {
-        reg = this.driver.registerRegion(
-          this.endpointId,
-          view,
-          Access.LocalRead | Access.LocalWrite | Access.RemoteRead,
-        );
-      } catch (e) {
-        throw asMxError(e, "MX_NO_RESOURCES");
+  private pullTarget(req: MxRequest, xfer: number): RegEntry | undefined {
+    try {
+      if (!this.inMemory(req.buffer)) {
+        req.bounce = this.bouncePool.take(xfer);
+        this.counters.bounces++;
       }
-      r = { ...reg, bytes: view };
-      this.regions.set(k, r);
-      this.counters.registrations++;
+      req.reg = this.regs.acquire(req.bounce ?? req.buffer);
+      return req.reg;
+    } catch (e) {
+      req.reason = `receiving ${xfer} bytes: ${(e as Error).message}`;
+      this.complete(req, MxStatus.NO_RESOURCES, 0);
+      return undefined;
     }
-    return { regionId: r.regionId, key: r.key, offset: bytes.byteOffset - start };
   }
 
-  /**
-   * Bounce buffers are kept (still registered) for reuse: a program that sends from its own
-   * heap again and again then pays a copy per message, not a registration round trip.
-   */
-  private takeBounce(length: number): Uint8Array {
-    const pages = Math.ceil(length / 4096);
-    const i = this.bouncePool.findIndex((b) => b.length / 4096 === pages);
-    if (i >= 0) return this.bouncePool.splice(i, 1)[0].subarray(0, length);
-    return this.driver.allocBuffer(pages * 4096).subarray(0, length);
-  }
-
-  private releaseBounce(b: Uint8Array): void {
-    const whole = new Uint8Array(
-      b.buffer as SharedArrayBuffer,
-      b.byteOffset,
-      Math.ceil(b.length / 4096) * 4096,
-    );
-    this.bouncePool.push(whole);
-    let pooled = 0;
-    for (const p of this.bouncePool) pooled += p.length;
-    while (pooled > BOUNCE_POOL_BYTES && this.bouncePool.length > 0) {
-      const old = this.bouncePool.shift()!;
-      pooled -= old.length;
-      this.free(old);
-    }
+  /** The bounds of this endpoint's registration cache and bounce pool (regcache.ts). */
+  get cacheLimits(): RegLimits {
+    return this.regs.limits;
   }
 
   /** Memory for message buffers: in this domain's memory, so large messages need no bounce copy. */
@@ -2380,24 +2386,24 @@ export class MxEndpoint {
         `alloc: length must be a non-negative integer, got ${String(length)}`,
       );
     if (length === 0) return new Uint8Array(0);
-    return this.driver.allocBuffer(length);
+    for (;;) {
+      try {
+        return this.driver.allocBuffer(length);
+      } catch (e) {
+        // Idle bounce buffers give their memory back before the program is told no.
+        if (this.bouncePool.shrink()) continue;
+        const m = asMxError(e, "MX_NO_RESOURCES");
+        throw new MxError(
+          m.codeName,
+          `alloc(${length}): ${m.message.replace(/^MX_[A-Z_]+: /, "").replace(/; give the domain more pages.*$/, "")}; ${MEMORY_KNOB}`,
+        );
+      }
+    }
   }
 
   free(buffer: Uint8Array): void {
-    for (const [k, r] of this.regions) {
-      if (
-        r.bytes.buffer === buffer.buffer &&
-        r.bytes.byteOffset <= buffer.byteOffset &&
-        buffer.byteOffset < r.bytes.byteOffset + r.bytes.length
-      ) {
-        this.regions.delete(k);
-        try {
-          this.driver.deregisterRegion(this.endpointId, r.regionId);
-        } catch {
-          // ignore: closing
-        }
-      }
-    }
+    // Nothing stays registered in memory that goes back to the allocator.
+    this.regs.drop(buffer.buffer, buffer.byteOffset, buffer.byteOffset + buffer.length);
     this.driver.freeBuffer(buffer);
   }
 
@@ -2427,6 +2433,9 @@ export class MxEndpoint {
     } catch {
       // The driver side may already be gone (host shutting down): nothing left to release here.
     }
+    // Closing released the endpoint's registrations; the bounce buffers go back to memory.
+    this.regs.clear();
+    this.bouncePool.drain(false);
   }
 
   /** A nonzero 32-bit id for a sync send or a pull (0 means "none" on the wire). */
