@@ -68,6 +68,7 @@ import {
   RECV_BYTES,
   RECV_OFFSET,
   raiseInterrupt,
+  SEND_MAX,
   SQ_ENTRIES,
   SQ_OFFSET,
   W_EQ_CONS,
@@ -113,6 +114,7 @@ import { DEFAULT_TRACE_RECORDS, FLAG_TRACED, TraceBuffer, TraceStage, traceId, t
 import {
   COOKIE_CONNECT,
   COOKIE_SEND,
+  DEFAULT_STAGING_SLOTS,
   WIRE_ID_MASK,
   WIRE_ID_SHIFT,
   WIRE_RNDV_BYTES,
@@ -464,6 +466,8 @@ export class MxEndpoint {
   private rqCons = 0;
   /** Eager payloads leaving through the NIC (opened with the first wire send). */
   private staging: WireStaging | undefined;
+  /** Why the staging area could not be opened (the last attempt), for the sends that fail. */
+  private stagingError: string | undefined;
   private readonly connects = new Map<number, PendingConnect>();
   /** The peer of the last wire record: consecutive records mostly come from one peer. */
   private lastWirePeer: MxAddress | undefined;
@@ -792,10 +796,10 @@ export class MxEndpoint {
     if (this.sqFree() === 0) return false;
     let st = this.staging;
     if (st === undefined) {
-      try {
-        st = this.staging = new WireStaging(this.driver, this.endpointId);
-      } catch {
+      st = this.staging = this.openStaging();
+      if (st === undefined) {
         // No memory or registration left for the staging area: this send cannot leave.
+        req.reason = this.stagingError;
         this.complete(req, MxStatus.NO_RESOURCES, 0);
         this.counters.nicErrors++;
         return true;
@@ -842,6 +846,27 @@ export class MxEndpoint {
     this.sqPost();
     this.counters.wireSends++;
     return true;
+  }
+
+  /**
+   * The staging area for eager sends through the NIC, sized to the domain (a 1 MiB guest
+   * cannot give 32 slots of 32 KiB): an eighth of its memory at most, fewer slots if that
+   * fails (idle registrations and pooled bounce buffers are given back first), at least one.
+   */
+  private openStaging(): WireStaging | undefined {
+    const ram = this.memory?.byteLength ?? 64 << 20;
+    let slots = Math.max(1, Math.min(DEFAULT_STAGING_SLOTS, Math.floor(ram / 8 / SEND_MAX)));
+    for (;;) {
+      try {
+        return new WireStaging(this.driver, this.endpointId, slots);
+      } catch (e) {
+        if (slots > 1) slots >>= 1;
+        else if (!this.regs.evictIdle() && !this.bouncePool.shrink()) {
+          this.stagingError = `the staging area for messages through the NIC (${SEND_MAX} bytes) could not be set up: ${(e as Error).message}; ${MEMORY_KNOB}`;
+          return undefined;
+        }
+      }
+    }
   }
 
   /** A payload-less wire record (NOTIFY, PING): `slotOwner` gets the SEND_DONE, if any. */
