@@ -2048,19 +2048,32 @@ export class MxEndpoint {
       pending.mac!,
       pending.peerSplit === true,
     );
+    if (peer === undefined)
+      throw new MxError(
+        "MX_CONNECTION_FAILED",
+        `${where} answered from MAC ${macString(pending.mac!)}, but that endpoint is known at another MAC: refused as a spoofed answer`,
+      );
     if (session === 0) peer.verified = true;
     return peer;
   }
 
-  /** The peer (nic, ep, session) reachable at `mac`: known, or new. */
+  /**
+   * The peer (nic, ep, session) reachable at `mac`: known, or new. A peer is keyed on its
+   * MAC as well (netback lets no guest send from another's MAC): a claim to be a known peer
+   * from another MAC is refused (undefined) and counted, never followed.
+   */
   private learnEtherPeer(
     nic: number,
     ep: number,
     session: number,
     mac: Uint8Array,
     peerSplit: boolean,
-  ): MxAddress {
+  ): MxAddress | undefined {
     let peer = this.peerIndex.get(`${nic}:${ep}`);
+    if (peer?.eth !== undefined && !peer.dead && peer.session === session && !macAt(mac, 0, peer.eth.mac)) {
+      this.hub!.counters.spoofed++;
+      return undefined;
+    }
     if (peer && !peer.dead && peer.session !== session) {
       this.failPeer(peer, "the peer endpoint was reopened", MxStatus.ENDPOINT_CLOSED);
       peer = undefined;
@@ -2076,7 +2089,7 @@ export class MxEndpoint {
         session,
       );
       this.etherPeers.push(peer);
-    } else peer.eth.mac.set(mac);
+    }
     peer.peerSplit = peerSplit;
     this.recomputeVia(peer);
     return peer;
@@ -2104,7 +2117,13 @@ export class MxEndpoint {
     }
     if (type === EtherType_.Nack) {
       const gone = this.peerIndex.get(`${srcNic}:${srcEp}`);
-      if (gone && !gone.dead && gone.session === srcSession && etherWord(f, H.dstSession) === this.session)
+      if (
+        gone?.eth !== undefined &&
+        !gone.dead &&
+        gone.session === srcSession &&
+        etherWord(f, H.dstSession) === this.session &&
+        macAt(f, 6, gone.eth.mac)
+      )
         this.failPeer(gone, "the peer endpoint is closed", MxStatus.ENDPOINT_CLOSED);
       return;
     }
@@ -2116,6 +2135,11 @@ export class MxEndpoint {
     const link = peer?.eth;
     if (peer === undefined || link === undefined || peer.dead || peer.session !== srcSession) {
       this.hub!.counters.dropped++;
+      return;
+    }
+    // The header names the sender; the source MAC (anti-spoofed by netback) must agree.
+    if (!macAt(f, 6, link.mac)) {
+      this.hub!.counters.spoofed++;
       return;
     }
     const now = performance.now();
@@ -2234,7 +2258,9 @@ export class MxEndpoint {
     const mac = f.slice(6, 12);
     const peerSplit = etherWord(f, H.matchHi) === 1;
     const id = etherWord(f, H.id);
-    if (status === MxStatus.SUCCESS) this.learnEtherPeer(srcNic, srcEp, srcSession, mac, peerSplit);
+    // A claim to be a peer we know at another MAC gets no answer.
+    if (status === MxStatus.SUCCESS && !this.learnEtherPeer(srcNic, srcEp, srcSession, mac, peerSplit))
+      return;
     const r = this.etherScratch;
     initEtherFrame(r, mac, this.hub!.mac, EtherType_.ConnectReply);
     setEtherWord(r, H.dstNic, srcNic);
@@ -2485,6 +2511,12 @@ export class MxEndpoint {
   connectedPeers(): readonly MxAddress[] {
     return this.peers.filter((p) => !p.dead);
   }
+}
+
+/** Whether the 6 bytes of `f` at `at` are `mac`. */
+function macAt(f: Uint8Array, at: number, mac: Uint8Array): boolean {
+  for (let i = 0; i < 6; i++) if (f[at + i] !== mac[i]) return false;
+  return true;
 }
 
 function getWord(b: Uint8Array, o: number): number {
