@@ -126,3 +126,39 @@ test("MPI.init outside a job says to use myrixen run", async () => {
   assert.notEqual(e.state, "shutdown");
   assert.match(e.error?.message ?? "", /run this program with myrixen run/);
 });
+
+test("default --pages: 2 ranks send 40 KiB, 44 KiB, ... up to 16 MiB from heap typed arrays, contents checked", async () => {
+  const lines: string[] = [];
+  const job = new Job(host, {
+    n: 2,
+    path: "bypass",
+    program: new URL("./fixtures/mpi-sizes.js", import.meta.url),
+    argv: [String(16 << 20)],
+    maxHeapMb: 512,
+    output: (rank, stream, line) => lines.push(`[${rank} ${stream}] ${line}`),
+  });
+  const res = await job.run();
+  const bad = res.failed;
+  assert.equal(res.exitCode, 0, `rank ${bad?.rank} failed: ${bad?.error?.message}\n${lines.join("\n")}`);
+  const r = res.ranks[1].result as { messages: number; bytes: number };
+  assert.equal(r.messages, 267);
+});
+
+test("a message the rank's memory cannot bounce fails at that size with an error naming --pages", async () => {
+  const lines: string[] = [];
+  const job = new Job(host, {
+    n: 2,
+    path: "bypass",
+    program: new URL("./fixtures/mpi-sizes.js", import.meta.url),
+    argv: [String(16 << 20)],
+    pages: 2048, // 8 MiB: a 16 MiB message cannot be staged in it
+    maxHeapMb: 512,
+    output: (rank, stream, line) => lines.push(`[${rank} ${stream}] ${line}`),
+  });
+  const res = await job.run();
+  assert.notEqual(res.exitCode, 0);
+  const msg = res.failed?.error?.message ?? "";
+  assert.match(msg, /--pages/, msg);
+  // It got past the sizes that fit: the failure is at a message of several MiB.
+  assert.match(msg, /\b(\d{7,8}) bytes\b/, msg);
+});

@@ -353,7 +353,7 @@ export class Comm {
       if (s.code === MxStatus.TRUNCATED) st.error = truncated(s.msgLength, src, s.matchLo, req.capacity);
     }
     if (s.code !== MxStatus.SUCCESS && !st.error)
-      st.error = `${req.kind} ${req.kind === "send" ? "to" : "from"} rank ${req.kind === "send" ? req.peer : st.source} failed: ${s.codeName} (the peer's endpoint closed or the rank died?)`;
+      st.error = `${req.kind} ${req.kind === "send" ? "to" : "from"} rank ${req.kind === "send" ? req.peer : st.source} failed: ${s.codeName} (${failureHint(s)})`;
     return this.result(st);
   }
 
@@ -520,7 +520,7 @@ export class Comm {
       throw new MpiError(
         `MPI ${call}: rank ${peer} sent ${s.msgLength} bytes where ${req.buffer.length} were expected; every rank must pass matching counts and element types`,
       );
-    throw new MpiError(`MPI ${call}: exchange with rank ${peer} failed: ${s.codeName} (did that rank die?)`);
+    throw new MpiError(`MPI ${call}: exchange with rank ${peer} failed: ${s.codeName} (${failureHint(s)})`);
   }
 
   private csend(call: string, b: Uint8Array, dest: number, tag: number): void {
@@ -1121,6 +1121,14 @@ export class Comm {
     this.rt.finalized = true;
     this.rt.mx.finalize();
   }
+}
+
+/** What the library knows about a failed request, or the likely cause. */
+function failureHint(s: MxStatusInfo): string {
+  if (s.reason !== undefined) return s.reason;
+  if (s.code === MxStatus.NO_RESOURCES)
+    return "no room for it on the other side or its NIC; if the ranks are short of memory, give them more with myrixen run --pages";
+  return "the peer's endpoint closed or the rank died?";
 }
 
 function truncated(msgBytes: number, source: number, tag: number, capacity: number): string {
