@@ -162,3 +162,21 @@ test("a message the rank's memory cannot bounce fails at that size with an error
   // It got past the sizes that fit: the failure is at a message of several MiB.
   assert.match(msg, /\b(\d{7,8}) bytes\b/, msg);
 });
+
+test("source verification: forged match bits and a stranger's messages are rejected, never delivered as another rank's", async () => {
+  const results = ok(await run(3, "bypass", "mpi-forge")) as Record<string, unknown>[];
+  const r0 = results[0];
+  for (const k of ["exact", "any", "stranger", "big"]) {
+    assert.equal(typeof r0[k], "string", `${k}: ${JSON.stringify(r0[k])} was delivered`);
+  }
+  assert.match(r0.exact as string, /rank 2\b.*claim.*rank 1|claim.*rank 1.*rank 2\b/);
+  assert.match(r0.any as string, /rank 2\b/);
+  assert.match(r0.stranger as string, /not .*(job|rank)/);
+  assert.deepEqual(r0.genuine, [
+    { source: 1, v: 50 },
+    { source: 1, v: 60 },
+    { source: 1, v: 70 },
+    { source: 1, v: 80 },
+  ]);
+  assert.equal(r0.rejected, 4);
+});
