@@ -126,3 +126,57 @@ test("MPI.init outside a job says to use myrixen run", async () => {
   assert.notEqual(e.state, "shutdown");
   assert.match(e.error?.message ?? "", /run this program with myrixen run/);
 });
+
+test("default --pages: 2 ranks send 40 KiB, 44 KiB, ... up to 16 MiB from heap typed arrays, contents checked", async () => {
+  const lines: string[] = [];
+  const job = new Job(host, {
+    n: 2,
+    path: "bypass",
+    program: new URL("./fixtures/mpi-sizes.js", import.meta.url),
+    argv: [String(16 << 20)],
+    maxHeapMb: 512,
+    output: (rank, stream, line) => lines.push(`[${rank} ${stream}] ${line}`),
+  });
+  const res = await job.run();
+  const bad = res.failed;
+  assert.equal(res.exitCode, 0, `rank ${bad?.rank} failed: ${bad?.error?.message}\n${lines.join("\n")}`);
+  const r = res.ranks[1].result as { messages: number; bytes: number };
+  assert.equal(r.messages, 267);
+});
+
+test("a message the rank's memory cannot bounce fails at that size with an error naming --pages", async () => {
+  const lines: string[] = [];
+  const job = new Job(host, {
+    n: 2,
+    path: "bypass",
+    program: new URL("./fixtures/mpi-sizes.js", import.meta.url),
+    argv: [String(16 << 20)],
+    pages: 2048, // 8 MiB: a 16 MiB message cannot be staged in it
+    maxHeapMb: 512,
+    output: (rank, stream, line) => lines.push(`[${rank} ${stream}] ${line}`),
+  });
+  const res = await job.run();
+  assert.notEqual(res.exitCode, 0);
+  const msg = res.failed?.error?.message ?? "";
+  assert.match(msg, /--pages/, msg);
+  // It got past the sizes that fit: the failure is at a message of several MiB.
+  assert.match(msg, /\b(\d{7,8}) bytes\b/, msg);
+});
+
+test("source verification: forged match bits and a stranger's messages are rejected, never delivered as another rank's", async () => {
+  const results = ok(await run(3, "bypass", "mpi-forge")) as Record<string, unknown>[];
+  const r0 = results[0];
+  for (const k of ["exact", "any", "stranger", "big"]) {
+    assert.equal(typeof r0[k], "string", `${k}: ${JSON.stringify(r0[k])} was delivered`);
+  }
+  assert.match(r0.exact as string, /rank 2\b.*claim.*rank 1|claim.*rank 1.*rank 2\b/);
+  assert.match(r0.any as string, /rank 2\b/);
+  assert.match(r0.stranger as string, /not .*(job|rank)/);
+  assert.deepEqual(r0.genuine, [
+    { source: 1, v: 50 },
+    { source: 1, v: 60 },
+    { source: 1, v: 70 },
+    { source: 1, v: 80 },
+  ]);
+  assert.equal(r0.rejected, 4);
+});

@@ -170,3 +170,27 @@ for (const [path, scope] of CASES) {
     });
   });
 }
+
+test("guests with the default 256 pages (1 MiB) send across hosts: eager and rendezvous, from guest memory and the heap", async () => {
+  const SIZES = new URL("./fixtures/guests/mx-sizes.js", import.meta.url);
+  const args = { count: 100, heapCount: 50, minLen: 1, maxLen: 100_000, bufBytes: 128 * 1024 };
+  const a = await host.startGuest({ module: SIZES, args: { role: "a", ...args }, name: "small-a" });
+  const gotA = once(a, "message");
+  const b = await remote.startGuest({ module: SIZES, args: { role: "b", ...args }, name: "small-b" });
+  const gotB = once(b, "message");
+  const [addrA] = await gotA;
+  const [addrB] = await gotB;
+  a.send(addrB);
+  b.send(addrA);
+  const [ea, eb] = await Promise.all([a.exited, b.exited]);
+  assert.equal(ea.state, "shutdown", ea.error?.stack);
+  assert.equal(eb.state, "shutdown", eb.error?.stack);
+  const ra = ea.result as { sent: number; errors: string[]; counters: Record<string, number> };
+  const rb = eb.result as { received: number; bad: number; errors: string[] };
+  assert.deepEqual(ra.errors, []);
+  assert.deepEqual(rb.errors, []);
+  assert.equal(ra.sent, 150);
+  assert.equal(rb.received, 150);
+  assert.equal(rb.bad, 0);
+  assert.ok(ra.counters.wireSends >= 150, "the messages went through the NICs");
+});

@@ -117,3 +117,28 @@ describe("the split path as fallback", () => {
     }
   });
 });
+
+describe("an endpoint talking to itself and to its own guest's other endpoint", () => {
+  const SELF = new URL("./fixtures/guests/mx-self.js", import.meta.url);
+  for (const path of ["bypass", "split"] as const) {
+    test(`on the ${path} path: self-connect and messages to self deliver, eager and rendezvous`, async () => {
+      const host = await Host.start({});
+      try {
+        const d = await host.startGuest({
+          module: SELF,
+          args: path === "split" ? { mxPath: "split" } : {},
+          pages: 2048,
+          name: `self-${path}`,
+        });
+        const e = await d.exited;
+        assert.equal(e.state, "shutdown", e.error?.stack);
+        const r = e.result as { path: string; self: unknown; sibling: unknown };
+        assert.equal(r.path, path);
+        assert.equal(r.self, true, `self: ${String(r.self)}`);
+        assert.equal(r.sibling, true, `sibling: ${String(r.sibling)}`);
+      } finally {
+        await host.stop();
+      }
+    });
+  }
+});

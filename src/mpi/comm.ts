@@ -2,9 +2,12 @@
  * A communicator: point-to-point messaging and collectives over one MX endpoint per rank.
  *
  * Match bits: hi = (context id << 16) | source rank, lo = tag. Every communicator owns two
- * context ids (point-to-point, collectives), so user tags never meet collective traffic, and
- * a receive's source and tag come back from the match bits. Messages a rank sends to itself
- * never reach MX (MX has no channel from an endpoint to itself): they are matched here.
+ * context ids (point-to-point, collectives), so user tags never meet collective traffic. The
+ * source rank in the bits is only for matching: a receive's source is the rank whose MX
+ * address delivered the message (verified below MPI: the channel the backend granted to
+ * exactly the pair, the NIC's stamp, or the anti-spoofed source MAC), and a message whose
+ * bits claim another rank is rejected. Messages a rank sends to itself never reach MX: they
+ * are matched here.
  *
  * Collectives name their peers exactly (never ANY_SOURCE) and rely on MX's per-peer FIFO
  * matching, so consecutive collectives need no sequence numbers. All calls block, like C MPI.
@@ -78,13 +81,19 @@ export class Runtime {
   readonly selfQueue: SelfMessage[] = [];
   readonly selfPosted: SelfPost[] = [];
   world!: Comm;
+  /** World rank of each peer's MX address (the addresses MPI.init connected). */
+  readonly rankOf = new Map<MxAddress, number>();
+  /** Messages rejected because their match bits claimed a rank their sender's address is not. */
+  rejected = 0;
 
   constructor(
     readonly mx: Mx,
     readonly ep: MxEndpoint,
     /** MX address of each world rank (undefined for this rank). */
     readonly addrs: (MxAddress | undefined)[],
-  ) {}
+  ) {
+    for (let r = 0; r < addrs.length; r++) if (addrs[r] !== undefined) this.rankOf.set(addrs[r]!, r);
+  }
 }
 
 /** A non-blocking send or receive; complete it with wait/test/waitall/waitany. */
@@ -126,6 +135,8 @@ export class Comm {
   private readonly sendHiP2P: number;
   private readonly sendHiColl: number;
   private readonly pending: MxRequest[] = [];
+  /** This communicator's rank of each world rank, -1 for non-members. */
+  private readonly commRankOf: Int32Array;
 
   /** @internal */
   constructor(
@@ -141,6 +152,33 @@ export class Comm {
     this.peers = worldRanks.map((w) => rt.addrs[w]);
     this.sendHiP2P = ((this.ctxP2P << 16) | rank) >>> 0;
     this.sendHiColl = ((this.ctxColl << 16) | rank) >>> 0;
+    this.commRankOf = new Int32Array(rt.addrs.length).fill(-1);
+    for (let i = 0; i < worldRanks.length; i++) this.commRankOf[worldRanks[i]] = i;
+  }
+
+  /**
+   * The rank a received message came from, by the MX address that delivered it — never by
+   * the match bits, which the sender chose. A message whose bits claim another rank, or from
+   * an address that is no member of this communicator, is counted and its receive fails with
+   * this error: MX already matched it to the receive (reposting would let later messages
+   * overtake it), and a job whose ranks forge their identity must not carry on unnoticed.
+   */
+  private sourceOf(call: string, s: MxStatusInfo): number {
+    const claimed = s.matchHi & 0xffff;
+    const addr = s.source;
+    const world = addr === undefined ? undefined : this.rt.rankOf.get(addr);
+    const r = world === undefined ? -1 : this.commRankOf[world];
+    if (r === claimed) return r;
+    this.rt.rejected++;
+    const who =
+      world === undefined
+        ? `${addr === undefined ? "no known address" : `MX address ${addr}`}, which is not a rank of this job`
+        : r < 0
+          ? `world rank ${world}, which is not a member of this communicator`
+          : `rank ${r}`;
+    throw new MpiError(
+      `MPI ${call}: rejected a message (tag ${s.matchLo}, ${s.msgLength} bytes) whose match bits claim it comes from rank ${claimed}: it came from ${who}. A rank is known by its verified MX address, not by the bits it sends`,
+    );
   }
 
   get size(): number {
@@ -348,12 +386,13 @@ export class Comm {
     if (req.kind === "send") {
       st = { source: req.peer, tag: req.tag, count: s.msgLength / req.bpe, bytes: s.msgLength };
     } else {
-      const src = s.matchHi & 0xffff;
+      // A receive that matched nothing (closed, cancelled) has no source to check.
+      const src = s.source === undefined ? req.peer : this.sourceOf("wait", s);
       st = { source: src, tag: s.matchLo, count: Math.floor(s.xferLength / req.bpe), bytes: s.xferLength };
       if (s.code === MxStatus.TRUNCATED) st.error = truncated(s.msgLength, src, s.matchLo, req.capacity);
     }
     if (s.code !== MxStatus.SUCCESS && !st.error)
-      st.error = `${req.kind} ${req.kind === "send" ? "to" : "from"} rank ${req.kind === "send" ? req.peer : st.source} failed: ${s.codeName} (the peer's endpoint closed or the rank died?)`;
+      st.error = `${req.kind} ${req.kind === "send" ? "to" : "from"} rank ${req.kind === "send" ? req.peer : st.source} failed: ${s.codeName} (${failureHint(s)})`;
     return this.result(st);
   }
 
@@ -495,7 +534,7 @@ export class Comm {
     if (!s) throw new MpiError("MPI probe: interrupted before a message arrived");
     const bpe = type?.BYTES_PER_ELEMENT ?? 1;
     return {
-      source: s.matchHi & 0xffff,
+      source: this.sourceOf("probe", s),
       tag: s.matchLo,
       count: Math.floor(s.msgLength / bpe),
       bytes: s.msgLength,
@@ -515,12 +554,14 @@ export class Comm {
   private cwait(call: string, req: MxRequest, peer: number): void {
     const s = this.ep.wait(req);
     if (!s) throw new MpiError(`MPI ${call}: interrupted`);
+    // Matched on (context, peer) bits: the address must be that peer's too.
+    if (req.kind === "recv" && s.source !== undefined) this.sourceOf(call, s);
     if (s.code === MxStatus.SUCCESS && (req.kind === "send" || s.msgLength === req.buffer.length)) return;
     if (s.code === MxStatus.SUCCESS || s.code === MxStatus.TRUNCATED)
       throw new MpiError(
         `MPI ${call}: rank ${peer} sent ${s.msgLength} bytes where ${req.buffer.length} were expected; every rank must pass matching counts and element types`,
       );
-    throw new MpiError(`MPI ${call}: exchange with rank ${peer} failed: ${s.codeName} (did that rank die?)`);
+    throw new MpiError(`MPI ${call}: exchange with rank ${peer} failed: ${s.codeName} (${failureHint(s)})`);
   }
 
   private csend(call: string, b: Uint8Array, dest: number, tag: number): void {
@@ -1121,6 +1162,14 @@ export class Comm {
     this.rt.finalized = true;
     this.rt.mx.finalize();
   }
+}
+
+/** What the library knows about a failed request, or the likely cause. */
+function failureHint(s: MxStatusInfo): string {
+  if (s.reason !== undefined) return s.reason;
+  if (s.code === MxStatus.NO_RESOURCES)
+    return "no room for it on the other side or its NIC; if the ranks are short of memory, give them more with myrixen run --pages";
+  return "the peer's endpoint closed or the rank died?";
 }
 
 function truncated(msgBytes: number, source: number, tag: number, capacity: number): string {

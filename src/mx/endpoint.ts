@@ -25,7 +25,6 @@
 
 import { MxStatus } from "../nic/status.js";
 import {
-  Access,
   D_AUX0,
   D_AUX1,
   D_COOKIE,
@@ -69,6 +68,7 @@ import {
   RECV_BYTES,
   RECV_OFFSET,
   raiseInterrupt,
+  SEND_MAX,
   SQ_ENTRIES,
   SQ_OFFSET,
   W_EQ_CONS,
@@ -100,11 +100,21 @@ import {
   PAYLOAD_AT,
   setWord as setEtherWord,
 } from "./ether.js";
+import {
+  BouncePool,
+  MEMORY_KNOB,
+  RegCache,
+  type RegCounters,
+  type RegEntry,
+  type RegLimits,
+  regLimits,
+} from "./regcache.js";
 import { SPLIT_ENDPOINT_BASE } from "./split-driver.js";
 import { DEFAULT_TRACE_RECORDS, FLAG_TRACED, TraceBuffer, TraceStage, traceId, traceNow } from "./trace.js";
 import {
   COOKIE_CONNECT,
   COOKIE_SEND,
+  DEFAULT_STAGING_SLOTS,
   WIRE_ID_MASK,
   WIRE_ID_SHIFT,
   WIRE_RNDV_BYTES,
@@ -145,8 +155,6 @@ const PROBE_AFTER_MS = 250;
 
 /** How long a blocking call spins on progress before it sleeps, µs (machine-limits.md). */
 export const DEFAULT_SPIN_US = 20;
-/** Bounce buffers kept registered for reuse, at most this many bytes. */
-const BOUNCE_POOL_BYTES = 64 * 1024 * 1024;
 /** Polls of a blocking wait before it looks at the clock (a spinning peer answers well within them). */
 const FAST_POLLS = 256;
 /** A sleeping endpoint re-checks at least this often, so no peer can make it sleep forever. */
@@ -211,6 +219,8 @@ export class MxStatusInfo {
   /** Bytes actually moved (min of message and receive buffer). */
   xferLength = 0;
   context: unknown;
+  /** Why the request failed, when the library knows more than the status code says. */
+  reason: string | undefined = undefined;
 
   /** The 64-bit match value. */
   get matchInfo(): bigint {
@@ -242,7 +252,10 @@ export class MxRequest extends MxStatusInfo {
   /** @internal */ sync = false;
   /** @internal */ syncId = 0;
   /** @internal */ rndv = false;
-  /** @internal */ bounce?: Uint8Array;
+  /** @internal A whole bounce buffer (its size class) standing in for `buffer` in this domain's memory. */
+  bounce?: Uint8Array;
+  /** @internal The registration this request holds while in flight (regcache.ts). */
+  reg: RegEntry | undefined = undefined;
   /** @internal */ completedByUser = false;
   /** @internal Message id while traced (trace.ts), else 0. */
   traceId = 0;
@@ -321,7 +334,7 @@ interface PendingPull {
   xfer: number;
 }
 
-export interface EndpointCounters {
+export interface EndpointCounters extends RegCounters {
   sends: number;
   recvs: number;
   eager: number;
@@ -336,7 +349,6 @@ export interface EndpointCounters {
   channelErrors: number;
   nicErrors: number;
   bounces: number;
-  registrations: number;
   /** Records sent and received through the NIC (peers on other NICs). */
   wireSends: number;
   wireRecvs: number;
@@ -410,6 +422,12 @@ export class MxEndpoint {
     nicErrors: 0,
     bounces: 0,
     registrations: 0,
+    deregistrations: 0,
+    regCacheHits: 0,
+    regCacheEvictions: 0,
+    regionsCached: 0,
+    bytesCached: 0,
+    bouncePooledBytes: 0,
     wireSends: 0,
     wireRecvs: 0,
     held: 0,
@@ -439,14 +457,19 @@ export class MxEndpoint {
   private reapedInQueue = 0;
   private readonly waitingSync = new Map<number, MxRequest>();
   private readonly pulls = new Map<number, PendingPull>();
-  private readonly regions = new Map<string, { regionId: number; key: number; bytes: Uint8Array }>();
+  /** Registrations of message memory, reused across messages (regcache.ts). */
+  private readonly regs: RegCache;
+  private readonly bouncePool: BouncePool;
+  /** The driver registers memory with a NIC (the split driver has nothing to register). */
+  private readonly registers: boolean;
   private nextId = 1;
-  private readonly bouncePool: Uint8Array[] = [];
   private sqProd = 0;
   private eqCons = 0;
   private rqCons = 0;
   /** Eager payloads leaving through the NIC (opened with the first wire send). */
   private staging: WireStaging | undefined;
+  /** Why the staging area could not be opened (the last attempt), for the sends that fail. */
+  private stagingError: string | undefined;
   private readonly connects = new Map<number, PendingConnect>();
   /** The peer of the last wire record: consecutive records mostly come from one peer. */
   private lastWirePeer: MxAddress | undefined;
@@ -487,6 +510,10 @@ export class MxEndpoint {
     this.sqProd = Atomics.load(this.window, W_SQ_PROD) >>> 0;
     this.eqCons = Atomics.load(this.window, W_EQ_CONS) >>> 0;
     this.rqCons = Atomics.load(this.window, W_RQ_CONS) >>> 0;
+    const limits = regLimits(opts.memory?.byteLength ?? 64 << 20);
+    this.regs = new RegCache(driver, this.endpointId, limits, this.counters);
+    this.bouncePool = new BouncePool(driver, this.regs, limits.bouncePoolBytes, this.counters);
+    this.registers = driver.path !== "split";
     if (opts.trace) this.enableTrace(opts.trace === true ? DEFAULT_TRACE_RECORDS : opts.trace);
     if (this.hub) {
       this.hub.attach(this.endpointId, {
@@ -704,7 +731,7 @@ export class MxEndpoint {
       this.complete(req, MxStatus.ENDPOINT_UNREACHABLE, 0);
       return req;
     }
-    if (req.rndv) this.prepareRndv(req);
+    if (req.rndv && !this.prepareRndv(req)) return req;
     if (dest.backlog.length > 0 || !this.trySend(req)) dest.backlog.push(req);
     return req;
   }
@@ -739,10 +766,10 @@ export class MxEndpoint {
     words[i + 5] = req.syncId;
     words[i + 6] = dest.sendSeq++;
     if (req.rndv) {
-      const r = this.regionFor(req.bounce ?? req.buffer);
+      const r = req.reg!;
       words[i + 7] = r.regionId;
       words[i + 8] = r.key;
-      words[i + 9] = r.offset;
+      words[i + 9] = (req.bounce ?? req.buffer).byteOffset - r.start;
       this.counters.rndv++;
     } else {
       if (payload > 0) copyInto(w.bytes, at + RECORD_HEADER_BYTES, req.buffer, 0, payload);
@@ -771,10 +798,10 @@ export class MxEndpoint {
     if (this.sqFree() === 0) return false;
     let st = this.staging;
     if (st === undefined) {
-      try {
-        st = this.staging = new WireStaging(this.driver, this.endpointId);
-      } catch {
+      st = this.staging = this.openStaging();
+      if (st === undefined) {
         // No memory or registration left for the staging area: this send cannot leave.
+        req.reason = this.stagingError;
         this.complete(req, MxStatus.NO_RESOURCES, 0);
         this.counters.nicErrors++;
         return true;
@@ -785,12 +812,12 @@ export class MxEndpoint {
     const at = st.offsetOf(slot);
     let len: number;
     if (req.rndv) {
-      const r = this.regionFor(req.bounce ?? req.buffer);
+      const r = req.reg!;
       const b = st.bytes;
       putWord(b, at, req.buffer.length);
       putWord(b, at + 4, r.regionId);
       putWord(b, at + 8, r.key);
-      putWord(b, at + 12, r.offset);
+      putWord(b, at + 12, (req.bounce ?? req.buffer).byteOffset - r.start);
       len = WIRE_RNDV_BYTES;
       this.counters.rndv++;
     } else {
@@ -823,6 +850,27 @@ export class MxEndpoint {
     return true;
   }
 
+  /**
+   * The staging area for eager sends through the NIC, sized to the domain (a 1 MiB guest
+   * cannot give 32 slots of 32 KiB): an eighth of its memory at most, fewer slots if that
+   * fails (idle registrations and pooled bounce buffers are given back first), at least one.
+   */
+  private openStaging(): WireStaging | undefined {
+    const ram = this.memory?.byteLength ?? 64 << 20;
+    let slots = Math.max(1, Math.min(DEFAULT_STAGING_SLOTS, Math.floor(ram / 8 / SEND_MAX)));
+    for (;;) {
+      try {
+        return new WireStaging(this.driver, this.endpointId, slots);
+      } catch (e) {
+        if (slots > 1) slots >>= 1;
+        else if (!this.regs.evictIdle() && !this.bouncePool.shrink()) {
+          this.stagingError = `the staging area for messages through the NIC (${SEND_MAX} bytes) could not be set up: ${(e as Error).message}; ${MEMORY_KNOB}`;
+          return undefined;
+        }
+      }
+    }
+  }
+
   /** A payload-less wire record (NOTIFY, PING): `slotOwner` gets the SEND_DONE, if any. */
   private postWireControl(peer: MxAddress, type: number, id: number, aux1: number, matchHi: number): void {
     const w = this.window;
@@ -839,11 +887,23 @@ export class MxEndpoint {
     this.counters.wireSends++;
   }
 
-  private prepareRndv(req: MxRequest): void {
-    if (!this.inMemory(req.buffer)) {
-      req.bounce = this.takeBounce(req.buffer.length);
-      req.bounce.set(req.buffer);
-      this.counters.bounces++;
+  /**
+   * A rendezvous send's data in registered memory of this domain (bounce-copied if it is not
+   * there), held until the send completes. false: the request failed with the reason.
+   */
+  private prepareRndv(req: MxRequest): boolean {
+    try {
+      if (!this.inMemory(req.buffer)) {
+        req.bounce = this.bouncePool.take(req.buffer.length);
+        req.bounce.set(req.buffer);
+        this.counters.bounces++;
+      }
+      if (this.registers) req.reg = this.regs.acquire(req.bounce ?? req.buffer);
+      return true;
+    } catch (e) {
+      req.reason = `isend of ${req.buffer.length} bytes: ${(e as Error).message}`;
+      this.complete(req, MxStatus.NO_RESOURCES, 0);
+      return false;
     }
   }
 
@@ -1080,9 +1140,13 @@ export class MxEndpoint {
     req.status.code = code;
     req.status.xferLength = xfer;
     req.done = true;
+    if (req.reg !== undefined) {
+      this.regs.release(req.reg);
+      req.reg = undefined;
+    }
     if (req.bounce) {
       if (req.kind === "recv" && xfer > 0) req.buffer.set(req.bounce.subarray(0, xfer));
-      this.releaseBounce(req.bounce);
+      this.bouncePool.give(req.bounce);
       req.bounce = undefined;
     }
     this.completed.push(req);
@@ -1495,13 +1559,11 @@ export class MxEndpoint {
       this.etherPull(req, source, syncId, xfer);
       return;
     }
-    let target = req.buffer;
-    if (!this.inMemory(target)) {
-      req.bounce = this.takeBounce(xfer);
-      target = req.bounce;
-      this.counters.bounces++;
+    const dst = this.pullTarget(req, xfer);
+    if (dst === undefined) {
+      this.sendNotify(source, syncId, 0, MxStatus.NO_RESOURCES);
+      return;
     }
-    const dst = this.regionFor(target);
     const cookie = this.newId();
     this.pulls.set(cookie, { recv: req, source, syncId, xfer });
     this.counters.pulls++;
@@ -1517,7 +1579,7 @@ export class MxEndpoint {
     w[b + D_SRC_KEY] = key;
     w[b + D_SRC_OFFSET] = offset;
     w[b + D_DST_REGION] = dst.regionId;
-    w[b + D_DST_OFFSET] = dst.offset;
+    w[b + D_DST_OFFSET] = (req.bounce ?? req.buffer).byteOffset - dst.start;
     w[b + D_LENGTH] = xfer;
     if (dflags & DFLAG_REMOTE) {
       w[b + D_DEST_NIC] = source.nic;
@@ -2016,19 +2078,32 @@ export class MxEndpoint {
       pending.mac!,
       pending.peerSplit === true,
     );
+    if (peer === undefined)
+      throw new MxError(
+        "MX_CONNECTION_FAILED",
+        `${where} answered from MAC ${macString(pending.mac!)}, but that endpoint is known at another MAC: refused as a spoofed answer`,
+      );
     if (session === 0) peer.verified = true;
     return peer;
   }
 
-  /** The peer (nic, ep, session) reachable at `mac`: known, or new. */
+  /**
+   * The peer (nic, ep, session) reachable at `mac`: known, or new. A peer is keyed on its
+   * MAC as well (netback lets no guest send from another's MAC): a claim to be a known peer
+   * from another MAC is refused (undefined) and counted, never followed.
+   */
   private learnEtherPeer(
     nic: number,
     ep: number,
     session: number,
     mac: Uint8Array,
     peerSplit: boolean,
-  ): MxAddress {
+  ): MxAddress | undefined {
     let peer = this.peerIndex.get(`${nic}:${ep}`);
+    if (peer?.eth !== undefined && !peer.dead && peer.session === session && !macAt(mac, 0, peer.eth.mac)) {
+      this.hub!.counters.spoofed++;
+      return undefined;
+    }
     if (peer && !peer.dead && peer.session !== session) {
       this.failPeer(peer, "the peer endpoint was reopened", MxStatus.ENDPOINT_CLOSED);
       peer = undefined;
@@ -2044,7 +2119,7 @@ export class MxEndpoint {
         session,
       );
       this.etherPeers.push(peer);
-    } else peer.eth.mac.set(mac);
+    }
     peer.peerSplit = peerSplit;
     this.recomputeVia(peer);
     return peer;
@@ -2072,7 +2147,13 @@ export class MxEndpoint {
     }
     if (type === EtherType_.Nack) {
       const gone = this.peerIndex.get(`${srcNic}:${srcEp}`);
-      if (gone && !gone.dead && gone.session === srcSession && etherWord(f, H.dstSession) === this.session)
+      if (
+        gone?.eth !== undefined &&
+        !gone.dead &&
+        gone.session === srcSession &&
+        etherWord(f, H.dstSession) === this.session &&
+        macAt(f, 6, gone.eth.mac)
+      )
         this.failPeer(gone, "the peer endpoint is closed", MxStatus.ENDPOINT_CLOSED);
       return;
     }
@@ -2084,6 +2165,11 @@ export class MxEndpoint {
     const link = peer?.eth;
     if (peer === undefined || link === undefined || peer.dead || peer.session !== srcSession) {
       this.hub!.counters.dropped++;
+      return;
+    }
+    // The header names the sender; the source MAC (anti-spoofed by netback) must agree.
+    if (!macAt(f, 6, link.mac)) {
+      this.hub!.counters.spoofed++;
       return;
     }
     const now = performance.now();
@@ -2202,7 +2288,9 @@ export class MxEndpoint {
     const mac = f.slice(6, 12);
     const peerSplit = etherWord(f, H.matchHi) === 1;
     const id = etherWord(f, H.id);
-    if (status === MxStatus.SUCCESS) this.learnEtherPeer(srcNic, srcEp, srcSession, mac, peerSplit);
+    // A claim to be a peer we know at another MAC gets no answer.
+    if (status === MxStatus.SUCCESS && !this.learnEtherPeer(srcNic, srcEp, srcSession, mac, peerSplit))
+      return;
     const r = this.etherScratch;
     initEtherFrame(r, mac, this.hub!.mac, EtherType_.ConnectReply);
     setEtherWord(r, H.dstNic, srcNic);
@@ -2346,59 +2434,28 @@ export class MxEndpoint {
   }
 
   /**
-   * The registered region covering the pages of `bytes` (registered the first time and
-   * cached: registration is a control operation), and the offset of `bytes` in it. Regions
-   * allow local access and remote reads (with their key), as a send or receive buffer needs.
+   * Where a pull of `xfer` bytes lands: the receive buffer, or a bounce buffer standing in
+   * for it, registered and held until the receive completes. undefined: the receive failed
+   * (completed with MX_STATUS_NO_RESOURCES and the reason).
    */
-  private regionFor(bytes: Uint8Array): { regionId: number; key: number; offset: number } {
-    const start = bytes.byteOffset & ~4095;
-    const end = (bytes.byteOffset + bytes.length + 4095) & ~4095;
-    const k = `${start}:${end}`;
-    let r = this.regions.get(k);
-    if (!r) {
-      const view = new Uint8Array(bytes.buffer as SharedArrayBuffer, start, end - start);
-      let reg: { regionId: number; key: number };
-      try {
-        reg = this.driver.registerRegion(
-          this.endpointId,
-          view,
-          Access.LocalRead | Access.LocalWrite | Access.RemoteRead,
-        );
-      } catch (e) {
-        throw asMxError(e, "MX_NO_RESOURCES");
+  private pullTarget(req: MxRequest, xfer: number): RegEntry | undefined {
+    try {
+      if (!this.inMemory(req.buffer)) {
+        req.bounce = this.bouncePool.take(xfer);
+        this.counters.bounces++;
       }
-      r = { ...reg, bytes: view };
-      this.regions.set(k, r);
-      this.counters.registrations++;
+      req.reg = this.regs.acquire(req.bounce ?? req.buffer);
+      return req.reg;
+    } catch (e) {
+      req.reason = `receiving ${xfer} bytes: ${(e as Error).message}`;
+      this.complete(req, MxStatus.NO_RESOURCES, 0);
+      return undefined;
     }
-    return { regionId: r.regionId, key: r.key, offset: bytes.byteOffset - start };
   }
 
-  /**
-   * Bounce buffers are kept (still registered) for reuse: a program that sends from its own
-   * heap again and again then pays a copy per message, not a registration round trip.
-   */
-  private takeBounce(length: number): Uint8Array {
-    const pages = Math.ceil(length / 4096);
-    const i = this.bouncePool.findIndex((b) => b.length / 4096 === pages);
-    if (i >= 0) return this.bouncePool.splice(i, 1)[0].subarray(0, length);
-    return this.driver.allocBuffer(pages * 4096).subarray(0, length);
-  }
-
-  private releaseBounce(b: Uint8Array): void {
-    const whole = new Uint8Array(
-      b.buffer as SharedArrayBuffer,
-      b.byteOffset,
-      Math.ceil(b.length / 4096) * 4096,
-    );
-    this.bouncePool.push(whole);
-    let pooled = 0;
-    for (const p of this.bouncePool) pooled += p.length;
-    while (pooled > BOUNCE_POOL_BYTES && this.bouncePool.length > 0) {
-      const old = this.bouncePool.shift()!;
-      pooled -= old.length;
-      this.free(old);
-    }
+  /** The bounds of this endpoint's registration cache and bounce pool (regcache.ts). */
+  get cacheLimits(): RegLimits {
+    return this.regs.limits;
   }
 
   /** Memory for message buffers: in this domain's memory, so large messages need no bounce copy. */
@@ -2410,24 +2467,24 @@ export class MxEndpoint {
         `alloc: length must be a non-negative integer, got ${String(length)}`,
       );
     if (length === 0) return new Uint8Array(0);
-    return this.driver.allocBuffer(length);
+    for (;;) {
+      try {
+        return this.driver.allocBuffer(length);
+      } catch (e) {
+        // Idle bounce buffers give their memory back before the program is told no.
+        if (this.bouncePool.shrink()) continue;
+        const m = asMxError(e, "MX_NO_RESOURCES");
+        throw new MxError(
+          m.codeName,
+          `alloc(${length}): ${m.message.replace(/^MX_[A-Z_]+: /, "").replace(/; give the domain more pages.*$/, "")}; ${MEMORY_KNOB}`,
+        );
+      }
+    }
   }
 
   free(buffer: Uint8Array): void {
-    for (const [k, r] of this.regions) {
-      if (
-        r.bytes.buffer === buffer.buffer &&
-        r.bytes.byteOffset <= buffer.byteOffset &&
-        buffer.byteOffset < r.bytes.byteOffset + r.bytes.length
-      ) {
-        this.regions.delete(k);
-        try {
-          this.driver.deregisterRegion(this.endpointId, r.regionId);
-        } catch {
-          // ignore: closing
-        }
-      }
-    }
+    // Nothing stays registered in memory that goes back to the allocator.
+    this.regs.drop(buffer.buffer, buffer.byteOffset, buffer.byteOffset + buffer.length);
     this.driver.freeBuffer(buffer);
   }
 
@@ -2457,6 +2514,9 @@ export class MxEndpoint {
     } catch {
       // The driver side may already be gone (host shutting down): nothing left to release here.
     }
+    // Closing released the endpoint's registrations; the bounce buffers go back to memory.
+    this.regs.clear();
+    this.bouncePool.drain(false);
   }
 
   /** A nonzero 32-bit id for a sync send or a pull (0 means "none" on the wire). */
@@ -2481,6 +2541,12 @@ export class MxEndpoint {
   connectedPeers(): readonly MxAddress[] {
     return this.peers.filter((p) => !p.dead);
   }
+}
+
+/** Whether the 6 bytes of `f` at `at` are `mac`. */
+function macAt(f: Uint8Array, at: number, mac: Uint8Array): boolean {
+  for (let i = 0; i < 6; i++) if (f[at + i] !== mac[i]) return false;
+  return true;
 }
 
 function getWord(b: Uint8Array, o: number): number {

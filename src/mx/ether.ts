@@ -171,7 +171,14 @@ export interface EtherHubCounters {
   acksTx: number;
   /** Frames that arrived out of order and were dropped for a resend. */
   gaps: number;
+  /** Frames between endpoints of this guest (itself included), handed over without the device. */
+  loopback: number;
+  /** Frames whose source MAC is not the one their claimed sender was connected at: dropped. */
+  spoofed: number;
 }
+
+/** Frames in flight between this guest's own endpoints, at most (then sends wait, as on a full device). */
+const LOOPBACK_FRAMES = 2 * TX_WINDOW;
 
 /** What an endpoint gives the hub: its frames, and its share of the hub's work. */
 export interface EtherEndpointHandler {
@@ -194,8 +201,19 @@ export class EtherHub {
     retransmits: 0,
     acksTx: 0,
     gaps: 0,
+    loopback: 0,
+    spoofed: 0,
   };
   private readonly handlers = new Map<number, EtherEndpointHandler>();
+  /**
+   * Frames for this guest's own MAC: a bridge never sends a frame back out of the port it
+   * came in by, so an endpoint talking to itself or to a sibling endpoint of the guest is
+   * served here (a ring of copies, delivered by the next poll).
+   */
+  private readonly loop: Uint8Array[] = [];
+  private readonly loopLen = new Int32Array(LOOPBACK_FRAMES);
+  private loopHead = 0;
+  private loopCount = 0;
   private readonly nack = new Uint8Array(PAYLOAD_AT);
   private dirty = false;
   private polling = false;
@@ -227,6 +245,7 @@ export class EtherHub {
 
   /** Sends one frame now; false if the device is full (the caller keeps it and retries). */
   send(frame: Uint8Array): boolean {
+    if (this.isLocal(frame)) return this.loopSend(frame);
     if (!this.device.send(frame)) {
       this.counters.deviceFull++;
       return false;
@@ -249,6 +268,13 @@ export class EtherHub {
     if (this.polling) return;
     this.polling = true;
     try {
+      // Only what is queued now: answers to these frames wait for the next poll.
+      for (let n = this.loopCount; n > 0; n--) {
+        const i = this.loopHead;
+        this.loopHead = (i + 1) % LOOPBACK_FRAMES;
+        this.loopCount--;
+        this.onFrame(this.loop[i].subarray(0, this.loopLen[i]));
+      }
       this.device.poll(this.onFrame);
       for (const h of this.handlers.values()) h.afterPoll();
       this.flush();
@@ -318,7 +344,43 @@ export class EtherHub {
   /** Sleeps until the device has something (or the timeout). */
   wait(timeoutMs: number): boolean {
     this.flush();
+    if (this.loopCount > 0) return true;
     return this.device.wait(timeoutMs);
+  }
+
+  /**
+   * A frame that stays in this guest: sent to its own MAC, or a CONNECT broadcast for one of
+   * its own endpoints (endpoint ids are unique per NIC, so nobody else could answer it).
+   */
+  private isLocal(f: Uint8Array): boolean {
+    const own = this.device.mac;
+    if (f[0] === own[0] && sameMac(f, own)) return true;
+    return (
+      f[0] === 0xff &&
+      sameMac(f, BROADCAST_MAC) &&
+      frameType(f) === EtherType_.Connect &&
+      word(f, H.dstNic) === this.device.nicId &&
+      this.handlers.has(word(f, H.dstEp))
+    );
+  }
+
+  private loopSend(f: Uint8Array): boolean {
+    if (this.loopCount === LOOPBACK_FRAMES) {
+      this.counters.deviceFull++;
+      return false;
+    }
+    const i = (this.loopHead + this.loopCount) % LOOPBACK_FRAMES;
+    let slot = this.loop[i];
+    if (slot === undefined || slot.length < f.length) {
+      slot = new Uint8Array(Math.max(f.length, PAYLOAD_AT + this.maxPayload));
+      this.loop[i] = slot;
+    }
+    slot.set(f);
+    this.loopLen[i] = f.length;
+    this.loopCount++;
+    this.counters.framesTx++;
+    this.counters.loopback++;
+    return true;
   }
 }
 

@@ -1,0 +1,148 @@
+/**
+ * MX over Ethernet keys a peer on its source MAC, not on header words a sender chooses: in
+ * one thread, two split-path endpoints on an in-memory bridge, and a third station that
+ * sends a frame whose header claims to come from one of them (nic, endpoint and session are
+ * all visible on the wire) from its own MAC, as netback's anti-spoofing leaves it.
+ */
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import type { MxDriver } from "../src/mx/driver.js";
+import { MxEndpoint } from "../src/mx/endpoint.js";
+import {
+  BROADCAST_MAC,
+  type EtherDevice,
+  EtherHub,
+  EtherType_,
+  H,
+  initEtherFrame,
+  PAYLOAD_AT,
+  setWord,
+} from "../src/mx/ether.js";
+import { SPLIT_ENDPOINT_BASE } from "../src/mx/split-driver.js";
+import { INTR_BYTES, WINDOW_BYTES } from "../src/nic/window.js";
+
+const KEY = 0xe7;
+const ALL = 0xffffffff;
+
+function sameMac(f: Uint8Array, mac: Uint8Array): boolean {
+  for (let i = 0; i < 6; i++) if (f[i] !== mac[i]) return false;
+  return true;
+}
+
+/** A bridge in memory: frames go to the port of their destination MAC, broadcasts to all others. */
+class Bridge {
+  readonly ports: Port[] = [];
+  readonly hubs: EtherHub[] = [];
+  /** Lets every station's MX library run (one thread plays all of them). */
+  pollAll(except: EtherHub | undefined): void {
+    for (const h of this.hubs) if (h !== except) h.poll();
+  }
+}
+
+class Port implements EtherDevice {
+  readonly mtu = 9000;
+  readonly nicId = 0;
+  readonly rx: Uint8Array[] = [];
+  hub: EtherHub | undefined;
+  constructor(
+    readonly mac: Uint8Array,
+    private readonly bridge: Bridge,
+  ) {
+    bridge.ports.push(this);
+  }
+  send(frame: Uint8Array): boolean {
+    for (const p of this.bridge.ports)
+      if (p !== this && (sameMac(frame, BROADCAST_MAC) || sameMac(frame, p.mac))) p.rx.push(frame.slice());
+    return true;
+  }
+  flush(): void {}
+  poll(cb: (frame: Uint8Array) => void): number {
+    let n = 0;
+    for (let f = this.rx.shift(); f !== undefined; f = this.rx.shift(), n++) cb(f);
+    return n;
+  }
+  wait(): boolean {
+    this.bridge.pollAll(this.hub);
+    return this.rx.length > 0;
+  }
+}
+
+/** The split path's driver, without a guest: private windows, nothing to register. */
+function driver(n: number): MxDriver {
+  return {
+    path: "split",
+    nicId: 0,
+    openEndpoint: () => ({
+      endpointId: SPLIT_ENDPOINT_BASE + n,
+      session: 1000 + n,
+      window: new SharedArrayBuffer(WINDOW_BYTES),
+      intr: new SharedArrayBuffer(INTR_BYTES),
+    }),
+    closeEndpoint: () => {},
+    registerRegion: () => ({ regionId: 0, key: 0 }),
+    deregisterRegion: () => {},
+    connect: () => {
+      throw new Error("not on the split path");
+    },
+    acceptChannel: () => {
+      throw new Error("not on the split path");
+    },
+    allocBuffer: (length: number) => new Uint8Array(new SharedArrayBuffer(length)),
+    freeBuffer: () => {},
+    finalize: () => {},
+  };
+}
+
+function station(bridge: Bridge, n: number): { port: Port; hub: EtherHub; ep?: MxEndpoint } {
+  const port = new Port(new Uint8Array([0x00, 0x16, 0x3e, 0, 0, n]), bridge);
+  const hub = new EtherHub(port);
+  port.hub = hub;
+  bridge.hubs.push(hub);
+  return { port, hub };
+}
+
+test("a frame claiming a connected peer's (nic, endpoint, session) from another MAC is dropped and counted", () => {
+  const bridge = new Bridge();
+  const a = station(bridge, 1);
+  const b = station(bridge, 2);
+  const evil = station(bridge, 3);
+  const epA = new MxEndpoint(driver(1), { key: KEY, ether: a.hub });
+  const epB = new MxEndpoint(driver(2), { key: KEY, ether: b.hub });
+  const toB = epA.connect(0, epB.endpointId, KEY, 2000);
+  const toA = epB.connect(0, epA.endpointId, KEY, 2000);
+
+  // The forger's frame: B's identity in the header, the next sequence A expects from B,
+  // B's first message; sent from the forger's own MAC to A's.
+  const f = new Uint8Array(PAYLOAD_AT + 4);
+  initEtherFrame(f, a.port.mac, evil.port.mac, EtherType_.Eager);
+  setWord(f, H.dstNic, 0);
+  setWord(f, H.dstEp, epA.endpointId);
+  setWord(f, H.dstSession, epA.session);
+  setWord(f, H.srcNic, 0);
+  setWord(f, H.srcEp, epB.endpointId);
+  setWord(f, H.srcSession, epB.session);
+  setWord(f, H.seq, 1);
+  setWord(f, H.ack, 1);
+  setWord(f, H.matchHi, 7);
+  setWord(f, H.length, 4);
+  setWord(f, H.msgSeq, 0);
+  setWord(f, H.payload, 4);
+  f.set([0xde, 0xad, 0xbe, 0xef], PAYLOAD_AT);
+  evil.port.send(f);
+
+  const got = new Uint8Array(4);
+  const r = epA.irecv(got, 7, 0, ALL, ALL);
+  for (let i = 0; i < 50; i++) epA.progress(true);
+  assert.equal(r.done, false, `the forged frame was delivered as B's message: ${[...got]}`);
+  assert.equal(a.hub.counters.spoofed, 1);
+
+  // B's own first message still arrives, from B.
+  const s = epB.isend(new Uint8Array([1, 2, 3, 4]), toA, 7, 0);
+  const st = epA.wait(r, 2000);
+  assert.equal(st?.codeName, "MX_STATUS_SUCCESS");
+  assert.equal(st?.source, toB);
+  assert.deepEqual([...got], [1, 2, 3, 4]);
+  assert.ok(epB.wait(s, 2000));
+  epA.close();
+  epB.close();
+});
