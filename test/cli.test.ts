@@ -70,7 +70,10 @@ test("bad usage fails before anything runs, with a message saying what to fix", 
   // A file that is not a module is named as such, not evaluated ("vm is not defined").
   const notModule = await run("run", "-n", "1", "/etc/hostname");
   assert.equal(notModule.code, 2);
-  assert.match(notModule.stderr, /"\/etc\/hostname" is not a program: give a built-in name .* or a TypeScript or JavaScript module/);
+  assert.match(
+    notModule.stderr,
+    /"\/etc\/hostname" is not a program: give a built-in name .* or a TypeScript or JavaScript module/,
+  );
   assert.doesNotMatch(notModule.stderr, /is not defined/);
 });
 

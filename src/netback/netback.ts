@@ -37,6 +37,7 @@ import {
   ETH_HLEN,
   EXTRA_FLAGS,
   FATAL_SKB_SLOTS,
+  formatMac,
   MAX_FRAME,
   MAX_FRAME_PAGES,
   NETIF_MTU,
@@ -52,7 +53,6 @@ import {
   NETTXF_KNOWN,
   NETTXF_more_data,
   NetifKey,
-  formatMac,
   parseMac,
   RX_REQ_BYTES,
   RX_REQ_GREF,
@@ -470,7 +470,14 @@ export class Netback {
       // MAC, so a peer can trust the source address of what reaches it through the bridge.
       const d = fr.data;
       const m = v.macBytes;
-      if (d[6] !== m[0] || d[7] !== m[1] || d[8] !== m[2] || d[9] !== m[3] || d[10] !== m[4] || d[11] !== m[5]) {
+      if (
+        d[6] !== m[0] ||
+        d[7] !== m[1] ||
+        d[8] !== m[2] ||
+        d[9] !== m[3] ||
+        d[10] !== m[4] ||
+        d[11] !== m[5]
+      ) {
         this.add(v, V.txErrors);
         this.reportError(v, `a frame with source MAC ${formatMac(d, 6)} is not from this vif's MAC ${v.mac}`);
         continue;
