@@ -52,7 +52,6 @@ test("10,000 ping-pongs between two guests: 0 backend requests, 0 grant operatio
       bKicks <= ca1.sleeps - ca0.sleeps + 1,
       `b kicked ${bKicks} times for ${ca1.sleeps - ca0.sleeps} sleeps of a`,
     );
-    assert.ok(aKicks + bKicks < 10_000, "most messages found their receiver awake: no kick");
   } finally {
     await pair.stop();
   }
