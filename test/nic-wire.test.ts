@@ -63,6 +63,7 @@ import {
   DESC_WORDS,
   DFLAG_REMOTE,
   DFLAG_TRACE,
+  E_AUX0,
   E_COOKIE,
   E_LENGTH,
   E_REASON,
@@ -78,6 +79,10 @@ import {
   ErrorReason,
   EVENT_WORDS,
   EventType,
+  EXPOSURE_ENTRIES,
+  EXPOSURE_OFFSET,
+  EXPOSURE_WORDS,
+  ExposureState,
   Opcode,
   SEND_MAX,
   SQ_ENTRIES,
@@ -89,6 +94,11 @@ import {
   W_SQ_CONS,
   W_SQ_PROD,
   WIRE_TIMEOUT_MS,
+  X_KEY,
+  X_LENGTH,
+  X_OFFSET,
+  X_REGION,
+  X_STATE,
 } from "../src/nic/window.js";
 import { SEND_WINDOW } from "../src/nic/wire.js";
 import { SyncCallClient } from "../src/xen/sync-call.js";
@@ -152,6 +162,7 @@ interface Ev {
   srcSession: number;
   reason: number;
   span: number;
+  aux0: number;
   seenAt: number;
   dmaDone: number;
 }
@@ -222,6 +233,7 @@ class Owner {
       srcSession: u(E_SRC_SESSION),
       reason: u(E_REASON),
       span: u(E_RECV_SPAN),
+      aux0: u(E_AUX0),
       seenAt: this.f64[(base + E_TRACE_NIC_SEEN) / 2],
       dmaDone: this.f64[(base + E_TRACE_DMA_DONE) / 2],
     };
@@ -239,6 +251,24 @@ class Owner {
     this.rqCons += span;
     Atomics.store(this.w, W_RQ_CONS, this.rqCons);
     this.poke();
+  }
+  private nextRight = 0;
+  private nextKey = 0x2545f491;
+  /**
+   * Arms a pull right over [offset, offset + length) of `region` (window.ts, the exposure
+   * table), as a rendezvous sender does: returns what its record carries, (index, key).
+   */
+  right(region: RegisterRegionReply, offset = 0, length = region.length): { regionId: number; key: number } {
+    const index = this.nextRight++ % EXPOSURE_ENTRIES;
+    const b = EXPOSURE_OFFSET / 4 + index * EXPOSURE_WORDS;
+    const key = (this.nextKey = (Math.imul(this.nextKey, 1103515245) + 12345) >>> 0) || 1;
+    Atomics.store(this.w, b + X_STATE, ExposureState.Free);
+    Atomics.store(this.w, b + X_REGION, region.regionId);
+    Atomics.store(this.w, b + X_OFFSET, offset);
+    Atomics.store(this.w, b + X_LENGTH, length);
+    Atomics.store(this.w, b + X_KEY, key);
+    Atomics.store(this.w, b + X_STATE, ExposureState.Armed);
+    return { regionId: index, key };
   }
 }
 
@@ -259,7 +289,8 @@ interface PullArgs {
   cookie: number;
   nic: number;
   src: Owner | { id: number; session: number };
-  region: RegisterRegionReply | { regionId: number; key: number };
+  /** The pull right: its index (in `regionId`) and key, as Owner.right returns them. */
+  region: { regionId: number; key: number };
   srcOffset?: number;
   dst: RegisterRegionReply;
   dstOffset?: number;
@@ -437,7 +468,7 @@ test("remote PULL: 0 B, 1 B, 100 KiB, 5 MiB and 64 MiB arrive intact; traced sta
         cookie: 10 + i,
         nic: 2,
         src: b,
-        region: src,
+        region: b.right(src),
         srcOffset: so,
         dst,
         dstOffset: dOff,
@@ -485,7 +516,7 @@ test("remote PULL: 0 B, 1 B, 100 KiB, 5 MiB and 64 MiB arrive intact; traced sta
         cookie: 100 + i,
         nic: 2,
         src: b,
-        region: src,
+        region: b.right(src),
         srcOffset: i * 1000,
         dst,
         dstOffset: i * 2 * 1024 * 1024,
@@ -531,18 +562,25 @@ test("remote PULL refusals: bad key, bad region, out of bounds, no REMOTE_READ, 
   const foreign = other.register(new SharedArrayBuffer(4096), Access.RemoteRead);
   const dst = a.register(new SharedArrayBuffer(8192), Access.LocalWrite);
   const ro = a.register(new SharedArrayBuffer(8192), Access.LocalRead);
-  const base = { nic: 2, src: b, region: src, dst, length: 100 };
+  const right = b.right(src);
+  const base = { nic: 2, src: b, region: right, dst, length: 100 };
   const cases: [string, PullArgs, number][] = [
     [
       "bad key",
-      { ...base, cookie: 1, region: { regionId: src.regionId, key: src.key ^ 1 } },
+      { ...base, cookie: 1, region: { regionId: right.regionId, key: right.key ^ 1 } },
       MxStatus.BAD_KEY,
     ],
-    ["bad region", { ...base, cookie: 2, region: { regionId: 0x7777, key: 1 } }, MxStatus.BAD_RDMAWIN],
+    ["no such right", { ...base, cookie: 2, region: { regionId: 0x7777, key: 1 } }, MxStatus.BAD_RDMAWIN],
+    [
+      "an unarmed entry",
+      { ...base, cookie: 11, region: { regionId: 1000, key: right.key } },
+      MxStatus.BAD_RDMAWIN,
+    ],
+    ["the region's own id and key", { ...base, cookie: 12, region: src }, MxStatus.BAD_RDMAWIN],
     ["out of bounds", { ...base, cookie: 3, srcOffset: 8100 }, MxStatus.BAD_RDMAWIN],
     ["offset wraps", { ...base, cookie: 4, srcOffset: 0xffffff00, length: 0x200 }, MxStatus.BAD_RDMAWIN],
-    ["no REMOTE_READ", { ...base, cookie: 5, region: noRead }, MxStatus.BAD_RDMAWIN],
-    ["another endpoint's region", { ...base, cookie: 6, region: foreign }, MxStatus.BAD_RDMAWIN],
+    ["no REMOTE_READ", { ...base, cookie: 5, region: b.right(noRead) }, MxStatus.BAD_RDMAWIN],
+    ["another endpoint's region", { ...base, cookie: 6, region: b.right(foreign) }, MxStatus.BAD_RDMAWIN],
     [
       "wrong session",
       { ...base, cookie: 7, src: { id: b.id, session: b.session ^ 5 } },
@@ -562,6 +600,11 @@ test("remote PULL refusals: bad key, bad region, out of bounds, no REMOTE_READ, 
     expectEvent(e, EventType.PullDone, status, what);
     assert.equal(e.cookie, args.cookie, what);
   }
+  // Refusals left the right armed; it serves once, then never again.
+  a.post(pullDesc({ ...base, cookie: 13 }));
+  expectEvent(await a.nextEvent(), EventType.PullDone, MxStatus.SUCCESS, "the right, once");
+  a.post(pullDesc({ ...base, cookie: 14 }));
+  expectEvent(await a.nextEvent(), EventType.PullDone, MxStatus.BAD_RDMAWIN, "the same right again");
   // The destination is checked here, before anything goes on the wire: an ERROR event.
   const bad: [string, PullArgs, number][] = [
     ["read-only destination", { ...base, cookie: 20, dst: ro }, ErrorReason.Permission],
@@ -603,7 +646,7 @@ test("remote PULL: a region deregistered or an endpoint closed mid-transfer, on 
     const src = b.register(srcMem, Access.RemoteRead);
     const dst = a.register(dstMem, Access.LocalWrite);
     const start = nic1.counters().global.remote_pull_bytes;
-    a.post(pullDesc({ cookie: 1, nic: 2, src: b, region: src, dst, length: SIZE }));
+    a.post(pullDesc({ cookie: 1, nic: 2, src: b, region: b.right(src), dst, length: SIZE }));
     await until(() => nic1.counters().global.remote_pull_bytes > start, `${what}: the first bytes`);
     act(a, b, src, dst);
     return { a, b };
@@ -641,7 +684,7 @@ test("remote PULL: a region deregistered or an endpoint closed mid-transfer, on 
   fill(srcMem, 5);
   const src = b2.register(srcMem, Access.RemoteRead);
   const dst = a2.register(dstMem, Access.LocalWrite);
-  a2.post(pullDesc({ cookie: 2, nic: 2, src: b2, region: src, dst, length: 1 << 20 }));
+  a2.post(pullDesc({ cookie: 2, nic: 2, src: b2, region: b2.right(src), dst, length: 1 << 20 }));
   e = await a2.nextEvent();
   expectEvent(e, EventType.PullDone, MxStatus.SUCCESS, "after the aborts");
   assert.equal(sha(dstMem, 0, 1 << 20), sha(srcMem, 0, 1 << 20));
@@ -691,7 +734,7 @@ test("a peer NIC killed mid-pull: the pull and the SENDs awaiting their ACK comp
   assert.equal(nic1.counters().global.send_timeouts, 0);
 
   const start = nic1.counters().global.remote_pull_bytes;
-  a.post(pullDesc({ cookie: 100, nic: 3, src: b, region: src, dst, length: SIZE }));
+  a.post(pullDesc({ cookie: 100, nic: 3, src: b, region: b.right(src), dst, length: SIZE }));
   await until(() => nic1.counters().global.remote_pull_bytes > start, "the pull under way");
   const losses = nic1.counters().global.link_losses;
   const t0 = performance.now();
@@ -967,14 +1010,17 @@ test("garbage from a peer (unknown ids, bad offsets, wrong lengths, bad Ethernet
       [F_COOKIE]: 78,
       [F_AUX0]: 8,
     });
+    // a armed a pull right for the fake (as it would for a rendezvous to it): index and key.
+    const right = a.right(dst);
+    const other = a.right(dst);
     fake.send(FrameType.PullRequest, 1, {
       [F_SRC_ENDPOINT]: 4,
       [F_SRC_SESSION]: 44,
       [F_DEST_ENDPOINT]: a.id,
       [F_DEST_SESSION]: a.session,
       [F_COOKIE]: 79,
-      8: dst.regionId,
-      9: dst.key,
+      8: right.regionId,
+      9: right.key,
       [F_AUX0]: 10,
       [F_AUX1]: 70000,
     });
@@ -982,8 +1028,8 @@ test("garbage from a peer (unknown ids, bad offsets, wrong lengths, bad Ethernet
       [F_DEST_ENDPOINT]: a.id,
       [F_DEST_SESSION]: a.session,
       [F_COOKIE]: 80,
-      8: dst.regionId,
-      9: dst.key ^ 1,
+      8: other.regionId,
+      9: other.key ^ 1,
       [F_AUX1]: 1,
     });
     await until(() => fake.framesOf(FrameType.ConnectReply).length === 2, "two connect replies");
@@ -1222,7 +1268,7 @@ test("remote PULL and CONNECT aimed at this NIC: directly without a loopback lin
         cookie: 1,
         nic: 11,
         src: b,
-        region: src,
+        region: b.right(src),
         srcOffset: 7,
         dst,
         length: (3 << 20) - 7,

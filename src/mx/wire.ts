@@ -6,7 +6,8 @@
  *
  *   aux0 = record type (bits 0..3) | flags (bits 4..7) | id << 8 (a 24-bit sync/pull id)
  *   EAGER   aux1 = sender sequence, payload = the message
- *   RNDV    aux1 = sender sequence, payload = 16 bytes: message length, region, key, offset
+ *   RNDV    aux1 = sender sequence, payload = 16 bytes: message length, exposure index, its
+ *           key, 0 (the pull right the sender armed for this message: nic/window.ts)
  *   NOTIFY  aux1 = MX status, match hi = bytes transferred, no payload
  *   PING    no payload, nothing to do: its SEND_DONE says whether the peer is still there
  *

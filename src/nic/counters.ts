@@ -73,6 +73,11 @@ export const NIC_COUNTER_NAMES = [
   "ether_flooded",
   "ether_dropped",
   "ether_bad",
+  // Pull rights (window.ts, the exposure table): taken by a PULL, refused, ended by a revocation.
+  "pull_rights_taken",
+  "pull_rights_refused",
+  "pull_rights_revoked",
+  "error_no_right",
 ] as const;
 
 export const NIC_EP_COUNTER_NAMES = [
@@ -136,6 +141,8 @@ export const ERROR_REASON_SLOT: readonly number[] = [
   G.error_bad_index,
   G.error_no_resources,
   G.error_unreachable,
+  G.error_no_right,
+  G.error_no_resources, // HoldExpired travels in SEND_DONE only
 ];
 
 export function allocNicCounters(maxEndpoints: number): SharedArrayBuffer {

@@ -25,7 +25,11 @@
 import { SEND_MAX } from "./window.js";
 
 export const FRAME_MAGIC = 0x4d58;
-export const FRAME_VERSION = 1;
+/**
+ * 2: a PULL_REQUEST names a pull right (an exposure: nic.ts, window.ts) instead of a region
+ * and its key. A peer speaking another version has its frames refused (checkFrame).
+ */
+export const FRAME_VERSION = 2;
 export const FRAME_HEADER_BYTES = 64;
 export const FRAME_MAX = FRAME_HEADER_BYTES + SEND_MAX;
 

@@ -13,7 +13,8 @@
  * the TPT. Garbage gets an ERROR event and a counter.
  *
  * Events the NIC writes (word offsets from window.ts):
- *   PULL_DONE  cookie, length; status SUCCESS or ABORTED (a region went away mid-pull); for a
+ *   PULL_DONE  cookie, length; status SUCCESS or ABORTED (a region went away, or the pull right
+ *              was revoked, mid-pull); for a
  *              descriptor with DFLAG_TRACE, the NIC's stamps at E_TRACE_NIC_SEEN / E_TRACE_DMA_DONE
  *   SEND_DONE  cookie, length; status SUCCESS once the payload is placed, else ENDPOINT_UNKNOWN,
  *              ENDPOINT_CLOSED, BAD_SESSION, ENDPOINT_UNREACHABLE or NO_RESOURCES (E_REASON says more)
@@ -32,9 +33,10 @@
  *              (SUCCESS only); dest nic/endpoint/session = the requester; cookie = request id;
  *              status = SUCCESS, BAD_KEY or ENDPOINT_UNKNOWN
  *   PULL_REQUEST     src nic/endpoint/session = the requester; dest nic/endpoint/session = the
- *              source region's owner; cookie = request id; match hi = source region id;
- *              match lo = key; aux0 = offset in the region; aux1 = length. status ≠ 0 cancels
- *              the request with that id (the requester gave up: its region or endpoint went away)
+ *              endpoint that armed the pull right; cookie = request id; match hi = the right's
+ *              index in that endpoint's exposure table; match lo = its key; aux0 = offset in the
+ *              exposed range; aux1 = length. status ≠ 0 cancels the request with that id (the
+ *              requester gave up: its region or endpoint went away)
  *   PULL_REPLY       src nic/endpoint/session = the source owner; dest = the requester;
  *              cookie = request id; status; aux0 = offset of this payload within the transfer;
  *              aux1 = the transfer's length. SUCCESS replies carry ≤ SEND_MAX bytes each, in
@@ -100,6 +102,7 @@ import {
   recordBytes,
   ringPut,
 } from "./ether-port.js";
+import { ExposureGrant, endExposure, exposureLive, takeExposure } from "./exposure.js";
 import {
   checkFrame,
   F_AUX0,
@@ -144,6 +147,7 @@ import {
   D_SRC_OFFSET,
   D_SRC_REGION,
   DESC_WORDS,
+  DFLAG_EXPOSURE,
   DFLAG_REMOTE,
   DFLAG_TRACE,
   E_AUX0,
@@ -245,6 +249,8 @@ const REASON_STATUS: readonly number[] = [
   MxStatus.ABORTED, // BadIndex
   MxStatus.NO_RESOURCES, // NoResources
   MxStatus.ENDPOINT_UNREACHABLE, // Unreachable
+  MxStatus.BAD_RDMAWIN, // NoRight
+  MxStatus.NO_RESOURCES, // HoldExpired
 ];
 
 /** The ErrorReason a failed delivery's SEND_DONE carries in E_REASON, by MX status. */
@@ -357,6 +363,10 @@ class EndpointContext {
   pullCookie = 0;
   /** Trace-clock time the NIC took a traced PULL (0: untraced). */
   pullSeenAt = 0;
+  /** The pull right the chunked pull copies under (its owner's endpoint and session), or -1. */
+  pullXp = -1;
+  pullXpEp = 0;
+  pullXpSession = 0;
   /** A SEND waits for its link to take frames again. */
   linkStalled = false;
   needRaise = false;
@@ -433,8 +443,10 @@ export class Nic {
   private rpFreeCount = REMOTE_PULL_SLOTS;
   private rpSeq = 0;
 
-  /** pullSourceStatus's region slot when it says SUCCESS. */
-  private srcSlot = -1;
+  /** Where a pull right that pullSourceStatus took points (when it says SUCCESS). */
+  private readonly grant = new ExposureGrant();
+  /** pullSourceStatus's refusal as an ErrorReason (for a local PULL's ERROR event). */
+  private refusal = 0;
   /** serveJob: the link pushed back. */
   private jobRefused = false;
   /** wireTick completed or sent something. */
@@ -628,7 +640,8 @@ export class Nic {
       ctx.dqCount--;
       this.completeSend(MxStatus.ENDPOINT_CLOSED);
     }
-    ctx.pulling = ctx.linkStalled = false;
+    this.stopPull(ctx);
+    ctx.linkStalled = false;
     ctx.blCount = 0;
     // Release our own waiter on the dead window, and wake an owner blocked on it: it reads Closed.
     Atomics.notify(ctx.w, W_SQ_PROD);
@@ -794,8 +807,7 @@ export class Nic {
     for (let s = 0; s < REMOTE_PULL_SLOTS; s++)
       if (this.rpUsed[s] === 1 && this.rpNic[s] === ls.peerNic)
         this.finishPull(s, MxStatus.ENDPOINT_UNREACHABLE, null);
-    ls.jUsed.fill(0);
-    ls.jobCount = 0;
+    this.dropJobs(ls);
     ls.ctrlCount = 0;
     ls.pullsOut = 0;
   }
@@ -1109,10 +1121,12 @@ export class Nic {
       let status: number = MxStatus.ENDPOINT_UNREACHABLE;
       if (destNic === this.nicId) {
         // The source is on this NIC and there is no loopback link: check it as a peer would, copy here.
-        status = this.pullSourceStatus(srcEp, srcSession, d[D_SRC_REGION], d[D_SRC_KEY], srcOff, len);
+        const index = d[D_SRC_REGION] >>> 0;
+        status = this.pullSourceStatus(srcEp, srcSession, index, d[D_SRC_KEY], srcOff, len);
         if (status === MxStatus.SUCCESS) {
           this.c[G.remote_pull_bytes] += len;
-          this.startCopy(ctx, this.srcSlot, srcOff, dst, dstOff, len, seenAt);
+          const g = this.grant;
+          this.startCopy(ctx, g.slot, g.region, g.start, dst, dstOff, len, seenAt, srcEp, srcSession, index);
           return CONSUMED;
         }
       }
@@ -1240,31 +1254,68 @@ export class Nic {
   // ---- remote PULL: responder side --------------------------------------------------------------
 
   /**
-   * Whether a peer may read [off, off + len) of region `regionId` owned by endpoint `ep` with
-   * session `session` presenting `key`: SUCCESS (this.srcSlot = the region's slot) or the MX
-   * status of the refusal.
+   * Takes the pull right `index` (presenting `key`) that endpoint `ep` with session `session`
+   * armed, for [off, off + len) of what it exposes (window.ts, the exposure table): SUCCESS
+   * (this.grant says where to copy from; the right is Busy until endRight) or the MX status of
+   * the refusal, with its ErrorReason in this.refusal. The region's own key plays no part: a
+   * peer reaches another endpoint's memory only through a right armed for that one message.
    */
   private pullSourceStatus(
     ep: number,
     session: number,
-    regionId: number,
+    index: number,
     key: number,
     off: number,
     len: number,
   ): number {
+    this.refusal = ErrorReason.UnknownEndpoint;
     if (ep >= this.maxEndpoints) return MxStatus.ENDPOINT_UNKNOWN;
     const owner = this.ctxs[ep];
     if (!owner.open) return MxStatus.ENDPOINT_CLOSED;
+    this.refusal = ErrorReason.BadSession;
     if (owner.session !== session >>> 0) return MxStatus.BAD_SESSION;
-    const t = this.tpt;
-    const slot = t.lookup(regionId);
-    if (slot < 0) return t.closedWithEndpoint(regionId) ? MxStatus.ENDPOINT_CLOSED : MxStatus.BAD_RDMAWIN;
-    if (t.owner[slot] !== ep) return MxStatus.BAD_RDMAWIN;
-    if (t.key[slot] !== key >>> 0) return MxStatus.BAD_KEY;
-    if ((t.access[slot] & Access.RemoteRead) === 0 || !t.inBounds(slot, off, len))
-      return MxStatus.BAD_RDMAWIN;
-    this.srcSlot = slot;
-    return MxStatus.SUCCESS;
+    const reason = takeExposure(
+      owner.w,
+      ep,
+      index >>> 0,
+      key >>> 0,
+      off >>> 0,
+      len >>> 0,
+      this.tpt,
+      this.grant,
+    );
+    this.refusal = reason;
+    if (reason === 0) {
+      this.c[G.pull_rights_taken]++;
+      return MxStatus.SUCCESS;
+    }
+    this.c[G.pull_rights_refused]++;
+    // The region went with its endpoint: the puller hears that the peer closed, as MX would say.
+    return reason === ErrorReason.UnknownEndpoint ? MxStatus.ENDPOINT_CLOSED : REASON_STATUS[reason];
+  }
+
+  /** The transfer under pull right `index` of endpoint `ep` (session `session`) ended: it is spent. */
+  private endRight(ep: number, session: number, index: number): void {
+    if (index < 0 || ep >= this.maxEndpoints) return;
+    const owner = this.ctxs[ep];
+    if (owner.open && owner.session === session) endExposure(owner.w, index);
+  }
+
+  /** Whether a transfer may copy on under that right: its owner has not revoked it. */
+  private rightLive(ep: number, session: number, index: number): boolean {
+    const owner = this.ctxs[ep];
+    return owner.open && owner.session === session && exposureLive(owner.w, index);
+  }
+
+  /** A served pull ends (done, failed, cancelled, its link gone): its right is spent, its job slot freed. */
+  private dropJob(ls: LinkState, j: number): void {
+    if (ls.jUsed[j] === 0) return;
+    this.endRight(ls.jSrcEp[j], ls.jSrcSession[j], ls.jXp[j]);
+    ls.freeJob(j);
+  }
+
+  private dropJobs(ls: LinkState): void {
+    for (let j = 0; j < PULL_JOBS_PER_LINK; j++) this.dropJob(ls, j);
   }
 
   private rxPullRequest(ls: LinkState, frame: Uint8Array): void {
@@ -1272,25 +1323,29 @@ export class Nic {
     const id = getWord(frame, F_COOKIE);
     if (getWord(frame, F_STATUS) !== 0) {
       // A cancel: the requester gave up on it.
-      for (let j = 0; j < PULL_JOBS_PER_LINK; j++) if (ls.jUsed[j] === 1 && ls.jId[j] === id) ls.freeJob(j);
+      for (let j = 0; j < PULL_JOBS_PER_LINK; j++)
+        if (ls.jUsed[j] === 1 && ls.jId[j] === id) this.dropJob(ls, j);
       return;
     }
     const reqEp = getWord(frame, F_SRC_ENDPOINT);
     const reqSession = getWord(frame, F_SRC_SESSION);
     const srcEp = getWord(frame, F_DEST_ENDPOINT);
     const srcSession = getWord(frame, F_DEST_SESSION);
-    const off = getWord(frame, F_AUX0);
     const len = getWord(frame, F_AUX1);
-    let status = this.pullSourceStatus(
-      srcEp,
-      srcSession,
-      getWord(frame, F_MATCH_HI),
-      getWord(frame, F_MATCH_LO),
-      off,
-      len,
-    );
-    const j = status === MxStatus.SUCCESS ? ls.jUsed.indexOf(0) : -1;
-    if (status === MxStatus.SUCCESS && j < 0) status = MxStatus.NO_RESOURCES;
+    // A job slot first: a request refused for want of one must not spend its right.
+    const j = ls.jobCount < PULL_JOBS_PER_LINK ? ls.jUsed.indexOf(0) : -1;
+    const index = getWord(frame, F_MATCH_HI);
+    const status =
+      j < 0
+        ? MxStatus.NO_RESOURCES
+        : this.pullSourceStatus(
+            srcEp,
+            srcSession,
+            index,
+            getWord(frame, F_MATCH_LO),
+            getWord(frame, F_AUX0),
+            len,
+          );
     if (status !== MxStatus.SUCCESS) {
       this.replyPullError(ls, id, reqEp, reqSession, srcEp, srcSession, len, status);
       return;
@@ -1302,8 +1357,9 @@ export class Nic {
     ls.jReqSession[j] = reqSession;
     ls.jSrcEp[j] = srcEp;
     ls.jSrcSession[j] = srcSession;
-    ls.jRegion[j] = getWord(frame, F_MATCH_HI);
-    ls.jOff[j] = off;
+    ls.jXp[j] = index;
+    ls.jRegion[j] = this.grant.region;
+    ls.jOff[j] = this.grant.start;
     ls.jLen[j] = len;
     ls.jSent[j] = 0;
   }
@@ -1364,8 +1420,11 @@ export class Nic {
     const owner = this.ctxs[srcEp];
     const slot = t.lookup(ls.jRegion[j]);
     const ownerGone = !owner.open || owner.session !== ls.jSrcSession[j];
-    if (ownerGone || slot < 0 || t.owner[slot] !== srcEp) {
-      // Deregistered or closed mid-transfer: the requester gets an error, never stale bytes.
+    // Looked at before every visit: a right its owner revoked copies nothing more.
+    const revoked = !ownerGone && !exposureLive(owner.w, ls.jXp[j]);
+    if (ownerGone || revoked || slot < 0 || t.owner[slot] !== srcEp) {
+      // Deregistered, revoked or closed mid-transfer: the requester gets an error, never stale bytes.
+      if (revoked) this.c[G.pull_rights_revoked]++;
       this.replyPullError(
         ls,
         ls.jId[j],
@@ -1376,7 +1435,7 @@ export class Nic {
         ls.jLen[j],
         ownerGone ? MxStatus.ENDPOINT_CLOSED : MxStatus.ABORTED,
       );
-      ls.freeJob(j);
+      this.dropJob(ls, j);
       return 0;
     }
     const f = this.txFrame;
@@ -1407,7 +1466,7 @@ export class Nic {
       this.c[G.pull_replies_tx]++;
       this.c[G.pull_served_bytes] += n;
     } while (ls.jSent[j] < len && sent < budget);
-    if (ls.jSent[j] === len) ls.freeJob(j);
+    if (ls.jSent[j] === len) this.dropJob(ls, j);
     return sent;
   }
 
@@ -1826,8 +1885,7 @@ export class Nic {
       } catch {
         // A bug, never a peer's garbage: count it, drop that link's jobs (their requesters time out).
         this.c[G.internal_errors]++;
-        ls.jUsed.fill(0);
-        ls.jobCount = 0;
+        this.dropJobs(ls);
       }
     }
     if (this.port !== null) {
@@ -1846,7 +1904,7 @@ export class Nic {
       } catch {
         // A bug, never an owner's garbage: count it, resynchronise, keep serving the others.
         this.c[G.internal_errors]++;
-        ctx.pulling = false;
+        this.stopPull(ctx);
         ctx.sqCons = ctx.prodSeen;
         Atomics.store(ctx.w, W_SQ_CONS, ctx.sqCons | 0);
       }
@@ -1961,20 +2019,10 @@ export class Nic {
     const len = d[D_LENGTH] >>> 0;
     const srcOff = d[D_SRC_OFFSET] >>> 0;
     const dstOff = d[D_DST_OFFSET] >>> 0;
-    const src = t.lookup(d[D_SRC_REGION]);
     const dst = t.lookup(d[D_DST_REGION]);
+    // The destination first: a descriptor refused for it must not spend a pull right.
     let reason = 0;
-    if (src < 0) {
-      if (t.closedWithEndpoint(d[D_SRC_REGION])) {
-        // The region went with its endpoint: tell the puller the peer is gone, as MX would.
-        this.descError(ctx, ErrorReason.UnknownEndpoint, MxStatus.ENDPOINT_CLOSED);
-        return;
-      }
-      reason = ErrorReason.BadRegion;
-    } else if (t.key[src] !== d[D_SRC_KEY] >>> 0) reason = ErrorReason.BadKey;
-    else if ((t.access[src] & Access.RemoteRead) === 0) reason = ErrorReason.Permission;
-    else if (!t.inBounds(src, srcOff, len)) reason = ErrorReason.OutOfBounds;
-    else if (dst < 0) reason = ErrorReason.BadRegion;
+    if (dst < 0) reason = ErrorReason.BadRegion;
     else if (t.owner[dst] !== ctx.id || (t.access[dst] & Access.LocalWrite) === 0)
       reason = ErrorReason.Permission;
     else if (!t.inBounds(dst, dstOff, len)) reason = ErrorReason.OutOfBounds;
@@ -1982,24 +2030,60 @@ export class Nic {
       this.descError(ctx, reason);
       return;
     }
+    if ((d[D_OPCODE] >>> 16) & DFLAG_EXPOSURE) {
+      // Another endpoint's memory: only through the pull right it armed for this message.
+      const srcEp = d[D_DEST_ENDPOINT] >>> 0;
+      const srcSession = d[D_DEST_SESSION] >>> 0;
+      const index = d[D_SRC_REGION] >>> 0;
+      const status = this.pullSourceStatus(srcEp, srcSession, index, d[D_SRC_KEY], srcOff, len);
+      if (status !== MxStatus.SUCCESS) {
+        this.descError(ctx, this.refusal, status);
+        return;
+      }
+      this.c[G.pulls]++;
+      this.c[ctx.base + E.pulls]++;
+      const g = this.grant;
+      this.startCopy(ctx, g.slot, g.region, g.start, dst, dstOff, len, seenAt, srcEp, srcSession, index);
+      return;
+    }
+    // A copy between two regions of this endpoint: its own key is enough.
+    const src = t.lookup(d[D_SRC_REGION]);
+    if (src < 0) reason = ErrorReason.BadRegion;
+    else if (t.owner[src] !== ctx.id || (t.access[src] & (Access.LocalRead | Access.RemoteRead)) === 0)
+      reason = ErrorReason.Permission;
+    else if (t.key[src] !== d[D_SRC_KEY] >>> 0) reason = ErrorReason.BadKey;
+    else if (!t.inBounds(src, srcOff, len)) reason = ErrorReason.OutOfBounds;
+    if (reason !== 0) {
+      this.descError(ctx, reason);
+      return;
+    }
     this.c[G.pulls]++;
     this.c[ctx.base + E.pulls]++;
-    this.startCopy(ctx, src, srcOff, dst, dstOff, len, seenAt);
+    this.startCopy(ctx, src, d[D_SRC_REGION] >>> 0, srcOff, dst, dstOff, len, seenAt, 0, 0, -1);
   }
 
-  /** The DMA engine copies the PULL in this.d (both ranges checked): now, or a chunk per round. */
+  /**
+   * The DMA engine copies the PULL in this.d (both ranges checked) from region `src` (slot; id
+   * `srcId`): now, or a chunk per round. `xp` ≥ 0: the pull right of endpoint (`xpEp`,
+   * `xpSession`) it copies under, spent when the copy ends.
+   */
   private startCopy(
     ctx: EndpointContext,
     src: number,
+    srcId: number,
     srcOff: number,
     dst: number,
     dstOff: number,
     len: number,
     seenAt: number,
+    xpEp: number,
+    xpSession: number,
+    xp: number,
   ): void {
     const d = this.d;
     if (len <= PULL_CHUNK) {
       this.tpt.copy(src, srcOff, dst, dstOff, len);
+      this.endRight(xpEp, xpSession, xp);
       this.roundBytes += len;
       this.countPulled(ctx, len);
       this.pullDone(ctx, d[D_COOKIE], len, MxStatus.SUCCESS, seenAt);
@@ -2007,7 +2091,10 @@ export class Nic {
     }
     // Large: a chunk per round, this endpoint's later descriptors waiting (completions stay in order).
     ctx.pulling = true;
-    ctx.pullSrcId = d[D_SRC_REGION] >>> 0;
+    ctx.pullXp = xp;
+    ctx.pullXpEp = xpEp;
+    ctx.pullXpSession = xpSession;
+    ctx.pullSrcId = srcId;
     ctx.pullDstId = d[D_DST_REGION] >>> 0;
     ctx.pullSrcOff = srcOff;
     ctx.pullDstOff = dstOff;
@@ -2019,11 +2106,14 @@ export class Nic {
 
   private pullChunk(ctx: EndpointContext): void {
     const t = this.tpt;
-    // Regions are immutable while their id resolves; one that went away ends the pull.
+    // Regions are immutable while their id resolves; one that went away ends the pull, and so
+    // does a right its owner revoked (looked at before every chunk).
     const src = t.lookup(ctx.pullSrcId);
     const dst = t.lookup(ctx.pullDstId);
-    if (src < 0 || dst < 0 || t.owner[dst] !== ctx.id) {
-      ctx.pulling = false;
+    const revoked = ctx.pullXp >= 0 && !this.rightLive(ctx.pullXpEp, ctx.pullXpSession, ctx.pullXp);
+    if (src < 0 || dst < 0 || t.owner[dst] !== ctx.id || revoked) {
+      if (revoked) this.c[G.pull_rights_revoked]++;
+      this.stopPull(ctx);
       this.pullDone(ctx, ctx.pullCookie, ctx.pullLen - ctx.pullLeft, MxStatus.ABORTED);
       return;
     }
@@ -2034,9 +2124,17 @@ export class Nic {
     ctx.pullLeft -= n;
     this.countPulled(ctx, n);
     if (ctx.pullLeft === 0) {
-      ctx.pulling = false;
+      this.stopPull(ctx);
       this.pullDone(ctx, ctx.pullCookie, ctx.pullLen, MxStatus.SUCCESS, ctx.pullSeenAt);
     }
+  }
+
+  /** Ends ctx's chunked pull, if any: its pull right is spent. */
+  private stopPull(ctx: EndpointContext): void {
+    if (!ctx.pulling) return;
+    ctx.pulling = false;
+    this.endRight(ctx.pullXpEp, ctx.pullXpSession, ctx.pullXp);
+    ctx.pullXp = -1;
   }
 
   private countPulled(ctx: EndpointContext, n: number): void {

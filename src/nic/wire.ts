@@ -44,6 +44,8 @@ export class LinkState {
   readonly jReqSession = new Uint32Array(PULL_JOBS_PER_LINK);
   readonly jSrcEp = new Uint32Array(PULL_JOBS_PER_LINK);
   readonly jSrcSession = new Uint32Array(PULL_JOBS_PER_LINK);
+  /** The pull right (exposure index in the source endpoint's window) the job copies under. */
+  readonly jXp = new Int32Array(PULL_JOBS_PER_LINK);
   readonly jRegion = new Uint32Array(PULL_JOBS_PER_LINK);
   readonly jOff = new Uint32Array(PULL_JOBS_PER_LINK);
   readonly jLen = new Uint32Array(PULL_JOBS_PER_LINK);
