@@ -1,12 +1,14 @@
 /**
  * Hostile guests against what the NIC enforces, on one host and across two hosts whose NICs
  * are linked over TCP: a receiver that pulls an old rendezvous again (a pull right is per
- * message: 0 bytes leak). The guests are
+ * message: 0 bytes leak), and a receive-area hog beside an honest pair on the same two hosts
+ * (the pair completes; the hog's sender gets error completions, never a hang). The guests are
  * test/fixtures/guests/mx-rights.ts; this file relays their addresses and commands.
  */
 import assert from "node:assert/strict";
 import { createServer } from "node:net";
 import { after, before, test } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
 import { Host } from "../src/host/host.js";
 import type { Domain } from "../src/xen/hypervisor.js";
 
@@ -112,3 +114,47 @@ for (const scope of ["one host", "across two hosts"] as const) {
     await Promise.all([sender.d.destroy(), hostile.d.destroy(), other.d.destroy()]);
   });
 }
+
+test("a receive-area hog beside an honest pair across two hosts: the pair completes, the hog's sender gets errors", async () => {
+  const hog = await start(h2, "hog");
+  const flooder = await start(h1, "flooder");
+  const ping = await start(h1, "ping");
+  const pong = await start(h2, "pong");
+  const connected = [flooder.next(), ping.next(), pong.next()];
+  flooder.d.send([hog.addr]);
+  ping.d.send([pong.addr]);
+  pong.d.send([ping.addr]);
+  await Promise.all(connected);
+  assert.equal(await flooder.next(), "flooding");
+  const hogEp = hog.addr.endpoint;
+  for (let t = 0; (h2.nic.counters().endpoints[hogEp]?.delivery_queued ?? 0) === 0; t++) {
+    assert.ok(t < 500, "the hog's NIC never held a delivery");
+    await sleep(10);
+  }
+  ping.d.send("go");
+  const [rp, rq] = [await result(ping), await result(pong)];
+  flooder.d.send("stop");
+  const rf = (await result(flooder)) as {
+    codes: Record<string, number>;
+    reasons: string[];
+    unfinished: number;
+    rounds: number;
+  };
+  hog.d.send("end");
+  await result(hog);
+
+  assert.deepEqual(rp, { ok: 1000, bad: 0 }, "every message of the honest pair arrived and came back intact");
+  assert.deepEqual(rq, { echoed: 1000, bad: 0 });
+  assert.equal(rf.unfinished, 0, `the hog's sender waited forever on ${rf.unfinished} sends`);
+  const failed = Object.entries(rf.codes).filter(([c]) => c !== "MX_STATUS_SUCCESS");
+  assert.ok(failed.length > 0, `the hog's sender got no error: ${JSON.stringify(rf.codes)}`);
+  assert.ok(
+    rf.reasons.some((r) => /receive space|not consuming/.test(r)),
+    `the errors say why: ${JSON.stringify(rf.reasons)}`,
+  );
+  const c2 = h2.nic.counters();
+  assert.ok(c2.global.delivery_expired > 0, "the hog's NIC counted the deliveries it gave up holding");
+  assert.equal(c2.global.internal_errors, 0);
+  assert.equal(h1.nic.counters().global.internal_errors, 0);
+  await Promise.all([hog.d.destroy(), flooder.d.destroy(), ping.d.destroy(), pong.d.destroy()]);
+});

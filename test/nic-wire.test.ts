@@ -100,7 +100,7 @@ import {
   X_REGION,
   X_STATE,
 } from "../src/nic/window.js";
-import { SEND_WINDOW } from "../src/nic/wire.js";
+import { DEST_CREDITS } from "../src/nic/wire.js";
 import { SyncCallClient } from "../src/xen/sync-call.js";
 
 const HOST = "127.0.0.1";
@@ -864,18 +864,18 @@ test("a silent peer: CONNECT, remote PULL and SEND complete ENDPOINT_UNREACHABLE
     const preqs = fake.framesOf(FrameType.PullRequest);
     assert.equal(getWord(preqs[1], F_STATUS), MxStatus.ABORTED, "a cancel follows the timeout");
 
-    // More SENDs than the window holds: the rest wait in the queue (nothing is dropped), go out
-    // once the first ones time out, and time out in turn.
-    const N = SEND_WINDOW + 40;
+    // More SENDs to one endpoint than its share of the window: the rest wait in the queue
+    // (nothing is dropped), go out once the first ones time out, and time out in turn.
+    const N = DEST_CREDITS + 40;
     const t1 = performance.now();
     for (let i = 0; i < N; i++) {
       await until(() => a.prod - Atomics.load(a.w, W_SQ_CONS) < SQ_ENTRIES, "queue room");
       a.post(sendDesc(1000 + i, dst, 10, 9, { id: 0, session: 0 }));
     }
-    await until(() => fake.framesOf(FrameType.Send).length === 1 + SEND_WINDOW, "a full window on the wire");
+    await until(() => fake.framesOf(FrameType.Send).length === 1 + DEST_CREDITS, "a full share on the wire");
     await sleep(100);
-    assert.equal(fake.framesOf(FrameType.Send).length, 1 + SEND_WINDOW, "no more than the window");
-    assert.ok(nic1.counters().global.send_window_full > c1.send_window_full, "the window pushed back");
+    assert.equal(fake.framesOf(FrameType.Send).length, 1 + DEST_CREDITS, "no more than the share");
+    assert.ok(nic1.counters().global.send_dest_full > c1.send_dest_full, "the share pushed back");
     const cookies = new Set<number>();
     while (cookies.size < N) {
       const e = await a.nextEvent(3 * WIRE_TIMEOUT_MS, "a timed-out send");

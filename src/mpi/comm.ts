@@ -353,7 +353,7 @@ export class Comm {
       if (s.code === MxStatus.TRUNCATED) st.error = truncated(s.msgLength, src, s.matchLo, req.capacity);
     }
     if (s.code !== MxStatus.SUCCESS && !st.error)
-      st.error = `${req.kind} ${req.kind === "send" ? "to" : "from"} rank ${req.kind === "send" ? req.peer : st.source} failed: ${s.codeName} (the peer's endpoint closed or the rank died?)`;
+      st.error = `${req.kind} ${req.kind === "send" ? "to" : "from"} rank ${req.kind === "send" ? req.peer : st.source} failed: ${s.codeName} (${s.reason ?? "the peer's endpoint closed or the rank died?"})`;
     return this.result(st);
   }
 
@@ -520,7 +520,9 @@ export class Comm {
       throw new MpiError(
         `MPI ${call}: rank ${peer} sent ${s.msgLength} bytes where ${req.buffer.length} were expected; every rank must pass matching counts and element types`,
       );
-    throw new MpiError(`MPI ${call}: exchange with rank ${peer} failed: ${s.codeName} (did that rank die?)`);
+    throw new MpiError(
+      `MPI ${call}: exchange with rank ${peer} failed: ${s.codeName} (${s.reason ?? "did that rank die?"})`,
+    );
   }
 
   private csend(call: string, b: Uint8Array, dest: number, tag: number): void {

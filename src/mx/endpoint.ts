@@ -54,6 +54,7 @@ import {
   E_LENGTH,
   E_MATCH_HI,
   E_MATCH_LO,
+  E_REASON,
   E_RECV_OFFSET,
   E_RECV_SPAN,
   E_SRC_ENDPOINT,
@@ -117,6 +118,7 @@ import { DEFAULT_TRACE_RECORDS, FLAG_TRACED, TraceBuffer, TraceStage, traceId, t
 import {
   COOKIE_CONNECT,
   COOKIE_SEND,
+  sendFailureText,
   WIRE_ID_MASK,
   WIRE_ID_SHIFT,
   WIRE_RNDV_BYTES,
@@ -184,6 +186,8 @@ export class MxAddress {
   lastNews = 0;
   /** @internal A probe is in flight. */
   probing = false;
+  /** @internal Why a message to this peer failed (a hole in its sequence), once one has. */
+  holed: string | undefined;
   /** @internal How sends went before Ethernet was chosen (VIA_CHANNEL, VIA_WIRE or VIA_NONE). */
   fastVia = VIA_NONE;
   /** @internal The peer's frame stream over Ethernet, once resolved (ether.ts). */
@@ -223,6 +227,8 @@ export class MxStatusInfo {
   /** Bytes actually moved (min of message and receive buffer). */
   xferLength = 0;
   context: unknown;
+  /** Why a request failed, in words, when the library or the NIC knows (undefined otherwise). */
+  reason: string | undefined;
 
   /** The 64-bit match value. */
   get matchInfo(): bigint {
@@ -722,6 +728,7 @@ export class MxEndpoint {
       this.traceBuffer!.record(req.traceId, TraceStage.Posted, traceNow());
     }
     if (dest.dead) {
+      req.reason = `this peer is disconnected: ${dest.dead}`;
       this.complete(req, MxStatus.ENDPOINT_UNREACHABLE, 0);
       return req;
     }
@@ -1696,7 +1703,11 @@ export class MxEndpoint {
       } else if (type === EventType.Recv) {
         this.onWireRecv(base);
       } else if (type === EventType.SendDone || (type === EventType.Error && (cookie & COOKIE_SEND) !== 0)) {
-        this.onSendDone(cookie, status === 0 && type === EventType.Error ? MxStatus.ABORTED : status);
+        this.onSendDone(
+          cookie,
+          status === 0 && type === EventType.Error ? MxStatus.ABORTED : status,
+          type === EventType.SendDone ? w[base + E_REASON] >>> 0 : 0,
+        );
       } else if (
         type === EventType.ConnectDone ||
         (type === EventType.Error && (cookie & COOKIE_CONNECT) !== 0)
@@ -1791,8 +1802,8 @@ export class MxEndpoint {
     return peer;
   }
 
-  /** A SEND of ours finished (SEND_DONE, or an ERROR for its descriptor). */
-  private onSendDone(cookie: number, status: number): void {
+  /** A SEND of ours finished (SEND_DONE with the NIC's ErrorReason, or an ERROR for its descriptor). */
+  private onSendDone(cookie: number, status: number, reason: number): void {
     const slot = cookie & 0xffff;
     if (slot === NO_SLOT) {
       if (status !== MxStatus.SUCCESS) this.counters.nicErrors++;
@@ -1813,20 +1824,32 @@ export class MxEndpoint {
     }
     const req = owner as MxRequest | undefined;
     if (req === undefined) return;
+    const dest = req.dest;
     if (status === MxStatus.SUCCESS) {
-      if (!req.sync && !req.rndv) this.complete(req, MxStatus.SUCCESS, req.buffer.length);
+      // Placed after a sequence hole (an earlier send to this peer failed): its receiver will
+      // never match it, so it did not arrive either.
+      if (dest?.holed !== undefined) {
+        req.reason = `an earlier message to this peer failed (${dest.holed}); nothing after it is matched`;
+        this.complete(req, MxStatus.ENDPOINT_UNREACHABLE, 0);
+      } else if (!req.sync && !req.rndv) this.complete(req, MxStatus.SUCCESS, req.buffer.length);
       return;
     }
     if (req.syncId !== 0) this.waitingSync.delete(req.syncId);
+    req.reason = sendFailureText(status, reason);
     this.complete(req, status, 0);
-    const dest = req.dest;
-    if (
-      dest &&
-      (status === MxStatus.ENDPOINT_CLOSED ||
+    if (!dest) return;
+    // A message that did not arrive leaves a hole in this peer's sequence: the receiver would
+    // hold everything after it forever. So the peer is done for; what waits on it fails now.
+    dest.holed ??= `${mxStatusName(status)}${req.reason ? `: ${req.reason}` : ""}`;
+    this.failPeer(
+      dest,
+      status === MxStatus.ENDPOINT_CLOSED ||
         status === MxStatus.BAD_SESSION ||
-        status === MxStatus.ENDPOINT_UNKNOWN)
-    )
-      this.failPeer(dest, `the peer endpoint went away (${mxStatusName(status)})`, status);
+        status === MxStatus.ENDPOINT_UNKNOWN
+        ? `the peer endpoint went away (${mxStatusName(status)})`
+        : `a message to it failed (${dest.holed})`,
+      status,
+    );
   }
 
   /**
@@ -1906,10 +1929,14 @@ export class MxEndpoint {
   private failPeer(peer: MxAddress, why: string, code: number): void {
     if (peer.dead) return;
     peer.dead = why;
-    for (const r of peer.backlog.splice(0)) this.complete(r, code, 0);
+    for (const r of peer.backlog.splice(0)) {
+      r.reason ??= why;
+      this.complete(r, code, 0);
+    }
     for (const [id, r] of this.waitingSync) {
       if (r.dest === peer) {
         this.waitingSync.delete(id);
+        r.reason ??= why;
         this.complete(r, code, 0);
       }
     }

@@ -14,7 +14,8 @@
  * Eager payloads leave from a staging area the endpoint registers once (one copy, as MX's
  * eager path); a slot is the sender's until the NIC reports the SEND done.
  */
-import { SEND_MAX } from "../nic/window.js";
+import { MxStatus } from "../nic/status.js";
+import { ErrorReason, HOLD_MS, SEND_MAX, WIRE_TIMEOUT_MS } from "../nic/window.js";
 import { type MxDriver, MxDriverError } from "./driver.js";
 
 export const WIRE_TYPE_MASK = 0xf;
@@ -29,6 +30,25 @@ export const COOKIE_SEND = 0x80000000;
 export const COOKIE_CONNECT = 0x40000000;
 
 export const DEFAULT_STAGING_SLOTS = 32;
+
+/** What a failed SEND_DONE's status and E_REASON (nic/window.ts) mean for the sender, in words. */
+export function sendFailureText(status: number, reason: number): string | undefined {
+  switch (reason) {
+    case ErrorReason.HoldExpired:
+      return `the receiving endpoint did not free receive space for ${HOLD_MS / 1000} s (it is not consuming what it is sent)`;
+    case ErrorReason.NoResources:
+      return "the receiving endpoint's NIC already holds as many messages for it as it can (it is not consuming what it is sent)";
+    case ErrorReason.Unreachable:
+      return `no answer from the peer's NIC within ${WIRE_TIMEOUT_MS} ms (its host stopped, or the link between the hosts is gone)`;
+    case ErrorReason.UnknownEndpoint:
+    case ErrorReason.BadSession:
+      return status === MxStatus.BAD_SESSION
+        ? "the peer endpoint was closed and reopened since we connected"
+        : "the peer endpoint is not open";
+    default:
+      return undefined;
+  }
+}
 
 /** The aux0 word of a wire record. */
 export function wireAux0(type: number, flags: number, id: number): number {

@@ -78,6 +78,9 @@ export const NIC_COUNTER_NAMES = [
   "pull_rights_refused",
   "pull_rights_revoked",
   "error_no_right",
+  // A receiver that does not consume (nic.ts deliveries, wire.ts DEST_CREDITS, window.ts HOLD_MS).
+  "delivery_expired",
+  "send_dest_full",
 ] as const;
 
 export const NIC_EP_COUNTER_NAMES = [
@@ -97,6 +100,7 @@ export const NIC_EP_COUNTER_NAMES = [
   "delivery_rejected",
   "interrupts",
   "bad_index",
+  "delivery_expired",
 ] as const;
 
 export type NicCounterName = (typeof NIC_COUNTER_NAMES)[number];

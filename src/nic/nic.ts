@@ -118,6 +118,7 @@ import {
   F_SRC_NIC,
   F_SRC_SESSION,
   F_STATUS,
+  F_TAG,
   FRAME_HEADER_BYTES,
   FRAME_MAX,
   FrameType,
@@ -172,6 +173,7 @@ import {
   ErrorReason,
   EVENT_WORDS,
   EventType,
+  HOLD_MS,
   INTR_BYTES,
   Opcode,
   RECV_ALIGN,
@@ -253,6 +255,9 @@ const REASON_STATUS: readonly number[] = [
   MxStatus.NO_RESOURCES, // HoldExpired
 ];
 
+/** The largest ErrorReason a peer's SEND_ACK may carry (anything else is replaced by reasonOfStatus). */
+const MAX_REASON = ErrorReason.HoldExpired;
+
 /** The ErrorReason a failed delivery's SEND_DONE carries in E_REASON, by MX status. */
 function reasonOfStatus(status: number): number {
   switch (status) {
@@ -284,6 +289,8 @@ const M_COOKIE = 9;
 const M_LENGTH = 10;
 /** 1 when the payload came in a frame: its completion goes back as a SEND_ACK frame. */
 const M_VIA_LINK = 11;
+/** The sending NIC's window tag (link.ts word 14), echoed in the SEND_ACK. */
+const M_TAG = 12;
 const META_WORDS = 16;
 
 const CONSUMED = 0;
@@ -351,6 +358,8 @@ class EndpointContext {
   /** Queued deliveries, a ring: metadata and staged payload per entry. */
   readonly dqMeta = new Int32Array(DELIVERY_QUEUE * META_WORDS);
   readonly dqBuf: (Uint8Array | null)[] = new Array<Uint8Array | null>(DELIVERY_QUEUE).fill(null);
+  /** When each queued delivery started waiting (HOLD_MS bounds it). */
+  readonly dqSince = new Float64Array(DELIVERY_QUEUE);
   dqHead = 0;
   dqCount = 0;
   pulling = false;
@@ -794,12 +803,11 @@ export class Nic {
   }
 
   private failLink(ls: LinkState): void {
-    for (let k = 0; k < ls.sCount; k++) {
-      const i = (ls.sHead + k) % SEND_WINDOW;
-      if (ls.sDone[i] === 0)
-        this.sendDoneTo(ls.sEp[i], ls.sSession[i], ls.sCookie[i], ls.sLen[i], MxStatus.ENDPOINT_UNREACHABLE);
+    for (let i = 0; i < SEND_WINDOW && ls.sCount > 0; i++) {
+      if (ls.sUsed[i] === 0) continue;
+      ls.completeSend(i);
+      this.sendDoneTo(ls.sEp[i], ls.sSession[i], ls.sCookie[i], ls.sLen[i], MxStatus.ENDPOINT_UNREACHABLE);
     }
-    ls.sCount = 0;
     // Requests on a removed link: the link was the current one for its peer until now.
     for (let s = 0; s < CONNECT_SLOTS; s++)
       if (this.cnUsed[s] === 1 && this.cnNic[s] === ls.peerNic)
@@ -906,11 +914,12 @@ export class Nic {
     m[M_COOKIE] = getWord(frame, F_COOKIE);
     m[M_LENGTH] = getWord(frame, F_LENGTH);
     m[M_VIA_LINK] = 1;
+    m[M_TAG] = getWord(frame, F_TAG);
     const status = this.deliver(-1, 0, frame, FRAME_HEADER_BYTES);
     // Wake the receiver before writing the ACK to the socket: it is what the message waits on.
     this.flushRaises();
     if (status !== MxStatus.PENDING) this.completeSend(status);
-    // A held delivery: the wire timer tells its sender to keep waiting.
+    // A held delivery: the wire timer tells its sender to keep waiting, for HOLD_MS at most.
     else this.armWireTimer();
   }
 
@@ -918,31 +927,44 @@ export class Nic {
     const ep = getWord(frame, F_DEST_ENDPOINT);
     const session = getWord(frame, F_DEST_SESSION);
     const cookie = getWord(frame, F_COOKIE) | 0;
-    const i = ls.findSend(ep | 0, session, cookie);
+    const i = ls.findSend(getWord(frame, F_TAG), ep | 0, session, cookie);
     if (i < 0) {
       // Late (after a timeout) or garbage.
       this.c[G.acks_dropped]++;
       return;
     }
-    const status = getWord(frame, F_STATUS);
+    let status = getWord(frame, F_STATUS);
     if (status === MxStatus.PENDING) {
       ls.sDeadline[i] = this.now + WIRE_TIMEOUT_MS;
       return;
     }
     const len = ls.sLen[i];
     ls.completeSend(i);
-    this.sendDoneTo(ep, session, cookie, len, status > MxStatus.NO_RESOURCES ? MxStatus.ABORTED : status);
+    if (status > MxStatus.NO_RESOURCES) status = MxStatus.ABORTED;
+    // The receiving NIC's reason, if it is one we know.
+    const r = getWord(frame, F_AUX1);
+    this.sendDoneTo(ep, session, cookie, len, status, r > 0 && r <= MAX_REASON ? r : reasonOfStatus(status));
   }
 
   /** SEND_DONE to endpoint `ep` if it is still the one (same session) that sent. */
-  private sendDoneTo(ep: number, session: number, cookie: number, len: number, status: number): void {
+  private sendDoneTo(
+    ep: number,
+    session: number,
+    cookie: number,
+    len: number,
+    status: number,
+    reason = reasonOfStatus(status),
+  ): void {
     if (ep >= this.maxEndpoints) return;
     const ctx = this.ctxs[ep];
-    if (ctx.open && ctx.session === session) this.sendDone(ctx, cookie, len, status);
+    if (ctx.open && ctx.session === session) this.sendDone(ctx, cookie, len, status, reason);
   }
 
-  /** Tells the sending NIC how a delivery from a link ended (PENDING: still held) with a SEND_ACK. */
-  private ackDelivery(words: Int32Array, base: number, status: number): void {
+  /**
+   * Tells the sending NIC how a delivery from a link ended (PENDING: still held) with a
+   * SEND_ACK: its window tag echoed, the ErrorReason of a failure in aux1.
+   */
+  private ackDelivery(words: Int32Array, base: number, status: number, reason: number): void {
     const srcNic = words[base + M_SRC_NIC] >>> 0;
     const ls = this.links.get(srcNic);
     if (!ls) {
@@ -959,7 +981,9 @@ export class Nic {
     setWord(f, F_DEST_SESSION, words[base + M_SRC_SESSION]);
     setWord(f, F_COOKIE, words[base + M_COOKIE]);
     setWord(f, F_STATUS, status);
+    setWord(f, F_TAG, words[base + M_TAG]);
     setWord(f, F_AUX0, words[base + M_LENGTH]);
+    setWord(f, F_AUX1, reason);
     if (!this.sendHdr(ls)) this.c[G.acks_dropped]++;
   }
 
@@ -1520,12 +1544,11 @@ export class Nic {
     }
     for (let k = 0; k < this.linkList.length; k++) {
       const ls = this.linkList[k];
-      for (let q = 0; q < ls.sCount; q++) {
-        const i = (ls.sHead + q) % SEND_WINDOW;
-        if (ls.sDone[i] !== 0) continue;
+      for (let i = 0; i < SEND_WINDOW && ls.sCount > 0; i++) {
+        if (ls.sUsed[i] === 0) continue;
         if (now >= ls.sDeadline[i]) {
           this.wireActed = true;
-          ls.sDone[i] = 1;
+          ls.completeSend(i);
           this.c[G.send_timeouts]++;
           this.sendDoneTo(
             ls.sEp[i],
@@ -1536,17 +1559,21 @@ export class Nic {
           );
         } else waiting = true;
       }
-      ls.trimSends();
     }
     const keepalive = now - this.lastKeepalive >= KEEPALIVE_MS;
     let held = false;
     for (let i = 0; i < this.openCount; i++) {
       const ctx = this.ctxs[this.openIds[i]];
+      if (ctx.dqCount > 0 && now - ctx.dqSince[ctx.dqHead] >= HOLD_MS) {
+        this.wireActed = true;
+        this.expireDeliveries(ctx);
+      }
+      // Held deliveries keep the timer running (they expire); those from links get keepalives.
+      if (ctx.dqCount > 0) held = true;
       for (let q = 0; q < ctx.dqCount; q++) {
         const base = ((ctx.dqHead + q) % DELIVERY_QUEUE) * META_WORDS;
-        if (ctx.dqMeta[base + M_VIA_LINK] === 0) continue;
-        held = true;
-        if (keepalive) this.ackDelivery(ctx.dqMeta, base, MxStatus.PENDING);
+        if (keepalive && ctx.dqMeta[base + M_VIA_LINK] !== 0)
+          this.ackDelivery(ctx.dqMeta, base, MxStatus.PENDING, 0);
       }
     }
     if (held && keepalive) {
@@ -2205,11 +2232,14 @@ export class Nic {
       m[M_VIA_LINK] = 0;
       const status = this.deliver(src, srcOff, null, 0);
       if (status !== MxStatus.PENDING) this.completeSend(status);
+      // Held: the wire timer ends the hold after HOLD_MS if the receiver never makes room.
+      else this.armWireTimer();
       return CONSUMED;
     }
-    if (ls.sCount === SEND_WINDOW) {
-      // As many SENDs as the window holds await their ACK: this one waits in the queue.
-      this.c[G.send_window_full]++;
+    if (!ls.canSend(d[D_DEST_ENDPOINT])) {
+      // The window, or the destination endpoint's share of it, is full: this one waits in the
+      // queue. Other destinations' SENDs (other endpoints' queues) go on.
+      this.c[ls.sCount === SEND_WINDOW ? G.send_window_full : G.send_dest_full]++;
       ctx.linkStalled = true;
       return STALLED;
     }
@@ -2226,6 +2256,7 @@ export class Nic {
     setWord(f, F_AUX0, d[D_AUX0]);
     setWord(f, F_AUX1, d[D_AUX1]);
     setWord(f, F_COOKIE, cookie);
+    setWord(f, F_TAG, ls.nextTag());
     if (len > 0) t.copyOut(src, srcOff, len, f, FRAME_HEADER_BYTES);
     if (!ls.link.send(f.subarray(0, FRAME_HEADER_BYTES + len))) {
       // The wire pushes back: this descriptor stays at the head of the queue and is retried.
@@ -2233,7 +2264,7 @@ export class Nic {
       ctx.linkStalled = true;
       return STALLED;
     }
-    ls.pushSend(ctx.id, ctx.session, cookie, len, this.now + WIRE_TIMEOUT_MS);
+    ls.pushSend(ctx.id, ctx.session, cookie, len, d[D_DEST_ENDPOINT], this.now + WIRE_TIMEOUT_MS);
     this.armWireTimer();
     this.c[G.frames_tx]++;
     this.countSend(ctx, len);
@@ -2248,14 +2279,20 @@ export class Nic {
     this.c[ctx.base + E.send_bytes] += len;
   }
 
-  private sendDone(ctx: EndpointContext, cookie: number, len: number, status: number): void {
+  private sendDone(
+    ctx: EndpointContext,
+    cookie: number,
+    len: number,
+    status: number,
+    reason = reasonOfStatus(status),
+  ): void {
     if (status !== MxStatus.SUCCESS) this.c[G.send_failures]++;
     const ev = this.ev;
     ev.fill(0);
     ev[E_TYPE] = EventType.SendDone | (status << 16);
     ev[E_COOKIE] = cookie;
     ev[E_LENGTH] = len;
-    ev[E_REASON] = reasonOfStatus(status);
+    ev[E_REASON] = reason;
     this.postEvent(ctx);
   }
 
@@ -2281,6 +2318,7 @@ export class Nic {
     }
     const s = (ctx.dqHead + ctx.dqCount) % DELIVERY_QUEUE;
     ctx.dqMeta.set(m, s * META_WORDS);
+    ctx.dqSince[s] = this.now;
     let buf = ctx.dqBuf[s];
     if (buf === null) buf = ctx.dqBuf[s] = new Uint8Array(SEND_MAX);
     const len = m[M_LENGTH] >>> 0;
@@ -2364,17 +2402,56 @@ export class Nic {
   }
 
   /** Tells the sender of this.dv's message how its delivery ended: SEND_DONE here, or a SEND_ACK frame. */
-  private completeSend(status: number): void {
+  private completeSend(status: number, reason = reasonOfStatus(status)): void {
     const m = this.dv;
     if (m[M_VIA_LINK] !== 0) {
-      this.ackDelivery(m, 0, status);
+      this.ackDelivery(m, 0, status, reason);
       return;
     }
     const ep = m[M_SRC_EP] >>> 0;
     const ctx = ep < this.maxEndpoints ? this.ctxs[ep] : null;
     // The sender may have closed (or closed and reopened) meanwhile: then nobody waits for it.
     if (ctx?.open && ctx.session === m[M_SRC_SESSION] >>> 0)
-      this.sendDone(ctx, m[M_COOKIE], m[M_LENGTH] >>> 0, status);
+      this.sendDone(ctx, m[M_COOKIE], m[M_LENGTH] >>> 0, status, reason);
+  }
+
+  /**
+   * ctx's oldest held delivery waited HOLD_MS for receive space: it fails NO_RESOURCES
+   * (HoldExpired), and so does every later one from the same sender still held — placing
+   * those would leave a hole in that sender's sequence — while other senders' keep their
+   * place. Repeats while the new oldest one has waited as long.
+   */
+  private expireDeliveries(ctx: EndpointContext): void {
+    const meta = ctx.dqMeta;
+    while (ctx.dqCount > 0 && this.now - ctx.dqSince[ctx.dqHead] >= HOLD_MS) {
+      const h = ctx.dqHead * META_WORDS;
+      const nic = meta[h + M_SRC_NIC];
+      const ep = meta[h + M_SRC_EP];
+      const session = meta[h + M_SRC_SESSION];
+      let kept = 0;
+      for (let q = 0; q < ctx.dqCount; q++) {
+        const s = (ctx.dqHead + q) % DELIVERY_QUEUE;
+        const b = s * META_WORDS;
+        if (meta[b + M_SRC_NIC] === nic && meta[b + M_SRC_EP] === ep && meta[b + M_SRC_SESSION] === session) {
+          this.loadQueued(ctx, s);
+          this.c[G.delivery_expired]++;
+          this.c[ctx.base + E.delivery_expired]++;
+          this.completeSend(MxStatus.NO_RESOURCES, ErrorReason.HoldExpired);
+          continue;
+        }
+        // Kept, moved up to close the gap (staging buffers are swapped, not reallocated).
+        const t = (ctx.dqHead + kept) % DELIVERY_QUEUE;
+        if (t !== s) {
+          meta.copyWithin(t * META_WORDS, b, b + META_WORDS);
+          const buf = ctx.dqBuf[t];
+          ctx.dqBuf[t] = ctx.dqBuf[s];
+          ctx.dqBuf[s] = buf;
+          ctx.dqSince[t] = ctx.dqSince[s];
+        }
+        kept++;
+      }
+      ctx.dqCount = kept;
+    }
   }
 
   // ---- events and interrupts -----------------------------------------------------------------

@@ -187,6 +187,14 @@ export const DFLAG_EXPOSURE = 4;
  */
 export const WIRE_TIMEOUT_MS = 1500;
 
+/**
+ * How long a NIC holds a delivery (SEND) for an endpoint whose receive area is full, at most.
+ * Then it gives up: the delivery, and every later one from the same sender still held with it,
+ * complete NO_RESOURCES with E_REASON HoldExpired (the sender's keepalives stop). A receiver
+ * that does not consume costs its senders an error, never a hang, and never holds its link.
+ */
+export const HOLD_MS = 5000;
+
 export const Opcode = {
   Nop: 0,
   /**
