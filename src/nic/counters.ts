@@ -81,6 +81,8 @@ export const NIC_COUNTER_NAMES = [
   // A receiver that does not consume (nic.ts deliveries, wire.ts DEST_CREDITS, window.ts HOLD_MS).
   "delivery_expired",
   "send_dest_full",
+  // A peer that says nothing while we wait on it (nic.ts wireTick: frozen or stopped host).
+  "links_silent",
 ] as const;
 
 export const NIC_EP_COUNTER_NAMES = [

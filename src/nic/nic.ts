@@ -47,12 +47,16 @@
  *              receive space, the sender restarts its timeout and keeps waiting
  *   ETHERNET         src nic, dest nic; payload = one Ethernet frame (ether-port.ts)
  *
- * Wire state is bounded: SEND_WINDOW unacknowledged SENDs and PULL_JOBS_PER_LINK pulls per
- * link (a full one holds the descriptor in its queue), CONNECT_SLOTS connects (full: a
- * NO_RESOURCES CONNECT_DONE), REMOTE_PULL_SLOTS pulls in all. A link that goes away completes
- * everything that waits on it with ENDPOINT_UNREACHABLE at once; a wire timer (running only
- * while something waits) does so after WIRE_TIMEOUT_MS without progress. Remote PULLs do not
- * hold the endpoint's queue: their PULL_DONE may come after later descriptors' completions.
+ * Wire state is bounded: SEND_WINDOW unacknowledged SENDs per link, DEST_CREDITS of them per
+ * destination endpoint, and PULL_JOBS_PER_LINK pulls per link (a full one holds the
+ * descriptor in its queue), CONNECT_SLOTS connects (full: a NO_RESOURCES CONNECT_DONE),
+ * REMOTE_PULL_SLOTS pulls in all; a delivery is held for receive space HOLD_MS at most. A link
+ * that goes away completes everything that waits on it with ENDPOINT_UNREACHABLE at once; a
+ * wire timer (running only while something waits) does so request by request after
+ * WIRE_TIMEOUT_MS without progress, and for the whole link once its peer is silent (nothing
+ * heard for WIRE_TIMEOUT_MS while a request of ours on it is overdue, or a descriptor has
+ * waited that long on a link that takes no frames). Remote PULLs do not hold the endpoint's
+ * queue: their PULL_DONE may come after later descriptors' completions.
  *
  * Idle: after work the NIC polls its endpoints for POLL_BUDGET_MS, then sets W_NIC_SLEEPING in
  * every open window, re-checks every doorbell, and waits in its event loop (one
@@ -378,6 +382,9 @@ class EndpointContext {
   pullXpSession = 0;
   /** A SEND waits for its link to take frames again. */
   linkStalled = false;
+  /** Since when the head descriptor has waited on the link to stallNic (0: it does not). */
+  stallSince = 0;
+  stallNic = 0;
   needRaise = false;
   waiterPending = false;
   waiterGen = 0;
@@ -651,6 +658,7 @@ export class Nic {
     }
     this.stopPull(ctx);
     ctx.linkStalled = false;
+    ctx.stallSince = 0;
     ctx.blCount = 0;
     // Release our own waiter on the dead window, and wake an owner blocked on it: it reads Closed.
     Atomics.notify(ctx.w, W_SQ_PROD);
@@ -728,6 +736,7 @@ export class Nic {
       reconnected = true;
     }
     const ls = new LinkState(link, link.peerNic);
+    ls.lastRx = ls.lastTx = performance.now();
     ls.index = this.linkList.length;
     this.linkList.push(ls);
     this.links.set(link.peerNic, ls);
@@ -824,6 +833,9 @@ export class Nic {
     if (!ls.attached) return;
     this.c[G.frames_rx]++;
     this.now = performance.now();
+    // Whatever it says, the peer is alive.
+    ls.lastRx = this.now;
+    ls.silentUntil = 0;
     try {
       const type = checkFrame(frame);
       if (type < 0 || getWord(frame, F_DEST_NIC) !== this.nicId || getWord(frame, F_SRC_NIC) !== ls.peerNic) {
@@ -870,6 +882,7 @@ export class Nic {
     if (ls.ctrlCount === 0) {
       if (ls.link.send(this.hdr)) {
         this.c[G.frames_tx]++;
+        ls.lastTx = this.now;
         return true;
       }
       this.c[G.link_backpressure]++;
@@ -890,6 +903,7 @@ export class Nic {
         this.c[G.link_backpressure]++;
         break;
       }
+      ls.lastTx = this.now;
       this.c[G.frames_tx]++;
       ls.ctrlHead = (ls.ctrlHead + 1) % CTRL_QUEUE;
       ls.ctrlCount--;
@@ -1001,17 +1015,14 @@ export class Nic {
       this.connectDone(ctx, cookie, destNic, destEp, session, status);
       return CONSUMED;
     }
-    const ls = this.links.get(destNic);
+    const ls = this.usableLink(destNic);
     if (ls === undefined || this.cnFreeCount === 0) {
       this.c[G.connects]++;
       const status = ls === undefined ? MxStatus.ENDPOINT_UNREACHABLE : MxStatus.NO_RESOURCES;
       this.connectDone(ctx, cookie, destNic, destEp, 0, status);
       return CONSUMED;
     }
-    if (ls.ctrlCount === CTRL_QUEUE) {
-      ctx.linkStalled = true;
-      return STALLED;
-    }
+    if (ls.ctrlCount === CTRL_QUEUE) return this.stalled(ctx, destNic);
     const s = this.cnFree[--this.cnFreeCount];
     const id = (((++this.cnSeq & 0xffffff) << 8) | s) >>> 0;
     this.cnUsed[s] = 1;
@@ -1129,14 +1140,13 @@ export class Nic {
     const srcSession = d[D_DEST_SESSION] >>> 0;
     const srcOff = d[D_SRC_OFFSET] >>> 0;
     const cookie = d[D_COOKIE];
-    const ls = this.links.get(destNic);
+    const ls = this.usableLink(destNic);
     if (
       ls !== undefined &&
       (this.rpFreeCount === 0 || ls.pullsOut >= PULL_JOBS_PER_LINK || ls.ctrlCount === CTRL_QUEUE)
     ) {
       // Back-pressure: the descriptor waits at the head of the queue.
-      ctx.linkStalled = true;
-      return STALLED;
+      return this.stalled(ctx, destNic);
     }
     const seenAt = (d[D_OPCODE] >>> 16) & DFLAG_TRACE ? traceNow() : 0;
     this.c[G.remote_pulls]++;
@@ -1484,6 +1494,7 @@ export class Nic {
         this.jobRefused = true;
         return sent;
       }
+      ls.lastTx = this.now;
       ls.jSent[j] = off + n;
       sent += n;
       this.c[G.frames_tx]++;
@@ -1492,6 +1503,41 @@ export class Nic {
     } while (ls.jSent[j] < len && sent < budget);
     if (ls.jSent[j] === len) this.dropJob(ls, j);
     return sent;
+  }
+
+  // ---- liveness --------------------------------------------------------------------------------
+
+  /** The link to `nic` if requests may go on it: attached, and not found silent a moment ago. */
+  private usableLink(nic: number): LinkState | undefined {
+    const ls = this.links.get(nic);
+    return ls !== undefined && this.now >= ls.silentUntil ? ls : undefined;
+  }
+
+  /** ctx's head descriptor waits on the link to `nic` (window, share, queue or back-pressure). */
+  private stalled(ctx: EndpointContext, nic: number): number {
+    ctx.linkStalled = true;
+    if (ctx.stallSince === 0 || ctx.stallNic !== nic) {
+      ctx.stallSince = this.now;
+      ctx.stallNic = nic;
+    }
+    // The wire timer watches it: a link that neither talks nor takes frames is a silent peer.
+    this.armWireTimer();
+    return STALLED;
+  }
+
+  /**
+   * The peer on `ls` has said nothing for WIRE_TIMEOUT_MS while something of ours on it went
+   * overdue: its host stopped or froze, or the network between us did. Everything waiting on
+   * the link fails ENDPOINT_UNREACHABLE now, not one request per timeout (queued SENDs would
+   * otherwise go out and time out one round after another, or wait forever on a link that no
+   * longer takes frames), and for another WIRE_TIMEOUT_MS requests to it fail at once. Any
+   * frame from the peer ends that. The link itself stays: the peer may come back.
+   */
+  private silenceLink(ls: LinkState): void {
+    this.c[G.links_silent]++;
+    ls.silentUntil = this.now + WIRE_TIMEOUT_MS;
+    this.failLink(ls);
+    this.wireActed = true;
   }
 
   // ---- the wire timer ---------------------------------------------------------------------------
@@ -1531,6 +1577,7 @@ export class Nic {
       if (this.cnUsed[s] !== 1) continue;
       if (now >= this.cnDeadline[s]) {
         this.wireActed = true;
+        this.checkSilence(this.links.get(this.cnNic[s]));
         this.finishConnect(s, MxStatus.ENDPOINT_UNREACHABLE, 0);
       } else waiting = true;
     }
@@ -1539,7 +1586,9 @@ export class Nic {
       if (now - this.rpLast[s] >= WIRE_TIMEOUT_MS) {
         this.wireActed = true;
         this.c[G.pull_timeouts]++;
-        this.finishPull(s, MxStatus.ENDPOINT_UNREACHABLE, this.links.get(this.rpNic[s]) ?? null);
+        const ls = this.links.get(this.rpNic[s]);
+        this.checkSilence(ls);
+        this.finishPull(s, MxStatus.ENDPOINT_UNREACHABLE, ls ?? null);
       } else waiting = true;
     }
     for (let k = 0; k < this.linkList.length; k++) {
@@ -1548,6 +1597,7 @@ export class Nic {
         if (ls.sUsed[i] === 0) continue;
         if (now >= ls.sDeadline[i]) {
           this.wireActed = true;
+          this.checkSilence(ls);
           ls.completeSend(i);
           this.c[G.send_timeouts]++;
           this.sendDoneTo(
@@ -1580,7 +1630,28 @@ export class Nic {
       this.lastKeepalive = now;
       this.wireActed = true;
     }
+    // A descriptor that has waited WIRE_TIMEOUT_MS on a link that neither said anything nor
+    // took a frame in that time waits on a silent peer.
+    for (let i = 0; i < this.openCount; i++) {
+      const ctx = this.ctxs[this.openIds[i]];
+      if (ctx.stallSince === 0) continue;
+      waiting = true;
+      const ls = this.links.get(ctx.stallNic);
+      if (ls !== undefined && now - ctx.stallSince >= WIRE_TIMEOUT_MS && now - ls.lastTx >= WIRE_TIMEOUT_MS)
+        this.checkSilence(ls);
+    }
+    for (let k = this.linkList.length - 1; k >= 0; k--) {
+      const ls = this.linkList[k];
+      if (!ls.silenceDue) continue;
+      ls.silenceDue = false;
+      this.silenceLink(ls);
+    }
     return waiting || held;
+  }
+
+  /** Something on `ls` went overdue: if the peer has been quiet as long, it is silent (silenceLink). */
+  private checkSilence(ls: LinkState | undefined): void {
+    if (ls !== undefined && this.now - ls.lastRx >= WIRE_TIMEOUT_MS) ls.silenceDue = true;
   }
 
   // ---- the Ethernet port ------------------------------------------------------------------------
@@ -1993,6 +2064,7 @@ export class Nic {
       const base = SQ_W + (cons & (SQ_ENTRIES - 1)) * DESC_WORDS;
       for (let i = 0; i < DESC_WORDS; i++) d[i] = w[base + i];
       if (this.execute(ctx) === STALLED) break;
+      ctx.stallSince = 0;
       this.c[G.descriptors]++;
       this.c[ctx.base + E.descriptors]++;
       cons = (cons + 1) >>> 0;
@@ -2209,7 +2281,7 @@ export class Nic {
     }
     const destNic = d[D_DEST_NIC] >>> 0;
     const cookie = d[D_COOKIE];
-    const ls = this.links.get(destNic);
+    const ls = this.usableLink(destNic);
     if (ls === undefined) {
       this.countSend(ctx, len);
       if (destNic !== this.nicId) {
@@ -2240,8 +2312,7 @@ export class Nic {
       // The window, or the destination endpoint's share of it, is full: this one waits in the
       // queue. Other destinations' SENDs (other endpoints' queues) go on.
       this.c[ls.sCount === SEND_WINDOW ? G.send_window_full : G.send_dest_full]++;
-      ctx.linkStalled = true;
-      return STALLED;
+      return this.stalled(ctx, destNic);
     }
     const f = this.txFrame;
     initFrame(f, FrameType.Send, len);
@@ -2261,9 +2332,9 @@ export class Nic {
     if (!ls.link.send(f.subarray(0, FRAME_HEADER_BYTES + len))) {
       // The wire pushes back: this descriptor stays at the head of the queue and is retried.
       this.c[G.link_backpressure]++;
-      ctx.linkStalled = true;
-      return STALLED;
+      return this.stalled(ctx, destNic);
     }
+    ls.lastTx = this.now;
     ls.pushSend(ctx.id, ctx.session, cookie, len, d[D_DEST_ENDPOINT], this.now + WIRE_TIMEOUT_MS);
     this.armWireTimer();
     this.c[G.frames_tx]++;

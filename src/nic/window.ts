@@ -183,7 +183,9 @@ export const DFLAG_EXPOSURE = 4;
  * How long a request that waits on another NIC (CONNECT, a remote PULL without progress, a
  * SEND's acknowledgement) may wait before it completes with ENDPOINT_UNREACHABLE. A receiving
  * NIC that holds a SEND for receive space says so every WIRE_TIMEOUT_MS / 3 (a PENDING
- * SEND_ACK), which restarts the sender's wait: a slow receiver is not an unreachable one.
+ * SEND_ACK), which restarts the sender's wait: a slow receiver is not an unreachable one. A
+ * peer NIC that has said nothing for this long while such a request is overdue is silent:
+ * everything waiting on its link fails at once, descriptors still queued for it included.
  */
 export const WIRE_TIMEOUT_MS = 1500;
 

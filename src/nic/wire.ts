@@ -74,6 +74,14 @@ export class LinkState {
   /** Remote PULLs this NIC has outstanding on this link (requester side). */
   pullsOut = 0;
 
+  // Liveness (nic.ts wireTick): when the peer last said anything, when the link last took a
+  // frame of ours, and until when it counts as silent (requests to it fail at once).
+  lastRx = 0;
+  lastTx = 0;
+  silentUntil = 0;
+  /** wireTick found it silent this round. */
+  silenceDue = false;
+
   constructor(
     readonly link: Link,
     readonly peerNic: number,
