@@ -804,9 +804,10 @@ export class MxEndpoint {
     let st = this.staging;
     if (st === undefined) {
       try {
-        st = this.staging = new WireStaging(this.driver, this.endpointId);
-      } catch {
-        // No memory or registration left for the staging area: this send cannot leave.
+        st = this.staging = WireStaging.open(this.driver, this.endpointId);
+      } catch (e) {
+        // No memory or registration left for the staging area: this send cannot leave; say why.
+        req.reason = (e as Error).message;
         this.complete(req, MxStatus.NO_RESOURCES, 0);
         this.counters.nicErrors++;
         return true;

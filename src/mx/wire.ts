@@ -30,6 +30,12 @@ export const COOKIE_SEND = 0x80000000;
 export const COOKIE_CONNECT = 0x40000000;
 
 export const DEFAULT_STAGING_SLOTS = 32;
+/**
+ * Staging sizes tried in turn: 1 MiB first, then less. A guest with the host's default 256
+ * pages (1 MiB in all) has about half of it free once MX is up: with 8 slots it still sends
+ * across hosts, with fewer eager messages in flight.
+ */
+const STAGING_TRIES = [DEFAULT_STAGING_SLOTS, 8, 2] as const;
 
 /** What a failed SEND_DONE's status and E_REASON (nic/window.ts) mean for the sender, in words. */
 export function sendFailureText(status: number, reason: number): string | undefined {
@@ -105,5 +111,27 @@ export class WireStaging {
 
   offsetOf(slot: number): number {
     return slot * SEND_MAX;
+  }
+
+  /**
+   * The largest staging area this endpoint's memory allows (STAGING_TRIES). When not even the
+   * smallest fits, the error says what it needed and which knob gives a guest more memory.
+   */
+  static open(driver: MxDriver, endpointId: number): WireStaging {
+    let last: unknown;
+    for (const slots of STAGING_TRIES) {
+      try {
+        return new WireStaging(driver, endpointId, slots);
+      } catch (e) {
+        last = e;
+      }
+    }
+    const why = last instanceof Error ? last.message.replace(/^MX_[A-Z_]+: /, "") : String(last);
+    throw new MxDriverError(
+      "MX_NO_RESOURCES",
+      `no memory for the staging area that messages to other hosts leave from (at least ${
+        STAGING_TRIES[STAGING_TRIES.length - 1]
+      } × ${SEND_MAX / 1024} KiB): ${why}. Give the domain more pages: startGuest({ pages }), or \`myrixen run --pages\``,
+    );
   }
 }
