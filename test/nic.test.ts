@@ -433,6 +433,18 @@ test("32 endpoint contexts: windows, sessions, EBUSY, ENOSPC, bad arguments, clo
     assert.equal(lookup.intr.byteLength, INTR_BYTES);
   }
   assert.deepEqual(call({ op: "lookup_endpoint", endpointId: 5, key: 99 }), { status: "bad_key" });
+  // For a requester (the driver connecting its endpoint 7), wrong keys are throttled as
+  // CONNECTs are: four answered, then refused for a while, the right key included.
+  const asFrom = (requester: number, key: number) =>
+    call<LookupReply>({ op: "lookup_endpoint", endpointId: 5, key, requester });
+  for (let i = 0; i < 4; i++) assert.deepEqual(asFrom(7, 100 + i), { status: "bad_key" });
+  for (const key of [104, 0x1234]) {
+    const r = asFrom(7, key);
+    assert.equal(r.status, "throttled", `key ${key}`);
+    if (r.status === "throttled") assert.ok(r.retryAfterMs > 0 && r.retryAfterMs <= 1000);
+  }
+  assert.equal(asFrom(8, 0x1234).status, "ok", "another requester is not held back");
+  expectErrno(() => asFrom(99, 0x1234), "EINVAL", /requester/);
 
   five.close();
   assert.equal(five.w[W_STATE], EndpointState.Closed);

@@ -323,6 +323,8 @@ interface PendingConnect {
   done: boolean;
   status: number;
   session: number;
+  /** REJECTED: how long the peer's NIC refuses us (ms), after too many wrong keys. */
+  retryAfter?: number;
   /** Over Ethernet: who answered, and whether it is on the split path. */
   mac?: Uint8Array;
   peerSplit?: boolean;
@@ -624,6 +626,11 @@ export class MxEndpoint {
       }
       case MxStatus.BAD_KEY:
         throw new MxError("MX_BAD_CONNECTION_KEY", `${where} refused the key 0x${key.toString(16)}`);
+      case MxStatus.REJECTED:
+        throw new MxError(
+          "MX_BUSY",
+          `${where} refuses connections from this endpoint for ${pending.retryAfter ?? 0} ms more: too many wrong keys (retry then, with the key its owner opened it with)`,
+        );
       case MxStatus.ENDPOINT_UNKNOWN:
       case MxStatus.ENDPOINT_CLOSED:
         throw new MxError("MX_CONNECTION_FAILED", `${where}: no such endpoint is open`);
@@ -1718,6 +1725,7 @@ export class MxEndpoint {
           c.done = true;
           c.status = type === EventType.Error ? status || MxStatus.ABORTED : status;
           c.session = w[base + E_SRC_SESSION] >>> 0;
+          c.retryAfter = w[base + E_AUX0] >>> 0;
         }
       } else if (type === EventType.Error) {
         this.counters.nicErrors++;

@@ -545,9 +545,15 @@ export class MyriCore {
         `peer NIC ${peerNic} is not this host's NIC (${this.nicId}); the driver connects co-resident endpoints only`,
       );
     const look = this.nic<LookupReply>(
-      { op: "lookup_endpoint", endpointId: peerEndpoint, key },
+      // `requester`: the NIC throttles this endpoint's wrong keys (nic/connect-throttle.ts).
+      { op: "lookup_endpoint", endpointId: peerEndpoint, key, requester: ep.id },
       "MX_CONNECTION_FAILED",
     );
+    if (look.status === "throttled")
+      throw new MyriError(
+        "MX_BUSY",
+        `NIC ${peerNic} refuses connections from endpoint ${ep.id} for ${look.retryAfterMs} ms more: too many wrong keys (retry then, with the key the peer's owner opened it with)`,
+      );
     if (look.status === "bad_key")
       throw new MyriError(
         "MX_BAD_CONNECTION_KEY",

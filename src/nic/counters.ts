@@ -83,6 +83,9 @@ export const NIC_COUNTER_NAMES = [
   "send_dest_full",
   // A peer that says nothing while we wait on it (nic.ts wireTick: frozen or stopped host).
   "links_silent",
+  // Wrong endpoint keys (connect-throttle.ts): answered BAD_KEY, and refused during a lockout.
+  "connect_bad_keys",
+  "connects_throttled",
 ] as const;
 
 export const NIC_EP_COUNTER_NAMES = [

@@ -22,16 +22,17 @@
  *   ERROR      cookie, length, E_REASON, word 13 = the descriptor's opcode word; for BadIndex
  *              word 13 = the producer index seen, word 14 = the NIC's consumer index
  *   DRIVER     cookie, words at E_EXTRA..
- *   CONNECT_DONE  cookie; status SUCCESS, BAD_KEY, ENDPOINT_UNKNOWN, ENDPOINT_UNREACHABLE or
- *              NO_RESOURCES; E_SRC_NIC/E_SRC_ENDPOINT = the endpoint asked for, E_SRC_SESSION its
- *              session (SUCCESS only)
+ *   CONNECT_DONE  cookie; status SUCCESS, BAD_KEY, REJECTED (too many wrong keys from this
+ *              endpoint: E_AUX0 = ms to wait, connect-throttle.ts), ENDPOINT_UNKNOWN,
+ *              ENDPOINT_UNREACHABLE or NO_RESOURCES; E_SRC_NIC/E_SRC_ENDPOINT = the endpoint
+ *              asked for, E_SRC_SESSION its session (SUCCESS only)
  *
  * The wire (link.ts header words; every other word 0). Header-only unless said:
  *   CONNECT_REQUEST  src nic/endpoint/session = the requester; dest nic/endpoint = the endpoint
  *              asked for; cookie = request id; aux0 = the key presented
  *   CONNECT_REPLY    src nic/endpoint = the endpoint asked for, src session = its session
  *              (SUCCESS only); dest nic/endpoint/session = the requester; cookie = request id;
- *              status = SUCCESS, BAD_KEY or ENDPOINT_UNKNOWN
+ *              status = SUCCESS, BAD_KEY, REJECTED (aux0 = ms to wait) or ENDPOINT_UNKNOWN
  *   PULL_REQUEST     src nic/endpoint/session = the requester; dest nic/endpoint/session = the
  *              endpoint that armed the pull right; cookie = request id; match hi = the right's
  *              index in that endpoint's exposure table; match lo = its key; aux0 = offset in the
@@ -74,6 +75,7 @@
 import type { MessagePort } from "node:worker_threads";
 import { traceNow } from "../mx/trace.js";
 import { serveSyncCalls } from "../xen/sync-call.js";
+import { CONNECT_LOCKOUT_MAX_MS, ConnectThrottle } from "./connect-throttle.js";
 import type {
   LinkStateInfo,
   LookupReply,
@@ -487,6 +489,10 @@ export class Nic {
   private readonly macs = new MacTable();
 
   private readonly rnd = new Uint32Array(1);
+  /** Wrong endpoint keys, per requesting endpoint (connect-throttle.ts). */
+  private readonly throttle = new ConnectThrottle();
+  /** connectCheck's lockout in ms when it answers REJECTED. */
+  private retryAfter = 0;
   /** Bytes one endpoint's descriptors moved in this round: past PULL_CHUNK the others get their turn. */
   private roundBytes = 0;
   private scheduled = false;
@@ -675,8 +681,18 @@ export class Nic {
     if (!isInt(r.key) || r.key < 0 || r.key > 0xffffffff)
       throw new NicError("EINVAL", `lookup_endpoint: key must be a u32, got ${String(r.key)}`);
     const ctx = this.ctxs[id];
-    if (!ctx.open) return { status: "unknown" };
-    if (ctx.key !== r.key) return { status: "bad_key" };
+    if (r.requester === undefined) {
+      if (!ctx.open) return { status: "unknown" };
+      if (ctx.key !== r.key) return { status: "bad_key" };
+    } else {
+      // The driver connects on behalf of its endpoint `requester`: wrong keys are throttled.
+      const from = this.checkEndpointId(r.requester, "lookup_endpoint requester");
+      this.now = performance.now();
+      const status = this.connectCheck(this.nicId, from, id, r.key);
+      if (status === MxStatus.REJECTED) return { status: "throttled", retryAfterMs: this.retryAfter };
+      if (status === MxStatus.ENDPOINT_UNKNOWN) return { status: "unknown" };
+      if (status === MxStatus.BAD_KEY) return { status: "bad_key" };
+    }
     return { status: "ok", session: ctx.session, intr: ctx.intrBuffer!, owner: ctx.owner };
   }
 
@@ -1010,9 +1026,9 @@ export class Nic {
     const cookie = d[D_COOKIE];
     if (destNic === this.nicId) {
       this.c[G.connects]++;
-      const status = this.connectStatus(destEp, d[D_SRC_KEY] >>> 0);
+      const status = this.connectCheck(this.nicId, ctx.id, destEp, d[D_SRC_KEY] >>> 0);
       const session = status === MxStatus.SUCCESS ? this.ctxs[destEp].session : 0;
-      this.connectDone(ctx, cookie, destNic, destEp, session, status);
+      this.connectDone(ctx, cookie, destNic, destEp, session, status, this.retryAfter);
       return CONSUMED;
     }
     const ls = this.usableLink(destNic);
@@ -1048,10 +1064,27 @@ export class Nic {
     return CONSUMED;
   }
 
-  /** SUCCESS, ENDPOINT_UNKNOWN (not open) or BAD_KEY for a connect to endpoint `ep` of this NIC. */
-  private connectStatus(ep: number, key: number): number {
-    if (ep >= this.maxEndpoints || !this.ctxs[ep].open) return MxStatus.ENDPOINT_UNKNOWN;
-    return this.ctxs[ep].key === key ? MxStatus.SUCCESS : MxStatus.BAD_KEY;
+  /**
+   * The answer to requester (nic, ep)'s connect to endpoint `target` of this NIC with `key`:
+   * SUCCESS, ENDPOINT_UNKNOWN (not open), BAD_KEY, or REJECTED while the requester is locked
+   * out for wrong keys (this.retryAfter = ms left; connect-throttle.ts), the key unexamined.
+   */
+  private connectCheck(nic: number, ep: number, target: number, key: number): number {
+    this.retryAfter = 0;
+    if (target >= this.maxEndpoints || !this.ctxs[target].open) return MxStatus.ENDPOINT_UNKNOWN;
+    const wait = this.throttle.lockedFor(nic, ep, this.now);
+    if (wait > 0) {
+      this.c[G.connects_throttled]++;
+      this.retryAfter = wait;
+      return MxStatus.REJECTED;
+    }
+    if (this.ctxs[target].key === key) {
+      this.throttle.succeeded(nic, ep);
+      return MxStatus.SUCCESS;
+    }
+    this.c[G.connect_bad_keys]++;
+    this.throttle.failed(nic, ep, this.now);
+    return MxStatus.BAD_KEY;
   }
 
   private connectDone(
@@ -1061,6 +1094,7 @@ export class Nic {
     ep: number,
     session: number,
     status: number,
+    retryAfter = 0,
   ): void {
     if (status !== MxStatus.SUCCESS) this.c[G.connect_failures]++;
     const ev = this.ev;
@@ -1070,21 +1104,23 @@ export class Nic {
     ev[E_SRC_NIC] = nic;
     ev[E_SRC_ENDPOINT] = ep;
     ev[E_SRC_SESSION] = session;
+    ev[E_AUX0] = retryAfter;
     this.postEvent(ctx);
   }
 
-  private finishConnect(s: number, status: number, session: number): void {
+  private finishConnect(s: number, status: number, session: number, retryAfter = 0): void {
     this.cnUsed[s] = 0;
     this.cnFree[this.cnFreeCount++] = s;
     const ctx = this.ctxs[this.cnEp[s]];
     if (ctx.open && ctx.session === this.cnSession[s])
-      this.connectDone(ctx, this.cnCookie[s], this.cnNic[s], this.cnDestEp[s], session, status);
+      this.connectDone(ctx, this.cnCookie[s], this.cnNic[s], this.cnDestEp[s], session, status, retryAfter);
   }
 
   private rxConnectRequest(ls: LinkState, frame: Uint8Array): void {
     this.c[G.connects_served]++;
     const ep = getWord(frame, F_DEST_ENDPOINT);
-    const status = this.connectStatus(ep, getWord(frame, F_AUX0));
+    // The requester is the peer NIC (its link says which) and the endpoint it names.
+    const status = this.connectCheck(ls.peerNic, getWord(frame, F_SRC_ENDPOINT), ep, getWord(frame, F_AUX0));
     const f = this.hdr;
     initFrame(f, FrameType.ConnectReply, 0);
     setWord(f, F_SRC_NIC, this.nicId);
@@ -1095,6 +1131,7 @@ export class Nic {
     setWord(f, F_DEST_SESSION, getWord(frame, F_SRC_SESSION));
     setWord(f, F_COOKIE, getWord(frame, F_COOKIE));
     setWord(f, F_STATUS, status);
+    setWord(f, F_AUX0, this.retryAfter);
     // Dropped when the link's queue is full: the requester times out.
     if (!this.sendHdr(ls)) this.c[G.acks_dropped]++;
   }
@@ -1115,7 +1152,14 @@ export class Nic {
     }
     const st = getWord(frame, F_STATUS);
     const status = st > MxStatus.NO_RESOURCES || st === MxStatus.PENDING ? MxStatus.ABORTED : st;
-    this.finishConnect(s, status, status === MxStatus.SUCCESS ? getWord(frame, F_SRC_SESSION) : 0);
+    // A lockout is at most a minute: anything longer is garbage, and says nothing.
+    const wait = getWord(frame, F_AUX0);
+    this.finishConnect(
+      s,
+      status,
+      status === MxStatus.SUCCESS ? getWord(frame, F_SRC_SESSION) : 0,
+      status === MxStatus.REJECTED && wait <= CONNECT_LOCKOUT_MAX_MS ? wait : 0,
+    );
   }
 
   // ---- remote PULL: requester side --------------------------------------------------------------
