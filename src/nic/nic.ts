@@ -14,8 +14,8 @@
  *
  * Events the NIC writes (word offsets from window.ts):
  *   PULL_DONE  cookie, length; status SUCCESS or ABORTED (a region went away, or the pull right
- *              was revoked, mid-pull); for a
- *              descriptor with DFLAG_TRACE, the NIC's stamps at E_TRACE_NIC_SEEN / E_TRACE_DMA_DONE
+ *              was revoked, mid-pull); for a descriptor with DFLAG_TRACE, the NIC's stamps at
+ *              E_TRACE_NIC_SEEN / E_TRACE_DMA_DONE
  *   SEND_DONE  cookie, length; status SUCCESS once the payload is placed, else ENDPOINT_UNKNOWN,
  *              ENDPOINT_CLOSED, BAD_SESSION, ENDPOINT_UNREACHABLE or NO_RESOURCES (E_REASON says more)
  *   RECV       source nic/endpoint/session, match words, aux words, length, E_RECV_OFFSET, E_RECV_SPAN
@@ -44,8 +44,11 @@
  *              order (a zero-length pull gets one empty reply); an error reply is header-only
  *              and ends the pull (BAD_KEY, BAD_RDMAWIN, ENDPOINT_UNKNOWN, ENDPOINT_CLOSED,
  *              BAD_SESSION, NO_RESOURCES, ABORTED)
- *   SEND_ACK         as link.ts; status PENDING (1) is a keepalive: the delivery waits for
- *              receive space, the sender restarts its timeout and keeps waiting
+ *   SEND             as link.ts; tag = the sending NIC's window slot and generation
+ *   SEND_ACK         as link.ts; tag echoed; aux0 = length; aux1 = the ErrorReason of a
+ *              failure (NoResources: the receiver's queue is full; HoldExpired: held HOLD_MS).
+ *              Status PENDING (1) is a keepalive: the delivery waits for receive space, the
+ *              sender restarts its timeout and keeps waiting
  *   ETHERNET         src nic, dest nic; payload = one Ethernet frame (ether-port.ts)
  *
  * Wire state is bounded: SEND_WINDOW unacknowledged SENDs per link, DEST_CREDITS of them per
