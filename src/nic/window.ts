@@ -80,9 +80,12 @@ export const INTR_BYTES = PAGE_SIZE;
 // right is spent: pulling again with the same record fails (BAD_KEY, BAD_RDMAWIN), whatever
 // the sender has since put in that memory. The owner revokes the entry when the message
 // completes, fails or the endpoint closes; the NIC stops a transfer whose entry is revoked.
+// One pull is all an honest receiver needs: a truncated receive pulls a prefix of the range,
+// and a pull that fails (its link lost mid-way) fails its message — MX reports it, nothing
+// retries — so a second pull under the same right is never honest.
 //
 // Entry words (u32; [OWN] written by the owner, [NIC] by the NIC, both with Atomics):
-//   X_STATE   [OWN, NIC]  ExposureState; every transition below is one compare-and-swap
+//   X_STATE   [OWN, NIC]  ExposureState, changed only as the steps below say
 //   X_KEY     [OWN]  the key a puller must present: nonzero, fresh for every arming
 //   X_REGION  [OWN]  a region of this endpoint with REMOTE_READ
 //   X_OFFSET  [OWN]  where the exposed range starts in the region
