@@ -751,6 +751,52 @@ test("MX cross-host: a host killed mid-transfer — its peer's MPI call fails wi
   F.proc.kill("SIGKILL");
 });
 
+test("MX cross-host: a frozen host (SIGSTOP) mid-transfer — its peer's MPI call fails ENDPOINT_UNREACHABLE saying why", async () => {
+  const [F, G] = await Promise.all([startHost(), startHost()]);
+  const [f, g] = await Promise.all([
+    RemoteHost.connect({ host: "127.0.0.1", port: F.port }, { key: KEY }),
+    RemoteHost.connect({ host: "127.0.0.1", port: G.port }, { key: KEY }),
+  ]);
+  let frozeAt = 0;
+  let failedAt = 0;
+  let failure = "";
+  const seen: string[] = [];
+  const job = new Job([f, g], {
+    n: 2,
+    path: "bypass",
+    program: fixture("mh-stream"),
+    pages: 4096,
+    // The frozen host keeps its sockets: the survivor's NIC must notice the silence itself.
+    lostHostGraceMs: 20_000,
+    output: (rank, _s, line) => {
+      seen.push(`[${rank}] ${line}`);
+      if (/rank 1 streaming/.test(line) && !frozeAt) {
+        frozeAt = Date.now();
+        G.proc.kill("SIGSTOP");
+      }
+      if (/rank 0: send failed/.test(line)) {
+        failedAt = Date.now();
+        failure = line;
+        void job.stop();
+      }
+    },
+  });
+  try {
+    await job.run();
+  } finally {
+    G.proc.kill("SIGKILL");
+    f.close();
+    g.close();
+  }
+  assert.ok(frozeAt > 0, `never streamed: ${seen.join("\n")}`);
+  assert.ok(failedAt > 0, `rank 0 never saw an error: ${seen.join("\n")}`);
+  // The README's "about two seconds", with room for a loaded machine.
+  assert.ok(failedAt - frozeAt < 10_000, `rank 0 saw the error ${failedAt - frozeAt} ms after the freeze`);
+  assert.match(failure, /MX_STATUS_ENDPOINT_UNREACHABLE/);
+  assert.match(failure, /no answer from the peer's NIC/, "the error says what happened");
+  F.proc.kill("SIGKILL");
+});
+
 // ---- network namespaces -------------------------------------------------------------------
 
 const NS_TAG = `${process.pid % 100000}${Math.floor(Math.random() * 90 + 10)}`;

@@ -194,3 +194,35 @@ test("guests with the default 256 pages (1 MiB) send across hosts: eager and ren
   assert.equal(rb.bad, 0);
   assert.ok(ra.counters.wireSends >= 150, "the messages went through the NICs");
 });
+
+test("a guest with the default 256 pages sends across hosts; with no memory left the status says what to give it", async () => {
+  const SMALL = new URL("./fixtures/guests/mx-small.js", import.meta.url);
+  const run = async (hoard: boolean) => {
+    // No `pages`: the host's default (256 pages, 1 MiB).
+    const s = await host.startGuest({ module: SMALL, args: { role: "sender", hoard }, name: "small-sender" });
+    const gotS = once(s, "message");
+    const r = await remote.startGuest({
+      module: SMALL,
+      args: { role: "receiver", waitMs: hoard ? 100 : 5000 },
+      name: "small-receiver",
+    });
+    const gotR = once(r, "message");
+    const [[as], [ar]] = await Promise.all([gotS, gotR]);
+    s.send(ar);
+    r.send(as);
+    const [es, er] = await Promise.all([s.exited, r.exited]);
+    assert.equal(es.state, "shutdown", es.error?.stack);
+    assert.equal(er.state, "shutdown", er.error?.stack);
+    await Promise.all([s.destroy(), r.destroy()]);
+    return [es.result, er.result] as [Record<string, unknown>, Record<string, unknown>];
+  };
+  const [sent, received] = await run(false);
+  assert.deepEqual(
+    [sent.eager, sent.rndv, received.eager, received.rndv],
+    ["MX_STATUS_SUCCESS", "MX_STATUS_SUCCESS", "MX_STATUS_SUCCESS", "MX_STATUS_SUCCESS"],
+  );
+  const [starved] = await run(true);
+  assert.equal(starved.eager, "MX_STATUS_NO_RESOURCES");
+  assert.match(String(starved.eagerReason), /pages/, "the reason names the knob");
+  assert.match(String(starved.eagerReason), /myrixen run --pages/);
+});

@@ -120,14 +120,25 @@ async function exercisePair(a: Agent, b: Agent, label: string): Promise<void> {
     seed: 0,
   });
 
-  // The data phase: the backend must not see it.
+  // The data phase: the backend must not see it. A arms a pull right for B (as a rendezvous
+  // sender does); B pulls under it.
   const before = host.backendStats();
   const nicBefore = host.nic.counters().global.pull_bytes;
+  const right = await a.call<{ index: number; key: number }>({
+    op: "expose",
+    endpointId: epA.endpointId,
+    index: 0,
+    regionId: src.regionId,
+    offset: 0,
+    length: 64 * 1024,
+  });
   const pull = await b.call<{ type: number; status: number; length: number }>({
     op: "pull",
     endpointId: epB.endpointId,
-    srcRegion: src.regionId,
-    srcKey: src.key,
+    srcEndpoint: epA.endpointId,
+    srcSession: epA.session,
+    srcRegion: right.index,
+    srcKey: right.key,
     srcOffset: 100,
     dstRegion: dst.regionId,
     dstOffset: 200,
@@ -144,14 +155,31 @@ async function exercisePair(a: Agent, b: Agent, label: string): Promise<void> {
   const bad = await b.call<{ type: number; status: number }>({
     op: "pull",
     endpointId: epB.endpointId,
-    srcRegion: src.regionId,
-    srcKey: src.key ^ 1,
+    srcEndpoint: epA.endpointId,
+    srcSession: epA.session,
+    srcRegion: right.index,
+    srcKey: right.key ^ 1,
     srcOffset: 0,
     dstRegion: dst.regionId,
     dstOffset: 0,
     length: 16,
   });
-  assert.equal(bad.type, EventType.Error, `${label}: a wrong region key is refused by the NIC`);
+  assert.equal(bad.type, EventType.Error, `${label}: a wrong key is refused by the NIC`);
+  const regionKey = await b.call<{ type: number; status: number }>({
+    op: "pull",
+    endpointId: epB.endpointId,
+    srcRegion: src.regionId,
+    srcKey: src.key,
+    srcOffset: 0,
+    dstRegion: dst.regionId,
+    dstOffset: 0,
+    length: 16,
+  });
+  assert.equal(
+    regionKey.type,
+    EventType.Error,
+    `${label}: the region's own key does not reach it from another endpoint`,
+  );
   assert.equal(
     host.backendStats().requests,
     before.requests,

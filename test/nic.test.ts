@@ -42,6 +42,7 @@ import {
   D_SRC_OFFSET,
   D_SRC_REGION,
   DESC_WORDS,
+  DFLAG_EXPOSURE,
   E_AUX0,
   E_AUX1,
   E_COOKIE,
@@ -62,6 +63,10 @@ import {
   ErrorReason,
   EVENT_WORDS,
   EventType,
+  EXPOSURE_ENTRIES,
+  EXPOSURE_OFFSET,
+  EXPOSURE_WORDS,
+  ExposureState,
   I_SEQ,
   I_SLEEPING,
   INTR_BYTES,
@@ -83,6 +88,11 @@ import {
   W_SQ_PROD,
   W_STATE,
   WINDOW_BYTES,
+  X_KEY,
+  X_LENGTH,
+  X_OFFSET,
+  X_REGION,
+  X_STATE,
 } from "../src/nic/window.js";
 import { SyncCallClient, SyncCallFailed } from "../src/xen/sync-call.js";
 import type { HostileOwnerData, HostileOwnerResult } from "./fixtures/nic-owner.js";
@@ -294,7 +304,41 @@ class Owner {
   close(): void {
     call({ op: "close_endpoint", endpointId: this.id }, this.client);
   }
+
+  /**
+   * Arms pull right `index` of this window for [offset, offset + length) of `region`, in
+   * window.ts's order (range, a fresh key, then the state), as an MX library does before it
+   * publishes a rendezvous. Returns the key.
+   */
+  expose(index: number, region: { regionId: number }, offset: number, length: number): number {
+    const b = EXPOSURE_OFFSET / 4 + index * EXPOSURE_WORDS;
+    const key = (nextKey = (Math.imul(nextKey, 1103515245) + 12345) >>> 0) || 1;
+    Atomics.store(this.w, b + X_STATE, ExposureState.Free);
+    Atomics.store(this.w, b + X_REGION, region.regionId);
+    Atomics.store(this.w, b + X_OFFSET, offset);
+    Atomics.store(this.w, b + X_LENGTH, length);
+    Atomics.store(this.w, b + X_KEY, key);
+    Atomics.store(this.w, b + X_STATE, ExposureState.Armed);
+    return key;
+  }
+
+  exposureState(index: number): number {
+    return Atomics.load(this.w, EXPOSURE_OFFSET / 4 + index * EXPOSURE_WORDS + X_STATE);
+  }
+
+  /** A PULL descriptor under pull right (index, key) that this endpoint armed. */
+  rightOf(index: number, key: number): Desc & Partial<Desc> {
+    return {
+      op: Opcode.Pull | (DFLAG_EXPOSURE << 16),
+      destEndpoint: this.id,
+      destSession: this.session,
+      srcRegion: index,
+      srcKey: key,
+    };
+  }
 }
+
+let nextKey = 0x9e3779b9;
 
 function open(owner = "test", endpointId = ANY_ENDPOINT, key = 0x1234, client = ctl): Owner {
   return new Owner(call<OpenEndpointReply>({ op: "open_endpoint", owner, endpointId, key }, client), client);
@@ -389,6 +433,18 @@ test("32 endpoint contexts: windows, sessions, EBUSY, ENOSPC, bad arguments, clo
     assert.equal(lookup.intr.byteLength, INTR_BYTES);
   }
   assert.deepEqual(call({ op: "lookup_endpoint", endpointId: 5, key: 99 }), { status: "bad_key" });
+  // For a requester (the driver connecting its endpoint 7), wrong keys are throttled as
+  // CONNECTs are: four answered, then refused for a while, the right key included.
+  const asFrom = (requester: number, key: number) =>
+    call<LookupReply>({ op: "lookup_endpoint", endpointId: 5, key, requester });
+  for (let i = 0; i < 4; i++) assert.deepEqual(asFrom(7, 100 + i), { status: "bad_key" });
+  for (const key of [104, 0x1234]) {
+    const r = asFrom(7, key);
+    assert.equal(r.status, "throttled", `key ${key}`);
+    if (r.status === "throttled") assert.ok(r.retryAfterMs > 0 && r.retryAfterMs <= 1000);
+  }
+  assert.equal(asFrom(8, 0x1234).status, "ok", "another requester is not held back");
+  expectErrno(() => asFrom(99, 0x1234), "EINVAL", /requester/);
 
   five.close();
   assert.equal(five.w[W_STATE], EndpointState.Closed);
@@ -504,7 +560,7 @@ test("register_region validates memory, runs, lengths and access bits; deregiste
 
 // ---- PULL ----------------------------------------------------------------------------------
 
-test("PULL copies across the runs of both regions under the key; every refusal is an ERROR event", () => {
+test("PULL copies across the runs of both regions under a pull right; every refusal is an ERROR event", () => {
   const a = open("puller");
   const b = open("source");
   const bMem = memory(256 * 1024, 2);
@@ -522,12 +578,12 @@ test("PULL copies across the runs of both regions under the key; every refusal i
   const dst = a.register(aMem, aRuns, Access.LocalWrite);
   const before = counters();
 
+  // b exposes bytes 50..33000 of its region; a pulls 32000 of them, from offset 50 of that range.
+  const key = b.expose(0, src, 50, 32950);
   a.post({
-    op: Opcode.Pull,
+    ...b.rightOf(0, key),
     cookie: 11,
-    srcRegion: src.regionId,
-    srcKey: src.key,
-    srcOffset: 100,
+    srcOffset: 50,
     dstRegion: dst.regionId,
     dstOffset: 500,
     length: 32000,
@@ -549,6 +605,10 @@ test("PULL copies across the runs of both regions under the key; every refusal i
     aAll.subarray(50000).every((x) => x === 0),
     "nothing lands past the region",
   );
+  assert.equal(b.exposureState(0), ExposureState.Used, "the right is spent");
+  // The same right again: refused, whatever b has put in that memory since.
+  a.post({ ...b.rightOf(0, key), cookie: 12, dstRegion: dst.regionId, length: 64 });
+  assertError(a.nextEvent(), ErrorReason.NoRight, MxStatus.BAD_RDMAWIN, 12, "a spent right");
 
   const bOnlyLocal = b.register(bMem, [{ offset: 0, length: 4096 }], Access.LocalRead);
   const bWritableMem = new SharedArrayBuffer(4096);
@@ -559,36 +619,36 @@ test("PULL copies across the runs of both regions under the key; every refusal i
   );
   const aReadOnly = a.register(aMem, [{ offset: 0, length: 4096 }], Access.LocalRead);
   const gone = b.register(bMem, [{ offset: 0, length: 4096 }], Access.RemoteRead);
+  const k1 = b.expose(1, src, 0, src.length);
+  const k2 = b.expose(2, bOnlyLocal, 0, 4096);
+  const k3 = b.expose(3, gone, 0, 4096);
+  const k4 = b.expose(4, dst, 0, 4096); // names a region that is not b's
   call({ op: "deregister_region", endpointId: b.id, regionId: gone.regionId });
   const pull = (cookie: number, d: Partial<Desc>) =>
-    a.post({
-      op: Opcode.Pull,
-      cookie,
-      srcRegion: src.regionId,
-      srcKey: src.key,
-      dstRegion: dst.regionId,
-      length: 64,
-      ...d,
-    });
+    a.post({ ...b.rightOf(1, k1), cookie, dstRegion: dst.regionId, length: 64, ...d });
   const cases: [number, Partial<Desc>, number, number][] = [
-    [1, { srcKey: src.key ^ 1 }, ErrorReason.BadKey, MxStatus.BAD_KEY],
+    [1, { srcKey: k1 ^ 1 }, ErrorReason.BadKey, MxStatus.BAD_KEY],
     [2, { srcOffset: src.length - 10, length: 20 }, ErrorReason.OutOfBounds, MxStatus.BAD_RDMAWIN],
     [3, { srcOffset: 0xffffffff, length: 2 }, ErrorReason.OutOfBounds, MxStatus.BAD_RDMAWIN],
     [4, { length: 0xffffffff }, ErrorReason.OutOfBounds, MxStatus.BAD_RDMAWIN],
     [5, { dstOffset: dst.length - 63 }, ErrorReason.OutOfBounds, MxStatus.BAD_RDMAWIN],
     [6, { dstRegion: bWritable.regionId }, ErrorReason.Permission, MxStatus.BAD_RDMAWIN],
     [7, { dstRegion: aReadOnly.regionId }, ErrorReason.Permission, MxStatus.BAD_RDMAWIN],
+    [8, b.rightOf(2, k2), ErrorReason.Permission, MxStatus.BAD_RDMAWIN],
+    [9, b.rightOf(EXPOSURE_ENTRIES + 5, k1), ErrorReason.NoRight, MxStatus.BAD_RDMAWIN],
+    [10, b.rightOf(77, k1), ErrorReason.NoRight, MxStatus.BAD_RDMAWIN],
+    [11, b.rightOf(3, k3), ErrorReason.BadRegion, MxStatus.BAD_RDMAWIN],
+    [12, { dstRegion: 0xdeadbeef }, ErrorReason.BadRegion, MxStatus.BAD_RDMAWIN],
+    [13, { op: 77 }, ErrorReason.UnknownOpcode, MxStatus.ABORTED],
+    [14, { destSession: b.session ^ 1 }, ErrorReason.BadSession, MxStatus.BAD_SESSION],
+    [15, b.rightOf(4, k4), ErrorReason.Permission, MxStatus.BAD_RDMAWIN],
+    // The region's own id and key, without a right: they no longer reach another endpoint's memory.
     [
-      8,
-      { srcRegion: bOnlyLocal.regionId, srcKey: bOnlyLocal.key },
+      16,
+      { op: Opcode.Pull, srcRegion: src.regionId, srcKey: src.key },
       ErrorReason.Permission,
       MxStatus.BAD_RDMAWIN,
     ],
-    [9, { srcRegion: 12345 }, ErrorReason.BadRegion, MxStatus.BAD_RDMAWIN],
-    [10, { srcRegion: 0 }, ErrorReason.BadRegion, MxStatus.BAD_RDMAWIN],
-    [11, { srcRegion: gone.regionId, srcKey: gone.key }, ErrorReason.BadRegion, MxStatus.BAD_RDMAWIN],
-    [12, { dstRegion: 0xdeadbeef }, ErrorReason.BadRegion, MxStatus.BAD_RDMAWIN],
-    [13, { op: 77 }, ErrorReason.UnknownOpcode, MxStatus.ABORTED],
   ];
   for (const [cookie, d] of cases) pull(cookie, d);
   for (const [cookie, , reason, status] of cases)
@@ -598,38 +658,76 @@ test("PULL copies across the runs of both regions under the key; every refusal i
     new Uint8Array(bWritableMem).every((x) => x === 0),
     "the other endpoint's writable region is untouched",
   );
+  assert.equal(b.exposureState(1), ExposureState.Armed, "refusals do not spend a right");
 
   // A pull larger than the DMA chunk goes a chunk at a time and arrives whole.
   const bigSrc = memory(8 << 20, 3);
   const bigDst = new SharedArrayBuffer(8 << 20);
   const s = b.register(bigSrc, [{ offset: 0, length: 8 << 20 }], Access.RemoteRead);
   const t = a.register(bigDst, [{ offset: 0, length: 8 << 20 }], Access.LocalWrite);
-  a.post({
-    op: Opcode.Pull,
-    cookie: 99,
-    srcRegion: s.regionId,
-    srcKey: s.key,
-    dstRegion: t.regionId,
-    length: 8 << 20,
-  });
+  a.post({ ...b.rightOf(5, b.expose(5, s, 0, 8 << 20)), cookie: 99, dstRegion: t.regionId, length: 8 << 20 });
   const bigDone = a.nextEvent();
   assertEvent(bigDone, EventType.PullDone, MxStatus.SUCCESS, "8 MiB pull");
   assert.equal(bigDone.length, 8 << 20);
   assert.equal(digest(bigDst), digest(bigSrc));
+  assert.equal(b.exposureState(5), ExposureState.Used);
+
+  // Its own regions an endpoint copies between with their key (no right needed).
+  const own = a.register(aMem, [{ offset: 200000, length: 4096 }], Access.LocalRead | Access.LocalWrite);
+  a.post({
+    op: Opcode.Pull,
+    cookie: 50,
+    srcRegion: own.regionId,
+    srcKey: own.key,
+    dstRegion: own.regionId,
+    dstOffset: 2048,
+    length: 1024,
+  });
+  assertEvent(a.nextEvent(), EventType.PullDone, MxStatus.SUCCESS, "a copy within its own memory");
 
   const after = counters();
   assert.equal(after.global.error_bad_key - before.global.error_bad_key, 1);
   assert.equal(after.global.error_out_of_bounds - before.global.error_out_of_bounds, 4);
-  assert.equal(after.global.error_permission - before.global.error_permission, 3);
-  assert.equal(after.global.error_bad_region - before.global.error_bad_region, 4);
-  assert.equal(after.global.pulls - before.global.pulls, 2);
-  assert.equal(after.global.pull_bytes - before.global.pull_bytes, 32000 + (8 << 20));
+  assert.equal(after.global.error_permission - before.global.error_permission, 5);
+  assert.equal(after.global.error_bad_region - before.global.error_bad_region, 2);
+  assert.equal(after.global.error_no_right - before.global.error_no_right, 3);
+  assert.equal(after.global.pulls - before.global.pulls, 3);
+  assert.equal(after.global.pull_bytes - before.global.pull_bytes, 32000 + (8 << 20) + 1024);
+  assert.equal(after.global.pull_rights_taken - before.global.pull_rights_taken, 2);
+  assert.equal(after.global.pull_rights_refused - before.global.pull_rights_refused, 9);
   assert.ok(after.global.pull_chunks - before.global.pull_chunks >= 9, "the big pull went in chunks");
-  assert.equal(after.endpoints[a.id].errors - before.endpoints[a.id].errors, cases.length);
+  assert.equal(after.endpoints[a.id].errors - before.endpoints[a.id].errors, cases.length + 1);
 
-  // The source's endpoint closes: its regions go with it, and the puller hears that it closed.
+  // b revokes a right while a pulls under it: the NIC stops at the next chunk and lets go.
+  const huge = memory(64 << 20, 4);
+  const hs = b.register(huge, [{ offset: 0, length: 64 << 20 }], Access.RemoteRead);
+  const hd = a.register(
+    new SharedArrayBuffer(64 << 20),
+    [{ offset: 0, length: 64 << 20 }],
+    Access.LocalWrite,
+  );
+  a.post({
+    ...b.rightOf(6, b.expose(6, hs, 0, 64 << 20)),
+    cookie: 60,
+    dstRegion: hd.regionId,
+    length: 64 << 20,
+  });
+  const at = EXPOSURE_OFFSET / 4 + 6 * EXPOSURE_WORDS + X_STATE;
+  waitUntil(() => b.exposureState(6) !== ExposureState.Armed, "the NIC took the right");
+  const was = Atomics.compareExchange(b.w, at, ExposureState.Busy, ExposureState.Revoking);
+  const revoked = a.nextEvent();
+  if (was === ExposureState.Busy) {
+    assertEvent(revoked, EventType.PullDone, MxStatus.ABORTED, "a revoked right");
+    assert.ok(revoked.length < 64 << 20, "stopped part way");
+    assert.equal(counters().global.pull_rights_revoked - after.global.pull_rights_revoked, 1);
+  } else assertEvent(revoked, EventType.PullDone, MxStatus.SUCCESS, "done before the revocation");
+  assert.equal(b.exposureState(6), ExposureState.Used, "the NIC let go of it");
+
+  // The source's endpoint closes: its rights go with it, and the puller hears that it closed.
+  const k7 = b.expose(7, src, 0, 64);
+  const bRight = b.rightOf(7, k7);
   b.close();
-  pull(20, {});
+  a.post({ ...bRight, cookie: 20, dstRegion: dst.regionId, length: 64 });
   assertError(a.nextEvent(), ErrorReason.UnknownEndpoint, MxStatus.ENDPOINT_CLOSED, 20, "source closed");
   a.close();
 });
@@ -1148,11 +1246,11 @@ test("a hostile owner's 100,000 garbage descriptors never hurt the other endpoin
         const len = 1 + next(16384);
         const so = next(64 * 1024 - len);
         const dOff = next(64 * 1024 - len);
+        // The peer arms a pull right for the good endpoint, as a rendezvous sender would.
+        const index = (ops >> 1) % 64;
         good.post({
-          op: Opcode.Pull,
+          ...peer.rightOf(index, peer.expose(index, pSrc, 0, 64 * 1024)),
           cookie,
-          srcRegion: pSrc.regionId,
-          srcKey: pSrc.key,
           srcOffset: so,
           dstRegion: gDst.regionId,
           dstOffset: dOff,
@@ -1224,6 +1322,7 @@ test("a hostile owner's 100,000 garbage descriptors never hurt the other endpoin
     "error_permission",
     "error_bad_length",
     "error_bad_index",
+    "error_no_right",
   ] as const)
     assert.ok(d(k) > 0, `${k} was counted`);
   assert.ok(d("send_failures") > 0, "sends to wrong sessions and nowhere failed");

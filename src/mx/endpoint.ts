@@ -9,7 +9,8 @@
  *   EAGER  match, length, payload inline; aux0 = sync id (issend: the receiver answers
  *          with NOTIFY when it matched), aux1 = sender sequence
  *   RNDV   match, message length, no payload; aux0 = sync id (the send completes on
- *          NOTIFY), aux1 = sequence, aux2 = region, aux3 = key, aux4 = offset in region
+ *          NOTIFY), aux1 = sequence, aux2 = exposure index, aux3 = its key, aux4 = 0 (the
+ *          pull right armed for this message in our window: window.ts, the exposure table)
  *   NOTIFY aux0 = sync id, aux1 = bytes transferred, aux2 = MX status
  * Tracing (trace.ts): a traced EAGER or RNDV record has FLAG_TRACED in its flags and its
  * trace sequence number in aux5; a traced PULL descriptor has DFLAG_TRACE and its PULL_DONE
@@ -23,6 +24,7 @@
  * and the NIC kick it only while its owner says it sleeps.
  */
 
+import { getRandomValues } from "node:crypto";
 import { MxStatus } from "../nic/status.js";
 import {
   D_AUX0,
@@ -41,6 +43,7 @@ import {
   D_SRC_OFFSET,
   D_SRC_REGION,
   DESC_WORDS,
+  DFLAG_EXPOSURE,
   DFLAG_REMOTE,
   DFLAG_TRACE,
   E_AUX0,
@@ -50,6 +53,7 @@ import {
   E_LENGTH,
   E_MATCH_HI,
   E_MATCH_LO,
+  E_REASON,
   E_RECV_OFFSET,
   E_RECV_SPAN,
   E_SRC_ENDPOINT,
@@ -62,6 +66,10 @@ import {
   EQ_OFFSET,
   EVENT_WORDS,
   EventType,
+  EXPOSURE_ENTRIES,
+  EXPOSURE_OFFSET,
+  EXPOSURE_WORDS,
+  ExposureState,
   I_SEQ,
   I_SLEEPING,
   Opcode,
@@ -78,6 +86,11 @@ import {
   W_SQ_CONS,
   W_SQ_PROD,
   WIRE_TIMEOUT_MS,
+  X_KEY,
+  X_LENGTH,
+  X_OFFSET,
+  X_REGION,
+  X_STATE,
 } from "../nic/window.js";
 import { FLAG_NO_PAYLOAD, LaneReader, LaneWriter, RECORD_HEADER_BYTES } from "./channel.js";
 import { DEFAULT_RNDV_THRESHOLD, MX_INFINITE, MxError, MxReturn } from "./codes.js";
@@ -115,6 +128,7 @@ import {
   COOKIE_CONNECT,
   COOKIE_SEND,
   DEFAULT_STAGING_SLOTS,
+  sendFailureText,
   WIRE_ID_MASK,
   WIRE_ID_SHIFT,
   WIRE_RNDV_BYTES,
@@ -180,6 +194,8 @@ export class MxAddress {
   lastNews = 0;
   /** @internal A probe is in flight. */
   probing = false;
+  /** @internal Why a message to this peer failed (a hole in its sequence), once one has. */
+  holed: string | undefined;
   /** @internal How sends went before Ethernet was chosen (VIA_CHANNEL, VIA_WIRE or VIA_NONE). */
   fastVia = VIA_NONE;
   /** @internal The peer's frame stream over Ethernet, once resolved (ether.ts). */
@@ -259,6 +275,11 @@ export class MxRequest extends MxStatusInfo {
   /** @internal */ completedByUser = false;
   /** @internal Message id while traced (trace.ts), else 0. */
   traceId = 0;
+  /** @internal The pull right armed for this rendezvous send (exposure index), or -1. */
+  xp = -1;
+  /** @internal Completion waits for the NIC to let go of the right: the status it will get. */
+  xpCode = -1;
+  xpXfer = 0;
 
   constructor(
     readonly kind: RequestKind,
@@ -313,6 +334,8 @@ interface PendingConnect {
   done: boolean;
   status: number;
   session: number;
+  /** REJECTED: how long the peer's NIC refuses us (ms), after too many wrong keys. */
+  retryAfter?: number;
   /** Over Ethernet: who answered, and whether it is on the split path. */
   mac?: Uint8Array;
   peerSplit?: boolean;
@@ -463,6 +486,14 @@ export class MxEndpoint {
   /** The driver registers memory with a NIC (the split driver has nothing to register). */
   private readonly registers: boolean;
   private nextId = 1;
+  /** Our exposure table (window.ts): pull rights for our rendezvous sends, one per message. */
+  private readonly xpTable: Int32Array;
+  private readonly xpFree = new Int32Array(EXPOSURE_ENTRIES);
+  private xpFreeCount = EXPOSURE_ENTRIES;
+  private readonly xpKeys = new Uint32Array(64);
+  private xpKeyAt = 64;
+  /** Sends whose completion waits for the NIC to stop copying under their revoked right. */
+  private readonly xpRevoking: MxRequest[] = [];
   private sqProd = 0;
   private eqCons = 0;
   private rqCons = 0;
@@ -507,6 +538,8 @@ export class MxEndpoint {
     this.window = new Int32Array(ep.window);
     this.windowBytes = new Uint8Array(ep.window);
     this.intr = new Int32Array(ep.intr);
+    this.xpTable = new Int32Array(ep.window, EXPOSURE_OFFSET, EXPOSURE_ENTRIES * EXPOSURE_WORDS);
+    for (let i = 0; i < EXPOSURE_ENTRIES; i++) this.xpFree[i] = EXPOSURE_ENTRIES - 1 - i;
     this.sqProd = Atomics.load(this.window, W_SQ_PROD) >>> 0;
     this.eqCons = Atomics.load(this.window, W_EQ_CONS) >>> 0;
     this.rqCons = Atomics.load(this.window, W_RQ_CONS) >>> 0;
@@ -620,6 +653,11 @@ export class MxEndpoint {
       }
       case MxStatus.BAD_KEY:
         throw new MxError("MX_BAD_CONNECTION_KEY", `${where} refused the key 0x${key.toString(16)}`);
+      case MxStatus.REJECTED:
+        throw new MxError(
+          "MX_BUSY",
+          `${where} refuses connections from this endpoint for ${pending.retryAfter ?? 0} ms more: too many wrong keys (retry then, with the key its owner opened it with)`,
+        );
       case MxStatus.ENDPOINT_UNKNOWN:
       case MxStatus.ENDPOINT_CLOSED:
         throw new MxError("MX_CONNECTION_FAILED", `${where}: no such endpoint is open`);
@@ -724,6 +762,7 @@ export class MxEndpoint {
       this.traceBuffer!.record(req.traceId, TraceStage.Posted, traceNow());
     }
     if (dest.dead) {
+      req.reason = `this peer is disconnected: ${dest.dead}`;
       this.complete(req, MxStatus.ENDPOINT_UNREACHABLE, 0);
       return req;
     }
@@ -750,6 +789,7 @@ export class MxEndpoint {
   private trySendChannel(req: MxRequest): boolean {
     const dest = req.dest!;
     const w = dest.writer!;
+    if (req.rndv && !this.expose(req)) return false;
     const payload = req.rndv ? 0 : req.buffer.length;
     const at = w.reserve(payload);
     if (at < 0) return false;
@@ -766,10 +806,9 @@ export class MxEndpoint {
     words[i + 5] = req.syncId;
     words[i + 6] = dest.sendSeq++;
     if (req.rndv) {
-      const r = req.reg!;
-      words[i + 7] = r.regionId;
-      words[i + 8] = r.key;
-      words[i + 9] = (req.bounce ?? req.buffer).byteOffset - r.start;
+      words[i + 7] = req.xp;
+      words[i + 8] = this.xpTable[req.xp * EXPOSURE_WORDS + X_KEY];
+      words[i + 9] = 0;
       this.counters.rndv++;
     } else {
       if (payload > 0) copyInto(w.bytes, at + RECORD_HEADER_BYTES, req.buffer, 0, payload);
@@ -807,17 +846,17 @@ export class MxEndpoint {
         return true;
       }
     }
+    if (req.rndv && !this.expose(req)) return false;
     const slot = st.take(req);
     if (slot < 0) return false;
     const at = st.offsetOf(slot);
     let len: number;
     if (req.rndv) {
-      const r = req.reg!;
       const b = st.bytes;
       putWord(b, at, req.buffer.length);
-      putWord(b, at + 4, r.regionId);
-      putWord(b, at + 8, r.key);
-      putWord(b, at + 12, (req.bounce ?? req.buffer).byteOffset - r.start);
+      putWord(b, at + 4, req.xp);
+      putWord(b, at + 8, this.xpTable[req.xp * EXPOSURE_WORDS + X_KEY]);
+      putWord(b, at + 12, 0);
       len = WIRE_RNDV_BYTES;
       this.counters.rndv++;
     } else {
@@ -905,6 +944,90 @@ export class MxEndpoint {
       this.complete(req, MxStatus.NO_RESOURCES, 0);
       return false;
     }
+  }
+
+  // ---- pull rights (window.ts, the exposure table) ----------------------------------------------
+  //
+  // A rendezvous names an entry of our exposure table armed for that one message, never our
+  // region's key: our NIC lets the receiver pull it once, and we revoke it when the send ends.
+
+  /**
+   * Arms a pull right for the rendezvous send's payload (once; it stays armed if the record
+   * has to wait for room). false: all EXPOSURE_ENTRIES are in use, the send waits.
+   */
+  private expose(req: MxRequest): boolean {
+    if (req.xp >= 0) return true;
+    if (this.xpFreeCount === 0) return false;
+    // prepareRndv registered the data (the cache entry may cover more: the right does not).
+    const r = req.reg!;
+    const i = this.xpFree[--this.xpFreeCount];
+    const x = this.xpTable;
+    const b = i * EXPOSURE_WORDS;
+    // In window.ts's order: the range, a fresh key, then the state that makes it takeable.
+    Atomics.store(x, b + X_REGION, r.regionId);
+    Atomics.store(x, b + X_OFFSET, (req.bounce ?? req.buffer).byteOffset - r.start);
+    Atomics.store(x, b + X_LENGTH, req.buffer.length);
+    Atomics.store(x, b + X_KEY, this.freshKey());
+    Atomics.store(x, b + X_STATE, ExposureState.Armed);
+    req.xp = i;
+    return true;
+  }
+
+  /**
+   * Revokes the send's right as it completes with (code, xfer). false: the NIC is still
+   * copying under it — the send completes once the NIC lets go (our buffer is read until then).
+   */
+  private unexpose(req: MxRequest, code: number, xfer: number): boolean {
+    if (req.xpCode >= 0) return false;
+    const x = this.xpTable;
+    const at = req.xp * EXPOSURE_WORDS + X_STATE;
+    let st = Atomics.compareExchange(x, at, ExposureState.Armed, ExposureState.Free);
+    if (st === ExposureState.Busy)
+      st = Atomics.compareExchange(x, at, ExposureState.Busy, ExposureState.Revoking);
+    if (st === ExposureState.Busy || st === ExposureState.Revoking) {
+      req.xpCode = code;
+      req.xpXfer = xfer;
+      this.xpRevoking.push(req);
+      return false;
+    }
+    this.freeRight(req);
+    return true;
+  }
+
+  private freeRight(req: MxRequest): void {
+    const b = req.xp * EXPOSURE_WORDS;
+    Atomics.store(this.xpTable, b + X_STATE, ExposureState.Free);
+    Atomics.store(this.xpTable, b + X_KEY, 0);
+    this.xpFree[this.xpFreeCount++] = req.xp;
+    req.xp = -1;
+  }
+
+  /** Completes the sends whose revoked rights the NIC has let go of. */
+  private finishRevokes(): void {
+    const list = this.xpRevoking;
+    for (let i = list.length - 1; i >= 0; i--) {
+      const req = list[i];
+      const st = Atomics.load(this.xpTable, req.xp * EXPOSURE_WORDS + X_STATE);
+      if (st === ExposureState.Busy || st === ExposureState.Revoking) continue;
+      list.splice(i, 1);
+      this.freeRight(req);
+      const code = req.xpCode;
+      req.xpCode = -1;
+      this.complete(req, code, req.xpXfer);
+    }
+  }
+
+  /** A nonzero random key, from a batch drawn 64 at a time (one getRandomValues per 64 messages). */
+  private freshKey(): number {
+    let k = 0;
+    while (k === 0) {
+      if (this.xpKeyAt === this.xpKeys.length) {
+        getRandomValues(this.xpKeys);
+        this.xpKeyAt = 0;
+      }
+      k = this.xpKeys[this.xpKeyAt++];
+    }
+    return k;
   }
 
   /** mx_irecv with match value and mask as 32-bit word pairs. */
@@ -1137,6 +1260,8 @@ export class MxEndpoint {
 
   private complete(req: MxRequest, code: number, xfer: number): void {
     if (req.done) return;
+    // A rendezvous send's pull right ends with it; its buffer is ours again only once it has.
+    if (req.xp >= 0 && !this.unexpose(req, code, xfer)) return;
     req.status.code = code;
     req.status.xferLength = xfer;
     req.done = true;
@@ -1258,6 +1383,7 @@ export class MxEndpoint {
         this.failPeer(peer, "the peer endpoint went away", MxStatus.ENDPOINT_CLOSED);
       }
     }
+    if (sweep && this.xpRevoking.length > 0) this.finishRevokes();
     if (sweep || this.usesWire) {
       this.pollEvents();
       if (sweep && this.waitingSync.size > 0 && this.usesWire) this.probeSilentPeers(performance.now());
@@ -1568,8 +1694,9 @@ export class MxEndpoint {
     this.pulls.set(cookie, { recv: req, source, syncId, xfer });
     this.counters.pulls++;
     const tid = this.tracing ? req.traceId : 0;
-    let dflags = tid !== 0 ? DFLAG_TRACE : 0;
-    // A rendezvous from another NIC is pulled across the link (window.ts DFLAG_REMOTE).
+    // The source is the pull right the sender armed (window.ts DFLAG_EXPOSURE: region = its
+    // index, key = its key, offset within it); from another NIC across the link (DFLAG_REMOTE).
+    let dflags = (tid !== 0 ? DFLAG_TRACE : 0) | DFLAG_EXPOSURE;
     if (source.nic !== this.nicId) dflags |= DFLAG_REMOTE;
     const w = this.window;
     const b = this.sqSlot(true);
@@ -1581,11 +1708,9 @@ export class MxEndpoint {
     w[b + D_DST_REGION] = dst.regionId;
     w[b + D_DST_OFFSET] = (req.bounce ?? req.buffer).byteOffset - dst.start;
     w[b + D_LENGTH] = xfer;
-    if (dflags & DFLAG_REMOTE) {
-      w[b + D_DEST_NIC] = source.nic;
-      w[b + D_DEST_ENDPOINT] = source.endpoint;
-      w[b + D_DEST_SESSION] = source.session;
-    }
+    w[b + D_DEST_NIC] = source.nic;
+    w[b + D_DEST_ENDPOINT] = source.endpoint;
+    w[b + D_DEST_SESSION] = source.session;
     if (tid !== 0) this.traceBuffer!.record(tid, TraceStage.PullPosted, traceNow());
     this.sqPost();
   }
@@ -1650,7 +1775,11 @@ export class MxEndpoint {
       } else if (type === EventType.Recv) {
         this.onWireRecv(base);
       } else if (type === EventType.SendDone || (type === EventType.Error && (cookie & COOKIE_SEND) !== 0)) {
-        this.onSendDone(cookie, status === 0 && type === EventType.Error ? MxStatus.ABORTED : status);
+        this.onSendDone(
+          cookie,
+          status === 0 && type === EventType.Error ? MxStatus.ABORTED : status,
+          type === EventType.SendDone ? w[base + E_REASON] >>> 0 : 0,
+        );
       } else if (
         type === EventType.ConnectDone ||
         (type === EventType.Error && (cookie & COOKIE_CONNECT) !== 0)
@@ -1660,6 +1789,7 @@ export class MxEndpoint {
           c.done = true;
           c.status = type === EventType.Error ? status || MxStatus.ABORTED : status;
           c.session = w[base + E_SRC_SESSION] >>> 0;
+          c.retryAfter = w[base + E_AUX0] >>> 0;
         }
       } else if (type === EventType.Error) {
         this.counters.nicErrors++;
@@ -1745,8 +1875,8 @@ export class MxEndpoint {
     return peer;
   }
 
-  /** A SEND of ours finished (SEND_DONE, or an ERROR for its descriptor). */
-  private onSendDone(cookie: number, status: number): void {
+  /** A SEND of ours finished (SEND_DONE with the NIC's ErrorReason, or an ERROR for its descriptor). */
+  private onSendDone(cookie: number, status: number, reason: number): void {
     const slot = cookie & 0xffff;
     if (slot === NO_SLOT) {
       if (status !== MxStatus.SUCCESS) this.counters.nicErrors++;
@@ -1767,20 +1897,32 @@ export class MxEndpoint {
     }
     const req = owner as MxRequest | undefined;
     if (req === undefined) return;
+    const dest = req.dest;
     if (status === MxStatus.SUCCESS) {
-      if (!req.sync && !req.rndv) this.complete(req, MxStatus.SUCCESS, req.buffer.length);
+      // Placed after a sequence hole (an earlier send to this peer failed): its receiver will
+      // never match it, so it did not arrive either.
+      if (dest?.holed !== undefined) {
+        req.reason = `an earlier message to this peer failed (${dest.holed}); nothing after it is matched`;
+        this.complete(req, MxStatus.ENDPOINT_UNREACHABLE, 0);
+      } else if (!req.sync && !req.rndv) this.complete(req, MxStatus.SUCCESS, req.buffer.length);
       return;
     }
     if (req.syncId !== 0) this.waitingSync.delete(req.syncId);
+    req.reason = sendFailureText(status, reason);
     this.complete(req, status, 0);
-    const dest = req.dest;
-    if (
-      dest &&
-      (status === MxStatus.ENDPOINT_CLOSED ||
+    if (!dest) return;
+    // A message that did not arrive leaves a hole in this peer's sequence: the receiver would
+    // hold everything after it forever. So the peer is done for; what waits on it fails now.
+    dest.holed ??= `${mxStatusName(status)}${req.reason ? `: ${req.reason}` : ""}`;
+    this.failPeer(
+      dest,
+      status === MxStatus.ENDPOINT_CLOSED ||
         status === MxStatus.BAD_SESSION ||
-        status === MxStatus.ENDPOINT_UNKNOWN)
-    )
-      this.failPeer(dest, `the peer endpoint went away (${mxStatusName(status)})`, status);
+        status === MxStatus.ENDPOINT_UNKNOWN
+        ? `the peer endpoint went away (${mxStatusName(status)})`
+        : `a message to it failed (${dest.holed})`,
+      status,
+    );
   }
 
   /**
@@ -1885,10 +2027,14 @@ export class MxEndpoint {
     if (peer.dead) return;
     peer.dead = why;
     this.deadPeers++;
-    for (const r of peer.backlog.splice(0)) this.complete(r, code, 0);
+    for (const r of peer.backlog.splice(0)) {
+      r.reason ??= why;
+      this.complete(r, code, 0);
+    }
     for (const [id, r] of this.waitingSync) {
       if (r.dest === peer) {
         this.waitingSync.delete(id);
+        r.reason ??= why;
         this.complete(r, code, 0);
       }
     }
@@ -2513,6 +2659,13 @@ export class MxEndpoint {
       this.driver.closeEndpoint(this.endpointId);
     } catch {
       // The driver side may already be gone (host shutting down): nothing left to release here.
+    }
+    // The window and every right in it are gone with the endpoint: no copy can be under way.
+    for (const req of this.xpRevoking.splice(0)) {
+      req.xp = -1;
+      const code = req.xpCode;
+      req.xpCode = -1;
+      this.complete(req, code, req.xpXfer);
     }
     // Closing released the endpoint's registrations; the bounce buffers go back to memory.
     this.regs.clear();

@@ -6,14 +6,16 @@
  *
  *   aux0 = record type (bits 0..3) | flags (bits 4..7) | id << 8 (a 24-bit sync/pull id)
  *   EAGER   aux1 = sender sequence, payload = the message
- *   RNDV    aux1 = sender sequence, payload = 16 bytes: message length, region, key, offset
+ *   RNDV    aux1 = sender sequence, payload = 16 bytes: message length, exposure index, its
+ *           key, 0 (the pull right the sender armed for this message: nic/window.ts)
  *   NOTIFY  aux1 = MX status, match hi = bytes transferred, no payload
  *   PING    no payload, nothing to do: its SEND_DONE says whether the peer is still there
  *
  * Eager payloads leave from a staging area the endpoint registers once (one copy, as MX's
  * eager path); a slot is the sender's until the NIC reports the SEND done.
  */
-import { SEND_MAX } from "../nic/window.js";
+import { MxStatus } from "../nic/status.js";
+import { ErrorReason, HOLD_MS, SEND_MAX, WIRE_TIMEOUT_MS } from "../nic/window.js";
 import { type MxDriver, MxDriverError } from "./driver.js";
 
 export const WIRE_TYPE_MASK = 0xf;
@@ -28,6 +30,31 @@ export const COOKIE_SEND = 0x80000000;
 export const COOKIE_CONNECT = 0x40000000;
 
 export const DEFAULT_STAGING_SLOTS = 32;
+/**
+ * Staging sizes tried in turn: 1 MiB first, then less. A guest with the host's default 256
+ * pages (1 MiB in all) has about half of it free once MX is up: with 8 slots it still sends
+ * across hosts, with fewer eager messages in flight.
+ */
+const STAGING_TRIES = [DEFAULT_STAGING_SLOTS, 8, 2] as const;
+
+/** What a failed SEND_DONE's status and E_REASON (nic/window.ts) mean for the sender, in words. */
+export function sendFailureText(status: number, reason: number): string | undefined {
+  switch (reason) {
+    case ErrorReason.HoldExpired:
+      return `the receiving endpoint did not free receive space for ${HOLD_MS / 1000} s (it is not consuming what it is sent)`;
+    case ErrorReason.NoResources:
+      return "the receiving endpoint's NIC already holds as many messages for it as it can (it is not consuming what it is sent)";
+    case ErrorReason.Unreachable:
+      return `no answer from the peer's NIC within ${WIRE_TIMEOUT_MS} ms (its host stopped, or the link between the hosts is gone)`;
+    case ErrorReason.UnknownEndpoint:
+    case ErrorReason.BadSession:
+      return status === MxStatus.BAD_SESSION
+        ? "the peer endpoint was closed and reopened since we connected"
+        : "the peer endpoint is not open";
+    default:
+      return undefined;
+  }
+}
 
 /** The aux0 word of a wire record. */
 export function wireAux0(type: number, flags: number, id: number): number {
@@ -84,5 +111,27 @@ export class WireStaging {
 
   offsetOf(slot: number): number {
     return slot * SEND_MAX;
+  }
+
+  /**
+   * The largest staging area this endpoint's memory allows (STAGING_TRIES). When not even the
+   * smallest fits, the error says what it needed and which knob gives a guest more memory.
+   */
+  static open(driver: MxDriver, endpointId: number): WireStaging {
+    let last: unknown;
+    for (const slots of STAGING_TRIES) {
+      try {
+        return new WireStaging(driver, endpointId, slots);
+      } catch (e) {
+        last = e;
+      }
+    }
+    const why = last instanceof Error ? last.message.replace(/^MX_[A-Z_]+: /, "") : String(last);
+    throw new MxDriverError(
+      "MX_NO_RESOURCES",
+      `no memory for the staging area that messages to other hosts leave from (at least ${
+        STAGING_TRIES[STAGING_TRIES.length - 1]
+      } × ${SEND_MAX / 1024} KiB): ${why}. Give the domain more pages: startGuest({ pages }), or \`myrixen run --pages\``,
+    );
   }
 }

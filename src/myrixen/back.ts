@@ -511,15 +511,6 @@ export interface CoreConfig {
   log: (message: string) => void;
 }
 
-/**
- * Endpoint keys are 32 bits: guessing one must not be a loop away. Each connect refused for a
- * bad key fills a client's bucket by one; it drains one per second; while it holds more than
- * BAD_KEY_BURST, that client's connects are refused (MX_BUSY) before the NIC is asked. An
- * honest wrong key still gets a prompt MX_BAD_CONNECTION_KEY; 2^32 guesses take a century.
- */
-export const BAD_KEY_BURST = 16;
-const BAD_KEY_DRAIN_PER_S = 1;
-
 const U32 = (v: unknown): v is number =>
   typeof v === "number" && Number.isInteger(v) && v >= 0 && v <= 0xffffffff;
 
@@ -549,8 +540,6 @@ export class MyriCore {
   private readonly channels = new Map<number, ChannelRec>();
   private readonly pairs = new Map<string, ChannelRec>();
   private nextChannelId = 1;
-  /** Connects refused for a bad key, per domain (a leaky bucket: BAD_KEY_BURST). */
-  private readonly badKeys = new Map<DomId, { level: number; at: number }>();
 
   constructor(readonly cfg: CoreConfig) {
     const info = this.nic<NicInfo>({ op: "info" }, "MX_NIC_DEAD");
@@ -786,25 +775,17 @@ export class MyriCore {
         "MX_CONNECTION_FAILED",
         `peer NIC ${peerNic} is not this host's NIC (${this.nicId}); the driver connects co-resident endpoints only`,
       );
-    // Per domain, not per device session: reconnecting the device does not empty the bucket.
-    const now = performance.now();
-    let bucket = this.badKeys.get(client.domid);
-    if (!bucket) this.badKeys.set(client.domid, (bucket = { level: 0, at: now }));
-    bucket.level = Math.max(0, bucket.level - ((now - bucket.at) / 1000) * BAD_KEY_DRAIN_PER_S);
-    bucket.at = now;
-    if (bucket.level > BAD_KEY_BURST)
-      throw new MyriError(
-        "MX_BUSY",
-        `${client.label} presented ${Math.round(bucket.level)} bad connection keys lately; its connects are refused for ${Math.ceil(bucket.level - BAD_KEY_BURST)} s`,
-      );
     const look = this.nic<LookupReply>(
-      { op: "lookup_endpoint", endpointId: peerEndpoint, key },
+      // `requester`: the NIC throttles this endpoint's wrong keys (nic/connect-throttle.ts).
+      { op: "lookup_endpoint", endpointId: peerEndpoint, key, requester: ep.id },
       "MX_CONNECTION_FAILED",
     );
-    if (look.status === "bad_key") {
-      bucket.level++;
-      Atomics.add(this.cfg.stats, Stat.badKeys, 1);
-    }
+    if (look.status === "bad_key") Atomics.add(this.cfg.stats, Stat.badKeys, 1);
+    if (look.status === "throttled")
+      throw new MyriError(
+        "MX_BUSY",
+        `NIC ${peerNic} refuses connections from endpoint ${ep.id} for ${look.retryAfterMs} ms more: too many wrong keys (retry then, with the key the peer's owner opened it with)`,
+      );
     if (look.status === "bad_key")
       throw new MyriError(
         "MX_BAD_CONNECTION_KEY",
@@ -952,7 +933,6 @@ export class MyriCore {
    */
   forgetDomain(domid: DomId): void {
     this.memory.forgetDomain(domid);
-    this.badKeys.delete(domid);
   }
 }
 

@@ -40,8 +40,12 @@ export type NicControlRequest =
       access: number;
     }
   | { op: "deregister_region"; endpointId: number; regionId: number }
-  /** Connect-time check of a peer endpoint on this NIC: its key, session, and interrupt page. */
-  | { op: "lookup_endpoint"; endpointId: number; key: number }
+  /**
+   * Connect-time check of a peer endpoint on this NIC: its key, session, and interrupt page.
+   * `requester`: the endpoint of this NIC the driver connects for — its wrong keys are
+   * throttled as a CONNECT descriptor's are (connect-throttle.ts). Without it, no throttle.
+   */
+  | { op: "lookup_endpoint"; endpointId: number; key: number; requester?: number }
   /** Writes an event of type Driver with `words` (up to 4, at E_EXTRA) into an endpoint's queue and raises it. */
   | { op: "deliver_event"; endpointId: number; cookie: number; words: number[] }
   /**
@@ -73,6 +77,8 @@ export interface RegisterRegionReply {
 export type LookupReply =
   | { status: "ok"; session: number; intr: SharedArrayBuffer; owner: string }
   | { status: "bad_key" }
+  /** Too many wrong keys from the requester: try again after `retryAfterMs`. */
+  | { status: "throttled"; retryAfterMs: number }
   | { status: "unknown" };
 
 export interface NicInfo {

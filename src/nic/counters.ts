@@ -73,6 +73,19 @@ export const NIC_COUNTER_NAMES = [
   "ether_flooded",
   "ether_dropped",
   "ether_bad",
+  // Pull rights (window.ts, the exposure table): taken by a PULL, refused, ended by a revocation.
+  "pull_rights_taken",
+  "pull_rights_refused",
+  "pull_rights_revoked",
+  "error_no_right",
+  // A receiver that does not consume (nic.ts deliveries, wire.ts DEST_CREDITS, window.ts HOLD_MS).
+  "delivery_expired",
+  "send_dest_full",
+  // A peer that says nothing while we wait on it (nic.ts wireTick: frozen or stopped host).
+  "links_silent",
+  // Wrong endpoint keys (connect-throttle.ts): answered BAD_KEY, and refused during a lockout.
+  "connect_bad_keys",
+  "connects_throttled",
 ] as const;
 
 export const NIC_EP_COUNTER_NAMES = [
@@ -92,6 +105,7 @@ export const NIC_EP_COUNTER_NAMES = [
   "delivery_rejected",
   "interrupts",
   "bad_index",
+  "delivery_expired",
 ] as const;
 
 export type NicCounterName = (typeof NIC_COUNTER_NAMES)[number];
@@ -136,6 +150,8 @@ export const ERROR_REASON_SLOT: readonly number[] = [
   G.error_bad_index,
   G.error_no_resources,
   G.error_unreachable,
+  G.error_no_right,
+  G.error_no_resources, // HoldExpired travels in SEND_DONE only
 ];
 
 export function allocNicCounters(maxEndpoints: number): SharedArrayBuffer {

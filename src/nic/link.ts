@@ -13,19 +13,27 @@
  *   8  match hi            9  match lo              10 aux0     11 aux1
  *   12 cookie (the sender's descriptor cookie, echoed by the SEND_ACK)
  *   13 status (SEND_ACK: the MX status of the delivery)
- *   14, 15 reserved (0)
+ *   14 tag (SEND: the sending NIC's window slot and generation, echoed by the SEND_ACK)
+ *   15 reserved (0)
  *
  * SEND carries a payload to (destination endpoint, session); the receiving NIC answers with a
  * header-only SEND_ACK whose destination is the original sender and whose status says
- * whether the payload was placed (SUCCESS) or why not (or, PENDING, that it is still held for
- * receive space: a keepalive). The sending NIC keeps each unacknowledged SEND in a bounded
- * window per link (nic.ts) so that a lost link or a missing ACK completes it with
- * ENDPOINT_UNREACHABLE. Every field of a received frame is hostile input.
+ * whether the payload was placed (SUCCESS) or why not, with the ErrorReason in aux1 (or,
+ * PENDING, that it is still held for receive space: a keepalive). The sending NIC keeps each
+ * unacknowledged SEND in a bounded window per link, with a share per destination endpoint
+ * (wire.ts), so that a lost link or a missing ACK completes it with ENDPOINT_UNREACHABLE and
+ * one receiver that does not consume cannot stall the others. Every field of a received frame
+ * is hostile input.
  */
 import { SEND_MAX } from "./window.js";
 
 export const FRAME_MAGIC = 0x4d58;
-export const FRAME_VERSION = 1;
+/**
+ * 2: a PULL_REQUEST names a pull right (an exposure: nic.ts, window.ts) instead of a region
+ * and its key; a SEND carries its window tag, which the SEND_ACK echoes with the failure's
+ * reason. A peer speaking another version has its frames refused (checkFrame).
+ */
+export const FRAME_VERSION = 2;
 export const FRAME_HEADER_BYTES = 64;
 export const FRAME_MAX = FRAME_HEADER_BYTES + SEND_MAX;
 
@@ -59,6 +67,7 @@ export const F_AUX0 = 10;
 export const F_AUX1 = 11;
 export const F_COOKIE = 12;
 export const F_STATUS = 13;
+export const F_TAG = 14;
 
 /** Reads header word `w` as a u32 (byte-wise: frames need not be 4-aligned in their buffer). */
 export function getWord(frame: Uint8Array, w: number): number {

@@ -13,44 +13,54 @@
  * the TPT. Garbage gets an ERROR event and a counter.
  *
  * Events the NIC writes (word offsets from window.ts):
- *   PULL_DONE  cookie, length; status SUCCESS or ABORTED (a region went away mid-pull); for a
- *              descriptor with DFLAG_TRACE, the NIC's stamps at E_TRACE_NIC_SEEN / E_TRACE_DMA_DONE
+ *   PULL_DONE  cookie, length; status SUCCESS or ABORTED (a region went away, or the pull right
+ *              was revoked, mid-pull); for a descriptor with DFLAG_TRACE, the NIC's stamps at
+ *              E_TRACE_NIC_SEEN / E_TRACE_DMA_DONE
  *   SEND_DONE  cookie, length; status SUCCESS once the payload is placed, else ENDPOINT_UNKNOWN,
  *              ENDPOINT_CLOSED, BAD_SESSION, ENDPOINT_UNREACHABLE or NO_RESOURCES (E_REASON says more)
  *   RECV       source nic/endpoint/session, match words, aux words, length, E_RECV_OFFSET, E_RECV_SPAN
  *   ERROR      cookie, length, E_REASON, word 13 = the descriptor's opcode word; for BadIndex
  *              word 13 = the producer index seen, word 14 = the NIC's consumer index
  *   DRIVER     cookie, words at E_EXTRA..
- *   CONNECT_DONE  cookie; status SUCCESS, BAD_KEY, ENDPOINT_UNKNOWN, ENDPOINT_UNREACHABLE or
- *              NO_RESOURCES; E_SRC_NIC/E_SRC_ENDPOINT = the endpoint asked for, E_SRC_SESSION its
- *              session (SUCCESS only)
+ *   CONNECT_DONE  cookie; status SUCCESS, BAD_KEY, REJECTED (too many wrong keys from this
+ *              endpoint: E_AUX0 = ms to wait, connect-throttle.ts), ENDPOINT_UNKNOWN,
+ *              ENDPOINT_UNREACHABLE or NO_RESOURCES; E_SRC_NIC/E_SRC_ENDPOINT = the endpoint
+ *              asked for, E_SRC_SESSION its session (SUCCESS only)
  *
  * The wire (link.ts header words; every other word 0). Header-only unless said:
  *   CONNECT_REQUEST  src nic/endpoint/session = the requester; dest nic/endpoint = the endpoint
  *              asked for; cookie = request id; aux0 = the key presented
  *   CONNECT_REPLY    src nic/endpoint = the endpoint asked for, src session = its session
  *              (SUCCESS only); dest nic/endpoint/session = the requester; cookie = request id;
- *              status = SUCCESS, BAD_KEY or ENDPOINT_UNKNOWN
+ *              status = SUCCESS, BAD_KEY, REJECTED (aux0 = ms to wait) or ENDPOINT_UNKNOWN
  *   PULL_REQUEST     src nic/endpoint/session = the requester; dest nic/endpoint/session = the
- *              source region's owner; cookie = request id; match hi = source region id;
- *              match lo = key; aux0 = offset in the region; aux1 = length. status ≠ 0 cancels
- *              the request with that id (the requester gave up: its region or endpoint went away)
+ *              endpoint that armed the pull right; cookie = request id; match hi = the right's
+ *              index in that endpoint's exposure table; match lo = its key; aux0 = offset in the
+ *              exposed range; aux1 = length. status ≠ 0 cancels the request with that id (the
+ *              requester gave up: its region or endpoint went away)
  *   PULL_REPLY       src nic/endpoint/session = the source owner; dest = the requester;
  *              cookie = request id; status; aux0 = offset of this payload within the transfer;
  *              aux1 = the transfer's length. SUCCESS replies carry ≤ SEND_MAX bytes each, in
  *              order (a zero-length pull gets one empty reply); an error reply is header-only
  *              and ends the pull (BAD_KEY, BAD_RDMAWIN, ENDPOINT_UNKNOWN, ENDPOINT_CLOSED,
  *              BAD_SESSION, NO_RESOURCES, ABORTED)
- *   SEND_ACK         as link.ts; status PENDING (1) is a keepalive: the delivery waits for
- *              receive space, the sender restarts its timeout and keeps waiting
+ *   SEND             as link.ts; tag = the sending NIC's window slot and generation
+ *   SEND_ACK         as link.ts; tag echoed; aux0 = length; aux1 = the ErrorReason of a
+ *              failure (NoResources: the receiver's queue is full; HoldExpired: held HOLD_MS).
+ *              Status PENDING (1) is a keepalive: the delivery waits for receive space, the
+ *              sender restarts its timeout and keeps waiting
  *   ETHERNET         src nic, dest nic; payload = one Ethernet frame (ether-port.ts)
  *
- * Wire state is bounded: SEND_WINDOW unacknowledged SENDs and PULL_JOBS_PER_LINK pulls per
- * link (a full one holds the descriptor in its queue), CONNECT_SLOTS connects (full: a
- * NO_RESOURCES CONNECT_DONE), REMOTE_PULL_SLOTS pulls in all. A link that goes away completes
- * everything that waits on it with ENDPOINT_UNREACHABLE at once; a wire timer (running only
- * while something waits) does so after WIRE_TIMEOUT_MS without progress. Remote PULLs do not
- * hold the endpoint's queue: their PULL_DONE may come after later descriptors' completions.
+ * Wire state is bounded: SEND_WINDOW unacknowledged SENDs per link, DEST_CREDITS of them per
+ * destination endpoint, and PULL_JOBS_PER_LINK pulls per link (a full one holds the
+ * descriptor in its queue), CONNECT_SLOTS connects (full: a NO_RESOURCES CONNECT_DONE),
+ * REMOTE_PULL_SLOTS pulls in all; a delivery is held for receive space HOLD_MS at most. A link
+ * that goes away completes everything that waits on it with ENDPOINT_UNREACHABLE at once; a
+ * wire timer (running only while something waits) does so request by request after
+ * WIRE_TIMEOUT_MS without progress, and for the whole link once its peer is silent (nothing
+ * heard for WIRE_TIMEOUT_MS while a request of ours on it is overdue, or a descriptor has
+ * waited that long on a link that takes no frames). Remote PULLs do not hold the endpoint's
+ * queue: their PULL_DONE may come after later descriptors' completions.
  *
  * Idle: after work the NIC polls its endpoints for POLL_BUDGET_MS, then sets W_NIC_SLEEPING in
  * every open window, re-checks every doorbell, and waits in its event loop (one
@@ -68,6 +78,7 @@
 import type { MessagePort } from "node:worker_threads";
 import { traceNow } from "../mx/trace.js";
 import { serveSyncCalls } from "../xen/sync-call.js";
+import { CONNECT_LOCKOUT_MAX_MS, ConnectThrottle } from "./connect-throttle.js";
 import type {
   LinkStateInfo,
   LookupReply,
@@ -100,6 +111,7 @@ import {
   recordBytes,
   ringPut,
 } from "./ether-port.js";
+import { ExposureGrant, endExposure, exposureLive, takeExposure } from "./exposure.js";
 import {
   checkFrame,
   F_AUX0,
@@ -115,6 +127,7 @@ import {
   F_SRC_NIC,
   F_SRC_SESSION,
   F_STATUS,
+  F_TAG,
   FRAME_HEADER_BYTES,
   FRAME_MAX,
   FrameType,
@@ -144,6 +157,7 @@ import {
   D_SRC_OFFSET,
   D_SRC_REGION,
   DESC_WORDS,
+  DFLAG_EXPOSURE,
   DFLAG_REMOTE,
   DFLAG_TRACE,
   E_AUX0,
@@ -168,6 +182,7 @@ import {
   ErrorReason,
   EVENT_WORDS,
   EventType,
+  HOLD_MS,
   INTR_BYTES,
   Opcode,
   RECV_ALIGN,
@@ -245,7 +260,12 @@ const REASON_STATUS: readonly number[] = [
   MxStatus.ABORTED, // BadIndex
   MxStatus.NO_RESOURCES, // NoResources
   MxStatus.ENDPOINT_UNREACHABLE, // Unreachable
+  MxStatus.BAD_RDMAWIN, // NoRight
+  MxStatus.NO_RESOURCES, // HoldExpired
 ];
+
+/** The largest ErrorReason a peer's SEND_ACK may carry (anything else is replaced by reasonOfStatus). */
+const MAX_REASON = ErrorReason.HoldExpired;
 
 /** The ErrorReason a failed delivery's SEND_DONE carries in E_REASON, by MX status. */
 function reasonOfStatus(status: number): number {
@@ -278,6 +298,8 @@ const M_COOKIE = 9;
 const M_LENGTH = 10;
 /** 1 when the payload came in a frame: its completion goes back as a SEND_ACK frame. */
 const M_VIA_LINK = 11;
+/** The sending NIC's window tag (link.ts word 14), echoed in the SEND_ACK. */
+const M_TAG = 12;
 const META_WORDS = 16;
 
 const CONSUMED = 0;
@@ -345,6 +367,8 @@ class EndpointContext {
   /** Queued deliveries, a ring: metadata and staged payload per entry. */
   readonly dqMeta = new Int32Array(DELIVERY_QUEUE * META_WORDS);
   readonly dqBuf: (Uint8Array | null)[] = new Array<Uint8Array | null>(DELIVERY_QUEUE).fill(null);
+  /** When each queued delivery started waiting (HOLD_MS bounds it). */
+  readonly dqSince = new Float64Array(DELIVERY_QUEUE);
   dqHead = 0;
   dqCount = 0;
   pulling = false;
@@ -357,8 +381,15 @@ class EndpointContext {
   pullCookie = 0;
   /** Trace-clock time the NIC took a traced PULL (0: untraced). */
   pullSeenAt = 0;
+  /** The pull right the chunked pull copies under (its owner's endpoint and session), or -1. */
+  pullXp = -1;
+  pullXpEp = 0;
+  pullXpSession = 0;
   /** A SEND waits for its link to take frames again. */
   linkStalled = false;
+  /** Since when the head descriptor has waited on the link to stallNic (0: it does not). */
+  stallSince = 0;
+  stallNic = 0;
   needRaise = false;
   waiterPending = false;
   waiterGen = 0;
@@ -433,8 +464,10 @@ export class Nic {
   private rpFreeCount = REMOTE_PULL_SLOTS;
   private rpSeq = 0;
 
-  /** pullSourceStatus's region slot when it says SUCCESS. */
-  private srcSlot = -1;
+  /** Where a pull right that pullSourceStatus took points (when it says SUCCESS). */
+  private readonly grant = new ExposureGrant();
+  /** pullSourceStatus's refusal as an ErrorReason (for a local PULL's ERROR event). */
+  private refusal = 0;
   /** serveJob: the link pushed back. */
   private jobRefused = false;
   /** wireTick completed or sent something. */
@@ -459,6 +492,10 @@ export class Nic {
   private readonly macs = new MacTable();
 
   private readonly rnd = new Uint32Array(1);
+  /** Wrong endpoint keys, per requesting endpoint (connect-throttle.ts). */
+  private readonly throttle = new ConnectThrottle();
+  /** connectCheck's lockout in ms when it answers REJECTED. */
+  private retryAfter = 0;
   /** Bytes one endpoint's descriptors moved in this round: past PULL_CHUNK the others get their turn. */
   private roundBytes = 0;
   private scheduled = false;
@@ -640,7 +677,9 @@ export class Nic {
       ctx.dqCount--;
       this.completeSend(MxStatus.ENDPOINT_CLOSED);
     }
-    ctx.pulling = ctx.linkStalled = false;
+    this.stopPull(ctx);
+    ctx.linkStalled = false;
+    ctx.stallSince = 0;
     ctx.blCount = 0;
     // Release our own waiter on the dead window, and wake an owner blocked on it: it reads Closed.
     Atomics.notify(ctx.w, W_SQ_PROD);
@@ -657,8 +696,18 @@ export class Nic {
     if (!isInt(r.key) || r.key < 0 || r.key > 0xffffffff)
       throw new NicError("EINVAL", `lookup_endpoint: key must be a u32, got ${String(r.key)}`);
     const ctx = this.ctxs[id];
-    if (!ctx.open) return { status: "unknown" };
-    if (ctx.key !== r.key) return { status: "bad_key" };
+    if (r.requester === undefined) {
+      if (!ctx.open) return { status: "unknown" };
+      if (ctx.key !== r.key) return { status: "bad_key" };
+    } else {
+      // The driver connects on behalf of its endpoint `requester`: wrong keys are throttled.
+      const from = this.checkEndpointId(r.requester, "lookup_endpoint requester");
+      this.now = performance.now();
+      const status = this.connectCheck(this.nicId, from, id, r.key);
+      if (status === MxStatus.REJECTED) return { status: "throttled", retryAfterMs: this.retryAfter };
+      if (status === MxStatus.ENDPOINT_UNKNOWN) return { status: "unknown" };
+      if (status === MxStatus.BAD_KEY) return { status: "bad_key" };
+    }
     return { status: "ok", session: ctx.session, intr: ctx.intrBuffer!, owner: ctx.owner };
   }
 
@@ -718,6 +767,7 @@ export class Nic {
       reconnected = true;
     }
     const ls = new LinkState(link, link.peerNic);
+    ls.lastRx = ls.lastTx = performance.now();
     ls.index = this.linkList.length;
     this.linkList.push(ls);
     this.links.set(link.peerNic, ls);
@@ -793,12 +843,11 @@ export class Nic {
   }
 
   private failLink(ls: LinkState): void {
-    for (let k = 0; k < ls.sCount; k++) {
-      const i = (ls.sHead + k) % SEND_WINDOW;
-      if (ls.sDone[i] === 0)
-        this.sendDoneTo(ls.sEp[i], ls.sSession[i], ls.sCookie[i], ls.sLen[i], MxStatus.ENDPOINT_UNREACHABLE);
+    for (let i = 0; i < SEND_WINDOW && ls.sCount > 0; i++) {
+      if (ls.sUsed[i] === 0) continue;
+      ls.completeSend(i);
+      this.sendDoneTo(ls.sEp[i], ls.sSession[i], ls.sCookie[i], ls.sLen[i], MxStatus.ENDPOINT_UNREACHABLE);
     }
-    ls.sCount = 0;
     // Requests on a removed link: the link was the current one for its peer until now.
     for (let s = 0; s < CONNECT_SLOTS; s++)
       if (this.cnUsed[s] === 1 && this.cnNic[s] === ls.peerNic)
@@ -806,8 +855,7 @@ export class Nic {
     for (let s = 0; s < REMOTE_PULL_SLOTS; s++)
       if (this.rpUsed[s] === 1 && this.rpNic[s] === ls.peerNic)
         this.finishPull(s, MxStatus.ENDPOINT_UNREACHABLE, null);
-    ls.jUsed.fill(0);
-    ls.jobCount = 0;
+    this.dropJobs(ls);
     ls.ctrlCount = 0;
     ls.pullsOut = 0;
   }
@@ -816,6 +864,9 @@ export class Nic {
     if (!ls.attached) return;
     this.c[G.frames_rx]++;
     this.now = performance.now();
+    // Whatever it says, the peer is alive.
+    ls.lastRx = this.now;
+    ls.silentUntil = 0;
     try {
       const type = checkFrame(frame);
       if (type < 0 || getWord(frame, F_DEST_NIC) !== this.nicId || getWord(frame, F_SRC_NIC) !== ls.peerNic) {
@@ -862,6 +913,7 @@ export class Nic {
     if (ls.ctrlCount === 0) {
       if (ls.link.send(this.hdr)) {
         this.c[G.frames_tx]++;
+        ls.lastTx = this.now;
         return true;
       }
       this.c[G.link_backpressure]++;
@@ -882,6 +934,7 @@ export class Nic {
         this.c[G.link_backpressure]++;
         break;
       }
+      ls.lastTx = this.now;
       this.c[G.frames_tx]++;
       ls.ctrlHead = (ls.ctrlHead + 1) % CTRL_QUEUE;
       ls.ctrlCount--;
@@ -906,11 +959,12 @@ export class Nic {
     m[M_COOKIE] = getWord(frame, F_COOKIE);
     m[M_LENGTH] = getWord(frame, F_LENGTH);
     m[M_VIA_LINK] = 1;
+    m[M_TAG] = getWord(frame, F_TAG);
     const status = this.deliver(-1, 0, frame, FRAME_HEADER_BYTES);
     // Wake the receiver before writing the ACK to the socket: it is what the message waits on.
     this.flushRaises();
     if (status !== MxStatus.PENDING) this.completeSend(status);
-    // A held delivery: the wire timer tells its sender to keep waiting.
+    // A held delivery: the wire timer tells its sender to keep waiting, for HOLD_MS at most.
     else this.armWireTimer();
   }
 
@@ -918,31 +972,44 @@ export class Nic {
     const ep = getWord(frame, F_DEST_ENDPOINT);
     const session = getWord(frame, F_DEST_SESSION);
     const cookie = getWord(frame, F_COOKIE) | 0;
-    const i = ls.findSend(ep | 0, session, cookie);
+    const i = ls.findSend(getWord(frame, F_TAG), ep | 0, session, cookie);
     if (i < 0) {
       // Late (after a timeout) or garbage.
       this.c[G.acks_dropped]++;
       return;
     }
-    const status = getWord(frame, F_STATUS);
+    let status = getWord(frame, F_STATUS);
     if (status === MxStatus.PENDING) {
       ls.sDeadline[i] = this.now + WIRE_TIMEOUT_MS;
       return;
     }
     const len = ls.sLen[i];
     ls.completeSend(i);
-    this.sendDoneTo(ep, session, cookie, len, status > MxStatus.NO_RESOURCES ? MxStatus.ABORTED : status);
+    if (status > MxStatus.NO_RESOURCES) status = MxStatus.ABORTED;
+    // The receiving NIC's reason, if it is one we know.
+    const r = getWord(frame, F_AUX1);
+    this.sendDoneTo(ep, session, cookie, len, status, r > 0 && r <= MAX_REASON ? r : reasonOfStatus(status));
   }
 
   /** SEND_DONE to endpoint `ep` if it is still the one (same session) that sent. */
-  private sendDoneTo(ep: number, session: number, cookie: number, len: number, status: number): void {
+  private sendDoneTo(
+    ep: number,
+    session: number,
+    cookie: number,
+    len: number,
+    status: number,
+    reason = reasonOfStatus(status),
+  ): void {
     if (ep >= this.maxEndpoints) return;
     const ctx = this.ctxs[ep];
-    if (ctx.open && ctx.session === session) this.sendDone(ctx, cookie, len, status);
+    if (ctx.open && ctx.session === session) this.sendDone(ctx, cookie, len, status, reason);
   }
 
-  /** Tells the sending NIC how a delivery from a link ended (PENDING: still held) with a SEND_ACK. */
-  private ackDelivery(words: Int32Array, base: number, status: number): void {
+  /**
+   * Tells the sending NIC how a delivery from a link ended (PENDING: still held) with a
+   * SEND_ACK: its window tag echoed, the ErrorReason of a failure in aux1.
+   */
+  private ackDelivery(words: Int32Array, base: number, status: number, reason: number): void {
     const srcNic = words[base + M_SRC_NIC] >>> 0;
     const ls = this.links.get(srcNic);
     if (!ls) {
@@ -959,7 +1026,9 @@ export class Nic {
     setWord(f, F_DEST_SESSION, words[base + M_SRC_SESSION]);
     setWord(f, F_COOKIE, words[base + M_COOKIE]);
     setWord(f, F_STATUS, status);
+    setWord(f, F_TAG, words[base + M_TAG]);
     setWord(f, F_AUX0, words[base + M_LENGTH]);
+    setWord(f, F_AUX1, reason);
     if (!this.sendHdr(ls)) this.c[G.acks_dropped]++;
   }
 
@@ -972,22 +1041,19 @@ export class Nic {
     const cookie = d[D_COOKIE];
     if (destNic === this.nicId) {
       this.c[G.connects]++;
-      const status = this.connectStatus(destEp, d[D_SRC_KEY] >>> 0);
+      const status = this.connectCheck(this.nicId, ctx.id, destEp, d[D_SRC_KEY] >>> 0);
       const session = status === MxStatus.SUCCESS ? this.ctxs[destEp].session : 0;
-      this.connectDone(ctx, cookie, destNic, destEp, session, status);
+      this.connectDone(ctx, cookie, destNic, destEp, session, status, this.retryAfter);
       return CONSUMED;
     }
-    const ls = this.links.get(destNic);
+    const ls = this.usableLink(destNic);
     if (ls === undefined || this.cnFreeCount === 0) {
       this.c[G.connects]++;
       const status = ls === undefined ? MxStatus.ENDPOINT_UNREACHABLE : MxStatus.NO_RESOURCES;
       this.connectDone(ctx, cookie, destNic, destEp, 0, status);
       return CONSUMED;
     }
-    if (ls.ctrlCount === CTRL_QUEUE) {
-      ctx.linkStalled = true;
-      return STALLED;
-    }
+    if (ls.ctrlCount === CTRL_QUEUE) return this.stalled(ctx, destNic);
     const s = this.cnFree[--this.cnFreeCount];
     const id = (((++this.cnSeq & 0xffffff) << 8) | s) >>> 0;
     this.cnUsed[s] = 1;
@@ -1013,10 +1079,27 @@ export class Nic {
     return CONSUMED;
   }
 
-  /** SUCCESS, ENDPOINT_UNKNOWN (not open) or BAD_KEY for a connect to endpoint `ep` of this NIC. */
-  private connectStatus(ep: number, key: number): number {
-    if (ep >= this.maxEndpoints || !this.ctxs[ep].open) return MxStatus.ENDPOINT_UNKNOWN;
-    return this.ctxs[ep].key === key ? MxStatus.SUCCESS : MxStatus.BAD_KEY;
+  /**
+   * The answer to requester (nic, ep)'s connect to endpoint `target` of this NIC with `key`:
+   * SUCCESS, ENDPOINT_UNKNOWN (not open), BAD_KEY, or REJECTED while the requester is locked
+   * out for wrong keys (this.retryAfter = ms left; connect-throttle.ts), the key unexamined.
+   */
+  private connectCheck(nic: number, ep: number, target: number, key: number): number {
+    this.retryAfter = 0;
+    if (target >= this.maxEndpoints || !this.ctxs[target].open) return MxStatus.ENDPOINT_UNKNOWN;
+    const wait = this.throttle.lockedFor(nic, ep, this.now);
+    if (wait > 0) {
+      this.c[G.connects_throttled]++;
+      this.retryAfter = wait;
+      return MxStatus.REJECTED;
+    }
+    if (this.ctxs[target].key === key) {
+      this.throttle.succeeded(nic, ep);
+      return MxStatus.SUCCESS;
+    }
+    this.c[G.connect_bad_keys]++;
+    this.throttle.failed(nic, ep, this.now);
+    return MxStatus.BAD_KEY;
   }
 
   private connectDone(
@@ -1026,6 +1109,7 @@ export class Nic {
     ep: number,
     session: number,
     status: number,
+    retryAfter = 0,
   ): void {
     if (status !== MxStatus.SUCCESS) this.c[G.connect_failures]++;
     const ev = this.ev;
@@ -1035,21 +1119,23 @@ export class Nic {
     ev[E_SRC_NIC] = nic;
     ev[E_SRC_ENDPOINT] = ep;
     ev[E_SRC_SESSION] = session;
+    ev[E_AUX0] = retryAfter;
     this.postEvent(ctx);
   }
 
-  private finishConnect(s: number, status: number, session: number): void {
+  private finishConnect(s: number, status: number, session: number, retryAfter = 0): void {
     this.cnUsed[s] = 0;
     this.cnFree[this.cnFreeCount++] = s;
     const ctx = this.ctxs[this.cnEp[s]];
     if (ctx.open && ctx.session === this.cnSession[s])
-      this.connectDone(ctx, this.cnCookie[s], this.cnNic[s], this.cnDestEp[s], session, status);
+      this.connectDone(ctx, this.cnCookie[s], this.cnNic[s], this.cnDestEp[s], session, status, retryAfter);
   }
 
   private rxConnectRequest(ls: LinkState, frame: Uint8Array): void {
     this.c[G.connects_served]++;
     const ep = getWord(frame, F_DEST_ENDPOINT);
-    const status = this.connectStatus(ep, getWord(frame, F_AUX0));
+    // The requester is the peer NIC (its link says which) and the endpoint it names.
+    const status = this.connectCheck(ls.peerNic, getWord(frame, F_SRC_ENDPOINT), ep, getWord(frame, F_AUX0));
     const f = this.hdr;
     initFrame(f, FrameType.ConnectReply, 0);
     setWord(f, F_SRC_NIC, this.nicId);
@@ -1060,6 +1146,7 @@ export class Nic {
     setWord(f, F_DEST_SESSION, getWord(frame, F_SRC_SESSION));
     setWord(f, F_COOKIE, getWord(frame, F_COOKIE));
     setWord(f, F_STATUS, status);
+    setWord(f, F_AUX0, this.retryAfter);
     // Dropped when the link's queue is full: the requester times out.
     if (!this.sendHdr(ls)) this.c[G.acks_dropped]++;
   }
@@ -1080,7 +1167,14 @@ export class Nic {
     }
     const st = getWord(frame, F_STATUS);
     const status = st > MxStatus.NO_RESOURCES || st === MxStatus.PENDING ? MxStatus.ABORTED : st;
-    this.finishConnect(s, status, status === MxStatus.SUCCESS ? getWord(frame, F_SRC_SESSION) : 0);
+    // A lockout is at most a minute: anything longer is garbage, and says nothing.
+    const wait = getWord(frame, F_AUX0);
+    this.finishConnect(
+      s,
+      status,
+      status === MxStatus.SUCCESS ? getWord(frame, F_SRC_SESSION) : 0,
+      status === MxStatus.REJECTED && wait <= CONNECT_LOCKOUT_MAX_MS ? wait : 0,
+    );
   }
 
   // ---- remote PULL: requester side --------------------------------------------------------------
@@ -1105,14 +1199,13 @@ export class Nic {
     const srcSession = d[D_DEST_SESSION] >>> 0;
     const srcOff = d[D_SRC_OFFSET] >>> 0;
     const cookie = d[D_COOKIE];
-    const ls = this.links.get(destNic);
+    const ls = this.usableLink(destNic);
     if (
       ls !== undefined &&
       (this.rpFreeCount === 0 || ls.pullsOut >= PULL_JOBS_PER_LINK || ls.ctrlCount === CTRL_QUEUE)
     ) {
       // Back-pressure: the descriptor waits at the head of the queue.
-      ctx.linkStalled = true;
-      return STALLED;
+      return this.stalled(ctx, destNic);
     }
     const seenAt = (d[D_OPCODE] >>> 16) & DFLAG_TRACE ? traceNow() : 0;
     this.c[G.remote_pulls]++;
@@ -1121,10 +1214,12 @@ export class Nic {
       let status: number = MxStatus.ENDPOINT_UNREACHABLE;
       if (destNic === this.nicId) {
         // The source is on this NIC and there is no loopback link: check it as a peer would, copy here.
-        status = this.pullSourceStatus(srcEp, srcSession, d[D_SRC_REGION], d[D_SRC_KEY], srcOff, len);
+        const index = d[D_SRC_REGION] >>> 0;
+        status = this.pullSourceStatus(srcEp, srcSession, index, d[D_SRC_KEY], srcOff, len);
         if (status === MxStatus.SUCCESS) {
           this.c[G.remote_pull_bytes] += len;
-          this.startCopy(ctx, this.srcSlot, srcOff, dst, dstOff, len, seenAt);
+          const g = this.grant;
+          this.startCopy(ctx, g.slot, g.region, g.start, dst, dstOff, len, seenAt, srcEp, srcSession, index);
           return CONSUMED;
         }
       }
@@ -1252,31 +1347,68 @@ export class Nic {
   // ---- remote PULL: responder side --------------------------------------------------------------
 
   /**
-   * Whether a peer may read [off, off + len) of region `regionId` owned by endpoint `ep` with
-   * session `session` presenting `key`: SUCCESS (this.srcSlot = the region's slot) or the MX
-   * status of the refusal.
+   * Takes the pull right `index` (presenting `key`) that endpoint `ep` with session `session`
+   * armed, for [off, off + len) of what it exposes (window.ts, the exposure table): SUCCESS
+   * (this.grant says where to copy from; the right is Busy until endRight) or the MX status of
+   * the refusal, with its ErrorReason in this.refusal. The region's own key plays no part: a
+   * peer reaches another endpoint's memory only through a right armed for that one message.
    */
   private pullSourceStatus(
     ep: number,
     session: number,
-    regionId: number,
+    index: number,
     key: number,
     off: number,
     len: number,
   ): number {
+    this.refusal = ErrorReason.UnknownEndpoint;
     if (ep >= this.maxEndpoints) return MxStatus.ENDPOINT_UNKNOWN;
     const owner = this.ctxs[ep];
     if (!owner.open) return MxStatus.ENDPOINT_CLOSED;
+    this.refusal = ErrorReason.BadSession;
     if (owner.session !== session >>> 0) return MxStatus.BAD_SESSION;
-    const t = this.tpt;
-    const slot = t.lookup(regionId);
-    if (slot < 0) return t.closedWithEndpoint(regionId) ? MxStatus.ENDPOINT_CLOSED : MxStatus.BAD_RDMAWIN;
-    if (t.owner[slot] !== ep) return MxStatus.BAD_RDMAWIN;
-    if (t.key[slot] !== key >>> 0) return MxStatus.BAD_KEY;
-    if ((t.access[slot] & Access.RemoteRead) === 0 || !t.inBounds(slot, off, len))
-      return MxStatus.BAD_RDMAWIN;
-    this.srcSlot = slot;
-    return MxStatus.SUCCESS;
+    const reason = takeExposure(
+      owner.w,
+      ep,
+      index >>> 0,
+      key >>> 0,
+      off >>> 0,
+      len >>> 0,
+      this.tpt,
+      this.grant,
+    );
+    this.refusal = reason;
+    if (reason === 0) {
+      this.c[G.pull_rights_taken]++;
+      return MxStatus.SUCCESS;
+    }
+    this.c[G.pull_rights_refused]++;
+    // The region went with its endpoint: the puller hears that the peer closed, as MX would say.
+    return reason === ErrorReason.UnknownEndpoint ? MxStatus.ENDPOINT_CLOSED : REASON_STATUS[reason];
+  }
+
+  /** The transfer under pull right `index` of endpoint `ep` (session `session`) ended: it is spent. */
+  private endRight(ep: number, session: number, index: number): void {
+    if (index < 0 || ep >= this.maxEndpoints) return;
+    const owner = this.ctxs[ep];
+    if (owner.open && owner.session === session) endExposure(owner.w, index);
+  }
+
+  /** Whether a transfer may copy on under that right: its owner has not revoked it. */
+  private rightLive(ep: number, session: number, index: number): boolean {
+    const owner = this.ctxs[ep];
+    return owner.open && owner.session === session && exposureLive(owner.w, index);
+  }
+
+  /** A served pull ends (done, failed, cancelled, its link gone): its right is spent, its job slot freed. */
+  private dropJob(ls: LinkState, j: number): void {
+    if (ls.jUsed[j] === 0) return;
+    this.endRight(ls.jSrcEp[j], ls.jSrcSession[j], ls.jXp[j]);
+    ls.freeJob(j);
+  }
+
+  private dropJobs(ls: LinkState): void {
+    for (let j = 0; j < PULL_JOBS_PER_LINK; j++) this.dropJob(ls, j);
   }
 
   private rxPullRequest(ls: LinkState, frame: Uint8Array): void {
@@ -1284,25 +1416,29 @@ export class Nic {
     const id = getWord(frame, F_COOKIE);
     if (getWord(frame, F_STATUS) !== 0) {
       // A cancel: the requester gave up on it.
-      for (let j = 0; j < PULL_JOBS_PER_LINK; j++) if (ls.jUsed[j] === 1 && ls.jId[j] === id) ls.freeJob(j);
+      for (let j = 0; j < PULL_JOBS_PER_LINK; j++)
+        if (ls.jUsed[j] === 1 && ls.jId[j] === id) this.dropJob(ls, j);
       return;
     }
     const reqEp = getWord(frame, F_SRC_ENDPOINT);
     const reqSession = getWord(frame, F_SRC_SESSION);
     const srcEp = getWord(frame, F_DEST_ENDPOINT);
     const srcSession = getWord(frame, F_DEST_SESSION);
-    const off = getWord(frame, F_AUX0);
     const len = getWord(frame, F_AUX1);
-    let status = this.pullSourceStatus(
-      srcEp,
-      srcSession,
-      getWord(frame, F_MATCH_HI),
-      getWord(frame, F_MATCH_LO),
-      off,
-      len,
-    );
-    const j = status === MxStatus.SUCCESS ? ls.jUsed.indexOf(0) : -1;
-    if (status === MxStatus.SUCCESS && j < 0) status = MxStatus.NO_RESOURCES;
+    // A job slot first: a request refused for want of one must not spend its right.
+    const j = ls.jobCount < PULL_JOBS_PER_LINK ? ls.jUsed.indexOf(0) : -1;
+    const index = getWord(frame, F_MATCH_HI);
+    const status =
+      j < 0
+        ? MxStatus.NO_RESOURCES
+        : this.pullSourceStatus(
+            srcEp,
+            srcSession,
+            index,
+            getWord(frame, F_MATCH_LO),
+            getWord(frame, F_AUX0),
+            len,
+          );
     if (status !== MxStatus.SUCCESS) {
       this.replyPullError(ls, id, reqEp, reqSession, srcEp, srcSession, len, status);
       return;
@@ -1314,8 +1450,9 @@ export class Nic {
     ls.jReqSession[j] = reqSession;
     ls.jSrcEp[j] = srcEp;
     ls.jSrcSession[j] = srcSession;
-    ls.jRegion[j] = getWord(frame, F_MATCH_HI);
-    ls.jOff[j] = off;
+    ls.jXp[j] = index;
+    ls.jRegion[j] = this.grant.region;
+    ls.jOff[j] = this.grant.start;
     ls.jLen[j] = len;
     ls.jSent[j] = 0;
   }
@@ -1376,8 +1513,11 @@ export class Nic {
     const owner = this.ctxs[srcEp];
     const slot = t.lookup(ls.jRegion[j]);
     const ownerGone = !owner.open || owner.session !== ls.jSrcSession[j];
-    if (ownerGone || slot < 0 || t.owner[slot] !== srcEp) {
-      // Deregistered or closed mid-transfer: the requester gets an error, never stale bytes.
+    // Looked at before every visit: a right its owner revoked copies nothing more.
+    const revoked = !ownerGone && !exposureLive(owner.w, ls.jXp[j]);
+    if (ownerGone || revoked || slot < 0 || t.owner[slot] !== srcEp) {
+      // Deregistered, revoked or closed mid-transfer: the requester gets an error, never stale bytes.
+      if (revoked) this.c[G.pull_rights_revoked]++;
       this.replyPullError(
         ls,
         ls.jId[j],
@@ -1388,7 +1528,7 @@ export class Nic {
         ls.jLen[j],
         ownerGone ? MxStatus.ENDPOINT_CLOSED : MxStatus.ABORTED,
       );
-      ls.freeJob(j);
+      this.dropJob(ls, j);
       return 0;
     }
     const f = this.txFrame;
@@ -1413,14 +1553,50 @@ export class Nic {
         this.jobRefused = true;
         return sent;
       }
+      ls.lastTx = this.now;
       ls.jSent[j] = off + n;
       sent += n;
       this.c[G.frames_tx]++;
       this.c[G.pull_replies_tx]++;
       this.c[G.pull_served_bytes] += n;
     } while (ls.jSent[j] < len && sent < budget);
-    if (ls.jSent[j] === len) ls.freeJob(j);
+    if (ls.jSent[j] === len) this.dropJob(ls, j);
     return sent;
+  }
+
+  // ---- liveness --------------------------------------------------------------------------------
+
+  /** The link to `nic` if requests may go on it: attached, and not found silent a moment ago. */
+  private usableLink(nic: number): LinkState | undefined {
+    const ls = this.links.get(nic);
+    return ls !== undefined && this.now >= ls.silentUntil ? ls : undefined;
+  }
+
+  /** ctx's head descriptor waits on the link to `nic` (window, share, queue or back-pressure). */
+  private stalled(ctx: EndpointContext, nic: number): number {
+    ctx.linkStalled = true;
+    if (ctx.stallSince === 0 || ctx.stallNic !== nic) {
+      ctx.stallSince = this.now;
+      ctx.stallNic = nic;
+    }
+    // The wire timer watches it: a link that neither talks nor takes frames is a silent peer.
+    this.armWireTimer();
+    return STALLED;
+  }
+
+  /**
+   * The peer on `ls` has said nothing for WIRE_TIMEOUT_MS while something of ours on it went
+   * overdue: its host stopped or froze, or the network between us did. Everything waiting on
+   * the link fails ENDPOINT_UNREACHABLE now, not one request per timeout (queued SENDs would
+   * otherwise go out and time out one round after another, or wait forever on a link that no
+   * longer takes frames), and for another WIRE_TIMEOUT_MS requests to it fail at once. Any
+   * frame from the peer ends that. The link itself stays: the peer may come back.
+   */
+  private silenceLink(ls: LinkState): void {
+    this.c[G.links_silent]++;
+    ls.silentUntil = this.now + WIRE_TIMEOUT_MS;
+    this.failLink(ls);
+    this.wireActed = true;
   }
 
   // ---- the wire timer ---------------------------------------------------------------------------
@@ -1460,6 +1636,7 @@ export class Nic {
       if (this.cnUsed[s] !== 1) continue;
       if (now >= this.cnDeadline[s]) {
         this.wireActed = true;
+        this.checkSilence(this.links.get(this.cnNic[s]));
         this.finishConnect(s, MxStatus.ENDPOINT_UNREACHABLE, 0);
       } else waiting = true;
     }
@@ -1468,17 +1645,19 @@ export class Nic {
       if (now - this.rpLast[s] >= WIRE_TIMEOUT_MS) {
         this.wireActed = true;
         this.c[G.pull_timeouts]++;
-        this.finishPull(s, MxStatus.ENDPOINT_UNREACHABLE, this.links.get(this.rpNic[s]) ?? null);
+        const ls = this.links.get(this.rpNic[s]);
+        this.checkSilence(ls);
+        this.finishPull(s, MxStatus.ENDPOINT_UNREACHABLE, ls ?? null);
       } else waiting = true;
     }
     for (let k = 0; k < this.linkList.length; k++) {
       const ls = this.linkList[k];
-      for (let q = 0; q < ls.sCount; q++) {
-        const i = (ls.sHead + q) % SEND_WINDOW;
-        if (ls.sDone[i] !== 0) continue;
+      for (let i = 0; i < SEND_WINDOW && ls.sCount > 0; i++) {
+        if (ls.sUsed[i] === 0) continue;
         if (now >= ls.sDeadline[i]) {
           this.wireActed = true;
-          ls.sDone[i] = 1;
+          this.checkSilence(ls);
+          ls.completeSend(i);
           this.c[G.send_timeouts]++;
           this.sendDoneTo(
             ls.sEp[i],
@@ -1489,24 +1668,49 @@ export class Nic {
           );
         } else waiting = true;
       }
-      ls.trimSends();
     }
     const keepalive = now - this.lastKeepalive >= KEEPALIVE_MS;
     let held = false;
     for (let i = 0; i < this.openCount; i++) {
       const ctx = this.ctxs[this.openIds[i]];
+      if (ctx.dqCount > 0 && now - ctx.dqSince[ctx.dqHead] >= HOLD_MS) {
+        this.wireActed = true;
+        this.expireDeliveries(ctx);
+      }
+      // Held deliveries keep the timer running (they expire); those from links get keepalives.
+      if (ctx.dqCount > 0) held = true;
       for (let q = 0; q < ctx.dqCount; q++) {
         const base = ((ctx.dqHead + q) % DELIVERY_QUEUE) * META_WORDS;
-        if (ctx.dqMeta[base + M_VIA_LINK] === 0) continue;
-        held = true;
-        if (keepalive) this.ackDelivery(ctx.dqMeta, base, MxStatus.PENDING);
+        if (keepalive && ctx.dqMeta[base + M_VIA_LINK] !== 0)
+          this.ackDelivery(ctx.dqMeta, base, MxStatus.PENDING, 0);
       }
     }
     if (held && keepalive) {
       this.lastKeepalive = now;
       this.wireActed = true;
     }
+    // A descriptor that has waited WIRE_TIMEOUT_MS on a link that neither said anything nor
+    // took a frame in that time waits on a silent peer.
+    for (let i = 0; i < this.openCount; i++) {
+      const ctx = this.ctxs[this.openIds[i]];
+      if (ctx.stallSince === 0) continue;
+      waiting = true;
+      const ls = this.links.get(ctx.stallNic);
+      if (ls !== undefined && now - ctx.stallSince >= WIRE_TIMEOUT_MS && now - ls.lastTx >= WIRE_TIMEOUT_MS)
+        this.checkSilence(ls);
+    }
+    for (let k = this.linkList.length - 1; k >= 0; k--) {
+      const ls = this.linkList[k];
+      if (!ls.silenceDue) continue;
+      ls.silenceDue = false;
+      this.silenceLink(ls);
+    }
     return waiting || held;
+  }
+
+  /** Something on `ls` went overdue: if the peer has been quiet as long, it is silent (silenceLink). */
+  private checkSilence(ls: LinkState | undefined): void {
+    if (ls !== undefined && this.now - ls.lastRx >= WIRE_TIMEOUT_MS) ls.silenceDue = true;
   }
 
   // ---- the Ethernet port ------------------------------------------------------------------------
@@ -1838,8 +2042,7 @@ export class Nic {
       } catch {
         // A bug, never a peer's garbage: count it, drop that link's jobs (their requesters time out).
         this.c[G.internal_errors]++;
-        ls.jUsed.fill(0);
-        ls.jobCount = 0;
+        this.dropJobs(ls);
       }
     }
     if (this.port !== null) {
@@ -1858,7 +2061,7 @@ export class Nic {
       } catch {
         // A bug, never an owner's garbage: count it, resynchronise, keep serving the others.
         this.c[G.internal_errors]++;
-        ctx.pulling = false;
+        this.stopPull(ctx);
         ctx.sqCons = ctx.prodSeen;
         Atomics.store(ctx.w, W_SQ_CONS, ctx.sqCons | 0);
       }
@@ -1920,6 +2123,7 @@ export class Nic {
       const base = SQ_W + (cons & (SQ_ENTRIES - 1)) * DESC_WORDS;
       for (let i = 0; i < DESC_WORDS; i++) d[i] = w[base + i];
       if (this.execute(ctx) === STALLED) break;
+      ctx.stallSince = 0;
       this.c[G.descriptors]++;
       this.c[ctx.base + E.descriptors]++;
       cons = (cons + 1) >>> 0;
@@ -1973,20 +2177,10 @@ export class Nic {
     const len = d[D_LENGTH] >>> 0;
     const srcOff = d[D_SRC_OFFSET] >>> 0;
     const dstOff = d[D_DST_OFFSET] >>> 0;
-    const src = t.lookup(d[D_SRC_REGION]);
     const dst = t.lookup(d[D_DST_REGION]);
+    // The destination first: a descriptor refused for it must not spend a pull right.
     let reason = 0;
-    if (src < 0) {
-      if (t.closedWithEndpoint(d[D_SRC_REGION])) {
-        // The region went with its endpoint: tell the puller the peer is gone, as MX would.
-        this.descError(ctx, ErrorReason.UnknownEndpoint, MxStatus.ENDPOINT_CLOSED);
-        return;
-      }
-      reason = ErrorReason.BadRegion;
-    } else if (t.key[src] !== d[D_SRC_KEY] >>> 0) reason = ErrorReason.BadKey;
-    else if ((t.access[src] & Access.RemoteRead) === 0) reason = ErrorReason.Permission;
-    else if (!t.inBounds(src, srcOff, len)) reason = ErrorReason.OutOfBounds;
-    else if (dst < 0) reason = ErrorReason.BadRegion;
+    if (dst < 0) reason = ErrorReason.BadRegion;
     else if (t.owner[dst] !== ctx.id || (t.access[dst] & Access.LocalWrite) === 0)
       reason = ErrorReason.Permission;
     else if (!t.inBounds(dst, dstOff, len)) reason = ErrorReason.OutOfBounds;
@@ -1994,24 +2188,60 @@ export class Nic {
       this.descError(ctx, reason);
       return;
     }
+    if ((d[D_OPCODE] >>> 16) & DFLAG_EXPOSURE) {
+      // Another endpoint's memory: only through the pull right it armed for this message.
+      const srcEp = d[D_DEST_ENDPOINT] >>> 0;
+      const srcSession = d[D_DEST_SESSION] >>> 0;
+      const index = d[D_SRC_REGION] >>> 0;
+      const status = this.pullSourceStatus(srcEp, srcSession, index, d[D_SRC_KEY], srcOff, len);
+      if (status !== MxStatus.SUCCESS) {
+        this.descError(ctx, this.refusal, status);
+        return;
+      }
+      this.c[G.pulls]++;
+      this.c[ctx.base + E.pulls]++;
+      const g = this.grant;
+      this.startCopy(ctx, g.slot, g.region, g.start, dst, dstOff, len, seenAt, srcEp, srcSession, index);
+      return;
+    }
+    // A copy between two regions of this endpoint: its own key is enough.
+    const src = t.lookup(d[D_SRC_REGION]);
+    if (src < 0) reason = ErrorReason.BadRegion;
+    else if (t.owner[src] !== ctx.id || (t.access[src] & (Access.LocalRead | Access.RemoteRead)) === 0)
+      reason = ErrorReason.Permission;
+    else if (t.key[src] !== d[D_SRC_KEY] >>> 0) reason = ErrorReason.BadKey;
+    else if (!t.inBounds(src, srcOff, len)) reason = ErrorReason.OutOfBounds;
+    if (reason !== 0) {
+      this.descError(ctx, reason);
+      return;
+    }
     this.c[G.pulls]++;
     this.c[ctx.base + E.pulls]++;
-    this.startCopy(ctx, src, srcOff, dst, dstOff, len, seenAt);
+    this.startCopy(ctx, src, d[D_SRC_REGION] >>> 0, srcOff, dst, dstOff, len, seenAt, 0, 0, -1);
   }
 
-  /** The DMA engine copies the PULL in this.d (both ranges checked): now, or a chunk per round. */
+  /**
+   * The DMA engine copies the PULL in this.d (both ranges checked) from region `src` (slot; id
+   * `srcId`): now, or a chunk per round. `xp` ≥ 0: the pull right of endpoint (`xpEp`,
+   * `xpSession`) it copies under, spent when the copy ends.
+   */
   private startCopy(
     ctx: EndpointContext,
     src: number,
+    srcId: number,
     srcOff: number,
     dst: number,
     dstOff: number,
     len: number,
     seenAt: number,
+    xpEp: number,
+    xpSession: number,
+    xp: number,
   ): void {
     const d = this.d;
     if (len <= PULL_CHUNK) {
       this.tpt.copy(src, srcOff, dst, dstOff, len);
+      this.endRight(xpEp, xpSession, xp);
       this.roundBytes += len;
       this.countPulled(ctx, len);
       this.pullDone(ctx, d[D_COOKIE], len, MxStatus.SUCCESS, seenAt);
@@ -2019,7 +2249,10 @@ export class Nic {
     }
     // Large: a chunk per round, this endpoint's later descriptors waiting (completions stay in order).
     ctx.pulling = true;
-    ctx.pullSrcId = d[D_SRC_REGION] >>> 0;
+    ctx.pullXp = xp;
+    ctx.pullXpEp = xpEp;
+    ctx.pullXpSession = xpSession;
+    ctx.pullSrcId = srcId;
     ctx.pullDstId = d[D_DST_REGION] >>> 0;
     ctx.pullSrcOff = srcOff;
     ctx.pullDstOff = dstOff;
@@ -2031,11 +2264,14 @@ export class Nic {
 
   private pullChunk(ctx: EndpointContext): void {
     const t = this.tpt;
-    // Regions are immutable while their id resolves; one that went away ends the pull.
+    // Regions are immutable while their id resolves; one that went away ends the pull, and so
+    // does a right its owner revoked (looked at before every chunk).
     const src = t.lookup(ctx.pullSrcId);
     const dst = t.lookup(ctx.pullDstId);
-    if (src < 0 || dst < 0 || t.owner[dst] !== ctx.id) {
-      ctx.pulling = false;
+    const revoked = ctx.pullXp >= 0 && !this.rightLive(ctx.pullXpEp, ctx.pullXpSession, ctx.pullXp);
+    if (src < 0 || dst < 0 || t.owner[dst] !== ctx.id || revoked) {
+      if (revoked) this.c[G.pull_rights_revoked]++;
+      this.stopPull(ctx);
       this.pullDone(ctx, ctx.pullCookie, ctx.pullLen - ctx.pullLeft, MxStatus.ABORTED);
       return;
     }
@@ -2046,9 +2282,17 @@ export class Nic {
     ctx.pullLeft -= n;
     this.countPulled(ctx, n);
     if (ctx.pullLeft === 0) {
-      ctx.pulling = false;
+      this.stopPull(ctx);
       this.pullDone(ctx, ctx.pullCookie, ctx.pullLen, MxStatus.SUCCESS, ctx.pullSeenAt);
     }
+  }
+
+  /** Ends ctx's chunked pull, if any: its pull right is spent. */
+  private stopPull(ctx: EndpointContext): void {
+    if (!ctx.pulling) return;
+    ctx.pulling = false;
+    this.endRight(ctx.pullXpEp, ctx.pullXpSession, ctx.pullXp);
+    ctx.pullXp = -1;
   }
 
   private countPulled(ctx: EndpointContext, n: number): void {
@@ -2096,7 +2340,7 @@ export class Nic {
     }
     const destNic = d[D_DEST_NIC] >>> 0;
     const cookie = d[D_COOKIE];
-    const ls = this.links.get(destNic);
+    const ls = this.usableLink(destNic);
     if (ls === undefined) {
       this.countSend(ctx, len);
       if (destNic !== this.nicId) {
@@ -2119,13 +2363,15 @@ export class Nic {
       m[M_VIA_LINK] = 0;
       const status = this.deliver(src, srcOff, null, 0);
       if (status !== MxStatus.PENDING) this.completeSend(status);
+      // Held: the wire timer ends the hold after HOLD_MS if the receiver never makes room.
+      else this.armWireTimer();
       return CONSUMED;
     }
-    if (ls.sCount === SEND_WINDOW) {
-      // As many SENDs as the window holds await their ACK: this one waits in the queue.
-      this.c[G.send_window_full]++;
-      ctx.linkStalled = true;
-      return STALLED;
+    if (!ls.canSend(d[D_DEST_ENDPOINT])) {
+      // The window, or the destination endpoint's share of it, is full: this one waits in the
+      // queue. Other destinations' SENDs (other endpoints' queues) go on.
+      this.c[ls.sCount === SEND_WINDOW ? G.send_window_full : G.send_dest_full]++;
+      return this.stalled(ctx, destNic);
     }
     const f = this.txFrame;
     initFrame(f, FrameType.Send, len);
@@ -2140,14 +2386,15 @@ export class Nic {
     setWord(f, F_AUX0, d[D_AUX0]);
     setWord(f, F_AUX1, d[D_AUX1]);
     setWord(f, F_COOKIE, cookie);
+    setWord(f, F_TAG, ls.nextTag());
     if (len > 0) t.copyOut(src, srcOff, len, f, FRAME_HEADER_BYTES);
     if (!ls.link.send(f.subarray(0, FRAME_HEADER_BYTES + len))) {
       // The wire pushes back: this descriptor stays at the head of the queue and is retried.
       this.c[G.link_backpressure]++;
-      ctx.linkStalled = true;
-      return STALLED;
+      return this.stalled(ctx, destNic);
     }
-    ls.pushSend(ctx.id, ctx.session, cookie, len, this.now + WIRE_TIMEOUT_MS);
+    ls.lastTx = this.now;
+    ls.pushSend(ctx.id, ctx.session, cookie, len, d[D_DEST_ENDPOINT], this.now + WIRE_TIMEOUT_MS);
     this.armWireTimer();
     this.c[G.frames_tx]++;
     this.countSend(ctx, len);
@@ -2162,14 +2409,20 @@ export class Nic {
     this.c[ctx.base + E.send_bytes] += len;
   }
 
-  private sendDone(ctx: EndpointContext, cookie: number, len: number, status: number): void {
+  private sendDone(
+    ctx: EndpointContext,
+    cookie: number,
+    len: number,
+    status: number,
+    reason = reasonOfStatus(status),
+  ): void {
     if (status !== MxStatus.SUCCESS) this.c[G.send_failures]++;
     const ev = this.ev;
     ev.fill(0);
     ev[E_TYPE] = EventType.SendDone | (status << 16);
     ev[E_COOKIE] = cookie;
     ev[E_LENGTH] = len;
-    ev[E_REASON] = reasonOfStatus(status);
+    ev[E_REASON] = reason;
     this.postEvent(ctx);
   }
 
@@ -2195,6 +2448,7 @@ export class Nic {
     }
     const s = (ctx.dqHead + ctx.dqCount) % DELIVERY_QUEUE;
     ctx.dqMeta.set(m, s * META_WORDS);
+    ctx.dqSince[s] = this.now;
     let buf = ctx.dqBuf[s];
     if (buf === null) buf = ctx.dqBuf[s] = new Uint8Array(SEND_MAX);
     const len = m[M_LENGTH] >>> 0;
@@ -2278,17 +2532,56 @@ export class Nic {
   }
 
   /** Tells the sender of this.dv's message how its delivery ended: SEND_DONE here, or a SEND_ACK frame. */
-  private completeSend(status: number): void {
+  private completeSend(status: number, reason = reasonOfStatus(status)): void {
     const m = this.dv;
     if (m[M_VIA_LINK] !== 0) {
-      this.ackDelivery(m, 0, status);
+      this.ackDelivery(m, 0, status, reason);
       return;
     }
     const ep = m[M_SRC_EP] >>> 0;
     const ctx = ep < this.maxEndpoints ? this.ctxs[ep] : null;
     // The sender may have closed (or closed and reopened) meanwhile: then nobody waits for it.
     if (ctx?.open && ctx.session === m[M_SRC_SESSION] >>> 0)
-      this.sendDone(ctx, m[M_COOKIE], m[M_LENGTH] >>> 0, status);
+      this.sendDone(ctx, m[M_COOKIE], m[M_LENGTH] >>> 0, status, reason);
+  }
+
+  /**
+   * ctx's oldest held delivery waited HOLD_MS for receive space: it fails NO_RESOURCES
+   * (HoldExpired), and so does every later one from the same sender still held — placing
+   * those would leave a hole in that sender's sequence — while other senders' keep their
+   * place. Repeats while the new oldest one has waited as long.
+   */
+  private expireDeliveries(ctx: EndpointContext): void {
+    const meta = ctx.dqMeta;
+    while (ctx.dqCount > 0 && this.now - ctx.dqSince[ctx.dqHead] >= HOLD_MS) {
+      const h = ctx.dqHead * META_WORDS;
+      const nic = meta[h + M_SRC_NIC];
+      const ep = meta[h + M_SRC_EP];
+      const session = meta[h + M_SRC_SESSION];
+      let kept = 0;
+      for (let q = 0; q < ctx.dqCount; q++) {
+        const s = (ctx.dqHead + q) % DELIVERY_QUEUE;
+        const b = s * META_WORDS;
+        if (meta[b + M_SRC_NIC] === nic && meta[b + M_SRC_EP] === ep && meta[b + M_SRC_SESSION] === session) {
+          this.loadQueued(ctx, s);
+          this.c[G.delivery_expired]++;
+          this.c[ctx.base + E.delivery_expired]++;
+          this.completeSend(MxStatus.NO_RESOURCES, ErrorReason.HoldExpired);
+          continue;
+        }
+        // Kept, moved up to close the gap (staging buffers are swapped, not reallocated).
+        const t = (ctx.dqHead + kept) % DELIVERY_QUEUE;
+        if (t !== s) {
+          meta.copyWithin(t * META_WORDS, b, b + META_WORDS);
+          const buf = ctx.dqBuf[t];
+          ctx.dqBuf[t] = ctx.dqBuf[s];
+          ctx.dqBuf[s] = buf;
+          ctx.dqSince[t] = ctx.dqSince[s];
+        }
+        kept++;
+      }
+      ctx.dqCount = kept;
+    }
   }
 
   // ---- events and interrupts -----------------------------------------------------------------

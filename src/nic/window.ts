@@ -7,6 +7,7 @@
  *   send queue      SQ_ENTRIES descriptors of 64 bytes (owner writes, NIC reads)
  *   event queue     EQ_ENTRIES events of 64 bytes (NIC writes, owner reads)
  *   receive area    RECV_BYTES of eager payloads delivered by the NIC (SEND from a peer)
+ *   exposure table  EXPOSURE_ENTRIES pull rights of 32 bytes (owner arms, NIC takes; see below)
  *
  * Every index and every descriptor is hostile input to the NIC: it validates each one and
  * answers garbage with an ERROR event and a counter, never an exception.
@@ -56,11 +57,72 @@ export const SEND_MAX = 32 * 1024;
 /** Receive-area records start on this alignment. */
 export const RECV_ALIGN = 64;
 
+/** Pull rights an endpoint can have armed at once (its rendezvous sends in flight). */
+export const EXPOSURE_ENTRIES = 2048;
+export const EXPOSURE_BYTES = 32;
+export const EXPOSURE_WORDS = EXPOSURE_BYTES / 4;
+
 export const SQ_OFFSET = PAGE_SIZE;
 export const EQ_OFFSET = SQ_OFFSET + SQ_ENTRIES * DESC_BYTES;
 export const RECV_OFFSET = EQ_OFFSET + EQ_ENTRIES * EVENT_BYTES;
-export const WINDOW_BYTES = RECV_OFFSET + RECV_BYTES;
+export const EXPOSURE_OFFSET = RECV_OFFSET + RECV_BYTES;
+export const WINDOW_BYTES = EXPOSURE_OFFSET + EXPOSURE_ENTRIES * EXPOSURE_BYTES;
 export const INTR_BYTES = PAGE_SIZE;
+
+// ---- the exposure table: pull rights, one per message ---------------------------------------
+//
+// A region's key lets its owner's own descriptors use it; it never lets another endpoint read
+// it. To let a peer pull part of a region (the receiver-driven rendezvous), the owner arms an
+// *exposure*, as an InfiniBand memory window: a range of one of its regions, under a key that
+// is fresh and random for that one message. The rendezvous record carries (entry index, key)
+// instead of the region's id and key. The NIC that owns the region serves exactly one PULL
+// against an armed exposure (local, or a remote PULL_REQUEST), for a range inside it, and the
+// right is spent: pulling again with the same record fails (BAD_KEY, BAD_RDMAWIN), whatever
+// the sender has since put in that memory. The owner revokes the entry when the message
+// completes, fails or the endpoint closes; the NIC stops a transfer whose entry is revoked.
+// One pull is all an honest receiver needs: a truncated receive pulls a prefix of the range,
+// and a pull that fails (its link lost mid-way) fails its message — MX reports it, nothing
+// retries — so a second pull under the same right is never honest.
+//
+// Entry words (u32; [OWN] written by the owner, [NIC] by the NIC, both with Atomics):
+//   X_STATE   [OWN, NIC]  ExposureState, changed only as the steps below say
+//   X_KEY     [OWN]  the key a puller must present: nonzero, fresh for every arming
+//   X_REGION  [OWN]  a region of this endpoint with REMOTE_READ
+//   X_OFFSET  [OWN]  where the exposed range starts in the region
+//   X_LENGTH  [OWN]  bytes exposed
+//   words 5..7 reserved (0)
+//
+// Arming an entry (owner): 1. the entry is Free  2. store X_REGION, X_OFFSET, X_LENGTH
+// 3. store a new X_KEY  4. store X_STATE = Armed  5. only now publish (index, key) in a record.
+// Taking it (NIC): 1. X_STATE is Armed and X_KEY equals the key presented  2. read the range
+// and check it against the TPT  3. CAS X_STATE Armed → Busy  4. read X_KEY again: if it changed,
+// the owner re-armed the entry between 1 and 3 (the range read in 2 is not this arming's), so
+// the NIC puts the state back and refuses. The owner never re-arms with the same key.
+// Ending a transfer (NIC): CAS Busy → Used, or Revoking → Used.
+// Revoking (owner): CAS Armed → Free or Used → Free; an entry that is Busy is CAS'd to Revoking
+// and the owner waits (its buffer is still being read) until the NIC sets Used, then frees it.
+// The NIC looks at X_STATE before every chunk it copies and ends a transfer whose entry is no
+// longer Busy. Anything else in an entry (garbage, a state no rule names) is refused.
+
+/** X_STATE values. */
+export const ExposureState = {
+  /** Not armed: no pull right. */
+  Free: 0,
+  /** One pull may take it. */
+  Armed: 1,
+  /** A pull is copying from it. */
+  Busy: 2,
+  /** Its pull ended: spent. */
+  Used: 3,
+  /** The owner revoked it while Busy: the NIC ends the transfer and sets Used. */
+  Revoking: 4,
+} as const;
+
+export const X_STATE = 0;
+export const X_KEY = 1;
+export const X_REGION = 2;
+export const X_OFFSET = 3;
+export const X_LENGTH = 4;
 
 // ---- descriptors (u32 word offsets within a 64-byte descriptor) ---------------------------
 
@@ -95,14 +157,14 @@ export const DFLAG_TRACE = 1;
 /**
  * Descriptor flag: a PULL whose source region lives on another NIC. D_DEST_NIC,
  * D_DEST_ENDPOINT and D_DEST_SESSION name the endpoint that owns the source region (the
- * sender of the rendezvous); the rest is as for a local PULL. The NIC asks the peer NIC with
- * PULL_REQUEST frames; the peer validates the region (owner endpoint and session, key,
- * REMOTE_READ, bounds) and answers with PULL_REPLY frames of at most SEND_MAX bytes each,
+ * sender of the rendezvous); D_SRC_REGION, D_SRC_KEY and D_SRC_OFFSET name its pull right (as
+ * for DFLAG_EXPOSURE). The NIC asks the peer NIC with PULL_REQUEST frames; the peer takes the
+ * right (owner endpoint and session, entry, key, range, the region behind it) and answers with PULL_REPLY frames of at most SEND_MAX bytes each,
  * which this NIC writes into the destination region. PULL_DONE's status: SUCCESS; the peer's
  * refusal (BAD_KEY, BAD_RDMAWIN, ENDPOINT_CLOSED, BAD_SESSION; ENDPOINT_UNKNOWN for an
  * endpoint id the peer does not have; NO_RESOURCES if it serves too many pulls); ABORTED when
- * the source or the destination region is deregistered mid-transfer (ENDPOINT_CLOSED when the
- * source endpoint closes); ENDPOINT_UNREACHABLE when there is no link to D_DEST_NIC, the link
+ * the source or the destination region is deregistered, or the pull right revoked, mid-transfer
+ * (ENDPOINT_CLOSED when the source endpoint closes); ENDPOINT_UNREACHABLE when there is no link to D_DEST_NIC, the link
  * goes away, or no reply makes progress for WIRE_TIMEOUT_MS. Never a hang. The destination is
  * checked before anything is sent: a bad one is an ERROR event, as for a local PULL. Unlike a
  * local PULL, a remote one does not hold the endpoint's later descriptors: its PULL_DONE may
@@ -112,19 +174,40 @@ export const DFLAG_TRACE = 1;
 export const DFLAG_REMOTE = 2;
 
 /**
+ * Descriptor flag: the PULL's source is a pull right another endpoint armed (the exposure
+ * table above), not a region of this endpoint: D_DEST_ENDPOINT and D_DEST_SESSION name the
+ * endpoint that armed it, D_SRC_REGION is the entry's index, D_SRC_KEY its key, D_SRC_OFFSET
+ * an offset within the exposed range. Implied by DFLAG_REMOTE (a remote PULL always names an
+ * exposure). The destination is checked first, so a bad one does not spend the right.
+ */
+export const DFLAG_EXPOSURE = 4;
+
+/**
  * How long a request that waits on another NIC (CONNECT, a remote PULL without progress, a
  * SEND's acknowledgement) may wait before it completes with ENDPOINT_UNREACHABLE. A receiving
  * NIC that holds a SEND for receive space says so every WIRE_TIMEOUT_MS / 3 (a PENDING
- * SEND_ACK), which restarts the sender's wait: a slow receiver is not an unreachable one.
+ * SEND_ACK), which restarts the sender's wait: a slow receiver is not an unreachable one. A
+ * peer NIC that has said nothing for this long while such a request is overdue is silent:
+ * everything waiting on its link fails at once, descriptors still queued for it included.
  */
 export const WIRE_TIMEOUT_MS = 1500;
+
+/**
+ * How long a NIC holds a delivery (SEND) for an endpoint whose receive area is full, at most.
+ * Then it gives up: the delivery, and every later one from the same sender still held with it,
+ * complete NO_RESOURCES with E_REASON HoldExpired (the sender's keepalives stop). A receiver
+ * that does not consume costs its senders an error, never a hang, and never holds its link.
+ */
+export const HOLD_MS = 5000;
 
 export const Opcode = {
   Nop: 0,
   /**
-   * PULL: copy D_LENGTH bytes from (D_SRC_REGION, D_SRC_KEY, D_SRC_OFFSET) — a region with
-   * REMOTE_READ whose key matches — into (D_DST_REGION, D_DST_OFFSET), a region of this
-   * endpoint with LOCAL_WRITE. The receiver-driven rendezvous. Completes with PULL_DONE.
+   * PULL: copy D_LENGTH bytes into (D_DST_REGION, D_DST_OFFSET), a region of this endpoint
+   * with LOCAL_WRITE, from a pull right another endpoint armed (DFLAG_EXPOSURE, DFLAG_REMOTE:
+   * the receiver-driven rendezvous) or, without those flags, from (D_SRC_REGION, D_SRC_KEY,
+   * D_SRC_OFFSET), a region of this same endpoint with LOCAL_READ or REMOTE_READ whose key
+   * matches (a local copy). Completes with PULL_DONE.
    */
   Pull: 1,
   /**
@@ -200,6 +283,10 @@ export const ErrorReason = {
   BadIndex: 9,
   NoResources: 10,
   Unreachable: 11,
+  /** PULL: the exposure is not armed (spent, revoked or never armed), or was re-armed meanwhile. */
+  NoRight: 12,
+  /** SEND_DONE: the receiving endpoint did not free receive space within HOLD_MS. */
+  HoldExpired: 13,
 } as const;
 
 /** TPT access bits of a registered region. */

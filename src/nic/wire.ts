@@ -1,15 +1,27 @@
 /**
  * The NIC's per-link bookkeeping for the wire between NICs (nic.ts drives it): header-only
- * frames waiting for a link that pushes back, SENDs awaiting their SEND_ACK, the PULL jobs
- * this NIC serves for the peer, and the MAC table of the Ethernet port. Everything lives in
- * preallocated typed arrays, so the per-frame paths allocate nothing.
+ * frames waiting for a link that pushes back, SENDs awaiting their SEND_ACK (a window with a
+ * share per destination endpoint), the PULL jobs this NIC serves for the peer, and the MAC
+ * table of the Ethernet port. Everything lives in preallocated typed arrays, so the per-frame
+ * paths allocate nothing.
  */
 import { FRAME_HEADER_BYTES, type Link } from "./link.js";
 
 /** Header-only frames (SEND_ACK, CONNECT_*, PULL_REQUEST, error PULL_REPLY) held per link while it pushes back. */
 export const CTRL_QUEUE = 1024;
 /** SENDs per link awaiting their SEND_ACK; a full window holds the next SEND in its queue. */
-export const SEND_WINDOW = 256;
+export const SEND_WINDOW = 1024;
+/**
+ * SENDs to one destination endpoint awaiting their SEND_ACK, at most (the rest wait in their
+ * sender's queue). A receiver that does not consume holds at most this many of a link's window
+ * (its NIC holds up to DELIVERY_QUEUE = 32 deliveries for it, nic.ts), so it cannot take the
+ * window from the other endpoints of that link: SEND_WINDOW / DEST_CREDITS = 32 endpoints,
+ * the default number per NIC, can all be at their limit at once. Pipelining to one endpoint
+ * is bounded by its sender's staging (32 slots, mx/wire.ts) anyway.
+ */
+export const DEST_CREDITS = 32;
+/** Destination endpoint ids above MX's (256) share one last bucket: they are refused anyway. */
+const DEST_BUCKETS = 257;
 /** PULL jobs this NIC serves concurrently per link; the requesting side keeps at most as many outstanding. */
 export const PULL_JOBS_PER_LINK = 64;
 /** Bytes one job may send per visit (jobs of a link take turns; a visit ends early on back-pressure). */
@@ -25,17 +37,23 @@ export class LinkState {
   ctrlHead = 0;
   ctrlCount = 0;
 
-  // SENDs awaiting their ACK, a ring in send order. ACKs mostly come in order (TCP, and the
-  // receiver places in order per endpoint) but not always (a delivery that waits for receive
-  // space is acknowledged after later ones), so an ACK is matched from the head on.
+  // SENDs awaiting their ACK, by slot. A slot is freed by its own ACK, in any order: a
+  // delivery that waits for receive space must not hold up the ones behind it (a ring in send
+  // order would stay full behind it). Each SEND carries its slot and a generation (the tag,
+  // link.ts word 14), which its SEND_ACK echoes.
+  readonly sUsed = new Uint8Array(SEND_WINDOW);
+  readonly sGen = new Uint16Array(SEND_WINDOW);
   readonly sCookie = new Int32Array(SEND_WINDOW);
   readonly sEp = new Int32Array(SEND_WINDOW);
   readonly sSession = new Uint32Array(SEND_WINDOW);
   readonly sLen = new Uint32Array(SEND_WINDOW);
+  readonly sDest = new Uint16Array(SEND_WINDOW);
   readonly sDeadline = new Float64Array(SEND_WINDOW);
-  readonly sDone = new Uint8Array(SEND_WINDOW);
-  sHead = 0;
+  private readonly sFree = new Int32Array(SEND_WINDOW);
+  /** SENDs awaiting their ACK. */
   sCount = 0;
+  /** Per destination endpoint (bucket): SENDs to it awaiting their ACK. */
+  private readonly destOut = new Uint16Array(DEST_BUCKETS);
 
   // PULL jobs served for the peer (responder side).
   readonly jUsed = new Uint8Array(PULL_JOBS_PER_LINK);
@@ -44,6 +62,8 @@ export class LinkState {
   readonly jReqSession = new Uint32Array(PULL_JOBS_PER_LINK);
   readonly jSrcEp = new Uint32Array(PULL_JOBS_PER_LINK);
   readonly jSrcSession = new Uint32Array(PULL_JOBS_PER_LINK);
+  /** The pull right (exposure index in the source endpoint's window) the job copies under. */
+  readonly jXp = new Int32Array(PULL_JOBS_PER_LINK);
   readonly jRegion = new Uint32Array(PULL_JOBS_PER_LINK);
   readonly jOff = new Uint32Array(PULL_JOBS_PER_LINK);
   readonly jLen = new Uint32Array(PULL_JOBS_PER_LINK);
@@ -54,49 +74,82 @@ export class LinkState {
   /** Remote PULLs this NIC has outstanding on this link (requester side). */
   pullsOut = 0;
 
+  // Liveness (nic.ts wireTick): when the peer last said anything, when the link last took a
+  // frame of ours, and until when it counts as silent (requests to it fail at once).
+  lastRx = 0;
+  lastTx = 0;
+  silentUntil = 0;
+  /** wireTick found it silent this round. */
+  silenceDue = false;
+
   constructor(
     readonly link: Link,
     readonly peerNic: number,
-  ) {}
-
-  /** Index (ring position) of the first pending SEND matching the ACK, or -1. */
-  findSend(ep: number, session: number, cookie: number): number {
-    for (let k = 0; k < this.sCount; k++) {
-      const i = (this.sHead + k) % SEND_WINDOW;
-      if (
-        this.sDone[i] === 0 &&
-        this.sEp[i] === ep &&
-        this.sSession[i] === session &&
-        this.sCookie[i] === cookie
-      )
-        return i;
-    }
-    return -1;
+  ) {
+    for (let i = 0; i < SEND_WINDOW; i++) this.sFree[i] = SEND_WINDOW - 1 - i;
   }
 
-  pushSend(ep: number, session: number, cookie: number, len: number, deadline: number): void {
-    const i = (this.sHead + this.sCount) % SEND_WINDOW;
+  private static bucket(destEp: number): number {
+    return destEp >>> 0 < DEST_BUCKETS - 1 ? destEp >>> 0 : DEST_BUCKETS - 1;
+  }
+
+  /** Whether a SEND to endpoint `destEp` may go now: the window and that endpoint's share have room. */
+  canSend(destEp: number): boolean {
+    return this.sCount < SEND_WINDOW && this.destOut[LinkState.bucket(destEp)] < DEST_CREDITS;
+  }
+
+  /** The tag the next pushSend will return (the frame carries it before the slot is taken). */
+  nextTag(): number {
+    const i = this.sFree[SEND_WINDOW - 1 - this.sCount];
+    return ((((this.sGen[i] + 1) & 0xffff) << 16) | i) >>> 0;
+  }
+
+  /** Takes a slot for a SEND (canSend said yes); returns its tag for the frame. */
+  pushSend(
+    ep: number,
+    session: number,
+    cookie: number,
+    len: number,
+    destEp: number,
+    deadline: number,
+  ): number {
+    const i = this.sFree[SEND_WINDOW - 1 - this.sCount];
+    const dest = LinkState.bucket(destEp);
+    this.sUsed[i] = 1;
+    this.sGen[i] = (this.sGen[i] + 1) & 0xffff;
     this.sEp[i] = ep;
     this.sSession[i] = session;
     this.sCookie[i] = cookie;
     this.sLen[i] = len;
+    this.sDest[i] = dest;
     this.sDeadline[i] = deadline;
-    this.sDone[i] = 0;
     this.sCount++;
+    this.destOut[dest]++;
+    return ((this.sGen[i] << 16) | i) >>> 0;
   }
 
-  /** Marks the entry at ring position i completed and drops completed entries from the head. */
+  /** The slot of the pending SEND an ACK with this tag answers, or -1 (late, or garbage). */
+  findSend(tag: number, ep: number, session: number, cookie: number): number {
+    const i = tag & 0xffff;
+    if (
+      i < SEND_WINDOW &&
+      this.sUsed[i] === 1 &&
+      this.sGen[i] === tag >>> 16 &&
+      this.sEp[i] === ep &&
+      this.sSession[i] === session &&
+      this.sCookie[i] === cookie
+    )
+      return i;
+    return -1;
+  }
+
+  /** Frees slot i: its SEND completed (acknowledged, timed out, or its link is gone). */
   completeSend(i: number): void {
-    this.sDone[i] = 1;
-    this.trimSends();
-  }
-
-  /** Drops completed entries from the head. */
-  trimSends(): void {
-    while (this.sCount > 0 && this.sDone[this.sHead] === 1) {
-      this.sHead = (this.sHead + 1) % SEND_WINDOW;
-      this.sCount--;
-    }
+    if (this.sUsed[i] === 0) return;
+    this.sUsed[i] = 0;
+    this.destOut[this.sDest[i]]--;
+    this.sCount--;
+    this.sFree[SEND_WINDOW - 1 - this.sCount] = i;
   }
 
   freeJob(j: number): void {

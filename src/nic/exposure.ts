@@ -1,0 +1,94 @@
+/**
+ * The NIC's side of the exposure table (window.ts): taking a pull right for one PULL, checking
+ * it before each chunk of the copy, and ending it. The table lives in the owner's window, so
+ * every word is read once with Atomics and checked here; the transitions follow the order
+ * window.ts documents. Numbers only: the per-pull paths allocate nothing.
+ */
+import type { Tpt } from "./tpt.js";
+import {
+  Access,
+  ErrorReason,
+  EXPOSURE_ENTRIES,
+  EXPOSURE_OFFSET,
+  EXPOSURE_WORDS,
+  ExposureState,
+  X_KEY,
+  X_LENGTH,
+  X_OFFSET,
+  X_REGION,
+  X_STATE,
+} from "./window.js";
+
+const XW = EXPOSURE_OFFSET / 4;
+
+/** Where a taken right points: set by takeExposure when it answers SUCCESS. */
+export class ExposureGrant {
+  /** The exposed region's id and TPT slot. */
+  region = 0;
+  slot = -1;
+  /** Where the pull starts in that region (the exposed range's offset plus the pull's). */
+  start = 0;
+}
+
+/**
+ * Takes exposure `index` of endpoint `owner` (its window `w`) for one pull of [off, off + len)
+ * of the exposed range, presenting `key`: 0 (taken: the entry is Busy and `out` says where to
+ * copy from) or the ErrorReason of the refusal — NoRight (nothing armed there, or re-armed
+ * meanwhile), BadKey, OutOfBounds (outside the exposed range or the region), BadRegion (the
+ * region is gone), UnknownEndpoint (it went with its endpoint), Permission (a region that is
+ * not the owner's, or without REMOTE_READ). The caller checked the owner endpoint and session.
+ */
+export function takeExposure(
+  w: Int32Array,
+  owner: number,
+  index: number,
+  key: number,
+  off: number,
+  len: number,
+  tpt: Tpt,
+  out: ExposureGrant,
+): number {
+  if (index >= EXPOSURE_ENTRIES) return ErrorReason.NoRight;
+  const b = XW + index * EXPOSURE_WORDS;
+  if (Atomics.load(w, b + X_STATE) !== ExposureState.Armed) return ErrorReason.NoRight;
+  if (key === 0 || Atomics.load(w, b + X_KEY) >>> 0 !== key) return ErrorReason.BadKey;
+  // Copied out once: the owner may rewrite them at any time.
+  const region = Atomics.load(w, b + X_REGION) >>> 0;
+  const xOff = Atomics.load(w, b + X_OFFSET) >>> 0;
+  const xLen = Atomics.load(w, b + X_LENGTH) >>> 0;
+  // Overflow-safe: off and len are u32, so neither sum below leaves the exact doubles.
+  if (off > xLen || len > xLen - off) return ErrorReason.OutOfBounds;
+  const slot = tpt.lookup(region);
+  if (slot < 0) return tpt.closedWithEndpoint(region) ? ErrorReason.UnknownEndpoint : ErrorReason.BadRegion;
+  if (tpt.owner[slot] !== owner || (tpt.access[slot] & Access.RemoteRead) === 0)
+    return ErrorReason.Permission;
+  if (!tpt.inBounds(slot, xOff + off, len)) return ErrorReason.OutOfBounds;
+  if (
+    Atomics.compareExchange(w, b + X_STATE, ExposureState.Armed, ExposureState.Busy) !== ExposureState.Armed
+  )
+    return ErrorReason.NoRight;
+  if (Atomics.load(w, b + X_KEY) >>> 0 !== key) {
+    // Re-armed between our reads and the CAS: what we read is not this arming's. Give it back.
+    if (
+      Atomics.compareExchange(w, b + X_STATE, ExposureState.Busy, ExposureState.Armed) !== ExposureState.Busy
+    )
+      endExposure(w, index);
+    return ErrorReason.NoRight;
+  }
+  out.region = region;
+  out.slot = slot;
+  out.start = xOff + off;
+  return 0;
+}
+
+/** Whether a transfer may go on copying from exposure `index`: it is still Busy (not revoked). */
+export function exposureLive(w: Int32Array, index: number): boolean {
+  return Atomics.load(w, XW + index * EXPOSURE_WORDS + X_STATE) === ExposureState.Busy;
+}
+
+/** The transfer on exposure `index` ended (done, failed or revoked): the right is spent. */
+export function endExposure(w: Int32Array, index: number): void {
+  const at = XW + index * EXPOSURE_WORDS + X_STATE;
+  if (Atomics.compareExchange(w, at, ExposureState.Busy, ExposureState.Used) !== ExposureState.Busy)
+    Atomics.compareExchange(w, at, ExposureState.Revoking, ExposureState.Used);
+}
