@@ -21,7 +21,12 @@ test("1,000,000 requests between two domains: all answered, in order, with few n
       idx.every((v, i) => v >= 0 && (i === 0 || v >= idx[i - 1])),
       `states went backwards: ${seen}`,
     );
-    assert.ok(seen.includes("Connected"), `never saw Connected: ${seen}`);
+    // A side busy serving may first look once its peer is already Closing: reaching Connected
+    // or later is what the handshake must show.
+    assert.ok(
+      idx.some((v) => v >= order.indexOf("Connected")),
+      `never saw Connected or later: ${seen}`,
+    );
   }
   const notifications = run.front.notifications + run.back.notifications;
   assert.ok(notifications < requests / 20, `${notifications} notifications for ${requests} requests`);

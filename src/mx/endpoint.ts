@@ -1892,7 +1892,12 @@ export class MxEndpoint {
       // A probe: the peer answered, or is gone.
       owner.probing = false;
       if (status === MxStatus.SUCCESS) owner.lastNews = performance.now();
-      else this.failPeer(owner, `the peer did not answer (${mxStatusName(status)})`, status);
+      else
+        this.failPeer(
+          owner,
+          sendFailureText(status, reason) ?? `the peer did not answer our probe (${mxStatusName(status)})`,
+          status,
+        );
       return;
     }
     const req = owner as MxRequest | undefined;
