@@ -355,6 +355,12 @@ interface PendingPull {
   source: MxAddress;
   syncId: number;
   xfer: number;
+  /**
+   * The source went away while the NIC pulled: the receive fails with this status, but only
+   * when the NIC reports the pull done — until then it may still write into the buffer, which
+   * must not be handed back (to the user or the bounce pool) under a live copy.
+   */
+  failed?: number;
 }
 
 export interface EndpointCounters extends RegCounters {
@@ -1753,16 +1759,19 @@ export class MxEndpoint {
         const p = this.pulls.get(cookie);
         if (p) {
           this.pulls.delete(cookie);
-          const ok = type === EventType.PullDone && status === MxStatus.SUCCESS;
-          if (this.tracing && p.recv.traceId !== 0 && ok) this.tracePullDone(p.recv.traceId, base);
-          const xfer = ok ? p.xfer : 0;
-          const code = !ok
-            ? status || MxStatus.ABORTED
-            : xfer < p.recv.status.msgLength
-              ? MxStatus.TRUNCATED
-              : MxStatus.SUCCESS;
-          if (p.syncId !== 0) this.sendNotify(p.source, p.syncId, xfer, ok ? MxStatus.SUCCESS : code);
-          this.complete(p.recv, code, xfer);
+          if (p.failed !== undefined) this.complete(p.recv, p.failed, 0);
+          else {
+            const ok = type === EventType.PullDone && status === MxStatus.SUCCESS;
+            if (this.tracing && p.recv.traceId !== 0 && ok) this.tracePullDone(p.recv.traceId, base);
+            const xfer = ok ? p.xfer : 0;
+            const code = !ok
+              ? status || MxStatus.ABORTED
+              : xfer < p.recv.status.msgLength
+                ? MxStatus.TRUNCATED
+                : MxStatus.SUCCESS;
+            if (p.syncId !== 0) this.sendNotify(p.source, p.syncId, xfer, ok ? MxStatus.SUCCESS : code);
+            this.complete(p.recv, code, xfer);
+          }
         } else this.counters.nicErrors++;
       } else if (type === EventType.Driver) {
         this.onDriverEvent(
@@ -2043,11 +2052,11 @@ export class MxEndpoint {
         this.complete(r, code, 0);
       }
     }
-    for (const [cookie, p] of this.pulls) {
+    for (const p of this.pulls.values()) {
+      // The data would be the peer's last words: report the loss, once the NIC let go of the buffer.
       if (p.source === peer) {
-        // The NIC may still complete it; the data would be the peer's last words. Report the loss.
-        this.pulls.delete(cookie);
-        this.complete(p.recv, code, 0);
+        p.failed ??= code;
+        p.recv.reason ??= why;
       }
     }
     for (let i = this.unexpected.length - 1; i >= 0; i--) {
