@@ -21,6 +21,7 @@ import {
 } from "./abi.js";
 import {
   allocCounterBuffer,
+  allocPrivateCounterBlock,
   CounterBlock,
   type CounterName,
   type CounterSnapshot,
@@ -177,11 +178,13 @@ class DomainRecord implements GrantingDomain {
     readonly table: SharedArrayBuffer,
     readonly shadowBuffer: SharedArrayBuffer,
     readonly counters: SharedArrayBuffer,
+    /** The hypervisor's own block: never leaves this thread, so no guest can write it. */
+    readonly hypCounters: ArrayBuffer,
     readonly maxSharedPages: number,
   ) {
     this.entries = new Uint32Array(table);
     this.shadow = new Int32Array(shadowBuffer);
-    this.hyp = new CounterWriter(counters, CounterBlock.Hypervisor);
+    this.hyp = new CounterWriter(hypCounters, CounterBlock.Hypervisor, counters);
   }
 
   segmentAt(pfn: number): Segment | undefined {
@@ -233,6 +236,7 @@ export class Domain extends EventEmitter {
     private readonly hv: Hypervisor,
     readonly worker: Worker,
     private readonly counterBuffer: SharedArrayBuffer,
+    private readonly hypCounters: ArrayBuffer,
     readonly native = false,
   ) {
     super();
@@ -247,9 +251,9 @@ export class Domain extends EventEmitter {
     });
   }
 
-  /** Counters of hypervisor work done by or for this domain. */
+  /** Counters of hypervisor work done by or for this domain (the hypervisor's part from its private block). */
   counters(): CounterSnapshot {
-    return readCounters(this.counterBuffer);
+    return readCounters(this.counterBuffer, this.hypCounters);
   }
 
   private readonly early: unknown[] = [];
@@ -391,6 +395,7 @@ export class Hypervisor {
     const ram = new SharedArrayBuffer(c.pages * PAGE_SIZE);
     const { table, shadow } = allocGrantTable(c.grantEntries);
     const counters = allocCounterBuffer();
+    const hypCounters = allocPrivateCounterBlock();
     const rec = new DomainRecord(
       domid,
       ++this.serials,
@@ -400,6 +405,7 @@ export class Hypervisor {
       table,
       shadow,
       counters,
+      hypCounters,
       c.maxSharedPages,
     );
     this.records.set(domid, rec);
@@ -441,7 +447,7 @@ export class Hypervisor {
       this.release(domid);
       throw e;
     }
-    const dom = new Domain(domid, name, c.privileged, c.pages, this, worker, counters, c.native);
+    const dom = new Domain(domid, name, c.privileged, c.pages, this, worker, counters, hypCounters, c.native);
     this.live.set(domid, dom);
     this.all.set(domid, dom);
 
