@@ -7,8 +7,8 @@
  */
 import assert from "node:assert/strict";
 import { once } from "node:events";
-import { fileURLToPath } from "node:url";
 import { after, before, test } from "node:test";
+import { fileURLToPath } from "node:url";
 import { Host } from "../src/host/host.js";
 import type { Domain } from "../src/xen/hypervisor.js";
 

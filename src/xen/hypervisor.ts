@@ -41,6 +41,7 @@ import {
   markGrantTableDead,
   releaseGrant,
 } from "./grant-table.js";
+import { type GuestImage, loadGuestImage } from "./guest/loader.js";
 import {
   type AsyncToGuest,
   type AsyncToHypervisor,
@@ -52,7 +53,11 @@ import { executeXenStoreRequest, LocalXenStoreClient, XenStore, XenStoreError } 
 export type DomainState = "booting" | "running" | "shutdown" | "crashed" | "destroyed";
 
 export interface DomainConfig {
-  /** The guest program: a path or file URL of a TypeScript or JavaScript module whose default export is `main(guest)`. */
+  /**
+   * The guest program: a path or file URL of a TypeScript or JavaScript module whose default
+   * export is `main(guest)`. It runs sandboxed (guest/sandbox.ts), reaching only the guest
+   * object and the library, except in the privileged domain (the host's own driver domain).
+   */
   module: string | URL;
   name?: string;
   /** Guest-physical memory in 4 KiB pages (default 256 = 1 MiB). */
@@ -66,7 +71,10 @@ export interface DomainConfig {
   grantEntries?: number;
   /** Extra shared pages the domain may register for mapping by other domains (default: as many as RAM). */
   maxSharedPages?: number;
-  /** Objects in `args` to transfer rather than clone (MessagePorts handed to the domain). */
+  /**
+   * Objects in `args` to transfer rather than clone (MessagePorts handed to the privileged
+   * domain). A sandboxed guest takes none: it is handed data, never a Node object.
+   */
   transfer?: TransferListItem[];
   /**
    * A native process rather than a VM: a thread of the driver domain's OS, with its own
@@ -97,6 +105,8 @@ export interface GuestBootData {
   hcPort: MessagePort;
   asyncPort: MessagePort;
   moduleUrl: string;
+  /** The program compiled for the sandbox (guest/loader.ts); absent for the privileged domain, which runs unsandboxed. */
+  image?: GuestImage;
   args: unknown;
 }
 
@@ -383,6 +393,14 @@ export class Hypervisor {
   async createDomain(config: DomainConfig): Promise<Domain> {
     const c = checkConfig(config);
     const moduleUrl = toModuleUrl(c.module);
+    // Only the host's own driver domain runs unsandboxed; a guest is handed data, never a port.
+    const nativeLink = (c.args as { myrixen?: { port?: unknown } } | undefined)?.myrixen?.port;
+    if (!c.privileged && c.transfer.some((t) => t !== nativeLink))
+      throw new TypeError(
+        "createDomain: `transfer`: a guest runs sandboxed and cannot be handed MessagePorts or other transferables; give it data in `args`",
+      );
+    // Compiled before anything is allocated: a bad program fails its guest at boot, not the host.
+    const image = c.privileged ? undefined : await loadGuestImage(moduleUrl);
     let domid: DomId;
     if (c.privileged) {
       if (this.records.has(0))
@@ -431,6 +449,7 @@ export class Hypervisor {
       hcPort: hc.port2,
       asyncPort: async.port2,
       moduleUrl,
+      image,
       args: c.args,
     };
     let worker: Worker;
