@@ -78,7 +78,10 @@ async function lockdownRealm(): Promise<Ses> {
     consoleTaming: "unsafe",
     errorTrapping: "none",
     unhandledRejectionTrapping: "none",
-    overrideTaming: "moderate",
+    // "moderate" turns every TypedArray.prototype method (and Array.prototype.push) into an
+    // accessor so that code may assign over them; the data path calls set/subarray per message
+    // and nothing here assigns over an intrinsic, so keep them plain data properties.
+    overrideTaming: "min",
     reporting: "none",
   });
   // SES leaves these to the host: they are shared with the library (it waits and copies with
