@@ -7,6 +7,9 @@
  */
 import assert from "node:assert/strict";
 import { once } from "node:events";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { after, before, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { Host } from "../src/host/host.js";
@@ -126,4 +129,46 @@ test("a TypeScript guest's error keeps its stack, with the .ts file and line", a
   // The throw is on line 9 of throws.ts; the frames of descend() and main() follow it.
   assert.match(exit.error!.stack!, /at descend \(.*test\/fixtures\/guests\/throws\.ts:9:\d+\)/);
   assert.match(exit.error!.stack!, /at main \(.*test\/fixtures\/guests\/throws\.ts:14:\d+\)/);
+});
+
+test('a user\'s TypeScript program outside the repository imports "myrixen": one copy of the library, shared with the runtime', async () => {
+  const dir = mkdtempSync(join(tmpdir(), "myrixen-user-"));
+  try {
+    writeFileSync(
+      join(dir, "helper.ts"),
+      'export const twice = (n: number): number => 2 * n;\nexport { MxError as Again } from "myrixen";\n',
+    );
+    writeFileSync(
+      join(dir, "prog.ts"),
+      [
+        'import { GrantError, Mx, MxError, type Guest } from "myrixen";',
+        'import { Again, twice } from "./helper.js";',
+        "export default function main(guest: Guest) {",
+        "  const mx = Mx.init(guest);",
+        "  let fromLibrary = false;",
+        "  try {",
+        "    mx.openEndpoint({ key: -1 });",
+        "  } catch (e) {",
+        "    fromLibrary = e instanceof MxError;",
+        "  }",
+        "  const g = guest.grants.map(guest.domid, 99999);",
+        "  mx.finalize();",
+        "  return { fromLibrary, same: Again === MxError, grant: g.status !== 0, twice: twice(21), GrantError: typeof GrantError };",
+        "}",
+        "",
+      ].join("\n"),
+    );
+    const d = await host.startGuest({ module: join(dir, "prog.ts"), name: "user" });
+    const exit = await d.exited;
+    assert.equal(exit.state, "shutdown", exit.error?.stack);
+    assert.deepEqual(exit.result, {
+      fromLibrary: true,
+      same: true,
+      grant: true,
+      twice: 42,
+      GrantError: "function",
+    });
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
