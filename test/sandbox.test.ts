@@ -172,3 +172,17 @@ test('a user\'s TypeScript program outside the repository imports "myrixen": one
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test("a native process (the native path's rank) is sandboxed too: every way out refused, its service link out of reach", async () => {
+  const d = await host.startNative({ module: ESCAPE, args: { role: "hostile" }, name: "hostile-native" });
+  const exit = await d.exited;
+  assert.equal(exit.state, "shutdown", exit.error?.stack);
+  const report = exit.result as { name: string; escaped: boolean; detail: string }[];
+  assert.deepEqual(
+    report.filter((r) => r.escaped).map((r) => `${r.name}: ${r.detail}`),
+    [],
+  );
+  // Its MX worked (the walk opened an endpoint through the native service) and found no port.
+  const walk = report.find((r) => r.name.startsWith("a Node object"));
+  assert.match(walk?.detail ?? "", /nothing found in \d+ objects/);
+});

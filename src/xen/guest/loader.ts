@@ -80,7 +80,7 @@ function findProgramFile(path: string): string | undefined {
 /** What `spec`, imported by the module at `fromPath`, is for a guest. */
 export function resolveGuestImport(spec: string, fromPath: string): GuestImport {
   if (spec === "myrixen")
-    return { kind: "library", url: new URL("index.js", `file://${DIST_SRC}`).href, index: true };
+    return { kind: "library", url: pathToFileURL(`${DIST_SRC}index.js`).href, index: true };
   const builtin = builtinName(spec);
   if (builtin) return { kind: "refused", message: `${builtin} ${NOT_IN_GUEST}` };
   let path: string;
