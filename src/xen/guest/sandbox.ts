@@ -98,12 +98,12 @@ function freezeByProperty(o: object, spare: ReadonlySet<PropertyKey>): void {
 }
 
 /**
- * Freezing an object's properties one by one (as lockdown does) leaves V8 holding it in
- * dictionary mode, and the library's hot paths then lose the fast paths that assume a plain
- * Array.prototype, Atomics, typed-array prototypes...: Array.prototype.push and for-of over
- * an array measured ~15× slower, the MX ping-pong ~3×. Using an object as a prototype makes
- * V8 turn it back into a fast object (its properties and their attributes unchanged), so do
- * that for every frozen object reachable from the standard globals.
+ * Lockdown's repairs (properties deleted, redefined one by one) leave V8 holding many
+ * intrinsics in dictionary mode, and the library's hot paths then lose the fast paths that
+ * assume a plain Array.prototype, Atomics, Math...: Array.prototype.push and for-of over an
+ * array measured ~15× slower. Using an object as a prototype makes V8 turn it back into a
+ * fast object (its properties and their attributes unchanged), so do that for every frozen
+ * object reachable from the standard globals.
  */
 function refastIntrinsics(): void {
   const g = globalThis as unknown as Record<string, unknown>;
@@ -235,7 +235,7 @@ async function lockdownRealm(): Promise<Ses> {
 
 /** Source maps of the sandbox's modules, by the URL their frames carry. */
 const sourceMaps = new Map<string, { json: string; map?: SourceMap }>();
-/** Lines of wrapper before a module's first line (see evaluateModule). */
+/** Lines of wrapper before a module's first line (the function head in loadSandboxedProgram). */
 const WRAP_LINES = 1;
 
 interface CallSite {
