@@ -21,6 +21,8 @@ export function isJobKey(k: unknown): k is number {
   return Number.isInteger(k) && (k as number) >= 1 && (k as number) <= 0xffffffff && k !== OLD_SHARED_JOB_KEY;
 }
 
+import type { MachineFacts } from "../host/machine.js";
+
 export interface RankArgs {
   rank: number;
   size: number;
@@ -30,9 +32,28 @@ export interface RankArgs {
   argv: string[];
   /** The job's MX endpoint key (isJobKey). */
   key: number;
+  /** The facts of the machine the rank runs on (a guest has no node:os), for reports. */
+  machine?: MachineFacts;
 }
 
-export type RankToLauncher = { type: "mpi-addr"; rank: number; nic: number; endpoint: number };
+export type RankToLauncher =
+  | { type: "mpi-addr"; rank: number; nic: number; endpoint: number }
+  /** A result file for the host running the rank to write (a guest cannot write files). */
+  | { type: "output-file"; rank: number; file: string; text: string };
+
+/**
+ * Asks the host that runs this rank to write `text` to `file` (relative to the host's working
+ * directory). The host writes only a file the user named in the program's arguments, and
+ * reports a failure on the rank's stderr, failing the rank.
+ */
+export function writeRankFile(
+  guest: { send(m: unknown): void },
+  rank: number,
+  file: string,
+  text: string,
+): void {
+  guest.send({ type: "output-file", rank, file, text } satisfies RankToLauncher);
+}
 export type LauncherToRank = { type: "mpi-peers"; peers: { nic: number; endpoint: number }[] };
 
 /** The rank's view of its job, from guest.args (undefined when the program was not started by a launcher). */

@@ -9,9 +9,12 @@
  * job whose key is the key of a job still running on it (keysInUse below, per Host): two jobs
  * sharing a key could connect to each other's endpoints.
  */
+import { mkdirSync, statSync, writeFileSync } from "node:fs";
+import { dirname, resolve } from "node:path";
 import { createInterface } from "node:readline";
 import type { Readable } from "node:stream";
 import type { Host } from "../host/host.js";
+import { machineFacts } from "../host/machine.js";
 import type { Domain, DomainExit } from "../xen/hypervisor.js";
 import { ProgramError, resolveProgram } from "./programs.js";
 import { isJobKey, type LauncherToRank, type RankArgs, type RankToLauncher } from "./protocol.js";
@@ -72,6 +75,15 @@ function lines(stream: Readable | null | undefined, line: (s: string) => void): 
     rl.on("line", line);
     rl.on("close", () => resolve());
   });
+}
+
+function exists(path: string): boolean {
+  try {
+    statSync(path);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** Per Host: the keys of the jobs that have ranks on it now. */
@@ -143,7 +155,14 @@ export class RankSet {
 
   private async startRank(rank: number, program: URL): Promise<void> {
     const { spec } = this;
-    const job: RankArgs = { rank, size: spec.size, path: spec.path, argv: spec.argv, key: spec.key };
+    const job: RankArgs = {
+      rank,
+      size: spec.size,
+      path: spec.path,
+      argv: spec.argv,
+      key: spec.key,
+      machine: machineFacts(),
+    };
     const domSpec = {
       module: program,
       args: { job },
@@ -165,7 +184,16 @@ export class RankSet {
       lines(dom.worker.stderr, (l) => this.events.output(rank, "stderr", l)),
     ]);
     let announced = false;
+    let outputFailed = false;
     dom.on("message", (m: RankToLauncher) => {
+      if (m?.type === "output-file" && m.rank === rank) {
+        const problem = this.writeOutputFile(m.file, m.text);
+        if (problem) {
+          outputFailed = true;
+          this.events.output(rank, "stderr", problem);
+        }
+        return;
+      }
       if (m?.type !== "mpi-addr" || m.rank !== rank || announced) return;
       if (!Number.isInteger(m.nic) || !Number.isInteger(m.endpoint)) return;
       announced = true;
@@ -177,10 +205,12 @@ export class RankSet {
         let timer: NodeJS.Timeout | undefined;
         await Promise.race([drained, new Promise((r) => (timer = setTimeout(r, OUTPUT_DRAIN_MS)))]);
         clearTimeout(timer);
+        const code = exitCodeOf(e);
         this.events.exit({
           rank,
           state: e.state,
-          exitCode: exitCodeOf(e),
+          // A result file the rank asked for and did not get fails the rank.
+          exitCode: code === 0 && outputFailed ? 1 : code,
           error: e.error,
           result: e.result,
         });
@@ -188,6 +218,27 @@ export class RankSet {
         await dom.destroy().catch(() => undefined);
       }),
     );
+  }
+
+  /**
+   * Writes a rank's result file (a guest cannot): only a file the user named in the
+   * program's arguments, resolved against this host's working directory. Returns what went
+   * wrong, or undefined.
+   */
+  private writeOutputFile(file: unknown, text: unknown): string | undefined {
+    if (typeof file !== "string" || typeof text !== "string" || !this.spec.argv.includes(file))
+      return `refused to write ${JSON.stringify(file)}: a rank writes only files named in its program's arguments`;
+    const path = resolve(file);
+    try {
+      // One level at a time: Node 20's recursive mkdirSync can spin under /proc.
+      const missing: string[] = [];
+      for (let d = dirname(path); !exists(d); d = dirname(d)) missing.unshift(d);
+      for (const d of missing) mkdirSync(d);
+      writeFileSync(path, text);
+      return undefined;
+    } catch (e) {
+      return `cannot write ${file}: ${e instanceof Error ? e.message : String(e)}`;
+    }
   }
 
   /** The job's MX addresses, one per rank (the mpi-peers relay). */

@@ -272,7 +272,7 @@ export class Host {
     return dom;
   }
 
-  /** Starts a native process of the driver domain's OS; it finds its service link in guest.args.myrixen. */
+  /** Starts a native process of the driver domain's OS; its runtime takes its service link out of args.myrixen. */
   async startNative(spec: DomainSpec): Promise<Domain> {
     const user = spec.args;
     if (user !== undefined && (typeof user !== "object" || user === null || Array.isArray(user)))

@@ -14,7 +14,7 @@ import type {
   NativeServiceEndpoint,
 } from "../myrixen/protocol.js";
 import type { Guest } from "../xen/guest/guest.js";
-import { SyncCallClient } from "../xen/sync-call.js";
+import { SyncCallClient, SyncCallFailed } from "../xen/sync-call.js";
 import {
   allocGuestBuffer,
   type DriverChannel,
@@ -35,11 +35,11 @@ export class NativeDriver implements MxDriver {
   readonly nicId: number;
   /** Endpoint contexts of the NIC. */
   readonly maxEndpoints: number;
-  private readonly rpc: SyncCallClient<NativeRequest>;
+  private readonly rpc: Pick<SyncCallClient<NativeRequest>, "call">;
   private readonly open = new Set<number>();
   private finalized = false;
 
-  /** `endpoint` defaults to `guest.args.myrixen`, where Host.startNative puts it. */
+  /** `endpoint` defaults to the guest's own link to the service (Host.startNative gives it one). */
   constructor(
     private readonly guest: Guest,
     endpoint?: NativeServiceEndpoint,
@@ -49,17 +49,27 @@ export class NativeDriver implements MxDriver {
         "MX_NO_DRIVER",
         "NativeDriver is for native processes; a guest VM uses myrifront (openDriver picks it)",
       );
-    const ep = endpoint ?? (guest.args as { myrixen?: NativeServiceEndpoint } | undefined)?.myrixen;
-    if (!ep?.port || !(ep.replyWord instanceof SharedArrayBuffer))
-      throw fail(
-        "MX_NO_DRIVER",
-        "no native service endpoint in guest.args.myrixen; start the process with Host.startNative",
-      );
-    this.rpc = new SyncCallClient<NativeRequest>(
-      ep.port,
-      ep.replyWord,
-      (errno, message) => new MxDriverError(errno.startsWith("MX_") ? errno : "MX_FAILURE", message),
-    );
+    const toMx = (errno: string, message: string) =>
+      new MxDriverError(errno.startsWith("MX_") ? errno : "MX_FAILURE", message);
+    if (endpoint) {
+      if (!endpoint.port || !(endpoint.replyWord instanceof SharedArrayBuffer))
+        throw fail("MX_NO_DRIVER", "the native service endpoint needs a port and a replyWord");
+      this.rpc = new SyncCallClient<NativeRequest>(endpoint.port, endpoint.replyWord, toMx);
+    } else {
+      // The runtime keeps the link's port out of the program's reach; the guest calls through it.
+      this.rpc = {
+        call: <T>(req: NativeRequest): T => {
+          try {
+            return guest.nativeCall<T>(req);
+          } catch (e) {
+            if (e instanceof SyncCallFailed) throw toMx(e.errno, e.message);
+            if (e instanceof TypeError)
+              throw fail("MX_NO_DRIVER", "no native service link; start the process with Host.startNative");
+            throw e;
+          }
+        },
+      };
+    }
     const r = this.call<NativeAttachReply>({ op: "attach", memory: guest.memory.ram });
     this.nicId = r.nicId;
     this.maxEndpoints = r.maxEndpoints;

@@ -248,7 +248,11 @@ export interface NativeConnectReply {
   channel?: NativeChannelReply;
 }
 
-/** What a native process finds in `guest.args.myrixen` (Host.startNative puts it there). */
+/**
+ * A native process's link to the native service: Host.startNative puts it in the domain's
+ * `args.myrixen`, and the guest runtime takes it out before the program sees its args (the
+ * program calls the service through guest.nativeCall, never holding the port).
+ */
 export interface NativeServiceEndpoint {
   port: import("node:worker_threads").MessagePort;
   replyWord: SharedArrayBuffer;

@@ -7,6 +7,12 @@
  * thread (operations it executes in place: event-channel sends, privileged grant copies,
  * waits) and one written only by the hypervisor thread (hypercalls it serves on the
  * domain's behalf). One writer per block means plain stores suffice; the host sums both.
+ *
+ * The hypervisor's block is the proof of what a domain made it do, so a guest must not be
+ * able to write it: the hypervisor keeps its own copy in memory no guest ever gets (plain
+ * memory of the host's thread) and mirrors each count into the block it shares with the
+ * domain, which is only there so that `guest.counters()` reads its own numbers without a
+ * hypercall. The host reads the private copy; a guest that forged its mirror fools itself.
  */
 
 export const COUNTER_NAMES = [
@@ -54,20 +60,35 @@ export function allocCounterBuffer(): SharedArrayBuffer {
 /** A writer's handle on its block. Fields are plain numbers indexed by constant: cheap on hot paths. */
 export class CounterWriter {
   readonly slots: Float64Array;
-  constructor(buffer: SharedArrayBuffer, block: CounterBlock) {
+  readonly #mirror: Float64Array | undefined;
+  /** With `mirror`, every count also goes to that buffer's block (the copy a domain may read). */
+  constructor(buffer: ArrayBufferLike, block: CounterBlock, mirror?: SharedArrayBuffer) {
     this.slots = new Float64Array(buffer, block * COUNTER_SLOTS * 8, COUNTER_SLOTS);
+    this.#mirror = mirror && new Float64Array(mirror, block * COUNTER_SLOTS * 8, COUNTER_SLOTS);
   }
   add(name: CounterName, n = 1): void {
-    this.slots[index.get(name)!] += n;
+    const i = index.get(name)!;
+    this.slots[i] += n;
+    if (this.#mirror) this.#mirror[i] = this.slots[i];
   }
 }
 
-/** Sum of both blocks: what the host reports for the domain. */
-export function readCounters(buffer: SharedArrayBuffer): CounterSnapshot {
-  const all = new Float64Array(buffer);
+/** The hypervisor's private block (same layout as the shared one, so block offsets agree). */
+export function allocPrivateCounterBlock(): ArrayBuffer {
+  return new ArrayBuffer(2 * COUNTER_SLOTS * 8);
+}
+
+/**
+ * Sum of both blocks: what the domain's own block says, plus the hypervisor's block — read
+ * from `hypervisorBlock` (the host's private copy) when given, else from the shared buffer
+ * (a domain reading its own numbers).
+ */
+export function readCounters(buffer: SharedArrayBuffer, hypervisorBlock?: ArrayBuffer): CounterSnapshot {
+  const own = new Float64Array(buffer, 0, COUNTER_SLOTS);
+  const hyp = new Float64Array(hypervisorBlock ?? buffer, COUNTER_SLOTS * 8, COUNTER_SLOTS);
   const out = {} as CounterSnapshot;
   COUNTER_NAMES.forEach((name, i) => {
-    out[name] = all[i] + all[COUNTER_SLOTS + i];
+    out[name] = own[i] + hyp[i];
   });
   return out;
 }

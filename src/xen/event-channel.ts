@@ -209,13 +209,16 @@ export class EventChannelPort {
   private readonly myMask: number;
   private readonly peerPend: number;
   private readonly peerMask: number;
+  /** The domain's own counter block: #private, so guest code holding a port cannot reach it. */
+  readonly #slots: Float64Array;
 
   constructor(
     readonly port: EvtchnPort,
     binding: SharedArrayBuffer,
     end: 0 | 1,
-    private readonly counters: CounterWriter,
+    counters: CounterWriter,
   ) {
+    this.#slots = counters.slots;
     this.words = new Int32Array(binding);
     this.myPend = PEND(end);
     this.myMask = MASK(end);
@@ -227,7 +230,7 @@ export class EventChannelPort {
   private readonly armForSleep = (): boolean => {
     this.armed = true;
     if (this.unmask()) return false;
-    this.counters.slots[SLEEP]++;
+    this.#slots[SLEEP]++;
     return true;
   };
   private armed = false;
@@ -239,7 +242,7 @@ export class EventChannelPort {
   /** evtchn_send: set the peer's pending bit; kick it only on a 0→1 edge of an unmasked port. */
   notify(): void {
     const w = this.words;
-    const c = this.counters.slots;
+    const c = this.#slots;
     c[SEND]++;
     if (Atomics.load(w, STATE) !== BOUND) {
       c[DROPPED]++;
@@ -291,7 +294,7 @@ export class EventChannelPort {
    * side really sleeps.
    */
   wait(timeoutMs = Number.POSITIVE_INFINITY, spinUs = DEFAULT_SPIN_US): WaitResult {
-    const c = this.counters.slots;
+    const c = this.#slots;
     c[WAIT]++;
     if (!this.bound && !this.isPending()) return "unbound";
     const wasMasked = this.masked;
@@ -305,7 +308,7 @@ export class EventChannelPort {
 
   /** Event-loop variant: resolves when an event arrives (consumed), without blocking the thread. */
   async waitAsync(timeoutMs = Number.POSITIVE_INFINITY): Promise<WaitResult> {
-    const c = this.counters.slots;
+    const c = this.#slots;
     c[WAIT]++;
     for (;;) {
       const got = this.take();
@@ -335,23 +338,26 @@ export interface EvtchnHypercalls {
 /** A domain's event channels. */
 export class GuestEventChannels {
   private readonly ports = new Map<EvtchnPort, EventChannelPort>();
+  readonly #counters: CounterWriter;
 
   constructor(
     private readonly hc: EvtchnHypercalls,
-    private readonly counters: CounterWriter,
-  ) {}
+    counters: CounterWriter,
+  ) {
+    this.#counters = counters;
+  }
 
   /** Allocates a port that `remoteDom` may bind to (advertise it through XenStore). */
   allocUnbound(remoteDom: DomId): EvtchnPort {
     const g = this.hc.allocUnbound(remoteDom);
-    this.ports.set(g.port, new EventChannelPort(g.port, g.binding, g.end, this.counters));
+    this.ports.set(g.port, new EventChannelPort(g.port, g.binding, g.end, this.#counters));
     return g.port;
   }
 
   /** Binds to a port `remoteDom` allocated for us. */
   bindInterdomain(remoteDom: DomId, remotePort: EvtchnPort): EvtchnPort {
     const g = this.hc.bindInterdomain(remoteDom, remotePort);
-    this.ports.set(g.port, new EventChannelPort(g.port, g.binding, g.end, this.counters));
+    this.ports.set(g.port, new EventChannelPort(g.port, g.binding, g.end, this.#counters));
     return g.port;
   }
 

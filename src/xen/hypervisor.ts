@@ -21,6 +21,7 @@ import {
 } from "./abi.js";
 import {
   allocCounterBuffer,
+  allocPrivateCounterBlock,
   CounterBlock,
   type CounterName,
   type CounterSnapshot,
@@ -40,6 +41,7 @@ import {
   markGrantTableDead,
   releaseGrant,
 } from "./grant-table.js";
+import { type GuestImage, loadGuestImage } from "./guest/loader.js";
 import {
   type AsyncToGuest,
   type AsyncToHypervisor,
@@ -51,7 +53,11 @@ import { executeXenStoreRequest, LocalXenStoreClient, XenStore, XenStoreError } 
 export type DomainState = "booting" | "running" | "shutdown" | "crashed" | "destroyed";
 
 export interface DomainConfig {
-  /** The guest program: a path or file URL of a TypeScript or JavaScript module whose default export is `main(guest)`. */
+  /**
+   * The guest program: a path or file URL of a TypeScript or JavaScript module whose default
+   * export is `main(guest)`. It runs sandboxed (guest/sandbox.ts), reaching only the guest
+   * object and the library, except in the privileged domain (the host's own driver domain).
+   */
   module: string | URL;
   name?: string;
   /** Guest-physical memory in 4 KiB pages (default 256 = 1 MiB). */
@@ -65,7 +71,10 @@ export interface DomainConfig {
   grantEntries?: number;
   /** Extra shared pages the domain may register for mapping by other domains (default: as many as RAM). */
   maxSharedPages?: number;
-  /** Objects in `args` to transfer rather than clone (MessagePorts handed to the domain). */
+  /**
+   * Objects in `args` to transfer rather than clone (MessagePorts handed to the privileged
+   * domain). A sandboxed guest takes none: it is handed data, never a Node object.
+   */
   transfer?: TransferListItem[];
   /**
    * A native process rather than a VM: a thread of the driver domain's OS, with its own
@@ -96,6 +105,8 @@ export interface GuestBootData {
   hcPort: MessagePort;
   asyncPort: MessagePort;
   moduleUrl: string;
+  /** The program compiled for the sandbox (guest/loader.ts); absent for the privileged domain, which runs unsandboxed. */
+  image?: GuestImage;
   args: unknown;
 }
 
@@ -177,11 +188,13 @@ class DomainRecord implements GrantingDomain {
     readonly table: SharedArrayBuffer,
     readonly shadowBuffer: SharedArrayBuffer,
     readonly counters: SharedArrayBuffer,
+    /** The hypervisor's own block: never leaves this thread, so no guest can write it. */
+    readonly hypCounters: ArrayBuffer,
     readonly maxSharedPages: number,
   ) {
     this.entries = new Uint32Array(table);
     this.shadow = new Int32Array(shadowBuffer);
-    this.hyp = new CounterWriter(counters, CounterBlock.Hypervisor);
+    this.hyp = new CounterWriter(hypCounters, CounterBlock.Hypervisor, counters);
   }
 
   segmentAt(pfn: number): Segment | undefined {
@@ -233,6 +246,7 @@ export class Domain extends EventEmitter {
     private readonly hv: Hypervisor,
     readonly worker: Worker,
     private readonly counterBuffer: SharedArrayBuffer,
+    private readonly hypCounters: ArrayBuffer,
     readonly native = false,
   ) {
     super();
@@ -247,9 +261,9 @@ export class Domain extends EventEmitter {
     });
   }
 
-  /** Counters of hypervisor work done by or for this domain. */
+  /** Counters of hypervisor work done by or for this domain (the hypervisor's part from its private block). */
   counters(): CounterSnapshot {
-    return readCounters(this.counterBuffer);
+    return readCounters(this.counterBuffer, this.hypCounters);
   }
 
   private readonly early: unknown[] = [];
@@ -379,6 +393,14 @@ export class Hypervisor {
   async createDomain(config: DomainConfig): Promise<Domain> {
     const c = checkConfig(config);
     const moduleUrl = toModuleUrl(c.module);
+    // Only the host's own driver domain runs unsandboxed; a guest is handed data, never a port.
+    const nativeLink = (c.args as { myrixen?: { port?: unknown } } | undefined)?.myrixen?.port;
+    if (!c.privileged && c.transfer.some((t) => t !== nativeLink))
+      throw new TypeError(
+        "createDomain: `transfer`: a guest runs sandboxed and cannot be handed MessagePorts or other transferables; give it data in `args`",
+      );
+    // Compiled before anything is allocated: a bad program fails its guest at boot, not the host.
+    const image = c.privileged ? undefined : await loadGuestImage(moduleUrl);
     let domid: DomId;
     if (c.privileged) {
       if (this.records.has(0))
@@ -391,6 +413,7 @@ export class Hypervisor {
     const ram = new SharedArrayBuffer(c.pages * PAGE_SIZE);
     const { table, shadow } = allocGrantTable(c.grantEntries);
     const counters = allocCounterBuffer();
+    const hypCounters = allocPrivateCounterBlock();
     const rec = new DomainRecord(
       domid,
       ++this.serials,
@@ -400,6 +423,7 @@ export class Hypervisor {
       table,
       shadow,
       counters,
+      hypCounters,
       c.maxSharedPages,
     );
     this.records.set(domid, rec);
@@ -425,6 +449,7 @@ export class Hypervisor {
       hcPort: hc.port2,
       asyncPort: async.port2,
       moduleUrl,
+      image,
       args: c.args,
     };
     let worker: Worker;
@@ -441,7 +466,7 @@ export class Hypervisor {
       this.release(domid);
       throw e;
     }
-    const dom = new Domain(domid, name, c.privileged, c.pages, this, worker, counters, c.native);
+    const dom = new Domain(domid, name, c.privileged, c.pages, this, worker, counters, hypCounters, c.native);
     this.live.set(domid, dom);
     this.all.set(domid, dom);
 

@@ -26,32 +26,40 @@ export interface SyncEndpoint {
   replyWord: SharedArrayBuffer;
 }
 
+/**
+ * The caller's end. Its port and reply word are #private: guest code may be handed a client
+ * (its calls are checked by the server), never the MessagePort behind it.
+ */
 export class SyncCallClient<Req> {
-  private readonly word: Int32Array;
+  readonly #port: MessagePort;
+  readonly #word: Int32Array;
+  readonly #makeError: (errno: string, message: string) => Error;
 
   constructor(
-    private readonly port: MessagePort,
+    port: MessagePort,
     replyWord: SharedArrayBuffer,
-    private readonly makeError: (errno: string, message: string) => Error = (e, m) =>
-      new SyncCallFailed(e, m),
+    makeError: (errno: string, message: string) => Error = (e, m) => new SyncCallFailed(e, m),
   ) {
-    this.word = new Int32Array(replyWord);
+    this.#port = port;
+    this.#word = new Int32Array(replyWord);
+    this.#makeError = makeError;
     // No listener: replies are taken synchronously, and the port must not keep the thread alive.
     port.unref();
   }
 
   call<T>(req: Req, transfer?: readonly TransferListItem[]): T {
-    Atomics.store(this.word, READY, 0);
-    this.port.postMessage(req, transfer as TransferListItem[] | undefined);
+    const word = this.#word;
+    Atomics.store(word, READY, 0);
+    this.#port.postMessage(req, transfer as TransferListItem[] | undefined);
     // The server answers in tens of µs; spin briefly, then block.
-    for (let i = 0; i < 2000 && Atomics.load(this.word, READY) === 0; i++) {
+    for (let i = 0; i < 2000 && Atomics.load(word, READY) === 0; i++) {
       // spin
     }
-    while (Atomics.load(this.word, READY) === 0) Atomics.wait(this.word, READY, 0, 1000);
-    const msg = receiveMessageOnPort(this.port);
-    if (!msg) throw this.makeError("EIO", "reply lost (the server signalled but sent nothing)");
+    while (Atomics.load(word, READY) === 0) Atomics.wait(word, READY, 0, 1000);
+    const msg = receiveMessageOnPort(this.#port);
+    if (!msg) throw this.#makeError("EIO", "reply lost (the server signalled but sent nothing)");
     const reply = msg.message as SyncReply;
-    if (!reply.ok) throw this.makeError(reply.errno, reply.message);
+    if (!reply.ok) throw this.#makeError(reply.errno, reply.message);
     return reply.value as T;
   }
 }

@@ -4,9 +4,7 @@
  * (`--class S|W|A`, `--json FILE` from guest.args.job.argv), NPB-style result printing and
  * the `--json` result file.
  */
-import { existsSync, mkdirSync, writeFileSync } from "node:fs";
-import { dirname, resolve } from "node:path";
-import { rankArgs } from "../../cluster/protocol.js";
+import { rankArgs, writeRankFile } from "../../cluster/protocol.js";
 import type { Guest } from "../../xen/guest/guest.js";
 
 // ---- RNG ----------------------------------------------------------------------------------
@@ -252,10 +250,8 @@ export function printResults(r: NasResult): void {
   console.log(lines.join("\n"));
 }
 
-/** Writes the `--json` result file (rank 0). */
-export function writeNasJson(file: string, r: NasResult): void {
-  const path = resolve(file);
-  if (!existsSync(dirname(path))) mkdirSync(dirname(path), { recursive: true });
+/** The `--json` result file (rank 0), written by the host that runs the rank (a guest cannot write files). */
+export function writeNasJson(guest: Guest, file: string, r: NasResult): void {
   const out = {
     kernel: r.kernel,
     class: r.cls,
@@ -266,20 +262,12 @@ export function writeNasJson(file: string, r: NasResult): void {
     mops: r.mops,
     values: r.values,
   };
-  writeFileSync(path, `${JSON.stringify(out, null, 2)}\n`);
-}
-
-/**
- * Waits until everything written to stdout and stderr has been handed on (a guest's worker is
- * terminated as soon as main returns, which would drop output still in flight).
- */
-export function flushOutput(): Promise<void> {
-  return new Promise((done) => process.stdout.write("", () => process.stderr.write("", () => done())));
+  writeRankFile(guest, 0, file, `${JSON.stringify(out, null, 2)}\n`);
 }
 
 /** Prints the results and writes the JSON file when asked (rank 0 only). */
-export function report(opts: NasOptions, r: NasResult): void {
+export function report(guest: Guest, opts: NasOptions, r: NasResult): void {
   if (opts.rank !== 0) return;
   printResults(r);
-  if (opts.json) writeNasJson(opts.json, r);
+  if (opts.json) writeNasJson(guest, opts.json, r);
 }

@@ -7,15 +7,14 @@
 
 import {
   type BenchRow,
-  finishMachineInfo,
+  endMachineInfo,
   type Metric,
-  machineInfo,
   makeRow,
   parseSize,
-  prepareOutputFile,
-  writeReport,
-} from "../../bench/harness.js";
-import { rankArgs } from "../../cluster/protocol.js";
+  startMachineInfo,
+  validateReport,
+} from "../../bench/rows.js";
+import { rankArgs, writeRankFile } from "../../cluster/protocol.js";
 import { type Comm, MPI } from "../../mpi/mpi.js";
 import type { Guest } from "../../xen/guest/guest.js";
 
@@ -133,21 +132,11 @@ export interface OsuSpec {
   measure(comm: Comm, size: number, iters: number, skip: number): Sample;
 }
 
-/** Waits until stdout and stderr have handed on everything (the guest ends when main returns). */
-export function flushOutput(): Promise<void> {
-  return new Promise((done) => process.stdout.write("", () => process.stderr.write("", () => done())));
-}
-
-/** Runs an OSU benchmark program; returns the exit code (0, or 2 for bad arguments). */
+/**
+ * Runs an OSU benchmark program; returns the exit code (0, or 2 for bad arguments). (The
+ * guest runtime hands on what the program printed before its domain ends.)
+ */
 export async function runOsu(guest: Guest, spec: OsuSpec): Promise<number> {
-  try {
-    return await runOsuInner(guest, spec);
-  } finally {
-    await flushOutput();
-  }
-}
-
-async function runOsuInner(guest: Guest, spec: OsuSpec): Promise<number> {
   const job = rankArgs(guest.args);
   const rank = job?.rank ?? 0;
   const size = job?.size ?? 1;
@@ -159,12 +148,12 @@ async function runOsuInner(guest: Guest, spec: OsuSpec): Promise<number> {
       throw new Error(`${spec.bench}: this test requires exactly two processes, got ${size}`);
     if (spec.ranks === "many" && size < 2)
       throw new Error(`${spec.bench}: this test requires at least two processes, got ${size}`);
-    if (o.json && rank === 0) o.json = prepareOutputFile(o.json);
   } catch (e) {
     if (rank === 0) console.error(e instanceof Error ? e.message : String(e));
     return 2;
   }
-  const machine = rank === 0 ? machineInfo() : undefined;
+  // The host's facts, as the launcher handed them (a guest has no node:os).
+  const machine = rank === 0 && job?.machine ? startMachineInfo(job.machine) : undefined;
   const comm = await MPI.init(guest);
   if (rank === 0) {
     console.log(`# ${spec.title} v${OSU_VERSION}`);
@@ -184,8 +173,11 @@ async function runOsuInner(guest: Guest, spec: OsuSpec): Promise<number> {
       rows.push(makeRow({ bench: spec.bench, transport: path, bytes, metric: spec.metric }, summary));
     }
   }
-  if (rank === 0 && o.json && machine)
-    writeReport(o.json, { machine: finishMachineInfo(machine, rows), rows });
+  // The host running rank 0 writes the report (a guest cannot write files).
+  if (rank === 0 && o.json && machine) {
+    const report = validateReport({ machine: endMachineInfo(machine, rows), rows });
+    writeRankFile(guest, rank, o.json, `${JSON.stringify(report, null, 2)}\n`);
+  }
   comm.barrier();
   comm.finalize();
   return 0;

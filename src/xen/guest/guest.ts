@@ -3,6 +3,12 @@
  * and only through it, a domain reaches its own memory, its grant table, its event channels,
  * XenStore and the host. It holds no reference to another domain's memory unless a grant
  * was mapped for it (or, for the privileged domain, the hypervisor handed it foreign access).
+ *
+ * Guest programs run sandboxed (sandbox.ts) and hold these objects, so nothing reachable from
+ * them may lead to a Node object or to state the hypervisor relies on: ports, the hypercall
+ * client, counter blocks and callbacks into the runtime are JS #private fields (TypeScript's
+ * `private` is readable at run time). What a guest may do is public: `hypercall` is the trap
+ * into the hypervisor, which checks every request.
  */
 import { type MessagePort, receiveMessageOnPort } from "node:worker_threads";
 import { DOMID_MAX, type DomId, type EvtchnPort, GNTST, PAGE_SIZE } from "../abi.js";
@@ -19,9 +25,15 @@ import {
   GuestGrantTable,
   releaseGrant,
 } from "../grant-table.js";
-import { type AsyncToGuest, type AsyncToHypervisor, HypercallClient } from "../hypercall.js";
+import {
+  type AsyncToGuest,
+  type AsyncToHypervisor,
+  HypercallClient,
+  type HypercallRequest,
+} from "../hypercall.js";
 import type { GuestBootData } from "../hypervisor.js";
 import { GuestMemory, type PageRun } from "../memory.js";
+import { SyncCallClient } from "../sync-call.js";
 import { RequestXenStoreClient, XenStoreError, type XenStoreRequest } from "../xenstore.js";
 
 /**
@@ -88,13 +100,13 @@ interface ForeignInfo {
 class ForeignDomains {
   private readonly cache = new Map<DomId, GrantingDomain & { info: ForeignInfo }>();
 
-  constructor(private readonly hc: HypercallClient) {}
+  constructor(private readonly guest: Guest) {}
 
   resolve = (domid: DomId): GrantingDomain | undefined => {
     let d = this.cache.get(domid);
     if (!d) {
       try {
-        d = this.build(this.hc.call<ForeignInfo>({ op: "foreign_domain", domid }));
+        d = this.build(this.guest.hypercall<ForeignInfo>({ op: "foreign_domain", domid }));
       } catch {
         return undefined;
       }
@@ -119,7 +131,7 @@ class ForeignDomains {
       if (pfn < known) return undefined;
       let fresh: ForeignInfo;
       try {
-        fresh = this.hc.call<ForeignInfo>({ op: "foreign_domain", domid: info.domid });
+        fresh = this.guest.hypercall<ForeignInfo>({ op: "foreign_domain", domid: info.domid });
       } catch {
         return undefined;
       }
@@ -140,13 +152,19 @@ class ForeignDomains {
 /** Grant operations of a domain: its own table, plus map/unmap/copy of others' grants. */
 export class GuestGrants {
   readonly table: GuestGrantTable;
+  readonly #guest: Guest;
+  readonly #foreign: ForeignDomains | undefined;
+  readonly #counters: CounterWriter;
 
   constructor(
-    private readonly guest: Guest,
+    guest: Guest,
     tableBuffer: SharedArrayBuffer,
-    private readonly hc: HypercallClient,
-    private readonly foreign: ForeignDomains | undefined,
+    foreign: ForeignDomains | undefined,
+    counters: CounterWriter,
   ) {
+    this.#guest = guest;
+    this.#foreign = foreign;
+    this.#counters = counters;
     this.table = new GuestGrantTable(tableBuffer, guest.domid, (pfn) => guest.ownsFrame(pfn));
   }
 
@@ -175,7 +193,9 @@ export class GuestGrants {
     if (!Number.isInteger(domid) || domid < 0 || domid > DOMID_MAX)
       return { status: GNTST.bad_domain, error: `GNTST_bad_domain: ${String(domid)} is not a domain id` };
     const refs = typeof ref === "number" ? [ref] : [...ref];
-    const r = this.hc.call<GrantResult & { handle?: number; buffer?: SharedArrayBuffer; offset?: number }>({
+    const r = this.#guest.hypercall<
+      GrantResult & { handle?: number; buffer?: SharedArrayBuffer; offset?: number }
+    >({
       op: "grant_map",
       domid,
       refs,
@@ -185,7 +205,7 @@ export class GuestGrants {
     const handle = r.handle!;
     if (readonly) {
       const read = (offset: number, length: number): Uint8Array => {
-        const got = this.hc.call<GrantResult & { bytes?: Uint8Array }>({
+        const got = this.#guest.hypercall<GrantResult & { bytes?: Uint8Array }>({
           op: "grant_read",
           handle,
           offset,
@@ -210,7 +230,7 @@ export class GuestGrants {
 
   unmap(mapping: GrantMapping | number): GrantResult {
     const handle = typeof mapping === "number" ? mapping : mapping.handle;
-    return this.hc.call<GrantResult>({ op: "grant_unmap", handle });
+    return this.#guest.hypercall<GrantResult>({ op: "grant_unmap", handle });
   }
 
   /**
@@ -219,9 +239,9 @@ export class GuestGrants {
    * all or nothing. Returns the frames' locations; `unpinForeign` releases them.
    */
   pinForeign(domid: DomId, refs: readonly number[], write: boolean): PinnedFrames {
-    if (!this.foreign)
+    if (!this.#foreign)
       throw new GrantError("pinForeign: only the privileged domain maps foreign frames in place");
-    const granter = this.foreign.resolve(domid);
+    const granter = this.#foreign.resolve(domid);
     if (!granter)
       return {
         status: GNTST.bad_domain,
@@ -230,23 +250,23 @@ export class GuestGrants {
       };
     const frames: FrameLocation[] = [];
     for (let i = 0; i < refs.length; i++) {
-      const r = acquireGrant(granter, refs[i], this.guest.domid, write);
+      const r = acquireGrant(granter, refs[i], this.#guest.domid, write);
       if (r.status !== GNTST.okay) {
         for (let j = 0; j < i; j++) releaseGrant(granter, refs[j], write);
-        this.guest.countersWriter.add("grant_errors");
+        this.#counters.add("grant_errors");
         return { status: r.status, error: r.error, frames: [] };
       }
       frames.push(r.frame!);
     }
-    this.guest.countersWriter.add("grant_map", refs.length);
+    this.#counters.add("grant_map", refs.length);
     return { status: GNTST.okay, frames };
   }
 
   unpinForeign(domid: DomId, refs: readonly number[], write: boolean): void {
-    const granter = this.foreign?.resolve(domid);
+    const granter = this.#foreign?.resolve(domid);
     if (!granter) return;
     for (const ref of refs) releaseGrant(granter, ref, write);
-    this.guest.countersWriter.add("grant_unmap", refs.length);
+    this.#counters.add("grant_unmap", refs.length);
   }
 
   /**
@@ -255,10 +275,11 @@ export class GuestGrants {
    */
   copy(ops: GrantCopyOp[]): GrantResult[] {
     if (!Array.isArray(ops)) throw new TypeError("copy: ops must be an array of GrantCopyOp");
-    if (!this.foreign) return this.hc.call<GrantResult[]>({ op: "grant_copy", ops });
-    const w = this.guest.countersWriter;
+    const foreign = this.#foreign;
+    if (!foreign) return this.#guest.hypercall<GrantResult[]>({ op: "grant_copy", ops });
+    const w = this.#counters;
     return ops.map((op) => {
-      const r = executeGrantCopy(op, this.guest.domid, this.foreign!.resolve);
+      const r = executeGrantCopy(op, this.#guest.domid, foreign.resolve);
       if (r.status === GNTST.okay) {
         w.add("grant_copy");
         w.add("grant_copy_bytes", op.len);
@@ -270,28 +291,27 @@ export class GuestGrants {
 
 /** XenStore for a guest: requests travel to xenstored on the asynchronous port. */
 class RemoteXenStoreClient extends RequestXenStoreClient {
-  private nextId = 1;
-  private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
+  #nextId = 1;
+  readonly #pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
+  readonly #port: MessagePort;
 
-  constructor(
-    domid: DomId,
-    private readonly port: MessagePort,
-  ) {
+  constructor(domid: DomId, port: MessagePort) {
     super(domid);
+    this.#port = port;
   }
 
   protected send(req: XenStoreRequest): Promise<unknown> {
-    const id = this.nextId++;
+    const id = this.#nextId++;
     return new Promise((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
-      this.port.postMessage({ kind: "xenstore", id, req } satisfies AsyncToHypervisor);
+      this.#pending.set(id, { resolve, reject });
+      this.#port.postMessage({ kind: "xenstore", id, req } satisfies AsyncToHypervisor);
     });
   }
 
   /** Posts a request whose reply the caller takes off the port itself (Guest.xenstoreSync); returns its id. */
   post(req: XenStoreRequest): number {
-    const id = this.nextId++;
-    this.port.postMessage({ kind: "xenstore", id, req } satisfies AsyncToHypervisor);
+    const id = this.#nextId++;
+    this.#port.postMessage({ kind: "xenstore", id, req } satisfies AsyncToHypervisor);
     return id;
   }
 
@@ -299,9 +319,9 @@ class RemoteXenStoreClient extends RequestXenStoreClient {
     if (msg.kind === "watch") {
       this.deliverWatch(msg.path, msg.token);
     } else if (msg.kind === "xenstore-reply") {
-      const p = this.pending.get(msg.id);
+      const p = this.#pending.get(msg.id);
       if (!p) return;
-      this.pending.delete(msg.id);
+      this.#pending.delete(msg.id);
       if (msg.ok) p.resolve(msg.value);
       else p.reject(XenStoreError.fromWire(msg.error));
     }
@@ -309,6 +329,16 @@ class RemoteXenStoreClient extends RequestXenStoreClient {
 }
 
 export type HostMessageHandler = (data: unknown) => void;
+
+/** A running domain, from the inside. */
+/**
+ * What the runtime hands a Guest besides its boot data: how to post to the host, and (for a
+ * native process) the link to the driver domain's native service, taken out of its args.
+ */
+export interface GuestLinks {
+  toHost: (msg: unknown) => void;
+  native?: { port: MessagePort; replyWord: SharedArrayBuffer };
+}
 
 /** A running domain, from the inside. */
 export class Guest {
@@ -323,55 +353,74 @@ export class Guest {
   readonly grants: GuestGrants;
   readonly evtchn: GuestEventChannels;
   readonly xenstore: RequestXenStoreClient;
-  /** @internal */
-  readonly countersWriter: CounterWriter;
-  private readonly counterBuffer: SharedArrayBuffer;
-  private readonly hc: HypercallClient;
-  private readonly foreign?: ForeignDomains;
-  private readonly shared: PageRun[] = [];
-  private readonly hostHandlers: HostMessageHandler[] = [];
-  private readonly hostQueue: unknown[] = [];
+  readonly #counters: CounterWriter;
+  readonly #counterBuffer: SharedArrayBuffer;
+  readonly #hc: HypercallClient;
+  readonly #foreign?: ForeignDomains;
+  readonly #shared: PageRun[] = [];
+  readonly #hostHandlers: HostMessageHandler[] = [];
+  readonly #hostQueue: unknown[] = [];
+  readonly #toHost: (msg: unknown) => void;
+  readonly #asyncPort: MessagePort;
+  readonly #xs: RemoteXenStoreClient;
+  readonly #nap = new Int32Array(new SharedArrayBuffer(4));
+  readonly #nativeService: SyncCallClient<unknown> | undefined;
 
-  constructor(
-    boot: GuestBootData,
-    private readonly toHost: (msg: unknown) => void,
-  ) {
+  constructor(boot: GuestBootData, links: GuestLinks) {
     this.domid = boot.domid;
     this.name = boot.name;
     this.privileged = boot.privileged;
     this.native = boot.native;
     this.args = boot.args;
+    this.#toHost = links.toHost;
     this.memory = new GuestMemory(boot.ram, boot.nrPages);
-    this.counterBuffer = boot.counters;
-    this.countersWriter = new CounterWriter(boot.counters, CounterBlock.Domain);
-    this.hc = new HypercallClient(boot.hcPort, boot.replyWord);
-    if (boot.privileged) this.foreign = new ForeignDomains(this.hc);
-    this.grants = new GuestGrants(this, boot.grantTable, this.hc, this.foreign);
-    const hc = this.hc;
+    this.#counterBuffer = boot.counters;
+    this.#counters = new CounterWriter(boot.counters, CounterBlock.Domain);
+    this.#hc = new HypercallClient(boot.hcPort, boot.replyWord);
+    if (boot.privileged) this.#foreign = new ForeignDomains(this);
+    this.grants = new GuestGrants(this, boot.grantTable, this.#foreign, this.#counters);
     const evtchnCalls: EvtchnHypercalls = {
-      allocUnbound: (remoteDom) => hc.call<PortGrant>({ op: "evtchn_alloc_unbound", remoteDom }),
+      allocUnbound: (remoteDom) => this.hypercall<PortGrant>({ op: "evtchn_alloc_unbound", remoteDom }),
       bindInterdomain: (remoteDom, remotePort) =>
-        hc.call<PortGrant>({ op: "evtchn_bind_interdomain", remoteDom, remotePort }),
-      close: (port: EvtchnPort) => void hc.call({ op: "evtchn_close", port }),
-      status: (port: EvtchnPort) => hc.call({ op: "evtchn_status", port }),
+        this.hypercall<PortGrant>({ op: "evtchn_bind_interdomain", remoteDom, remotePort }),
+      close: (port: EvtchnPort) => void this.hypercall({ op: "evtchn_close", port }),
+      status: (port: EvtchnPort) => this.hypercall({ op: "evtchn_status", port }),
     };
-    this.evtchn = new GuestEventChannels(evtchnCalls, this.countersWriter);
+    this.evtchn = new GuestEventChannels(evtchnCalls, this.#counters);
     const xs = new RemoteXenStoreClient(boot.domid, boot.asyncPort);
-    this.xs = xs;
-    boot.asyncPort.on("message", (m: AsyncToGuest) => this.dispatchAsync(m));
+    this.#xs = xs;
+    boot.asyncPort.on("message", (m: AsyncToGuest) => this.#dispatchAsync(m));
     // The async port must not keep a finished guest alive; the runtime refs it while main runs.
     boot.asyncPort.unref();
-    this.asyncPort = boot.asyncPort;
+    this.#asyncPort = boot.asyncPort;
     this.xenstore = xs;
+    this.#nativeService = links.native && new SyncCallClient(links.native.port, links.native.replyWord);
   }
 
-  private readonly asyncPort: MessagePort;
-  private readonly xs: RemoteXenStoreClient;
-  private readonly nap = new Int32Array(new SharedArrayBuffer(4));
+  /**
+   * A hypercall: the trap into the hypervisor, synchronous as in Xen. Every library call that
+   * needs the hypervisor comes through here, and the hypervisor checks every request, so a
+   * guest may make any call it likes (and wrap this method to watch its own calls).
+   */
+  hypercall<T = unknown>(req: HypercallRequest): T {
+    return this.#hc.call<T>(req);
+  }
 
-  private dispatchAsync(m: AsyncToGuest): void {
-    if (m.kind === "domain-gone") this.foreign?.drop(m.domid);
-    else this.xs.handle(m);
+  /**
+   * A native process's call to the driver domain's native service (its MX driver, as an ioctl
+   * is): throws `SyncCallFailed` with the service's errno. Only Host.startNative gives one.
+   */
+  nativeCall<T = unknown>(req: unknown): T {
+    if (!this.#nativeService)
+      throw new TypeError(
+        "nativeCall: this domain has no native service (a native process started with Host.startNative has one)",
+      );
+    return this.#nativeService.call<T>(req);
+  }
+
+  #dispatchAsync(m: AsyncToGuest): void {
+    if (m.kind === "domain-gone") this.#foreign?.drop(m.domid);
+    else this.#xs.handle(m);
   }
 
   /**
@@ -382,37 +431,37 @@ export class Guest {
    * to; throws XenStoreError.
    */
   xenstoreSync(req: XenStoreRequest, timeoutMs = 10_000): unknown {
-    const id = this.xs.post(req);
+    const id = this.#xs.post(req);
     const deadline = performance.now() + timeoutMs;
     for (let idle = 0; ; ) {
-      const got = receiveMessageOnPort(this.asyncPort);
+      const got = receiveMessageOnPort(this.#asyncPort);
       if (got) {
         const m = got.message as AsyncToGuest;
         if (m.kind === "xenstore-reply" && m.id === id) {
           if (m.ok) return m.value;
           throw XenStoreError.fromWire(m.error);
         }
-        this.dispatchAsync(m);
+        this.#dispatchAsync(m);
         idle = 0;
         continue;
       }
       if (performance.now() > deadline)
         throw new XenStoreError("ETIMEDOUT", req.path ?? "", `no XenStore reply in ${timeoutMs} ms`);
       // xenstored answers from the host's event loop in tens of µs: spin a little, then nap.
-      if (++idle > 200) Atomics.wait(this.nap, 0, 0, 0.05);
+      if (++idle > 200) Atomics.wait(this.#nap, 0, 0, 0.05);
     }
   }
 
   /** @internal Keeps the event loop alive while main runs (watch events, XenStore replies). */
   holdEventLoop(hold: boolean): void {
-    if (hold) this.asyncPort.ref();
-    else this.asyncPort.unref();
+    if (hold) this.#asyncPort.ref();
+    else this.#asyncPort.unref();
   }
 
   /** Whether `pfn` is a frame of this domain (RAM or a registered shared segment). */
   ownsFrame(pfn: number): boolean {
     if (pfn >= 0 && pfn < this.memory.nrPages) return true;
-    return this.shared.some((s) => pfn >= s.pfn && pfn < s.pfn + s.count);
+    return this.#shared.some((s) => pfn >= s.pfn && pfn < s.pfn + s.count);
   }
 
   /**
@@ -426,19 +475,19 @@ export class Guest {
     if (!Number.isInteger(pages) || pages < 1 || pages > 4096)
       throw new RangeError(`allocShared: pages must be an integer in 1..4096, got ${String(pages)}`);
     const audience = opts.audience === undefined ? undefined : [...opts.audience];
-    const { pfn, buffer } = this.hc.call<{ pfn: number; buffer: SharedArrayBuffer }>({
+    const { pfn, buffer } = this.hypercall<{ pfn: number; buffer: SharedArrayBuffer }>({
       op: "mem_alloc_shared",
       pages,
       audience,
     });
     const run = { pfn, count: pages, bytes: new Uint8Array(buffer) };
-    this.shared.push(run);
+    this.#shared.push(run);
     return run;
   }
 
   /** Lets `domid` map the shared segment `run` (from allocShared) too. It cannot be taken back. */
   shareWith(run: Pick<PageRun, "pfn">, domid: DomId): void {
-    this.hc.call({ op: "mem_share", pfn: run.pfn, domid });
+    this.hypercall({ op: "mem_share", pfn: run.pfn, domid });
   }
 
   /**
@@ -447,57 +496,60 @@ export class Guest {
    * take a buffer back), which is why a segment is released, never handed to someone new.
    */
   releaseShared(run: Pick<PageRun, "pfn">): void {
-    const i = this.shared.findIndex((s) => s.pfn === run.pfn);
-    this.hc.call({ op: "mem_release_shared", pfn: run.pfn });
-    if (i >= 0) this.shared.splice(i, 1);
+    const i = this.#shared.findIndex((s) => s.pfn === run.pfn);
+    this.hypercall({ op: "mem_release_shared", pfn: run.pfn });
+    if (i >= 0) this.#shared.splice(i, 1);
   }
 
   /** The bytes of one of this domain's frames (RAM or shared segment). */
   frameBytes(pfn: number): Uint8Array {
     if (pfn < this.memory.nrPages) return this.memory.page(pfn);
-    const s = this.shared.find((r) => pfn >= r.pfn && pfn < r.pfn + r.count);
+    const s = this.#shared.find((r) => pfn >= r.pfn && pfn < r.pfn + r.count);
     if (!s) throw new RangeError(`frame ${pfn} is not memory of domain ${this.domid}`);
     const off = (pfn - s.pfn) * PAGE_SIZE;
     return s.bytes.subarray(off, off + PAGE_SIZE);
   }
 
-  /** This domain's counters (both the hypervisor's and its own). */
+  /**
+   * This domain's counters (both the hypervisor's and its own). The hypervisor's part is its
+   * mirror of the block it keeps to itself: the host reads that one, so no guest can forge it.
+   */
   counters(): CounterSnapshot {
-    return readCounters(this.counterBuffer);
+    return readCounters(this.#counterBuffer);
   }
 
   /** Sends a message to the host (domain.on("message")). */
   send(data: unknown): void {
-    this.toHost({ type: "user", data });
+    this.#toHost({ type: "user", data });
   }
 
   /** Registers a handler for messages from the host (domain.send). */
   onMessage(handler: HostMessageHandler): void {
-    this.hostHandlers.push(handler);
-    for (const m of this.hostQueue.splice(0)) handler(m);
+    this.#hostHandlers.push(handler);
+    for (const m of this.#hostQueue.splice(0)) handler(m);
   }
 
   /** Resolves with the next message from the host. */
   nextMessage(): Promise<unknown> {
-    const queued = this.hostQueue.shift();
+    const queued = this.#hostQueue.shift();
     if (queued !== undefined) return Promise.resolve(queued);
     return new Promise((resolve) => {
       const once: HostMessageHandler = (m) => {
-        this.hostHandlers.splice(this.hostHandlers.indexOf(once), 1);
+        this.#hostHandlers.splice(this.#hostHandlers.indexOf(once), 1);
         resolve(m);
       };
-      this.hostHandlers.push(once);
+      this.#hostHandlers.push(once);
     });
   }
 
   /** @internal */
   deliverHostMessage(data: unknown): void {
-    if (this.hostHandlers.length === 0) this.hostQueue.push(data);
-    else for (const h of [...this.hostHandlers]) h(data);
+    if (this.#hostHandlers.length === 0) this.#hostQueue.push(data);
+    else for (const h of [...this.#hostHandlers]) h(data);
   }
 
   /** @internal */
   dropForeign(domid: DomId): void {
-    this.foreign?.drop(domid);
+    this.#foreign?.drop(domid);
   }
 }

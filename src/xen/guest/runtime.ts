@@ -1,27 +1,40 @@
 /**
  * The worker entry of every domain: boots the guest's kernel side (memory, grant table,
- * event channels, XenStore, hypercall channel), loads the guest program (TypeScript through
- * tsx's loader, or JavaScript), runs its `main(guest)` and reports how it ended.
+ * event channels, XenStore, hypercall channel), loads the guest program, runs its
+ * `main(guest)` and reports how it ended.
+ *
+ * A guest's program runs in the sandbox (sandbox.ts) from the image the hypervisor compiled
+ * for it (loader.ts); only the privileged domain (the host's own driver domain, trusted code
+ * that holds the NIC's port) is imported as is. This file is trusted code: the program never
+ * holds `workerData`, the ports or anything else defined here.
  */
 import { createRequire } from "node:module";
 import { fileURLToPath } from "node:url";
-import { parentPort, workerData } from "node:worker_threads";
+import { type MessagePort, parentPort, workerData } from "node:worker_threads";
 import type { GuestBootData, GuestControlMessage } from "../hypervisor.js";
 import { Guest } from "./guest.js";
+import { type GuestMain, loadSandboxedProgram } from "./sandbox.js";
 
-export type GuestMain = (guest: Guest) => unknown;
+export type { GuestMain };
 
 const TS_MODULE = /\.(c|m)?tsx?$/;
 
-async function loadGuestProgram(url: string): Promise<Record<string, unknown>> {
+/** The privileged domain's program: trusted, loaded by Node (TypeScript through tsx's CommonJS hook). */
+async function loadTrustedProgram(url: string): Promise<GuestMain> {
+  let mod: Record<string, unknown>;
   if (url.startsWith("file:") && TS_MODULE.test(url)) {
     // Node 20 cannot install ESM loader hooks inside a worker; tsx's CommonJS hook works there.
     const { register } = await import("tsx/cjs/api");
     register();
     const require = createRequire(import.meta.url);
-    return require(fileURLToPath(url)) as Record<string, unknown>;
-  }
-  return (await import(url)) as Record<string, unknown>;
+    mod = require(fileURLToPath(url)) as Record<string, unknown>;
+  } else mod = (await import(url)) as Record<string, unknown>;
+  const main = (mod.default ?? mod.main) as GuestMain | undefined;
+  if (typeof main !== "function")
+    throw new TypeError(
+      `guest program ${url} must export a function \`main(guest)\` (as default export or named \`main\`)`,
+    );
+  return main;
 }
 
 /** The host stops the worker on "exit": let what the guest printed reach the host first. */
@@ -35,14 +48,31 @@ async function flushOutput(): Promise<void> {
 }
 
 function describe(e: unknown): { name: string; message: string; stack?: string } {
-  if (e instanceof Error) return { name: e.name, message: e.message, stack: e.stack };
-  return { name: "Error", message: `guest threw a non-Error value: ${String(e)}` };
+  try {
+    if (e instanceof Error)
+      return { name: String(e.name), message: String(e.message), stack: String(e.stack) };
+    return { name: "Error", message: `guest threw a non-Error value: ${String(e)}` };
+  } catch {
+    return { name: "Error", message: "guest threw a value that cannot be described" };
+  }
+}
+
+/** A native process's link to the driver domain's native service, taken out of its args (the program never sees the port). */
+function takeNativeLink(boot: GuestBootData): {
+  args: unknown;
+  native?: { port: MessagePort; replyWord: SharedArrayBuffer };
+} {
+  const args = boot.args as { myrixen?: { port: MessagePort; replyWord: SharedArrayBuffer } } | undefined;
+  if (!boot.native || !args?.myrixen) return { args };
+  const { myrixen, ...rest } = args;
+  return { args: rest, native: myrixen };
 }
 
 const port = parentPort!;
 const boot = workerData as GuestBootData;
 const post = (m: GuestControlMessage) => port.postMessage(m);
-const guest = new Guest(boot, (m) => port.postMessage(m));
+const { args, native } = takeNativeLink(boot);
+const guest = new Guest({ ...boot, args }, { toHost: (m) => port.postMessage(m), native });
 port.on("message", (m: { type: string; data?: unknown; domid?: number }) => {
   if (m?.type === "host") guest.deliverHostMessage(m.data);
   // A domain died or gave back a segment: the privileged domain's cached view of it is stale.
@@ -51,12 +81,9 @@ port.on("message", (m: { type: string; data?: unknown; domid?: number }) => {
 });
 
 try {
-  const mod = await loadGuestProgram(boot.moduleUrl);
-  const main = (mod.default ?? mod.main) as GuestMain | undefined;
-  if (typeof main !== "function")
-    throw new TypeError(
-      `guest program ${boot.moduleUrl} must export a function \`main(guest)\` (as default export or named \`main\`)`,
-    );
+  const main = boot.image
+    ? await loadSandboxedProgram(boot.image, (code) => process.exit(code))
+    : await loadTrustedProgram(boot.moduleUrl);
   post({ type: "running" });
   guest.holdEventLoop(true);
   const result = await main(guest);

@@ -1,0 +1,210 @@
+/**
+ * The domain builder's loader of guest programs (host side, as Xen's toolstack loads a
+ * kernel image): reads a program and the files it imports, turns each TypeScript or
+ * JavaScript module into a CommonJS-style function body with esbuild (with a source map back
+ * to the file the user wrote), and says for every import what it is:
+ *   - a file of the program (loaded in the guest's sandbox),
+ *   - the MyriXen library ("myrixen", or a guest-side library module by path): the one copy
+ *     the guest runtime loads outside the sandbox,
+ *   - or something a guest may not have (Node built-ins, other packages, the library's
+ *     host-side code), with the error the guest gets if it asks.
+ * The guest runtime (sandbox.ts) evaluates the image; nothing here runs guest code.
+ */
+import { existsSync, readFileSync, statSync } from "node:fs";
+import { dirname, extname, isAbsolute, relative, resolve, sep } from "node:path";
+import { fileURLToPath, pathToFileURL } from "node:url";
+import { transform } from "esbuild";
+import { builtinName, guestMayImport, NOT_IN_GUEST } from "./reach.js";
+
+/** What one import of a program module resolves to. */
+export type GuestImport =
+  | { kind: "program"; url: string }
+  | { kind: "library"; url: string; index: boolean }
+  | { kind: "refused"; message: string };
+
+export interface GuestModuleImage {
+  url: string;
+  /** The module as the body of `function (exports, require, module)`; absent when it failed to load. */
+  code?: string;
+  /** esbuild's source map of `code` (JSON), back to the file the user wrote. */
+  map?: string;
+  /** Why it cannot load (a syntax error, a missing file): thrown when the guest imports it. */
+  error?: string;
+  imports: Record<string, GuestImport>;
+}
+
+/** A guest program, ready for the guest runtime: plain data (it travels in workerData). */
+export interface GuestImage {
+  entry: string;
+  modules: Record<string, GuestModuleImage>;
+}
+
+/** The library's own folders: dist/src when running from a build, and src beside it (TypeScript sources). */
+const DIST_SRC = fileURLToPath(new URL("../../", import.meta.url));
+const REPO = resolve(DIST_SRC, "../..");
+const SRC = resolve(REPO, "src");
+const LIBRARY_ROOTS = [DIST_SRC, `${SRC}${sep}`];
+
+const TS = /\.(ts|mts|cts|tsx)$/;
+const LOADERS: Record<string, "ts" | "tsx" | "js" | "jsx"> = {
+  ".ts": "ts",
+  ".mts": "ts",
+  ".cts": "ts",
+  ".tsx": "tsx",
+  ".js": "js",
+  ".mjs": "js",
+  ".cjs": "js",
+  ".jsx": "jsx",
+};
+
+/** The library module `path` (a file under src/ or dist/src/) stands for, or undefined if it is not the library's. */
+function libraryModule(path: string): string | undefined {
+  const root = LIBRARY_ROOTS.find((r) => path.startsWith(r));
+  if (!root) return undefined;
+  const rel = relative(root, path).split(sep).join("/");
+  const name = rel.replace(/\.(d\.ts|ts|mts|js|mjs)$/, "");
+  // Built-in programs are programs: they run in the sandbox like a user's.
+  if (name.startsWith("programs/")) return undefined;
+  return name;
+}
+
+/** A program file for `path` as Node and tsx find it: as written, or `.js` standing for `.ts`, or an index. */
+function findProgramFile(path: string): string | undefined {
+  const candidates = [path];
+  const ext = extname(path);
+  if (/^\.(m|c)?js$/.test(ext)) candidates.push(path.slice(0, -ext.length) + ext.replace("js", "ts"));
+  if (!ext) candidates.push(`${path}.ts`, `${path}.js`, `${path}/index.ts`, `${path}/index.js`);
+  return candidates.find((p) => existsSync(p) && statSync(p).isFile());
+}
+
+/** What `spec`, imported by the module at `fromPath`, is for a guest. */
+export function resolveGuestImport(spec: string, fromPath: string): GuestImport {
+  if (spec === "myrixen")
+    return { kind: "library", url: pathToFileURL(`${DIST_SRC}index.js`).href, index: true };
+  const builtin = builtinName(spec);
+  if (builtin) return { kind: "refused", message: `${builtin} ${NOT_IN_GUEST}` };
+  let path: string;
+  if (spec.startsWith("file:")) path = fileURLToPath(spec);
+  else if (spec.startsWith("./") || spec.startsWith("../") || isAbsolute(spec))
+    path = resolve(dirname(fromPath), spec);
+  else
+    return {
+      kind: "refused",
+      message: `package "${spec}" ${NOT_IN_GUEST}; a guest program imports "myrixen" and its own files`,
+    };
+  const lib = libraryModule(path);
+  if (lib !== undefined) {
+    if (!guestMayImport(lib))
+      return {
+        kind: "refused",
+        message: `"${spec}" (src/${lib}.ts) is host-side code of MyriXen and ${NOT_IN_GUEST}`,
+      };
+    return { kind: "library", url: pathToFileURL(`${DIST_SRC}${lib}.js`).href, index: lib === "index" };
+  }
+  const file = findProgramFile(path);
+  if (!file)
+    return {
+      kind: "refused",
+      message: `cannot find module "${spec}" imported from ${pathToFileURL(fromPath).href}`,
+    };
+  return { kind: "program", url: pathToFileURL(file).href };
+}
+
+/** `require("...")` calls in esbuild's CommonJS output: a program's static and dynamic imports. */
+const REQUIRE = /\brequire\((?:"((?:[^"\\]|\\.)*)"|'((?:[^'\\]|\\.)*)')\)/g;
+
+/** A compiled JavaScript file's own source map (tsc's `.js.map`), inlined so esbuild chains it. */
+function inlineSourceMap(code: string, path: string): string {
+  const m = /\n\/\/# sourceMappingURL=([^\s]+)\s*$/.exec(code);
+  if (!m || m[1].startsWith("data:")) return code;
+  const mapPath = resolve(dirname(path), decodeURIComponent(m[1]));
+  if (!existsSync(mapPath)) return code;
+  const data = Buffer.from(readFileSync(mapPath)).toString("base64");
+  return `${code.slice(0, m.index)}\n//# sourceMappingURL=data:application/json;base64,${data}\n`;
+}
+
+interface Compiled {
+  mtimeMs: number;
+  size: number;
+  module: GuestModuleImage;
+}
+
+/** Compiled modules by path; a file that changes is compiled again. Bounded: a host runs for weeks. */
+const cache = new Map<string, Compiled>();
+const CACHE_MAX = 512;
+
+async function compile(path: string): Promise<GuestModuleImage> {
+  const url = pathToFileURL(path).href;
+  const st = statSync(path);
+  const hit = cache.get(path);
+  if (hit && hit.mtimeMs === st.mtimeMs && hit.size === st.size) return hit.module;
+  let module: GuestModuleImage;
+  try {
+    const source = readFileSync(path, "utf8");
+    const out = await transform(TS.test(path) ? source : inlineSourceMap(source, path), {
+      loader: LOADERS[extname(path)] ?? "js",
+      format: "cjs",
+      target: "node20",
+      platform: "neutral",
+      sourcemap: "external",
+      sourcefile: path,
+      // import() becomes require(), so dynamic imports go through the same checks as static ones.
+      supported: { "dynamic-import": false },
+      define: { "import.meta.url": JSON.stringify(url) },
+      logLevel: "silent",
+    });
+    const imports: Record<string, GuestImport> = {};
+    for (const m of out.code.matchAll(REQUIRE)) {
+      const spec = JSON.parse(`"${m[1] ?? m[2]}"`) as string;
+      imports[spec] ??= resolveGuestImport(spec, path);
+    }
+    module = { url, code: out.code, map: out.map, imports };
+  } catch (e) {
+    const errors = (e as { errors?: { text: string; location?: { line: number; column: number } }[] }).errors;
+    const first = errors?.[0];
+    const where = first?.location ? `:${first.location.line}:${first.location.column + 1}` : "";
+    module = {
+      url,
+      error: first ? `${url}${where}: ${first.text}` : `cannot load ${url}: ${(e as Error).message}`,
+      imports: {},
+    };
+  }
+  if (cache.size >= CACHE_MAX) cache.delete(cache.keys().next().value as string);
+  cache.set(path, { mtimeMs: st.mtimeMs, size: st.size, module });
+  return module;
+}
+
+/**
+ * The image of the program at `moduleUrl`: its modules, compiled, and how each import
+ * resolves. Never throws for a bad program: what cannot load says so in the image, and the
+ * guest (not the host) fails with that error when it boots.
+ */
+export async function loadGuestImage(moduleUrl: string): Promise<GuestImage> {
+  const modules: Record<string, GuestModuleImage> = {};
+  if (!moduleUrl.startsWith("file:")) {
+    modules[moduleUrl] = {
+      url: moduleUrl,
+      error: `a guest program must be a file (a path or file: URL), got ${moduleUrl}`,
+      imports: {},
+    };
+    return { entry: moduleUrl, modules };
+  }
+  const entryPath = fileURLToPath(moduleUrl);
+  const entry = findProgramFile(entryPath);
+  if (!entry) {
+    modules[moduleUrl] = { url: moduleUrl, error: `no guest program ${entryPath}`, imports: {} };
+    return { entry: moduleUrl, modules };
+  }
+  const queue = [entry];
+  const entryUrl = pathToFileURL(entry).href;
+  while (queue.length > 0) {
+    const path = queue.shift()!;
+    const url = pathToFileURL(path).href;
+    if (modules[url]) continue;
+    const m = await compile(path);
+    modules[url] = m;
+    for (const dep of Object.values(m.imports))
+      if (dep.kind === "program" && !modules[dep.url]) queue.push(fileURLToPath(dep.url));
+  }
+  return { entry: entryUrl, modules };
+}

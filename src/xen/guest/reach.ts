@@ -1,0 +1,57 @@
+/**
+ * What a guest program may reach, in one place for the loader (host side) and the sandbox
+ * (worker side): which library modules, which of the package's exports, and the wording of
+ * every refusal.
+ */
+import { builtinModules } from "node:module";
+
+export const NOT_IN_GUEST =
+  "is not available in a guest: a guest reaches the host only through the guest object";
+
+/**
+ * The library modules a guest may import (paths under src/, without extension): the
+ * guest-side layers (MX, MPI, the front ends, the hypervisor's guest interface) and pure
+ * helpers. Everything else under src/ is host-side code that holds Node's powers (the
+ * hypervisor, the NIC, backends, the launcher, the CLI, benchmarks' file output).
+ */
+const GUEST_LIBRARY = new Set([
+  "index",
+  "xen/abi",
+  "xen/counters",
+  "xen/event-channel",
+  "xen/grant-table",
+  "xen/hypercall",
+  "xen/memory",
+  "xen/ring",
+  "xen/wait",
+  "xen/xenbus",
+  "xen/xenbus-sync",
+  "xen/xenstore",
+  "xen/io/netif",
+  "xen/guest/guest",
+  "mx/*",
+  "mpi/*",
+  "myrixen/front",
+  "myrixen/protocol",
+  "netfront/netfront",
+  "nic/status",
+  "nic/window",
+  "cluster/protocol",
+  "bench/rows",
+]);
+
+export function guestMayImport(libraryModule: string): boolean {
+  const dir = libraryModule.slice(0, libraryModule.lastIndexOf("/") + 1);
+  return GUEST_LIBRARY.has(libraryModule) || (dir !== "" && GUEST_LIBRARY.has(`${dir}*`));
+}
+
+/** Names the package's index exports that are host-side: a guest that uses one gets a clear error. */
+export const HOST_SIDE_EXPORTS: readonly string[] = ["Host", "Job", "Hypervisor", "Domain"];
+
+const BUILTINS = new Set(builtinModules);
+
+/** `node:NAME` if `spec` names a Node built-in module (any `node:` name does), else undefined. */
+export function builtinName(spec: string): string | undefined {
+  const bare = spec.startsWith("node:") ? spec.slice(5) : spec;
+  return spec.startsWith("node:") || BUILTINS.has(bare) ? `node:${bare}` : undefined;
+}

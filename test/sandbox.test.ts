@@ -1,0 +1,188 @@
+/**
+ * A guest reaches only what it was handed: a hostile guest tries every way out (Node
+ * built-ins, require, worker internals, the real global, intrinsics, the library's host-side
+ * code, Node objects behind library objects, its own counters) while a bystander pair keeps
+ * exchanging MX messages; a guest that imports a built-in fails to load with a clear error;
+ * a TypeScript guest's error names its .ts file and line.
+ */
+import assert from "node:assert/strict";
+import { once } from "node:events";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, test } from "node:test";
+import { fileURLToPath } from "node:url";
+import { Host } from "../src/host/host.js";
+import type { Domain } from "../src/xen/hypervisor.js";
+
+const ESCAPE = new URL("./fixtures/guests/escape.js", import.meta.url);
+const fixture = (name: string) => new URL(`./fixtures/guests/${name}.js`, import.meta.url);
+/** The TypeScript source, not its compiled output: its stack must point into the .ts file. */
+const THROWS_TS = fileURLToPath(new URL("../../test/fixtures/guests/throws.ts", import.meta.url));
+
+let host: Host;
+before(async () => {
+  host = await Host.start({});
+});
+after(() => host.stop());
+
+/** What every refusal that the sandbox itself makes says. */
+const NOT_AVAILABLE = /not available in a guest/;
+
+/** Escapes whose refusal must name what a guest lacks (the rest fail as plain JavaScript would). */
+const NAMED = [
+  "read a host file through node:fs",
+  "read a host file through fs (no node: prefix)",
+  "read a host file through node:fs/promises",
+  "spawn a process through node:child_process",
+  "open a socket through node:net",
+  "reach workerData through node:worker_threads",
+  "reach parentPort through node:worker_threads",
+  "make a require through node:module",
+  "require a built-in",
+  "globalThis.process.binding",
+  "read the host's environment through process.env",
+  "the real global through new Function",
+  "compile code through WebAssembly",
+  "Node's Buffer",
+  "import the host-side Hypervisor (src/xen/hypervisor.js)",
+  "import the host-side Host (src/host/host.js)",
+  "the Hypervisor class from the package's index",
+];
+
+async function guest(role: string): Promise<{ d: Domain; first: Promise<unknown[]> }> {
+  const d = await host.startGuest({ module: ESCAPE, args: { role }, name: role, pages: 512 });
+  return { d, first: once(d, "message") as Promise<unknown[]> };
+}
+
+test("a hostile guest finds every way out refused, and a bystander pair's traffic goes on", async () => {
+  const ping = await guest("ping");
+  const pong = await guest("pong");
+  const [pingAddr] = await ping.first;
+  const [pongAddr] = await pong.first;
+  const connected = once(ping.d, "message");
+  ping.d.send(pongAddr);
+  pong.d.send(pingAddr);
+  await connected;
+  const mark = async () => {
+    const got = once(ping.d, "message");
+    ping.d.send("mark");
+    return ((await got)[0] as { ok: number; bad: number }).ok;
+  };
+  const before = await mark();
+
+  const hostile = await host.startGuest({ module: ESCAPE, args: { role: "hostile" }, name: "hostile" });
+  const exit = await hostile.exited;
+  assert.equal(exit.state, "shutdown", exit.error?.stack);
+  const report = exit.result as { name: string; escaped: boolean; detail: string }[];
+  const escaped = report.filter((r) => r.escaped);
+  assert.deepEqual(
+    escaped.map((r) => `${r.name}: ${r.detail}`),
+    [],
+    "every escape is refused",
+  );
+  assert.ok(report.length >= 35, `${report.length} escapes tried`);
+  for (const r of report.filter((x) => NAMED.includes(x.name)))
+    assert.match(r.detail, NOT_AVAILABLE, `${r.name}: the refusal names what a guest lacks (${r.detail})`);
+  assert.equal(report.filter((r) => NAMED.includes(r.name)).length, NAMED.length);
+
+  // Forged counters prove nothing: the host's view of the hostile guest's hypercalls is its own.
+  const c = host.hypervisor.counters(hostile.domid);
+  assert.ok(c.hypercalls < 24_690, `hypercalls as the hypervisor counted them: ${c.hypercalls}`);
+  assert.ok(c.hypercalls > 0, "the guest's MX set-up made hypercalls");
+
+  // The bystanders kept talking while the hostile guest tried, and nothing they carried changed.
+  const during = await mark();
+  assert.ok(during > before, `round trips during the attack: ${during - before}`);
+  ping.d.send("stop");
+  const [ep, eq] = await Promise.all([ping.d.exited, pong.d.exited]);
+  assert.equal(ep.state, "shutdown", ep.error?.stack);
+  assert.equal(eq.state, "shutdown", eq.error?.stack);
+  const pr = ep.result as { ok: number; bad: number };
+  assert.equal(pr.bad, 0);
+  assert.ok(pr.ok >= during);
+  assert.equal((eq.result as { ok: number }).ok, pr.ok);
+
+  // And the host is fine: a new guest boots and runs.
+  const hello = await host.startGuest({ module: fixture("hello"), name: "after" });
+  assert.equal((await hello.exited).state, "shutdown");
+});
+
+test("a guest that imports a Node built-in fails to load, naming it; the host goes on", async () => {
+  const d = await host.startGuest({ module: fixture("uses-fs"), name: "uses-fs" });
+  const exit = await d.exited;
+  assert.equal(exit.state, "crashed");
+  assert.match(
+    exit.error!.message,
+    /node:fs is not available in a guest: a guest reaches the host only through the guest object/,
+  );
+  const hello = await host.startGuest({ module: fixture("hello"), name: "after-fs" });
+  assert.equal((await hello.exited).state, "shutdown");
+});
+
+test("a TypeScript guest's error keeps its stack, with the .ts file and line", async () => {
+  const d = await host.startGuest({ module: THROWS_TS, name: "throws", args: { depth: 2 } });
+  const exit = await d.exited;
+  assert.equal(exit.state, "crashed");
+  assert.equal(exit.error!.name, "RangeError");
+  assert.equal(exit.error!.message, "deliberate failure at depth 2");
+  // The throw is on line 9 of throws.ts; the frames of descend() and main() follow it.
+  assert.match(exit.error!.stack!, /at descend \(.*test\/fixtures\/guests\/throws\.ts:9:\d+\)/);
+  assert.match(exit.error!.stack!, /at main \(.*test\/fixtures\/guests\/throws\.ts:14:\d+\)/);
+});
+
+test('a user\'s TypeScript program outside the repository imports "myrixen": one copy of the library, shared with the runtime', async () => {
+  const dir = mkdtempSync(join(tmpdir(), "myrixen-user-"));
+  try {
+    writeFileSync(
+      join(dir, "helper.ts"),
+      'export const twice = (n: number): number => 2 * n;\nexport { MxError as Again } from "myrixen";\n',
+    );
+    writeFileSync(
+      join(dir, "prog.ts"),
+      [
+        'import { GrantError, Mx, MxError, type Guest } from "myrixen";',
+        'import { Again, twice } from "./helper.js";',
+        "export default function main(guest: Guest) {",
+        "  const mx = Mx.init(guest);",
+        "  let fromLibrary = false;",
+        "  try {",
+        "    mx.openEndpoint({ key: -1 });",
+        "  } catch (e) {",
+        "    fromLibrary = e instanceof MxError;",
+        "  }",
+        "  const g = guest.grants.map(guest.domid, 99999);",
+        "  mx.finalize();",
+        "  return { fromLibrary, same: Again === MxError, grant: g.status !== 0, twice: twice(21), GrantError: typeof GrantError };",
+        "}",
+        "",
+      ].join("\n"),
+    );
+    const d = await host.startGuest({ module: join(dir, "prog.ts"), name: "user" });
+    const exit = await d.exited;
+    assert.equal(exit.state, "shutdown", exit.error?.stack);
+    assert.deepEqual(exit.result, {
+      fromLibrary: true,
+      same: true,
+      grant: true,
+      twice: 42,
+      GrantError: "function",
+    });
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("a native process (the native path's rank) is sandboxed too: every way out refused, its service link out of reach", async () => {
+  const d = await host.startNative({ module: ESCAPE, args: { role: "hostile" }, name: "hostile-native" });
+  const exit = await d.exited;
+  assert.equal(exit.state, "shutdown", exit.error?.stack);
+  const report = exit.result as { name: string; escaped: boolean; detail: string }[];
+  assert.deepEqual(
+    report.filter((r) => r.escaped).map((r) => `${r.name}: ${r.detail}`),
+    [],
+  );
+  // Its MX worked (the walk opened an endpoint through the native service) and found no port.
+  const walk = report.find((r) => r.name.startsWith("a Node object"));
+  assert.match(walk?.detail ?? "", /nothing found in \d+ objects/);
+});
