@@ -76,8 +76,8 @@
  * payload sent on a link (SEND, PULL_REPLY, ETHERNET) creates the view of its frame.
  */
 import type { MessagePort } from "node:worker_threads";
-import { traceNow } from "../mx/trace.js";
 import { serveSyncCalls } from "../xen/sync-call.js";
+import { traceNow } from "./clock.js";
 import { CONNECT_LOCKOUT_MAX_MS, ConnectThrottle } from "./connect-throttle.js";
 import type {
   LinkStateInfo,

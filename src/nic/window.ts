@@ -251,7 +251,7 @@ export const E_EXTRA = 12;
 /**
  * PULL_DONE of a descriptor with DFLAG_TRACE: words 12..13 and 14..15 hold two float64
  * (little-endian, 8-byte aligned in the window: a Float64Array over the window reads them at
- * word index / 2), the NIC's trace-clock stamps (mx/trace.ts traceNow(), ms) of taking the
+ * word index / 2), the NIC's trace-clock stamps (nic/clock.ts traceNow(), ms) of taking the
  * descriptor (nic-seen) and of finishing its copy (dma-done). Full doubles rather than
  * offsets: no base has to travel, and a microsecond offset in a float32 would lose precision
  * for long copies. Untraced PULL_DONE events leave them 0.
