@@ -88,7 +88,13 @@ import type {
   OpenEtherPortReply,
   RegisterRegionReply,
 } from "./control.js";
-import { allocNicCounters, E, ERROR_REASON_SLOT, epBase, G } from "./counters.js";
+import {
+  allocNicCounters,
+  EndpointCounter,
+  ERROR_REASON_SLOT,
+  endpointCounterBase,
+  NicCounter,
+} from "./counters.js";
 import {
   allocEtherPort,
   ETHER_MAX_FRAME,
@@ -396,7 +402,7 @@ class EndpointContext {
   readonly base: number;
 
   constructor(readonly id: number) {
-    this.base = epBase(id);
+    this.base = endpointCounterBase(id);
   }
 }
 
@@ -512,7 +518,7 @@ export class Nic {
     this.tpt = new Tpt(maxRegions);
     this.countersBuffer = options.counters ?? allocNicCounters(maxEndpoints);
     this.c = new Float64Array(this.countersBuffer);
-    if (this.c.length < epBase(maxEndpoints))
+    if (this.c.length < endpointCounterBase(maxEndpoints))
       throw new NicError("EINVAL", `the counters buffer is too small for ${maxEndpoints} endpoints`);
     for (let i = 0; i < maxEndpoints; i++) this.ctxs.push(new EndpointContext(i));
     this.openIds = new Int32Array(maxEndpoints);
@@ -530,11 +536,11 @@ export class Nic {
 
   /** Executes one control request; throws NicError for a bad one. */
   control(req: unknown): unknown {
-    this.c[G.control_requests]++;
+    this.c[NicCounter.control_requests]++;
     try {
       return this.dispatch(req);
     } catch (e) {
-      this.c[G.control_errors]++;
+      this.c[NicCounter.control_errors]++;
       throw e;
     } finally {
       this.flushRaises();
@@ -653,7 +659,7 @@ export class Nic {
     Atomics.store(ctx.w, W_STATE, EndpointState.Open);
     ctx.open = true;
     this.openIds[this.openCount++] = ctx.id;
-    this.c[ctx.base + E.opens]++;
+    this.c[ctx.base + EndpointCounter.opens]++;
     return { endpointId: ctx.id, session, window, intr: intrBuffer };
   }
 
@@ -761,7 +767,7 @@ export class Nic {
     if (old) {
       if (!replace)
         throw new NicError("EBUSY", `a link to NIC ${link.peerNic} is already attached; detach it first`);
-      this.c[G.link_losses]++;
+      this.c[NicCounter.link_losses]++;
       this.removeLink(old);
       old.link.close();
       reconnected = true;
@@ -777,7 +783,7 @@ export class Nic {
     } else {
       if (info.state === "down" || reconnected) {
         info.reconnects++;
-        this.c[G.link_reconnects]++;
+        this.c[NicCounter.link_reconnects]++;
       }
       info.state = "up";
     }
@@ -803,7 +809,7 @@ export class Nic {
     const ls = this.links.get(link.peerNic);
     // A link that was already replaced or detached: nothing waits on it any more.
     if (ls === undefined || ls.link !== link) return;
-    this.c[G.link_losses]++;
+    this.c[NicCounter.link_losses]++;
     this.removeLink(ls);
     const info = this.linkInfo.get(link.peerNic);
     if (retrying && info) info.state = "down";
@@ -836,7 +842,7 @@ export class Nic {
     try {
       this.failLink(ls);
     } catch {
-      this.c[G.internal_errors]++;
+      this.c[NicCounter.internal_errors]++;
     }
     this.flushRaises();
     this.kick();
@@ -862,7 +868,7 @@ export class Nic {
 
   private onFrame(ls: LinkState, frame: Uint8Array): void {
     if (!ls.attached) return;
-    this.c[G.frames_rx]++;
+    this.c[NicCounter.frames_rx]++;
     this.now = performance.now();
     // Whatever it says, the peer is alive.
     ls.lastRx = this.now;
@@ -870,7 +876,7 @@ export class Nic {
     try {
       const type = checkFrame(frame);
       if (type < 0 || getWord(frame, F_DEST_NIC) !== this.nicId || getWord(frame, F_SRC_NIC) !== ls.peerNic) {
-        this.c[G.frames_bad]++;
+        this.c[NicCounter.frames_bad]++;
       } else {
         switch (type) {
           case FrameType.Send:
@@ -895,11 +901,11 @@ export class Nic {
             this.rxEthernet(ls, frame);
             break;
           default:
-            this.c[G.frames_unknown]++;
+            this.c[NicCounter.frames_unknown]++;
         }
       }
     } catch {
-      this.c[G.internal_errors]++;
+      this.c[NicCounter.internal_errors]++;
     }
     this.flushRaises();
     this.kick();
@@ -912,11 +918,11 @@ export class Nic {
   private sendHdr(ls: LinkState): boolean {
     if (ls.ctrlCount === 0) {
       if (ls.link.send(this.hdr)) {
-        this.c[G.frames_tx]++;
+        this.c[NicCounter.frames_tx]++;
         ls.lastTx = this.now;
         return true;
       }
-      this.c[G.link_backpressure]++;
+      this.c[NicCounter.link_backpressure]++;
     }
     if (ls.ctrlCount === CTRL_QUEUE) return false;
     ls.ctrl.set(this.hdr, ((ls.ctrlHead + ls.ctrlCount) % CTRL_QUEUE) * FRAME_HEADER_BYTES);
@@ -931,11 +937,11 @@ export class Nic {
       const base = ls.ctrlHead * FRAME_HEADER_BYTES;
       for (let i = 0; i < FRAME_HEADER_BYTES; i++) out[i] = ls.ctrl[base + i];
       if (!ls.link.send(out)) {
-        this.c[G.link_backpressure]++;
+        this.c[NicCounter.link_backpressure]++;
         break;
       }
       ls.lastTx = this.now;
-      this.c[G.frames_tx]++;
+      this.c[NicCounter.frames_tx]++;
       ls.ctrlHead = (ls.ctrlHead + 1) % CTRL_QUEUE;
       ls.ctrlCount--;
       did = true;
@@ -975,7 +981,7 @@ export class Nic {
     const i = ls.findSend(getWord(frame, F_TAG), ep | 0, session, cookie);
     if (i < 0) {
       // Late (after a timeout) or garbage.
-      this.c[G.acks_dropped]++;
+      this.c[NicCounter.acks_dropped]++;
       return;
     }
     let status = getWord(frame, F_STATUS);
@@ -1013,7 +1019,7 @@ export class Nic {
     const srcNic = words[base + M_SRC_NIC] >>> 0;
     const ls = this.links.get(srcNic);
     if (!ls) {
-      this.c[G.acks_dropped]++;
+      this.c[NicCounter.acks_dropped]++;
       return;
     }
     const f = this.hdr;
@@ -1029,7 +1035,7 @@ export class Nic {
     setWord(f, F_TAG, words[base + M_TAG]);
     setWord(f, F_AUX0, words[base + M_LENGTH]);
     setWord(f, F_AUX1, reason);
-    if (!this.sendHdr(ls)) this.c[G.acks_dropped]++;
+    if (!this.sendHdr(ls)) this.c[NicCounter.acks_dropped]++;
   }
 
   // ---- CONNECT ----------------------------------------------------------------------------------
@@ -1040,7 +1046,7 @@ export class Nic {
     const destEp = d[D_DEST_ENDPOINT] >>> 0;
     const cookie = d[D_COOKIE];
     if (destNic === this.nicId) {
-      this.c[G.connects]++;
+      this.c[NicCounter.connects]++;
       const status = this.connectCheck(this.nicId, ctx.id, destEp, d[D_SRC_KEY] >>> 0);
       const session = status === MxStatus.SUCCESS ? this.ctxs[destEp].session : 0;
       this.connectDone(ctx, cookie, destNic, destEp, session, status, this.retryAfter);
@@ -1048,7 +1054,7 @@ export class Nic {
     }
     const ls = this.usableLink(destNic);
     if (ls === undefined || this.cnFreeCount === 0) {
-      this.c[G.connects]++;
+      this.c[NicCounter.connects]++;
       const status = ls === undefined ? MxStatus.ENDPOINT_UNREACHABLE : MxStatus.NO_RESOURCES;
       this.connectDone(ctx, cookie, destNic, destEp, 0, status);
       return CONSUMED;
@@ -1074,7 +1080,7 @@ export class Nic {
     setWord(f, F_COOKIE, id);
     setWord(f, F_AUX0, d[D_SRC_KEY]);
     this.sendHdr(ls);
-    this.c[G.connects]++;
+    this.c[NicCounter.connects]++;
     this.armWireTimer();
     return CONSUMED;
   }
@@ -1089,7 +1095,7 @@ export class Nic {
     if (target >= this.maxEndpoints || !this.ctxs[target].open) return MxStatus.ENDPOINT_UNKNOWN;
     const wait = this.throttle.lockedFor(nic, ep, this.now);
     if (wait > 0) {
-      this.c[G.connects_throttled]++;
+      this.c[NicCounter.connects_throttled]++;
       this.retryAfter = wait;
       return MxStatus.REJECTED;
     }
@@ -1097,7 +1103,7 @@ export class Nic {
       this.throttle.succeeded(nic, ep);
       return MxStatus.SUCCESS;
     }
-    this.c[G.connect_bad_keys]++;
+    this.c[NicCounter.connect_bad_keys]++;
     this.throttle.failed(nic, ep, this.now);
     return MxStatus.BAD_KEY;
   }
@@ -1111,7 +1117,7 @@ export class Nic {
     status: number,
     retryAfter = 0,
   ): void {
-    if (status !== MxStatus.SUCCESS) this.c[G.connect_failures]++;
+    if (status !== MxStatus.SUCCESS) this.c[NicCounter.connect_failures]++;
     const ev = this.ev;
     ev.fill(0);
     ev[E_TYPE] = EventType.ConnectDone | (status << 16);
@@ -1132,7 +1138,7 @@ export class Nic {
   }
 
   private rxConnectRequest(ls: LinkState, frame: Uint8Array): void {
-    this.c[G.connects_served]++;
+    this.c[NicCounter.connects_served]++;
     const ep = getWord(frame, F_DEST_ENDPOINT);
     // The requester is the peer NIC (its link says which) and the endpoint it names.
     const status = this.connectCheck(ls.peerNic, getWord(frame, F_SRC_ENDPOINT), ep, getWord(frame, F_AUX0));
@@ -1148,7 +1154,7 @@ export class Nic {
     setWord(f, F_STATUS, status);
     setWord(f, F_AUX0, this.retryAfter);
     // Dropped when the link's queue is full: the requester times out.
-    if (!this.sendHdr(ls)) this.c[G.acks_dropped]++;
+    if (!this.sendHdr(ls)) this.c[NicCounter.acks_dropped]++;
   }
 
   private rxConnectReply(ls: LinkState, frame: Uint8Array): void {
@@ -1162,7 +1168,7 @@ export class Nic {
       getWord(frame, F_DEST_ENDPOINT) !== this.cnEp[s] ||
       getWord(frame, F_DEST_SESSION) !== this.cnSession[s]
     ) {
-      this.c[G.connect_replies_unknown]++;
+      this.c[NicCounter.connect_replies_unknown]++;
       return;
     }
     const st = getWord(frame, F_STATUS);
@@ -1208,8 +1214,8 @@ export class Nic {
       return this.stalled(ctx, destNic);
     }
     const seenAt = (d[D_OPCODE] >>> 16) & DFLAG_TRACE ? traceNow() : 0;
-    this.c[G.remote_pulls]++;
-    this.c[ctx.base + E.pulls]++;
+    this.c[NicCounter.remote_pulls]++;
+    this.c[ctx.base + EndpointCounter.pulls]++;
     if (ls === undefined) {
       let status: number = MxStatus.ENDPOINT_UNREACHABLE;
       if (destNic === this.nicId) {
@@ -1217,13 +1223,13 @@ export class Nic {
         const index = d[D_SRC_REGION] >>> 0;
         status = this.pullSourceStatus(srcEp, srcSession, index, d[D_SRC_KEY], srcOff, len);
         if (status === MxStatus.SUCCESS) {
-          this.c[G.remote_pull_bytes] += len;
+          this.c[NicCounter.remote_pull_bytes] += len;
           const g = this.grant;
           this.startCopy(ctx, g.slot, g.region, g.start, dst, dstOff, len, seenAt, srcEp, srcSession, index);
           return CONSUMED;
         }
       }
-      this.c[G.remote_pull_failures]++;
+      this.c[NicCounter.remote_pull_failures]++;
       this.pullDone(ctx, cookie, 0, status, seenAt);
       return CONSUMED;
     }
@@ -1262,7 +1268,7 @@ export class Nic {
   }
 
   private rxPullReply(ls: LinkState, frame: Uint8Array): void {
-    this.c[G.pull_replies_rx]++;
+    this.c[NicCounter.pull_replies_rx]++;
     const id = getWord(frame, F_COOKIE);
     const s = id & (REMOTE_PULL_SLOTS - 1);
     if (
@@ -1274,14 +1280,14 @@ export class Nic {
       getWord(frame, F_SRC_ENDPOINT) !== this.rpSrcEp[s] ||
       getWord(frame, F_AUX1) !== this.rpLen[s]
     ) {
-      this.c[G.pull_replies_bad]++;
+      this.c[NicCounter.pull_replies_bad]++;
       return;
     }
     const n = getWord(frame, F_LENGTH);
     const st = getWord(frame, F_STATUS);
     if (st !== MxStatus.SUCCESS) {
       if (n !== 0) {
-        this.c[G.pull_replies_bad]++;
+        this.c[NicCounter.pull_replies_bad]++;
         return;
       }
       this.finishPull(s, st > MxStatus.NO_RESOURCES || st === MxStatus.PENDING ? MxStatus.ABORTED : st, null);
@@ -1291,7 +1297,7 @@ export class Nic {
     const len = this.rpLen[s];
     // Replies come in order on a link: each must continue exactly where the last one ended.
     if (getWord(frame, F_AUX0) !== got || n > len - got || (n === 0 && len !== 0)) {
-      this.c[G.pull_replies_bad]++;
+      this.c[NicCounter.pull_replies_bad]++;
       return;
     }
     if (n > 0) {
@@ -1304,8 +1310,8 @@ export class Nic {
       }
       t.copyIn(frame, FRAME_HEADER_BYTES, n, dst, this.rpDstOff[s] + got);
       this.rpGot[s] = got + n;
-      this.c[G.remote_pull_bytes] += n;
-      this.c[this.ctxs[this.rpEp[s]].base + E.pull_bytes] += n;
+      this.c[NicCounter.remote_pull_bytes] += n;
+      this.c[this.ctxs[this.rpEp[s]].base + EndpointCounter.pull_bytes] += n;
     }
     this.rpLast[s] = this.now;
     if (this.rpGot[s] === len) this.finishPull(s, MxStatus.SUCCESS, null);
@@ -1329,7 +1335,7 @@ export class Nic {
       setWord(f, F_STATUS, MxStatus.ABORTED);
       this.sendHdr(cancel);
     }
-    if (status !== MxStatus.SUCCESS) this.c[G.remote_pull_failures]++;
+    if (status !== MxStatus.SUCCESS) this.c[NicCounter.remote_pull_failures]++;
     const ctx = this.ctxs[this.rpEp[s]];
     if (ctx.open && ctx.session === this.rpSession[s])
       this.pullDone(ctx, this.rpCookie[s], this.rpGot[s], status, this.rpSeenAt[s]);
@@ -1379,10 +1385,10 @@ export class Nic {
     );
     this.refusal = reason;
     if (reason === 0) {
-      this.c[G.pull_rights_taken]++;
+      this.c[NicCounter.pull_rights_taken]++;
       return MxStatus.SUCCESS;
     }
-    this.c[G.pull_rights_refused]++;
+    this.c[NicCounter.pull_rights_refused]++;
     // The region went with its endpoint: the puller hears that the peer closed, as MX would say.
     return reason === ErrorReason.UnknownEndpoint ? MxStatus.ENDPOINT_CLOSED : REASON_STATUS[reason];
   }
@@ -1412,7 +1418,7 @@ export class Nic {
   }
 
   private rxPullRequest(ls: LinkState, frame: Uint8Array): void {
-    this.c[G.pull_requests_rx]++;
+    this.c[NicCounter.pull_requests_rx]++;
     const id = getWord(frame, F_COOKIE);
     if (getWord(frame, F_STATUS) !== 0) {
       // A cancel: the requester gave up on it.
@@ -1478,8 +1484,8 @@ export class Nic {
     setWord(f, F_COOKIE, id);
     setWord(f, F_STATUS, status);
     setWord(f, F_AUX1, len);
-    if (this.sendHdr(ls)) this.c[G.pull_replies_tx]++;
-    else this.c[G.acks_dropped]++;
+    if (this.sendHdr(ls)) this.c[NicCounter.pull_replies_tx]++;
+    else this.c[NicCounter.acks_dropped]++;
   }
 
   /** Serves `ls`'s jobs in turn, up to PULL_CHUNK bytes this round. Returns whether it sent anything. */
@@ -1517,7 +1523,7 @@ export class Nic {
     const revoked = !ownerGone && !exposureLive(owner.w, ls.jXp[j]);
     if (ownerGone || revoked || slot < 0 || t.owner[slot] !== srcEp) {
       // Deregistered, revoked or closed mid-transfer: the requester gets an error, never stale bytes.
-      if (revoked) this.c[G.pull_rights_revoked]++;
+      if (revoked) this.c[NicCounter.pull_rights_revoked]++;
       this.replyPullError(
         ls,
         ls.jId[j],
@@ -1549,16 +1555,16 @@ export class Nic {
       setWord(f, F_AUX1, len);
       if (n > 0) t.copyOut(slot, ls.jOff[j] + off, n, f, FRAME_HEADER_BYTES);
       if (!ls.link.send(f.subarray(0, FRAME_HEADER_BYTES + n))) {
-        this.c[G.link_backpressure]++;
+        this.c[NicCounter.link_backpressure]++;
         this.jobRefused = true;
         return sent;
       }
       ls.lastTx = this.now;
       ls.jSent[j] = off + n;
       sent += n;
-      this.c[G.frames_tx]++;
-      this.c[G.pull_replies_tx]++;
-      this.c[G.pull_served_bytes] += n;
+      this.c[NicCounter.frames_tx]++;
+      this.c[NicCounter.pull_replies_tx]++;
+      this.c[NicCounter.pull_served_bytes] += n;
     } while (ls.jSent[j] < len && sent < budget);
     if (ls.jSent[j] === len) this.dropJob(ls, j);
     return sent;
@@ -1593,7 +1599,7 @@ export class Nic {
    * frame from the peer ends that. The link itself stays: the peer may come back.
    */
   private silenceLink(ls: LinkState): void {
-    this.c[G.links_silent]++;
+    this.c[NicCounter.links_silent]++;
     ls.silentUntil = this.now + WIRE_TIMEOUT_MS;
     this.failLink(ls);
     this.wireActed = true;
@@ -1617,7 +1623,7 @@ export class Nic {
     try {
       waiting = this.wireTick();
     } catch {
-      this.c[G.internal_errors]++;
+      this.c[NicCounter.internal_errors]++;
     }
     this.flushRaises();
     if (waiting) this.armWireTimer();
@@ -1644,7 +1650,7 @@ export class Nic {
       if (this.rpUsed[s] !== 1) continue;
       if (now - this.rpLast[s] >= WIRE_TIMEOUT_MS) {
         this.wireActed = true;
-        this.c[G.pull_timeouts]++;
+        this.c[NicCounter.pull_timeouts]++;
         const ls = this.links.get(this.rpNic[s]);
         this.checkSilence(ls);
         this.finishPull(s, MxStatus.ENDPOINT_UNREACHABLE, ls ?? null);
@@ -1658,7 +1664,7 @@ export class Nic {
           this.wireActed = true;
           this.checkSilence(ls);
           ls.completeSend(i);
-          this.c[G.send_timeouts]++;
+          this.c[NicCounter.send_timeouts]++;
           this.sendDoneTo(
             ls.sEp[i],
             ls.sSession[i],
@@ -1761,7 +1767,7 @@ export class Nic {
       }
       if (len < ETHER_MIN_FRAME || len > ETHER_MAX_FRAME) {
         // A whole record with a length no Ethernet frame has: drop it, keep the ring.
-        this.c[G.ether_bad]++;
+        this.c[NicCounter.ether_bad]++;
         Atomics.add(w, P_STAT_TX_BAD, 1);
       } else if (!this.etherOut(PORT_TX_OFFSET + pos + 4, len)) {
         this.portTxStalled = true;
@@ -1772,7 +1778,7 @@ export class Nic {
     }
     if (bad) {
       // Indices or a length word that describe no record: drop everything queued, resynchronise.
-      this.c[G.ether_bad]++;
+      this.c[NicCounter.ether_bad]++;
       Atomics.add(w, P_STAT_TX_BAD, 1);
       tail = head;
     }
@@ -1795,7 +1801,7 @@ export class Nic {
   private etherOut(off: number, len: number): boolean {
     const b = this.portBytes;
     if (this.linkList.length === 0) {
-      this.c[G.ether_dropped]++;
+      this.c[NicCounter.ether_dropped]++;
       Atomics.add(this.portW, P_STAT_TX_DROPPED, 1);
       return true;
     }
@@ -1810,24 +1816,24 @@ export class Nic {
       if (ls !== undefined) {
         setWord(f, F_DEST_NIC, ls.peerNic);
         if (!ls.link.send(out)) {
-          this.c[G.link_backpressure]++;
+          this.c[NicCounter.link_backpressure]++;
           return false;
         }
-        this.c[G.frames_tx]++;
-        this.c[G.ether_tx]++;
+        this.c[NicCounter.frames_tx]++;
+        this.c[NicCounter.ether_tx]++;
         return true;
       }
     }
     // Flood. A link that pushes back loses its copy (a switch drops too): the others go on.
-    this.c[G.ether_flooded]++;
-    this.c[G.ether_tx]++;
+    this.c[NicCounter.ether_flooded]++;
+    this.c[NicCounter.ether_tx]++;
     for (let k = 0; k < this.linkList.length; k++) {
       const ls = this.linkList[k];
       setWord(f, F_DEST_NIC, ls.peerNic);
-      if (ls.link.send(out)) this.c[G.frames_tx]++;
+      if (ls.link.send(out)) this.c[NicCounter.frames_tx]++;
       else {
-        this.c[G.link_backpressure]++;
-        this.c[G.ether_dropped]++;
+        this.c[NicCounter.link_backpressure]++;
+        this.c[NicCounter.ether_dropped]++;
         Atomics.add(this.portW, P_STAT_TX_DROPPED, 1);
       }
     }
@@ -1838,7 +1844,7 @@ export class Nic {
   private rxEthernet(ls: LinkState, frame: Uint8Array): void {
     const len = getWord(frame, F_LENGTH);
     if (len < ETHER_MIN_FRAME || len > ETHER_MAX_FRAME) {
-      this.c[G.frames_bad]++;
+      this.c[NicCounter.frames_bad]++;
       return;
     }
     const src = FRAME_HEADER_BYTES + 6;
@@ -1851,7 +1857,7 @@ export class Nic {
         (this.now / 1000) | 0,
       );
     if (this.port === null) {
-      this.c[G.ether_dropped]++;
+      this.c[NicCounter.ether_dropped]++;
       return;
     }
     const w = this.portW;
@@ -1867,13 +1873,13 @@ export class Nic {
     );
     if (head < 0) {
       // The driver does not keep up: drop, as a NIC whose receive ring is full does.
-      this.c[G.ether_dropped]++;
+      this.c[NicCounter.ether_dropped]++;
       Atomics.add(w, P_STAT_RX_DROPPED, 1);
       return;
     }
     this.portRxHead = head;
     Atomics.store(w, P_RX_HEAD, head | 0);
-    this.c[G.ether_rx]++;
+    this.c[NicCounter.ether_rx]++;
     this.portNeedRaise = true;
   }
 
@@ -1920,8 +1926,8 @@ export class Nic {
 
   private wake(byTimer: boolean): void {
     this.asleep = false;
-    this.c[G.wakeups]++;
-    if (byTimer) this.c[G.timer_wakeups]++;
+    this.c[NicCounter.wakeups]++;
+    if (byTimer) this.c[NicCounter.timer_wakeups]++;
     if (this.backstop) {
       clearTimeout(this.backstop);
       this.backstop = null;
@@ -1968,7 +1974,7 @@ export class Nic {
       return;
     }
     this.asleep = true;
-    this.c[G.sleeps]++;
+    this.c[NicCounter.sleeps]++;
     let changed = false;
     for (let i = 0; i < this.openCount; i++) {
       const ctx = this.ctxs[this.openIds[i]];
@@ -2041,7 +2047,7 @@ export class Nic {
         if (ls.jobCount > 0 && this.serveJobs(ls)) did = true;
       } catch {
         // A bug, never a peer's garbage: count it, drop that link's jobs (their requesters time out).
-        this.c[G.internal_errors]++;
+        this.c[NicCounter.internal_errors]++;
         this.dropJobs(ls);
       }
     }
@@ -2049,7 +2055,7 @@ export class Nic {
       try {
         if (this.serviceEtherTx()) did = true;
       } catch {
-        this.c[G.internal_errors]++;
+        this.c[NicCounter.internal_errors]++;
         this.portTxTail = Atomics.load(this.portW, P_TX_HEAD) >>> 0;
         Atomics.store(this.portW, P_TX_TAIL, this.portTxTail | 0);
       }
@@ -2060,7 +2066,7 @@ export class Nic {
         if (this.serviceEndpoint(ctx)) did = true;
       } catch {
         // A bug, never an owner's garbage: count it, resynchronise, keep serving the others.
-        this.c[G.internal_errors]++;
+        this.c[NicCounter.internal_errors]++;
         this.stopPull(ctx);
         ctx.sqCons = ctx.prodSeen;
         Atomics.store(ctx.w, W_SQ_CONS, ctx.sqCons | 0);
@@ -2094,10 +2100,10 @@ export class Nic {
     if (prod === cons) return false;
     if ((prod - cons) >>> 0 > SQ_ENTRIES) {
       // Ahead by more than the queue holds, or backwards: garbage. Report once, resynchronise.
-      this.c[G.errors]++;
-      this.c[G.error_bad_index]++;
-      this.c[ctx.base + E.errors]++;
-      this.c[ctx.base + E.bad_index]++;
+      this.c[NicCounter.errors]++;
+      this.c[NicCounter.error_bad_index]++;
+      this.c[ctx.base + EndpointCounter.errors]++;
+      this.c[ctx.base + EndpointCounter.bad_index]++;
       const ev = this.ev;
       ev.fill(0);
       ev[E_TYPE] = EventType.Error | (MxStatus.ABORTED << 16);
@@ -2124,8 +2130,8 @@ export class Nic {
       for (let i = 0; i < DESC_WORDS; i++) d[i] = w[base + i];
       if (this.execute(ctx) === STALLED) break;
       ctx.stallSince = 0;
-      this.c[G.descriptors]++;
-      this.c[ctx.base + E.descriptors]++;
+      this.c[NicCounter.descriptors]++;
+      this.c[ctx.base + EndpointCounter.descriptors]++;
       cons = (cons + 1) >>> 0;
       n++;
     }
@@ -2138,7 +2144,7 @@ export class Nic {
   private execute(ctx: EndpointContext): number {
     switch (this.d[D_OPCODE] & 0xffff) {
       case Opcode.Nop:
-        this.c[G.nops]++;
+        this.c[NicCounter.nops]++;
         return CONSUMED;
       case Opcode.Pull:
         if ((this.d[D_OPCODE] >>> 16) & DFLAG_REMOTE) return this.execRemotePull(ctx);
@@ -2156,9 +2162,9 @@ export class Nic {
 
   /** Refuses the descriptor in this.d with an ERROR event. */
   private descError(ctx: EndpointContext, reason: number, status: number = REASON_STATUS[reason]): void {
-    this.c[G.errors]++;
+    this.c[NicCounter.errors]++;
     this.c[ERROR_REASON_SLOT[reason]]++;
-    this.c[ctx.base + E.errors]++;
+    this.c[ctx.base + EndpointCounter.errors]++;
     const ev = this.ev;
     ev.fill(0);
     ev[E_TYPE] = EventType.Error | (status << 16);
@@ -2198,8 +2204,8 @@ export class Nic {
         this.descError(ctx, this.refusal, status);
         return;
       }
-      this.c[G.pulls]++;
-      this.c[ctx.base + E.pulls]++;
+      this.c[NicCounter.pulls]++;
+      this.c[ctx.base + EndpointCounter.pulls]++;
       const g = this.grant;
       this.startCopy(ctx, g.slot, g.region, g.start, dst, dstOff, len, seenAt, srcEp, srcSession, index);
       return;
@@ -2215,8 +2221,8 @@ export class Nic {
       this.descError(ctx, reason);
       return;
     }
-    this.c[G.pulls]++;
-    this.c[ctx.base + E.pulls]++;
+    this.c[NicCounter.pulls]++;
+    this.c[ctx.base + EndpointCounter.pulls]++;
     this.startCopy(ctx, src, d[D_SRC_REGION] >>> 0, srcOff, dst, dstOff, len, seenAt, 0, 0, -1);
   }
 
@@ -2270,7 +2276,7 @@ export class Nic {
     const dst = t.lookup(ctx.pullDstId);
     const revoked = ctx.pullXp >= 0 && !this.rightLive(ctx.pullXpEp, ctx.pullXpSession, ctx.pullXp);
     if (src < 0 || dst < 0 || t.owner[dst] !== ctx.id || revoked) {
-      if (revoked) this.c[G.pull_rights_revoked]++;
+      if (revoked) this.c[NicCounter.pull_rights_revoked]++;
       this.stopPull(ctx);
       this.pullDone(ctx, ctx.pullCookie, ctx.pullLen - ctx.pullLeft, MxStatus.ABORTED);
       return;
@@ -2296,9 +2302,9 @@ export class Nic {
   }
 
   private countPulled(ctx: EndpointContext, n: number): void {
-    this.c[G.pull_bytes] += n;
-    this.c[G.pull_chunks]++;
-    this.c[ctx.base + E.pull_bytes] += n;
+    this.c[NicCounter.pull_bytes] += n;
+    this.c[NicCounter.pull_chunks]++;
+    this.c[ctx.base + EndpointCounter.pull_bytes] += n;
   }
 
   /** `seenAt` ≠ 0: a traced pull; its stamps go into the event (window.ts E_TRACE_*). */
@@ -2370,7 +2376,7 @@ export class Nic {
     if (!ls.canSend(d[D_DEST_ENDPOINT])) {
       // The window, or the destination endpoint's share of it, is full: this one waits in the
       // queue. Other destinations' SENDs (other endpoints' queues) go on.
-      this.c[ls.sCount === SEND_WINDOW ? G.send_window_full : G.send_dest_full]++;
+      this.c[ls.sCount === SEND_WINDOW ? NicCounter.send_window_full : NicCounter.send_dest_full]++;
       return this.stalled(ctx, destNic);
     }
     const f = this.txFrame;
@@ -2390,23 +2396,23 @@ export class Nic {
     if (len > 0) t.copyOut(src, srcOff, len, f, FRAME_HEADER_BYTES);
     if (!ls.link.send(f.subarray(0, FRAME_HEADER_BYTES + len))) {
       // The wire pushes back: this descriptor stays at the head of the queue and is retried.
-      this.c[G.link_backpressure]++;
+      this.c[NicCounter.link_backpressure]++;
       return this.stalled(ctx, destNic);
     }
     ls.lastTx = this.now;
     ls.pushSend(ctx.id, ctx.session, cookie, len, d[D_DEST_ENDPOINT], this.now + WIRE_TIMEOUT_MS);
     this.armWireTimer();
-    this.c[G.frames_tx]++;
+    this.c[NicCounter.frames_tx]++;
     this.countSend(ctx, len);
     return CONSUMED;
   }
 
   private countSend(ctx: EndpointContext, len: number): void {
     this.roundBytes += len;
-    this.c[G.sends]++;
-    this.c[G.send_bytes] += len;
-    this.c[ctx.base + E.sends]++;
-    this.c[ctx.base + E.send_bytes] += len;
+    this.c[NicCounter.sends]++;
+    this.c[NicCounter.send_bytes] += len;
+    this.c[ctx.base + EndpointCounter.sends]++;
+    this.c[ctx.base + EndpointCounter.send_bytes] += len;
   }
 
   private sendDone(
@@ -2416,7 +2422,7 @@ export class Nic {
     status: number,
     reason = reasonOfStatus(status),
   ): void {
-    if (status !== MxStatus.SUCCESS) this.c[G.send_failures]++;
+    if (status !== MxStatus.SUCCESS) this.c[NicCounter.send_failures]++;
     const ev = this.ev;
     ev.fill(0);
     ev[E_TYPE] = EventType.SendDone | (status << 16);
@@ -2442,8 +2448,8 @@ export class Nic {
     if (m[M_DEST_SESSION] >>> 0 !== ctx.session) return MxStatus.BAD_SESSION;
     if (ctx.dqCount === 0 && this.place(ctx, srcSlot, srcOff, srcBytes, srcBytesOff)) return MxStatus.SUCCESS;
     if (ctx.dqCount >= DELIVERY_QUEUE) {
-      this.c[G.delivery_rejected]++;
-      this.c[ctx.base + E.delivery_rejected]++;
+      this.c[NicCounter.delivery_rejected]++;
+      this.c[ctx.base + EndpointCounter.delivery_rejected]++;
       return MxStatus.NO_RESOURCES;
     }
     const s = (ctx.dqHead + ctx.dqCount) % DELIVERY_QUEUE;
@@ -2455,8 +2461,8 @@ export class Nic {
     if (srcSlot >= 0) this.tpt.copyOut(srcSlot, srcOff, len, buf, 0);
     else copyBytes(buf, 0, srcBytes!, srcBytesOff, len);
     ctx.dqCount++;
-    this.c[G.delivery_queued]++;
-    this.c[ctx.base + E.delivery_queued]++;
+    this.c[NicCounter.delivery_queued]++;
+    this.c[ctx.base + EndpointCounter.delivery_queued]++;
     return MxStatus.PENDING;
   }
 
@@ -2505,10 +2511,10 @@ export class Nic {
     ev[E_AUX0] = m[M_AUX0];
     ev[E_AUX1] = m[M_AUX1];
     this.postEvent(ctx);
-    this.c[G.recvs]++;
-    this.c[G.recv_bytes] += len;
-    this.c[ctx.base + E.recvs]++;
-    this.c[ctx.base + E.recv_bytes] += len;
+    this.c[NicCounter.recvs]++;
+    this.c[NicCounter.recv_bytes] += len;
+    this.c[ctx.base + EndpointCounter.recvs]++;
+    this.c[ctx.base + EndpointCounter.recv_bytes] += len;
     return true;
   }
 
@@ -2564,8 +2570,8 @@ export class Nic {
         const b = s * META_WORDS;
         if (meta[b + M_SRC_NIC] === nic && meta[b + M_SRC_EP] === ep && meta[b + M_SRC_SESSION] === session) {
           this.loadQueued(ctx, s);
-          this.c[G.delivery_expired]++;
-          this.c[ctx.base + E.delivery_expired]++;
+          this.c[NicCounter.delivery_expired]++;
+          this.c[ctx.base + EndpointCounter.delivery_expired]++;
           this.completeSend(MxStatus.NO_RESOURCES, ErrorReason.HoldExpired);
           continue;
         }
@@ -2597,8 +2603,8 @@ export class Nic {
     for (let i = 0; i < EVENT_WORDS; i++) w[base + i] = src[srcBase + i];
     ctx.eqProd = (ctx.eqProd + 1) >>> 0;
     Atomics.store(w, W_EQ_PROD, ctx.eqProd | 0);
-    this.c[G.events]++;
-    this.c[ctx.base + E.events]++;
+    this.c[NicCounter.events]++;
+    this.c[ctx.base + EndpointCounter.events]++;
     this.raise(ctx);
   }
 
@@ -2611,12 +2617,12 @@ export class Nic {
     if (ctx.blCount < EVENT_BACKLOG) {
       ctx.backlog!.set(this.ev, ((ctx.blHead + ctx.blCount) % EVENT_BACKLOG) * EVENT_WORDS);
       ctx.blCount++;
-      this.c[G.event_backlog]++;
-      this.c[ctx.base + E.event_backlog]++;
+      this.c[NicCounter.event_backlog]++;
+      this.c[ctx.base + EndpointCounter.event_backlog]++;
       return true;
     }
-    this.c[G.event_drops]++;
-    this.c[ctx.base + E.event_drops]++;
+    this.c[NicCounter.event_drops]++;
+    this.c[ctx.base + EndpointCounter.event_drops]++;
     return false;
   }
 
@@ -2642,15 +2648,15 @@ export class Nic {
     for (let i = 0; i < this.raiseCount; i++) {
       const ctx = this.ctxs[this.raiseIds[i]];
       ctx.needRaise = false;
-      this.c[G.interrupts]++;
-      this.c[ctx.base + E.interrupts]++;
-      if (raiseInterrupt(ctx.intr)) this.c[G.interrupt_kicks]++;
+      this.c[NicCounter.interrupts]++;
+      this.c[ctx.base + EndpointCounter.interrupts]++;
+      if (raiseInterrupt(ctx.intr)) this.c[NicCounter.interrupt_kicks]++;
     }
     this.raiseCount = 0;
     if (this.portNeedRaise) {
       this.portNeedRaise = false;
-      this.c[G.interrupts]++;
-      if (raiseInterrupt(this.portIntr)) this.c[G.interrupt_kicks]++;
+      this.c[NicCounter.interrupts]++;
+      if (raiseInterrupt(this.portIntr)) this.c[NicCounter.interrupt_kicks]++;
     }
   }
 }
