@@ -17,7 +17,14 @@ import type {
   RegisterRegionReply,
 } from "../src/nic/control.js";
 import { NicDevice } from "../src/nic/device.js";
-import { F_DEST_NIC, F_SRC_NIC, FRAME_HEADER_BYTES, FrameType, initFrame, setWord } from "../src/nic/link.js";
+import {
+  F_DEST_NIC,
+  F_SRC_NIC,
+  FRAME_HEADER_BYTES,
+  FrameType,
+  initFrame,
+  setWord,
+} from "../src/nic/frame.js";
 import { MxStatus, mxStatusName } from "../src/nic/status.js";
 import {
   connectTcpLink,

@@ -48,7 +48,7 @@ export const NIC_COUNTER_NAMES = [
   "link_backpressure",
   "acks_dropped",
   "internal_errors",
-  // The wire between NICs (window.ts DFLAG_REMOTE, Opcode.Connect; nic.ts frame layouts).
+  // The wire between NICs (window.ts DFLAG_REMOTE, Opcode.Connect; frame.ts frame layouts).
   "connects",
   "connect_failures",
   "connects_served",
@@ -78,7 +78,7 @@ export const NIC_COUNTER_NAMES = [
   "pull_rights_refused",
   "pull_rights_revoked",
   "error_no_right",
-  // A receiver that does not consume (nic.ts deliveries, wire.ts DEST_CREDITS, window.ts HOLD_MS).
+  // A receiver that does not consume (nic.ts deliveries, link-state.ts DEST_CREDITS, window.ts HOLD_MS).
   "delivery_expired",
   "send_dest_full",
   // A peer that says nothing while we wait on it (nic.ts wireTick: frozen or stopped host).

@@ -12,44 +12,8 @@
  * copies a descriptor out of the queue before validating it, and reaches memory only through
  * the TPT. Garbage gets an ERROR event and a counter.
  *
- * Events the NIC writes (word offsets from window.ts):
- *   PULL_DONE  cookie, length; status SUCCESS or ABORTED (a region went away, or the pull right
- *              was revoked, mid-pull); for a descriptor with DFLAG_TRACE, the NIC's stamps at
- *              E_TRACE_NIC_SEEN / E_TRACE_DMA_DONE
- *   SEND_DONE  cookie, length; status SUCCESS once the payload is placed, else ENDPOINT_UNKNOWN,
- *              ENDPOINT_CLOSED, BAD_SESSION, ENDPOINT_UNREACHABLE or NO_RESOURCES (E_REASON says more)
- *   RECV       source nic/endpoint/session, match words, aux words, length, E_RECV_OFFSET, E_RECV_SPAN
- *   ERROR      cookie, length, E_REASON, word 13 = the descriptor's opcode word; for BadIndex
- *              word 13 = the producer index seen, word 14 = the NIC's consumer index
- *   DRIVER     cookie, words at E_EXTRA..
- *   CONNECT_DONE  cookie; status SUCCESS, BAD_KEY, REJECTED (too many wrong keys from this
- *              endpoint: E_AUX0 = ms to wait, connect-throttle.ts), ENDPOINT_UNKNOWN,
- *              ENDPOINT_UNREACHABLE or NO_RESOURCES; E_SRC_NIC/E_SRC_ENDPOINT = the endpoint
- *              asked for, E_SRC_SESSION its session (SUCCESS only)
- *
- * The wire (link.ts header words; every other word 0). Header-only unless said:
- *   CONNECT_REQUEST  src nic/endpoint/session = the requester; dest nic/endpoint = the endpoint
- *              asked for; cookie = request id; aux0 = the key presented
- *   CONNECT_REPLY    src nic/endpoint = the endpoint asked for, src session = its session
- *              (SUCCESS only); dest nic/endpoint/session = the requester; cookie = request id;
- *              status = SUCCESS, BAD_KEY, REJECTED (aux0 = ms to wait) or ENDPOINT_UNKNOWN
- *   PULL_REQUEST     src nic/endpoint/session = the requester; dest nic/endpoint/session = the
- *              endpoint that armed the pull right; cookie = request id; match hi = the right's
- *              index in that endpoint's exposure table; match lo = its key; aux0 = offset in the
- *              exposed range; aux1 = length. status ≠ 0 cancels the request with that id (the
- *              requester gave up: its region or endpoint went away)
- *   PULL_REPLY       src nic/endpoint/session = the source owner; dest = the requester;
- *              cookie = request id; status; aux0 = offset of this payload within the transfer;
- *              aux1 = the transfer's length. SUCCESS replies carry ≤ SEND_MAX bytes each, in
- *              order (a zero-length pull gets one empty reply); an error reply is header-only
- *              and ends the pull (BAD_KEY, BAD_RDMAWIN, ENDPOINT_UNKNOWN, ENDPOINT_CLOSED,
- *              BAD_SESSION, NO_RESOURCES, ABORTED)
- *   SEND             as link.ts; tag = the sending NIC's window slot and generation
- *   SEND_ACK         as link.ts; tag echoed; aux0 = length; aux1 = the ErrorReason of a
- *              failure (NoResources: the receiver's queue is full; HoldExpired: held HOLD_MS).
- *              Status PENDING (1) is a keepalive: the delivery waits for receive space, the
- *              sender restarts its timeout and keeps waiting
- *   ETHERNET         src nic, dest nic; payload = one Ethernet frame (ether-port.ts)
+ * Events the NIC writes: window.ts has each type's words. Frames between NICs: frame.ts has
+ * each type's words and who writes them.
  *
  * Wire state is bounded: SEND_WINDOW unacknowledged SENDs per link, DEST_CREDITS of them per
  * destination endpoint, and PULL_JOBS_PER_LINK pulls per link (a full one holds the
@@ -139,9 +103,10 @@ import {
   FrameType,
   getWord,
   initFrame,
-  type Link,
   setWord,
-} from "./link.js";
+} from "./frame.js";
+import type { Link } from "./link.js";
+import { CTRL_QUEUE, JOB_ROUND, LinkState, MacTable, PULL_JOBS_PER_LINK, SEND_WINDOW } from "./link-state.js";
 import { MxStatus, NicError } from "./status.js";
 import { copyBytes, DEFAULT_MAX_REGIONS, randomNonzeroU32, Tpt } from "./tpt.js";
 import {
@@ -212,7 +177,6 @@ import {
   WINDOW_BYTES,
   WIRE_TIMEOUT_MS,
 } from "./window.js";
-import { CTRL_QUEUE, JOB_ROUND, LinkState, MacTable, PULL_JOBS_PER_LINK, SEND_WINDOW } from "./wire.js";
 
 export const DEFAULT_MAX_ENDPOINTS = 32;
 /** Endpoint ids are context indices; MX endpoint indices stay below 256 (B7). */
@@ -304,7 +268,7 @@ const M_COOKIE = 9;
 const M_LENGTH = 10;
 /** 1 when the payload came in a frame: its completion goes back as a SEND_ACK frame. */
 const M_VIA_LINK = 11;
-/** The sending NIC's window tag (link.ts word 14), echoed in the SEND_ACK. */
+/** The sending NIC's window tag (frame.ts F_TAG), echoed in the SEND_ACK. */
 const M_TAG = 12;
 const META_WORDS = 16;
 

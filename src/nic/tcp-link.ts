@@ -43,15 +43,8 @@
  */
 import { createHmac, randomBytes, timingSafeEqual } from "node:crypto";
 import net from "node:net";
-import {
-  checkFrame,
-  F_LENGTH,
-  FRAME_HEADER_BYTES,
-  FRAME_MAX,
-  FrameType,
-  getWord,
-  type Link,
-} from "./link.js";
+import { checkFrame, F_LENGTH, FRAME_HEADER_BYTES, FRAME_MAX, FrameType, getWord } from "./frame.js";
+import type { Link } from "./link.js";
 
 export const TCP_LINK_MAGIC = 0x4c54584d; // "MXTL" in little-endian bytes
 /** 2: hellos carry a nonce and both sides prove the cluster key (1 had no authentication). */

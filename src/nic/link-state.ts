@@ -1,11 +1,12 @@
 /**
- * The NIC's per-link bookkeeping for the wire between NICs (nic.ts drives it): header-only
+ * The NIC's per-link state for the wire between NICs (nic.ts drives it): header-only
  * frames waiting for a link that pushes back, SENDs awaiting their SEND_ACK (a window with a
  * share per destination endpoint), the PULL jobs this NIC serves for the peer, and the MAC
  * table of the Ethernet port. Everything lives in preallocated typed arrays, so the per-frame
  * paths allocate nothing.
  */
-import { FRAME_HEADER_BYTES, type Link } from "./link.js";
+import { FRAME_HEADER_BYTES } from "./frame.js";
+import type { Link } from "./link.js";
 
 /** Header-only frames (SEND_ACK, CONNECT_*, PULL_REQUEST, error PULL_REPLY) held per link while it pushes back. */
 export const CTRL_QUEUE = 1024;
@@ -40,7 +41,7 @@ export class LinkState {
   // SENDs awaiting their ACK, by slot. A slot is freed by its own ACK, in any order: a
   // delivery that waits for receive space must not hold up the ones behind it (a ring in send
   // order would stay full behind it). Each SEND carries its slot and a generation (the tag,
-  // link.ts word 14), which its SEND_ACK echoes.
+  // frame.ts F_TAG), which its SEND_ACK echoes.
   readonly sUsed = new Uint8Array(SEND_WINDOW);
   readonly sGen = new Uint16Array(SEND_WINDOW);
   readonly sCookie = new Int32Array(SEND_WINDOW);
