@@ -78,10 +78,10 @@ export const NIC_COUNTER_NAMES = [
   "pull_rights_refused",
   "pull_rights_revoked",
   "error_no_right",
-  // A receiver that does not consume (nic.ts deliveries, link-state.ts DEST_CREDITS, window.ts HOLD_MS).
+  // A receiver that does not consume (delivery.ts, link-state.ts DEST_CREDITS, window.ts HOLD_MS).
   "delivery_expired",
   "send_dest_full",
-  // A peer that says nothing while we wait on it (nic.ts wireTick: frozen or stopped host).
+  // A peer that says nothing while we wait on it (links.ts wireTick: frozen or stopped host).
   "links_silent",
   // Wrong endpoint keys (connect-throttle.ts): answered BAD_KEY, and refused during a lockout.
   "connect_bad_keys",

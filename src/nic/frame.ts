@@ -1,8 +1,9 @@
 /**
  * The wire format between NICs: the frame header and, per frame type, what every word holds
- * (as Xen's io/xs_wire.h stands apart from xenstored, this file stands apart from the engine
- * that builds and parses frames, nic.ts). A frame is a 64-byte header of 16 little-endian u32
- * words, then the payload; a link (link.ts) carries frames whole.
+ * (as Xen's io/xs_wire.h stands apart from xenstored, this file stands apart from the engines
+ * that build and parse frames: send.ts, delivery.ts, connect.ts, remote-pull.ts,
+ * ether-service.ts). A frame is a 64-byte header of 16 little-endian u32 words, then the
+ * payload; a link (link.ts) carries frames whole.
  *
  *   octet  +0              +4              +8              +12
  *      0   | type word     | length        | src nic       | src endpoint  |
@@ -24,7 +25,7 @@
  *               (window.ts D_*); for ETHERNET, from the frame the bridge queued in the port
  *   [PEER NIC]  echoed from the peer NIC's frame this one answers
  * Every received frame must name this NIC in F_DEST_NIC and the link's peer in F_SRC_NIC
- * (nic.ts checks both before it looks at anything else).
+ * (links.ts checks both before any engine looks at it).
  *
  * ---- SEND (sender's NIC → receiver's NIC; payload: the message) ----------------------------
  *    1  F_LENGTH         [OWNER]    D_LENGTH (the sending NIC checked ≤ SEND_MAX)

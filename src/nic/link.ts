@@ -4,7 +4,7 @@
  * more. The loopback link here delivers to the NIC itself, which exercises the whole frame
  * path (encode, back-pressure, decode, acknowledgement) in one process; the TCP link for
  * clusters of hosts (tcp-link.ts) sits behind the same interface. What the NIC keeps per
- * attached link is in link-state.ts; attaching, detaching and losing links in nic.ts.
+ * attached link is in link-state.ts; attaching, detaching and losing links in links.ts.
  */
 import { FRAME_MAX } from "./frame.js";
 
