@@ -19,7 +19,8 @@ import { Job, LocalTarget } from "../src/cluster/job.js";
 import { RemoteHost } from "../src/cluster/remote.js";
 import { Host } from "../src/host/host.js";
 import { FRAME_MAX } from "../src/nic/frame.js";
-import { connectTcpLink, TCP_LINK_MAGIC } from "../src/nic/tcp-link.js";
+import { TCP_LINK_MAGIC } from "../src/nic/tcp-handshake.js";
+import { connectTcpLink } from "../src/nic/tcp-link.js";
 import { fixture, type HostProc, killChildren, myrixen, startHost, until } from "./helpers/hosts.js";
 
 after(killChildren);

@@ -129,7 +129,7 @@ export function createLink(spec: unknown, nicId: number): Link {
   }
   if (s?.kind === "tcp" || s?.kind === "tcp-listen")
     throw new RangeError(
-      `a ${s.kind} link is attached asynchronously on the NIC's thread (tcp-link.ts attachTcpSpec)`,
+      `a ${s.kind} link is attached asynchronously on the NIC's thread (tcp-attach.ts attachTcpSpec)`,
     );
   throw new RangeError(
     `unknown link kind ${JSON.stringify(s?.kind)}: expected "loopback", "tcp" or "tcp-listen"`,
