@@ -18,8 +18,9 @@ import { controlProof, readKeyFile } from "../src/cluster/auth.js";
 import { Job, LocalTarget } from "../src/cluster/job.js";
 import { RemoteHost } from "../src/cluster/remote.js";
 import { Host } from "../src/host/host.js";
-import { FRAME_MAX } from "../src/nic/link.js";
-import { connectTcpLink, TCP_LINK_MAGIC } from "../src/nic/tcp-link.js";
+import { FRAME_MAX } from "../src/nic/frame.js";
+import { TCP_LINK_MAGIC } from "../src/nic/tcp-handshake.js";
+import { connectTcpLink } from "../src/nic/tcp-link.js";
 import { fixture, type HostProc, killChildren, myrixen, startHost, until } from "./helpers/hosts.js";
 
 after(killChildren);

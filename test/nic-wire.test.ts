@@ -42,9 +42,10 @@ import {
   FrameType,
   getWord,
   initFrame,
-  type Link,
   setWord,
-} from "../src/nic/link.js";
+} from "../src/nic/frame.js";
+import type { Link } from "../src/nic/link.js";
+import { DEST_CREDITS } from "../src/nic/link-state.js";
 import { Nic } from "../src/nic/nic.js";
 import { MxStatus, mxStatusName } from "../src/nic/status.js";
 import { connectTcpLink, listenTcpLinks, type TcpLink, type TcpLinkServer } from "../src/nic/tcp-link.js";
@@ -102,7 +103,6 @@ import {
   X_REGION,
   X_STATE,
 } from "../src/nic/window.js";
-import { DEST_CREDITS } from "../src/nic/wire.js";
 import { SyncCallClient } from "../src/xen/sync-call.js";
 import { LINK_KEY } from "./helpers/link-key.js";
 

@@ -21,7 +21,8 @@ import type {
 } from "../src/nic/control.js";
 import type { NicCounterSnapshot } from "../src/nic/counters.js";
 import { NicDevice } from "../src/nic/device.js";
-import { DELIVERY_QUEUE, EVENT_BACKLOG, Nic } from "../src/nic/nic.js";
+import { DELIVERY_QUEUE, EVENT_BACKLOG } from "../src/nic/endpoints.js";
+import { Nic } from "../src/nic/nic.js";
 import { MxStatus, mxStatusName } from "../src/nic/status.js";
 import {
   Access,

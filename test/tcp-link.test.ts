@@ -1,9 +1,9 @@
 /**
- * TCP links (src/nic/tcp-link.ts): the handshake, framing faults and back-pressure on bare
- * links in this thread; authentication (a wrong key on either side, a forged or replayed
- * proof, idle sockets over the pending bound); then two NIC workers (NICs 1 and 2) joined by
- * a TCP link over loopback: a SEND crosses it, a garbage client is dropped, and a link closed
- * by the peer makes later SENDs complete with ENDPOINT_UNREACHABLE.
+ * TCP links (src/nic/tcp-link.ts, tcp-handshake.ts, tcp-attach.ts): the handshake, framing
+ * faults and back-pressure on bare links in this thread; authentication (a wrong key on either
+ * side, a forged or replayed proof, idle sockets over the pending bound); then two NIC workers
+ * (NICs 1 and 2) joined by a TCP link over loopback: a SEND crosses it, a garbage client is
+ * dropped, and a link closed by the peer makes later SENDs complete with ENDPOINT_UNREACHABLE.
  */
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
@@ -17,17 +17,17 @@ import type {
   RegisterRegionReply,
 } from "../src/nic/control.js";
 import { NicDevice } from "../src/nic/device.js";
-import { F_DEST_NIC, F_SRC_NIC, FRAME_HEADER_BYTES, FrameType, initFrame, setWord } from "../src/nic/link.js";
-import { MxStatus, mxStatusName } from "../src/nic/status.js";
 import {
-  connectTcpLink,
-  listenTcpLinks,
-  TCP_HELLO_BYTES,
-  TCP_LINK_MAGIC,
-  TCP_LINK_VERSION,
-  type TcpLink,
-  tcpLinkStats,
-} from "../src/nic/tcp-link.js";
+  F_DEST_NIC,
+  F_SRC_NIC,
+  FRAME_HEADER_BYTES,
+  FrameType,
+  initFrame,
+  setWord,
+} from "../src/nic/frame.js";
+import { MxStatus, mxStatusName } from "../src/nic/status.js";
+import { TCP_HELLO_BYTES, TCP_LINK_MAGIC, TCP_LINK_VERSION } from "../src/nic/tcp-handshake.js";
+import { connectTcpLink, listenTcpLinks, type TcpLink, tcpLinkStats } from "../src/nic/tcp-link.js";
 import {
   Access,
   ANY_ENDPOINT,

@@ -20,6 +20,8 @@
  * ever written. When full it overwrites the oldest records.
  */
 
+import { TRACE_EPOCH_MS } from "../nic/clock.js";
+
 export const TraceStage = {
   Posted: 1,
   Written: 2,
@@ -73,15 +75,8 @@ export const RNDV_STAGES: readonly number[] = [
  */
 export const FLAG_TRACED = 2;
 
-/** Stamps are ms since this epoch (2023-11-14T22:13:20Z), on the performance.timeOrigin time line. */
-export const TRACE_EPOCH_MS = 1.7e12;
-/** This thread's performance.now() → trace time. Exact: both operands are large doubles of close magnitude. */
-const SHIFT_MS = performance.timeOrigin - TRACE_EPOCH_MS;
-
-/** The trace clock: performance.timeOrigin + performance.now() − TRACE_EPOCH_MS, ms (~15 ns resolution). */
-export function traceNow(): number {
-  return performance.now() + SHIFT_MS;
-}
+// The trace clock lives below MX, in the NIC that stamps events with it (nic/clock.ts).
+export { TRACE_EPOCH_MS, traceNow } from "../nic/clock.js";
 
 /**
  * A message id, the same at both ends: the sender's (nic, endpoint) and its per-endpoint

@@ -105,3 +105,13 @@ export interface LinkStateInfo {
 
 /** What a thread needs to drive the NIC: a sync-call endpoint (port + reply word). */
 export type NicDriverEndpoint = SyncEndpoint;
+
+/** Whether a control request's field is an integer. */
+export function isInt(v: unknown): v is number {
+  return typeof v === "number" && Number.isInteger(v);
+}
+
+/** Whether a control request's field fits a 32-bit word (as u32 or i32). */
+export function isWord(v: unknown): v is number {
+  return isInt(v) && v >= -0x80000000 && v <= 0xffffffff;
+}

@@ -4,7 +4,7 @@
  *
  * Layout: float64 slots, GLOBAL_SLOTS for the NIC as a whole, then EP_SLOTS per endpoint
  * context. The NIC thread is the only writer, so plain stores suffice; the hot path indexes
- * the Float64Array with the constants of `G` and `E` (no lookups by string).
+ * the Float64Array with the slots of `NicCounter` and `EndpointCounter` (no lookups by string).
  */
 
 export const NIC_COUNTER_NAMES = [
@@ -48,7 +48,7 @@ export const NIC_COUNTER_NAMES = [
   "link_backpressure",
   "acks_dropped",
   "internal_errors",
-  // The wire between NICs (window.ts DFLAG_REMOTE, Opcode.Connect; nic.ts frame layouts).
+  // The wire between NICs (window.ts DFLAG_REMOTE, Opcode.Connect; frame.ts frame layouts).
   "connects",
   "connect_failures",
   "connects_served",
@@ -78,10 +78,10 @@ export const NIC_COUNTER_NAMES = [
   "pull_rights_refused",
   "pull_rights_revoked",
   "error_no_right",
-  // A receiver that does not consume (nic.ts deliveries, wire.ts DEST_CREDITS, window.ts HOLD_MS).
+  // A receiver that does not consume (delivery.ts, link-state.ts DEST_CREDITS, window.ts HOLD_MS).
   "delivery_expired",
   "send_dest_full",
-  // A peer that says nothing while we wait on it (nic.ts wireTick: frozen or stopped host).
+  // A peer that says nothing while we wait on it (links.ts wireTick: frozen or stopped host).
   "links_silent",
   // Wrong endpoint keys (connect-throttle.ts): answered BAD_KEY, and refused during a lockout.
   "connect_bad_keys",
@@ -131,27 +131,27 @@ function indexOf<T extends string>(names: readonly T[]): Record<T, number> {
   return out;
 }
 
-/** Slot of each global counter. */
-export const G = indexOf(NIC_COUNTER_NAMES);
-/** Slot of each per-endpoint counter, relative to the endpoint's block. */
-export const E = indexOf(NIC_EP_COUNTER_NAMES);
+/** Slot of each global counter: `c[NicCounter.sends]++`. */
+export const NicCounter = indexOf(NIC_COUNTER_NAMES);
+/** Slot of each per-endpoint counter, relative to the endpoint's block: `c[ctx.base + EndpointCounter.sends]++`. */
+export const EndpointCounter = indexOf(NIC_EP_COUNTER_NAMES);
 
 /** Per-reason global error counter slots, indexed by ErrorReason (window.ts). */
 export const ERROR_REASON_SLOT: readonly number[] = [
   -1,
-  G.error_unknown_opcode,
-  G.error_bad_region,
-  G.error_bad_key,
-  G.error_out_of_bounds,
-  G.error_permission,
-  G.error_bad_length,
-  G.error_unknown_endpoint,
-  G.error_bad_session,
-  G.error_bad_index,
-  G.error_no_resources,
-  G.error_unreachable,
-  G.error_no_right,
-  G.error_no_resources, // HoldExpired travels in SEND_DONE only
+  NicCounter.error_unknown_opcode,
+  NicCounter.error_bad_region,
+  NicCounter.error_bad_key,
+  NicCounter.error_out_of_bounds,
+  NicCounter.error_permission,
+  NicCounter.error_bad_length,
+  NicCounter.error_unknown_endpoint,
+  NicCounter.error_bad_session,
+  NicCounter.error_bad_index,
+  NicCounter.error_no_resources,
+  NicCounter.error_unreachable,
+  NicCounter.error_no_right,
+  NicCounter.error_no_resources, // HoldExpired travels in SEND_DONE only
 ];
 
 export function allocNicCounters(maxEndpoints: number): SharedArrayBuffer {
@@ -159,7 +159,7 @@ export function allocNicCounters(maxEndpoints: number): SharedArrayBuffer {
 }
 
 /** The base slot of endpoint `id`'s block. */
-export function epBase(id: number): number {
+export function endpointCounterBase(id: number): number {
   return GLOBAL_SLOTS + id * EP_SLOTS;
 }
 
@@ -174,7 +174,7 @@ export function readNicCounters(buffer: SharedArrayBuffer): NicCounterSnapshot {
   const count = (all.length - GLOBAL_SLOTS) / EP_SLOTS;
   for (let id = 0; id < count; id++) {
     const ep = {} as Record<NicEpCounterName, number>;
-    const base = epBase(id);
+    const base = endpointCounterBase(id);
     NIC_EP_COUNTER_NAMES.forEach((n, i) => {
       ep[n] = all[base + i];
     });

@@ -2,8 +2,13 @@
  * The NIC's side of the exposure table (window.ts): taking a pull right for one PULL, checking
  * it before each chunk of the copy, and ending it. The table lives in the owner's window, so
  * every word is read once with Atomics and checked here; the transitions follow the order
- * window.ts documents. Numbers only: the per-pull paths allocate nothing.
+ * window.ts documents. PullRights puts the owner endpoint's checks (open, session) in front,
+ * for the local DMA engine (dma.ts) and the serving side of remote pulls (remote-pull.ts).
+ * Numbers only: the per-pull paths allocate nothing.
  */
+import { NicCounter } from "./counters.js";
+import type { EndpointTable } from "./endpoints.js";
+import { MxStatus, REASON_STATUS } from "./status.js";
 import type { Tpt } from "./tpt.js";
 import {
   Access,
@@ -28,6 +33,8 @@ export class ExposureGrant {
   slot = -1;
   /** Where the pull starts in that region (the exposed range's offset plus the pull's). */
   start = 0;
+  /** PullRights.take's refusal as an ErrorReason (for a local PULL's ERROR event); 0 when taken. */
+  refusal = 0;
 }
 
 /**
@@ -91,4 +98,59 @@ export function endExposure(w: Int32Array, index: number): void {
   const at = XW + index * EXPOSURE_WORDS + X_STATE;
   if (Atomics.compareExchange(w, at, ExposureState.Busy, ExposureState.Used) !== ExposureState.Busy)
     Atomics.compareExchange(w, at, ExposureState.Revoking, ExposureState.Used);
+}
+
+/** Pull rights of this NIC's endpoints, by (owner endpoint, session, entry). */
+export class PullRights {
+  constructor(
+    private readonly eps: EndpointTable,
+    private readonly tpt: Tpt,
+    private readonly c: Float64Array,
+  ) {}
+
+  /**
+   * Takes the pull right `index` (presenting `key`) that endpoint `ep` with session `session`
+   * armed, for [off, off + len) of what it exposes: SUCCESS (`out` says where to copy from; the
+   * right is Busy until end()) or the MX status of the refusal, with its ErrorReason in
+   * out.refusal. The region's own key plays no part: a peer reaches another endpoint's memory
+   * only through a right armed for that one message.
+   */
+  take(
+    ep: number,
+    session: number,
+    index: number,
+    key: number,
+    off: number,
+    len: number,
+    out: ExposureGrant,
+  ): number {
+    out.refusal = ErrorReason.UnknownEndpoint;
+    if (ep >= this.eps.maxEndpoints) return MxStatus.ENDPOINT_UNKNOWN;
+    const owner = this.eps.ctxs[ep];
+    if (!owner.open) return MxStatus.ENDPOINT_CLOSED;
+    out.refusal = ErrorReason.BadSession;
+    if (owner.session !== session >>> 0) return MxStatus.BAD_SESSION;
+    const reason = takeExposure(owner.w, ep, index >>> 0, key >>> 0, off >>> 0, len >>> 0, this.tpt, out);
+    out.refusal = reason;
+    if (reason === 0) {
+      this.c[NicCounter.pull_rights_taken]++;
+      return MxStatus.SUCCESS;
+    }
+    this.c[NicCounter.pull_rights_refused]++;
+    // The region went with its endpoint: the puller hears that the peer closed, as MX would say.
+    return reason === ErrorReason.UnknownEndpoint ? MxStatus.ENDPOINT_CLOSED : REASON_STATUS[reason];
+  }
+
+  /** The transfer under right `index` of endpoint `ep` (session `session`) ended: it is spent. -1: no right. */
+  end(ep: number, session: number, index: number): void {
+    if (index < 0 || ep >= this.eps.maxEndpoints) return;
+    const owner = this.eps.ctxs[ep];
+    if (owner.open && owner.session === session) endExposure(owner.w, index);
+  }
+
+  /** Whether a transfer may copy on under that right: its owner has not revoked it. */
+  live(ep: number, session: number, index: number): boolean {
+    const owner = this.eps.ctxs[ep];
+    return owner.open && owner.session === session && exposureLive(owner.w, index);
+  }
 }

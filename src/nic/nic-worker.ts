@@ -8,13 +8,8 @@ import { type MessagePort, parentPort, workerData } from "node:worker_threads";
 import { createLink } from "./link.js";
 import { Nic } from "./nic.js";
 import { NicError } from "./status.js";
-import {
-  attachTcpSpec,
-  cancelTcpReconnect,
-  isTcpLinkSpec,
-  type TcpLinkLog,
-  type TcpLinkLogFields,
-} from "./tcp-link.js";
+import { attachTcpSpec, cancelTcpReconnect, isTcpLinkSpec } from "./tcp-attach.js";
+import type { TcpLinkLog, TcpLinkLogFields } from "./tcp-link.js";
 
 /** What device.ts starts the worker with. */
 export interface NicWorkerData {

@@ -1,9 +1,11 @@
 /**
- * MX status codes (mx_status_code_t, shared/references/specs-and-papers.md B4) as the NIC
- * writes them into completion events (high 16 bits of E_TYPE), and the errno-carrying error
- * the NIC answers bad control requests with. The MX library imports the codes from here so
- * that both sides of the window read the same numbers.
+ * MX status codes (mx_status_code_t, as Myricom's myriexpress.h numbers them) as the NIC
+ * writes them into completion events (high 16 bits of E_TYPE), the mapping between them and
+ * the NIC's ErrorReasons (window.ts), and the errno-carrying error the NIC answers bad control
+ * requests with. The MX library imports the codes from here so that both sides of the window
+ * read the same numbers; `mxStatusName` is the one place a code becomes its name.
  */
+import { ErrorReason } from "./window.js";
 
 export const MxStatus = {
   SUCCESS: 0,
@@ -34,6 +36,44 @@ for (const [name, code] of Object.entries(MxStatus)) names[code] = name;
 /** "BAD_KEY" for 11; `UNKNOWN(99)` for a code MX does not define (an event from a hostile writer). */
 export function mxStatusName(code: number): string {
   return names[code] ?? `UNKNOWN(${code})`;
+}
+
+/** The MX status of an ERROR event (and of a refused pull right), by ErrorReason. */
+export const REASON_STATUS: readonly number[] = [
+  MxStatus.ABORTED,
+  MxStatus.ABORTED, // UnknownOpcode
+  MxStatus.BAD_RDMAWIN, // BadRegion
+  MxStatus.BAD_KEY, // BadKey
+  MxStatus.BAD_RDMAWIN, // OutOfBounds
+  MxStatus.BAD_RDMAWIN, // Permission
+  MxStatus.ABORTED, // BadLength
+  MxStatus.ENDPOINT_UNKNOWN, // UnknownEndpoint
+  MxStatus.BAD_SESSION, // BadSession
+  MxStatus.ABORTED, // BadIndex
+  MxStatus.NO_RESOURCES, // NoResources
+  MxStatus.ENDPOINT_UNREACHABLE, // Unreachable
+  MxStatus.BAD_RDMAWIN, // NoRight
+  MxStatus.NO_RESOURCES, // HoldExpired
+];
+
+/** The largest ErrorReason a peer NIC's SEND_ACK may carry (frame.ts); anything else is replaced by reasonOfStatus. */
+export const MAX_PEER_REASON = ErrorReason.HoldExpired;
+
+/** The ErrorReason a failed delivery's SEND_DONE carries in E_REASON, by MX status (0: none). */
+export function reasonOfStatus(status: number): number {
+  switch (status) {
+    case MxStatus.ENDPOINT_UNKNOWN:
+    case MxStatus.ENDPOINT_CLOSED:
+      return ErrorReason.UnknownEndpoint;
+    case MxStatus.BAD_SESSION:
+      return ErrorReason.BadSession;
+    case MxStatus.ENDPOINT_UNREACHABLE:
+      return ErrorReason.Unreachable;
+    case MxStatus.NO_RESOURCES:
+      return ErrorReason.NoResources;
+    default:
+      return 0;
+  }
 }
 
 /** A control request the NIC refuses; `errno` travels back to the caller (xen/sync-call.ts). */

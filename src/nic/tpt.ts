@@ -10,7 +10,7 @@
  * numbers only and allocate nothing.
  */
 import { getRandomValues } from "node:crypto";
-import type { MemoryRun, RegisterRegionReply } from "./control.js";
+import { isInt, type MemoryRun, type RegisterRegionReply } from "./control.js";
 import { NicError } from "./status.js";
 import { Access } from "./window.js";
 
@@ -40,10 +40,6 @@ export function copyBytes(dst: Uint8Array, dstOff: number, src: Uint8Array, srcO
   } else {
     dst.set(src.subarray(srcOff, srcOff + n), dstOff);
   }
-}
-
-function isInt(v: unknown): v is number {
-  return typeof v === "number" && Number.isInteger(v);
 }
 
 export class Tpt {

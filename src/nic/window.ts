@@ -125,6 +125,21 @@ export const X_OFFSET = 3;
 export const X_LENGTH = 4;
 
 // ---- descriptors (u32 word offsets within a 64-byte descriptor) ---------------------------
+//
+// The owner writes every word of a descriptor ([OWNER]) into the send-queue slot it is about
+// to count, then stores W_SQ_PROD (the doorbell). The NIC copies the 16 words out of the slot
+// before it looks at any of them (the owner may rewrite the slot meanwhile) and checks each.
+// Per opcode, the words the NIC reads (others are ignored):
+//   NOP      D_OPCODE
+//   PULL     D_OPCODE (flags DFLAG_TRACE, DFLAG_REMOTE, DFLAG_EXPOSURE), D_COOKIE, D_LENGTH,
+//            D_DST_REGION, D_DST_OFFSET (the destination, a region of this endpoint);
+//            D_SRC_REGION, D_SRC_KEY, D_SRC_OFFSET (the source: a region of this endpoint, or
+//            with DFLAG_EXPOSURE / DFLAG_REMOTE a pull right's index, its key and an offset in
+//            it); D_DEST_ENDPOINT, D_DEST_SESSION (DFLAG_EXPOSURE / DFLAG_REMOTE: the right's
+//            owner) and D_DEST_NIC (DFLAG_REMOTE: that owner's NIC)
+//   SEND     D_OPCODE, D_COOKIE, D_LENGTH, D_SRC_REGION, D_SRC_OFFSET, D_DEST_NIC,
+//            D_DEST_ENDPOINT, D_DEST_SESSION, D_MATCH_HI, D_MATCH_LO, D_AUX0, D_AUX1
+//   CONNECT  D_OPCODE, D_COOKIE, D_DEST_NIC, D_DEST_ENDPOINT, D_SRC_KEY (the key presented)
 
 /** Low 16 bits: opcode; high 16 bits: flags. */
 export const D_OPCODE = 0;
@@ -229,6 +244,71 @@ export const Opcode = {
 } as const;
 
 // ---- events (u32 word offsets within a 64-byte event) ---------------------------------------
+//
+// The NIC writes every word of an event ([NIC]); the owner only reads them. The NIC stores an
+// event's words first and W_EQ_PROD after them (Atomics.store), so an owner that loads
+// W_EQ_PROD and sees the event counted reads it whole; it releases the slot by storing W_EQ_CONS.
+// Words a type does not list are 0. Per type (nic/events.ts builds each one):
+//
+//   PULL_DONE     a PULL descriptor ended
+//     0  E_TYPE            [NIC] EventType.PullDone | status << 16: SUCCESS, ABORTED (a region
+//                          went away, or the pull right was revoked, mid-pull), or a refusal or
+//                          failure of a remote pull (DFLAG_REMOTE says which)
+//     1  E_COOKIE          [NIC] the descriptor's D_COOKIE
+//     2  E_LENGTH          [NIC] bytes copied (all of D_LENGTH on SUCCESS)
+//    12  E_TRACE_NIC_SEEN  [NIC] DFLAG_TRACE only: float64 over words 12..13, when the NIC took it
+//    14  E_TRACE_DMA_DONE  [NIC] DFLAG_TRACE only: float64 over words 14..15, when its copy ended
+//
+//   SEND_DONE     a SEND descriptor ended
+//     0  E_TYPE            [NIC] EventType.SendDone | status << 16: SUCCESS once the payload is
+//                          placed, else ENDPOINT_UNKNOWN, ENDPOINT_CLOSED, BAD_SESSION,
+//                          ENDPOINT_UNREACHABLE or NO_RESOURCES
+//     1  E_COOKIE          [NIC] the descriptor's D_COOKIE
+//     2  E_LENGTH          [NIC] the descriptor's D_LENGTH
+//    12  E_REASON          [NIC] a failure's ErrorReason (the receiving NIC's, when it sent one:
+//                          NoResources, HoldExpired), 0 on SUCCESS
+//
+//   RECV          a SEND from a peer endpoint was placed in the receive area
+//     0  E_TYPE            [NIC] EventType.Recv (status SUCCESS)
+//     2  E_LENGTH          [NIC] payload bytes
+//     3  E_SRC_NIC         [NIC] the sending NIC (the link it came on, or this NIC)
+//     4  E_SRC_ENDPOINT    [NIC] the sending endpoint, as its NIC stamped it
+//     5  E_SRC_SESSION     [NIC] that endpoint's session, as its NIC stamped it
+//     6  E_MATCH_HI        [NIC] the sender's D_MATCH_HI, unchanged
+//     7  E_MATCH_LO        [NIC] the sender's D_MATCH_LO, unchanged
+//     8  E_RECV_OFFSET     [NIC] where the payload starts in the receive area
+//     9  E_RECV_SPAN       [NIC] bytes to release (W_RQ_CONS += span) once consumed, in order
+//    10  E_AUX0            [NIC] the sender's D_AUX0, unchanged
+//    11  E_AUX1            [NIC] the sender's D_AUX1, unchanged
+//
+//   ERROR         a descriptor the NIC refused (it had no effect)
+//     0  E_TYPE            [NIC] EventType.Error | status << 16 (REASON_STATUS in status.ts, or
+//                          the MX status of a refused pull right)
+//     1  E_COOKIE          [NIC] the descriptor's D_COOKIE
+//     2  E_LENGTH          [NIC] the descriptor's D_LENGTH
+//    12  E_REASON          [NIC] why: an ErrorReason
+//    13  E_ERROR_OPCODE    [NIC] the descriptor's D_OPCODE word
+//   ERROR with E_REASON = BadIndex: no descriptor, the send queue's indices are garbage
+//     0  E_TYPE            [NIC] EventType.Error | ABORTED << 16
+//    12  E_REASON          [NIC] ErrorReason.BadIndex
+//    13  E_BAD_INDEX_PRODUCER  [NIC] the W_SQ_PROD the NIC read
+//    14  E_BAD_INDEX_CONSUMER  [NIC] the NIC's own consumer index; it then resynchronises to
+//                          the producer's
+//
+//   DRIVER        written on the driver's request (control op deliver_event)
+//     0  E_TYPE            [NIC] EventType.Driver (status SUCCESS)
+//     1  E_COOKIE          [NIC] the driver's cookie
+//    12..15  E_DRIVER_WORDS  [NIC] up to 4 words the driver gave
+//
+//   CONNECT_DONE  a CONNECT descriptor ended
+//     0  E_TYPE            [NIC] EventType.ConnectDone | status << 16: SUCCESS, BAD_KEY,
+//                          REJECTED (too many wrong keys from this endpoint), ENDPOINT_UNKNOWN,
+//                          ENDPOINT_UNREACHABLE or NO_RESOURCES
+//     1  E_COOKIE          [NIC] the descriptor's D_COOKIE
+//     3  E_SRC_NIC         [NIC] the endpoint asked for: its NIC (D_DEST_NIC)
+//     4  E_SRC_ENDPOINT    [NIC] and its id (D_DEST_ENDPOINT)
+//     5  E_SRC_SESSION     [NIC] its session (SUCCESS only)
+//    10  E_CONNECT_RETRY_MS [NIC] REJECTED: ms to wait before the next try (nic/connect-throttle.ts)
 
 /** Low 16 bits: event type; high 16 bits: MX status code (mx_status_code_t). */
 export const E_TYPE = 0;
@@ -245,13 +325,24 @@ export const E_RECV_OFFSET = 8;
 export const E_RECV_SPAN = 9;
 export const E_AUX0 = 10;
 export const E_AUX1 = 11;
-/** ERROR: a reason code (ErrorReason); DRIVER: free words 12..15. */
+/** ERROR and SEND_DONE: a reason code (ErrorReason). */
 export const E_REASON = 12;
+/** ERROR: the refused descriptor's D_OPCODE word. */
+export const E_ERROR_OPCODE = 13;
+/** ERROR (BadIndex): the W_SQ_PROD the NIC read. */
+export const E_BAD_INDEX_PRODUCER = 13;
+/** ERROR (BadIndex): the NIC's consumer index when it read it. */
+export const E_BAD_INDEX_CONSUMER = 14;
+/** CONNECT_DONE (REJECTED): ms the requester must wait. */
+export const E_CONNECT_RETRY_MS = E_AUX0;
+/** DRIVER: the driver's words 12..15. */
+export const E_DRIVER_WORDS = 12;
+/** The first word past the common ones (E_DRIVER_WORDS, E_TRACE_NIC_SEEN start here). */
 export const E_EXTRA = 12;
 /**
  * PULL_DONE of a descriptor with DFLAG_TRACE: words 12..13 and 14..15 hold two float64
  * (little-endian, 8-byte aligned in the window: a Float64Array over the window reads them at
- * word index / 2), the NIC's trace-clock stamps (mx/trace.ts traceNow(), ms) of taking the
+ * word index / 2), the NIC's trace-clock stamps (nic/clock.ts traceNow(), ms) of taking the
  * descriptor (nic-seen) and of finishing its copy (dma-done). Full doubles rather than
  * offsets: no base has to travel, and a microsecond offset in a float32 would lose precision
  * for long copies. Untraced PULL_DONE events leave them 0.

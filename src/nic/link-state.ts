@@ -1,11 +1,19 @@
 /**
- * The NIC's per-link bookkeeping for the wire between NICs (nic.ts drives it): header-only
- * frames waiting for a link that pushes back, SENDs awaiting their SEND_ACK (a window with a
- * share per destination endpoint), the PULL jobs this NIC serves for the peer, and the MAC
- * table of the Ethernet port. Everything lives in preallocated typed arrays, so the per-frame
- * paths allocate nothing.
+ * What the NIC keeps per link to another NIC, and the table of attached links its engines
+ * share: header-only frames waiting for a link that pushes back (the control queue), SENDs
+ * awaiting their SEND_ACK (the send window, with a share per destination endpoint, so that a
+ * lost link or a missing ACK completes a SEND with ENDPOINT_UNREACHABLE and one receiver that
+ * does not consume cannot stall the others), the PULL jobs this NIC serves for the peer
+ * (remote-pull.ts), the peer's liveness, and the MAC table of the Ethernet port. Everything
+ * lives in preallocated typed arrays, so the per-frame paths allocate nothing. Attaching,
+ * detaching and losing links, frame dispatch and the wire timer's work are links.ts.
  */
-import { FRAME_HEADER_BYTES, type Link } from "./link.js";
+import type { NicClock } from "./clock.js";
+import { NicCounter } from "./counters.js";
+import { type EndpointContext, STALLED } from "./endpoints.js";
+import { FRAME_HEADER_BYTES } from "./frame.js";
+import type { Link } from "./link.js";
+import { WIRE_TIMEOUT_MS } from "./window.js";
 
 /** Header-only frames (SEND_ACK, CONNECT_*, PULL_REQUEST, error PULL_REPLY) held per link while it pushes back. */
 export const CTRL_QUEUE = 1024;
@@ -14,7 +22,7 @@ export const SEND_WINDOW = 1024;
 /**
  * SENDs to one destination endpoint awaiting their SEND_ACK, at most (the rest wait in their
  * sender's queue). A receiver that does not consume holds at most this many of a link's window
- * (its NIC holds up to DELIVERY_QUEUE = 32 deliveries for it, nic.ts), so it cannot take the
+ * (its NIC holds up to DELIVERY_QUEUE = 32 deliveries for it, endpoints.ts), so it cannot take the
  * window from the other endpoints of that link: SEND_WINDOW / DEST_CREDITS = 32 endpoints,
  * the default number per NIC, can all be at their limit at once. Pipelining to one endpoint
  * is bounded by its sender's staging (32 slots, mx/wire.ts) anyway.
@@ -40,7 +48,7 @@ export class LinkState {
   // SENDs awaiting their ACK, by slot. A slot is freed by its own ACK, in any order: a
   // delivery that waits for receive space must not hold up the ones behind it (a ring in send
   // order would stay full behind it). Each SEND carries its slot and a generation (the tag,
-  // link.ts word 14), which its SEND_ACK echoes.
+  // frame.ts F_TAG), which its SEND_ACK echoes.
   readonly sUsed = new Uint8Array(SEND_WINDOW);
   readonly sGen = new Uint16Array(SEND_WINDOW);
   readonly sCookie = new Int32Array(SEND_WINDOW);
@@ -74,7 +82,7 @@ export class LinkState {
   /** Remote PULLs this NIC has outstanding on this link (requester side). */
   pullsOut = 0;
 
-  // Liveness (nic.ts wireTick): when the peer last said anything, when the link last took a
+  // Liveness (links.ts wireTick): when the peer last said anything, when the link last took a
   // frame of ours, and until when it counts as silent (requests to it fail at once).
   lastRx = 0;
   lastTx = 0;
@@ -157,6 +165,161 @@ export class LinkState {
     this.jUsed[j] = 0;
     this.jobCount--;
   }
+}
+
+// ---- the table of attached links ---------------------------------------------------------------
+
+/** How often the wire timer looks for requests past WIRE_TIMEOUT_MS (only while some wait). */
+export const WIRE_TICK_MS = 100;
+/** An engine's wire-timer pass completed or sent something (the NIC must run a round). */
+export const WIRE_ACTED = 1;
+/** Something still waits on another NIC after an engine's pass (the timer must run again). */
+export const WIRE_WAITING = 2;
+
+function noTick(): void {}
+
+/**
+ * The attached links as the NIC's engines see them: by peer NIC and as a compact list (for
+ * the poll loop and flooding: no iterator per round), each link's control queue, a
+ * descriptor's stall on a link, and the arming of the wire timer, which runs only while
+ * something waits on another NIC (links.ts does its work).
+ */
+export class LinkTable {
+  private readonly byPeer = new Map<number, LinkState>();
+  /** The attached links, compact; LinkState.index is each one's place. */
+  readonly list: LinkState[] = [];
+  /** The wire timer's work (links.ts sets it). */
+  onWireTick: () => void = noTick;
+  private wireTimer: ReturnType<typeof setTimeout> | null = null;
+  /** A queued header on its way out (flushControl). */
+  private readonly ctrlOut = new Uint8Array(FRAME_HEADER_BYTES);
+
+  constructor(
+    private readonly c: Float64Array,
+    private readonly clock: NicClock,
+  ) {}
+
+  get(peerNic: number): LinkState | undefined {
+    return this.byPeer.get(peerNic);
+  }
+
+  has(peerNic: number): boolean {
+    return this.byPeer.has(peerNic);
+  }
+
+  /** Peer NICs with a link attached, ascending. */
+  peers(): number[] {
+    return [...this.byPeer.keys()].sort((a, b) => a - b);
+  }
+
+  add(ls: LinkState): void {
+    ls.index = this.list.length;
+    this.list.push(ls);
+    this.byPeer.set(ls.peerNic, ls);
+  }
+
+  /** Takes `ls` out of the table (the caller fails what waits on it). */
+  remove(ls: LinkState): void {
+    ls.attached = false;
+    this.byPeer.delete(ls.peerNic);
+    const last = this.list.pop()!;
+    if (last !== ls) {
+      this.list[ls.index] = last;
+      last.index = ls.index;
+    }
+  }
+
+  /** Empties the table (the NIC stops; the caller closed the links). */
+  clear(): void {
+    this.byPeer.clear();
+    this.list.length = 0;
+  }
+
+  /** The link to `nic` if requests may go on it: attached, and not found silent a moment ago. */
+  usable(nic: number): LinkState | undefined {
+    const ls = this.byPeer.get(nic);
+    return ls !== undefined && this.clock.now >= ls.silentUntil ? ls : undefined;
+  }
+
+  /**
+   * Sends the header-only frame `hdr` on `ls`, or queues it behind earlier ones while the link
+   * pushes back. false: the queue is full and the frame is dropped.
+   */
+  sendHeader(ls: LinkState, hdr: Uint8Array): boolean {
+    if (ls.ctrlCount === 0) {
+      if (ls.link.send(hdr)) {
+        this.c[NicCounter.frames_tx]++;
+        ls.lastTx = this.clock.now;
+        return true;
+      }
+      this.c[NicCounter.link_backpressure]++;
+    }
+    if (ls.ctrlCount === CTRL_QUEUE) return false;
+    ls.ctrl.set(hdr, ((ls.ctrlHead + ls.ctrlCount) % CTRL_QUEUE) * FRAME_HEADER_BYTES);
+    ls.ctrlCount++;
+    return true;
+  }
+
+  /** Sends `ls`'s queued headers until it pushes back. Returns whether it sent any. */
+  flushControl(ls: LinkState): boolean {
+    let did = false;
+    const out = this.ctrlOut;
+    while (ls.ctrlCount > 0) {
+      const base = ls.ctrlHead * FRAME_HEADER_BYTES;
+      for (let i = 0; i < FRAME_HEADER_BYTES; i++) out[i] = ls.ctrl[base + i];
+      if (!ls.link.send(out)) {
+        this.c[NicCounter.link_backpressure]++;
+        break;
+      }
+      ls.lastTx = this.clock.now;
+      this.c[NicCounter.frames_tx]++;
+      ls.ctrlHead = (ls.ctrlHead + 1) % CTRL_QUEUE;
+      ls.ctrlCount--;
+      did = true;
+    }
+    return did;
+  }
+
+  /**
+   * ctx's head descriptor waits on the link to `nic` (window, share, queue or back-pressure):
+   * returns STALLED for the descriptor's engine to return.
+   */
+  stall(ctx: EndpointContext, nic: number): number {
+    ctx.linkStalled = true;
+    if (ctx.stallSince === 0 || ctx.stallNic !== nic) {
+      ctx.stallSince = this.clock.now;
+      ctx.stallNic = nic;
+    }
+    // The wire timer watches it: a link that neither talks nor takes frames is a silent peer.
+    this.armWireTimer();
+    return STALLED;
+  }
+
+  /**
+   * Something on `ls` went overdue: if the peer has been quiet as long, it is silent, and the
+   * wire timer's pass ends by silencing it (links.ts silenceLink).
+   */
+  checkSilence(ls: LinkState | undefined): void {
+    if (ls !== undefined && this.clock.now - ls.lastRx >= WIRE_TIMEOUT_MS) ls.silenceDue = true;
+  }
+
+  /** Makes sure the wire timer runs (it stops by itself once nothing waits on another NIC). */
+  armWireTimer(): void {
+    if (this.wireTimer !== null) return;
+    this.wireTimer = setTimeout(this.fireWireTimer, WIRE_TICK_MS);
+    // In-thread users (tests) must not be kept alive by it.
+    this.wireTimer.unref();
+  }
+
+  stopWireTimer(): void {
+    if (this.wireTimer) clearTimeout(this.wireTimer);
+    this.wireTimer = null;
+  }
+
+  private readonly fireWireTimer = (): void => {
+    this.wireTimer = null;
+    this.onWireTick();
+  };
 }
 
 // ---- MAC learning -----------------------------------------------------------------------------

@@ -1,0 +1,273 @@
+/**
+ * CONNECT (Open-MX keeps its peer table in driver/linux/omx_peer.c and sends connect packets
+ * from omx_send.c): a CONNECT descriptor resolves an endpoint of this NIC or of another one,
+ * presenting its key. The NIC that owns the endpoint asked for checks the key, throttling a
+ * requester's wrong keys (connect-throttle.ts); for another NIC's endpoint a CONNECT_REQUEST
+ * frame asks it and its CONNECT_REPLY answers (frame.ts). The CONNECTs waiting for a reply sit
+ * in the ConnectTable, CONNECT_SLOTS across links; a full table answers NO_RESOURCES, a lost
+ * link or WIRE_TIMEOUT_MS without a reply ENDPOINT_UNREACHABLE. Every outcome is a
+ * CONNECT_DONE event (events.ts).
+ */
+import type { NicClock } from "./clock.js";
+import { CONNECT_LOCKOUT_MAX_MS, ConnectThrottle } from "./connect-throttle.js";
+import { NicCounter } from "./counters.js";
+import type { EndpointContext, EndpointTable } from "./endpoints.js";
+import type { Events } from "./events.js";
+import {
+  F_CONNECT_KEY,
+  F_CONNECT_RETRY_MS,
+  F_COOKIE,
+  F_DEST_ENDPOINT,
+  F_DEST_NIC,
+  F_DEST_SESSION,
+  F_SRC_ENDPOINT,
+  F_SRC_NIC,
+  F_SRC_SESSION,
+  F_STATUS,
+  FRAME_HEADER_BYTES,
+  FrameType,
+  getWord,
+  initFrame,
+  setWord,
+} from "./frame.js";
+import { CTRL_QUEUE, type LinkState, type LinkTable, WIRE_ACTED, WIRE_WAITING } from "./link-state.js";
+import { MxStatus } from "./status.js";
+import { D_COOKIE, D_DEST_ENDPOINT, D_DEST_NIC, D_SRC_KEY, WIRE_TIMEOUT_MS } from "./window.js";
+
+/** CONNECTs waiting for their CONNECT_REPLY, across links. */
+export const CONNECT_SLOTS = 256;
+
+/**
+ * The CONNECTs this NIC asked other NICs for, by slot (typed arrays: nothing is allocated per
+ * request). A request id is a sequence number << 8 | the slot, so a reply finds its slot at
+ * once and a late reply for a reused slot does not match.
+ */
+export class ConnectTable {
+  readonly used = new Uint8Array(CONNECT_SLOTS);
+  /** The request id in the CONNECT_REQUEST's F_COOKIE. */
+  readonly id = new Uint32Array(CONNECT_SLOTS);
+  /** The requesting endpoint and its session. */
+  readonly ep = new Uint32Array(CONNECT_SLOTS);
+  readonly session = new Uint32Array(CONNECT_SLOTS);
+  /** The descriptor's cookie, for the CONNECT_DONE. */
+  readonly cookie = new Int32Array(CONNECT_SLOTS);
+  /** The endpoint asked for: its NIC (the link the reply must come on) and its id. */
+  readonly nic = new Uint32Array(CONNECT_SLOTS);
+  readonly destEp = new Uint32Array(CONNECT_SLOTS);
+  /** When it completes ENDPOINT_UNREACHABLE without a reply. */
+  readonly deadline = new Float64Array(CONNECT_SLOTS);
+  private readonly free = new Int32Array(CONNECT_SLOTS);
+  freeCount = CONNECT_SLOTS;
+  private seq = 0;
+
+  constructor() {
+    for (let i = 0; i < CONNECT_SLOTS; i++) this.free[i] = i;
+  }
+
+  /** Takes a free slot (freeCount > 0) and gives it a fresh request id. Returns the slot. */
+  take(): number {
+    const s = this.free[--this.freeCount];
+    this.id[s] = (((++this.seq & 0xffffff) << 8) | s) >>> 0;
+    this.used[s] = 1;
+    return s;
+  }
+
+  release(s: number): void {
+    this.used[s] = 0;
+    this.free[this.freeCount++] = s;
+  }
+}
+
+/** Where a key check that answers REJECTED says how long the requester must wait. */
+export class ConnectLockout {
+  /** ms left (0 unless the check answered REJECTED). */
+  retryAfterMs = 0;
+}
+
+export class Connector {
+  readonly table = new ConnectTable();
+  /** Wrong endpoint keys, per requesting endpoint (connect-throttle.ts). */
+  private readonly throttle = new ConnectThrottle();
+  private readonly lockout = new ConnectLockout();
+  /** The header being built. */
+  private readonly hdr = new Uint8Array(FRAME_HEADER_BYTES);
+
+  constructor(
+    private readonly nicId: number,
+    private readonly eps: EndpointTable,
+    private readonly events: Events,
+    private readonly links: LinkTable,
+    private readonly clock: NicClock,
+    private readonly c: Float64Array,
+  ) {}
+
+  /**
+   * The answer to requester (nic, ep)'s connect to endpoint `target` of this NIC with `key`:
+   * SUCCESS, ENDPOINT_UNKNOWN (not open), BAD_KEY, or REJECTED while the requester is locked
+   * out for wrong keys (out.retryAfterMs = ms left), the key unexamined.
+   */
+  check(nic: number, ep: number, target: number, key: number, out: ConnectLockout): number {
+    out.retryAfterMs = 0;
+    const ctxs = this.eps.ctxs;
+    if (target >= this.eps.maxEndpoints || !ctxs[target].open) return MxStatus.ENDPOINT_UNKNOWN;
+    const now = this.clock.now;
+    const wait = this.throttle.lockedFor(nic, ep, now);
+    if (wait > 0) {
+      this.c[NicCounter.connects_throttled]++;
+      out.retryAfterMs = wait;
+      return MxStatus.REJECTED;
+    }
+    if (ctxs[target].key === key) {
+      this.throttle.succeeded(nic, ep);
+      return MxStatus.SUCCESS;
+    }
+    this.c[NicCounter.connect_bad_keys]++;
+    this.throttle.failed(nic, ep, now);
+    return MxStatus.BAD_KEY;
+  }
+
+  // ---- CONNECT descriptors ----------------------------------------------------------------------
+
+  /** Executes ctx's CONNECT descriptor `d`. Returns 0 (it moves no payload) or STALLED. */
+  execConnect(ctx: EndpointContext, d: Int32Array): number {
+    const destNic = d[D_DEST_NIC] >>> 0;
+    const destEp = d[D_DEST_ENDPOINT] >>> 0;
+    const cookie = d[D_COOKIE];
+    if (destNic === this.nicId) {
+      this.c[NicCounter.connects]++;
+      const lockout = this.lockout;
+      const status = this.check(this.nicId, ctx.id, destEp, d[D_SRC_KEY] >>> 0, lockout);
+      const session = status === MxStatus.SUCCESS ? this.eps.ctxs[destEp].session : 0;
+      this.events.postConnectDone(ctx, cookie, destNic, destEp, session, status, lockout.retryAfterMs);
+      return 0;
+    }
+    const ls = this.links.usable(destNic);
+    const t = this.table;
+    if (ls === undefined || t.freeCount === 0) {
+      this.c[NicCounter.connects]++;
+      const status = ls === undefined ? MxStatus.ENDPOINT_UNREACHABLE : MxStatus.NO_RESOURCES;
+      this.events.postConnectDone(ctx, cookie, destNic, destEp, 0, status);
+      return 0;
+    }
+    if (ls.ctrlCount === CTRL_QUEUE) return this.links.stall(ctx, destNic);
+    const s = t.take();
+    t.ep[s] = ctx.id;
+    t.session[s] = ctx.session;
+    t.cookie[s] = cookie;
+    t.nic[s] = destNic;
+    t.destEp[s] = destEp;
+    t.deadline[s] = this.clock.now + WIRE_TIMEOUT_MS;
+    const f = this.hdr;
+    initFrame(f, FrameType.ConnectRequest, 0);
+    setWord(f, F_SRC_NIC, this.nicId);
+    setWord(f, F_SRC_ENDPOINT, ctx.id);
+    setWord(f, F_SRC_SESSION, ctx.session);
+    setWord(f, F_DEST_NIC, destNic);
+    setWord(f, F_DEST_ENDPOINT, destEp);
+    setWord(f, F_COOKIE, t.id[s]);
+    setWord(f, F_CONNECT_KEY, d[D_SRC_KEY]);
+    this.links.sendHeader(ls, f);
+    this.c[NicCounter.connects]++;
+    this.links.armWireTimer();
+    return 0;
+  }
+
+  /** Ends the CONNECT in slot `s`: a CONNECT_DONE if its endpoint is still the one that asked. */
+  private finish(s: number, status: number, session: number, retryAfterMs = 0): void {
+    const t = this.table;
+    t.release(s);
+    const ctx = this.eps.ctxs[t.ep[s]];
+    if (ctx.open && ctx.session === t.session[s])
+      this.events.postConnectDone(ctx, t.cookie[s], t.nic[s], t.destEp[s], session, status, retryAfterMs);
+  }
+
+  // ---- CONNECT frames ---------------------------------------------------------------------------
+
+  /** A peer NIC asks for one of our endpoints: check the key and answer with a CONNECT_REPLY. */
+  rxConnectRequest(ls: LinkState, frame: Uint8Array): void {
+    this.c[NicCounter.connects_served]++;
+    const ep = getWord(frame, F_DEST_ENDPOINT);
+    const lockout = this.lockout;
+    // The requester is the peer NIC (its link says which) and the endpoint it names.
+    const status = this.check(
+      ls.peerNic,
+      getWord(frame, F_SRC_ENDPOINT),
+      ep,
+      getWord(frame, F_CONNECT_KEY),
+      lockout,
+    );
+    const f = this.hdr;
+    initFrame(f, FrameType.ConnectReply, 0);
+    setWord(f, F_SRC_NIC, this.nicId);
+    setWord(f, F_SRC_ENDPOINT, ep);
+    setWord(f, F_SRC_SESSION, status === MxStatus.SUCCESS ? this.eps.ctxs[ep].session : 0);
+    setWord(f, F_DEST_NIC, ls.peerNic);
+    setWord(f, F_DEST_ENDPOINT, getWord(frame, F_SRC_ENDPOINT));
+    setWord(f, F_DEST_SESSION, getWord(frame, F_SRC_SESSION));
+    setWord(f, F_COOKIE, getWord(frame, F_COOKIE));
+    setWord(f, F_STATUS, status);
+    setWord(f, F_CONNECT_RETRY_MS, lockout.retryAfterMs);
+    // Dropped when the link's queue is full: the requester times out.
+    if (!this.links.sendHeader(ls, f)) this.c[NicCounter.acks_dropped]++;
+  }
+
+  /** The answer to one of our CONNECT_REQUESTs. */
+  rxConnectReply(ls: LinkState, frame: Uint8Array): void {
+    const t = this.table;
+    const id = getWord(frame, F_COOKIE);
+    const s = id & (CONNECT_SLOTS - 1);
+    if (
+      t.used[s] !== 1 ||
+      t.id[s] !== id ||
+      t.nic[s] !== ls.peerNic ||
+      getWord(frame, F_SRC_ENDPOINT) !== t.destEp[s] ||
+      getWord(frame, F_DEST_ENDPOINT) !== t.ep[s] ||
+      getWord(frame, F_DEST_SESSION) !== t.session[s]
+    ) {
+      this.c[NicCounter.connect_replies_unknown]++;
+      return;
+    }
+    const st = getWord(frame, F_STATUS);
+    const status = st > MxStatus.NO_RESOURCES || st === MxStatus.PENDING ? MxStatus.ABORTED : st;
+    // A lockout is at most a minute: anything longer is garbage, and says nothing.
+    const wait = getWord(frame, F_CONNECT_RETRY_MS);
+    this.finish(
+      s,
+      status,
+      status === MxStatus.SUCCESS ? getWord(frame, F_SRC_SESSION) : 0,
+      status === MxStatus.REJECTED && wait <= CONNECT_LOCKOUT_MAX_MS ? wait : 0,
+    );
+  }
+
+  // ---- when an endpoint closes, a link fails, the wire timer ticks ----------------------------
+
+  /** Endpoint `ep` closed: its CONNECTs end without events. */
+  dropEndpoint(ep: number): void {
+    const t = this.table;
+    for (let s = 0; s < CONNECT_SLOTS; s++)
+      if (t.used[s] === 1 && t.ep[s] === ep) this.finish(s, MxStatus.ENDPOINT_CLOSED, 0);
+  }
+
+  /** The link to `peerNic` is gone or silent: its CONNECTs complete ENDPOINT_UNREACHABLE. */
+  failLink(peerNic: number): void {
+    const t = this.table;
+    for (let s = 0; s < CONNECT_SLOTS; s++)
+      if (t.used[s] === 1 && t.nic[s] === peerNic) this.finish(s, MxStatus.ENDPOINT_UNREACHABLE, 0);
+  }
+
+  /** The wire timer: CONNECTs past their deadline complete ENDPOINT_UNREACHABLE. Returns WIRE_* flags. */
+  tick(): number {
+    const t = this.table;
+    const now = this.clock.now;
+    let flags = 0;
+    for (let s = 0; s < CONNECT_SLOTS; s++) {
+      if (t.used[s] !== 1) continue;
+      if (now >= t.deadline[s]) {
+        flags |= WIRE_ACTED;
+        this.links.checkSilence(this.links.get(t.nic[s]));
+        this.finish(s, MxStatus.ENDPOINT_UNREACHABLE, 0);
+      } else flags |= WIRE_WAITING;
+    }
+    return flags;
+  }
+}

@@ -1,0 +1,282 @@
+/**
+ * Delivery into receive areas (Open-MX's driver/linux/omx_recv.c): a SEND's payload, from an
+ * endpoint of this NIC or from a SEND frame, is placed in the receiving endpoint's receive
+ * area with a RECV event; while the area (or the event backlog) has no room it waits in the
+ * endpoint's delivery queue (DELIVERY_QUEUE entries, HOLD_MS at most). Every delivery ends by
+ * telling its sender: a SEND_DONE for an endpoint of this NIC, a SEND_ACK frame for another
+ * NIC's (frame.ts), and while one from a link is held, a PENDING SEND_ACK every KEEPALIVE_MS
+ * so that its sender keeps waiting.
+ *
+ * A delivery is described by its metadata (endpoints.ts M_*), passed in explicitly: the
+ * caller's scratch for a new one, this engine's own scratch for a queued one.
+ */
+import type { NicClock } from "./clock.js";
+import { EndpointCounter, NicCounter } from "./counters.js";
+import {
+  BACKLOG_RESERVE,
+  DELIVERY_QUEUE,
+  type EndpointContext,
+  type EndpointTable,
+  EVENT_BACKLOG,
+  M_COOKIE,
+  M_DEST_EP,
+  M_DEST_SESSION,
+  M_LENGTH,
+  M_SRC_EP,
+  M_SRC_NIC,
+  M_SRC_SESSION,
+  M_TAG,
+  M_VIA_LINK,
+  META_WORDS,
+} from "./endpoints.js";
+import type { Events } from "./events.js";
+import {
+  F_ACK_LENGTH,
+  F_ACK_REASON,
+  F_COOKIE,
+  F_DEST_ENDPOINT,
+  F_DEST_NIC,
+  F_DEST_SESSION,
+  F_SRC_ENDPOINT,
+  F_SRC_NIC,
+  F_SRC_SESSION,
+  F_STATUS,
+  F_TAG,
+  FRAME_HEADER_BYTES,
+  FrameType,
+  initFrame,
+  setWord,
+} from "./frame.js";
+import type { LinkTable } from "./link-state.js";
+import { MxStatus, reasonOfStatus } from "./status.js";
+import { copyBytes, type Tpt } from "./tpt.js";
+import {
+  ErrorReason,
+  HOLD_MS,
+  RECV_ALIGN,
+  RECV_BYTES,
+  SEND_MAX,
+  W_RQ_CONS,
+  W_RQ_PROD,
+  WIRE_TIMEOUT_MS,
+} from "./window.js";
+
+/** A receiver holding a delivery from a link tells its sender so this often (a PENDING SEND_ACK). */
+export const KEEPALIVE_MS = WIRE_TIMEOUT_MS / 3;
+
+export class Delivery {
+  /** A queued delivery's metadata, in hand. */
+  private readonly queued = new Int32Array(META_WORDS);
+  /** The SEND_ACK being built. */
+  private readonly hdr = new Uint8Array(FRAME_HEADER_BYTES);
+
+  constructor(
+    private readonly nicId: number,
+    private readonly eps: EndpointTable,
+    private readonly tpt: Tpt,
+    private readonly events: Events,
+    private readonly links: LinkTable,
+    private readonly clock: NicClock,
+    private readonly c: Float64Array,
+  ) {}
+
+  /**
+   * Delivers the message described by `m`, whose payload is region `srcSlot` at `srcOff`
+   * (srcSlot ≥ 0) or `srcBytes` at `srcBytesOff`: places it now (SUCCESS), queues it
+   * (PENDING), or returns the MX status of the failure. The caller then tells the sender
+   * (complete) unless PENDING.
+   */
+  deliver(
+    m: Int32Array,
+    srcSlot: number,
+    srcOff: number,
+    srcBytes: Uint8Array | null,
+    srcBytesOff: number,
+  ): number {
+    const destEp = m[M_DEST_EP] >>> 0;
+    if (destEp >= this.eps.maxEndpoints) return MxStatus.ENDPOINT_UNKNOWN;
+    const ctx = this.eps.ctxs[destEp];
+    if (!ctx.open) return MxStatus.ENDPOINT_CLOSED;
+    if (m[M_DEST_SESSION] >>> 0 !== ctx.session) return MxStatus.BAD_SESSION;
+    if (ctx.dqCount === 0 && this.place(ctx, m, srcSlot, srcOff, srcBytes, srcBytesOff))
+      return MxStatus.SUCCESS;
+    if (ctx.dqCount >= DELIVERY_QUEUE) {
+      this.c[NicCounter.delivery_rejected]++;
+      this.c[ctx.base + EndpointCounter.delivery_rejected]++;
+      return MxStatus.NO_RESOURCES;
+    }
+    const s = (ctx.dqHead + ctx.dqCount) % DELIVERY_QUEUE;
+    ctx.dqMeta.set(m, s * META_WORDS);
+    ctx.dqSince[s] = this.clock.now;
+    let buf = ctx.dqBuf[s];
+    if (buf === null) buf = ctx.dqBuf[s] = new Uint8Array(SEND_MAX);
+    const len = m[M_LENGTH] >>> 0;
+    if (srcSlot >= 0) this.tpt.copyOut(srcSlot, srcOff, len, buf, 0);
+    else copyBytes(buf, 0, srcBytes!, srcBytesOff, len);
+    ctx.dqCount++;
+    this.c[NicCounter.delivery_queued]++;
+    this.c[ctx.base + EndpointCounter.delivery_queued]++;
+    return MxStatus.PENDING;
+  }
+
+  /** Places `m`'s payload in ctx's receive area and posts the RECV event, if both have room. */
+  private place(
+    ctx: EndpointContext,
+    m: Int32Array,
+    srcSlot: number,
+    srcOff: number,
+    srcBytes: Uint8Array | null,
+    srcBytesOff: number,
+  ): boolean {
+    const w = ctx.w;
+    const len = m[M_LENGTH] >>> 0;
+    if (ctx.blCount >= EVENT_BACKLOG - BACKLOG_RESERVE) return false;
+    const used = (ctx.rqProd - (Atomics.load(w, W_RQ_CONS) >>> 0)) >>> 0;
+    // A consumer index ahead of ours is the owner's garbage: nothing fits until it is sane.
+    if (used > RECV_BYTES) return false;
+    const record = (len + RECV_ALIGN - 1) & ~(RECV_ALIGN - 1);
+    const pos = ctx.rqProd & (RECV_BYTES - 1);
+    let offset = pos;
+    let span = record;
+    if (pos + record > RECV_BYTES) {
+      // A record never wraps: skip the tail, and the owner releases it with this record.
+      offset = 0;
+      span = RECV_BYTES - pos + record;
+    }
+    if (span > RECV_BYTES - used) return false;
+    if (len > 0) {
+      if (srcSlot >= 0) this.tpt.copyOut(srcSlot, srcOff, len, ctx.recv, offset);
+      else copyBytes(ctx.recv, offset, srcBytes!, srcBytesOff, len);
+    }
+    ctx.rqProd = (ctx.rqProd + span) >>> 0;
+    // The payload is in place before the producer index says so, and both before the event.
+    Atomics.store(w, W_RQ_PROD, ctx.rqProd | 0);
+    this.events.postRecv(ctx, m, len, offset, span);
+    this.c[NicCounter.recvs]++;
+    this.c[NicCounter.recv_bytes] += len;
+    this.c[ctx.base + EndpointCounter.recvs]++;
+    this.c[ctx.base + EndpointCounter.recv_bytes] += len;
+    return true;
+  }
+
+  /** Queue entry `s` of ctx into this.queued. */
+  private load(ctx: EndpointContext, s: number): Int32Array {
+    const q = this.queued;
+    const base = s * META_WORDS;
+    for (let i = 0; i < META_WORDS; i++) q[i] = ctx.dqMeta[base + i];
+    return q;
+  }
+
+  /** Places ctx's queued deliveries while they fit. Returns whether it placed any. */
+  drain(ctx: EndpointContext): boolean {
+    let did = false;
+    while (ctx.dqCount > 0) {
+      const s = ctx.dqHead;
+      const m = this.load(ctx, s);
+      if (!this.place(ctx, m, -1, 0, ctx.dqBuf[s], 0)) break;
+      ctx.dqHead = (ctx.dqHead + 1) % DELIVERY_QUEUE;
+      ctx.dqCount--;
+      this.complete(m, MxStatus.SUCCESS);
+      did = true;
+    }
+    return did;
+  }
+
+  /** ctx closed: its queued deliveries will never be placed, and their senders learn it now. */
+  failQueued(ctx: EndpointContext): void {
+    while (ctx.dqCount > 0) {
+      const m = this.load(ctx, ctx.dqHead);
+      ctx.dqHead = (ctx.dqHead + 1) % DELIVERY_QUEUE;
+      ctx.dqCount--;
+      this.complete(m, MxStatus.ENDPOINT_CLOSED);
+    }
+  }
+
+  /** Tells the sender of `m`'s message how its delivery ended: SEND_DONE here, or a SEND_ACK frame. */
+  complete(m: Int32Array, status: number, reason = reasonOfStatus(status)): void {
+    if (m[M_VIA_LINK] !== 0) {
+      this.ack(m, 0, status, reason);
+      return;
+    }
+    const ep = m[M_SRC_EP] >>> 0;
+    const ctx = ep < this.eps.maxEndpoints ? this.eps.ctxs[ep] : null;
+    // The sender may have closed (or closed and reopened) meanwhile: then nobody waits for it.
+    if (ctx?.open && ctx.session === m[M_SRC_SESSION] >>> 0)
+      this.events.postSendDone(ctx, m[M_COOKIE], m[M_LENGTH] >>> 0, status, reason);
+  }
+
+  /**
+   * Tells the sending NIC how a delivery from a link ended (PENDING: still held) with a
+   * SEND_ACK: its window tag echoed, the ErrorReason of a failure in F_ACK_REASON. The
+   * delivery's metadata is `words` from `base`.
+   */
+  private ack(words: Int32Array, base: number, status: number, reason: number): void {
+    const srcNic = words[base + M_SRC_NIC] >>> 0;
+    const ls = this.links.get(srcNic);
+    if (!ls) {
+      this.c[NicCounter.acks_dropped]++;
+      return;
+    }
+    const f = this.hdr;
+    initFrame(f, FrameType.SendAck, 0);
+    setWord(f, F_SRC_NIC, this.nicId);
+    setWord(f, F_SRC_ENDPOINT, words[base + M_DEST_EP]);
+    setWord(f, F_SRC_SESSION, words[base + M_DEST_SESSION]);
+    setWord(f, F_DEST_NIC, srcNic);
+    setWord(f, F_DEST_ENDPOINT, words[base + M_SRC_EP]);
+    setWord(f, F_DEST_SESSION, words[base + M_SRC_SESSION]);
+    setWord(f, F_COOKIE, words[base + M_COOKIE]);
+    setWord(f, F_STATUS, status);
+    setWord(f, F_TAG, words[base + M_TAG]);
+    setWord(f, F_ACK_LENGTH, words[base + M_LENGTH]);
+    setWord(f, F_ACK_REASON, reason);
+    if (!this.links.sendHeader(ls, f)) this.c[NicCounter.acks_dropped]++;
+  }
+
+  /** A PENDING SEND_ACK for each of ctx's held deliveries that came from a link. */
+  sendKeepalives(ctx: EndpointContext): void {
+    for (let q = 0; q < ctx.dqCount; q++) {
+      const base = ((ctx.dqHead + q) % DELIVERY_QUEUE) * META_WORDS;
+      if (ctx.dqMeta[base + M_VIA_LINK] !== 0) this.ack(ctx.dqMeta, base, MxStatus.PENDING, 0);
+    }
+  }
+
+  /**
+   * ctx's oldest held delivery waited HOLD_MS for receive space: it fails NO_RESOURCES
+   * (HoldExpired), and so does every later one from the same sender still held — placing
+   * those would leave a hole in that sender's sequence — while other senders' keep their
+   * place. Repeats while the new oldest one has waited as long.
+   */
+  expire(ctx: EndpointContext): void {
+    const meta = ctx.dqMeta;
+    while (ctx.dqCount > 0 && this.clock.now - ctx.dqSince[ctx.dqHead] >= HOLD_MS) {
+      const h = ctx.dqHead * META_WORDS;
+      const nic = meta[h + M_SRC_NIC];
+      const ep = meta[h + M_SRC_EP];
+      const session = meta[h + M_SRC_SESSION];
+      let kept = 0;
+      for (let q = 0; q < ctx.dqCount; q++) {
+        const s = (ctx.dqHead + q) % DELIVERY_QUEUE;
+        const b = s * META_WORDS;
+        if (meta[b + M_SRC_NIC] === nic && meta[b + M_SRC_EP] === ep && meta[b + M_SRC_SESSION] === session) {
+          const m = this.load(ctx, s);
+          this.c[NicCounter.delivery_expired]++;
+          this.c[ctx.base + EndpointCounter.delivery_expired]++;
+          this.complete(m, MxStatus.NO_RESOURCES, ErrorReason.HoldExpired);
+          continue;
+        }
+        // Kept, moved up to close the gap (staging buffers are swapped, not reallocated).
+        const t = (ctx.dqHead + kept) % DELIVERY_QUEUE;
+        if (t !== s) {
+          meta.copyWithin(t * META_WORDS, b, b + META_WORDS);
+          const buf = ctx.dqBuf[t];
+          ctx.dqBuf[t] = ctx.dqBuf[s];
+          ctx.dqBuf[s] = buf;
+          ctx.dqSince[t] = ctx.dqSince[s];
+        }
+        kept++;
+      }
+      ctx.dqCount = kept;
+    }
+  }
+}

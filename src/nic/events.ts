@@ -1,0 +1,286 @@
+/**
+ * Completions into endpoints' event queues, and interrupts (Open-MX's driver/linux/
+ * omx_event.c). Every event the NIC writes is built here, one method per type, from the word
+ * tables of window.ts; the engines say what happened and never touch an event's words.
+ *
+ * An event goes into the endpoint's event queue if the queue has room and nothing is held
+ * before it; else into the endpoint's backlog (EVENT_BACKLOG events, kept in order and moved
+ * into the queue as the owner consumes); else it is dropped and counted. Interrupts are
+ * raised once per endpoint per round however many events it got (flushRaises), and kick only
+ * an owner that said it sleeps (window.ts raiseInterrupt).
+ *
+ * Allocation: events are built in one preallocated scratch event; nothing is allocated per
+ * event.
+ */
+import { traceNow } from "./clock.js";
+import { EndpointCounter, ERROR_REASON_SLOT, NicCounter } from "./counters.js";
+import {
+  type EndpointContext,
+  type EndpointTable,
+  EVENT_BACKLOG,
+  M_AUX0,
+  M_AUX1,
+  M_MATCH_HI,
+  M_MATCH_LO,
+  M_SRC_EP,
+  M_SRC_NIC,
+  M_SRC_SESSION,
+} from "./endpoints.js";
+import { MxStatus, REASON_STATUS, reasonOfStatus } from "./status.js";
+import {
+  D_COOKIE,
+  D_LENGTH,
+  D_OPCODE,
+  E_AUX0,
+  E_AUX1,
+  E_BAD_INDEX_CONSUMER,
+  E_BAD_INDEX_PRODUCER,
+  E_CONNECT_RETRY_MS,
+  E_COOKIE,
+  E_DRIVER_WORDS,
+  E_ERROR_OPCODE,
+  E_LENGTH,
+  E_MATCH_HI,
+  E_MATCH_LO,
+  E_REASON,
+  E_RECV_OFFSET,
+  E_RECV_SPAN,
+  E_SRC_ENDPOINT,
+  E_SRC_NIC,
+  E_SRC_SESSION,
+  E_TRACE_DMA_DONE,
+  E_TRACE_NIC_SEEN,
+  E_TYPE,
+  EQ_ENTRIES,
+  EQ_OFFSET,
+  ErrorReason,
+  EVENT_WORDS,
+  EventType,
+  raiseInterrupt,
+  W_EQ_CONS,
+  W_EQ_PROD,
+} from "./window.js";
+
+const EQ_W = EQ_OFFSET / 4;
+
+export class Events {
+  /** The event being built. */
+  private readonly ev = new Int32Array(EVENT_WORDS);
+  private readonly evF64 = new Float64Array(this.ev.buffer);
+  /** Endpoints to raise at the end of the round, each once. */
+  private readonly raiseIds: Int32Array;
+  private raiseCount = 0;
+  /** The Ethernet port's interrupt words, once the port is open (ether-service.ts). */
+  portIntr: Int32Array = new Int32Array(0);
+  private portNeedRaise = false;
+
+  constructor(
+    private readonly eps: EndpointTable,
+    private readonly c: Float64Array,
+  ) {
+    this.raiseIds = new Int32Array(eps.maxEndpoints);
+  }
+
+  // ---- one method per event type (window.ts has their word tables) -------------------------
+
+  /** PULL_DONE. `seenAt` ≠ 0: a traced pull; its stamps go into the event (E_TRACE_*). */
+  postPullDone(ctx: EndpointContext, cookie: number, len: number, status: number, seenAt = 0): void {
+    const ev = this.ev;
+    ev.fill(0);
+    ev[E_TYPE] = EventType.PullDone | (status << 16);
+    ev[E_COOKIE] = cookie;
+    ev[E_LENGTH] = len;
+    if (seenAt !== 0) {
+      this.evF64[E_TRACE_NIC_SEEN >> 1] = seenAt;
+      this.evF64[E_TRACE_DMA_DONE >> 1] = traceNow();
+    }
+    this.post(ctx);
+  }
+
+  /** SEND_DONE: how a SEND of ctx ended; a failure carries its ErrorReason. */
+  postSendDone(
+    ctx: EndpointContext,
+    cookie: number,
+    len: number,
+    status: number,
+    reason = reasonOfStatus(status),
+  ): void {
+    if (status !== MxStatus.SUCCESS) this.c[NicCounter.send_failures]++;
+    const ev = this.ev;
+    ev.fill(0);
+    ev[E_TYPE] = EventType.SendDone | (status << 16);
+    ev[E_COOKIE] = cookie;
+    ev[E_LENGTH] = len;
+    ev[E_REASON] = reason;
+    this.post(ctx);
+  }
+
+  /**
+   * RECV: the delivery whose metadata is `m` (endpoints.ts M_*) was placed at `offset` of ctx's
+   * receive area, `span` bytes to release.
+   */
+  postRecv(ctx: EndpointContext, m: Int32Array, len: number, offset: number, span: number): void {
+    const ev = this.ev;
+    ev.fill(0);
+    ev[E_TYPE] = EventType.Recv;
+    ev[E_LENGTH] = len;
+    ev[E_SRC_NIC] = m[M_SRC_NIC];
+    ev[E_SRC_ENDPOINT] = m[M_SRC_EP];
+    ev[E_SRC_SESSION] = m[M_SRC_SESSION];
+    ev[E_MATCH_HI] = m[M_MATCH_HI];
+    ev[E_MATCH_LO] = m[M_MATCH_LO];
+    ev[E_RECV_OFFSET] = offset;
+    ev[E_RECV_SPAN] = span;
+    ev[E_AUX0] = m[M_AUX0];
+    ev[E_AUX1] = m[M_AUX1];
+    this.post(ctx);
+  }
+
+  /** ERROR: the descriptor `d` was refused for `reason`. */
+  postError(
+    ctx: EndpointContext,
+    d: Int32Array,
+    reason: number,
+    status: number = REASON_STATUS[reason],
+  ): void {
+    this.c[NicCounter.errors]++;
+    this.c[ERROR_REASON_SLOT[reason]]++;
+    this.c[ctx.base + EndpointCounter.errors]++;
+    const ev = this.ev;
+    ev.fill(0);
+    ev[E_TYPE] = EventType.Error | (status << 16);
+    ev[E_COOKIE] = d[D_COOKIE];
+    ev[E_LENGTH] = d[D_LENGTH];
+    ev[E_REASON] = reason;
+    ev[E_ERROR_OPCODE] = d[D_OPCODE];
+    this.post(ctx);
+  }
+
+  /** ERROR (BadIndex): the owner's W_SQ_PROD `prod` is no index the NIC's `cons` can reach. */
+  postBadIndex(ctx: EndpointContext, prod: number, cons: number): void {
+    this.c[NicCounter.errors]++;
+    this.c[NicCounter.error_bad_index]++;
+    this.c[ctx.base + EndpointCounter.errors]++;
+    this.c[ctx.base + EndpointCounter.bad_index]++;
+    const ev = this.ev;
+    ev.fill(0);
+    ev[E_TYPE] = EventType.Error | (MxStatus.ABORTED << 16);
+    ev[E_REASON] = ErrorReason.BadIndex;
+    ev[E_BAD_INDEX_PRODUCER] = prod | 0;
+    ev[E_BAD_INDEX_CONSUMER] = cons | 0;
+    this.post(ctx);
+  }
+
+  /** CONNECT_DONE: the CONNECT `cookie` of ctx found endpoint (nic, ep) with `session`, or not. */
+  postConnectDone(
+    ctx: EndpointContext,
+    cookie: number,
+    nic: number,
+    ep: number,
+    session: number,
+    status: number,
+    retryAfterMs = 0,
+  ): void {
+    if (status !== MxStatus.SUCCESS) this.c[NicCounter.connect_failures]++;
+    const ev = this.ev;
+    ev.fill(0);
+    ev[E_TYPE] = EventType.ConnectDone | (status << 16);
+    ev[E_COOKIE] = cookie;
+    ev[E_SRC_NIC] = nic;
+    ev[E_SRC_ENDPOINT] = ep;
+    ev[E_SRC_SESSION] = session;
+    ev[E_CONNECT_RETRY_MS] = retryAfterMs;
+    this.post(ctx);
+  }
+
+  /** DRIVER: `words` (checked: at most EVENT_WORDS − E_DRIVER_WORDS) on the driver's request. false: queue and backlog are full. */
+  postDriver(ctx: EndpointContext, cookie: number, words: readonly number[]): boolean {
+    const ev = this.ev;
+    ev.fill(0);
+    ev[E_TYPE] = EventType.Driver;
+    ev[E_COOKIE] = cookie;
+    for (let i = 0; i < words.length; i++) ev[E_DRIVER_WORDS + i] = words[i];
+    return this.post(ctx);
+  }
+
+  // ---- the queue and the backlog --------------------------------------------------------------
+
+  private eqHasRoom(ctx: EndpointContext): boolean {
+    // A consumer index that is ahead of ours (garbage) reads as a full queue.
+    return (ctx.eqProd - (Atomics.load(ctx.w, W_EQ_CONS) >>> 0)) >>> 0 < EQ_ENTRIES;
+  }
+
+  private writeEvent(ctx: EndpointContext, src: Int32Array, srcBase: number): void {
+    const w = ctx.w;
+    const base = EQ_W + (ctx.eqProd & (EQ_ENTRIES - 1)) * EVENT_WORDS;
+    for (let i = 0; i < EVENT_WORDS; i++) w[base + i] = src[srcBase + i];
+    ctx.eqProd = (ctx.eqProd + 1) >>> 0;
+    // The owner reads an event only after it sees W_EQ_PROD pass it: the words are stored first.
+    Atomics.store(w, W_EQ_PROD, ctx.eqProd | 0);
+    this.c[NicCounter.events]++;
+    this.c[ctx.base + EndpointCounter.events]++;
+    this.raise(ctx);
+  }
+
+  /** Posts the built event to ctx: into its event queue, else its backlog, else it is dropped (counted). */
+  private post(ctx: EndpointContext): boolean {
+    if (ctx.blCount === 0 && this.eqHasRoom(ctx)) {
+      this.writeEvent(ctx, this.ev, 0);
+      return true;
+    }
+    if (ctx.blCount < EVENT_BACKLOG) {
+      ctx.backlog!.set(this.ev, ((ctx.blHead + ctx.blCount) % EVENT_BACKLOG) * EVENT_WORDS);
+      ctx.blCount++;
+      this.c[NicCounter.event_backlog]++;
+      this.c[ctx.base + EndpointCounter.event_backlog]++;
+      return true;
+    }
+    this.c[NicCounter.event_drops]++;
+    this.c[ctx.base + EndpointCounter.event_drops]++;
+    return false;
+  }
+
+  /** Moves held events into ctx's queue while it has room. Returns whether it moved any. */
+  drainBacklog(ctx: EndpointContext): boolean {
+    let did = false;
+    while (ctx.blCount > 0 && this.eqHasRoom(ctx)) {
+      this.writeEvent(ctx, ctx.backlog!, ctx.blHead * EVENT_WORDS);
+      ctx.blHead = (ctx.blHead + 1) % EVENT_BACKLOG;
+      ctx.blCount--;
+      did = true;
+    }
+    return did;
+  }
+
+  // ---- interrupts -------------------------------------------------------------------------------
+
+  /** ctx gets an interrupt at the end of the round. */
+  raise(ctx: EndpointContext): void {
+    if (ctx.needRaise) return;
+    ctx.needRaise = true;
+    this.raiseIds[this.raiseCount++] = ctx.id;
+  }
+
+  /** The Ethernet port gets an interrupt at the end of the round. */
+  raisePort(): void {
+    this.portNeedRaise = true;
+  }
+
+  /** One interrupt per endpoint per round, however many events it got. */
+  flushRaises(): void {
+    const ctxs = this.eps.ctxs;
+    for (let i = 0; i < this.raiseCount; i++) {
+      const ctx = ctxs[this.raiseIds[i]];
+      ctx.needRaise = false;
+      this.c[NicCounter.interrupts]++;
+      this.c[ctx.base + EndpointCounter.interrupts]++;
+      if (raiseInterrupt(ctx.intr)) this.c[NicCounter.interrupt_kicks]++;
+    }
+    this.raiseCount = 0;
+    if (this.portNeedRaise) {
+      this.portNeedRaise = false;
+      this.c[NicCounter.interrupts]++;
+      if (raiseInterrupt(this.portIntr)) this.c[NicCounter.interrupt_kicks]++;
+    }
+  }
+}

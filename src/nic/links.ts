@@ -1,0 +1,317 @@
+/**
+ * The NIC's links to other NICs (Open-MX's driver/linux/omx_iface.c): attaching, detaching
+ * and losing them, each frame's dispatch to its engine, each round's link work (control
+ * queues, served pulls), and the wire timer with the liveness it judges.
+ *
+ * A link that goes away completes everything that waits on it with ENDPOINT_UNREACHABLE at
+ * once. The wire timer (link-state.ts arms it; it runs only while something waits on another
+ * NIC) does so request by request after WIRE_TIMEOUT_MS without progress, sends keepalives
+ * for held deliveries and expires those held HOLD_MS, and finds silent peers: nothing heard
+ * for WIRE_TIMEOUT_MS while a request of ours on the link is overdue, or a descriptor has
+ * waited that long on a link that takes no frames. A silent link fails like a lost one, and
+ * for another WIRE_TIMEOUT_MS requests to it fail at once; any frame from the peer ends that.
+ */
+import type { NicClock } from "./clock.js";
+import type { Connector } from "./connect.js";
+import type { LinkStateInfo } from "./control.js";
+import { NicCounter } from "./counters.js";
+import { type Delivery, KEEPALIVE_MS } from "./delivery.js";
+import type { EndpointTable } from "./endpoints.js";
+import type { EtherService } from "./ether-service.js";
+import type { Events } from "./events.js";
+import { checkFrame, F_DEST_NIC, F_SRC_NIC, FrameType, getWord } from "./frame.js";
+import type { Link } from "./link.js";
+import { LinkState, type LinkTable, WIRE_ACTED, WIRE_WAITING } from "./link-state.js";
+import type { RemotePull } from "./remote-pull.js";
+import type { SendEngine } from "./send.js";
+import { NicError } from "./status.js";
+import { HOLD_MS, WIRE_TIMEOUT_MS } from "./window.js";
+
+export class Links {
+  /** Every peer a link is known for: up, or down while a reconnecting link retries. */
+  private readonly known = new Map<number, { state: "up" | "down"; reconnects: number }>();
+  private lastKeepalive = 0;
+
+  constructor(
+    private readonly nicId: number,
+    private readonly table: LinkTable,
+    private readonly eps: EndpointTable,
+    private readonly events: Events,
+    private readonly delivery: Delivery,
+    private readonly send: SendEngine,
+    private readonly connect: Connector,
+    private readonly remotePull: RemotePull,
+    private readonly ether: EtherService,
+    private readonly clock: NicClock,
+    private readonly c: Float64Array,
+    /** Makes sure the NIC's loop runs (nic.ts). */
+    private readonly kick: () => void,
+  ) {
+    table.onWireTick = this.onWireTick;
+  }
+
+  // ---- attaching and losing links -----------------------------------------------------------
+
+  /**
+   * Attaches a link to `link.peerNic`. A link whose peer is this NIC itself (loopback) takes
+   * over this NIC's own SENDs, which otherwise are placed directly without frames. `replace`:
+   * a link already attached to that peer is taken out first, as lost (the peer reconnected).
+   */
+  attach(link: Link, replace: boolean): void {
+    const old = this.table.get(link.peerNic);
+    let reconnected = false;
+    if (old) {
+      if (!replace)
+        throw new NicError("EBUSY", `a link to NIC ${link.peerNic} is already attached; detach it first`);
+      this.c[NicCounter.link_losses]++;
+      this.remove(old);
+      old.link.close();
+      reconnected = true;
+    }
+    const ls = new LinkState(link, link.peerNic);
+    ls.lastRx = ls.lastTx = performance.now();
+    this.table.add(ls);
+    const info = this.known.get(link.peerNic);
+    if (info === undefined) {
+      this.known.set(link.peerNic, { state: "up", reconnects: 0 });
+    } else {
+      if (info.state === "down" || reconnected) {
+        info.reconnects++;
+        this.c[NicCounter.link_reconnects]++;
+      }
+      info.state = "up";
+    }
+    link.onFrame((frame) => this.onFrame(ls, frame));
+    link.onWritable?.(this.kick);
+    this.kick();
+  }
+
+  /** Detaches the link to `peerNic` on request: what waits on it completes ENDPOINT_UNREACHABLE. */
+  detach(peerNic: number): void {
+    const ls = this.table.get(peerNic);
+    if (!ls) throw new NicError("ENOENT", `no link to NIC ${peerNic} is attached`);
+    this.remove(ls);
+    this.known.delete(peerNic);
+    ls.link.close();
+  }
+
+  /**
+   * The link went down by itself (the peer went away, a stream fault). `retrying`: a
+   * reconnecting link tries again, and the peer shows as "down" meanwhile.
+   */
+  lost(link: Link, retrying: boolean): void {
+    const ls = this.table.get(link.peerNic);
+    // A link that was already replaced or detached: nothing waits on it any more.
+    if (ls === undefined || ls.link !== link) return;
+    this.c[NicCounter.link_losses]++;
+    this.remove(ls);
+    const info = this.known.get(link.peerNic);
+    if (retrying && info) info.state = "down";
+    else this.known.delete(link.peerNic);
+  }
+
+  /** A reconnecting link gave up or was cancelled: forget the peer unless a link to it is attached. */
+  forget(peerNic: number): void {
+    if (!this.table.has(peerNic)) this.known.delete(peerNic);
+  }
+
+  /** Every peer the NIC knows a link for, ascending (control op info). */
+  states(): LinkStateInfo[] {
+    return [...this.known.entries()]
+      .map(([peerNic, i]): LinkStateInfo => ({ peerNic, state: i.state, reconnects: i.reconnects }))
+      .sort((a, b) => a.peerNic - b.peerNic);
+  }
+
+  /** The NIC stops: every link is closed and forgotten. */
+  closeAll(): void {
+    for (const ls of this.table.list) {
+      ls.attached = false;
+      ls.link.close();
+    }
+    this.table.clear();
+    this.known.clear();
+  }
+
+  /** Takes a link out of service; whatever waits on it completes ENDPOINT_UNREACHABLE now. */
+  private remove(ls: LinkState): void {
+    this.table.remove(ls);
+    try {
+      this.fail(ls);
+    } catch {
+      this.c[NicCounter.internal_errors]++;
+    }
+    this.events.flushRaises();
+    this.kick();
+  }
+
+  /** Everything that waits on `ls` completes ENDPOINT_UNREACHABLE; its queue and jobs are dropped. */
+  private fail(ls: LinkState): void {
+    this.send.failWindow(ls);
+    // Requests on a removed link: the link was the current one for its peer until now.
+    this.connect.failLink(ls.peerNic);
+    this.remotePull.failLink(ls);
+    ls.ctrlCount = 0;
+    ls.pullsOut = 0;
+  }
+
+  // ---- frames in --------------------------------------------------------------------------------
+
+  private onFrame(ls: LinkState, frame: Uint8Array): void {
+    if (!ls.attached) return;
+    this.c[NicCounter.frames_rx]++;
+    const now = this.clock.tick();
+    // Whatever it says, the peer is alive.
+    ls.lastRx = now;
+    ls.silentUntil = 0;
+    try {
+      const type = checkFrame(frame);
+      if (type < 0 || getWord(frame, F_DEST_NIC) !== this.nicId || getWord(frame, F_SRC_NIC) !== ls.peerNic) {
+        this.c[NicCounter.frames_bad]++;
+      } else {
+        switch (type) {
+          case FrameType.Send:
+            this.send.rxSend(frame);
+            break;
+          case FrameType.SendAck:
+            this.send.rxSendAck(ls, frame);
+            break;
+          case FrameType.ConnectRequest:
+            this.connect.rxConnectRequest(ls, frame);
+            break;
+          case FrameType.ConnectReply:
+            this.connect.rxConnectReply(ls, frame);
+            break;
+          case FrameType.PullRequest:
+            this.remotePull.rxPullRequest(ls, frame);
+            break;
+          case FrameType.PullReply:
+            this.remotePull.rxPullReply(ls, frame);
+            break;
+          case FrameType.Ethernet:
+            this.ether.rxEthernet(ls, frame);
+            break;
+          default:
+            this.c[NicCounter.frames_unknown]++;
+        }
+      }
+    } catch {
+      this.c[NicCounter.internal_errors]++;
+    }
+    this.events.flushRaises();
+    this.kick();
+  }
+
+  // ---- each round -------------------------------------------------------------------------------
+
+  /** Sends each link's queued headers and serves its pull jobs. Returns whether anything went out. */
+  poll(): boolean {
+    let did = false;
+    const list = this.table.list;
+    for (let k = 0; k < list.length; k++) {
+      const ls = list[k];
+      try {
+        if (ls.ctrlCount > 0 && this.table.flushControl(ls)) did = true;
+        if (ls.jobCount > 0 && this.remotePull.serveJobs(ls)) did = true;
+      } catch {
+        // A bug, never a peer's garbage: count it, drop that link's jobs (their requesters time out).
+        this.c[NicCounter.internal_errors]++;
+        this.remotePull.dropJobs(ls);
+      }
+    }
+    return did;
+  }
+
+  /** Whether a link has work that waits for it to take frames (no doorbell announces it). */
+  hasDeferredWork(): boolean {
+    const list = this.table.list;
+    for (let k = 0; k < list.length; k++) {
+      const ls = list[k];
+      if (ls.ctrlCount > 0 || ls.jobCount > 0) return true;
+    }
+    return false;
+  }
+
+  // ---- the wire timer ---------------------------------------------------------------------------
+
+  private readonly onWireTick = (): void => {
+    this.clock.tick();
+    const flags = this.wireTick();
+    this.events.flushRaises();
+    if ((flags & WIRE_WAITING) !== 0) this.table.armWireTimer();
+    // Only when it completed or sent something: an idle NIC must stay asleep.
+    if ((flags & WIRE_ACTED) !== 0) this.kick();
+  };
+
+  /**
+   * Completes what waited WIRE_TIMEOUT_MS; sends keepalives for held deliveries and expires
+   * those held HOLD_MS; silences silent links. Returns WIRE_ACTED if it completed or sent
+   * anything, WIRE_WAITING if anything still waits.
+   */
+  private wireTick(): number {
+    try {
+      return this.wirePass();
+    } catch {
+      // A bug, never a peer's garbage: count it, and let the loop run a round (whatever the
+      // pass completed before it threw may need one); the timer is armed again by the next wait.
+      this.c[NicCounter.internal_errors]++;
+      return WIRE_ACTED;
+    }
+  }
+
+  private wirePass(): number {
+    const now = this.clock.now;
+    let flags = this.connect.tick() | this.remotePull.tick();
+    const list = this.table.list;
+    for (let k = 0; k < list.length; k++) flags |= this.send.tick(list[k]);
+    const keepalive = now - this.lastKeepalive >= KEEPALIVE_MS;
+    let held = false;
+    const ctxs = this.eps.ctxs;
+    const openIds = this.eps.openIds;
+    for (let i = 0; i < this.eps.openCount; i++) {
+      const ctx = ctxs[openIds[i]];
+      if (ctx.dqCount > 0 && now - ctx.dqSince[ctx.dqHead] >= HOLD_MS) {
+        flags |= WIRE_ACTED;
+        this.delivery.expire(ctx);
+      }
+      // Held deliveries keep the timer running (they expire); those from links get keepalives.
+      if (ctx.dqCount > 0) held = true;
+      if (keepalive) this.delivery.sendKeepalives(ctx);
+    }
+    if (held && keepalive) {
+      this.lastKeepalive = now;
+      flags |= WIRE_ACTED;
+    }
+    // A descriptor that has waited WIRE_TIMEOUT_MS on a link that neither said anything nor
+    // took a frame in that time waits on a silent peer.
+    for (let i = 0; i < this.eps.openCount; i++) {
+      const ctx = ctxs[openIds[i]];
+      if (ctx.stallSince === 0) continue;
+      flags |= WIRE_WAITING;
+      const ls = this.table.get(ctx.stallNic);
+      if (ls !== undefined && now - ctx.stallSince >= WIRE_TIMEOUT_MS && now - ls.lastTx >= WIRE_TIMEOUT_MS)
+        this.table.checkSilence(ls);
+    }
+    for (let k = list.length - 1; k >= 0; k--) {
+      const ls = list[k];
+      if (!ls.silenceDue) continue;
+      ls.silenceDue = false;
+      this.silence(ls);
+      flags |= WIRE_ACTED;
+    }
+    return held ? flags | WIRE_WAITING : flags;
+  }
+
+  /**
+   * The peer on `ls` has said nothing for WIRE_TIMEOUT_MS while something of ours on it went
+   * overdue: its host stopped or froze, or the network between us did. Everything waiting on
+   * the link fails ENDPOINT_UNREACHABLE now, not one request per timeout (queued SENDs would
+   * otherwise go out and time out one round after another, or wait forever on a link that no
+   * longer takes frames), and for another WIRE_TIMEOUT_MS requests to it fail at once. Any
+   * frame from the peer ends that. The link itself stays: the peer may come back.
+   */
+  private silence(ls: LinkState): void {
+    this.c[NicCounter.links_silent]++;
+    ls.silentUntil = this.clock.now + WIRE_TIMEOUT_MS;
+    this.fail(ls);
+  }
+}

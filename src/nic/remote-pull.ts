@@ -1,0 +1,527 @@
+/**
+ * Remote PULLs (Open-MX's driver/linux/omx_pull.c), both sides.
+ *
+ * Requester: a PULL descriptor with DFLAG_REMOTE names a pull right another NIC's endpoint
+ * armed (window.ts). This NIC checks the destination region, takes a RemotePullTable slot
+ * and sends a PULL_REQUEST (frame.ts); PULL_REPLY frames bring the bytes in order and are
+ * written into the destination; the last one, an error reply, a lost link or WIRE_TIMEOUT_MS
+ * without progress ends it with PULL_DONE. A requester that gives up (its endpoint closed, its
+ * destination region went away) tells the peer to stop with a cancelling PULL_REQUEST. With no
+ * link to the source's NIC and that NIC being this one, the pull is checked as a peer would
+ * check it and copied here by the DMA engine. Remote PULLs do not hold the endpoint's queue:
+ * their PULL_DONE may come after later descriptors' completions.
+ *
+ * Responder: a PULL_REQUEST takes the right it names (exposure.ts) into a job of the link it
+ * came on (link-state.ts, PULL_JOBS_PER_LINK per link: a request beyond them is refused
+ * NO_RESOURCES without spending its right); the jobs of a link take turns sending PULL_REPLY
+ * frames, JOB_ROUND bytes a visit and PULL_CHUNK a round, stopping when the link pushes back.
+ * A right revoked, a region deregistered or an owner closed mid-transfer ends the job with an
+ * error reply, never stale bytes.
+ */
+
+import { type NicClock, traceNow } from "./clock.js";
+import { EndpointCounter, NicCounter } from "./counters.js";
+import { type DmaEngine, PULL_CHUNK } from "./dma.js";
+import type { EndpointContext, EndpointTable } from "./endpoints.js";
+import type { Events } from "./events.js";
+import { ExposureGrant, exposureLive, type PullRights } from "./exposure.js";
+import {
+  F_COOKIE,
+  F_DEST_ENDPOINT,
+  F_DEST_NIC,
+  F_DEST_SESSION,
+  F_LENGTH,
+  F_PULL_KEY,
+  F_PULL_LENGTH,
+  F_PULL_OFFSET,
+  F_PULL_RIGHT,
+  F_SRC_ENDPOINT,
+  F_SRC_NIC,
+  F_SRC_SESSION,
+  F_STATUS,
+  FRAME_HEADER_BYTES,
+  FRAME_MAX,
+  FrameType,
+  getWord,
+  initFrame,
+  setWord,
+} from "./frame.js";
+import {
+  CTRL_QUEUE,
+  JOB_ROUND,
+  type LinkState,
+  type LinkTable,
+  PULL_JOBS_PER_LINK,
+  WIRE_ACTED,
+  WIRE_WAITING,
+} from "./link-state.js";
+import { MxStatus } from "./status.js";
+import type { Tpt } from "./tpt.js";
+import {
+  Access,
+  D_COOKIE,
+  D_DEST_ENDPOINT,
+  D_DEST_NIC,
+  D_DEST_SESSION,
+  D_DST_OFFSET,
+  D_DST_REGION,
+  D_LENGTH,
+  D_OPCODE,
+  D_SRC_KEY,
+  D_SRC_OFFSET,
+  D_SRC_REGION,
+  DFLAG_TRACE,
+  ErrorReason,
+  SEND_MAX,
+  WIRE_TIMEOUT_MS,
+} from "./window.js";
+
+/** Remote PULLs outstanding, across links (the slot is the low 8 bits of a request id). */
+export const REMOTE_PULL_SLOTS = 256;
+
+/**
+ * The remote PULLs this NIC asked for (requester side), by slot: typed arrays, nothing
+ * allocated per pull. A request id is a sequence number << 8 | the slot.
+ */
+export class RemotePullTable {
+  readonly used = new Uint8Array(REMOTE_PULL_SLOTS);
+  /** The request id in the PULL_REQUEST's F_COOKIE, echoed by every reply. */
+  readonly id = new Uint32Array(REMOTE_PULL_SLOTS);
+  /** The pulling endpoint and its session. */
+  readonly ep = new Uint32Array(REMOTE_PULL_SLOTS);
+  readonly session = new Uint32Array(REMOTE_PULL_SLOTS);
+  /** The descriptor's cookie, for the PULL_DONE. */
+  readonly cookie = new Int32Array(REMOTE_PULL_SLOTS);
+  /** The source's NIC (the link replies must come on) and the endpoint that armed the right. */
+  readonly nic = new Uint32Array(REMOTE_PULL_SLOTS);
+  readonly srcEp = new Uint32Array(REMOTE_PULL_SLOTS);
+  /** The destination region's id and where the transfer goes in it. */
+  readonly dst = new Uint32Array(REMOTE_PULL_SLOTS);
+  readonly dstOff = new Uint32Array(REMOTE_PULL_SLOTS);
+  /** The transfer's length, and the bytes written so far. */
+  readonly len = new Uint32Array(REMOTE_PULL_SLOTS);
+  readonly got = new Uint32Array(REMOTE_PULL_SLOTS);
+  /** When the pull last made progress (or started). */
+  readonly last = new Float64Array(REMOTE_PULL_SLOTS);
+  /** Trace-clock time the NIC took a traced descriptor (0: untraced). */
+  readonly seenAt = new Float64Array(REMOTE_PULL_SLOTS);
+  private readonly free = new Int32Array(REMOTE_PULL_SLOTS);
+  freeCount = REMOTE_PULL_SLOTS;
+  private seq = 0;
+
+  constructor() {
+    for (let i = 0; i < REMOTE_PULL_SLOTS; i++) this.free[i] = i;
+  }
+
+  /** Takes a free slot (freeCount > 0) and gives it a fresh request id. Returns the slot. */
+  take(): number {
+    const s = this.free[--this.freeCount];
+    this.id[s] = (((++this.seq & 0xffffff) << 8) | s) >>> 0;
+    this.used[s] = 1;
+    return s;
+  }
+
+  release(s: number): void {
+    this.used[s] = 0;
+    this.free[this.freeCount++] = s;
+  }
+}
+
+export class RemotePull {
+  readonly table = new RemotePullTable();
+  /** Where a pull right this engine took points. */
+  private readonly grant = new ExposureGrant();
+  /** The header-only frame being built. */
+  private readonly hdr = new Uint8Array(FRAME_HEADER_BYTES);
+  /** The PULL_REPLY being built. */
+  private readonly txFrame = new Uint8Array(FRAME_MAX);
+
+  constructor(
+    private readonly nicId: number,
+    private readonly eps: EndpointTable,
+    private readonly tpt: Tpt,
+    private readonly rights: PullRights,
+    private readonly dma: DmaEngine,
+    private readonly events: Events,
+    private readonly links: LinkTable,
+    private readonly clock: NicClock,
+    private readonly c: Float64Array,
+  ) {}
+
+  // ---- requester side ---------------------------------------------------------------------------
+
+  /** Executes ctx's PULL descriptor `d` with DFLAG_REMOTE. Returns the bytes copied in this round, or STALLED. */
+  execPull(ctx: EndpointContext, d: Int32Array): number {
+    const t = this.tpt;
+    const len = d[D_LENGTH] >>> 0;
+    const dstOff = d[D_DST_OFFSET] >>> 0;
+    const dst = t.lookup(d[D_DST_REGION]);
+    let reason = 0;
+    if (dst < 0) reason = ErrorReason.BadRegion;
+    else if (t.owner[dst] !== ctx.id || (t.access[dst] & Access.LocalWrite) === 0)
+      reason = ErrorReason.Permission;
+    else if (!t.inBounds(dst, dstOff, len)) reason = ErrorReason.OutOfBounds;
+    if (reason !== 0) {
+      this.events.postError(ctx, d, reason);
+      return 0;
+    }
+    const destNic = d[D_DEST_NIC] >>> 0;
+    const srcEp = d[D_DEST_ENDPOINT] >>> 0;
+    const srcSession = d[D_DEST_SESSION] >>> 0;
+    const srcOff = d[D_SRC_OFFSET] >>> 0;
+    const cookie = d[D_COOKIE];
+    const ls = this.links.usable(destNic);
+    const rp = this.table;
+    if (
+      ls !== undefined &&
+      (rp.freeCount === 0 || ls.pullsOut >= PULL_JOBS_PER_LINK || ls.ctrlCount === CTRL_QUEUE)
+    ) {
+      // Back-pressure: the descriptor waits at the head of the queue.
+      return this.links.stall(ctx, destNic);
+    }
+    const seenAt = (d[D_OPCODE] >>> 16) & DFLAG_TRACE ? traceNow() : 0;
+    this.c[NicCounter.remote_pulls]++;
+    this.c[ctx.base + EndpointCounter.pulls]++;
+    if (ls === undefined) {
+      let status: number = MxStatus.ENDPOINT_UNREACHABLE;
+      if (destNic === this.nicId) {
+        // The source is on this NIC and there is no loopback link: check it as a peer would, copy here.
+        const index = d[D_SRC_REGION] >>> 0;
+        const g = this.grant;
+        status = this.rights.take(srcEp, srcSession, index, d[D_SRC_KEY], srcOff, len, g);
+        if (status === MxStatus.SUCCESS) {
+          this.c[NicCounter.remote_pull_bytes] += len;
+          return this.dma.startCopy(
+            ctx,
+            d,
+            g.slot,
+            g.region,
+            g.start,
+            dst,
+            dstOff,
+            len,
+            seenAt,
+            srcEp,
+            srcSession,
+            index,
+          );
+        }
+      }
+      this.c[NicCounter.remote_pull_failures]++;
+      this.events.postPullDone(ctx, cookie, 0, status, seenAt);
+      return 0;
+    }
+    const s = rp.take();
+    rp.ep[s] = ctx.id;
+    rp.session[s] = ctx.session;
+    rp.cookie[s] = cookie;
+    rp.nic[s] = destNic;
+    rp.srcEp[s] = srcEp;
+    rp.dst[s] = d[D_DST_REGION];
+    rp.dstOff[s] = dstOff;
+    rp.len[s] = len;
+    rp.got[s] = 0;
+    rp.last[s] = this.clock.now;
+    rp.seenAt[s] = seenAt;
+    ls.pullsOut++;
+    const f = this.hdr;
+    initFrame(f, FrameType.PullRequest, 0);
+    setWord(f, F_SRC_NIC, this.nicId);
+    setWord(f, F_SRC_ENDPOINT, ctx.id);
+    setWord(f, F_SRC_SESSION, ctx.session);
+    setWord(f, F_DEST_NIC, destNic);
+    setWord(f, F_DEST_ENDPOINT, srcEp);
+    setWord(f, F_DEST_SESSION, srcSession);
+    setWord(f, F_COOKIE, rp.id[s]);
+    setWord(f, F_PULL_RIGHT, d[D_SRC_REGION]);
+    setWord(f, F_PULL_KEY, d[D_SRC_KEY]);
+    setWord(f, F_PULL_OFFSET, srcOff);
+    setWord(f, F_PULL_LENGTH, len);
+    this.links.sendHeader(ls, f);
+    this.links.armWireTimer();
+    return 0;
+  }
+
+  /** A PULL_REPLY for one of our pulls: its bytes, in order, or the error that ends it. */
+  rxPullReply(ls: LinkState, frame: Uint8Array): void {
+    this.c[NicCounter.pull_replies_rx]++;
+    const rp = this.table;
+    const id = getWord(frame, F_COOKIE);
+    const s = id & (REMOTE_PULL_SLOTS - 1);
+    if (
+      rp.used[s] !== 1 ||
+      rp.id[s] !== id ||
+      rp.nic[s] !== ls.peerNic ||
+      getWord(frame, F_DEST_ENDPOINT) !== rp.ep[s] ||
+      getWord(frame, F_DEST_SESSION) !== rp.session[s] ||
+      getWord(frame, F_SRC_ENDPOINT) !== rp.srcEp[s] ||
+      getWord(frame, F_PULL_LENGTH) !== rp.len[s]
+    ) {
+      this.c[NicCounter.pull_replies_bad]++;
+      return;
+    }
+    const n = getWord(frame, F_LENGTH);
+    const st = getWord(frame, F_STATUS);
+    if (st !== MxStatus.SUCCESS) {
+      if (n !== 0) {
+        this.c[NicCounter.pull_replies_bad]++;
+        return;
+      }
+      this.finish(s, st > MxStatus.NO_RESOURCES || st === MxStatus.PENDING ? MxStatus.ABORTED : st, null);
+      return;
+    }
+    const got = rp.got[s];
+    const len = rp.len[s];
+    // Replies come in order on a link: each must continue exactly where the last one ended.
+    if (getWord(frame, F_PULL_OFFSET) !== got || n > len - got || (n === 0 && len !== 0)) {
+      this.c[NicCounter.pull_replies_bad]++;
+      return;
+    }
+    if (n > 0) {
+      const t = this.tpt;
+      // The destination may have been deregistered (or its endpoint closed) since the descriptor.
+      const dst = t.lookup(rp.dst[s]);
+      if (dst < 0 || t.owner[dst] !== rp.ep[s]) {
+        this.finish(s, MxStatus.ABORTED, ls);
+        return;
+      }
+      t.copyIn(frame, FRAME_HEADER_BYTES, n, dst, rp.dstOff[s] + got);
+      rp.got[s] = got + n;
+      this.c[NicCounter.remote_pull_bytes] += n;
+      this.c[this.eps.ctxs[rp.ep[s]].base + EndpointCounter.pull_bytes] += n;
+    }
+    rp.last[s] = this.clock.now;
+    if (rp.got[s] === len) this.finish(s, MxStatus.SUCCESS, null);
+  }
+
+  /** Ends remote pull `s` with PULL_DONE(status); `cancel`: tell the peer on that link to stop serving it. */
+  private finish(s: number, status: number, cancel: LinkState | null): void {
+    const rp = this.table;
+    rp.release(s);
+    const ls = this.links.get(rp.nic[s]);
+    if (ls !== undefined && ls.pullsOut > 0) ls.pullsOut--;
+    if (cancel?.attached) {
+      const f = this.hdr;
+      initFrame(f, FrameType.PullRequest, 0);
+      setWord(f, F_SRC_NIC, this.nicId);
+      setWord(f, F_SRC_ENDPOINT, rp.ep[s]);
+      setWord(f, F_SRC_SESSION, rp.session[s]);
+      setWord(f, F_DEST_NIC, cancel.peerNic);
+      setWord(f, F_DEST_ENDPOINT, rp.srcEp[s]);
+      setWord(f, F_COOKIE, rp.id[s]);
+      setWord(f, F_STATUS, MxStatus.ABORTED);
+      this.links.sendHeader(cancel, f);
+    }
+    if (status !== MxStatus.SUCCESS) this.c[NicCounter.remote_pull_failures]++;
+    const ctx = this.eps.ctxs[rp.ep[s]];
+    if (ctx.open && ctx.session === rp.session[s])
+      this.events.postPullDone(ctx, rp.cookie[s], rp.got[s], status, rp.seenAt[s]);
+  }
+
+  /** Endpoint `ep` closed: its pulls end without events, and the peers stop serving them. */
+  dropEndpoint(ep: number): void {
+    const rp = this.table;
+    for (let s = 0; s < REMOTE_PULL_SLOTS; s++)
+      if (rp.used[s] === 1 && rp.ep[s] === ep)
+        this.finish(s, MxStatus.ENDPOINT_CLOSED, this.links.get(rp.nic[s]) ?? null);
+  }
+
+  /** The link to `ls`'s peer is gone or silent: our pulls on it complete ENDPOINT_UNREACHABLE, its jobs end. */
+  failLink(ls: LinkState): void {
+    const rp = this.table;
+    for (let s = 0; s < REMOTE_PULL_SLOTS; s++)
+      if (rp.used[s] === 1 && rp.nic[s] === ls.peerNic) this.finish(s, MxStatus.ENDPOINT_UNREACHABLE, null);
+    this.dropJobs(ls);
+  }
+
+  /** The wire timer: pulls without progress for WIRE_TIMEOUT_MS complete ENDPOINT_UNREACHABLE. Returns WIRE_* flags. */
+  tick(): number {
+    const rp = this.table;
+    const now = this.clock.now;
+    let flags = 0;
+    for (let s = 0; s < REMOTE_PULL_SLOTS; s++) {
+      if (rp.used[s] !== 1) continue;
+      if (now - rp.last[s] >= WIRE_TIMEOUT_MS) {
+        flags |= WIRE_ACTED;
+        this.c[NicCounter.pull_timeouts]++;
+        const ls = this.links.get(rp.nic[s]);
+        this.links.checkSilence(ls);
+        this.finish(s, MxStatus.ENDPOINT_UNREACHABLE, ls ?? null);
+      } else flags |= WIRE_WAITING;
+    }
+    return flags;
+  }
+
+  // ---- responder side ---------------------------------------------------------------------------
+
+  /** A served pull ends (done, failed, cancelled, its link gone): its right is spent, its job slot freed. */
+  private dropJob(ls: LinkState, j: number): void {
+    if (ls.jUsed[j] === 0) return;
+    this.rights.end(ls.jSrcEp[j], ls.jSrcSession[j], ls.jXp[j]);
+    ls.freeJob(j);
+  }
+
+  /** Ends every job of `ls` (its link failed, or serving them failed). */
+  dropJobs(ls: LinkState): void {
+    for (let j = 0; j < PULL_JOBS_PER_LINK; j++) this.dropJob(ls, j);
+  }
+
+  /** A PULL_REQUEST from the peer on `ls`: take the right it names into a job, or refuse it. */
+  rxPullRequest(ls: LinkState, frame: Uint8Array): void {
+    this.c[NicCounter.pull_requests_rx]++;
+    const id = getWord(frame, F_COOKIE);
+    if (getWord(frame, F_STATUS) !== 0) {
+      // A cancel: the requester gave up on it.
+      for (let j = 0; j < PULL_JOBS_PER_LINK; j++)
+        if (ls.jUsed[j] === 1 && ls.jId[j] === id) this.dropJob(ls, j);
+      return;
+    }
+    const reqEp = getWord(frame, F_SRC_ENDPOINT);
+    const reqSession = getWord(frame, F_SRC_SESSION);
+    const srcEp = getWord(frame, F_DEST_ENDPOINT);
+    const srcSession = getWord(frame, F_DEST_SESSION);
+    const len = getWord(frame, F_PULL_LENGTH);
+    // A job slot first: a request refused for want of one must not spend its right.
+    const j = ls.jobCount < PULL_JOBS_PER_LINK ? ls.jUsed.indexOf(0) : -1;
+    const index = getWord(frame, F_PULL_RIGHT);
+    const g = this.grant;
+    const status =
+      j < 0
+        ? MxStatus.NO_RESOURCES
+        : this.rights.take(
+            srcEp,
+            srcSession,
+            index,
+            getWord(frame, F_PULL_KEY),
+            getWord(frame, F_PULL_OFFSET),
+            len,
+            g,
+          );
+    if (status !== MxStatus.SUCCESS) {
+      this.replyPullError(ls, id, reqEp, reqSession, srcEp, srcSession, len, status);
+      return;
+    }
+    ls.jUsed[j] = 1;
+    ls.jobCount++;
+    ls.jId[j] = id;
+    ls.jReqEp[j] = reqEp;
+    ls.jReqSession[j] = reqSession;
+    ls.jSrcEp[j] = srcEp;
+    ls.jSrcSession[j] = srcSession;
+    ls.jXp[j] = index;
+    ls.jRegion[j] = g.region;
+    ls.jOff[j] = g.start;
+    ls.jLen[j] = len;
+    ls.jSent[j] = 0;
+  }
+
+  /** The header-only PULL_REPLY that ends pull `id` with `status`. */
+  private replyPullError(
+    ls: LinkState,
+    id: number,
+    reqEp: number,
+    reqSession: number,
+    srcEp: number,
+    srcSession: number,
+    len: number,
+    status: number,
+  ): void {
+    const f = this.hdr;
+    initFrame(f, FrameType.PullReply, 0);
+    setWord(f, F_SRC_NIC, this.nicId);
+    setWord(f, F_SRC_ENDPOINT, srcEp);
+    setWord(f, F_SRC_SESSION, srcSession);
+    setWord(f, F_DEST_NIC, ls.peerNic);
+    setWord(f, F_DEST_ENDPOINT, reqEp);
+    setWord(f, F_DEST_SESSION, reqSession);
+    setWord(f, F_COOKIE, id);
+    setWord(f, F_STATUS, status);
+    setWord(f, F_PULL_LENGTH, len);
+    if (this.links.sendHeader(ls, f)) this.c[NicCounter.pull_replies_tx]++;
+    else this.c[NicCounter.acks_dropped]++;
+  }
+
+  /** Serves `ls`'s jobs in turn, up to PULL_CHUNK bytes this round. Returns whether it sent anything. */
+  serveJobs(ls: LinkState): boolean {
+    let budget = PULL_CHUNK;
+    let did = false;
+    let j = ls.jNext;
+    for (let visits = 0; visits < PULL_JOBS_PER_LINK && budget > 0 && ls.jobCount > 0; visits++) {
+      if (ls.jUsed[j] === 1) {
+        const had = ls.jobCount;
+        const r = this.serveJob(ls, j, Math.min(JOB_ROUND, budget));
+        const sent = r < 0 ? ~r : r;
+        if (sent > 0 || ls.jobCount !== had) did = true;
+        if (r < 0) {
+          // The link pushes back: this job goes first when it can take frames again.
+          ls.jNext = j;
+          return did;
+        }
+        budget -= sent;
+      }
+      j = (j + 1) % PULL_JOBS_PER_LINK;
+    }
+    ls.jNext = j;
+    return did;
+  }
+
+  /**
+   * Sends up to `budget` bytes of job j as PULL_REPLY frames. Returns the bytes sent, or their
+   * bitwise NOT (~sent, negative) when the link pushed back before the job or the budget ran out.
+   */
+  private serveJob(ls: LinkState, j: number, budget: number): number {
+    const t = this.tpt;
+    const srcEp = ls.jSrcEp[j];
+    const owner = this.eps.ctxs[srcEp];
+    const slot = t.lookup(ls.jRegion[j]);
+    const ownerGone = !owner.open || owner.session !== ls.jSrcSession[j];
+    // Looked at before every visit: a right its owner revoked copies nothing more.
+    const revoked = !ownerGone && !exposureLive(owner.w, ls.jXp[j]);
+    if (ownerGone || revoked || slot < 0 || t.owner[slot] !== srcEp) {
+      // Deregistered, revoked or closed mid-transfer: the requester gets an error, never stale bytes.
+      if (revoked) this.c[NicCounter.pull_rights_revoked]++;
+      this.replyPullError(
+        ls,
+        ls.jId[j],
+        ls.jReqEp[j],
+        ls.jReqSession[j],
+        srcEp,
+        ls.jSrcSession[j],
+        ls.jLen[j],
+        ownerGone ? MxStatus.ENDPOINT_CLOSED : MxStatus.ABORTED,
+      );
+      this.dropJob(ls, j);
+      return 0;
+    }
+    const f = this.txFrame;
+    const len = ls.jLen[j];
+    let sent = 0;
+    do {
+      const off = ls.jSent[j];
+      const n = Math.min(SEND_MAX, len - off);
+      initFrame(f, FrameType.PullReply, n);
+      setWord(f, F_SRC_NIC, this.nicId);
+      setWord(f, F_SRC_ENDPOINT, srcEp);
+      setWord(f, F_SRC_SESSION, ls.jSrcSession[j]);
+      setWord(f, F_DEST_NIC, ls.peerNic);
+      setWord(f, F_DEST_ENDPOINT, ls.jReqEp[j]);
+      setWord(f, F_DEST_SESSION, ls.jReqSession[j]);
+      setWord(f, F_COOKIE, ls.jId[j]);
+      setWord(f, F_PULL_OFFSET, off);
+      setWord(f, F_PULL_LENGTH, len);
+      if (n > 0) t.copyOut(slot, ls.jOff[j] + off, n, f, FRAME_HEADER_BYTES);
+      if (!ls.link.send(f.subarray(0, FRAME_HEADER_BYTES + n))) {
+        this.c[NicCounter.link_backpressure]++;
+        return ~sent;
+      }
+      ls.lastTx = this.clock.now;
+      ls.jSent[j] = off + n;
+      sent += n;
+      this.c[NicCounter.frames_tx]++;
+      this.c[NicCounter.pull_replies_tx]++;
+      this.c[NicCounter.pull_served_bytes] += n;
+    } while (ls.jSent[j] < len && sent < budget);
+    if (ls.jSent[j] === len) this.dropJob(ls, j);
+    return sent;
+  }
+}

@@ -1,0 +1,282 @@
+/**
+ * Attaching TCP links from the NIC's thread (nic-worker.ts): "tcp" connects to a peer NIC's
+ * listener and attaches the link, and from then on reconnects it whenever its connection
+ * drops without a goodbye (the peer NIC was stopped or crashed, the network failed, a stream
+ * fault), with backoff (RECONNECT_MIN_MS doubling to RECONNECT_MAX_MS), until the host
+ * detaches that peer or the NIC stops; "tcp-listen" accepts peers and attaches each one that
+ * proves the key, replacing any link the NIC still has to that peer.
+ */
+import type { Link } from "./link.js";
+import { checkKey } from "./tcp-handshake.js";
+import {
+  connectTcpLink,
+  defaultLog,
+  listenTcpLinks,
+  type TcpLink,
+  type TcpLinkLog,
+  type TcpLinkServer,
+} from "./tcp-link.js";
+
+export const RECONNECT_MIN_MS = 50;
+export const RECONNECT_MAX_MS = 1000;
+/** Connect plus handshake time allowed to one reconnection attempt (unless the spec says). */
+export const RECONNECT_ATTEMPT_MS = 1000;
+
+/** The part of the Nic engine that attachTcpSpec drives. */
+export interface TcpLinkHost {
+  readonly nicId: number;
+  /** Throws (EBUSY) if a link to that peer is attached, unless `replace`. */
+  attachLink(link: Link, replace?: boolean): void;
+  detachLink(peerNic: number): void;
+  /** The link went down by itself; `retrying`: a reconnection will be tried. */
+  linkLost(link: Link, retrying: boolean): void;
+  /** No reconnection will be tried any more for that peer. */
+  forgetLink(peerNic: number): void;
+  hasLink(peerNic: number): boolean;
+  onStop(cb: () => void): void;
+}
+
+/** `key`: the cluster key both ends hold (never sent; tcp-handshake.ts). */
+export type TcpLinkSpec =
+  | { kind: "tcp"; host?: string; port: number; timeoutMs?: number; key: Uint8Array }
+  | { kind: "tcp-listen"; host?: string; port: number; key: Uint8Array };
+
+export function isTcpLinkSpec(spec: unknown): spec is TcpLinkSpec {
+  const k = (spec as { kind?: unknown } | null)?.kind;
+  return k === "tcp" || k === "tcp-listen";
+}
+
+/**
+ * A connecting link's life after its first connection: while its connection is up it waits;
+ * when it drops without a goodbye it reconnects with backoff, until cancelled.
+ */
+class Reconnector {
+  cancelled = false;
+  link: TcpLink | null = null;
+  private timer: ReturnType<typeof setTimeout> | null = null;
+  private backoffMs = RECONNECT_MIN_MS;
+  private attempts = 0;
+  readonly where: string;
+
+  constructor(
+    private readonly nic: TcpLinkHost,
+    readonly peerNic: number,
+    private readonly host: string,
+    private readonly port: number,
+    private readonly timeoutMs: number,
+    private readonly key: Buffer,
+    private readonly log: TcpLinkLog,
+  ) {
+    this.where = `tcp-link nic ${nic.nicId} -> nic ${peerNic} (${host}:${port})`;
+  }
+
+  /** Watches a connection just attached. */
+  watch(link: TcpLink): void {
+    this.link = link;
+    link.onClose((reason, goodbye) => {
+      if (this.link !== link) return;
+      this.link = null;
+      const retry = !this.cancelled && !goodbye;
+      this.nic.linkLost(link, retry);
+      if (!retry) {
+        if (!this.cancelled)
+          this.log(`${this.where}: link down (${reason}); not reconnecting`, {
+            peerNic: this.peerNic,
+            reason,
+          });
+        this.forget();
+        return;
+      }
+      this.log(`${this.where}: link down (${reason}); reconnecting`, { peerNic: this.peerNic, reason });
+      this.backoffMs = RECONNECT_MIN_MS;
+      this.attempts = 0;
+      this.schedule();
+    });
+  }
+
+  cancel(): void {
+    this.cancelled = true;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    this.forget();
+  }
+
+  private forget(): void {
+    this.cancelled = true;
+    const map = reconnectors.get(this.nic);
+    if (map?.get(this.peerNic) === this) map.delete(this.peerNic);
+    this.nic.forgetLink(this.peerNic);
+  }
+
+  private schedule(): void {
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      void this.attempt();
+    }, this.backoffMs);
+    this.backoffMs = Math.min(this.backoffMs * 2, RECONNECT_MAX_MS);
+  }
+
+  private async attempt(): Promise<void> {
+    if (this.cancelled) return;
+    this.attempts++;
+    let link: TcpLink;
+    try {
+      link = await connectTcpLink({
+        nicId: this.nic.nicId,
+        host: this.host,
+        port: this.port,
+        key: this.key,
+        timeoutMs: this.timeoutMs,
+        log: this.log,
+      });
+    } catch (e) {
+      if (this.cancelled) return;
+      // Every attempt at first, then once in 10: a long outage should not flood the log.
+      if (this.attempts <= 3 || this.attempts % 10 === 0)
+        this.log(
+          `${this.where}: reconnection attempt ${this.attempts} failed (${(e as Error).message}); next in ${this.backoffMs} ms`,
+          { peerNic: this.peerNic, reason: (e as Error).message },
+        );
+      this.schedule();
+      return;
+    }
+    if (this.cancelled) {
+      link.close();
+      return;
+    }
+    if (link.peerNic !== this.peerNic) {
+      this.log(`${this.where}: the listener is now NIC ${link.peerNic}; retrying`);
+      link.close();
+      this.schedule();
+      return;
+    }
+    if (this.nic.hasLink(this.peerNic)) {
+      // The peer reached us another way meanwhile (it connected to our listener): keep that one.
+      this.log(`${this.where}: a link to NIC ${this.peerNic} is attached already; not reconnecting`, {
+        level: "info",
+        peerNic: this.peerNic,
+      });
+      link.close();
+      this.forget();
+      return;
+    }
+    try {
+      this.nic.attachLink(link);
+    } catch (e) {
+      this.log(`${this.where}: reconnected but the NIC refused the link: ${(e as Error).message}`);
+      link.close();
+      this.forget();
+      return;
+    }
+    this.log(`${this.where}: link up again (attempt ${this.attempts})`, {
+      level: "info",
+      peerNic: this.peerNic,
+    });
+    this.watch(link);
+  }
+}
+
+const reconnectors = new WeakMap<TcpLinkHost, Map<number, Reconnector>>();
+
+function reconnectorsOf(nic: TcpLinkHost): Map<number, Reconnector> {
+  let map = reconnectors.get(nic);
+  if (!map) {
+    const m = new Map<number, Reconnector>();
+    reconnectors.set(nic, m);
+    nic.onStop(() => {
+      for (const r of [...m.values()]) r.cancel();
+    });
+    map = m;
+  }
+  return map;
+}
+
+/**
+ * Stops reconnecting to `peerNic` (the host detaches it). Returns whether a reconnecting link
+ * existed; its connection, if up, is still attached (the caller detaches it).
+ */
+export function cancelTcpReconnect(nic: TcpLinkHost, peerNic: number): boolean {
+  const r = reconnectors.get(nic)?.get(peerNic);
+  if (!r) return false;
+  r.cancel();
+  return true;
+}
+
+/**
+ * Carries out a TCP link spec on the NIC's thread: "tcp" connects and attaches the link
+ * (resolves after the handshake; a first connection that fails rejects) and from then on
+ * reconnects it whenever it drops without a goodbye; "tcp-listen" resolves once listening and
+ * attaches each peer that connects and proves the key, replacing a link that peer had. Both
+ * need the spec's `key`; `log` gets every link event (nic-worker.ts sends them to the host).
+ */
+export async function attachTcpSpec(
+  nic: TcpLinkHost,
+  spec: unknown,
+  log: TcpLinkLog = defaultLog,
+): Promise<TcpLinkServer | TcpLink> {
+  // Never the spec itself in a message: it holds the key.
+  if (!isTcpLinkSpec(spec))
+    throw new RangeError(`not a tcp link spec: kind ${JSON.stringify((spec as { kind?: unknown })?.kind)}`);
+  const s = spec as Partial<{ host: unknown; port: unknown; timeoutMs: unknown }>;
+  const key = checkKey((spec as { key?: unknown }).key, `tcp link (${spec.kind})`);
+  if (s.host !== undefined && typeof s.host !== "string")
+    throw new RangeError("tcp link: host must be a string");
+  if (s.timeoutMs !== undefined && (!Number.isInteger(s.timeoutMs) || (s.timeoutMs as number) < 1))
+    throw new RangeError("tcp link: timeoutMs must be a positive integer");
+  if (spec.kind === "tcp") {
+    const host = spec.host ?? "127.0.0.1";
+    const link = await connectTcpLink({
+      nicId: nic.nicId,
+      host,
+      port: spec.port,
+      key,
+      timeoutMs: spec.timeoutMs,
+      log,
+    });
+    // An explicit attach wins over a reconnection still trying for that peer.
+    cancelTcpReconnect(nic, link.peerNic);
+    try {
+      nic.attachLink(link); // throws EBUSY if a link to that NIC is attached
+    } catch (e) {
+      link.close();
+      throw e;
+    }
+    const r = new Reconnector(
+      nic,
+      link.peerNic,
+      host,
+      spec.port,
+      spec.timeoutMs ?? RECONNECT_ATTEMPT_MS,
+      key,
+      log,
+    );
+    reconnectorsOf(nic).set(link.peerNic, r);
+    r.watch(link);
+    return link;
+  }
+  return listenTcpLinks({
+    nicId: nic.nicId,
+    host: spec.host,
+    port: spec.port,
+    key,
+    log,
+    onLink: (link) => {
+      // Only a peer that proved the cluster key gets here. A NIC that connects again (it
+      // restarted, or its old connection died unnoticed) replaces its old link.
+      const replacing = nic.hasLink(link.peerNic);
+      nic.attachLink(link, true);
+      log(
+        `tcp-link nic ${nic.nicId} <- nic ${link.peerNic}: link up${replacing ? " (replaces the previous connection)" : ""}`,
+        { level: "info", peerNic: link.peerNic },
+      );
+      link.onClose((reason) => {
+        nic.linkLost(link, false);
+        if (nic.hasLink(link.peerNic)) return;
+        log(`tcp-link nic ${nic.nicId} <- nic ${link.peerNic}: link down (${reason})`, {
+          peerNic: link.peerNic,
+          reason,
+        });
+      });
+    },
+  });
+}

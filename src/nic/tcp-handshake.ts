@@ -1,0 +1,214 @@
+/**
+ * The handshake that opens a TCP link between two NICs (tcp-link.ts carries the frames once it
+ * is done). Protocol version 2; both sides hold the cluster key, at least 32 bytes, which
+ * never crosses the wire:
+ *   1. each side sends a 48-byte hello — u32 magic "MXTL", u16 protocol version, u16 reserved
+ *      (0), u32 sender NIC id, u32 FRAME_MAX, 32 random bytes (its nonce) — little-endian;
+ *   2. the connecting side ("dial") sends its 32-byte proof: HMAC-SHA256(key, label, version,
+ *      role, prover's NIC id, verifier's NIC id, prover's nonce, verifier's nonce);
+ *   3. the accepting side checks it (crypto.timingSafeEqual) and only then sends its own proof
+ *      (role "accept"), so a peer that cannot prove the key learns nothing but a nonce;
+ *   4. the connecting side checks that proof; then frames flow.
+ * Fresh nonces on both sides stop replays, the role stops a proof being reflected back, the
+ * NIC ids bind the proof to the claimed identity. A bad hello (magic, version, NIC id, frame
+ * size), a wrong proof, a close or the deadline drops the connection with a reason
+ * (HandshakeError, which tcp-link.ts logs with the remote address and counts in tcpLinkStats);
+ * only a link that passed all four steps reaches the NIC, so an unauthenticated peer never
+ * displaces an attached link. Every byte from the socket is hostile input.
+ */
+import { createHmac, randomBytes, timingSafeEqual } from "node:crypto";
+import type net from "node:net";
+import { FRAME_MAX } from "./frame.js";
+
+export const TCP_LINK_MAGIC = 0x4c54584d; // "MXTL" in little-endian bytes
+/** 2: hellos carry a nonce and both sides prove the cluster key (1 had no authentication). */
+export const TCP_LINK_VERSION = 2;
+export const TCP_NONCE_BYTES = 32;
+export const TCP_HELLO_BYTES = 16 + TCP_NONCE_BYTES;
+export const TCP_PROOF_BYTES = 32;
+/** The shortest cluster key a link accepts. */
+export const TCP_LINK_MIN_KEY_BYTES = 32;
+const PROOF_LABEL = Buffer.from("MyriXen TCP link proof\0", "latin1");
+const ROLE_DIAL = 1;
+const ROLE_ACCEPT = 2;
+
+function hello(nicId: number, nonce: Buffer): Buffer {
+  const b = Buffer.alloc(TCP_HELLO_BYTES);
+  b.writeUInt32LE(TCP_LINK_MAGIC, 0);
+  b.writeUInt16LE(TCP_LINK_VERSION, 4);
+  b.writeUInt32LE(nicId >>> 0, 8);
+  b.writeUInt32LE(FRAME_MAX, 12);
+  nonce.copy(b, 16);
+  return b;
+}
+
+/** A reason the first 6 bytes (magic, version) already give, or null. */
+function checkPrefix(b: Buffer): string | null {
+  const magic = b.readUInt32LE(0);
+  if (magic !== TCP_LINK_MAGIC)
+    return `bad magic 0x${magic.toString(16).padStart(8, "0")} (expected 0x${TCP_LINK_MAGIC.toString(16)}): not a MyriXen TCP link`;
+  const version = b.readUInt16LE(4);
+  if (version !== TCP_LINK_VERSION)
+    return `protocol version mismatch: peer speaks version ${version}, this NIC speaks ${TCP_LINK_VERSION}${version < TCP_LINK_VERSION ? " (an unauthenticated older NIC: upgrade it)" : ""}`;
+  return null;
+}
+
+/** The peer's NIC id from a full hello, or a string saying why the hello is refused. */
+function parseHello(b: Buffer, ownNic: number): number | string {
+  const bad = checkPrefix(b);
+  if (bad) return bad;
+  const peer = b.readUInt32LE(8);
+  if (peer === ownNic) return `peer claims this NIC's own id ${peer}`;
+  const frameMax = b.readUInt32LE(12);
+  if (frameMax !== FRAME_MAX)
+    return `frame size mismatch: peer's FRAME_MAX is ${frameMax}, ours ${FRAME_MAX}`;
+  return peer;
+}
+
+/** HMAC-SHA256 over fixed-size fields (so no two inputs concatenate alike). */
+function proof(
+  key: Buffer,
+  role: number,
+  prover: number,
+  verifier: number,
+  proverNonce: Buffer,
+  verifierNonce: Buffer,
+): Buffer {
+  const h = Buffer.alloc(11);
+  h.writeUInt16LE(TCP_LINK_VERSION, 0);
+  h.writeUInt8(role, 2);
+  h.writeUInt32LE(prover >>> 0, 3);
+  h.writeUInt32LE(verifier >>> 0, 7);
+  return createHmac("sha256", key)
+    .update(PROOF_LABEL)
+    .update(h)
+    .update(proverNonce)
+    .update(verifierNonce)
+    .digest();
+}
+
+export function checkNicId(nicId: unknown, what: string): number {
+  if (!Number.isInteger(nicId) || (nicId as number) < 0 || (nicId as number) > 0xffffffff)
+    throw new RangeError(`${what}: nicId must be a u32, got ${String(nicId)}`);
+  return nicId as number;
+}
+
+export function checkPort(port: unknown, what: string, allowZero: boolean): number {
+  if (!Number.isInteger(port) || (port as number) < (allowZero ? 0 : 1) || (port as number) > 65535)
+    throw new RangeError(
+      `${what}: port must be an integer in ${allowZero ? 0 : 1}..65535, got ${String(port)}`,
+    );
+  return port as number;
+}
+
+/** A private copy of the cluster key (it may come as a Uint8Array through postMessage). */
+export function checkKey(key: unknown, what: string): Buffer {
+  if (!(key instanceof Uint8Array) || key.length < TCP_LINK_MIN_KEY_BYTES)
+    throw new RangeError(
+      `${what}: key must be the cluster key, a Uint8Array of at least ${TCP_LINK_MIN_KEY_BYTES} bytes`,
+    );
+  return Buffer.from(key);
+}
+
+/** Why a handshake failed; `auth`: the peer's proof did not match the key. */
+export class HandshakeError extends Error {
+  constructor(
+    message: string,
+    readonly auth = false,
+  ) {
+    super(message);
+  }
+}
+
+/**
+ * The handshake on a fresh socket (steps 1–4 of the header), in `role`. `done` resolves with
+ * the peer's NIC id and any bytes that followed its last handshake message; it rejects
+ * (socket destroyed) on a bad hello, a wrong proof, a close, an error, the deadline or abort().
+ */
+export class Handshake {
+  readonly done: Promise<{ peer: number; rest: Buffer }>;
+  private settled = false;
+  private fail: (why: string, auth?: boolean) => void = () => {};
+
+  /** `timeoutMs`: the time left; `statedMs`: the limit the error names (default timeoutMs). */
+  constructor(
+    socket: net.Socket,
+    role: "dial" | "accept",
+    nicId: number,
+    key: Buffer,
+    timeoutMs: number,
+    statedMs = timeoutMs,
+  ) {
+    this.done = new Promise((resolve, reject) => {
+      const myNonce = randomBytes(TCP_NONCE_BYTES);
+      let buf: Buffer = Buffer.alloc(0);
+      let peer = -1;
+      let peerNonce: Buffer | null = null;
+      const timer = setTimeout(() => fail(`no handshake within ${statedMs} ms`), timeoutMs);
+      const cleanup = () => {
+        this.settled = true;
+        clearTimeout(timer);
+        socket.off("data", onData);
+        socket.off("close", onClose);
+        socket.off("error", onError);
+      };
+      const fail = (why: string, auth = false) => {
+        if (this.settled) return;
+        cleanup();
+        socket.destroy();
+        reject(new HandshakeError(why, auth));
+      };
+      this.fail = fail;
+      const onData = (chunk: Buffer) => {
+        // At most one hello and one proof are buffered; what follows is handed on as `rest`.
+        buf = buf.length === 0 ? chunk : Buffer.concat([buf, chunk]);
+        if (peerNonce === null) {
+          if (buf.length >= 6) {
+            const bad = checkPrefix(buf);
+            if (bad) return fail(bad);
+          }
+          if (buf.length < TCP_HELLO_BYTES) return;
+          const r = parseHello(buf, nicId);
+          if (typeof r === "string") return fail(r);
+          peer = r;
+          peerNonce = Buffer.from(buf.subarray(16, TCP_HELLO_BYTES));
+          buf = buf.subarray(TCP_HELLO_BYTES);
+          if (role === "dial") socket.write(proof(key, ROLE_DIAL, nicId, peer, myNonce, peerNonce));
+        }
+        if (buf.length < TCP_PROOF_BYTES) return;
+        const peerRole = role === "dial" ? ROLE_ACCEPT : ROLE_DIAL;
+        const want = proof(key, peerRole, peer, nicId, peerNonce, myNonce);
+        if (!timingSafeEqual(buf.subarray(0, TCP_PROOF_BYTES), want))
+          return fail(
+            `authentication failed: NIC ${peer}'s proof does not match this NIC's cluster key (another key, or not a member of this cluster)`,
+            true,
+          );
+        if (role === "accept") socket.write(proof(key, ROLE_ACCEPT, nicId, peer, myNonce, peerNonce));
+        const rest = Buffer.from(buf.subarray(TCP_PROOF_BYTES));
+        cleanup();
+        socket.pause();
+        resolve({ peer, rest });
+      };
+      const onClose = () => {
+        if (peerNonce === null)
+          fail(
+            `connection closed during the handshake (after ${buf.length} of ${TCP_HELLO_BYTES} hello bytes)`,
+          );
+        else if (role === "dial")
+          fail(
+            `NIC ${peer} closed the connection instead of proving the cluster key: it refused this NIC's proof (the two hosts have different cluster keys?)`,
+          );
+        else fail(`connection closed before NIC ${peer} proved the cluster key`);
+      };
+      const onError = (e: Error) => fail(`socket error during the handshake: ${e.message}`);
+      socket.on("data", onData);
+      socket.on("close", onClose);
+      socket.on("error", onError);
+      socket.write(hello(nicId, myNonce));
+    });
+  }
+
+  abort(why: string): void {
+    this.fail(why);
+  }
+}
