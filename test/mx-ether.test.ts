@@ -6,7 +6,6 @@
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import type { MxDriver } from "../src/mx/driver.js";
 import { MxEndpoint } from "../src/mx/endpoint.js";
 import {
   BROADCAST_MAC,
@@ -19,6 +18,7 @@ import {
   setWord,
 } from "../src/mx/ether.js";
 import { SPLIT_ENDPOINT_BASE } from "../src/mx/split-driver.js";
+import type { MxDriver } from "../src/myrixen/driver-abi.js";
 import { INTR_BYTES, WINDOW_BYTES } from "../src/nic/window.js";
 
 const KEY = 0xe7;

@@ -25,6 +25,14 @@
  */
 
 import { getRandomValues } from "node:crypto";
+import { CR_FLAG_NO_PAYLOAD as FLAG_NO_PAYLOAD, RECORD_HEADER_BYTES } from "../myrixen/channel-abi.js";
+import {
+  DRIVER_EVENT_CONNECT,
+  DRIVER_EVENT_DISCONNECT,
+  type DriverChannel,
+  type MxDriver,
+  MxDriverError,
+} from "../myrixen/driver-abi.js";
 import { MxStatus } from "../nic/status.js";
 import {
   D_AUX0,
@@ -92,15 +100,8 @@ import {
   X_REGION,
   X_STATE,
 } from "../nic/window.js";
-import { FLAG_NO_PAYLOAD, LaneReader, LaneWriter, RECORD_HEADER_BYTES } from "./channel.js";
+import { LaneReader, LaneWriter } from "./channel.js";
 import { DEFAULT_RNDV_THRESHOLD, MX_INFINITE, MxError, MxReturn } from "./codes.js";
-import {
-  DRIVER_EVENT_CONNECT,
-  DRIVER_EVENT_DISCONNECT,
-  type DriverChannel,
-  type MxDriver,
-  MxDriverError,
-} from "./driver.js";
 import {
   BROADCAST_MAC,
   type EtherHub,

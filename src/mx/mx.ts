@@ -14,11 +14,11 @@
  * wire carries it; `splitMatch`/`joinMatch` convert from and to bigint.
  */
 
+import type { MxDriver } from "../myrixen/driver-abi.js";
 import { MyriFront } from "../myrixen/front.js";
 import { Netfront } from "../netfront/netfront.js";
 import type { Guest } from "../xen/guest/guest.js";
 import { MX_ANY_ENDPOINT, MxError } from "./codes.js";
-import type { MxDriver } from "./driver.js";
 import { type EndpointOptions, MxEndpoint } from "./endpoint.js";
 import { EtherHub } from "./ether.js";
 import { NativeDriver } from "./native-driver.js";

@@ -5,9 +5,9 @@
  * connected (or fails with MX_NO_DEV / MX_NO_DRIVER saying why).
  */
 
+import type { MxDriver } from "../myrixen/driver-abi.js";
 import { MyriFront, type MyriFrontOptions } from "../myrixen/front.js";
 import type { Guest } from "../xen/guest/guest.js";
-import type { MxDriver } from "./driver.js";
 import { NativeDriver } from "./native-driver.js";
 
 export function openDriver(guest: Guest, opts: MyriFrontOptions = {}): MxDriver {

@@ -14,9 +14,10 @@
  * Eager payloads leave from a staging area the endpoint registers once (one copy, as MX's
  * eager path); a slot is the sender's until the NIC reports the SEND done.
  */
+
+import { type MxDriver, MxDriverError } from "../myrixen/driver-abi.js";
 import { MxStatus } from "../nic/status.js";
 import { ErrorReason, HOLD_MS, SEND_MAX, WIRE_TIMEOUT_MS } from "../nic/window.js";
-import { type MxDriver, MxDriverError } from "./driver.js";
 
 export const WIRE_TYPE_MASK = 0xf;
 export const WIRE_ID_SHIFT = 8;
