@@ -11,11 +11,11 @@ import {
   BROADCAST_MAC,
   type EtherDevice,
   EtherHub,
-  EtherType_,
-  H,
   initEtherFrame,
+  MxoeType,
+  MxoeWord,
   PAYLOAD_AT,
-  setWord,
+  setFrameWord,
 } from "../src/mx/ether.js";
 import { SPLIT_ENDPOINT_BASE } from "../src/mx/split-driver.js";
 import type { MxDriver } from "../src/myrixen/driver-abi.js";
@@ -114,19 +114,19 @@ test("a frame claiming a connected peer's (nic, endpoint, session) from another 
   // The forger's frame: B's identity in the header, the next sequence A expects from B,
   // B's first message; sent from the forger's own MAC to A's.
   const f = new Uint8Array(PAYLOAD_AT + 4);
-  initEtherFrame(f, a.port.mac, evil.port.mac, EtherType_.Eager);
-  setWord(f, H.dstNic, 0);
-  setWord(f, H.dstEp, epA.endpointId);
-  setWord(f, H.dstSession, epA.session);
-  setWord(f, H.srcNic, 0);
-  setWord(f, H.srcEp, epB.endpointId);
-  setWord(f, H.srcSession, epB.session);
-  setWord(f, H.seq, 1);
-  setWord(f, H.ack, 1);
-  setWord(f, H.matchHi, 7);
-  setWord(f, H.length, 4);
-  setWord(f, H.msgSeq, 0);
-  setWord(f, H.payload, 4);
+  initEtherFrame(f, a.port.mac, evil.port.mac, MxoeType.Eager);
+  setFrameWord(f, MxoeWord.dstNic, 0);
+  setFrameWord(f, MxoeWord.dstEp, epA.endpointId);
+  setFrameWord(f, MxoeWord.dstSession, epA.session);
+  setFrameWord(f, MxoeWord.srcNic, 0);
+  setFrameWord(f, MxoeWord.srcEp, epB.endpointId);
+  setFrameWord(f, MxoeWord.srcSession, epB.session);
+  setFrameWord(f, MxoeWord.seq, 1);
+  setFrameWord(f, MxoeWord.ack, 1);
+  setFrameWord(f, MxoeWord.matchHi, 7);
+  setFrameWord(f, MxoeWord.length, 4);
+  setFrameWord(f, MxoeWord.msgSeq, 0);
+  setFrameWord(f, MxoeWord.payload, 4);
   f.set([0xde, 0xad, 0xbe, 0xef], PAYLOAD_AT);
   evil.port.send(f);
 

@@ -106,14 +106,26 @@ import {
   BROADCAST_MAC,
   type EtherHub,
   EtherLink,
-  EtherType_,
-  word as etherWord,
-  H,
+  frameWord as etherWord,
   initEtherFrame,
+  MxoeType,
+  MxoeWord,
   macString,
   PAYLOAD_AT,
-  setWord as setEtherWord,
+  setFrameWord as setEtherWord,
 } from "./ether.js";
+import {
+  COOKIE_CONNECT,
+  COOKIE_SEND,
+  DEFAULT_STAGING_SLOTS,
+  sendFailureText,
+  NR_ID_MASK as WIRE_ID_MASK,
+  NR_ID_SHIFT as WIRE_ID_SHIFT,
+  NR_RNDV_BYTES as WIRE_RNDV_BYTES,
+  NR_TYPE_MASK as WIRE_TYPE_MASK,
+  SendStaging as WireStaging,
+  nicRecordAux0 as wireAux0,
+} from "./nic-records.js";
 import {
   BouncePool,
   MEMORY_KNOB,
@@ -125,18 +137,6 @@ import {
 } from "./regcache.js";
 import { SPLIT_ENDPOINT_BASE } from "./split-driver.js";
 import { DEFAULT_TRACE_RECORDS, FLAG_TRACED, TraceBuffer, TraceStage, traceId, traceNow } from "./trace.js";
-import {
-  COOKIE_CONNECT,
-  COOKIE_SEND,
-  DEFAULT_STAGING_SLOTS,
-  sendFailureText,
-  WIRE_ID_MASK,
-  WIRE_ID_SHIFT,
-  WIRE_RNDV_BYTES,
-  WIRE_TYPE_MASK,
-  WireStaging,
-  wireAux0,
-} from "./wire.js";
 
 const REC_EAGER = 1;
 const REC_RNDV = 2;
@@ -2113,7 +2113,7 @@ export class MxEndpoint {
 
   /** Tells a peer which path we are on (a sequenced control frame). */
   private sendPath(peer: MxAddress): void {
-    this.etherControl(peer, EtherType_.Path, 0, 0, this.split ? 1 : 0, 0);
+    this.etherControl(peer, MxoeType.Path, 0, 0, this.split ? 1 : 0, 0);
   }
 
   /**
@@ -2149,10 +2149,10 @@ export class MxEndpoint {
     length: number,
   ): void {
     const f = link.reserve(type, 0);
-    setEtherWord(f, H.id, id);
-    setEtherWord(f, H.offset, offset);
-    setEtherWord(f, H.msgSeq, msgSeq);
-    setEtherWord(f, H.length, length);
+    setEtherWord(f, MxoeWord.id, id);
+    setEtherWord(f, MxoeWord.offset, offset);
+    setEtherWord(f, MxoeWord.msgSeq, msgSeq);
+    setEtherWord(f, MxoeWord.length, length);
     link.commit();
   }
 
@@ -2198,16 +2198,16 @@ export class MxEndpoint {
     this.connects.set(id, pending);
     const f = this.etherScratch;
     const send = () => {
-      initEtherFrame(f, BROADCAST_MAC, hub.mac, EtherType_.Connect);
-      setEtherWord(f, H.dstNic, nic);
-      setEtherWord(f, H.dstEp, endpoint);
-      setEtherWord(f, H.dstSession, session);
-      setEtherWord(f, H.srcNic, this.nicId);
-      setEtherWord(f, H.srcEp, this.endpointId);
-      setEtherWord(f, H.srcSession, this.session);
-      setEtherWord(f, H.id, id);
-      setEtherWord(f, H.offset, key);
-      setEtherWord(f, H.matchHi, this.split ? 1 : 0);
+      initEtherFrame(f, BROADCAST_MAC, hub.mac, MxoeType.Connect);
+      setEtherWord(f, MxoeWord.dstNic, nic);
+      setEtherWord(f, MxoeWord.dstEp, endpoint);
+      setEtherWord(f, MxoeWord.dstSession, session);
+      setEtherWord(f, MxoeWord.srcNic, this.nicId);
+      setEtherWord(f, MxoeWord.srcEp, this.endpointId);
+      setEtherWord(f, MxoeWord.srcSession, this.session);
+      setEtherWord(f, MxoeWord.id, id);
+      setEtherWord(f, MxoeWord.offset, key);
+      setEtherWord(f, MxoeWord.matchHi, this.split ? 1 : 0);
       hub.send(f);
       hub.flush();
     };
@@ -2288,37 +2288,37 @@ export class MxEndpoint {
 
   /** A frame for this endpoint (the hub checked its headers and destination). */
   private onEtherFrame(f: Uint8Array, type: number): void {
-    const srcNic = etherWord(f, H.srcNic);
-    const srcEp = etherWord(f, H.srcEp);
-    const srcSession = etherWord(f, H.srcSession);
-    if (type === EtherType_.Connect) {
+    const srcNic = etherWord(f, MxoeWord.srcNic);
+    const srcEp = etherWord(f, MxoeWord.srcEp);
+    const srcSession = etherWord(f, MxoeWord.srcSession);
+    if (type === MxoeType.Connect) {
       this.answerConnect(f, srcNic, srcEp, srcSession);
       return;
     }
-    if (type === EtherType_.ConnectReply) {
-      const c = this.connects.get(etherWord(f, H.id));
-      if (c && !c.done && etherWord(f, H.dstSession) === this.session) {
+    if (type === MxoeType.ConnectReply) {
+      const c = this.connects.get(etherWord(f, MxoeWord.id));
+      if (c && !c.done && etherWord(f, MxoeWord.dstSession) === this.session) {
         c.done = true;
-        c.status = etherWord(f, H.msgSeq);
+        c.status = etherWord(f, MxoeWord.msgSeq);
         c.session = srcSession;
         c.mac = f.slice(6, 12);
-        c.peerSplit = etherWord(f, H.matchHi) === 1;
+        c.peerSplit = etherWord(f, MxoeWord.matchHi) === 1;
       }
       return;
     }
-    if (type === EtherType_.Nack) {
+    if (type === MxoeType.Nack) {
       const gone = this.peerIndex.get(`${srcNic}:${srcEp}`);
       if (
         gone?.eth !== undefined &&
         !gone.dead &&
         gone.session === srcSession &&
-        etherWord(f, H.dstSession) === this.session &&
+        etherWord(f, MxoeWord.dstSession) === this.session &&
         macAt(f, 6, gone.eth.mac)
       )
         this.failPeer(gone, "the peer endpoint is closed", MxStatus.ENDPOINT_CLOSED);
       return;
     }
-    if (etherWord(f, H.dstSession) !== this.session) {
+    if (etherWord(f, MxoeWord.dstSession) !== this.session) {
       this.hub!.counters.dropped++;
       return;
     }
@@ -2334,24 +2334,24 @@ export class MxEndpoint {
       return;
     }
     const now = performance.now();
-    link.onAck(etherWord(f, H.ack), now);
-    if (type === EtherType_.Ack || !link.accept(etherWord(f, H.seq))) return;
+    link.onAck(etherWord(f, MxoeWord.ack), now);
+    if (type === MxoeType.Ack || !link.accept(etherWord(f, MxoeWord.seq))) return;
     peer.lastNews = now;
-    const n = etherWord(f, H.payload);
+    const n = etherWord(f, MxoeWord.payload);
     switch (type) {
-      case EtherType_.Eager:
+      case MxoeType.Eager:
         this.etherEager(peer, f, n);
         return;
-      case EtherType_.Rndv:
+      case MxoeType.Rndv:
         this.deliverRecord(
           peer,
           true,
           FLAG_ETHER,
-          etherWord(f, H.matchHi),
-          etherWord(f, H.matchLo),
-          etherWord(f, H.length),
-          etherWord(f, H.id),
-          etherWord(f, H.msgSeq),
+          etherWord(f, MxoeWord.matchHi),
+          etherWord(f, MxoeWord.matchLo),
+          etherWord(f, MxoeWord.length),
+          etherWord(f, MxoeWord.id),
+          etherWord(f, MxoeWord.msgSeq),
           0,
           0,
           0,
@@ -2360,21 +2360,21 @@ export class MxEndpoint {
           0,
         );
         return;
-      case EtherType_.Pull: {
+      case MxoeType.Pull: {
         // The receiver matched our rendezvous and asks for its bytes.
-        const req = this.waitingSync.get(etherWord(f, H.id));
-        const len = etherWord(f, H.length);
+        const req = this.waitingSync.get(etherWord(f, MxoeWord.id));
+        const len = etherWord(f, MxoeWord.length);
         if (!req?.rndv || len > req.buffer.length) {
           this.counters.channelErrors++;
           return;
         }
-        (peer.serving ??= []).push({ req, pullId: etherWord(f, H.offset), off: 0, end: len });
+        (peer.serving ??= []).push({ req, pullId: etherWord(f, MxoeWord.offset), off: 0, end: len });
         this.serve(peer);
         return;
       }
-      case EtherType_.Data: {
-        const p = this.etherPulls.get(etherWord(f, H.id));
-        const off = etherWord(f, H.offset);
+      case MxoeType.Data: {
+        const p = this.etherPulls.get(etherWord(f, MxoeWord.id));
+        const off = etherWord(f, MxoeWord.offset);
         if (!p || p.source !== peer || off + n > p.xfer) {
           this.counters.channelErrors++;
           return;
@@ -2382,7 +2382,7 @@ export class MxEndpoint {
         p.recv.buffer.set(f.subarray(PAYLOAD_AT, PAYLOAD_AT + n), off);
         p.got += n;
         if (p.got >= p.xfer) {
-          this.etherPulls.delete(etherWord(f, H.id));
+          this.etherPulls.delete(etherWord(f, MxoeWord.id));
           this.sendNotify(peer, p.syncId, p.xfer, MxStatus.SUCCESS);
           this.complete(
             p.recv,
@@ -2392,11 +2392,15 @@ export class MxEndpoint {
         }
         return;
       }
-      case EtherType_.Notify:
-        this.onNotify(etherWord(f, H.id), etherWord(f, H.offset), etherWord(f, H.msgSeq));
+      case MxoeType.Notify:
+        this.onNotify(
+          etherWord(f, MxoeWord.id),
+          etherWord(f, MxoeWord.offset),
+          etherWord(f, MxoeWord.msgSeq),
+        );
         return;
-      case EtherType_.Path:
-        peer.peerSplit = etherWord(f, H.msgSeq) === 1;
+      case MxoeType.Path:
+        peer.peerSplit = etherWord(f, MxoeWord.msgSeq) === 1;
         this.recomputeVia(peer);
         return;
       default:
@@ -2406,12 +2410,12 @@ export class MxEndpoint {
 
   /** An eager fragment: delivered at once if whole, else gathered (a message's frames are consecutive). */
   private etherEager(peer: MxAddress, f: Uint8Array, n: number): void {
-    const length = etherWord(f, H.length);
-    const off = etherWord(f, H.offset);
-    const seq = etherWord(f, H.msgSeq);
-    const mh = etherWord(f, H.matchHi);
-    const ml = etherWord(f, H.matchLo);
-    const syncId = etherWord(f, H.id);
+    const length = etherWord(f, MxoeWord.length);
+    const off = etherWord(f, MxoeWord.offset);
+    const seq = etherWord(f, MxoeWord.msgSeq);
+    const mh = etherWord(f, MxoeWord.matchHi);
+    const ml = etherWord(f, MxoeWord.matchLo);
+    const syncId = etherWord(f, MxoeWord.id);
     if (off === 0 && n === length) {
       this.deliverRecord(peer, false, 0, mh, ml, length, syncId, seq, 0, 0, 0, 0, f, PAYLOAD_AT);
       return;
@@ -2437,32 +2441,32 @@ export class MxEndpoint {
 
   /** The owner of (nic, ep) answers a CONNECT: key (or session) checked, and learns who asked. */
   private answerConnect(f: Uint8Array, srcNic: number, srcEp: number, srcSession: number): void {
-    const resolveSession = etherWord(f, H.dstSession);
+    const resolveSession = etherWord(f, MxoeWord.dstSession);
     const status =
       resolveSession !== 0
         ? resolveSession === this.session
           ? MxStatus.SUCCESS
           : MxStatus.BAD_SESSION
-        : etherWord(f, H.offset) === this.key
+        : etherWord(f, MxoeWord.offset) === this.key
           ? MxStatus.SUCCESS
           : MxStatus.BAD_KEY;
     const mac = f.slice(6, 12);
-    const peerSplit = etherWord(f, H.matchHi) === 1;
-    const id = etherWord(f, H.id);
+    const peerSplit = etherWord(f, MxoeWord.matchHi) === 1;
+    const id = etherWord(f, MxoeWord.id);
     // A claim to be a peer we know at another MAC gets no answer.
     if (status === MxStatus.SUCCESS && !this.learnEtherPeer(srcNic, srcEp, srcSession, mac, peerSplit))
       return;
     const r = this.etherScratch;
-    initEtherFrame(r, mac, this.hub!.mac, EtherType_.ConnectReply);
-    setEtherWord(r, H.dstNic, srcNic);
-    setEtherWord(r, H.dstEp, srcEp);
-    setEtherWord(r, H.dstSession, srcSession);
-    setEtherWord(r, H.srcNic, this.nicId);
-    setEtherWord(r, H.srcEp, this.endpointId);
-    setEtherWord(r, H.srcSession, this.session);
-    setEtherWord(r, H.id, id);
-    setEtherWord(r, H.msgSeq, status);
-    setEtherWord(r, H.matchHi, this.split ? 1 : 0);
+    initEtherFrame(r, mac, this.hub!.mac, MxoeType.ConnectReply);
+    setEtherWord(r, MxoeWord.dstNic, srcNic);
+    setEtherWord(r, MxoeWord.dstEp, srcEp);
+    setEtherWord(r, MxoeWord.dstSession, srcSession);
+    setEtherWord(r, MxoeWord.srcNic, this.nicId);
+    setEtherWord(r, MxoeWord.srcEp, this.endpointId);
+    setEtherWord(r, MxoeWord.srcSession, this.session);
+    setEtherWord(r, MxoeWord.id, id);
+    setEtherWord(r, MxoeWord.msgSeq, status);
+    setEtherWord(r, MxoeWord.matchHi, this.split ? 1 : 0);
     this.hub!.send(r);
   }
 
@@ -2491,9 +2495,9 @@ export class MxEndpoint {
     while (jobs.length > 0 && link.room > 0) {
       const j = jobs[0];
       const n = Math.min(max, j.end - j.off);
-      const f = link.reserve(EtherType_.Data, n);
-      setEtherWord(f, H.id, j.pullId);
-      setEtherWord(f, H.offset, j.off);
+      const f = link.reserve(MxoeType.Data, n);
+      setEtherWord(f, MxoeWord.id, j.pullId);
+      setEtherWord(f, MxoeWord.offset, j.off);
       const src = j.req.bounce ?? j.req.buffer;
       f.set(src.subarray(j.off, j.off + n), PAYLOAD_AT);
       link.commit();
@@ -2518,16 +2522,16 @@ export class MxEndpoint {
     const seq = dest.sendSeq;
     dest.sendSeq = (dest.sendSeq + 1) >>> 0;
     if (req.rndv) {
-      const f = link.reserve(EtherType_.Rndv, 0);
+      const f = link.reserve(MxoeType.Rndv, 0);
       this.stampMessage(f, req, seq);
       link.commit();
       this.counters.rndv++;
     } else {
       for (let off = 0, k = 0; k < frames; k++, off += max) {
         const len = Math.min(max, n - off);
-        const f = link.reserve(EtherType_.Eager, len);
+        const f = link.reserve(MxoeType.Eager, len);
         this.stampMessage(f, req, seq);
-        setEtherWord(f, H.offset, off);
+        setEtherWord(f, MxoeWord.offset, off);
         if (len > 0) f.set(req.buffer.subarray(off, off + len), PAYLOAD_AT);
         link.commit();
       }
@@ -2540,15 +2544,15 @@ export class MxEndpoint {
   }
 
   private stampMessage(f: Uint8Array, req: MxRequest, seq: number): void {
-    setEtherWord(f, H.matchHi, req.status.matchHi);
-    setEtherWord(f, H.matchLo, req.status.matchLo);
-    setEtherWord(f, H.length, req.buffer.length);
-    setEtherWord(f, H.msgSeq, seq);
-    setEtherWord(f, H.id, req.syncId);
+    setEtherWord(f, MxoeWord.matchHi, req.status.matchHi);
+    setEtherWord(f, MxoeWord.matchLo, req.status.matchLo);
+    setEtherWord(f, MxoeWord.length, req.buffer.length);
+    setEtherWord(f, MxoeWord.msgSeq, seq);
+    setEtherWord(f, MxoeWord.id, req.syncId);
   }
 
   private etherNotify(peer: MxAddress, syncId: number, xfer: number, status: number): void {
-    this.etherControl(peer, EtherType_.Notify, syncId, xfer, status, 0);
+    this.etherControl(peer, MxoeType.Notify, syncId, xfer, status, 0);
   }
 
   /** The receiver's side of a rendezvous over Ethernet: ask the sender for the bytes. */
@@ -2561,7 +2565,7 @@ export class MxEndpoint {
     const pullId = this.newId();
     this.etherPulls.set(pullId, { recv: req, source, syncId, xfer, got: 0 });
     this.counters.pulls++;
-    this.etherControl(source, EtherType_.Pull, syncId, pullId, 0, xfer);
+    this.etherControl(source, MxoeType.Pull, syncId, pullId, 0, xfer);
   }
 
   /**
