@@ -60,7 +60,7 @@ import {
 export type { EndpointCounters } from "./types.js";
 export { MxAddress, MxRequest, MxStatusInfo, RequestState } from "./types.js";
 
-/** How long a blocking call spins on progress before it sleeps, µs (machine-limits.md). */
+/** How long a blocking call spins on progress before it sleeps, µs (README, Design notes: "Waits"). */
 export const DEFAULT_SPIN_US = 20;
 /** Polls of a blocking wait before it looks at the clock (a spinning peer answers well within them). */
 const FAST_POLLS = 256;
