@@ -1,6 +1,7 @@
 /**
  * Which MX driver a program gets, by where it runs: a native process of the driver domain's
- * OS gets the native driver; a guest VM gets myrifront (the bypass path). Synchronous, so
+ * OS gets the native driver; a guest VM gets myrifront (the bypass path). The one place that
+ * choice is made (Mx.init adds the split path around it). Synchronous, so
  * mx_init can call it: myrifront's xenbus handshake blocks the caller until the backend
  * connected (or fails with MX_NO_DEV / MX_NO_DRIVER saying why).
  */
