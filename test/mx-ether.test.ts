@@ -17,7 +17,9 @@ import {
   PAYLOAD_AT,
   setFrameWord,
 } from "../src/mx/ether.js";
+import type { EtherEngine, EtherPath } from "../src/mx/ether-path.js";
 import { SPLIT_ENDPOINT_BASE } from "../src/mx/split-driver.js";
+import { kPartner } from "../src/mx/types.js";
 import type { MxDriver } from "../src/myrixen/driver-abi.js";
 import { INTR_BYTES, WINDOW_BYTES } from "../src/nic/window.js";
 
@@ -145,4 +147,38 @@ test("a frame claiming a connected peer's (nic, endpoint, session) from another 
   assert.ok(epB.wait(s, 2000));
   epA.close();
   epB.close();
+});
+
+test("a rendezvous is served only to its receiver: another peer's PULL naming its sync id is refused", () => {
+  const bridge = new Bridge();
+  const a = station(bridge, 1);
+  const b = station(bridge, 2);
+  const c = station(bridge, 3);
+  const epA = new MxEndpoint(driver(1), { key: KEY, ether: a.hub });
+  const epB = new MxEndpoint(driver(2), { key: KEY, ether: b.hub });
+  const epC = new MxEndpoint(driver(3), { key: KEY, ether: c.hub });
+  const toB = epA.connect(0, epB.endpointId, KEY, 2000);
+  const cToA = epC.connect(0, epA.endpointId, KEY, 2000);
+
+  const secret = new Uint8Array(40_000).fill(0x5e); // above the rendezvous threshold
+  const s = epA.isend(secret, toB, 0, 1);
+  assert.ok(s.syncId !== 0);
+  // C, a connected peer of A, asks for B's rendezvous by its sync id, through its own stream to A.
+  const engineC = (epC as unknown as { ether: EtherEngine }).ether;
+  const pathCA = cToA[kPartner].ether as EtherPath;
+  engineC.control(pathCA, MxoeType.Pull, s.syncId, 1234, 0, secret.length);
+  for (let i = 0; i < 20; i++) {
+    epA.progress(true);
+    epC.progress(true);
+  }
+  assert.equal(epA.counters.channelErrors, 1, "A refused the PULL");
+  assert.equal(epC.counters.channelErrors, 0, "no DATA of B's message reached C");
+
+  // B, the receiver, still gets its message.
+  const got = new Uint8Array(secret.length);
+  const st = epB.wait(epB.irecv(got, 0, 1, ALL, ALL), 2000);
+  assert.equal(st?.codeName, "MX_STATUS_SUCCESS");
+  assert.ok(got.every((x) => x === 0x5e));
+  assert.equal(epA.wait(s, 2000)?.codeName, "MX_STATUS_SUCCESS");
+  for (const ep of [epA, epB, epC]) ep.close();
 });

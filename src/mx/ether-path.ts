@@ -305,10 +305,10 @@ export class EtherEngine implements Puller, PeerLossListener {
         return;
       }
       case MxoeType.Pull: {
-        // The receiver matched our rendezvous and asks for its bytes.
+        // The receiver matched our rendezvous and asks for its bytes (only its receiver may).
         const req = this.parts.sends.get(frameWord(f, MxoeWord.id));
         const len = frameWord(f, MxoeWord.length);
-        if (!req?.rndv || len > req.buffer.length) {
+        if (!req?.rndv || req.peer !== peer || len > req.buffer.length) {
           this.ctx.counters.channelErrors++;
           return;
         }
