@@ -4,10 +4,10 @@ import { test } from "node:test";
 import { LaneReader, LaneWriter } from "../src/mx/channel.js";
 import {
   CHANNEL_BYTES,
-  CR_FLAG_NO_PAYLOAD,
   LANE_BYTES,
   LANE_HEADER_BYTES,
   RECORD_HEADER_BYTES,
+  RecordFlag,
 } from "../src/myrixen/channel-abi.js";
 
 function write(w: LaneWriter, type: number, payload: Uint8Array, aux0 = 0): boolean {
@@ -75,12 +75,12 @@ test("rendezvous headers carry a message length without a payload", () => {
   const w = new LaneWriter(ch, 0);
   const r = new LaneReader(ch, 0, 3);
   const at = w.reserve(0);
-  w.words[(at >>> 2) + 1] = 2 | (CR_FLAG_NO_PAYLOAD << 16);
+  w.words[(at >>> 2) + 1] = 2 | (RecordFlag.NoPayload << 16);
   w.words[(at >>> 2) + 4] = 64 * 1024 * 1024;
   w.commit();
   assert.ok(r.next());
   assert.equal(r.length, 64 * 1024 * 1024);
-  assert.equal(r.flags, CR_FLAG_NO_PAYLOAD);
+  assert.equal(r.flags, RecordFlag.NoPayload);
 });
 
 test("garbage from a hostile writer marks the lane broken and never throws", () => {

@@ -10,15 +10,7 @@
  * (DRIVER_EVENT_DISCONNECT: read what it managed to send, then fail it).
  */
 
-import {
-  CR_AUX,
-  CR_FLAG_NO_PAYLOAD,
-  CR_LENGTH,
-  CR_MATCH_HI,
-  CR_MATCH_LO,
-  CR_TYPE,
-  RECORD_HEADER_BYTES,
-} from "../myrixen/channel-abi.js";
+import { RECORD_HEADER_BYTES, RecordFlag, RecordWord } from "../myrixen/channel-abi.js";
 import type { DriverChannel, MxDriver } from "../myrixen/driver-abi.js";
 import { DRIVER_EVENT_CONNECT, DRIVER_EVENT_DISCONNECT } from "../myrixen/driver-abi.js";
 import { MxStatus } from "../nic/status.js";
@@ -31,21 +23,7 @@ import type { DriverEventSink, NicQueues } from "./nic-queues.js";
 import type { PartnerTable } from "./partner.js";
 import type { PendingSends } from "./pending-sends.js";
 import type { PullRights } from "./pull-rights.js";
-import {
-  AUX_NOTIFY_STATUS,
-  AUX_NOTIFY_SYNC_ID,
-  AUX_NOTIFY_XFER,
-  AUX_SEQ,
-  AUX_SYNC_ID,
-  AUX_TRACE_SEQ,
-  AUX_XP_INDEX,
-  AUX_XP_KEY,
-  AUX_XP_OFFSET,
-  REC_EAGER,
-  REC_MAX_CHANNEL,
-  REC_NOTIFY,
-  REC_RNDV,
-} from "./records.js";
+import { MAX_CHANNEL_RECORD, MsgAux, NotifyAux, RecordType } from "./records.js";
 import { FLAG_TRACED, TraceStage, traceNow } from "./trace.js";
 import {
   type ChannelEnd,
@@ -91,7 +69,7 @@ export class ChannelPath implements PeerPath, ChannelEnd {
   ) {
     this.channelId = ch.channelId;
     this.writer = new LaneWriter(ch.channel, ch.side);
-    this.reader = new LaneReader(ch.channel, (1 - ch.side) as 0 | 1, REC_MAX_CHANNEL);
+    this.reader = new LaneReader(ch.channel, (1 - ch.side) as 0 | 1, MAX_CHANNEL_RECORD);
     this.peerIntr = new Int32Array(ch.peerIntr);
     this.ctx = parts.ctx;
     this.completion = parts.completion;
@@ -111,18 +89,18 @@ export class ChannelPath implements PeerPath, ChannelEnd {
     if (at < 0) return false;
     const words = w.words;
     const i = at >>> 2;
-    const aux = i + CR_AUX;
+    const aux = i + RecordWord.Aux;
     if (req.sync || rndv) this.sends.add(req);
-    words[i + CR_TYPE] = rndv ? REC_RNDV | (CR_FLAG_NO_PAYLOAD << 16) : REC_EAGER;
-    words[i + CR_MATCH_HI] = req.matchHi;
-    words[i + CR_MATCH_LO] = req.matchLo;
-    words[i + CR_LENGTH] = req.buffer.length;
-    words[aux + AUX_SYNC_ID] = req.syncId;
-    words[aux + AUX_SEQ] = this.peer.sendSeq++;
+    words[i + RecordWord.Type] = rndv ? RecordType.Rndv | (RecordFlag.NoPayload << 16) : RecordType.Eager;
+    words[i + RecordWord.MatchHi] = req.matchHi;
+    words[i + RecordWord.MatchLo] = req.matchLo;
+    words[i + RecordWord.Length] = req.buffer.length;
+    words[aux + MsgAux.SyncId] = req.syncId;
+    words[aux + MsgAux.Seq] = this.peer.sendSeq++;
     if (rndv) {
-      words[aux + AUX_XP_INDEX] = req.xp;
-      words[aux + AUX_XP_KEY] = this.rights.keyOf(req);
-      words[aux + AUX_XP_OFFSET] = 0;
+      words[aux + MsgAux.XpIndex] = req.xp;
+      words[aux + MsgAux.XpKey] = this.rights.keyOf(req);
+      words[aux + MsgAux.XpOffset] = 0;
       this.ctx.counters.rndv++;
     } else {
       if (payload > 0) copyInto(w.bytes, at + RECORD_HEADER_BYTES, req.buffer, 0, payload);
@@ -131,8 +109,8 @@ export class ChannelPath implements PeerPath, ChannelEnd {
     const tb = this.ctx.trace;
     if (tb !== undefined && req.traceId !== 0) {
       // Stamped before the commit: the receiver may see the record the moment it is published.
-      words[i + CR_TYPE] |= FLAG_TRACED << 16;
-      words[aux + AUX_TRACE_SEQ] = req.traceId % 0x100000000;
+      words[i + RecordWord.Type] |= FLAG_TRACED << 16;
+      words[aux + MsgAux.TraceSeq] = req.traceId % 0x100000000;
       tb.record(req.traceId, rndv ? TraceStage.RndvSent : TraceStage.Written, traceNow());
     }
     w.commit();
@@ -154,14 +132,14 @@ export class ChannelPath implements PeerPath, ChannelEnd {
     }
     const words = w.words;
     const i = at >>> 2;
-    const aux = i + CR_AUX;
-    words[i + CR_TYPE] = REC_NOTIFY;
-    words[i + CR_MATCH_HI] = 0;
-    words[i + CR_MATCH_LO] = 0;
-    words[i + CR_LENGTH] = 0;
-    words[aux + AUX_NOTIFY_SYNC_ID] = syncId;
-    words[aux + AUX_NOTIFY_XFER] = xfer;
-    words[aux + AUX_NOTIFY_STATUS] = status;
+    const aux = i + RecordWord.Aux;
+    words[i + RecordWord.Type] = RecordType.Notify;
+    words[i + RecordWord.MatchHi] = 0;
+    words[i + RecordWord.MatchLo] = 0;
+    words[i + RecordWord.Length] = 0;
+    words[aux + NotifyAux.SyncId] = syncId;
+    words[aux + NotifyAux.Xfer] = xfer;
+    words[aux + NotifyAux.Status] = status;
     w.commit();
     if (raiseInterrupt(this.peerIntr)) this.ctx.counters.kicks++;
   }
@@ -222,22 +200,22 @@ export class ChannelPath implements PeerPath, ChannelEnd {
   private onRecord(rd: LaneReader): void {
     const a = rd.aux;
     const type = rd.type;
-    if (type === REC_NOTIFY) {
-      this.sends.answer(a[AUX_NOTIFY_SYNC_ID], a[AUX_NOTIFY_XFER], a[AUX_NOTIFY_STATUS]);
+    if (type === RecordType.Notify) {
+      this.sends.answer(a[NotifyAux.SyncId], a[NotifyAux.Xfer], a[NotifyAux.Status]);
       return;
     }
     const r = this.rec;
-    r.rndv = type === REC_RNDV;
+    r.rndv = type === RecordType.Rndv;
     r.flags = rd.flags;
     r.matchHi = rd.matchHi;
     r.matchLo = rd.matchLo;
     r.length = rd.length;
-    r.syncId = a[AUX_SYNC_ID];
-    r.seq = a[AUX_SEQ];
-    r.region = a[AUX_XP_INDEX];
-    r.key = a[AUX_XP_KEY];
-    r.offset = a[AUX_XP_OFFSET];
-    r.traceSeq = a[AUX_TRACE_SEQ];
+    r.syncId = a[MsgAux.SyncId];
+    r.seq = a[MsgAux.Seq];
+    r.region = a[MsgAux.XpIndex];
+    r.key = a[MsgAux.XpKey];
+    r.offset = a[MsgAux.XpOffset];
+    r.traceSeq = a[MsgAux.TraceSeq];
     r.bytes = rd.bytes;
     r.payload = rd.payload;
     this.matching.deliver(this.peer, r);

@@ -11,23 +11,15 @@
  * throws on lane contents. Nothing here allocates per record.
  */
 import {
-  CR_AUX,
-  CR_AUX_WORDS,
-  CR_FLAG_NO_PAYLOAD,
-  CR_LENGTH,
-  CR_MATCH_HI,
-  CR_MATCH_LO,
-  CR_SIZE,
-  CR_TYPE,
   LANE_BYTES,
-  LANE_CLOSED,
-  LANE_HEAD,
   LANE_HEADER_BYTES,
-  LANE_SPACE_WANTED,
-  LANE_TAIL,
+  LaneWord,
   laneOffset,
+  RECORD_AUX_WORDS,
   RECORD_HEADER_BYTES,
   RECORD_PAD,
+  RecordFlag,
+  RecordWord,
 } from "../myrixen/channel-abi.js";
 
 const align8 = (n: number) => (n + 7) & ~7;
@@ -47,14 +39,14 @@ export class LaneWriter {
     this.ctl = new Int32Array(channel, off, LANE_HEADER_BYTES / 4);
     this.bytes = new Uint8Array(channel, off + LANE_HEADER_BYTES, LANE_BYTES);
     this.words = new Uint32Array(channel, off + LANE_HEADER_BYTES, LANE_BYTES / 4);
-    this.tail = Atomics.load(this.ctl, LANE_TAIL) >>> 0;
-    this.headSeen = Atomics.load(this.ctl, LANE_HEAD) >>> 0;
+    this.tail = Atomics.load(this.ctl, LaneWord.Tail) >>> 0;
+    this.headSeen = Atomics.load(this.ctl, LaneWord.Head) >>> 0;
   }
 
   /**
    * Reserves a record with `payload` bytes after its header. Returns the byte offset of the
    * record header in `bytes` (payload at +48), or −1 if the lane has no room now.
-   * The caller fills words CR_TYPE..CR_AUX+6 and the payload, then calls `commit()`.
+   * The caller fills words RecordWord.Type up to End and the payload, then calls `commit()`.
    */
   reserve(payload: number): number {
     const need = align8(RECORD_HEADER_BYTES + payload);
@@ -63,21 +55,21 @@ export class LaneWriter {
     const tillEnd = LANE_BYTES - pos;
     const total = need > tillEnd ? tillEnd + need : need;
     if (LANE_BYTES - ((this.tail - this.headSeen) >>> 0) < total) {
-      this.headSeen = Atomics.load(this.ctl, LANE_HEAD) >>> 0;
+      this.headSeen = Atomics.load(this.ctl, LaneWord.Head) >>> 0;
       if (LANE_BYTES - ((this.tail - this.headSeen) >>> 0) < total) {
-        Atomics.store(this.ctl, LANE_SPACE_WANTED, 1);
+        Atomics.store(this.ctl, LaneWord.SpaceWanted, 1);
         // The reader may have freed space between our look and the flag: look once more.
-        this.headSeen = Atomics.load(this.ctl, LANE_HEAD) >>> 0;
+        this.headSeen = Atomics.load(this.ctl, LaneWord.Head) >>> 0;
         if (LANE_BYTES - ((this.tail - this.headSeen) >>> 0) < total) return -1;
       }
     }
     if (need > tillEnd) {
-      this.words[(pos >>> 2) + CR_SIZE] = tillEnd;
-      this.words[(pos >>> 2) + CR_TYPE] = RECORD_PAD;
+      this.words[(pos >>> 2) + RecordWord.Size] = tillEnd;
+      this.words[(pos >>> 2) + RecordWord.Type] = RECORD_PAD;
       this.tail = (this.tail + tillEnd) >>> 0;
       pos = 0;
     }
-    this.words[(pos >>> 2) + CR_SIZE] = need;
+    this.words[(pos >>> 2) + RecordWord.Size] = need;
     this.pendingStart = pos;
     this.pending = need;
     return pos;
@@ -87,12 +79,12 @@ export class LaneWriter {
   commit(): void {
     this.tail = (this.tail + this.pending) >>> 0;
     this.pending = 0;
-    Atomics.store(this.ctl, LANE_TAIL, this.tail | 0);
+    Atomics.store(this.ctl, LaneWord.Tail, this.tail | 0);
   }
 
   /** Bytes the reader has not consumed yet (0 = the peer has seen everything). */
   backlog(): number {
-    return (this.tail - (Atomics.load(this.ctl, LANE_HEAD) >>> 0)) >>> 0;
+    return (this.tail - (Atomics.load(this.ctl, LaneWord.Head) >>> 0)) >>> 0;
   }
 
   get lastReserved(): number {
@@ -100,12 +92,12 @@ export class LaneWriter {
   }
 
   close(): void {
-    Atomics.store(this.ctl, LANE_CLOSED, 1);
+    Atomics.store(this.ctl, LaneWord.Closed, 1);
   }
 
   /** The peer (reader of this lane) declared the channel dead. */
   get closed(): boolean {
-    return Atomics.load(this.ctl, LANE_CLOSED) !== 0;
+    return Atomics.load(this.ctl, LaneWord.Closed) !== 0;
   }
 }
 
@@ -124,8 +116,8 @@ export class LaneReader {
   matchHi = 0;
   matchLo = 0;
   length = 0;
-  /** The protocol words (CR_AUX…; their meaning per type: records.ts). */
-  readonly aux = new Uint32Array(CR_AUX_WORDS);
+  /** The protocol words (RecordWord.Aux…; their meaning per type: records.ts). */
+  readonly aux = new Uint32Array(RECORD_AUX_WORDS);
   /** Byte offset of the payload in `bytes`. */
   payload = 0;
   private size = 0;
@@ -139,7 +131,7 @@ export class LaneReader {
     this.ctl = new Int32Array(channel, off, LANE_HEADER_BYTES / 4);
     this.bytes = new Uint8Array(channel, off + LANE_HEADER_BYTES, LANE_BYTES);
     this.words = new Uint32Array(channel, off + LANE_HEADER_BYTES, LANE_BYTES / 4);
-    this.head = Atomics.load(this.ctl, LANE_HEAD) >>> 0;
+    this.head = Atomics.load(this.ctl, LaneWord.Head) >>> 0;
     this.tailSeen = this.head;
   }
 
@@ -148,7 +140,7 @@ export class LaneReader {
     if (this.broken) return false;
     for (;;) {
       if (this.head === this.tailSeen) {
-        this.tailSeen = Atomics.load(this.ctl, LANE_TAIL) >>> 0;
+        this.tailSeen = Atomics.load(this.ctl, LaneWord.Tail) >>> 0;
         if (this.head === this.tailSeen) return false;
       }
       const avail = (this.tailSeen - this.head) >>> 0;
@@ -156,8 +148,8 @@ export class LaneReader {
         return this.fail(`tail ran ${avail} bytes ahead of head (lane holds ${LANE_BYTES})`);
       const pos = this.head % LANE_BYTES;
       const w = pos >>> 2;
-      const size = this.words[w + CR_SIZE];
-      const tw = this.words[w + CR_TYPE];
+      const size = this.words[w + RecordWord.Size];
+      const tw = this.words[w + RecordWord.Type];
       const type = tw & 0xffff;
       if (size < 8 || size % 8 !== 0 || size > LANE_BYTES - pos || size > avail)
         return this.fail(
@@ -169,15 +161,15 @@ export class LaneReader {
       }
       if (size < RECORD_HEADER_BYTES || type > this.maxType)
         return this.fail(`record at ${pos}: type ${type}, ${size} bytes`);
-      const length = this.words[w + CR_LENGTH];
-      if (length > size - RECORD_HEADER_BYTES && !(tw & (CR_FLAG_NO_PAYLOAD << 16)))
+      const length = this.words[w + RecordWord.Length];
+      if (length > size - RECORD_HEADER_BYTES && !(tw & (RecordFlag.NoPayload << 16)))
         return this.fail(`record at ${pos}: payload ${length} bytes does not fit in ${size}`);
       this.type = type;
       this.flags = tw >>> 16;
-      this.matchHi = this.words[w + CR_MATCH_HI];
-      this.matchLo = this.words[w + CR_MATCH_LO];
+      this.matchHi = this.words[w + RecordWord.MatchHi];
+      this.matchLo = this.words[w + RecordWord.MatchLo];
       this.length = length;
-      for (let i = 0; i < CR_AUX_WORDS; i++) this.aux[i] = this.words[w + CR_AUX + i];
+      for (let i = RecordWord.Aux; i < RecordWord.End; i++) this.aux[i - RecordWord.Aux] = this.words[w + i];
       this.payload = pos + RECORD_HEADER_BYTES;
       this.size = size;
       return true;
@@ -187,8 +179,8 @@ export class LaneReader {
   /** True (once) if the writer found the lane full and waits for space: wake it. */
   takeSpaceWanted(): boolean {
     return (
-      Atomics.load(this.ctl, LANE_SPACE_WANTED) !== 0 &&
-      Atomics.exchange(this.ctl, LANE_SPACE_WANTED, 0) !== 0
+      Atomics.load(this.ctl, LaneWord.SpaceWanted) !== 0 &&
+      Atomics.exchange(this.ctl, LaneWord.SpaceWanted, 0) !== 0
     );
   }
 
@@ -196,16 +188,16 @@ export class LaneReader {
   release(): void {
     this.head = (this.head + this.size) >>> 0;
     this.size = 0;
-    Atomics.store(this.ctl, LANE_HEAD, this.head | 0);
+    Atomics.store(this.ctl, LaneWord.Head, this.head | 0);
   }
 
   close(): void {
-    Atomics.store(this.ctl, LANE_CLOSED, 1);
+    Atomics.store(this.ctl, LaneWord.Closed, 1);
   }
 
   /** The writer of this lane declared the channel dead. */
   get closed(): boolean {
-    return Atomics.load(this.ctl, LANE_CLOSED) !== 0;
+    return Atomics.load(this.ctl, LaneWord.Closed) !== 0;
   }
 
   private fail(reason: string): false {

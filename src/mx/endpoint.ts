@@ -58,7 +58,7 @@ import {
 } from "./types.js";
 
 export type { EndpointCounters } from "./types.js";
-export { MxAddress, MxRequest, MxStatusInfo, RequestState } from "./types.js";
+export { MxAddress, MxRequest, MxStatusInfo } from "./types.js";
 
 /** How long a blocking call spins on progress before it sleeps, µs (README, Design notes: "Waits"). */
 export const DEFAULT_SPIN_US = 20;

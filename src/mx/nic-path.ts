@@ -61,7 +61,7 @@ import {
 import type { PartnerTable } from "./partner.js";
 import type { PendingSends } from "./pending-sends.js";
 import type { PullRights } from "./pull-rights.js";
-import { REC_EAGER, REC_NOTIFY, REC_PING, REC_RNDV } from "./records.js";
+import { RecordType } from "./records.js";
 import { MEMORY_KNOB } from "./regcache.js";
 import type { Regions } from "./regions.js";
 import {
@@ -233,7 +233,7 @@ export class NicRecords implements NicRecordSink {
     w[b + D_LENGTH] = len;
     w[b + D_MATCH_HI] = req.matchHi;
     w[b + D_MATCH_LO] = req.matchLo;
-    w[b + D_AUX0] = nicRecordAux0(req.rndv ? REC_RNDV : REC_EAGER, 0, req.syncId);
+    w[b + D_AUX0] = nicRecordAux0(req.rndv ? RecordType.Rndv : RecordType.Eager, 0, req.syncId);
     w[b + D_AUX1] = seq;
     req.state = RequestState.Sent;
     this.nic.post();
@@ -246,7 +246,7 @@ export class NicRecords implements NicRecordSink {
     const w = this.nic.window;
     const b = this.sendTo(peer, COOKIE_SEND | NO_SLOT, true);
     w[b + D_MATCH_HI] = xfer;
-    w[b + D_AUX0] = nicRecordAux0(REC_NOTIFY, 0, syncId);
+    w[b + D_AUX0] = nicRecordAux0(RecordType.Notify, 0, syncId);
     w[b + D_AUX1] = status;
     this.nic.post();
     this.ctx.counters.wireSends++;
@@ -310,14 +310,14 @@ export class NicRecords implements NicRecordSink {
     const pay = RECV_OFFSET + off;
     const b = this.nic.windowBytes;
     const r = this.rec;
-    if (type === REC_EAGER || (type === REC_RNDV && len === NR_RNDV_BYTES)) {
+    if (type === RecordType.Eager || (type === RecordType.Rndv && len === NR_RNDV_BYTES)) {
       r.flags = 0;
       r.matchHi = w[base + E_MATCH_HI] >>> 0;
       r.matchLo = w[base + E_MATCH_LO] >>> 0;
       r.syncId = id;
       r.seq = aux1;
       r.traceSeq = 0;
-      if (type === REC_EAGER) {
+      if (type === RecordType.Eager) {
         r.rndv = false;
         r.length = len;
         r.region = 0;
@@ -335,9 +335,9 @@ export class NicRecords implements NicRecordSink {
         r.payload = 0;
       }
       this.parts.matching.deliver(peer, r);
-    } else if (type === REC_NOTIFY) {
+    } else if (type === RecordType.Notify) {
       this.sends.answer(id, w[base + E_MATCH_HI] >>> 0, aux1);
-    } else if (type !== REC_PING) {
+    } else if (type !== RecordType.Ping) {
       this.ctx.counters.channelErrors++;
     }
   }
@@ -445,7 +445,7 @@ export class NicRecords implements NicRecordSink {
       p.lastNews = now;
       const w = this.nic.window;
       const b = this.sendTo(p, COOKIE_SEND | slot, false);
-      w[b + D_AUX0] = nicRecordAux0(REC_PING, 0, 0);
+      w[b + D_AUX0] = nicRecordAux0(RecordType.Ping, 0, 0);
       this.nic.post();
       this.ctx.counters.probes++;
     }
