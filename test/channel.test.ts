@@ -1,15 +1,14 @@
 /** The co-resident channel's lanes: records in order, wrap-around, back-pressure, and a hostile writer. */
 import assert from "node:assert/strict";
 import { test } from "node:test";
+import { LaneReader, LaneWriter } from "../src/mx/channel.js";
 import {
   CHANNEL_BYTES,
-  FLAG_NO_PAYLOAD,
   LANE_BYTES,
   LANE_HEADER_BYTES,
-  LaneReader,
-  LaneWriter,
   RECORD_HEADER_BYTES,
-} from "../src/mx/channel.js";
+  RecordFlag,
+} from "../src/myrixen/channel-abi.js";
 
 function write(w: LaneWriter, type: number, payload: Uint8Array, aux0 = 0): boolean {
   const at = w.reserve(payload.length);
@@ -76,12 +75,12 @@ test("rendezvous headers carry a message length without a payload", () => {
   const w = new LaneWriter(ch, 0);
   const r = new LaneReader(ch, 0, 3);
   const at = w.reserve(0);
-  w.words[(at >>> 2) + 1] = 2 | (FLAG_NO_PAYLOAD << 16);
+  w.words[(at >>> 2) + 1] = 2 | (RecordFlag.NoPayload << 16);
   w.words[(at >>> 2) + 4] = 64 * 1024 * 1024;
   w.commit();
   assert.ok(r.next());
   assert.equal(r.length, 64 * 1024 * 1024);
-  assert.equal(r.flags, FLAG_NO_PAYLOAD);
+  assert.equal(r.flags, RecordFlag.NoPayload);
 });
 
 test("garbage from a hostile writer marks the lane broken and never throws", () => {

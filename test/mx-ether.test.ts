@@ -6,19 +6,21 @@
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import type { MxDriver } from "../src/mx/driver.js";
 import { MxEndpoint } from "../src/mx/endpoint.js";
 import {
   BROADCAST_MAC,
   type EtherDevice,
   EtherHub,
-  EtherType_,
-  H,
   initEtherFrame,
+  MxoeType,
+  MxoeWord,
   PAYLOAD_AT,
-  setWord,
+  setFrameWord,
 } from "../src/mx/ether.js";
+import type { EtherEngine, EtherPath } from "../src/mx/ether-path.js";
 import { SPLIT_ENDPOINT_BASE } from "../src/mx/split-driver.js";
+import { kPartner } from "../src/mx/types.js";
+import type { MxDriver } from "../src/myrixen/driver-abi.js";
 import { INTR_BYTES, WINDOW_BYTES } from "../src/nic/window.js";
 
 const KEY = 0xe7;
@@ -114,19 +116,19 @@ test("a frame claiming a connected peer's (nic, endpoint, session) from another 
   // The forger's frame: B's identity in the header, the next sequence A expects from B,
   // B's first message; sent from the forger's own MAC to A's.
   const f = new Uint8Array(PAYLOAD_AT + 4);
-  initEtherFrame(f, a.port.mac, evil.port.mac, EtherType_.Eager);
-  setWord(f, H.dstNic, 0);
-  setWord(f, H.dstEp, epA.endpointId);
-  setWord(f, H.dstSession, epA.session);
-  setWord(f, H.srcNic, 0);
-  setWord(f, H.srcEp, epB.endpointId);
-  setWord(f, H.srcSession, epB.session);
-  setWord(f, H.seq, 1);
-  setWord(f, H.ack, 1);
-  setWord(f, H.matchHi, 7);
-  setWord(f, H.length, 4);
-  setWord(f, H.msgSeq, 0);
-  setWord(f, H.payload, 4);
+  initEtherFrame(f, a.port.mac, evil.port.mac, MxoeType.Eager);
+  setFrameWord(f, MxoeWord.dstNic, 0);
+  setFrameWord(f, MxoeWord.dstEp, epA.endpointId);
+  setFrameWord(f, MxoeWord.dstSession, epA.session);
+  setFrameWord(f, MxoeWord.srcNic, 0);
+  setFrameWord(f, MxoeWord.srcEp, epB.endpointId);
+  setFrameWord(f, MxoeWord.srcSession, epB.session);
+  setFrameWord(f, MxoeWord.seq, 1);
+  setFrameWord(f, MxoeWord.ack, 1);
+  setFrameWord(f, MxoeWord.matchHi, 7);
+  setFrameWord(f, MxoeWord.length, 4);
+  setFrameWord(f, MxoeWord.msgSeq, 0);
+  setFrameWord(f, MxoeWord.payload, 4);
   f.set([0xde, 0xad, 0xbe, 0xef], PAYLOAD_AT);
   evil.port.send(f);
 
@@ -145,4 +147,38 @@ test("a frame claiming a connected peer's (nic, endpoint, session) from another 
   assert.ok(epB.wait(s, 2000));
   epA.close();
   epB.close();
+});
+
+test("a rendezvous is served only to its receiver: another peer's PULL naming its sync id is refused", () => {
+  const bridge = new Bridge();
+  const a = station(bridge, 1);
+  const b = station(bridge, 2);
+  const c = station(bridge, 3);
+  const epA = new MxEndpoint(driver(1), { key: KEY, ether: a.hub });
+  const epB = new MxEndpoint(driver(2), { key: KEY, ether: b.hub });
+  const epC = new MxEndpoint(driver(3), { key: KEY, ether: c.hub });
+  const toB = epA.connect(0, epB.endpointId, KEY, 2000);
+  const cToA = epC.connect(0, epA.endpointId, KEY, 2000);
+
+  const secret = new Uint8Array(40_000).fill(0x5e); // above the rendezvous threshold
+  const s = epA.isend(secret, toB, 0, 1);
+  assert.ok(s.syncId !== 0);
+  // C, a connected peer of A, asks for B's rendezvous by its sync id, through its own stream to A.
+  const engineC = (epC as unknown as { ether: EtherEngine }).ether;
+  const pathCA = cToA[kPartner].ether as EtherPath;
+  engineC.control(pathCA, MxoeType.Pull, s.syncId, 1234, 0, secret.length);
+  for (let i = 0; i < 20; i++) {
+    epA.progress(true);
+    epC.progress(true);
+  }
+  assert.equal(epA.counters.channelErrors, 1, "A refused the PULL");
+  assert.equal(epC.counters.channelErrors, 0, "no DATA of B's message reached C");
+
+  // B, the receiver, still gets its message.
+  const got = new Uint8Array(secret.length);
+  const st = epB.wait(epB.irecv(got, 0, 1, ALL, ALL), 2000);
+  assert.equal(st?.codeName, "MX_STATUS_SUCCESS");
+  assert.ok(got.every((x) => x === 0x5e));
+  assert.equal(epA.wait(s, 2000)?.codeName, "MX_STATUS_SUCCESS");
+  for (const ep of [epA, epB, epC]) ep.close();
 });

@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { Host } from "../src/host/host.js";
-import { DRIVER_EVENT_CONNECT, DRIVER_EVENT_DISCONNECT } from "../src/mx/driver.js";
+import { DRIVER_EVENT_CONNECT, DRIVER_EVENT_DISCONNECT } from "../src/myrixen/driver-abi.js";
 import { Access, ANY_ENDPOINT, EndpointState, EventType } from "../src/nic/window.js";
 import type { Domain } from "../src/xen/hypervisor.js";
 import type { AgentCommand, AgentReply } from "./fixtures/myri-agent.js";

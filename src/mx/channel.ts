@@ -1,42 +1,28 @@
 /**
- * The co-resident channel: two single-producer/single-consumer record lanes in one
- * SharedArrayBuffer that the driver shares with exactly two endpoints (design.md §1: the
- * IVC / XenLoop lineage). Endpoint side s writes lane s and reads lane 1−s. A message
- * crosses two threads: the sender copies it in, the receiver copies it out.
- *
- *   lane = one page of header (tail, head and closed flag, each on its own cache line)
- *          + LANE_BYTES of records
- *   record = 48-byte header (12 u32 words) + payload, 8-byte aligned, never wrapping:
- *          w0 total bytes (header + payload + pad), w1 type | flags << 16,
- *          w2 match hi, w3 match lo, w4 payload/message length, w5..w11 protocol words
+ * The co-resident channel's lanes (design.md §1: the IVC / XenLoop lineage): the writer and
+ * the reader of one single-producer/single-consumer record lane in the channel myrback
+ * shares with exactly two endpoints. The layout — lanes, control words, record header — is
+ * the ABI in src/myrixen/channel-abi.ts; the meaning of a record's protocol words is the MX
+ * library's (records.ts). A message crosses two threads: the sender copies it in, the
+ * receiver copies it out.
  *
  * The reader treats everything in the lane as hostile: a record whose length or type makes
  * no sense marks the lane `broken` with the reason, and nothing is read past it; no method
  * throws on lane contents. Nothing here allocates per record.
  */
-import { PAGE_SIZE } from "../xen/abi.js";
-
-export const LANE_HEADER_BYTES = PAGE_SIZE;
-export const LANE_BYTES = 256 * 1024;
-export const CHANNEL_BYTES = 2 * (LANE_HEADER_BYTES + LANE_BYTES);
-export const RECORD_HEADER_BYTES = 48;
-export const RECORD_WORDS = RECORD_HEADER_BYTES / 4;
-/** Record type 0 fills the end of the lane when the next record does not fit there. */
-export const RECORD_PAD = 0;
-
-// 128 bytes apart: the writer's and the reader's words never share a cache line or its
-// prefetched neighbour.
-const TAIL = 0;
-const HEAD = 32;
-const CLOSED = 64;
-/** Set by a writer that found the lane full; the reader wakes it after freeing space. */
-const SPACE_WANTED = 96;
+import {
+  LANE_BYTES,
+  LANE_HEADER_BYTES,
+  LaneWord,
+  laneOffset,
+  RECORD_AUX_WORDS,
+  RECORD_HEADER_BYTES,
+  RECORD_PAD,
+  RecordFlag,
+  RecordWord,
+} from "../myrixen/channel-abi.js";
 
 const align8 = (n: number) => (n + 7) & ~7;
-
-function laneOffset(side: 0 | 1): number {
-  return side * (LANE_HEADER_BYTES + LANE_BYTES);
-}
 
 /** The writing end of one lane. */
 export class LaneWriter {
@@ -53,14 +39,14 @@ export class LaneWriter {
     this.ctl = new Int32Array(channel, off, LANE_HEADER_BYTES / 4);
     this.bytes = new Uint8Array(channel, off + LANE_HEADER_BYTES, LANE_BYTES);
     this.words = new Uint32Array(channel, off + LANE_HEADER_BYTES, LANE_BYTES / 4);
-    this.tail = Atomics.load(this.ctl, TAIL) >>> 0;
-    this.headSeen = Atomics.load(this.ctl, HEAD) >>> 0;
+    this.tail = Atomics.load(this.ctl, LaneWord.Tail) >>> 0;
+    this.headSeen = Atomics.load(this.ctl, LaneWord.Head) >>> 0;
   }
 
   /**
    * Reserves a record with `payload` bytes after its header. Returns the byte offset of the
    * record header in `bytes` (payload at +48), or −1 if the lane has no room now.
-   * The caller fills words w1..w11 and the payload, then calls `commit()`.
+   * The caller fills words RecordWord.Type up to End and the payload, then calls `commit()`.
    */
   reserve(payload: number): number {
     const need = align8(RECORD_HEADER_BYTES + payload);
@@ -69,21 +55,21 @@ export class LaneWriter {
     const tillEnd = LANE_BYTES - pos;
     const total = need > tillEnd ? tillEnd + need : need;
     if (LANE_BYTES - ((this.tail - this.headSeen) >>> 0) < total) {
-      this.headSeen = Atomics.load(this.ctl, HEAD) >>> 0;
+      this.headSeen = Atomics.load(this.ctl, LaneWord.Head) >>> 0;
       if (LANE_BYTES - ((this.tail - this.headSeen) >>> 0) < total) {
-        Atomics.store(this.ctl, SPACE_WANTED, 1);
+        Atomics.store(this.ctl, LaneWord.SpaceWanted, 1);
         // The reader may have freed space between our look and the flag: look once more.
-        this.headSeen = Atomics.load(this.ctl, HEAD) >>> 0;
+        this.headSeen = Atomics.load(this.ctl, LaneWord.Head) >>> 0;
         if (LANE_BYTES - ((this.tail - this.headSeen) >>> 0) < total) return -1;
       }
     }
     if (need > tillEnd) {
-      this.words[pos >>> 2] = tillEnd;
-      this.words[(pos >>> 2) + 1] = RECORD_PAD;
+      this.words[(pos >>> 2) + RecordWord.Size] = tillEnd;
+      this.words[(pos >>> 2) + RecordWord.Type] = RECORD_PAD;
       this.tail = (this.tail + tillEnd) >>> 0;
       pos = 0;
     }
-    this.words[pos >>> 2] = need;
+    this.words[(pos >>> 2) + RecordWord.Size] = need;
     this.pendingStart = pos;
     this.pending = need;
     return pos;
@@ -93,12 +79,12 @@ export class LaneWriter {
   commit(): void {
     this.tail = (this.tail + this.pending) >>> 0;
     this.pending = 0;
-    Atomics.store(this.ctl, TAIL, this.tail | 0);
+    Atomics.store(this.ctl, LaneWord.Tail, this.tail | 0);
   }
 
   /** Bytes the reader has not consumed yet (0 = the peer has seen everything). */
   backlog(): number {
-    return (this.tail - (Atomics.load(this.ctl, HEAD) >>> 0)) >>> 0;
+    return (this.tail - (Atomics.load(this.ctl, LaneWord.Head) >>> 0)) >>> 0;
   }
 
   get lastReserved(): number {
@@ -106,12 +92,12 @@ export class LaneWriter {
   }
 
   close(): void {
-    Atomics.store(this.ctl, CLOSED, 1);
+    Atomics.store(this.ctl, LaneWord.Closed, 1);
   }
 
   /** The peer (reader of this lane) declared the channel dead. */
   get closed(): boolean {
-    return Atomics.load(this.ctl, CLOSED) !== 0;
+    return Atomics.load(this.ctl, LaneWord.Closed) !== 0;
   }
 }
 
@@ -130,8 +116,8 @@ export class LaneReader {
   matchHi = 0;
   matchLo = 0;
   length = 0;
-  /** Protocol words w5..w11. */
-  readonly aux = new Uint32Array(7);
+  /** The protocol words (RecordWord.Aux…; their meaning per type: records.ts). */
+  readonly aux = new Uint32Array(RECORD_AUX_WORDS);
   /** Byte offset of the payload in `bytes`. */
   payload = 0;
   private size = 0;
@@ -145,7 +131,7 @@ export class LaneReader {
     this.ctl = new Int32Array(channel, off, LANE_HEADER_BYTES / 4);
     this.bytes = new Uint8Array(channel, off + LANE_HEADER_BYTES, LANE_BYTES);
     this.words = new Uint32Array(channel, off + LANE_HEADER_BYTES, LANE_BYTES / 4);
-    this.head = Atomics.load(this.ctl, HEAD) >>> 0;
+    this.head = Atomics.load(this.ctl, LaneWord.Head) >>> 0;
     this.tailSeen = this.head;
   }
 
@@ -154,7 +140,7 @@ export class LaneReader {
     if (this.broken) return false;
     for (;;) {
       if (this.head === this.tailSeen) {
-        this.tailSeen = Atomics.load(this.ctl, TAIL) >>> 0;
+        this.tailSeen = Atomics.load(this.ctl, LaneWord.Tail) >>> 0;
         if (this.head === this.tailSeen) return false;
       }
       const avail = (this.tailSeen - this.head) >>> 0;
@@ -162,8 +148,8 @@ export class LaneReader {
         return this.fail(`tail ran ${avail} bytes ahead of head (lane holds ${LANE_BYTES})`);
       const pos = this.head % LANE_BYTES;
       const w = pos >>> 2;
-      const size = this.words[w];
-      const tw = this.words[w + 1];
+      const size = this.words[w + RecordWord.Size];
+      const tw = this.words[w + RecordWord.Type];
       const type = tw & 0xffff;
       if (size < 8 || size % 8 !== 0 || size > LANE_BYTES - pos || size > avail)
         return this.fail(
@@ -175,15 +161,15 @@ export class LaneReader {
       }
       if (size < RECORD_HEADER_BYTES || type > this.maxType)
         return this.fail(`record at ${pos}: type ${type}, ${size} bytes`);
-      const length = this.words[w + 4];
-      if (length > size - RECORD_HEADER_BYTES && !(tw & (FLAG_NO_PAYLOAD << 16)))
+      const length = this.words[w + RecordWord.Length];
+      if (length > size - RECORD_HEADER_BYTES && !(tw & (RecordFlag.NoPayload << 16)))
         return this.fail(`record at ${pos}: payload ${length} bytes does not fit in ${size}`);
       this.type = type;
       this.flags = tw >>> 16;
-      this.matchHi = this.words[w + 2];
-      this.matchLo = this.words[w + 3];
+      this.matchHi = this.words[w + RecordWord.MatchHi];
+      this.matchLo = this.words[w + RecordWord.MatchLo];
       this.length = length;
-      for (let i = 0; i < 7; i++) this.aux[i] = this.words[w + 5 + i];
+      for (let i = RecordWord.Aux; i < RecordWord.End; i++) this.aux[i - RecordWord.Aux] = this.words[w + i];
       this.payload = pos + RECORD_HEADER_BYTES;
       this.size = size;
       return true;
@@ -192,23 +178,26 @@ export class LaneReader {
 
   /** True (once) if the writer found the lane full and waits for space: wake it. */
   takeSpaceWanted(): boolean {
-    return Atomics.load(this.ctl, SPACE_WANTED) !== 0 && Atomics.exchange(this.ctl, SPACE_WANTED, 0) !== 0;
+    return (
+      Atomics.load(this.ctl, LaneWord.SpaceWanted) !== 0 &&
+      Atomics.exchange(this.ctl, LaneWord.SpaceWanted, 0) !== 0
+    );
   }
 
   /** Consumes the current record (frees its space for the writer). */
   release(): void {
     this.head = (this.head + this.size) >>> 0;
     this.size = 0;
-    Atomics.store(this.ctl, HEAD, this.head | 0);
+    Atomics.store(this.ctl, LaneWord.Head, this.head | 0);
   }
 
   close(): void {
-    Atomics.store(this.ctl, CLOSED, 1);
+    Atomics.store(this.ctl, LaneWord.Closed, 1);
   }
 
   /** The writer of this lane declared the channel dead. */
   get closed(): boolean {
-    return Atomics.load(this.ctl, CLOSED) !== 0;
+    return Atomics.load(this.ctl, LaneWord.Closed) !== 0;
   }
 
   private fail(reason: string): false {
@@ -216,9 +205,3 @@ export class LaneReader {
     return false;
   }
 }
-
-/**
- * Flag: `length` is a message length, not a payload carried in the record (rendezvous
- * headers announce a message whose data stays in the sender's memory).
- */
-export const FLAG_NO_PAYLOAD = 1;

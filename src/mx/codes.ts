@@ -3,6 +3,7 @@
  * are those of myriexpress.h (MX_API 0x301), so an MX programmer reads them as-is. Status
  * codes (mx_status_code_t) are the NIC's and live in src/nic/status.ts.
  */
+import { MxDriverError } from "../myrixen/driver-abi.js";
 
 export const MxReturn = {
   MX_SUCCESS: 0,
@@ -71,6 +72,29 @@ export class MxError extends Error {
     this.name = "MxError";
     this.code = MxReturn[codeName];
   }
+}
+
+/** The MxError for what a driver (or anything else) threw: its MX code if it names one, else `fallback`. */
+export function asMxError(e: unknown, fallback: MxReturnName): MxError {
+  if (e instanceof MxError) return e;
+  if (e instanceof MxDriverError) {
+    const name = (e.code in MxReturn ? e.code : fallback) as MxReturnName;
+    return new MxError(name, e.message.replace(/^MX_[A-Z_]+: /, ""));
+  }
+  return new MxError(fallback, (e as Error)?.message ?? String(e));
+}
+
+/** MX_BAD_MATCH_MASK unless the match value (hi, lo) has no bits outside the mask (mhi, mlo). */
+export function checkMatch(hi: number, lo: number, mhi: number, mlo: number): void {
+  if (((hi >>> 0) & ~(mhi >>> 0)) !== 0 || ((lo >>> 0) & ~(mlo >>> 0)) !== 0)
+    throw new MxError("MX_BAD_MATCH_MASK", "match info has bits outside the match mask");
+}
+
+/** MX_BAD_SEG_LIST unless `buf` is a Uint8Array (what `what` was given). */
+export function checkBuffer(buf: unknown, what: string): Uint8Array {
+  if (!(buf instanceof Uint8Array))
+    throw new MxError("MX_BAD_SEG_LIST", `${what}: the buffer must be a Uint8Array`);
+  return buf;
 }
 
 /** MX_ANY_ENDPOINT / MX_ANY_NIC. */

@@ -5,14 +5,15 @@
  * medium — netback drops a frame when the receiver has no buffer posted, as Xen's does.
  *
  * Frame = Ethernet II header (dst MAC, src MAC, EtherType 0x86DF) + 64-byte MXoE header of
- * 16 little-endian u32 words + payload:
+ * 16 little-endian u32 words (MxoeWord) + payload; every word is written by the frame's
+ * sender and checked by its receiver:
  *
- *   0  magic 0x4d45 ("ME") << 16 | version << 8 | type (EtherType_)
+ *   0  magic 0x4d45 ("ME") << 16 | version << 8 | type (MxoeType)
  *   1  dst nic     2  dst endpoint   3  dst session (CONNECT: 0, or the session to resolve)
  *   4  src nic     5  src endpoint   6  src session
  *   7  frame sequence (sequenced types; 0 otherwise)
  *   8  cumulative ack: the next frame sequence the sender of this frame expects from us
- *   9  match hi   10 match lo
+ *   9  match hi (CONNECT, CONNECT_REPLY: 1 if the sender is on the split path)   10 match lo
  *   11 message length
  *   12 message sequence (EAGER, RNDV) | status (NOTIFY, CONNECT_REPLY) | path (PATH)
  *   13 id: sync id (EAGER, RNDV, NOTIFY, PULL), pull id (DATA), connect id (CONNECT*)
@@ -32,7 +33,8 @@ export const MXOE_MAGIC = 0x4d45;
 export const MXOE_VERSION = 1;
 export const BROADCAST_MAC = new Uint8Array([0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
 
-export const EtherType_ = {
+/** MXoE frame types (header word 0, bits 0..7). */
+export const MxoeType = {
   Connect: 1,
   ConnectReply: 2,
   Eager: 3,
@@ -45,12 +47,12 @@ export const EtherType_ = {
   /** "No such endpoint here" (as Open-MX's nack): status in msgSeq; the sender fails the peer. */
   Nack: 10,
 } as const;
-const MAX_TYPE = EtherType_.Nack;
+const MAX_TYPE = MxoeType.Nack;
 /** MX status of a NACK (src/nic/status.ts ENDPOINT_CLOSED; kept local: ether.ts stands alone). */
 const STATUS_ENDPOINT_CLOSED = 8;
 
-/** Header word indices. */
-export const H = {
+/** MXoE header words (u32 indices after the Ethernet header; the table above says what each holds). */
+export const MxoeWord = {
   magic: 0,
   dstNic: 1,
   dstEp: 2,
@@ -71,7 +73,7 @@ export const H = {
 
 /** Types that travel in the reliable stream. */
 export function isSequenced(type: number): boolean {
-  return type >= EtherType_.Eager && type <= EtherType_.Path && type !== EtherType_.Ack;
+  return type >= MxoeType.Eager && type <= MxoeType.Path && type !== MxoeType.Ack;
 }
 
 /**
@@ -109,12 +111,12 @@ export interface EtherDevice {
   wait(timeoutMs: number): boolean;
 }
 
-export function word(f: Uint8Array, w: number): number {
+export function frameWord(f: Uint8Array, w: number): number {
   const o = ETH_HEADER_BYTES + w * 4;
   return (f[o] | (f[o + 1] << 8) | (f[o + 2] << 16) | (f[o + 3] << 24)) >>> 0;
 }
 
-export function setWord(f: Uint8Array, w: number, v: number): void {
+export function setFrameWord(f: Uint8Array, w: number, v: number): void {
   const o = ETH_HEADER_BYTES + w * 4;
   f[o] = v;
   f[o + 1] = v >>> 8;
@@ -123,7 +125,7 @@ export function setWord(f: Uint8Array, w: number, v: number): void {
 }
 
 export function frameType(f: Uint8Array): number {
-  return word(f, H.magic) & 0xff;
+  return frameWord(f, MxoeWord.magic) & 0xff;
 }
 
 export const PAYLOAD_AT = ETH_HEADER_BYTES + MXOE_HEADER_BYTES;
@@ -135,18 +137,18 @@ export function initEtherFrame(f: Uint8Array, dst: Uint8Array, src: Uint8Array, 
   f[12] = MXOE_ETHERTYPE >>> 8;
   f[13] = MXOE_ETHERTYPE & 0xff;
   f.fill(0, ETH_HEADER_BYTES, PAYLOAD_AT);
-  setWord(f, H.magic, ((MXOE_MAGIC << 16) | (MXOE_VERSION << 8) | type) >>> 0);
+  setFrameWord(f, MxoeWord.magic, ((MXOE_MAGIC << 16) | (MXOE_VERSION << 8) | type) >>> 0);
 }
 
 /** The frame's MXoE type if its headers are well formed, else -1. */
 export function checkEtherFrame(f: Uint8Array): number {
   if (f.length < PAYLOAD_AT) return -1;
   if (((f[12] << 8) | f[13]) !== MXOE_ETHERTYPE) return -1;
-  const m = word(f, H.magic);
+  const m = frameWord(f, MxoeWord.magic);
   if (m >>> 16 !== MXOE_MAGIC || ((m >>> 8) & 0xff) !== MXOE_VERSION) return -1;
   const type = m & 0xff;
   if (type < 1 || type > MAX_TYPE) return -1;
-  if (PAYLOAD_AT + word(f, H.payload) > f.length) return -1;
+  if (PAYLOAD_AT + frameWord(f, MxoeWord.payload) > f.length) return -1;
   return type;
 }
 
@@ -286,11 +288,11 @@ export class EtherHub {
   private readonly onFrame = (f: Uint8Array): void => {
     this.counters.framesRx++;
     const type = checkEtherFrame(f);
-    if (type < 0 || word(f, H.dstNic) !== this.device.nicId) {
+    if (type < 0 || frameWord(f, MxoeWord.dstNic) !== this.device.nicId) {
       this.counters.dropped++;
       return;
     }
-    const h = this.handlers.get(word(f, H.dstEp));
+    const h = this.handlers.get(frameWord(f, MxoeWord.dstEp));
     if (h === undefined) {
       this.counters.dropped++;
       // A broadcast CONNECT for an endpoint of another guest is not ours to answer; a frame
@@ -298,9 +300,9 @@ export class EtherHub {
       // Only frames sent to our own MAC: a bridge floods unicast to an address it has not
       // learned (or has aged out) to every guest, and those are not ours to refuse.
       if (
-        type !== EtherType_.Connect &&
-        type !== EtherType_.Nack &&
-        type !== EtherType_.ConnectReply &&
+        type !== MxoeType.Connect &&
+        type !== MxoeType.Nack &&
+        type !== MxoeType.ConnectReply &&
         sameMac(f, this.device.mac)
       )
         this.sendNack(f);
@@ -316,28 +318,28 @@ export class EtherHub {
     self: { nic: number; ep: number; session: number },
   ): void {
     const n = this.nack;
-    initEtherFrame(n, to, this.device.mac, EtherType_.Nack);
-    setWord(n, H.dstNic, peer.nic);
-    setWord(n, H.dstEp, peer.ep);
-    setWord(n, H.dstSession, peer.session);
-    setWord(n, H.srcNic, self.nic);
-    setWord(n, H.srcEp, self.ep);
-    setWord(n, H.srcSession, self.session);
-    setWord(n, H.msgSeq, STATUS_ENDPOINT_CLOSED);
+    initEtherFrame(n, to, this.device.mac, MxoeType.Nack);
+    setFrameWord(n, MxoeWord.dstNic, peer.nic);
+    setFrameWord(n, MxoeWord.dstEp, peer.ep);
+    setFrameWord(n, MxoeWord.dstSession, peer.session);
+    setFrameWord(n, MxoeWord.srcNic, self.nic);
+    setFrameWord(n, MxoeWord.srcEp, self.ep);
+    setFrameWord(n, MxoeWord.srcSession, self.session);
+    setFrameWord(n, MxoeWord.msgSeq, STATUS_ENDPOINT_CLOSED);
     this.send(n);
     this.flush();
   }
 
   private sendNack(f: Uint8Array): void {
     const n = this.nack;
-    initEtherFrame(n, f.subarray(6, 12), this.device.mac, EtherType_.Nack);
-    setWord(n, H.dstNic, word(f, H.srcNic));
-    setWord(n, H.dstEp, word(f, H.srcEp));
-    setWord(n, H.dstSession, word(f, H.srcSession));
-    setWord(n, H.srcNic, word(f, H.dstNic));
-    setWord(n, H.srcEp, word(f, H.dstEp));
-    setWord(n, H.srcSession, word(f, H.dstSession));
-    setWord(n, H.msgSeq, STATUS_ENDPOINT_CLOSED);
+    initEtherFrame(n, f.subarray(6, 12), this.device.mac, MxoeType.Nack);
+    setFrameWord(n, MxoeWord.dstNic, frameWord(f, MxoeWord.srcNic));
+    setFrameWord(n, MxoeWord.dstEp, frameWord(f, MxoeWord.srcEp));
+    setFrameWord(n, MxoeWord.dstSession, frameWord(f, MxoeWord.srcSession));
+    setFrameWord(n, MxoeWord.srcNic, frameWord(f, MxoeWord.dstNic));
+    setFrameWord(n, MxoeWord.srcEp, frameWord(f, MxoeWord.dstEp));
+    setFrameWord(n, MxoeWord.srcSession, frameWord(f, MxoeWord.dstSession));
+    setFrameWord(n, MxoeWord.msgSeq, STATUS_ENDPOINT_CLOSED);
     this.send(n);
   }
 
@@ -358,9 +360,9 @@ export class EtherHub {
     return (
       f[0] === 0xff &&
       sameMac(f, BROADCAST_MAC) &&
-      frameType(f) === EtherType_.Connect &&
-      word(f, H.dstNic) === this.device.nicId &&
-      this.handlers.has(word(f, H.dstEp))
+      frameType(f) === MxoeType.Connect &&
+      frameWord(f, MxoeWord.dstNic) === this.device.nicId &&
+      this.handlers.has(frameWord(f, MxoeWord.dstEp))
     );
   }
 
@@ -446,8 +448,8 @@ export class EtherLink {
       this.ring[i] = f;
     }
     this.stamp(f, type);
-    setWord(f, H.seq, this.next);
-    setWord(f, H.payload, payload);
+    setFrameWord(f, MxoeWord.seq, this.next);
+    setFrameWord(f, MxoeWord.payload, payload);
     this.lengths[i] = size;
     return f;
   }
@@ -458,12 +460,12 @@ export class EtherLink {
 
   private stamp(f: Uint8Array, type: number): void {
     initEtherFrame(f, this.mac, this.hub.mac, type);
-    setWord(f, H.dstNic, this.peerNic);
-    setWord(f, H.dstEp, this.peerEp);
-    setWord(f, H.dstSession, this.peerSession);
-    setWord(f, H.srcNic, this.src.nic);
-    setWord(f, H.srcEp, this.src.ep);
-    setWord(f, H.srcSession, this.src.session);
+    setFrameWord(f, MxoeWord.dstNic, this.peerNic);
+    setFrameWord(f, MxoeWord.dstEp, this.peerEp);
+    setFrameWord(f, MxoeWord.dstSession, this.peerSession);
+    setFrameWord(f, MxoeWord.srcNic, this.src.nic);
+    setFrameWord(f, MxoeWord.srcEp, this.src.ep);
+    setFrameWord(f, MxoeWord.srcSession, this.src.session);
   }
 
   /** Puts committed frames on the device (acks piggybacked), as far as it takes them. */
@@ -471,7 +473,7 @@ export class EtherLink {
     while (this.sent < this.next) {
       const i = this.sent % TX_WINDOW;
       const f = this.ring[i];
-      setWord(f, H.ack, this.rxExpect);
+      setFrameWord(f, MxoeWord.ack, this.rxExpect);
       if (!this.hub.send(f.subarray(0, this.lengths[i]))) return;
       this.sent++;
       this.ackOwed = false;
@@ -540,8 +542,8 @@ export class EtherLink {
 
   sendAck(): void {
     const f = this.ackFrame;
-    this.stamp(f, EtherType_.Ack);
-    setWord(f, H.ack, this.rxExpect);
+    this.stamp(f, MxoeType.Ack);
+    setFrameWord(f, MxoeWord.ack, this.rxExpect);
     if (this.hub.send(f)) {
       this.ackOwed = false;
       this.rxSinceAck = 0;

@@ -14,14 +14,13 @@
  * wire carries it; `splitMatch`/`joinMatch` convert from and to bigint.
  */
 
-import { MyriFront } from "../myrixen/front.js";
+import type { MxDriver } from "../myrixen/driver-abi.js";
 import { Netfront } from "../netfront/netfront.js";
 import type { Guest } from "../xen/guest/guest.js";
 import { MX_ANY_ENDPOINT, MxError } from "./codes.js";
-import type { MxDriver } from "./driver.js";
 import { type EndpointOptions, MxEndpoint } from "./endpoint.js";
 import { EtherHub } from "./ether.js";
-import { NativeDriver } from "./native-driver.js";
+import { openDriver } from "./open-driver.js";
 import { SplitDriver } from "./split-driver.js";
 
 export interface MxInitOptions {
@@ -69,7 +68,7 @@ export class Mx {
           "MX_NO_DEV",
           "the split path runs in guests (netfront); a native process has no vif",
         );
-      return new Mx(guest, new NativeDriver(guest), undefined, undefined);
+      return new Mx(guest, openDriver(guest), undefined, undefined);
     }
     let hub: EtherHub | undefined;
     let etherError = "";
@@ -91,7 +90,7 @@ export class Mx {
       return new Mx(guest, new SplitDriver(guest, hub.nicId, why), hub, why);
     }
     try {
-      return new Mx(guest, MyriFront.connect(guest), hub, undefined);
+      return new Mx(guest, openDriver(guest), hub, undefined);
     } catch (e) {
       if (!hub || want === "bypass") throw e;
       const why = `the fast path failed: ${(e as Error).message}`;

@@ -6,15 +6,6 @@
  * guest's: window, interrupt page and channels, with no driver involved.
  */
 
-import type {
-  MyriInfo,
-  NativeAttachReply,
-  NativeConnectReply,
-  NativeRequest,
-  NativeServiceEndpoint,
-} from "../myrixen/protocol.js";
-import type { Guest } from "../xen/guest/guest.js";
-import { SyncCallClient, SyncCallFailed } from "../xen/sync-call.js";
 import {
   allocGuestBuffer,
   type DriverChannel,
@@ -24,7 +15,16 @@ import {
   freeGuestBuffer,
   type MxDriver,
   MxDriverError,
-} from "./driver.js";
+} from "../myrixen/driver-abi.js";
+import type {
+  MyriInfo,
+  NativeAttachReply,
+  NativeConnectReply,
+  NativeRequest,
+  NativeServiceEndpoint,
+} from "../myrixen/protocol.js";
+import type { Guest } from "../xen/guest/guest.js";
+import { SyncCallClient, SyncCallFailed } from "../xen/sync-call.js";
 
 function fail(code: string, message: string): MxDriverError {
   return new MxDriverError(code, `${code}: ${message}`);

@@ -21,9 +21,10 @@
  *
  * A failure that remains names what to change (the guest's memory: `myrixen run --pages`).
  */
+
+import { type MxDriver, MxDriverError } from "../myrixen/driver-abi.js";
 import { Access } from "../nic/window.js";
 import { MxError, MxReturn, type MxReturnName } from "./codes.js";
-import { type MxDriver, MxDriverError } from "./driver.js";
 
 const PAGE = 4096;
 /** What a message buffer needs: local access for DMA, remote reads for a peer's pull. */

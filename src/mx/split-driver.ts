@@ -9,8 +9,6 @@
  * anyone, and never a NIC context id, so a peer knows to connect over Ethernet.
  */
 import { randomInt } from "node:crypto";
-import { ANY_ENDPOINT, INTR_BYTES, WINDOW_BYTES } from "../nic/window.js";
-import type { Guest } from "../xen/guest/guest.js";
 import {
   allocGuestBuffer,
   type DriverChannel,
@@ -20,7 +18,9 @@ import {
   freeGuestBuffer,
   type MxDriver,
   MxDriverError,
-} from "./driver.js";
+} from "../myrixen/driver-abi.js";
+import { ANY_ENDPOINT, INTR_BYTES, WINDOW_BYTES } from "../nic/window.js";
+import type { Guest } from "../xen/guest/guest.js";
 
 /** Endpoint ids from here up have no NIC context (split path only). */
 export const SPLIT_ENDPOINT_BASE = 0x10000;

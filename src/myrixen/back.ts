@@ -10,8 +10,6 @@
  * the host reads (Stat), which is how tests prove the data path bypasses it.
  */
 
-import { CHANNEL_BYTES, LaneWriter } from "../mx/channel.js";
-import { DRIVER_EVENT_CONNECT, DRIVER_EVENT_DISCONNECT } from "../mx/driver.js";
 import type {
   LookupReply,
   MemoryRun,
@@ -29,6 +27,8 @@ import type { PageRun } from "../xen/memory.js";
 import { BackRing } from "../xen/ring.js";
 import type { SyncCallClient } from "../xen/sync-call.js";
 import { BackendDeviceWatcher, XenbusBackend } from "../xen/xenbus.js";
+import { CHANNEL_BYTES, closeChannelLanes } from "./channel-abi.js";
+import { DRIVER_EVENT_CONNECT, DRIVER_EVENT_DISCONNECT } from "./driver-abi.js";
 import {
   CONNECT_FLAG_CHANNEL,
   MAX_INDIRECT_PAGES,
@@ -866,8 +866,7 @@ export class MyriCore {
   private closeChannel(ch: ChannelRec): void {
     if (ch.closed) return;
     ch.closed = true;
-    new LaneWriter(ch.buffer, 0).close();
-    new LaneWriter(ch.buffer, 1).close();
+    closeChannelLanes(ch.buffer);
     const [a, b] = ch.members;
     for (const [me, other] of [
       [a, b],

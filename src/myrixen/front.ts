@@ -10,6 +10,14 @@
  * handed to the library; the data path then never comes back here.
  */
 
+import { Access } from "../nic/window.js";
+import { PAGE_SIZE, XenbusState } from "../xen/abi.js";
+import type { EventChannelPort } from "../xen/event-channel.js";
+import type { GrantMapping, Guest } from "../xen/guest/guest.js";
+import type { PageRun } from "../xen/memory.js";
+import { FrontRing, initSharedRing } from "../xen/ring.js";
+import { DEFAULT_XENBUS_TIMEOUT_MS, frontendPath, parseXenbusState } from "../xen/xenbus.js";
+import { SyncXenbus } from "../xen/xenbus-sync.js";
 import {
   allocGuestBuffer,
   type DriverChannel,
@@ -19,15 +27,7 @@ import {
   freeGuestBuffer,
   type MxDriver,
   MxDriverError,
-} from "../mx/driver.js";
-import { Access } from "../nic/window.js";
-import { PAGE_SIZE, XenbusState } from "../xen/abi.js";
-import type { EventChannelPort } from "../xen/event-channel.js";
-import type { GrantMapping, Guest } from "../xen/guest/guest.js";
-import type { PageRun } from "../xen/memory.js";
-import { FrontRing, initSharedRing } from "../xen/ring.js";
-import { DEFAULT_XENBUS_TIMEOUT_MS, frontendPath, parseXenbusState } from "../xen/xenbus.js";
-import { SyncXenbus } from "../xen/xenbus-sync.js";
+} from "./driver-abi.js";
 import {
   CONNECT_FLAG_CHANNEL,
   MAX_INDIRECT_PAGES,

@@ -1,16 +1,29 @@
 /**
- * What the MX library needs from below: the control path of one NIC, whoever provides it.
+ * The MX driver interface: what the MX library needs from below — the control path of one
+ * NIC, whoever provides it — and the words the backend leaves in an endpoint's event queue.
+ * Like Open-MX's common/omx_io.h it is the ABI between the library (src/mx/) and its
+ * drivers, and sits below both: myrifront (front.ts) implements it, myrback (back.ts) sends
+ * the driver events, and the library's own drivers (src/mx/native-driver.ts,
+ * src/mx/split-driver.ts) implement it too.
  *
  *   bypass (a guest):  myrifront → control ring + event channel → myrback in the driver domain → NIC
  *   native (a process of the driver domain): its MX driver calls straight into the driver domain's service → NIC
+ *   split (no NIC context): src/mx/split-driver.ts, every peer over Ethernet
  *
- * Both hand the library the same things — an endpoint window and interrupt page from the
- * NIC, registered regions, and co-resident channels — after which the data path is the
- * same code on both: the library talks to the window and the channels directly, and the
- * driver is not involved again until the next control operation.
+ * Every driver hands the library the same things — an endpoint window and interrupt page
+ * from the NIC, registered regions, and co-resident channels (channel-abi.ts) — after which
+ * the data path is the same code on all: the library talks to the window and the channels
+ * directly, and the driver is not involved again until the next control operation.
  *
  * Errors: a driver method throws `MxDriverError` with an MX return code name
  * (`MX_BAD_CONNECTION_KEY`, `MX_NO_RESOURCES`, ...) and a message that says what to fix.
+ *
+ * Driver events: myrback asks the NIC to put an event of type EventType.Driver in the
+ * endpoint's queue (nic/window.ts), cookie = the kind below, E_EXTRA words = (channelId,
+ * peer nic, peer endpoint, peer session). [myrback writes, the library reads.]
+ *   DRIVER_EVENT_CONNECT     a co-resident peer connected: map its channel (acceptChannel)
+ *   DRIVER_EVENT_DISCONNECT  the peer's endpoint went away (closed, domain died): the channel
+ *                            is dead (channelId 0xffffffff: every channel with that peer)
  */
 
 import type { GuestMemory } from "../xen/memory.js";
@@ -42,7 +55,7 @@ export interface DriverRegion {
 }
 
 /**
- * A co-resident channel between two endpoints: one SharedArrayBuffer (src/mx/channel.ts
+ * A co-resident channel between two endpoints: one SharedArrayBuffer (channel-abi.ts
  * layout) shared by exactly those two, plus the peer's interrupt page so a sender can wake
  * a sleeping receiver. `side` says which lane this endpoint writes (0 or 1).
  */
@@ -61,9 +74,9 @@ export interface DriverConnection {
   channel?: DriverChannel;
 }
 
-/** The Driver event the library finds in its event queue when a peer connected to it. */
+/** Driver event: a co-resident peer connected to this endpoint (see the header). */
 export const DRIVER_EVENT_CONNECT = 1;
-/** …and when a peer's endpoint went away (closed, domain died): its channel is dead. */
+/** Driver event: a peer's endpoint went away (closed, domain died); its channel is dead. */
 export const DRIVER_EVENT_DISCONNECT = 2;
 
 export interface MxDriver {

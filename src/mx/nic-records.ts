@@ -1,41 +1,48 @@
 /**
- * MX records carried by the NIC (SEND descriptors and RECV events, window.ts) — the path to
- * a peer endpoint on another NIC, across a NIC link. The endpoint (endpoint.ts) speaks the
- * same records here as on a co-resident channel; only their packing differs, because a SEND
+ * MX records carried by the NIC (SEND descriptors and RECV events, nic/window.ts) — the path
+ * to a peer endpoint on another NIC, across a NIC link. The library speaks the same records
+ * here as on a co-resident channel (records.ts); only their packing differs, because a SEND
  * has two protocol words (aux0, aux1) next to the 64-bit match value:
  *
  *   aux0 = record type (bits 0..3) | flags (bits 4..7) | id << 8 (a 24-bit sync/pull id)
  *   EAGER   aux1 = sender sequence, payload = the message
- *   RNDV    aux1 = sender sequence, payload = 16 bytes: message length, exposure index, its
- *           key, 0 (the pull right the sender armed for this message: nic/window.ts)
+ *   RNDV    aux1 = sender sequence, payload = NR_RNDV_BYTES: the words at NR_RNDV_* below
+ *           (the pull right the sender armed for this message: nic/window.ts)
  *   NOTIFY  aux1 = MX status, match hi = bytes transferred, no payload
  *   PING    no payload, nothing to do: its SEND_DONE says whether the peer is still there
  *
- * Eager payloads leave from a staging area the endpoint registers once (one copy, as MX's
- * eager path); a slot is the sender's until the NIC reports the SEND done.
+ * Every word is written by the sending library and read by the receiving one; the NIC
+ * carries them without looking. Eager payloads leave from a staging area the endpoint
+ * registers once (one copy, as MX's eager path); a slot is the sender's until the NIC
+ * reports the SEND done.
  */
+import { type MxDriver, MxDriverError } from "../myrixen/driver-abi.js";
 import { MxStatus } from "../nic/status.js";
-import { ErrorReason, HOLD_MS, SEND_MAX, WIRE_TIMEOUT_MS } from "../nic/window.js";
-import { type MxDriver, MxDriverError } from "./driver.js";
+import { Access, ErrorReason, HOLD_MS, SEND_MAX, WIRE_TIMEOUT_MS } from "../nic/window.js";
 
-export const WIRE_TYPE_MASK = 0xf;
-export const WIRE_ID_SHIFT = 8;
-/** Sync and pull ids fit 24 bits on the wire (endpoint.ts hands out ids in 1..2^24-1). */
-export const WIRE_ID_MASK = 0xffffff;
-export const WIRE_RNDV_BYTES = 16;
+export const NR_TYPE_MASK = 0xf;
+export const NR_ID_SHIFT = 8;
+/** Sync and pull ids fit 24 bits in aux0 (the endpoint hands out ids in 1..2^24-1). */
+export const NR_ID_MASK = 0xffffff;
+
+// A RNDV record's payload: little-endian u32 words at these byte offsets.
+/** The message's length. */
+export const NR_RNDV_LENGTH = 0;
+/** The sender's exposure-table index (its pull right for this message). */
+export const NR_RNDV_XP_INDEX = 4;
+/** That right's key. */
+export const NR_RNDV_XP_KEY = 8;
+/** Offset within the right (0: a right covers exactly one message). */
+export const NR_RNDV_XP_OFFSET = 12;
+export const NR_RNDV_BYTES = 16;
 
 /** Cookies of SEND descriptors carry this bit (pull cookies are ids below 2^24). */
 export const COOKIE_SEND = 0x80000000;
 /** CONNECT descriptors' cookies. */
 export const COOKIE_CONNECT = 0x40000000;
 
+/** Staging slots an endpoint asks for first (fewer when its domain's memory is small). */
 export const DEFAULT_STAGING_SLOTS = 32;
-/**
- * Staging sizes tried in turn: 1 MiB first, then less. A guest with the host's default 256
- * pages (1 MiB in all) has about half of it free once MX is up: with 8 slots it still sends
- * across hosts, with fewer eager messages in flight.
- */
-const STAGING_TRIES = [DEFAULT_STAGING_SLOTS, 8, 2] as const;
 
 /** What a failed SEND_DONE's status and E_REASON (nic/window.ts) mean for the sender, in words. */
 export function sendFailureText(status: number, reason: number): string | undefined {
@@ -56,9 +63,9 @@ export function sendFailureText(status: number, reason: number): string | undefi
   }
 }
 
-/** The aux0 word of a wire record. */
-export function wireAux0(type: number, flags: number, id: number): number {
-  return ((type & WIRE_TYPE_MASK) | ((flags & 0xf) << 4) | ((id & WIRE_ID_MASK) << WIRE_ID_SHIFT)) >>> 0;
+/** The aux0 word of a record sent through the NIC. */
+export function nicRecordAux0(type: number, flags: number, id: number): number {
+  return ((type & NR_TYPE_MASK) | ((flags & 0xf) << 4) | ((id & NR_ID_MASK) << NR_ID_SHIFT)) >>> 0;
 }
 
 /**
@@ -66,7 +73,7 @@ export function wireAux0(type: number, flags: number, id: number): number {
  * (a local delivery may complete before an earlier one over a link), so they are kept on a
  * free stack rather than as a ring.
  */
-export class WireStaging {
+export class SendStaging {
   readonly bytes: Uint8Array;
   readonly regionId: number;
   private readonly free: number[] = [];
@@ -77,7 +84,7 @@ export class WireStaging {
     driver: MxDriver,
     endpointId: number,
     readonly slots: number = DEFAULT_STAGING_SLOTS,
-    access = 1 /* Access.LocalRead */,
+    access: number = Access.LocalRead,
   ) {
     this.bytes = driver.allocBuffer(slots * SEND_MAX);
     try {
@@ -111,27 +118,5 @@ export class WireStaging {
 
   offsetOf(slot: number): number {
     return slot * SEND_MAX;
-  }
-
-  /**
-   * The largest staging area this endpoint's memory allows (STAGING_TRIES). When not even the
-   * smallest fits, the error says what it needed and which knob gives a guest more memory.
-   */
-  static open(driver: MxDriver, endpointId: number): WireStaging {
-    let last: unknown;
-    for (const slots of STAGING_TRIES) {
-      try {
-        return new WireStaging(driver, endpointId, slots);
-      } catch (e) {
-        last = e;
-      }
-    }
-    const why = last instanceof Error ? last.message.replace(/^MX_[A-Z_]+: /, "") : String(last);
-    throw new MxDriverError(
-      "MX_NO_RESOURCES",
-      `no memory for the staging area that messages to other hosts leave from (at least ${
-        STAGING_TRIES[STAGING_TRIES.length - 1]
-      } × ${SEND_MAX / 1024} KiB): ${why}. Give the domain more pages: startGuest({ pages }), or \`myrixen run --pages\``,
-    );
   }
 }

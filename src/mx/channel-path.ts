@@ -1,0 +1,259 @@
+/**
+ * The way to a co-resident peer: the channel myrback granted to exactly the two endpoints
+ * (channel-abi.ts), one lane each way. A message crosses two threads and nothing else: the
+ * sender writes a record (records.ts) into its lane and kicks the receiver only if it said
+ * it sleeps; the receiver's progress reads it. A rendezvous announced here is pulled by the
+ * NIC (nic-queues.ts), which checks both sides' regions.
+ *
+ * Channels come and go with driver events (driver-abi.ts): a peer that connected to us
+ * (DRIVER_EVENT_CONNECT: map the channel its connect made), a peer that went away
+ * (DRIVER_EVENT_DISCONNECT: read what it managed to send, then fail it).
+ */
+
+import { RECORD_HEADER_BYTES, RecordFlag, RecordWord } from "../myrixen/channel-abi.js";
+import type { DriverChannel, MxDriver } from "../myrixen/driver-abi.js";
+import { DRIVER_EVENT_CONNECT, DRIVER_EVENT_DISCONNECT } from "../myrixen/driver-abi.js";
+import { MxStatus } from "../nic/status.js";
+import { I_SEQ, raiseInterrupt } from "../nic/window.js";
+import { copyInto } from "./bytes.js";
+import { LaneReader, LaneWriter } from "./channel.js";
+import type { Completion } from "./completion.js";
+import type { Matching } from "./matching.js";
+import type { DriverEventSink, NicQueues } from "./nic-queues.js";
+import type { PartnerTable } from "./partner.js";
+import type { PendingSends } from "./pending-sends.js";
+import type { PullRights } from "./pull-rights.js";
+import { MAX_CHANNEL_RECORD, MsgAux, NotifyAux, RecordType } from "./records.js";
+import { FLAG_TRACED, TraceStage, traceNow } from "./trace.js";
+import {
+  type ChannelEnd,
+  type EndpointContext,
+  InboundRecord,
+  type MxRequest,
+  type Partner,
+  type PeerPath,
+  RequestState,
+} from "./types.js";
+
+/** What a channel path uses of its endpoint. */
+export interface ChannelPathParts {
+  readonly ctx: EndpointContext;
+  readonly driver: MxDriver;
+  readonly nic: NicQueues;
+  readonly partners: PartnerTable;
+  readonly sends: PendingSends;
+  readonly completion: Completion;
+  readonly matching: Matching;
+  readonly rights: PullRights;
+}
+
+/** One co-resident peer's channel: our lane out (its path) and its lane in. */
+export class ChannelPath implements PeerPath, ChannelEnd {
+  readonly channelId: number;
+  private readonly writer: LaneWriter;
+  private readonly reader: LaneReader;
+  private readonly peerIntr: Int32Array;
+  private readonly ctx: EndpointContext;
+  private readonly completion: Completion;
+  private readonly rights: PullRights;
+  private readonly sends: PendingSends;
+  private readonly matching: Matching;
+  /** The record matching gets (refilled per record read). */
+  private readonly rec: InboundRecord;
+  private released = false;
+
+  constructor(
+    private readonly peer: Partner,
+    ch: DriverChannel,
+    private readonly parts: ChannelPathParts,
+  ) {
+    this.channelId = ch.channelId;
+    this.writer = new LaneWriter(ch.channel, ch.side);
+    this.reader = new LaneReader(ch.channel, (1 - ch.side) as 0 | 1, MAX_CHANNEL_RECORD);
+    this.peerIntr = new Int32Array(ch.peerIntr);
+    this.ctx = parts.ctx;
+    this.completion = parts.completion;
+    this.rights = parts.rights;
+    this.sends = parts.sends;
+    this.matching = parts.matching;
+    this.rec = new InboundRecord(parts.nic);
+  }
+
+  /** Writes the send's record into our lane; false if the lane is full right now. */
+  trySend(req: MxRequest): boolean {
+    const w = this.writer;
+    const rndv = req.rndv;
+    if (rndv && !this.rights.expose(req)) return false;
+    const payload = rndv ? 0 : req.buffer.length;
+    const at = w.reserve(payload);
+    if (at < 0) return false;
+    const words = w.words;
+    const i = at >>> 2;
+    const aux = i + RecordWord.Aux;
+    if (req.sync || rndv) this.sends.add(req);
+    words[i + RecordWord.Type] = rndv ? RecordType.Rndv | (RecordFlag.NoPayload << 16) : RecordType.Eager;
+    words[i + RecordWord.MatchHi] = req.matchHi;
+    words[i + RecordWord.MatchLo] = req.matchLo;
+    words[i + RecordWord.Length] = req.buffer.length;
+    words[aux + MsgAux.SyncId] = req.syncId;
+    words[aux + MsgAux.Seq] = this.peer.sendSeq++;
+    if (rndv) {
+      words[aux + MsgAux.XpIndex] = req.xp;
+      words[aux + MsgAux.XpKey] = this.rights.keyOf(req);
+      words[aux + MsgAux.XpOffset] = 0;
+      this.ctx.counters.rndv++;
+    } else {
+      if (payload > 0) copyInto(w.bytes, at + RECORD_HEADER_BYTES, req.buffer, 0, payload);
+      this.ctx.counters.eager++;
+    }
+    const tb = this.ctx.trace;
+    if (tb !== undefined && req.traceId !== 0) {
+      // Stamped before the commit: the receiver may see the record the moment it is published.
+      words[i + RecordWord.Type] |= FLAG_TRACED << 16;
+      words[aux + MsgAux.TraceSeq] = req.traceId % 0x100000000;
+      tb.record(req.traceId, rndv ? TraceStage.RndvSent : TraceStage.Written, traceNow());
+    }
+    w.commit();
+    if (raiseInterrupt(this.peerIntr)) this.ctx.counters.kicks++;
+    // An eager send is complete once its data is in the channel (MX may complete eager sends locally).
+    if (!req.sync && !rndv) this.completion.complete(req, MxStatus.SUCCESS, req.buffer.length);
+    else req.state = RequestState.Sent;
+    return true;
+  }
+
+  /** A NOTIFY record: tiny, and never lost — a full lane is waited out (the peer drains it in its progress). */
+  notify(syncId: number, xfer: number, status: number): void {
+    const w = this.writer;
+    let at = w.reserve(0);
+    while (at < 0) {
+      if (this.peer.dead !== undefined || w.closed) return;
+      this.parts.nic.poll();
+      at = w.reserve(0);
+    }
+    const words = w.words;
+    const i = at >>> 2;
+    const aux = i + RecordWord.Aux;
+    words[i + RecordWord.Type] = RecordType.Notify;
+    words[i + RecordWord.MatchHi] = 0;
+    words[i + RecordWord.MatchLo] = 0;
+    words[i + RecordWord.Length] = 0;
+    words[aux + NotifyAux.SyncId] = syncId;
+    words[aux + NotifyAux.Xfer] = xfer;
+    words[aux + NotifyAux.Status] = status;
+    w.commit();
+    if (raiseInterrupt(this.peerIntr)) this.ctx.counters.kicks++;
+  }
+
+  receive(): boolean {
+    const rd = this.reader;
+    let moved = false;
+    while (rd.next()) {
+      this.onRecord(rd);
+      rd.release();
+      moved = true;
+    }
+    // Space freed: a writer that found the lane full and went to sleep wakes.
+    if (moved && rd.takeSpaceWanted()) {
+      Atomics.add(this.peerIntr, I_SEQ, 1);
+      Atomics.notify(this.peerIntr, I_SEQ);
+    }
+    if (rd.broken) {
+      this.ctx.counters.channelErrors++;
+      this.parts.partners.fail(
+        this.peer,
+        `peer wrote garbage into the channel: ${rd.broken}`,
+        MxStatus.ENDPOINT_UNREACHABLE,
+      );
+    }
+    return moved;
+  }
+
+  /** Takes what the peer managed to send before it went away. */
+  drain(): void {
+    const rd = this.reader;
+    while (rd.next()) {
+      this.onRecord(rd);
+      rd.release();
+    }
+  }
+
+  checkClosed(): void {
+    if (this.reader.closed || this.writer.closed)
+      this.parts.partners.fail(this.peer, "the peer endpoint went away", MxStatus.ENDPOINT_CLOSED);
+  }
+
+  /**
+   * A dead peer's channel is dropped here and unmapped by the driver, so the backend can give
+   * the memory back: a survivor keeps nothing of a peer that went away.
+   */
+  release(): void {
+    if (this.released) return;
+    this.released = true;
+    if (this.peer.channel === this) this.peer.channel = undefined;
+    try {
+      this.parts.driver.releaseChannel?.(this.ctx.endpointId, this.channelId);
+    } catch {
+      this.ctx.counters.channelErrors++;
+    }
+  }
+
+  private onRecord(rd: LaneReader): void {
+    const a = rd.aux;
+    const type = rd.type;
+    if (type === RecordType.Notify) {
+      this.sends.answer(a[NotifyAux.SyncId], a[NotifyAux.Xfer], a[NotifyAux.Status]);
+      return;
+    }
+    const r = this.rec;
+    r.rndv = type === RecordType.Rndv;
+    r.flags = rd.flags;
+    r.matchHi = rd.matchHi;
+    r.matchLo = rd.matchLo;
+    r.length = rd.length;
+    r.syncId = a[MsgAux.SyncId];
+    r.seq = a[MsgAux.Seq];
+    r.region = a[MsgAux.XpIndex];
+    r.key = a[MsgAux.XpKey];
+    r.offset = a[MsgAux.XpOffset];
+    r.traceSeq = a[MsgAux.TraceSeq];
+    r.bytes = rd.bytes;
+    r.payload = rd.payload;
+    this.matching.deliver(this.peer, r);
+  }
+}
+
+/** Attaches channels to partners, and takes the driver events that bring and end them. */
+export class Channels implements DriverEventSink {
+  constructor(private readonly parts: ChannelPathParts) {}
+
+  /** `ch` becomes `peer`'s channel and its fast way (unless it already is). */
+  attach(peer: Partner, ch: DriverChannel): void {
+    if (peer.channel !== undefined && peer.channel.channelId === ch.channelId) return;
+    const path = new ChannelPath(peer, ch, this.parts);
+    peer.channel = path;
+    peer.fast = path;
+    this.parts.partners.route(peer);
+  }
+
+  onDriverEvent(kind: number, channelId: number, nic: number, endpoint: number, session: number): void {
+    const { partners, driver, ctx } = this.parts;
+    if (kind === DRIVER_EVENT_CONNECT) {
+      const known = partners.get(nic, endpoint);
+      if (known && known.dead === undefined && known.channel?.channelId === channelId) return;
+      try {
+        const ch = driver.acceptChannel(ctx.endpointId, channelId);
+        this.attach(partners.add(ch.peerNic, ch.peerEndpoint, ch.peerSession), ch);
+      } catch {
+        ctx.counters.channelErrors++;
+      }
+    } else if (kind === DRIVER_EVENT_DISCONNECT) {
+      void session;
+      const peer = partners.get(nic, endpoint);
+      const ch = peer?.channel;
+      if (peer && (ch?.channelId === channelId || channelId === 0xffffffff)) {
+        if (ch instanceof ChannelPath) ch.drain();
+        partners.fail(peer, "the peer endpoint went away", MxStatus.ENDPOINT_CLOSED);
+      }
+    }
+  }
+}

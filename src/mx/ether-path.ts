@@ -1,0 +1,502 @@
+/**
+ * The way to a peer over Ethernet — MX over Ethernet through the guest's netfront, netback
+ * and the driver domain's bridge: the split path, and the fallback (ether.ts has the frames,
+ * the hub and each peer's reliable stream; ether-connect.ts finds the peers). As Open-MX
+ * without its kernel driver, the library does everything itself:
+ *
+ *   eager       the message in consecutive frames of the peer's stream (all or none)
+ *   rendezvous  an announcement; the receiver asks with PULL and the sender streams DATA
+ *               frames straight into the receive buffer (`serve`), then the receiver NOTIFYs
+ *   path        a PATH frame tells a peer which path we are on; each pair's sequence numbers
+ *               put messages that raced along two ways back in order (matching.ts)
+ *   NACK        "no such endpoint here": the peer is failed at once, not timed out
+ *
+ * Every frame names its sender in its header, and its source MAC (anti-spoofed by netback)
+ * must be the one the peer was learned at: anything else is dropped and counted.
+ */
+import { MxStatus } from "../nic/status.js";
+import { macAt } from "./bytes.js";
+import type { Completion } from "./completion.js";
+import {
+  type EtherHub,
+  type EtherLink,
+  frameWord,
+  MxoeType,
+  MxoeWord,
+  macString,
+  PAYLOAD_AT,
+  setFrameWord,
+} from "./ether.js";
+import type { Matching } from "./matching.js";
+import type { PartnerTable } from "./partner.js";
+import type { PendingSends } from "./pending-sends.js";
+import {
+  type EndpointContext,
+  InboundRecord,
+  type MxRequest,
+  type Partner,
+  type PeerLossListener,
+  type PeerPath,
+  type Puller,
+  RequestState,
+} from "./types.js";
+
+/** A closing endpoint resends its unacknowledged Ethernet frames for at most this long (ms). */
+const LINGER_MS = 2000;
+/** An eager message over Ethernet is at most this long (its frames are gathered in memory). */
+const MAX_EAGER_BYTES = 64 * 1024;
+
+/** What the Ethernet path uses of its endpoint. */
+export interface EtherPathParts {
+  readonly ctx: EndpointContext;
+  readonly partners: PartnerTable;
+  readonly sends: PendingSends;
+  readonly completion: Completion;
+  readonly matching: Matching;
+}
+
+/** Rendezvous data a peer pulls from us, streamed as the window allows. */
+interface ServeJob {
+  req: MxRequest;
+  pullId: number;
+  off: number;
+  end: number;
+}
+
+/** A rendezvous we pull over Ethernet: DATA frames land straight in the receive buffer. */
+interface EtherPull {
+  recv: MxRequest;
+  source: Partner;
+  syncId: number;
+  xfer: number;
+  got: number;
+}
+
+/** One partner over Ethernet: its reliable frame stream and what waits on it. */
+export class EtherPath implements PeerPath {
+  /** Control frames waiting for window room: (type, id, offset, msgSeq, length) fives. */
+  ctlQueue: number[] | undefined = undefined;
+  /** Rendezvous data the peer pulls from us, in order. */
+  serving: ServeJob[] | undefined = undefined;
+  /** An eager message arriving in several frames. */
+  rxEager: { seq: number; buf: Uint8Array; got: number } | undefined = undefined;
+
+  constructor(
+    readonly peer: Partner,
+    readonly link: EtherLink,
+    private readonly engine: EtherEngine,
+  ) {}
+
+  trySend(req: MxRequest): boolean {
+    return this.engine.trySend(this, req);
+  }
+
+  notify(syncId: number, xfer: number, status: number): void {
+    this.engine.control(this, MxoeType.Notify, syncId, xfer, status, 0);
+  }
+
+  /** Control frames are waiting for window room (data must not overtake them). */
+  get controlQueued(): boolean {
+    return this.ctlQueue !== undefined && this.ctlQueue.length > 0;
+  }
+}
+
+/** The Ethernet path of a partner, if it has one. */
+export function etherOf(peer: Partner): EtherPath | undefined {
+  const e = peer.ether;
+  return e instanceof EtherPath ? e : undefined;
+}
+
+/** The endpoint's MX over Ethernet: its frames from the hub, its peers' streams, connects and pulls. */
+export class EtherEngine implements Puller, PeerLossListener {
+  /** Partners reached over Ethernet (their timers and queues run after every hub poll). */
+  private readonly peers: EtherPath[] = [];
+  private readonly pulls = new Map<number, EtherPull>();
+  /** The record matching gets (refilled per frame). */
+  private readonly rec = new InboundRecord(this);
+  private readonly ctx: EndpointContext;
+  private readonly partners: PartnerTable;
+
+  constructor(
+    readonly hub: EtherHub,
+    private readonly parts: EtherPathParts,
+  ) {
+    this.ctx = parts.ctx;
+    this.partners = parts.partners;
+  }
+
+  /** `path` is a partner's way over Ethernet from now on (ether-connect.ts learned its MAC). */
+  add(path: EtherPath): void {
+    path.peer.ether = path;
+    this.peers.push(path);
+  }
+
+  /** Tells the peer which path we are on (a sequenced PATH frame). */
+  sendPath(path: EtherPath): void {
+    this.control(path, MxoeType.Path, 0, 0, this.partners.split ? 1 : 0, 0);
+  }
+
+  /** Our MAC, as text. */
+  get mac(): string {
+    return macString(this.hub.mac);
+  }
+
+  /** Some partner is reached over Ethernet: poll the hub on every progress, sleep in short slices. */
+  get active(): boolean {
+    return this.peers.length > 0;
+  }
+
+  poll(): void {
+    this.hub.poll();
+  }
+
+  /** Sleeps until the device has something, or `ms`. */
+  wait(ms: number): void {
+    this.hub.wait(ms);
+  }
+
+  // ---- sends ------------------------------------------------------------------------------
+
+  /** A send over Ethernet: eager in consecutive frames (all or none), or a rendezvous announcement. */
+  trySend(path: EtherPath, req: MxRequest): boolean {
+    const dest = path.peer;
+    const link = path.link;
+    const n = req.buffer.length;
+    const max = this.hub.maxPayload;
+    const frames = req.rndv ? 1 : Math.max(1, Math.ceil(n / max));
+    if (link.room < frames || path.controlQueued) return false;
+    if (req.sync || req.rndv) this.parts.sends.add(req);
+    const seq = dest.sendSeq;
+    dest.sendSeq = (dest.sendSeq + 1) >>> 0;
+    if (req.rndv) {
+      const f = link.reserve(MxoeType.Rndv, 0);
+      stampMessage(f, req, seq);
+      link.commit();
+      this.ctx.counters.rndv++;
+    } else {
+      for (let off = 0, k = 0; k < frames; k++, off += max) {
+        const len = Math.min(max, n - off);
+        const f = link.reserve(MxoeType.Eager, len);
+        stampMessage(f, req, seq);
+        setFrameWord(f, MxoeWord.offset, off);
+        if (len > 0) f.set(req.buffer.subarray(off, off + len), PAYLOAD_AT);
+        link.commit();
+      }
+      this.ctx.counters.eager++;
+    }
+    link.pump(performance.now());
+    this.hub.flush();
+    if (!req.sync && !req.rndv) this.parts.completion.complete(req, MxStatus.SUCCESS, n);
+    else req.state = RequestState.Sent;
+    return true;
+  }
+
+  /**
+   * A payload-less sequenced frame (PATH, PULL, NOTIFY) to `path`'s peer: now if the window
+   * has room, else queued and sent first when acks open it. Never waits: it may be called
+   * from inside the hub's poll, which cannot poll again.
+   */
+  control(path: EtherPath, type: number, id: number, offset: number, msgSeq: number, length: number): void {
+    const link = path.link;
+    if (link.room === 0 || path.controlQueued) {
+      (path.ctlQueue ??= []).push(type, id, offset, msgSeq, length);
+      return;
+    }
+    writeControl(link, type, id, offset, msgSeq, length);
+    link.pump(performance.now());
+    this.hub.flush();
+  }
+
+  /** Queued control frames go out first, as the window allows. */
+  private flushControl(path: EtherPath, q: number[]): void {
+    const link = path.link;
+    let i = 0;
+    while (i < q.length && link.room > 0) {
+      writeControl(link, q[i], q[i + 1], q[i + 2], q[i + 3], q[i + 4]);
+      i += 5;
+    }
+    q.splice(0, i);
+    link.pump(performance.now());
+  }
+
+  /** Streams pulled rendezvous data to the peer as the window allows. */
+  private serve(path: EtherPath, jobs: ServeJob[]): void {
+    const link = path.link;
+    const max = this.hub.maxPayload;
+    while (jobs.length > 0 && link.room > 0) {
+      const j = jobs[0];
+      const n = Math.min(max, j.end - j.off);
+      const f = link.reserve(MxoeType.Data, n);
+      setFrameWord(f, MxoeWord.id, j.pullId);
+      setFrameWord(f, MxoeWord.offset, j.off);
+      const src = j.req.bounce ?? j.req.buffer;
+      f.set(src.subarray(j.off, j.off + n), PAYLOAD_AT);
+      link.commit();
+      j.off += n;
+      if (j.off >= j.end) jobs.shift();
+    }
+    link.pump(performance.now());
+  }
+
+  /** The receiver's side of a rendezvous over Ethernet: ask the sender for the bytes. */
+  startPull(req: MxRequest, source: Partner, rec: InboundRecord, xfer: number): void {
+    const path = etherOf(source);
+    if (path === undefined) {
+      this.parts.completion.complete(req, MxStatus.ENDPOINT_UNREACHABLE, 0);
+      return;
+    }
+    const pullId = this.ctx.newId();
+    this.pulls.set(pullId, { recv: req, source, syncId: rec.syncId, xfer, got: 0 });
+    this.ctx.counters.pulls++;
+    this.control(path, MxoeType.Pull, rec.syncId, pullId, 0, xfer);
+  }
+
+  // ---- frames in -----------------------------------------------------------------------------
+
+  /**
+   * A frame for this endpoint from a peer (the hub checked its headers and destination;
+   * ether-connect.ts took the CONNECT and CONNECT_REPLY frames).
+   */
+  onFrame(f: Uint8Array, type: number, srcNic: number, srcEp: number, srcSession: number): void {
+    const peer = this.partners.get(srcNic, srcEp);
+    const path = peer === undefined ? undefined : etherOf(peer);
+    if (type === MxoeType.Nack) {
+      if (
+        peer !== undefined &&
+        path !== undefined &&
+        peer.dead === undefined &&
+        peer.session === srcSession &&
+        frameWord(f, MxoeWord.dstSession) === this.ctx.session &&
+        macAt(f, 6, path.link.mac)
+      )
+        this.partners.fail(peer, "the peer endpoint is closed", MxStatus.ENDPOINT_CLOSED);
+      return;
+    }
+    if (frameWord(f, MxoeWord.dstSession) !== this.ctx.session) {
+      this.hub.counters.dropped++;
+      return;
+    }
+    if (peer === undefined || path === undefined || peer.dead !== undefined || peer.session !== srcSession) {
+      this.hub.counters.dropped++;
+      return;
+    }
+    // The header names the sender; the source MAC (anti-spoofed by netback) must agree.
+    const link = path.link;
+    if (!macAt(f, 6, link.mac)) {
+      this.hub.counters.spoofed++;
+      return;
+    }
+    const now = performance.now();
+    link.onAck(frameWord(f, MxoeWord.ack), now);
+    if (type === MxoeType.Ack || !link.accept(frameWord(f, MxoeWord.seq))) return;
+    peer.lastNews = now;
+    const n = frameWord(f, MxoeWord.payload);
+    switch (type) {
+      case MxoeType.Eager:
+        this.onEager(path, f, n);
+        return;
+      case MxoeType.Rndv: {
+        const r = this.rec;
+        r.rndv = true;
+        r.length = frameWord(f, MxoeWord.length);
+        r.bytes = null;
+        r.payload = 0;
+        this.deliver(peer, f, r);
+        return;
+      }
+      case MxoeType.Pull: {
+        // The receiver matched our rendezvous and asks for its bytes (only its receiver may).
+        const req = this.parts.sends.get(frameWord(f, MxoeWord.id));
+        const len = frameWord(f, MxoeWord.length);
+        if (!req?.rndv || req.peer !== peer || len > req.buffer.length) {
+          this.ctx.counters.channelErrors++;
+          return;
+        }
+        const jobs = (path.serving ??= []);
+        jobs.push({ req, pullId: frameWord(f, MxoeWord.offset), off: 0, end: len });
+        this.serve(path, jobs);
+        return;
+      }
+      case MxoeType.Data: {
+        const id = frameWord(f, MxoeWord.id);
+        const p = this.pulls.get(id);
+        const off = frameWord(f, MxoeWord.offset);
+        if (!p || p.source !== peer || off + n > p.xfer) {
+          this.ctx.counters.channelErrors++;
+          return;
+        }
+        p.recv.buffer.set(f.subarray(PAYLOAD_AT, PAYLOAD_AT + n), off);
+        p.got += n;
+        if (p.got >= p.xfer) {
+          this.pulls.delete(id);
+          peer.notify(p.syncId, p.xfer, MxStatus.SUCCESS);
+          this.parts.completion.complete(
+            p.recv,
+            p.xfer < p.recv.msgLength ? MxStatus.TRUNCATED : MxStatus.SUCCESS,
+            p.xfer,
+          );
+        }
+        return;
+      }
+      case MxoeType.Notify:
+        this.parts.sends.answer(
+          frameWord(f, MxoeWord.id),
+          frameWord(f, MxoeWord.offset),
+          frameWord(f, MxoeWord.msgSeq),
+        );
+        return;
+      case MxoeType.Path:
+        peer.peerSplit = frameWord(f, MxoeWord.msgSeq) === 1;
+        this.partners.route(peer);
+        return;
+      default:
+        this.ctx.counters.channelErrors++;
+    }
+  }
+
+  /** Hands an EAGER or RNDV frame's message to matching (`r`'s payload and kind already set). */
+  private deliver(peer: Partner, f: Uint8Array, r: InboundRecord): void {
+    r.flags = 0;
+    r.matchHi = frameWord(f, MxoeWord.matchHi);
+    r.matchLo = frameWord(f, MxoeWord.matchLo);
+    r.syncId = frameWord(f, MxoeWord.id);
+    r.seq = frameWord(f, MxoeWord.msgSeq);
+    r.region = 0;
+    r.key = 0;
+    r.offset = 0;
+    r.traceSeq = 0;
+    this.parts.matching.deliver(peer, r);
+  }
+
+  /** An eager fragment: delivered at once if whole, else gathered (a message's frames are consecutive). */
+  private onEager(path: EtherPath, f: Uint8Array, n: number): void {
+    const length = frameWord(f, MxoeWord.length);
+    const off = frameWord(f, MxoeWord.offset);
+    const seq = frameWord(f, MxoeWord.msgSeq);
+    const r = this.rec;
+    r.rndv = false;
+    r.length = length;
+    if (off === 0 && n === length) {
+      r.bytes = f;
+      r.payload = PAYLOAD_AT;
+      this.deliver(path.peer, f, r);
+      return;
+    }
+    if (length > MAX_EAGER_BYTES || off + n > length) {
+      this.ctx.counters.channelErrors++;
+      return;
+    }
+    let rx = path.rxEager;
+    if (off === 0) rx = path.rxEager = { seq, buf: new Uint8Array(length), got: 0 };
+    if (rx === undefined || rx.seq !== seq || rx.buf.length !== length || rx.got !== off) {
+      this.ctx.counters.channelErrors++;
+      path.rxEager = undefined;
+      return;
+    }
+    rx.buf.set(f.subarray(PAYLOAD_AT, PAYLOAD_AT + n), off);
+    rx.got += n;
+    if (rx.got === length) {
+      path.rxEager = undefined;
+      r.bytes = rx.buf;
+      r.payload = 0;
+      this.deliver(path.peer, f, r);
+    }
+  }
+
+  /** After the hub's poll: timers, acks, rendezvous data and backlogs of Ethernet peers. */
+  afterPoll(): void {
+    if (this.peers.length === 0) return;
+    const now = performance.now();
+    for (let i = this.peers.length - 1; i >= 0; i--) {
+      const p = this.peers[i];
+      const peer = p.peer;
+      if (peer.dead !== undefined) continue;
+      if (!p.link.tick(now)) {
+        this.partners.fail(
+          peer,
+          "the peer stopped acknowledging over Ethernet",
+          MxStatus.ENDPOINT_UNREACHABLE,
+        );
+        continue;
+      }
+      if (p.ctlQueue !== undefined && p.ctlQueue.length > 0) this.flushControl(p, p.ctlQueue);
+      if (p.serving !== undefined && p.serving.length > 0) this.serve(p, p.serving);
+      if (peer.backlog.length > 0 && peer.path === p) this.partners.flush(peer);
+    }
+  }
+
+  /** A failed peer's pulls fail, and nothing more is streamed to it. */
+  peerLost(peer: Partner, _why: string, code: number): void {
+    for (const [id, p] of this.pulls) {
+      if (p.source === peer) {
+        this.pulls.delete(id);
+        this.parts.completion.complete(p.recv, code, 0);
+      }
+    }
+    const path = etherOf(peer);
+    if (path === undefined) return;
+    path.serving = undefined;
+    path.ctlQueue = undefined;
+    const i = this.peers.indexOf(path);
+    if (i >= 0) this.peers.splice(i, 1);
+  }
+
+  // ---- closing ---------------------------------------------------------------------------------
+
+  /**
+   * Before closing: frames already handed to the reliable stream (eager sends complete as
+   * they enter it) are resent until acknowledged, for at most LINGER_MS — a closing
+   * endpoint must not take its last messages with it.
+   */
+  linger(): void {
+    if (this.peers.length === 0) return;
+    const hub = this.hub;
+    const until = performance.now() + LINGER_MS;
+    const owed = () =>
+      this.peers.some(
+        (p) =>
+          p.peer.dead === undefined &&
+          (p.link.unacked > 0 || p.peer.backlog.length > 0 || (p.ctlQueue?.length ?? 0) > 0),
+      );
+    while (owed() && performance.now() < until) {
+      hub.poll();
+      if (owed()) hub.wait(1);
+    }
+  }
+
+  /** The endpoint closes: its peers over Ethernet hear of it now (on the fast path the backend tells them). */
+  close(): void {
+    const ctx = this.ctx;
+    for (const p of this.peers)
+      if (p.peer.dead === undefined)
+        this.hub.sendClosed(
+          p.link.mac,
+          { nic: p.peer.nic, ep: p.peer.endpoint, session: p.peer.session },
+          { nic: ctx.nicId, ep: ctx.endpointId, session: ctx.session },
+        );
+  }
+}
+
+function writeControl(
+  link: EtherLink,
+  type: number,
+  id: number,
+  offset: number,
+  msgSeq: number,
+  length: number,
+): void {
+  const f = link.reserve(type, 0);
+  setFrameWord(f, MxoeWord.id, id);
+  setFrameWord(f, MxoeWord.offset, offset);
+  setFrameWord(f, MxoeWord.msgSeq, msgSeq);
+  setFrameWord(f, MxoeWord.length, length);
+  link.commit();
+}
+
+function stampMessage(f: Uint8Array, req: MxRequest, seq: number): void {
+  setFrameWord(f, MxoeWord.matchHi, req.matchHi);
+  setFrameWord(f, MxoeWord.matchLo, req.matchLo);
+  setFrameWord(f, MxoeWord.length, req.buffer.length);
+  setFrameWord(f, MxoeWord.msgSeq, seq);
+  setFrameWord(f, MxoeWord.id, req.syncId);
+}

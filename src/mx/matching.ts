@@ -1,0 +1,217 @@
+/**
+ * Matching (the matching half of Open-MX's omx_recv.c): MX matches in the receiving
+ * library. Posted receives wait in posting order; messages that arrive before a receive
+ * for them wait in arrival order (unexpected); a pair's messages are matched in the order
+ * they were sent, whichever way each came — a record ahead of its turn is held on its
+ * partner until the ones before it arrive.
+ *
+ * Every path hands a record over as one InboundRecord (`deliver`); matching consumes it at
+ * once, or keeps a copy (the eager payload copied out). A matched eager message is copied
+ * into the receive and answered (NOTIFY) if the sender waits; a matched rendezvous is
+ * fetched by the record's puller — the NIC, or the sender over Ethernet.
+ */
+import { MxStatus } from "../nic/status.js";
+import { copyInto } from "./bytes.js";
+import type { Completion } from "./completion.js";
+import type { PartnerTable } from "./partner.js";
+import { FLAG_TRACED, TraceStage, traceId, traceNow } from "./trace.js";
+import {
+  type EndpointContext,
+  type InboundRecord,
+  type KeptRecord,
+  type MxRequest,
+  MxStatusInfo,
+  type Partner,
+  type PeerLossListener,
+  RequestState,
+} from "./types.js";
+
+/** Records held back because an earlier one of the same peer has not arrived yet, at most. */
+export const MAX_HELD = 4096;
+
+const u32 = (n: number) => n >>> 0;
+
+export class Matching implements PeerLossListener {
+  /** Receives not matched yet, in posting order. */
+  private readonly posted: MxRequest[] = [];
+  /** Messages that arrived before a receive for them, in arrival order. */
+  private readonly unexpected: KeptRecord[] = [];
+
+  constructor(
+    private readonly ctx: EndpointContext,
+    private readonly completion: Completion,
+    private readonly partners: PartnerTable,
+  ) {}
+
+  /**
+   * mx_irecv's matching: the first unexpected message that fits, else the receive is posted.
+   * (Messages still in a channel are matched against the posted queue, this receive
+   * included, when progress reads them: same result.)
+   */
+  post(req: MxRequest): void {
+    const unexpected = this.unexpected;
+    for (let i = 0; i < unexpected.length; i++) {
+      const u = unexpected[i];
+      if (
+        (u.matchHi & req.matchMaskHi) >>> 0 === req.matchHi &&
+        (u.matchLo & req.matchMaskLo) >>> 0 === req.matchLo
+      ) {
+        unexpected.splice(i, 1);
+        this.deliverUnexpected(req, u);
+        return;
+      }
+    }
+    req.state = RequestState.Posted;
+    this.posted.push(req);
+  }
+
+  /** An EAGER or RNDV record from `peer`: matched in its pair's sequence order. */
+  deliver(peer: Partner, rec: InboundRecord): void {
+    if (rec.seq !== peer.recvSeq) {
+      this.hold(peer, rec);
+      return;
+    }
+    peer.recvSeq = (rec.seq + 1) >>> 0;
+    this.match(peer, rec);
+    if (peer.held !== undefined && peer.held.length > 0) this.releaseHeld(peer);
+  }
+
+  /** mx_iprobe's lookup: the status of the first unexpected message that fits, without taking it. */
+  probe(mh: number, ml: number, mmh: number, mml: number): MxStatusInfo | undefined {
+    for (const u of this.unexpected) {
+      if ((u.matchHi & mmh) >>> 0 === u32(mh) && (u.matchLo & mml) >>> 0 === u32(ml)) {
+        const s = new MxStatusInfo();
+        s.code = MxStatus.SUCCESS;
+        s.source = u.source.address;
+        s.matchHi = u.matchHi;
+        s.matchLo = u.matchLo;
+        s.msgLength = u.length;
+        s.xferLength = u.length;
+        return s;
+      }
+    }
+    return undefined;
+  }
+
+  /** mx_cancel of a receive: true if it was still posted (it completes CANCELLED). */
+  cancel(req: MxRequest): boolean {
+    if (req.state !== RequestState.Posted) return false;
+    const i = this.posted.indexOf(req);
+    if (i < 0) return false;
+    this.posted.splice(i, 1);
+    this.completion.complete(req, MxStatus.CANCELLED, 0);
+    return true;
+  }
+
+  /** The endpoint closes: every posted receive completes with `code`. */
+  closePosted(code: number): void {
+    for (const r of this.posted.splice(0)) this.completion.complete(r, code, 0);
+  }
+
+  /** A failed peer's rendezvous announcements go: their data cannot be pulled any more. */
+  peerLost(peer: Partner): void {
+    const u = this.unexpected;
+    for (let i = u.length - 1; i >= 0; i--) if (u[i].source === peer && u[i].rndv) u.splice(i, 1);
+  }
+
+  private hold(peer: Partner, rec: InboundRecord): void {
+    const n = peer.held?.length ?? 0;
+    // Behind us: a duplicate, which no path of ours produces. A peer that runs far ahead is broken.
+    if (((rec.seq - peer.recvSeq) | 0) < 0 || n >= MAX_HELD) {
+      this.ctx.counters.channelErrors++;
+      if (n >= MAX_HELD)
+        this.partners.fail(peer, "the peer's sequence numbers ran away", MxStatus.ENDPOINT_UNREACHABLE);
+      return;
+    }
+    this.ctx.counters.held++;
+    const held = (peer.held ??= []);
+    const h = rec.keep(peer, 0);
+    let i = held.length;
+    while (i > 0 && ((held[i - 1].seq - h.seq) | 0) > 0) i--;
+    held.splice(i, 0, h);
+  }
+
+  private releaseHeld(peer: Partner): void {
+    const held = peer.held;
+    if (held === undefined) return;
+    while (held.length > 0 && held[0].seq === peer.recvSeq) {
+      const h = held[0];
+      held.shift();
+      peer.recvSeq = (h.seq + 1) >>> 0;
+      this.match(peer, h);
+    }
+  }
+
+  /**
+   * The record's turn: the first posted receive that fits takes it, else it waits as
+   * unexpected. A path refills its one record per record it reads, and answering the sender
+   * may progress (a full lane is waited out): what is needed of `rec` is read first.
+   */
+  private match(peer: Partner, rec: InboundRecord): void {
+    const tb = this.ctx.trace;
+    let tid = 0;
+    if (tb !== undefined && (rec.flags & FLAG_TRACED) !== 0) {
+      tid = traceId(peer.nic, peer.endpoint, rec.traceSeq);
+      tb.record(tid, TraceStage.Seen, traceNow());
+    }
+    const mh = rec.matchHi;
+    const ml = rec.matchLo;
+    const length = rec.length;
+    const posted = this.posted;
+    for (let i = 0; i < posted.length; i++) {
+      const r = posted[i];
+      if ((mh & r.matchMaskHi) >>> 0 === r.matchHi && (ml & r.matchMaskLo) >>> 0 === r.matchLo) {
+        posted.splice(i, 1);
+        r.source = peer.address;
+        r.matchHi = mh;
+        r.matchLo = ml;
+        r.msgLength = length;
+        r.traceId = tid;
+        if (rec.rndv) {
+          this.pull(r, peer, rec);
+        } else {
+          const syncId = rec.syncId;
+          const xfer = Math.min(length, r.buffer.length);
+          if (xfer > 0 && rec.bytes !== null) copyInto(r.buffer, 0, rec.bytes, rec.payload, xfer);
+          if (tid !== 0 && tb !== undefined) tb.record(tid, TraceStage.Copied, traceNow());
+          if (syncId !== 0) peer.notify(syncId, xfer, MxStatus.SUCCESS);
+          this.completion.complete(r, xfer < length ? MxStatus.TRUNCATED : MxStatus.SUCCESS, xfer);
+        }
+        return;
+      }
+    }
+    this.ctx.counters.unexpected++;
+    this.unexpected.push(rec.keep(peer, tid));
+  }
+
+  private deliverUnexpected(req: MxRequest, u: KeptRecord): void {
+    req.source = u.source.address;
+    req.matchHi = u.matchHi;
+    req.matchLo = u.matchLo;
+    req.msgLength = u.length;
+    req.traceId = u.traceId;
+    if (u.rndv) {
+      this.pull(req, u.source, u);
+      return;
+    }
+    const xfer = Math.min(u.length, req.buffer.length);
+    if (xfer > 0 && u.bytes !== null) req.buffer.set(u.bytes.subarray(0, xfer));
+    const tb = this.ctx.trace;
+    if (u.traceId !== 0 && tb !== undefined) tb.record(u.traceId, TraceStage.Copied, traceNow());
+    if (u.syncId !== 0) u.source.notify(u.syncId, xfer, MxStatus.SUCCESS);
+    this.completion.complete(req, xfer < u.length ? MxStatus.TRUNCATED : MxStatus.SUCCESS, xfer);
+  }
+
+  /** A matched rendezvous: nothing to move (answered at once), or its puller fetches the data. */
+  private pull(req: MxRequest, source: Partner, rec: InboundRecord): void {
+    const length = rec.length;
+    const xfer = Math.min(length, req.buffer.length);
+    if (xfer === 0) {
+      source.notify(rec.syncId, 0, MxStatus.SUCCESS);
+      this.completion.complete(req, length > 0 ? MxStatus.TRUNCATED : MxStatus.SUCCESS, 0);
+      return;
+    }
+    req.state = RequestState.Pulling;
+    rec.puller.startPull(req, source, rec, xfer);
+  }
+}

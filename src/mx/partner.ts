@@ -1,0 +1,111 @@
+/**
+ * The peer table (Open-MX's omx_partner.c): every peer endpoint this endpoint knows — it
+ * connected to it, or the peer reached us first — by (nic, endpoint), which way each is
+ * reached (`route`), and what happens when one fails (`fail`).
+ *
+ * A peer that fails is kept in the index, dead: connecting to the same endpoint again
+ * continues the pair's sequence numbers; a reopened endpoint (another session) is a new
+ * partner. Everything waiting on a failed peer completes with an error status and the
+ * reason; the parts that hold something of it (PeerLossListener) let go.
+ */
+import type { Completion } from "./completion.js";
+import { kPartner, MxAddress, Partner, type PeerLossListener, type PeerPath } from "./types.js";
+
+export class PartnerTable {
+  /** Live partners first polled in this order; dead ones are swept out by `compact`. */
+  readonly list: Partner[] = [];
+  private readonly index = new Map<string, Partner>();
+  /** Partners in `list` that died since it was last compacted. */
+  private deadCount = 0;
+  private readonly listeners: PeerLossListener[] = [];
+  /** The endpoint is on the split path: every peer whose MAC is known is reached over Ethernet. */
+  split = false;
+  /** Some peer's fast way is the NIC: its records arrive as events, so the queue is polled on every progress. */
+  usesNic = false;
+
+  constructor(private readonly completion: Completion) {}
+
+  /** The partner known for (nic, endpoint), live or dead. */
+  get(nic: number, endpoint: number): Partner | undefined {
+    return this.index.get(`${nic}:${endpoint}`);
+  }
+
+  /** The partner behind an address connected on this endpoint, else undefined. */
+  of(addr: unknown): Partner | undefined {
+    if (!(addr instanceof MxAddress)) return undefined;
+    const p = addr[kPartner];
+    return p.owner === this ? p : undefined;
+  }
+
+  /** The live partner for (nic, endpoint), or a new one (continuing a dead one's sequences if it is the same session). */
+  add(nic: number, endpoint: number, session: number): Partner {
+    const k = `${nic}:${endpoint}`;
+    const old = this.index.get(k);
+    if (old && old.dead === undefined) return old;
+    const p = new Partner(this, nic, endpoint, session);
+    if (old && old.session === session) {
+      // The same peer endpoint again (after mx_disconnect): its side kept counting.
+      p.sendSeq = old.sendSeq;
+      p.recvSeq = old.recvSeq;
+    }
+    p.lastNews = performance.now();
+    this.list.push(p);
+    this.index.set(k, p);
+    return p;
+  }
+
+  /** Live partners. */
+  live(): Partner[] {
+    return this.list.filter((p) => p.dead === undefined);
+  }
+
+  /** Drops dead partners from the poll list (a survivor of many peers stays fast). */
+  compact(): void {
+    if (this.deadCount === 0) return;
+    let n = 0;
+    for (const p of this.list) if (p.dead === undefined) this.list[n++] = p;
+    this.list.length = n;
+    this.deadCount = 0;
+  }
+
+  /** Chooses the way sends to `peer` go: Ethernet if either side is on the split path (and the MAC is known), else the fast way. */
+  route(peer: Partner): void {
+    peer.path = (this.split || peer.peerSplit) && peer.ether !== undefined ? peer.ether : peer.fast;
+  }
+
+  /** The fast way to `peer`, if it has none yet (a channel, once attached, stays it). */
+  setFast(peer: Partner, path: PeerPath): void {
+    peer.fast ??= path;
+    this.route(peer);
+  }
+
+  /** Sends that waited for room go to the peer's path, in order, while it takes them. */
+  flush(peer: Partner): void {
+    const path = peer.path;
+    if (path === undefined) return;
+    const backlog = peer.backlog;
+    while (backlog.length > 0) {
+      if (!path.trySend(backlog[0])) return;
+      backlog.shift();
+    }
+  }
+
+  /** `l` is told of every peer that fails, in the order listeners were added. */
+  onPeerLost(l: PeerLossListener): void {
+    this.listeners.push(l);
+  }
+
+  /** A peer is gone: everything waiting on it completes with `code` and the reason; nothing hangs. */
+  fail(peer: Partner, why: string, code: number): void {
+    if (peer.dead !== undefined) return;
+    peer.dead = why;
+    this.deadCount++;
+    for (const r of peer.backlog.splice(0)) {
+      r.reason ??= why;
+      this.completion.complete(r, code, 0);
+    }
+    for (const l of this.listeners) l.peerLost(peer, why, code);
+    // A survivor keeps nothing of a peer that went away: its channel is unmapped.
+    peer.channel?.release();
+  }
+}

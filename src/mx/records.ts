@@ -1,0 +1,58 @@
+/**
+ * The MX records two libraries exchange, whichever way a peer is reached: on a co-resident
+ * channel (a record of channel-abi.ts), as a NIC SEND (nic-records.ts packs the same
+ * fields into a descriptor) or as MX-over-Ethernet frames (ether.ts). This file names the
+ * types and, for the channel, every protocol word: the sending library writes them all,
+ * the receiving one copies them out once (LaneReader.aux) and treats them as hostile.
+ *
+ *   EAGER   the message inline (RecordWord.Length = payload bytes)
+ *   RNDV    no payload (RecordFlag.NoPayload; Length = the message length): the data stays in
+ *           the sender's registered memory under a pull right armed for this message alone
+ *           (nic/window.ts, the exposure table); the receiver's NIC pulls it once matched
+ *   NOTIFY  the receiver's answer: it matched a synchronous send, or pulled a rendezvous
+ *   PING    NIC only: a liveness probe; its SEND_DONE says whether the peer is still there
+ *
+ * Protocol words of a channel record (index into its aux words; word RecordWord.Aux + index):
+ *
+ *   EAGER, RNDV (MsgAux)                      NOTIFY (NotifyAux)
+ *   0 SyncId    sync id, 0 = none             0 SyncId  the send's sync id
+ *   1 Seq       sender's sequence             1 Xfer    bytes transferred
+ *   2 XpIndex   RNDV: exposure index          2 Status  MX status
+ *   3 XpKey     RNDV: its key
+ *   4 XpOffset  RNDV: offset in it (0)
+ *   5 TraceSeq  the sender's trace sequence (record flag FLAG_TRACED, trace.ts)
+ *
+ * A sync id names the send waiting for the answer (an issend, or every rendezvous): the
+ * receiver answers with NOTIFY carrying it. The sender's sequence numbers each pair's
+ * messages, so the receiver matches them in order whichever way each one came. (Const
+ * enums, as in channel-abi.ts: tsc writes each name as its number.)
+ */
+
+// biome-ignore lint/suspicious/noConstEnum: inlined by tsc (channel-abi.ts says why)
+export const enum RecordType {
+  Eager = 1,
+  Rndv = 2,
+  Notify = 3,
+  /** NIC only (nic-records.ts): a liveness probe. */
+  Ping = 4,
+}
+
+/** The highest type a channel carries (its reader refuses anything above). */
+export const MAX_CHANNEL_RECORD = RecordType.Notify;
+
+// biome-ignore lint/suspicious/noConstEnum: inlined by tsc (channel-abi.ts says why)
+export const enum MsgAux {
+  SyncId = 0,
+  Seq = 1,
+  XpIndex = 2,
+  XpKey = 3,
+  XpOffset = 4,
+  TraceSeq = 5,
+}
+
+// biome-ignore lint/suspicious/noConstEnum: inlined by tsc (channel-abi.ts says why)
+export const enum NotifyAux {
+  SyncId = 0,
+  Xfer = 1,
+  Status = 2,
+}

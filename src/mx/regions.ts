@@ -1,0 +1,137 @@
+/**
+ * An endpoint's message memory, as Open-MX's omx_large.c: where a rendezvous send's data and
+ * a pulled receive's target are registered (the registration cache, regcache.ts), the bounce
+ * buffers that stand in for memory outside the domain, and `alloc`/`free` of message buffers.
+ * A request holds its registration and its bounce buffer while in flight; `release` gives
+ * them back as it completes.
+ */
+import type { MxDriver } from "../myrixen/driver-abi.js";
+import { asMxError, MxError } from "./codes.js";
+import { BouncePool, MEMORY_KNOB, RegCache, type RegEntry, type RegLimits, regLimits } from "./regcache.js";
+import type { EndpointCounters, MxRequest } from "./types.js";
+
+export class Regions {
+  private readonly regs: RegCache;
+  private readonly bounces: BouncePool;
+  /** The driver registers memory with a NIC (the split driver has nothing to register). */
+  private readonly registers: boolean;
+
+  constructor(
+    private readonly driver: MxDriver,
+    endpointId: number,
+    /** This domain's memory: buffers in it are registered in place; others are bounce-copied. */
+    private readonly memory: SharedArrayBuffer | undefined,
+    private readonly counters: EndpointCounters,
+  ) {
+    const limits = regLimits(memory?.byteLength ?? 64 << 20);
+    this.regs = new RegCache(driver, endpointId, limits, counters);
+    this.bounces = new BouncePool(driver, this.regs, limits.bouncePoolBytes, counters);
+    this.registers = driver.path !== "split";
+  }
+
+  /** The bounds of the registration cache and bounce pool. */
+  get limits(): RegLimits {
+    return this.regs.limits;
+  }
+
+  /** The domain's memory in bytes (64 MiB when unknown). */
+  get ramBytes(): number {
+    return this.memory?.byteLength ?? 64 << 20;
+  }
+
+  private inMemory(bytes: Uint8Array): boolean {
+    return this.memory !== undefined && bytes.buffer === this.memory;
+  }
+
+  /**
+   * A rendezvous send's data in registered memory of this domain (bounce-copied if it is not
+   * there), held until the send completes. false: it cannot be had (`req.reason` says why).
+   */
+  prepareSend(req: MxRequest): boolean {
+    try {
+      if (!this.inMemory(req.buffer)) {
+        req.bounce = this.bounces.take(req.buffer.length);
+        req.bounce.set(req.buffer);
+        this.counters.bounces++;
+      }
+      if (this.registers) req.reg = this.regs.acquire(req.bounce ?? req.buffer);
+      return true;
+    } catch (e) {
+      req.reason = `isend of ${req.buffer.length} bytes: ${(e as Error).message}`;
+      return false;
+    }
+  }
+
+  /**
+   * Where a pull of `xfer` bytes lands: the receive buffer, or a bounce buffer standing in
+   * for it, registered and held until the receive completes. undefined: it cannot be had
+   * (`req.reason` says why).
+   */
+  pullTarget(req: MxRequest, xfer: number): RegEntry | undefined {
+    try {
+      if (!this.inMemory(req.buffer)) {
+        req.bounce = this.bounces.take(xfer);
+        this.counters.bounces++;
+      }
+      req.reg = this.regs.acquire(req.bounce ?? req.buffer);
+      return req.reg;
+    } catch (e) {
+      req.reason = `receiving ${xfer} bytes: ${(e as Error).message}`;
+      return undefined;
+    }
+  }
+
+  /** The request completes with `xfer` bytes: its registration and bounce buffer go back (a receive's data copied out first). */
+  release(req: MxRequest, xfer: number): void {
+    if (req.reg !== undefined) {
+      this.regs.release(req.reg);
+      req.reg = undefined;
+    }
+    const bounce = req.bounce;
+    if (bounce !== undefined) {
+      if (req.kind === "recv" && xfer > 0) req.buffer.set(bounce.subarray(0, xfer));
+      this.bounces.give(bounce);
+      req.bounce = undefined;
+    }
+  }
+
+  /** Gives back idle registrations or a pooled bounce buffer (memory is short elsewhere); false if none. */
+  shrink(): boolean {
+    return this.regs.evictIdle() || this.bounces.shrink();
+  }
+
+  /** Memory for message buffers: in this domain's memory, so large messages need no bounce copy. */
+  alloc(length: number): Uint8Array {
+    if (!Number.isInteger(length) || length < 0)
+      throw new MxError(
+        "MX_BAD_PARAM_VAL",
+        `alloc: length must be a non-negative integer, got ${String(length)}`,
+      );
+    if (length === 0) return new Uint8Array(0);
+    for (;;) {
+      try {
+        return this.driver.allocBuffer(length);
+      } catch (e) {
+        // Idle bounce buffers give their memory back before the program is told no.
+        if (this.bounces.shrink()) continue;
+        const m = asMxError(e, "MX_NO_RESOURCES");
+        throw new MxError(
+          m.codeName,
+          `alloc(${length}): ${m.message.replace(/^MX_[A-Z_]+: /, "").replace(/; give the domain more pages.*$/, "")}; ${MEMORY_KNOB}`,
+        );
+      }
+    }
+  }
+
+  free(buffer: Uint8Array): void {
+    // Nothing stays registered in memory that goes back to the allocator.
+    this.regs.drop(buffer.buffer, buffer.byteOffset, buffer.byteOffset + buffer.length);
+    this.driver.freeBuffer(buffer);
+  }
+
+  /** The endpoint closed (which released its registrations): the bounce buffers go back to memory. */
+  close(): void {
+    this.regs.clear();
+    this.bounces.drain(false);
+  }
+}

@@ -1,0 +1,377 @@
+/**
+ * The MX library's types, as Open-MX's omx_types.h: requests and their states, statuses,
+ * the opaque address and the partner behind it, the record every path hands to matching,
+ * the interfaces the parts of an endpoint meet at, and its counters.
+ *
+ * Life of a request (RequestState; one state at a time, and the queue it sits in follows
+ * from it):
+ *
+ *   send:  Queued ──(its path took it)──► Sent ──► Done ──(test/wait)──► Reaped
+ *            │ (waits in its partner's backlog while the path is full)   ▲
+ *            └──── an eager send a path completes at once ───────────────┤
+ *          a rendezvous send whose receiver's NIC may still be copying: Sent ─► Revoking ─► Done
+ *   recv:  Queued ─► Posted ──(matched)──► Pulling (rendezvous) ──► Done ──► Reaped
+ *                      └──────(matched: an eager copy)────────────► Done
+ *
+ * Failure takes any state before Done to Done (with an error status and, when the library
+ * knows more, `reason`); mx_cancel takes only Posted. A request the user reaped is over:
+ * using it again is MX_BAD_REQUEST.
+ */
+import { MxStatus, mxStatusName } from "../nic/status.js";
+import { NR_ID_MASK } from "./nic-records.js";
+import type { RegCounters, RegEntry } from "./regcache.js";
+import type { TraceBuffer } from "./trace.js";
+
+// A const enum: tsc writes each state as its number (see myrixen/channel-abi.ts on why the hot
+// path wants that), and the order matters: Revoking and later are past the path's hands.
+// biome-ignore lint/suspicious/noConstEnum: inlined by tsc; the project builds with tsc, never file by file
+export const enum RequestState {
+  /** Made; a send not yet taken by its path (it waits in its partner's backlog, in order). */
+  Queued = 0,
+  /** A receive in the posted queue, not matched yet: the only state mx_cancel takes. */
+  Posted = 1,
+  /** A send its path took: eager data staged in the NIC until SEND_DONE, or a record whose answer (NOTIFY) it waits for. */
+  Sent = 2,
+  /** A matched rendezvous receive whose data is being pulled (by the NIC, or over Ethernet). */
+  Pulling = 3,
+  /** Finished, but the NIC may still be copying under its pull right: done once the NIC lets go (its status is kept meanwhile). */
+  Revoking = 4,
+  /** Completed: status final, in the completion queue until test/wait/testAny reaps it. */
+  Done = 5,
+  /** Handed to the user: the request is over. */
+  Reaped = 6,
+}
+
+/** mx_status_t. */
+export class MxStatusInfo {
+  code: number = MxStatus.PENDING;
+  source: MxAddress | undefined;
+  matchHi = 0;
+  matchLo = 0;
+  /** The sender's original length. */
+  msgLength = 0;
+  /** Bytes actually moved (min of message and receive buffer). */
+  xferLength = 0;
+  context: unknown;
+  /** Why the request failed, when the library knows more than the status code says. */
+  reason: string | undefined = undefined;
+
+  /** The 64-bit match value. */
+  get matchInfo(): bigint {
+    return (BigInt(this.matchHi) << 32n) | BigInt(this.matchLo);
+  }
+
+  /** The status code as MX spells it: MX_STATUS_SUCCESS, MX_STATUS_TRUNCATED, ... */
+  get codeName(): string {
+    return `MX_STATUS_${mxStatusName(this.code)}`;
+  }
+}
+
+type RequestKind = "send" | "recv";
+
+/**
+ * mx_request_t: a send or a receive in flight. It is its own status (`req.status === req`),
+ * so a message costs one object, not two.
+ */
+export class MxRequest extends MxStatusInfo {
+  /** @internal Where the request is in its life (RequestState). */
+  state: RequestState = RequestState.Queued;
+  /** @internal A send's partner. */
+  peer: Partner | undefined = undefined;
+  /** @internal */ buffer: Uint8Array;
+  /** @internal */ matchMaskHi = 0xffffffff;
+  /** @internal */ matchMaskLo = 0xffffffff;
+  /** @internal An issend: completes once the receiver matched. */ sync = false;
+  /** @internal The id the receiver's NOTIFY names (pending-sends.ts), or 0. */ syncId = 0;
+  /** @internal */ rndv = false;
+  /** @internal A whole bounce buffer (its size class) standing in for `buffer` in this domain's memory. */
+  bounce: Uint8Array | undefined = undefined;
+  /** @internal The registration this request holds while in flight (regcache.ts). */
+  reg: RegEntry | undefined = undefined;
+  /** @internal Message id while traced (trace.ts), else 0. */
+  traceId = 0;
+  /** @internal The pull right armed for this rendezvous send (exposure index), or -1. */
+  xp = -1;
+  /** @internal Revoking: the status and length it completes with once the NIC lets go. */
+  revokedCode = 0;
+  revokedXfer = 0;
+
+  constructor(
+    readonly kind: RequestKind,
+    buffer: Uint8Array,
+    context: unknown,
+  ) {
+    super();
+    this.buffer = buffer;
+    this.context = context;
+  }
+
+  /** Whether the request completed (its status is final). */
+  get done(): boolean {
+    return this.state >= RequestState.Done;
+  }
+
+  /** mx_status_t of this request (the request itself). */
+  get status(): MxStatusInfo {
+    return this;
+  }
+}
+
+/** The key of an address's partner: library-internal, like Open-MX's omx__partner_from_addr. */
+export const kPartner: unique symbol = Symbol("mx partner");
+
+/**
+ * The address of a connected peer endpoint (mx_endpoint_addr_t): opaque to the program —
+ * what it names, and a context the program may attach. Everything the library keeps about
+ * the peer is in its Partner.
+ */
+export class MxAddress {
+  readonly nic: number;
+  readonly endpoint: number;
+  readonly session: number;
+  /** A value the application may attach (mx_set_endpoint_addr_context). */
+  context: unknown = undefined;
+  /** @internal */
+  readonly [kPartner]: Partner;
+
+  /** @internal Addresses are made by the library, one per partner. */
+  constructor(partner: Partner) {
+    this.nic = partner.nic;
+    this.endpoint = partner.endpoint;
+    this.session = partner.session;
+    this[kPartner] = partner;
+  }
+
+  toString(): string {
+    return `nic ${this.nic} endpoint ${this.endpoint}`;
+  }
+}
+
+/**
+ * One way of reaching a peer — the co-resident channel, the NIC, or MX over Ethernet — as
+ * undici's connectH1 object is one protocol: the endpoint never branches on which it is.
+ * One is chosen per partner (Partner.path) when its way changes.
+ */
+export interface PeerPath {
+  /**
+   * Hands the send to this path: false if the path is full right now (the send then waits
+   * in its partner's backlog, in order). The path completes the request, or marks it Sent.
+   */
+  trySend(req: MxRequest): boolean;
+  /** Answers a synchronous send or a finished pull with a NOTIFY; it is never dropped. */
+  notify(syncId: number, xfer: number, status: number): void;
+}
+
+/** A co-resident channel's reading side: read on every progress, whichever way sends go. */
+export interface ChannelEnd {
+  readonly channelId: number;
+  /** Reads and matches what the peer wrote (true if anything came); fails the peer on garbage. */
+  receive(): boolean;
+  /** On a sweep that read nothing: fails the peer if its channel was closed. */
+  checkClosed(): void;
+  /** The peer is gone: the lanes are dropped and the driver unmaps the channel. */
+  release(): void;
+}
+
+/** Who fetches a matched rendezvous: the NIC (a PULL descriptor) or the sender over Ethernet. */
+export interface Puller {
+  /** Moves `xfer` (≥ 1) bytes of the rendezvous `rec` from `source` into the receive `req`. */
+  startPull(req: MxRequest, source: Partner, rec: InboundRecord, xfer: number): void;
+}
+
+/** A part of the endpoint that holds something of a peer and lets go of it when the peer fails. */
+export interface PeerLossListener {
+  peerLost(peer: Partner, why: string, code: number): void;
+}
+
+/** The endpoint's blocking loop, for the rare calls that wait (connects): true once `ready()`. */
+export type Block = (ready: () => boolean, timeoutMs: number) => boolean;
+
+/**
+ * A peer endpoint and everything this endpoint keeps about it (Open-MX's omx__partner):
+ * its ways in and out, its pair's sequence numbers, what waits on it, its health.
+ */
+export class Partner {
+  /** What the program holds. */
+  readonly address: MxAddress;
+  /** How sends go now: `ether` when either side is on the split path and the MAC is known, else `fast`. */
+  path: PeerPath | undefined = undefined;
+  /** The fast way: the co-resident channel, or the NIC. */
+  fast: PeerPath | undefined = undefined;
+  /** MX over Ethernet, once the peer's MAC is known. */
+  ether: PeerPath | undefined = undefined;
+  /** The co-resident channel, read on every progress. */
+  channel: ChannelEnd | undefined = undefined;
+  /** The peer said it is on the split path: reach it over Ethernet. */
+  peerSplit = false;
+  /** Sends waiting, in order, for room on the path. */
+  readonly backlog: MxRequest[] = [];
+  /** The sequence number of our next message to the peer. */
+  sendSeq = 0;
+  /** The sequence number the next message from the peer must carry (MX keeps a pair's order). */
+  recvSeq = 0;
+  /** Messages that arrived ahead of an earlier one (only when the peer's path changed), by sequence. */
+  held: KeptRecord[] | undefined = undefined;
+  /** Whether a connect checked this peer's key (a peer that only sent to us is not). */
+  verified = false;
+  /** When we last heard from the peer or last probed it (ms, performance.now()). */
+  lastNews = 0;
+  /** A liveness probe is in flight. */
+  probing = false;
+  /** Why a message to this peer failed (a hole in its sequence), once one has. */
+  holed: string | undefined = undefined;
+  /** Why the peer is gone, once it is: nothing more goes to it or comes from it. */
+  dead: string | undefined = undefined;
+
+  constructor(
+    /** The table this partner belongs to (an address is valid only on its own endpoint). */
+    readonly owner: unknown,
+    readonly nic: number,
+    readonly endpoint: number,
+    readonly session: number,
+  ) {
+    this.address = new MxAddress(this);
+  }
+
+  /** Sends a NOTIFY the way sends to this peer go now (nothing, once it is gone). */
+  notify(syncId: number, xfer: number, status: number): void {
+    if (this.dead === undefined) this.path?.notify(syncId, xfer, status);
+  }
+}
+
+/**
+ * An EAGER or RNDV record as matching sees it, whichever path brought it: the one object a
+ * path fills (it keeps one and refills it per record) and matching consumes at once — or
+ * copies with `keep()` when it must wait (held ahead of its turn, or unexpected). Its
+ * fields hold until the consumer makes a call that may progress the endpoint (a NOTIFY to
+ * a full lane, a PULL to a full send queue): read what is needed first.
+ */
+export class InboundRecord {
+  rndv = false;
+  /** Record flags (FLAG_TRACED: `traceSeq` is the sender's trace sequence). */
+  flags = 0;
+  matchHi = 0;
+  matchLo = 0;
+  /** EAGER: payload bytes; RNDV: the message length. */
+  length = 0;
+  syncId = 0;
+  seq = 0;
+  /** RNDV: the pull right the sender armed (exposure index, key, offset within it). */
+  region = 0;
+  key = 0;
+  offset = 0;
+  traceSeq = 0;
+  /** EAGER: the payload is `bytes` from `payload`, valid until the path releases the record. */
+  bytes: Uint8Array | null = null;
+  payload = 0;
+  /** Kept records: who sent it, and its trace id (0: not traced). */
+  source: Partner | null = null;
+  traceId = 0;
+
+  constructor(
+    /** RNDV: who fetches the data, by the way the record came. */
+    readonly puller: Puller,
+  ) {}
+
+  /** A copy that outlives the path's buffer: the eager payload copied out. */
+  keep(source: Partner, traceId: number): KeptRecord {
+    const k = new InboundRecord(this.puller);
+    k.rndv = this.rndv;
+    k.flags = this.flags;
+    k.matchHi = this.matchHi;
+    k.matchLo = this.matchLo;
+    k.length = this.length;
+    k.syncId = this.syncId;
+    k.seq = this.seq;
+    k.region = this.region;
+    k.key = this.key;
+    k.offset = this.offset;
+    k.traceSeq = this.traceSeq;
+    const b = this.bytes;
+    k.bytes = this.rndv || b === null ? null : b.slice(this.payload, this.payload + this.length);
+    k.source = source;
+    k.traceId = traceId;
+    return k as KeptRecord;
+  }
+}
+
+/** A record kept for later (held ahead of its turn, or unexpected): it knows its sender. */
+export interface KeptRecord extends InboundRecord {
+  source: Partner;
+}
+
+export interface EndpointCounters extends RegCounters {
+  sends: number;
+  recvs: number;
+  eager: number;
+  rndv: number;
+  pulls: number;
+  unexpected: number;
+  /** Interrupts this endpoint raised on a peer that had announced it would sleep. */
+  kicks: number;
+  /** Times this endpoint announced it would sleep (a peer may kick only after one). */
+  sleeps: number;
+  progress: number;
+  channelErrors: number;
+  nicErrors: number;
+  bounces: number;
+  /** Records sent and received through the NIC (peers on other NICs). */
+  wireSends: number;
+  wireRecvs: number;
+  /** Messages that arrived ahead of their turn and waited (a peer changing paths). */
+  held: number;
+  /** Liveness probes sent to peers we were waiting on. */
+  probes: number;
+}
+
+/**
+ * What every part of an endpoint shares: who it is, its counters, the trace buffer while
+ * tracing, and the ids that name its waiting sends, pulls and connects.
+ */
+export class EndpointContext {
+  readonly counters: EndpointCounters = {
+    sends: 0,
+    recvs: 0,
+    eager: 0,
+    rndv: 0,
+    pulls: 0,
+    unexpected: 0,
+    kicks: 0,
+    sleeps: 0,
+    progress: 0,
+    channelErrors: 0,
+    nicErrors: 0,
+    bounces: 0,
+    registrations: 0,
+    deregistrations: 0,
+    regCacheHits: 0,
+    regCacheEvictions: 0,
+    regionsCached: 0,
+    bytesCached: 0,
+    bouncePooledBytes: 0,
+    wireSends: 0,
+    wireRecvs: 0,
+    held: 0,
+    probes: 0,
+  };
+  /** The trace buffer while tracing, else undefined: with tracing off each stage costs one check. */
+  trace: TraceBuffer | undefined = undefined;
+  private nextId = 1;
+
+  constructor(
+    readonly nicId: number,
+    readonly endpointId: number,
+    readonly session: number,
+    readonly key: number,
+  ) {}
+
+  /**
+   * A nonzero id for a waiting send, a pull or a connect (0 means "none" in a record). 24
+   * bits: ids travel in a NIC record's aux0 (nic-records.ts NR_ID_MASK).
+   */
+  newId(): number {
+    const id = this.nextId;
+    this.nextId = (this.nextId + 1) & NR_ID_MASK || 1;
+    return id;
+  }
+}

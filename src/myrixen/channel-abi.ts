@@ -1,0 +1,88 @@
+/**
+ * The co-resident channel's layout: the ABI that myrback (which makes a channel, grants it to
+ * exactly two endpoints and closes it when one of them goes) and the MX library (which
+ * writes and reads records in it: src/mx/channel.ts) share. Like Open-MX's common/, it sits
+ * below both, so neither imports the other.
+ *
+ *   channel = lane 0 + lane 1; endpoint side s writes lane s and reads lane 1−s
+ *   lane    = LANE_HEADER_BYTES of control words + LANE_BYTES of records
+ *
+ *   lane control words (LaneWord: Int32 indices into the lane header; 128 bytes apart, so
+ *   the writer's and the reader's words never share a cache line or its prefetched neighbour):
+ *     Tail         [writer]  bytes ever published (u32, wraps); the store is the release
+ *     Head         [reader]  bytes ever consumed (u32, wraps)
+ *     Closed       [either member, or myrback]  nonzero: the channel is dead
+ *     SpaceWanted  [writer sets, reader clears]  the writer found the lane full and waits:
+ *                  the reader wakes it after freeing space
+ *
+ *   record (RecordWord: u32 indices from the record's start; 8-byte aligned, never wrapping;
+ *   all written by the lane's writer, copied out once by its reader, which treats them as
+ *   hostile):
+ *     +0   Size     total bytes: header + payload + pad
+ *     +4   Type     type (bits 0..15; RECORD_PAD = 0 fills the end of the lane) | flags << 16
+ *                   (RecordFlag here; the library's own above them)
+ *     +8   MatchHi  64-bit match value, high word
+ *     +12  MatchLo  … low word
+ *     +16  Length   payload bytes in the record, or (RecordFlag.NoPayload) a message length
+ *     +20  Aux …    protocol words up to End, meaning per record type (src/mx/records.ts)
+ *     +48  payload
+ *
+ * The word names are const enums: tsc writes each as its number, so naming a word costs the
+ * hot path nothing (an imported constant is a load and a check on every use).
+ *
+ * myrback needs only the size (CHANNEL_BYTES) and `closeChannelLanes`; the record words are
+ * named here so that every word of the shared memory is named in one place.
+ */
+import { PAGE_SIZE } from "../xen/abi.js";
+
+export const LANE_HEADER_BYTES = PAGE_SIZE;
+export const LANE_BYTES = 256 * 1024;
+export const CHANNEL_BYTES = 2 * (LANE_HEADER_BYTES + LANE_BYTES);
+
+// biome-ignore lint/suspicious/noConstEnum: inlined by tsc (see the header); the project builds with tsc, never file by file
+export const enum LaneWord {
+  Tail = 0,
+  Head = 32,
+  Closed = 64,
+  SpaceWanted = 96,
+}
+
+export const RECORD_HEADER_BYTES = 48;
+/** Record type 0 fills the end of the lane when the next record does not fit there. */
+export const RECORD_PAD = 0;
+
+// biome-ignore lint/suspicious/noConstEnum: inlined by tsc (see the header)
+export const enum RecordWord {
+  Size = 0,
+  Type = 1,
+  MatchHi = 2,
+  MatchLo = 3,
+  Length = 4,
+  /** The first protocol word. */
+  Aux = 5,
+  /** Past the last protocol word: the header is End words (RECORD_HEADER_BYTES). */
+  End = 12,
+}
+
+/** The protocol words of a record (Aux up to End). */
+export const RECORD_AUX_WORDS = RecordWord.End - RecordWord.Aux;
+
+// biome-ignore lint/suspicious/noConstEnum: inlined by tsc (see the header)
+export const enum RecordFlag {
+  /**
+   * Length is a message length, not a payload carried in the record (a rendezvous announces
+   * a message whose data stays in the sender's memory).
+   */
+  NoPayload = 1,
+}
+
+/** Byte offset of lane `side` in the channel. */
+export function laneOffset(side: 0 | 1): number {
+  return side * (LANE_HEADER_BYTES + LANE_BYTES);
+}
+
+/** Kills a channel: both lanes closed, so each member's reader and writer see it. */
+export function closeChannelLanes(channel: SharedArrayBuffer): void {
+  for (const side of [0, 1] as const)
+    Atomics.store(new Int32Array(channel, laneOffset(side), LANE_HEADER_BYTES / 4), LaneWord.Closed, 1);
+}

@@ -1,0 +1,178 @@
+/**
+ * Matching (src/mx/matching.ts) on its own: posted and unexpected queues, masks, a pair's
+ * order (records held ahead of their turn), truncation, NOTIFYs to waiting senders,
+ * rendezvous handed to their puller, probe and cancel. Real objects; records are handed in
+ * as a path would hand them.
+ */
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { MAX_HELD } from "../src/mx/matching.js";
+import { MxRequest, RequestState } from "../src/mx/types.js";
+import { MxStatus } from "../src/nic/status.js";
+import { eager, parts, peer, RecordingPuller, rndv } from "./helpers/mx-parts.js";
+
+const ALL = 0xffffffff;
+
+function recv(size: number, matchLo: number, maskLo = ALL): MxRequest {
+  const r = new MxRequest("recv", new Uint8Array(size), undefined);
+  r.matchLo = matchLo;
+  r.matchMaskLo = maskLo;
+  return r;
+}
+
+test("a record for a posted receive is copied in and completes it, from its partner", () => {
+  const p = parts();
+  const { partner } = peer(p);
+  const puller = new RecordingPuller();
+  const r = recv(16, 5);
+  p.matching.post(r);
+  assert.equal(r.state, RequestState.Posted);
+  p.matching.deliver(partner, eager(puller, 5, new Uint8Array([1, 2, 3]), 0));
+  assert.equal(r.state, RequestState.Done);
+  assert.equal(r.code, MxStatus.SUCCESS);
+  assert.equal(r.source, partner.address);
+  assert.deepEqual([r.msgLength, r.xferLength], [3, 3]);
+  assert.deepEqual([...r.buffer.subarray(0, 3)], [1, 2, 3]);
+  assert.equal(partner.recvSeq, 1);
+});
+
+test("a receive too small for the message gets its first bytes, TRUNCATED", () => {
+  const p = parts();
+  const { partner } = peer(p);
+  const r = recv(2, 1);
+  p.matching.post(r);
+  p.matching.deliver(partner, eager(new RecordingPuller(), 1, new Uint8Array([9, 8, 7, 6]), 0));
+  assert.equal(r.code, MxStatus.TRUNCATED);
+  assert.deepEqual([r.msgLength, r.xferLength], [4, 2]);
+  assert.deepEqual([...r.buffer], [9, 8]);
+});
+
+test("unexpected messages wait in arrival order, their payload copied out when they arrive", () => {
+  const p = parts();
+  const { partner } = peer(p);
+  const puller = new RecordingPuller();
+  const first = new Uint8Array([1]);
+  p.matching.deliver(partner, eager(puller, 3, first, 0));
+  p.matching.deliver(partner, eager(puller, 3, new Uint8Array([2]), 1));
+  first[0] = 99; // the path's buffer is reused after the record is released
+  assert.equal(p.ctx.counters.unexpected, 2);
+  const a = recv(1, 3);
+  const b = recv(1, 3);
+  p.matching.post(a);
+  p.matching.post(b);
+  assert.deepEqual([a.buffer[0], b.buffer[0]], [1, 2]);
+  assert.ok(a.done && b.done);
+});
+
+test("the first posted receive that fits under its mask takes the message", () => {
+  const p = parts();
+  const { partner } = peer(p);
+  const exact = recv(1, 0x10);
+  const wildcard = recv(1, 0x10, 0xf0);
+  p.matching.post(exact);
+  p.matching.post(wildcard);
+  p.matching.deliver(partner, eager(new RecordingPuller(), 0x17, new Uint8Array([1]), 0));
+  assert.equal(exact.state, RequestState.Posted, "0x17 is not 0x10");
+  assert.equal(wildcard.code, MxStatus.SUCCESS);
+  assert.equal(wildcard.matchLo, 0x17, "the status carries the message's match value");
+});
+
+test("a record ahead of its turn is held until the ones before it arrive, then all match in order", () => {
+  const p = parts();
+  const { partner } = peer(p);
+  const puller = new RecordingPuller();
+  const got: number[] = [];
+  const reqs = [recv(1, 0, 0), recv(1, 0, 0), recv(1, 0, 0)];
+  for (const r of reqs) p.matching.post(r);
+  p.matching.deliver(partner, eager(puller, 1, new Uint8Array([12]), 2));
+  p.matching.deliver(partner, eager(puller, 1, new Uint8Array([11]), 1));
+  assert.equal(p.ctx.counters.held, 2);
+  assert.equal(reqs[0].state, RequestState.Posted, "nothing matches before sequence 0");
+  p.matching.deliver(partner, eager(puller, 1, new Uint8Array([10]), 0));
+  for (const r of reqs) got.push(r.buffer[0]);
+  assert.deepEqual(got, [10, 11, 12]);
+  assert.equal(partner.recvSeq, 3);
+  assert.equal(partner.held?.length, 0);
+});
+
+test("a record behind its pair's sequence (a duplicate) is dropped and counted", () => {
+  const p = parts();
+  const { partner } = peer(p);
+  const puller = new RecordingPuller();
+  p.matching.deliver(partner, eager(puller, 1, new Uint8Array([1]), 0));
+  p.matching.deliver(partner, eager(puller, 1, new Uint8Array([1]), 0));
+  assert.equal(p.ctx.counters.channelErrors, 1);
+  assert.equal(p.ctx.counters.unexpected, 1);
+});
+
+test("a peer whose sequence numbers run away is failed", () => {
+  const p = parts();
+  const { partner } = peer(p);
+  const puller = new RecordingPuller();
+  for (let i = 1; i <= MAX_HELD + 1; i++) p.matching.deliver(partner, eager(puller, 1, new Uint8Array(0), i));
+  assert.match(partner.dead ?? "", /ran away/);
+});
+
+test("a synchronous sender is answered with a NOTIFY on its partner's path", () => {
+  const p = parts();
+  const { partner, path } = peer(p);
+  const r = recv(8, 2);
+  p.matching.post(r);
+  p.matching.deliver(partner, eager(new RecordingPuller(), 2, new Uint8Array(5), 0, 77));
+  assert.deepEqual(path.notified, [[77, 5, MxStatus.SUCCESS]]);
+});
+
+test("a rendezvous goes to the puller its record came with; an empty one is answered at once", () => {
+  const p = parts();
+  const { partner, path } = peer(p);
+  const puller = new RecordingPuller();
+  const r = recv(1000, 4);
+  p.matching.post(r);
+  p.matching.deliver(partner, rndv(puller, 4, 5000, 0, 31));
+  assert.equal(r.state, RequestState.Pulling);
+  assert.equal(puller.pulls.length, 1);
+  assert.deepEqual(
+    { syncId: puller.pulls[0].syncId, region: puller.pulls[0].region, xfer: puller.pulls[0].xfer },
+    { syncId: 31, region: 3, xfer: 1000 },
+  );
+  assert.equal(puller.pulls[0].source, partner);
+  assert.equal(r.msgLength, 5000);
+
+  const empty = recv(0, 4);
+  p.matching.post(empty);
+  p.matching.deliver(partner, rndv(puller, 4, 5000, 1, 32));
+  assert.equal(puller.pulls.length, 1, "nothing to pull into a 0-byte receive");
+  assert.equal(empty.code, MxStatus.TRUNCATED);
+  assert.deepEqual(path.notified, [[32, 0, MxStatus.SUCCESS]]);
+});
+
+test("probe sees an unexpected message without taking it; cancel takes only a posted receive", () => {
+  const p = parts();
+  const { partner } = peer(p);
+  p.matching.deliver(partner, eager(new RecordingPuller(), 6, new Uint8Array(3), 0));
+  const s = p.matching.probe(0, 6, ALL, ALL);
+  assert.equal(s?.msgLength, 3);
+  assert.equal(s?.source, partner.address);
+  assert.equal(p.matching.probe(0, 7, ALL, ALL), undefined);
+  const r = recv(3, 6);
+  p.matching.post(r);
+  assert.ok(r.done, "the probed message was still there");
+  assert.equal(p.matching.cancel(r), false, "a matched receive cannot be cancelled");
+  const waiting = recv(3, 8);
+  p.matching.post(waiting);
+  assert.equal(p.matching.cancel(waiting), true);
+  assert.equal(waiting.code, MxStatus.CANCELLED);
+});
+
+test("a failed peer's unexpected rendezvous go (its data cannot be pulled); its eager messages stay", () => {
+  const p = parts();
+  const { partner } = peer(p);
+  const puller = new RecordingPuller();
+  p.matching.deliver(partner, rndv(puller, 9, 100, 0, 1));
+  p.matching.deliver(partner, eager(puller, 9, new Uint8Array([4]), 1));
+  p.partners.fail(partner, "gone", MxStatus.ENDPOINT_CLOSED);
+  const r = recv(100, 9);
+  p.matching.post(r);
+  assert.equal(puller.pulls.length, 0);
+  assert.deepEqual([r.code, r.buffer[0]], [MxStatus.SUCCESS, 4]);
+});

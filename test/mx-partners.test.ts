@@ -1,0 +1,150 @@
+/**
+ * The peer table (src/mx/partner.ts): partners by (nic, endpoint), the opaque address and
+ * the partner behind it, the way chosen per peer, backlogs flushed in order, and failing a
+ * peer — everything waiting on it completes with the reason, the parts that hold something
+ * of it let go, its channel is released. Real objects; RecordingPath stands in for a way.
+ */
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { kPartner, MxAddress, MxRequest, type Partner, RequestState } from "../src/mx/types.js";
+import { MxStatus } from "../src/nic/status.js";
+import { parts, peer, RecordingPath } from "./helpers/mx-parts.js";
+
+function send(to: Partner, size = 8): MxRequest {
+  const r = new MxRequest("send", new Uint8Array(size), undefined);
+  r.peer = to;
+  return r;
+}
+
+test("one live partner per (nic, endpoint); a failed one is replaced, its sequences kept for the same session", () => {
+  const p = parts();
+  const a = p.partners.add(2, 5, 77);
+  assert.equal(p.partners.add(2, 5, 77), a);
+  assert.equal(p.partners.get(2, 5), a);
+  a.sendSeq = 10;
+  a.recvSeq = 4;
+  p.partners.fail(a, "disconnected", MxStatus.ENDPOINT_CLOSED);
+  const again = p.partners.add(2, 5, 77);
+  assert.notEqual(again, a);
+  assert.deepEqual(
+    [again.sendSeq, again.recvSeq],
+    [10, 4],
+    "mx_disconnect then mx_connect continues the pair",
+  );
+  p.partners.fail(again, "reopened", MxStatus.ENDPOINT_CLOSED);
+  const reopened = p.partners.add(2, 5, 78);
+  assert.deepEqual([reopened.sendSeq, reopened.recvSeq], [0, 0], "another session is another pair");
+  assert.deepEqual(p.partners.live(), [reopened]);
+});
+
+test("an address is opaque: it names the peer, and only its own table finds the partner behind it", () => {
+  const p = parts();
+  const q = parts();
+  const a = p.partners.add(1, 2, 3);
+  const addr = a.address;
+  assert.ok(addr instanceof MxAddress);
+  assert.deepEqual([addr.nic, addr.endpoint, addr.session, String(addr)], [1, 2, 3, "nic 1 endpoint 2"]);
+  assert.deepEqual(Object.keys(addr), ["nic", "endpoint", "session", "context"], "no peer state in sight");
+  assert.equal(addr[kPartner], a);
+  assert.equal(p.partners.of(addr), a);
+  assert.equal(q.partners.of(addr), undefined, "an address of another endpoint");
+  assert.equal(p.partners.of({ nic: 1, endpoint: 2, session: 3 }), undefined, "a look-alike");
+});
+
+test("the way to a peer: its fast way, or Ethernet when either side is on the split path", () => {
+  const p = parts();
+  const a = p.partners.add(0, 1, 1);
+  const fast = new RecordingPath();
+  const other = new RecordingPath();
+  const ether = new RecordingPath();
+  p.partners.setFast(a, fast);
+  p.partners.setFast(a, other);
+  assert.equal(a.path, fast, "the first fast way stays");
+  a.ether = ether;
+  p.partners.route(a);
+  assert.equal(a.path, fast);
+  a.peerSplit = true;
+  p.partners.route(a);
+  assert.equal(a.path, ether, "the peer is on the split path");
+  a.peerSplit = false;
+  p.partners.split = true;
+  p.partners.route(a);
+  assert.equal(a.path, ether, "we are");
+  a.ether = undefined;
+  p.partners.route(a);
+  assert.equal(a.path, fast, "no MAC known: the fast way");
+});
+
+test("a backlog goes out in order while the path takes it", () => {
+  const p = parts();
+  const { partner, path } = peer(p);
+  const reqs = [send(partner), send(partner), send(partner)];
+  partner.backlog.push(...reqs);
+  path.full = true;
+  p.partners.flush(partner);
+  assert.equal(path.sent.length, 0);
+  path.full = false;
+  p.partners.flush(partner);
+  assert.deepEqual(path.sent, reqs);
+  assert.equal(partner.backlog.length, 0);
+});
+
+test("a failed peer: its backlog and waiting sends complete with the reason, its channel is released", () => {
+  const p = parts();
+  const { partner } = peer(p);
+  const other = peer(p, 8).partner;
+  const queued = send(partner);
+  partner.backlog.push(queued);
+  const waiting = send(partner);
+  p.sends.add(waiting);
+  const elsewhere = send(other);
+  p.sends.add(elsewhere);
+  let released = 0;
+  partner.channel = {
+    channelId: 4,
+    receive: () => false,
+    checkClosed: () => {},
+    release: () => {
+      released++;
+    },
+  };
+  p.partners.fail(partner, "the peer endpoint went away", MxStatus.ENDPOINT_CLOSED);
+  for (const r of [queued, waiting]) {
+    assert.deepEqual(
+      [r.state, r.code, r.reason],
+      [RequestState.Done, MxStatus.ENDPOINT_CLOSED, "the peer endpoint went away"],
+    );
+  }
+  assert.equal(elsewhere.state, RequestState.Queued, "another peer's send keeps waiting");
+  assert.equal(p.sends.size, 1);
+  assert.equal(released, 1);
+  assert.equal(partner.dead, "the peer endpoint went away");
+  p.partners.fail(partner, "again", MxStatus.ABORTED);
+  assert.equal(queued.code, MxStatus.ENDPOINT_CLOSED, "failing twice is once");
+  assert.equal(p.partners.list.length, 2);
+  p.partners.compact();
+  assert.deepEqual(p.partners.list, [other], "the poll list keeps the living");
+});
+
+test("a NOTIFY answers the send it names (a truncated receive is the sender's success); an unknown one is counted", () => {
+  const p = parts();
+  const { partner } = peer(p);
+  const s = send(partner, 100);
+  p.sends.add(s);
+  assert.ok(s.syncId > 0);
+  assert.equal(p.sends.get(s.syncId), s);
+  p.sends.answer(s.syncId, 60, MxStatus.TRUNCATED);
+  assert.deepEqual([s.code, s.xferLength], [MxStatus.SUCCESS, 60]);
+  p.sends.answer(s.syncId, 60, MxStatus.SUCCESS);
+  assert.equal(p.ctx.counters.channelErrors, 1);
+  assert.equal(partner.address.toString(), "nic 0 endpoint 7");
+});
+
+test("a NOTIFY to a failed peer is not sent", () => {
+  const p = parts();
+  const { partner, path } = peer(p);
+  partner.notify(1, 2, MxStatus.SUCCESS);
+  p.partners.fail(partner, "gone", MxStatus.ENDPOINT_CLOSED);
+  partner.notify(3, 4, MxStatus.SUCCESS);
+  assert.deepEqual(path.notified, [[1, 2, MxStatus.SUCCESS]]);
+});
