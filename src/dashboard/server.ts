@@ -179,6 +179,7 @@ export class Dashboard {
       app.get(route, (_req, reply) =>
         reply.header("content-type", f.type).header("cache-control", "no-store").send(f.body),
       );
+    app.get("/favicon.ico", (_req, reply) => reply.code(204).send());
     app.get("/auth/state", (req) => ({ required: holder.d!.authRequired, ok: holder.d!.authorized(req) }));
     app.get("/auth/challenge", (_req, reply) => holder.d!.challenge(reply));
     app.post("/auth", (req, reply) => holder.d!.login(req, reply));

@@ -273,6 +273,9 @@
   // ---- charts -----------------------------------------------------------------------------------
 
   function pushHistory(u) {
+    // An update without rates (the first after a start) has nothing to plot.
+    if (!u.hosts.some((h) => h.rates)) return;
+    if (history.t.length && u.time / 1000 <= history.t[history.t.length - 1]) return;
     const { paths } = sumPaths(u);
     history.t.push(u.time / 1000);
     for (const p of PATHS) {
