@@ -235,9 +235,11 @@
 
   function kv(obj) {
     return `<div class="kv">${Object.entries(obj)
-      .map(
-        ([k, v]) => `<div>${esc(k)} <span class="v">${typeof v === "number" ? si(v) : esc(v)}</span></div>`,
-      )
+      .map(([k, v]) => {
+        const text =
+          typeof v !== "number" ? esc(v) : Number.isInteger(v) && Math.abs(v) < 10000 ? String(v) : si(v);
+        return `<div>${esc(k)} <span class="v">${text}</span></div>`;
+      })
       .join("")}</div>`;
   }
 
