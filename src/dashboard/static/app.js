@@ -309,7 +309,7 @@
             value: (_u, v) => (v == null ? "-" : si(v, unit)),
           })),
         ],
-        axes: [{}, { values: (_u, vals) => vals.map((v) => si(v, unit)), size: 70 }],
+        axes: [{}, { values: (_u, vals) => vals.map((v) => si(v, unit)), size: 84 }],
         scales: { x: { time: true } },
       },
       [[], [], [], []],
