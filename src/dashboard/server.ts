@@ -186,13 +186,13 @@ export class Dashboard {
     app.get("/api/state", async (req, reply) => {
       const d = holder.d!;
       if (!d.authorized(req)) return reply.code(401).send({ error: "prove the cluster key first (/auth)" });
-      return d.last ?? (await d.tick(false));
+      return await d.current();
     });
     app.get("/api/domain/:host/:domid", async (req, reply) => {
       const d = holder.d!;
       if (!d.authorized(req)) return reply.code(401).send({ error: "prove the cluster key first (/auth)" });
       const { host: h, domid } = req.params as { host: string; domid: string };
-      const state = d.last ?? (await d.tick(false));
+      const state = await d.current();
       const hs = state.hosts.find((x) => x.label === h);
       if (!hs)
         return reply.code(404).send({
@@ -410,6 +410,18 @@ export class Dashboard {
     // Rates restart from the next snapshot when someone watches again.
     this.prev.clear();
   }
+
+  /** The last update if it is younger than an interval, else a new one (API callers cannot make it poll faster). */
+  async current(): Promise<DashboardUpdate> {
+    const every = this.opts.intervalMs ?? 500;
+    if (this.last && Date.now() - this.last.time < every) return this.last;
+    this.pending ??= this.tick(false).finally(() => {
+      this.pending = undefined;
+    });
+    return this.pending;
+  }
+
+  private pending: Promise<DashboardUpdate> | undefined;
 
   /** One round: a snapshot of every host, rates against the last, sent to every client. */
   async tick(broadcast: boolean): Promise<DashboardUpdate> {
