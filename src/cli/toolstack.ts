@@ -583,7 +583,11 @@ export function configureToolstack(
       .command("top")
       .description("rates per domain and per path, refreshed (Ctrl-C stops)")
       .option("--interval <s>", "seconds between refreshes", positive("--interval"), 1)
-      .option("-n, --iterations <n>", "stop after this many refreshes", positive("-n"))
+      .option("-n, --iterations <n>", "stop after this many refreshes", (v: string) => {
+        if (!/^\d+$/.test(v) || Number(v) < 1)
+          throw new InvalidArgumentError(`-n must be a positive integer, got "${v}"`);
+        return Number(v);
+      })
       .option("--path <path>", "only domains whose traffic is on this path: bypass | split | native"),
   ).action((o: CommonOptions & { interval: number; iterations?: number; path?: string }) =>
     run(() => topCommand(o)),
