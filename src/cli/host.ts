@@ -17,6 +17,7 @@ import {
 import { HostDaemon } from "../cluster/host-daemon.js";
 import { DEFAULT_CONTROL_PORT, HostListError, parseAddress, parseHostList } from "../cluster/hostfile.js";
 import { createLogger, LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from "../cluster/log.js";
+import type { Dashboard } from "../dashboard/server.js";
 
 export { ConfigError };
 
@@ -27,6 +28,18 @@ function intFlag(name: string, [min, max]: readonly [number, number]) {
       throw new InvalidArgumentError(`${name} must be a whole number in ${min}..${max}, got "${v}"`);
     return n;
   };
+}
+
+/** `--dashboard [addr:port]`: a port alone binds 127.0.0.1; port 0 picks a free one. */
+export function parseDashboardFlag(v: string): { host: string; port: number } {
+  if (/^\d+$/.test(v)) {
+    const port = Number(v);
+    if (port > 65535) throw new InvalidArgumentError(`--dashboard: port ${v} is not 0..65535`);
+    return { host: "127.0.0.1", port };
+  }
+  const a = parseAddress(v, 7480, true);
+  if (typeof a === "string") throw new InvalidArgumentError(`--dashboard: ${a}`);
+  return a;
 }
 
 interface HostCliOptions {
@@ -40,6 +53,7 @@ interface HostCliOptions {
   logLevel?: LogLevel;
   logFormat?: LogFormat;
   keyFile?: string;
+  dashboard?: { host: string; port: number } | true;
 }
 
 /** Fills in `myrixen host` (the command object comes from main.ts, so it inherits its settings). */
@@ -97,6 +111,11 @@ export function configureHostCommand(cmd: Command): Command {
         "(under $XDG_CONFIG_HOME if set; generated on first use)",
     )
     .option("--config <file>", "JSON settings file; flags given here override it (fields below)")
+    .option(
+      "--dashboard [addr:port]",
+      "also serve the live dashboard (default 127.0.0.1:7480; on another address it asks for the cluster key)",
+      parseDashboardFlag,
+    )
     .addOption(
       new Option("--log-level <level>", "least severe log lines shown (default info)").choices(LOG_LEVELS),
     )
@@ -162,7 +181,28 @@ export async function hostCommand(o: HostCliOptions): Promise<number> {
     log.error("the host could not start", { error: (e as Error).message });
     return 1;
   }
+  let dashboard: Dashboard | undefined;
+  if (o.dashboard) {
+    const at = o.dashboard === true ? { host: "127.0.0.1", port: 7480 } : o.dashboard;
+    try {
+      const { Dashboard } = await import("../dashboard/server.js");
+      const { daemonSource } = await import("../dashboard/sources.js");
+      dashboard = await Dashboard.start({
+        host: at.host,
+        port: at.port,
+        sources: [daemonSource(`${daemon.hostname}:${daemon.control.port}`, daemon)],
+        key,
+        log,
+      });
+      log.info("dashboard ready", { url: dashboard.url, asksForKey: dashboard.authRequired });
+    } catch (e) {
+      log.error("the dashboard could not start", { error: (e as Error).message });
+      await daemon.stop();
+      return 1;
+    }
+  }
   log.info("signal received: stopping the host", { signal: await signal });
+  await dashboard?.stop();
   // A second signal while stopping means "now".
   const force = () => process.exit(130);
   process.once("SIGINT", force);

@@ -4,11 +4,13 @@
  * codes: 0 success, 1 a run failed, 2 bad usage, 130 a job stopped by Ctrl-C.
  */
 import { Command, CommanderError, InvalidArgumentError } from "commander";
+import { MYRIXEN_VERSION } from "../host/snapshot.js";
 import { ALL_TRANSPORTS, type BenchCliOptions, BenchUsageError, benchCommand, SUITES } from "./bench.js";
 import { runDemo } from "./demo.js";
-import { ConfigError, configureHostCommand } from "./host.js";
+import { ConfigError, configureHostCommand, parseDashboardFlag } from "./host.js";
 import { BUILTIN_PROGRAMS, RunUsageError, runCommand } from "./run.js";
 import { runMainJob } from "./start.js";
+import { configureToolstack, ToolstackUsageError } from "./toolstack.js";
 
 class UsageError extends Error {}
 
@@ -23,6 +25,7 @@ interface RunCliOptions {
   tagOutput?: boolean;
   linkTimeout?: number;
   keyFile?: string;
+  dashboard?: { host: string; port: number };
 }
 
 function positiveInt(name: string) {
@@ -34,6 +37,13 @@ function positiveInt(name: string) {
   };
 }
 
+/** `--dashboard` alone (true) means the default address. */
+function dashboardAt(
+  v: { host: string; port: number } | true | undefined,
+): { host: string; port: number } | undefined {
+  return v === true ? { host: "127.0.0.1", port: 7480 } : v;
+}
+
 const out = (line: string) => process.stdout.write(`${line}\n`);
 const err = (line: string) => process.stderr.write(`${line}\n`);
 
@@ -43,7 +53,7 @@ export function buildProgram(): Command {
       "VMM-bypass message passing for virtual machines: Xen-style domains on worker threads,\n" +
         "grant tables, event channels, XenStore and shared rings; MX over bypass and split paths.",
     )
-    .version("0.1.0")
+    .version(MYRIXEN_VERSION)
     .showHelpAfterError("(run with --help for usage)")
     .exitOverride()
     .enablePositionalOptions();
@@ -53,8 +63,13 @@ export function buildProgram(): Command {
     .description(
       "the main job (npm start): NAS EP and OSU latency/bandwidth on a virtual cluster, native vs bypass",
     )
-    .action(async () => {
-      const ok = await runMainJob(out, err);
+    .option(
+      "--dashboard [addr:port]",
+      "serve the live dashboard while it runs (default 127.0.0.1:7480; a port alone binds 127.0.0.1)",
+      parseDashboardFlag,
+    )
+    .action(async (o: { dashboard?: { host: string; port: number } | true }) => {
+      const ok = await runMainJob(out, err, { dashboard: dashboardAt(o.dashboard) });
       if (!ok) process.exitCode = 1;
     });
 
@@ -138,6 +153,11 @@ export function buildProgram(): Command {
       "--key-file <file>",
       "the cluster key file the hosts hold (default: $MYRIXEN_KEY_FILE, then ~/.config/myrixen/cluster.key)",
     )
+    .option(
+      "--dashboard [addr:port]",
+      "serve the live dashboard of the job's hosts while it runs (default 127.0.0.1:7480)",
+      parseDashboardFlag,
+    )
     .argument("<program>", `a built-in (${Object.keys(BUILTIN_PROGRAMS).join(", ")}) or a module path`)
     .argument("[args...]", "the program's own arguments")
     .addHelpText(
@@ -160,6 +180,7 @@ export function buildProgram(): Command {
           tagOutput: o.tagOutput,
           linkTimeoutMs: o.linkTimeout,
           keyFile: o.keyFile,
+          dashboard: dashboardAt(o.dashboard as RunCliOptions["dashboard"] | true),
         });
       } catch (e) {
         if (e instanceof RunUsageError || e instanceof RangeError) throw new UsageError(e.message);
@@ -168,6 +189,22 @@ export function buildProgram(): Command {
     });
 
   configureHostCommand(program.command("host"));
+
+  configureToolstack(
+    program,
+    async (f) => {
+      try {
+        process.exitCode = await f();
+      } catch (e) {
+        if (e instanceof ToolstackUsageError) throw new UsageError(e.message);
+        throw e;
+      }
+    },
+    (v) => {
+      const a = parseDashboardFlag(v);
+      return a;
+    },
+  );
 
   return program;
 }

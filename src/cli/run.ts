@@ -9,8 +9,15 @@
  * named with the key file to use (exit code 1), an unusable key file is exit code 2.
  */
 import { readFileSync } from "node:fs";
-import { type ClusterKey, KEY_FILE_ENV, KeyFileError, loadClusterKey } from "../cluster/auth.js";
 import {
+  type ClusterKey,
+  KEY_FILE_ENV,
+  KeyFileError,
+  loadClusterKey,
+  randomClusterKey,
+} from "../cluster/auth.js";
+import {
+  type HostAddress,
   type HostEntry,
   HostListError,
   hostsFromSlurm,
@@ -18,11 +25,14 @@ import {
   parseHostList,
 } from "../cluster/hostfile.js";
 import { Job, JobSetupError, type JobTarget, LocalTarget, type RankOutcome } from "../cluster/job.js";
+import { createLogger } from "../cluster/log.js";
 import { MAP_BY, type MapBy } from "../cluster/placement.js";
 import { BUILTIN_PROGRAMS, ProgramError, resolveProgram } from "../cluster/programs.js";
 import { AuthError, RemoteHost } from "../cluster/remote.js";
 import { RANK_PATHS, type RankPath } from "../cluster/wire.js";
+import type { Dashboard } from "../dashboard/server.js";
 import { Host } from "../host/host.js";
+import { type EmbeddedObservation, observeEmbedded } from "./embedded.js";
 
 export { BUILTIN_PROGRAMS, resolveProgram };
 
@@ -46,9 +56,12 @@ export interface RunOptions {
   keyFile?: string;
   /** Where Slurm's variables and MYRIXEN_KEY_FILE come from (default process.env). */
   env?: NodeJS.ProcessEnv;
+  /** Serve the live dashboard of the job's hosts here while it runs. */
+  dashboard?: HostAddress;
 }
 
 const err = (line: string) => process.stderr.write(`myrixen run: ${line}\n`);
+const note = (line: string) => process.stderr.write(`${line}\n`);
 
 /** Which hosts the job runs on: --hosts, --hostfile, Slurm's allocation, or none (embedded). */
 function chooseHosts(o: RunOptions): { hosts?: HostEntry[]; ntasks?: number; source: string } {
@@ -135,8 +148,19 @@ export async function runCommand(program: string, argv: string[], o: RunOptions)
       throw e;
     }
     const host = await Host.start({});
+    // While it runs, `myrixen list`/`top`/`dashboard` see its host (and --dashboard serves the page).
+    let observed: EmbeddedObservation;
+    try {
+      observed = await observeEmbedded([{ host, name: "local" }], randomClusterKey(), "myrixen run", o, note);
+    } catch (e) {
+      await host.stop();
+      throw e;
+    }
     targets = [new LocalTarget(host)];
-    cleanup = () => host.stop();
+    cleanup = async () => {
+      await observed.stop();
+      await host.stop();
+    };
   } else {
     let key: ClusterKey;
     try {
@@ -155,7 +179,21 @@ export async function runCommand(program: string, argv: string[], o: RunOptions)
       return 1;
     }
     targets = remotes;
+    let dashboard: Dashboard | undefined;
+    if (o.dashboard) {
+      const { Dashboard } = await import("../dashboard/server.js");
+      const { remoteSource } = await import("../dashboard/sources.js");
+      dashboard = await Dashboard.start({
+        host: o.dashboard.host,
+        port: o.dashboard.port,
+        sources: chosen.hosts.map((h) => remoteSource(h, key)),
+        key,
+        log: createLogger({ level: "warn", format: "text" }),
+      });
+      err(`dashboard at ${dashboard.url}`);
+    }
     cleanup = async () => {
+      await dashboard?.stop();
       for (const r of remotes) r.close();
     };
     n ??= chosen.ntasks ?? chosen.hosts.reduce((s, h, i) => s + (h.slots ?? remotes[i].slots), 0);

@@ -12,9 +12,11 @@ import { join } from "node:path";
 import Table from "cli-table3";
 import pc from "picocolors";
 import type { BenchRow } from "../bench/harness.js";
+import type { HostAddress } from "../cluster/hostfile.js";
 import { Job, type JobTarget } from "../cluster/job.js";
 import { startLocalCluster } from "../cluster/local-cluster.js";
 import type { NetStats } from "../netback/stats.js";
+import { type EmbeddedObservation, observeEmbedded } from "./embedded.js";
 import { resolveProgram } from "./run.js";
 
 const PATHS = ["native", "bypass", "split"] as const;
@@ -43,7 +45,11 @@ function osuArgs(path: Path, scope: Scope, bench: "osu-latency" | "osu-bw"): str
   return ["-m", "65536:1048576", ...(slow ? ["-i", "8", "-x", "2"] : ["-i", "20", "-x", "4"])];
 }
 
-export async function runMainJob(out: (line: string) => void, err: (line: string) => void): Promise<boolean> {
+export async function runMainJob(
+  out: (line: string) => void,
+  err: (line: string) => void,
+  opts: { dashboard?: HostAddress } = {},
+): Promise<boolean> {
   const dir = mkdtempSync(join(tmpdir(), "myrixen-start-"));
   const t0 = performance.now();
   const steps = PATHS.length * 5;
@@ -56,6 +62,24 @@ export async function runMainJob(out: (line: string) => void, err: (line: string
     ),
   );
   const cluster = await startLocalCluster(2, 2);
+  // While it runs, `myrixen list`/`top`/`dashboard` see its hosts (and --dashboard serves the page).
+  let observed: EmbeddedObservation | undefined;
+  try {
+    observed = await observeEmbedded(
+      cluster.hosts.map((host, i) => ({
+        host,
+        name: `host${i + 1}`,
+        linkAddress: cluster.targets[i].linkAddress,
+      })),
+      cluster.key,
+      "myrixen start",
+      opts,
+      (l) => err(pc.dim(l)),
+    );
+  } catch (e) {
+    await cluster.stop();
+    throw e;
+  }
   const nas = new Map<Path, NasResult>();
   const osu = new Map<string, BenchRow[]>();
   const logs: string[] = [];
@@ -114,6 +138,7 @@ export async function runMainJob(out: (line: string) => void, err: (line: string
       }
     }
   } finally {
+    await observed.stop();
     await cluster.stop();
     rmSync(dir, { recursive: true, force: true });
   }

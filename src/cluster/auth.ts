@@ -155,9 +155,16 @@ export function readKeyFile(file: string, from = "--key-file"): ClusterKey {
   }
 }
 
-/** A fresh random key held in memory (for clusters inside one process). */
+/**
+ * A fresh random key held in memory (for clusters inside one process): 32 random bytes as 64
+ * hex characters, the form of a generated key file, so that a person can type it (the
+ * dashboard's sign-in) when it is shown to them (runtime.ts).
+ */
 export function randomClusterKey(): ClusterKey {
-  return { bytes: randomBytes(32), source: "an in-memory key of this process" };
+  return {
+    bytes: Buffer.from(randomBytes(32).toString("hex"), "latin1"),
+    source: "an in-memory key of this process",
+  };
 }
 
 /** A fresh nonce for a control handshake, as 64 hex characters. */

@@ -17,10 +17,13 @@
 import net from "node:net";
 import { hostname as osHostname } from "node:os";
 import { Host } from "../host/host.js";
+import { Inspector } from "../host/inspect.js";
+import type { HostSnapshot } from "../host/snapshot.js";
+import type { XenStoreTreeNode } from "../xen/xenstore.js";
 import { type ClusterKey, checkControlProof, controlProof, newNonce } from "./auth.js";
 import { formatAddress, type HostAddress, type HostEntry } from "./hostfile.js";
 import { type LogFields, type Logger, rateLimitedWarn } from "./log.js";
-import { RankRefusal, RankSet } from "./ranks.js";
+import { jobsOn, RankRefusal, RankSet } from "./ranks.js";
 import { RemoteHost } from "./remote.js";
 import {
   CLIENT_TYPES,
@@ -32,6 +35,7 @@ import {
   MAX_HANDSHAKE_LINE_BYTES,
   MAX_LINE_BYTES,
   MAX_OUTPUT_LINE,
+  MAX_XENSTORE_NODES,
   type StartMessage,
   validateMessage,
   WIRE_VERSION,
@@ -60,6 +64,28 @@ export interface HostDaemonOptions {
   /** At most this many authenticated control connections at once (default 256). */
   maxConnections?: number;
 }
+
+/** Serving an existing Host (the embedded host of `myrixen start`/`run`): inspection only. */
+export interface ServeHostOptions {
+  listen: HostAddress;
+  key: ClusterKey;
+  log: Logger;
+  /** What the host is, for clients ("the embedded host of myrixen run, pid 123"). */
+  observeOnly: string;
+  /** How it is named in snapshots (default: the hostname). */
+  name?: string;
+  /** Where its NIC accepts links, if it does (shown by `myrixen info`). */
+  linkAddress?: HostAddress;
+  handshakeTimeoutMs?: number;
+  maxPendingHandshakes?: number;
+  idleTimeoutMs?: number;
+  maxConnections?: number;
+}
+
+type DaemonSettings = Pick<
+  HostDaemonOptions,
+  "key" | "handshakeTimeoutMs" | "maxPendingHandshakes" | "idleTimeoutMs" | "maxConnections" | "peers"
+> & { observeOnly?: string; name?: string };
 
 /** FNV-1a of `hostname:port`, in 0..0xfffffffe (the NIC ids a Host accepts). */
 export function deriveNicId(hostname: string, port: number): number {
@@ -241,12 +267,34 @@ class ControlConnection {
       return;
     }
     this.touch();
+    if (m.type === "link" || m.type === "start" || m.type === "peers" || m.type === "stop") {
+      const why = this.daemon.observeOnly
+        ? `this host serves inspection only (${this.daemon.observeOnly}): it takes no jobs`
+        : this.hello?.role === "observer"
+          ? `an observer may only ask status, snapshot and xenstore, not "${m.type}"`
+          : undefined;
+      if (why !== undefined) {
+        this.log.warn("refused a request", { client: this.who, type: m.type, reason: why });
+        if (m.type === "link" || m.type === "start")
+          this.send({ type: "reply", id: m.id, ok: false, code: "refused", error: why });
+        return;
+      }
+    }
     switch (m.type) {
       case "ping":
         this.send({ type: "pong" });
         return;
       case "status":
         void this.daemon.status(m.id).then((s) => this.send(s));
+        return;
+      case "snapshot":
+        this.daemon.snapshot().then(
+          (snapshot) => this.send({ type: "snapshot", id: m.id, ok: true, snapshot }),
+          (e: Error) => this.send({ type: "snapshot", id: m.id, ok: false, error: e.message }),
+        );
+        return;
+      case "xenstore":
+        this.send({ type: "xenstore", id: m.id, ...this.daemon.xenstore(m.path, m.maxNodes) });
         return;
       case "link":
         this.daemon.ensureLinks(m.peers, m.timeoutMs).then(
@@ -395,20 +443,114 @@ export class HostDaemon {
   private readonly linking = new Map<number, Promise<void>>();
   private stopped = false;
   readonly hostname = osHostname();
+  /** Snapshots of the host (inspect.ts), taken when a client asks. */
+  readonly inspector: Inspector;
+  private inflight: Promise<HostSnapshot> | undefined;
+  private last: { at: number; snapshot: HostSnapshot } | undefined;
 
   private constructor(
     private readonly server: net.Server,
     readonly host: Host,
     readonly control: HostAddress,
-    readonly linkAddress: HostAddress,
+    readonly linkAddress: HostAddress | undefined,
     readonly slots: number,
     private readonly log: Logger,
-    private readonly opts: HostDaemonOptions,
+    private readonly opts: DaemonSettings,
+    /** Whether stop() stops the host too (false for an embedded host its process owns). */
+    private readonly ownsHost = true,
   ) {
     this.refuse = rateLimitedWarn(
       log,
       "more unauthenticated control connections dropped (not logged one by one)",
     );
+    this.inspector = new Inspector(host, {
+      name: opts.name ?? this.hostname,
+      control: formatAddress(control),
+      link: linkAddress ? formatAddress(linkAddress) : undefined,
+      slots: opts.observeOnly ? undefined : slots,
+      embedded: opts.observeOnly,
+      wireVersion: WIRE_VERSION,
+      jobs: () => jobsOn(host),
+    });
+  }
+
+  /** Set when this host serves inspection only: what it is. */
+  get observeOnly(): string | undefined {
+    return this.opts.observeOnly;
+  }
+
+  /**
+   * A snapshot of the host. Requests that arrive together share one, and one younger than
+   * 100 ms is served again: many clients asking often cost the host a few snapshots a second.
+   */
+  snapshot(): Promise<HostSnapshot> {
+    if (this.last && Date.now() - this.last.at < 100) return Promise.resolve(this.last.snapshot);
+    this.inflight ??= this.inspector
+      .snapshot()
+      .then((snapshot) => {
+        this.last = { at: Date.now(), snapshot };
+        return snapshot;
+      })
+      .finally(() => {
+        this.inflight = undefined;
+      });
+    return this.inflight;
+  }
+
+  /** A XenStore subtree, cut to what one control line can carry. */
+  xenstore(
+    path: string,
+    maxNodes = 2000,
+  ): { ok: true; tree: XenStoreTreeNode; nodes: number; truncated: boolean } | { ok: false; error: string } {
+    let limit = Math.min(maxNodes, MAX_XENSTORE_NODES);
+    for (;;) {
+      let t: ReturnType<Inspector["xenstore"]>;
+      try {
+        t = this.inspector.xenstore(path, limit);
+      } catch (e) {
+        return { ok: false, error: (e as Error).message };
+      }
+      // A line carries at most MAX_LINE_BYTES: cut a listing of long values further.
+      if (limit <= 16 || JSON.stringify(t.root).length < MAX_LINE_BYTES - 4096)
+        return { ok: true, tree: t.root, nodes: t.nodes, truncated: t.truncated };
+      limit = Math.floor(limit / 2);
+    }
+  }
+
+  /**
+   * Serves an existing Host on a control port, for inspection only (status, snapshot,
+   * xenstore): the embedded host of `myrixen start`/`run`, so that `myrixen list` and the
+   * dashboard see it. Clients prove `key` as with any host. stop() closes the port, not the host.
+   */
+  static async serve(host: Host, opts: ServeHostOptions): Promise<HostDaemon> {
+    let daemon: HostDaemon | undefined;
+    const early: net.Socket[] = [];
+    const server = net.createServer((socket) => {
+      if (daemon) daemon.accept(socket);
+      else early.push(socket);
+    });
+    const port = await listen(server, opts.listen);
+    daemon = new HostDaemon(
+      server,
+      host,
+      { host: opts.listen.host, port },
+      opts.linkAddress,
+      1,
+      opts.log,
+      {
+        key: opts.key,
+        handshakeTimeoutMs: opts.handshakeTimeoutMs,
+        maxPendingHandshakes: opts.maxPendingHandshakes,
+        idleTimeoutMs: opts.idleTimeoutMs,
+        maxConnections: opts.maxConnections,
+        observeOnly: opts.observeOnly,
+        name: opts.name,
+      },
+      false,
+    );
+    server.on("error", (e) => opts.log.error("control listener error", { error: e.message }));
+    for (const s of early) daemon.accept(s);
+    return daemon;
   }
 
   get nicId(): number {
@@ -477,8 +619,8 @@ export class HostDaemon {
       hostname: daemon.hostname,
       control: formatAddress(control),
       controlPort,
-      link: formatAddress(daemon.linkAddress),
-      linkPort: daemon.linkAddress.port,
+      link: formatAddress(daemon.linkAddress!),
+      linkPort: daemon.linkAddress!.port,
       nicId: daemon.nicId,
       slots: opts.slots,
       pid: process.pid,
@@ -533,17 +675,21 @@ export class HostDaemon {
       version: WIRE_VERSION,
       hostname: this.hostname.slice(0, 255),
       nicId: this.nicId,
-      link: { host: this.advertisedLinkHost(socket), port: this.linkAddress.port },
+      link:
+        this.linkAddress && !this.observeOnly
+          ? { host: this.advertisedLinkHost(this.linkAddress, socket), port: this.linkAddress.port }
+          : undefined,
       slots: this.slots,
       pid: process.pid,
       paths: ["native", "bypass", "split"],
       proof,
+      observeOnly: this.observeOnly?.slice(0, 256),
     };
   }
 
   /** A wildcard listener is reached at whatever address the client used for the control port. */
-  private advertisedLinkHost(socket: net.Socket | undefined): string {
-    if (!WILDCARD.has(this.linkAddress.host)) return this.linkAddress.host;
+  private advertisedLinkHost(link: HostAddress, socket: net.Socket | undefined): string {
+    if (!WILDCARD.has(link.host)) return link.host;
     return plainAddress(socket?.localAddress) || "127.0.0.1";
   }
 
@@ -634,12 +780,17 @@ export class HostDaemon {
         });
         if (rh.nicId === this.nicId)
           throw new Error(`it has this host's NIC id ${this.nicId}; give one of them another --nic-id`);
+        const link = this.linkAddress!;
         const me: LinkPeer = {
           nicId: this.nicId,
-          host: WILDCARD.has(this.linkAddress.host) ? plainAddress(rh.localAddress) : this.linkAddress.host,
-          port: this.linkAddress.port,
+          host: WILDCARD.has(link.host) ? plainAddress(rh.localAddress) : link.host,
+          port: link.port,
           label: formatAddress({ host: this.hostname, port: this.control.port }),
         };
+        if (!rh.linkAddress)
+          throw new Error(
+            `it takes no links: it serves inspection only (${rh.observeOnly ?? "no link address"})`,
+          );
         const them: LinkPeer = { nicId: rh.nicId, ...rh.linkAddress, label: peer.label };
         await Promise.all([rh.link([me], 10_000), this.ensureLinks([them], 10_000)]);
         rh.close();
@@ -672,7 +823,7 @@ export class HostDaemon {
     await Promise.all(jobs.map((s) => s.stop()));
     for (const c of this.conns) c.close("the host is stopping");
     for (const c of this.pending) c.close("the host is stopping");
-    await this.host.stop();
+    if (this.ownsHost) await this.host.stop();
     await Promise.race([closed, sleep(1500)]);
     this.log.info("host stopped", { jobsStopped: jobs.length });
   }

@@ -89,6 +89,16 @@ function exists(path: string): boolean {
 /** Per Host: the keys of the jobs that have ranks on it now. */
 const keysInUse = new WeakMap<Host, Set<number>>();
 
+/** Per Host: the rank sets started on it whose ranks have not all ended (for inspection). */
+const setsOn = new WeakMap<Host, Set<RankSet>>();
+
+/** The jobs with ranks on `host` now, and each rank's domain (what `myrixen list` and the dashboard show). */
+export function jobsOn(
+  host: Host,
+): { job: string; ranks: { rank: number; domid: number; state: string }[] }[] {
+  return [...(setsOn.get(host) ?? [])].map((s) => ({ job: s.spec.job, ranks: s.status() }));
+}
+
 export class RankSet {
   private readonly domains = new Map<number, Domain>();
   private readonly exits: Promise<void>[] = [];
@@ -128,6 +138,10 @@ export class RankSet {
       );
     keys.add(spec.key);
     this.keyHeld = true;
+    let sets = setsOn.get(this.host);
+    if (!sets) setsOn.set(this.host, (sets = new Set()));
+    sets.add(this);
+    void this.settled().then(() => sets.delete(this));
     try {
       for (const rank of spec.ranks) {
         if (this.stopping) throw new RankRefusal("the job was stopped while its ranks were starting");
@@ -135,9 +149,11 @@ export class RankSet {
       }
     } catch (e) {
       await this.stop();
+      this.endStart();
       void this.done.then(() => this.releaseKey());
       throw e;
     }
+    this.endStart();
     void this.done.then(() => this.releaseKey());
   }
 
@@ -147,6 +163,17 @@ export class RankSet {
     this.keyHeld = false;
     keysInUse.get(this.host)?.delete(this.spec.key);
   }
+
+  /** Resolves once start() has finished (or failed) and every rank it started has ended. */
+  private async settled(): Promise<void> {
+    await this.startEnded;
+    await this.done;
+  }
+
+  private endStart!: () => void;
+  private readonly startEnded = new Promise<void>((r) => {
+    this.endStart = r;
+  });
 
   /** Resolves when every started rank has reported its exit. */
   get done(): Promise<void> {

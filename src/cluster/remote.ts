@@ -8,6 +8,8 @@
  */
 import net from "node:net";
 import { hostname as osHostname } from "node:os";
+import type { HostSnapshot } from "../host/snapshot.js";
+import type { XenStoreTreeNode } from "../xen/xenstore.js";
 import { type ClusterKey, checkControlProof, controlProof, newNonce } from "./auth.js";
 import type { HostAddress } from "./hostfile.js";
 import { formatAddress } from "./hostfile.js";
@@ -22,9 +24,11 @@ import {
   HostMessageSchema,
   LineChannel,
   type LinkPeer,
+  type SnapshotMessage,
   type StatusMessage,
   validateMessage,
   WIRE_VERSION,
+  type XenStoreMessage,
 } from "./wire.js";
 
 export interface ConnectOptions {
@@ -32,7 +36,7 @@ export interface ConnectOptions {
   key: ClusterKey;
   /** Connect plus handshake (default 5 s). */
   timeoutMs?: number;
-  role?: "launcher" | "peer";
+  role?: "launcher" | "peer" | "observer";
   /** Who we are, for the host's log. */
   name?: string;
   /** Ping period (default 1 s); the host is lost after deadAfterMs (default 5 s) without a word. */
@@ -185,8 +189,31 @@ export class RemoteHost implements JobTarget {
     return this.hello.slots;
   }
 
-  get linkAddress(): HostAddress {
+  /** Where its NIC accepts links; undefined for a host that takes no jobs (it serves inspection only). */
+  get linkAddress(): HostAddress | undefined {
     return this.hello.link;
+  }
+
+  /** Why the host takes no jobs (the embedded host of `myrixen start`/`run`), or undefined. */
+  get observeOnly(): string | undefined {
+    return this.hello.observeOnly;
+  }
+
+  /** What the host is now (src/host/snapshot.ts). Rejects with the host's reason if it cannot say. */
+  async snapshot(): Promise<HostSnapshot> {
+    const m = (await this.request({ type: "snapshot", id: 0 })) as SnapshotMessage;
+    if (!m.ok || !m.snapshot) throw new Error(`host ${this.label}: ${m.error ?? "no snapshot"}`);
+    return m.snapshot as HostSnapshot;
+  }
+
+  /** A XenStore subtree of the host (xenstore-ls). */
+  async xenstore(
+    path: string,
+    maxNodes?: number,
+  ): Promise<{ tree: XenStoreTreeNode; nodes: number; truncated: boolean }> {
+    const m = (await this.request({ type: "xenstore", id: 0, path, maxNodes })) as XenStoreMessage;
+    if (!m.ok || !m.tree) throw new Error(m.error ?? `host ${this.label} sent no tree`);
+    return { tree: m.tree, nodes: m.nodes ?? 0, truncated: m.truncated ?? false };
   }
 
   /** Our end of the control connection (the address the host sees us at). */
@@ -281,7 +308,9 @@ export class RemoteHost implements JobTarget {
         }
         return;
       }
-      case "status": {
+      case "status":
+      case "snapshot":
+      case "xenstore": {
         const p = this.pending.get(m.id);
         if (!p) return;
         this.pending.delete(m.id);

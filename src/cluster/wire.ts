@@ -13,13 +13,21 @@
  *
  * Client → host: hello, auth, then link (make sure the NIC is linked to these peers), start
  * (ranks of a job, with the job's endpoint key), peers (the MPI address relay), stop (a job),
- * status, ping.
- * Host → client: challenge, hello, then reply (to link/start), status, output (a rank's line),
- * addr (a rank's MX address), exit (a rank ended), log, error (why the host drops the
- * connection), pong.
+ * status, snapshot (the host as src/host/snapshot.ts describes it), xenstore (a subtree),
+ * ping.
+ * Host → client: challenge, hello, then reply (to link/start), status, snapshot, xenstore,
+ * output (a rank's line), addr (a rank's MX address), exit (a rank ended), log, error (why
+ * the host drops the connection), pong.
+ *
+ * Clients say what they are in their hello: a launcher, a peer host, or an observer (the
+ * toolstack commands and the dashboard), which may only ask status, snapshot and xenstore.
+ * A host that serves inspection only (the embedded host of `myrixen start`/`run`) says so
+ * in its hello (`observeOnly`, no link address) and refuses jobs.
  */
 import type net from "node:net";
 import { z } from "zod";
+import { HostSnapshotSchema } from "../host/snapshot.js";
+import type { XenStoreTreeNode } from "../xen/xenstore.js";
 import { isJobKey } from "./protocol.js";
 
 /** 2: the handshake proves the cluster key; start carries the job's key. */
@@ -63,7 +71,7 @@ export type LinkPeer = z.infer<typeof LinkPeerSchema>;
 const ClientHello = z.strictObject({
   type: z.literal("hello"),
   version: z.int(),
-  role: z.enum(["launcher", "peer"]),
+  role: z.enum(["launcher", "peer", "observer"]),
   name: z.string().max(256),
   nonce,
 });
@@ -98,6 +106,15 @@ const Peers = z.strictObject({
 });
 const Stop = z.strictObject({ type: z.literal("stop"), job: jobId });
 const StatusRequest = z.strictObject({ type: z.literal("status"), id: reqId });
+const SnapshotRequest = z.strictObject({ type: z.literal("snapshot"), id: reqId });
+/** Most XenStore nodes a reply carries (a longer listing is cut, and says so). */
+export const MAX_XENSTORE_NODES = 5000;
+const XenStoreRequest = z.strictObject({
+  type: z.literal("xenstore"),
+  id: reqId,
+  path: z.string().min(1).max(3072),
+  maxNodes: z.int().min(1).max(MAX_XENSTORE_NODES).optional(),
+});
 const Ping = z.strictObject({ type: z.literal("ping") });
 
 export const ClientMessageSchema = z.discriminatedUnion("type", [
@@ -108,6 +125,8 @@ export const ClientMessageSchema = z.discriminatedUnion("type", [
   Peers,
   Stop,
   StatusRequest,
+  SnapshotRequest,
+  XenStoreRequest,
   Ping,
 ]);
 export type ClientMessage = z.infer<typeof ClientMessageSchema>;
@@ -119,12 +138,15 @@ const HostHello = z.strictObject({
   version: z.int(),
   hostname: z.string().max(255),
   nicId,
-  link: z.strictObject({ host: hostName, port }),
+  /** Where its NIC accepts links (absent: it takes no jobs, see observeOnly). */
+  link: z.strictObject({ host: hostName, port }).optional(),
   slots: z.int().min(1).max(4096),
   pid: z.int().min(0),
   paths: z.array(z.string().max(32)).max(16),
   /** The host's proof of the cluster key (after the client's). */
   proof,
+  /** It serves inspection only (status, snapshot, xenstore): the embedded host of `myrixen start`/`run`. */
+  observeOnly: z.string().max(256).optional(),
 });
 const Challenge = z.strictObject({ type: z.literal("challenge"), nonce });
 const Reply = z.strictObject({
@@ -153,6 +175,30 @@ const Status = z.strictObject({
       }),
     )
     .max(1024),
+});
+const SnapshotReply = z.strictObject({
+  type: z.literal("snapshot"),
+  id: reqId,
+  ok: z.boolean(),
+  snapshot: HostSnapshotSchema.optional(),
+  error: z.string().max(65536).optional(),
+});
+const XenStoreNodeSchema: z.ZodType<XenStoreTreeNode> = z.lazy(() =>
+  z.strictObject({
+    name: z.string().max(3072),
+    value: z.string().max(4096),
+    perms: z.string().max(4096),
+    children: z.array(XenStoreNodeSchema).max(MAX_XENSTORE_NODES),
+  }),
+);
+const XenStoreReply = z.strictObject({
+  type: z.literal("xenstore"),
+  id: reqId,
+  ok: z.boolean(),
+  tree: XenStoreNodeSchema.optional(),
+  nodes: z.int().min(0).optional(),
+  truncated: z.boolean().optional(),
+  error: z.string().max(65536).optional(),
 });
 const Output = z.strictObject({
   type: z.literal("output"),
@@ -190,6 +236,8 @@ export const HostMessageSchema = z.discriminatedUnion("type", [
   Challenge,
   Reply,
   Status,
+  SnapshotReply,
+  XenStoreReply,
   Output,
   Addr,
   Exit,
@@ -200,6 +248,8 @@ export const HostMessageSchema = z.discriminatedUnion("type", [
 export type HostMessage = z.infer<typeof HostMessageSchema>;
 export type HostHello = z.infer<typeof HostHello>;
 export type StatusMessage = z.infer<typeof Status>;
+export type SnapshotMessage = z.infer<typeof SnapshotReply>;
+export type XenStoreMessage = z.infer<typeof XenStoreReply>;
 export type ExitMessage = z.infer<typeof Exit>;
 
 /** zod's issues as one line each: which field, what was expected. */
@@ -253,12 +303,25 @@ export function validateMessage<T>(
   return r.data;
 }
 
-export const CLIENT_TYPES = ["hello", "auth", "link", "start", "peers", "stop", "status", "ping"] as const;
+export const CLIENT_TYPES = [
+  "hello",
+  "auth",
+  "link",
+  "start",
+  "peers",
+  "stop",
+  "status",
+  "snapshot",
+  "xenstore",
+  "ping",
+] as const;
 export const HOST_TYPES = [
   "hello",
   "challenge",
   "reply",
   "status",
+  "snapshot",
+  "xenstore",
   "output",
   "addr",
   "exit",

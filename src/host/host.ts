@@ -10,7 +10,12 @@
  * from shared memory — how tests prove which path the data took.
  */
 import { MessageChannel, type MessagePort, type TransferListItem } from "node:worker_threads";
-import { type BackendStats, readBackendStats, STATS_BYTES } from "../myrixen/back.js";
+import {
+  type BackendEndpointInfo,
+  type BackendStats,
+  readBackendStats,
+  STATS_BYTES,
+} from "../myrixen/back.js";
 import type { DriverDomainArgs, DriverToHost, HostToDriver } from "../myrixen/driver-domain.js";
 import {
   DEFAULT_ENDPOINTS_PER_DOMAIN,
@@ -66,6 +71,14 @@ export interface DomainSpec {
   fastPath?: boolean;
 }
 
+/** The limits a Host was started with (for inspection). */
+export interface HostLimits {
+  maxEndpoints: number;
+  endpointsPerDomain: number;
+  registeredBytesPerDomain: number;
+  regionsPerDomain: number;
+}
+
 export interface LogLine {
   time: number;
   message: string;
@@ -87,6 +100,12 @@ export class Host {
   private readonly logWaiters = new Set<() => void>();
   private nextRequest = 1;
   private stopped = false;
+  /** When each domain this host started was created (ms since the epoch), for uptimes. */
+  private readonly born = new WeakMap<Domain, number>();
+  /** When the host started (ms since the epoch). */
+  readonly startedAt = Date.now();
+  /** The limits it was started with. */
+  limits!: HostLimits;
 
   private constructor(
     readonly hypervisor: Hypervisor,
@@ -173,6 +192,8 @@ export class Host {
       await Promise.race([ready, exit]);
       void exit.catch(() => undefined);
       const host = new Host(hv, nic, dom0, link, stats, netStats, nicId);
+      host.limits = { maxEndpoints, endpointsPerDomain, registeredBytesPerDomain, regionsPerDomain };
+      host.born.set(dom0, host.startedAt);
       host.log.push(...early);
       host.verbose = opts.verbose ?? process.env.MYRIXEN_LOG === "1";
       if (host.verbose) for (const l of early) process.stderr.write(`[dom0] ${l.message}\n`);
@@ -201,7 +222,7 @@ export class Host {
     }
   }
 
-  private request<T>(what: "nic-info" | "frontends"): Promise<T> {
+  private request<T>(what: "nic-info" | "frontends" | "endpoints"): Promise<T> {
     if (this.stopped) return Promise.reject(new Error("the host is stopped"));
     const id = this.nextRequest++;
     return new Promise<T>((resolve, reject) => {
@@ -237,6 +258,7 @@ export class Host {
       transfer: spec.transfer,
       output: spec.output,
     });
+    this.born.set(dom, Date.now());
     const ts = this.hypervisor.toolstack;
     const d = dom.domid;
     const device = { type: MYRI_DEVICE_TYPE, frontDom: d, backDom: 0, devid: 0 };
@@ -289,6 +311,7 @@ export class Host {
       transfer: [port2, ...(spec.transfer ?? [])],
       output: spec.output,
     });
+    this.born.set(dom, Date.now());
     this.send({ type: "attach-native", domid: dom.domid, endpoint: { port: port1, replyWord } }, [port1]);
     return dom;
   }
@@ -311,6 +334,16 @@ export class Host {
   /** The NIC's view (open endpoints, regions, links), asked through the driver domain. */
   nicInfo(): Promise<NicInfo> {
     return this.request<NicInfo>("nic-info");
+  }
+
+  /** myrback's registry: every open endpoint, its owner, registrations, co-resident peers and queue depths. */
+  backendEndpoints(): Promise<BackendEndpointInfo[]> {
+    return this.request<BackendEndpointInfo[]>("endpoints");
+  }
+
+  /** When this host started `dom` (ms since the epoch); undefined for a domain it did not start. */
+  bornAt(dom: Domain): number | undefined {
+    return this.born.get(dom);
   }
 
   /** Which frontends and native processes the driver domain serves. */

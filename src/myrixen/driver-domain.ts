@@ -56,7 +56,7 @@ export interface DriverDomainArgs {
 /** host → driver domain */
 export type HostToDriver =
   | { type: "attach-native"; domid: DomId; endpoint: SyncEndpoint }
-  | { type: "request"; id: number; what: "nic-info" | "frontends" }
+  | { type: "request"; id: number; what: "nic-info" | "frontends" | "endpoints" }
   | { type: "stop" };
 
 /** driver domain → host */
@@ -315,7 +315,9 @@ export default async function main(guest: Guest): Promise<{ stopped: true }> {
         const value =
           m.what === "nic-info"
             ? nic.call<NicInfo>({ op: "info" })
-            : { frontends: back.connected(), native: native.attached() };
+            : m.what === "endpoints"
+              ? core.inspect()
+              : { frontends: back.connected(), native: native.attached() };
         post({ type: "reply", id: m.id, ok: true, value });
       } catch (e) {
         post({ type: "reply", id: m.id, ok: false, error: (e as Error).message });

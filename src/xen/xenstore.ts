@@ -516,6 +516,14 @@ class TxView implements View {
 
 // ---- the store -------------------------------------------------------------------------------
 
+/** One node of XenStore.tree(): its name (the full path at the root), value, permissions as `xenstore-ls -p` prints them. */
+export interface XenStoreTreeNode {
+  name: string;
+  value: string;
+  perms: string;
+  children: XenStoreTreeNode[];
+}
+
 export type XenStoreWatchCallback = (path: string, token: string) => void;
 
 interface Watch {
@@ -848,6 +856,33 @@ export class XenStore {
     };
     walk(node, p, 0);
     return lines.join("\n");
+  }
+
+  /**
+   * The subtree at `path` as data, for inspection (`myrixen xenstore-ls`): like dump(), read
+   * as the toolstack and not counted as anyone's operation. At most `maxNodes` nodes, in
+   * depth-first order; `truncated` says when more were left out.
+   */
+  tree(path = "/", maxNodes = 10_000): { root: XenStoreTreeNode; nodes: number; truncated: boolean } {
+    const p = canonicalizePath(0, path);
+    const node = this.live.getNode(p);
+    if (!node) throw new XenStoreError("ENOENT", p, `${p} does not exist`);
+    let nodes = 0;
+    let truncated = false;
+    const walk = (n: Node, name: string): XenStoreTreeNode => {
+      nodes++;
+      const out: XenStoreTreeNode = { name, value: n.value, perms: formatPerms(n.perms), children: [] };
+      for (const c of n.names()) {
+        if (nodes >= maxNodes) {
+          truncated = true;
+          break;
+        }
+        out.children.push(walk(n.children.get(c)!, c));
+      }
+      return out;
+    };
+    const root = walk(node, p);
+    return { root, nodes, truncated };
   }
 
   // -- internals --
