@@ -21,10 +21,10 @@ import {
   type Scope,
   startMachineInfo,
   validateReport,
-} from "./rows.js";
+} from "../programs/rows.js";
 
 // The row format, statistics and sizes live in rows.ts (pure, shared with guest programs).
-export * from "./rows.js";
+export * from "../programs/rows.js";
 
 // ---- format -----------------------------------------------------------------------------
 

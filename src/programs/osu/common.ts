@@ -5,6 +5,9 @@
  * `%-10d%20.2f` rows, and the `--json` report in the project's benchmark row format.
  */
 
+import { rankArgs, writeRankFile } from "../../cluster/protocol.js";
+import { type Comm, MPI } from "../../mpi/mpi.js";
+import type { Guest } from "../../xen/guest/guest.js";
 import {
   type BenchRow,
   endMachineInfo,
@@ -13,10 +16,7 @@ import {
   parseSize,
   startMachineInfo,
   validateReport,
-} from "../../bench/rows.js";
-import { rankArgs, writeRankFile } from "../../cluster/protocol.js";
-import { type Comm, MPI } from "../../mpi/mpi.js";
-import type { Guest } from "../../xen/guest/guest.js";
+} from "../rows.js";
 
 export const LARGE_MESSAGE_SIZE = 8192;
 export const WINDOW_SIZE = 64;

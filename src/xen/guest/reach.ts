@@ -37,7 +37,10 @@ const GUEST_LIBRARY = new Set([
   "nic/status",
   "nic/window",
   "cluster/protocol",
-  "bench/rows",
+  "programs/rows",
+  "myrixen/driver-abi",
+  "myrixen/channel-abi",
+  "nic/clock",
 ]);
 
 export function guestMayImport(libraryModule: string): boolean {
