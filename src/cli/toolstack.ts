@@ -30,8 +30,8 @@ import {
   type HostRates,
   type HostSnapshot,
   rates,
-  si,
   type TrafficPath,
+  withSiPrefix,
 } from "../host/snapshot.js";
 import type { XenStoreTreeNode } from "../xen/xenstore.js";
 
@@ -393,13 +393,13 @@ function topFrame(s: HostSnapshot, r: HostRates, only: TrafficPath | undefined):
       String(d.domid),
       d.state,
       x.path,
-      si(x.nicMsgs),
-      si(x.bypassBytes),
-      si(x.vifFrames),
-      si(x.splitBytes),
-      si(x.hypercalls),
-      si(x.grantOps),
-      si(x.evtchnSends),
+      withSiPrefix(x.nicMsgs),
+      withSiPrefix(x.bypassBytes),
+      withSiPrefix(x.vifFrames),
+      withSiPrefix(x.splitBytes),
+      withSiPrefix(x.hypercalls),
+      withSiPrefix(x.grantOps),
+      withSiPrefix(x.evtchnSends),
     ]);
   }
   lines.push(...table(rows));
@@ -415,17 +415,17 @@ function topFrame(s: HostSnapshot, r: HostRates, only: TrafficPath | undefined):
     prow.push([
       p,
       String(x.domains),
-      si(x.msgs),
-      si(x.bytes),
-      si(x.hypercalls),
-      si(x.grantOps),
-      si(x.evtchnSends),
+      withSiPrefix(x.msgs),
+      withSiPrefix(x.bytes),
+      withSiPrefix(x.hypercalls),
+      withSiPrefix(x.grantOps),
+      withSiPrefix(x.evtchnSends),
       med === undefined ? "-" : med < 1000 ? `${med.toFixed(1)} µs` : `${(med / 1000).toFixed(2)} ms`,
     ]);
   }
   lines.push(...table(prow));
   lines.push(
-    `driver domain: ${si(r.backendRequests)} myrback requests/s, ${si(r.netbackGrantCopies)} netback grant copies/s, ${si(r.netbackNotifications)} notifications/s; NIC: ${si(r.nicSends)} sends/s, ${si(r.nicPulls)} pulls/s, ${si(r.nicFramesTx)} frames out/s`,
+    `driver domain: ${withSiPrefix(r.backendRequests)} myrback requests/s, ${withSiPrefix(r.netbackGrantCopies)} netback grant copies/s, ${withSiPrefix(r.netbackNotifications)} notifications/s; NIC: ${withSiPrefix(r.nicSends)} sends/s, ${withSiPrefix(r.nicPulls)} pulls/s, ${withSiPrefix(r.nicFramesTx)} frames out/s`,
   );
   return lines;
 }

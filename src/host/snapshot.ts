@@ -465,7 +465,7 @@ export function rates(prev: HostSnapshot, cur: HostSnapshot): HostRates {
 // ---- formatting shared by the toolstack commands ---------------------------------------------
 
 /** 1234567 → "1.2 M", for rates. */
-export function si(n: number, unit = ""): string {
+export function withSiPrefix(n: number, unit = ""): string {
   const a = Math.abs(n);
   const [v, p] =
     a >= 1e9

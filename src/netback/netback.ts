@@ -76,7 +76,7 @@ import {
 import { BackRing } from "../xen/ring.js";
 import { BackendDeviceWatcher, XenbusBackend } from "../xen/xenbus.js";
 import { Bridge, type BridgeFrame, type BridgePort } from "./bridge.js";
-import { G, MAX_VIF_STATS, NET_STATS_BYTES, STAT_BLOCK_WORDS, V } from "./stats.js";
+import { BridgeCounter, MAX_VIF_STATS, NET_STATS_BYTES, STAT_BLOCK_WORDS, VifCounter } from "./stats.js";
 import { type EtherPortLike, UplinkPort } from "./uplink.js";
 
 export interface NetbackConfig {
@@ -247,7 +247,7 @@ export class Netback {
     if (cfg.uplink) {
       const bp = new UplinkPort(cfg.uplink);
       this.uplink = { port: cfg.uplink, bp, id: this.bridge.addPort(bp), ready: true, waiting: false };
-      this.s[G.uplinkPresent] = 1;
+      this.s[BridgeCounter.uplinkPresent] = 1;
     }
     this.publishBridge();
   }
@@ -295,34 +295,34 @@ export class Netback {
     let reuse = -1;
     for (let i = 0; i < MAX_VIF_STATS; i++) {
       const base = (1 + i) * STAT_BLOCK_WORDS;
-      if (s[base + V.used] === 1) {
-        if (s[base + V.domid] === domid && s[base + V.devid] === devid) return base;
-        if (reuse < 0 && s[base + V.connected] === 0) reuse = base;
+      if (s[base + VifCounter.used] === 1) {
+        if (s[base + VifCounter.domid] === domid && s[base + VifCounter.devid] === devid) return base;
+        if (reuse < 0 && s[base + VifCounter.connected] === 0) reuse = base;
       } else if (free < 0) free = base;
     }
     const base = free >= 0 ? free : reuse;
     if (base < 0) return -1;
     s.fill(0, base, base + STAT_BLOCK_WORDS);
-    s[base + V.domid] = domid;
-    s[base + V.devid] = devid;
-    s[base + V.used] = 1;
+    s[base + VifCounter.domid] = domid;
+    s[base + VifCounter.devid] = devid;
+    s[base + VifCounter.used] = 1;
     return base;
   }
 
   private publishBridge(): void {
     const s = this.s;
     const c = this.bridge.counters;
-    s[G.lookups] = c.lookups;
-    s[G.hits] = c.hits;
-    s[G.floods] = c.floods;
-    s[G.learned] = c.learned;
-    s[G.aged] = c.aged;
-    s[G.bridgeDrops] = c.drops;
-    s[G.macEntries] = this.bridge.size;
-    s[G.bridgePorts] = this.bridge.portsInUse;
+    s[BridgeCounter.lookups] = c.lookups;
+    s[BridgeCounter.hits] = c.hits;
+    s[BridgeCounter.floods] = c.floods;
+    s[BridgeCounter.learned] = c.learned;
+    s[BridgeCounter.aged] = c.aged;
+    s[BridgeCounter.bridgeDrops] = c.drops;
+    s[BridgeCounter.macEntries] = this.bridge.size;
+    s[BridgeCounter.bridgePorts] = this.bridge.portsInUse;
     if (this.uplink) {
-      s[G.uplinkTx] = this.uplink.bp.txFrames;
-      s[G.uplinkDrops] = this.uplink.bp.txDrops;
+      s[BridgeCounter.uplinkTx] = this.uplink.bp.txFrames;
+      s[BridgeCounter.uplinkDrops] = this.uplink.bp.txDrops;
     }
   }
 
@@ -354,7 +354,7 @@ export class Netback {
           void this.teardown(v, "the frontend closed its event channel (domain gone)");
           return;
         }
-        if (w === "event") this.add(v, V.notificationsReceived);
+        if (w === "event") this.add(v, VifCounter.notificationsReceived);
         this.enqueue(v);
       },
       (e: unknown) => {
@@ -406,7 +406,7 @@ export class Netback {
 
   private pass(): void {
     const s = this.s;
-    s[G.passes]++;
+    s[BridgeCounter.passes]++;
     this.nStaged = 0;
     this.nRsp = 0;
     this.nTxOps = 0;
@@ -435,15 +435,15 @@ export class Netback {
       batch.length = 0;
       for (let i = 0; i < this.nTxOps; i++) batch.push(this.txPool[i]);
       const res = this.guest.grants.copy(batch);
-      s[G.grantCopyCalls]++;
+      s[BridgeCounter.grantCopyCalls]++;
       for (let i = 0; i < res.length; i++) {
         const fr = this.staging[this.txOpFrame[i]];
         const v = fr.from!;
         if (res[i].status === 0) {
-          this.add(v, V.grantCopies);
-          this.add(v, V.grantCopyBytes, batch[i].len);
+          this.add(v, VifCounter.grantCopies);
+          this.add(v, VifCounter.grantCopyBytes, batch[i].len);
         } else {
-          this.add(v, V.grantCopyErrors);
+          this.add(v, VifCounter.grantCopyErrors);
           if (fr.ok) {
             fr.ok = false;
             fr.error = res[i].error ?? `grant copy failed with status ${res[i].status}`;
@@ -457,12 +457,12 @@ export class Netback {
       const fr = this.staging[f];
       const v = fr.from;
       if (v === undefined) {
-        s[G.uplinkRx]++;
+        s[BridgeCounter.uplinkRx]++;
         this.bridge.forward(u!.id, fr);
         continue;
       }
       if (!fr.ok) {
-        this.add(v, V.txErrors);
+        this.add(v, VifCounter.txErrors);
         this.reportError(v, fr.error);
         continue;
       }
@@ -478,16 +478,16 @@ export class Netback {
         d[10] !== m[4] ||
         d[11] !== m[5]
       ) {
-        this.add(v, V.txErrors);
+        this.add(v, VifCounter.txErrors);
         this.reportError(v, `a frame with source MAC ${formatMac(d, 6)} is not from this vif's MAC ${v.mac}`);
         continue;
       }
       const view = v.tx!.view;
       for (let r = fr.rspStart; r < fr.rspStart + fr.rspCount; r++)
         view.setInt16(this.rspOff[r] + TX_RSP_STATUS, NETIF_RSP_OKAY, true);
-      this.add(v, V.txFrames);
-      this.add(v, V.txBytes, fr.len);
-      if (this.bridge.forward(v.bridgeId, fr) > 0) this.add(v, V.framesBridged);
+      this.add(v, VifCounter.txFrames);
+      this.add(v, VifCounter.txBytes, fr.len);
+      if (this.bridge.forward(v.bridgeId, fr) > 0) this.add(v, VifCounter.framesBridged);
     }
     // Vifs whose requests all failed validation still need their ERROR responses pushed.
     for (const v of this.processed) if (v.state === "connected") this.touch(v).touchedTx = true;
@@ -498,17 +498,17 @@ export class Netback {
       batch.length = 0;
       for (let i = 0; i < this.nRxOps; i++) batch.push(this.rxPool[i]);
       const res = this.guest.grants.copy(batch);
-      s[G.grantCopyCalls]++;
+      s[BridgeCounter.grantCopyCalls]++;
       for (let i = 0; i < res.length; i++) {
         const w = this.rxOpVif[i];
         if (res[i].status === 0) {
-          this.add(w, V.grantCopies);
-          this.add(w, V.grantCopyBytes, batch[i].len);
+          this.add(w, VifCounter.grantCopies);
+          this.add(w, VifCounter.grantCopyBytes, batch[i].len);
         } else {
           // The guest posted a buffer we may not write: that slot (and so its frame) fails.
           w.rx!.view.setInt16(this.rxOpRsp[i] + RX_RSP_STATUS, NETIF_RSP_ERROR, true);
-          this.add(w, V.grantCopyErrors);
-          this.add(w, V.rxErrors);
+          this.add(w, VifCounter.grantCopyErrors);
+          this.add(w, VifCounter.rxErrors);
           this.reportError(w, `an rx buffer cannot be written: ${res[i].error ?? res[i].status}`);
         }
         this.rxOpVif[i] = undefined as unknown as Vif;
@@ -526,7 +526,7 @@ export class Netback {
       v.touchedRx = false;
       if (notify) {
         v.port!.notify();
-        this.add(v, V.notificationsSent);
+        this.add(v, VifCounter.notificationsSent);
       }
       if (v.fatal) void this.teardown(v, v.fatal);
     }
@@ -615,7 +615,7 @@ export class Netback {
       writeTxResponse(view, off, q.getUint16(TX_REQ_ID, true), NETIF_RSP_ERROR);
       this.rspOff[this.nRsp++] = off;
       let nSlots = 1;
-      this.add(v, V.txRequests);
+      this.add(v, VifCounter.txRequests);
       const firstFlags = flags;
       if (flags & ~NETTXF_KNOWN) err = `flags 0x${flags.toString(16)} include bits netif.h does not define`;
       else if (total < ETH_HLEN || total > MAX_FRAME)
@@ -633,7 +633,7 @@ export class Netback {
         }
         off = ring.nextResponse();
         writeTxResponse(view, off, 0, NETIF_RSP_NULL);
-        this.add(v, V.txRequests);
+        this.add(v, VifCounter.txRequests);
         if (++nSlots > FATAL_SKB_SLOTS) {
           v.fatal = `a packet of more than ${FATAL_SKB_SLOTS} slots (extra-info chain)`;
           return false;
@@ -653,7 +653,7 @@ export class Netback {
         flags = q.getUint16(TX_REQ_FLAGS, true);
         off = ring.nextResponse();
         writeTxResponse(view, off, q.getUint16(TX_REQ_ID, true), NETIF_RSP_ERROR);
-        this.add(v, V.txRequests);
+        this.add(v, VifCounter.txRequests);
         if (++nSlots > FATAL_SKB_SLOTS) {
           v.fatal = `a more_data chain longer than ${FATAL_SKB_SLOTS} slots`;
           return false;
@@ -686,7 +686,7 @@ export class Netback {
       if (err !== undefined) {
         // Its responses already say NETIF_RSP_ERROR; they are pushed with the pass.
         this.nRsp = rspBase;
-        this.add(v, V.txErrors);
+        this.add(v, VifCounter.txErrors);
         this.reportError(v, err);
         continue;
       }
@@ -734,7 +734,7 @@ export class Netback {
   private readonly onUplinkFrame = (frame: Uint8Array): void => {
     const len = frame.length;
     if (len < ETH_HLEN || len > MAX_FRAME) {
-      this.s[G.uplinkBad]++;
+      this.s[BridgeCounter.uplinkBad]++;
       return;
     }
     const fr = this.staging[this.nStaged++];
@@ -756,7 +756,7 @@ export class Netback {
         w.fatal = `the rx ring is broken: ${rx.broken}`;
         this.touch(w);
       }
-      this.add(w, V.rxDropped);
+      this.add(w, VifCounter.rxDropped);
       return false;
     }
     const view = rx.view;
@@ -785,9 +785,9 @@ export class Netback {
       op.dest.offset = 0;
       op.len = chunk;
     }
-    this.add(w, V.rxRequests, slots);
-    this.add(w, V.rxFrames);
-    this.add(w, V.rxBytes, len);
+    this.add(w, VifCounter.rxRequests, slots);
+    this.add(w, VifCounter.rxFrames);
+    this.add(w, VifCounter.rxBytes, len);
     this.touch(w).touchedRx = true;
     return true;
   }
@@ -913,8 +913,8 @@ export class Netback {
       await v.xb.switchState(XenbusState.Connected);
       if (v.state !== "connecting") return;
       v.state = "connected";
-      this.s[G.vifsConnected]++;
-      if (v.stat >= 0) this.s[v.stat + V.connected] = 1;
+      this.s[BridgeCounter.vifsConnected]++;
+      if (v.stat >= 0) this.s[v.stat + VifCounter.connected] = 1;
       this.publishBridge();
       this.log(
         `vif ${v.domid}/${v.devid} connected (mac ${v.mac}, tx-ring-ref ${txRef}, rx-ring-ref ${rxRef}, event channel ${evt})`,
@@ -938,9 +938,9 @@ export class Netback {
       this.publishBridge();
     }
     if (wasConnected) {
-      this.s[G.vifsConnected]--;
-      this.add(v, V.disconnects);
-      if (v.stat >= 0) this.s[v.stat + V.connected] = 0;
+      this.s[BridgeCounter.vifsConnected]--;
+      this.add(v, VifCounter.disconnects);
+      if (v.stat >= 0) this.s[v.stat + VifCounter.connected] = 0;
     }
     const grants = this.guest.grants;
     if (v.txMap) grants.unmap(v.txMap);

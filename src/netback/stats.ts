@@ -13,7 +13,7 @@ export const MAX_VIF_STATS = 128;
 export const NET_STATS_BYTES = (1 + MAX_VIF_STATS) * STAT_BLOCK_WORDS * 8;
 
 /** Word indexes in the totals block only. */
-export const G = {
+export const BridgeCounter = {
   passes: 0,
   /** Grant-copy batches (one GNTTABOP_copy call each). */
   grantCopyCalls: 1,
@@ -34,7 +34,7 @@ export const G = {
 } as const;
 
 /** Word indexes in a vif block; 4..19 are also the totals' indexes. */
-export const V = {
+export const VifCounter = {
   used: 0,
   domid: 1,
   devid: 2,
@@ -107,22 +107,22 @@ export interface NetStats {
 
 function vifCounters(w: Float64Array, base: number): VifCounters {
   return {
-    txRequests: w[base + V.txRequests],
-    rxRequests: w[base + V.rxRequests],
-    txFrames: w[base + V.txFrames],
-    rxFrames: w[base + V.rxFrames],
-    txBytes: w[base + V.txBytes],
-    rxBytes: w[base + V.rxBytes],
-    txErrors: w[base + V.txErrors],
-    rxErrors: w[base + V.rxErrors],
-    rxDropped: w[base + V.rxDropped],
-    grantCopies: w[base + V.grantCopies],
-    grantCopyBytes: w[base + V.grantCopyBytes],
-    grantCopyErrors: w[base + V.grantCopyErrors],
-    notificationsSent: w[base + V.notificationsSent],
-    notificationsReceived: w[base + V.notificationsReceived],
-    framesBridged: w[base + V.framesBridged],
-    disconnects: w[base + V.disconnects],
+    txRequests: w[base + VifCounter.txRequests],
+    rxRequests: w[base + VifCounter.rxRequests],
+    txFrames: w[base + VifCounter.txFrames],
+    rxFrames: w[base + VifCounter.rxFrames],
+    txBytes: w[base + VifCounter.txBytes],
+    rxBytes: w[base + VifCounter.rxBytes],
+    txErrors: w[base + VifCounter.txErrors],
+    rxErrors: w[base + VifCounter.rxErrors],
+    rxDropped: w[base + VifCounter.rxDropped],
+    grantCopies: w[base + VifCounter.grantCopies],
+    grantCopyBytes: w[base + VifCounter.grantCopyBytes],
+    grantCopyErrors: w[base + VifCounter.grantCopyErrors],
+    notificationsSent: w[base + VifCounter.notificationsSent],
+    notificationsReceived: w[base + VifCounter.notificationsReceived],
+    framesBridged: w[base + VifCounter.framesBridged],
+    disconnects: w[base + VifCounter.disconnects],
   };
 }
 
@@ -132,11 +132,11 @@ export function readNetStats(buffer: SharedArrayBuffer): NetStats {
   const vifs: VifStats[] = [];
   for (let i = 0; i < MAX_VIF_STATS; i++) {
     const base = (1 + i) * STAT_BLOCK_WORDS;
-    if (w[base + V.used] !== 1) continue;
+    if (w[base + VifCounter.used] !== 1) continue;
     vifs.push({
-      domid: w[base + V.domid],
-      devid: w[base + V.devid],
-      connected: w[base + V.connected] === 1,
+      domid: w[base + VifCounter.domid],
+      devid: w[base + VifCounter.devid],
+      connected: w[base + VifCounter.connected] === 1,
       ...vifCounters(w, base),
     });
   }
@@ -145,26 +145,26 @@ export function readNetStats(buffer: SharedArrayBuffer): NetStats {
     vifs,
     totals: {
       ...vifCounters(w, 0),
-      passes: w[G.passes],
-      grantCopyCalls: w[G.grantCopyCalls],
-      vifsConnected: w[G.vifsConnected],
+      passes: w[BridgeCounter.passes],
+      grantCopyCalls: w[BridgeCounter.grantCopyCalls],
+      vifsConnected: w[BridgeCounter.vifsConnected],
     },
     bridge: {
-      lookups: w[G.lookups],
-      hits: w[G.hits],
-      floods: w[G.floods],
-      learned: w[G.learned],
-      aged: w[G.aged],
-      drops: w[G.bridgeDrops],
-      entries: w[G.macEntries],
-      ports: w[G.bridgePorts],
+      lookups: w[BridgeCounter.lookups],
+      hits: w[BridgeCounter.hits],
+      floods: w[BridgeCounter.floods],
+      learned: w[BridgeCounter.learned],
+      aged: w[BridgeCounter.aged],
+      drops: w[BridgeCounter.bridgeDrops],
+      entries: w[BridgeCounter.macEntries],
+      ports: w[BridgeCounter.bridgePorts],
     },
     uplink: {
-      present: w[G.uplinkPresent] === 1,
-      txFrames: w[G.uplinkTx],
-      rxFrames: w[G.uplinkRx],
-      drops: w[G.uplinkDrops],
-      bad: w[G.uplinkBad],
+      present: w[BridgeCounter.uplinkPresent] === 1,
+      txFrames: w[BridgeCounter.uplinkTx],
+      rxFrames: w[BridgeCounter.uplinkRx],
+      drops: w[BridgeCounter.uplinkDrops],
+      bad: w[BridgeCounter.uplinkBad],
     },
   };
 }
