@@ -16,7 +16,6 @@ import {
   readBackendStats,
   STATS_BYTES,
 } from "../myrixen/back.js";
-import type { DriverDomainArgs, DriverToHost, HostToDriver } from "../myrixen/driver-domain.js";
 import {
   DEFAULT_ENDPOINTS_PER_DOMAIN,
   DEFAULT_REGIONS_PER_DOMAIN,
@@ -32,8 +31,9 @@ import type { Domain } from "../xen/hypervisor.js";
 import { Hypervisor } from "../xen/hypervisor.js";
 import { NetifKey, VIF_DEVICE_TYPE, vifMac } from "../xen/io/netif.js";
 import { createDevice, destroyDevice } from "../xen/xenbus.js";
+import type { DriverDomainArgs, DriverToHost, HostToDriver } from "./driver-domain.js";
 
-export const DRIVER_DOMAIN_PROGRAM = new URL("../myrixen/driver-domain.js", import.meta.url);
+export const DRIVER_DOMAIN_PROGRAM = new URL("./driver-domain.js", import.meta.url);
 
 export interface HostOptions {
   nicId?: number;

@@ -2,7 +2,7 @@
  * The driver domain's program (domain 0, privileged): it owns the NIC's driver endpoint and
  * runs, on its event loop, the two services that hand out NIC resources on this host:
  *
- *   - myrback (back.ts): guests' myri devices, over xenbus control rings;
+ *   - myrback (myrixen/back.ts): guests' myri devices, over xenbus control rings;
  *   - the native service: processes of the driver domain's OS (Host.startNative), over
  *     synchronous calls. They get SharedArrayBuffers directly: no grants inside one OS.
  *
@@ -15,16 +15,12 @@
  *
  * Nothing here blocks: waits are event-loop waits (Atomics.waitAsync, watches, messages).
  * The only synchronous calls go to the NIC thread, which answers in microseconds.
+ *
+ * It lives in src/host/ because it composes myrixen's backend and netback, the layer below
+ * the host: the driver domain is part of the machine, not of either driver.
  */
 import type { MessagePort } from "node:worker_threads";
-import { Netback } from "../netback/netback.js";
-import { NET_STATS_BYTES } from "../netback/stats.js";
-import { openUplink } from "../netback/uplink.js";
-import type { NicControlRequest, NicDriverEndpoint, NicInfo } from "../nic/control.js";
-import type { DomId } from "../xen/abi.js";
-import type { Guest } from "../xen/guest/guest.js";
-import { SyncCallClient, type SyncEndpoint, serveSyncCalls } from "../xen/sync-call.js";
-import { type Client, MyriBack, MyriCore, STATS_BYTES, Stat } from "./back.js";
+import { type Client, MyriBack, MyriCore, STATS_BYTES, Stat } from "../myrixen/back.js";
 import {
   DEFAULT_ENDPOINTS_PER_DOMAIN,
   DEFAULT_REGIONS_PER_DOMAIN,
@@ -35,14 +31,21 @@ import {
   type NativeChannelReply,
   type NativeConnectReply,
   Op,
-} from "./protocol.js";
+} from "../myrixen/protocol.js";
+import { Netback } from "../netback/netback.js";
+import { NET_STATS_BYTES } from "../netback/stats.js";
+import { openUplink } from "../netback/uplink.js";
+import type { NicControlRequest, NicDriverEndpoint, NicInfo } from "../nic/control.js";
+import type { DomId } from "../xen/abi.js";
+import type { Guest } from "../xen/guest/guest.js";
+import { SyncCallClient, type SyncEndpoint, serveSyncCalls } from "../xen/sync-call.js";
 
 export interface DriverDomainArgs {
   /** The NIC's driver endpoint (its port transferred in). */
   nic: NicDriverEndpoint;
   /** The host's control link (transferred in). */
   hostLink: MessagePort;
-  /** STATS_BYTES, written here, read by the host (back.ts Stat). */
+  /** STATS_BYTES, written here, read by the host (myrixen/back/stats.ts, Stat). */
   stats: SharedArrayBuffer;
   /** NET_STATS_BYTES for netback and the bridge (netback/stats.ts); without it netback does not run. */
   netStats?: SharedArrayBuffer;

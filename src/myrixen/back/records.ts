@@ -1,0 +1,57 @@
+/**
+ * What the registry keeps per owner, endpoint, region and channel. Its own file so that the
+ * registry (which changes them) and the inspection (which only reads them) share one
+ * definition without importing each other.
+ */
+
+import type { DomId } from "../../xen/abi.js";
+import type { ChannelMem, WindowSlot } from "./shared-memory.js";
+
+export type ClientKind = "guest" | "native";
+
+/** A domain (guest) or process (native) that owns endpoints. */
+export class Client {
+  readonly endpoints = new Map<number, EndpointRec>();
+  readonly regions = new Map<number, RegionRec>();
+  registeredBytes = 0;
+  dead = false;
+
+  constructor(
+    readonly domid: DomId,
+    readonly kind: ClientKind,
+    readonly label: string,
+    public quotaBytes: number,
+  ) {}
+}
+
+export interface EndpointRec {
+  id: number;
+  session: number;
+  owner: Client;
+  window: SharedArrayBuffer;
+  intr: SharedArrayBuffer;
+  /** Guest-owned endpoints: the window and interrupt page, a slot of the owner domain's (SharedMemory). */
+  shared?: WindowSlot;
+  channels: Set<ChannelRec>;
+  /** Endpoints this one connected to or that connected to it (told when it goes away). */
+  peers: Set<EndpointRec>;
+  closed: boolean;
+}
+
+export interface RegionRec {
+  id: number;
+  endpointId: number;
+  bytes: number;
+  /** Gives back what the registration holds (unpins the guest's pages). */
+  release: () => void;
+}
+
+export interface ChannelRec {
+  id: number;
+  /** members[s] writes lane s. */
+  members: [EndpointRec, EndpointRec];
+  buffer: SharedArrayBuffer;
+  /** Guest channels: the buffer as dom0 frames of the members' pair (SharedMemory). */
+  mem?: ChannelMem;
+  closed: boolean;
+}

@@ -1,0 +1,480 @@
+/**
+ * myrback's registry (MyriCore): who owns which endpoint, region and channel on this host,
+ * and the rules every request goes through whoever asks — ownership, quotas, endpoint keys,
+ * one channel per endpoint pair, clean-up when an owner dies. Xen2MX keeps the same part in
+ * omx_xenback_endpoint.c and _reg.c. Both transports use it: the xenbus device (device.ts)
+ * for guests and the native service (host/driver-domain.ts) for processes. It asks the NIC
+ * over synchronous control calls and takes memory from SharedMemory; it never sees a ring.
+ */
+
+import type {
+  LookupReply,
+  MemoryRun,
+  NicControlRequest,
+  NicInfo,
+  OpenEndpointReply,
+  RegisterRegionReply,
+} from "../../nic/control.js";
+import { ANY_ENDPOINT } from "../../nic/window.js";
+import type { DomId } from "../../xen/abi.js";
+import type { Guest } from "../../xen/guest/guest.js";
+import type { SyncCallClient } from "../../xen/sync-call.js";
+import { CHANNEL_BYTES, closeChannelLanes } from "../channel-abi.js";
+import { DRIVER_EVENT_CONNECT, DRIVER_EVENT_DISCONNECT } from "../driver-abi.js";
+import { MyriError, type MyriInfo, type MyriStatusName, OP_COUNT, XsKey } from "../protocol.js";
+import { GrantKeeper } from "./grant-keeper.js";
+import { type BackendEndpointInfo, describeEndpoints } from "./inspect.js";
+import { type ChannelRec, Client, type ClientKind, type EndpointRec } from "./records.js";
+import { type ChannelMem, SharedMemory, type WindowSlot } from "./shared-memory.js";
+import { Stat } from "./stats.js";
+
+export interface ConnectResult {
+  peerNic: number;
+  peerEndpoint: number;
+  peerSession: number;
+  channel?: { rec: ChannelRec; side: 0 | 1; peer: EndpointRec };
+}
+
+export interface CoreConfig {
+  guest: Guest;
+  nic: SyncCallClient<NicControlRequest>;
+  stats: Int32Array;
+  endpointsPerDomain: number;
+  registeredBytesPerDomain: number;
+  regionsPerDomain: number;
+  log: (message: string) => void;
+}
+
+const U32 = (v: unknown): v is number =>
+  typeof v === "number" && Number.isInteger(v) && v >= 0 && v <= 0xffffffff;
+
+/** NIC errnos as MX return codes, per operation. */
+function nicCode(errno: string, fallback: MyriStatusName): MyriStatusName {
+  switch (errno) {
+    case "ENOSPC":
+    case "ENOMEM":
+      return "MX_NO_RESOURCES";
+    case "EBUSY":
+    case "EEXIST":
+      return "MX_BUSY";
+    case "EIO":
+      return "MX_NIC_DEAD";
+    default:
+      return fallback;
+  }
+}
+
+export class MyriCore {
+  readonly nicId: number;
+  readonly maxEndpoints: number;
+  readonly keeper: GrantKeeper;
+  readonly memory: SharedMemory;
+  private readonly clients = new Map<DomId, Client>();
+  private readonly endpoints = new Map<number, EndpointRec>();
+  private readonly channels = new Map<number, ChannelRec>();
+  private readonly pairs = new Map<string, ChannelRec>();
+  private nextChannelId = 1;
+
+  constructor(readonly cfg: CoreConfig) {
+    const info = this.nic<NicInfo>({ op: "info" }, "MX_NIC_DEAD");
+    this.nicId = info.nicId;
+    this.maxEndpoints = info.maxEndpoints;
+    this.keeper = new GrantKeeper(cfg.guest, cfg.stats);
+    this.memory = new SharedMemory(cfg.guest, this.keeper, cfg.stats);
+  }
+
+  /** Counts one served request (both transports). */
+  count(op: number, ok: boolean, transport: "ring" | "native"): void {
+    const s = this.cfg.stats;
+    Atomics.add(s, Stat.requests, 1);
+    if (op >= 1 && op <= OP_COUNT) Atomics.add(s, op, 1);
+    if (!ok) Atomics.add(s, Stat.errors, 1);
+    Atomics.add(s, transport === "ring" ? Stat.ringRequests : Stat.nativeRequests, 1);
+  }
+
+  nic<T>(req: NicControlRequest, fallback: MyriStatusName): T {
+    try {
+      return this.cfg.nic.call<T>(req);
+    } catch (e) {
+      const errno = (e as { errno?: unknown }).errno;
+      const msg = (e as Error).message ?? String(e);
+      throw new MyriError(
+        nicCode(typeof errno === "string" ? errno : "", fallback),
+        `the NIC refused: ${msg}`,
+      );
+    }
+  }
+
+  client(domid: DomId, kind: ClientKind, label: string, quotaBytes?: number): Client {
+    let c = this.clients.get(domid);
+    if (c && !c.dead) return c;
+    c = new Client(domid, kind, label, quotaBytes ?? this.cfg.registeredBytesPerDomain);
+    this.clients.set(domid, c);
+    return c;
+  }
+
+  liveClients(): Client[] {
+    return [...this.clients.values()].filter((c) => !c.dead);
+  }
+
+  private own(client: Client, endpointId: unknown): EndpointRec {
+    const ep = U32(endpointId) ? client.endpoints.get(endpointId) : undefined;
+    if (!ep)
+      throw new MyriError(
+        "MX_BAD_ENDPOINT",
+        `${client.label} has no open endpoint ${String(endpointId)}; open it first (its endpoints: ${[...client.endpoints.keys()].join(", ") || "none"})`,
+      );
+    return ep;
+  }
+
+  private publishCounts(): void {
+    const s = this.cfg.stats;
+    Atomics.store(s, Stat.endpoints, this.endpoints.size);
+    Atomics.store(s, Stat.channels, this.channels.size);
+    let regions = 0;
+    for (const c of this.clients.values()) regions += c.regions.size;
+    Atomics.store(s, Stat.regions, regions);
+  }
+
+  // -- endpoints --
+
+  openEndpoint(client: Client, endpointId: unknown, key: unknown): EndpointRec {
+    return this.openEndpointWith(client, endpointId, key, undefined);
+  }
+
+  /** Opens an endpoint; a guest's gets a window slot of its own domain (`slot`), natives a fresh window. */
+  /** Throws what opening would refuse (ids, key, quota) before anything is spent on it. */
+  checkOpen(client: Client, endpointId: unknown, key: unknown): void {
+    if (!U32(endpointId) || (endpointId !== ANY_ENDPOINT && endpointId >= this.maxEndpoints))
+      throw new MyriError(
+        "MX_BAD_ENDPOINT_ID",
+        `endpoint id ${String(endpointId)} is not 0..${this.maxEndpoints - 1} or MX_ANY_ENDPOINT (0xffffffff)`,
+      );
+    if (!U32(key)) throw new MyriError("MX_BAD_REQUEST", `key ${String(key)} is not a 32-bit unsigned value`);
+    if (client.endpoints.size >= this.cfg.endpointsPerDomain)
+      throw new MyriError(
+        "MX_NO_RESOURCES",
+        `${client.label} already has ${client.endpoints.size} endpoints open, its quota (${XsKey.maxEndpoints}=${this.cfg.endpointsPerDomain}); close one first`,
+      );
+  }
+
+  openEndpointWith(
+    client: Client,
+    endpointId: unknown,
+    key: unknown,
+    slot: WindowSlot | undefined,
+  ): EndpointRec {
+    this.checkOpen(client, endpointId, key);
+    const r = this.nic<OpenEndpointReply>(
+      {
+        op: "open_endpoint",
+        owner: client.label,
+        endpointId: endpointId as number,
+        key: key as number,
+        window: slot?.window.bytes.buffer as SharedArrayBuffer | undefined,
+        intr: slot?.intr.bytes.buffer as SharedArrayBuffer | undefined,
+      },
+      "MX_BAD_ENDPOINT_ID",
+    );
+    const ep: EndpointRec = {
+      id: r.endpointId,
+      session: r.session,
+      owner: client,
+      window: r.window,
+      intr: r.intr,
+      shared: slot,
+      channels: new Set(),
+      peers: new Set(),
+      closed: false,
+    };
+    client.endpoints.set(ep.id, ep);
+    this.endpoints.set(ep.id, ep);
+    this.publishCounts();
+    return ep;
+  }
+
+  /**
+   * Closes an endpoint: its channels die (both lanes closed, peers told with a DISCONNECT
+   * event), the NIC closes it (which drops its regions), then its registrations are released
+   * and dom0's grants of its window ended.
+   */
+  closeEndpoint(client: Client, endpointId: unknown): void {
+    this.closeRec(this.own(client, endpointId));
+  }
+
+  private closeRec(ep: EndpointRec): void {
+    if (ep.closed) return;
+    ep.closed = true;
+    const told = new Set<EndpointRec>();
+    for (const ch of [...ep.channels]) {
+      told.add(ch.members[0] === ep ? ch.members[1] : ch.members[0]);
+      this.closeChannel(ch);
+    }
+    for (const p of ep.peers) {
+      p.peers.delete(ep);
+      // Peers with a channel were told by closeChannel; the others hear it here (channel 0xffffffff).
+      if (!p.closed && !told.has(p)) this.tellDisconnect(p, ep, 0xffffffff);
+    }
+    ep.peers.clear();
+    try {
+      this.nic<void>({ op: "close_endpoint", endpointId: ep.id }, "MX_BAD_ENDPOINT");
+    } catch (e) {
+      this.cfg.log(
+        `closing endpoint ${ep.id} of ${ep.owner.label} on the NIC failed: ${(e as Error).message}`,
+      );
+    }
+    const owner = ep.owner;
+    for (const [id, reg] of owner.regions) {
+      if (reg.endpointId !== ep.id) continue;
+      owner.regions.delete(id);
+      owner.registeredBytes -= reg.bytes;
+      reg.release();
+    }
+    if (ep.shared) this.memory.putSlot(owner.domid, ep.shared);
+    owner.endpoints.delete(ep.id);
+    if (this.endpoints.get(ep.id) === ep) this.endpoints.delete(ep.id);
+    this.publishCounts();
+  }
+
+  // -- regions --
+
+  /** Ownership and quota check before the caller pins anything. */
+  checkRegister(client: Client, endpointId: unknown, bytes: number): EndpointRec {
+    const ep = this.own(client, endpointId);
+    if (client.regions.size >= this.cfg.regionsPerDomain)
+      throw new MyriError(
+        "MX_NO_RESOURCES",
+        `${client.label} already has ${client.regions.size} regions registered, its quota (${XsKey.maxRegions}=${this.cfg.regionsPerDomain}); deregister some first`,
+      );
+    if (client.registeredBytes + bytes > client.quotaBytes)
+      throw new MyriError(
+        "MX_NO_RESOURCES",
+        `${client.label} would have ${client.registeredBytes + bytes} bytes registered, over its quota of ${client.quotaBytes} (${XsKey.maxRegisteredBytes}); deregister regions first`,
+      );
+    return ep;
+  }
+
+  registerRegion(
+    client: Client,
+    endpointId: number,
+    memory: SharedArrayBuffer,
+    runs: MemoryRun[],
+    access: number,
+    bytes: number,
+    release: () => void,
+  ): RegisterRegionReply {
+    this.checkRegister(client, endpointId, bytes);
+    const r = this.nic<RegisterRegionReply>(
+      { op: "register_region", endpointId, memory, runs, access },
+      "MX_BAD_SEG_LIST",
+    );
+    client.regions.set(r.regionId, { id: r.regionId, endpointId, bytes, release });
+    client.registeredBytes += bytes;
+    this.publishCounts();
+    return r;
+  }
+
+  deregisterRegion(client: Client, endpointId: unknown, regionId: unknown): void {
+    const ep = this.own(client, endpointId);
+    const reg = U32(regionId) ? client.regions.get(regionId) : undefined;
+    if (!reg || reg.endpointId !== ep.id)
+      throw new MyriError(
+        "MX_BAD_SEG_LIST",
+        `endpoint ${ep.id} of ${client.label} has no region ${String(regionId)}`,
+      );
+    this.nic<void>({ op: "deregister_region", endpointId: ep.id, regionId: reg.id }, "MX_BAD_SEG_LIST");
+    client.regions.delete(reg.id);
+    client.registeredBytes -= reg.bytes;
+    reg.release();
+    this.publishCounts();
+  }
+
+  // -- connections and channels --
+
+  connect(
+    client: Client,
+    endpointId: unknown,
+    peerNic: unknown,
+    peerEndpoint: unknown,
+    key: unknown,
+  ): ConnectResult {
+    const ep = this.own(client, endpointId);
+    if (!U32(peerNic) || !U32(peerEndpoint) || !U32(key))
+      throw new MyriError(
+        "MX_BAD_REQUEST",
+        "connect: peer nic, peer endpoint and key must be 32-bit unsigned values",
+      );
+    if (peerNic !== this.nicId)
+      throw new MyriError(
+        "MX_CONNECTION_FAILED",
+        `peer NIC ${peerNic} is not this host's NIC (${this.nicId}); the driver connects co-resident endpoints only`,
+      );
+    const look = this.nic<LookupReply>(
+      // `requester`: the NIC throttles this endpoint's wrong keys (nic/connect-throttle.ts).
+      { op: "lookup_endpoint", endpointId: peerEndpoint, key, requester: ep.id },
+      "MX_CONNECTION_FAILED",
+    );
+    if (look.status === "bad_key") Atomics.add(this.cfg.stats, Stat.badKeys, 1);
+    if (look.status === "throttled")
+      throw new MyriError(
+        "MX_BUSY",
+        `NIC ${peerNic} refuses connections from endpoint ${ep.id} for ${look.retryAfterMs} ms more: too many wrong keys (retry then, with the key the peer's owner opened it with)`,
+      );
+    if (look.status === "bad_key")
+      throw new MyriError(
+        "MX_BAD_CONNECTION_KEY",
+        `endpoint ${peerEndpoint} of NIC ${peerNic} was opened with another key than ${key}; use the key its owner passed to mx_open_endpoint`,
+      );
+    if (look.status !== "ok")
+      throw new MyriError("MX_CONNECTION_FAILED", `no open endpoint ${peerEndpoint} on NIC ${peerNic}`);
+    const peer = this.endpoints.get(peerEndpoint);
+    const result: ConnectResult = { peerNic, peerEndpoint, peerSession: look.session };
+    if (!peer || peer.closed) return result;
+    if (peer !== ep) {
+      ep.peers.add(peer);
+      peer.peers.add(ep);
+    }
+    // A channel only between two distinct endpoints of the same kind (guests share granted
+    // frames, processes share buffers); anything else goes through the NIC's loopback.
+    if (peer === ep || peer.owner.kind !== client.kind) return result;
+    const pair = ep.id < peer.id ? `${ep.id}:${peer.id}` : `${peer.id}:${ep.id}`;
+    let ch = this.pairs.get(pair);
+    if (!ch) {
+      let mem: ChannelMem | undefined;
+      let buffer: SharedArrayBuffer;
+      if (client.kind === "guest") {
+        mem = this.memory.takeChannel(client.domid, peer.owner.domid);
+        // The pair already holds its share of channel buffers: it talks through the NIC.
+        if (!mem) return result;
+        buffer = mem.run.bytes.buffer as SharedArrayBuffer;
+      } else buffer = new SharedArrayBuffer(CHANNEL_BYTES);
+      ch = { id: this.nextChannelId++, members: [ep, peer], buffer, mem, closed: false };
+      if (this.nextChannelId > 0x7fffffff) this.nextChannelId = 1;
+      this.pairs.set(pair, ch);
+      this.channels.set(ch.id, ch);
+      ep.channels.add(ch);
+      peer.channels.add(ch);
+      this.publishCounts();
+      try {
+        this.nic<void>(
+          {
+            op: "deliver_event",
+            endpointId: peer.id,
+            cookie: DRIVER_EVENT_CONNECT,
+            words: [ch.id, this.nicId, ep.id, ep.session],
+          },
+          "MX_CONNECTION_FAILED",
+        );
+      } catch (e) {
+        this.closeChannel(ch);
+        throw e;
+      }
+    }
+    const side: 0 | 1 = ch.members[0] === ep ? 0 : 1;
+    result.channel = { rec: ch, side, peer };
+    return result;
+  }
+
+  acceptChannel(
+    client: Client,
+    endpointId: unknown,
+    channelId: unknown,
+  ): { rec: ChannelRec; side: 0 | 1; peer: EndpointRec } {
+    const ep = this.own(client, endpointId);
+    const ch = U32(channelId) ? this.channels.get(channelId) : undefined;
+    if (!ch || ch.closed)
+      throw new MyriError(
+        "MX_CONNECTION_FAILED",
+        `channel ${String(channelId)} does not exist (or was closed)`,
+      );
+    const side = ch.members[0] === ep ? 0 : ch.members[1] === ep ? 1 : -1;
+    if (side < 0)
+      throw new MyriError(
+        "MX_NO_PERM",
+        `channel ${ch.id} joins endpoints ${ch.members[0].id} and ${ch.members[1].id}, not endpoint ${ep.id}`,
+      );
+    return { rec: ch, side: side as 0 | 1, peer: ch.members[1 - side] };
+  }
+
+  /** Kills a channel: both lanes closed (readers and writers see it), both members told. */
+  private closeChannel(ch: ChannelRec): void {
+    if (ch.closed) return;
+    ch.closed = true;
+    closeChannelLanes(ch.buffer);
+    const [a, b] = ch.members;
+    for (const [me, other] of [
+      [a, b],
+      [b, a],
+    ] as const) {
+      me.channels.delete(ch);
+      if (!me.closed) this.tellDisconnect(me, other, ch.id);
+    }
+    const key = a.id < b.id ? `${a.id}:${b.id}` : `${b.id}:${a.id}`;
+    if (this.pairs.get(key) === ch) this.pairs.delete(key);
+    this.channels.delete(ch.id);
+    if (ch.mem) this.memory.putChannel(ch.mem);
+    this.publishCounts();
+  }
+
+  private tellDisconnect(to: EndpointRec, gone: EndpointRec, channelId: number): void {
+    try {
+      this.nic<void>(
+        {
+          op: "deliver_event",
+          endpointId: to.id,
+          cookie: DRIVER_EVENT_DISCONNECT,
+          words: [channelId >>> 0, this.nicId, gone.id, gone.session],
+        },
+        "MX_FAILURE",
+      );
+    } catch (e) {
+      this.cfg.log(
+        `telling endpoint ${to.id} that endpoint ${gone.id} went away failed: ${(e as Error).message}`,
+      );
+    }
+  }
+
+  /**
+   * What the registry knows, for the host's inspection (src/host/inspect.ts): every open
+   * endpoint with its owner, registrations, co-resident peers and channels, and the depths
+   * of its queues read from its window and its channels' lanes now. Reads shared words only
+   * (no request to the NIC, nothing counted): the data path does not notice.
+   */
+  inspect(): BackendEndpointInfo[] {
+    return describeEndpoints(this.endpoints.values());
+  }
+
+  info(client: Client): MyriInfo {
+    const nic = this.nic<NicInfo>({ op: "info" }, "MX_NIC_DEAD");
+    return {
+      nicId: nic.nicId,
+      maxEndpoints: nic.maxEndpoints,
+      nicOpenEndpoints: nic.openEndpoints.length,
+      endpoints: client.endpoints.size,
+      endpointQuota: this.cfg.endpointsPerDomain,
+      registeredBytes: client.registeredBytes,
+      registeredBytesQuota: client.quotaBytes,
+      regions: client.regions.size,
+    };
+  }
+
+  /** Everything a client held, released (its domain died or it disconnected). */
+  releaseClient(client: Client): void {
+    if (client.dead) return;
+    client.dead = true;
+    for (const ep of [...client.endpoints.values()]) this.closeRec(ep);
+    for (const reg of client.regions.values()) reg.release();
+    client.regions.clear();
+    client.registeredBytes = 0;
+    if (this.clients.get(client.domid) === client) this.clients.delete(client.domid);
+    this.publishCounts();
+  }
+
+  /**
+   * The domain itself is gone (not just its device): what it could reach is released. A
+   * frontend that merely reconnects keeps its slots and channels, which are its own.
+   */
+  forgetDomain(domid: DomId): void {
+    this.memory.forgetDomain(domid);
+  }
+}

@@ -1,0 +1,229 @@
+/**
+ * The memory dom0 shares with guests: window slots per domain, channel buffers per domain
+ * pair, pooled response pages — and the lifetime rule they keep (below). Its own file because
+ * that rule is the security boundary of myrback's memory (the registry decides *who* gets an
+ * endpoint or a channel, this file decides *which memory* and when it may be reused). Imports
+ * the grant keeper and the stats page only.
+ */
+
+import { INTR_BYTES, WINDOW_BYTES } from "../../nic/window.js";
+import { type DomId, PAGE_SIZE } from "../../xen/abi.js";
+import type { Guest } from "../../xen/guest/guest.js";
+import type { PageRun } from "../../xen/memory.js";
+import { CHANNEL_BYTES } from "../channel-abi.js";
+import { MyriError } from "../protocol.js";
+import type { GrantKeeper } from "./grant-keeper.js";
+import { Stat } from "./stats.js";
+
+/**
+ * The memory dom0 shares with guests, and the rule it keeps: memory a guest could once reach
+ * is never given to another domain while that guest lives (a SharedArrayBuffer handed to a
+ * thread can never be taken back; see xen/hypervisor.ts, Segment). So:
+ *  - an endpoint's window and interrupt page are a *slot* of its owner domain, granted to it
+ *    once and reused only for that domain's later endpoints (at most its endpoint quota);
+ *    a co-resident peer that connects is granted the interrupt page too (to wake the owner),
+ *    and keeps that grant while the slot lives — an interrupt page holds no data, only a
+ *    wake counter and a sleeping flag;
+ *  - a channel's buffer belongs to its pair of domains, granted to both once and reused only
+ *    for a later channel of the same pair, once neither maps it any more (at most
+ *    CHANNELS_PER_PAIR per pair: beyond that the pair talks through the NIC);
+ *  - all of it is released (the hypervisor forgets its frames) when a member domain goes.
+ * Response pages are mapped read-only (copies through the hypervisor, re-checked on every
+ * read), so one may serve anyone once its grant has ended.
+ */
+export interface WindowSlot {
+  /** Nonzero, unique in this backend: the frontend may keep its mappings of a slot it knows. */
+  id: number;
+  window: PageRun;
+  intr: PageRun;
+  /** Grants to the owner: the window's pages, then the interrupt page's. */
+  refs: number[];
+  /** Grants of the interrupt page to co-resident peers, by domain. */
+  peerRefs: Map<DomId, number[]>;
+}
+
+export interface ChannelMem {
+  run: PageRun;
+  /** "a:b", the two member domains (a ≤ b). */
+  pair: string;
+  /** Grants of the buffer to each member domain (one entry when both ends are one domain). */
+  refs: Map<DomId, number[]>;
+}
+
+/** Channel buffers one pair of domains may hold at once (in use or waiting to be unmapped). */
+export const CHANNELS_PER_PAIR = 16;
+
+const WINDOW_PAGES = WINDOW_BYTES / PAGE_SIZE;
+const INTR_PAGES = INTR_BYTES / PAGE_SIZE;
+const CHANNEL_PAGES = CHANNEL_BYTES / PAGE_SIZE;
+
+export function pairKey(a: DomId, b: DomId): string {
+  return a <= b ? `${a}:${b}` : `${b}:${a}`;
+}
+
+export class SharedMemory {
+  /** Free window slots per domain. */
+  private readonly slots = new Map<DomId, WindowSlot[]>();
+  /** Per domain pair: free channel buffers, and how many exist. */
+  private readonly channels = new Map<string, { free: ChannelMem[]; count: number }>();
+  /** Response pages whose grant has ended. */
+  private readonly rspFree: PageRun[] = [];
+  private nextSlotId = 1;
+
+  constructor(
+    private readonly guest: Guest,
+    private readonly keeper: GrantKeeper,
+    private readonly stats: Int32Array,
+  ) {}
+
+  private alloc(pages: number, audience: DomId[]): PageRun {
+    try {
+      return this.guest.allocShared(pages, { audience });
+    } catch (e) {
+      throw new MyriError(
+        "MX_NO_RESOURCES",
+        `the driver domain cannot share more pages (${(e as Error).message}); close endpoints or channels`,
+      );
+    }
+  }
+
+  private release(run: PageRun): void {
+    try {
+      this.guest.releaseShared(run);
+    } catch {
+      // already gone with its owner
+    }
+  }
+
+  /** A window and interrupt page for an endpoint of `domid`: one it had before, or new ones. */
+  takeSlot(domid: DomId): WindowSlot {
+    const free = this.slots.get(domid);
+    const reused = free?.pop();
+    if (reused) return reused;
+    const window = this.alloc(WINDOW_PAGES, [domid]);
+    let intr: PageRun;
+    try {
+      intr = this.alloc(INTR_PAGES, [domid]);
+    } catch (e) {
+      this.release(window);
+      throw e;
+    }
+    let refs: number[];
+    try {
+      refs = [...this.keeper.grantRun(domid, window.pfn, window.count, false)];
+      try {
+        refs.push(...this.keeper.grantRun(domid, intr.pfn, intr.count, false));
+      } catch (e) {
+        this.keeper.end(refs);
+        throw e;
+      }
+    } catch (e) {
+      this.release(window);
+      this.release(intr);
+      throw e;
+    }
+    this.publish();
+    const id = this.nextSlotId;
+    this.nextSlotId = (this.nextSlotId % 0x7fffffff) + 1;
+    return { id, window, intr, refs, peerRefs: new Map() };
+  }
+
+  /** The endpoint closed: the slot waits for the same domain's next endpoint. */
+  putSlot(domid: DomId, slot: WindowSlot): void {
+    let free = this.slots.get(domid);
+    if (!free) this.slots.set(domid, (free = []));
+    free.push(slot);
+  }
+
+  /** The interrupt page of `slot`, granted to co-resident peer `peer` (once per peer). */
+  intrFor(slot: WindowSlot, peer: DomId): number[] {
+    let refs = slot.peerRefs.get(peer);
+    if (!refs) {
+      this.guest.shareWith(slot.intr, peer);
+      refs = this.keeper.grantRun(peer, slot.intr.pfn, slot.intr.count, false);
+      slot.peerRefs.set(peer, refs);
+    }
+    return refs;
+  }
+
+  /** A channel buffer for domains a and b, or undefined when the pair holds CHANNELS_PER_PAIR already. */
+  takeChannel(a: DomId, b: DomId): ChannelMem | undefined {
+    const pair = pairKey(a, b);
+    let p = this.channels.get(pair);
+    if (!p) this.channels.set(pair, (p = { free: [], count: 0 }));
+    const reused = p.free.pop();
+    if (reused) {
+      reused.run.bytes.fill(0);
+      return reused;
+    }
+    if (p.count >= CHANNELS_PER_PAIR) return undefined;
+    const run = this.alloc(CHANNEL_PAGES, a === b ? [a] : [a, b]);
+    p.count++;
+    this.publish();
+    return { run, pair, refs: new Map() };
+  }
+
+  /** The buffer granted to member `domid` (once per member). */
+  channelRefs(mem: ChannelMem, domid: DomId): number[] {
+    let refs = mem.refs.get(domid);
+    if (!refs) {
+      refs = this.keeper.grantRun(domid, mem.run.pfn, mem.run.count, false);
+      mem.refs.set(domid, refs);
+    }
+    return refs;
+  }
+
+  /** The channel closed: once neither member maps the buffer, it serves the pair's next channel. */
+  putChannel(mem: ChannelMem): void {
+    this.keeper.whenUnused([...mem.refs.values()].flat(), () => {
+      const p = this.channels.get(mem.pair);
+      if (p) p.free.push(mem);
+      else this.dropChannel(mem);
+    });
+  }
+
+  private dropChannel(mem: ChannelMem): void {
+    this.keeper.end([...mem.refs.values()].flat());
+    this.release(mem.run);
+    this.publish();
+  }
+
+  /**
+   * A domain is gone (its mappings went with it): everything it could reach is released —
+   * its slots, and every channel buffer of a pair it belonged to. Peers that still map one
+   * keep it (their grants end when they unmap); no one else will ever get it.
+   */
+  forgetDomain(domid: DomId): void {
+    for (const slot of this.slots.get(domid) ?? []) {
+      this.keeper.end([...slot.refs, ...[...slot.peerRefs.values()].flat()]);
+      this.release(slot.window);
+      this.release(slot.intr);
+    }
+    this.slots.delete(domid);
+    for (const [pair, p] of this.channels) {
+      const [a, b] = pair.split(":").map(Number);
+      if (a !== domid && b !== domid) continue;
+      this.channels.delete(pair);
+      for (const mem of p.free) this.dropChannel(mem);
+    }
+    this.publish();
+  }
+
+  takeResponsePage(): PageRun {
+    const run = this.rspFree.pop();
+    if (run) {
+      run.bytes.fill(0);
+      return run;
+    }
+    return this.alloc(1, []);
+  }
+
+  putResponsePage(run: PageRun): void {
+    this.rspFree.push(run);
+  }
+
+  private publish(): void {
+    const c = this.guest.counters();
+    Atomics.store(this.stats, Stat.sharedPages, c.mem_shared_alloc - c.mem_shared_release);
+  }
+}

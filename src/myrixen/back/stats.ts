@@ -1,0 +1,78 @@
+/**
+ * myrback's stats page: the Int32 words the driver domain writes and the host reads straight
+ * from shared memory (host.backendStats()), like netback/stats.ts for the split path. Its own
+ * file because both sides import it — the host (reading) and every part of myrback (counting)
+ * — and it imports nothing of myrback's: the bottom of back/.
+ */
+
+import { Op } from "../protocol.js";
+
+/** Int32 word indexes of the stats page the host hands the driver domain (host.backendStats()). */
+export const Stat = {
+  /** Requests served, ring and native; words 1..7 are per op (index = Op code). */
+  requests: 0,
+  errors: 8,
+  ringRequests: 9,
+  nativeRequests: 10,
+  frontendsConnected: 11,
+  frontendsDisconnected: 12,
+  brokenRings: 13,
+  endpoints: 14,
+  channels: 15,
+  regions: 16,
+  deferredGrants: 17,
+  nativeClients: 18,
+  /** dom0's grant entries in use (granted and not yet ended). */
+  grantsInUse: 19,
+  /** dom0's shared pages (windows, interrupt pages, channels, response pages). */
+  sharedPages: 20,
+  /** Connects refused for a bad endpoint key. */
+  badKeys: 21,
+} as const;
+export const STATS_BYTES = 32 * 4;
+
+export interface BackendStats {
+  requests: number;
+  byOp: Record<keyof typeof Op, number>;
+  errors: number;
+  ringRequests: number;
+  nativeRequests: number;
+  frontendsConnected: number;
+  frontendsDisconnected: number;
+  brokenRings: number;
+  /** Open now. */
+  endpoints: number;
+  channels: number;
+  regions: number;
+  /** dom0 grants whose end waits for the peer to unmap them. */
+  deferredGrants: number;
+  nativeClients: number;
+  grantsInUse: number;
+  sharedPages: number;
+  badKeys: number;
+}
+
+export function readBackendStats(buffer: SharedArrayBuffer): BackendStats {
+  const w = new Int32Array(buffer);
+  const get = (i: number) => Atomics.load(w, i) >>> 0;
+  const byOp = {} as Record<keyof typeof Op, number>;
+  for (const [name, code] of Object.entries(Op)) byOp[name as keyof typeof Op] = get(code);
+  return {
+    requests: get(Stat.requests),
+    byOp,
+    errors: get(Stat.errors),
+    ringRequests: get(Stat.ringRequests),
+    nativeRequests: get(Stat.nativeRequests),
+    frontendsConnected: get(Stat.frontendsConnected),
+    frontendsDisconnected: get(Stat.frontendsDisconnected),
+    brokenRings: get(Stat.brokenRings),
+    endpoints: get(Stat.endpoints),
+    channels: get(Stat.channels),
+    regions: get(Stat.regions),
+    deferredGrants: get(Stat.deferredGrants),
+    nativeClients: get(Stat.nativeClients),
+    grantsInUse: get(Stat.grantsInUse),
+    sharedPages: get(Stat.sharedPages),
+    badKeys: get(Stat.badKeys),
+  };
+}
