@@ -1,0 +1,246 @@
+/**
+ * The tree XenStore keeps, and a transaction's private view of it: the live tree (nodes with
+ * generations, per-owner node counts, an undo journal that makes a commit all or nothing)
+ * and the copy-on-write view a transaction reads and writes. Both answer the same View, so
+ * the store applies one operation the same way to either. No permission is checked here:
+ * the store does that before it calls in (store.ts).
+ */
+
+import type { DomId } from "../abi.js";
+import { baseName, childPath, parentOf, type XenStorePerm } from "./paths.js";
+
+export interface NodeInfo {
+  readonly value: string;
+  readonly perms: readonly XenStorePerm[];
+  names(): string[];
+}
+
+/** What the operations need from a tree: the live store and a transaction both provide it. */
+export interface View {
+  get(path: string): NodeInfo | undefined;
+  /** The parent must exist in this view. */
+  create(path: string, value: string, perms: XenStorePerm[]): void;
+  setValue(path: string, value: string): void;
+  setPerms(path: string, perms: XenStorePerm[]): void;
+  /** Removes the node and everything below it. */
+  remove(path: string): void;
+  ownedCount(dom: DomId): number;
+}
+
+export class Node implements NodeInfo {
+  readonly children = new Map<string, Node>();
+  constructor(
+    public value: string,
+    public perms: XenStorePerm[],
+    /** Store generation of the last change to this node's value, perms or child list. */
+    public gen: number,
+  ) {}
+  names(): string[] {
+    return [...this.children.keys()].sort();
+  }
+}
+
+export class LiveTree implements View {
+  readonly root = new Node("", [{ dom: 0, access: "n" }], 0);
+  generation = 0;
+  /** Undo steps, recorded while a transaction commit is being applied so it stays atomic. */
+  journal: Array<() => void> | null = null;
+  private readonly owned = new Map<DomId, number>([[0, 1]]);
+
+  getNode(path: string): Node | undefined {
+    if (path === "/") return this.root;
+    let node: Node | undefined = this.root;
+    let start = 1;
+    while (node) {
+      const end = path.indexOf("/", start);
+      const name = end < 0 ? path.slice(start) : path.slice(start, end);
+      node = node.children.get(name);
+      if (end < 0) return node;
+      start = end + 1;
+    }
+    return undefined;
+  }
+
+  get(path: string): NodeInfo | undefined {
+    return this.getNode(path);
+  }
+
+  private mustGet(path: string): Node {
+    const n = this.getNode(path);
+    if (!n) throw new Error(`xenstore internal: ${path} vanished`);
+    return n;
+  }
+
+  private addOwned(dom: DomId, delta: number): void {
+    this.owned.set(dom, (this.owned.get(dom) ?? 0) + delta);
+  }
+
+  create(path: string, value: string, perms: XenStorePerm[]): void {
+    const parent = this.mustGet(parentOf(path));
+    const name = baseName(path);
+    const gen = ++this.generation;
+    const prevGen = parent.gen;
+    parent.children.set(name, new Node(value, perms, gen));
+    parent.gen = gen;
+    this.addOwned(perms[0].dom, 1);
+    this.journal?.push(() => {
+      parent.children.delete(name);
+      parent.gen = prevGen;
+      this.addOwned(perms[0].dom, -1);
+    });
+  }
+
+  setValue(path: string, value: string): void {
+    const node = this.mustGet(path);
+    const prev = { value: node.value, gen: node.gen };
+    node.value = value;
+    node.gen = ++this.generation;
+    this.journal?.push(() => {
+      node.value = prev.value;
+      node.gen = prev.gen;
+    });
+  }
+
+  setPerms(path: string, perms: XenStorePerm[]): void {
+    const node = this.mustGet(path);
+    const prev = { perms: node.perms, gen: node.gen };
+    this.addOwned(prev.perms[0].dom, -1);
+    this.addOwned(perms[0].dom, 1);
+    node.perms = perms;
+    node.gen = ++this.generation;
+    this.journal?.push(() => {
+      this.addOwned(perms[0].dom, -1);
+      this.addOwned(prev.perms[0].dom, 1);
+      node.perms = prev.perms;
+      node.gen = prev.gen;
+    });
+  }
+
+  remove(path: string): void {
+    const parent = this.mustGet(parentOf(path));
+    const name = baseName(path);
+    const node = parent.children.get(name);
+    if (!node) return;
+    const prevGen = parent.gen;
+    parent.children.delete(name);
+    parent.gen = ++this.generation;
+    const count = (n: Node, sign: number) => {
+      this.addOwned(n.perms[0].dom, sign);
+      for (const c of n.children.values()) count(c, sign);
+    };
+    count(node, -1);
+    this.journal?.push(() => {
+      parent.children.set(name, node);
+      parent.gen = prevGen;
+      count(node, 1);
+    });
+  }
+
+  ownedCount(dom: DomId): number {
+    return this.owned.get(dom) ?? 0;
+  }
+
+  totalNodes(): number {
+    let n = 0;
+    for (const v of this.owned.values()) n += v;
+    return n;
+  }
+}
+
+export class TxNode implements NodeInfo {
+  constructor(
+    public value: string,
+    public perms: XenStorePerm[],
+    readonly children: Set<string>,
+  ) {}
+  names(): string[] {
+    return [...this.children].sort();
+  }
+}
+
+export type TxOp =
+  | { kind: "write"; path: string; value: string }
+  | { kind: "mkdir"; path: string }
+  | { kind: "rm"; path: string }
+  | { kind: "setPerms"; path: string; perms: XenStorePerm[] };
+
+/**
+ * Copy-on-write view: reads fall through to the live tree, writes land in an overlay. Every
+ * path the transaction looks at is remembered; at commit, if any of them changed since the
+ * start, the transaction conflicts. The logged operations are then replayed on the live tree,
+ * which gives the same result as the view because nothing they depend on has changed.
+ */
+export class TxView implements View {
+  readonly overlay = new Map<string, TxNode | null>();
+  readonly accessed = new Set<string>();
+  readonly ops: TxOp[] = [];
+  private readonly ownerDelta = new Map<DomId, number>();
+
+  constructor(
+    private readonly live: LiveTree,
+    readonly id: number,
+    readonly owner: DomId,
+    readonly startGen: number,
+  ) {}
+
+  get(path: string): NodeInfo | undefined {
+    this.accessed.add(path);
+    const o = this.overlay.get(path);
+    if (o !== undefined) return o ?? undefined;
+    return this.live.getNode(path);
+  }
+
+  private materialize(path: string): TxNode {
+    const o = this.overlay.get(path);
+    if (o) return o;
+    const n = this.live.getNode(path);
+    if (!n || o === null) throw new Error(`xenstore internal: ${path} missing in transaction ${this.id}`);
+    const copy = new TxNode(
+      n.value,
+      n.perms.map((p) => ({ ...p })),
+      new Set(n.children.keys()),
+    );
+    this.overlay.set(path, copy);
+    return copy;
+  }
+
+  private addDelta(dom: DomId, d: number): void {
+    this.ownerDelta.set(dom, (this.ownerDelta.get(dom) ?? 0) + d);
+  }
+
+  create(path: string, value: string, perms: XenStorePerm[]): void {
+    this.materialize(parentOf(path)).children.add(baseName(path));
+    this.overlay.set(path, new TxNode(value, perms, new Set()));
+    this.accessed.add(path);
+    this.addDelta(perms[0].dom, 1);
+  }
+
+  setValue(path: string, value: string): void {
+    this.materialize(path).value = value;
+  }
+
+  setPerms(path: string, perms: XenStorePerm[]): void {
+    const n = this.materialize(path);
+    this.addDelta(n.perms[0].dom, -1);
+    this.addDelta(perms[0].dom, 1);
+    n.perms = perms;
+  }
+
+  remove(path: string): void {
+    // Mark the whole visible subtree deleted, so a later re-creation of `path` in this
+    // transaction does not resurrect the old children from the live tree.
+    const drop = (p: string) => {
+      const n = this.get(p);
+      if (!n) return;
+      for (const c of n.names()) drop(childPath(p, c));
+      this.addDelta(n.perms[0].dom, -1);
+      this.overlay.set(p, null);
+    };
+    drop(path);
+    this.materialize(parentOf(path)).children.delete(baseName(path));
+  }
+
+  ownedCount(dom: DomId): number {
+    return this.live.ownedCount(dom) + (this.ownerDelta.get(dom) ?? 0);
+  }
+}
