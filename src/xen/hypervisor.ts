@@ -6,367 +6,63 @@
  * It runs in the host process's main thread. Guests reach it only through their hypercall
  * channel (hypercall.ts); the data path (event-channel sends and waits, rings, the privileged
  * domain's grant copies) never passes through here.
+ *
+ * This file is the lifecycle (create, stop, release, domain ids) and the hypercall dispatch.
+ * Its parts under hypervisor/: domain.ts (Domain and DomainConfig, the host's view),
+ * memory-hypercalls.ts (grant map/unmap/read and shared segments: the checks on memory),
+ * domain-record.ts (what it keeps per domain, never handed out). Grant copies, event channels
+ * and XenStore have their own files one level up (grant-table.ts, event-channel.ts, xenstore/).
  */
-import { EventEmitter } from "node:events";
-import { fileURLToPath, pathToFileURL } from "node:url";
-import { MessageChannel, type MessagePort, type TransferListItem, Worker } from "node:worker_threads";
-import {
-  DOMID_MAX,
-  type DomId,
-  GNTST,
-  GTF_permit_access,
-  GTF_type_mask,
-  gntstName,
-  PAGE_SIZE,
-} from "./abi.js";
+import { fileURLToPath } from "node:url";
+import { MessageChannel, type MessagePort, Worker } from "node:worker_threads";
+import { DOMID_MAX, type DomId, GNTST, PAGE_SIZE } from "./abi.js";
 import {
   allocCounterBuffer,
   allocPrivateCounterBlock,
-  CounterBlock,
   type CounterName,
   type CounterSnapshot,
-  CounterWriter,
-  readCounters,
 } from "./counters.js";
 import { EventChannelTable, HypercallError } from "./event-channel.js";
 import {
-  acquireGrant,
   allocGrantTable,
-  DEFAULT_GRANT_ENTRIES,
   executeGrantCopy,
-  type FrameLocation,
-  GNTTAB_NR_RESERVED_ENTRIES,
   type GrantCopyOp,
-  type GrantingDomain,
   markGrantTableDead,
   releaseGrant,
 } from "./grant-table.js";
-import { type GuestImage, loadGuestImage } from "./guest/loader.js";
+import { loadGuestImage } from "./guest/loader.js";
 import {
   type AsyncToGuest,
   type AsyncToHypervisor,
   answerHypercall,
   type HypercallRequest,
 } from "./hypercall.js";
+import {
+  checkConfig,
+  Domain,
+  type DomainConfig,
+  type GuestBootData,
+  type GuestControlMessage,
+  toModuleUrl,
+} from "./hypervisor/domain.js";
+import { DomainRecord } from "./hypervisor/domain-record.js";
+import { MemoryHypercalls } from "./hypervisor/memory-hypercalls.js";
 import { executeXenStoreRequest, LocalXenStoreClient, XenStore, XenStoreError } from "./xenstore.js";
 
-export type DomainState = "booting" | "running" | "shutdown" | "crashed" | "destroyed";
-
-export interface DomainConfig {
-  /**
-   * The guest program: a path or file URL of a TypeScript or JavaScript module whose default
-   * export is `main(guest)`. It runs sandboxed (guest/sandbox.ts), reaching only the guest
-   * object and the library, except in the privileged domain (the host's own driver domain).
-   */
-  module: string | URL;
-  name?: string;
-  /** Guest-physical memory in 4 KiB pages (default 256 = 1 MiB). */
-  pages?: number;
-  /** V8 old-generation heap limit of the domain's isolate, in MiB (default 256). */
-  maxHeapMb?: number;
-  /** The privileged driver domain: gets domid 0 and may map and copy any guest's granted frames in place. */
-  privileged?: boolean;
-  /** Passed to the guest's main as `guest.args` (structured-cloned). */
-  args?: unknown;
-  grantEntries?: number;
-  /** Extra shared pages the domain may register for mapping by other domains (default: as many as RAM). */
-  maxSharedPages?: number;
-  /**
-   * Objects in `args` to transfer rather than clone (MessagePorts handed to the privileged
-   * domain). A sandboxed guest takes none: it is handed data, never a Node object.
-   */
-  transfer?: TransferListItem[];
-  /**
-   * A native process rather than a VM: a thread of the driver domain's OS, with its own
-   * memory and no Xen devices (the reference point the bypass path is measured against).
-   */
-  native?: boolean;
-  /** "pipe": the guest's stdout/stderr become `domain.stdout`/`domain.stderr` streams (a launcher prefixes them). */
-  output?: "inherit" | "pipe";
-}
-
-export interface DomainExit {
-  state: "shutdown" | "crashed" | "destroyed";
-  result?: unknown;
-  error?: Error;
-}
-
-/** What the worker is started with (guest/runtime.ts reads it). */
-export interface GuestBootData {
-  domid: DomId;
-  name: string;
-  privileged: boolean;
-  native: boolean;
-  ram: SharedArrayBuffer;
-  nrPages: number;
-  grantTable: SharedArrayBuffer;
-  counters: SharedArrayBuffer;
-  replyWord: SharedArrayBuffer;
-  hcPort: MessagePort;
-  asyncPort: MessagePort;
-  moduleUrl: string;
-  /** The program compiled for the sandbox (guest/loader.ts); absent for the privileged domain, which runs unsandboxed. */
-  image?: GuestImage;
-  args: unknown;
-}
-
-/** Control messages from the guest runtime to the hypervisor, on the worker's parentPort. */
-export type GuestControlMessage =
-  | { type: "running" }
-  | { type: "exit"; result: unknown }
-  | { type: "crash"; error: { name: string; message: string; stack?: string } }
-  | { type: "user"; data: unknown };
-
-/**
- * A shared segment: a buffer the hypervisor made for one domain (its owner) to grant to
- * others. A JS isolate cannot be handed part of a SharedArrayBuffer, and a buffer once handed
- * to a thread can never be taken back. So the rules that make sharing safe live here, not
- * in any guest-side wrapper:
- *   1. a segment is always fresh memory (the hypervisor allocates it; no domain can register
- *      a buffer it brought, e.g. one it once mapped from someone else);
- *   2. a writable mapping gives the whole segment, so it needs a grant for every page of it;
- *   3. only domains in the segment's audience may map it writable (the owner declares the
- *      audience; undeclared, the first mapper is the whole audience), identified by
- *      incarnation, so a reused domain id is not a member;
- *   4. a released segment's frames never resolve again (frame numbers are not reused).
- * Whoever was in the audience may keep the buffer; no one else can ever get it. That is
- * what "memory a domain could once reach is never given to another domain" means here; the
- * garbage collector frees the memory once every holder has dropped it.
- */
-class Segment {
-  /** Incarnations (DomainRecord.serial) that ever mapped it writable. */
-  readonly holders = new Set<number>();
-  released = false;
-
-  constructor(
-    readonly owner: DomainRecord,
-    readonly firstPfn: number,
-    readonly pages: number,
-    readonly buffer: SharedArrayBuffer,
-    /** Incarnations allowed to map it writable (the owner and the privileged domain always may). */
-    readonly audience: Set<number>,
-    /** No audience declared yet: the first domain to map it becomes the audience. */
-    public open: boolean,
-  ) {}
-}
-
-/** A mapping a domain holds: writable ones pin their grants; read-only ones are a right to copy. */
-interface Mapping {
-  granter: DomainRecord;
-  refs: number[];
-  write: boolean;
-}
+export {
+  Domain,
+  type DomainConfig,
+  type DomainExit,
+  type DomainState,
+  type GuestBootData,
+  type GuestControlMessage,
+} from "./hypervisor/domain.js";
+export { MAX_MAPPINGS_PER_DOMAIN, MAX_SEGMENT_PAGES } from "./hypervisor/domain-record.js";
 
 /** Stopped domains the hypervisor still answers lookups for (domain(), counters()). */
 export const KEEP_STOPPED_DOMAINS = 256;
-/** At most this many pages in one segment, and in one mapping (16 MiB). */
-export const MAX_SEGMENT_PAGES = 4096;
-/** At most this many mappings per domain at once (each costs the hypervisor a record). */
-export const MAX_MAPPINGS_PER_DOMAIN = 16384;
-
-/** Everything the hypervisor keeps for one domain. */
-class DomainRecord implements GrantingDomain {
-  readonly entries: Uint32Array;
-  readonly shadow: Int32Array;
-  /** Live shared segments, in frame order (frame numbers only grow). */
-  readonly segments: Segment[] = [];
-  /** Pages of live segments (the quota counts these). */
-  sharedPages = 0;
-  /** Frame numbers handed out to segments so far, above RAM. */
-  sharedFrames = 0;
-  readonly mappings = new Map<number, Mapping>();
-  nextHandle = 1;
-  readonly hyp: CounterWriter;
-
-  constructor(
-    readonly domid: DomId,
-    /** This incarnation of the domain id: unique for the life of the hypervisor. */
-    readonly serial: number,
-    readonly privileged: boolean,
-    readonly ram: SharedArrayBuffer,
-    readonly nrPages: number,
-    readonly table: SharedArrayBuffer,
-    readonly shadowBuffer: SharedArrayBuffer,
-    readonly counters: SharedArrayBuffer,
-    /** The hypervisor's own block: never leaves this thread, so no guest can write it. */
-    readonly hypCounters: ArrayBuffer,
-    readonly maxSharedPages: number,
-  ) {
-    this.entries = new Uint32Array(table);
-    this.shadow = new Int32Array(shadowBuffer);
-    this.hyp = new CounterWriter(hypCounters, CounterBlock.Hypervisor, counters);
-  }
-
-  segmentAt(pfn: number): Segment | undefined {
-    const segs = this.segments;
-    let lo = 0;
-    let hi = segs.length - 1;
-    while (lo <= hi) {
-      const mid = (lo + hi) >> 1;
-      const sg = segs[mid];
-      if (pfn < sg.firstPfn) hi = mid - 1;
-      else if (pfn >= sg.firstPfn + sg.pages) lo = mid + 1;
-      else return sg;
-    }
-    return undefined;
-  }
-
-  frame(pfn: number): FrameLocation | undefined {
-    if (!Number.isInteger(pfn) || pfn < 0) return undefined;
-    if (pfn < this.nrPages) return { buffer: this.ram, offset: pfn * PAGE_SIZE, shareable: false };
-    const sg = this.segmentAt(pfn);
-    if (!sg) return undefined;
-    return { buffer: sg.buffer, offset: (pfn - sg.firstPfn) * PAGE_SIZE, shareable: true, segment: sg };
-  }
-
-  /** Whether this domain's grant table has an entry in force naming `domid`. */
-  grantsTo(domid: DomId): boolean {
-    const e = this.entries;
-    for (let i = 2 * GNTTAB_NR_RESERVED_ENTRIES; i < e.length; i += 2) {
-      const w = Atomics.load(e, i);
-      if ((w & GTF_type_mask) === GTF_permit_access && w >>> 16 === domid) return true;
-    }
-    return false;
-  }
-}
-
-/** A running (or stopped) domain, as the host sees it. */
-export class Domain extends EventEmitter {
-  state: DomainState = "booting";
-  error?: Error;
-  result?: unknown;
-  readonly exited: Promise<DomainExit>;
-  private resolveExit!: (e: DomainExit) => void;
-
-  constructor(
-    readonly domid: DomId,
-    readonly name: string,
-    readonly privileged: boolean,
-    readonly pages: number,
-    private readonly hv: Hypervisor,
-    readonly worker: Worker,
-    private readonly counterBuffer: SharedArrayBuffer,
-    private readonly hypCounters: ArrayBuffer,
-    readonly native = false,
-  ) {
-    super();
-    this.exited = new Promise((r) => {
-      this.resolveExit = r;
-    });
-    this.on("newListener", (event) => {
-      if (event === "message" && this.early.length > 0) {
-        this.flushing = false;
-        queueMicrotask(() => this.scheduleFlush());
-      }
-    });
-  }
-
-  /** Counters of hypervisor work done by or for this domain (the hypervisor's part from its private block). */
-  counters(): CounterSnapshot {
-    return readCounters(this.counterBuffer, this.hypCounters);
-  }
-
-  private readonly early: unknown[] = [];
-  private flushing = false;
-
-  /**
-   * @internal Emits a guest's message, or keeps it until someone listens: a message sent
-   * while the host was still setting the domain up is not lost.
-   */
-  deliver(data: unknown): void {
-    if (this.listenerCount("message") > 0 && this.early.length === 0) this.emit("message", data);
-    else {
-      this.early.push(data);
-      this.scheduleFlush();
-    }
-  }
-
-  private scheduleFlush(): void {
-    if (this.flushing || this.listenerCount("message") === 0) return;
-    this.flushing = true;
-    queueMicrotask(() => {
-      this.flushing = false;
-      while (this.early.length > 0 && this.listenerCount("message") > 0)
-        this.emit("message", this.early.shift());
-    });
-  }
-
-  /** Sends a message to the guest (guest.onMessage). */
-  send(data: unknown): void {
-    if (this.state === "running" || this.state === "booting") this.worker.postMessage({ type: "host", data });
-  }
-
-  /** Stops the domain if it still runs and releases its memory, grants, channels and XenStore entries. */
-  async destroy(): Promise<void> {
-    await this.hv.destroyDomainObject(this);
-  }
-
-  /** @internal */
-  settle(state: "shutdown" | "crashed" | "destroyed", detail: { result?: unknown; error?: Error }): boolean {
-    if (this.state === "shutdown" || this.state === "crashed" || this.state === "destroyed") {
-      if (state === "destroyed") this.state = "destroyed";
-      return false;
-    }
-    this.state = state;
-    this.error = detail.error;
-    this.result = detail.result;
-    this.resolveExit({ state, ...detail });
-    this.emit("exit", { state, ...detail });
-    return true;
-  }
-}
 
 const runtimeUrl = new URL("./guest/runtime.js", import.meta.url);
-
-function toModuleUrl(module: string | URL): string {
-  if (module instanceof URL) return module.href;
-  if (typeof module !== "string" || module.length === 0)
-    throw new TypeError("createDomain: `module` must be a path or URL of the guest program");
-  if (/^(file|data):/.test(module)) return module;
-  return pathToFileURL(module).href;
-}
-
-/** Validates a createDomain config; throws a TypeError/RangeError naming the bad field. */
-function checkConfig(c: DomainConfig): Required<Omit<DomainConfig, "args" | "name" | "output">> & {
-  name?: string;
-  args: unknown;
-  pipe: boolean;
-} {
-  if (c === null || typeof c !== "object") throw new TypeError("createDomain: config must be an object");
-  const int = (field: string, v: unknown, def: number, min: number, max: number): number => {
-    if (v === undefined) return def;
-    if (typeof v !== "number" || !Number.isInteger(v) || v < min || v > max)
-      throw new RangeError(
-        `createDomain: \`${field}\` must be an integer in ${min}..${max}, got ${String(v)}`,
-      );
-    return v;
-  };
-  if (c.name !== undefined && (typeof c.name !== "string" || !/^[A-Za-z0-9_.-]{1,64}$/.test(c.name)))
-    throw new TypeError(
-      `createDomain: \`name\` must be 1-64 characters of [A-Za-z0-9_.-], got ${JSON.stringify(c.name)}`,
-    );
-  const pages = int("pages", c.pages, 256, 1, 1 << 20);
-  return {
-    module: c.module,
-    name: c.name,
-    pages,
-    maxHeapMb: int("maxHeapMb", c.maxHeapMb, 256, 16, 16384),
-    privileged: c.privileged === true,
-    args: c.args,
-    // Enough for every page to be granted once (memory registration grants page by page).
-    grantEntries: int(
-      "grantEntries",
-      c.grantEntries,
-      Math.max(DEFAULT_GRANT_ENTRIES, pages + 1024),
-      16,
-      1 << 21,
-    ),
-    maxSharedPages: int("maxSharedPages", c.maxSharedPages, Math.max(pages, 1024), 0, 1 << 20),
-    transfer: Array.isArray(c.transfer) ? c.transfer : [],
-    native: c.native === true,
-    pipe: c.output === "pipe",
-  };
-}
 
 export class Hypervisor {
   readonly xenstore = new XenStore();
@@ -379,8 +75,16 @@ export class Hypervisor {
   private nextDomid = 1;
   private serials = 0;
   private readonly stopped: Domain[] = [];
+  /** Grant mappings and shared segments: the memory hypercalls and their checks. */
+  private readonly memory: MemoryHypercalls;
 
   constructor() {
+    this.memory = new MemoryHypercalls(this.records, (domid) => {
+      // The privileged domain caches foreign segments for in-place copies: it must look again.
+      for (const other of this.live.values())
+        if (other.privileged && other.domid !== domid)
+          other.worker.postMessage({ type: "foreign-stale", domid });
+    });
     this.evtchn = new EventChannelTable((d) => this.records.has(d));
     this.toolstack = new LocalXenStoreClient(this.xenstore, 0);
     this.xenstore.onOp = (caller) => {
@@ -610,11 +314,11 @@ export class Hypervisor {
       throw new HypercallError("EINVAL", "hypercall must be an object");
     switch (req.op) {
       case "grant_map":
-        return this.grantMap(rec, req.domid, req.refs ?? req.ref, req.readonly === true);
+        return this.memory.grantMap(rec, req.domid, req.refs ?? req.ref, req.readonly === true);
       case "grant_unmap":
-        return this.grantUnmap(rec, req.handle);
+        return this.memory.grantUnmap(rec, req.handle);
       case "grant_read":
-        return this.grantRead(rec, req.handle, req.offset, req.length);
+        return this.memory.grantRead(rec, req.handle, req.offset, req.length);
       case "grant_copy": {
         if (!Array.isArray(req.ops) || req.ops.length > 4096)
           throw new HypercallError("EINVAL", "grant_copy: ops must be an array of at most 4096 copies");
@@ -641,11 +345,11 @@ export class Hypervisor {
       case "evtchn_status":
         return this.evtchn.status(rec.domid, req.port);
       case "mem_alloc_shared":
-        return this.allocShared(rec, req.pages, req.audience);
+        return this.memory.allocShared(rec, req.pages, req.audience);
       case "mem_share":
-        return this.shareSegment(rec, req.pfn, req.domid);
+        return this.memory.shareSegment(rec, req.pfn, req.domid);
       case "mem_release_shared":
-        return this.releaseSegment(rec, req.pfn);
+        return this.memory.releaseSegment(rec, req.pfn);
       case "foreign_domain":
         return this.foreignDomain(rec, req.domid);
       default:
@@ -654,256 +358,6 @@ export class Hypervisor {
           `unknown hypercall ${JSON.stringify((req as { op?: unknown }).op)}`,
         );
     }
-  }
-
-  // ---- grant mappings ---------------------------------------------------------------------
-
-  private mapFail(rec: DomainRecord, status: number, error: string) {
-    this.count(rec, "grant_errors");
-    return { status, error: `${gntstName(status)}: ${error}` };
-  }
-
-  /**
-   * GNTTABOP_map_grant_ref, for a run of refs. Every check is here, on the host side of the
-   * hypercall: the guest-side wrapper is a convenience a guest can step around.
-   */
-  private grantMap(rec: DomainRecord, granterId: DomId, refsArg: unknown, readonly: boolean) {
-    const refs = Array.isArray(refsArg) ? refsArg : [refsArg];
-    if (refs.length < 1 || refs.length > MAX_SEGMENT_PAGES || !refs.every((r) => Number.isInteger(r)))
-      return this.mapFail(
-        rec,
-        GNTST.general_error,
-        `grant_map takes 1..${MAX_SEGMENT_PAGES} integer grant refs, got ${refs.length === 1 ? String(refs[0]) : `${refs.length}`}`,
-      );
-    if (rec.mappings.size >= MAX_MAPPINGS_PER_DOMAIN)
-      return this.mapFail(
-        rec,
-        GNTST.no_device_space,
-        `domain ${rec.domid} already holds ${rec.mappings.size} mappings (the limit); unmap some first`,
-      );
-    const granter = this.records.get(granterId);
-    if (!granter) return this.mapFail(rec, GNTST.bad_domain, `domain ${String(granterId)} does not exist`);
-    if (readonly) {
-      // A right to copy, not a buffer: checked now, and again (against the grant as it is then) on every read.
-      for (const ref of refs) {
-        const r = acquireGrant(granter, ref as number, rec.domid, false);
-        if (r.status !== GNTST.okay) {
-          this.count(rec, "grant_errors");
-          return r;
-        }
-        releaseGrant(granter, ref as number, false);
-      }
-      const handle = rec.nextHandle++;
-      rec.mappings.set(handle, { granter, refs: refs.slice() as number[], write: false });
-      this.count(rec, "grant_map");
-      return { status: GNTST.okay, handle };
-    }
-    const frames: FrameLocation[] = [];
-    const unpin = (n: number) => {
-      for (let j = 0; j < n; j++) releaseGrant(granter, refs[j] as number, true);
-    };
-    for (let i = 0; i < refs.length; i++) {
-      const r = acquireGrant(granter, refs[i] as number, rec.domid, true);
-      if (r.status !== GNTST.okay) {
-        unpin(i);
-        this.count(rec, "grant_errors");
-        return r;
-      }
-      frames.push(r.frame!);
-    }
-    const shape = this.mappable(rec, granter, refs as number[], frames);
-    if (typeof shape === "string") {
-      unpin(refs.length);
-      const status = shape.startsWith("!") ? GNTST.permission_denied : GNTST.bad_page;
-      return this.mapFail(rec, status, shape.replace(/^!/, ""));
-    }
-    const handle = rec.nextHandle++;
-    rec.mappings.set(handle, { granter, refs: refs.slice() as number[], write: true });
-    this.count(rec, "grant_map");
-    return { status: GNTST.okay, handle, buffer: shape.buffer, offset: shape.offset };
-  }
-
-  /**
-   * What a writable mapping of `frames` may hand out, or why not ("!" = permission). A guest
-   * gets a whole segment (every page granted, in order) if it is in the segment's audience;
-   * the privileged domain may also map consecutive RAM frames, as dom0 maps any guest page.
-   */
-  private mappable(
-    rec: DomainRecord,
-    granter: DomainRecord,
-    refs: number[],
-    frames: FrameLocation[],
-  ): { buffer: SharedArrayBuffer; offset: number } | string {
-    const first = frames[0];
-    const sg = first.segment as Segment | undefined;
-    if (!sg) {
-      if (!rec.privileged)
-        return (
-          `grant ref ${refs[0]} of domain ${granter.domid} names a RAM frame, which only the privileged ` +
-          "domain may map writable; grant a page from guest.allocShared() to share it with another guest " +
-          "(or map it read-only, which gives copies)"
-        );
-      for (let i = 1; i < frames.length; i++)
-        if (frames[i].segment || frames[i].offset !== first.offset + i * PAGE_SIZE)
-          return `grant refs ${refs.join(",")} of domain ${granter.domid} are not consecutive RAM frames`;
-      return { buffer: first.buffer, offset: first.offset };
-    }
-    if (frames.length !== sg.pages || first.offset !== 0)
-      return (
-        `grant refs ${refs.join(",")} of domain ${granter.domid} cover ${frames.length} page(s) from page ` +
-        `${first.offset / PAGE_SIZE} of a ${sg.pages}-page shared segment; a mapping gives the whole segment, ` +
-        "so it takes a grant of every page of it, in order"
-      );
-    for (let i = 1; i < frames.length; i++)
-      if (frames[i].segment !== sg || frames[i].offset !== i * PAGE_SIZE)
-        return `grant ref ${refs[i]} of domain ${granter.domid} is not page ${i} of the segment the others name`;
-    if (!rec.privileged && rec !== sg.owner) {
-      if (sg.open) {
-        sg.audience.add(rec.serial);
-        sg.open = false;
-      } else if (!sg.audience.has(rec.serial))
-        return (
-          `!the shared segment at frame ${sg.firstPfn} of domain ${granter.domid} is not shared with domain ${rec.domid}; ` +
-          "its owner must add it (guest.shareWith) before granting it"
-        );
-    }
-    sg.holders.add(rec.serial);
-    return { buffer: sg.buffer, offset: 0 };
-  }
-
-  private grantUnmap(rec: DomainRecord, handle: number) {
-    const m = rec.mappings.get(handle);
-    if (!m)
-      return this.mapFail(rec, GNTST.bad_handle, `domain ${rec.domid} has no mapping ${String(handle)}`);
-    rec.mappings.delete(handle);
-    if (m.write) for (const r of m.refs) releaseGrant(m.granter, r, true);
-    this.count(rec, "grant_unmap");
-    return { status: GNTST.okay };
-  }
-
-  /**
-   * A copy out of a read-only mapping. The grant is checked (and pinned for the copy) as it is
-   * now: a granter that ended it, or died, is not read, whatever the mapping once allowed.
-   */
-  private grantRead(rec: DomainRecord, handle: number, offset: number, length: number) {
-    const m = rec.mappings.get(handle);
-    if (!m || m.write)
-      return this.mapFail(
-        rec,
-        GNTST.bad_handle,
-        `domain ${rec.domid} has no read-only mapping ${String(handle)}`,
-      );
-    const total = m.refs.length * PAGE_SIZE;
-    if (
-      !Number.isInteger(offset) ||
-      !Number.isInteger(length) ||
-      offset < 0 ||
-      length < 0 ||
-      offset + length > total
-    )
-      return this.mapFail(
-        rec,
-        GNTST.bad_copy_arg,
-        `read of ${String(length)} bytes at ${String(offset)} is outside the ${total}-byte mapping`,
-      );
-    if (this.records.get(m.granter.domid) !== m.granter)
-      return this.mapFail(rec, GNTST.bad_domain, `domain ${m.granter.domid} is gone`);
-    const out = new Uint8Array(length);
-    let done = 0;
-    while (done < length) {
-      const at = offset + done;
-      const page = Math.floor(at / PAGE_SIZE);
-      const inPage = at % PAGE_SIZE;
-      const n = Math.min(PAGE_SIZE - inPage, length - done);
-      const r = acquireGrant(m.granter, m.refs[page], rec.domid, false);
-      if (r.status !== GNTST.okay) {
-        this.count(rec, "grant_errors");
-        return r;
-      }
-      out.set(new Uint8Array(r.frame!.buffer, r.frame!.offset + inPage, n), done);
-      releaseGrant(m.granter, m.refs[page], false);
-      done += n;
-    }
-    this.count(rec, "grant_read");
-    return { status: GNTST.okay, bytes: out };
-  }
-
-  // ---- shared segments ----------------------------------------------------------------------
-
-  private allocShared(rec: DomainRecord, pages: unknown, audience: unknown) {
-    if (!Number.isInteger(pages) || (pages as number) < 1 || (pages as number) > MAX_SEGMENT_PAGES)
-      throw new HypercallError(
-        "EINVAL",
-        `mem_alloc_shared: pages must be an integer in 1..${MAX_SEGMENT_PAGES}, got ${String(pages)}`,
-      );
-    const n = pages as number;
-    const members = new Set<number>();
-    if (audience !== undefined) {
-      if (!Array.isArray(audience) || audience.length > 64)
-        throw new HypercallError(
-          "EINVAL",
-          "mem_alloc_shared: audience must be an array of at most 64 domain ids",
-        );
-      for (const d of audience) {
-        const peer = Number.isInteger(d) ? this.records.get(d as DomId) : undefined;
-        if (!peer) throw new HypercallError("ESRCH", `mem_alloc_shared: domain ${String(d)} does not exist`);
-        if (peer !== rec) members.add(peer.serial);
-      }
-    }
-    if (rec.sharedPages + n > rec.maxSharedPages)
-      throw new HypercallError(
-        "ENOMEM",
-        `domain ${rec.domid} may have at most ${rec.maxSharedPages} shared pages (has ${rec.sharedPages}, asked ${n}); ` +
-          "release segments it no longer needs, or raise maxSharedPages in createDomain",
-      );
-    const firstPfn = rec.nrPages + rec.sharedFrames;
-    if (firstPfn + n > 0xffffffff)
-      throw new HypercallError("ENOMEM", `domain ${rec.domid} has used up its shared frame numbers`);
-    const sg = new Segment(
-      rec,
-      firstPfn,
-      n,
-      new SharedArrayBuffer(n * PAGE_SIZE),
-      members,
-      audience === undefined,
-    );
-    rec.segments.push(sg);
-    rec.sharedFrames += n;
-    rec.sharedPages += n;
-    this.count(rec, "mem_shared_alloc", n);
-    return { pfn: firstPfn, buffer: sg.buffer };
-  }
-
-  private ownSegment(rec: DomainRecord, pfn: unknown, op: string): Segment {
-    const sg = Number.isInteger(pfn) ? rec.segmentAt(pfn as number) : undefined;
-    if (!sg || sg.firstPfn !== pfn)
-      throw new HypercallError(
-        "EINVAL",
-        `${op}: frame ${String(pfn)} does not start a shared segment of domain ${rec.domid}`,
-      );
-    return sg;
-  }
-
-  private shareSegment(rec: DomainRecord, pfn: unknown, domid: unknown) {
-    const sg = this.ownSegment(rec, pfn, "mem_share");
-    const peer = Number.isInteger(domid) ? this.records.get(domid as DomId) : undefined;
-    if (!peer) throw new HypercallError("ESRCH", `mem_share: domain ${String(domid)} does not exist`);
-    if (peer !== rec) sg.audience.add(peer.serial);
-    sg.open = false;
-    return null;
-  }
-
-  private releaseSegment(rec: DomainRecord, pfn: unknown) {
-    const sg = this.ownSegment(rec, pfn, "mem_release_shared");
-    rec.segments.splice(rec.segments.indexOf(sg), 1);
-    rec.sharedPages -= sg.pages;
-    sg.released = true;
-    this.count(rec, "mem_shared_release", sg.pages);
-    // The privileged domain caches foreign segments for in-place copies: it must look again.
-    for (const other of this.live.values())
-      if (other.privileged && other.domid !== rec.domid)
-        other.worker.postMessage({ type: "foreign-stale", domid: rec.domid });
-    return null;
   }
 
   // ---- domain ids ---------------------------------------------------------------------------

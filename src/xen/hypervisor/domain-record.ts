@@ -1,0 +1,122 @@
+/**
+ * What the hypervisor keeps for one domain and never hands out: its grant table's shadow,
+ * its shared segments and the rules that make sharing safe (Segment, below), the mappings
+ * it holds, and its private counter block. Its own file because every hypercall reads it and
+ * because these records are the security boundary's state: no guest ever gets a reference
+ * to one (guests hold only what a hypercall copied or mapped for them).
+ */
+
+import { type DomId, GTF_permit_access, GTF_type_mask, PAGE_SIZE } from "../abi.js";
+import { CounterBlock, CounterWriter } from "../counters.js";
+import { type FrameLocation, GNTTAB_NR_RESERVED_ENTRIES, type GrantingDomain } from "../grant-table.js";
+
+/**
+ * A shared segment: a buffer the hypervisor made for one domain (its owner) to grant to
+ * others. A JS isolate cannot be handed part of a SharedArrayBuffer, and a buffer once handed
+ * to a thread can never be taken back. So the rules that make sharing safe live here, not
+ * in any guest-side wrapper:
+ *   1. a segment is always fresh memory (the hypervisor allocates it; no domain can register
+ *      a buffer it brought, e.g. one it once mapped from someone else);
+ *   2. a writable mapping gives the whole segment, so it needs a grant for every page of it;
+ *   3. only domains in the segment's audience may map it writable (the owner declares the
+ *      audience; undeclared, the first mapper is the whole audience), identified by
+ *      incarnation, so a reused domain id is not a member;
+ *   4. a released segment's frames never resolve again (frame numbers are not reused).
+ * Whoever was in the audience may keep the buffer; no one else can ever get it. That is
+ * what "memory a domain could once reach is never given to another domain" means here; the
+ * garbage collector frees the memory once every holder has dropped it.
+ */
+export class Segment {
+  /** Incarnations (DomainRecord.serial) that ever mapped it writable. */
+  readonly holders = new Set<number>();
+  released = false;
+
+  constructor(
+    readonly owner: DomainRecord,
+    readonly firstPfn: number,
+    readonly pages: number,
+    readonly buffer: SharedArrayBuffer,
+    /** Incarnations allowed to map it writable (the owner and the privileged domain always may). */
+    readonly audience: Set<number>,
+    /** No audience declared yet: the first domain to map it becomes the audience. */
+    public open: boolean,
+  ) {}
+}
+
+/** A mapping a domain holds: writable ones pin their grants; read-only ones are a right to copy. */
+export interface Mapping {
+  granter: DomainRecord;
+  refs: number[];
+  write: boolean;
+}
+
+/** At most this many pages in one segment, and in one mapping (16 MiB). */
+export const MAX_SEGMENT_PAGES = 4096;
+/** At most this many mappings per domain at once (each costs the hypervisor a record). */
+export const MAX_MAPPINGS_PER_DOMAIN = 16384;
+
+/** Everything the hypervisor keeps for one domain. */
+export class DomainRecord implements GrantingDomain {
+  readonly entries: Uint32Array;
+  readonly shadow: Int32Array;
+  /** Live shared segments, in frame order (frame numbers only grow). */
+  readonly segments: Segment[] = [];
+  /** Pages of live segments (the quota counts these). */
+  sharedPages = 0;
+  /** Frame numbers handed out to segments so far, above RAM. */
+  sharedFrames = 0;
+  readonly mappings = new Map<number, Mapping>();
+  nextHandle = 1;
+  readonly hyp: CounterWriter;
+
+  constructor(
+    readonly domid: DomId,
+    /** This incarnation of the domain id: unique for the life of the hypervisor. */
+    readonly serial: number,
+    readonly privileged: boolean,
+    readonly ram: SharedArrayBuffer,
+    readonly nrPages: number,
+    readonly table: SharedArrayBuffer,
+    readonly shadowBuffer: SharedArrayBuffer,
+    readonly counters: SharedArrayBuffer,
+    /** The hypervisor's own block: never leaves this thread, so no guest can write it. */
+    readonly hypCounters: ArrayBuffer,
+    readonly maxSharedPages: number,
+  ) {
+    this.entries = new Uint32Array(table);
+    this.shadow = new Int32Array(shadowBuffer);
+    this.hyp = new CounterWriter(hypCounters, CounterBlock.Hypervisor, counters);
+  }
+
+  segmentAt(pfn: number): Segment | undefined {
+    const segs = this.segments;
+    let lo = 0;
+    let hi = segs.length - 1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      const sg = segs[mid];
+      if (pfn < sg.firstPfn) hi = mid - 1;
+      else if (pfn >= sg.firstPfn + sg.pages) lo = mid + 1;
+      else return sg;
+    }
+    return undefined;
+  }
+
+  frame(pfn: number): FrameLocation | undefined {
+    if (!Number.isInteger(pfn) || pfn < 0) return undefined;
+    if (pfn < this.nrPages) return { buffer: this.ram, offset: pfn * PAGE_SIZE, shareable: false };
+    const sg = this.segmentAt(pfn);
+    if (!sg) return undefined;
+    return { buffer: sg.buffer, offset: (pfn - sg.firstPfn) * PAGE_SIZE, shareable: true, segment: sg };
+  }
+
+  /** Whether this domain's grant table has an entry in force naming `domid`. */
+  grantsTo(domid: DomId): boolean {
+    const e = this.entries;
+    for (let i = 2 * GNTTAB_NR_RESERVED_ENTRIES; i < e.length; i += 2) {
+      const w = Atomics.load(e, i);
+      if ((w & GTF_type_mask) === GTF_permit_access && w >>> 16 === domid) return true;
+    }
+    return false;
+  }
+}

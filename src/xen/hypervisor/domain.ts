@@ -1,0 +1,218 @@
+/**
+ * A domain as the host sees it (Domain: state, exit, messages, counters), what createDomain
+ * takes (DomainConfig, checked by checkConfig) and what a guest's worker is started with.
+ * Its own file because it is the hypervisor's public face: host code holds Domain objects,
+ * never the records behind them (domain-record.ts).
+ */
+
+import { EventEmitter } from "node:events";
+import { pathToFileURL } from "node:url";
+import type { MessagePort, TransferListItem, Worker } from "node:worker_threads";
+import type { DomId } from "../abi.js";
+import { type CounterSnapshot, readCounters } from "../counters.js";
+import { DEFAULT_GRANT_ENTRIES } from "../grant-table.js";
+import type { GuestImage } from "../guest/loader.js";
+import type { Hypervisor } from "../hypervisor.js";
+
+export type DomainState = "booting" | "running" | "shutdown" | "crashed" | "destroyed";
+
+export interface DomainConfig {
+  /**
+   * The guest program: a path or file URL of a TypeScript or JavaScript module whose default
+   * export is `main(guest)`. It runs sandboxed (guest/sandbox.ts), reaching only the guest
+   * object and the library, except in the privileged domain (the host's own driver domain).
+   */
+  module: string | URL;
+  name?: string;
+  /** Guest-physical memory in 4 KiB pages (default 256 = 1 MiB). */
+  pages?: number;
+  /** V8 old-generation heap limit of the domain's isolate, in MiB (default 256). */
+  maxHeapMb?: number;
+  /** The privileged driver domain: gets domid 0 and may map and copy any guest's granted frames in place. */
+  privileged?: boolean;
+  /** Passed to the guest's main as `guest.args` (structured-cloned). */
+  args?: unknown;
+  grantEntries?: number;
+  /** Extra shared pages the domain may register for mapping by other domains (default: as many as RAM). */
+  maxSharedPages?: number;
+  /**
+   * Objects in `args` to transfer rather than clone (MessagePorts handed to the privileged
+   * domain). A sandboxed guest takes none: it is handed data, never a Node object.
+   */
+  transfer?: TransferListItem[];
+  /**
+   * A native process rather than a VM: a thread of the driver domain's OS, with its own
+   * memory and no Xen devices (the reference point the bypass path is measured against).
+   */
+  native?: boolean;
+  /** "pipe": the guest's stdout/stderr become `domain.stdout`/`domain.stderr` streams (a launcher prefixes them). */
+  output?: "inherit" | "pipe";
+}
+
+export interface DomainExit {
+  state: "shutdown" | "crashed" | "destroyed";
+  result?: unknown;
+  error?: Error;
+}
+
+/** What the worker is started with (guest/runtime.ts reads it). */
+export interface GuestBootData {
+  domid: DomId;
+  name: string;
+  privileged: boolean;
+  native: boolean;
+  ram: SharedArrayBuffer;
+  nrPages: number;
+  grantTable: SharedArrayBuffer;
+  counters: SharedArrayBuffer;
+  replyWord: SharedArrayBuffer;
+  hcPort: MessagePort;
+  asyncPort: MessagePort;
+  moduleUrl: string;
+  /** The program compiled for the sandbox (guest/loader.ts); absent for the privileged domain, which runs unsandboxed. */
+  image?: GuestImage;
+  args: unknown;
+}
+
+/** Control messages from the guest runtime to the hypervisor, on the worker's parentPort. */
+export type GuestControlMessage =
+  | { type: "running" }
+  | { type: "exit"; result: unknown }
+  | { type: "crash"; error: { name: string; message: string; stack?: string } }
+  | { type: "user"; data: unknown };
+
+/** A running (or stopped) domain, as the host sees it. */
+export class Domain extends EventEmitter {
+  state: DomainState = "booting";
+  error?: Error;
+  result?: unknown;
+  readonly exited: Promise<DomainExit>;
+  private resolveExit!: (e: DomainExit) => void;
+
+  constructor(
+    readonly domid: DomId,
+    readonly name: string,
+    readonly privileged: boolean,
+    readonly pages: number,
+    private readonly hv: Hypervisor,
+    readonly worker: Worker,
+    private readonly counterBuffer: SharedArrayBuffer,
+    private readonly hypCounters: ArrayBuffer,
+    readonly native = false,
+  ) {
+    super();
+    this.exited = new Promise((r) => {
+      this.resolveExit = r;
+    });
+    this.on("newListener", (event) => {
+      if (event === "message" && this.early.length > 0) {
+        this.flushing = false;
+        queueMicrotask(() => this.scheduleFlush());
+      }
+    });
+  }
+
+  /** Counters of hypervisor work done by or for this domain (the hypervisor's part from its private block). */
+  counters(): CounterSnapshot {
+    return readCounters(this.counterBuffer, this.hypCounters);
+  }
+
+  private readonly early: unknown[] = [];
+  private flushing = false;
+
+  /**
+   * @internal Emits a guest's message, or keeps it until someone listens: a message sent
+   * while the host was still setting the domain up is not lost.
+   */
+  deliver(data: unknown): void {
+    if (this.listenerCount("message") > 0 && this.early.length === 0) this.emit("message", data);
+    else {
+      this.early.push(data);
+      this.scheduleFlush();
+    }
+  }
+
+  private scheduleFlush(): void {
+    if (this.flushing || this.listenerCount("message") === 0) return;
+    this.flushing = true;
+    queueMicrotask(() => {
+      this.flushing = false;
+      while (this.early.length > 0 && this.listenerCount("message") > 0)
+        this.emit("message", this.early.shift());
+    });
+  }
+
+  /** Sends a message to the guest (guest.onMessage). */
+  send(data: unknown): void {
+    if (this.state === "running" || this.state === "booting") this.worker.postMessage({ type: "host", data });
+  }
+
+  /** Stops the domain if it still runs and releases its memory, grants, channels and XenStore entries. */
+  async destroy(): Promise<void> {
+    await this.hv.destroyDomainObject(this);
+  }
+
+  /** @internal */
+  settle(state: "shutdown" | "crashed" | "destroyed", detail: { result?: unknown; error?: Error }): boolean {
+    if (this.state === "shutdown" || this.state === "crashed" || this.state === "destroyed") {
+      if (state === "destroyed") this.state = "destroyed";
+      return false;
+    }
+    this.state = state;
+    this.error = detail.error;
+    this.result = detail.result;
+    this.resolveExit({ state, ...detail });
+    this.emit("exit", { state, ...detail });
+    return true;
+  }
+}
+
+export function toModuleUrl(module: string | URL): string {
+  if (module instanceof URL) return module.href;
+  if (typeof module !== "string" || module.length === 0)
+    throw new TypeError("createDomain: `module` must be a path or URL of the guest program");
+  if (/^(file|data):/.test(module)) return module;
+  return pathToFileURL(module).href;
+}
+
+/** Validates a createDomain config; throws a TypeError/RangeError naming the bad field. */
+export function checkConfig(c: DomainConfig): Required<Omit<DomainConfig, "args" | "name" | "output">> & {
+  name?: string;
+  args: unknown;
+  pipe: boolean;
+} {
+  if (c === null || typeof c !== "object") throw new TypeError("createDomain: config must be an object");
+  const int = (field: string, v: unknown, def: number, min: number, max: number): number => {
+    if (v === undefined) return def;
+    if (typeof v !== "number" || !Number.isInteger(v) || v < min || v > max)
+      throw new RangeError(
+        `createDomain: \`${field}\` must be an integer in ${min}..${max}, got ${String(v)}`,
+      );
+    return v;
+  };
+  if (c.name !== undefined && (typeof c.name !== "string" || !/^[A-Za-z0-9_.-]{1,64}$/.test(c.name)))
+    throw new TypeError(
+      `createDomain: \`name\` must be 1-64 characters of [A-Za-z0-9_.-], got ${JSON.stringify(c.name)}`,
+    );
+  const pages = int("pages", c.pages, 256, 1, 1 << 20);
+  return {
+    module: c.module,
+    name: c.name,
+    pages,
+    maxHeapMb: int("maxHeapMb", c.maxHeapMb, 256, 16, 16384),
+    privileged: c.privileged === true,
+    args: c.args,
+    // Enough for every page to be granted once (memory registration grants page by page).
+    grantEntries: int(
+      "grantEntries",
+      c.grantEntries,
+      Math.max(DEFAULT_GRANT_ENTRIES, pages + 1024),
+      16,
+      1 << 21,
+    ),
+    maxSharedPages: int("maxSharedPages", c.maxSharedPages, Math.max(pages, 1024), 0, 1 << 20),
+    transfer: Array.isArray(c.transfer) ? c.transfer : [],
+    native: c.native === true,
+    pipe: c.output === "pipe",
+  };
+}

@@ -1,0 +1,275 @@
+/**
+ * The memory hypercalls: grant map, unmap and read (GNTTABOP_map_grant_ref and friends) and
+ * shared segments (alloc, share, release). Every check on them is here, on the host side of
+ * the hypercall — the guest-side wrapper is a convenience a guest can step around — and this
+ * is the code the memory-isolation, memory-lifetime, sandbox and grant-table tests attack.
+ * Its own file so that the security boundary over memory reads in one place; the dispatch
+ * (hypervisor.ts) only routes requests here.
+ */
+
+import { type DomId, GNTST, gntstName, PAGE_SIZE } from "../abi.js";
+import type { CounterName } from "../counters.js";
+import { HypercallError } from "../event-channel.js";
+import { acquireGrant, type FrameLocation, releaseGrant } from "../grant-table.js";
+import { type DomainRecord, MAX_MAPPINGS_PER_DOMAIN, MAX_SEGMENT_PAGES, Segment } from "./domain-record.js";
+
+export class MemoryHypercalls {
+  constructor(
+    /** The live domains' records, by id (the hypervisor's own map). */
+    private readonly records: ReadonlyMap<DomId, DomainRecord>,
+    /** Tells the privileged domain that `domid`'s segments changed (it caches them for in-place copies). */
+    private readonly foreignStale: (domid: DomId) => void,
+  ) {}
+
+  private count(rec: DomainRecord, name: CounterName, n = 1): void {
+    rec.hyp.add(name, n);
+  }
+
+  // ---- grant mappings ---------------------------------------------------------------------
+
+  private mapFail(rec: DomainRecord, status: number, error: string) {
+    this.count(rec, "grant_errors");
+    return { status, error: `${gntstName(status)}: ${error}` };
+  }
+
+  /**
+   * GNTTABOP_map_grant_ref, for a run of refs. Every check is here, on the host side of the
+   * hypercall: the guest-side wrapper is a convenience a guest can step around.
+   */
+  grantMap(rec: DomainRecord, granterId: DomId, refsArg: unknown, readonly: boolean) {
+    const refs = Array.isArray(refsArg) ? refsArg : [refsArg];
+    if (refs.length < 1 || refs.length > MAX_SEGMENT_PAGES || !refs.every((r) => Number.isInteger(r)))
+      return this.mapFail(
+        rec,
+        GNTST.general_error,
+        `grant_map takes 1..${MAX_SEGMENT_PAGES} integer grant refs, got ${refs.length === 1 ? String(refs[0]) : `${refs.length}`}`,
+      );
+    if (rec.mappings.size >= MAX_MAPPINGS_PER_DOMAIN)
+      return this.mapFail(
+        rec,
+        GNTST.no_device_space,
+        `domain ${rec.domid} already holds ${rec.mappings.size} mappings (the limit); unmap some first`,
+      );
+    const granter = this.records.get(granterId);
+    if (!granter) return this.mapFail(rec, GNTST.bad_domain, `domain ${String(granterId)} does not exist`);
+    if (readonly) {
+      // A right to copy, not a buffer: checked now, and again (against the grant as it is then) on every read.
+      for (const ref of refs) {
+        const r = acquireGrant(granter, ref as number, rec.domid, false);
+        if (r.status !== GNTST.okay) {
+          this.count(rec, "grant_errors");
+          return r;
+        }
+        releaseGrant(granter, ref as number, false);
+      }
+      const handle = rec.nextHandle++;
+      rec.mappings.set(handle, { granter, refs: refs.slice() as number[], write: false });
+      this.count(rec, "grant_map");
+      return { status: GNTST.okay, handle };
+    }
+    const frames: FrameLocation[] = [];
+    const unpin = (n: number) => {
+      for (let j = 0; j < n; j++) releaseGrant(granter, refs[j] as number, true);
+    };
+    for (let i = 0; i < refs.length; i++) {
+      const r = acquireGrant(granter, refs[i] as number, rec.domid, true);
+      if (r.status !== GNTST.okay) {
+        unpin(i);
+        this.count(rec, "grant_errors");
+        return r;
+      }
+      frames.push(r.frame!);
+    }
+    const shape = this.mappable(rec, granter, refs as number[], frames);
+    if (typeof shape === "string") {
+      unpin(refs.length);
+      const status = shape.startsWith("!") ? GNTST.permission_denied : GNTST.bad_page;
+      return this.mapFail(rec, status, shape.replace(/^!/, ""));
+    }
+    const handle = rec.nextHandle++;
+    rec.mappings.set(handle, { granter, refs: refs.slice() as number[], write: true });
+    this.count(rec, "grant_map");
+    return { status: GNTST.okay, handle, buffer: shape.buffer, offset: shape.offset };
+  }
+
+  /**
+   * What a writable mapping of `frames` may hand out, or why not ("!" = permission). A guest
+   * gets a whole segment (every page granted, in order) if it is in the segment's audience;
+   * the privileged domain may also map consecutive RAM frames, as dom0 maps any guest page.
+   */
+  private mappable(
+    rec: DomainRecord,
+    granter: DomainRecord,
+    refs: number[],
+    frames: FrameLocation[],
+  ): { buffer: SharedArrayBuffer; offset: number } | string {
+    const first = frames[0];
+    const sg = first.segment as Segment | undefined;
+    if (!sg) {
+      if (!rec.privileged)
+        return (
+          `grant ref ${refs[0]} of domain ${granter.domid} names a RAM frame, which only the privileged ` +
+          "domain may map writable; grant a page from guest.allocShared() to share it with another guest " +
+          "(or map it read-only, which gives copies)"
+        );
+      for (let i = 1; i < frames.length; i++)
+        if (frames[i].segment || frames[i].offset !== first.offset + i * PAGE_SIZE)
+          return `grant refs ${refs.join(",")} of domain ${granter.domid} are not consecutive RAM frames`;
+      return { buffer: first.buffer, offset: first.offset };
+    }
+    if (frames.length !== sg.pages || first.offset !== 0)
+      return (
+        `grant refs ${refs.join(",")} of domain ${granter.domid} cover ${frames.length} page(s) from page ` +
+        `${first.offset / PAGE_SIZE} of a ${sg.pages}-page shared segment; a mapping gives the whole segment, ` +
+        "so it takes a grant of every page of it, in order"
+      );
+    for (let i = 1; i < frames.length; i++)
+      if (frames[i].segment !== sg || frames[i].offset !== i * PAGE_SIZE)
+        return `grant ref ${refs[i]} of domain ${granter.domid} is not page ${i} of the segment the others name`;
+    if (!rec.privileged && rec !== sg.owner) {
+      if (sg.open) {
+        sg.audience.add(rec.serial);
+        sg.open = false;
+      } else if (!sg.audience.has(rec.serial))
+        return (
+          `!the shared segment at frame ${sg.firstPfn} of domain ${granter.domid} is not shared with domain ${rec.domid}; ` +
+          "its owner must add it (guest.shareWith) before granting it"
+        );
+    }
+    sg.holders.add(rec.serial);
+    return { buffer: sg.buffer, offset: 0 };
+  }
+
+  grantUnmap(rec: DomainRecord, handle: number) {
+    const m = rec.mappings.get(handle);
+    if (!m)
+      return this.mapFail(rec, GNTST.bad_handle, `domain ${rec.domid} has no mapping ${String(handle)}`);
+    rec.mappings.delete(handle);
+    if (m.write) for (const r of m.refs) releaseGrant(m.granter, r, true);
+    this.count(rec, "grant_unmap");
+    return { status: GNTST.okay };
+  }
+
+  /**
+   * A copy out of a read-only mapping. The grant is checked (and pinned for the copy) as it is
+   * now: a granter that ended it, or died, is not read, whatever the mapping once allowed.
+   */
+  grantRead(rec: DomainRecord, handle: number, offset: number, length: number) {
+    const m = rec.mappings.get(handle);
+    if (!m || m.write)
+      return this.mapFail(
+        rec,
+        GNTST.bad_handle,
+        `domain ${rec.domid} has no read-only mapping ${String(handle)}`,
+      );
+    const total = m.refs.length * PAGE_SIZE;
+    if (
+      !Number.isInteger(offset) ||
+      !Number.isInteger(length) ||
+      offset < 0 ||
+      length < 0 ||
+      offset + length > total
+    )
+      return this.mapFail(
+        rec,
+        GNTST.bad_copy_arg,
+        `read of ${String(length)} bytes at ${String(offset)} is outside the ${total}-byte mapping`,
+      );
+    if (this.records.get(m.granter.domid) !== m.granter)
+      return this.mapFail(rec, GNTST.bad_domain, `domain ${m.granter.domid} is gone`);
+    const out = new Uint8Array(length);
+    let done = 0;
+    while (done < length) {
+      const at = offset + done;
+      const page = Math.floor(at / PAGE_SIZE);
+      const inPage = at % PAGE_SIZE;
+      const n = Math.min(PAGE_SIZE - inPage, length - done);
+      const r = acquireGrant(m.granter, m.refs[page], rec.domid, false);
+      if (r.status !== GNTST.okay) {
+        this.count(rec, "grant_errors");
+        return r;
+      }
+      out.set(new Uint8Array(r.frame!.buffer, r.frame!.offset + inPage, n), done);
+      releaseGrant(m.granter, m.refs[page], false);
+      done += n;
+    }
+    this.count(rec, "grant_read");
+    return { status: GNTST.okay, bytes: out };
+  }
+
+  // ---- shared segments ----------------------------------------------------------------------
+
+  allocShared(rec: DomainRecord, pages: unknown, audience: unknown) {
+    if (!Number.isInteger(pages) || (pages as number) < 1 || (pages as number) > MAX_SEGMENT_PAGES)
+      throw new HypercallError(
+        "EINVAL",
+        `mem_alloc_shared: pages must be an integer in 1..${MAX_SEGMENT_PAGES}, got ${String(pages)}`,
+      );
+    const n = pages as number;
+    const members = new Set<number>();
+    if (audience !== undefined) {
+      if (!Array.isArray(audience) || audience.length > 64)
+        throw new HypercallError(
+          "EINVAL",
+          "mem_alloc_shared: audience must be an array of at most 64 domain ids",
+        );
+      for (const d of audience) {
+        const peer = Number.isInteger(d) ? this.records.get(d as DomId) : undefined;
+        if (!peer) throw new HypercallError("ESRCH", `mem_alloc_shared: domain ${String(d)} does not exist`);
+        if (peer !== rec) members.add(peer.serial);
+      }
+    }
+    if (rec.sharedPages + n > rec.maxSharedPages)
+      throw new HypercallError(
+        "ENOMEM",
+        `domain ${rec.domid} may have at most ${rec.maxSharedPages} shared pages (has ${rec.sharedPages}, asked ${n}); ` +
+          "release segments it no longer needs, or raise maxSharedPages in createDomain",
+      );
+    const firstPfn = rec.nrPages + rec.sharedFrames;
+    if (firstPfn + n > 0xffffffff)
+      throw new HypercallError("ENOMEM", `domain ${rec.domid} has used up its shared frame numbers`);
+    const sg = new Segment(
+      rec,
+      firstPfn,
+      n,
+      new SharedArrayBuffer(n * PAGE_SIZE),
+      members,
+      audience === undefined,
+    );
+    rec.segments.push(sg);
+    rec.sharedFrames += n;
+    rec.sharedPages += n;
+    this.count(rec, "mem_shared_alloc", n);
+    return { pfn: firstPfn, buffer: sg.buffer };
+  }
+
+  private ownSegment(rec: DomainRecord, pfn: unknown, op: string): Segment {
+    const sg = Number.isInteger(pfn) ? rec.segmentAt(pfn as number) : undefined;
+    if (!sg || sg.firstPfn !== pfn)
+      throw new HypercallError(
+        "EINVAL",
+        `${op}: frame ${String(pfn)} does not start a shared segment of domain ${rec.domid}`,
+      );
+    return sg;
+  }
+
+  shareSegment(rec: DomainRecord, pfn: unknown, domid: unknown) {
+    const sg = this.ownSegment(rec, pfn, "mem_share");
+    const peer = Number.isInteger(domid) ? this.records.get(domid as DomId) : undefined;
+    if (!peer) throw new HypercallError("ESRCH", `mem_share: domain ${String(domid)} does not exist`);
+    if (peer !== rec) sg.audience.add(peer.serial);
+    sg.open = false;
+    return null;
+  }
+
+  releaseSegment(rec: DomainRecord, pfn: unknown) {
+    const sg = this.ownSegment(rec, pfn, "mem_release_shared");
+    rec.segments.splice(rec.segments.indexOf(sg), 1);
+    rec.sharedPages -= sg.pages;
+    sg.released = true;
+    this.count(rec, "mem_shared_release", sg.pages);
+    // The privileged domain caches foreign segments for in-place copies: it must look again.
+    this.foreignStale(rec.domid);
+    return null;
+  }
+}
