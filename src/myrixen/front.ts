@@ -4,20 +4,21 @@
  * Set-up (once, synchronous like the rest, since mx_init calls it): wait for the toolstack's
  * device/myri/<devid>, put the control ring in a RAM page granted to the driver domain,
  * allocate an event channel, walk the xenbus handshake (synchronous XenStore requests,
- * polling the backend's state). After that every MxDriver method is one round trip on the
+ * polling the backend's state; written once for both synchronous frontends in
+ * xen/xenbus-sync.ts). After that every MxDriver method is one round trip on the
  * ring — push, notify, wait for the response on the event channel (spin, then sleep). What a
  * response grants (the NIC window, the interrupt page, a channel) is mapped page by page and
  * handed to the library; the data path then never comes back here.
  */
 
 import { Access } from "../nic/window.js";
-import { PAGE_SIZE, XenbusState } from "../xen/abi.js";
+import { PAGE_SIZE } from "../xen/abi.js";
 import type { EventChannelPort } from "../xen/event-channel.js";
 import type { GrantMapping, Guest } from "../xen/guest/guest.js";
 import type { PageRun } from "../xen/memory.js";
 import { FrontRing, initSharedRing } from "../xen/ring.js";
-import { DEFAULT_XENBUS_TIMEOUT_MS, frontendPath, parseXenbusState } from "../xen/xenbus.js";
-import { SyncXenbus } from "../xen/xenbus-sync.js";
+import { DEFAULT_XENBUS_TIMEOUT_MS } from "../xen/xenbus.js";
+import { FrontendHandshakeError, SyncXenbusFrontend } from "../xen/xenbus-sync.js";
 import {
   allocGuestBuffer,
   type DriverChannel,
@@ -125,7 +126,7 @@ export class MyriFront implements MxDriver {
 
   private constructor(
     private readonly guest: Guest,
-    private readonly xs: SyncXenbus,
+    private readonly device: SyncXenbusFrontend,
     /** device/myri/<devid> and the backend's directory. */
     readonly frontPath: string,
     readonly backPath: string,
@@ -158,71 +159,45 @@ export class MyriFront implements MxDriver {
       );
     const devid = opts.devid ?? 0;
     const timeoutMs = opts.timeoutMs ?? DEFAULT_XENBUS_TIMEOUT_MS;
-    const xs = new SyncXenbus(guest, timeoutMs);
-    const path = frontendPath(guest.domid, MYRI_DEVICE_TYPE, devid);
-    // A device this guest closed before (finalize) is re-initialised, as Xen frontends do;
-    // the backend then starts over from InitWait.
-    const reopening = parseXenbusState(xs.tryRead(`${path}/state`)) === XenbusState.Closed;
+    let device: SyncXenbusFrontend;
     try {
-      if (reopening) xs.switchState(path, XenbusState.Initialising);
-      xs.waitState(path, LIVE_STATES, CLOSED_STATES, "myri device");
+      device = SyncXenbusFrontend.open(guest, MYRI_DEVICE_TYPE, devid, timeoutMs);
     } catch (e) {
+      if (!(e instanceof FrontendHandshakeError)) throw e;
+      if (e.step !== "device") throw fail("MX_NO_DEV", e.message);
       throw fail(
         "MX_NO_DEV",
-        `domain ${guest.domid} has no usable myri device (${(e as Error).message}); ` +
+        `domain ${guest.domid} has no usable myri device (${e.message}); ` +
           "start the guest with Host.startGuest, whose toolstack creates it",
       );
     }
-    const backPath = xs.tryRead(`${path}/backend`);
-    const backIdText = xs.tryRead(`${path}/backend-id`);
-    if (backPath === undefined || backIdText === undefined || !/^\d+$/.test(backIdText))
-      throw fail(
-        "MX_NO_DEV",
-        `${path} names no backend (backend, backend-id); the toolstack must create the device`,
-      );
-    const backId = Number(backIdText);
+    const backId = device.backId;
     const ringPage = guest.memory.allocPages(1);
     initSharedRing(ringPage.bytes);
     let ringRef: number | undefined;
-    let portNo: number | undefined;
-    const features: Record<string, string> = {};
+    let portNo: number;
+    let features: Record<string, string>;
     try {
-      // While re-initialising, the backend may still be finishing its own Closed.
-      xs.waitState(backPath, [XenbusState.InitWait], reopening ? [] : CLOSED_STATES, "myri backend");
-      for (const name of xs.directory(backPath)) {
-        if (BACKEND_BOOKKEEPING.has(name)) continue;
-        const v = xs.tryRead(`${backPath}/${name}`);
-        if (v !== undefined) features[name] = v;
-      }
-      if (features[XsKey.protocol] !== undefined && features[XsKey.protocol] !== MYRI_PROTOCOL)
-        throw new Error(`the backend speaks ${features[XsKey.protocol]}, this frontend ${MYRI_PROTOCOL}`);
-      if (!/^\d+$/.test(features[XsKey.nicId] ?? "")) throw new Error("the backend did not advertise nic-id");
-      const ref = guest.grants.grantAccess(backId, ringPage.pfn);
-      ringRef = ref;
-      const port = guest.evtchn.allocUnbound(backId);
-      portNo = port;
-      xs.transaction((tx) => {
-        if (xs.tryRead(`${path}/state`, tx) === undefined) throw new Error(`${path} is gone`);
-        xs.write(`${path}/${XsKey.protocol}`, MYRI_PROTOCOL, tx);
-        xs.write(`${path}/${XsKey.ringRef}`, String(ref), tx);
-        xs.write(`${path}/${XsKey.eventChannel}`, String(port), tx);
-        xs.write(`${path}/state`, String(XenbusState.Initialised), tx);
-      });
-      xs.waitState(backPath, [XenbusState.Connected], CLOSED_STATES, "myri backend");
-      xs.switchState(path, XenbusState.Connected);
+      ({ features, port: portNo } = device.connect((offered) => {
+        if (offered[XsKey.protocol] !== undefined && offered[XsKey.protocol] !== MYRI_PROTOCOL)
+          throw new Error(`the backend speaks ${offered[XsKey.protocol]}, this frontend ${MYRI_PROTOCOL}`);
+        if (!/^\d+$/.test(offered[XsKey.nicId] ?? ""))
+          throw new Error("the backend did not advertise nic-id");
+        ringRef = guest.grants.grantAccess(backId, ringPage.pfn);
+        return { [XsKey.protocol]: MYRI_PROTOCOL, [XsKey.ringRef]: String(ringRef) };
+      }));
     } catch (e) {
-      if (portNo !== undefined) guest.evtchn.close(portNo);
       if (ringRef !== undefined && !guest.grants.isInUse(ringRef)) guest.grants.endAccess(ringRef);
       throw fail("MX_NO_DRIVER", `the myri handshake with domain ${backId} failed: ${(e as Error).message}`);
     }
     return new MyriFront(
       guest,
-      xs,
-      path,
-      backPath,
+      device,
+      device.path,
+      device.backPath,
       backId,
       ringPage,
-      ringRef,
+      ringRef as number,
       portNo,
       features,
       opts.requestTimeoutMs ?? 30_000,
@@ -572,19 +547,7 @@ export class MyriFront implements MxDriver {
     this.slots.clear();
     this.unmapAll([...this.rspPages.values()]);
     this.rspPages.clear();
-    const xs = this.xs;
-    try {
-      xs.switchState(this.frontPath, XenbusState.Closing);
-      xs.waitState(
-        this.backPath,
-        [XenbusState.Closing, XenbusState.Closed, XenbusState.Unknown],
-        [],
-        "myri backend",
-      );
-      xs.switchState(this.frontPath, XenbusState.Closed);
-    } catch {
-      // The backend or the device is gone already: nothing left to walk.
-    }
+    this.device.close();
     try {
       this.guest.evtchn.close(this.portNo);
     } catch {
@@ -604,12 +567,3 @@ export class MyriFront implements MxDriver {
     }
   }
 }
-
-const LIVE_STATES: readonly XenbusState[] = [
-  XenbusState.Initialising,
-  XenbusState.InitWait,
-  XenbusState.Initialised,
-  XenbusState.Connected,
-];
-const CLOSED_STATES: readonly XenbusState[] = [XenbusState.Closing, XenbusState.Closed];
-const BACKEND_BOOKKEEPING = new Set(["state", "frontend", "frontend-id", "online"]);

@@ -18,7 +18,7 @@
  * Responses come from another domain: ids, offsets and sizes are checked before use.
  */
 
-import { DOMID_MAX, PAGE_SIZE, XenbusState, xenbusStateName } from "../xen/abi.js";
+import { PAGE_SIZE } from "../xen/abi.js";
 import type { EventChannelPort } from "../xen/event-channel.js";
 import type { Guest } from "../xen/guest/guest.js";
 import {
@@ -52,8 +52,8 @@ import {
 } from "../xen/io/netif.js";
 import type { PageRun } from "../xen/memory.js";
 import { FrontRing, initSharedRing } from "../xen/ring.js";
-import { DEFAULT_XENBUS_TIMEOUT_MS, frontendPath, parseXenbusState } from "../xen/xenbus.js";
-import { SyncXenbus } from "../xen/xenbus-sync.js";
+import { DEFAULT_XENBUS_TIMEOUT_MS } from "../xen/xenbus.js";
+import { FrontendHandshakeError, SyncXenbusFrontend } from "../xen/xenbus-sync.js";
 
 export interface NetfrontOptions {
   /** Device index under device/vif (default 0). */
@@ -97,14 +97,6 @@ export class NetfrontError extends Error {
   override readonly name = "NetfrontError";
 }
 
-const LIVE_STATES: readonly XenbusState[] = [
-  XenbusState.Initialising,
-  XenbusState.InitWait,
-  XenbusState.Initialised,
-  XenbusState.Connected,
-];
-const CLOSED_STATES: readonly XenbusState[] = [XenbusState.Closing, XenbusState.Closed];
-const BACKEND_BOOKKEEPING = new Set(["state", "frontend", "frontend-id", "online"]);
 const PAGES_PER_FRAME = Math.ceil(MAX_FRAME / PAGE_SIZE);
 
 function clampInt(name: string, v: number | undefined, def: number, min: number, max: number): number {
@@ -170,7 +162,7 @@ export class Netfront {
 
   private constructor(
     private readonly guest: Guest,
-    private readonly xs: SyncXenbus,
+    private readonly device: SyncXenbusFrontend,
     /** device/vif/<devid> and the backend's directory. */
     readonly frontPath: string,
     readonly backPath: string,
@@ -236,33 +228,22 @@ export class Netfront {
     const nTx = clampInt("txBuffers", opts.txBuffers, guestPages >> 3, 16, TX_RING_SIZE);
     const nRx = clampInt("rxBuffers", opts.rxBuffers, guestPages >> 2, 16, RX_RING_SIZE);
     const rxBatch = clampInt("rxRefillBatch", opts.rxRefillBatch, nRx >> 2, 1, nRx);
-    const xs = new SyncXenbus(guest, timeoutMs);
-    const path = frontendPath(guest.domid, VIF_DEVICE_TYPE, devid);
-    // A device this guest closed before is re-initialised, as Xen frontends do; netback
-    // then starts over from InitWait.
-    const current = parseXenbusState(xs.tryRead(`${path}/state`));
-    if (current === XenbusState.Initialised || current === XenbusState.Connected)
-      throw new NetfrontError(
-        `${path} is already ${xenbusStateName(current)}: one Netfront per device; close() the other first`,
-      );
-    const reopening = current === XenbusState.Closed;
+    // The xenbus walk is xen/xenbus-sync.ts's (one per device; a device this guest closed
+    // before is re-initialised, and netback starts over from InitWait).
+    let device: SyncXenbusFrontend;
     try {
-      if (reopening) xs.switchState(path, XenbusState.Initialising);
-      xs.waitState(path, LIVE_STATES, CLOSED_STATES, "vif device");
+      device = SyncXenbusFrontend.open(guest, VIF_DEVICE_TYPE, devid, timeoutMs, { exclusive: true });
     } catch (e) {
+      if (!(e instanceof FrontendHandshakeError)) throw e;
+      if (e.step === "in-use")
+        throw new NetfrontError(`${e.message}: one Netfront per device; close() the other first`);
+      if (e.step !== "device") throw new NetfrontError(e.message);
       throw new NetfrontError(
-        `domain ${guest.domid} has no usable vif device ${devid} (${(e as Error).message}); ` +
+        `domain ${guest.domid} has no usable vif device ${devid} (${e.message}); ` +
           "start the guest with Host.startGuest, whose toolstack creates device/vif/0",
       );
     }
-    const backPath = xs.tryRead(`${path}/backend`);
-    const backIdText = xs.tryRead(`${path}/backend-id`);
-    if (backPath === undefined || backIdText === undefined || !/^\d+$/.test(backIdText))
-      throw new NetfrontError(
-        `${path} names no backend (backend, backend-id); the toolstack must create the device`,
-      );
-    const backId = Number(backIdText);
-    if (backId > DOMID_MAX) throw new NetfrontError(`${path}/backend-id ${backId} is not a domain id`);
+    const backId = device.backId;
 
     const need = 2 + nTx + nRx;
     if (guest.memory.allocator.freePages < need)
@@ -276,91 +257,73 @@ export class Netfront {
     initSharedRing(rings.bytes.subarray(0, PAGE_SIZE));
     initSharedRing(rings.bytes.subarray(PAGE_SIZE, 2 * PAGE_SIZE));
     const grants: number[] = [];
-    let portNo: number | undefined;
+    // The handshake closes the event channel it allocated; the grants and pages are ours.
     const free = () => {
-      if (portNo !== undefined) {
-        try {
-          guest.evtchn.close(portNo);
-        } catch {
-          // already closed
-        }
-      }
       const left = endGrants(guest, grants);
       if (left === 0) for (const run of [rings, txRun, rxRun]) guest.memory.freePages(run);
     };
-    const features: Record<string, string> = {};
-    let info: { mac: Uint8Array; mtu: number; nicId: number };
+    let info: { mac: Uint8Array; mtu: number; nicId: number } | undefined;
     const txGref = new Uint32Array(nTx);
     const rxGref = new Uint32Array(nRx);
+    let features: Record<string, string>;
+    let portNo: number;
     try {
-      // While re-initialising, the backend may still be finishing its own Closed.
-      xs.waitState(backPath, [XenbusState.InitWait], reopening ? [] : CLOSED_STATES, "vif backend");
-      for (const name of xs.directory(backPath)) {
-        if (BACKEND_BOOKKEEPING.has(name)) continue;
-        const v = xs.tryRead(`${backPath}/${name}`);
-        if (v !== undefined) features[name] = v;
-      }
-      if (features[NetifKey.featureRxCopy] !== "1")
-        throw new Error("the backend does not offer feature-rx-copy=1 (this frontend never flips pages)");
-      const mac = parseMac(features[NetifKey.mac]);
-      if (!mac) throw new Error(`the backend's mac ${JSON.stringify(features[NetifKey.mac])} is not a MAC`);
-      const nicIdText = features[NetifKey.mxNicId] ?? "";
-      if (!/^\d+$/.test(nicIdText)) throw new Error("the backend did not advertise mx-nic-id");
-      const mtuText = features[NetifKey.mtu];
-      let mtu = mtuText !== undefined && /^\d+$/.test(mtuText) ? Number(mtuText) : 1500;
-      mtu = Math.min(mtu, NETIF_MTU);
-      // Without scatter-gather a frame must fit one page.
-      if (features[NetifKey.featureSg] !== "1") mtu = Math.min(mtu, PAGE_SIZE - ETH_HLEN);
-      if (mtu < 68) throw new Error(`the backend's mtu ${mtuText} is below the minimum of 68`);
-      info = { mac, mtu, nicId: Number(nicIdText) };
+      ({ features, port: portNo } = device.connect((offered) => {
+        if (offered[NetifKey.featureRxCopy] !== "1")
+          throw new Error("the backend does not offer feature-rx-copy=1 (this frontend never flips pages)");
+        const mac = parseMac(offered[NetifKey.mac]);
+        if (!mac) throw new Error(`the backend's mac ${JSON.stringify(offered[NetifKey.mac])} is not a MAC`);
+        const nicIdText = offered[NetifKey.mxNicId] ?? "";
+        if (!/^\d+$/.test(nicIdText)) throw new Error("the backend did not advertise mx-nic-id");
+        const mtuText = offered[NetifKey.mtu];
+        let mtu = mtuText !== undefined && /^\d+$/.test(mtuText) ? Number(mtuText) : 1500;
+        mtu = Math.min(mtu, NETIF_MTU);
+        // Without scatter-gather a frame must fit one page.
+        if (offered[NetifKey.featureSg] !== "1") mtu = Math.min(mtu, PAGE_SIZE - ETH_HLEN);
+        if (mtu < 68) throw new Error(`the backend's mtu ${mtuText} is below the minimum of 68`);
+        info = { mac, mtu, nicId: Number(nicIdText) };
 
-      const g = guest.grants;
-      const txRingRef = g.grantAccess(backId, rings.pfn);
-      grants.push(txRingRef);
-      const rxRingRef = g.grantAccess(backId, rings.pfn + 1);
-      grants.push(rxRingRef);
-      // TX buffers only need reading by the backend; RX buffers are written by its copies.
-      for (let i = 0; i < nTx; i++)
-        grants.push((txGref[i] = g.grantAccess(backId, txRun.pfn + i, { readonly: true })));
-      for (let i = 0; i < nRx; i++) grants.push((rxGref[i] = g.grantAccess(backId, rxRun.pfn + i)));
-      // Post every RX buffer before the backend attaches; it finds them when it maps the ring.
-      const rxRing = new FrontRing(
-        rings.bytes.subarray(PAGE_SIZE, 2 * PAGE_SIZE),
-        RX_REQ_BYTES,
-        RX_RSP_BYTES,
-      );
-      for (let i = 0; i < nRx; i++) writeRxRequest(rxRing.view, rxRing.nextRequest(), i, rxGref[i]);
-      rxRing.pushRequests();
-      const port = guest.evtchn.allocUnbound(backId);
-      portNo = port;
-      xs.transaction((tx) => {
-        if (xs.tryRead(`${path}/state`, tx) === undefined) throw new Error(`${path} is gone`);
-        xs.write(`${path}/${NetifKey.txRingRef}`, String(txRingRef), tx);
-        xs.write(`${path}/${NetifKey.rxRingRef}`, String(rxRingRef), tx);
-        xs.write(`${path}/${NetifKey.eventChannel}`, String(port), tx);
-        xs.write(`${path}/${NetifKey.requestRxCopy}`, "1", tx);
-        xs.write(`${path}/${NetifKey.featureRxNotify}`, "1", tx);
-        xs.write(`${path}/${NetifKey.featureSg}`, "1", tx);
-        xs.write(`${path}/state`, String(XenbusState.Initialised), tx);
-      });
-      xs.waitState(backPath, [XenbusState.Connected], CLOSED_STATES, "vif backend");
-      xs.switchState(path, XenbusState.Connected);
+        const g = guest.grants;
+        const txRingRef = g.grantAccess(backId, rings.pfn);
+        grants.push(txRingRef);
+        const rxRingRef = g.grantAccess(backId, rings.pfn + 1);
+        grants.push(rxRingRef);
+        // TX buffers only need reading by the backend; RX buffers are written by its copies.
+        for (let i = 0; i < nTx; i++)
+          grants.push((txGref[i] = g.grantAccess(backId, txRun.pfn + i, { readonly: true })));
+        for (let i = 0; i < nRx; i++) grants.push((rxGref[i] = g.grantAccess(backId, rxRun.pfn + i)));
+        // Post every RX buffer before the backend attaches; it finds them when it maps the ring.
+        const rxRing = new FrontRing(
+          rings.bytes.subarray(PAGE_SIZE, 2 * PAGE_SIZE),
+          RX_REQ_BYTES,
+          RX_RSP_BYTES,
+        );
+        for (let i = 0; i < nRx; i++) writeRxRequest(rxRing.view, rxRing.nextRequest(), i, rxGref[i]);
+        rxRing.pushRequests();
+        return {
+          [NetifKey.txRingRef]: String(txRingRef),
+          [NetifKey.rxRingRef]: String(rxRingRef),
+          [NetifKey.requestRxCopy]: "1",
+          [NetifKey.featureRxNotify]: "1",
+          [NetifKey.featureSg]: "1",
+        };
+      }));
     } catch (e) {
       free();
       throw new NetfrontError(`the vif handshake with domain ${backId} failed: ${(e as Error).message}`);
     }
     const nf = new Netfront(
       guest,
-      xs,
-      path,
-      backPath,
+      device,
+      device.path,
+      device.backPath,
       backId,
       { rings, tx: txRun, rx: rxRun, grants },
       txGref,
       rxGref,
       portNo,
       features,
-      info,
+      info as { mac: Uint8Array; mtu: number; nicId: number },
       rxBatch,
       opts.spinUs,
     );
@@ -605,19 +568,7 @@ export class Netfront {
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    const xs = this.xs;
-    try {
-      xs.switchState(this.frontPath, XenbusState.Closing);
-      xs.waitState(
-        this.backPath,
-        [XenbusState.Closing, XenbusState.Closed, XenbusState.Unknown],
-        [],
-        "vif backend",
-      );
-      xs.switchState(this.frontPath, XenbusState.Closed);
-    } catch {
-      // The backend or the device is gone already: nothing left to walk.
-    }
+    this.device.close();
     try {
       this.guest.evtchn.close(this.portNo);
     } catch {

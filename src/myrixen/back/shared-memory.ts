@@ -18,7 +18,7 @@ import { Stat } from "./stats.js";
 /**
  * The memory dom0 shares with guests, and the rule it keeps: memory a guest could once reach
  * is never given to another domain while that guest lives (a SharedArrayBuffer handed to a
- * thread can never be taken back; see xen/hypervisor.ts, Segment). So:
+ * thread can never be taken back; see xen/hypervisor/domain-record.ts, Segment). So:
  *  - an endpoint's window and interrupt page are a *slot* of its owner domain, granted to it
  *    once and reused only for that domain's later endpoints (at most its endpoint quota);
  *    a co-resident peer that connects is granted the interrupt page too (to wake the owner),

@@ -26,6 +26,8 @@ const GUEST_LIBRARY = new Set([
   "xen/wait",
   "xen/xenbus",
   "xen/xenbus-sync",
+  "xen/xenbus/frontend",
+  "xen/xenbus/state",
   "xen/xenstore",
   "xen/xenstore/client",
   "xen/xenstore/errors",
