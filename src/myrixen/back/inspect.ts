@@ -61,7 +61,7 @@ export interface BackendEndpointInfo {
 /**
  * A lane's progress, read from its header as channel.ts lays it out (lane s at
  * s × (LANE_HEADER_BYTES + LANE_BYTES); its tail, the bytes written, in word 0; its head, the
- * bytes consumed, in word 32). test/inspect.test.ts checks this against LaneWriter/LaneReader.
+ * bytes consumed, in word 32). test/toolstack.test.ts checks this against LaneWriter/LaneReader.
  */
 export function laneProgress(channel: SharedArrayBuffer, side: 0 | 1): { written: number; backlog: number } {
   const ctl = new Int32Array(channel, side * (LANE_HEADER_BYTES + LANE_BYTES), 64);
