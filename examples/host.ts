@@ -1,6 +1,6 @@
 // host.ts — a host script: starts a host (hypervisor, MX NIC, driver domain), two guests that
 // ping-pong over MX, relays their addresses, and shows that the data path bypassed the backend.
-// Run it with `npx myrixen exec host.ts` (or `node host.mjs` for JavaScript).
+// Run it with `npx myrixen exec host.ts [rounds]`.
 import { Host } from "myrixen";
 
 const rounds = Number(process.argv[2] ?? 10_000);

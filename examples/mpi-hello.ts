@@ -1,6 +1,5 @@
 // mpi-hello.ts — an MPI program: `npx myrixen run -n 2 mpi-hello.ts`
-import type { Guest } from "myrixen";
-import { MPI } from "myrixen";
+import { type Guest, MPI } from "myrixen";
 
 export default async function main(guest: Guest) {
   const comm = await MPI.init(guest); // rank, size; every rank connected to every other

@@ -1,7 +1,6 @@
 // mx-pingpong.ts — a guest program: MX ping-pong with a peer whose address the host relays.
 // Started twice by host.ts (args: { role: "ping" | "pong", rounds }).
-import type { Guest } from "myrixen";
-import { Mx } from "myrixen";
+import { type Guest, Mx } from "myrixen";
 
 const KEY = 0x1234; // the endpoint key both guests were given
 const ALL = 0xffffffff; // match every bit
