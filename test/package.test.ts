@@ -30,11 +30,14 @@ const tmp = mkdtempSync(join(tmpdir(), "myrixen-pack-"));
 const CHECKOUT = join(tmp, "checkout");
 const APP = join(tmp, "app");
 
-/** npm and the CLI as a user's shell runs them: none of the outer `npm test`'s lifecycle variables. */
+/**
+ * npm and the CLI as a user's shell runs them: none of the outer `npm test`'s variables (its
+ * npm_config_local_prefix names this repository), only the settings that reach the registry.
+ */
+const KEPT_NPM = /^npm_config_(cache|userconfig|globalconfig|cafile|registry)$/i;
 const env: NodeJS.ProcessEnv = { NO_COLOR: "1" };
 for (const [k, v] of Object.entries(process.env))
-  if (!/^(npm_(lifecycle|package)_|npm_command$|npm_execpath$|npm_node_execpath$|INIT_CWD$)/.test(k))
-    env[k] = v;
+  if ((!/^npm_/i.test(k) || KEPT_NPM.test(k)) && k !== "INIT_CWD") env[k] = v;
 
 interface Ran {
   code: number;
