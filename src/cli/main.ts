@@ -7,6 +7,7 @@ import { Command, CommanderError, InvalidArgumentError } from "commander";
 import { MYRIXEN_VERSION } from "../host/snapshot.js";
 import { ALL_TRANSPORTS, type BenchCliOptions, BenchUsageError, benchCommand, SUITES } from "./bench.js";
 import { runDemo } from "./demo.js";
+import { configureExecCommand } from "./exec.js";
 import { ConfigError, configureHostCommand, parseDashboardFlag } from "./host.js";
 import { BUILTIN_PROGRAMS, RunUsageError, runCommand } from "./run.js";
 import { runMainJob } from "./start.js";
@@ -189,6 +190,7 @@ export function buildProgram(): Command {
     });
 
   configureHostCommand(program.command("host"));
+  configureExecCommand(program.command("exec"));
 
   configureToolstack(
     program,
