@@ -115,7 +115,9 @@ export type GuestControlMessage =
   | { type: "running" }
   | { type: "exit"; result: unknown }
   | { type: "crash"; error: { name: string; message: string; stack?: string } }
-  | { type: "user"; data: unknown };
+  | { type: "user"; data: unknown }
+  /** What the guest wrote to its stdout/stderr (guest/runtime.ts routeStdio). */
+  | { type: "output"; stream: "stdout" | "stderr"; text: string };
 
 /**
  * A shared segment: a buffer the hypervisor made for one domain (its owner) to grant to
@@ -482,6 +484,10 @@ export class Hypervisor {
         dom.emit("running");
       } else if (m.type === "user") {
         dom.deliver(m.data);
+      } else if (m.type === "output") {
+        // Into the worker's own stdio stream: piped or inherited as Node does it, in order.
+        const s = m.stream === "stderr" ? worker.stderr : worker.stdout;
+        if (typeof m.text === "string" && !s.readableEnded && !s.destroyed) s.push(m.text);
       } else if (m.type === "exit") {
         this.stopDomain(dom, "shutdown", { result: m.result });
       } else if (m.type === "crash") {
