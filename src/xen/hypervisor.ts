@@ -83,6 +83,8 @@ export interface DomainConfig {
   native?: boolean;
   /** "pipe": the guest's stdout/stderr become `domain.stdout`/`domain.stderr` streams (a launcher prefixes them). */
   output?: "inherit" | "pipe";
+  /** What the guest program sees as `process.env` (default: nothing; a guest has no host environment). */
+  env?: Record<string, string>;
 }
 
 export interface DomainExit {
@@ -107,6 +109,8 @@ export interface GuestBootData {
   moduleUrl: string;
   /** The program compiled for the sandbox (guest/loader.ts); absent for the privileged domain, which runs unsandboxed. */
   image?: GuestImage;
+  /** The sandboxed program's `process.env` (DomainConfig.env). */
+  env?: Record<string, string>;
   args: unknown;
 }
 
@@ -328,8 +332,16 @@ function toModuleUrl(module: string | URL): string {
   return pathToFileURL(module).href;
 }
 
+/** A guest's environment: string names and values only (anything else is left out). */
+function envOf(env: unknown): Record<string, string> | undefined {
+  if (env === null || typeof env !== "object") return undefined;
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(env)) if (typeof v === "string") out[k] = v;
+  return out;
+}
+
 /** Validates a createDomain config; throws a TypeError/RangeError naming the bad field. */
-function checkConfig(c: DomainConfig): Required<Omit<DomainConfig, "args" | "name" | "output">> & {
+function checkConfig(c: DomainConfig): Required<Omit<DomainConfig, "args" | "name" | "output" | "env">> & {
   name?: string;
   args: unknown;
   pipe: boolean;
@@ -452,6 +464,7 @@ export class Hypervisor {
       asyncPort: async.port2,
       moduleUrl,
       image,
+      env: envOf(config.env),
       args: c.args,
     };
     let worker: Worker;

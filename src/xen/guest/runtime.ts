@@ -107,7 +107,7 @@ port.on("message", (m: { type: string; data?: unknown; domid?: number }) => {
 
 try {
   const main = boot.image
-    ? await loadSandboxedProgram(boot.image, (code) => process.exit(code))
+    ? await loadSandboxedProgram(boot.image, (code) => process.exit(code), boot.env)
     : await loadTrustedProgram(boot.moduleUrl);
   post({ type: "running" });
   guest.holdEventLoop(true);
