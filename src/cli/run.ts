@@ -305,7 +305,7 @@ function printMap(placement: string[], path: string, slotsOf: (label: string) =>
   for (const [label, ranks] of byHost) {
     const slots = slotsOf(label);
     note(
-      `  ${label}${slots !== undefined && Number.isFinite(slots) ? ` (${slots} slots)` : ""}: rank${ranks.length === 1 ? "" : "s"} ${ranks.join(" ")}`,
+      `  ${label}${slots !== undefined && Number.isFinite(slots) ? ` (${slots} slot${slots === 1 ? "" : "s"})` : ""}: rank${ranks.length === 1 ? "" : "s"} ${ranks.join(" ")}`,
     );
   }
 }
