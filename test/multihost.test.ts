@@ -289,7 +289,7 @@ test("more ranks than slots is refused before anything starts; --oversubscribe a
 test("a failing rank ends the job with its exit code and its rank named; the ranks on every host are stopped", async () => {
   const r = await myrixen(["run", "-n", "4", "--hosts", `${A.label},${B.label}`, fixture("mh-fail"), "3"]);
   assert.equal(r.code, 7, r.stderr);
-  assert.match(r.stderr, /^\[3\] rank 3 gives up with code 7$/m);
+  assert.match(r.stderr, /^rank 3 gives up with code 7$/m);
   assert.match(r.stderr, /myrixen run: rank 3 exited with code 7; the other ranks were stopped/);
   await Promise.all([drained(A), drained(B)]);
 });
@@ -463,7 +463,7 @@ test("--path split runs guests without the fast path on every host; refusals fro
   assert.match(split.stdout, helloLine(1, 2, B.nicId, "split"));
   const none = await myrixen(["run", "-n", "2", "--hosts", A.label, join(TMP, "no-such-program.js")]);
   assert.equal(none.code, 2);
-  assert.match(none.stderr, /no program ".*no-such-program\.js"/);
+  assert.match(none.stderr, /no such file .*no-such-program\.js/);
   const both = await myrixen(["run", "-n", "2", "--hosts", A.label, "--hostfile", "x", fixture("mh-hello")]);
   assert.equal(both.code, 2);
   assert.match(both.stderr, /give one of -H, --hosts and --hostfile, not --hosts and --hostfile/);
@@ -857,7 +857,7 @@ test("two network namespaces joined by a veth pair: a job across hosts in each",
       prefix: inA,
     });
     assert.equal(m.code, 0, m.stderr);
-    assert.match(m.stdout, /^\[3\] rank 3 allreduce of 1000 doubles over 4 ranks: ok$/m);
+    assert.match(m.stdout, /^rank 3 allreduce of 1000 doubles over 4 ranks: ok$/m);
   });
   HA.proc.kill("SIGTERM");
   HB.proc.kill("SIGTERM");
