@@ -18,7 +18,7 @@ import { machineFacts } from "../host/machine.js";
 import type { Domain, DomainExit } from "../xen/hypervisor.js";
 import { ProgramError, resolveProgram } from "./programs.js";
 import { isJobKey, type LauncherToRank, type RankArgs, type RankToLauncher } from "./protocol.js";
-import { describeRankState, RANK_STATE_BYTES } from "./rank-state.js";
+import { RANK_STATE_BYTES, StateWatch } from "./rank-state.js";
 import type { RankPath } from "./wire.js";
 
 export interface RankExit {
@@ -59,6 +59,8 @@ export class RankRefusal extends Error {}
 
 export const DEFAULT_RANK_PAGES = 16384;
 export const DEFAULT_RANK_HEAP_MB = 512;
+/** How often a host looks at its ranks' call-state words (the resolution of "waiting ... for N s"). */
+const STATE_SAMPLE_MS = 100;
 /** How long an ended rank's output may take to drain before its exit is reported anyway. */
 const OUTPUT_DRAIN_MS = 1500;
 
@@ -104,8 +106,10 @@ export function jobsOn(
 
 export class RankSet {
   private readonly domains = new Map<number, Domain>();
-  /** Each rank's call-state words (rank-state.ts), read only for a --timeout report. */
-  private readonly callStates = new Map<number, SharedArrayBuffer>();
+  /** Each rank's call-state words (rank-state.ts), for a --timeout report. */
+  private readonly callStates = new Map<number, StateWatch>();
+  /** Notes when each rank began its current wait (a few loads per rank, a few times a second). */
+  private watchTimer: NodeJS.Timeout | undefined;
   private readonly exits: Promise<void>[] = [];
   private stopping = false;
   private lastPeers: LauncherToRank | undefined;
@@ -188,7 +192,15 @@ export class RankSet {
   private async startRank(rank: number, program: URL): Promise<void> {
     const { spec } = this;
     const state = new SharedArrayBuffer(RANK_STATE_BYTES);
-    this.callStates.set(rank, state);
+    this.callStates.set(rank, new StateWatch(state));
+    if (!this.watchTimer) {
+      this.watchTimer = setInterval(() => {
+        const now = Date.now();
+        for (const w of this.callStates.values()) w.sample(now);
+      }, STATE_SAMPLE_MS);
+      this.watchTimer.unref();
+      void this.settled().then(() => clearInterval(this.watchTimer));
+    }
     const job: RankArgs = {
       rank,
       size: spec.size,
@@ -308,7 +320,7 @@ export class RankSet {
       if (!d || !words) return { rank, state: "not started" };
       if (d.state === "booting") return { rank, state: "starting" };
       if (d.state !== "running") return { rank, state: d.state === "shutdown" ? "finished" : d.state };
-      return { rank, state: describeRankState(words, now) };
+      return { rank, state: words.describe(now) };
     });
   }
 
