@@ -6,7 +6,7 @@
  * with exit code 2 (usage) or 1 (a failed job). Real launcher processes and real ranks.
  */
 import assert from "node:assert/strict";
-import { execFile } from "node:child_process";
+import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -14,6 +14,7 @@ import { after, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { parseMapBy, parseOpenMpiHostList, TIMEOUT_EXIT_CODE } from "../src/cli/run.js";
+import { loadClusterKey } from "../src/cluster/auth.js";
 import { coreSlots } from "../src/cluster/placement.js";
 
 const BIN = fileURLToPath(new URL("../../bin/myrixen.js", import.meta.url));
@@ -187,5 +188,56 @@ test("every newcomer mistake: one line naming what to fix, exit code 2 for usage
     assert.match(lines[0], /^myrixen run: /, args.join(" "));
     assert.match(lines[0], message, args.join(" "));
     assert.doesNotMatch(r.stderr, /^\s+at /m, `${args.join(" ")}: no stack trace of the tool`);
+  }
+});
+
+/** A `myrixen host` on loopback (port 0: its ports come in the "host ready" log line). */
+async function startHost(env: Record<string, string>): Promise<{ proc: ChildProcess; label: string }> {
+  const proc = spawn(process.execPath, [BIN, "host", "--listen", "127.0.0.1:0", "--slots", "1"], {
+    stdio: ["ignore", "ignore", "pipe"],
+    env: { ...process.env, ...env },
+  });
+  let buf = "";
+  const port = await new Promise<number>((resolve, reject) => {
+    proc.stderr?.setEncoding("utf8");
+    proc.stderr?.on("data", (d: string) => {
+      buf += d;
+      for (const line of buf.split("\n"))
+        if (line.includes('"host ready"')) resolve((JSON.parse(line) as { controlPort: number }).controlPort);
+    });
+    proc.once("exit", (code) => reject(new Error(`myrixen host exited (${code}):\n${buf}`)));
+  });
+  return { proc, label: `127.0.0.1:${port}` };
+}
+
+test("across hosts (-H host:slots): a throwing rank's .ts stack and --timeout's report come from the host that ran it", async () => {
+  // The hosts and the launcher share a cluster key file under this test's own config dir.
+  const env = { XDG_CONFIG_HOME: TMP, MYRIXEN_KEY_FILE: "" };
+  delete process.env.MYRIXEN_KEY_FILE;
+  loadClusterKey({ env: { XDG_CONFIG_HOME: TMP } });
+  const hosts = [await startHost(env), await startHost(env)];
+  try {
+    const H = hosts.map((h) => `${h.label}:1`).join(",");
+    const throws = await run(["-H", H, fixture("mpirun-throws")], env);
+    assert.equal(throws.code, 1, throws.stderr);
+    assert.match(
+      throws.stderr,
+      /^myrixen run: rank 1 failed: RangeError: value 1 is out of range \(at \S*mpirun-throws\.ts:6:\d+\)/m,
+    );
+    assert.match(throws.stderr, /^ {4}at main \(\S*mpirun-throws\.ts:12:\d+\)$/m);
+    const stuck = await run(["-H", H, "--timeout", "8", "--display-map", fixture("mpirun-stuck")], env);
+    assert.equal(stuck.code, TIMEOUT_EXIT_CODE, stuck.stderr);
+    assert.equal(stuck.stdout, "rank 1 line 1\nrank 1 line 2\nrank 1 line 3\n");
+    assert.match(stuck.stderr, new RegExp(`^ {2}${hosts[0].label} \\(1 slot\\): rank 0$`, "m"));
+    assert.match(stuck.stderr, new RegExp(`^ {2}rank 0 on ${hosts[0].label}: finished$`, "m"));
+    assert.match(
+      stuck.stderr,
+      new RegExp(
+        `^ {2}rank 1 on ${hosts[1].label}: waiting in MPI_Recv\\(source 0, tag 7\\) for \\d+\\.\\d s$`,
+        "m",
+      ),
+    );
+  } finally {
+    for (const h of hosts) h.proc.kill("SIGTERM");
   }
 });
