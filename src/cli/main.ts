@@ -33,7 +33,7 @@ interface RunCliOptions {
   npernode?: string;
   oversubscribe?: boolean;
   tagOutput?: boolean;
-  x: string[];
+  x?: string[];
   timeout?: string;
   displayMap?: boolean;
   linkTimeout?: number;
@@ -252,8 +252,7 @@ export function buildProgram(): Command {
     .option(
       "-x <VAR[=VALUE]>",
       "give the ranks VAR in process.env (its value here, or VALUE); repeat for more",
-      (v: string, prev: string[]) => [...prev, v],
-      [] as string[],
+      (v: string, prev: string[] | undefined) => [...(prev ?? []), v],
     )
     .option(
       "--timeout <seconds>",
@@ -308,7 +307,7 @@ export function buildProgram(): Command {
           npernode: o.npernode === undefined ? undefined : positiveCount("--npernode", o.npernode),
           oversubscribe: o.oversubscribe,
           tagOutput: o.tagOutput,
-          exportEnv: exportedEnv(o.x),
+          exportEnv: exportedEnv(o.x ?? []),
           timeoutS: o.timeout === undefined ? undefined : seconds(o.timeout),
           displayMap: o.displayMap,
           linkTimeoutMs: o.linkTimeout,
