@@ -483,7 +483,11 @@ export async function runCommand(program: string, argv: string[], o: RunOptions)
     const r = await job.run();
     if (timedOut) return TIMEOUT_EXIT_CODE;
     if (r.failed)
-      for (const line of describeFailure(r.failed, r.lostHosts)) (line.startsWith("    ") ? note : err)(line);
+      for (const line of describeFailure(r.failed, r.lostHosts)) {
+        // With one rank there are no others to stop.
+        const said = n === 1 ? line.replace(/; the other ranks were stopped$/, "") : line;
+        (said.startsWith("    ") ? note : err)(said);
+      }
     if (interrupted) return 130;
     return r.exitCode;
   } catch (e) {
