@@ -211,24 +211,24 @@ test("bench pingpong|stream --scope cross-host: rows between two linked hosts, r
   }
 });
 
-test("run -n 3 starts three ranks of a TypeScript program and prefixes their output", async () => {
+test("run -n 3 --oversubscribe starts three ranks of a TypeScript program; their output comes as printed", async () => {
   const prog = fileURLToPath(new URL("../../test/fixtures/guests/hello-rank.ts", import.meta.url));
-  const r = await run("run", "-n", "3", prog, "--class", "S");
+  const r = await run("run", "-n", "3", "--oversubscribe", prog, "--class", "S");
   assert.equal(r.code, 0, r.stderr);
   for (const rank of [0, 1, 2])
-    assert.match(
-      r.stdout,
-      new RegExp(`^\\[${rank}\\] hello from rank ${rank} of 3 on bypass --class S$`, "m"),
-    );
+    assert.match(r.stdout, new RegExp(`^hello from rank ${rank} of 3 on bypass --class S$`, "m"));
 });
 
 test("run: a failing rank ends the job with its error and a non-zero code; the others are stopped", async () => {
   const prog = fileURLToPath(new URL("./fixtures/guests/hello-rank.js", import.meta.url));
-  const fail = await run("run", "-n", "3", "--path", "native", prog, "--fail");
+  const fail = await run("run", "-n", "3", "--oversubscribe", "--path", "native", prog, "--fail");
   assert.equal(fail.code, 1);
-  assert.match(fail.stderr, /rank 1 crashed: rank 1 fails on purpose; the other ranks were stopped/);
+  assert.match(
+    fail.stderr,
+    /rank 1 failed: rank 1 fails on purpose \(at \S*hello-rank\.ts:\d+:\d+\); the other ranks were stopped/,
+  );
   // Ranks 0 and 2 would never end by themselves: rank 1's exit code 3 stops them.
-  const hang = await run("run", "-n", "3", prog, "--hang");
+  const hang = await run("run", "-n", "3", "--oversubscribe", prog, "--hang");
   assert.equal(hang.code, 3);
   assert.match(hang.stderr, /rank 1 exited with code 3/);
 });
@@ -237,6 +237,9 @@ test("run: bad usage is refused before anything starts", async () => {
   const none = await run("run", "-n", "2", "no-such-program");
   assert.equal(none.code, 2);
   assert.match(none.stderr, /no program "no-such-program": give a built-in name/);
+  const typo = await run("run", "-n", "2", "nas-eq");
+  assert.equal(typo.code, 2);
+  assert.match(typo.stderr, /no program "nas-eq" \(did you mean nas-ep\?\)/);
   const path = await run("run", "-n", "2", "--path", "pigeon", "nas-ep");
   assert.equal(path.code, 2);
   assert.match(path.stderr, /--path must be one of native, bypass, split/);

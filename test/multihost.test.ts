@@ -187,7 +187,7 @@ async function drained(h: HostProc, ms = 3000): Promise<void> {
 
 const helloLine = (rank: number, size: number, nic: number, path = "bypass", argv = "[]") =>
   new RegExp(
-    `^\\[${rank}\\] hello rank ${rank} size ${size} nic ${nic} path ${path} argv ${argv.replace(/[[\]]/g, "\\$&")}$`,
+    `^hello rank ${rank} size ${size} nic ${nic} path ${path} argv ${argv.replace(/[[\]]/g, "\\$&")}$`,
     "m",
   );
 
@@ -289,7 +289,7 @@ test("more ranks than slots is refused before anything starts; --oversubscribe a
 test("a failing rank ends the job with its exit code and its rank named; the ranks on every host are stopped", async () => {
   const r = await myrixen(["run", "-n", "4", "--hosts", `${A.label},${B.label}`, fixture("mh-fail"), "3"]);
   assert.equal(r.code, 7, r.stderr);
-  assert.match(r.stderr, /^\[3\] rank 3 gives up with code 7$/m);
+  assert.match(r.stderr, /^rank 3 gives up with code 7$/m);
   assert.match(r.stderr, /myrixen run: rank 3 exited with code 7; the other ranks were stopped/);
   await Promise.all([drained(A), drained(B)]);
 });
@@ -463,10 +463,10 @@ test("--path split runs guests without the fast path on every host; refusals fro
   assert.match(split.stdout, helloLine(1, 2, B.nicId, "split"));
   const none = await myrixen(["run", "-n", "2", "--hosts", A.label, join(TMP, "no-such-program.js")]);
   assert.equal(none.code, 2);
-  assert.match(none.stderr, /no program ".*no-such-program\.js"/);
+  assert.match(none.stderr, /no such file .*no-such-program\.js/);
   const both = await myrixen(["run", "-n", "2", "--hosts", A.label, "--hostfile", "x", fixture("mh-hello")]);
   assert.equal(both.code, 2);
-  assert.match(both.stderr, /give --hosts or --hostfile, not both/);
+  assert.match(both.stderr, /give one of -H, --hosts and --hostfile, not --hosts and --hostfile/);
   const badList = await myrixen(["run", "-n", "2", "--hosts", "a:b", fixture("mh-hello")]);
   assert.equal(badList.code, 2);
   assert.match(badList.stderr, /--hosts item 1: "a:b": port "b" is not a number/);
@@ -690,18 +690,9 @@ test("MX cross-host: 2 hosts x 2 ranks ping-pong 8 B and 1 MiB with contents che
     assert.equal(r.code, 0, `${path}: ${r.stderr}\n${r.stdout}`);
     for (const rank of [0, 1, 2, 3]) {
       const peer = rank ^ 1;
-      assert.match(
-        r.stdout,
-        new RegExp(`^\\[${rank}\\] rank ${rank} ping-pong 8 B with rank ${peer}: ok$`, "m"),
-      );
-      assert.match(
-        r.stdout,
-        new RegExp(`^\\[${rank}\\] rank ${rank} ping-pong 1048576 B with rank ${peer}: ok$`, "m"),
-      );
-      assert.match(
-        r.stdout,
-        new RegExp(`^\\[${rank}\\] rank ${rank} allreduce of 1000 doubles over 4 ranks: ok$`, "m"),
-      );
+      assert.match(r.stdout, new RegExp(`^rank ${rank} ping-pong 8 B with rank ${peer}: ok$`, "m"));
+      assert.match(r.stdout, new RegExp(`^rank ${rank} ping-pong 1048576 B with rank ${peer}: ok$`, "m"));
+      assert.match(r.stdout, new RegExp(`^rank ${rank} allreduce of 1000 doubles over 4 ranks: ok$`, "m"));
     }
   }
 });
@@ -866,7 +857,7 @@ test("two network namespaces joined by a veth pair: a job across hosts in each",
       prefix: inA,
     });
     assert.equal(m.code, 0, m.stderr);
-    assert.match(m.stdout, /^\[3\] rank 3 allreduce of 1000 doubles over 4 ranks: ok$/m);
+    assert.match(m.stdout, /^rank 3 allreduce of 1000 doubles over 4 ranks: ok$/m);
   });
   HA.proc.kill("SIGTERM");
   HB.proc.kill("SIGTERM");

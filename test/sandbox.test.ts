@@ -41,7 +41,7 @@ const NAMED = [
   "make a require through node:module",
   "require a built-in",
   "globalThis.process.binding",
-  "read the host's environment through process.env",
+  // (process.env holds only what the launcher gave the guest, `myrixen run -x`: the host's PATH is simply absent.)
   "the real global through new Function",
   "compile code through WebAssembly",
   "Node's Buffer",

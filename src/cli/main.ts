@@ -9,24 +9,126 @@ import { ALL_TRANSPORTS, type BenchCliOptions, BenchUsageError, benchCommand, SU
 import { runDemo } from "./demo.js";
 import { configureExecCommand } from "./exec.js";
 import { ConfigError, configureHostCommand, parseDashboardFlag } from "./host.js";
-import { BUILTIN_PROGRAMS, RunUsageError, runCommand } from "./run.js";
+import { BUILTIN_PROGRAMS, RunUsageError, runCommand, TIMEOUT_EXIT_CODE } from "./run.js";
 import { runMainJob } from "./start.js";
 import { configureToolstack, ToolstackUsageError } from "./toolstack.js";
 
-class UsageError extends Error {}
+class UsageError extends Error {
+  constructor(
+    message: string,
+    /** The subcommand whose usage it was ("run"): named at the start of the line. */
+    readonly command?: string,
+  ) {
+    super(message);
+  }
+}
 
 interface RunCliOptions {
-  np?: number;
+  np?: string;
   path: string;
   pages?: number;
+  host?: string;
   hosts?: string;
   hostfile?: string;
   mapBy?: string;
+  npernode?: string;
   oversubscribe?: boolean;
   tagOutput?: boolean;
+  x?: string[];
+  timeout?: string;
+  displayMap?: boolean;
   linkTimeout?: number;
   keyFile?: string;
   dashboard?: { host: string; port: number };
+}
+
+/** -n's value: a rank count. */
+function rankCount(v: string): number {
+  if (!/^\d+$/.test(v) || Number(v) < 1 || !Number.isSafeInteger(Number(v)))
+    throw new RunUsageError(`-n must be a positive integer (the number of ranks), got "${v}"`);
+  return Number(v);
+}
+
+function positiveCount(name: string, v: string): number {
+  if (!/^\d+$/.test(v) || Number(v) < 1 || !Number.isSafeInteger(Number(v)))
+    throw new RunUsageError(`${name} must be a positive integer, got "${v}"`);
+  return Number(v);
+}
+
+function seconds(v: string): number {
+  const s = Number(v);
+  if (!/^\d+(\.\d+)?$/.test(v) || !(s > 0) || s > 2_000_000)
+    throw new RunUsageError(`--timeout must be a number of seconds greater than 0, got "${v}"`);
+  return s;
+}
+
+/** -x VAR[=VALUE] as Open MPI reads it: VAR alone takes its value from this environment. */
+function exportedEnv(items: string[]): Record<string, string> | undefined {
+  if (items.length === 0) return undefined;
+  const env: Record<string, string> = {};
+  for (const item of items) {
+    const eq = item.indexOf("=");
+    const name = eq < 0 ? item : item.slice(0, eq);
+    if (!/^[A-Za-z_][A-Za-z0-9_]{0,127}$/.test(name))
+      throw new RunUsageError(
+        `-x ${item}: "${name}" is not a variable name (letters, digits and _; write -x VAR or -x VAR=value)`,
+      );
+    if (eq >= 0) env[name] = item.slice(eq + 1);
+    else {
+      const v = process.env[name];
+      if (v === undefined)
+        throw new RunUsageError(`-x ${name}: ${name} is not set here; set it or write -x ${name}=value`);
+      env[name] = v;
+    }
+  }
+  return env;
+}
+
+/** Commander's error text for `run` as one line that says what to fix. */
+function runErrorLine(text: string): string {
+  const t = text.trim().replace(/^error: /, "");
+  const missing = /^option '([^']+)' argument missing/.exec(t);
+  if (missing) {
+    const flag = missing[1].split(/[, ]+/)[0];
+    const value = /<([^>]+)>/.exec(missing[1])?.[1] ?? "value";
+    return `${flag} needs a value: write ${flag} <${value}>${flag === "-n" ? " (the number of ranks, e.g. -n 4)" : ""}`;
+  }
+  if (/^missing required argument 'program'/.test(t))
+    return `no program given: write myrixen run [-n N] PROGRAM [ARGS...], PROGRAM a built-in (${Object.keys(BUILTIN_PROGRAMS).join(", ")}) or a .ts/.js/.mjs file`;
+  const invalid = /^option '[^']+' argument '[^']*' is invalid\. (.*)$/s.exec(t);
+  if (invalid) return invalid[1].trim();
+  const unknown = /^unknown option '([^']+)'(?:\s*\(Did you mean ([^)?]+)\?\))?/s.exec(t);
+  if (unknown)
+    return `unknown option ${unknown[1]}${unknown[2] ? ` (did you mean ${unknown[2]}?)` : ""}; see myrixen run --help`;
+  return t.split("\n").join("; ");
+}
+
+/**
+ * mpirun's single-dash long options (-np 4, -host a,b, -oversubscribe, ...) as commander reads
+ * them (--np 4, ...): only before the program, whose own arguments are left as they are.
+ */
+function openMpiSpellings(argv: string[], run: Command): string[] {
+  if (argv[0] !== "run") return argv;
+  const out = [argv[0]];
+  const byLong = new Map(run.options.filter((o) => o.long).map((o) => [o.long!.slice(2), o]));
+  const takesValue = (arg: string) => {
+    const o = run.options.find((x) => x.long === arg || x.short === arg);
+    return o ? o.required : false;
+  };
+  let i = 1;
+  for (; i < argv.length; i++) {
+    let a = argv[i];
+    if (a === "--") break;
+    if (/^-[a-z][a-z-]+$/.test(a) && byLong.has(a.slice(1))) a = `-${a}`;
+    if (a === "-np") a = "--np";
+    out.push(a);
+    if (!a.startsWith("-")) {
+      i++;
+      break;
+    }
+    if (!a.includes("=") && takesValue(a) && i + 1 < argv.length) out.push(argv[++i]);
+  }
+  return [...out, ...argv.slice(i)];
 }
 
 function positiveInt(name: string) {
@@ -119,13 +221,19 @@ export function buildProgram(): Command {
         throw e;
       }
     });
-  program
+  const run = program
     .command("run")
-    .description("run N ranks of a program (built-in or a module) on this machine, or across myrixen hosts")
+    .description(
+      "run N ranks of a program (built-in or a module) on this machine, or across myrixen hosts (mpirun's options)",
+    )
     .option(
       "-n, --np <n>",
-      "number of ranks (default inside Slurm: SLURM_NTASKS; with hosts: their total slots)",
-      positiveInt("-n"),
+      "number of ranks (default: one per slot; inside Slurm: SLURM_NTASKS). -np also works",
+    )
+    .option(
+      "-H, --host <list>",
+      "run on these myrixen hosts, Open MPI's way: host[:slots],... (a host named again adds a slot; " +
+        "host:port:slots for a port other than 7470)",
     )
     .option("--hosts <list>", "run on these myrixen hosts: host[:port][*slots],... (port default 7470)")
     .option(
@@ -134,17 +242,34 @@ export function buildProgram(): Command {
     )
     .option(
       "--map-by <how>",
-      "node: ranks round-robin across hosts; slot: fill each host's slots in order",
-      "node",
+      "node: ranks round-robin across hosts (default); slot: fill each host's slots in order " +
+        "(Open MPI's core, socket, ppr:N:node and :OVERSUBSCRIBE are understood)",
     )
-    .option("--oversubscribe", "allow more ranks than slots")
+    .option("-N, --npernode <n>", "N ranks on each host (Open MPI's --map-by ppr:N:node)")
+    .option(
+      "--oversubscribe",
+      "allow more ranks than slots (alone on this machine: one slot per core, as Open MPI counts them)",
+    )
+    .option(
+      "-x <VAR[=VALUE]>",
+      "give the ranks VAR in process.env (its value here, or VALUE); repeat for more",
+      (v: string, prev: string[] | undefined) => [...(prev ?? []), v],
+    )
+    .option(
+      "--timeout <seconds>",
+      `end the job after this long, saying which MPI call each rank waits in (exit code ${TIMEOUT_EXIT_CODE})`,
+    )
+    .option("--display-map", "print which host each rank runs on before the job starts (on stderr)")
+    .option(
+      "--tag-output",
+      "prefix each output line with [rank@host] (default: lines as the ranks print them)",
+    )
     .option("--path <path>", "native | bypass | split", "bypass")
     .option(
       "--pages <n>",
       "guest memory per rank in 4 KiB pages (default 16384 = 64 MiB)",
       positiveInt("--pages"),
     )
-    .option("--tag-output", "prefix output lines with [rank@host] instead of [rank]")
     .option(
       "--link-timeout <ms>",
       "how long the hosts may take to link their NICs before the job gives up (default 10000)",
@@ -163,31 +288,42 @@ export function buildProgram(): Command {
     .argument("[args...]", "the program's own arguments")
     .addHelpText(
       "after",
-      "\nWith no --hosts or --hostfile and outside Slurm, a host starts in this process. Inside a\n" +
-        "Slurm allocation (SLURM_JOB_NODELIST set), the nodes and their task counts come from\n" +
-        "Slurm (each node runs `myrixen host` on port 7470). Ctrl-C stops every rank on every host.",
+      "\nWith no -H, --hosts or --hostfile and outside Slurm, a host starts in this process with one\n" +
+        "slot per core. Inside a Slurm allocation (SLURM_JOB_NODELIST set), the nodes and their task\n" +
+        "counts come from Slurm (each node runs `myrixen host` on port 7470). Ctrl-C stops every rank\n" +
+        "on every host. Exit code: the first failing rank's (1 if it threw), 2 for bad usage,\n" +
+        `${TIMEOUT_EXIT_CODE} after --timeout, 130 after Ctrl-C.`,
     )
     .passThroughOptions()
     .action(async (prog: string, args: string[], o: RunCliOptions) => {
       try {
         process.exitCode = await runCommand(prog, args, {
-          n: o.np,
+          n: o.np === undefined ? undefined : rankCount(o.np),
           path: o.path,
           pages: o.pages,
+          host: o.host,
           hosts: o.hosts,
           hostfile: o.hostfile,
           mapBy: o.mapBy,
+          npernode: o.npernode === undefined ? undefined : positiveCount("--npernode", o.npernode),
           oversubscribe: o.oversubscribe,
           tagOutput: o.tagOutput,
+          exportEnv: exportedEnv(o.x ?? []),
+          timeoutS: o.timeout === undefined ? undefined : seconds(o.timeout),
+          displayMap: o.displayMap,
           linkTimeoutMs: o.linkTimeout,
           keyFile: o.keyFile,
           dashboard: dashboardAt(o.dashboard as RunCliOptions["dashboard"] | true),
         });
       } catch (e) {
-        if (e instanceof RunUsageError || e instanceof RangeError) throw new UsageError(e.message);
+        if (e instanceof RunUsageError || e instanceof RangeError) throw new UsageError(e.message, "run");
         throw e;
       }
     });
+  // Each mistake on one line, named for what to fix (commander's own words, reworded).
+  run.showHelpAfterError(false).configureOutput({
+    outputError: (text, write) => write(`myrixen run: ${runErrorLine(text)}\n`),
+  });
 
   configureHostCommand(program.command("host"));
   configureExecCommand(program.command("exec"));
@@ -213,20 +349,29 @@ export function buildProgram(): Command {
 
 export async function main(argv: string[]): Promise<number> {
   const program = buildProgram();
+  // A reader that goes away (| head) ends the command quietly, as with any Unix tool.
+  for (const s of [process.stdout, process.stderr])
+    s.on("error", (e: NodeJS.ErrnoException) => {
+      if (e.code === "EPIPE") process.exit(141);
+    });
   try {
-    await program.parseAsync(argv, { from: "user" });
+    const run = program.commands.find((c) => c.name() === "run");
+    await program.parseAsync(run ? openMpiSpellings(argv, run) : argv, { from: "user" });
     return typeof process.exitCode === "number" ? process.exitCode : 0;
   } catch (e) {
     if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : 2;
     if (e instanceof UsageError) {
-      err(`myrixen: ${e.message}`);
+      err(`myrixen${e.command ? ` ${e.command}` : ""}: ${e.message}`);
       return 2;
     }
     if (e instanceof ConfigError) {
       for (const p of e.problems) err(`myrixen host: ${p}`);
       return 2;
     }
-    err(`myrixen: ${(e as Error)?.stack ?? String(e)}`);
+    // Never a stack trace of the tool itself: the message, and where to get the rest.
+    err(`myrixen: ${(e as Error)?.message ?? String(e)}`);
+    if (process.env.MYRIXEN_DEBUG) err(String((e as Error)?.stack));
+    else err("myrixen: (this is a bug in myrixen; MYRIXEN_DEBUG=1 shows where it happened)");
     return 1;
   }
 }

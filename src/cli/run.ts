@@ -1,14 +1,21 @@
 /**
- * `myrixen run -n N [--hosts LIST | --hostfile FILE] [--map-by node|slot] [--path P] PROGRAM
- * [ARGS...]`: runs N ranks of PROGRAM on a host started in this process (the embedded
- * default), or across running `myrixen host`s (a list, an Open MPI hostfile, or the Slurm
- * allocation this runs in). Rank output is prefixed with `[rank]`; the exit code is the first
- * non-zero exit code of a rank; Ctrl-C stops every rank on every host (exit code 130); a host
- * that vanishes ends the job with a message naming it. Hosts are reached with the cluster key
- * (auth.ts: --key-file, MYRIXEN_KEY_FILE, or the default file); a host that refuses it is
- * named with the key file to use (exit code 1), an unusable key file is exit code 2.
+ * `myrixen run -n N [-H LIST | --hosts LIST | --hostfile FILE] [--map-by node|slot] [--path P]
+ * PROGRAM [ARGS...]`, with Open MPI's mpirun habits: runs N ranks of PROGRAM on a host started
+ * in this process (the embedded default, one slot per core as Open MPI counts them), or across
+ * running `myrixen host`s (an Open MPI host list, a list with ports, an Open MPI hostfile, or
+ * the Slurm allocation this runs in). More ranks than slots is refused without
+ * --oversubscribe. Rank output is passed through as is (byte for byte what the program
+ * printed); --tag-output prefixes `[rank@host]`. The exit code is the first non-zero exit code
+ * of a rank (a rank that throws: 1, with its stack); --timeout S ends a stuck job with exit code
+ * 124 and where each rank waits (rank-state.ts); Ctrl-C stops every rank on every host (exit
+ * code 130); a host that vanishes ends the job with a message naming it. Hosts are reached
+ * with the cluster key (auth.ts: --key-file, MYRIXEN_KEY_FILE, or the default file); a host
+ * that refuses it is named with the key file to use (exit code 1), an unusable key file is
+ * exit code 2. Usage errors are one line and exit code 2.
  */
 import { readFileSync } from "node:fs";
+import { relative } from "node:path";
+import { fileURLToPath } from "node:url";
 import {
   type ClusterKey,
   KEY_FILE_ENV,
@@ -26,12 +33,13 @@ import {
 } from "../cluster/hostfile.js";
 import { Job, JobSetupError, type JobTarget, LocalTarget, type RankOutcome } from "../cluster/job.js";
 import { createLogger } from "../cluster/log.js";
-import { MAP_BY, type MapBy } from "../cluster/placement.js";
+import { coreSlots, type MapBy } from "../cluster/placement.js";
 import { BUILTIN_PROGRAMS, ProgramError, resolveProgram } from "../cluster/programs.js";
 import { AuthError, RemoteHost } from "../cluster/remote.js";
 import { RANK_PATHS, type RankPath } from "../cluster/wire.js";
 import type { Dashboard } from "../dashboard/server.js";
 import { Host } from "../host/host.js";
+import { loadGuestImage } from "../xen/guest/loader.js";
 import { type EmbeddedObservation, observeEmbedded } from "./embedded.js";
 
 export { BUILTIN_PROGRAMS, resolveProgram };
@@ -48,8 +56,18 @@ export interface RunOptions {
   hostfile?: string;
   mapBy?: string;
   oversubscribe?: boolean;
-  /** Prefix lines with `[rank@host]` instead of `[rank]`. */
+  /** Open MPI's host list (-H): host[:slots],... (a host named again adds a slot; host:port:slots names a port). */
+  host?: string;
+  /** Ranks per host (Open MPI's --npernode / -N). */
+  npernode?: number;
+  /** Prefix lines with `[rank@host]` (default: no prefix, as Open MPI). */
   tagOutput?: boolean;
+  /** Variables the ranks see as process.env (-x). */
+  exportEnv?: Record<string, string>;
+  /** End the job after this many seconds, with a report of where each rank waits (exit code 124). */
+  timeoutS?: number;
+  /** Print which host each rank runs on before the job starts. */
+  displayMap?: boolean;
   /** How long the hosts may take to link their NICs (ms, default 10 000). */
   linkTimeoutMs?: number;
   /** The cluster key file (default: MYRIXEN_KEY_FILE, then ~/.config/myrixen/cluster.key). */
@@ -63,11 +81,147 @@ export interface RunOptions {
 const err = (line: string) => process.stderr.write(`myrixen run: ${line}\n`);
 const note = (line: string) => process.stderr.write(`${line}\n`);
 
-/** Which hosts the job runs on: --hosts, --hostfile, Slurm's allocation, or none (embedded). */
+/** The exit code of a job --timeout ended (as timeout(1) and Slurm's TIMEOUT tell it apart from a crash). */
+export const TIMEOUT_EXIT_CODE = 124;
+
+/**
+ * Open MPI's `-H host[:slots],...` as host entries: a host without a count has one slot and a
+ * host named again adds its slots; `host:port:slots` (or `[v6]:port*slots`, the --hosts form)
+ * names a control port other than 7470.
+ */
+export function parseOpenMpiHostList(text: string): HostEntry[] {
+  const items = text.split(",").map((s) => s.trim());
+  const converted = items.map((item, i) => {
+    const where = `-H item ${i + 1}`;
+    if (item === "")
+      throw new RunUsageError(`${where} is empty (write host[:slots],..., e.g. -H node1:2,node2:2)`);
+    if (item.startsWith("[") || item.includes("*")) return item;
+    const parts = item.split(":");
+    const count = (v: string) => {
+      if (!/^\d+$/.test(v) || Number(v) < 1)
+        throw new RunUsageError(`${where} "${item}": the slot count must be a positive integer, got "${v}"`);
+      return Number(v);
+    };
+    if (parts.length === 1) return `${item}*1`;
+    if (parts.length === 2) {
+      const n = count(parts[1]);
+      if (n >= 1024)
+        throw new RunUsageError(
+          `${where} "${item}": -H host:N gives N slots (Open MPI's meaning), and ${n} looks like a port; write host:port:slots or --hosts host:port*slots`,
+        );
+      return `${parts[0]}*${n}`;
+    }
+    if (parts.length === 3) return `${parts[0]}:${parts[1]}*${count(parts[2])}`;
+    throw new RunUsageError(`${where} "${item}": write host[:slots] or host:port:slots`);
+  });
+  try {
+    return parseHostList(converted.join(","));
+  } catch (e) {
+    if (e instanceof HostListError) throw new RunUsageError(e.message.replace(/--hosts item/g, "-H item"));
+    throw e;
+  }
+}
+
+/** --map-by in Open MPI's spellings: node, slot (core, socket, ... place like slot), ppr:N:node, with :OVERSUBSCRIBE. */
+export function parseMapBy(text: string): { mapBy: MapBy; npernode?: number; oversubscribe?: boolean } {
+  const [how, ...mods] = text.split(":");
+  let mapBy: MapBy;
+  let npernode: number | undefined;
+  let oversubscribe: boolean | undefined;
+  const rest = [...mods];
+  const h = how.toLowerCase();
+  if (h === "node") mapBy = "node";
+  else if (
+    [
+      "slot",
+      "core",
+      "hwthread",
+      "socket",
+      "package",
+      "numa",
+      "l3cache",
+      "l2cache",
+      "l1cache",
+      "board",
+    ].includes(h)
+  )
+    mapBy = "slot";
+  else if (h === "ppr") {
+    const [count, unit] = rest.splice(0, 2);
+    if (!/^\d+$/.test(count ?? "") || Number(count) < 1 || unit?.toLowerCase() !== "node")
+      throw new RunUsageError(`--map-by ${text}: write ppr:N:node (N ranks on each host)`);
+    mapBy = "slot";
+    npernode = Number(count);
+  } else
+    throw new RunUsageError(
+      `--map-by must be node or slot (or Open MPI's core, socket, ppr:N:node), got "${text}"`,
+    );
+  for (const m of rest) {
+    if (/^oversubscribe$/i.test(m)) oversubscribe = true;
+    else if (/^nooversubscribe$/i.test(m)) oversubscribe = false;
+    else
+      throw new RunUsageError(`--map-by ${text}: the modifier "${m}" is not supported (only :OVERSUBSCRIBE)`);
+  }
+  return { mapBy, npernode, oversubscribe };
+}
+
+/** A file: URL (or a path) as the user would name it: relative to the working directory when under it. */
+function shortPath(urlOrPath: string): string {
+  let path = urlOrPath;
+  try {
+    if (urlOrPath.startsWith("file:")) path = fileURLToPath(urlOrPath);
+  } catch {
+    return urlOrPath;
+  }
+  const rel = relative(process.cwd(), path);
+  return rel && !rel.startsWith("..") ? rel : path;
+}
+
+/** file: URLs in a message or stack as paths. */
+function withPaths(text: string): string {
+  return text.replace(/file:\/\/[^\s):]+/g, (u) => shortPath(u));
+}
+
+/** Frames of MyriXen's own guest runtime say nothing about the user's program. */
+const RUNTIME_FRAME = /[/\\]xen[/\\]guest[/\\](runtime|sandbox)\.(js|ts)/;
+
+/** A rank's error as the user reads it: its name and message, then the frames of its stack (paths, not URLs). */
+export function describeRankError(e: Error): { head: string; frames: string[] } {
+  const head = withPaths(`${e.name && e.name !== "Error" ? `${e.name}: ` : ""}${e.message}`);
+  const frames = (e.stack ?? "")
+    .split("\n")
+    .filter((l) => /^\s+at /.test(l) && !RUNTIME_FRAME.test(l))
+    .map((l) => `    ${withPaths(l.trim())}`);
+  return { head, frames };
+}
+
+/**
+ * The program's files compiled before anything starts: a syntax error (or a file it imports
+ * that is missing) is reported once, with file:line, instead of by every rank.
+ */
+async function compileProblem(program: URL): Promise<string | undefined> {
+  if (program.protocol !== "file:") return undefined;
+  const image = await loadGuestImage(program.href);
+  for (const m of Object.values(image.modules)) {
+    if (m.error !== undefined) return withPaths(m.error);
+    for (const [spec, dep] of Object.entries(m.imports))
+      if (dep.kind === "refused" && dep.message.startsWith("cannot find module"))
+        return `${shortPath(m.url)} imports "${spec}", which does not exist`;
+  }
+  return undefined;
+}
+
+/** Which hosts the job runs on: -H, --hosts, --hostfile, Slurm's allocation, or none (embedded). */
 function chooseHosts(o: RunOptions): { hosts?: HostEntry[]; ntasks?: number; source: string } {
   try {
-    if (o.hosts !== undefined && o.hostfile !== undefined)
-      throw new RunUsageError("give --hosts or --hostfile, not both");
+    const given = [
+      o.host !== undefined && "-H",
+      o.hosts !== undefined && "--hosts",
+      o.hostfile !== undefined && "--hostfile",
+    ].filter(Boolean);
+    if (given.length > 1)
+      throw new RunUsageError(`give one of -H, --hosts and --hostfile, not ${given.join(" and ")}`);
+    if (o.host !== undefined) return { hosts: parseOpenMpiHostList(o.host), source: "-H" };
     if (o.hosts !== undefined) return { hosts: parseHostList(o.hosts), source: "--hosts" };
     if (o.hostfile !== undefined) {
       let text: string;
@@ -113,40 +267,101 @@ async function connectAll(hosts: HostEntry[], key: ClusterKey): Promise<RemoteHo
   return ok;
 }
 
-function describeFailure(f: RankOutcome, lost: { label: string; nicId: number; reason: string }[]): string {
+/** Why the job failed, as lines for stderr: one line saying what happened, then a thrown error's stack. */
+function describeFailure(f: RankOutcome, lost: { label: string; nicId: number; reason: string }[]): string[] {
   if (f.state === "lost") {
     const l = lost.find((x) => x.label === f.host);
     if (l)
-      return `host ${l.label} (NIC ${l.nicId}) was lost mid-job: ${l.reason}; its ranks are gone and the other ranks were stopped`;
-    return `${f.error?.message ?? `rank ${f.rank} was lost`}; the other ranks were stopped`;
+      return [
+        `host ${l.label} (NIC ${l.nicId}) was lost mid-job: ${l.reason}; its ranks are gone and the other ranks were stopped`,
+      ];
+    return [`${f.error?.message ?? `rank ${f.rank} was lost`}; the other ranks were stopped`];
+  }
+  if (f.state === "crashed" && f.error && !/exited with code \d+/.test(f.error.message)) {
+    const { head, frames } = describeRankError(f.error);
+    const at = frames[0]?.trim().match(/\(?([^\s()]+:\d+:\d+)\)?$/)?.[1];
+    return [
+      `rank ${f.rank} failed: ${head}${at ? ` (at ${at})` : ""}; the other ranks were stopped`,
+      ...frames,
+    ];
   }
   const how = f.state === "shutdown" ? `exited with code ${f.exitCode}` : f.state;
-  return `rank ${f.rank} ${how}${f.error ? `: ${f.error.message}` : ""}; the other ranks were stopped`;
+  return [
+    `rank ${f.rank} ${how}${f.error ? `: ${withPaths(f.error.message)}` : ""}; the other ranks were stopped`,
+  ];
+}
+
+/** --display-map: which ranks run on which host. */
+function printMap(placement: string[], path: string, slotsOf: (label: string) => number | undefined): void {
+  const byHost = new Map<string, number[]>();
+  placement.forEach((label, rank) => {
+    const list = byHost.get(label);
+    if (list) list.push(rank);
+    else byHost.set(label, [rank]);
+  });
+  err(
+    `job map: ${placement.length} rank${placement.length === 1 ? "" : "s"} on ${byHost.size} host${byHost.size === 1 ? "" : "s"}, ${path} path`,
+  );
+  for (const [label, ranks] of byHost) {
+    const slots = slotsOf(label);
+    note(
+      `  ${label}${slots !== undefined && Number.isFinite(slots) ? ` (${slots} slot${slots === 1 ? "" : "s"})` : ""}: rank${ranks.length === 1 ? "" : "s"} ${ranks.join(" ")}`,
+    );
+  }
 }
 
 export async function runCommand(program: string, argv: string[], o: RunOptions): Promise<number> {
   if (!RANK_PATHS.includes(o.path as RankPath))
     throw new RunUsageError(`--path must be one of ${RANK_PATHS.join(", ")}, got "${o.path}"`);
-  const mapBy = (o.mapBy ?? "node") as MapBy;
-  if (!MAP_BY.includes(mapBy))
-    throw new RunUsageError(`--map-by must be one of ${MAP_BY.join(", ")}, got "${o.mapBy}"`);
+  const mapped = o.mapBy !== undefined ? parseMapBy(o.mapBy) : { mapBy: "node" as MapBy };
+  if (mapped.npernode !== undefined && o.npernode !== undefined && mapped.npernode !== o.npernode)
+    throw new RunUsageError(`--npernode ${o.npernode} and --map-by ${o.mapBy} disagree; give one`);
+  const npernode = o.npernode ?? mapped.npernode;
+  const oversubscribe = o.oversubscribe || mapped.oversubscribe === true;
+  const mapBy: MapBy = npernode !== undefined ? "slot" : mapped.mapBy;
   const chosen = chooseHosts(o);
+
+  let programRef: string | URL = program;
+  let localProgram: URL | undefined;
+  try {
+    localProgram = resolveProgram(program);
+  } catch (e) {
+    // A remote host resolves the program on its own file system: it need not exist here.
+    if (!(e instanceof ProgramError)) throw e;
+    if (!chosen.hosts) throw new RunUsageError(e.message);
+  }
+  if (localProgram) {
+    const problem = await compileProblem(localProgram);
+    if (problem) {
+      err(`${problem} (the program does not compile; no rank was started)`);
+      return 1;
+    }
+  }
 
   let targets: JobTarget[];
   let cleanup: () => Promise<void>;
-  let programRef: string | URL = program;
   let n = o.n;
+  /** Slots of each target, in order (what placement counts and --display-map shows). */
+  let slots: { slots?: number; maxSlots?: number }[];
   if (!chosen.hosts) {
-    if (n === undefined)
-      throw new RunUsageError(
-        "-n is required (no --hosts, --hostfile or Slurm allocation to count slots from)",
-      );
-    try {
-      programRef = resolveProgram(program);
-    } catch (e) {
-      if (e instanceof ProgramError) throw new RunUsageError(e.message);
-      throw e;
+    // Alone on this machine: one slot per core, as Open MPI counts them.
+    const cores = coreSlots();
+    if (npernode !== undefined) {
+      if (npernode > cores && !oversubscribe)
+        throw new RunUsageError(
+          `--npernode ${npernode}: this machine has ${cores} slot${cores === 1 ? "" : "s"} (one per core, as Open MPI counts them); pass --oversubscribe to run more ranks than cores`,
+        );
+      if (n !== undefined && n > npernode)
+        throw new RunUsageError(`-n ${n} is more than --npernode ${npernode} on 1 host`);
+      n ??= npernode;
     }
+    n ??= cores;
+    if (n > cores && !oversubscribe)
+      throw new RunUsageError(
+        `${n} ranks but this machine has ${cores} slot${cores === 1 ? "" : "s"} (one per core, as Open MPI counts them); pass --oversubscribe to run more ranks than cores, or use -n ${cores}`,
+      );
+    programRef = localProgram!;
+    slots = [{ slots: oversubscribe ? Number.POSITIVE_INFINITY : cores }];
     const host = await Host.start({});
     // While it runs, `myrixen list`/`top`/`dashboard` see its host (and --dashboard serves the page).
     let observed: EmbeddedObservation;
@@ -180,23 +395,41 @@ export async function runCommand(program: string, argv: string[], o: RunOptions)
     }
     targets = remotes;
     let dashboard: Dashboard | undefined;
+    const stopRemotes = async () => {
+      await dashboard?.stop();
+      for (const r of remotes) r.close();
+    };
+    cleanup = stopRemotes;
+    const hosts = chosen.hosts;
+    slots = hosts.map((h, i) => ({ slots: h.slots ?? remotes[i].slots, maxSlots: h.maxSlots }));
+    if (npernode !== undefined) {
+      const short = hosts.findIndex((_, i) => npernode > (slots[i].slots ?? 0));
+      if (short >= 0 && !oversubscribe) {
+        await stopRemotes();
+        throw new RunUsageError(
+          `--npernode ${npernode} needs ${npernode} slots on each host, and ${hosts[short].label} has ${slots[short].slots}; pass --oversubscribe or give it more slots`,
+        );
+      }
+      if (n !== undefined && n > npernode * hosts.length) {
+        await stopRemotes();
+        throw new RunUsageError(`-n ${n} is more than --npernode ${npernode} × ${hosts.length} hosts`);
+      }
+      slots = hosts.map(() => ({ slots: npernode, maxSlots: npernode }));
+      n ??= npernode * hosts.length;
+    }
     if (o.dashboard) {
       const { Dashboard } = await import("../dashboard/server.js");
       const { remoteSource } = await import("../dashboard/sources.js");
       dashboard = await Dashboard.start({
         host: o.dashboard.host,
         port: o.dashboard.port,
-        sources: chosen.hosts.map((h) => remoteSource(h, key)),
+        sources: hosts.map((h) => remoteSource(h, key)),
         key,
         log: createLogger({ level: "warn", format: "text" }),
       });
       err(`dashboard at ${dashboard.url}`);
     }
-    cleanup = async () => {
-      await dashboard?.stop();
-      for (const r of remotes) r.close();
-    };
-    n ??= chosen.ntasks ?? chosen.hosts.reduce((s, h, i) => s + (h.slots ?? remotes[i].slots), 0);
+    n ??= chosen.ntasks ?? slots.reduce((s, x) => s + (x.slots ?? 0), 0);
   }
 
   const hosts = chosen.hosts;
@@ -207,13 +440,19 @@ export async function runCommand(program: string, argv: string[], o: RunOptions)
     argv,
     pages: o.pages,
     mapBy,
-    oversubscribe: o.oversubscribe,
-    slots: hosts?.map((h) => ({ slots: h.slots, maxSlots: h.maxSlots })),
+    oversubscribe,
+    slots,
     linkTimeoutMs: o.linkTimeoutMs,
+    env: o.exportEnv,
+    onPlacement: o.displayMap
+      ? (placement) =>
+          printMap(placement, o.path, (label) => slots[targets.findIndex((t) => t.label === label)]?.slots)
+      : undefined,
+    // As Open MPI: each line as the rank printed it, unless --tag-output.
     output: o.tagOutput
       ? (rank, stream, line, host) =>
           (stream === "stdout" ? process.stdout : process.stderr).write(`[${rank}@${host}] ${line}\n`)
-      : undefined,
+      : (_rank, stream, line) => (stream === "stdout" ? process.stdout : process.stderr).write(`${line}\n`),
   });
   let interrupted = false;
   const onSignal = () => {
@@ -222,11 +461,33 @@ export async function runCommand(program: string, argv: string[], o: RunOptions)
     process.stderr.write(`\nmyrixen run: stopping the job${hosts ? " on every host" : ""}\n`);
     void job.stop();
   };
+  let timedOut = false;
+  let timer: NodeJS.Timeout | undefined;
+  if (o.timeoutS !== undefined) {
+    const s = o.timeoutS;
+    timer = setTimeout(() => {
+      timedOut = true;
+      void job.rankStates().then(
+        (states) => {
+          err(`the job ran past --timeout ${s} s; stopping it. Where each rank was:`);
+          for (const r of states) note(`  rank ${r.rank}${hosts ? ` on ${r.host}` : ""}: ${r.state}`);
+          return job.stop();
+        },
+        () => job.stop(),
+      );
+    }, s * 1000);
+  }
   process.on("SIGINT", onSignal);
   process.on("SIGTERM", onSignal);
   try {
     const r = await job.run();
-    if (r.failed) err(describeFailure(r.failed, r.lostHosts));
+    if (timedOut) return TIMEOUT_EXIT_CODE;
+    if (r.failed)
+      for (const line of describeFailure(r.failed, r.lostHosts)) {
+        // With one rank there are no others to stop.
+        const said = n === 1 ? line.replace(/; the other ranks were stopped$/, "") : line;
+        (said.startsWith("    ") ? note : err)(said);
+      }
     if (interrupted) return 130;
     return r.exitCode;
   } catch (e) {
@@ -237,6 +498,7 @@ export async function runCommand(program: string, argv: string[], o: RunOptions)
     }
     throw e;
   } finally {
+    clearTimeout(timer);
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);
     await cleanup();

@@ -267,7 +267,13 @@ class ControlConnection {
       return;
     }
     this.touch();
-    if (m.type === "link" || m.type === "start" || m.type === "peers" || m.type === "stop") {
+    if (
+      m.type === "link" ||
+      m.type === "start" ||
+      m.type === "peers" ||
+      m.type === "stop" ||
+      m.type === "states"
+    ) {
       const why = this.daemon.observeOnly
         ? `this host serves inspection only (${this.daemon.observeOnly}): it takes no jobs`
         : this.hello?.role === "observer"
@@ -277,6 +283,7 @@ class ControlConnection {
         this.log.warn("refused a request", { client: this.who, type: m.type, reason: why });
         if (m.type === "link" || m.type === "start")
           this.send({ type: "reply", id: m.id, ok: false, code: "refused", error: why });
+        if (m.type === "states") this.send({ type: "states", id: m.id, ranks: [] });
         return;
       }
     }
@@ -321,6 +328,9 @@ class ControlConnection {
         else set.peers(m.peers);
         return;
       }
+      case "states":
+        this.send({ type: "states", id: m.id, ranks: this.jobs.get(m.job)?.states() ?? [] });
+        return;
       case "stop": {
         const set = this.jobs.get(m.job);
         if (set) {
@@ -357,6 +367,7 @@ class ControlConnection {
         key: m.key,
         pages: m.pages,
         maxHeapMb: m.maxHeapMb,
+        env: m.env,
       },
       {
         output: (rank, stream, line) => {

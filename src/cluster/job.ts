@@ -32,6 +32,8 @@ export interface TargetJob {
   peers(peers: { nic: number; endpoint: number }[]): void;
   /** Stops the host's ranks; their exits follow as events. */
   stop(): Promise<void>;
+  /** Where the host's ranks are: the call each blocks in (rank-state.ts), or how it ended. */
+  states?(): Promise<{ rank: number; state: string }[]>;
 }
 
 /** A host a job can run ranks on. */
@@ -99,7 +101,12 @@ export class LocalTarget implements JobTarget {
 
   start(spec: RankStartSpec, events: RankEvents): TargetJob {
     const set = new RankSet(this.host, spec, events);
-    return { started: set.start(), peers: (p) => set.peers(p), stop: () => set.stop() };
+    return {
+      started: set.start(),
+      peers: (p) => set.peers(p),
+      stop: () => set.stop(),
+      states: async () => set.states(),
+    };
   }
 
   onLost(): () => void {
@@ -133,6 +140,10 @@ export interface JobSpec {
   stopTimeoutMs?: number;
   /** Job id on the hosts (default: launcher hostname, pid and a counter). */
   id?: string;
+  /** Environment variables the ranks see as process.env (`myrixen run -x`). */
+  env?: Record<string, string>;
+  /** Called once the ranks are placed, before any starts: each rank's host label (--display-map). */
+  onPlacement?: (placement: string[]) => void;
 }
 
 export interface RankOutcome {
@@ -253,6 +264,7 @@ export class Job {
     }
     const used = [...new Set(this.rankHost)].sort((a, b) => a - b);
     const placement = this.rankHost.map((h) => targets[h].label);
+    this.spec.onPlacement?.(placement);
     const finished = new Promise<void>((r) => (this.settle = r));
     const unsubscribe = used.map((h) => targets[h].onLost((why) => this.hostLost(h, why)));
     try {
@@ -287,6 +299,37 @@ export class Job {
     }, limit);
     this.stopTimer.unref();
     await Promise.all(this.handles.map((h) => h?.stop().catch(() => undefined)));
+  }
+
+  /**
+   * Where every rank is now, for `myrixen run --timeout`: "finished", how it ended, or the
+   * MPI call it waits in (read by its host from the rank's call-state words). A host that does
+   * not answer within `waitMs` leaves its ranks "unknown".
+   */
+  async rankStates(waitMs = 3000): Promise<{ rank: number; host: string; state: string }[]> {
+    const out = this.rankHost.map((h, rank) => ({ rank, host: this.targets[h].label, state: "unknown" }));
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<void>((r) => {
+      timer = setTimeout(r, waitMs);
+    });
+    await Promise.race([
+      late,
+      Promise.all(
+        this.handles.map(async (hd) => {
+          const got = await hd?.states?.().catch(() => []);
+          for (const s of got ?? []) if (out[s.rank]) out[s.rank].state = s.state;
+        }),
+      ),
+    ]);
+    clearTimeout(timer);
+    for (const o of this.outcomes.values()) {
+      const s = out[o.rank];
+      if (!s) continue;
+      if (o.state === "shutdown") s.state = o.exitCode === 0 ? "finished" : `exited with code ${o.exitCode}`;
+      else if (o.state === "not-started") s.state = "not started";
+      else s.state = `${o.state}${o.error ? `: ${o.error.message}` : ""}`;
+    }
+    return out;
   }
 
   private result(placement: string[]): JobResult {
@@ -376,6 +419,7 @@ export class Job {
           key: this.key,
           pages: spec.pages,
           maxHeapMb: spec.maxHeapMb,
+          env: spec.env,
         },
         events,
       );

@@ -4,6 +4,8 @@
  * More ranks than slots is an error unless oversubscribing, which then deals the rest
  * round-robin over hosts below their max_slots.
  */
+import { readdirSync, readFileSync } from "node:fs";
+import { availableParallelism } from "node:os";
 
 export type MapBy = "node" | "slot";
 export const MAP_BY = ["node", "slot"] as const;
@@ -32,7 +34,7 @@ export function placeRanks(
     const each = hosts.map((h) => `${h.label} ${h.slots}`).join(", ");
     throw new PlacementError(
       `${n} ranks need ${n} slots but the hosts have ${total} (${each}); add hosts or slots ` +
-        "(hostfile slots=N, --hosts host*N, myrixen host --slots N), or pass --oversubscribe",
+        "(hostfile slots=N, -H host:N, --hosts host*N, myrixen host --slots N), or pass --oversubscribe",
     );
   }
   const used = hosts.map(() => 0);
@@ -66,4 +68,31 @@ export function placeRanks(
     h = (h + 1) % hosts.length;
   }
   return out;
+}
+
+/**
+ * The slots of this machine when a job runs on it alone, as Open MPI counts them: one per
+ * physical core (hardware threads of one core share it), at most the CPUs this process may
+ * use. Read from Linux's CPU topology; elsewhere, the CPUs this process may use.
+ */
+export function coreSlots(): number {
+  const usable = availableParallelism();
+  try {
+    const base = "/sys/devices/system/cpu";
+    const cores = new Set<string>();
+    for (const name of readdirSync(base)) {
+      if (!/^cpu\d+$/.test(name)) continue;
+      const topo = `${base}/${name}/topology`;
+      try {
+        const pkg = readFileSync(`${topo}/physical_package_id`, "utf8").trim();
+        const core = readFileSync(`${topo}/core_id`, "utf8").trim();
+        cores.add(`${pkg}:${core}`);
+      } catch {
+        // an offline CPU has no topology
+      }
+    }
+    return cores.size > 0 ? Math.max(1, Math.min(cores.size, usable)) : usable;
+  } catch {
+    return usable;
+  }
 }

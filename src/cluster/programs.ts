@@ -4,8 +4,8 @@
  * launcher and every host resolve it the same way (a remote host resolves it on its own
  * file system, as MPI launchers expect the program to be at the same path on every node).
  */
-import { existsSync } from "node:fs";
-import { isAbsolute, resolve } from "node:path";
+import { existsSync, readdirSync } from "node:fs";
+import { basename, dirname, isAbsolute, join, resolve } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 
 /** Built-in programs, by the name `myrixen run` takes (paths relative to this file). */
@@ -23,6 +23,41 @@ export class ProgramError extends Error {}
 
 /** What a guest program's file may be: TypeScript or JavaScript, as the guest runtime loads them. */
 export const PROGRAM_EXTENSIONS = /\.(ts|mts|cts|tsx|js|mjs|cjs)$/;
+
+/** Edit distance (insertions, deletions, substitutions) between two short strings. */
+function distance(a: string, b: string): number {
+  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const row = [i];
+    for (let j = 1; j <= b.length; j++)
+      row[j] = Math.min(prev[j] + 1, row[j - 1] + 1, prev[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
+    prev = row;
+  }
+  return prev[b.length];
+}
+
+/** The candidate nearest to `name` if it is near enough to be a typo of it. */
+export function closest(name: string, candidates: string[]): string | undefined {
+  let best: string | undefined;
+  let bestD = Number.POSITIVE_INFINITY;
+  for (const c of candidates) {
+    const d = distance(name.toLowerCase(), c.toLowerCase());
+    if (d < bestD) {
+      best = c;
+      bestD = d;
+    }
+  }
+  return best !== undefined && bestD <= Math.max(2, Math.floor(name.length / 3)) ? best : undefined;
+}
+
+/** Program files in a directory (for "did you mean"). */
+function siblings(dir: string): string[] {
+  try {
+    return readdirSync(dir).filter((f) => PROGRAM_EXTENSIONS.test(f));
+  } catch {
+    return [];
+  }
+}
 
 function checkModule(path: string, program: string): void {
   if (!PROGRAM_EXTENSIONS.test(path))
@@ -49,10 +84,20 @@ export function resolveProgram(program: string | URL): URL {
   }
   if (program.startsWith("file:")) return resolveProgram(new URL(program));
   const path = resolve(program);
-  if (!existsSync(path))
+  if (!existsSync(path)) {
+    const names = Object.keys(BUILTIN_PROGRAMS);
+    const looksLikeFile = /[/\\]/.test(program) || PROGRAM_EXTENSIONS.test(program);
+    if (looksLikeFile) {
+      const near = closest(basename(program), siblings(dirname(path)));
+      throw new ProgramError(
+        `no such file ${program}${near ? ` (did you mean ${join(dirname(program), near)}?)` : ""}`,
+      );
+    }
+    const near = closest(program, names);
     throw new ProgramError(
-      `no program "${program}": give a built-in name (${Object.keys(BUILTIN_PROGRAMS).join(", ")}) or a path to a module`,
+      `no program "${program}"${near ? ` (did you mean ${near}?)` : ""}: give a built-in name (${names.join(", ")}) or a path to a module`,
     );
+  }
   checkModule(path, program);
   return pathToFileURL(path);
 }

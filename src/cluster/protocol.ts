@@ -34,6 +34,8 @@ export interface RankArgs {
   key: number;
   /** The facts of the machine the rank runs on (a guest has no node:os), for reports. */
   machine?: MachineFacts;
+  /** Where MPI writes the call it blocks in, for `myrixen run --timeout` (rank-state.ts). */
+  state?: SharedArrayBuffer;
 }
 
 export type RankToLauncher =

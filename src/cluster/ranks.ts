@@ -18,6 +18,7 @@ import { machineFacts } from "../host/machine.js";
 import type { Domain, DomainExit } from "../xen/hypervisor.js";
 import { ProgramError, resolveProgram } from "./programs.js";
 import { isJobKey, type LauncherToRank, type RankArgs, type RankToLauncher } from "./protocol.js";
+import { RANK_STATE_BYTES, StateWatch } from "./rank-state.js";
 import type { RankPath } from "./wire.js";
 
 export interface RankExit {
@@ -49,6 +50,8 @@ export interface RankStartSpec {
   key: number;
   pages?: number;
   maxHeapMb?: number;
+  /** Environment variables the ranks see as process.env (`myrixen run -x`). */
+  env?: Record<string, string>;
 }
 
 /** The host cannot run ranks as asked (a path it lacks, a bad program): nothing was started. */
@@ -56,6 +59,8 @@ export class RankRefusal extends Error {}
 
 export const DEFAULT_RANK_PAGES = 16384;
 export const DEFAULT_RANK_HEAP_MB = 512;
+/** How often a host looks at its ranks' call-state words (the resolution of "waiting ... for N s"). */
+const STATE_SAMPLE_MS = 100;
 /** How long an ended rank's output may take to drain before its exit is reported anyway. */
 const OUTPUT_DRAIN_MS = 1500;
 
@@ -101,6 +106,10 @@ export function jobsOn(
 
 export class RankSet {
   private readonly domains = new Map<number, Domain>();
+  /** Each rank's call-state words (rank-state.ts), for a --timeout report. */
+  private readonly callStates = new Map<number, StateWatch>();
+  /** Notes when each rank began its current wait (a few loads per rank, a few times a second). */
+  private watchTimer: NodeJS.Timeout | undefined;
   private readonly exits: Promise<void>[] = [];
   private stopping = false;
   private lastPeers: LauncherToRank | undefined;
@@ -182,6 +191,16 @@ export class RankSet {
 
   private async startRank(rank: number, program: URL): Promise<void> {
     const { spec } = this;
+    const state = new SharedArrayBuffer(RANK_STATE_BYTES);
+    this.callStates.set(rank, new StateWatch(state));
+    if (!this.watchTimer) {
+      this.watchTimer = setInterval(() => {
+        const now = Date.now();
+        for (const w of this.callStates.values()) w.sample(now);
+      }, STATE_SAMPLE_MS);
+      this.watchTimer.unref();
+      void this.settled().then(() => clearInterval(this.watchTimer));
+    }
     const job: RankArgs = {
       rank,
       size: spec.size,
@@ -189,6 +208,7 @@ export class RankSet {
       argv: spec.argv,
       key: spec.key,
       machine: machineFacts(),
+      state,
     };
     const domSpec = {
       module: program,
@@ -197,6 +217,14 @@ export class RankSet {
       maxHeapMb: spec.maxHeapMb ?? DEFAULT_RANK_HEAP_MB,
       name: `rank${rank}`,
       output: "pipe" as const,
+      // Open MPI's variables, then what the user exported with -x.
+      env: {
+        OMPI_COMM_WORLD_RANK: String(rank),
+        OMPI_COMM_WORLD_SIZE: String(spec.size),
+        OMPI_COMM_WORLD_LOCAL_RANK: String(spec.ranks.indexOf(rank)),
+        OMPI_COMM_WORLD_LOCAL_SIZE: String(spec.ranks.length),
+        ...spec.env,
+      },
     };
     // A split rank is a guest without the fast path: its MX runs over its vif (MPI.init reads path).
     const dom =
@@ -278,6 +306,22 @@ export class RankSet {
   /** Ranks here and their domains' states. */
   status(): { rank: number; domid: number; state: string }[] {
     return [...this.domains].map(([rank, d]) => ({ rank, domid: d.domid, state: d.state }));
+  }
+
+  /**
+   * Where each rank here is (for a --timeout report): the call it blocks in, read from its
+   * call-state words, or how it ended.
+   */
+  states(): { rank: number; state: string }[] {
+    const now = Date.now();
+    return this.spec.ranks.map((rank) => {
+      const d = this.domains.get(rank);
+      const words = this.callStates.get(rank);
+      if (!d || !words) return { rank, state: "not started" };
+      if (d.state === "booting") return { rank, state: "starting" };
+      if (d.state !== "running") return { rank, state: d.state === "shutdown" ? "finished" : d.state };
+      return { rank, state: words.describe(now) };
+    });
   }
 
   /** Ranks still running. */

@@ -248,6 +248,7 @@ export class RemoteHost implements JobTarget {
       key: spec.key,
       pages: spec.pages,
       maxHeapMb: spec.maxHeapMb,
+      env: spec.env,
     }).then(() => undefined);
     return {
       started,
@@ -256,6 +257,10 @@ export class RemoteHost implements JobTarget {
       },
       stop: async () => {
         this.channel.send({ type: "stop", job } satisfies ClientMessage);
+      },
+      states: async () => {
+        const m = await this.request({ type: "states", id: 0, job });
+        return m.type === "states" ? m.ranks : [];
       },
     };
   }
@@ -309,6 +314,7 @@ export class RemoteHost implements JobTarget {
         return;
       }
       case "status":
+      case "states":
       case "snapshot":
       case "xenstore": {
         const p = this.pending.get(m.id);

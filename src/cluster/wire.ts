@@ -13,6 +13,7 @@
  *
  * Client → host: hello, auth, then link (make sure the NIC is linked to these peers), start
  * (ranks of a job, with the job's endpoint key), peers (the MPI address relay), stop (a job),
+ * states (where a job's ranks are: the call each blocks in, for --timeout),
  * status, snapshot (the host as src/host/snapshot.ts describes it), xenstore (a subtree),
  * ping.
  * Host → client: challenge, hello, then reply (to link/start), status, snapshot, xenstore,
@@ -98,6 +99,11 @@ const Start = z.strictObject({
     .max(1 << 20)
     .optional(),
   maxHeapMb: z.int().min(16).max(65536).optional(),
+  /** The ranks' process.env (myrixen run -x). */
+  env: z
+    .record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]{0,127}$/), z.string().max(65536))
+    .refine((e) => Object.keys(e).length <= 256, "at most 256 variables")
+    .optional(),
 });
 const Peers = z.strictObject({
   type: z.literal("peers"),
@@ -105,6 +111,8 @@ const Peers = z.strictObject({
   peers: z.array(z.strictObject({ nic: u32, endpoint: u32 })).max(MAX_RANKS),
 });
 const Stop = z.strictObject({ type: z.literal("stop"), job: jobId });
+/** Where a job's ranks on the host are (the launcher's --timeout report). */
+const StatesRequest = z.strictObject({ type: z.literal("states"), id: reqId, job: jobId });
 const StatusRequest = z.strictObject({ type: z.literal("status"), id: reqId });
 const SnapshotRequest = z.strictObject({ type: z.literal("snapshot"), id: reqId });
 /** Most XenStore nodes a reply carries (a longer listing is cut, and says so). */
@@ -124,6 +132,7 @@ export const ClientMessageSchema = z.discriminatedUnion("type", [
   Start,
   Peers,
   Stop,
+  StatesRequest,
   StatusRequest,
   SnapshotRequest,
   XenStoreRequest,
@@ -207,6 +216,11 @@ const Output = z.strictObject({
   stream: z.enum(["stdout", "stderr"]),
   line: z.string().max(MAX_OUTPUT_LINE + 64),
 });
+const StatesReply = z.strictObject({
+  type: z.literal("states"),
+  id: reqId,
+  ranks: z.array(z.strictObject({ rank, state: z.string().max(512) })).max(MAX_RANKS),
+});
 const Addr = z.strictObject({ type: z.literal("addr"), job: jobId, rank, nic: u32, endpoint: u32 });
 const Exit = z.strictObject({
   type: z.literal("exit"),
@@ -239,6 +253,7 @@ export const HostMessageSchema = z.discriminatedUnion("type", [
   SnapshotReply,
   XenStoreReply,
   Output,
+  StatesReply,
   Addr,
   Exit,
   Log,
@@ -310,6 +325,7 @@ export const CLIENT_TYPES = [
   "start",
   "peers",
   "stop",
+  "states",
   "status",
   "snapshot",
   "xenstore",
@@ -323,6 +339,7 @@ export const HOST_TYPES = [
   "snapshot",
   "xenstore",
   "output",
+  "states",
   "addr",
   "exit",
   "log",

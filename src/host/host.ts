@@ -63,6 +63,8 @@ export interface DomainSpec {
   transfer?: TransferListItem[];
   /** "pipe": stdout/stderr arrive as `domain.worker.stdout`/`.stderr` (a launcher prefixes them). */
   output?: "inherit" | "pipe";
+  /** The program's `process.env` (default: empty). */
+  env?: Record<string, string>;
   /**
    * Whether the guest gets the fast path (a myri device; default true). false = disabled by
    * policy: no myri device, so MyriFront.connect fails with its usual MX_NO_DEV error and the
@@ -257,6 +259,7 @@ export class Host {
       args: spec.args,
       transfer: spec.transfer,
       output: spec.output,
+      env: spec.env,
     });
     this.born.set(dom, Date.now());
     const ts = this.hypervisor.toolstack;
@@ -310,6 +313,7 @@ export class Host {
       args: { ...(user as object | undefined), myrixen: { port: port2, replyWord } },
       transfer: [port2, ...(spec.transfer ?? [])],
       output: spec.output,
+      env: spec.env,
     });
     this.born.set(dom, Date.now());
     this.send({ type: "attach-native", domid: dom.domid, endpoint: { port: port1, replyWord } }, [port1]);

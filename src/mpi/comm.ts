@@ -13,6 +13,7 @@
  * matching, so consecutive collectives need no sequence numbers. All calls block, like C MPI.
  */
 
+import { callCode, NONE, type RankStateWriter, RECEIVING, SENDING } from "../cluster/rank-state.js";
 import type { MxAddress, MxEndpoint, MxRequest, MxStatusInfo } from "../mx/endpoint.js";
 import type { Mx } from "../mx/mx.js";
 import { MxStatus } from "../nic/status.js";
@@ -73,6 +74,15 @@ interface SelfPost {
 }
 
 /** What every communicator of one rank shares: the endpoint, addresses, context counter. */
+/** Codes of the calls the --timeout report names (cluster/rank-state.ts CALL_NAMES). */
+const C_SEND = callCode("MPI_Send");
+const C_RECV = callCode("MPI_Recv");
+const C_WAIT = callCode("MPI_Wait");
+const C_WAITALL = callCode("MPI_Waitall");
+const C_WAITANY = callCode("MPI_Waitany");
+const C_SENDRECV = callCode("MPI_Sendrecv");
+const C_PROBE = callCode("MPI_Probe");
+
 export class Runtime {
   finalized = false;
   /** The next free context id (base; 0 is the world's). */
@@ -85,6 +95,8 @@ export class Runtime {
   readonly rankOf = new Map<MxAddress, number>();
   /** Messages rejected because their match bits claimed a rank their sender's address is not. */
   rejected = 0;
+  /** Where `myrixen run --timeout` reads which call this rank blocks in (cluster/rank-state.ts). */
+  callState: RankStateWriter | undefined = undefined;
 
   constructor(
     readonly mx: Mx,
@@ -277,12 +289,12 @@ export class Comm {
 
   /** Blocking send (returns once `buf` may be reused). */
   send(buf: MpiBuffer, dest: number, tag: number): void {
-    this.wait(this.isend(buf, dest, tag));
+    this.waitIn(C_SEND, this.isend(buf, dest, tag));
   }
 
   /** Blocking receive; source may be MPI.ANY_SOURCE, tag MPI.ANY_TAG. */
   recv(buf: MpiBuffer, source: number, tag: number): MpiStatus {
-    return this.wait(this.irecv(buf, source, tag));
+    return this.waitIn(C_RECV, this.irecv(buf, source, tag));
   }
 
   isend(buf: MpiBuffer, dest: number, tag: number): MpiRequest {
@@ -414,6 +426,11 @@ export class Comm {
 
   /** Blocks until the request completes; throws MpiError on truncation or a failed peer. */
   wait(req: MpiRequest): MpiStatus {
+    return this.waitIn(C_WAIT, req);
+  }
+
+  /** wait() on behalf of `call` (the name the --timeout report gives while it blocks). */
+  private waitIn(call: number, req: MpiRequest): MpiStatus {
     this.checkReq("wait", req);
     if (req.local) {
       req.active = false;
@@ -423,7 +440,15 @@ export class Comm {
       throw new MpiError(
         `MPI wait: a receive from this rank itself (tag ${req.tag}) has no matching send to self; waiting would block forever`,
       );
-    return this.finish(req, this.ep.wait(req.mx));
+    const cs = this.rt.callState;
+    if (cs === undefined || req.mx.done) return this.finish(req, this.ep.wait(req.mx));
+    const peer = req.peer >= 0 ? this.worldRanks[req.peer] : req.peer;
+    cs.block(call, req.kind === "send" ? SENDING : RECEIVING, peer, req.tag);
+    try {
+      return this.finish(req, this.ep.wait(req.mx));
+    } finally {
+      cs.unblock();
+    }
   }
 
   /** The status if the request has completed, else undefined (non-blocking). */
@@ -441,7 +466,7 @@ export class Comm {
   waitall(reqs: MpiRequest[]): MpiStatus[] {
     if (!Array.isArray(reqs)) throw new MpiError("MPI waitall: reqs must be an array of MpiRequest");
     for (const r of reqs) this.checkReq("waitall", r);
-    return reqs.map((r) => this.wait(r));
+    return reqs.map((r) => this.waitIn(C_WAITALL, r));
   }
 
   /** Completes one of the requests (skipping completed ones); which one and its status. */
@@ -466,7 +491,15 @@ export class Comm {
       if (blockOn < 0)
         throw new MpiError("MPI waitany: only receives from this rank itself remain, with no send to self");
       // Sleep on one request for at most 1 ms, then look at all of them again.
-      const s = this.ep.wait(reqs[blockOn].mx!, 1);
+      const b = reqs[blockOn];
+      this.rt.callState?.block(
+        C_WAITANY,
+        b.kind === "send" ? SENDING : RECEIVING,
+        b.peer >= 0 ? this.worldRanks[b.peer] : b.peer,
+        b.tag,
+      );
+      const s = this.ep.wait(b.mx!, 1);
+      this.rt.callState?.unblock();
       if (s) return { index: blockOn, status: this.finish(reqs[blockOn], s) };
     }
   }
@@ -481,8 +514,8 @@ export class Comm {
   ): MpiStatus {
     const r = this.irecv(rbuf, source, rtag);
     const s = this.isend(sbuf, dest, stag);
-    const st = this.wait(r);
-    this.wait(s);
+    const st = this.waitIn(C_SENDRECV, r);
+    this.waitIn(C_SENDRECV, s);
     return st;
   }
 
@@ -497,7 +530,13 @@ export class Comm {
         `MPI probe: no message from this rank itself (tag ${tag}) is queued; probing would block forever`,
       );
     const [hi, lo, mhi, mlo] = this.matchOf(s, t);
-    return this.probeStatus(this.ep.probe(0, hi, lo, mhi, mlo), type);
+    const cs = this.rt.callState;
+    cs?.block(C_PROBE, RECEIVING, s >= 0 ? this.worldRanks[s] : s, t);
+    try {
+      return this.probeStatus(this.ep.probe(0, hi, lo, mhi, mlo), type);
+    } finally {
+      cs?.unblock();
+    }
   }
 
   iprobe(source: number, tag: number, type?: { BYTES_PER_ELEMENT: number }): MpiStatus | undefined {
@@ -552,7 +591,17 @@ export class Comm {
   }
 
   private cwait(call: string, req: MxRequest, peer: number): void {
-    const s = this.ep.wait(req);
+    const cs = this.rt.callState;
+    let s: MxStatusInfo | undefined;
+    if (cs === undefined || req.done) s = this.ep.wait(req);
+    else {
+      cs.block(callCode(call), req.kind === "send" ? SENDING : RECEIVING, this.worldRanks[peer], NONE);
+      try {
+        s = this.ep.wait(req);
+      } finally {
+        cs.unblock();
+      }
+    }
     if (!s) throw new MpiError(`MPI ${call}: interrupted`);
     // Matched on (context, peer) bits: the address must be that peer's too.
     if (req.kind === "recv" && s.source !== undefined) this.sourceOf(call, s);
@@ -1160,6 +1209,7 @@ export class Comm {
     if (this.rt.finalized) return;
     this.rt.world.barrier();
     this.rt.finalized = true;
+    this.rt.callState?.finalized();
     this.rt.mx.finalize();
   }
 }

@@ -6,6 +6,7 @@
  * synchronizes. It returns the world communicator; everything else is on Comm (comm.ts).
  */
 import { isJobKey, type LauncherToRank, type RankToLauncher, rankArgs } from "../cluster/protocol.js";
+import { callCode, NONE, RECEIVING, rankStateWriter } from "../cluster/rank-state.js";
 import { Mx } from "../mx/mx.js";
 import type { Guest } from "../xen/guest/guest.js";
 import {
@@ -46,6 +47,8 @@ async function init(guest: Guest): Promise<Comm> {
     if (ep.fallbackReason !== undefined && job.path !== "split")
       console.error(`MPI rank ${rank}: running on the split path: ${ep.fallbackReason}`);
     guest.send({ type: "mpi-addr", rank, nic: ep.nicId, endpoint: ep.endpointId } satisfies RankToLauncher);
+    const callState = rankStateWriter(job.state);
+    callState?.block(callCode("MPI_Init"), RECEIVING, NONE, NONE);
     let peers: LauncherToRank["peers"];
     for (;;) {
       const m = (await guest.nextMessage()) as Partial<LauncherToRank> | undefined;
@@ -65,7 +68,10 @@ async function init(guest: Guest): Promise<Comm> {
       rank,
     );
     rt.world = world;
+    // Init's own barrier counts as MPI_Init in the --timeout report.
     world.barrier();
+    rt.callState = callState;
+    callState?.unblock();
     return world;
   } catch (e) {
     mx.finalize();

@@ -41,6 +41,7 @@ import {
   checkConfig,
   Domain,
   type DomainConfig,
+  envOf,
   type GuestBootData,
   type GuestControlMessage,
   toModuleUrl,
@@ -154,6 +155,7 @@ export class Hypervisor {
       asyncPort: async.port2,
       moduleUrl,
       image,
+      env: envOf(config.env),
       args: c.args,
     };
     let worker: Worker;
@@ -186,6 +188,10 @@ export class Hypervisor {
         dom.emit("running");
       } else if (m.type === "user") {
         dom.deliver(m.data);
+      } else if (m.type === "output") {
+        // Into the worker's own stdio stream: piped or inherited as Node does it, in order.
+        const s = m.stream === "stderr" ? worker.stderr : worker.stdout;
+        if (typeof m.text === "string" && !s.readableEnded && !s.destroyed) s.push(m.text);
       } else if (m.type === "exit") {
         this.stopDomain(dom, "shutdown", { result: m.result });
       } else if (m.type === "crash") {

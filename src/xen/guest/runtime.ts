@@ -71,6 +71,31 @@ function takeNativeLink(boot: GuestBootData): {
 const port = parentPort!;
 const boot = workerData as GuestBootData;
 const post = (m: GuestControlMessage) => port.postMessage(m);
+
+/**
+ * The worker's stdout/stderr as control messages, each posted when written. Node's own worker
+ * stdio posts one chunk and holds the rest until the host acknowledges it on the worker's event
+ * loop, so a guest that prints three lines and then blocks in a synchronous wait would show one
+ * (and lose two if it is then stopped). A posted message is queued at once, and it precedes the
+ * domain's exit or crash message on the same port, so no line is held back or lost.
+ */
+function routeStdio(stream: NodeJS.WriteStream, name: "stdout" | "stderr"): void {
+  const decoder = new TextDecoder();
+  stream.write = ((chunk: unknown, encoding?: unknown, cb?: unknown) => {
+    const done = typeof encoding === "function" ? encoding : cb;
+    const text =
+      typeof chunk === "string"
+        ? chunk
+        : chunk instanceof Uint8Array
+          ? decoder.decode(chunk, { stream: true })
+          : String(chunk);
+    if (text.length > 0) post({ type: "output", stream: name, text });
+    if (typeof done === "function") queueMicrotask(() => (done as () => void)());
+    return true;
+  }) as NodeJS.WriteStream["write"];
+}
+routeStdio(process.stdout, "stdout");
+routeStdio(process.stderr, "stderr");
 const { args, native } = takeNativeLink(boot);
 const guest = new Guest({ ...boot, args }, { toHost: (m) => port.postMessage(m), native });
 port.on("message", (m: { type: string; data?: unknown; domid?: number }) => {
@@ -82,7 +107,7 @@ port.on("message", (m: { type: string; data?: unknown; domid?: number }) => {
 
 try {
   const main = boot.image
-    ? await loadSandboxedProgram(boot.image, (code) => process.exit(code))
+    ? await loadSandboxedProgram(boot.image, (code) => process.exit(code), boot.env)
     : await loadTrustedProgram(boot.moduleUrl);
   post({ type: "running" });
   guest.holdEventLoop(true);

@@ -371,7 +371,7 @@ function guestConsole() {
  * `process` for a guest: `exit(code)` ends the guest's own domain (as `process.exit` ends a
  * worker); anything else says it is not there. The exit code of a program is `main`'s return.
  */
-function processStub(exit: (code: number) => never) {
+function processStub(exit: (code: number) => never, env: Record<string, string>) {
   const target = Object.freeze({
     exit(code?: unknown) {
       const n = code === undefined ? 0 : Number(code);
@@ -383,6 +383,7 @@ function processStub(exit: (code: number) => never) {
   return new Proxy(target, {
     get(t, key) {
       if (key === "exit") return t.exit;
+      if (key === "env") return env;
       // Symbols (inspection, coercion) and `then` (an await of it) find nothing.
       if (typeof key === "symbol" || key === "then") return undefined;
       throw unavailable(`process.${key}`, "; a program's exit code is what main(guest) returns");
@@ -393,7 +394,11 @@ function processStub(exit: (code: number) => never) {
   });
 }
 
-function endowments(harden: Ses["harden"], exit: (code: number) => never): Record<string, unknown> {
+function endowments(
+  harden: Ses["harden"],
+  exit: (code: number) => never,
+  env: Record<string, string>,
+): Record<string, unknown> {
   const perf = host.performance;
   const crypto = host.crypto;
   return {
@@ -417,7 +422,7 @@ function endowments(harden: Ses["harden"], exit: (code: number) => never): Recor
     // deterministic consensus, not here); numeric guests (NAS) live on them.
     Float32Array: host.Float32Array,
     Float64Array: host.Float64Array,
-    process: processStub(exit),
+    process: processStub(exit, harden({ ...env })),
     require: (spec: unknown) => {
       throw unavailable(`require("${String(spec)}")`, "; import modules with import statements");
     },
@@ -440,6 +445,7 @@ interface ModuleRecord {
 export async function loadSandboxedProgram(
   image: GuestImage,
   exit: (code: number) => never,
+  env: Record<string, string> = {},
 ): Promise<GuestMain> {
   // The library first, by Node's own loader: one copy, the one every library module shares.
   const library = new Map<string, unknown>();
@@ -451,7 +457,7 @@ export async function loadSandboxedProgram(
       }
 
   const { harden, Compartment } = await lockdownRealm();
-  const compartment = new Compartment({ globals: endowments(harden, exit), __options__: true });
+  const compartment = new Compartment({ globals: endowments(harden, exit, env), __options__: true });
   const g = compartment.globalThis;
   for (const name of ABSENT)
     Object.defineProperty(g, name, {

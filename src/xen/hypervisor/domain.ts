@@ -47,6 +47,8 @@ export interface DomainConfig {
   native?: boolean;
   /** "pipe": the guest's stdout/stderr become `domain.stdout`/`domain.stderr` streams (a launcher prefixes them). */
   output?: "inherit" | "pipe";
+  /** What the guest program sees as `process.env` (default: nothing; a guest has no host environment). */
+  env?: Record<string, string>;
 }
 
 export interface DomainExit {
@@ -71,6 +73,8 @@ export interface GuestBootData {
   moduleUrl: string;
   /** The program compiled for the sandbox (guest/loader.ts); absent for the privileged domain, which runs unsandboxed. */
   image?: GuestImage;
+  /** The sandboxed program's `process.env` (DomainConfig.env). */
+  env?: Record<string, string>;
   args: unknown;
 }
 
@@ -79,7 +83,9 @@ export type GuestControlMessage =
   | { type: "running" }
   | { type: "exit"; result: unknown }
   | { type: "crash"; error: { name: string; message: string; stack?: string } }
-  | { type: "user"; data: unknown };
+  | { type: "user"; data: unknown }
+  /** What the guest wrote to its stdout/stderr (guest/runtime.ts routeStdio). */
+  | { type: "output"; stream: "stdout" | "stderr"; text: string };
 
 /** A running (or stopped) domain, as the host sees it. */
 export class Domain extends EventEmitter {
@@ -175,8 +181,18 @@ export function toModuleUrl(module: string | URL): string {
   return pathToFileURL(module).href;
 }
 
+/** A guest's environment: string names and values only (anything else is left out). */
+export function envOf(env: unknown): Record<string, string> | undefined {
+  if (env === null || typeof env !== "object") return undefined;
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(env)) if (typeof v === "string") out[k] = v;
+  return out;
+}
+
 /** Validates a createDomain config; throws a TypeError/RangeError naming the bad field. */
-export function checkConfig(c: DomainConfig): Required<Omit<DomainConfig, "args" | "name" | "output">> & {
+export function checkConfig(c: DomainConfig): Required<
+  Omit<DomainConfig, "args" | "name" | "output" | "env">
+> & {
   name?: string;
   args: unknown;
   pipe: boolean;
