@@ -33,6 +33,7 @@ import { RANK_PATHS, type RankPath } from "../cluster/wire.js";
 import type { Dashboard } from "../dashboard/server.js";
 import { Host } from "../host/host.js";
 import { type EmbeddedObservation, observeEmbedded } from "./embedded.js";
+import { prepareRunReport, type RunReport, RunReportUsageError } from "./run-report.js";
 
 export { BUILTIN_PROGRAMS, resolveProgram };
 
@@ -58,6 +59,8 @@ export interface RunOptions {
   env?: NodeJS.ProcessEnv;
   /** Serve the live dashboard of the job's hosts here while it runs. */
   dashboard?: HostAddress;
+  /** osu-*, nas-*: write DIR/bench.json and DIR/bench.html (run-report.ts). */
+  out?: string;
 }
 
 const err = (line: string) => process.stderr.write(`myrixen run: ${line}\n`);
@@ -131,6 +134,12 @@ export async function runCommand(program: string, argv: string[], o: RunOptions)
   if (!MAP_BY.includes(mapBy))
     throw new RunUsageError(`--map-by must be one of ${MAP_BY.join(", ")}, got "${o.mapBy}"`);
   const chosen = chooseHosts(o);
+  let report: RunReport | undefined;
+  try {
+    report = o.out === undefined ? undefined : prepareRunReport(program, argv, o.out);
+  } catch (e) {
+    throw e instanceof RunReportUsageError ? new RunUsageError(e.message) : e;
+  }
 
   let targets: JobTarget[];
   let cleanup: () => Promise<void>;
@@ -204,7 +213,7 @@ export async function runCommand(program: string, argv: string[], o: RunOptions)
     n,
     path: o.path as RankPath,
     program: programRef,
-    argv,
+    argv: report?.argv ?? argv,
     pages: o.pages,
     mapBy,
     oversubscribe: o.oversubscribe,
@@ -228,6 +237,14 @@ export async function runCommand(program: string, argv: string[], o: RunOptions)
     const r = await job.run();
     if (r.failed) err(describeFailure(r.failed, r.lostHosts));
     if (interrupted) return 130;
+    if (report) {
+      const [line] = report.finish(r, o.path);
+      if (line.startsWith("--out:")) {
+        err(line);
+        return r.exitCode || 1;
+      }
+      note(line);
+    }
     return r.exitCode;
   } catch (e) {
     if (e instanceof JobSetupError) {
@@ -239,6 +256,7 @@ export async function runCommand(program: string, argv: string[], o: RunOptions)
   } finally {
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);
+    report?.cleanup();
     await cleanup();
   }
 }
