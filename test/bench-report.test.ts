@@ -263,7 +263,12 @@ test("each plot has its ratios beside it: quotients of the medians, one table pe
 
 test("the papers' and peers' figures: Xen2MX's split/bypass and bypass/native, Open MPI only with its rows", () => {
   const rep = loadFixture();
-  const row = (transport: string, scope: "intra-host" | "cross-host", bytes: number, median: number): BenchRow => ({
+  const row = (
+    transport: string,
+    scope: "intra-host" | "cross-host",
+    bytes: number,
+    median: number,
+  ): BenchRow => ({
     bench: "osu-latency",
     transport,
     scope,
@@ -284,7 +289,7 @@ test("the papers' and peers' figures: Xen2MX's split/bypass and bypass/native, O
     row("split", "cross-host", 64, 400),
   ];
   const html = renderHtmlReport({ ...rep, rows });
-  const comps = tags(html, "tr", "comparison");
+  const comps = tags(html, "div", "comparison");
   const split = comps.find((c) => c["data-pair"] === "split/bypass" && c["data-bench"] === "osu-latency");
   assert.ok(split, "split/bypass compared with Xen2MX");
   assert.equal(split["data-bytes"], "8", "small messages: 8 B");
@@ -299,7 +304,7 @@ test("the papers' and peers' figures: Xen2MX's split/bypass and bypass/native, O
   // Open MPI: nothing without openmpi rows; bypass/openmpi once they exist.
   assert.ok(!html.includes("Open MPI"));
   const withOmpi = renderHtmlReport({ ...rep, rows: [...rows, row("openmpi", "cross-host", 8, 55)] });
-  const ompi = tags(withOmpi, "tr", "comparison").find((c) => c["data-pair"] === "bypass/openmpi");
+  const ompi = tags(withOmpi, "div", "comparison").find((c) => c["data-pair"] === "bypass/openmpi");
   assert.ok(ompi);
   assert.equal(Number(ompi["data-value"]), 2);
   assert.match(withOmpi, /Open MPI 4\.1 on this kind of 2-core machine/);
@@ -346,7 +351,9 @@ test("every series of a plot is distinguishable: its own marker, dash and colour
   // The legend's longest label fits in the SVG (never clipped).
   const svg = tags(ping.body, "svg")[0];
   const width = Number(svg.width);
-  const entry = ping.body.match(/<g class="legend-entry" data-key="a-transport[^"]*">[\s\S]*?<text x="([\d.]+)"/);
+  const entry = ping.body.match(
+    /<g class="legend-entry" data-key="a-transport[^"]*">[\s\S]*?<text x="([\d.]+)"/,
+  );
   assert.ok(entry);
   assert.ok(Number(entry[1]) + unknown.length * 12 * 0.6 <= width, "legend label inside the SVG");
 });
@@ -365,12 +372,18 @@ test("a group of baselines alone is not plotted; a result at one size (NAS) is a
     runs: 3,
   });
   const intra = rep.rows.filter((r) => r.scope === "intra-host" || r.transport === "raw-tcp");
-  const html = renderHtmlReport({ ...rep, rows: [...intra, nas("native", 45), nas("bypass", 44), nas("split", 12)] });
+  const html = renderHtmlReport({
+    ...rep,
+    rows: [...intra, nas("native", 45), nas("bypass", 44), nas("split", 12)],
+  });
   assert.ok(
     !figures(html, "plot").some((f) => f.attrs["data-scope"] === "cross-host"),
     "raw-tcp alone makes no plot",
   );
-  assert.match(html, /Measured alone, so not plotted \(see the rows below\): pingpong raw-tcp \(cross-host\)/);
+  assert.match(
+    html,
+    /Measured alone, so not plotted \(see the rows below\): pingpong raw-tcp \(cross-host\)/,
+  );
   const bars = figures(html, "bars");
   assert.equal(bars.length, 1);
   assert.equal(bars[0].attrs["data-bench"], "nas-ep.S");

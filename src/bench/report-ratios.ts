@@ -15,7 +15,6 @@ import {
   type Scope,
 } from "./harness.js";
 import { escapeHtml as esc } from "./report-style.js";
-import { METRIC_NOUN } from "./report-svg.js";
 
 export interface RatioPair {
   a: string;
@@ -89,9 +88,7 @@ export function computeRatios(rows: readonly BenchRow[]): Ratio[] {
 
 /** What a ratio above 1 means for a metric. */
 function direction(metric: Metric): string {
-  return metric === "latency_us"
-    ? "> 1: first is slower"
-    : `< 1: first is slower (less ${METRIC_NOUN[metric]})`;
+  return metric === "latency_us" ? "> 1: first is slower" : "< 1: first is slower";
 }
 
 /**
@@ -106,8 +103,8 @@ export function ratioTable(rows: readonly BenchRow[]): string {
   const single = new Set(rows.map((r) => r.bytes)).size === 1;
   const out = [
     `<table class="ratio-table"><caption>a / b of medians; ${esc(direction(rows[0].metric))}</caption><thead><tr>`,
-    single ? "" : "<th>size</th>",
-    ...pairs.map((p) => `<th>${esc(p.replace("/", " / "))}</th>`),
+    single ? "" : '<th class="size">size</th>',
+    ...pairs.map((p) => `<th>${p.split("/").map(esc).join("<br>/ ")}</th>`),
     "</tr></thead><tbody>",
   ];
   let anyShaky = false;
@@ -215,25 +212,29 @@ export function comparisonSection(rows: readonly BenchRow[]): string {
   for (const c of COMPARISONS) {
     const mine = ratios.filter((r) => r.pair === `${c.a}/${c.b}` && r.metric === c.metric);
     const groups = [...new Set(mine.map((r) => `${r.bench}\u0000${r.scope}`))];
-    for (const g of groups) {
+    if (groups.length === 0) continue;
+    const ours = groups.map((g) => {
       const inGroup = mine.filter((r) => `${r.bench}\u0000${r.scope}` === g);
-      const pick =
+      const r =
         c.at === "small"
-          ? (inGroup.find((r) => r.bytes === 8) ??
-            inGroup.filter((r) => r.bytes > 0).sort((x, y) => x.bytes - y.bytes)[0] ??
+          ? (inGroup.find((x) => x.bytes === 8) ??
+            inGroup.filter((x) => x.bytes > 0).sort((x, y) => x.bytes - y.bytes)[0] ??
             inGroup[0])
           : inGroup.sort((x, y) => y.bytes - x.bytes)[0];
-      const r = pick;
-      const ours =
+      const text =
         `${fmtRatio(r.value)}${r.shaky ? "?" : ""} (${r.bench}, ${r.scope}, ${formatBytes(r.bytes)}: ` +
         `${formatValue(r.metric, r.a.median)} vs ${formatValue(r.metric, r.b.median)})`;
-      lines.push(
-        `<tr class="comparison" data-pair="${esc(r.pair)}" data-bench="${esc(r.bench)}" data-scope="${esc(r.scope)}" ` +
-          `data-bytes="${r.bytes}" data-value="${r.value}"${c.theirRatio === undefined ? "" : ` data-theirs="${c.theirRatio}"`}>` +
-          `<td>${esc(c.what)}</td><td class="n">${c.theirRatio === undefined ? "—" : fmtRatio(c.theirRatio)}</td>` +
-          `<td>${esc(c.theirs)}</td><td class="ours">${esc(ours)}</td></tr>`,
+      return (
+        `<div class="comparison" data-pair="${esc(r.pair)}" data-bench="${esc(r.bench)}" data-scope="${esc(r.scope)}" ` +
+        `data-bytes="${r.bytes}" data-value="${r.value}"${c.theirRatio === undefined ? "" : ` data-theirs="${c.theirRatio}"`}>` +
+        `${esc(text)}</div>`
       );
-    }
+    });
+    lines.push(
+      `<tr><td>${esc(c.what)}<br><span class="hint">${esc(direction(c.metric))}</span></td>` +
+        `<td class="n">${c.theirRatio === undefined ? "—" : fmtRatio(c.theirRatio)}</td>` +
+        `<td>${esc(c.theirs)}</td><td class="ours">${ours.join("")}</td></tr>`,
+    );
   }
   if (lines.length === 0) return "";
   return [

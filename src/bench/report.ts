@@ -45,7 +45,7 @@ function isBaseline(transport: string): boolean {
 
 // ---- sections ---------------------------------------------------------------------------
 
-function machineSection(m: MachineInfo): string {
+function machineSection(m: MachineInfo, manyRuns: boolean): string {
   const gib = (m.totalMemBytes / 2 ** 30).toFixed(1);
   const load = (l: readonly number[] | undefined) => (l ? l.join(" / ") : "—");
   const items: [string, string][] = [
@@ -58,7 +58,7 @@ function machineSection(m: MachineInfo): string {
     ["load at end (1/5/15 min)", load(m.loadavgEnd)],
     ["date", m.date],
   ];
-  if (m.maxSpread !== undefined) items.push(["largest max/min spread", `${m.maxSpread}×`]);
+  if (m.maxSpread !== undefined && manyRuns) items.push(["largest max/min spread", `${m.maxSpread}×`]);
   const banner = m.noisy
     ? `<div class="noisy-banner" role="alert"><strong>Noisy machine:</strong> ${esc(m.noiseReason ?? "unknown reason")}. Times are unreliable here, and a ratio marked ? compares cells whose runs disagree: rerun on a quieter machine before quoting figures.</div>\n`
     : "";
@@ -103,7 +103,7 @@ figure { margin: 20px 0 28px; } figcaption { color: #555; font-size: 13px; }
 .ratios-aside { flex: 0 0 auto; max-width: 100%; }
 table.ratio-table { width: auto; font-size: 12px; }
 table.ratio-table caption { caption-side: top; text-align: left; color: #555; font-size: 12px; padding-bottom: 4px; }
-table.ratio-table th, table.ratio-table td { padding: 2px 8px; }
+table.ratio-table th, table.ratio-table td { padding: 2px 8px; } table.ratio-table th { text-align: right; font-weight: 600; } table.ratio-table th.size { text-align: left; }
 td.shaky { color: #a15c00; } .shaky-note { color: #a15c00; font-size: 12px; max-width: 320px; }
 td.none { color: #bbb; }
 svg.chart { max-width: 100%; height: auto; font: 12px system-ui, sans-serif; background: #fff; }
@@ -115,13 +115,14 @@ svg .axis-break { stroke: #444; fill: none; } svg .bar-total { font-size: 11px; 
 table { border-collapse: collapse; width: 100%; font-size: 13px; }
 th, td { border-bottom: 1px solid #eee; padding: 3px 8px; text-align: left; vertical-align: top; }
 td.n { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-.comparisons td.ours { white-space: normal; }
+.comparisons .hint { color: #777; font-size: 12px; } .comparisons div.comparison { margin-bottom: 2px; }
 details.rows summary { cursor: pointer; font-size: 19px; margin-top: 32px; border-bottom: 1px solid #ddd; }
 `;
 
 /** Render the whole report as one self-contained HTML document. */
 export function renderHtmlReport(report: BenchReport, opts: HtmlReportOptions = {}): string {
   const rows = report.rows as readonly BreakdownRow[];
+  const manyRuns = rows.some((r) => r.runs > 1);
   const title = opts.title ?? "MyriXen benchmark report";
   const groups = new Map<string, BenchRow[]>();
   const breakdowns = new Map<string, BreakdownRow[]>();
@@ -168,8 +169,12 @@ export function renderHtmlReport(report: BenchReport, opts: HtmlReportOptions = 
     `<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">`,
     `<title>${esc(title)}</title><style>${CSS}</style></head><body>`,
     `<h1>${esc(title)}</h1>`,
-    `<p class="summary">${counts.join(", ")}. Every figure is a median over repeated runs (whiskers: min–max); each ratio divides two medians of the same bench, scope and size from this run.</p>`,
-    machineSection(report.machine),
+    `<p class="summary">${counts.join(", ")}. ${
+      manyRuns
+        ? "Every figure is the median of repeated runs (whiskers: min–max)"
+        : "One run per figure (no medians: the whiskers show the spread over ranks, if any)"
+    }; each ratio divides two figures of the same bench, scope and size from this run.</p>`,
+    machineSection(report.machine, manyRuns),
     comparisonSection(rows.filter((r) => !isBreakdown(r))),
     `<section class="plots"><h2>Plots</h2>`,
     plots.length + bars.length > 0 ? [...plots, ...bars].join("\n") : "<p>No rows to plot.</p>",
