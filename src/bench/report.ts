@@ -102,7 +102,7 @@ figure { margin: 20px 0 28px; } figcaption { color: #555; font-size: 13px; }
 .plot-svg { flex: 0 1 auto; min-width: 0; }
 .ratios-aside { flex: 0 0 auto; max-width: 100%; }
 table.ratio-table { width: auto; font-size: 12px; }
-table.ratio-table caption { caption-side: top; text-align: left; color: #555; font-size: 12px; padding-bottom: 4px; }
+table.ratio-table caption { caption-side: top; text-align: left; color: #555; font-size: 12px; padding-bottom: 4px; white-space: nowrap; }
 table.ratio-table th, table.ratio-table td { padding: 2px 8px; } table.ratio-table th { text-align: right; font-weight: 600; } table.ratio-table th.size { text-align: left; }
 td.shaky { color: #a15c00; } .shaky-note { color: #a15c00; font-size: 12px; max-width: 320px; }
 td.none { color: #bbb; }
