@@ -62,7 +62,7 @@ export function buildProgram(): Command {
   program
     .command("start")
     .description(
-      "the main job (npm start): NAS EP and OSU latency/bandwidth on a virtual cluster, native vs bypass",
+      "the main job (npm start): NAS EP and OSU latency/bandwidth on a virtual cluster, native vs bypass vs split (medians of --runs)",
     )
     .option(
       "--dashboard [addr:port]",
