@@ -1,6 +1,8 @@
 // Browser test of the HTML benchmark report: opens the written file (file://) in Debian's
 // headless chromium through playwright-core and checks with the DOM that every plot really
-// draws its lines, markers and legend. Skips when chromium or playwright-core is missing.
+// draws its lines, markers and legend, that no legend label is clipped, that the ratio tables
+// stand beside their plots and that one-size results (NAS) are drawn as bars. Skips when
+// chromium or playwright-core is missing. MYRIXEN_KEEP_SCREENSHOTS=1 keeps the screenshots.
 
 import assert from "node:assert/strict";
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
@@ -40,8 +42,15 @@ interface El {
   textContent: string | null;
   querySelector(sel: string): El | null;
   querySelectorAll(sel: string): Iterable<El> & { length: number };
-  getBoundingClientRect(): { width: number; height: number };
-  getBBox(): { width: number; height: number };
+  getBoundingClientRect(): {
+    left: number;
+    right: number;
+    top: number;
+    bottom: number;
+    width: number;
+    height: number;
+  };
+  getBBox(): { x: number; y: number; width: number; height: number };
   viewBox: { baseVal: { x: number; y: number; width: number; height: number } };
   points: { numberOfItems: number; getItem(i: number): { x: number; y: number } };
 }
@@ -52,6 +61,12 @@ interface PlotCheck {
   lines: { transport: string; points: number; width: number; height: number; inside: boolean }[];
   markers: number;
   legend: string[];
+  /** Legend labels whose box leaves the SVG's viewBox (clipped). */
+  clipped: string[];
+  /** The ratio table's box against the SVG's: to the right of it and overlapping it vertically. */
+  tableBeside: boolean | undefined;
+  bars: number;
+  barsVisible: boolean;
   segments: number;
   segmentsVisible: boolean;
 }
@@ -69,7 +84,26 @@ test("the HTML report draws its plots in headless chromium", { timeout: 180_000 
     return;
   }
   const dir = mkdtempSync(join(tmpdir(), "myrixen-report-browser-"));
-  const report = loadFixture();
+  const fixture = loadFixture();
+  // The fixture, plus what npm start adds: the split path and a NAS kernel measured at one size.
+  const nas = (transport: string, mops: number) => ({
+    bench: "nas-ep.S",
+    transport,
+    scope: "cross-host" as const,
+    bytes: 0,
+    metric: "ops_per_s" as const,
+    median: mops * 1e6,
+    min: mops * 0.95e6,
+    max: mops * 1.05e6,
+    runs: 3,
+  });
+  const split = fixture.rows
+    .filter((r) => r.bench === "pingpong" && r.scope === "intra-host" && r.transport === "bypass")
+    .map((r) => ({ ...r, transport: "split", median: r.median * 40, min: r.min * 40, max: r.max * 40 }));
+  const report = validateReport({
+    ...fixture,
+    rows: [...fixture.rows, ...split, nas("native", 45), nas("bypass", 44), nas("split", 12)],
+  });
   const file = join(dir, "report.html");
   writeHtmlReport(file, report);
   const context = await pw.chromium.launchPersistentContext(join(dir, "profile"), {
@@ -77,7 +111,7 @@ test("the HTML report draws its plots in headless chromium", { timeout: 180_000 
     headless: true,
     args: FLAGS,
     timeout: 60_000,
-    viewport: { width: 1100, height: 900 },
+    viewport: { width: 1240, height: 900 },
   });
   try {
     context.setDefaultTimeout(30_000);
@@ -94,7 +128,7 @@ test("the HTML report draws its plots in headless chromium", { timeout: 180_000 
     const checks: PlotCheck[] = await page.evaluate(() => {
       const doc = (globalThis as unknown as { document: El }).document;
       const out: PlotCheck[] = [];
-      for (const fig of doc.querySelectorAll("figure.plot, figure.breakdown")) {
+      for (const fig of doc.querySelectorAll("figure.plot, figure.breakdown, figure.bars")) {
         const svg = fig.querySelector("svg")!;
         const box = svg.getBoundingClientRect();
         const vb = svg.viewBox.baseVal;
@@ -112,12 +146,29 @@ test("the HTML report draws its plots in headless chromium", { timeout: 180_000 
           };
         });
         const segs = [...fig.querySelectorAll("rect.segment")];
+        const clipped = [...fig.querySelectorAll(".legend-entry text, .bar-label, .bar-total")]
+          .filter((e) => {
+            const b = e.getBBox();
+            return (
+              b.x < vb.x || b.y < vb.y || b.x + b.width > vb.x + vb.width || b.y + b.height > vb.y + vb.height
+            );
+          })
+          .map((e) => e.textContent ?? "");
+        const table = fig.querySelector("table.ratio-table");
+        const t = table?.getBoundingClientRect();
+        const barRects = [...fig.querySelectorAll("rect.bar-fill")];
         out.push({
           id: fig.id,
           svgSize: [box.width, box.height],
           lines,
-          markers: fig.querySelectorAll("circle.marker").length,
+          markers: fig.querySelectorAll(".series .marker").length,
           legend: [...fig.querySelectorAll(".legend-entry text")].map((e) => e.textContent ?? ""),
+          clipped,
+          tableBeside: t
+            ? t.left >= box.left + box.width - 1 && t.top < box.bottom && t.bottom > box.top
+            : undefined,
+          bars: barRects.length,
+          barsVisible: barRects.every((r) => r.getBBox().width > 0 && r.getBBox().height > 0),
           segments: segs.length,
           segmentsVisible: segs.every((s) => s.getBBox().width > 0 && s.getBBox().height > 0),
         });
@@ -126,16 +177,25 @@ test("the HTML report draws its plots in headless chromium", { timeout: 180_000 
     });
 
     const rows = report.rows as (BenchReport["rows"][number] & { stage?: string })[];
-    const lineRows = rows.filter((r) => r.bench !== "breakdown");
+    const lineRows = rows.filter((r) => r.bench !== "breakdown" && r.bench !== "nas-ep.S");
     const groups = new Set(lineRows.map((r) => `${r.bench}|${r.scope}|${r.metric}`));
     const plots = checks.filter((c) => c.id.startsWith("plot-"));
     const bars = checks.filter((c) => c.id.startsWith("breakdown-"));
+    const nasBars = checks.filter((c) => c.id.startsWith("bars-"));
     assert.equal(plots.length, groups.size);
     assert.equal(bars.length, 1);
+    assert.equal(nasBars.length, 1);
+    assert.equal(nasBars[0].bars, 3);
+    assert.ok(nasBars[0].barsVisible, "every NAS bar is visible");
     for (const c of checks) {
       assert.ok(c.svgSize[0] > 100 && c.svgSize[1] > 100, `${c.id} is laid out: ${c.svgSize}`);
-      assert.ok(c.legend.length > 0, `${c.id} has a legend`);
+      if (!c.id.startsWith("bars-")) assert.ok(c.legend.length > 0, `${c.id} has a legend`);
+      assert.deepEqual(c.clipped, [], `${c.id}: labels inside the SVG`);
     }
+    // Every plot with a pair of transports has its ratio table beside it (the page is wide enough).
+    for (const c of [...plots, ...nasBars])
+      if (c.tableBeside !== undefined) assert.ok(c.tableBeside, `${c.id}: ratios beside`);
+    assert.ok(plots.filter((c) => c.tableBeside).length >= 3, "ratio tables beside the plots");
     for (const c of plots) {
       assert.ok(c.lines.length > 0, `${c.id} has lines`);
       let union = 0;

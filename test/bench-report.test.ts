@@ -207,16 +207,18 @@ test("the latency breakdown stacks one segment per stage in first-appearance ord
   assert.ok(!figures(html, "plot").some((f) => f.attrs["data-bench"] === "breakdown"));
 });
 
-test("the ratios are stated in numbers and words, computed from the medians", () => {
+test("each plot has its ratios beside it: quotients of the medians, one table per plot", () => {
   const rep = loadFixture();
   const html = renderHtmlReport(rep);
   const rows = (rep.rows as Row[]).filter((r) => !isBreakdown(r));
   const pairs: [string, string, string?][] = [
     ["bypass", "native"],
     ["split", "bypass"],
+    ["bypass", "openmpi"],
     ["bypass", "raw-sab"],
     ["postmessage", "bypass"],
     ["bypass", "raw-tcp", "cross-host"],
+    ["bypass", "raw-chain", "cross-host"],
     ["evtchn", "raw-sab"],
   ];
   const expected = new Map<string, number>();
@@ -226,81 +228,176 @@ test("the ratios are stated in numbers and words, computed from the medians", ()
       if (rb) expected.set(`${a}/${b}|${gkey(ra)}|${ra.bytes}`, ra.median / rb.median);
     }
   }
-  const shown = html.match(/<li class="ratio"[^>]*>[\s\S]*?<\/li>/g) ?? [];
   const got = new Map<string, number>();
-  for (const li of shown) {
-    const a = attrs(li.slice(0, li.indexOf(">") + 1));
-    const v = Number(a["data-value"]);
-    got.set(
-      `${a["data-pair"]}|${gkey({ bench: a["data-bench"], scope: a["data-scope"], metric: a["data-metric"] })}|${a["data-bytes"]}`,
-      v,
-    );
-    assert.ok(li.includes(`= ${v.toFixed(2)}×`), `ratio number shown: ${li}`);
-    assert.ok(li.includes(`has ${v.toFixed(2)}× the`), `ratio in words: ${li}`);
+  for (const fig of figures(html, "plot")) {
+    for (const td of tags(fig.body, "td").filter((t) => t.class?.includes("ratio"))) {
+      // Each table sits in the figure of its own rows.
+      assert.equal(td["data-bench"], fig.attrs["data-bench"]);
+      assert.equal(td["data-scope"], fig.attrs["data-scope"]);
+      got.set(
+        `${td["data-pair"]}|${gkey({ bench: td["data-bench"], scope: td["data-scope"], metric: td["data-metric"] })}|${td["data-bytes"]}`,
+        Number(td["data-value"]),
+      );
+    }
   }
   assert.deepEqual(got, expected);
-  // Spot checks against hand-computed values.
+  // Spot checks against hand-computed values, and the number as shown.
   assert.equal(got.get("bypass/native|pingpong|intra-host|latency_us|1048576"), 110.5 / 152.2);
   assert.equal(got.get("evtchn/raw-sab|substrate|intra-host|ops_per_s|0"), 0.5);
   assert.ok(got.has("bypass/raw-tcp|pingpong|cross-host|latency_us|8"));
-  assert.ok(![...got.keys()].some((k) => k.startsWith("split/")), "no split rows, no split ratio");
-  assert.match(
-    html,
-    /At 1 MiB, bypass has 0\.73× the latency of native \(110\.50 µs vs 152\.20 µs\): 27% lower\./,
-  );
-  assert.match(html, /At 8 B, postmessage has 18\.00× the latency of bypass \(6\.30 µs vs 0\.35 µs\)\./);
+  assert.match(html, /data-pair="postmessage\/bypass"[^>]*data-bytes="8"[^>]*>18\.0×</);
+  assert.match(html, /data-pair="bypass\/native"[^>]*data-bytes="1048576"[^>]*>0\.73×</);
+  // No wordy bullets and no internal targets.
+  assert.ok(!html.includes('<li class="ratio"'));
+  assert.ok(!/target/i.test(html), "no internal targets in the report");
+  // A cell whose runs spread more than 3× marks its ratios as noise.
+  const wild = rows.find((r) => r.bench === "pingpong" && r.transport === "native" && r.bytes === 8)!;
+  const noisy = renderHtmlReport({
+    ...rep,
+    rows: rep.rows.map((r) => (r === wild ? { ...r, min: 0.3, max: 12 } : r)),
+  });
+  assert.match(noisy, /class="n ratio shaky" data-pair="bypass\/native"[^>]*data-bytes="8"[^>]*>1\.06×\?</);
+  assert.match(noisy, /class="shaky-note"/);
+  assert.ok(!html.includes('class="shaky-note"'));
 });
 
-test("cross-host rows: bypass/raw-tcp is stated for latency and bandwidth, with the targets met or not", () => {
+test("the papers' and peers' figures: Xen2MX's split/bypass and bypass/native, Open MPI only with its rows", () => {
   const rep = loadFixture();
-  const cross = (transport: string, median: number): BenchRow => ({
-    bench: "stream",
+  const row = (
+    transport: string,
+    scope: "intra-host" | "cross-host",
+    bytes: number,
+    median: number,
+  ): BenchRow => ({
+    bench: "osu-latency",
+    transport,
+    scope,
+    bytes,
+    metric: "latency_us",
+    median,
+    min: median,
+    max: median,
+    runs: 3,
+  });
+  const rows = [
+    ...rep.rows,
+    row("native", "cross-host", 8, 100),
+    row("bypass", "cross-host", 8, 110),
+    row("split", "cross-host", 8, 330),
+    row("native", "cross-host", 64, 120),
+    row("bypass", "cross-host", 64, 130),
+    row("split", "cross-host", 64, 400),
+  ];
+  const html = renderHtmlReport({ ...rep, rows });
+  const comps = tags(html, "div", "comparison");
+  const split = comps.find((c) => c["data-pair"] === "split/bypass" && c["data-bench"] === "osu-latency");
+  assert.ok(split, "split/bypass compared with Xen2MX");
+  assert.equal(split["data-bytes"], "8", "small messages: 8 B");
+  assert.equal(Number(split["data-value"]), 3);
+  assert.equal(Number(split["data-theirs"]), 44 / 14);
+  assert.match(html, /Xen2MX \(Nanos &#38; Koziris, 2012\): 44 µs round trip/);
+  assert.match(html, /3\.00× \(osu-latency, cross-host, 8 B: 330\.00 µs vs 110\.00 µs\)/);
+  // bypass/native in latency (pingpong and osu-latency) and bandwidth (stream, at the largest size).
+  assert.ok(comps.some((c) => c["data-pair"] === "bypass/native" && c["data-bench"] === "osu-latency"));
+  const bw = comps.find((c) => c["data-pair"] === "bypass/native" && c["data-bench"] === "stream");
+  assert.equal(bw?.["data-bytes"], "1048576");
+  // Open MPI: nothing without openmpi rows; bypass/openmpi once they exist.
+  assert.ok(!html.includes("Open MPI"));
+  const withOmpi = renderHtmlReport({ ...rep, rows: [...rows, row("openmpi", "cross-host", 8, 55)] });
+  const ompi = tags(withOmpi, "div", "comparison").find((c) => c["data-pair"] === "bypass/openmpi");
+  assert.ok(ompi);
+  assert.equal(Number(ompi["data-value"]), 2);
+  assert.match(withOmpi, /Open MPI 4\.1 on this kind of 2-core machine/);
+  // No split, native or openmpi rows: no comparison section at all.
+  const bare = renderHtmlReport({ ...rep, rows: rep.rows.filter((r) => r.transport !== "native") });
+  assert.ok(!bare.includes('class="comparisons"'));
+});
+
+test("every series of a plot is distinguishable: its own marker, dash and colour, and a whole legend", () => {
+  const rep = loadFixture();
+  const extra = (transport: string, f: number): BenchRow[] =>
+    rep.rows
+      .filter((r) => r.bench === "pingpong" && r.scope === "intra-host" && r.transport === "native")
+      .map((r) => ({ ...r, transport, median: r.median * f, min: r.min * f, max: r.max * f }));
+  const unknown = "a-transport-nobody-has-heard-of-yet";
+  const rows = [
+    ...rep.rows,
+    ...extra("split", 30),
+    ...extra("openmpi", 0.5),
+    ...extra("postmessage-transfer", 20),
+    ...extra(unknown, 2),
+  ];
+  const html = renderHtmlReport({ ...rep, rows });
+  const ping = figures(html, "plot").find(
+    (f) => f.attrs["data-bench"] === "pingpong" && f.attrs["data-scope"] === "intra-host",
+  )!;
+  const lines = tags(ping.body, "polyline");
+  assert.equal(lines.length, 8);
+  const looks = new Set<string>();
+  const series = ping.body.split('<g class="series"').slice(1);
+  assert.equal(series.length, lines.length);
+  for (const [i, line] of lines.entries()) {
+    // A marker's look: its element, its shape (path commands) and whether it is filled.
+    const m = series[i].match(/<(circle|path) class="marker"(?: d="([^"]*)")?[^>]*fill="([^"]*)"/);
+    assert.ok(m, `${line["data-transport"]} has markers`);
+    const shape = m[1] === "circle" ? "circle" : (m[2] ?? "").replace(/[\d.,-]+/g, "");
+    const look = `${shape}|${m[3] === "#fff" ? "open" : m[3] === "none" ? "stroke" : "filled"}|${line["stroke-dasharray"] ?? ""}`;
+    assert.ok(!looks.has(look), `${line["data-transport"]} looks like another series: ${look}`);
+    looks.add(look);
+  }
+  // native and bypass (equal values) differ in both marker and dash.
+  const byT = new Map(lines.map((l) => [l["data-transport"], l]));
+  assert.notEqual(byT.get("native")!["stroke-dasharray"], byT.get("bypass")!["stroke-dasharray"]);
+  // The legend's longest label fits in the SVG (never clipped).
+  const svg = tags(ping.body, "svg")[0];
+  const width = Number(svg.width);
+  const entry = ping.body.match(
+    /<g class="legend-entry" data-key="a-transport[^"]*">[\s\S]*?<text x="([\d.]+)"/,
+  );
+  assert.ok(entry);
+  assert.ok(Number(entry[1]) + unknown.length * 12 * 0.6 <= width, "legend label inside the SVG");
+});
+
+test("a group of baselines alone is not plotted; a result at one size (NAS) is a bar chart", () => {
+  const rep = loadFixture();
+  const nas = (transport: string, mops: number): BenchRow => ({
+    bench: "nas-ep.S",
     transport,
     scope: "cross-host",
-    bytes: 1048576,
-    metric: "bandwidth_MBps",
-    median,
-    min: median * 0.9,
-    max: median * 1.1,
-    runs: 5,
+    bytes: 0,
+    metric: "ops_per_s",
+    median: mops * 1e6,
+    min: mops * 0.9e6,
+    max: mops * 1.1e6,
+    runs: 3,
   });
-  const rows = [...rep.rows, cross("native", 880), cross("bypass", 900), cross("raw-tcp", 1800)];
-  const html = renderHtmlReport({ ...rep, rows });
-  const ratios = (html.match(/<li class="ratio"[^>]*>[\s\S]*?<\/li>/g) ?? []).filter((li) =>
-    li.includes('data-pair="bypass/raw-tcp"'),
+  const intra = rep.rows.filter((r) => r.scope === "intra-host" || r.transport === "raw-tcp");
+  const html = renderHtmlReport({
+    ...rep,
+    rows: [...intra, nas("native", 45), nas("bypass", 44), nas("split", 12)],
+  });
+  assert.ok(
+    !figures(html, "plot").some((f) => f.attrs["data-scope"] === "cross-host"),
+    "raw-tcp alone makes no plot",
   );
-  const byKey = new Map(
-    ratios.map((li) => {
-      const a = attrs(li.slice(0, li.indexOf(">") + 1));
-      return [`${a["data-bench"]}|${a["data-scope"]}|${a["data-metric"]}|${a["data-bytes"]}`, li];
-    }),
-  );
-  // Latency from the fixture (24.5 / 21.2 µs at 8 B), bandwidth from the rows added here.
-  assert.ok(byKey.has("pingpong|cross-host|latency_us|8"));
-  const bw = byKey.get("stream|cross-host|bandwidth_MBps|1048576");
-  assert.ok(bw, "bandwidth ratio stated");
-  assert.match(bw, /data-value="0\.5"/);
   assert.match(
-    bw,
-    /At 1 MiB, bypass has 0\.50× the bandwidth of raw-tcp \(900 MB\/s vs 1800 MB\/s\): 50% lower\./,
+    html,
+    /Measured alone, so not plotted \(see the rows below\): pingpong raw-tcp \(cross-host\)/,
   );
-  // Only cross-host rows are compared with raw-tcp (the intra-host bypass rows have no partner).
-  for (const li of ratios) assert.match(li, /data-scope="cross-host"/);
-  // The targets, from the same medians: 24.5 / 21.2 = 1.16 ≤ 1.3 met; 900 / 1800 = 0.50 < 0.8 not met.
-  const targets = tags(html, "li", "target");
-  assert.deepEqual(
-    targets.map((t) => [t["data-bench"], t["data-bytes"], t["data-state"]]),
-    [
-      ["pingpong", "8", "met"],
-      ["stream", "1048576", "not-met"],
-    ],
-  );
-  assert.match(html, /cross-host target bypass 8 B latency ≤ 1\.3× raw-tcp: measured 1\.16× .*— met/);
-  assert.match(html, /cross-host target bypass 1 MiB bandwidth ≥ 0\.8× raw-tcp: measured 0\.50× .*— NOT met/);
-  // Without cross-host rows there is nothing to check and no such section.
-  const intra = renderHtmlReport({ ...rep, rows: rep.rows.filter((r) => r.scope === "intra-host") });
-  assert.ok(!intra.includes("Cross-host targets"));
-  assert.ok(!intra.includes('data-pair="bypass/raw-tcp"'));
+  const bars = figures(html, "bars");
+  assert.equal(bars.length, 1);
+  assert.equal(bars[0].attrs["data-bench"], "nas-ep.S");
+  const drawn = tags(bars[0].body, "g", "bar").map((b) => [b["data-transport"], Number(b["data-value"])]);
+  assert.deepEqual(drawn, [
+    ["native", 45e6],
+    ["bypass", 44e6],
+    ["split", 12e6],
+  ]);
+  // Longer bar for the larger value.
+  const widths = tags(bars[0].body, "rect", "bar-fill").map((r) => Number(r.width));
+  assert.ok(widths[0] > widths[1] && widths[1] > widths[2]);
+  assert.match(bars[0].body, /data-pair="split\/bypass"[^>]*>0\.27×</);
+  assert.match(bars[0].body, /45\.00 Mops\/s/);
 });
 
 test("the machine is described, and the noisy banner appears only when noisy", () => {
@@ -371,6 +468,7 @@ test("edge cases render: no rows, a single size, only 0-byte rows", () => {
   assert.ok(!/NaN|Infinity/.test(html));
   const zeroOnly = renderHtmlReport({ ...rep, rows: [one] });
   assert.ok(!/NaN|Infinity/.test(zeroOnly));
+  assert.equal(figures(zeroOnly, "bars").length, 1);
 });
 
 test("writeHtmlReport creates the directory and reports a clear error", () => {

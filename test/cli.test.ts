@@ -254,28 +254,78 @@ test("run --path split: NAS EP over netfront/netback verifies", async () => {
   assert.match(r.stdout, /Verification += +SUCCESSFUL/);
 });
 
-test("start (npm start) runs NAS EP and OSU on two hosts and three paths and prints the comparison and the verification", {
-  timeout: 300_000,
+test("start (npm start) runs NAS EP and OSU on two hosts and three paths, prints the comparison, the noise verdict and the verification, and writes the rows and the report", {
+  timeout: 600_000,
 }, async () => {
-  const r = await run("start");
-  assert.equal(r.code, 0, r.stderr);
-  assert.match(r.stdout, /two hosts .* linked over TCP, two guests each/);
-  assert.match(r.stdout, /NAS EP class S, 4 ranks: time/);
-  for (const scope of ["one host", "two hosts"]) {
-    assert.match(
-      r.stdout,
-      new RegExp(`OSU latency 8 B, ${scope} +│ +[\\d.]+ µs │ +[\\d.]+ µs │ +[\\d.]+ µs │`),
-    );
-    assert.match(
-      r.stdout,
-      new RegExp(`OSU bandwidth 1 MiB, ${scope} +│ +\\d+ MB/s │ +\\d+ MB/s │ +\\d+ MB/s │`),
-    );
+  // Bad options are refused before anything starts.
+  for (const [args, msg] of [
+    [["--runs", "0"], /--runs must be a positive integer/],
+    [["--quick", "--runs", "2"], /give --quick or --runs, not both/],
+    [["--out", "/proc/no/report"], /cannot write the benchmark report to \/proc\/no\/report/],
+  ] as const) {
+    const bad = await run("start", ...args);
+    assert.equal(bad.code, 2, bad.stderr);
+    assert.match(bad.stderr, msg);
   }
-  assert.match(r.stdout, /bypass vs native/);
-  assert.match(r.stdout, /split vs bypass/);
-  assert.match(r.stdout, /split path, per frame through the driver domain .*: [\d.]+ grant copies/);
-  assert.match(r.stdout, /Verification = SUCCESSFUL on native, bypass, split/);
-  assert.match(r.stderr, /\[15\/15\] osu-bw on 2 ranks, across the hosts, split path/);
-  // A clean stop: the hosts' links say goodbye, nobody is left reconnecting.
-  assert.doesNotMatch(r.stderr, /; reconnecting/);
+  const dir = mkdtempSync(join(tmpdir(), "myrixen-start-"));
+  try {
+    const json = join(dir, "rows.json");
+    const out = join(dir, "report");
+    // --quick: one run per cell, the same steps as the default's three runs.
+    const r = await run("start", "--quick", "--json", json, "--out", out);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /two hosts .* linked over TCP, two guests each/);
+    assert.match(r.stdout, /one run per cell \(no medians\)/);
+    assert.match(r.stdout, /NAS EP class S, 4 ranks: time/);
+    for (const scope of ["one host", "two hosts"]) {
+      assert.match(
+        r.stdout,
+        new RegExp(`OSU latency 8 B, ${scope} +│ +[\\d.]+ µs │ +[\\d.]+ µs │ +[\\d.]+ µs │`),
+      );
+      assert.match(
+        r.stdout,
+        new RegExp(`OSU bandwidth 1 MiB, ${scope} +│ +\\d+ MB/s │ +\\d+ MB/s │ +\\d+ MB/s │`),
+      );
+    }
+    assert.match(r.stdout, /bypass vs native/);
+    assert.match(r.stdout, /split vs bypass/);
+    assert.match(r.stdout, /split path, per frame through the driver domain .*: [\d.]+ grant copies/);
+    // The verdict: noisy (load or spread), or no spread to judge by with one run.
+    assert.match(r.stdout, /NOISY MACHINE: .*rerun|one run per cell: no spread to judge the noise by/);
+    assert.match(
+      r.stdout,
+      /Verification = SUCCESSFUL on native, bypass, split +\(1 run each; whole job \d+ s\)/,
+    );
+    assert.match(r.stderr, /\[15\/15\] osu-bw on 2 ranks, across the hosts, split path/);
+    // A clean stop: the hosts' links say goodbye, nobody is left reconnecting.
+    assert.doesNotMatch(r.stderr, /; reconnecting/);
+    // The rows: the benchmark row format, both scopes, all three paths, NAS at one size.
+    const rep = validateReport(JSON.parse(readFileSync(json, "utf8")));
+    assert.deepEqual(rep, validateReport(JSON.parse(readFileSync(join(out, "bench.json"), "utf8"))));
+    for (const path of ["native", "bypass", "split"]) {
+      for (const scope of ["intra-host", "cross-host"]) {
+        const lat = rep.rows.filter(
+          (x) => x.bench === "osu-latency" && x.transport === path && x.scope === scope,
+        );
+        assert.deepEqual(
+          lat.map((x) => x.bytes),
+          [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536],
+        );
+        assert.ok(
+          rep.rows.some(
+            (x) => x.bench === "osu-bw" && x.transport === path && x.scope === scope && x.bytes === 1 << 20,
+          ),
+        );
+      }
+      const ep = rep.rows.find((x) => x.bench === "nas-ep.S" && x.transport === path);
+      assert.ok(ep && ep.metric === "ops_per_s" && ep.median > 0 && ep.runs === 1);
+    }
+    assert.ok(rep.rows.every((x) => x.runs === 1));
+    const html = readFileSync(join(out, "bench.html"), "utf8");
+    assert.match(html, /<figure class="bars"[^>]*data-bench="nas-ep\.S"/);
+    assert.match(html, /Against the papers and peers/);
+    assert.match(r.stdout, new RegExp(`report written to ${out}/bench\\.json and ${out}/bench\\.html`));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

@@ -10,7 +10,7 @@ import { runDemo } from "./demo.js";
 import { configureExecCommand } from "./exec.js";
 import { ConfigError, configureHostCommand, parseDashboardFlag } from "./host.js";
 import { BUILTIN_PROGRAMS, RunUsageError, runCommand, TIMEOUT_EXIT_CODE } from "./run.js";
-import { runMainJob } from "./start.js";
+import { DEFAULT_RUNS, runMainJob, StartUsageError } from "./start.js";
 import { configureToolstack, ToolstackUsageError } from "./toolstack.js";
 
 class UsageError extends Error {
@@ -40,6 +40,7 @@ interface RunCliOptions {
   linkTimeout?: number;
   keyFile?: string;
   dashboard?: { host: string; port: number };
+  out?: string;
 }
 
 /** -n's value: a rank count. */
@@ -164,17 +165,44 @@ export function buildProgram(): Command {
   program
     .command("start")
     .description(
-      "the main job (npm start): NAS EP and OSU latency/bandwidth on a virtual cluster, native vs bypass",
+      "the main job (npm start): NAS EP and OSU latency/bandwidth on a virtual cluster, native vs bypass vs split (medians of --runs)",
     )
     .option(
       "--dashboard [addr:port]",
       "serve the live dashboard while it runs (default 127.0.0.1:7480; a port alone binds 127.0.0.1)",
       parseDashboardFlag,
     )
-    .action(async (o: { dashboard?: { host: string; port: number } | true }) => {
-      const ok = await runMainJob(out, err, { dashboard: dashboardAt(o.dashboard) });
-      if (!ok) process.exitCode = 1;
-    });
+    .option(
+      "--runs <n>",
+      `samples per cell; the table shows their medians (default ${DEFAULT_RUNS}, about a minute each)`,
+      positiveInt("--runs"),
+    )
+    .option("--quick", "one run per cell (no medians): a smoke test in about a minute")
+    .option("--json <file>", "also write every row as JSON ({ machine, rows }, as myrixen bench --json)")
+    .option("--out <dir>", "write bench.json and bench.html (the HTML report with plots) there")
+    .action(
+      async (o: {
+        dashboard?: { host: string; port: number } | true;
+        runs?: number;
+        quick?: boolean;
+        json?: string;
+        out?: string;
+      }) => {
+        if (o.quick && o.runs !== undefined) throw new UsageError("give --quick or --runs, not both");
+        try {
+          const ok = await runMainJob(out, err, {
+            dashboard: dashboardAt(o.dashboard),
+            runs: o.quick ? 1 : o.runs,
+            json: o.json,
+            out: o.out,
+          });
+          if (!ok) process.exitCode = 1;
+        } catch (e) {
+          if (e instanceof StartUsageError) throw new UsageError(e.message);
+          throw e;
+        }
+      },
+    );
 
   program
     .command("demo")
@@ -284,6 +312,7 @@ export function buildProgram(): Command {
       "serve the live dashboard of the job's hosts while it runs (default 127.0.0.1:7480)",
       parseDashboardFlag,
     )
+    .option("--out <dir>", "osu-*, nas-*: write bench.json and bench.html (the HTML report) there")
     .argument("<program>", `a built-in (${Object.keys(BUILTIN_PROGRAMS).join(", ")}) or a module path`)
     .argument("[args...]", "the program's own arguments")
     .addHelpText(
@@ -314,6 +343,7 @@ export function buildProgram(): Command {
           linkTimeoutMs: o.linkTimeout,
           keyFile: o.keyFile,
           dashboard: dashboardAt(o.dashboard as RunCliOptions["dashboard"] | true),
+          out: o.out,
         });
       } catch (e) {
         if (e instanceof RunUsageError || e instanceof RangeError) throw new UsageError(e.message, "run");

@@ -41,6 +41,7 @@ import type { Dashboard } from "../dashboard/server.js";
 import { Host } from "../host/host.js";
 import { loadGuestImage } from "../xen/guest/loader.js";
 import { type EmbeddedObservation, observeEmbedded } from "./embedded.js";
+import { prepareRunReport, type RunReport, RunReportUsageError } from "./run-report.js";
 
 export { BUILTIN_PROGRAMS, resolveProgram };
 
@@ -76,6 +77,8 @@ export interface RunOptions {
   env?: NodeJS.ProcessEnv;
   /** Serve the live dashboard of the job's hosts here while it runs. */
   dashboard?: HostAddress;
+  /** osu-*, nas-*: write DIR/bench.json and DIR/bench.html (run-report.ts). */
+  out?: string;
 }
 
 const err = (line: string) => process.stderr.write(`myrixen run: ${line}\n`);
@@ -320,6 +323,12 @@ export async function runCommand(program: string, argv: string[], o: RunOptions)
   const oversubscribe = o.oversubscribe || mapped.oversubscribe === true;
   const mapBy: MapBy = npernode !== undefined ? "slot" : mapped.mapBy;
   const chosen = chooseHosts(o);
+  let report: RunReport | undefined;
+  try {
+    report = o.out === undefined ? undefined : prepareRunReport(program, argv, o.out);
+  } catch (e) {
+    throw e instanceof RunReportUsageError ? new RunUsageError(e.message) : e;
+  }
 
   let programRef: string | URL = program;
   let localProgram: URL | undefined;
@@ -437,7 +446,7 @@ export async function runCommand(program: string, argv: string[], o: RunOptions)
     n,
     path: o.path as RankPath,
     program: programRef,
-    argv,
+    argv: report?.argv ?? argv,
     pages: o.pages,
     mapBy,
     oversubscribe,
@@ -489,6 +498,14 @@ export async function runCommand(program: string, argv: string[], o: RunOptions)
         (said.startsWith("    ") ? note : err)(said);
       }
     if (interrupted) return 130;
+    if (report) {
+      const [line] = report.finish(r, o.path);
+      if (line.startsWith("--out:")) {
+        err(line);
+        return r.exitCode || 1;
+      }
+      note(line);
+    }
     return r.exitCode;
   } catch (e) {
     if (e instanceof JobSetupError) {
@@ -501,6 +518,7 @@ export async function runCommand(program: string, argv: string[], o: RunOptions)
     clearTimeout(timer);
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);
+    report?.cleanup();
     await cleanup();
   }
 }

@@ -2,16 +2,33 @@
  * `myrixen start` — the main job (`npm start`): boots a virtual cluster on this machine — two
  * hosts (each a hypervisor, an emulated MX NIC and a driver domain), NICs linked over TCP, two
  * guests per host — and runs NAS EP class S on the 4 ranks and OSU latency and bandwidth
- * between 2 ranks on one host and across the hosts, on the native, bypass and split paths.
- * It prints one screen: the comparison with the ratios that matter (bypass against native,
- * split against bypass), what the split path cost the driver domain, and NAS's verification.
+ * between 2 ranks on one host and across the hosts, on the native, bypass and split paths,
+ * `--runs` times (default 3; the paths interleaved, so a burst of load hits them alike).
+ * It prints one screen: medians with the ratios that matter (bypass against native, split
+ * against bypass; a ratio whose cells' runs disagree is marked), what the split path cost the
+ * driver domain, NAS's verification, and whether the machine was too noisy for the ratios to
+ * mean much. `--json FILE` writes the rows in the benchmark row format; `--out DIR` writes
+ * DIR/bench.json and the HTML report DIR/bench.html.
  */
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import Table from "cli-table3";
 import pc from "picocolors";
-import type { BenchRow } from "../bench/harness.js";
+import {
+  type BenchReport,
+  type BenchRow,
+  describeMachine,
+  finishMachineInfo,
+  machineInfo,
+  NOISY_SPREAD,
+  prepareOutputFile,
+  rowSpread,
+  type Scope,
+  writeReport,
+} from "../bench/harness.js";
+import { nasBench, nasRow, RunSamples, readNasResult, readOsuRows } from "../bench/program-rows.js";
+import { writeHtmlReport } from "../bench/report.js";
 import type { HostAddress } from "../cluster/hostfile.js";
 import { Job, type JobTarget } from "../cluster/job.js";
 import { startLocalCluster } from "../cluster/local-cluster.js";
@@ -21,40 +38,67 @@ import { resolveProgram } from "./run.js";
 
 const PATHS = ["native", "bypass", "split"] as const;
 type Path = (typeof PATHS)[number];
-const SCOPES = ["one host", "two hosts"] as const;
-type Scope = (typeof SCOPES)[number];
+const SCOPES: readonly Scope[] = ["intra-host", "cross-host"];
+const SCOPE_WORDS: Record<Scope, string> = { "intra-host": "one host", "cross-host": "two hosts" };
 /** A step of the main job that takes longer than this is stopped and reported. */
 const STEP_LIMIT_MS = 120_000;
+/** Runs per cell by default: the median of 3 survives one disturbed run. */
+export const DEFAULT_RUNS = 3;
+export const MAX_RUNS = 25;
+const NAS = nasBench("ep", "S");
 
-interface NasResult {
-  verified: boolean;
-  time_s: number;
-  mops: number;
+export class StartUsageError extends Error {}
+
+export interface StartOptions {
+  dashboard?: HostAddress;
+  /** Samples per cell (default DEFAULT_RUNS). */
+  runs?: number;
+  /** Write the rows here ({ machine, rows }, the benchmark row format). */
+  json?: string;
+  /** Write bench.json and bench.html (the HTML report) in this directory. */
+  out?: string;
 }
 
 /**
- * OSU's loop counts are sized for sub-microsecond paths; a main job that must finish in well
- * under a minute runs fewer iterations (same method: warm-up skipped, then timed) where a
- * message takes tens of microseconds or more — across hosts and on the split path.
+ * OSU's loop counts are sized for sub-microsecond paths; a main job that must finish in a few
+ * minutes runs fewer iterations (same method: warm-up skipped, then timed) where a message
+ * takes tens of microseconds or more — across hosts and on the split path.
  */
 function osuArgs(path: Path, scope: Scope, bench: "osu-latency" | "osu-bw"): string[] {
-  const slow = path === "split" || scope === "two hosts";
+  const slow = path === "split" || scope === "cross-host";
   // On the fast paths OSU's own counts: V8 needs ~10,000 round trips before the MX code is
   // optimised, and a run that stops short measures the interpreter, not the path.
   if (bench === "osu-latency") return ["-m", "0:65536", ...(slow ? ["-i", "200", "-x", "20"] : [])];
   return ["-m", "65536:1048576", ...(slow ? ["-i", "8", "-x", "2"] : ["-i", "20", "-x", "4"])];
 }
 
+/** Checks the options before anything starts; throws StartUsageError saying what to fix. */
+function checkOptions(opts: StartOptions): { runs: number; json?: string; out?: string } {
+  const runs = opts.runs ?? DEFAULT_RUNS;
+  if (!Number.isSafeInteger(runs) || runs < 1 || runs > MAX_RUNS)
+    throw new StartUsageError(`--runs must be an integer from 1 to ${MAX_RUNS}, got ${opts.runs}`);
+  try {
+    const json = opts.json === undefined ? undefined : prepareOutputFile(opts.json);
+    if (opts.out !== undefined) prepareOutputFile(join(opts.out, "bench.json"), "the benchmark report");
+    return { runs, json, out: opts.out };
+  } catch (e) {
+    throw new StartUsageError((e as Error).message);
+  }
+}
+
 export async function runMainJob(
   out: (line: string) => void,
   err: (line: string) => void,
-  opts: { dashboard?: HostAddress } = {},
+  opts: StartOptions = {},
 ): Promise<boolean> {
+  const { runs, json, out: outDir } = checkOptions(opts);
+  const machine = machineInfo();
   const dir = mkdtempSync(join(tmpdir(), "myrixen-start-"));
   const t0 = performance.now();
-  const steps = PATHS.length * 5;
+  const steps = runs * PATHS.length * 5;
   let step = 0;
-  const progress = (what: string) => err(pc.dim(`[${++step}/${steps}] ${what}`));
+  const progress = (run: number, what: string) =>
+    err(pc.dim(`[${++step}/${steps}]${runs > 1 ? ` run ${run}/${runs}:` : ""} ${what}`));
   out(pc.bold("MyriXen: MPI over a cluster of VMs on this machine"));
   out(
     pc.dim(
@@ -80,11 +124,12 @@ export async function runMainJob(
     await cluster.stop();
     throw e;
   }
-  const nas = new Map<Path, NasResult>();
-  const osu = new Map<string, BenchRow[]>();
+  const samples = new RunSamples();
+  const nasTimes = new Map<Path, number[]>();
+  const nasVerified = new Map<Path, boolean>();
   const logs: string[] = [];
   const keep = (rank: number, _s: string, line: string) => logs.push(`[${rank}] ${line}`);
-  let splitCost: { frames: number; copies: number; notifications: number; lookups: number } | undefined;
+  const splitCost = { frames: 0, copies: 0, notifications: 0, lookups: 0 };
   const run = async (targets: JobTarget[], n: number, path: Path, program: string, argv: string[]) => {
     const job = new Job(targets, {
       n,
@@ -112,28 +157,32 @@ export async function runMainJob(
   };
   try {
     const [h1] = cluster.targets;
-    for (const path of PATHS) {
-      progress(`NAS EP class S on 4 ranks (2 hosts × 2 guests), ${path} path`);
-      const file = join(dir, `ep-${path}.json`);
-      await run(cluster.targets, 4, path, "nas-ep", ["--class", "S", "--json", file]);
-      nas.set(path, JSON.parse(readFileSync(file, "utf8")) as NasResult);
-      for (const scope of SCOPES) {
-        for (const bench of ["osu-latency", "osu-bw"] as const) {
-          progress(
-            `${bench} on 2 ranks, ${scope === "one host" ? "same host" : "across the hosts"}, ${path} path`,
-          );
-          const f = join(dir, `${bench}-${path}-${scope}.json`);
-          const before = path === "split" && scope === "one host" ? cluster.hosts[0].netStats() : undefined;
-          await run(scope === "one host" ? [h1] : cluster.targets, 2, path, bench, [
-            ...osuArgs(path, scope, bench),
-            "--json",
-            f,
-          ]);
-          if (before && bench === "osu-latency") splitCost = costOf(before, cluster.hosts[0].netStats());
-          osu.set(`${path}/${scope}`, [
-            ...(osu.get(`${path}/${scope}`) ?? []),
-            ...(JSON.parse(readFileSync(f, "utf8")) as { rows: BenchRow[] }).rows,
-          ]);
+    for (let r = 1; r <= runs; r++) {
+      for (const path of PATHS) {
+        progress(r, `NAS EP class S on 4 ranks (2 hosts × 2 guests), ${path} path`);
+        const file = join(dir, `ep-${path}-${r}.json`);
+        await run(cluster.targets, 4, path, "nas-ep", ["--class", "S", "--json", file]);
+        const nas = readNasResult(file);
+        samples.add([nasRow(nas, "cross-host", path)]);
+        nasTimes.set(path, [...(nasTimes.get(path) ?? []), nas.time_s]);
+        nasVerified.set(path, (nasVerified.get(path) ?? true) && nas.verified);
+        for (const scope of SCOPES) {
+          for (const bench of ["osu-latency", "osu-bw"] as const) {
+            progress(
+              r,
+              `${bench} on 2 ranks, ${scope === "intra-host" ? "same host" : "across the hosts"}, ${path} path`,
+            );
+            const f = join(dir, `${bench}-${path}-${scope}-${r}.json`);
+            const measureCost = path === "split" && scope === "intra-host" && bench === "osu-latency";
+            const before = measureCost ? cluster.hosts[0].netStats() : undefined;
+            await run(scope === "intra-host" ? [h1] : cluster.targets, 2, path, bench, [
+              ...osuArgs(path, scope, bench),
+              "--json",
+              f,
+            ]);
+            if (before) addCost(splitCost, before, cluster.hosts[0].netStats());
+            samples.add(readOsuRows(f, scope));
+          }
         }
       }
     }
@@ -143,57 +192,127 @@ export async function runMainJob(
     rmSync(dir, { recursive: true, force: true });
   }
 
+  const rows = sortRows(samples.rows());
+  const report: BenchReport = { machine: finishMachineInfo(machine, rows), rows };
+  const seconds = (performance.now() - t0) / 1000;
+  printTable(rows, nasTimes, runs, out);
+  if (splitCost.frames > 0) {
+    const per = (v: number, d: number) => (v / splitCost.frames).toFixed(d);
+    out(
+      pc.dim(
+        `  split path, per frame through the driver domain (OSU latency, one host): ${per(splitCost.copies, 1)} grant copies, ` +
+          `${per(splitCost.notifications, 2)} notifications, ${per(splitCost.lookups, 1)} bridge lookups (${splitCost.frames} frames)`,
+      ),
+    );
+  }
+  out("");
+  for (const line of noiseVerdict(report, runs)) out(line);
+  const ok = PATHS.every((p) => nasVerified.get(p) === true);
+  out("");
+  out(
+    `  NAS EP class S: Verification = ${ok ? pc.green("SUCCESSFUL") : pc.red("UNSUCCESSFUL")} on ${PATHS.join(", ")}` +
+      pc.dim(`   (${runs} run${runs === 1 ? "" : "s"} each; whole job ${seconds.toFixed(0)} s)`),
+  );
+  if (json) {
+    writeReport(json, report);
+    out(pc.dim(`  rows written to ${json}`));
+  }
+  if (outDir) {
+    writeReport(join(outDir, "bench.json"), report);
+    writeHtmlReport(join(outDir, "bench.html"), report, { title: "MyriXen: npm start" });
+    out(pc.dim(`  report written to ${join(outDir, "bench.json")} and ${join(outDir, "bench.html")}`));
+  }
+  return ok;
+}
+
+/** OSU latency, then bandwidth, one host then two, then NAS; native, bypass, split; sizes up. */
+function sortRows(rows: BenchRow[]): BenchRow[] {
+  const benchRank = (b: string) => (b === "osu-latency" ? 0 : b === "osu-bw" ? 1 : 2);
+  const pathRank = (t: string) => PATHS.indexOf(t as Path);
+  return rows.sort(
+    (a, b) =>
+      benchRank(a.bench) - benchRank(b.bench) ||
+      SCOPES.indexOf(a.scope) - SCOPES.indexOf(b.scope) ||
+      pathRank(a.transport) - pathRank(b.transport) ||
+      a.bytes - b.bytes,
+  );
+}
+
+/** The one-screen comparison: a line per figure, medians per path, and the two ratios. */
+function printTable(
+  rows: readonly BenchRow[],
+  nasTimes: Map<Path, number[]>,
+  runs: number,
+  out: (line: string) => void,
+): void {
   const table = new Table({
     head: ["", "native", "bypass", "split", "bypass vs native", "split vs bypass"],
     style: pc.isColorSupported ? {} : { head: [], border: [] },
     chars: { mid: "", "left-mid": "", "mid-mid": "", "right-mid": "" },
     colAligns: ["left", "right", "right", "right", "right", "right"],
   });
+  type Cell = { median: number; shaky: boolean };
+  const shaky = (r: BenchRow | undefined) => r !== undefined && r.runs > 1 && rowSpread(r) > NOISY_SPREAD;
+  let anyShaky = false;
   // Every ratio is a slowdown (> 1: slower): times divide as they are, rates the other way.
-  const slow = (v: number, base: number, rate: boolean) =>
-    base > 0 && v > 0 && Number.isFinite(v) && Number.isFinite(base)
-      ? `${(rate ? base / v : v / base).toFixed(2)}×`
-      : "—";
-  const row = (label: string, vals: Record<Path, number>, fmt: (v: number) => string, rate: boolean) =>
+  const slow = (v: Cell, base: Cell, rate: boolean) => {
+    if (!(base.median > 0 && v.median > 0 && Number.isFinite(v.median) && Number.isFinite(base.median)))
+      return "—";
+    const text = `${(rate ? base.median / v.median : v.median / base.median).toFixed(2)}×`;
+    if (!v.shaky && !base.shaky) return text;
+    anyShaky = true;
+    return pc.yellow(`${text}?`);
+  };
+  const line = (label: string, cells: Record<Path, Cell>, fmt: (v: number) => string, rate: boolean) =>
     table.push([
       label,
-      fmt(vals.native),
-      fmt(vals.bypass),
-      fmt(vals.split),
-      slow(vals.bypass, vals.native, rate),
-      slow(vals.split, vals.bypass, rate),
+      fmt(cells.native.median),
+      fmt(cells.bypass.median),
+      fmt(cells.split.median),
+      slow(cells.bypass, cells.native, rate),
+      slow(cells.split, cells.bypass, rate),
     ]);
-  const per = (f: (p: Path) => number) => ({ native: f("native"), bypass: f("bypass"), split: f("split") });
-  row(
+  const per = (f: (p: Path) => Cell) => ({ native: f("native"), bypass: f("bypass"), split: f("split") });
+  const find = (bench: string, path: Path, scope: Scope, bytes: number) =>
+    rows.find((r) => r.bench === bench && r.transport === path && r.scope === scope && r.bytes === bytes);
+  const cell = (r: BenchRow | undefined): Cell => ({ median: r?.median ?? Number.NaN, shaky: shaky(r) });
+  const median = (xs: number[] | undefined) => {
+    if (!xs || xs.length === 0) return Number.NaN;
+    const s = [...xs].sort((a, b) => a - b);
+    return s.length % 2 ? s[s.length >> 1] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+  };
+  line(
     "NAS EP class S, 4 ranks: time",
-    per((p) => nas.get(p)!.time_s),
+    per((p) => ({ median: median(nasTimes.get(p)), shaky: shaky(find(NAS, p, "cross-host", 0)) })),
     (v) => `${v.toFixed(2)} s`,
     false,
   );
-  row(
+  line(
     "NAS EP class S, 4 ranks: Mop/s",
-    per((p) => nas.get(p)!.mops),
+    per((p) => {
+      const c = cell(find(NAS, p, "cross-host", 0));
+      return { ...c, median: c.median / 1e6 };
+    }),
     (v) => v.toFixed(1),
     true,
   );
-  const pick = (path: Path, scope: Scope, bench: string, bytes: number) =>
-    osu.get(`${path}/${scope}`)?.find((r) => r.bench === bench && r.bytes === bytes)?.median ?? Number.NaN;
   for (const scope of SCOPES) {
     for (const bytes of [8, 65536])
-      row(
-        `OSU latency ${size(bytes)}, ${scope}`,
-        per((p) => pick(p, scope, "osu-latency", bytes)),
+      line(
+        `OSU latency ${size(bytes)}, ${SCOPE_WORDS[scope]}`,
+        per((p) => cell(find("osu-latency", p, scope, bytes))),
         (v) => `${v.toFixed(2)} µs`,
         false,
       );
-    row(
-      `OSU bandwidth 1 MiB, ${scope}`,
-      per((p) => pick(p, scope, "osu-bw", 1 << 20)),
+    line(
+      `OSU bandwidth 1 MiB, ${SCOPE_WORDS[scope]}`,
+      per((p) => cell(find("osu-bw", p, scope, 1 << 20))),
       (v) => `${v.toFixed(0)} MB/s`,
       true,
     );
   }
   out("");
+  out(runs > 1 ? pc.bold(`  medians of ${runs} runs per cell`) : pc.bold("  one run per cell (no medians)"));
   out(table.toString());
   out(
     pc.dim(
@@ -206,32 +325,52 @@ export async function runMainJob(
     ),
   );
   out(pc.dim("  Ratios are slowdowns (> 1 = slower): times as they are, rates inverted."));
-  if (splitCost)
+  if (anyShaky)
     out(
-      pc.dim(
-        `  split path, per frame through the driver domain (OSU latency, one host): ${splitCost.copies.toFixed(1)} grant copies, ` +
-          `${splitCost.notifications.toFixed(2)} notifications, ${splitCost.lookups.toFixed(1)} bridge lookups (${splitCost.frames} frames)`,
+      pc.yellow(
+        `  ? the runs of a cell in this ratio spread more than ${NOISY_SPREAD}× (max/min): on this machine, that ratio is noise.`,
       ),
     );
-  const ok = PATHS.every((p) => nas.get(p)?.verified === true);
-  out("");
-  out(
-    `  NAS EP class S: Verification = ${ok ? pc.green("SUCCESSFUL") : pc.red("UNSUCCESSFUL")} on ${PATHS.join(", ")}` +
-      pc.dim(`   (whole job ${((performance.now() - t0) / 1000).toFixed(1)} s)`),
-  );
-  return ok;
 }
 
-/** What the driver domain did per frame between two readings of its counters. */
-function costOf(a: NetStats, b: NetStats) {
-  const frames = b.totals.txFrames - a.totals.txFrames;
-  const d = (f: (s: NetStats) => number) => (frames > 0 ? (f(b) - f(a)) / frames : 0);
-  return {
-    frames,
-    copies: d((s) => s.totals.grantCopies),
-    notifications: d((s) => s.totals.notificationsSent + s.totals.notificationsReceived),
-    lookups: d((s) => s.bridge.lookups),
-  };
+/** Whether the ratios can be trusted: the harness's verdict (load average, spread of the runs). */
+function noiseVerdict(report: BenchReport, runs: number): string[] {
+  const m = report.machine;
+  const out = [pc.dim(`  ${describeMachine({ ...m, noisy: false }, { color: false })}`)];
+  if (m.noisy)
+    out.push(
+      pc.yellow(
+        `  NOISY MACHINE: ${m.noiseReason}. The times above are unreliable and so may be the ratios: ` +
+          "rerun on a quieter machine (or with more --runs) before quoting them.",
+      ),
+    );
+  else if (runs === 1)
+    out.push(
+      pc.dim(
+        "  one run per cell: no spread to judge the noise by (the load average was low); use --runs 3 or more",
+      ),
+    );
+  else
+    out.push(
+      pc.dim(`  quiet enough: every cell's runs within ${NOISY_SPREAD}× of each other, load average low`),
+    );
+  return out;
+}
+
+/** Adds what the driver domain did between two readings of its counters. */
+function addCost(
+  sum: { frames: number; copies: number; notifications: number; lookups: number },
+  a: NetStats,
+  b: NetStats,
+): void {
+  sum.frames += b.totals.txFrames - a.totals.txFrames;
+  sum.copies += b.totals.grantCopies - a.totals.grantCopies;
+  sum.notifications +=
+    b.totals.notificationsSent +
+    b.totals.notificationsReceived -
+    a.totals.notificationsSent -
+    a.totals.notificationsReceived;
+  sum.lookups += b.bridge.lookups - a.bridge.lookups;
 }
 
 function size(bytes: number): string {

@@ -1,0 +1,88 @@
+/**
+ * `myrixen run --out DIR` for the benchmark programs (osu-*, nas-*): the program writes its
+ * rows with its own `--json FILE` (added here when the user gave none), and after the job
+ * DIR/bench.json and DIR/bench.html (the same HTML report as `myrixen bench` and `myrixen
+ * start`) are written, the rows' scope taken from where ranks 0 and 1 ran.
+ */
+import { randomUUID } from "node:crypto";
+import { existsSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import {
+  type BenchRow,
+  finishMachineInfo,
+  machineInfo,
+  prepareOutputFile,
+  type Scope,
+  writeReport,
+} from "../bench/harness.js";
+import { nasRow, readNasResult, readOsuRows } from "../bench/program-rows.js";
+import { writeHtmlReport } from "../bench/report.js";
+import type { JobResult } from "../cluster/job.js";
+
+/** Raised for a --out the program cannot serve or a directory that cannot be written. */
+export class RunReportUsageError extends Error {}
+
+export interface RunReport {
+  /** The program's arguments, with `--json FILE` added when the user gave none. */
+  argv: string[];
+  /** Writes the report from the job's result; returns the lines to tell the user. */
+  finish(result: JobResult, path: string): string[];
+  /** Removes the temporary file (always call it). */
+  cleanup(): void;
+}
+
+/**
+ * Prepares `--out DIR` for `program`: refuses a program that writes no rows, checks DIR can be
+ * written, and points the program's `--json` at a file this process reads afterwards.
+ */
+export function prepareRunReport(program: string, argv: readonly string[], outDir: string): RunReport {
+  const kind = program.startsWith("osu-") ? "osu" : program.startsWith("nas-") ? "nas" : undefined;
+  if (!kind)
+    throw new RunReportUsageError(
+      `--out writes the benchmark report of the osu-* and nas-* programs; ${program} writes no benchmark rows`,
+    );
+  try {
+    prepareOutputFile(join(outDir, "bench.json"), "the benchmark report");
+  } catch (e) {
+    throw new RunReportUsageError((e as Error).message);
+  }
+  const machine = machineInfo();
+  const given = argv.indexOf("--json");
+  let tmp: string | undefined;
+  let file: string;
+  let args = [...argv];
+  if (given >= 0 && argv[given + 1] !== undefined) file = resolve(argv[given + 1]);
+  else {
+    // Only a name until rank 0 writes it: nothing to clean up if the job never starts.
+    tmp = join(tmpdir(), `myrixen-run-${process.pid}-${randomUUID()}.json`);
+    file = tmp;
+    args = [...argv, "--json", file];
+  }
+  return {
+    argv: args,
+    finish(result, path) {
+      if (!existsSync(file))
+        return [
+          `--out: rank 0 wrote no rows to ${file}` +
+            (result.exitCode === 0 ? " (with --hosts, rank 0's host must share this file system)" : ""),
+        ];
+      // Where ranks 0 and 1 ran decides the scope (for NAS: any rank on another host).
+      const hosts = new Set(result.ranks.map((r) => r.host));
+      const rank0 = result.ranks.find((r) => r.rank === 0)?.host;
+      const rank1 = result.ranks.find((r) => r.rank === 1)?.host;
+      const scope: Scope = (kind === "osu" ? rank0 !== rank1 && rank1 !== undefined : hosts.size > 1)
+        ? "cross-host"
+        : "intra-host";
+      const rows: BenchRow[] =
+        kind === "osu" ? readOsuRows(file, scope) : [nasRow(readNasResult(file), scope, path)];
+      const report = { machine: finishMachineInfo(machine, rows), rows };
+      writeReport(join(outDir, "bench.json"), report);
+      writeHtmlReport(join(outDir, "bench.html"), report, { title: `MyriXen: ${program}` });
+      return [`report written to ${join(outDir, "bench.json")} and ${join(outDir, "bench.html")}`];
+    },
+    cleanup() {
+      if (tmp) rmSync(tmp, { force: true });
+    },
+  };
+}
