@@ -62,6 +62,11 @@ export interface RatioPair {
 export const RATIO_PAIRS: readonly RatioPair[] = [
   { a: "bypass", b: "native", what: "the cost of being a VM: a guest's bypass path against the native path" },
   { a: "split", b: "bypass", what: "the split-driver slow path against the bypass path" },
+  {
+    a: "bypass",
+    b: "openmpi",
+    what: "the bypass path against Open MPI measured the same way in the same run",
+  },
   { a: "bypass", b: "raw-sab", what: "the bypass path against raw shared memory (the floor)" },
   { a: "postmessage", b: "bypass", what: "Node's postMessage against the bypass path" },
   {
@@ -170,6 +175,7 @@ const TRANSPORT_COLORS: Record<string, string> = {
   native: "#1f77b4",
   bypass: "#d62728",
   split: "#2ca02c",
+  openmpi: "#222222",
   "raw-sab": "#7f7f7f",
   "raw-relay": "#bcbd22",
   postmessage: "#9467bd",
