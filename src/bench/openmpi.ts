@@ -178,7 +178,7 @@ export function openMpiDescription(tools: OpenMpiTools, scope: Scope): string {
       ? "TCP over loopback (--mca btl self,tcp)"
       : `shared memory (--mca btl self,${sharedMemoryBtl(tools.version)})`;
   return (
-    `openmpi, ${scope}: Open MPI ${tools.version}, mpirun -np 2 over ${how}, pml ob1, ` +
+    `openmpi, ${scope}: Open MPI ${tools.version}, mpirun -np 2, ${how}, pml ob1, ` +
     "both ranks busy-polling, not bound to cores (--bind-to none, like the worker threads)"
   );
 }
