@@ -9,7 +9,8 @@ import { accessSync, constants, existsSync } from "node:fs";
 import { delimiter, join } from "node:path";
 
 const TIMEOUT_MS = 10 * 60 * 1000;
-const PACKAGES = ["openmpi-bin", "libopenmpi-dev"];
+// gcc: Debian's mpicc runs `gcc`, which libopenmpi-dev does not pull in by itself.
+const PACKAGES = ["openmpi-bin", "libopenmpi-dev", "gcc"];
 const SKIP = "the Open MPI test (test/bench-openmpi.test.ts) will be skipped";
 
 function log(msg) {
@@ -52,19 +53,21 @@ function version(mpirun) {
 }
 
 function main() {
-  const present = () => onPath("mpicc") && onPath("mpirun");
+  const present = () => onPath("mpicc") && onPath("mpirun") && onPath("gcc");
   if (present()) {
-    log(`mpicc and mpirun present: ${version(onPath("mpirun"))}`);
+    log(`mpicc, mpirun and gcc present: ${version(onPath("mpirun"))}`);
     return;
   }
   const apt = ["/usr/bin/apt-get", "/bin/apt-get"].find((p) => existsSync(p));
   const isRoot = typeof process.getuid === "function" && process.getuid() === 0;
   if (!apt || !isRoot) {
     const why = !apt ? "apt-get is not available" : "not running as root";
-    log(`mpicc/mpirun are missing and cannot be installed here (${why}); ${SKIP}.`);
+    log(`mpicc, mpirun or gcc is missing and cannot be installed here (${why}); ${SKIP}.`);
     return;
   }
-  log(`mpicc/mpirun are missing: installing ${PACKAGES.join(" ")} with apt-get (may take a few minutes)…`);
+  log(
+    `mpicc, mpirun or gcc is missing: installing ${PACKAGES.join(" ")} with apt-get (may take a few minutes)…`,
+  );
   let inst = run(apt, ["install", "-y", "-q", "--no-install-recommends", ...PACKAGES]);
   if (inst) {
     // The package lists may be stale or absent: refresh them once and try again.
@@ -73,7 +76,7 @@ function main() {
     inst = run(apt, ["install", "-y", "-q", "--no-install-recommends", ...PACKAGES]);
   }
   if (inst || !present()) {
-    log(`installing Open MPI failed (${inst ?? "mpicc or mpirun still missing"}); ${SKIP}.`);
+    log(`installing Open MPI failed (${inst ?? "mpicc, mpirun or gcc still missing"}); ${SKIP}.`);
     return;
   }
   log(`installed Open MPI: ${version(onPath("mpirun"))}`);
