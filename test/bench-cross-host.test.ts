@@ -48,7 +48,7 @@ test("a placement of two hosts is cross-host; one host (or the same twice) is in
   assert.equal(scopeOf([hosts.a, hosts.b]), "cross-host");
   assert.equal(scopeOf(hosts.a), "intra-host");
   assert.equal(scopeOf([hosts.a, hosts.a]), "intra-host");
-  const cross = ["native", "bypass", "split", "raw-tcp", "raw-chain"];
+  const cross = ["native", "bypass", "split", "openmpi", "raw-tcp", "raw-chain"];
   assert.deepEqual(suiteTransports("pingpong", "cross-host"), cross);
   assert.deepEqual(suiteTransports("stream", "cross-host"), cross);
   assert.ok(!suiteTransports("pingpong", "intra-host").includes("raw-chain"));

@@ -33,6 +33,7 @@ export const TRANSPORTS = [
   "native",
   "bypass",
   "split",
+  "openmpi",
   "raw-sab",
   "raw-relay",
   "postmessage",

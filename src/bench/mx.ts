@@ -10,6 +10,8 @@
  *   raw-tcp     two plain processes over loopback TCP (tcp-baseline.ts): the wire's own cost
  *   raw-chain   four plain threads, guest → NIC → TCP → NIC → guest (chain-baseline.ts): the
  *               thread hand-offs a cross-host message makes, with no MX
+ * In both scopes, where mpicc and mpirun exist, openmpi: Open MPI's two ranks measured the same
+ * way (shared memory on one host, TCP over loopback across hosts; openmpi.ts).
  * pingpong is one-way latency (round trip / 2, OSU's osu_latency); stream is osu_bw: windows
  * of 64 sends, then a 1-byte ack, MB = 10^6 bytes, timed at the sender.
  */
@@ -26,6 +28,7 @@ import {
 } from "./baselines.js";
 import { ChainPair } from "./chain-baseline.js";
 import { type BenchProfile, type BenchRow, makeRow, type Scope } from "./harness.js";
+import { startOpenMpiPeer } from "./openmpi.js";
 import { rawTcpPingPong, TcpPair } from "./tcp-baseline.js";
 
 export { CROSS_HOST_TARGETS, type CrossHostTarget, chainVerdicts, crossHostVerdicts } from "./targets.js";
@@ -298,7 +301,8 @@ export interface MxBenchOptions {
  * paths, raw-tcp, and raw-chain (the four threads MX's cross-host path crosses, bare).
  */
 export function suiteTransports(bench: "pingpong" | "stream", scope: Scope): string[] {
-  const paths: string[] = mxPaths();
+  // openmpi: Open MPI as a peer where mpicc and mpirun exist (openmpi.ts).
+  const paths: string[] = [...mxPaths(), "openmpi"];
   if (scope === "cross-host") return [...paths, "raw-tcp", "raw-chain"];
   return bench === "pingpong"
     ? [...paths, "raw-sab", "raw-relay", "postmessage", "postmessage-transfer", "raw-tcp"]
@@ -328,7 +332,7 @@ export async function benchPingpong(
     return benchCrossHost("pingpong", placement, profile, opts, progress);
   const host = hostsOf(placement)[0];
   const rows: BenchRow[] = [];
-  const pairs = await startPairs(host, opts.transports);
+  const pairs = await startPairs(host, opts.transports, progress);
   try {
     for (const bytes of opts.sizes) {
       const { iters, warmup } = osuIters(profile, bytes, "latency");
@@ -404,7 +408,7 @@ export async function benchStream(
     return benchCrossHost("stream", placement, profile, opts, progress);
   const host = hostsOf(placement)[0];
   const rows: BenchRow[] = [];
-  const pairs = await startPairs(host, opts.transports);
+  const pairs = await startPairs(host, opts.transports, progress);
   try {
     for (const bytes of opts.sizes) {
       const { iters, warmup } = osuIters(profile, bytes, "bw");
@@ -466,6 +470,8 @@ async function benchCrossHost(
       await pair.pingpong(64 * 1024, 50, 0);
       await pair.stream(4096, 5, 0);
     }
+    const openmpi = opts.transports.includes("openmpi") && (await startOpenMpiPeer("cross-host", progress));
+    if (openmpi) pairs.set("openmpi", openmpi);
     if (opts.transports.includes("raw-tcp")) {
       progress(`${bench} cross-host: starting raw-tcp processes`);
       const tcp = await TcpPair.start();
@@ -540,8 +546,12 @@ function row(
   return makeRow({ bench, transport, bytes, metric }, samples);
 }
 
-async function startPairs(host: Host, transports: string[]): Promise<Map<string, MxPair>> {
-  const pairs = new Map<string, MxPair>();
+async function startPairs(
+  host: Host,
+  transports: string[],
+  progress: Progress = () => {},
+): Promise<Map<string, BenchPair>> {
+  const pairs = new Map<string, BenchPair>();
   for (const t of mxPaths()) {
     if (!transports.includes(t)) continue;
     const pair = await MxPair.start(host, t);
@@ -551,6 +561,8 @@ async function startPairs(host: Host, transports: string[]): Promise<Map<string,
     await pair.pingpong(64 * 1024, 200, 0);
     await pair.stream(4096, 10, 0);
   }
+  const openmpi = transports.includes("openmpi") && (await startOpenMpiPeer("intra-host", progress));
+  if (openmpi) pairs.set("openmpi", openmpi);
   return pairs;
 }
 

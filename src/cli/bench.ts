@@ -37,6 +37,7 @@ import {
   splitCosts,
   suiteTransports,
 } from "../bench/mx.js";
+import { openMpiVerdicts, takeOpenMpiNotes } from "../bench/openmpi.js";
 import { writeHtmlReport } from "../bench/report.js";
 import { benchSubstrate, substrateVerdict } from "../bench/substrate.js";
 import { Host } from "../host/host.js";
@@ -247,8 +248,10 @@ export async function benchCommand(
     ...mxVerdicts(rows),
     ...crossHostVerdicts(rows),
     ...chainVerdicts(rows),
+    ...openMpiVerdicts(rows),
   ])
     if (v) out(v);
+  for (const line of takeOpenMpiNotes()) out(line);
   for (const line of splitCostLines(rows)) out(line);
   out(describeMachine(report.machine));
   if (jsonPath) {
@@ -301,6 +304,7 @@ function printTables(rows: readonly BenchRow[], profile: BenchProfile, out: (lin
             ["evtchn", "raw-sab"],
             ["bypass", "native"],
             ["split", "bypass"],
+            ["bypass", "openmpi"],
             ["bypass", "raw-sab"],
             ["postmessage", "bypass"],
             ["bypass", "raw-tcp"],
@@ -311,6 +315,7 @@ function printTables(rows: readonly BenchRow[], profile: BenchProfile, out: (lin
           "native",
           "bypass",
           "split",
+          "openmpi",
           "raw-tcp",
           "raw-chain",
           "raw-sab",

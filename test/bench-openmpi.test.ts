@@ -1,0 +1,157 @@
+// Tests for the openmpi peer of `myrixen bench`: where Open MPI is missing it is left out with
+// one line that says how to get it; where it is installed (scripts/ensure-openmpi.mjs installs
+// it before `npm test`), the C bench is built once into a cache, answers bad commands with an
+// error and carries on, and pingpong and stream produce openmpi rows in both scopes, with
+// bypass/openmpi in the table. Shapes only: speed is measured by `myrixen bench`.
+
+import assert from "node:assert/strict";
+import { mkdtempSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, test } from "node:test";
+import { type BenchRow, profileFor, renderTable } from "../src/bench/harness.js";
+import { type LinkedHosts, startLinkedHosts } from "../src/bench/hosts.js";
+import { benchPingpong, benchStream, suiteTransports } from "../src/bench/mx.js";
+import {
+  buildOpenMpiBench,
+  findOpenMpi,
+  OPENMPI_INSTALL,
+  OpenMpiPair,
+  openMpiVerdicts,
+  startOpenMpiPeer,
+  takeOpenMpiNotes,
+} from "../src/bench/openmpi.js";
+import { computeRatios } from "../src/bench/report.js";
+import { Host } from "../src/host/host.js";
+
+const found = await findOpenMpi();
+const skip = "missing" in found ? `Open MPI is not installed (${OPENMPI_INSTALL})` : false;
+
+/** The quick profile with two measured runs and none dropped: enough for shapes. */
+const tiny = { ...profileFor(true), runs: 2, warmupRuns: 0 };
+
+let host: Host | undefined;
+let linked: LinkedHosts | undefined;
+before(async () => {
+  host = await Host.start({});
+});
+after(async () => {
+  await host?.stop();
+  await linked?.stop();
+});
+
+function assertRows(rows: readonly BenchRow[], bench: string, scope: string, sizes: number[]): void {
+  const mine = rows.filter((r) => r.transport === "openmpi");
+  assert.deepEqual(
+    mine.map((r) => r.bytes),
+    sizes,
+    "one openmpi row per size",
+  );
+  for (const r of mine) {
+    assert.equal(r.bench, bench);
+    assert.equal(r.scope, scope);
+    assert.equal(r.metric, bench === "pingpong" ? "latency_us" : "bandwidth_MBps");
+    assert.equal(r.runs, tiny.runs);
+    assert.ok(Number.isFinite(r.median) && r.median > 0, `median ${r.median}`);
+    assert.ok(r.min <= r.median && r.median <= r.max);
+  }
+}
+
+test("openmpi is a transport of both suites in both scopes", () => {
+  for (const bench of ["pingpong", "stream"] as const)
+    for (const scope of ["intra-host", "cross-host"] as const)
+      assert.ok(suiteTransports(bench, scope).includes("openmpi"), `${bench} ${scope}`);
+});
+
+test("without mpicc and mpirun, openmpi is left out with one line saying how to get them, and nothing fails", async () => {
+  const missing = await findOpenMpi("/nonexistent-bin");
+  assert.ok("missing" in missing);
+  assert.match(missing.missing, /mpicc and mpirun not found/);
+  takeOpenMpiNotes();
+  assert.equal(await startOpenMpiPeer("intra-host", undefined, "/nonexistent-bin"), undefined);
+  assert.deepEqual(takeOpenMpiNotes(), [missing.missing]);
+  assert.ok(missing.missing.endsWith("apt-get install openmpi-bin libopenmpi-dev"));
+
+  // Through the suite: the other transports are measured, openmpi has no row.
+  const saved = process.env.PATH;
+  process.env.PATH = "/nonexistent-bin";
+  let rows: BenchRow[];
+  try {
+    rows = await benchPingpong(host!, tiny, { transports: ["bypass", "openmpi"], sizes: [8] });
+  } finally {
+    process.env.PATH = saved;
+  }
+  assert.deepEqual(
+    rows.map((r) => r.transport),
+    ["bypass"],
+  );
+  assert.equal(takeOpenMpiNotes().length, 1);
+});
+
+test("the C bench is compiled once into the cache and reused while its source is unchanged", {
+  skip,
+}, async () => {
+  if ("missing" in found) return;
+  const dir = mkdtempSync(join(tmpdir(), "myrixen-openmpi-"));
+  const first = await buildOpenMpiBench(found.tools, dir);
+  const built = statSync(first).mtimeMs;
+  const again = await buildOpenMpiBench(found.tools, dir);
+  assert.equal(again, first);
+  assert.equal(statSync(again).mtimeMs, built, "not rebuilt");
+  assert.match(first, /openmpi-bench-[0-9a-f]{16}$/);
+});
+
+test("an Open MPI pair answers a bad batch with an error and keeps measuring", { skip }, async () => {
+  if ("missing" in found) return;
+  const pair = await OpenMpiPair.start(found.tools, "intra-host", await buildOpenMpiBench(found.tools));
+  try {
+    await assert.rejects(pair.pingpong(-1, 10, 0), /out of range/);
+    await assert.rejects(pair.stream(8, 10, 0, 100_000), /out of range/);
+    const us = await pair.pingpong(8, 100, 10);
+    assert.ok(Number.isFinite(us) && us > 0);
+    const mbps = await pair.stream(4096, 2, 1, 8);
+    assert.ok(Number.isFinite(mbps) && mbps > 0);
+  } finally {
+    await pair.stop();
+  }
+});
+
+test("on one host, pingpong and stream measure openmpi beside bypass, and the table and the report show bypass/openmpi", {
+  skip,
+}, async () => {
+  takeOpenMpiNotes();
+  const pp = await benchPingpong(host!, tiny, { transports: ["bypass", "openmpi"], sizes: [8, 65536] });
+  assertRows(pp, "pingpong", "intra-host", [8, 65536]);
+  const st = await benchStream(host!, tiny, { transports: ["openmpi"], sizes: [65536] });
+  assertRows(st, "stream", "intra-host", [65536]);
+  const notes = takeOpenMpiNotes();
+  assert.ok(
+    notes.some((n) =>
+      /openmpi, intra-host: Open MPI .*btl self,(vader|sm).*busy-polling.*--bind-to none/.test(n),
+    ),
+    notes.join("\n"),
+  );
+
+  const table = renderTable(pp, { ratios: [["bypass", "openmpi"]], color: false });
+  assert.match(table, /bypass\/openmpi/);
+  const ratios = computeRatios(pp).filter((r) => r.pair === "bypass/openmpi");
+  assert.deepEqual(
+    ratios.map((r) => r.bytes),
+    [8, 65536],
+  );
+  assert.deepEqual(
+    openMpiVerdicts(pp).map((v) => v.replace(/: .*/, "")),
+    ["bypass / openmpi, 8 B latency", "bypass / openmpi, 64 KiB latency"],
+  );
+});
+
+test("across hosts, openmpi runs over TCP and produces cross-host rows", { skip }, async () => {
+  linked = await startLinkedHosts();
+  takeOpenMpiNotes();
+  const hosts = [linked.a, linked.b] as const;
+  const pp = await benchPingpong(hosts, tiny, { transports: ["openmpi"], sizes: [8] });
+  assertRows(pp, "pingpong", "cross-host", [8]);
+  const st = await benchStream(hosts, tiny, { transports: ["openmpi"], sizes: [65536] });
+  assertRows(st, "stream", "cross-host", [65536]);
+  assert.ok(takeOpenMpiNotes().some((n) => /openmpi, cross-host: .*btl self,tcp/.test(n)));
+});
