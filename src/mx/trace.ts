@@ -20,7 +20,7 @@
  * ever written. When full it overwrites the oldest records.
  */
 
-import { TRACE_EPOCH_MS } from "../nic/clock.js";
+import { NicTraceStage, type TraceRecord } from "../nic/trace-ring.js";
 
 export const TraceStage = {
   Posted: 1,
@@ -33,6 +33,7 @@ export const TraceStage = {
   NicSeen: 8,
   DmaDone: 9,
   EventSeen: 10,
+  ...NicTraceStage,
 } as const;
 export type TraceStageId = (typeof TraceStage)[keyof typeof TraceStage];
 
@@ -47,6 +48,12 @@ export const STAGE_NAMES: Record<number, string> = {
   [TraceStage.NicSeen]: "nic-seen",
   [TraceStage.DmaDone]: "dma-done",
   [TraceStage.EventSeen]: "event-seen",
+  [TraceStage.NicTaken]: "nic-taken",
+  [TraceStage.OnLink]: "on-link",
+  [TraceStage.OffLink]: "off-link",
+  [TraceStage.Delivered]: "delivered",
+  [TraceStage.PullRequested]: "pull-requested",
+  [TraceStage.PullData]: "pull-data",
 };
 
 /** The stages of an eager message, in order. */
@@ -70,6 +77,63 @@ export const RNDV_STAGES: readonly number[] = [
 ];
 
 /**
+ * Through the NIC to another host (nic-path.ts; both NICs stamp into their threads' rings):
+ * the SEND descriptor posted (written), NIC A takes it, puts the frame on the link, NIC B takes
+ * it off and delivers it, then the receiving library as on the channel.
+ */
+export const NIC_EAGER_STAGES: readonly number[] = [
+  TraceStage.Posted,
+  TraceStage.Written,
+  TraceStage.NicTaken,
+  TraceStage.OnLink,
+  TraceStage.OffLink,
+  TraceStage.Delivered,
+  TraceStage.Seen,
+  TraceStage.Copied,
+  TraceStage.Completed,
+];
+/** A rendezvous through the NIC: its announcement as an eager SEND, then the remote pull. */
+export const NIC_RNDV_STAGES: readonly number[] = [
+  TraceStage.Posted,
+  TraceStage.RndvSent,
+  TraceStage.NicTaken,
+  TraceStage.OnLink,
+  TraceStage.OffLink,
+  TraceStage.Delivered,
+  TraceStage.Seen,
+  TraceStage.PullPosted,
+  TraceStage.NicSeen,
+  TraceStage.PullRequested,
+  TraceStage.PullData,
+  TraceStage.DmaDone,
+  TraceStage.EventSeen,
+  TraceStage.Completed,
+];
+
+/**
+ * Which thread stamps each stage: "s" the sender's, "r" the receiver's, "ns" the sender's
+ * NIC, "nr" the receiver's NIC. A message's thread hand-offs are the changes along its stages.
+ */
+export const STAGE_THREAD: Record<number, string> = {
+  [TraceStage.Posted]: "s",
+  [TraceStage.Written]: "s",
+  [TraceStage.RndvSent]: "s",
+  [TraceStage.Seen]: "r",
+  [TraceStage.Copied]: "r",
+  [TraceStage.Completed]: "r",
+  [TraceStage.PullPosted]: "r",
+  [TraceStage.NicSeen]: "nr",
+  [TraceStage.DmaDone]: "nr",
+  [TraceStage.EventSeen]: "r",
+  [TraceStage.NicTaken]: "ns",
+  [TraceStage.OnLink]: "ns",
+  [TraceStage.OffLink]: "nr",
+  [TraceStage.Delivered]: "nr",
+  [TraceStage.PullRequested]: "nr",
+  [TraceStage.PullData]: "nr",
+};
+
+/**
  * Channel record flag (type word, bits 16..31, next to channel.ts's FLAG_NO_PAYLOAD = 1):
  * the sender traced this message and protocol word aux5 holds its trace sequence number.
  */
@@ -78,91 +142,16 @@ export const FLAG_TRACED = 2;
 // The trace clock lives below MX, in the NIC that stamps events with it (nic/clock.ts).
 export { TRACE_EPOCH_MS, traceNow } from "../nic/clock.js";
 
-/**
- * A message id, the same at both ends: the sender's (nic, endpoint) and its per-endpoint
- * sequence number (the u32 that travels in aux5). Exact in a double.
- */
-export function traceId(nic: number, endpoint: number, seq: number): number {
-  return ((nic & 0x1f) * 0x10000 + (endpoint & 0xffff)) * 0x100000000 + (seq >>> 0);
-}
-
-export const HEADER_WORDS = 4;
-export const RECORD_WORDS = 3;
-export const DEFAULT_TRACE_RECORDS = 1 << 16;
-
-export interface TraceRecord {
-  id: number;
-  stage: number;
-  t: number;
-}
-
-/** A ring of trace records over a SharedArrayBuffer (one writer: the endpoint's thread). */
-export class TraceBuffer {
-  readonly sab: SharedArrayBuffer;
-  readonly capacity: number;
-  private readonly f: Float64Array;
-  private readonly mask: number;
-  private n = 0;
-
-  /** `capacity` is rounded up to a power of two. */
-  constructor(capacity: number = DEFAULT_TRACE_RECORDS) {
-    if (!Number.isInteger(capacity) || capacity < 1 || capacity > 1 << 24)
-      throw new RangeError(`trace capacity must be an integer in 1..${1 << 24}, got ${String(capacity)}`);
-    let cap = 1;
-    while (cap < capacity) cap *= 2;
-    this.capacity = cap;
-    this.mask = cap - 1;
-    this.sab = new SharedArrayBuffer((HEADER_WORDS + cap * RECORD_WORDS) * 8);
-    this.f = new Float64Array(this.sab);
-    this.f[1] = cap;
-    this.f[2] = TRACE_EPOCH_MS;
-  }
-
-  /** Appends one record (the hot path when tracing: three stores and a counter). */
-  record(id: number, stage: number, t: number): void {
-    const i = HEADER_WORDS + (this.n & this.mask) * RECORD_WORDS;
-    const f = this.f;
-    f[i] = id;
-    f[i + 1] = stage;
-    f[i + 2] = t;
-    f[0] = ++this.n;
-  }
-
-  /** Records ever written (more than `capacity` means the oldest were overwritten). */
-  get count(): number {
-    return this.n;
-  }
-
-  clear(): void {
-    this.n = 0;
-    this.f[0] = 0;
-  }
-
-  /** The records still held, oldest first, as a flat copy (id, stage, t)*: cheap to post to another thread. */
-  snapshot(): Float64Array {
-    const held = Math.min(this.n, this.capacity);
-    const out = new Float64Array(held * RECORD_WORDS);
-    const first = this.n - held;
-    for (let k = 0; k < held; k++) {
-      const i = HEADER_WORDS + ((first + k) & this.mask) * RECORD_WORDS;
-      out[k * 3] = this.f[i];
-      out[k * 3 + 1] = this.f[i + 1];
-      out[k * 3 + 2] = this.f[i + 2];
-    }
-    return out;
-  }
-
-  records(): TraceRecord[] {
-    return unpack(this.snapshot());
-  }
-}
-
-export function unpack(flat: Float64Array): TraceRecord[] {
-  const out: TraceRecord[] = [];
-  for (let k = 0; k + 2 < flat.length; k += RECORD_WORDS)
-    out.push({ id: flat[k], stage: flat[k + 1], t: flat[k + 2] });
-  return out;
-}
+// The id, the ring and the NIC's stages live below MX, in the NIC that writes a ring too.
+export {
+  DEFAULT_TRACE_RECORDS,
+  HEADER_WORDS,
+  RECORD_WORDS,
+  TraceBuffer,
+  type TraceRecord,
+  traceId,
+  unpack,
+} from "../nic/trace-ring.js";
 
 /** Joins records (from any number of buffers) by message id: id → stage → time. */
 export function collate(...sets: Iterable<TraceRecord>[]): Map<number, Map<number, number>> {

@@ -1,0 +1,128 @@
+/**
+ * Trace rings: where the stamps of a traced message are kept by the threads it passes through
+ * (mx/trace.ts explains the stages and how they are joined). A ring is (message id, stage,
+ * time) records of float64 over a SharedArrayBuffer with one writer, so the thread that
+ * reads it (the bench) needs no help from the writer. It lives below the MX library because
+ * the NIC writes one: a NIC thread's stamps (taking a traced SEND, putting it on the link,
+ * taking it off, delivering it; a remote pull's request and first data) go into its thread's
+ * ring, `nicTrace.ring`, set only while someone traces (NicDevice.setTrace). With no ring,
+ * an untraced descriptor or frame costs the NIC the flag test it already makes.
+ */
+
+import { TRACE_EPOCH_MS, traceNow } from "./clock.js";
+
+/**
+ * A message id, the same in every thread: the sender's (nic, endpoint) and its per-endpoint
+ * trace sequence number (the u32 that travels in the record, descriptor, frame and event
+ * words). Exact in a double.
+ */
+export function traceId(nic: number, endpoint: number, seq: number): number {
+  return ((nic & 0x1f) * 0x10000 + (endpoint & 0xffff)) * 0x100000000 + (seq >>> 0);
+}
+
+/** The stages a NIC stamps (numbers shared with mx/trace.ts TraceStage). */
+export const NicTraceStage = {
+  /** The sending NIC took the SEND descriptor from the send queue. */
+  NicTaken: 11,
+  /** The sending NIC handed the SEND frame to the link (socket.write returned). */
+  OnLink: 12,
+  /** The receiving NIC read the SEND frame off the link. */
+  OffLink: 13,
+  /** The receiving NIC placed the payload and wrote the RECV event (before raising the interrupt). */
+  Delivered: 14,
+  /** The puller's NIC sent the PULL_REQUEST. */
+  PullRequested: 15,
+  /** The puller's NIC got the first PULL_REPLY (the request crossed, the peer NIC served it, data came back). */
+  PullData: 16,
+} as const;
+
+export const HEADER_WORDS = 4;
+export const RECORD_WORDS = 3;
+export const DEFAULT_TRACE_RECORDS = 1 << 16;
+
+export interface TraceRecord {
+  id: number;
+  stage: number;
+  t: number;
+}
+
+/** A ring of trace records over a SharedArrayBuffer (one writer). Header word 0 counts records ever written. */
+export class TraceBuffer {
+  readonly sab: SharedArrayBuffer;
+  readonly capacity: number;
+  private readonly f: Float64Array;
+  private readonly mask: number;
+  private n = 0;
+
+  /** `capacity` is rounded up to a power of two; `sab`: an existing ring's memory (another thread's view of it). */
+  constructor(capacity: number = DEFAULT_TRACE_RECORDS, sab?: SharedArrayBuffer) {
+    if (sab !== undefined) capacity = new Float64Array(sab)[1];
+    if (!Number.isInteger(capacity) || capacity < 1 || capacity > 1 << 24)
+      throw new RangeError(`trace capacity must be an integer in 1..${1 << 24}, got ${String(capacity)}`);
+    let cap = 1;
+    while (cap < capacity) cap *= 2;
+    this.capacity = cap;
+    this.mask = cap - 1;
+    this.sab = sab ?? new SharedArrayBuffer((HEADER_WORDS + cap * RECORD_WORDS) * 8);
+    this.f = new Float64Array(this.sab);
+    if (sab === undefined) {
+      this.f[1] = cap;
+      this.f[2] = TRACE_EPOCH_MS;
+    } else this.n = this.f[0];
+  }
+
+  /** Appends one record (the hot path when tracing: three stores and a counter). */
+  record(id: number, stage: number, t: number): void {
+    const i = HEADER_WORDS + (this.n & this.mask) * RECORD_WORDS;
+    const f = this.f;
+    f[i] = id;
+    f[i + 1] = stage;
+    f[i + 2] = t;
+    f[0] = ++this.n;
+  }
+
+  /** Records ever written (more than `capacity` means the oldest were overwritten). */
+  get count(): number {
+    return Math.max(this.n, this.f[0]);
+  }
+
+  clear(): void {
+    this.n = 0;
+    this.f[0] = 0;
+  }
+
+  /** The records still held, oldest first, as a flat copy (id, stage, t)*: cheap to post to another thread. */
+  snapshot(): Float64Array {
+    const n = this.count; // the writer may be another thread: its count is in word 0
+    const held = Math.min(n, this.capacity);
+    const out = new Float64Array(held * RECORD_WORDS);
+    const first = n - held;
+    for (let k = 0; k < held; k++) {
+      const i = HEADER_WORDS + ((first + k) & this.mask) * RECORD_WORDS;
+      out[k * 3] = this.f[i];
+      out[k * 3 + 1] = this.f[i + 1];
+      out[k * 3 + 2] = this.f[i + 2];
+    }
+    return out;
+  }
+
+  records(): TraceRecord[] {
+    return unpack(this.snapshot());
+  }
+}
+
+export function unpack(flat: Float64Array): TraceRecord[] {
+  const out: TraceRecord[] = [];
+  for (let k = 0; k + 2 < flat.length; k += RECORD_WORDS)
+    out.push({ id: flat[k], stage: flat[k + 1], t: flat[k + 2] });
+  return out;
+}
+
+/** This thread's NIC trace ring: undefined unless someone traces (one per thread; a NIC thread runs one NIC). */
+export const nicTrace: { ring: TraceBuffer | undefined } = { ring: undefined };
+
+/** Stamps `stage` of message (nic, endpoint, seq) now, if this thread has a ring. */
+export function nicStamp(nic: number, endpoint: number, seq: number, stage: number): void {
+  const ring = nicTrace.ring;
+  if (ring !== undefined) ring.record(traceId(nic, endpoint, seq), stage, traceNow());
+}
