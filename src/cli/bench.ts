@@ -64,7 +64,7 @@ export const ALL_TRANSPORTS = [...new Set([...PINGPONG_TRANSPORTS, ...STREAM_TRA
 /** --scope values: one scope, or all (every scope each suite has). */
 export const SCOPE_CHOICES = ["intra-host", "cross-host", "all"] as const;
 /** Suites that can place their ranks on two hosts; the others measure one host only. */
-export const CROSS_HOST_SUITES: readonly string[] = ["pingpong", "stream"];
+export const CROSS_HOST_SUITES: readonly string[] = ["pingpong", "stream", "breakdown"];
 
 /** Default sizes: OSU's sweeps (0 B / 1 B to 4 MiB), thinned out with --quick. */
 function defaultSizes(suite: string, quick: boolean, scope: Scope = "intra-host"): number[] {
@@ -205,13 +205,20 @@ export async function benchCommand(
         continue;
       }
       if (s !== "pingpong" && s !== "stream") {
-        host ??= await Host.start({});
         const known = BenchExtras.transports(s);
         const o = {
           sizes: sizes ?? BenchExtras.defaultSizes(s) ?? defaultSizes(s, quick),
           transports: (transports ?? known).filter((t) => known.includes(t)),
         };
-        rows.push(...(await BenchExtras.run(s, host, profile, o, tick)));
+        for (const sc of scopes) {
+          if (sc === "cross-host") {
+            if (!linked) {
+              tick("starting two hosts linked over loopback TCP");
+              linked = await startLinkedHosts();
+            }
+            rows.push(...(await BenchExtras.run(s, [linked.a, linked.b], profile, o, tick)));
+          } else rows.push(...(await BenchExtras.run(s, (host ??= await Host.start({})), profile, o, tick)));
+        }
         continue;
       }
       for (const sc of scopes) {
