@@ -14,17 +14,22 @@ import { once } from "node:events";
 import type { Host } from "../host/host.js";
 import {
   collate,
+  crossHostSplit,
   EAGER_STAGES,
   NIC_EAGER_STAGES,
   NIC_RNDV_STAGES,
   RNDV_STAGES,
+  SPLIT_EAGER_STAGES,
+  SPLIT_RNDV_STAGES,
   STAGE_NAMES,
   STAGE_THREAD,
   stageDurations,
   TraceBuffer,
   TraceStage,
+  traceNow,
   unpack,
 } from "../mx/trace.js";
+import { NET_TRACE_RECORDS } from "../netback/stats.js";
 import type { MxBenchCommand } from "../programs/mx-bench.js";
 import { type BenchProfile, type BenchRow, makeRow } from "./harness.js";
 import { MxPair, type MxPath, type Placement, type Progress, scopeOf } from "./mx.js";
@@ -59,6 +64,8 @@ export interface BreakdownRun {
   messages: number[][];
   /** Traced messages missing a stage (should be 0). */
   incomplete: number;
+  /** Per stage name: how many of the incomplete messages lack it (what went missing, for diagnosis). */
+  missing: Record<string, number>;
   /** Trace records the two ranks (and the NICs, across hosts) returned. */
   records: number;
   /** Per message: the stamps (trace-clock ms) of every stage, `posted` first (for checks). */
@@ -76,20 +83,35 @@ export interface BreakdownRun {
 /** The stage list a message followed, from the stages it has: the NIC path, the split path or the channel. */
 export function stageOrder(m: ReadonlyMap<number, number>): readonly number[] {
   const rndv = m.has(TraceStage.RndvSent);
-  if (m.has(TraceStage.NicTaken)) return rndv ? NIC_RNDV_STAGES : NIC_EAGER_STAGES;
+  if (m.has(TraceStage.NicTaken)) {
+    const order = rndv ? NIC_RNDV_STAGES : NIC_EAGER_STAGES;
+    // To an endpoint of the same NIC with no loopback link: placed directly, no frame.
+    if (!m.has(TraceStage.OnLink) && !m.has(TraceStage.OffLink))
+      return order.filter((s) => s !== TraceStage.OnLink && s !== TraceStage.OffLink);
+    return order;
+  }
+  if (m.has(TraceStage.NetbackTx) || m.has(TraceStage.Bridged)) {
+    const order = rndv ? SPLIT_RNDV_STAGES : SPLIT_EAGER_STAGES;
+    return m.has(TraceStage.BridgedIn) ? crossHostSplit(order) : order;
+  }
   return rndv ? RNDV_STAGES : EAGER_STAGES;
 }
 
 /**
  * Thread hand-offs along `order`: each change of the thread that stamps consecutive stages
- * (STAGE_THREAD), plus the ones no stamp shows (a remote pull's request is served by the
- * sender's NIC before its data comes back: two more).
+ * (STAGE_THREAD), plus the ones no stamp shows: a remote pull's request is served by the
+ * sender's NIC before its data comes back (two more); across hosts a split frame passes
+ * NIC A and NIC B between bridged and bridged-in (two more); a
+ * split rendezvous's PULL and DATA frames go receiver → netback → sender → netback →
+ * receiver (four more; ten across hosts).
  */
-export function stageHandoffs(order: readonly number[]): number {
+export function stageHandoffs(order: readonly number[], crossHost = false): number {
   let n = 0;
   for (let k = 1; k < order.length; k++) {
     if (STAGE_THREAD[order[k]] !== STAGE_THREAD[order[k - 1]]) n++;
     if (order[k] === TraceStage.PullData) n += 2;
+    if (order[k] === TraceStage.BridgedIn) n += 2;
+    if (order[k] === TraceStage.Completed && order[k - 1] === TraceStage.PullPosted) n += crossHost ? 10 : 4;
   }
   return n;
 }
@@ -100,6 +122,29 @@ export function breakdownIters(profile: BenchProfile, bytes: number): { iters: n
   if (bytes <= 8192) return quick ? { iters: 1000, warmup: 200 } : { iters: 5000, warmup: 500 };
   if (bytes <= 256 * 1024) return quick ? { iters: 100, warmup: 10 } : { iters: 500, warmup: 20 };
   return quick ? { iters: 20, warmup: 2 } : { iters: 100, warmup: 5 };
+}
+
+/**
+ * Iterations for one transport: breakdownIters, fewer where a run's stamps must all fit a
+ * ring that cannot grow with the run (netback's: NET_TRACE_RECORDS; a split message stamps
+ * about two records per frame on each host) or where a round trip costs ~1 ms (cross-host).
+ */
+export function breakdownItersFor(
+  profile: BenchProfile,
+  bytes: number,
+  path: MxPath,
+  scope: string,
+): { iters: number; warmup: number } {
+  const it = breakdownIters(profile, bytes);
+  let cap = Number.POSITIVE_INFINITY;
+  if (path === "split") {
+    const frames = bytes > 32 * 1024 ? 1 : Math.max(1, Math.ceil(bytes / 1400));
+    cap = Math.floor((NET_TRACE_RECORDS * 0.8) / (4 * frames));
+  }
+  if (scope === "cross-host") cap = Math.min(cap, 1000);
+  if (it.iters + it.warmup <= cap) return it;
+  const warmup = Math.min(it.warmup, Math.floor(cap / 10));
+  return { iters: cap - warmup, warmup };
 }
 
 /** Wake-up counters summed over `hosts` (each counted once) and the pair's two ranks. */
@@ -136,6 +181,10 @@ export async function tracedPingpong(
   const nics = [...new Set(hosts)];
   const rings = trace ? nics.map(() => new TraceBuffer((iters + warmup + 1) * 12 + 64)) : [];
   await Promise.all(rings.map((r, i) => nics[i].nic.setTrace(r.sab)));
+  // The split path: netback stamps into its stats page's ring while it is on.
+  const netRings = trace && pair.path === "split" ? nics.map((h) => h.netTrace()) : [];
+  for (const r of netRings) r.on = true;
+  const startT = traceNow();
   const wakeBefore = await wakeCount(pair, hosts);
   const ra = once(a, "message");
   const rb = once(b, "message");
@@ -151,21 +200,26 @@ export async function tracedPingpong(
     [[va], [vb]] = (await Promise.race([Promise.all([ra, rb]), failed])) as [[Reply], [Reply]];
   } finally {
     await Promise.all(rings.map((_, i) => nics[i].nic.setTrace(undefined)));
+    for (const r of netRings) r.on = false;
   }
   const wakeups = ((await wakeCount(pair, hosts)) - wakeBefore) / (2 * (iters + warmup));
-  const nicRecords = rings.map((r) => r.records());
+  // A ring that outlives runs (netback's) holds older runs' records too: only this run's count.
+  const nicRecords = [...rings, ...netRings].map((r) => r.records().filter((x) => x.t >= startT));
   const byId = collate(unpack(va.trace), unpack(vb.trace), ...nicRecords);
   // The stage list is the one the measured messages follow (the first one's).
   let order: readonly number[] | undefined;
   const messages: number[][] = [];
   const stamps: number[][] = [];
   let incomplete = 0;
+  const missing: Record<string, number> = {};
   for (const m of byId.values()) {
-    if ((m.get(TraceStage.Posted) ?? Number.POSITIVE_INFINITY) < va.since) continue; // warm-up
+    // Warm-up, or a ring's stamp of an earlier run's message (a frame resent late).
+    if ((m.get(TraceStage.Posted) ?? Number.NEGATIVE_INFINITY) < va.since) continue;
     order ??= stageOrder(m);
     const d = stageDurations(m, order);
     if (!d) {
       incomplete++;
+      for (const s of order) if (!m.has(s)) missing[STAGE_NAMES[s]] = (missing[STAGE_NAMES[s]] ?? 0) + 1;
       continue;
     }
     messages.push(d.map((ms) => ms * 1000));
@@ -178,9 +232,10 @@ export async function tracedPingpong(
     stages: order.slice(1).map((s) => STAGE_NAMES[s]),
     messages,
     incomplete,
+    missing,
     records: (va.trace.length + vb.trace.length) / 3 + nicRecords.reduce((n, r) => n + r.length, 0),
     stamps,
-    handoffs: stageHandoffs(order),
+    handoffs: stageHandoffs(order, nics.length > 1),
     wakeups,
   };
 }
@@ -227,7 +282,6 @@ export async function benchBreakdown(
       await tracedPingpong(pair, 64 * 1024, 10, 0, true, hosts);
     }
     for (const bytes of sizes) {
-      const { iters, warmup } = breakdownIters(profile, bytes);
       const perStage = new Map<
         MxPath,
         { stages: string[]; samples: number[][]; handoffs: number; wakeups: number[] }
@@ -235,6 +289,7 @@ export async function benchBreakdown(
       for (let r = 0; r < profile.runs + profile.warmupRuns; r++) {
         for (const [t, pair] of pairs) {
           progress(`breakdown ${scope} ${bytes} B, ${t}, run ${r + 1}`);
+          const { iters, warmup } = breakdownItersFor(profile, bytes, t, scope);
           const run = await tracedPingpong(pair, bytes, iters, warmup, true, hosts);
           if (r < profile.warmupRuns) continue;
           if (run.messages.length === 0) throw new Error(`breakdown ${t} ${bytes} B: no complete trace`);

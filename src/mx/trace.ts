@@ -2,11 +2,22 @@
  * Message tracing: where each microsecond of a message goes.
  *
  * An endpoint opened with `trace: true` (or after `enableTrace()`) stamps each message at
- * each stage of its path into its own TraceBuffer; the stamps of both ends (and the NIC's,
- * carried back in the PULL_DONE event) are joined by message id afterwards (`collate`).
+ * each stage of its path into its own TraceBuffer; the stamps of both ends, the NIC's (carried
+ * back in the PULL_DONE event, or kept in each NIC thread's ring) and netback's (its stats
+ * page's ring) are joined by message id afterwards (`collate`). Per path:
  *
- *   eager       posted → written → seen → copied → completed
- *   rendezvous  posted → rndv-sent → seen → pull-posted → nic-seen → dma-done → event-seen → completed
+ *   channel  eager  posted → written → seen → copied → completed
+ *            rndv   posted → rndv-sent → seen → pull-posted → nic-seen → dma-done → event-seen → completed
+ *   NIC      eager  posted → written → nic-taken → on-link → off-link → delivered → seen → copied → completed
+ *            rndv   posted → rndv-sent → nic-taken → on-link → off-link → delivered → seen → pull-posted
+ *                   → nic-seen → pull-requested → pull-data → dma-done → event-seen → completed
+ *   split    eager  posted → written → netback-tx → bridged → seen → copied → completed
+ *            rndv   posted → rndv-sent → netback-tx → bridged → seen → pull-posted → completed
+ *
+ * The message id travels in words that exist: the channel record's aux5, a NIC SEND's
+ * D_TRACE_SEQ → frame F_TRACE → RECV event E_TRACE_SEQ (nic/window.ts), a traced Ethernet
+ * frame's trailer (nic/trace-ring.ts). With tracing off nothing is stamped or carried: each
+ * stage costs one test of a field already at hand.
  *
  * The clock (`traceNow`) is `performance.timeOrigin + performance.now()` in ms, shifted by a
  * fixed epoch (TRACE_EPOCH_MS) so the double keeps its precision: the plain sum is ~1.8e12 ms,
@@ -54,6 +65,9 @@ export const STAGE_NAMES: Record<number, string> = {
   [TraceStage.Delivered]: "delivered",
   [TraceStage.PullRequested]: "pull-requested",
   [TraceStage.PullData]: "pull-data",
+  [TraceStage.NetbackTx]: "netback-tx",
+  [TraceStage.Bridged]: "bridged",
+  [TraceStage.BridgedIn]: "bridged-in",
 };
 
 /** The stages of an eager message, in order. */
@@ -111,8 +125,41 @@ export const NIC_RNDV_STAGES: readonly number[] = [
 ];
 
 /**
+ * The split path (ether-path.ts; netback stamps into its host's stats page ring): the frames
+ * built and handed to netfront (written), netback took them off the tx ring (netback-tx), the
+ * bridge forwarded them (bridged), across hosts the receiving host's bridge forwarded them
+ * from its uplink (bridged-in: that stage holds both NICs and the link), then the receiving
+ * library; a rendezvous's announcement the same way, then its PULL frame and DATA frames in
+ * one stage (pull-posted → completed).
+ */
+export const SPLIT_EAGER_STAGES: readonly number[] = [
+  TraceStage.Posted,
+  TraceStage.Written,
+  TraceStage.NetbackTx,
+  TraceStage.Bridged,
+  TraceStage.Seen,
+  TraceStage.Copied,
+  TraceStage.Completed,
+];
+/** SPLIT_*_STAGES with bridged-in after bridged (across hosts). */
+export function crossHostSplit(order: readonly number[]): number[] {
+  const k = order.indexOf(TraceStage.Bridged);
+  return [...order.slice(0, k + 1), TraceStage.BridgedIn, ...order.slice(k + 1)];
+}
+export const SPLIT_RNDV_STAGES: readonly number[] = [
+  TraceStage.Posted,
+  TraceStage.RndvSent,
+  TraceStage.NetbackTx,
+  TraceStage.Bridged,
+  TraceStage.Seen,
+  TraceStage.PullPosted,
+  TraceStage.Completed,
+];
+
+/**
  * Which thread stamps each stage: "s" the sender's, "r" the receiver's, "ns" the sender's
- * NIC, "nr" the receiver's NIC. A message's thread hand-offs are the changes along its stages.
+ * NIC, "nr" the receiver's NIC, "d" the sending host's driver domain (netback and the
+ * bridge), "dr" the receiving host's (across hosts). A message's thread hand-offs are the changes along its stages.
  */
 export const STAGE_THREAD: Record<number, string> = {
   [TraceStage.Posted]: "s",
@@ -131,6 +178,9 @@ export const STAGE_THREAD: Record<number, string> = {
   [TraceStage.Delivered]: "nr",
   [TraceStage.PullRequested]: "nr",
   [TraceStage.PullData]: "nr",
+  [TraceStage.NetbackTx]: "d",
+  [TraceStage.Bridged]: "d",
+  [TraceStage.BridgedIn]: "dr",
 };
 
 /**
@@ -153,14 +203,19 @@ export {
   unpack,
 } from "../nic/trace-ring.js";
 
-/** Joins records (from any number of buffers) by message id: id → stage → time. */
+/**
+ * Joins records (from any number of buffers) by message id: id → stage → time. A stage
+ * stamped more than once (a descriptor retried, a frame resent) keeps its first time: what
+ * follows it happened after that, whichever copy made it through.
+ */
 export function collate(...sets: Iterable<TraceRecord>[]): Map<number, Map<number, number>> {
   const byId = new Map<number, Map<number, number>>();
   for (const set of sets)
     for (const r of set) {
       let m = byId.get(r.id);
       if (!m) byId.set(r.id, (m = new Map()));
-      m.set(r.stage, r.t);
+      const t = m.get(r.stage);
+      if (t === undefined || r.t < t) m.set(r.stage, r.t);
     }
   return byId;
 }

@@ -34,6 +34,12 @@ export const NicTraceStage = {
   PullRequested: 15,
   /** The puller's NIC got the first PULL_REPLY (the request crossed, the peer NIC served it, data came back). */
   PullData: 16,
+  /** Split path: netback took the traced frame off the sending guest's tx ring (grant-copied, checked). */
+  NetbackTx: 17,
+  /** Split path: the sending host's bridge forwarded it (to the receiver's vif, or to the uplink). */
+  Bridged: 18,
+  /** Split path across hosts: the receiving host's bridge forwarded it from its uplink. */
+  BridgedIn: 19,
 } as const;
 
 export const HEADER_WORDS = 4;
@@ -54,21 +60,32 @@ export class TraceBuffer {
   private readonly mask: number;
   private n = 0;
 
-  /** `capacity` is rounded up to a power of two; `sab`: an existing ring's memory (another thread's view of it). */
-  constructor(capacity: number = DEFAULT_TRACE_RECORDS, sab?: SharedArrayBuffer) {
-    if (sab !== undefined) capacity = new Float64Array(sab)[1];
+  /**
+   * `capacity` is rounded up to a power of two. `sab`: an existing ring's memory, from
+   * `byteOffset` (another thread's view of it; capacity 0: the one its header says).
+   */
+  constructor(capacity: number = DEFAULT_TRACE_RECORDS, sab?: SharedArrayBuffer, byteOffset = 0) {
+    if (sab !== undefined && capacity === 0) capacity = new Float64Array(sab, byteOffset, HEADER_WORDS)[1];
     if (!Number.isInteger(capacity) || capacity < 1 || capacity > 1 << 24)
       throw new RangeError(`trace capacity must be an integer in 1..${1 << 24}, got ${String(capacity)}`);
     let cap = 1;
     while (cap < capacity) cap *= 2;
     this.capacity = cap;
     this.mask = cap - 1;
-    this.sab = sab ?? new SharedArrayBuffer((HEADER_WORDS + cap * RECORD_WORDS) * 8);
-    this.f = new Float64Array(this.sab);
-    if (sab === undefined) {
-      this.f[1] = cap;
-      this.f[2] = TRACE_EPOCH_MS;
-    } else this.n = this.f[0];
+    this.sab = sab ?? new SharedArrayBuffer(traceRingBytes(cap));
+    this.f = new Float64Array(this.sab, byteOffset, HEADER_WORDS + cap * RECORD_WORDS);
+    this.n = this.f[0];
+    this.f[1] = cap;
+    this.f[2] = TRACE_EPOCH_MS;
+  }
+
+  /** Header word 3: a switch the ring's reader may set for a writer that stamps only while it is on. */
+  get on(): boolean {
+    return this.f[3] !== 0;
+  }
+
+  set on(v: boolean) {
+    this.f[3] = v ? 1 : 0;
   }
 
   /** Appends one record (the hot path when tracing: three stores and a counter). */
@@ -111,6 +128,11 @@ export class TraceBuffer {
   }
 }
 
+/** Bytes of a ring of `capacity` records (a power of two). */
+export function traceRingBytes(capacity: number): number {
+  return (HEADER_WORDS + capacity * RECORD_WORDS) * 8;
+}
+
 export function unpack(flat: Float64Array): TraceRecord[] {
   const out: TraceRecord[] = [];
   for (let k = 0; k + 2 < flat.length; k += RECORD_WORDS)
@@ -125,4 +147,30 @@ export const nicTrace: { ring: TraceBuffer | undefined } = { ring: undefined };
 export function nicStamp(nic: number, endpoint: number, seq: number, stage: number): void {
   const ring = nicTrace.ring;
   if (ring !== undefined) ring.record(traceId(nic, endpoint, seq), stage, traceNow());
+}
+
+// ---- traced Ethernet frames (the split path) ---------------------------------------------------
+//
+// A traced frame ends with a trailer: ETHER_TRACE_MAGIC (u32, little-endian) then the message's
+// trace id (float64, little-endian), after everything its protocol counts (MXoE's payload
+// word says where its bytes end, so its receiver ignores what follows). The backend and the
+// bridge read it only while their ring is on; untraced frames have none and cost nothing.
+
+export const ETHER_TRACE_MAGIC = 0x5254584d; // "MXTR"
+export const ETHER_TRACE_BYTES = 12;
+
+/** Appends the trailer for message `id` at `at` (the frame must have room for ETHER_TRACE_BYTES). */
+export function putEtherTrace(frame: Uint8Array, at: number, id: number): void {
+  const v = new DataView(frame.buffer, frame.byteOffset + at, ETHER_TRACE_BYTES);
+  v.setUint32(0, ETHER_TRACE_MAGIC, true);
+  v.setFloat64(4, id, true);
+}
+
+/** The trace id in the trailer of a frame of `len` bytes, or 0 when it has none. */
+export function etherTraceId(frame: Uint8Array, len: number = frame.length): number {
+  if (len < ETHER_TRACE_BYTES + 14 || len > frame.length) return 0;
+  const v = new DataView(frame.buffer, frame.byteOffset + len - ETHER_TRACE_BYTES, ETHER_TRACE_BYTES);
+  if (v.getUint32(0, true) !== ETHER_TRACE_MAGIC) return 0;
+  const id = v.getFloat64(4, true);
+  return Number.isSafeInteger(id) && id > 0 ? id : 0;
 }
