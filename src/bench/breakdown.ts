@@ -179,10 +179,11 @@ export async function tracedPingpong(
   const cmd = (role: "a" | "b"): MxBenchCommand => ({ kind: "breakdown", role, bytes, iters, warmup, trace });
   // Each NIC stamps into a fresh ring of its own while this run lasts (nic/trace-ring.ts).
   const nics = [...new Set(hosts)];
-  const rings = trace ? nics.map(() => new TraceBuffer((iters + warmup + 1) * 12 + 64)) : [];
+  // Rings are on even with tracing off: then they must stay empty (nothing carries a trace id).
+  const rings = nics.map(() => new TraceBuffer((iters + warmup + 1) * 12 + 64));
   await Promise.all(rings.map((r, i) => nics[i].nic.setTrace(r.sab)));
   // The split path: netback stamps into its stats page's ring while it is on.
-  const netRings = trace && pair.path === "split" ? nics.map((h) => h.netTrace()) : [];
+  const netRings = pair.path === "split" ? nics.map((h) => h.netTrace()) : [];
   for (const r of netRings) r.on = true;
   const startT = traceNow();
   const wakeBefore = await wakeCount(pair, hosts);

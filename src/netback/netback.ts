@@ -414,10 +414,10 @@ export class Netback {
     if (this.runq.length > 0 || this.uplink?.ready) this.schedule();
   };
 
-  /** A traced frame's stage (its trailer: nic/trace-ring.ts), into the stats page's ring. */
-  private stamp(fr: StagedFrame, stage: number): void {
+  /** A traced frame's stage at `t` (its trailer: nic/trace-ring.ts), into the stats page's ring. */
+  private stamp(fr: StagedFrame, stage: number, t: number): void {
     const id = etherTraceId(fr.data, fr.len);
-    if (id !== 0) this.trace.record(id, stage, traceNow());
+    if (id !== 0) this.trace.record(id, stage, t);
   }
 
   // ---- the pass ---------------------------------------------------------------------------------
@@ -447,6 +447,10 @@ export class Netback {
       u.ready = u.port.rxPending ?? got >= budget;
     }
 
+    // Tracing: every frame of this pass has been taken off its ring (a traced frame's
+    // netback-tx, stamped once its trailer is copied in; stats.ts).
+    const passStart = this.trace.on ? traceNow() : 0;
+
     // 2. one grant-copy batch for every TX piece.
     if (this.nTxOps > 0) {
       const batch = this.txBatch;
@@ -471,14 +475,15 @@ export class Netback {
     }
 
     // 3. TX responses and the bridge.
-    const tracing = this.trace.on;
+    const tracing = passStart !== 0;
     for (let f = 0; f < this.nStaged; f++) {
       const fr = this.staging[f];
       const v = fr.from;
       if (v === undefined) {
         s[BridgeCounter.uplinkRx]++;
+        // Stamped before the frame moves on: once forwarded, another thread may stamp it next.
+        if (tracing) this.stamp(fr, NicTraceStage.BridgedIn, traceNow());
         this.bridge.forward(u!.id, fr);
-        if (tracing) this.stamp(fr, NicTraceStage.BridgedIn);
         continue;
       }
       if (!fr.ok) {
@@ -507,9 +512,11 @@ export class Netback {
         view.setInt16(this.rspOff[r] + TX_RSP_STATUS, NETIF_RSP_OKAY, true);
       this.add(v, VifCounter.txFrames);
       this.add(v, VifCounter.txBytes, fr.len);
-      if (tracing) this.stamp(fr, NicTraceStage.NetbackTx);
+      if (tracing) {
+        this.stamp(fr, NicTraceStage.NetbackTx, passStart);
+        this.stamp(fr, NicTraceStage.Bridged, traceNow());
+      }
       if (this.bridge.forward(v.bridgeId, fr) > 0) this.add(v, VifCounter.framesBridged);
-      if (tracing) this.stamp(fr, NicTraceStage.Bridged);
     }
     // Vifs whose requests all failed validation still need their ERROR responses pushed.
     for (const v of this.processed) if (v.state === "connected") this.touch(v).touchedTx = true;

@@ -34,11 +34,11 @@ export const NicTraceStage = {
   PullRequested: 15,
   /** The puller's NIC got the first PULL_REPLY (the request crossed, the peer NIC served it, data came back). */
   PullData: 16,
-  /** Split path: netback took the traced frame off the sending guest's tx ring (grant-copied, checked). */
+  /** Split path: the netback pass that took the traced frame off the sending guest's tx ring has taken its requests. */
   NetbackTx: 17,
-  /** Split path: the sending host's bridge forwarded it (to the receiver's vif, or to the uplink). */
+  /** Split path: the frame is copied and checked; the sending host's bridge forwards it (to a vif or the uplink). */
   Bridged: 18,
-  /** Split path across hosts: the receiving host's bridge forwarded it from its uplink. */
+  /** Split path across hosts: the receiving host's netback took it from its uplink; its bridge forwards it. */
   BridgedIn: 19,
 } as const;
 
