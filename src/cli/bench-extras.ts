@@ -24,9 +24,10 @@ export const BenchExtras = {
   transports(suite: string): string[] {
     return suite === "breakdown" ? [...BREAKDOWN_TRANSPORTS] : [];
   },
-  /** Sizes a suite uses when the user gives none. */
-  defaultSizes(suite: string): number[] | undefined {
-    return suite === "breakdown" ? [...BREAKDOWN_SIZES] : undefined;
+  /** Sizes a suite uses when the user gives none (across hosts with --quick: one eager, one rendezvous). */
+  defaultSizes(suite: string, scope = "intra-host", quick = false): number[] | undefined {
+    if (suite !== "breakdown") return undefined;
+    return scope === "cross-host" && quick ? [8, 65536] : [...BREAKDOWN_SIZES];
   },
   async run(
     suite: string,
@@ -59,7 +60,7 @@ export const BenchExtras = {
       const total = stages.reduce((s, r) => s + r.median, 0);
       const counts =
         stages[0].handoffs !== undefined
-          ? `  [${stages[0].handoffs} hand-offs, ${stages[0].wakeups ?? "?"} wake-ups]`
+          ? `  [${stages[0].handoffs} hand-offs, ${stages[0].wakeups ?? "?"} wake-ups per message]`
           : "";
       out.push(
         `  ${scope.padEnd(10)} ${t.padEnd(7)} ${String(bytes).padStart(8)} B  ${total.toFixed(2).padStart(8)} µs = ` +

@@ -90,7 +90,7 @@ function scopesFor(suite: string, scope: (typeof SCOPE_CHOICES)[number], explici
   if (canCross) return ["cross-host"];
   if (explicit)
     throw new BenchUsageError(
-      `--scope cross-host: the ${suite} suite measures one host only; cross-host applies to ${CROSS_HOST_SUITES.join(" and ")}`,
+      `--scope cross-host: the ${suite} suite measures one host only; cross-host applies to ${CROSS_HOST_SUITES.slice(0, -1).join(", ")} and ${CROSS_HOST_SUITES.at(-1)}`,
     );
   return [];
 }
@@ -206,11 +206,11 @@ export async function benchCommand(
       }
       if (s !== "pingpong" && s !== "stream") {
         const known = BenchExtras.transports(s);
-        const o = {
-          sizes: sizes ?? BenchExtras.defaultSizes(s) ?? defaultSizes(s, quick),
-          transports: (transports ?? known).filter((t) => known.includes(t)),
-        };
         for (const sc of scopes) {
+          const o = {
+            sizes: sizes ?? BenchExtras.defaultSizes(s, sc, quick) ?? defaultSizes(s, quick),
+            transports: (transports ?? known).filter((t) => known.includes(t)),
+          };
           if (sc === "cross-host") {
             if (!linked) {
               tick("starting two hosts linked over loopback TCP");
