@@ -59,7 +59,7 @@ test("bad usage fails before anything runs, with a message saying what to fix", 
   assert.equal(substrateCross.code, 2);
   assert.match(
     substrateCross.stderr,
-    /--scope cross-host: the substrate suite measures one host only; cross-host applies to pingpong and stream/,
+    /--scope cross-host: the substrate suite measures one host only; cross-host applies to pingpong, stream and breakdown/,
   );
   const pigeon = await run("bench", "stream", "--scope", "cross-host", "--transports", "pigeon");
   assert.equal(pigeon.code, 2);

@@ -18,7 +18,7 @@ import {
 } from "./report-style.js";
 
 /** A row of the "breakdown" bench: one stage of a latency. */
-export type BreakdownRow = BenchRow & { stage?: string };
+export type BreakdownRow = BenchRow & { stage?: string; handoffs?: number; wakeups?: number };
 
 export const METRIC_NOUN: Record<Metric, string> = {
   latency_us: "latency",
@@ -398,6 +398,10 @@ export function breakdownPlot(rows: readonly BreakdownRow[], id: string): string
       `<text class="bar-total" x="${n2(cx)}" y="${n2(y(acc) - 5)}" text-anchor="middle">${esc(formatValue(metric, sum))}</text>`,
       `<text class="bar-label" x="${n2(cx)}" y="${f.top + f.ph + 16}" text-anchor="middle">${esc(b.transport)}</text>`,
       `<text class="bar-label" x="${n2(cx)}" y="${f.top + f.ph + 30}" text-anchor="middle">${esc(formatBytes(b.bytes))}</text>`,
+      // Thread hand-offs and wake-ups per message (breakdown.ts), when the rows carry them.
+      b.segs[0].handoffs !== undefined
+        ? `<text class="bar-counts" x="${n2(cx)}" y="${n2(y(acc) - 18)}" text-anchor="middle"><title>thread hand-offs / wake-ups per message</title>${b.segs[0].handoffs}h ${b.segs[0].wakeups ?? "?"}w</text>`
+        : "",
       "</g>",
     );
   });
@@ -414,7 +418,7 @@ export function breakdownPlot(rows: readonly BreakdownRow[], id: string): string
   return [
     `<figure class="breakdown" id="${id}" data-scope="${esc(scope)}" data-metric="${esc(metric)}">`,
     svg.join("\n"),
-    `<figcaption>${esc(title)}: one stacked bar per transport and size, one segment per stage (median of the runs), bottom to top in the order the stages first appear.</figcaption>`,
+    `<figcaption>${esc(title)}: one stacked bar per transport and size, one segment per stage (median of the runs), bottom to top in the order the stages first appear; above each bar, the thread hand-offs (h) and wake-ups (w) per message.</figcaption>`,
     `<script type="application/json" class="breakdown-data">${scriptJson(rows)}</script>`,
     "</figure>",
   ].join("\n");

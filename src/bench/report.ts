@@ -111,7 +111,7 @@ svg .frame { fill: none; stroke: #444; } svg .tick { stroke: #444; }
 svg .g1 { stroke: #e3e3e3; } svg .g2 { stroke: #f2f2f2; } svg .minor { fill: #888; font-size: 10px; }
 svg .line { fill: none; stroke-width: 2; } svg .whisker { fill: none; stroke-width: 1.2; opacity: 0.7; }
 svg .axis-label { font-size: 13px; fill: #333; } svg .plot-title { font-size: 14px; font-weight: 600; }
-svg .axis-break { stroke: #444; fill: none; } svg .bar-total { font-size: 11px; fill: #333; }
+svg .axis-break { stroke: #444; fill: none; } svg .bar-total { font-size: 11px; fill: #333; } svg .bar-counts { font-size: 9px; fill: #666; }
 table { border-collapse: collapse; width: 100%; font-size: 13px; }
 th, td { border-bottom: 1px solid #eee; padding: 3px 8px; text-align: left; vertical-align: top; }
 td.n { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }

@@ -9,7 +9,7 @@ import {
   benchBreakdown,
 } from "../bench/breakdown.js";
 import type { BenchProfile, BenchReport, BenchRow } from "../bench/harness.js";
-import type { Host } from "../host/host.js";
+import type { Placement } from "../bench/mx.js";
 
 type HtmlWriter = (file: string, report: BenchReport) => void;
 let htmlWriter: HtmlWriter | undefined;
@@ -24,19 +24,25 @@ export const BenchExtras = {
   transports(suite: string): string[] {
     return suite === "breakdown" ? [...BREAKDOWN_TRANSPORTS] : [];
   },
-  /** Sizes a suite uses when the user gives none. */
-  defaultSizes(suite: string): number[] | undefined {
-    return suite === "breakdown" ? [...BREAKDOWN_SIZES] : undefined;
+  /** Sizes a suite uses when the user gives none (across hosts with --quick: one eager, one rendezvous). */
+  defaultSizes(suite: string, scope = "intra-host", quick = false): number[] | undefined {
+    if (suite !== "breakdown") return undefined;
+    return scope === "cross-host" && quick ? [8, 65536] : [...BREAKDOWN_SIZES];
   },
   async run(
     suite: string,
-    host: Host,
+    placement: Placement,
     profile: BenchProfile,
     o: { sizes: number[]; transports: string[] },
     progress: (label: string) => void,
   ): Promise<BenchRow[]> {
     if (suite !== "breakdown") throw new Error(`suite ${suite} is not available in this build`);
-    return benchBreakdown(host, profile, { sizes: o.sizes, transports: o.transports as never }, progress);
+    return benchBreakdown(
+      placement,
+      profile,
+      { sizes: o.sizes, transports: o.transports as never },
+      progress,
+    );
   },
   /** The breakdown as text: per path and size, each stage's share of the one-way time. */
   describe(rows: readonly BenchRow[]): string[] {
@@ -44,15 +50,22 @@ export const BenchExtras = {
       (r): r is BreakdownRow => r.bench === "breakdown" && typeof (r as BreakdownRow).stage === "string",
     );
     if (b.length === 0) return [];
-    const out = ["latency breakdown (median µs per stage of a traced one-way message):"];
-    const keys = [...new Set(b.map((r) => `${r.transport}\u0000${r.bytes}`))];
+    const out = [
+      "latency breakdown (median µs per stage of a traced one-way message; hand-offs and wake-ups per message):",
+    ];
+    const keys = [...new Set(b.map((r) => `${r.scope}\u0000${r.transport}\u0000${r.bytes}`))];
     for (const k of keys) {
-      const [t, bytes] = k.split("\u0000");
-      const stages = b.filter((r) => r.transport === t && String(r.bytes) === bytes);
+      const [scope, t, bytes] = k.split("\u0000");
+      const stages = b.filter((r) => r.scope === scope && r.transport === t && String(r.bytes) === bytes);
       const total = stages.reduce((s, r) => s + r.median, 0);
+      const counts =
+        stages[0].handoffs !== undefined
+          ? `  [${stages[0].handoffs} hand-offs, ${stages[0].wakeups ?? "?"} wake-ups per message]`
+          : "";
       out.push(
-        `  ${t.padEnd(7)} ${String(bytes).padStart(8)} B  ${total.toFixed(2).padStart(8)} µs = ` +
-          stages.map((r) => `${r.stage} ${r.median.toFixed(2)}`).join(" + "),
+        `  ${scope.padEnd(10)} ${t.padEnd(7)} ${String(bytes).padStart(8)} B  ${total.toFixed(2).padStart(8)} µs = ` +
+          stages.map((r) => `${r.stage} ${r.median.toFixed(2)}`).join(" + ") +
+          counts,
       );
     }
     return out;

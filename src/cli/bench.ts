@@ -65,7 +65,7 @@ export const ALL_TRANSPORTS = [...new Set([...PINGPONG_TRANSPORTS, ...STREAM_TRA
 /** --scope values: one scope, or all (every scope each suite has). */
 export const SCOPE_CHOICES = ["intra-host", "cross-host", "all"] as const;
 /** Suites that can place their ranks on two hosts; the others measure one host only. */
-export const CROSS_HOST_SUITES: readonly string[] = ["pingpong", "stream"];
+export const CROSS_HOST_SUITES: readonly string[] = ["pingpong", "stream", "breakdown"];
 
 /** Default sizes: OSU's sweeps (0 B / 1 B to 4 MiB), thinned out with --quick. */
 function defaultSizes(suite: string, quick: boolean, scope: Scope = "intra-host"): number[] {
@@ -91,7 +91,7 @@ function scopesFor(suite: string, scope: (typeof SCOPE_CHOICES)[number], explici
   if (canCross) return ["cross-host"];
   if (explicit)
     throw new BenchUsageError(
-      `--scope cross-host: the ${suite} suite measures one host only; cross-host applies to ${CROSS_HOST_SUITES.join(" and ")}`,
+      `--scope cross-host: the ${suite} suite measures one host only; cross-host applies to ${CROSS_HOST_SUITES.slice(0, -1).join(", ")} and ${CROSS_HOST_SUITES.at(-1)}`,
     );
   return [];
 }
@@ -206,13 +206,20 @@ export async function benchCommand(
         continue;
       }
       if (s !== "pingpong" && s !== "stream") {
-        host ??= await Host.start({});
         const known = BenchExtras.transports(s);
-        const o = {
-          sizes: sizes ?? BenchExtras.defaultSizes(s) ?? defaultSizes(s, quick),
-          transports: (transports ?? known).filter((t) => known.includes(t)),
-        };
-        rows.push(...(await BenchExtras.run(s, host, profile, o, tick)));
+        for (const sc of scopes) {
+          const o = {
+            sizes: sizes ?? BenchExtras.defaultSizes(s, sc, quick) ?? defaultSizes(s, quick),
+            transports: (transports ?? known).filter((t) => known.includes(t)),
+          };
+          if (sc === "cross-host") {
+            if (!linked) {
+              tick("starting two hosts linked over loopback TCP");
+              linked = await startLinkedHosts();
+            }
+            rows.push(...(await BenchExtras.run(s, [linked.a, linked.b], profile, o, tick)));
+          } else rows.push(...(await BenchExtras.run(s, (host ??= await Host.start({})), profile, o, tick)));
+        }
         continue;
       }
       for (const sc of scopes) {

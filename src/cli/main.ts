@@ -227,7 +227,7 @@ export function buildProgram(): Command {
     .option("--transports <list>", `subset of: ${ALL_TRANSPORTS.join(",")}`)
     .option(
       "--scope <scope>",
-      "pingpong/stream ranks on one host (intra-host), on two linked hosts with raw-tcp (cross-host), or all " +
+      "pingpong/stream/breakdown ranks on one host (intra-host), on two linked hosts with raw-tcp (cross-host), or all " +
         "(default: intra-host with a suite, all without)",
     )
     .addHelpText(
@@ -238,6 +238,8 @@ export function buildProgram(): Command {
         "  (--scope cross-host: pingpong and stream between two hosts whose NICs are linked over\n" +
         "   loopback TCP, against raw-tcp, with the issue's targets checked: bypass 8 B latency\n" +
         "   ≤ 1.3× raw-tcp, bypass 1 MiB bandwidth ≥ 0.8× raw-tcp)\n" +
+        "  breakdown   where a traced one-way message spends its time, stage by stage, with its thread\n" +
+        "              hand-offs and wake-ups: native, bypass, split; one host or (--scope) across hosts\n" +
         "\nRows: { bench, transport, scope, bytes, metric, median, min, max, runs }; medians over runs,\n" +
         "warm-up runs excluded, machine load recorded.",
     )

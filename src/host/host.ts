@@ -23,9 +23,10 @@ import {
   MEMORY_TARGET_KEY,
   MYRI_DEVICE_TYPE,
 } from "../myrixen/protocol.js";
-import { NET_STATS_BYTES, type NetStats, readNetStats } from "../netback/stats.js";
+import { NET_STATS_BYTES, type NetStats, netTraceRing, readNetStats } from "../netback/stats.js";
 import type { NicInfo } from "../nic/control.js";
 import { NicDevice } from "../nic/device.js";
+import type { TraceBuffer } from "../nic/trace-ring.js";
 import type { DomId } from "../xen/abi.js";
 import type { Domain } from "../xen/hypervisor.js";
 import { Hypervisor } from "../xen/hypervisor.js";
@@ -333,6 +334,11 @@ export class Host {
    */
   netStats(): NetStats {
     return readNetStats(this.netStatsBuffer);
+  }
+
+  /** The split path's trace ring (netback's stamps; netback/stats.ts): switch it on to trace. */
+  netTrace(): TraceBuffer {
+    return netTraceRing(this.netStatsBuffer);
   }
 
   /** The NIC's view (open endpoints, regions, links), asked through the driver domain. */

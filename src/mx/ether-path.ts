@@ -15,6 +15,7 @@
  * must be the one the peer was learned at: anything else is dropped and counted.
  */
 import { MxStatus } from "../nic/status.js";
+import { ETHER_TRACE_BYTES, etherTraceId, putEtherTrace } from "../nic/trace-ring.js";
 import { macAt } from "./bytes.js";
 import type { Completion } from "./completion.js";
 import {
@@ -30,6 +31,7 @@ import {
 import type { Matching } from "./matching.js";
 import type { PartnerTable } from "./partner.js";
 import type { PendingSends } from "./pending-sends.js";
+import { FLAG_TRACED, TraceStage, traceNow } from "./trace.js";
 import {
   type EndpointContext,
   InboundRecord,
@@ -162,28 +164,36 @@ export class EtherEngine implements Puller, PeerLossListener {
     const dest = path.peer;
     const link = path.link;
     const n = req.buffer.length;
-    const max = this.hub.maxPayload;
+    // Traced: every frame of the message ends with its trace id (nic/trace-ring.ts), for netback.
+    const tb = this.ctx.trace;
+    const tid = tb !== undefined ? req.traceId : 0;
+    const trailer = tid !== 0 ? ETHER_TRACE_BYTES : 0;
+    const max = this.hub.maxPayload - trailer;
     const frames = req.rndv ? 1 : Math.max(1, Math.ceil(n / max));
     if (link.room < frames || path.controlQueued) return false;
     if (req.sync || req.rndv) this.parts.sends.add(req);
     const seq = dest.sendSeq;
     dest.sendSeq = (dest.sendSeq + 1) >>> 0;
     if (req.rndv) {
-      const f = link.reserve(MxoeType.Rndv, 0);
+      const f = link.reserve(MxoeType.Rndv, 0, trailer);
       stampMessage(f, req, seq);
+      if (tid !== 0) putEtherTrace(f, PAYLOAD_AT, tid);
       link.commit();
       this.ctx.counters.rndv++;
     } else {
       for (let off = 0, k = 0; k < frames; k++, off += max) {
         const len = Math.min(max, n - off);
-        const f = link.reserve(MxoeType.Eager, len);
+        const f = link.reserve(MxoeType.Eager, len, trailer);
         stampMessage(f, req, seq);
         setFrameWord(f, MxoeWord.offset, off);
         if (len > 0) f.set(req.buffer.subarray(off, off + len), PAYLOAD_AT);
+        if (tid !== 0) putEtherTrace(f, PAYLOAD_AT + len, tid);
         link.commit();
       }
       this.ctx.counters.eager++;
     }
+    // Before the frames leave: netback, another thread, may stamp them at once.
+    if (tid !== 0) tb!.record(tid, req.rndv ? TraceStage.RndvSent : TraceStage.Written, traceNow());
     link.pump(performance.now());
     this.hub.flush();
     if (!req.sync && !req.rndv) this.parts.completion.complete(req, MxStatus.SUCCESS, n);
@@ -248,6 +258,8 @@ export class EtherEngine implements Puller, PeerLossListener {
     const pullId = this.ctx.newId();
     this.pulls.set(pullId, { recv: req, source, syncId: rec.syncId, xfer, got: 0 });
     this.ctx.counters.pulls++;
+    const tb = this.ctx.trace;
+    if (tb !== undefined && req.traceId !== 0) tb.record(req.traceId, TraceStage.PullPosted, traceNow());
     this.control(path, MxoeType.Pull, rec.syncId, pullId, 0, xfer);
   }
 
@@ -356,7 +368,9 @@ export class EtherEngine implements Puller, PeerLossListener {
 
   /** Hands an EAGER or RNDV frame's message to matching (`r`'s payload and kind already set). */
   private deliver(peer: Partner, f: Uint8Array, r: InboundRecord): void {
-    r.flags = 0;
+    // A traced message's frame ends with its id (trySend); read only while we trace too.
+    const tid = this.ctx.trace !== undefined ? etherTraceId(f) : 0;
+    r.flags = tid !== 0 ? FLAG_TRACED : 0;
     r.matchHi = frameWord(f, MxoeWord.matchHi);
     r.matchLo = frameWord(f, MxoeWord.matchLo);
     r.syncId = frameWord(f, MxoeWord.id);
@@ -364,7 +378,7 @@ export class EtherEngine implements Puller, PeerLossListener {
     r.region = 0;
     r.key = 0;
     r.offset = 0;
-    r.traceSeq = 0;
+    r.traceSeq = tid % 0x100000000;
     this.parts.matching.deliver(peer, r);
   }
 

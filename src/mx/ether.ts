@@ -437,12 +437,13 @@ export class EtherLink {
 
   /**
    * A frame slot of `payload` bytes with its headers started (type, addresses, sequence);
-   * the caller fills the rest and commits. Only when room > 0.
+   * the caller fills the rest and commits. Only when room > 0. `trailer`: bytes after the
+   * payload that the header does not count (a trace trailer: nic/trace-ring.ts).
    */
-  reserve(type: number, payload: number): Uint8Array {
+  reserve(type: number, payload: number, trailer = 0): Uint8Array {
     const i = this.next % TX_WINDOW;
     let f = this.ring[i];
-    const size = PAYLOAD_AT + payload;
+    const size = PAYLOAD_AT + payload + trailer;
     if (f === undefined || f.length < size) {
       f = new Uint8Array(Math.max(size, PAYLOAD_AT + this.hub.maxPayload));
       this.ring[i] = f;

@@ -25,6 +25,8 @@ import {
   D_OPCODE,
   D_SRC_OFFSET,
   D_SRC_REGION,
+  D_TRACE_SEQ,
+  DFLAG_TRACE,
   E_AUX0,
   E_AUX1,
   E_LENGTH,
@@ -34,6 +36,7 @@ import {
   E_SRC_ENDPOINT,
   E_SRC_NIC,
   E_SRC_SESSION,
+  E_TRACE_SEQ,
   Opcode,
   RECV_BYTES,
   RECV_OFFSET,
@@ -64,6 +67,7 @@ import type { PullRights } from "./pull-rights.js";
 import { RecordType } from "./records.js";
 import { MEMORY_KNOB } from "./regcache.js";
 import type { Regions } from "./regions.js";
+import { FLAG_TRACED, TraceStage, traceNow } from "./trace.js";
 import {
   type Block,
   type EndpointContext,
@@ -235,6 +239,13 @@ export class NicRecords implements NicRecordSink {
     w[b + D_MATCH_LO] = req.matchLo;
     w[b + D_AUX0] = nicRecordAux0(req.rndv ? RecordType.Rndv : RecordType.Eager, 0, req.syncId);
     w[b + D_AUX1] = seq;
+    const tb = this.ctx.trace;
+    if (tb !== undefined && req.traceId !== 0) {
+      // Traced: the NICs carry its sequence to the receiver's RECV event, stamping it on the way.
+      w[b + D_OPCODE] |= DFLAG_TRACE << 16;
+      w[b + D_TRACE_SEQ] = req.traceId % 0x100000000;
+      tb.record(req.traceId, req.rndv ? TraceStage.RndvSent : TraceStage.Written, traceNow());
+    }
     req.state = RequestState.Sent;
     this.nic.post();
     this.ctx.counters.wireSends++;
@@ -311,12 +322,13 @@ export class NicRecords implements NicRecordSink {
     const b = this.nic.windowBytes;
     const r = this.rec;
     if (type === RecordType.Eager || (type === RecordType.Rndv && len === NR_RNDV_BYTES)) {
-      r.flags = 0;
+      const tseq = w[base + E_TRACE_SEQ] >>> 0;
+      r.flags = tseq !== 0 ? FLAG_TRACED : 0;
       r.matchHi = w[base + E_MATCH_HI] >>> 0;
       r.matchLo = w[base + E_MATCH_LO] >>> 0;
       r.syncId = id;
       r.seq = aux1;
-      r.traceSeq = 0;
+      r.traceSeq = tseq;
       if (type === RecordType.Eager) {
         r.rndv = false;
         r.length = len;

@@ -25,6 +25,7 @@ import {
   D_SRC_KEY,
   D_SRC_OFFSET,
   D_SRC_REGION,
+  D_TRACE_SEQ,
   DESC_WORDS,
   DFLAG_EXPOSURE,
   DFLAG_REMOTE,
@@ -261,6 +262,7 @@ export class NicQueues implements Puller, PeerLossListener {
     w[b + D_DEST_NIC] = source.nic;
     w[b + D_DEST_ENDPOINT] = source.endpoint;
     w[b + D_DEST_SESSION] = source.session;
+    w[b + D_TRACE_SEQ] = tid % 0x100000000;
     if (tid !== 0 && tb !== undefined) tb.record(tid, TraceStage.PullPosted, traceNow());
     this.post();
   }

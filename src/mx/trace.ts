@@ -2,11 +2,22 @@
  * Message tracing: where each microsecond of a message goes.
  *
  * An endpoint opened with `trace: true` (or after `enableTrace()`) stamps each message at
- * each stage of its path into its own TraceBuffer; the stamps of both ends (and the NIC's,
- * carried back in the PULL_DONE event) are joined by message id afterwards (`collate`).
+ * each stage of its path into its own TraceBuffer; the stamps of both ends, the NIC's (carried
+ * back in the PULL_DONE event, or kept in each NIC thread's ring) and netback's (its stats
+ * page's ring) are joined by message id afterwards (`collate`). Per path:
  *
- *   eager       posted → written → seen → copied → completed
- *   rendezvous  posted → rndv-sent → seen → pull-posted → nic-seen → dma-done → event-seen → completed
+ *   channel  eager  posted → written → seen → copied → completed
+ *            rndv   posted → rndv-sent → seen → pull-posted → nic-seen → dma-done → event-seen → completed
+ *   NIC      eager  posted → written → nic-taken → on-link → off-link → delivered → seen → copied → completed
+ *            rndv   posted → rndv-sent → nic-taken → on-link → off-link → delivered → seen → pull-posted
+ *                   → nic-seen → pull-requested → pull-data → dma-done → event-seen → completed
+ *   split    eager  posted → written → netback-tx → bridged → seen → copied → completed
+ *            rndv   posted → rndv-sent → netback-tx → bridged → seen → pull-posted → completed
+ *
+ * The message id travels in words that exist: the channel record's aux5, a NIC SEND's
+ * D_TRACE_SEQ → frame F_TRACE → RECV event E_TRACE_SEQ (nic/window.ts), a traced Ethernet
+ * frame's trailer (nic/trace-ring.ts). With tracing off nothing is stamped or carried: each
+ * stage costs one test of a field already at hand.
  *
  * The clock (`traceNow`) is `performance.timeOrigin + performance.now()` in ms, shifted by a
  * fixed epoch (TRACE_EPOCH_MS) so the double keeps its precision: the plain sum is ~1.8e12 ms,
@@ -20,7 +31,7 @@
  * ever written. When full it overwrites the oldest records.
  */
 
-import { TRACE_EPOCH_MS } from "../nic/clock.js";
+import { NicTraceStage, type TraceRecord } from "../nic/trace-ring.js";
 
 export const TraceStage = {
   Posted: 1,
@@ -33,6 +44,7 @@ export const TraceStage = {
   NicSeen: 8,
   DmaDone: 9,
   EventSeen: 10,
+  ...NicTraceStage,
 } as const;
 export type TraceStageId = (typeof TraceStage)[keyof typeof TraceStage];
 
@@ -47,6 +59,15 @@ export const STAGE_NAMES: Record<number, string> = {
   [TraceStage.NicSeen]: "nic-seen",
   [TraceStage.DmaDone]: "dma-done",
   [TraceStage.EventSeen]: "event-seen",
+  [TraceStage.NicTaken]: "nic-taken",
+  [TraceStage.OnLink]: "on-link",
+  [TraceStage.OffLink]: "off-link",
+  [TraceStage.Delivered]: "delivered",
+  [TraceStage.PullRequested]: "pull-requested",
+  [TraceStage.PullData]: "pull-data",
+  [TraceStage.NetbackTx]: "netback-tx",
+  [TraceStage.Bridged]: "bridged",
+  [TraceStage.BridgedIn]: "bridged-in",
 };
 
 /** The stages of an eager message, in order. */
@@ -70,6 +91,99 @@ export const RNDV_STAGES: readonly number[] = [
 ];
 
 /**
+ * Through the NIC to another host (nic-path.ts; both NICs stamp into their threads' rings):
+ * the SEND descriptor posted (written), NIC A takes it, puts the frame on the link, NIC B takes
+ * it off and delivers it, then the receiving library as on the channel.
+ */
+export const NIC_EAGER_STAGES: readonly number[] = [
+  TraceStage.Posted,
+  TraceStage.Written,
+  TraceStage.NicTaken,
+  TraceStage.OnLink,
+  TraceStage.OffLink,
+  TraceStage.Delivered,
+  TraceStage.Seen,
+  TraceStage.Copied,
+  TraceStage.Completed,
+];
+/** A rendezvous through the NIC: its announcement as an eager SEND, then the remote pull. */
+export const NIC_RNDV_STAGES: readonly number[] = [
+  TraceStage.Posted,
+  TraceStage.RndvSent,
+  TraceStage.NicTaken,
+  TraceStage.OnLink,
+  TraceStage.OffLink,
+  TraceStage.Delivered,
+  TraceStage.Seen,
+  TraceStage.PullPosted,
+  TraceStage.NicSeen,
+  TraceStage.PullRequested,
+  TraceStage.PullData,
+  TraceStage.DmaDone,
+  TraceStage.EventSeen,
+  TraceStage.Completed,
+];
+
+/**
+ * The split path (ether-path.ts; netback stamps into its host's stats page ring): the frames
+ * built and handed to netfront (written), netback took them off the tx ring (netback-tx), the
+ * bridge forwarded them (bridged), across hosts the receiving host's bridge forwarded them
+ * from its uplink (bridged-in: that stage holds both NICs and the link), then the receiving
+ * library; a rendezvous's announcement the same way, then its PULL frame and DATA frames in
+ * one stage (pull-posted → completed).
+ */
+export const SPLIT_EAGER_STAGES: readonly number[] = [
+  TraceStage.Posted,
+  TraceStage.Written,
+  TraceStage.NetbackTx,
+  TraceStage.Bridged,
+  TraceStage.Seen,
+  TraceStage.Copied,
+  TraceStage.Completed,
+];
+/** SPLIT_*_STAGES with bridged-in after bridged (across hosts). */
+export function crossHostSplit(order: readonly number[]): number[] {
+  const k = order.indexOf(TraceStage.Bridged);
+  return [...order.slice(0, k + 1), TraceStage.BridgedIn, ...order.slice(k + 1)];
+}
+export const SPLIT_RNDV_STAGES: readonly number[] = [
+  TraceStage.Posted,
+  TraceStage.RndvSent,
+  TraceStage.NetbackTx,
+  TraceStage.Bridged,
+  TraceStage.Seen,
+  TraceStage.PullPosted,
+  TraceStage.Completed,
+];
+
+/**
+ * Which thread stamps each stage: "s" the sender's, "r" the receiver's, "ns" the sender's
+ * NIC, "nr" the receiver's NIC, "d" the sending host's driver domain (netback and the
+ * bridge), "dr" the receiving host's (across hosts). A message's thread hand-offs are the changes along its stages.
+ */
+export const STAGE_THREAD: Record<number, string> = {
+  [TraceStage.Posted]: "s",
+  [TraceStage.Written]: "s",
+  [TraceStage.RndvSent]: "s",
+  [TraceStage.Seen]: "r",
+  [TraceStage.Copied]: "r",
+  [TraceStage.Completed]: "r",
+  [TraceStage.PullPosted]: "r",
+  [TraceStage.NicSeen]: "nr",
+  [TraceStage.DmaDone]: "nr",
+  [TraceStage.EventSeen]: "r",
+  [TraceStage.NicTaken]: "ns",
+  [TraceStage.OnLink]: "ns",
+  [TraceStage.OffLink]: "nr",
+  [TraceStage.Delivered]: "nr",
+  [TraceStage.PullRequested]: "nr",
+  [TraceStage.PullData]: "nr",
+  [TraceStage.NetbackTx]: "d",
+  [TraceStage.Bridged]: "d",
+  [TraceStage.BridgedIn]: "dr",
+};
+
+/**
  * Channel record flag (type word, bits 16..31, next to channel.ts's FLAG_NO_PAYLOAD = 1):
  * the sender traced this message and protocol word aux5 holds its trace sequence number.
  */
@@ -78,100 +192,30 @@ export const FLAG_TRACED = 2;
 // The trace clock lives below MX, in the NIC that stamps events with it (nic/clock.ts).
 export { TRACE_EPOCH_MS, traceNow } from "../nic/clock.js";
 
+// The id, the ring and the NIC's stages live below MX, in the NIC that writes a ring too.
+export {
+  DEFAULT_TRACE_RECORDS,
+  HEADER_WORDS,
+  RECORD_WORDS,
+  TraceBuffer,
+  type TraceRecord,
+  traceId,
+  unpack,
+} from "../nic/trace-ring.js";
+
 /**
- * A message id, the same at both ends: the sender's (nic, endpoint) and its per-endpoint
- * sequence number (the u32 that travels in aux5). Exact in a double.
+ * Joins records (from any number of buffers) by message id: id → stage → time. A stage
+ * stamped more than once (a descriptor retried, a frame resent) keeps its first time: what
+ * follows it happened after that, whichever copy made it through.
  */
-export function traceId(nic: number, endpoint: number, seq: number): number {
-  return ((nic & 0x1f) * 0x10000 + (endpoint & 0xffff)) * 0x100000000 + (seq >>> 0);
-}
-
-export const HEADER_WORDS = 4;
-export const RECORD_WORDS = 3;
-export const DEFAULT_TRACE_RECORDS = 1 << 16;
-
-export interface TraceRecord {
-  id: number;
-  stage: number;
-  t: number;
-}
-
-/** A ring of trace records over a SharedArrayBuffer (one writer: the endpoint's thread). */
-export class TraceBuffer {
-  readonly sab: SharedArrayBuffer;
-  readonly capacity: number;
-  private readonly f: Float64Array;
-  private readonly mask: number;
-  private n = 0;
-
-  /** `capacity` is rounded up to a power of two. */
-  constructor(capacity: number = DEFAULT_TRACE_RECORDS) {
-    if (!Number.isInteger(capacity) || capacity < 1 || capacity > 1 << 24)
-      throw new RangeError(`trace capacity must be an integer in 1..${1 << 24}, got ${String(capacity)}`);
-    let cap = 1;
-    while (cap < capacity) cap *= 2;
-    this.capacity = cap;
-    this.mask = cap - 1;
-    this.sab = new SharedArrayBuffer((HEADER_WORDS + cap * RECORD_WORDS) * 8);
-    this.f = new Float64Array(this.sab);
-    this.f[1] = cap;
-    this.f[2] = TRACE_EPOCH_MS;
-  }
-
-  /** Appends one record (the hot path when tracing: three stores and a counter). */
-  record(id: number, stage: number, t: number): void {
-    const i = HEADER_WORDS + (this.n & this.mask) * RECORD_WORDS;
-    const f = this.f;
-    f[i] = id;
-    f[i + 1] = stage;
-    f[i + 2] = t;
-    f[0] = ++this.n;
-  }
-
-  /** Records ever written (more than `capacity` means the oldest were overwritten). */
-  get count(): number {
-    return this.n;
-  }
-
-  clear(): void {
-    this.n = 0;
-    this.f[0] = 0;
-  }
-
-  /** The records still held, oldest first, as a flat copy (id, stage, t)*: cheap to post to another thread. */
-  snapshot(): Float64Array {
-    const held = Math.min(this.n, this.capacity);
-    const out = new Float64Array(held * RECORD_WORDS);
-    const first = this.n - held;
-    for (let k = 0; k < held; k++) {
-      const i = HEADER_WORDS + ((first + k) & this.mask) * RECORD_WORDS;
-      out[k * 3] = this.f[i];
-      out[k * 3 + 1] = this.f[i + 1];
-      out[k * 3 + 2] = this.f[i + 2];
-    }
-    return out;
-  }
-
-  records(): TraceRecord[] {
-    return unpack(this.snapshot());
-  }
-}
-
-export function unpack(flat: Float64Array): TraceRecord[] {
-  const out: TraceRecord[] = [];
-  for (let k = 0; k + 2 < flat.length; k += RECORD_WORDS)
-    out.push({ id: flat[k], stage: flat[k + 1], t: flat[k + 2] });
-  return out;
-}
-
-/** Joins records (from any number of buffers) by message id: id → stage → time. */
 export function collate(...sets: Iterable<TraceRecord>[]): Map<number, Map<number, number>> {
   const byId = new Map<number, Map<number, number>>();
   for (const set of sets)
     for (const r of set) {
       let m = byId.get(r.id);
       if (!m) byId.set(r.id, (m = new Map()));
-      m.set(r.stage, r.t);
+      const t = m.get(r.stage);
+      if (t === undefined || r.t < t) m.set(r.stage, r.t);
     }
   return byId;
 }

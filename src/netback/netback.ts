@@ -29,6 +29,8 @@
  * guest with no RX buffer posted loses the frame, counted (rxDropped), as netback does.
  */
 
+import { traceNow } from "../nic/clock.js";
+import { etherTraceId, NicTraceStage, type TraceBuffer } from "../nic/trace-ring.js";
 import { type DomId, PAGE_SHIFT, PAGE_SIZE, XenbusState } from "../xen/abi.js";
 import type { EventChannelPort } from "../xen/event-channel.js";
 import type { GrantCopyOp } from "../xen/grant-table.js";
@@ -76,7 +78,14 @@ import {
 import { BackRing } from "../xen/ring.js";
 import { BackendDeviceWatcher, XenbusBackend } from "../xen/xenbus.js";
 import { Bridge, type BridgeFrame, type BridgePort } from "./bridge.js";
-import { BridgeCounter, MAX_VIF_STATS, NET_STATS_BYTES, STAT_BLOCK_WORDS, VifCounter } from "./stats.js";
+import {
+  BridgeCounter,
+  MAX_VIF_STATS,
+  NET_STATS_BYTES,
+  netTraceRing,
+  STAT_BLOCK_WORDS,
+  VifCounter,
+} from "./stats.js";
 import { type EtherPortLike, UplinkPort } from "./uplink.js";
 
 export interface NetbackConfig {
@@ -177,6 +186,8 @@ export class Netback {
   private readonly guest: Guest;
   private readonly cfg: NetbackConfig;
   private readonly s: Float64Array;
+  /** Traced frames' stamps, while the ring is on (stats.ts). */
+  private readonly trace: TraceBuffer;
   private readonly vifs = new Map<string, Vif>();
   private readonly runq: Vif[] = [];
   private readonly processed: Vif[] = [];
@@ -233,6 +244,7 @@ export class Netback {
       log: (m) => this.log(m),
     });
     this.s = new Float64Array(cfg.stats);
+    this.trace = netTraceRing(cfg.stats);
     this.bridge = new Bridge({ ageingMs: cfg.ageingMs });
     const run = this.guest.memory.allocPages(STAGING_FRAMES * MAX_FRAME_PAGES);
     const slotBytes = MAX_FRAME_PAGES * PAGE_SIZE;
@@ -402,6 +414,12 @@ export class Netback {
     if (this.runq.length > 0 || this.uplink?.ready) this.schedule();
   };
 
+  /** A traced frame's stage at `t` (its trailer: nic/trace-ring.ts), into the stats page's ring. */
+  private stamp(fr: StagedFrame, stage: number, t: number): void {
+    const id = etherTraceId(fr.data, fr.len);
+    if (id !== 0) this.trace.record(id, stage, t);
+  }
+
   // ---- the pass ---------------------------------------------------------------------------------
 
   private pass(): void {
@@ -429,6 +447,10 @@ export class Netback {
       u.ready = u.port.rxPending ?? got >= budget;
     }
 
+    // Tracing: every frame of this pass has been taken off its ring (a traced frame's
+    // netback-tx, stamped once its trailer is copied in; stats.ts).
+    const passStart = this.trace.on ? traceNow() : 0;
+
     // 2. one grant-copy batch for every TX piece.
     if (this.nTxOps > 0) {
       const batch = this.txBatch;
@@ -453,11 +475,14 @@ export class Netback {
     }
 
     // 3. TX responses and the bridge.
+    const tracing = passStart !== 0;
     for (let f = 0; f < this.nStaged; f++) {
       const fr = this.staging[f];
       const v = fr.from;
       if (v === undefined) {
         s[BridgeCounter.uplinkRx]++;
+        // Stamped before the frame moves on: once forwarded, another thread may stamp it next.
+        if (tracing) this.stamp(fr, NicTraceStage.BridgedIn, traceNow());
         this.bridge.forward(u!.id, fr);
         continue;
       }
@@ -487,6 +512,10 @@ export class Netback {
         view.setInt16(this.rspOff[r] + TX_RSP_STATUS, NETIF_RSP_OKAY, true);
       this.add(v, VifCounter.txFrames);
       this.add(v, VifCounter.txBytes, fr.len);
+      if (tracing) {
+        this.stamp(fr, NicTraceStage.NetbackTx, passStart);
+        this.stamp(fr, NicTraceStage.Bridged, traceNow());
+      }
       if (this.bridge.forward(v.bridgeId, fr) > 0) this.add(v, VifCounter.framesBridged);
     }
     // Vifs whose requests all failed validation still need their ERROR responses pushed.

@@ -8,9 +8,22 @@
  * indexes are the same in a vif block and in the totals block, so one add updates both.
  */
 
+import { TraceBuffer, traceRingBytes } from "../nic/trace-ring.js";
+
 export const STAT_BLOCK_WORDS = 32;
 export const MAX_VIF_STATS = 128;
-export const NET_STATS_BYTES = (1 + MAX_VIF_STATS) * STAT_BLOCK_WORDS * 8;
+/**
+ * After the counters, the split path's trace ring (nic/trace-ring.ts): netback stamps traced
+ * frames into it only while its reader (the bench, through Host.netTrace) has switched it on.
+ */
+export const NET_TRACE_OFFSET = (1 + MAX_VIF_STATS) * STAT_BLOCK_WORDS * 8;
+export const NET_TRACE_RECORDS = 1 << 14;
+export const NET_STATS_BYTES = NET_TRACE_OFFSET + traceRingBytes(NET_TRACE_RECORDS);
+
+/** The trace ring in a stats page (a view: the writer's and every reader's see the same records). */
+export function netTraceRing(buffer: SharedArrayBuffer): TraceBuffer {
+  return new TraceBuffer(NET_TRACE_RECORDS, buffer, NET_TRACE_OFFSET);
+}
 
 /** Word indexes in the totals block only. */
 export const BridgeCounter = {

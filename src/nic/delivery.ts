@@ -26,6 +26,7 @@ import {
   M_SRC_NIC,
   M_SRC_SESSION,
   M_TAG,
+  M_TRACE,
   M_VIA_LINK,
   META_WORDS,
 } from "./endpoints.js";
@@ -50,6 +51,7 @@ import {
 import type { LinkTable } from "./link-state.js";
 import { MxStatus, reasonOfStatus } from "./status.js";
 import { copyBytes, type Tpt } from "./tpt.js";
+import { NicTraceStage, nicStamp } from "./trace-ring.js";
 import {
   ErrorReason,
   HOLD_MS,
@@ -148,6 +150,8 @@ export class Delivery {
       if (srcSlot >= 0) this.tpt.copyOut(srcSlot, srcOff, len, ctx.recv, offset);
       else copyBytes(ctx.recv, offset, srcBytes!, srcBytesOff, len);
     }
+    // Traced: stamped before the event is published (its owner may see it at once).
+    if (m[M_TRACE] !== 0) nicStamp(m[M_SRC_NIC], m[M_SRC_EP], m[M_TRACE], NicTraceStage.Delivered);
     ctx.rqProd = (ctx.rqProd + span) >>> 0;
     // The payload is in place before the producer index says so, and both before the event.
     Atomics.store(w, W_RQ_PROD, ctx.rqProd | 0);

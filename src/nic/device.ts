@@ -116,6 +116,14 @@ export class NicDevice {
     return this.request({ type: "detach_link", id: this.nextId++, peerNic });
   }
 
+  /**
+   * Starts stamping traced messages into `ring` (a TraceBuffer's memory: trace-ring.ts), or
+   * stops (undefined). Resolves once the NIC thread has it.
+   */
+  setTrace(ring: SharedArrayBuffer | undefined): Promise<void> {
+    return this.request({ type: "trace", id: this.nextId++, ring });
+  }
+
   private request(msg: Extract<NicHostMessage, { id: number }>): Promise<void> {
     if (this.exited) return Promise.reject(new Error(`NIC ${this.nicId} is stopped`));
     return new Promise((resolve, reject) => {

@@ -74,6 +74,8 @@ export const M_LENGTH = 10;
 export const M_VIA_LINK = 11;
 /** The sending NIC's window tag (frame.ts F_TAG), echoed in the SEND_ACK. */
 export const M_TAG = 12;
+/** The message's trace sequence (F_TRACE), 0 when untraced. */
+export const M_TRACE = 13;
 export const META_WORDS = 16;
 
 /** One endpoint context: the NIC's own state for it (authoritative; the window is only a mirror). */

@@ -25,6 +25,7 @@ import {
   M_SRC_EP,
   M_SRC_NIC,
   M_SRC_SESSION,
+  M_TRACE,
 } from "./endpoints.js";
 import { MxStatus, REASON_STATUS, reasonOfStatus } from "./status.js";
 import {
@@ -50,6 +51,7 @@ import {
   E_SRC_SESSION,
   E_TRACE_DMA_DONE,
   E_TRACE_NIC_SEEN,
+  E_TRACE_SEQ,
   E_TYPE,
   EQ_ENTRIES,
   EQ_OFFSET,
@@ -133,6 +135,7 @@ export class Events {
     ev[E_RECV_SPAN] = span;
     ev[E_AUX0] = m[M_AUX0];
     ev[E_AUX1] = m[M_AUX1];
+    ev[E_TRACE_SEQ] = m[M_TRACE];
     this.post(ctx);
   }
 

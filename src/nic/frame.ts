@@ -42,6 +42,8 @@
  *   12  F_COOKIE         [OWNER]    D_COOKIE, echoed by the SEND_ACK
  *   14  F_TAG            [NIC]      the SEND's slot in the sender's window (bits 0..15) and that
  *                                   slot's generation (bits 16..31), echoed by the SEND_ACK
+ *   15  F_TRACE          [OWNER]    D_TRACE_SEQ with DFLAG_TRACE (the message's trace sequence,
+ *                                   into the RECV event's E_TRACE_SEQ), else 0
  *
  * ---- SEND_ACK (receiver's NIC → sender's NIC; header only) ----------------------------------
  *    2  F_SRC_NIC        [NIC]      the receiving NIC
@@ -165,6 +167,8 @@ export const F_AUX1 = 11;
 export const F_COOKIE = 12;
 export const F_STATUS = 13;
 export const F_TAG = 14;
+/** SEND: the message's trace sequence (0: untraced). */
+export const F_TRACE = 15;
 
 // Per-type names of the words above (the tables in the header).
 /** SEND_ACK: the acknowledged SEND's payload length. */

@@ -10,6 +10,7 @@ import { Nic } from "./nic.js";
 import { NicError } from "./status.js";
 import { attachTcpSpec, cancelTcpReconnect, isTcpLinkSpec } from "./tcp-attach.js";
 import type { TcpLinkLog, TcpLinkLogFields } from "./tcp-link.js";
+import { nicTrace, TraceBuffer } from "./trace-ring.js";
 
 /** What device.ts starts the worker with. */
 export interface NicWorkerData {
@@ -24,6 +25,8 @@ export type NicHostMessage =
   | { type: "driver"; port: MessagePort; replyWord: SharedArrayBuffer }
   | { type: "attach_link"; id: number; spec: unknown }
   | { type: "detach_link"; id: number; peerNic: number }
+  /** This NIC's trace ring (trace-ring.ts): stamp traced messages into `ring`, or stop (undefined). */
+  | { type: "trace"; id: number; ring: SharedArrayBuffer | undefined }
   /** Stop serving: links say goodbye (peers then do not reconnect), then the host terminates the thread. */
   | { type: "shutdown"; id: number };
 
@@ -65,6 +68,11 @@ port.on("message", (m: NicHostMessage) => {
           message: e.message,
         } satisfies NicWorkerMessage),
     );
+    return;
+  }
+  if (m.type === "trace") {
+    nicTrace.ring = m.ring === undefined ? undefined : new TraceBuffer(0, m.ring);
+    port.postMessage({ type: "reply", id: m.id, ok: true } satisfies NicWorkerMessage);
     return;
   }
   if (m.type === "shutdown") {

@@ -57,6 +57,7 @@ import {
 } from "./link-state.js";
 import { MxStatus } from "./status.js";
 import type { Tpt } from "./tpt.js";
+import { NicTraceStage, nicStamp } from "./trace-ring.js";
 import {
   Access,
   D_COOKIE,
@@ -70,6 +71,7 @@ import {
   D_SRC_KEY,
   D_SRC_OFFSET,
   D_SRC_REGION,
+  D_TRACE_SEQ,
   DFLAG_TRACE,
   ErrorReason,
   SEND_MAX,
@@ -105,6 +107,8 @@ export class RemotePullTable {
   readonly last = new Float64Array(REMOTE_PULL_SLOTS);
   /** Trace-clock time the NIC took a traced descriptor (0: untraced). */
   readonly seenAt = new Float64Array(REMOTE_PULL_SLOTS);
+  /** A traced pull's message: its trace sequence (D_TRACE_SEQ), for this NIC's trace ring. */
+  readonly traceSeq = new Uint32Array(REMOTE_PULL_SLOTS);
   private readonly free = new Int32Array(REMOTE_PULL_SLOTS);
   freeCount = REMOTE_PULL_SLOTS;
   private seq = 0;
@@ -223,6 +227,7 @@ export class RemotePull {
     rp.got[s] = 0;
     rp.last[s] = this.clock.now;
     rp.seenAt[s] = seenAt;
+    rp.traceSeq[s] = seenAt !== 0 ? d[D_TRACE_SEQ] : 0;
     ls.pullsOut++;
     const f = this.hdr;
     initFrame(f, FrameType.PullRequest, 0);
@@ -238,6 +243,7 @@ export class RemotePull {
     setWord(f, F_PULL_OFFSET, srcOff);
     setWord(f, F_PULL_LENGTH, len);
     this.links.sendHeader(ls, f);
+    if (seenAt !== 0) nicStamp(destNic, srcEp, rp.traceSeq[s], NicTraceStage.PullRequested);
     this.links.armWireTimer();
     return 0;
   }
@@ -272,6 +278,8 @@ export class RemotePull {
     }
     const got = rp.got[s];
     const len = rp.len[s];
+    if (got === 0 && rp.seenAt[s] !== 0)
+      nicStamp(rp.nic[s], rp.srcEp[s], rp.traceSeq[s], NicTraceStage.PullData);
     // Replies come in order on a link: each must continue exactly where the last one ended.
     if (getWord(frame, F_PULL_OFFSET) !== got || n > len - got || (n === 0 && len !== 0)) {
       this.c[NicCounter.pull_replies_bad]++;

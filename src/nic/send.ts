@@ -26,6 +26,7 @@ import {
   M_SRC_NIC,
   M_SRC_SESSION,
   M_TAG,
+  M_TRACE,
   M_VIA_LINK,
   META_WORDS,
 } from "./endpoints.js";
@@ -46,6 +47,7 @@ import {
   F_SRC_SESSION,
   F_STATUS,
   F_TAG,
+  F_TRACE,
   FRAME_HEADER_BYTES,
   FRAME_MAX,
   FrameType,
@@ -56,6 +58,7 @@ import {
 import { type LinkState, type LinkTable, SEND_WINDOW, WIRE_ACTED, WIRE_WAITING } from "./link-state.js";
 import { MAX_PEER_REASON, MxStatus, reasonOfStatus } from "./status.js";
 import type { Tpt } from "./tpt.js";
+import { NicTraceStage, nicStamp } from "./trace-ring.js";
 import {
   Access,
   D_AUX0,
@@ -67,8 +70,11 @@ import {
   D_LENGTH,
   D_MATCH_HI,
   D_MATCH_LO,
+  D_OPCODE,
   D_SRC_OFFSET,
   D_SRC_REGION,
+  D_TRACE_SEQ,
+  DFLAG_TRACE,
   ErrorReason,
   SEND_MAX,
   WIRE_TIMEOUT_MS,
@@ -118,6 +124,9 @@ export class SendEngine {
     }
     const destNic = d[D_DEST_NIC] >>> 0;
     const cookie = d[D_COOKIE];
+    // A traced message (window.ts DFLAG_TRACE): its sequence travels on; stamped if this thread traces.
+    const tseq = (d[D_OPCODE] >>> 16) & DFLAG_TRACE ? d[D_TRACE_SEQ] >>> 0 : 0;
+    if (tseq !== 0) nicStamp(this.nicId, ctx.id, tseq, NicTraceStage.NicTaken);
     const ls = this.links.usable(destNic);
     if (ls === undefined) {
       this.countSend(ctx, len);
@@ -139,6 +148,7 @@ export class SendEngine {
       m[M_COOKIE] = cookie;
       m[M_LENGTH] = len;
       m[M_VIA_LINK] = 0;
+      m[M_TRACE] = tseq;
       const status = this.delivery.deliver(m, src, srcOff, null, 0);
       if (status !== MxStatus.PENDING) this.delivery.complete(m, status);
       // Held: the wire timer ends the hold after HOLD_MS if the receiver never makes room.
@@ -165,7 +175,11 @@ export class SendEngine {
     setWord(f, F_AUX1, d[D_AUX1]);
     setWord(f, F_COOKIE, cookie);
     setWord(f, F_TAG, ls.nextTag());
+    setWord(f, F_TRACE, tseq);
     if (len > 0) t.copyOut(src, srcOff, len, f, FRAME_HEADER_BYTES);
+    // Before the write: the peer NIC may read the frame before link.send returns. A frame the
+    // link refuses is stamped again when retried (the last stamp stands).
+    if (tseq !== 0) nicStamp(this.nicId, ctx.id, tseq, NicTraceStage.OnLink);
     if (!ls.link.send(f.subarray(0, FRAME_HEADER_BYTES + len))) {
       // The wire pushes back: this descriptor stays at the head of the queue and is retried.
       this.c[NicCounter.link_backpressure]++;
@@ -205,6 +219,8 @@ export class SendEngine {
     m[M_LENGTH] = getWord(frame, F_LENGTH);
     m[M_VIA_LINK] = 1;
     m[M_TAG] = getWord(frame, F_TAG);
+    const tseq = (m[M_TRACE] = getWord(frame, F_TRACE));
+    if (tseq !== 0) nicStamp(m[M_SRC_NIC], m[M_SRC_EP], tseq, NicTraceStage.OffLink);
     const status = this.delivery.deliver(m, -1, 0, frame, FRAME_HEADER_BYTES);
     // Wake the receiver before writing the ACK to the socket: it is what the message waits on.
     this.events.flushRaises();

@@ -138,7 +138,8 @@ export const X_LENGTH = 4;
 //            it); D_DEST_ENDPOINT, D_DEST_SESSION (DFLAG_EXPOSURE / DFLAG_REMOTE: the right's
 //            owner) and D_DEST_NIC (DFLAG_REMOTE: that owner's NIC)
 //   SEND     D_OPCODE, D_COOKIE, D_LENGTH, D_SRC_REGION, D_SRC_OFFSET, D_DEST_NIC,
-//            D_DEST_ENDPOINT, D_DEST_SESSION, D_MATCH_HI, D_MATCH_LO, D_AUX0, D_AUX1
+//            D_DEST_ENDPOINT, D_DEST_SESSION, D_MATCH_HI, D_MATCH_LO, D_AUX0, D_AUX1; with
+//            DFLAG_TRACE also D_DST_KEY (the message's trace sequence, carried to the RECV event)
 //   CONNECT  D_OPCODE, D_COOKIE, D_DEST_NIC, D_DEST_ENDPOINT, D_SRC_KEY (the key presented)
 
 /** Low 16 bits: opcode; high 16 bits: flags. */
@@ -168,6 +169,13 @@ export const D_AUX1 = 15;
  * E_TRACE_NIC_SEEN and E_TRACE_DMA_DONE. Untraced descriptors cost the NIC nothing.
  */
 export const DFLAG_TRACE = 1;
+/**
+ * DFLAG_TRACE on a SEND or PULL: this word holds the message's trace sequence (nonzero; the
+ * sender's, mx/trace.ts). A SEND carries it in its frame (frame.ts F_TRACE) into the RECV event
+ * (E_TRACE_SEQ); the NICs stamp the message into their trace rings (nic/trace-ring.ts) when they
+ * have one. A PULL names its message's sender in D_DEST_NIC/D_DEST_ENDPOINT.
+ */
+export const D_TRACE_SEQ = D_DST_KEY;
 
 /**
  * Descriptor flag: a PULL whose source region lives on another NIC. D_DEST_NIC,
@@ -280,6 +288,8 @@ export const Opcode = {
 //     9  E_RECV_SPAN       [NIC] bytes to release (W_RQ_CONS += span) once consumed, in order
 //    10  E_AUX0            [NIC] the sender's D_AUX0, unchanged
 //    11  E_AUX1            [NIC] the sender's D_AUX1, unchanged
+//    12  E_TRACE_SEQ       [NIC] the sender's trace sequence (D_TRACE_SEQ of a SEND with
+//                          DFLAG_TRACE, via the frame's F_TRACE), else 0
 //
 //   ERROR         a descriptor the NIC refused (it had no effect)
 //     0  E_TYPE            [NIC] EventType.Error | status << 16 (REASON_STATUS in status.ts, or
@@ -349,6 +359,8 @@ export const E_EXTRA = 12;
  */
 export const E_TRACE_NIC_SEEN = 12;
 export const E_TRACE_DMA_DONE = 14;
+/** RECV: the sender's trace sequence, 0 when untraced (see D_TRACE_SEQ). */
+export const E_TRACE_SEQ = 12;
 
 export const EventType = {
   PullDone: 1,
