@@ -160,6 +160,11 @@ export interface PeerPath {
   trySend(req: MxRequest): boolean;
   /** Answers a synchronous send or a finished pull with a NOTIFY; it is never dropped. */
   notify(syncId: number, xfer: number, status: number): void;
+  /**
+   * The path moves a rendezvous's data itself, from the send buffer as it is (the channel's
+   * pipelined push): the send needs no registration, bounce copy or pull right.
+   */
+  readonly pushesRndv?: boolean;
 }
 
 /** A co-resident channel's reading side: read on every progress, whichever way sends go. */
@@ -169,8 +174,8 @@ export interface ChannelEnd {
   receive(): boolean;
   /** On a sweep that read nothing: fails the peer if its channel was closed. */
   checkClosed(): void;
-  /** The peer is gone: the lanes are dropped and the driver unmaps the channel. */
-  release(): void;
+  /** The peer is gone (`code`): transfers under way fail, the lanes are dropped and the driver unmaps the channel. */
+  release(code?: number): void;
 }
 
 /** Who fetches a matched rendezvous: the NIC (a PULL descriptor) or the sender over Ethernet. */
