@@ -175,6 +175,7 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
     if (raiseInterrupt(this.peerIntr)) this.ctx.counters.kicks++;
   }
 
+  /** Reads and matches what the peer wrote, then pushes what waits; true if either moved anything. */
   receive(): boolean {
     const rd = this.reader;
     let moved = false;
@@ -183,7 +184,7 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
       rd.release();
       moved = true;
     }
-    if (this.ctsWaiting.length > 0 || this.pushing.length > 0) this.push();
+    if ((this.ctsWaiting.length > 0 || this.pushing.length > 0) && this.push()) moved = true;
     // Space freed: a writer that found the lane full and went to sleep wakes.
     if (moved && rd.takeSpaceWanted()) {
       Atomics.add(this.peerIntr, I_SEQ, 1);
@@ -251,14 +252,15 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
     this.push();
   }
 
-  /** Writes what waits outside the backlog: CTSs first (they unblock the peer), then FRAGs. */
-  private push(): void {
+  /** Writes what waits outside the backlog: CTSs first (they unblock the peer), then FRAGs. True if it wrote any. */
+  private push(): boolean {
     const w = this.writer;
+    let wrote = false;
     const cts = this.ctsWaiting;
     while (cts.length > 0) {
       const t = cts[0];
       const at = w.reserve(0);
-      if (at < 0) return;
+      if (at < 0) return wrote;
       const words = w.words;
       const i = at >>> 2;
       const aux = i + RecordWord.Aux;
@@ -271,6 +273,7 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
       words[aux + CtsAux.Length] = t.xfer;
       w.commit();
       cts.shift();
+      wrote = true;
       this.receiving.push(t);
       if (raiseInterrupt(this.peerIntr)) this.ctx.counters.kicks++;
     }
@@ -286,7 +289,7 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
       while (t.done < t.xfer) {
         const n = Math.min(CHANNEL_FRAGMENT, t.xfer - t.done);
         const at = w.reserve(n);
-        if (at < 0) return;
+        if (at < 0) return wrote;
         const words = w.words;
         const i = at >>> 2;
         const aux = i + RecordWord.Aux;
@@ -298,6 +301,7 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
         words[aux + FragAux.Offset] = t.done;
         copyInto(w.bytes, at + RECORD_HEADER_BYTES, req.buffer, t.done, n);
         w.commit();
+        wrote = true;
         t.done += n;
         if (raiseInterrupt(this.peerIntr)) this.ctx.counters.kicks++;
       }
@@ -305,6 +309,7 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
       // Every byte is in the lane: the send is over (as an eager send is once copied in).
       this.sends.answer(t.syncId, t.xfer, MxStatus.SUCCESS);
     }
+    return wrote;
   }
 
   /** A CTS: the receiver matched our rendezvous `syncId` and wants `xfer` bytes of it pushed. */

@@ -170,7 +170,7 @@ export interface PeerPath {
 /** A co-resident channel's reading side: read on every progress, whichever way sends go. */
 export interface ChannelEnd {
   readonly channelId: number;
-  /** Reads and matches what the peer wrote (true if anything came); fails the peer on garbage. */
+  /** Reads and matches what the peer wrote, pushes what waits (true if anything moved); fails the peer on garbage. */
   receive(): boolean;
   /** On a sweep that read nothing: fails the peer if its channel was closed. */
   checkClosed(): void;
