@@ -8,6 +8,7 @@
  * (transport, size) add up to about the one-way latency of a traced ping-pong.
  *   eager (≤ 32 KiB)  written, seen, copied, completed
  *   rendezvous        rndv-sent, seen, pull-posted, nic-seen, dma-done, event-seen, completed
+ *   co-resident rndv  rndv-sent, seen, push-started, copied, completed (pushed through the channel)
  * (`posted`, the start, has no duration of its own.)
  */
 import { once } from "node:events";
@@ -15,6 +16,7 @@ import type { Host } from "../host/host.js";
 import {
   collate,
   EAGER_STAGES,
+  PUSH_STAGES,
   RNDV_STAGES,
   STAGE_NAMES,
   stageDurations,
@@ -89,8 +91,12 @@ export async function tracedPingpong(
   const [[va], [vb]] = (await Promise.race([Promise.all([ra, rb]), failed])) as [[Reply], [Reply]];
   const byId = collate(unpack(va.trace), unpack(vb.trace));
   let rndv = false;
-  for (const m of byId.values()) if (m.has(TraceStage.RndvSent)) rndv = true;
-  const order = rndv ? RNDV_STAGES : EAGER_STAGES;
+  let pushed = false;
+  for (const m of byId.values()) {
+    if (m.has(TraceStage.RndvSent)) rndv = true;
+    if (m.has(TraceStage.PushStarted)) pushed = true;
+  }
+  const order = pushed ? PUSH_STAGES : rndv ? RNDV_STAGES : EAGER_STAGES;
   const messages: number[][] = [];
   const stamps: number[][] = [];
   let incomplete = 0;

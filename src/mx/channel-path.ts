@@ -327,6 +327,8 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
       return;
     }
     req.state = RequestState.Pulling;
+    const tb = this.ctx.trace;
+    if (tb !== undefined && req.traceId !== 0) tb.record(req.traceId, TraceStage.PushStarted, traceNow());
     this.pushing.push(new Transfer(req, id, xfer, syncId));
   }
 

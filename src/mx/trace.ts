@@ -33,6 +33,8 @@ export const TraceStage = {
   NicSeen: 8,
   DmaDone: 9,
   EventSeen: 10,
+  /** A co-resident rendezvous: the sender read the receiver's CTS and starts pushing it. */
+  PushStarted: 11,
 } as const;
 export type TraceStageId = (typeof TraceStage)[keyof typeof TraceStage];
 
@@ -47,6 +49,7 @@ export const STAGE_NAMES: Record<number, string> = {
   [TraceStage.NicSeen]: "nic-seen",
   [TraceStage.DmaDone]: "dma-done",
   [TraceStage.EventSeen]: "event-seen",
+  [TraceStage.PushStarted]: "push-started",
 };
 
 /** The stages of an eager message, in order. */
@@ -66,6 +69,16 @@ export const RNDV_STAGES: readonly number[] = [
   TraceStage.NicSeen,
   TraceStage.DmaDone,
   TraceStage.EventSeen,
+  TraceStage.Completed,
+];
+
+/** The stages of a rendezvous pushed through a co-resident channel (channel-path.ts), in order. */
+export const PUSH_STAGES: readonly number[] = [
+  TraceStage.Posted,
+  TraceStage.RndvSent,
+  TraceStage.Seen,
+  TraceStage.PushStarted,
+  TraceStage.Copied,
   TraceStage.Completed,
 ];
 
