@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import { LaneWriter } from "../src/mx/channel.js";
 import { ChannelPath } from "../src/mx/channel-path.js";
-import { CHANNEL_FRAGMENT, RecordType } from "../src/mx/records.js";
+import { CHANNEL_FRAGMENT, CHANNEL_PUSH_ALWAYS, FLAG_PUSH, RecordType } from "../src/mx/records.js";
 import { MxRequest, RequestState } from "../src/mx/types.js";
 import {
   CHANNEL_BYTES,
@@ -52,6 +52,7 @@ function isend(e: End, buffer: Uint8Array, matchLo: number): MxRequest {
   req.matchLo = matchLo;
   req.msgLength = buffer.length;
   req.rndv = buffer.length > RNDV_THRESHOLD;
+  if (req.rndv) assert.ok(e.path.pushes(req), "this test's rendezvous are all pushed");
   if (e.partner.backlog.length > 0 || !e.path.trySend(req)) e.partner.backlog.push(req);
   return req;
 }
@@ -203,7 +204,7 @@ test("a hostile writer's FRAGs: wrong offsets and lengths fail that message, nev
   hostileRecord(evil, RecordType.Rndv, {
     length: 40_000,
     aux: [77, 0, 0, 0, 0, 0],
-    flags: RecordFlag.NoPayload,
+    flags: RecordFlag.NoPayload | FLAG_PUSH,
   });
   const backing = new Uint8Array(60_000).fill(0x11);
   const recv = irecv(b, backing.subarray(10_000, 50_000), 6);
@@ -238,7 +239,7 @@ test("a hostile writer's FRAGs: wrong offsets and lengths fail that message, nev
   hostileRecord(evil, RecordType.Rndv, {
     length: 50_000,
     aux: [78, 1, 0, 0, 0, 0],
-    flags: RecordFlag.NoPayload,
+    flags: RecordFlag.NoPayload | FLAG_PUSH,
   });
   const recv2 = irecv(b, new Uint8Array(50_000), 6);
   progress(b);
@@ -264,4 +265,30 @@ test("a hostile receiver's CTS for no rendezvous of ours fails that peer with a 
   assert.match(a.partner.dead ?? "", /CTS/);
   assert.equal(send.state, RequestState.Done);
   assert.notEqual(send.code, MxStatus.SUCCESS);
+});
+
+test("large rendezvous are pushed one at a time: while one is under way, the next is left to the NIC", () => {
+  const { a, b } = pair();
+  const big = (n: number) => {
+    const r = new MxRequest("send", new Uint8Array(n), undefined);
+    r.peer = a.partner;
+    r.rndv = true;
+    return r;
+  };
+  const first = isend(a, pattern(CHANNEL_PUSH_ALWAYS + 8, 1), 5);
+  assert.equal(first.pushed, true);
+  // Up to CHANNEL_PUSH_ALWAYS always pushed; a second large one is not (registered, pulled).
+  assert.equal(a.path.pushes(big(CHANNEL_PUSH_ALWAYS)), true);
+  const second = big(CHANNEL_PUSH_ALWAYS + 8);
+  assert.equal(a.path.pushes(second), false);
+  assert.equal(second.pushed, false);
+  const recv = irecv(b, new Uint8Array(CHANNEL_PUSH_ALWAYS + 8), 5);
+  for (let t = 0; first.state !== RequestState.Done || recv.state !== RequestState.Done; t++) {
+    assert.ok(t < 1000);
+    progress(a);
+    progress(b);
+  }
+  assert.deepEqual(recv.buffer, pattern(CHANNEL_PUSH_ALWAYS + 8, 1));
+  // The first is done: the next large one is pushed again.
+  assert.equal(a.path.pushes(big(CHANNEL_PUSH_ALWAYS + 8)), true);
 });

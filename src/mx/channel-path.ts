@@ -5,7 +5,9 @@
  * it sleeps; the receiver's progress reads it. A rendezvous announced here is pushed through
  * the channel once the receiver matched it (records.ts: RNDV, CTS, then FRAGs — Open MPI sm's
  * pipelined copy-in/copy-out): both copies run at once, the NIC thread is not woken, nothing
- * is registered, and the data crosses only the lane the pair was granted.
+ * is registered, and the data crosses only the lane the pair was granted. A rendezvous above
+ * CHANNEL_PUSH_ALWAYS sent while another such push is under way (a stream of large messages)
+ * is pulled by the NIC instead, from registered memory: one copy by a third thread.
  *
  * Channels come and go with driver events (driver-abi.ts): a peer that connected to us
  * (DRIVER_EVENT_CONNECT: map the channel its connect made), a peer that went away
@@ -27,7 +29,9 @@ import type { PendingSends } from "./pending-sends.js";
 import type { PullRights } from "./pull-rights.js";
 import {
   CHANNEL_FRAGMENT,
+  CHANNEL_PUSH_ALWAYS,
   CtsAux,
+  FLAG_PUSH,
   FragAux,
   MAX_CHANNEL_RECORD,
   MsgAux,
@@ -76,7 +80,6 @@ export interface ChannelPathParts {
 /** One co-resident peer's channel: our lane out (its path) and its lane in. */
 export class ChannelPath implements PeerPath, ChannelEnd, Puller {
   readonly channelId: number;
-  readonly pushesRndv = true;
   private readonly writer: LaneWriter;
   private readonly reader: LaneReader;
   private readonly peerIntr: Int32Array;
@@ -93,6 +96,9 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
   private readonly ctsWaiting: Transfer[] = [];
   private readonly receiving: Transfer[] = [];
   private lastXferId = 0;
+  /** Pushed rendezvous sent and not done yet (for `pushes`: one large push at a time). */
+  private readonly largePushes: MxRequest[] = [];
+  private readonly rights: PullRights;
 
   constructor(
     private readonly peer: Partner,
@@ -106,14 +112,31 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
     this.ctx = parts.ctx;
     this.completion = parts.completion;
     this.sends = parts.sends;
+    this.rights = parts.rights;
     this.matching = parts.matching;
     this.rec = new InboundRecord(this);
+  }
+
+  /** PeerPath.pushes: every rendezvous up to CHANNEL_PUSH_ALWAYS; a larger one if no other large one is under way. */
+  pushes(req: MxRequest): boolean {
+    if (req.buffer.length > CHANNEL_PUSH_ALWAYS) {
+      const l = this.largePushes;
+      let n = 0;
+      for (let i = 0; i < l.length; i++) if (l[i].state < RequestState.Revoking) l[n++] = l[i];
+      l.length = n;
+      if (n > 0) return false;
+      l.push(req);
+    }
+    req.pushed = true;
+    return true;
   }
 
   /** Writes the send's record into our lane; false if the lane is full right now. */
   trySend(req: MxRequest): boolean {
     const w = this.writer;
     const rndv = req.rndv;
+    const pushed = rndv && req.pushed;
+    if (rndv && !pushed && !this.rights.expose(req)) return false;
     const payload = rndv ? 0 : req.buffer.length;
     const at = w.reserve(payload);
     if (at < 0) return false;
@@ -121,16 +144,18 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
     const i = at >>> 2;
     const aux = i + RecordWord.Aux;
     if (req.sync || rndv) this.sends.add(req);
-    words[i + RecordWord.Type] = rndv ? RecordType.Rndv | (RecordFlag.NoPayload << 16) : RecordType.Eager;
+    words[i + RecordWord.Type] = rndv
+      ? RecordType.Rndv | ((RecordFlag.NoPayload | (pushed ? FLAG_PUSH : 0)) << 16)
+      : RecordType.Eager;
     words[i + RecordWord.MatchHi] = req.matchHi;
     words[i + RecordWord.MatchLo] = req.matchLo;
     words[i + RecordWord.Length] = req.buffer.length;
     words[aux + MsgAux.SyncId] = req.syncId;
     words[aux + MsgAux.Seq] = this.peer.sendSeq++;
     if (rndv) {
-      // Pushed once the receiver clears it (CTS): no pull right is armed.
-      words[aux + MsgAux.XpIndex] = 0;
-      words[aux + MsgAux.XpKey] = 0;
+      // Pushed once the receiver clears it (CTS): no pull right is armed. Else the NIC pulls it.
+      words[aux + MsgAux.XpIndex] = pushed ? 0 : req.xp;
+      words[aux + MsgAux.XpKey] = pushed ? 0 : this.rights.keyOf(req);
       words[aux + MsgAux.XpOffset] = 0;
       this.ctx.counters.rndv++;
     } else {
@@ -240,7 +265,12 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
    * bytes (CTS). Written now if the lane has room, else on a later progress — never waited
    * for here, as both sides may be writing into full lanes.
    */
-  startPull(req: MxRequest, _source: Partner, rec: InboundRecord, xfer: number): void {
+  startPull(req: MxRequest, source: Partner, rec: InboundRecord, xfer: number): void {
+    if ((rec.flags & FLAG_PUSH) === 0) {
+      // A large rendezvous the sender left to our NIC to pull (CHANNEL_PUSH_ALWAYS).
+      this.parts.nic.startPull(req, source, rec, xfer);
+      return;
+    }
     this.lastXferId = (this.lastXferId + 1) >>> 0 || 1;
     const t = new Transfer(req, this.lastXferId, xfer, rec.syncId);
     if (this.released || this.peer.dead !== undefined) {
@@ -318,7 +348,7 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
     if (
       req === undefined ||
       req.peer !== this.peer ||
-      !req.rndv ||
+      !req.pushed ||
       req.state !== RequestState.Sent ||
       xfer < 1 ||
       xfer > req.buffer.length

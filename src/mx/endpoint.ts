@@ -302,7 +302,7 @@ export class MxEndpoint {
       this.completion.complete(req, MxStatus.ENDPOINT_UNREACHABLE, 0);
       return req;
     }
-    if (req.rndv && path.pushesRndv !== true && !this.regions.prepareSend(req)) {
+    if (req.rndv && path.pushes?.(req) !== true && !this.regions.prepareSend(req)) {
       this.completion.complete(req, MxStatus.NO_RESOURCES, 0);
       return req;
     }

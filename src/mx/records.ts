@@ -30,7 +30,7 @@
  *   1 Xfer      receiver's transfer id        1 Offset  where the payload goes in the message
  *   2 Length    bytes wanted (≤ the message)
  *
- * A rendezvous between co-resident peers is pushed, not pulled (Open MPI sm's copy-in/copy-out):
+ * A rendezvous between co-resident peers (flag FLAG_PUSH) is pushed, not pulled (Open MPI sm's copy-in/copy-out):
  * the sender writes FRAGs of at most CHANNEL_FRAGMENT bytes, in order, while its lane has
  * room; the receiver copies each out as it comes, so both copies run at once. The sender's
  * send completes once the last FRAG is in the lane; the receiver checks every FRAG against the
@@ -60,6 +60,16 @@ export const MAX_CHANNEL_RECORD = RecordType.Frag;
 
 /** The most payload one FRAG carries: small enough that the reader's copy overlaps the writer's. */
 export const CHANNEL_FRAGMENT = 16 * 1024;
+
+/**
+ * Rendezvous up to this size are always pushed through the channel; larger ones only while
+ * no other pushed rendezvous to the peer is under way — else the NIC pulls them (one copy, by
+ * a third thread), which for a stream of large messages beats two copies by the pair.
+ */
+export const CHANNEL_PUSH_ALWAYS = 256 * 1024;
+
+/** Record flag (library bits, next to trace.ts's FLAG_TRACED = 2): a RNDV to push on CTS, not to pull. */
+export const FLAG_PUSH = 4;
 
 // biome-ignore lint/suspicious/noConstEnum: inlined by tsc (channel-abi.ts says why)
 export const enum MsgAux {

@@ -84,6 +84,8 @@ export class MxRequest extends MxStatusInfo {
   /** @internal An issend: completes once the receiver matched. */ sync = false;
   /** @internal The id the receiver's NOTIFY names (pending-sends.ts), or 0. */ syncId = 0;
   /** @internal */ rndv = false;
+  /** @internal A rendezvous its co-resident channel pushes (no registration, no pull right; PeerPath.pushes). */
+  pushed = false;
   /** @internal A whole bounce buffer (its size class) standing in for `buffer` in this domain's memory. */
   bounce: Uint8Array | undefined = undefined;
   /** @internal The registration this request holds while in flight (regcache.ts). */
@@ -161,10 +163,11 @@ export interface PeerPath {
   /** Answers a synchronous send or a finished pull with a NOTIFY; it is never dropped. */
   notify(syncId: number, xfer: number, status: number): void;
   /**
-   * The path moves a rendezvous's data itself, from the send buffer as it is (the channel's
-   * pipelined push): the send needs no registration, bounce copy or pull right.
+   * Whether the path moves this rendezvous's data itself, from the send buffer as it is (the
+   * channel's pipelined push: no registration, bounce copy or pull right). Asked once, as
+   * the send is made; true marks the request `pushed`.
    */
-  readonly pushesRndv?: boolean;
+  pushes?(req: MxRequest): boolean;
 }
 
 /** A co-resident channel's reading side: read on every progress, whichever way sends go. */
