@@ -5,8 +5,8 @@
  * it sleeps; the receiver's progress reads it. A rendezvous announced here is pushed through
  * the channel once the receiver matched it (records.ts: RNDV, CTS, then FRAGs — Open MPI sm's
  * pipelined copy-in/copy-out): both copies run at once, the NIC thread is not woken, nothing
- * is registered, and the data crosses only the lane the pair was granted. A rendezvous above
- * CHANNEL_PUSH_ALWAYS sent while another such push is under way (a stream of large messages)
+ * is registered, and the data crosses only the lane the pair was granted. A rendezvous sent
+ * while another push to the peer is under way (a stream: records.ts CHANNEL_PUSHES_IN_FLIGHT)
  * is pulled by the NIC instead, from registered memory: one copy by a third thread.
  *
  * Channels come and go with driver events (driver-abi.ts): a peer that connected to us
@@ -29,7 +29,7 @@ import type { PendingSends } from "./pending-sends.js";
 import type { PullRights } from "./pull-rights.js";
 import {
   CHANNEL_FRAGMENT,
-  CHANNEL_PUSH_ALWAYS,
+  CHANNEL_PUSHES_IN_FLIGHT,
   CtsAux,
   FLAG_PUSH,
   FragAux,
@@ -96,8 +96,8 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
   private readonly ctsWaiting: Transfer[] = [];
   private readonly receiving: Transfer[] = [];
   private lastXferId = 0;
-  /** Pushed rendezvous sent and not done yet (for `pushes`: one large push at a time). */
-  private readonly largePushes: MxRequest[] = [];
+  /** Pushed rendezvous sent and not done yet (`pushes` bounds them). */
+  private readonly inFlight: MxRequest[] = [];
   private readonly rights: PullRights;
 
   constructor(
@@ -117,16 +117,14 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
     this.rec = new InboundRecord(this);
   }
 
-  /** PeerPath.pushes: every rendezvous up to CHANNEL_PUSH_ALWAYS; a larger one if no other large one is under way. */
+  /** PeerPath.pushes: yes while fewer than CHANNEL_PUSHES_IN_FLIGHT pushed rendezvous are under way. */
   pushes(req: MxRequest): boolean {
-    if (req.buffer.length > CHANNEL_PUSH_ALWAYS) {
-      const l = this.largePushes;
-      let n = 0;
-      for (let i = 0; i < l.length; i++) if (l[i].state < RequestState.Revoking) l[n++] = l[i];
-      l.length = n;
-      if (n > 0) return false;
-      l.push(req);
-    }
+    const l = this.inFlight;
+    let n = 0;
+    for (let i = 0; i < l.length; i++) if (l[i].state < RequestState.Revoking) l[n++] = l[i];
+    l.length = n;
+    if (n >= CHANNEL_PUSHES_IN_FLIGHT) return false;
+    l.push(req);
     req.pushed = true;
     return true;
   }

@@ -62,11 +62,12 @@ export const MAX_CHANNEL_RECORD = RecordType.Frag;
 export const CHANNEL_FRAGMENT = 16 * 1024;
 
 /**
- * Rendezvous up to this size are always pushed through the channel; larger ones only while
- * no other pushed rendezvous to the peer is under way — else the NIC pulls them (one copy, by
- * a third thread), which for a stream of large messages beats two copies by the pair.
+ * Pushed rendezvous one peer may have under way at once; a rendezvous sent beyond that is
+ * pulled by the NIC (one copy, by a third thread). A lone message (a ping-pong, a collective's
+ * exchange) is pushed: no NIC wake-up. A stream keeps the NIC's one-copy DMA, which measured
+ * faster than two copies by the pair when many messages are in flight (bench stream).
  */
-export const CHANNEL_PUSH_ALWAYS = 256 * 1024;
+export const CHANNEL_PUSHES_IN_FLIGHT = 1;
 
 /** Record flag (library bits, next to trace.ts's FLAG_TRACED = 2): a RNDV to push on CTS, not to pull. */
 export const FLAG_PUSH = 4;
