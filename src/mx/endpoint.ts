@@ -524,7 +524,7 @@ export class MxEndpoint {
       if (ready()) return true;
       if ((i & 63) === 63) {
         const now = performance.now();
-        if (moving) {
+        if (moving && now < deadline) {
           spinEnd = now + this.spinUs / 1000;
           moving = false;
         } else if (now >= spinEnd) break;
@@ -565,7 +565,7 @@ export class MxEndpoint {
         if (ready()) return true;
         if ((i & 63) === 63) {
           const now = performance.now();
-          if (movedSince) {
+          if (movedSince && now < deadline) {
             again = now + this.spinUs / 1000;
             movedSince = false;
           } else if (now >= again) break;
