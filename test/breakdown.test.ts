@@ -101,7 +101,8 @@ for (const [bytes, protocol, stages] of [
   [
     64 * 1024,
     "rndv",
-    ["rndv-sent", "seen", "pull-posted", "nic-seen", "dma-done", "event-seen", "completed"],
+    // Co-resident: pushed through the channel once the receiver's CTS came (channel-path.ts).
+    ["rndv-sent", "seen", "push-started", "copied", "completed"],
   ],
 ] as const) {
   test(`bypass ${bytes} B: every message has every stage, in order; stages ≈ one-way latency`, async () => {
@@ -139,7 +140,7 @@ test("tracing off: the trace buffers stay empty (8 B and 64 KiB)", async () => {
 test("benchBreakdown: rows pass makeRow validation and carry their stage", async () => {
   const profile: BenchProfile = { ...profileFor(true), runs: 2, warmupRuns: 0 };
   const rows = await benchBreakdown(host, profile, { sizes: [8, 64 * 1024], transports: ["bypass"] });
-  assert.equal(rows.length, 4 + 7);
+  assert.equal(rows.length, 4 + 5); // eager stages, and a co-resident rendezvous pushed through the channel
   for (const r of rows) {
     assert.equal(r.bench, "breakdown");
     assert.equal(r.transport, "bypass");

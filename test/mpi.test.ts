@@ -148,7 +148,9 @@ test("a message the rank's memory cannot bounce fails at that size with an error
   const lines: string[] = [];
   const job = new Job(host, {
     n: 2,
-    path: "bypass",
+    // The split path stages a rendezvous in registered memory; co-resident ranks on the
+    // bypass path push it through their channel instead (the next test).
+    path: "split",
     program: new URL("./fixtures/mpi-sizes.js", import.meta.url),
     argv: [String(16 << 20)],
     pages: 2048, // 8 MiB: a 16 MiB message cannot be staged in it
@@ -161,6 +163,20 @@ test("a message the rank's memory cannot bounce fails at that size with an error
   assert.match(msg, /--pages/, msg);
   // It got past the sizes that fit: the failure is at a message of several MiB.
   assert.match(msg, /\b(\d{7,8}) bytes\b/, msg);
+});
+
+test("co-resident ranks on the bypass path move messages larger than their memory: pushed through the channel, nothing staged", async () => {
+  const res = await new Job(host, {
+    n: 2,
+    path: "bypass",
+    program: new URL("./fixtures/mpi-sizes.js", import.meta.url),
+    argv: [String(16 << 20)],
+    pages: 2048, // 8 MiB, as above: a bounce of 16 MiB could not be had
+    maxHeapMb: 512,
+  }).run();
+  assert.equal(res.exitCode, 0, res.failed?.error?.message);
+  const r = res.ranks[1].result as { messages: number; bytes: number };
+  assert.ok(r.bytes > 16 << 20, JSON.stringify(r));
 });
 
 test("source verification: forged match bits and a stranger's messages are rejected, never delivered as another rank's", async () => {

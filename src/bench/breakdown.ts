@@ -8,6 +8,7 @@
  * (transport, size) add up to about the one-way latency of a traced ping-pong.
  *   eager (≤ 32 KiB)  written, seen, copied, completed
  *   rendezvous        rndv-sent, seen, pull-posted, nic-seen, dma-done, event-seen, completed
+ *   co-resident rndv  rndv-sent, seen, push-started, copied, completed (pushed through the channel)
  * (`posted`, the start, has no duration of its own.)
  */
 import { once } from "node:events";
@@ -18,6 +19,7 @@ import {
   EAGER_STAGES,
   NIC_EAGER_STAGES,
   NIC_RNDV_STAGES,
+  PUSH_STAGES,
   RNDV_STAGES,
   SPLIT_EAGER_STAGES,
   SPLIT_RNDV_STAGES,
@@ -94,6 +96,8 @@ export function stageOrder(m: ReadonlyMap<number, number>): readonly number[] {
     const order = rndv ? SPLIT_RNDV_STAGES : SPLIT_EAGER_STAGES;
     return m.has(TraceStage.BridgedIn) ? crossHostSplit(order) : order;
   }
+  // A co-resident rendezvous pushed through the channel (channel-path.ts) rather than pulled.
+  if (m.has(TraceStage.PushStarted)) return PUSH_STAGES;
   return rndv ? RNDV_STAGES : EAGER_STAGES;
 }
 

@@ -2,8 +2,12 @@
  * The way to a co-resident peer: the channel myrback granted to exactly the two endpoints
  * (channel-abi.ts), one lane each way. A message crosses two threads and nothing else: the
  * sender writes a record (records.ts) into its lane and kicks the receiver only if it said
- * it sleeps; the receiver's progress reads it. A rendezvous announced here is pulled by the
- * NIC (nic-queues.ts), which checks both sides' regions.
+ * it sleeps; the receiver's progress reads it. A rendezvous announced here is pushed through
+ * the channel once the receiver matched it (records.ts: RNDV, CTS, then FRAGs — Open MPI sm's
+ * pipelined copy-in/copy-out): both copies run at once, the NIC thread is not woken, nothing
+ * is registered, and the data crosses only the lane the pair was granted. A rendezvous sent
+ * while another push to the peer is under way (a stream: records.ts CHANNEL_PUSHES_IN_FLIGHT)
+ * is pulled by the NIC instead, from registered memory: one copy by a third thread.
  *
  * Channels come and go with driver events (driver-abi.ts): a peer that connected to us
  * (DRIVER_EVENT_CONNECT: map the channel its connect made), a peer that went away
@@ -23,7 +27,17 @@ import type { DriverEventSink, NicQueues } from "./nic-queues.js";
 import type { PartnerTable } from "./partner.js";
 import type { PendingSends } from "./pending-sends.js";
 import type { PullRights } from "./pull-rights.js";
-import { MAX_CHANNEL_RECORD, MsgAux, NotifyAux, RecordType } from "./records.js";
+import {
+  CHANNEL_FRAGMENT,
+  CHANNEL_PUSHES_IN_FLIGHT,
+  CtsAux,
+  FLAG_PUSH,
+  FragAux,
+  MAX_CHANNEL_RECORD,
+  MsgAux,
+  NotifyAux,
+  RecordType,
+} from "./records.js";
 import { FLAG_TRACED, TraceStage, traceNow } from "./trace.js";
 import {
   type ChannelEnd,
@@ -32,8 +46,24 @@ import {
   type MxRequest,
   type Partner,
   type PeerPath,
+  type Puller,
   RequestState,
 } from "./types.js";
+
+/** A rendezvous being pushed through the channel: the sender's side, or the receiver's. */
+class Transfer {
+  /** Bytes pushed (sender) or received (receiver) so far. */
+  done = 0;
+  constructor(
+    readonly req: MxRequest,
+    /** The receiver's transfer id (its CTS named it; every FRAG carries it). */
+    readonly id: number,
+    /** Bytes the receiver wants (≤ the message and its buffer). */
+    readonly xfer: number,
+    /** Sender: the rendezvous's sync id (answered when the last FRAG is in); receiver: the CTS's. */
+    readonly syncId: number,
+  ) {}
+}
 
 /** What a channel path uses of its endpoint. */
 export interface ChannelPathParts {
@@ -48,19 +78,27 @@ export interface ChannelPathParts {
 }
 
 /** One co-resident peer's channel: our lane out (its path) and its lane in. */
-export class ChannelPath implements PeerPath, ChannelEnd {
+export class ChannelPath implements PeerPath, ChannelEnd, Puller {
   readonly channelId: number;
   private readonly writer: LaneWriter;
   private readonly reader: LaneReader;
   private readonly peerIntr: Int32Array;
   private readonly ctx: EndpointContext;
   private readonly completion: Completion;
-  private readonly rights: PullRights;
   private readonly sends: PendingSends;
   private readonly matching: Matching;
   /** The record matching gets (refilled per record read). */
   private readonly rec: InboundRecord;
   private released = false;
+  /** Rendezvous the peer cleared us to push, in the order its CTSs came (pushed in that order). */
+  private readonly pushing: Transfer[] = [];
+  /** Rendezvous we receive: CTS not written yet (the lane was full), then being pushed to us. */
+  private readonly ctsWaiting: Transfer[] = [];
+  private readonly receiving: Transfer[] = [];
+  private lastXferId = 0;
+  /** Pushed rendezvous sent and not done yet (`pushes` bounds them). */
+  private readonly inFlight: MxRequest[] = [];
+  private readonly rights: PullRights;
 
   constructor(
     private readonly peer: Partner,
@@ -73,17 +111,30 @@ export class ChannelPath implements PeerPath, ChannelEnd {
     this.peerIntr = new Int32Array(ch.peerIntr);
     this.ctx = parts.ctx;
     this.completion = parts.completion;
-    this.rights = parts.rights;
     this.sends = parts.sends;
+    this.rights = parts.rights;
     this.matching = parts.matching;
-    this.rec = new InboundRecord(parts.nic);
+    this.rec = new InboundRecord(this);
+  }
+
+  /** PeerPath.pushes: yes while fewer than CHANNEL_PUSHES_IN_FLIGHT pushed rendezvous are under way. */
+  pushes(req: MxRequest): boolean {
+    const l = this.inFlight;
+    let n = 0;
+    for (let i = 0; i < l.length; i++) if (l[i].state < RequestState.Revoking) l[n++] = l[i];
+    l.length = n;
+    if (n >= CHANNEL_PUSHES_IN_FLIGHT) return false;
+    l.push(req);
+    req.pushed = true;
+    return true;
   }
 
   /** Writes the send's record into our lane; false if the lane is full right now. */
   trySend(req: MxRequest): boolean {
     const w = this.writer;
     const rndv = req.rndv;
-    if (rndv && !this.rights.expose(req)) return false;
+    const pushed = rndv && req.pushed;
+    if (rndv && !pushed && !this.rights.expose(req)) return false;
     const payload = rndv ? 0 : req.buffer.length;
     const at = w.reserve(payload);
     if (at < 0) return false;
@@ -91,15 +142,18 @@ export class ChannelPath implements PeerPath, ChannelEnd {
     const i = at >>> 2;
     const aux = i + RecordWord.Aux;
     if (req.sync || rndv) this.sends.add(req);
-    words[i + RecordWord.Type] = rndv ? RecordType.Rndv | (RecordFlag.NoPayload << 16) : RecordType.Eager;
+    words[i + RecordWord.Type] = rndv
+      ? RecordType.Rndv | ((RecordFlag.NoPayload | (pushed ? FLAG_PUSH : 0)) << 16)
+      : RecordType.Eager;
     words[i + RecordWord.MatchHi] = req.matchHi;
     words[i + RecordWord.MatchLo] = req.matchLo;
     words[i + RecordWord.Length] = req.buffer.length;
     words[aux + MsgAux.SyncId] = req.syncId;
     words[aux + MsgAux.Seq] = this.peer.sendSeq++;
     if (rndv) {
-      words[aux + MsgAux.XpIndex] = req.xp;
-      words[aux + MsgAux.XpKey] = this.rights.keyOf(req);
+      // Pushed once the receiver clears it (CTS): no pull right is armed. Else the NIC pulls it.
+      words[aux + MsgAux.XpIndex] = pushed ? 0 : req.xp;
+      words[aux + MsgAux.XpKey] = pushed ? 0 : this.rights.keyOf(req);
       words[aux + MsgAux.XpOffset] = 0;
       this.ctx.counters.rndv++;
     } else {
@@ -144,6 +198,7 @@ export class ChannelPath implements PeerPath, ChannelEnd {
     if (raiseInterrupt(this.peerIntr)) this.ctx.counters.kicks++;
   }
 
+  /** Reads and matches what the peer wrote, then pushes what waits; true if either moved anything. */
   receive(): boolean {
     const rd = this.reader;
     let moved = false;
@@ -152,6 +207,7 @@ export class ChannelPath implements PeerPath, ChannelEnd {
       rd.release();
       moved = true;
     }
+    if ((this.ctsWaiting.length > 0 || this.pushing.length > 0) && this.push()) moved = true;
     // Space freed: a writer that found the lane full and went to sleep wakes.
     if (moved && rd.takeSpaceWanted()) {
       Atomics.add(this.peerIntr, I_SEQ, 1);
@@ -186,9 +242,14 @@ export class ChannelPath implements PeerPath, ChannelEnd {
    * A dead peer's channel is dropped here and unmapped by the driver, so the backend can give
    * the memory back: a survivor keeps nothing of a peer that went away.
    */
-  release(): void {
+  release(code: number = MxStatus.ENDPOINT_CLOSED): void {
     if (this.released) return;
     this.released = true;
+    // Receives being pushed to us end with the peer; our pushes' sends end with it (PendingSends).
+    const why = this.peer.dead ?? "the peer endpoint went away";
+    for (const t of this.receiving.splice(0)) this.failTransfer(t, why, code);
+    for (const t of this.ctsWaiting.splice(0)) this.failTransfer(t, why, code);
+    this.pushing.length = 0;
     if (this.peer.channel === this) this.peer.channel = undefined;
     try {
       this.parts.driver.releaseChannel?.(this.ctx.endpointId, this.channelId);
@@ -197,13 +258,177 @@ export class ChannelPath implements PeerPath, ChannelEnd {
     }
   }
 
+  /**
+   * Puller: a rendezvous from this channel matched `req`: ask the sender to push `xfer`
+   * bytes (CTS). Written now if the lane has room, else on a later progress — never waited
+   * for here, as both sides may be writing into full lanes.
+   */
+  startPull(req: MxRequest, source: Partner, rec: InboundRecord, xfer: number): void {
+    if ((rec.flags & FLAG_PUSH) === 0) {
+      // A large rendezvous the sender left to our NIC to pull (CHANNEL_PUSH_ALWAYS).
+      this.parts.nic.startPull(req, source, rec, xfer);
+      return;
+    }
+    this.lastXferId = (this.lastXferId + 1) >>> 0 || 1;
+    const t = new Transfer(req, this.lastXferId, xfer, rec.syncId);
+    if (this.released || this.peer.dead !== undefined) {
+      this.failTransfer(t, this.peer.dead ?? "the peer endpoint went away", MxStatus.ENDPOINT_CLOSED);
+      return;
+    }
+    this.ctx.counters.pulls++;
+    this.ctsWaiting.push(t);
+    this.push();
+  }
+
+  /** Writes what waits outside the backlog: CTSs first (they unblock the peer), then FRAGs. True if it wrote any. */
+  private push(): boolean {
+    const w = this.writer;
+    let wrote = false;
+    const cts = this.ctsWaiting;
+    while (cts.length > 0) {
+      const t = cts[0];
+      const at = w.reserve(0);
+      if (at < 0) return wrote;
+      const words = w.words;
+      const i = at >>> 2;
+      const aux = i + RecordWord.Aux;
+      words[i + RecordWord.Type] = RecordType.Cts;
+      words[i + RecordWord.MatchHi] = 0;
+      words[i + RecordWord.MatchLo] = 0;
+      words[i + RecordWord.Length] = 0;
+      words[aux + CtsAux.SyncId] = t.syncId;
+      words[aux + CtsAux.Xfer] = t.id;
+      words[aux + CtsAux.Length] = t.xfer;
+      w.commit();
+      cts.shift();
+      wrote = true;
+      this.receiving.push(t);
+      if (raiseInterrupt(this.peerIntr)) this.ctx.counters.kicks++;
+    }
+    const out = this.pushing;
+    while (out.length > 0) {
+      const t = out[0];
+      const req = t.req;
+      // Failed meanwhile (the peer was lost, the endpoint closed): nothing more to push.
+      if (req.state >= RequestState.Revoking) {
+        out.shift();
+        continue;
+      }
+      while (t.done < t.xfer) {
+        const n = Math.min(CHANNEL_FRAGMENT, t.xfer - t.done);
+        const at = w.reserve(n);
+        if (at < 0) return wrote;
+        const words = w.words;
+        const i = at >>> 2;
+        const aux = i + RecordWord.Aux;
+        words[i + RecordWord.Type] = RecordType.Frag;
+        words[i + RecordWord.MatchHi] = 0;
+        words[i + RecordWord.MatchLo] = 0;
+        words[i + RecordWord.Length] = n;
+        words[aux + FragAux.Xfer] = t.id;
+        words[aux + FragAux.Offset] = t.done;
+        copyInto(w.bytes, at + RECORD_HEADER_BYTES, req.buffer, t.done, n);
+        w.commit();
+        wrote = true;
+        t.done += n;
+        if (raiseInterrupt(this.peerIntr)) this.ctx.counters.kicks++;
+      }
+      out.shift();
+      // Every byte is in the lane: the send is over (as an eager send is once copied in).
+      this.sends.answer(t.syncId, t.xfer, MxStatus.SUCCESS);
+    }
+    return wrote;
+  }
+
+  /** A CTS: the receiver matched our rendezvous `syncId` and wants `xfer` bytes of it pushed. */
+  private onCts(syncId: number, id: number, xfer: number): void {
+    const req = this.sends.get(syncId);
+    if (
+      req === undefined ||
+      req.peer !== this.peer ||
+      !req.pushed ||
+      req.state !== RequestState.Sent ||
+      xfer < 1 ||
+      xfer > req.buffer.length
+    ) {
+      this.garbage(`a CTS for ${xfer} bytes of no rendezvous of ours (sync id ${syncId})`);
+      return;
+    }
+    req.state = RequestState.Pulling;
+    const tb = this.ctx.trace;
+    if (tb !== undefined && req.traceId !== 0) tb.record(req.traceId, TraceStage.PushStarted, traceNow());
+    this.pushing.push(new Transfer(req, id, xfer, syncId));
+  }
+
+  /** A FRAG: checked against the transfer it names, then copied out of the lane into the receive. */
+  private onFrag(rd: LaneReader): void {
+    const id = rd.aux[FragAux.Xfer];
+    const offset = rd.aux[FragAux.Offset];
+    const n = rd.length;
+    const list = this.receiving;
+    let k = 0;
+    while (k < list.length && list[k].id !== id) k++;
+    if (k === list.length) {
+      // Not ours, or a transfer already failed for a bad FRAG: its remaining FRAGs are dropped.
+      this.ctx.counters.channelErrors++;
+      return;
+    }
+    const t = list[k];
+    if (offset !== t.done || n < 1 || n > t.xfer - t.done) {
+      list.splice(k, 1);
+      this.ctx.counters.channelErrors++;
+      this.failTransfer(
+        t,
+        `the peer pushed ${n} bytes at offset ${offset} of a ${t.xfer}-byte transfer (expected offset ${t.done})`,
+        MxStatus.ABORTED,
+      );
+      return;
+    }
+    const req = t.req;
+    copyInto(req.buffer, offset, rd.bytes, rd.payload, n);
+    t.done += n;
+    if (t.done < t.xfer) return;
+    list.splice(k, 1);
+    const tb = this.ctx.trace;
+    if (tb !== undefined && req.traceId !== 0) tb.record(req.traceId, TraceStage.Copied, traceNow());
+    this.completion.complete(req, t.xfer < req.msgLength ? MxStatus.TRUNCATED : MxStatus.SUCCESS, t.xfer);
+  }
+
+  private failTransfer(t: Transfer, why: string, code: number): void {
+    t.req.reason ??= why;
+    this.completion.complete(t.req, code, 0);
+  }
+
+  /** The peer wrote something no sender of ours would: it is failed (as for a broken lane). */
+  private garbage(what: string): void {
+    this.ctx.counters.channelErrors++;
+    this.parts.partners.fail(
+      this.peer,
+      `peer wrote garbage into the channel: ${what}`,
+      MxStatus.ENDPOINT_UNREACHABLE,
+    );
+  }
+
   private onRecord(rd: LaneReader): void {
     const a = rd.aux;
     const type = rd.type;
+    if (type === RecordType.Frag) {
+      this.onFrag(rd);
+      return;
+    }
     if (type === RecordType.Notify) {
       this.sends.answer(a[NotifyAux.SyncId], a[NotifyAux.Xfer], a[NotifyAux.Status]);
       return;
     }
+    if (type === RecordType.Cts) {
+      this.onCts(a[CtsAux.SyncId], a[CtsAux.Xfer], a[CtsAux.Length]);
+      return;
+    }
+    if (type === RecordType.Ping) {
+      this.garbage("a PING record (the NIC's, never a channel's)");
+      return;
+    }
+
     const r = this.rec;
     r.rndv = type === RecordType.Rndv;
     r.flags = rd.flags;

@@ -302,7 +302,7 @@ export class MxEndpoint {
       this.completion.complete(req, MxStatus.ENDPOINT_UNREACHABLE, 0);
       return req;
     }
-    if (req.rndv && !this.regions.prepareSend(req)) {
+    if (req.rndv && path.pushes?.(req) !== true && !this.regions.prepareSend(req)) {
       this.completion.complete(req, MxStatus.NO_RESOURCES, 0);
       return req;
     }
@@ -452,9 +452,13 @@ export class MxEndpoint {
 
   // ---- progress and blocking ------------------------------------------------------------------
 
-  /** Moves everything that can move: channel records in, NIC events, backlogged sends out, Ethernet. */
-  progress(full = false): void {
-    if (this.closed) return;
+  /**
+   * Moves everything that can move: channel records in, NIC events, backlogged sends out,
+   * Ethernet. True if a channel moved something (a record read, a pushed piece written).
+   */
+  progress(full = false): boolean {
+    if (this.closed) return false;
+    let movedAny = false;
     // Rare conditions (a peer gone, a NIC event with nothing pulling) are looked at on every
     // 32nd idle poll only: a spinning wait then touches one cache line per peer.
     const sweep = full || (++this.counters.progress & 31) === 0 || this.nic.pulling;
@@ -470,6 +474,7 @@ export class MxEndpoint {
         continue;
       }
       const moved = ch.receive();
+      if (moved) movedAny = true;
       if (peer.dead !== undefined) continue;
       if (peer.backlog.length > 0) partners.flush(peer);
       if (sweep && !moved) ch.checkClosed();
@@ -488,6 +493,7 @@ export class MxEndpoint {
       (partners.split || ether.active || full || (this.counters.progress & 255) === 0)
     )
       ether.poll();
+    return movedAny;
   }
 
   /**
@@ -505,15 +511,24 @@ export class MxEndpoint {
     const deadline = infinite ? Number.POSITIVE_INFINITY : start + timeoutMs;
     this.progress();
     if (ready()) return true;
-    const spinEnd = start + this.spinUs / 1000;
+    // The spin lasts spinUs past the last time a channel moved something: a large message
+    // pushed piece by piece keeps both sides spinning rather than sleeping between pieces.
+    let spinEnd = start + this.spinUs / 1000;
+    let moving = false;
     for (let i = 0; ; i++) {
       if (this.wakeupPending) {
         this.wakeupPending = false;
         return false;
       }
-      this.progress();
+      if (this.progress()) moving = true;
       if (ready()) return true;
-      if ((i & 63) === 63 && performance.now() >= spinEnd) break;
+      if ((i & 63) === 63) {
+        const now = performance.now();
+        if (moving && now < deadline) {
+          spinEnd = now + this.spinUs / 1000;
+          moving = false;
+        } else if (now >= spinEnd) break;
+      }
     }
     const intr = this.intr;
     for (;;) {
@@ -542,12 +557,19 @@ export class MxEndpoint {
         Atomics.wait(intr, I_SEQ, seq, Math.min(deadline - now, slice));
       }
       Atomics.store(intr, I_SLEEPING, 0);
-      // Woken: spin again briefly, the sender usually has more for us.
-      const again = performance.now() + this.spinUs / 1000;
+      // Woken: spin again briefly (longer while something moves), the sender usually has more for us.
+      let again = performance.now() + this.spinUs / 1000;
+      let movedSince = false;
       for (let i = 0; ; i++) {
-        this.progress();
+        if (this.progress()) movedSince = true;
         if (ready()) return true;
-        if ((i & 63) === 63 && performance.now() >= again) break;
+        if ((i & 63) === 63) {
+          const now = performance.now();
+          if (movedSince && now < deadline) {
+            again = now + this.spinUs / 1000;
+            movedSince = false;
+          } else if (now >= again) break;
+        }
       }
     }
   }

@@ -106,6 +106,6 @@ export class PartnerTable {
     }
     for (const l of this.listeners) l.peerLost(peer, why, code);
     // A survivor keeps nothing of a peer that went away: its channel is unmapped.
-    peer.channel?.release();
+    peer.channel?.release(code);
   }
 }

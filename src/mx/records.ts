@@ -11,6 +11,9 @@
  *           (nic/window.ts, the exposure table); the receiver's NIC pulls it once matched
  *   NOTIFY  the receiver's answer: it matched a synchronous send, or pulled a rendezvous
  *   PING    NIC only: a liveness probe; its SEND_DONE says whether the peer is still there
+ *   CTS     channel only: the receiver matched a RNDV and wants its first Length bytes
+ *           pushed through the channel (the pipelined copy: no NIC, no registration)
+ *   FRAG    channel only: Length bytes of a pushed rendezvous, at an offset, inline
  *
  * Protocol words of a channel record (index into its aux words; word RecordWord.Aux + index):
  *
@@ -21,6 +24,17 @@
  *   3 XpKey     RNDV: its key
  *   4 XpOffset  RNDV: offset in it (0)
  *   5 TraceSeq  the sender's trace sequence (record flag FLAG_TRACED, trace.ts)
+ *
+ *   CTS (CtsAux)                              FRAG (FragAux)
+ *   0 SyncId    the RNDV's sync id            0 Xfer    the transfer id its CTS named
+ *   1 Xfer      receiver's transfer id        1 Offset  where the payload goes in the message
+ *   2 Length    bytes wanted (≤ the message)
+ *
+ * A rendezvous between co-resident peers (flag FLAG_PUSH) is pushed, not pulled (Open MPI sm's copy-in/copy-out):
+ * the sender writes FRAGs of at most CHANNEL_FRAGMENT bytes, in order, while its lane has
+ * room; the receiver copies each out as it comes, so both copies run at once. The sender's
+ * send completes once the last FRAG is in the lane; the receiver checks every FRAG against the
+ * transfer it opened (id, offset, length) and fails that message on anything else.
  *
  * A sync id names the send waiting for the answer (an issend, or every rendezvous): the
  * receiver answers with NOTIFY carrying it. The sender's sequence numbers each pair's
@@ -35,10 +49,28 @@ export const enum RecordType {
   Notify = 3,
   /** NIC only (nic-records.ts): a liveness probe. */
   Ping = 4,
+  /** Channel only: push the rendezvous (CtsAux). */
+  Cts = 5,
+  /** Channel only: a piece of a pushed rendezvous (FragAux). */
+  Frag = 6,
 }
 
-/** The highest type a channel carries (its reader refuses anything above). */
-export const MAX_CHANNEL_RECORD = RecordType.Notify;
+/** The highest type a channel carries (its reader refuses anything above; PING is refused by the path). */
+export const MAX_CHANNEL_RECORD = RecordType.Frag;
+
+/** The most payload one FRAG carries: small enough that the reader's copy overlaps the writer's. */
+export const CHANNEL_FRAGMENT = 16 * 1024;
+
+/**
+ * Pushed rendezvous one peer may have under way at once; a rendezvous sent beyond that is
+ * pulled by the NIC (one copy, by a third thread). A lone message (a ping-pong, a collective's
+ * exchange) is pushed: no NIC wake-up. A stream keeps the NIC's one-copy DMA, which measured
+ * faster than two copies by the pair when many messages are in flight (bench stream).
+ */
+export const CHANNEL_PUSHES_IN_FLIGHT = 1;
+
+/** Record flag (library bits, next to trace.ts's FLAG_TRACED = 2): a RNDV to push on CTS, not to pull. */
+export const FLAG_PUSH = 4;
 
 // biome-ignore lint/suspicious/noConstEnum: inlined by tsc (channel-abi.ts says why)
 export const enum MsgAux {
@@ -55,4 +87,17 @@ export const enum NotifyAux {
   SyncId = 0,
   Xfer = 1,
   Status = 2,
+}
+
+// biome-ignore lint/suspicious/noConstEnum: inlined by tsc (channel-abi.ts says why)
+export const enum CtsAux {
+  SyncId = 0,
+  Xfer = 1,
+  Length = 2,
+}
+
+// biome-ignore lint/suspicious/noConstEnum: inlined by tsc (channel-abi.ts says why)
+export const enum FragAux {
+  Xfer = 0,
+  Offset = 1,
 }

@@ -45,6 +45,8 @@ export const TraceStage = {
   DmaDone: 9,
   EventSeen: 10,
   ...NicTraceStage,
+  /** A co-resident rendezvous: the sender read the receiver's CTS and starts pushing it. */
+  PushStarted: 20,
 } as const;
 export type TraceStageId = (typeof TraceStage)[keyof typeof TraceStage];
 
@@ -68,6 +70,7 @@ export const STAGE_NAMES: Record<number, string> = {
   [TraceStage.NetbackTx]: "netback-tx",
   [TraceStage.Bridged]: "bridged",
   [TraceStage.BridgedIn]: "bridged-in",
+  [TraceStage.PushStarted]: "push-started",
 };
 
 /** The stages of an eager message, in order. */
@@ -87,6 +90,16 @@ export const RNDV_STAGES: readonly number[] = [
   TraceStage.NicSeen,
   TraceStage.DmaDone,
   TraceStage.EventSeen,
+  TraceStage.Completed,
+];
+
+/** The stages of a rendezvous pushed through a co-resident channel (channel-path.ts), in order. */
+export const PUSH_STAGES: readonly number[] = [
+  TraceStage.Posted,
+  TraceStage.RndvSent,
+  TraceStage.Seen,
+  TraceStage.PushStarted,
+  TraceStage.Copied,
   TraceStage.Completed,
 ];
 
@@ -181,6 +194,7 @@ export const STAGE_THREAD: Record<number, string> = {
   [TraceStage.NetbackTx]: "d",
   [TraceStage.Bridged]: "d",
   [TraceStage.BridgedIn]: "dr",
+  [TraceStage.PushStarted]: "s",
 };
 
 /**

@@ -84,6 +84,8 @@ export class MxRequest extends MxStatusInfo {
   /** @internal An issend: completes once the receiver matched. */ sync = false;
   /** @internal The id the receiver's NOTIFY names (pending-sends.ts), or 0. */ syncId = 0;
   /** @internal */ rndv = false;
+  /** @internal A rendezvous its co-resident channel pushes (no registration, no pull right; PeerPath.pushes). */
+  pushed = false;
   /** @internal A whole bounce buffer (its size class) standing in for `buffer` in this domain's memory. */
   bounce: Uint8Array | undefined = undefined;
   /** @internal The registration this request holds while in flight (regcache.ts). */
@@ -160,17 +162,23 @@ export interface PeerPath {
   trySend(req: MxRequest): boolean;
   /** Answers a synchronous send or a finished pull with a NOTIFY; it is never dropped. */
   notify(syncId: number, xfer: number, status: number): void;
+  /**
+   * Whether the path moves this rendezvous's data itself, from the send buffer as it is (the
+   * channel's pipelined push: no registration, bounce copy or pull right). Asked once, as
+   * the send is made; true marks the request `pushed`.
+   */
+  pushes?(req: MxRequest): boolean;
 }
 
 /** A co-resident channel's reading side: read on every progress, whichever way sends go. */
 export interface ChannelEnd {
   readonly channelId: number;
-  /** Reads and matches what the peer wrote (true if anything came); fails the peer on garbage. */
+  /** Reads and matches what the peer wrote, pushes what waits (true if anything moved); fails the peer on garbage. */
   receive(): boolean;
   /** On a sweep that read nothing: fails the peer if its channel was closed. */
   checkClosed(): void;
-  /** The peer is gone: the lanes are dropped and the driver unmaps the channel. */
-  release(): void;
+  /** The peer is gone (`code`): transfers under way fail, the lanes are dropped and the driver unmaps the channel. */
+  release(code?: number): void;
 }
 
 /** Who fetches a matched rendezvous: the NIC (a PULL descriptor) or the sender over Ethernet. */
