@@ -75,6 +75,7 @@ import {
   stripCode,
   XsKey,
 } from "./protocol.js";
+import { QosPolicies } from "./qos-policy.js";
 
 // ---- stats page -------------------------------------------------------------------------------
 
@@ -605,6 +606,12 @@ export class MyriCore {
   private readonly channels = new Map<number, ChannelRec>();
   private readonly pairs = new Map<string, ChannelRec>();
   private nextChannelId = 1;
+  /** Each domain's weight and caps, from its device's `qos` node (qos-policy.ts). */
+  readonly qos = new QosPolicies({
+    endpointsOf: (domid) => this.clients.get(domid)?.endpoints.keys() ?? [],
+    setQos: (endpointId, settings) => this.nic({ op: "set_qos", endpointId, settings }, "MX_BAD_REQUEST"),
+    log: (m) => this.cfg.log(m),
+  });
 
   constructor(readonly cfg: CoreConfig) {
     const info = this.nic<NicInfo>({ op: "info" }, "MX_NIC_DEAD");
@@ -720,6 +727,7 @@ export class MyriCore {
     };
     client.endpoints.set(ep.id, ep);
     this.endpoints.set(ep.id, ep);
+    this.qos.applyToEndpoint(client.domid, ep.id);
     this.publishCounts();
     return ep;
   }
@@ -1059,6 +1067,7 @@ export class MyriCore {
    */
   forgetDomain(domid: DomId): void {
     this.memory.forgetDomain(domid);
+    this.qos.forget(domid);
   }
 }
 
@@ -1073,6 +1082,8 @@ interface Frontend {
   xb: XenbusBackend;
   state: FrontState;
   client?: Client;
+  /** Stops following the device's `qos` node (qos-policy.ts). */
+  unwatchQos?: () => Promise<void>;
   mapping?: GrantMapping;
   ring?: BackRing;
   port?: EventChannelPort;
@@ -1198,6 +1209,8 @@ export class MyriBack {
     if (this.fronts.get(f.key) === f) this.fronts.delete(f.key);
     const unwatch = f.unwatch;
     f.unwatch = undefined;
+    await f.unwatchQos?.().catch(() => undefined);
+    f.unwatchQos = undefined;
     if (unwatch) await unwatch().catch(() => undefined);
   }
 
@@ -1230,6 +1243,7 @@ export class MyriBack {
       f.rspRef = this.guest.grants.grantAccess(f.domid, rsp.pfn, { readonly: true });
       f.rspView = new DataView(rsp.bytes.buffer, rsp.bytes.byteOffset, PAGE_SIZE);
       f.client = this.core.client(f.domid, "guest", `domain ${f.domid}`, quota);
+      f.unwatchQos ??= await this.core.qos.watch(this.guest.xenstore, f.domid, f.xb.path);
       if (f.state !== "connecting") return;
       await f.xb.switchState(XenbusState.Connected);
       f.state = "connected";

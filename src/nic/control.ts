@@ -101,6 +101,8 @@ export interface NicInfo {
   linkStates?: LinkStateInfo[];
   /** Whether the Ethernet port has been opened. */
   etherPort?: boolean;
+  /** Open endpoints whose weight or caps are not the default (set_qos), ascending. */
+  qos?: { endpointId: number; settings: QosSettings }[];
 }
 
 export interface LinkStateInfo {

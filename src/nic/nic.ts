@@ -82,7 +82,7 @@ import { PullRights } from "./exposure.js";
 import type { Link } from "./link.js";
 import { LinkTable } from "./link-state.js";
 import { Links } from "./links.js";
-import { QosScheduler, type QosSettings, qosSettingsError } from "./qos.js";
+import { isDefaultQos, QosScheduler, type QosSettings, qosSettingsError } from "./qos.js";
 import { RemotePull } from "./remote-pull.js";
 import { SendEngine } from "./send.js";
 import { MxStatus, NicError } from "./status.js";
@@ -346,6 +346,10 @@ export class Nic {
       links: this.linkTable.peers(),
       linkStates: this.links.states(),
       etherPort: this.ether.isOpen,
+      qos: this.eps
+        .openList()
+        .map((endpointId) => ({ endpointId, settings: this.qos.settings(endpointId) }))
+        .filter(({ settings }) => !isDefaultQos(settings)),
     };
   }
 

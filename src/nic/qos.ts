@@ -57,6 +57,16 @@ export const DEFAULT_QOS: Readonly<QosSettings> = {
   rxMsgsPerSec: 0,
 };
 
+export function isDefaultQos(s: QosSettings): boolean {
+  return (
+    s.weight === 1 &&
+    s.txBytesPerSec === 0 &&
+    s.txMsgsPerSec === 0 &&
+    s.rxBytesPerSec === 0 &&
+    s.rxMsgsPerSec === 0
+  );
+}
+
 /** The buckets of an endpoint, in this order. */
 const TX_BYTES = 0;
 const TX_MSGS = 1;
