@@ -5,6 +5,7 @@
  */
 import { Command, CommanderError, InvalidArgumentError } from "commander";
 import { MYRIXEN_VERSION } from "../host/snapshot.js";
+import { parseQosFlag, type QosPolicy } from "../myrixen/qos-policy.js";
 import { ALL_TRANSPORTS, type BenchCliOptions, BenchUsageError, benchCommand, SUITES } from "./bench.js";
 import { runDemo } from "./demo.js";
 import { ConfigError, configureHostCommand, parseDashboardFlag } from "./host.js";
@@ -18,6 +19,7 @@ interface RunCliOptions {
   np?: number;
   path: string;
   pages?: number;
+  qos?: QosPolicy;
   hosts?: string;
   hostfile?: string;
   mapBy?: string;
@@ -26,6 +28,15 @@ interface RunCliOptions {
   linkTimeout?: number;
   keyFile?: string;
   dashboard?: { host: string; port: number };
+}
+
+/** `--qos`: a policy, or commander's usage error naming the bad part. */
+function qosFlag(v: string): QosPolicy {
+  try {
+    return parseQosFlag(v);
+  } catch (e) {
+    throw new InvalidArgumentError((e as Error).message);
+  }
 }
 
 function positiveInt(name: string) {
@@ -143,6 +154,11 @@ export function buildProgram(): Command {
       "guest memory per rank in 4 KiB pages (default 16384 = 64 MiB)",
       positiveInt("--pages"),
     )
+    .option(
+      "--qos <policy>",
+      "each rank's weight and caps on the NIC: weight=N,tx-bytes=N,tx-msgs=N,rx-bytes=N,rx-msgs=N (per second; k, M, G)",
+      qosFlag,
+    )
     .option("--tag-output", "prefix output lines with [rank@host] instead of [rank]")
     .option(
       "--link-timeout <ms>",
@@ -173,6 +189,7 @@ export function buildProgram(): Command {
           n: o.np,
           path: o.path,
           pages: o.pages,
+          qos: o.qos,
           hosts: o.hosts,
           hostfile: o.hostfile,
           mapBy: o.mapBy,

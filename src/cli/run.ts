@@ -32,6 +32,7 @@ import { AuthError, RemoteHost } from "../cluster/remote.js";
 import { RANK_PATHS, type RankPath } from "../cluster/wire.js";
 import type { Dashboard } from "../dashboard/server.js";
 import { Host } from "../host/host.js";
+import type { QosPolicy } from "../myrixen/qos-policy.js";
 import { type EmbeddedObservation, observeEmbedded } from "./embedded.js";
 
 export { BUILTIN_PROGRAMS, resolveProgram };
@@ -43,6 +44,8 @@ export interface RunOptions {
   n?: number;
   path: string;
   pages?: number;
+  /** Each rank's weight and caps (--qos; bypass ranks: their myri device's policy). */
+  qos?: QosPolicy;
   /** `host[:port][*slots],...` */
   hosts?: string;
   hostfile?: string;
@@ -206,6 +209,7 @@ export async function runCommand(program: string, argv: string[], o: RunOptions)
     program: programRef,
     argv,
     pages: o.pages,
+    qos: o.qos,
     mapBy,
     oversubscribe: o.oversubscribe,
     slots: hosts?.map((h) => ({ slots: h.slots, maxSlots: h.maxSlots })),

@@ -27,6 +27,7 @@
 import type net from "node:net";
 import { z } from "zod";
 import { HostSnapshotSchema } from "../host/snapshot.js";
+import { QosPolicySchema } from "../myrixen/qos-policy.js";
 import type { XenStoreTreeNode } from "../xen/xenstore.js";
 import { isJobKey } from "./protocol.js";
 
@@ -98,6 +99,7 @@ const Start = z.strictObject({
     .max(1 << 20)
     .optional(),
   maxHeapMb: z.int().min(16).max(65536).optional(),
+  qos: QosPolicySchema.optional(),
 });
 const Peers = z.strictObject({
   type: z.literal("peers"),

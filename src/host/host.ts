@@ -50,6 +50,8 @@ export interface HostOptions {
   verbose?: boolean;
   /** The bridge forgets a MAC not seen for this long (ms; default 300 000, as Linux's bridge). */
   bridgeAgeingMs?: number;
+  /** The weight and caps of guests started without their own `qos` (default: weight 1, no caps). */
+  guestQos?: QosPolicy;
 }
 
 export interface DomainSpec {
@@ -113,6 +115,8 @@ export class Host {
   readonly startedAt = Date.now();
   /** The limits it was started with. */
   limits!: HostLimits;
+  /** The policy of guests started without their own (HostOptions.guestQos). */
+  private guestQos: QosPolicy | undefined;
 
   private constructor(
     readonly hypervisor: Hypervisor,
@@ -153,6 +157,8 @@ export class Host {
       65536,
     );
     const bridgeAgeingMs = int("bridgeAgeingMs", opts.bridgeAgeingMs, 300_000, 1, 2 ** 31);
+    const guestQos =
+      opts.guestQos === undefined ? undefined : parseQosPolicy(opts.guestQos, "Host.start: guestQos");
     const hv = new Hypervisor();
     const nic = await NicDevice.start({ nicId, maxEndpoints });
     try {
@@ -201,6 +207,7 @@ export class Host {
       const host = new Host(hv, nic, dom0, link, stats, netStats, nicId);
       host.limits = { maxEndpoints, endpointsPerDomain, registeredBytesPerDomain, regionsPerDomain };
       host.born.set(dom0, host.startedAt);
+      host.guestQos = guestQos;
       host.log.push(...early);
       host.verbose = opts.verbose ?? process.env.MYRIXEN_LOG === "1";
       if (host.verbose) for (const l of early) process.stderr.write(`[dom0] ${l.message}\n`);
@@ -256,7 +263,7 @@ export class Host {
     if (spec?.fastPath !== undefined && typeof spec.fastPath !== "boolean")
       throw new TypeError(`startGuest: fastPath must be true or false, got ${JSON.stringify(spec.fastPath)}`);
     const fastPath = spec.fastPath !== false;
-    const qos = spec.qos === undefined ? undefined : parseQosPolicy(spec.qos, "startGuest: qos");
+    const qos = spec.qos === undefined ? this.guestQos : parseQosPolicy(spec.qos, "startGuest: qos");
     const dom = await this.hypervisor.createDomain({
       module: spec.module,
       name: spec.name,
