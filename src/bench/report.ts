@@ -17,6 +17,7 @@ import {
   prepareOutputFile,
   type Scope,
 } from "./harness.js";
+import { ISOLATION_AXES, ISOLATION_BETTER, ISOLATION_NOUNS } from "./qos-metrics.js";
 import { checkCrossHostTargets } from "./targets.js";
 
 export interface HtmlReportOptions {
@@ -139,16 +140,19 @@ const METRIC_NOUN: Record<Metric, string> = {
   latency_us: "latency",
   bandwidth_MBps: "bandwidth",
   ops_per_s: "operation rate",
+  ...ISOLATION_NOUNS,
 };
 const METRIC_AXIS: Record<Metric, string> = {
   latency_us: "latency (µs, log scale)",
   bandwidth_MBps: "bandwidth (MB/s, log scale)",
   ops_per_s: "operations per second (ops/s, log scale)",
+  ...ISOLATION_AXES,
 };
 const METRIC_BETTER: Record<Metric, string> = {
   latency_us: "lower is better",
   bandwidth_MBps: "higher is better",
   ops_per_s: "higher is better",
+  ...ISOLATION_BETTER,
 };
 
 /** "At 8 B, bypass has 1.06× the latency of native (0.37 µs vs 0.35 µs): 6% higher." */
@@ -347,13 +351,17 @@ function plotId(prefix: string, i: number): string {
   return `${prefix}-${i + 1}`;
 }
 
-function linePlot(rows: readonly BenchRow[], index: number): string {
+function linePlot(rowsIn: readonly BenchRow[], index: number): string {
+  let rows = rowsIn;
   const { bench, scope, metric } = rows[0];
+  // bench scale plots against its `guests` field; everything else against message size.
+  const byGuests = rows.every((r) => typeof (r as { guests?: unknown }).guests === "number");
+  if (byGuests) rows = rows.map((r) => ({ ...r, bytes: (r as unknown as { guests: number }).guests }));
   const sizes = [...new Set(rows.map((r) => r.bytes))].sort((a, b) => a - b);
   const xs = xScale(sizes);
   const ys = yScale(rows.flatMap((r) => [r.min, r.median, r.max]));
   const transports = orderedTransports(rows);
-  const title = `${bench}: ${METRIC_NOUN[metric]} vs message size (${scope})`;
+  const title = `${bench}: ${METRIC_NOUN[metric]} vs ${byGuests ? "guests" : "message size"} (${scope})`;
   const id = plotId("plot", index);
   const svg: string[] = [
     `<svg class="chart" viewBox="0 0 ${W} ${H}" width="${W}" height="${H}" role="img" aria-labelledby="${id}-t">`,
@@ -397,7 +405,7 @@ function linePlot(rows: readonly BenchRow[], index: number): string {
   }
   svg.push(
     legend(transports.map((t) => ({ key: t, label: t, color: colorOf(t), dash: dashOf(t) }))),
-    `<text class="axis-label" x="${M.left + PW / 2}" y="${H - 14}" text-anchor="middle">message size (bytes, log₂ scale${xs.hasZero ? "; 0 B at the left edge" : ""})</text>`,
+    `<text class="axis-label" x="${M.left + PW / 2}" y="${H - 14}" text-anchor="middle">${byGuests ? "guests (log₂ scale)" : `message size (bytes, log₂ scale${xs.hasZero ? "; 0 B at the left edge" : ""})`}</text>`,
     `<text class="axis-label" transform="translate(18 ${M.top + PH / 2}) rotate(-90)" text-anchor="middle">${esc(METRIC_AXIS[metric])}</text>`,
     `<text class="plot-title" x="${M.left}" y="${M.top - 12}">${esc(title)}</text>`,
     "</svg>",

@@ -1,6 +1,6 @@
 /**
  * The parts of `myrixen bench` beyond the ping-pong and stream suites: the latency
- * breakdown suite and the HTML report, kept in one place so the bench command stays short.
+ * breakdown suite, the isolation and scale suites (issue 16) and the HTML report, kept in one place so the bench command stays short.
  */
 import {
   BREAKDOWN_SIZES,
@@ -8,7 +8,9 @@ import {
   type BreakdownRow,
   benchBreakdown,
 } from "../bench/breakdown.js";
-import type { BenchProfile, BenchReport, BenchRow } from "../bench/harness.js";
+import type { BenchProfile, BenchReport, BenchRow, Scope } from "../bench/harness.js";
+import { benchIsolation, describeIsolation } from "../bench/isolation.js";
+import { benchScale, describeScale, SCALE_BYTES } from "../bench/scale.js";
 import type { Host } from "../host/host.js";
 
 type HtmlWriter = (file: string, report: BenchReport) => void;
@@ -20,42 +22,36 @@ export function setHtmlWriter(w: HtmlWriter): void {
 }
 
 export const BenchExtras = {
-  suites: ["breakdown"] as string[],
+  suites: ["breakdown", "isolation", "scale"] as string[],
+  /** Suites that measure across two hosts too (by default both scopes). */
+  crossHostSuites: ["isolation", "scale"] as string[],
   transports(suite: string): string[] {
+    if (suite === "isolation") return ["bypass"];
+    if (suite === "scale") return ["native", "bypass"];
     return suite === "breakdown" ? [...BREAKDOWN_TRANSPORTS] : [];
   },
   /** Sizes a suite uses when the user gives none. */
   defaultSizes(suite: string): number[] | undefined {
+    if (suite === "isolation") return [1 << 20];
+    if (suite === "scale") return [SCALE_BYTES];
     return suite === "breakdown" ? [...BREAKDOWN_SIZES] : undefined;
   },
   async run(
     suite: string,
     host: Host,
     profile: BenchProfile,
-    o: { sizes: number[]; transports: string[] },
+    o: { sizes: number[]; transports: string[]; scopes?: Scope[] },
     progress: (label: string) => void,
   ): Promise<BenchRow[]> {
+    // Issue 16's suites have fixed sizes and both paths (their rows say which).
+    if (suite === "isolation") return benchIsolation(host, profile, progress, o.scopes);
+    if (suite === "scale") return benchScale(host, profile, progress, o.scopes);
     if (suite !== "breakdown") throw new Error(`suite ${suite} is not available in this build`);
     return benchBreakdown(host, profile, { sizes: o.sizes, transports: o.transports as never }, progress);
   },
-  /** The breakdown as text: per path and size, each stage's share of the one-way time. */
+  /** The extra suites' figures as text. */
   describe(rows: readonly BenchRow[]): string[] {
-    const b = rows.filter(
-      (r): r is BreakdownRow => r.bench === "breakdown" && typeof (r as BreakdownRow).stage === "string",
-    );
-    if (b.length === 0) return [];
-    const out = ["latency breakdown (median µs per stage of a traced one-way message):"];
-    const keys = [...new Set(b.map((r) => `${r.transport}\u0000${r.bytes}`))];
-    for (const k of keys) {
-      const [t, bytes] = k.split("\u0000");
-      const stages = b.filter((r) => r.transport === t && String(r.bytes) === bytes);
-      const total = stages.reduce((s, r) => s + r.median, 0);
-      out.push(
-        `  ${t.padEnd(7)} ${String(bytes).padStart(8)} B  ${total.toFixed(2).padStart(8)} µs = ` +
-          stages.map((r) => `${r.stage} ${r.median.toFixed(2)}`).join(" + "),
-      );
-    }
-    return out;
+    return [...describeBreakdown(rows), ...describeIsolation(rows), ...describeScale(rows)];
   },
   /** Writes the HTML report; returns its path, or undefined if this build has none. */
   writeHtml(file: string, report: BenchReport): string | undefined {
@@ -64,3 +60,23 @@ export const BenchExtras = {
     return file;
   },
 };
+
+/** The breakdown as text: per path and size, each stage's share of the one-way time. */
+function describeBreakdown(rows: readonly BenchRow[]): string[] {
+  const b = rows.filter(
+    (r): r is BreakdownRow => r.bench === "breakdown" && typeof (r as BreakdownRow).stage === "string",
+  );
+  if (b.length === 0) return [];
+  const out = ["latency breakdown (median µs per stage of a traced one-way message):"];
+  const keys = [...new Set(b.map((r) => `${r.transport}\u0000${r.bytes}`))];
+  for (const k of keys) {
+    const [t, bytes] = k.split("\u0000");
+    const stages = b.filter((r) => r.transport === t && String(r.bytes) === bytes);
+    const total = stages.reduce((s, r) => s + r.median, 0);
+    out.push(
+      `  ${t.padEnd(7)} ${String(bytes).padStart(8)} B  ${total.toFixed(2).padStart(8)} µs = ` +
+        stages.map((r) => `${r.stage} ${r.median.toFixed(2)}`).join(" + "),
+    );
+  }
+  return out;
+}

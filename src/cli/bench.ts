@@ -64,7 +64,7 @@ export const ALL_TRANSPORTS = [...new Set([...PINGPONG_TRANSPORTS, ...STREAM_TRA
 /** --scope values: one scope, or all (every scope each suite has). */
 export const SCOPE_CHOICES = ["intra-host", "cross-host", "all"] as const;
 /** Suites that can place their ranks on two hosts; the others measure one host only. */
-export const CROSS_HOST_SUITES: readonly string[] = ["pingpong", "stream"];
+export const CROSS_HOST_SUITES: readonly string[] = ["pingpong", "stream", ...BenchExtras.crossHostSuites];
 
 /** Default sizes: OSU's sweeps (0 B / 1 B to 4 MiB), thinned out with --quick. */
 function defaultSizes(suite: string, quick: boolean, scope: Scope = "intra-host"): number[] {
@@ -144,7 +144,9 @@ export async function benchCommand(
       `--scope: unknown "${opts.scope}"; expected one of ${SCOPE_CHOICES.join(", ")}`,
     );
   const scope = (opts.scope ??
-    (suite === undefined ? "all" : "intra-host")) as (typeof SCOPE_CHOICES)[number];
+    (suite === undefined || BenchExtras.crossHostSuites.includes(suite)
+      ? "all"
+      : "intra-host")) as (typeof SCOPE_CHOICES)[number];
   // Each suite with the scopes it runs in (the full report with --scope cross-host: only
   // the suites that have that scope).
   const plan = (suite ? [suite] : [...SUITES])
@@ -211,7 +213,7 @@ export async function benchCommand(
           sizes: sizes ?? BenchExtras.defaultSizes(s) ?? defaultSizes(s, quick),
           transports: (transports ?? known).filter((t) => known.includes(t)),
         };
-        rows.push(...(await BenchExtras.run(s, host, profile, o, tick)));
+        rows.push(...(await BenchExtras.run(s, host, profile, { ...o, scopes }, tick)));
         continue;
       }
       for (const sc of scopes) {
@@ -287,7 +289,7 @@ function splitCostLines(rows: readonly BenchRow[]): string[] {
  * bypass/raw-chain (latency in the pingpong table, bandwidth in the stream table).
  */
 function printTables(rows: readonly BenchRow[], profile: BenchProfile, out: (line: string) => void): void {
-  const tableRows = rows.filter((r) => r.bench !== "breakdown");
+  const tableRows = rows.filter((r) => !BenchExtras.suites.includes(r.bench));
   const keys = [...new Set(tableRows.map((r) => `${r.bench}\u0000${r.scope}`))];
   const scopesOf = (bench: string) => new Set(tableRows.filter((r) => r.bench === bench).map((r) => r.scope));
   for (const key of keys) {
