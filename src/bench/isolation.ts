@@ -9,7 +9,8 @@
  *            Rows: latency_slowdown = beside A ÷ beside the spinner (what the NIC and
  *            channels let A cost B beyond the CPU it burns), latency_vs_solo = beside A ÷ solo.
  *   A → D    streams alone, then capped at half that rate (its tx bytesPerSec, set at run
- *            time with Host.setQos): cap_accuracy = measured rate ÷ cap.
+ *            time with Host.setQos): cap_accuracy = measured rate ÷ cap (3× longer runs,
+ *            after 3 warm-up windows that spend the bucket's saved burst).
  *   A → D, E → F  stream together with weights 3 and 1 (iterations in the same ratio, so
  *            both run the whole time if the shares hold): share_ratio = A's share of the two
  *            rates ÷ 3/4.
@@ -139,7 +140,9 @@ async function scopeRows(
     await setQos(h1, a, { tx: { bytesPerSec: cap * 1e6 } }, 1, cap * 1e6);
     for (let run = 0; run < profile.runs; run++) {
       progress(`isolation ${scope}: A capped at ${cap} MB/s, run ${run + 1}/${profile.runs}`);
-      capAcc.push((await ad.stream(MIB, streamIters, 1, STREAM_WINDOW)) / cap);
+      // Long runs, after warm-up windows that spend what the bucket saved while A was idle
+      // (BURST_MS of the rate): the measured part runs at the cap, not at the burst.
+      capAcc.push((await ad.stream(MIB, 3 * streamIters, 3, STREAM_WINDOW)) / cap);
     }
     await setQos(h1, a, {}, 1, 0);
     await setQos(h1, a, { weight: 3 }, 3, 0);

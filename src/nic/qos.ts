@@ -26,6 +26,7 @@
  * Caps: a bucket per endpoint and direction for bytes and for messages, refilled at its
  * rate up to BURST_MS of it; a descriptor may start while its buckets are not in debt and
  * then takes its whole size (a 1 MiB pull under a 100 MB/s cap leaves ~10 ms of debt).
+ * Bucket times are the NIC's round clock (ms); the unit tests pass their own.
  * Nothing is dropped: the descriptor waits at the head of its queue, and the NIC's backstop
  * timer wakes it when the debt is paid (waitMs()).
  */
@@ -37,8 +38,12 @@ export const QOS_QUANTUM = 256 * 1024;
 /** What a descriptor costs at least (a NOP, an empty SEND, a CONNECT), in deficit bytes. */
 export const DESCRIPTOR_COST = 64;
 export const MAX_WEIGHT = 1000;
-/** A bucket holds this much of its rate (bursts above the cap last at most this long). */
-export const BURST_MS = 20;
+/**
+ * A bucket holds this much of its rate: bursts above the cap last at most this long, and a
+ * NIC woken this late by its timer loses no rate. (A descriptor may start whenever its bucket
+ * is not in debt, so even a message far larger than the bucket goes.)
+ */
+export const BURST_MS = 10;
 
 /** An endpoint's policy as the driver sets it. Caps: 0 = none; per second. */
 export interface QosSettings {
@@ -128,9 +133,8 @@ export class QosScheduler {
       const perMs = rates[b] / 1000;
       const i = id * BUCKETS + b;
       this.rate[i] = perMs;
-      // At least one big message (bytes) or one message fits, or a cap could never be met.
-      this.burst[i] =
-        perMs === 0 ? 0 : Math.max(perMs * BURST_MS, b === TX_BYTES || b === RX_BYTES ? 65536 : 1);
+      // Messages: at least one (a cap below 200/s still gets its message when due).
+      this.burst[i] = perMs === 0 ? 0 : Math.max(perMs * BURST_MS, b === TX_MSGS || b === RX_MSGS ? 1 : 0);
       this.tokens[i] = Math.min(this.tokens[i], this.burst[i]);
       if (perMs > 0) capped = 1;
       else this.tokens[i] = 0;
