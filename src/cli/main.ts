@@ -118,6 +118,8 @@ export function buildProgram(): Command {
         "  (--scope cross-host: pingpong and stream between two hosts whose NICs are linked over\n" +
         "   loopback TCP, against raw-tcp, with the issue's targets checked: bypass 8 B latency\n" +
         "   ≤ 1.3× raw-tcp, bypass 1 MiB bandwidth ≥ 0.8× raw-tcp)\n" +
+        "  isolation   a 1 MiB streamer beside an 8 B ping-pong, caps and 3:1 weights (both scopes)\n" +
+        "  scale       1..16 guest pairs streaming at once vs native processes: MB/s, Jain's index\n" +
         "\nRows: { bench, transport, scope, bytes, metric, median, min, max, runs }; medians over runs,\n" +
         "warm-up runs excluded, machine load recorded.",
     )
