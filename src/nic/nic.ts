@@ -548,6 +548,11 @@ export class Nic {
       }
     }
     this.events.flushRaises();
+    // Work held only by its weight this round goes in the next ones: keep polling.
+    if (this.qos.deficitHeld) {
+      this.qos.deficitHeld = false;
+      did = true;
+    }
     return did;
   }
 

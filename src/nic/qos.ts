@@ -104,6 +104,12 @@ export class QosScheduler {
   /** Whether the endpoint has any cap (its buckets are refilled only then). */
   private readonly capped: Uint8Array;
   private readonly lastRefill: Float64Array;
+  /**
+   * Work waited this round only for its payer's deficit (not a cap): later rounds serve it,
+   * so the NIC keeps polling instead of sleeping (work-conserving: a lone backlogged endpoint
+   * is never idled by its weight). nic.ts reads and clears it each round.
+   */
+  deficitHeld = false;
   /** Set by admit(): who pays for the descriptor in hand, and its size. */
   private payTx = 0;
   private payRx = -1;
@@ -220,12 +226,12 @@ export class QosScheduler {
     this.payRx = rx;
     this.payBytes = bytes < DESCRIPTOR_COST ? DESCRIPTOR_COST : bytes;
     // The deficit is the payer's: the sender's for local bytes, the puller's for a remote pull.
-    if (
-      this.deficit[tx < 0 ? ep : tx] > 0 &&
-      !this.inDebt(tx, TX_BYTES, TX_MSGS) &&
-      !this.inDebt(rx, RX_BYTES, RX_MSGS)
-    )
-      return true;
+    if (this.inDebt(tx, TX_BYTES, TX_MSGS) || this.inDebt(rx, RX_BYTES, RX_MSGS)) {
+      this.c[endpointCounterBase(ep) + EndpointCounter.qos_deferred]++;
+      return false;
+    }
+    if (this.deficit[tx < 0 ? ep : tx] > 0) return true;
+    this.deficitHeld = true;
     this.c[endpointCounterBase(ep) + EndpointCounter.qos_deferred]++;
     return false;
   }
@@ -250,7 +256,9 @@ export class QosScheduler {
 
   /** May the serving side of a remote pull send more of endpoint `src`'s memory now? */
   mayServe(src: number): boolean {
-    if (this.deficit[src] > 0 && !this.inDebt(src, TX_BYTES, TX_BYTES)) return true;
+    const capped = this.inDebt(src, TX_BYTES, TX_BYTES);
+    if (this.deficit[src] > 0 && !capped) return true;
+    if (!capped) this.deficitHeld = true;
     this.c[endpointCounterBase(src) + EndpointCounter.qos_deferred]++;
     return false;
   }
