@@ -43,15 +43,34 @@ export const BenchExtras = {
     o: { sizes: number[]; transports: string[]; scopes?: Scope[] },
     progress: (label: string) => void,
   ): Promise<BenchRow[]> {
-    // Issue 16's suites have fixed sizes and both paths (their rows say which).
+    // Issue 16's suites have fixed sizes and paths (their rows say which).
     if (suite === "isolation") return benchIsolation(host, profile, progress, o.scopes);
     if (suite === "scale") return benchScale(host, profile, progress, o.scopes);
     if (suite !== "breakdown") throw new Error(`suite ${suite} is not available in this build`);
     return benchBreakdown(host, profile, { sizes: o.sizes, transports: o.transports as never }, progress);
   },
-  /** The extra suites' figures as text. */
+  /** The breakdown as text: per path and size, each stage's share of the one-way time. */
   describe(rows: readonly BenchRow[]): string[] {
-    return [...describeBreakdown(rows), ...describeIsolation(rows), ...describeScale(rows)];
+    const b = rows.filter(
+      (r): r is BreakdownRow => r.bench === "breakdown" && typeof (r as BreakdownRow).stage === "string",
+    );
+    if (b.length === 0) return [];
+    const out = ["latency breakdown (median µs per stage of a traced one-way message):"];
+    const keys = [...new Set(b.map((r) => `${r.transport}\u0000${r.bytes}`))];
+    for (const k of keys) {
+      const [t, bytes] = k.split("\u0000");
+      const stages = b.filter((r) => r.transport === t && String(r.bytes) === bytes);
+      const total = stages.reduce((s, r) => s + r.median, 0);
+      out.push(
+        `  ${t.padEnd(7)} ${String(bytes).padStart(8)} B  ${total.toFixed(2).padStart(8)} µs = ` +
+          stages.map((r) => `${r.stage} ${r.median.toFixed(2)}`).join(" + "),
+      );
+    }
+    return out;
+  },
+  /** The isolation and scale figures as text, with the issue's targets. */
+  describeQos(rows: readonly BenchRow[]): string[] {
+    return [...describeIsolation(rows), ...describeScale(rows)];
   },
   /** Writes the HTML report; returns its path, or undefined if this build has none. */
   writeHtml(file: string, report: BenchReport): string | undefined {
@@ -60,23 +79,3 @@ export const BenchExtras = {
     return file;
   },
 };
-
-/** The breakdown as text: per path and size, each stage's share of the one-way time. */
-function describeBreakdown(rows: readonly BenchRow[]): string[] {
-  const b = rows.filter(
-    (r): r is BreakdownRow => r.bench === "breakdown" && typeof (r as BreakdownRow).stage === "string",
-  );
-  if (b.length === 0) return [];
-  const out = ["latency breakdown (median µs per stage of a traced one-way message):"];
-  const keys = [...new Set(b.map((r) => `${r.transport}\u0000${r.bytes}`))];
-  for (const k of keys) {
-    const [t, bytes] = k.split("\u0000");
-    const stages = b.filter((r) => r.transport === t && String(r.bytes) === bytes);
-    const total = stages.reduce((s, r) => s + r.median, 0);
-    out.push(
-      `  ${t.padEnd(7)} ${String(bytes).padStart(8)} B  ${total.toFixed(2).padStart(8)} µs = ` +
-        stages.map((r) => `${r.stage} ${r.median.toFixed(2)}`).join(" + "),
-    );
-  }
-  return out;
-}

@@ -244,6 +244,7 @@ export async function benchCommand(
   const report: BenchReport = { machine: finishMachineInfo(machine, rows), rows };
   printTables(rows, profile, out);
   for (const line of BenchExtras.describe(rows)) out(line);
+  for (const line of BenchExtras.describeQos(rows)) out(line);
   for (const v of [
     substrateVerdict(rows),
     ...mxVerdicts(rows),
