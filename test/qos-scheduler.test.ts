@@ -252,7 +252,7 @@ test("a capped endpoint's messages are slowed, never lost: all arrive, in order,
     () => nic.control({ op: "set_qos", endpointId: a.id, settings: { ...settings, weight: 0 } }),
     /set_qos: weight must be an integer in 1\.\.1000/,
   );
-  // 48 × 16 KiB = 768 KiB under a 1 MB/s cap whose bucket holds 10 KB: some must wait.
+  // 48 × 16 KiB = 768 KiB under a 1 MB/s cap whose bucket holds 25 KB: some must wait.
   const N = 48;
   for (let i = 0; i < N; i++) a.post(send(reg.regionId, 16384, NIC_ID, b, i));
   const got: number[] = [];

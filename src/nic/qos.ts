@@ -39,11 +39,13 @@ export const QOS_QUANTUM = 256 * 1024;
 export const DESCRIPTOR_COST = 64;
 export const MAX_WEIGHT = 1000;
 /**
- * A bucket holds this much of its rate: bursts above the cap last at most this long, and a
- * NIC woken this late by its timer loses no rate. (A descriptor may start whenever its bucket
- * is not in debt, so even a message far larger than the bucket goes.)
+ * A bucket holds this much of its rate, up to BURST_MAX bytes: bursts above the cap last at
+ * most this long, and a NIC whose timer wakes it this late (a loaded 2-core machine runs it
+ * ms late) loses no rate. (A descriptor may start whenever its bucket is not in debt, so even
+ * a message far larger than the bucket goes.)
  */
-export const BURST_MS = 10;
+export const BURST_MS = 25;
+export const BURST_MAX = 16 << 20;
 
 /** An endpoint's policy as the driver sets it. Caps: 0 = none; per second. */
 export interface QosSettings {
@@ -140,7 +142,9 @@ export class QosScheduler {
       const i = id * BUCKETS + b;
       this.rate[i] = perMs;
       // Messages: at least one (a cap below 200/s still gets its message when due).
-      this.burst[i] = perMs === 0 ? 0 : Math.max(perMs * BURST_MS, b === TX_MSGS || b === RX_MSGS ? 1 : 0);
+      const isMsgs = b === TX_MSGS || b === RX_MSGS;
+      this.burst[i] =
+        perMs === 0 ? 0 : isMsgs ? Math.max(perMs * BURST_MS, 1) : Math.min(perMs * BURST_MS, BURST_MAX);
       this.tokens[i] = Math.min(this.tokens[i], this.burst[i]);
       if (perMs > 0) capped = 1;
       else this.tokens[i] = 0;
