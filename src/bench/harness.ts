@@ -240,6 +240,10 @@ export function formatValue(metric: Metric, v: number, withUnit = true): string 
   } else if (metric === "bandwidth_MBps") {
     text = v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2);
     unit = "MB/s";
+  } else if (metric !== "ops_per_s") {
+    // A ratio (bench isolation and scale).
+    text = v.toFixed(v >= 100 ? 0 : 3);
+    unit = "×";
   } else {
     const m = v / 1e6;
     text = m >= 100 ? m.toFixed(0) : m >= 1 ? m.toFixed(2) : m.toFixed(3);

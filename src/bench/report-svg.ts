@@ -6,6 +6,7 @@
  * test can check what was drawn. The legend's width follows its longest label (never clipped).
  */
 import { type BenchRow, formatBytes, formatValue, type Metric } from "./harness.js";
+import { ISOLATION_AXES, ISOLATION_BETTER, ISOLATION_NOUNS } from "./qos-metrics.js";
 import {
   escapeHtml as esc,
   markerSvg,
@@ -24,17 +25,29 @@ export const METRIC_NOUN: Record<Metric, string> = {
   latency_us: "latency",
   bandwidth_MBps: "bandwidth",
   ops_per_s: "operation rate",
+  ...ISOLATION_NOUNS,
 };
 const METRIC_AXIS: Record<Metric, string> = {
   latency_us: "latency (µs, log scale)",
   bandwidth_MBps: "bandwidth (MB/s, log scale)",
   ops_per_s: "operations per second (log scale)",
+  ...ISOLATION_AXES,
 };
-const METRIC_UNIT: Record<Metric, string> = { latency_us: "µs", bandwidth_MBps: "MB/s", ops_per_s: "ops/s" };
+const METRIC_UNIT: Record<Metric, string> = {
+  latency_us: "µs",
+  bandwidth_MBps: "MB/s",
+  ops_per_s: "ops/s",
+  latency_slowdown: "×",
+  latency_vs_solo: "×",
+  cap_accuracy: "×",
+  share_ratio: "×",
+  jain_index: "index",
+};
 export const METRIC_BETTER: Record<Metric, string> = {
   latency_us: "lower is better",
   bandwidth_MBps: "higher is better",
   ops_per_s: "higher is better",
+  ...ISOLATION_BETTER,
 };
 
 // ---- geometry ---------------------------------------------------------------------------
@@ -72,7 +85,7 @@ interface XScale {
 }
 
 /** log2 x axis over the positive sizes; 0 bytes sits one step left of the smallest size. */
-function xScale(f: Frame, sizes: readonly number[]): XScale {
+function xScale(f: Frame, sizes: readonly number[], label: (x: number) => string = formatBytes): XScale {
   const pos = sizes.filter((s) => s > 0);
   const hasZero = sizes.some((s) => s === 0);
   let lo = pos.length > 0 ? Math.floor(Math.log2(Math.min(...pos))) : 0;
@@ -88,7 +101,7 @@ function xScale(f: Frame, sizes: readonly number[]): XScale {
   const ticks: XScale["ticks"] = [];
   if (hasZero) ticks.push({ bytes: 0, label: "0 B", major: true });
   for (let e = lo; e <= hi; e++)
-    ticks.push({ bytes: 2 ** e, label: formatBytes(2 ** e), major: (e - lo) % step === 0 });
+    ticks.push({ bytes: 2 ** e, label: label(2 ** e), major: (e - lo) % step === 0 });
   return { x, ticks, hasZero };
 }
 
@@ -211,17 +224,23 @@ function svgOpen(f: Frame, id: string, title: string): string {
 // ---- line plots -------------------------------------------------------------------------
 
 /** A metric against message size, one series per transport; `aside` goes beside the plot. */
-export function linePlot(rows: readonly BenchRow[], id: string, aside = ""): string {
-  const { bench, scope, metric } = rows[0];
+export function linePlot(rowsIn: readonly BenchRow[], id: string, aside = ""): string {
+  const { bench, scope, metric } = rowsIn[0];
+  // bench scale plots against its `guests` field; everything else against message size.
+  const byGuests = rowsIn.every((r) => typeof (r as { guests?: unknown }).guests === "number");
+  const rows = byGuests
+    ? rowsIn.map((r) => ({ ...r, bytes: (r as unknown as { guests: number }).guests }))
+    : rowsIn;
+  const xLabel = byGuests ? (g: number) => `${g} guest${g === 1 ? "" : "s"}` : formatBytes;
   const transports = orderedTransports(rows);
   const f = frameFor(transports);
   const sizes = [...new Set(rows.map((r) => r.bytes))].sort((a, b) => a - b);
-  const xs = xScale(f, sizes);
+  const xs = xScale(f, sizes, byGuests ? (g) => String(g) : formatBytes);
   const ys = yScale(
     f,
     rows.flatMap((r) => [r.min, r.median, r.max]),
   );
-  const title = `${bench}: ${METRIC_NOUN[metric]} vs message size (${scope})`;
+  const title = `${bench}: ${METRIC_NOUN[metric]} vs ${byGuests ? "guests" : "message size"} (${scope})`;
   const svg: string[] = [svgOpen(f, id, title), axes(f, xs, ys)];
   if (xs.hasZero) {
     // An axis break between the 0-byte position and the first power of two.
@@ -249,7 +268,7 @@ export function linePlot(rows: readonly BenchRow[], id: string, aside = ""): str
         `stroke="${st.color}"${st.dash ? ` stroke-dasharray="${st.dash}"` : ""}/>`,
     );
     for (const r of pts) {
-      const tip = `${t} ${formatBytes(r.bytes)}: ${formatValue(metric, r.median)} (min ${formatValue(metric, r.min)}, max ${formatValue(metric, r.max)}, ${r.runs} run${r.runs === 1 ? "" : "s"})`;
+      const tip = `${t} ${xLabel(r.bytes)}: ${formatValue(metric, r.median)} (min ${formatValue(metric, r.min)}, max ${formatValue(metric, r.max)}, ${r.runs} run${r.runs === 1 ? "" : "s"})`;
       svg.push(markerSvg(st, xs.x(r.bytes), ys.y(r.median), 4, "", `<title>${esc(tip)}</title>`));
     }
     svg.push("</g>");
@@ -259,7 +278,7 @@ export function linePlot(rows: readonly BenchRow[], id: string, aside = ""): str
       f,
       transports.map((t) => ({ key: t, label: t, style: styleOf(t) })),
     ),
-    `<text class="axis-label" x="${f.left + f.pw / 2}" y="${f.h - 14}" text-anchor="middle">message size (bytes, log₂ scale${xs.hasZero ? "; 0 B at the left edge" : ""})</text>`,
+    `<text class="axis-label" x="${f.left + f.pw / 2}" y="${f.h - 14}" text-anchor="middle">${byGuests ? "guests (log₂ scale)" : `message size (bytes, log₂ scale${xs.hasZero ? "; 0 B at the left edge" : ""})`}</text>`,
     `<text class="axis-label" transform="translate(18 ${f.top + f.ph / 2}) rotate(-90)" text-anchor="middle">${esc(METRIC_AXIS[metric])}</text>`,
     titleOf(f, title),
     "</svg>",

@@ -1,6 +1,6 @@
 /**
  * The parts of `myrixen bench` beyond the ping-pong and stream suites: the latency
- * breakdown suite and the HTML report, kept in one place so the bench command stays short.
+ * breakdown suite, the isolation and scale suites (issue 16) and the HTML report, kept in one place so the bench command stays short.
  */
 import {
   BREAKDOWN_SIZES,
@@ -8,8 +8,10 @@ import {
   type BreakdownRow,
   benchBreakdown,
 } from "../bench/breakdown.js";
-import type { BenchProfile, BenchReport, BenchRow } from "../bench/harness.js";
+import type { BenchProfile, BenchReport, BenchRow, Scope } from "../bench/harness.js";
+import { benchIsolation, describeIsolation } from "../bench/isolation.js";
 import type { Placement } from "../bench/mx.js";
+import { benchScale, describeScale, SCALE_BYTES } from "../bench/scale.js";
 
 type HtmlWriter = (file: string, report: BenchReport) => void;
 let htmlWriter: HtmlWriter | undefined;
@@ -20,12 +22,18 @@ export function setHtmlWriter(w: HtmlWriter): void {
 }
 
 export const BenchExtras = {
-  suites: ["breakdown"] as string[],
+  suites: ["breakdown", "isolation", "scale"] as string[],
+  /** Suites that measure across two hosts too (by default both scopes). */
+  crossHostSuites: ["isolation", "scale"] as string[],
   transports(suite: string): string[] {
+    if (suite === "isolation") return ["bypass"];
+    if (suite === "scale") return ["native", "bypass"];
     return suite === "breakdown" ? [...BREAKDOWN_TRANSPORTS] : [];
   },
-  /** Sizes a suite uses when the user gives none (across hosts with --quick: one eager, one rendezvous). */
+  /** Sizes a suite uses when the user gives none (breakdown across hosts with --quick: one eager, one rendezvous). */
   defaultSizes(suite: string, scope = "intra-host", quick = false): number[] | undefined {
+    if (suite === "isolation") return [1 << 20];
+    if (suite === "scale") return [SCALE_BYTES];
     if (suite !== "breakdown") return undefined;
     return scope === "cross-host" && quick ? [8, 65536] : [...BREAKDOWN_SIZES];
   },
@@ -33,9 +41,14 @@ export const BenchExtras = {
     suite: string,
     placement: Placement,
     profile: BenchProfile,
-    o: { sizes: number[]; transports: string[] },
+    o: { sizes: number[]; transports: string[]; scopes?: Scope[] },
     progress: (label: string) => void,
   ): Promise<BenchRow[]> {
+    // Issue 16's suites have fixed sizes and paths (their rows say which) and start the
+    // second host of their cross-host scope themselves.
+    const host = "length" in placement ? placement[0] : placement;
+    if (suite === "isolation") return benchIsolation(host, profile, progress, o.scopes);
+    if (suite === "scale") return benchScale(host, profile, progress, o.scopes);
     if (suite !== "breakdown") throw new Error(`suite ${suite} is not available in this build`);
     return benchBreakdown(
       placement,
@@ -69,6 +82,10 @@ export const BenchExtras = {
       );
     }
     return out;
+  },
+  /** The isolation and scale figures as text, with the issue's targets. */
+  describeQos(rows: readonly BenchRow[]): string[] {
+    return [...describeIsolation(rows), ...describeScale(rows)];
   },
   /** Writes the HTML report; returns its path, or undefined if this build has none. */
   writeHtml(file: string, report: BenchReport): string | undefined {

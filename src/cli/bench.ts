@@ -65,7 +65,12 @@ export const ALL_TRANSPORTS = [...new Set([...PINGPONG_TRANSPORTS, ...STREAM_TRA
 /** --scope values: one scope, or all (every scope each suite has). */
 export const SCOPE_CHOICES = ["intra-host", "cross-host", "all"] as const;
 /** Suites that can place their ranks on two hosts; the others measure one host only. */
-export const CROSS_HOST_SUITES: readonly string[] = ["pingpong", "stream", "breakdown"];
+export const CROSS_HOST_SUITES: readonly string[] = [
+  "pingpong",
+  "stream",
+  "breakdown",
+  ...BenchExtras.crossHostSuites,
+];
 
 /** Default sizes: OSU's sweeps (0 B / 1 B to 4 MiB), thinned out with --quick. */
 function defaultSizes(suite: string, quick: boolean, scope: Scope = "intra-host"): number[] {
@@ -145,7 +150,9 @@ export async function benchCommand(
       `--scope: unknown "${opts.scope}"; expected one of ${SCOPE_CHOICES.join(", ")}`,
     );
   const scope = (opts.scope ??
-    (suite === undefined ? "all" : "intra-host")) as (typeof SCOPE_CHOICES)[number];
+    (suite === undefined || BenchExtras.crossHostSuites.includes(suite)
+      ? "all"
+      : "intra-host")) as (typeof SCOPE_CHOICES)[number];
   // Each suite with the scopes it runs in (the full report with --scope cross-host: only
   // the suites that have that scope).
   const plan = (suite ? [suite] : [...SUITES])
@@ -207,6 +214,12 @@ export async function benchCommand(
       }
       if (s !== "pingpong" && s !== "stream") {
         const known = BenchExtras.transports(s);
+        if (BenchExtras.crossHostSuites.includes(s)) {
+          // isolation and scale: fixed sizes and paths, every scope in one call.
+          const o = { sizes: [], transports: known, scopes };
+          rows.push(...(await BenchExtras.run(s, (host ??= await Host.start({})), profile, o, tick)));
+          continue;
+        }
         for (const sc of scopes) {
           const o = {
             sizes: sizes ?? BenchExtras.defaultSizes(s, sc, quick) ?? defaultSizes(s, quick),
@@ -250,6 +263,7 @@ export async function benchCommand(
   const report: BenchReport = { machine: finishMachineInfo(machine, rows), rows };
   printTables(rows, profile, out);
   for (const line of BenchExtras.describe(rows)) out(line);
+  for (const line of BenchExtras.describeQos(rows)) out(line);
   for (const v of [
     substrateVerdict(rows),
     ...mxVerdicts(rows),
@@ -297,7 +311,7 @@ function splitCostLines(rows: readonly BenchRow[]): string[] {
  * bypass/raw-chain (latency in the pingpong table, bandwidth in the stream table).
  */
 function printTables(rows: readonly BenchRow[], profile: BenchProfile, out: (line: string) => void): void {
-  const tableRows = rows.filter((r) => r.bench !== "breakdown");
+  const tableRows = rows.filter((r) => !BenchExtras.suites.includes(r.bench));
   const keys = [...new Set(tableRows.map((r) => `${r.bench}\u0000${r.scope}`))];
   const scopesOf = (bench: string) => new Set(tableRows.filter((r) => r.bench === bench).map((r) => r.scope));
   for (const key of keys) {

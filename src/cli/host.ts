@@ -174,6 +174,7 @@ export async function hostCommand(o: HostCliOptions): Promise<number> {
       slots: s.slots,
       peers: s.peers,
       maxEndpoints: s.maxEndpoints,
+      qos: s.qos,
       log,
       key,
     });

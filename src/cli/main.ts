@@ -5,6 +5,7 @@
  */
 import { Command, CommanderError, InvalidArgumentError } from "commander";
 import { MYRIXEN_VERSION } from "../host/snapshot.js";
+import { parseQosFlag, type QosPolicy } from "../myrixen/qos-policy.js";
 import { ALL_TRANSPORTS, type BenchCliOptions, BenchUsageError, benchCommand, SUITES } from "./bench.js";
 import { runDemo } from "./demo.js";
 import { configureExecCommand } from "./exec.js";
@@ -28,6 +29,7 @@ interface RunCliOptions {
   path: string;
   pages?: number;
   host?: string;
+  qos?: QosPolicy;
   hosts?: string;
   hostfile?: string;
   mapBy?: string;
@@ -130,6 +132,15 @@ function openMpiSpellings(argv: string[], run: Command): string[] {
     if (!a.includes("=") && takesValue(a) && i + 1 < argv.length) out.push(argv[++i]);
   }
   return [...out, ...argv.slice(i)];
+}
+
+/** `--qos`: a policy, or commander's usage error naming the bad part. */
+function qosFlag(v: string): QosPolicy {
+  try {
+    return parseQosFlag(v);
+  } catch (e) {
+    throw new InvalidArgumentError((e as Error).message);
+  }
 }
 
 function positiveInt(name: string) {
@@ -240,6 +251,8 @@ export function buildProgram(): Command {
         "   ≤ 1.3× raw-tcp, bypass 1 MiB bandwidth ≥ 0.8× raw-tcp)\n" +
         "  breakdown   where a traced one-way message spends its time, stage by stage, with its thread\n" +
         "              hand-offs and wake-ups: native, bypass, split; one host or (--scope) across hosts\n" +
+        "  isolation   a 1 MiB streamer beside an 8 B ping-pong, caps and 3:1 weights (both scopes)\n" +
+        "  scale       1..16 guest pairs streaming at once vs native processes: MB/s, Jain's index\n" +
         "\nRows: { bench, transport, scope, bytes, metric, median, min, max, runs }; medians over runs,\n" +
         "warm-up runs excluded, machine load recorded.",
     )
@@ -301,6 +314,11 @@ export function buildProgram(): Command {
       positiveInt("--pages"),
     )
     .option(
+      "--qos <policy>",
+      "each rank's weight and caps on the NIC: weight=N,tx-bytes=N,tx-msgs=N,rx-bytes=N,rx-msgs=N (per second; k, M, G)",
+      qosFlag,
+    )
+    .option(
       "--link-timeout <ms>",
       "how long the hosts may take to link their NICs before the job gives up (default 10000)",
       positiveInt("--link-timeout"),
@@ -333,6 +351,7 @@ export function buildProgram(): Command {
           path: o.path,
           pages: o.pages,
           host: o.host,
+          qos: o.qos,
           hosts: o.hosts,
           hostfile: o.hostfile,
           mapBy: o.mapBy,

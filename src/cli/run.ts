@@ -39,6 +39,7 @@ import { AuthError, RemoteHost } from "../cluster/remote.js";
 import { RANK_PATHS, type RankPath } from "../cluster/wire.js";
 import type { Dashboard } from "../dashboard/server.js";
 import { Host } from "../host/host.js";
+import type { QosPolicy } from "../myrixen/qos-policy.js";
 import { loadGuestImage } from "../xen/guest/loader.js";
 import { type EmbeddedObservation, observeEmbedded } from "./embedded.js";
 import { prepareRunReport, type RunReport, RunReportUsageError } from "./run-report.js";
@@ -52,6 +53,8 @@ export interface RunOptions {
   n?: number;
   path: string;
   pages?: number;
+  /** Each rank's weight and caps (--qos; bypass ranks: their myri device's policy). */
+  qos?: QosPolicy;
   /** `host[:port][*slots],...` */
   hosts?: string;
   hostfile?: string;
@@ -448,6 +451,7 @@ export async function runCommand(program: string, argv: string[], o: RunOptions)
     program: programRef,
     argv: report?.argv ?? argv,
     pages: o.pages,
+    qos: o.qos,
     mapBy,
     oversubscribe,
     slots,

@@ -8,6 +8,7 @@ import { readFileSync } from "node:fs";
 import { availableParallelism } from "node:os";
 import path from "node:path";
 import { z } from "zod";
+import { type QosPolicy, QosPolicySchema } from "../myrixen/qos-policy.js";
 import {
   DEFAULT_CONTROL_PORT,
   type HostAddress,
@@ -33,6 +34,8 @@ export interface HostSettings {
   maxEndpoints?: number;
   logLevel: LogLevel;
   logFormat: LogFormat;
+  /** Default policy of the guests it starts (the file's `qos`). */
+  qos?: QosPolicy;
   /** `--key-file`, else the file's `keyFile` (resolved against the file's directory). */
   keyFile?: { flag?: string; config?: { file: string; configPath: string } };
 }
@@ -70,6 +73,8 @@ export const HostConfigSchema = z.strictObject({
     .min(1, { error: "expected a file path (the cluster key file)" })
     .max(4096, { error: "expected a file path of at most 4096 characters" })
     .optional(),
+  /** The weight and caps of the guests this host starts when a job gives none (qos-policy.ts). */
+  qos: QosPolicySchema.optional(),
 });
 export type HostConfigFile = z.infer<typeof HostConfigSchema>;
 const KNOWN = Object.keys(HostConfigSchema.shape);
@@ -148,6 +153,7 @@ export function resolveHostSettings(
     maxEndpoints: flags.maxEndpoints ?? file?.maxEndpoints,
     logLevel: flags.logLevel ?? file?.logLevel ?? "info",
     logFormat: flags.logFormat ?? file?.logFormat ?? "json",
+    qos: file?.qos,
     keyFile: {
       flag: flags.keyFile,
       config:

@@ -14,11 +14,13 @@
  * Refusals of unauthenticated clients are logged with their address and reason, at most 20
  * lines per 10 s (then a count). The NIC's link events come through the same logger.
  */
+
 import net from "node:net";
 import { hostname as osHostname } from "node:os";
 import { Host } from "../host/host.js";
 import { Inspector } from "../host/inspect.js";
 import type { HostSnapshot } from "../host/snapshot.js";
+import type { QosPolicy } from "../myrixen/qos-policy.js";
 import type { XenStoreTreeNode } from "../xen/xenstore.js";
 import { type ClusterKey, checkControlProof, controlProof, newNonce } from "./auth.js";
 import { formatAddress, type HostAddress, type HostEntry } from "./hostfile.js";
@@ -52,6 +54,8 @@ export interface HostDaemonOptions {
   /** Other hosts' control addresses: link to their NICs on start, and again whenever a link drops. */
   peers?: HostEntry[];
   maxEndpoints?: number;
+  /** The weight and caps of the guests (ranks) it starts when a job names none (config `qos`). */
+  qos?: QosPolicy;
   log: Logger;
   /** The cluster key: clients and NICs must prove it; the host proves it to its peers. */
   key: ClusterKey;
@@ -366,6 +370,7 @@ class ControlConnection {
         ranks: m.ranks,
         key: m.key,
         pages: m.pages,
+        qos: m.qos,
         maxHeapMb: m.maxHeapMb,
         env: m.env,
       },
@@ -587,7 +592,7 @@ export class HostDaemon {
           hostname: osHostname(),
           port: controlPort,
         });
-      host = await Host.start({ nicId, maxEndpoints: opts.maxEndpoints });
+      host = await Host.start({ nicId, maxEndpoints: opts.maxEndpoints, guestQos: opts.qos });
       // The NIC thread's link events (connections refused, links up and down) in our format.
       const nicWarn = rateLimitedWarn(log, "more NIC link events (not logged one by one)", 40);
       host.nic.onLog((message, fields) => {

@@ -13,9 +13,11 @@
  * shared constant, never one this process drew before), which the hosts hand to its ranks:
  * ranks of another job hold another key and cannot connect to this job's endpoints.
  */
+
 import { randomInt } from "node:crypto";
 import { hostname as osHostname } from "node:os";
 import type { Host } from "../host/host.js";
+import type { QosPolicy } from "../myrixen/qos-policy.js";
 import type { DomainExit } from "../xen/hypervisor.js";
 import type { ClusterKey } from "./auth.js";
 import type { HostAddress } from "./hostfile.js";
@@ -123,6 +125,8 @@ export interface JobSpec {
   argv?: string[];
   /** Guest-physical memory per rank, pages (default 16384 = 64 MiB). */
   pages?: number;
+  /** Each guest rank's weight and caps (Host.startGuest's qos). */
+  qos?: QosPolicy;
   maxHeapMb?: number;
   /** Where rank output goes (default: process stdout/stderr with "[rank] " prefixes). */
   output?: (rank: number, stream: "stdout" | "stderr", line: string, host: string) => void;
@@ -418,6 +422,7 @@ export class Job {
           ranks,
           key: this.key,
           pages: spec.pages,
+          qos: spec.qos,
           maxHeapMb: spec.maxHeapMb,
           env: spec.env,
         },

@@ -9,12 +9,14 @@
  * job whose key is the key of a job still running on it (keysInUse below, per Host): two jobs
  * sharing a key could connect to each other's endpoints.
  */
+
 import { mkdirSync, statSync, writeFileSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import { createInterface } from "node:readline";
 import type { Readable } from "node:stream";
 import type { Host } from "../host/host.js";
 import { machineFacts } from "../host/machine.js";
+import type { QosPolicy } from "../myrixen/qos-policy.js";
 import type { Domain, DomainExit } from "../xen/hypervisor.js";
 import { ProgramError, resolveProgram } from "./programs.js";
 import { isJobKey, type LauncherToRank, type RankArgs, type RankToLauncher } from "./protocol.js";
@@ -49,6 +51,8 @@ export interface RankStartSpec {
   /** The job's MX endpoint key (isJobKey), drawn by its launcher. */
   key: number;
   pages?: number;
+  /** Each guest rank's weight and caps (native ranks have no myri device to hold one). */
+  qos?: QosPolicy;
   maxHeapMb?: number;
   /** Environment variables the ranks see as process.env (`myrixen run -x`). */
   env?: Record<string, string>;
@@ -230,7 +234,7 @@ export class RankSet {
     const dom =
       spec.path === "native"
         ? await this.host.startNative(domSpec)
-        : await this.host.startGuest({ ...domSpec, fastPath: spec.path === "bypass" });
+        : await this.host.startGuest({ ...domSpec, fastPath: spec.path === "bypass", qos: spec.qos });
     this.domains.set(rank, dom);
     if (this.stopping) void dom.destroy().catch(() => undefined);
     if (this.lastPeers) dom.send(this.lastPeers);

@@ -247,6 +247,7 @@ export class RemoteHost implements JobTarget {
       ranks: spec.ranks,
       key: spec.key,
       pages: spec.pages,
+      qos: spec.qos,
       maxHeapMb: spec.maxHeapMb,
       env: spec.env,
     }).then(() => undefined);

@@ -28,6 +28,7 @@
 import type net from "node:net";
 import { z } from "zod";
 import { HostSnapshotSchema } from "../host/snapshot.js";
+import { QosPolicySchema } from "../myrixen/qos-policy.js";
 import type { XenStoreTreeNode } from "../xen/xenstore.js";
 import { isJobKey } from "./protocol.js";
 
@@ -104,6 +105,7 @@ const Start = z.strictObject({
     .record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]{0,127}$/), z.string().max(65536))
     .refine((e) => Object.keys(e).length <= 256, "at most 256 variables")
     .optional(),
+  qos: QosPolicySchema.optional(),
 });
 const Peers = z.strictObject({
   type: z.literal("peers"),

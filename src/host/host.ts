@@ -23,6 +23,7 @@ import {
   MEMORY_TARGET_KEY,
   MYRI_DEVICE_TYPE,
 } from "../myrixen/protocol.js";
+import { encodeQosPolicy, parseQosPolicy, QOS_KEY, type QosPolicy } from "../myrixen/qos-policy.js";
 import { NET_STATS_BYTES, type NetStats, netTraceRing, readNetStats } from "../netback/stats.js";
 import type { NicInfo } from "../nic/control.js";
 import { NicDevice } from "../nic/device.js";
@@ -31,7 +32,7 @@ import type { DomId } from "../xen/abi.js";
 import type { Domain } from "../xen/hypervisor.js";
 import { Hypervisor } from "../xen/hypervisor.js";
 import { NetifKey, VIF_DEVICE_TYPE, vifMac } from "../xen/io/netif.js";
-import { createDevice, destroyDevice } from "../xen/xenbus.js";
+import { backendPath, createDevice, destroyDevice } from "../xen/xenbus.js";
 import type { DriverDomainArgs, DriverToHost, HostToDriver } from "./driver-domain.js";
 
 export const DRIVER_DOMAIN_PROGRAM = new URL("./driver-domain.js", import.meta.url);
@@ -50,6 +51,8 @@ export interface HostOptions {
   verbose?: boolean;
   /** The bridge forgets a MAC not seen for this long (ms; default 300 000, as Linux's bridge). */
   bridgeAgeingMs?: number;
+  /** The weight and caps of guests started without their own `qos` (default: weight 1, no caps). */
+  guestQos?: QosPolicy;
 }
 
 export interface DomainSpec {
@@ -72,6 +75,12 @@ export interface DomainSpec {
    * guest talks over its vif only. Guests always get a vif.
    */
   fastPath?: boolean;
+  /**
+   * The guest's weight and caps on the NIC and its channels (myrixen/qos-policy.ts): written
+   * into its myri device's backend directory, which the guest may read but not write;
+   * Host.setQos changes it at run time. Invalid values are refused (QosPolicyError naming the field).
+   */
+  qos?: QosPolicy;
 }
 
 /** The limits a Host was started with (for inspection). */
@@ -109,6 +118,8 @@ export class Host {
   readonly startedAt = Date.now();
   /** The limits it was started with. */
   limits!: HostLimits;
+  /** The policy of guests started without their own (HostOptions.guestQos). */
+  private guestQos: QosPolicy | undefined;
 
   private constructor(
     readonly hypervisor: Hypervisor,
@@ -149,6 +160,8 @@ export class Host {
       65536,
     );
     const bridgeAgeingMs = int("bridgeAgeingMs", opts.bridgeAgeingMs, 300_000, 1, 2 ** 31);
+    const guestQos =
+      opts.guestQos === undefined ? undefined : parseQosPolicy(opts.guestQos, "Host.start: guestQos");
     const hv = new Hypervisor();
     const nic = await NicDevice.start({ nicId, maxEndpoints });
     try {
@@ -197,6 +210,7 @@ export class Host {
       const host = new Host(hv, nic, dom0, link, stats, netStats, nicId);
       host.limits = { maxEndpoints, endpointsPerDomain, registeredBytesPerDomain, regionsPerDomain };
       host.born.set(dom0, host.startedAt);
+      host.guestQos = guestQos;
       host.log.push(...early);
       host.verbose = opts.verbose ?? process.env.MYRIXEN_LOG === "1";
       if (host.verbose) for (const l of early) process.stderr.write(`[dom0] ${l.message}\n`);
@@ -252,6 +266,7 @@ export class Host {
     if (spec?.fastPath !== undefined && typeof spec.fastPath !== "boolean")
       throw new TypeError(`startGuest: fastPath must be true or false, got ${JSON.stringify(spec.fastPath)}`);
     const fastPath = spec.fastPath !== false;
+    const qos = spec.qos === undefined ? this.guestQos : parseQosPolicy(spec.qos, "startGuest: qos");
     const dom = await this.hypervisor.createDomain({
       module: spec.module,
       name: spec.name,
@@ -279,7 +294,11 @@ export class Host {
         ]);
       // The myri device first: the MX library reads "a vif and no myri device" as the policy
       // having disabled the fast path, so the vif must never appear before it.
-      if (fastPath) await createDevice(ts, device);
+      if (fastPath) {
+        const { backPath } = await createDevice(ts, device);
+        // Before the guest can connect: its first endpoint opens under this policy.
+        if (qos) await ts.write(`${backPath}/${QOS_KEY}`, encodeQosPolicy(qos));
+      }
       const { frontPath, backPath } = await createDevice(ts, vif);
       // Like xl: the MAC goes into both directories; netback serves the vif once it is there.
       const mac = vifMac(this.nicId, d);
@@ -296,6 +315,20 @@ export class Host {
       await destroyDevice(ts, vif).catch(() => undefined);
     });
     return dom;
+  }
+
+  /**
+   * Changes a running guest's weight and caps (as `xl` would rewrite netback's rate): the
+   * toolstack rewrites the node, myrback sees it and tells the NIC. Throws QosPolicyError for
+   * an invalid policy, and an Error if the guest has no myri device.
+   */
+  async setQos(domid: DomId, policy: QosPolicy): Promise<void> {
+    const qos = parseQosPolicy(policy, "setQos: qos");
+    const path = `${backendPath(0, MYRI_DEVICE_TYPE, domid, 0)}/${QOS_KEY}`;
+    const ts = this.hypervisor.toolstack;
+    if (!(await ts.exists(backendPath(0, MYRI_DEVICE_TYPE, domid, 0))))
+      throw new Error(`setQos: domain ${domid} has no myri device (not a running guest with the fast path)`);
+    await ts.write(path, encodeQosPolicy(qos));
   }
 
   /** Starts a native process of the driver domain's OS; its runtime takes its service link out of args.myrixen. */

@@ -7,6 +7,7 @@
  * that says what to fix (`ENOSPC: all 32 endpoint contexts are in use`).
  */
 import type { SyncEndpoint } from "../xen/sync-call.js";
+import type { QosSettings } from "./qos.js";
 
 /** A byte range of a memory buffer that a registered region covers. Runs are concatenated in order. */
 export interface MemoryRun {
@@ -53,6 +54,11 @@ export type NicControlRequest =
    * created on the first call; later calls return the same buffer.
    */
   | { op: "open_ether_port" }
+  /**
+   * An open endpoint's weight and caps (nic/qos.ts): the driver's policy for its owner.
+   * Answers the settings now in force.
+   */
+  | { op: "set_qos"; endpointId: number; settings: QosSettings }
   | { op: "info" };
 
 export interface OpenEtherPortReply {
@@ -95,6 +101,8 @@ export interface NicInfo {
   linkStates?: LinkStateInfo[];
   /** Whether the Ethernet port has been opened. */
   etherPort?: boolean;
+  /** Open endpoints whose weight or caps are not the default (set_qos), ascending. */
+  qos?: { endpointId: number; settings: QosSettings }[];
 }
 
 export interface LinkStateInfo {

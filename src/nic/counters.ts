@@ -86,6 +86,8 @@ export const NIC_COUNTER_NAMES = [
   // Wrong endpoint keys (connect-throttle.ts): answered BAD_KEY, and refused during a lockout.
   "connect_bad_keys",
   "connects_throttled",
+  // Weights and caps (qos.ts): a descriptor or a served pull that waited for its payer's turn or cap.
+  "qos_deferred",
 ] as const;
 
 export const NIC_EP_COUNTER_NAMES = [
@@ -106,6 +108,9 @@ export const NIC_EP_COUNTER_NAMES = [
   "interrupts",
   "bad_index",
   "delivery_expired",
+  // Bytes charged to this endpoint as payer (qos.ts: its deficit), and its waits for turn or cap.
+  "qos_bytes",
+  "qos_deferred",
 ] as const;
 
 export type NicCounterName = (typeof NIC_COUNTER_NAMES)[number];

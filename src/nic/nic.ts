@@ -66,7 +66,7 @@ import {
 } from "./control.js";
 import { allocNicCounters, EndpointCounter, endpointCounterBase, NicCounter } from "./counters.js";
 import { Delivery } from "./delivery.js";
-import { DmaEngine, PULL_CHUNK } from "./dma.js";
+import { DmaEngine } from "./dma.js";
 import {
   BACKLOG_RESERVE,
   DEFAULT_MAX_ENDPOINTS,
@@ -82,6 +82,7 @@ import { PullRights } from "./exposure.js";
 import type { Link } from "./link.js";
 import { LinkTable } from "./link-state.js";
 import { Links } from "./links.js";
+import { isDefaultQos, QosScheduler, type QosSettings, qosSettingsError } from "./qos.js";
 import { RemotePull } from "./remote-pull.js";
 import { SendEngine } from "./send.js";
 import { MxStatus, NicError } from "./status.js";
@@ -156,6 +157,8 @@ export class Nic {
   private readonly send: SendEngine;
   private readonly ether: EtherService;
   private readonly links: Links;
+  /** Weights and caps per endpoint (qos.ts): who is served next, and who waits. */
+  private readonly qos: QosScheduler;
   private readonly stopHooks: (() => void)[] = [];
   /** The descriptor being executed, copied out of its queue. */
   private readonly d = new Int32Array(DESC_WORDS);
@@ -186,7 +189,8 @@ export class Nic {
     this.dma = new DmaEngine(this.tpt, rights, events, c);
     this.delivery = new Delivery(nicId, eps, this.tpt, events, table, clock, c);
     this.connector = new Connector(nicId, eps, events, table, clock, c);
-    this.remotePull = new RemotePull(nicId, eps, this.tpt, rights, this.dma, events, table, clock, c);
+    const qos = (this.qos = new QosScheduler(maxEndpoints, c));
+    this.remotePull = new RemotePull(nicId, eps, this.tpt, rights, this.dma, events, table, clock, c, qos);
     this.send = new SendEngine(nicId, eps, this.tpt, events, this.delivery, table, clock, c);
     this.ether = new EtherService(nicId, table, events, clock, c);
     this.links = new Links(
@@ -232,8 +236,13 @@ export class Nic {
       throw new NicError("EINVAL", "a control request must be an object with a string `op`");
     const r = req as NicControlRequest;
     switch (r.op) {
-      case "open_endpoint":
-        return this.eps.open(r);
+      case "open_endpoint": {
+        const reply = this.eps.open(r);
+        this.qos.reset(reply.endpointId, this.clock.tick());
+        return reply;
+      }
+      case "set_qos":
+        return this.setQos(r);
       case "close_endpoint":
         this.closeEndpoint(this.eps.openCtx(r.endpointId, "close_endpoint"));
         return null;
@@ -254,7 +263,7 @@ export class Nic {
       default:
         throw new NicError(
           "EINVAL",
-          `unknown control op ${JSON.stringify((r as { op: string }).op)}: expected open_endpoint, close_endpoint, register_region, deregister_region, lookup_endpoint, deliver_event, open_ether_port or info`,
+          `unknown control op ${JSON.stringify((r as { op: string }).op)}: expected open_endpoint, close_endpoint, register_region, deregister_region, lookup_endpoint, deliver_event, open_ether_port, set_qos or info`,
         );
     }
   }
@@ -262,6 +271,7 @@ export class Nic {
   /** Closes ctx: what waits on it ends, in this order, and its owner is woken to read Closed. */
   private closeEndpoint(ctx: EndpointContext): void {
     this.eps.markClosed(ctx);
+    this.qos.closed(ctx.id);
     // Its wire requests end with it: nobody reads their completions, and the peers stop serving them.
     this.connector.dropEndpoint(ctx.id);
     this.remotePull.dropEndpoint(ctx.id);
@@ -274,6 +284,15 @@ export class Nic {
     // Release our own waiter on the dead window, and wake an owner blocked on it: it reads Closed.
     Atomics.notify(ctx.w, W_SQ_PROD);
     this.events.raise(ctx);
+  }
+
+  /** An endpoint's weight and caps (its driver's policy for the owner; qos.ts). */
+  private setQos(r: Extract<NicControlRequest, { op: "set_qos" }>): QosSettings {
+    const ctx = this.eps.openCtx(r.endpointId, "set_qos");
+    const problem = qosSettingsError(r.settings);
+    if (problem !== null) throw new NicError("EINVAL", `set_qos: ${problem}`);
+    this.qos.set(ctx.id, r.settings, this.clock.tick());
+    return this.qos.settings(ctx.id);
   }
 
   private registerRegion(r: Extract<NicControlRequest, { op: "register_region" }>): RegisterRegionReply {
@@ -327,6 +346,10 @@ export class Nic {
       links: this.linkTable.peers(),
       linkStates: this.links.states(),
       etherPort: this.ether.isOpen,
+      qos: this.eps
+        .openList()
+        .map((endpointId) => ({ endpointId, settings: this.qos.settings(endpointId) }))
+        .filter(({ settings }) => !isDefaultQos(settings)),
     };
   }
 
@@ -476,7 +499,10 @@ export class Nic {
       return;
     }
     if (this.hasDeferredWork()) {
-      this.backstop = setTimeout(this.onBackstop, this.backoffMs);
+      // Capped work waits for its bucket: wake when it is paid, not a backoff later.
+      const capWait = this.qos.waitMs(openIds, this.eps.openCount);
+      const ms = capWait >= 0 && capWait < this.backoffMs ? Math.max(capWait, 0.1) : this.backoffMs;
+      this.backstop = setTimeout(this.onBackstop, ms);
       this.backoffMs = Math.min(this.backoffMs * 2, BACKSTOP_MAX_MS);
     }
   }
@@ -504,6 +530,7 @@ export class Nic {
   /** One round over every link, the Ethernet port and every open endpoint. Returns whether anything was done. */
   poll(): boolean {
     this.clock.tick();
+    this.qos.beginRound(this.eps.openIds, this.eps.openCount, this.clock.now);
     let did = this.links.poll();
     if (this.ether.poll()) did = true;
     const ctxs = this.eps.ctxs;
@@ -521,6 +548,11 @@ export class Nic {
       }
     }
     this.events.flushRaises();
+    // Work held only by its weight this round goes in the next ones: keep polling.
+    if (this.qos.deficitHeld) {
+      this.qos.deficitHeld = false;
+      did = true;
+    }
     return did;
   }
 
@@ -538,7 +570,10 @@ export class Nic {
 
   // ---- descriptors -------------------------------------------------------------------------
 
-  /** Takes ctx's new descriptors, up to SQ_BATCH and PULL_CHUNK bytes, and executes them in order. */
+  /**
+   * Takes ctx's new descriptors, up to SQ_BATCH and while their payers' deficits and caps allow
+   * (qos.ts), and executes them in order.
+   */
   private serviceSq(ctx: EndpointContext): boolean {
     const w = ctx.w;
     const prod = Atomics.load(w, W_SQ_PROD) >>> 0;
@@ -556,21 +591,20 @@ export class Nic {
     }
     let n = 0;
     const d = this.d;
-    /** Bytes this endpoint's descriptors moved in this round: past PULL_CHUNK the others get their turn. */
-    let roundBytes = 0;
-    while (
-      cons !== prod &&
-      n < SQ_BATCH &&
-      roundBytes < PULL_CHUNK &&
-      !ctx.pulling &&
-      ctx.blCount <= EVENT_BACKLOG - BACKLOG_RESERVE
-    ) {
+    const qos = this.qos;
+    while (cons !== prod && n < SQ_BATCH && !ctx.pulling && ctx.blCount <= EVENT_BACKLOG - BACKLOG_RESERVE) {
       // Copy it out first: the owner may rewrite the slot while we look at it.
       const base = SQ_W + (cons & (SQ_ENTRIES - 1)) * DESC_WORDS;
       for (let i = 0; i < DESC_WORDS; i++) d[i] = w[base + i];
-      const moved = this.execute(ctx, d);
-      if (moved === STALLED) break;
-      roundBytes += moved;
+      // Its payer's share of this round is spent, or a cap holds it: it waits in the queue.
+      if (!qos.admit(ctx.id, d)) {
+        this.c[NicCounter.qos_deferred]++;
+        break;
+      }
+      const errors = this.c[ctx.base + EndpointCounter.errors];
+      if (this.execute(ctx, d) === STALLED) break;
+      // A refused descriptor moved nothing: it costs DESCRIPTOR_COST, not the length it claims.
+      qos.charge(ctx.id, this.c[ctx.base + EndpointCounter.errors] !== errors);
       ctx.stallSince = 0;
       this.c[NicCounter.descriptors]++;
       this.c[ctx.base + EndpointCounter.descriptors]++;

@@ -14,7 +14,9 @@
  * Responder: a PULL_REQUEST takes the right it names (exposure.ts) into a job of the link it
  * came on (link-state.ts, PULL_JOBS_PER_LINK per link: a request beyond them is refused
  * NO_RESOURCES without spending its right); the jobs of a link take turns sending PULL_REPLY
- * frames, JOB_ROUND bytes a visit and PULL_CHUNK a round, stopping when the link pushes back.
+ * frames, JOB_ROUND bytes a visit and PULL_CHUNK a round, stopping when the link pushes back;
+ * a job whose source endpoint has spent its share of the round or is held by its tx cap
+ * (qos.ts) waits for a later round.
  * A right revoked, a region deregistered or an owner closed mid-transfer ends the job with an
  * error reply, never stale bytes.
  */
@@ -55,6 +57,7 @@ import {
   WIRE_ACTED,
   WIRE_WAITING,
 } from "./link-state.js";
+import type { QosScheduler } from "./qos.js";
 import { MxStatus } from "./status.js";
 import type { Tpt } from "./tpt.js";
 import { NicTraceStage, nicStamp } from "./trace-ring.js";
@@ -150,6 +153,7 @@ export class RemotePull {
     private readonly links: LinkTable,
     private readonly clock: NicClock,
     private readonly c: Float64Array,
+    private readonly qos: QosScheduler,
   ) {}
 
   // ---- requester side ---------------------------------------------------------------------------
@@ -455,10 +459,14 @@ export class RemotePull {
     let did = false;
     let j = ls.jNext;
     for (let visits = 0; visits < PULL_JOBS_PER_LINK && budget > 0 && ls.jobCount > 0; visits++) {
-      if (ls.jUsed[j] === 1) {
+      const src = ls.jSrcEp[j];
+      // Its source endpoint's share of the round is spent or its tx cap holds it: the next job.
+      // (A closed owner's job is served: it ends with an error reply.)
+      if (ls.jUsed[j] === 1 && (!this.eps.ctxs[src]?.open || this.qos.mayServe(src))) {
         const had = ls.jobCount;
         const r = this.serveJob(ls, j, Math.min(JOB_ROUND, budget));
         const sent = r < 0 ? ~r : r;
+        if (sent > 0) this.qos.chargeServed(src, sent);
         if (sent > 0 || ls.jobCount !== had) did = true;
         if (r < 0) {
           // The link pushes back: this job goes first when it can take frames again.

@@ -9,10 +9,28 @@ export type { MachineFacts };
 
 // ---- format -----------------------------------------------------------------------------
 
-export type Metric = "latency_us" | "bandwidth_MBps" | "ops_per_s";
+export type Metric =
+  | "latency_us"
+  | "bandwidth_MBps"
+  | "ops_per_s"
+  // bench isolation and scale (issue 16): ratios, unitless.
+  | "latency_slowdown"
+  | "latency_vs_solo"
+  | "cap_accuracy"
+  | "share_ratio"
+  | "jain_index";
 export type Scope = "intra-host" | "cross-host";
 
-export const METRICS: readonly Metric[] = ["latency_us", "bandwidth_MBps", "ops_per_s"];
+export const METRICS: readonly Metric[] = [
+  "latency_us",
+  "bandwidth_MBps",
+  "ops_per_s",
+  "latency_slowdown",
+  "latency_vs_solo",
+  "cap_accuracy",
+  "share_ratio",
+  "jain_index",
+];
 export const SCOPES: readonly Scope[] = ["intra-host", "cross-host"];
 /** One line of `--json` output. Field names are a public interface: do not rename. */
 export interface BenchRow {

@@ -59,6 +59,8 @@ interface Frontend {
   xb: XenbusBackend;
   state: FrontState;
   client?: Client;
+  /** Stops following the device's `qos` node (qos-policy.ts). */
+  unwatchQos?: () => Promise<void>;
   mapping?: GrantMapping;
   ring?: BackRing;
   port?: EventChannelPort;
@@ -184,6 +186,8 @@ export class MyriBack {
     if (this.fronts.get(f.key) === f) this.fronts.delete(f.key);
     const unwatch = f.unwatch;
     f.unwatch = undefined;
+    await f.unwatchQos?.().catch(() => undefined);
+    f.unwatchQos = undefined;
     if (unwatch) await unwatch().catch(() => undefined);
   }
 
@@ -216,6 +220,7 @@ export class MyriBack {
       f.rspRef = this.guest.grants.grantAccess(f.domid, rsp.pfn, { readonly: true });
       f.rspView = new DataView(rsp.bytes.buffer, rsp.bytes.byteOffset, PAGE_SIZE);
       f.client = this.core.client(f.domid, "guest", `domain ${f.domid}`, quota);
+      f.unwatchQos ??= await this.core.qos.watch(this.guest.xenstore, f.domid, f.xb.path);
       if (f.state !== "connecting") return;
       await f.xb.switchState(XenbusState.Connected);
       f.state = "connected";

@@ -22,6 +22,7 @@ import type { SyncCallClient } from "../../xen/sync-call.js";
 import { CHANNEL_BYTES, closeChannelLanes } from "../channel-abi.js";
 import { DRIVER_EVENT_CONNECT, DRIVER_EVENT_DISCONNECT } from "../driver-abi.js";
 import { MyriError, type MyriInfo, type MyriStatusName, OP_COUNT, XsKey } from "../protocol.js";
+import { QosPolicies } from "../qos-policy.js";
 import { GrantKeeper } from "./grant-keeper.js";
 import { type BackendEndpointInfo, describeEndpoints } from "./inspect.js";
 import { type ChannelRec, Client, type ClientKind, type EndpointRec } from "./records.js";
@@ -74,6 +75,12 @@ export class MyriCore {
   private readonly channels = new Map<number, ChannelRec>();
   private readonly pairs = new Map<string, ChannelRec>();
   private nextChannelId = 1;
+  /** Each domain's weight and caps, from its device's `qos` node (qos-policy.ts). */
+  readonly qos = new QosPolicies({
+    endpointsOf: (domid) => this.clients.get(domid)?.endpoints.keys() ?? [],
+    setQos: (endpointId, settings) => this.nic({ op: "set_qos", endpointId, settings }, "MX_BAD_REQUEST"),
+    log: (m) => this.cfg.log(m),
+  });
 
   constructor(readonly cfg: CoreConfig) {
     const info = this.nic<NicInfo>({ op: "info" }, "MX_NIC_DEAD");
@@ -189,6 +196,7 @@ export class MyriCore {
     };
     client.endpoints.set(ep.id, ep);
     this.endpoints.set(ep.id, ep);
+    this.qos.applyToEndpoint(client.domid, ep.id);
     this.publishCounts();
     return ep;
   }
@@ -476,5 +484,6 @@ export class MyriCore {
    */
   forgetDomain(domid: DomId): void {
     this.memory.forgetDomain(domid);
+    this.qos.forget(domid);
   }
 }
