@@ -12,17 +12,8 @@ import { test } from "node:test";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { type BenchReport, validateReport } from "../src/bench/harness.js";
 import { writeHtmlReport } from "../src/bench/report.js";
+import { chromiumOrSkip, LAUNCH } from "./helpers/browser.js";
 
-const CHROMIUM = "/usr/bin/chromium";
-const FLAGS = [
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-];
 const here = dirname(fileURLToPath(import.meta.url));
 
 function loadFixture(): BenchReport {
@@ -72,17 +63,8 @@ interface PlotCheck {
 }
 
 test("the HTML report draws its plots in headless chromium", { timeout: 180_000 }, async (t) => {
-  if (!existsSync(CHROMIUM)) {
-    t.skip("chromium not installed: run node scripts/ensure-chromium.mjs");
-    return;
-  }
-  let pw: typeof import("playwright-core");
-  try {
-    pw = await import("playwright-core");
-  } catch {
-    t.skip("playwright-core not installed: npm i -D playwright-core");
-    return;
-  }
+  const pw = await chromiumOrSkip(t);
+  if (!pw) return;
   const dir = mkdtempSync(join(tmpdir(), "myrixen-report-browser-"));
   const fixture = loadFixture();
   // The fixture, plus what npm start adds: the split path and a NAS kernel measured at one size.
@@ -107,10 +89,7 @@ test("the HTML report draws its plots in headless chromium", { timeout: 180_000 
   const file = join(dir, "report.html");
   writeHtmlReport(file, report);
   const context = await pw.chromium.launchPersistentContext(join(dir, "profile"), {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: FLAGS,
-    timeout: 60_000,
+    ...LAUNCH,
     viewport: { width: 1240, height: 900 },
   });
   try {

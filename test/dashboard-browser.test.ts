@@ -8,11 +8,12 @@
 
 import assert from "node:assert/strict";
 import type { ChildProcess } from "node:child_process";
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
 import { WebSocket } from "ws";
+import { chromiumOrSkip, LAUNCH } from "./helpers/browser.js";
 import { fixture, killChildren, myrixen, startHost, until } from "./helpers/hosts.js";
 
 /** The little of the DOM the page-side checks use (the project's tsconfig has no "dom" lib). */
@@ -21,17 +22,6 @@ declare const document: {
   querySelector(sel: string): { getAttribute(name: string): string | null } | null;
   querySelectorAll(sel: string): ArrayLike<{ textContent: string | null }>;
 };
-
-const CHROMIUM = "/usr/bin/chromium";
-const FLAGS = [
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-];
 
 const dir = mkdtempSync(join(tmpdir(), "myrixen-dashboard-"));
 const KEY_TEXT = "c3".repeat(32);
@@ -58,17 +48,8 @@ async function startJob(args: string[]): Promise<{ proc: ChildProcess; done: Pro
 test("the dashboard shows a running job's domains, endpoints and rates live, a clicked domain, and a guest's death", {
   timeout: 300_000,
 }, async (t) => {
-  if (!existsSync(CHROMIUM)) {
-    t.skip("chromium not installed: run node scripts/ensure-chromium.mjs");
-    return;
-  }
-  let pw: typeof import("playwright-core");
-  try {
-    pw = await import("playwright-core");
-  } catch {
-    t.skip("playwright-core not installed");
-    return;
-  }
+  const pw = await chromiumOrSkip(t);
+  if (!pw) return;
   const host = await startHost(["--key-file", KEY, "--slots", "4", "--dashboard", "127.0.0.1:0"]);
   await until(() => host.logs.some((l) => l.msg === "dashboard ready"), "the dashboard", 20_000);
   const url = host.logs.find((l) => l.msg === "dashboard ready")!.url as string;
@@ -88,10 +69,7 @@ test("the dashboard shows a running job's domains, endpoints and rates live, a c
   ]);
 
   const browser = await pw.chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: FLAGS,
-    timeout: 60_000,
+    ...LAUNCH,
   });
   try {
     const page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
@@ -183,17 +161,8 @@ test("the dashboard shows a running job's domains, endpoints and rates live, a c
 test("beyond the loopback the dashboard asks for the cluster key; foreign or garbage WebSockets are refused", {
   timeout: 180_000,
 }, async (t) => {
-  if (!existsSync(CHROMIUM)) {
-    t.skip("chromium not installed");
-    return;
-  }
-  let pw: typeof import("playwright-core");
-  try {
-    pw = await import("playwright-core");
-  } catch {
-    t.skip("playwright-core not installed");
-    return;
-  }
+  const pw = await chromiumOrSkip(t);
+  if (!pw) return;
   const host = await startHost(["--key-file", KEY]);
   let dash: ChildProcess | undefined;
   let url = "";
@@ -219,7 +188,7 @@ test("beyond the loopback the dashboard asks for the cluster key; foreign or gar
     });
     assert.equal(refused, 401, "a WebSocket without a session");
 
-    const browser = await pw.chromium.launch({ executablePath: CHROMIUM, headless: true, args: FLAGS });
+    const browser = await pw.chromium.launch(LAUNCH);
     try {
       const page = await browser.newPage();
       await page.goto(url);
