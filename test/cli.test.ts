@@ -59,7 +59,7 @@ test("bad usage fails before anything runs, with a message saying what to fix", 
   assert.equal(substrateCross.code, 2);
   assert.match(
     substrateCross.stderr,
-    /--scope cross-host: the substrate suite measures one host only; cross-host applies to pingpong, stream and breakdown/,
+    /--scope cross-host: the substrate suite measures one host only; cross-host applies to pingpong, stream, breakdown/,
   );
   const pigeon = await run("bench", "stream", "--scope", "cross-host", "--transports", "pigeon");
   assert.equal(pigeon.code, 2);
@@ -101,8 +101,9 @@ test("bench --quick --out DIR runs every suite and writes the JSON rows and the 
         `${b} ${t} cross-host`,
       );
   assert.ok(report.rows.some((row) => row.bench === "pingpong" && row.scope === "intra-host"));
-  assert.match(r.stdout, /cross-host target bypass 8 B latency ≤ 1\.3× raw-tcp: measured/);
-  assert.match(r.stdout, /cross-host target bypass 1 MiB bandwidth ≥ 0\.8× raw-tcp: measured/);
+  assert.match(r.stdout, /across hosts, bypass \/ raw-tcp, 8 B latency: \d/);
+  assert.match(r.stdout, /across hosts, bypass \/ raw-tcp, 1 MiB bandwidth: \d/);
+  assert.doesNotMatch(r.stdout, /NOT met|target/, "no internal targets in what a user reads");
   const html = readFileSync(join(dir, "bench.html"), "utf8");
   assert.match(html, /<svg/);
   assert.match(html, /latency breakdown/i);
@@ -164,12 +165,12 @@ test("bench substrate --quick --json writes rows in the project's format", async
 test("bench pingpong|stream --scope cross-host: rows between two linked hosts, raw-tcp, the targets in words", async () => {
   const dir = mkdtempSync(join(tmpdir(), "myrixen-cross-"));
   const cases = [
-    { suite: "pingpong", sizes: "8", metric: "latency_us", target: /bypass 8 B latency ≤ 1\.3× raw-tcp/ },
+    { suite: "pingpong", sizes: "8", metric: "latency_us", target: /8 B latency/ },
     {
       suite: "stream",
       sizes: "1M",
       metric: "bandwidth_MBps",
-      target: /bypass 1 MiB bandwidth ≥ 0\.8× raw-tcp/,
+      target: /1 MiB bandwidth/,
     },
   ];
   for (const c of cases) {
@@ -205,11 +206,8 @@ test("bench pingpong|stream --scope cross-host: rows between two linked hosts, r
     }
     assert.match(r.stdout, new RegExp(`${c.suite}, cross-host \\(quick\\)`));
     assert.match(r.stdout, /bypass\/raw-tcp/);
-    // Met or not is whatever the medians say; the line names the target and the ratio.
-    assert.match(
-      r.stdout,
-      new RegExp(`cross-host target ${c.target.source}: measured \\d+\\.\\d\\d× .* — (met|NOT met)`),
-    );
+    // The ratio is whatever the medians say, in words.
+    assert.match(r.stdout, new RegExp(`across hosts, bypass / raw-tcp, ${c.target.source}: \\d+\\.\\d\\d× `));
   }
 });
 

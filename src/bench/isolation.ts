@@ -209,16 +209,16 @@ export function describeIsolation(rows: readonly BenchRow[]): string[] {
     if (r.metric === "latency_slowdown")
       out.push(
         `  ${r.scope.padEnd(10)} B's 8 B latency: solo ${r.solo_us?.toFixed(2)} µs, beside a spinner ${r.beside_cpu_us?.toFixed(2)} µs, ` +
-          `beside A's 1 MiB stream ${r.beside_stream_us?.toFixed(2)} µs → latency_slowdown ${v}× (target ≤ 1.5)`,
+          `beside A's 1 MiB stream ${r.beside_stream_us?.toFixed(2)} µs → latency_slowdown ${v}× (isolated: ≤ 1.5)`,
       );
     else if (r.metric === "latency_vs_solo") out.push(`  ${r.scope.padEnd(10)} latency_vs_solo ${v}×`);
     else if (r.metric === "cap_accuracy")
       out.push(
-        `  ${r.scope.padEnd(10)} A capped at ${r.cap_MBps} MB/s streams ${r.rate_MBps?.toFixed(0)} MB/s → cap_accuracy ${v} (target 1 ± 0.05)`,
+        `  ${r.scope.padEnd(10)} A capped at ${r.cap_MBps} MB/s streams ${r.rate_MBps?.toFixed(0)} MB/s → cap_accuracy ${v} (accurate: 1 ± 0.05)`,
       );
     else if (r.metric === "share_ratio")
       out.push(
-        `  ${r.scope.padEnd(10)} weights 3:1 → ${r.rates_MBps?.map((x) => x.toFixed(0)).join(" : ")} MB/s → share_ratio ${v} (target 1 ± 0.1)`,
+        `  ${r.scope.padEnd(10)} weights 3:1 → ${r.rates_MBps?.map((x) => x.toFixed(0)).join(" : ")} MB/s → share_ratio ${v} (fair: 1 ± 0.1)`,
       );
   }
   return out;

@@ -202,34 +202,69 @@ export const COMPARISONS: readonly Comparison[] = [
   },
 ];
 
-/**
- * The comparisons this run's rows allow, one table row per (comparison, bench, scope), or ""
- * when none apply (no split, native or openmpi rows).
- */
-export function comparisonSection(rows: readonly BenchRow[]): string {
+/** One comparison with this run's ratios for it, one per (bench, scope) that has the pair. */
+interface ComparisonFinding {
+  c: Comparison;
+  ours: Ratio[];
+}
+
+/** The comparisons this run's rows allow, each with the ratio it picks per (bench, scope). */
+function comparisonFindings(rows: readonly BenchRow[]): ComparisonFinding[] {
   const ratios = computeRatios(rows);
-  const lines: string[] = [];
+  const out: ComparisonFinding[] = [];
   for (const c of COMPARISONS) {
     const mine = ratios.filter((r) => r.pair === `${c.a}/${c.b}` && r.metric === c.metric);
     const groups = [...new Set(mine.map((r) => `${r.bench}\u0000${r.scope}`))];
     if (groups.length === 0) continue;
     const ours = groups.map((g) => {
       const inGroup = mine.filter((r) => `${r.bench}\u0000${r.scope}` === g);
-      const r =
-        c.at === "small"
-          ? (inGroup.find((x) => x.bytes === 8) ??
+      return c.at === "small"
+        ? (inGroup.find((x) => x.bytes === 8) ??
             inGroup.filter((x) => x.bytes > 0).sort((x, y) => x.bytes - y.bytes)[0] ??
             inGroup[0])
-          : inGroup.sort((x, y) => y.bytes - x.bytes)[0];
-      const text =
-        `${fmtRatio(r.value)}${r.shaky ? "?" : ""} (${r.bench}, ${r.scope}, ${formatBytes(r.bytes)}: ` +
-        `${formatValue(r.metric, r.a.median)} vs ${formatValue(r.metric, r.b.median)})`;
-      return (
+        : inGroup.sort((x, y) => y.bytes - x.bytes)[0];
+    });
+    out.push({ c, ours });
+  }
+  return out;
+}
+
+function ratioText(r: Ratio): string {
+  return (
+    `${fmtRatio(r.value)}${r.shaky ? "?" : ""} (${r.bench}, ${r.scope}, ${formatBytes(r.bytes)}: ` +
+    `${formatValue(r.metric, r.a.median)} vs ${formatValue(r.metric, r.b.median)})`
+  );
+}
+
+/**
+ * The same comparisons for the terminal, one line each: this run's ratio beside the paper's or
+ * the peer's figure (no line when the run has neither pair).
+ */
+export function comparisonLines(rows: readonly BenchRow[]): string[] {
+  const found = comparisonFindings(rows);
+  if (found.length === 0) return [];
+  return [
+    "against the papers and peers (ratios of medians; compare ratios, not times: they measured hardware):",
+    ...found.map(
+      ({ c, ours }) =>
+        `  ${c.what}: ${ours.map(ratioText).join("; ")}  [${c.theirRatio === undefined ? "" : `${fmtRatio(c.theirRatio)}: `}${c.theirs}]`,
+    ),
+  ];
+}
+
+/**
+ * The comparisons this run's rows allow, one table row per (comparison, bench, scope), or ""
+ * when none apply (no split, native or openmpi rows).
+ */
+export function comparisonSection(rows: readonly BenchRow[]): string {
+  const lines: string[] = [];
+  for (const { c, ours: picked } of comparisonFindings(rows)) {
+    const ours = picked.map(
+      (r) =>
         `<div class="comparison" data-pair="${esc(r.pair)}" data-bench="${esc(r.bench)}" data-scope="${esc(r.scope)}" ` +
         `data-bytes="${r.bytes}" data-value="${r.value}"${c.theirRatio === undefined ? "" : ` data-theirs="${c.theirRatio}"`}>` +
-        `${esc(text)}</div>`
-      );
-    });
+        `${esc(ratioText(r))}</div>`,
+    );
     lines.push(
       `<tr><td>${esc(c.what)}<br><span class="hint">${esc(direction(c.metric))}</span></td>` +
         `<td class="n">${c.theirRatio === undefined ? "—" : fmtRatio(c.theirRatio)}</td>` +

@@ -39,6 +39,7 @@ import {
 } from "../bench/mx.js";
 import { openMpiVerdicts, takeOpenMpiNotes } from "../bench/openmpi.js";
 import { writeHtmlReport } from "../bench/report.js";
+import { comparisonLines } from "../bench/report-ratios.js";
 import { benchSubstrate, substrateVerdict } from "../bench/substrate.js";
 import { Host } from "../host/host.js";
 import { Hypervisor } from "../xen/hypervisor.js";
@@ -47,6 +48,13 @@ import { BenchExtras, setHtmlWriter } from "./bench-extras.js";
 setHtmlWriter((file, report) => writeHtmlReport(file, report));
 
 export const SUITES = ["substrate", "pingpong", "stream", ...BenchExtras.suites] as const;
+/**
+ * What `myrixen bench` with no suite runs: the figures of the papers. The isolation and scale
+ * experiments take minutes of their own and run when named (`myrixen bench isolation`).
+ */
+export const DEFAULT_SUITES: readonly string[] = SUITES.filter(
+  (s) => !BenchExtras.crossHostSuites.includes(s),
+);
 export type Suite = string;
 
 export class BenchUsageError extends Error {}
@@ -155,7 +163,7 @@ export async function benchCommand(
       : "intra-host")) as (typeof SCOPE_CHOICES)[number];
   // Each suite with the scopes it runs in (the full report with --scope cross-host: only
   // the suites that have that scope).
-  const plan = (suite ? [suite] : [...SUITES])
+  const plan = (suite ? [suite] : [...DEFAULT_SUITES])
     .map((s) => ({ suite: s, scopes: scopesFor(s, scope, suite !== undefined) }))
     .filter((p) => p.scopes.length > 0);
   let jsonPath: string | undefined;
@@ -270,6 +278,7 @@ export async function benchCommand(
     ...crossHostVerdicts(rows),
     ...chainVerdicts(rows),
     ...openMpiVerdicts(rows),
+    ...comparisonLines(rows),
   ])
     if (v) out(v);
   for (const line of takeOpenMpiNotes()) out(line);

@@ -226,7 +226,9 @@ export function buildProgram(): Command {
 
   program
     .command("bench")
-    .description("benchmarks with baselines measured in the same run; no suite = all suites")
+    .description(
+      "benchmarks with baselines measured in the same run; no suite = substrate, pingpong, stream, breakdown",
+    )
     .argument("[suite]", `one of: ${SUITES.join(", ")}`)
     .option("--quick", "fewer runs and iterations (well under a minute)")
     .option("--json <file>", "also write every row as JSON ({ machine, rows })")
@@ -247,12 +249,11 @@ export function buildProgram(): Command {
         "  pingpong    MX one-way latency, native and bypass, with raw-sab, raw-relay, postmessage\n" +
         "  stream      MX bandwidth (osu_bw: window 64), native and bypass, with raw-sab and memcpy\n" +
         "  (--scope cross-host: pingpong and stream between two hosts whose NICs are linked over\n" +
-        "   loopback TCP, against raw-tcp, with the issue's targets checked: bypass 8 B latency\n" +
-        "   ≤ 1.3× raw-tcp, bypass 1 MiB bandwidth ≥ 0.8× raw-tcp)\n" +
+        "   loopback TCP, against raw-tcp (the wire) and raw-chain (the bare four threads))\n" +
         "  breakdown   where a traced one-way message spends its time, stage by stage, with its thread\n" +
         "              hand-offs and wake-ups: native, bypass, split; one host or (--scope) across hosts\n" +
-        "  isolation   a 1 MiB streamer beside an 8 B ping-pong, caps and 3:1 weights (both scopes)\n" +
-        "  scale       1..16 guest pairs streaming at once vs native processes: MB/s, Jain's index\n" +
+        "  isolation   a 1 MiB streamer beside an 8 B ping-pong, caps and 3:1 weights (both scopes; only when named)\n" +
+        "  scale       1..16 guest pairs streaming at once vs native processes: MB/s, Jain's index (only when named)\n" +
         "\nRows: { bench, transport, scope, bytes, metric, median, min, max, runs }; medians over runs,\n" +
         "warm-up runs excluded, machine load recorded.",
     )
