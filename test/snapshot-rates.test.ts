@@ -57,6 +57,8 @@ function endpoint(
   domid: number,
   nic: Record<string, number>,
   lane: [number, number],
+  /** Messages taken from the lanes: [by the peer from ours, by us from the peer's]. */
+  msgs: [number, number] = [0, 0],
 ): EndpointSnapshot {
   return {
     id,
@@ -76,6 +78,8 @@ function endpoint(
         bytesIn: lane[1],
         backlogOut: 0,
         backlogIn: 0,
+        msgsOut: msgs[0],
+        msgsIn: msgs[1],
       },
     ],
     queues: {
@@ -128,7 +132,10 @@ test("rates: bypass, split and idle domains, the hypervisor's work per path, lan
       domain(2, { evtchn_send: 10, grant_copy: 0 }, { txFrames: 5 }),
       domain(3, {}),
     ],
-    [endpoint(4, 1, { pulls: 100, pull_bytes: 6_400 }, [0xffff_ff00, 10])],
+    [
+      endpoint(4, 1, { pulls: 100, pull_bytes: 6_400 }, [0xffff_ff00, 10]),
+      endpoint(5, 1, {}, [0, 0], [7, 0xffff_ff00]),
+    ],
     3,
   );
   const after = snap(
@@ -143,7 +150,7 @@ test("rates: bypass, split and idle domains, the hypervisor's work per path, lan
       ),
       domain(3, {}),
     ],
-    [endpoint(4, 1, { pulls: 600, pull_bytes: 38_400 }, [0x100, 10])],
+    [endpoint(4, 1, { pulls: 600, pull_bytes: 38_400 }, [0x100, 10]), endpoint(5, 1, {}, [0, 0], [7, 0x100])],
     3,
   );
   const r = rates(before, after);
@@ -162,8 +169,10 @@ test("rates: bypass, split and idle domains, the hypervisor's work per path, lan
   assert.equal(r.paths.split.hypercalls, 4);
   assert.equal(r.paths.split.msgs, 300);
   assert.equal(r.backendRequests, 0);
-  // 500 pulls in 0.5 s: 1 ms each; 50 frames received in 0.5 s: 10 ms each.
-  assert.deepEqual(r.latencyUs.bypass, [1000]);
+  // 500 pulls in 0.5 s: 1 ms each; 50 frames received in 0.5 s: 10 ms each. A co-resident
+  // channel's messages (the receiving library's count, across its u32 wrap: 0x200 of them)
+  // give samples too.
+  assert.deepEqual(r.latencyUs.bypass, [1000, 0.5e6 / 0x200]);
   assert.deepEqual(r.latencyUs.split, [10_000]);
   // The driver domain is never a path's domain.
   assert.equal(r.paths.native.domains, 0);

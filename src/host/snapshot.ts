@@ -76,6 +76,9 @@ export interface ChannelSnapshot {
   bytesIn: number;
   backlogOut: number;
   backlogIn: number;
+  /** Messages the peer took from this endpoint's lane, and this endpoint from the peer's (u32, wrap). */
+  msgsOut: number;
+  msgsIn: number;
 }
 
 export interface EndpointSnapshot {
@@ -246,6 +249,8 @@ export const HostSnapshotSchema = z.object({
               bytesIn: num,
               backlogOut: num,
               backlogIn: num,
+              msgsOut: num.default(0),
+              msgsIn: num.default(0),
             }),
           )
           .max(MAX),
@@ -335,8 +340,8 @@ export interface HostRates {
    * Latency samples per path, in µs: for each endpoint (bypass, native) or vif (split) that
    * received something in the interval, the interval divided by what it received (NIC
    * messages: eager receives and pulls; frames for a vif). In a ping-pong that is the round
-   * trip; in a stream, the time between arrivals. Co-resident channel messages are not
-   * counted one by one anywhere, so they give no sample.
+   * trip; in a stream, the time between arrivals. Co-resident channel messages count too:
+   * the receiving library counts what it takes from each lane (LaneWord.Messages).
    */
   latencyUs: Record<TrafficPath, number[]>;
 }
@@ -366,12 +371,16 @@ export function rates(prev: HostSnapshot, cur: HostSnapshot): HostRates {
     const bytesIn = d(n.recv_bytes, o.recv_bytes) + d(n.pull_bytes, o.pull_bytes);
     let chOut = 0;
     let chIn = 0;
+    let chMsgsOut = 0;
+    let chMsgsIn = 0;
     const prevCh = new Map((p?.session === e.session ? p.channels : []).map((c) => [c.id, c]));
     for (const c of e.channels) {
       const pc = prevCh.get(c.id);
       if (!pc) continue;
       chOut += du32(c.bytesOut, pc.bytesOut);
       chIn += du32(c.bytesIn, pc.bytesIn);
+      chMsgsOut += du32(c.msgsOut, pc.msgsOut);
+      chMsgsIn += du32(c.msgsIn, pc.msgsIn);
     }
     endpoints[e.id] = {
       msgsOut: per(msgsOut),
@@ -381,10 +390,10 @@ export function rates(prev: HostSnapshot, cur: HostSnapshot): HostRates {
       channelBytesOut: per(chOut),
       channelBytesIn: per(chIn),
     };
-    if (msgsIn > 0) latencyUs[e.path].push((dt * 1e6) / msgsIn);
+    if (msgsIn + chMsgsIn > 0) latencyUs[e.path].push((dt * 1e6) / (msgsIn + chMsgsIn));
     const agg = byDomain.get(e.domid) ?? { bypass: 0, native: 0, msgs: 0 };
     agg[e.path] += bytesOut + bytesIn + chOut + chIn;
-    agg.msgs += msgsOut + msgsIn;
+    agg.msgs += msgsOut + msgsIn + chMsgsOut + chMsgsIn;
     byDomain.set(e.domid, agg);
   }
   const prevDoms = new Map(prev.domains.map((x) => [x.domid, x]));

@@ -429,6 +429,7 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
       return;
     }
 
+    rd.countMessage();
     const r = this.rec;
     r.rndv = type === RecordType.Rndv;
     r.flags = rd.flags;

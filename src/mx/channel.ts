@@ -121,6 +121,7 @@ export class LaneReader {
   /** Byte offset of the payload in `bytes`. */
   payload = 0;
   private size = 0;
+  private messages = 0;
 
   constructor(
     channel: SharedArrayBuffer,
@@ -133,6 +134,7 @@ export class LaneReader {
     this.words = new Uint32Array(channel, off + LANE_HEADER_BYTES, LANE_BYTES / 4);
     this.head = Atomics.load(this.ctl, LaneWord.Head) >>> 0;
     this.tailSeen = this.head;
+    this.messages = Atomics.load(this.ctl, LaneWord.Messages) >>> 0;
   }
 
   /** True if a record is ready (its fields are loaded); false if the lane is empty or broken. */
@@ -182,6 +184,11 @@ export class LaneReader {
       Atomics.load(this.ctl, LaneWord.SpaceWanted) !== 0 &&
       Atomics.exchange(this.ctl, LaneWord.SpaceWanted, 0) !== 0
     );
+  }
+
+  /** Counts one message taken from the lane, for the host's inspection (LaneWord.Messages). */
+  countMessage(): void {
+    Atomics.store(this.ctl, LaneWord.Messages, ++this.messages | 0);
   }
 
   /** Consumes the current record (frees its space for the writer). */

@@ -14,6 +14,9 @@
  *     Closed       [either member, or myrback]  nonzero: the channel is dead
  *     SpaceWanted  [writer sets, reader clears]  the writer found the lane full and waits:
  *                  the reader wakes it after freeing space
+ *     Messages     [reader]  messages taken from the lane (u32, wraps): what the host's
+ *                  inspection counts for co-resident traffic (rates, latency samples); the
+ *                  reader's own word, so it is as true as that endpoint's library
  *
  *   record (RecordWord: u32 indices from the record's start; 8-byte aligned, never wrapping;
  *   all written by the lane's writer, copied out once by its reader, which treats them as
@@ -45,6 +48,7 @@ export const enum LaneWord {
   Head = 32,
   Closed = 64,
   SpaceWanted = 96,
+  Messages = 128,
 }
 
 export const RECORD_HEADER_BYTES = 48;

@@ -18,7 +18,7 @@ import {
   W_SQ_PROD,
 } from "../../nic/window.js";
 import type { DomId } from "../../xen/abi.js";
-import { LANE_BYTES, LANE_HEADER_BYTES } from "../channel-abi.js";
+import { LANE_BYTES, LANE_HEADER_BYTES, LaneWord } from "../channel-abi.js";
 import type { ClientKind, EndpointRec } from "./records.js";
 
 /** A co-resident channel as one of its members sees it (bytes are the lanes' free-running u32 positions). */
@@ -34,6 +34,10 @@ export interface BackendChannelInfo {
   backlogOut: number;
   /** Bytes the peer wrote that this endpoint has not consumed yet. */
   backlogIn: number;
+  /** Messages the peer took from this endpoint's lane (u32, wraps; the peer's library counts). */
+  msgsOut: number;
+  /** Messages this endpoint took from the peer's lane (u32, wraps). */
+  msgsIn: number;
 }
 
 export interface BackendEndpointInfo {
@@ -63,11 +67,18 @@ export interface BackendEndpointInfo {
  * s × (LANE_HEADER_BYTES + LANE_BYTES); its tail, the bytes written, in word 0; its head, the
  * bytes consumed, in word 32). test/toolstack.test.ts checks this against LaneWriter/LaneReader.
  */
-export function laneProgress(channel: SharedArrayBuffer, side: 0 | 1): { written: number; backlog: number } {
-  const ctl = new Int32Array(channel, side * (LANE_HEADER_BYTES + LANE_BYTES), 64);
-  const tail = Atomics.load(ctl, 0) >>> 0;
-  const head = Atomics.load(ctl, 32) >>> 0;
-  return { written: tail, backlog: (tail - head) >>> 0 };
+export function laneProgress(
+  channel: SharedArrayBuffer,
+  side: 0 | 1,
+): { written: number; backlog: number; messages: number } {
+  const ctl = new Int32Array(channel, side * (LANE_HEADER_BYTES + LANE_BYTES), LANE_HEADER_BYTES / 4);
+  const tail = Atomics.load(ctl, LaneWord.Tail) >>> 0;
+  const head = Atomics.load(ctl, LaneWord.Head) >>> 0;
+  return {
+    written: tail,
+    backlog: (tail - head) >>> 0,
+    messages: Atomics.load(ctl, LaneWord.Messages) >>> 0,
+  };
 }
 
 /** The open endpoints of `endpoints`, described from their records and shared words, by id. */
@@ -98,6 +109,8 @@ export function describeEndpoints(endpoints: Iterable<EndpointRec>): BackendEndp
         peerDomid: peer.owner.domid,
         bytesOut: mine.written,
         bytesIn: theirs.written,
+        msgsOut: mine.messages,
+        msgsIn: theirs.messages,
         backlogOut: mine.backlog,
         backlogIn: theirs.backlog,
       });
