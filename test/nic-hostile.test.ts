@@ -63,6 +63,8 @@ async function result(g: Guest): Promise<Record<string, unknown>> {
 
 type Attempt = { code: string; leaked: number };
 
+// On one host the channel pushes a single rendezvous (no pull right is armed: the record says
+// region 0, key 0) and the attack pulls with what it saw; across hosts the NIC pulls.
 for (const scope of ["one host", "across two hosts"] as const) {
   test(`a receiver pulling an old rendezvous again gets 0 bytes of what the sender sends next (${scope})`, async () => {
     const far = scope === "one host" ? h1 : h2;
