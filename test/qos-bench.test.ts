@@ -46,7 +46,8 @@ test("scale rows plot against guests; isolation and scale rows read as text", ()
   assert.match(html, /scale: bandwidth vs guests \(intra-host\)/);
   assert.match(html, /scale: Jain(&#39;|')s fairness index vs guests/);
   assert.match(html, /guests \(log₂ scale\)/);
-  assert.match(html, /isolation: latency beside a stream ÷ beside a CPU-only neighbour vs message size/);
+  // Measured at one size: a bar.
+  assert.match(html, /isolation: latency beside a stream ÷ beside a CPU-only neighbour at 8 B/);
   const text = describeIsolation(iso).join("\n");
   assert.match(
     text,

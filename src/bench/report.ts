@@ -143,7 +143,9 @@ export function renderHtmlReport(report: BenchReport, opts: HtmlReportOptions = 
       alone.push(g);
       continue;
     }
-    const sizes = new Set(g.map((r) => r.bytes));
+    // bench scale's rows vary in their `guests`, not their size: a line against guests.
+    const guests = g.every((r) => typeof (r as { guests?: unknown }).guests === "number");
+    const sizes = new Set(g.map((r) => (guests ? (r as unknown as { guests: number }).guests : r.bytes)));
     if (sizes.size === 1) bars.push(barPlot(g, `bars-${bars.length + 1}`, ratioTable(g)));
     else plots.push(linePlot(g, `plot-${plots.length + 1}`, ratioTable(g)));
   }
