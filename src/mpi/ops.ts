@@ -142,3 +142,8 @@ export class Scratch {
     return new (like.constructor as TypedCtor)(buf, 0, n);
   }
 }
+
+/** Copies n elements of src (from sOff) into dst (at dOff), byte for byte. */
+export function copyElems(dst: MpiBuffer, dOff: number, src: MpiBuffer, sOff: number, n: number): void {
+  if (n > 0) bytesOf(dst, dOff, n).set(bytesOf(src, sOff, n));
+}
