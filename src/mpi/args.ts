@@ -4,8 +4,9 @@
  * arguments (and the communicator's size), shared by the point-to-point and collective layers.
  */
 
+import { isMpiBuffer, type MpiBuffer, typeName } from "./buffers.js";
 import { ANY_SOURCE, ANY_TAG, MAX_TAG } from "./constants.js";
-import { isMpiBuffer, type MpiBuffer, MpiOp, typeName } from "./ops.js";
+import { MpiOp } from "./ops.js";
 import { MpiError } from "./status.js";
 
 /** A numeric TypedArray. */

@@ -6,6 +6,7 @@
  */
 
 import { atLeast, blocksArg, bufferArg, opArg, sameTypeArg } from "./args.js";
+import { bytesOf, copyElems, type MpiBuffer } from "./buffers.js";
 import {
   type CollectiveTransport,
   TAG_ALLGATHER,
@@ -14,7 +15,7 @@ import {
   TAG_BARRIER,
 } from "./coll-transport.js";
 import { IN_PLACE, type InPlace } from "./constants.js";
-import { bytesOf, copyElems, type MpiBuffer, type MpiOp } from "./ops.js";
+import type { MpiOp } from "./ops.js";
 import { MpiError } from "./status.js";
 
 /** Above this many bytes allreduce switches from recursive doubling to Rabenseifner. */

@@ -7,18 +7,19 @@
  *   coll-nonrooted.ts  barrier, allreduce, allgather(v), alltoall(v)
  *   coll-transport.ts  the collective context's exchanges (Comm extends it)
  *   p2p.ts             members, match bits, verified sources, send/recv/wait/probe
- *   request.ts, status.ts, args.ts, constants.ts, call-state.ts, runtime.ts, ops.ts
+ *   request.ts, status.ts, args.ts, constants.ts, call-state.ts, runtime.ts, ops.ts, buffers.ts
  *
  * Comm extends the point-to-point layer rather than wrapping it, so a send or receive costs
  * no extra hop; a collective is one call into its algorithm's function. Every name this file
  * exported before the cut is exported from here still.
  */
 
+import type { MpiBuffer } from "./buffers.js";
 import * as nonRooted from "./coll-nonrooted.js";
 import * as rooted from "./coll-rooted.js";
 import { CollectiveTransport } from "./coll-transport.js";
 import { IN_PLACE, type InPlace, MAX_CONTEXT } from "./constants.js";
-import { MAX, type MpiBuffer, MpiOp } from "./ops.js";
+import { MAX, MpiOp } from "./ops.js";
 import { MpiError } from "./status.js";
 
 export { ANY_SOURCE, ANY_TAG, IN_PLACE, type InPlace } from "./constants.js";

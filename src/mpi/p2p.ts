@@ -19,6 +19,7 @@ import { RECEIVING, SENDING } from "../cluster/rank-state.js";
 import type { MxAddress, MxEndpoint, MxStatusInfo } from "../mx/endpoint.js";
 import { MxStatus } from "../nic/status.js";
 import { bufferArg, rankArg, tagArg } from "./args.js";
+import { bytesOf, type MpiBuffer, typeName } from "./buffers.js";
 import {
   CALL_PROBE,
   CALL_RECV,
@@ -29,7 +30,6 @@ import {
   CALL_WAITANY,
 } from "./call-state.js";
 import { ANY_SOURCE, ANY_TAG } from "./constants.js";
-import { bytesOf, type MpiBuffer, typeName } from "./ops.js";
 import { MpiRequest } from "./request.js";
 import type { Runtime } from "./runtime.js";
 import { failureHint, MpiError, type MpiStatus, truncated } from "./status.js";

@@ -8,8 +8,8 @@
 import type { RankStateWriter } from "../cluster/rank-state.js";
 import type { MxAddress, MxEndpoint } from "../mx/endpoint.js";
 import type { Mx } from "../mx/mx.js";
+import { Scratch } from "./buffers.js";
 import type { Comm } from "./comm.js";
-import { Scratch } from "./ops.js";
 import type { MpiRequest } from "./request.js";
 
 /** A message a rank sent to itself that no receive has taken yet. */

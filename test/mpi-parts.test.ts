@@ -1,6 +1,7 @@
 /**
  * The MPI library's pieces that need no ranks: the argument checks every call runs first
- * (src/mpi/args.ts) and the call codes the library writes for `myrixen run --timeout`
+ * (src/mpi/args.ts), buffers and scratch (buffers.ts), the reduction ops on sub-ranges
+ * (ops.ts), and the call codes the library writes for `myrixen run --timeout`
  * (src/mpi/call-state.ts), read back the way the host reads them (cluster/rank-state.ts).
  */
 import assert from "node:assert/strict";
@@ -16,6 +17,7 @@ import {
   sameTypeArg,
   tagArg,
 } from "../src/mpi/args.js";
+import { bytesOf, copyElems, isMpiBuffer, Scratch } from "../src/mpi/buffers.js";
 import {
   CALL_PROBE,
   CALL_RECV,
@@ -27,7 +29,7 @@ import {
 } from "../src/mpi/call-state.js";
 import { ANY_SOURCE, ANY_TAG, MAX_TAG } from "../src/mpi/constants.js";
 import { MpiError, MpiOp } from "../src/mpi/mpi.js";
-import { SUM } from "../src/mpi/ops.js";
+import { MAX, MIN, PROD, SUM } from "../src/mpi/ops.js";
 
 function throwsMpi(f: () => unknown, ...parts: string[]): void {
   assert.throws(f, (e: unknown) => {
@@ -123,4 +125,42 @@ test("call codes: each point-to-point code and each collective's name is the cal
   assert.match(watch.describe(0), /^waiting in MPI_Send\(dest 1, tag 5\) for /);
   writer.unblock();
   assert.equal(watch.describe(0), "running, not in an MPI call (last blocked in MPI_Send(dest 1, tag 5))");
+});
+
+test("buffers: byte views share memory; copies land on element ranges; scratch grows and is reused", () => {
+  const f = new Float64Array([1, 2, 3, 4]);
+  const v = bytesOf(f, 1, 2);
+  assert.equal(v.byteLength, 16);
+  assert.equal(v.byteOffset, 8);
+  assert.equal(v.buffer, f.buffer);
+  const g = new Float64Array(4);
+  copyElems(g, 2, f, 0, 2);
+  assert.deepEqual(Array.from(g), [0, 0, 1, 2]);
+  copyElems(g, 0, f, 3, 0);
+  assert.deepEqual(Array.from(g), [0, 0, 1, 2]);
+  assert.ok(isMpiBuffer(new Uint8ClampedArray(1)) && isMpiBuffer(new BigUint64Array(1)));
+  assert.ok(!isMpiBuffer(new DataView(new ArrayBuffer(1))) && !isMpiBuffer([1]) && !isMpiBuffer(null));
+  const scratch = new Scratch();
+  const a = scratch.get(0, new Int32Array(0), 10);
+  assert.ok(a instanceof Int32Array && a.length === 10);
+  const again = scratch.get(0, new Float64Array(0), 5);
+  assert.ok(again instanceof Float64Array && again.buffer === a.buffer, "a smaller request reuses the slot");
+  const bigger = scratch.get(0, new Float64Array(0), 1000);
+  assert.ok(bigger.length === 1000 && bigger.buffer !== a.buffer);
+  assert.notEqual(scratch.get(1, new Int32Array(0), 10).buffer, bigger.buffer, "slots are separate");
+});
+
+test("ops: in place on sub-ranges; 32-bit products wrap as C does; BigInt arrays", () => {
+  const a = new Float64Array([1, 2, 3, 4]);
+  SUM.apply(a, 1, new Float64Array([10, 20, 30]), 1, 2);
+  assert.deepEqual(Array.from(a), [1, 22, 33, 4]);
+  // 0x7fffffff² needs 62 bits: a double product loses the low ones (0), C's wraps to 1.
+  const i = new Int32Array([0x7fffffff]);
+  PROD.apply(i, 0, new Int32Array([0x7fffffff]), 0, 1);
+  assert.equal(i[0], 1);
+  const big = new BigInt64Array([5n, -3n]);
+  MIN.apply(big, 0, new BigInt64Array([2n, 7n]), 0, 2);
+  assert.deepEqual(Array.from(big), [2n, -3n]);
+  MAX.apply(big, 0, new BigInt64Array([1n, 9n]), 0, 2);
+  assert.deepEqual(Array.from(big), [2n, 9n]);
 });
