@@ -13,6 +13,12 @@
  * (a launcher takes a few round trips; a static flood of idle sockets cannot keep it out).
  * Refusals of unauthenticated clients are logged with their address and reason, at most 20
  * lines per 10 s (then a count). The NIC's link events come through the same logger.
+ *
+ * This file is the host's lifecycle — start (or serve an existing Host for inspection),
+ * accept and admit connections, stop — and the hub its parts hang on:
+ * control-connection.ts (one client's session: handshake, idle limit, requests),
+ * client-jobs.ts (the jobs a client runs here), host-inspection.ts (status, snapshot and
+ * XenStore answers), peer-links.ts (NIC links to other hosts), listen.ts (sockets, addresses).
  */
 
 import net from "node:net";
@@ -22,26 +28,15 @@ import { Inspector } from "../host/inspect.js";
 import type { HostSnapshot } from "../host/snapshot.js";
 import type { QosPolicy } from "../myrixen/qos-policy.js";
 import type { XenStoreTreeNode } from "../xen/xenstore.js";
-import { type ClusterKey, checkControlProof, controlProof, newNonce } from "./auth.js";
+import type { ClusterKey } from "./auth.js";
+import { ControlConnection } from "./control-connection.js";
+import { HostInspection } from "./host-inspection.js";
 import { formatAddress, type HostAddress, type HostEntry } from "./hostfile.js";
+import { freePort, isWildcard, listen, plainAddress } from "./listen.js";
 import { type LogFields, type Logger, rateLimitedWarn } from "./log.js";
-import { jobsOn, RankRefusal, RankSet } from "./ranks.js";
-import { RemoteHost } from "./remote.js";
-import {
-  CLIENT_TYPES,
-  type ClientMessage,
-  ClientMessageSchema,
-  type HostMessage,
-  LineChannel,
-  type LinkPeer,
-  MAX_HANDSHAKE_LINE_BYTES,
-  MAX_LINE_BYTES,
-  MAX_OUTPUT_LINE,
-  MAX_XENSTORE_NODES,
-  type StartMessage,
-  validateMessage,
-  WIRE_VERSION,
-} from "./wire.js";
+import { PeerLinks } from "./peer-links.js";
+import { jobsOn } from "./ranks.js";
+import { type HostMessage, type LinkPeer, WIRE_VERSION } from "./wire.js";
 
 export interface HostDaemonOptions {
   /** Control address; port 0 picks a free port (logged). */
@@ -101,354 +96,7 @@ export function deriveNicId(hostname: string, port: number): number {
   return h % 0xffffffff;
 }
 
-const WILDCARD = new Set(["0.0.0.0", "::", ""]);
-
-function plainAddress(a: string | undefined): string {
-  return (a ?? "").replace(/^::ffff:(\d+\.\d+\.\d+\.\d+)$/, "$1");
-}
-
-function listen(server: net.Server, a: HostAddress): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const onError = (e: NodeJS.ErrnoException) =>
-      reject(
-        new Error(
-          e.code === "EADDRINUSE"
-            ? `${formatAddress(a)} is already in use (another myrixen host? choose another port)`
-            : `cannot listen on ${formatAddress(a)}: ${e.message}`,
-        ),
-      );
-    server.once("error", onError);
-    server.listen(a.port, a.host, () => {
-      server.off("error", onError);
-      resolve((server.address() as net.AddressInfo).port);
-    });
-  });
-}
-
-/** A port that was free a moment ago (the NIC's listener cannot report the port it bound). */
-async function freePort(host: string): Promise<number> {
-  const s = net.createServer();
-  const port = await listen(s, { host, port: 0 });
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
-}
-
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms).unref());
-
-let connectionIds = 0;
-
-class ControlConnection {
-  readonly id = ++connectionIds;
-  readonly remote: string;
-  private hello: Extract<ClientMessage, { type: "hello" }> | undefined;
-  /** Our nonce, once the client said hello. */
-  private hostNonce: string | undefined;
-  /** The client proved the cluster key. */
-  authenticated = false;
-  readonly jobs = new Map<string, RankSet>();
-  private handshakeTimer: NodeJS.Timeout;
-  private idleTimer: NodeJS.Timeout | undefined;
-  private readonly channel: LineChannel;
-  private droppedLines = 0;
-
-  constructor(
-    private readonly daemon: HostDaemon,
-    private readonly socket: net.Socket,
-    private readonly log: Logger,
-    private readonly opts: {
-      handshakeTimeoutMs: number;
-      idleTimeoutMs: number;
-      key: ClusterKey;
-      refuse: (msg: string, fields: LogFields) => void;
-    },
-  ) {
-    this.remote = `${plainAddress(socket.remoteAddress)}:${socket.remotePort}`;
-    this.channel = new LineChannel(socket, {
-      line: (v) => this.onLine(v),
-      garbage: (why) => this.drop(`it sent ${why}`),
-      close: (why) => this.onClose(why),
-    });
-    // An unauthenticated client cannot make the host buffer more than a handshake line.
-    this.channel.maxLineBytes = MAX_HANDSHAKE_LINE_BYTES;
-    this.handshakeTimer = setTimeout(
-      () =>
-        this.drop(
-          this.hello
-            ? `no proof of the cluster key within ${opts.handshakeTimeoutMs} ms`
-            : `no hello within ${opts.handshakeTimeoutMs} ms`,
-        ),
-      opts.handshakeTimeoutMs,
-    );
-    this.handshakeTimer.unref();
-  }
-
-  private get who(): string {
-    return this.hello ? `${this.hello.role} ${this.hello.name} (${this.remote})` : this.remote;
-  }
-
-  send(m: HostMessage, droppable = false): boolean {
-    return this.channel.send(m, droppable);
-  }
-
-  /** Refuses the client: says why (if it can still hear), logs, closes. */
-  drop(why: string): void {
-    if (this.channel.isClosed) return;
-    // Anyone can make an unauthenticated connection fail: those lines are rate-limited.
-    if (this.authenticated) this.log.warn("dropping a control connection", { client: this.who, reason: why });
-    else
-      this.opts.refuse("dropping a control connection", {
-        client: this.who,
-        reason: why,
-        authenticated: false,
-      });
-    this.channel.send({ type: "error", msg: why } satisfies HostMessage);
-    this.channel.end(why);
-  }
-
-  close(why: string): void {
-    this.channel.end(why);
-  }
-
-  private touch(): void {
-    clearTimeout(this.idleTimer);
-    this.idleTimer = setTimeout(
-      () => this.drop(`silent for ${this.opts.idleTimeoutMs} ms`),
-      this.opts.idleTimeoutMs,
-    );
-    this.idleTimer.unref();
-  }
-
-  private onClose(why: string): void {
-    clearTimeout(this.handshakeTimer);
-    clearTimeout(this.idleTimer);
-    if (this.authenticated) this.log.info("client disconnected", { client: this.who, reason: why });
-    else this.log.debug("connection closed before it authenticated", { client: this.remote, reason: why });
-    for (const [job, set] of this.jobs) {
-      if (set.live === 0) continue;
-      this.log.info("the job's launcher is gone: stopping its ranks here", { job, ranks: set.spec.ranks });
-      void set.stop();
-    }
-    this.daemon.forget(this);
-  }
-
-  /** The handshake: hello → challenge, then auth → our hello with our proof. */
-  private onHandshake(m: Extract<ClientMessage, { type: "hello" | "auth" }>): void {
-    if (m.type === "hello") {
-      this.hello = m;
-      this.hostNonce = newNonce();
-      this.send({ type: "challenge", nonce: this.hostNonce });
-      return;
-    }
-    const hello = this.hello!;
-    const nonce = this.hostNonce!;
-    if (!checkControlProof(this.opts.key, "client", hello.nonce, nonce, m.proof)) {
-      this.drop(
-        "authentication failed: the client's proof does not match this host's cluster key (it holds another key)",
-      );
-      return;
-    }
-    const refusal = this.daemon.admit(this);
-    if (refusal) {
-      this.drop(refusal);
-      return;
-    }
-    clearTimeout(this.handshakeTimer);
-    this.authenticated = true;
-    this.channel.maxLineBytes = MAX_LINE_BYTES;
-    this.log.info("client connected", { client: this.who });
-    this.send(this.daemon.helloFor(this.socket, controlProof(this.opts.key, "host", hello.nonce, nonce)));
-  }
-
-  private onLine(value: unknown): void {
-    const expect = this.authenticated ? null : this.hello === undefined ? "hello" : "auth";
-    const m = validateMessage(value, ClientMessageSchema, CLIENT_TYPES, expect);
-    if (typeof m === "string") {
-      this.drop(m);
-      return;
-    }
-    if (m.type === "hello" || m.type === "auth") {
-      this.onHandshake(m);
-      return;
-    }
-    this.touch();
-    if (
-      m.type === "link" ||
-      m.type === "start" ||
-      m.type === "peers" ||
-      m.type === "stop" ||
-      m.type === "states"
-    ) {
-      const why = this.daemon.observeOnly
-        ? `this host serves inspection only (${this.daemon.observeOnly}): it takes no jobs`
-        : this.hello?.role === "observer"
-          ? `an observer may only ask status, snapshot and xenstore, not "${m.type}"`
-          : undefined;
-      if (why !== undefined) {
-        this.log.warn("refused a request", { client: this.who, type: m.type, reason: why });
-        if (m.type === "link" || m.type === "start")
-          this.send({ type: "reply", id: m.id, ok: false, code: "refused", error: why });
-        if (m.type === "states") this.send({ type: "states", id: m.id, ranks: [] });
-        return;
-      }
-    }
-    switch (m.type) {
-      case "ping":
-        this.send({ type: "pong" });
-        return;
-      case "status":
-        void this.daemon.status(m.id).then((s) => this.send(s));
-        return;
-      case "snapshot":
-        this.daemon.snapshot().then(
-          (snapshot) => this.send({ type: "snapshot", id: m.id, ok: true, snapshot }),
-          (e: Error) => this.send({ type: "snapshot", id: m.id, ok: false, error: e.message }),
-        );
-        return;
-      case "xenstore":
-        this.send({ type: "xenstore", id: m.id, ...this.daemon.xenstore(m.path, m.maxNodes) });
-        return;
-      case "link":
-        this.daemon.ensureLinks(m.peers, m.timeoutMs).then(
-          () => this.send({ type: "reply", id: m.id, ok: true }),
-          (e: Error) => {
-            this.log.warn("cannot link to the job's other hosts", { client: this.who, error: e.message });
-            this.send({ type: "reply", id: m.id, ok: false, code: "failed", error: e.message });
-          },
-        );
-        return;
-      case "start":
-        void this.start(m);
-        return;
-      case "peers": {
-        const set = this.jobs.get(m.job);
-        if (!set)
-          this.log.warn("peers for a job this client has not started here", { client: this.who, job: m.job });
-        else if (m.peers.length !== set.spec.size)
-          this.log.warn("peers list of the wrong length ignored", {
-            job: m.job,
-            got: m.peers.length,
-            size: set.spec.size,
-          });
-        else set.peers(m.peers);
-        return;
-      }
-      case "states":
-        this.send({ type: "states", id: m.id, ranks: this.jobs.get(m.job)?.states() ?? [] });
-        return;
-      case "stop": {
-        const set = this.jobs.get(m.job);
-        if (set) {
-          this.log.info("stopping a job's ranks", { job: m.job, client: this.who });
-          void set.stop();
-        }
-        return;
-      }
-    }
-  }
-
-  private async start(m: StartMessage): Promise<void> {
-    const job = m.job;
-    const reply = (ok: boolean, error?: string, code?: "refused" | "failed") =>
-      this.send({ type: "reply", id: m.id, ok, error, code });
-    if (this.jobs.has(job)) {
-      reply(false, `job ${job} already has ranks on this host`, "refused");
-      return;
-    }
-    const bad = m.ranks.find((r) => r >= m.size);
-    if (bad !== undefined || new Set(m.ranks).size !== m.ranks.length) {
-      reply(false, `ranks ${JSON.stringify(m.ranks)} do not fit a job of size ${m.size}`, "refused");
-      return;
-    }
-    const set = new RankSet(
-      this.daemon.host,
-      {
-        job,
-        size: m.size,
-        path: m.path,
-        program: m.program,
-        argv: m.argv,
-        ranks: m.ranks,
-        key: m.key,
-        pages: m.pages,
-        qos: m.qos,
-        maxHeapMb: m.maxHeapMb,
-        env: m.env,
-      },
-      {
-        output: (rank, stream, line) => {
-          const l = line.length > MAX_OUTPUT_LINE ? `${line.slice(0, MAX_OUTPUT_LINE)}…[cut]` : line;
-          if (!this.send({ type: "output", job, rank, stream, line: l }, true) && !this.channel.isClosed) {
-            if (this.droppedLines++ === 0)
-              this.log.warn("the launcher reads too slowly: dropping rank output", { client: this.who, job });
-          }
-        },
-        addr: (rank, nic, endpoint) => this.send({ type: "addr", job, rank, nic, endpoint }),
-        exit: (e) => {
-          this.log.info("rank ended", {
-            job,
-            rank: e.rank,
-            state: e.state,
-            exitCode: e.exitCode,
-            error: e.error?.message,
-          });
-          this.send({
-            type: "exit",
-            job,
-            rank: e.rank,
-            state: e.state,
-            exitCode: e.exitCode,
-            error: e.error
-              ? {
-                  name: String(e.error.name).slice(0, 256),
-                  message: String(e.error.message).slice(0, 65536),
-                  stack: e.error.stack?.slice(0, 65536),
-                }
-              : undefined,
-            result: wireResult(e.result),
-          });
-        },
-      },
-    );
-    this.jobs.set(job, set);
-    this.log.info("starting ranks", {
-      job,
-      client: this.who,
-      ranks: m.ranks,
-      size: m.size,
-      path: m.path,
-      program: m.program,
-    });
-    try {
-      await set.start();
-      reply(true);
-      void set.done.then(() => {
-        if (this.jobs.get(job) === set) this.jobs.delete(job);
-        this.log.info("the job's ranks here have ended", { job });
-      });
-    } catch (e) {
-      const refused = e instanceof RankRefusal;
-      this.log.warn(refused ? "refused a job" : "could not start a job's ranks", {
-        job,
-        error: (e as Error).message,
-      });
-      reply(false, (e as Error).message, refused ? "refused" : "failed");
-      void set.done.then(() => {
-        if (this.jobs.get(job) === set) this.jobs.delete(job);
-      });
-    }
-  }
-}
-
-/** A rank's return value, if it can travel as JSON (and is not huge). */
-function wireResult(v: unknown): unknown {
-  if (v === undefined) return undefined;
-  try {
-    const s = JSON.stringify(v);
-    return s !== undefined && s.length <= 256 * 1024 ? (JSON.parse(s) as unknown) : undefined;
-  } catch {
-    return undefined;
-  }
-}
 
 export class HostDaemon {
   /** Authenticated control connections. */
@@ -456,13 +104,14 @@ export class HostDaemon {
   /** Connections still in the handshake, oldest first (a Set keeps insertion order). */
   private readonly pending = new Set<ControlConnection>();
   private readonly refuse: (msg: string, fields?: LogFields) => void;
-  private readonly linking = new Map<number, Promise<void>>();
   private stopped = false;
   readonly hostname = osHostname();
   /** Snapshots of the host (inspect.ts), taken when a client asks. */
   readonly inspector: Inspector;
-  private inflight: Promise<HostSnapshot> | undefined;
-  private last: { at: number; snapshot: HostSnapshot } | undefined;
+  /** Status, snapshot and XenStore answers. */
+  private readonly inspection: HostInspection;
+  /** This NIC's links to other hosts' NICs. */
+  private readonly peerLinks: PeerLinks;
 
   private constructor(
     private readonly server: net.Server,
@@ -488,6 +137,16 @@ export class HostDaemon {
       wireVersion: WIRE_VERSION,
       jobs: () => jobsOn(host),
     });
+    this.inspection = new HostInspection(host, this.inspector);
+    this.peerLinks = new PeerLinks({
+      host,
+      key: opts.key,
+      log,
+      hostname: this.hostname,
+      control,
+      linkAddress,
+      stopped: () => this.stopped,
+    });
   }
 
   /** Set when this host serves inspection only: what it is. */
@@ -495,42 +154,17 @@ export class HostDaemon {
     return this.opts.observeOnly;
   }
 
-  /**
-   * A snapshot of the host. Requests that arrive together share one, and one younger than
-   * 100 ms is served again: many clients asking often cost the host a few snapshots a second.
-   */
+  /** A snapshot of the host; clients asking together share one (host-inspection.ts). */
   snapshot(): Promise<HostSnapshot> {
-    if (this.last && Date.now() - this.last.at < 100) return Promise.resolve(this.last.snapshot);
-    this.inflight ??= this.inspector
-      .snapshot()
-      .then((snapshot) => {
-        this.last = { at: Date.now(), snapshot };
-        return snapshot;
-      })
-      .finally(() => {
-        this.inflight = undefined;
-      });
-    return this.inflight;
+    return this.inspection.snapshot();
   }
 
   /** A XenStore subtree, cut to what one control line can carry. */
   xenstore(
     path: string,
-    maxNodes = 2000,
+    maxNodes?: number,
   ): { ok: true; tree: XenStoreTreeNode; nodes: number; truncated: boolean } | { ok: false; error: string } {
-    let limit = Math.min(maxNodes, MAX_XENSTORE_NODES);
-    for (;;) {
-      let t: ReturnType<Inspector["xenstore"]>;
-      try {
-        t = this.inspector.xenstore(path, limit);
-      } catch (e) {
-        return { ok: false, error: (e as Error).message };
-      }
-      // A line carries at most MAX_LINE_BYTES: cut a listing of long values further.
-      if (limit <= 16 || JSON.stringify(t.root).length < MAX_LINE_BYTES - 4096)
-        return { ok: true, tree: t.root, nodes: t.nodes, truncated: t.truncated };
-      limit = Math.floor(limit / 2);
-    }
+    return this.inspection.xenstore(path, maxNodes);
   }
 
   /**
@@ -643,7 +277,7 @@ export class HostDaemon {
       version: WIRE_VERSION,
       clusterKey: opts.key.file ?? "in memory",
     });
-    for (const p of opts.peers ?? []) void daemon.peerLoop(p);
+    for (const p of opts.peers ?? []) void daemon.peerLinks.peerLoop(p);
     return daemon;
   }
 
@@ -705,126 +339,23 @@ export class HostDaemon {
 
   /** A wildcard listener is reached at whatever address the client used for the control port. */
   private advertisedLinkHost(link: HostAddress, socket: net.Socket | undefined): string {
-    if (!WILDCARD.has(link.host)) return link.host;
+    if (!isWildcard(link.host)) return link.host;
     return plainAddress(socket?.localAddress) || "127.0.0.1";
   }
 
   /** What runs here: live guests and native processes, NIC links, jobs and their ranks. */
   async status(id: number): Promise<HostMessage> {
-    const links = await this.links().catch(() => this.linkedNics);
-    const guests = this.host.hypervisor
-      .domains()
-      .filter((d) => !d.privileged && (d.state === "running" || d.state === "booting")).length;
-    const jobs = [...this.conns].flatMap((c) =>
-      [...c.jobs].map(([job, set]) => ({ job, ranks: set.status() })),
-    );
-    return { type: "status", id, nicId: this.nicId, guests, links, jobs };
-  }
-
-  private linkedNics: number[] = [];
-
-  private async links(): Promise<number[]> {
-    this.linkedNics = (await this.host.nicInfo()).links;
-    return this.linkedNics;
+    const links = await this.peerLinks.links().catch(() => this.peerLinks.linkedNics);
+    const jobs = [...this.conns].flatMap((c) => c.jobs.status());
+    return this.inspection.status(id, links, jobs);
   }
 
   /**
-   * Makes sure this NIC is linked to every peer's NIC. Only one side of a pair connects (the
-   * lower NIC id, to the higher), so two hosts asked at once never make two links; the other
-   * side waits for the link to appear. Rejects naming every peer not linked within timeoutMs.
+   * Makes sure this NIC is linked to every peer's NIC (peer-links.ts). Rejects naming every
+   * peer not linked within timeoutMs.
    */
-  async ensureLinks(peers: LinkPeer[], timeoutMs: number): Promise<void> {
-    const deadline = Date.now() + timeoutMs;
-    const results = await Promise.allSettled(peers.map((p) => this.linkTo(p, deadline, timeoutMs)));
-    const problems = results.flatMap((r) => (r.status === "rejected" ? [(r.reason as Error).message] : []));
-    if (problems.length > 0) throw new Error(problems.join("; "));
-  }
-
-  private linkTo(p: LinkPeer, deadline: number, timeoutMs: number): Promise<void> {
-    if (p.nicId === this.nicId)
-      return Promise.reject(
-        new Error(`host ${p.label} has this host's own NIC id ${p.nicId}; give one of them another --nic-id`),
-      );
-    const busy = this.linking.get(p.nicId);
-    if (busy) return busy;
-    const run = (async () => {
-      const where = `host ${p.label} (NIC ${p.nicId}, link ${formatAddress(p)})`;
-      let last = "";
-      while (Date.now() < deadline && !this.stopped) {
-        if ((await this.links()).includes(p.nicId)) return;
-        if (this.nicId < p.nicId) {
-          const left = Math.max(1, Math.min(3000, deadline - Date.now()));
-          try {
-            await this.host.nic.attachLink({
-              kind: "tcp",
-              host: p.host,
-              port: p.port,
-              timeoutMs: left,
-              key: this.opts.key.bytes,
-            });
-            this.log.info("NIC linked", { peer: p.label, peerNic: p.nicId });
-            return;
-          } catch (e) {
-            last = (e as Error).message;
-            this.log.debug("NIC link attempt failed", { peer: p.label, error: last });
-          }
-        }
-        await sleep(this.nicId < p.nicId ? 200 : 50);
-      }
-      if ((await this.links().catch((): number[] => [])).includes(p.nicId)) return;
-      throw new Error(
-        this.nicId < p.nicId
-          ? `no NIC link to ${where} within ${timeoutMs} ms: ${last || "unreachable"}`
-          : `${where} did not link to this host's NIC within ${timeoutMs} ms (the lower NIC id connects)`,
-      );
-    })().finally(() => this.linking.delete(p.nicId));
-    this.linking.set(p.nicId, run);
-    return run;
-  }
-
-  /** Links to one `--peers` host, keeps retrying until it works, and relinks when the link drops. */
-  private async peerLoop(peer: HostEntry): Promise<void> {
-    let delay = 500;
-    let failures = 0;
-    while (!this.stopped) {
-      let rh: RemoteHost | undefined;
-      try {
-        rh = await RemoteHost.connect(peer, {
-          role: "peer",
-          name: `${this.hostname}:${this.control.port}`,
-          key: this.opts.key,
-        });
-        if (rh.nicId === this.nicId)
-          throw new Error(`it has this host's NIC id ${this.nicId}; give one of them another --nic-id`);
-        const link = this.linkAddress!;
-        const me: LinkPeer = {
-          nicId: this.nicId,
-          host: WILDCARD.has(link.host) ? plainAddress(rh.localAddress) : link.host,
-          port: link.port,
-          label: formatAddress({ host: this.hostname, port: this.control.port }),
-        };
-        if (!rh.linkAddress)
-          throw new Error(
-            `it takes no links: it serves inspection only (${rh.observeOnly ?? "no link address"})`,
-          );
-        const them: LinkPeer = { nicId: rh.nicId, ...rh.linkAddress, label: peer.label };
-        await Promise.all([rh.link([me], 10_000), this.ensureLinks([them], 10_000)]);
-        rh.close();
-        this.log.info("linked to peer", { peer: peer.label, peerNic: them.nicId });
-        delay = 500;
-        failures = 0;
-        while (!this.stopped && (await this.links()).includes(them.nicId)) await sleep(2000);
-        if (!this.stopped) this.log.warn("the link to a peer dropped: relinking", { peer: peer.label });
-      } catch (e) {
-        rh?.close();
-        if (this.stopped) return;
-        const fields = { peer: peer.label, error: (e as Error).message, retryMs: delay };
-        if (failures++ === 0) this.log.warn("cannot link to peer yet: retrying", fields);
-        else this.log.debug("cannot link to peer yet: retrying", fields);
-        await sleep(delay);
-        delay = Math.min(delay * 2, 10_000);
-      }
-    }
+  ensureLinks(peers: LinkPeer[], timeoutMs: number): Promise<void> {
+    return this.peerLinks.ensureLinks(peers, timeoutMs);
   }
 
   /** Stops every job's ranks, closes the control port and connections, stops the NIC and the hypervisor. */
@@ -835,7 +366,7 @@ export class HostDaemon {
     const closed = new Promise<void>((r) => this.server.close(() => r()));
     for (const c of this.conns)
       c.send({ type: "log", level: "warn", msg: "the host is shutting down: its ranks are stopped" });
-    const jobs = [...this.conns].flatMap((c) => [...c.jobs.values()]);
+    const jobs = [...this.conns].flatMap((c) => c.jobs.all());
     await Promise.all(jobs.map((s) => s.stop()));
     for (const c of this.conns) c.close("the host is stopping");
     for (const c of this.pending) c.close("the host is stopping");

@@ -1,25 +1,22 @@
 /**
- * Reduction operations (MPI_SUM, MPI_MIN, MPI_MAX, MPI_PROD) and the typed-array plumbing the
- * MPI library shares: which buffers are acceptable, byte views on them, reusable scratch.
- * Ops work in place on sub-ranges (`a[ao + i] = a[ao + i] op b[bo + i]`), so collectives reduce
- * segments of one scratch buffer without allocating per element or per step.
+ * Reduction operations (MPI_SUM, MPI_MIN, MPI_MAX, MPI_PROD). Ops work in place on sub-ranges
+ * (`a[ao + i] = a[ao + i] op b[bo + i]`), so collectives reduce segments of one scratch buffer
+ * without allocating per element or per step. The typed-array plumbing is buffers.ts (its
+ * names are exported from here too, as before).
  */
 
-export type NumberArray =
-  | Float64Array
-  | Float32Array
-  | Int32Array
-  | Uint32Array
-  | Int16Array
-  | Uint16Array
-  | Int8Array
-  | Uint8Array
-  | Uint8ClampedArray;
-export type BigIntArray = BigInt64Array | BigUint64Array;
-/** Any buffer MPI calls accept: a numeric TypedArray; counts are in its elements. */
-export type MpiBuffer = NumberArray | BigIntArray;
+import type { BigIntArray, MpiBuffer } from "./buffers.js";
 
-type TypedCtor = new (buffer: ArrayBufferLike, byteOffset: number, length: number) => MpiBuffer;
+export {
+  type BigIntArray,
+  bytesOf,
+  copyElems,
+  isMpiBuffer,
+  type MpiBuffer,
+  type NumberArray,
+  Scratch,
+  typeName,
+} from "./buffers.js";
 
 interface NumVec {
   [i: number]: number;
@@ -103,42 +100,3 @@ export const MAX = new MpiOp("MPI.MAX", (a, ao, b, bo, n) => {
     for (let i = 0; i < n; i++) if (y[bo + i] > x[ao + i]) x[ao + i] = y[bo + i];
   }
 });
-
-/** True for the numeric typed arrays MPI accepts (not DataView, not plain arrays). */
-export function isMpiBuffer(b: unknown): b is MpiBuffer {
-  return ArrayBuffer.isView(b) && !(b instanceof DataView) && !isFloat16(b);
-}
-
-function isFloat16(b: unknown): boolean {
-  const F16 = (globalThis as { Float16Array?: new () => unknown }).Float16Array;
-  return F16 !== undefined && b instanceof F16;
-}
-
-export function typeName(b: unknown): string {
-  if (b === null) return "null";
-  if (b === undefined) return "undefined";
-  if (typeof b === "object") return (b as object).constructor?.name ?? "object";
-  return typeof b;
-}
-
-/** A Uint8Array over elements [off, off + n) of `a` (same memory, no copy). */
-export function bytesOf(a: MpiBuffer, off = 0, n = a.length - off): Uint8Array {
-  const bpe = a.BYTES_PER_ELEMENT;
-  return new Uint8Array(a.buffer, a.byteOffset + off * bpe, n * bpe);
-}
-
-/** Scratch buffers reused across calls: grown on demand, never shrunk. */
-export class Scratch {
-  private readonly slots: ArrayBuffer[] = [];
-
-  /** A view of `n` elements of the same type as `like`, in slot `slot` (contents undefined). */
-  get(slot: number, like: MpiBuffer, n: number): MpiBuffer {
-    const bytes = n * like.BYTES_PER_ELEMENT;
-    let buf = this.slots[slot];
-    if (!buf || buf.byteLength < bytes) {
-      buf = new ArrayBuffer(Math.max(bytes, (buf?.byteLength ?? 0) * 2, 64));
-      this.slots[slot] = buf;
-    }
-    return new (like.constructor as TypedCtor)(buf, 0, n);
-  }
-}

@@ -1,0 +1,192 @@
+/**
+ * The jobs one control client (a launcher) runs on this host: placing a job's ranks here
+ * (a RankSet, the same code as the embedded host), passing their output, MPI addresses and
+ * exits back over the client's connection, handing them the job's peer list, answering
+ * where they wait, and stopping them — on request, or all at once when the launcher is gone.
+ * Everything in a request was validated by wire.ts; what a rank sends back is cut to fit a line.
+ */
+
+import type { Host } from "../host/host.js";
+import type { Logger } from "./log.js";
+import { RankRefusal, RankSet } from "./ranks.js";
+import { type HostMessage, MAX_OUTPUT_LINE, type StartMessage } from "./wire.js";
+
+/** What the jobs need of the connection they came on. */
+export interface JobClient {
+  /** Who the client is, for log lines. */
+  readonly who: string;
+  readonly isClosed: boolean;
+  /** Sends a message; `droppable` ones are dropped (false) when the client reads too slowly. */
+  send(m: HostMessage, droppable?: boolean): boolean;
+}
+
+export class ClientJobs {
+  private readonly sets = new Map<string, RankSet>();
+  private droppedLines = 0;
+
+  constructor(
+    private readonly host: Host,
+    private readonly client: JobClient,
+    private readonly log: Logger,
+  ) {}
+
+  get(job: string): RankSet | undefined {
+    return this.sets.get(job);
+  }
+
+  /** Every job's rank set, running or ended but not yet forgotten. */
+  all(): RankSet[] {
+    return [...this.sets.values()];
+  }
+
+  /** The status of each job's ranks here, for a status answer. */
+  status(): { job: string; ranks: ReturnType<RankSet["status"]> }[] {
+    return [...this.sets].map(([job, set]) => ({ job, ranks: set.status() }));
+  }
+
+  /** The launcher went away: its jobs' ranks here go too. */
+  launcherGone(): void {
+    for (const [job, set] of this.sets) {
+      if (set.live === 0) continue;
+      this.log.info("the job's launcher is gone: stopping its ranks here", { job, ranks: set.spec.ranks });
+      void set.stop();
+    }
+  }
+
+  /** Starts the ranks a start request names and replies whether they run. */
+  async start(m: StartMessage): Promise<void> {
+    const job = m.job;
+    const reply = (ok: boolean, error?: string, code?: "refused" | "failed") =>
+      this.client.send({ type: "reply", id: m.id, ok, error, code });
+    if (this.sets.has(job)) {
+      reply(false, `job ${job} already has ranks on this host`, "refused");
+      return;
+    }
+    const bad = m.ranks.find((r) => r >= m.size);
+    if (bad !== undefined || new Set(m.ranks).size !== m.ranks.length) {
+      reply(false, `ranks ${JSON.stringify(m.ranks)} do not fit a job of size ${m.size}`, "refused");
+      return;
+    }
+    const set = new RankSet(
+      this.host,
+      {
+        job,
+        size: m.size,
+        path: m.path,
+        program: m.program,
+        argv: m.argv,
+        ranks: m.ranks,
+        key: m.key,
+        pages: m.pages,
+        qos: m.qos,
+        maxHeapMb: m.maxHeapMb,
+        env: m.env,
+      },
+      {
+        output: (rank, stream, line) => {
+          const l = line.length > MAX_OUTPUT_LINE ? `${line.slice(0, MAX_OUTPUT_LINE)}…[cut]` : line;
+          if (
+            !this.client.send({ type: "output", job, rank, stream, line: l }, true) &&
+            !this.client.isClosed
+          ) {
+            if (this.droppedLines++ === 0)
+              this.log.warn("the launcher reads too slowly: dropping rank output", {
+                client: this.client.who,
+                job,
+              });
+          }
+        },
+        addr: (rank, nic, endpoint) => this.client.send({ type: "addr", job, rank, nic, endpoint }),
+        exit: (e) => {
+          this.log.info("rank ended", {
+            job,
+            rank: e.rank,
+            state: e.state,
+            exitCode: e.exitCode,
+            error: e.error?.message,
+          });
+          this.client.send({
+            type: "exit",
+            job,
+            rank: e.rank,
+            state: e.state,
+            exitCode: e.exitCode,
+            error: e.error
+              ? {
+                  name: String(e.error.name).slice(0, 256),
+                  message: String(e.error.message).slice(0, 65536),
+                  stack: e.error.stack?.slice(0, 65536),
+                }
+              : undefined,
+            result: wireResult(e.result),
+          });
+        },
+      },
+    );
+    this.sets.set(job, set);
+    this.log.info("starting ranks", {
+      job,
+      client: this.client.who,
+      ranks: m.ranks,
+      size: m.size,
+      path: m.path,
+      program: m.program,
+    });
+    try {
+      await set.start();
+      reply(true);
+      void set.done.then(() => {
+        if (this.sets.get(job) === set) this.sets.delete(job);
+        this.log.info("the job's ranks here have ended", { job });
+      });
+    } catch (e) {
+      const refused = e instanceof RankRefusal;
+      this.log.warn(refused ? "refused a job" : "could not start a job's ranks", {
+        job,
+        error: (e as Error).message,
+      });
+      reply(false, (e as Error).message, refused ? "refused" : "failed");
+      void set.done.then(() => {
+        if (this.sets.get(job) === set) this.sets.delete(job);
+      });
+    }
+  }
+
+  /** The job's peer list (every rank's MX address), for its ranks here. */
+  peers(job: string, peers: Parameters<RankSet["peers"]>[0]): void {
+    const set = this.sets.get(job);
+    if (!set)
+      this.log.warn("peers for a job this client has not started here", { client: this.client.who, job });
+    else if (peers.length !== set.spec.size)
+      this.log.warn("peers list of the wrong length ignored", {
+        job,
+        got: peers.length,
+        size: set.spec.size,
+      });
+    else set.peers(peers);
+  }
+
+  /** Where each of the job's ranks here is (which MPI call it waits in), for `--timeout`. */
+  states(job: string): ReturnType<RankSet["states"]> {
+    return this.sets.get(job)?.states() ?? [];
+  }
+
+  stop(job: string): void {
+    const set = this.sets.get(job);
+    if (set) {
+      this.log.info("stopping a job's ranks", { job, client: this.client.who });
+      void set.stop();
+    }
+  }
+}
+
+/** A rank's return value, if it can travel as JSON (and is not huge). */
+function wireResult(v: unknown): unknown {
+  if (v === undefined) return undefined;
+  try {
+    const s = JSON.stringify(v);
+    return s !== undefined && s.length <= 256 * 1024 ? (JSON.parse(s) as unknown) : undefined;
+  } catch {
+    return undefined;
+  }
+}

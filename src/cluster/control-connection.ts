@@ -1,0 +1,251 @@
+/**
+ * A control connection to a host: one client (a launcher, an observer, a peer host) on the
+ * control port (wire.ts). Every client is untrusted: until it proves the cluster key
+ * (hello → challenge → auth → our hello with our proof, auth.ts) it may send only the
+ * handshake, in lines of at most MAX_HANDSHAKE_LINE_BYTES, within handshakeTimeoutMs; after,
+ * a client silent for idleTimeoutMs is dropped. Garbage, an oversized line, a wrong version or
+ * an unknown message is logged and the connection dropped. An observer, or any client of a
+ * host that serves inspection only, may ask status, snapshot and xenstore but not run jobs.
+ * The jobs a client starts are its ClientJobs (client-jobs.ts); they end when it goes.
+ */
+
+import type net from "node:net";
+import type { Host } from "../host/host.js";
+import type { HostSnapshot } from "../host/snapshot.js";
+import type { XenStoreTreeNode } from "../xen/xenstore.js";
+import { type ClusterKey, checkControlProof, controlProof, newNonce } from "./auth.js";
+import { ClientJobs, type JobClient } from "./client-jobs.js";
+import { plainAddress } from "./listen.js";
+import type { LogFields, Logger } from "./log.js";
+import {
+  CLIENT_TYPES,
+  type ClientMessage,
+  ClientMessageSchema,
+  type HostMessage,
+  LineChannel,
+  type LinkPeer,
+  MAX_HANDSHAKE_LINE_BYTES,
+  MAX_LINE_BYTES,
+  validateMessage,
+} from "./wire.js";
+
+/** What a connection asks of the host that accepted it (HostDaemon). */
+export interface ControlService {
+  readonly host: Host;
+  /** Set when the host serves inspection only: what it is. */
+  readonly observeOnly: string | undefined;
+  /** The client proved the key: it becomes a client, or the reason it cannot. */
+  admit(c: ControlConnection): string | undefined;
+  /** The connection closed. */
+  forget(c: ControlConnection): void;
+  /** The host's hello to an authenticated client, with the host's proof. */
+  helloFor(socket: net.Socket, proof: string): HostMessage;
+  status(id: number): Promise<HostMessage>;
+  snapshot(): Promise<HostSnapshot>;
+  xenstore(
+    path: string,
+    maxNodes?: number,
+  ): { ok: true; tree: XenStoreTreeNode; nodes: number; truncated: boolean } | { ok: false; error: string };
+  ensureLinks(peers: LinkPeer[], timeoutMs: number): Promise<void>;
+}
+
+export interface ControlConnectionOptions {
+  handshakeTimeoutMs: number;
+  idleTimeoutMs: number;
+  key: ClusterKey;
+  /** Logs a refusal of an unauthenticated client (rate-limited: anyone can cause one). */
+  refuse: (msg: string, fields: LogFields) => void;
+}
+
+let connectionIds = 0;
+
+export class ControlConnection implements JobClient {
+  readonly id = ++connectionIds;
+  readonly remote: string;
+  private hello: Extract<ClientMessage, { type: "hello" }> | undefined;
+  /** Our nonce, once the client said hello. */
+  private hostNonce: string | undefined;
+  /** The client proved the cluster key. */
+  authenticated = false;
+  /** The jobs this client runs on this host. */
+  readonly jobs: ClientJobs;
+  private handshakeTimer: NodeJS.Timeout;
+  private idleTimer: NodeJS.Timeout | undefined;
+  private readonly channel: LineChannel;
+
+  constructor(
+    private readonly daemon: ControlService,
+    private readonly socket: net.Socket,
+    private readonly log: Logger,
+    private readonly opts: ControlConnectionOptions,
+  ) {
+    this.jobs = new ClientJobs(daemon.host, this, log);
+    this.remote = `${plainAddress(socket.remoteAddress)}:${socket.remotePort}`;
+    this.channel = new LineChannel(socket, {
+      line: (v) => this.onLine(v),
+      garbage: (why) => this.drop(`it sent ${why}`),
+      close: (why) => this.onClose(why),
+    });
+    // An unauthenticated client cannot make the host buffer more than a handshake line.
+    this.channel.maxLineBytes = MAX_HANDSHAKE_LINE_BYTES;
+    this.handshakeTimer = setTimeout(
+      () =>
+        this.drop(
+          this.hello
+            ? `no proof of the cluster key within ${opts.handshakeTimeoutMs} ms`
+            : `no hello within ${opts.handshakeTimeoutMs} ms`,
+        ),
+      opts.handshakeTimeoutMs,
+    );
+    this.handshakeTimer.unref();
+  }
+
+  get who(): string {
+    return this.hello ? `${this.hello.role} ${this.hello.name} (${this.remote})` : this.remote;
+  }
+
+  get isClosed(): boolean {
+    return this.channel.isClosed;
+  }
+
+  send(m: HostMessage, droppable = false): boolean {
+    return this.channel.send(m, droppable);
+  }
+
+  /** Refuses the client: says why (if it can still hear), logs, closes. */
+  drop(why: string): void {
+    if (this.channel.isClosed) return;
+    // Anyone can make an unauthenticated connection fail: those lines are rate-limited.
+    if (this.authenticated) this.log.warn("dropping a control connection", { client: this.who, reason: why });
+    else
+      this.opts.refuse("dropping a control connection", {
+        client: this.who,
+        reason: why,
+        authenticated: false,
+      });
+    this.channel.send({ type: "error", msg: why } satisfies HostMessage);
+    this.channel.end(why);
+  }
+
+  close(why: string): void {
+    this.channel.end(why);
+  }
+
+  private touch(): void {
+    clearTimeout(this.idleTimer);
+    this.idleTimer = setTimeout(
+      () => this.drop(`silent for ${this.opts.idleTimeoutMs} ms`),
+      this.opts.idleTimeoutMs,
+    );
+    this.idleTimer.unref();
+  }
+
+  private onClose(why: string): void {
+    clearTimeout(this.handshakeTimer);
+    clearTimeout(this.idleTimer);
+    if (this.authenticated) this.log.info("client disconnected", { client: this.who, reason: why });
+    else this.log.debug("connection closed before it authenticated", { client: this.remote, reason: why });
+    this.jobs.launcherGone();
+    this.daemon.forget(this);
+  }
+
+  /** The handshake: hello → challenge, then auth → our hello with our proof. */
+  private onHandshake(m: Extract<ClientMessage, { type: "hello" | "auth" }>): void {
+    if (m.type === "hello") {
+      this.hello = m;
+      this.hostNonce = newNonce();
+      this.send({ type: "challenge", nonce: this.hostNonce });
+      return;
+    }
+    const hello = this.hello!;
+    const nonce = this.hostNonce!;
+    if (!checkControlProof(this.opts.key, "client", hello.nonce, nonce, m.proof)) {
+      this.drop(
+        "authentication failed: the client's proof does not match this host's cluster key (it holds another key)",
+      );
+      return;
+    }
+    const refusal = this.daemon.admit(this);
+    if (refusal) {
+      this.drop(refusal);
+      return;
+    }
+    clearTimeout(this.handshakeTimer);
+    this.authenticated = true;
+    this.channel.maxLineBytes = MAX_LINE_BYTES;
+    this.log.info("client connected", { client: this.who });
+    this.send(this.daemon.helloFor(this.socket, controlProof(this.opts.key, "host", hello.nonce, nonce)));
+  }
+
+  private onLine(value: unknown): void {
+    const expect = this.authenticated ? null : this.hello === undefined ? "hello" : "auth";
+    const m = validateMessage(value, ClientMessageSchema, CLIENT_TYPES, expect);
+    if (typeof m === "string") {
+      this.drop(m);
+      return;
+    }
+    if (m.type === "hello" || m.type === "auth") {
+      this.onHandshake(m);
+      return;
+    }
+    this.touch();
+    if (
+      m.type === "link" ||
+      m.type === "start" ||
+      m.type === "peers" ||
+      m.type === "stop" ||
+      m.type === "states"
+    ) {
+      const why = this.daemon.observeOnly
+        ? `this host serves inspection only (${this.daemon.observeOnly}): it takes no jobs`
+        : this.hello?.role === "observer"
+          ? `an observer may only ask status, snapshot and xenstore, not "${m.type}"`
+          : undefined;
+      if (why !== undefined) {
+        this.log.warn("refused a request", { client: this.who, type: m.type, reason: why });
+        if (m.type === "link" || m.type === "start")
+          this.send({ type: "reply", id: m.id, ok: false, code: "refused", error: why });
+        if (m.type === "states") this.send({ type: "states", id: m.id, ranks: [] });
+        return;
+      }
+    }
+    switch (m.type) {
+      case "ping":
+        this.send({ type: "pong" });
+        return;
+      case "status":
+        void this.daemon.status(m.id).then((s) => this.send(s));
+        return;
+      case "snapshot":
+        this.daemon.snapshot().then(
+          (snapshot) => this.send({ type: "snapshot", id: m.id, ok: true, snapshot }),
+          (e: Error) => this.send({ type: "snapshot", id: m.id, ok: false, error: e.message }),
+        );
+        return;
+      case "xenstore":
+        this.send({ type: "xenstore", id: m.id, ...this.daemon.xenstore(m.path, m.maxNodes) });
+        return;
+      case "link":
+        this.daemon.ensureLinks(m.peers, m.timeoutMs).then(
+          () => this.send({ type: "reply", id: m.id, ok: true }),
+          (e: Error) => {
+            this.log.warn("cannot link to the job's other hosts", { client: this.who, error: e.message });
+            this.send({ type: "reply", id: m.id, ok: false, code: "failed", error: e.message });
+          },
+        );
+        return;
+      case "start":
+        void this.jobs.start(m);
+        return;
+      case "peers":
+        this.jobs.peers(m.job, m.peers);
+        return;
+      case "states":
+        this.send({ type: "states", id: m.id, ranks: this.jobs.states(m.job) });
+        return;
+      case "stop":
+        this.jobs.stop(m.job);
+        return;
+    }
+  }
+}
