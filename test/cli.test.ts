@@ -30,7 +30,7 @@ test("--help lists the commands", async () => {
   assert.match(b.stdout, /substrate/);
   assert.match(b.stdout, /--json <file>/);
   assert.match(b.stdout, /--scope <scope>/);
-  assert.match(b.stdout, /bypass 8 B latency\s+≤ 1\.3× raw-tcp/);
+  assert.match(b.stdout, /against raw-tcp \(the wire\) and raw-chain/);
 });
 
 test("bad usage fails before anything runs, with a message saying what to fix", async () => {
