@@ -22,6 +22,7 @@ import { I_SEQ, raiseInterrupt } from "../nic/window.js";
 import { copyInto } from "./bytes.js";
 import { LaneReader, LaneWriter } from "./channel.js";
 import type { Completion } from "./completion.js";
+import { LanePolicer } from "./lane-policer.js";
 import type { Matching } from "./matching.js";
 import type { DriverEventSink, NicQueues } from "./nic-queues.js";
 import type { PartnerTable } from "./partner.js";
@@ -99,6 +100,8 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
   /** Pushed rendezvous sent and not done yet (`pushes` bounds them). */
   private readonly inFlight: MxRequest[] = [];
   private readonly rights: PullRights;
+  /** Holds the lane we read to the QoS policy myrback wrote for us (absent: no limits). */
+  private readonly policer: LanePolicer | undefined;
 
   constructor(
     private readonly peer: Partner,
@@ -115,6 +118,7 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
     this.rights = parts.rights;
     this.matching = parts.matching;
     this.rec = new InboundRecord(this);
+    this.policer = ch.policy === undefined ? undefined : new LanePolicer(ch.policy, parts.ctx.counters);
   }
 
   /** PeerPath.pushes: yes while fewer than CHANNEL_PUSHES_IN_FLIGHT pushed rendezvous are under way. */
@@ -201,11 +205,20 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
   /** Reads and matches what the peer wrote, then pushes what waits; true if either moved anything. */
   receive(): boolean {
     const rd = this.reader;
+    const pol = this.policer;
     let moved = false;
-    while (rd.next()) {
-      this.onRecord(rd);
-      rd.release();
-      moved = true;
+    if (pol === undefined || pol.begin()) {
+      while (rd.next()) {
+        // A record the caps or this round's share do not allow stays in the lane (lane-policer.ts).
+        if (pol !== undefined && !this.admit(pol, rd)) break;
+        this.onRecord(rd);
+        rd.release();
+        moved = true;
+      }
+    }
+    if (pol !== undefined && pol.heldUntil !== 0) {
+      const ctx = this.ctx;
+      if (ctx.laneHeldUntil === 0 || pol.heldUntil < ctx.laneHeldUntil) ctx.laneHeldUntil = pol.heldUntil;
     }
     if ((this.ctsWaiting.length > 0 || this.pushing.length > 0) && this.push()) moved = true;
     // Space freed: a writer that found the lane full and went to sleep wakes.
@@ -222,6 +235,16 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
       );
     }
     return moved;
+  }
+
+  /** Charges the record `rd` holds to the lane's policy: message bytes and messages, as the NIC counts them. */
+  private admit(pol: LanePolicer, rd: LaneReader): boolean {
+    const type = rd.type;
+    if (type === RecordType.Eager) return pol.admit(rd.length, 1);
+    if (type === RecordType.Frag) return pol.admit(rd.length, 0);
+    // A rendezvous is one message; its bytes come as FRAGs, or through the NIC, which charges them.
+    if (type === RecordType.Rndv) return pol.admit(0, 1);
+    return pol.admit(0, 0);
   }
 
   /** Takes what the peer managed to send before it went away. */
