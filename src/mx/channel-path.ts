@@ -76,6 +76,8 @@ export interface ChannelPathParts {
   readonly completion: Completion;
   readonly matching: Matching;
   readonly rights: PullRights;
+  /** The clock the lane's caps run on (ms; default performance.now: tests give their own). */
+  readonly now?: () => number;
 }
 
 /** One co-resident peer's channel: our lane out (its path) and its lane in. */
@@ -118,7 +120,8 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
     this.rights = parts.rights;
     this.matching = parts.matching;
     this.rec = new InboundRecord(this);
-    this.policer = ch.policy === undefined ? undefined : new LanePolicer(ch.policy, parts.ctx.counters);
+    this.policer =
+      ch.policy === undefined ? undefined : new LanePolicer(ch.policy, parts.ctx.counters, parts.now);
   }
 
   /** PeerPath.pushes: yes while fewer than CHANNEL_PUSHES_IN_FLIGHT pushed rendezvous are under way. */
