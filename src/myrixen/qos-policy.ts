@@ -12,7 +12,10 @@
  * What myrback does (QosPolicies, a few calls from back.ts): it watches the key while the
  * device is connected, validates each value (a bad one is logged and the previous policy
  * stays), and sends every endpoint the domain has open a `set_qos` control request; an
- * endpoint opened later gets it at open time. The NIC enforces it (nic/qos.ts).
+ * endpoint opened later gets it at open time. The NIC enforces it (nic/qos.ts). Co-resident
+ * traffic never reaches the NIC: myrback writes each channel member's lane policy page
+ * (channel-abi.ts; `lanePolicy` below) when the channel is made and whenever either member's
+ * policy changes, and the receiving library holds its lane to it (mx/lane-policer.ts).
  */
 import { z } from "zod";
 import { DEFAULT_QOS, MAX_WEIGHT, type QosSettings } from "../nic/qos.js";
