@@ -22,7 +22,7 @@ import { I_SEQ, raiseInterrupt } from "../nic/window.js";
 import { copyInto } from "./bytes.js";
 import { LaneReader, LaneWriter } from "./channel.js";
 import type { Completion } from "./completion.js";
-import { LanePolicer } from "./lane-policer.js";
+import { CONTROL_RECORD_COST, LanePolicer } from "./lane-policer.js";
 import type { Matching } from "./matching.js";
 import type { DriverEventSink, NicQueues } from "./nic-queues.js";
 import type { PartnerTable } from "./partner.js";
@@ -240,14 +240,18 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
     return moved;
   }
 
-  /** Charges the record `rd` holds to the lane's policy: message bytes and messages, as the NIC counts them. */
+  /**
+   * Charges the record `rd` holds to the lane's policy. A rendezvous is charged its whole
+   * length when it is announced, however its bytes then travel (pushed here as FRAGs, or
+   * pulled by the NIC, which holds them to the same caps again): so every byte the sender
+   * sends this receiver passes one bucket, and a sender cannot pick the way that is not counted.
+   */
   private admit(pol: LanePolicer, rd: LaneReader): boolean {
     const type = rd.type;
-    if (type === RecordType.Eager) return pol.admit(rd.length, 1);
-    if (type === RecordType.Frag) return pol.admit(rd.length, 0);
-    // A rendezvous is one message; its bytes come as FRAGs, or through the NIC, which charges them.
-    if (type === RecordType.Rndv) return pol.admit(0, 1);
-    return pol.admit(0, 0);
+    if (type === RecordType.Eager) return pol.admit(rd.length, 1, rd.length);
+    if (type === RecordType.Frag) return pol.share(rd.length);
+    if (type === RecordType.Rndv) return pol.admit(rd.length, 1, 0);
+    return pol.admit(CONTROL_RECORD_COST, 0, CONTROL_RECORD_COST);
   }
 
   /** Takes what the peer managed to send before it went away. */

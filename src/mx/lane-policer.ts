@@ -12,20 +12,20 @@
  * willing sender gives it, burning its own CPU: a pair that colludes could as well move
  * bytes through the channel's memory without MX at all, which no limit on messages stops.
  *
- * Discipline, as the NIC's caps (nic/qos.ts): token buckets 25 ms of the rate deep; a record
+ * Discipline, as the NIC's caps (nic/qos.ts): token buckets 25 ms of the rate deep (at most
+ * 16 MiB), empty when a cap appears; a record
  * may be read while its buckets are not in debt, then takes its whole cost. Between the
  * lanes one receiver reads, weights share its reading: per progress round a lane is read for
  * at most weight × LANE_QUANTUM bytes (a weighted round robin; a record may overdraw, no
  * deficit is carried). Cost when unlimited: one load per round; capped: a clock read per record.
  */
+import { BURST_MAX, BURST_MS } from "../nic/qos.js";
 import type { EndpointCounters } from "./types.js";
 
 /** Bytes a lane of weight 1 is read for per progress round (weight w: w times it). */
 export const LANE_QUANTUM = 64 * 1024;
-/** What a record that carries no message bytes (a NOTIFY, a CTS) costs a byte cap: as an empty descriptor at the NIC. */
+/** What a record that carries no message (a NOTIFY, a CTS) costs a byte cap: as an empty descriptor at the NIC. */
 export const CONTROL_RECORD_COST = 64;
-/** Bucket depth, in ms of the rate. */
-const DEPTH_MS = 25;
 
 export class LanePolicer {
   private readonly seq: Int32Array;
@@ -67,12 +67,11 @@ export class LanePolicer {
   }
 
   /**
-   * May a record carrying `bytes` message bytes and `msgs` messages be read now? If so it is
-   * charged. `bytes` 0 and `msgs` 0 (a control record) costs CONTROL_RECORD_COST bytes.
+   * May a record that costs the caps `bytes` and `msgs` (and this round's share `roundBytes`)
+   * be read now? If so it is charged.
    */
-  admit(bytes: number, msgs: number): boolean {
+  admit(bytes: number, msgs: number, roundBytes: number): boolean {
     if (this.round <= 0) return false;
-    const cost = bytes === 0 && msgs === 0 ? CONTROL_RECORD_COST : bytes;
     if (this.capped) {
       if (this.bytes < 0 || this.msgs < 0) {
         const t = this.now();
@@ -86,10 +85,17 @@ export class LanePolicer {
         }
       }
       this.heldUntil = 0;
-      if (this.bytesPerSec > 0) this.bytes -= cost;
+      if (this.bytesPerSec > 0) this.bytes -= bytes;
       if (this.msgsPerSec > 0) this.msgs -= msgs;
     }
-    this.round -= cost;
+    this.round -= roundBytes;
+    return true;
+  }
+
+  /** A record already paid for (a piece of a charged rendezvous): only this round's share. */
+  share(roundBytes: number): boolean {
+    if (this.round <= 0) return false;
+    this.round -= roundBytes;
     return true;
   }
 
@@ -115,13 +121,11 @@ export class LanePolicer {
     this.refill(t);
     const newBytes = rate(bytesPerSec);
     const newMsgs = rate(msgsPerSec);
-    this.bytesDepth = (newBytes * DEPTH_MS) / 1000;
-    this.msgsDepth = Math.max(1, (newMsgs * DEPTH_MS) / 1000);
-    // A cap that appears starts with a full bucket; one that goes leaves no debt behind.
-    this.bytes =
-      newBytes === 0 ? 0 : this.bytesPerSec === 0 ? this.bytesDepth : Math.min(this.bytes, this.bytesDepth);
-    this.msgs =
-      newMsgs === 0 ? 0 : this.msgsPerSec === 0 ? this.msgsDepth : Math.min(this.msgs, this.msgsDepth);
+    this.bytesDepth = Math.min((newBytes * BURST_MS) / 1000, BURST_MAX);
+    this.msgsDepth = Math.max(1, (newMsgs * BURST_MS) / 1000);
+    // As at the NIC: a cap that appears starts with an empty bucket; one that goes leaves no debt.
+    this.bytes = newBytes === 0 ? 0 : Math.min(this.bytes, this.bytesDepth);
+    this.msgs = newMsgs === 0 ? 0 : Math.min(this.msgs, this.msgsDepth);
     this.bytesPerSec = newBytes;
     this.msgsPerSec = newMsgs;
     this.weight = Number.isFinite(weight) && weight >= 1 ? Math.min(1000, Math.floor(weight)) : 1;
