@@ -242,15 +242,17 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
 
   /**
    * Charges the record `rd` holds to the lane's policy. A rendezvous is charged its whole
-   * length when it is announced, however its bytes then travel (pushed here as FRAGs, or
-   * pulled by the NIC, which holds them to the same caps again): so every byte the sender
-   * sends this receiver passes one bucket, and a sender cannot pick the way that is not counted.
+   * length when it is announced, however its bytes then travel, so a sender cannot pick the
+   * way that is not counted: one to push through the lane waits for the bucket like an eager
+   * message; one the NIC pulls is charged but not held (the NIC holds its bytes to the same
+   * caps), so the lane's own traffic leaves it room.
    */
   private admit(pol: LanePolicer, rd: LaneReader): boolean {
     const type = rd.type;
     if (type === RecordType.Eager) return pol.admit(rd.length, 1, rd.length);
     if (type === RecordType.Frag) return pol.share(rd.length);
-    if (type === RecordType.Rndv) return pol.admit(rd.length, 1, 0);
+    if (type === RecordType.Rndv)
+      return rd.flags & FLAG_PUSH ? pol.admit(rd.length, 1, 0) : pol.charge(rd.length, 1);
     return pol.admit(CONTROL_RECORD_COST, 0, CONTROL_RECORD_COST);
   }
 

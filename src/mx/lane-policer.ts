@@ -92,6 +92,16 @@ export class LanePolicer {
     return true;
   }
 
+  /** Charges a record that is not held here (a rendezvous the NIC pulls, which holds its bytes). */
+  charge(bytes: number, msgs: number): boolean {
+    if (this.round <= 0) return false;
+    if (this.capped) {
+      if (this.bytesPerSec > 0) this.bytes -= bytes;
+      if (this.msgsPerSec > 0) this.msgs -= msgs;
+    }
+    return true;
+  }
+
   /** A record already paid for (a piece of a charged rendezvous): only this round's share. */
   share(roundBytes: number): boolean {
     if (this.round <= 0) return false;
