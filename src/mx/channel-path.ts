@@ -22,6 +22,7 @@ import { I_SEQ, raiseInterrupt } from "../nic/window.js";
 import { copyInto } from "./bytes.js";
 import { LaneReader, LaneWriter } from "./channel.js";
 import type { Completion } from "./completion.js";
+import { CONTROL_RECORD_COST, LanePolicer } from "./lane-policer.js";
 import type { Matching } from "./matching.js";
 import type { DriverEventSink, NicQueues } from "./nic-queues.js";
 import type { PartnerTable } from "./partner.js";
@@ -75,6 +76,8 @@ export interface ChannelPathParts {
   readonly completion: Completion;
   readonly matching: Matching;
   readonly rights: PullRights;
+  /** The clock the lane's caps run on (ms; default performance.now: tests give their own). */
+  readonly now?: () => number;
 }
 
 /** One co-resident peer's channel: our lane out (its path) and its lane in. */
@@ -99,6 +102,8 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
   /** Pushed rendezvous sent and not done yet (`pushes` bounds them). */
   private readonly inFlight: MxRequest[] = [];
   private readonly rights: PullRights;
+  /** Holds the lane we read to the QoS policy myrback wrote for us (absent: no limits). */
+  private readonly policer: LanePolicer | undefined;
 
   constructor(
     private readonly peer: Partner,
@@ -115,6 +120,8 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
     this.rights = parts.rights;
     this.matching = parts.matching;
     this.rec = new InboundRecord(this);
+    this.policer =
+      ch.policy === undefined ? undefined : new LanePolicer(ch.policy, parts.ctx.counters, parts.now);
   }
 
   /** PeerPath.pushes: yes while fewer than CHANNEL_PUSHES_IN_FLIGHT pushed rendezvous are under way. */
@@ -201,11 +208,20 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
   /** Reads and matches what the peer wrote, then pushes what waits; true if either moved anything. */
   receive(): boolean {
     const rd = this.reader;
+    const pol = this.policer;
     let moved = false;
-    while (rd.next()) {
-      this.onRecord(rd);
-      rd.release();
-      moved = true;
+    if (pol === undefined || pol.begin()) {
+      while (rd.next()) {
+        // A record the caps or this round's share do not allow stays in the lane (lane-policer.ts).
+        if (pol !== undefined && !this.admit(pol, rd)) break;
+        this.onRecord(rd);
+        rd.release();
+        moved = true;
+      }
+    }
+    if (pol !== undefined && pol.heldUntil !== 0) {
+      const ctx = this.ctx;
+      if (ctx.laneHeldUntil === 0 || pol.heldUntil < ctx.laneHeldUntil) ctx.laneHeldUntil = pol.heldUntil;
     }
     if ((this.ctsWaiting.length > 0 || this.pushing.length > 0) && this.push()) moved = true;
     // Space freed: a writer that found the lane full and went to sleep wakes.
@@ -222,6 +238,22 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
       );
     }
     return moved;
+  }
+
+  /**
+   * Charges the record `rd` holds to the lane's policy. A rendezvous is charged its whole
+   * length when it is announced, however its bytes then travel, so a sender cannot pick the
+   * way that is not counted: one to push through the lane waits for the bucket like an eager
+   * message; one the NIC pulls is charged but not held (the NIC holds its bytes to the same
+   * caps), so the lane's own traffic leaves it room.
+   */
+  private admit(pol: LanePolicer, rd: LaneReader): boolean {
+    const type = rd.type;
+    if (type === RecordType.Eager) return pol.admit(rd.length, 1, rd.length);
+    if (type === RecordType.Frag) return pol.share(rd.length);
+    if (type === RecordType.Rndv)
+      return rd.flags & FLAG_PUSH ? pol.admit(rd.length, 1, 0) : pol.charge(rd.length, 1);
+    return pol.admit(CONTROL_RECORD_COST, 0, CONTROL_RECORD_COST);
   }
 
   /** Takes what the peer managed to send before it went away. */

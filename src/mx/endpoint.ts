@@ -448,7 +448,7 @@ export class MxEndpoint {
         Atomics.store(this.intr, I_SLEEPING, 0);
         return this.completion.reap(req);
       }
-      const r = Atomics.waitAsync(this.intr, I_SEQ, seq, Math.min(left, SLEEP_SLICE_MS));
+      const r = Atomics.waitAsync(this.intr, I_SEQ, seq, this.sleepSlice(left, SLEEP_SLICE_MS));
       if (r.async) await r.value;
       Atomics.store(this.intr, I_SLEEPING, 0);
     }
@@ -468,6 +468,7 @@ export class MxEndpoint {
     const sweep = full || (++this.counters.progress & 31) === 0 || this.nic.pulling;
     const partners = this.partners;
     partners.compact();
+    this.ctx.laneHeldUntil = 0;
     const peers = partners.list;
     for (let p = 0; p < peers.length; p++) {
       const peer = peers[p];
@@ -558,7 +559,7 @@ export class MxEndpoint {
         ether.wait(Math.min(deadline - now, MIXED_SLICE_MS));
       } else {
         const slice = ether?.active ? MIXED_SLICE_MS : SLEEP_SLICE_MS;
-        Atomics.wait(intr, I_SEQ, seq, Math.min(deadline - now, slice));
+        Atomics.wait(intr, I_SEQ, seq, this.sleepSlice(deadline - now, slice));
       }
       Atomics.store(intr, I_SLEEPING, 0);
       // Woken: spin again briefly (longer while something moves), the sender usually has more for us.
@@ -576,6 +577,13 @@ export class MxEndpoint {
         }
       }
     }
+  }
+
+  /** How long one sleep may last: no longer than `left` or `slice`, nor past the time a lane held by its caps may be read again. */
+  private sleepSlice(left: number, slice: number): number {
+    const held = this.ctx.laneHeldUntil;
+    const t = Math.min(left, slice);
+    return held === 0 ? t : Math.min(t, Math.max(0, held - performance.now()));
   }
 
   // ---- memory ---------------------------------------------------------------------------------

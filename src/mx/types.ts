@@ -330,6 +330,8 @@ export interface EndpointCounters extends RegCounters {
   held: number;
   /** Liveness probes sent to peers we were waiting on. */
   probes: number;
+  /** Times a co-resident lane was left unread because its QoS caps were in debt (lane-policer.ts). */
+  laneHolds: number;
 }
 
 /**
@@ -361,7 +363,13 @@ export class EndpointContext {
     wireRecvs: 0,
     held: 0,
     probes: 0,
+    laneHolds: 0,
   };
+  /**
+   * Set by a progress round: the earliest time (performance.now()) a lane held by its caps
+   * may be read again, so a blocking wait sleeps no longer than that; 0 when none is held.
+   */
+  laneHeldUntil = 0;
   /** The trace buffer while tracing, else undefined: with tracing off each stage costs one check. */
   trace: TraceBuffer | undefined = undefined;
   private nextId = 1;

@@ -35,6 +35,17 @@
  *
  * myrback needs only the size (CHANNEL_BYTES) and `closeChannelLanes`; the record words are
  * named here so that every word of the shared memory is named in one place.
+ *
+ * Lane policy page (issue 16: co-resident eager messages held to the QoS policy). Both
+ * members can write every word of the channel, so a limit kept there would bind no one. So
+ * each member gets one more page, granted to it alone (never to its peer), in which myrback
+ * writes the limits the member's library holds its *incoming* lane to: the peer's tx caps
+ * combined with the member's own rx caps (the smaller of each), and the peer's weight.
+ * [myrback writes, the reading member reads; the writer of the lane cannot reach it.]
+ *   Int32 word 0  Seq          even: stable; odd: myrback is rewriting (a seqlock)
+ *   Float64 at 8  BytesPerSec  0 = no byte cap
+ *   Float64 at 16 MsgsPerSec   0 = no message cap
+ *   Float64 at 24 Weight       the lane writer's weight (1..1000)
  */
 import { PAGE_SIZE } from "../xen/abi.js";
 
@@ -78,6 +89,27 @@ export const enum RecordFlag {
    * a message whose data stays in the sender's memory).
    */
   NoPayload = 1,
+}
+
+/** The lane policy page (header): one page per member, granted to that member only. */
+export const LANE_POLICY_BYTES = PAGE_SIZE;
+
+/** The limits of one incoming lane (0 = no cap). */
+export interface LanePolicy {
+  bytesPerSec: number;
+  msgsPerSec: number;
+  weight: number;
+}
+
+/** myrback: (re)writes a member's lane policy page; a reader never sees half of it (Seq). */
+export function writeLanePolicy(page: SharedArrayBuffer, p: LanePolicy): void {
+  const seq = new Int32Array(page, 0, 2);
+  const f = new Float64Array(page, 8, 3);
+  Atomics.add(seq, 0, 1);
+  f[0] = p.bytesPerSec;
+  f[1] = p.msgsPerSec;
+  f[2] = p.weight;
+  Atomics.add(seq, 0, 1);
 }
 
 /** Byte offset of lane `side` in the channel. */

@@ -64,6 +64,11 @@ export interface DriverChannel {
   channel: SharedArrayBuffer;
   side: 0 | 1;
   peerIntr: SharedArrayBuffer;
+  /**
+   * This member's lane policy page (channel-abi.ts): the limits the library holds the lane it
+   * reads to. Only this member can reach it. Absent: no limits (a native process's channel).
+   */
+  policy?: SharedArrayBuffer;
 }
 
 export interface DriverConnection {

@@ -19,6 +19,7 @@ import type { PageRun } from "../xen/memory.js";
 import { FrontRing, initSharedRing } from "../xen/ring.js";
 import { DEFAULT_XENBUS_TIMEOUT_MS } from "../xen/xenbus.js";
 import { FrontendHandshakeError, SyncXenbusFrontend } from "../xen/xenbus-sync.js";
+import { LANE_POLICY_BYTES } from "./channel-abi.js";
 import {
   allocGuestBuffer,
   type DriverChannel,
@@ -31,6 +32,7 @@ import {
 } from "./driver-abi.js";
 import {
   CONNECT_FLAG_CHANNEL,
+  CONNECT_FLAG_LANE_POLICY,
   MAX_INDIRECT_PAGES,
   MAX_REGION_PAGES,
   MYRI_DEVICE_TYPE,
@@ -468,21 +470,31 @@ export class MyriFront implements MxDriver {
     if (known) return known;
     const chPages = vals[6];
     const intrPages = vals[7];
-    if (refs.length !== chPages + intrPages || chPages === 0 || intrPages === 0)
+    const polPages = vals[3] & CONNECT_FLAG_LANE_POLICY ? LANE_POLICY_BYTES / PAGE_SIZE : 0;
+    if (refs.length !== chPages + intrPages + polPages || chPages === 0 || intrPages === 0)
       throw fail(
         "MX_FAILURE",
-        `the backend granted ${refs.length} pages for a ${chPages}+${intrPages}-page channel`,
+        `the backend granted ${refs.length} pages for a ${chPages}+${intrPages}+${polPages}-page channel`,
       );
     const mappings: GrantMapping[] = [];
     try {
       const channel = this.mapBuffer(refs.slice(0, chPages), "channel", mappings);
-      const peerIntr = this.mapBuffer(refs.slice(chPages), "peer's interrupt page", mappings);
+      const peerIntr = this.mapBuffer(
+        refs.slice(chPages, chPages + intrPages),
+        "peer's interrupt page",
+        mappings,
+      );
+      const policy =
+        polPages > 0
+          ? this.mapBuffer(refs.slice(chPages + intrPages), "lane policy page", mappings)
+          : undefined;
       const lc: LocalChannel = {
         conn: {
           channelId,
           channel,
           side: (vals[5] & 1) as 0 | 1,
           peerIntr,
+          policy,
           peerNic: vals[0],
           peerEndpoint: vals[1],
           peerSession: vals[2],

@@ -145,6 +145,8 @@ export const DEFAULT_REGISTERED_BYTES_PER_DOMAIN = 256 * 1024 * 1024;
 export const DEFAULT_REGIONS_PER_DOMAIN = 1024;
 /** CONNECT/ACCEPT flag: the response carries a co-resident channel. */
 export const CONNECT_FLAG_CHANNEL = 1;
+/** CONNECT/ACCEPT flag: after the channel's and the peer's interrupt page's refs, one ref of this member's lane policy page (channel-abi.ts). */
+export const CONNECT_FLAG_LANE_POLICY = 2;
 
 // ---- status ---------------------------------------------------------------------------------
 

@@ -12,12 +12,16 @@
  * What myrback does (QosPolicies, a few calls from back.ts): it watches the key while the
  * device is connected, validates each value (a bad one is logged and the previous policy
  * stays), and sends every endpoint the domain has open a `set_qos` control request; an
- * endpoint opened later gets it at open time. The NIC enforces it (nic/qos.ts).
+ * endpoint opened later gets it at open time. The NIC enforces it (nic/qos.ts). Co-resident
+ * traffic never reaches the NIC: myrback writes each channel member's lane policy page
+ * (channel-abi.ts; `lanePolicy` below) when the channel is made and whenever either member's
+ * policy changes, and the receiving library holds its lane to it (mx/lane-policer.ts).
  */
 import { z } from "zod";
 import { DEFAULT_QOS, MAX_WEIGHT, type QosSettings } from "../nic/qos.js";
 import type { DomId } from "../xen/abi.js";
 import type { XenStoreClient } from "../xen/xenstore.js";
+import type { LanePolicy } from "./channel-abi.js";
 
 /** The key under the device's backend directory. */
 export const QOS_KEY = "qos";
@@ -119,7 +123,23 @@ export interface QosTarget {
   endpointsOf(domid: DomId): Iterable<number>;
   /** Sends `set_qos` for one endpoint (throws if the NIC refuses). */
   setQos(endpointId: number, settings: QosSettings): void;
+  /** The domain's policy changed: its co-resident channels' lane policies are rewritten. */
+  changed?(domid: DomId): void;
   log(message: string): void;
+}
+
+/**
+ * The limits a member's library holds its incoming co-resident lane to (channel-abi.ts lane
+ * policy page): the writer's tx caps and the reader's rx caps, the smaller of each (0 = no
+ * cap), and the writer's weight.
+ */
+export function lanePolicy(writer: QosSettings, reader: QosSettings): LanePolicy {
+  const min = (a: number, b: number) => (a === 0 ? b : b === 0 ? a : Math.min(a, b));
+  return {
+    bytesPerSec: min(writer.txBytesPerSec, reader.rxBytesPerSec),
+    msgsPerSec: min(writer.txMsgsPerSec, reader.rxMsgsPerSec),
+    weight: writer.weight,
+  };
 }
 
 /** myrback's policies: one per domain with a myri device, from its XenStore node. */
@@ -150,6 +170,7 @@ export class QosPolicies {
         this.target.log(`domain ${domid}: endpoint ${id}: set_qos failed: ${(e as Error).message}`);
       }
     }
+    this.target.changed?.(domid);
   }
 
   forget(domid: DomId): void {

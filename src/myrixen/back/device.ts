@@ -17,6 +17,7 @@ import { BackRing } from "../../xen/ring.js";
 import { BackendDeviceWatcher, XenbusBackend } from "../../xen/xenbus.js";
 import {
   CONNECT_FLAG_CHANNEL,
+  CONNECT_FLAG_LANE_POLICY,
   MAX_INDIRECT_PAGES,
   MAX_REGION_PAGES,
   MEMORY_TARGET_KEY,
@@ -390,12 +391,14 @@ export class MyriBack {
       peer.owner.domid === f.domid
         ? peer.shared.refs.slice(-peer.shared.intr.count)
         : memory.intrFor(peer.shared, f.domid);
-    vals[3] = CONNECT_FLAG_CHANNEL;
+    // This member's lane policy page: granted to it alone (its peer cannot lift its caps).
+    const pol = memory.policyRefsFor(rec.mem, f.domid);
+    vals[3] = CONNECT_FLAG_CHANNEL | (pol ? CONNECT_FLAG_LANE_POLICY : 0);
     vals[4] = rec.id;
     vals[5] = side;
     vals[6] = rec.mem.run.count;
     vals[7] = peer.shared.intr.count;
-    return this.putRefs(f, [ch, pi]);
+    return this.putRefs(f, pol ? [ch, pi, pol] : [ch, pi]);
   }
 
   /** REGISTER: read the refs through the indirect pages, pin the pages in place, hand the NIC their runs. */

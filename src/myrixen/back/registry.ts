@@ -19,10 +19,10 @@ import { ANY_ENDPOINT } from "../../nic/window.js";
 import type { DomId } from "../../xen/abi.js";
 import type { Guest } from "../../xen/guest/guest.js";
 import type { SyncCallClient } from "../../xen/sync-call.js";
-import { CHANNEL_BYTES, closeChannelLanes } from "../channel-abi.js";
+import { CHANNEL_BYTES, closeChannelLanes, writeLanePolicy } from "../channel-abi.js";
 import { DRIVER_EVENT_CONNECT, DRIVER_EVENT_DISCONNECT } from "../driver-abi.js";
 import { MyriError, type MyriInfo, type MyriStatusName, OP_COUNT, XsKey } from "../protocol.js";
-import { QosPolicies } from "../qos-policy.js";
+import { lanePolicy, QosPolicies } from "../qos-policy.js";
 import { GrantKeeper } from "./grant-keeper.js";
 import { type BackendEndpointInfo, describeEndpoints } from "./inspect.js";
 import { type ChannelRec, Client, type ClientKind, type EndpointRec } from "./records.js";
@@ -79,6 +79,11 @@ export class MyriCore {
   readonly qos = new QosPolicies({
     endpointsOf: (domid) => this.clients.get(domid)?.endpoints.keys() ?? [],
     setQos: (endpointId, settings) => this.nic({ op: "set_qos", endpointId, settings }, "MX_BAD_REQUEST"),
+    changed: (domid) => {
+      for (const ch of this.channels.values())
+        if (ch.members[0].owner.domid === domid || ch.members[1].owner.domid === domid)
+          this.writeLanePolicies(ch);
+    },
     log: (m) => this.cfg.log(m),
   });
 
@@ -358,6 +363,7 @@ export class MyriCore {
       } else buffer = new SharedArrayBuffer(CHANNEL_BYTES);
       ch = { id: this.nextChannelId++, members: [ep, peer], buffer, mem, closed: false };
       if (this.nextChannelId > 0x7fffffff) this.nextChannelId = 1;
+      this.writeLanePolicies(ch);
       this.pairs.set(pair, ch);
       this.channels.set(ch.id, ch);
       ep.channels.add(ch);
@@ -402,6 +408,25 @@ export class MyriCore {
         `channel ${ch.id} joins endpoints ${ch.members[0].id} and ${ch.members[1].id}, not endpoint ${ep.id}`,
       );
     return { rec: ch, side: side as 0 | 1, peer: ch.members[1 - side] };
+  }
+
+  /**
+   * Writes each member's lane policy page (channel-abi.ts): the limits its library holds
+   * the lane it reads to — the writer's tx caps with the reader's rx caps, and the writer's
+   * weight. At channel creation and whenever either domain's policy changes.
+   */
+  private writeLanePolicies(ch: ChannelRec): void {
+    if (!ch.mem) return;
+    for (const side of [0, 1] as const) {
+      const reader = ch.members[side].owner.domid;
+      const writer = ch.members[1 - side].owner.domid;
+      const page = ch.mem.policy.get(reader);
+      if (!page) continue;
+      writeLanePolicy(
+        page.bytes.buffer as SharedArrayBuffer,
+        lanePolicy(this.qos.settingsFor(writer), this.qos.settingsFor(reader)),
+      );
+    }
   }
 
   /** Kills a channel: both lanes closed (readers and writers see it), both members told. */

@@ -10,7 +10,7 @@ import { INTR_BYTES, WINDOW_BYTES } from "../../nic/window.js";
 import { type DomId, PAGE_SIZE } from "../../xen/abi.js";
 import type { Guest } from "../../xen/guest/guest.js";
 import type { PageRun } from "../../xen/memory.js";
-import { CHANNEL_BYTES } from "../channel-abi.js";
+import { CHANNEL_BYTES, LANE_POLICY_BYTES } from "../channel-abi.js";
 import { MyriError } from "../protocol.js";
 import type { GrantKeeper } from "./grant-keeper.js";
 import { Stat } from "./stats.js";
@@ -26,7 +26,9 @@ import { Stat } from "./stats.js";
  *    wake counter and a sleeping flag;
  *  - a channel's buffer belongs to its pair of domains, granted to both once and reused only
  *    for a later channel of the same pair, once neither maps it any more (at most
- *    CHANNELS_PER_PAIR per pair: beyond that the pair talks through the NIC);
+ *    CHANNELS_PER_PAIR per pair: beyond that the pair talks through the NIC); with it, one
+ *    lane policy page per member domain, shared with and granted to that member alone (its
+ *    peer can never write the limits it is held to: channel-abi.ts);
  *  - all of it is released (the hypervisor forgets its frames) when a member domain goes.
  * Response pages are mapped read-only (copies through the hypervisor, re-checked on every
  * read), so one may serve anyone once its grant has ended.
@@ -48,6 +50,10 @@ export interface ChannelMem {
   pair: string;
   /** Grants of the buffer to each member domain (one entry when both ends are one domain). */
   refs: Map<DomId, number[]>;
+  /** Each member domain's lane policy page (channel-abi.ts), shared with that domain only. */
+  policy: Map<DomId, PageRun>;
+  /** Grants of each member's policy page, to that member. */
+  policyRefs: Map<DomId, number[]>;
 }
 
 /** Channel buffers one pair of domains may hold at once (in use or waiting to be unmapped). */
@@ -154,13 +160,34 @@ export class SharedMemory {
     const reused = p.free.pop();
     if (reused) {
       reused.run.bytes.fill(0);
+      for (const page of reused.policy.values()) page.bytes.fill(0);
       return reused;
     }
     if (p.count >= CHANNELS_PER_PAIR) return undefined;
     const run = this.alloc(CHANNEL_PAGES, a === b ? [a] : [a, b]);
+    const policy = new Map<DomId, PageRun>();
+    try {
+      for (const d of a === b ? [a] : [a, b]) policy.set(d, this.alloc(LANE_POLICY_BYTES / PAGE_SIZE, [d]));
+    } catch (e) {
+      this.release(run);
+      for (const page of policy.values()) this.release(page);
+      throw e;
+    }
     p.count++;
     this.publish();
-    return { run, pair, refs: new Map() };
+    return { run, pair, refs: new Map(), policy, policyRefs: new Map() };
+  }
+
+  /** Member `domid`'s lane policy page, granted to it (once); undefined if it is no member. */
+  policyRefsFor(mem: ChannelMem, domid: DomId): number[] | undefined {
+    const page = mem.policy.get(domid);
+    if (!page) return undefined;
+    let refs = mem.policyRefs.get(domid);
+    if (!refs) {
+      refs = this.keeper.grantRun(domid, page.pfn, page.count, false);
+      mem.policyRefs.set(domid, refs);
+    }
+    return refs;
   }
 
   /** The buffer granted to member `domid` (once per member). */
@@ -175,7 +202,7 @@ export class SharedMemory {
 
   /** The channel closed: once neither member maps the buffer, it serves the pair's next channel. */
   putChannel(mem: ChannelMem): void {
-    this.keeper.whenUnused([...mem.refs.values()].flat(), () => {
+    this.keeper.whenUnused([...mem.refs.values(), ...mem.policyRefs.values()].flat(), () => {
       const p = this.channels.get(mem.pair);
       if (p) p.free.push(mem);
       else this.dropChannel(mem);
@@ -183,8 +210,9 @@ export class SharedMemory {
   }
 
   private dropChannel(mem: ChannelMem): void {
-    this.keeper.end([...mem.refs.values()].flat());
+    this.keeper.end([...mem.refs.values(), ...mem.policyRefs.values()].flat());
     this.release(mem.run);
+    for (const page of mem.policy.values()) this.release(page);
     this.publish();
   }
 

@@ -1,0 +1,146 @@
+/**
+ * Holds a co-resident lane to the QoS policy (issue 16) on its reading side. Messages between
+ * co-resident guests never reach the NIC, so the NIC cannot police them; the receiving
+ * library does, from limits myrback writes into a page granted to the receiver alone (the
+ * lane policy page, channel-abi.ts): the sender's tx caps with the receiver's rx caps, and
+ * the sender's weight. A record the caps do not allow yet stays in the lane; the lane fills
+ * and the sender waits on it (the lane's own back-pressure): slowed, never lost or failed.
+ *
+ * Why the reader is the right side: the sender shares the channel's memory and could rewrite
+ * any word in it, but it cannot reach the receiver's policy page, nor make the receiver read
+ * faster. A receiver that lifts the limit (a rewritten library) only takes in more of what a
+ * willing sender gives it, burning its own CPU: a pair that colludes could as well move
+ * bytes through the channel's memory without MX at all, which no limit on messages stops.
+ *
+ * Discipline, as the NIC's caps (nic/qos.ts): token buckets 25 ms of the rate deep (at most
+ * 16 MiB), empty when a cap appears; a record
+ * may be read while its buckets are not in debt, then takes its whole cost. Between the
+ * lanes one receiver reads, weights share its reading: per progress round a lane is read for
+ * at most weight × LANE_QUANTUM bytes (a weighted round robin; a record may overdraw, no
+ * deficit is carried). Cost when unlimited: one load per round; capped: a clock read per record.
+ */
+import { BURST_MAX, BURST_MS } from "../nic/qos.js";
+import type { EndpointCounters } from "./types.js";
+
+/** Bytes a lane of weight 1 is read for per progress round (weight w: w times it). */
+export const LANE_QUANTUM = 64 * 1024;
+/** What a record that carries no message (a NOTIFY, a CTS) costs a byte cap: as an empty descriptor at the NIC. */
+export const CONTROL_RECORD_COST = 64;
+
+export class LanePolicer {
+  private readonly seq: Int32Array;
+  private readonly words: Float64Array;
+  private seen = -1;
+  bytesPerSec = 0;
+  msgsPerSec = 0;
+  weight = 1;
+  private capped = false;
+  private bytes = 0;
+  private msgs = 0;
+  private bytesDepth = 0;
+  private msgsDepth = 0;
+  private last = 0;
+  /** Bytes left of this round's quantum. */
+  private round = 0;
+  /** While the caps hold the lane: the time (ms, `now`'s clock) the debt is paid; else 0. */
+  heldUntil = 0;
+
+  constructor(
+    page: SharedArrayBuffer,
+    private readonly counters: Pick<EndpointCounters, "laneHolds">,
+    private readonly now: () => number = () => performance.now(),
+  ) {
+    this.seq = new Int32Array(page, 0, 2);
+    this.words = new Float64Array(page, 8, 3);
+  }
+
+  /** Starts a progress round: takes up a changed policy; false while the caps hold the lane. */
+  begin(): boolean {
+    const s = Atomics.load(this.seq, 0);
+    if (s !== this.seen && (s & 1) === 0) this.reload(s);
+    this.round = this.weight * LANE_QUANTUM;
+    if (!this.capped || this.heldUntil === 0) return true;
+    this.refill(this.now());
+    if (this.bytes < 0 || this.msgs < 0) return false;
+    this.heldUntil = 0;
+    return true;
+  }
+
+  /**
+   * May a record that costs the caps `bytes` and `msgs` (and this round's share `roundBytes`)
+   * be read now? If so it is charged.
+   */
+  admit(bytes: number, msgs: number, roundBytes: number): boolean {
+    if (this.round <= 0) return false;
+    if (this.capped) {
+      if (this.bytes < 0 || this.msgs < 0) {
+        const t = this.now();
+        this.refill(t);
+        if (this.bytes < 0 || this.msgs < 0) {
+          if (this.heldUntil === 0) this.counters.laneHolds++;
+          const waitBytes = this.bytesPerSec > 0 ? -this.bytes / this.bytesPerSec : 0;
+          const waitMsgs = this.msgsPerSec > 0 ? -this.msgs / this.msgsPerSec : 0;
+          this.heldUntil = t + 1000 * Math.max(waitBytes, waitMsgs);
+          return false;
+        }
+      }
+      this.heldUntil = 0;
+      if (this.bytesPerSec > 0) this.bytes -= bytes;
+      if (this.msgsPerSec > 0) this.msgs -= msgs;
+    }
+    this.round -= roundBytes;
+    return true;
+  }
+
+  /** Charges a record that is not held here (a rendezvous the NIC pulls, which holds its bytes). */
+  charge(bytes: number, msgs: number): boolean {
+    if (this.round <= 0) return false;
+    if (this.capped) {
+      if (this.bytesPerSec > 0) this.bytes -= bytes;
+      if (this.msgsPerSec > 0) this.msgs -= msgs;
+    }
+    return true;
+  }
+
+  /** A record already paid for (a piece of a charged rendezvous): only this round's share. */
+  share(roundBytes: number): boolean {
+    if (this.round <= 0) return false;
+    this.round -= roundBytes;
+    return true;
+  }
+
+  private refill(t: number): void {
+    const dt = (t - this.last) / 1000;
+    this.last = t;
+    if (dt <= 0) return;
+    if (this.bytesPerSec > 0) this.bytes = Math.min(this.bytesDepth, this.bytes + this.bytesPerSec * dt);
+    if (this.msgsPerSec > 0) this.msgs = Math.min(this.msgsDepth, this.msgs + this.msgsPerSec * dt);
+  }
+
+  /** A new policy from the page (myrback rewrote it); a torn read is retried next round. */
+  private reload(s: number): void {
+    const w = this.words;
+    const bytesPerSec = w[0];
+    const msgsPerSec = w[1];
+    const weight = w[2];
+    if (Atomics.load(this.seq, 0) !== s) return;
+    this.seen = s;
+    // The page is this member's own: nonsense in it (it wrote there itself) means no cap.
+    const rate = (v: number) => (Number.isFinite(v) && v > 0 ? v : 0);
+    const t = this.now();
+    this.refill(t);
+    const newBytes = rate(bytesPerSec);
+    const newMsgs = rate(msgsPerSec);
+    this.bytesDepth = Math.min((newBytes * BURST_MS) / 1000, BURST_MAX);
+    this.msgsDepth = Math.max(1, (newMsgs * BURST_MS) / 1000);
+    // As at the NIC: a cap that appears starts with an empty bucket; one that goes leaves no debt.
+    this.bytes = newBytes === 0 ? 0 : Math.min(this.bytes, this.bytesDepth);
+    this.msgs = newMsgs === 0 ? 0 : Math.min(this.msgs, this.msgsDepth);
+    this.bytesPerSec = newBytes;
+    this.msgsPerSec = newMsgs;
+    this.weight = Number.isFinite(weight) && weight >= 1 ? Math.min(1000, Math.floor(weight)) : 1;
+    this.capped = newBytes > 0 || newMsgs > 0;
+    this.last = t;
+    if (!this.capped) this.heldUntil = 0;
+  }
+}

@@ -1,0 +1,143 @@
+/**
+ * Small frames ahead of bulk on a TCP link (issue 16; src/nic/tcp-link.ts): PULL_REPLY data
+ * waits in the link's queue with at most a window on the way, so a SEND queued behind a
+ * megabyte of it arrives after at most a window's worth; bulk stays in order; back-pressure
+ * and onWritable still hold; a credit for more than was sent drops the connection. Bare
+ * links in this thread over loopback; the peer's socket is paused, so what is "on the way"
+ * is exact, not a matter of timing.
+ */
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import type net from "node:net";
+import { test } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
+import {
+  F_DEST_NIC,
+  F_PULL_OFFSET,
+  F_SRC_NIC,
+  FRAME_HEADER_BYTES,
+  FrameType,
+  getWord,
+  initFrame,
+  setWord,
+} from "../src/nic/frame.js";
+import { connectTcpLink, listenTcpLinks, type TcpLink, tcpLinkStats } from "../src/nic/tcp-link.js";
+import { SEND_MAX } from "../src/nic/window.js";
+
+const KEY = randomBytes(32);
+const HOST = "127.0.0.1";
+const logs: string[] = [];
+const log = (m: string) => logs.push(m);
+
+function frame(type: number, payload: number, offset = 0): Uint8Array {
+  const f = new Uint8Array(FRAME_HEADER_BYTES + payload);
+  initFrame(f, type, payload);
+  setWord(f, F_SRC_NIC, 2);
+  setWord(f, F_DEST_NIC, 1);
+  setWord(f, F_PULL_OFFSET, offset);
+  return f;
+}
+
+async function until(pred: () => boolean, what: string, timeoutMs = 5000): Promise<void> {
+  const start = performance.now();
+  while (!pred()) {
+    if (performance.now() - start > timeoutMs) throw new Error(`timed out waiting for ${what}`);
+    await sleep(5);
+  }
+}
+
+const sock = (l: TcpLink) => (l as unknown as { socket: net.Socket }).socket;
+
+async function linked(bulkWindow: number, highWaterMark?: number) {
+  const accepted: TcpLink[] = [];
+  const server = await listenTcpLinks({
+    nicId: 1,
+    key: KEY,
+    port: 0,
+    host: HOST,
+    log,
+    onLink: (l) => accepted.push(l),
+  });
+  const c = await connectTcpLink({
+    nicId: 2,
+    host: HOST,
+    port: server.port,
+    key: KEY,
+    log,
+    bulkWindow,
+    highWaterMark,
+  });
+  await until(() => accepted.length === 1, "the accepted link");
+  return { server, c, s: accepted[0] };
+}
+
+test("a SEND behind a megabyte of PULL_REPLY data arrives after at most a window of it; the bulk arrives whole and in order", async () => {
+  const window = 128 * 1024;
+  const { server, c, s } = await linked(window);
+  try {
+    const got: string[] = [];
+    s.onFrame((f) =>
+      got.push(getWord(f, 0) % 256 === FrameType.Send ? "send" : `bulk@${getWord(f, F_PULL_OFFSET)}`),
+    );
+    // Frames reach the peer's socket but it takes none: whatever passes is "on the way".
+    sock(s).pause();
+    const n = 32; // 32 × 32 KiB = 1 MiB
+    for (let i = 0; i < n; i++) assert.ok(c.send(frame(FrameType.PullReply, SEND_MAX, i * SEND_MAX)));
+    assert.ok(c.send(frame(FrameType.Send, 8)));
+    sock(s).resume();
+    await until(() => got.length === n + 1, "every frame");
+    const at = got.indexOf("send");
+    const perFrame = 4 + FRAME_HEADER_BYTES + SEND_MAX;
+    assert.ok(
+      at <= Math.ceil(window / perFrame),
+      `the SEND came after ${at} bulk frames (window: ${window} bytes)`,
+    );
+    const bulk = got.filter((g) => g !== "send");
+    assert.deepEqual(
+      bulk,
+      Array.from({ length: n }, (_, i) => `bulk@${i * SEND_MAX}`),
+      "bulk in order",
+    );
+  } finally {
+    c.close();
+    await server.close();
+  }
+});
+
+test("bulk back-pressure: send() refuses once the queue holds the high-water mark, onWritable comes when credits drain it", async () => {
+  const { server, c, s } = await linked(64 * 1024, 256 * 1024);
+  try {
+    let frames = 0;
+    s.onFrame(() => frames++);
+    sock(s).pause();
+    let writable = 0;
+    c.onWritable(() => writable++);
+    let sent = 0;
+    while (c.send(frame(FrameType.PullReply, SEND_MAX, sent * SEND_MAX)) && sent < 1000) sent++;
+    assert.ok(sent < 1000, "send() pushed back");
+    // Other frames are not held by the bulk queue.
+    assert.ok(c.send(frame(FrameType.Send, 8)));
+    sock(s).resume();
+    await until(() => writable >= 1 && frames === sent + 1, "credits, onWritable and every frame");
+  } finally {
+    c.close();
+    await server.close();
+  }
+});
+
+test("a credit for more bulk than was sent drops the connection and is counted", async () => {
+  const { server, c, s } = await linked(64 * 1024);
+  try {
+    const dropped0 = tcpLinkStats.connectionsDropped;
+    const credit = Buffer.alloc(8);
+    credit.writeUInt32LE(1, 0);
+    credit.writeUInt32LE(12345, 4);
+    sock(c).write(credit);
+    await until(() => tcpLinkStats.connectionsDropped === dropped0 + 1, "the drop");
+    assert.ok(s.isClosed);
+    assert.ok(logs.some((m) => /a credit for 12345 bulk bytes, 0 on the way/.test(m)));
+  } finally {
+    c.close();
+    await server.close();
+  }
+});
