@@ -16,6 +16,7 @@
  *   wait   sets the response event index with a final check (no lost wake-up) and sleeps.
  *
  * Responses come from another domain: ids, offsets and sizes are checked before use.
+ * Set-up and release (options, pages, grants, the handshake) are setup.ts.
  */
 
 import { PAGE_SIZE } from "../xen/abi.js";
@@ -24,14 +25,10 @@ import type { Guest } from "../xen/guest/guest.js";
 import {
   ETH_HLEN,
   MAX_FRAME,
-  NETIF_MTU,
   NETIF_RSP_NULL,
   NETRXF_more_data,
   NETTXF_more_data,
-  NetifKey,
-  parseMac,
   RX_REQ_BYTES,
-  RX_RING_SIZE,
   RX_RSP_BYTES,
   RX_RSP_FLAGS,
   RX_RSP_ID,
@@ -43,32 +40,23 @@ import {
   TX_REQ_ID,
   TX_REQ_OFFSET,
   TX_REQ_SIZE,
-  TX_RING_SIZE,
   TX_RSP_BYTES,
   TX_RSP_ID,
   TX_RSP_STATUS,
-  VIF_DEVICE_TYPE,
   writeRxRequest,
 } from "../xen/io/netif.js";
-import type { PageRun } from "../xen/memory.js";
-import { FrontRing, initSharedRing } from "../xen/ring.js";
-import { DEFAULT_XENBUS_TIMEOUT_MS } from "../xen/xenbus.js";
-import { FrontendHandshakeError, SyncXenbusFrontend } from "../xen/xenbus-sync.js";
+import { FrontRing } from "../xen/ring.js";
+import type { SyncXenbusFrontend } from "../xen/xenbus-sync.js";
+import {
+  NetfrontError,
+  type NetfrontOptions,
+  releaseVif,
+  setUpVif,
+  type VifPages,
+  type VifSetup,
+} from "./setup.js";
 
-export interface NetfrontOptions {
-  /** Device index under device/vif (default 0). */
-  devid?: number;
-  /** How long to wait for the device directory and for each handshake step (ms). */
-  timeoutMs?: number;
-  /** TX buffer pages (one per in-flight slot; default guest pages / 8, 16..256). */
-  txBuffers?: number;
-  /** RX buffer pages posted to netback (default guest pages / 4, 16..256). */
-  rxBuffers?: number;
-  /** Repost RX buffers once this many are free (default rxBuffers / 4). */
-  rxRefillBatch?: number;
-  /** Spin budget of `wait` (µs) before sleeping on the event channel. */
-  spinUs?: number;
-}
+export { NetfrontError, type NetfrontOptions } from "./setup.js";
 
 export interface NetfrontCounters {
   txFrames: number;
@@ -93,20 +81,7 @@ export interface NetfrontCounters {
   waits: number;
 }
 
-export class NetfrontError extends Error {
-  override readonly name = "NetfrontError";
-}
-
 const PAGES_PER_FRAME = Math.ceil(MAX_FRAME / PAGE_SIZE);
-
-function clampInt(name: string, v: number | undefined, def: number, min: number, max: number): number {
-  if (v === undefined) return Math.min(max, Math.max(min, def));
-  if (!Number.isInteger(v) || v < min || v > max)
-    throw new NetfrontError(
-      `Netfront.connect: ${name} must be an integer in ${min}..${max}, got ${String(v)}`,
-    );
-  return v;
-}
 
 export class Netfront {
   /** The vif's MAC (from the backend's `mac` key). */
@@ -160,33 +135,36 @@ export class Netfront {
   private dead: string | undefined;
   private closed = false;
 
-  private constructor(
-    private readonly guest: Guest,
-    private readonly device: SyncXenbusFrontend,
-    /** device/vif/<devid> and the backend's directory. */
-    readonly frontPath: string,
-    readonly backPath: string,
-    /** The backend's domain. */
-    readonly backendId: number,
-    private readonly pages: {
-      rings: PageRun;
-      tx: PageRun;
-      rx: PageRun;
-      grants: number[];
-    },
-    private readonly txGref: Uint32Array,
-    private readonly rxGref: Uint32Array,
-    private readonly portNo: number,
-    features: Record<string, string>,
-    info: { mac: Uint8Array; mtu: number; nicId: number },
-    rxBatch: number,
-    private readonly spinUs: number | undefined,
-  ) {
-    this.features = features;
-    this.mac = info.mac;
-    this.mtu = info.mtu;
-    this.nicId = info.nicId;
-    this.maxFrame = info.mtu + ETH_HLEN;
+  private readonly guest: Guest;
+  private readonly device: SyncXenbusFrontend;
+  private readonly pages: VifPages;
+  private readonly txGref: Uint32Array;
+  private readonly rxGref: Uint32Array;
+  private readonly portNo: number;
+  private readonly spinUs: number | undefined;
+  /** device/vif/<devid> and the backend's directory. */
+  readonly frontPath: string;
+  readonly backPath: string;
+  /** The backend's domain. */
+  readonly backendId: number;
+
+  private constructor(guest: Guest, setup: VifSetup) {
+    this.guest = guest;
+    this.device = setup.device;
+    this.frontPath = setup.device.path;
+    this.backPath = setup.device.backPath;
+    this.backendId = setup.backendId;
+    this.pages = setup.pages;
+    const txGref = (this.txGref = setup.txGref);
+    const rxGref = (this.rxGref = setup.rxGref);
+    this.portNo = setup.portNo;
+    this.spinUs = setup.spinUs;
+    this.features = setup.features;
+    this.mac = setup.mac;
+    this.mtu = setup.mtu;
+    this.nicId = setup.nicId;
+    this.maxFrame = setup.mtu + ETH_HLEN;
+    const pages = setup.pages;
     const ringBytes = pages.rings.bytes;
     this.tx = new FrontRing(ringBytes.subarray(0, PAGE_SIZE), TX_REQ_BYTES, TX_RSP_BYTES);
     this.rx = new FrontRing(ringBytes.subarray(PAGE_SIZE, 2 * PAGE_SIZE), RX_REQ_BYTES, RX_RSP_BYTES);
@@ -205,12 +183,15 @@ export class Netfront {
       this.rxViews.push(this.rxPage.subarray(i * PAGE_SIZE, i * PAGE_SIZE));
       this.rxPosted[i] = 1;
     }
-    this.rxBatch = rxBatch;
+    this.rxBatch = setup.rxBatch;
     this.reasm = new Uint8Array(PAGES_PER_FRAME * PAGE_SIZE);
     this.reasmView = this.reasm.subarray(0, 0);
-    this.port = guest.evtchn.port(portNo);
+    this.port = guest.evtchn.port(setup.portNo);
     // Masked between waits: netback's notifications kick only while we really sleep.
     this.port.mask();
+    // The set-up posted every RX buffer in one batch.
+    this.counters.rxBuffersPosted = nRx;
+    this.counters.rxRefills = 1;
   }
 
   /**
@@ -218,118 +199,7 @@ export class Netfront {
    * Synchronous: the xenbus steps use synchronous XenStore requests and poll the peer's state.
    */
   static connect(guest: Guest, opts: NetfrontOptions = {}): Netfront {
-    if (guest.native)
-      throw new NetfrontError(
-        "a native process has no vif device: it is not a VM (start a guest with Host.startGuest)",
-      );
-    const devid = opts.devid ?? 0;
-    const timeoutMs = opts.timeoutMs ?? DEFAULT_XENBUS_TIMEOUT_MS;
-    const guestPages = guest.memory.nrPages;
-    const nTx = clampInt("txBuffers", opts.txBuffers, guestPages >> 3, 16, TX_RING_SIZE);
-    const nRx = clampInt("rxBuffers", opts.rxBuffers, guestPages >> 2, 16, RX_RING_SIZE);
-    const rxBatch = clampInt("rxRefillBatch", opts.rxRefillBatch, nRx >> 2, 1, nRx);
-    // The xenbus walk is xen/xenbus-sync.ts's (one per device; a device this guest closed
-    // before is re-initialised, and netback starts over from InitWait).
-    let device: SyncXenbusFrontend;
-    try {
-      device = SyncXenbusFrontend.open(guest, VIF_DEVICE_TYPE, devid, timeoutMs, { exclusive: true });
-    } catch (e) {
-      if (!(e instanceof FrontendHandshakeError)) throw e;
-      if (e.step === "in-use")
-        throw new NetfrontError(`${e.message}: one Netfront per device; close() the other first`);
-      if (e.step !== "device") throw new NetfrontError(e.message);
-      throw new NetfrontError(
-        `domain ${guest.domid} has no usable vif device ${devid} (${e.message}); ` +
-          "start the guest with Host.startGuest, whose toolstack creates device/vif/0",
-      );
-    }
-    const backId = device.backId;
-
-    const need = 2 + nTx + nRx;
-    if (guest.memory.allocator.freePages < need)
-      throw new NetfrontError(
-        `the vif needs ${need} pages (2 rings, ${nTx} tx and ${nRx} rx buffers) but domain ${guest.domid} has ` +
-          `${guest.memory.allocator.freePages} free; give the guest more pages or pass smaller txBuffers/rxBuffers`,
-      );
-    const rings = guest.memory.allocPages(2);
-    const txRun = guest.memory.allocPages(nTx);
-    const rxRun = guest.memory.allocPages(nRx);
-    initSharedRing(rings.bytes.subarray(0, PAGE_SIZE));
-    initSharedRing(rings.bytes.subarray(PAGE_SIZE, 2 * PAGE_SIZE));
-    const grants: number[] = [];
-    // The handshake closes the event channel it allocated; the grants and pages are ours.
-    const free = () => {
-      const left = endGrants(guest, grants);
-      if (left === 0) for (const run of [rings, txRun, rxRun]) guest.memory.freePages(run);
-    };
-    let info: { mac: Uint8Array; mtu: number; nicId: number } | undefined;
-    const txGref = new Uint32Array(nTx);
-    const rxGref = new Uint32Array(nRx);
-    let features: Record<string, string>;
-    let portNo: number;
-    try {
-      ({ features, port: portNo } = device.connect((offered) => {
-        if (offered[NetifKey.featureRxCopy] !== "1")
-          throw new Error("the backend does not offer feature-rx-copy=1 (this frontend never flips pages)");
-        const mac = parseMac(offered[NetifKey.mac]);
-        if (!mac) throw new Error(`the backend's mac ${JSON.stringify(offered[NetifKey.mac])} is not a MAC`);
-        const nicIdText = offered[NetifKey.mxNicId] ?? "";
-        if (!/^\d+$/.test(nicIdText)) throw new Error("the backend did not advertise mx-nic-id");
-        const mtuText = offered[NetifKey.mtu];
-        let mtu = mtuText !== undefined && /^\d+$/.test(mtuText) ? Number(mtuText) : 1500;
-        mtu = Math.min(mtu, NETIF_MTU);
-        // Without scatter-gather a frame must fit one page.
-        if (offered[NetifKey.featureSg] !== "1") mtu = Math.min(mtu, PAGE_SIZE - ETH_HLEN);
-        if (mtu < 68) throw new Error(`the backend's mtu ${mtuText} is below the minimum of 68`);
-        info = { mac, mtu, nicId: Number(nicIdText) };
-
-        const g = guest.grants;
-        const txRingRef = g.grantAccess(backId, rings.pfn);
-        grants.push(txRingRef);
-        const rxRingRef = g.grantAccess(backId, rings.pfn + 1);
-        grants.push(rxRingRef);
-        // TX buffers only need reading by the backend; RX buffers are written by its copies.
-        for (let i = 0; i < nTx; i++)
-          grants.push((txGref[i] = g.grantAccess(backId, txRun.pfn + i, { readonly: true })));
-        for (let i = 0; i < nRx; i++) grants.push((rxGref[i] = g.grantAccess(backId, rxRun.pfn + i)));
-        // Post every RX buffer before the backend attaches; it finds them when it maps the ring.
-        const rxRing = new FrontRing(
-          rings.bytes.subarray(PAGE_SIZE, 2 * PAGE_SIZE),
-          RX_REQ_BYTES,
-          RX_RSP_BYTES,
-        );
-        for (let i = 0; i < nRx; i++) writeRxRequest(rxRing.view, rxRing.nextRequest(), i, rxGref[i]);
-        rxRing.pushRequests();
-        return {
-          [NetifKey.txRingRef]: String(txRingRef),
-          [NetifKey.rxRingRef]: String(rxRingRef),
-          [NetifKey.requestRxCopy]: "1",
-          [NetifKey.featureRxNotify]: "1",
-          [NetifKey.featureSg]: "1",
-        };
-      }));
-    } catch (e) {
-      free();
-      throw new NetfrontError(`the vif handshake with domain ${backId} failed: ${(e as Error).message}`);
-    }
-    const nf = new Netfront(
-      guest,
-      device,
-      device.path,
-      device.backPath,
-      backId,
-      { rings, tx: txRun, rx: rxRun, grants },
-      txGref,
-      rxGref,
-      portNo,
-      features,
-      info as { mac: Uint8Array; mtu: number; nicId: number },
-      rxBatch,
-      opts.spinUs,
-    );
-    nf.counters.rxBuffersPosted = nRx;
-    nf.counters.rxRefills = 1;
-    return nf;
+    return new Netfront(guest, setUpVif(guest, opts));
   }
 
   /** Why the vif is unusable, if it is (the backend disconnected or broke a ring). */
@@ -574,33 +444,6 @@ export class Netfront {
     } catch {
       // closed by the backend's teardown already
     }
-    // netback unmaps the rings before it goes Closing; a copy in flight ends within microseconds.
-    let left = endGrants(this.guest, this.pages.grants);
-    for (let i = 0; left > 0 && i < 100; i++) {
-      Atomics.wait(napWord, 0, 0, 1);
-      left = endGrants(this.guest, this.pages.grants);
-    }
-    if (left === 0) {
-      const m = this.guest.memory;
-      m.freePages(this.pages.rings);
-      m.freePages(this.pages.tx);
-      m.freePages(this.pages.rx);
-    }
+    releaseVif(this.guest, this.pages);
   }
-}
-
-const napWord = new Int32Array(new SharedArrayBuffer(4));
-
-/** Ends the grants in `refs` it can (removing them); returns how many are still in use. */
-function endGrants(guest: Guest, refs: number[]): number {
-  let w = 0;
-  for (const r of refs) {
-    try {
-      guest.grants.endAccess(r);
-    } catch {
-      if (guest.grants.isInUse(r)) refs[w++] = r;
-    }
-  }
-  refs.length = w;
-  return w;
 }

@@ -14,23 +14,24 @@ import { NicCounter } from "./counters.js";
 import type { EndpointContext, EndpointTable } from "./endpoints.js";
 import type { Events } from "./events.js";
 import {
+  beginFrame,
   F_CONNECT_KEY,
   F_CONNECT_RETRY_MS,
   F_COOKIE,
   F_DEST_ENDPOINT,
-  F_DEST_NIC,
   F_DEST_SESSION,
   F_SRC_ENDPOINT,
-  F_SRC_NIC,
   F_SRC_SESSION,
   F_STATUS,
   FRAME_HEADER_BYTES,
   FrameType,
   getWord,
-  initFrame,
+  setFrameDest,
+  setFrameSource,
   setWord,
 } from "./frame.js";
 import { CTRL_QUEUE, type LinkState, type LinkTable, WIRE_ACTED, WIRE_WAITING } from "./link-state.js";
+import { SlotTable } from "./slot-table.js";
 import { MxStatus } from "./status.js";
 import { D_COOKIE, D_DEST_ENDPOINT, D_DEST_NIC, D_SRC_KEY, WIRE_TIMEOUT_MS } from "./window.js";
 
@@ -38,14 +39,11 @@ import { D_COOKIE, D_DEST_ENDPOINT, D_DEST_NIC, D_SRC_KEY, WIRE_TIMEOUT_MS } fro
 export const CONNECT_SLOTS = 256;
 
 /**
- * The CONNECTs this NIC asked other NICs for, by slot (typed arrays: nothing is allocated per
- * request). A request id is a sequence number << 8 | the slot, so a reply finds its slot at
- * once and a late reply for a reused slot does not match.
+ * The CONNECTs this NIC asked other NICs for, by slot (slot-table.ts: nothing is allocated
+ * per request). The request id in the CONNECT_REQUEST's F_COOKIE is the slot's id, so a
+ * reply finds its slot at once and a late reply for a reused slot does not match.
  */
-export class ConnectTable {
-  readonly used = new Uint8Array(CONNECT_SLOTS);
-  /** The request id in the CONNECT_REQUEST's F_COOKIE. */
-  readonly id = new Uint32Array(CONNECT_SLOTS);
+export class ConnectTable extends SlotTable {
   /** The requesting endpoint and its session. */
   readonly ep = new Uint32Array(CONNECT_SLOTS);
   readonly session = new Uint32Array(CONNECT_SLOTS);
@@ -56,25 +54,9 @@ export class ConnectTable {
   readonly destEp = new Uint32Array(CONNECT_SLOTS);
   /** When it completes ENDPOINT_UNREACHABLE without a reply. */
   readonly deadline = new Float64Array(CONNECT_SLOTS);
-  private readonly free = new Int32Array(CONNECT_SLOTS);
-  freeCount = CONNECT_SLOTS;
-  private seq = 0;
 
   constructor() {
-    for (let i = 0; i < CONNECT_SLOTS; i++) this.free[i] = i;
-  }
-
-  /** Takes a free slot (freeCount > 0) and gives it a fresh request id. Returns the slot. */
-  take(): number {
-    const s = this.free[--this.freeCount];
-    this.id[s] = (((++this.seq & 0xffffff) << 8) | s) >>> 0;
-    this.used[s] = 1;
-    return s;
-  }
-
-  release(s: number): void {
-    this.used[s] = 0;
-    this.free[this.freeCount++] = s;
+    super(CONNECT_SLOTS, 8);
   }
 }
 
@@ -143,7 +125,7 @@ export class Connector {
     }
     const ls = this.links.usable(destNic);
     const t = this.table;
-    if (ls === undefined || t.freeCount === 0) {
+    if (ls === undefined || t.full) {
       this.c[NicCounter.connects]++;
       const status = ls === undefined ? MxStatus.ENDPOINT_UNREACHABLE : MxStatus.NO_RESOURCES;
       this.events.postConnectDone(ctx, cookie, destNic, destEp, 0, status);
@@ -158,13 +140,9 @@ export class Connector {
     t.destEp[s] = destEp;
     t.deadline[s] = this.clock.now + WIRE_TIMEOUT_MS;
     const f = this.hdr;
-    initFrame(f, FrameType.ConnectRequest, 0);
-    setWord(f, F_SRC_NIC, this.nicId);
-    setWord(f, F_SRC_ENDPOINT, ctx.id);
-    setWord(f, F_SRC_SESSION, ctx.session);
-    setWord(f, F_DEST_NIC, destNic);
-    setWord(f, F_DEST_ENDPOINT, destEp);
-    setWord(f, F_COOKIE, t.id[s]);
+    beginFrame(f, FrameType.ConnectRequest, 0, t.id[s]);
+    setFrameSource(f, this.nicId, ctx.id, ctx.session);
+    setFrameDest(f, destNic, destEp, 0);
     setWord(f, F_CONNECT_KEY, d[D_SRC_KEY]);
     this.links.sendHeader(ls, f);
     this.c[NicCounter.connects]++;
@@ -197,14 +175,9 @@ export class Connector {
       lockout,
     );
     const f = this.hdr;
-    initFrame(f, FrameType.ConnectReply, 0);
-    setWord(f, F_SRC_NIC, this.nicId);
-    setWord(f, F_SRC_ENDPOINT, ep);
-    setWord(f, F_SRC_SESSION, status === MxStatus.SUCCESS ? this.eps.ctxs[ep].session : 0);
-    setWord(f, F_DEST_NIC, ls.peerNic);
-    setWord(f, F_DEST_ENDPOINT, getWord(frame, F_SRC_ENDPOINT));
-    setWord(f, F_DEST_SESSION, getWord(frame, F_SRC_SESSION));
-    setWord(f, F_COOKIE, getWord(frame, F_COOKIE));
+    beginFrame(f, FrameType.ConnectReply, 0, getWord(frame, F_COOKIE));
+    setFrameSource(f, this.nicId, ep, status === MxStatus.SUCCESS ? this.eps.ctxs[ep].session : 0);
+    setFrameDest(f, ls.peerNic, getWord(frame, F_SRC_ENDPOINT), getWord(frame, F_SRC_SESSION));
     setWord(f, F_STATUS, status);
     setWord(f, F_CONNECT_RETRY_MS, lockout.retryAfterMs);
     // Dropped when the link's queue is full: the requester times out.
@@ -214,11 +187,9 @@ export class Connector {
   /** The answer to one of our CONNECT_REQUESTs. */
   rxConnectReply(ls: LinkState, frame: Uint8Array): void {
     const t = this.table;
-    const id = getWord(frame, F_COOKIE);
-    const s = id & (CONNECT_SLOTS - 1);
+    const s = t.find(getWord(frame, F_COOKIE));
     if (
-      t.used[s] !== 1 ||
-      t.id[s] !== id ||
+      s < 0 ||
       t.nic[s] !== ls.peerNic ||
       getWord(frame, F_SRC_ENDPOINT) !== t.destEp[s] ||
       getWord(frame, F_DEST_ENDPOINT) !== t.ep[s] ||

@@ -32,20 +32,15 @@ import {
 } from "./endpoints.js";
 import type { Events } from "./events.js";
 import {
+  beginFrame,
   F_ACK_LENGTH,
   F_ACK_REASON,
-  F_COOKIE,
-  F_DEST_ENDPOINT,
-  F_DEST_NIC,
-  F_DEST_SESSION,
-  F_SRC_ENDPOINT,
-  F_SRC_NIC,
-  F_SRC_SESSION,
   F_STATUS,
   F_TAG,
   FRAME_HEADER_BYTES,
   FrameType,
-  initFrame,
+  setFrameDest,
+  setFrameSource,
   setWord,
 } from "./frame.js";
 import type { LinkTable } from "./link-state.js";
@@ -222,14 +217,9 @@ export class Delivery {
       return;
     }
     const f = this.hdr;
-    initFrame(f, FrameType.SendAck, 0);
-    setWord(f, F_SRC_NIC, this.nicId);
-    setWord(f, F_SRC_ENDPOINT, words[base + M_DEST_EP]);
-    setWord(f, F_SRC_SESSION, words[base + M_DEST_SESSION]);
-    setWord(f, F_DEST_NIC, srcNic);
-    setWord(f, F_DEST_ENDPOINT, words[base + M_SRC_EP]);
-    setWord(f, F_DEST_SESSION, words[base + M_SRC_SESSION]);
-    setWord(f, F_COOKIE, words[base + M_COOKIE]);
+    beginFrame(f, FrameType.SendAck, 0, words[base + M_COOKIE]);
+    setFrameSource(f, this.nicId, words[base + M_DEST_EP], words[base + M_DEST_SESSION]);
+    setFrameDest(f, srcNic, words[base + M_SRC_EP], words[base + M_SRC_SESSION]);
     setWord(f, F_STATUS, status);
     setWord(f, F_TAG, words[base + M_TAG]);
     setWord(f, F_ACK_LENGTH, words[base + M_LENGTH]);

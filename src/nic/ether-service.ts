@@ -34,14 +34,14 @@ import {
 } from "./ether-port.js";
 import type { Events } from "./events.js";
 import {
+  beginFrame,
   F_DEST_NIC,
   F_LENGTH,
-  F_SRC_NIC,
   FRAME_HEADER_BYTES,
   FRAME_MAX,
   FrameType,
   getWord,
-  initFrame,
+  setFrameSource,
   setWord,
 } from "./frame.js";
 import { type LinkState, type LinkTable, MacTable } from "./link-state.js";
@@ -186,8 +186,9 @@ export class EtherService {
       return true;
     }
     const f = this.txFrame;
-    initFrame(f, FrameType.Ethernet, len);
-    setWord(f, F_SRC_NIC, this.nicId);
+    // ETHERNET names only the NICs (frame.ts): the destination per link, below.
+    beginFrame(f, FrameType.Ethernet, len, 0);
+    setFrameSource(f, this.nicId, 0, 0);
     copyBytes(f, FRAME_HEADER_BYTES, b, off, len);
     const out = f.subarray(0, FRAME_HEADER_BYTES + len);
     if ((b[off] & 1) === 0) {

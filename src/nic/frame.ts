@@ -69,7 +69,7 @@
  *    4  F_SRC_SESSION    [NIC]      its session
  *    5  F_DEST_NIC       [OWNER]    D_DEST_NIC
  *    6  F_DEST_ENDPOINT  [OWNER]    D_DEST_ENDPOINT: the endpoint asked for
- *   12  F_COOKIE         [NIC]      the request id: a sequence number << 8 | the connect slot
+ *   12  F_COOKIE         [NIC]      the request id: the connect slot's id (generation << 8 | slot)
  *   10  F_CONNECT_KEY    [OWNER]    D_SRC_KEY: the key presented
  *
  * ---- CONNECT_REPLY (the asked NIC → requester's NIC; header only) ----------------------------
@@ -92,7 +92,7 @@
  *    5  F_DEST_NIC       [OWNER]    D_DEST_NIC
  *    6  F_DEST_ENDPOINT  [OWNER]    D_DEST_ENDPOINT: the endpoint that armed the pull right
  *    7  F_DEST_SESSION   [OWNER]    D_DEST_SESSION: its session (0 in a cancel)
- *   12  F_COOKIE         [NIC]      the request id: a sequence number << 8 | the remote-pull slot
+ *   12  F_COOKIE         [NIC]      the request id: the remote-pull slot's id (generation << 8 | slot)
  *   13  F_STATUS         [NIC]      0; nonzero (ABORTED) cancels the request with this id on this
  *                                   link (the puller gave up: its region or endpoint went away)
  *    8  F_PULL_RIGHT     [OWNER]    D_SRC_REGION: the right's index in the exposure table
@@ -207,6 +207,30 @@ export function initFrame(frame: Uint8Array, type: number, payloadLength: number
   frame.fill(0, 0, FRAME_HEADER_BYTES);
   setWord(frame, F_MAGIC, ((FRAME_MAGIC << 16) | (FRAME_VERSION << 8) | type) >>> 0);
   setWord(frame, F_LENGTH, payloadLength);
+}
+
+// The header's writer: every engine begins a frame with beginFrame, then names its ends with
+// setFrameSource and setFrameDest (a type that leaves a word of theirs unset passes 0), then
+// writes its own type's words (the tables above) with setWord.
+
+/** Starts a header: initFrame (magic, version, type, payload length; the rest 0) and its cookie. */
+export function beginFrame(frame: Uint8Array, type: number, payloadLength: number, cookie: number): void {
+  initFrame(frame, type, payloadLength);
+  setWord(frame, F_COOKIE, cookie);
+}
+
+/** Who sends the frame: words 2..4, NIC, endpoint, session. */
+export function setFrameSource(frame: Uint8Array, nic: number, endpoint: number, session: number): void {
+  setWord(frame, F_SRC_NIC, nic);
+  setWord(frame, F_SRC_ENDPOINT, endpoint);
+  setWord(frame, F_SRC_SESSION, session);
+}
+
+/** Whom the frame is for: words 5..7, NIC, endpoint, session. */
+export function setFrameDest(frame: Uint8Array, nic: number, endpoint: number, session: number): void {
+  setWord(frame, F_DEST_NIC, nic);
+  setWord(frame, F_DEST_ENDPOINT, endpoint);
+  setWord(frame, F_DEST_SESSION, session);
 }
 
 /**

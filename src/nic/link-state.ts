@@ -13,6 +13,7 @@ import { NicCounter } from "./counters.js";
 import { type EndpointContext, STALLED } from "./endpoints.js";
 import { FRAME_HEADER_BYTES } from "./frame.js";
 import type { Link } from "./link.js";
+import { SlotTable } from "./slot-table.js";
 import { WIRE_TIMEOUT_MS } from "./window.js";
 
 /** Header-only frames (SEND_ACK, CONNECT_*, PULL_REQUEST, error PULL_REPLY) held per link while it pushes back. */
@@ -47,24 +48,20 @@ export class LinkState {
 
   // SENDs awaiting their ACK, by slot. A slot is freed by its own ACK, in any order: a
   // delivery that waits for receive space must not hold up the ones behind it (a ring in send
-  // order would stay full behind it). Each SEND carries its slot and a generation (the tag,
-  // frame.ts F_TAG), which its SEND_ACK echoes.
-  readonly sUsed = new Uint8Array(SEND_WINDOW);
-  readonly sGen = new Uint16Array(SEND_WINDOW);
+  // order would stay full behind it). Each SEND carries its slot's id (the tag, frame.ts F_TAG:
+  // the slot and a generation), which its SEND_ACK echoes.
+  readonly sends = new SlotTable(SEND_WINDOW, 16);
   readonly sCookie = new Int32Array(SEND_WINDOW);
   readonly sEp = new Int32Array(SEND_WINDOW);
   readonly sSession = new Uint32Array(SEND_WINDOW);
   readonly sLen = new Uint32Array(SEND_WINDOW);
   readonly sDest = new Uint16Array(SEND_WINDOW);
   readonly sDeadline = new Float64Array(SEND_WINDOW);
-  private readonly sFree = new Int32Array(SEND_WINDOW);
-  /** SENDs awaiting their ACK. */
-  sCount = 0;
   /** Per destination endpoint (bucket): SENDs to it awaiting their ACK. */
   private readonly destOut = new Uint16Array(DEST_BUCKETS);
 
-  // PULL jobs served for the peer (responder side).
-  readonly jUsed = new Uint8Array(PULL_JOBS_PER_LINK);
+  // PULL jobs served for the peer (responder side), by slot.
+  readonly jobs = new SlotTable(PULL_JOBS_PER_LINK);
   readonly jId = new Uint32Array(PULL_JOBS_PER_LINK);
   readonly jReqEp = new Uint32Array(PULL_JOBS_PER_LINK);
   readonly jReqSession = new Uint32Array(PULL_JOBS_PER_LINK);
@@ -76,7 +73,7 @@ export class LinkState {
   readonly jOff = new Uint32Array(PULL_JOBS_PER_LINK);
   readonly jLen = new Uint32Array(PULL_JOBS_PER_LINK);
   readonly jSent = new Uint32Array(PULL_JOBS_PER_LINK);
-  jobCount = 0;
+  /** The job served first in the next round (jobs of a link take turns). */
   jNext = 0;
 
   /** Remote PULLs this NIC has outstanding on this link (requester side). */
@@ -93,9 +90,7 @@ export class LinkState {
   constructor(
     readonly link: Link,
     readonly peerNic: number,
-  ) {
-    for (let i = 0; i < SEND_WINDOW; i++) this.sFree[i] = SEND_WINDOW - 1 - i;
-  }
+  ) {}
 
   private static bucket(destEp: number): number {
     return destEp >>> 0 < DEST_BUCKETS - 1 ? destEp >>> 0 : DEST_BUCKETS - 1;
@@ -103,13 +98,12 @@ export class LinkState {
 
   /** Whether a SEND to endpoint `destEp` may go now: the window and that endpoint's share have room. */
   canSend(destEp: number): boolean {
-    return this.sCount < SEND_WINDOW && this.destOut[LinkState.bucket(destEp)] < DEST_CREDITS;
+    return !this.sends.full && this.destOut[LinkState.bucket(destEp)] < DEST_CREDITS;
   }
 
   /** The tag the next pushSend will return (the frame carries it before the slot is taken). */
   nextTag(): number {
-    const i = this.sFree[SEND_WINDOW - 1 - this.sCount];
-    return ((((this.sGen[i] + 1) & 0xffff) << 16) | i) >>> 0;
+    return this.sends.nextId();
   }
 
   /** Takes a slot for a SEND (canSend said yes); returns its tag for the frame. */
@@ -121,49 +115,28 @@ export class LinkState {
     destEp: number,
     deadline: number,
   ): number {
-    const i = this.sFree[SEND_WINDOW - 1 - this.sCount];
+    const i = this.sends.take();
     const dest = LinkState.bucket(destEp);
-    this.sUsed[i] = 1;
-    this.sGen[i] = (this.sGen[i] + 1) & 0xffff;
     this.sEp[i] = ep;
     this.sSession[i] = session;
     this.sCookie[i] = cookie;
     this.sLen[i] = len;
     this.sDest[i] = dest;
     this.sDeadline[i] = deadline;
-    this.sCount++;
     this.destOut[dest]++;
-    return ((this.sGen[i] << 16) | i) >>> 0;
+    return this.sends.id[i];
   }
 
   /** The slot of the pending SEND an ACK with this tag answers, or -1 (late, or garbage). */
   findSend(tag: number, ep: number, session: number, cookie: number): number {
-    const i = tag & 0xffff;
-    if (
-      i < SEND_WINDOW &&
-      this.sUsed[i] === 1 &&
-      this.sGen[i] === tag >>> 16 &&
-      this.sEp[i] === ep &&
-      this.sSession[i] === session &&
-      this.sCookie[i] === cookie
-    )
-      return i;
+    const i = this.sends.find(tag);
+    if (i >= 0 && this.sEp[i] === ep && this.sSession[i] === session && this.sCookie[i] === cookie) return i;
     return -1;
   }
 
   /** Frees slot i: its SEND completed (acknowledged, timed out, or its link is gone). */
   completeSend(i: number): void {
-    if (this.sUsed[i] === 0) return;
-    this.sUsed[i] = 0;
-    this.destOut[this.sDest[i]]--;
-    this.sCount--;
-    this.sFree[SEND_WINDOW - 1 - this.sCount] = i;
-  }
-
-  freeJob(j: number): void {
-    if (this.jUsed[j] === 0) return;
-    this.jUsed[j] = 0;
-    this.jobCount--;
+    if (this.sends.release(i)) this.destOut[this.sDest[i]]--;
   }
 }
 

@@ -211,7 +211,7 @@ export class Links {
       const ls = list[k];
       try {
         if (ls.ctrlCount > 0 && this.table.flushControl(ls)) did = true;
-        if (ls.jobCount > 0 && this.remotePull.serveJobs(ls)) did = true;
+        if (ls.jobs.count > 0 && this.remotePull.serveJobs(ls)) did = true;
       } catch {
         // A bug, never a peer's garbage: count it, drop that link's jobs (their requesters time out).
         this.c[NicCounter.internal_errors]++;
@@ -226,7 +226,7 @@ export class Links {
     const list = this.table.list;
     for (let k = 0; k < list.length; k++) {
       const ls = list[k];
-      if (ls.ctrlCount > 0 || ls.jobCount > 0) return true;
+      if (ls.ctrlCount > 0 || ls.jobs.count > 0) return true;
     }
     return false;
   }

@@ -8,10 +8,12 @@
  * Where things are, like Open-MX's driver (each file names its counterpart). The contracts,
  * which import nothing above them: window.ts (the endpoint window: control words, descriptors,
  * events, pull rights, each word and who writes it), frame.ts (the frames between NICs, per
- * type), ether-port.ts (the Ethernet port's rings), control.ts (control requests), status.ts,
- * counters.ts, clock.ts. The engines, each importing only those below it:
+ * type, and the one writer of their headers), ether-port.ts (the Ethernet port's rings),
+ * control.ts (control requests), status.ts, counters.ts, clock.ts. The engines, each
+ * importing only those below it:
  *
- *   nic.ts          Nic: construction, control(), the run loop
+ *   nic.ts          Nic: construction, control(), the run loop, the send queues' descriptors
+ *   control-service.ts  what each control request does (open, close, regions, lookup, QoS, info)
  *   links.ts        attach/detach/lose links, frame dispatch, the wire timer, silent peers
  *   send.ts         SEND descriptors out, SEND and SEND_ACK frames in, the send window
  *   remote-pull.ts  remote PULLs: RemotePullTable (requester) and served jobs (responder)
@@ -22,6 +24,7 @@
  *   exposure.ts     pull rights: take, check, end
  *   events.ts       every event the NIC writes, the backlog, interrupts
  *   link-state.ts   per-link state (control queue, send window, jobs), LinkTable, MacTable
+ *   slot-table.ts   SlotTable: the slots and ids of the connect, remote-pull, window and job tables
  *   endpoints.ts    EndpointContext, EndpointTable: open, close, look up
  *   tpt.ts          the translation and protection table
  *
@@ -56,14 +59,8 @@ import type { MessagePort } from "node:worker_threads";
 import { serveSyncCalls } from "../xen/sync-call.js";
 import { NicClock } from "./clock.js";
 import { ConnectLockout, Connector } from "./connect.js";
-import {
-  isInt,
-  isWord,
-  type LookupReply,
-  type NicControlRequest,
-  type NicInfo,
-  type RegisterRegionReply,
-} from "./control.js";
+import { isInt, type NicInfo } from "./control.js";
+import { ControlService } from "./control-service.js";
 import { allocNicCounters, EndpointCounter, endpointCounterBase, NicCounter } from "./counters.js";
 import { Delivery } from "./delivery.js";
 import { DmaEngine } from "./dma.js";
@@ -82,18 +79,16 @@ import { PullRights } from "./exposure.js";
 import type { Link } from "./link.js";
 import { LinkTable } from "./link-state.js";
 import { Links } from "./links.js";
-import { isDefaultQos, QosScheduler, type QosSettings, qosSettingsError } from "./qos.js";
+import { QosScheduler } from "./qos.js";
 import { RemotePull } from "./remote-pull.js";
 import { SendEngine } from "./send.js";
-import { MxStatus, NicError } from "./status.js";
+import { NicError } from "./status.js";
 import { DEFAULT_MAX_REGIONS, Tpt } from "./tpt.js";
 import {
   D_OPCODE,
   DESC_WORDS,
   DFLAG_REMOTE,
-  E_DRIVER_WORDS,
   ErrorReason,
-  EVENT_WORDS,
   Opcode,
   SQ_ENTRIES,
   SQ_OFFSET,
@@ -162,8 +157,8 @@ export class Nic {
   private readonly stopHooks: (() => void)[] = [];
   /** The descriptor being executed, copied out of its queue. */
   private readonly d = new Int32Array(DESC_WORDS);
-  /** lookup_endpoint's lockout, when it answers throttled. */
-  private readonly lockout = new ConnectLockout();
+  /** What each control request does (control-service.ts). */
+  private readonly controlService: ControlService;
 
   private scheduled = false;
   private asleep = false;
@@ -207,6 +202,23 @@ export class Nic {
       c,
       this.kick,
     );
+    this.controlService = new ControlService({
+      nicId,
+      maxEndpoints,
+      clock,
+      eps,
+      tpt: this.tpt,
+      events,
+      qos,
+      dma: this.dma,
+      delivery: this.delivery,
+      connector: this.connector,
+      remotePull: this.remotePull,
+      ether: this.ether,
+      linkTable: table,
+      links: this.links,
+      lockout: new ConnectLockout(),
+    });
   }
 
   // ---- the control interface (control.ts) ------------------------------------------------
@@ -220,7 +232,7 @@ export class Nic {
   control(req: unknown): unknown {
     this.c[NicCounter.control_requests]++;
     try {
-      return this.dispatch(req);
+      return this.controlService.dispatch(req);
     } catch (e) {
       this.c[NicCounter.control_errors]++;
       throw e;
@@ -231,126 +243,9 @@ export class Nic {
     }
   }
 
-  private dispatch(req: unknown): unknown {
-    if (typeof req !== "object" || req === null || typeof (req as { op?: unknown }).op !== "string")
-      throw new NicError("EINVAL", "a control request must be an object with a string `op`");
-    const r = req as NicControlRequest;
-    switch (r.op) {
-      case "open_endpoint": {
-        const reply = this.eps.open(r);
-        this.qos.reset(reply.endpointId, this.clock.tick());
-        return reply;
-      }
-      case "set_qos":
-        return this.setQos(r);
-      case "close_endpoint":
-        this.closeEndpoint(this.eps.openCtx(r.endpointId, "close_endpoint"));
-        return null;
-      case "register_region":
-        return this.registerRegion(r);
-      case "deregister_region":
-        this.tpt.deregister(this.eps.openCtx(r.endpointId, "deregister_region").id, r.regionId);
-        return null;
-      case "lookup_endpoint":
-        return this.lookupEndpoint(r);
-      case "deliver_event":
-        this.deliverEvent(r);
-        return null;
-      case "open_ether_port":
-        return this.ether.open();
-      case "info":
-        return this.info();
-      default:
-        throw new NicError(
-          "EINVAL",
-          `unknown control op ${JSON.stringify((r as { op: string }).op)}: expected open_endpoint, close_endpoint, register_region, deregister_region, lookup_endpoint, deliver_event, open_ether_port, set_qos or info`,
-        );
-    }
-  }
-
-  /** Closes ctx: what waits on it ends, in this order, and its owner is woken to read Closed. */
-  private closeEndpoint(ctx: EndpointContext): void {
-    this.eps.markClosed(ctx);
-    this.qos.closed(ctx.id);
-    // Its wire requests end with it: nobody reads their completions, and the peers stop serving them.
-    this.connector.dropEndpoint(ctx.id);
-    this.remotePull.dropEndpoint(ctx.id);
-    // Payloads queued for it will never be placed: their senders learn it now.
-    this.delivery.failQueued(ctx);
-    this.dma.stop(ctx);
-    ctx.linkStalled = false;
-    ctx.stallSince = 0;
-    ctx.blCount = 0;
-    // Release our own waiter on the dead window, and wake an owner blocked on it: it reads Closed.
-    Atomics.notify(ctx.w, W_SQ_PROD);
-    this.events.raise(ctx);
-  }
-
-  /** An endpoint's weight and caps (its driver's policy for the owner; qos.ts). */
-  private setQos(r: Extract<NicControlRequest, { op: "set_qos" }>): QosSettings {
-    const ctx = this.eps.openCtx(r.endpointId, "set_qos");
-    const problem = qosSettingsError(r.settings);
-    if (problem !== null) throw new NicError("EINVAL", `set_qos: ${problem}`);
-    this.qos.set(ctx.id, r.settings, this.clock.tick());
-    return this.qos.settings(ctx.id);
-  }
-
-  private registerRegion(r: Extract<NicControlRequest, { op: "register_region" }>): RegisterRegionReply {
-    const ctx = this.eps.openCtx(r.endpointId, "register_region");
-    return this.tpt.register(ctx.id, r.memory, r.runs, r.access);
-  }
-
-  private lookupEndpoint(r: Extract<NicControlRequest, { op: "lookup_endpoint" }>): LookupReply {
-    const id = this.eps.checkId(r.endpointId, "lookup_endpoint");
-    if (!isInt(r.key) || r.key < 0 || r.key > 0xffffffff)
-      throw new NicError("EINVAL", `lookup_endpoint: key must be a u32, got ${String(r.key)}`);
-    const ctx = this.eps.ctxs[id];
-    if (r.requester === undefined) {
-      if (!ctx.open) return { status: "unknown" };
-      if (ctx.key !== r.key) return { status: "bad_key" };
-    } else {
-      // The driver connects on behalf of its endpoint `requester`: wrong keys are throttled.
-      const from = this.eps.checkId(r.requester, "lookup_endpoint requester");
-      this.clock.tick();
-      const status = this.connector.check(this.nicId, from, id, r.key, this.lockout);
-      if (status === MxStatus.REJECTED)
-        return { status: "throttled", retryAfterMs: this.lockout.retryAfterMs };
-      if (status === MxStatus.ENDPOINT_UNKNOWN) return { status: "unknown" };
-      if (status === MxStatus.BAD_KEY) return { status: "bad_key" };
-    }
-    return { status: "ok", session: ctx.session, intr: ctx.intrBuffer!, owner: ctx.owner };
-  }
-
-  private deliverEvent(r: Extract<NicControlRequest, { op: "deliver_event" }>): void {
-    const ctx = this.eps.openCtx(r.endpointId, "deliver_event");
-    if (!isWord(r.cookie)) throw new NicError("EINVAL", `deliver_event: cookie must be a 32-bit integer`);
-    const words = r.words;
-    if (!Array.isArray(words) || words.length > EVENT_WORDS - E_DRIVER_WORDS || !words.every(isWord))
-      throw new NicError(
-        "EINVAL",
-        `deliver_event: words must be an array of at most ${EVENT_WORDS - E_DRIVER_WORDS} 32-bit integers`,
-      );
-    if (!this.events.postDriver(ctx, r.cookie, words))
-      throw new NicError(
-        "EAGAIN",
-        `deliver_event: endpoint ${ctx.id}'s event queue and backlog are full; its owner is not consuming events`,
-      );
-  }
-
+  /** What the NIC has open and attached (the info request). */
   info(): NicInfo {
-    return {
-      nicId: this.nicId,
-      maxEndpoints: this.maxEndpoints,
-      openEndpoints: this.eps.openList(),
-      regions: this.tpt.count,
-      links: this.linkTable.peers(),
-      linkStates: this.links.states(),
-      etherPort: this.ether.isOpen,
-      qos: this.eps
-        .openList()
-        .map((endpointId) => ({ endpointId, settings: this.qos.settings(endpointId) }))
-        .filter(({ settings }) => !isDefaultQos(settings)),
-    };
+    return this.controlService.info();
   }
 
   // ---- links (links.ts says what each does; tcp-link.ts drives them) ------------------------

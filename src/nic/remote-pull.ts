@@ -28,9 +28,9 @@ import type { EndpointContext, EndpointTable } from "./endpoints.js";
 import type { Events } from "./events.js";
 import { ExposureGrant, exposureLive, type PullRights } from "./exposure.js";
 import {
+  beginFrame,
   F_COOKIE,
   F_DEST_ENDPOINT,
-  F_DEST_NIC,
   F_DEST_SESSION,
   F_LENGTH,
   F_PULL_KEY,
@@ -38,14 +38,14 @@ import {
   F_PULL_OFFSET,
   F_PULL_RIGHT,
   F_SRC_ENDPOINT,
-  F_SRC_NIC,
   F_SRC_SESSION,
   F_STATUS,
   FRAME_HEADER_BYTES,
   FRAME_MAX,
   FrameType,
   getWord,
-  initFrame,
+  setFrameDest,
+  setFrameSource,
   setWord,
 } from "./frame.js";
 import {
@@ -58,6 +58,7 @@ import {
   WIRE_WAITING,
 } from "./link-state.js";
 import type { QosScheduler } from "./qos.js";
+import { SlotTable } from "./slot-table.js";
 import { MxStatus } from "./status.js";
 import type { Tpt } from "./tpt.js";
 import { NicTraceStage, nicStamp } from "./trace-ring.js";
@@ -85,13 +86,11 @@ import {
 export const REMOTE_PULL_SLOTS = 256;
 
 /**
- * The remote PULLs this NIC asked for (requester side), by slot: typed arrays, nothing
- * allocated per pull. A request id is a sequence number << 8 | the slot.
+ * The remote PULLs this NIC asked for (requester side), by slot (slot-table.ts: nothing
+ * allocated per pull). The request id in the PULL_REQUEST's F_COOKIE, echoed by every reply,
+ * is the slot's id.
  */
-export class RemotePullTable {
-  readonly used = new Uint8Array(REMOTE_PULL_SLOTS);
-  /** The request id in the PULL_REQUEST's F_COOKIE, echoed by every reply. */
-  readonly id = new Uint32Array(REMOTE_PULL_SLOTS);
+export class RemotePullTable extends SlotTable {
   /** The pulling endpoint and its session. */
   readonly ep = new Uint32Array(REMOTE_PULL_SLOTS);
   readonly session = new Uint32Array(REMOTE_PULL_SLOTS);
@@ -112,25 +111,9 @@ export class RemotePullTable {
   readonly seenAt = new Float64Array(REMOTE_PULL_SLOTS);
   /** A traced pull's message: its trace sequence (D_TRACE_SEQ), for this NIC's trace ring. */
   readonly traceSeq = new Uint32Array(REMOTE_PULL_SLOTS);
-  private readonly free = new Int32Array(REMOTE_PULL_SLOTS);
-  freeCount = REMOTE_PULL_SLOTS;
-  private seq = 0;
 
   constructor() {
-    for (let i = 0; i < REMOTE_PULL_SLOTS; i++) this.free[i] = i;
-  }
-
-  /** Takes a free slot (freeCount > 0) and gives it a fresh request id. Returns the slot. */
-  take(): number {
-    const s = this.free[--this.freeCount];
-    this.id[s] = (((++this.seq & 0xffffff) << 8) | s) >>> 0;
-    this.used[s] = 1;
-    return s;
-  }
-
-  release(s: number): void {
-    this.used[s] = 0;
-    this.free[this.freeCount++] = s;
+    super(REMOTE_PULL_SLOTS, 8);
   }
 }
 
@@ -180,10 +163,7 @@ export class RemotePull {
     const cookie = d[D_COOKIE];
     const ls = this.links.usable(destNic);
     const rp = this.table;
-    if (
-      ls !== undefined &&
-      (rp.freeCount === 0 || ls.pullsOut >= PULL_JOBS_PER_LINK || ls.ctrlCount === CTRL_QUEUE)
-    ) {
+    if (ls !== undefined && (rp.full || ls.pullsOut >= PULL_JOBS_PER_LINK || ls.ctrlCount === CTRL_QUEUE)) {
       // Back-pressure: the descriptor waits at the head of the queue.
       return this.links.stall(ctx, destNic);
     }
@@ -234,14 +214,9 @@ export class RemotePull {
     rp.traceSeq[s] = seenAt !== 0 ? d[D_TRACE_SEQ] : 0;
     ls.pullsOut++;
     const f = this.hdr;
-    initFrame(f, FrameType.PullRequest, 0);
-    setWord(f, F_SRC_NIC, this.nicId);
-    setWord(f, F_SRC_ENDPOINT, ctx.id);
-    setWord(f, F_SRC_SESSION, ctx.session);
-    setWord(f, F_DEST_NIC, destNic);
-    setWord(f, F_DEST_ENDPOINT, srcEp);
-    setWord(f, F_DEST_SESSION, srcSession);
-    setWord(f, F_COOKIE, rp.id[s]);
+    beginFrame(f, FrameType.PullRequest, 0, rp.id[s]);
+    setFrameSource(f, this.nicId, ctx.id, ctx.session);
+    setFrameDest(f, destNic, srcEp, srcSession);
     setWord(f, F_PULL_RIGHT, d[D_SRC_REGION]);
     setWord(f, F_PULL_KEY, d[D_SRC_KEY]);
     setWord(f, F_PULL_OFFSET, srcOff);
@@ -256,11 +231,9 @@ export class RemotePull {
   rxPullReply(ls: LinkState, frame: Uint8Array): void {
     this.c[NicCounter.pull_replies_rx]++;
     const rp = this.table;
-    const id = getWord(frame, F_COOKIE);
-    const s = id & (REMOTE_PULL_SLOTS - 1);
+    const s = rp.find(getWord(frame, F_COOKIE));
     if (
-      rp.used[s] !== 1 ||
-      rp.id[s] !== id ||
+      s < 0 ||
       rp.nic[s] !== ls.peerNic ||
       getWord(frame, F_DEST_ENDPOINT) !== rp.ep[s] ||
       getWord(frame, F_DEST_SESSION) !== rp.session[s] ||
@@ -314,13 +287,9 @@ export class RemotePull {
     if (ls !== undefined && ls.pullsOut > 0) ls.pullsOut--;
     if (cancel?.attached) {
       const f = this.hdr;
-      initFrame(f, FrameType.PullRequest, 0);
-      setWord(f, F_SRC_NIC, this.nicId);
-      setWord(f, F_SRC_ENDPOINT, rp.ep[s]);
-      setWord(f, F_SRC_SESSION, rp.session[s]);
-      setWord(f, F_DEST_NIC, cancel.peerNic);
-      setWord(f, F_DEST_ENDPOINT, rp.srcEp[s]);
-      setWord(f, F_COOKIE, rp.id[s]);
+      beginFrame(f, FrameType.PullRequest, 0, rp.id[s]);
+      setFrameSource(f, this.nicId, rp.ep[s], rp.session[s]);
+      setFrameDest(f, cancel.peerNic, rp.srcEp[s], 0);
       setWord(f, F_STATUS, MxStatus.ABORTED);
       this.links.sendHeader(cancel, f);
     }
@@ -368,9 +337,9 @@ export class RemotePull {
 
   /** A served pull ends (done, failed, cancelled, its link gone): its right is spent, its job slot freed. */
   private dropJob(ls: LinkState, j: number): void {
-    if (ls.jUsed[j] === 0) return;
+    if (ls.jobs.used[j] === 0) return;
     this.rights.end(ls.jSrcEp[j], ls.jSrcSession[j], ls.jXp[j]);
-    ls.freeJob(j);
+    ls.jobs.release(j);
   }
 
   /** Ends every job of `ls` (its link failed, or serving them failed). */
@@ -385,7 +354,7 @@ export class RemotePull {
     if (getWord(frame, F_STATUS) !== 0) {
       // A cancel: the requester gave up on it.
       for (let j = 0; j < PULL_JOBS_PER_LINK; j++)
-        if (ls.jUsed[j] === 1 && ls.jId[j] === id) this.dropJob(ls, j);
+        if (ls.jobs.used[j] === 1 && ls.jId[j] === id) this.dropJob(ls, j);
       return;
     }
     const reqEp = getWord(frame, F_SRC_ENDPOINT);
@@ -394,27 +363,24 @@ export class RemotePull {
     const srcSession = getWord(frame, F_DEST_SESSION);
     const len = getWord(frame, F_PULL_LENGTH);
     // A job slot first: a request refused for want of one must not spend its right.
-    const j = ls.jobCount < PULL_JOBS_PER_LINK ? ls.jUsed.indexOf(0) : -1;
     const index = getWord(frame, F_PULL_RIGHT);
     const g = this.grant;
-    const status =
-      j < 0
-        ? MxStatus.NO_RESOURCES
-        : this.rights.take(
-            srcEp,
-            srcSession,
-            index,
-            getWord(frame, F_PULL_KEY),
-            getWord(frame, F_PULL_OFFSET),
-            len,
-            g,
-          );
+    const status = ls.jobs.full
+      ? MxStatus.NO_RESOURCES
+      : this.rights.take(
+          srcEp,
+          srcSession,
+          index,
+          getWord(frame, F_PULL_KEY),
+          getWord(frame, F_PULL_OFFSET),
+          len,
+          g,
+        );
     if (status !== MxStatus.SUCCESS) {
       this.replyPullError(ls, id, reqEp, reqSession, srcEp, srcSession, len, status);
       return;
     }
-    ls.jUsed[j] = 1;
-    ls.jobCount++;
+    const j = ls.jobs.take();
     ls.jId[j] = id;
     ls.jReqEp[j] = reqEp;
     ls.jReqSession[j] = reqSession;
@@ -439,14 +405,9 @@ export class RemotePull {
     status: number,
   ): void {
     const f = this.hdr;
-    initFrame(f, FrameType.PullReply, 0);
-    setWord(f, F_SRC_NIC, this.nicId);
-    setWord(f, F_SRC_ENDPOINT, srcEp);
-    setWord(f, F_SRC_SESSION, srcSession);
-    setWord(f, F_DEST_NIC, ls.peerNic);
-    setWord(f, F_DEST_ENDPOINT, reqEp);
-    setWord(f, F_DEST_SESSION, reqSession);
-    setWord(f, F_COOKIE, id);
+    beginFrame(f, FrameType.PullReply, 0, id);
+    setFrameSource(f, this.nicId, srcEp, srcSession);
+    setFrameDest(f, ls.peerNic, reqEp, reqSession);
     setWord(f, F_STATUS, status);
     setWord(f, F_PULL_LENGTH, len);
     if (this.links.sendHeader(ls, f)) this.c[NicCounter.pull_replies_tx]++;
@@ -458,16 +419,16 @@ export class RemotePull {
     let budget = PULL_CHUNK;
     let did = false;
     let j = ls.jNext;
-    for (let visits = 0; visits < PULL_JOBS_PER_LINK && budget > 0 && ls.jobCount > 0; visits++) {
+    for (let visits = 0; visits < PULL_JOBS_PER_LINK && budget > 0 && ls.jobs.count > 0; visits++) {
       const src = ls.jSrcEp[j];
       // Its source endpoint's share of the round is spent or its tx cap holds it: the next job.
       // (A closed owner's job is served: it ends with an error reply.)
-      if (ls.jUsed[j] === 1 && (!this.eps.ctxs[src]?.open || this.qos.mayServe(src))) {
-        const had = ls.jobCount;
+      if (ls.jobs.used[j] === 1 && (!this.eps.ctxs[src]?.open || this.qos.mayServe(src))) {
+        const had = ls.jobs.count;
         const r = this.serveJob(ls, j, Math.min(JOB_ROUND, budget));
         const sent = r < 0 ? ~r : r;
         if (sent > 0) this.qos.chargeServed(src, sent);
-        if (sent > 0 || ls.jobCount !== had) did = true;
+        if (sent > 0 || ls.jobs.count !== had) did = true;
         if (r < 0) {
           // The link pushes back: this job goes first when it can take frames again.
           ls.jNext = j;
@@ -515,14 +476,9 @@ export class RemotePull {
     do {
       const off = ls.jSent[j];
       const n = Math.min(SEND_MAX, len - off);
-      initFrame(f, FrameType.PullReply, n);
-      setWord(f, F_SRC_NIC, this.nicId);
-      setWord(f, F_SRC_ENDPOINT, srcEp);
-      setWord(f, F_SRC_SESSION, ls.jSrcSession[j]);
-      setWord(f, F_DEST_NIC, ls.peerNic);
-      setWord(f, F_DEST_ENDPOINT, ls.jReqEp[j]);
-      setWord(f, F_DEST_SESSION, ls.jReqSession[j]);
-      setWord(f, F_COOKIE, ls.jId[j]);
+      beginFrame(f, FrameType.PullReply, n, ls.jId[j]);
+      setFrameSource(f, this.nicId, srcEp, ls.jSrcSession[j]);
+      setFrameDest(f, ls.peerNic, ls.jReqEp[j], ls.jReqSession[j]);
       setWord(f, F_PULL_OFFSET, off);
       setWord(f, F_PULL_LENGTH, len);
       if (n > 0) t.copyOut(slot, ls.jOff[j] + off, n, f, FRAME_HEADER_BYTES);

@@ -32,12 +32,12 @@ import {
 } from "./endpoints.js";
 import type { Events } from "./events.js";
 import {
+  beginFrame,
   F_ACK_REASON,
   F_AUX0,
   F_AUX1,
   F_COOKIE,
   F_DEST_ENDPOINT,
-  F_DEST_NIC,
   F_DEST_SESSION,
   F_LENGTH,
   F_MATCH_HI,
@@ -52,7 +52,8 @@ import {
   FRAME_MAX,
   FrameType,
   getWord,
-  initFrame,
+  setFrameDest,
+  setFrameSource,
   setWord,
 } from "./frame.js";
 import { type LinkState, type LinkTable, SEND_WINDOW, WIRE_ACTED, WIRE_WAITING } from "./link-state.js";
@@ -158,22 +159,17 @@ export class SendEngine {
     if (!ls.canSend(d[D_DEST_ENDPOINT])) {
       // The window, or the destination endpoint's share of it, is full: this one waits in the
       // queue. Other destinations' SENDs (other endpoints' queues) go on.
-      this.c[ls.sCount === SEND_WINDOW ? NicCounter.send_window_full : NicCounter.send_dest_full]++;
+      this.c[ls.sends.full ? NicCounter.send_window_full : NicCounter.send_dest_full]++;
       return this.links.stall(ctx, destNic);
     }
     const f = this.txFrame;
-    initFrame(f, FrameType.Send, len);
-    setWord(f, F_SRC_NIC, this.nicId);
-    setWord(f, F_SRC_ENDPOINT, ctx.id);
-    setWord(f, F_SRC_SESSION, ctx.session);
-    setWord(f, F_DEST_NIC, destNic);
-    setWord(f, F_DEST_ENDPOINT, d[D_DEST_ENDPOINT]);
-    setWord(f, F_DEST_SESSION, d[D_DEST_SESSION]);
+    beginFrame(f, FrameType.Send, len, cookie);
+    setFrameSource(f, this.nicId, ctx.id, ctx.session);
+    setFrameDest(f, destNic, d[D_DEST_ENDPOINT], d[D_DEST_SESSION]);
     setWord(f, F_MATCH_HI, d[D_MATCH_HI]);
     setWord(f, F_MATCH_LO, d[D_MATCH_LO]);
     setWord(f, F_AUX0, d[D_AUX0]);
     setWord(f, F_AUX1, d[D_AUX1]);
-    setWord(f, F_COOKIE, cookie);
     setWord(f, F_TAG, ls.nextTag());
     setWord(f, F_TRACE, tseq);
     if (len > 0) t.copyOut(src, srcOff, len, f, FRAME_HEADER_BYTES);
@@ -278,8 +274,8 @@ export class SendEngine {
 
   /** `ls` is gone or silent: every SEND in its window completes ENDPOINT_UNREACHABLE. */
   failWindow(ls: LinkState): void {
-    for (let i = 0; i < SEND_WINDOW && ls.sCount > 0; i++) {
-      if (ls.sUsed[i] === 0) continue;
+    for (let i = 0; i < SEND_WINDOW && ls.sends.count > 0; i++) {
+      if (ls.sends.used[i] === 0) continue;
       ls.completeSend(i);
       this.sendDoneTo(ls.sEp[i], ls.sSession[i], ls.sCookie[i], ls.sLen[i], MxStatus.ENDPOINT_UNREACHABLE);
     }
@@ -292,8 +288,8 @@ export class SendEngine {
   tick(ls: LinkState): number {
     const now = this.clock.now;
     let flags = 0;
-    for (let i = 0; i < SEND_WINDOW && ls.sCount > 0; i++) {
-      if (ls.sUsed[i] === 0) continue;
+    for (let i = 0; i < SEND_WINDOW && ls.sends.count > 0; i++) {
+      if (ls.sends.used[i] === 0) continue;
       if (now >= ls.sDeadline[i]) {
         flags |= WIRE_ACTED;
         this.links.checkSilence(ls);
