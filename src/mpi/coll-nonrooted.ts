@@ -319,18 +319,16 @@ function pairwise(
   rd: (i: number) => number,
 ): void {
   const { size, rank } = comm;
-  copyElems(out, rd(rank), s, sd(rank), sc(rank));
+  if (size === 1) copyElems(out, rd(rank), s, sd(rank), sc(rank));
   const pow2 = isPow2(size);
   for (let i = 1; i < size; i++) {
     const dst = pow2 ? rank ^ i : (rank + i) % size;
     const src = pow2 ? rank ^ i : (rank - i + size) % size;
-    comm.csendrecv(
-      call,
-      bytesOf(s, sd(dst), sc(dst)),
-      dst,
-      bytesOf(out, rd(src), rc(src)),
-      src,
-      TAG_ALLTOALL,
-    );
+    const r = comm.cirecv(bytesOf(out, rd(src), rc(src)), src, TAG_ALLTOALL);
+    const sr = comm.cisend(bytesOf(s, sd(dst), sc(dst)), dst, TAG_ALLTOALL);
+    // The block to itself is copied while the first exchange's handshake is under way.
+    if (i === 1) copyElems(out, rd(rank), s, sd(rank), sc(rank));
+    comm.cwait(call, r, src);
+    comm.cwait(call, sr, dst);
   }
 }

@@ -18,7 +18,7 @@ import { RECORD_HEADER_BYTES, RecordFlag, RecordWord } from "../myrixen/channel-
 import type { DriverChannel, MxDriver } from "../myrixen/driver-abi.js";
 import { DRIVER_EVENT_CONNECT, DRIVER_EVENT_DISCONNECT } from "../myrixen/driver-abi.js";
 import { MxStatus } from "../nic/status.js";
-import { I_SEQ, raiseInterrupt } from "../nic/window.js";
+import { I_SEQ, I_SLEEPING } from "../nic/window.js";
 import { copyInto } from "./bytes.js";
 import { LaneReader, LaneWriter } from "./channel.js";
 import type { Completion } from "./completion.js";
@@ -29,6 +29,7 @@ import type { PartnerTable } from "./partner.js";
 import type { PendingSends } from "./pending-sends.js";
 import type { PullRights } from "./pull-rights.js";
 import {
+  CHANNEL_EAGER_BYTES,
   CHANNEL_FRAGMENT,
   CHANNEL_PUSHES_IN_FLIGHT,
   CtsAux,
@@ -50,6 +51,18 @@ import {
   type Puller,
   RequestState,
 } from "./types.js";
+
+/**
+ * Kicks the peer if it said it sleeps, and takes its flag down as it does (the peer sets it
+ * again before it next sleeps): the FRAGs a pusher writes while its reader is waking cost one
+ * wake-up, not one system call each. No kick is lost: I_SEQ moved, so the reader's wait returns.
+ */
+function kickPeer(intr: Int32Array): boolean {
+  if (Atomics.compareExchange(intr, I_SLEEPING, 1, 0) !== 1) return false;
+  Atomics.add(intr, I_SEQ, 1);
+  Atomics.notify(intr, I_SEQ);
+  return true;
+}
 
 /** A rendezvous being pushed through the channel: the sender's side, or the receiver's. */
 class Transfer {
@@ -83,6 +96,8 @@ export interface ChannelPathParts {
 /** One co-resident peer's channel: our lane out (its path) and its lane in. */
 export class ChannelPath implements PeerPath, ChannelEnd, Puller {
   readonly channelId: number;
+  /** PeerPath.eagerMax: mid-size messages go eager when the lane has room (records.ts). */
+  readonly eagerMax = CHANNEL_EAGER_BYTES;
   private readonly writer: LaneWriter;
   private readonly reader: LaneReader;
   private readonly peerIntr: Int32Array;
@@ -175,7 +190,7 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
       tb.record(req.traceId, rndv ? TraceStage.RndvSent : TraceStage.Written, traceNow());
     }
     w.commit();
-    if (raiseInterrupt(this.peerIntr)) this.ctx.counters.kicks++;
+    if (kickPeer(this.peerIntr)) this.ctx.counters.kicks++;
     // An eager send is complete once its data is in the channel (MX may complete eager sends locally).
     if (!req.sync && !rndv) this.completion.complete(req, MxStatus.SUCCESS, req.buffer.length);
     else req.state = RequestState.Sent;
@@ -202,7 +217,7 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
     words[aux + NotifyAux.Xfer] = xfer;
     words[aux + NotifyAux.Status] = status;
     w.commit();
-    if (raiseInterrupt(this.peerIntr)) this.ctx.counters.kicks++;
+    if (kickPeer(this.peerIntr)) this.ctx.counters.kicks++;
   }
 
   /** Reads and matches what the peer wrote, then pushes what waits; true if either moved anything. */
@@ -335,7 +350,7 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
       cts.shift();
       wrote = true;
       this.receiving.push(t);
-      if (raiseInterrupt(this.peerIntr)) this.ctx.counters.kicks++;
+      if (kickPeer(this.peerIntr)) this.ctx.counters.kicks++;
     }
     const out = this.pushing;
     while (out.length > 0) {
@@ -363,7 +378,7 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
         w.commit();
         wrote = true;
         t.done += n;
-        if (raiseInterrupt(this.peerIntr)) this.ctx.counters.kicks++;
+        if (kickPeer(this.peerIntr)) this.ctx.counters.kicks++;
       }
       out.shift();
       // Every byte is in the lane: the send is over (as an eager send is once copied in).

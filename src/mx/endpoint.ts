@@ -50,6 +50,7 @@ import { PendingSends } from "./pending-sends.js";
 import { PullRights } from "./pull-rights.js";
 import type { RegLimits } from "./regcache.js";
 import { Regions } from "./regions.js";
+import { PREEMPTED_GAP_US, SpinBudget } from "./spin-budget.js";
 import { DEFAULT_TRACE_RECORDS, TraceBuffer, TraceStage, traceId, traceNow } from "./trace.js";
 import {
   type Block,
@@ -58,6 +59,8 @@ import {
   type MxAddress,
   MxRequest,
   type MxStatusInfo,
+  type Partner,
+  type PeerPath,
   RequestState,
 } from "./types.js";
 
@@ -80,6 +83,12 @@ export interface EndpointOptions {
   /** Eager up to this many bytes; rendezvous above (default 32 KiB). */
   rndvThreshold?: number;
   spinUs?: number;
+  /**
+   * Let the spin grow up to this many µs while waits end within it and the spinning thread is
+   * not preempted (spin-budget.ts); default: spinUs, a fixed spin. MPI sets it when its ranks
+   * have a core each.
+   */
+  spinMaxUs?: number;
   /** This domain's memory: buffers in it are registered in place; others are bounce-copied. */
   memory?: SharedArrayBuffer;
   /** Stamp each message's stages into a trace buffer (true, or its capacity in records). */
@@ -106,7 +115,13 @@ export class MxEndpoint {
   traceBuffer: TraceBuffer | undefined;
 
   private readonly rndvThreshold: number;
+  /** The user chose the threshold: it holds on every path (no channel eager above it). */
+  private readonly thresholdSet: boolean;
   private readonly spinUs: number;
+  private readonly spin: SpinBudget;
+  /** Of the last blockFor: it went to sleep; its spin saw a preemption. */
+  private blockSlept = false;
+  private blockPreempted = false;
   private readonly intr: Int32Array;
   private readonly ctx: EndpointContext;
   private readonly regions: Regions;
@@ -136,7 +151,12 @@ export class MxEndpoint {
     if (!Number.isInteger(t) || t < 0 || t > 64 * 1024)
       throw new MxError("MX_BAD_PARAM_VAL", `rndvThreshold must be an integer in 0..65536, got ${String(t)}`);
     this.rndvThreshold = t;
+    this.thresholdSet = opts.rndvThreshold !== undefined;
     this.spinUs = opts.spinUs ?? DEFAULT_SPIN_US;
+    const spinMax = opts.spinMaxUs ?? this.spinUs;
+    if (!Number.isFinite(spinMax) || spinMax < 0)
+      throw new MxError("MX_BAD_PARAM_VAL", `spinMaxUs must be a number of µs ≥ 0, got ${String(spinMax)}`);
+    this.spin = new SpinBudget(this.spinUs, spinMax);
     this.key = opts.key >>> 0;
     this.nicId = driver.nicId;
     let ep: ReturnType<MxDriver["openEndpoint"]>;
@@ -306,12 +326,28 @@ export class MxEndpoint {
       this.completion.complete(req, MxStatus.ENDPOINT_UNREACHABLE, 0);
       return req;
     }
+    if (req.rndv && this.sentEager(req, peer, path)) return req;
     if (req.rndv && path.pushes?.(req) !== true && !this.regions.prepareSend(req)) {
       this.completion.complete(req, MxStatus.NO_RESOURCES, 0);
       return req;
     }
     if (peer.backlog.length > 0 || !path.trySend(req)) peer.backlog.push(req);
     return req;
+  }
+
+  /**
+   * A message above the threshold that its path takes eager (a co-resident channel, up to
+   * its eagerMax) if it can be written now: never queued as eager, so a later path change
+   * never meets an eager message larger than that path's limit.
+   */
+  private sentEager(req: MxRequest, peer: Partner, path: PeerPath): boolean {
+    const max = path.eagerMax;
+    if (max === undefined || this.thresholdSet || req.buffer.length > max || peer.backlog.length > 0)
+      return false;
+    req.rndv = false;
+    if (path.trySend(req)) return true;
+    req.rndv = true;
+    return false;
   }
 
   /** mx_irecv with match value and mask as 32-bit word pairs. */
@@ -506,6 +542,16 @@ export class MxEndpoint {
    * interrupt page (announcing it, then re-checking, so no kick is lost), in slices.
    */
   private block(ready: () => boolean, timeoutMs: number): boolean {
+    if (!this.spin.adaptive) return this.blockFor(ready, timeoutMs);
+    const start = performance.now();
+    this.blockSlept = false;
+    this.blockPreempted = false;
+    const ok = this.blockFor(ready, timeoutMs);
+    this.spin.after((performance.now() - start) * 1000, this.blockSlept, this.blockPreempted);
+    return ok;
+  }
+
+  private blockFor(ready: () => boolean, timeoutMs: number): boolean {
     if (!Number.isFinite(timeoutMs) && timeoutMs !== Number.POSITIVE_INFINITY)
       throw new MxError(
         "MX_BAD_PARAM_VAL",
@@ -518,24 +564,34 @@ export class MxEndpoint {
     if (ready()) return true;
     // The spin lasts spinUs past the last time a channel moved something: a large message
     // pushed piece by piece keeps both sides spinning rather than sleeping between pieces.
-    let spinEnd = start + this.spinUs / 1000;
+    // (An adaptive spin starts from its current budget, and watches for preemption: a gap
+    // between clock reads while nothing moved.)
+    const budgetMs = this.spin.budgetUs / 1000;
+    let spinEnd = start + budgetMs;
     let moving = false;
+    let lastRead = start;
+    let movedSinceRead = false;
     for (let i = 0; ; i++) {
       if (this.wakeupPending) {
         this.wakeupPending = false;
         return false;
       }
-      if (this.progress()) moving = true;
+      if (this.progress()) moving = movedSinceRead = true;
       if (ready()) return true;
       if ((i & 63) === 63) {
         const now = performance.now();
+        if (!movedSinceRead && now - lastRead > PREEMPTED_GAP_US / 1000) this.blockPreempted = true;
+        lastRead = now;
+        movedSinceRead = false;
+        if (this.blockPreempted && now - start >= this.spinUs / 1000) break;
         if (moving && now < deadline) {
-          spinEnd = now + this.spinUs / 1000;
+          spinEnd = Math.max(spinEnd, now + this.spinUs / 1000);
           moving = false;
         } else if (now >= spinEnd) break;
       }
     }
     const intr = this.intr;
+    this.blockSlept = true;
     for (;;) {
       const now = performance.now();
       if (now >= deadline) return false;

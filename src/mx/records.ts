@@ -62,6 +62,15 @@ export const MAX_CHANNEL_RECORD = RecordType.Frag;
 export const CHANNEL_FRAGMENT = 16 * 1024;
 
 /**
+ * Eager up to this many bytes to a co-resident peer (with the default threshold), when the
+ * lane takes the record at once: one hand-off to the receiver instead of three (RNDV, CTS,
+ * FRAGs), which is what a collective's mid-size exchange waits on when a rank sleeps (NAS CG
+ * class A gathers 56,000-byte blocks). Kept below 64 KiB: a lone 64 KiB message between two
+ * spinning ranks goes faster pushed, its copies overlapping (bench pingpong).
+ */
+export const CHANNEL_EAGER_BYTES = 60 * 1024;
+
+/**
  * Pushed rendezvous one peer may have under way at once; a rendezvous sent beyond that is
  * pulled by the NIC (one copy, by a third thread). A lone message (a ping-pong, a collective's
  * exchange) is pushed: no NIC wake-up. A stream keeps the NIC's one-copy DMA, which measured

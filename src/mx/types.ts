@@ -168,6 +168,8 @@ export interface PeerPath {
    * the send is made; true marks the request `pushed`.
    */
   pushes?(req: MxRequest): boolean;
+  /** Largest message this path takes eager above the endpoint's threshold, if it can take one at once. */
+  readonly eagerMax?: number;
 }
 
 /** A co-resident channel's reading side: read on every progress, whichever way sends go. */
