@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import { LaneWriter } from "../src/mx/channel.js";
 import { ChannelPath } from "../src/mx/channel-path.js";
-import { CHANNEL_FRAGMENT, FLAG_PUSH, RecordType } from "../src/mx/records.js";
+import { CHANNEL_FRAGMENT, channelFragment, FLAG_PUSH, RecordType } from "../src/mx/records.js";
 import { MxRequest, RequestState } from "../src/mx/types.js";
 import {
   CHANNEL_BYTES,
@@ -290,4 +290,16 @@ test("rendezvous are pushed one at a time: while one is under way, the next is l
   assert.deepEqual(recv.buffer, pattern(300_000, 1));
   // The first is done: the next one is pushed again.
   assert.equal(a.path.pushes(another()), true);
+});
+
+test("a push's FRAGs carry 16 KiB for its first 64 KiB, then 64 KiB (a 64 KiB message keeps the small pieces)", () => {
+  const K = 1024;
+  assert.deepEqual([0, 16 * K, 48 * K, 64 * K, 128 * K, 8 * K * K].map(channelFragment), [
+    16 * K,
+    16 * K,
+    16 * K,
+    64 * K,
+    64 * K,
+    64 * K,
+  ]);
 });

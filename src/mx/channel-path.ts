@@ -30,9 +30,9 @@ import type { PendingSends } from "./pending-sends.js";
 import type { PullRights } from "./pull-rights.js";
 import {
   CHANNEL_EAGER_BYTES,
-  CHANNEL_FRAGMENT,
   CHANNEL_PUSHES_IN_FLIGHT,
   CtsAux,
+  channelFragment,
   FLAG_PUSH,
   FragAux,
   MAX_CHANNEL_RECORD,
@@ -362,7 +362,7 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
         continue;
       }
       while (t.done < t.xfer) {
-        const n = Math.min(CHANNEL_FRAGMENT, t.xfer - t.done);
+        const n = Math.min(channelFragment(t.done), t.xfer - t.done);
         const at = w.reserve(n);
         if (at < 0) return wrote;
         const words = w.words;
