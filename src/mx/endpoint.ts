@@ -28,7 +28,7 @@
  * spin on progress for a short budget, then sleep on the endpoint's interrupt page; senders
  * and the NIC kick it only while its owner says it sleeps.
  *
- * Why one file of ~620 lines: it is the MX API itself (about 30 calls, each a few lines that
+ * Why one file of ~700 lines: it is the MX API itself (about 30 calls, each a few lines that
  * check arguments and hand over to the parts above) around the one progress and blocking loop
  * they all share; cut further, a reader would chase mx_wait's logic through several files.
  */
