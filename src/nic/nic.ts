@@ -103,6 +103,13 @@ export const SQ_BATCH = 64;
 export const POLL_BUDGET_MS = 0.04;
 /** Longest run of the poll loop before it yields to the event loop (control requests, link frames). */
 const SLICE_MS = 2;
+/**
+ * With links attached, frames arrive through the event loop (the socket), which a running poll
+ * loop does not see: it yields this often while busy, and after every idle round while it
+ * polls, so that a frame from the wire is read within microseconds rather than at the end of
+ * a slice or after a sleep and a wake-up (each yield is one non-blocking look at the sockets).
+ */
+export const LINKED_SLICE_MS = 0.25;
 const BACKSTOP_MIN_MS = 1;
 const BACKSTOP_MAX_MS = 8;
 
@@ -166,6 +173,8 @@ export class Nic {
   private running = false;
   private backstop: ReturnType<typeof setTimeout> | null = null;
   private backoffMs = BACKSTOP_MIN_MS;
+  /** When the loop last found nothing to do (-1: it did something since). */
+  private idleSince = -1;
 
   constructor(options: NicOptions) {
     const { nicId, maxEndpoints, maxRegions } = checkNicOptions(options);
@@ -306,6 +315,8 @@ export class Nic {
   /** Something may need doing: wake the NIC if it sleeps and make sure the loop runs. */
   readonly kick = (): void => {
     if (!this.running) return;
+    // News (a frame, a doorbell, a request): the idle budget starts again.
+    this.idleSince = -1;
     if (this.asleep) this.wake(false);
     if (!this.scheduled) {
       this.scheduled = true;
@@ -336,25 +347,28 @@ export class Nic {
     this.scheduled = false;
     if (!this.running) return;
     const start = performance.now();
-    let idleSince = -1;
+    const linked = this.linkTable.list.length > 0;
+    const slice = linked ? LINKED_SLICE_MS : SLICE_MS;
     for (;;) {
       const did = this.poll();
       const now = performance.now();
       if (did) {
-        idleSince = -1;
+        this.idleSince = -1;
         this.backoffMs = BACKSTOP_MIN_MS;
-      } else if (idleSince < 0) {
-        idleSince = now;
-      } else if (now - idleSince >= POLL_BUDGET_MS) {
+      } else if (this.idleSince < 0) {
+        this.idleSince = now;
+      } else if (now - this.idleSince >= POLL_BUDGET_MS) {
         break;
       }
-      if (now - start >= SLICE_MS) {
-        // Busy: let control requests and link frames in, then carry on.
+      // Busy: let control requests and link frames in, then carry on. Idle with links: look at
+      // the sockets between rounds (the idle budget runs on across these yields).
+      if (now - start >= slice || (linked && !did)) {
         this.scheduled = true;
         setImmediate(this.runSlice);
         return;
       }
     }
+    this.idleSince = -1;
     this.sleep();
   };
 
