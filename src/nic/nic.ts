@@ -373,6 +373,12 @@ export class Nic {
   };
 
   private sleep(): void {
+    // Nothing more will ride with held SEND_ACKs: they go now, before the NIC stops looking.
+    if (this.linkTable.acksHeld > 0) {
+      this.links.cork();
+      this.linkTable.flushAllAcks();
+      this.links.uncork();
+    }
     this.setSleeping(1);
     // An owner that rang before it could see the flag did not notify: look once more.
     if (this.poll()) {
@@ -440,6 +446,8 @@ export class Nic {
   poll(): boolean {
     this.clock.tick();
     this.qos.beginRound(this.eps.openIds, this.eps.openCount, this.clock.now);
+    // The round's frames (SENDs, held SEND_ACKs, requests) leave together at its end.
+    this.links.cork();
     let did = this.links.poll();
     if (this.ether.poll()) did = true;
     const ctxs = this.eps.ctxs;
@@ -456,6 +464,7 @@ export class Nic {
         Atomics.store(ctx.w, W_SQ_CONS, ctx.sqCons | 0);
       }
     }
+    this.links.uncork();
     this.events.flushRaises();
     // Work held only by its weight this round goes in the next ones: keep polling.
     if (this.qos.deficitHeld) {
