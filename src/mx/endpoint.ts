@@ -77,7 +77,7 @@ export interface EndpointOptions {
   /** MX_ANY_ENDPOINT (default) or a specific id. */
   endpointId?: number;
   key: number;
-  /** Eager up to this many bytes; rendezvous above (default 32 KiB). */
+  /** Eager up to this many bytes; rendezvous above (default 32 KiB; through the NIC, 64 KiB). */
   rndvThreshold?: number;
   spinUs?: number;
   /** This domain's memory: buffers in it are registered in place; others are bounce-copied. */
@@ -106,6 +106,8 @@ export class MxEndpoint {
   traceBuffer: TraceBuffer | undefined;
 
   private readonly rndvThreshold: number;
+  /** The owner set rndvThreshold: it holds on every path (else a path may have its own, PeerPath.eagerMax). */
+  private readonly rndvChosen: boolean;
   private readonly spinUs: number;
   private readonly intr: Int32Array;
   private readonly ctx: EndpointContext;
@@ -136,6 +138,7 @@ export class MxEndpoint {
     if (!Number.isInteger(t) || t < 0 || t > 64 * 1024)
       throw new MxError("MX_BAD_PARAM_VAL", `rndvThreshold must be an integer in 0..65536, got ${String(t)}`);
     this.rndvThreshold = t;
+    this.rndvChosen = opts.rndvThreshold !== undefined;
     this.spinUs = opts.spinUs ?? DEFAULT_SPIN_US;
     this.key = opts.key >>> 0;
     this.nicId = driver.nicId;
@@ -292,7 +295,9 @@ export class MxEndpoint {
     req.msgLength = buffer.length;
     req.source = dest;
     req.sync = sync;
-    req.rndv = buffer.length > this.rndvThreshold;
+    // The path's own eager limit applies unless the owner chose a threshold.
+    const limit = this.rndvChosen ? this.rndvThreshold : (peer.path?.eagerMax ?? this.rndvThreshold);
+    req.rndv = buffer.length > limit;
     this.counters.sends++;
     const tb = this.ctx.trace;
     if (tb !== undefined) {

@@ -168,6 +168,11 @@ export interface PeerPath {
    * the send is made; true marks the request `pushed`.
    */
   pushes?(req: MxRequest): boolean;
+  /**
+   * Eager up to this many bytes on this path unless the endpoint was given a rendezvous
+   * threshold (the NIC path across hosts: a rendezvous costs two more crossings of the wire).
+   */
+  readonly eagerMax?: number;
 }
 
 /** A co-resident channel's reading side: read on every progress, whichever way sends go. */

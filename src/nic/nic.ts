@@ -45,8 +45,9 @@
  * Atomics.waitAsync per window on W_SQ_PROD). A doorbell with notify, a control request or a
  * link frame wakes it. Owners do not notify when they only consume events or release receive
  * space, so while completions or deliveries wait for such space a backstop timer (1 → 8 ms)
- * re-checks; an owner that wants them sooner notifies W_SQ_PROD after releasing space while
- * W_NIC_SLEEPING is 1 (notify wakes the NIC whatever the word's value).
+ * re-checks; an owner notifies W_SQ_PROD after releasing space while W_NIC_SLEEPING is
+ * NIC_SLEEPING_HOLDING (the NIC holds deliveries for it; notify wakes the NIC whatever the
+ * word's value).
  *
  * Allocation: the per-descriptor and per-frame paths use preallocated scratch (the descriptor
  * in hand here, the event in events.ts, the delivery and frames in each engine), passed as
@@ -89,6 +90,7 @@ import {
   DESC_WORDS,
   DFLAG_REMOTE,
   ErrorReason,
+  NIC_SLEEPING_HOLDING,
   Opcode,
   SQ_ENTRIES,
   SQ_OFFSET,
@@ -328,7 +330,12 @@ export class Nic {
   private setSleeping(sleeping: number): void {
     const ctxs = this.eps.ctxs;
     const openIds = this.eps.openIds;
-    for (let i = 0; i < this.eps.openCount; i++) Atomics.store(ctxs[openIds[i]].w, W_NIC_SLEEPING, sleeping);
+    for (let i = 0; i < this.eps.openCount; i++) {
+      const ctx = ctxs[openIds[i]];
+      // Holding deliveries for it: its owner tells us when it frees receive space (no backstop wait).
+      const v = sleeping !== 0 && ctx.dqCount > 0 ? NIC_SLEEPING_HOLDING : sleeping;
+      Atomics.store(ctx.w, W_NIC_SLEEPING, v);
+    }
     this.ether.setSleeping(sleeping);
   }
 
