@@ -205,7 +205,8 @@ test("cross-host NIC path (bypass): the NICs stamp every SEND and the remote pul
       "eager",
     );
     assert.equal(eager.handoffs, 3);
-    const rndv = await tracedPingpong(p, 64 * 1024, 10, 2, true, hosts);
+    // Above the NIC path's eager limit (SEND_MAX, 64 KiB): a rendezvous the NIC pulls.
+    const rndv = await tracedPingpong(p, 128 * 1024, 10, 2, true, hosts);
     assertRun(
       rndv,
       10,
@@ -230,7 +231,7 @@ test("cross-host NIC path (bypass): the NICs stamp every SEND and the remote pul
     // Tracing off: the NICs' rings are on, yet nothing carries a trace id, so nothing is stamped.
     const off = await tracedPingpong(p, 8, 50, 5, false, hosts);
     assert.equal(off.records, 0, "records with tracing off");
-    const offRndv = await tracedPingpong(p, 64 * 1024, 5, 1, false, hosts);
+    const offRndv = await tracedPingpong(p, 128 * 1024, 5, 1, false, hosts);
     assert.equal(offRndv.records, 0, "records with tracing off (rendezvous)");
   } finally {
     await p.stop();

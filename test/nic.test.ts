@@ -738,8 +738,8 @@ test("PULL copies across the runs of both regions under a pull right; every refu
 /** A sender with a readable region of pattern bytes. */
 function sender(name: string): { o: Owner; mem: SharedArrayBuffer; region: RegisterRegionReply } {
   const o = open(name);
-  const mem = memory(64 * 1024, 5);
-  const region = o.register(mem, [{ offset: 0, length: 64 * 1024 }], Access.LocalRead);
+  const mem = memory(2 * SEND_MAX, 5);
+  const region = o.register(mem, [{ offset: 0, length: 2 * SEND_MAX }], Access.LocalRead);
   return { o, mem, region };
 }
 
@@ -802,7 +802,16 @@ test("SEND places the payload in the receiver's area: RECV fields, alignment, wr
 
   // Fill to near the end, then a record that does not fit before it starts at 0 and its span covers the skip.
   let pos = 128;
-  const sizes = [SEND_MAX, SEND_MAX, SEND_MAX, SEND_MAX, SEND_MAX, SEND_MAX, SEND_MAX, 32000 - 128 - 64];
+  const sizes = [
+    SEND_MAX,
+    SEND_MAX,
+    SEND_MAX,
+    SEND_MAX,
+    SEND_MAX,
+    SEND_MAX,
+    SEND_MAX,
+    SEND_MAX - 768 - 128 - 64,
+  ];
   for (const [i, len] of sizes.entries()) {
     send(a, b, { cookie: 10 + i, srcOffset: i, length: len, matchLo: i });
     const e = b.nextEvent();
@@ -902,7 +911,7 @@ test("SEND to a closed, reopened, unknown or unreachable endpoint, and SENDs the
   send(a, b, { cookie: 6, length: SEND_MAX + 1 });
   send(a, b, { cookie: 7, length: 10, srcRegion: otherRegion.regionId });
   send(a, b, { cookie: 8, length: 10, srcRegion: writeOnly.regionId });
-  send(a, b, { cookie: 9, length: 10, srcOffset: 64 * 1024 - 5 });
+  send(a, b, { cookie: 9, length: 10, srcOffset: 2 * SEND_MAX - 5 });
   const ev = a.o.events(9);
   const expect: [number, number, number][] = [
     [EventType.SendDone, MxStatus.ENDPOINT_CLOSED, 0],

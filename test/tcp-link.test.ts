@@ -21,6 +21,7 @@ import {
   F_DEST_NIC,
   F_SRC_NIC,
   FRAME_HEADER_BYTES,
+  FRAME_MAX,
   FrameType,
   initFrame,
   setWord,
@@ -85,7 +86,7 @@ function helloBytes(nicId: number, version = TCP_LINK_VERSION, magic = TCP_LINK_
   b.writeUInt32LE(magic, 0);
   b.writeUInt16LE(version, 4);
   b.writeUInt32LE(nicId, 8);
-  b.writeUInt32LE(FRAME_HEADER_BYTES + 32768, 12);
+  b.writeUInt32LE(FRAME_MAX, 12);
   randomBytes(32).copy(b, 16);
   return b;
 }

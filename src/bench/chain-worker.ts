@@ -7,7 +7,8 @@
  *
  * The waiting discipline is the MX library's and the NIC's:
  *   guest  spins DEFAULT_SPIN_US, then says it sleeps (C_GUEST_SLEEPING) and Atomics.waits
- *   NIC    polls for POLL_BUDGET_MS after its last work, then says it sleeps (C_NIC_SLEEPING)
+ *   NIC    polls for POLL_BUDGET_MS after its last work (looking at the socket between rounds),
+ *          then says it sleeps (C_NIC_SLEEPING)
  *          and waits in its event loop with Atomics.waitAsync on C_TX_PROD (so socket data
  *          still wakes it); a guest notifies only when the flag says it sleeps
  *
@@ -20,7 +21,7 @@
  */
 import { createConnection, createServer, type Socket } from "node:net";
 import { parentPort, workerData } from "node:worker_threads";
-import { POLL_BUDGET_MS } from "../nic/nic.js";
+import { LINKED_SLICE_MS, POLL_BUDGET_MS } from "../nic/nic.js";
 import { adaptiveWait, DEFAULT_SPIN_US } from "../xen/wait.js";
 
 /** Marker on every job, so that importing this module from some other worker does nothing. */
@@ -405,24 +406,29 @@ function nic(role: "nic-a" | "nic-b", corrupt: boolean): void {
     return a || b;
   };
 
-  /** As the MX NIC: poll until idle for POLL_BUDGET_MS (yielding every 2 ms), then sleep. */
+  /**
+   * As the MX NIC (nic.ts runSlice): poll until idle for POLL_BUDGET_MS, then sleep; yield to
+   * the event loop every LINKED_SLICE_MS while busy and after every idle round, so that the
+   * socket is read while the thread polls.
+   */
+  let idleSince = -1;
   const runSlice = (): void => {
     scheduled = false;
     if (!running) return;
     const start = performance.now();
-    let idleSince = -1;
     for (;;) {
       const did = poll();
       const now = performance.now();
       if (did) idleSince = -1;
       else if (idleSince < 0) idleSince = now;
       else if (now - idleSince >= POLL_BUDGET_MS) break;
-      if (now - start >= 2) {
+      if (now - start >= LINKED_SLICE_MS || !did) {
         scheduled = true;
         setImmediate(runSlice);
         return;
       }
     }
+    idleSince = -1;
     sleep();
   };
 
@@ -453,6 +459,7 @@ function nic(role: "nic-a" | "nic-b", corrupt: boolean): void {
 
   function kick(): void {
     if (!running) return;
+    idleSince = -1;
     if (asleep) {
       asleep = false;
       Atomics.store(ctrl, C_NIC_SLEEPING, 0);

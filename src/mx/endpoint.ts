@@ -80,7 +80,7 @@ export interface EndpointOptions {
   /** MX_ANY_ENDPOINT (default) or a specific id. */
   endpointId?: number;
   key: number;
-  /** Eager up to this many bytes; rendezvous above (default 32 KiB). */
+  /** Eager up to this many bytes; rendezvous above (default 32 KiB; through the NIC, 64 KiB). */
   rndvThreshold?: number;
   spinUs?: number;
   /**
@@ -312,7 +312,9 @@ export class MxEndpoint {
     req.msgLength = buffer.length;
     req.source = dest;
     req.sync = sync;
-    req.rndv = buffer.length > this.rndvThreshold;
+    // The path's own eager limit applies unless the owner chose a threshold.
+    const limit = this.thresholdSet ? this.rndvThreshold : (peer.path?.eagerLimit ?? this.rndvThreshold);
+    req.rndv = buffer.length > limit;
     this.counters.sends++;
     const tb = this.ctx.trace;
     if (tb !== undefined) {

@@ -98,6 +98,9 @@ export interface NicPathParts {
 
 /** The NIC as one partner's path. */
 export class NicPath implements PeerPath {
+  /** Eager up to what one SEND carries: across hosts a rendezvous's extra round trip through both NIC threads costs more than copying 64 KiB. */
+  readonly eagerLimit = SEND_MAX;
+
   constructor(
     private readonly peer: Partner,
     private readonly records: NicRecords,

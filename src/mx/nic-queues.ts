@@ -43,6 +43,7 @@ import {
   EQ_OFFSET,
   EVENT_WORDS,
   EventType,
+  NIC_SLEEPING_HOLDING,
   Opcode,
   SQ_ENTRIES,
   SQ_OFFSET,
@@ -221,6 +222,8 @@ export class NicQueues implements Puller, PeerLossListener {
       this.eqCons = (this.eqCons + 1) >>> 0;
     }
     Atomics.store(w, W_EQ_CONS, this.eqCons | 0);
+    // A sleeping NIC that holds deliveries for us waits for the receive space just released.
+    if (Atomics.load(w, W_NIC_SLEEPING) === NIC_SLEEPING_HOLDING) Atomics.notify(w, W_SQ_PROD);
   }
 
   // ---- rendezvous pulls -----------------------------------------------------------------------------

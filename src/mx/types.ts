@@ -170,6 +170,11 @@ export interface PeerPath {
   pushes?(req: MxRequest): boolean;
   /** Largest message this path takes eager above the endpoint's threshold, if it can take one at once. */
   readonly eagerMax?: number;
+  /**
+   * Eager up to this many bytes on this path unless the endpoint was given a rendezvous
+   * threshold (the NIC path across hosts: a rendezvous costs two more crossings of the wire).
+   */
+  readonly eagerLimit?: number;
 }
 
 /** A co-resident channel's reading side: read on every progress, whichever way sends go. */

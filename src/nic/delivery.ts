@@ -224,7 +224,10 @@ export class Delivery {
     setWord(f, F_TAG, words[base + M_TAG]);
     setWord(f, F_ACK_LENGTH, words[base + M_LENGTH]);
     setWord(f, F_ACK_REASON, reason);
-    if (!this.links.sendHeader(ls, f)) this.c[NicCounter.acks_dropped]++;
+    // A success waits a moment for company (link-state.ts ACK_HOLD_MAX); news that changes
+    // what the sender does (a hold, a failure) goes at once.
+    if (status === MxStatus.SUCCESS) this.links.holdAck(ls, f);
+    else if (!this.links.sendHeader(ls, f)) this.c[NicCounter.acks_dropped]++;
   }
 
   /** A PENDING SEND_ACK for each of ctx's held deliveries that came from a link. */

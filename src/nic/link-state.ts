@@ -18,6 +18,16 @@ import { WIRE_TIMEOUT_MS } from "./window.js";
 
 /** Header-only frames (SEND_ACK, CONNECT_*, PULL_REQUEST, error PULL_REPLY) held per link while it pushes back. */
 export const CTRL_QUEUE = 1024;
+/**
+ * Successful SEND_ACKs a link holds back at most (holdAck), so that they ride with the next
+ * frame the NIC sends that way, usually the reply, instead of costing the peer's NIC (and its
+ * sender) a wake-up of their own. They go out with the next SEND on the link, when the NIC is
+ * about to sleep, when ACK_HOLD_MS passed, or when this many wait: the sender's window
+ * (DEST_CREDITS) never waits on them for long.
+ */
+export const ACK_HOLD_MAX = 8;
+/** The longest a held SEND_ACK waits for company (ms; within a poll budget). */
+export const ACK_HOLD_MS = 0.05;
 /** SENDs per link awaiting their SEND_ACK; a full window holds the next SEND in its queue. */
 export const SEND_WINDOW = 1024;
 /**
@@ -45,6 +55,11 @@ export class LinkState {
   readonly ctrl = new Uint8Array(CTRL_QUEUE * FRAME_HEADER_BYTES);
   ctrlHead = 0;
   ctrlCount = 0;
+
+  /** Successful SEND_ACKs held back (LinkTable.holdAck), and when the first of them was. */
+  readonly acks = new Uint8Array(ACK_HOLD_MAX * FRAME_HEADER_BYTES);
+  ackCount = 0;
+  ackSince = 0;
 
   // SENDs awaiting their ACK, by slot. A slot is freed by its own ACK, in any order: a
   // delivery that waits for receive space must not hold up the ones behind it (a ring in send
@@ -164,6 +179,8 @@ export class LinkTable {
   /** The wire timer's work (links.ts sets it). */
   onWireTick: () => void = noTick;
   private wireTimer: ReturnType<typeof setTimeout> | null = null;
+  /** SEND_ACKs held on all links (holdAck). */
+  acksHeld = 0;
   /** A queued header on its way out (flushControl). */
   private readonly ctrlOut = new Uint8Array(FRAME_HEADER_BYTES);
 
@@ -194,6 +211,9 @@ export class LinkTable {
   /** Takes `ls` out of the table (the caller fails what waits on it). */
   remove(ls: LinkState): void {
     ls.attached = false;
+    // Held SEND_ACKs die with the link (their senders' SENDs fail with it).
+    this.acksHeld -= ls.ackCount;
+    ls.ackCount = 0;
     this.byPeer.delete(ls.peerNic);
     const last = this.list.pop()!;
     if (last !== ls) {
@@ -204,6 +224,7 @@ export class LinkTable {
 
   /** Empties the table (the NIC stops; the caller closed the links). */
   clear(): void {
+    this.acksHeld = 0;
     this.byPeer.clear();
     this.list.length = 0;
   }
@@ -231,6 +252,36 @@ export class LinkTable {
     ls.ctrl.set(hdr, ((ls.ctrlHead + ls.ctrlCount) % CTRL_QUEUE) * FRAME_HEADER_BYTES);
     ls.ctrlCount++;
     return true;
+  }
+
+  /**
+   * Holds a successful SEND_ACK for `ls` (see ACK_HOLD_MAX): it goes out with the next SEND on
+   * the link, at the NIC's next sleep, or after ACK_HOLD_MS (flushAcks).
+   */
+  holdAck(ls: LinkState, hdr: Uint8Array): void {
+    if (ls.ackCount === ACK_HOLD_MAX) this.flushAcks(ls);
+    if (ls.ackCount === 0) ls.ackSince = this.clock.now;
+    ls.acks.set(hdr.subarray(0, FRAME_HEADER_BYTES), ls.ackCount * FRAME_HEADER_BYTES);
+    ls.ackCount++;
+    this.acksHeld++;
+  }
+
+  /** Sends `ls`'s held SEND_ACKs (into its control queue while the link pushes back). */
+  flushAcks(ls: LinkState): void {
+    const n = ls.ackCount;
+    if (n === 0) return;
+    ls.ackCount = 0;
+    this.acksHeld -= n;
+    for (let k = 0; k < n; k++) {
+      const hdr = ls.acks.subarray(k * FRAME_HEADER_BYTES, (k + 1) * FRAME_HEADER_BYTES);
+      if (!this.sendHeader(ls, hdr)) this.c[NicCounter.acks_dropped]++;
+    }
+  }
+
+  /** Every link's held SEND_ACKs go out (the NIC is about to sleep, or links close). */
+  flushAllAcks(): void {
+    if (this.acksHeld === 0) return;
+    for (let k = 0; k < this.list.length; k++) this.flushAcks(this.list[k]);
   }
 
   /** Sends `ls`'s queued headers until it pushes back. Returns whether it sent any. */

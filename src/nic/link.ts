@@ -22,6 +22,12 @@ export interface Link {
    * buffer), and may be longer than its header says: the receiver takes the length from it.
    */
   onFrame(cb: (frame: Uint8Array) => void): void;
+  /**
+   * Optional write batching: frames sent between cork() and uncork() may leave in one write
+   * (the NIC corks its links for each poll round). Calls come in pairs.
+   */
+  cork?(): void;
+  uncork?(): void;
   /** Called when a link that refused a frame can take frames again. */
   onWritable?(cb: () => void): void;
   close(): void;

@@ -21,7 +21,7 @@ import type { EtherService } from "./ether-service.js";
 import type { Events } from "./events.js";
 import { checkFrame, F_DEST_NIC, F_SRC_NIC, FrameType, getWord } from "./frame.js";
 import type { Link } from "./link.js";
-import { LinkState, type LinkTable, WIRE_ACTED, WIRE_WAITING } from "./link-state.js";
+import { ACK_HOLD_MS, LinkState, type LinkTable, WIRE_ACTED, WIRE_WAITING } from "./link-state.js";
 import type { RemotePull } from "./remote-pull.js";
 import type { SendEngine } from "./send.js";
 import { NicError } from "./status.js";
@@ -90,6 +90,8 @@ export class Links {
   detach(peerNic: number): void {
     const ls = this.table.get(peerNic);
     if (!ls) throw new NicError("ENOENT", `no link to NIC ${peerNic} is attached`);
+    // What this NIC acknowledged was delivered: its senders hear so before the goodbye.
+    this.table.flushAcks(ls);
     this.remove(ls);
     this.known.delete(peerNic);
     ls.link.close();
@@ -124,6 +126,7 @@ export class Links {
 
   /** The NIC stops: every link is closed and forgotten. */
   closeAll(): void {
+    this.table.flushAllAcks();
     for (const ls of this.table.list) {
       ls.attached = false;
       ls.link.close();
@@ -203,13 +206,18 @@ export class Links {
 
   // ---- each round -------------------------------------------------------------------------------
 
-  /** Sends each link's queued headers and serves its pull jobs. Returns whether anything went out. */
+  /**
+   * Sends each link's queued headers (and SEND_ACKs held ACK_HOLD_MS) and serves its pull jobs.
+   * Returns whether anything went out.
+   */
   poll(): boolean {
     let did = false;
     const list = this.table.list;
+    const now = this.clock.now;
     for (let k = 0; k < list.length; k++) {
       const ls = list[k];
       try {
+        if (ls.ackCount > 0 && now - ls.ackSince >= ACK_HOLD_MS) this.table.flushAcks(ls);
         if (ls.ctrlCount > 0 && this.table.flushControl(ls)) did = true;
         if (ls.jobs.count > 0 && this.remotePull.serveJobs(ls)) did = true;
       } catch {
@@ -219,6 +227,18 @@ export class Links {
       }
     }
     return did;
+  }
+
+  /** A poll round begins: links that batch writes (TCP) collect the round's frames into one write. */
+  cork(): void {
+    const list = this.table.list;
+    for (let k = 0; k < list.length; k++) list[k].link.cork?.();
+  }
+
+  /** The round ends: what the links collected goes out. */
+  uncork(): void {
+    const list = this.table.list;
+    for (let k = 0; k < list.length; k++) list[k].link.uncork?.();
   }
 
   /** Whether a link has work that waits for it to take frames (no doorbell announces it). */

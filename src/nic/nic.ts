@@ -45,8 +45,9 @@
  * Atomics.waitAsync per window on W_SQ_PROD). A doorbell with notify, a control request or a
  * link frame wakes it. Owners do not notify when they only consume events or release receive
  * space, so while completions or deliveries wait for such space a backstop timer (1 → 8 ms)
- * re-checks; an owner that wants them sooner notifies W_SQ_PROD after releasing space while
- * W_NIC_SLEEPING is 1 (notify wakes the NIC whatever the word's value).
+ * re-checks; an owner notifies W_SQ_PROD after releasing space while W_NIC_SLEEPING is
+ * NIC_SLEEPING_HOLDING (the NIC holds deliveries for it; notify wakes the NIC whatever the
+ * word's value).
  *
  * Allocation: the per-descriptor and per-frame paths use preallocated scratch (the descriptor
  * in hand here, the event in events.ts, the delivery and frames in each engine), passed as
@@ -89,6 +90,7 @@ import {
   DESC_WORDS,
   DFLAG_REMOTE,
   ErrorReason,
+  NIC_SLEEPING_HOLDING,
   Opcode,
   SQ_ENTRIES,
   SQ_OFFSET,
@@ -103,6 +105,13 @@ export const SQ_BATCH = 64;
 export const POLL_BUDGET_MS = 0.04;
 /** Longest run of the poll loop before it yields to the event loop (control requests, link frames). */
 const SLICE_MS = 2;
+/**
+ * With links attached, frames arrive through the event loop (the socket), which a running poll
+ * loop does not see: it yields this often while busy, and after every idle round while it
+ * polls, so that a frame from the wire is read within microseconds rather than at the end of
+ * a slice or after a sleep and a wake-up (each yield is one non-blocking look at the sockets).
+ */
+export const LINKED_SLICE_MS = 0.25;
 const BACKSTOP_MIN_MS = 1;
 const BACKSTOP_MAX_MS = 8;
 
@@ -166,6 +175,8 @@ export class Nic {
   private running = false;
   private backstop: ReturnType<typeof setTimeout> | null = null;
   private backoffMs = BACKSTOP_MIN_MS;
+  /** When the loop last found nothing to do (-1: it did something since). */
+  private idleSince = -1;
 
   constructor(options: NicOptions) {
     const { nicId, maxEndpoints, maxRegions } = checkNicOptions(options);
@@ -306,6 +317,8 @@ export class Nic {
   /** Something may need doing: wake the NIC if it sleeps and make sure the loop runs. */
   readonly kick = (): void => {
     if (!this.running) return;
+    // News (a frame, a doorbell, a request): the idle budget starts again.
+    this.idleSince = -1;
     if (this.asleep) this.wake(false);
     if (!this.scheduled) {
       this.scheduled = true;
@@ -317,7 +330,12 @@ export class Nic {
   private setSleeping(sleeping: number): void {
     const ctxs = this.eps.ctxs;
     const openIds = this.eps.openIds;
-    for (let i = 0; i < this.eps.openCount; i++) Atomics.store(ctxs[openIds[i]].w, W_NIC_SLEEPING, sleeping);
+    for (let i = 0; i < this.eps.openCount; i++) {
+      const ctx = ctxs[openIds[i]];
+      // Holding deliveries for it: its owner tells us when it frees receive space (no backstop wait).
+      const v = sleeping !== 0 && ctx.dqCount > 0 ? NIC_SLEEPING_HOLDING : sleeping;
+      Atomics.store(ctx.w, W_NIC_SLEEPING, v);
+    }
     this.ether.setSleeping(sleeping);
   }
 
@@ -336,29 +354,38 @@ export class Nic {
     this.scheduled = false;
     if (!this.running) return;
     const start = performance.now();
-    let idleSince = -1;
+    const linked = this.linkTable.list.length > 0;
+    const slice = linked ? LINKED_SLICE_MS : SLICE_MS;
     for (;;) {
       const did = this.poll();
       const now = performance.now();
       if (did) {
-        idleSince = -1;
+        this.idleSince = -1;
         this.backoffMs = BACKSTOP_MIN_MS;
-      } else if (idleSince < 0) {
-        idleSince = now;
-      } else if (now - idleSince >= POLL_BUDGET_MS) {
+      } else if (this.idleSince < 0) {
+        this.idleSince = now;
+      } else if (now - this.idleSince >= POLL_BUDGET_MS) {
         break;
       }
-      if (now - start >= SLICE_MS) {
-        // Busy: let control requests and link frames in, then carry on.
+      // Busy: let control requests and link frames in, then carry on. Idle with links: look at
+      // the sockets between rounds (the idle budget runs on across these yields).
+      if (now - start >= slice || (linked && !did)) {
         this.scheduled = true;
         setImmediate(this.runSlice);
         return;
       }
     }
+    this.idleSince = -1;
     this.sleep();
   };
 
   private sleep(): void {
+    // Nothing more will ride with held SEND_ACKs: they go now, before the NIC stops looking.
+    if (this.linkTable.acksHeld > 0) {
+      this.links.cork();
+      this.linkTable.flushAllAcks();
+      this.links.uncork();
+    }
     this.setSleeping(1);
     // An owner that rang before it could see the flag did not notify: look once more.
     if (this.poll()) {
@@ -426,6 +453,8 @@ export class Nic {
   poll(): boolean {
     this.clock.tick();
     this.qos.beginRound(this.eps.openIds, this.eps.openCount, this.clock.now);
+    // The round's frames (SENDs, held SEND_ACKs, requests) leave together at its end.
+    this.links.cork();
     let did = this.links.poll();
     if (this.ether.poll()) did = true;
     const ctxs = this.eps.ctxs;
@@ -442,6 +471,7 @@ export class Nic {
         Atomics.store(ctx.w, W_SQ_CONS, ctx.sqCons | 0);
       }
     }
+    this.links.uncork();
     this.events.flushRaises();
     // Work held only by its weight this round goes in the next ones: keep polling.
     if (this.qos.deficitHeld) {

@@ -176,6 +176,8 @@ export class SendEngine {
     // Before the write: the peer NIC may read the frame before link.send returns. A frame the
     // link refuses is stamped again when retried (the last stamp stands).
     if (tseq !== 0) nicStamp(this.nicId, ctx.id, tseq, NicTraceStage.OnLink);
+    // SEND_ACKs held for this link go first, in the same write when the round corks the link.
+    if (ls.ackCount > 0) this.links.flushAcks(ls);
     if (!ls.link.send(f.subarray(0, FRAME_HEADER_BYTES + len))) {
       // The wire pushes back: this descriptor stays at the head of the queue and is retried.
       this.c[NicCounter.link_backpressure]++;

@@ -168,6 +168,8 @@ export class TcpLink implements Link {
   private rxCredited = 0;
   private creditFrame = false;
   private readonly creditBuf = Buffer.alloc(8);
+  /** Between cork() and uncork(). */
+  private corked = false;
   /** Why the connection went down (null while up). */
   closeReason: string | null = null;
   /** Frames received before onFrame was set (dropped). */
@@ -268,6 +270,19 @@ export class TcpLink implements Link {
     this.bulkCredited = total;
     this.bulkInFlight -= acked;
     this.pumpBulk();
+  }
+
+  /** The NIC's poll round begins: its frames leave in one write (writev) at uncork. */
+  cork(): void {
+    if (this.corked || this.closed) return;
+    this.corked = true;
+    this.socket.cork();
+  }
+
+  uncork(): void {
+    if (!this.corked) return;
+    this.corked = false;
+    this.socket.uncork();
   }
 
   onFrame(cb: (frame: Uint8Array) => void): void {

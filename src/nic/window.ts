@@ -29,8 +29,14 @@ export const W_SQ_CONS = 16;
 export const W_EQ_PROD = 32;
 /** Owner: events consumed. */
 export const W_EQ_CONS = 48;
-/** NIC: 1 while it sleeps waiting for this endpoint's doorbell (the owner then notifies W_SQ_PROD). */
+/**
+ * NIC: nonzero while it sleeps waiting for this endpoint's doorbell (the owner then notifies
+ * W_SQ_PROD); NIC_SLEEPING_HOLDING when it also holds deliveries for this endpoint that wait
+ * for receive space: the owner notifies after releasing space too.
+ */
 export const W_NIC_SLEEPING = 64;
+/** W_NIC_SLEEPING's value when the sleeping NIC holds deliveries for the endpoint. */
+export const NIC_SLEEPING_HOLDING = 2;
 /** NIC: endpoint state, one of EndpointState. */
 export const W_STATE = 80;
 export const W_ENDPOINT_ID = 81;
@@ -51,9 +57,15 @@ export const DESC_WORDS = DESC_BYTES / 4;
 export const EQ_ENTRIES = 1024;
 export const EVENT_BYTES = 64;
 export const EVENT_WORDS = EVENT_BYTES / 4;
-export const RECV_BYTES = 256 * 1024;
-/** Largest payload a SEND descriptor may carry (the eager limit; larger messages are pulled). */
-export const SEND_MAX = 32 * 1024;
+/** The receive area: eight records of SEND_MAX. */
+export const RECV_BYTES = 512 * 1024;
+/**
+ * Largest payload a SEND descriptor may carry (the eager limit through the NIC; larger
+ * messages are pulled). 64 KiB: across hosts a rendezvous costs two more crossings of the
+ * wire and of the NIC threads (RTS, then PULL, then the data) than an eager message, which
+ * costs far more than the extra copies of an eager 64 KiB (issue 17).
+ */
+export const SEND_MAX = 64 * 1024;
 /** Receive-area records start on this alignment. */
 export const RECV_ALIGN = 64;
 
