@@ -5,42 +5,18 @@
 
 import { spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
+import { findApt, run } from "./apt.mjs";
 
 const CHROMIUM = "/usr/bin/chromium";
-const TIMEOUT_MS = 10 * 60 * 1000;
 const SKIP = "the browser test (test/bench-report-browser.test.ts) will be skipped";
 
 function log(msg) {
   console.log(`ensure-chromium: ${msg}`);
 }
 
-/** Run a command with a timeout; returns an error message, or undefined on success. */
-function run(cmd, args, opts = {}) {
-  const r = spawnSync(cmd, args, {
-    stdio: opts.quiet ? ["ignore", "ignore", "pipe"] : ["ignore", "inherit", "pipe"],
-    timeout: TIMEOUT_MS,
-    killSignal: "SIGKILL",
-    encoding: "utf8",
-    env: { ...process.env, DEBIAN_FRONTEND: "noninteractive" },
-  });
-  if (r.error)
-    return r.error.code === "ETIMEDOUT" ? `timed out after ${TIMEOUT_MS / 1000} s` : r.error.message;
-  if (r.signal) return `killed by ${r.signal}`;
-  if (r.status !== 0) {
-    const tail = (r.stderr ?? "").trim().split("\n").slice(-3).join(" | ");
-    return `exit code ${r.status}${tail ? `: ${tail}` : ""}`;
-  }
-  return undefined;
-}
-
 function version() {
   const r = spawnSync(CHROMIUM, ["--version"], { encoding: "utf8", timeout: 30_000, killSignal: "SIGKILL" });
   return (r.stdout ?? "").trim() || `(no version printed${r.error ? `: ${r.error.message}` : ""})`;
-}
-
-function findApt() {
-  for (const p of ["/usr/bin/apt-get", "/bin/apt-get"]) if (existsSync(p)) return p;
-  return undefined;
 }
 
 function main() {

@@ -5,10 +5,10 @@
 // 0, and never waits forever.
 
 import { spawnSync } from "node:child_process";
-import { accessSync, constants, existsSync } from "node:fs";
+import { accessSync, constants } from "node:fs";
 import { delimiter, join } from "node:path";
+import { findApt, run } from "./apt.mjs";
 
-const TIMEOUT_MS = 10 * 60 * 1000;
 // gcc: Debian's mpicc runs `gcc`, which libopenmpi-dev does not pull in by itself.
 const PACKAGES = ["openmpi-bin", "libopenmpi-dev", "gcc"];
 const SKIP = "the Open MPI test (test/bench-openmpi.test.ts) will be skipped";
@@ -28,25 +28,6 @@ function onPath(name) {
   return undefined;
 }
 
-/** Run a command with a timeout; returns an error message, or undefined on success. */
-function run(cmd, args) {
-  const r = spawnSync(cmd, args, {
-    stdio: ["ignore", "ignore", "pipe"],
-    timeout: TIMEOUT_MS,
-    killSignal: "SIGKILL",
-    encoding: "utf8",
-    env: { ...process.env, DEBIAN_FRONTEND: "noninteractive" },
-  });
-  if (r.error)
-    return r.error.code === "ETIMEDOUT" ? `timed out after ${TIMEOUT_MS / 1000} s` : r.error.message;
-  if (r.signal) return `killed by ${r.signal}`;
-  if (r.status !== 0) {
-    const tail = (r.stderr ?? "").trim().split("\n").slice(-3).join(" | ");
-    return `exit code ${r.status}${tail ? `: ${tail}` : ""}`;
-  }
-  return undefined;
-}
-
 function version(mpirun) {
   const r = spawnSync(mpirun, ["--version"], { encoding: "utf8", timeout: 30_000, killSignal: "SIGKILL" });
   return (r.stdout ?? "").split("\n")[0].trim() || "(no version printed)";
@@ -58,7 +39,7 @@ function main() {
     log(`mpicc, mpirun and gcc present: ${version(onPath("mpirun"))}`);
     return;
   }
-  const apt = ["/usr/bin/apt-get", "/bin/apt-get"].find((p) => existsSync(p));
+  const apt = findApt();
   const isRoot = typeof process.getuid === "function" && process.getuid() === 0;
   if (!apt || !isRoot) {
     const why = !apt ? "apt-get is not available" : "not running as root";
@@ -68,12 +49,12 @@ function main() {
   log(
     `mpicc, mpirun or gcc is missing: installing ${PACKAGES.join(" ")} with apt-get (may take a few minutes)…`,
   );
-  let inst = run(apt, ["install", "-y", "-q", "--no-install-recommends", ...PACKAGES]);
+  let inst = run(apt, ["install", "-y", "-q", "--no-install-recommends", ...PACKAGES], { quiet: true });
   if (inst) {
     // The package lists may be stale or absent: refresh them once and try again.
-    const upd = run(apt, ["-q", "update"]);
+    const upd = run(apt, ["-q", "update"], { quiet: true });
     if (upd) log(`apt-get update failed (${upd}); trying the install anyway`);
-    inst = run(apt, ["install", "-y", "-q", "--no-install-recommends", ...PACKAGES]);
+    inst = run(apt, ["install", "-y", "-q", "--no-install-recommends", ...PACKAGES], { quiet: true });
   }
   if (inst || !present()) {
     log(`installing Open MPI failed (${inst ?? "mpicc, mpirun or gcc still missing"}); ${SKIP}.`);

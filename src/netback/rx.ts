@@ -20,8 +20,8 @@ import {
   writeRxResponse,
 } from "../xen/io/netif.js";
 import type { NetbackCounters } from "./counters.js";
-import { grow, STAGING_FRAMES, type StagedFrame } from "./staging.js";
-import { BridgeCounter, VifCounter } from "./stats.js";
+import { copyBatch, grow, STAGING_FRAMES, type StagedFrame } from "./staging.js";
+import { VifCounter } from "./stats.js";
 import { reportBadPacket, type Vif } from "./vif.js";
 
 export class RxPath {
@@ -99,17 +99,13 @@ export class RxPath {
   /** One grant-copy batch for every RX piece of the pass (dom0 → the guests' posted buffers). */
   copyOut(): void {
     if (this.nOps === 0) return;
-    const batch = this.batch;
-    batch.length = 0;
-    for (let i = 0; i < this.nOps; i++) batch.push(this.pool[i]);
-    const res = this.guest.grants.copy(batch);
+    const res = copyBatch(this.guest, this.pool, this.nOps, this.batch, this.counters);
     const c = this.counters;
-    c.words[BridgeCounter.grantCopyCalls]++;
     for (let i = 0; i < res.length; i++) {
       const w = this.opVif[i];
       if (res[i].status === 0) {
         c.add(w, VifCounter.grantCopies);
-        c.add(w, VifCounter.grantCopyBytes, batch[i].len);
+        c.add(w, VifCounter.grantCopyBytes, this.pool[i].len);
       } else {
         // The guest posted a buffer we may not write: that slot (and so its frame) fails.
         w.rx!.view.setInt16(this.opRsp[i] + RX_RSP_STATUS, NETIF_RSP_ERROR, true);

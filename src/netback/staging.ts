@@ -5,9 +5,12 @@
  */
 
 import { PAGE_SIZE } from "../xen/abi.js";
+import type { GrantCopyOp, GrantResult } from "../xen/grant-table.js";
 import type { Guest } from "../xen/guest/guest.js";
 import { MAX_FRAME_PAGES } from "../xen/io/netif.js";
 import type { BridgeFrame } from "./bridge.js";
+import type { NetbackCounters } from "./counters.js";
+import { BridgeCounter } from "./stats.js";
 import type { Vif } from "./vif.js";
 
 /** Frames staged per pass (each in 3 dom0 pages: a jumbo frame never needs more). */
@@ -66,4 +69,21 @@ export function grow(a: Int32Array<ArrayBuffer>, need: number): Int32Array<Array
   const b = new Int32Array(Math.max(need, a.length * 2));
   b.set(a);
   return b;
+}
+
+/**
+ * One GNTTABOP_copy batch of a pass's first `n` ops in `pool` (tx.ts copies in, rx.ts out),
+ * counted as one grant-copy call; `batch` is the caller's reused array.
+ */
+export function copyBatch(
+  guest: Guest,
+  pool: readonly GrantCopyOp[],
+  n: number,
+  batch: GrantCopyOp[],
+  counters: NetbackCounters,
+): GrantResult[] {
+  batch.length = 0;
+  for (let i = 0; i < n; i++) batch.push(pool[i]);
+  counters.words[BridgeCounter.grantCopyCalls]++;
+  return guest.grants.copy(batch);
 }

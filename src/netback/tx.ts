@@ -44,8 +44,8 @@ import {
   XEN_NETIF_NR_SLOTS_MIN,
 } from "../xen/io/netif.js";
 import type { NetbackCounters } from "./counters.js";
-import { grow, STAGING_FRAMES, type StagedFrame, type Staging } from "./staging.js";
-import { BridgeCounter, VifCounter } from "./stats.js";
+import { copyBatch, grow, STAGING_FRAMES, type StagedFrame, type Staging } from "./staging.js";
+import { VifCounter } from "./stats.js";
 import { reportBadPacket, type Vif } from "./vif.js";
 
 /** Frames one vif may send per pass, and TX slots it may make us consume (errors included). */
@@ -228,18 +228,14 @@ export class TxPath {
   /** One grant-copy batch for every TX piece of the pass (guest pages → dom0's staging). */
   copyIn(): void {
     if (this.nOps === 0) return;
-    const batch = this.batch;
-    batch.length = 0;
-    for (let i = 0; i < this.nOps; i++) batch.push(this.pool[i]);
-    const res = this.guest.grants.copy(batch);
+    const res = copyBatch(this.guest, this.pool, this.nOps, this.batch, this.counters);
     const c = this.counters;
-    c.words[BridgeCounter.grantCopyCalls]++;
     for (let i = 0; i < res.length; i++) {
       const fr = this.staging.frames[this.opFrame[i]];
       const v = fr.from!;
       if (res[i].status === 0) {
         c.add(v, VifCounter.grantCopies);
-        c.add(v, VifCounter.grantCopyBytes, batch[i].len);
+        c.add(v, VifCounter.grantCopyBytes, this.pool[i].len);
       } else {
         c.add(v, VifCounter.grantCopyErrors);
         if (fr.ok) {
