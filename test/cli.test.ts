@@ -1,26 +1,14 @@
 /** The `myrixen` command as a user runs it: help, bad usage, the demo, and a benchmark writing JSON. */
 import assert from "node:assert/strict";
-import { execFile } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
-import { promisify } from "node:util";
 import { validateReport } from "../src/bench/harness.js";
+import { runCli } from "./helpers/cli.js";
 
-const BIN = fileURLToPath(new URL("../../bin/myrixen.js", import.meta.url));
-const run = async (...args: string[]) => {
-  try {
-    const r = await promisify(execFile)(process.execPath, [BIN, ...args], {
-      env: { ...process.env, NO_COLOR: "1" },
-    });
-    return { code: 0, stdout: r.stdout, stderr: r.stderr };
-  } catch (e) {
-    const x = e as { code: number; stdout: string; stderr: string };
-    return { code: x.code, stdout: x.stdout, stderr: x.stderr };
-  }
-};
+const run = (...args: string[]) => runCli(args);
 
 test("--help lists the commands", async () => {
   const r = await run("--help");

@@ -6,35 +6,24 @@
  * with exit code 2 (usage) or 1 (a failed job). Real launcher processes and real ranks.
  */
 import assert from "node:assert/strict";
-import { type ChildProcess, execFile, spawn } from "node:child_process";
+import { type ChildProcess, spawn } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
 import { fileURLToPath } from "node:url";
-import { promisify } from "node:util";
 import { parseMapBy, parseOpenMpiHostList, TIMEOUT_EXIT_CODE } from "../src/cli/run.js";
 import { loadClusterKey } from "../src/cluster/auth.js";
 import { coreSlots } from "../src/cluster/placement.js";
+import { BIN, runCli } from "./helpers/cli.js";
 
-const BIN = fileURLToPath(new URL("../../bin/myrixen.js", import.meta.url));
 /** The TypeScript sources themselves (the guest loader compiles them), so stacks name .ts lines. */
 const fixture = (name: string) => fileURLToPath(new URL(`../../test/fixtures/${name}.ts`, import.meta.url));
 const TMP = mkdtempSync(join(tmpdir(), "myrixen-mpirun-"));
 after(() => rmSync(TMP, { recursive: true, force: true }));
 
-const run = async (args: string[], env: Record<string, string> = {}) => {
-  try {
-    const r = await promisify(execFile)(process.execPath, [BIN, "run", ...args], {
-      env: { ...process.env, NO_COLOR: "1", XDG_RUNTIME_DIR: TMP, ...env },
-      cwd: TMP,
-    });
-    return { code: 0, stdout: r.stdout, stderr: r.stderr };
-  } catch (e) {
-    const x = e as { code: number; stdout: string; stderr: string };
-    return { code: x.code, stdout: x.stdout, stderr: x.stderr };
-  }
-};
+const run = (args: string[], env: Record<string, string> = {}) =>
+  runCli(["run", ...args], { env: { XDG_RUNTIME_DIR: TMP, ...env }, cwd: TMP });
 
 /** stderr without the embedded host's "inspect it with myrixen list" note. */
 const problems = (stderr: string) =>

@@ -4,27 +4,14 @@
  * and a program that writes no rows, or a directory that cannot be written, is a usage error.
  */
 import assert from "node:assert/strict";
-import { execFile } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
-import { fileURLToPath } from "node:url";
-import { promisify } from "node:util";
 import { validateReport } from "../src/bench/harness.js";
+import { runCli } from "./helpers/cli.js";
 
-const BIN = fileURLToPath(new URL("../../bin/myrixen.js", import.meta.url));
-const run = async (...args: string[]) => {
-  try {
-    const r = await promisify(execFile)(process.execPath, [BIN, ...args], {
-      env: { ...process.env, NO_COLOR: "1" },
-    });
-    return { code: 0, stdout: r.stdout, stderr: r.stderr };
-  } catch (e) {
-    const x = e as { code: number; stdout: string; stderr: string };
-    return { code: x.code, stdout: x.stdout, stderr: x.stderr };
-  }
-};
+const run = (...args: string[]) => runCli(args);
 
 test("run osu-latency --out writes the rows and the HTML report", { timeout: 180_000 }, async () => {
   const dir = mkdtempSync(join(tmpdir(), "myrixen-run-out-"));
