@@ -142,6 +142,30 @@ for (const c of cases) {
   });
 }
 
+// Both ranks post 64 receives and 64 sends of 512 KiB: per peer one rendezvous is pushed
+// through the channel (its lane fills), the rest pulled by the NIC, whose completions answer
+// the senders with NOTIFYs into that full lane. Waiting there (polling the NIC from inside its
+// own event handler) hung both ranks in MPI_Waitall every time; the NOTIFY now waits its turn.
+test("osu-bibw with windows of large messages both ways completes on the bypass path", {
+  timeout: 120_000,
+}, async () => {
+  for (const size of ["524288", "1048576"]) {
+    const { res, lines, err } = await runOsu("bibw", 2, "bypass", [
+      "-m",
+      `${size}:${size}`,
+      "-i",
+      "3",
+      "-x",
+      "1",
+    ]);
+    assert.equal(res.exitCode, 0, `exit ${res.exitCode}: ${res.failed?.error?.message ?? ""}\n${err}`);
+    const m = ROW.exec(lines[3] ?? "");
+    assert.ok(m, lines.join("\n"));
+    assert.equal(Number(m[1]), Number(size));
+    assert.ok(Number(m[2]) > 0);
+  }
+});
+
 test("the point-to-point tests need exactly two ranks; bad arguments fail with exit code 2", async () => {
   const three = await runOsu("latency", 3, "native", ["-m", "8"]);
   assert.equal(three.res.exitCode, 2);

@@ -113,6 +113,8 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
   /** Rendezvous we receive: CTS not written yet (the lane was full), then being pushed to us. */
   private readonly ctsWaiting: Transfer[] = [];
   private readonly receiving: Transfer[] = [];
+  /** NOTIFYs the lane had no room for: (sync id, bytes, status) triples, written first by push(). */
+  private readonly notifyWaiting: number[] = [];
   private lastXferId = 0;
   /** Pushed rendezvous sent and not done yet (`pushes` bounds them). */
   private readonly inFlight: MxRequest[] = [];
@@ -197,15 +199,23 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
     return true;
   }
 
-  /** A NOTIFY record: tiny, and never lost — a full lane is waited out (the peer drains it in its progress). */
+  /**
+   * A NOTIFY record: tiny, and never lost — into a full lane it waits in `notifyWaiting` and
+   * is written on a later progress, ahead of CTSs and FRAGs. Never waited for here: this runs
+   * inside event handlers (a pull done), and the peer may be waiting on a full lane of ours
+   * just as we would wait on its (an osu_bibw window of pushed and pulled rendezvous).
+   */
   notify(syncId: number, xfer: number, status: number): void {
+    if (this.released || this.peer.dead !== undefined) return;
+    if (this.notifyWaiting.length > 0 || !this.writeNotify(syncId, xfer, status))
+      this.notifyWaiting.push(syncId, xfer, status);
+  }
+
+  /** Writes one NOTIFY record; false if the lane is full right now. */
+  private writeNotify(syncId: number, xfer: number, status: number): boolean {
     const w = this.writer;
-    let at = w.reserve(0);
-    while (at < 0) {
-      if (this.peer.dead !== undefined || w.closed) return;
-      this.parts.nic.poll();
-      at = w.reserve(0);
-    }
+    const at = w.reserve(0);
+    if (at < 0) return false;
     const words = w.words;
     const i = at >>> 2;
     const aux = i + RecordWord.Aux;
@@ -218,6 +228,7 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
     words[aux + NotifyAux.Status] = status;
     w.commit();
     if (kickPeer(this.peerIntr)) this.ctx.counters.kicks++;
+    return true;
   }
 
   /** Reads and matches what the peer wrote, then pushes what waits; true if either moved anything. */
@@ -238,7 +249,11 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
       const ctx = this.ctx;
       if (ctx.laneHeldUntil === 0 || pol.heldUntil < ctx.laneHeldUntil) ctx.laneHeldUntil = pol.heldUntil;
     }
-    if ((this.ctsWaiting.length > 0 || this.pushing.length > 0) && this.push()) moved = true;
+    if (
+      (this.notifyWaiting.length > 0 || this.ctsWaiting.length > 0 || this.pushing.length > 0) &&
+      this.push()
+    )
+      moved = true;
     // Space freed: a writer that found the lane full and went to sleep wakes.
     if (moved && rd.takeSpaceWanted()) {
       Atomics.add(this.peerIntr, I_SEQ, 1);
@@ -297,6 +312,7 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
     for (const t of this.receiving.splice(0)) this.failTransfer(t, why, code);
     for (const t of this.ctsWaiting.splice(0)) this.failTransfer(t, why, code);
     this.pushing.length = 0;
+    this.notifyWaiting.length = 0;
     if (this.peer.channel === this) this.peer.channel = undefined;
     try {
       this.parts.driver.releaseChannel?.(this.ctx.endpointId, this.channelId);
@@ -327,10 +343,20 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
     this.push();
   }
 
-  /** Writes what waits outside the backlog: CTSs first (they unblock the peer), then FRAGs. True if it wrote any. */
+  /** Writes what waits outside the backlog: NOTIFYs and CTSs first (they unblock the peer), then FRAGs. True if it wrote any. */
   private push(): boolean {
     const w = this.writer;
     let wrote = false;
+    const nq = this.notifyWaiting;
+    if (nq.length > 0) {
+      let i = 0;
+      while (i < nq.length && this.writeNotify(nq[i], nq[i + 1], nq[i + 2])) i += 3;
+      if (i > 0) {
+        nq.splice(0, i);
+        wrote = true;
+      }
+      if (nq.length > 0) return wrote;
+    }
     const cts = this.ctsWaiting;
     while (cts.length > 0) {
       const t = cts[0];

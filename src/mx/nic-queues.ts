@@ -114,6 +114,8 @@ export class NicQueues implements Puller, PeerLossListener {
   private readonly windowF64: Float64Array;
   private sqProd: number;
   private eqCons: number;
+  /** poll() is handling events: a handler that polls again (through slot's wait) returns at once. */
+  private polling = false;
   private rqCons: number;
   private readonly pulls = new Map<number, NicPull>();
   private readonly connects = new Map<number, NicConnect>();
@@ -155,6 +157,8 @@ export class NicQueues implements Puller, PeerLossListener {
   /**
    * The next send-queue descriptor, zeroed; its word index in the window. `wait`: if the
    * queue is full, poll events until the NIC consumed one (else the caller checked sqFree).
+   * Called from an event's handler, the poll returns at once; the NIC takes descriptors while
+   * its events wait in the endpoint's backlog, so the queue still frees.
    */
   slot(wait: boolean): number {
     const w = this.window;
@@ -178,7 +182,22 @@ export class NicQueues implements Puller, PeerLossListener {
   poll(): void {
     const w = this.window;
     const prod = Atomics.load(w, W_EQ_PROD) >>> 0;
-    if (prod === this.eqCons) return;
+    if (prod === this.eqCons || this.polling) return;
+    // Not re-entrant: a handler that polled again would take the events after the one being
+    // handled, and this loop, its bound passed, would then run through stale slots for 2^32
+    // rounds (an osu_bibw window of pulled rendezvous hung that way, in a NOTIFY's wait).
+    this.polling = true;
+    try {
+      this.takeEvents(w, prod);
+    } finally {
+      this.polling = false;
+    }
+    Atomics.store(w, W_EQ_CONS, this.eqCons | 0);
+    // A sleeping NIC that holds deliveries for us waits for the receive space just released.
+    if (Atomics.load(w, W_NIC_SLEEPING) === NIC_SLEEPING_HOLDING) Atomics.notify(w, W_SQ_PROD);
+  }
+
+  private takeEvents(w: Int32Array, prod: number): void {
     while (this.eqCons !== prod) {
       const base = (EQ_OFFSET >> 2) + (this.eqCons % EQ_ENTRIES) * EVENT_WORDS;
       const tw = w[base + E_TYPE];
@@ -221,9 +240,6 @@ export class NicQueues implements Puller, PeerLossListener {
       }
       this.eqCons = (this.eqCons + 1) >>> 0;
     }
-    Atomics.store(w, W_EQ_CONS, this.eqCons | 0);
-    // A sleeping NIC that holds deliveries for us waits for the receive space just released.
-    if (Atomics.load(w, W_NIC_SLEEPING) === NIC_SLEEPING_HOLDING) Atomics.notify(w, W_SQ_PROD);
   }
 
   // ---- rendezvous pulls -----------------------------------------------------------------------------
