@@ -9,13 +9,15 @@
  *   it reads each lane's counters from the reader's lane policy page (message bytes taken,
  *   share holds: channel-abi.ts), keeps a moving average of each lane's rate, and takes the
  *   lanes that contend: moving at least CONTEND_BYTES_PER_SEC, or held by their share.
- *   Normalised by weight, the slowest contending lane sets the level L (bytes/s per unit of
- *   weight); every lane above L × (1 + HEADROOM) is limited to weight × L × (1 + HEADROOM),
- *   the others are left free. The limited lane's receiver sleeps on its share bucket, its
- *   sender waits on the lane, and the core they leave goes to the lanes behind: they speed
- *   up, L rises, the limits follow. At the fixed point the rates stand in the weights'
- *   ratio (within HEADROOM). Fewer than two lanes contending, or all of one weight: every
- *   limit is lifted (a sender alone on the host is not limited).
+ *   Normalised by weight, the slowest free contending lane sets the level L (bytes/s per
+ *   unit of weight); a lane more than SWITCH ahead of L is limited to weight × L × (1 +
+ *   HEADROOM), and stays limited until it falls more than SWITCH behind L with its limit not
+ *   binding for FREE_TICKS (hysteresis: one noisy tick does not swap the roles). The limited lane's receiver sleeps on its share
+ *   bucket, its sender waits on the lane, and the core they leave goes to the lanes behind:
+ *   they speed up, L rises, the limits follow. At the fixed point the rates stand in the
+ *   weights' ratio (within HEADROOM). Fewer than two lanes contending, or all of one weight,
+ *   for GRACE_TICKS in a row: every limit is lifted (a sender alone on the host is not
+ *   limited; a pair the scheduler left waiting for a few ms does not lift them).
  *
  * The limits go into the share word of the reader's page (never the caps, which stay a
  * ceiling); dom0 writes it, the lane's sender cannot reach it. The loop only runs while some
@@ -24,9 +26,9 @@
  *
  * Trust: the counters are the reading library's. A receiver that under-reports makes its
  * lane look slow and so lowers the others' limits; FLOOR bounds that: a lane is never
- * limited below its weighted share (weight ÷ the contending weights) of the rate it moved
- * at while last free, no more than the liar could take from them by using its share. A
- * lane's sender can write neither page nor counter.
+ * limited below half its weighted share (weight ÷ the contending weights) of the rate it
+ * moved at while last free, not far from what the liar could take from them by really
+ * using its share. A lane's sender can write neither page nor counter.
  */
 
 import type { DomId } from "../../xen/abi.js";
@@ -35,11 +37,16 @@ import { readLaneCounters, writeLaneShare } from "../channel-abi.js";
 /** The loop's period while lanes contend (ms). */
 export const TICK_MS = 5;
 /** Its period while fewer than two lanes move bytes (ms): a look for contention. */
-export const IDLE_TICK_MS = 50;
+export const IDLE_TICK_MS = 20;
 /** A lane moving less than this is not streaming: it limits no one and is not limited. */
 export const CONTEND_BYTES_PER_SEC = 16e6;
 /** Slack over the weighted level a limited lane gets (the share's accuracy: 1 ± this). */
-export const HEADROOM = 0.04;
+export const HEADROOM = 0.03;
+/**
+ * A lane is never limited below this part of its weighted share of the rate it moved at
+ * while last free (the bound on what a receiver that under-reports can cost the others).
+ */
+export const FLOOR = 0.5;
 /** Weight of the newest tick in a lane's moving average rate. */
 const EWMA = 0.25;
 /**
@@ -48,6 +55,12 @@ const EWMA = 0.25;
  * whole quiet span when it moves again, so a pause does not drag its average down.
  */
 const QUIET_TICKS = 3;
+/** How far (as a fraction) a lane must run ahead of the level to be limited, or behind it to be freed. */
+export const SWITCH = 0.15;
+/** Ticks without contention after which the limits are lifted (a pause shorter keeps them). */
+export const GRACE_TICKS = 4;
+/** Ticks in a row a limited lane's limit must not bind before it may be freed. */
+export const FREE_TICKS = 4;
 
 /** One lane as the loop sees it: the reader's policy page and the writer's weight. */
 export interface ShareLane {
@@ -82,6 +95,8 @@ interface LaneState {
   freeRate: number;
   /** The share limit written (bytes/s; 0 none). */
   limit: number;
+  /** Ticks in a row in which the share limit did not hold the lane. */
+  unheld: number;
   /** Ticks in a row with nothing moved, and their seconds. */
   quiet: number;
   span: number;
@@ -104,6 +119,8 @@ export class ShareLoop {
   private timer: unknown;
   private last = 0;
   private view: LaneShareInfo[] = [];
+  /** Ticks in a row without contention. */
+  private calm = 0;
 
   constructor(private readonly host: ShareLoopHost) {}
 
@@ -165,12 +182,14 @@ export class ShareLoop {
           page: lane.page,
           quiet: 0,
           span: 0,
+          unheld: 0,
         };
         this.state.set(lane.key, s);
         continue;
       }
       const moved = (c.taken - s.taken) >>> 0;
       const held = c.holds !== s.holds;
+      s.unheld = held ? 0 : s.unheld + 1;
       s.taken = c.taken;
       s.holds = c.holds;
       if (dt <= 0) continue;
@@ -201,19 +220,32 @@ export class ShareLoop {
 
     const limits = new Map<LaneState, number>();
     const weights = new Set(contending.map((c) => c.lane.weight));
-    if (contending.length >= 2 && weights.size >= 2) {
+    const sharing = contending.length >= 2 && weights.size >= 2;
+    this.calm = sharing ? 0 : this.calm + 1;
+    if (sharing) {
+      // The level: the slowest free lane's rate per unit of weight (the limited ones follow it).
       let level = Number.POSITIVE_INFINITY;
       let total = 0;
       for (const c of contending) {
-        level = Math.min(level, c.norm);
         total += c.lane.weight;
+        if (c.s.limit === 0) level = Math.min(level, c.norm);
       }
-      const bound = level * (1 + HEADROOM);
+      if (level === Number.POSITIVE_INFINITY) for (const c of contending) level = Math.min(level, c.norm);
       for (const c of contending) {
-        if (c.norm <= bound) continue;
-        const floor = (c.s.freeRate * c.lane.weight) / total;
-        limits.set(c.s, Math.max(c.lane.weight * bound, floor, 1));
+        // Hysteresis: a free lane is limited once clearly ahead of the level; a limited one is
+        // freed only once clearly behind it with its limit not binding for FREE_TICKS (it
+        // wants no more than it gets), so one noisy tick does not swap the roles.
+        const ahead =
+          c.s.limit !== 0
+            ? c.s.unheld < FREE_TICKS || c.norm * (1 + SWITCH) >= level
+            : c.norm > level * (1 + SWITCH);
+        if (!ahead) continue;
+        const floor = (FLOOR * c.s.freeRate * c.lane.weight) / total;
+        limits.set(c.s, Math.max(c.lane.weight * level * (1 + HEADROOM), floor, 1));
       }
+    } else if (this.calm <= GRACE_TICKS) {
+      // Contention may only have paused (a pair the scheduler left waiting): limits stay a little.
+      for (const s of this.state.values()) if (s.limit !== 0) limits.set(s, s.limit);
     }
     for (const s of this.state.values()) {
       const want = limits.get(s) ?? 0;
@@ -226,6 +258,6 @@ export class ShareLoop {
     }
     for (const v of view) v.limitBytesPerSec = this.state.get(v.key)?.limit ?? 0;
     this.view = view;
-    return contending.length >= 2;
+    return sharing || this.calm <= GRACE_TICKS;
   }
 }
