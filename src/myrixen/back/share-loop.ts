@@ -197,8 +197,9 @@ export class ShareLoop {
         s.quiet++;
         s.span += dt;
       } else {
-        const r = moved / (s.span + dt);
-        s.rate = s.rate < 0 ? r : EWMA * r + (1 - EWMA) * s.rate;
+        const r = moved / (s.quiet >= QUIET_TICKS ? dt : s.span + dt);
+        // A lane that stopped starts afresh: its old average would decide the roles.
+        s.rate = s.rate < 0 || s.quiet >= QUIET_TICKS ? r : EWMA * r + (1 - EWMA) * s.rate;
         s.quiet = 0;
         s.span = 0;
         if (s.limit === 0) s.freeRate = s.rate;
