@@ -102,6 +102,7 @@ export class MyriCore {
     },
     clearTimer: (t) => clearTimeout(t as ReturnType<typeof setTimeout>),
     counted: (what) => Atomics.add(this.cfg.stats, what === "tick" ? Stat.shareTicks : Stat.shareLimits, 1),
+    log: (m) => this.cfg.log(m),
   });
 
   constructor(readonly cfg: CoreConfig) {

@@ -84,6 +84,7 @@ export interface ShareLoopHost {
   clearTimer(handle: unknown): void;
   /** Counts a tick and a limit written (the stats page). */
   counted?(what: "tick" | "limit"): void;
+  log?(message: string): void;
 }
 
 interface LaneState {
@@ -153,7 +154,13 @@ export class ShareLoop {
   private schedule(ms: number): void {
     this.timer = this.host.setTimer(() => {
       if (this.timer === undefined) return;
-      const busy = this.tick();
+      let busy = false;
+      try {
+        busy = this.tick();
+      } catch (e) {
+        // dom0 goes on whatever a tick met; the loop looks again later.
+        this.host.log?.(`share loop: ${(e as Error).message}`);
+      }
       if (this.timer !== undefined) this.schedule(busy ? TICK_MS : IDLE_TICK_MS);
     }, ms);
   }
