@@ -283,22 +283,26 @@ test("real guests: default QoS runs no share loop; weights 3:1 start it, it limi
         while (streaming) await p.stream(MIB, 4, 0, 8);
       }),
     );
-    const lane = async (dom: number) => {
+    // Both lanes from one look (one inspection: the loop's view of one tick).
+    const lanes = async () => {
       const eps = await host.backendEndpoints();
-      return eps.find((e) => e.domid === dom)?.channels[0]?.shareIn;
+      const of = (dom: number) => eps.find((e) => e.domid === dom)?.channels[0]?.shareIn;
+      return [of(d.domid), of(f.domid)];
     };
-    let seen: { rateA: number; limitA: number; limitE: number };
+    let seen: { rateA: number; limitE: number };
     try {
       seen = await until("the loop limits E's lane while both stream", async () => {
-        const [inD, inF] = [await lane(d.domid), await lane(f.domid)];
-        if (!inD?.contending || !inF?.contending || inF.limitBytesPerSec === 0) return undefined;
-        return { rateA: inD.rateBytesPerSec, limitA: inD.limitBytesPerSec, limitE: inF.limitBytesPerSec };
+        const [inD, inF] = await lanes();
+        // Both contend, E's lane limited, A's free (the test on a clock above shows that is the
+        // only way round it settles; here the scheduler may swap them for a tick).
+        if (!inD?.contending || !inF?.contending || inF.limitBytesPerSec === 0 || inD.limitBytesPerSec !== 0)
+          return undefined;
+        return { rateA: inD.rateBytesPerSec, limitE: inF.limitBytesPerSec };
       });
     } finally {
       streaming = false;
       await streams; // every stream completed: nothing lost or failed
     }
-    assert.equal(seen.limitA, 0, "the weight-3 lane is not limited");
     // E's limit: its weight's part of A's level (weight 1 ÷ 3 of A's rate, with the headroom),
     // or its floor; rewritten only on a change over 1%.
     assert.ok(
@@ -310,7 +314,7 @@ test("real guests: default QoS runs no share loop; weights 3:1 start it, it limi
 
     // The streams ended: the limit is lifted.
     await until("the limit is lifted", async () =>
-      (await lane(f.domid))?.limitBytesPerSec === 0 ? true : undefined,
+      (await lanes())[1]?.limitBytesPerSec === 0 ? true : undefined,
     );
     // Weights back to 1: the loop stops.
     await host.setQos(a.domid, {});
