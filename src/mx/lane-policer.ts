@@ -25,9 +25,9 @@
  * the counters this policer keeps in the same page (message bytes taken, share holds). It
  * is a bucket of its own (SHARE_BURST_MS deep), apart from the caps, and holds every message
  * record, a rendezvous the NIC pulls too (the NIC does not know the share), never a control
- * record. Cost: one store per message record (the count), a clock read per message while set.
+ * record. Cost: one store per message record (the count), a clock read per message held.
  */
-import { POLICY_SHARE_FLOAT, POLICY_SHARE_HOLDS_WORD, POLICY_TAKEN_WORD } from "../myrixen/channel-abi.js";
+import { POLICY_SHARE_HOLDS_WORD, POLICY_TAKEN_WORD } from "../myrixen/channel-abi.js";
 import { BURST_MAX, BURST_MS } from "../nic/qos.js";
 import type { EndpointCounters } from "./types.js";
 
@@ -71,7 +71,7 @@ export class LanePolicer {
     private readonly now: () => number = () => performance.now(),
   ) {
     this.seq = new Int32Array(page, 0, POLICY_SHARE_HOLDS_WORD + 1);
-    this.words = new Float64Array(page, 8, POLICY_SHARE_FLOAT);
+    this.words = new Float64Array(page, 8, 4); // BytesPerSec, MsgsPerSec, Weight, ShareBytesPerSec
     this.taken = Atomics.load(this.seq, POLICY_TAKEN_WORD) >>> 0;
     this.shareHolds = Atomics.load(this.seq, POLICY_SHARE_HOLDS_WORD) >>> 0;
   }

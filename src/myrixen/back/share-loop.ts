@@ -165,7 +165,7 @@ export class ShareLoop {
     }, ms);
   }
 
-  /** One look: measures, decides, writes. Returns whether two or more lanes contend. */
+  /** One look: measures, decides, writes. True while lanes share (or a grace after): look again soon. */
   tick(): boolean {
     const now = this.host.now();
     const dt = (now - this.last) / 1000;
