@@ -13,7 +13,14 @@
  *            after 3 warm-up windows that spend the bucket's saved burst).
  *   A → D, E → F  stream together with weights 3 and 1 (iterations in the same ratio, so
  *            both run the whole time if the shares hold): share_ratio = A's share of the two
- *            rates ÷ 3/4.
+ *            rates ÷ 3/4. Both streams are started in the same tick (Promise.all: each pair's
+ *            receiver, then its sender, is told at once) and each rate is timed by its own
+ *            sender over its own measured windows, after one warm-up window each. On one
+ *            host these runs are 4× the stream runs (E 4 × streamIters windows, A 12 ×):
+ *            co-resident weights are held by myrback's share loop (myrixen/back/share-loop.ts),
+ *            a controller that looks every 5 ms and settles in some 20–40 ms, which at the
+ *            stream runs' length (≈ 80 ms for A) was most of the run. Across hosts the NIC's
+ *            deficit round robin needs no settling; those runs are as before.
  * Each row: the median over the profile's runs of the per-run ratio; extra fields carry the
  * medians it came from. On a loaded 2-core machine these figures are noisy.
  */
@@ -102,6 +109,7 @@ async function scopeRows(
   const ppIters = quick ? 500 : 3000;
   const ppWarm = quick ? 50 : 200;
   const streamIters = quick ? 4 : 12;
+  const shareIters = scope === "intra-host" ? 4 * streamIters : streamIters;
   const pages = 8192;
   progress(`isolation ${scope}: starting B↔C, A→D, E→F`);
   const bc = await MxPair.start(placement, "bypass", { pages: 1024 });
@@ -149,8 +157,8 @@ async function scopeRows(
     for (let run = 0; run < profile.runs; run++) {
       progress(`isolation ${scope}: A (weight 3) and E (weight 1) together, run ${run + 1}/${profile.runs}`);
       const [ra, re] = await Promise.all([
-        ad.stream(MIB, 3 * streamIters, 1, STREAM_WINDOW),
-        ef.stream(MIB, streamIters, 1, STREAM_WINDOW),
+        ad.stream(MIB, 3 * shareIters, 1, STREAM_WINDOW),
+        ef.stream(MIB, shareIters, 1, STREAM_WINDOW),
       ]);
       rates.push([ra, re]);
       shares.push(ra / (ra + re) / 0.75);

@@ -18,7 +18,16 @@
  * lanes one receiver reads, weights share its reading: per progress round a lane is read for
  * at most weight × LANE_QUANTUM bytes (a weighted round robin; a record may overdraw, no
  * deficit is carried). Cost when unlimited: one load per round; capped: a clock read per record.
+ *
+ * A share limit (the page's ShareBytesPerSec) is the host's weighted share between lanes of
+ * different receivers, which the weights above cannot reach: myrback's share loop
+ * (myrixen/back/share-loop.ts) writes it only while lanes of different weights contend, from
+ * the counters this policer keeps in the same page (message bytes taken, share holds). It
+ * is a bucket of its own (SHARE_BURST_MS deep), apart from the caps, and holds every message
+ * record, a rendezvous the NIC pulls too (the NIC does not know the share), never a control
+ * record. Cost: one store per message record (the count), a clock read per message held.
  */
+import { POLICY_SHARE_HOLDS_WORD, POLICY_TAKEN_WORD } from "../myrixen/channel-abi.js";
 import { BURST_MAX, BURST_MS } from "../nic/qos.js";
 import type { EndpointCounters } from "./types.js";
 
@@ -26,6 +35,8 @@ import type { EndpointCounters } from "./types.js";
 export const LANE_QUANTUM = 64 * 1024;
 /** What a record that carries no message (a NOTIFY, a CTS) costs a byte cap: as an empty descriptor at the NIC. */
 export const CONTROL_RECORD_COST = 64;
+/** Depth of the share bucket: this many ms of the share rate (at least one 1 MiB message's worth). */
+export const SHARE_BURST_MS = 10;
 
 export class LanePolicer {
   private readonly seq: Int32Array;
@@ -34,7 +45,16 @@ export class LanePolicer {
   bytesPerSec = 0;
   msgsPerSec = 0;
   weight = 1;
+  /** The share loop's limit (bytes/s; 0 = none). */
+  shareBytesPerSec = 0;
   private capped = false;
+  /** Caps or a share limit: the buckets are looked at. */
+  private limited = false;
+  private shareBucket = 0;
+  private shareDepth = 0;
+  /** Message bytes taken (the page's TakenBytes, u32) and share holds, as counted here. */
+  private taken = 0;
+  private shareHolds = 0;
   private bytes = 0;
   private msgs = 0;
   private bytesDepth = 0;
@@ -50,8 +70,10 @@ export class LanePolicer {
     private readonly counters: Pick<EndpointCounters, "laneHolds">,
     private readonly now: () => number = () => performance.now(),
   ) {
-    this.seq = new Int32Array(page, 0, 2);
-    this.words = new Float64Array(page, 8, 3);
+    this.seq = new Int32Array(page, 0, POLICY_SHARE_HOLDS_WORD + 1);
+    this.words = new Float64Array(page, 8, 4); // BytesPerSec, MsgsPerSec, Weight, ShareBytesPerSec
+    this.taken = Atomics.load(this.seq, POLICY_TAKEN_WORD) >>> 0;
+    this.shareHolds = Atomics.load(this.seq, POLICY_SHARE_HOLDS_WORD) >>> 0;
   }
 
   /** Starts a progress round: takes up a changed policy; false while the caps hold the lane. */
@@ -59,8 +81,9 @@ export class LanePolicer {
     const s = Atomics.load(this.seq, 0);
     if (s !== this.seen && (s & 1) === 0) this.reload(s);
     this.round = this.weight * LANE_QUANTUM;
-    if (!this.capped || this.heldUntil === 0) return true;
+    if (!this.limited || this.heldUntil === 0) return true;
     this.refill(this.now());
+    // The caps hold every record; a share debt only message records (admit, charge).
     if (this.bytes < 0 || this.msgs < 0) return false;
     this.heldUntil = 0;
     return true;
@@ -72,34 +95,70 @@ export class LanePolicer {
    */
   admit(bytes: number, msgs: number, roundBytes: number): boolean {
     if (this.round <= 0) return false;
-    if (this.capped) {
-      if (this.bytes < 0 || this.msgs < 0) {
+    if (this.limited) {
+      const shared = msgs > 0 && this.shareBytesPerSec > 0;
+      if (this.bytes < 0 || this.msgs < 0 || (shared && this.shareBucket < 0)) {
         const t = this.now();
         this.refill(t);
-        if (this.bytes < 0 || this.msgs < 0) {
-          if (this.heldUntil === 0) this.counters.laneHolds++;
-          const waitBytes = this.bytesPerSec > 0 ? -this.bytes / this.bytesPerSec : 0;
-          const waitMsgs = this.msgsPerSec > 0 ? -this.msgs / this.msgsPerSec : 0;
-          this.heldUntil = t + 1000 * Math.max(waitBytes, waitMsgs);
+        if (this.bytes < 0 || this.msgs < 0 || (shared && this.shareBucket < 0)) {
+          this.hold(t, shared);
           return false;
         }
       }
       this.heldUntil = 0;
       if (this.bytesPerSec > 0) this.bytes -= bytes;
       if (this.msgsPerSec > 0) this.msgs -= msgs;
+      if (shared) this.shareBucket -= bytes;
     }
+    if (msgs > 0) this.count(bytes);
     this.round -= roundBytes;
     return true;
   }
 
-  /** Charges a record that is not held here (a rendezvous the NIC pulls, which holds its bytes). */
+  /**
+   * Charges a record whose bytes are not held here by the caps (a rendezvous the NIC pulls,
+   * which holds its bytes to the same caps); the share limit, which the NIC does not know,
+   * holds it.
+   */
   charge(bytes: number, msgs: number): boolean {
     if (this.round <= 0) return false;
-    if (this.capped) {
+    if (this.limited) {
+      if (this.shareBytesPerSec > 0) {
+        if (this.shareBucket < 0) {
+          const t = this.now();
+          this.refill(t);
+          if (this.shareBucket < 0) {
+            this.hold(t, true);
+            return false;
+          }
+        }
+        this.heldUntil = 0;
+        this.shareBucket -= bytes;
+      }
       if (this.bytesPerSec > 0) this.bytes -= bytes;
       if (this.msgsPerSec > 0) this.msgs -= msgs;
     }
+    this.count(bytes);
     return true;
+  }
+
+  /** The lane is held at `t`: until when, counted once per hold. */
+  private hold(t: number, shared: boolean): void {
+    if (this.heldUntil === 0) {
+      this.counters.laneHolds++;
+      if (shared && this.shareBucket < 0)
+        Atomics.store(this.seq, POLICY_SHARE_HOLDS_WORD, (this.shareHolds = (this.shareHolds + 1) >>> 0) | 0);
+    }
+    const waitBytes = this.bytesPerSec > 0 && this.bytes < 0 ? -this.bytes / this.bytesPerSec : 0;
+    const waitMsgs = this.msgsPerSec > 0 && this.msgs < 0 ? -this.msgs / this.msgsPerSec : 0;
+    const waitShare = shared && this.shareBucket < 0 ? -this.shareBucket / this.shareBytesPerSec : 0;
+    this.heldUntil = t + 1000 * Math.max(waitBytes, waitMsgs, waitShare);
+  }
+
+  /** Message bytes taken, for the share loop (the page's TakenBytes). */
+  private count(bytes: number): void {
+    this.taken = (this.taken + bytes) >>> 0;
+    Atomics.store(this.seq, POLICY_TAKEN_WORD, this.taken | 0);
   }
 
   /** A record already paid for (a piece of a charged rendezvous): only this round's share. */
@@ -115,6 +174,8 @@ export class LanePolicer {
     if (dt <= 0) return;
     if (this.bytesPerSec > 0) this.bytes = Math.min(this.bytesDepth, this.bytes + this.bytesPerSec * dt);
     if (this.msgsPerSec > 0) this.msgs = Math.min(this.msgsDepth, this.msgs + this.msgsPerSec * dt);
+    if (this.shareBytesPerSec > 0)
+      this.shareBucket = Math.min(this.shareDepth, this.shareBucket + this.shareBytesPerSec * dt);
   }
 
   /** A new policy from the page (myrback rewrote it); a torn read is retried next round. */
@@ -123,6 +184,7 @@ export class LanePolicer {
     const bytesPerSec = w[0];
     const msgsPerSec = w[1];
     const weight = w[2];
+    const shareBytes = w[3];
     if (Atomics.load(this.seq, 0) !== s) return;
     this.seen = s;
     // The page is this member's own: nonsense in it (it wrote there itself) means no cap.
@@ -139,8 +201,15 @@ export class LanePolicer {
     this.bytesPerSec = newBytes;
     this.msgsPerSec = newMsgs;
     this.weight = Number.isFinite(weight) && weight >= 1 ? Math.min(1000, Math.floor(weight)) : 1;
+    // The share changes every few ms while lanes contend: what the bucket holds carries over
+    // (a debt too), so rewriting the rate neither frees a burst nor forgives a debt.
+    const newShare = rate(shareBytes);
+    this.shareDepth = Math.max(1 << 20, (newShare * SHARE_BURST_MS) / 1000);
+    this.shareBucket = newShare === 0 ? 0 : Math.min(this.shareBucket, this.shareDepth);
+    this.shareBytesPerSec = newShare;
     this.capped = newBytes > 0 || newMsgs > 0;
+    this.limited = this.capped || newShare > 0;
     this.last = t;
-    if (!this.capped) this.heldUntil = 0;
+    if (!this.limited) this.heldUntil = 0;
   }
 }

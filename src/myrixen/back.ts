@@ -15,6 +15,7 @@
  *   device.ts         MyriBack: the xenbus device per frontend, its control ring and ops (omx_xenback.c)
  *   registry.ts       MyriCore: endpoints, regions, keys, connect and channels (omx_xenback_endpoint.c, _reg.c)
  *   inspect.ts        what the registry holds, read for the host's inspection (laneProgress)
+ *   share-loop.ts     dom0's weighted share between co-resident lanes of different receivers (issue 16)
  *   records.ts        the registry's records: Client, EndpointRec, RegionRec, ChannelRec
  *   shared-memory.ts  window slots, channel buffers per pair, response pages, and their lifetime rule
  *   grant-keeper.ts   dom0's grants, ended only once no peer maps them
@@ -34,6 +35,7 @@ export {
   type RegionRec,
 } from "./back/records.js";
 export { type ConnectResult, type CoreConfig, MyriCore } from "./back/registry.js";
+export { type LaneShareInfo, ShareLoop } from "./back/share-loop.js";
 export {
   CHANNELS_PER_PAIR,
   type ChannelMem,

@@ -46,6 +46,17 @@
  *   Float64 at 8  BytesPerSec  0 = no byte cap
  *   Float64 at 16 MsgsPerSec   0 = no message cap
  *   Float64 at 24 Weight       the lane writer's weight (1..1000)
+ *   Float64 at 32 ShareBytesPerSec  0 = no share limit. Written by myrback's share loop
+ *                 (back/share-loop.ts) only while lanes of different weights contend on the
+ *                 host: a weighted share of the host's co-resident traffic, held on every
+ *                 message record (a rendezvous the NIC pulls too), apart from the caps,
+ *                 which stay a ceiling.
+ * [the reading member writes, myrback reads: what the share loop measures; as true as the
+ *  reader's library, and its peer (the lane's writer) cannot reach them]
+ *   Int32 word 16 (byte 64) TakenBytes  message bytes taken from the lane (u32, wraps):
+ *                 an eager message's payload, a rendezvous's length when it is read
+ *   Int32 word 17 (byte 68) ShareHolds  times a message record was left in the lane for the
+ *                 share limit (u32, wraps): the lane's writer wanted more than its share
  */
 import { PAGE_SIZE } from "../xen/abi.js";
 
@@ -101,15 +112,44 @@ export interface LanePolicy {
   weight: number;
 }
 
-/** myrback: (re)writes a member's lane policy page; a reader never sees half of it (Seq). */
-export function writeLanePolicy(page: SharedArrayBuffer, p: LanePolicy): void {
+/** Int32 index of TakenBytes in the lane policy page (the reader's counters follow the policy). */
+export const POLICY_TAKEN_WORD = 16;
+/** Int32 index of ShareHolds in the lane policy page. */
+export const POLICY_SHARE_HOLDS_WORD = 17;
+/** Float64 index of ShareBytesPerSec in the lane policy page. */
+export const POLICY_SHARE_FLOAT = 4;
+
+/**
+ * myrback: (re)writes a member's lane policy page; a reader never sees half of it (Seq).
+ * `shareBytesPerSec` is the share loop's (0 = none); absent, the one in force stays.
+ */
+export function writeLanePolicy(page: SharedArrayBuffer, p: LanePolicy, shareBytesPerSec?: number): void {
   const seq = new Int32Array(page, 0, 2);
-  const f = new Float64Array(page, 8, 3);
+  const f = new Float64Array(page, 8, 4);
   Atomics.add(seq, 0, 1);
   f[0] = p.bytesPerSec;
   f[1] = p.msgsPerSec;
   f[2] = p.weight;
+  if (shareBytesPerSec !== undefined) f[3] = shareBytesPerSec;
   Atomics.add(seq, 0, 1);
+}
+
+/** myrback's share loop: rewrites only the share limit of a member's page (Seq as above). */
+export function writeLaneShare(page: SharedArrayBuffer, shareBytesPerSec: number): void {
+  const seq = new Int32Array(page, 0, 2);
+  const f = new Float64Array(page, 8, 4);
+  Atomics.add(seq, 0, 1);
+  f[3] = shareBytesPerSec;
+  Atomics.add(seq, 0, 1);
+}
+
+/** What the reading member counted in its page: message bytes taken, share holds (u32s). */
+export function readLaneCounters(page: SharedArrayBuffer): { taken: number; holds: number } {
+  const w = new Int32Array(page, 0, POLICY_SHARE_HOLDS_WORD + 1);
+  return {
+    taken: Atomics.load(w, POLICY_TAKEN_WORD) >>> 0,
+    holds: Atomics.load(w, POLICY_SHARE_HOLDS_WORD) >>> 0,
+  };
 }
 
 /** Byte offset of lane `side` in the channel. */

@@ -20,6 +20,7 @@ import {
 import type { DomId } from "../../xen/abi.js";
 import { LANE_BYTES, LANE_HEADER_BYTES, LaneWord } from "../channel-abi.js";
 import type { ClientKind, EndpointRec } from "./records.js";
+import type { LaneShareInfo } from "./share-loop.js";
 
 /** A co-resident channel as one of its members sees it (bytes are the lanes' free-running u32 positions). */
 export interface BackendChannelInfo {
@@ -38,6 +39,12 @@ export interface BackendChannelInfo {
   msgsOut: number;
   /** Messages this endpoint took from the peer's lane (u32, wraps). */
   msgsIn: number;
+  /**
+   * While the share loop runs (share-loop.ts): the lane this endpoint reads, as the loop saw
+   * it last: its rate (bytes/s, moving average), the share limit written (0: none), whether it
+   * contended.
+   */
+  shareIn?: { rateBytesPerSec: number; limitBytesPerSec: number; contending: boolean };
 }
 
 export interface BackendEndpointInfo {
@@ -82,7 +89,11 @@ export function laneProgress(
 }
 
 /** The open endpoints of `endpoints`, described from their records and shared words, by id. */
-export function describeEndpoints(endpoints: Iterable<EndpointRec>): BackendEndpointInfo[] {
+export function describeEndpoints(
+  endpoints: Iterable<EndpointRec>,
+  shares: readonly LaneShareInfo[] = [],
+): BackendEndpointInfo[] {
+  const shareByKey = new Map(shares.map((s) => [s.key, s]));
   const out: BackendEndpointInfo[] = [];
   for (const ep of endpoints) {
     if (ep.closed) continue;
@@ -103,7 +114,15 @@ export function describeEndpoints(endpoints: Iterable<EndpointRec>): BackendEndp
       const peer = ch.members[1 - side];
       const mine = laneProgress(ch.buffer, side);
       const theirs = laneProgress(ch.buffer, side === 0 ? 1 : 0);
+      const sh = shareByKey.get(`${ch.id}:${side}`);
       channels.push({
+        ...(sh && {
+          shareIn: {
+            rateBytesPerSec: sh.rateBytesPerSec,
+            limitBytesPerSec: sh.limitBytesPerSec,
+            contending: sh.contending,
+          },
+        }),
         id: ch.id,
         peerEndpoint: peer.id,
         peerDomid: peer.owner.domid,

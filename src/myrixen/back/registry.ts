@@ -26,6 +26,7 @@ import { lanePolicy, QosPolicies } from "../qos-policy.js";
 import { GrantKeeper } from "./grant-keeper.js";
 import { type BackendEndpointInfo, describeEndpoints } from "./inspect.js";
 import { type ChannelRec, Client, type ClientKind, type EndpointRec } from "./records.js";
+import { type ShareLane, ShareLoop } from "./share-loop.js";
 import { type ChannelMem, SharedMemory, type WindowSlot } from "./shared-memory.js";
 import { Stat } from "./stats.js";
 
@@ -83,7 +84,24 @@ export class MyriCore {
       for (const ch of this.channels.values())
         if (ch.members[0].owner.domid === domid || ch.members[1].owner.domid === domid)
           this.writeLanePolicies(ch);
+      this.refreshShares();
     },
+    log: (m) => this.cfg.log(m),
+  });
+  /**
+   * The host-wide weighted share of co-resident lanes (share-loop.ts): runs only while a
+   * domain with a co-resident channel has a weight other than 1 (refreshShares).
+   */
+  readonly shares = new ShareLoop({
+    lanes: () => this.shareLanes(),
+    now: () => performance.now(),
+    setTimer: (fn, ms) => {
+      const t = setTimeout(fn, ms);
+      t.unref?.();
+      return t;
+    },
+    clearTimer: (t) => clearTimeout(t as ReturnType<typeof setTimeout>),
+    counted: (what) => Atomics.add(this.cfg.stats, what === "tick" ? Stat.shareTicks : Stat.shareLimits, 1),
     log: (m) => this.cfg.log(m),
   });
 
@@ -369,6 +387,7 @@ export class MyriCore {
       ep.channels.add(ch);
       peer.channels.add(ch);
       this.publishCounts();
+      this.refreshShares();
       try {
         this.nic<void>(
           {
@@ -447,6 +466,44 @@ export class MyriCore {
     this.channels.delete(ch.id);
     if (ch.mem) this.memory.putChannel(ch.mem);
     this.publishCounts();
+    this.refreshShares();
+  }
+
+  /** The lanes the share loop weighs: those of guest channels between two domains. */
+  private shareLanes(): ShareLane[] {
+    const out: ShareLane[] = [];
+    for (const ch of this.channels.values()) {
+      if (ch.closed || !ch.mem) continue;
+      const [a, b] = ch.members;
+      if (a.owner.domid === b.owner.domid) continue; // one domain's own lanes: one weight
+      for (const side of [0, 1] as const) {
+        const reader = ch.members[side].owner.domid;
+        const writer = ch.members[1 - side].owner.domid;
+        const page = ch.mem.policy.get(reader);
+        if (!page) continue;
+        out.push({
+          key: `${ch.id}:${side}`, // the reader's side (inspect.ts looks it up so)
+          page: page.bytes.buffer as SharedArrayBuffer,
+          weight: this.qos.settingsFor(writer).weight,
+          writer,
+          reader,
+        });
+      }
+    }
+    return out;
+  }
+
+  /** Starts the share loop while a weight other than 1 meets a co-resident channel; else stops it. */
+  private refreshShares(): void {
+    let weighted = false;
+    for (const lane of this.shareLanes())
+      if (lane.weight !== 1) {
+        weighted = true;
+        break;
+      }
+    if (weighted) this.shares.start();
+    else this.shares.stop();
+    Atomics.store(this.cfg.stats, Stat.shareLoopRunning, this.shares.running ? 1 : 0);
   }
 
   private tellDisconnect(to: EndpointRec, gone: EndpointRec, channelId: number): void {
@@ -474,7 +531,7 @@ export class MyriCore {
    * (no request to the NIC, nothing counted): the data path does not notice.
    */
   inspect(): BackendEndpointInfo[] {
-    return describeEndpoints(this.endpoints.values());
+    return describeEndpoints(this.endpoints.values(), this.shares.info());
   }
 
   info(client: Client): MyriInfo {

@@ -28,6 +28,10 @@ export const Stat = {
   sharedPages: 20,
   /** Connects refused for a bad endpoint key. */
   badKeys: 21,
+  /** The co-resident share loop (share-loop.ts): 1 while it runs, its ticks, share limits written. */
+  shareLoopRunning: 22,
+  shareTicks: 23,
+  shareLimits: 24,
 } as const;
 export const STATS_BYTES = 32 * 4;
 
@@ -50,6 +54,11 @@ export interface BackendStats {
   grantsInUse: number;
   sharedPages: number;
   badKeys: number;
+  /** 1 while the share loop runs (a weight other than 1 meets a co-resident channel), else 0. */
+  shareLoopRunning: number;
+  /** Its looks at the lanes, and the share limits it wrote (not counting lifts). */
+  shareTicks: number;
+  shareLimits: number;
 }
 
 export function readBackendStats(buffer: SharedArrayBuffer): BackendStats {
@@ -74,5 +83,8 @@ export function readBackendStats(buffer: SharedArrayBuffer): BackendStats {
     grantsInUse: get(Stat.grantsInUse),
     sharedPages: get(Stat.sharedPages),
     badKeys: get(Stat.badKeys),
+    shareLoopRunning: get(Stat.shareLoopRunning),
+    shareTicks: get(Stat.shareTicks),
+    shareLimits: get(Stat.shareLimits),
   };
 }

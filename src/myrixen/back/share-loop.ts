@@ -1,0 +1,271 @@
+/**
+ * myrback's share loop (issue 16): a host-wide, work-conserving weighted share for
+ * co-resident traffic. A lane's weight (lane-policer.ts) only shares one receiver's reading
+ * between the lanes it reads; two pairs with different receivers (A→D beside E→F) meet only in
+ * the CPU scheduler, which shares 1:1 whatever the weights say. This loop, in dom0 (the
+ * driver domain's thread), closes that gap from the control path, as a slow controller:
+ *
+ *   every TICK_MS while two or more lanes move bytes (IDLE_TICK_MS while none or one does),
+ *   it reads each lane's counters from the reader's lane policy page (message bytes taken,
+ *   share holds: channel-abi.ts), keeps a moving average of each lane's rate, and takes the
+ *   lanes that contend: moving at least CONTEND_BYTES_PER_SEC, or held by their share.
+ *   Normalised by weight, the slowest free contending lane sets the level L (bytes/s per
+ *   unit of weight); a lane more than SWITCH ahead of L is limited to weight × L × (1 +
+ *   HEADROOM), and stays limited until it falls more than SWITCH behind L with its limit not
+ *   binding for FREE_TICKS (hysteresis: one noisy tick does not swap the roles). The limited lane's receiver sleeps on its share
+ *   bucket, its sender waits on the lane, and the core they leave goes to the lanes behind:
+ *   they speed up, L rises, the limits follow. At the fixed point the rates stand in the
+ *   weights' ratio (within HEADROOM). Fewer than two lanes contending, or all of one weight,
+ *   for GRACE_TICKS in a row: every limit is lifted (a sender alone on the host is not
+ *   limited; a pair the scheduler left waiting for a few ms does not lift them).
+ *
+ * The limits go into the share word of the reader's page (never the caps, which stay a
+ * ceiling); dom0 writes it, the lane's sender cannot reach it. The loop only runs while some
+ * domain with a co-resident channel has a weight other than 1 (MyriCore.refreshShares): with
+ * default QoS no timer exists and nothing is read.
+ *
+ * Trust: the counters are the reading library's. A receiver that under-reports makes its
+ * lane look slow and so lowers the others' limits; FLOOR bounds that: a lane is never
+ * limited below half its weighted share (weight ÷ the contending weights) of the rate it
+ * moved at while last free, not far from what the liar could take from them by really
+ * using its share. A lane's sender can write neither page nor counter.
+ */
+
+import type { DomId } from "../../xen/abi.js";
+import { readLaneCounters, writeLaneShare } from "../channel-abi.js";
+
+/** The loop's period while lanes contend (ms). */
+export const TICK_MS = 5;
+/** Its period while fewer than two lanes move bytes (ms): a look for contention. */
+export const IDLE_TICK_MS = 20;
+/** A lane moving less than this is not streaming: it limits no one and is not limited. */
+export const CONTEND_BYTES_PER_SEC = 16e6;
+/** Slack over the weighted level a limited lane gets (the share's accuracy: 1 ± this). */
+export const HEADROOM = 0.03;
+/**
+ * A lane is never limited below this part of its weighted share of the rate it moved at
+ * while last free (the bound on what a receiver that under-reports can cost the others).
+ */
+export const FLOOR = 0.5;
+/** Weight of the newest tick in a lane's moving average rate. */
+const EWMA = 0.25;
+/**
+ * Ticks in a row a lane may move nothing (large messages arrive in steps) and still contend;
+ * past them it stopped, and the lanes it held back are freed. Its rate is taken over the
+ * whole quiet span when it moves again, so a pause does not drag its average down.
+ */
+const QUIET_TICKS = 3;
+/** How far (as a fraction) a lane must run ahead of the level to be limited, or behind it to be freed. */
+export const SWITCH = 0.15;
+/** Ticks without contention after which the limits are lifted (a pause shorter keeps them). */
+export const GRACE_TICKS = 4;
+/** Ticks in a row a limited lane's limit must not bind before it may be freed. */
+export const FREE_TICKS = 4;
+
+/** One lane as the loop sees it: the reader's policy page and the writer's weight. */
+export interface ShareLane {
+  /** Stable while the lane lives (channel id and side). */
+  key: string;
+  /** The lane's reader's policy page. */
+  page: SharedArrayBuffer;
+  /** The lane's writer's weight. */
+  weight: number;
+  /** The writing and the reading domain (for the inspection). */
+  writer: DomId;
+  reader: DomId;
+}
+
+/** What the loop needs from myrback: the lanes now and a clock and timer (tests give theirs). */
+export interface ShareLoopHost {
+  lanes(): ShareLane[];
+  /** ms */
+  now(): number;
+  setTimer(fn: () => void, ms: number): unknown;
+  clearTimer(handle: unknown): void;
+  /** Counts a tick and a limit written (the stats page). */
+  counted?(what: "tick" | "limit"): void;
+  log?(message: string): void;
+}
+
+interface LaneState {
+  taken: number;
+  holds: number;
+  /** Moving average rate (bytes/s); −1 before the first tick. */
+  rate: number;
+  /** The average rate when the lane was last free (the floor's reference). */
+  freeRate: number;
+  /** The share limit written (bytes/s; 0 none). */
+  limit: number;
+  /** Ticks in a row in which the share limit did not hold the lane. */
+  unheld: number;
+  /** Ticks in a row with nothing moved, and their seconds. */
+  quiet: number;
+  span: number;
+  page: SharedArrayBuffer;
+}
+
+/** The loop's view of one lane, for the inspection and tests. */
+export interface LaneShareInfo {
+  key: string;
+  writer: DomId;
+  reader: DomId;
+  weight: number;
+  rateBytesPerSec: number;
+  limitBytesPerSec: number;
+  contending: boolean;
+}
+
+export class ShareLoop {
+  private readonly state = new Map<string, LaneState>();
+  private timer: unknown;
+  private last = 0;
+  private view: LaneShareInfo[] = [];
+  /** Ticks in a row without contention. */
+  private calm = 0;
+
+  constructor(private readonly host: ShareLoopHost) {}
+
+  get running(): boolean {
+    return this.timer !== undefined;
+  }
+
+  /** Starts the loop (no-op if it runs). */
+  start(): void {
+    if (this.timer !== undefined) return;
+    this.last = this.host.now();
+    this.schedule(IDLE_TICK_MS);
+  }
+
+  /** Stops it and lifts every limit it wrote. */
+  stop(): void {
+    if (this.timer === undefined) return;
+    this.host.clearTimer(this.timer);
+    this.timer = undefined;
+    for (const s of this.state.values()) if (s.limit !== 0) writeLaneShare(s.page, 0);
+    this.state.clear();
+    this.view = [];
+  }
+
+  /** What the last tick saw and wrote. */
+  info(): LaneShareInfo[] {
+    return this.view;
+  }
+
+  private schedule(ms: number): void {
+    this.timer = this.host.setTimer(() => {
+      if (this.timer === undefined) return;
+      let busy = false;
+      try {
+        busy = this.tick();
+      } catch (e) {
+        // dom0 goes on whatever a tick met; the loop looks again later.
+        this.host.log?.(`share loop: ${(e as Error).message}`);
+      }
+      if (this.timer !== undefined) this.schedule(busy ? TICK_MS : IDLE_TICK_MS);
+    }, ms);
+  }
+
+  /** One look: measures, decides, writes. True while lanes share (or a grace after): look again soon. */
+  tick(): boolean {
+    const now = this.host.now();
+    const dt = (now - this.last) / 1000;
+    this.last = now;
+    this.host.counted?.("tick");
+    const lanes = this.host.lanes();
+    const seen = new Set<string>();
+    const contending: { lane: ShareLane; s: LaneState; norm: number }[] = [];
+    const view: LaneShareInfo[] = [];
+    for (const lane of lanes) {
+      seen.add(lane.key);
+      const c = readLaneCounters(lane.page);
+      let s = this.state.get(lane.key);
+      if (s === undefined || s.page !== lane.page) {
+        s = {
+          taken: c.taken,
+          holds: c.holds,
+          rate: -1,
+          freeRate: 0,
+          limit: 0,
+          page: lane.page,
+          quiet: 0,
+          span: 0,
+          unheld: 0,
+        };
+        this.state.set(lane.key, s);
+        continue;
+      }
+      const moved = (c.taken - s.taken) >>> 0;
+      const held = c.holds !== s.holds;
+      s.unheld = held ? 0 : s.unheld + 1;
+      s.taken = c.taken;
+      s.holds = c.holds;
+      if (dt <= 0) continue;
+      if (moved === 0) {
+        s.quiet++;
+        s.span += dt;
+      } else {
+        const r = moved / (s.quiet >= QUIET_TICKS ? dt : s.span + dt);
+        // A lane that stopped starts afresh: its old average would decide the roles.
+        s.rate = s.rate < 0 || s.quiet >= QUIET_TICKS ? r : EWMA * r + (1 - EWMA) * s.rate;
+        s.quiet = 0;
+        s.span = 0;
+        if (s.limit === 0) s.freeRate = s.rate;
+      }
+      const busy = (s.rate >= CONTEND_BYTES_PER_SEC && s.quiet < QUIET_TICKS) || (s.limit !== 0 && held);
+      if (busy) contending.push({ lane, s, norm: s.rate / lane.weight });
+      view.push({
+        key: lane.key,
+        writer: lane.writer,
+        reader: lane.reader,
+        weight: lane.weight,
+        rateBytesPerSec: s.rate,
+        limitBytesPerSec: 0,
+        contending: busy,
+      });
+    }
+    // A channel that went: its page is no longer ours to write.
+    for (const key of [...this.state.keys()]) if (!seen.has(key)) this.state.delete(key);
+
+    const limits = new Map<LaneState, number>();
+    const weights = new Set(contending.map((c) => c.lane.weight));
+    const sharing = contending.length >= 2 && weights.size >= 2;
+    this.calm = sharing ? 0 : this.calm + 1;
+    if (sharing) {
+      // The level: the slowest free lane's rate per unit of weight (the limited ones follow it).
+      let level = Number.POSITIVE_INFINITY;
+      let total = 0;
+      for (const c of contending) {
+        total += c.lane.weight;
+        if (c.s.limit === 0) level = Math.min(level, c.norm);
+      }
+      if (level === Number.POSITIVE_INFINITY) for (const c of contending) level = Math.min(level, c.norm);
+      for (const c of contending) {
+        // Hysteresis: a free lane is limited once clearly ahead of the level; a limited one is
+        // freed only once clearly behind it with its limit not binding for FREE_TICKS (it
+        // wants no more than it gets), so one noisy tick does not swap the roles.
+        const ahead =
+          c.s.limit !== 0
+            ? c.s.unheld < FREE_TICKS || c.norm * (1 + SWITCH) >= level
+            : c.norm > level * (1 + SWITCH);
+        if (!ahead) continue;
+        const floor = (FLOOR * c.s.freeRate * c.lane.weight) / total;
+        limits.set(c.s, Math.max(c.lane.weight * level * (1 + HEADROOM), floor, 1));
+      }
+    } else if (this.calm <= GRACE_TICKS) {
+      // Contention may only have paused (a pair the scheduler left waiting): limits stay a little.
+      for (const s of this.state.values()) if (s.limit !== 0) limits.set(s, s.limit);
+    }
+    for (const s of this.state.values()) {
+      const want = limits.get(s) ?? 0;
+      // Rewritten when it moves by more than 1% (or appears, or goes): fewer seqlock rounds.
+      if (want === s.limit || (want !== 0 && s.limit !== 0 && Math.abs(want - s.limit) < 0.01 * s.limit))
+        continue;
+      writeLaneShare(s.page, want);
+      s.limit = want;
+      if (want !== 0) this.host.counted?.("limit");
+    }
+    for (const v of view) v.limitBytesPerSec = this.state.get(v.key)?.limit ?? 0;
+    this.view = view;
+    return sharing || this.calm <= GRACE_TICKS;
+  }
+}
