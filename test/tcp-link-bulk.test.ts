@@ -49,7 +49,7 @@ async function until(pred: () => boolean, what: string, timeoutMs = 5000): Promi
 const sock = (l: TcpLink) => (l as unknown as { socket: net.Socket }).socket;
 const bulkSock = (l: TcpLink) => (l as unknown as { bulk: net.Socket }).bulk;
 
-async function linked(bulkWindow: number, highWaterMark?: number) {
+async function linked(bulkWindow: number, bulkQueue?: number) {
   const accepted: TcpLink[] = [];
   const server = await listenTcpLinks({
     nicId: 1,
@@ -66,15 +66,14 @@ async function linked(bulkWindow: number, highWaterMark?: number) {
     key: KEY,
     log,
     bulkWindow,
-    highWaterMark,
+    bulkQueue,
   });
   await until(() => accepted.length === 1, "the accepted link");
   return { server, c, s: accepted[0] };
 }
 
 test("a SEND behind a megabyte of PULL_REPLY data does not wait for it; the bulk arrives whole and in order", async () => {
-  const window = 128 * 1024;
-  const { server, c, s } = await linked(window);
+  const { server, c, s } = await linked(128 * 1024, 2 << 20);
   try {
     const got: string[] = [];
     s.onFrame((f) =>
@@ -101,7 +100,7 @@ test("a SEND behind a megabyte of PULL_REPLY data does not wait for it; the bulk
   }
 });
 
-test("bulk back-pressure: send() refuses once the queue holds the high-water mark, onWritable comes when credits drain it", async () => {
+test("bulk back-pressure: send() refuses once the queue holds its mark, onWritable comes when credits drain it", async () => {
   const { server, c, s } = await linked(64 * 1024, 256 * 1024);
   try {
     let frames = 0;

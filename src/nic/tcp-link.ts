@@ -1,8 +1,11 @@
 /**
- * A Link over a node:net TCP socket, between the NICs of two host processes (or two NICs in
- * one process). The socket lives on the NIC's own thread: nic-worker.ts attaches TCP links
- * for the specs `{ kind: "tcp", host, port, key }` (connect) and `{ kind: "tcp-listen", port,
- * key }` (accept peers) through tcp-attach.ts. A connection carries frames only after the
+ * (About 760 lines: the link, the listener that pairs its two connections and the dialer that
+ * opens them share the framing, the refusal counts and the log; split them when one grows.)
+ *
+ * A Link over two node:net TCP sockets (main and bulk, below), between the NICs of two host
+ * processes (or two NICs in one process). The sockets live on the NIC's own thread:
+ * nic-worker.ts attaches TCP links for the specs `{ kind: "tcp", host, port, key }` (connect)
+ * and `{ kind: "tcp-listen", port, key }` (accept peers) through tcp-attach.ts. A connection carries frames only after the
  * handshake (tcp-handshake.ts) has proved that both ends hold the cluster key.
  *
  * Accepted sockets get TCP_ACCEPT_DEADLINE_MS (2 s) from accept for the whole handshake, and
@@ -16,29 +19,39 @@
  * an unknown frame type, or a frame cut off by the close drops the connection and counts it;
  * nothing throws into the NIC. Every byte from the socket is hostile input.
  *
- * Goodbye: a length prefix of 0 (no frame) says the sender closes on purpose (detachLink): the
- * receiving side then does not try to reconnect. A connection that ends without one (the peer
- * NIC was stopped or crashed, the network failed, a stream fault) is retried by the side that
- * connected (tcp-attach.ts).
+ * Goodbye: a length prefix of 0 (no frame) on the main connection says the sender closes on
+ * purpose (detachLink): the receiving side reads the bulk sent before it (until the bulk
+ * connection ends, a second at most) and then does not try to reconnect. A link that ends
+ * without one (the peer NIC was stopped or crashed, the network failed, a stream fault) is
+ * retried by the side that connected (tcp-attach.ts).
  *
- * Back-pressure: send() copies the frame into one write and refuses (false) while the socket's
- * write buffer is above a high-water mark and still draining; onWritable fires on 'drain'. So
- * the queued bytes stay below the mark plus one frame. Receiving parses each chunk at once into
- * one FRAME_MAX buffer (TCP's own flow control bounds the rest).
+ * Back-pressure: send() copies the frame into one write and refuses (false) while the main
+ * socket's write buffer is above a high-water mark and still draining; onWritable fires on
+ * 'drain'. So the queued bytes stay below the mark plus one frame. Receiving parses each chunk
+ * at once; a frame that lies whole in the chunk is handed over where it lies, others are put
+ * together in one FRAME_MAX buffer per connection (TCP's own flow control bounds the rest).
  *
- * Small frames ahead of bulk (issue 16). The link is one TCP stream, so a small frame written
- * behind a megabyte of PULL_REPLY data waits for all of it (B's 8 B ping-pong beside A's
- * 1 MiB stream: 3.8× slower). So PULL_REPLY frames with a payload (the bulk) wait in the
- * link's own queue, and at most TCP_BULK_WINDOW bytes of them are on the way at once — written
- * and not yet acknowledged by the peer's link, which sends a credit (length prefix 1, then the
- * u32 count of bulk bytes it has handed to its NIC, mod 2^32) every 32 KiB received. Every other
- * frame is written at once, ahead of the queued bulk: it waits behind at most a window in the
- * socket and the kernel. Order holds where the NIC relies on it: PULL_REPLYs stay in order
- * among themselves (a transfer's replies continue one another) and the other frames among
- * themselves; a SEND never depended on the position of a PULL_REPLY (MX orders messages by
- * per-pair sequence numbers, mx/matching.ts; a pull ends with its own replies). A credit for
- * more than was sent drops the connection. send() refuses bulk while the queue holds the
- * high-water mark, and other frames as before; onWritable fires when either can go again.
+ * Two connections (issue 16). One TCP stream would make a small frame wait behind every byte
+ * of pull data written before it (B's 8 B ping-pong beside A's 1 MiB stream: 3.8× slower). So
+ * a link is two connections, as real interconnects keep a queue per traffic class: the main
+ * one carries every frame but pull data (and the credits and the goodbye below); the bulk one
+ * only PULL_REPLY frames with a payload. The connecting side opens main, then bulk, each with
+ * the full handshake; the bulk hello names the main connection (tcp-handshake.ts: lane and
+ * bind, inside the proof), and the listener hands a link over only when both are up (a main
+ * connection left without its bulk one is dropped at the accept deadline, a bulk one naming
+ * no waiting main one is refused; both counted as refused handshakes). The wrong kind of frame
+ * on either connection drops the link. The receiver reads one chunk of bulk per turn of its
+ * event loop, so main frames that arrived meanwhile are read before the next chunk.
+ *
+ * Bulk flow: at most TCP_BULK_WINDOW bulk bytes are on the way at once — written and not yet
+ * acknowledged by the peer's link, which sends a credit on the main connection (length prefix
+ * 1, then the u32 count of bulk bytes it has handed to its NIC, mod 2^32) every 32 KiB
+ * received; at most TCP_BULK_QUEUE more wait in the link's queue, and send() refuses bulk
+ * beyond that (onWritable fires when it may go on). A credit for more than was sent drops the
+ * link. Order holds where the NIC relies on it: PULL_REPLYs stay in order among themselves (a
+ * transfer's replies continue one another) and the other frames among themselves; a SEND
+ * never depended on the position of a PULL_REPLY (MX orders messages by per-pair sequence
+ * numbers, mx/matching.ts; a pull ends with its own replies).
  */
 import net from "node:net";
 import { checkFrame, F_LENGTH, FRAME_HEADER_BYTES, FRAME_MAX, FrameType, getWord } from "./frame.js";
@@ -58,8 +71,15 @@ import {
 export const TCP_LINK_HIGH_WATER = 32 * FRAME_MAX;
 /** Bulk (PULL_REPLY) bytes on the way to the peer at once, written and not yet credited. */
 export const TCP_BULK_WINDOW = 256 * 1024;
+/**
+ * Bulk bytes queued beyond the window before send() pushes back: little, so that the NIC's
+ * scheduler (remote-pull.ts serveJobs, by weight), not a deep first-come queue here, decides
+ * whose bytes go next, and a NIC round copies no more than can leave soon.
+ */
+export const TCP_BULK_QUEUE = 256 * 1024;
 /** The length prefix of a credit (link-internal; a frame is never this short). */
 const CREDIT_PREFIX = 1;
+
 /** Bulk bytes received between two credits (a window is never smaller: both sides must agree on nothing else). */
 const CREDIT_EVERY = 32 * 1024;
 /** Connect plus handshake allowed to a connecting side (unless its options say). */
@@ -146,6 +166,8 @@ export interface TcpLinkOptions {
   highWaterMark?: number;
   /** Bulk bytes on the way at once (default TCP_BULK_WINDOW). */
   bulkWindow?: number;
+  /** Bulk bytes queued beyond the window before send() pushes back (default TCP_BULK_QUEUE). */
+  bulkQueue?: number;
   log?: TcpLinkLog;
 }
 
@@ -180,6 +202,8 @@ export class TcpLink implements Link {
   private readonly hwm: number;
   private readonly log: TcpLinkLog;
   private readonly bulkWindow: number;
+  /** Bulk bytes queued (beyond the window) above which send() pushes back. */
+  private readonly bulkQueueMark: number;
   /** Bulk frames (length-prefixed) waiting for the window, and their bytes. */
   private readonly bulkQ: Buffer[] = [];
   private bulkQHead = 0;
@@ -194,6 +218,11 @@ export class TcpLink implements Link {
   private readonly creditBuf = Buffer.alloc(8);
   /** Between cork() and uncork(). */
   private corked = false;
+  private bulkPaused = false;
+  private readonly resumeBulk = (): void => {
+    this.bulkPaused = false;
+    if (!this.closed) this.bulk.resume();
+  };
   /** Why the connection went down (null while up). */
   closeReason: string | null = null;
   /** Frames received before onFrame was set (dropped). */
@@ -213,11 +242,21 @@ export class TcpLink implements Link {
   ) {
     this.hwm = options.highWaterMark ?? TCP_LINK_HIGH_WATER;
     this.bulkWindow = Math.max(FRAME_MAX + 4, options.bulkWindow ?? TCP_BULK_WINDOW);
+    this.bulkQueueMark = Math.max(FRAME_MAX + 4, options.bulkQueue ?? TCP_BULK_QUEUE);
     this.log = options.log ?? defaultLog;
     socket.setNoDelay(true);
     bulk.setNoDelay(true);
     socket.on("data", (chunk: Buffer) => this.onData(this.mainRx, chunk));
-    bulk.on("data", (chunk: Buffer) => this.onData(this.bulkRx, chunk));
+    bulk.on("data", (chunk: Buffer) => {
+      this.onData(this.bulkRx, chunk);
+      // One chunk of bulk per turn of the event loop: the main connection's frames, ready in
+      // the same turn, are read before the next one (not after the whole window).
+      if (!this.closed && !this.bulkPaused) {
+        this.bulkPaused = true;
+        bulk.pause();
+        setImmediate(this.resumeBulk);
+      }
+    });
     socket.on("drain", () => {
       if (this.refused && !this.closed) {
         this.refused = false;
@@ -260,7 +299,7 @@ export class TcpLink implements Link {
     const n = type >= 0 ? FRAME_HEADER_BYTES + getWord(frame, F_LENGTH) : frame.length;
     const bulk = type === FrameType.PullReply && n > FRAME_HEADER_BYTES;
     if (bulk) {
-      if (this.bulkQueued >= this.hwm) {
+      if (this.bulkQueued >= this.bulkQueueMark) {
         this.refusedBulk = true;
         return false;
       }
@@ -298,7 +337,7 @@ export class TcpLink implements Link {
       q.splice(0, this.bulkQHead);
       this.bulkQHead = 0;
     }
-    if (this.refusedBulk && this.bulkQueued < this.hwm && !this.closed) {
+    if (this.refusedBulk && this.bulkQueued < this.bulkQueueMark && !this.closed) {
       this.refusedBulk = false;
       this.writableCb?.();
     }
