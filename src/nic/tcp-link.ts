@@ -680,6 +680,8 @@ export function listenTcpLinks(options: ListenTcpLinksOptions): Promise<TcpLinkS
         port: addr.port,
         close: () =>
           new Promise<void>((res) => {
+            for (const w of waiting.values()) clearTimeout(w.timer);
+            waiting.clear();
             for (const s of sockets) s.destroy();
             server.close(() => res());
           }),
