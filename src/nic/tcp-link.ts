@@ -69,8 +69,13 @@ import {
 
 /** Default write-buffer mark above which send() pushes back (32 full frames). */
 export const TCP_LINK_HIGH_WATER = 32 * FRAME_MAX;
-/** Bulk (PULL_REPLY) bytes on the way to the peer at once, written and not yet credited. */
-export const TCP_BULK_WINDOW = 256 * 1024;
+/**
+ * Bulk (PULL_REPLY) bytes on the way to the peer at once, written and not yet credited. Small
+ * frames travel on the other connection, so the window costs them nothing; it bounds what a
+ * slow receiver leaves in the kernel, and a window of 256 KiB held the 1 MiB stream back
+ * (the credits' round trip between two loaded NIC threads).
+ */
+export const TCP_BULK_WINDOW = 1024 * 1024;
 /**
  * Bulk bytes queued beyond the window before send() pushes back: little, so that the NIC's
  * scheduler (remote-pull.ts serveJobs, by weight), not a deep first-come queue here, decides
