@@ -20,7 +20,7 @@ import { RemoteHost } from "../src/cluster/remote.js";
 import { Host } from "../src/host/host.js";
 import { FRAME_MAX } from "../src/nic/frame.js";
 import { TCP_LINK_MAGIC, TCP_LINK_VERSION } from "../src/nic/tcp-handshake.js";
-import { connectTcpLink } from "../src/nic/tcp-link.js";
+import { connectTcpLink } from "../src/nic/tcp-link-setup.js";
 import { fixture, type HostProc, killChildren, myrixen, startHost, until } from "./helpers/hosts.js";
 
 after(killChildren);

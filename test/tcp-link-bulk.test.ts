@@ -21,7 +21,8 @@ import {
   initFrame,
   setWord,
 } from "../src/nic/frame.js";
-import { connectTcpLink, listenTcpLinks, type TcpLink, tcpLinkStats } from "../src/nic/tcp-link.js";
+import { type TcpLink, tcpLinkStats } from "../src/nic/tcp-link.js";
+import { connectTcpLink, listenTcpLinks } from "../src/nic/tcp-link-setup.js";
 import { SEND_MAX } from "../src/nic/window.js";
 
 const KEY = randomBytes(32);

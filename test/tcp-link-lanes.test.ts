@@ -22,7 +22,8 @@ import {
   setWord,
 } from "../src/nic/frame.js";
 import { Handshake, LANE_BULK, LANE_MAIN } from "../src/nic/tcp-handshake.js";
-import { connectTcpLink, listenTcpLinks, type TcpLink, tcpLinkStats } from "../src/nic/tcp-link.js";
+import { type TcpLink, tcpLinkStats } from "../src/nic/tcp-link.js";
+import { connectTcpLink, listenTcpLinks } from "../src/nic/tcp-link-setup.js";
 
 const KEY = randomBytes(32);
 const HOST = "127.0.0.1";

@@ -28,7 +28,8 @@ import {
 } from "../src/nic/frame.js";
 import { MxStatus, mxStatusName } from "../src/nic/status.js";
 import { TCP_HELLO_BYTES, TCP_LINK_MAGIC, TCP_LINK_VERSION } from "../src/nic/tcp-handshake.js";
-import { connectTcpLink, listenTcpLinks, type TcpLink, tcpLinkStats } from "../src/nic/tcp-link.js";
+import { type TcpLink, tcpLinkStats } from "../src/nic/tcp-link.js";
+import { connectTcpLink, listenTcpLinks } from "../src/nic/tcp-link-setup.js";
 import {
   Access,
   ANY_ENDPOINT,
