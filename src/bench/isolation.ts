@@ -4,10 +4,12 @@
  * D and C on host 2). All guests are bypass guests with equal weights unless said.
  *
  *   B ↔ C    8 B ping-pong (one-way latency, µs), measured three ways in each run: solo;
- *            beside a guest that spins (burns a core, touches neither NIC nor channel:
- *            spin-guest.ts); beside A streaming 1 MiB messages to D as fast as it can.
- *            Rows: latency_slowdown = beside A ÷ beside the spinner (what the NIC and
- *            channels let A cost B beyond the CPU it burns), latency_vs_solo = beside A ÷ solo.
+ *            beside a CPU-only neighbour that burns the same CPU time as A's stream (as many
+ *            guests that spin as the cores A's stream keeps busy, measured first with
+ *            process.cpuUsage: every thread is in this process; spin-guest.ts); beside A
+ *            streaming 1 MiB messages to D as fast as it can. Rows: latency_slowdown =
+ *            beside A ÷ beside the spinners (what the NIC and channels let A cost B beyond the
+ *            CPU it burns), latency_vs_solo = beside A ÷ solo.
  *   A → D    streams alone, then capped at half that rate (its tx bytesPerSec, set at run
  *            time with Host.setQos): cap_accuracy = measured rate ÷ cap (3× longer runs,
  *            after 3 warm-up windows that spend the bucket's saved burst).
@@ -24,6 +26,7 @@
  * Each row: the median over the profile's runs of the per-run ratio; extra fields carry the
  * medians it came from. On a loaded 2-core machine these figures are noisy.
  */
+import { availableParallelism } from "node:os";
 import type { Host } from "../host/host.js";
 import type { QosPolicy } from "../myrixen/qos-policy.js";
 import type { Domain } from "../xen/hypervisor.js";
@@ -40,10 +43,13 @@ export const ISOLATION_SCOPES: readonly Scope[] = ["intra-host", "cross-host"];
 
 /** An isolation row: the ratio, and the medians it came from. */
 export interface IsolationRow extends BenchRow {
-  /** latency rows: B's median one-way latency (µs) solo, beside the spinner, beside A. */
+  /** latency rows: B's median one-way latency (µs) solo, beside the spinners, beside A. */
   solo_us?: number;
   beside_cpu_us?: number;
   beside_stream_us?: number;
+  /** latency rows: the cores A's stream kept busy alone (CPU time ÷ wall time), and the spinners that matched it. */
+  stream_cores?: number;
+  spinners?: number;
   /** cap_accuracy: A's cap and its measured rate (MB/s); share_ratio: the two rates. */
   cap_MBps?: number;
   rate_MBps?: number;
@@ -87,15 +93,41 @@ async function besideStream<T>(pair: MxPair, fn: () => Promise<T>): Promise<T> {
   }
 }
 
-async function besideSpinner<T>(host: Host, fn: () => Promise<T>): Promise<T> {
-  const spinner = await host.startGuest({ module: SPIN, name: "spinner", pages: 64, maxHeapMb: 32 });
+/** Runs `fn` beside `count` guests that each spin on a core and touch neither NIC nor channel. */
+async function besideSpinners<T>(host: Host, count: number, fn: () => Promise<T>): Promise<T> {
+  const spinners: Domain[] = [];
   try {
+    for (let i = 0; i < count; i++)
+      spinners.push(await host.startGuest({ module: SPIN, name: `spinner${i}`, pages: 64, maxHeapMb: 32 }));
     return await fn();
   } finally {
-    spinner.send("stop");
-    await spinner.exited;
-    await spinner.destroy();
+    for (const d of spinners) d.send("stop");
+    for (const d of spinners) {
+      await d.exited;
+      await d.destroy();
+    }
   }
+}
+
+/** Cores this process keeps busy while `fn` runs: CPU time (all threads, user and system) ÷ wall time. */
+async function coresBusy(fn: () => Promise<unknown>): Promise<number> {
+  const cpu0 = process.cpuUsage();
+  const t0 = performance.now();
+  await fn();
+  const cpu = process.cpuUsage(cpu0);
+  return (cpu.user + cpu.system) / 1000 / Math.max(performance.now() - t0, 1e-3);
+}
+
+/**
+ * How many spinners burn the CPU time A's stream burns: the cores the process keeps busy
+ * while A streams alone, less what it keeps busy idle (the NICs' and dom0's polling), rounded,
+ * at least 1 and at most the machine's cores.
+ */
+async function matchingSpinners(pair: MxPair, iters: number): Promise<{ cores: number; spinners: number }> {
+  const idle = await coresBusy(() => new Promise((r) => setTimeout(r, 100)));
+  const busy = await coresBusy(() => pair.stream(MIB, iters, 1, STREAM_WINDOW));
+  const cores = Math.max(0, busy - idle);
+  return { cores, spinners: Math.min(Math.max(1, Math.round(cores)), availableParallelism()) };
 }
 
 async function scopeRows(
@@ -126,12 +158,15 @@ async function scopeRows(
   const shares: number[] = [];
   const rates: [number, number][] = [];
   let cap = 0;
+  let matched = { cores: 0, spinners: 1 };
   try {
     await bc.pingpong(PING_BYTES, ppIters, ppWarm);
+    progress(`isolation ${scope}: the CPU time A's stream burns`);
+    matched = await matchingSpinners(ad, streamIters);
     for (let run = 0; run < profile.runs; run++) {
       progress(`isolation ${scope}: B's latency, run ${run + 1}/${profile.runs}`);
       const s = await bc.pingpong(PING_BYTES, ppIters, ppWarm);
-      const c = await besideSpinner(h1, () => bc.pingpong(PING_BYTES, ppIters, ppWarm));
+      const c = await besideSpinners(h1, matched.spinners, () => bc.pingpong(PING_BYTES, ppIters, ppWarm));
       const b = await besideStream(ad, () => bc.pingpong(PING_BYTES, ppIters, ppWarm));
       solo.push(s);
       cpu.push(c);
@@ -169,7 +204,13 @@ async function scopeRows(
   }
   const med = (xs: number[]) => summarize(xs).median;
   const key = { bench: "isolation", transport: "bypass", scope };
-  const lat = { solo_us: med(solo), beside_cpu_us: med(cpu), beside_stream_us: med(beside) };
+  const lat = {
+    solo_us: med(solo),
+    beside_cpu_us: med(cpu),
+    beside_stream_us: med(beside),
+    stream_cores: Math.round(matched.cores * 100) / 100,
+    spinners: matched.spinners,
+  };
   return [
     { ...makeRow({ ...key, bytes: PING_BYTES, metric: "latency_slowdown" }, slowdown), ...lat },
     { ...makeRow({ ...key, bytes: PING_BYTES, metric: "latency_vs_solo" }, vsSolo), ...lat },
@@ -216,7 +257,7 @@ export function describeIsolation(rows: readonly BenchRow[]): string[] {
     const v = r.median.toFixed(3);
     if (r.metric === "latency_slowdown")
       out.push(
-        `  ${r.scope.padEnd(10)} B's 8 B latency: solo ${r.solo_us?.toFixed(2)} µs, beside a spinner ${r.beside_cpu_us?.toFixed(2)} µs, ` +
+        `  ${r.scope.padEnd(10)} B's 8 B latency: solo ${r.solo_us?.toFixed(2)} µs, beside ${spinnersText(r)} ${r.beside_cpu_us?.toFixed(2)} µs, ` +
           `beside A's 1 MiB stream ${r.beside_stream_us?.toFixed(2)} µs → latency_slowdown ${v}× (isolated: ≤ 1.5)`,
       );
     else if (r.metric === "latency_vs_solo") out.push(`  ${r.scope.padEnd(10)} latency_vs_solo ${v}×`);
@@ -230,4 +271,13 @@ export function describeIsolation(rows: readonly BenchRow[]): string[] {
       );
   }
   return out;
+}
+
+/** The CPU-only neighbour, as the row recorded it. */
+function spinnersText(r: IsolationRow): string {
+  const n = r.spinners ?? 1;
+  const what = n === 1 ? "a spinner" : `${n} spinners`;
+  return r.stream_cores === undefined
+    ? what
+    : `${what} (A's stream alone: ${r.stream_cores.toFixed(2)} cores)`;
 }
