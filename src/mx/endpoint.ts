@@ -35,7 +35,7 @@
 import type { MxDriver } from "../myrixen/driver-abi.js";
 import { MxStatus } from "../nic/status.js";
 import { I_SEQ, I_SLEEPING, WIRE_TIMEOUT_MS } from "../nic/window.js";
-import { Channels } from "./channel-path.js";
+import { ChannelPath, Channels } from "./channel-path.js";
 import { asMxError, checkBuffer, checkMatch, DEFAULT_RNDV_THRESHOLD, MX_INFINITE, MxError } from "./codes.js";
 import { Completion } from "./completion.js";
 import { Connections } from "./connections.js";
@@ -71,6 +71,12 @@ export { MxAddress, MxRequest, MxStatusInfo } from "./types.js";
 export const DEFAULT_SPIN_US = 20;
 /** Polls of a blocking wait before it looks at the clock (a spinning peer answers well within them). */
 const FAST_POLLS = 256;
+/**
+ * While a pushed rendezvous is under way with an awake peer, a wait spins on for up to this
+ * long since the last piece moved (ms) instead of sleeping: the next piece is one copy away,
+ * and a sleep per piece (then a kick and a wake-up) cost an 8 MB exchange 5–10× its copies.
+ */
+const TRANSFER_SPIN_MS = 2;
 /** A sleeping endpoint re-checks at least this often, so no peer can make it sleep forever. */
 const SLEEP_SLICE_MS = 100;
 /** While some peer is reached over Ethernet, sleeps are cut into slices this short (ms). */
@@ -573,6 +579,7 @@ export class MxEndpoint {
     let moving = false;
     let lastRead = start;
     let movedSinceRead = false;
+    let lastMoved = start;
     for (let i = 0; ; i++) {
       if (this.wakeupPending) {
         this.wakeupPending = false;
@@ -584,12 +591,16 @@ export class MxEndpoint {
         const now = performance.now();
         if (!movedSinceRead && now - lastRead > PREEMPTED_GAP_US / 1000) this.blockPreempted = true;
         lastRead = now;
+        if (movedSinceRead) lastMoved = now;
         movedSinceRead = false;
-        if (this.blockPreempted && now - start >= this.spinUs / 1000) break;
+        if ((this.blockPreempted && now - start >= this.spinUs / 1000) || (!moving && now >= spinEnd)) {
+          if (now - lastMoved < TRANSFER_SPIN_MS && now < deadline && this.transferring()) continue;
+          break;
+        }
         if (moving && now < deadline) {
           spinEnd = Math.max(spinEnd, now + this.spinUs / 1000);
           moving = false;
-        } else if (now >= spinEnd) break;
+        }
       }
     }
     const intr = this.intr;
@@ -621,7 +632,9 @@ export class MxEndpoint {
       }
       Atomics.store(intr, I_SLEEPING, 0);
       // Woken: spin again briefly (longer while something moves), the sender usually has more for us.
-      let again = performance.now() + this.spinUs / 1000;
+      const woke = performance.now();
+      let again = woke + this.spinUs / 1000;
+      let movedAt = woke;
       let movedSince = false;
       for (let i = 0; ; i++) {
         if (this.progress()) movedSince = true;
@@ -630,11 +643,25 @@ export class MxEndpoint {
           const now = performance.now();
           if (movedSince && now < deadline) {
             again = now + this.spinUs / 1000;
+            movedAt = now;
             movedSince = false;
-          } else if (now >= again) break;
+          } else if (now >= again) {
+            if (now - movedAt < TRANSFER_SPIN_MS && now < deadline && this.transferring()) continue;
+            break;
+          }
         }
       }
     }
+  }
+
+  /** A pushed rendezvous is under way with a peer that is awake (ChannelPath.transferring). */
+  private transferring(): boolean {
+    const peers = this.partners.list;
+    for (let p = 0; p < peers.length; p++) {
+      const ch = peers[p].channel;
+      if (ch instanceof ChannelPath && peers[p].dead === undefined && ch.transferring()) return true;
+    }
+    return false;
   }
 
   /** How long one sleep may last: no longer than `left` or `slice`, nor past the time a lane held by its caps may be read again. */
