@@ -1,5 +1,5 @@
 /**
- * What a blocking wait reads to decide between spinning and sleeping while a large message
+ * What a blocking wait reads to decide between spinning on and sleeping while a large message
  * crosses a co-resident channel (ChannelPath.transferring; endpoint.ts TRANSFER_SPIN_MS): a
  * pushed rendezvous is under way from its announcement until its last FRAG, on both sides,
  * and only while the peer has not said it sleeps. Two endpoints' real library parts joined by

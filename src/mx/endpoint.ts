@@ -73,10 +73,12 @@ export const DEFAULT_SPIN_US = 20;
 const FAST_POLLS = 256;
 /**
  * While a pushed rendezvous is under way with an awake peer, a wait spins on for up to this
- * long since the last piece moved (ms) instead of sleeping: the next piece is one copy away,
- * and a sleep per piece (then a kick and a wake-up) cost an 8 MB exchange 5–10× its copies.
+ * long since the last piece moved (ms) before it sleeps: a peer on its own core moves a piece
+ * every few µs, and a sleep there costs a kick and a wake-up for nothing. A peer silent for
+ * longer is likely off its core; spinning on would keep ours from it (an 8 MB exchange under
+ * load took 10× longer with a 2 ms spin than with sleeps), so the wait sleeps.
  */
-const TRANSFER_SPIN_MS = 2;
+const TRANSFER_SPIN_MS = 0.1;
 /** A sleeping endpoint re-checks at least this often, so no peer can make it sleep forever. */
 const SLEEP_SLICE_MS = 100;
 /** While some peer is reached over Ethernet, sleeps are cut into slices this short (ms). */
@@ -552,8 +554,6 @@ export class MxEndpoint {
   private block(ready: () => boolean, timeoutMs: number): boolean {
     if (!this.spin.adaptive) return this.blockFor(ready, timeoutMs);
     const start = performance.now();
-    this.blockSlept = false;
-    this.blockPreempted = false;
     const ok = this.blockFor(ready, timeoutMs);
     this.spin.after((performance.now() - start) * 1000, this.blockSlept, this.blockPreempted);
     return ok;
@@ -566,6 +566,8 @@ export class MxEndpoint {
         `timeout must be a number of ms (0 = MX_INFINITE), got ${String(timeoutMs)}`,
       );
     const infinite = timeoutMs === MX_INFINITE || timeoutMs === Number.POSITIVE_INFINITY;
+    this.blockSlept = false;
+    this.blockPreempted = false;
     const start = performance.now();
     const deadline = infinite ? Number.POSITIVE_INFINITY : start + timeoutMs;
     this.progress();
@@ -593,14 +595,11 @@ export class MxEndpoint {
         lastRead = now;
         if (movedSinceRead) lastMoved = now;
         movedSinceRead = false;
-        if ((this.blockPreempted && now - start >= this.spinUs / 1000) || (!moving && now >= spinEnd)) {
-          if (now - lastMoved < TRANSFER_SPIN_MS && now < deadline && this.transferring()) continue;
-          break;
-        }
+        if (this.blockPreempted && now - start >= this.spinUs / 1000) break;
         if (moving && now < deadline) {
           spinEnd = Math.max(spinEnd, now + this.spinUs / 1000);
           moving = false;
-        }
+        } else if (now >= spinEnd && !this.spinOn(now, lastMoved, deadline)) break;
       }
     }
     const intr = this.intr;
@@ -645,17 +644,19 @@ export class MxEndpoint {
             again = now + this.spinUs / 1000;
             movedAt = now;
             movedSince = false;
-          } else if (now >= again) {
-            if (now - movedAt < TRANSFER_SPIN_MS && now < deadline && this.transferring()) continue;
-            break;
-          }
+          } else if (now >= again && !this.spinOn(now, movedAt, deadline)) break;
         }
       }
     }
   }
 
-  /** A pushed rendezvous is under way with a peer that is awake (ChannelPath.transferring). */
-  private transferring(): boolean {
+  /**
+   * Past its spin, a wait keeps spinning only while a pushed rendezvous is under way with an
+   * awake peer (ChannelPath.transferring) that moved a piece less than TRANSFER_SPIN_MS ago,
+   * and this wait saw no preemption (then cores are short, and sleeping lends ours to the peer).
+   */
+  private spinOn(now: number, lastMoved: number, deadline: number): boolean {
+    if (this.blockPreempted || now - lastMoved >= TRANSFER_SPIN_MS || now >= deadline) return false;
     const peers = this.partners.list;
     for (let p = 0; p < peers.length; p++) {
       const ch = peers[p].channel;
