@@ -153,20 +153,6 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
     return true;
   }
 
-  /**
-   * A pushed rendezvous is under way on this channel, either way (announced and waiting for
-   * its CTS, being pushed, or being received), and the peer has not said it sleeps: its next
-   * piece, its CTS or the room it frees is a copy away, so a wait on it spins rather than
-   * sleeps (endpoint.ts, TRANSFER_SPIN_MS).
-   */
-  transferring(): boolean {
-    if (Atomics.load(this.peerIntr, I_SLEEPING) !== 0) return false;
-    if (this.pushing.length > 0 || this.receiving.length > 0 || this.ctsWaiting.length > 0) return true;
-    const l = this.inFlight;
-    for (let i = 0; i < l.length; i++) if (l[i].state < RequestState.Revoking) return true;
-    return false;
-  }
-
   /** Writes the send's record into our lane; false if the lane is full right now. */
   trySend(req: MxRequest): boolean {
     const w = this.writer;

@@ -35,7 +35,7 @@
 import type { MxDriver } from "../myrixen/driver-abi.js";
 import { MxStatus } from "../nic/status.js";
 import { I_SEQ, I_SLEEPING, WIRE_TIMEOUT_MS } from "../nic/window.js";
-import { ChannelPath, Channels } from "./channel-path.js";
+import { Channels } from "./channel-path.js";
 import { asMxError, checkBuffer, checkMatch, DEFAULT_RNDV_THRESHOLD, MX_INFINITE, MxError } from "./codes.js";
 import { Completion } from "./completion.js";
 import { Connections } from "./connections.js";
@@ -71,14 +71,6 @@ export { MxAddress, MxRequest, MxStatusInfo } from "./types.js";
 export const DEFAULT_SPIN_US = 20;
 /** Polls of a blocking wait before it looks at the clock (a spinning peer answers well within them). */
 const FAST_POLLS = 256;
-/**
- * While a pushed rendezvous is under way with an awake peer, a wait spins on for up to this
- * long since the last piece moved (ms) before it sleeps: a peer on its own core moves a piece
- * every few µs, and a sleep there costs a kick and a wake-up for nothing. A peer silent for
- * longer is likely off its core; spinning on would keep ours from it (an 8 MB exchange under
- * load took 10× longer with a 2 ms spin than with sleeps), so the wait sleeps.
- */
-const TRANSFER_SPIN_MS = 0.1;
 /** A sleeping endpoint re-checks at least this often, so no peer can make it sleep forever. */
 const SLEEP_SLICE_MS = 100;
 /** While some peer is reached over Ethernet, sleeps are cut into slices this short (ms). */
@@ -554,6 +546,8 @@ export class MxEndpoint {
   private block(ready: () => boolean, timeoutMs: number): boolean {
     if (!this.spin.adaptive) return this.blockFor(ready, timeoutMs);
     const start = performance.now();
+    this.blockSlept = false;
+    this.blockPreempted = false;
     const ok = this.blockFor(ready, timeoutMs);
     this.spin.after((performance.now() - start) * 1000, this.blockSlept, this.blockPreempted);
     return ok;
@@ -566,8 +560,6 @@ export class MxEndpoint {
         `timeout must be a number of ms (0 = MX_INFINITE), got ${String(timeoutMs)}`,
       );
     const infinite = timeoutMs === MX_INFINITE || timeoutMs === Number.POSITIVE_INFINITY;
-    this.blockSlept = false;
-    this.blockPreempted = false;
     const start = performance.now();
     const deadline = infinite ? Number.POSITIVE_INFINITY : start + timeoutMs;
     this.progress();
@@ -581,7 +573,6 @@ export class MxEndpoint {
     let moving = false;
     let lastRead = start;
     let movedSinceRead = false;
-    let lastMoved = start;
     for (let i = 0; ; i++) {
       if (this.wakeupPending) {
         this.wakeupPending = false;
@@ -593,13 +584,12 @@ export class MxEndpoint {
         const now = performance.now();
         if (!movedSinceRead && now - lastRead > PREEMPTED_GAP_US / 1000) this.blockPreempted = true;
         lastRead = now;
-        if (movedSinceRead) lastMoved = now;
         movedSinceRead = false;
         if (this.blockPreempted && now - start >= this.spinUs / 1000) break;
         if (moving && now < deadline) {
           spinEnd = Math.max(spinEnd, now + this.spinUs / 1000);
           moving = false;
-        } else if (now >= spinEnd && !this.spinOn(now, lastMoved, deadline)) break;
+        } else if (now >= spinEnd) break;
       }
     }
     const intr = this.intr;
@@ -631,9 +621,7 @@ export class MxEndpoint {
       }
       Atomics.store(intr, I_SLEEPING, 0);
       // Woken: spin again briefly (longer while something moves), the sender usually has more for us.
-      const woke = performance.now();
-      let again = woke + this.spinUs / 1000;
-      let movedAt = woke;
+      let again = performance.now() + this.spinUs / 1000;
       let movedSince = false;
       for (let i = 0; ; i++) {
         if (this.progress()) movedSince = true;
@@ -642,27 +630,11 @@ export class MxEndpoint {
           const now = performance.now();
           if (movedSince && now < deadline) {
             again = now + this.spinUs / 1000;
-            movedAt = now;
             movedSince = false;
-          } else if (now >= again && !this.spinOn(now, movedAt, deadline)) break;
+          } else if (now >= again) break;
         }
       }
     }
-  }
-
-  /**
-   * Past its spin, a wait keeps spinning only while a pushed rendezvous is under way with an
-   * awake peer (ChannelPath.transferring) that moved a piece less than TRANSFER_SPIN_MS ago,
-   * and this wait saw no preemption (then cores are short, and sleeping lends ours to the peer).
-   */
-  private spinOn(now: number, lastMoved: number, deadline: number): boolean {
-    if (this.blockPreempted || now - lastMoved >= TRANSFER_SPIN_MS || now >= deadline) return false;
-    const peers = this.partners.list;
-    for (let p = 0; p < peers.length; p++) {
-      const ch = peers[p].channel;
-      if (ch instanceof ChannelPath && peers[p].dead === undefined && ch.transferring()) return true;
-    }
-    return false;
   }
 
   /** How long one sleep may last: no longer than `left` or `slice`, nor past the time a lane held by its caps may be read again. */
