@@ -19,8 +19,8 @@ import { Job, LocalTarget } from "../src/cluster/job.js";
 import { RemoteHost } from "../src/cluster/remote.js";
 import { Host } from "../src/host/host.js";
 import { FRAME_MAX } from "../src/nic/frame.js";
-import { TCP_LINK_MAGIC } from "../src/nic/tcp-handshake.js";
-import { connectTcpLink } from "../src/nic/tcp-link.js";
+import { TCP_LINK_MAGIC, TCP_LINK_VERSION } from "../src/nic/tcp-handshake.js";
+import { connectTcpLink } from "../src/nic/tcp-link-setup.js";
 import { fixture, type HostProc, killChildren, myrixen, startHost, until } from "./helpers/hosts.js";
 
 after(killChildren);
@@ -111,11 +111,11 @@ function helloV1(nicId: number): Buffer {
   return b;
 }
 
-/** A version-2 hello (with a nonce) claiming `nicId`. */
+/** A current hello (with a nonce) claiming `nicId`. */
 function helloV2(nicId: number): Buffer {
   const b = Buffer.alloc(48);
   b.writeUInt32LE(TCP_LINK_MAGIC, 0);
-  b.writeUInt16LE(2, 4);
+  b.writeUInt16LE(TCP_LINK_VERSION, 4);
   b.writeUInt32LE(nicId, 8);
   b.writeUInt32LE(FRAME_MAX, 12);
   randomBytes(32).copy(b, 16);

@@ -48,7 +48,8 @@ import type { Link } from "../src/nic/link.js";
 import { DEST_CREDITS } from "../src/nic/link-state.js";
 import { Nic } from "../src/nic/nic.js";
 import { MxStatus, mxStatusName } from "../src/nic/status.js";
-import { connectTcpLink, listenTcpLinks, type TcpLink, type TcpLinkServer } from "../src/nic/tcp-link.js";
+import type { TcpLink } from "../src/nic/tcp-link.js";
+import { connectTcpLink, listenTcpLinks, type TcpLinkServer } from "../src/nic/tcp-link-setup.js";
 import {
   Access,
   ANY_ENDPOINT,

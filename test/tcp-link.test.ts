@@ -28,7 +28,8 @@ import {
 } from "../src/nic/frame.js";
 import { MxStatus, mxStatusName } from "../src/nic/status.js";
 import { TCP_HELLO_BYTES, TCP_LINK_MAGIC, TCP_LINK_VERSION } from "../src/nic/tcp-handshake.js";
-import { connectTcpLink, listenTcpLinks, type TcpLink, tcpLinkStats } from "../src/nic/tcp-link.js";
+import { type TcpLink, tcpLinkStats } from "../src/nic/tcp-link.js";
+import { connectTcpLink, listenTcpLinks } from "../src/nic/tcp-link-setup.js";
 import {
   Access,
   ANY_ENDPOINT,
@@ -206,7 +207,7 @@ test("bare links: handshake, frames both ways, framing faults drop and count, ve
     );
     await until(() => tcpLinkStats.handshakesRejected - rejected0 >= 2, "two refused handshakes");
     assert.ok(
-      logs.some((m) => /protocol version mismatch: peer speaks version 1, this NIC speaks 2/.test(m)),
+      logs.some((m) => /protocol version mismatch: peer speaks version 1, this NIC speaks 3/.test(m)),
     );
     assert.equal(accepted.length, 5, "no bad peer was handed over");
     for (const l of [c, tiny, badLen, unknownType, truncated]) l.close();

@@ -90,6 +90,12 @@ export class LinkState {
   readonly jSent = new Uint32Array(PULL_JOBS_PER_LINK);
   /** The job served first in the next round (jobs of a link take turns). */
   jNext = 0;
+  /**
+   * Per source endpoint (by id): its deficit in this link's own deficit round robin over the
+   * jobs (remote-pull.ts serveJobs), so the bytes a link takes are shared by weight even when
+   * the link, not the NIC's round, is what limits them. Made on first use.
+   */
+  srcDeficit: Float64Array | null = null;
 
   /** Remote PULLs this NIC has outstanding on this link (requester side). */
   pullsOut = 0;

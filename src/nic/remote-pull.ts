@@ -15,8 +15,8 @@
  * came on (link-state.ts, PULL_JOBS_PER_LINK per link: a request beyond them is refused
  * NO_RESOURCES without spending its right); the jobs of a link take turns sending PULL_REPLY
  * frames, JOB_ROUND bytes a visit and PULL_CHUNK a round, stopping when the link pushes back;
- * a job whose source endpoint has spent its share of the round or is held by its tx cap
- * (qos.ts) waits for a later round.
+ * a job whose source endpoint has spent its share (the link's own weighted deficit round
+ * robin, serveJobs, and the NIC's round, qos.ts) or is held by its tx cap waits.
  * A right revoked, a region deregistered or an owner closed mid-transfer ends the job with an
  * error reply, never stale bytes.
  */
@@ -81,6 +81,9 @@ import {
   SEND_MAX,
   WIRE_TIMEOUT_MS,
 } from "./window.js";
+
+/** Link rounds one serveJobs call may begin at most (PULL_CHUNK bounds it first with real jobs). */
+const LINK_DRR_PASSES = 8;
 
 /** Remote PULLs outstanding, across links (the slot is the low 8 bits of a request id). */
 export const REMOTE_PULL_SLOTS = 256;
@@ -414,29 +417,68 @@ export class RemotePull {
     else this.c[NicCounter.acks_dropped]++;
   }
 
-  /** Serves `ls`'s jobs in turn, up to PULL_CHUNK bytes this round. Returns whether it sent anything. */
+  /**
+   * Serves `ls`'s jobs in turn, up to PULL_CHUNK bytes this round. Returns whether it sent anything.
+   *
+   * The link's own deficit round robin decides whose bytes it takes: each source endpoint
+   * earns JOB_ROUND × its weight per link round and its jobs are served while that lasts; a
+   * new link round begins only when every job that waits has spent its endpoint's share. A
+   * link that pushes back ends the call but not the round, so when the link (not the NIC's
+   * poll round) is the bottleneck, it is still shared by weight — the NIC's round deficits
+   * refill every poll and would let jobs take turns 1:1. The NIC-wide deficit and the tx cap
+   * (mayServe) still hold a job back as well.
+   */
   serveJobs(ls: LinkState): boolean {
+    const def = (ls.srcDeficit ??= new Float64Array(this.eps.maxEndpoints));
+    const weight = this.qos.weight;
     let budget = PULL_CHUNK;
     let did = false;
     let j = ls.jNext;
-    for (let visits = 0; visits < PULL_JOBS_PER_LINK && budget > 0 && ls.jobs.count > 0; visits++) {
-      const src = ls.jSrcEp[j];
-      // Its source endpoint's share of the round is spent or its tx cap holds it: the next job.
-      // (A closed owner's job is served: it ends with an error reply.)
-      if (ls.jobs.used[j] === 1 && (!this.eps.ctxs[src]?.open || this.qos.mayServe(src))) {
-        const had = ls.jobs.count;
-        const r = this.serveJob(ls, j, Math.min(JOB_ROUND, budget));
-        const sent = r < 0 ? ~r : r;
-        if (sent > 0) this.qos.chargeServed(src, sent);
-        if (sent > 0 || ls.jobs.count !== had) did = true;
-        if (r < 0) {
-          // The link pushes back: this job goes first when it can take frames again.
-          ls.jNext = j;
-          return did;
+    for (let pass = 0; pass < LINK_DRR_PASSES && budget > 0 && ls.jobs.count > 0; pass++) {
+      // A job waited only because its endpoint spent its share of this link round.
+      let spent = false;
+      for (let left = PULL_JOBS_PER_LINK; left > 0 && budget > 0 && ls.jobs.count > 0; ) {
+        if (ls.jobs.used[j] === 1) {
+          const src = ls.jSrcEp[j];
+          // A closed owner's job is served: it ends with an error reply.
+          const closed = !this.eps.ctxs[src]?.open;
+          let go = closed;
+          if (!closed) {
+            if (def[src] <= 0) spent = true;
+            // Its NIC-wide share of the poll round is spent or its tx cap holds it: the next job.
+            else go = this.qos.mayServe(src);
+          }
+          if (go) {
+            const had = ls.jobs.count;
+            const r = this.serveJob(ls, j, Math.min(JOB_ROUND, budget, closed ? JOB_ROUND : def[src]));
+            const sent = r < 0 ? ~r : r;
+            if (sent > 0) {
+              this.qos.chargeServed(src, sent);
+              def[src] -= sent;
+            }
+            if (sent > 0 || ls.jobs.count !== had) did = true;
+            if (r < 0) {
+              // The link pushes back: this job goes first when it can take frames again.
+              ls.jNext = j;
+              return did;
+            }
+            budget -= sent;
+            // Its share lasts and the job goes on: it stays first (a visit is JOB_ROUND at most).
+            if (sent > 0 && budget > 0 && ls.jobs.used[j] === 1 && !closed && def[src] > 0) continue;
+          }
         }
-        budget -= sent;
+        j = (j + 1) % PULL_JOBS_PER_LINK;
+        left--;
       }
-      j = (j + 1) % PULL_JOBS_PER_LINK;
+      // Out of budget: the round goes on in the next call. A full pass in which a job waited
+      // for its share: everyone that waits has spent it.
+      if (budget <= 0 || !spent) break;
+      // Every job that waits has spent its share: a new link round (an idle endpoint banks one quantum at most).
+      for (let e = 0; e < def.length; e++) {
+        const q = JOB_ROUND * weight[e];
+        const d = def[e] + q;
+        def[e] = d > q ? q : d;
+      }
     }
     ls.jNext = j;
     return did;

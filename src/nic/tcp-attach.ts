@@ -8,14 +8,8 @@
  */
 import type { Link } from "./link.js";
 import { checkKey } from "./tcp-handshake.js";
-import {
-  connectTcpLink,
-  defaultLog,
-  listenTcpLinks,
-  type TcpLink,
-  type TcpLinkLog,
-  type TcpLinkServer,
-} from "./tcp-link.js";
+import { defaultLog, type TcpLink, type TcpLinkLog } from "./tcp-link.js";
+import { connectTcpLink, listenTcpLinks, type TcpLinkServer } from "./tcp-link-setup.js";
 
 export const RECONNECT_MIN_MS = 50;
 export const RECONNECT_MAX_MS = 1000;

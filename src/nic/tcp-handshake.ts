@@ -1,16 +1,22 @@
 /**
- * The handshake that opens a TCP link between two NICs (tcp-link.ts carries the frames once it
- * is done). Protocol version 2; both sides hold the cluster key, at least 32 bytes, which
- * never crosses the wire:
- *   1. each side sends a 48-byte hello — u32 magic "MXTL", u16 protocol version, u16 reserved
- *      (0), u32 sender NIC id, u32 FRAME_MAX, 32 random bytes (its nonce) — little-endian;
+ * The handshake that opens each of the two TCP connections of a link between two NICs
+ * (tcp-link.ts carries the frames once it is done). Protocol version 3; both sides hold the
+ * cluster key, at least 32 bytes, which never crosses the wire:
+ *   1. each side sends a 48-byte hello — u32 magic "MXTL", u16 protocol version, u16 lane
+ *      (the connecting side's: 0 the main connection, 1 the bulk connection; the accepting
+ *      side sends 0), u32 sender NIC id, u32 FRAME_MAX, 32 random bytes (its nonce) —
+ *      little-endian;
  *   2. the connecting side ("dial") sends its 32-byte proof: HMAC-SHA256(key, label, version,
- *      role, prover's NIC id, verifier's NIC id, prover's nonce, verifier's nonce);
+ *      role, lane, prover's NIC id, verifier's NIC id, prover's nonce, verifier's nonce, bind);
+ *      on the bulk lane the 32-byte bind goes first, in the clear: the accepting side's nonce
+ *      of the main connection this bulk connection belongs to (zeros on the main lane);
  *   3. the accepting side checks it (crypto.timingSafeEqual) and only then sends its own proof
  *      (role "accept"), so a peer that cannot prove the key learns nothing but a nonce;
  *   4. the connecting side checks that proof; then frames flow.
  * Fresh nonces on both sides stop replays, the role stops a proof being reflected back, the
- * NIC ids bind the proof to the claimed identity. A bad hello (magic, version, NIC id, frame
+ * NIC ids bind the proof to the claimed identity, and the lane and bind tie a bulk connection
+ * to one main connection (tcp-link.ts pairs them: a bulk connection naming no main connection
+ * that waits for one is refused). A bad hello (magic, version, NIC id, frame
  * size), a wrong proof, a close or the deadline drops the connection with a reason
  * (HandshakeError, which tcp-link.ts logs with the remote address and counts in tcpLinkStats);
  * only a link that passed all four steps reaches the NIC, so an unauthenticated peer never
@@ -21,8 +27,11 @@ import type net from "node:net";
 import { FRAME_MAX } from "./frame.js";
 
 export const TCP_LINK_MAGIC = 0x4c54584d; // "MXTL" in little-endian bytes
-/** 2: hellos carry a nonce and both sides prove the cluster key (1 had no authentication). */
-export const TCP_LINK_VERSION = 2;
+/**
+ * 3: a link is two connections, main and bulk, each proved (2: one connection; 1 had no
+ * authentication).
+ */
+export const TCP_LINK_VERSION = 3;
 export const TCP_NONCE_BYTES = 32;
 export const TCP_HELLO_BYTES = 16 + TCP_NONCE_BYTES;
 export const TCP_PROOF_BYTES = 32;
@@ -31,11 +40,17 @@ export const TCP_LINK_MIN_KEY_BYTES = 32;
 const PROOF_LABEL = Buffer.from("MyriXen TCP link proof\0", "latin1");
 const ROLE_DIAL = 1;
 const ROLE_ACCEPT = 2;
+/** The connections of a link: frames and credits, and bulk pull data (tcp-link.ts). */
+export const LANE_MAIN = 0;
+export const LANE_BULK = 1;
+/** The bind of a main connection (it names none). */
+const NO_BIND = Buffer.alloc(TCP_NONCE_BYTES);
 
-function hello(nicId: number, nonce: Buffer): Buffer {
+function hello(nicId: number, nonce: Buffer, lane: number): Buffer {
   const b = Buffer.alloc(TCP_HELLO_BYTES);
   b.writeUInt32LE(TCP_LINK_MAGIC, 0);
   b.writeUInt16LE(TCP_LINK_VERSION, 4);
+  b.writeUInt16LE(lane, 6);
   b.writeUInt32LE(nicId >>> 0, 8);
   b.writeUInt32LE(FRAME_MAX, 12);
   nonce.copy(b, 16);
@@ -69,21 +84,25 @@ function parseHello(b: Buffer, ownNic: number): number | string {
 function proof(
   key: Buffer,
   role: number,
+  lane: number,
   prover: number,
   verifier: number,
   proverNonce: Buffer,
   verifierNonce: Buffer,
+  bind: Buffer,
 ): Buffer {
-  const h = Buffer.alloc(11);
+  const h = Buffer.alloc(12);
   h.writeUInt16LE(TCP_LINK_VERSION, 0);
   h.writeUInt8(role, 2);
-  h.writeUInt32LE(prover >>> 0, 3);
-  h.writeUInt32LE(verifier >>> 0, 7);
+  h.writeUInt8(lane, 3);
+  h.writeUInt32LE(prover >>> 0, 4);
+  h.writeUInt32LE(verifier >>> 0, 8);
   return createHmac("sha256", key)
     .update(PROOF_LABEL)
     .update(h)
     .update(proverNonce)
     .update(verifierNonce)
+    .update(bind)
     .digest();
 }
 
@@ -120,13 +139,26 @@ export class HandshakeError extends Error {
   }
 }
 
+/** What a finished handshake tells: who, on which lane, and the nonces. */
+export interface HandshakeResult {
+  peer: number;
+  /** Bytes that followed the peer's last handshake message. */
+  rest: Buffer;
+  lane: number;
+  /** The main connection a bulk connection belongs to (the accepting side's nonce on it). */
+  bind: Buffer;
+  myNonce: Buffer;
+  peerNonce: Buffer;
+}
+
 /**
  * The handshake on a fresh socket (steps 1–4 of the header), in `role`. `done` resolves with
- * the peer's NIC id and any bytes that followed its last handshake message; it rejects
- * (socket destroyed) on a bad hello, a wrong proof, a close, an error, the deadline or abort().
+ * the peer's NIC id, the lane, the nonces and any bytes that followed its last handshake
+ * message; it rejects (socket destroyed) on a bad hello, a wrong proof, a close, an error, the
+ * deadline or abort(). A dialer names its `lane` and, on the bulk lane, the `bind`.
  */
 export class Handshake {
-  readonly done: Promise<{ peer: number; rest: Buffer }>;
+  readonly done: Promise<HandshakeResult>;
   private settled = false;
   private fail: (why: string, auth?: boolean) => void = () => {};
 
@@ -138,12 +170,17 @@ export class Handshake {
     key: Buffer,
     timeoutMs: number,
     statedMs = timeoutMs,
+    dialLane = LANE_MAIN,
+    dialBind: Buffer = NO_BIND,
   ) {
     this.done = new Promise((resolve, reject) => {
       const myNonce = randomBytes(TCP_NONCE_BYTES);
       let buf: Buffer = Buffer.alloc(0);
       let peer = -1;
       let peerNonce: Buffer | null = null;
+      // The accepting side learns the lane from the dialer's hello.
+      let lane = role === "dial" ? dialLane : -1;
+      let bind = role === "dial" ? dialBind : NO_BIND;
       const timer = setTimeout(() => fail(`no handshake within ${statedMs} ms`), timeoutMs);
       const cleanup = () => {
         this.settled = true;
@@ -170,24 +207,35 @@ export class Handshake {
           if (buf.length < TCP_HELLO_BYTES) return;
           const r = parseHello(buf, nicId);
           if (typeof r === "string") return fail(r);
+          if (role === "accept") {
+            lane = buf.readUInt16LE(6);
+            if (lane !== LANE_MAIN && lane !== LANE_BULK) return fail(`unknown lane ${lane} in the hello`);
+          }
           peer = r;
           peerNonce = Buffer.from(buf.subarray(16, TCP_HELLO_BYTES));
           buf = buf.subarray(TCP_HELLO_BYTES);
-          if (role === "dial") socket.write(proof(key, ROLE_DIAL, nicId, peer, myNonce, peerNonce));
+          if (role === "dial") {
+            const p = proof(key, ROLE_DIAL, lane, nicId, peer, myNonce, peerNonce, bind);
+            socket.write(lane === LANE_BULK ? Buffer.concat([bind, p]) : p);
+          }
         }
-        if (buf.length < TCP_PROOF_BYTES) return;
+        // A bulk dialer's proof comes after its bind.
+        const bindBytes = role === "accept" && lane === LANE_BULK ? TCP_NONCE_BYTES : 0;
+        if (buf.length < bindBytes + TCP_PROOF_BYTES) return;
+        if (bindBytes > 0) bind = Buffer.from(buf.subarray(0, bindBytes));
         const peerRole = role === "dial" ? ROLE_ACCEPT : ROLE_DIAL;
-        const want = proof(key, peerRole, peer, nicId, peerNonce, myNonce);
-        if (!timingSafeEqual(buf.subarray(0, TCP_PROOF_BYTES), want))
+        const want = proof(key, peerRole, lane, peer, nicId, peerNonce, myNonce, bind);
+        if (!timingSafeEqual(buf.subarray(bindBytes, bindBytes + TCP_PROOF_BYTES), want))
           return fail(
             `authentication failed: NIC ${peer}'s proof does not match this NIC's cluster key (another key, or not a member of this cluster)`,
             true,
           );
-        if (role === "accept") socket.write(proof(key, ROLE_ACCEPT, nicId, peer, myNonce, peerNonce));
-        const rest = Buffer.from(buf.subarray(TCP_PROOF_BYTES));
+        if (role === "accept")
+          socket.write(proof(key, ROLE_ACCEPT, lane, nicId, peer, myNonce, peerNonce, bind));
+        const rest = Buffer.from(buf.subarray(bindBytes + TCP_PROOF_BYTES));
         cleanup();
         socket.pause();
-        resolve({ peer, rest });
+        resolve({ peer, rest, lane, bind, myNonce, peerNonce });
       };
       const onClose = () => {
         if (peerNonce === null)
@@ -204,7 +252,7 @@ export class Handshake {
       socket.on("data", onData);
       socket.on("close", onClose);
       socket.on("error", onError);
-      socket.write(hello(nicId, myNonce));
+      socket.write(hello(nicId, myNonce, role === "dial" ? dialLane : LANE_MAIN));
     });
   }
 

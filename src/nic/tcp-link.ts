@@ -1,56 +1,73 @@
 /**
- * A Link over a node:net TCP socket, between the NICs of two host processes (or two NICs in
- * one process). The socket lives on the NIC's own thread: nic-worker.ts attaches TCP links
- * for the specs `{ kind: "tcp", host, port, key }` (connect) and `{ kind: "tcp-listen", port,
- * key }` (accept peers) through tcp-attach.ts. A connection carries frames only after the
- * handshake (tcp-handshake.ts) has proved that both ends hold the cluster key.
- *
- * Accepted sockets get TCP_ACCEPT_DEADLINE_MS (2 s) from accept for the whole handshake, and
- * a listener keeps at most TCP_MAX_PENDING_HANDSHAKES sockets in the handshake: a new one
- * beyond that drops the OLDEST, so a static flood of idle connections cannot keep a real
- * peer (which finishes in a few round trips) out. Refusals are logged at most
- * REFUSALS_LOGGED_PER_WINDOW per 10 s per listener, then counted in one summary line.
+ * A Link over two node:net TCP sockets (main and bulk, below), between the NICs of two host
+ * processes (or two NICs in one process). The sockets live on the NIC's own thread:
+ * nic-worker.ts attaches TCP links for the specs `{ kind: "tcp", host, port, key }` (connect)
+ * and `{ kind: "tcp-listen", port, key }` (accept peers) through tcp-attach.ts. A connection carries frames only after the
+ * handshake (tcp-handshake.ts) has proved that both ends hold the cluster key; the listener
+ * and the dialer that set a link up are in tcp-link-setup.ts.
  *
  * Framing: each frame (frame.ts) travels behind a u32 little-endian length prefix. After the
  * handshake, a length outside [FRAME_HEADER_BYTES, FRAME_MAX], a header checkFrame refuses,
  * an unknown frame type, or a frame cut off by the close drops the connection and counts it;
  * nothing throws into the NIC. Every byte from the socket is hostile input.
  *
- * Goodbye: a length prefix of 0 (no frame) says the sender closes on purpose (detachLink): the
- * receiving side then does not try to reconnect. A connection that ends without one (the peer
- * NIC was stopped or crashed, the network failed, a stream fault) is retried by the side that
- * connected (tcp-attach.ts).
+ * Goodbye: a length prefix of 0 (no frame) on the main connection says the sender closes on
+ * purpose (detachLink): the receiving side reads the bulk sent before it (until the bulk
+ * connection ends, a second at most) and then does not try to reconnect. A link that ends
+ * without one (the peer NIC was stopped or crashed, the network failed, a stream fault) is
+ * retried by the side that connected (tcp-attach.ts).
  *
- * Back-pressure: send() copies the frame into one write and refuses (false) while the socket's
- * write buffer is above a high-water mark and still draining; onWritable fires on 'drain'. So
- * the queued bytes stay below the mark plus one frame. Receiving parses each chunk at once into
- * one FRAME_MAX buffer (TCP's own flow control bounds the rest).
+ * Back-pressure: send() copies the frame into one write and refuses (false) while the main
+ * socket's write buffer is above a high-water mark and still draining; onWritable fires on
+ * 'drain'. So the queued bytes stay below the mark plus one frame. Receiving parses each chunk
+ * at once; a frame that lies whole in the chunk is handed over where it lies, others are put
+ * together in one FRAME_MAX buffer per connection (TCP's own flow control bounds the rest).
  *
- * Small frames ahead of bulk (issue 16). The link is one TCP stream, so a small frame written
- * behind a megabyte of PULL_REPLY data waits for all of it (B's 8 B ping-pong beside A's
- * 1 MiB stream: 3.8× slower). So PULL_REPLY frames with a payload (the bulk) wait in the
- * link's own queue, and at most TCP_BULK_WINDOW bytes of them are on the way at once — written
- * and not yet acknowledged by the peer's link, which sends a credit (length prefix 1, then the
- * u32 count of bulk bytes it has handed to its NIC, mod 2^32) every 32 KiB received. Every other
- * frame is written at once, ahead of the queued bulk: it waits behind at most a window in the
- * socket and the kernel. Order holds where the NIC relies on it: PULL_REPLYs stay in order
- * among themselves (a transfer's replies continue one another) and the other frames among
- * themselves; a SEND never depended on the position of a PULL_REPLY (MX orders messages by
- * per-pair sequence numbers, mx/matching.ts; a pull ends with its own replies). A credit for
- * more than was sent drops the connection. send() refuses bulk while the queue holds the
- * high-water mark, and other frames as before; onWritable fires when either can go again.
+ * Two connections (issue 16). One TCP stream would make a small frame wait behind every byte
+ * of pull data written before it (B's 8 B ping-pong beside A's 1 MiB stream: 3.8× slower). So
+ * a link is two connections, as real interconnects keep a queue per traffic class: the main
+ * one carries every frame but pull data (and the credits and the goodbye below); the bulk one
+ * only PULL_REPLY frames with a payload. The connecting side opens main, then bulk, each with
+ * the full handshake; the bulk hello names the main connection (tcp-handshake.ts: lane and
+ * bind, inside the proof), and the listener hands a link over only when both are up (a main
+ * connection left without its bulk one is dropped at the accept deadline, a bulk one naming
+ * no waiting main one is refused; both counted as refused handshakes). The wrong kind of frame
+ * on either connection drops the link. The receiver reads one chunk of bulk per turn of its
+ * event loop, so main frames that arrived meanwhile are read before the next chunk.
+ *
+ * Bulk flow: at most TCP_BULK_WINDOW bulk bytes are on the way at once — written and not yet
+ * acknowledged by the peer's link, which sends a credit on the main connection (length prefix
+ * 1, then the u32 count of bulk bytes it has handed to its NIC, mod 2^32) every 32 KiB
+ * received; at most TCP_BULK_QUEUE more wait in the link's queue, and send() refuses bulk
+ * beyond that (onWritable fires when it may go on). A credit for more than was sent drops the
+ * link. Order holds where the NIC relies on it: PULL_REPLYs stay in order among themselves (a
+ * transfer's replies continue one another) and the other frames among themselves; a SEND
+ * never depended on the position of a PULL_REPLY (MX orders messages by per-pair sequence
+ * numbers, mx/matching.ts; a pull ends with its own replies).
  */
-import net from "node:net";
+import type net from "node:net";
 import { checkFrame, F_LENGTH, FRAME_HEADER_BYTES, FRAME_MAX, FrameType, getWord } from "./frame.js";
 import type { Link } from "./link.js";
-import { checkKey, checkNicId, checkPort, Handshake, type HandshakeError } from "./tcp-handshake.js";
+import { LANE_BULK, LANE_MAIN } from "./tcp-handshake.js";
 
 /** Default write-buffer mark above which send() pushes back (32 full frames). */
 export const TCP_LINK_HIGH_WATER = 32 * FRAME_MAX;
-/** Bulk (PULL_REPLY) bytes on the way to the peer at once, written and not yet credited. */
+/**
+ * Bulk (PULL_REPLY) bytes on the way to the peer at once, written and not yet credited. Small
+ * frames travel on the other connection, so the window no longer costs them; it bounds what a
+ * slow receiver leaves in the kernel. (1 MiB measured no better than 256 KiB for the 1 MiB
+ * stream against raw-tcp in the same runs, on a loaded 2-core machine.)
+ */
 export const TCP_BULK_WINDOW = 256 * 1024;
+/**
+ * Bulk bytes queued beyond the window before send() pushes back: little, so that the NIC's
+ * scheduler (remote-pull.ts serveJobs, by weight), not a deep first-come queue here, decides
+ * whose bytes go next, and a NIC round copies no more than can leave soon.
+ */
+export const TCP_BULK_QUEUE = 256 * 1024;
 /** The length prefix of a credit (link-internal; a frame is never this short). */
 const CREDIT_PREFIX = 1;
+
 /** Bulk bytes received between two credits (a window is never smaller: both sides must agree on nothing else). */
 const CREDIT_EVERY = 32 * 1024;
 /** Connect plus handshake allowed to a connecting side (unless its options say). */
@@ -59,8 +76,6 @@ export const TCP_HANDSHAKE_TIMEOUT_MS = 5000;
 export const TCP_ACCEPT_DEADLINE_MS = 2000;
 /** Sockets a listener keeps in the handshake at once (beyond: the oldest is dropped). */
 export const TCP_MAX_PENDING_HANDSHAKES = 64;
-const REFUSALS_LOGGED_PER_WINDOW = 20;
-const REFUSAL_WINDOW_MS = 10_000;
 
 /**
  * Per-thread counts of connections this module refused or dropped: handshakes refused (any
@@ -84,69 +99,39 @@ export const defaultLog: TcpLinkLog = (m) => console.warn(m);
 const KNOWN_TYPES = new Set<number>(Object.values(FrameType));
 const EMPTY = Buffer.alloc(0);
 
-function remoteOf(socket: net.Socket): string {
-  const a = (socket.remoteAddress ?? "?").replace(/^::ffff:(\d+\.\d+\.\d+\.\d+)$/, "$1");
-  return `${a.includes(":") ? `[${a}]` : a}:${socket.remotePort ?? "?"}`;
-}
-
-/**
- * Logs refusals, at most REFUSALS_LOGGED_PER_WINDOW per window; the rest are counted and
- * summed up in one line when the window ends (a flood must not flood the log too).
- */
-class RefusalLog {
-  private windowStart = 0;
-  private logged = 0;
-  private suppressed = 0;
-  private timer: ReturnType<typeof setTimeout> | null = null;
-
-  constructor(
-    private readonly log: TcpLinkLog,
-    private readonly nicId: number,
-  ) {}
-
-  refuse(message: string, fields: TcpLinkLogFields): void {
-    const now = Date.now();
-    if (now - this.windowStart >= REFUSAL_WINDOW_MS) {
-      this.flush();
-      this.windowStart = now;
-      this.logged = 0;
-    }
-    if (this.logged++ < REFUSALS_LOGGED_PER_WINDOW) {
-      this.log(message, { level: "warn", ...fields });
-      return;
-    }
-    this.suppressed++;
-    this.timer ??= setTimeout(() => this.flush(), REFUSAL_WINDOW_MS - (now - this.windowStart));
-    this.timer.unref?.();
-  }
-
-  private flush(): void {
-    if (this.timer) clearTimeout(this.timer);
-    this.timer = null;
-    if (this.suppressed === 0) return;
-    this.log(
-      `tcp-link nic ${this.nicId}: ${this.suppressed} more refused connections were not logged one by one`,
-      { level: "warn", reason: "log rate limit" },
-    );
-    this.suppressed = 0;
-  }
-}
-
 export interface TcpLinkOptions {
   /** Write-buffer bytes above which send() pushes back (default TCP_LINK_HIGH_WATER). */
   highWaterMark?: number;
   /** Bulk bytes on the way at once (default TCP_BULK_WINDOW). */
   bulkWindow?: number;
+  /** Bulk bytes queued beyond the window before send() pushes back (default TCP_BULK_QUEUE). */
+  bulkQueue?: number;
   log?: TcpLinkLog;
 }
 
-/** A Link over an authenticated socket (made by listenTcpLinks or connectTcpLink). */
+/** One connection's receive state: the length prefix and the frame being put together. */
+class FrameReader {
+  readonly rx = Buffer.alloc(FRAME_MAX);
+  readonly lenBuf = Buffer.alloc(4);
+  lenGot = 0;
+  frameLen = -1;
+  frameGot = 0;
+  /** The frame being read is a credit (main lane). */
+  credit = false;
+  /** The connection ended (its 'end' came). */
+  ended = false;
+
+  constructor(readonly lane: number) {}
+
+  get midFrame(): boolean {
+    return this.lenGot > 0 || this.frameLen >= 0;
+  }
+}
+
+/** A Link over two authenticated sockets, main and bulk (made by listenTcpLinks or connectTcpLink). */
 export class TcpLink implements Link {
-  private readonly rx = Buffer.alloc(FRAME_MAX);
-  private readonly lenBuf = Buffer.alloc(4);
-  private lenGot = 0;
-  private frameLen = -1;
-  private frameGot = 0;
+  private readonly mainRx = new FrameReader(LANE_MAIN);
+  private readonly bulkRx = new FrameReader(LANE_BULK);
   private refused = false;
   private closed = false;
   private frameCb: ((frame: Uint8Array) => void) | null = null;
@@ -155,6 +140,8 @@ export class TcpLink implements Link {
   private readonly hwm: number;
   private readonly log: TcpLinkLog;
   private readonly bulkWindow: number;
+  /** Bulk bytes queued (beyond the window) above which send() pushes back. */
+  private readonly bulkQueueMark: number;
   /** Bulk frames (length-prefixed) waiting for the window, and their bytes. */
   private readonly bulkQ: Buffer[] = [];
   private bulkQHead = 0;
@@ -166,10 +153,14 @@ export class TcpLink implements Link {
   /** Bulk bytes received and handed to the NIC (u32), and as of the last credit sent. */
   private rxBulk = 0;
   private rxCredited = 0;
-  private creditFrame = false;
   private readonly creditBuf = Buffer.alloc(8);
   /** Between cork() and uncork(). */
   private corked = false;
+  private bulkPaused = false;
+  private readonly resumeBulk = (): void => {
+    this.bulkPaused = false;
+    if (!this.closed) this.bulk.resume();
+  };
   /** Why the connection went down (null while up). */
   closeReason: string | null = null;
   /** Frames received before onFrame was set (dropped). */
@@ -177,35 +168,65 @@ export class TcpLink implements Link {
   /** The peer closed on purpose (sent a goodbye). */
   goodbye = false;
 
+  /** `socket`: the main connection; `bulk`: the bulk connection paired with it; `rest`s: bytes that came with their handshakes. */
   constructor(
     private readonly socket: net.Socket,
     readonly nicId: number,
     readonly peerNic: number,
     rest: Buffer,
-    options: TcpLinkOptions = {},
+    options: TcpLinkOptions,
+    private readonly bulk: net.Socket,
+    bulkRest: Buffer,
   ) {
     this.hwm = options.highWaterMark ?? TCP_LINK_HIGH_WATER;
     this.bulkWindow = Math.max(FRAME_MAX + 4, options.bulkWindow ?? TCP_BULK_WINDOW);
+    this.bulkQueueMark = Math.max(FRAME_MAX + 4, options.bulkQueue ?? TCP_BULK_QUEUE);
     this.log = options.log ?? defaultLog;
     socket.setNoDelay(true);
-    socket.on("data", (chunk: Buffer) => this.onData(chunk));
+    bulk.setNoDelay(true);
+    socket.on("data", (chunk: Buffer) => this.onData(this.mainRx, chunk));
+    bulk.on("data", (chunk: Buffer) => {
+      this.onData(this.bulkRx, chunk);
+      // One chunk of bulk per turn of the event loop: the main connection's frames, ready in
+      // the same turn, are read before the next one (not after the whole window).
+      if (!this.closed && !this.bulkPaused) {
+        this.bulkPaused = true;
+        bulk.pause();
+        setImmediate(this.resumeBulk);
+      }
+    });
     socket.on("drain", () => {
       if (this.refused && !this.closed) {
         this.refused = false;
         this.writableCb?.();
       }
     });
-    socket.on("error", (e: Error) => this.shutdown(`socket error: ${e.message}`, false));
-    socket.on("end", () => {
-      if (this.lenGot > 0 || this.frameLen >= 0) this.drop("truncated frame at the close of the connection");
-      else this.shutdown("closed by the peer", false);
-    });
-    socket.on("close", () => this.shutdown("connection closed", false));
-    // Bytes that came with the hello wait a turn, so that whoever gets the link can set onFrame.
+    for (const [sock, r, name] of [
+      [socket, this.mainRx, "main"],
+      [bulk, this.bulkRx, "bulk"],
+    ] as const) {
+      sock.on("error", (e: Error) => this.shutdown(`socket error (${name} connection): ${e.message}`, false));
+      sock.on("end", () => {
+        r.ended = true;
+        if (r.midFrame) this.drop(`truncated frame at the close of the ${name} connection`);
+        // After a goodbye, the bulk sent before it is read until the bulk connection ends.
+        else if (this.goodbye) {
+          if (this.bulkRx.ended) this.shutdown("detached by the peer", false);
+        } else this.shutdown(`closed by the peer (${name} connection)`, false);
+      });
+      sock.on("close", () => {
+        if (this.goodbye && !this.bulkRx.ended && sock === socket) return;
+        this.shutdown("connection closed", false);
+      });
+    }
+    // Bytes that came with the hellos wait a turn, so that whoever gets the link can set onFrame.
     setImmediate(() => {
       if (this.closed) return;
-      if (rest.length > 0) this.onData(rest);
+      if (rest.length > 0) this.onData(this.mainRx, rest);
+      if (bulkRest.length > 0 && !this.closed) this.onData(this.bulkRx, bulkRest);
+      if (this.closed) return;
       socket.resume();
+      bulk.resume();
     });
   }
 
@@ -216,7 +237,7 @@ export class TcpLink implements Link {
     const n = type >= 0 ? FRAME_HEADER_BYTES + getWord(frame, F_LENGTH) : frame.length;
     const bulk = type === FrameType.PullReply && n > FRAME_HEADER_BYTES;
     if (bulk) {
-      if (this.bulkQueued >= this.hwm) {
+      if (this.bulkQueued >= this.bulkQueueMark) {
         this.refusedBulk = true;
         return false;
       }
@@ -245,7 +266,7 @@ export class TcpLink implements Link {
       q[this.bulkQHead++] = EMPTY;
       this.bulkQueued -= out.length;
       this.bulkInFlight += out.length;
-      this.socket.write(out);
+      this.bulk.write(out);
     }
     if (this.bulkQHead === q.length) {
       q.length = 0;
@@ -254,7 +275,7 @@ export class TcpLink implements Link {
       q.splice(0, this.bulkQHead);
       this.bulkQHead = 0;
     }
-    if (this.refusedBulk && this.bulkQueued < this.hwm && !this.closed) {
+    if (this.refusedBulk && this.bulkQueued < this.bulkQueueMark && !this.closed) {
       this.refusedBulk = false;
       this.writableCb?.();
     }
@@ -272,17 +293,19 @@ export class TcpLink implements Link {
     this.pumpBulk();
   }
 
-  /** The NIC's poll round begins: its frames leave in one write (writev) at uncork. */
+  /** The NIC's poll round begins: its frames leave in one write (writev) per connection at uncork. */
   cork(): void {
     if (this.corked || this.closed) return;
     this.corked = true;
     this.socket.cork();
+    this.bulk.cork();
   }
 
   uncork(): void {
     if (!this.corked) return;
     this.corked = false;
     this.socket.uncork();
+    this.bulk.uncork();
   }
 
   onFrame(cb: (frame: Uint8Array) => void): void {
@@ -306,10 +329,10 @@ export class TcpLink implements Link {
     return this.closed;
   }
 
-  /** Ends the connection on purpose: queued frames are flushed, then a goodbye; nothing more is delivered. */
+  /** Ends the link on purpose: queued frames are flushed, then a goodbye; nothing more is delivered. */
   close(): void {
-    if (!this.closed && !this.socket.destroyed) {
-      for (let i = this.bulkQHead; i < this.bulkQ.length; i++) this.socket.write(this.bulkQ[i]);
+    if (!this.closed && !this.socket.destroyed && !this.bulk.destroyed) {
+      for (let i = this.bulkQHead; i < this.bulkQ.length; i++) this.bulk.write(this.bulkQ[i]);
       this.bulkQ.length = 0;
       this.socket.write(Buffer.alloc(4));
     }
@@ -322,11 +345,13 @@ export class TcpLink implements Link {
     this.closeReason = reason;
     this.frameCb = null;
     this.writableCb = null;
-    if (graceful) {
-      this.socket.end();
-      setTimeout(() => this.socket.destroy(), 1000).unref();
-    } else {
-      this.socket.destroy();
+    for (const sock of [this.socket, this.bulk]) {
+      if (graceful) {
+        sock.end();
+        setTimeout(() => sock.destroy(), 1000).unref();
+      } else {
+        sock.destroy();
+      }
     }
     for (const cb of this.closeCbs.splice(0)) {
       try {
@@ -348,45 +373,72 @@ export class TcpLink implements Link {
     this.shutdown(why, false);
   }
 
-  private onData(chunk: Buffer): void {
+  /**
+   * Parses a chunk of connection `r`. The main connection carries every frame but pull data,
+   * credits and the goodbye; the bulk connection only PULL_REPLY frames with a payload. A
+   * frame that lies whole in the chunk is handed over where it lies (no copy).
+   */
+  private onData(r: FrameReader, chunk: Buffer): void {
+    const bulkLane = r.lane === LANE_BULK;
+    // Nothing counts on the main connection after the goodbye.
+    if (this.goodbye && !bulkLane) return;
     let i = 0;
     while (i < chunk.length && !this.closed) {
-      if (this.frameLen < 0) {
-        const take = Math.min(4 - this.lenGot, chunk.length - i);
-        chunk.copy(this.lenBuf, this.lenGot, i, i + take);
-        this.lenGot += take;
-        i += take;
-        if (this.lenGot < 4) break;
-        const len = this.lenBuf.readUInt32LE(0);
-        this.lenGot = 0;
+      if (r.frameLen < 0) {
+        let len: number;
+        if (r.lenGot === 0 && chunk.length - i >= 4) {
+          len = chunk.readUInt32LE(i);
+          i += 4;
+        } else {
+          const take = Math.min(4 - r.lenGot, chunk.length - i);
+          chunk.copy(r.lenBuf, r.lenGot, i, i + take);
+          r.lenGot += take;
+          i += take;
+          if (r.lenGot < 4) break;
+          len = r.lenBuf.readUInt32LE(0);
+          r.lenGot = 0;
+        }
+        if (bulkLane && len <= FRAME_HEADER_BYTES) {
+          this.drop(`length prefix ${len} on the bulk connection (only pull data travels there)`);
+          return;
+        }
         if (len === 0) {
           this.goodbye = true;
-          this.shutdown("detached by the peer", false);
+          // The bulk sent before the goodbye is still read: the bulk connection's end (or a
+          // second, for a peer that never ends it) closes the link.
+          if (this.bulkRx.ended || this.bulk.destroyed) this.shutdown("detached by the peer", false);
+          else setTimeout(() => this.shutdown("detached by the peer", false), 1000).unref();
           return;
         }
         if (len === CREDIT_PREFIX) {
-          this.creditFrame = true;
-          this.frameLen = 4;
-          this.frameGot = 0;
+          r.credit = true;
+          r.frameLen = 4;
+          r.frameGot = 0;
           continue;
         }
         if (len < FRAME_HEADER_BYTES || len > FRAME_MAX) {
           this.drop(`frame length ${len} outside ${FRAME_HEADER_BYTES}..${FRAME_MAX}`);
           return;
         }
-        this.frameLen = len;
-        this.frameGot = 0;
+        r.frameLen = len;
+        r.frameGot = 0;
       }
-      const take = Math.min(this.frameLen - this.frameGot, chunk.length - i);
-      chunk.copy(this.rx, this.frameGot, i, i + take);
-      this.frameGot += take;
-      i += take;
-      if (this.frameGot < this.frameLen) break;
-      const frame = this.rx.subarray(0, this.frameLen);
-      this.frameLen = -1;
-      if (this.creditFrame) {
-        this.creditFrame = false;
-        this.onCredit(this.rx.readUInt32LE(0));
+      let frame: Buffer;
+      if (r.frameGot === 0 && chunk.length - i >= r.frameLen) {
+        frame = chunk.subarray(i, i + r.frameLen);
+        i += r.frameLen;
+      } else {
+        const take = Math.min(r.frameLen - r.frameGot, chunk.length - i);
+        chunk.copy(r.rx, r.frameGot, i, i + take);
+        r.frameGot += take;
+        i += take;
+        if (r.frameGot < r.frameLen) break;
+        frame = r.rx.subarray(0, r.frameLen);
+      }
+      r.frameLen = -1;
+      if (r.credit) {
+        r.credit = false;
+        this.onCredit(frame.readUInt32LE(0));
         continue;
       }
       const type = checkFrame(frame);
@@ -398,8 +450,16 @@ export class TcpLink implements Link {
         this.drop(`unknown frame type ${type}`);
         return;
       }
-      if (type === FrameType.PullReply && frame.length > FRAME_HEADER_BYTES)
-        this.rxBulk = (this.rxBulk + 4 + frame.length) >>> 0;
+      const isBulk = type === FrameType.PullReply && frame.length > FRAME_HEADER_BYTES;
+      if (isBulk !== bulkLane) {
+        this.drop(
+          bulkLane
+            ? `a frame of type ${type} on the bulk connection (only pull data travels there)`
+            : "pull data on the main connection (it travels on the bulk connection)",
+        );
+        return;
+      }
+      if (isBulk) this.rxBulk = (this.rxBulk + 4 + frame.length) >>> 0;
       const cb = this.frameCb;
       if (!cb) {
         this.framesUnclaimed++;
@@ -413,7 +473,8 @@ export class TcpLink implements Link {
         });
       }
     }
-    // The bulk handed to the NIC so far frees the sender's window (a credit every CREDIT_EVERY bytes).
+    // The bulk handed to the NIC so far frees the sender's window (a credit every CREDIT_EVERY
+    // bytes, on the main connection: it never waits behind bulk).
     if (!this.closed && (this.rxBulk - this.rxCredited) >>> 0 >= CREDIT_EVERY) {
       this.rxCredited = this.rxBulk;
       this.creditBuf.writeUInt32LE(CREDIT_PREFIX, 0);
@@ -421,144 +482,4 @@ export class TcpLink implements Link {
       this.socket.write(Buffer.from(this.creditBuf));
     }
   }
-}
-
-export interface TcpLinkServer {
-  readonly port: number;
-  close(): Promise<void>;
-}
-
-export interface ListenTcpLinksOptions extends TcpLinkOptions {
-  nicId: number;
-  port: number;
-  /** Default 127.0.0.1. */
-  host?: string;
-  /** The cluster key (at least TCP_LINK_MIN_KEY_BYTES bytes). */
-  key: Uint8Array;
-  /** Each authenticated link. A throw closes that link. */
-  onLink: (link: TcpLink) => void;
-  /** From accept to the end of the handshake (default TCP_ACCEPT_DEADLINE_MS). */
-  handshakeTimeoutMs?: number;
-  /** Sockets in the handshake at once (default TCP_MAX_PENDING_HANDSHAKES); beyond, the oldest is dropped. */
-  maxPendingHandshakes?: number;
-}
-
-/** A server that accepts peers and hands each link that passed the handshake to onLink. */
-export function listenTcpLinks(options: ListenTcpLinksOptions): Promise<TcpLinkServer> {
-  const nicId = checkNicId(options.nicId, "listenTcpLinks");
-  const port = checkPort(options.port, "listenTcpLinks", true);
-  const key = checkKey(options.key, "listenTcpLinks");
-  const host = options.host ?? "127.0.0.1";
-  const log = options.log ?? defaultLog;
-  const timeoutMs = options.handshakeTimeoutMs ?? TCP_ACCEPT_DEADLINE_MS;
-  const maxPending = options.maxPendingHandshakes ?? TCP_MAX_PENDING_HANDSHAKES;
-  const refusals = new RefusalLog(log, nicId);
-  const sockets = new Set<net.Socket>();
-  /** Sockets still in the handshake, oldest first (a Map keeps insertion order). */
-  const pending = new Map<net.Socket, Handshake>();
-  const server = net.createServer((socket) => {
-    sockets.add(socket);
-    socket.on("close", () => sockets.delete(socket));
-    socket.on("error", () => {}); // reported through the handshake or the link
-    const from = remoteOf(socket);
-    if (pending.size >= maxPending) {
-      // The oldest has had the longest to finish: a real peer takes a few round trips.
-      const [oldSocket, old] = pending.entries().next().value as [net.Socket, Handshake];
-      pending.delete(oldSocket);
-      tcpLinkStats.evicted++;
-      old.abort(`dropped unauthenticated: more than ${maxPending} connections in the handshake at once`);
-    }
-    const hs = new Handshake(socket, "accept", nicId, key, timeoutMs);
-    pending.set(socket, hs);
-    hs.done.then(
-      ({ peer, rest }) => {
-        pending.delete(socket);
-        const link = new TcpLink(socket, nicId, peer, rest, options);
-        try {
-          options.onLink(link);
-        } catch (e) {
-          log(`tcp-link nic ${nicId}: link from nic ${peer} (${from}) refused: ${(e as Error).message}`, {
-            remote: from,
-            peerNic: peer,
-            reason: (e as Error).message,
-          });
-          link.close();
-        }
-      },
-      (e: HandshakeError) => {
-        pending.delete(socket);
-        tcpLinkStats.handshakesRejected++;
-        if (e.auth) tcpLinkStats.authFailures++;
-        refusals.refuse(`tcp-link nic ${nicId}: refused a connection from ${from}: ${e.message}`, {
-          remote: from,
-          reason: e.message,
-        });
-      },
-    );
-  });
-  return new Promise((resolve, reject) => {
-    server.once("error", (e) =>
-      reject(new Error(`tcp-link nic ${nicId}: cannot listen on ${host}:${port}: ${e.message}`)),
-    );
-    server.listen(port, host, () => {
-      server.on("error", (e) => log(`tcp-link nic ${nicId}: listener error: ${e.message}`));
-      const addr = server.address() as net.AddressInfo;
-      resolve({
-        port: addr.port,
-        close: () =>
-          new Promise<void>((res) => {
-            for (const s of sockets) s.destroy();
-            server.close(() => res());
-          }),
-      });
-    });
-  });
-}
-
-export interface ConnectTcpLinkOptions extends TcpLinkOptions {
-  nicId: number;
-  host?: string;
-  port: number;
-  /** The cluster key (at least TCP_LINK_MIN_KEY_BYTES bytes). */
-  key: Uint8Array;
-  /** Connect plus handshake (default TCP_HANDSHAKE_TIMEOUT_MS). */
-  timeoutMs?: number;
-}
-
-/** Connects to a peer NIC's listener; resolves with the link once both sides proved the key. */
-export function connectTcpLink(options: ConnectTcpLinkOptions): Promise<TcpLink> {
-  const nicId = checkNicId(options.nicId, "connectTcpLink");
-  const port = checkPort(options.port, "connectTcpLink", false);
-  const key = checkKey(options.key, "connectTcpLink");
-  const host = options.host ?? "127.0.0.1";
-  const timeoutMs = options.timeoutMs ?? TCP_HANDSHAKE_TIMEOUT_MS;
-  const where = `tcp-link nic ${nicId} -> ${host}:${port}`;
-  const deadline = Date.now() + timeoutMs;
-  return new Promise((resolve, reject) => {
-    const socket = net.connect({ host, port });
-    const onError = (e: Error) => {
-      clearTimeout(timer);
-      socket.destroy();
-      reject(new Error(`${where}: ${e.message}`));
-    };
-    const timer = setTimeout(() => {
-      socket.off("error", onError);
-      socket.destroy();
-      reject(new Error(`${where}: no connection within ${timeoutMs} ms`));
-    }, timeoutMs);
-    socket.once("error", onError);
-    socket.once("connect", () => {
-      clearTimeout(timer);
-      socket.off("error", onError);
-      socket.setNoDelay(true);
-      const left = Math.max(1, deadline - Date.now());
-      new Handshake(socket, "dial", nicId, key, left, timeoutMs).done.then(
-        ({ peer, rest }) => {
-          socket.on("error", () => {}); // until the link takes over
-          resolve(new TcpLink(socket, nicId, peer, rest, options));
-        },
-        (e: Error) => reject(new Error(`${where}: handshake failed: ${e.message}`)),
-      );
-    });
-  });
 }

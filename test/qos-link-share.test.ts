@@ -1,0 +1,157 @@
+/**
+ * A link's share by weight (src/nic/remote-pull.ts serveJobs, issue 16): when the link, not
+ * the NIC's poll round, is what limits the pull replies a NIC serves, the sources whose data
+ * it carries still share it by their weights. The NIC runs in this thread (control() and
+ * poll()); its link is a narrow one that takes a fixed number of frames per turn and pushes
+ * back after them (counted, never timed); the peer's PULL_REQUESTs are frames fed to the NIC.
+ */
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import type { OpenEndpointReply, RegisterRegionReply } from "../src/nic/control.js";
+import {
+  beginFrame,
+  checkFrame,
+  F_LENGTH,
+  F_PULL_KEY,
+  F_PULL_LENGTH,
+  F_PULL_OFFSET,
+  F_PULL_RIGHT,
+  F_SRC_ENDPOINT,
+  FRAME_HEADER_BYTES,
+  FrameType,
+  getWord,
+  setFrameDest,
+  setFrameSource,
+  setWord,
+} from "../src/nic/frame.js";
+import type { Link } from "../src/nic/link.js";
+import { Nic } from "../src/nic/nic.js";
+import { DEFAULT_QOS } from "../src/nic/qos.js";
+import {
+  Access,
+  ANY_ENDPOINT,
+  EXPOSURE_OFFSET,
+  EXPOSURE_WORDS,
+  ExposureState,
+  X_KEY,
+  X_LENGTH,
+  X_OFFSET,
+  X_REGION,
+  X_STATE,
+} from "../src/nic/window.js";
+
+const NIC_ID = 5;
+const PEER = 9;
+const MIB = 1 << 20;
+
+/** A link that takes `perTurn` frames, then pushes back until the test opens the next turn. */
+class NarrowLink implements Link {
+  readonly peerNic = PEER;
+  private left = 0;
+  frameCb: ((f: Uint8Array) => void) | null = null;
+  /** Pull-reply payload bytes carried, per source endpoint. */
+  readonly bytes = new Map<number, number>();
+  replies = 0;
+
+  constructor(private readonly perTurn: number) {}
+
+  turn(): void {
+    this.left = this.perTurn;
+  }
+  send(frame: Uint8Array): boolean {
+    if (checkFrame(frame) !== FrameType.PullReply) return true;
+    if (this.left === 0) return false;
+    this.left--;
+    this.replies++;
+    const src = getWord(frame, F_SRC_ENDPOINT);
+    this.bytes.set(src, (this.bytes.get(src) ?? 0) + getWord(frame, F_LENGTH));
+    return true;
+  }
+  onFrame(cb: (f: Uint8Array) => void): void {
+    this.frameCb = cb;
+  }
+  close(): void {}
+}
+
+class Source {
+  readonly w: Int32Array;
+  readonly region: RegisterRegionReply;
+  private nextIndex = 0;
+  private key = 7;
+  constructor(
+    readonly nic: Nic,
+    readonly ep: OpenEndpointReply,
+  ) {
+    this.w = new Int32Array(ep.window);
+    this.region = nic.control({
+      op: "register_region",
+      endpointId: ep.endpointId,
+      memory: new SharedArrayBuffer(4 * MIB),
+      runs: [{ offset: 0, length: 4 * MIB }],
+      access: Access.LocalRead | Access.RemoteRead,
+    }) as RegisterRegionReply;
+  }
+  static open(nic: Nic, owner: string): Source {
+    return new Source(
+      nic,
+      nic.control({ op: "open_endpoint", owner, endpointId: ANY_ENDPOINT, key: 1 }) as OpenEndpointReply,
+    );
+  }
+  /** Arms a fresh pull right for the whole region (window.ts's order) and asks for it as the peer would. */
+  request(link: NarrowLink, id: number): void {
+    const index = this.nextIndex++ % 64;
+    const b = EXPOSURE_OFFSET / 4 + index * EXPOSURE_WORDS;
+    const key = ++this.key;
+    Atomics.store(this.w, b + X_STATE, ExposureState.Free);
+    Atomics.store(this.w, b + X_REGION, this.region.regionId);
+    Atomics.store(this.w, b + X_OFFSET, 0);
+    Atomics.store(this.w, b + X_LENGTH, 4 * MIB);
+    Atomics.store(this.w, b + X_KEY, key);
+    Atomics.store(this.w, b + X_STATE, ExposureState.Armed);
+    const f = new Uint8Array(FRAME_HEADER_BYTES);
+    beginFrame(f, FrameType.PullRequest, 0, id);
+    setFrameSource(f, PEER, 0, 1);
+    setFrameDest(f, NIC_ID, this.ep.endpointId, this.ep.session);
+    setWord(f, F_PULL_RIGHT, index);
+    setWord(f, F_PULL_KEY, key);
+    setWord(f, F_PULL_OFFSET, 0);
+    setWord(f, F_PULL_LENGTH, 4 * MIB);
+    link.frameCb?.(f);
+  }
+}
+
+/** Runs `turns` link turns with A (weight wa) and E (weight we) always backlogged; returns [A, E] bytes. */
+function share(wa: number, we: number, turns: number, perTurn: number): [number, number] {
+  const nic = new Nic({ nicId: NIC_ID, maxEndpoints: 4 });
+  const a = Source.open(nic, "a");
+  const e = Source.open(nic, "e");
+  nic.control({ op: "set_qos", endpointId: a.ep.endpointId, settings: { ...DEFAULT_QOS, weight: wa } });
+  nic.control({ op: "set_qos", endpointId: e.ep.endpointId, settings: { ...DEFAULT_QOS, weight: we } });
+  const link = new NarrowLink(perTurn);
+  nic.attachLink(link);
+  let id = 1;
+  // Each keeps 4 transfers of 4 MiB waiting: more than the turns below take.
+  for (let k = 0; k < 4; k++) {
+    a.request(link, id++);
+    e.request(link, id++);
+  }
+  for (let t = 0; t < turns; t++) {
+    link.turn();
+    nic.poll();
+    assert.ok(link.replies <= (t + 1) * perTurn);
+  }
+  const got = (s: Source) => link.bytes.get(s.ep.endpointId) ?? 0;
+  return [got(a), got(e)];
+}
+
+test("a link that pushes back is shared by the sources' weights, 3:1 and 1:1, not by turns", () => {
+  // 2 frames (128 KiB) a turn: far less than a poll round's share, so the link decides.
+  const [a, e] = share(3, 1, 96, 2);
+  assert.ok(a + e >= 96 * 2 * 60_000, `the link was kept busy: ${a + e} bytes`);
+  assert.ok(Math.abs(a / e / 3 - 1) < 0.1, `3:1 → ${a} : ${e}`);
+  const [x, y] = share(1, 1, 96, 2);
+  assert.ok(Math.abs(x / y - 1) < 0.1, `1:1 → ${x} : ${y}`);
+  // One frame a turn: a share still holds at the finest grain the link allows.
+  const [p, q] = share(1, 3, 128, 1);
+  assert.ok(Math.abs(q / p / 3 - 1) < 0.1, `1:3 → ${p} : ${q}`);
+});

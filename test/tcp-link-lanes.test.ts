@@ -1,0 +1,210 @@
+/**
+ * The two connections of a TCP link (src/nic/tcp-link.ts, tcp-handshake.ts): the bulk
+ * connection is authenticated exactly as the main one and names the main connection it
+ * belongs to. An impostor on a bulk connection (no key, a forged proof), a key holder's bulk
+ * connection that names no waiting main connection, and a main connection whose bulk
+ * connection never comes are refused and counted, and no link is handed over; garbage on
+ * either connection after the handshake (the wrong kind of frame, a credit or goodbye on
+ * the bulk connection) drops the link and is counted, never thrown. Real sockets on
+ * 127.0.0.1, bare links in this thread.
+ */
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import net from "node:net";
+import { test } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
+import {
+  F_DEST_NIC,
+  F_SRC_NIC,
+  FRAME_HEADER_BYTES,
+  FrameType,
+  initFrame,
+  setWord,
+} from "../src/nic/frame.js";
+import { Handshake, LANE_BULK, LANE_MAIN } from "../src/nic/tcp-handshake.js";
+import { type TcpLink, tcpLinkStats } from "../src/nic/tcp-link.js";
+import { connectTcpLink, listenTcpLinks } from "../src/nic/tcp-link-setup.js";
+
+const KEY = randomBytes(32);
+const HOST = "127.0.0.1";
+const logs: string[] = [];
+const log = (m: string) => logs.push(m);
+
+async function until(pred: () => boolean, what: string, timeoutMs = 5000): Promise<void> {
+  const start = performance.now();
+  while (!pred()) {
+    if (performance.now() - start > timeoutMs) throw new Error(`timed out waiting for ${what}`);
+    await sleep(5);
+  }
+}
+
+function wire(type: number, payload: number): Buffer {
+  const f = new Uint8Array(FRAME_HEADER_BYTES + payload);
+  initFrame(f, type, payload);
+  setWord(f, F_SRC_NIC, 2);
+  setWord(f, F_DEST_NIC, 1);
+  const b = Buffer.alloc(4 + f.length);
+  b.writeUInt32LE(f.length, 0);
+  b.set(f, 4);
+  return b;
+}
+
+/** Dials the listener by hand: a handshake on `lane` with `key` and `bind`; resolves with the socket once it is done. */
+async function dialRaw(port: number, key: Buffer, lane: number, bind?: Buffer) {
+  const socket = net.connect({ host: HOST, port });
+  socket.on("error", () => {});
+  await new Promise((r) => socket.once("connect", r));
+  const h = await new Handshake(socket, "dial", 2, key, 2000, 2000, lane, bind).done;
+  const closed = new Promise<void>((r) => socket.once("close", () => r()));
+  socket.resume();
+  return { socket, h, closed };
+}
+
+test("the bulk connection: an impostor, a bulk connection for no main one, a main one without its bulk are refused and counted", async () => {
+  const accepted: TcpLink[] = [];
+  const server = await listenTcpLinks({
+    nicId: 1,
+    key: KEY,
+    port: 0,
+    host: HOST,
+    log,
+    onLink: (l) => accepted.push(l),
+    handshakeTimeoutMs: 300,
+  });
+  try {
+    // A real link first: both connections up, frames cross.
+    const c = await connectTcpLink({ nicId: 2, host: HOST, port: server.port, key: KEY, log });
+    await until(() => accepted.length === 1, "the real link");
+    const mainOf = (l: TcpLink) => (l as unknown as { socket: net.Socket }).socket;
+    const bulkOf = (l: TcpLink) => (l as unknown as { bulk: net.Socket }).bulk;
+    assert.notEqual(mainOf(c).localPort, bulkOf(c).localPort, "two connections");
+
+    // An impostor without the key on the bulk lane, naming the real link's main connection.
+    const auth0 = tcpLinkStats.authFailures;
+    const rejected0 = tcpLinkStats.handshakesRejected;
+    await assert.rejects(
+      dialRaw(server.port, randomBytes(32), LANE_BULK, randomBytes(32)),
+      /closed the connection/,
+    );
+    await until(() => tcpLinkStats.authFailures === auth0 + 1, "the impostor's proof refused");
+
+    // A key holder's bulk connection that names no main connection waiting for one.
+    const stray = await dialRaw(server.port, KEY, LANE_BULK, randomBytes(32));
+    await stray.closed;
+    await until(() => tcpLinkStats.handshakesRejected === rejected0 + 2, "the stray bulk connection refused");
+    assert.ok(
+      logs.some((m) => /a bulk connection from NIC 2 for no main connection that waits for one/.test(m)),
+    );
+
+    // A main connection whose bulk connection never comes: dropped at the deadline.
+    const lone = await dialRaw(server.port, KEY, LANE_MAIN);
+    await lone.closed;
+    assert.ok(logs.some((m) => /NIC 2 opened no bulk connection within 300 ms/.test(m)));
+    assert.equal(tcpLinkStats.handshakesRejected, rejected0 + 3);
+
+    // A bulk connection cannot join a main connection that was already paired.
+    const late = await dialRaw(server.port, KEY, LANE_BULK, Buffer.alloc(32));
+    await late.closed;
+    assert.equal(tcpLinkStats.handshakesRejected, rejected0 + 4);
+
+    assert.equal(accepted.length, 1, "no other link was handed over");
+    // The real link still carries frames both ways.
+    const got: number[] = [];
+    accepted[0].onFrame((f) => got.push(f.length));
+    assert.ok(c.send(new Uint8Array(wire(FrameType.Send, 8).subarray(4))));
+    await until(() => got.length === 1, "a frame on the real link");
+    assert.ok(!c.isClosed && !accepted[0].isClosed);
+    c.close();
+  } finally {
+    await server.close();
+  }
+});
+
+test("garbage on either connection after the handshake drops the link and is counted", async () => {
+  const accepted: TcpLink[] = [];
+  const server = await listenTcpLinks({
+    nicId: 1,
+    key: KEY,
+    port: 0,
+    host: HOST,
+    log,
+    onLink: (l) => accepted.push(l),
+  });
+  const cases: [string, (l: TcpLink) => void, RegExp][] = [
+    [
+      "a SEND on the bulk connection",
+      (l) => (l as unknown as { bulk: net.Socket }).bulk.write(wire(FrameType.Send, 8)),
+      /a frame of type \d+ on the bulk connection/,
+    ],
+    [
+      "a credit on the bulk connection",
+      (l) => (l as unknown as { bulk: net.Socket }).bulk.write(Buffer.from([1, 0, 0, 0, 0, 0, 0, 0])),
+      /length prefix 1 on the bulk connection/,
+    ],
+    [
+      "a goodbye on the bulk connection",
+      (l) => (l as unknown as { bulk: net.Socket }).bulk.write(Buffer.alloc(4)),
+      /length prefix 0 on the bulk connection/,
+    ],
+    [
+      "pull data on the main connection",
+      (l) => (l as unknown as { socket: net.Socket }).socket.write(wire(FrameType.PullReply, 64)),
+      /pull data on the main connection/,
+    ],
+    [
+      "a frame cut off by the bulk connection's end",
+      (l) => (l as unknown as { bulk: net.Socket }).bulk.end(wire(FrameType.PullReply, 64).subarray(0, 30)),
+      /truncated frame at the close of the bulk connection/,
+    ],
+  ];
+  try {
+    for (const [what, attack, reason] of cases) {
+      const dropped0 = tcpLinkStats.connectionsDropped;
+      const n = accepted.length;
+      const c = await connectTcpLink({ nicId: 2, host: HOST, port: server.port, key: KEY, log });
+      await until(() => accepted.length === n + 1, `the link for ${what}`);
+      const s = accepted[n];
+      let frames = 0;
+      s.onFrame(() => frames++);
+      attack(c);
+      await until(() => s.isClosed, `${what}: the link dropped`);
+      assert.equal(tcpLinkStats.connectionsDropped, dropped0 + 1, `${what}: counted`);
+      assert.match(s.closeReason ?? "", reason, what);
+      assert.equal(frames, 0, `${what}: nothing was delivered`);
+      await until(() => c.isClosed, `${what}: the other end sees the link go`);
+      assert.equal(c.goodbye, false, `${what}: not a goodbye (the dialer reconnects)`);
+    }
+  } finally {
+    await server.close();
+  }
+});
+
+test("a goodbye after bulk: the bulk sent before it is delivered, then the link ends as detached", async () => {
+  const accepted: TcpLink[] = [];
+  const server = await listenTcpLinks({
+    nicId: 1,
+    key: KEY,
+    port: 0,
+    host: HOST,
+    log,
+    onLink: (l) => accepted.push(l),
+  });
+  try {
+    const c = await connectTcpLink({ nicId: 2, host: HOST, port: server.port, key: KEY, log });
+    await until(() => accepted.length === 1, "the link");
+    const s = accepted[0];
+    let bulk = 0;
+    s.onFrame((f) => {
+      if (f.length > FRAME_HEADER_BYTES) bulk++;
+    });
+    const reply = new Uint8Array(wire(FrameType.PullReply, 4096).subarray(4));
+    for (let i = 0; i < 8; i++) assert.ok(c.send(reply));
+    c.close();
+    await until(() => s.isClosed, "the link closed");
+    assert.equal(s.goodbye, true);
+    assert.equal(s.closeReason, "detached by the peer");
+    assert.equal(bulk, 8, "every bulk frame sent before the goodbye");
+  } finally {
+    await server.close();
+  }
+});
