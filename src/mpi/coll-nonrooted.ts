@@ -326,8 +326,9 @@ function pairwise(
     const src = pow2 ? rank ^ i : (rank - i + size) % size;
     const r = comm.cirecv(bytesOf(out, rd(src), rc(src)), src, TAG_ALLTOALL);
     const sr = comm.cisend(bytesOf(s, sd(dst), sc(dst)), dst, TAG_ALLTOALL);
-    // The block to itself is copied while the first exchange's handshake is under way.
-    if (i === 1) copyElems(out, rd(rank), s, sd(rank), sc(rank));
+    // The block to itself is copied while the first exchange is under way, in pieces that
+    // let that exchange move between them (CollectiveTransport.ccopy).
+    if (i === 1) comm.ccopy(bytesOf(out, rd(rank), sc(rank)), bytesOf(s, sd(rank), sc(rank)));
     comm.cwait(call, r, src);
     comm.cwait(call, sr, dst);
   }

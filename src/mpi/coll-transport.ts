@@ -27,6 +27,13 @@ export const TAG_SCATTER = 6;
 export const TAG_ALLGATHER = 7;
 export const TAG_ALLTOALL = 8;
 
+/**
+ * A collective's copy to itself goes in pieces this large, with MX progress between them: the
+ * exchange under way meanwhile (a peer's rendezvous to answer, pieces to read, room in our
+ * lane to fill) is not held up by a copy of megabytes (IS class A copies 8 MB to itself).
+ */
+const LOCAL_COPY_PIECE = 256 * 1024;
+
 /** A communicator's point-to-point layer plus the exchanges its collectives make. */
 export class CollectiveTransport extends PointToPoint {
   private readonly sendHiColl: number;
@@ -89,6 +96,23 @@ export class CollectiveTransport extends PointToPoint {
     const s = this.cisend(sb, dest, tag);
     this.cwait(call, r, src);
     this.cwait(call, s, dest);
+  }
+
+  /**
+   * @internal Copies `src` into `dst` (same length), moving this rank's messages between
+   * pieces (LOCAL_COPY_PIECE). Buffers sharing memory are copied at once (set's overlap rules).
+   */
+  ccopy(dst: Uint8Array, src: Uint8Array): void {
+    const n = src.length;
+    if (n <= LOCAL_COPY_PIECE || dst.buffer === src.buffer) {
+      dst.set(src);
+      return;
+    }
+    for (let off = 0; off < n; off += LOCAL_COPY_PIECE) {
+      const end = Math.min(n, off + LOCAL_COPY_PIECE);
+      dst.set(src.subarray(off, end), off);
+      this.ep.progress();
+    }
   }
 
   /** @internal Waits for every request in this.pending (peers given alongside), then empties it. */
