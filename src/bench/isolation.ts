@@ -4,9 +4,10 @@
  * D and C on host 2). All guests are bypass guests with equal weights unless said.
  *
  *   B ↔ C    8 B ping-pong (one-way latency, µs), measured three ways in each run: solo;
- *            beside a CPU-only neighbour that burns the same CPU time as A's stream (as many
- *            guests that spin as the cores A's stream keeps busy, measured first with
- *            process.cpuUsage: every thread is in this process; spin-guest.ts); beside A
+ *            beside a CPU-only neighbour that burns the same CPU time as A's stream (the
+ *            cores A's stream keeps busy alone, measured first with process.cpuUsage, as every
+ *            thread is in this process; burnt by ⌈cores⌉ guests that spin for their share of
+ *            each slice: spin-guest.ts); beside A
  *            streaming 1 MiB messages to D as fast as it can. Rows: latency_slowdown =
  *            beside A ÷ beside the spinners (what the NIC and channels let A cost B beyond the
  *            CPU it burns), latency_vs_solo = beside A ÷ solo.
@@ -47,7 +48,7 @@ export interface IsolationRow extends BenchRow {
   solo_us?: number;
   beside_cpu_us?: number;
   beside_stream_us?: number;
-  /** latency rows: the cores A's stream kept busy alone (CPU time ÷ wall time), and the spinners that matched it. */
+  /** latency rows: the cores A's stream kept busy alone (CPU time ÷ wall time), and the spinners that burnt as much. */
   stream_cores?: number;
   spinners?: number;
   /** cap_accuracy: A's cap and its measured rate (MB/s); share_ratio: the two rates. */
@@ -93,12 +94,25 @@ async function besideStream<T>(pair: MxPair, fn: () => Promise<T>): Promise<T> {
   }
 }
 
-/** Runs `fn` beside `count` guests that each spin on a core and touch neither NIC nor channel. */
-async function besideSpinners<T>(host: Host, count: number, fn: () => Promise<T>): Promise<T> {
+/**
+ * Runs `fn` beside guests that burn `cores` cores of CPU time and touch neither NIC nor
+ * channel: ⌈cores⌉ spinners, each spinning for cores ÷ ⌈cores⌉ of every slice (spin-guest.ts).
+ */
+async function besideSpinners<T>(host: Host, cores: number, fn: () => Promise<T>): Promise<T> {
+  const count = spinnerCount(cores);
+  const duty = Math.max(cores, 0.05) / count;
   const spinners: Domain[] = [];
   try {
     for (let i = 0; i < count; i++)
-      spinners.push(await host.startGuest({ module: SPIN, name: `spinner${i}`, pages: 64, maxHeapMb: 32 }));
+      spinners.push(
+        await host.startGuest({
+          module: SPIN,
+          name: `spinner${i}`,
+          args: { duty },
+          pages: 64,
+          maxHeapMb: 32,
+        }),
+      );
     return await fn();
   } finally {
     for (const d of spinners) d.send("stop");
@@ -118,16 +132,19 @@ async function coresBusy(fn: () => Promise<unknown>): Promise<number> {
   return (cpu.user + cpu.system) / 1000 / Math.max(performance.now() - t0, 1e-3);
 }
 
+/** Spinners for `cores` cores of CPU time: at least 1, at most the machine's cores. */
+function spinnerCount(cores: number): number {
+  return Math.min(Math.max(1, Math.ceil(cores - 0.01)), availableParallelism());
+}
+
 /**
- * How many spinners burn the CPU time A's stream burns: the cores the process keeps busy
- * while A streams alone, less what it keeps busy idle (the NICs' and dom0's polling), rounded,
- * at least 1 and at most the machine's cores.
+ * The CPU time A's stream burns, in cores: what the process keeps busy while A streams
+ * alone, less what it keeps busy idle (the NICs' and dom0's polling); at most the machine's.
  */
-async function matchingSpinners(pair: MxPair, iters: number): Promise<{ cores: number; spinners: number }> {
+async function streamCores(pair: MxPair, iters: number): Promise<number> {
   const idle = await coresBusy(() => new Promise((r) => setTimeout(r, 100)));
   const busy = await coresBusy(() => pair.stream(MIB, iters, 1, STREAM_WINDOW));
-  const cores = Math.max(0, busy - idle);
-  return { cores, spinners: Math.min(Math.max(1, Math.round(cores)), availableParallelism()) };
+  return Math.min(Math.max(0, busy - idle), availableParallelism());
 }
 
 async function scopeRows(
@@ -158,15 +175,15 @@ async function scopeRows(
   const shares: number[] = [];
   const rates: [number, number][] = [];
   let cap = 0;
-  let matched = { cores: 0, spinners: 1 };
+  let cores = 0;
   try {
     await bc.pingpong(PING_BYTES, ppIters, ppWarm);
     progress(`isolation ${scope}: the CPU time A's stream burns`);
-    matched = await matchingSpinners(ad, streamIters);
+    cores = await streamCores(ad, streamIters);
     for (let run = 0; run < profile.runs; run++) {
       progress(`isolation ${scope}: B's latency, run ${run + 1}/${profile.runs}`);
       const s = await bc.pingpong(PING_BYTES, ppIters, ppWarm);
-      const c = await besideSpinners(h1, matched.spinners, () => bc.pingpong(PING_BYTES, ppIters, ppWarm));
+      const c = await besideSpinners(h1, cores, () => bc.pingpong(PING_BYTES, ppIters, ppWarm));
       const b = await besideStream(ad, () => bc.pingpong(PING_BYTES, ppIters, ppWarm));
       solo.push(s);
       cpu.push(c);
@@ -208,8 +225,8 @@ async function scopeRows(
     solo_us: med(solo),
     beside_cpu_us: med(cpu),
     beside_stream_us: med(beside),
-    stream_cores: Math.round(matched.cores * 100) / 100,
-    spinners: matched.spinners,
+    stream_cores: Math.round(cores * 100) / 100,
+    spinners: spinnerCount(cores),
   };
   return [
     { ...makeRow({ ...key, bytes: PING_BYTES, metric: "latency_slowdown" }, slowdown), ...lat },
@@ -279,5 +296,5 @@ function spinnersText(r: IsolationRow): string {
   const what = n === 1 ? "a spinner" : `${n} spinners`;
   return r.stream_cores === undefined
     ? what
-    : `${what} (A's stream alone: ${r.stream_cores.toFixed(2)} cores)`;
+    : `${what} burning ${r.stream_cores.toFixed(2)} cores (A's stream alone)`;
 }
