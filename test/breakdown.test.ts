@@ -99,9 +99,10 @@ test("trace buffer: a ring that keeps the newest records; collate joins by id", 
 for (const [bytes, protocol, stages] of [
   [8, "eager", ["written", "seen", "copied", "completed"]],
   [
-    64 * 1024,
+    96 * 1024,
     "rndv",
-    // Co-resident: pushed through the channel once the receiver's CTS came (channel-path.ts).
+    // Co-resident, above the channel's eager limit (64 KiB): pushed through the channel once
+    // the receiver's CTS came (channel-path.ts).
     ["rndv-sent", "seen", "push-started", "copied", "completed"],
   ],
 ] as const) {
@@ -139,7 +140,7 @@ test("tracing off: the trace buffers stay empty (8 B and 64 KiB)", async () => {
 
 test("benchBreakdown: rows pass makeRow validation and carry their stage", async () => {
   const profile: BenchProfile = { ...profileFor(true), runs: 2, warmupRuns: 0 };
-  const rows = await benchBreakdown(host, profile, { sizes: [8, 64 * 1024], transports: ["bypass"] });
+  const rows = await benchBreakdown(host, profile, { sizes: [8, 96 * 1024], transports: ["bypass"] });
   assert.equal(rows.length, 4 + 5); // eager stages, and a co-resident rendezvous pushed through the channel
   for (const r of rows) {
     assert.equal(r.bench, "breakdown");
