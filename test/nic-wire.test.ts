@@ -106,17 +106,10 @@ import {
 } from "../src/nic/window.js";
 import { SyncCallClient } from "../src/xen/sync-call.js";
 import { LINK_KEY } from "./helpers/link-key.js";
+import { until } from "./helpers/until.js";
 
 const HOST = "127.0.0.1";
 const quiet = () => {};
-
-async function until(pred: () => boolean, what: string, timeoutMs = 5000): Promise<void> {
-  const start = performance.now();
-  while (!pred()) {
-    if (performance.now() - start > timeoutMs) throw new Error(`timed out waiting for ${what}`);
-    await sleep(2);
-  }
-}
 
 async function freePort(): Promise<number> {
   const s = net.createServer();

@@ -10,7 +10,6 @@ import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import type net from "node:net";
 import { test } from "node:test";
-import { setTimeout as sleep } from "node:timers/promises";
 import {
   F_DEST_NIC,
   F_PULL_OFFSET,
@@ -24,6 +23,7 @@ import {
 import { type TcpLink, tcpLinkStats } from "../src/nic/tcp-link.js";
 import { connectTcpLink, listenTcpLinks } from "../src/nic/tcp-link-setup.js";
 import { SEND_MAX } from "../src/nic/window.js";
+import { until } from "./helpers/until.js";
 
 const KEY = randomBytes(32);
 const HOST = "127.0.0.1";
@@ -37,14 +37,6 @@ function frame(type: number, payload: number, offset = 0): Uint8Array {
   setWord(f, F_DEST_NIC, 1);
   setWord(f, F_PULL_OFFSET, offset);
   return f;
-}
-
-async function until(pred: () => boolean, what: string, timeoutMs = 5000): Promise<void> {
-  const start = performance.now();
-  while (!pred()) {
-    if (performance.now() - start > timeoutMs) throw new Error(`timed out waiting for ${what}`);
-    await sleep(5);
-  }
 }
 
 const sock = (l: TcpLink) => (l as unknown as { socket: net.Socket }).socket;

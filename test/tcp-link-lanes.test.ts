@@ -12,7 +12,6 @@ import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import net from "node:net";
 import { test } from "node:test";
-import { setTimeout as sleep } from "node:timers/promises";
 import {
   F_DEST_NIC,
   F_SRC_NIC,
@@ -24,19 +23,12 @@ import {
 import { Handshake, LANE_BULK, LANE_MAIN } from "../src/nic/tcp-handshake.js";
 import { type TcpLink, tcpLinkStats } from "../src/nic/tcp-link.js";
 import { connectTcpLink, listenTcpLinks } from "../src/nic/tcp-link-setup.js";
+import { until } from "./helpers/until.js";
 
 const KEY = randomBytes(32);
 const HOST = "127.0.0.1";
 const logs: string[] = [];
 const log = (m: string) => logs.push(m);
-
-async function until(pred: () => boolean, what: string, timeoutMs = 5000): Promise<void> {
-  const start = performance.now();
-  while (!pred()) {
-    if (performance.now() - start > timeoutMs) throw new Error(`timed out waiting for ${what}`);
-    await sleep(5);
-  }
-}
 
 function wire(type: number, payload: number): Buffer {
   const f = new Uint8Array(FRAME_HEADER_BYTES + payload);
@@ -47,6 +39,21 @@ function wire(type: number, payload: number): Buffer {
   b.writeUInt32LE(f.length, 0);
   b.set(f, 4);
   return b;
+}
+
+/** NIC 1's listener, collecting every link it hands over. */
+async function listenAccepting(handshakeTimeoutMs?: number) {
+  const accepted: TcpLink[] = [];
+  const server = await listenTcpLinks({
+    nicId: 1,
+    key: KEY,
+    port: 0,
+    host: HOST,
+    log,
+    onLink: (l) => accepted.push(l),
+    handshakeTimeoutMs,
+  });
+  return { server, accepted };
 }
 
 /** Dials the listener by hand: a handshake on `lane` with `key` and `bind`; resolves with the socket once it is done. */
@@ -61,16 +68,7 @@ async function dialRaw(port: number, key: Buffer, lane: number, bind?: Buffer) {
 }
 
 test("the bulk connection: an impostor, a bulk connection for no main one, a main one without its bulk are refused and counted", async () => {
-  const accepted: TcpLink[] = [];
-  const server = await listenTcpLinks({
-    nicId: 1,
-    key: KEY,
-    port: 0,
-    host: HOST,
-    log,
-    onLink: (l) => accepted.push(l),
-    handshakeTimeoutMs: 300,
-  });
+  const { server, accepted } = await listenAccepting(300);
   try {
     // A real link first: both connections up, frames cross.
     const c = await connectTcpLink({ nicId: 2, host: HOST, port: server.port, key: KEY, log });
@@ -121,15 +119,7 @@ test("the bulk connection: an impostor, a bulk connection for no main one, a mai
 });
 
 test("garbage on either connection after the handshake drops the link and is counted", async () => {
-  const accepted: TcpLink[] = [];
-  const server = await listenTcpLinks({
-    nicId: 1,
-    key: KEY,
-    port: 0,
-    host: HOST,
-    log,
-    onLink: (l) => accepted.push(l),
-  });
+  const { server, accepted } = await listenAccepting();
   const cases: [string, (l: TcpLink) => void, RegExp][] = [
     [
       "a SEND on the bulk connection",
@@ -180,15 +170,7 @@ test("garbage on either connection after the handshake drops the link and is cou
 });
 
 test("a goodbye after bulk: the bulk sent before it is delivered, then the link ends as detached", async () => {
-  const accepted: TcpLink[] = [];
-  const server = await listenTcpLinks({
-    nicId: 1,
-    key: KEY,
-    port: 0,
-    host: HOST,
-    log,
-    onLink: (l) => accepted.push(l),
-  });
+  const { server, accepted } = await listenAccepting();
   try {
     const c = await connectTcpLink({ nicId: 2, host: HOST, port: server.port, key: KEY, log });
     await until(() => accepted.length === 1, "the link");

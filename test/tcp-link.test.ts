@@ -9,7 +9,6 @@ import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import net from "node:net";
 import { after, before, test } from "node:test";
-import { setTimeout as sleep } from "node:timers/promises";
 import type {
   NicControlRequest,
   NicInfo,
@@ -68,6 +67,7 @@ import {
 } from "../src/nic/window.js";
 import { SyncCallClient } from "../src/xen/sync-call.js";
 import { LINK_KEY } from "./helpers/link-key.js";
+import { until } from "./helpers/until.js";
 
 const HOST = "127.0.0.1";
 const logs: string[] = [];
@@ -90,14 +90,6 @@ function helloBytes(nicId: number, version = TCP_LINK_VERSION, magic = TCP_LINK_
   b.writeUInt32LE(FRAME_MAX, 12);
   randomBytes(32).copy(b, 16);
   return b;
-}
-
-async function until(pred: () => boolean, what: string, timeoutMs = 2000): Promise<void> {
-  const start = performance.now();
-  while (!pred()) {
-    if (performance.now() - start > timeoutMs) throw new Error(`timed out waiting for ${what}`);
-    await sleep(5);
-  }
 }
 
 /** A raw client that sends `bytes` and resolves when the server drops it. */

@@ -6,6 +6,7 @@
 import type { ChildProcess } from "node:child_process";
 import { spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
+import { until as untilHolds } from "./until.js";
 
 export const BIN = fileURLToPath(new URL("../../../bin/myrixen.js", import.meta.url));
 export const fixture = (name: string) => fileURLToPath(new URL(`../fixtures/${name}.js`, import.meta.url));
@@ -141,10 +142,6 @@ export function myrixen(
 }
 
 /** Resolves once `pred` holds, polling every 50 ms; rejects with `what` after `ms`. */
-export async function until(pred: () => boolean, what: string, ms = 10_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!pred()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
+export function until(pred: () => boolean, what: string, ms = 10_000): Promise<void> {
+  return untilHolds(pred, what, ms, 50);
 }
