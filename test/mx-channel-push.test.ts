@@ -7,7 +7,6 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { LaneWriter } from "../src/mx/channel.js";
-import { ChannelPath } from "../src/mx/channel-path.js";
 import { CHANNEL_FRAGMENT, channelFragment, FLAG_PUSH, RecordType } from "../src/mx/records.js";
 import { MxRequest, RequestState } from "../src/mx/types.js";
 import {
@@ -19,25 +18,12 @@ import {
   RecordWord,
 } from "../src/myrixen/channel-abi.js";
 import { MxStatus } from "../src/nic/status.js";
-import { parts } from "./helpers/mx-parts.js";
+import { channelEnd } from "./helpers/mx-parts.js";
 
 const ALL = 0xffffffff;
 const RNDV_THRESHOLD = 32 * 1024;
 
-/** One endpoint's side of a channel: its parts, its partner (the other side) and its path. */
-function end(channel: SharedArrayBuffer, side: 0 | 1) {
-  const p = parts();
-  const partner = p.partners.add(0, 2 - side, 100 + side);
-  const path = new ChannelPath(
-    partner,
-    { channelId: 1, channel, side, peerIntr: new SharedArrayBuffer(4096) },
-    p,
-  );
-  partner.channel = path;
-  partner.fast = path;
-  p.partners.route(partner);
-  return { p, partner, path };
-}
+const end = channelEnd;
 type End = ReturnType<typeof end>;
 
 function pair(): { a: End; b: End; channel: SharedArrayBuffer } {

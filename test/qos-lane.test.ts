@@ -14,7 +14,6 @@ import assert from "node:assert/strict";
 import { once } from "node:events";
 import { after, before, test } from "node:test";
 import { Host } from "../src/host/host.js";
-import { ChannelPath } from "../src/mx/channel-path.js";
 import { LANE_QUANTUM } from "../src/mx/lane-policer.js";
 import { MxRequest, RequestState } from "../src/mx/types.js";
 import {
@@ -25,24 +24,11 @@ import {
 } from "../src/myrixen/channel-abi.js";
 import { lanePolicy, qosSettings } from "../src/myrixen/qos-policy.js";
 import type { Domain } from "../src/xen/hypervisor.js";
-import { parts } from "./helpers/mx-parts.js";
+import { channelEnd } from "./helpers/mx-parts.js";
 
 const ALL = 0xffffffff;
 
-/** One endpoint's side of a channel, with its lane policy page and the test's clock. */
-function end(channel: SharedArrayBuffer, side: 0 | 1, clock: { t: number }, policy?: SharedArrayBuffer) {
-  const p = { ...parts(), now: () => clock.t };
-  const partner = p.partners.add(0, 2 - side, 100 + side);
-  const path = new ChannelPath(
-    partner,
-    { channelId: 1, channel, side, peerIntr: new SharedArrayBuffer(4096), policy },
-    p,
-  );
-  partner.channel = path;
-  partner.fast = path;
-  p.partners.route(partner);
-  return { p, partner, path };
-}
+const end = channelEnd;
 
 function pair(limits: LanePolicy) {
   const clock = { t: 1000 };

@@ -18,7 +18,6 @@ import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { MxPair } from "../src/bench/mx.js";
 import { Host } from "../src/host/host.js";
-import { ChannelPath } from "../src/mx/channel-path.js";
 import { MxRequest, RequestState } from "../src/mx/types.js";
 import { FLOOR, HEADROOM, type ShareLane, ShareLoop, TICK_MS } from "../src/myrixen/back/share-loop.js";
 import {
@@ -28,24 +27,11 @@ import {
   readLaneCounters,
   writeLanePolicy,
 } from "../src/myrixen/channel-abi.js";
-import { parts } from "./helpers/mx-parts.js";
+import { channelEnd } from "./helpers/mx-parts.js";
 
 const MSG = 32 * 1024;
 
-/** One endpoint's side of a channel on the test's clock (as in qos-lane.test.ts). */
-function end(channel: SharedArrayBuffer, side: 0 | 1, clock: { t: number }, policy?: SharedArrayBuffer) {
-  const p = { ...parts(), now: () => clock.t };
-  const partner = p.partners.add(0, 2 - side, 100 + side);
-  const path = new ChannelPath(
-    partner,
-    { channelId: 1, channel, side, peerIntr: new SharedArrayBuffer(4096), policy },
-    p,
-  );
-  partner.channel = path;
-  partner.fast = path;
-  p.partners.route(partner);
-  return { p, partner, path };
-}
+const end = channelEnd;
 
 /** A streaming pair: its sender keeps the lane stocked, its receiver keeps receives posted. */
 function streamingPair(clock: { t: number }, weight: number) {

@@ -3,6 +3,7 @@
  * mx-partners): the real objects, wired as MxEndpoint wires them, over a NIC window that is
  * plain memory — a fake stands only where the NIC or a driver would be.
  */
+import { ChannelPath } from "../../src/mx/channel-path.js";
 import { Completion } from "../../src/mx/completion.js";
 import { Matching } from "../../src/mx/matching.js";
 import { NicQueues } from "../../src/mx/nic-queues.js";
@@ -145,4 +146,27 @@ export function rndv(
   r.region = 3;
   r.key = 0xabc;
   return r;
+}
+
+/**
+ * One endpoint's side of a channel: its parts, its partner (the other side) and its path;
+ * on the test's clock and with a lane policy page when given.
+ */
+export function channelEnd(
+  channel: SharedArrayBuffer,
+  side: 0 | 1,
+  clock?: { t: number },
+  policy?: SharedArrayBuffer,
+) {
+  const p = { ...parts(), now: clock === undefined ? undefined : () => clock.t };
+  const partner = p.partners.add(0, 2 - side, 100 + side);
+  const path = new ChannelPath(
+    partner,
+    { channelId: 1, channel, side, peerIntr: new SharedArrayBuffer(4096), policy },
+    p,
+  );
+  partner.channel = path;
+  partner.fast = path;
+  p.partners.route(partner);
+  return { p, partner, path };
 }
