@@ -278,7 +278,7 @@ export async function benchBreakdown(
   try {
     for (const t of transports) {
       progress(`breakdown ${scope}: starting ${t} pair`);
-      const pair = await MxPair.start(placement, t);
+      const pair = await MxPair.start(placement, t, { busyPoll: true });
       pairs.set(t, pair);
       // Warm the JIT on both protocols, traced and not.
       await pair.pingpong(8, scope === "cross-host" ? 500 : 5_000, 0);

@@ -16,7 +16,9 @@
  * of 64 sends, then a 1-byte ack, MB = 10^6 bytes, timed at the sender.
  */
 import { once } from "node:events";
+import { availableParallelism } from "node:os";
 import type { DomainSpec, Host } from "../host/host.js";
+import { BUSY_POLL_MAX_US } from "../mx/spin-budget.js";
 import type { MxBenchCommand } from "../programs/mx-bench.js";
 import type { Domain } from "../xen/hypervisor.js";
 import {
@@ -142,14 +144,22 @@ export class MxPair implements BenchPair {
   static async start(
     placement: Placement,
     path: MxPath,
-    opts: { pages?: number; rndvThreshold?: number } = {},
+    /**
+     * busyPoll: the pair is the only thing measured, on one host: its guests wait as MPI
+     * ranks with a core each do (spin up to BUSY_POLL_MAX_US), as Open MPI's busy-polling
+     * ranks, the peer they are compared with. Benches running many pairs at once leave it off.
+     */
+    opts: { pages?: number; rndvThreshold?: number; busyPoll?: boolean } = {},
   ): Promise<MxPair> {
     const starter = RANK_STARTERS[path];
     if (!starter) throw new Error(`MX path ${path} is not available in this build`);
     const [hostA, hostB] = hostsOf(placement);
     const scope = scopeOf(placement);
     const pages = opts.pages ?? 4096;
-    const args = { rndvThreshold: opts.rndvThreshold };
+    // Across hosts the NIC threads need the cores: the guests spin briefly, then sleep.
+    const busy = opts.busyPoll === true && scope === "intra-host" && availableParallelism() >= 2;
+    const spinMaxUs = busy ? BUSY_POLL_MAX_US : undefined;
+    const args = { rndvThreshold: opts.rndvThreshold, spinMaxUs };
     const start = (host: Host, name: string) =>
       starter(host, { module: PROGRAM, pages, name, maxHeapMb: 128, args });
     const tag = scope === "cross-host" ? `${path}-x` : path;
@@ -554,7 +564,7 @@ async function startPairs(
   const pairs = new Map<string, BenchPair>();
   for (const t of mxPaths()) {
     if (!transports.includes(t)) continue;
-    const pair = await MxPair.start(host, t);
+    const pair = await MxPair.start(host, t, { busyPoll: true });
     pairs.set(t, pair);
     // Warm the JIT on every code path before anything is measured (eager and rendezvous).
     await pair.pingpong(8, 20_000, 0);

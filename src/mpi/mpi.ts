@@ -8,6 +8,7 @@
 import { isJobKey, type LauncherToRank, type RankToLauncher, rankArgs } from "../cluster/protocol.js";
 import { callCode, NONE, RECEIVING, rankStateWriter } from "../cluster/rank-state.js";
 import { Mx } from "../mx/mx.js";
+import { BUSY_POLL_MAX_US } from "../mx/spin-budget.js";
 import type { Guest } from "../xen/guest/guest.js";
 import {
   ANY_SOURCE,
@@ -24,8 +25,6 @@ import { MAX, MIN, type MpiBuffer, MpiOp, PROD, SUM } from "./ops.js";
 export type { InPlace } from "./comm.js";
 export { Comm, type MpiBuffer, MpiError, MpiOp, MpiRequest, type MpiStatus };
 
-/** The longest a blocked rank spins before it sleeps, when the ranks have a core each (µs). */
-const MPI_SPIN_MAX_US = 1000;
 
 async function init(guest: Guest): Promise<Comm> {
   const job = rankArgs(guest?.args);
@@ -47,9 +46,9 @@ async function init(guest: Guest): Promise<Comm> {
   const mx = Mx.init(guest, { path: job.path === "split" ? "split" : "auto" });
   try {
     // With a core per rank a blocked rank may busy-poll (as Open MPI's do): its spin grows to
-    // MPI_SPIN_MAX_US while peers answer within it and nothing preempts it (mx/spin-budget.ts).
+    // BUSY_POLL_MAX_US while peers answer within it and nothing preempts it (mx/spin-budget.ts).
     const cores = job.machine?.cpus?.count ?? 0;
-    const ep = mx.openEndpoint(size <= cores ? { key, spinMaxUs: MPI_SPIN_MAX_US } : { key });
+    const ep = mx.openEndpoint(size <= cores ? { key, spinMaxUs: BUSY_POLL_MAX_US } : { key });
     if (ep.fallbackReason !== undefined && job.path !== "split")
       console.error(`MPI rank ${rank}: running on the split path: ${ep.fallbackReason}`);
     guest.send({ type: "mpi-addr", rank, nic: ep.nicId, endpoint: ep.endpointId } satisfies RankToLauncher);

@@ -8,6 +8,12 @@
  * test can drive it.
  */
 
+/**
+ * The longest spin for callers whose threads have a core each (MPI ranks, the bench's pairs
+ * on one host): Open MPI's ranks busy-poll outright; ours spin up to this, then sleep.
+ */
+export const BUSY_POLL_MAX_US = 1000;
+
 /** A gap this long between two clock reads of a spin means the spinning thread was preempted. */
 export const PREEMPTED_GAP_US = 200;
 /** Blocking calls that keep the short spin after a preemption was seen. */

@@ -33,10 +33,12 @@ export type MxBenchCommand =
   | "stop";
 
 export default async function main(guest: Guest): Promise<string> {
-  const args = guest.args as { rndvThreshold?: number; mxPath?: "bypass" | "split" } | undefined;
+  const args = guest.args as
+    | { rndvThreshold?: number; mxPath?: "bypass" | "split"; spinMaxUs?: number }
+    | undefined;
   const mx = Mx.init(guest, !guest.native && args?.mxPath ? { path: args.mxPath } : undefined);
   const threshold = args?.rndvThreshold;
-  const ep = mx.openEndpoint({ key: MX_BENCH_KEY, rndvThreshold: threshold });
+  const ep = mx.openEndpoint({ key: MX_BENCH_KEY, rndvThreshold: threshold, spinMaxUs: args?.spinMaxUs });
   guest.send({ nic: ep.nicId, endpoint: ep.endpointId, path: mx.path });
   const peerInfo = (await guest.nextMessage()) as { nic: number; endpoint: number };
   const peer = ep.connect(peerInfo.nic, peerInfo.endpoint, MX_BENCH_KEY);
