@@ -30,14 +30,17 @@ import type { PendingSends } from "./pending-sends.js";
 import type { PullRights } from "./pull-rights.js";
 import {
   CHANNEL_EAGER_BYTES,
+  CHANNEL_EAGER_PIECE,
   CHANNEL_PUSHES_IN_FLIGHT,
   CtsAux,
   channelFragment,
+  FLAG_PIECES,
   FLAG_PUSH,
   FragAux,
   MAX_CHANNEL_RECORD,
   MsgAux,
   NotifyAux,
+  PIECES_XFER,
   RecordType,
 } from "./records.js";
 import { FLAG_TRACED, TraceStage, traceNow } from "./trace.js";
@@ -45,6 +48,7 @@ import {
   type ChannelEnd,
   type EndpointContext,
   InboundRecord,
+  type KeptRecord,
   type MxRequest,
   type Partner,
   type PeerPath,
@@ -77,6 +81,29 @@ class Transfer {
     /** Sender: the rendezvous's sync id (answered when the last FRAG is in); receiver: the CTS's. */
     readonly syncId: number,
   ) {}
+}
+
+/**
+ * An eager message arriving in pieces (records.ts FLAG_PIECES): copied into the receive it
+ * matched at its first piece, or into a buffer of its own and matched whole at its last.
+ */
+class Pieces {
+  done: number;
+  constructor(
+    readonly total: number,
+    /** The receive it matched; undefined: assembled in `kept.bytes`, delivered when whole. */
+    readonly req: MxRequest | undefined,
+    readonly kept: KeptRecord | undefined,
+    readonly syncId: number,
+    first: number,
+  ) {
+    this.done = first;
+  }
+
+  /** Where the pieces go. */
+  get target(): Uint8Array {
+    return this.req !== undefined ? this.req.buffer : this.kept!.bytes!;
+  }
 }
 
 /** What a channel path uses of its endpoint. */
@@ -115,6 +142,8 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
   private readonly receiving: Transfer[] = [];
   /** NOTIFYs the lane had no room for: (sync id, bytes, status) triples, written first by push(). */
   private readonly notifyWaiting: number[] = [];
+  /** The eager message whose pieces are arriving (nothing else may come between them). */
+  private pieces: Pieces | undefined;
   private lastXferId = 0;
   /** Pushed rendezvous sent and not done yet (`pushes` bounds them). */
   private readonly inFlight: MxRequest[] = [];
@@ -159,6 +188,7 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
     const rndv = req.rndv;
     const pushed = rndv && req.pushed;
     if (rndv && !pushed && !this.rights.expose(req)) return false;
+    if (!rndv && req.buffer.length > CHANNEL_EAGER_PIECE) return this.trySendPieces(req);
     const payload = rndv ? 0 : req.buffer.length;
     const at = w.reserve(payload);
     if (at < 0) return false;
@@ -195,6 +225,61 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
     if (kickPeer(this.peerIntr)) this.ctx.counters.kicks++;
     // An eager send is complete once its data is in the channel (MX may complete eager sends locally).
     if (!req.sync && !rndv) this.completion.complete(req, MxStatus.SUCCESS, req.buffer.length);
+    else req.state = RequestState.Sent;
+    return true;
+  }
+
+  /**
+   * An eager message in pieces (records.ts FLAG_PIECES), written only if the lane has room
+   * for all of them now: one EAGER record with the first piece, FRAGs (id 0) with the rest,
+   * each published as soon as it is copied in, so the receiver copies it out meanwhile.
+   */
+  private trySendPieces(req: MxRequest): boolean {
+    const w = this.writer;
+    const buf = req.buffer;
+    const total = buf.length;
+    if (!w.hasRoomFor(total, CHANNEL_EAGER_PIECE)) return false;
+    if (req.sync) this.sends.add(req);
+    const first = CHANNEL_EAGER_PIECE;
+    let at = w.reserve(first);
+    const words = w.words;
+    let i = at >>> 2;
+    let aux = i + RecordWord.Aux;
+    words[i + RecordWord.Type] = RecordType.Eager | (FLAG_PIECES << 16);
+    words[i + RecordWord.MatchHi] = req.matchHi;
+    words[i + RecordWord.MatchLo] = req.matchLo;
+    words[i + RecordWord.Length] = first;
+    words[aux + MsgAux.SyncId] = req.syncId;
+    words[aux + MsgAux.Seq] = this.peer.sendSeq++;
+    words[aux + MsgAux.Total] = total;
+    words[aux + MsgAux.XpKey] = 0;
+    words[aux + MsgAux.XpOffset] = 0;
+    const tb = this.ctx.trace;
+    if (tb !== undefined && req.traceId !== 0) {
+      words[i + RecordWord.Type] |= FLAG_TRACED << 16;
+      words[aux + MsgAux.TraceSeq] = req.traceId % 0x100000000;
+      tb.record(req.traceId, TraceStage.Written, traceNow());
+    }
+    copyInto(w.bytes, at + RECORD_HEADER_BYTES, buf, 0, first);
+    w.commit();
+    if (kickPeer(this.peerIntr)) this.ctx.counters.kicks++;
+    for (let off = first; off < total; off += CHANNEL_EAGER_PIECE) {
+      const n = Math.min(CHANNEL_EAGER_PIECE, total - off);
+      at = w.reserve(n);
+      i = at >>> 2;
+      aux = i + RecordWord.Aux;
+      words[i + RecordWord.Type] = RecordType.Frag;
+      words[i + RecordWord.MatchHi] = 0;
+      words[i + RecordWord.MatchLo] = 0;
+      words[i + RecordWord.Length] = n;
+      words[aux + FragAux.Xfer] = PIECES_XFER;
+      words[aux + FragAux.Offset] = off;
+      copyInto(w.bytes, at + RECORD_HEADER_BYTES, buf, off, n);
+      w.commit();
+      if (kickPeer(this.peerIntr)) this.ctx.counters.kicks++;
+    }
+    this.ctx.counters.eager++;
+    if (!req.sync) this.completion.complete(req, MxStatus.SUCCESS, total);
     else req.state = RequestState.Sent;
     return true;
   }
@@ -279,7 +364,8 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
    */
   private admit(pol: LanePolicer, rd: LaneReader): boolean {
     const type = rd.type;
-    if (type === RecordType.Eager) return pol.admit(rd.length, 1, rd.length);
+    if (type === RecordType.Eager)
+      return pol.admit(rd.flags & FLAG_PIECES ? rd.aux[MsgAux.Total] : rd.length, 1, rd.length);
     if (type === RecordType.Frag) return pol.share(rd.length);
     if (type === RecordType.Rndv)
       return rd.flags & FLAG_PUSH ? pol.admit(rd.length, 1, 0) : pol.charge(rd.length, 1);
@@ -311,6 +397,9 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
     const why = this.peer.dead ?? "the peer endpoint went away";
     for (const t of this.receiving.splice(0)) this.failTransfer(t, why, code);
     for (const t of this.ctsWaiting.splice(0)) this.failTransfer(t, why, code);
+    const p = this.pieces;
+    this.pieces = undefined;
+    if (p?.req !== undefined) this.failRequest(p.req, why, code);
     this.pushing.length = 0;
     this.notifyWaiting.length = 0;
     if (this.peer.channel === this) this.peer.channel = undefined;
@@ -468,8 +557,12 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
   }
 
   private failTransfer(t: Transfer, why: string, code: number): void {
-    t.req.reason ??= why;
-    this.completion.complete(t.req, code, 0);
+    this.failRequest(t.req, why, code);
+  }
+
+  private failRequest(req: MxRequest, why: string, code: number): void {
+    req.reason ??= why;
+    this.completion.complete(req, code, 0);
   }
 
   /** The peer wrote something no sender of ours would: it is failed (as for a broken lane). */
@@ -485,8 +578,14 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
   private onRecord(rd: LaneReader): void {
     const a = rd.aux;
     const type = rd.type;
+    const piece = type === RecordType.Frag && a[FragAux.Xfer] === PIECES_XFER;
+    if (this.pieces !== undefined && !piece) {
+      this.failPieces("a record came between the pieces of an eager message");
+      return;
+    }
     if (type === RecordType.Frag) {
-      this.onFrag(rd);
+      if (piece) this.onPiece(rd);
+      else this.onFrag(rd);
       return;
     }
     if (type === RecordType.Notify) {
@@ -502,6 +601,10 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
       return;
     }
 
+    if (type === RecordType.Eager && (rd.flags & FLAG_PIECES) !== 0) {
+      this.onFirstPiece(rd);
+      return;
+    }
     rd.countMessage();
     const r = this.rec;
     r.rndv = type === RecordType.Rndv;
@@ -518,6 +621,92 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
     r.bytes = rd.bytes;
     r.payload = rd.payload;
     this.matching.deliver(this.peer, r);
+  }
+
+  /**
+   * The first piece of an eager message in pieces (records.ts FLAG_PIECES): the receive it
+   * matches now takes it and the pieces to come; if none does (or it is not the pair's turn)
+   * the message is assembled in a buffer of its own and matched whole once its last piece is in.
+   */
+  private onFirstPiece(rd: LaneReader): void {
+    const a = rd.aux;
+    const total = a[MsgAux.Total];
+    const first = rd.length;
+    if (first < 1 || total <= first || total > CHANNEL_EAGER_BYTES) {
+      this.garbage(`an eager message of ${total} bytes in pieces, its first of ${first} bytes`);
+      return;
+    }
+    rd.countMessage();
+    const r = this.rec;
+    r.rndv = false;
+    r.flags = rd.flags;
+    r.matchHi = rd.matchHi;
+    r.matchLo = rd.matchLo;
+    r.length = total;
+    r.syncId = a[MsgAux.SyncId];
+    r.seq = a[MsgAux.Seq];
+    r.region = 0;
+    r.key = 0;
+    r.offset = 0;
+    r.traceSeq = a[MsgAux.TraceSeq];
+    r.bytes = null;
+    r.payload = 0;
+    const req = this.matching.claim(this.peer, r);
+    if (req !== undefined) {
+      const n = Math.min(first, req.buffer.length);
+      if (n > 0) copyInto(req.buffer, 0, rd.bytes, rd.payload, n);
+      this.pieces = new Pieces(total, req, undefined, r.syncId, first);
+      return;
+    }
+    const kept = r.keep(this.peer, 0);
+    kept.bytes = new Uint8Array(total);
+    kept.owned = true;
+    copyInto(kept.bytes, 0, rd.bytes, rd.payload, first);
+    this.pieces = new Pieces(total, undefined, kept, r.syncId, first);
+  }
+
+  /** A piece of the eager message under way: checked against it, copied out, the message finished with the last. */
+  private onPiece(rd: LaneReader): void {
+    const p = this.pieces;
+    if (p === undefined) {
+      // No message in pieces under way: a stray, dropped (as a FRAG of no transfer is).
+      this.ctx.counters.channelErrors++;
+      return;
+    }
+    const offset = rd.aux[FragAux.Offset];
+    const n = rd.length;
+    if (offset !== p.done || n < 1 || n > p.total - p.done) {
+      this.failPieces(
+        `a piece of ${n} bytes at offset ${offset} of a ${p.total}-byte eager message (expected offset ${p.done})`,
+      );
+      return;
+    }
+    const target = p.target;
+    const end = Math.min(offset + n, target.length);
+    if (end > offset) copyInto(target, offset, rd.bytes, rd.payload, end - offset);
+    p.done += n;
+    if (p.done < p.total) return;
+    this.pieces = undefined;
+    const req = p.req;
+    if (req === undefined) {
+      // Assembled: matched now, whole, as any eager message (it may wait as unexpected).
+      this.matching.deliver(this.peer, p.kept!);
+      return;
+    }
+    const xfer = Math.min(p.total, req.buffer.length);
+    const tb = this.ctx.trace;
+    if (tb !== undefined && req.traceId !== 0) tb.record(req.traceId, TraceStage.Copied, traceNow());
+    if (p.syncId !== 0) this.peer.notify(p.syncId, xfer, MxStatus.SUCCESS);
+    this.completion.complete(req, xfer < p.total ? MxStatus.TRUNCATED : MxStatus.SUCCESS, xfer);
+  }
+
+  /** The pieces broke the protocol: the receive they were for fails, and so does the peer. */
+  private failPieces(what: string): void {
+    const p = this.pieces;
+    this.pieces = undefined;
+    if (p?.req !== undefined)
+      this.failRequest(p.req, `peer wrote garbage into the channel: ${what}`, MxStatus.ABORTED);
+    this.garbage(what);
   }
 }
 

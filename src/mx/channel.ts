@@ -75,6 +75,20 @@ export class LaneWriter {
     return pos;
   }
 
+  /**
+   * Whether `payloadBytes` fit now as records of up to `pieceBytes` each, one after another
+   * (with the padding a wrap may cost: one record's worth at most), so that reserving them
+   * in turn cannot fail.
+   */
+  hasRoomFor(payloadBytes: number, pieceBytes: number): boolean {
+    const pieces = Math.ceil(payloadBytes / pieceBytes);
+    const need = pieces * align8(RECORD_HEADER_BYTES + pieceBytes) + align8(RECORD_HEADER_BYTES + pieceBytes);
+    if (need > LANE_BYTES) return false;
+    if (LANE_BYTES - ((this.tail - this.headSeen) >>> 0) >= need) return true;
+    this.headSeen = Atomics.load(this.ctl, LaneWord.Head) >>> 0;
+    return LANE_BYTES - ((this.tail - this.headSeen) >>> 0) >= need;
+  }
+
   /** Publishes the reserved record (the store of the tail is the release barrier). */
   commit(): void {
     this.tail = (this.tail + this.pending) >>> 0;

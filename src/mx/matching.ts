@@ -86,6 +86,37 @@ export class Matching implements PeerLossListener {
     if (peer.held !== undefined && peer.held.length > 0) this.releaseHeld(peer);
   }
 
+  /**
+   * The first piece of an eager message that comes in pieces (records.ts FLAG_PIECES): the
+   * posted receive it matches, taken now so the pieces are copied straight into it, if it is
+   * this pair's turn; else undefined, and the path delivers the message whole once assembled.
+   */
+  claim(peer: Partner, rec: InboundRecord): MxRequest | undefined {
+    if (rec.seq !== peer.recvSeq || (peer.held !== undefined && peer.held.length > 0)) return undefined;
+    const mh = rec.matchHi;
+    const ml = rec.matchLo;
+    const posted = this.posted;
+    for (let i = 0; i < posted.length; i++) {
+      const r = posted[i];
+      if ((mh & r.matchMaskHi) >>> 0 !== r.matchHi || (ml & r.matchMaskLo) >>> 0 !== r.matchLo) continue;
+      removeAt(posted, i);
+      const tb = this.ctx.trace;
+      let tid = 0;
+      if (tb !== undefined && (rec.flags & FLAG_TRACED) !== 0) {
+        tid = traceId(peer.nic, peer.endpoint, rec.traceSeq);
+        tb.record(tid, TraceStage.Seen, traceNow());
+      }
+      r.source = peer.address;
+      r.matchHi = mh;
+      r.matchLo = ml;
+      r.msgLength = rec.length;
+      r.traceId = tid;
+      peer.recvSeq = (rec.seq + 1) >>> 0;
+      return r;
+    }
+    return undefined;
+  }
+
   /** mx_iprobe's lookup: the status of the first unexpected message that fits, without taking it. */
   probe(mh: number, ml: number, mmh: number, mml: number): MxStatusInfo | undefined {
     for (const u of this.unexpected) {

@@ -20,7 +20,8 @@
  *   EAGER, RNDV (MsgAux)                      NOTIFY (NotifyAux)
  *   0 SyncId    sync id, 0 = none             0 SyncId  the send's sync id
  *   1 Seq       sender's sequence             1 Xfer    bytes transferred
- *   2 XpIndex   RNDV: exposure index          2 Status  MX status
+ *   2 XpIndex   RNDV: exposure index;         2 Status  MX status
+ *               EAGER in pieces: the message length (MsgAux.Total)
  *   3 XpKey     RNDV: its key
  *   4 XpOffset  RNDV: offset in it (0)
  *   5 TraceSeq  the sender's trace sequence (record flag FLAG_TRACED, trace.ts)
@@ -35,6 +36,13 @@
  * room; the receiver copies each out as it comes, so both copies run at once. The sender's
  * send completes once the last FRAG is in the lane; the receiver checks every FRAG against the
  * transfer it opened (id, offset, length) and fails that message on anything else.
+ *
+ * An EAGER message above CHANNEL_EAGER_PIECE goes in pieces (flag FLAG_PIECES): the EAGER
+ * record holds the first piece and the message length (MsgAux.Total), FRAGs with transfer id
+ * 0 carry the rest, in order, right behind it — the sender writes them all at once, having
+ * checked that the lane has room for all, and nothing else between them. The receiver copies
+ * each piece out as it lands (into the receive it matched, or into a buffer of its own, the
+ * whole message then matched as one), so the two copies overlap without a CTS round trip.
  *
  * A sync id names the send waiting for the answer (an issend, or every rendezvous): the
  * receiver answers with NOTIFY carrying it. The sender's sequence numbers each pair's
@@ -95,12 +103,25 @@ export const CHANNEL_PUSHES_IN_FLIGHT = 1;
 
 /** Record flag (library bits, next to trace.ts's FLAG_TRACED = 2): a RNDV to push on CTS, not to pull. */
 export const FLAG_PUSH = 4;
+/** Record flag: an EAGER whose message comes in pieces (FRAGs with transfer id 0 follow it). */
+export const FLAG_PIECES = 8;
+/**
+ * An eager message to a co-resident peer above this many bytes goes in pieces of this size,
+ * so the receiver copies one piece out while the sender copies the next in (two bare threads
+ * through a ring: 64 KiB one way 6.8 µs in 16 KiB pieces, 8.5 µs whole, on this machine).
+ */
+export const CHANNEL_EAGER_PIECE = 16 * 1024;
+/** The transfer id of the FRAGs that carry an eager message's pieces (a CTS never names 0). */
+export const PIECES_XFER = 0;
 
 // biome-ignore lint/suspicious/noConstEnum: inlined by tsc (channel-abi.ts says why)
 export const enum MsgAux {
   SyncId = 0,
   Seq = 1,
   XpIndex = 2,
+  /** EAGER with FLAG_PIECES: the message's length (the record holds its first piece). */
+  // biome-ignore lint/suspicious/noDuplicateEnumValues: an EAGER has no exposure index; the word carries its length
+  Total = 2,
   XpKey = 3,
   XpOffset = 4,
   TraceSeq = 5,

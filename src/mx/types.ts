@@ -282,6 +282,8 @@ export class InboundRecord {
   /** Kept records: who sent it, and its trace id (0: not traced). */
   source: Partner | null = null;
   traceId = 0;
+  /** `bytes` is this record's own copy of the whole message (assembled from pieces): kept as is. */
+  owned = false;
 
   constructor(
     /** RNDV: who fetches the data, by the way the record came. */
@@ -303,7 +305,8 @@ export class InboundRecord {
     k.offset = this.offset;
     k.traceSeq = this.traceSeq;
     const b = this.bytes;
-    k.bytes = this.rndv || b === null ? null : b.slice(this.payload, this.payload + this.length);
+    k.bytes =
+      this.rndv || b === null ? null : this.owned ? b : b.slice(this.payload, this.payload + this.length);
     k.source = source;
     k.traceId = traceId;
     return k as KeptRecord;
