@@ -62,7 +62,10 @@ import {
  * wake-up, not one system call each. No kick is lost: I_SEQ moved, so the reader's wait returns.
  */
 function kickPeer(intr: Int32Array): boolean {
-  if (Atomics.compareExchange(intr, I_SLEEPING, 1, 0) !== 1) return false;
+  // A plain load first: while the peer is awake its flag's line stays shared in both caches,
+  // where a compare-exchange on every record would pull it across the cores each time.
+  if (Atomics.load(intr, I_SLEEPING) !== 1 || Atomics.compareExchange(intr, I_SLEEPING, 1, 0) !== 1)
+    return false;
   Atomics.add(intr, I_SEQ, 1);
   Atomics.notify(intr, I_SEQ);
   return true;
