@@ -7,7 +7,7 @@
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { LaneWriter } from "../src/mx/channel.js";
+import { LaneReader, LaneWriter } from "../src/mx/channel.js";
 import {
   CHANNEL_EAGER_BYTES,
   CHANNEL_EAGER_PIECE,
@@ -175,6 +175,46 @@ test("a lane without room for every piece takes none of them: the send is left t
   assert.equal(a.path.trySend(big), false);
   assert.equal(Atomics.load(ctl, LaneWord.Tail), tailBefore, "no piece was published");
   assert.equal(big.state, RequestState.Queued);
+});
+
+test("the lane's room check is exact enough: whenever it says yes, every piece's reserve succeeds, wherever the lane wraps", () => {
+  const channel = new SharedArrayBuffer(CHANNEL_BYTES);
+  const w = new LaneWriter(channel, 0);
+  const r = new LaneReader(channel, 0, RecordType.Frag);
+  let seed = 12345;
+  const rand = (n: number) => {
+    seed = (seed * 1103515245 + 12345) >>> 0;
+    return seed % n;
+  };
+  let yes = 0;
+  let no = 0;
+  for (let step = 0; step < 3000; step++) {
+    // Fill with a record of a random size now and then, read some now and then.
+    if (rand(3) > 0) {
+      const at = w.reserve(rand(40_000));
+      if (at >= 0) {
+        w.words[(at >>> 2) + RecordWord.Type] = RecordType.Eager;
+        w.words[(at >>> 2) + RecordWord.Length] = 0;
+        w.commit();
+      }
+    }
+    for (let k = rand(3); k > 0 && r.next(); k--) r.release();
+    const total = CHANNEL_EAGER_PIECE + 1 + rand(CHANNEL_EAGER_BYTES - CHANNEL_EAGER_PIECE);
+    if (!w.hasRoomFor(total, CHANNEL_EAGER_PIECE)) {
+      no++;
+      continue;
+    }
+    yes++;
+    for (let off = 0; off < total; off += CHANNEL_EAGER_PIECE) {
+      const at = w.reserve(Math.min(CHANNEL_EAGER_PIECE, total - off));
+      assert.ok(at >= 0, `step ${step}: piece at ${off} of ${total} found no room after the check said yes`);
+      w.words[(at >>> 2) + RecordWord.Type] = RecordType.Frag;
+      w.words[(at >>> 2) + RecordWord.Length] = 0;
+      w.commit();
+    }
+  }
+  assert.ok(yes > 100 && no > 100, `both answers were tried (${yes} yes, ${no} no)`);
+  assert.equal(r.broken, undefined);
 });
 
 test("a hostile writer's pieces: a wrong offset fails that receive and the peer; nothing is written outside it", () => {

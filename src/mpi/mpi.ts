@@ -25,7 +25,6 @@ import { MAX, MIN, type MpiBuffer, MpiOp, PROD, SUM } from "./ops.js";
 export type { InPlace } from "./comm.js";
 export { Comm, type MpiBuffer, MpiError, MpiOp, MpiRequest, type MpiStatus };
 
-
 async function init(guest: Guest): Promise<Comm> {
   const job = rankArgs(guest?.args);
   if (!job)

@@ -77,13 +77,22 @@ export class LaneWriter {
 
   /**
    * Whether `payloadBytes` fit now as records of up to `pieceBytes` each, one after another
-   * (with the padding a wrap may cost: one record's worth at most), so that reserving them
+   * (with the padding a wrap costs, as reserve() would place them), so that reserving them
    * in turn cannot fail.
    */
   hasRoomFor(payloadBytes: number, pieceBytes: number): boolean {
-    const pieces = Math.ceil(payloadBytes / pieceBytes);
-    const need = pieces * align8(RECORD_HEADER_BYTES + pieceBytes) + align8(RECORD_HEADER_BYTES + pieceBytes);
-    if (need > LANE_BYTES) return false;
+    let pos = this.tail % LANE_BYTES;
+    let need = 0;
+    for (let left = payloadBytes; left > 0; left -= pieceBytes) {
+      const size = align8(RECORD_HEADER_BYTES + Math.min(left, pieceBytes));
+      if (size > LANE_BYTES / 2) return false;
+      if (size > LANE_BYTES - pos) {
+        need += LANE_BYTES - pos;
+        pos = 0;
+      }
+      need += size;
+      pos += size;
+    }
     if (LANE_BYTES - ((this.tail - this.headSeen) >>> 0) >= need) return true;
     this.headSeen = Atomics.load(this.ctl, LaneWord.Head) >>> 0;
     return LANE_BYTES - ((this.tail - this.headSeen) >>> 0) >= need;

@@ -38,6 +38,11 @@ export class PullRights {
    * Arms a pull right for the rendezvous send's registered data (once; it stays armed while
    * the record waits for room). false: every entry is in use, the send waits.
    */
+  /** Rights armed and not yet given back: rendezvous of ours the NIC may be pulling. */
+  get armed(): number {
+    return EXPOSURE_ENTRIES - this.freeCount;
+  }
+
   expose(req: MxRequest): boolean {
     if (req.xp >= 0) return true;
     if (this.freeCount === 0) return false;
