@@ -13,7 +13,8 @@
  *   PING    NIC only: a liveness probe; its SEND_DONE says whether the peer is still there
  *   CTS     channel only: the receiver matched a RNDV and wants its first Length bytes
  *           pushed through the channel (the pipelined copy: no NIC, no registration)
- *   FRAG    channel only: Length bytes of a pushed rendezvous, at an offset, inline
+ *   FRAG    channel only: Length bytes of a pushed rendezvous, at an offset, inline; with
+ *           transfer id 0, the next piece of the eager message in pieces just before it
  *
  * Protocol words of a channel record (index into its aux words; word RecordWord.Aux + index):
  *
