@@ -8,8 +8,13 @@ import assert from "node:assert/strict";
 import { once } from "node:events";
 import { after, before, test } from "node:test";
 import { Host } from "../src/host/host.js";
+import { ETHER_EAGER_MAX } from "../src/mx/ether-path.js";
+import { CHANNEL_EAGER_BYTES } from "../src/mx/records.js";
+import { SEND_MAX } from "../src/nic/window.js";
 
 const MID = new URL("./fixtures/guests/mx-mid.js", import.meta.url);
+/** The fixture's window of 60,000-byte messages sent at once (mx-mid.ts WINDOW). */
+const WINDOW = 12;
 
 let host: Host;
 before(async () => {
@@ -25,6 +30,8 @@ type Obs = {
   intact: boolean[];
   probedFirst?: boolean;
   counters: Record<string, number>;
+  /** a's window sends still waiting for lane room when it had made them all. */
+  queued?: number;
 };
 
 async function pair(threshold?: number): Promise<[Obs, Obs]> {
@@ -36,31 +43,50 @@ async function pair(threshold?: number): Promise<[Obs, Obs]> {
   const gotB = once(b, "message");
   const [addrA] = await gotA;
   const [addrB] = await gotB;
+  // a says how many of its window still wait for lane room; only then does b read them.
+  const window = once(a, "message");
   a.send(addrB);
   b.send(addrA);
+  const [{ queued }] = (await window) as [{ queued: number }];
+  b.send("go");
   const [ea, eb] = await Promise.all([a.exited, b.exited]);
   assert.equal(ea.state, "shutdown", ea.error?.stack);
   assert.equal(eb.state, "shutdown", eb.error?.stack);
   await Promise.all([a.destroy(), b.destroy()]);
-  return [ea.result as Obs, eb.result as Obs];
+  return [{ ...(ea.result as Obs), queued }, eb.result as Obs];
 }
 
 test("mid-size messages to a co-resident peer go eager; one above CHANNEL_EAGER_BYTES stays rendezvous", async () => {
   const [a, b] = await pair();
   assert.equal(a.path, "bypass");
-  assert.deepEqual(a.codes, ["MX_STATUS_SUCCESS", "MX_STATUS_SUCCESS", "MX_STATUS_SUCCESS"]);
-  assert.deepEqual(b.codes, ["MX_STATUS_SUCCESS", "MX_STATUS_SUCCESS", "MX_STATUS_SUCCESS"]);
-  assert.deepEqual(b.intact, [true, true, true]);
+  const ok = Array(3 + WINDOW).fill("MX_STATUS_SUCCESS");
+  assert.deepEqual(a.codes, ok);
+  assert.deepEqual(b.codes, ok);
+  assert.deepEqual(b.intact, Array(3 + WINDOW).fill(true));
   assert.equal(b.probedFirst, true, "the first message waited unexpected, then matched");
+  // The lane (256 KiB) holds four of the window's 60,000-byte messages; the rest waited for room.
+  assert.ok((a.queued ?? 0) >= WINDOW - 4, `${a.queued} of the window waited for lane room`);
   assert.equal(a.counters.rndv, 1, "only the message above the channel's eager limit was a rendezvous");
-  assert.equal(a.counters.eager, 3, "two mid-size messages and the closing one-byte message");
+  assert.equal(
+    a.counters.eager,
+    2 + WINDOW + 1,
+    "the mid-size messages, the window (queued for room, still eager) and the closing one",
+  );
+  assert.equal(b.counters.pulls, 1, "only the rendezvous was fetched; the window came eager");
   assert.equal(a.counters.bounces, 0, "nothing was bounce-copied");
   assert.equal(a.counters.registrations, 0, "nothing was registered");
 });
 
 test("a rendezvous threshold the user set holds on the channel too", async () => {
   const [a, b] = await pair(32 * 1024);
-  assert.deepEqual(b.intact, [true, true, true]);
-  assert.equal(a.counters.rndv, 3);
+  assert.deepEqual(b.intact, Array(3 + WINDOW).fill(true));
+  assert.equal(a.counters.rndv, 3 + WINDOW);
   assert.equal(a.counters.eager, 1);
+});
+
+test("every path carries an eager message of the channel's size: one queued for lane room survives a path change", () => {
+  // A send queued as eager may leave by another path (the endpoint moved to the split path,
+  // a peer's PATH frame): the NIC's SEND and MX over Ethernet take eager messages this long.
+  assert.ok(CHANNEL_EAGER_BYTES <= SEND_MAX);
+  assert.ok(CHANNEL_EAGER_BYTES <= ETHER_EAGER_MAX);
 });

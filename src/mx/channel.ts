@@ -78,7 +78,7 @@ export class LaneWriter {
   /**
    * Whether `payloadBytes` fit now as records of up to `pieceBytes` each, one after another
    * (with the padding a wrap costs, as reserve() would place them), so that reserving them
-   * in turn cannot fail.
+   * in turn cannot fail. If not, the reader is asked to wake us once it frees space.
    */
   hasRoomFor(payloadBytes: number, pieceBytes: number): boolean {
     let pos = this.tail % LANE_BYTES;
@@ -94,6 +94,10 @@ export class LaneWriter {
       pos += size;
     }
     if (LANE_BYTES - ((this.tail - this.headSeen) >>> 0) >= need) return true;
+    this.headSeen = Atomics.load(this.ctl, LaneWord.Head) >>> 0;
+    if (LANE_BYTES - ((this.tail - this.headSeen) >>> 0) >= need) return true;
+    // As reserve() does: ask the reader to wake us when it frees space, then look once more.
+    Atomics.store(this.ctl, LaneWord.SpaceWanted, 1);
     this.headSeen = Atomics.load(this.ctl, LaneWord.Head) >>> 0;
     return LANE_BYTES - ((this.tail - this.headSeen) >>> 0) >= need;
   }

@@ -340,17 +340,18 @@ export class MxEndpoint {
 
   /**
    * A message above the threshold that its path takes eager (a co-resident channel, up to
-   * its eagerMax) if it can be written now: never queued as eager, so a later path change
-   * never meets an eager message larger than that path's limit.
+   * its eagerMax): written now, or queued in order behind the sends waiting for lane room, as
+   * a smaller eager send is. A lane that is full now is read by a peer that is busy copying
+   * out (a window of 64 KiB sends): waiting for it beats handing the message to the NIC. A
+   * later path change meets eager messages of at most CHANNEL_EAGER_BYTES, which every path
+   * carries (the NIC's SEND_MAX, MX over Ethernet's eager limit; test/mx-channel-eager.test.ts).
    */
   private sentEager(req: MxRequest, peer: Partner, path: PeerPath): boolean {
     const max = path.eagerMax;
-    if (max === undefined || this.thresholdSet || req.buffer.length > max || peer.backlog.length > 0)
-      return false;
+    if (max === undefined || this.thresholdSet || req.buffer.length > max) return false;
     req.rndv = false;
-    if (path.trySend(req)) return true;
-    req.rndv = true;
-    return false;
+    if (peer.backlog.length > 0 || !path.trySend(req)) peer.backlog.push(req);
+    return true;
   }
 
   /** mx_irecv with match value and mask as 32-bit word pairs. */

@@ -27,6 +27,7 @@ import {
   macString,
   PAYLOAD_AT,
   setFrameWord,
+  TX_WINDOW,
 } from "./ether.js";
 import type { Matching } from "./matching.js";
 import type { PartnerTable } from "./partner.js";
@@ -46,7 +47,7 @@ import {
 /** A closing endpoint resends its unacknowledged Ethernet frames for at most this long (ms). */
 const LINGER_MS = 2000;
 /** An eager message over Ethernet is at most this long (its frames are gathered in memory). */
-const MAX_EAGER_BYTES = 64 * 1024;
+export const ETHER_EAGER_MAX = 64 * 1024;
 
 /** What the Ethernet path uses of its endpoint. */
 export interface EtherPathParts {
@@ -169,6 +170,10 @@ export class EtherEngine implements Puller, PeerLossListener {
     const tid = tb !== undefined ? req.traceId : 0;
     const trailer = tid !== 0 ? ETHER_TRACE_BYTES : 0;
     const max = this.hub.maxPayload - trailer;
+    // An eager message the window could never hold at once (one that waited for a channel's
+    // lane, whose eager limit is higher, when the endpoint moved here; a small MTU) goes as a
+    // rendezvous, whose data this side serves from the send buffer (MxoeType.Pull).
+    if (!req.rndv && Math.ceil(n / max) > TX_WINDOW) req.rndv = true;
     const frames = req.rndv ? 1 : Math.max(1, Math.ceil(n / max));
     if (link.room < frames || path.controlQueued) return false;
     if (req.sync || req.rndv) this.parts.sends.add(req);
@@ -396,7 +401,7 @@ export class EtherEngine implements Puller, PeerLossListener {
       this.deliver(path.peer, f, r);
       return;
     }
-    if (length > MAX_EAGER_BYTES || off + n > length) {
+    if (length > ETHER_EAGER_MAX || off + n > length) {
       this.ctx.counters.channelErrors++;
       return;
     }
