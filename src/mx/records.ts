@@ -84,13 +84,16 @@ export function channelFragment(done: number): number {
 }
 
 /**
- * Eager up to this many bytes to a co-resident peer (with the default threshold), when the
- * lane takes the record at once: one hand-off to the receiver instead of three (RNDV, CTS,
- * FRAGs), which is what a collective's mid-size exchange waits on when a rank sleeps (NAS CG
- * class A gathers 56,000-byte blocks). Up to 64 KiB, OSU's and MPI's usual mid size: a lone
- * 64 KiB message measured faster eager than pushed (`bench pingpong --sizes 64K`, three rounds
- * alternating: 29–62 µs against 73–93 µs one way), the push's three hand-offs costing more
- * than the overlap of its copies saves. Above it, pushed.
+ * Eager up to this many bytes to a co-resident peer (with the default threshold): one
+ * hand-off to the receiver instead of three (RNDV, CTS, FRAGs), which is what a collective's
+ * mid-size exchange waits on when a rank sleeps (NAS CG class A gathers 56,000-byte blocks).
+ * Up to 64 KiB, OSU's and MPI's usual mid size: a lone 64 KiB message measured faster eager
+ * than pushed (`bench pingpong --sizes 64K`, three rounds alternating: 29–62 µs against
+ * 73–93 µs one way), the push's three hand-offs costing more than the overlap of its copies
+ * saves. A message the lane has no room for now waits for it in order, as a smaller eager
+ * one does (a window of them streams at 11 GB/s; handed to the NIC they went at 1.5). Every
+ * path carries eager messages this long (the NIC's SEND_MAX, MX over Ethernet's limit), so
+ * one still waiting when the endpoint changes paths leaves by the new one. Above it, pushed.
  */
 export const CHANNEL_EAGER_BYTES = 64 * 1024;
 
