@@ -79,15 +79,18 @@ export class PartnerTable {
     this.route(peer);
   }
 
-  /** Sends that waited for room go to the peer's path, in order, while it takes them. */
-  flush(peer: Partner): void {
+  /** Sends that waited for room go to the peer's path, in order, while it takes them; true if any went. */
+  flush(peer: Partner): boolean {
     const path = peer.path;
-    if (path === undefined) return;
+    if (path === undefined) return false;
     const backlog = peer.backlog;
+    let sent = false;
     while (backlog.length > 0) {
-      if (!path.trySend(backlog[0])) return;
+      if (!path.trySend(backlog[0])) return sent;
       backlog.shift();
+      sent = true;
     }
+    return sent;
   }
 
   /** `l` is told of every peer that fails, in the order listeners were added. */
