@@ -24,6 +24,7 @@ import {
   LaneWord,
   laneOffset,
   RECORD_HEADER_BYTES,
+  RecordFlag,
   RecordWord,
 } from "../src/myrixen/channel-abi.js";
 import { MxStatus } from "../src/nic/status.js";
@@ -298,3 +299,35 @@ function piece(
   w.bytes.set(data.subarray(offset, Math.min(data.length, offset + n)), at + RECORD_HEADER_BYTES);
   w.commit();
 }
+
+test("a hostile EAGER that claims a length but carries no bytes fails the peer; the receive gets nothing from the lane", () => {
+  for (const flags of [RecordFlag.NoPayload, RecordFlag.NoPayload | FLAG_PIECES]) {
+    const channel = new SharedArrayBuffer(CHANNEL_BYTES);
+    const b = channelEnd(channel, 1);
+    const evil = new LaneWriter(channel, 0);
+    // Earlier bytes in the lane that the forged record would have had the receive read.
+    piece(evil, 0, pattern(CHANNEL_EAGER_PIECE, 9), { first: false });
+    b.path.receive(); // a stray piece: dropped and counted
+    const recv = irecv(b, new Uint8Array(60_000).fill(0xaa), 6);
+    const at = evil.reserve(0);
+    const i = at >>> 2;
+    evil.words[i + RecordWord.Type] = RecordType.Eager | (flags << 16);
+    evil.words[i + RecordWord.MatchHi] = 0;
+    evil.words[i + RecordWord.MatchLo] = 6;
+    evil.words[i + RecordWord.Length] = 60_000;
+    for (let k = 0; k < 6; k++) evil.words[i + RecordWord.Aux + k] = 0;
+    evil.words[i + RecordWord.Aux + MsgAux.Total] = CHANNEL_EAGER_BYTES;
+    evil.commit();
+    assert.doesNotThrow(() => b.path.receive());
+    assert.match(
+      b.partner.dead ?? "",
+      /garbage.*EAGER record of 60000 bytes flagged as carrying none/,
+      String(flags),
+    );
+    assert.notEqual(recv.code, MxStatus.SUCCESS);
+    assert.ok(
+      recv.buffer.every((x) => x === 0xaa),
+      "nothing was copied into the receive",
+    );
+  }
+});

@@ -604,9 +604,17 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
       return;
     }
 
-    if (type === RecordType.Eager && (rd.flags & FLAG_PIECES) !== 0) {
-      this.onFirstPiece(rd);
-      return;
+    if (type === RecordType.Eager) {
+      // An EAGER carries its bytes: one claiming a length without them (the lane's NoPayload
+      // flag, a rendezvous's) would have the receive read whatever else the lane holds.
+      if ((rd.flags & RecordFlag.NoPayload) !== 0) {
+        this.garbage(`an EAGER record of ${rd.length} bytes flagged as carrying none`);
+        return;
+      }
+      if ((rd.flags & FLAG_PIECES) !== 0) {
+        this.onFirstPiece(rd);
+        return;
+      }
     }
     rd.countMessage();
     const r = this.rec;
