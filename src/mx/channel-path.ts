@@ -21,6 +21,7 @@ import { MxStatus } from "../nic/status.js";
 import { I_SEQ, I_SLEEPING } from "../nic/window.js";
 import { copyInto } from "./bytes.js";
 import { LaneReader, LaneWriter } from "./channel.js";
+import { PieceReader, writePieces } from "./channel-pieces.js";
 import type { Completion } from "./completion.js";
 import { CONTROL_RECORD_COST, LanePolicer } from "./lane-policer.js";
 import type { Matching } from "./matching.js";
@@ -48,7 +49,6 @@ import {
   type ChannelEnd,
   type EndpointContext,
   InboundRecord,
-  type KeptRecord,
   type MxRequest,
   type Partner,
   type PeerPath,
@@ -84,29 +84,6 @@ class Transfer {
     /** Sender: the rendezvous's sync id (answered when the last FRAG is in); receiver: the CTS's. */
     readonly syncId: number,
   ) {}
-}
-
-/**
- * An eager message arriving in pieces (records.ts FLAG_PIECES): copied into the receive it
- * matched at its first piece, or into a buffer of its own and matched whole at its last.
- */
-class Pieces {
-  done: number;
-  constructor(
-    readonly total: number,
-    /** The receive it matched; undefined: assembled in `kept.bytes`, delivered when whole. */
-    readonly req: MxRequest | undefined,
-    readonly kept: KeptRecord | undefined,
-    readonly syncId: number,
-    first: number,
-  ) {
-    this.done = first;
-  }
-
-  /** Where the pieces go. */
-  get target(): Uint8Array {
-    return this.req !== undefined ? this.req.buffer : this.kept!.bytes!;
-  }
 }
 
 /** What a channel path uses of its endpoint. */
@@ -145,8 +122,8 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
   private readonly receiving: Transfer[] = [];
   /** NOTIFYs the lane had no room for: (sync id, bytes, status) triples, written first by push(). */
   private readonly notifyWaiting: number[] = [];
-  /** The eager message whose pieces are arriving (nothing else may come between them). */
-  private pieces: Pieces | undefined;
+  /** Eager messages in pieces coming in (nothing else may come between a message's pieces). */
+  private readonly pieces: PieceReader;
   private lastXferId = 0;
   /** Pushed rendezvous sent and not done yet (`pushes` bounds them). */
   private readonly inFlight: MxRequest[] = [];
@@ -169,6 +146,12 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
     this.rights = parts.rights;
     this.matching = parts.matching;
     this.rec = new InboundRecord(this);
+    this.pieces = new PieceReader(peer, {
+      ctx: parts.ctx,
+      matching: parts.matching,
+      completion: parts.completion,
+      garbage: (what) => this.garbage(what),
+    });
     this.policer =
       ch.policy === undefined ? undefined : new LanePolicer(ch.policy, parts.ctx.counters, parts.now);
   }
@@ -238,51 +221,13 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
    * each published as soon as it is copied in, so the receiver copies it out meanwhile.
    */
   private trySendPieces(req: MxRequest): boolean {
-    const w = this.writer;
-    const buf = req.buffer;
-    const total = buf.length;
-    if (!w.hasRoomFor(total, CHANNEL_EAGER_PIECE)) return false;
+    if (!this.writer.hasRoomFor(req.buffer.length, CHANNEL_EAGER_PIECE)) return false;
     if (req.sync) this.sends.add(req);
-    const first = CHANNEL_EAGER_PIECE;
-    let at = w.reserve(first);
-    const words = w.words;
-    let i = at >>> 2;
-    let aux = i + RecordWord.Aux;
-    words[i + RecordWord.Type] = RecordType.Eager | (FLAG_PIECES << 16);
-    words[i + RecordWord.MatchHi] = req.matchHi;
-    words[i + RecordWord.MatchLo] = req.matchLo;
-    words[i + RecordWord.Length] = first;
-    words[aux + MsgAux.SyncId] = req.syncId;
-    words[aux + MsgAux.Seq] = this.peer.sendSeq++;
-    words[aux + MsgAux.Total] = total;
-    words[aux + MsgAux.XpKey] = 0;
-    words[aux + MsgAux.XpOffset] = 0;
-    const tb = this.ctx.trace;
-    if (tb !== undefined && req.traceId !== 0) {
-      words[i + RecordWord.Type] |= FLAG_TRACED << 16;
-      words[aux + MsgAux.TraceSeq] = req.traceId % 0x100000000;
-      tb.record(req.traceId, TraceStage.Written, traceNow());
-    }
-    copyInto(w.bytes, at + RECORD_HEADER_BYTES, buf, 0, first);
-    w.commit();
-    if (kickPeer(this.peerIntr)) this.ctx.counters.kicks++;
-    for (let off = first; off < total; off += CHANNEL_EAGER_PIECE) {
-      const n = Math.min(CHANNEL_EAGER_PIECE, total - off);
-      at = w.reserve(n);
-      i = at >>> 2;
-      aux = i + RecordWord.Aux;
-      words[i + RecordWord.Type] = RecordType.Frag;
-      words[i + RecordWord.MatchHi] = 0;
-      words[i + RecordWord.MatchLo] = 0;
-      words[i + RecordWord.Length] = n;
-      words[aux + FragAux.Xfer] = PIECES_XFER;
-      words[aux + FragAux.Offset] = off;
-      copyInto(w.bytes, at + RECORD_HEADER_BYTES, buf, off, n);
-      w.commit();
+    writePieces(this.writer, req, this.peer.sendSeq++, this.ctx, () => {
       if (kickPeer(this.peerIntr)) this.ctx.counters.kicks++;
-    }
+    });
     this.ctx.counters.eager++;
-    if (!req.sync) this.completion.complete(req, MxStatus.SUCCESS, total);
+    if (!req.sync) this.completion.complete(req, MxStatus.SUCCESS, req.buffer.length);
     else req.state = RequestState.Sent;
     return true;
   }
@@ -400,9 +345,7 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
     const why = this.peer.dead ?? "the peer endpoint went away";
     for (const t of this.receiving.splice(0)) this.failTransfer(t, why, code);
     for (const t of this.ctsWaiting.splice(0)) this.failTransfer(t, why, code);
-    const p = this.pieces;
-    this.pieces = undefined;
-    if (p?.req !== undefined) this.failRequest(p.req, why, code);
+    this.pieces.abandon(why, code);
     this.pushing.length = 0;
     this.notifyWaiting.length = 0;
     if (this.peer.channel === this) this.peer.channel = undefined;
@@ -582,12 +525,12 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
     const a = rd.aux;
     const type = rd.type;
     const piece = type === RecordType.Frag && a[FragAux.Xfer] === PIECES_XFER;
-    if (this.pieces !== undefined && !piece) {
-      this.failPieces("a record came between the pieces of an eager message");
+    if (this.pieces.active && !piece) {
+      this.pieces.fail("a record came between the pieces of an eager message");
       return;
     }
     if (type === RecordType.Frag) {
-      if (piece) this.onPiece(rd);
+      if (piece) this.pieces.piece(rd);
       else this.onFrag(rd);
       return;
     }
@@ -612,7 +555,7 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
         return;
       }
       if ((rd.flags & FLAG_PIECES) !== 0) {
-        this.onFirstPiece(rd);
+        this.pieces.first(rd, this.rec);
         return;
       }
     }
@@ -632,92 +575,6 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
     r.bytes = rd.bytes;
     r.payload = rd.payload;
     this.matching.deliver(this.peer, r);
-  }
-
-  /**
-   * The first piece of an eager message in pieces (records.ts FLAG_PIECES): the receive it
-   * matches now takes it and the pieces to come; if none does (or it is not the pair's turn)
-   * the message is assembled in a buffer of its own and matched whole once its last piece is in.
-   */
-  private onFirstPiece(rd: LaneReader): void {
-    const a = rd.aux;
-    const total = a[MsgAux.Total];
-    const first = rd.length;
-    if (first < 1 || total <= first || total > CHANNEL_EAGER_BYTES) {
-      this.garbage(`an eager message of ${total} bytes in pieces, its first of ${first} bytes`);
-      return;
-    }
-    rd.countMessage();
-    const r = this.rec;
-    r.rndv = false;
-    r.flags = rd.flags;
-    r.matchHi = rd.matchHi;
-    r.matchLo = rd.matchLo;
-    r.length = total;
-    r.syncId = a[MsgAux.SyncId];
-    r.seq = a[MsgAux.Seq];
-    r.region = 0;
-    r.key = 0;
-    r.offset = 0;
-    r.traceSeq = a[MsgAux.TraceSeq];
-    r.bytes = null;
-    r.payload = 0;
-    const req = this.matching.claim(this.peer, r);
-    if (req !== undefined) {
-      const n = Math.min(first, req.buffer.length);
-      if (n > 0) copyInto(req.buffer, 0, rd.bytes, rd.payload, n);
-      this.pieces = new Pieces(total, req, undefined, r.syncId, first);
-      return;
-    }
-    const kept = r.keep(this.peer, 0);
-    kept.bytes = new Uint8Array(total);
-    kept.owned = true;
-    copyInto(kept.bytes, 0, rd.bytes, rd.payload, first);
-    this.pieces = new Pieces(total, undefined, kept, r.syncId, first);
-  }
-
-  /** A piece of the eager message under way: checked against it, copied out, the message finished with the last. */
-  private onPiece(rd: LaneReader): void {
-    const p = this.pieces;
-    if (p === undefined) {
-      // No message in pieces under way: a stray, dropped (as a FRAG of no transfer is).
-      this.ctx.counters.channelErrors++;
-      return;
-    }
-    const offset = rd.aux[FragAux.Offset];
-    const n = rd.length;
-    if (offset !== p.done || n < 1 || n > p.total - p.done) {
-      this.failPieces(
-        `a piece of ${n} bytes at offset ${offset} of a ${p.total}-byte eager message (expected offset ${p.done})`,
-      );
-      return;
-    }
-    const target = p.target;
-    const end = Math.min(offset + n, target.length);
-    if (end > offset) copyInto(target, offset, rd.bytes, rd.payload, end - offset);
-    p.done += n;
-    if (p.done < p.total) return;
-    this.pieces = undefined;
-    const req = p.req;
-    if (req === undefined) {
-      // Assembled: matched now, whole, as any eager message (it may wait as unexpected).
-      this.matching.deliver(this.peer, p.kept!);
-      return;
-    }
-    const xfer = Math.min(p.total, req.buffer.length);
-    const tb = this.ctx.trace;
-    if (tb !== undefined && req.traceId !== 0) tb.record(req.traceId, TraceStage.Copied, traceNow());
-    if (p.syncId !== 0) this.peer.notify(p.syncId, xfer, MxStatus.SUCCESS);
-    this.completion.complete(req, xfer < p.total ? MxStatus.TRUNCATED : MxStatus.SUCCESS, xfer);
-  }
-
-  /** The pieces broke the protocol: the receive they were for fails, and so does the peer. */
-  private failPieces(what: string): void {
-    const p = this.pieces;
-    this.pieces = undefined;
-    if (p?.req !== undefined)
-      this.failRequest(p.req, `peer wrote garbage into the channel: ${what}`, MxStatus.ABORTED);
-    this.garbage(what);
   }
 }
 
