@@ -30,7 +30,10 @@ import type { EndpointContext, InboundRecord, KeptRecord, MxRequest, Partner } f
 
 /**
  * Writes `req`'s message into `w` as pieces (the lane must have room for all: LaneWriter.
- * hasRoomFor), `seq` its pair sequence number; `kick` after each piece is published.
+ * hasRoomFor), `seq` its pair sequence number; `kick` after each piece is published. No
+ * reserve here can fail, whatever the reader does meanwhile: hasRoomFor placed every piece
+ * against the head position the writer holds (headSeen), and reserve() looks at the shared
+ * head again only when that position shows too little room.
  */
 export function writePieces(
   w: LaneWriter,
