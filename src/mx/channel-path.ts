@@ -103,7 +103,7 @@ export interface ChannelPathParts {
 /** One co-resident peer's channel: our lane out (its path) and its lane in. */
 export class ChannelPath implements PeerPath, ChannelEnd, Puller {
   readonly channelId: number;
-  /** PeerPath.eagerMax: mid-size messages go eager when the lane has room (records.ts). */
+  /** PeerPath.eagerMax: mid-size messages go eager, waiting for lane room in order if need be (records.ts). */
   readonly eagerMax = CHANNEL_EAGER_BYTES;
   private readonly writer: LaneWriter;
   private readonly reader: LaneReader;
