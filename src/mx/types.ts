@@ -168,7 +168,7 @@ export interface PeerPath {
    * the send is made; true marks the request `pushed`.
    */
   pushes?(req: MxRequest): boolean;
-  /** Largest message this path takes eager above the endpoint's threshold, if it can take one at once. */
+  /** Largest message this path takes eager above the endpoint's threshold (it may wait in the backlog for room, in order). */
   readonly eagerMax?: number;
   /**
    * Eager up to this many bytes on this path unless the endpoint was given a rendezvous
