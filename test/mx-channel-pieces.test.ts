@@ -28,9 +28,8 @@ import {
   RecordWord,
 } from "../src/myrixen/channel-abi.js";
 import { MxStatus } from "../src/nic/status.js";
-import { channelEnd } from "./helpers/mx-parts.js";
+import { channelEnd, postRecv } from "./helpers/mx-parts.js";
 
-const ALL = 0xffffffff;
 type End = ReturnType<typeof channelEnd>;
 
 function pair(): { a: End; b: End; channel: SharedArrayBuffer } {
@@ -50,14 +49,7 @@ function eager(e: End, buffer: Uint8Array, matchLo: number, sync = false): MxReq
   return req;
 }
 
-function irecv(e: End, buffer: Uint8Array, matchLo: number): MxRequest {
-  const req = new MxRequest("recv", buffer, undefined);
-  req.matchLo = matchLo;
-  req.matchMaskHi = ALL;
-  req.matchMaskLo = ALL;
-  e.p.matching.post(req);
-  return req;
-}
+const irecv = postRecv;
 
 function pattern(n: number, seed: number): Uint8Array {
   const b = new Uint8Array(n);

@@ -18,9 +18,8 @@ import {
   RecordWord,
 } from "../src/myrixen/channel-abi.js";
 import { MxStatus } from "../src/nic/status.js";
-import { channelEnd } from "./helpers/mx-parts.js";
+import { channelEnd, postRecv } from "./helpers/mx-parts.js";
 
-const ALL = 0xffffffff;
 const RNDV_THRESHOLD = 32 * 1024;
 
 const end = channelEnd;
@@ -43,14 +42,7 @@ function isend(e: End, buffer: Uint8Array, matchLo: number): MxRequest {
   return req;
 }
 
-function irecv(e: End, buffer: Uint8Array, matchLo: number): MxRequest {
-  const req = new MxRequest("recv", buffer, undefined);
-  req.matchLo = matchLo;
-  req.matchMaskHi = ALL;
-  req.matchMaskLo = ALL;
-  e.p.matching.post(req);
-  return req;
-}
+const irecv = postRecv;
 
 /** One progress of an endpoint, as MxEndpoint.progress does it for a channel peer. */
 function progress(e: End): boolean {

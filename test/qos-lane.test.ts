@@ -24,9 +24,7 @@ import {
 } from "../src/myrixen/channel-abi.js";
 import { lanePolicy, qosSettings } from "../src/myrixen/qos-policy.js";
 import type { Domain } from "../src/xen/hypervisor.js";
-import { channelEnd } from "./helpers/mx-parts.js";
-
-const ALL = 0xffffffff;
+import { channelEnd, postRecv } from "./helpers/mx-parts.js";
 
 const end = channelEnd;
 
@@ -51,12 +49,7 @@ function isend(e: ReturnType<typeof end>, bytes: number, seq: number): MxRequest
 }
 
 function irecv(e: ReturnType<typeof end>, bytes: number): MxRequest {
-  const req = new MxRequest("recv", new Uint8Array(bytes), undefined);
-  req.matchLo = 7;
-  req.matchMaskHi = ALL;
-  req.matchMaskLo = ALL;
-  e.p.matching.post(req);
-  return req;
+  return postRecv(e, new Uint8Array(bytes), 7);
 }
 
 const done = (reqs: MxRequest[]) => reqs.filter((r) => r.state === RequestState.Done).length;

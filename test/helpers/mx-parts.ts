@@ -14,7 +14,7 @@ import { Regions } from "../../src/mx/regions.js";
 import {
   EndpointContext,
   InboundRecord,
-  type MxRequest,
+  MxRequest,
   type Partner,
   type PeerPath,
   type Puller,
@@ -169,4 +169,14 @@ export function channelEnd(
   partner.fast = path;
   p.partners.route(partner);
   return { p, partner, path };
+}
+
+/** mx_irecv on a channel end: a receive of `buffer` for match value (0, `matchLo`), exact. */
+export function postRecv(e: ReturnType<typeof channelEnd>, buffer: Uint8Array, matchLo: number): MxRequest {
+  const req = new MxRequest("recv", buffer, undefined);
+  req.matchLo = matchLo;
+  req.matchMaskHi = 0xffffffff;
+  req.matchMaskLo = 0xffffffff;
+  e.p.matching.post(req);
+  return req;
 }
