@@ -10,19 +10,11 @@ import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import type net from "node:net";
 import { test } from "node:test";
-import {
-  F_DEST_NIC,
-  F_PULL_OFFSET,
-  F_SRC_NIC,
-  FRAME_HEADER_BYTES,
-  FrameType,
-  getWord,
-  initFrame,
-  setWord,
-} from "../src/nic/frame.js";
+import { F_PULL_OFFSET, FrameType, getWord } from "../src/nic/frame.js";
 import { type TcpLink, tcpLinkStats } from "../src/nic/tcp-link.js";
 import { connectTcpLink, listenTcpLinks } from "../src/nic/tcp-link-setup.js";
 import { SEND_MAX } from "../src/nic/window.js";
+import { linkFrame } from "./helpers/link-frames.js";
 import { until } from "./helpers/until.js";
 
 const KEY = randomBytes(32);
@@ -30,14 +22,7 @@ const HOST = "127.0.0.1";
 const logs: string[] = [];
 const log = (m: string) => logs.push(m);
 
-function frame(type: number, payload: number, offset = 0): Uint8Array {
-  const f = new Uint8Array(FRAME_HEADER_BYTES + payload);
-  initFrame(f, type, payload);
-  setWord(f, F_SRC_NIC, 2);
-  setWord(f, F_DEST_NIC, 1);
-  setWord(f, F_PULL_OFFSET, offset);
-  return f;
-}
+const frame = linkFrame;
 
 const sock = (l: TcpLink) => (l as unknown as { socket: net.Socket }).socket;
 const bulkSock = (l: TcpLink) => (l as unknown as { bulk: net.Socket }).bulk;

@@ -12,17 +12,11 @@ import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import net from "node:net";
 import { test } from "node:test";
-import {
-  F_DEST_NIC,
-  F_SRC_NIC,
-  FRAME_HEADER_BYTES,
-  FrameType,
-  initFrame,
-  setWord,
-} from "../src/nic/frame.js";
+import { FRAME_HEADER_BYTES, FrameType } from "../src/nic/frame.js";
 import { Handshake, LANE_BULK, LANE_MAIN } from "../src/nic/tcp-handshake.js";
 import { type TcpLink, tcpLinkStats } from "../src/nic/tcp-link.js";
 import { connectTcpLink, listenTcpLinks } from "../src/nic/tcp-link-setup.js";
+import { linkFrame, onWire } from "./helpers/link-frames.js";
 import { until } from "./helpers/until.js";
 
 const KEY = randomBytes(32);
@@ -30,16 +24,7 @@ const HOST = "127.0.0.1";
 const logs: string[] = [];
 const log = (m: string) => logs.push(m);
 
-function wire(type: number, payload: number): Buffer {
-  const f = new Uint8Array(FRAME_HEADER_BYTES + payload);
-  initFrame(f, type, payload);
-  setWord(f, F_SRC_NIC, 2);
-  setWord(f, F_DEST_NIC, 1);
-  const b = Buffer.alloc(4 + f.length);
-  b.writeUInt32LE(f.length, 0);
-  b.set(f, 4);
-  return b;
-}
+const wire = (type: number, payload: number) => onWire(linkFrame(type, payload));
 
 /** NIC 1's listener, collecting every link it hands over. */
 async function listenAccepting(handshakeTimeoutMs?: number) {
