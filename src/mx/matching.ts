@@ -93,28 +93,11 @@ export class Matching implements PeerLossListener {
    */
   claim(peer: Partner, rec: InboundRecord): MxRequest | undefined {
     if (rec.seq !== peer.recvSeq || (peer.held !== undefined && peer.held.length > 0)) return undefined;
-    const mh = rec.matchHi;
-    const ml = rec.matchLo;
-    const posted = this.posted;
-    for (let i = 0; i < posted.length; i++) {
-      const r = posted[i];
-      if ((mh & r.matchMaskHi) >>> 0 !== r.matchHi || (ml & r.matchMaskLo) >>> 0 !== r.matchLo) continue;
-      removeAt(posted, i);
-      const tb = this.ctx.trace;
-      let tid = 0;
-      if (tb !== undefined && (rec.flags & FLAG_TRACED) !== 0) {
-        tid = traceId(peer.nic, peer.endpoint, rec.traceSeq);
-        tb.record(tid, TraceStage.Seen, traceNow());
-      }
-      r.source = peer.address;
-      r.matchHi = mh;
-      r.matchLo = ml;
-      r.msgLength = rec.length;
-      r.traceId = tid;
-      peer.recvSeq = (rec.seq + 1) >>> 0;
-      return r;
-    }
-    return undefined;
+    const r = this.takePosted(peer, rec);
+    if (r === undefined) return undefined;
+    r.traceId = this.seen(peer, rec);
+    peer.recvSeq = (rec.seq + 1) >>> 0;
+    return r;
   }
 
   /** mx_iprobe's lookup: the status of the first unexpected message that fits, without taking it. */
@@ -189,40 +172,53 @@ export class Matching implements PeerLossListener {
    * may progress (a full lane is waited out): what is needed of `rec` is read first.
    */
   private match(peer: Partner, rec: InboundRecord): void {
-    const tb = this.ctx.trace;
-    let tid = 0;
-    if (tb !== undefined && (rec.flags & FLAG_TRACED) !== 0) {
-      tid = traceId(peer.nic, peer.endpoint, rec.traceSeq);
-      tb.record(tid, TraceStage.Seen, traceNow());
+    const tid = this.seen(peer, rec);
+    const r = this.takePosted(peer, rec);
+    if (r === undefined) {
+      this.ctx.counters.unexpected++;
+      this.unexpected.push(rec.keep(peer, tid));
+      return;
     }
+    r.traceId = tid;
+    if (rec.rndv) {
+      this.pull(r, peer, rec);
+      return;
+    }
+    const length = rec.length;
+    const syncId = rec.syncId;
+    const xfer = Math.min(length, r.buffer.length);
+    if (xfer > 0 && rec.bytes !== null) copyInto(r.buffer, 0, rec.bytes, rec.payload, xfer);
+    const tb = this.ctx.trace;
+    if (tid !== 0 && tb !== undefined) tb.record(tid, TraceStage.Copied, traceNow());
+    if (syncId !== 0) peer.notify(syncId, xfer, MxStatus.SUCCESS);
+    this.completion.complete(r, xfer < length ? MxStatus.TRUNCATED : MxStatus.SUCCESS, xfer);
+  }
+
+  /** The trace id of `rec` from `peer` if the sender traced it (stamped seen now), else 0. */
+  private seen(peer: Partner, rec: InboundRecord): number {
+    const tb = this.ctx.trace;
+    if (tb === undefined || (rec.flags & FLAG_TRACED) === 0) return 0;
+    const tid = traceId(peer.nic, peer.endpoint, rec.traceSeq);
+    tb.record(tid, TraceStage.Seen, traceNow());
+    return tid;
+  }
+
+  /** The first posted receive `rec` fits, taken out and told what matched it; undefined if none. */
+  private takePosted(peer: Partner, rec: InboundRecord): MxRequest | undefined {
     const mh = rec.matchHi;
     const ml = rec.matchLo;
-    const length = rec.length;
     const posted = this.posted;
     for (let i = 0; i < posted.length; i++) {
       const r = posted[i];
-      if ((mh & r.matchMaskHi) >>> 0 === r.matchHi && (ml & r.matchMaskLo) >>> 0 === r.matchLo) {
-        removeAt(posted, i);
-        r.source = peer.address;
-        r.matchHi = mh;
-        r.matchLo = ml;
-        r.msgLength = length;
-        r.traceId = tid;
-        if (rec.rndv) {
-          this.pull(r, peer, rec);
-        } else {
-          const syncId = rec.syncId;
-          const xfer = Math.min(length, r.buffer.length);
-          if (xfer > 0 && rec.bytes !== null) copyInto(r.buffer, 0, rec.bytes, rec.payload, xfer);
-          if (tid !== 0 && tb !== undefined) tb.record(tid, TraceStage.Copied, traceNow());
-          if (syncId !== 0) peer.notify(syncId, xfer, MxStatus.SUCCESS);
-          this.completion.complete(r, xfer < length ? MxStatus.TRUNCATED : MxStatus.SUCCESS, xfer);
-        }
-        return;
-      }
+      if ((mh & r.matchMaskHi) >>> 0 !== r.matchHi || (ml & r.matchMaskLo) >>> 0 !== r.matchLo) continue;
+      removeAt(posted, i);
+      r.source = peer.address;
+      r.matchHi = mh;
+      r.matchLo = ml;
+      r.msgLength = rec.length;
+      return r;
     }
-    this.ctx.counters.unexpected++;
-    this.unexpected.push(rec.keep(peer, tid));
+    return undefined;
   }
 
   private deliverUnexpected(req: MxRequest, u: KeptRecord): void {
