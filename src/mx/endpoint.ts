@@ -73,6 +73,14 @@ export const DEFAULT_SPIN_US = 20;
 const FAST_POLLS = 256;
 /** A sleeping endpoint re-checks at least this often, so no peer can make it sleep forever. */
 const SLEEP_SLICE_MS = 100;
+/**
+ * A closing endpoint waits at most this long (ms) for its NIC to take what it already posted:
+ * the NOTIFY answering a rendezvous it just received, its last sends. Closed at once, those
+ * were dropped, and a peer's rendezvous send failed ENDPOINT_CLOSED although its data had
+ * arrived (a receiver that closes right after its last receive). MX over Ethernet lingers the
+ * same way (ether-path.ts LINGER_MS).
+ */
+const NIC_LINGER_MS = 1000;
 /** While some peer is reached over Ethernet, sleeps are cut into slices this short (ms). */
 const MIXED_SLICE_MS = 1;
 
@@ -671,6 +679,12 @@ export class MxEndpoint {
   /** mx_close_endpoint: pending requests complete with MX_STATUS_ENDPOINT_CLOSED; channels close. */
   close(): void {
     if (this.closed) return;
+    const until = performance.now() + NIC_LINGER_MS;
+    while (this.nic.sqPending() > 0 && performance.now() < until) {
+      this.nic.poll();
+      const seq = Atomics.load(this.intr, I_SEQ);
+      if (this.nic.sqPending() > 0) Atomics.wait(this.intr, I_SEQ, seq, 1);
+    }
     const ether = this.ether;
     ether?.linger();
     ether?.close();

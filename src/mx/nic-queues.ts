@@ -154,6 +154,11 @@ export class NicQueues implements Puller, PeerLossListener {
     return SQ_ENTRIES - ((this.sqProd - (Atomics.load(this.window, W_SQ_CONS) >>> 0)) >>> 0);
   }
 
+  /** Descriptors posted that the NIC has not taken yet. */
+  sqPending(): number {
+    return Math.min(SQ_ENTRIES, (this.sqProd - (Atomics.load(this.window, W_SQ_CONS) >>> 0)) >>> 0);
+  }
+
   /**
    * The next send-queue descriptor, zeroed; its word index in the window. `wait`: if the
    * queue is full, poll events until the NIC consumed one (else the caller checked sqFree).
