@@ -41,6 +41,28 @@ async function freePort(): Promise<number> {
 
 type Obs = Record<string, unknown>;
 
+/**
+ * A guest of `spec` on this host and one of `remoteSpec` on the remote host: they swap the
+ * addresses they send first, run to the end, and are destroyed; their results.
+ */
+async function acrossHosts(
+  spec: Parameters<Host["startGuest"]>[0],
+  remoteSpec: Parameters<Host["startGuest"]>[0],
+): Promise<[Record<string, unknown>, Record<string, unknown>]> {
+  const s = await host.startGuest(spec);
+  const gotS = once(s, "message");
+  const r = await remote.startGuest(remoteSpec);
+  const gotR = once(r, "message");
+  const [[as], [ar]] = await Promise.all([gotS, gotR]);
+  s.send(ar);
+  r.send(as);
+  const [es, er] = await Promise.all([s.exited, r.exited]);
+  assert.equal(es.state, "shutdown", es.error?.stack);
+  assert.equal(er.state, "shutdown", er.error?.stack);
+  await Promise.all([s.destroy(), r.destroy()]);
+  return [es.result, er.result] as [Record<string, unknown>, Record<string, unknown>];
+}
+
 async function pair(
   path: "bypass" | "native" | "split",
   scope: "one host" | "cross-host",
@@ -197,52 +219,25 @@ test("guests with the default 256 pages (1 MiB) send across hosts: eager and ren
 
 test("a receiver that closes right after its last receive: the sender's rendezvous still succeeds (the NOTIFY leaves first)", async () => {
   const CLOSE = new URL("./fixtures/guests/mx-close-notify.js", import.meta.url);
-  const s = await host.startGuest({ module: CLOSE, args: { role: "sender" }, name: "close-sender" });
-  const gotS = once(s, "message");
   // Five messages a second: the receiver's one-byte send puts its bucket in debt, so the
   // NOTIFY for the rendezvous waits in its send queue ~200 ms, by the NIC's clock, not by
   // how the threads run: the receiver has closed by then unless close() lets it leave.
-  const r = await remote.startGuest({
-    module: CLOSE,
-    args: { role: "receiver" },
-    name: "close-receiver",
-    qos: { tx: { msgsPerSec: 5 } },
-  });
-  const gotR = once(r, "message");
-  const [[as], [ar]] = await Promise.all([gotS, gotR]);
-  s.send(ar);
-  r.send(as);
-  const [es, er] = await Promise.all([s.exited, r.exited]);
-  assert.equal(es.state, "shutdown", es.error?.stack);
-  assert.equal(er.state, "shutdown", er.error?.stack);
-  await Promise.all([s.destroy(), r.destroy()]);
-  const sent = es.result as { send: string; reason?: string };
-  const got = er.result as { recv: string; closeMs: number };
+  const [sent, got] = await acrossHosts(
+    { module: CLOSE, args: { role: "sender" }, name: "close-sender" },
+    { module: CLOSE, args: { role: "receiver" }, name: "close-receiver", qos: { tx: { msgsPerSec: 5 } } },
+  );
   assert.equal(got.recv, "MX_STATUS_SUCCESS");
   assert.equal(sent.send, "MX_STATUS_SUCCESS", `the sender's rendezvous: ${sent.send} (${sent.reason})`);
 });
 
 test("a guest with the default 256 pages sends across hosts; with no memory left the status says what to give it", async () => {
   const SMALL = new URL("./fixtures/guests/mx-small.js", import.meta.url);
-  const run = async (hoard: boolean) => {
-    // No `pages`: the host's default (256 pages, 1 MiB).
-    const s = await host.startGuest({ module: SMALL, args: { role: "sender", hoard }, name: "small-sender" });
-    const gotS = once(s, "message");
-    const r = await remote.startGuest({
-      module: SMALL,
-      args: { role: "receiver", waitMs: hoard ? 100 : 5000 },
-      name: "small-receiver",
-    });
-    const gotR = once(r, "message");
-    const [[as], [ar]] = await Promise.all([gotS, gotR]);
-    s.send(ar);
-    r.send(as);
-    const [es, er] = await Promise.all([s.exited, r.exited]);
-    assert.equal(es.state, "shutdown", es.error?.stack);
-    assert.equal(er.state, "shutdown", er.error?.stack);
-    await Promise.all([s.destroy(), r.destroy()]);
-    return [es.result, er.result] as [Record<string, unknown>, Record<string, unknown>];
-  };
+  // No `pages`: the host's default (256 pages, 1 MiB).
+  const run = (hoard: boolean) =>
+    acrossHosts(
+      { module: SMALL, args: { role: "sender", hoard }, name: "small-sender" },
+      { module: SMALL, args: { role: "receiver", waitMs: hoard ? 100 : 5000 }, name: "small-receiver" },
+    );
   const [sent, received] = await run(false);
   assert.deepEqual(
     [sent.eager, sent.rndv, received.eager, received.rndv],
