@@ -2,7 +2,8 @@
 // one line that says how to get it; where it is installed (scripts/ensure-openmpi.mjs installs
 // it before `npm test`), the C bench is built once into a cache, answers bad commands with an
 // error and carries on, and pingpong and stream produce openmpi rows in both scopes, with
-// bypass/openmpi in the table. Shapes only: speed is measured by `myrixen bench`.
+// bypass/openmpi in the table; openmpi-cico (Open MPI with its single copy off, one host only)
+// produces its own rows. Shapes only: speed is measured by `myrixen bench`.
 
 import assert from "node:assert/strict";
 import { mkdtempSync, statSync } from "node:fs";
@@ -15,6 +16,8 @@ import { benchPingpong, benchStream, suiteTransports } from "../src/bench/mx.js"
 import {
   buildOpenMpiBench,
   findOpenMpi,
+  mpirunArgs,
+  OPENMPI_CICO,
   OPENMPI_INSTALL,
   OpenMpiPair,
   openMpiVerdicts,
@@ -40,12 +43,18 @@ after(async () => {
   await linked?.stop();
 });
 
-function assertRows(rows: readonly BenchRow[], bench: string, scope: string, sizes: number[]): void {
-  const mine = rows.filter((r) => r.transport === "openmpi");
+function assertRows(
+  rows: readonly BenchRow[],
+  bench: string,
+  scope: string,
+  sizes: number[],
+  transport = "openmpi",
+): void {
+  const mine = rows.filter((r) => r.transport === transport);
   assert.deepEqual(
     mine.map((r) => r.bytes),
     sizes,
-    "one openmpi row per size",
+    `one ${transport} row per size`,
   );
   for (const r of mine) {
     assert.equal(r.bench, bench);
@@ -61,6 +70,28 @@ test("openmpi is a transport of both suites in both scopes", () => {
   for (const bench of ["pingpong", "stream"] as const)
     for (const scope of ["intra-host", "cross-host"] as const)
       assert.ok(suiteTransports(bench, scope).includes("openmpi"), `${bench} ${scope}`);
+});
+
+test("openmpi-cico is a transport of both suites on one host only", () => {
+  for (const bench of ["pingpong", "stream"] as const) {
+    assert.ok(suiteTransports(bench, "intra-host").includes(OPENMPI_CICO), bench);
+    assert.ok(!suiteTransports(bench, "cross-host").includes(OPENMPI_CICO), bench);
+  }
+});
+
+test("openmpi-cico starts Open MPI with the shared-memory btl's single copy off; openmpi leaves it as it is", () => {
+  const tools = (version: string) => ({ mpicc: "/usr/bin/mpicc", mpirun: "/usr/bin/mpirun", version });
+  const cico = mpirunArgs(tools("4.1.4"), "intra-host", "/bench", "cico");
+  const at = cico.indexOf("btl_vader_single_copy_mechanism");
+  assert.ok(at > 0 && cico[at - 1] === "--mca" && cico[at + 1] === "none", cico.join(" "));
+  assert.equal(cico.at(-1), "/bench", "the binary comes last");
+  // Open MPI 5 names its shared-memory btl sm.
+  assert.ok(
+    mpirunArgs(tools("5.0.3"), "intra-host", "/bench", "cico").includes("btl_sm_single_copy_mechanism"),
+  );
+  const plain = mpirunArgs(tools("4.1.4"), "intra-host", "/bench");
+  assert.ok(!plain.some((a) => a.includes("single_copy")), plain.join(" "));
+  assert.throws(() => mpirunArgs(tools("4.1.4"), "cross-host", "/bench", "cico"), /one host only/);
 });
 
 test("without mpicc and mpirun, openmpi is left out with one line saying how to get them, and nothing fails", async () => {
@@ -145,6 +176,37 @@ test("on one host, pingpong and stream measure openmpi beside bypass, and the ta
   );
 });
 
+test("on one host, openmpi-cico measures Open MPI's copy-in/copy-out beside openmpi, each note saying how it copied", {
+  skip,
+}, async () => {
+  takeOpenMpiNotes();
+  const pp = await benchPingpong(host!, tiny, {
+    transports: ["bypass", "openmpi", OPENMPI_CICO],
+    sizes: [65536],
+  });
+  assertRows(pp, "pingpong", "intra-host", [65536]);
+  assertRows(pp, "pingpong", "intra-host", [65536], OPENMPI_CICO);
+  const st = await benchStream(host!, tiny, { transports: [OPENMPI_CICO], sizes: [65536] });
+  assertRows(st, "stream", "intra-host", [65536], OPENMPI_CICO);
+  const notes = takeOpenMpiNotes();
+  assert.ok(
+    notes.some((n) => /^openmpi, intra-host: .*single copy: [a-z]+/.test(n)),
+    `the default's note names its single-copy mechanism:\n${notes.join("\n")}`,
+  );
+  assert.ok(
+    notes.some((n) => /^openmpi-cico, intra-host: .*single_copy_mechanism none: copy-in\/copy-out/.test(n)),
+    notes.join("\n"),
+  );
+  assert.deepEqual(
+    computeRatios(pp)
+      .filter((r) => r.pair.startsWith("bypass/openmpi"))
+      .map((r) => r.pair)
+      .sort(),
+    ["bypass/openmpi", "bypass/openmpi-cico"],
+  );
+  assert.ok(openMpiVerdicts(pp).some((v) => v.startsWith("bypass / openmpi-cico, 64 KiB latency: ")));
+});
+
 test("across hosts, openmpi runs over TCP and produces cross-host rows", { skip }, async () => {
   linked = await startLinkedHosts();
   takeOpenMpiNotes();
@@ -154,4 +216,14 @@ test("across hosts, openmpi runs over TCP and produces cross-host rows", { skip 
   const st = await benchStream(hosts, tiny, { transports: ["openmpi"], sizes: [65536] });
   assertRows(st, "stream", "cross-host", [65536]);
   assert.ok(takeOpenMpiNotes().some((n) => /openmpi, cross-host: .*btl self,tcp/.test(n)));
+
+  // openmpi-cico asked for across hosts: no rows, one line saying it runs on one host only.
+  const none = await benchPingpong(hosts, tiny, { transports: [OPENMPI_CICO], sizes: [8] });
+  assert.deepEqual(none, []);
+  assert.deepEqual(
+    takeOpenMpiNotes().filter((n) => n.startsWith(OPENMPI_CICO)),
+    [
+      `${OPENMPI_CICO}: one host only (over TCP there is no single copy to turn off); not measured cross-host`,
+    ],
+  );
 });

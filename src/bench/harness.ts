@@ -34,6 +34,7 @@ export const TRANSPORTS = [
   "bypass",
   "split",
   "openmpi",
+  "openmpi-cico",
   "raw-sab",
   "raw-relay",
   "postmessage",

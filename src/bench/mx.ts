@@ -30,7 +30,7 @@ import {
 } from "./baselines.js";
 import { ChainPair } from "./chain-baseline.js";
 import { type BenchProfile, type BenchRow, makeRow, type Scope } from "./harness.js";
-import { startOpenMpiPeer } from "./openmpi.js";
+import { OPENMPI_CICO, startOpenMpiPeer } from "./openmpi.js";
 import { rawTcpPingPong, TcpPair } from "./tcp-baseline.js";
 
 export { CROSS_HOST_TARGETS, type CrossHostTarget, chainVerdicts, crossHostVerdicts } from "./targets.js";
@@ -311,12 +311,13 @@ export interface MxBenchOptions {
  * paths, raw-tcp, and raw-chain (the four threads MX's cross-host path crosses, bare).
  */
 export function suiteTransports(bench: "pingpong" | "stream", scope: Scope): string[] {
-  // openmpi: Open MPI as a peer where mpicc and mpirun exist (openmpi.ts).
+  // openmpi: Open MPI as a peer where mpicc and mpirun exist (openmpi.ts); on one host also
+  // openmpi-cico, the same with its single copy off (copy-in/copy-out, as between VMs).
   const paths: string[] = [...mxPaths(), "openmpi"];
   if (scope === "cross-host") return [...paths, "raw-tcp", "raw-chain"];
   return bench === "pingpong"
-    ? [...paths, "raw-sab", "raw-relay", "postmessage", "postmessage-transfer", "raw-tcp"]
-    : [...paths, "raw-sab", "memcpy"];
+    ? [...paths, OPENMPI_CICO, "raw-sab", "raw-relay", "postmessage", "postmessage-transfer", "raw-tcp"]
+    : [...paths, OPENMPI_CICO, "raw-sab", "memcpy"];
 }
 
 /** Every transport each suite knows, over both scopes. */
@@ -485,6 +486,9 @@ async function benchCrossHost(
     }
     const openmpi = opts.transports.includes("openmpi") && (await startOpenMpiPeer("cross-host", progress));
     if (openmpi) pairs.set("openmpi", openmpi);
+    // Asked for by name across hosts: one line says it runs on one host only.
+    if (opts.transports.includes(OPENMPI_CICO))
+      await startOpenMpiPeer("cross-host", progress, undefined, "cico");
     if (opts.transports.includes("raw-tcp")) {
       progress(`${bench} cross-host: starting raw-tcp processes`);
       const tcp = await TcpPair.start();
@@ -581,6 +585,9 @@ async function startPairs(
   }
   const openmpi = transports.includes("openmpi") && (await startOpenMpiPeer("intra-host", progress));
   if (openmpi) pairs.set("openmpi", openmpi);
+  const cico =
+    transports.includes(OPENMPI_CICO) && (await startOpenMpiPeer("intra-host", progress, undefined, "cico"));
+  if (cico) pairs.set(OPENMPI_CICO, cico);
   return pairs;
 }
 

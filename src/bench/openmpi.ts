@@ -5,9 +5,15 @@
  * ~/.cache/myrixen/openmpi/ (rebuilt when the source or Open MPI changes) and started once per
  * suite with `mpirun -np 2`; it then takes one batch per command on its stdin, like the other
  * pairs, so its runs interleave with theirs.
- *   intra-host: shared memory (`--mca btl self,vader`, `sm` on Open MPI 5), pml ob1
+ *   intra-host: shared memory (`--mca btl self,vader`, `sm` on Open MPI 5), pml ob1, with its
+ *               default single-copy mechanism (CMA where the kernel allows it: the receiver
+ *               reads the sender's memory with process_vm_readv, one copy)
  *   cross-host: TCP over loopback (`--mca btl self,tcp`, btl_tcp_if_include lo), the wire the
  *               cross-host MX pairs and raw-tcp use
+ * The `openmpi-cico` transport (one host only) is the same pair with the single-copy mechanism
+ * off (`--mca btl_vader_single_copy_mechanism none`): Open MPI's copy-in/copy-out through
+ * shared memory, the only way left to two processes that cannot read each other's memory —
+ * as two isolated guests cannot. The gap between the two columns is what one copy buys.
  * Both ranks busy-poll during a batch (mpi_yield_when_idle 0) and are not bound to cores
  * (`--bind-to none`), as the worker threads of the other transports are not.
  * Where mpicc or mpirun is missing, or Open MPI cannot start, the bench leaves the transport out
@@ -25,7 +31,7 @@ import {
   unlinkSync,
 } from "node:fs";
 import { availableParallelism, homedir } from "node:os";
-import { delimiter, join } from "node:path";
+import { delimiter, dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { type BenchRow, formatBytes, makeDirs, type Scope } from "./harness.js";
@@ -34,6 +40,12 @@ const run = promisify(execFile);
 
 /** What to install where Open MPI is missing (Debian/Ubuntu). */
 export const OPENMPI_INSTALL = "apt-get install openmpi-bin libopenmpi-dev";
+
+/** The transport name of Open MPI with its single-copy mechanism off (one host only). */
+export const OPENMPI_CICO = "openmpi-cico";
+
+/** Open MPI as it comes ("default"), or with its single-copy mechanism off ("cico"). */
+export type OpenMpiFlavour = "default" | "cico";
 
 /** Guard against a wedged batch or start (a rank that never answers). */
 export const OPENMPI_BATCH_TIMEOUT_MS = 120_000;
@@ -144,8 +156,20 @@ function sharedMemoryBtl(version: string): string {
   return Number.parseInt(version, 10) >= 5 ? "sm" : "vader";
 }
 
+/** The MCA parameter that picks the shared-memory btl's single-copy mechanism. */
+function singleCopyParam(version: string): string {
+  return `btl_${sharedMemoryBtl(version)}_single_copy_mechanism`;
+}
+
 /** How mpirun starts the two ranks for a scope (see the top of this file). */
-export function mpirunArgs(tools: OpenMpiTools, scope: Scope, binary: string): string[] {
+export function mpirunArgs(
+  tools: OpenMpiTools,
+  scope: Scope,
+  binary: string,
+  flavour: OpenMpiFlavour = "default",
+): string[] {
+  if (flavour === "cico" && scope !== "intra-host")
+    throw new Error(`${OPENMPI_CICO} runs on one host only (over TCP there is no single copy to turn off)`);
   const isRoot = typeof process.getuid === "function" && process.getuid() === 0;
   const btl = scope === "cross-host" ? "self,tcp" : `self,${sharedMemoryBtl(tools.version)}`;
   return [
@@ -164,6 +188,7 @@ export function mpirunArgs(tools: OpenMpiTools, scope: Scope, binary: string): s
     "btl",
     btl,
     ...(scope === "cross-host" ? ["--mca", "btl_tcp_if_include", "lo"] : []),
+    ...(flavour === "cico" ? ["--mca", singleCopyParam(tools.version), "none"] : []),
     "--mca",
     "mpi_yield_when_idle",
     "0",
@@ -171,14 +196,41 @@ export function mpirunArgs(tools: OpenMpiTools, scope: Scope, binary: string): s
   ];
 }
 
+/**
+ * The single-copy mechanism Open MPI's shared-memory btl uses by default here ("cma", "xpmem",
+ * "knem", "none"), as `ompi_info` beside mpirun reports it; undefined where it cannot tell.
+ */
+export async function singleCopyMechanism(tools: OpenMpiTools): Promise<string | undefined> {
+  const btl = sharedMemoryBtl(tools.version);
+  const ompiInfo = join(dirname(tools.mpirun), "ompi_info");
+  try {
+    const { stdout } = await run(ompiInfo, ["--parsable", "--param", "btl", btl, "--level", "9"], {
+      timeout: 30_000,
+    });
+    return new RegExp(`:${singleCopyParam(tools.version)}:value:([A-Za-z0-9_-]+)`).exec(stdout)?.[1];
+  } catch {
+    return undefined;
+  }
+}
+
 /** How the pair for `scope` runs, in words (printed once per run). */
-export function openMpiDescription(tools: OpenMpiTools, scope: Scope): string {
+export function openMpiDescription(
+  tools: OpenMpiTools,
+  scope: Scope,
+  flavour: OpenMpiFlavour = "default",
+  singleCopy?: string,
+): string {
+  const btl = sharedMemoryBtl(tools.version);
   const how =
     scope === "cross-host"
       ? "TCP over loopback (--mca btl self,tcp)"
-      : `shared memory (--mca btl self,${sharedMemoryBtl(tools.version)})`;
+      : flavour === "cico"
+        ? `shared memory (--mca btl self,${btl}) with --mca ${singleCopyParam(tools.version)} none: ` +
+          "copy-in/copy-out, as between isolated VMs"
+        : `shared memory (--mca btl self,${btl}; single copy: ${singleCopy ?? "its default"})`;
+  const name = flavour === "cico" ? OPENMPI_CICO : "openmpi";
   return (
-    `openmpi, ${scope}: Open MPI ${tools.version}, mpirun -np 2, ${how}, pml ob1, ` +
+    `${name}, ${scope}: Open MPI ${tools.version}, mpirun -np 2, ${how}, pml ob1, ` +
     "both ranks busy-polling, not bound to cores (--bind-to none, like the worker threads)"
   );
 }
@@ -230,8 +282,9 @@ export class OpenMpiPair {
     scope: Scope,
     binary: string,
     timeoutMs = OPENMPI_BATCH_TIMEOUT_MS,
+    flavour: OpenMpiFlavour = "default",
   ): Promise<OpenMpiPair> {
-    const child = spawn(tools.mpirun, mpirunArgs(tools, scope, binary), {
+    const child = spawn(tools.mpirun, mpirunArgs(tools, scope, binary, flavour), {
       stdio: ["pipe", "pipe", "pipe"],
       env: {
         ...process.env,
@@ -330,7 +383,13 @@ export async function startOpenMpiPeer(
   scope: Scope,
   progress: (label: string) => void = () => {},
   path?: string,
+  flavour: OpenMpiFlavour = "default",
 ): Promise<OpenMpiPair | undefined> {
+  const name = flavour === "cico" ? OPENMPI_CICO : "openmpi";
+  if (flavour === "cico" && scope !== "intra-host") {
+    notes.add(`${name}: one host only (over TCP there is no single copy to turn off); not measured ${scope}`);
+    return undefined;
+  }
   const found = await findOpenMpi(path);
   if ("missing" in found) {
     notes.add(found.missing);
@@ -338,19 +397,21 @@ export async function startOpenMpiPeer(
   }
   let pair: OpenMpiPair | undefined;
   try {
-    progress(`openmpi ${scope}: building and starting mpirun`);
+    progress(`${name} ${scope}: building and starting mpirun`);
     const binary = await buildOpenMpiBench(found.tools);
-    pair = await OpenMpiPair.start(found.tools, scope, binary);
+    pair = await OpenMpiPair.start(found.tools, scope, binary, OPENMPI_BATCH_TIMEOUT_MS, flavour);
     // The same warm-up the MX pairs get (eager and large-message protocols).
     await pair.pingpong(8, scope === "cross-host" ? 2_000 : 20_000, 0);
     await pair.pingpong(64 * 1024, scope === "cross-host" ? 50 : 200, 0);
     await pair.stream(4096, scope === "cross-host" ? 5 : 10, 0);
-    notes.add(openMpiDescription(found.tools, scope));
+    const singleCopy =
+      scope === "intra-host" && flavour === "default" ? await singleCopyMechanism(found.tools) : undefined;
+    notes.add(openMpiDescription(found.tools, scope, flavour, singleCopy));
     return pair;
   } catch (e) {
     await pair?.stop().catch(() => {});
     notes.add(
-      `openmpi, ${scope}: not measured (${(e as Error).message}); the other transports are unaffected`,
+      `${name}, ${scope}: not measured (${(e as Error).message}); the other transports are unaffected`,
     );
     return undefined;
   }
@@ -366,25 +427,30 @@ const POINTS = [
   { bench: "stream", bytes: 1024 * 1024 },
 ] as const;
 
-/** bypass / openmpi at POINTS that this run measured, one sentence each. */
+/** bypass / openmpi (and / openmpi-cico) at POINTS that this run measured, one sentence each. */
 export function openMpiVerdicts(rows: readonly BenchRow[]): string[] {
   const out: string[] = [];
-  for (const t of POINTS) {
-    const at = (transport: string) =>
-      rows.find(
-        (r) =>
-          r.bench === t.bench && r.scope === "intra-host" && r.bytes === t.bytes && r.transport === transport,
-      )?.median;
-    const b = at("bypass");
-    const o = at("openmpi");
-    if (b === undefined || o === undefined || o === 0) continue;
-    const ratio = b / o;
-    const noun = t.bench === "pingpong" ? "latency" : "stream bandwidth";
-    const better = (t.bench === "pingpong" ? ratio < 1 : ratio > 1) ? "bypass ahead" : "Open MPI ahead";
-    const unit = t.bench === "pingpong" ? "µs" : "MB/s";
-    out.push(
-      `bypass / openmpi, ${formatBytes(t.bytes)} ${noun}: ${ratio.toFixed(2)}× (${b.toFixed(2)} vs ${o.toFixed(2)} ${unit}; ${better})`,
-    );
+  for (const peer of ["openmpi", OPENMPI_CICO]) {
+    for (const t of POINTS) {
+      const at = (transport: string) =>
+        rows.find(
+          (r) =>
+            r.bench === t.bench &&
+            r.scope === "intra-host" &&
+            r.bytes === t.bytes &&
+            r.transport === transport,
+        )?.median;
+      const b = at("bypass");
+      const o = at(peer);
+      if (b === undefined || o === undefined || o === 0) continue;
+      const ratio = b / o;
+      const noun = t.bench === "pingpong" ? "latency" : "stream bandwidth";
+      const better = (t.bench === "pingpong" ? ratio < 1 : ratio > 1) ? "bypass ahead" : "Open MPI ahead";
+      const unit = t.bench === "pingpong" ? "µs" : "MB/s";
+      out.push(
+        `bypass / ${peer}, ${formatBytes(t.bytes)} ${noun}: ${ratio.toFixed(2)}× (${b.toFixed(2)} vs ${o.toFixed(2)} ${unit}; ${better})`,
+      );
+    }
   }
   return out;
 }

@@ -29,6 +29,12 @@ export const RATIO_PAIRS: readonly RatioPair[] = [
   { a: "bypass", b: "native", what: "the cost of being a VM: a guest's bypass path against the native path" },
   { a: "split", b: "bypass", what: "the split-driver slow path against the bypass path" },
   { a: "bypass", b: "openmpi", what: "the bypass path against Open MPI on the same machine" },
+  {
+    a: "bypass",
+    b: "openmpi-cico",
+    scope: "intra-host",
+    what: "the bypass path against Open MPI's copy-in/copy-out (its single copy off: as between isolated VMs)",
+  },
   { a: "bypass", b: "raw-sab", what: "the bypass path against raw shared memory (the floor)" },
   { a: "postmessage", b: "bypass", what: "Node's postMessage against the bypass path" },
   { a: "bypass", b: "raw-tcp", scope: "cross-host", what: "across hosts: the bypass path against raw TCP" },
