@@ -52,6 +52,24 @@ test("bad usage fails before anything runs, with a message saying what to fix", 
   const pigeon = await run("bench", "stream", "--scope", "cross-host", "--transports", "pigeon");
   assert.equal(pigeon.code, 2);
   assert.match(pigeon.stderr, /--transports: unknown "pigeon"/);
+  // Known transports the run has no place for: said, with where they are measured, not
+  // skipped in silence (before: exit 0 and no rows).
+  const cico = await run("bench", "pingpong", "--scope", "cross-host", "--transports", "openmpi-cico");
+  assert.equal(cico.code, 2);
+  assert.match(
+    cico.stderr,
+    /--transports: openmpi-cico is not measured by pingpong \(cross-host\); it is measured by: pingpong --scope intra-host; stream --scope intra-host/,
+  );
+  const memcpy = await run("bench", "pingpong", "--transports", "memcpy,evtchn");
+  assert.equal(memcpy.code, 2);
+  assert.match(
+    memcpy.stderr,
+    /memcpy is not measured by pingpong \(intra-host\); it is measured by: stream --scope intra-host/,
+  );
+  assert.match(
+    memcpy.stderr,
+    /evtchn is not measured by pingpong \(intra-host\); it is measured by: substrate --scope intra-host/,
+  );
   const cmd = await run("frobnicate");
   assert.equal(cmd.code, 2);
   assert.match(cmd.stderr, /unknown command 'frobnicate'/);
@@ -120,11 +138,13 @@ test("bench pingpong --transports bypass,split: the split column, split/bypass, 
       "--sizes",
       "8,64K",
       "--transports",
-      "bypass,split",
+      "bypass,split,memcpy",
       "--json",
       file,
     );
     assert.equal(r.code, 0, r.stderr);
+    // memcpy is a stream row: named in one line, and the rest is measured.
+    assert.match(r.stderr, /--transports: memcpy is not measured by pingpong \(intra-host\)/);
     assert.match(r.stdout, /split\/bypass/);
     assert.match(
       r.stdout,

@@ -109,6 +109,35 @@ function scopesFor(suite: string, scope: (typeof SCOPE_CHOICES)[number], explici
   return [];
 }
 
+/** The transports a suite measures in a scope. */
+function transportsOf(suite: string, scope: Scope): readonly string[] {
+  if (suite === "pingpong" || suite === "stream") return suiteTransports(suite, scope);
+  if (suite === "substrate") return scope === "intra-host" ? ["evtchn", "raw-sab", "ring"] : [];
+  if (scope === "cross-host" && !CROSS_HOST_SUITES.includes(suite)) return [];
+  return BenchExtras.transports(suite);
+}
+
+/**
+ * Why `transport` gets no row in this run (no suite of the plan measures it in a scope the
+ * plan runs), naming where it is measured; undefined if some suite of the plan measures it.
+ */
+export function unmeasuredTransport(
+  transport: string,
+  plan: readonly { suite: string; scopes: readonly Scope[] }[],
+): string | undefined {
+  if (plan.some((p) => p.scopes.some((sc) => transportsOf(p.suite, sc).includes(transport))))
+    return undefined;
+  const where = SUITES.flatMap((s) =>
+    (["intra-host", "cross-host"] as const)
+      .filter((sc) => transportsOf(s, sc).includes(transport))
+      .map((sc) => `${s} --scope ${sc}`),
+  );
+  const here = plan.map((p) => `${p.suite} (${p.scopes.join(", ")})`).join(", ");
+  return `--transports: ${transport} is not measured by ${here || "this run"}; ${
+    where.length > 0 ? `it is measured by: ${where.join("; ")}` : "no suite measures it"
+  }`;
+}
+
 function timestamp(): string {
   return new Date().toISOString().replace(/[-:]/g, "").replace("T", "-").slice(0, 15);
 }
@@ -192,6 +221,14 @@ export async function benchCommand(
       throw new BenchUsageError(
         `--transports: unknown "${bad.join(",")}"; known: ${ALL_TRANSPORTS.join(", ")}`,
       );
+    // A transport this run has no place for is said, not silently skipped: every one of
+    // them is an error, some of them a warning (the others are measured).
+    const lines = transports.flatMap((t) => {
+      const why = unmeasuredTransport(t, plan);
+      return why ? [why] : [];
+    });
+    if (lines.length === transports.length) throw new BenchUsageError(lines.join("\n"));
+    for (const line of lines) err(pc.yellow(line));
   }
   const quick = opts.quick === true;
   const profile = profileFor(quick);
