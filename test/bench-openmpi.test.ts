@@ -6,7 +6,7 @@
 // produces its own rows. Shapes only: speed is measured by `myrixen bench`.
 
 import assert from "node:assert/strict";
-import { mkdtempSync, statSync } from "node:fs";
+import { chmodSync, mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
@@ -92,6 +92,28 @@ test("openmpi-cico starts Open MPI with the shared-memory btl's single copy off;
   const plain = mpirunArgs(tools("4.1.4"), "intra-host", "/bench");
   assert.ok(!plain.some((a) => a.includes("single_copy")), plain.join(" "));
   assert.throws(() => mpirunArgs(tools("4.1.4"), "cross-host", "/bench", "cico"), /one host only/);
+});
+
+test("an Open MPI without the knob to turn its single copy off gets no openmpi-cico column, and one line says why", async () => {
+  // A stand-in Open MPI 5 (single copy moved into its smsc framework): ompi_info lists no
+  // btl_sm_single_copy_mechanism, so a column claiming copy-in/copy-out would measure the default.
+  const dir = mkdtempSync(join(tmpdir(), "myrixen-fake-ompi-"));
+  const script = (name: string, body: string) => {
+    writeFileSync(join(dir, name), `#!/bin/sh\n${body}\n`);
+    chmodSync(join(dir, name), 0o755);
+  };
+  script("mpicc", "exit 1");
+  script("mpirun", 'echo "mpirun (Open MPI) 5.0.3"');
+  script("ompi_info", 'echo "mca:btl:sm:param:btl_sm_eager_limit:value:4096"');
+  try {
+    takeOpenMpiNotes();
+    assert.equal(await startOpenMpiPeer("intra-host", undefined, dir, "cico"), undefined);
+    assert.deepEqual(takeOpenMpiNotes(), [
+      "openmpi-cico: Open MPI 5.0.3 has no btl_sm_single_copy_mechanism (ompi_info does not list it), so its single copy cannot be turned off here; not measured",
+    ]);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 test("without mpicc and mpirun, openmpi is left out with one line saying how to get them, and nothing fails", async () => {
