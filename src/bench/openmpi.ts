@@ -47,6 +47,9 @@ export const OPENMPI_CICO = "openmpi-cico";
 /** Open MPI as it comes ("default"), or with its single-copy mechanism off ("cico"). */
 export type OpenMpiFlavour = "default" | "cico";
 
+/** The transport (row) name of a flavour. */
+const transportOf = (flavour: OpenMpiFlavour): string => (flavour === "cico" ? OPENMPI_CICO : "openmpi");
+
 /** Guard against a wedged batch or start (a rank that never answers). */
 export const OPENMPI_BATCH_TIMEOUT_MS = 120_000;
 const START_TIMEOUT_MS = 60_000;
@@ -228,7 +231,7 @@ export function openMpiDescription(
         ? `shared memory (--mca btl self,${btl}) with --mca ${singleCopyParam(tools.version)} none: ` +
           "copy-in/copy-out, as between isolated VMs"
         : `shared memory (--mca btl self,${btl}; single copy: ${singleCopy ?? "its default"})`;
-  const name = flavour === "cico" ? OPENMPI_CICO : "openmpi";
+  const name = transportOf(flavour);
   return (
     `${name}, ${scope}: Open MPI ${tools.version}, mpirun -np 2, ${how}, pml ob1, ` +
     "both ranks busy-polling, not bound to cores (--bind-to none, like the worker threads)"
@@ -385,7 +388,7 @@ export async function startOpenMpiPeer(
   path?: string,
   flavour: OpenMpiFlavour = "default",
 ): Promise<OpenMpiPair | undefined> {
-  const name = flavour === "cico" ? OPENMPI_CICO : "openmpi";
+  const name = transportOf(flavour);
   if (flavour === "cico" && scope !== "intra-host") {
     notes.add(`${name}: one host only (over TCP there is no single copy to turn off); not measured ${scope}`);
     return undefined;

@@ -12,6 +12,9 @@ import type { Hypervisor } from "../xen/hypervisor.js";
 import { rawSabPingPong } from "./baselines.js";
 import { type BenchProfile, type BenchRow, makeRow } from "./harness.js";
 
+/** The transports of the substrate suite's rows (evtchn-pingpong: evtchn, raw-sab; ring-throughput: ring). */
+export const SUBSTRATE_TRANSPORTS: readonly string[] = ["evtchn", "raw-sab", "ring"];
+
 const PINGPONG = new URL("../programs/evtchn-pingpong.js", import.meta.url);
 
 export type Progress = (label: string) => void;

@@ -40,7 +40,7 @@ import {
 import { openMpiVerdicts, takeOpenMpiNotes } from "../bench/openmpi.js";
 import { writeHtmlReport } from "../bench/report.js";
 import { comparisonLines } from "../bench/report-ratios.js";
-import { benchSubstrate, substrateVerdict } from "../bench/substrate.js";
+import { benchSubstrate, SUBSTRATE_TRANSPORTS, substrateVerdict } from "../bench/substrate.js";
 import { Host } from "../host/host.js";
 import { Hypervisor } from "../xen/hypervisor.js";
 import { BenchExtras, setHtmlWriter } from "./bench-extras.js";
@@ -68,7 +68,9 @@ export interface BenchCliOptions {
   scope?: string;
 }
 
-export const ALL_TRANSPORTS = [...new Set([...PINGPONG_TRANSPORTS, ...STREAM_TRANSPORTS, "evtchn", "ring"])];
+export const ALL_TRANSPORTS = [
+  ...new Set([...PINGPONG_TRANSPORTS, ...STREAM_TRANSPORTS, ...SUBSTRATE_TRANSPORTS]),
+];
 
 /** --scope values: one scope, or all (every scope each suite has). */
 export const SCOPE_CHOICES = ["intra-host", "cross-host", "all"] as const;
@@ -112,7 +114,7 @@ function scopesFor(suite: string, scope: (typeof SCOPE_CHOICES)[number], explici
 /** The transports a suite measures in a scope. */
 function transportsOf(suite: string, scope: Scope): readonly string[] {
   if (suite === "pingpong" || suite === "stream") return suiteTransports(suite, scope);
-  if (suite === "substrate") return scope === "intra-host" ? ["evtchn", "raw-sab", "ring"] : [];
+  if (suite === "substrate") return scope === "intra-host" ? SUBSTRATE_TRANSPORTS : [];
   if (scope === "cross-host" && !CROSS_HOST_SUITES.includes(suite)) return [];
   return BenchExtras.transports(suite);
 }
@@ -121,7 +123,7 @@ function transportsOf(suite: string, scope: Scope): readonly string[] {
  * Why `transport` gets no row in this run (no suite of the plan measures it in a scope the
  * plan runs), naming where it is measured; undefined if some suite of the plan measures it.
  */
-export function unmeasuredTransport(
+function unmeasuredTransport(
   transport: string,
   plan: readonly { suite: string; scopes: readonly Scope[] }[],
 ): string | undefined {
