@@ -16,12 +16,15 @@
  * receive), and the last message a guest receives in each batch is checked in full against a
  * checksum of the bytes its sender meant to send: the bytes really went through the chain.
  *
+ * Every copy goes through xen/copy.ts, as the NIC's and the MX library's do.
+ *
  * Commands come from the main thread per batch (ChainCommand); guest A answers with its
  * sample, guest B with "done", each with the first corruption it saw, if any.
  */
 import { createConnection, createServer, type Socket } from "node:net";
 import { parentPort, workerData } from "node:worker_threads";
 import { LINKED_SLICE_MS, POLL_BUDGET_MS } from "../nic/nic.js";
+import { copyBytes } from "../xen/copy.js";
 import { adaptiveWait, DEFAULT_SPIN_US } from "../xen/wait.js";
 
 /** Marker on every job, so that importing this module from some other worker does nothing. */
@@ -187,7 +190,7 @@ class GuestPort {
     }
     const slot = this.txProd % this.slots;
     const off = slot * this.stride;
-    if (len > 0) this.tx.set(len === src.length ? src : src.subarray(0, len), off);
+    copyBytes(this.tx, off, src, 0, len);
     stamp(this.tx, off, len, seq);
     Atomics.store(this.ctrl, C_TX_LENS + slot, len);
     this.txProd++;
@@ -205,7 +208,7 @@ class GuestPort {
     const slot = this.rxCons % this.slots;
     const len = Atomics.load(this.ctrl, C_RX_LENS + slot);
     const off = slot * this.stride;
-    if (len > 0 && len <= this.dst.length) this.dst.set(this.rx.subarray(off, off + len));
+    if (len <= this.dst.length) copyBytes(this.dst, 0, this.rx, off, len);
     this.rxCons++;
     Atomics.store(this.ctrl, C_RX_CONS, this.rxCons);
     // Room in the rx ring: a NIC holding frames for it sleeps until told (as MX's owners do).
@@ -366,7 +369,7 @@ function nic(role: "nic-a" | "nic-b", corrupt: boolean): void {
       const slot = rxProd % slots;
       let off = slot * stride;
       for (const p of f.parts) {
-        rx.set(p, off);
+        copyBytes(rx, off, p, 0, p.length);
         off += p.length;
       }
       if (corrupt && f.len > 0) rx[slot * stride + (f.len >> 1)] ^= 0xff;
@@ -390,7 +393,7 @@ function nic(role: "nic-a" | "nic-b", corrupt: boolean): void {
       const len = Atomics.load(ctrl, C_TX_LENS + slot);
       const frame = Buffer.allocUnsafe(4 + len);
       frame.writeUInt32LE(len, 0);
-      if (len > 0) frame.set(tx.subarray(slot * stride, slot * stride + len), 4);
+      copyBytes(frame, 4, tx, slot * stride, len);
       sock.write(frame);
       txSeen++;
       Atomics.store(ctrl, C_TX_CONS, txSeen);

@@ -3,6 +3,7 @@
  * elements), byte views on a range of elements (no copy), element copies between buffers,
  * and the scratch buffers collectives reduce into, reused across calls.
  */
+import { copyBytes } from "../xen/copy.js";
 
 export type NumberArray =
   | Float64Array
@@ -61,5 +62,5 @@ export class Scratch {
 
 /** Copies n elements of src (from sOff) into dst (at dOff), byte for byte. */
 export function copyElems(dst: MpiBuffer, dOff: number, src: MpiBuffer, sOff: number, n: number): void {
-  if (n > 0) bytesOf(dst, dOff, n).set(bytesOf(src, sOff, n));
+  if (n > 0) copyBytes(bytesOf(dst, dOff, n), 0, bytesOf(src, sOff, n), 0, n * src.BYTES_PER_ELEMENT);
 }

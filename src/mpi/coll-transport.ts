@@ -13,6 +13,7 @@
 import { callCode, NONE, RECEIVING, SENDING } from "../cluster/rank-state.js";
 import type { MxRequest, MxStatusInfo } from "../mx/endpoint.js";
 import { MxStatus } from "../nic/status.js";
+import { copyBytes } from "../xen/copy.js";
 import { PointToPoint } from "./p2p.js";
 import type { Runtime } from "./runtime.js";
 import { failureHint, MpiError } from "./status.js";
@@ -105,12 +106,12 @@ export class CollectiveTransport extends PointToPoint {
   ccopy(dst: Uint8Array, src: Uint8Array): void {
     const n = src.length;
     if (n <= LOCAL_COPY_PIECE || dst.buffer === src.buffer) {
-      dst.set(src);
+      copyBytes(dst, 0, src, 0, n);
       return;
     }
     for (let off = 0; off < n; off += LOCAL_COPY_PIECE) {
       const end = Math.min(n, off + LOCAL_COPY_PIECE);
-      dst.set(src.subarray(off, end), off);
+      copyBytes(dst, off, src, off, end - off);
       this.ep.progress();
     }
   }

@@ -18,6 +18,7 @@
 import { RECEIVING, SENDING } from "../cluster/rank-state.js";
 import type { MxAddress, MxEndpoint, MxStatusInfo } from "../mx/endpoint.js";
 import { MxStatus } from "../nic/status.js";
+import { copyBytes } from "../xen/copy.js";
 import { bufferArg, rankArg, tagArg } from "./args.js";
 import { bytesOf, type MpiBuffer, typeName } from "./buffers.js";
 import {
@@ -185,7 +186,7 @@ export class PointToPoint {
 
   private deliverSelf(req: MpiRequest, into: Uint8Array, data: Uint8Array, tag: number): void {
     const n = Math.min(into.length, data.length);
-    into.set(n === data.length ? data : data.subarray(0, n));
+    copyBytes(into, 0, data, 0, n);
     const st: MpiStatus = { source: this.rank, tag, count: Math.floor(n / req.bpe), bytes: n };
     if (n < data.length) st.error = truncated(data.length, this.rank, tag, into.length);
     req.local = st;

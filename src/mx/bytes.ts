@@ -12,15 +12,6 @@ export function putWord(b: Uint8Array, o: number, v: number): void {
   b[o + 3] = v >>> 24;
 }
 
-/** Copies `n` bytes; a plain loop for small messages, where TypedArray.set's view costs more than the copy. */
-export function copyInto(dst: Uint8Array, dstOff: number, src: Uint8Array, srcOff: number, n: number): void {
-  if (n <= 64) {
-    for (let i = 0; i < n; i++) dst[dstOff + i] = src[srcOff + i];
-  } else {
-    dst.set(srcOff === 0 && n === src.length ? src : src.subarray(srcOff, srcOff + n), dstOff);
-  }
-}
-
 /** Whether the 6 bytes of `f` at `at` are `mac`. */
 export function macAt(f: Uint8Array, at: number, mac: Uint8Array): boolean {
   for (let i = 0; i < 6; i++) if (f[at + i] !== mac[i]) return false;

@@ -19,7 +19,7 @@ import type { DriverChannel, MxDriver } from "../myrixen/driver-abi.js";
 import { DRIVER_EVENT_CONNECT, DRIVER_EVENT_DISCONNECT } from "../myrixen/driver-abi.js";
 import { MxStatus } from "../nic/status.js";
 import { I_SEQ, I_SLEEPING } from "../nic/window.js";
-import { copyInto } from "./bytes.js";
+import { copyBytes } from "../xen/copy.js";
 import { LaneReader, LaneWriter } from "./channel.js";
 import { PieceReader, writePieces } from "./channel-pieces.js";
 import type { Completion } from "./completion.js";
@@ -197,7 +197,7 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
       words[aux + MsgAux.XpOffset] = 0;
       this.ctx.counters.rndv++;
     } else {
-      if (payload > 0) copyInto(w.bytes, at + RECORD_HEADER_BYTES, req.buffer, 0, payload);
+      if (payload > 0) copyBytes(w.bytes, at + RECORD_HEADER_BYTES, req.buffer, 0, payload);
       this.ctx.counters.eager++;
     }
     const tb = this.ctx.trace;
@@ -435,7 +435,7 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
         words[i + RecordWord.Length] = n;
         words[aux + FragAux.Xfer] = t.id;
         words[aux + FragAux.Offset] = t.done;
-        copyInto(w.bytes, at + RECORD_HEADER_BYTES, req.buffer, t.done, n);
+        copyBytes(w.bytes, at + RECORD_HEADER_BYTES, req.buffer, t.done, n);
         w.commit();
         wrote = true;
         t.done += n;
@@ -493,7 +493,7 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
       return;
     }
     const req = t.req;
-    copyInto(req.buffer, offset, rd.bytes, rd.payload, n);
+    copyBytes(req.buffer, offset, rd.bytes, rd.payload, n);
     t.done += n;
     if (t.done < t.xfer) return;
     list.splice(k, 1);

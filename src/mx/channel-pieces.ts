@@ -12,7 +12,7 @@
  */
 import { RECORD_HEADER_BYTES, RecordWord } from "../myrixen/channel-abi.js";
 import { MxStatus } from "../nic/status.js";
-import { copyInto } from "./bytes.js";
+import { copyBytes } from "../xen/copy.js";
 import type { LaneReader, LaneWriter } from "./channel.js";
 import type { Completion } from "./completion.js";
 import type { Matching } from "./matching.js";
@@ -64,7 +64,7 @@ export function writePieces(
     words[aux + MsgAux.TraceSeq] = req.traceId % 0x100000000;
     tb.record(req.traceId, TraceStage.Written, traceNow());
   }
-  copyInto(w.bytes, at + RECORD_HEADER_BYTES, buf, 0, first);
+  copyBytes(w.bytes, at + RECORD_HEADER_BYTES, buf, 0, first);
   w.commit();
   kick();
   for (let off = first; off < total; off += CHANNEL_EAGER_PIECE) {
@@ -78,7 +78,7 @@ export function writePieces(
     words[i + RecordWord.Length] = n;
     words[aux + FragAux.Xfer] = PIECES_XFER;
     words[aux + FragAux.Offset] = off;
-    copyInto(w.bytes, at + RECORD_HEADER_BYTES, buf, off, n);
+    copyBytes(w.bytes, at + RECORD_HEADER_BYTES, buf, off, n);
     w.commit();
     kick();
   }
@@ -151,14 +151,14 @@ export class PieceReader {
     const req = this.parts.matching.claim(this.peer, r);
     if (req !== undefined) {
       const n = Math.min(first, req.buffer.length);
-      if (n > 0) copyInto(req.buffer, 0, rd.bytes, rd.payload, n);
+      if (n > 0) copyBytes(req.buffer, 0, rd.bytes, rd.payload, n);
       this.cur = new Pieces(total, req, undefined, r.syncId, first);
       return;
     }
     const kept = r.keep(this.peer, 0);
     kept.bytes = new Uint8Array(total);
     kept.owned = true;
-    copyInto(kept.bytes, 0, rd.bytes, rd.payload, first);
+    copyBytes(kept.bytes, 0, rd.bytes, rd.payload, first);
     this.cur = new Pieces(total, undefined, kept, r.syncId, first);
   }
 
@@ -180,7 +180,7 @@ export class PieceReader {
     }
     const target = p.target;
     const end = Math.min(offset + n, target.length);
-    if (end > offset) copyInto(target, offset, rd.bytes, rd.payload, end - offset);
+    if (end > offset) copyBytes(target, offset, rd.bytes, rd.payload, end - offset);
     p.done += n;
     if (p.done < p.total) return;
     this.cur = undefined;

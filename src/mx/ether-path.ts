@@ -14,8 +14,10 @@
  * Every frame names its sender in its header, and its source MAC (anti-spoofed by netback)
  * must be the one the peer was learned at: anything else is dropped and counted.
  */
+
 import { MxStatus } from "../nic/status.js";
 import { ETHER_TRACE_BYTES, etherTraceId, putEtherTrace } from "../nic/trace-ring.js";
+import { copyBytes } from "../xen/copy.js";
 import { macAt } from "./bytes.js";
 import type { Completion } from "./completion.js";
 import {
@@ -191,7 +193,7 @@ export class EtherEngine implements Puller, PeerLossListener {
         const f = link.reserve(MxoeType.Eager, len, trailer);
         stampMessage(f, req, seq);
         setFrameWord(f, MxoeWord.offset, off);
-        if (len > 0) f.set(req.buffer.subarray(off, off + len), PAYLOAD_AT);
+        if (len > 0) copyBytes(f, PAYLOAD_AT, req.buffer, off, len);
         if (tid !== 0) putEtherTrace(f, PAYLOAD_AT + len, tid);
         link.commit();
       }
@@ -245,7 +247,7 @@ export class EtherEngine implements Puller, PeerLossListener {
       setFrameWord(f, MxoeWord.id, j.pullId);
       setFrameWord(f, MxoeWord.offset, j.off);
       const src = j.req.bounce ?? j.req.buffer;
-      f.set(src.subarray(j.off, j.off + n), PAYLOAD_AT);
+      copyBytes(f, PAYLOAD_AT, src, j.off, n);
       link.commit();
       j.off += n;
       if (j.off >= j.end) jobs.shift();
@@ -342,7 +344,7 @@ export class EtherEngine implements Puller, PeerLossListener {
           this.ctx.counters.channelErrors++;
           return;
         }
-        p.recv.buffer.set(f.subarray(PAYLOAD_AT, PAYLOAD_AT + n), off);
+        copyBytes(p.recv.buffer, off, f, PAYLOAD_AT, n);
         p.got += n;
         if (p.got >= p.xfer) {
           this.pulls.delete(id);
@@ -412,7 +414,7 @@ export class EtherEngine implements Puller, PeerLossListener {
       path.rxEager = undefined;
       return;
     }
-    rx.buf.set(f.subarray(PAYLOAD_AT, PAYLOAD_AT + n), off);
+    copyBytes(rx.buf, off, f, PAYLOAD_AT, n);
     rx.got += n;
     if (rx.got === length) {
       path.rxEager = undefined;

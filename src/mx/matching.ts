@@ -11,7 +11,7 @@
  * fetched by the record's puller — the NIC, or the sender over Ethernet.
  */
 import { MxStatus } from "../nic/status.js";
-import { copyInto } from "./bytes.js";
+import { copyBytes } from "../xen/copy.js";
 import type { Completion } from "./completion.js";
 import type { PartnerTable } from "./partner.js";
 import { FLAG_TRACED, TraceStage, traceId, traceNow } from "./trace.js";
@@ -187,7 +187,7 @@ export class Matching implements PeerLossListener {
     const length = rec.length;
     const syncId = rec.syncId;
     const xfer = Math.min(length, r.buffer.length);
-    if (xfer > 0 && rec.bytes !== null) copyInto(r.buffer, 0, rec.bytes, rec.payload, xfer);
+    if (xfer > 0 && rec.bytes !== null) copyBytes(r.buffer, 0, rec.bytes, rec.payload, xfer);
     const tb = this.ctx.trace;
     if (tid !== 0 && tb !== undefined) tb.record(tid, TraceStage.Copied, traceNow());
     if (syncId !== 0) peer.notify(syncId, xfer, MxStatus.SUCCESS);
@@ -232,7 +232,7 @@ export class Matching implements PeerLossListener {
       return;
     }
     const xfer = Math.min(u.length, req.buffer.length);
-    if (xfer > 0 && u.bytes !== null) req.buffer.set(u.bytes.subarray(0, xfer));
+    if (xfer > 0 && u.bytes !== null) copyBytes(req.buffer, 0, u.bytes, 0, xfer);
     const tb = this.ctx.trace;
     if (u.traceId !== 0 && tb !== undefined) tb.record(u.traceId, TraceStage.Copied, traceNow());
     if (u.syncId !== 0) u.source.notify(u.syncId, xfer, MxStatus.SUCCESS);

@@ -42,7 +42,8 @@ import {
   RECV_OFFSET,
   SEND_MAX,
 } from "../nic/window.js";
-import { copyInto, getWord, putWord } from "./bytes.js";
+import { copyBytes } from "../xen/copy.js";
+import { getWord, putWord } from "./bytes.js";
 import { MxError } from "./codes.js";
 import type { Completion } from "./completion.js";
 import type { Matching } from "./matching.js";
@@ -227,7 +228,7 @@ export class NicRecords implements NicRecordSink {
       this.ctx.counters.rndv++;
     } else {
       len = req.buffer.length;
-      if (len > 0) copyInto(st.bytes, at, req.buffer, 0, len);
+      if (len > 0) copyBytes(st.bytes, at, req.buffer, 0, len);
       this.ctx.counters.eager++;
     }
     if (req.sync || req.rndv) this.sends.add(req);

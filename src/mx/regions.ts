@@ -5,7 +5,9 @@
  * A request holds its registration and its bounce buffer while in flight; `release` gives
  * them back as it completes.
  */
+
 import type { MxDriver } from "../myrixen/driver-abi.js";
+import { copyBytes } from "../xen/copy.js";
 import { asMxError, MxError } from "./codes.js";
 import { BouncePool, MEMORY_KNOB, RegCache, type RegEntry, type RegLimits, regLimits } from "./regcache.js";
 import type { EndpointCounters, MxRequest } from "./types.js";
@@ -51,7 +53,7 @@ export class Regions {
     try {
       if (!this.inMemory(req.buffer)) {
         req.bounce = this.bounces.take(req.buffer.length);
-        req.bounce.set(req.buffer);
+        copyBytes(req.bounce, 0, req.buffer, 0, req.buffer.length);
         this.counters.bounces++;
       }
       if (this.registers) req.reg = this.regs.acquire(req.bounce ?? req.buffer);
@@ -89,7 +91,7 @@ export class Regions {
     }
     const bounce = req.bounce;
     if (bounce !== undefined) {
-      if (req.kind === "recv" && xfer > 0) req.buffer.set(bounce.subarray(0, xfer));
+      if (req.kind === "recv" && xfer > 0) copyBytes(req.buffer, 0, bounce, 0, xfer);
       this.bounces.give(bounce);
       req.bounce = undefined;
     }

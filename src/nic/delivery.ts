@@ -10,6 +10,8 @@
  * A delivery is described by its metadata (endpoints.ts M_*), passed in explicitly: the
  * caller's scratch for a new one, this engine's own scratch for a queued one.
  */
+
+import { copyBytes } from "../xen/copy.js";
 import type { NicClock } from "./clock.js";
 import { EndpointCounter, NicCounter } from "./counters.js";
 import {
@@ -45,7 +47,7 @@ import {
 } from "./frame.js";
 import type { LinkTable } from "./link-state.js";
 import { MxStatus, reasonOfStatus } from "./status.js";
-import { copyBytes, type Tpt } from "./tpt.js";
+import type { Tpt } from "./tpt.js";
 import { NicTraceStage, nicStamp } from "./trace-ring.js";
 import {
   ErrorReason,

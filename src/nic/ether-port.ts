@@ -32,6 +32,7 @@
  * driver writes (lengths, its head and tail) as hostile: a bad length is dropped and counted,
  * garbage indices resynchronise. The client trusts the NIC (it is the NIC's own memory).
  */
+import { copyBytes } from "../xen/copy.js";
 import { I_SEQ, I_SLEEPING } from "./window.js";
 
 export const PORT_MAGIC = 0x45544850; // "PHTE": a NIC Ethernet port
@@ -114,8 +115,7 @@ export function ringPut(
   }
   words[(area + at) >> 2] = len;
   const o = area + at + 4;
-  if (len <= 64) for (let i = 0; i < len; i++) bytes[o + i] = src[srcOff + i];
-  else bytes.set(srcOff === 0 && len === src.length ? src : src.subarray(srcOff, srcOff + len), o);
+  copyBytes(bytes, o, src, srcOff, len);
   return (head + need) >>> 0;
 }
 

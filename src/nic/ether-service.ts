@@ -7,6 +7,8 @@
  * into it (its head and tail, record lengths) is hostile: a bad record is dropped and counted,
  * garbage indices resynchronise. A frame no link takes is dropped, as a switch drops it.
  */
+
+import { copyBytes } from "../xen/copy.js";
 import type { NicClock } from "./clock.js";
 import type { OpenEtherPortReply } from "./control.js";
 import { NicCounter } from "./counters.js";
@@ -45,7 +47,6 @@ import {
   setWord,
 } from "./frame.js";
 import { type LinkState, type LinkTable, MacTable } from "./link-state.js";
-import { copyBytes } from "./tpt.js";
 
 /** Frames taken from the Ethernet port's TX ring per round. */
 const ETHER_BATCH = 64;

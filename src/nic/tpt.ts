@@ -10,6 +10,7 @@
  * numbers only and allocate nothing.
  */
 import { getRandomValues } from "node:crypto";
+import { copyBytes } from "../xen/copy.js";
 import { isInt, type MemoryRun, type RegisterRegionReply } from "./control.js";
 import { NicError } from "./status.js";
 import { Access } from "./window.js";
@@ -23,23 +24,12 @@ export const MAX_REGION_BYTES = 2 ** 31;
 export const MAX_RUNS = 65536;
 
 const ACCESS_ALL = Access.LocalRead | Access.LocalWrite | Access.RemoteRead | Access.RemoteWrite;
-/** Copies at most this long are done by a loop: cheaper than the view `set` needs. */
-const SMALL_COPY = 64;
 
 /** A random nonzero u32 (keys and sessions: guessing one is a 1 in 2^32 shot). */
 export function randomNonzeroU32(scratch: Uint32Array = new Uint32Array(1)): number {
   do getRandomValues(scratch);
   while (scratch[0] === 0);
   return scratch[0];
-}
-
-/** Copies n bytes between (possibly shared) byte arrays; both ranges were checked by the caller. */
-export function copyBytes(dst: Uint8Array, dstOff: number, src: Uint8Array, srcOff: number, n: number): void {
-  if (n <= SMALL_COPY) {
-    for (let i = 0; i < n; i++) dst[dstOff + i] = src[srcOff + i];
-  } else {
-    dst.set(src.subarray(srcOff, srcOff + n), dstOff);
-  }
 }
 
 export class Tpt {

@@ -13,6 +13,7 @@
  * hypervisor's checks (`acquireGrant`, `releaseGrant`, `executeGrantCopy`), which run in the
  * hypervisor thread for ordinary guests and in place for the privileged driver domain.
  */
+
 import {
   DOMID_MAX,
   DOMID_SELF,
@@ -26,6 +27,7 @@ import {
   gntstName,
   PAGE_SIZE,
 } from "./abi.js";
+import { copyBytes } from "./copy.js";
 
 /** Refs 0..7 are reserved for the toolstack, as in Linux (GNTTAB_NR_RESERVED_ENTRIES). */
 export const GNTTAB_NR_RESERVED_ENTRIES = 8;
@@ -266,8 +268,12 @@ export function executeGrantCopy(op: GrantCopyOp, caller: DomId, resolve: Domain
   try {
     const s = src.side!.frame;
     const d = dst.side!.frame;
-    new Uint8Array(d.buffer, d.offset + op.dest.offset, len).set(
+    copyBytes(
+      new Uint8Array(d.buffer, d.offset + op.dest.offset, len),
+      0,
       new Uint8Array(s.buffer, s.offset + op.source.offset, len),
+      0,
+      len,
     );
     return { status: GNTST.okay };
   } finally {

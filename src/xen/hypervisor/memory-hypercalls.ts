@@ -8,6 +8,7 @@
  */
 
 import { type DomId, GNTST, gntstName, PAGE_SIZE } from "../abi.js";
+import { copyBytes } from "../copy.js";
 import type { CounterName } from "../counters.js";
 import { HypercallError } from "../event-channel.js";
 import { acquireGrant, type FrameLocation, releaseGrant } from "../grant-table.js";
@@ -189,7 +190,7 @@ export class MemoryHypercalls {
         this.count(rec, "grant_errors");
         return r;
       }
-      out.set(new Uint8Array(r.frame!.buffer, r.frame!.offset + inPage, n), done);
+      copyBytes(out, done, new Uint8Array(r.frame!.buffer, r.frame!.offset + inPage, n), 0, n);
       releaseGrant(m.granter, m.refs[page], false);
       done += n;
     }
