@@ -55,11 +55,10 @@ export const TCP_LINK_HIGH_WATER = 32 * FRAME_MAX;
 /**
  * Bulk (PULL_REPLY) bytes on the way to the peer at once, written and not yet credited. Small
  * frames travel on the other connection, so the window no longer costs them; it bounds what a
- * slow receiver leaves in the kernel. A credit comes back only after a turn of both NICs'
- * event loops, so the window must cover that time: the cross-host 1 MiB stream measured
- * 1.29–1.41 GB/s with 1 MiB against 1.02–1.10 with 256 KiB (three rounds alternating).
+ * slow receiver leaves in the kernel. (1 MiB measured no better than 256 KiB for the 1 MiB
+ * stream against raw-tcp in the same runs, on a loaded 2-core machine.)
  */
-export const TCP_BULK_WINDOW = 1024 * 1024;
+export const TCP_BULK_WINDOW = 256 * 1024;
 /**
  * Bulk bytes queued beyond the window before send() pushes back: little, so that the NIC's
  * scheduler (remote-pull.ts serveJobs, by weight), not a deep first-come queue here, decides
