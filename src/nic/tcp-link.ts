@@ -54,9 +54,13 @@ import { LANE_BULK, LANE_MAIN } from "./tcp-handshake.js";
 export const TCP_LINK_HIGH_WATER = 32 * FRAME_MAX;
 /**
  * Bulk (PULL_REPLY) bytes on the way to the peer at once, written and not yet credited. Small
- * frames travel on the other connection, so the window no longer costs them; it bounds what a
- * slow receiver leaves in the kernel. (1 MiB measured no better than 256 KiB for the 1 MiB
- * stream against raw-tcp in the same runs, on a loaded 2-core machine.)
+ * frames travel on the other connection, so the window no longer costs them directly; it bounds
+ * what a slow receiver leaves in the kernel, and how much of the receiving NIC's time a stream
+ * takes from the small frames of other endpoints. 1 MiB streamed 1 MiB messages across hosts
+ * 20–30% faster (1.29–1.41 against 1.02–1.10 GB/s, three rounds alternating) but a bystander's
+ * 8 B ping-pong beside that stream slowed 1.60–1.76× beyond its CPU neighbour's cost, against
+ * 1.30–1.31× with 256 KiB (`myrixen bench isolation --quick --scope cross-host`, twice each):
+ * isolation first, so 256 KiB.
  */
 export const TCP_BULK_WINDOW = 256 * 1024;
 /**
