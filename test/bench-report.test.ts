@@ -9,7 +9,8 @@ import { dirname, join } from "node:path";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { type BenchReport, type BenchRow, validateReport } from "../src/bench/harness.js";
-import { renderHtmlReport, writeHtmlReport } from "../src/bench/report.js";
+import { computeRatios, renderHtmlReport, writeHtmlReport } from "../src/bench/report.js";
+import { comparisonLines } from "../src/bench/report-ratios.js";
 
 type Row = BenchRow & { stage?: string };
 
@@ -311,6 +312,66 @@ test("the papers' and peers' figures: Xen2MX's split/bypass and bypass/native, O
   // No split, native or openmpi rows: no comparison section at all.
   const bare = renderHtmlReport({ ...rep, rows: rep.rows.filter((r) => r.transport !== "native") });
   assert.ok(!bare.includes('class="comparisons"'));
+});
+
+test("a breakdown's stages are compared stage with stage, and never with the papers' whole-message figures", () => {
+  const stage = (transport: string, name: string, median: number): BenchRow =>
+    ({
+      bench: "breakdown",
+      transport,
+      scope: "intra-host",
+      bytes: 1048576,
+      metric: "latency_us",
+      median,
+      min: median,
+      max: median,
+      runs: 3,
+      stage: name,
+    }) as BenchRow;
+  // What `myrixen bench breakdown --sizes 1M` gives: the paths' stages differ (split has no
+  // push-started, bypass no netback-tx), and the first of one once met the last of the other.
+  const rows = [
+    stage("bypass", "rndv-sent", 5),
+    stage("bypass", "copied", 120),
+    stage("bypass", "completed", 2),
+    stage("split", "rndv-sent", 11.5),
+    stage("split", "netback-tx", 10.7),
+    stage("split", "completed", 1677.6),
+  ];
+  const ratios = computeRatios(rows).filter((r) => r.pair === "split/bypass");
+  assert.deepEqual(
+    ratios.map((r) => [
+      (r.a as BenchRow & { stage?: string }).stage,
+      (r.b as BenchRow & { stage?: string }).stage,
+      r.value,
+    ]),
+    [
+      ["rndv-sent", "rndv-sent", 2.3],
+      ["completed", "completed", 838.8],
+    ],
+  );
+  assert.deepEqual(comparisonLines(rows), [], "no whole-message comparison from stages");
+  // Beside whole-message rows, the comparison names those only.
+  const pp = (transport: string, median: number): BenchRow => ({
+    bench: "pingpong",
+    transport,
+    scope: "intra-host",
+    bytes: 8,
+    metric: "latency_us",
+    median,
+    min: median,
+    max: median,
+    runs: 3,
+  });
+  const lines = comparisonLines([...rows, pp("bypass", 0.6), pp("split", 6)]);
+  const split = lines.find((l) => l.includes("split / bypass"));
+  assert.match(split ?? "", /10\.0× \(pingpong, intra-host, 8 B: 6\.00 µs vs 0\.60 µs\) {2}\[/);
+  assert.ok(!lines.some((l) => l.includes("breakdown")), lines.join("\n"));
+  assert.ok(
+    !renderHtmlReport({ rows, machine: loadFixture().machine } as BenchReport).includes(
+      'data-bench="breakdown"',
+    ),
+  );
 });
 
 test("every series of a plot is distinguishable: its own marker, dash and colour, and a whole legend", () => {

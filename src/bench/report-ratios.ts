@@ -15,6 +15,7 @@ import {
   type Scope,
 } from "./harness.js";
 import { escapeHtml as esc } from "./report-style.js";
+import type { BreakdownRow } from "./report-svg.js";
 
 export interface RatioPair {
   a: string;
@@ -60,10 +61,13 @@ export interface Ratio {
   shaky: boolean;
 }
 
-/** Every ratio of RATIO_PAIRS present in the rows (of one group or many), in a stable order. */
+/**
+ * Every ratio of RATIO_PAIRS present in the rows (of one group or many), in a stable order.
+ * A breakdown's rows are stages of a message: a stage is compared only with the same stage.
+ */
 export function computeRatios(rows: readonly BenchRow[]): Ratio[] {
   const key = (r: BenchRow, t: string) =>
-    `${r.bench}\u0000${r.scope}\u0000${r.metric}\u0000${r.bytes}\u0000${t}`;
+    `${r.bench}\u0000${r.scope}\u0000${r.metric}\u0000${r.bytes}\u0000${(r as BreakdownRow).stage ?? ""}\u0000${t}`;
   const cells = new Map<string, BenchRow>();
   for (const r of rows) cells.set(key(r, r.transport), r);
   const out: Ratio[] = [];
@@ -214,9 +218,12 @@ interface ComparisonFinding {
   ours: Ratio[];
 }
 
-/** The comparisons this run's rows allow, each with the ratio it picks per (bench, scope). */
+/**
+ * The comparisons this run's rows allow, each with the ratio it picks per (bench, scope). The
+ * papers' figures are whole messages: a breakdown's stages are not compared with them.
+ */
 function comparisonFindings(rows: readonly BenchRow[]): ComparisonFinding[] {
-  const ratios = computeRatios(rows);
+  const ratios = computeRatios(rows.filter((r) => (r as BreakdownRow).stage === undefined));
   const out: ComparisonFinding[] = [];
   for (const c of COMPARISONS) {
     const mine = ratios.filter((r) => r.pair === `${c.a}/${c.b}` && r.metric === c.metric);
