@@ -374,6 +374,23 @@ test("a breakdown's stages are compared stage with stage, and never with the pap
   );
 });
 
+test("the report keeps how its peers ran: notes validated, and shown escaped under the machine", () => {
+  const rep = loadFixture();
+  const notes = [
+    "openmpi, intra-host: Open MPI 4.1.4, mpirun -np 2, shared memory (--mca btl self,vader; single copy: cma), pml ob1",
+    "openmpi-cico: one host only (over TCP there is no single copy to turn off); not measured <cross-host>",
+  ];
+  const html = renderHtmlReport(validateReport({ ...rep, notes }));
+  const section = /<section class="notes"><h2>How the peers ran<\/h2><ul>(.*?)<\/ul><\/section>/.exec(html);
+  assert.ok(section, "a notes section");
+  assert.equal(section[1].match(/<li>/g)?.length, 2);
+  assert.match(section[1], /single copy: cma/);
+  assert.match(section[1], /not measured &#60;cross-host&#62;/);
+  assert.ok(!renderHtmlReport(rep).includes('class="notes"'), "no notes, no section");
+  assert.throws(() => validateReport({ ...rep, notes: "openmpi" }), /notes: expected an array of strings/);
+  assert.throws(() => validateReport({ ...rep, notes: ["ok", 3] }), /notes: expected an array of strings/);
+});
+
 test("every series of a plot is distinguishable: its own marker, dash and colour, and a whole legend", () => {
   const rep = loadFixture();
   const extra = (transport: string, f: number): BenchRow[] =>

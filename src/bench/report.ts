@@ -69,6 +69,16 @@ function machineSection(m: MachineInfo, manyRuns: boolean): string {
   );
 }
 
+/** How the peers ran, or why one was not measured (the report's notes), when there are any. */
+function notesSection(notes: readonly string[] | undefined): string {
+  if (!notes || notes.length === 0) return "";
+  return (
+    '<section class="notes"><h2>How the peers ran</h2><ul>' +
+    notes.map((n) => `<li>${esc(n)}</li>`).join("") +
+    "</ul></section>"
+  );
+}
+
 function tableSection(rows: readonly BreakdownRow[]): string {
   const hasStage = rows.some((r) => r.stage !== undefined);
   const head = ["bench", "transport", "scope", ...(hasStage ? ["stage"] : []), "size", "bytes", "metric"];
@@ -177,6 +187,7 @@ export function renderHtmlReport(report: BenchReport, opts: HtmlReportOptions = 
         : "One run per figure (no medians: the whiskers show the spread over ranks, if any)"
     }; each ratio divides two figures of the same bench, scope and size from this run.</p>`,
     machineSection(report.machine, manyRuns),
+    notesSection(report.notes),
     comparisonSection(rows.filter((r) => !isBreakdown(r))),
     `<section class="plots"><h2>Plots</h2>`,
     plots.length + bars.length > 0 ? [...plots, ...bars].join("\n") : "<p>No rows to plot.</p>",

@@ -307,7 +307,12 @@ export async function benchCommand(
     await host?.stop();
     await linked?.stop();
   }
-  const report: BenchReport = { machine: finishMachineInfo(machine, rows), rows };
+  const notes = takeOpenMpiNotes();
+  const report: BenchReport = {
+    machine: finishMachineInfo(machine, rows),
+    rows,
+    ...(notes.length > 0 ? { notes } : {}),
+  };
   printTables(rows, profile, out);
   for (const line of BenchExtras.describe(rows)) out(line);
   for (const line of BenchExtras.describeQos(rows)) out(line);
@@ -320,7 +325,7 @@ export async function benchCommand(
     ...comparisonLines(rows),
   ])
     if (v) out(v);
-  for (const line of takeOpenMpiNotes()) out(line);
+  for (const line of notes) out(line);
   for (const line of splitCostLines(rows)) out(line);
   out(describeMachine(report.machine));
   if (jsonPath) {

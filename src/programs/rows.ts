@@ -58,6 +58,11 @@ export interface MachineInfo extends MachineFacts {
 export interface BenchReport {
   machine: MachineInfo;
   rows: BenchRow[];
+  /**
+   * How the run's peers ran, or why one was not measured (Open MPI's version, transport and
+   * single-copy mechanism; "not found, install …"): the lines the terminal printed about them.
+   */
+  notes?: string[];
 }
 
 // ---- machine ----------------------------------------------------------------------------
@@ -213,6 +218,8 @@ export function reportProblems(obj: unknown): string[] {
   const p: string[] = [];
   if (!isObject(obj.machine)) p.push("machine: expected an object");
   else if (typeof obj.machine.noisy !== "boolean") p.push("machine.noisy: expected a boolean");
+  if (obj.notes !== undefined && (!Array.isArray(obj.notes) || obj.notes.some((n) => typeof n !== "string")))
+    p.push("notes: expected an array of strings");
   if (!Array.isArray(obj.rows)) p.push("rows: expected an array");
   else {
     obj.rows.forEach((r, i) => {
