@@ -100,11 +100,11 @@ export async function findOpenMpi(
   }
 }
 
-/** The C source: beside this file under src/, or under src/ from dist/src/bench/. */
-export function openMpiSource(): string {
+/** A C source of openmpi/: beside this file under src/, or under src/ from dist/src/bench/. */
+export function openMpiSource(file = "pingpong.c"): string {
   const candidates = [
-    new URL("./openmpi/pingpong.c", import.meta.url),
-    new URL("../../../src/bench/openmpi/pingpong.c", import.meta.url),
+    new URL(`./openmpi/${file}`, import.meta.url),
+    new URL(`../../../src/bench/openmpi/${file}`, import.meta.url),
   ].map((u) => fileURLToPath(u));
   const found = candidates.find((f) => existsSync(f));
   if (!found) throw new Error(`the Open MPI bench source is missing (looked for ${candidates.join(", ")})`);
@@ -116,24 +116,35 @@ export function openMpiCacheDir(): string {
   return join(process.env.XDG_CACHE_HOME || join(homedir(), ".cache"), "myrixen", "openmpi");
 }
 
+/** The compiled ping-pong and stream bench (openmpi/pingpong.c) for these tools. */
+export function buildOpenMpiBench(tools: OpenMpiTools, cacheDir = openMpiCacheDir()): Promise<string> {
+  return buildOpenMpiProgram(tools, "pingpong.c", "openmpi-bench", cacheDir);
+}
+
 /**
- * The compiled bench for these tools: reused from `cacheDir` when its source and Open MPI's
- * version are unchanged (the file name carries their hash), else compiled with mpicc -O2.
+ * openmpi/`file` compiled for these tools as `name`-HASH: reused from `cacheDir` when its
+ * source and Open MPI's version are unchanged (the hash covers them), else compiled with
+ * mpicc -O2 (and -lm).
  */
-export async function buildOpenMpiBench(tools: OpenMpiTools, cacheDir = openMpiCacheDir()): Promise<string> {
-  const source = openMpiSource();
+export async function buildOpenMpiProgram(
+  tools: OpenMpiTools,
+  file: string,
+  name: string,
+  cacheDir = openMpiCacheDir(),
+): Promise<string> {
+  const source = openMpiSource(file);
   const hash = createHash("sha256")
     .update(readFileSync(source))
     .update(`\0${tools.version}\0${tools.mpicc}`)
     .digest("hex")
     .slice(0, 16);
-  const binary = join(cacheDir, `openmpi-bench-${hash}`);
+  const binary = join(cacheDir, `${name}-${hash}`);
   if (existsSync(binary)) return binary;
   makeDirs(cacheDir);
   // Compile to a private name, then rename: two runs building at once never see half a file.
   const tmp = `${binary}.${process.pid}.tmp`;
   try {
-    await run(tools.mpicc, ["-O2", "-o", tmp, source], { timeout: 120_000 });
+    await run(tools.mpicc, ["-O2", "-o", tmp, source, "-lm"], { timeout: 120_000 });
     renameSync(tmp, binary);
   } catch (e) {
     try {
@@ -145,7 +156,7 @@ export async function buildOpenMpiBench(tools: OpenMpiTools, cacheDir = openMpiC
   }
   // Earlier builds of older sources are of no further use.
   for (const f of readdirSync(cacheDir))
-    if (f.startsWith("openmpi-bench-") && join(cacheDir, f) !== binary && !f.endsWith(".tmp"))
+    if (f.startsWith(`${name}-`) && join(cacheDir, f) !== binary && !f.endsWith(".tmp"))
       try {
         unlinkSync(join(cacheDir, f));
       } catch {}
@@ -155,7 +166,7 @@ export async function buildOpenMpiBench(tools: OpenMpiTools, cacheDir = openMpiC
 // ---- running ----------------------------------------------------------------------------
 
 /** The btl for shared memory: vader up to Open MPI 4, sm from 5. */
-function sharedMemoryBtl(version: string): string {
+export function sharedMemoryBtl(version: string): string {
   return Number.parseInt(version, 10) >= 5 ? "sm" : "vader";
 }
 

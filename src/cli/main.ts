@@ -43,6 +43,7 @@ interface RunCliOptions {
   keyFile?: string;
   dashboard?: { host: string; port: number };
   out?: string;
+  openmpi?: boolean;
 }
 
 /** -n's value: a rank count. */
@@ -334,6 +335,10 @@ export function buildProgram(): Command {
       parseDashboardFlag,
     )
     .option("--out <dir>", "osu-*, nas-*: write bench.json and bench.html (the HTML report) there")
+    .option(
+      "--openmpi",
+      "nas-is: then run its C port over Open MPI (mpirun, same ranks and class) on this host and print its time (with --out: its row in the report)",
+    )
     .argument("<program>", `a built-in (${Object.keys(BUILTIN_PROGRAMS).join(", ")}) or a module path`)
     .argument("[args...]", "the program's own arguments")
     .addHelpText(
@@ -366,6 +371,7 @@ export function buildProgram(): Command {
           keyFile: o.keyFile,
           dashboard: dashboardAt(o.dashboard as RunCliOptions["dashboard"] | true),
           out: o.out,
+          openmpi: o.openmpi,
         });
       } catch (e) {
         if (e instanceof RunUsageError || e instanceof RangeError) throw new UsageError(e.message, "run");

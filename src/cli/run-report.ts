@@ -16,18 +16,24 @@ import {
   type Scope,
   writeReport,
 } from "../bench/harness.js";
-import { nasRow, readNasResult, readOsuRows } from "../bench/program-rows.js";
+import { type NasResult, nasRow, readNasResult, readOsuRows } from "../bench/program-rows.js";
 import { writeHtmlReport } from "../bench/report.js";
 import type { JobResult } from "../cluster/job.js";
 
 /** Raised for a --out the program cannot serve or a directory that cannot be written. */
 export class RunReportUsageError extends Error {}
 
+/** What `run --openmpi` measured beside the job: Open MPI's result, and the lines said about it. */
+export interface OpenMpiPeerRun {
+  result?: NasResult;
+  notes: string[];
+}
+
 export interface RunReport {
   /** The program's arguments, with `--json FILE` added when the user gave none. */
   argv: string[];
-  /** Writes the report from the job's result; returns the lines to tell the user. */
-  finish(result: JobResult, path: string): string[];
+  /** Writes the report from the job's result (and Open MPI's beside it); returns the lines to tell the user. */
+  finish(result: JobResult, path: string, peer?: OpenMpiPeerRun): string[];
   /** Removes the temporary file (always call it). */
   cleanup(): void;
 }
@@ -61,7 +67,7 @@ export function prepareRunReport(program: string, argv: readonly string[], outDi
   }
   return {
     argv: args,
-    finish(result, path) {
+    finish(result, path, peer) {
       if (!existsSync(file))
         return [
           `--out: rank 0 wrote no rows to ${file}` +
@@ -76,7 +82,12 @@ export function prepareRunReport(program: string, argv: readonly string[], outDi
         : "intra-host";
       const rows: BenchRow[] =
         kind === "osu" ? readOsuRows(file, scope) : [nasRow(readNasResult(file), scope, path)];
-      const report = { machine: finishMachineInfo(machine, rows), rows };
+      if (peer?.result) rows.push(nasRow(peer.result, scope, "openmpi"));
+      const report = {
+        machine: finishMachineInfo(machine, rows),
+        rows,
+        ...(peer && peer.notes.length > 0 ? { notes: peer.notes } : {}),
+      };
       writeReport(join(outDir, "bench.json"), report);
       writeHtmlReport(join(outDir, "bench.html"), report, { title: `MyriXen: ${program}` });
       return [`report written to ${join(outDir, "bench.json")} and ${join(outDir, "bench.html")}`];

@@ -13,9 +13,11 @@
  * that refuses it is named with the key file to use (exit code 1), an unusable key file is
  * exit code 2. Usage errors are one line and exit code 2.
  */
+
 import { readFileSync } from "node:fs";
 import { relative } from "node:path";
 import { fileURLToPath } from "node:url";
+import { OPENMPI_NAS_KERNELS, runOpenMpiNas } from "../bench/openmpi-nas.js";
 import {
   type ClusterKey,
   KEY_FILE_ENV,
@@ -40,9 +42,10 @@ import { RANK_PATHS, type RankPath } from "../cluster/wire.js";
 import type { Dashboard } from "../dashboard/server.js";
 import { Host } from "../host/host.js";
 import type { QosPolicy } from "../myrixen/qos-policy.js";
+import { parseNasArgs } from "../programs/nas/common.js";
 import { loadGuestImage } from "../xen/guest/loader.js";
 import { type EmbeddedObservation, observeEmbedded } from "./embedded.js";
-import { prepareRunReport, type RunReport, RunReportUsageError } from "./run-report.js";
+import { type OpenMpiPeerRun, prepareRunReport, type RunReport, RunReportUsageError } from "./run-report.js";
 
 export { BUILTIN_PROGRAMS, resolveProgram };
 
@@ -82,6 +85,8 @@ export interface RunOptions {
   dashboard?: HostAddress;
   /** osu-*, nas-*: write DIR/bench.json and DIR/bench.html (run-report.ts). */
   out?: string;
+  /** nas-is: then run its Open MPI counterpart with the same ranks and class (bench/openmpi-nas.ts). */
+  openmpi?: boolean;
 }
 
 const err = (line: string) => process.stderr.write(`myrixen run: ${line}\n`);
@@ -326,6 +331,16 @@ export async function runCommand(program: string, argv: string[], o: RunOptions)
   const oversubscribe = o.oversubscribe || mapped.oversubscribe === true;
   const mapBy: MapBy = npernode !== undefined ? "slot" : mapped.mapBy;
   const chosen = chooseHosts(o);
+  if (o.openmpi) {
+    if (!(OPENMPI_NAS_KERNELS as readonly string[]).includes(program))
+      throw new RunUsageError(
+        `--openmpi runs the Open MPI counterpart of ${OPENMPI_NAS_KERNELS.join(", ")}; ${program} has none`,
+      );
+    if (chosen.hosts)
+      throw new RunUsageError(
+        "--openmpi runs Open MPI on this host only; leave out the hosts (-H, --hosts, --hostfile)",
+      );
+  }
   let report: RunReport | undefined;
   try {
     report = o.out === undefined ? undefined : prepareRunReport(program, argv, o.out);
@@ -502,8 +517,9 @@ export async function runCommand(program: string, argv: string[], o: RunOptions)
         (said.startsWith("    ") ? note : err)(said);
       }
     if (interrupted) return 130;
+    const peer = o.openmpi ? await openMpiBeside(program, argv, n) : undefined;
     if (report) {
-      const [line] = report.finish(r, o.path);
+      const [line] = report.finish(r, o.path, peer);
       if (line.startsWith("--out:")) {
         err(line);
         return r.exitCode || 1;
@@ -525,4 +541,33 @@ export async function runCommand(program: string, argv: string[], o: RunOptions)
     report?.cleanup();
     await cleanup();
   }
+}
+
+/**
+ * --openmpi: the Open MPI counterpart of the NAS kernel, with the job's ranks and class, after
+ * the job; its lines printed here, its row (if any) for the report.
+ */
+async function openMpiBeside(
+  program: string,
+  argv: readonly string[],
+  ranks: number,
+): Promise<OpenMpiPeerRun> {
+  let cls = "S";
+  try {
+    cls = parseNasArgs(program, argv).cls;
+  } catch {
+    // The kernel said what is wrong with its arguments; Open MPI's run uses the default.
+  }
+  note(`openmpi: running ${program} class ${cls} on ${ranks} ranks over Open MPI (mpirun) on this host`);
+  const outcome = await runOpenMpiNas(program, cls, ranks);
+  if ("missing" in outcome) {
+    note(outcome.missing);
+    return { notes: [outcome.missing] };
+  }
+  const r = outcome.result;
+  const line =
+    `openmpi: IS class ${cls} on ${ranks} ranks: ${r.time_s.toFixed(2)} s, ${r.mops.toFixed(2)} Mop/s, ` +
+    `verification ${r.verified ? "SUCCESSFUL" : "UNSUCCESSFUL"} (${outcome.how})`;
+  note(line);
+  return { result: r, notes: [line] };
 }
