@@ -6,11 +6,11 @@
  * missing, or Open MPI cannot start, it gives the one line that says why; nothing fails.
  */
 import { execFile } from "node:child_process";
-import { availableParallelism } from "node:os";
 import { promisify } from "node:util";
 import {
   buildOpenMpiProgram,
   findOpenMpi,
+  mpirunBase,
   OPENMPI_INSTALL,
   type OpenMpiTools,
   sharedMemoryBtl,
@@ -27,24 +27,7 @@ export const OPENMPI_NAS_TIMEOUT_MS = 300_000;
 
 /** mpirun's arguments for `ranks` ranks of `binary` on this host over shared memory. */
 export function nasMpirunArgs(tools: OpenMpiTools, ranks: number, binary: string, cls: string): string[] {
-  const isRoot = typeof process.getuid === "function" && process.getuid() === 0;
-  return [
-    "-np",
-    String(ranks),
-    ...(isRoot ? ["--allow-run-as-root"] : []),
-    // More ranks than cores start anyway, as MyriXen's ranks do (slower, like theirs).
-    ...(ranks > availableParallelism() ? ["--oversubscribe"] : []),
-    "--bind-to",
-    "none",
-    "--mca",
-    "pml",
-    "ob1",
-    "--mca",
-    "btl",
-    `self,${sharedMemoryBtl(tools.version)}`,
-    binary,
-    cls,
-  ];
+  return [...mpirunBase(ranks, `self,${sharedMemoryBtl(tools.version)}`), binary, cls];
 }
 
 /** The result lines of the kernel's report (rank 0's NPB-style output); undefined if absent. */

@@ -176,6 +176,30 @@ function singleCopyParam(version: string): string {
 }
 
 /** How mpirun starts the two ranks for a scope (see the top of this file). */
+/**
+ * What every mpirun here starts with: `ranks` ranks over the btls `btl` with pml ob1 (the pml
+ * that uses the btls; a UCX-enabled build would otherwise pick ucx), not bound to cores (like
+ * the worker threads), as root when we are, and oversubscribed when the ranks outnumber the
+ * cores (they still start, slower, as MyriXen's would).
+ */
+export function mpirunBase(ranks: number, btl: string): string[] {
+  const isRoot = typeof process.getuid === "function" && process.getuid() === 0;
+  return [
+    "-np",
+    String(ranks),
+    ...(isRoot ? ["--allow-run-as-root"] : []),
+    ...(ranks > availableParallelism() ? ["--oversubscribe"] : []),
+    "--bind-to",
+    "none",
+    "--mca",
+    "pml",
+    "ob1",
+    "--mca",
+    "btl",
+    btl,
+  ];
+}
+
 export function mpirunArgs(
   tools: OpenMpiTools,
   scope: Scope,
@@ -184,23 +208,9 @@ export function mpirunArgs(
 ): string[] {
   if (flavour === "cico" && scope !== "intra-host")
     throw new Error(`${OPENMPI_CICO} runs on one host only (over TCP there is no single copy to turn off)`);
-  const isRoot = typeof process.getuid === "function" && process.getuid() === 0;
   const btl = scope === "cross-host" ? "self,tcp" : `self,${sharedMemoryBtl(tools.version)}`;
   return [
-    "-np",
-    "2",
-    ...(isRoot ? ["--allow-run-as-root"] : []),
-    // One core: two busy-polling ranks still start (slower, as any pair here would be).
-    ...(availableParallelism() < 2 ? ["--oversubscribe"] : []),
-    "--bind-to",
-    "none",
-    // ob1 is the pml that uses the btls (a UCX-enabled build would otherwise pick ucx).
-    "--mca",
-    "pml",
-    "ob1",
-    "--mca",
-    "btl",
-    btl,
+    ...mpirunBase(2, btl),
     ...(scope === "cross-host" ? ["--mca", "btl_tcp_if_include", "lo"] : []),
     ...(flavour === "cico" ? ["--mca", singleCopyParam(tools.version), "none"] : []),
     "--mca",
