@@ -99,6 +99,10 @@ test("myrixen run --openmpi: Open MPI's IS after the job, its row beside bypass 
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+  // A job that fails (here: a class the kernel does not know) is not followed by Open MPI.
+  const bad = await runCli(["run", "-n", "2", "--openmpi", "nas-is", "--class", "Z"]);
+  assert.notEqual(bad.code, 0);
+  assert.match(bad.stderr, /openmpi: not run \(the job failed/);
   const osu = await runCli(["run", "-n", "2", "--openmpi", "osu-latency"]);
   assert.equal(osu.code, 2);
   assert.match(osu.stderr, /--openmpi runs the Open MPI counterpart of nas-is; osu-latency has none/);

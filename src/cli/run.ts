@@ -517,7 +517,10 @@ export async function runCommand(program: string, argv: string[], o: RunOptions)
         (said.startsWith("    ") ? note : err)(said);
       }
     if (interrupted) return 130;
-    const peer = o.openmpi ? await openMpiBeside(program, argv, n) : undefined;
+    // Open MPI beside a job that failed would measure nothing to compare with.
+    let peer: OpenMpiPeerRun | undefined;
+    if (o.openmpi && r.exitCode === 0) peer = await openMpiBeside(program, argv, n);
+    else if (o.openmpi) note("openmpi: not run (the job failed; there is nothing to set it beside)");
     if (report) {
       const [line] = report.finish(r, o.path, peer);
       if (line.startsWith("--out:")) {
