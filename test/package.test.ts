@@ -177,6 +177,7 @@ test("the tarball holds what a user needs and nothing of the development tree", 
     "package/src/dashboard/static/index.html",
     "package/src/bench/openmpi/pingpong.c",
     "package/src/bench/openmpi/is.c",
+    "package/src/bench/openmpi/cg.c",
   ])
     assert.ok(listing.includes(f), `${f} is in the tarball`);
   const stray = listing.filter(
@@ -184,11 +185,11 @@ test("the tarball holds what a user needs and nothing of the development tree", 
       /^package\/(test|dist\/test|\.ci|scripts|examples|node_modules)\//.test(f) ||
       /\.map$|tsbuildinfo/.test(f) ||
       // Sources ship only where they are the product: the dashboard's page, and the Open MPI
-      // peer's C programs (the ping-pong `bench` and the IS `run --openmpi` compile with the
-      // machine's mpicc).
+      // peer's C programs (the ping-pong `bench` and the IS and CG `run --openmpi` compile with
+      // the machine's mpicc).
       (/^package\/src\//.test(f) &&
         !f.startsWith("package/src/dashboard/static/") &&
-        !["package/src/bench/openmpi/pingpong.c", "package/src/bench/openmpi/is.c"].includes(f)),
+        !/^package\/src\/bench\/openmpi\/(pingpong|is|cg)\.c$/.test(f)),
   );
   assert.deepEqual(stray, []);
 });

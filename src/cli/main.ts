@@ -337,7 +337,7 @@ export function buildProgram(): Command {
     .option("--out <dir>", "osu-*, nas-*: write bench.json and bench.html (the HTML report) there")
     .option(
       "--openmpi",
-      "nas-is: then run its C port over Open MPI (mpirun, same ranks and class) on this host and print its time (with --out: its row in the report)",
+      "nas-is, nas-cg: then run the kernel's C port over Open MPI (mpirun, same ranks and class) on this host and print its time (with --out: its row in the report)",
     )
     .argument("<program>", `a built-in (${Object.keys(BUILTIN_PROGRAMS).join(", ")}) or a module path`)
     .argument("[args...]", "the program's own arguments")

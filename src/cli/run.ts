@@ -332,9 +332,9 @@ export async function runCommand(program: string, argv: string[], o: RunOptions)
   const mapBy: MapBy = npernode !== undefined ? "slot" : mapped.mapBy;
   const chosen = chooseHosts(o);
   if (o.openmpi) {
-    if (!(OPENMPI_NAS_KERNELS as readonly string[]).includes(program))
+    if (!OPENMPI_NAS_KERNELS.includes(program))
       throw new RunUsageError(
-        `--openmpi runs the Open MPI counterpart of ${OPENMPI_NAS_KERNELS.join(", ")}; ${program} has none`,
+        `--openmpi runs the Open MPI counterparts of ${OPENMPI_NAS_KERNELS.join(" and ")}; ${program} has none`,
       );
     if (chosen.hosts)
       throw new RunUsageError(
@@ -569,7 +569,7 @@ async function openMpiBeside(
   }
   const r = outcome.result;
   const line =
-    `openmpi: IS class ${cls} on ${ranks} ranks: ${r.time_s.toFixed(2)} s, ${r.mops.toFixed(2)} Mop/s, ` +
+    `openmpi: ${r.kernel.toUpperCase()} class ${cls} on ${ranks} ranks: ${r.time_s.toFixed(2)} s, ${r.mops.toFixed(2)} Mop/s, ` +
     `verification ${r.verified ? "SUCCESSFUL" : "UNSUCCESSFUL"} (${outcome.how})`;
   note(line);
   return { result: r, notes: [line] };
