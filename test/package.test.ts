@@ -178,6 +178,7 @@ test("the tarball holds what a user needs and nothing of the development tree", 
     "package/src/bench/openmpi/pingpong.c",
     "package/src/bench/openmpi/is.c",
     "package/src/bench/openmpi/cg.c",
+    "package/src/bench/openmpi/npb-rand.h",
   ])
     assert.ok(listing.includes(f), `${f} is in the tarball`);
   const stray = listing.filter(
@@ -186,10 +187,10 @@ test("the tarball holds what a user needs and nothing of the development tree", 
       /\.map$|tsbuildinfo/.test(f) ||
       // Sources ship only where they are the product: the dashboard's page, and the Open MPI
       // peer's C programs (the ping-pong `bench` and the IS and CG `run --openmpi` compile with
-      // the machine's mpicc).
+      // the machine's mpicc) and their header.
       (/^package\/src\//.test(f) &&
         !f.startsWith("package/src/dashboard/static/") &&
-        !/^package\/src\/bench\/openmpi\/(pingpong|is|cg)\.c$/.test(f)),
+        !/^package\/src\/bench\/openmpi\/((pingpong|is|cg)\.c|npb-rand\.h)$/.test(f)),
   );
   assert.deepEqual(stray, []);
 });

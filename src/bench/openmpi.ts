@@ -123,8 +123,8 @@ export function buildOpenMpiBench(tools: OpenMpiTools, cacheDir = openMpiCacheDi
 
 /**
  * openmpi/`file` compiled for these tools as `name`-HASH: reused from `cacheDir` when its
- * source and Open MPI's version are unchanged (the hash covers them), else compiled with
- * mpicc -O2 (and -lm).
+ * source, the headers beside it and Open MPI's version are unchanged (the hash covers them),
+ * else compiled with mpicc -O2 (and -lm).
  */
 export async function buildOpenMpiProgram(
   tools: OpenMpiTools,
@@ -133,12 +133,14 @@ export async function buildOpenMpiProgram(
   cacheDir = openMpiCacheDir(),
 ): Promise<string> {
   const source = openMpiSource(file);
-  const hash = createHash("sha256")
-    .update(readFileSync(source))
-    .update(`\0${tools.version}\0${tools.mpicc}`)
-    .digest("hex")
-    .slice(0, 16);
-  const binary = join(cacheDir, `${name}-${hash}`);
+  const hash = createHash("sha256").update(readFileSync(source));
+  const dir = dirname(source);
+  for (const h of readdirSync(dir)
+    .filter((f) => f.endsWith(".h"))
+    .sort())
+    hash.update(`\0${h}\0`).update(readFileSync(join(dir, h)));
+  const digest = hash.update(`\0${tools.version}\0${tools.mpicc}`).digest("hex").slice(0, 16);
+  const binary = join(cacheDir, `${name}-${digest}`);
   if (existsSync(binary)) return binary;
   makeDirs(cacheDir);
   // Compile to a private name, then rename: two runs building at once never see half a file.

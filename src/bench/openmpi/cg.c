@@ -16,9 +16,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "npb-rand.h"
+
 #define CGITMAX 25
 #define EPSILON 1e-10
-#define A_MULT 1220703125.0
 
 typedef struct {
   char name;
@@ -39,21 +40,6 @@ static void *alloc(size_t n, size_t each) {
     MPI_Abort(MPI_COMM_WORLD, 2);
   }
   return p;
-}
-
-/* ---- NPB's generator, exact in doubles ---------------------------------------------------- */
-
-static double randlc(double *x, double a) {
-  const double R23 = 1.0 / 8388608.0, T23 = 8388608.0, R46 = R23 * R23, T46 = T23 * T23;
-  double t1 = R23 * a;
-  const double a1 = trunc(t1), a2 = a - T23 * a1;
-  t1 = R23 * *x;
-  const double x1 = trunc(t1), x2 = *x - T23 * x1;
-  t1 = a1 * x2 + a2 * x1;
-  const double t2 = trunc(R23 * t1), z = t1 - T23 * t2;
-  const double t3 = T23 * z + a2 * x2, t4 = trunc(R46 * t3);
-  *x = t3 - T46 * t4;
-  return R46 * *x;
 }
 
 /* ---- the matrix (makea for this rank's rows) ------------------------------------------------ */

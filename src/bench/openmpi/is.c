@@ -15,10 +15,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "npb-rand.h"
+
 #define MAX_ITERATIONS 10
 #define TEST_ARRAY_SIZE 5
 #define SEED 314159265.0
-#define A_MULT 1220703125.0
 
 typedef struct {
   char name;
@@ -38,23 +39,6 @@ static long expected(char cls, int i, int it, long base) {
   if (cls == 'S') return i <= 2 ? base + it : base - it;
   if (cls == 'W') return i < 2 ? base + (it - 2) : base - it;
   return i <= 2 ? base + (it - 1) : base - (it - 1);
-}
-
-/* ---- NPB's generator, exact in doubles ---------------------------------------------------- */
-
-static const double R23 = 1.0 / 8388608.0, T23 = 8388608.0;
-
-static double randlc(double *x, double a) {
-  const double R46 = R23 * R23, T46 = T23 * T23;
-  double t1 = R23 * a;
-  const double a1 = trunc(t1), a2 = a - T23 * a1;
-  t1 = R23 * *x;
-  const double x1 = trunc(t1), x2 = *x - T23 * x1;
-  t1 = a1 * x2 + a2 * x1;
-  const double t2 = trunc(R23 * t1), z = t1 - T23 * t2;
-  const double t3 = T23 * z + a2 * x2, t4 = trunc(R46 * t3);
-  *x = t3 - T46 * t4;
-  return R46 * *x;
 }
 
 static double pow_two(double a, int k) {
