@@ -177,7 +177,6 @@ function singleCopyParam(version: string): string {
   return `btl_${sharedMemoryBtl(version)}_single_copy_mechanism`;
 }
 
-/** How mpirun starts the two ranks for a scope (see the top of this file). */
 /**
  * What every mpirun here starts with: `ranks` ranks over the btls `btl` with pml ob1 (the pml
  * that uses the btls; a UCX-enabled build would otherwise pick ucx), not bound to cores (like
@@ -202,6 +201,7 @@ export function mpirunBase(ranks: number, btl: string): string[] {
   ];
 }
 
+/** How mpirun starts the two ranks for a scope (see the top of this file). */
 export function mpirunArgs(
   tools: OpenMpiTools,
   scope: Scope,

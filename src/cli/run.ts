@@ -13,7 +13,6 @@
  * that refuses it is named with the key file to use (exit code 1), an unusable key file is
  * exit code 2. Usage errors are one line and exit code 2.
  */
-
 import { readFileSync } from "node:fs";
 import { relative } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -85,7 +84,7 @@ export interface RunOptions {
   dashboard?: HostAddress;
   /** osu-*, nas-*: write DIR/bench.json and DIR/bench.html (run-report.ts). */
   out?: string;
-  /** nas-is: then run its Open MPI counterpart with the same ranks and class (bench/openmpi-nas.ts). */
+  /** nas-is, nas-cg: then run its Open MPI counterpart with the same ranks and class (bench/openmpi-nas.ts). */
   openmpi?: boolean;
 }
 
@@ -555,12 +554,8 @@ async function openMpiBeside(
   argv: readonly string[],
   ranks: number,
 ): Promise<OpenMpiPeerRun> {
-  let cls = "S";
-  try {
-    cls = parseNasArgs(program, argv).cls;
-  } catch {
-    // The kernel said what is wrong with its arguments; Open MPI's run uses the default.
-  }
+  // Only after a job that succeeded: its kernel took these arguments.
+  const { cls } = parseNasArgs(program, argv);
   note(`openmpi: running ${program} class ${cls} on ${ranks} ranks over Open MPI (mpirun) on this host`);
   const outcome = await runOpenMpiNas(program, cls, ranks);
   if ("missing" in outcome) {

@@ -14,7 +14,6 @@
  * Every frame names its sender in its header, and its source MAC (anti-spoofed by netback)
  * must be the one the peer was learned at: anything else is dropped and counted.
  */
-
 import { MxStatus } from "../nic/status.js";
 import { ETHER_TRACE_BYTES, etherTraceId, putEtherTrace } from "../nic/trace-ring.js";
 import { copyBytes } from "../xen/copy.js";

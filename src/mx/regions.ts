@@ -5,7 +5,6 @@
  * A request holds its registration and its bounce buffer while in flight; `release` gives
  * them back as it completes.
  */
-
 import type { MxDriver } from "../myrixen/driver-abi.js";
 import { copyBytes } from "../xen/copy.js";
 import { asMxError, MxError } from "./codes.js";

@@ -10,7 +10,6 @@
  * A delivery is described by its metadata (endpoints.ts M_*), passed in explicitly: the
  * caller's scratch for a new one, this engine's own scratch for a queued one.
  */
-
 import { copyBytes } from "../xen/copy.js";
 import type { NicClock } from "./clock.js";
 import { EndpointCounter, NicCounter } from "./counters.js";

@@ -7,7 +7,6 @@
  * into it (its head and tail, record lengths) is hostile: a bad record is dropped and counted,
  * garbage indices resynchronise. A frame no link takes is dropped, as a switch drops it.
  */
-
 import { copyBytes } from "../xen/copy.js";
 import type { NicClock } from "./clock.js";
 import type { OpenEtherPortReply } from "./control.js";

@@ -13,7 +13,6 @@
  * hypervisor's checks (`acquireGrant`, `releaseGrant`, `executeGrantCopy`), which run in the
  * hypervisor thread for ordinary guests and in place for the privileged driver domain.
  */
-
 import {
   DOMID_MAX,
   DOMID_SELF,
