@@ -11,8 +11,17 @@ import { join } from "node:path";
 import { after, before, test } from "node:test";
 import { Job } from "../src/cluster/job.js";
 import { Host } from "../src/host/host.js";
-import { A_MULT, EP_CLASSES, parseNasArgs, randlc, vranlc } from "../src/programs/nas/common.js";
+import {
+  A_MULT,
+  AUTO_WARMUP_PASSES,
+  CG_CLASSES,
+  EP_CLASSES,
+  parseNasArgs,
+  randlc,
+  vranlc,
+} from "../src/programs/nas/common.js";
 import { epShare } from "../src/programs/nas/ep.js";
+import { MAX_ITERATIONS as IS_MAX_ITERATIONS } from "../src/programs/nas/is.js";
 
 let host: Host;
 let dir: string;
@@ -75,6 +84,30 @@ test("argument parsing: class and json, clear errors", () => {
   assert.throws(() => parseNasArgs("ep", ["--class"]), /--class needs a value/);
 });
 
+test("argument parsing: --warmup auto|N for IS and CG (auto by default), refused for EP", () => {
+  assert.deepEqual(parseNasArgs("is", []), { cls: "S", json: undefined, warmup: "auto" });
+  assert.deepEqual(parseNasArgs("cg", ["--warmup", "1", "--class", "A"]), {
+    cls: "A",
+    json: undefined,
+    warmup: 1,
+  });
+  assert.deepEqual(parseNasArgs("is", ["--warmup", "auto"]).warmup, "auto");
+  assert.equal(parseNasArgs("cg", ["--warmup", "250"]).warmup, 250);
+  for (const bad of ["0", "-1", "1.5", "two", "", "1e3", "1001"])
+    assert.throws(
+      () => parseNasArgs("is", ["--warmup", bad]),
+      /is: --warmup takes "auto" or a whole number of untimed iterations from 1 to 1000 \(1 is NPB's rule\)/,
+      bad,
+    );
+  assert.throws(() => parseNasArgs("cg", ["--warmup"]), /--warmup needs a value/);
+  assert.throws(() => parseNasArgs("ep", ["--warmup", "2"]), /ep: --warmup does not apply/);
+  assert.throws(() => parseNasArgs("ep", ["--bogus"]), /usage: ep \[--class S\|W\|A\] \[--json FILE\]\)/);
+  assert.throws(
+    () => parseNasArgs("cg", ["--bogus"]),
+    /usage: cg \[--class S\|W\|A\] \[--warmup auto\|N\] \[--json FILE\]\)/,
+  );
+});
+
 const SUCCESS = " Verification    =               SUCCESSFUL";
 
 const checks: Record<Kernel, (out: string, values: Record<string, unknown>) => void> = {
@@ -129,6 +162,36 @@ for (const [kernel, n, path] of runs) {
     assert.ok(typeof j.time_s === "number" && j.time_s > 0);
     assert.ok(typeof j.mops === "number" && j.mops > 0);
     checks[kernel](out, j.values);
+  });
+}
+
+// Warm-up iterations must leave the kernel's state as NPB's single untimed one does: IS's
+// iteration i rewrites two keys that the timed loop's partial verification expects untouched.
+for (const kernel of ["is", "cg"] as const) {
+  test(`${kernel.toUpperCase()} warms up as asked and still verifies; the count and time are in the report`, async () => {
+    for (const [warmup, expect] of [
+      ["3", 3],
+      ["auto", AUTO_WARMUP_PASSES * (kernel === "is" ? IS_MAX_ITERATIONS : CG_CLASSES.S.niter)],
+    ] as const) {
+      const file = join(dir, `${kernel}-warmup-${warmup}.json`);
+      const { res, out, err } = await runKernel(kernel, 2, "bypass", [
+        "--class",
+        "S",
+        "--warmup",
+        warmup,
+        "--json",
+        file,
+      ]);
+      assert.equal(res.exitCode, 0, `${out}\n${err}`);
+      const j = JSON.parse(readFileSync(file, "utf8"));
+      // "auto" stops after its passes at class S (far below its time budget) unless the machine is very slow.
+      if (warmup === "auto")
+        assert.ok(j.values.warmup_iterations <= expect && j.values.warmup_iterations >= 1);
+      else assert.equal(j.values.warmup_iterations, expect);
+      assert.ok(typeof j.values.warmup_s === "number" && j.values.warmup_s > 0);
+      assert.match(out, new RegExp(` Warm-up: ${j.values.warmup_iterations} untimed iterations? \\(`));
+      checks[kernel](out, j.values);
+    }
   });
 }
 

@@ -113,6 +113,7 @@ export async function runOpenMpiNas(
 function describe(tools: OpenMpiTools, ranks: number, source: string): string {
   return (
     `Open MPI ${tools.version}, mpirun -np ${ranks}, shared memory (--mca btl self,${sharedMemoryBtl(tools.version)}), ` +
-    `pml ob1, not bound to cores; MyriXen's kernel in C (src/bench/openmpi/${source}), not NPB's own code`
+    `pml ob1, not bound to cores; MyriXen's kernel in C (src/bench/openmpi/${source}), not NPB's own code; ` +
+    "one untimed iteration, NPB's rule (no JIT to warm up)"
   );
 }

@@ -16,6 +16,16 @@ export interface NasResult {
   verified: boolean;
   time_s: number;
   mops: number;
+  /** The kernel's own values (IS and CG: warmup_iterations, warmup_s among them). */
+  values?: Record<string, unknown>;
+}
+
+/** What a NAS result says about its untimed warm-up, as a report note (none when it has no warm-up values). */
+export function nasWarmupNote(r: NasResult): string | undefined {
+  const n = r.values?.warmup_iterations;
+  const s = r.values?.warmup_s;
+  if (typeof n !== "number" || typeof s !== "number") return undefined;
+  return `${nasBench(r.kernel, r.class)}: MyriXen's timed loop followed ${n} untimed iteration${n === 1 ? "" : "s"} (${s.toFixed(2)} s, --warmup ${n === 1 ? "1: NPB's rule" : "auto or N; --warmup 1 is NPB's rule"}): V8 compiles the MPI runtime over its first thousands of calls`;
 }
 
 /** NPB names a run kernel.CLASS (ep.S): the bench of a NAS row is `nas-ep.S`. */

@@ -16,7 +16,7 @@ import {
   type Scope,
   writeReport,
 } from "../bench/harness.js";
-import { type NasResult, nasRow, readNasResult, readOsuRows } from "../bench/program-rows.js";
+import { type NasResult, nasRow, nasWarmupNote, readNasResult, readOsuRows } from "../bench/program-rows.js";
 import { writeHtmlReport } from "../bench/report.js";
 import type { JobResult } from "../cluster/job.js";
 
@@ -80,13 +80,15 @@ export function prepareRunReport(program: string, argv: readonly string[], outDi
       const scope: Scope = (kind === "osu" ? rank0 !== rank1 && rank1 !== undefined : hosts.size > 1)
         ? "cross-host"
         : "intra-host";
-      const rows: BenchRow[] =
-        kind === "osu" ? readOsuRows(file, scope) : [nasRow(readNasResult(file), scope, path)];
+      const nas = kind === "nas" ? readNasResult(file) : undefined;
+      const rows: BenchRow[] = nas ? [nasRow(nas, scope, path)] : readOsuRows(file, scope);
       if (peer?.result) rows.push(nasRow(peer.result, scope, "openmpi"));
+      const warm = nas && nasWarmupNote(nas);
+      const notes = [...(warm ? [warm] : []), ...(peer?.notes ?? [])];
       const report = {
         machine: finishMachineInfo(machine, rows),
         rows,
-        ...(peer && peer.notes.length > 0 ? { notes: peer.notes } : {}),
+        ...(notes.length > 0 ? { notes } : {}),
       };
       writeReport(join(outDir, "bench.json"), report);
       writeHtmlReport(join(outDir, "bench.html"), report, { title: `MyriXen: ${program}` });

@@ -9,7 +9,17 @@
  */
 import { type Comm, MPI } from "../../mpi/mpi.js";
 import type { Guest } from "../../xen/guest/guest.js";
-import { A_MULT, CG_CLASSES, type CgParams, nasOptions, randlc, report, type Seed } from "./common.js";
+import {
+  A_MULT,
+  CG_CLASSES,
+  type CgParams,
+  nasOptions,
+  randlc,
+  report,
+  type Seed,
+  warmUp,
+  warmupLine,
+} from "./common.js";
 
 const CGITMAX = 25;
 const EPSILON = 1e-10;
@@ -300,11 +310,14 @@ async function run(guest: Guest): Promise<number> {
   const rows = Math.max(0, Math.min(p.na, first + blk) - first);
   const solver = new CgSolver(comm, makeaBlock(p, first, rows), blk);
 
-  // One untimed iteration to touch all code and data, then start again from x = 1.
+  // Untimed iterations (common.ts warmUp), then start again from x = 1.
   solver.resetX();
-  solver.conjGrad();
-  solver.normalize(solver.norms()[1]);
+  const warm = warmUp(comm, opts.warmup ?? "auto", p.niter, () => {
+    solver.conjGrad();
+    solver.normalize(solver.norms()[1]);
+  });
   solver.resetX();
+  if (rank === 0) console.log(warmupLine(warm));
 
   comm.barrier();
   const t0 = MPI.wtime();
@@ -355,7 +368,15 @@ async function run(guest: Guest): Promise<number> {
     size: String(p.na),
     iterations: p.niter,
     opType: "floating point",
-    values: { zeta, zeta_ref: p.zeta, error: err, zeta_per_iteration: zetas, rnorm_per_iteration: rnorms },
+    values: {
+      zeta,
+      zeta_ref: p.zeta,
+      error: err,
+      zeta_per_iteration: zetas,
+      rnorm_per_iteration: rnorms,
+      warmup_iterations: warm.iterations,
+      warmup_s: warm.seconds,
+    },
   });
   comm.finalize();
   return verified ? 0 : 1;

@@ -1,10 +1,11 @@
 /**
  * Shared pieces of the NAS kernels (EP, IS, CG after NPB 3.4): the randlc/vranlc linear
  * congruential generator (exact in doubles), the per-class parameter tables, argument parsing
- * (`--class S|W|A`, `--json FILE` from guest.args.job.argv), NPB-style result printing and
- * the `--json` result file.
+ * (`--class S|W|A`, `--warmup auto|N`, `--json FILE` from guest.args.job.argv), the untimed
+ * warm-up, NPB-style result printing and the `--json` result file.
  */
 import { rankArgs, writeRankFile } from "../../cluster/protocol.js";
+import { type Comm, MPI } from "../../mpi/mpi.js";
 import type { Guest } from "../../xen/guest/guest.js";
 
 // ---- RNG ----------------------------------------------------------------------------------
@@ -156,15 +157,32 @@ export interface NasOptions {
   kernel: string;
   cls: NasClass;
   json?: string;
+  /** Untimed iterations before the timed loop (warmUp); undefined for EP, which has none. */
+  warmup?: Warmup;
   rank: number;
   size: number;
   path: string;
 }
 
-/** Parses `--class S|W|A` (default S) and `--json FILE`; throws a clear Error on anything else. */
-export function parseNasArgs(kernel: string, argv: readonly string[]): { cls: NasClass; json?: string } {
+/** `--warmup`: a number of untimed iterations (1 is NPB's rule), or "auto" (warmUp). */
+export type Warmup = number | "auto";
+
+/** The kernels with an iteration loop to warm up (EP times one pass over its pairs). */
+const WARMS_UP: readonly string[] = ["is", "cg"];
+
+/**
+ * Parses `--class S|W|A` (default S), `--warmup auto|N` (IS and CG; default auto) and
+ * `--json FILE`; throws a clear Error on anything else.
+ */
+export function parseNasArgs(
+  kernel: string,
+  argv: readonly string[],
+): { cls: NasClass; json?: string; warmup?: Warmup } {
   let cls: NasClass = "S";
   let json: string | undefined;
+  const warms = WARMS_UP.includes(kernel);
+  let warmup: Warmup | undefined = warms ? "auto" : undefined;
+  const usage = `${kernel} [--class S|W|A]${warms ? " [--warmup auto|N]" : ""} [--json FILE]`;
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const value = (): string => {
@@ -179,11 +197,22 @@ export function parseNasArgs(kernel: string, argv: readonly string[]): { cls: Na
       cls = v as NasClass;
     } else if (a === "--json") {
       json = value();
+    } else if (a === "--warmup" && warms) {
+      const v = value();
+      const n = Number(v);
+      if (v === "auto") warmup = "auto";
+      else if (/^[0-9]+$/.test(v) && n >= 1 && n <= MAX_WARMUP) warmup = n;
+      else
+        throw new Error(
+          `${kernel}: --warmup takes "auto" or a whole number of untimed iterations from 1 to ${MAX_WARMUP} (1 is NPB's rule), got "${v}"`,
+        );
+    } else if (a === "--warmup") {
+      throw new Error(`${kernel}: --warmup does not apply: ${kernel} has no iteration loop to warm up`);
     } else {
-      throw new Error(`${kernel}: unknown argument "${a}" (usage: ${kernel} [--class S|W|A] [--json FILE])`);
+      throw new Error(`${kernel}: unknown argument "${a}" (usage: ${usage})`);
     }
   }
-  return { cls, json };
+  return warms ? { cls, json, warmup } : { cls, json };
 }
 
 /**
@@ -194,12 +223,69 @@ export function nasOptions(guest: Guest, kernel: string): NasOptions | undefined
   const job = rankArgs(guest.args);
   const rank = job?.rank ?? 0;
   try {
-    const { cls, json } = parseNasArgs(kernel, job?.argv ?? []);
-    return { kernel, cls, json, rank, size: job?.size ?? 1, path: job?.path ?? "native" };
+    const { cls, json, warmup } = parseNasArgs(kernel, job?.argv ?? []);
+    return { kernel, cls, json, warmup, rank, size: job?.size ?? 1, path: job?.path ?? "native" };
   } catch (e) {
     if (rank === 0) console.error(e instanceof Error ? e.message : String(e));
     return undefined;
   }
+}
+
+// ---- warm-up ------------------------------------------------------------------------------
+
+/** The most untimed iterations `--warmup N` takes. */
+export const MAX_WARMUP = 1000;
+/** "auto" warms up for this long (all ranks agree on the clock of the slowest)... */
+export const AUTO_WARMUP_S = 2;
+/** ...but for no more than this many passes of the timed loop (small classes stop here). */
+export const AUTO_WARMUP_PASSES = 4;
+
+export interface WarmupDone {
+  iterations: number;
+  seconds: number;
+}
+
+/**
+ * The untimed iterations before the timed loop. NPB runs one, "to touch all code and data".
+ * In JavaScript that leaves most of the MPI and MX runtime in V8's lower tiers: they reach
+ * the optimizing compiler after thousands of calls, and it compiles them on background
+ * threads that, when the ranks hold every core, take a core from a rank while its peers wait
+ * for it. CG class A on two ranks took 0.63–0.72 s for its first pass of 15 iterations and
+ * 0.54 s once the compiles stopped, four passes later; IS 0.50–0.57 against 0.43–0.46 s
+ * (one rank: the same from the first pass). "auto" repeats the kernel's iterations until
+ * AUTO_WARMUP_S have gone or AUTO_WARMUP_PASSES passes are done, so the timed loop measures
+ * the kernel and its messages rather than the compiler; a number runs exactly that many
+ * (`--warmup 1` is NPB's rule). `iterate(it)` runs iteration `it` (1..passIterations, cycling).
+ * The count and the time are reported beside the timed result.
+ */
+export function warmUp(
+  comm: Comm,
+  warmup: Warmup,
+  passIterations: number,
+  iterate: (it: number) => void,
+): WarmupDone {
+  const t0 = MPI.wtime();
+  let done = 0;
+  if (warmup !== "auto") {
+    for (; done < warmup; done++) iterate(1 + (done % passIterations));
+  } else {
+    const mine = new Float64Array(1);
+    const slowest = new Float64Array(1);
+    const most = AUTO_WARMUP_PASSES * passIterations;
+    do {
+      iterate(1 + (done % passIterations));
+      done++;
+      // Every rank takes the same decision: on the slowest rank's clock.
+      mine[0] = MPI.wtime() - t0;
+      comm.allreduce(mine, slowest, MPI.MAX);
+    } while (slowest[0] < AUTO_WARMUP_S && done < most);
+  }
+  return { iterations: done, seconds: MPI.wtime() - t0 };
+}
+
+/** The line that says how the kernel warmed up (printed before the timed loop). */
+export function warmupLine(w: WarmupDone): string {
+  return ` Warm-up: ${w.iterations} untimed iteration${w.iterations === 1 ? "" : "s"} (${w.seconds.toFixed(2)} s)`;
 }
 
 // ---- output -------------------------------------------------------------------------------
