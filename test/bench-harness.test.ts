@@ -20,6 +20,7 @@ import {
 import {
   type BenchReport,
   type BenchRow,
+  EXTRA_WARMUP_RUNS,
   finishMachineInfo,
   formatBytes,
   machineInfo,
@@ -29,11 +30,13 @@ import {
   profileFor,
   renderTable,
   reportProblems,
+  settled,
   sizeSweep,
   summarize,
   validateReport,
   writeReport,
 } from "../src/bench/harness.js";
+import { samplePairs } from "../src/bench/mx.js";
 
 const row = (transport: string, median: number, bytes = 8): BenchRow =>
   makeRow({ bench: "pingpong", transport, bytes, metric: "latency_us" }, [
@@ -245,4 +248,55 @@ test("baseline workers: a worker error rejects with a clear message", async () =
     runBaselineWorkers("broken", [{ job: { job: BASELINE_JOB, kind: "nonsense" } as never }], 0, 10_000),
     /broken: worker nonsense\/undefined failed: baseline-worker: unknown job nonsense/,
   );
+});
+
+test("MX pairs warm up until two warm-up runs agree (at most EXTRA_WARMUP_RUNS more), then take the profile's runs", async () => {
+  const profile = { ...profileFor(true), runs: 3, warmupRuns: 1 };
+  // Pair "a" settles on its third warm-up run (100 → 40 → 38); "b" never settles (noise).
+  const scripts: Record<string, number[]> = {
+    a: [100, 40, 38, 37, 5, 6, 7, 8, 9],
+    b: [1, 2, 4, 8, 16, 11, 12, 13, 14],
+  };
+  const pairs = new Map(Object.keys(scripts).map((t) => [t, t]));
+  const taken: Record<string, number> = { a: 0, b: 0 };
+  const labels: string[] = [];
+  const rows = await samplePairs(
+    pairs,
+    profile,
+    "pingpong",
+    "intra-host",
+    8,
+    "latency_us",
+    (l) => labels.push(l),
+    async (t) => scripts[t][taken[t]++],
+  );
+  // b keeps everyone warming up to warmupRuns + EXTRA_WARMUP_RUNS runs; then 3 measured runs each.
+  assert.equal(taken.a, profile.warmupRuns + EXTRA_WARMUP_RUNS + 3);
+  const byT = new Map(rows.map((r) => [r.transport, r]));
+  assert.equal(byT.get("a")?.runs, 3);
+  assert.equal(byT.get("a")?.median, 6);
+  assert.equal(byT.get("b")?.median, 12);
+  assert.ok(labels.includes("pingpong 8 B, a, warm-up 4") && labels.includes("pingpong 8 B, b, run 3"));
+  // Both settled after their second warm-up: two warm-up runs, no more.
+  const calm: Record<string, number[]> = { a: [10, 10.5, 3, 3, 3], b: [20, 19, 4, 4, 4] };
+  const n: Record<string, number> = { a: 0, b: 0 };
+  const quiet = await samplePairs(
+    new Map([
+      ["a", "a"],
+      ["b", "b"],
+    ]),
+    profile,
+    "stream",
+    "intra-host",
+    8,
+    "bandwidth_MBps",
+    () => {},
+    async (t) => calm[t][n[t]++],
+  );
+  assert.deepEqual(n, { a: 5, b: 5 });
+  assert.deepEqual(
+    quiet.map((r) => r.median),
+    [3, 4],
+  );
+  assert.ok(settled(100, 109) && !settled(100, 111) && !settled(100, 89));
 });

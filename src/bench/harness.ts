@@ -219,6 +219,23 @@ export function profileFor(quick: boolean): BenchProfile {
       };
 }
 
+/**
+ * Warm-up runs of the MX pairs go on past the profile's warmupRuns, up to this many more,
+ * while some pair's last warm-up run differs from its previous one by more than
+ * SETTLED_WITHIN. V8 compiles the path a size takes (eager, pieces, push) over its first
+ * thousands of messages, on background threads that take the pair's cores; after a single
+ * warm-up run the first measured run came out 2–3× the others (8 B: 1.3–1.6 against
+ * 0.6–0.9 µs; 64 KiB: 23–32 against 9–12 µs). A machine too noisy to settle costs only these
+ * runs: the samples are taken after them all the same.
+ */
+export const EXTRA_WARMUP_RUNS = 3;
+export const SETTLED_WITHIN = 0.1;
+
+/** Two successive warm-up samples agree within SETTLED_WITHIN of the first. */
+export function settled(previous: number, latest: number): boolean {
+  return Math.abs(latest - previous) <= SETTLED_WITHIN * Math.abs(previous);
+}
+
 /** Iterations per run for a message size under a profile. */
 export function itersFor(profile: BenchProfile, bytes: number): number {
   return bytes >= profile.largeBytes ? profile.itersLarge : profile.itersSmall;

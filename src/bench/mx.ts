@@ -29,7 +29,14 @@ import {
   rawSabStream,
 } from "./baselines.js";
 import { ChainPair } from "./chain-baseline.js";
-import { type BenchProfile, type BenchRow, makeRow, type Scope } from "./harness.js";
+import {
+  type BenchProfile,
+  type BenchRow,
+  EXTRA_WARMUP_RUNS,
+  makeRow,
+  type Scope,
+  settled,
+} from "./harness.js";
 import { OPENMPI_CICO, startOpenMpiPeer } from "./openmpi.js";
 import { rawTcpPingPong, TcpPair } from "./tcp-baseline.js";
 
@@ -529,25 +536,38 @@ async function benchCrossHost(
 
 /**
  * One row per pair for one size: runs of the pairs interleave, so all see the same
- * machine; warm-up runs are dropped.
+ * machine; warm-up runs are dropped, and go on while the pairs have not settled
+ * (harness.ts EXTRA_WARMUP_RUNS).
  */
-async function samplePairs(
-  pairs: ReadonlyMap<string, BenchPair>,
+export async function samplePairs<P>(
+  pairs: ReadonlyMap<string, P>,
   profile: BenchProfile,
   bench: string,
   scope: Scope,
   bytes: number,
   metric: BenchRow["metric"],
   progress: Progress,
-  measureOnce: (pair: BenchPair) => Promise<number>,
+  measureOnce: (pair: P) => Promise<number>,
 ): Promise<BenchRow[]> {
   const samples = new Map<string, number[]>();
   for (const t of pairs.keys()) samples.set(t, []);
-  for (let r = 0; r < profile.runs + profile.warmupRuns; r++) {
+  const what = `${bench} ${scope === "cross-host" ? "cross-host " : ""}${bytes} B`;
+  const last = new Map<string, number>();
+  let unsettled = true;
+  for (let w = 0; w < profile.warmupRuns || (unsettled && w < profile.warmupRuns + EXTRA_WARMUP_RUNS); w++) {
+    unsettled = false;
     for (const [t, pair] of pairs) {
-      progress(`${bench} ${scope === "cross-host" ? "cross-host " : ""}${bytes} B, ${t}, run ${r + 1}`);
+      progress(`${what}, ${t}, warm-up ${w + 1}`);
       const v = await measureOnce(pair);
-      if (r >= profile.warmupRuns) samples.get(t)!.push(v);
+      const before = last.get(t);
+      if (before === undefined || !settled(before, v)) unsettled = true;
+      last.set(t, v);
+    }
+  }
+  for (let r = 0; r < profile.runs; r++) {
+    for (const [t, pair] of pairs) {
+      progress(`${what}, ${t}, run ${r + 1}`);
+      samples.get(t)!.push(await measureOnce(pair));
     }
   }
   return [...samples].map(([t, s]) => makeRow({ bench, transport: t, scope, bytes, metric }, s));

@@ -238,7 +238,7 @@ export async function benchCommand(
   const rows: BenchRow[] = [];
   const progress = makeProgress(err);
   // A rough count of steps for the bar (each suite reports one step per measurement).
-  const perSize = (profile.runs + profile.warmupRuns) * 3 + 3;
+  const perSize = (profile.runs + profile.warmupRuns + 1) * 3 + 3; // + 1: a second warm-up run (mx.ts samplePairs)
   progress.start(
     plan.reduce(
       (n, { suite: s, scopes }) =>
