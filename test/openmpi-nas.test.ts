@@ -90,14 +90,27 @@ test("the report lines are read as NPB prints them; a report without them is no 
 test("myrixen run --openmpi: Open MPI's IS after the job, its row beside bypass in the report; wrong uses refused", async () => {
   const dir = mkdtempSync(join(tmpdir(), "myrixen-ompi-nas-"));
   try {
-    const r = await runCli(["run", "-n", "2", "--openmpi", "--out", dir, "nas-is", "--class", "S"]);
+    // With the kernel's own options too (--warmup): the class is read from the same arguments.
+    const r = await runCli([
+      "run",
+      "-n",
+      "2",
+      "--openmpi",
+      "--out",
+      dir,
+      "nas-is",
+      "--class",
+      "S",
+      "--warmup",
+      "2",
+    ]);
     assert.equal(r.code, 0, r.stderr);
     const report = validateReport(JSON.parse(readFileSync(join(dir, "bench.json"), "utf8")));
     const transports = report.rows.map((row) => `${row.bench}/${row.transport}`).sort();
     // How MyriXen's kernel warmed up comes first: its time is not NPB's first pass.
     assert.match(
       report.notes?.[0] ?? "",
-      /^nas-is\.S: MyriXen's timed loop followed \d+ untimed iterations \([\d.]+ s, --warmup auto or N; --warmup 1 is NPB's rule\)/,
+      /^nas-is\.S: MyriXen's timed loop followed 2 untimed iterations \([\d.]+ s, --warmup auto or N; --warmup 1 is NPB's rule\)/,
     );
     if (skip) {
       assert.deepEqual(transports, ["nas-is.S/bypass"]);

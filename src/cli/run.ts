@@ -554,8 +554,9 @@ async function openMpiBeside(
   argv: readonly string[],
   ranks: number,
 ): Promise<OpenMpiPeerRun> {
-  // Only after a job that succeeded: its kernel took these arguments.
-  const { cls } = parseNasArgs(program, argv);
+  // Only after a job that succeeded: its kernel took these arguments (under its own name:
+  // "cg", not "nas-cg", which is what decides the options it has).
+  const { cls } = parseNasArgs(program.replace(/^nas-/, ""), argv);
   note(`openmpi: running ${program} class ${cls} on ${ranks} ranks over Open MPI (mpirun) on this host`);
   const outcome = await runOpenMpiNas(program, cls, ranks);
   if ("missing" in outcome) {
