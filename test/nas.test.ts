@@ -189,6 +189,7 @@ for (const kernel of ["is", "cg"] as const) {
         assert.ok(j.values.warmup_iterations <= expect && j.values.warmup_iterations >= 1);
       else assert.equal(j.values.warmup_iterations, expect);
       assert.ok(typeof j.values.warmup_s === "number" && j.values.warmup_s > 0);
+      assert.equal(j.values.warmup, warmup === "auto" ? "auto" : Number(warmup));
       assert.match(out, new RegExp(` Warm-up: ${j.values.warmup_iterations} untimed iterations? \\(`));
       checks[kernel](out, j.values);
     }

@@ -110,7 +110,7 @@ test("myrixen run --openmpi: Open MPI's IS after the job, its row beside bypass 
     // How MyriXen's kernel warmed up comes first: its time is not NPB's first pass.
     assert.match(
       report.notes?.[0] ?? "",
-      /^nas-is\.S: MyriXen's timed loop followed 2 untimed iterations \([\d.]+ s, --warmup auto or N; --warmup 1 is NPB's rule\)/,
+      /^nas-is\.S: MyriXen's timed loop followed 2 untimed iterations \([\d.]+ s, --warmup 2; --warmup 1 is NPB's rule\)/,
     );
     if (skip) {
       assert.deepEqual(transports, ["nas-is.S/bypass"]);

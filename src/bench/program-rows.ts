@@ -25,7 +25,12 @@ export function nasWarmupNote(r: NasResult): string | undefined {
   const n = r.values?.warmup_iterations;
   const s = r.values?.warmup_s;
   if (typeof n !== "number" || typeof s !== "number") return undefined;
-  return `${nasBench(r.kernel, r.class)}: MyriXen's timed loop followed ${n} untimed iteration${n === 1 ? "" : "s"} (${s.toFixed(2)} s, --warmup ${n === 1 ? "1: NPB's rule" : "auto or N; --warmup 1 is NPB's rule"}): V8 compiles the MPI runtime over its first thousands of calls`;
+  const asked = r.values?.warmup;
+  const how =
+    asked === 1
+      ? "--warmup 1: NPB's rule"
+      : `--warmup ${typeof asked === "number" ? asked : "auto"}; --warmup 1 is NPB's rule`;
+  return `${nasBench(r.kernel, r.class)}: MyriXen's timed loop followed ${n} untimed iteration${n === 1 ? "" : "s"} (${s.toFixed(2)} s, ${how}): V8 compiles the MPI runtime over its first thousands of calls`;
 }
 
 /** NPB names a run kernel.CLASS (ep.S): the bench of a NAS row is `nas-ep.S`. */

@@ -374,6 +374,7 @@ async function run(guest: Guest): Promise<number> {
       error: err,
       zeta_per_iteration: zetas,
       rnorm_per_iteration: rnorms,
+      warmup: opts.warmup ?? "auto",
       warmup_iterations: warm.iterations,
       warmup_s: warm.seconds,
     },

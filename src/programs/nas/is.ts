@@ -279,6 +279,7 @@ async function run(guest: Guest): Promise<number> {
       partial_total: partialTotal,
       full_sorted_ranks: fullOk,
       keys_out_of_sort: outOfSort,
+      warmup: opts.warmup ?? "auto",
       warmup_iterations: warm.iterations,
       warmup_s: warm.seconds,
     },
