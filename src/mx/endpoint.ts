@@ -51,10 +51,6 @@ import { PullRights } from "./pull-rights.js";
 import type { RegLimits } from "./regcache.js";
 import { Regions } from "./regions.js";
 import { PREEMPTED_GAP_US, SpinBudget } from "./spin-budget.js";
-
-/** PREEMPTED_GAP_US in ms, the unit of performance.now(). */
-const PREEMPTED_GAP_MS = PREEMPTED_GAP_US / 1000;
-
 import { DEFAULT_TRACE_RECORDS, TraceBuffer, TraceStage, traceId, traceNow } from "./trace.js";
 import {
   type Block,
@@ -71,6 +67,8 @@ import {
 export type { EndpointCounters } from "./types.js";
 export { MxAddress, MxRequest, MxStatusInfo } from "./types.js";
 
+/** PREEMPTED_GAP_US in ms, the unit of performance.now(). */
+const PREEMPTED_GAP_MS = PREEMPTED_GAP_US / 1000;
 /** How long a blocking call spins on progress before it sleeps, µs (README, Design notes: "Waits"). */
 export const DEFAULT_SPIN_US = 20;
 /** Polls of a blocking wait before it looks at the clock (a spinning peer answers well within them). */
@@ -614,13 +612,13 @@ export class MxEndpoint {
         const beforeDeadline = now < deadline;
         const spinDone = now >= spinEnd;
         const extended = now + spinMs;
-        const extends_ = extended > spinEnd;
+        const reachesFurther = extended > spinEnd;
         if (stalled && !movedSinceRead) this.blockPreempted = true;
         lastRead = now;
         movedSinceRead = false;
         if (this.blockPreempted && shortSpinDone) break;
         if (moving && beforeDeadline) {
-          if (extends_) spinEnd = extended;
+          if (reachesFurther) spinEnd = extended;
           moving = false;
         } else if (spinDone) break;
       }
