@@ -1009,7 +1009,13 @@ test("a silent peer: CONNECT, remote PULL and SEND complete ENDPOINT_UNREACHABLE
     }
     assert.equal(fake.framesOf(FrameType.Send).length, 1 + DEST_CREDITS, "the queued ones never went out");
     const c3 = nic1.counters().global;
-    assert.equal(c3.send_timeouts - c2.send_timeouts, DEST_CREDITS);
+    // The share's deadlines are as far apart as its SENDs went out: the wire tick that finds
+    // the first overdue may find the others not yet due, and the silence it notes fails them
+    // in the same round (not counted as timeouts). So at least one timed out, at most the
+    // share; the rest failed with them (all N above), and the peer was found silent once.
+    // (A loaded 2-core CI runner spread the share over two ticks: 1 timeout, 31 failed.)
+    const timedOut = c3.send_timeouts - c2.send_timeouts;
+    assert.ok(timedOut >= 1 && timedOut <= DEST_CREDITS, `${timedOut} timeouts`);
     assert.equal(c3.links_silent - c2.links_silent, 1);
     a.close();
   } finally {
