@@ -45,9 +45,15 @@ type Obs = Record<string, unknown>;
  * A guest of `spec` on this host and one of `remoteSpec` on the remote host: they swap the
  * addresses they send first, run to the end, and are destroyed; their results.
  */
+/**
+ * Starts `spec` on this host and `remoteSpec` on the other, swaps their addresses and waits
+ * for both. With `holdRemote` the remote guest is told `"sender-done"` once the first has
+ * exited: a guest that must outlive its peer's connect waits for that rather than a timer.
+ */
 async function acrossHosts(
   spec: Parameters<Host["startGuest"]>[0],
   remoteSpec: Parameters<Host["startGuest"]>[0],
+  { holdRemote = false } = {},
 ): Promise<[Record<string, unknown>, Record<string, unknown>]> {
   const s = await host.startGuest(spec);
   const gotS = once(s, "message");
@@ -56,6 +62,7 @@ async function acrossHosts(
   const [[as], [ar]] = await Promise.all([gotS, gotR]);
   s.send(ar);
   r.send(as);
+  if (holdRemote) void s.exited.then(() => r.send("sender-done"));
   const [es, er] = await Promise.all([s.exited, r.exited]);
   assert.equal(es.state, "shutdown", es.error?.stack);
   assert.equal(er.state, "shutdown", er.error?.stack);
@@ -236,7 +243,14 @@ test("a guest with the default 256 pages sends across hosts; with no memory left
   const run = (hoard: boolean) =>
     acrossHosts(
       { module: SMALL, args: { role: "sender", hoard }, name: "small-sender" },
-      { module: SMALL, args: { role: "receiver", waitMs: hoard ? 100 : 5000 }, name: "small-receiver" },
+      {
+        module: SMALL,
+        args: { role: "receiver", waitMs: hoard ? 100 : 5000, hold: hoard },
+        name: "small-receiver",
+      },
+      // The starved sender's messages never arrive; its receiver stays open until it is done,
+      // however late a loaded runner lets it connect.
+      { holdRemote: hoard },
     );
   const [sent, received] = await run(false);
   assert.deepEqual(
