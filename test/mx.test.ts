@@ -43,12 +43,9 @@ type Obs = Record<string, unknown>;
 
 /**
  * A guest of `spec` on this host and one of `remoteSpec` on the remote host: they swap the
- * addresses they send first, run to the end, and are destroyed; their results.
- */
-/**
- * Starts `spec` on this host and `remoteSpec` on the other, swaps their addresses and waits
- * for both. With `holdRemote` the remote guest is told `"sender-done"` once the first has
- * exited: a guest that must outlive its peer's connect waits for that rather than a timer.
+ * addresses they send first, run to the end, and are destroyed; their results. With
+ * `holdRemote` the remote guest is told `"sender-done"` once the first has exited: a guest
+ * that must outlive its peer's connect waits for that rather than for a timer.
  */
 async function acrossHosts(
   spec: Parameters<Host["startGuest"]>[0],
