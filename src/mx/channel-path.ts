@@ -14,7 +14,7 @@
  * (DRIVER_EVENT_DISCONNECT: read what it managed to send, then fail it).
  */
 
-import { RECORD_HEADER_BYTES, RecordFlag, RecordWord } from "../myrixen/channel-abi.js";
+import { LANE_BYTES, RECORD_HEADER_BYTES, RecordFlag, RecordWord } from "../myrixen/channel-abi.js";
 import type { DriverChannel, MxDriver } from "../myrixen/driver-abi.js";
 import { DRIVER_EVENT_CONNECT, DRIVER_EVENT_DISCONNECT } from "../myrixen/driver-abi.js";
 import { MxStatus } from "../nic/status.js";
@@ -55,6 +55,9 @@ import {
   type Puller,
   RequestState,
 } from "./types.js";
+
+/** The most records a full lane holds (each takes 8 bytes at least): what drain() reads at most. */
+const MAX_DRAIN_RECORDS = LANE_BYTES / 8;
 
 /**
  * Kicks the peer if it said it sleeps, and takes its flag down as it does (the peer sets it
@@ -320,18 +323,28 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
     return pol.admit(CONTROL_RECORD_COST, 0, CONTROL_RECORD_COST);
   }
 
-  /** Takes what the peer managed to send before it went away. */
+  /**
+   * Takes what the peer managed to send before it went away: at most a full lane's worth of
+   * records, so a peer that goes on writing after it said it closed cannot keep us here.
+   */
   drain(): void {
     const rd = this.reader;
-    while (rd.next()) {
+    for (let n = 0; n < MAX_DRAIN_RECORDS && rd.next(); n++) {
       this.onRecord(rd);
       rd.release();
     }
   }
 
+  /**
+   * Fails the peer if either side declared the channel dead, after taking what the peer
+   * wrote before it did: the peer may have committed its last records and closed since this
+   * round's receive() looked (or the lane's policy held them), and a send it saw complete
+   * must still arrive (an MPI rank's last barrier message, written just before finalize).
+   */
   checkClosed(): void {
-    if (this.reader.closed || this.writer.closed)
-      this.parts.partners.fail(this.peer, "the peer endpoint went away", MxStatus.ENDPOINT_CLOSED);
+    if (!this.reader.closed && !this.writer.closed) return;
+    this.drain();
+    this.parts.partners.fail(this.peer, "the peer endpoint went away", MxStatus.ENDPOINT_CLOSED);
   }
 
   /**

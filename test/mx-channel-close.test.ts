@@ -1,0 +1,58 @@
+/**
+ * A co-resident peer that closes right after its last sends: what it saw complete still
+ * arrives. The receiver takes the records left in the lane when it finds the channel closed
+ * (channel-path.ts checkClosed), also those the lane's policy was holding, instead of failing
+ * the peer over them (an MPI rank whose finalize barrier message was written just before its
+ * peer's receive() looked and closed just after: its peer waited forever). Two real guests.
+ */
+import assert from "node:assert/strict";
+import { once } from "node:events";
+import { after, before, test } from "node:test";
+import { Host } from "../src/host/host.js";
+
+const LAST = new URL("./fixtures/guests/mx-close-last.js", import.meta.url);
+
+let host: Host;
+before(async () => {
+  host = await Host.start({});
+});
+after(async () => {
+  await host.stop();
+});
+
+type Got = { code: string; intact: boolean };
+
+async function closeAfterSending(qos?: { tx: { msgsPerSec: number } }) {
+  const s = await host.startGuest({ module: LAST, args: { role: "sender" }, name: "last-sender", qos });
+  const gotS = once(s, "message");
+  const r = await host.startGuest({ module: LAST, args: { role: "receiver" }, name: "last-receiver" });
+  const gotR = once(r, "message");
+  const [[as], [ar]] = await Promise.all([gotS, gotR]);
+  s.send(ar);
+  r.send(as);
+  // The receiver reads nothing of the three until the sender has closed and gone.
+  const es = await s.exited;
+  r.send("go");
+  const er = await r.exited;
+  await Promise.all([s.destroy(), r.destroy()]);
+  assert.equal(es.state, "shutdown", es.error?.stack);
+  assert.equal(er.state, "shutdown", er.error?.stack);
+  return [es.result, er.result] as [{ hello: string; codes: string[] }, { got: Got[]; path: string }];
+}
+
+const OK = { code: "MX_STATUS_SUCCESS", intact: true };
+
+test("a peer's last messages arrive after it closed: 8 B, 8 B and 40,000 B in pieces", async () => {
+  const [sent, received] = await closeAfterSending();
+  assert.equal(received.path, "bypass");
+  assert.deepEqual(sent, { hello: "MX_STATUS_SUCCESS", codes: Array(3).fill("MX_STATUS_SUCCESS") });
+  assert.deepEqual(received.got, [OK, OK, OK]);
+});
+
+test("a peer's last messages arrive after it closed, also those the lane's policy still held when the receiver found the channel closed", async () => {
+  // Five messages a second: the first message puts the sender's bucket in debt, so the other two
+  // wait in the lane for 200 ms by the receiver's clock; the channel is closed long before.
+  const [sent, received] = await closeAfterSending({ tx: { msgsPerSec: 5 } });
+  assert.deepEqual(sent.codes, Array(3).fill("MX_STATUS_SUCCESS"));
+  assert.deepEqual(received.got, [OK, OK, OK]);
+});
