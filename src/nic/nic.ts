@@ -40,7 +40,8 @@
  * REMOTE_PULL_SLOTS pulls in all; a delivery is held for receive space HOLD_MS at most. What
  * a lost or silent link costs, and the wire timer, are in links.ts.
  *
- * Idle: after work the NIC polls its endpoints for POLL_BUDGET_MS, then sets W_NIC_SLEEPING in
+ * Idle: after work the NIC polls its endpoints for its poll budget (poll-budget.ts: up to
+ * POLL_BUDGET_MS, shorter while its wake-ups come later than that), then sets W_NIC_SLEEPING in
  * every open window, re-checks every doorbell, and waits in its event loop (one
  * Atomics.waitAsync per window on W_SQ_PROD). A doorbell with notify, a control request or a
  * link frame wakes it. Owners do not notify when they only consume events or release receive
@@ -80,6 +81,7 @@ import { PullRights } from "./exposure.js";
 import type { Link } from "./link.js";
 import { LinkTable } from "./link-state.js";
 import { Links } from "./links.js";
+import { PollBudget } from "./poll-budget.js";
 import { QosScheduler } from "./qos.js";
 import { RemotePull } from "./remote-pull.js";
 import { SendEngine } from "./send.js";
@@ -101,8 +103,6 @@ import {
 
 /** Descriptors taken from one endpoint per round, so that one busy owner cannot starve the others. */
 export const SQ_BATCH = 64;
-/** Keep polling this long after the last work before sleeping (a sleeping thread takes ~30 µs to wake: README, Design notes). */
-export const POLL_BUDGET_MS = 0.04;
 /** Longest run of the poll loop before it yields to the event loop (control requests, link frames). */
 const SLICE_MS = 2;
 /**
@@ -177,6 +177,8 @@ export class Nic {
   private backoffMs = BACKSTOP_MIN_MS;
   /** When the loop last found nothing to do (-1: it did something since). */
   private idleSince = -1;
+  /** How long the loop polls with nothing to do before it sleeps (adapted to the gaps it sees). */
+  private readonly pollBudget = new PollBudget();
 
   constructor(options: NicOptions) {
     const { nicId, maxEndpoints, maxRegions } = checkNicOptions(options);
@@ -342,7 +344,10 @@ export class Nic {
   private wake(byTimer: boolean): void {
     this.asleep = false;
     this.c[NicCounter.wakeups]++;
-    if (byTimer) this.c[NicCounter.timer_wakeups]++;
+    if (byTimer) {
+      this.c[NicCounter.timer_wakeups]++;
+      this.pollBudget.wokeByTimer();
+    } else this.pollBudget.woke(performance.now());
     if (this.backstop) {
       clearTimeout(this.backstop);
       this.backstop = null;
@@ -364,7 +369,7 @@ export class Nic {
         this.backoffMs = BACKSTOP_MIN_MS;
       } else if (this.idleSince < 0) {
         this.idleSince = now;
-      } else if (now - this.idleSince >= POLL_BUDGET_MS) {
+      } else if (now - this.idleSince >= this.pollBudget.ms) {
         break;
       }
       // Busy: let control requests and link frames in, then carry on. Idle with links: look at
@@ -375,11 +380,12 @@ export class Nic {
         return;
       }
     }
+    const quietSince = this.idleSince;
     this.idleSince = -1;
-    this.sleep();
+    this.sleep(quietSince);
   };
 
-  private sleep(): void {
+  private sleep(quietSince: number): void {
     // Nothing more will ride with held SEND_ACKs: they go now, before the NIC stops looking.
     if (this.linkTable.acksHeld > 0) {
       this.links.cork();
@@ -395,6 +401,7 @@ export class Nic {
       return;
     }
     this.asleep = true;
+    this.pollBudget.slept(quietSince);
     this.c[NicCounter.sleeps]++;
     let changed = false;
     const ctxs = this.eps.ctxs;

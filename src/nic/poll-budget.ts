@@ -1,0 +1,42 @@
+/**
+ * How long an idle NIC thread keeps polling before it sleeps, adapted to the gaps it sees, as
+ * KVM adapts halt-polling: a sleep whose wake-up came within the longest budget (a guest that
+ * answers the event just delivered, the next step of a transfer) means a longer poll would
+ * have caught it without a wake-up, so the budget grows past that gap; a wake-up later than the
+ * longest budget (the reply to a frame sent across the wire, a guest that went quiet) means
+ * the poll only took a core from the threads the NIC waits for, so the budget halves. Wake-ups
+ * by the NIC's own timer say nothing about what it waits for and are not counted. Pure
+ * arithmetic on times the caller measured, so a unit test can drive it; the NIC and the raw
+ * chain baseline (bench/chain-worker.ts) use it alike.
+ */
+
+/** The longest idle poll (a sleeping thread takes ~30 µs to wake: README, Design notes). */
+export const POLL_BUDGET_MS = 0.04;
+/** The shortest: a few rounds over the endpoints and sockets. */
+export const POLL_MIN_MS = 0.005;
+
+export class PollBudget {
+  /** The idle poll of the next quiet spell, ms. */
+  ms = POLL_BUDGET_MS;
+  /** When the quiet spell that ended in the current sleep began; −1 while awake. */
+  private quietSince = -1;
+
+  /** The thread sleeps after polling since `quietSince` with nothing to do. */
+  slept(quietSince: number): void {
+    this.quietSince = quietSince;
+  }
+
+  /** Something woke the thread at `now` (not its own timer): adapt to the gap since it went quiet. */
+  woke(now: number): void {
+    if (this.quietSince < 0) return;
+    const gap = now - this.quietSince;
+    this.quietSince = -1;
+    if (gap <= POLL_BUDGET_MS) this.ms = Math.min(POLL_BUDGET_MS, Math.max(2 * this.ms, 1.5 * gap));
+    else this.ms = Math.max(POLL_MIN_MS, this.ms / 2);
+  }
+
+  /** A wake-up by the thread's own timer: the spell's gap says nothing of the traffic. */
+  wokeByTimer(): void {
+    this.quietSince = -1;
+  }
+}
