@@ -6,8 +6,8 @@
  * longest budget (the reply to a frame sent across the wire, a guest that went quiet) means
  * the poll only took a core from the threads the NIC waits for, so the budget halves. Wake-ups
  * by the NIC's own timer say nothing about what it waits for and are not counted. Pure
- * arithmetic on times the caller measured, so a unit test can drive it; the NIC and the raw
- * chain baseline (bench/chain-worker.ts) use it alike.
+ * arithmetic on times the caller measured, so a unit test can drive it. (The raw chain
+ * baseline, bench/chain-worker.ts, keeps the fixed POLL_BUDGET_MS: faster for it.)
  */
 
 /** The longest idle poll (a sleeping thread takes ~30 µs to wake: README, Design notes). */
