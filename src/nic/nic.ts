@@ -177,8 +177,19 @@ export class Nic {
   private backoffMs = BACKSTOP_MIN_MS;
   /** When the loop last found nothing to do (-1: it did something since). */
   private idleSince = -1;
-  /** How long the loop polls with nothing to do before it sleeps (adapted to the gaps it sees). */
-  private readonly pollBudget = new PollBudget();
+  /**
+   * How long the loop polls with nothing to do before it sleeps, adapted to the gaps it sees:
+   * one budget for quiet spells after the NIC gave an owner events (its answer comes from a
+   * guest on this host, soon), one for those after it only moved frames (what comes next comes
+   * from the wire, later). One budget for both swung between them and wasted one kind of poll
+   * in every ping-pong.
+   */
+  private readonly pollAfterEvents = new PollBudget();
+  private readonly pollAfterFrames = new PollBudget();
+  /** The budget of the current quiet spell. */
+  private pollBudget = this.pollAfterEvents;
+  /** NicCounter.events when the last quiet spell began. */
+  private eventsAtQuiet = 0;
 
   constructor(options: NicOptions) {
     const { nicId, maxEndpoints, maxRegions } = checkNicOptions(options);
@@ -369,6 +380,9 @@ export class Nic {
         this.backoffMs = BACKSTOP_MIN_MS;
       } else if (this.idleSince < 0) {
         this.idleSince = now;
+        const events = this.c[NicCounter.events];
+        this.pollBudget = events !== this.eventsAtQuiet ? this.pollAfterEvents : this.pollAfterFrames;
+        this.eventsAtQuiet = events;
       } else if (now - this.idleSince >= this.pollBudget.ms) {
         break;
       }

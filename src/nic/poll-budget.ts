@@ -5,7 +5,9 @@
  * have caught it without a wake-up, so the budget grows past that gap; a wake-up later than the
  * longest budget (the reply to a frame sent across the wire, a guest that went quiet) means
  * the poll only took a core from the threads the NIC waits for, so the budget halves. Wake-ups
- * by the NIC's own timer say nothing about what it waits for and are not counted. Pure
+ * by the NIC's own timer say nothing about what it waits for and are not counted. The NIC
+ * keeps one for quiet spells after it gave an owner events and one for those after it only
+ * moved frames (nic.ts runSlice): the two wait for different threads. Pure
  * arithmetic on times the caller measured, so a unit test can drive it. (The raw chain
  * baseline, bench/chain-worker.ts, keeps the fixed POLL_BUDGET_MS: faster for it.)
  */
