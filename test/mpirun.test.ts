@@ -120,8 +120,23 @@ test("--timeout ends a stuck job with exit code 124 and where each rank waits; w
   assert.equal(r.code, TIMEOUT_EXIT_CODE, r.stderr);
   assert.equal(r.stdout, "rank 1 line 1\nrank 1 line 2\nrank 1 line 3\n");
   assert.match(r.stderr, /the job ran past --timeout 8 s; stopping it\. Where each rank was:/);
-  assert.match(r.stderr, /^ {2}rank 0: finished$/m);
+  assert.match(r.stderr, /^ {2}rank 0: waiting in MPI_Recv\(source 1, tag 8\) for \d+\.\d s$/m);
   assert.match(r.stderr, /^ {2}rank 1: waiting in MPI_Recv\(source 0, tag 7\) for \d+\.\d s$/m);
+});
+
+test("a rank that returns without MPI_Finalize fails the job at once, as under mpirun (its peer waiting on it is stopped, not left forever)", async () => {
+  // --timeout bounds the job this test plays: without the rule, rank 0 would wait forever.
+  const r = await run(["-n", "2", "--timeout", "60", fixture("mpirun-no-finalize")]);
+  assert.equal(r.code, 1, r.stderr);
+  assert.deepEqual(problems(r.stderr), [
+    "myrixen run: rank 1 returned from main after MPI.init without calling comm.finalize() (a failure under MPI, as with mpirun: the other ranks could wait for it forever); the other ranks were stopped",
+  ]);
+  // The same program finalizing: no complaint. A program that never calls MPI.init may return as it likes.
+  const ok = await run(["-n", "2", fixture("mpirun-no-finalize"), "finalize"]);
+  assert.equal(ok.code, 0, ok.stderr);
+  assert.equal(ok.stdout, "rank 0 got 7\n");
+  const plain = await run(["-n", "2", fixture("mpirun-env")]);
+  assert.equal(plain.code, 0, plain.stderr);
 });
 
 test("a rank that throws: one line naming the rank, the error and the .ts line, then its stack through the user's functions", async () => {
@@ -218,7 +233,13 @@ test("across hosts (-H host:slots): a throwing rank's .ts stack and --timeout's 
     assert.equal(stuck.code, TIMEOUT_EXIT_CODE, stuck.stderr);
     assert.equal(stuck.stdout, "rank 1 line 1\nrank 1 line 2\nrank 1 line 3\n");
     assert.match(stuck.stderr, new RegExp(`^ {2}${hosts[0].label} \\(1 slot\\): rank 0$`, "m"));
-    assert.match(stuck.stderr, new RegExp(`^ {2}rank 0 on ${hosts[0].label}: finished$`, "m"));
+    assert.match(
+      stuck.stderr,
+      new RegExp(
+        `^ {2}rank 0 on ${hosts[0].label}: waiting in MPI_Recv\\(source 1, tag 8\\) for \\d+\\.\\d s$`,
+        "m",
+      ),
+    );
     assert.match(
       stuck.stderr,
       new RegExp(

@@ -36,6 +36,7 @@ import { Job, JobSetupError, type JobTarget, LocalTarget, type RankOutcome } fro
 import { createLogger } from "../cluster/log.js";
 import { coreSlots, type MapBy } from "../cluster/placement.js";
 import { BUILTIN_PROGRAMS, ProgramError, resolveProgram } from "../cluster/programs.js";
+import { NOT_FINALIZED } from "../cluster/rank-state.js";
 import { AuthError, RemoteHost } from "../cluster/remote.js";
 import { RANK_PATHS, type RankPath } from "../cluster/wire.js";
 import type { Dashboard } from "../dashboard/server.js";
@@ -295,6 +296,8 @@ function describeFailure(f: RankOutcome, lost: { label: string; nicId: number; r
       ...frames,
     ];
   }
+  if (f.error?.name === NOT_FINALIZED)
+    return [`rank ${f.rank} ${f.error.message}; the other ranks were stopped`];
   const how = f.state === "shutdown" ? `exited with code ${f.exitCode}` : f.state;
   return [
     `rank ${f.rank} ${how}${f.error ? `: ${withPaths(f.error.message)}` : ""}; the other ranks were stopped`,

@@ -34,6 +34,13 @@ export const PHASE_BLOCKED = 1;
 /** MPI_Finalize has returned. */
 export const PHASE_FINALIZED = 2;
 
+/**
+ * The name of the error a rank ends with when it returned from main after MPI.init without
+ * MPI_Finalize: mpirun's rule (Open MPI aborts such a job: "exiting improperly"), since the
+ * other ranks may wait for it forever. A name, so it survives the wire between hosts.
+ */
+export const NOT_FINALIZED = "MpiNotFinalized";
+
 /** "No peer" / "no tag" in the words (a wildcard is -1, MPI's ANY_SOURCE / ANY_TAG). */
 export const NONE = -2;
 
@@ -145,6 +152,11 @@ export class StateWatch {
     if (blocked && (!this.blocked || seq !== this.seq)) this.since = now;
     this.blocked = blocked;
     this.seq = seq;
+  }
+
+  /** The rank's MPI_Finalize returned (its words say so; a guest that lies only fails its own job). */
+  get finalized(): boolean {
+    return this.words[PHASE] === PHASE_FINALIZED;
   }
 
   describe(now: number): string {

@@ -20,7 +20,7 @@ import type { QosPolicy } from "../myrixen/qos-policy.js";
 import type { Domain, DomainExit } from "../xen/hypervisor.js";
 import { ProgramError, resolveProgram } from "./programs.js";
 import { isJobKey, type LauncherToRank, type RankArgs, type RankToLauncher } from "./protocol.js";
-import { RANK_STATE_BYTES, StateWatch } from "./rank-state.js";
+import { NOT_FINALIZED, RANK_STATE_BYTES, StateWatch } from "./rank-state.js";
 import type { RankPath } from "./wire.js";
 
 export interface RankExit {
@@ -93,6 +93,14 @@ function exists(path: string): boolean {
   } catch {
     return false;
   }
+}
+
+function notFinalized(): Error {
+  const e = new Error(
+    "returned from main after MPI.init without calling comm.finalize() (a failure under MPI, as with mpirun: the other ranks could wait for it forever)",
+  );
+  e.name = NOT_FINALIZED;
+  return e;
 }
 
 /** Per Host: the keys of the jobs that have ranks on it now. */
@@ -196,7 +204,8 @@ export class RankSet {
   private async startRank(rank: number, program: URL): Promise<void> {
     const { spec } = this;
     const state = new SharedArrayBuffer(RANK_STATE_BYTES);
-    this.callStates.set(rank, new StateWatch(state));
+    const watch = new StateWatch(state);
+    this.callStates.set(rank, watch);
     if (!this.watchTimer) {
       this.watchTimer = setInterval(() => {
         const now = Date.now();
@@ -265,12 +274,15 @@ export class RankSet {
         await Promise.race([drained, new Promise((r) => (timer = setTimeout(r, OUTPUT_DRAIN_MS)))]);
         clearTimeout(timer);
         const code = exitCodeOf(e);
+        // A rank that called MPI.init (it announced its address) and returned without
+        // MPI_Finalize fails the job, as under mpirun: its peers could wait for it forever.
+        const unfinalized = code === 0 && e.state === "shutdown" && announced && !watch.finalized;
         this.events.exit({
           rank,
           state: e.state,
           // A result file the rank asked for and did not get fails the rank.
-          exitCode: code === 0 && outputFailed ? 1 : code,
-          error: e.error,
+          exitCode: code === 0 && (outputFailed || unfinalized) ? 1 : code,
+          error: unfinalized ? notFinalized() : e.error,
           result: e.result,
         });
         // A long-lived host must not keep ended domains (their memory) around.
