@@ -221,6 +221,23 @@ test("host scripts: `myrixen exec` for TypeScript, plain node for JavaScript", a
   const missing = await sh("npx", ["myrixen", "exec", "nope.ts"], APP);
   assert.equal(missing.code, 2);
   assert.equal(missing.stderr.trim(), "myrixen exec: no script nope.ts");
+  // In a project as `npm init` makes it ("type": "commonjs"), a .ts host script is CommonJS
+  // and its top-level await cannot compile: one line saying what to change, not esbuild's trace.
+  const cjs = join(APP, "cjs");
+  mkdirSync(cjs);
+  writeFileSync(join(cjs, "package.json"), JSON.stringify({ name: "cjs-app", type: "commonjs" }));
+  writeFileSync(join(cjs, "host.ts"), USER_FILES["host.ts"]);
+  writeFileSync(join(cjs, "pages.ts"), USER_FILES["pages.ts"]);
+  const tla = await sh("npx", ["myrixen", "exec", "host.ts"], cjs);
+  assert.equal(tla.code, 1);
+  assert.equal(
+    tla.stderr.trim(),
+    `myrixen exec: host.ts uses top-level await, which needs an ES module, but ${join(cjs, "package.json")} ("type": "commonjs") makes .ts files CommonJS: set "type": "module" there (npm pkg set type=module) or rename the script host.mts`,
+  );
+  // Renamed as it says, it runs.
+  writeFileSync(join(cjs, "host.mts"), USER_FILES["host.ts"]);
+  const mts = ok(await sh("npx", ["myrixen", "exec", "host.mts", "x"], cjs), "myrixen exec host.mts");
+  assert.match(mts, /^host\.ts: shutdown: domain \d+ has 16 pages, got pfn \d+ \(argv x\)$/m);
 });
 
 test("TypeScript users get the package's types: tsc --noEmit of their files passes", async () => {
