@@ -13,6 +13,8 @@
  * domain-record.ts (what it keeps per domain, never handed out). Grant copies, event channels
  * and XenStore have their own files one level up (grant-table.ts, event-channel.ts, xenstore/).
  */
+
+import type { Readable } from "node:stream";
 import { fileURLToPath } from "node:url";
 import { MessageChannel, type MessagePort, Worker } from "node:worker_threads";
 import { DOMID_MAX, type DomId, GNTST, PAGE_SIZE } from "./abi.js";
@@ -31,6 +33,7 @@ import {
   releaseGrant,
 } from "./grant-table.js";
 import { loadGuestImage } from "./guest/loader.js";
+import { HOST_LINK_BYTES, HostLinkCredit, OUTPUT_HELD_MAX, validCost } from "./host-link.js";
 import {
   type AsyncToGuest,
   type AsyncToHypervisor,
@@ -59,6 +62,40 @@ export {
   type GuestControlMessage,
 } from "./hypervisor/domain.js";
 export { MAX_MAPPINGS_PER_DOMAIN, MAX_SEGMENT_PAGES } from "./hypervisor/domain-record.js";
+
+/**
+ * Gives a domain's output back to its window once its stream holds little unread: a reader
+ * that keeps up (a terminal, a launcher's line reader) takes it in at once; one that does not
+ * (a slow pipe, a "pipe" stream nobody reads) holds the guest's printing in the guest.
+ */
+class OutputCredit {
+  private held = 0;
+  private timer: NodeJS.Timeout | undefined;
+  private readonly streams = new Set<Readable>();
+
+  constructor(private readonly credit: HostLinkCredit) {}
+
+  pushed(s: Readable, cost: number): void {
+    this.held += cost;
+    this.streams.add(s);
+    this.check();
+  }
+
+  private check(): void {
+    for (const s of this.streams)
+      if (!s.readableEnded && !s.destroyed && s.readableLength > OUTPUT_HELD_MAX) {
+        this.timer ??= setInterval(() => this.check(), OUTPUT_RECHECK_MS).unref();
+        return;
+      }
+    this.streams.clear();
+    clearInterval(this.timer);
+    this.timer = undefined;
+    this.credit.take(this.held);
+    this.held = 0;
+  }
+}
+/** How often held output is looked at again (ms). */
+const OUTPUT_RECHECK_MS = 10;
 
 /** Stopped domains the hypervisor still answers lookups for (domain(), counters()). */
 export const KEEP_STOPPED_DOMAINS = 256;
@@ -141,6 +178,8 @@ export class Hypervisor {
     const hc = new MessageChannel();
     const async = new MessageChannel();
     const replyWord = new SharedArrayBuffer(8);
+    const hostLink = new SharedArrayBuffer(HOST_LINK_BYTES);
+    const credit = new HostLinkCredit(hostLink);
     const boot: GuestBootData = {
       domid,
       name,
@@ -151,6 +190,7 @@ export class Hypervisor {
       grantTable: table,
       counters,
       replyWord,
+      hostLink,
       hcPort: hc.port2,
       asyncPort: async.port2,
       moduleUrl,
@@ -172,7 +212,19 @@ export class Hypervisor {
       this.release(domid);
       throw e;
     }
-    const dom = new Domain(domid, name, c.privileged, c.pages, this, worker, counters, hypCounters, c.native);
+    const dom = new Domain(
+      domid,
+      name,
+      c.privileged,
+      c.pages,
+      this,
+      worker,
+      counters,
+      hypCounters,
+      credit,
+      c.native,
+    );
+    const output = new OutputCredit(credit);
     this.live.set(domid, dom);
     this.all.set(domid, dom);
 
@@ -187,11 +239,12 @@ export class Hypervisor {
         if (dom.state === "booting") dom.state = "running";
         dom.emit("running");
       } else if (m.type === "user") {
-        dom.deliver(m.data);
+        dom.deliver(m.data, validCost(m.cost));
       } else if (m.type === "output") {
         // Into the worker's own stdio stream: piped or inherited as Node does it, in order.
         const s = m.stream === "stderr" ? worker.stderr : worker.stdout;
         if (typeof m.text === "string" && !s.readableEnded && !s.destroyed) s.push(m.text);
+        output.pushed(s, validCost(m.cost));
       } else if (m.type === "exit") {
         this.stopDomain(dom, "shutdown", { result: m.result });
       } else if (m.type === "crash") {

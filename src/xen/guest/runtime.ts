@@ -10,7 +10,9 @@
  */
 import { createRequire } from "node:module";
 import { fileURLToPath } from "node:url";
+import { serialize } from "node:v8";
 import { type MessagePort, parentPort, workerData } from "node:worker_threads";
+import { HostLinkSender, MESSAGE_BASE_UNITS } from "../host-link.js";
 import type { GuestBootData, GuestControlMessage } from "../hypervisor.js";
 import { Guest } from "./guest.js";
 import { type GuestMain, loadSandboxedProgram } from "./sandbox.js";
@@ -37,15 +39,16 @@ async function loadTrustedProgram(url: string): Promise<GuestMain> {
   return main;
 }
 
-/** The host stops the worker on "exit": let what the guest printed reach the host first. */
+/**
+ * The host stops the worker on "exit": let what the guest printed and sent reach the host
+ * first (within the window, as the host takes it in; what is still queued after a while goes
+ * anyway — a last burst bounded by this domain's heap, not a stream).
+ */
 async function flushOutput(): Promise<void> {
-  const flush = (s: NodeJS.WriteStream) =>
-    new Promise<void>((r) => (s.writableLength === 0 ? r() : s.write("", () => r())));
-  await Promise.race([
-    Promise.all([flush(process.stdout), flush(process.stderr)]),
-    new Promise((r) => setTimeout(r, 1000)),
-  ]);
+  await link.drained(FLUSH_MS);
+  link.flushAll();
 }
+const FLUSH_MS = 1000;
 
 function describe(e: unknown): { name: string; message: string; stack?: string } {
   try {
@@ -71,6 +74,20 @@ function takeNativeLink(boot: GuestBootData): {
 const port = parentPort!;
 const boot = workerData as GuestBootData;
 const post = (m: GuestControlMessage) => port.postMessage(m);
+/** What the guest prints and sends goes through the host link's window (host-link.ts). */
+const link = new HostLinkSender(boot.hostLink, (m) => port.postMessage(m));
+
+/** A `guest.send` message's cost: its structured-clone bytes (a SharedArrayBuffer is shared, not copied). */
+function userCost(data: unknown): number {
+  try {
+    return MESSAGE_BASE_UNITS + serialize(data).length;
+  } catch {
+    // v8.serialize refuses SharedArrayBuffers, which a worker message shares; anything else
+    // it refuses, postMessage refuses too: throw that error here, in the guest's send().
+    structuredClone(data);
+    return MESSAGE_BASE_UNITS;
+  }
+}
 
 /**
  * The worker's stdout/stderr as control messages, each posted when written. Node's own worker
@@ -89,7 +106,10 @@ function routeStdio(stream: NodeJS.WriteStream, name: "stdout" | "stderr"): void
         : chunk instanceof Uint8Array
           ? decoder.decode(chunk, { stream: true })
           : String(chunk);
-    if (text.length > 0) post({ type: "output", stream: name, text });
+    if (text.length > 0) {
+      const cost = MESSAGE_BASE_UNITS + text.length;
+      link.send({ type: "output", stream: name, text, cost } satisfies GuestControlMessage, cost);
+    }
     if (typeof done === "function") queueMicrotask(() => (done as () => void)());
     return true;
   }) as NodeJS.WriteStream["write"];
@@ -97,7 +117,16 @@ function routeStdio(stream: NodeJS.WriteStream, name: "stdout" | "stderr"): void
 routeStdio(process.stdout, "stdout");
 routeStdio(process.stderr, "stderr");
 const { args, native } = takeNativeLink(boot);
-const guest = new Guest({ ...boot, args }, { toHost: (m) => port.postMessage(m), native });
+const guest = new Guest(
+  { ...boot, args },
+  {
+    toHost: (m) => {
+      const cost = userCost((m as { data?: unknown }).data);
+      link.send({ ...(m as object), cost }, cost);
+    },
+    native,
+  },
+);
 port.on("message", (m: { type: string; data?: unknown; domid?: number }) => {
   if (m?.type === "host") guest.deliverHostMessage(m.data);
   // A domain died or gave back a segment: the privileged domain's cached view of it is stale.

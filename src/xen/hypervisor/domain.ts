@@ -12,6 +12,7 @@ import type { DomId } from "../abi.js";
 import { type CounterSnapshot, readCounters } from "../counters.js";
 import { DEFAULT_GRANT_ENTRIES } from "../grant-table.js";
 import type { GuestImage } from "../guest/loader.js";
+import type { HostLinkCredit } from "../host-link.js";
 import type { Hypervisor } from "../hypervisor.js";
 
 export type DomainState = "booting" | "running" | "shutdown" | "crashed" | "destroyed";
@@ -45,7 +46,7 @@ export interface DomainConfig {
    * memory and no Xen devices (the reference point the bypass path is measured against).
    */
   native?: boolean;
-  /** "pipe": the guest's stdout/stderr become `domain.stdout`/`domain.stderr` streams (a launcher prefixes them). */
+  /** "pipe": the guest's stdout/stderr become the streams `domain.worker.stdout`/`.stderr` (a launcher reads them line by line); "inherit" (default) goes to the host's own. */
   output?: "inherit" | "pipe";
   /** What the guest program sees as `process.env` (default: nothing; a guest has no host environment). */
   env?: Record<string, string>;
@@ -68,6 +69,8 @@ export interface GuestBootData {
   grantTable: SharedArrayBuffer;
   counters: SharedArrayBuffer;
   replyWord: SharedArrayBuffer;
+  /** The credit window on what the guest sends its host (host-link.ts). */
+  hostLink: SharedArrayBuffer;
   hcPort: MessagePort;
   asyncPort: MessagePort;
   moduleUrl: string;
@@ -83,9 +86,10 @@ export type GuestControlMessage =
   | { type: "running" }
   | { type: "exit"; result: unknown }
   | { type: "crash"; error: { name: string; message: string; stack?: string } }
-  | { type: "user"; data: unknown }
+  /** `cost`: what the message counts against the host link's window (host-link.ts). */
+  | { type: "user"; data: unknown; cost: number }
   /** What the guest wrote to its stdout/stderr (guest/runtime.ts routeStdio). */
-  | { type: "output"; stream: "stdout" | "stderr"; text: string };
+  | { type: "output"; stream: "stdout" | "stderr"; text: string; cost: number };
 
 /** A running (or stopped) domain, as the host sees it. */
 export class Domain extends EventEmitter {
@@ -104,6 +108,7 @@ export class Domain extends EventEmitter {
     readonly worker: Worker,
     private readonly counterBuffer: SharedArrayBuffer,
     private readonly hypCounters: ArrayBuffer,
+    private readonly credit: HostLinkCredit,
     readonly native = false,
   ) {
     super();
@@ -123,17 +128,21 @@ export class Domain extends EventEmitter {
     return readCounters(this.counterBuffer, this.hypCounters);
   }
 
-  private readonly early: unknown[] = [];
+  private readonly early: { data: unknown; cost: number }[] = [];
   private flushing = false;
 
   /**
    * @internal Emits a guest's message, or keeps it until someone listens: a message sent
-   * while the host was still setting the domain up is not lost.
+   * while the host was still setting the domain up is not lost. A message is taken in (its
+   * cost given back to the guest's window) when a listener got it, so what waits here for a
+   * listener is bounded by the window: the guest queues the rest in its own memory.
    */
-  deliver(data: unknown): void {
-    if (this.listenerCount("message") > 0 && this.early.length === 0) this.emit("message", data);
-    else {
-      this.early.push(data);
+  deliver(data: unknown, cost: number): void {
+    if (this.listenerCount("message") > 0 && this.early.length === 0) {
+      this.credit.take(cost);
+      this.emit("message", data);
+    } else {
+      this.early.push({ data, cost });
       this.scheduleFlush();
     }
   }
@@ -143,8 +152,11 @@ export class Domain extends EventEmitter {
     this.flushing = true;
     queueMicrotask(() => {
       this.flushing = false;
-      while (this.early.length > 0 && this.listenerCount("message") > 0)
-        this.emit("message", this.early.shift());
+      while (this.early.length > 0 && this.listenerCount("message") > 0) {
+        const m = this.early.shift()!;
+        this.credit.take(m.cost);
+        this.emit("message", m.data);
+      }
     });
   }
 

@@ -1,0 +1,132 @@
+/**
+ * The credit window on what a domain sends its host: `guest.send` messages and its stdout and
+ * stderr text. They travel as worker messages, and Node queues a worker's messages without
+ * bound: a guest printing or sending in a loop grew the host by gigabytes a second until the
+ * whole host (every other domain with it) died out of memory. Like a Xen console or XenStore
+ * ring, the way to the host now holds a bounded amount: the guest's runtime may have at most
+ * WINDOW_UNITS in flight — sent and not yet taken in by the host — and keeps the rest queued in
+ * its own memory (bounded by its own heap limit: a flood ends that domain, not the host).
+ *
+ * One word of a SharedArrayBuffer the hypervisor makes per domain, written by the host only:
+ *   TAKEN  units the host has taken in so far (mod 2^32): a `guest.send` message when the
+ *          host's listener got it, output text once the domain's stream holds at most
+ *          OUTPUT_HELD_MAX characters unread.
+ * A message's cost is MESSAGE_BASE_UNITS plus its size (its structured-clone bytes, or its
+ * text's length), counted by the guest's runtime (trusted code outside the sandbox) and
+ * carried with the message, so both sides count the same.
+ */
+
+/** Bytes of a domain's host-link buffer. */
+export const HOST_LINK_BYTES = 8;
+/** Int32 word: units the host has taken in. */
+export const TAKEN = 0;
+/** Units a guest may have in flight to its host. */
+export const WINDOW_UNITS = 4 << 20;
+/** What a message costs besides its bytes (so a flood of empty messages is bounded too). */
+export const MESSAGE_BASE_UNITS = 1024;
+/** Unread output a domain's stdout or stderr stream may hold before its text stops being taken in. */
+export const OUTPUT_HELD_MAX = 1 << 20;
+
+/** A cost as the host accepts it: the runtime's number when it is one, else the base cost. */
+export function validCost(cost: unknown): number {
+  return typeof cost === "number" && Number.isInteger(cost) && cost >= 0 && cost <= 0x7fffffff
+    ? cost
+    : MESSAGE_BASE_UNITS;
+}
+
+/** The host's half: takes units in and wakes a guest waiting for room. */
+export class HostLinkCredit {
+  private readonly words: Int32Array;
+
+  constructor(buffer: SharedArrayBuffer) {
+    this.words = new Int32Array(buffer, 0, 2);
+  }
+
+  take(units: number): void {
+    if (units <= 0) return;
+    Atomics.add(this.words, TAKEN, units | 0);
+    Atomics.notify(this.words, TAKEN);
+  }
+}
+
+/**
+ * The guest runtime's half: posts while the window has room, queues in order otherwise, and
+ * posts the queue as the host takes units in (waiting asynchronously: the guest never blocks
+ * in a send or a print). One message larger than the window goes alone, when nothing else is
+ * in flight.
+ */
+export class HostLinkSender {
+  private readonly words: Int32Array;
+  private sent = 0;
+  private readonly queue: { msg: unknown; cost: number }[] = [];
+  private waiting = false;
+  private readonly idle: (() => void)[] = [];
+
+  constructor(
+    buffer: SharedArrayBuffer,
+    private readonly post: (msg: unknown) => void,
+  ) {
+    this.words = new Int32Array(buffer, 0, 2);
+  }
+
+  /** Units sent and not yet taken in. */
+  get inFlight(): number {
+    return (this.sent - Atomics.load(this.words, TAKEN)) | 0;
+  }
+
+  /** Messages waiting for room. */
+  get queued(): number {
+    return this.queue.length;
+  }
+
+  send(msg: unknown, cost: number): void {
+    this.queue.push({ msg, cost });
+    this.pump();
+  }
+
+  /** Resolves once every queued message was posted, or after `timeoutMs`. */
+  drained(timeoutMs: number): Promise<void> {
+    if (this.queue.length === 0) return Promise.resolve();
+    return new Promise((resolve) => {
+      const timer = setTimeout(resolve, timeoutMs);
+      this.idle.push(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+  }
+
+  /** Posts everything still queued, room or not (the domain is ending: a last burst, then nothing). */
+  flushAll(): void {
+    for (const { msg, cost } of this.queue.splice(0)) {
+      this.sent = (this.sent + cost) | 0;
+      this.post(msg);
+    }
+    for (const f of this.idle.splice(0)) f();
+  }
+
+  private pump(): void {
+    while (this.queue.length > 0) {
+      const { msg, cost } = this.queue[0];
+      const inFlight = this.inFlight;
+      if (inFlight > 0 && inFlight + cost > WINDOW_UNITS) break;
+      this.queue.shift();
+      this.sent = (this.sent + cost) | 0;
+      this.post(msg);
+    }
+    if (this.queue.length === 0) {
+      for (const f of this.idle.splice(0)) f();
+      return;
+    }
+    if (this.waiting) return;
+    this.waiting = true;
+    const seen = Atomics.load(this.words, TAKEN);
+    const w = Atomics.waitAsync(this.words, TAKEN, seen);
+    const again = () => {
+      this.waiting = false;
+      this.pump();
+    };
+    if (w.async) void w.value.then(again);
+    else queueMicrotask(again);
+  }
+}
