@@ -81,6 +81,13 @@ class OutputCredit {
     this.check();
   }
 
+  /** The domain's worker is gone: nobody waits for this credit any more. */
+  close(): void {
+    clearInterval(this.timer);
+    this.timer = undefined;
+    this.streams.clear();
+  }
+
   private check(): void {
     for (const s of this.streams)
       if (!s.readableEnded && !s.destroyed && s.readableLength > OUTPUT_HELD_MAX) {
@@ -256,6 +263,7 @@ export class Hypervisor {
     });
     worker.on("error", (err) => this.stopDomain(dom, "crashed", { error: err }));
     worker.on("exit", (code) => {
+      output.close();
       if (code === 0) this.stopDomain(dom, "shutdown", {});
       else
         this.stopDomain(dom, "crashed", {
