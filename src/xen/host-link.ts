@@ -11,7 +11,7 @@
  *   TAKEN  units the host has taken in so far (mod 2^32): a `guest.send` message when the
  *          host's listener got it, output text once the domain's stream holds at most
  *          OUTPUT_HELD_MAX characters unread.
- * A message's cost is MESSAGE_BASE_UNITS plus its size (its structured-clone bytes, or its
+ * A message's cost is MESSAGE_BASE_UNITS plus its size (cloneBytes of what is sent, or its
  * text's length), counted by the guest's runtime (trusted code outside the sandbox) and
  * carried with the message, so both sides count the same.
  */
@@ -26,6 +26,34 @@ export const WINDOW_UNITS = 4 << 20;
 export const MESSAGE_BASE_UNITS = 1024;
 /** Unread output a domain's stdout or stderr stream may hold before its text stops being taken in. */
 export const OUTPUT_HELD_MAX = 1 << 20;
+
+/**
+ * About how many bytes a worker message carrying `data` copies: strings (2 bytes a unit),
+ * ArrayBuffers and views in full, a SharedArrayBuffer 0 (it is shared, not copied); each
+ * value and object 8 more. Walk a structured clone (plain data), not the guest's object: a
+ * getter could answer the count one size and the message another.
+ */
+export function cloneBytes(data: unknown): number {
+  let total = 0;
+  const seen = new Set<object>();
+  const stack: unknown[] = [data];
+  while (stack.length > 0) {
+    const v = stack.pop();
+    total += 8;
+    if (typeof v === "string") total += v.length * 2;
+    else if (typeof v !== "object" || v === null || seen.has(v)) continue;
+    else {
+      seen.add(v);
+      if (v instanceof SharedArrayBuffer) continue;
+      if (v instanceof ArrayBuffer) total += v.byteLength;
+      else if (ArrayBuffer.isView(v)) total += v.buffer instanceof SharedArrayBuffer ? 0 : v.byteLength;
+      else if (v instanceof Map) for (const [k, x] of v) stack.push(k, x);
+      else if (v instanceof Set) for (const x of v) stack.push(x);
+      else for (const k of Object.keys(v)) stack.push(k, (v as Record<string, unknown>)[k]);
+    }
+  }
+  return total;
+}
 
 /** A cost as the host accepts it: the runtime's number when it is one, else the base cost. */
 export function validCost(cost: unknown): number {

@@ -10,9 +10,8 @@
  */
 import { createRequire } from "node:module";
 import { fileURLToPath } from "node:url";
-import { serialize } from "node:v8";
 import { type MessagePort, parentPort, workerData } from "node:worker_threads";
-import { HostLinkSender, MESSAGE_BASE_UNITS } from "../host-link.js";
+import { cloneBytes, HostLinkSender, MESSAGE_BASE_UNITS } from "../host-link.js";
 import type { GuestBootData, GuestControlMessage } from "../hypervisor.js";
 import { Guest } from "./guest.js";
 import { type GuestMain, loadSandboxedProgram } from "./sandbox.js";
@@ -77,16 +76,14 @@ const post = (m: GuestControlMessage) => port.postMessage(m);
 /** What the guest prints and sends goes through the host link's window (host-link.ts). */
 const link = new HostLinkSender(boot.hostLink, (m) => port.postMessage(m));
 
-/** A `guest.send` message's cost: its structured-clone bytes (a SharedArrayBuffer is shared, not copied). */
-function userCost(data: unknown): number {
-  try {
-    return MESSAGE_BASE_UNITS + serialize(data).length;
-  } catch {
-    // v8.serialize refuses SharedArrayBuffers, which a worker message shares; anything else
-    // it refuses, postMessage refuses too: throw that error here, in the guest's send().
-    structuredClone(data);
-    return MESSAGE_BASE_UNITS;
-  }
+/**
+ * A `guest.send` message as it goes: a structured clone of the guest's data (plain data: a
+ * getter ran once, here, so what is counted is what is sent; what cannot be cloned throws
+ * here, in the guest's send()), and its cost, counted on that clone.
+ */
+function userMessage(data: unknown): { data: unknown; cost: number } {
+  const copy = structuredClone(data);
+  return { data: copy, cost: MESSAGE_BASE_UNITS + cloneBytes(copy) };
 }
 
 /**
@@ -121,8 +118,8 @@ const guest = new Guest(
   { ...boot, args },
   {
     toHost: (m) => {
-      const cost = userCost((m as { data?: unknown }).data);
-      link.send({ ...(m as object), cost }, cost);
+      const { data, cost } = userMessage((m as { data?: unknown }).data);
+      link.send({ ...(m as object), data, cost }, cost);
     },
     native,
   },
