@@ -68,7 +68,10 @@ function osuArgs(path: Path, scope: Scope, bench: "osu-latency" | "osu-bw"): str
   const slow = path === "split" || scope === "cross-host";
   // On the fast paths OSU's own counts: V8 needs ~10,000 round trips before the MX code is
   // optimised, and a run that stops short measures the interpreter, not the path.
-  if (bench === "osu-latency") return ["-m", "0:65536", ...(slow ? ["-i", "200", "-x", "20"] : [])];
+  if (bench === "osu-latency") {
+    if (path === "split") return ["-m", "0:65536", "-i", "200", "-x", "20"];
+    return ["-m", "0:65536", ...(scope === "cross-host" ? ["-i", "2000", "-x", "500"] : [])];
+  }
   return ["-m", "65536:1048576", ...(slow ? ["-i", "8", "-x", "2"] : ["-i", "20", "-x", "4"])];
 }
 

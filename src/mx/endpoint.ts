@@ -112,6 +112,12 @@ export interface EndpointOptions {
 const u32 = (n: number) => n >>> 0;
 
 /** An open MX endpoint. */
+function checkSpinMax(us: number): number {
+  if (!Number.isFinite(us) || us < 0)
+    throw new MxError("MX_BAD_PARAM_VAL", `spinMaxUs must be a number of µs ≥ 0, got ${String(us)}`);
+  return us;
+}
+
 export class MxEndpoint {
   readonly endpointId: number;
   readonly session: number;
@@ -129,7 +135,7 @@ export class MxEndpoint {
   private readonly thresholdSet: boolean;
   private readonly rights: PullRights;
   private readonly spinUs: number;
-  private readonly spin: SpinBudget;
+  private spin: SpinBudget;
   /** Of the last blockFor: it went to sleep; its spin saw a preemption. */
   private blockSlept = false;
   private blockPreempted = false;
@@ -164,10 +170,7 @@ export class MxEndpoint {
     this.rndvThreshold = t;
     this.thresholdSet = opts.rndvThreshold !== undefined;
     this.spinUs = opts.spinUs ?? DEFAULT_SPIN_US;
-    const spinMax = opts.spinMaxUs ?? this.spinUs;
-    if (!Number.isFinite(spinMax) || spinMax < 0)
-      throw new MxError("MX_BAD_PARAM_VAL", `spinMaxUs must be a number of µs ≥ 0, got ${String(spinMax)}`);
-    this.spin = new SpinBudget(this.spinUs, spinMax);
+    this.spin = new SpinBudget(this.spinUs, checkSpinMax(opts.spinMaxUs ?? this.spinUs));
     this.key = opts.key >>> 0;
     this.nicId = driver.nicId;
     let ep: ReturnType<MxDriver["openEndpoint"]>;
@@ -472,6 +475,20 @@ export class MxEndpoint {
     this.checkRequest(req);
     if (req.kind === "send") throw new MxError("MX_CANCEL_NOT_SUPPORTED", "a send cannot be cancelled");
     return this.matching.cancel(req);
+  }
+
+  /** The longest a blocking call may spin before it sleeps, µs (EndpointOptions.spinMaxUs). */
+  get spinMaxUs(): number {
+    return Math.max(this.spin.maxUs, this.spinUs);
+  }
+
+  /**
+   * Changes spinMaxUs once the owner knows more than at open (MPI, once it knows where its
+   * peers are: ranks that all share this host's channels may busy-poll, ranks with a peer
+   * behind the NIC leave it the cores). The spin starts again from the short one.
+   */
+  setSpinMax(us: number): void {
+    this.spin = new SpinBudget(this.spinUs, checkSpinMax(us));
   }
 
   /** mx_wakeup: the next (or current) blocking call on this endpoint returns without a result. */
