@@ -330,7 +330,7 @@ export async function benchCommand(
   out(describeMachine(report.machine));
   if (jsonPath) {
     writeReport(jsonPath, report);
-    out(pc.dim(`rows written to ${jsonPath}`));
+    out(pc.dim(`rows written to ${opts.json}`));
   }
   if (outDir) {
     writeReport(join(outDir, "bench.json"), report);

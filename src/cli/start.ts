@@ -218,7 +218,7 @@ export async function runMainJob(
   );
   if (json) {
     writeReport(json, report);
-    out(pc.dim(`  rows written to ${json}`));
+    out(pc.dim(`  rows written to ${opts.json}`));
   }
   if (outDir) {
     writeReport(join(outDir, "bench.json"), report);
