@@ -111,13 +111,14 @@ export interface EndpointOptions {
 
 const u32 = (n: number) => n >>> 0;
 
-/** An open MX endpoint. */
+/** A spinMaxUs as given, or MX_BAD_PARAM_VAL. */
 function checkSpinMax(us: number): number {
   if (!Number.isFinite(us) || us < 0)
     throw new MxError("MX_BAD_PARAM_VAL", `spinMaxUs must be a number of µs ≥ 0, got ${String(us)}`);
   return us;
 }
 
+/** An open MX endpoint. */
 export class MxEndpoint {
   readonly endpointId: number;
   readonly session: number;

@@ -10,14 +10,16 @@
  * One word of a SharedArrayBuffer the hypervisor makes per domain, written by the host only:
  *   TAKEN  units the host has taken in so far (mod 2^32): a `guest.send` message when the
  *          host's listener got it, output text once the domain's stream holds at most
- *          OUTPUT_HELD_MAX characters unread.
+ *          OUTPUT_HELD_MAX bytes unread.
  * A message's cost is MESSAGE_BASE_UNITS plus its size (cloneBytes of what is sent, or its
  * text's length), counted by the guest's runtime (trusted code outside the sandbox) and
  * carried with the message, so both sides count the same.
  */
 
+import type { Readable } from "node:stream";
+
 /** Bytes of a domain's host-link buffer. */
-export const HOST_LINK_BYTES = 8;
+export const HOST_LINK_BYTES = 4;
 /** Int32 word: units the host has taken in. */
 export const TAKEN = 0;
 /** Units a guest may have in flight to its host. */
@@ -26,6 +28,8 @@ export const WINDOW_UNITS = 4 << 20;
 export const MESSAGE_BASE_UNITS = 1024;
 /** Unread output a domain's stdout or stderr stream may hold before its text stops being taken in. */
 export const OUTPUT_HELD_MAX = 1 << 20;
+/** How often held output is looked at again (ms). */
+const OUTPUT_RECHECK_MS = 10;
 
 /**
  * About how many bytes a worker message carrying `data` copies: strings (2 bytes a unit),
@@ -67,13 +71,52 @@ export class HostLinkCredit {
   private readonly words: Int32Array;
 
   constructor(buffer: SharedArrayBuffer) {
-    this.words = new Int32Array(buffer, 0, 2);
+    this.words = new Int32Array(buffer, 0, 1);
   }
 
   take(units: number): void {
     if (units <= 0) return;
     Atomics.add(this.words, TAKEN, units | 0);
     Atomics.notify(this.words, TAKEN);
+  }
+}
+
+/**
+ * Gives a domain's output back to its window once its stream holds little unread: a reader
+ * that keeps up (a terminal, a launcher's line reader) takes it in at once; one that does not
+ * (a slow pipe, a "pipe" stream nobody reads) holds the guest's printing in the guest.
+ */
+export class OutputCredit {
+  private held = 0;
+  private timer: NodeJS.Timeout | undefined;
+  private readonly streams = new Set<Readable>();
+
+  constructor(private readonly credit: HostLinkCredit) {}
+
+  pushed(s: Readable, cost: number): void {
+    this.held += cost;
+    this.streams.add(s);
+    this.check();
+  }
+
+  /** The domain's worker is gone: nobody waits for this credit any more. */
+  close(): void {
+    clearInterval(this.timer);
+    this.timer = undefined;
+    this.streams.clear();
+  }
+
+  private check(): void {
+    for (const s of this.streams)
+      if (!s.readableEnded && !s.destroyed && s.readableLength > OUTPUT_HELD_MAX) {
+        this.timer ??= setInterval(() => this.check(), OUTPUT_RECHECK_MS).unref();
+        return;
+      }
+    this.streams.clear();
+    clearInterval(this.timer);
+    this.timer = undefined;
+    this.credit.take(this.held);
+    this.held = 0;
   }
 }
 
@@ -94,17 +137,12 @@ export class HostLinkSender {
     buffer: SharedArrayBuffer,
     private readonly post: (msg: unknown) => void,
   ) {
-    this.words = new Int32Array(buffer, 0, 2);
+    this.words = new Int32Array(buffer, 0, 1);
   }
 
   /** Units sent and not yet taken in. */
   get inFlight(): number {
     return (this.sent - Atomics.load(this.words, TAKEN)) | 0;
-  }
-
-  /** Messages waiting for room. */
-  get queued(): number {
-    return this.queue.length;
   }
 
   send(msg: unknown, cost: number): void {

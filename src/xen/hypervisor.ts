@@ -13,8 +13,6 @@
  * domain-record.ts (what it keeps per domain, never handed out). Grant copies, event channels
  * and XenStore have their own files one level up (grant-table.ts, event-channel.ts, xenstore/).
  */
-
-import type { Readable } from "node:stream";
 import { fileURLToPath } from "node:url";
 import { MessageChannel, type MessagePort, Worker } from "node:worker_threads";
 import { DOMID_MAX, type DomId, GNTST, PAGE_SIZE } from "./abi.js";
@@ -33,7 +31,7 @@ import {
   releaseGrant,
 } from "./grant-table.js";
 import { loadGuestImage } from "./guest/loader.js";
-import { HOST_LINK_BYTES, HostLinkCredit, OUTPUT_HELD_MAX, validCost } from "./host-link.js";
+import { HOST_LINK_BYTES, HostLinkCredit, OutputCredit, validCost } from "./host-link.js";
 import {
   type AsyncToGuest,
   type AsyncToHypervisor,
@@ -62,47 +60,6 @@ export {
   type GuestControlMessage,
 } from "./hypervisor/domain.js";
 export { MAX_MAPPINGS_PER_DOMAIN, MAX_SEGMENT_PAGES } from "./hypervisor/domain-record.js";
-
-/**
- * Gives a domain's output back to its window once its stream holds little unread: a reader
- * that keeps up (a terminal, a launcher's line reader) takes it in at once; one that does not
- * (a slow pipe, a "pipe" stream nobody reads) holds the guest's printing in the guest.
- */
-class OutputCredit {
-  private held = 0;
-  private timer: NodeJS.Timeout | undefined;
-  private readonly streams = new Set<Readable>();
-
-  constructor(private readonly credit: HostLinkCredit) {}
-
-  pushed(s: Readable, cost: number): void {
-    this.held += cost;
-    this.streams.add(s);
-    this.check();
-  }
-
-  /** The domain's worker is gone: nobody waits for this credit any more. */
-  close(): void {
-    clearInterval(this.timer);
-    this.timer = undefined;
-    this.streams.clear();
-  }
-
-  private check(): void {
-    for (const s of this.streams)
-      if (!s.readableEnded && !s.destroyed && s.readableLength > OUTPUT_HELD_MAX) {
-        this.timer ??= setInterval(() => this.check(), OUTPUT_RECHECK_MS).unref();
-        return;
-      }
-    this.streams.clear();
-    clearInterval(this.timer);
-    this.timer = undefined;
-    this.credit.take(this.held);
-    this.held = 0;
-  }
-}
-/** How often held output is looked at again (ms). */
-const OUTPUT_RECHECK_MS = 10;
 
 /** Stopped domains the hypervisor still answers lookups for (domain(), counters()). */
 export const KEEP_STOPPED_DOMAINS = 256;
