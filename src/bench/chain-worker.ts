@@ -2,8 +2,10 @@
  * Worker entry for the raw-chain baseline (chain-baseline.ts): the bare four-thread chain a
  * cross-host MX message crosses, with no MX in it — guest A → "NIC" A → loopback TCP →
  * "NIC" B → guest B, and back. Each host has a control SharedArrayBuffer and two rings (tx:
- * guest → NIC, rx: NIC → guest); payload bytes are copied into the tx ring, out of it into a
- * length-prefixed TCP frame, out of the socket's chunks into the rx ring, and out of that.
+ * guest → NIC, rx: NIC → guest); payload bytes are copied into the tx ring, written to the
+ * socket from where they lie (the kernel's copy; the slot is freed when the write completes),
+ * copied out of the socket's chunks into the rx ring, and out of that. The NIC's TCP link
+ * (nic/tcp-link.ts) sends pull data from lent frames the same way.
  *
  * The waiting discipline is the MX library's and the NIC's:
  *   guest  spins DEFAULT_SPIN_US, then says it sleeps (C_GUEST_SLEEPING) and Atomics.waits
@@ -319,7 +321,6 @@ function nic(role: "nic-a" | "nic-b", corrupt: boolean): void {
   let rx = new Uint8Array(new SharedArrayBuffer(0));
   let slots = 1;
   let stride = 0;
-  let txSeen = 0;
   let rxProd = 0;
   let running = true;
   let scheduled = false;
@@ -386,23 +387,39 @@ function nic(role: "nic-a" | "nic-b", corrupt: boolean): void {
     return did;
   }
 
-  /** The guest's tx ring → length-prefixed frames on the socket (copied: the slot is reused). */
+  /**
+   * The guest's tx ring → length-prefixed frames on the socket, without a copy: the socket
+   * writes the slot where it lies (a 4-byte prefix beside it), and the slot goes back to the
+   * guest (C_TX_CONS) only when the write's callback says the kernel has the bytes, as a NIC
+   * frees a tx descriptor on its completion.
+   */
+  let txSent = 0;
+  let txDone = 0;
+  /** A write of generation `g` completed (one of an older geometry frees nothing now). */
+  const onTxDone = (g: number): void => {
+    if (g !== gen) return;
+    txDone++;
+    Atomics.store(ctrl, C_TX_CONS, txDone);
+    if (Atomics.load(ctrl, C_GUEST_SLEEPING) !== 0) Atomics.notify(ctrl, C_TX_CONS);
+  };
   function transmit(): boolean {
     if (!sock) return false;
     let did = false;
     const prod = Atomics.load(ctrl, C_TX_PROD);
-    while (txSeen !== prod && !sock.writableNeedDrain) {
-      const slot = txSeen % slots;
+    if (txSent === prod || sock.writableNeedDrain) return false;
+    sock.cork();
+    while (txSent !== prod && !sock.writableNeedDrain) {
+      const slot = txSent % slots;
       const len = Atomics.load(ctrl, C_TX_LENS + slot);
-      const frame = Buffer.allocUnsafe(4 + len);
-      frame.writeUInt32LE(len, 0);
-      copyBytes(frame, 4, tx, slot * stride, len);
-      sock.write(frame);
-      txSeen++;
-      Atomics.store(ctrl, C_TX_CONS, txSeen);
-      if (Atomics.load(ctrl, C_GUEST_SLEEPING) !== 0) Atomics.notify(ctrl, C_TX_CONS);
+      const prefix = Buffer.allocUnsafe(4);
+      prefix.writeUInt32LE(len, 0);
+      sock.write(prefix);
+      const g = gen;
+      sock.write(Buffer.from(tx.buffer, tx.byteOffset + slot * stride, len), () => onTxDone(g));
+      txSent++;
       did = true;
     }
+    sock.uncork();
     return did;
   }
 
@@ -521,7 +538,8 @@ function nic(role: "nic-a" | "nic-b", corrupt: boolean): void {
       rx = new Uint8Array(r.rx);
       slots = r.slots;
       stride = r.stride;
-      txSeen = 0;
+      txSent = 0;
+      txDone = 0;
       rxProd = 0;
       waiterPending = false;
       asleep = false;
