@@ -10,7 +10,16 @@ import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import type net from "node:net";
 import { test } from "node:test";
-import { F_PULL_OFFSET, FrameType, getWord } from "../src/nic/frame.js";
+import {
+  F_DEST_NIC,
+  F_PULL_OFFSET,
+  F_SRC_NIC,
+  FRAME_HEADER_BYTES,
+  FrameType,
+  getWord,
+  initFrame,
+  setWord,
+} from "../src/nic/frame.js";
 import { type TcpLink, tcpLinkStats } from "../src/nic/tcp-link.js";
 import { connectTcpLink, listenTcpLinks } from "../src/nic/tcp-link-setup.js";
 import { SEND_MAX } from "../src/nic/window.js";
@@ -112,6 +121,61 @@ test("a credit for more bulk than was sent drops the connection and is counted",
     await until(() => tcpLinkStats.connectionsDropped === dropped0 + 1, "the drop");
     assert.ok(s.isClosed);
     assert.ok(logs.some((m) => /a credit for 12345 bulk bytes, 0 on the way/.test(m)));
+  } finally {
+    c.close();
+    await server.close();
+  }
+});
+
+test("lent frames: written where they lie, never lent again before the socket wrote them, every byte intact", async () => {
+  // A window of one frame and a deep queue: frames beyond the window wait unwritten in the
+  // link, in the buffers they were built in. Lending one of those again would let the next
+  // frame overwrite a frame that has not left yet.
+  const { server, c, s } = await linked(SEND_MAX + FRAME_HEADER_BYTES + 4, 4 << 20);
+  try {
+    const got: { offset: number; ok: boolean }[] = [];
+    s.onFrame((f) => {
+      const seed = getWord(f, F_PULL_OFFSET) / SEND_MAX;
+      let ok = f.length === FRAME_HEADER_BYTES + SEND_MAX;
+      for (let i = FRAME_HEADER_BYTES; ok && i < f.length; i += 509) ok = f[i] === ((i + seed * 13) & 0xff);
+      got.push({ offset: getWord(f, F_PULL_OFFSET), ok });
+    });
+    bulkSock(s).pause();
+    const lent = new Set<ArrayBufferLike>();
+    let sent = 0;
+    for (;;) {
+      const f = c.lend();
+      if (f === null) break;
+      assert.ok(!lent.has(f.buffer), `frame ${sent}: a buffer still queued was lent again`);
+      assert.equal((f.byteOffset + FRAME_HEADER_BYTES) % 8, 0, "the payload is 8-byte aligned");
+      assert.equal(c.lend(), f, "until a send() takes it, the same buffer is lent");
+      lent.add(f.buffer);
+      initFrame(f, FrameType.PullReply, SEND_MAX);
+      setWord(f, F_SRC_NIC, 2);
+      setWord(f, F_DEST_NIC, 1);
+      setWord(f, F_PULL_OFFSET, sent * SEND_MAX);
+      for (let i = FRAME_HEADER_BYTES; i < FRAME_HEADER_BYTES + SEND_MAX; i++) f[i] = (i + sent * 13) & 0xff;
+      assert.ok(c.send(f.subarray(0, FRAME_HEADER_BYTES + SEND_MAX)));
+      sent++;
+      assert.ok(sent <= 64, "the pool is bounded: lend() answers null once every buffer is in use");
+    }
+    assert.ok(sent >= 2, `${sent} frames lent before the pool ran out`);
+    // Frames from the caller's own buffers still go (copied) while the pool is empty.
+    assert.ok(c.send(frame(FrameType.PullReply, SEND_MAX, sent * SEND_MAX)));
+    bulkSock(s).resume();
+    await until(() => got.length === sent + 1, "every frame");
+    assert.deepEqual(
+      got.map((g) => g.offset),
+      Array.from({ length: sent + 1 }, (_, i) => i * SEND_MAX),
+      "in order",
+    );
+    assert.deepEqual(
+      got.slice(0, sent).filter((g) => !g.ok),
+      [],
+      "every lent frame arrived as it was built",
+    );
+    // Written: the buffers come back and are lent again.
+    await until(() => c.lend() !== null, "a buffer back in the pool");
   } finally {
     c.close();
     await server.close();

@@ -18,6 +18,16 @@ export interface Link {
    */
   send(frame: Uint8Array): boolean;
   /**
+   * Optional zero-copy send: a FRAME_MAX buffer the link lends for one send(). A caller that
+   * builds its frame in it and passes it (or a prefix of it) to send() hands the bytes over
+   * instead of having them copied; the link keeps the buffer until the wire has taken them.
+   * Until a send() takes it, the same buffer is lent again; null when none is free (the
+   * caller then sends from its own buffer, copied as usual). Its payload (offset
+   * FRAME_HEADER_BYTES) is 8-byte aligned, so a copy from aligned shared memory into it is
+   * one word copy.
+   */
+  lend?(): Uint8Array | null;
+  /**
    * Frames from the peer. A frame is valid only during the callback (the link reuses its
    * buffer), and may be longer than its header says: the receiver takes the length from it.
    */

@@ -512,12 +512,13 @@ export class RemotePull {
       this.dropJob(ls, j);
       return 0;
     }
-    const f = this.txFrame;
     const len = ls.jLen[j];
     let sent = 0;
     do {
       const off = ls.jSent[j];
       const n = Math.min(SEND_MAX, len - off);
+      // Built where the link will write it from, when it lends a buffer (no second copy).
+      const f = ls.link.lend?.() ?? this.txFrame;
       beginFrame(f, FrameType.PullReply, n, ls.jId[j]);
       setFrameSource(f, this.nicId, srcEp, ls.jSrcSession[j]);
       setFrameDest(f, ls.peerNic, ls.jReqEp[j], ls.jReqSession[j]);

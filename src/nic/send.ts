@@ -81,6 +81,9 @@ import {
   WIRE_TIMEOUT_MS,
 } from "./window.js";
 
+/** SEND payloads from this size are built in a buffer the link lends (Link.lend): below, copying is cheaper. */
+const LEND_MIN_BYTES = 4096;
+
 export class SendEngine {
   /** The delivery in hand (a SEND of this NIC's, or from a SEND frame). */
   private readonly dv = new Int32Array(META_WORDS);
@@ -162,7 +165,8 @@ export class SendEngine {
       this.c[ls.sends.full ? NicCounter.send_window_full : NicCounter.send_dest_full]++;
       return this.links.stall(ctx, destNic);
     }
-    const f = this.txFrame;
+    // A large payload is built where the link will write it from, when it lends a buffer.
+    const f = (len >= LEND_MIN_BYTES ? ls.link.lend?.() : null) ?? this.txFrame;
     beginFrame(f, FrameType.Send, len, cookie);
     setFrameSource(f, this.nicId, ctx.id, ctx.session);
     setFrameDest(f, destNic, d[D_DEST_ENDPOINT], d[D_DEST_SESSION]);

@@ -17,9 +17,16 @@
  * without one (the peer NIC was stopped or crashed, the network failed, a stream fault) is
  * retried by the side that connected (tcp-attach.ts).
  *
- * Back-pressure: send() copies the frame into one write and refuses (false) while the main
- * socket's write buffer is above a high-water mark and still draining; onWritable fires on
- * 'drain'. So the queued bytes stay below the mark plus one frame. Receiving parses each chunk
+ * Lent frames (Link.lend): the link owns a few FRAME_MAX buffers with room for the length
+ * prefix before the frame; a frame built in one is written where it lies and the buffer comes
+ * back on the write's callback (the kernel has the bytes), as a NIC's tx descriptor does. The
+ * NIC builds pull data (and large SENDs) there: one copy from the guest's memory, then the
+ * kernel's, where a copied frame took two. A buffer only ever holds NIC-built frames; one
+ * goes out whole (header and the payload it announces) before it is lent again.
+ *
+ * Back-pressure: send() makes the frame one write (a copy, or the lent buffer) and refuses
+ * (false) while the main socket's write buffer is above a high-water mark and still draining;
+ * onWritable fires on 'drain'. So the queued bytes stay below the mark plus one frame. Receiving parses each chunk
  * at once; a frame that lies whole in the chunk is handed over where it lies, others are put
  * together in one FRAME_MAX buffer per connection (TCP's own flow control bounds the rest).
  *
@@ -69,6 +76,13 @@ export const TCP_BULK_WINDOW = 256 * 1024;
  * whose bytes go next, and a NIC round copies no more than can leave soon.
  */
 export const TCP_BULK_QUEUE = 256 * 1024;
+/**
+ * Lent frame buffers per link at most: the bulk window and queue (512 KiB, 8 full frames) plus
+ * writes the kernel has not taken yet. Beyond, lend() answers null and frames are copied.
+ */
+const LEND_POOL = 16;
+/** Where a lent frame starts in its buffer: after 4 spare bytes and the length prefix, so its payload is 8-byte aligned. */
+const LENT_FRAME_AT = 8;
 /** The length prefix of a credit (link-internal; a frame is never this short). */
 const CREDIT_PREFIX = 1;
 
@@ -146,8 +160,14 @@ export class TcpLink implements Link {
   private readonly bulkWindow: number;
   /** Bulk bytes queued (beyond the window) above which send() pushes back. */
   private readonly bulkQueueMark: number;
-  /** Bulk frames (length-prefixed) waiting for the window, and their bytes. */
+  /** Lent-frame buffers: free ones, how many exist, the one lent now (and its frame view). */
+  private readonly spare: Buffer[] = [];
+  private lendable = LEND_POOL;
+  private lentStore: Buffer | null = null;
+  private lentFrame: Uint8Array | null = null;
+  /** Bulk frames (length-prefixed) waiting for the window, and their bytes; lent buffers beside them. */
   private readonly bulkQ: Buffer[] = [];
+  private readonly bulkQStore: (Buffer | null)[] = [];
   private bulkQHead = 0;
   private bulkQueued = 0;
   /** Bulk bytes written and not yet credited by the peer; the peer's last credit (u32). */
@@ -249,34 +269,78 @@ export class TcpLink implements Link {
       this.refused = true;
       return false;
     }
-    const out = Buffer.allocUnsafe(4 + n);
+    let out: Buffer;
+    let store: Buffer | null = null;
+    if (
+      this.lentFrame !== null &&
+      frame.buffer === this.lentFrame.buffer &&
+      frame.byteOffset === LENT_FRAME_AT
+    ) {
+      // Built in the buffer this link lent: written where it lies, the buffer back when written.
+      store = this.lentStore!;
+      this.lentStore = null;
+      this.lentFrame = null;
+      out = store.subarray(LENT_FRAME_AT - 4, LENT_FRAME_AT + n);
+    } else {
+      out = Buffer.allocUnsafe(4 + n);
+      out.set(frame.subarray(0, n), 4);
+    }
     out.writeUInt32LE(n, 0);
-    out.set(frame.subarray(0, n), 4);
     if (!bulk) {
-      this.socket.write(out);
+      if (store === null) this.socket.write(out);
+      else this.socket.write(out, this.giveBack(store));
       return true;
     }
     this.bulkQ.push(out);
+    this.bulkQStore.push(store);
     this.bulkQueued += out.length;
     this.pumpBulk();
     return true;
   }
 
+  lend(): Uint8Array | null {
+    if (this.closed) return null;
+    if (this.lentFrame === null) {
+      let store = this.spare.pop();
+      if (store === undefined) {
+        if (this.lendable === 0) return null;
+        this.lendable--;
+        store = Buffer.allocUnsafeSlow(LENT_FRAME_AT + FRAME_MAX);
+      }
+      this.lentStore = store;
+      this.lentFrame = new Uint8Array(store.buffer, LENT_FRAME_AT, FRAME_MAX);
+    }
+    return this.lentFrame;
+  }
+
+  /** The write callback that returns a lent buffer to the pool once the socket has written it. */
+  private giveBack(store: Buffer): () => void {
+    return () => {
+      if (!this.closed) this.spare.push(store);
+    };
+  }
+
   /** Writes queued bulk while the window allows; tells a refused sender when it may go on. */
   private pumpBulk(): void {
     const q = this.bulkQ;
+    const stores = this.bulkQStore;
     while (this.bulkQHead < q.length && this.bulkInFlight < this.bulkWindow) {
       const out = q[this.bulkQHead];
-      q[this.bulkQHead++] = EMPTY;
+      const store = stores[this.bulkQHead];
+      q[this.bulkQHead] = EMPTY;
+      stores[this.bulkQHead++] = null;
       this.bulkQueued -= out.length;
       this.bulkInFlight += out.length;
-      this.bulk.write(out);
+      if (store === null) this.bulk.write(out);
+      else this.bulk.write(out, this.giveBack(store));
     }
     if (this.bulkQHead === q.length) {
       q.length = 0;
+      stores.length = 0;
       this.bulkQHead = 0;
     } else if (this.bulkQHead > 1024) {
       q.splice(0, this.bulkQHead);
+      stores.splice(0, this.bulkQHead);
       this.bulkQHead = 0;
     }
     if (this.refusedBulk && this.bulkQueued < this.bulkQueueMark && !this.closed) {
@@ -338,6 +402,7 @@ export class TcpLink implements Link {
     if (!this.closed && !this.socket.destroyed && !this.bulk.destroyed) {
       for (let i = this.bulkQHead; i < this.bulkQ.length; i++) this.bulk.write(this.bulkQ[i]);
       this.bulkQ.length = 0;
+      this.bulkQStore.length = 0;
       this.socket.write(Buffer.alloc(4));
     }
     this.shutdown("closed locally", true);
