@@ -139,6 +139,20 @@ test("a rank that returns without MPI_Finalize fails the job at once, as under m
   assert.equal(plain.code, 0, plain.stderr);
 });
 
+test("--max-heap sets each rank's heap limit; a rank that outgrows it fails with one line naming the flag", async () => {
+  const r = await run(["-n", "1", "--max-heap", "64", fixture("mpirun-heap"), "200"]);
+  assert.equal(r.code, 1, r.stderr);
+  assert.deepEqual(problems(r.stderr), [
+    "myrixen run: rank 0 ran out of memory: its JavaScript heap reached the 64 MiB limit (raise it with --max-heap <MiB>; typed arrays and guest memory do not count against it)",
+  ]);
+  const ok = await run(["-n", "1", "--max-heap", "1024", fixture("mpirun-heap"), "200"]);
+  assert.equal(ok.code, 0, ok.stderr);
+  assert.equal(ok.stdout, "held 200 MiB in 3200 arrays\n");
+  const bad = await run(["-n", "1", "--max-heap", "8", fixture("mpirun-heap")]);
+  assert.equal(bad.code, 2);
+  assert.match(bad.stderr, /--max-heap must be 16\.\.16384 \(MiB\), got 8/);
+});
+
 test("a rank that throws: one line naming the rank, the error and the .ts line, then its stack through the user's functions", async () => {
   const r = await run(["-n", "2", fixture("mpirun-throws")]);
   assert.equal(r.code, 1);

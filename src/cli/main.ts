@@ -28,6 +28,7 @@ interface RunCliOptions {
   np?: string;
   path: string;
   pages?: number;
+  maxHeap?: number;
   host?: string;
   qos?: QosPolicy;
   hosts?: string;
@@ -151,6 +152,13 @@ function positiveInt(name: string) {
       throw new InvalidArgumentError(`${name} must be a positive integer, got "${v}"`);
     return n;
   };
+}
+
+/** --max-heap: MiB, within what a domain's heap may be (xen/hypervisor/domain.ts). */
+function heapMb(v: string): number {
+  const n = positiveInt("--max-heap")(v);
+  if (n < 16 || n > 16384) throw new InvalidArgumentError(`--max-heap must be 16..16384 (MiB), got ${n}`);
+  return n;
 }
 
 /** `--dashboard` alone (true) means the default address. */
@@ -316,6 +324,11 @@ export function buildProgram(): Command {
       positiveInt("--pages"),
     )
     .option(
+      "--max-heap <MiB>",
+      "each rank's JavaScript heap limit (default 512; 16..16384); typed arrays and guest memory do not count against it",
+      heapMb,
+    )
+    .option(
       "--qos <policy>",
       "each rank's weight and caps on the NIC: weight=N,tx-bytes=N,tx-msgs=N,rx-bytes=N,rx-msgs=N (per second; k, M, G)",
       qosFlag,
@@ -356,6 +369,7 @@ export function buildProgram(): Command {
           n: o.np === undefined ? undefined : rankCount(o.np),
           path: o.path,
           pages: o.pages,
+          maxHeapMb: o.maxHeap,
           host: o.host,
           qos: o.qos,
           hosts: o.hosts,

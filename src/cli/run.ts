@@ -37,6 +37,7 @@ import { createLogger } from "../cluster/log.js";
 import { coreSlots, type MapBy } from "../cluster/placement.js";
 import { BUILTIN_PROGRAMS, ProgramError, resolveProgram } from "../cluster/programs.js";
 import { NOT_FINALIZED } from "../cluster/rank-state.js";
+import { DEFAULT_RANK_HEAP_MB } from "../cluster/ranks.js";
 import { AuthError, RemoteHost } from "../cluster/remote.js";
 import { RANK_PATHS, type RankPath } from "../cluster/wire.js";
 import type { Dashboard } from "../dashboard/server.js";
@@ -56,6 +57,8 @@ export interface RunOptions {
   n?: number;
   path: string;
   pages?: number;
+  /** Each rank's JavaScript heap limit, MiB (--max-heap; default DEFAULT_RANK_HEAP_MB). */
+  maxHeapMb?: number;
   /** Each rank's weight and caps (--qos; bypass ranks: their myri device's policy). */
   qos?: QosPolicy;
   /** `host[:port][*slots],...` */
@@ -279,7 +282,11 @@ async function connectAll(hosts: HostEntry[], key: ClusterKey): Promise<RemoteHo
 }
 
 /** Why the job failed, as lines for stderr: one line saying what happened, then a thrown error's stack. */
-function describeFailure(f: RankOutcome, lost: { label: string; nicId: number; reason: string }[]): string[] {
+function describeFailure(
+  f: RankOutcome,
+  lost: { label: string; nicId: number; reason: string }[],
+  heapMb: number,
+): string[] {
   if (f.state === "lost") {
     const l = lost.find((x) => x.label === f.host);
     if (l)
@@ -288,6 +295,12 @@ function describeFailure(f: RankOutcome, lost: { label: string; nicId: number; r
       ];
     return [`${f.error?.message ?? `rank ${f.rank} was lost`}; the other ranks were stopped`];
   }
+  // Node's words for a worker ended at its heap limit (ERR_WORKER_OUT_OF_MEMORY); only the
+  // message crosses the wire from a remote host.
+  if (f.error && /reaching memory limit: JS heap out of memory/.test(f.error.message))
+    return [
+      `rank ${f.rank} ran out of memory: its JavaScript heap reached the ${heapMb} MiB limit (raise it with --max-heap <MiB>; typed arrays and guest memory do not count against it); the other ranks were stopped`,
+    ];
   if (f.state === "crashed" && f.error && !/exited with code \d+/.test(f.error.message)) {
     const { head, frames } = describeRankError(f.error);
     const at = frames[0]?.trim().match(/\(?([^\s()]+:\d+:\d+)\)?$/)?.[1];
@@ -468,6 +481,7 @@ export async function runCommand(program: string, argv: string[], o: RunOptions)
     program: programRef,
     argv: report?.argv ?? argv,
     pages: o.pages,
+    maxHeapMb: o.maxHeapMb,
     qos: o.qos,
     mapBy,
     oversubscribe,
@@ -513,7 +527,7 @@ export async function runCommand(program: string, argv: string[], o: RunOptions)
     const r = await job.run();
     if (timedOut) return TIMEOUT_EXIT_CODE;
     if (r.failed)
-      for (const line of describeFailure(r.failed, r.lostHosts)) {
+      for (const line of describeFailure(r.failed, r.lostHosts, o.maxHeapMb ?? DEFAULT_RANK_HEAP_MB)) {
         // With one rank there are no others to stop.
         const said = n === 1 ? line.replace(/; the other ranks were stopped$/, "") : line;
         (said.startsWith("    ") ? note : err)(said);
