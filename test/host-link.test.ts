@@ -87,3 +87,27 @@ test("a guest printing in a loop into a stream nobody reads: the stream holds ab
     "every line, in order",
   );
 });
+
+test("a guest printing one huge line: it reaches the host in pieces within the window, not at once; the line arrives whole and intact", async () => {
+  const LONG = 32 << 20;
+  const dom = await hv.createDomain({
+    module: fixture("flooder"),
+    args: { mode: "print-long", count: LONG },
+    pages: 16,
+    output: "pipe",
+  });
+  await flooded(dom.domid);
+  await new Promise((r) => setTimeout(r, 100));
+  const unread = dom.worker.stdout.readableLength;
+  const most = OUTPUT_HELD_MAX + WINDOW_UNITS;
+  assert.ok(unread <= most, `the host holds ${unread} bytes of one unread line; the bound is ${most}`);
+  const chunks: Buffer[] = [];
+  dom.worker.stdout.on("data", (c: Buffer) => chunks.push(c));
+  const exit = await dom.exited;
+  assert.equal(exit.state, "shutdown", exit.error?.message);
+  if (!dom.worker.stdout.readableEnded) await new Promise((r) => dom.worker.stdout.once("end", r));
+  const text = Buffer.concat(chunks).toString("utf8");
+  assert.equal(text.length, LONG + 1, "every character and the newline");
+  assert.equal(text.slice(65534, 65538), "y\u{1F600}y", "the surrogate pair at a piece's end survived");
+  assert.ok(!text.includes("\uFFFD"), "no piece split a surrogate pair");
+});

@@ -12,7 +12,6 @@
 
 import { mkdirSync, statSync, writeFileSync } from "node:fs";
 import { dirname, resolve } from "node:path";
-import { createInterface } from "node:readline";
 import type { Readable } from "node:stream";
 import type { Host } from "../host/host.js";
 import { machineFacts } from "../host/machine.js";
@@ -77,12 +76,61 @@ export function exitCodeOf(e: DomainExit): number {
   return m ? Number(m[1]) % 256 || 1 : 1;
 }
 
-function lines(stream: Readable | null | undefined, line: (s: string) => void): Promise<void> {
+/** A rank's output line is cut after this many characters (the host holds no more of one line). */
+export const OUTPUT_LINE_MAX = 1 << 20;
+/** What ends a cut line; the rest of it, up to its line break, is dropped. */
+export const OUTPUT_CUT_MARK = `…[line cut at ${OUTPUT_LINE_MAX} characters]`;
+
+/**
+ * A rank's output stream as lines, split as readline splits them (\n, \r\n, a lone \r; a
+ * \r\n across two chunks is one break), but never holding more than `max` characters of
+ * one line: a rank printing a 500 MB line must not make its host (a daemon shared by other
+ * jobs) hold it. A longer line goes out at once, cut, with OUTPUT_CUT_MARK.
+ */
+export function lines(
+  stream: Readable | null | undefined,
+  line: (s: string) => void,
+  max = OUTPUT_LINE_MAX,
+): Promise<void> {
   if (!stream) return Promise.resolve();
+  stream.setEncoding("utf8");
+  const breaks = /\r\n|\n|\r/g;
+  let partial = "";
+  let dropping = false;
+  let sawReturn = false;
+  const take = (text: string): void => {
+    if (dropping || text.length === 0) return;
+    const room = max - partial.length;
+    if (text.length <= room) {
+      partial += text;
+      return;
+    }
+    // Not between the halves of a surrogate pair.
+    const c = text.charCodeAt(room - 1);
+    const cut = room > 0 && c >= 0xd800 && c <= 0xdbff ? room - 1 : room;
+    line(partial + text.slice(0, cut) + OUTPUT_CUT_MARK);
+    partial = "";
+    dropping = true;
+  };
   return new Promise((resolve) => {
-    const rl = createInterface({ input: stream, crlfDelay: Number.POSITIVE_INFINITY });
-    rl.on("line", line);
-    rl.on("close", () => resolve());
+    const end = (): void => {
+      if (partial.length > 0 && !dropping) line(partial);
+      resolve();
+    };
+    stream.on("data", (chunk: string) => {
+      let at = sawReturn && chunk.charCodeAt(0) === 10 ? 1 : 0;
+      breaks.lastIndex = at;
+      for (let m = breaks.exec(chunk); m !== null; m = breaks.exec(chunk)) {
+        take(chunk.slice(at, m.index));
+        if (!dropping) line(partial);
+        partial = "";
+        dropping = false;
+        at = breaks.lastIndex;
+      }
+      take(chunk.slice(at));
+      sawReturn = chunk.charCodeAt(chunk.length - 1) === 13;
+    });
+    stream.on("end", end);
   });
 }
 

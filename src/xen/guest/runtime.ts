@@ -86,6 +86,11 @@ function userMessage(data: unknown): { data: unknown; cost: number } {
   return { data: copy, cost: MESSAGE_BASE_UNITS + cloneBytes(copy) };
 }
 
+/** Characters of printed text per output message at most. */
+const OUTPUT_PIECE_CHARS = 64 * 1024;
+
+const isHighSurrogate = (c: number) => c >= 0xd800 && c <= 0xdbff;
+
 /**
  * The worker's stdout/stderr as control messages, each posted when written. Node's own worker
  * stdio posts one chunk and holds the rest until the host acknowledges it on the worker's event
@@ -103,9 +108,16 @@ function routeStdio(stream: NodeJS.WriteStream, name: "stdout" | "stderr"): void
         : chunk instanceof Uint8Array
           ? decoder.decode(chunk, { stream: true })
           : String(chunk);
-    if (text.length > 0) {
-      const cost = MESSAGE_BASE_UNITS + text.length;
-      link.send({ type: "output", stream: name, text, cost } satisfies GuestControlMessage, cost);
+    // In pieces, each within the credit window: one huge line (a guest printing a 500 MB
+    // string) then waits here, in the guest's memory, instead of landing in the host at once.
+    for (let at = 0; at < text.length; ) {
+      let end = Math.min(text.length, at + OUTPUT_PIECE_CHARS);
+      // Never between the halves of a surrogate pair: the host encodes each piece as UTF-8.
+      if (end < text.length && end - at > 1 && isHighSurrogate(text.charCodeAt(end - 1))) end--;
+      const piece = at === 0 && end === text.length ? text : text.slice(at, end);
+      const cost = MESSAGE_BASE_UNITS + piece.length;
+      link.send({ type: "output", stream: name, text: piece, cost } satisfies GuestControlMessage, cost);
+      at = end;
     }
     if (typeof done === "function") queueMicrotask(() => (done as () => void)());
     return true;
