@@ -6,7 +6,13 @@
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { POLL_BUDGET_MS, POLL_MIN_MS, PollBudget } from "../src/nic/poll-budget.js";
+import {
+  POLL_AFTER_EVENTS_MS,
+  POLL_AFTER_FRAMES_MS,
+  POLL_BUDGET_MS,
+  POLL_MIN_MS,
+  PollBudget,
+} from "../src/nic/poll-budget.js";
 
 test("wake-ups later than the longest poll halve the budget, down to the shortest", () => {
   const p = new PollBudget();
@@ -47,4 +53,19 @@ test("a wake-up by the NIC's own timer, or one with no sleep before it, changes 
   assert.equal(p.ms, POLL_BUDGET_MS, "the timer's wake-up ended the spell: the later one is not a gap");
   p.woke(10);
   assert.equal(p.ms, POLL_BUDGET_MS);
+});
+
+test("each budget has its own longest poll: the NIC's after-events one grows to 80 µs, its after-frames one stops at 20", () => {
+  const events = new PollBudget(POLL_AFTER_EVENTS_MS);
+  const frames = new PollBudget(POLL_AFTER_FRAMES_MS);
+  assert.equal(events.ms, 0.08);
+  assert.equal(frames.ms, 0.02);
+  // A guest answering 60 µs after the NIC went quiet: within the longer budget, so it stays.
+  events.slept(0);
+  events.woke(0.06);
+  assert.equal(events.ms, 0.08);
+  // The same gap after frames is beyond that budget's longest: it halves.
+  frames.slept(0);
+  frames.woke(0.06);
+  assert.equal(frames.ms, 0.01);
 });

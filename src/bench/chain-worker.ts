@@ -9,12 +9,14 @@
  *
  * The waiting discipline is the MX library's and the NIC's:
  *   guest  spins DEFAULT_SPIN_US, then says it sleeps (C_GUEST_SLEEPING) and Atomics.waits
- *   NIC    polls for POLL_BUDGET_MS after its last work (looking at the socket between rounds),
- *          then says it sleeps (C_NIC_SLEEPING) — the MX NIC's longest poll: its adaptive
- *          budget (nic/poll-budget.ts) measured slower for the bare chain (8 B 82–93 µs
- *          against 69–74), and the chain is the floor at its best
- *          and waits in its event loop with Atomics.waitAsync on C_TX_PROD (so socket data
- *          still wakes it); a guest notifies only when the flag says it sleeps
+ *   NIC    polls after its last work (looking at the socket between rounds) for the MX NIC's
+ *          longest budget of the kind (nic/poll-budget.ts: POLL_AFTER_EVENTS_MS after it gave
+ *          its guest a message, POLL_AFTER_FRAMES_MS after it only sent frames), not adapted:
+ *          adapting measured slower for the bare chain (8 B 82–93 µs against 69–74 with the
+ *          one 40 µs budget then), and the chain is the floor at its best;
+ *          then it says it sleeps (C_NIC_SLEEPING) and waits in its event loop with
+ *          Atomics.waitAsync on C_TX_PROD (so socket data still wakes it); a guest notifies
+ *          only when the flag says it sleeps
  *
  * Every message carries its sequence number in its first and last 4 bytes (checked on every
  * receive), and the last message a guest receives in each batch is checked in full against a
@@ -28,7 +30,7 @@
 import { createConnection, createServer, type Socket } from "node:net";
 import { parentPort, workerData } from "node:worker_threads";
 import { LINKED_SLICE_MS } from "../nic/nic.js";
-import { POLL_BUDGET_MS } from "../nic/poll-budget.js";
+import { POLL_AFTER_EVENTS_MS, POLL_AFTER_FRAMES_MS } from "../nic/poll-budget.js";
 import { copyBytes } from "../xen/copy.js";
 import { adaptiveWait, DEFAULT_SPIN_US } from "../xen/wait.js";
 
@@ -322,6 +324,8 @@ function nic(role: "nic-a" | "nic-b", corrupt: boolean): void {
   let slots = 1;
   let stride = 0;
   let rxProd = 0;
+  /** Messages given to the guest so far (the idle poll's budget depends on it, as the MX NIC's). */
+  let delivered = 0;
   let running = true;
   let scheduled = false;
   let asleep = false;
@@ -381,6 +385,7 @@ function nic(role: "nic-a" | "nic-b", corrupt: boolean): void {
       rxProd++;
       Atomics.store(ctrl, C_RX_PROD, rxProd);
       if (Atomics.load(ctrl, C_GUEST_SLEEPING) !== 0) Atomics.notify(ctrl, C_RX_PROD);
+      delivered++;
       did = true;
     }
     if (sock?.isPaused() && heldBytes <= MAX_HELD_BYTES / 2) sock.resume();
@@ -430,11 +435,15 @@ function nic(role: "nic-a" | "nic-b", corrupt: boolean): void {
   };
 
   /**
-   * As the MX NIC (nic.ts runSlice): poll until idle for POLL_BUDGET_MS, then sleep; yield to
+   * As the MX NIC (nic.ts runSlice): poll until idle for its budget, then sleep; yield to
    * the event loop every LINKED_SLICE_MS while busy and after every idle round, so that the
-   * socket is read while the thread polls.
+   * socket is read while the thread polls. The budget is the MX NIC's longest of each kind: a
+   * quiet spell after it gave its guest a message polls POLL_AFTER_EVENTS_MS (the guest's
+   * answer comes soon), one after it only sent frames POLL_AFTER_FRAMES_MS.
    */
   let idleSince = -1;
+  let budgetMs = POLL_AFTER_EVENTS_MS;
+  let deliveredAtQuiet = 0;
   const runSlice = (): void => {
     scheduled = false;
     if (!running) return;
@@ -443,8 +452,11 @@ function nic(role: "nic-a" | "nic-b", corrupt: boolean): void {
       const did = poll();
       const now = performance.now();
       if (did) idleSince = -1;
-      else if (idleSince < 0) idleSince = now;
-      else if (now - idleSince >= POLL_BUDGET_MS) break;
+      else if (idleSince < 0) {
+        idleSince = now;
+        budgetMs = delivered !== deliveredAtQuiet ? POLL_AFTER_EVENTS_MS : POLL_AFTER_FRAMES_MS;
+        deliveredAtQuiet = delivered;
+      } else if (now - idleSince >= budgetMs) break;
       if (now - start >= LINKED_SLICE_MS || !did) {
         scheduled = true;
         setImmediate(runSlice);

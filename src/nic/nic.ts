@@ -81,7 +81,7 @@ import { PullRights } from "./exposure.js";
 import type { Link } from "./link.js";
 import { LinkTable } from "./link-state.js";
 import { Links } from "./links.js";
-import { PollBudget } from "./poll-budget.js";
+import { POLL_AFTER_EVENTS_MS, POLL_AFTER_FRAMES_MS, PollBudget } from "./poll-budget.js";
 import { QosScheduler } from "./qos.js";
 import { RemotePull } from "./remote-pull.js";
 import { SendEngine } from "./send.js";
@@ -184,8 +184,8 @@ export class Nic {
    * from the wire, later). One budget for both swung between them and wasted one kind of poll
    * in every ping-pong.
    */
-  private readonly pollAfterEvents = new PollBudget();
-  private readonly pollAfterFrames = new PollBudget();
+  private readonly pollAfterEvents = new PollBudget(POLL_AFTER_EVENTS_MS);
+  private readonly pollAfterFrames = new PollBudget(POLL_AFTER_FRAMES_MS);
   /** The budget of the current quiet spell. */
   private pollBudget = this.pollAfterEvents;
   /** NicCounter.events when the last quiet spell began. */
