@@ -41,7 +41,8 @@
  * a lost or silent link costs, and the wire timer, are in links.ts.
  *
  * Idle: after work the NIC polls its endpoints for its poll budget (poll-budget.ts: up to
- * POLL_BUDGET_MS, shorter while its wake-ups come later than that), then sets W_NIC_SLEEPING in
+ * POLL_AFTER_EVENTS_MS after it gave an owner events, POLL_AFTER_FRAMES_MS after it only moved
+ * frames; shorter while its wake-ups come later than that), then sets W_NIC_SLEEPING in
  * every open window, re-checks every doorbell, and waits in its event loop (one
  * Atomics.waitAsync per window on W_SQ_PROD). A doorbell with notify, a control request or a
  * link frame wakes it. Owners do not notify when they only consume events or release receive

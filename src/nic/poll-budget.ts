@@ -7,9 +7,10 @@
  * the poll only took a core from the threads the NIC waits for, so the budget halves. Wake-ups
  * by the NIC's own timer say nothing about what it waits for and are not counted. The NIC
  * keeps one for quiet spells after it gave an owner events and one for those after it only
- * moved frames (nic.ts runSlice): the two wait for different threads. Pure
- * arithmetic on times the caller measured, so a unit test can drive it. (The raw chain
- * baseline, bench/chain-worker.ts, keeps the fixed POLL_BUDGET_MS: faster for it.)
+ * moved frames (nic.ts runSlice): the two wait for different threads, and each has its own
+ * longest poll (POLL_AFTER_EVENTS_MS, POLL_AFTER_FRAMES_MS). Pure arithmetic on times the
+ * caller measured, so a unit test can drive it. (The raw chain baseline,
+ * bench/chain-worker.ts, polls those two longest budgets, fixed: faster for it.)
  */
 
 /** The longest idle poll by default (a sleeping thread takes ~30 µs to wake: README, Design notes). */

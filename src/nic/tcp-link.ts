@@ -26,9 +26,10 @@
  *
  * Back-pressure: send() makes the frame one write (a copy, or the lent buffer) and refuses
  * (false) while the main socket's write buffer is above a high-water mark and still draining;
- * onWritable fires on 'drain'. So the queued bytes stay below the mark plus one frame. Receiving parses each chunk
- * at once; a frame that lies whole in the chunk is handed over where it lies, others are put
- * together in one FRAME_MAX buffer per connection (TCP's own flow control bounds the rest).
+ * onWritable fires on 'drain'. So the queued bytes stay below the mark plus one frame.
+ * Receiving parses each chunk at once; a frame that lies whole in the chunk is handed over
+ * where it lies, others are put together in one FRAME_MAX buffer per connection (TCP's own
+ * flow control bounds the rest).
  *
  * Two connections (issue 16). One TCP stream would make a small frame wait behind every byte
  * of pull data written before it (B's 8 B ping-pong beside A's 1 MiB stream: 3.8× slower). So
