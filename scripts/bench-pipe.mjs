@@ -4,10 +4,13 @@
 // the sender copying each piece in while the receiver copies the previous one out, both
 // spinning (no MX, no matching, no sleeping). One-way latency = round trip / 2, median of 5
 // runs. The co-resident channel (mx/channel-path.ts) does this plus MX; Open MPI's
-// copy-in/copy-out (`bench --transports openmpi-cico`) does it between processes.
-// Run: node scripts/bench-pipe.mjs [--sizes 64K,1M] [--piece 64K] [--slots 2]
+// copy-in/copy-out (`bench --transports openmpi-cico`) does it between processes. The copies
+// are the library's own (xen/copy.ts: memcpy where V8 would copy shared memory word by word).
+// Run after a build (`npm ci` builds): node scripts/bench-pipe.mjs [--sizes 64K,1M] [--piece 64K] [--slots 2]
 import { parseArgs } from "node:util";
 import { isMainThread, parentPort, Worker, workerData } from "node:worker_threads";
+
+const { copyBytes } = await import(new URL("../dist/src/xen/copy.js", import.meta.url).href);
 
 const RUNS = 5;
 const bytes = (s) => {
@@ -81,7 +84,7 @@ function run({ rank, n, piece, slots, ab, ba, iters }) {
     for (let off = 0; off < n; off += piece) {
       while (sent - Atomics.load(outCtl, 16) >= slots);
       const k = Math.min(piece, n - off);
-      outData.set(src.subarray(off, off + k), (sent % slots) * piece);
+      copyBytes(outData, (sent % slots) * piece, src, off, k);
       Atomics.store(outCtl, 0, ++sent);
     }
   };
@@ -90,7 +93,7 @@ function run({ rank, n, piece, slots, ab, ba, iters }) {
       while (Atomics.load(inCtl, 0) === received);
       const k = Math.min(piece, n - off);
       const at = (received % slots) * piece;
-      dst.set(inData.subarray(at, at + k), off);
+      copyBytes(dst, off, inData, at, k);
       Atomics.store(inCtl, 16, ++received);
     }
   };

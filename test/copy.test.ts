@@ -1,12 +1,13 @@
 /**
  * xen/copy.ts: every byte lands where it should whatever the two sides' alignment, sharing
- * and length — the unequally aligned copies that touch shared memory go through a scratch
- * buffer placed by offset arithmetic, which a wrong shift would get silently wrong. (Its speed
- * is the benchmarks' business: `myrixen run -n 2` of an exchange at odd displacements.)
+ * and length — copies touching shared memory take one of three routes (V8's set, Node's fill
+ * as memcpy, copyWithin as memmove) by length, alignment and buffer, and each route's offsets
+ * are computed differently, which a wrong one would get silently wrong. (Its speed is
+ * `node scripts/bench-copy.mjs`'s business.)
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { copyBytes, STAGED_COPY_MIN } from "../src/xen/copy.js";
+import { copyBytes, MEMCPY_MIN, MEMCPY_MIN_UNALIGNED } from "../src/xen/copy.js";
 
 const PIECE = 64 * 1024;
 
@@ -27,9 +28,11 @@ const LENGTHS = [
   63,
   64,
   65,
-  STAGED_COPY_MIN - 1,
-  STAGED_COPY_MIN,
-  STAGED_COPY_MIN + 3,
+  MEMCPY_MIN_UNALIGNED - 1,
+  MEMCPY_MIN_UNALIGNED,
+  MEMCPY_MIN - 1,
+  MEMCPY_MIN,
+  MEMCPY_MIN + 3,
   PIECE - 5,
   PIECE,
   PIECE + 7,
@@ -87,4 +90,22 @@ test("copyBytes between two views of one shared buffer (a guest's lane and its o
   want.set(want.subarray(3 + 5, 3 + 5 + PIECE), 2 * PIECE + 1);
   copyBytes(b, 1, a, 5, PIECE);
   assert.deepEqual(sab, want);
+});
+
+test("copyBytes keeps the fill it took at load: replacing Buffer.prototype.fill later changes nothing it copies", () => {
+  const real = Buffer.prototype.fill;
+  const src = filled(4 * MEMCPY_MIN, true, 5);
+  const dst = new Uint8Array(new SharedArrayBuffer(4 * MEMCPY_MIN));
+  let called = false;
+  Buffer.prototype.fill = function (this: Buffer) {
+    called = true;
+    return this;
+  } as typeof real;
+  try {
+    copyBytes(dst, 0, src, 0, src.length);
+  } finally {
+    Buffer.prototype.fill = real;
+  }
+  assert.equal(called, false);
+  assert.deepEqual(dst, src);
 });
