@@ -16,10 +16,16 @@ import { Buffer } from "node:buffer";
 
 /** Copies up to this long are a plain loop: cheaper than the views `set` needs. */
 const SMALL_COPY = 64;
-/** From this long, an equally aligned copy touching shared memory goes to memcpy (break-even measured near 1 KiB). */
-export const MEMCPY_MIN = 1024;
-/** From this long, an unequally aligned one does (V8 copies those a byte at a time). */
-export const MEMCPY_MIN_UNALIGNED = 256;
+/**
+ * From this long, an equally aligned copy touching shared memory goes to memcpy. A loop of
+ * copies breaks even near 2 KiB, but the library's own ping-pong measured the call into C++
+ * dearer than that where it runs among everything else (`bench pingpong --transports bypass`,
+ * alternating builds: 1 KiB 0.70 → 0.95 µs with 1 KiB here, 4 KiB even at 4 KiB, 8 KiB
+ * 1.33 → 1.20 at 8 KiB): below 8 KiB V8's word copy is as fast.
+ */
+export const MEMCPY_MIN = 8192;
+/** From this long, an unequally aligned one does (V8 copies those a byte at a time, ~3 GB/s). */
+export const MEMCPY_MIN_UNALIGNED = 1024;
 
 /**
  * Node's fill, taken when this module loads: the library is trusted code running outside the
