@@ -6,6 +6,7 @@
  */
 import { type MessagePort, parentPort, workerData } from "node:worker_threads";
 import { createLink } from "./link.js";
+import { raiseMallocTrimThreshold } from "./malloc-trim.js";
 import { Nic } from "./nic.js";
 import { NicError } from "./status.js";
 import { attachTcpSpec, cancelTcpReconnect, isTcpLinkSpec } from "./tcp-attach.js";
@@ -37,6 +38,8 @@ export type NicWorkerMessage =
   | { type: "log"; message: string; fields?: TcpLinkLogFields }
   | { type: "reply"; id: number; ok: true }
   | { type: "reply"; id: number; ok: false; message: string };
+
+raiseMallocTrimThreshold();
 
 const data = workerData as NicWorkerData;
 const port = parentPort!;
