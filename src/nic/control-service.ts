@@ -6,6 +6,7 @@
  * Open-MX's driver/linux/omx_dev.c dispatches its ioctls to the engines. Nic.control
  * (nic.ts) counts each request, and wakes the loop after it; the data path never comes here.
  */
+import { reclaimSoon } from "../xen/reclaim.js";
 import type { NicClock } from "./clock.js";
 import type { ConnectLockout, Connector } from "./connect.js";
 import {
@@ -138,6 +139,8 @@ export class ControlService {
     // Release our own waiter on the dead window, and wake an owner blocked on it: it reads Closed.
     Atomics.notify(ctx.w, W_SQ_PROD);
     this.events.raise(ctx);
+    // Its regions viewed its guest's RAM: collect soon, so that RAM goes back to the OS on time.
+    reclaimSoon();
   }
 
   /** An endpoint's weight and caps (its driver's policy for the owner; qos.ts). */

@@ -5,6 +5,7 @@
  * log lines are posted to the host thread (it owns the logger and stderr).
  */
 import { type MessagePort, parentPort, workerData } from "node:worker_threads";
+import { prepareReclaim } from "../xen/reclaim.js";
 import { createLink } from "./link.js";
 import { raiseMallocTrimThreshold } from "./malloc-trim.js";
 import { Nic } from "./nic.js";
@@ -40,6 +41,8 @@ export type NicWorkerMessage =
   | { type: "reply"; id: number; ok: false; message: string };
 
 raiseMallocTrimThreshold();
+// A closed endpoint's regions view its guest's RAM: collected soon after (control-service.ts).
+prepareReclaim();
 
 const data = workerData as NicWorkerData;
 const port = parentPort!;

@@ -49,6 +49,7 @@ import {
 } from "./hypervisor/domain.js";
 import { DomainRecord } from "./hypervisor/domain-record.js";
 import { MemoryHypercalls } from "./hypervisor/memory-hypercalls.js";
+import { prepareReclaim, reclaimSoon } from "./reclaim.js";
 import { executeXenStoreRequest, LocalXenStoreClient, XenStore, XenStoreError } from "./xenstore.js";
 
 export {
@@ -81,6 +82,8 @@ export class Hypervisor {
   private readonly memory: MemoryHypercalls;
 
   constructor() {
+    // Before any domain exists: a dead domain's RAM is collected soon after its worker exits.
+    prepareReclaim();
     this.memory = new MemoryHypercalls(this.records, (domid) => {
       // The privileged domain caches foreign segments for in-place copies: it must look again.
       for (const other of this.live.values())
@@ -228,6 +231,8 @@ export class Hypervisor {
         });
       hc.port1.close();
       async.port1.close();
+      // Its RAM goes back to the OS once no thread holds it: collect here (dom0 and the NIC do too).
+      reclaimSoon();
     });
     // Resolve once the guest program is loaded and main is about to run (or boot failed).
     await new Promise<void>((resolve) => {

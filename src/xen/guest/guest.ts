@@ -33,6 +33,7 @@ import {
 } from "../hypercall.js";
 import type { GuestBootData } from "../hypervisor.js";
 import { GuestMemory, type PageRun } from "../memory.js";
+import { prepareReclaim, reclaimSoon } from "../reclaim.js";
 import { SyncCallClient } from "../sync-call.js";
 import { RequestXenStoreClient, XenStoreError, type XenStoreRequest } from "../xenstore.js";
 
@@ -377,7 +378,10 @@ export class Guest {
     this.#counterBuffer = boot.counters;
     this.#counters = new CounterWriter(boot.counters, CounterBlock.Domain);
     this.#hc = new HypercallClient(boot.hcPort, boot.replyWord);
-    if (boot.privileged) this.#foreign = new ForeignDomains(this);
+    if (boot.privileged) {
+      this.#foreign = new ForeignDomains(this);
+      prepareReclaim();
+    }
     this.grants = new GuestGrants(this, boot.grantTable, this.#foreign, this.#counters);
     const evtchnCalls: EvtchnHypercalls = {
       allocUnbound: (remoteDom) => this.hypercall<PortGrant>({ op: "evtchn_alloc_unbound", remoteDom }),
@@ -419,7 +423,7 @@ export class Guest {
   }
 
   #dispatchAsync(m: AsyncToGuest): void {
-    if (m.kind === "domain-gone") this.#foreign?.drop(m.domid);
+    if (m.kind === "domain-gone") this.dropForeign(m.domid);
     else this.#xs.handle(m);
   }
 
@@ -550,6 +554,9 @@ export class Guest {
 
   /** @internal */
   dropForeign(domid: DomId): void {
-    this.#foreign?.drop(domid);
+    if (!this.#foreign) return;
+    this.#foreign.drop(domid);
+    // That view was this domain's last hold on the memory: collect it soon (reclaim.ts).
+    reclaimSoon();
   }
 }
