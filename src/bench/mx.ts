@@ -90,7 +90,8 @@ function netSnapshot(hosts: readonly Host[]): Omit<SplitCost, "messages"> {
     r.netbackRequests += n.totals.txRequests + n.totals.rxRequests;
     r.grantCopies += n.totals.grantCopies;
     r.notifications += n.totals.notificationsSent + n.totals.notificationsReceived;
-    r.bridgeLookups += n.bridge.lookups;
+    // A lookup by MAC, or by endpoint for MX frames (netback/mx-steer.ts): one decision per frame either way.
+    r.bridgeLookups += n.bridge.lookups + n.bridge.mxSteered;
     r.frames += n.totals.txFrames;
   }
   return r;

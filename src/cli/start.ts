@@ -373,7 +373,8 @@ function addCost(
     b.totals.notificationsReceived -
     a.totals.notificationsSent -
     a.totals.notificationsReceived;
-  sum.lookups += b.bridge.lookups - a.bridge.lookups;
+  // By MAC, or by endpoint for MX frames (netback/mx-steer.ts): one decision per frame either way.
+  sum.lookups += b.bridge.lookups + b.bridge.mxSteered - a.bridge.lookups - a.bridge.mxSteered;
 }
 
 function size(bytes: number): string {

@@ -168,7 +168,10 @@ export async function infoCommand(o: CommonOptions): Promise<number> {
         "netback",
         `${n.totals.vifsConnected} vifs connected, ${n.totals.txFrames + n.totals.rxFrames} frames, ${n.totals.grantCopies} grant copies, ${n.totals.notificationsSent} notifications sent`,
       ],
-      ["bridge", `${n.bridge.lookups} lookups, ${n.bridge.entries} MAC entries, ${n.bridge.ports} ports`],
+      [
+        "bridge",
+        `${n.bridge.lookups} lookups, ${n.bridge.entries} MAC entries, ${n.bridge.ports} ports; MX frames: ${n.bridge.mxSteered} to their endpoint's owner, ${n.bridge.mxRefused} refused`,
+      ],
       [
         "nic counters",
         `${g.descriptors} descriptors, ${g.sends} sends, ${g.recvs} receives, ${g.pulls} pulls, ${g.frames_tx}/${g.frames_rx} frames out/in, ${g.errors} errors`,

@@ -295,6 +295,8 @@ export default async function main(guest: Guest): Promise<{ stopped: true }> {
       log,
       uplink: uplink.port,
       ageingMs: args.bridgeAgeingMs,
+      // MX frames go to the owner of the endpoint they name, and to no one else (mx-steer.ts).
+      nicEndpointOwner: (endpoint) => core.endpointOwner(endpoint),
     });
     await netback.start();
   }

@@ -1,9 +1,9 @@
 /**
  * Connections over Ethernet (the connect half of Open-MX's omx_partner.c, for the split
- * path): there is no trusted party to ask, so a connect is a broadcast CONNECT (repeated
- * until answered) that the owner of (nic, endpoint) answers itself with its MAC and session
- * — after checking the key, or, to resolve a peer already connected another way, its
- * session. This object is the endpoint's handler on the hub: it takes CONNECT and
+ * path): a connect is a broadcast CONNECT (repeated until answered) that netback's bridge
+ * hands to the owner of (nic, endpoint) only (src/netback/mx-steer.ts: the key crosses no
+ * other guest), and the owner answers itself with its MAC and session — after checking the
+ * key, or, to resolve a peer already connected another way, its session. This object is the endpoint's handler on the hub: it takes CONNECT and
  * CONNECT_REPLY frames and hands every other frame to the Ethernet path (ether-path.ts).
  *
  * A peer is keyed on its MAC as well as its header (netback lets no guest send from another

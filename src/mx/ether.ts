@@ -4,21 +4,7 @@
  * to endpoints, and the per-peer reliable, ordered frame stream MX needs on top of a lossy
  * medium — netback drops a frame when the receiver has no buffer posted, as Xen's does.
  *
- * Frame = Ethernet II header (dst MAC, src MAC, EtherType 0x86DF) + 64-byte MXoE header of
- * 16 little-endian u32 words (MxoeWord) + payload; every word is written by the frame's
- * sender and checked by its receiver:
- *
- *   0  magic 0x4d45 ("ME") << 16 | version << 8 | type (MxoeType)
- *   1  dst nic     2  dst endpoint   3  dst session (CONNECT: 0, or the session to resolve)
- *   4  src nic     5  src endpoint   6  src session
- *   7  frame sequence (sequenced types; 0 otherwise)
- *   8  cumulative ack: the next frame sequence the sender of this frame expects from us
- *   9  match hi (CONNECT, CONNECT_REPLY: 1 if the sender is on the split path)   10 match lo
- *   11 message length
- *   12 message sequence (EAGER, RNDV) | status (NOTIFY, CONNECT_REPLY) | path (PATH)
- *   13 id: sync id (EAGER, RNDV, NOTIFY, PULL), pull id (DATA), connect id (CONNECT*)
- *   14 fragment offset (EAGER, DATA) | key (CONNECT) | bytes transferred (NOTIFY) | pull id (PULL)
- *   15 payload bytes in this frame
+ * The frame format is src/xen/io/mxoe.ts (netback's bridge reads it too, to steer frames).
  *
  * Reliability is go-back-N per peer: sequenced frames wait in a ring of copies until the
  * peer acknowledges them (piggybacked on any frame, or an ACK after a receive burst); a gap
@@ -26,50 +12,34 @@
  * Every field of a received frame is hostile input: a bad frame is counted and dropped.
  */
 
-export const MXOE_ETHERTYPE = 0x86df;
-export const ETH_HEADER_BYTES = 14;
-export const MXOE_HEADER_BYTES = 64;
-export const MXOE_MAGIC = 0x4d45;
-export const MXOE_VERSION = 1;
-export const BROADCAST_MAC = new Uint8Array([0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
+import {
+  ETH_HEADER_BYTES,
+  frameWord,
+  MXOE_ETHERTYPE,
+  MXOE_HEADER_BYTES,
+  MXOE_MAGIC,
+  MXOE_MAX_TYPE,
+  MXOE_VERSION,
+  MxoeType,
+  MxoeWord,
+  PAYLOAD_AT,
+} from "../xen/io/mxoe.js";
 
-/** MXoE frame types (header word 0, bits 0..7). */
-export const MxoeType = {
-  Connect: 1,
-  ConnectReply: 2,
-  Eager: 3,
-  Rndv: 4,
-  Pull: 5,
-  Data: 6,
-  Notify: 7,
-  Ack: 8,
-  Path: 9,
-  /** "No such endpoint here" (as Open-MX's nack): status in msgSeq; the sender fails the peer. */
-  Nack: 10,
-} as const;
-const MAX_TYPE = MxoeType.Nack;
+export {
+  ETH_HEADER_BYTES,
+  frameWord,
+  MXOE_ETHERTYPE,
+  MXOE_HEADER_BYTES,
+  MXOE_MAGIC,
+  MXOE_VERSION,
+  MxoeType,
+  MxoeWord,
+  PAYLOAD_AT,
+};
+
+export const BROADCAST_MAC = new Uint8Array([0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
 /** MX status of a NACK (src/nic/status.ts ENDPOINT_CLOSED; kept local: ether.ts stands alone). */
 const STATUS_ENDPOINT_CLOSED = 8;
-
-/** MXoE header words (u32 indices after the Ethernet header; the table above says what each holds). */
-export const MxoeWord = {
-  magic: 0,
-  dstNic: 1,
-  dstEp: 2,
-  dstSession: 3,
-  srcNic: 4,
-  srcEp: 5,
-  srcSession: 6,
-  seq: 7,
-  ack: 8,
-  matchHi: 9,
-  matchLo: 10,
-  length: 11,
-  msgSeq: 12,
-  id: 13,
-  offset: 14,
-  payload: 15,
-} as const;
 
 /** Types that travel in the reliable stream. */
 export function isSequenced(type: number): boolean {
@@ -111,11 +81,6 @@ export interface EtherDevice {
   wait(timeoutMs: number): boolean;
 }
 
-export function frameWord(f: Uint8Array, w: number): number {
-  const o = ETH_HEADER_BYTES + w * 4;
-  return (f[o] | (f[o + 1] << 8) | (f[o + 2] << 16) | (f[o + 3] << 24)) >>> 0;
-}
-
 export function setFrameWord(f: Uint8Array, w: number, v: number): void {
   const o = ETH_HEADER_BYTES + w * 4;
   f[o] = v;
@@ -127,8 +92,6 @@ export function setFrameWord(f: Uint8Array, w: number, v: number): void {
 export function frameType(f: Uint8Array): number {
   return frameWord(f, MxoeWord.magic) & 0xff;
 }
-
-export const PAYLOAD_AT = ETH_HEADER_BYTES + MXOE_HEADER_BYTES;
 
 /** Starts a frame: Ethernet header, magic/type, every other header word 0. */
 export function initEtherFrame(f: Uint8Array, dst: Uint8Array, src: Uint8Array, type: number): void {
@@ -147,7 +110,7 @@ export function checkEtherFrame(f: Uint8Array): number {
   const m = frameWord(f, MxoeWord.magic);
   if (m >>> 16 !== MXOE_MAGIC || ((m >>> 8) & 0xff) !== MXOE_VERSION) return -1;
   const type = m & 0xff;
-  if (type < 1 || type > MAX_TYPE) return -1;
+  if (type < 1 || type > MXOE_MAX_TYPE) return -1;
   if (PAYLOAD_AT + frameWord(f, MxoeWord.payload) > f.length) return -1;
   return type;
 }
@@ -191,8 +154,9 @@ export interface EtherEndpointHandler {
 
 /**
  * One per guest: the netfront, shared by every endpoint of the guest's MX library. poll()
- * drains the device and hands each frame to the endpoint it names; CONNECT frames are
- * broadcast, so they reach every guest on the bridge (and other hosts through the uplink).
+ * drains the device and hands each frame to the endpoint it names. CONNECT frames are sent
+ * broadcast (the asker does not know the owner's MAC); netback's bridge gives them, as every
+ * MX frame, to the owner of the endpoint they name only (src/netback/mx-steer.ts).
  */
 export class EtherHub {
   readonly counters: EtherHubCounters = {

@@ -21,10 +21,9 @@ import {
 } from "../myrixen/driver-abi.js";
 import { ANY_ENDPOINT, INTR_BYTES, WINDOW_BYTES } from "../nic/window.js";
 import type { Guest } from "../xen/guest/guest.js";
+import { SPLIT_ENDPOINT_BASE, SPLIT_ENDPOINTS_PER_DOMAIN } from "../xen/io/mxoe.js";
 
-/** Endpoint ids from here up have no NIC context (split path only). */
-export const SPLIT_ENDPOINT_BASE = 0x10000;
-export const SPLIT_ENDPOINTS_PER_DOMAIN = 256;
+export { SPLIT_ENDPOINT_BASE, SPLIT_ENDPOINTS_PER_DOMAIN };
 
 export class SplitDriver implements MxDriver {
   readonly path = "split";

@@ -4,7 +4,8 @@
  * from source addresses, forgets entries not refreshed within the ageing time (300 s by
  * default, as Linux's bridge), sends unicast to the learned port only and floods broadcast,
  * multicast and unknown unicast to every port but the one the frame came in on. A frame never
- * goes back out of its ingress port.
+ * goes back out of its ingress port. netback may steer a frame to one port itself (sendTo:
+ * MX over Ethernet goes to the owner of the endpoint it names, mx-steer.ts).
  *
  * The MAC table is an open-addressing hash table over typed arrays (MAC = 16 + 32 bits), so
  * forwarding a frame allocates nothing. The clock is injectable so ageing can be tested.
@@ -137,10 +138,7 @@ export class Bridge {
    */
   forward(ingress: number, frame: BridgeFrame): number {
     const d = frame.data;
-    const now = this.now();
-    if (now - this.lastSweep >= this.ageingMs / 2) this.age(now);
-    // Learn the source, unless it is a group address (never a station's own).
-    if ((d[6] & 1) === 0) this.learn((d[6] << 8) | d[7], this.lo(d, 8), ingress, now);
+    const now = this.learnSource(ingress, d);
     if ((d[0] & 1) !== 0) return this.flood(ingress, frame);
     this.counters.lookups++;
     const i = this.find((d[0] << 8) | d[1], this.lo(d, 2));
@@ -161,6 +159,27 @@ export class Bridge {
       return 0;
     }
     return this.flood(ingress, frame);
+  }
+
+  /**
+   * Sends a frame that came in on `ingress` out of port `out` only, whatever its destination
+   * MAC (a frame netback steered: mx-steer.ts); its source is learned as forward() learns it.
+   * Returns how many ports it went out of (0: back to its ingress, or refused by the port).
+   */
+  sendTo(ingress: number, out: number, frame: BridgeFrame): number {
+    this.learnSource(ingress, frame.data);
+    const port = out === ingress ? undefined : this.ports[out];
+    if (port?.transmit(frame)) return 1;
+    this.counters.drops++;
+    return 0;
+  }
+
+  /** Learns the frame's source on `ingress` (unless a group address: never a station's own); returns now. */
+  private learnSource(ingress: number, d: Uint8Array): number {
+    const now = this.now();
+    if (now - this.lastSweep >= this.ageingMs / 2) this.age(now);
+    if ((d[6] & 1) === 0) this.learn((d[6] << 8) | d[7], this.lo(d, 8), ingress, now);
+    return now;
   }
 
   /** Forgets every entry older than the ageing time; returns how many went. */

@@ -7,7 +7,8 @@
 
 import type { DomId } from "../xen/abi.js";
 import type { Bridge } from "./bridge.js";
-import { BridgeCounter, MAX_VIF_STATS, STAT_BLOCK_WORDS, VifCounter } from "./stats.js";
+import type { MxSteerCounters } from "./mx-steer.js";
+import { BridgeCounter, MAX_VIF_STATS, STAT_BLOCK_WORDS, VifCounter, vifBlockBase } from "./stats.js";
 import type { UplinkPort } from "./uplink.js";
 
 /** What a counter add needs of a vif: the base word of its block, or -1 (no block: totals only). */
@@ -38,7 +39,7 @@ export class NetbackCounters {
     let free = -1;
     let reuse = -1;
     for (let i = 0; i < MAX_VIF_STATS; i++) {
-      const base = (1 + i) * STAT_BLOCK_WORDS;
+      const base = vifBlockBase(i);
       if (s[base + VifCounter.used] === 1) {
         if (s[base + VifCounter.domid] === domid && s[base + VifCounter.devid] === devid) return base;
         if (reuse < 0 && s[base + VifCounter.connected] === 0) reuse = base;
@@ -59,8 +60,8 @@ export class NetbackCounters {
     if (v.stat >= 0) this.words[v.stat + VifCounter.connected] = connected ? 1 : 0;
   }
 
-  /** Copies the bridge's and the uplink's counters into the page. */
-  publishBridge(bridge: Bridge, uplink: UplinkPort | undefined): void {
+  /** Copies the bridge's, the uplink's and MX steering's counters into the page. */
+  publishBridge(bridge: Bridge, uplink: UplinkPort | undefined, mx: MxSteerCounters): void {
     const s = this.words;
     const c = bridge.counters;
     s[BridgeCounter.lookups] = c.lookups;
@@ -71,6 +72,10 @@ export class NetbackCounters {
     s[BridgeCounter.bridgeDrops] = c.drops;
     s[BridgeCounter.macEntries] = bridge.size;
     s[BridgeCounter.bridgePorts] = bridge.portsInUse;
+    s[BridgeCounter.mxSteered] = mx.steered;
+    s[BridgeCounter.mxRefused] = mx.refused;
+    s[BridgeCounter.mxSpoofed] = mx.spoofed;
+    s[BridgeCounter.mxThrottled] = mx.throttled;
     if (uplink) {
       s[BridgeCounter.uplinkTx] = uplink.txFrames;
       s[BridgeCounter.uplinkDrops] = uplink.txDrops;

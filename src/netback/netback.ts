@@ -37,9 +37,11 @@ import { traceNow } from "../nic/clock.js";
 import { etherTraceId, NicTraceStage, type TraceBuffer } from "../nic/trace-ring.js";
 import type { DomId } from "../xen/abi.js";
 import type { Guest } from "../xen/guest/guest.js";
+import { isMxoe } from "../xen/io/mxoe.js";
 import { ETH_HLEN, MAX_FRAME } from "../xen/io/netif.js";
-import { Bridge } from "./bridge.js";
+import { Bridge, type BridgeFrame } from "./bridge.js";
 import { NetbackCounters } from "./counters.js";
+import { MxSteering, STEER_REFUSE } from "./mx-steer.js";
 import { RxPath } from "./rx.js";
 import { STAGING_FRAMES, type StagedFrame, Staging } from "./staging.js";
 import { BridgeCounter, NET_STATS_BYTES, netTraceRing, VifCounter } from "./stats.js";
@@ -58,6 +60,11 @@ export interface NetbackConfig {
   uplink?: EtherPortLike;
   /** Bridge MAC ageing (ms). */
   ageingMs?: number;
+  /**
+   * Who opened NIC context `endpoint` here (myrback's registry), so MX frames for it reach its
+   * owner only (mx-steer.ts). Without it only split-path endpoints (their ids name the domain) resolve.
+   */
+  nicEndpointOwner?: (endpoint: number) => DomId | undefined;
 }
 
 /** How long the uplink sleeps before re-checking its ring (ms). */
@@ -77,6 +84,7 @@ export class Netback {
   private passScheduled = false;
   private stopped = false;
 
+  private readonly steering: MxSteering;
   private readonly staging: Staging;
   private readonly tx: TxPath;
   private readonly rx: RxPath;
@@ -116,6 +124,15 @@ export class Netback {
       this.uplink = { port: cfg.uplink, bp, id: this.bridge.addPort(bp), ready: true, waiting: false };
       this.counters.words[BridgeCounter.uplinkPresent] = 1;
     }
+    const devices = this.devices;
+    const uplinkPort = this.uplink?.id ?? -1;
+    this.steering = new MxSteering({
+      nicId: cfg.nicId,
+      nicEndpointOwner: cfg.nicEndpointOwner ?? (() => undefined),
+      portOfDomain: (domid) => devices.portOfDomain(domid),
+      domainOfPort: (port) => devices.domainOfPort(port),
+      uplinkPort,
+    });
     this.publishBridge();
   }
 
@@ -145,7 +162,7 @@ export class Netback {
   }
 
   private publishBridge(): void {
-    this.counters.publishBridge(this.bridge, this.uplink?.bp);
+    this.counters.publishBridge(this.bridge, this.uplink?.bp, this.steering.counters);
   }
 
   // ---- scheduling -------------------------------------------------------------------------------
@@ -273,7 +290,7 @@ export class Netback {
         s[BridgeCounter.uplinkRx]++;
         // Stamped before the frame moves on: once forwarded, another thread may stamp it next.
         if (tracing) this.stamp(fr, NicTraceStage.BridgedIn, traceNow());
-        this.bridge.forward(u!.id, fr);
+        this.forward(u!.id, fr);
         continue;
       }
       if (!this.tx.finish(v, fr)) continue;
@@ -281,10 +298,13 @@ export class Netback {
         this.stamp(fr, NicTraceStage.NetbackTx, passStart);
         this.stamp(fr, NicTraceStage.Bridged, traceNow());
       }
-      if (this.bridge.forward(v.bridgeId, fr) > 0) this.counters.add(v, VifCounter.framesBridged);
+      if (this.forward(v.bridgeId, fr) > 0) this.counters.add(v, VifCounter.framesBridged);
     }
     // Vifs whose requests all failed validation still need their ERROR responses pushed.
     for (const v of this.processed) if (v.state === "connected") this.touch(v).touchedTx = true;
+    // The bridge's counters are in the page before any receiver is told of the frames they
+    // count (step 5): whoever reads them after a frame arrived sees that frame counted.
+    this.publishBridge();
 
     // 4. one grant-copy batch for every RX piece.
     this.rx.copyOut();
@@ -314,7 +334,13 @@ export class Netback {
       else if (tx.broken) void this.teardown(v, `the tx ring is broken: ${tx.broken}`);
       else this.arm(v);
     }
-    this.publishBridge();
+  }
+
+  /** Out of the bridge: MX over Ethernet to its endpoint's owner only (mx-steer.ts), the rest by MAC. */
+  private forward(ingress: number, fr: BridgeFrame): number {
+    if (!isMxoe(fr.data, fr.len)) return this.bridge.forward(ingress, fr);
+    const out = this.steering.route(ingress, fr.data, fr.len);
+    return out === STEER_REFUSE ? 0 : this.bridge.sendTo(ingress, out, fr);
   }
 
   /** Marks `v` as having responses to push at the end of the pass. */

@@ -4,7 +4,7 @@
  * prove batching (notifications ≪ frames), grant copies per frame, and who refused what.
  *
  * Float64 words (byte counts outgrow 32 bits), one writer (dom0's thread), plain stores. The
- * first block holds totals and the bridge's counters; then one block per vif. Per-vif counter
+ * first HEADER_BLOCKS blocks hold totals and the bridge's counters; then one block per vif. Per-vif counter
  * indexes are the same in a vif block and in the totals block, so one add updates both.
  */
 
@@ -12,11 +12,17 @@ import { TraceBuffer, traceRingBytes } from "../nic/trace-ring.js";
 
 export const STAT_BLOCK_WORDS = 32;
 export const MAX_VIF_STATS = 128;
+/** Blocks before the first vif's: totals, the bridge, MX steering. */
+export const HEADER_BLOCKS = 2;
+/** The first word of vif block `i`. */
+export function vifBlockBase(i: number): number {
+  return (HEADER_BLOCKS + i) * STAT_BLOCK_WORDS;
+}
 /**
  * After the counters, the split path's trace ring (nic/trace-ring.ts): netback stamps traced
  * frames into it only while its reader (the bench, through Host.netTrace) has switched it on.
  */
-export const NET_TRACE_OFFSET = (1 + MAX_VIF_STATS) * STAT_BLOCK_WORDS * 8;
+export const NET_TRACE_OFFSET = (HEADER_BLOCKS + MAX_VIF_STATS) * STAT_BLOCK_WORDS * 8;
 export const NET_TRACE_RECORDS = 1 << 14;
 export const NET_STATS_BYTES = NET_TRACE_OFFSET + traceRingBytes(NET_TRACE_RECORDS);
 
@@ -44,6 +50,14 @@ export const BridgeCounter = {
   bridgeDrops: 29,
   macEntries: 30,
   bridgePorts: 31,
+  /** MX over Ethernet sent to its endpoint's owner only (netback/mx-steer.ts). */
+  mxSteered: 32,
+  /** MX over Ethernet refused: for no endpoint here, or another NIC's from the uplink. */
+  mxRefused: 33,
+  /** MX over Ethernet from a vif naming as its source an endpoint not of its domain: refused. */
+  mxSpoofed: 34,
+  /** CONNECTs refused while their domain is locked out for wrong keys. */
+  mxThrottled: 35,
 } as const;
 
 /** Word indexes in a vif block; 4..19 are also the totals' indexes. */
@@ -108,6 +122,14 @@ export interface BridgeStats {
   entries: number;
   /** Ports now (vifs + uplink). */
   ports: number;
+  /** MX over Ethernet frames sent to the owner of the endpoint they name, and no one else. */
+  mxSteered: number;
+  /** MX over Ethernet frames refused: no owner of their endpoint here, or another NIC's from the uplink. */
+  mxRefused: number;
+  /** MX over Ethernet frames refused for naming another domain's endpoint as their source. */
+  mxSpoofed: number;
+  /** CONNECTs refused while their guest was locked out for wrong keys. */
+  mxThrottled: number;
 }
 
 export interface NetStats {
@@ -144,7 +166,7 @@ export function readNetStats(buffer: SharedArrayBuffer): NetStats {
   const w = new Float64Array(buffer);
   const vifs: VifStats[] = [];
   for (let i = 0; i < MAX_VIF_STATS; i++) {
-    const base = (1 + i) * STAT_BLOCK_WORDS;
+    const base = vifBlockBase(i);
     if (w[base + VifCounter.used] !== 1) continue;
     vifs.push({
       domid: w[base + VifCounter.domid],
@@ -171,6 +193,10 @@ export function readNetStats(buffer: SharedArrayBuffer): NetStats {
       drops: w[BridgeCounter.bridgeDrops],
       entries: w[BridgeCounter.macEntries],
       ports: w[BridgeCounter.bridgePorts],
+      mxSteered: w[BridgeCounter.mxSteered],
+      mxRefused: w[BridgeCounter.mxRefused],
+      mxSpoofed: w[BridgeCounter.mxSpoofed],
+      mxThrottled: w[BridgeCounter.mxThrottled],
     },
     uplink: {
       present: w[BridgeCounter.uplinkPresent] === 1,

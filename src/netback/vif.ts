@@ -96,6 +96,8 @@ export interface VifHost {
 /** netback's vif devices: found by watching backend/vif, connected, torn down. */
 export class VifDevices {
   private readonly vifs = new Map<string, Vif>();
+  private readonly portByDomain = new Map<DomId, number>();
+  private readonly domainByPort = new Map<number, DomId>();
   private readonly watcher: BackendDeviceWatcher<Vif>;
   private stopped = false;
 
@@ -125,6 +127,27 @@ export class VifDevices {
       await this.teardown(v, "the driver domain is stopping");
       await this.forget(v);
     }
+  }
+
+  /**
+   * The bridge port of `domid`'s vif (its lowest devid on the bridge), or -1: where MX frames
+   * for its endpoints go (mx-steer.ts). Kept per domain as vifs join and leave the bridge.
+   */
+  portOfDomain(domid: DomId): number {
+    return this.portByDomain.get(domid) ?? -1;
+  }
+
+  /** The domain whose vif is bridge port `port`, if it is a vif's. */
+  domainOfPort(port: number): DomId | undefined {
+    return this.domainByPort.get(port);
+  }
+
+  private refreshPort(domid: DomId): void {
+    let best: Vif | undefined;
+    for (const v of this.vifs.values())
+      if (v.domid === domid && v.bridgeId >= 0 && (best === undefined || v.devid < best.devid)) best = v;
+    if (best) this.portByDomain.set(domid, best.bridgeId);
+    else this.portByDomain.delete(domid);
   }
 
   /** Vifs and their states (diagnostics). */
@@ -256,6 +279,8 @@ export class VifDevices {
         transmit: (f) => host.deliver(v, f),
       };
       v.bridgeId = host.bridge.addPort(bp);
+      this.domainByPort.set(v.bridgeId, v.domid);
+      this.refreshPort(v.domid);
       await v.xb.switchState(XenbusState.Connected);
       if (v.state !== "connecting") return;
       v.state = "connected";
@@ -280,7 +305,9 @@ export class VifDevices {
     host.log(`vif ${v.domid}/${v.devid} disconnected: ${reason}`);
     if (v.bridgeId >= 0) {
       host.bridge.removePort(v.bridgeId);
+      this.domainByPort.delete(v.bridgeId);
       v.bridgeId = -1;
+      this.refreshPort(v.domid);
       host.publishBridge();
     }
     if (wasConnected) {

@@ -168,6 +168,12 @@ export class MyriCore {
 
   // -- endpoints --
 
+  /** The domain that opened NIC context `endpointId` here, while it is open (netback steers MX frames by it). */
+  endpointOwner(endpointId: number): DomId | undefined {
+    const ep = this.endpoints.get(endpointId);
+    return ep === undefined || ep.closed ? undefined : ep.owner.domid;
+  }
+
   openEndpoint(client: Client, endpointId: unknown, key: unknown): EndpointRec {
     return this.openEndpointWith(client, endpointId, key, undefined);
   }

@@ -1,0 +1,150 @@
+/**
+ * The bridge's rules for MX over Ethernet (src/xen/io/mxoe.ts): an MXoE frame goes to the
+ * owner of the endpoint its header names, and to no one else — not by its destination MAC,
+ * and never flooded; a guest sends only as its own endpoints; and a guest that keeps
+ * presenting wrong keys is slowed down as the NIC slows a bypass guest.
+ *
+ * Why: a connect on the split path is a broadcast CONNECT that carries the connect key (MX
+ * over Ethernet has no other way to find an endpoint), and a flooded frame reaches every vif
+ * on the bridge and every host behind the uplink. A guest that only listened learned the keys
+ * of the jobs around it and the sessions of their endpoints, and could then connect to them
+ * and inject messages. The driver domain is the trusted party that knows who owns what: a
+ * split-path endpoint id names its domain, and myrback knows who opened each NIC context.
+ *
+ *   - From a vif, the source (src nic, src endpoint) must be this NIC and an endpoint of the
+ *     vif's own domain (a NACK may also name an endpoint no one owns: its owner just closed
+ *     it); otherwise the frame is refused, as netback refuses a spoofed source MAC.
+ *   - dst nic is this host's NIC: the frame goes to the vif of the endpoint's owner (its
+ *     lowest devid), never back where it came from; an endpoint no one here owns, or whose
+ *     owner has no vif, gets nothing (refused).
+ *   - dst nic is another: from a vif, out of the uplink only; from the uplink, refused.
+ *   - Too short to name a source and a destination: refused.
+ *   - Wrong keys: a CONNECT_REPLY that says BAD_KEY or BAD_SESSION, on its way to a guest of
+ *     this host, counts against that guest's domain (once per connect: retries of one connect
+ *     share its id); after CONNECT_FREE_FAILS of them its CONNECTs are refused for a lockout
+ *     that doubles with each further one (nic/connect-throttle.ts, the NIC's own rule), and a
+ *     SUCCESS forgives. Keyed by domain, so opening more endpoints buys no more guesses.
+ *
+ * The key still crosses the NICs and the links between hosts (trusted, as every frame does).
+ */
+import { ConnectThrottle } from "../nic/connect-throttle.js";
+import { MxStatus } from "../nic/status.js";
+import type { DomId } from "../xen/abi.js";
+import {
+  ETH_HEADER_BYTES,
+  frameWord,
+  MXOE_HEADER_BYTES,
+  MxoeType,
+  MxoeWord,
+  SPLIT_ENDPOINT_BASE,
+  splitEndpointDomain,
+} from "../xen/io/mxoe.js";
+
+/** An MXoE frame that no port may have. */
+export const STEER_REFUSE = -1;
+
+export interface MxSteerCounters {
+  /** MXoE frames sent to the owner of their destination endpoint (or out of the uplink). */
+  steered: number;
+  /** Refused: no owner here, owner without a vif, another NIC's from the uplink, too short. */
+  refused: number;
+  /** Refused: from a vif, naming as its source an endpoint that is not its domain's. */
+  spoofed: number;
+  /** CONNECTs refused because their domain is locked out for wrong keys. */
+  throttled: number;
+}
+
+export interface MxSteerHost {
+  /** This host's NIC id (the dst nic of frames for endpoints here). */
+  readonly nicId: number;
+  /** The domain that opened NIC context `endpoint` here, if it is open (myrback knows). */
+  nicEndpointOwner(endpoint: number): DomId | undefined;
+  /** The bridge port of `domid`'s vif, or -1. */
+  portOfDomain(domid: DomId): number;
+  /** The domain whose vif is bridge port `port`, if it is one. */
+  domainOfPort(port: number): DomId | undefined;
+  /** The uplink's bridge port, or -1 when the bridge is host-local. */
+  readonly uplinkPort: number;
+}
+
+/** Domains whose last counted failure is remembered (the connect id that failed), at most. */
+const MAX_FAILED_IDS = 4096;
+
+export class MxSteering {
+  readonly counters: MxSteerCounters = { steered: 0, refused: 0, spoofed: 0, throttled: 0 };
+  /** Wrong keys per domain (as requester (0, domid)). */
+  private readonly throttle = new ConnectThrottle();
+  /** Per domain, the connect id whose failure was counted last (a connect's retries share it). */
+  private readonly failedId = new Map<DomId, number>();
+
+  constructor(
+    private readonly host: MxSteerHost,
+    private readonly now: () => number = () => performance.now(),
+  ) {}
+
+  /** The domain that owns endpoint `ep` of this NIC, if any. */
+  private ownerOf(ep: number): DomId | undefined {
+    return ep >= SPLIT_ENDPOINT_BASE ? splitEndpointDomain(ep) : this.host.nicEndpointOwner(ep);
+  }
+
+  /**
+   * Where the MXoE frame `f` (its first `len` bytes; the caller checked the EtherType) that
+   * came in on port `ingress` may go: a port, or STEER_REFUSE.
+   */
+  route(ingress: number, f: Uint8Array, len: number): number {
+    const h = this.host;
+    const c = this.counters;
+    if (len < ETH_HEADER_BYTES + MXOE_HEADER_BYTES) return this.refuse();
+    const type = frameWord(f, MxoeWord.magic) & 0xff;
+    const fromUplink = ingress === h.uplinkPort;
+    if (!fromUplink) {
+      const from = h.domainOfPort(ingress);
+      const srcOwner = this.ownerOf(frameWord(f, MxoeWord.srcEp));
+      const ownSource =
+        from !== undefined &&
+        frameWord(f, MxoeWord.srcNic) === h.nicId &&
+        (srcOwner === from || (srcOwner === undefined && type === MxoeType.Nack));
+      if (!ownSource) {
+        c.spoofed++;
+        return STEER_REFUSE;
+      }
+      if (type === MxoeType.Connect && this.throttle.lockedFor(0, from, this.now()) > 0) {
+        c.throttled++;
+        return STEER_REFUSE;
+      }
+    }
+    const dstNic = frameWord(f, MxoeWord.dstNic);
+    if (dstNic !== h.nicId) {
+      if (fromUplink || h.uplinkPort < 0) return this.refuse();
+      c.steered++;
+      return h.uplinkPort;
+    }
+    const owner = this.ownerOf(frameWord(f, MxoeWord.dstEp));
+    const port = owner === undefined ? -1 : h.portOfDomain(owner);
+    if (port < 0) return this.refuse();
+    if (type === MxoeType.ConnectReply) this.answered(owner!, f);
+    c.steered++;
+    return port;
+  }
+
+  /** An owner's answer to a CONNECT from `asker`, on its way to it: wrong keys count. */
+  private answered(asker: DomId, f: Uint8Array): void {
+    const status = frameWord(f, MxoeWord.msgSeq);
+    if (status === MxStatus.SUCCESS) {
+      this.throttle.succeeded(0, asker);
+      this.failedId.delete(asker);
+      return;
+    }
+    if (status !== MxStatus.BAD_KEY && status !== MxStatus.BAD_SESSION) return;
+    const id = frameWord(f, MxoeWord.id);
+    if (this.failedId.get(asker) === id) return;
+    if (this.failedId.size >= MAX_FAILED_IDS) this.failedId.clear();
+    this.failedId.set(asker, id);
+    this.throttle.failed(0, asker, this.now());
+  }
+
+  private refuse(): number {
+    this.counters.refused++;
+    return STEER_REFUSE;
+  }
+}

@@ -1,0 +1,217 @@
+/**
+ * The split path as a guest that listens to its bridge would try it. MX over Ethernet finds
+ * an endpoint with a broadcast CONNECT that carries the connect key and the asker's session;
+ * a flooded frame reached every vif on the bridge and every host behind the uplink, so a
+ * listener learned the keys of the jobs around it and could connect to them and inject
+ * messages. netback's bridge now gives every MX frame to the owner of the endpoint it names
+ * and no one else (src/netback/mx-steer.ts), whatever its destination MAC.
+ */
+import assert from "node:assert/strict";
+import { once } from "node:events";
+import { after, before, test } from "node:test";
+import { freePort } from "../src/cluster/listen.js";
+import { Host } from "../src/host/host.js";
+import { CONNECT_FREE_FAILS, CONNECT_LOCKOUT_MS } from "../src/nic/connect-throttle.js";
+import type { Domain } from "../src/xen/hypervisor.js";
+import {
+  MXOE_ETHERTYPE,
+  MXOE_MAGIC,
+  MXOE_VERSION,
+  MxoeType,
+  MxoeWord,
+  SPLIT_ENDPOINT_BASE,
+  SPLIT_ENDPOINTS_PER_DOMAIN,
+} from "../src/xen/io/mxoe.js";
+import type { FrameSummary, NetCommand, NetReply } from "./fixtures/net-agent.js";
+import { LINK_KEY } from "./helpers/link-key.js";
+
+const AGENT = new URL("./fixtures/net-agent.js", import.meta.url);
+const GUESSER = new URL("./fixtures/guests/key-guesser.js", import.meta.url);
+const PAIR = new URL("./fixtures/guests/hoarder.js", import.meta.url);
+/** The connect key the pair's fixture uses (test/fixtures/guests/hoarder.ts). */
+const PAIR_KEY = 0x4b7e;
+const NIC = 21;
+const REMOTE_NIC = 22;
+
+let host: Host;
+let remote: Host;
+before(async () => {
+  host = await Host.start({ nicId: NIC });
+  remote = await Host.start({ nicId: REMOTE_NIC });
+  const port = await freePort("127.0.0.1");
+  await remote.nic.attachLink({ kind: "tcp-listen", host: "127.0.0.1", port, key: LINK_KEY });
+  await host.nic.attachLink({ kind: "tcp", host: "127.0.0.1", port, timeoutMs: 5000, key: LINK_KEY });
+});
+after(async () => {
+  await host?.nic.detachLink(REMOTE_NIC).catch(() => undefined);
+  await remote?.stop();
+  await host?.stop();
+});
+
+interface Agent {
+  dom: Domain;
+  mac: string;
+  call<T = unknown>(cmd: NetCommand): Promise<T>;
+}
+
+/** A guest that drives its netfront itself and keeps every frame it is given. */
+async function agent(name: string, on: Host = host): Promise<Agent> {
+  const dom = await on.startGuest({ module: AGENT, name, pages: 1024, maxHeapMb: 64 });
+  const call = async <T>(cmd: NetCommand): Promise<T> => {
+    const got = Promise.race([
+      once(dom, "message"),
+      dom.exited.then((e) => {
+        throw new Error(`${name} stopped (${e.state}): ${e.error?.message ?? ""}`);
+      }),
+    ]);
+    dom.send(cmd);
+    const [r] = (await got) as [NetReply];
+    if (!r.ok) throw new Error(`${name} ${cmd.op}: ${r.message}`);
+    return r.value as T;
+  };
+  const { mac } = await call<{ mac: string }>({ op: "init", rxBuffers: 256, txBuffers: 64 });
+  return { dom, mac, call };
+}
+
+/** Two split-path guests that connect with PAIR_KEY and exchange 300 messages. */
+async function pair(serverOn: Host): Promise<void> {
+  const start = (role: string, on: Host) =>
+    on.startGuest({ module: PAIR, args: { role }, name: role, pages: 2048, fastPath: false });
+  const client = await start("client", host);
+  const server = await start("server", serverOn);
+  const [[ac], [as]] = await Promise.all([once(client, "message"), once(server, "message")]);
+  client.send(as);
+  server.send(ac);
+  const exits = await Promise.all([client.exited, server.exited]);
+  for (const e of exits) assert.equal(e.state, "shutdown", e.error?.stack);
+  assert.deepEqual(exits[0].result, { ok: 300, bad: 0 }, "the pair talked");
+}
+
+/** The tag a test frame carries: in its MX header when it has one. */
+const tagOf = (f: FrameSummary) => f.mxoe?.[MxoeWord.matchLo] ?? f.tag;
+
+function heard(frames: FrameSummary[]): string {
+  const mx = frames.filter((f) => f.mxoe);
+  const connects = mx.filter((f) => (f.mxoe![MxoeWord.magic] & 0xff) === MxoeType.Connect);
+  const keys = connects.filter((f) => f.mxoe![MxoeWord.offset] === PAIR_KEY);
+  return `${mx.length} MX frames, ${connects.length} CONNECTs, ${keys.length} with the pair's key 0x${PAIR_KEY.toString(16)}`;
+}
+
+test("a guest listening on its bridge hears none of its neighbours' MX frames: no connect key, no session (one host, and across two)", async () => {
+  const here = await agent("listener-here");
+  const there = await agent("listener-there", remote);
+  const steered = host.netStats().bridge.mxSteered;
+  await pair(host); // both on this host
+  await pair(remote); // client here, server on the other host
+  const got = await Promise.all(
+    [here, there].map((a) => a.call<FrameSummary[]>({ op: "recv", timeoutMs: 300 })),
+  );
+  assert.equal(heard(got[0]), heard([]), "the listener beside the pairs");
+  assert.equal(heard(got[1]), heard([]), "the listener on the other host");
+  assert.ok(host.netStats().bridge.mxSteered > steered, "the pairs' frames were steered to their owners");
+  await Promise.all([here.dom.destroy(), there.dom.destroy()]);
+});
+
+test("an MX frame goes to the owner of the endpoint it names, whatever its MAC; one naming no endpoint here reaches no one", async () => {
+  const [x, y, z] = await Promise.all([agent("mx-x"), agent("mx-y"), agent("mx-z")]);
+  const endpointOf = (d: Domain) => SPLIT_ENDPOINT_BASE + d.domid * SPLIT_ENDPOINTS_PER_DOMAIN;
+  const mxFrame = (
+    dst: string,
+    type: number,
+    dstNic: number,
+    dstEp: number,
+    tag: number,
+    srcEp = endpointOf(x.dom),
+  ) => {
+    const words = new Array<number>(16).fill(0);
+    words[MxoeWord.magic] = ((MXOE_MAGIC << 16) | (MXOE_VERSION << 8) | type) >>> 0;
+    words[MxoeWord.dstNic] = dstNic;
+    words[MxoeWord.dstEp] = dstEp;
+    words[MxoeWord.srcNic] = NIC;
+    words[MxoeWord.srcEp] = srcEp;
+    words[MxoeWord.offset] = PAIR_KEY;
+    // (The payload's first byte is the magic's: the tag rides in a header word.)
+    words[MxoeWord.matchLo] = tag;
+    return { dst, len: 128, tag, type: MXOE_ETHERTYPE, words };
+  };
+  const nobody = SPLIT_ENDPOINT_BASE + 4000 * SPLIT_ENDPOINTS_PER_DOMAIN;
+  const s0 = host.netStats().bridge;
+  await x.call({
+    op: "send",
+    frames: [
+      // Addressed to y's MAC, naming z's endpoint: z gets it.
+      mxFrame(y.mac, MxoeType.Eager, NIC, endpointOf(z.dom), 1),
+      // A broadcast CONNECT naming z's endpoint: z only.
+      mxFrame("ff:ff:ff:ff:ff:ff", MxoeType.Connect, NIC, endpointOf(z.dom), 2),
+      // Naming an endpoint no domain here owns: no one.
+      mxFrame("ff:ff:ff:ff:ff:ff", MxoeType.Connect, NIC, nobody, 3),
+      // A NIC context no one opened: no one.
+      mxFrame("ff:ff:ff:ff:ff:ff", MxoeType.Connect, NIC, 7, 4),
+      // Another NIC's endpoint: out of the uplink, not to a neighbour.
+      mxFrame("ff:ff:ff:ff:ff:ff", MxoeType.Connect, 99, endpointOf(y.dom), 5),
+      // Too short to name anyone.
+      { dst: "ff:ff:ff:ff:ff:ff", len: 40, tag: 6, type: MXOE_ETHERTYPE },
+      // Sent as y's endpoint (as if y asked to connect): refused, as a spoofed MAC is.
+      mxFrame("ff:ff:ff:ff:ff:ff", MxoeType.Connect, NIC, endpointOf(z.dom), 7, endpointOf(y.dom)),
+      // Sent as a NIC context no one opened: refused.
+      mxFrame(z.mac, MxoeType.Eager, NIC, endpointOf(z.dom), 8, 3),
+    ],
+  });
+  const zGot = await z.call<FrameSummary[]>({ op: "recv", timeoutMs: 3000, expect: 2 });
+  assert.deepEqual(zGot.map(tagOf), [1, 2], "z got what named its endpoint, and nothing else");
+  const [xGot, yGot] = await Promise.all(
+    [x, y].map((a) => a.call<FrameSummary[]>({ op: "recv", timeoutMs: 300 })),
+  );
+  assert.deepEqual(yGot, [], "y got nothing, not even what was addressed to its MAC");
+  assert.deepEqual(xGot, [], "the sender got nothing back");
+  const s1 = host.netStats().bridge;
+  assert.equal(s1.mxSteered - s0.mxSteered, 3, "two to z, one out of the uplink");
+  assert.equal(s1.mxRefused - s0.mxRefused, 3, "no owner (twice), too short");
+  assert.equal(s1.mxSpoofed - s0.mxSpoofed, 2, "sent as another domain's endpoint, as no one's");
+  // Ordinary Ethernet is bridged as before: a broadcast of another EtherType reaches everyone.
+  await x.call({ op: "send", frames: [{ dst: "ff:ff:ff:ff:ff:ff", len: 64, tag: 9 }] });
+  for (const a of [y, z]) {
+    const got = await a.call<FrameSummary[]>({ op: "recv", timeoutMs: 3000, expect: 1 });
+    assert.deepEqual(got.map(tagOf), [9]);
+  }
+  await Promise.all([x.dom.destroy(), y.dom.destroy(), z.dom.destroy()]);
+});
+
+test("a guest guessing a split-path endpoint's key gets a few answers, then none: the right key, guessed in the lockout, does not connect", async () => {
+  const key = 0x51ee7;
+  const guess = (role: string, extra: Record<string, unknown> = {}) =>
+    host.startGuest({
+      module: GUESSER,
+      args: { role, key, path: "split", ...extra },
+      name: `split-${role}`,
+      pages: 2048,
+      fastPath: false,
+    });
+  const victim = await guess("victim");
+  const [addr] = await once(victim, "message");
+  const t0 = host.netStats().bridge;
+  const guesser = await guess("guesser", {
+    guesses: CONNECT_FREE_FAILS,
+    timeoutMs: 400,
+    laterMs: CONNECT_LOCKOUT_MS + 500,
+  });
+  guesser.send(addr);
+  const e = await guesser.exited;
+  victim.send("done");
+  await victim.exited;
+  assert.equal(e.state, "shutdown", e.error?.stack);
+  const { codes, right, later } = e.result as { codes: string[]; right: string; later: string };
+  assert.deepEqual(
+    codes,
+    new Array(CONNECT_FREE_FAILS).fill("MX_BAD_CONNECTION_KEY"),
+    "the first few are told",
+  );
+  assert.equal(right, "MX_TIMEOUT", "the right key, in the lockout: netback let no CONNECT through");
+  assert.equal(
+    later,
+    "connected",
+    "after the lockout the right key connects (an honest mistake costs a second)",
+  );
+  const t1 = host.netStats().bridge;
+  assert.ok(t1.mxThrottled > t0.mxThrottled, "the CONNECTs in the lockout were counted");
+});
