@@ -35,6 +35,8 @@ const CONNECT_RETRY_MS = 100;
 interface EtherConnect {
   done: boolean;
   status: number;
+  /** REJECTED: how long netback still refuses this guest's connects (ms). */
+  retryAfter: number;
   session: number;
   mac: Uint8Array;
   peerSplit: boolean;
@@ -63,6 +65,7 @@ export class EtherConnector implements EtherEndpointHandler {
       if (c && !c.done && frameWord(f, MxoeWord.dstSession) === this.parts.ctx.session) {
         c.done = true;
         c.status = frameWord(f, MxoeWord.msgSeq);
+        c.retryAfter = frameWord(f, MxoeWord.offset);
         c.session = srcSession;
         c.mac = f.slice(6, 12);
         c.peerSplit = frameWord(f, MxoeWord.matchHi) === 1;
@@ -96,6 +99,7 @@ export class EtherConnector implements EtherEndpointHandler {
     const pending: EtherConnect = {
       done: false,
       status: MxStatus.PENDING,
+      retryAfter: 0,
       session: 0,
       mac: BROADCAST_MAC,
       peerSplit: false,
@@ -135,6 +139,11 @@ export class EtherConnector implements EtherEndpointHandler {
       throw new MxError("MX_TIMEOUT", `${where} did not answer over Ethernet within ${timeoutMs} ms`);
     if (pending.status === MxStatus.BAD_KEY)
       throw new MxError("MX_BAD_CONNECTION_KEY", `${where} refused the key 0x${key.toString(16)}`);
+    if (pending.status === MxStatus.REJECTED)
+      throw new MxError(
+        "MX_BUSY",
+        `the driver domain refuses this guest's connects over Ethernet for ${pending.retryAfter} ms more: too many wrong keys (retry then, with the key ${where} was opened with)`,
+      );
     if (pending.status !== MxStatus.SUCCESS)
       throw new MxError("MX_CONNECTION_FAILED", `${where}: MX_STATUS_${mxStatusName(pending.status)}`);
     const peer = this.learn(nic, endpoint, pending.session, pending.mac, pending.peerSplit);

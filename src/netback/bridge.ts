@@ -174,6 +174,16 @@ export class Bridge {
     return 0;
   }
 
+  /**
+   * Sends a frame the bridge itself answers with (netback built it from one that came in) out
+   * of port `out`, the port it came from included; nothing is learned from it.
+   */
+  answer(out: number, frame: BridgeFrame): number {
+    if (this.ports[out]?.transmit(frame)) return 1;
+    this.counters.drops++;
+    return 0;
+  }
+
   /** Learns the frame's source on `ingress` (unless a group address: never a station's own); returns now. */
   private learnSource(ingress: number, d: Uint8Array): number {
     const now = this.now();

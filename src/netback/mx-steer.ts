@@ -24,6 +24,9 @@
  *     share its id); after CONNECT_FREE_FAILS of them its CONNECTs are refused for a lockout
  *     that doubles with each further one (nic/connect-throttle.ts, the NIC's own rule), and a
  *     SUCCESS forgives. Keyed by domain, so opening more endpoints buys no more guesses.
+ *     A CONNECT refused in a lockout is answered by the bridge itself: its frame turned into
+ *     a CONNECT_REPLY with status REJECTED and the time left (rejectInPlace), so the asker
+ *     hears why (MX_BUSY, as from the NIC on the bypass path) instead of timing out.
  *
  * The key still crosses the NICs and the links between hosts (trusted, as every frame does).
  */
@@ -34,6 +37,8 @@ import {
   ETH_HEADER_BYTES,
   frameWord,
   MXOE_HEADER_BYTES,
+  MXOE_MAGIC,
+  MXOE_VERSION,
   MxoeType,
   MxoeWord,
   SPLIT_ENDPOINT_BASE,
@@ -42,6 +47,8 @@ import {
 
 /** An MXoE frame that no port may have. */
 export const STEER_REFUSE = -1;
+/** A CONNECT from a guest locked out for wrong keys: answer it with rejectInPlace. */
+export const STEER_REJECT = -2;
 
 export interface MxSteerCounters {
   /** MXoE frames sent to the owner of their destination endpoint (or out of the uplink). */
@@ -67,6 +74,9 @@ export interface MxSteerHost {
   readonly uplinkPort: number;
 }
 
+/** The source MAC of what the bridge answers itself (locally administered, never a vif's). */
+const BRIDGE_MAC = new Uint8Array([0x02, 0x00, 0x5e, 0x4d, 0x58, 0x00]);
+
 /** Domains whose last counted failure is remembered (the connect id that failed), at most. */
 const MAX_FAILED_IDS = 4096;
 
@@ -76,6 +86,8 @@ export class MxSteering {
   private readonly throttle = new ConnectThrottle();
   /** Per domain, the connect id whose failure was counted last (a connect's retries share it). */
   private readonly failedId = new Map<DomId, number>();
+  /** The lockout left (ms) when route last answered STEER_REJECT. */
+  private lockLeft = 0;
 
   constructor(
     private readonly host: MxSteerHost,
@@ -108,9 +120,13 @@ export class MxSteering {
         c.spoofed++;
         return STEER_REFUSE;
       }
-      if (type === MxoeType.Connect && this.throttle.lockedFor(0, from, this.now()) > 0) {
-        c.throttled++;
-        return STEER_REFUSE;
+      if (type === MxoeType.Connect) {
+        const left = this.throttle.lockedFor(0, from, this.now());
+        if (left > 0) {
+          c.throttled++;
+          this.lockLeft = left;
+          return STEER_REJECT;
+        }
       }
     }
     const dstNic = frameWord(f, MxoeWord.dstNic);
@@ -141,6 +157,32 @@ export class MxSteering {
     if (this.failedId.size >= MAX_FAILED_IDS) this.failedId.clear();
     this.failedId.set(asker, id);
     this.throttle.failed(0, asker, this.now());
+  }
+
+  /**
+   * Turns the CONNECT route() answered STEER_REJECT for into its CONNECT_REPLY, in place:
+   * addressed back to the asker, status REJECTED, the lockout's time left in the offset word
+   * (as the NIC tells a bypass asker). Its source MAC is the bridge's own, locally administered.
+   */
+  rejectInPlace(f: Uint8Array): void {
+    const w = (i: number) => frameWord(f, i);
+    const asker = [w(MxoeWord.srcNic), w(MxoeWord.srcEp), w(MxoeWord.srcSession)];
+    const owner = [w(MxoeWord.dstNic), w(MxoeWord.dstEp)];
+    const id = w(MxoeWord.id);
+    f.copyWithin(0, 6, 12);
+    f.set(BRIDGE_MAC, 6);
+    f.fill(0, ETH_HEADER_BYTES, ETH_HEADER_BYTES + MXOE_HEADER_BYTES);
+    const v = new DataView(f.buffer, f.byteOffset + ETH_HEADER_BYTES, MXOE_HEADER_BYTES);
+    const set = (i: number, x: number) => v.setUint32(4 * i, x >>> 0, true);
+    set(MxoeWord.magic, (MXOE_MAGIC << 16) | (MXOE_VERSION << 8) | MxoeType.ConnectReply);
+    set(MxoeWord.dstNic, asker[0]);
+    set(MxoeWord.dstEp, asker[1]);
+    set(MxoeWord.dstSession, asker[2]);
+    set(MxoeWord.srcNic, owner[0]);
+    set(MxoeWord.srcEp, owner[1]);
+    set(MxoeWord.id, id);
+    set(MxoeWord.msgSeq, MxStatus.REJECTED);
+    set(MxoeWord.offset, this.lockLeft);
   }
 
   private refuse(): number {

@@ -41,7 +41,7 @@ import { isMxoe } from "../xen/io/mxoe.js";
 import { ETH_HLEN, MAX_FRAME } from "../xen/io/netif.js";
 import { Bridge, type BridgeFrame } from "./bridge.js";
 import { NetbackCounters } from "./counters.js";
-import { MxSteering, STEER_REFUSE } from "./mx-steer.js";
+import { MxSteering, STEER_REFUSE, STEER_REJECT } from "./mx-steer.js";
 import { RxPath } from "./rx.js";
 import { STAGING_FRAMES, type StagedFrame, Staging } from "./staging.js";
 import { BridgeCounter, NET_STATS_BYTES, netTraceRing, VifCounter } from "./stats.js";
@@ -340,7 +340,12 @@ export class Netback {
   private forward(ingress: number, fr: BridgeFrame): number {
     if (!isMxoe(fr.data, fr.len)) return this.bridge.forward(ingress, fr);
     const out = this.steering.route(ingress, fr.data, fr.len);
-    return out === STEER_REFUSE ? 0 : this.bridge.sendTo(ingress, out, fr);
+    if (out === STEER_REFUSE) return 0;
+    if (out !== STEER_REJECT) return this.bridge.sendTo(ingress, out, fr);
+    // A CONNECT in a wrong-key lockout: the asker hears REJECTED from the bridge itself.
+    this.steering.rejectInPlace(fr.data);
+    this.bridge.answer(ingress, fr);
+    return 0;
   }
 
   /** Marks `v` as having responses to push at the end of the pass. */
