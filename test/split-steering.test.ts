@@ -4,17 +4,22 @@
  * a flooded frame reached every vif on the bridge and every host behind the uplink, so a
  * listener learned the keys of the jobs around it and could connect to them and inject
  * messages. netback's bridge now gives every MX frame to the owner of the endpoint it names
- * and no one else (src/netback/mx-steer.ts), whatever its destination MAC.
+ * and no one else (src/netback/mx-steer.ts), whatever its destination MAC; a guest sends
+ * only as its own endpoints; wrong keys lock a guest out as the NIC does on the bypass path.
  */
 import assert from "node:assert/strict";
 import { once } from "node:events";
 import { after, before, test } from "node:test";
 import { freePort } from "../src/cluster/listen.js";
 import { Host } from "../src/host/host.js";
+import { type MxSteerHost, MxSteering, STEER_REJECT } from "../src/netback/mx-steer.js";
 import { CONNECT_FREE_FAILS, CONNECT_LOCKOUT_MS } from "../src/nic/connect-throttle.js";
+import { MxStatus } from "../src/nic/status.js";
 import type { Domain } from "../src/xen/hypervisor.js";
 import {
+  ETH_HEADER_BYTES,
   MXOE_ETHERTYPE,
+  MXOE_HEADER_BYTES,
   MXOE_MAGIC,
   MXOE_VERSION,
   MxoeType,
@@ -218,4 +223,59 @@ test("a guest guessing a split-path endpoint's key is told BAD_KEY a few times, 
   );
   const t1 = host.netStats().bridge;
   assert.ok(t1.mxThrottled > t0.mxThrottled, "the CONNECTs in the lockout were counted");
+});
+
+test("netback believes only the answer to the CONNECT a guest sent: forged answers neither lock a guest out nor forgive it", () => {
+  const portOf = new Map([
+    [1, 11],
+    [2, 12],
+    [3, 13],
+  ]);
+  const steerHost: MxSteerHost = {
+    nicId: NIC,
+    uplinkPort: 10,
+    nicEndpointOwner: () => undefined,
+    portOfDomain: (d) => portOf.get(d) ?? -1,
+    domainOfPort: (p) => [...portOf].find(([, q]) => q === p)?.[0],
+  };
+  let now = 1_000;
+  const steer = new MxSteering(steerHost, () => now);
+  const ep = (domid: number) => SPLIT_ENDPOINT_BASE + domid * SPLIT_ENDPOINTS_PER_DOMAIN;
+  const frame = (type: number, from: number, to: number, id: number, status = 0) => {
+    const f = new Uint8Array(ETH_HEADER_BYTES + MXOE_HEADER_BYTES);
+    const v = new DataView(f.buffer, ETH_HEADER_BYTES);
+    const put = (w: number, x: number) => v.setUint32(4 * w, x >>> 0, true);
+    put(MxoeWord.magic, (MXOE_MAGIC << 16) | (MXOE_VERSION << 8) | type);
+    put(MxoeWord.srcNic, NIC);
+    put(MxoeWord.srcEp, ep(from));
+    put(MxoeWord.dstNic, NIC);
+    put(MxoeWord.dstEp, ep(to));
+    put(MxoeWord.id, id);
+    put(MxoeWord.msgSeq, status);
+    return f;
+  };
+  const send = (domid: number, f: Uint8Array) => steer.route(portOf.get(domid)!, f, f.length);
+  const connect = (id: number) => send(1, frame(MxoeType.Connect, 1, 2, id));
+  const answer = (from: number, id: number, status: number) =>
+    send(from, frame(MxoeType.ConnectReply, from, 1, id, status));
+
+  // Guest 3 answers connects guest 1 never sent, all BAD_KEY: delivered, but nothing counts.
+  for (let id = 0; id < 10; id++) assert.equal(answer(3, id, MxStatus.BAD_KEY), 11);
+  assert.equal(connect(100), 12, "guest 1 may still connect");
+  // Guest 3 answers the very connect guest 1 sent (its id guessed): not the endpoint asked.
+  assert.equal(answer(3, 100, MxStatus.BAD_KEY), 11);
+  // The endpoint asked answers: wrong keys count, a retry's answer once.
+  for (let n = 0; n < CONNECT_FREE_FAILS; n++) {
+    const id = 100 + n;
+    if (n > 0) assert.equal(connect(id), 12);
+    answer(2, id, MxStatus.BAD_KEY);
+    answer(2, id, MxStatus.BAD_KEY);
+  }
+  assert.equal(connect(200), STEER_REJECT, `after ${CONNECT_FREE_FAILS} wrong keys guest 1 is locked out`);
+  // A forged SUCCESS (from guest 3, for the id guest 1 last sent) forgives nothing.
+  answer(3, 103, MxStatus.SUCCESS);
+  assert.equal(connect(201), STEER_REJECT);
+  now += CONNECT_LOCKOUT_MS + 1;
+  assert.equal(connect(202), 12, "the lockout ends");
+  assert.equal(steer.counters.throttled, 2);
 });

@@ -21,7 +21,9 @@
  *   - Too short to name a source and a destination: refused.
  *   - Wrong keys: a CONNECT_REPLY that says BAD_KEY or BAD_SESSION, on its way to a guest of
  *     this host, counts against that guest's domain (once per connect: retries of one connect
- *     share its id); after CONNECT_FREE_FAILS of them its CONNECTs are refused for a lockout
+ *     share its id) — only if it answers the CONNECT that guest sent last (same id, from the
+ *     endpoint it asked), so no third guest can lock a guest out, or forgive one, with forged
+ *     answers; after CONNECT_FREE_FAILS of them its CONNECTs are refused for a lockout
  *     that doubles with each further one (nic/connect-throttle.ts, the NIC's own rule), and a
  *     SUCCESS forgives. Keyed by domain, so opening more endpoints buys no more guesses.
  *     A CONNECT refused in a lockout is answered by the bridge itself: its frame turned into
@@ -86,6 +88,8 @@ export class MxSteering {
   private readonly throttle = new ConnectThrottle();
   /** Per domain, the connect id whose failure was counted last (a connect's retries share it). */
   private readonly failedId = new Map<DomId, number>();
+  /** Per domain, the CONNECT it sent last: its id and the (nic, endpoint) it asked. */
+  private readonly asked = new Map<DomId, { id: number; nic: number; ep: number }>();
   /** The lockout left (ms) when route last answered STEER_REJECT. */
   private lockLeft = 0;
 
@@ -101,7 +105,8 @@ export class MxSteering {
 
   /**
    * Where the MXoE frame `f` (its first `len` bytes; the caller checked the EtherType) that
-   * came in on port `ingress` may go: a port, or STEER_REFUSE.
+   * came in on port `ingress` may go: a port, STEER_REFUSE, or STEER_REJECT (a CONNECT in a
+   * wrong-key lockout: answer it with rejectInPlace).
    */
   route(ingress: number, f: Uint8Array, len: number): number {
     const h = this.host;
@@ -127,6 +132,13 @@ export class MxSteering {
           this.lockLeft = left;
           return STEER_REJECT;
         }
+        // The answer that may count against (or for) this guest is the one to this CONNECT.
+        if (this.asked.size >= MAX_FAILED_IDS && !this.asked.has(from)) this.asked.clear();
+        this.asked.set(from, {
+          id: frameWord(f, MxoeWord.id),
+          nic: frameWord(f, MxoeWord.dstNic),
+          ep: frameWord(f, MxoeWord.dstEp),
+        });
       }
     }
     const dstNic = frameWord(f, MxoeWord.dstNic);
@@ -145,6 +157,14 @@ export class MxSteering {
 
   /** An owner's answer to a CONNECT from `asker`, on its way to it: wrong keys count. */
   private answered(asker: DomId, f: Uint8Array): void {
+    const q = this.asked.get(asker);
+    if (
+      q === undefined ||
+      q.id !== frameWord(f, MxoeWord.id) ||
+      q.nic !== frameWord(f, MxoeWord.srcNic) ||
+      q.ep !== frameWord(f, MxoeWord.srcEp)
+    )
+      return;
     const status = frameWord(f, MxoeWord.msgSeq);
     if (status === MxStatus.SUCCESS) {
       this.throttle.succeeded(0, asker);
