@@ -205,7 +205,12 @@ test("a guest guessing a split-path endpoint's key is told BAD_KEY a few times, 
   victim.send("done");
   await victim.exited;
   assert.equal(e.state, "shutdown", e.error?.stack);
-  const { codes, right, later } = e.result as { codes: string[]; right: string; later: string };
+  const { codes, right, rightMessage, later } = e.result as {
+    codes: string[];
+    right: string;
+    rightMessage: string;
+    later: string;
+  };
   assert.deepEqual(
     codes,
     new Array(CONNECT_FREE_FAILS).fill("MX_BAD_CONNECTION_KEY"),
@@ -215,6 +220,10 @@ test("a guest guessing a split-path endpoint's key is told BAD_KEY a few times, 
     right,
     "MX_BUSY",
     "the right key, in the lockout: netback answered it, REJECTED, letting no CONNECT through",
+  );
+  assert.match(
+    rightMessage,
+    /refuses this guest's connects over Ethernet for \d+ ms more: too many wrong keys/,
   );
   assert.equal(
     later,
