@@ -7,21 +7,12 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { MxEndpoint } from "../src/mx/endpoint.js";
-import {
-  BROADCAST_MAC,
-  type EtherDevice,
-  EtherHub,
-  initEtherFrame,
-  MxoeType,
-  MxoeWord,
-  PAYLOAD_AT,
-  setFrameWord,
-} from "../src/mx/ether.js";
+import { BROADCAST_MAC, type EtherDevice, EtherHub, initEtherFrame, setFrameWord } from "../src/mx/ether.js";
 import type { EtherEngine, EtherPath } from "../src/mx/ether-path.js";
-import { SPLIT_ENDPOINT_BASE } from "../src/mx/split-driver.js";
 import { kPartner } from "../src/mx/types.js";
 import type { MxDriver } from "../src/myrixen/driver-abi.js";
 import { INTR_BYTES, WINDOW_BYTES } from "../src/nic/window.js";
+import { MxoeType, MxoeWord, PAYLOAD_AT, SPLIT_ENDPOINT_BASE } from "../src/xen/io/mxoe.js";
 
 const KEY = 0xe7;
 const ALL = 0xffffffff;

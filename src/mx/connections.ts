@@ -13,12 +13,12 @@
  * Ethernet, so that its sends can go that way.
  */
 import type { MxDriver } from "../myrixen/driver-abi.js";
+import { SPLIT_ENDPOINT_BASE } from "../xen/io/mxoe.js";
 import type { Channels } from "./channel-path.js";
 import { asMxError, MxError } from "./codes.js";
 import type { EtherConnector } from "./ether-connect.js";
 import type { NicRecords } from "./nic-path.js";
 import type { PartnerTable } from "./partner.js";
-import { SPLIT_ENDPOINT_BASE } from "./split-driver.js";
 import type { Block, EndpointContext, Partner } from "./types.js";
 
 export class Connections {

@@ -11,18 +11,15 @@
  * refused and counted, never followed.
  */
 import { MxStatus, mxStatusName } from "../nic/status.js";
+import { frameWord, MxoeType, MxoeWord, PAYLOAD_AT } from "../xen/io/mxoe.js";
 import { macAt } from "./bytes.js";
 import { MxError } from "./codes.js";
 import {
   BROADCAST_MAC,
   type EtherEndpointHandler,
   EtherLink,
-  frameWord,
   initEtherFrame,
-  MxoeType,
-  MxoeWord,
   macString,
-  PAYLOAD_AT,
   setFrameWord,
 } from "./ether.js";
 import { type EtherEngine, EtherPath, type EtherPathParts, etherOf } from "./ether-path.js";

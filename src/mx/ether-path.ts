@@ -17,19 +17,10 @@
 import { MxStatus } from "../nic/status.js";
 import { ETHER_TRACE_BYTES, etherTraceId, putEtherTrace } from "../nic/trace-ring.js";
 import { copyBytes } from "../xen/copy.js";
+import { frameWord, MxoeType, MxoeWord, PAYLOAD_AT } from "../xen/io/mxoe.js";
 import { macAt } from "./bytes.js";
 import type { Completion } from "./completion.js";
-import {
-  type EtherHub,
-  type EtherLink,
-  frameWord,
-  MxoeType,
-  MxoeWord,
-  macString,
-  PAYLOAD_AT,
-  setFrameWord,
-  TX_WINDOW,
-} from "./ether.js";
+import { type EtherHub, type EtherLink, macString, setFrameWord, TX_WINDOW } from "./ether.js";
 import type { Matching } from "./matching.js";
 import type { PartnerTable } from "./partner.js";
 import type { PendingSends } from "./pending-sends.js";

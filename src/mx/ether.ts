@@ -25,18 +25,6 @@ import {
   PAYLOAD_AT,
 } from "../xen/io/mxoe.js";
 
-export {
-  ETH_HEADER_BYTES,
-  frameWord,
-  MXOE_ETHERTYPE,
-  MXOE_HEADER_BYTES,
-  MXOE_MAGIC,
-  MXOE_VERSION,
-  MxoeType,
-  MxoeWord,
-  PAYLOAD_AT,
-};
-
 export const BROADCAST_MAC = new Uint8Array([0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
 /** MX status of a NACK (src/nic/status.ts ENDPOINT_CLOSED; kept local: ether.ts stands alone). */
 const STATUS_ENDPOINT_CLOSED = 8;

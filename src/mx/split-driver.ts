@@ -23,8 +23,6 @@ import { ANY_ENDPOINT, INTR_BYTES, WINDOW_BYTES } from "../nic/window.js";
 import type { Guest } from "../xen/guest/guest.js";
 import { SPLIT_ENDPOINT_BASE, SPLIT_ENDPOINTS_PER_DOMAIN } from "../xen/io/mxoe.js";
 
-export { SPLIT_ENDPOINT_BASE, SPLIT_ENDPOINTS_PER_DOMAIN };
-
 export class SplitDriver implements MxDriver {
   readonly path = "split";
   private readonly open = new Set<number>();

@@ -79,17 +79,18 @@ export interface MxSteerHost {
 /** The source MAC of what the bridge answers itself (locally administered, never a vif's). */
 const BRIDGE_MAC = new Uint8Array([0x02, 0x00, 0x5e, 0x4d, 0x58, 0x00]);
 
-/** Domains whose last counted failure is remembered (the connect id that failed), at most. */
-const MAX_FAILED_IDS = 4096;
+/** Domains whose last CONNECT is remembered, at most (then the record starts over). */
+const MAX_ASKED = 4096;
 
 export class MxSteering {
   readonly counters: MxSteerCounters = { steered: 0, refused: 0, spoofed: 0, throttled: 0 };
   /** Wrong keys per domain (as requester (0, domid)). */
   private readonly throttle = new ConnectThrottle();
-  /** Per domain, the connect id whose failure was counted last (a connect's retries share it). */
-  private readonly failedId = new Map<DomId, number>();
-  /** Per domain, the CONNECT it sent last: its id and the (nic, endpoint) it asked. */
-  private readonly asked = new Map<DomId, { id: number; nic: number; ep: number }>();
+  /**
+   * Per domain, the CONNECT it sent last: its id, the (nic, endpoint) it asked, and whether
+   * its wrong key was counted yet (a connect's retries share its id: counted once).
+   */
+  private readonly asked = new Map<DomId, { id: number; nic: number; ep: number; counted: boolean }>();
   /** The lockout left (ms) when route last answered STEER_REJECT. */
   private lockLeft = 0;
 
@@ -133,12 +134,16 @@ export class MxSteering {
           return STEER_REJECT;
         }
         // The answer that may count against (or for) this guest is the one to this CONNECT.
-        if (this.asked.size >= MAX_FAILED_IDS && !this.asked.has(from)) this.asked.clear();
-        this.asked.set(from, {
-          id: frameWord(f, MxoeWord.id),
-          nic: frameWord(f, MxoeWord.dstNic),
-          ep: frameWord(f, MxoeWord.dstEp),
-        });
+        const id = frameWord(f, MxoeWord.id);
+        if (this.asked.get(from)?.id !== id) {
+          if (this.asked.size >= MAX_ASKED) this.asked.clear();
+          this.asked.set(from, {
+            id,
+            nic: frameWord(f, MxoeWord.dstNic),
+            ep: frameWord(f, MxoeWord.dstEp),
+            counted: false,
+          });
+        }
       }
     }
     const dstNic = frameWord(f, MxoeWord.dstNic);
@@ -166,17 +171,11 @@ export class MxSteering {
     )
       return;
     const status = frameWord(f, MxoeWord.msgSeq);
-    if (status === MxStatus.SUCCESS) {
-      this.throttle.succeeded(0, asker);
-      this.failedId.delete(asker);
-      return;
+    if (status === MxStatus.SUCCESS) this.throttle.succeeded(0, asker);
+    else if ((status === MxStatus.BAD_KEY || status === MxStatus.BAD_SESSION) && !q.counted) {
+      q.counted = true;
+      this.throttle.failed(0, asker, this.now());
     }
-    if (status !== MxStatus.BAD_KEY && status !== MxStatus.BAD_SESSION) return;
-    const id = frameWord(f, MxoeWord.id);
-    if (this.failedId.get(asker) === id) return;
-    if (this.failedId.size >= MAX_FAILED_IDS) this.failedId.clear();
-    this.failedId.set(asker, id);
-    this.throttle.failed(0, asker, this.now());
   }
 
   /**
