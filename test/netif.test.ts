@@ -341,7 +341,11 @@ test("a burst is batched: one flush, few notifications, few grant-copy batches",
     `# burst of 200: a notified netback ${toNetback}×, netback notified b ${toB}×, ${batches} grant-copy batches, ${va.grantCopies - vaB.grantCopies} tx copies`,
   );
   assert.ok(toNetback <= 2, `one flush, so at most a couple of notifications (${toNetback})`);
-  assert.ok(toB <= 2, `b was idle: netback notified it at most twice (${toB})`);
+  // One notification per vif per pass at most (b may wake and re-arm between passes: how
+  // often depends on scheduling), never one per frame.
+  const passes = after.totals.passes - before.totals.passes;
+  assert.ok(toB <= passes, `netback notified b at most once a pass (${toB} for ${passes} passes)`);
+  assert.ok(toB * 8 <= 200, `b was notified per batch, not per frame (${toB} for 200 frames)`);
   assert.ok(batches <= 30, `copies go in batches (${batches} for 400 copies)`);
   assert.equal(va.grantCopies - vaB.grantCopies, 200, "one copy per single-page frame");
   await Promise.all([a.dom.destroy(), b.dom.destroy()]);
