@@ -13,7 +13,7 @@
 import { existsSync, readFileSync, statSync } from "node:fs";
 import { dirname, extname, isAbsolute, relative, resolve, sep } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
-import { transform } from "esbuild";
+import { stop as stopEsbuild, transform } from "esbuild";
 import { builtinName, guestMayImport, NOT_IN_GUEST } from "./reach.js";
 
 /** What one import of a program module resolves to. */
@@ -180,6 +180,36 @@ async function compile(path: string): Promise<GuestModuleImage> {
  * guest (not the host) fails with that error when it boots.
  */
 export async function loadGuestImage(moduleUrl: string): Promise<GuestImage> {
+  loading++;
+  try {
+    return await loadImage(moduleUrl);
+  } finally {
+    if (--loading === 0) stopCompilerSoon();
+  }
+}
+
+/**
+ * Images being built now, and the timer that stops esbuild once none has been for a while.
+ * esbuild's `transform` runs in a service process that otherwise lives as long as the host:
+ * idle, its Go runtime still wakes ~60 times a second, and on a machine whose cores the
+ * guests are busy-polling each wake-up takes a core from a guest for a time slice (measured
+ * with `perf record -e sched:sched_switch` during a 1 MiB ping-pong: a third of the switches
+ * away from the two guests went to esbuild). The next image starts it again (~20 ms).
+ */
+let loading = 0;
+let idleTimer: NodeJS.Timeout | undefined;
+const COMPILER_IDLE_MS = 500;
+
+function stopCompilerSoon(): void {
+  clearTimeout(idleTimer);
+  idleTimer = setTimeout(() => {
+    idleTimer = undefined;
+    if (loading === 0) void stopEsbuild();
+  }, COMPILER_IDLE_MS);
+  idleTimer.unref();
+}
+
+async function loadImage(moduleUrl: string): Promise<GuestImage> {
   const modules: Record<string, GuestModuleImage> = {};
   if (!moduleUrl.startsWith("file:")) {
     modules[moduleUrl] = {

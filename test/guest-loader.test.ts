@@ -1,0 +1,61 @@
+/**
+ * The domain builder's compiler does not outlive its work: esbuild's service process, which
+ * compiles guest programs, is stopped once no image has been built for a moment (idle, its Go
+ * runtime wakes tens of times a second, each time taking a core from a busy-polling guest).
+ */
+import assert from "node:assert/strict";
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { test } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
+import { pathToFileURL } from "node:url";
+import { loadGuestImage } from "../src/xen/guest/loader.js";
+
+/** This process's children named esbuild, from /proc (Linux). */
+function esbuildChildren(): number[] {
+  const found: number[] = [];
+  for (const name of readdirSync("/proc")) {
+    if (!/^\d+$/.test(name)) continue;
+    let stat: string;
+    try {
+      stat = readFileSync(`/proc/${name}/stat`, "utf8");
+    } catch {
+      continue; // gone meanwhile
+    }
+    // pid (comm) state ppid …: comm may hold spaces, so split after its closing parenthesis.
+    const comm = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
+    const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+    if (comm === "esbuild" && ppid === process.pid) found.push(Number(name));
+  }
+  return found;
+}
+
+test("esbuild's service compiles a guest program, then stops once the loader is idle", {
+  skip: process.platform !== "linux",
+}, async () => {
+  const dir = mkdtempSync(join(tmpdir(), "myrixen-loader-"));
+  try {
+    // A file never compiled before (the loader caches by path, size and time).
+    const file = join(dir, `prog-${process.pid}-${Date.now()}.ts`);
+    writeFileSync(
+      file,
+      "export default function main(): number {\n  const x: number = 41;\n  return x + 1;\n}\n",
+    );
+    const image = await loadGuestImage(pathToFileURL(file).href);
+    const running = esbuildChildren();
+    const mod = image.modules[image.entry];
+    assert.equal(mod.error, undefined);
+    assert.match(mod.code ?? "", /x \+ 1/, "compiled to JavaScript");
+    assert.ok(running.length > 0, "the compile ran in esbuild's service process");
+    // Stopped within moments of the last compile (COMPILER_IDLE_MS), not at the host's exit.
+    for (let i = 0; i < 100 && esbuildChildren().length > 0; i++) await sleep(100);
+    assert.deepEqual(esbuildChildren(), [], "esbuild's service is gone once nothing compiles");
+    // And it comes back for the next program.
+    writeFileSync(file, "export default function main(): number {\n  return 7;\n}\n");
+    const again = await loadGuestImage(pathToFileURL(file).href);
+    assert.match(again.modules[again.entry].code ?? "", /return 7/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
