@@ -225,18 +225,33 @@ test("garbage on the control port costs the host nothing: it drops those clients
     "x".repeat(10_000),
     Buffer.from([0xff, 0xfe, 0x00, 0x0a]),
   ];
-  for (const g of garbage) {
+  const reasons = [
+    /a line that is not JSON/,
+    /the first message must be "hello", got "snapshot"/,
+    /a line longer than 4096 bytes/,
+    /bytes that are not UTF-8 text/,
+  ];
+  for (const [i, g] of garbage.entries()) {
     const sock = net.connect(host.port, "127.0.0.1");
     await new Promise<void>((res) => sock.once("connect", () => res()));
+    let heard = "";
+    // Read what the host says (a client that never reads would never see its end).
+    sock.on("data", (d: Buffer) => {
+      heard += d.toString();
+    });
     sock.write(g);
-    await new Promise<void>((res) => {
-      sock.once("close", () => res());
-      sock.once("error", () => res());
+    const closedByHost = await new Promise<boolean>((res) => {
+      sock.once("close", () => res(true));
+      sock.once("error", () => res(true));
       setTimeout(() => {
         sock.destroy();
-        res();
-      }, 3000).unref();
+        res(false);
+      }, 20_000).unref();
     });
+    assert.ok(closedByHost, `the host dropped the client that sent garbage ${i}`);
+    const answer = JSON.parse(heard.trim().split("\n")[0]) as { type: string; msg: string };
+    assert.equal(answer.type, "error");
+    assert.match(answer.msg, reasons[i]);
   }
   const r = await myrixen(["list", ...at()]);
   assert.equal(r.code, 0, r.stderr);
