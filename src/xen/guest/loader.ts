@@ -204,7 +204,12 @@ function stopCompilerSoon(): void {
   clearTimeout(idleTimer);
   idleTimer = setTimeout(() => {
     idleTimer = undefined;
-    if (loading === 0) void stopEsbuild();
+    if (loading !== 0) return;
+    // Best effort: a service that already died is as good as stopped, and this runs in a
+    // timer of the host, which must not fall over for it.
+    try {
+      stopEsbuild().catch(() => {});
+    } catch {}
   }, COMPILER_IDLE_MS);
   idleTimer.unref();
 }
