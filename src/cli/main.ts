@@ -174,7 +174,7 @@ const err = (line: string) => process.stderr.write(`${line}\n`);
 export function buildProgram(): Command {
   const program = new Command("myrixen")
     .description(
-      "VMM-bypass message passing for virtual machines: Xen-style domains on worker threads,\n" +
+      "VMM-bypass message passing for virtual machines: Xen-style domains on worker threads, " +
         "grant tables, event channels, XenStore and shared rings; MX over bypass and split paths.",
     )
     .version(MYRIXEN_VERSION)
