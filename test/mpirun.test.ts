@@ -153,6 +153,20 @@ test("--max-heap sets each rank's heap limit; a rank that outgrows it fails with
   assert.match(bad.stderr, /--max-heap must be 16\.\.16384 \(MiB\), got 8/);
 });
 
+test("--max-buffers bounds each rank's typed arrays outside its heap; a rank that holds more is stopped with one line naming the flag", async () => {
+  const r = await run(["-n", "1", "--max-buffers", "64", fixture("mpirun-buffers"), "4096"]);
+  assert.equal(r.code, 1, r.stderr);
+  const lines = problems(r.stderr);
+  assert.equal(lines.length, 1, r.stderr);
+  assert.match(
+    lines[0],
+    /^myrixen run: rank 0 ran out of memory: it held \d+ MiB of ArrayBuffers and typed arrays, over the 64 MiB limit \(raise it with --max-buffers <MiB>; its JavaScript heap and guest memory do not count against it\)/,
+  );
+  const ok = await run(["-n", "1", "--max-buffers", "512", fixture("mpirun-buffers"), "200"]);
+  assert.equal(ok.code, 0, ok.stderr);
+  assert.equal(ok.stdout, "held 200 MiB in 50 typed arrays\n");
+});
+
 test("a rank that throws: one line naming the rank, the error and the .ts line, then its stack through the user's functions", async () => {
   const r = await run(["-n", "2", fixture("mpirun-throws")]);
   assert.equal(r.code, 1);
@@ -192,6 +206,7 @@ test("every newcomer mistake: one line naming what to fix, exit code 2 for usage
     [["-x", "1BAD", "nas-ep"], 2, /-x 1BAD: "1BAD" is not a variable name/],
     [["-x", "MPIRUN_UNSET_VAR", "nas-ep"], 2, /-x MPIRUN_UNSET_VAR: MPIRUN_UNSET_VAR is not set here/],
     [["--map-by", "diagonal", "nas-ep"], 2, /--map-by must be node or slot/],
+    [["--max-buffers", "8", "nas-ep"], 2, /--max-buffers must be 16\.\.1048576 \(MiB\), got 8/],
     [
       ["-n", "1", syntax],
       1,

@@ -6,6 +6,7 @@
 import { Command, CommanderError, InvalidArgumentError } from "commander";
 import { MYRIXEN_VERSION } from "../host/snapshot.js";
 import { parseQosFlag, type QosPolicy } from "../myrixen/qos-policy.js";
+import { DEFAULT_MAX_BUFFER_MB } from "../xen/hypervisor/domain.js";
 import { ALL_TRANSPORTS, type BenchCliOptions, BenchUsageError, benchCommand, SUITES } from "./bench.js";
 import { runDemo } from "./demo.js";
 import { configureExecCommand } from "./exec.js";
@@ -29,6 +30,7 @@ interface RunCliOptions {
   path: string;
   pages?: number;
   maxHeap?: number;
+  maxBuffers?: number;
   host?: string;
   qos?: QosPolicy;
   hosts?: string;
@@ -158,6 +160,14 @@ function positiveInt(name: string) {
 function heapMb(v: string): number {
   const n = positiveInt("--max-heap")(v);
   if (n < 16 || n > 16384) throw new InvalidArgumentError(`--max-heap must be 16..16384 (MiB), got ${n}`);
+  return n;
+}
+
+/** --max-buffers: MiB, within what a domain may be given (xen/hypervisor/domain.ts). */
+function buffersMb(v: string): number {
+  const n = positiveInt("--max-buffers")(v);
+  if (n < 16 || n > 1 << 20)
+    throw new InvalidArgumentError(`--max-buffers must be 16..${1 << 20} (MiB), got ${n}`);
   return n;
 }
 
@@ -329,6 +339,11 @@ export function buildProgram(): Command {
       heapMb,
     )
     .option(
+      "--max-buffers <MiB>",
+      `ArrayBuffers and typed arrays each rank may hold outside its heap (default ${DEFAULT_MAX_BUFFER_MB}); a rank that holds more is stopped`,
+      buffersMb,
+    )
+    .option(
       "--qos <policy>",
       "each rank's weight and caps on the NIC: weight=N,tx-bytes=N,tx-msgs=N,rx-bytes=N,rx-msgs=N (per second; k, M, G)",
       qosFlag,
@@ -370,6 +385,7 @@ export function buildProgram(): Command {
           path: o.path,
           pages: o.pages,
           maxHeapMb: o.maxHeap,
+          maxBufferMb: o.maxBuffers,
           host: o.host,
           qos: o.qos,
           hosts: o.hosts,

@@ -59,6 +59,8 @@ export interface RunOptions {
   pages?: number;
   /** Each rank's JavaScript heap limit, MiB (--max-heap; default DEFAULT_RANK_HEAP_MB). */
   maxHeapMb?: number;
+  /** Each rank's ArrayBuffers and typed arrays outside its heap, MiB (--max-buffers; default DEFAULT_MAX_BUFFER_MB). */
+  maxBufferMb?: number;
   /** Each rank's weight and caps (--qos; bypass ranks: their myri device's policy). */
   qos?: QosPolicy;
   /** `host[:port][*slots],...` */
@@ -301,6 +303,14 @@ function describeFailure(
     return [
       `rank ${f.rank} ran out of memory: its JavaScript heap reached the ${heapMb} MiB limit (raise it with --max-heap <MiB>; typed arrays and guest memory do not count against it); the other ranks were stopped`,
     ];
+  // The hypervisor's words for a guest it stopped at its buffer limit (buffer-watch.ts).
+  const buffers = f.error?.message.match(
+    /held (\d+) MiB of ArrayBuffers and typed arrays, over its limit of (\d+) MiB/,
+  );
+  if (buffers)
+    return [
+      `rank ${f.rank} ran out of memory: it held ${buffers[1]} MiB of ArrayBuffers and typed arrays, over the ${buffers[2]} MiB limit (raise it with --max-buffers <MiB>; its JavaScript heap and guest memory do not count against it); the other ranks were stopped`,
+    ];
   if (f.state === "crashed" && f.error && !/exited with code \d+/.test(f.error.message)) {
     const { head, frames } = describeRankError(f.error);
     const at = frames[0]?.trim().match(/\(?([^\s()]+:\d+:\d+)\)?$/)?.[1];
@@ -482,6 +492,7 @@ export async function runCommand(program: string, argv: string[], o: RunOptions)
     argv: report?.argv ?? argv,
     pages: o.pages,
     maxHeapMb: o.maxHeapMb,
+    maxBufferMb: o.maxBufferMb,
     qos: o.qos,
     mapBy,
     oversubscribe,

@@ -80,6 +80,7 @@ export class ClientJobs {
         pages: m.pages,
         qos: m.qos,
         maxHeapMb: m.maxHeapMb,
+        maxBufferMb: m.maxBufferMb,
         env: m.env,
       },
       {

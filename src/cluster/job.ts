@@ -128,6 +128,8 @@ export interface JobSpec {
   /** Each guest rank's weight and caps (Host.startGuest's qos). */
   qos?: QosPolicy;
   maxHeapMb?: number;
+  /** Each rank's ArrayBuffers and typed arrays outside its heap, MiB (default: the domain's). */
+  maxBufferMb?: number;
   /** Where rank output goes (default: process stdout/stderr with "[rank] " prefixes). */
   output?: (rank: number, stream: "stdout" | "stderr", line: string, host: string) => void;
   /** Placement (default "node": round-robin over hosts). */
@@ -424,6 +426,7 @@ export class Job {
           pages: spec.pages,
           qos: spec.qos,
           maxHeapMb: spec.maxHeapMb,
+          maxBufferMb: spec.maxBufferMb,
           env: spec.env,
         },
         events,

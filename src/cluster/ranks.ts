@@ -53,6 +53,7 @@ export interface RankStartSpec {
   /** Each guest rank's weight and caps (native ranks have no myri device to hold one). */
   qos?: QosPolicy;
   maxHeapMb?: number;
+  maxBufferMb?: number;
   /** Environment variables the ranks see as process.env (`myrixen run -x`). */
   env?: Record<string, string>;
 }
@@ -276,6 +277,7 @@ export class RankSet {
       args: { job },
       pages: spec.pages ?? DEFAULT_RANK_PAGES,
       maxHeapMb: spec.maxHeapMb ?? DEFAULT_RANK_HEAP_MB,
+      maxBufferMb: spec.maxBufferMb,
       name: `rank${rank}`,
       output: "pipe" as const,
       // Open MPI's variables, then what the user exported with -x.

@@ -249,6 +249,7 @@ export class RemoteHost implements JobTarget {
       pages: spec.pages,
       qos: spec.qos,
       maxHeapMb: spec.maxHeapMb,
+      maxBufferMb: spec.maxBufferMb,
       env: spec.env,
     }).then(() => undefined);
     return {

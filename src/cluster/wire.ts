@@ -100,6 +100,11 @@ const Start = z.strictObject({
     .max(1 << 20)
     .optional(),
   maxHeapMb: z.int().min(16).max(65536).optional(),
+  maxBufferMb: z
+    .int()
+    .min(16)
+    .max(1 << 20)
+    .optional(),
   /** The ranks' process.env (myrixen run -x). */
   env: z
     .record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]{0,127}$/), z.string().max(65536))

@@ -64,6 +64,8 @@ export interface DomainSpec {
   pages?: number;
   name?: string;
   maxHeapMb?: number;
+  /** ArrayBuffers and typed arrays it may hold outside its heap, MiB (DomainConfig.maxBufferMb). */
+  maxBufferMb?: number;
   transfer?: TransferListItem[];
   /** "pipe": stdout/stderr arrive as `domain.worker.stdout`/`.stderr` (a launcher prefixes them). */
   output?: "inherit" | "pipe";
@@ -272,6 +274,7 @@ export class Host {
       name: spec.name,
       pages: spec.pages,
       maxHeapMb: spec.maxHeapMb,
+      maxBufferMb: spec.maxBufferMb,
       args: spec.args,
       transfer: spec.transfer,
       output: spec.output,
@@ -343,6 +346,7 @@ export class Host {
       name: spec.name,
       pages: spec.pages,
       maxHeapMb: spec.maxHeapMb,
+      maxBufferMb: spec.maxBufferMb,
       native: true,
       args: { ...(user as object | undefined), myrixen: { port: port2, replyWord } },
       transfer: [port2, ...(spec.transfer ?? [])],

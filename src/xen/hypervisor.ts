@@ -38,6 +38,7 @@ import {
   answerHypercall,
   type HypercallRequest,
 } from "./hypercall.js";
+import { BufferWatch } from "./hypervisor/buffer-watch.js";
 import {
   checkConfig,
   Domain,
@@ -62,6 +63,10 @@ export {
 } from "./hypervisor/domain.js";
 export { MAX_MAPPINGS_PER_DOMAIN, MAX_SEGMENT_PAGES } from "./hypervisor/domain-record.js";
 
+/** The error name of a guest stopped for holding more ArrayBuffers than its maxBufferMb. */
+export const BUFFER_LIMIT_ERROR = "BufferLimitError";
+const MIB = 2 ** 20;
+
 /** Stopped domains the hypervisor still answers lookups for (domain(), counters()). */
 export const KEEP_STOPPED_DOMAINS = 256;
 
@@ -80,6 +85,10 @@ export class Hypervisor {
   private readonly stopped: Domain[] = [];
   /** Grant mappings and shared segments: the memory hypercalls and their checks. */
   private readonly memory: MemoryHypercalls;
+  /** Meters each guest's ArrayBuffers against its maxBufferMb. */
+  private readonly buffers = new BufferWatch((m) => process.emitWarning(m));
+  /** Each watched domain's worker threadId, taken at start (a Worker's threadId reads -1 once it exited). */
+  private readonly threadIds = new WeakMap<Domain, number>();
 
   constructor() {
     // Before any domain exists: a dead domain's RAM is collected soon after its worker exits.
@@ -194,6 +203,17 @@ export class Hypervisor {
     const output = new OutputCredit(credit);
     this.live.set(domid, dom);
     this.all.set(domid, dom);
+    if (!c.privileged) {
+      const limitMb = c.maxBufferMb;
+      this.threadIds.set(dom, worker.threadId);
+      this.buffers.watch(worker.threadId, limitMb * MIB, (held) => {
+        const err = new Error(
+          `domain ${domid} (${name}) held ${Math.ceil(held / MIB)} MiB of ArrayBuffers and typed arrays, over its limit of ${limitMb} MiB (maxBufferMb)`,
+        );
+        err.name = BUFFER_LIMIT_ERROR;
+        this.stopDomain(dom, "crashed", { error: err });
+      });
+    }
 
     const words = new Int32Array(replyWord);
     hc.port1.on("message", (req: HypercallRequest) => {
@@ -276,6 +296,14 @@ export class Hypervisor {
   /** Destroys every domain (the host shuts down). */
   async shutdown(): Promise<void> {
     await Promise.all([...this.all.keys()].map((d) => this.destroyDomain(d)));
+    this.buffers.close();
+  }
+
+  /** The ArrayBuffer bytes a guest's isolate last reported holding (metered every WATCH_INTERVAL_MS; 0 before). */
+  bufferBytes(domid: DomId): number {
+    const d = this.live.get(domid);
+    const tid = d && this.threadIds.get(d);
+    return tid === undefined ? 0 : this.buffers.held(tid);
   }
 
   private stopDomain(
@@ -284,6 +312,8 @@ export class Hypervisor {
     detail: { result?: unknown; error?: Error },
   ) {
     if (!dom.settle(state, detail)) return;
+    const tid = this.threadIds.get(dom);
+    if (tid !== undefined) this.buffers.unwatch(tid);
     this.release(dom.domid);
     // A host runs for weeks: keep the last stopped domains for lookups, not every one ever.
     this.stopped.push(dom);

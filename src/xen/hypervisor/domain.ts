@@ -17,6 +17,9 @@ import type { Hypervisor } from "../hypervisor.js";
 
 export type DomainState = "booting" | "running" | "shutdown" | "crashed" | "destroyed";
 
+/** What a guest may hold in ArrayBuffers and typed arrays outside its heap by default, MiB. */
+export const DEFAULT_MAX_BUFFER_MB = 2048;
+
 export interface DomainConfig {
   /**
    * The guest program: a path or file URL of a TypeScript or JavaScript module whose default
@@ -29,6 +32,12 @@ export interface DomainConfig {
   pages?: number;
   /** V8 old-generation heap limit of the domain's isolate, in MiB (default 256). */
   maxHeapMb?: number;
+  /**
+   * ArrayBuffers and typed arrays a guest may hold outside that heap, in MiB (default
+   * DEFAULT_MAX_BUFFER_MB): the hypervisor meters them (buffer-watch.ts) and stops a guest that
+   * holds more. Its RAM (`pages`) does not count. Not metered in the privileged domain.
+   */
+  maxBufferMb?: number;
   /** The privileged driver domain: gets domid 0 and may map and copy any guest's granted frames in place. */
   privileged?: boolean;
   /** Passed to the guest's main as `guest.args` (structured-cloned). */
@@ -228,6 +237,7 @@ export function checkConfig(c: DomainConfig): Required<
     name: c.name,
     pages,
     maxHeapMb: int("maxHeapMb", c.maxHeapMb, 256, 16, 16384),
+    maxBufferMb: int("maxBufferMb", c.maxBufferMb, DEFAULT_MAX_BUFFER_MB, 16, 1 << 20),
     privileged: c.privileged === true,
     args: c.args,
     // Enough for every page to be granted once (memory registration grants page by page).

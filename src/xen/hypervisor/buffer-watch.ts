@@ -1,0 +1,163 @@
+/**
+ * Meters what a guest holds outside its JavaScript heap: the ArrayBuffers and typed arrays its
+ * isolate allocated (`process.memoryUsage().arrayBuffers` in the guest's thread). V8's heap
+ * limit (`maxHeapMb`) does not count them, the sandbox cannot meter them (any typed array's
+ * prototype leads to the real constructors), and Node 20 gives one thread no statistics of
+ * another's isolate. What it does give is the inspector: a message to a worker's inspector
+ * session is run at the worker's next interrupt check, even while the guest spins or sleeps
+ * in Atomics.wait. So the hypervisor, which owns the domain, asks each guest's isolate every
+ * WATCH_INTERVAL_MS and stops a domain that holds more than its limit (a guest that only
+ * allocates without touching costs the host nothing; one that fills memory gains at most what
+ * it can write in one interval, about 1–2 GB here).
+ *
+ * The answer comes from the guest's own thread, but from the host's code in its main realm,
+ * which the guest's compartment cannot reach or rewrite (guest/sandbox.ts).
+ */
+import type { Session } from "node:inspector";
+
+/** How often each guest's isolate is asked, ms. */
+export const WATCH_INTERVAL_MS = 200;
+
+interface Watched {
+  limitBytes: number;
+  over: (heldBytes: number) => void;
+  /** The worker's inspector session, once NodeWorker reported it. */
+  sessionId?: string;
+  asking: boolean;
+  /** The last answer, bytes (for inspection and tests). */
+  held: number;
+}
+
+/** The expression each guest's main realm evaluates (trusted code of the host's runtime, not the guest's). */
+const ASK = "process.memoryUsage().arrayBuffers";
+
+export class BufferWatch {
+  private session: Session | undefined;
+  private starting: Promise<void> | undefined;
+  private unavailable = false;
+  private readonly watched = new Map<string, Watched>();
+  /** Sessions NodeWorker announced for workers not (yet) watched: the announcement may come first. */
+  private readonly sessions = new Map<string, string>();
+  private timer: NodeJS.Timeout | undefined;
+  private nextId = 1;
+  private readonly pending = new Map<number, string>();
+
+  constructor(private readonly warn: (msg: string) => void) {}
+
+  /** Watches the worker with this threadId; `over` is called once if it holds more than `limitBytes`. */
+  watch(threadId: number, limitBytes: number, over: (heldBytes: number) => void): void {
+    const key = String(threadId);
+    this.watched.set(key, { limitBytes, over, asking: false, held: 0, sessionId: this.sessions.get(key) });
+    void this.start();
+    if (this.timer === undefined) {
+      this.timer = setInterval(() => this.poll(), WATCH_INTERVAL_MS);
+      this.timer.unref();
+    }
+  }
+
+  unwatch(threadId: number): void {
+    const key = String(threadId);
+    this.watched.delete(key);
+    this.sessions.delete(key);
+    if (this.watched.size === 0 && this.timer !== undefined) {
+      clearInterval(this.timer);
+      this.timer = undefined;
+    }
+  }
+
+  /** The last bytes the guest's isolate reported holding (0 before its first answer). */
+  held(threadId: number): number {
+    return this.watched.get(String(threadId))?.held ?? 0;
+  }
+
+  close(): void {
+    if (this.timer !== undefined) clearInterval(this.timer);
+    this.timer = undefined;
+    this.watched.clear();
+    this.sessions.clear();
+    this.session?.disconnect();
+    this.session = undefined;
+  }
+
+  private start(): Promise<void> {
+    this.starting ??= (async () => {
+      try {
+        const { Session } = await import("node:inspector");
+        const s = new Session();
+        s.connect();
+        s.on("NodeWorker.attachedToWorker", (m) => {
+          const p = m.params as { sessionId: string; workerInfo: { workerId: string } };
+          this.sessions.set(p.workerInfo.workerId, p.sessionId);
+          const w = this.watched.get(p.workerInfo.workerId);
+          if (w) w.sessionId = p.sessionId;
+        });
+        s.on("NodeWorker.detachedFromWorker", (m) => {
+          const p = m.params as { sessionId: string };
+          for (const [k, v] of this.sessions) if (v === p.sessionId) this.sessions.delete(k);
+        });
+        s.on("NodeWorker.receivedMessageFromWorker", (m) => this.onAnswer(m.params as { message: string }));
+        s.post("NodeWorker.enable", { waitForDebuggerOnStart: false }, (e) => {
+          if (e) this.disable(`NodeWorker.enable: ${e.message}`);
+        });
+        this.session = s;
+      } catch (e) {
+        this.disable((e as Error).message);
+      }
+    })();
+    return this.starting;
+  }
+
+  private disable(why: string): void {
+    if (this.unavailable) return;
+    this.unavailable = true;
+    this.warn(
+      `guests' ArrayBuffers are not metered on this host (Node's inspector is not available: ${why}); only their heap limit binds them`,
+    );
+  }
+
+  private poll(): void {
+    const s = this.session;
+    if (s === undefined || this.unavailable) return;
+    for (const [key, w] of this.watched) {
+      if (w.sessionId === undefined || w.asking) continue;
+      w.asking = true;
+      const id = this.nextId++;
+      this.pending.set(id, key);
+      const message = JSON.stringify({
+        id,
+        method: "Runtime.evaluate",
+        params: { expression: ASK, returnByValue: true },
+      });
+      s.post("NodeWorker.sendMessageToWorker", { sessionId: w.sessionId, message }, (e) => {
+        // The worker went away meanwhile: nothing to ask any more.
+        if (e) {
+          this.pending.delete(id);
+          w.asking = false;
+        }
+      });
+    }
+  }
+
+  private onAnswer(p: { message: string }): void {
+    let m: { id?: number; result?: { result?: { value?: unknown } } };
+    try {
+      m = JSON.parse(p.message);
+    } catch {
+      return;
+    }
+    if (typeof m.id !== "number") return;
+    const key = this.pending.get(m.id);
+    if (key === undefined) return;
+    this.pending.delete(m.id);
+    const w = this.watched.get(key);
+    if (!w) return;
+    w.asking = false;
+    const v = m.result?.result?.value;
+    if (typeof v !== "number" || !Number.isFinite(v)) return;
+    w.held = v;
+    if (v > w.limitBytes) {
+      this.unwatch(Number(key));
+      w.over(v);
+    }
+  }
+}

@@ -1,0 +1,68 @@
+/**
+ * A guest's ArrayBuffers and typed arrays live outside its JavaScript heap limit: the
+ * hypervisor meters them (buffer-watch.ts) and stops a guest that holds more than its
+ * maxBufferMb, even one that never yields, before it takes the host's memory; a guest within
+ * its limit, beside it, runs on.
+ */
+import assert from "node:assert/strict";
+import { once } from "node:events";
+import { after, before, test } from "node:test";
+import { Host } from "../src/host/host.js";
+import { WATCH_INTERVAL_MS } from "../src/xen/hypervisor/buffer-watch.js";
+import { BUFFER_LIMIT_ERROR } from "../src/xen/hypervisor.js";
+
+const HOG = new URL("./fixtures/guests/buffer-hog.js", import.meta.url);
+
+let host: Host;
+before(async () => {
+  host = await Host.start({});
+});
+after(() => host.stop());
+
+test("a guest that fills typed arrays past its maxBufferMb is stopped, naming the limit; its neighbour within limits runs on", async () => {
+  const bystander = await host.startGuest({
+    module: HOG,
+    name: "bystander",
+    args: { role: "bystander", holdMb: 48 },
+    maxBufferMb: 128,
+  });
+  const [said] = (await once(bystander, "message")) as [{ holding: number }];
+  assert.equal(said.holding, 48);
+  // The hypervisor's meter sees what the bystander holds (its next look, WATCH_INTERVAL_MS away).
+  const deadline = Date.now() + 100 * WATCH_INTERVAL_MS;
+  while (host.hypervisor.bufferBytes(bystander.domid) < 48 << 20 && Date.now() < deadline)
+    await new Promise((r) => setTimeout(r, WATCH_INTERVAL_MS));
+  assert.ok(
+    host.hypervisor.bufferBytes(bystander.domid) >= 48 << 20,
+    "the meter reads the guest's own isolate",
+  );
+
+  // Without the meter the hog would keep all 4 GiB (Node bounds only the heap) and return.
+  const hog = await host.startGuest({
+    module: HOG,
+    name: "hog",
+    args: { role: "hog", upToMb: 4096 },
+    maxBufferMb: 64,
+  });
+  const exit = await hog.exited;
+  assert.equal(exit.state, "crashed", `the hog was not stopped: ${String(exit.result)}`);
+  assert.equal(exit.error?.name, BUFFER_LIMIT_ERROR);
+  assert.match(
+    exit.error?.message ?? "",
+    /^domain \d+ \(hog\) held \d+ MiB of ArrayBuffers and typed arrays, over its limit of 64 MiB \(maxBufferMb\)$/,
+  );
+
+  // The bystander, within its limit all along, finishes normally.
+  assert.equal(bystander.state, "running");
+  bystander.send("done");
+  const b = await bystander.exited;
+  assert.equal(b.state, "shutdown", b.error?.stack);
+  assert.equal(b.result, 3);
+});
+
+test("maxBufferMb out of range is refused when the domain is created", async () => {
+  await assert.rejects(
+    host.startGuest({ module: HOG, args: { role: "bystander" }, maxBufferMb: 8 }),
+    /`maxBufferMb` must be an integer in 16\.\.1048576, got 8/,
+  );
+});
