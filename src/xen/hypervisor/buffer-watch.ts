@@ -59,6 +59,8 @@ export class BufferWatch {
     const key = String(threadId);
     this.watched.delete(key);
     this.sessions.delete(key);
+    // A question its worker will never answer now: a host runs for weeks, domain after domain.
+    for (const [id, k] of this.pending) if (k === key) this.pending.delete(id);
     if (this.watched.size === 0 && this.timer !== undefined) {
       clearInterval(this.timer);
       this.timer = undefined;
