@@ -212,6 +212,8 @@ export class Hypervisor {
         );
         err.name = BUFFER_LIMIT_ERROR;
         this.stopDomain(dom, "crashed", { error: err });
+        // At once, not after the usual grace for its last output: it may be writing fast.
+        void worker.terminate();
       });
     }
 
