@@ -75,6 +75,7 @@ export async function listCommand(domain: string | undefined, o: CommonOptions):
           kind: d.kind,
           state: d.state,
           memoryKiB: d.memoryKiB,
+          buffersKiB: d.buffersKiB,
           thread: d.thread,
           uptimeS: d.uptimeS,
           endedAt: d.endedAt,
@@ -87,12 +88,13 @@ export async function listCommand(domain: string | undefined, o: CommonOptions):
       continue;
     }
     out(hostTitle(s));
-    const rows = [["Name", "ID", "Mem(MiB)", "Thread", "State", "Uptime", "MX endpoints", "Job"]];
+    const rows = [["Name", "ID", "Mem(MiB)", "Buf(MiB)", "Thread", "State", "Uptime", "MX endpoints", "Job"]];
     for (const d of doms)
       rows.push([
         d.name,
         String(d.domid),
         (d.memoryKiB / 1024).toFixed(1),
+        d.buffersKiB === undefined ? "-" : (d.buffersKiB / 1024).toFixed(1),
         String(d.thread),
         d.state,
         duration(d.uptimeS),

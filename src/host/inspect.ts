@@ -95,6 +95,7 @@ export class Inspector {
         kind: dom.privileged ? "driver" : dom.native ? "native" : "guest",
         state: dom.state,
         memoryKiB: dom.pages * 4,
+        buffersKiB: dom.privileged ? undefined : Math.round(hv.bufferBytes(dom.domid) / 1024),
         thread: dom.worker.threadId,
         uptimeS: born === undefined ? undefined : (now - born) / 1000,
         devices: this.devices(dom.domid),

@@ -54,6 +54,8 @@ export interface DomainSnapshot {
   /** booting, running, shutdown, crashed, destroyed. */
   state: string;
   memoryKiB: number;
+  /** ArrayBuffers and typed arrays its isolate holds outside its heap, as the hypervisor last metered them (guests only). */
+  buffersKiB?: number;
   /** The worker thread that is this domain's vCPU. */
   thread: number;
   /** Seconds since the host started it (undefined for a domain it did not start). */
@@ -191,6 +193,7 @@ export const HostSnapshotSchema = z.object({
         kind: z.enum(["driver", "guest", "native"]),
         state: str(32),
         memoryKiB: num,
+        buffersKiB: num.optional(),
         thread: int,
         uptimeS: num.optional(),
         endedAt: num.optional(),
