@@ -124,7 +124,10 @@ test("the dashboard shows a running job's domains, endpoints and rates live, a c
     const detail = (await page.getByTestId("detail").textContent()) ?? "";
     assert.match(detail, /rank0 \(domain \d+ on .*\): running/);
     // What the hypervisor meters outside the guest's heap, beside its memory.
-    assert.match(detail, /guest · 64(\.0)? MiB · typed arrays [\d.]+ (B|KiB|MiB) · vCPU thread \d+/);
+    assert.match(
+      detail,
+      /guest · 64(\.0)? MiB · heap [\d.]+ (B|KiB|MiB) · typed arrays [\d.]+ (B|KiB|MiB) · vCPU thread \d+/,
+    );
     assert.match(detail, /Hypervisor counters/);
     assert.match(detail, /vif \(split path, netback's counters\)/);
 

@@ -77,13 +77,13 @@ test("myrixen list shows the job's domains, their state, uptime and MX endpoints
   assert.match(r.stdout, /NIC \d+, 127\.0\.0\.1:\d+/);
   assert.match(
     r.stdout,
-    /^Name\s+ID\s+Mem\(MiB\)\s+Buf\(MiB\)\s+Thread\s+State\s+Uptime\s+MX endpoints\s+Job/m,
+    /^Name\s+ID\s+Mem\(MiB\)\s+Heap\(MiB\)\s+Buf\(MiB\)\s+Thread\s+State\s+Uptime\s+MX endpoints\s+Job/m,
   );
   // The driver domain is not metered (the host's own code); a guest's typed arrays are.
-  assert.match(r.stdout, /^Domain-0\s+0\s+2\.0\s+-\s+\d+\s+running\s+\d+:\d\d:\d\d/m);
+  assert.match(r.stdout, /^Domain-0\s+0\s+2\.0\s+-\s+-\s+\d+\s+running\s+\d+:\d\d:\d\d/m);
   assert.match(
     r.stdout,
-    /^rank0\s+\d+\s+64\.0\s+\d+\.\d\s+\d+\s+running\s+\d+:\d\d:\d\d\s+ep\d+ bypass, vif\s+\S+ rank 0/m,
+    /^rank0\s+\d+\s+64\.0\s+\d+\.\d\s+\d+\.\d\s+\d+\s+running\s+\d+:\d\d:\d\d\s+ep\d+ bypass, vif\s+\S+ rank 0/m,
   );
 
   const j = await myrixen(["list", "--json", ...at()]);
@@ -95,6 +95,7 @@ test("myrixen list shows the job's domains, their state, uptime and MX endpoints
       state: string;
       kind: string;
       buffersKiB?: number;
+      heapKiB?: number;
       endpoints: { path: string }[];
       job?: { rank: number };
     }[];
@@ -103,6 +104,7 @@ test("myrixen list shows the job's domains, their state, uptime and MX endpoints
   const rank1 = h.domains.find((d) => d.name === "rank1")!;
   assert.equal(rank1.kind, "guest");
   assert.equal(typeof rank1.buffersKiB, "number");
+  assert.equal(typeof rank1.heapKiB, "number");
   assert.equal(h.domains.find((d) => d.name === "Domain-0")?.buffersKiB, undefined);
   assert.equal(rank1.state, "running");
   assert.equal(rank1.job?.rank, 1);

@@ -76,6 +76,7 @@ export async function listCommand(domain: string | undefined, o: CommonOptions):
           state: d.state,
           memoryKiB: d.memoryKiB,
           buffersKiB: d.buffersKiB,
+          heapKiB: d.heapKiB,
           thread: d.thread,
           uptimeS: d.uptimeS,
           endedAt: d.endedAt,
@@ -88,12 +89,15 @@ export async function listCommand(domain: string | undefined, o: CommonOptions):
       continue;
     }
     out(hostTitle(s));
-    const rows = [["Name", "ID", "Mem(MiB)", "Buf(MiB)", "Thread", "State", "Uptime", "MX endpoints", "Job"]];
+    const rows = [
+      ["Name", "ID", "Mem(MiB)", "Heap(MiB)", "Buf(MiB)", "Thread", "State", "Uptime", "MX endpoints", "Job"],
+    ];
     for (const d of doms)
       rows.push([
         d.name,
         String(d.domid),
         (d.memoryKiB / 1024).toFixed(1),
+        d.heapKiB === undefined ? "-" : (d.heapKiB / 1024).toFixed(1),
         d.buffersKiB === undefined ? "-" : (d.buffersKiB / 1024).toFixed(1),
         String(d.thread),
         d.state,

@@ -96,6 +96,7 @@ export class Inspector {
         state: dom.state,
         memoryKiB: dom.pages * 4,
         buffersKiB: dom.privileged ? undefined : Math.round(hv.bufferBytes(dom.domid) / 1024),
+        heapKiB: dom.privileged ? undefined : Math.round(hv.heapBytes(dom.domid) / 1024),
         thread: dom.worker.threadId,
         uptimeS: born === undefined ? undefined : (now - born) / 1000,
         devices: this.devices(dom.domid),

@@ -56,6 +56,8 @@ export interface DomainSnapshot {
   memoryKiB: number;
   /** ArrayBuffers and typed arrays its isolate holds outside its heap, as the hypervisor last metered them (guests only). */
   buffersKiB?: number;
+  /** Its JavaScript heap in use (garbage included), read with the buffers (guests only). */
+  heapKiB?: number;
   /** The worker thread that is this domain's vCPU. */
   thread: number;
   /** Seconds since the host started it (undefined for a domain it did not start). */
@@ -194,6 +196,7 @@ export const HostSnapshotSchema = z.object({
         state: str(32),
         memoryKiB: num,
         buffersKiB: num.optional(),
+        heapKiB: num.optional(),
         thread: int,
         uptimeS: num.optional(),
         endedAt: num.optional(),

@@ -308,6 +308,13 @@ export class Hypervisor {
     return tid === undefined ? 0 : this.buffers.held(tid);
   }
 
+  /** The JavaScript heap a guest's isolate last reported in use, garbage included (read with its buffers; 0 before). */
+  heapBytes(domid: DomId): number {
+    const d = this.live.get(domid);
+    const tid = d && this.threadIds.get(d);
+    return tid === undefined ? 0 : this.buffers.heap(tid);
+  }
+
   private stopDomain(
     dom: Domain,
     state: "shutdown" | "crashed" | "destroyed",

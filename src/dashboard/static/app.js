@@ -260,7 +260,7 @@
     box.dataset.domid = String(d.domid);
     $("detail-title").textContent = `${d.name} (domain ${d.domid} on ${h.label}): ${d.state}`;
     const eps = h.snapshot.endpoints.filter((e) => e.domid === d.domid);
-    let html = `<p>${esc(d.kind)} · ${bytes(d.memoryKiB * 1024)}${d.buffersKiB === undefined ? "" : ` · typed arrays ${bytes(d.buffersKiB * 1024)}`} · vCPU thread ${d.thread} · up ${duration(d.uptimeS)}${d.job ? ` · job ${esc(d.job.job)} rank ${d.job.rank}` : ""}</p>`;
+    let html = `<p>${esc(d.kind)} · ${bytes(d.memoryKiB * 1024)}${d.heapKiB === undefined ? "" : ` · heap ${bytes(d.heapKiB * 1024)}`}${d.buffersKiB === undefined ? "" : ` · typed arrays ${bytes(d.buffersKiB * 1024)}`} · vCPU thread ${d.thread} · up ${duration(d.uptimeS)}${d.job ? ` · job ${esc(d.job.job)} rank ${d.job.rank}` : ""}</p>`;
     html += `<h3>Devices</h3><p>${esc(devicesText(d))}${d.devices.find((x) => x.mac) ? ` · MAC ${esc(d.devices.find((x) => x.mac).mac)}` : ""}</p>`;
     html += `<h3>Its MX endpoints (${eps.length})</h3>`;
     html += eps.length

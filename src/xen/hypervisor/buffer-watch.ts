@@ -26,10 +26,12 @@ interface Watched {
   asking: boolean;
   /** The last answer, bytes (for inspection and tests). */
   held: number;
+  /** The JavaScript heap in use at the last answer, bytes (shown, not metered: V8 keeps its limit). */
+  heap: number;
 }
 
 /** The expression each guest's main realm evaluates (trusted code of the host's runtime, not the guest's). */
-const ASK = "process.memoryUsage().arrayBuffers";
+const ASK = "(m => [m.arrayBuffers, m.heapUsed])(process.memoryUsage())";
 
 export class BufferWatch {
   private session: Session | undefined;
@@ -47,7 +49,14 @@ export class BufferWatch {
   /** Watches the worker with this threadId; `over` is called once if it holds more than `limitBytes`. */
   watch(threadId: number, limitBytes: number, over: (heldBytes: number) => void): void {
     const key = String(threadId);
-    this.watched.set(key, { limitBytes, over, asking: false, held: 0, sessionId: this.sessions.get(key) });
+    this.watched.set(key, {
+      limitBytes,
+      over,
+      asking: false,
+      held: 0,
+      heap: 0,
+      sessionId: this.sessions.get(key),
+    });
     void this.start();
     if (this.timer === undefined) {
       this.timer = setInterval(() => this.poll(), WATCH_INTERVAL_MS);
@@ -70,6 +79,11 @@ export class BufferWatch {
   /** The last bytes the guest's isolate reported holding (0 before its first answer). */
   held(threadId: number): number {
     return this.watched.get(String(threadId))?.held ?? 0;
+  }
+
+  /** The JavaScript heap the guest's isolate last reported in use, bytes (garbage included; 0 before). */
+  heap(threadId: number): number {
+    return this.watched.get(String(threadId))?.heap ?? 0;
   }
 
   close(): void {
@@ -154,9 +168,11 @@ export class BufferWatch {
     const w = this.watched.get(key);
     if (!w) return;
     w.asking = false;
-    const v = m.result?.result?.value;
-    if (typeof v !== "number" || !Number.isFinite(v)) return;
+    const a = m.result?.result?.value;
+    if (!Array.isArray(a) || !Number.isFinite(a[0]) || !Number.isFinite(a[1])) return;
+    const v = a[0] as number;
     w.held = v;
+    w.heap = a[1] as number;
     if (v > w.limitBytes) {
       this.unwatch(Number(key));
       w.over(v);
