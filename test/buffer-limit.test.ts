@@ -30,14 +30,14 @@ test("a guest that fills typed arrays past its maxBufferMb is stopped, naming th
   assert.equal(said.holding, 48);
   // The hypervisor's meter sees what the bystander holds (its next look, WATCH_INTERVAL_MS away).
   const deadline = Date.now() + 100 * WATCH_INTERVAL_MS;
-  while (host.hypervisor.bufferBytes(bystander.domid) < 48 << 20 && Date.now() < deadline)
+  while (host.hypervisor.guestMemory(bystander.domid).buffers < 48 << 20 && Date.now() < deadline)
     await new Promise((r) => setTimeout(r, WATCH_INTERVAL_MS));
   assert.ok(
-    host.hypervisor.bufferBytes(bystander.domid) >= 48 << 20,
+    host.hypervisor.guestMemory(bystander.domid).buffers >= 48 << 20,
     "the meter reads the guest's own isolate",
   );
   // Its heap is read with them (myrixen list shows it; V8 keeps that limit, not the meter).
-  assert.ok(host.hypervisor.heapBytes(bystander.domid) > 0);
+  assert.ok(host.hypervisor.guestMemory(bystander.domid).heap > 0);
 
   // Without the meter the hog would keep all 4 GiB (Node bounds only the heap) and return.
   const hog = await host.startGuest({

@@ -89,14 +89,16 @@ export class Inspector {
       live.add(dom);
       const born = host.bornAt(dom);
       const v = vifOf.get(dom.domid);
+      // The driver domain is the host's own code: not metered.
+      const mem = dom.privileged ? undefined : hv.guestMemory(dom.domid);
       const snap: DomainSnapshot = {
         domid: dom.domid,
         name: dom.name,
         kind: dom.privileged ? "driver" : dom.native ? "native" : "guest",
         state: dom.state,
         memoryKiB: dom.pages * 4,
-        buffersKiB: dom.privileged ? undefined : Math.round(hv.bufferBytes(dom.domid) / 1024),
-        heapKiB: dom.privileged ? undefined : Math.round(hv.heapBytes(dom.domid) / 1024),
+        buffersKiB: mem && Math.round(mem.buffers / 1024),
+        heapKiB: mem && Math.round(mem.heap / 1024),
         thread: dom.worker.threadId,
         uptimeS: born === undefined ? undefined : (now - born) / 1000,
         devices: this.devices(dom.domid),

@@ -301,18 +301,15 @@ export class Hypervisor {
     this.buffers.close();
   }
 
-  /** The ArrayBuffer bytes a guest's isolate last reported holding (metered every WATCH_INTERVAL_MS; 0 before). */
-  bufferBytes(domid: DomId): number {
+  /**
+   * What a running guest's isolate last reported (read every WATCH_INTERVAL_MS; zeros before,
+   * and for the privileged domain): its ArrayBuffers and typed arrays, metered against its
+   * maxBufferMb, and its JavaScript heap in use, garbage included.
+   */
+  guestMemory(domid: DomId): { buffers: number; heap: number } {
     const d = this.live.get(domid);
     const tid = d && this.threadIds.get(d);
-    return tid === undefined ? 0 : this.buffers.held(tid);
-  }
-
-  /** The JavaScript heap a guest's isolate last reported in use, garbage included (read with its buffers; 0 before). */
-  heapBytes(domid: DomId): number {
-    const d = this.live.get(domid);
-    const tid = d && this.threadIds.get(d);
-    return tid === undefined ? 0 : this.buffers.heap(tid);
+    return tid === undefined ? { buffers: 0, heap: 0 } : this.buffers.held(tid);
   }
 
   private stopDomain(

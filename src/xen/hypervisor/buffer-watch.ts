@@ -76,14 +76,13 @@ export class BufferWatch {
     }
   }
 
-  /** The last bytes the guest's isolate reported holding (0 before its first answer). */
-  held(threadId: number): number {
-    return this.watched.get(String(threadId))?.held ?? 0;
-  }
-
-  /** The JavaScript heap the guest's isolate last reported in use, bytes (garbage included; 0 before). */
-  heap(threadId: number): number {
-    return this.watched.get(String(threadId))?.heap ?? 0;
+  /**
+   * What the guest's isolate last reported, bytes (0 before its first answer): its typed
+   * arrays, and its JavaScript heap in use (garbage included; shown, not metered).
+   */
+  held(threadId: number): { buffers: number; heap: number } {
+    const w = this.watched.get(String(threadId));
+    return { buffers: w?.held ?? 0, heap: w?.heap ?? 0 };
   }
 
   close(): void {
