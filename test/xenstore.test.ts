@@ -4,6 +4,12 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import { MessageChannel, type MessagePort } from "node:worker_threads";
 import {
+  WatchEventSender,
+  XS_CREDIT_BYTES,
+  XS_EVENT_BACKLOG,
+  XS_EVENT_WINDOW,
+} from "../src/xen/xenstore/port-credit.js";
+import {
   executeXenStoreRequest,
   LocalXenStoreClient,
   parsePerms,
@@ -540,4 +546,101 @@ test("a client over a message channel works through RequestXenStoreClient", asyn
     hostSide.close();
     guestSide.close();
   }
+});
+
+test("perms an unprivileged domain sets: at most maxPermsPerNode entries, live domains only, each once; domain 0 is not limited", () => {
+  const s = storeWith(1, 2);
+  s.write(1, "x", "1");
+  const own = { dom: 1, access: "n" } as const;
+  const many = [own, ...[0, 2, 3, 4, 5].map((dom) => ({ dom, access: "r" as const }))];
+  assert.throws(() => s.setPerms(1, "x", many), errno("ENOSPC", /at most 5 entries/));
+  assert.throws(
+    () => s.setPerms(1, "x", [own, { dom: 9, access: "r" }]),
+    errno("ENOENT", /domain 9, which does not exist/),
+  );
+  assert.throws(
+    () => s.setPerms(1, "x", [own, { dom: 2, access: "r" }, { dom: 2, access: "b" }]),
+    errno("EINVAL", /name domain 2 twice/),
+  );
+  s.setPerms(1, "x", [own, { dom: 2, access: "r" }]);
+  assert.equal(s.read(2, "/local/domain/1/x"), "1");
+  // Inside a transaction the same rules hold, and again when it commits.
+  const t = s.transactionStart(1);
+  assert.throws(() => s.setPerms(1, "x", [own, { dom: 7, access: "r" }], t), errno("ENOENT"));
+  s.transactionEnd(1, t, false);
+  // Domain 0 (the toolstack) may name anyone, as many as it likes.
+  s.setPerms(0, "/local/domain/1/x", [
+    own,
+    ...[2, 3, 4, 5, 6, 7].map((dom) => ({ dom, access: "r" as const })),
+  ]);
+});
+
+test("releasing a domain revokes its name from every node: what it owned passes to domain 0, a new domain with its id inherits nothing", () => {
+  const s = storeWith(1, 2);
+  s.write(1, "shared", "for 2");
+  s.setPerms(1, "shared", [
+    { dom: 1, access: "n" },
+    { dom: 2, access: "r" },
+  ]);
+  s.write(0, "/backend/x", "made for 2");
+  s.setPerms(0, "/backend/x", [
+    { dom: 2, access: "r" },
+    { dom: 1, access: "r" },
+  ]);
+  s.releaseDomain(2);
+  assert.deepEqual(s.getPerms(0, "/local/domain/1/shared"), [{ dom: 1, access: "n" }]);
+  assert.deepEqual(s.getPerms(0, "/backend/x"), [
+    { dom: 0, access: "r" },
+    { dom: 1, access: "r" },
+  ]);
+  assert.equal(s.stats()[0].nodes >= 1, true);
+  s.introduceDomain(2);
+  assert.throws(() => s.read(2, "/local/domain/1/shared"), errno("EACCES"));
+  assert.throws(() => s.write(2, "/backend/x", "mine?"), errno("EACCES"));
+  assert.equal(s.read(2, "/backend/x"), "made for 2", "the default access (read) stays");
+});
+
+test("a watch's path and token fit one request payload", () => {
+  const s = storeWith(1);
+  assert.throws(() => s.watch(1, "data", "t".repeat(5000), () => {}), errno("EINVAL", /must fit in 4096/));
+  s.watch(1, "data", "t".repeat(1000), () => {});
+});
+
+test("watch events wait within a domain's window, one per path and token, merged per watch past the backlog; all go out as it takes them", async () => {
+  const credit = new SharedArrayBuffer(XS_CREDIT_BYTES);
+  const taken = new Int32Array(credit);
+  const posted: { path: string; token: string }[] = [];
+  let merged = 0;
+  const w = new WatchEventSender(
+    credit,
+    (e) => posted.push(e),
+    () => merged++,
+  );
+  for (let i = 0; i < XS_EVENT_WINDOW; i++) w.send(`/d/${i}`, "t", "/d");
+  assert.equal(posted.length, XS_EVENT_WINDOW);
+  assert.equal(w.inFlight, XS_EVENT_WINDOW);
+  // The window is full: the rest wait, a repeat of a waiting (path, token) is the same news.
+  w.send("/d/again", "t", "/d");
+  w.send("/d/again", "t", "/d");
+  w.send("/d/again", "u", "/d");
+  assert.equal(w.waiting, 2);
+  for (let i = 0; w.waiting < XS_EVENT_BACKLOG; i++) w.send(`/d/more/${i}`, "t", "/d");
+  // Past the backlog, new paths become one event at the watch's own path.
+  for (let i = 0; i < 100; i++) w.send(`/d/past/${i}`, "t", "/d");
+  assert.equal(w.waiting, XS_EVENT_BACKLOG + 1);
+  assert.equal(merged, 100);
+  assert.equal(posted.length, XS_EVENT_WINDOW, "nothing more posted while nothing is taken");
+  // The guest takes what it has: the rest goes out, a window at a time.
+  while (w.waiting > 0) {
+    Atomics.store(taken, 0, posted.length);
+    await new Promise((r) => setTimeout(r, 15));
+  }
+  assert.equal(posted.length, XS_EVENT_WINDOW + XS_EVENT_BACKLOG + 1);
+  assert.equal(posted.at(-1)?.path, "/d", "the merged event names the watched path");
+  // A runtime that claims more than it was sent gets no more room.
+  Atomics.store(taken, 0, posted.length + 5);
+  w.send("/d/late", "t", "/d");
+  assert.equal(w.waiting, 1);
+  w.close();
+  assert.equal(w.waiting, 0);
 });

@@ -36,6 +36,7 @@ export const COUNTER_NAMES = [
   "mem_shared_alloc",
   "mem_shared_release",
   "grant_read",
+  "xenstore_events_merged",
 ] as const;
 
 export type CounterName = (typeof COUNTER_NAMES)[number];

@@ -51,6 +51,7 @@ import {
 import { DomainRecord } from "./hypervisor/domain-record.js";
 import { MemoryHypercalls } from "./hypervisor/memory-hypercalls.js";
 import { prepareReclaim, reclaimSoon } from "./reclaim.js";
+import { WatchEventSender, XS_CREDIT_BYTES } from "./xenstore/port-credit.js";
 import { executeXenStoreRequest, LocalXenStoreClient, XenStore, XenStoreError } from "./xenstore.js";
 
 export {
@@ -156,6 +157,13 @@ export class Hypervisor {
     const replyWord = new SharedArrayBuffer(8);
     const hostLink = new SharedArrayBuffer(HOST_LINK_BYTES);
     const credit = new HostLinkCredit(hostLink);
+    const xsCredit = new SharedArrayBuffer(XS_CREDIT_BYTES);
+    const xsEvents = new WatchEventSender(
+      xsCredit,
+      (e) => async.port1.postMessage(e satisfies AsyncToGuest),
+      () => rec.hyp.add("xenstore_events_merged"),
+    );
+    rec.xsEvents = xsEvents;
     const boot: GuestBootData = {
       domid,
       name,
@@ -167,6 +175,7 @@ export class Hypervisor {
       counters,
       replyWord,
       hostLink,
+      xsCredit,
       hcPort: hc.port2,
       asyncPort: async.port2,
       moduleUrl,
@@ -221,7 +230,7 @@ export class Hypervisor {
     hc.port1.on("message", (req: HypercallRequest) => {
       answerHypercall(hc.port1, words, this.serveHypercall(rec, req));
     });
-    async.port1.on("message", (msg: AsyncToHypervisor) => this.serveAsync(rec, async.port1, msg));
+    async.port1.on("message", (msg: AsyncToHypervisor) => this.serveAsync(rec, async.port1, xsEvents, msg));
 
     worker.on("message", (m: GuestControlMessage) => {
       if (m.type === "running") {
@@ -345,6 +354,7 @@ export class Hypervisor {
     rec.segments.length = 0;
     rec.sharedPages = 0;
     markGrantTableDead(rec.shadowBuffer);
+    rec.xsEvents?.close();
     this.evtchn.closeAll(domid);
     if (domid !== 0) this.xenstore.releaseDomain(domid);
     this.records.delete(domid);
@@ -442,13 +452,14 @@ export class Hypervisor {
       return d;
     }
     throw new RangeError(
-      `createDomain: all ${DOMID_MAX} domain ids are in use (or still named by a live domain's grants, event channels or XenStore permissions)`,
+      `createDomain: all ${DOMID_MAX} domain ids are in use (or still named by a live domain's grants or event channels)`,
     );
   }
 
   private isNamed(d: DomId): boolean {
     for (const r of this.records.values()) if (r.grantsTo(d)) return true;
-    return this.evtchn.waitsFor(d) || this.xenstore.referencesDomain(d);
+    // XenStore need not be asked: releasing a domain revokes its id from every node's perms.
+    return this.evtchn.waitsFor(d);
   }
 
   /** The privileged domain's foreign access: everything it needs to validate and copy grants in place. */
@@ -466,12 +477,19 @@ export class Hypervisor {
     };
   }
 
-  private serveAsync(rec: DomainRecord, port: MessagePort, msg: AsyncToHypervisor): void {
+  private serveAsync(
+    rec: DomainRecord,
+    port: MessagePort,
+    events: WatchEventSender,
+    msg: AsyncToHypervisor,
+  ): void {
     if (msg?.kind !== "xenstore") return;
     const send = (m: AsyncToGuest) => port.postMessage(m);
     try {
-      const value = executeXenStoreRequest(this.xenstore, rec.domid, msg.req, (path, token) =>
-        send({ kind: "watch", path, token }),
+      // Replies go at once (the runtime's request window bounds them); watch events through
+      // the domain's event window (xenstore/port-credit.ts).
+      const value = executeXenStoreRequest(this.xenstore, rec.domid, msg.req, (path, token, watchPath) =>
+        events.send(path, token, watchPath),
       );
       send({ kind: "xenstore-reply", id: msg.id, ok: true, value });
     } catch (e) {

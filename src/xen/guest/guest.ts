@@ -35,6 +35,7 @@ import type { GuestBootData } from "../hypervisor.js";
 import { GuestMemory, type PageRun } from "../memory.js";
 import { prepareReclaim, reclaimSoon } from "../reclaim.js";
 import { SyncCallClient } from "../sync-call.js";
+import { takeWatchEvent, XS_REQUESTS_IN_FLIGHT } from "../xenstore/port-credit.js";
 import { RequestXenStoreClient, XenStoreError, type XenStoreRequest } from "../xenstore.js";
 
 /**
@@ -290,11 +291,27 @@ export class GuestGrants {
   }
 }
 
-/** XenStore for a guest: requests travel to xenstored on the asynchronous port. */
+/** The runtime's hold on a guest's XenStore client: set by the class below, never reachable from guest code. */
+let postNow: (c: RemoteXenStoreClient, req: XenStoreRequest) => number;
+let handleReply: (c: RemoteXenStoreClient, msg: AsyncToGuest) => void;
+
+/**
+ * XenStore for a guest: requests travel to xenstored on the asynchronous port, at most
+ * XS_REQUESTS_IN_FLIGHT unanswered at once (xenstore/port-credit.ts); the rest wait here, in
+ * order, in the guest's own heap. Only `send` (through the client's methods) is guest-facing:
+ * posting past the window and handing in replies are the runtime's (postNow, handleReply).
+ */
 class RemoteXenStoreClient extends RequestXenStoreClient {
   #nextId = 1;
   readonly #pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
+  readonly #queued: Array<{ id: number; req: XenStoreRequest }> = [];
+  #inFlight = 0;
   readonly #port: MessagePort;
+
+  static {
+    postNow = (c, req) => c.#postNow(req);
+    handleReply = (c, msg) => c.#handle(msg);
+  }
 
   constructor(domid: DomId, port: MessagePort) {
     super(domid);
@@ -305,24 +322,33 @@ class RemoteXenStoreClient extends RequestXenStoreClient {
     const id = this.#nextId++;
     return new Promise((resolve, reject) => {
       this.#pending.set(id, { resolve, reject });
-      this.#port.postMessage({ kind: "xenstore", id, req } satisfies AsyncToHypervisor);
+      if (this.#inFlight < XS_REQUESTS_IN_FLIGHT) this.#post(id, req);
+      else this.#queued.push({ id, req });
     });
   }
 
+  #post(id: number, req: XenStoreRequest): void {
+    this.#inFlight++;
+    this.#port.postMessage({ kind: "xenstore", id, req } satisfies AsyncToHypervisor);
+  }
+
   /** Posts a request whose reply the caller takes off the port itself (Guest.xenstoreSync); returns its id. */
-  post(req: XenStoreRequest): number {
+  #postNow(req: XenStoreRequest): number {
     const id = this.#nextId++;
     this.#port.postMessage({ kind: "xenstore", id, req } satisfies AsyncToHypervisor);
     return id;
   }
 
-  handle(msg: AsyncToGuest): void {
+  #handle(msg: AsyncToGuest): void {
     if (msg.kind === "watch") {
       this.deliverWatch(msg.path, msg.token);
     } else if (msg.kind === "xenstore-reply") {
       const p = this.#pending.get(msg.id);
       if (!p) return;
       this.#pending.delete(msg.id);
+      this.#inFlight--;
+      const next = this.#queued.shift();
+      if (next) this.#post(next.id, next.req);
       if (msg.ok) p.resolve(msg.value);
       else p.reject(XenStoreError.fromWire(msg.error));
     }
@@ -364,6 +390,7 @@ export class Guest {
   readonly #toHost: (msg: unknown) => void;
   readonly #asyncPort: MessagePort;
   readonly #xs: RemoteXenStoreClient;
+  readonly #xsCredit: Int32Array;
   readonly #nap = new Int32Array(new SharedArrayBuffer(4));
   readonly #nativeService: SyncCallClient<unknown> | undefined;
 
@@ -392,6 +419,7 @@ export class Guest {
     };
     this.evtchn = new GuestEventChannels(evtchnCalls, this.#counters);
     const xs = new RemoteXenStoreClient(boot.domid, boot.asyncPort);
+    this.#xsCredit = new Int32Array(boot.xsCredit);
     this.#xs = xs;
     boot.asyncPort.on("message", (m: AsyncToGuest) => this.#dispatchAsync(m));
     // The async port must not keep a finished guest alive; the runtime refs it while main runs.
@@ -424,7 +452,10 @@ export class Guest {
 
   #dispatchAsync(m: AsyncToGuest): void {
     if (m.kind === "domain-gone") this.dropForeign(m.domid);
-    else this.#xs.handle(m);
+    else {
+      if (m.kind === "watch") takeWatchEvent(this.#xsCredit);
+      handleReply(this.#xs, m);
+    }
   }
 
   /**
@@ -435,7 +466,7 @@ export class Guest {
    * to; throws XenStoreError.
    */
   xenstoreSync(req: XenStoreRequest, timeoutMs = 10_000): unknown {
-    const id = this.#xs.post(req);
+    const id = postNow(this.#xs, req);
     const deadline = performance.now() + timeoutMs;
     for (let idle = 0; ; ) {
       const got = receiveMessageOnPort(this.#asyncPort);

@@ -9,6 +9,7 @@
 import { type DomId, GTF_permit_access, GTF_type_mask, PAGE_SIZE } from "../abi.js";
 import { CounterBlock, CounterWriter } from "../counters.js";
 import { type FrameLocation, GNTTAB_NR_RESERVED_ENTRIES, type GrantingDomain } from "../grant-table.js";
+import type { WatchEventSender } from "../xenstore/port-credit.js";
 
 /**
  * A shared segment: a buffer the hypervisor made for one domain (its owner) to grant to
@@ -68,6 +69,8 @@ export class DomainRecord implements GrantingDomain {
   readonly mappings = new Map<number, Mapping>();
   nextHandle = 1;
   readonly hyp: CounterWriter;
+  /** Its XenStore watch events on their way (set when its worker starts). */
+  xsEvents?: WatchEventSender;
 
   constructor(
     readonly domid: DomId,

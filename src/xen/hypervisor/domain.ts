@@ -80,6 +80,8 @@ export interface GuestBootData {
   replyWord: SharedArrayBuffer;
   /** The credit window on what the guest sends its host (host-link.ts). */
   hostLink: SharedArrayBuffer;
+  /** The credit on its XenStore watch events (xenstore/port-credit.ts), written by the guest's runtime. */
+  xsCredit: SharedArrayBuffer;
   hcPort: MessagePort;
   asyncPort: MessagePort;
   moduleUrl: string;

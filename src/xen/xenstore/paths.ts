@@ -11,17 +11,22 @@ import { safeJson, XenStoreError } from "./errors.js";
 
 export const XENSTORE_ABS_PATH_MAX = 3072;
 export const XENSTORE_VALUE_MAX = 4096;
+/** The most a request's payload may carry (xs_wire.h XENSTORE_PAYLOAD_MAX): a watch's path and token together. */
+export const XENSTORE_PAYLOAD_MAX = 4096;
 export const SPECIAL_WATCH_PATHS = ["@introduceDomain", "@releaseDomain"] as const;
 
 export interface XenStoreQuotas {
   maxNodesPerDomain: number;
   maxWatchesPerDomain: number;
   maxTransactionsPerDomain: number;
+  /** Entries in the perms list an unprivileged domain sets on a node (xenstored's quota-perms). */
+  maxPermsPerNode: number;
 }
 export const DEFAULT_XENSTORE_QUOTAS: Readonly<XenStoreQuotas> = {
   maxNodesPerDomain: 1000,
   maxWatchesPerDomain: 128,
   maxTransactionsPerDomain: 16,
+  maxPermsPerNode: 5,
 };
 
 /** 'n' none, 'r' read, 'w' write, 'b' both — xenstored's letters. */
@@ -147,6 +152,7 @@ export function validatePerms(perms: unknown, path: string): XenStorePerm[] {
       `perms for ${path} must be a non-empty list; the first entry is the owner and the default access, e.g. [{dom: 1, access: "n"}, {dom: 0, access: "r"}]`,
     );
   }
+  const named = new Set<DomId>();
   return perms.map((p: unknown, i) => {
     const o = (typeof p === "object" && p !== null ? p : {}) as Record<string, unknown>;
     const access = o.access;
@@ -157,7 +163,17 @@ export function validatePerms(perms: unknown, path: string): XenStorePerm[] {
         `perms[${i}] for ${path} has access ${safeJson(access)}; use "n" (none), "r" (read), "w" (write) or "b" (both)`,
       );
     }
-    return { dom: validateDomId(o.dom, `perms[${i}].dom for ${path}`), access };
+    const dom = validateDomId(o.dom, `perms[${i}].dom for ${path}`);
+    // The owner may be listed again (its entry is the default access); anyone else once.
+    if (i > 0 && named.has(dom)) {
+      throw new XenStoreError(
+        "EINVAL",
+        path,
+        `perms for ${path} name domain ${dom} twice; give each domain one entry`,
+      );
+    }
+    if (i > 0) named.add(dom);
+    return { dom, access };
   });
 }
 

@@ -13,7 +13,12 @@
  * - a missing node whose nearest existing ancestor the caller may not read/write reports
  *   EACCES, not ENOENT, so a guest cannot probe other domains' trees.
  * - quotas bind unprivileged domains only: nodes owned → ENOSPC, watches → E2BIG, open
- *   transactions → ENOSPC (not EAGAIN: EAGAIN means "retry the transaction" to every client).
+ *   transactions → ENOSPC (not EAGAIN: EAGAIN means "retry the transaction" to every client),
+ *   entries of a perms list → ENOSPC. An unprivileged domain's perms may name only domains
+ *   that exist (ENOENT), and a released domain's access is revoked from every node (nodes it
+ *   owned pass to domain 0, entries naming it go): a later domain given the same id inherits
+ *   nothing, with no need to keep ids out of use (xenstored gets there with node generations).
+ * - a watch's path and token fit one request payload (XENSTORE_PAYLOAD_MAX), or EINVAL.
  * - domain 0 is introduced when the store is built; other domains must be introduced before
  *   they may issue requests, and lose that right when released.
  */
@@ -34,6 +39,7 @@ import {
   validateDomId,
   validatePerms,
   validateValue,
+  XENSTORE_PAYLOAD_MAX,
   type XenStorePerm,
   type XenStoreQuotas,
 } from "./paths.js";
@@ -81,6 +87,7 @@ export class XenStore {
       maxWatchesPerDomain: opts.maxWatchesPerDomain ?? DEFAULT_XENSTORE_QUOTAS.maxWatchesPerDomain,
       maxTransactionsPerDomain:
         opts.maxTransactionsPerDomain ?? DEFAULT_XENSTORE_QUOTAS.maxTransactionsPerDomain,
+      maxPermsPerNode: opts.maxPermsPerNode ?? DEFAULT_XENSTORE_QUOTAS.maxPermsPerNode,
     };
     this.watches = new WatchTable(
       this.live,
@@ -125,30 +132,42 @@ export class XenStore {
       );
     }
     this.introduced.delete(domid);
+    this.opCounts.delete(domid);
     this.watches.dropDomain(domid);
     for (const [id, t] of this.txs) if (t.owner === domid) this.txs.delete(id);
     const home = getDomainPath(domid);
     if (this.live.getNode(home)) this.applyOp(0, this.live, { kind: "rm", path: home });
+    this.revokeDomain(domid);
     this.watches.fireSpecial("@releaseDomain");
+  }
+
+  /**
+   * Takes a released domain out of every node's perms: nodes it owned pass to domain 0 (with
+   * the same default access), entries naming it go. One walk per release, so the hypervisor
+   * may give the id to a new domain at once. No watch fires: nothing anyone could read changed.
+   */
+  private revokeDomain(domid: DomId): void {
+    const named: Array<[string, XenStorePerm[]]> = [];
+    const stack: Array<[string, Node]> = [["/", this.live.root]];
+    while (stack.length > 0) {
+      const [path, n] = stack.pop()!;
+      if (n.perms.some((p) => p.dom === domid)) {
+        const [owner, ...rest] = n.perms;
+        named.push([
+          path,
+          [
+            owner.dom === domid ? { dom: 0, access: owner.access } : owner,
+            ...rest.filter((p) => p.dom !== domid),
+          ],
+        ]);
+      }
+      for (const [name, c] of n.children) stack.push([path === "/" ? `/${name}` : `${path}/${name}`, c]);
+    }
+    for (const [path, perms] of named) this.live.setPerms(path, perms);
   }
 
   isIntroduced(domid: DomId): boolean {
     return this.introduced.has(domid);
-  }
-
-  /**
-   * Whether any node's permissions name `domid`. The hypervisor gives a domain id to a new
-   * domain only when nothing names it any more, so a new domain never inherits access that
-   * was meant for an old one with the same id (xenstored guards this with node generations).
-   */
-  referencesDomain(domid: DomId): boolean {
-    const stack: Node[] = [this.live.root];
-    while (stack.length > 0) {
-      const n = stack.pop()!;
-      for (const p of n.perms) if (p.dom === domid) return true;
-      for (const c of n.children.values()) stack.push(c);
-    }
-    return false;
   }
 
   // -- node operations --
@@ -224,6 +243,15 @@ export class XenStore {
     const p = canonicalizePath(caller, path, true);
     if (typeof token !== "string") {
       throw new XenStoreError("EINVAL", p, `watch token must be a string, got ${typeof token}`);
+    }
+    // Kept for the watch's life and sent with every event: bounded like xenstored's payload.
+    const bytes = Buffer.byteLength(p, "utf8") + Buffer.byteLength(token, "utf8") + 2;
+    if (bytes > XENSTORE_PAYLOAD_MAX) {
+      throw new XenStoreError(
+        "EINVAL",
+        p,
+        `watch path and token take ${bytes} bytes; together they must fit in ${XENSTORE_PAYLOAD_MAX} (use a short token)`,
+      );
     }
     if (typeof callback !== "function")
       throw new XenStoreError("EINVAL", p, "watch needs a callback function");
@@ -484,9 +512,34 @@ export class XenStore {
             `domain ${caller} may not give ${p} to domain ${op.perms[0].dom}: only domain 0 may change a node's owner; keep perms[0].dom = ${owner}`,
           );
         }
+        if (caller !== 0) this.checkNamedByGuest(caller, p, op.perms);
         view.setPerms(p, op.perms);
         if (live) this.watches.fireChange(p);
         return;
+      }
+    }
+  }
+
+  /**
+   * An unprivileged domain's perms list: at most quotas.maxPermsPerNode entries, each naming
+   * a domain that exists (a name kept for an id nobody holds would hand the node to whoever
+   * gets that id next).
+   */
+  private checkNamedByGuest(caller: DomId, path: string, perms: readonly XenStorePerm[]): void {
+    if (perms.length > this.quotas.maxPermsPerNode) {
+      throw new XenStoreError(
+        "ENOSPC",
+        path,
+        `domain ${caller} may list at most ${this.quotas.maxPermsPerNode} entries in a node's perms, not ${perms.length}`,
+      );
+    }
+    for (const q of perms) {
+      if (!this.introduced.has(q.dom)) {
+        throw new XenStoreError(
+          "ENOENT",
+          path,
+          `perms for ${path} name domain ${q.dom}, which does not exist; a node may name only live domains`,
+        );
       }
     }
   }

@@ -72,7 +72,10 @@ export class LiveTree implements View {
   }
 
   private addOwned(dom: DomId, delta: number): void {
-    this.owned.set(dom, (this.owned.get(dom) ?? 0) + delta);
+    const n = (this.owned.get(dom) ?? 0) + delta;
+    // No entry kept for an owner of nothing: over weeks every domain id would leave one.
+    if (n === 0) this.owned.delete(dom);
+    else this.owned.set(dom, n);
   }
 
   create(path: string, value: string, perms: XenStorePerm[]): void {

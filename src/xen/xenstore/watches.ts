@@ -10,7 +10,8 @@ import type { DomId } from "../abi.js";
 import { accessFor, canRead, isAncestorOrSelf } from "./paths.js";
 import type { LiveTree, Node } from "./tree.js";
 
-export type XenStoreWatchCallback = (path: string, token: string) => void;
+/** A change at `path` for the watch registered with `token` on `watchPath` (canonical). */
+export type XenStoreWatchCallback = (path: string, token: string, watchPath: string) => void;
 
 export interface Watch {
   readonly dom: DomId;
@@ -139,7 +140,7 @@ export class WatchTable {
     for (const { w, path } of batch) {
       if (!w.live) continue; // unwatched or released after the event was queued
       try {
-        w.cb(path, w.token);
+        w.cb(path, w.token, w.path);
       } catch (err) {
         this.onWatchError(err, path, w.token);
       }

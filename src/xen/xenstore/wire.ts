@@ -53,14 +53,14 @@ const REQUEST_OPS: ReadonlySet<string> = new Set<XenStoreOp>([
  * Runs one request for `caller` (the domain the channel belongs to, never a field of the
  * request: a guest cannot speak for another domain). Results: read → string, directory →
  * string[], getPerms → XenStorePerm[], txStart → number, everything else → undefined. Watch
- * events of a watch set here go to `onWatchEvent(path, token)`. Throws XenStoreError, also
+ * events of a watch set here go to `onWatchEvent(path, token, watchPath)`. Throws XenStoreError, also
  * for malformed requests, which may come from untrusted guests.
  */
 export function executeXenStoreRequest(
   store: XenStore,
   caller: DomId,
   req: XenStoreRequest,
-  onWatchEvent: (path: string, token: string) => void,
+  onWatchEvent: (path: string, token: string, watchPath: string) => void,
 ): unknown {
   if (typeof req !== "object" || req === null || typeof req.op !== "string" || !REQUEST_OPS.has(req.op)) {
     const op = typeof req === "object" && req !== null ? (req as { op?: unknown }).op : req;

@@ -1,0 +1,111 @@
+/**
+ * XenStore as a hostile guest uses it, through real domains: a perms list naming every domain
+ * id (which once kept every id out of use, so the host could create no domain), a name kept
+ * for a dead domain's id, a watch token of a megabyte kept by the host, and requests and watch
+ * events fired faster than the guest takes them in (which once queued without bound in the
+ * host's memory). Each bound lives on the hypervisor's side or in the guest's trusted runtime,
+ * where guest code cannot reach it.
+ */
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+import type { DomainRecord } from "../src/xen/hypervisor/domain-record.js";
+import { Hypervisor } from "../src/xen/hypervisor.js";
+import { XS_EVENT_BACKLOG, XS_EVENT_WINDOW, XS_REQUESTS_IN_FLIGHT } from "../src/xen/xenstore/port-credit.js";
+import { startAgent } from "./helpers/agent.js";
+
+const FLOOD = new URL("./fixtures/guests/xenstore-abuser.js", import.meta.url);
+
+let hv: Hypervisor;
+before(() => {
+  hv = new Hypervisor();
+});
+after(() => hv.shutdown());
+
+type Thrown = { thrown?: string; message?: string };
+const errnoOf = (r: unknown) => /^(E[A-Z0-9]+):/.exec((r as Thrown).message ?? "")?.[1] ?? String(r);
+
+test("perms a guest sets: at most 5 entries, live domains only, each once; a dead domain's id is reused at once and inherits nothing", async () => {
+  const gone = await startAgent(hv);
+  const deadId = gone.dom.domid;
+  await gone.dom.destroy();
+  const owner = await startAgent(hv);
+  const reader = await startAgent(hv);
+  const R = reader.dom.domid;
+  const node = `/local/domain/${owner.dom.domid}/data/x`;
+  await owner.rpc({ op: "xsWrite", path: "data/x", value: "secret" });
+  const me = { dom: owner.dom.domid, access: "n" };
+
+  // Every domain id: once this named them all and kept each out of use while the guest lived.
+  const everyone = [me];
+  for (let d = 1; d <= 0x7fef; d++) if (d !== me.dom) everyone.push({ dom: d, access: "n" });
+  assert.equal(errnoOf(await owner.rpc({ op: "xsSetPerms", path: node, perms: everyone })), "ENOSPC");
+  const twice = [me, { dom: R, access: "r" }, { dom: R, access: "b" }];
+  assert.equal(errnoOf(await owner.rpc({ op: "xsSetPerms", path: node, perms: twice })), "EINVAL");
+  const named = (dom: number) => [me, { dom, access: "r" }];
+  assert.equal(errnoOf(await owner.rpc({ op: "xsSetPerms", path: node, perms: named(deadId) })), "ENOENT");
+  assert.equal(await owner.rpc({ op: "xsSetPerms", path: node, perms: named(R) }), true);
+  assert.equal(await reader.rpc({ op: "xsRead", path: node }), "secret");
+  // A new domain is created at once after the refused lists (nothing was left naming ids).
+  const another = await startAgent(hv);
+  await another.dom.destroy();
+
+  // The reader goes; a new domain given its id at once must not read what it could.
+  await reader.dom.destroy();
+  (hv as unknown as { nextDomid: number }).nextDomid = R;
+  const heir = await startAgent(hv);
+  assert.equal(heir.dom.domid, R, "the id is free again: the release revoked its name");
+  assert.equal(errnoOf(await heir.rpc({ op: "xsRead", path: node })), "EACCES");
+  const perms = hv.xenstore.getPerms(0, node);
+  assert.deepEqual(perms, [me], "the reader's entry went with it");
+  await Promise.all([owner.dom.destroy(), heir.dom.destroy()]);
+});
+
+test("a guest cannot make the host keep a megabyte watch token, nor reach past its client's request window", async () => {
+  const g = await startAgent(hv);
+  const big = await g.rpc({
+    op: "xsRequest",
+    req: { op: "watch", path: "data", token: "t".repeat(1 << 20) },
+  });
+  assert.equal(errnoOf(big), "EINVAL");
+  assert.match((big as Thrown).message ?? "", /must fit in 4096/);
+  assert.equal(await g.rpc({ op: "xsRequest", req: { op: "watch", path: "data", token: "short" } }), true);
+  assert.deepEqual(await g.rpc({ op: "xsClientSurface" }), { post: "undefined", handle: "undefined" });
+  await g.dom.destroy();
+});
+
+test("requests and watch events fired faster than a guest takes them in wait within their windows; all arrive when it does", async () => {
+  const watches = 64;
+  const dom = await hv.createDomain({
+    module: FLOOD,
+    name: "flood",
+    pages: 64,
+    maxHeapMb: 128,
+    args: { watches, writes: 2000, spinMs: 1500 },
+  });
+  const rec = (hv as unknown as { records: Map<number, DomainRecord> }).records.get(dom.domid)!;
+  await new Promise((r) => dom.once("message", r));
+  // The guest now spins without yielding with 2000 writes issued; for a while, look at what
+  // it has in flight. One write (data/x) and the watches came before.
+  const setup = 1 + watches;
+  let ops = 0;
+  let inFlight = 0;
+  let waiting = 0;
+  for (let i = 0; i < 25 && dom.state === "running"; i++) {
+    await new Promise((r) => setTimeout(r, 20));
+    ops = Math.max(ops, hv.xenstore.stats()[dom.domid]?.totalOps ?? 0);
+    inFlight = Math.max(inFlight, rec.xsEvents!.inFlight);
+    waiting = Math.max(waiting, rec.xsEvents!.waiting);
+  }
+  assert.ok(
+    ops <= setup + XS_REQUESTS_IN_FLIGHT,
+    `${ops - setup} writes reached xenstored while the guest had not yielded`,
+  );
+  assert.ok(inFlight <= XS_EVENT_WINDOW, `${inFlight} watch events posted and not taken in`);
+  assert.ok(waiting <= XS_EVENT_BACKLOG + watches, `${waiting} watch events waiting in the hypervisor`);
+  const exit = await dom.exited;
+  assert.equal(exit.state, "shutdown", exit.error?.message);
+  const r = exit.result as { value: string; fewest: number };
+  assert.equal(r.value, "2000", "every write was applied, in order");
+  assert.ok(r.fewest >= 1, "every watch heard of the writes");
+  await dom.destroy();
+});
