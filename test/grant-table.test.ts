@@ -5,8 +5,15 @@
  */
 import assert from "node:assert/strict";
 import { after, test } from "node:test";
-import { GNTST } from "../src/xen/abi.js";
+import { GNTST, GTF_permit_access, GTF_reading, GTF_readonly } from "../src/xen/abi.js";
 import type { CounterSnapshot } from "../src/xen/counters.js";
+import {
+  acquireGrant,
+  allocGrantTable,
+  type FrameLocation,
+  GRANT_ENTRY_RETRIES,
+  type GrantingDomain,
+} from "../src/xen/grant-table.js";
 import { Hypervisor } from "../src/xen/hypervisor.js";
 import { startAgent } from "./helpers/agent.js";
 
@@ -216,4 +223,36 @@ test("the privileged domain copies in place: no hypercall per copy", async () =>
   assert.equal(c.grant_errors, 1);
   await dom0.dom.destroy();
   await g.dom.destroy();
+});
+
+test("a granter that rewrites its entry under every pin is refused after a few tries, never waited for", () => {
+  // The hypervisor loads the entry, checks it, then compare-exchanges the pin flags in; a
+  // granter on another core may rewrite the word between the two. This granter does it every
+  // time (from frame(), which the check calls in between) — for 1000 tries, then it stops.
+  const { table, shadow } = allocGrantTable(16);
+  const entries = new Uint32Array(table);
+  const ref = 9;
+  const user = 5;
+  const word = (GTF_permit_access | (user << 16)) >>> 0;
+  entries[2 * ref] = word;
+  entries[2 * ref + 1] = 0;
+  let rewrites = 0;
+  const granter: GrantingDomain = {
+    domid: 3,
+    entries,
+    shadow: new Int32Array(shadow),
+    frame: () => {
+      if (rewrites < 1000) {
+        rewrites++;
+        // The same grant, the readonly bit toggled: still valid for a read, never the same word.
+        Atomics.xor(entries, 2 * ref, GTF_readonly);
+      }
+      return { buffer: new SharedArrayBuffer(4096), byteOffset: 0 } as unknown as FrameLocation;
+    },
+  };
+  const r = acquireGrant(granter, ref, user, false);
+  assert.equal(r.status, GNTST.general_error, r.error);
+  assert.match(r.error ?? "", /keeps rewriting it/);
+  assert.equal(rewrites, GRANT_ENTRY_RETRIES + 1, "refused after the retries, not after the granter tired");
+  assert.equal(entries[2 * ref] & GTF_reading, 0, "nothing pinned");
 });

@@ -31,6 +31,8 @@ import { copyBytes } from "./copy.js";
 /** Refs 0..7 are reserved for the toolstack, as in Linux (GNTTAB_NR_RESERVED_ENTRIES). */
 export const GNTTAB_NR_RESERVED_ENTRIES = 8;
 export const DEFAULT_GRANT_ENTRIES = 1024;
+/** Retries of a pin whose entry changed under it before it is refused (Xen's _set_status tries 4 times). */
+export const GRANT_ENTRY_RETRIES = 4;
 
 /** Shadow table layout (Int32Array): [alive, nrEntries, lock, pad, then per ref: readPins, writePins]. */
 const SHADOW_ALIVE = 0;
@@ -120,7 +122,14 @@ export function acquireGrant(
   const e = granter.entries;
   lock(granter.shadow);
   try {
-    for (;;) {
+    for (let tries = 0; ; tries++) {
+      // The granter may rewrite its entry at any moment; one that keeps doing so between our
+      // load and our compare-exchange is refused, not waited for (Xen: "unstable" entry).
+      if (tries > GRANT_ENTRY_RETRIES)
+        return fail(
+          GNTST.general_error,
+          `grant ref ${ref} of domain ${granter.domid} changed under every try: domain ${granter.domid} keeps rewriting it`,
+        );
       const word = Atomics.load(e, 2 * ref);
       const flags = word & 0xffff;
       const dom = word >>> 16;
@@ -162,10 +171,8 @@ export function releaseGrant(granter: GrantingDomain, ref: number, write: boolea
     const writers = s[SHADOW_HEADER + 2 * ref + 1];
     const clear = (writers === 0 ? GTF_writing : 0) | (readers === 0 && writers === 0 ? GTF_reading : 0);
     if (clear === 0) return;
-    for (;;) {
-      const word = Atomics.load(granter.entries, 2 * ref);
-      if (Atomics.compareExchange(granter.entries, 2 * ref, word, (word & ~clear) >>> 0) === word) return;
-    }
+    // One atomic bit-clear: a granter rewriting its entry cannot make this retry.
+    Atomics.and(granter.entries, 2 * ref, ~clear >>> 0);
   } finally {
     unlock(s);
   }
