@@ -250,8 +250,10 @@ test("baseline workers: a worker error rejects with a clear message", async () =
   );
 });
 
-test("MX pairs warm up until two warm-up runs agree (at most EXTRA_WARMUP_RUNS more), then take the profile's runs", async () => {
-  const profile = { ...profileFor(true), runs: 3, warmupRuns: 1 };
+test("MX pairs warm up until two warm-up runs agree (at most the profile's extraWarmupRuns more), then take the profile's runs", async () => {
+  assert.equal(profileFor(false).extraWarmupRuns, EXTRA_WARMUP_RUNS);
+  assert.equal(profileFor(true).extraWarmupRuns, 1, "a quick look allows one more");
+  const profile = { ...profileFor(true), runs: 3, warmupRuns: 1, extraWarmupRuns: EXTRA_WARMUP_RUNS };
   // Pair "a" settles on its third warm-up run (100 → 40 → 38); "b" never settles (noise).
   const scripts: Record<string, number[]> = {
     a: [100, 40, 38, 37, 5, 6, 7, 8, 9],

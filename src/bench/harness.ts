@@ -183,6 +183,8 @@ export interface BenchProfile {
   runs: number;
   /** Runs discarded before measuring. */
   warmupRuns: number;
+  /** More warm-up runs allowed while a pair has not settled (see EXTRA_WARMUP_RUNS). */
+  extraWarmupRuns: number;
   /** Iterations per run for messages below `largeBytes`. */
   itersSmall: number;
   /** Iterations per run for messages of `largeBytes` or more. */
@@ -201,6 +203,9 @@ export function profileFor(quick: boolean): BenchProfile {
         name: "quick",
         runs: 3,
         warmupRuns: 1,
+        // A quick look: one more warm-up run at most (a noisy VM rarely settles within 10%,
+        // and would pay the full three on every cell).
+        extraWarmupRuns: 1,
         itersSmall: 2_000,
         itersLarge: 100,
         warmupIters: 200,
@@ -211,6 +216,7 @@ export function profileFor(quick: boolean): BenchProfile {
         name: "full",
         runs: 7,
         warmupRuns: 1,
+        extraWarmupRuns: EXTRA_WARMUP_RUNS,
         itersSmall: 20_000,
         itersLarge: 1_000,
         warmupIters: 2_000,
@@ -220,7 +226,8 @@ export function profileFor(quick: boolean): BenchProfile {
 }
 
 /**
- * Warm-up runs of the MX pairs go on past the profile's warmupRuns, up to this many more,
+ * Warm-up runs of the MX pairs go on past the profile's warmupRuns, up to this many more
+ * (the full profile's extraWarmupRuns; the quick profile allows one),
  * while some pair's last warm-up run differs from its previous one by more than
  * SETTLED_WITHIN. V8 compiles the path a size takes (eager, pieces, push) over its first
  * thousands of messages, on background threads that take the pair's cores; after a single

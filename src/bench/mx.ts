@@ -29,14 +29,7 @@ import {
   rawSabStream,
 } from "./baselines.js";
 import { ChainPair } from "./chain-baseline.js";
-import {
-  type BenchProfile,
-  type BenchRow,
-  EXTRA_WARMUP_RUNS,
-  makeRow,
-  type Scope,
-  settled,
-} from "./harness.js";
+import { type BenchProfile, type BenchRow, makeRow, type Scope, settled } from "./harness.js";
 import { OPENMPI_CICO, startOpenMpiPeer } from "./openmpi.js";
 import { rawTcpPingPong, TcpPair } from "./tcp-baseline.js";
 
@@ -538,7 +531,7 @@ async function benchCrossHost(
 /**
  * One row per pair for one size: runs of the pairs interleave, so all see the same
  * machine; warm-up runs are dropped, and go on while the pairs have not settled
- * (harness.ts EXTRA_WARMUP_RUNS).
+ * (the profile's extraWarmupRuns, harness.ts).
  */
 export async function samplePairs<P>(
   pairs: ReadonlyMap<string, P>,
@@ -555,7 +548,11 @@ export async function samplePairs<P>(
   const what = `${bench} ${scope === "cross-host" ? "cross-host " : ""}${bytes} B`;
   const last = new Map<string, number>();
   let unsettled = true;
-  for (let w = 0; w < profile.warmupRuns || (unsettled && w < profile.warmupRuns + EXTRA_WARMUP_RUNS); w++) {
+  for (
+    let w = 0;
+    w < profile.warmupRuns || (unsettled && w < profile.warmupRuns + profile.extraWarmupRuns);
+    w++
+  ) {
     unsettled = false;
     for (const [t, pair] of pairs) {
       progress(`${what}, ${t}, warm-up ${w + 1}`);

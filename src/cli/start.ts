@@ -64,13 +64,16 @@ export interface StartOptions {
  * minutes runs fewer iterations (same method: warm-up skipped, then timed) where a message
  * takes tens of microseconds or more — across hosts and on the split path.
  */
-function osuArgs(path: Path, scope: Scope, bench: "osu-latency" | "osu-bw"): string[] {
+function osuArgs(path: Path, scope: Scope, bench: "osu-latency" | "osu-bw", oneRun: boolean): string[] {
   const slow = path === "split" || scope === "cross-host";
   // On the fast paths OSU's own counts: V8 needs ~10,000 round trips before the MX code is
-  // optimised, and a run that stops short measures the interpreter, not the path.
+  // optimised, and a run that stops short measures the interpreter, not the path. Across
+  // hosts a round trip is ~100 µs of wire: one run per cell (--quick, a smoke test) takes half.
   if (bench === "osu-latency") {
     if (path === "split") return ["-m", "0:65536", "-i", "200", "-x", "20"];
-    return ["-m", "0:65536", ...(scope === "cross-host" ? ["-i", "2000", "-x", "500"] : [])];
+    if (scope === "cross-host")
+      return ["-m", "0:65536", ...(oneRun ? ["-i", "1000", "-x", "250"] : ["-i", "2000", "-x", "500"])];
+    return ["-m", "0:65536"];
   }
   return ["-m", "65536:1048576", ...(slow ? ["-i", "8", "-x", "2"] : ["-i", "20", "-x", "4"])];
 }
@@ -179,7 +182,7 @@ export async function runMainJob(
             const measureCost = path === "split" && scope === "intra-host" && bench === "osu-latency";
             const before = measureCost ? cluster.hosts[0].netStats() : undefined;
             await run(scope === "intra-host" ? [h1] : cluster.targets, 2, path, bench, [
-              ...osuArgs(path, scope, bench),
+              ...osuArgs(path, scope, bench, runs === 1),
               "--json",
               f,
             ]);
