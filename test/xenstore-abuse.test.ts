@@ -109,3 +109,27 @@ test("requests and watch events fired faster than a guest takes them in wait wit
   assert.ok(r.fewest >= 1, "every watch heard of the writes");
   await dom.destroy();
 });
+
+test("synchronous requests that give up at once still wait their turn in the window", async () => {
+  const done = new SharedArrayBuffer(4);
+  const dom = await hv.createDomain({
+    module: FLOOD,
+    name: "sync-flood",
+    pages: 64,
+    maxHeapMb: 128,
+    args: { watches: 0, writes: 20_000, spinMs: 1500, sync: true, done },
+  });
+  await new Promise((r) => dom.once("message", r));
+  // xenstored (this thread) answers nothing while the guest fires its writes: each gives up at
+  // once, and none may be posted past the window meanwhile.
+  dom.send("go");
+  Atomics.wait(new Int32Array(done), 0, 0, 30_000);
+  // Now serve what was posted, while the guest spins and takes nothing in.
+  await new Promise((r) => setTimeout(r, 500));
+  const ops = hv.xenstore.stats()[dom.domid]?.totalOps ?? 0;
+  assert.ok(ops <= 1 + XS_REQUESTS_IN_FLIGHT, `${ops - 1} writes were posted while none was answered`);
+  const exit = await dom.exited;
+  assert.equal(exit.state, "shutdown", exit.error?.message);
+  assert.equal((exit.result as { gaveUp: number }).gaveUp, 20_000);
+  await dom.destroy();
+});

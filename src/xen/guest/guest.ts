@@ -291,15 +291,25 @@ export class GuestGrants {
   }
 }
 
+/** A synchronous request's outcome, filled in when its reply is handled (Guest.xenstoreSync). */
+interface SyncSlot {
+  done: boolean;
+  ok: boolean;
+  value: unknown;
+  error: Error | undefined;
+}
+
 /** The runtime's hold on a guest's XenStore client: set by the class below, never reachable from guest code. */
-let postNow: (c: RemoteXenStoreClient, req: XenStoreRequest) => number;
+let requestSync: (c: RemoteXenStoreClient, req: XenStoreRequest) => SyncSlot;
 let handleReply: (c: RemoteXenStoreClient, msg: AsyncToGuest) => void;
 
 /**
  * XenStore for a guest: requests travel to xenstored on the asynchronous port, at most
  * XS_REQUESTS_IN_FLIGHT unanswered at once (xenstore/port-credit.ts); the rest wait here, in
- * order, in the guest's own heap. Only `send` (through the client's methods) is guest-facing:
- * posting past the window and handing in replies are the runtime's (postNow, handleReply).
+ * order, in the guest's own heap. Synchronous requests (Guest.xenstoreSync) count in the same
+ * window and go first; one that timed out keeps its place until its reply comes, so a caller
+ * that gives up at once cannot post past the window. Only `send` (through the client's
+ * methods) is guest-facing: the rest is the runtime's (requestSync, handleReply).
  */
 class RemoteXenStoreClient extends RequestXenStoreClient {
   #nextId = 1;
@@ -309,7 +319,7 @@ class RemoteXenStoreClient extends RequestXenStoreClient {
   readonly #port: MessagePort;
 
   static {
-    postNow = (c, req) => c.#postNow(req);
+    requestSync = (c, req) => c.#requestSync(req);
     handleReply = (c, msg) => c.#handle(msg);
   }
 
@@ -332,11 +342,17 @@ class RemoteXenStoreClient extends RequestXenStoreClient {
     this.#port.postMessage({ kind: "xenstore", id, req } satisfies AsyncToHypervisor);
   }
 
-  /** Posts a request whose reply the caller takes off the port itself (Guest.xenstoreSync); returns its id. */
-  #postNow(req: XenStoreRequest): number {
+  /** A request whose outcome the caller polls while it pumps the port (Guest.xenstoreSync). */
+  #requestSync(req: XenStoreRequest): SyncSlot {
+    const slot: SyncSlot = { done: false, ok: false, value: undefined, error: undefined };
     const id = this.#nextId++;
-    this.#port.postMessage({ kind: "xenstore", id, req } satisfies AsyncToHypervisor);
-    return id;
+    this.#pending.set(id, {
+      resolve: (v) => Object.assign(slot, { done: true, ok: true, value: v }),
+      reject: (e) => Object.assign(slot, { done: true, error: e }),
+    });
+    if (this.#inFlight < XS_REQUESTS_IN_FLIGHT) this.#post(id, req);
+    else this.#queued.unshift({ id, req });
+    return slot;
   }
 
   #handle(msg: AsyncToGuest): void {
@@ -466,17 +482,16 @@ export class Guest {
    * to; throws XenStoreError.
    */
   xenstoreSync(req: XenStoreRequest, timeoutMs = 10_000): unknown {
-    const id = postNow(this.#xs, req);
+    const slot = requestSync(this.#xs, req);
     const deadline = performance.now() + timeoutMs;
     for (let idle = 0; ; ) {
+      if (slot.done) {
+        if (slot.ok) return slot.value;
+        throw slot.error;
+      }
       const got = receiveMessageOnPort(this.#asyncPort);
       if (got) {
-        const m = got.message as AsyncToGuest;
-        if (m.kind === "xenstore-reply" && m.id === id) {
-          if (m.ok) return m.value;
-          throw XenStoreError.fromWire(m.error);
-        }
-        this.#dispatchAsync(m);
+        this.#dispatchAsync(got.message as AsyncToGuest);
         idle = 0;
         continue;
       }
