@@ -133,3 +133,23 @@ test("synchronous requests that give up at once still wait their turn in the win
   assert.equal((exit.result as { gaveUp: number }).gaveUp, 20_000);
   await dom.destroy();
 });
+
+test("synchronous requests that gave up still go in the order they were made", async () => {
+  const done = new SharedArrayBuffer(4);
+  const writes = XS_REQUESTS_IN_FLIGHT + 8;
+  const dom = await hv.createDomain({
+    module: FLOOD,
+    name: "sync-order",
+    pages: 64,
+    maxHeapMb: 128,
+    args: { watches: 0, writes, spinMs: 0, sync: true, done, readBack: true },
+  });
+  await new Promise((r) => dom.once("message", r));
+  dom.send("go");
+  Atomics.wait(new Int32Array(done), 0, 0, 30_000);
+  const exit = await dom.exited;
+  assert.equal(exit.state, "shutdown", exit.error?.message);
+  // Every write gave up (nothing was answered), and the last one made is the one that stands.
+  assert.deepEqual(exit.result, { gaveUp: writes, value: String(writes) });
+  await dom.destroy();
+});

@@ -315,6 +315,8 @@ class RemoteXenStoreClient extends RequestXenStoreClient {
   #nextId = 1;
   readonly #pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
   readonly #queued: Array<{ id: number; req: XenStoreRequest }> = [];
+  /** Synchronous requests waiting for room: they go before #queued, in the order they were made. */
+  readonly #syncQueued: Array<{ id: number; req: XenStoreRequest }> = [];
   #inFlight = 0;
   readonly #port: MessagePort;
 
@@ -351,7 +353,7 @@ class RemoteXenStoreClient extends RequestXenStoreClient {
       reject: (e) => Object.assign(slot, { done: true, error: e }),
     });
     if (this.#inFlight < XS_REQUESTS_IN_FLIGHT) this.#post(id, req);
-    else this.#queued.unshift({ id, req });
+    else this.#syncQueued.push({ id, req });
     return slot;
   }
 
@@ -363,7 +365,7 @@ class RemoteXenStoreClient extends RequestXenStoreClient {
       if (!p) return;
       this.#pending.delete(msg.id);
       this.#inFlight--;
-      const next = this.#queued.shift();
+      const next = this.#syncQueued.shift() ?? this.#queued.shift();
       if (next) this.#post(next.id, next.req);
       if (msg.ok) p.resolve(msg.value);
       else p.reject(XenStoreError.fromWire(msg.error));
