@@ -30,6 +30,7 @@ import {
   canonicalizePath,
   canRead,
   canWrite,
+  childPath,
   DEFAULT_XENSTORE_QUOTAS,
   describePerms,
   formatPerms,
@@ -161,7 +162,7 @@ export class XenStore {
           ],
         ]);
       }
-      for (const [name, c] of n.children) stack.push([path === "/" ? `/${name}` : `${path}/${name}`, c]);
+      for (const [name, c] of n.children) stack.push([childPath(path, name), c]);
     }
     for (const [path, perms] of named) this.live.setPerms(path, perms);
   }
