@@ -1,12 +1,14 @@
 /** The `myrixen` command as a user runs it: help, bad usage, the demo, and a benchmark writing JSON. */
 import assert from "node:assert/strict";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { execFile } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
-import { fileURLToPath } from "node:url";
+import { fileURLToPath, pathToFileURL } from "node:url";
+import { promisify } from "node:util";
 import { validateReport } from "../src/bench/harness.js";
-import { runCli } from "./helpers/cli.js";
+import { BIN, runCli } from "./helpers/cli.js";
 
 const run = (...args: string[]) => runCli(args);
 
@@ -19,6 +21,54 @@ test("--help lists the commands", async () => {
   assert.match(b.stdout, /--json <file>/);
   assert.match(b.stdout, /--scope <scope>/);
   assert.match(b.stdout, /against raw-tcp \(the wire\) and raw-chain/);
+});
+
+test("--version, --help and a mistyped flag load no command's code (the hypervisor, the NIC, zod)", async () => {
+  // A loader hook that names every module the command resolves, on stderr.
+  const dir = mkdtempSync(join(tmpdir(), "myrixen-loads-"));
+  try {
+    const hooks = join(dir, "hooks.mjs");
+    writeFileSync(
+      hooks,
+      [
+        'import { writeSync } from "node:fs";',
+        "export async function resolve(s, c, next) {",
+        "  const r = await next(s, c);",
+        '  writeSync(2, "loaded " + r.url + "\\n");',
+        "  return r;",
+        "}",
+      ].join("\n"),
+    );
+    const register = join(dir, "register.mjs");
+    writeFileSync(
+      register,
+      `import { register } from "node:module";\nregister(${JSON.stringify(pathToFileURL(hooks).href)});\n`,
+    );
+    for (const args of [
+      ["--version"],
+      ["--help"],
+      ["run", "--np"],
+      ["list", "--bogus"],
+      ["bench", "--help"],
+    ]) {
+      const r = await promisify(execFile)(process.execPath, ["--import", register, BIN, ...args], {
+        env: { ...process.env, NO_COLOR: "1" },
+      }).catch((e: { stdout: string; stderr: string }) => e);
+      const loaded = [...r.stderr.matchAll(/^loaded (.*)$/gm)].map((m) => m[1]);
+      assert.ok(
+        loaded.some((u) => u.endsWith("/cli/main.js")),
+        `${args.join(" ")}: the hook saw main.js`,
+      );
+      const heavy = loaded.filter((u) =>
+        /\/node_modules\/zod\/|\/src\/(nic|mx|mpi|netback|netfront|dashboard)\/|\/src\/xen\/(hypervisor|xenstore)\.js|\/src\/bench\/(mx|harness)\.js|\/src\/cluster\/(job|host-daemon)\.js/.test(
+          u,
+        ),
+      );
+      assert.deepEqual(heavy, [], `myrixen ${args.join(" ")} loaded command code`);
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 test("bad usage fails before anything runs, with a message saying what to fix", async () => {

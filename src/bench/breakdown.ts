@@ -35,8 +35,9 @@ import { NET_TRACE_RECORDS } from "../netback/stats.js";
 import type { MxBenchCommand } from "../programs/mx-bench.js";
 import { type BenchProfile, type BenchRow, makeRow } from "./harness.js";
 import { MxPair, type MxPath, type Placement, type Progress, scopeOf } from "./mx.js";
+import { BREAKDOWN_TRANSPORTS } from "./transports.js";
 
-export const BREAKDOWN_TRANSPORTS: readonly MxPath[] = ["native", "bypass", "split"];
+export { BREAKDOWN_TRANSPORTS };
 export const BREAKDOWN_SIZES: readonly number[] = [8, 4096, 64 * 1024, 1024 * 1024];
 
 /** A benchmark row with the stage it measures (an extension of the row format). */

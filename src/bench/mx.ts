@@ -1,6 +1,6 @@
 /**
  * `myrixen bench pingpong` and `myrixen bench stream`: MX between two ranks on the native and
- * bypass paths (and split, once it can start a rank: see RANK_STARTERS), in two scopes.
+ * bypass and split paths, in two scopes.
  * intra-host: both ranks on one host, with the machine's limits measured in the same run:
  *   raw-sab     two plain workers over a SharedArrayBuffer (spin, then block): the floor
  *   raw-relay   three plain workers in a relay: what a message crossing a third thread costs
@@ -30,10 +30,17 @@ import {
 } from "./baselines.js";
 import { ChainPair } from "./chain-baseline.js";
 import { type BenchProfile, type BenchRow, makeRow, type Scope, settled } from "./harness.js";
-import { OPENMPI_CICO, startOpenMpiPeer } from "./openmpi.js";
+import { startOpenMpiPeer } from "./openmpi.js";
 import { rawTcpPingPong, TcpPair } from "./tcp-baseline.js";
+import { MX_PATHS, type MxPath, OPENMPI_CICO } from "./transports.js";
 
 export { CROSS_HOST_TARGETS, type CrossHostTarget, chainVerdicts, crossHostVerdicts } from "./targets.js";
+export {
+  type MxPath,
+  PINGPONG_TRANSPORTS,
+  STREAM_TRANSPORTS,
+  suiteTransports,
+} from "./transports.js";
 
 const PROGRAM = new URL("../programs/mx-bench.js", import.meta.url);
 export const OSU_WINDOW = 64;
@@ -46,14 +53,13 @@ export type Progress = (label: string) => void;
  * reports). The split path (MX over netfront, netback and the bridge) runs in guests that
  * ask Mx.init for it.
  */
-export type MxPath = "native" | "bypass" | "split";
 export type RankStarter = (host: Host, spec: DomainSpec) => Promise<Domain>;
 const withPath = (spec: DomainSpec, mxPath: "bypass" | "split"): DomainSpec => ({
   ...spec,
   args: { ...(spec.args as object), mxPath },
 });
 export const SPLIT_STARTER: RankStarter = (host, spec) => host.startGuest(withPath(spec, "split"));
-const RANK_STARTERS: Partial<Record<MxPath, RankStarter>> = {
+const RANK_STARTERS: Record<MxPath, RankStarter> = {
   native: (host, spec) => host.startNative(spec),
   bypass: (host, spec) => host.startGuest(withPath(spec, "bypass")),
   split: SPLIT_STARTER,
@@ -90,17 +96,9 @@ function netSnapshot(hosts: readonly Host[]): Omit<SplitCost, "messages"> {
   return r;
 }
 
-/**
- * Makes `path` available to MxPair from now on (for tests and experiments; the transport
- * lists the CLI validates against are computed when this module loads, from RANK_STARTERS).
- */
-export function registerMxPath(path: MxPath, start: RankStarter): void {
-  RANK_STARTERS[path] = start;
-}
-
-/** The MX paths that can start a rank now, in column order. */
+/** The MX paths a rank can take, in column order. */
 export function mxPaths(): MxPath[] {
-  return (["native", "bypass", "split"] as const).filter((p) => RANK_STARTERS[p] !== undefined);
+  return [...MX_PATHS];
 }
 
 /**
@@ -153,7 +151,6 @@ export class MxPair implements BenchPair {
     opts: { pages?: number; rndvThreshold?: number; busyPoll?: boolean } = {},
   ): Promise<MxPair> {
     const starter = RANK_STARTERS[path];
-    if (!starter) throw new Error(`MX path ${path} is not available in this build`);
     const [hostA, hostB] = hostsOf(placement);
     const scope = scopeOf(placement);
     const pages = opts.pages ?? 4096;
@@ -305,29 +302,6 @@ export interface MxBenchOptions {
   transports: string[];
   sizes: number[];
 }
-
-/**
- * What each suite measures in each scope. On one host: the MX paths with the machine's
- * limits (raw-tcp too, as the cross-host reference it always was). Across hosts: the MX
- * paths, raw-tcp, and raw-chain (the four threads MX's cross-host path crosses, bare).
- */
-export function suiteTransports(bench: "pingpong" | "stream", scope: Scope): string[] {
-  // openmpi: Open MPI as a peer where mpicc and mpirun exist (openmpi.ts); on one host also
-  // openmpi-cico, the same with its single copy off (copy-in/copy-out, as between VMs).
-  const paths: string[] = [...mxPaths(), "openmpi"];
-  if (scope === "cross-host") return [...paths, "raw-tcp", "raw-chain"];
-  return bench === "pingpong"
-    ? [...paths, OPENMPI_CICO, "raw-sab", "raw-relay", "postmessage", "postmessage-transfer", "raw-tcp"]
-    : [...paths, OPENMPI_CICO, "raw-sab", "memcpy"];
-}
-
-/** Every transport each suite knows, over both scopes. */
-export const PINGPONG_TRANSPORTS = [
-  ...new Set([...suiteTransports("pingpong", "intra-host"), ...suiteTransports("pingpong", "cross-host")]),
-];
-export const STREAM_TRANSPORTS = [
-  ...new Set([...suiteTransports("stream", "intra-host"), ...suiteTransports("stream", "cross-host")]),
-];
 
 /**
  * osu_latency for the MX paths in `opts.transports`: on one host (`placement` a Host) with

@@ -35,14 +35,14 @@ import { delimiter, dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { type BenchRow, formatBytes, makeDirs, type Scope } from "./harness.js";
+import { OPENMPI_CICO } from "./transports.js";
 
 const run = promisify(execFile);
 
 /** What to install where Open MPI is missing (Debian/Ubuntu). */
 export const OPENMPI_INSTALL = "apt-get install openmpi-bin libopenmpi-dev";
 
-/** The transport name of Open MPI with its single-copy mechanism off (one host only). */
-export const OPENMPI_CICO = "openmpi-cico";
+export { OPENMPI_CICO };
 
 /** Open MPI as it comes ("default"), or with its single-copy mechanism off ("cico"). */
 export type OpenMpiFlavour = "default" | "cico";

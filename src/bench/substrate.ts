@@ -11,9 +11,9 @@ import { runRingPair } from "../programs/ring-pair-host.js";
 import type { Hypervisor } from "../xen/hypervisor.js";
 import { rawSabPingPong } from "./baselines.js";
 import { type BenchProfile, type BenchRow, makeRow } from "./harness.js";
+import { SUBSTRATE_TRANSPORTS } from "./transports.js";
 
-/** The transports of the substrate suite's rows (evtchn-pingpong: evtchn, raw-sab; ring-throughput: ring). */
-export const SUBSTRATE_TRANSPORTS: readonly string[] = ["evtchn", "raw-sab", "ring"];
+export { SUBSTRATE_TRANSPORTS };
 
 const PINGPONG = new URL("../programs/evtchn-pingpong.js", import.meta.url);
 

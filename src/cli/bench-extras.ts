@@ -12,6 +12,7 @@ import type { BenchProfile, BenchReport, BenchRow, Scope } from "../bench/harnes
 import { benchIsolation, describeIsolation } from "../bench/isolation.js";
 import type { Placement } from "../bench/mx.js";
 import { benchScale, describeScale, SCALE_BYTES } from "../bench/scale.js";
+import { EXTRA_SUITES, NAMED_ONLY_SUITES } from "../bench/transports.js";
 
 type HtmlWriter = (file: string, report: BenchReport) => void;
 let htmlWriter: HtmlWriter | undefined;
@@ -22,9 +23,9 @@ export function setHtmlWriter(w: HtmlWriter): void {
 }
 
 export const BenchExtras = {
-  suites: ["breakdown", "isolation", "scale"] as string[],
+  suites: EXTRA_SUITES,
   /** Suites that measure across two hosts too (by default both scopes). */
-  crossHostSuites: ["isolation", "scale"] as string[],
+  crossHostSuites: NAMED_ONLY_SUITES,
   transports(suite: string): string[] {
     if (suite === "isolation") return ["bypass"];
     if (suite === "scale") return ["native", "bypass"];

@@ -32,32 +32,31 @@ import {
   chainVerdicts,
   crossHostVerdicts,
   mxVerdicts,
-  PINGPONG_TRANSPORTS,
-  STREAM_TRANSPORTS,
   splitCosts,
   suiteTransports,
 } from "../bench/mx.js";
 import { openMpiVerdicts, takeOpenMpiNotes } from "../bench/openmpi.js";
 import { writeHtmlReport } from "../bench/report.js";
 import { comparisonLines } from "../bench/report-ratios.js";
-import { benchSubstrate, SUBSTRATE_TRANSPORTS, substrateVerdict } from "../bench/substrate.js";
+import { benchSubstrate, substrateVerdict } from "../bench/substrate.js";
+import {
+  ALL_TRANSPORTS,
+  CROSS_HOST_SUITES,
+  DEFAULT_SUITES,
+  SCOPE_CHOICES,
+  SUBSTRATE_TRANSPORTS,
+  SUITES,
+} from "../bench/transports.js";
 import { Host } from "../host/host.js";
 import { Hypervisor } from "../xen/hypervisor.js";
 import { BenchExtras, setHtmlWriter } from "./bench-extras.js";
+import { BenchUsageError } from "./usage.js";
 
 setHtmlWriter((file, report) => writeHtmlReport(file, report));
 
-export const SUITES = ["substrate", "pingpong", "stream", ...BenchExtras.suites] as const;
-/**
- * What `myrixen bench` with no suite runs: the figures of the papers. The isolation and scale
- * experiments take minutes of their own and run when named (`myrixen bench isolation`).
- */
-export const DEFAULT_SUITES: readonly string[] = SUITES.filter(
-  (s) => !BenchExtras.crossHostSuites.includes(s),
-);
 export type Suite = string;
 
-export class BenchUsageError extends Error {}
+export { ALL_TRANSPORTS, BenchUsageError, CROSS_HOST_SUITES, DEFAULT_SUITES, SCOPE_CHOICES, SUITES };
 
 export interface BenchCliOptions {
   quick?: boolean;
@@ -67,20 +66,6 @@ export interface BenchCliOptions {
   transports?: string;
   scope?: string;
 }
-
-export const ALL_TRANSPORTS = [
-  ...new Set([...PINGPONG_TRANSPORTS, ...STREAM_TRANSPORTS, ...SUBSTRATE_TRANSPORTS]),
-];
-
-/** --scope values: one scope, or all (every scope each suite has). */
-export const SCOPE_CHOICES = ["intra-host", "cross-host", "all"] as const;
-/** Suites that can place their ranks on two hosts; the others measure one host only. */
-export const CROSS_HOST_SUITES: readonly string[] = [
-  "pingpong",
-  "stream",
-  "breakdown",
-  ...BenchExtras.crossHostSuites,
-];
 
 /** Default sizes: OSU's sweeps (0 B / 1 B to 4 MiB), thinned out with --quick. */
 function defaultSizes(suite: string, quick: boolean, scope: Scope = "intra-host"): number[] {

@@ -7,14 +7,9 @@
  */
 import { type Command, InvalidArgumentError, Option } from "commander";
 import { type ClusterKey, KEY_FILE_ENV, KeyFileError, loadClusterKey } from "../cluster/auth.js";
-import {
-  ConfigError,
-  type HostFlags,
-  LIMITS,
-  loadHostConfig,
-  resolveHostSettings,
-} from "../cluster/config.js";
-import { HostDaemon } from "../cluster/host-daemon.js";
+import type { HostFlags } from "../cluster/config.js";
+import { ConfigError, LIMITS } from "../cluster/config-limits.js";
+import type { HostDaemon } from "../cluster/host-daemon.js";
 import { DEFAULT_CONTROL_PORT, HostListError, parseAddress, parseHostList } from "../cluster/hostfile.js";
 import { createLogger, LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from "../cluster/log.js";
 import type { Dashboard } from "../dashboard/server.js";
@@ -143,6 +138,9 @@ export function configureHostCommand(cmd: Command): Command {
 }
 
 export async function hostCommand(o: HostCliOptions): Promise<number> {
+  // Loaded here, not at the top: every other command (and a bad flag) starts without them.
+  const { loadHostConfig, resolveHostSettings } = await import("../cluster/config.js");
+  const { HostDaemon } = await import("../cluster/host-daemon.js");
   const file = o.config !== undefined ? loadHostConfig(o.config) : undefined;
   const s = resolveHostSettings(file, o, o.config);
   let key: ClusterKey;

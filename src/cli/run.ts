@@ -47,10 +47,9 @@ import { parseNasArgs } from "../programs/nas/common.js";
 import { loadGuestImage } from "../xen/guest/loader.js";
 import { type EmbeddedObservation, observeEmbedded } from "./embedded.js";
 import { type OpenMpiPeerRun, prepareRunReport, type RunReport, RunReportUsageError } from "./run-report.js";
+import { RunUsageError, TIMEOUT_EXIT_CODE } from "./usage.js";
 
-export { BUILTIN_PROGRAMS, resolveProgram };
-
-export class RunUsageError extends Error {}
+export { BUILTIN_PROGRAMS, RunUsageError, resolveProgram, TIMEOUT_EXIT_CODE };
 
 export interface RunOptions {
   /** Ranks (default: SLURM_NTASKS inside Slurm, else the hosts' total slots; required with no hosts). */
@@ -96,9 +95,6 @@ export interface RunOptions {
 
 const err = (line: string) => process.stderr.write(`myrixen run: ${line}\n`);
 const note = (line: string) => process.stderr.write(`${line}\n`);
-
-/** The exit code of a job --timeout ended (as timeout(1) and Slurm's TIMEOUT tell it apart from a crash). */
-export const TIMEOUT_EXIT_CODE = 124;
 
 /**
  * Open MPI's `-H host[:slots],...` as host entries: a host without a count has one slot and a

@@ -35,6 +35,7 @@ import { startLocalCluster } from "../cluster/local-cluster.js";
 import type { NetStats } from "../netback/stats.js";
 import { type EmbeddedObservation, observeEmbedded } from "./embedded.js";
 import { resolveProgram } from "./run.js";
+import { DEFAULT_RUNS, MAX_RUNS, StartUsageError } from "./usage.js";
 
 const PATHS = ["native", "bypass", "split"] as const;
 type Path = (typeof PATHS)[number];
@@ -42,12 +43,10 @@ const SCOPES: readonly Scope[] = ["intra-host", "cross-host"];
 const SCOPE_WORDS: Record<Scope, string> = { "intra-host": "one host", "cross-host": "two hosts" };
 /** A step of the main job that takes longer than this is stopped and reported. */
 const STEP_LIMIT_MS = 120_000;
-/** Runs per cell by default: the median of 3 survives one disturbed run. */
-export const DEFAULT_RUNS = 3;
-export const MAX_RUNS = 25;
-const NAS = nasBench("ep", "S");
 
-export class StartUsageError extends Error {}
+export { DEFAULT_RUNS, MAX_RUNS, StartUsageError };
+
+const NAS = nasBench("ep", "S");
 
 export interface StartOptions {
   dashboard?: HostAddress;

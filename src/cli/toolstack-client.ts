@@ -10,8 +10,9 @@ import {
 } from "../cluster/observe.js";
 import type { RemoteHost } from "../cluster/remote.js";
 import type { HostSnapshot } from "../host/snapshot.js";
+import { ToolstackUsageError } from "./usage.js";
 
-export class ToolstackUsageError extends Error {}
+export { ToolstackUsageError };
 
 export interface CommonOptions {
   host?: string;

@@ -9,6 +9,7 @@ import { availableParallelism } from "node:os";
 import path from "node:path";
 import { z } from "zod";
 import { type QosPolicy, QosPolicySchema } from "../myrixen/qos-policy.js";
+import { ConfigError, LIMITS } from "./config-limits.js";
 import {
   DEFAULT_CONTROL_PORT,
   type HostAddress,
@@ -19,11 +20,7 @@ import {
 import { LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from "./log.js";
 import { describeIssues } from "./wire.js";
 
-export class ConfigError extends Error {
-  constructor(readonly problems: string[]) {
-    super(problems.join("\n"));
-  }
-}
+export { ConfigError, LIMITS };
 
 export interface HostSettings {
   listen: HostAddress;
@@ -39,14 +36,6 @@ export interface HostSettings {
   /** `--key-file`, else the file's `keyFile` (resolved against the file's directory). */
   keyFile?: { flag?: string; config?: { file: string; configPath: string } };
 }
-
-/** What each field of the file and its flag accept (one source for both messages). */
-export const LIMITS = {
-  linkPort: [0, 65535],
-  nicId: [0, 0xfffffffe],
-  slots: [1, 4096],
-  maxEndpoints: [1, 256],
-} as const;
 
 const intIn = (min: number, max: number) => {
   const error = `expected a whole number in ${min}..${max}`;

@@ -15,7 +15,7 @@
 import { z } from "zod";
 
 export const SNAPSHOT_VERSION = 1;
-export const MYRIXEN_VERSION = "0.1.0";
+export { MYRIXEN_VERSION } from "./version.js";
 
 export type EndpointPath = "bypass" | "native";
 export type TrafficPath = "bypass" | "native" | "split";

@@ -1,0 +1,20 @@
+/**
+ * What `myrixen host`'s config fields and flags accept, and the error that names every
+ * problem with them: a leaf module, so that the CLI checks a flag without loading the config
+ * file's validator (config.ts).
+ */
+
+/** Bad settings: one line per problem, each naming the field or flag (exit code 2). */
+export class ConfigError extends Error {
+  constructor(readonly problems: string[]) {
+    super(problems.join("\n"));
+  }
+}
+
+/** What each field of the file and its flag accept (one source for both messages). */
+export const LIMITS = {
+  linkPort: [0, 65535],
+  nicId: [0, 0xfffffffe],
+  slots: [1, 4096],
+  maxEndpoints: [1, 256],
+} as const;
