@@ -202,3 +202,29 @@ test("domain ids come back after a wrap, but never one a live domain still names
     await local.shutdown();
   }
 });
+
+test("a guest that grants pages to ids no domain has had holds none of them back from the next domain", async () => {
+  // The attack: name ids ahead of the counter in one's own grant table (guest memory, written
+  // at will), so that the host skips them, or with enough entries runs out of ids.
+  const local = new Hypervisor();
+  try {
+    const namer = await startAgent(local);
+    const next = 20_000;
+    (local as unknown as { nextDomid: number }).nextDomid = next;
+    const ram = await namer.rpc<{ pfn: number }>({ op: "alloc", pages: 1 });
+    for (let d = next; d < next + 64; d++)
+      await namer.rpc({ op: "grant", peer: d, pfn: ram.pfn, readonly: true });
+    const fresh = await startAgent(local);
+    assert.equal(fresh.dom.domid, next, "the next id is handed out although the namer's grants name it");
+    // The protection that matters stays: a released domain's id is not reused while named.
+    const ref = await namer.rpc<number>({ op: "grant", peer: fresh.dom.domid, pfn: ram.pfn });
+    await fresh.dom.destroy();
+    (local as unknown as { nextDomid: number }).nextDomid = next;
+    const after = await startAgent(local);
+    assert.equal(after.dom.domid, next + 1, "the released id the namer still names is skipped");
+    await after.dom.destroy();
+    assert.equal(await namer.rpc({ op: "endAccess", ref }), true);
+  } finally {
+    await local.shutdown();
+  }
+});

@@ -86,11 +86,10 @@ export class EventChannelTable {
     this.domains.set(d, new Map());
   }
 
-  /** Whether some domain's port names `d` (unbound ports waiting for it, or bound to it). */
-  waitsFor(d: DomId): boolean {
+  /** Adds to `into` each of `ids` that some domain's port names (unbound and waiting for it, or bound to it). */
+  collectNamed(ids: ReadonlySet<DomId>, into: Set<DomId>): void {
     for (const ports of this.domains.values())
-      for (const e of ports.values()) if (e.remoteDom === d) return true;
-    return false;
+      for (const e of ports.values()) if (ids.has(e.remoteDom)) into.add(e.remoteDom);
   }
 
   private portsOf(d: DomId): Map<EvtchnPort, PortEntry> {

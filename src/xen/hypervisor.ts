@@ -82,6 +82,8 @@ export class Hypervisor {
   private readonly live = new Map<DomId, Domain>();
   private readonly all = new Map<DomId, Domain>();
   private nextDomid = 1;
+  /** Ids of released domains not handed out since (allocDomid skips those still named). */
+  private readonly releasedIds = new Set<DomId>();
   private serials = 0;
   private readonly stopped: Domain[] = [];
   /** Grant mappings and shared segments: the memory hypercalls and their checks. */
@@ -358,6 +360,7 @@ export class Hypervisor {
     this.evtchn.closeAll(domid);
     if (domid !== 0) this.xenstore.releaseDomain(domid);
     this.records.delete(domid);
+    this.releasedIds.add(domid);
     for (const other of this.live.values()) {
       if (other.privileged) other.worker.postMessage({ type: "domain-gone", domid });
     }
@@ -439,27 +442,38 @@ export class Hypervisor {
 
   /**
    * The next domain id, round robin as Xen's toolstack does, so an id comes back only after
-   * the others were used. An id is skipped while anything still names it — a grant in force
-   * in a live domain's table, an event channel waiting for it, a XenStore permission — so a
-   * new domain never inherits what was meant for an old one.
+   * the others were used. The id of a released domain is skipped while a live domain's grant
+   * in force or event channel still names it, so a new domain never inherits what was meant
+   * for an old one. (XenStore need not be asked: a release revokes the id from every node's
+   * perms.) An id never handed out is never held back: what a guest grants to a domain that
+   * does not exist yet is its own offer to whoever gets that id, as in Xen, and naming ids
+   * cannot use them up.
    */
   private allocDomid(): DomId {
+    let named: Set<DomId> | undefined;
     for (let tries = 0; tries < DOMID_MAX; tries++) {
       const d = this.nextDomid;
       this.nextDomid = d >= DOMID_MAX ? 1 : d + 1;
       if (this.records.has(d) || this.all.has(d)) continue;
-      if (this.isNamed(d)) continue;
+      if (this.releasedIds.has(d)) {
+        // One pass over every table and port, the first time a candidate needs it.
+        named ??= this.namedReleasedIds();
+        if (named.has(d)) continue;
+        this.releasedIds.delete(d);
+      }
       return d;
     }
     throw new RangeError(
-      `createDomain: all ${DOMID_MAX} domain ids are in use (or still named by a live domain's grants or event channels)`,
+      `createDomain: all ${DOMID_MAX} domain ids are in use, or belonged to domains that a live domain's grants or event channels still name`,
     );
   }
 
-  private isNamed(d: DomId): boolean {
-    for (const r of this.records.values()) if (r.grantsTo(d)) return true;
-    // XenStore need not be asked: releasing a domain revokes its id from every node's perms.
-    return this.evtchn.waitsFor(d);
+  /** The released ids that some live domain's grant in force or event channel names. */
+  private namedReleasedIds(): Set<DomId> {
+    const named = new Set<DomId>();
+    for (const r of this.records.values()) r.collectNamed(this.releasedIds, named);
+    this.evtchn.collectNamed(this.releasedIds, named);
+    return named;
   }
 
   /** The privileged domain's foreign access: everything it needs to validate and copy grants in place. */

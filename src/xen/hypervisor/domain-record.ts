@@ -113,13 +113,12 @@ export class DomainRecord implements GrantingDomain {
     return { buffer: sg.buffer, offset: (pfn - sg.firstPfn) * PAGE_SIZE, shareable: true, segment: sg };
   }
 
-  /** Whether this domain's grant table has an entry in force naming `domid`. */
-  grantsTo(domid: DomId): boolean {
+  /** Adds to `into` each of `ids` that an entry in force in this domain's grant table names. */
+  collectNamed(ids: ReadonlySet<DomId>, into: Set<DomId>): void {
     const e = this.entries;
     for (let i = 2 * GNTTAB_NR_RESERVED_ENTRIES; i < e.length; i += 2) {
       const w = Atomics.load(e, i);
-      if ((w & GTF_type_mask) === GTF_permit_access && w >>> 16 === domid) return true;
+      if ((w & GTF_type_mask) === GTF_permit_access && ids.has(w >>> 16)) into.add(w >>> 16);
     }
-    return false;
   }
 }
