@@ -11,6 +11,7 @@ import type { Domain } from "../src/xen/hypervisor.js";
 
 const HOARDER = new URL("./fixtures/guests/hoarder.js", import.meta.url);
 const CHURN = new URL("./fixtures/guests/churn.js", import.meta.url);
+const DEVICE_CHURN = new URL("./fixtures/guests/device-churn.js", import.meta.url);
 
 let host: Host;
 before(async () => {
@@ -122,6 +123,36 @@ test("30 peers that die one after another leave the survivor nothing mapped and 
   assert.ok(now <= idle + 200, `dom0 shares ${now} pages (idle: ${idle}): the dead peers' memory went back`);
   survivor.send("stop");
   assert.equal((await survivor.exited).state, "shutdown");
+});
+
+test("guests that close and re-initialise their devices as fast as they can, then die, leave dom0 no watch and no node of theirs", async () => {
+  // The race: a reopen frees the device's key for a moment, the backends' walk of their device
+  // directories starts the device in it too, and the second backend object's watch on the
+  // guest's state path was never removed (a leak per race, and every XenStore write after it
+  // walks dom0's watch list). Half of the guests churn their myri device, half their vif.
+  const xs = host.hypervisor.xenstore;
+  const dom0 = () => ({ watches: xs.stats()[0]?.watches ?? 0, nodes: xs.nodeCount() });
+  const churn = async (i: number) => {
+    const type = i % 2 === 0 ? "myri" : "vif";
+    const g = await host.startGuest({
+      module: DEVICE_CHURN,
+      args: { type, cycles: 3 },
+      name: `churn-${i}`,
+      pages: 64,
+    });
+    const e = await g.exited;
+    assert.equal(e.state, "shutdown", e.error?.stack);
+  };
+  // The first of each type leaves dom0's backend/myri and backend/vif directories: the baseline.
+  await churn(0);
+  await churn(1);
+  await waitFor(() => false, 500);
+  const idle = dom0();
+  for (let i = 2; i < 18; i++) await churn(i);
+  await waitFor(() => dom0().watches === idle.watches && dom0().nodes === idle.nodes);
+  const left = xs.stats()[0];
+  assert.equal(left?.watches, idle.watches, "dom0 watches nothing of the dead guests");
+  assert.equal(xs.nodeCount(), idle.nodes, "and their devices' nodes are gone");
 });
 
 /** Pages dom0 shares now, from the hypervisor's own counters (what it allocated minus what it gave back). */

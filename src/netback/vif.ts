@@ -214,6 +214,9 @@ export class VifDevices {
           void this.teardown(v, "the frontend directory vanished (its domain is gone)");
         } else if (st !== XenbusState.Unknown) seen = true;
       });
+      // Forgotten while the watch was being set (the device removed, a reopen, netback
+      // stopping): forget found no watch to remove, so remove it here.
+      if (this.vifs.get(key) !== v) await this.forget(v);
     } catch (e) {
       await this.teardown(v, `handshake failed: ${(e as Error).message}`);
     }

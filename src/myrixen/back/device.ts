@@ -132,6 +132,10 @@ export class MyriBack {
   }
 
   private async startDevice(domid: DomId, devid: number, key: string): Promise<void> {
+    // One backend object per device: a walk of the device directories and a reopen may both
+    // come here for the same key (the reopen's forget leaves it free for a moment), and a
+    // second object would hold a watch on the guest's state that nothing ever removes.
+    if (this.fronts.has(key) || this.stopped) return;
     const xb = new XenbusBackend(this.guest.xenstore, MYRI_DEVICE_TYPE, domid, devid);
     const f: Frontend = { key, domid, devid, xb, state: "advertised" };
     this.fronts.set(key, f);
@@ -167,6 +171,9 @@ export class MyriBack {
           void this.teardown(f, "the frontend directory vanished (its domain is gone)");
         } else if (s !== XenbusState.Unknown) seen = true;
       });
+      // Forgotten while the watch was being set (the device removed, the driver domain
+      // stopping): forget found no watch to remove, so remove it here.
+      if (this.fronts.get(key) !== f) await this.forget(f);
     } catch (e) {
       await this.teardown(f, `handshake failed: ${(e as Error).message}`);
     }
@@ -222,6 +229,7 @@ export class MyriBack {
       f.rspView = new DataView(rsp.bytes.buffer, rsp.bytes.byteOffset, PAGE_SIZE);
       f.client = this.core.client(f.domid, "guest", `domain ${f.domid}`, quota);
       f.unwatchQos ??= await this.core.qos.watch(this.guest.xenstore, f.domid, f.xb.path);
+      if (this.fronts.get(f.key) !== f) await this.forget(f);
       if (f.state !== "connecting") return;
       await f.xb.switchState(XenbusState.Connected);
       f.state = "connected";

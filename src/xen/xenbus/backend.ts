@@ -67,9 +67,12 @@ export class XenbusBackend {
     keys: readonly string[],
     timeoutMs = DEFAULT_XENBUS_TIMEOUT_MS,
   ): Promise<Record<string, string>> {
+    // Unknown: the frontend's state node is gone (the toolstack wrote it before starting the
+    // backend), so its domain is: fail now rather than hold a watch on it until the timeout.
     await this.waitForFrontendState([XenbusState.Initialised, XenbusState.Connected], timeoutMs, [
       XenbusState.Closing,
       XenbusState.Closed,
+      XenbusState.Unknown,
     ]);
     const { path } = await this.readFrontend();
     return this.client.transaction(async (tx) => {
