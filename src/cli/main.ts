@@ -5,7 +5,7 @@
  *
  * Only light modules are imported here: a command's own code (the hypervisor, the NIC, the
  * benchmarks, zod) loads when that command runs, so `--help`, `--version` and a mistyped flag
- * answer in a tenth of the time.
+ * load 28 modules instead of 300.
  */
 import { Command, CommanderError, InvalidArgumentError } from "commander";
 import { ALL_TRANSPORTS, SUITES } from "../bench/transports.js";
