@@ -162,3 +162,42 @@ test("1,000 sends of varying sizes from one 1 MiB buffer (then 300 from the heap
     assert.ok(s.counters.registrations < 200, `${who}: ${s.counters.registrations} registrations`);
   }
 });
+
+test("a co-resident peer flooding messages nobody asked for is cut off at the receiver's limit; the receiver and its other peers carry on", async () => {
+  // Before, each unexpected message was copied into the receiver's heap without limit, and the
+  // lane freed for more: the flooder took the receiver to its typed-array limit (the
+  // hypervisor stops it) or the host's memory.
+  const FLOOD = new URL("./fixtures/guests/mx-unexpected-flood.js", import.meta.url);
+  const start = async (role: string) => {
+    const d = await host.startGuest({ module: FLOOD, args: { role }, pages: 1024, name: role });
+    return { d, first: once(d, "message") };
+  };
+  const victim = await start("victim");
+  const flooder = await start("flooder");
+  const peer = await start("peer");
+  const addr = async (x: { first: Promise<unknown[]> }) => (await x.first)[0];
+  const [va, fa, pa] = [await addr(victim), await addr(flooder), await addr(peer)];
+  const connected = [once(victim.d, "message"), once(flooder.d, "message"), once(peer.d, "message")];
+  victim.d.send([fa, pa]);
+  flooder.d.send([va]);
+  peer.d.send([va]);
+  await Promise.all(connected);
+  const ef = await flooder.d.exited;
+  assert.equal(ef.state, "shutdown", ef.error?.stack);
+  victim.d.send("stop");
+  const [ev, ep] = await Promise.all([victim.d.exited, peer.d.exited]);
+  assert.equal(ev.state, "shutdown", ev.error?.stack);
+  assert.equal(ep.state, "shutdown", ep.error?.stack);
+  const f = ef.result as { sent: number; failed?: string; reason?: string };
+  const v = ev.result as { overflows: number; unexpected: number; fromPeer: unknown };
+  assert.match(
+    f.failed ?? "",
+    /^MX_STATUS_ENDPOINT_(CLOSED|UNREACHABLE)$/,
+    `the flood went on: ${JSON.stringify(f)}`,
+  );
+  assert.ok(f.sent < 1024, `the flooder got ${f.sent} of 1024 messages through`);
+  assert.equal(v.overflows, 1);
+  assert.ok(v.unexpected >= 64, `the victim kept ${v.unexpected} (64 KiB each) before the limit`);
+  assert.equal(v.fromPeer, 42, "the victim's honest peer still reaches it");
+  assert.deepEqual(ep.result, { got: 7, sent: "MX_STATUS_SUCCESS" });
+});

@@ -361,6 +361,10 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
     this.pieces.abandon(why, code);
     this.pushing.length = 0;
     this.notifyWaiting.length = 0;
+    // Say so in the channel, so that a peer we failed (garbage, a flood of unexpected
+    // messages) stops writing to a lane nobody reads, instead of waiting on it for ever.
+    this.writer.close();
+    this.reader.close();
     if (this.peer.channel === this) this.peer.channel = undefined;
     try {
       this.parts.driver.releaseChannel?.(this.ctx.endpointId, this.channelId);

@@ -42,7 +42,7 @@ import { Connections } from "./connections.js";
 import type { EtherHub } from "./ether.js";
 import { EtherConnector } from "./ether-connect.js";
 import { EtherEngine } from "./ether-path.js";
-import { Matching } from "./matching.js";
+import { DEFAULT_MAX_UNEXPECTED_BYTES, Matching } from "./matching.js";
 import { NicRecords } from "./nic-path.js";
 import { NicQueues } from "./nic-queues.js";
 import { PartnerTable } from "./partner.js";
@@ -107,9 +107,21 @@ export interface EndpointOptions {
   ether?: EtherHub;
   /** Start on the split path (every peer over Ethernet). */
   split?: boolean;
+  /**
+   * Eager bytes kept for messages no receive was posted for, at most (default 64 MiB): past
+   * it, the peer that sent the most of them is failed (matching.ts).
+   */
+  maxUnexpectedBytes?: number;
 }
 
 const u32 = (n: number) => n >>> 0;
+
+/** A maxUnexpectedBytes as given (at least one eager message of 64 KiB), or MX_BAD_PARAM_VAL. */
+function checkMaxUnexpected(n: number): number {
+  if (!Number.isSafeInteger(n) || n < 65536)
+    throw new MxError("MX_BAD_PARAM_VAL", `maxUnexpectedBytes must be an integer ≥ 65536, got ${String(n)}`);
+  return n;
+}
 
 /** A spinMaxUs as given, or MX_BAD_PARAM_VAL. */
 function checkSpinMax(us: number): number {
@@ -172,6 +184,7 @@ export class MxEndpoint {
     this.thresholdSet = opts.rndvThreshold !== undefined;
     this.spinUs = opts.spinUs ?? DEFAULT_SPIN_US;
     this.spin = new SpinBudget(this.spinUs, checkSpinMax(opts.spinMaxUs ?? this.spinUs));
+    const maxUnexpected = checkMaxUnexpected(opts.maxUnexpectedBytes ?? DEFAULT_MAX_UNEXPECTED_BYTES);
     this.key = opts.key >>> 0;
     this.nicId = driver.nicId;
     let ep: ReturnType<MxDriver["openEndpoint"]>;
@@ -191,7 +204,7 @@ export class MxEndpoint {
     const completion = (this.completion = new Completion(ctx, regions, rights));
     const partners = (this.partners = new PartnerTable(completion));
     const sends = (this.sends = new PendingSends(ctx, completion));
-    const matching = (this.matching = new Matching(ctx, completion, partners));
+    const matching = (this.matching = new Matching(ctx, completion, partners, maxUnexpected));
     const nic = (this.nic = new NicQueues(ep.window, ctx, completion, regions));
     const parts = { ctx, driver, nic, partners, sends, completion, matching, rights, regions };
     const nicRecords = (this.nicRecords = new NicRecords(parts));

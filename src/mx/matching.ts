@@ -29,7 +29,17 @@ import {
 /** Records held back because an earlier one of the same peer has not arrived yet, at most. */
 export const MAX_HELD = 4096;
 
+/**
+ * Eager bytes an endpoint keeps for messages no receive was posted for, at most, by default.
+ * Past it the peer holding the most of them is failed and its kept messages dropped, as Cray
+ * MPICH aborts past MPICH_UNEX_BUFFER_SIZE: a peer that floods messages nobody asked for
+ * cannot take the receiver's memory (its typed arrays count against its domain's limit, and
+ * the domain would be stopped). EndpointOptions.maxUnexpectedBytes changes it.
+ */
+export const DEFAULT_MAX_UNEXPECTED_BYTES = 64 << 20;
+
 const u32 = (n: number) => n >>> 0;
+const mib = (n: number) => `${(n / (1 << 20)).toFixed(n % (1 << 20) === 0 ? 0 : 1)} MiB`;
 
 /** Removes element `i`, keeping the order; unlike splice, allocates nothing (a hot path does it per message). */
 function removeAt<T>(list: T[], i: number): void {
@@ -46,11 +56,15 @@ export class Matching implements PeerLossListener {
   private readonly posted: MxRequest[] = [];
   /** Messages that arrived before a receive for them, in arrival order. */
   private readonly unexpected: KeptRecord[] = [];
+  /** Eager bytes kept in `unexpected`, in all and by sender. */
+  private unexpectedBytes = 0;
+  private readonly unexpectedBytesOf = new Map<Partner, number>();
 
   constructor(
     private readonly ctx: EndpointContext,
     private readonly completion: Completion,
     private readonly partners: PartnerTable,
+    private readonly maxUnexpectedBytes = DEFAULT_MAX_UNEXPECTED_BYTES,
   ) {}
 
   /**
@@ -67,6 +81,7 @@ export class Matching implements PeerLossListener {
         (u.matchLo & req.matchMaskLo) >>> 0 === req.matchLo
       ) {
         removeAt(unexpected, i);
+        this.forgetBytes(u);
         this.deliverUnexpected(req, u);
         return;
       }
@@ -176,7 +191,13 @@ export class Matching implements PeerLossListener {
     const r = this.takePosted(peer, rec);
     if (r === undefined) {
       this.ctx.counters.unexpected++;
-      this.unexpected.push(rec.keep(peer, tid));
+      const kept = rec.keep(peer, tid);
+      this.unexpected.push(kept);
+      if (kept.bytes !== null) {
+        this.unexpectedBytes += kept.length;
+        this.unexpectedBytesOf.set(peer, (this.unexpectedBytesOf.get(peer) ?? 0) + kept.length);
+        if (this.unexpectedBytes > this.maxUnexpectedBytes) this.overflow();
+      }
       return;
     }
     r.traceId = tid;
@@ -219,6 +240,43 @@ export class Matching implements PeerLossListener {
       return r;
     }
     return undefined;
+  }
+
+  /** `u` left the unexpected queue: its bytes no longer count. */
+  private forgetBytes(u: KeptRecord): void {
+    if (u.bytes === null) return;
+    this.unexpectedBytes -= u.length;
+    const left = (this.unexpectedBytesOf.get(u.source) ?? 0) - u.length;
+    if (left > 0) this.unexpectedBytesOf.set(u.source, left);
+    else this.unexpectedBytesOf.delete(u.source);
+  }
+
+  /**
+   * More kept than the endpoint may keep: the peer that sent the most of it is failed (its
+   * sends and this endpoint's receives from it complete ENDPOINT_UNREACHABLE, saying why) and
+   * what it sent is dropped. Honest peers keep what they sent.
+   */
+  private overflow(): void {
+    let worst: Partner | undefined;
+    let most = -1;
+    for (const [p, n] of this.unexpectedBytesOf)
+      if (n > most) {
+        worst = p;
+        most = n;
+      }
+    if (worst === undefined) return;
+    const u = this.unexpected;
+    for (let i = u.length - 1; i >= 0; i--)
+      if (u[i].source === worst) {
+        this.forgetBytes(u[i]);
+        u.splice(i, 1);
+      }
+    this.ctx.counters.unexpectedOverflows++;
+    this.partners.fail(
+      worst,
+      `it sent ${mib(most)} of messages no receive was posted for, over the endpoint's limit of ${mib(this.maxUnexpectedBytes)} (maxUnexpectedBytes)`,
+      MxStatus.ENDPOINT_UNREACHABLE,
+    );
   }
 
   private deliverUnexpected(req: MxRequest, u: KeptRecord): void {

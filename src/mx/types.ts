@@ -325,6 +325,8 @@ export interface EndpointCounters extends RegCounters {
   rndv: number;
   pulls: number;
   unexpected: number;
+  /** Peers failed for keeping more unexpected bytes than the endpoint may keep (matching.ts). */
+  unexpectedOverflows: number;
   /** Interrupts this endpoint raised on a peer that had announced it would sleep. */
   kicks: number;
   /** Times this endpoint announced it would sleep (a peer may kick only after one). */
@@ -356,6 +358,7 @@ export class EndpointContext {
     rndv: 0,
     pulls: 0,
     unexpected: 0,
+    unexpectedOverflows: 0,
     kicks: 0,
     sleeps: 0,
     progress: 0,
