@@ -176,3 +176,32 @@ test("a failed peer's unexpected rendezvous go (its data cannot be pulled); its 
   assert.equal(puller.pulls.length, 0);
   assert.deepEqual([r.code, r.buffer[0]], [MxStatus.SUCCESS, 4]);
 });
+
+test("past maxUnexpectedBytes the peer that sent the most is failed and its messages dropped; an honest peer's stay", () => {
+  const p = parts(undefined, 1000);
+  const honest = peer(p, 7).partner;
+  const flooder = peer(p, 8).partner;
+  const puller = new RecordingPuller();
+  p.matching.deliver(honest, eager(puller, 1, new Uint8Array(300).fill(1), 0));
+  p.matching.deliver(flooder, eager(puller, 2, new Uint8Array(400), 0));
+  assert.equal(flooder.dead, undefined, "700 bytes kept: under the limit");
+  p.matching.deliver(flooder, eager(puller, 2, new Uint8Array(400), 1));
+  assert.match(flooder.dead ?? "", /it sent 800 bytes .* over its limit of 1000 bytes/);
+  assert.equal(honest.dead, undefined);
+  assert.equal(p.ctx.counters.unexpectedOverflows, 1);
+  assert.equal(p.matching.probe(0, 2, 0, ALL), undefined, "the flooder's messages were dropped");
+  const r = recv(300, 1);
+  p.matching.post(r);
+  assert.equal(r.code, MxStatus.SUCCESS, "the honest peer's message is still there");
+  assert.equal(r.buffer[299], 1);
+});
+
+test("records held ahead of their turn count against the limit too, and a failed peer's held records go", () => {
+  const p = parts(undefined, 1000);
+  const { partner } = peer(p);
+  const puller = new RecordingPuller();
+  // Never seq 0: every record waits for one that does not come.
+  for (let seq = 1; seq <= 3; seq++) p.matching.deliver(partner, eager(puller, 1, new Uint8Array(400), seq));
+  assert.match(partner.dead ?? "", /ahead of their turn/);
+  assert.equal(partner.held?.length ?? 0, 0, "nothing of it is kept");
+});

@@ -30,16 +30,22 @@ import {
 export const MAX_HELD = 4096;
 
 /**
- * Eager bytes an endpoint keeps for messages no receive was posted for, at most, by default.
- * Past it the peer holding the most of them is failed and its kept messages dropped, as Cray
- * MPICH aborts past MPICH_UNEX_BUFFER_SIZE: a peer that floods messages nobody asked for
- * cannot take the receiver's memory (its typed arrays count against its domain's limit, and
- * the domain would be stopped). EndpointOptions.maxUnexpectedBytes changes it.
+ * Eager bytes an endpoint keeps, at most, by default: copies of messages no receive was
+ * posted for, and of records held ahead of their turn. Past it the peer that sent the most of
+ * them is failed and what it sent dropped, as Cray MPICH aborts past MPICH_UNEX_BUFFER_SIZE:
+ * a peer that floods messages nobody asked for (or numbers them out of order) cannot take
+ * the receiver's memory (its typed arrays count against its domain's limit, and the domain
+ * would be stopped). EndpointOptions.maxUnexpectedBytes changes it.
  */
 export const DEFAULT_MAX_UNEXPECTED_BYTES = 64 << 20;
 
 const u32 = (n: number) => n >>> 0;
-const mib = (n: number) => `${(n / (1 << 20)).toFixed(n % (1 << 20) === 0 ? 0 : 1)} MiB`;
+const mib = (n: number) =>
+  n >= 1 << 20
+    ? `${(n / (1 << 20)).toFixed(n % (1 << 20) === 0 ? 0 : 1)} MiB`
+    : n >= 1024
+      ? `${(n / 1024).toFixed(n % 1024 === 0 ? 0 : 1)} KiB`
+      : `${n} bytes`;
 
 /** Removes element `i`, keeping the order; unlike splice, allocates nothing (a hot path does it per message). */
 function removeAt<T>(list: T[], i: number): void {
@@ -56,9 +62,9 @@ export class Matching implements PeerLossListener {
   private readonly posted: MxRequest[] = [];
   /** Messages that arrived before a receive for them, in arrival order. */
   private readonly unexpected: KeptRecord[] = [];
-  /** Eager bytes kept in `unexpected`, in all and by sender. */
-  private unexpectedBytes = 0;
-  private readonly unexpectedBytesOf = new Map<Partner, number>();
+  /** Eager bytes kept (in `unexpected` and in the peers' `held`), in all and by sender. */
+  private keptBytes = 0;
+  private readonly keptBytesOf = new Map<Partner, number>();
 
   constructor(
     private readonly ctx: EndpointContext,
@@ -81,7 +87,7 @@ export class Matching implements PeerLossListener {
         (u.matchLo & req.matchMaskLo) >>> 0 === req.matchLo
       ) {
         removeAt(unexpected, i);
-        this.forgetBytes(u);
+        this.count(u, -1);
         this.deliverUnexpected(req, u);
         return;
       }
@@ -151,6 +157,8 @@ export class Matching implements PeerLossListener {
   peerLost(peer: Partner): void {
     const u = this.unexpected;
     for (let i = u.length - 1; i >= 0; i--) if (u[i].source === peer && u[i].rndv) u.splice(i, 1);
+    // Records ahead of one that will never come now: they can never be matched.
+    this.dropHeld(peer);
   }
 
   private hold(peer: Partner, rec: InboundRecord): void {
@@ -168,6 +176,7 @@ export class Matching implements PeerLossListener {
     let i = held.length;
     while (i > 0 && ((held[i - 1].seq - h.seq) | 0) > 0) i--;
     held.splice(i, 0, h);
+    this.count(h, 1);
   }
 
   private releaseHeld(peer: Partner): void {
@@ -176,6 +185,7 @@ export class Matching implements PeerLossListener {
     while (held.length > 0 && held[0].seq === peer.recvSeq) {
       const h = held[0];
       held.shift();
+      this.count(h, -1);
       peer.recvSeq = (h.seq + 1) >>> 0;
       this.match(peer, h);
     }
@@ -193,11 +203,7 @@ export class Matching implements PeerLossListener {
       this.ctx.counters.unexpected++;
       const kept = rec.keep(peer, tid);
       this.unexpected.push(kept);
-      if (kept.bytes !== null) {
-        this.unexpectedBytes += kept.length;
-        this.unexpectedBytesOf.set(peer, (this.unexpectedBytesOf.get(peer) ?? 0) + kept.length);
-        if (this.unexpectedBytes > this.maxUnexpectedBytes) this.overflow();
-      }
+      this.count(kept, 1);
       return;
     }
     r.traceId = tid;
@@ -242,13 +248,22 @@ export class Matching implements PeerLossListener {
     return undefined;
   }
 
-  /** `u` left the unexpected queue: its bytes no longer count. */
-  private forgetBytes(u: KeptRecord): void {
-    if (u.bytes === null) return;
-    this.unexpectedBytes -= u.length;
-    const left = (this.unexpectedBytesOf.get(u.source) ?? 0) - u.length;
-    if (left > 0) this.unexpectedBytesOf.set(u.source, left);
-    else this.unexpectedBytesOf.delete(u.source);
+  /** A kept copy came (`sign` 1) or went (-1): the bytes it holds count, or no longer. */
+  private count(k: KeptRecord, sign: 1 | -1): void {
+    if (k.bytes === null) return;
+    const n = sign * k.length;
+    this.keptBytes += n;
+    const mine = (this.keptBytesOf.get(k.source) ?? 0) + n;
+    if (mine > 0) this.keptBytesOf.set(k.source, mine);
+    else this.keptBytesOf.delete(k.source);
+    if (sign > 0 && this.keptBytes > this.maxUnexpectedBytes) this.overflow();
+  }
+
+  private dropHeld(peer: Partner): void {
+    const held = peer.held;
+    if (held === undefined) return;
+    for (const h of held) this.count(h, -1);
+    held.length = 0;
   }
 
   /**
@@ -259,7 +274,7 @@ export class Matching implements PeerLossListener {
   private overflow(): void {
     let worst: Partner | undefined;
     let most = -1;
-    for (const [p, n] of this.unexpectedBytesOf)
+    for (const [p, n] of this.keptBytesOf)
       if (n > most) {
         worst = p;
         most = n;
@@ -268,13 +283,14 @@ export class Matching implements PeerLossListener {
     const u = this.unexpected;
     for (let i = u.length - 1; i >= 0; i--)
       if (u[i].source === worst) {
-        this.forgetBytes(u[i]);
+        this.count(u[i], -1);
         u.splice(i, 1);
       }
+    this.dropHeld(worst);
     this.ctx.counters.unexpectedOverflows++;
     this.partners.fail(
       worst,
-      `it sent ${mib(most)} of messages no receive was posted for, over the endpoint's limit of ${mib(this.maxUnexpectedBytes)} (maxUnexpectedBytes)`,
+      `it sent ${mib(most)} of messages this endpoint had to keep (no receive posted for them, or ahead of their turn), over its limit of ${mib(this.maxUnexpectedBytes)} (maxUnexpectedBytes)`,
       MxStatus.ENDPOINT_UNREACHABLE,
     );
   }

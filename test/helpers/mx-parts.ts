@@ -86,7 +86,7 @@ export class RecordingPuller implements Puller {
 }
 
 /** An endpoint's lower parts, as MxEndpoint's constructor wires them. */
-export function parts(memory?: SharedArrayBuffer) {
+export function parts(memory?: SharedArrayBuffer, maxUnexpectedBytes?: number) {
   const driver = new FakeDriver();
   const window = new SharedArrayBuffer(WINDOW_BYTES);
   const ctx = new EndpointContext(0, 1, 1, 0x5eed);
@@ -95,7 +95,7 @@ export function parts(memory?: SharedArrayBuffer) {
   const completion = new Completion(ctx, regions, rights);
   const partners = new PartnerTable(completion);
   const sends = new PendingSends(ctx, completion);
-  const matching = new Matching(ctx, completion, partners);
+  const matching = new Matching(ctx, completion, partners, maxUnexpectedBytes);
   const nic = new NicQueues(window, ctx, completion, regions);
   partners.onPeerLost(sends);
   partners.onPeerLost(nic);
