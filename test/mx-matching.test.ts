@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { MAX_HELD } from "../src/mx/matching.js";
+import { KEPT_RECORD_COST, MAX_HELD } from "../src/mx/matching.js";
 import { MxRequest, RequestState } from "../src/mx/types.js";
 import { MxStatus } from "../src/nic/status.js";
 import { eager, parts, peer, RecordingPuller, rndv } from "./helpers/mx-parts.js";
@@ -178,15 +178,17 @@ test("a failed peer's unexpected rendezvous go (its data cannot be pulled); its 
 });
 
 test("past maxUnexpectedBytes the peer that sent the most is failed and its messages dropped; an honest peer's stay", () => {
-  const p = parts(undefined, 1000);
+  const cost = (n: number) => n + KEPT_RECORD_COST;
+  const p = parts(undefined, cost(300) + 2 * cost(400));
   const honest = peer(p, 7).partner;
   const flooder = peer(p, 8).partner;
   const puller = new RecordingPuller();
   p.matching.deliver(honest, eager(puller, 1, new Uint8Array(300).fill(1), 0));
   p.matching.deliver(flooder, eager(puller, 2, new Uint8Array(400), 0));
-  assert.equal(flooder.dead, undefined, "700 bytes kept: under the limit");
   p.matching.deliver(flooder, eager(puller, 2, new Uint8Array(400), 1));
-  assert.match(flooder.dead ?? "", /it sent 800 bytes .* over its limit of 1000 bytes/);
+  assert.equal(flooder.dead, undefined, "exactly at the limit: still kept");
+  p.matching.deliver(flooder, eager(puller, 2, new Uint8Array(400), 2));
+  assert.match(flooder.dead ?? "", /^it sent 1\.9 KiB of messages this endpoint had to keep .* over its limit of 1\.8 KiB/);
   assert.equal(honest.dead, undefined);
   assert.equal(p.ctx.counters.unexpectedOverflows, 1);
   assert.equal(p.matching.probe(0, 2, 0, ALL), undefined, "the flooder's messages were dropped");
@@ -196,12 +198,16 @@ test("past maxUnexpectedBytes the peer that sent the most is failed and its mess
   assert.equal(r.buffer[299], 1);
 });
 
-test("records held ahead of their turn count against the limit too, and a failed peer's held records go", () => {
-  const p = parts(undefined, 1000);
-  const { partner } = peer(p);
+test("rendezvous announcements and records held ahead of their turn count too; a failed peer's held records go", () => {
+  const p = parts(undefined, 4 * KEPT_RECORD_COST);
+  const a = peer(p, 7).partner;
   const puller = new RecordingPuller();
+  // Rendezvous announcements keep no payload, but each is a record in the receiver's heap.
+  for (let seq = 0; seq < 5; seq++) p.matching.deliver(a, rndv(puller, 1, 1 << 20, seq, 1));
+  assert.match(a.dead ?? "", /over its limit/);
+  const b = peer(p, 8).partner;
   // Never seq 0: every record waits for one that does not come.
-  for (let seq = 1; seq <= 3; seq++) p.matching.deliver(partner, eager(puller, 1, new Uint8Array(400), seq));
-  assert.match(partner.dead ?? "", /ahead of their turn/);
-  assert.equal(partner.held?.length ?? 0, 0, "nothing of it is kept");
+  for (let seq = 1; seq <= 5; seq++) p.matching.deliver(b, eager(puller, 1, new Uint8Array(0), seq));
+  assert.match(b.dead ?? "", /ahead of their turn/);
+  assert.equal(b.held?.length ?? 0, 0, "nothing of it is kept");
 });

@@ -30,14 +30,20 @@ import {
 export const MAX_HELD = 4096;
 
 /**
- * Eager bytes an endpoint keeps, at most, by default: copies of messages no receive was
- * posted for, and of records held ahead of their turn. Past it the peer that sent the most of
+ * Bytes an endpoint keeps, at most, by default: copies of messages no receive was posted for,
+ * and of records held ahead of their turn (each also costs KEPT_RECORD_COST). Past it the peer that sent the most of
  * them is failed and what it sent dropped, as Cray MPICH aborts past MPICH_UNEX_BUFFER_SIZE:
  * a peer that floods messages nobody asked for (or numbers them out of order) cannot take
  * the receiver's memory (its typed arrays count against its domain's limit, and the domain
  * would be stopped). EndpointOptions.maxUnexpectedBytes changes it.
  */
 export const DEFAULT_MAX_UNEXPECTED_BYTES = 64 << 20;
+/**
+ * What a kept record costs besides its payload (the record object in the receiver's heap): a
+ * rendezvous announcement, which keeps no payload, counts this much, so that a flood of them
+ * is bounded too.
+ */
+export const KEPT_RECORD_COST = 256;
 
 const u32 = (n: number) => n >>> 0;
 const mib = (n: number) =>
@@ -62,7 +68,7 @@ export class Matching implements PeerLossListener {
   private readonly posted: MxRequest[] = [];
   /** Messages that arrived before a receive for them, in arrival order. */
   private readonly unexpected: KeptRecord[] = [];
-  /** Eager bytes kept (in `unexpected` and in the peers' `held`), in all and by sender. */
+  /** Bytes kept (in `unexpected` and in the peers' `held`, KEPT_RECORD_COST each besides the payload), in all and by sender. */
   private keptBytes = 0;
   private readonly keptBytesOf = new Map<Partner, number>();
 
@@ -156,7 +162,11 @@ export class Matching implements PeerLossListener {
   /** A failed peer's rendezvous announcements go: their data cannot be pulled any more. */
   peerLost(peer: Partner): void {
     const u = this.unexpected;
-    for (let i = u.length - 1; i >= 0; i--) if (u[i].source === peer && u[i].rndv) u.splice(i, 1);
+    for (let i = u.length - 1; i >= 0; i--)
+      if (u[i].source === peer && u[i].rndv) {
+        this.count(u[i], -1);
+        u.splice(i, 1);
+      }
     // Records ahead of one that will never come now: they can never be matched.
     this.dropHeld(peer);
   }
@@ -248,10 +258,9 @@ export class Matching implements PeerLossListener {
     return undefined;
   }
 
-  /** A kept copy came (`sign` 1) or went (-1): the bytes it holds count, or no longer. */
+  /** A kept record came (`sign` 1) or went (-1): what it holds counts, or no longer. */
   private count(k: KeptRecord, sign: 1 | -1): void {
-    if (k.bytes === null) return;
-    const n = sign * k.length;
+    const n = sign * ((k.bytes === null ? 0 : k.length) + KEPT_RECORD_COST);
     this.keptBytes += n;
     const mine = (this.keptBytesOf.get(k.source) ?? 0) + n;
     if (mine > 0) this.keptBytesOf.set(k.source, mine);
