@@ -370,6 +370,16 @@ test("two hosts with the same NIC id are refused with both named; unreachable ho
     new RegExp(`hosts ${A.label} \\(.*\\) and ${twin.label} \\(.*\\) both have NIC id ${A.nicId}`),
   );
   twin.proc.kill("SIGKILL");
+  // NIC ids that differ only in bits 24-25 would give both hosts' guests the same MACs.
+  const clash = (A.nicId ^ 0x01000000) >>> 0;
+  const near = await startHost(["--nic-id", String(clash)]);
+  const m = await myrixen(["run", "-n", "2", "--hosts", `${A.label},${near.label}`, fixture("mh-hello")]);
+  assert.equal(m.code, 2);
+  assert.match(
+    m.stderr,
+    new RegExp(`NIC ids ${A.nicId} and ${clash}, which give their guests the same MACs`),
+  );
+  near.proc.kill("SIGKILL");
   const dead = await myrixen(["run", "-n", "2", "--hosts", `${A.label},127.0.0.1:1`, fixture("mh-hello")]);
   assert.equal(dead.code, 1);
   assert.match(

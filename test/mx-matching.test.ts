@@ -188,7 +188,10 @@ test("past maxUnexpectedBytes the peer that sent the most is failed and its mess
   p.matching.deliver(flooder, eager(puller, 2, new Uint8Array(400), 1));
   assert.equal(flooder.dead, undefined, "exactly at the limit: still kept");
   p.matching.deliver(flooder, eager(puller, 2, new Uint8Array(400), 2));
-  assert.match(flooder.dead ?? "", /^it sent 1\.9 KiB of messages this endpoint had to keep .* over its limit of 1\.8 KiB/);
+  assert.match(
+    flooder.dead ?? "",
+    /^it sent 1\.9 KiB of messages this endpoint had to keep .* over its limit of 1\.8 KiB/,
+  );
   assert.equal(honest.dead, undefined);
   assert.equal(p.ctx.counters.unexpectedOverflows, 1);
   assert.equal(p.matching.probe(0, 2, 0, ALL), undefined, "the flooder's messages were dropped");

@@ -35,6 +35,7 @@ import {
   TX_RING_SIZE,
   TX_RSP_BYTES,
   vifMac,
+  vifMacNicBits,
   writeRxRequest,
   writeRxResponse,
   writeTxRequest,
@@ -102,9 +103,12 @@ async function agent(
     txBuffers: opts.txBuffers ?? 64,
   });
   assert.equal(init.mac, vifMac(on.nicId, dom.domid), "the toolstack's MAC");
+  const nic = on.nicId >>> 0;
   assert.equal(
     init.mac,
-    `00:16:3e:${on.nicId.toString(16).padStart(2, "0")}:00:${dom.domid.toString(16).padStart(2, "0")}`,
+    [((nic >>> 24) & 0xfc) | 2, (nic >>> 16) & 0xff, (nic >>> 8) & 0xff, nic & 0xff, 0, dom.domid]
+      .map((b) => b.toString(16).padStart(2, "0"))
+      .join(":"),
   );
   assert.equal(init.mtu, 9000);
   assert.equal(init.nicId, on.nicId);
@@ -156,7 +160,11 @@ test("netif.h layouts, byte for byte", () => {
   assert.equal(MAX_FRAME_PAGES, 3);
   assert.equal(XEN_NETIF_NR_SLOTS_MIN, 18);
   assert.equal(FATAL_SKB_SLOTS, 20);
-  assert.equal(vifMac(0x1ff, 0x1234), "00:16:3e:ff:12:34");
+  assert.equal(vifMac(0x1ff, 0x1234), "02:00:01:ff:12:34", "locally administered, unicast");
+  assert.equal(vifMac(0xfedcba98, 0x7fef), "fe:dc:ba:98:7f:ef");
+  // NIC ids that share their low byte (1 and 257) gave domain 5 the same MAC under 00:16:3e.
+  assert.notEqual(vifMac(1, 5), vifMac(257, 5));
+  assert.equal(vifMacNicBits(0x01000000), vifMacNicBits(0), "bits 24-25 are not carried");
 });
 
 test("bridge: learning, flooding, never back out of the ingress port, ageing with an injected clock", () => {

@@ -19,6 +19,7 @@ import { hostname as osHostname } from "node:os";
 import type { Host } from "../host/host.js";
 import type { QosPolicy } from "../myrixen/qos-policy.js";
 import type { DomainExit } from "../xen/hypervisor.js";
+import { vifMacNicBits } from "../xen/io/netif.js";
 import type { ClusterKey } from "./auth.js";
 import type { HostAddress } from "./hostfile.js";
 import { type MapBy, PlacementError, placeRanks } from "./placement.js";
@@ -354,14 +355,21 @@ export class Job {
     if (this.targets.length < 2) return;
     const seen = new Map<number, JobTarget>();
     for (const t of this.targets) {
-      const other = seen.get(t.nicId);
-      if (other)
+      const other = seen.get(vifMacNicBits(t.nicId));
+      if (other?.nicId === t.nicId)
         throw new JobSetupError(
           `hosts ${other.label} (${other.hostname}) and ${t.label} (${t.hostname}) both have NIC id ${t.nicId}; ` +
             "start one of them with a different --nic-id",
           true,
         );
-      seen.set(t.nicId, t);
+      // Guests' MACs carry 30 of the NIC id's 32 bits (xen/io/netif.ts vifMac).
+      if (other)
+        throw new JobSetupError(
+          `hosts ${other.label} (${other.hostname}) and ${t.label} (${t.hostname}) have NIC ids ${other.nicId} and ${t.nicId}, ` +
+            "which give their guests the same MACs (they differ only in bits 24-25); start one of them with a different --nic-id",
+          true,
+        );
+      seen.set(vifMacNicBits(t.nicId), t);
     }
   }
 

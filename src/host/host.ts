@@ -260,7 +260,7 @@ export class Host {
   /**
    * Starts a guest VM and, as the toolstack, gives it devices served by domain 0: a myri
    * device (unless spec.fastPath is false; its program connects with openDriver /
-   * MyriFront.connect) and a vif, devid 0, MAC 00:16:3e:<nicId & 0xff>:<domid, 16 bits>
+   * MyriFront.connect) and a vif, devid 0, its MAC from the NIC id and the domain id (vifMac)
    * (Netfront.connect). Both backends are ready before the guest connects; the guest-side
    * handshakes run only when its program asks.
    */

@@ -135,11 +135,28 @@ export function formatMac(mac: ArrayLike<number>, offset = 0): string {
 }
 
 /**
- * The toolstack's MAC for a guest's vif: Xen's OUI 00:16:3e, then the NIC id's low byte and
- * the domain id, so MACs are unique across hosts with distinct NIC ids.
+ * The toolstack's MAC for a guest's vif: a locally administered unicast address (the first
+ * byte's low bits 10) that holds 30 bits of the NIC id and the 16-bit domain id, so guests of
+ * hosts whose NIC ids differ in those bits never share a MAC (launchers refuse hosts that do
+ * not: cluster/job.ts). Xen's toolstack draws random MACs under its OUI 00:16:3e instead;
+ * under it, three bytes left room for only 8 bits of a NIC id, and two hosts whose NIC ids
+ * shared their low byte gave a domain id the same MAC on both.
  */
 export function vifMac(nicId: number, domid: number): string {
-  return formatMac([0x00, 0x16, 0x3e, nicId & 0xff, (domid >>> 8) & 0xff, domid & 0xff]);
+  const n = nicId >>> 0;
+  return formatMac([
+    ((n >>> 24) & 0xfc) | 0x02,
+    (n >>> 16) & 0xff,
+    (n >>> 8) & 0xff,
+    n & 0xff,
+    (domid >>> 8) & 0xff,
+    domid & 0xff,
+  ]);
+}
+
+/** The bits of a NIC id its guests' MACs carry: two NIC ids equal in these give the same MACs. */
+export function vifMacNicBits(nicId: number): number {
+  return ((nicId >>> 0) & 0xfcffffff) >>> 0;
 }
 
 export interface TxRequest {
