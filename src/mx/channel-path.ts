@@ -344,6 +344,17 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
   checkClosed(): void {
     if (!this.reader.closed && !this.writer.closed) return;
     this.drain();
+    const broken = this.reader.broken;
+    if (broken) {
+      // What it wrote before it closed was garbage: that is the reason to give.
+      this.ctx.counters.channelErrors++;
+      this.parts.partners.fail(
+        this.peer,
+        `peer wrote garbage into the channel: ${broken}`,
+        MxStatus.ENDPOINT_UNREACHABLE,
+      );
+      return;
+    }
     this.parts.partners.fail(this.peer, "the peer endpoint went away", MxStatus.ENDPOINT_CLOSED);
   }
 
