@@ -22,10 +22,19 @@ after(async () => {
 
 type Got = { code: string; intact: boolean };
 
-async function closeAfterSending(qos?: { tx: { msgsPerSec: number } }) {
-  const s = await host.startGuest({ module: LAST, args: { role: "sender" }, name: "last-sender", qos });
+async function closeAfterSending(qos?: { tx: { msgsPerSec: number } }, garbage = false) {
+  const s = await host.startGuest({
+    module: LAST,
+    args: { role: "sender", garbage },
+    name: "last-sender",
+    qos,
+  });
   const gotS = once(s, "message");
-  const r = await host.startGuest({ module: LAST, args: { role: "receiver" }, name: "last-receiver" });
+  const r = await host.startGuest({
+    module: LAST,
+    args: { role: "receiver", garbage },
+    name: "last-receiver",
+  });
   const gotR = once(r, "message");
   const [[as], [ar]] = await Promise.all([gotS, gotR]);
   s.send(ar);
@@ -55,4 +64,18 @@ test("a peer's last messages arrive after it closed, also those the lane's polic
   const [sent, received] = await closeAfterSending({ tx: { msgsPerSec: 5 } });
   assert.deepEqual(sent.codes, Array(3).fill("MX_STATUS_SUCCESS"));
   assert.deepEqual(received.got, [OK, OK, OK]);
+});
+
+test("a peer that wrote garbage into its lane and closed is failed for the garbage, not as gone", async () => {
+  // The receiver finds the channel closed and its lane broken at the same look: the reason
+  // it gives is the garbage (before, "the peer endpoint went away", and the garbage unsaid).
+  // With a message cap, the lane's policy keeps the receiver from reading the lane at all
+  // until it finds the channel closed: then what it drains is what tells it the lane is broken.
+  const [, received] = await closeAfterSending({ tx: { msgsPerSec: 5 } }, true);
+  const r = received as unknown as { sent: string; reason?: string };
+  assert.equal(r.sent, "MX_STATUS_ENDPOINT_UNREACHABLE");
+  assert.match(
+    r.reason ?? "",
+    /this peer is disconnected: peer wrote garbage into the channel: record at \d+ claims 4 bytes/,
+  );
 });
