@@ -133,9 +133,9 @@ test("a NOTIFY answers the send it names (a truncated receive is the sender's su
   p.sends.add(s);
   assert.ok(s.syncId > 0);
   assert.equal(p.sends.get(s.syncId), s);
-  p.sends.answer(s.syncId, 60, MxStatus.TRUNCATED);
+  p.sends.answer(partner, s.syncId, 60, MxStatus.TRUNCATED);
   assert.deepEqual([s.code, s.xferLength], [MxStatus.SUCCESS, 60]);
-  p.sends.answer(s.syncId, 60, MxStatus.SUCCESS);
+  p.sends.answer(partner, s.syncId, 60, MxStatus.SUCCESS);
   assert.equal(p.ctx.counters.channelErrors, 1);
   assert.equal(partner.address.toString(), "nic 0 endpoint 7");
 });
@@ -147,4 +147,20 @@ test("a NOTIFY to a failed peer is not sent", () => {
   p.partners.fail(partner, "gone", MxStatus.ENDPOINT_CLOSED);
   partner.notify(3, 4, MxStatus.SUCCESS);
   assert.deepEqual(path.notified, [[1, 2, MxStatus.SUCCESS]]);
+});
+
+test("a NOTIFY from a peer the send did not go to is counted and ignored: the send keeps waiting", () => {
+  // Sync ids are sequential: any connected peer could guess one and, before, complete another
+  // pair's rendezvous as if its receiver had pulled it (that receiver then never got the data).
+  const p = parts();
+  const to = peer(p, 7).partner;
+  const forger = peer(p, 8).partner;
+  const s = send(to, 100);
+  p.sends.add(s);
+  p.sends.answer(forger, s.syncId, 100, MxStatus.SUCCESS);
+  assert.equal(s.state, RequestState.Queued, "not completed by the forger");
+  assert.equal(p.sends.get(s.syncId), s);
+  assert.equal(p.ctx.counters.channelErrors, 1);
+  p.sends.answer(to, s.syncId, 100, MxStatus.SUCCESS);
+  assert.deepEqual([s.code, s.xferLength], [MxStatus.SUCCESS, 100]);
 });

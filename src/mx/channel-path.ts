@@ -471,7 +471,7 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
       }
       out.shift();
       // Every byte is in the lane: the send is over (as an eager send is once copied in).
-      this.sends.answer(t.syncId, t.xfer, MxStatus.SUCCESS);
+      this.sends.answer(this.peer, t.syncId, t.xfer, MxStatus.SUCCESS);
     }
     return wrote;
   }
@@ -563,7 +563,7 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
       return;
     }
     if (type === RecordType.Notify) {
-      this.sends.answer(a[NotifyAux.SyncId], a[NotifyAux.Xfer], a[NotifyAux.Status]);
+      this.sends.answer(this.peer, a[NotifyAux.SyncId], a[NotifyAux.Xfer], a[NotifyAux.Status]);
       return;
     }
     if (type === RecordType.Cts) {

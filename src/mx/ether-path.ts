@@ -349,6 +349,7 @@ export class EtherEngine implements Puller, PeerLossListener {
       }
       case MxoeType.Notify:
         this.parts.sends.answer(
+          peer,
           frameWord(f, MxoeWord.id),
           frameWord(f, MxoeWord.offset),
           frameWord(f, MxoeWord.msgSeq),

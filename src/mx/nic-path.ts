@@ -352,7 +352,7 @@ export class NicRecords implements NicRecordSink {
       }
       this.parts.matching.deliver(peer, r);
     } else if (type === RecordType.Notify) {
-      this.sends.answer(id, w[base + E_MATCH_HI] >>> 0, aux1);
+      this.sends.answer(peer, id, w[base + E_MATCH_HI] >>> 0, aux1);
     } else if (type !== RecordType.Ping) {
       this.ctx.counters.channelErrors++;
     }

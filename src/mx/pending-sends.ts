@@ -37,10 +37,15 @@ export class PendingSends implements PeerLossListener {
     this.bySyncId.delete(req.syncId);
   }
 
-  /** A NOTIFY: the receiver matched our synchronous send, or pulled our rendezvous. */
-  answer(syncId: number, xfer: number, status: number): void {
+  /**
+   * A NOTIFY from `from`: the receiver matched our synchronous send, or pulled our rendezvous.
+   * Only the peer the send went to may answer it: sync ids are sequential, and a NOTIFY any
+   * connected peer could forge would complete another pair's send (its receiver then never
+   * gets the data).
+   */
+  answer(from: Partner, syncId: number, xfer: number, status: number): void {
     const req = this.bySyncId.get(syncId);
-    if (req === undefined) {
+    if (req === undefined || req.peer !== from) {
       this.ctx.counters.channelErrors++;
       return;
     }
