@@ -9,7 +9,7 @@ import { test } from "node:test";
 import { MxEndpoint } from "../src/mx/endpoint.js";
 import { BROADCAST_MAC, type EtherDevice, EtherHub, initEtherFrame, setFrameWord } from "../src/mx/ether.js";
 import type { EtherEngine, EtherPath } from "../src/mx/ether-path.js";
-import { kPartner } from "../src/mx/types.js";
+import { kPartner, RequestState } from "../src/mx/types.js";
 import type { MxDriver } from "../src/myrixen/driver-abi.js";
 import { INTR_BYTES, WINDOW_BYTES } from "../src/nic/window.js";
 import { MxoeType, MxoeWord, PAYLOAD_AT, SPLIT_ENDPOINT_BASE } from "../src/xen/io/mxoe.js";
@@ -172,4 +172,32 @@ test("a rendezvous is served only to its receiver: another peer's PULL naming it
   assert.ok(got.every((x) => x === 0x5e));
   assert.equal(epA.wait(s, 2000)?.codeName, "MX_STATUS_SUCCESS");
   for (const ep of [epA, epB, epC]) ep.close();
+});
+
+test("a rendezvous is served once: its receiver's repeated PULLs are refused and counted", () => {
+  // Before, each PULL frame (78 bytes) queued another serve job and sent the whole buffer
+  // again: a peer repeating it without reading grew the sender's heap until its guest died.
+  const bridge = new Bridge();
+  const a = station(bridge, 1);
+  const b = station(bridge, 2);
+  const epA = new MxEndpoint(driver(1), { key: KEY, ether: a.hub });
+  const epB = new MxEndpoint(driver(2), { key: KEY, ether: b.hub });
+  const toB = epA.connect(0, epB.endpointId, KEY, 2000);
+  const toA = epB.connect(0, epA.endpointId, KEY, 2000);
+  const data = new Uint8Array(40_000).fill(0x3c); // above the rendezvous threshold
+  const s = epA.isend(data, toB, 0, 1);
+  const got = new Uint8Array(data.length);
+  const r = epB.irecv(got, 0, 1, ALL, ALL);
+  // B matches the announcement and sends its PULL; A has not read it yet.
+  for (let i = 0; i < 50 && r.state !== RequestState.Pulling; i++) epB.progress(true);
+  assert.equal(r.state, RequestState.Pulling);
+  const engineB = (epB as unknown as { ether: EtherEngine }).ether;
+  const pathBA = toA[kPartner].ether as EtherPath;
+  for (let i = 0; i < 5; i++) engineB.control(pathBA, MxoeType.Pull, s.syncId, 4321 + i, 0, data.length);
+  const st = epB.wait(r, 2000);
+  assert.equal(st?.codeName, "MX_STATUS_SUCCESS");
+  assert.ok(got.every((x) => x === 0x3c));
+  assert.equal(epA.wait(s, 2000)?.codeName, "MX_STATUS_SUCCESS");
+  assert.equal(epA.counters.channelErrors, 5, "A refused the five repeats");
+  for (const ep of [epA, epB]) ep.close();
 });

@@ -107,6 +107,8 @@ export class EtherEngine implements Puller, PeerLossListener {
   /** Partners reached over Ethernet (their timers and queues run after every hub poll). */
   private readonly peers: EtherPath[] = [];
   private readonly pulls = new Map<number, EtherPull>();
+  /** Rendezvous sends a PULL was taken for: one each (a receiver pulls once). */
+  private readonly served = new WeakSet<MxRequest>();
   /** The record matching gets (refilled per frame). */
   private readonly rec = new InboundRecord(this);
   private readonly ctx: EndpointContext;
@@ -317,10 +319,13 @@ export class EtherEngine implements Puller, PeerLossListener {
         // The receiver matched our rendezvous and asks for its bytes (only its receiver may).
         const req = this.parts.sends.get(frameWord(f, MxoeWord.id));
         const len = frameWord(f, MxoeWord.length);
-        if (!req?.rndv || req.peer !== peer || len > req.buffer.length) {
+        // One PULL per rendezvous: a peer repeating it (78 bytes a frame) made us send the
+        // whole buffer again each time, and queued a job per frame while our window was full.
+        if (!req?.rndv || req.peer !== peer || len > req.buffer.length || this.served.has(req)) {
           this.ctx.counters.channelErrors++;
           return;
         }
+        this.served.add(req);
         const jobs = (path.serving ??= []);
         jobs.push({ req, pullId: frameWord(f, MxoeWord.offset), off: 0, end: len });
         this.serve(path, jobs);
