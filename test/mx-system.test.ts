@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { once } from "node:events";
 import { after, before, test } from "node:test";
+import { startLinkedHosts } from "../src/bench/hosts.js";
 import { MxPair } from "../src/bench/mx.js";
 import { Host } from "../src/host/host.js";
 import type { Domain } from "../src/xen/hypervisor.js";
@@ -163,41 +164,57 @@ test("1,000 sends of varying sizes from one 1 MiB buffer (then 300 from the heap
   }
 });
 
-test("a co-resident peer flooding messages nobody asked for is cut off at the receiver's limit; the receiver and its other peers carry on", async () => {
-  // Before, each unexpected message was copied into the receiver's heap without limit, and the
-  // lane freed for more: the flooder took the receiver to its typed-array limit (the
-  // hypervisor stops it) or the host's memory.
-  const FLOOD = new URL("./fixtures/guests/mx-unexpected-flood.js", import.meta.url);
-  const start = async (role: string) => {
-    const d = await host.startGuest({ module: FLOOD, args: { role }, pages: 1024, name: role });
-    return { d, first: once(d, "message") };
-  };
-  const victim = await start("victim");
-  const flooder = await start("flooder");
-  const peer = await start("peer");
-  const addr = async (x: { first: Promise<unknown[]> }) => (await x.first)[0];
-  const [va, fa, pa] = [await addr(victim), await addr(flooder), await addr(peer)];
-  const connected = [once(victim.d, "message"), once(flooder.d, "message"), once(peer.d, "message")];
-  victim.d.send([fa, pa]);
-  flooder.d.send([va]);
-  peer.d.send([va]);
-  await Promise.all(connected);
-  const ef = await flooder.d.exited;
-  assert.equal(ef.state, "shutdown", ef.error?.stack);
-  victim.d.send("stop");
-  const [ev, ep] = await Promise.all([victim.d.exited, peer.d.exited]);
-  assert.equal(ev.state, "shutdown", ev.error?.stack);
-  assert.equal(ep.state, "shutdown", ep.error?.stack);
-  const f = ef.result as { sent: number; failed?: string; reason?: string };
-  const v = ev.result as { overflows: number; unexpected: number; fromPeer: unknown };
-  assert.match(
-    f.failed ?? "",
-    /^MX_STATUS_ENDPOINT_(CLOSED|UNREACHABLE)$/,
-    `the flood went on: ${JSON.stringify(f)}`,
-  );
-  assert.ok(f.sent < 1024, `the flooder got ${f.sent} of 1024 messages through`);
-  assert.equal(v.overflows, 1);
-  assert.ok(v.unexpected >= 64, `the victim kept ${v.unexpected} (64 KiB each) before the limit`);
-  assert.equal(v.fromPeer, 42, "the victim's honest peer still reaches it");
-  assert.deepEqual(ep.result, { got: 7, sent: "MX_STATUS_SUCCESS" });
-});
+for (const placement of ["co-resident", "across two hosts"] as const)
+  test(`a peer flooding messages nobody asked for (${placement}) is cut off at the receiver's limit; the receiver and its other peers carry on`, async () => {
+    // Before, each unexpected message was copied into the receiver's heap without limit, and
+    // the lane freed for more: the flooder took the receiver to its typed-array limit (the
+    // hypervisor stops it) or the host's memory. Through the NIC, a peer failed for it came
+    // back with its next record, and the messages dropped for it went missing unsaid.
+    const FLOOD = new URL("./fixtures/guests/mx-unexpected-flood.js", import.meta.url);
+    const linked = placement === "across two hosts" ? await startLinkedHosts() : undefined;
+    try {
+      const start = async (role: string, on: Host) => {
+        const d = await on.startGuest({ module: FLOOD, args: { role }, pages: 1024, name: role });
+        return { d, first: once(d, "message") };
+      };
+      const victim = await start("victim", linked?.a ?? host);
+      const flooder = await start("flooder", linked?.b ?? host);
+      const peer = await start("peer", linked?.a ?? host);
+      const addr = async (x: { first: Promise<unknown[]> }) => (await x.first)[0];
+      const [va, fa, pa] = [await addr(victim), await addr(flooder), await addr(peer)];
+      const connected = [once(victim.d, "message"), once(flooder.d, "message"), once(peer.d, "message")];
+      victim.d.send([fa, pa]);
+      flooder.d.send([va]);
+      peer.d.send([va]);
+      await Promise.all(connected);
+      const ef = await flooder.d.exited;
+      assert.equal(ef.state, "shutdown", ef.error?.stack);
+      victim.d.send("stop");
+      const [ev, ep] = await Promise.all([victim.d.exited, peer.d.exited]);
+      assert.equal(ev.state, "shutdown", ev.error?.stack);
+      assert.equal(ep.state, "shutdown", ep.error?.stack);
+      const f = ef.result as { sent: number; failed?: string };
+      const v = ev.result as { overflows: number; unexpected: number; fromPeer: unknown; waitedFor: string };
+      if (placement === "co-resident") {
+        // The channel is closed: the flooder's sends fail.
+        assert.match(
+          f.failed ?? "",
+          /^MX_STATUS_ENDPOINT_(CLOSED|UNREACHABLE)$/,
+          `the flood went on: ${JSON.stringify(f)}`,
+        );
+        assert.ok(f.sent < 1024, `the flooder got ${f.sent} of 1024 messages through`);
+      }
+      // Through the NIC the flooder's sends complete (its NIC delivered them) but are refused.
+      assert.equal(v.overflows, 1);
+      assert.ok(v.unexpected >= 64, `the victim kept ${v.unexpected} (64 KiB each) before the limit`);
+      assert.equal(
+        v.waitedFor,
+        "still waiting",
+        "nothing of the flooder's reached the victim after it was cut off",
+      );
+      assert.equal(v.fromPeer, 42, "the victim's honest peer still reaches it");
+      assert.deepEqual(ep.result, { got: 7, sent: "MX_STATUS_SUCCESS" });
+    } finally {
+      await linked?.stop();
+    }
+  });

@@ -296,6 +296,7 @@ export class Matching implements PeerLossListener {
         u.splice(i, 1);
       }
     this.dropHeld(worst);
+    worst.refused = true;
     this.ctx.counters.unexpectedOverflows++;
     this.partners.fail(
       worst,

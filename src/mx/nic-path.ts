@@ -317,6 +317,10 @@ export class NicRecords implements NicRecordSink {
       w[base + E_SRC_ENDPOINT] >>> 0,
       w[base + E_SRC_SESSION] >>> 0,
     );
+    if (peer === undefined) {
+      this.ctx.counters.channelErrors++;
+      return;
+    }
     peer.lastNews = performance.now();
     const aux0 = w[base + E_AUX0] >>> 0;
     const aux1 = w[base + E_AUX1] >>> 0;
@@ -358,8 +362,11 @@ export class NicRecords implements NicRecordSink {
     }
   }
 
-  /** The partner (nic, ep, session) a record came from: known, or learned from its first message. */
-  private learn(nic: number, ep: number, session: number): Partner {
+  /**
+   * The partner (nic, ep, session) a record came from: known, or learned from its first
+   * message; undefined if this session of it was refused (Partner.refused).
+   */
+  private learn(nic: number, ep: number, session: number): Partner | undefined {
     const last = this.lastPeer;
     if (
       last !== undefined &&
@@ -374,6 +381,7 @@ export class NicRecords implements NicRecordSink {
       this.partners.fail(peer, "the peer endpoint was reopened", MxStatus.ENDPOINT_CLOSED);
       peer = undefined;
     }
+    if (peer?.refused && peer.session === session) return undefined;
     if (!peer || peer.dead !== undefined) {
       peer = this.partners.add(nic, ep, session);
       this.install(peer);

@@ -237,6 +237,12 @@ export class Partner {
   holed: string | undefined = undefined;
   /** Why the peer is gone, once it is: nothing more goes to it or comes from it. */
   dead: string | undefined = undefined;
+  /**
+   * Failed for what it made this endpoint keep (matching.ts): records from this session of it
+   * are refused, not taken as a new start (a NIC peer's next record used to bring it back,
+   * its sequence numbers kept, and the messages dropped for it silently missing).
+   */
+  refused = false;
 
   constructor(
     /** The table this partner belongs to (an address is valid only on its own endpoint). */
