@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import { MxEndpoint } from "../src/mx/endpoint.js";
 import { BROADCAST_MAC, type EtherDevice, EtherHub, initEtherFrame, setFrameWord } from "../src/mx/ether.js";
-import type { EtherEngine, EtherPath } from "../src/mx/ether-path.js";
+import { type EtherEngine, type EtherPath, MAX_QUEUED_CONTROL } from "../src/mx/ether-path.js";
 import { kPartner, RequestState } from "../src/mx/types.js";
 import type { MxDriver } from "../src/myrixen/driver-abi.js";
 import { INTR_BYTES, WINDOW_BYTES } from "../src/nic/window.js";
@@ -200,4 +200,28 @@ test("a rendezvous is served once: its receiver's repeated PULLs are refused and
   assert.equal(epA.wait(s, 2000)?.codeName, "MX_STATUS_SUCCESS");
   assert.equal(epA.counters.channelErrors, 5, "A refused the five repeats");
   for (const ep of [epA, epB]) ep.close();
+});
+
+test("a peer that stops taking our frames cannot make us queue control frames without end: past the cap it is failed", () => {
+  // Each message A matches from B owes B a NOTIFY, queued while A's window to B is shut. B
+  // acknowledging just often enough to keep the link alive grew that queue without end.
+  const bridge = new Bridge();
+  const a = station(bridge, 1);
+  const b = station(bridge, 2);
+  const epA = new MxEndpoint(driver(1), { key: KEY, ether: a.hub });
+  const epB = new MxEndpoint(driver(2), { key: KEY, ether: b.hub });
+  const toB = epA.connect(0, epB.endpointId, KEY, 2000);
+  // B stops reading: A's sends to it fill A's window, which nothing acknowledges.
+  bridge.hubs.splice(bridge.hubs.indexOf(b.hub), 1);
+  const pathAB = toB[kPartner].ether as EtherPath;
+  for (let i = 0; i < 200 && pathAB.link.room > 0; i++) epA.isend(new Uint8Array(8), toB, 0, 1);
+  assert.equal(pathAB.link.room, 0, "A's window to B is shut");
+  const engineA = (epA as unknown as { ether: EtherEngine }).ether;
+  for (let i = 0; i < MAX_QUEUED_CONTROL; i++) engineA.control(pathAB, MxoeType.Notify, i + 1, 0, 0, 0);
+  assert.equal(toB[kPartner].dead, undefined, "up to the cap, queued");
+  engineA.control(pathAB, MxoeType.Notify, 0, 0, 0, 0);
+  assert.match(toB[kPartner].dead ?? "", /stopped taking our control frames \(4096 queued/);
+  assert.ok((pathAB.ctlQueue?.length ?? 0) <= 5 * MAX_QUEUED_CONTROL);
+  epA.close();
+  epB.close();
 });

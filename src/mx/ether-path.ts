@@ -67,6 +67,11 @@ interface EtherPull {
   got: number;
 }
 
+/** Control frames (PATH, PULL, NOTIFY) queued for one peer while its window is shut, at most. */
+export const MAX_QUEUED_CONTROL = 4096;
+/** Numbers a queued control frame takes in EtherPath.ctlQueue. */
+const CONTROL_WORDS = 5;
+
 /** One partner over Ethernet: its reliable frame stream and what waits on it. */
 export class EtherPath implements PeerPath {
   /** Control frames waiting for window room: (type, id, offset, msgSeq, length) fives. */
@@ -208,7 +213,20 @@ export class EtherEngine implements Puller, PeerLossListener {
   control(path: EtherPath, type: number, id: number, offset: number, msgSeq: number, length: number): void {
     const link = path.link;
     if (link.room === 0 || path.controlQueued) {
-      (path.ctlQueue ??= []).push(type, id, offset, msgSeq, length);
+      const q = (path.ctlQueue ??= []);
+      if (q.length >= MAX_QUEUED_CONTROL * CONTROL_WORDS) {
+        // Each message we match from the peer owes it a NOTIFY; a peer that acknowledges just
+        // often enough to keep the link alive made this queue grow without end (1 M frames:
+        // 362 MiB). Past the cap it is failed, as one that stops acknowledging is.
+        this.ctx.counters.channelErrors++;
+        this.partners.fail(
+          path.peer,
+          `the peer stopped taking our control frames (${MAX_QUEUED_CONTROL} queued for it)`,
+          MxStatus.ENDPOINT_UNREACHABLE,
+        );
+        return;
+      }
+      q.push(type, id, offset, msgSeq, length);
       return;
     }
     writeControl(link, type, id, offset, msgSeq, length);
@@ -216,7 +234,7 @@ export class EtherEngine implements Puller, PeerLossListener {
     this.hub.flush();
   }
 
-  /** Queued control frames go out first, as the window allows. */
+  /** Queued control frames go out first (CONTROL_WORDS numbers each), as the window allows. */
   private flushControl(path: EtherPath, q: number[]): void {
     const link = path.link;
     let i = 0;
