@@ -43,7 +43,7 @@ export const DEFAULT_MAX_UNEXPECTED_BYTES = 64 << 20;
  * rendezvous announcement, which keeps no payload, counts this much, so that a flood of them
  * is bounded too.
  */
-export const KEPT_RECORD_COST = 256;
+export const KEPT_RECORD_COST = 512;
 
 const u32 = (n: number) => n >>> 0;
 const mib = (n: number) =>

@@ -311,13 +311,23 @@ export class InboundRecord {
     k.offset = this.offset;
     k.traceSeq = this.traceSeq;
     const b = this.bytes;
+    // An empty message keeps no buffer of its own (a flood of them costs the records only).
     k.bytes =
-      this.rndv || b === null ? null : this.owned ? b : b.slice(this.payload, this.payload + this.length);
+      this.rndv || b === null
+        ? null
+        : this.owned
+          ? b
+          : this.length === 0
+            ? NO_BYTES
+            : b.slice(this.payload, this.payload + this.length);
     k.source = source;
     k.traceId = traceId;
     return k as KeptRecord;
   }
 }
+
+/** The payload of every kept empty message: never written (its length is 0). */
+const NO_BYTES = new Uint8Array(0);
 
 /** A record kept for later (held ahead of its turn, or unexpected): it knows its sender. */
 export interface KeptRecord extends InboundRecord {
