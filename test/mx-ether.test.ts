@@ -94,15 +94,21 @@ function station(bridge: Bridge, n: number): { port: Port; hub: EtherHub; ep?: M
   return { port, hub };
 }
 
-test("a frame claiming a connected peer's (nic, endpoint, session) from another MAC is dropped and counted", () => {
+/** Two split-path endpoints on one in-memory bridge, connected both ways. */
+function linkedPair() {
   const bridge = new Bridge();
   const a = station(bridge, 1);
   const b = station(bridge, 2);
-  const evil = station(bridge, 3);
   const epA = new MxEndpoint(driver(1), { key: KEY, ether: a.hub });
   const epB = new MxEndpoint(driver(2), { key: KEY, ether: b.hub });
   const toB = epA.connect(0, epB.endpointId, KEY, 2000);
   const toA = epB.connect(0, epA.endpointId, KEY, 2000);
+  return { bridge, a, b, epA, epB, toB, toA };
+}
+
+test("a frame claiming a connected peer's (nic, endpoint, session) from another MAC is dropped and counted", () => {
+  const { bridge, a, epA, epB, toB, toA } = linkedPair();
+  const evil = station(bridge, 3);
 
   // The forger's frame: B's identity in the header, the next sequence A expects from B,
   // B's first message; sent from the forger's own MAC to A's.
@@ -177,13 +183,7 @@ test("a rendezvous is served only to its receiver: another peer's PULL naming it
 test("a rendezvous is served once: its receiver's repeated PULLs are refused and counted", () => {
   // Before, each PULL frame (78 bytes) queued another serve job and sent the whole buffer
   // again: a peer repeating it without reading grew the sender's heap until its guest died.
-  const bridge = new Bridge();
-  const a = station(bridge, 1);
-  const b = station(bridge, 2);
-  const epA = new MxEndpoint(driver(1), { key: KEY, ether: a.hub });
-  const epB = new MxEndpoint(driver(2), { key: KEY, ether: b.hub });
-  const toB = epA.connect(0, epB.endpointId, KEY, 2000);
-  const toA = epB.connect(0, epA.endpointId, KEY, 2000);
+  const { epA, epB, toB, toA } = linkedPair();
   const data = new Uint8Array(40_000).fill(0x3c); // above the rendezvous threshold
   const s = epA.isend(data, toB, 0, 1);
   const got = new Uint8Array(data.length);
@@ -205,12 +205,7 @@ test("a rendezvous is served once: its receiver's repeated PULLs are refused and
 test("a peer that stops taking our frames cannot make us queue control frames without end: past the cap it is failed", () => {
   // Each message A matches from B owes B a NOTIFY, queued while A's window to B is shut. B
   // acknowledging just often enough to keep the link alive grew that queue without end.
-  const bridge = new Bridge();
-  const a = station(bridge, 1);
-  const b = station(bridge, 2);
-  const epA = new MxEndpoint(driver(1), { key: KEY, ether: a.hub });
-  const epB = new MxEndpoint(driver(2), { key: KEY, ether: b.hub });
-  const toB = epA.connect(0, epB.endpointId, KEY, 2000);
+  const { bridge, b, epA, epB, toB } = linkedPair();
   // B stops reading: A's sends to it fill A's window, which nothing acknowledges.
   bridge.hubs.splice(bridge.hubs.indexOf(b.hub), 1);
   const pathAB = toB[kPartner].ether as EtherPath;
