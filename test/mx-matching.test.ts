@@ -9,6 +9,7 @@ import { test } from "node:test";
 import { KEPT_RECORD_COST, MAX_HELD } from "../src/mx/matching.js";
 import { MxRequest, RequestState } from "../src/mx/types.js";
 import { MxStatus } from "../src/nic/status.js";
+import { formatBytes } from "../src/xen/units.js";
 import { eager, parts, peer, RecordingPuller, rndv } from "./helpers/mx-parts.js";
 
 const ALL = 0xffffffff;
@@ -179,7 +180,7 @@ test("a failed peer's unexpected rendezvous go (its data cannot be pulled); its 
 
 test("past maxUnexpectedBytes the peer that sent the most is failed and its messages dropped; an honest peer's stay", () => {
   const cost = (n: number) => n + KEPT_RECORD_COST;
-  const kib = (n: number) => `${(n / 1024).toFixed(1).replace(".", "\\.")} KiB`;
+  const kib = (n: number) => formatBytes(n).replace(".", "\\.");
   const p = parts(undefined, cost(300) + 2 * cost(400));
   const honest = peer(p, 7).partner;
   const flooder = peer(p, 8).partner;

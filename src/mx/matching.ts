@@ -12,6 +12,7 @@
  */
 import { MxStatus } from "../nic/status.js";
 import { copyBytes } from "../xen/copy.js";
+import { formatBytes } from "../xen/units.js";
 import type { Completion } from "./completion.js";
 import type { PartnerTable } from "./partner.js";
 import { FLAG_TRACED, TraceStage, traceId, traceNow } from "./trace.js";
@@ -46,12 +47,6 @@ export const DEFAULT_MAX_UNEXPECTED_BYTES = 64 << 20;
 export const KEPT_RECORD_COST = 512;
 
 const u32 = (n: number) => n >>> 0;
-const mib = (n: number) =>
-  n >= 1 << 20
-    ? `${(n / (1 << 20)).toFixed(n % (1 << 20) === 0 ? 0 : 1)} MiB`
-    : n >= 1024
-      ? `${(n / 1024).toFixed(n % 1024 === 0 ? 0 : 1)} KiB`
-      : `${n} bytes`;
 
 /** Removes element `i`, keeping the order; unlike splice, allocates nothing (a hot path does it per message). */
 function removeAt<T>(list: T[], i: number): void {
@@ -300,7 +295,7 @@ export class Matching implements PeerLossListener {
     this.ctx.counters.unexpectedOverflows++;
     this.partners.fail(
       worst,
-      `it sent ${mib(most)} of messages this endpoint had to keep (no receive posted for them, or ahead of their turn), over its limit of ${mib(this.maxUnexpectedBytes)} (maxUnexpectedBytes)`,
+      `it sent ${formatBytes(most)} of messages this endpoint had to keep (no receive posted for them, or ahead of their turn), over its limit of ${formatBytes(this.maxUnexpectedBytes)} (maxUnexpectedBytes)`,
       MxStatus.ENDPOINT_UNREACHABLE,
     );
   }

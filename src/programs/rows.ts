@@ -4,8 +4,10 @@
  * rows with the same code as the harness (harness.ts re-exports all of it).
  */
 import type { MachineFacts } from "../host/machine.js";
+import { formatBytes } from "../xen/units.js";
 
 export type { MachineFacts };
+export { formatBytes };
 
 // ---- format -----------------------------------------------------------------------------
 
@@ -256,17 +258,4 @@ export function parseSize(text: string): number {
   const n = Number(m[1]) * SIZE_UNITS[(m[2] ?? "").toUpperCase()];
   if (!Number.isSafeInteger(n)) throw new Error(`invalid size "${text}": too large`);
   return n;
-}
-
-/** 0 B, 8 B, 1 KiB, 1.5 KiB, 64 KiB, 4 MiB … */
-export function formatBytes(n: number): string {
-  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
-  let v = n;
-  let u = 0;
-  while (Math.abs(v) >= 1024 && u < units.length - 1) {
-    v /= 1024;
-    u++;
-  }
-  const text = Number.isInteger(v) ? String(v) : v.toFixed(v < 10 ? 2 : 1).replace(/\.?0+$/, "");
-  return `${text} ${units[u]}`;
 }

@@ -143,9 +143,10 @@ export function formatMac(mac: ArrayLike<number>, offset = 0): string {
  * shared their low byte gave a domain id the same MAC on both.
  */
 export function vifMac(nicId: number, domid: number): string {
-  const n = nicId >>> 0;
+  // The NIC bits, with 10 (locally administered, unicast) in the first byte's two low bits.
+  const n = (vifMacNicBits(nicId) | 0x02000000) >>> 0;
   return formatMac([
-    ((n >>> 24) & 0xfc) | 0x02,
+    n >>> 24,
     (n >>> 16) & 0xff,
     (n >>> 8) & 0xff,
     n & 0xff,
