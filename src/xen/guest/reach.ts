@@ -34,6 +34,7 @@ const GUEST_LIBRARY = new Set([
   "xen/xenstore/paths",
   "xen/xenstore/wire",
   "xen/io/netif",
+  "xen/units",
   "xen/io/mxoe",
   "xen/guest/guest",
   "mx/*",
