@@ -218,3 +218,66 @@ test("rendezvous announcements and records held ahead of their turn count too; a
   assert.match(b.dead ?? "", /ahead of their turn/);
   assert.equal(b.held?.length ?? 0, 0, "nothing of it is kept");
 });
+
+test("a receive naming its match value exactly looks at that value's messages only, however many others wait", () => {
+  const p = parts(undefined, 1 << 30);
+  const flooder = peer(p, 7).partner;
+  const honest = peer(p, 8).partner;
+  const puller = new RecordingPuller();
+  // A peer keeps 10,000 messages nobody asked for waiting, within the endpoint's limit.
+  for (let seq = 0; seq < 10_000; seq++)
+    p.matching.deliver(flooder, eager(puller, 1, new Uint8Array(0), seq));
+  for (let seq = 0; seq < 100; seq++) {
+    p.matching.deliver(honest, eager(puller, 2, new Uint8Array([seq]), seq));
+    const before = p.ctx.counters.unexpectedScanned;
+    const r = recv(1, 2);
+    p.matching.post(r);
+    assert.deepEqual([r.code, r.source, r.buffer[0]], [MxStatus.SUCCESS, honest.address, seq]);
+    assert.equal(
+      p.ctx.counters.unexpectedScanned - before,
+      1,
+      "one message looked at, not the 10,000 before it",
+    );
+  }
+  const before = p.ctx.counters.unexpectedScanned;
+  assert.equal(p.matching.probe(0, 3, ALL, ALL), undefined);
+  assert.equal(p.ctx.counters.unexpectedScanned, before, "a value with nothing kept costs no look");
+  // A wildcard still takes the oldest message of any value, as MX's matching does.
+  const any = recv(1, 0, 0);
+  p.matching.post(any);
+  assert.deepEqual([any.code, any.source, any.matchLo], [MxStatus.SUCCESS, flooder.address, 1]);
+});
+
+test("exact and wildcard receives take kept messages in arrival order, across values and after values empty", () => {
+  const p = parts();
+  const { partner } = peer(p);
+  const puller = new RecordingPuller();
+  let seq = 0;
+  const send = (tag: number, byte: number) =>
+    p.matching.deliver(partner, eager(puller, tag, new Uint8Array([byte]), seq++));
+  const take = (tag: number, mask = ALL) => {
+    const r = recv(1, tag, mask);
+    p.matching.post(r);
+    return r.done ? [r.matchLo, r.buffer[0]] : undefined;
+  };
+  send(1, 10);
+  send(2, 20);
+  send(1, 11);
+  send(2, 21);
+  assert.deepEqual(take(2), [2, 20]);
+  assert.deepEqual(take(0, 0), [1, 10], "the oldest of any value");
+  assert.deepEqual(take(0, 0), [1, 11]);
+  assert.deepEqual(take(1), undefined, "value 1 is empty (the receive is posted)");
+  send(1, 12); // matched by the receive just posted
+  assert.deepEqual(take(2), [2, 21]);
+  // Values used once and emptied (a tag per message) do not pile up in the index.
+  for (let tag = 100; tag < 5100; tag++) {
+    send(tag, tag & 0xff);
+    assert.deepEqual(take(tag), [tag, tag & 0xff]);
+  }
+  send(7, 70);
+  send(8, 80);
+  assert.deepEqual(take(0, 0xfffffff8), [7, 70], "a partial mask walks the arrival order");
+  assert.deepEqual(take(8), [8, 80]);
+  assert.equal(p.matching.unexpectedValues <= 65, true, `index holds ${p.matching.unexpectedValues} values`);
+});

@@ -14,7 +14,7 @@
  *   ether-path.ts       a peer over Ethernet (the split path)          ┘ chosen per peer
  *   ether-connect.ts    connects over Ethernet (the hub's handler)
  *   nic-queues.ts       the window's send and event queues; NIC pulls; connects
- *   matching.ts         posted and unexpected queues, a pair's order (held records)
+ *   matching.ts         posted and unexpected queues (unexpected.ts), a pair's order (held records)
  *   partner.ts          the peer table; failing a peer
  *   pending-sends.ts    sends waiting for their receiver's NOTIFY
  *   completion.ts       the completion queue; pull rights and memory given back

@@ -26,6 +26,7 @@ import {
   type PeerLossListener,
   RequestState,
 } from "./types.js";
+import { UnexpectedQueue } from "./unexpected.js";
 
 /** Records held back because an earlier one of the same peer has not arrived yet, at most. */
 export const MAX_HELD = 4096;
@@ -61,8 +62,8 @@ function removeAt<T>(list: T[], i: number): void {
 export class Matching implements PeerLossListener {
   /** Receives not matched yet, in posting order. */
   private readonly posted: MxRequest[] = [];
-  /** Messages that arrived before a receive for them, in arrival order. */
-  private readonly unexpected: KeptRecord[] = [];
+  /** Messages that arrived before a receive for them, in arrival order (indexed by match value). */
+  private readonly unexpected: UnexpectedQueue;
   /** Bytes kept (in `unexpected` and in the peers' `held`, KEPT_RECORD_COST each besides the payload), in all and by sender. */
   private keptBytes = 0;
   private readonly keptBytesOf = new Map<Partner, number>();
@@ -72,7 +73,9 @@ export class Matching implements PeerLossListener {
     private readonly completion: Completion,
     private readonly partners: PartnerTable,
     private readonly maxUnexpectedBytes = DEFAULT_MAX_UNEXPECTED_BYTES,
-  ) {}
+  ) {
+    this.unexpected = new UnexpectedQueue(ctx.counters);
+  }
 
   /**
    * mx_irecv's matching: the first unexpected message that fits, else the receive is posted.
@@ -80,21 +83,19 @@ export class Matching implements PeerLossListener {
    * included, when progress reads them: same result.)
    */
   post(req: MxRequest): void {
-    const unexpected = this.unexpected;
-    for (let i = 0; i < unexpected.length; i++) {
-      const u = unexpected[i];
-      if (
-        (u.matchHi & req.matchMaskHi) >>> 0 === req.matchHi &&
-        (u.matchLo & req.matchMaskLo) >>> 0 === req.matchLo
-      ) {
-        removeAt(unexpected, i);
-        this.count(u, -1);
-        this.deliverUnexpected(req, u);
-        return;
-      }
+    const u = this.unexpected.find(req.matchHi, req.matchLo, req.matchMaskHi, req.matchMaskLo, true);
+    if (u !== undefined) {
+      this.count(u, -1);
+      this.deliverUnexpected(req, u);
+      return;
     }
     req.state = RequestState.Posted;
     this.posted.push(req);
+  }
+
+  /** Match values the unexpected queue indexes now (kept, or emptied lately): for inspection and tests. */
+  get unexpectedValues(): number {
+    return this.unexpected.matchValues;
   }
 
   /** An EAGER or RNDV record from `peer`: matched in its pair's sequence order. */
@@ -124,19 +125,16 @@ export class Matching implements PeerLossListener {
 
   /** mx_iprobe's lookup: the status of the first unexpected message that fits, without taking it. */
   probe(mh: number, ml: number, mmh: number, mml: number): MxStatusInfo | undefined {
-    for (const u of this.unexpected) {
-      if ((u.matchHi & mmh) >>> 0 === u32(mh) && (u.matchLo & mml) >>> 0 === u32(ml)) {
-        const s = new MxStatusInfo();
-        s.code = MxStatus.SUCCESS;
-        s.source = u.source.address;
-        s.matchHi = u.matchHi;
-        s.matchLo = u.matchLo;
-        s.msgLength = u.length;
-        s.xferLength = u.length;
-        return s;
-      }
-    }
-    return undefined;
+    const u = this.unexpected.find(u32(mh), u32(ml), u32(mmh), u32(mml), false);
+    if (u === undefined) return undefined;
+    const s = new MxStatusInfo();
+    s.code = MxStatus.SUCCESS;
+    s.source = u.source.address;
+    s.matchHi = u.matchHi;
+    s.matchLo = u.matchLo;
+    s.msgLength = u.length;
+    s.xferLength = u.length;
+    return s;
   }
 
   /** mx_cancel of a receive: true if it was still posted (it completes CANCELLED). */
@@ -156,12 +154,10 @@ export class Matching implements PeerLossListener {
 
   /** A failed peer's rendezvous announcements go: their data cannot be pulled any more. */
   peerLost(peer: Partner): void {
-    const u = this.unexpected;
-    for (let i = u.length - 1; i >= 0; i--)
-      if (u[i].source === peer && u[i].rndv) {
-        this.count(u[i], -1);
-        u.splice(i, 1);
-      }
+    this.unexpected.removeWhere(
+      (k) => k.source === peer && k.rndv,
+      (k) => this.count(k, -1),
+    );
     // Records ahead of one that will never come now: they can never be matched.
     this.dropHeld(peer);
   }
@@ -284,12 +280,10 @@ export class Matching implements PeerLossListener {
         most = n;
       }
     if (worst === undefined) return;
-    const u = this.unexpected;
-    for (let i = u.length - 1; i >= 0; i--)
-      if (u[i].source === worst) {
-        this.count(u[i], -1);
-        u.splice(i, 1);
-      }
+    this.unexpected.removeWhere(
+      (k) => k.source === worst,
+      (k) => this.count(k, -1),
+    );
     this.dropHeld(worst);
     worst.refused = true;
     this.ctx.counters.unexpectedOverflows++;

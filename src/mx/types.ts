@@ -290,6 +290,10 @@ export class InboundRecord {
   traceId = 0;
   /** `bytes` is this record's own copy of the whole message (assembled from pieces): kept as is. */
   owned = false;
+  /** Kept unexpected: its neighbours in arrival order, and the next kept record of its match value (unexpected.ts). */
+  older: KeptRecord | null = null;
+  newer: KeptRecord | null = null;
+  sameNext: KeptRecord | null = null;
 
   constructor(
     /** RNDV: who fetches the data, by the way the record came. */
@@ -343,6 +347,8 @@ export interface EndpointCounters extends RegCounters {
   unexpected: number;
   /** Peers failed for keeping more unexpected bytes than the endpoint may keep (matching.ts). */
   unexpectedOverflows: number;
+  /** Kept unexpected messages receives and probes looked at to find theirs (unexpected.ts: one per exact match). */
+  unexpectedScanned: number;
   /** Interrupts this endpoint raised on a peer that had announced it would sleep. */
   kicks: number;
   /** Times this endpoint announced it would sleep (a peer may kick only after one). */
@@ -375,6 +381,7 @@ export class EndpointContext {
     pulls: 0,
     unexpected: 0,
     unexpectedOverflows: 0,
+    unexpectedScanned: 0,
     kicks: 0,
     sleeps: 0,
     progress: 0,
