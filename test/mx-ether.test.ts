@@ -11,6 +11,7 @@ import { BROADCAST_MAC, type EtherDevice, EtherHub, initEtherFrame, setFrameWord
 import { type EtherEngine, type EtherPath, MAX_QUEUED_CONTROL } from "../src/mx/ether-path.js";
 import { kPartner, RequestState } from "../src/mx/types.js";
 import type { MxDriver } from "../src/myrixen/driver-abi.js";
+import { MxStatus } from "../src/nic/status.js";
 import { INTR_BYTES, WINDOW_BYTES } from "../src/nic/window.js";
 import { MxoeType, MxoeWord, PAYLOAD_AT, SPLIT_ENDPOINT_BASE } from "../src/xen/io/mxoe.js";
 
@@ -217,6 +218,52 @@ test("a peer that stops taking our frames cannot make us queue control frames wi
   engineA.control(pathAB, MxoeType.Notify, 0, 0, 0, 0);
   assert.match(toB[kPartner].dead ?? "", /stopped taking our control frames \(4096 queued/);
   assert.ok((pathAB.ctlQueue?.length ?? 0) <= 5 * MAX_QUEUED_CONTROL);
+  epA.close();
+  epB.close();
+});
+
+test("a pair's frame sequence crosses 2^32 (a day of streaming) and every message still arrives", () => {
+  // The frames carry 32-bit sequence and ack words; the links counted on past 2^32, so after
+  // the wrap every frame looked like a resend, nothing was acknowledged, and after 10 s the
+  // sender failed its healthy peer while the receiver waited forever.
+  const { epA, epB, toB, toA } = linkedPair();
+  const ab = toB[kPartner].ether as EtherPath;
+  const ba = toA[kPartner].ether as EtherPath;
+  for (let i = 0; i < 20; i++) {
+    epA.progress(true);
+    epB.progress(true);
+  }
+  type Seqs = { acked: number; sent: number; next: number; rxExpect: number };
+  const [lab, lba] = [ab.link as unknown as Seqs, ba.link as unknown as Seqs];
+  assert.equal(lab.next, lab.acked, "nothing in flight before the jump");
+  // As if 2^32 − 20 frames had gone each way already.
+  const start = 2 ** 32 - 20;
+  for (const l of [lab, lba]) {
+    l.acked = start;
+    l.sent = start;
+    l.next = start;
+  }
+  lab.rxExpect = start;
+  lba.rxExpect = start;
+  for (let i = 0; i < 100; i++) {
+    const got = new Uint8Array(4);
+    const r = epB.irecv(got, 0, i, ALL, ALL);
+    epA.isend(new Uint8Array([i, 1, 2, 3]), toB, 0, i);
+    const st = epB.wait(r, 5000);
+    assert.equal(st?.code, MxStatus.SUCCESS, `message ${i} (frame ${start + i}) did not arrive`);
+    assert.equal(got[0], i);
+  }
+  // Delayed acks: B acknowledges the last frames within its ack delay.
+  for (const until = performance.now() + 2000; lab.acked !== lab.next && performance.now() < until; ) {
+    epA.progress(true);
+    epB.progress(true);
+  }
+  assert.equal(toB[kPartner].dead, undefined);
+  assert.equal(toA[kPartner].dead, undefined);
+  assert.ok(
+    lab.next < 1000 && lab.acked === lab.next,
+    `A's window to B emptied past the wrap (${lab.acked}..${lab.next})`,
+  );
   epA.close();
   epB.close();
 });

@@ -348,7 +348,11 @@ export class EtherLink {
   readonly mac = new Uint8Array(6);
   private readonly ring: Uint8Array[] = [];
   private readonly lengths = new Int32Array(TX_WINDOW);
-  /** Frame sequences: [acked, sent) on the wire, [sent, next) waiting for the device. */
+  /**
+   * Frame sequences: [acked, sent) on the wire, [sent, next) waiting for the device. All four
+   * are the frame's 32-bit words and compared modulo 2^32: a pair that streams for a day
+   * crosses 2^32 frames (TX_WINDOW divides 2^32, so ring slots run on across the wrap).
+   */
   private acked = 1;
   private sent = 1;
   private next = 1;
@@ -380,11 +384,11 @@ export class EtherLink {
 
   /** Sequenced frames the window still has room for. */
   get room(): number {
-    return TX_WINDOW - (this.next - this.acked);
+    return TX_WINDOW - ((this.next - this.acked) >>> 0);
   }
 
   get unacked(): number {
-    return this.next - this.acked;
+    return (this.next - this.acked) >>> 0;
   }
 
   /**
@@ -408,7 +412,7 @@ export class EtherLink {
   }
 
   commit(): void {
-    this.next++;
+    this.next = (this.next + 1) >>> 0;
   }
 
   private stamp(f: Uint8Array, type: number): void {
@@ -423,12 +427,12 @@ export class EtherLink {
 
   /** Puts committed frames on the device (acks piggybacked), as far as it takes them. */
   pump(now: number): void {
-    while (this.sent < this.next) {
+    while (this.sent !== this.next) {
       const i = this.sent % TX_WINDOW;
       const f = this.ring[i];
       setFrameWord(f, MxoeWord.ack, this.rxExpect);
       if (!this.hub.send(f.subarray(0, this.lengths[i]))) return;
-      this.sent++;
+      this.sent = (this.sent + 1) >>> 0;
       this.ackOwed = false;
       this.rxSinceAck = 0;
       this.lastSend = now;
@@ -443,19 +447,20 @@ export class EtherLink {
     if (!this.ackOwed) this.ackOwedSince = performance.now();
     this.ackOwed = true;
     if (seq === this.rxExpect) {
-      this.rxExpect++;
+      this.rxExpect = (this.rxExpect + 1) >>> 0;
       this.rxSinceAck++;
       return true;
     }
     // A resend or a gap: answer at once, the sender is waiting on it.
     this.rxSinceAck = ACK_EVERY;
-    if (seq > this.rxExpect) this.hub.counters.gaps++;
+    if (((seq - this.rxExpect) | 0) > 0) this.hub.counters.gaps++;
     return false;
   }
 
   /** The peer's cumulative ack: frames before `ack` are delivered. */
   onAck(ack: number, now: number): void {
-    if (ack > this.acked && ack <= this.sent) {
+    const gained = (ack - this.acked) >>> 0;
+    if (gained > 0 && gained <= (this.sent - this.acked) >>> 0) {
       this.acked = ack;
       this.rto = RTO_MS;
       this.lastAckProgress = now;
@@ -475,10 +480,10 @@ export class EtherLink {
       this.lastSend = Math.min(this.lastSend, now - this.rto);
     }
     this.lastTick = now;
-    if (this.acked < this.sent) {
+    if (this.acked !== this.sent) {
       if (now - this.lastAckProgress > PEER_TIMEOUT_MS) return false;
       if (now - this.lastSend > this.rto) {
-        this.hub.counters.retransmits += this.sent - this.acked;
+        this.hub.counters.retransmits += (this.sent - this.acked) >>> 0;
         this.sent = this.acked;
         this.rto = Math.min(this.rto * 2, RTO_MAX_MS);
         this.lastSend = now;
