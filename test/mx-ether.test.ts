@@ -267,3 +267,39 @@ test("a pair's frame sequence crosses 2^32 (a day of streaming) and every messag
   epA.close();
   epB.close();
 });
+
+test("request ids wrap after 2^24 without handing out one still waiting: a rendezvous received late still completes", () => {
+  // Sync ids are 24 bits, about a minute of synchronous sends. A rendezvous whose receiver
+  // posts late kept its id while the counter came round; the next send given the same id
+  // took its place, so the late receiver's PULL was refused and both sides waited for ever.
+  const { bridge, epA, epB, toB } = linkedPair();
+  const c = station(bridge, 3);
+  const epC = new MxEndpoint(driver(3), { key: KEY, ether: c.hub });
+  const toC = epA.connect(0, epC.endpointId, KEY, 2000);
+  epC.connect(0, epA.endpointId, KEY, 2000);
+  const x = epA.isend(new Uint8Array(40_000).fill(0xbb), toB, 0, 1); // B receives it later
+  for (let i = 0; i < 10; i++) {
+    epA.progress(true);
+    epB.progress(true);
+  }
+  // As if 2^24 − 1 ids had been handed out since: the next ones are 0xffffff, 1, 2, ...
+  (epA as unknown as { ctx: { nextId: number } }).ctx.nextId = 0xffffff;
+  const ys = [];
+  for (let i = 0; i < x.syncId + 1; i++) {
+    epC.irecv(new Uint8Array(40_000), 0, 2 + i, ALL, ALL);
+    ys.push(epA.isend(new Uint8Array(40_000).fill(0xcc), toC, 0, 2 + i));
+  }
+  assert.ok(!ys.some((y) => y.syncId === x.syncId), `a new send took sync id ${x.syncId}, still waiting`);
+  const gotX = new Uint8Array(40_000);
+  const rx = epB.irecv(gotX, 0, 1, ALL, ALL);
+  assert.equal(
+    epB.wait(rx, 5000)?.code,
+    MxStatus.SUCCESS,
+    "the late receive of the first rendezvous completes",
+  );
+  assert.equal(gotX[39_999], 0xbb);
+  assert.equal(epA.wait(x, 5000)?.code, MxStatus.SUCCESS);
+  for (const y of ys) assert.equal(epA.wait(y, 5000)?.code, MxStatus.SUCCESS);
+  assert.equal(epA.counters.channelErrors, 0);
+  for (const ep of [epA, epB, epC]) ep.close();
+});

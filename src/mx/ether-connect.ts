@@ -92,7 +92,7 @@ export class EtherConnector implements EtherEndpointHandler {
     const hub = this.engine.hub;
     const ctx = this.parts.ctx;
     const where = `nic ${nic} endpoint ${endpoint}`;
-    const id = ctx.newId();
+    const id = ctx.newId(this.connects);
     const pending: EtherConnect = {
       done: false,
       status: MxStatus.PENDING,

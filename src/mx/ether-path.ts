@@ -272,7 +272,7 @@ export class EtherEngine implements Puller, PeerLossListener {
       this.parts.completion.complete(req, MxStatus.ENDPOINT_UNREACHABLE, 0);
       return;
     }
-    const pullId = this.ctx.newId();
+    const pullId = this.ctx.newId(this.pulls);
     this.pulls.set(pullId, { recv: req, source, syncId: rec.syncId, xfer, got: 0 });
     this.ctx.counters.pulls++;
     const tb = this.ctx.trace;

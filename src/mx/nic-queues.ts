@@ -266,7 +266,7 @@ export class NicQueues implements Puller, PeerLossListener {
       source.notify(syncId, 0, MxStatus.NO_RESOURCES);
       return;
     }
-    const cookie = this.ctx.newId();
+    const cookie = this.ctx.newId(this.pulls);
     this.pulls.set(cookie, { recv: req, source, syncId, xfer, failed: undefined });
     this.ctx.counters.pulls++;
     const tb = this.ctx.trace;
@@ -342,7 +342,7 @@ export class NicQueues implements Puller, PeerLossListener {
    */
   connect(nic: number, endpoint: number, key: number): NicConnect {
     const c: NicConnect = {
-      id: this.ctx.newId(),
+      id: this.ctx.newId(this.connects),
       done: false,
       status: MxStatus.PENDING,
       session: 0,

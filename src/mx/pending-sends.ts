@@ -23,7 +23,7 @@ export class PendingSends implements PeerLossListener {
 
   /** The send gets a sync id its receiver will answer to. */
   add(req: MxRequest): void {
-    req.syncId = this.ctx.newId();
+    req.syncId = this.ctx.newId(this.bySyncId);
     this.bySyncId.set(req.syncId, req);
   }
 

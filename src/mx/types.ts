@@ -17,7 +17,9 @@
  * knows more, `reason`); mx_cancel takes only Posted. A request the user reaped is over:
  * using it again is MX_BAD_REQUEST.
  */
+
 import { MxStatus, mxStatusName } from "../nic/status.js";
+import { MxError } from "./codes.js";
 import { NR_ID_MASK } from "./nic-records.js";
 import type { RegCounters, RegEntry } from "./regcache.js";
 import type { TraceBuffer } from "./trace.js";
@@ -418,12 +420,18 @@ export class EndpointContext {
   ) {}
 
   /**
-   * A nonzero id for a waiting send, a pull or a connect (0 means "none" in a record). 24
-   * bits: ids travel in a NIC record's aux0 (nic-records.ts NR_ID_MASK).
+   * A nonzero id for a waiting send, a pull or a connect (0 means "none" in a record), not in
+   * `taken` (the caller's ids still waiting). 24 bits: ids travel in a NIC record's aux0
+   * (nic-records.ts NR_ID_MASK), so the counter wraps after 2^24 ids (a minute of
+   * synchronous sends), and a send still waiting from before the wrap keeps its id: a second
+   * one would take its answer, and the first would wait for ever.
    */
-  newId(): number {
-    const id = this.nextId;
-    this.nextId = (this.nextId + 1) & NR_ID_MASK || 1;
-    return id;
+  newId(taken: { has(id: number): boolean }): number {
+    for (let tries = 0; tries < NR_ID_MASK; tries++) {
+      const id = this.nextId;
+      this.nextId = (id + 1) & NR_ID_MASK || 1;
+      if (!taken.has(id)) return id;
+    }
+    throw new MxError("MX_NO_RESOURCES", `all ${NR_ID_MASK} request ids of this endpoint are waiting`);
   }
 }
