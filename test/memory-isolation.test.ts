@@ -228,3 +228,37 @@ test("a guest that grants pages to ids no domain has had holds none of them back
     await local.shutdown();
   }
 });
+
+test("the driver domain's released frame numbers come back, but never while a grant of it names them", async () => {
+  // dom0 creates a window per guest and a channel per co-resident pair for as long as the
+  // host runs; its frame numbers used to only grow, and 32-rank jobs every 10 s used up 2^32
+  // of them in a week (then every endpoint fell back to the split path).
+  const local = new Hypervisor();
+  try {
+    const d0 = await startAgent(local, { privileged: true });
+    const g = await startAgent(local);
+    const top = await d0.rpc<{ pfn: number }>({ op: "allocShared", pages: 4 });
+    for (let i = 0; i < 50; i++) {
+      const s = await d0.rpc<{ pfn: number }>({ op: "allocShared", pages: 4 });
+      assert.equal(s.pfn, top.pfn + 4, `round ${i}: the released run is used again`);
+      assert.equal(await d0.rpc({ op: "releaseShared", pfn: s.pfn }), true);
+    }
+    // A run still named by a grant in force is not handed out again while the grant stands.
+    const kept = await d0.rpc<{ pfn: number }>({ op: "allocShared", pages: 4 });
+    const ref = await d0.rpc<number>({ op: "grant", peer: g.dom.domid, pfn: kept.pfn + 2 });
+    assert.equal(await d0.rpc({ op: "releaseShared", pfn: kept.pfn }), true);
+    const next = await d0.rpc<{ pfn: number }>({ op: "allocShared", pages: 4 });
+    assert.notEqual(next.pfn, kept.pfn, "a granted run came back while granted");
+    const late = await g.rpc<Raw>({ op: "map", domid: d0.dom.domid, ref });
+    assert.equal(late.status, GNTST.bad_page, "the old grant names no memory");
+    assert.equal(await d0.rpc({ op: "endAccess", ref }), true);
+    assert.equal((await d0.rpc<{ pfn: number }>({ op: "allocShared", pages: 4 })).pfn, kept.pfn);
+    // A guest's own frame numbers still only grow (the driver domain caches them by number).
+    const a = await g.rpc<{ pfn: number }>({ op: "allocShared", pages: 1 });
+    assert.equal(await g.rpc({ op: "releaseShared", pfn: a.pfn }), true);
+    assert.equal((await g.rpc<{ pfn: number }>({ op: "allocShared", pages: 1 })).pfn, a.pfn + 1);
+    await Promise.all([g.dom.destroy(), d0.dom.destroy()]);
+  } finally {
+    await local.shutdown();
+  }
+});

@@ -60,12 +60,19 @@ export const MAX_MAPPINGS_PER_DOMAIN = 16384;
 export class DomainRecord implements GrantingDomain {
   readonly entries: Uint32Array;
   readonly shadow: Int32Array;
-  /** Live shared segments, in frame order (frame numbers only grow). */
+  /** Live shared segments, in frame order. */
   readonly segments: Segment[] = [];
   /** Pages of live segments (the quota counts these). */
   sharedPages = 0;
-  /** Frame numbers handed out to segments so far, above RAM. */
+  /** Frame numbers above RAM handed out to segments so far (the top of the shared range). */
   sharedFrames = 0;
+  /**
+   * The privileged domain's runs of frame numbers below that top whose segments were
+   * released, in frame order, adjacent runs merged: a new segment takes one (once no grant
+   * names it) before the top grows, so a driver domain that creates and releases windows and
+   * channels for weeks does not run out of frame numbers (memory-hypercalls.ts).
+   */
+  readonly freeFrames: { first: number; pages: number }[] = [];
   readonly mappings = new Map<number, Mapping>();
   nextHandle = 1;
   readonly hyp: CounterWriter;
@@ -111,6 +118,25 @@ export class DomainRecord implements GrantingDomain {
     const sg = this.segmentAt(pfn);
     if (!sg) return undefined;
     return { buffer: sg.buffer, offset: (pfn - sg.firstPfn) * PAGE_SIZE, shareable: true, segment: sg };
+  }
+
+  /** Inserts a new segment in frame order. */
+  addSegment(sg: Segment): void {
+    const segs = this.segments;
+    let i = segs.length;
+    while (i > 0 && segs[i - 1].firstPfn > sg.firstPfn) i--;
+    segs.splice(i, 0, sg);
+  }
+
+  /** Whether an entry in force in this domain's grant table names a frame in [first, first + pages). */
+  grantsFrames(first: number, pages: number): boolean {
+    const e = this.entries;
+    for (let i = 2 * GNTTAB_NR_RESERVED_ENTRIES; i < e.length; i += 2) {
+      if ((Atomics.load(e, i) & GTF_type_mask) !== GTF_permit_access) continue;
+      const pfn = Atomics.load(e, i + 1);
+      if (pfn >= first && pfn < first + pages) return true;
+    }
+    return false;
   }
 
   /** Adds to `into` each of `ids` that an entry in force in this domain's grant table names. */

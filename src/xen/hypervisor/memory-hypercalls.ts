@@ -226,9 +226,7 @@ export class MemoryHypercalls {
         `domain ${rec.domid} may have at most ${rec.maxSharedPages} shared pages (has ${rec.sharedPages}, asked ${n}); ` +
           "release segments it no longer needs, or raise maxSharedPages in createDomain",
       );
-    const firstPfn = rec.nrPages + rec.sharedFrames;
-    if (firstPfn + n > 0xffffffff)
-      throw new HypercallError("ENOMEM", `domain ${rec.domid} has used up its shared frame numbers`);
+    const firstPfn = this.sharedFrameRun(rec, n);
     const sg = new Segment(
       rec,
       firstPfn,
@@ -237,11 +235,44 @@ export class MemoryHypercalls {
       members,
       audience === undefined,
     );
-    rec.segments.push(sg);
-    rec.sharedFrames += n;
+    rec.addSegment(sg);
     rec.sharedPages += n;
     this.count(rec, "mem_shared_alloc", n);
     return { pfn: firstPfn, buffer: sg.buffer };
+  }
+
+  /**
+   * The first frame number of `n` for a new segment: for the privileged domain, from a
+   * released run that no grant in force names (a grant naming a released frame must not come
+   * to name new memory); else above the shared range's top. Frame numbers are names only:
+   * the memory is always new. Only the privileged domain's are used again: it creates and
+   * releases a window per guest and a channel per co-resident pair for as long as the host
+   * runs (32-rank jobs every 10 s used up 2^32 in a week), and no one caches its frames by
+   * number; its own cache of guests' segments (guest.ts ForeignDomains) counts on a guest's
+   * frame numbers only growing.
+   */
+  private sharedFrameRun(rec: DomainRecord, n: number): number {
+    const free = rec.freeFrames;
+    // A few runs are looked at, each costing a walk of the grant table: a domain that keeps
+    // released frames granted only makes its own top grow.
+    for (let i = 0, looked = 0; i < free.length && looked < FREE_RUNS_LOOKED_AT; i++) {
+      const run = free[i];
+      if (run.pages < n) continue;
+      looked++;
+      if (rec.grantsFrames(run.first, n)) continue;
+      const first = run.first;
+      if (run.pages === n) free.splice(i, 1);
+      else {
+        run.first += n;
+        run.pages -= n;
+      }
+      return first;
+    }
+    const first = rec.nrPages + rec.sharedFrames;
+    if (first + n > 0xffffffff)
+      throw new HypercallError("ENOMEM", `domain ${rec.domid} has used up its shared frame numbers`);
+    rec.sharedFrames += n;
+    return first;
   }
 
   private ownSegment(rec: DomainRecord, pfn: unknown, op: string): Segment {
@@ -268,9 +299,31 @@ export class MemoryHypercalls {
     rec.segments.splice(rec.segments.indexOf(sg), 1);
     rec.sharedPages -= sg.pages;
     sg.released = true;
+    if (rec.privileged) freeRun(rec.freeFrames, sg.firstPfn, sg.pages);
     this.count(rec, "mem_shared_release", sg.pages);
     // The privileged domain caches foreign segments for in-place copies: it must look again.
     this.foreignStale(rec.domid);
     return null;
   }
+}
+
+/** Released runs looked at for a new segment before the shared range's top grows instead. */
+const FREE_RUNS_LOOKED_AT = 8;
+
+/** Adds [first, first + pages) to `free` (kept in frame order), merged with its neighbours. */
+function freeRun(free: { first: number; pages: number }[], first: number, pages: number): void {
+  let i = 0;
+  while (i < free.length && free[i].first < first) i++;
+  const before = i > 0 ? free[i - 1] : undefined;
+  const after = i < free.length ? free[i] : undefined;
+  if (before !== undefined && before.first + before.pages === first) {
+    before.pages += pages;
+    if (after !== undefined && first + pages === after.first) {
+      before.pages += after.pages;
+      free.splice(i, 1);
+    }
+  } else if (after !== undefined && first + pages === after.first) {
+    after.first = first;
+    after.pages += pages;
+  } else free.splice(i, 0, { first, pages });
 }
