@@ -463,7 +463,13 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
         words[i + RecordWord.Length] = n;
         words[aux + FragAux.Xfer] = t.id;
         words[aux + FragAux.Offset] = t.done;
-        copyBytes(w.bytes, at + RECORD_HEADER_BYTES, req.buffer, t.done, n);
+        const to = at + RECORD_HEADER_BYTES;
+        if (t.done + n <= req.buffer.length) copyBytes(w.bytes, to, req.buffer, t.done, n);
+        else {
+          // Resized or detached since isend: the receiver gets zeros in its place, the send ABORTED.
+          w.bytes.fill(0, to, to + n);
+          req.lostBuffer = true;
+        }
         w.commit();
         wrote = true;
         t.done += n;
@@ -485,7 +491,7 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
       !req.pushed ||
       req.state !== RequestState.Sent ||
       xfer < 1 ||
-      xfer > req.buffer.length
+      xfer > req.msgLength
     ) {
       this.garbage(`a CTS for ${xfer} bytes of no rendezvous of ours (sync id ${syncId})`);
       return;
@@ -521,7 +527,8 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
       return;
     }
     const req = t.req;
-    copyBytes(req.buffer, offset, rd.bytes, rd.payload, n);
+    if (offset + n <= req.buffer.length) copyBytes(req.buffer, offset, rd.bytes, rd.payload, n);
+    else req.lostBuffer = true;
     t.done += n;
     if (t.done < t.xfer) return;
     list.splice(k, 1);

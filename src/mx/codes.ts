@@ -90,11 +90,38 @@ export function checkMatch(hi: number, lo: number, mhi: number, mlo: number): vo
     throw new MxError("MX_BAD_MATCH_MASK", "match info has bits outside the match mask");
 }
 
-/** MX_BAD_SEG_LIST unless `buf` is a Uint8Array (what `what` was given). */
+/** The most bytes one message may have: MX lengths are 32-bit words on every path. */
+export const MAX_MESSAGE_BYTES = 0xffffffff;
+
+// The typed arrays' own accessors, taken when this module loads: they read a view's internal
+// slots, whatever the object says of itself (an own `length`, a swapped prototype, a Proxy).
+const typedArrayProto = Object.getPrototypeOf(Uint8Array.prototype) as object;
+const accessor = (name: PropertyKey) =>
+  Object.getOwnPropertyDescriptor(typedArrayProto, name)!.get! as (this: unknown) => unknown;
+const kindOf = accessor(Symbol.toStringTag);
+const bufferOf = accessor("buffer") as (this: unknown) => ArrayBufferLike;
+const offsetOf = accessor("byteOffset") as (this: unknown) => number;
+const lengthOf = accessor("length") as (this: unknown) => number;
+
+/**
+ * MX_BAD_SEG_LIST unless `buf` is a Uint8Array of at most MAX_MESSAGE_BYTES (what `what` was
+ * given). Returns the library's own view of the same bytes, which is all the library reads
+ * and copies through from then on: nothing the caller's object does (a `length` of its own, a
+ * Proxy, methods or a species that run the caller's code in the middle of a record) reaches
+ * the library, and the view's length is fixed. A buffer resized or detached later reads as
+ * empty through it, which the paths check before every copy (a message arriving for such a
+ * receive is consumed and the receive aborted; a send pushes zeros for what it no longer has).
+ */
 export function checkBuffer(buf: unknown, what: string): Uint8Array {
-  if (!(buf instanceof Uint8Array))
+  if (kindOf.call(buf) !== "Uint8Array")
     throw new MxError("MX_BAD_SEG_LIST", `${what}: the buffer must be a Uint8Array`);
-  return buf;
+  const length = lengthOf.call(buf);
+  if (length > MAX_MESSAGE_BYTES)
+    throw new MxError(
+      "MX_BAD_SEG_LIST",
+      `${what}: a message is at most ${MAX_MESSAGE_BYTES} bytes (MX lengths are 32-bit), the buffer has ${length}`,
+    );
+  return new Uint8Array(bufferOf.call(buf), offsetOf.call(buf), length);
 }
 
 /** MX_ANY_ENDPOINT / MX_ANY_NIC. */

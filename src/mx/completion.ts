@@ -10,6 +10,7 @@
  * completes once the NIC lets go (`finishRevokes`, on the progress loop's sweeps).
  */
 
+import { MxStatus } from "../nic/status.js";
 import type { PullRights } from "./pull-rights.js";
 import type { Regions } from "./regions.js";
 import { TraceStage, traceNow } from "./trace.js";
@@ -48,6 +49,21 @@ export class Completion {
   }
 
   private finish(req: MxRequest, code: number, xfer: number): void {
+    // A view of checkBuffer's reads as empty once its buffer was resized or detached: a send
+    // that lost it while in flight, or a receive whose bounce copy-out would find it gone.
+    if (
+      req.kind === "send"
+        ? req.buffer.length < req.msgLength
+        : req.bounce !== undefined && xfer > req.buffer.length
+    )
+      req.lostBuffer = true;
+    if (req.lostBuffer && (code === MxStatus.SUCCESS || code === MxStatus.TRUNCATED)) {
+      code = MxStatus.ABORTED;
+      req.reason ??=
+        req.kind === "send"
+          ? "isend: its buffer was resized or detached while the message was sent; the receiver got zeros for what it no longer held"
+          : "irecv: its buffer was resized or detached while the message arrived; what did not fit was dropped";
+    }
     req.code = code;
     req.xferLength = xfer;
     req.state = RequestState.Done;

@@ -326,23 +326,23 @@ export class MxEndpoint {
     sync: boolean,
   ): MxRequest {
     this.checkOpen();
-    checkBuffer(buffer, "isend");
+    const view = checkBuffer(buffer, "isend");
     const peer = this.partners.of(dest);
     if (peer === undefined)
       throw new MxError(
         "MX_BAD_ADDR_LIST",
         "isend: destination is not an address connected on this endpoint",
       );
-    const req = new MxRequest("send", buffer, context);
+    const req = new MxRequest("send", view, context);
     req.peer = peer;
     req.matchHi = u32(matchHi);
     req.matchLo = u32(matchLo);
-    req.msgLength = buffer.length;
+    req.msgLength = view.length;
     req.source = dest;
     req.sync = sync;
     // The path's own eager limit applies unless the owner chose a threshold.
     const limit = this.thresholdSet ? this.rndvThreshold : (peer.path?.eagerLimit ?? this.rndvThreshold);
-    req.rndv = buffer.length > limit;
+    req.rndv = view.length > limit;
     this.counters.sends++;
     const tb = this.ctx.trace;
     if (tb !== undefined) {
@@ -391,9 +391,9 @@ export class MxEndpoint {
     context?: unknown,
   ): MxRequest {
     this.checkOpen();
-    checkBuffer(buffer, "irecv");
+    const view = checkBuffer(buffer, "irecv");
     checkMatch(matchHi, matchLo, maskHi, maskLo);
-    const req = new MxRequest("recv", buffer, context);
+    const req = new MxRequest("recv", view, context);
     req.matchHi = u32(matchHi);
     req.matchLo = u32(matchLo);
     req.matchMaskHi = u32(maskHi);

@@ -257,7 +257,12 @@ export class EtherEngine implements Puller, PeerLossListener {
       setFrameWord(f, MxoeWord.id, j.pullId);
       setFrameWord(f, MxoeWord.offset, j.off);
       const src = j.req.bounce ?? j.req.buffer;
-      copyBytes(f, PAYLOAD_AT, src, j.off, n);
+      if (j.off + n <= src.length) copyBytes(f, PAYLOAD_AT, src, j.off, n);
+      else {
+        // Resized or detached since isend (codes.ts checkBuffer): zeros go, the send ABORTED.
+        f.fill(0, PAYLOAD_AT, PAYLOAD_AT + n);
+        j.req.lostBuffer = true;
+      }
       link.commit();
       j.off += n;
       if (j.off >= j.end) jobs.shift();
@@ -339,7 +344,7 @@ export class EtherEngine implements Puller, PeerLossListener {
         const len = frameWord(f, MxoeWord.length);
         // One PULL per rendezvous: a peer repeating it (78 bytes a frame) made us send the
         // whole buffer again each time, and queued a job per frame while our window was full.
-        if (!req?.rndv || req.peer !== peer || len > req.buffer.length || this.served.has(req)) {
+        if (!req?.rndv || req.peer !== peer || len > req.msgLength || this.served.has(req)) {
           this.ctx.counters.channelErrors++;
           return;
         }
@@ -357,7 +362,8 @@ export class EtherEngine implements Puller, PeerLossListener {
           this.ctx.counters.channelErrors++;
           return;
         }
-        copyBytes(p.recv.buffer, off, f, PAYLOAD_AT, n);
+        if (off + n <= p.recv.buffer.length) copyBytes(p.recv.buffer, off, f, PAYLOAD_AT, n);
+        else p.recv.lostBuffer = true;
         p.got += n;
         if (p.got >= p.xfer) {
           this.pulls.delete(id);

@@ -90,7 +90,9 @@ export class Regions {
     }
     const bounce = req.bounce;
     if (bounce !== undefined) {
-      if (req.kind === "recv" && xfer > 0) copyBytes(req.buffer, 0, bounce, 0, xfer);
+      // A receive whose buffer was resized or detached meanwhile gets nothing (completion.ts aborts it).
+      if (req.kind === "recv" && xfer > 0 && xfer <= req.buffer.length)
+        copyBytes(req.buffer, 0, bounce, 0, xfer);
       this.bounces.give(bounce);
       req.bounce = undefined;
     }

@@ -96,6 +96,8 @@ export class MxRequest extends MxStatusInfo {
   traceId = 0;
   /** @internal The pull right armed for this rendezvous send (exposure index), or -1. */
   xp = -1;
+  /** @internal Its buffer was resized or detached while in flight (codes.ts checkBuffer): it completes ABORTED. */
+  lostBuffer = false;
   /** @internal Revoking: the status and length it completes with once the NIC lets go. */
   revokedCode = 0;
   revokedXfer = 0;
