@@ -29,7 +29,7 @@ function isPow2(n: number): boolean {
 
 /** Dissemination barrier: ceil(log2 size) rounds. */
 export function barrier(comm: CollectiveTransport): void {
-  comm.live("barrier");
+  comm.clive("barrier");
   const { size, rank } = comm;
   for (let k = 1; k < size; k <<= 1)
     comm.csendrecv("barrier", EMPTY, (rank + k) % size, EMPTY, (rank - k + size) % size, TAG_BARRIER);
@@ -46,7 +46,7 @@ export function allreduce(
   rbuf: MpiBuffer,
   op: MpiOp,
 ): void {
-  comm.live("allreduce");
+  comm.clive("allreduce");
   const o = opArg("allreduce", op);
   let acc: MpiBuffer;
   let n: number;
@@ -183,7 +183,7 @@ function rabenseifner(
 
 /** Ring allgather: size − 1 steps, each passing one block to the right. */
 export function allgather(comm: CollectiveTransport, sbuf: MpiBuffer | InPlace, rbuf: MpiBuffer): void {
-  comm.live("allgather");
+  comm.clive("allgather");
   const { size, rank } = comm;
   let out: MpiBuffer;
   let n: number;
@@ -217,7 +217,7 @@ export function allgatherv(
   counts: ArrayLike<number>,
   displs: ArrayLike<number>,
 ): void {
-  comm.live("allgatherv");
+  comm.clive("allgatherv");
   const { size, rank } = comm;
   const out = sbuf === IN_PLACE ? bufferArg("allgatherv", "rbuf", rbuf) : undefined;
   const s = sbuf === IN_PLACE ? undefined : bufferArg("allgatherv", "sbuf", sbuf);
@@ -256,7 +256,7 @@ function ring(comm: CollectiveTransport, call: string, out: MpiBuffer, cd: Int32
 
 /** Pairwise-exchange alltoall: block j of sbuf goes to rank j, block i of rbuf comes from rank i. */
 export function alltoall(comm: CollectiveTransport, sbuf: MpiBuffer, rbuf: MpiBuffer): void {
-  comm.live("alltoall");
+  comm.clive("alltoall");
   const s = bufferArg("alltoall", "sbuf", sbuf);
   const out = sameTypeArg("alltoall", "rbuf", rbuf, s, "sbuf");
   const size = comm.size;
@@ -287,7 +287,7 @@ export function alltoallv(
   rcounts: ArrayLike<number>,
   rdispls: ArrayLike<number>,
 ): void {
-  comm.live("alltoallv");
+  comm.clive("alltoallv");
   const s = bufferArg("alltoallv", "sbuf", sbuf);
   const out = sameTypeArg("alltoallv", "rbuf", rbuf, s, "sbuf");
   const [sc, sd] = blocksArg("alltoallv", "sbuf", s, "scounts", scounts, "sdispls", sdispls, comm.size);
@@ -329,7 +329,6 @@ function pairwise(
     // The block to itself is copied while the first exchange is under way, in pieces that
     // let that exchange move between them (CollectiveTransport.ccopy).
     if (i === 1) comm.ccopy(bytesOf(out, rd(rank), sc(rank)), bytesOf(s, sd(rank), sc(rank)));
-    comm.cwait(call, r, src);
-    comm.cwait(call, sr, dst);
+    comm.cwaitPair(call, r, src, sr, dst);
   }
 }

@@ -20,7 +20,7 @@ import { MpiError } from "./status.js";
 
 /** Binomial-tree broadcast of buf (its whole length) from root. */
 export function bcast(comm: CollectiveTransport, buf: MpiBuffer, root: number): void {
-  comm.live("bcast");
+  comm.clive("bcast");
   const b = bytesOf(bufferArg("bcast", "buf", buf));
   const r = rankArg("bcast", "root", root, comm.size);
   const { size, rank } = comm;
@@ -52,7 +52,7 @@ export function reduce(
   op: MpiOp,
   root: number,
 ): void {
-  comm.live("reduce");
+  comm.clive("reduce");
   const o = opArg("reduce", op);
   const r = rankArg("reduce", "root", root, comm.size);
   const { size, rank } = comm;
@@ -97,7 +97,7 @@ export function gather(
   rbuf: MpiBuffer | null | undefined,
   root: number,
 ): void {
-  comm.live("gather");
+  comm.clive("gather");
   const s = bufferArg("gather", "sbuf", sbuf);
   const r = rankArg("gather", "root", root, comm.size);
   const { size, rank } = comm;
@@ -137,7 +137,7 @@ export function scatter(
   rbuf: MpiBuffer,
   root: number,
 ): void {
-  comm.live("scatter");
+  comm.clive("scatter");
   const out = bufferArg("scatter", "rbuf", rbuf);
   const r = rankArg("scatter", "root", root, comm.size);
   const { size, rank } = comm;
@@ -189,7 +189,7 @@ export function gatherv(
   displs: ArrayLike<number> | null | undefined,
   root: number,
 ): void {
-  comm.live("gatherv");
+  comm.clive("gatherv");
   const s = bufferArg("gatherv", "sbuf", sbuf);
   const r = rankArg("gatherv", "root", root, comm.size);
   if (comm.rank !== r) {
@@ -219,7 +219,7 @@ export function scatterv(
   rbuf: MpiBuffer,
   root: number,
 ): void {
-  comm.live("scatterv");
+  comm.clive("scatterv");
   const out = bufferArg("scatterv", "rbuf", rbuf);
   const r = rankArg("scatterv", "root", root, comm.size);
   if (comm.rank !== r) {

@@ -6,6 +6,19 @@
  * consecutive collectives need no sequence numbers. The c-prefixed methods are the
  * collective context's isend, irecv, wait, send, recv and sendrecv.
  *
+ * A failed member (design §3: never a hang). Every collective needs every member, so one with
+ * a member whose MX peer is gone cannot complete: it fails at its start (clive) if this rank
+ * knows, and an exchange that waits on such a member fails once it is seen gone (cwait waits
+ * in slices of DEAD_CHECK_MS, as p2p.ts's receives do). A rank that leaves a collective with
+ * an error leaves the others waiting on it, which may know nothing of the failure (the dead
+ * rank is not their partner in this step, or their MX has not seen it go). So it tells them:
+ * a notice (TAG_FAILED, the error's text) to every other member it can still reach, which a
+ * waiting exchange looks for between its slices and fails with, naming that rank and its
+ * error. Either way the communicator is then broken (`broken`): the members are out of step,
+ * and every later collective on it fails at its start with the first error (as ULFM's
+ * MPI_Comm_revoke leaves a communicator; there is no MPI_Comm_shrink to go on with).
+ * Point-to-point calls on it go on between live ranks.
+ *
  * The algorithms that use it are coll-rooted.ts and coll-nonrooted.ts; Comm (comm.ts)
  * extends this class.
  */
@@ -14,7 +27,7 @@ import { callCode, NONE, RECEIVING, SENDING } from "../cluster/rank-state.js";
 import type { MxRequest, MxStatusInfo } from "../mx/endpoint.js";
 import { MxStatus } from "../nic/status.js";
 import { copyBytes } from "../xen/copy.js";
-import { PointToPoint } from "./p2p.js";
+import { DEAD_CHECK_MS, PointToPoint } from "./p2p.js";
 import type { Runtime } from "./runtime.js";
 import { failureHint, MpiError } from "./status.js";
 
@@ -27,6 +40,11 @@ export const TAG_GATHER = 5;
 export const TAG_SCATTER = 6;
 export const TAG_ALLGATHER = 7;
 export const TAG_ALLTOALL = 8;
+/** A member left a collective with an error (the payload is its text): the others cannot complete theirs. */
+export const TAG_FAILED = 9;
+
+/** A notice's text is cut to this many bytes (it stays one small eager message). */
+const NOTICE_MAX = 1024;
 
 /**
  * A collective's copy to itself goes in pieces this large, with MX progress between them: the
@@ -40,6 +58,10 @@ export class CollectiveTransport extends PointToPoint {
   private readonly sendHiColl: number;
   /** @internal Requests a collective has in flight at once (waited by cwaitPending). */
   readonly pending: MxRequest[] = [];
+  /** @internal The error a collective on this communicator failed with; every later one fails with it. */
+  broken: string | undefined = undefined;
+  /** Notices of our failure still in flight (reaped as they complete). */
+  private readonly notices: MxRequest[] = [];
 
   /** @internal */
   constructor(rt: Runtime, context: number, worldRanks: readonly number[], rank: number) {
@@ -57,28 +79,125 @@ export class CollectiveTransport extends PointToPoint {
     return this.ep.irecv(b, ((this.ctxColl << 16) | src) >>> 0, tag, 0xffffffff, 0xffffffff);
   }
 
+  /**
+   * @internal A collective's start (after its own checks): throws, and tells the others, if
+   * this communicator is broken or a member is known gone — no collective can then complete.
+   */
+  clive(call: string): void {
+    this.live(call);
+    if (this.broken !== undefined)
+      throw new MpiError(
+        `MPI ${call}: an earlier collective on this communicator failed, so no other can complete: ${this.broken}`,
+      );
+    for (let r = 0; r < this.size; r++) {
+      const why = this.peerGone(r);
+      if (why !== undefined)
+        this.cfail(
+          `MPI ${call}: ${this.unreachable(r, why)}; no collective on this communicator can complete`,
+        );
+    }
+  }
+
   /** @internal */
   cwait(call: string, req: MxRequest, peer: number): void {
-    const cs = this.rt.callState;
-    let s: MxStatusInfo | undefined;
-    if (cs === undefined || req.done) s = this.ep.wait(req);
-    else {
-      cs.block(callCode(call), req.kind === "send" ? SENDING : RECEIVING, this.worldRanks[peer], NONE);
+    const s = req.done ? this.ep.wait(req) : this.cblock(call, req, peer);
+    if (!s) this.cfail(`MPI ${call}: interrupted`);
+    // Matched on (context, peer) bits: the address must be that peer's too.
+    if (req.kind === "recv" && s.source !== undefined) {
       try {
-        s = this.ep.wait(req);
-      } finally {
-        cs.unblock();
+        this.sourceOf(call, s);
+      } catch (e) {
+        this.cfail((e as Error).message);
       }
     }
-    if (!s) throw new MpiError(`MPI ${call}: interrupted`);
-    // Matched on (context, peer) bits: the address must be that peer's too.
-    if (req.kind === "recv" && s.source !== undefined) this.sourceOf(call, s);
     if (s.code === MxStatus.SUCCESS && (req.kind === "send" || s.msgLength === req.buffer.length)) return;
     if (s.code === MxStatus.SUCCESS || s.code === MxStatus.TRUNCATED)
-      throw new MpiError(
+      this.cfail(
         `MPI ${call}: rank ${peer} sent ${s.msgLength} bytes where ${req.buffer.length} were expected; every rank must pass matching counts and element types`,
       );
-    throw new MpiError(`MPI ${call}: exchange with rank ${peer} failed: ${s.codeName} (${failureHint(s)})`);
+    this.cfail(`MPI ${call}: exchange with rank ${peer} failed: ${s.codeName} (${failureHint(s)})`);
+  }
+
+  /**
+   * Waits for an exchange with `peer`, in slices of DEAD_CHECK_MS: between them, fails if
+   * `peer` is gone (a receive still unmatched is withdrawn; MX fails a send itself) or a
+   * member sent a notice that it left this collective. Undefined on mx_wakeup.
+   */
+  private cblock(call: string, req: MxRequest, peer: number): MxStatusInfo | undefined {
+    const cs = this.rt.callState;
+    cs?.block(callCode(call), req.kind === "send" ? SENDING : RECEIVING, this.worldRanks[peer], NONE);
+    try {
+      for (;;) {
+        if (req.kind === "recv" && !req.done) {
+          const why = this.peerGone(peer);
+          if (why !== undefined && this.withdraw(req))
+            this.cfail(`MPI ${call}: exchange with rank ${peer} failed: ${this.unreachable(peer, why)}`);
+        }
+        const start = performance.now();
+        const s = this.ep.wait(req, DEAD_CHECK_MS);
+        if (s !== undefined) return s;
+        if (performance.now() - start < DEAD_CHECK_MS) return undefined;
+        this.reapNotices();
+        const notice = this.takeNotice(call);
+        if (notice !== undefined) {
+          if (req.kind === "recv") this.withdraw(req);
+          this.cfail(notice, false);
+        }
+      }
+    } finally {
+      cs?.unblock();
+    }
+  }
+
+  /**
+   * Fails the collective under way with `message`: the communicator is broken from now on,
+   * and (`tell`) every other member this rank can reach gets a notice, so that none waits
+   * for ever on a rank that left.
+   */
+  private cfail(message: string, tell = true): never {
+    if (this.broken === undefined) {
+      this.broken = message;
+      if (tell) {
+        const text = new TextEncoder().encode(message).subarray(0, NOTICE_MAX);
+        for (let r = 0; r < this.size; r++)
+          if (r !== this.rank && this.peerGone(r) === undefined)
+            this.notices.push(this.ep.isend(text, this.peers[r]!, this.sendHiColl, TAG_FAILED));
+        this.reapNotices();
+      }
+    }
+    throw new MpiError(message);
+  }
+
+  private reapNotices(): void {
+    const n = this.notices;
+    for (let i = n.length - 1; i >= 0; i--)
+      if (n[i].done) {
+        this.ep.test(n[i]);
+        n.splice(i, 1);
+      }
+  }
+
+  /** A member's notice that it left a collective, as this rank's error; undefined if none came. */
+  private takeNotice(call: string): string | undefined {
+    const hi = (this.ctxColl << 16) >>> 0;
+    const p = this.ep.iprobe(hi, TAG_FAILED, 0xffff0000, 0xffffffff);
+    if (p === undefined) return undefined;
+    const b = new Uint8Array(Math.min(p.msgLength, NOTICE_MAX));
+    const req = this.ep.irecv(b, p.matchHi, TAG_FAILED, 0xffffffff, 0xffffffff);
+    // Eager and already here: the wait is bounded only against the unforeseen.
+    const s = this.ep.wait(req, 1000);
+    if (s === undefined) {
+      this.withdraw(req);
+      return undefined;
+    }
+    let from: string;
+    try {
+      from = `rank ${this.sourceOf(call, s)}`;
+    } catch (e) {
+      return (e as Error).message;
+    }
+    const text = new TextDecoder().decode(b.subarray(0, s.xferLength));
+    return `MPI ${call}: ${from} left a collective on this communicator with an error, so this one cannot complete: ${text}`;
   }
 
   /** @internal */
@@ -94,7 +213,25 @@ export class CollectiveTransport extends PointToPoint {
   /** @internal */
   csendrecv(call: string, sb: Uint8Array, dest: number, rb: Uint8Array, src: number, tag: number): void {
     const r = this.cirecv(rb, src, tag);
-    const s = this.cisend(sb, dest, tag);
+    this.cwaitPair(call, r, src, this.cisend(sb, dest, tag), dest);
+  }
+
+  /**
+   * @internal Waits for an exchange's receive `r` (from `src`) and send `s` (to `dest`). A
+   * send already done is looked at first: if it failed (its peer is gone), waiting on the
+   * receive first could wait for ever; the receive is withdrawn then.
+   */
+  cwaitPair(call: string, r: MxRequest, src: number, s: MxRequest, dest: number): void {
+    if (s.done) {
+      try {
+        this.cwait(call, s, dest);
+      } catch (e) {
+        this.withdraw(r);
+        throw e;
+      }
+      this.cwait(call, r, src);
+      return;
+    }
     this.cwait(call, r, src);
     this.cwait(call, s, dest);
   }
@@ -119,8 +256,13 @@ export class CollectiveTransport extends PointToPoint {
   /** @internal Waits for every request in this.pending (peers given alongside), then empties it. */
   cwaitPending(call: string, peers: number[]): void {
     const p = this.pending;
+    let i = 0;
     try {
-      for (let i = 0; i < p.length; i++) this.cwait(call, p[i], peers[i]);
+      for (; i < p.length; i++) this.cwait(call, p[i], peers[i]);
+    } catch (e) {
+      // The receives still posted are withdrawn (sends stay with MX, which ends them).
+      for (let j = i + 1; j < p.length; j++) if (p[j].kind === "recv") this.withdraw(p[j]);
+      throw e;
     } finally {
       p.length = 0;
       peers.length = 0;

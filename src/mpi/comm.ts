@@ -171,13 +171,23 @@ export class Comm extends CollectiveTransport {
     );
   }
 
-  /** MPI_Finalize: a barrier of all ranks, then MX closes. Later calls throw. */
+  /**
+   * MPI_Finalize: a barrier of all ranks, then MX closes. Later calls throw. If the barrier
+   * fails (a rank is gone), MX closes all the same and its error is thrown: finalize never
+   * leaves the rank's endpoint open, nor its peers waiting on it.
+   */
   finalize(): void {
     if (this.rt.finalized) return;
-    this.rt.world.barrier();
-    this.rt.finalized = true;
-    this.rt.callState?.finalized();
-    this.rt.mx.finalize();
+    try {
+      this.rt.world.barrier();
+    } catch (e) {
+      if (!(e instanceof MpiError)) throw e;
+      throw new MpiError(`MPI finalize: its barrier failed (MX is closed all the same): ${e.message}`);
+    } finally {
+      this.rt.finalized = true;
+      this.rt.callState?.finalized();
+      this.rt.mx.finalize();
+    }
   }
 }
 export { MpiOp };

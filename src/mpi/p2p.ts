@@ -11,12 +11,20 @@
  * bits claim another rank is rejected. Messages a rank sends to itself never reach MX: they
  * are matched here. All calls block, like C MPI.
  *
+ * A failed peer ends the calls that wait on it with an MpiError naming the rank and MX's
+ * reason (design §3: never a hang). MX fails sends to a peer it has failed, but it matches
+ * receives on bits, not peers: a posted receive from a rank whose MX peer is dead would wait
+ * for ever. So a receive with an explicit source waits in slices of DEAD_CHECK_MS and looks
+ * between them whether that rank's peer is gone (MxEndpoint.peerDead); if it is and the
+ * receive is still unmatched, the receive is withdrawn (mx_cancel) and fails. A message the
+ * peer sent before it failed is still delivered: only an unmatched receive is withdrawn.
+ *
  * This is the hot path. The layers above (coll-transport.ts, then comm.ts) extend this class
  * rather than wrap it, so a send or receive reaches these methods with no extra hop.
  */
 
 import { RECEIVING, SENDING } from "../cluster/rank-state.js";
-import type { MxAddress, MxEndpoint, MxStatusInfo } from "../mx/endpoint.js";
+import type { MxAddress, MxEndpoint, MxRequest, MxStatusInfo } from "../mx/endpoint.js";
 import { MxStatus } from "../nic/status.js";
 import { copyBytes } from "../xen/copy.js";
 import { bufferArg, rankArg, tagArg } from "./args.js";
@@ -34,6 +42,12 @@ import { ANY_SOURCE, ANY_TAG } from "./constants.js";
 import { MpiRequest } from "./request.js";
 import type { Runtime } from "./runtime.js";
 import { failureHint, MpiError, type MpiStatus, truncated } from "./status.js";
+
+/**
+ * How long a blocked receive (or probe) sleeps in MX before it looks again whether the rank
+ * it waits on has failed, ms: the most a death noticed during a wait adds to its error.
+ */
+export const DEAD_CHECK_MS = 100;
 
 /** A communicator's members and point-to-point calls (Comm, comm.ts, adds collectives). */
 export class PointToPoint {
@@ -90,6 +104,92 @@ export class PointToPoint {
 
   get size(): number {
     return this.worldRanks.length;
+  }
+
+  /** @internal Why member `r`'s MX peer is gone (MX's reason), or undefined while it lives (and for this rank). */
+  peerGone(r: number): string | undefined {
+    const a = this.peers[r];
+    return a === undefined ? undefined : this.ep.peerDead(a);
+  }
+
+  /** @internal The sentence for a member whose MX peer is gone. */
+  protected unreachable(r: number, why: string): string {
+    return `rank ${r} is unreachable (this peer is disconnected: ${why})`;
+  }
+
+  /**
+   * Why a receive from `source` can never be matched, or undefined: an exact source whose MX
+   * peer is gone. MPI.ANY_SOURCE (only when `anySource`, for calls that block): when every
+   * other member is gone. ULFM (MPI 4's fault-tolerance proposal) fails a wildcard receive
+   * as soon as any potential sender fails, until the program acknowledges the failure with
+   * MPI_Comm_failure_ack; this library has no acknowledgement, so that rule would fail every
+   * later ANY_SOURCE receive on the communicator, even those the survivors go on sending to.
+   * It fails one only when no member is left that could send it, and keeps waiting while one
+   * is (as a receive from a live rank that never sends waits).
+   */
+  private unmatchable(source: number, anySource: boolean): string | undefined {
+    if (source >= 0) {
+      const why = this.peerGone(source);
+      return why === undefined ? undefined : this.unreachable(source, why);
+    }
+    if (source !== ANY_SOURCE || !anySource) return undefined;
+    const gone: string[] = [];
+    for (let r = 0; r < this.size; r++) {
+      if (r === this.rank) continue;
+      const why = this.peerGone(r);
+      if (why === undefined) return undefined;
+      if (gone.length < 3) gone.push(`rank ${r}: ${why}`);
+    }
+    if (gone.length === 0) return undefined;
+    const more = this.size - 1 > gone.length ? `; and ${this.size - 1 - gone.length} more` : "";
+    return `every other rank of this communicator is unreachable, none can send it (${gone.join("; ")}${more})`;
+  }
+
+  /** @internal Withdraws an unmatched MX receive (mx_cancel, then reaped): false if it already matched. */
+  protected withdraw(mx: MxRequest): boolean {
+    if (mx.done) {
+      this.ep.test(mx);
+      return false;
+    }
+    if (!this.ep.cancel(mx)) return false;
+    this.ep.test(mx);
+    return true;
+  }
+
+  /**
+   * If `req` (a receive) waits on a rank that is gone and is still unmatched, withdraws it
+   * and throws its MpiError; else returns (a matched one completes: MX fails it if its
+   * peer dies).
+   */
+  private failIfUnmatchable(req: MpiRequest, anySource: boolean): void {
+    const mx = req.mx;
+    if (req.kind !== "recv" || mx === undefined || mx.done) return;
+    const why = this.unmatchable(req.peer, anySource);
+    if (why === undefined || !this.withdraw(mx)) return;
+    req.mx = undefined;
+    req.active = false;
+    this.unpost(req);
+    const from = req.peer >= 0 ? `from rank ${req.peer}` : "from MPI.ANY_SOURCE";
+    const error = `recv ${from} (tag ${req.tag}) failed: ${why}`;
+    throw new MpiError(`MPI: ${error}`, { source: req.peer, tag: req.tag, count: 0, bytes: 0, error });
+  }
+
+  /**
+   * mx_wait for a request of this communicator. A send waits as MX waits (MX fails it if
+   * its peer fails). A receive waits in slices of DEAD_CHECK_MS, failing (failIfUnmatchable)
+   * once the rank it waits on is gone. Undefined on mx_wakeup, as mx_wait.
+   */
+  private mxWait(req: MpiRequest): MxStatusInfo | undefined {
+    const mx = req.mx!;
+    if (req.kind === "send" || mx.done) return this.ep.wait(mx);
+    for (;;) {
+      this.failIfUnmatchable(req, true);
+      const start = performance.now();
+      const s = this.ep.wait(mx, DEAD_CHECK_MS);
+      if (s !== undefined) return s;
+      // mx_wait returned before its timeout: mx_wakeup.
+      if (performance.now() - start < DEAD_CHECK_MS) return undefined;
+    }
   }
 
   /** @internal Throws once MPI.finalize was called. */
@@ -254,11 +354,11 @@ export class PointToPoint {
         `MPI wait: a receive from this rank itself (tag ${req.tag}) has no matching send to self; waiting would block forever`,
       );
     const cs = this.rt.callState;
-    if (cs === undefined || req.mx.done) return this.finish(req, this.ep.wait(req.mx));
+    if (cs === undefined || req.mx.done) return this.finish(req, this.mxWait(req));
     const peer = req.peer >= 0 ? this.worldRanks[req.peer] : req.peer;
     cs.block(call, req.kind === "send" ? SENDING : RECEIVING, peer, req.tag);
     try {
-      return this.finish(req, this.ep.wait(req.mx));
+      return this.finish(req, this.mxWait(req));
     } finally {
       cs.unblock();
     }
@@ -273,7 +373,10 @@ export class PointToPoint {
     }
     if (!req.mx) return undefined;
     const s = this.ep.test(req.mx);
-    return s ? this.finish(req, s) : undefined;
+    if (s) return this.finish(req, s);
+    // An ANY_SOURCE receive is not failed here: a send to self may still match it.
+    this.failIfUnmatchable(req, false);
+    return undefined;
   }
 
   waitall(reqs: MpiRequest[]): MpiStatus[] {
@@ -299,6 +402,7 @@ export class PointToPoint {
         const r = reqs[i];
         if (!r.active) continue;
         if (r.local || r.mx?.done) return { index: i, status: this.wait(r) };
+        this.failIfUnmatchable(r, true);
         if (r.mx && blockOn < 0) blockOn = i;
       }
       if (blockOn < 0)
@@ -327,9 +431,36 @@ export class PointToPoint {
   ): MpiStatus {
     const r = this.irecv(rbuf, source, rtag);
     const s = this.isend(sbuf, dest, stag);
-    const st = this.waitIn(CALL_SENDRECV, r);
+    if (s.mx?.done) {
+      // Done at once: perhaps failed (its peer is gone). Its error comes first, and the
+      // receive is withdrawn rather than left to take a later message.
+      try {
+        this.waitIn(CALL_SENDRECV, s);
+      } catch (e) {
+        this.abandon(r);
+        throw e;
+      }
+      return this.waitIn(CALL_SENDRECV, r);
+    }
+    let st: MpiStatus;
+    try {
+      st = this.waitIn(CALL_SENDRECV, r);
+    } catch (e) {
+      // The send stays with MX, which completes or fails it; it is reaped if it is done.
+      if (s.mx?.done) this.ep.test(s.mx);
+      s.active = false;
+      throw e;
+    }
     this.waitIn(CALL_SENDRECV, s);
     return st;
+  }
+
+  /** Ends a receive nobody will wait for: withdrawn from MX if still unmatched (a matched one completes into its buffer). */
+  private abandon(req: MpiRequest): void {
+    if (req.mx) this.withdraw(req.mx);
+    req.mx = undefined;
+    req.active = false;
+    this.unpost(req);
   }
 
   /** Waits for a matching message without receiving it. Pass a TypedArray class to get count in its elements. */
@@ -346,7 +477,22 @@ export class PointToPoint {
     const cs = this.rt.callState;
     cs?.block(CALL_PROBE, RECEIVING, s >= 0 ? this.worldRanks[s] : s, t);
     try {
-      return this.probeStatus(this.ep.probe(0, hi, lo, mhi, mlo), type);
+      // In slices, as a receive waits: no message can come from a rank that is gone.
+      for (;;) {
+        const why = this.unmatchable(s, true);
+        if (why !== undefined) {
+          // It may have come in the progress that noticed the failure.
+          const last = this.ep.iprobe(hi, lo, mhi, mlo);
+          if (last !== undefined) return this.probeStatus(last, type);
+          throw new MpiError(
+            `MPI probe: no message ${s >= 0 ? `from rank ${s}` : "from MPI.ANY_SOURCE"} (tag ${tag}) can come: ${why}`,
+          );
+        }
+        const start = performance.now();
+        const st = this.ep.probe(DEAD_CHECK_MS, hi, lo, mhi, mlo);
+        // A probe that returned before its timeout without a message: mx_wakeup.
+        if (st !== undefined || performance.now() - start < DEAD_CHECK_MS) return this.probeStatus(st, type);
+      }
     } finally {
       cs?.unblock();
     }

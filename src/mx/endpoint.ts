@@ -289,6 +289,16 @@ export class MxEndpoint {
   }
 
   /**
+   * Why the peer behind `addr` is gone — the library failed it (garbage, a flood, silence),
+   * it went away, it was disconnected or this endpoint closed — or undefined while it lives
+   * (and for an address not connected on this endpoint). Receives match on bits, not peers,
+   * so a layer that knows which peer a receive waits on asks here (MPI's exact-source receives).
+   */
+  peerDead(addr: MxAddress): string | undefined {
+    return this.partners.of(addr)?.dead;
+  }
+
+  /**
    * Moves this endpoint to the split path ("split": every peer over Ethernet, through netback
    * and the bridge) or back to its fast path ("bypass"/"native"), with traffic flowing. Peers
    * are told with a PATH frame and keep reading every way in, and each pair's messages carry
