@@ -192,10 +192,14 @@ export class PointToPoint {
     }
   }
 
-  /** @internal Throws once MPI.finalize was called. */
+  /** @internal Throws once MPI.finalize was called, or once this rank's MX endpoint was closed under MPI. */
   live(call: string): void {
     if (this.rt.finalized)
       throw new MpiError(`MPI ${call}: MPI.finalize was called; no MPI call may follow it`);
+    if (this.ep.closed)
+      throw new MpiError(
+        `MPI ${call}: this rank's MX endpoint ${this.ep.endpointId} was closed (mx_close_endpoint or mx_finalize called outside MPI); MPI needs it until MPI.finalize`,
+      );
   }
 
   // ---- point-to-point ------------------------------------------------------------------------

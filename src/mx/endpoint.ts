@@ -36,10 +36,18 @@ import type { MxDriver } from "../myrixen/driver-abi.js";
 import { MxStatus } from "../nic/status.js";
 import { I_SEQ, I_SLEEPING, WIRE_TIMEOUT_MS } from "../nic/window.js";
 import { Channels } from "./channel-path.js";
-import { asMxError, checkBuffer, checkMatch, DEFAULT_RNDV_THRESHOLD, MX_INFINITE, MxError } from "./codes.js";
+import {
+  asMxError,
+  checkBuffer,
+  checkMatch,
+  DEFAULT_RNDV_THRESHOLD,
+  MX_ANY_ENDPOINT,
+  MX_INFINITE,
+  MxError,
+} from "./codes.js";
 import { Completion } from "./completion.js";
 import { Connections } from "./connections.js";
-import type { EtherHub } from "./ether.js";
+import { EtherHub } from "./ether.js";
 import { EtherConnector } from "./ether-connect.js";
 import { EtherEngine } from "./ether-path.js";
 import { DEFAULT_MAX_UNEXPECTED_BYTES, Matching } from "./matching.js";
@@ -116,18 +124,123 @@ export interface EndpointOptions {
 
 const u32 = (n: number) => n >>> 0;
 
+/** How a value the caller passed reads in an error message, without running any of its code (valueOf, toString, getters). */
+function shown(v: unknown): string {
+  switch (typeof v) {
+    case "number":
+    case "boolean":
+    case "undefined":
+    case "symbol":
+      return String(v);
+    case "bigint":
+      return `${v}n (a BigInt)`;
+    case "string":
+      return `${JSON.stringify(v.length > 40 ? `${v.slice(0, 40)}…` : v)} (a string)`;
+    case "function":
+      return "a function";
+    default:
+      return v === null ? "null" : "an object";
+  }
+}
+
+/**
+ * A 32-bit word argument (a match value or mask word, an endpoint id) as given: a number that
+ * is an integer in 0..2^32−1, or MX_BAD_PARAM_VAL naming `what`. No conversion runs (no
+ * valueOf), so what was checked is what is used.
+ */
+function u32Arg(v: unknown, what: string): number {
+  if (typeof v !== "number" || !Number.isInteger(v) || v < 0 || v > 0xffffffff)
+    throw new MxError(
+      "MX_BAD_PARAM_VAL",
+      `${what} must be an integer in 0..2^32−1 (a number, not converted), got ${shown(v)}`,
+    );
+  return v >>> 0; // -0 → 0
+}
+
+/**
+ * A timeout in ms as given (0 = MX_INFINITE; Infinity waits forever too), or MX_BAD_PARAM_VAL:
+ * NaN, a negative number or a non-number would quietly mean "now" or "never".
+ */
+function checkTimeout(ms: unknown, what = "timeout"): number {
+  if (typeof ms !== "number" || Number.isNaN(ms) || ms < 0)
+    throw new MxError(
+      "MX_BAD_PARAM_VAL",
+      `${what} must be a number of ms ≥ 0 (0 = MX_INFINITE), got ${shown(ms)}`,
+    );
+  return ms;
+}
+
+/** The longest spin a blocking call may be told to make, µs (spinUs, spinMaxUs): 1 s. */
+export const MAX_SPIN_US = 1_000_000;
+
+/** A spinUs or spinMaxUs as given, or MX_BAD_PARAM_VAL naming `what`. */
+function checkSpin(us: unknown, what: "spinUs" | "spinMaxUs"): number {
+  if (typeof us !== "number" || !Number.isFinite(us) || us < 0 || us > MAX_SPIN_US)
+    throw new MxError(
+      "MX_BAD_PARAM_VAL",
+      `${what} must be a number of µs ≥ 0 (at most ${MAX_SPIN_US}), got ${shown(us)}`,
+    );
+  return us;
+}
+
 /** A maxUnexpectedBytes as given (at least one eager message of 64 KiB), or MX_BAD_PARAM_VAL. */
 function checkMaxUnexpected(n: number): number {
   if (!Number.isSafeInteger(n) || n < 65536)
-    throw new MxError("MX_BAD_PARAM_VAL", `maxUnexpectedBytes must be an integer ≥ 65536, got ${String(n)}`);
+    throw new MxError("MX_BAD_PARAM_VAL", `maxUnexpectedBytes must be an integer ≥ 65536, got ${shown(n)}`);
   return n;
 }
 
-/** A spinMaxUs as given, or MX_BAD_PARAM_VAL. */
-function checkSpinMax(us: number): number {
-  if (!Number.isFinite(us) || us < 0)
-    throw new MxError("MX_BAD_PARAM_VAL", `spinMaxUs must be a number of µs ≥ 0, got ${String(us)}`);
-  return us;
+/** The largest trace buffer, in records (nic/trace-ring.ts). */
+const MAX_TRACE_RECORDS = 1 << 24;
+
+/** A trace buffer's capacity as given, or MX_BAD_PARAM_VAL. */
+function checkTraceCapacity(n: unknown, what: string): number {
+  if (typeof n !== "number" || !Number.isInteger(n) || n < 1 || n > MAX_TRACE_RECORDS)
+    throw new MxError(
+      "MX_BAD_PARAM_VAL",
+      `${what} must be an integer in 1..${MAX_TRACE_RECORDS} (records), got ${shown(n)}`,
+    );
+  return n;
+}
+
+/** The open options checked before the driver opens anything: what they say, or MX_BAD_PARAM_VAL. */
+function checkOptions(opts: EndpointOptions) {
+  if (typeof opts !== "object" || opts === null)
+    throw new MxError("MX_BAD_PARAM_VAL", `endpoint options must be an object, got ${shown(opts)}`);
+  if (!Number.isInteger(opts.key) || opts.key < 0 || opts.key > 0xffffffff)
+    throw new MxError(
+      "MX_BAD_PARAM_VAL",
+      `endpoint key must be a 32-bit unsigned integer, got ${shown(opts.key)}`,
+    );
+  const endpointId = u32Arg(opts.endpointId ?? MX_ANY_ENDPOINT, "endpointId");
+  const t = opts.rndvThreshold ?? DEFAULT_RNDV_THRESHOLD;
+  if (!Number.isInteger(t) || t < 0 || t > 64 * 1024)
+    throw new MxError("MX_BAD_PARAM_VAL", `rndvThreshold must be an integer in 0..65536, got ${shown(t)}`);
+  const spinUs = checkSpin(opts.spinUs ?? DEFAULT_SPIN_US, "spinUs");
+  const spinMaxUs = checkSpin(opts.spinMaxUs ?? spinUs, "spinMaxUs");
+  const maxUnexpected = checkMaxUnexpected(opts.maxUnexpectedBytes ?? DEFAULT_MAX_UNEXPECTED_BYTES);
+  const tr = opts.trace;
+  const trace =
+    tr === undefined || tr === false
+      ? 0
+      : tr === true
+        ? DEFAULT_TRACE_RECORDS
+        : checkTraceCapacity(tr, "trace (true, or the trace buffer's capacity)");
+  if (opts.memory !== undefined && !(opts.memory instanceof SharedArrayBuffer))
+    throw new MxError(
+      "MX_BAD_PARAM_VAL",
+      `memory must be this domain's memory (a SharedArrayBuffer: guest.memory.ram), got ${shown(opts.memory)}`,
+    );
+  if (opts.ether !== undefined && !(opts.ether instanceof EtherHub))
+    throw new MxError(
+      "MX_BAD_PARAM_VAL",
+      `ether must be the guest's MX-over-Ethernet hub (Mx.init opens it; leave the option out), got ${shown(opts.ether)}`,
+    );
+  if (opts.split !== undefined && typeof opts.split !== "boolean")
+    throw new MxError("MX_BAD_PARAM_VAL", `split must be true or false, got ${shown(opts.split)}`);
+  if (opts.split === true && opts.ether === undefined)
+    throw new MxError("MX_NO_DEV", "the split path needs a network device (netfront); this domain has none");
+  return { endpointId, rndvThreshold: t, spinUs, spinMaxUs, maxUnexpected, trace };
 }
 
 /** An open MX endpoint. */
@@ -172,62 +285,80 @@ export class MxEndpoint {
     private readonly driver: MxDriver,
     opts: EndpointOptions,
   ) {
-    if (!Number.isInteger(opts.key) || opts.key < 0 || opts.key > 0xffffffff)
-      throw new MxError(
-        "MX_BAD_PARAM_VAL",
-        `endpoint key must be a 32-bit unsigned integer, got ${String(opts.key)}`,
-      );
-    const t = opts.rndvThreshold ?? DEFAULT_RNDV_THRESHOLD;
-    if (!Number.isInteger(t) || t < 0 || t > 64 * 1024)
-      throw new MxError("MX_BAD_PARAM_VAL", `rndvThreshold must be an integer in 0..65536, got ${String(t)}`);
-    this.rndvThreshold = t;
+    // Every option is checked before the driver opens anything: an option it refuses costs
+    // no endpoint (a NIC context, one of the domain's quota).
+    const o = checkOptions(opts);
+    this.rndvThreshold = o.rndvThreshold;
     this.thresholdSet = opts.rndvThreshold !== undefined;
-    this.spinUs = opts.spinUs ?? DEFAULT_SPIN_US;
-    this.spin = new SpinBudget(this.spinUs, checkSpinMax(opts.spinMaxUs ?? this.spinUs));
-    const maxUnexpected = checkMaxUnexpected(opts.maxUnexpectedBytes ?? DEFAULT_MAX_UNEXPECTED_BYTES);
+    this.spinUs = o.spinUs;
+    this.spin = new SpinBudget(o.spinUs, o.spinMaxUs);
     this.key = opts.key >>> 0;
     this.nicId = driver.nicId;
     let ep: ReturnType<MxDriver["openEndpoint"]>;
     try {
-      ep = driver.openEndpoint(opts.endpointId ?? 0xffffffff, this.key);
+      ep = driver.openEndpoint(o.endpointId, this.key);
     } catch (e) {
       throw asMxError(e, "MX_BAD_ENDPOINT");
     }
     this.endpointId = ep.endpointId;
     this.session = ep.session;
-    this.intr = new Int32Array(ep.intr);
-    // The parts, bottom up (the header's table).
-    const ctx = (this.ctx = new EndpointContext(this.nicId, this.endpointId, this.session, this.key));
-    this.counters = ctx.counters;
-    const regions = (this.regions = new Regions(driver, this.endpointId, opts.memory, ctx.counters));
-    const rights = (this.rights = new PullRights(ep.window));
-    const completion = (this.completion = new Completion(ctx, regions, rights));
-    const partners = (this.partners = new PartnerTable(completion));
-    const sends = (this.sends = new PendingSends(ctx, completion));
-    const matching = (this.matching = new Matching(ctx, completion, partners, maxUnexpected));
-    const nic = (this.nic = new NicQueues(ep.window, ctx, completion, regions));
-    const parts = { ctx, driver, nic, partners, sends, completion, matching, rights, regions };
-    const nicRecords = (this.nicRecords = new NicRecords(parts));
-    const channels = new Channels(parts);
-    nic.attach(nicRecords, channels);
-    // Told of a failed peer in this order: its waiting sends, NIC pulls, unexpected rendezvous, Ethernet state.
-    partners.onPeerLost(sends);
-    partners.onPeerLost(nic);
-    partners.onPeerLost(matching);
-    if (opts.trace) this.enableTrace(opts.trace === true ? DEFAULT_TRACE_RECORDS : opts.trace);
-    if (opts.ether) {
-      this.ether = new EtherEngine(opts.ether, parts);
-      this.etherConnect = new EtherConnector(this.ether, parts);
-      partners.onPeerLost(this.ether);
-      partners.split = opts.split === true || driver.path === "split";
-    } else if (opts.split) {
+    try {
+      this.intr = new Int32Array(ep.intr);
+      // The parts, bottom up (the header's table).
+      const ctx = (this.ctx = new EndpointContext(this.nicId, this.endpointId, this.session, this.key));
+      this.counters = ctx.counters;
+      const regions = (this.regions = new Regions(driver, this.endpointId, opts.memory, ctx.counters));
+      const rights = (this.rights = new PullRights(ep.window));
+      const completion = (this.completion = new Completion(ctx, regions, rights));
+      const partners = (this.partners = new PartnerTable(completion));
+      const sends = (this.sends = new PendingSends(ctx, completion));
+      const matching = (this.matching = new Matching(ctx, completion, partners, o.maxUnexpected));
+      const nic = (this.nic = new NicQueues(ep.window, ctx, completion, regions));
+      const parts = { ctx, driver, nic, partners, sends, completion, matching, rights, regions };
+      const nicRecords = (this.nicRecords = new NicRecords(parts));
+      const channels = new Channels(parts);
+      nic.attach(nicRecords, channels);
+      // Told of a failed peer in this order: its waiting sends, NIC pulls, unexpected rendezvous, Ethernet state.
+      partners.onPeerLost(sends);
+      partners.onPeerLost(nic);
+      partners.onPeerLost(matching);
+      if (o.trace > 0) this.enableTrace(o.trace);
+      if (opts.ether !== undefined) {
+        this.ether = new EtherEngine(opts.ether, parts);
+        this.etherConnect = new EtherConnector(this.ether, parts);
+        partners.onPeerLost(this.ether);
+        partners.split = opts.split === true || driver.path === "split";
+      }
+      const block: Block = (ready, timeoutMs) => this.block(ready, timeoutMs);
+      this.connections = new Connections(
+        ctx,
+        driver,
+        partners,
+        channels,
+        nicRecords,
+        this.etherConnect,
+        block,
+      );
+    } catch (e) {
+      // The driver opened the endpoint: it goes back now, not at mx_finalize (40 failed opens
+      // once held all of a domain's endpoints until then).
+      this.closed = true;
+      try {
+        this.etherConnect?.detach();
+      } catch {
+        // a hub that never took the endpoint
+      }
+      try {
+        driver.closeEndpoint(this.endpointId);
+      } catch {
+        // the driver side is gone already: nothing left to release
+      }
+      const m = asMxError(e, "MX_FAILURE");
       throw new MxError(
-        "MX_NO_DEV",
-        "the split path needs a network device (netfront); this domain has none",
+        m.codeName,
+        `${m.message.replace(/^MX_[A-Z_]+: /, "")} (while setting up endpoint ${this.endpointId}; it was closed again)`,
       );
     }
-    const block: Block = (ready, timeoutMs) => this.block(ready, timeoutMs);
-    this.connections = new Connections(ctx, driver, partners, channels, nicRecords, this.etherConnect, block);
   }
 
   /** The path the endpoint's own traffic takes now: "native", "bypass" or "split". */
@@ -258,7 +389,7 @@ export class MxEndpoint {
 
   /** Starts stamping messages into a fresh trace buffer of `capacity` records (default 65536). */
   enableTrace(capacity: number = DEFAULT_TRACE_RECORDS): TraceBuffer {
-    this.traceBuffer = new TraceBuffer(capacity);
+    this.traceBuffer = new TraceBuffer(checkTraceCapacity(capacity, "enableTrace: capacity"));
     this.ctx.trace = this.traceBuffer;
     return this.traceBuffer;
   }
@@ -273,6 +404,7 @@ export class MxEndpoint {
   /** mx_connect: resolves a peer endpoint, checking its key. Connecting twice returns the same address. */
   connect(nic: number, endpoint: number, key: number, timeoutMs: number = 2 * WIRE_TIMEOUT_MS): MxAddress {
     this.checkOpen();
+    checkTimeout(timeoutMs, "connect: timeout");
     return this.connections.connect(nic, endpoint, key, timeoutMs).address;
   }
 
@@ -306,6 +438,7 @@ export class MxEndpoint {
    */
   switchPath(to: "split" | "bypass" | "native", timeoutMs: number = 2 * WIRE_TIMEOUT_MS): void {
     this.checkOpen();
+    checkTimeout(timeoutMs, "switchPath: timeout");
     this.connections.switchPath(to, timeoutMs);
   }
 
@@ -313,7 +446,14 @@ export class MxEndpoint {
 
   /** mx_isend with the 64-bit match value as two 32-bit words (no BigInt on the hot path). */
   isend(buffer: Uint8Array, dest: MxAddress, matchHi: number, matchLo: number, context?: unknown): MxRequest {
-    return this.send(buffer, dest, matchHi, matchLo, context, false);
+    return this.send(
+      buffer,
+      dest,
+      u32Arg(matchHi, "isend: matchHi"),
+      u32Arg(matchLo, "isend: matchLo"),
+      context,
+      false,
+    );
   }
 
   /** mx_issend: completes only once the receiver has matched the message. */
@@ -324,7 +464,14 @@ export class MxEndpoint {
     matchLo: number,
     context?: unknown,
   ): MxRequest {
-    return this.send(buffer, dest, matchHi, matchLo, context, true);
+    return this.send(
+      buffer,
+      dest,
+      u32Arg(matchHi, "issend: matchHi"),
+      u32Arg(matchLo, "issend: matchLo"),
+      context,
+      true,
+    );
   }
 
   private send(
@@ -350,6 +497,7 @@ export class MxEndpoint {
     req.msgLength = view.length;
     req.source = dest;
     req.sync = sync;
+    MxRequest.claim(req, this.ctx);
     // The path's own eager limit applies unless the owner chose a threshold.
     const limit = this.thresholdSet ? this.rndvThreshold : (peer.path?.eagerLimit ?? this.rndvThreshold);
     req.rndv = view.length > limit;
@@ -400,6 +548,11 @@ export class MxEndpoint {
     maskLo: number,
     context?: unknown,
   ): MxRequest {
+    // Each word read once, as given (no valueOf runs): what checkMatch sees is what is stored.
+    matchHi = u32Arg(matchHi, "irecv: matchHi");
+    matchLo = u32Arg(matchLo, "irecv: matchLo");
+    maskHi = u32Arg(maskHi, "irecv: maskHi");
+    maskLo = u32Arg(maskLo, "irecv: maskLo");
     this.checkOpen();
     const view = checkBuffer(buffer, "irecv");
     checkMatch(matchHi, matchLo, maskHi, maskLo);
@@ -408,6 +561,7 @@ export class MxEndpoint {
     req.matchLo = u32(matchLo);
     req.matchMaskHi = u32(maskHi);
     req.matchMaskLo = u32(maskLo);
+    MxRequest.claim(req, this.ctx);
     this.counters.recvs++;
     this.matching.post(req);
     return req;
@@ -428,6 +582,7 @@ export class MxEndpoint {
    */
   wait(req: MxRequest, timeoutMs: number = MX_INFINITE): MxStatusInfo | undefined {
     this.checkRequest(req);
+    checkTimeout(timeoutMs);
     // The common case — the peer answers within a few hundred polls — reads no clock and
     // allocates nothing.
     for (let i = 0; i < FAST_POLLS; i++) {
@@ -440,6 +595,10 @@ export class MxEndpoint {
 
   /** mx_test_any: the first completed request whose match value fits (info, mask). */
   testAny(matchHi: number, matchLo: number, maskHi: number, maskLo: number): MxStatusInfo | undefined {
+    matchHi = u32Arg(matchHi, "testAny: matchHi");
+    matchLo = u32Arg(matchLo, "testAny: matchLo");
+    maskHi = u32Arg(maskHi, "testAny: maskHi");
+    maskLo = u32Arg(maskLo, "testAny: maskLo");
     checkMatch(matchHi, matchLo, maskHi, maskLo);
     this.progress();
     const r = this.completion.find(matchHi, matchLo, maskHi, maskLo);
@@ -453,6 +612,11 @@ export class MxEndpoint {
     maskHi: number,
     maskLo: number,
   ): MxStatusInfo | undefined {
+    checkTimeout(timeoutMs);
+    matchHi = u32Arg(matchHi, "waitAny: matchHi");
+    matchLo = u32Arg(matchLo, "waitAny: matchLo");
+    maskHi = u32Arg(maskHi, "waitAny: maskHi");
+    maskLo = u32Arg(maskLo, "waitAny: maskLo");
     checkMatch(matchHi, matchLo, maskHi, maskLo);
     let found: MxRequest | undefined;
     const ok = this.block(() => {
@@ -469,6 +633,7 @@ export class MxEndpoint {
   }
 
   peek(timeoutMs: number = MX_INFINITE): MxRequest | undefined {
+    checkTimeout(timeoutMs);
     return this.block(() => this.completion.first() !== undefined, timeoutMs)
       ? this.completion.first()
       : undefined;
@@ -476,6 +641,10 @@ export class MxEndpoint {
 
   /** mx_iprobe: is an unexpected message matching (info, mask) waiting? Does not consume it. */
   iprobe(matchHi: number, matchLo: number, maskHi: number, maskLo: number): MxStatusInfo | undefined {
+    matchHi = u32Arg(matchHi, "iprobe: matchHi");
+    matchLo = u32Arg(matchLo, "iprobe: matchLo");
+    maskHi = u32Arg(maskHi, "iprobe: maskHi");
+    maskLo = u32Arg(maskLo, "iprobe: maskLo");
     checkMatch(matchHi, matchLo, maskHi, maskLo);
     this.progress();
     return this.matching.probe(matchHi, matchLo, maskHi, maskLo);
@@ -488,6 +657,11 @@ export class MxEndpoint {
     maskHi: number,
     maskLo: number,
   ): MxStatusInfo | undefined {
+    checkTimeout(timeoutMs);
+    matchHi = u32Arg(matchHi, "probe: matchHi");
+    matchLo = u32Arg(matchLo, "probe: matchLo");
+    maskHi = u32Arg(maskHi, "probe: maskHi");
+    maskLo = u32Arg(maskLo, "probe: maskLo");
     checkMatch(matchHi, matchLo, maskHi, maskLo);
     let s: MxStatusInfo | undefined;
     this.block(() => (s = this.matching.probe(matchHi, matchLo, maskHi, maskLo)) !== undefined, timeoutMs);
@@ -512,7 +686,7 @@ export class MxEndpoint {
    * behind the NIC leave it the cores). The spin starts again from the short one.
    */
   setSpinMax(us: number): void {
-    this.spin = new SpinBudget(this.spinUs, checkSpinMax(us));
+    this.spin = new SpinBudget(this.spinUs, checkSpin(us, "spinMaxUs"));
   }
 
   /** mx_wakeup: the next (or current) blocking call on this endpoint returns without a result. */
@@ -525,6 +699,7 @@ export class MxEndpoint {
   /** Promise variant of wait for programs that keep an event loop: sleeps with Atomics.waitAsync. */
   async waitAsync(req: MxRequest, timeoutMs: number = MX_INFINITE): Promise<MxStatusInfo | undefined> {
     this.checkRequest(req);
+    checkTimeout(timeoutMs);
     const deadline = timeoutMs === MX_INFINITE ? Number.POSITIVE_INFINITY : performance.now() + timeoutMs;
     for (;;) {
       this.progress();
@@ -611,11 +786,7 @@ export class MxEndpoint {
   }
 
   private blockFor(ready: () => boolean, timeoutMs: number): boolean {
-    if (!Number.isFinite(timeoutMs) && timeoutMs !== Number.POSITIVE_INFINITY)
-      throw new MxError(
-        "MX_BAD_PARAM_VAL",
-        `timeout must be a number of ms (0 = MX_INFINITE), got ${String(timeoutMs)}`,
-      );
+    checkTimeout(timeoutMs);
     const infinite = timeoutMs === MX_INFINITE || timeoutMs === Number.POSITIVE_INFINITY;
     const start = performance.now();
     const deadline = infinite ? Number.POSITIVE_INFINITY : start + timeoutMs;
@@ -631,7 +802,8 @@ export class MxEndpoint {
     const nicBusy = this.nic.pulling || this.rights.armed > 0;
     const budgetMs = (nicBusy ? this.spinUs : this.spin.budgetUs) / 1000;
     const spinMs = this.spinUs / 1000;
-    let spinEnd = start + budgetMs;
+    // No spin outlasts the timeout.
+    let spinEnd = Math.min(start + budgetMs, deadline);
     let moving = false;
     let lastRead = start;
     let movedSinceRead = false;
@@ -703,7 +875,7 @@ export class MxEndpoint {
       }
       Atomics.store(intr, I_SLEEPING, 0);
       // Woken: spin again briefly (longer while something moves), the sender usually has more for us.
-      let again = performance.now() + this.spinUs / 1000;
+      let again = Math.min(performance.now() + this.spinUs / 1000, deadline);
       let movedSince = false;
       for (let i = 0; ; i++) {
         if (this.progress()) movedSince = true;
@@ -731,6 +903,11 @@ export class MxEndpoint {
   /** Memory for message buffers: in this domain's memory, so large messages need no bounce copy. */
   alloc(length: number): Uint8Array {
     this.checkOpen();
+    if (typeof length !== "number")
+      throw new MxError(
+        "MX_BAD_PARAM_VAL",
+        `alloc: length must be a non-negative integer, got ${shown(length)}`,
+      );
     return this.regions.alloc(length);
   }
 
@@ -773,7 +950,14 @@ export class MxEndpoint {
   }
 
   private checkRequest(req: MxRequest): void {
-    if (!(req instanceof MxRequest)) throw new MxError("MX_BAD_REQUEST", "not a request of this library");
+    const whose = MxRequest.of(req, this.ctx);
+    if (whose !== "yes")
+      throw new MxError(
+        "MX_BAD_REQUEST",
+        whose === "foreign"
+          ? `this request belongs to another endpoint, not to endpoint ${this.endpointId}: wait for it on the endpoint that posted it`
+          : "not a request of this library",
+      );
     if (req.state === RequestState.Reaped)
       throw new MxError("MX_BAD_REQUEST", "this request was already completed (tested or waited)");
   }

@@ -16,6 +16,11 @@ export class Regions {
   private readonly bounces: BouncePool;
   /** The driver registers memory with a NIC (the split driver has nothing to register). */
   private readonly registers: boolean;
+  /**
+   * The buffers alloc handed out that free has not taken back, each with a view of the same
+   * memory made at alloc (what free gives back: not what the caller's object now claims).
+   */
+  private readonly handedOut = new WeakMap<object, Uint8Array>();
 
   constructor(
     private readonly driver: MxDriver,
@@ -110,10 +115,10 @@ export class Regions {
         "MX_BAD_PARAM_VAL",
         `alloc: length must be a non-negative integer, got ${String(length)}`,
       );
-    if (length === 0) return new Uint8Array(0);
+    if (length === 0) return this.handOut(new Uint8Array(0));
     for (;;) {
       try {
-        return this.driver.allocBuffer(length);
+        return this.handOut(this.driver.allocBuffer(length));
       } catch (e) {
         // Idle bounce buffers give their memory back before the program is told no.
         if (this.bounces.shrink()) continue;
@@ -126,10 +131,28 @@ export class Regions {
     }
   }
 
+  private handOut(b: Uint8Array): Uint8Array {
+    this.handedOut.set(b, new Uint8Array(b.buffer, b.byteOffset, b.length));
+    return b;
+  }
+
+  /** Gives back a buffer alloc handed out (once): MX_BAD_SEG_MEM for anything else. */
   free(buffer: Uint8Array): void {
+    const own = typeof buffer === "object" && buffer !== null ? this.handedOut.get(buffer) : undefined;
+    if (own === undefined)
+      throw new MxError(
+        "MX_BAD_SEG_MEM",
+        "free: not a buffer that alloc on this endpoint handed out, or one already freed; pass the very Uint8Array alloc returned, once",
+      );
+    this.handedOut.delete(buffer);
+    if (own.length === 0) return;
     // Nothing stays registered in memory that goes back to the allocator.
-    this.regs.drop(buffer.buffer, buffer.byteOffset, buffer.byteOffset + buffer.length);
-    this.driver.freeBuffer(buffer);
+    this.regs.drop(own.buffer, own.byteOffset, own.byteOffset + own.length);
+    try {
+      this.driver.freeBuffer(own);
+    } catch (e) {
+      throw asMxError(e, "MX_BAD_SEG_MEM");
+    }
   }
 
   /** The endpoint closed (which released its registrations): the bounce buffers go back to memory. */

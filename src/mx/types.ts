@@ -101,6 +101,12 @@ export class MxRequest extends MxStatusInfo {
   /** @internal Revoking: the status and length it completes with once the NIC lets go. */
   revokedCode = 0;
   revokedXfer = 0;
+  /**
+   * The endpoint that made the request (its context), once it claimed it. The field exists
+   * only on objects this constructor made, so an object made with the prototype
+   * (Object.create) and no constructor is no request (MxRequest.of).
+   */
+  #owner: object | undefined = undefined;
 
   constructor(
     readonly kind: RequestKind,
@@ -110,6 +116,21 @@ export class MxRequest extends MxStatusInfo {
     super();
     this.buffer = buffer;
     this.context = context;
+  }
+
+  /** @internal The endpoint that posts `req` takes it for its own (once: a request never changes hands). */
+  static claim(req: MxRequest, owner: object): void {
+    req.#owner ??= owner;
+  }
+
+  /**
+   * Whether `x` is a request this library made and the endpoint whose context is `owner`
+   * posted (a brand check: a look-alike with MxRequest's prototype is not one).
+   */
+  static of(x: unknown, owner: object): "yes" | "foreign" | "not a request" {
+    if (typeof x !== "object" || x === null || !(#owner in x)) return "not a request";
+    const o = (x as MxRequest).#owner;
+    return o === owner ? "yes" : o === undefined ? "not a request" : "foreign";
   }
 
   /** Whether the request completed (its status is final). */

@@ -142,5 +142,12 @@ export function freeGuestBuffer(memory: GuestMemory, buffer: Uint8Array): void {
   const loc = memory.locate(buffer);
   if (loc?.offset !== 0 || buffer.byteLength < 1)
     throw new MxDriverError("MX_BAD_SEG_MEM", "freeBuffer: not a buffer from allocBuffer");
-  memory.freePages({ pfn: loc.pfn, count: Math.ceil(buffer.byteLength / 4096) });
+  const count = Math.ceil(buffer.byteLength / 4096);
+  for (let p = loc.pfn; p < loc.pfn + count; p++)
+    if (!memory.allocator.isAllocated(p))
+      throw new MxDriverError(
+        "MX_BAD_SEG_MEM",
+        `freeBuffer: page ${p} of this buffer is not allocated (freed already?); nothing was freed`,
+      );
+  memory.freePages({ pfn: loc.pfn, count });
 }

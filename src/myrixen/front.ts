@@ -104,6 +104,20 @@ function fail(code: string, message: string): MxDriverError {
   return new MxDriverError(code, `${code}: ${message}`);
 }
 
+/**
+ * A u32 word of a control request as given: a number that is an integer in 0..2^32−1, or
+ * MX_BAD_PARAM_VAL naming `what`. No conversion runs (no valueOf), so a caller's code cannot
+ * run while a request is half written, and what was checked is what the backend reads.
+ */
+function word(v: unknown, what: string): number {
+  if (typeof v !== "number" || !Number.isInteger(v) || v < 0 || v > 0xffffffff)
+    throw fail(
+      "MX_BAD_PARAM_VAL",
+      `${what} must be an integer in 0..2^32−1 (a number, not converted), got ${typeof v === "number" ? String(v) : `a ${typeof v}`}`,
+    );
+  return v >>> 0;
+}
+
 export class MyriFront implements MxDriver {
   readonly path = "bypass";
   readonly nicId: number;
@@ -216,6 +230,11 @@ export class MyriFront implements MxDriver {
     args: readonly number[],
     indirect?: readonly number[],
   ): Response {
+    // Every word checked, as plain numbers, before anything shared is touched.
+    const name = opName(op);
+    const ep = word(endpoint, `${name}: endpoint`);
+    const words = args.map((a, i) => word(a, `${name}: argument ${i}`));
+    const ind = indirect?.map((r, i) => word(r, `${name}: indirect ref ${i}`));
     if (this.finalized) throw fail("MX_NOT_INITIALIZED", "this driver was finalized");
     if (this.dead) throw fail("MX_NIC_DEAD", `the myri backend is gone (${this.dead})`);
     const ring = this.ring;
@@ -226,11 +245,11 @@ export class MyriFront implements MxDriver {
     this.req.fill(0);
     q.setUint32(REQ_ID, id, true);
     q.setUint16(REQ_OP, op, true);
-    q.setUint32(REQ_ENDPOINT, endpoint >>> 0, true);
-    for (let i = 0; i < args.length; i++) q.setUint32(REQ_ARG + 4 * i, args[i] >>> 0, true);
-    if (indirect) {
-      q.setUint16(REQ_NR_INDIRECT, indirect.length, true);
-      for (let i = 0; i < indirect.length; i++) q.setUint32(REQ_INDIRECT + 4 * i, indirect[i], true);
+    q.setUint32(REQ_ENDPOINT, ep, true);
+    for (let i = 0; i < words.length; i++) q.setUint32(REQ_ARG + 4 * i, words[i], true);
+    if (ind) {
+      q.setUint16(REQ_NR_INDIRECT, ind.length, true);
+      for (let i = 0; i < ind.length; i++) q.setUint32(REQ_INDIRECT + 4 * i, ind[i], true);
     }
     const off = ring.nextRequest();
     ring.bytes.set(this.req, off);
@@ -335,7 +354,9 @@ export class MyriFront implements MxDriver {
   // ---- MxDriver ---------------------------------------------------------------------------
 
   openEndpoint(endpointId: number, key: number): DriverEndpoint {
-    const reply = this.call(Op.OPEN_ENDPOINT, endpointId, [key]);
+    const reply = this.call(Op.OPEN_ENDPOINT, word(endpointId, "openEndpoint: endpointId"), [
+      word(key, "openEndpoint: key"),
+    ]);
     const [id, session, windowPages, intrPages, slotId] = reply.vals;
     try {
       let slot = this.slots.get(slotId);
@@ -391,6 +412,7 @@ export class MyriFront implements MxDriver {
 
   registerRegion(endpointId: number, bytes: Uint8Array, access: number): DriverRegion {
     this.local(endpointId);
+    access = word(access, "registerRegion: access");
     const loc = bytes instanceof Uint8Array ? this.guest.memory.locate(bytes) : undefined;
     if (!loc)
       throw fail(
@@ -439,7 +461,7 @@ export class MyriFront implements MxDriver {
   }
 
   deregisterRegion(endpointId: number, regionId: number): void {
-    this.call(Op.DEREGISTER, endpointId, [regionId]);
+    this.call(Op.DEREGISTER, endpointId, [word(regionId, "deregisterRegion: regionId")]);
     const reg = this.regions.get(regionId);
     if (reg) {
       this.regions.delete(regionId);
@@ -449,7 +471,12 @@ export class MyriFront implements MxDriver {
 
   connect(endpointId: number, peerNic: number, peerEndpoint: number, key: number): DriverConnection {
     const ep = this.local(endpointId);
-    const { vals, refs } = this.call(Op.CONNECT, endpointId, [peerNic, peerEndpoint, key]);
+    const words = [
+      word(peerNic, "connect: peerNic"),
+      word(peerEndpoint, "connect: peerEndpoint"),
+      word(key, "connect: key"),
+    ];
+    const { vals, refs } = this.call(Op.CONNECT, endpointId, words);
     const conn: DriverConnection = { peerNic: vals[0], peerEndpoint: vals[1], peerSession: vals[2] };
     if (vals[3] & CONNECT_FLAG_CHANNEL) conn.channel = this.mapChannel(ep, vals, refs()).conn;
     return conn;
@@ -460,7 +487,9 @@ export class MyriFront implements MxDriver {
     channelId: number,
   ): DriverChannel & { peerNic: number; peerEndpoint: number; peerSession: number } {
     const ep = this.local(endpointId);
-    const { vals, refs } = this.call(Op.ACCEPT_CHANNEL, endpointId, [channelId]);
+    const { vals, refs } = this.call(Op.ACCEPT_CHANNEL, endpointId, [
+      word(channelId, "acceptChannel: channelId"),
+    ]);
     return this.mapChannel(ep, vals, refs()).conn;
   }
 
