@@ -37,6 +37,19 @@ test("one live partner per (nic, endpoint); a failed one is replaced, its sequen
   assert.deepEqual(p.partners.live(), [reopened]);
 });
 
+test("a failed partner that had a channel is replaced afresh: the channel closed for both sides, both start again from 0", () => {
+  // A message the old channel still held (written as the peer disconnected) would otherwise
+  // leave the new connection waiting for its sequence number for ever, every later one held.
+  const p = parts();
+  const a = p.partners.add(0, 3, 9);
+  a.hadChannel = true;
+  a.sendSeq = 10;
+  a.recvSeq = 4;
+  p.partners.fail(a, "disconnected", MxStatus.ENDPOINT_CLOSED);
+  const again = p.partners.add(0, 3, 9);
+  assert.deepEqual([again.sendSeq, again.recvSeq, again.hadChannel], [0, 0, false]);
+});
+
 test("an address is opaque: it names the peer, and only its own table finds the partner behind it", () => {
   const p = parts();
   const q = parts();

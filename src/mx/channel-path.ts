@@ -14,7 +14,13 @@
  * (DRIVER_EVENT_DISCONNECT: read what it managed to send, then fail it).
  */
 
-import { LANE_BYTES, RECORD_HEADER_BYTES, RecordFlag, RecordWord } from "../myrixen/channel-abi.js";
+import {
+  channelLanesClosed,
+  LANE_BYTES,
+  RECORD_HEADER_BYTES,
+  RecordFlag,
+  RecordWord,
+} from "../myrixen/channel-abi.js";
 import type { DriverChannel, MxDriver } from "../myrixen/driver-abi.js";
 import { DRIVER_EVENT_CONNECT, DRIVER_EVENT_DISCONNECT } from "../myrixen/driver-abi.js";
 import { MxStatus } from "../nic/status.js";
@@ -174,6 +180,9 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
   /** Writes the send's record into our lane; false if the lane is full right now. */
   trySend(req: MxRequest): boolean {
     const w = this.writer;
+    // The peer (mx_disconnect) or myrback closed the channel: no one will read what we write,
+    // so the send fails now rather than complete with SUCCESS and be lost.
+    if (w.closed) return this.refuse(req);
     const rndv = req.rndv;
     const pushed = rndv && req.pushed;
     if (rndv && !pushed && !this.rights.expose(req)) return false;
@@ -215,6 +224,20 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
     // An eager send is complete once its data is in the channel (MX may complete eager sends locally).
     if (!req.sync && !rndv) this.completion.complete(req, MxStatus.SUCCESS, req.buffer.length);
     else req.state = RequestState.Sent;
+    return true;
+  }
+
+  /**
+   * A send the closed channel cannot take: the peer is failed (what it wrote before closing
+   * is taken first: checkClosed) and the send completes with the reason. True: taken.
+   */
+  private refuse(req: MxRequest): boolean {
+    this.checkClosed();
+    this.failRequest(
+      req,
+      `this peer is disconnected: ${this.peer.dead ?? "the peer endpoint went away"}`,
+      MxStatus.ENDPOINT_UNREACHABLE,
+    );
     return true;
   }
 
@@ -409,6 +432,9 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
   /** Writes what waits outside the backlog: NOTIFYs and CTSs first (they unblock the peer), then FRAGs. True if it wrote any. */
   private push(): boolean {
     const w = this.writer;
+    // A closed channel: nothing more goes in (a push would complete a send whose bytes no one
+    // reads); progress's sweep finds it closed and fails the peer and what waits on it.
+    if (w.closed) return false;
     let wrote = false;
     const nq = this.notifyWaiting;
     if (nq.length > 0) {
@@ -617,11 +643,38 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
 export class Channels implements DriverEventSink {
   constructor(private readonly parts: ChannelPathParts) {}
 
+  /**
+   * A channel whose lanes a member closed already (it released it: mx_disconnect) is never
+   * used: the driver unmaps it and true is returned. myrback hands out no such channel, but a
+   * peer may close a fresh one between our connect and this look.
+   */
+  dropIfClosed(ch: DriverChannel): boolean {
+    if (!channelLanesClosed(ch.channel)) return false;
+    try {
+      this.parts.driver.releaseChannel?.(this.parts.ctx.endpointId, ch.channelId);
+    } catch {
+      this.parts.ctx.counters.channelErrors++;
+    }
+    return true;
+  }
+
+  /**
+   * `peer` is gone for us (its channel died, or mx_disconnect): what it wrote into the
+   * channel before is taken — its sender saw those sends complete — then it is failed.
+   */
+  lost(peer: Partner, why = "the peer endpoint went away"): void {
+    if (peer.dead !== undefined) return;
+    const ch = peer.channel;
+    if (ch instanceof ChannelPath) ch.drain();
+    this.parts.partners.fail(peer, why, MxStatus.ENDPOINT_CLOSED);
+  }
+
   /** `ch` becomes `peer`'s channel and its fast way (unless it already is). */
   attach(peer: Partner, ch: DriverChannel): void {
     if (peer.channel !== undefined && peer.channel.channelId === ch.channelId) return;
     const path = new ChannelPath(peer, ch, this.parts);
     peer.channel = path;
+    peer.hadChannel = true;
     peer.fast = path;
     this.parts.partners.route(peer);
   }
@@ -630,21 +683,24 @@ export class Channels implements DriverEventSink {
     const { partners, driver, ctx } = this.parts;
     if (kind === DRIVER_EVENT_CONNECT) {
       const known = partners.get(nic, endpoint);
-      if (known && known.dead === undefined && known.channel?.channelId === channelId) return;
+      // A live peer keeps the channel it has: this one is it, or an older one myrback closed
+      // since (we connected on our side meanwhile; a channel is replaced only after its
+      // DISCONNECT, which comes first and fails the peer).
+      if (known && known.dead === undefined && known.channel !== undefined) return;
       try {
         const ch = driver.acceptChannel(ctx.endpointId, channelId);
+        if (this.dropIfClosed(ch)) return;
         this.attach(partners.add(ch.peerNic, ch.peerEndpoint, ch.peerSession), ch);
-      } catch {
-        ctx.counters.channelErrors++;
+      } catch (e) {
+        // MX_CONNECTION_FAILED: the channel was closed before we looked (its connector
+        // disconnected, or connected again on a fresh one): a stale event, not an error.
+        if ((e as { code?: unknown }).code !== "MX_CONNECTION_FAILED") ctx.counters.channelErrors++;
       }
     } else if (kind === DRIVER_EVENT_DISCONNECT) {
       void session;
       const peer = partners.get(nic, endpoint);
       const ch = peer?.channel;
-      if (peer && (ch?.channelId === channelId || channelId === 0xffffffff)) {
-        if (ch instanceof ChannelPath) ch.drain();
-        partners.fail(peer, "the peer endpoint went away", MxStatus.ENDPOINT_CLOSED);
-      }
+      if (peer && (ch?.channelId === channelId || channelId === 0xffffffff)) this.lost(peer);
     }
   }
 }

@@ -46,6 +46,9 @@ export class Connections {
           `connect: ${what} must be a 32-bit unsigned integer, got ${String(v)}`,
         );
     const known = this.partners.get(nic, endpoint);
+    // Connected already; unless the peer closed our channel (mx_disconnect) and we had not
+    // looked yet: then the peer is failed here and this connect gets a fresh channel.
+    known?.channel?.checkClosed();
     if (known && known.dead === undefined && known.verified) return known;
     // A split-only endpoint (ours or the peer's) is reached over Ethernet, key checked by its owner.
     if (this.driver.path === "split" || endpoint >= SPLIT_ENDPOINT_BASE) {
@@ -66,6 +69,14 @@ export class Connections {
       } catch (e) {
         throw asMxError(e, "MX_CONNECTION_FAILED");
       }
+      if (conn.channel && this.channels.dropIfClosed(conn.channel))
+        throw new MxError(
+          "MX_CONNECTION_FAILED",
+          `nic ${nic} endpoint ${endpoint} closed the channel of this connect at once (it disconnected us); connect again for a new one`,
+        );
+      // myrback made a new channel: the one the peer had is dead (closed before it was replaced).
+      if (known?.channel !== undefined && known.channel.channelId !== conn.channel?.channelId)
+        this.channels.lost(known);
       peer = this.partners.add(conn.peerNic, conn.peerEndpoint, conn.peerSession);
       peer.verified = true;
       if (conn.channel) this.channels.attach(peer, conn.channel);
@@ -74,6 +85,15 @@ export class Connections {
     }
     if (this.partners.split) this.ether?.resolve(peer, timeoutMs, this.block);
     return peer;
+  }
+
+  /**
+   * mx_disconnect: `peer` is failed, after what it already wrote into our channel is taken
+   * (its sender saw those eager sends complete). The channel closes for both sides, so
+   * myrback gives the pair's next connect a fresh one.
+   */
+  disconnect(peer: Partner): void {
+    this.channels.lost(peer, "disconnected");
   }
 
   /**

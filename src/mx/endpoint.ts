@@ -408,11 +408,15 @@ export class MxEndpoint {
     return this.connections.connect(nic, endpoint, key, timeoutMs).address;
   }
 
-  /** mx_disconnect: forgets a peer; its pending sends complete with MX_STATUS_ENDPOINT_CLOSED. */
+  /**
+   * mx_disconnect: forgets a peer; its pending sends complete with MX_STATUS_ENDPOINT_CLOSED.
+   * What it already wrote into our channel is taken first (as when a peer goes away).
+   */
   disconnect(addr: MxAddress): void {
-    // Kept in the index, dead: connecting again continues the pair's sequence numbers.
+    // Kept in the index, dead: connecting again continues the pair's sequence numbers (a
+    // co-resident pair's channel closes for both sides: its next connection starts afresh).
     const peer = this.partners.of(addr);
-    if (peer !== undefined) this.partners.fail(peer, "disconnected", MxStatus.ENDPOINT_CLOSED);
+    if (peer !== undefined) this.connections.disconnect(peer);
   }
 
   /** Peers this endpoint knows (connected to, or that connected to it). */

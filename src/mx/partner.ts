@@ -4,9 +4,12 @@
  * reached (`route`), and what happens when one fails (`fail`).
  *
  * A peer that fails is kept in the index, dead: connecting to the same endpoint again
- * continues the pair's sequence numbers; a reopened endpoint (another session) is a new
- * partner. Everything waiting on a failed peer completes with an error status and the
- * reason; the parts that hold something of it (PeerLossListener) let go.
+ * continues the pair's sequence numbers (over the NIC or Ethernet the peer may never learn
+ * of an mx_disconnect), unless the pair had a channel: its death is seen by both sides, and
+ * both start again from 0 (what the old channel still held cannot leave the new connection
+ * waiting for it). A reopened endpoint (another session) is a new partner. Everything
+ * waiting on a failed peer completes with an error status and the reason; the parts that
+ * hold something of it (PeerLossListener) let go.
  */
 import type { Completion } from "./completion.js";
 import { kPartner, MxAddress, Partner, type PeerLossListener, type PeerPath } from "./types.js";
@@ -37,13 +40,13 @@ export class PartnerTable {
     return p.owner === this ? p : undefined;
   }
 
-  /** The live partner for (nic, endpoint), or a new one (continuing a dead one's sequences if it is the same session). */
+  /** The live partner for (nic, endpoint), or a new one (continuing a dead one's sequences if it is the same session and had no channel). */
   add(nic: number, endpoint: number, session: number): Partner {
     const k = `${nic}:${endpoint}`;
     const old = this.index.get(k);
     if (old && old.dead === undefined) return old;
     const p = new Partner(this, nic, endpoint, session);
-    if (old && old.session === session) {
+    if (old && old.session === session && !old.hadChannel) {
       // The same peer endpoint again (after mx_disconnect): its side kept counting.
       p.sendSeq = old.sendSeq;
       p.recvSeq = old.recvSeq;

@@ -242,6 +242,12 @@ export class Partner {
   ether: PeerPath | undefined = undefined;
   /** The co-resident channel, read on every progress. */
   channel: ChannelEnd | undefined = undefined;
+  /**
+   * A channel was attached to this partner once. Its death is seen by both sides (the lanes
+   * closed, myrback's DISCONNECT to both), so the pair's next connection starts its sequence
+   * numbers afresh (PartnerTable.add).
+   */
+  hadChannel = false;
   /** The peer said it is on the split path: reach it over Ethernet. */
   peerSplit = false;
   /** Sends waiting, in order, for room on the path. */

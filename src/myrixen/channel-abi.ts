@@ -162,3 +162,15 @@ export function closeChannelLanes(channel: SharedArrayBuffer): void {
   for (const side of [0, 1] as const)
     Atomics.store(new Int32Array(channel, laneOffset(side), LANE_HEADER_BYTES / 4), LaneWord.Closed, 1);
 }
+
+/**
+ * Whether a lane of the channel was declared closed — by myrback, or by a member whose
+ * library released it (mx_disconnect, its peer failed): such a channel is never handed out
+ * again, nothing written to it would be read.
+ */
+export function channelLanesClosed(channel: SharedArrayBuffer): boolean {
+  for (const side of [0, 1] as const)
+    if (Atomics.load(new Int32Array(channel, laneOffset(side), LANE_HEADER_BYTES / 4), LaneWord.Closed) !== 0)
+      return true;
+  return false;
+}

@@ -105,7 +105,9 @@ export interface MxDriver {
    * if there is no such endpoint. Co-resident peers get a channel; the peer finds a
    * DRIVER_EVENT_CONNECT event (words: channelId, nic, endpoint, session) in its queue and
    * calls `acceptChannel`. At most one channel exists per pair of endpoints: connecting
-   * again, from either side, returns the same one.
+   * again, from either side, returns the same one — until a member releases it (its lanes
+   * closed: mx_disconnect, a failed peer). Then it is dead for both (each gets a
+   * DRIVER_EVENT_DISCONNECT for it), and the next connect creates a fresh channel.
    */
   connect(endpointId: number, peerNic: number, peerEndpoint: number, key: number): DriverConnection;
 
@@ -116,8 +118,9 @@ export interface MxDriver {
   ): DriverChannel & { peerNic: number; peerEndpoint: number; peerSession: number };
 
   /**
-   * The channel is dead (its peer went away): the driver drops what it mapped for it. The
-   * library has dropped its own references to the channel first.
+   * The channel is dead (its peer went away, or mx_disconnect): the driver drops what it
+   * mapped for it. The library has dropped its own references to the channel and closed its
+   * lanes first, which is how myrback knows never to hand it out again.
    */
   releaseChannel?(endpointId: number, channelId: number): void;
 

@@ -19,7 +19,7 @@ import { ANY_ENDPOINT } from "../../nic/window.js";
 import type { DomId } from "../../xen/abi.js";
 import type { Guest } from "../../xen/guest/guest.js";
 import type { SyncCallClient } from "../../xen/sync-call.js";
-import { CHANNEL_BYTES, closeChannelLanes, writeLanePolicy } from "../channel-abi.js";
+import { CHANNEL_BYTES, channelLanesClosed, closeChannelLanes, writeLanePolicy } from "../channel-abi.js";
 import { DRIVER_EVENT_CONNECT, DRIVER_EVENT_DISCONNECT } from "../driver-abi.js";
 import { MyriError, type MyriInfo, type MyriStatusName, OP_COUNT, XsKey } from "../protocol.js";
 import { lanePolicy, QosPolicies } from "../qos-policy.js";
@@ -376,6 +376,13 @@ export class MyriCore {
     if (peer === ep || peer.owner.kind !== client.kind) return result;
     const pair = ep.id < peer.id ? `${ep.id}:${peer.id}` : `${peer.id}:${ep.id}`;
     let ch = this.pairs.get(pair);
+    // A member released the pair's channel (mx_disconnect, or its library failed the peer) and
+    // closed its lanes: it is dead for both (both told), and this connect gets a fresh one.
+    // Its memory serves the pair again only once neither member maps it (putChannel).
+    if (ch && channelLanesClosed(ch.buffer)) {
+      this.closeChannel(ch);
+      ch = undefined;
+    }
     if (!ch) {
       let mem: ChannelMem | undefined;
       let buffer: SharedArrayBuffer;
@@ -432,6 +439,14 @@ export class MyriCore {
         "MX_NO_PERM",
         `channel ${ch.id} joins endpoints ${ch.members[0].id} and ${ch.members[1].id}, not endpoint ${ep.id}`,
       );
+    if (channelLanesClosed(ch.buffer)) {
+      // Its connector released it already (disconnected at once): dead for both, both told.
+      this.closeChannel(ch);
+      throw new MyriError(
+        "MX_CONNECTION_FAILED",
+        `channel ${ch.id} was closed by a member before endpoint ${ep.id} accepted it; connect again for a new one`,
+      );
+    }
     return { rec: ch, side: side as 0 | 1, peer: ch.members[1 - side] };
   }
 
