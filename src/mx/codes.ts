@@ -124,6 +124,31 @@ export function checkBuffer(buf: unknown, what: string): Uint8Array {
   return new Uint8Array(bufferOf.call(buf), offsetOf.call(buf), length);
 }
 
+/**
+ * checkBuffer with a memory of one: the buffer a loop passes again gets the same view, its
+ * length and offset read again but the view not built again (a view costs ~30 ns and
+ * garbage: a tenth of an 8-byte ping-pong's time here). A typed array's type and underlying
+ * buffer never change; its length and offset change only if that buffer is resized or
+ * detached, and then the view is built again from what they are now.
+ */
+export class BufferCheck {
+  private user: unknown = undefined;
+  private offset = 0;
+  private length = 0;
+  private view: Uint8Array | undefined = undefined;
+
+  check(buf: unknown, what: string): Uint8Array {
+    if (buf === this.user && offsetOf.call(buf) === this.offset && lengthOf.call(buf) === this.length)
+      return this.view!;
+    const v = checkBuffer(buf, what);
+    this.user = buf;
+    this.offset = v.byteOffset;
+    this.length = v.length;
+    this.view = v;
+    return v;
+  }
+}
+
 /** MX_ANY_ENDPOINT / MX_ANY_NIC. */
 export const MX_ANY_ENDPOINT = 0xffffffff;
 export const MX_ANY_NIC = 0xffffffff;

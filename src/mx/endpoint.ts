@@ -38,7 +38,7 @@ import { I_SEQ, I_SLEEPING, WIRE_TIMEOUT_MS } from "../nic/window.js";
 import { Channels } from "./channel-path.js";
 import {
   asMxError,
-  checkBuffer,
+  BufferCheck,
   checkMatch,
   DEFAULT_RNDV_THRESHOLD,
   MX_ANY_ENDPOINT,
@@ -266,6 +266,9 @@ export class MxEndpoint {
   private blockSlept = false;
   private blockPreempted = false;
   private readonly intr: Int32Array;
+  /** The buffers isend and irecv were last given, and the library's views of them (codes.ts). */
+  private readonly sendBuffer = new BufferCheck();
+  private readonly recvBuffer = new BufferCheck();
   private readonly ctx: EndpointContext;
   private readonly regions: Regions;
   private readonly completion: Completion;
@@ -487,7 +490,7 @@ export class MxEndpoint {
     sync: boolean,
   ): MxRequest {
     this.checkOpen();
-    const view = checkBuffer(buffer, "isend");
+    const view = this.sendBuffer.check(buffer, "isend");
     const peer = this.partners.of(dest);
     if (peer === undefined)
       throw new MxError(
@@ -558,7 +561,7 @@ export class MxEndpoint {
     maskHi = u32Arg(maskHi, "irecv: maskHi");
     maskLo = u32Arg(maskLo, "irecv: maskLo");
     this.checkOpen();
-    const view = checkBuffer(buffer, "irecv");
+    const view = this.recvBuffer.check(buffer, "irecv");
     checkMatch(matchHi, matchLo, maskHi, maskLo);
     const req = new MxRequest("recv", view, context);
     req.matchHi = u32(matchHi);
