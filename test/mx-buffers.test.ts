@@ -8,7 +8,7 @@
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { checkBuffer, MAX_MESSAGE_BYTES, MxError } from "../src/mx/codes.js";
+import { BufferCheck, checkBuffer, MAX_MESSAGE_BYTES, MxError } from "../src/mx/codes.js";
 import { MxRequest, RequestState } from "../src/mx/types.js";
 import { CHANNEL_BYTES } from "../src/myrixen/channel-abi.js";
 import { MxStatus } from "../src/nic/status.js";
@@ -166,4 +166,27 @@ test("a message longer than MX's 32-bit lengths is refused, not sent as an empty
       e instanceof MxError && /at most 4294967295 bytes \(MX lengths are 32-bit\)/.test(e.message),
   );
   assert.equal(checkBuffer(huge.subarray(0, 16), "isend").length, 16);
+});
+
+test("the buffer a loop passes again keeps its view until it is resized or detached", () => {
+  const check = new BufferCheck();
+  const ab = resizable(64);
+  const user = new Uint8Array(ab, 8, 32);
+  const v = check.check(user, "isend");
+  assert.notEqual(v, user, "the library's own view");
+  assert.equal(check.check(user, "isend"), v, "the same buffer again: the same view");
+  assert.notEqual(check.check(new Uint8Array(ab, 8, 32), "isend"), v, "another object: its own view");
+  check.check(user, "isend");
+  ab.resize(16);
+  const after = check.check(user, "isend");
+  assert.deepEqual(
+    [after.length, v.length],
+    [0, 0],
+    "resized below it: an empty view, as the old one now reads",
+  );
+  const tracking = new Uint8Array(ab);
+  assert.equal(check.check(tracking, "isend").length, 16);
+  ab.resize(48);
+  assert.equal(check.check(tracking, "isend").length, 48, "a length-tracking view is looked at again");
+  assert.throws(() => check.check(new Proxy(user, {}), "isend"), /the buffer must be a Uint8Array/);
 });
