@@ -49,13 +49,7 @@ export class UnexpectedQueue {
     else this.newest.newer = k;
     this.newest = k;
     this.size++;
-    const q = this.sameMatch(k.matchHi, k.matchLo, true)!;
-    if (q.head === null) {
-      q.head = k;
-      this.empties--;
-    } else q.tail!.sameNext = k;
-    q.tail = k;
-    k.sameNext = null;
+    this.index(k);
   }
 
   /** The oldest record that (mh, ml) matches under masks (mmh, mml), or undefined; `take` removes it. */
@@ -92,15 +86,18 @@ export class UnexpectedQueue {
     this.byMatch.clear();
     this.values = 0;
     this.empties = 0;
-    for (let r = this.oldest; r !== null; r = r.newer) {
-      const q = this.sameMatch(r.matchHi, r.matchLo, true)!;
-      if (q.head === null) {
-        q.head = r;
-        this.empties--;
-      } else q.tail!.sameNext = r;
-      q.tail = r;
-      r.sameNext = null;
-    }
+    for (let r = this.oldest; r !== null; r = r.newer) this.index(r);
+  }
+
+  /** Appends `k` to its match value's queue. */
+  private index(k: KeptRecord): void {
+    const q = this.sameMatch(k.matchHi, k.matchLo, true)!;
+    if (q.head === null) {
+      q.head = k;
+      this.empties--;
+    } else q.tail!.sameNext = k;
+    q.tail = k;
+    k.sameNext = null;
   }
 
   /** Every kept record, oldest first. */
