@@ -182,7 +182,10 @@ test("MPI calls after the rank's MX endpoint was closed under it: MpiError namin
   const out = res.ranks[0]?.result as Record<string, { name: string; message: string }> | undefined;
   assert.ok(out, `${res.failed?.error?.stack ?? ""}\n${lines.join("\n")}`);
   assert.equal(out.finalize.name, "MpiError", JSON.stringify(out.finalize));
-  assert.match(out.finalize.message, /^MPI finalize: its barrier failed .*MPI barrier: this rank's MX endpoint \d+ was closed/);
+  assert.match(
+    out.finalize.message,
+    /^MPI finalize: its barrier failed .*MPI barrier: this rank's MX endpoint \d+ was closed/,
+  );
   for (const k of ["irecv", "isend", "iprobe", "barrier"]) {
     assert.equal(out[k].name, "MpiError", `${k}: ${JSON.stringify(out[k])}`);
     assert.match(out[k].message, new RegExp(`^MPI ${k}: this rank's MX endpoint \\d+ was closed`), k);
