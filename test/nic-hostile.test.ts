@@ -43,14 +43,24 @@ interface Guest {
 async function start(on: Host, role: string): Promise<Guest> {
   const d = await on.startGuest({ module: RIGHTS, args: { role }, pages: PAGES, name: role });
   const queue: unknown[] = [];
-  const waiters: ((m: unknown) => void)[] = [];
+  const waiters: { resolve: (m: unknown) => void; reject: (e: Error) => void }[] = [];
+  let gone: Error | undefined;
   d.on("message", (m: unknown) => {
     const w = waiters.shift();
-    if (w) w(m);
+    if (w) w.resolve(m);
     else queue.push(m);
   });
+  // A guest that stops (it threw) fails the test now, not at the runner's timeout.
+  void d.exited.then((e) => {
+    gone = new Error(`${role} stopped (${e.state}) before its next message: ${e.error?.stack ?? ""}`);
+    for (const w of waiters.splice(0)) w.reject(gone);
+  });
   const next = () =>
-    queue.length > 0 ? Promise.resolve(queue.shift()) : new Promise<unknown>((r) => waiters.push(r));
+    queue.length > 0
+      ? Promise.resolve(queue.shift())
+      : gone !== undefined
+        ? Promise.reject(gone)
+        : new Promise<unknown>((resolve, reject) => waiters.push({ resolve, reject }));
   const addr = (await next()) as { nic: number; endpoint: number };
   return { d, addr, next };
 }
