@@ -151,6 +151,16 @@ test("negative timeouts are MX_BAD_PARAM_VAL (wait, probe, waitAny, peek), and t
   assert.equal(r.exchange, true);
 });
 
+test("blocking calls on a closed endpoint return at once: waitAny reaps what its close completed, peek finds nothing, probe is MX_BAD_ENDPOINT", {
+  timeout: 60_000,
+}, async () => {
+  const r = await scenario("calls");
+  assert.equal(r.closedWaitAny, "MX_STATUS_ENDPOINT_CLOSED");
+  assert.equal(r.closedWaitAnyAgain, true);
+  assert.equal(r.closedPeek, true);
+  mxError(r.closedProbe, "MX_BAD_ENDPOINT", /endpoint \d+ is closed/, "probe");
+});
+
 test("free: only what alloc handed out, once (MX_BAD_SEG_MEM otherwise); a stale free takes no one's pages", async () => {
   const r = await scenario("calls");
   for (const k of ["freeObject", "freeHeap", "freeSubarray", "freeTwice", "freeStale"])

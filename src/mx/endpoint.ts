@@ -480,9 +480,10 @@ export class MxEndpoint {
     maskLo = u32Arg(maskLo, "waitAny: maskLo");
     checkMatch(matchHi, matchLo, maskHi, maskLo);
     let found: MxRequest | undefined;
+    // A closed endpoint completes nothing more: what completed at its close is there, or not.
     const ok = this.block(() => {
       found = this.completion.find(matchHi, matchLo, maskHi, maskLo);
-      return found !== undefined;
+      return found !== undefined || this.closed;
     }, timeoutMs);
     return ok && found ? this.completion.reap(found) : undefined;
   }
@@ -495,7 +496,7 @@ export class MxEndpoint {
 
   peek(timeoutMs: number = MX_INFINITE): MxRequest | undefined {
     checkTimeout(timeoutMs);
-    return this.block(() => this.completion.first() !== undefined, timeoutMs)
+    return this.block(() => this.completion.first() !== undefined || this.closed, timeoutMs)
       ? this.completion.first()
       : undefined;
   }
@@ -524,8 +525,12 @@ export class MxEndpoint {
     maskHi = u32Arg(maskHi, "probe: maskHi");
     maskLo = u32Arg(maskLo, "probe: maskLo");
     checkMatch(matchHi, matchLo, maskHi, maskLo);
+    this.checkOpen();
     let s: MxStatusInfo | undefined;
-    this.block(() => (s = this.matching.probe(matchHi, matchLo, maskHi, maskLo)) !== undefined, timeoutMs);
+    this.block(
+      () => (s = this.matching.probe(matchHi, matchLo, maskHi, maskLo)) !== undefined || this.closed,
+      timeoutMs,
+    );
     return s;
   }
 
