@@ -141,3 +141,29 @@ async function waitFor(cond: () => boolean, ms = 10_000): Promise<void> {
     await new Promise((r) => setTimeout(r, 20));
   }
 }
+
+test("a member that disconnects and connects again in a loop does not fill an idle peer's event queue: a third still connects", async () => {
+  // Each replaced channel costs the peer a DISCONNECT and a CONNECT event; 900 cycles against
+  // a peer that did not look at its endpoint filled its event queue and backlog, and every
+  // other domain's connect to it failed (EAGAIN) until it caught up.
+  const CHURN = new URL("./fixtures/guests/mx-churn.js", import.meta.url);
+  const start = async (role: string) => {
+    const d = await host.startGuest({ module: CHURN, args: { role, n: 900 }, pages: 1024, name: role });
+    return { d, addr: await next<{ nic: number; endpoint: number }>(d) };
+  };
+  const idle = await start("idle");
+  const churn = await start("churn");
+  const third = await start("third");
+  for (const g of [idle, churn, third]) g.d.send(idle.addr);
+  churn.d.send("go");
+  const churned = await next<{ errors: number; first?: string }>(churn.d);
+  third.d.send("go");
+  const sent = await next<{ connect: string; sent?: string[] }>(third.d);
+  idle.d.send("go");
+  const got = await next<{ got: string[] }>(idle.d);
+  assert.equal(churned.errors, 0, `the churner's own connects failed: ${churned.first}`);
+  assert.deepEqual(sent, { connect: "ok", sent: ["MX_STATUS_SUCCESS", "MX_STATUS_SUCCESS"] });
+  assert.deepEqual(got.got, ["MX_STATUS_SUCCESS 7,0", "MX_STATUS_SUCCESS 7,1"]);
+  for (const g of [idle, churn, third]) g.d.send("stop");
+  for (const g of [idle, churn, third]) assert.equal((await g.d.exited).state, "shutdown");
+});

@@ -54,4 +54,10 @@ export interface ChannelRec {
   /** Guest channels: the buffer as dom0 frames of the members' pair (SharedMemory). */
   mem?: ChannelMem;
   closed: boolean;
+  /**
+   * The member the connect named has taken the channel (acceptChannel after its CONNECT
+   * event); the connector has it from its connect. Until then a closed channel is not
+   * replaced (registry.ts connect).
+   */
+  accepted: boolean;
 }

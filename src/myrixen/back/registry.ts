@@ -380,6 +380,11 @@ export class MyriCore {
     // closed its lanes: it is dead for both (both told), and this connect gets a fresh one.
     // Its memory serves the pair again only once neither member maps it (putChannel).
     if (ch && channelLanesClosed(ch.buffer)) {
+      // Not before the peer took the channel it was told of: each replacement costs it a
+      // DISCONNECT and a CONNECT event, and a member that disconnected and connected in a
+      // loop filled an idle peer's event queue, so that no third domain could connect to it.
+      // Until the peer catches up, the pair talks through the NIC.
+      if (!ch.accepted) return result;
       this.closeChannel(ch);
       ch = undefined;
     }
@@ -392,7 +397,7 @@ export class MyriCore {
         if (!mem) return result;
         buffer = mem.run.bytes.buffer as SharedArrayBuffer;
       } else buffer = new SharedArrayBuffer(CHANNEL_BYTES);
-      ch = { id: this.nextChannelId++, members: [ep, peer], buffer, mem, closed: false };
+      ch = { id: this.nextChannelId++, members: [ep, peer], buffer, mem, closed: false, accepted: false };
       if (this.nextChannelId > 0x7fffffff) this.nextChannelId = 1;
       this.writeLanePolicies(ch);
       this.pairs.set(pair, ch);
@@ -439,6 +444,8 @@ export class MyriCore {
         "MX_NO_PERM",
         `channel ${ch.id} joins endpoints ${ch.members[0].id} and ${ch.members[1].id}, not endpoint ${ep.id}`,
       );
+    // members[1] is the one the connect named (members[0] connected, and has it already).
+    if (side === 1) ch.accepted = true;
     if (channelLanesClosed(ch.buffer)) {
       // Its connector released it already (disconnected at once): dead for both, both told.
       this.closeChannel(ch);
