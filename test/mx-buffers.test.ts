@@ -153,6 +153,12 @@ test("a buffer that lies about its length is read for what it is; a Proxy or a l
       (e: unknown) => e instanceof MxError && /isend: the buffer must be a Uint8Array/.test(e.message),
     );
   }
+  const gone = new Uint8Array(8);
+  structuredClone(gone.buffer, { transfer: [gone.buffer] });
+  assert.throws(
+    () => isend(a, gone, 1),
+    (e: unknown) => e instanceof MxError && /isend: the buffer's memory was detached/.test(e.message),
+  );
   stillWorks(a, b, 2);
   assert.equal(r.state, RequestState.Done);
 });

@@ -281,3 +281,36 @@ test("exact and wildcard receives take kept messages in arrival order, across va
   assert.deepEqual(take(8), [8, 80]);
   assert.equal(p.matching.unexpectedValues <= 65, true, `index holds ${p.matching.unexpectedValues} values`);
 });
+
+test("a lost peer with no rendezvous waiting costs no walk of the unexpected queue, however much others keep", () => {
+  // A peer that kept 130,000 eager messages and reconnected in a loop made every loss walk
+  // them all and rebuild the index (~60 ms each), on the honest side.
+  const p = parts(undefined, 1 << 30);
+  const keeper = peer(p, 7).partner;
+  const puller = new RecordingPuller();
+  for (let seq = 0; seq < 1000; seq++) p.matching.deliver(keeper, eager(puller, seq, new Uint8Array(1), seq));
+  const queue = (p.matching as unknown as { unexpected: { removeWhere: (...a: unknown[]) => void } })
+    .unexpected;
+  let walks = 0;
+  const walk = queue.removeWhere.bind(queue);
+  queue.removeWhere = (...a: unknown[]) => {
+    walks++;
+    walk(...a);
+  };
+  for (let i = 0; i < 10; i++)
+    p.partners.fail(p.partners.add(0, 7, 107), "disconnected", MxStatus.ENDPOINT_CLOSED);
+  assert.equal(walks, 0);
+  // A peer with a rendezvous waiting still has it dropped (its data can no longer be pulled).
+  const rv = peer(p, 9).partner;
+  p.matching.deliver(rv, rndv(puller, 5000, 1 << 20, 0, 1));
+  p.partners.fail(rv, "gone", MxStatus.ENDPOINT_CLOSED);
+  assert.equal(walks, 1);
+  assert.equal(p.matching.probe(0, 5000, ALL, ALL), undefined);
+  const r = recv(1, 999);
+  p.matching.post(r);
+  assert.deepEqual(
+    [r.code, r.source],
+    [MxStatus.SUCCESS, keeper.address],
+    "the index still finds the kept ones",
+  );
+});

@@ -121,7 +121,12 @@ export function checkBuffer(buf: unknown, what: string): Uint8Array {
       "MX_BAD_SEG_LIST",
       `${what}: a message is at most ${MAX_MESSAGE_BYTES} bytes (MX lengths are 32-bit), the buffer has ${length}`,
     );
-  return new Uint8Array(bufferOf.call(buf), offsetOf.call(buf), length);
+  try {
+    return new Uint8Array(bufferOf.call(buf), offsetOf.call(buf), length);
+  } catch {
+    // Its memory was detached (transferred away): no view of it can be made.
+    throw new MxError("MX_BAD_SEG_LIST", `${what}: the buffer's memory was detached (transferred)`);
+  }
 }
 
 /**

@@ -67,6 +67,12 @@ export class Matching implements PeerLossListener {
   /** Bytes kept (in `unexpected` and in the peers' `held`, KEPT_RECORD_COST each besides the payload), in all and by sender. */
   private keptBytes = 0;
   private readonly keptBytesOf = new Map<Partner, number>();
+  /**
+   * Rendezvous announcements waiting as unexpected, by sender: a lost peer's are looked for
+   * only if it has some (a peer keeping 130,000 eager messages, then reconnecting in a loop,
+   * made every loss walk them all).
+   */
+  private readonly rndvKept = new Map<Partner, number>();
 
   constructor(
     private readonly ctx: EndpointContext,
@@ -86,6 +92,7 @@ export class Matching implements PeerLossListener {
     const u = this.unexpected.find(req.matchHi, req.matchLo, req.matchMaskHi, req.matchMaskLo, true);
     if (u !== undefined) {
       this.count(u, -1);
+      this.countRndv(u, -1);
       this.deliverUnexpected(req, u);
       return;
     }
@@ -154,10 +161,11 @@ export class Matching implements PeerLossListener {
 
   /** A failed peer's rendezvous announcements go: their data cannot be pulled any more. */
   peerLost(peer: Partner): void {
-    this.unexpected.removeWhere(
-      (k) => k.source === peer && k.rndv,
-      (k) => this.count(k, -1),
-    );
+    if (this.rndvKept.has(peer))
+      this.unexpected.removeWhere(
+        (k) => k.source === peer && k.rndv,
+        (k) => this.uncount(k),
+      );
     // Records ahead of one that will never come now: they can never be matched.
     this.dropHeld(peer);
   }
@@ -204,6 +212,7 @@ export class Matching implements PeerLossListener {
       this.ctx.counters.unexpected++;
       const kept = rec.keep(peer, tid);
       this.unexpected.push(kept);
+      this.countRndv(kept, 1);
       this.count(kept, 1);
       return;
     }
@@ -259,6 +268,20 @@ export class Matching implements PeerLossListener {
     if (sign > 0 && this.keptBytes > this.maxUnexpectedBytes) this.overflow();
   }
 
+  /** A rendezvous announcement came into (1) or left (-1) the unexpected queue. */
+  private countRndv(k: KeptRecord, sign: 1 | -1): void {
+    if (!k.rndv) return;
+    const n = (this.rndvKept.get(k.source) ?? 0) + sign;
+    if (n > 0) this.rndvKept.set(k.source, n);
+    else this.rndvKept.delete(k.source);
+  }
+
+  /** An unexpected record dropped: it counts no longer. */
+  private uncount(k: KeptRecord): void {
+    this.count(k, -1);
+    this.countRndv(k, -1);
+  }
+
   private dropHeld(peer: Partner): void {
     const held = peer.held;
     if (held === undefined) return;
@@ -282,7 +305,7 @@ export class Matching implements PeerLossListener {
     if (worst === undefined) return;
     this.unexpected.removeWhere(
       (k) => k.source === worst,
-      (k) => this.count(k, -1),
+      (k) => this.uncount(k),
     );
     this.dropHeld(worst);
     worst.refused = true;

@@ -72,17 +72,20 @@ export class UnexpectedQueue {
     return k;
   }
 
-  /** Removes every record `drop` says (a failed peer's): the index is built again, once. */
+  /** Removes every record `drop` says (a failed peer's): the index is built again, once, if any went. */
   removeWhere(drop: (k: KeptRecord) => boolean, removed: (k: KeptRecord) => void): void {
     let k = this.oldest;
+    let any = false;
     while (k !== null) {
       const next = k.newer;
       if (drop(k)) {
         this.unlink(k);
         removed(k);
+        any = true;
       }
       k = next;
     }
+    if (!any) return;
     this.byMatch.clear();
     this.values = 0;
     this.empties = 0;
