@@ -397,8 +397,7 @@ export class MyriCore {
         if (!mem) return result;
         buffer = mem.run.bytes.buffer as SharedArrayBuffer;
       } else buffer = new SharedArrayBuffer(CHANNEL_BYTES);
-      ch = { id: this.nextChannelId++, members: [ep, peer], buffer, mem, closed: false, accepted: false };
-      if (this.nextChannelId > 0x7fffffff) this.nextChannelId = 1;
+      ch = { id: this.channelId(), members: [ep, peer], buffer, mem, closed: false, accepted: false };
       this.writeLanePolicies(ch);
       this.pairs.set(pair, ch);
       this.channels.set(ch.id, ch);
@@ -424,6 +423,15 @@ export class MyriCore {
     const side: 0 | 1 = ch.members[0] === ep ? 0 : 1;
     result.channel = { rec: ch, side, peer };
     return result;
+  }
+
+  /** A channel id no live channel has: they wrap at 2^31, and a host runs for weeks. */
+  private channelId(): number {
+    for (;;) {
+      const id = this.nextChannelId;
+      this.nextChannelId = id >= 0x7fffffff ? 1 : id + 1;
+      if (!this.channels.has(id)) return id;
+    }
   }
 
   acceptChannel(
