@@ -27,7 +27,7 @@ import { callCode, NONE, RECEIVING, SENDING } from "../cluster/rank-state.js";
 import type { MxRequest, MxStatusInfo } from "../mx/endpoint.js";
 import { MxStatus } from "../nic/status.js";
 import { copyBytes } from "../xen/copy.js";
-import { DEAD_CHECK_MS, PointToPoint } from "./p2p.js";
+import { PointToPoint } from "./p2p.js";
 import type { Runtime } from "./runtime.js";
 import { failureHint, MpiError } from "./status.js";
 
@@ -127,23 +127,21 @@ export class CollectiveTransport extends PointToPoint {
     const cs = this.rt.callState;
     cs?.block(callCode(call), req.kind === "send" ? SENDING : RECEIVING, this.worldRanks[peer], NONE);
     try {
-      for (;;) {
+      return this.waitInSlices(req, (first) => {
+        if (!first) {
+          this.reapNotices();
+          const notice = this.takeNotice(call);
+          if (notice !== undefined) {
+            if (req.kind === "recv") this.withdraw(req);
+            this.cfail(notice, false);
+          }
+        }
         if (req.kind === "recv" && !req.done) {
           const why = this.peerGone(peer);
           if (why !== undefined && this.withdraw(req))
             this.cfail(`MPI ${call}: exchange with rank ${peer} failed: ${this.unreachable(peer, why)}`);
         }
-        const start = performance.now();
-        const s = this.ep.wait(req, DEAD_CHECK_MS);
-        if (s !== undefined) return s;
-        if (performance.now() - start < DEAD_CHECK_MS) return undefined;
-        this.reapNotices();
-        const notice = this.takeNotice(call);
-        if (notice !== undefined) {
-          if (req.kind === "recv") this.withdraw(req);
-          this.cfail(notice, false);
-        }
-      }
+      });
     } finally {
       cs?.unblock();
     }

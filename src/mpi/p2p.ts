@@ -182,8 +182,16 @@ export class PointToPoint {
   private mxWait(req: MpiRequest): MxStatusInfo | undefined {
     const mx = req.mx!;
     if (req.kind === "send" || mx.done) return this.ep.wait(mx);
-    for (;;) {
-      this.failIfUnmatchable(req, true);
+    return this.waitInSlices(mx, () => this.failIfUnmatchable(req, true));
+  }
+
+  /**
+   * @internal mx_wait for `mx` in slices of DEAD_CHECK_MS; `look(first)` runs before each
+   * slice (first: before the first) and throws to end the wait. Undefined on mx_wakeup.
+   */
+  protected waitInSlices(mx: MxRequest, look: (first: boolean) => void): MxStatusInfo | undefined {
+    for (let first = true; ; first = false) {
+      look(first);
       const start = performance.now();
       const s = this.ep.wait(mx, DEAD_CHECK_MS);
       if (s !== undefined) return s;

@@ -95,8 +95,6 @@ const NIC_LINGER_MS = 1000;
 /** While some peer is reached over Ethernet, sleeps are cut into slices this short (ms). */
 const MIXED_SLICE_MS = 1;
 
-const u32 = (n: number) => n >>> 0;
-
 /** An open MX endpoint. */
 export class MxEndpoint {
   readonly endpointId: number;
@@ -335,6 +333,7 @@ export class MxEndpoint {
     );
   }
 
+  /** isend and issend, the match words checked (u32Arg) by them. */
   private send(
     buffer: Uint8Array,
     dest: MxAddress,
@@ -353,8 +352,8 @@ export class MxEndpoint {
       );
     const req = new MxRequest("send", view, context);
     req.peer = peer;
-    req.matchHi = u32(matchHi);
-    req.matchLo = u32(matchLo);
+    req.matchHi = matchHi;
+    req.matchLo = matchLo;
     req.msgLength = view.length;
     req.source = dest;
     req.sync = sync;
@@ -418,10 +417,10 @@ export class MxEndpoint {
     const view = this.recvBuffer.check(buffer, "irecv");
     checkMatch(matchHi, matchLo, maskHi, maskLo);
     const req = new MxRequest("recv", view, context);
-    req.matchHi = u32(matchHi);
-    req.matchLo = u32(matchLo);
-    req.matchMaskHi = u32(maskHi);
-    req.matchMaskLo = u32(maskLo);
+    req.matchHi = matchHi;
+    req.matchLo = matchLo;
+    req.matchMaskHi = maskHi;
+    req.matchMaskLo = maskLo;
     MxRequest.claim(req, this.ctx);
     this.counters.recvs++;
     this.matching.post(req);
