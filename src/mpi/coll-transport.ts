@@ -127,21 +127,25 @@ export class CollectiveTransport extends PointToPoint {
     const cs = this.rt.callState;
     cs?.block(callCode(call), req.kind === "send" ? SENDING : RECEIVING, this.worldRanks[peer], NONE);
     try {
-      return this.waitInSlices(req, (first) => {
-        if (!first) {
-          this.reapNotices();
-          const notice = this.takeNotice(call);
-          if (notice !== undefined) {
-            if (req.kind === "recv") this.withdraw(req);
-            this.cfail(notice, false);
+      return this.sliced(
+        (ms) => this.ep.wait(req, ms),
+        (first) => {
+          if (!first) {
+            this.reapNotices();
+            const notice = this.takeNotice(call);
+            if (notice !== undefined) {
+              if (req.kind === "recv") this.withdraw(req);
+              this.cfail(notice, false);
+            }
           }
-        }
-        if (req.kind === "recv" && !req.done) {
-          const why = this.peerGone(peer);
-          if (why !== undefined && this.withdraw(req))
-            this.cfail(`MPI ${call}: exchange with rank ${peer} failed: ${this.unreachable(peer, why)}`);
-        }
-      });
+          if (req.kind === "recv" && !req.done) {
+            const why = this.peerGone(peer);
+            if (why !== undefined && this.withdraw(req))
+              this.cfail(`MPI ${call}: exchange with rank ${peer} failed: ${this.unreachable(peer, why)}`);
+          }
+          return undefined;
+        },
+      );
     } finally {
       cs?.unblock();
     }

@@ -182,21 +182,32 @@ export class PointToPoint {
   private mxWait(req: MpiRequest): MxStatusInfo | undefined {
     const mx = req.mx!;
     if (req.kind === "send" || mx.done) return this.ep.wait(mx);
-    return this.waitInSlices(mx, () => this.failIfUnmatchable(req, true));
+    return this.sliced(
+      (ms) => this.ep.wait(mx, ms),
+      () => {
+        this.failIfUnmatchable(req, true);
+        return undefined;
+      },
+    );
   }
 
   /**
-   * @internal mx_wait for `mx` in slices of DEAD_CHECK_MS; `look(first)` runs before each
-   * slice (first: before the first) and throws to end the wait. Undefined on mx_wakeup.
+   * @internal A blocking MX call (`wait(ms)`: mx_wait, mx_probe) made in slices of
+   * DEAD_CHECK_MS, so that a rank's failure is seen while we wait on it: `look(first)` runs
+   * before each slice (first: before the first) and throws to end the wait, or returns what
+   * to return instead of waiting. Undefined on mx_wakeup, as the MX call.
    */
-  protected waitInSlices(mx: MxRequest, look: (first: boolean) => void): MxStatusInfo | undefined {
+  protected sliced<T>(
+    wait: (ms: number) => T | undefined,
+    look: (first: boolean) => T | undefined,
+  ): T | undefined {
     for (let first = true; ; first = false) {
-      look(first);
+      const early = look(first);
+      if (early !== undefined) return early;
       const start = performance.now();
-      const s = this.ep.wait(mx, DEAD_CHECK_MS);
-      if (s !== undefined) return s;
-      // mx_wait returned before its timeout: mx_wakeup.
-      if (performance.now() - start < DEAD_CHECK_MS) return undefined;
+      const r = wait(DEAD_CHECK_MS);
+      // Returned before its timeout with nothing: mx_wakeup.
+      if (r !== undefined || performance.now() - start < DEAD_CHECK_MS) return r;
     }
   }
 
@@ -490,21 +501,20 @@ export class PointToPoint {
     cs?.block(CALL_PROBE, RECEIVING, s >= 0 ? this.worldRanks[s] : s, t);
     try {
       // In slices, as a receive waits: no message can come from a rank that is gone.
-      for (;;) {
-        const why = this.unmatchable(s, true);
-        if (why !== undefined) {
+      const st = this.sliced(
+        (ms) => this.ep.probe(ms, hi, lo, mhi, mlo),
+        () => {
+          const why = this.unmatchable(s, true);
+          if (why === undefined) return undefined;
           // It may have come in the progress that noticed the failure.
           const last = this.ep.iprobe(hi, lo, mhi, mlo);
-          if (last !== undefined) return this.probeStatus(last, type);
+          if (last !== undefined) return last;
           throw new MpiError(
             `MPI probe: no message ${s >= 0 ? `from rank ${s}` : "from MPI.ANY_SOURCE"} (tag ${tag}) can come: ${why}`,
           );
-        }
-        const start = performance.now();
-        const st = this.ep.probe(DEAD_CHECK_MS, hi, lo, mhi, mlo);
-        // A probe that returned before its timeout without a message: mx_wakeup.
-        if (st !== undefined || performance.now() - start < DEAD_CHECK_MS) return this.probeStatus(st, type);
-      }
+        },
+      );
+      return this.probeStatus(st, type);
     } finally {
       cs?.unblock();
     }

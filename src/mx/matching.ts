@@ -91,8 +91,7 @@ export class Matching implements PeerLossListener {
   post(req: MxRequest): void {
     const u = this.unexpected.find(req.matchHi, req.matchLo, req.matchMaskHi, req.matchMaskLo, true);
     if (u !== undefined) {
-      this.count(u, -1);
-      this.countRndv(u, -1);
+      this.uncount(u);
       this.deliverUnexpected(req, u);
       return;
     }
@@ -276,7 +275,7 @@ export class Matching implements PeerLossListener {
     else this.rndvKept.delete(k.source);
   }
 
-  /** An unexpected record dropped: it counts no longer. */
+  /** An unexpected record taken or dropped: it counts no longer. */
   private uncount(k: KeptRecord): void {
     this.count(k, -1);
     this.countRndv(k, -1);
