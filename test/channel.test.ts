@@ -66,7 +66,10 @@ test("a full lane refuses a record (back-pressure) until the reader releases", (
   assert.ok(n >= 3 && n <= Math.floor(LANE_BYTES / 60000));
   assert.ok(r.next());
   r.release();
-  assert.ok(write(w, 1, big), "space freed by the reader is reused");
+  // Four records filled 240,192 bytes; the fifth wraps (a PAD of 21,952 bytes) into the
+  // 60,048 the reader freed, less the 8-byte slot the lane always keeps empty past its content.
+  assert.equal(write(w, 1, big), false, "the free slot past the content is never filled");
+  assert.ok(write(w, 1, big.subarray(8)), "space freed by the reader is reused");
   assert.equal(w.reserve(LANE_BYTES), -1, "a record larger than half the lane never fits");
 });
 
@@ -98,4 +101,89 @@ test("garbage from a hostile writer marks the lane broken and never throws", () 
     if (r.broken) broken++;
   }
   assert.ok(broken > 4000, `${broken} of 5000 random lanes were caught`);
+});
+
+test("records start inside old payloads across wraps: the word after each record reads empty until the next is published", () => {
+  // Payloads of 0xff bytes, sizes that never repeat in step with the lane: a new record's
+  // Size word often lands inside an old payload, which the reader must not take for a record.
+  const ch = new SharedArrayBuffer(CHANNEL_BYTES);
+  const w = new LaneWriter(ch, 0);
+  const r = new LaneReader(ch, 0, 3);
+  let seed = 7;
+  const rand = (n: number) => {
+    seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+    return seed % n;
+  };
+  let sent = 0;
+  let got = 0;
+  for (let step = 0; step < 20000; step++) {
+    if (rand(3) !== 0) {
+      const n = [1, 13, 100, 333, 2000, 9001, 40000][rand(7)];
+      if (write(w, 1, new Uint8Array(n).fill(0xff), sent)) sent++;
+    } else {
+      for (let k = rand(5); k >= 0 && r.next(); k--) {
+        assert.equal(r.aux[0], got, "records come once each, in order");
+        got++;
+        r.release();
+      }
+    }
+  }
+  while (r.next()) {
+    assert.equal(r.aux[0], got);
+    got++;
+    r.release();
+  }
+  assert.equal(got, sent);
+  assert.ok(sent > 5000, `${sent} records`);
+  assert.equal(r.broken, undefined);
+});
+
+/** A hostile writer: publishes a record of `size` bytes at `pos` of lane 0 (its Size last). */
+function forge(ch: SharedArrayBuffer, pos: number, size: number, type: number): void {
+  const words = new Uint32Array(ch, LANE_HEADER_BYTES, LANE_BYTES / 4);
+  words[(pos >>> 2) + 1] = type;
+  words[(pos >>> 2) + 4] = 0;
+  Atomics.store(words, pos >>> 2, size);
+}
+
+test("a hostile writer cannot make the reader go round: PADs that do not end the lane, or two in a row, break it", () => {
+  for (const [what, lay] of [
+    [
+      "a lane of 8-byte PADs",
+      (ch: SharedArrayBuffer) => {
+        for (let pos = 0; pos < LANE_BYTES; pos += 8) forge(ch, pos, 8, 0);
+      },
+    ],
+    [
+      "a PAD to the end, then a PAD at 0",
+      (ch: SharedArrayBuffer) => {
+        // The reader's head at the last 64 bytes (Head is word 32 of the lane's control page).
+        Atomics.store(new Int32Array(ch, 0, 64), 32, LANE_BYTES - 64);
+        forge(ch, LANE_BYTES - 64, 64, 0);
+        forge(ch, 0, LANE_BYTES, 0);
+      },
+    ],
+  ] as const) {
+    const ch = new SharedArrayBuffer(CHANNEL_BYTES);
+    lay(ch);
+    const r = new LaneReader(ch, 0, 3);
+    assert.equal(r.next(), false, what);
+    assert.match(r.broken ?? "", /PAD/, what);
+  }
+});
+
+test("records a hostile writer published once are read once: the reader empties each slot it took", () => {
+  // 4,096 records of 64 bytes fill the lane exactly, the last ending at its end, so the one
+  // after it is at 0 again: a reader that left the slots as they were would take them forever.
+  const ch = new SharedArrayBuffer(CHANNEL_BYTES);
+  for (let pos = 0; pos < LANE_BYTES; pos += 64) forge(ch, pos, 64, 1);
+  const r = new LaneReader(ch, 0, 3);
+  let n = 0;
+  while (n < 3 * (LANE_BYTES / 64) && r.next()) {
+    r.release();
+    n++;
+  }
+  assert.equal(n, LANE_BYTES / 64);
+  assert.equal(r.next(), false);
+  assert.equal(r.broken, undefined);
 });

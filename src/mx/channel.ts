@@ -6,6 +6,16 @@
  * library's (records.ts). A message crosses two threads: the sender copies it in, the
  * receiver copies it out.
  *
+ * The reader polls the record it expects next, not the lane's tail (Open MPI sm's fast box,
+ * Open-MX's shared-memory rings): a record is published by the store of its Size word, made
+ * last, so a small message reaches the reader in the cache line it polls (one line crossing
+ * the cores per message instead of the tail's and the record's). For that, the writer keeps
+ * the word after each record it publishes at zero ("nothing yet"): there is always one free
+ * slot (RECORD_SLOT_BYTES) past the lane's content, and a record that wraps is published
+ * before the PAD that leads to it. The reader zeroes the Size of what it consumed, so a lane
+ * read once never reads as full again. Tail is still published, for the writer's backlog and
+ * the host's inspection.
+ *
  * The reader treats everything in the lane as hostile: a record whose length or type makes
  * no sense marks the lane `broken` with the reason, and nothing is read past it; no method
  * throws on lane contents. Nothing here allocates per record.
@@ -24,6 +34,9 @@ import {
 
 const align8 = (n: number) => (n + 7) & ~7;
 
+/** The free slot the writer keeps past the lane's content: the zero Size the reader polls. */
+const RECORD_SLOT_BYTES = 8;
+
 /** The writing end of one lane. */
 export class LaneWriter {
   readonly bytes: Uint8Array;
@@ -33,6 +46,8 @@ export class LaneWriter {
   private headSeen: number;
   private pending = 0;
   private pendingStart = 0;
+  /** A PAD reserve() placed before the pending record (it wrapped): its position, or −1. */
+  private padAt = -1;
 
   constructor(channel: SharedArrayBuffer, side: 0 | 1) {
     const off = laneOffset(side);
@@ -53,7 +68,8 @@ export class LaneWriter {
     if (need > LANE_BYTES / 2) return -1;
     let pos = this.tail % LANE_BYTES;
     const tillEnd = LANE_BYTES - pos;
-    const total = need > tillEnd ? tillEnd + need : need;
+    // The record, the PAD before it if it wraps, and the free slot after it.
+    const total = (need > tillEnd ? tillEnd + need : need) + RECORD_SLOT_BYTES;
     if (LANE_BYTES - ((this.tail - this.headSeen) >>> 0) < total) {
       this.headSeen = Atomics.load(this.ctl, LaneWord.Head) >>> 0;
       if (LANE_BYTES - ((this.tail - this.headSeen) >>> 0) < total) {
@@ -63,13 +79,14 @@ export class LaneWriter {
         if (LANE_BYTES - ((this.tail - this.headSeen) >>> 0) < total) return -1;
       }
     }
+    this.padAt = -1;
     if (need > tillEnd) {
-      this.words[(pos >>> 2) + RecordWord.Size] = tillEnd;
+      // Published by commit(), after the record at 0 it leads to.
       this.words[(pos >>> 2) + RecordWord.Type] = RECORD_PAD;
+      this.padAt = pos;
       this.tail = (this.tail + tillEnd) >>> 0;
       pos = 0;
     }
-    this.words[(pos >>> 2) + RecordWord.Size] = need;
     this.pendingStart = pos;
     this.pending = need;
     return pos;
@@ -82,7 +99,7 @@ export class LaneWriter {
    */
   hasRoomFor(payloadBytes: number, pieceBytes: number): boolean {
     let pos = this.tail % LANE_BYTES;
-    let need = 0;
+    let need = RECORD_SLOT_BYTES;
     for (let left = payloadBytes; left > 0; left -= pieceBytes) {
       const size = align8(RECORD_HEADER_BYTES + Math.min(left, pieceBytes));
       if (size > LANE_BYTES / 2) return false;
@@ -102,11 +119,24 @@ export class LaneWriter {
     return LANE_BYTES - ((this.tail - this.headSeen) >>> 0) >= need;
   }
 
-  /** Publishes the reserved record (the store of the tail is the release barrier). */
+  /**
+   * Publishes the reserved record: the slot after it reads "nothing yet", then its Size (the
+   * release: the reader polls it), then the PAD that leads to it, if it wrapped.
+   */
   commit(): void {
-    this.tail = (this.tail + this.pending) >>> 0;
+    const at = this.pendingStart;
+    const size = this.pending;
+    const next = at + size;
+    this.words[(next === LANE_BYTES ? 0 : next >>> 2) + RecordWord.Size] = 0;
+    Atomics.store(this.words, (at >>> 2) + RecordWord.Size, size);
+    if (this.padAt >= 0) {
+      Atomics.store(this.words, (this.padAt >>> 2) + RecordWord.Size, LANE_BYTES - this.padAt);
+      this.padAt = -1;
+    }
+    this.tail = (this.tail + size) >>> 0;
     this.pending = 0;
-    Atomics.store(this.ctl, LaneWord.Tail, this.tail | 0);
+    // For the host's inspection only (the reader polls Size): a plain store, not a second fence.
+    this.ctl[LaneWord.Tail] = this.tail | 0;
   }
 
   /** Bytes the reader has not consumed yet (0 = the peer has seen everything). */
@@ -134,7 +164,6 @@ export class LaneReader {
   readonly words: Uint32Array;
   private readonly ctl: Int32Array;
   private head: number;
-  private tailSeen: number;
   /** Why the lane was declared broken (the peer wrote something impossible); undefined while healthy. */
   broken: string | undefined;
   // The current record, copied out of shared memory once (the peer may rewrite the lane).
@@ -160,45 +189,46 @@ export class LaneReader {
     this.bytes = new Uint8Array(channel, off + LANE_HEADER_BYTES, LANE_BYTES);
     this.words = new Uint32Array(channel, off + LANE_HEADER_BYTES, LANE_BYTES / 4);
     this.head = Atomics.load(this.ctl, LaneWord.Head) >>> 0;
-    this.tailSeen = this.head;
     this.messages = Atomics.load(this.ctl, LaneWord.Messages) >>> 0;
   }
 
   /** True if a record is ready (its fields are loaded); false if the lane is empty or broken. */
   next(): boolean {
     if (this.broken) return false;
+    const words = this.words;
+    let padded = false;
     for (;;) {
-      if (this.head === this.tailSeen) {
-        this.tailSeen = Atomics.load(this.ctl, LaneWord.Tail) >>> 0;
-        if (this.head === this.tailSeen) return false;
-      }
-      const avail = (this.tailSeen - this.head) >>> 0;
-      if (avail > LANE_BYTES)
-        return this.fail(`tail ran ${avail} bytes ahead of head (lane holds ${LANE_BYTES})`);
       const pos = this.head % LANE_BYTES;
       const w = pos >>> 2;
-      const size = this.words[w + RecordWord.Size];
-      const tw = this.words[w + RecordWord.Type];
+      const size = Atomics.load(words, w + RecordWord.Size);
+      if (size === 0) return false;
+      const tw = words[w + RecordWord.Type];
       const type = tw & 0xffff;
-      if (size < 8 || size % 8 !== 0 || size > LANE_BYTES - pos || size > avail)
+      if (size < 8 || size % 8 !== 0 || size > LANE_BYTES - pos)
         return this.fail(
-          `record at ${pos} claims ${size} bytes (${avail} published, ${LANE_BYTES - pos} to the end)`,
+          `record at ${pos} claims ${size} bytes (${LANE_BYTES - pos} to the end of the lane)`,
         );
       if (type === RECORD_PAD) {
+        // A PAD fills the lane's end and leads to a record at 0, published before it: a
+        // second PAD (or one not at the end) is a writer making the reader go round.
+        if (padded || size !== LANE_BYTES - pos)
+          return this.fail(`record at ${pos}: a PAD of ${size} bytes that does not end the lane`);
+        words[w + RecordWord.Size] = 0;
         this.head = (this.head + size) >>> 0;
+        padded = true;
         continue;
       }
       if (size < RECORD_HEADER_BYTES || type > this.maxType)
         return this.fail(`record at ${pos}: type ${type}, ${size} bytes`);
-      const length = this.words[w + RecordWord.Length];
+      const length = words[w + RecordWord.Length];
       if (length > size - RECORD_HEADER_BYTES && !(tw & (RecordFlag.NoPayload << 16)))
         return this.fail(`record at ${pos}: payload ${length} bytes does not fit in ${size}`);
       this.type = type;
       this.flags = tw >>> 16;
-      this.matchHi = this.words[w + RecordWord.MatchHi];
-      this.matchLo = this.words[w + RecordWord.MatchLo];
+      this.matchHi = words[w + RecordWord.MatchHi];
+      this.matchLo = words[w + RecordWord.MatchLo];
       this.length = length;
-      for (let i = RecordWord.Aux; i < RecordWord.End; i++) this.aux[i - RecordWord.Aux] = this.words[w + i];
+      for (let i = RecordWord.Aux; i < RecordWord.End; i++) this.aux[i - RecordWord.Aux] = words[w + i];
       this.payload = pos + RECORD_HEADER_BYTES;
       this.size = size;
       return true;
@@ -215,11 +245,13 @@ export class LaneReader {
 
   /** Counts one message taken from the lane, for the host's inspection (LaneWord.Messages). */
   countMessage(): void {
-    Atomics.store(this.ctl, LaneWord.Messages, ++this.messages | 0);
+    // Read only by the host's inspection: a plain store (an atomic one is a fence per message).
+    this.ctl[LaneWord.Messages] = ++this.messages | 0;
   }
 
-  /** Consumes the current record (frees its space for the writer). */
+  /** Consumes the current record (frees its space for the writer; its slot reads empty again). */
   release(): void {
+    this.words[(this.head % LANE_BYTES) >>> 2] = 0;
     this.head = (this.head + this.size) >>> 0;
     this.size = 0;
     Atomics.store(this.ctl, LaneWord.Head, this.head | 0);

@@ -9,8 +9,9 @@
  *
  *   lane control words (LaneWord: Int32 indices into the lane header; 128 bytes apart, so
  *   the writer's and the reader's words never share a cache line or its prefetched neighbour):
- *     Tail         [writer]  bytes ever published (u32, wraps); the store is the release
- *     Head         [reader]  bytes ever consumed (u32, wraps)
+ *     Tail         [writer]  bytes ever published (u32, wraps): for the writer's backlog and
+ *                  the host's inspection; the reader polls the next record's Size instead
+ *     Head         [reader]  bytes ever consumed (u32, wraps): how far the writer may write
  *     Closed       [either member, or myrback]  nonzero: the channel is dead
  *     SpaceWanted  [writer sets, reader clears]  the writer found the lane full and waits:
  *                  the reader wakes it after freeing space
@@ -21,7 +22,11 @@
  *   record (RecordWord: u32 indices from the record's start; 8-byte aligned, never wrapping;
  *   all written by the lane's writer, copied out once by its reader, which treats them as
  *   hostile):
- *     +0   Size     total bytes: header + payload + pad
+ *     +0   Size     total bytes: header + payload + pad. Stored last: it publishes the record
+ *                  (0 = nothing here yet). The writer zeroes the Size word after each record it
+ *                  publishes (so the lane always keeps 8 bytes free past its content) and
+ *                  publishes a record that wrapped to 0 before the PAD that leads to it; the
+ *                  reader zeroes the Size of each record it consumed.
  *     +4   Type     type (bits 0..15; RECORD_PAD = 0 fills the end of the lane) | flags << 16
  *                   (RecordFlag here; the library's own above them)
  *     +8   MatchHi  64-bit match value, high word
