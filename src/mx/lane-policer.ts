@@ -78,8 +78,9 @@ export class LanePolicer {
 
   /** Starts a progress round: takes up a changed policy; false while the caps hold the lane. */
   begin(): boolean {
-    const s = Atomics.load(this.seq, 0);
-    if (s !== this.seen && (s & 1) === 0) this.reload(s);
+    // A plain load on every round: only a hint that the page changed (reload reads it as a
+    // seqlock, atomically); an atomic load here was a builtin call on every poll of the lane.
+    if (this.seq[0] !== this.seen) this.reload();
     this.round = this.weight * LANE_QUANTUM;
     if (!this.limited || this.heldUntil === 0) return true;
     this.refill(this.now());
@@ -158,7 +159,9 @@ export class LanePolicer {
   /** Message bytes taken, for the share loop (the page's TakenBytes). */
   private count(bytes: number): void {
     this.taken = (this.taken + bytes) >>> 0;
-    Atomics.store(this.seq, POLICY_TAKEN_WORD, this.taken | 0);
+    // myrback's share loop reads it every few ms: a plain store (a 32-bit word is never torn),
+    // not a fence per message.
+    this.seq[POLICY_TAKEN_WORD] = this.taken | 0;
   }
 
   /** A record already paid for (a piece of a charged rendezvous): only this round's share. */
@@ -179,7 +182,9 @@ export class LanePolicer {
   }
 
   /** A new policy from the page (myrback rewrote it); a torn read is retried next round. */
-  private reload(s: number): void {
+  private reload(): void {
+    const s = Atomics.load(this.seq, 0);
+    if ((s & 1) !== 0) return;
     const w = this.words;
     const bytesPerSec = w[0];
     const msgsPerSec = w[1];

@@ -75,7 +75,20 @@ type RequestKind = "send" | "recv";
  * mx_request_t: a send or a receive in flight. It is its own status (`req.status === req`),
  * so a message costs one object, not two.
  */
-export class MxRequest extends MxStatusInfo {
+/**
+ * A request (mx_request_t), which is also its own status once complete. It repeats
+ * MxStatusInfo's fields rather than extend it: made once per message, a derived class's
+ * construction (the super call) cost an 8-byte ping-pong ~5% here.
+ */
+export class MxRequest implements MxStatusInfo {
+  code: number = MxStatus.PENDING;
+  source: MxAddress | undefined = undefined;
+  matchHi = 0;
+  matchLo = 0;
+  msgLength = 0;
+  xferLength = 0;
+  context: unknown;
+  reason: string | undefined = undefined;
   /** @internal Where the request is in its life (RequestState). */
   state: RequestState = RequestState.Queued;
   /** @internal A send's partner. */
@@ -113,9 +126,18 @@ export class MxRequest extends MxStatusInfo {
     buffer: Uint8Array,
     context: unknown,
   ) {
-    super();
     this.buffer = buffer;
     this.context = context;
+  }
+
+  /** The 64-bit match value. */
+  get matchInfo(): bigint {
+    return (BigInt(this.matchHi) << 32n) | BigInt(this.matchLo);
+  }
+
+  /** The status code as MX spells it: MX_STATUS_SUCCESS, MX_STATUS_TRUNCATED, ... */
+  get codeName(): string {
+    return `MX_STATUS_${mxStatusName(this.code)}`;
   }
 
   /** @internal The endpoint that posts `req` takes it for its own (once: a request never changes hands). */

@@ -54,6 +54,7 @@ export class UnexpectedQueue {
 
   /** The oldest record that (mh, ml) matches under masks (mmh, mml), or undefined; `take` removes it. */
   find(mh: number, ml: number, mmh: number, mml: number, take: boolean): KeptRecord | undefined {
+    if (this.size === 0) return undefined;
     let k: KeptRecord | null;
     if (mmh === ALL && mml === ALL) {
       k = this.sameMatch(mh, ml, false)?.head ?? null;
