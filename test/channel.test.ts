@@ -187,3 +187,29 @@ test("records a hostile writer published once are read once: the reader empties 
   assert.equal(r.next(), false);
   assert.equal(r.broken, undefined);
 });
+
+test("space the reader took is shown to a writer that finds the lane full when it asks, and on every sweep", () => {
+  const ch = new SharedArrayBuffer(CHANNEL_BYTES);
+  const w = new LaneWriter(ch, 0);
+  const r = new LaneReader(ch, 0, 3);
+  const small = new Uint8Array(8);
+  let n = 0;
+  while (write(w, 1, small)) n++;
+  // A few small records read: less than the step in which Head is published unasked.
+  for (let i = 0; i < 4; i++) {
+    assert.ok(r.next());
+    r.release();
+  }
+  assert.ok(r.unpublished);
+  assert.equal(write(w, 1, small), false, "the writer does not see that space yet, and asks for it");
+  assert.equal(r.takeSpaceWanted(false), true, "the reader sees the writer asking");
+  assert.equal(r.unpublished, false);
+  assert.ok(write(w, 1, small), "the space read is the writer's now");
+  // Unasked, a sweep shows it too.
+  assert.ok(r.next());
+  r.release();
+  assert.ok(r.unpublished);
+  assert.equal(r.takeSpaceWanted(true), false, "no one asked");
+  assert.equal(r.unpublished, false, "but the sweep published it");
+  assert.ok(n > 4000);
+});

@@ -290,8 +290,12 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
     return true;
   }
 
-  /** Reads and matches what the peer wrote, then pushes what waits; true if either moved anything. */
-  receive(): boolean {
+  /**
+   * Reads and matches what the peer wrote, then pushes what waits; true if either moved
+   * anything. `sweep` (progress's every-32nd and before-sleep rounds): also shows the writer
+   * all the space read so far, and looks atomically whether it waits for some.
+   */
+  receive(sweep = false): boolean {
     const rd = this.reader;
     const pol = this.policer;
     let moved = false;
@@ -314,7 +318,7 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
     )
       moved = true;
     // Space freed: a writer that found the lane full and went to sleep wakes.
-    if (moved && rd.takeSpaceWanted()) {
+    if ((moved || sweep || rd.unpublished) && rd.takeSpaceWanted(sweep)) {
       Atomics.add(this.peerIntr, I_SEQ, 1);
       Atomics.notify(this.peerIntr, I_SEQ);
     }

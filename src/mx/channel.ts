@@ -37,6 +37,9 @@ const align8 = (n: number) => (n + 7) & ~7;
 /** The free slot the writer keeps past the lane's content: the zero Size the reader polls. */
 const RECORD_SLOT_BYTES = 8;
 
+/** Consumed bytes after which the reader publishes Head unasked (a sixteenth of the lane). */
+const HEAD_PUBLISH_BYTES = LANE_BYTES / 16;
+
 /** The writing end of one lane. */
 export class LaneWriter {
   readonly bytes: Uint8Array;
@@ -168,6 +171,8 @@ export class LaneReader {
   readonly words: Uint32Array;
   private readonly ctl: Int32Array;
   private head: number;
+  /** The Head last stored: the writer sees consumed space in steps (HEAD_PUBLISH_BYTES). */
+  private published: number;
   /** Why the lane was declared broken (the peer wrote something impossible); undefined while healthy. */
   broken: string | undefined;
   // The current record, copied out of shared memory once (the peer may rewrite the lane).
@@ -193,6 +198,7 @@ export class LaneReader {
     this.bytes = new Uint8Array(channel, off + LANE_HEADER_BYTES, LANE_BYTES);
     this.words = new Uint32Array(channel, off + LANE_HEADER_BYTES, LANE_BYTES / 4);
     this.head = Atomics.load(this.ctl, LaneWord.Head) >>> 0;
+    this.published = this.head;
     this.messages = Atomics.load(this.ctl, LaneWord.Messages) >>> 0;
   }
 
@@ -241,12 +247,32 @@ export class LaneReader {
     }
   }
 
-  /** True (once) if the writer found the lane full and waits for space: wake it. */
-  takeSpaceWanted(): boolean {
+  /**
+   * True (once) if the writer found the lane full and waits for space: wake it (Head is
+   * published first). Between sweeps a plain look at the flag: a writer that raised it just
+   * now is found on a later poll, or by the sweep (`sweep`: looked at atomically), which every
+   * wait runs before it sleeps.
+   */
+  takeSpaceWanted(sweep: boolean): boolean {
+    if (sweep) this.publishHead();
+    else if (this.ctl[LaneWord.SpaceWanted] === 0) return false;
+    this.publishHead();
     return (
       Atomics.load(this.ctl, LaneWord.SpaceWanted) !== 0 &&
       Atomics.exchange(this.ctl, LaneWord.SpaceWanted, 0) !== 0
     );
+  }
+
+  /** Consumed bytes the writer has not been shown yet (release publishes them in steps). */
+  get unpublished(): boolean {
+    return this.head !== this.published;
+  }
+
+  /** Shows the writer every byte consumed so far (LaneWord.Head). */
+  publishHead(): void {
+    if (this.head === this.published) return;
+    this.published = this.head;
+    Atomics.store(this.ctl, LaneWord.Head, this.head | 0);
   }
 
   /** Counts one message taken from the lane, for the host's inspection (LaneWord.Messages). */
@@ -255,12 +281,17 @@ export class LaneReader {
     this.ctl[LaneWord.Messages] = ++this.messages | 0;
   }
 
-  /** Consumes the current record (frees its space for the writer; its slot reads empty again). */
+  /**
+   * Consumes the current record: its slot reads empty again, and its space is the writer's
+   * once Head is published — every HEAD_PUBLISH_BYTES, when the writer asks (takeSpaceWanted)
+   * and on every sweep, not on every record (an atomic store per message, for a writer that
+   * looks at Head only when its lane seems full).
+   */
   release(): void {
     this.words[(this.head % LANE_BYTES) >>> 2] = 0;
     this.head = (this.head + this.size) >>> 0;
     this.size = 0;
-    Atomics.store(this.ctl, LaneWord.Head, this.head | 0);
+    if ((this.head - this.published) >>> 0 >= HEAD_PUBLISH_BYTES) this.publishHead();
   }
 
   close(): void {

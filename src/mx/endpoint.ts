@@ -610,7 +610,7 @@ export class MxEndpoint {
         if (peer.backlog.length > 0) partners.flush(peer);
         continue;
       }
-      const moved = ch.receive();
+      const moved = ch.receive(sweep);
       if (moved) movedAny = true;
       if (peer.dead !== undefined) continue;
       // Sends that waited for lane room and went now count as movement: the writer of a

@@ -227,8 +227,11 @@ export interface PeerPath {
 /** A co-resident channel's reading side: read on every progress, whichever way sends go. */
 export interface ChannelEnd {
   readonly channelId: number;
-  /** Reads and matches what the peer wrote, pushes what waits (true if anything moved); fails the peer on garbage. */
-  receive(): boolean;
+  /**
+   * Reads and matches what the peer wrote, pushes what waits (true if anything moved); fails
+   * the peer on garbage. `sweep`: the lane's rarer duties too (LaneReader.takeSpaceWanted).
+   */
+  receive(sweep?: boolean): boolean;
   /** On a sweep that read nothing: fails the peer if its channel was closed. */
   checkClosed(): void;
   /** The peer is gone (`code`): transfers under way fail, the lanes are dropped and the driver unmaps the channel. */
