@@ -145,13 +145,21 @@ function copyInto(dst: Uint8Array, src: Uint8Array): void {
   copyBytes(dst, 0, src, 0, src.length);
 }
 
+/** Payload bytes that travel in the signal's own cache line (after its sequence and sleep words). */
+export const INLINE_PAYLOAD = 4 * (SLOT_STRIDE - 2);
+
 function sabPingPong(job: Extract<WorkerJob, { kind: "sab-pingpong" }>): void {
   const ctrl = new Int32Array(job.ctrl);
   const ab = new Chan(ctrl, 0, job.spinUs);
   const ba = new Chan(ctrl, 1, job.spinUs);
   const bytes = job.bytes;
-  const shAB = new Uint8Array(job.ab, 0, bytes);
-  const shBA = new Uint8Array(job.ba, 0, bytes);
+  // A payload that fits rides in the line whose sequence word publishes it (Open MPI sm's fast
+  // box, and the MX channel's records): one line crosses the cores per message, so this stays
+  // the floor for small messages. Larger ones go through buffers of their own.
+  const inline = bytes <= INLINE_PAYLOAD;
+  const lineOf = (slot: number) => slot * SLOT_STRIDE * 4 + 8;
+  const shAB = inline ? new Uint8Array(job.ctrl, lineOf(0), bytes) : new Uint8Array(job.ab, 0, bytes);
+  const shBA = inline ? new Uint8Array(job.ctrl, lineOf(1), bytes) : new Uint8Array(job.ba, 0, bytes);
   const dst = new Uint8Array(bytes);
   let seq = 0;
   if (job.role === "ping") {
