@@ -5,11 +5,11 @@
  * its limit, beside it, runs on.
  */
 import assert from "node:assert/strict";
-import { once } from "node:events";
 import { after, before, test } from "node:test";
 import { Host } from "../src/host/host.js";
 import { WATCH_INTERVAL_MS } from "../src/xen/hypervisor/buffer-watch.js";
 import { BUFFER_LIMIT_ERROR } from "../src/xen/hypervisor.js";
+import { nextMessage } from "./helpers/messages.js";
 
 const HOG = new URL("./fixtures/guests/buffer-hog.js", import.meta.url);
 
@@ -26,7 +26,7 @@ test("a guest that fills typed arrays past its maxBufferMb is stopped, naming th
     args: { role: "bystander", holdMb: 48 },
     maxBufferMb: 128,
   });
-  const [said] = (await once(bystander, "message")) as [{ holding: number }];
+  const [said] = (await nextMessage(bystander)) as [{ holding: number }];
   assert.equal(said.holding, 48);
   // The hypervisor's meter sees what the bystander holds (its next look, WATCH_INTERVAL_MS away).
   const deadline = Date.now() + 100 * WATCH_INTERVAL_MS;

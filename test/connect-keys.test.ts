@@ -5,10 +5,10 @@
  * — so 2^32 guesses are out of reach.
  */
 import assert from "node:assert/strict";
-import { once } from "node:events";
 import { after, before, test } from "node:test";
 import { Host } from "../src/host/host.js";
 import { CONNECT_FREE_FAILS } from "../src/nic/connect-throttle.js";
+import { nextMessage } from "./helpers/messages.js";
 
 const GUESSER = new URL("./fixtures/guests/key-guesser.js", import.meta.url);
 
@@ -21,7 +21,7 @@ after(() => host.stop());
 test("a guest guessing a co-resident endpoint's key is locked out after a few", async () => {
   const key = 0x5ec2e7;
   const victim = await host.startGuest({ module: GUESSER, args: { role: "victim", key } });
-  const [addr] = await once(victim, "message");
+  const [addr] = await nextMessage(victim);
   const guesser = await host.startGuest({ module: GUESSER, args: { role: "guesser", key, guesses: 40 } });
   guesser.send(addr);
   const e = await guesser.exited;

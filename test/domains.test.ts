@@ -4,6 +4,7 @@ import { after, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { Hypervisor } from "../src/xen/hypervisor.js";
 import { startAgent } from "./helpers/agent.js";
+import { nextMessage } from "./helpers/messages.js";
 
 const hv = new Hypervisor();
 after(() => hv.shutdown());
@@ -130,4 +131,27 @@ test("malformed hypercalls and XenStore requests get errors; the hypervisor keep
   const bystander = await startAgent(hv);
   assert.equal((await bystander.rpc<{ domid: number }>({ op: "info" })).domid, bystander.dom.domid);
   await bystander.dom.destroy();
+});
+
+test("a test waiting for a guest's next message fails at once, with the guest's error, when the guest throws instead", async () => {
+  const d = await hv.createDomain({
+    module: fixture("throws"),
+    pages: 16,
+    name: "thrower",
+    args: { depth: 2 },
+  });
+  const started = performance.now();
+  await assert.rejects(
+    nextMessage(d),
+    /domain thrower stopped \(crashed\) before its next message: RangeError: deliberate failure at depth 2/,
+  );
+  assert.ok(performance.now() - started < 30_000);
+});
+
+test("a message the guest sent just before it stopped is still its next message", async () => {
+  const d = await hv.createDomain({ module: fixture("says-bye"), pages: 16, name: "leaver" });
+  const exit = await d.exited;
+  assert.equal(exit.state, "shutdown");
+  assert.deepEqual(await nextMessage(d), ["bye"]);
+  await assert.rejects(nextMessage(d), /domain leaver stopped \(shutdown\) before its next message/);
 });

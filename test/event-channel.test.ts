@@ -1,11 +1,11 @@
 /** Event channels between real domains: binding, send/wait, coalescing, masking, close, and no lost wake-ups. */
 import assert from "node:assert/strict";
-import { once } from "node:events";
 import { after, test } from "node:test";
 import { EVTCHNSTAT } from "../src/xen/abi.js";
 import type { CounterSnapshot } from "../src/xen/counters.js";
 import { Hypervisor } from "../src/xen/hypervisor.js";
 import { startAgent } from "./helpers/agent.js";
+import { nextMessage } from "./helpers/messages.js";
 
 const hv = new Hypervisor();
 after(() => hv.shutdown());
@@ -115,9 +115,9 @@ test("many concurrent notifiers against one event-loop waiter: no lost wake-up",
     module: stress,
     args: { role: "hub", peers: pingerDoms.map((d) => d.domid), rounds },
   });
-  const [{ ports }] = (await once(hubDom, "message")) as [{ ports: number[] }];
+  const [{ ports }] = (await nextMessage(hubDom)) as [{ ports: number[] }];
   for (const [i, d] of pingerDoms.entries()) {
-    const bound = once(d, "message");
+    const bound = nextMessage(d);
     d.send({ hub: hubDom.domid, port: ports[i] });
     await bound;
   }

@@ -6,12 +6,12 @@
  * these quiet threads hardly ever run.
  */
 import assert from "node:assert/strict";
-import { once } from "node:events";
 import { readFileSync } from "node:fs";
 import { after, before, test } from "node:test";
 import { Host } from "../src/host/host.js";
 import { PAGE_SIZE } from "../src/xen/abi.js";
 import { RECLAIM_DELAY_MS, RECLAIM_MIN_INTERVAL_MS } from "../src/xen/reclaim.js";
+import { nextMessage } from "./helpers/messages.js";
 
 const HOARDER = new URL("./fixtures/guests/hoarder.js", import.meta.url);
 /** An MPI rank's RAM (cluster/ranks.ts DEFAULT_RANK_PAGES): 64 MiB. */
@@ -34,7 +34,7 @@ function vmSize(): number {
 
 async function start(role: string) {
   const d = await host.startGuest({ module: HOARDER, args: { role }, name: role, pages: PAGES });
-  return { d, first: once(d, "message") as Promise<unknown[]> };
+  return { d, first: nextMessage(d) as Promise<unknown[]> };
 }
 
 /** A client and a server exchange 300 MX messages over the bypass path, then both exit. */

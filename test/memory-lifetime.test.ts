@@ -8,6 +8,7 @@ import { once } from "node:events";
 import { after, before, test } from "node:test";
 import { Host } from "../src/host/host.js";
 import type { Domain } from "../src/xen/hypervisor.js";
+import { nextMessage } from "./helpers/messages.js";
 
 const HOARDER = new URL("./fixtures/guests/hoarder.js", import.meta.url);
 const CHURN = new URL("./fixtures/guests/churn.js", import.meta.url);
@@ -21,7 +22,7 @@ after(() => host.stop());
 
 async function start(role: string, extra: Record<string, unknown> = {}) {
   const d = await host.startGuest({ module: HOARDER, args: { role, ...extra }, name: role, pages: 512 });
-  return { d, first: once(d, "message") as Promise<unknown[]> };
+  return { d, first: nextMessage(d) as Promise<unknown[]> };
 }
 
 /** Tells each of two guests the other's MX address (the first message each sends). */
@@ -99,7 +100,7 @@ test("6,000 endpoint opens and closes leave dom0's pages and grants and the NIC'
 test("30 peers that die one after another leave the survivor nothing mapped and dom0 nothing deferred", async () => {
   const idle = dom0SharedPages();
   const survivor = await host.startGuest({ module: CHURN, args: { survivor: true }, name: "survivor" });
-  const [addr] = (await once(survivor, "message")) as [unknown];
+  const [addr] = (await nextMessage(survivor)) as [unknown];
   for (let i = 0; i < 30; i++) {
     // Half close cleanly, half die without closing anything.
     const crash = i % 2 === 1;
@@ -110,7 +111,7 @@ test("30 peers that die one after another leave the survivor nothing mapped and 
   }
   // The survivor has seen every peer go: it holds no channel or interrupt page of theirs.
   survivor.send("report");
-  const [held] = (await once(survivor, "message")) as [{ mappings: number; peersSeen: number }];
+  const [held] = (await nextMessage(survivor)) as [{ mappings: number; peersSeen: number }];
   assert.equal(held.peersSeen, 30);
   await waitFor(() => host.backendStats().deferredGrants === 0 && dom0SharedPages() <= idle + 200);
   const s = host.backendStats();

@@ -6,9 +6,9 @@
  * peer's receive() looked and closed just after: its peer waited forever). Two real guests.
  */
 import assert from "node:assert/strict";
-import { once } from "node:events";
 import { after, before, test } from "node:test";
 import { Host } from "../src/host/host.js";
+import { nextMessage } from "./helpers/messages.js";
 
 const LAST = new URL("./fixtures/guests/mx-close-last.js", import.meta.url);
 
@@ -29,13 +29,13 @@ async function closeAfterSending(qos?: { tx: { msgsPerSec: number } }, garbage =
     name: "last-sender",
     qos,
   });
-  const gotS = once(s, "message");
+  const gotS = nextMessage(s);
   const r = await host.startGuest({
     module: LAST,
     args: { role: "receiver", garbage },
     name: "last-receiver",
   });
-  const gotR = once(r, "message");
+  const gotR = nextMessage(r);
   const [[as], [ar]] = await Promise.all([gotS, gotR]);
   s.send(ar);
   r.send(as);

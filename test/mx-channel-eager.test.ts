@@ -5,12 +5,12 @@
  * the user set holds on the channel too. Two real guests on one host.
  */
 import assert from "node:assert/strict";
-import { once } from "node:events";
 import { after, before, test } from "node:test";
 import { Host } from "../src/host/host.js";
 import { ETHER_EAGER_MAX } from "../src/mx/ether-path.js";
 import { CHANNEL_EAGER_BYTES } from "../src/mx/records.js";
 import { SEND_MAX } from "../src/nic/window.js";
+import { nextMessage } from "./helpers/messages.js";
 
 const MID = new URL("./fixtures/guests/mx-mid.js", import.meta.url);
 /** The fixture's window of 60,000-byte messages sent at once (mx-mid.ts WINDOW). */
@@ -38,13 +38,13 @@ async function pair(threshold?: number): Promise<[Obs, Obs]> {
   const start = (role: string) =>
     host.startGuest({ module: MID, args: { role, threshold }, pages: 1024, name: `mid-${role}` });
   const a = await start("a");
-  const gotA = once(a, "message");
+  const gotA = nextMessage(a);
   const b = await start("b");
-  const gotB = once(b, "message");
+  const gotB = nextMessage(b);
   const [addrA] = await gotA;
   const [addrB] = await gotB;
   // a says how many of its window still wait for lane room; only then does b read them.
-  const window = once(a, "message");
+  const window = nextMessage(a);
   a.send(addrB);
   b.send(addrA);
   const [{ queued }] = (await window) as [{ queued: number }];

@@ -8,13 +8,13 @@
  * send to the address that was dropped fails clearly, and the old channels' memory is let go.
  */
 import assert from "node:assert/strict";
-import { once } from "node:events";
 import { after, before, test } from "node:test";
 import { Host } from "../src/host/host.js";
 import { CHANNEL_BYTES } from "../src/myrixen/channel-abi.js";
 import { PAGE_SIZE } from "../src/xen/abi.js";
 import type { Domain } from "../src/xen/hypervisor.js";
 import type { Outcome } from "./fixtures/guests/mx-reconnect.js";
+import { nextMessage } from "./helpers/messages.js";
 
 const RECONNECT = new URL("./fixtures/guests/mx-reconnect.js", import.meta.url);
 const CYCLES = 4;
@@ -31,7 +31,7 @@ const GOT: Outcome = { ...OK, intact: true };
 
 /** The next message from `d`. */
 async function next<T>(d: Domain): Promise<T> {
-  const [m] = await once(d, "message");
+  const [m] = await nextMessage(d);
   return m as T;
 }
 

@@ -10,6 +10,7 @@ import { startLinkedHosts } from "../src/bench/hosts.js";
 import { MxPair } from "../src/bench/mx.js";
 import { Host } from "../src/host/host.js";
 import type { Domain } from "../src/xen/hypervisor.js";
+import { nextMessage } from "./helpers/messages.js";
 
 let host: Host;
 before(async () => {
@@ -62,7 +63,7 @@ test("a hostile guest's garbage in its window and channel: error completions for
   const HOSTILE = new URL("./fixtures/guests/mx-hostile.js", import.meta.url);
   const start = async (role: string, pages = 512) => {
     const d = await host.startGuest({ module: HOSTILE, args: { role }, pages, name: role });
-    return { d, first: once(d, "message") };
+    return { d, first: nextMessage(d) };
   };
   const bystander = await start("bystander");
   const victim = await start("victim");
@@ -72,7 +73,7 @@ test("a hostile guest's garbage in its window and channel: error completions for
   const [checksum] = (await bystander.first) as [{ before: number }];
   const addr = async (x: { first: Promise<unknown[]> }) => (await x.first)[0];
   const [va, pa, ha] = [await addr(victim), await addr(peer), await addr(hostile)];
-  const connected = (d: Domain) => once(d, "message");
+  const connected = (d: Domain) => nextMessage(d);
   const conns = [connected(victim.d), connected(peer.d), connected(hostile.d)];
   victim.d.send([ha, pa]);
   peer.d.send([va]);
@@ -112,9 +113,9 @@ test("1,000 sends of varying sizes from one 1 MiB buffer (then 300 from the heap
       name: `sizes-${role}`,
     });
   const a = await start("a");
-  const gotA = once(a, "message");
+  const gotA = nextMessage(a);
   const b = await start("b");
-  const gotB = once(b, "message");
+  const gotB = nextMessage(b);
   const [addrA] = await gotA;
   const [addrB] = await gotB;
   a.send(addrB);
@@ -175,7 +176,7 @@ for (const placement of ["co-resident", "across two hosts"] as const)
     try {
       const start = async (role: string, on: Host) => {
         const d = await on.startGuest({ module: FLOOD, args: { role }, pages: 1024, name: role });
-        return { d, first: once(d, "message") };
+        return { d, first: nextMessage(d) };
       };
       const victim = await start("victim", linked?.a ?? host);
       const flooder = await start("flooder", linked?.b ?? host);

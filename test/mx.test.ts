@@ -6,12 +6,12 @@
  * closing with requests pending.
  */
 import assert from "node:assert/strict";
-import { once } from "node:events";
 import { createServer } from "node:net";
 import { after, before, describe, test } from "node:test";
 import { Host } from "../src/host/host.js";
 import type { Domain } from "../src/xen/hypervisor.js";
 import { LINK_KEY } from "./helpers/link-key.js";
+import { nextMessage } from "./helpers/messages.js";
 
 const CONFORMANCE = new URL("./fixtures/guests/mx-conformance.js", import.meta.url);
 const PAGES = 24_000; // 64 MiB messages on both sides, plus everything else the scenarios allocate
@@ -53,9 +53,9 @@ async function acrossHosts(
   { holdRemote = false } = {},
 ): Promise<[Record<string, unknown>, Record<string, unknown>]> {
   const s = await host.startGuest(spec);
-  const gotS = once(s, "message");
+  const gotS = nextMessage(s);
   const r = await remote.startGuest(remoteSpec);
-  const gotR = once(r, "message");
+  const gotR = nextMessage(r);
   const [[as], [ar]] = await Promise.all([gotS, gotR]);
   s.send(ar);
   r.send(as);
@@ -92,9 +92,9 @@ async function pair(
   };
   // Listen before the next await: a domain's messages are events, not queued.
   const a: Domain = await start("a");
-  const gotA = once(a, "message");
+  const gotA = nextMessage(a);
   const b: Domain = await start("b");
-  const gotB = once(b, "message");
+  const gotB = nextMessage(b);
   const [addrA] = (await gotA) as [unknown];
   const [addrB] = (await gotB) as [unknown];
   a.send(addrB);
@@ -201,9 +201,9 @@ test("guests with the default 256 pages (1 MiB) send across hosts: eager and ren
   const SIZES = new URL("./fixtures/guests/mx-sizes.js", import.meta.url);
   const args = { count: 100, heapCount: 50, minLen: 1, maxLen: 100_000, bufBytes: 128 * 1024 };
   const a = await host.startGuest({ module: SIZES, args: { role: "a", ...args }, name: "small-a" });
-  const gotA = once(a, "message");
+  const gotA = nextMessage(a);
   const b = await remote.startGuest({ module: SIZES, args: { role: "b", ...args }, name: "small-b" });
-  const gotB = once(b, "message");
+  const gotB = nextMessage(b);
   const [addrA] = await gotA;
   const [addrB] = await gotB;
   a.send(addrB);

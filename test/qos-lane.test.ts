@@ -11,7 +11,6 @@
  * machine only makes fewer arrive: no assertion depends on speed).
  */
 import assert from "node:assert/strict";
-import { once } from "node:events";
 import { after, before, test } from "node:test";
 import { Host } from "../src/host/host.js";
 import { LANE_QUANTUM } from "../src/mx/lane-policer.js";
@@ -24,6 +23,7 @@ import {
 } from "../src/myrixen/channel-abi.js";
 import { lanePolicy, qosSettings } from "../src/myrixen/qos-policy.js";
 import type { Domain } from "../src/xen/hypervisor.js";
+import { nextMessage } from "./helpers/messages.js";
 import { channelEnd, postRecv } from "./helpers/mx-parts.js";
 
 const end = channelEnd;
@@ -158,12 +158,12 @@ test("real guests: a capped sender that floods a co-resident peer and scribbles 
       pages: 512,
       args: { role, count, scribble },
     });
-    const [addr] = (await once(dom, "message")) as [unknown];
+    const [addr] = (await nextMessage(dom)) as [unknown];
     return [dom, addr];
   };
   const [recv, recvAddr] = await start("receiver");
   const [send, sendAddr] = await start("sender", true);
-  const connected = once(send, "message");
+  const connected = nextMessage(send);
   send.send(recvAddr);
   await connected;
   // The channel exists: the cap set now must reach it.
@@ -175,7 +175,7 @@ test("real guests: a capped sender that floods a co-resident peer and scribbles 
     assert.ok(Date.now() < until, "myrback never applied the policy");
     await new Promise((r) => setTimeout(r, 20));
   }
-  const report = once(send, "message");
+  const report = nextMessage(send);
   send.send("go");
   const [s] = (await report) as [{ codes: string[]; scribbled: number }];
   assert.deepEqual(s.codes, ["MX_STATUS_SUCCESS"], "every send completed: nothing lost or failed");

@@ -14,6 +14,7 @@ import { after, before, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { Host } from "../src/host/host.js";
 import type { Domain } from "../src/xen/hypervisor.js";
+import { nextMessage } from "./helpers/messages.js";
 
 const ESCAPE = new URL("./fixtures/guests/escape.js", import.meta.url);
 const fixture = (name: string) => new URL(`./fixtures/guests/${name}.js`, import.meta.url);
@@ -52,7 +53,7 @@ const NAMED = [
 
 async function guest(role: string): Promise<{ d: Domain; first: Promise<unknown[]> }> {
   const d = await host.startGuest({ module: ESCAPE, args: { role }, name: role, pages: 512 });
-  return { d, first: once(d, "message") as Promise<unknown[]> };
+  return { d, first: nextMessage(d) as Promise<unknown[]> };
 }
 
 test("a hostile guest finds every way out refused, and a bystander pair's traffic goes on", async () => {

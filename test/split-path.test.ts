@@ -5,9 +5,9 @@
  * split path and says why; the driver domain's counters show what the slow path costs.
  */
 import assert from "node:assert/strict";
-import { once } from "node:events";
 import { describe, test } from "node:test";
 import { Host } from "../src/host/host.js";
+import { nextMessage } from "./helpers/messages.js";
 
 const SWITCH = new URL("./fixtures/guests/mx-switch.js", import.meta.url);
 
@@ -40,9 +40,9 @@ async function run(
       fastPath: fp,
     });
   const a = await start("a", fastPath[0]);
-  const gotA = once(a, "message");
+  const gotA = nextMessage(a);
   const b = await start("b", fastPath[1]);
-  const gotB = once(b, "message");
+  const gotB = nextMessage(b);
   const [addrA] = await gotA;
   const [addrB] = await gotB;
   a.send(addrB);

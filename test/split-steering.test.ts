@@ -8,7 +8,6 @@
  * only as its own endpoints; wrong keys lock a guest out as the NIC does on the bypass path.
  */
 import assert from "node:assert/strict";
-import { once } from "node:events";
 import { after, before, test } from "node:test";
 import { freePort } from "../src/cluster/listen.js";
 import { Host } from "../src/host/host.js";
@@ -29,6 +28,7 @@ import {
 } from "../src/xen/io/mxoe.js";
 import type { FrameSummary, NetCommand, NetReply } from "./fixtures/net-agent.js";
 import { LINK_KEY } from "./helpers/link-key.js";
+import { nextMessage } from "./helpers/messages.js";
 
 const AGENT = new URL("./fixtures/net-agent.js", import.meta.url);
 const GUESSER = new URL("./fixtures/guests/key-guesser.js", import.meta.url);
@@ -64,7 +64,7 @@ async function agent(name: string, on: Host = host): Promise<Agent> {
   const dom = await on.startGuest({ module: AGENT, name, pages: 1024, maxHeapMb: 64 });
   const call = async <T>(cmd: NetCommand): Promise<T> => {
     const got = Promise.race([
-      once(dom, "message"),
+      nextMessage(dom),
       dom.exited.then((e) => {
         throw new Error(`${name} stopped (${e.state}): ${e.error?.message ?? ""}`);
       }),
@@ -84,7 +84,7 @@ async function pair(serverOn: Host): Promise<void> {
     on.startGuest({ module: PAIR, args: { role }, name: role, pages: 2048, fastPath: false });
   const client = await start("client", host);
   const server = await start("server", serverOn);
-  const [[ac], [as]] = await Promise.all([once(client, "message"), once(server, "message")]);
+  const [[ac], [as]] = await Promise.all([nextMessage(client), nextMessage(server)]);
   client.send(as);
   server.send(ac);
   const exits = await Promise.all([client.exited, server.exited]);
@@ -193,7 +193,7 @@ test("a guest guessing a split-path endpoint's key is told BAD_KEY a few times, 
       fastPath: false,
     });
   const victim = await guess("victim");
-  const [addr] = await once(victim, "message");
+  const [addr] = await nextMessage(victim);
   const t0 = host.netStats().bridge;
   const guesser = await guess("guesser", {
     guesses: CONNECT_FREE_FAILS,
