@@ -254,8 +254,7 @@ export class LaneReader {
    * wait runs before it sleeps.
    */
   takeSpaceWanted(sweep: boolean): boolean {
-    if (sweep) this.publishHead();
-    else if (this.ctl[LaneWord.SpaceWanted] === 0) return false;
+    if (!sweep && this.ctl[LaneWord.SpaceWanted] === 0) return false;
     this.publishHead();
     return (
       Atomics.load(this.ctl, LaneWord.SpaceWanted) !== 0 &&
