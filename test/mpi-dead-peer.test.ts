@@ -70,6 +70,10 @@ test("receives from a failed rank fail with an MpiError naming it (waiting when 
   // What rank 0's sendrecv sent to a live rank arrived.
   assert.equal(r1.recvFromLive, "completed");
   assert.equal(r1.got, "7");
+  // Twenty more, each failing on its receive while its rendezvous send was under way: the
+  // sends were delivered (rank 1 got them all), and rank 0's MX keeps none of them.
+  assert.equal(r0.loopedFailures, "20");
+  assert.equal(r0.keptAfterErrors, "nothing");
   // Collectives: ranks 0 and 2 know their pair failed; rank 1 does not, and hears it from them.
   gone(r0.barrier, 2, WENT_AWAY);
   gone(r2.barrier, 0, DISCONNECTED);

@@ -177,3 +177,21 @@ test("a pull whose source fails meanwhile completes only when the NIC reports it
   assert.deepEqual([r.code, r.reason], [MxStatus.ENDPOINT_UNREACHABLE, "its host vanished"]);
   assert.equal(path.notified.length, 0, "nothing is sent to a failed peer");
 });
+
+test("mx_forget: a request forgotten in flight completes as it would, and the queue keeps nothing of it; a done one is reaped", () => {
+  const p = parts();
+  const inFlight = req("send", 1, 1);
+  p.completion.forget(inFlight);
+  assert.equal(inFlight.forgotten, true);
+  p.completion.complete(inFlight, MxStatus.SUCCESS, 1);
+  assert.deepEqual([inFlight.code, inFlight.state], [MxStatus.SUCCESS, RequestState.Reaped]);
+  assert.equal(p.completion.first(), undefined, "never reported");
+  const done = req("recv", 1, 2);
+  p.completion.complete(done, MxStatus.SUCCESS, 1);
+  assert.equal(p.completion.first(), done);
+  p.completion.forget(done);
+  assert.equal(done.state, RequestState.Reaped);
+  assert.equal(p.completion.first(), undefined);
+  p.completion.forget(done);
+  assert.equal(done.state, RequestState.Reaped, "forgetting twice is once");
+});

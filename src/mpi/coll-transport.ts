@@ -134,7 +134,7 @@ export class CollectiveTransport extends PointToPoint {
             this.reapNotices();
             const notice = this.takeNotice(call);
             if (notice !== undefined) {
-              if (req.kind === "recv") this.withdraw(req);
+              this.drop(req);
               this.cfail(notice, false);
             }
           }
@@ -234,7 +234,13 @@ export class CollectiveTransport extends PointToPoint {
       this.cwait(call, r, src);
       return;
     }
-    this.cwait(call, r, src);
+    try {
+      this.cwait(call, r, src);
+    } catch (e) {
+      // The send goes on with MX, unreported: nobody waits for it now.
+      this.drop(s);
+      throw e;
+    }
     this.cwait(call, s, dest);
   }
 

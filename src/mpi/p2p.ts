@@ -146,6 +146,17 @@ export class PointToPoint {
   }
 
   /** @internal Withdraws an unmatched MX receive (mx_cancel, then reaped): false if it already matched. */
+  /**
+   * Ends an MX request nobody will wait for (an error abandoned the call midway): a receive
+   * still unmatched is withdrawn; anything else is forgotten (mx_forget), so that it completes
+   * as it would but the endpoint keeps nothing of it — a program that goes on after such
+   * errors does not pile up completed requests, and the buffers they hold, for ever.
+   */
+  protected drop(mx: MxRequest): void {
+    if (mx.kind === "recv" && !mx.done && this.ep.cancel(mx)) this.ep.test(mx);
+    else this.ep.forget(mx);
+  }
+
   protected withdraw(mx: MxRequest): boolean {
     if (mx.done) {
       this.ep.test(mx);
@@ -469,8 +480,9 @@ export class PointToPoint {
     try {
       st = this.waitIn(CALL_SENDRECV, r);
     } catch (e) {
-      // The send stays with MX, which completes or fails it; it is reaped if it is done.
-      if (s.mx?.done) this.ep.test(s.mx);
+      // The send stays with MX, which completes or fails it, unreported.
+      if (s.mx) this.drop(s.mx);
+      s.mx = undefined;
       s.active = false;
       throw e;
     }
@@ -480,7 +492,7 @@ export class PointToPoint {
 
   /** Ends a receive nobody will wait for: withdrawn from MX if still unmatched (a matched one completes into its buffer). */
   private abandon(req: MpiRequest): void {
-    if (req.mx) this.withdraw(req.mx);
+    if (req.mx) this.drop(req.mx);
     req.mx = undefined;
     req.active = false;
     this.unpost(req);

@@ -68,7 +68,19 @@ export class Completion {
     req.xferLength = xfer;
     req.state = RequestState.Done;
     this.regions.release(req, xfer);
-    this.completed.push(req);
+    // Forgotten: nobody will test or wait for it, so the queue does not keep it (nor its buffer).
+    if (req.forgotten) req.state = RequestState.Reaped;
+    else this.completed.push(req);
+  }
+
+  /**
+   * mx_forget: `req` completes as it would (what it holds goes back then), but is never
+   * reported: one already done is reaped now, one in flight leaves no trace in the queue.
+   */
+  forget(req: MxRequest): void {
+    if (req.state === RequestState.Reaped) return;
+    if (req.state === RequestState.Done) this.reap(req);
+    else req.forgotten = true;
   }
 
   /** Sends whose revoked rights the NIC has let go of complete now. */

@@ -540,6 +540,16 @@ export class MxEndpoint {
     return this.matching.cancel(req);
   }
 
+  /**
+   * mx_forget: the request goes on and completes as it would (a send is still delivered, what
+   * it holds goes back), but it is never reported, and the endpoint keeps nothing of it. For
+   * a request its owner will not wait for: an error abandoned an exchange midway.
+   */
+  forget(req: MxRequest): void {
+    this.checkRequest(req);
+    this.completion.forget(req);
+  }
+
   /** The longest a blocking call may spin before it sleeps, µs (EndpointOptions.spinMaxUs). */
   get spinMaxUs(): number {
     return Math.max(this.spin.maxUs, this.spinUs);
@@ -823,7 +833,12 @@ export class MxEndpoint {
           ? `this request belongs to another endpoint, not to endpoint ${this.endpointId}: wait for it on the endpoint that posted it`
           : "not a request of this library",
       );
-    if (req.state === RequestState.Reaped)
-      throw new MxError("MX_BAD_REQUEST", "this request was already completed (tested or waited)");
+    if (req.state === RequestState.Reaped || req.forgotten)
+      throw new MxError(
+        "MX_BAD_REQUEST",
+        req.forgotten
+          ? "this request was forgotten (mx_forget): it is never reported"
+          : "this request was already completed (tested or waited)",
+      );
   }
 }

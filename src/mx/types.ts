@@ -108,6 +108,8 @@ export class MxRequest implements MxStatusInfo {
   xp = -1;
   /** @internal Its buffer was resized or detached while in flight (codes.ts checkBuffer): it completes ABORTED. */
   lostBuffer = false;
+  /** @internal mx_forget: completes as it would, but is never reported (nor kept for test/wait). */
+  forgotten = false;
   /** @internal Revoking: the status and length it completes with once the NIC lets go. */
   revokedCode = 0;
   revokedXfer = 0;
