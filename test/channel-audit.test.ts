@@ -319,3 +319,56 @@ test("honest pair on two threads, both sleeping as the library does: no wake-up 
   assert.ok(Atomics.load(res, 2) > 0, "the writer found the lane full at times");
   assert.ok(sleeps > 0, "the reader slept at times");
 });
+
+test("fuzz: a reader on a lane of random words, from a random (even unaligned) Head, never throws, loops or points outside", () => {
+  let s = 0x12345678;
+  const rnd = () => {
+    s ^= s << 13;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    return s >>> 0;
+  };
+  for (let round = 0; round < 300; round++) {
+    const channel = new SharedArrayBuffer(CHANNEL_BYTES);
+    const words = laneWords(channel);
+    const ctl = new Int32Array(channel, laneOffset(0), LANE_HEADER_BYTES / 4);
+    // Noise, then a chain of plausible records from Head round the lane (PADs at its end),
+    // then a few words of the chain corrupted.
+    for (let i = 0; i < words.length; i++) words[i] = rnd() % 4 === 0 ? (rnd() % 64) * 8 : rnd();
+    const head = round % 4 === 0 ? rnd() : (rnd() % (LANE_BYTES / 8)) * 8;
+    Atomics.store(ctl, LaneWord.Head, head);
+    let pos = head % LANE_BYTES;
+    for (let left = LANE_BYTES - 64; left > 0; ) {
+      const size = Math.min(48 + (rnd() % 256) * 8, left);
+      const till = LANE_BYTES - pos;
+      if (size > till || rnd() % 50 === 0) {
+        words[(pos >>> 2) + RecordWord.Size] = till;
+        words[(pos >>> 2) + RecordWord.Type] = 0;
+        left -= till;
+        pos = 0;
+        continue;
+      }
+      const i = pos >>> 2;
+      words[i + RecordWord.Size] = size;
+      words[i + RecordWord.Type] = (1 + (rnd() % 6)) | ((rnd() % 16) << 16);
+      words[i + RecordWord.Length] = rnd() % 16 === 0 ? rnd() : rnd() % Math.max(1, size - 47);
+      pos = (pos + size) % LANE_BYTES;
+      left -= size;
+    }
+    for (let k = 0; k < 3; k++) words[rnd() % words.length] = rnd() % 2 === 0 ? (rnd() % 64) * 8 : rnd();
+    const r = new LaneReader(channel, 0, 6);
+    let n = 0;
+    for (let calls = 0; calls < 50 && !r.broken; calls++) {
+      while (n < LANE_BYTES && r.next()) {
+        assert.ok(r.payload >= RECORD_HEADER_BYTES && r.payload <= LANE_BYTES);
+        if ((r.flags & RecordFlag.NoPayload) === 0) assert.ok(r.payload + r.length <= LANE_BYTES);
+        r.release();
+        n++;
+      }
+      // The peer writes a few more words meanwhile.
+      for (let k = 0; k < 4; k++) words[rnd() % words.length] = k % 2 === 0 ? (rnd() % 64) * 8 : rnd();
+      r.takeSpaceWanted(calls % 2 === 0);
+    }
+    assert.ok(n < LANE_BYTES, "bounded by the lane's size per lap");
+  }
+});
