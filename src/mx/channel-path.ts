@@ -62,7 +62,7 @@ import {
   RequestState,
 } from "./types.js";
 
-/** The most records a full lane holds (each takes 8 bytes at least): what drain() reads at most. */
+/** The most records a full lane holds (each takes 8 bytes at least): what drain() and one receive() read at most. */
 const MAX_DRAIN_RECORDS = LANE_BYTES / 8;
 
 /**
@@ -300,7 +300,10 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
     const pol = this.policer;
     let moved = false;
     if (pol === undefined || pol.begin()) {
-      while (rd.next()) {
+      // At most a full lane's worth per call (as drain()), and nothing once a record failed
+      // the peer: a writer that refills the lane behind us cannot keep this call from
+      // returning, and a peer failed for garbage delivers nothing more.
+      for (let n = 0; n < MAX_DRAIN_RECORDS && !this.released && rd.next(); n++) {
         // A record the caps or this round's share do not allow stays in the lane (lane-policer.ts).
         if (pol !== undefined && !this.admit(pol, rd)) break;
         this.onRecord(rd);
@@ -356,7 +359,7 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
    */
   drain(): void {
     const rd = this.reader;
-    for (let n = 0; n < MAX_DRAIN_RECORDS && rd.next(); n++) {
+    for (let n = 0; n < MAX_DRAIN_RECORDS && !this.released && rd.next(); n++) {
       this.onRecord(rd);
       rd.release();
     }
@@ -595,6 +598,12 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
       return;
     }
     if (type === RecordType.Frag) {
+      // A FRAG carries its bytes: one flagged as carrying none (a rendezvous's flag, which
+      // exempts Length from the reader's fit check) would have us copy bytes past its record.
+      if ((rd.flags & RecordFlag.NoPayload) !== 0) {
+        this.garbage(`a FRAG record of ${rd.length} bytes flagged as carrying none`);
+        return;
+      }
       if (piece) this.pieces.piece(rd);
       else this.onFrag(rd);
       return;
