@@ -221,27 +221,20 @@ export class CollectiveTransport extends PointToPoint {
   /**
    * @internal Waits for an exchange's receive `r` (from `src`) and send `s` (to `dest`). A
    * send already done is looked at first: if it failed (its peer is gone), waiting on the
-   * receive first could wait for ever; the receive is withdrawn then.
+   * receive first could wait for ever. Whichever of the two is left when the first fails goes
+   * on without a waiter (drop: withdrawn if unmatched, else forgotten).
    */
   cwaitPair(call: string, r: MxRequest, src: number, s: MxRequest, dest: number): void {
-    if (s.done) {
-      try {
-        this.cwait(call, s, dest);
-      } catch (e) {
-        this.withdraw(r);
-        throw e;
-      }
-      this.cwait(call, r, src);
-      return;
-    }
+    const sendFirst = s.done;
+    const first = sendFirst ? s : r;
+    const second = sendFirst ? r : s;
     try {
-      this.cwait(call, r, src);
+      this.cwait(call, first, sendFirst ? dest : src);
     } catch (e) {
-      // The send goes on with MX, unreported: nobody waits for it now.
-      this.drop(s);
+      this.drop(second);
       throw e;
     }
-    this.cwait(call, s, dest);
+    this.cwait(call, second, sendFirst ? src : dest);
   }
 
   /**
