@@ -17,6 +17,9 @@
  * error. Either way the communicator is then broken (`broken`): the members are out of step,
  * and every later collective on it fails at its start with the first error (as ULFM's
  * MPI_Comm_revoke leaves a communicator; there is no MPI_Comm_shrink to go on with).
+ * What the collective still had in flight goes on without a waiter (drop: p2p.ts), so MX's
+ * queue keeps nothing of it. A bad argument throws before this rank posts anything: that
+ * error is local, as in MPI, and leaves the communicator usable.
  * Point-to-point calls on it go on between live ranks.
  *
  * The algorithms that use it are coll-rooted.ts and coll-nonrooted.ts; Comm (comm.ts)
@@ -60,8 +63,6 @@ export class CollectiveTransport extends PointToPoint {
   readonly pending: MxRequest[] = [];
   /** @internal The error a collective on this communicator failed with; every later one fails with it. */
   broken: string | undefined = undefined;
-  /** Notices of our failure still in flight (reaped as they complete). */
-  private readonly notices: MxRequest[] = [];
 
   /** @internal */
   constructor(rt: Runtime, context: number, worldRanks: readonly number[], rank: number) {
@@ -101,7 +102,10 @@ export class CollectiveTransport extends PointToPoint {
   /** @internal */
   cwait(call: string, req: MxRequest, peer: number): void {
     const s = req.done ? this.ep.wait(req) : this.cblock(call, req, peer);
-    if (!s) this.cfail(`MPI ${call}: interrupted`);
+    if (!s) {
+      this.drop(req);
+      this.cfail(`MPI ${call}: interrupted (mx_wakeup) while it waited on rank ${peer}`);
+    }
     // Matched on (context, peer) bits: the address must be that peer's too.
     if (req.kind === "recv" && s.source !== undefined) {
       try {
@@ -131,7 +135,6 @@ export class CollectiveTransport extends PointToPoint {
         (ms) => this.ep.wait(req, ms),
         (first) => {
           if (!first) {
-            this.reapNotices();
             const notice = this.takeNotice(call);
             if (notice !== undefined) {
               this.drop(req);
@@ -160,23 +163,14 @@ export class CollectiveTransport extends PointToPoint {
     if (this.broken === undefined) {
       this.broken = message;
       if (tell) {
+        // Forgotten (mx_forget): delivered as any send, never reported, so nothing to reap.
         const text = new TextEncoder().encode(message).subarray(0, NOTICE_MAX);
         for (let r = 0; r < this.size; r++)
           if (r !== this.rank && this.peerGone(r) === undefined)
-            this.notices.push(this.ep.isend(text, this.peers[r]!, this.sendHiColl, TAG_FAILED));
-        this.reapNotices();
+            this.ep.forget(this.ep.isend(text, this.peers[r]!, this.sendHiColl, TAG_FAILED));
       }
     }
     throw new MpiError(message);
-  }
-
-  private reapNotices(): void {
-    const n = this.notices;
-    for (let i = n.length - 1; i >= 0; i--)
-      if (n[i].done) {
-        this.ep.test(n[i]);
-        n.splice(i, 1);
-      }
   }
 
   /** A member's notice that it left a collective, as this rank's error; undefined if none came. */
@@ -189,7 +183,7 @@ export class CollectiveTransport extends PointToPoint {
     // Eager and already here: the wait is bounded only against the unforeseen.
     const s = this.ep.wait(req, 1000);
     if (s === undefined) {
-      this.withdraw(req);
+      this.drop(req);
       return undefined;
     }
     let from: string;
@@ -261,8 +255,8 @@ export class CollectiveTransport extends PointToPoint {
     try {
       for (; i < p.length; i++) this.cwait(call, p[i], peers[i]);
     } catch (e) {
-      // The receives still posted are withdrawn (sends stay with MX, which ends them).
-      for (let j = i + 1; j < p.length; j++) if (p[j].kind === "recv") this.withdraw(p[j]);
+      // The rest go on without a waiter: unmatched receives withdrawn, the others forgotten.
+      for (let j = i + 1; j < p.length; j++) this.drop(p[j]);
       throw e;
     } finally {
       p.length = 0;

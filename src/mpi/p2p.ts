@@ -145,7 +145,6 @@ export class PointToPoint {
     return `every other rank of this communicator is unreachable, none can send it (${gone.join("; ")}${more})`;
   }
 
-  /** @internal Withdraws an unmatched MX receive (mx_cancel, then reaped): false if it already matched. */
   /**
    * Ends an MX request nobody will wait for (an error abandoned the call midway): a receive
    * still unmatched is withdrawn; anything else is forgotten (mx_forget), so that it completes
@@ -157,6 +156,7 @@ export class PointToPoint {
     else this.ep.forget(mx);
   }
 
+  /** @internal Withdraws an unmatched MX receive (mx_cancel, then reaped): false if it already matched. */
   protected withdraw(mx: MxRequest): boolean {
     if (mx.done) {
       this.ep.test(mx);
