@@ -19,7 +19,7 @@ import * as nonRooted from "./coll-nonrooted.js";
 import * as rooted from "./coll-rooted.js";
 import { CollectiveTransport } from "./coll-transport.js";
 import { IN_PLACE, type InPlace, MAX_CONTEXT } from "./constants.js";
-import { MAX, MpiOp } from "./ops.js";
+import { BOR, MpiOp } from "./ops.js";
 import { MpiError } from "./status.js";
 
 export { ANY_SOURCE, ANY_TAG, IN_PLACE, type InPlace } from "./constants.js";
@@ -28,6 +28,9 @@ export { Runtime } from "./runtime.js";
 export { MpiError, type MpiStatus } from "./status.js";
 
 export class Comm extends CollectiveTransport {
+  /** Messages sent on this communicator that no receive took, discarded by free(). */
+  discarded = 0;
+
   /**
    * MPI_Alloc_mem: `bytes` of message memory in this rank's guest memory, so that large
    * messages go from it by the NIC's DMA with no bounce copy. Free with freeMem.
@@ -133,14 +136,25 @@ export class Comm extends CollectiveTransport {
 
   // ---- communicators ----------------------------------------------------------------------------
 
-  /** A fresh context id, agreed by all members: the largest next-free id any of them has. */
+  /**
+   * A fresh context id, agreed by all members: the lowest that none of them holds (the union
+   * of their Runtime.contexts bitmaps, one 4 KiB allreduce). Two live communicators that share
+   * a member never share an id, whichever of them freed what before.
+   */
   private agreeContext(call: string): number {
-    const v = new Int32Array([this.rt.nextContext]);
-    this.allreduce(IN_PLACE, v, MAX);
-    if (v[0] > MAX_CONTEXT)
-      throw new MpiError(`MPI ${call}: out of context ids (${MAX_CONTEXT} communicators)`);
-    this.rt.nextContext = v[0] + 1;
-    return v[0];
+    const held = this.rt.contexts;
+    const union = held.slice();
+    this.allreduce(IN_PLACE, union, BOR);
+    for (let w = 0; w < union.length; w++) {
+      const free = ~union[w];
+      if (free === 0) continue;
+      const id = w * 32 + (31 - Math.clz32(free & -free));
+      held[w] |= 1 << (id & 31);
+      return id;
+    }
+    throw new MpiError(
+      `MPI ${call}: out of context ids: these ranks hold ${MAX_CONTEXT + 1} communicators between them; free() the ones you are done with`,
+    );
   }
 
   /** Collective: the same group with a new context (its traffic never matches this one's). */
@@ -169,6 +183,61 @@ export class Comm extends CollectiveTransport {
       members.map((i) => this.worldRanks[i]),
       members.indexOf(this.rank),
     );
+  }
+
+  /**
+   * MPI_Comm_free, collective over this communicator's members: a barrier, then its context id
+   * goes back (a later dup or split may take it again) and every call on it fails from then on.
+   * Its requests must be complete first (wait/test): a receive left posted could take a later
+   * communicator's message, so free() refuses while one is. Messages sent on it that no
+   * receive took are discarded (counted in `discarded`), rather than held in MX for ever.
+   * A broken communicator (a member failed) is freed without the barrier. The world
+   * communicator is not freed (MPI.finalize ends it).
+   */
+  free(): void {
+    this.live("free");
+    if (this === this.rt.world)
+      throw new MpiError("MPI free: the world communicator cannot be freed (MPI.finalize ends it)");
+    if (this.activeRequests > 0)
+      throw new MpiError(
+        `MPI free: ${this.activeRequests} request(s) of this communicator are not complete; wait for them first`,
+      );
+    try {
+      if (this.broken === undefined) this.barrier();
+    } catch (e) {
+      if (!(e instanceof MpiError)) throw e;
+      throw new MpiError(
+        `MPI free: its barrier failed (the communicator is freed all the same): ${e.message}`,
+      );
+    } finally {
+      this.freed = true;
+      this.discardLeftovers();
+      const id = this.ctxP2P >>> 1;
+      this.rt.contexts[id >>> 5] &= ~(1 << (id & 31));
+    }
+  }
+
+  private discardLeftovers(): void {
+    const q = this.rt.selfQueue;
+    for (let i = q.length - 1; i >= 0; i--)
+      if (q[i].ctx === this.ctxP2P) {
+        q.splice(i, 1);
+        this.discarded++;
+      }
+    if (this.ep.closed) return;
+    const none = new Uint8Array(0);
+    for (const ctx of [this.ctxP2P, this.ctxColl]) {
+      const hi = (ctx << 16) >>> 0;
+      while (this.ep.iprobe(hi, 0, 0xffff0000, 0) !== undefined) {
+        // A zero-byte receive takes it whole (truncated: a rendezvous moves no data).
+        const req = this.ep.irecv(none, hi, 0, 0xffff0000, 0);
+        if (this.ep.wait(req, 1000) === undefined) {
+          this.drop(req);
+          break;
+        }
+        this.discarded++;
+      }
+    }
   }
 
   /**

@@ -100,3 +100,13 @@ export const MAX = new MpiOp("MPI.MAX", (a, ao, b, bo, n) => {
     for (let i = 0; i < n; i++) if (y[bo + i] > x[ao + i]) x[ao + i] = y[bo + i];
   }
 });
+
+/**
+ * @internal Bitwise OR of Int32Arrays (MPI_BOR's kernel): the union of the members' context-id
+ * bitmaps (comm.ts). Not offered to programs: the public ops check no element type for it.
+ */
+export const BOR = new MpiOp("MPI.BOR", (a, ao, b, bo, n) => {
+  const x = a as NumVec;
+  const y = b as NumVec;
+  for (let i = 0; i < n; i++) x[ao + i] |= y[bo + i];
+});

@@ -59,6 +59,10 @@ export class PointToPoint {
   private readonly sendHiP2P: number;
   /** This communicator's rank of each world rank, -1 for non-members. */
   private readonly commRankOf: Int32Array;
+  /** @internal Point-to-point requests of this communicator not completed yet (free() refuses while any is). */
+  activeRequests = 0;
+  /** @internal free() was called: every later call fails. */
+  freed = false;
 
   /** @internal */
   constructor(
@@ -178,7 +182,7 @@ export class PointToPoint {
     const why = this.unmatchable(req.peer, anySource);
     if (why === undefined || !this.withdraw(mx)) return;
     req.mx = undefined;
-    req.active = false;
+    this.retire(req);
     this.unpost(req);
     const from = req.peer >= 0 ? `from rank ${req.peer}` : "from MPI.ANY_SOURCE";
     const error = `recv ${from} (tag ${req.tag}) failed: ${why}`;
@@ -226,6 +230,7 @@ export class PointToPoint {
   live(call: string): void {
     if (this.rt.finalized)
       throw new MpiError(`MPI ${call}: MPI.finalize was called; no MPI call may follow it`);
+    if (this.freed) throw new MpiError(`MPI ${call}: this communicator was freed (comm.free())`);
     if (this.ep.closed)
       throw new MpiError(
         `MPI ${call}: this rank's MX endpoint ${this.ep.endpointId} was closed (mx_close_endpoint or mx_finalize called outside MPI); MPI needs it until MPI.finalize`,
@@ -257,10 +262,17 @@ export class PointToPoint {
     } else {
       req.mx = this.ep.isend(bytes, this.peers[d]!, this.sendHiP2P, t);
     }
+    this.activeRequests++;
     return req;
   }
 
   irecv(buf: MpiBuffer, source: number, tag: number): MpiRequest {
+    const req = this.postRecv(buf, source, tag);
+    this.activeRequests++;
+    return req;
+  }
+
+  private postRecv(buf: MpiBuffer, source: number, tag: number): MpiRequest {
     this.live("irecv");
     const b = bufferArg("irecv", "buf", buf);
     const s = rankArg("irecv", "source", source, this.size, true);
@@ -326,6 +338,13 @@ export class PointToPoint {
     req.local = st;
   }
 
+  /** The request is complete (or abandoned): no longer active, nor counted against its communicator. */
+  private retire(req: MpiRequest): void {
+    if (!req.active) return;
+    req.active = false;
+    (req.comm as PointToPoint).activeRequests--;
+  }
+
   private unpost(req: MpiRequest): void {
     if (!req.selfPosted) return;
     const posted = this.rt.selfPosted;
@@ -338,7 +357,7 @@ export class PointToPoint {
   }
 
   private finish(req: MpiRequest, s: MxStatusInfo | undefined): MpiStatus {
-    req.active = false;
+    this.retire(req);
     this.unpost(req);
     if (!s) throw new MpiError(`MPI wait: the ${req.kind} was interrupted (mx_wakeup) before it completed`);
     let st: MpiStatus;
@@ -380,7 +399,7 @@ export class PointToPoint {
   private waitIn(call: number, req: MpiRequest): MpiStatus {
     this.checkReq("wait", req);
     if (req.local) {
-      req.active = false;
+      this.retire(req);
       return this.result(req.local);
     }
     if (!req.mx)
@@ -402,7 +421,7 @@ export class PointToPoint {
   test(req: MpiRequest): MpiStatus | undefined {
     this.checkReq("test", req);
     if (req.local) {
-      req.active = false;
+      this.retire(req);
       return this.result(req.local);
     }
     if (!req.mx) return undefined;
@@ -483,7 +502,7 @@ export class PointToPoint {
       // The send stays with MX, which completes or fails it, unreported.
       if (s.mx) this.drop(s.mx);
       s.mx = undefined;
-      s.active = false;
+      this.retire(s);
       throw e;
     }
     this.waitIn(CALL_SENDRECV, s);
@@ -494,7 +513,7 @@ export class PointToPoint {
   private abandon(req: MpiRequest): void {
     if (req.mx) this.drop(req.mx);
     req.mx = undefined;
-    req.active = false;
+    this.retire(req);
     this.unpost(req);
   }
 

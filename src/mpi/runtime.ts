@@ -1,6 +1,6 @@
 /**
  * Runtime: what every communicator of one rank shares — the MX endpoint, the peers' addresses
- * and the world rank behind each, the next free context id, the scratch buffers collectives
+ * and the world rank behind each, the context ids its communicators hold, the scratch buffers collectives
  * reduce into, the messages this rank sent to itself and receives waiting for them, and the
  * rank-state words `myrixen run --timeout` reads.
  */
@@ -10,6 +10,7 @@ import type { MxAddress, MxEndpoint } from "../mx/endpoint.js";
 import type { Mx } from "../mx/mx.js";
 import { Scratch } from "./buffers.js";
 import type { Comm } from "./comm.js";
+import { MAX_CONTEXT } from "./constants.js";
 import type { MpiRequest } from "./request.js";
 
 /** A message a rank sent to itself that no receive has taken yet. */
@@ -29,8 +30,12 @@ export interface SelfPost {
 
 export class Runtime {
   finalized = false;
-  /** The next free context id (base; 0 is the world's). */
-  nextContext = 1;
+  /**
+   * The context ids this rank's communicators hold, a bit each (0, the world's, always). A new
+   * communicator takes the lowest id none of its parent's members holds (comm.ts), and free()
+   * gives its id back, so a program that makes and frees communicators for ever never runs out.
+   */
+  readonly contexts = new Int32Array((MAX_CONTEXT + 1) / 32);
   readonly scratch = new Scratch();
   readonly selfQueue: SelfMessage[] = [];
   readonly selfPosted: SelfPost[] = [];
@@ -48,6 +53,7 @@ export class Runtime {
     /** MX address of each world rank (undefined for this rank). */
     readonly addrs: (MxAddress | undefined)[],
   ) {
+    this.contexts[0] = 1;
     for (let r = 0; r < addrs.length; r++) if (addrs[r] !== undefined) this.rankOf.set(addrs[r]!, r);
   }
 }
