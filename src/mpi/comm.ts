@@ -190,7 +190,10 @@ export class Comm extends CollectiveTransport {
    * goes back (a later dup or split may take it again) and every call on it fails from then on.
    * Its requests must be complete first (wait/test): a receive left posted could take a later
    * communicator's message, so free() refuses while one is. Messages sent on it that no
-   * receive took are discarded (counted in `discarded`), rather than held in MX for ever.
+   * receive took are discarded (counted in `discarded`), rather than held in MX for ever: once
+   * every member is in the barrier, what each sent before has reached this rank's channels
+   * (read here); one still on a wire between hosts when free() returns is not (MPI calls a
+   * program that frees a communicator with messages nobody receives erroneous).
    * A broken communicator (a member failed) is freed without the barrier. The world
    * communicator is not freed (MPI.finalize ends it).
    */
