@@ -252,6 +252,13 @@ export class EtherEngine implements Puller, PeerLossListener {
     const max = this.hub.maxPayload;
     while (jobs.length > 0 && link.room > 0) {
       const j = jobs[0];
+      // The send completed (its receiver NOTIFYed it before taking the data): its buffer is
+      // the program's again, and whatever the program put there next is not this peer's.
+      if (j.req.state >= RequestState.Revoking) {
+        jobs.shift();
+        this.ctx.counters.channelErrors++;
+        continue;
+      }
       const n = Math.min(max, j.end - j.off);
       const f = link.reserve(MxoeType.Data, n);
       setFrameWord(f, MxoeWord.id, j.pullId);

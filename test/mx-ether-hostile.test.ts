@@ -1,0 +1,62 @@
+/**
+ * MX over Ethernet against a hostile peer guest on the same bridge, through netfront,
+ * netback's steering and the bridge: the attacker writes the frames it likes from its own
+ * endpoint (test/fixtures/guests/mxoe-hostile.ts), as netback lets any guest do, and the
+ * victim's library must neither hand it memory it never exposed to it, nor report bytes it
+ * never got, nor take another endpoint's word for its answer.
+ */
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+import { Host } from "../src/host/host.js";
+import type { Domain } from "../src/xen/hypervisor.js";
+import { nextMessage } from "./helpers/messages.js";
+
+const FIXTURE = new URL("./fixtures/guests/mxoe-hostile.js", import.meta.url);
+
+let host: Host;
+before(async () => {
+  host = await Host.start({});
+});
+after(async () => {
+  await host?.stop();
+});
+
+/** Split-path guests in `roles` (prefix-role), each with its address; then every one is told all addresses. */
+async function start(prefix: string, roles: string[]): Promise<Record<string, Domain>> {
+  const doms: Record<string, Domain> = {};
+  const addrs: Record<string, unknown> = {};
+  for (const r of roles) {
+    const d = await host.startGuest({
+      module: FIXTURE,
+      args: { role: `${prefix}-${r}` },
+      name: `${prefix}-${r}`,
+      pages: 2048,
+      maxHeapMb: 128,
+      fastPath: false,
+    });
+    doms[r] = d;
+    [addrs[r]] = await nextMessage(d);
+  }
+  for (const d of Object.values(doms)) d.send(addrs);
+  return doms;
+}
+
+async function result<T>(d: Domain): Promise<T> {
+  const e = await d.exited;
+  assert.equal(e.state, "shutdown", `${d.name}: ${e.error?.stack}`);
+  return e.result as T;
+}
+
+test("a receiver that NOTIFYs a rendezvous done before pulling its data gets nothing the sender wrote into the buffer after the send completed", async () => {
+  // Before, the sender streamed the rest of the pull from the buffer after the NOTIFY
+  // completed the send: whatever the program put there next went to that peer.
+  const { victim, attacker } = await start("serve", ["victim", "attacker"]);
+  const [notified] = await nextMessage(attacker);
+  assert.equal(notified, "notified");
+  const [v] = (await nextMessage(victim)) as [{ send: string }];
+  assert.equal(v.send, "MX_STATUS_SUCCESS", "the receiver's NOTIFY completes the send");
+  attacker.send("go");
+  const a = await result<{ recv: string; secret: number }>(attacker);
+  await result(victim);
+  assert.equal(a.secret, 0, `the attacker read ${a.secret} bytes written after the send completed`);
+});
