@@ -9,6 +9,7 @@ import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { Host } from "../src/host/host.js";
 import type { Domain } from "../src/xen/hypervisor.js";
+import { DATA_BYTES } from "./fixtures/guests/mxoe-hostile.js";
 import { nextMessage } from "./helpers/messages.js";
 
 const FIXTURE = new URL("./fixtures/guests/mxoe-hostile.js", import.meta.url);
@@ -59,4 +60,15 @@ test("a receiver that NOTIFYs a rendezvous done before pulling its data gets not
   const a = await result<{ recv: string; secret: number }>(attacker);
   await result(victim);
   assert.equal(a.secret, 0, `the attacker read ${a.secret} bytes written after the send completed`);
+});
+
+test("DATA frames that repeat an offset do not complete a pull: the receive fails instead of reporting bytes never carried", async () => {
+  // Before, a pull counted bytes, not where they went: half the message twice at offset 0
+  // completed the receive SUCCESS with its second half never written.
+  const { victim, attacker } = await start("data", ["victim", "attacker"]);
+  const v = await result<{ recv: string; xfer: number; untouched: number; channelErrors: number }>(victim);
+  await result(attacker);
+  assert.notEqual(v.recv, "MX_STATUS_SUCCESS", `${v.untouched} of ${DATA_BYTES} bytes were never carried`);
+  assert.equal(v.recv, "MX_STATUS_ABORTED");
+  assert.ok(v.channelErrors >= 1, "counted");
 });
