@@ -72,3 +72,22 @@ test("DATA frames that repeat an offset do not complete a pull: the receive fail
   assert.equal(v.recv, "MX_STATUS_ABORTED");
   assert.ok(v.channelErrors >= 1, "counted");
 });
+
+test("a CONNECT_REPLY from another endpoint than the one asked is not the answer: the connect still reaches its endpoint", async () => {
+  // Before, any endpoint that knew the asker's session and guessed its connect id answered
+  // for the one asked: here with BAD_KEY (the right key failed), or with SUCCESS, its own
+  // MAC and session, so the asker's messages to the endpoint it named went nowhere.
+  const { victim, attacker, x } = await start("connect", ["victim", "attacker", "x"]);
+  const [connecting] = await nextMessage(victim);
+  assert.equal(connecting, "connecting");
+  attacker.send("spray");
+  const a = await result<{ sent: number }>(attacker);
+  assert.ok(a.sent > 0);
+  x.send("go");
+  const xr = await result<{ recv: string }>(x);
+  victim.send("done");
+  const v = await result<{ connect: string; send?: string; message?: string }>(victim);
+  assert.equal(v.connect, "connected", v.message);
+  assert.equal(v.send, "MX_STATUS_SUCCESS");
+  assert.equal(xr.recv, "MX_STATUS_SUCCESS");
+});
