@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { Host } from "../src/host/host.js";
 import type { Domain } from "../src/xen/hypervisor.js";
-import { DATA_BYTES } from "./fixtures/guests/mxoe-hostile.js";
+import { DATA_BYTES, PATH_MESSAGES } from "./fixtures/guests/mxoe-hostile.js";
 import { nextMessage } from "./helpers/messages.js";
 
 const FIXTURE = new URL("./fixtures/guests/mxoe-hostile.js", import.meta.url);
@@ -23,7 +23,11 @@ after(async () => {
 });
 
 /** Split-path guests in `roles` (prefix-role), each with its address; then every one is told all addresses. */
-async function start(prefix: string, roles: string[]): Promise<Record<string, Domain>> {
+async function start(
+  prefix: string,
+  roles: string[],
+  fastPath: string[] = [],
+): Promise<Record<string, Domain>> {
   const doms: Record<string, Domain> = {};
   const addrs: Record<string, unknown> = {};
   for (const r of roles) {
@@ -33,7 +37,7 @@ async function start(prefix: string, roles: string[]): Promise<Record<string, Do
       name: `${prefix}-${r}`,
       pages: 2048,
       maxHeapMb: 128,
-      fastPath: false,
+      fastPath: fastPath.includes(r),
     });
     doms[r] = d;
     [addrs[r]] = await nextMessage(d);
@@ -90,4 +94,19 @@ test("a CONNECT_REPLY from another endpoint than the one asked is not the answer
   assert.equal(v.connect, "connected", v.message);
   assert.equal(v.send, "MX_STATUS_SUCCESS");
   assert.equal(xr.recv, "MX_STATUS_SUCCESS");
+});
+
+test("a split-only peer saying it is not on the split path leaves Ethernet its way: sends waiting for window room still go", async () => {
+  // Before, its PATH frame routed the pair to its fast way, which it has none of: sends
+  // waiting in the backlog for window room stayed there for ever (the peer kept acknowledging,
+  // so it never timed out), and every later send failed ENDPOINT_UNREACHABLE.
+  const { victim, attacker } = await start("path", ["victim", "attacker"], ["victim"]);
+  const [queued] = await nextMessage(victim);
+  assert.equal(queued, "queued");
+  attacker.send("path");
+  const v = await result<{ done: number; dead?: string }>(victim);
+  const a = await result<{ got: number }>(attacker);
+  assert.equal(v.dead, undefined);
+  assert.equal(v.done, PATH_MESSAGES, `${PATH_MESSAGES - v.done} sends never went`);
+  assert.equal(a.got, PATH_MESSAGES);
 });
