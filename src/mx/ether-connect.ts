@@ -30,6 +30,9 @@ const CONNECT_RETRY_MS = 100;
 
 /** A connect's answer, once it came. */
 interface EtherConnect {
+  /** The endpoint asked: only it answers. */
+  nic: number;
+  ep: number;
   done: boolean;
   status: number;
   /** REJECTED: how long netback still refuses this guest's connects (ms). */
@@ -59,14 +62,20 @@ export class EtherConnector implements EtherEndpointHandler {
       this.answer(f, srcNic, srcEp, srcSession);
     } else if (type === MxoeType.ConnectReply) {
       const c = this.connects.get(frameWord(f, MxoeWord.id));
-      if (c && !c.done && frameWord(f, MxoeWord.dstSession) === this.parts.ctx.session) {
-        c.done = true;
-        c.status = frameWord(f, MxoeWord.msgSeq);
-        c.retryAfter = frameWord(f, MxoeWord.offset);
-        c.session = srcSession;
-        c.mac = f.slice(6, 12);
-        c.peerSplit = frameWord(f, MxoeWord.matchHi) === 1;
+      if (c === undefined || c.done || frameWord(f, MxoeWord.dstSession) !== this.parts.ctx.session) return;
+      // Only the endpoint asked answers (netback lets a guest send as its own endpoints only):
+      // any peer that knew our session and guessed the connect id answered for it, refusing
+      // our key or binding the endpoint asked to its own MAC and session.
+      if (srcNic !== c.nic || srcEp !== c.ep) {
+        this.engine.hub.counters.spoofed++;
+        return;
       }
+      c.done = true;
+      c.status = frameWord(f, MxoeWord.msgSeq);
+      c.retryAfter = frameWord(f, MxoeWord.offset);
+      c.session = srcSession;
+      c.mac = f.slice(6, 12);
+      c.peerSplit = frameWord(f, MxoeWord.matchHi) === 1;
     } else {
       this.engine.onFrame(f, type, srcNic, srcEp, srcSession);
     }
@@ -94,6 +103,8 @@ export class EtherConnector implements EtherEndpointHandler {
     const where = `nic ${nic} endpoint ${endpoint}`;
     const id = ctx.newId(this.connects);
     const pending: EtherConnect = {
+      nic,
+      ep: endpoint,
       done: false,
       status: MxStatus.PENDING,
       retryAfter: 0,

@@ -252,6 +252,13 @@ export class EtherEngine implements Puller, PeerLossListener {
     const max = this.hub.maxPayload;
     while (jobs.length > 0 && link.room > 0) {
       const j = jobs[0];
+      // The send completed (its receiver NOTIFYed it before taking the data): its buffer is
+      // the program's again, and whatever the program put there next is not this peer's.
+      if (j.req.state >= RequestState.Revoking) {
+        jobs.shift();
+        this.ctx.counters.channelErrors++;
+        continue;
+      }
       const n = Math.min(max, j.end - j.off);
       const f = link.reserve(MxoeType.Data, n);
       setFrameWord(f, MxoeWord.id, j.pullId);
@@ -358,8 +365,19 @@ export class EtherEngine implements Puller, PeerLossListener {
         const id = frameWord(f, MxoeWord.id);
         const p = this.pulls.get(id);
         const off = frameWord(f, MxoeWord.offset);
-        if (!p || p.source !== peer || off + n > p.xfer) {
+        if (!p || p.source !== peer) {
           this.ctx.counters.channelErrors++;
+          return;
+        }
+        // The sender streams a pull in order (the stream is reliable): each frame starts where
+        // the last ended. A peer that repeated an offset completed the receive SUCCESS with
+        // bytes it never carried; the pull fails instead, and the sender hears so.
+        if (off !== p.got || off + n > p.xfer) {
+          this.ctx.counters.channelErrors++;
+          this.pulls.delete(id);
+          peer.notify(p.syncId, 0, MxStatus.ABORTED);
+          p.recv.reason ??= `the sender's DATA for bytes ${off}..${off + n} broke its pull (expected bytes from ${p.got} of ${p.xfer})`;
+          this.parts.completion.complete(p.recv, MxStatus.ABORTED, 0);
           return;
         }
         if (off + n <= p.recv.buffer.length) copyBytes(p.recv.buffer, off, f, PAYLOAD_AT, n);

@@ -71,9 +71,16 @@ export class PartnerTable {
     this.deadCount = 0;
   }
 
-  /** Chooses the way sends to `peer` go: Ethernet if either side is on the split path (and the MAC is known), else the fast way. */
+  /**
+   * Chooses the way sends to `peer` go: Ethernet if either side is on the split path (and the
+   * MAC is known), or if the peer has no fast way; else the fast way. (A split-only peer whose
+   * PATH frame said "not split" left the pair no way at all: sends waiting in the backlog
+   * stayed there for ever while it kept acknowledging.)
+   */
   route(peer: Partner): void {
-    peer.path = (this.split || peer.peerSplit) && peer.ether !== undefined ? peer.ether : peer.fast;
+    const ether = peer.ether;
+    peer.path =
+      ether !== undefined && (this.split || peer.peerSplit || peer.fast === undefined) ? ether : peer.fast;
   }
 
   /** The fast way to `peer`, if it has none yet (a channel, once attached, stays it). */
