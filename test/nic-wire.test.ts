@@ -38,6 +38,7 @@ import {
   F_SRC_NIC,
   F_SRC_SESSION,
   F_STATUS,
+  F_TAG,
   FRAME_HEADER_BYTES,
   FrameType,
   getWord,
@@ -87,6 +88,7 @@ import {
   EXPOSURE_OFFSET,
   EXPOSURE_WORDS,
   ExposureState,
+  HOLD_MS,
   Opcode,
   SEND_MAX,
   SQ_ENTRIES,
@@ -1020,6 +1022,77 @@ test("a silent peer: CONNECT, remote PULL and SEND complete ENDPOINT_UNREACHABLE
     a.close();
   } finally {
     await nic1.detachLink(9).catch(() => {});
+    await fake.server.close();
+  }
+});
+
+test("a hostile peer that says PENDING for ever: its SENDs fail HoldExpired after HOLD_MS, the sender's queue goes on", async () => {
+  // A peer NIC that holds our SENDs for receive space and sends keepalives (PENDING SEND_ACKs)
+  // past HOLD_MS, as no honest receiver does (delivery.ts expire): a full share of SENDs to it,
+  // then one more (it waits at the head of the endpoint's queue for that share), then a SEND
+  // to an endpoint of this very NIC behind it.
+  const fake = await FakePeer.start(12);
+  let keepalives: NodeJS.Timeout | undefined;
+  try {
+    await nic1.attachLink({
+      kind: "tcp",
+      host: HOST,
+      port: fake.server.port,
+      timeoutMs: 2000,
+      key: LINK_KEY,
+    });
+    const a = Owner.open(ctl1, "a");
+    const local = Owner.open(ctl1, "local");
+    const sreg = a.register(new SharedArrayBuffer(4096), Access.LocalRead);
+    const c0 = nic1.counters().global;
+    const pending = () => {
+      for (const s of fake.framesOf(FrameType.Send))
+        fake.send(FrameType.SendAck, 1, {
+          [F_SRC_ENDPOINT]: getWord(s, F_DEST_ENDPOINT),
+          [F_SRC_SESSION]: getWord(s, F_DEST_SESSION),
+          [F_DEST_ENDPOINT]: getWord(s, F_SRC_ENDPOINT),
+          [F_DEST_SESSION]: getWord(s, F_SRC_SESSION),
+          [F_COOKIE]: getWord(s, F_COOKIE),
+          [F_TAG]: getWord(s, F_TAG),
+          [F_STATUS]: MxStatus.PENDING,
+        });
+    };
+    keepalives = setInterval(pending, WIRE_TIMEOUT_MS / 4);
+    const t0 = performance.now();
+    for (let i = 0; i <= DEST_CREDITS; i++) a.post(sendDesc(i, sreg, 10, 12, { id: 0, session: 0 }));
+    a.post(sendDesc(1000, sreg, 10, 1, local));
+    await until(() => fake.framesOf(FrameType.Send).length === DEST_CREDITS, "a full share on the wire");
+
+    // The share fails as an honest receiver would have failed it; then the queue moves on.
+    const failed = new Set<number>();
+    let delivered = false;
+    while (failed.size < DEST_CREDITS || !delivered) {
+      const e = await a.nextEvent(
+        HOLD_MS + 2 * WIRE_TIMEOUT_MS + 1000,
+        "a held SEND's end, or the local SEND",
+      );
+      if (e.cookie === 1000) {
+        expectEvent(e, EventType.SendDone, MxStatus.SUCCESS, "the SEND behind the held ones");
+        delivered = true;
+        continue;
+      }
+      expectEvent(e, EventType.SendDone, MxStatus.NO_RESOURCES, `held send ${e.cookie}`);
+      assert.equal(e.reason, ErrorReason.HoldExpired, `held send ${e.cookie}: reason`);
+      assert.ok(e.cookie < DEST_CREDITS, `send ${e.cookie} was one of the share`);
+      failed.add(e.cookie);
+    }
+    const took = performance.now() - t0;
+    assert.ok(took < HOLD_MS + 2 * WIRE_TIMEOUT_MS + 1000, `the queue moved after ${took.toFixed(0)} ms`);
+    expectEvent(await local.nextEvent(), EventType.Recv, MxStatus.SUCCESS, "the local endpoint got its SEND");
+    const c1 = nic1.counters().global;
+    assert.ok(c1.send_holds_overdue - c0.send_holds_overdue >= DEST_CREDITS, "counted");
+    assert.equal(c1.send_timeouts, c0.send_timeouts, "not timeouts: the peer talked all along");
+    assert.equal(c1.internal_errors, 0);
+    a.close();
+    local.close();
+  } finally {
+    clearInterval(keepalives);
+    await nic1.detachLink(12).catch(() => {});
     await fake.server.close();
   }
 });

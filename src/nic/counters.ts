@@ -88,6 +88,8 @@ export const NIC_COUNTER_NAMES = [
   "connects_throttled",
   // Weights and caps (qos.ts): a descriptor or a served pull that waited for its payer's turn or cap.
   "qos_deferred",
+  // A peer NIC that kept saying it holds our SEND (PENDING SEND_ACKs) past HOLD_MS (send.ts).
+  "send_holds_overdue",
 ] as const;
 
 export const NIC_EP_COUNTER_NAMES = [

@@ -14,7 +14,7 @@ import { type EndpointContext, STALLED } from "./endpoints.js";
 import { FRAME_HEADER_BYTES } from "./frame.js";
 import type { Link } from "./link.js";
 import { SlotTable } from "./slot-table.js";
-import { WIRE_TIMEOUT_MS } from "./window.js";
+import { HOLD_MS, WIRE_TIMEOUT_MS } from "./window.js";
 
 /** Header-only frames (SEND_ACK, CONNECT_*, PULL_REQUEST, error PULL_REPLY) held per link while it pushes back. */
 export const CTRL_QUEUE = 1024;
@@ -72,6 +72,11 @@ export class LinkState {
   readonly sLen = new Uint32Array(SEND_WINDOW);
   readonly sDest = new Uint16Array(SEND_WINDOW);
   readonly sDeadline = new Float64Array(SEND_WINDOW);
+  /**
+   * The latest its deadline may move to: the receiver's keepalives (PENDING SEND_ACKs) stop
+   * counting once the SEND has been held longer than any receiver may hold it (HOLD_MS).
+   */
+  readonly sHoldEnd = new Float64Array(SEND_WINDOW);
   /** Per destination endpoint (bucket): SENDs to it awaiting their ACK. */
   private readonly destOut = new Uint16Array(DEST_BUCKETS);
 
@@ -144,6 +149,7 @@ export class LinkState {
     this.sLen[i] = len;
     this.sDest[i] = dest;
     this.sDeadline[i] = deadline;
+    this.sHoldEnd[i] = deadline + HOLD_MS;
     this.destOut[dest]++;
     return this.sends.id[i];
   }

@@ -6,7 +6,8 @@
  * link is delivered the same way, and its SEND_ACK frees the slot in the sender's window and
  * completes the descriptor with a SEND_DONE. A SEND whose link is lost, or whose ACK does not
  * come within WIRE_TIMEOUT_MS (a held delivery's keepalives restart that wait), completes
- * ENDPOINT_UNREACHABLE.
+ * ENDPOINT_UNREACHABLE; one its receiver keeps holding past HOLD_MS completes NO_RESOURCES
+ * (HoldExpired), whatever the receiver's keepalives say.
  */
 import type { NicClock } from "./clock.js";
 import { EndpointCounter, NicCounter } from "./counters.js";
@@ -244,7 +245,13 @@ export class SendEngine {
     }
     let status = getWord(frame, F_STATUS);
     if (status === MxStatus.PENDING) {
-      ls.sDeadline[i] = this.clock.now + WIRE_TIMEOUT_MS;
+      // Held for receive space: the wait restarts, but never past sHoldEnd. A receiver holds a
+      // delivery HOLD_MS at most (delivery.ts expire); a peer that says PENDING for ever held
+      // this SEND, its destination's share of the window and every descriptor queued behind it
+      // in its sender's queue (to any destination) for ever.
+      const next = this.clock.now + WIRE_TIMEOUT_MS;
+      const end = ls.sHoldEnd[i];
+      ls.sDeadline[i] = next < end ? next : end;
       return;
     }
     const len = ls.sLen[i];
@@ -288,8 +295,8 @@ export class SendEngine {
   }
 
   /**
-   * The wire timer: SENDs in `ls`'s window past their deadline complete ENDPOINT_UNREACHABLE.
-   * Returns WIRE_ACTED if it completed any, WIRE_WAITING if others still wait.
+   * The wire timer: SENDs in `ls`'s window past their deadline complete ENDPOINT_UNREACHABLE
+   * (NO_RESOURCES, HoldExpired: held past their sHoldEnd). Returns WIRE_ACTED if it completed any, WIRE_WAITING if others still wait.
    */
   tick(ls: LinkState): number {
     const now = this.clock.now;
@@ -298,8 +305,22 @@ export class SendEngine {
       if (ls.sends.used[i] === 0) continue;
       if (now >= ls.sDeadline[i]) {
         flags |= WIRE_ACTED;
-        this.links.checkSilence(ls);
         ls.completeSend(i);
+        if (ls.sDeadline[i] >= ls.sHoldEnd[i]) {
+          // Held past HOLD_MS by a peer that kept saying so: it fails as an honest receiver
+          // would have failed it (the peer talked all along: not a silent one).
+          this.c[NicCounter.send_holds_overdue]++;
+          this.sendDoneTo(
+            ls.sEp[i],
+            ls.sSession[i],
+            ls.sCookie[i],
+            ls.sLen[i],
+            MxStatus.NO_RESOURCES,
+            ErrorReason.HoldExpired,
+          );
+          continue;
+        }
+        this.links.checkSilence(ls);
         this.c[NicCounter.send_timeouts]++;
         this.sendDoneTo(ls.sEp[i], ls.sSession[i], ls.sCookie[i], ls.sLen[i], MxStatus.ENDPOINT_UNREACHABLE);
       } else flags |= WIRE_WAITING;
