@@ -29,6 +29,7 @@ import {
 import {
   F_AUX0,
   F_AUX1,
+  F_CONNECT_KEY,
   F_COOKIE,
   F_DEST_ENDPOINT,
   F_DEST_NIC,
@@ -865,6 +866,58 @@ test("bad-key CONNECTs are throttled per requesting endpoint: prompt BAD_KEY fir
     const c1 = nic.counters().global as Record<string, number>;
     assert.equal(c1.connects_throttled - c0.connects_throttled, 51, `${where}: counted`);
     for (const o of [target, attacker, honest]) o.close();
+  }
+});
+
+test("a peer NIC naming a new requesting endpoint for every guess gets no more guesses: ids no NIC can have are refused", async () => {
+  // The throttle keys on the requester the frame names; a hostile NIC (it holds the cluster
+  // key) names endpoint ids no NIC can open (≥ MAX_ENDPOINTS_LIMIT), a new one per guess, each
+  // with CONNECT_FREE_FAILS prompt answers of its own: an oracle at wire speed.
+  const fake = await FakePeer.start(13);
+  try {
+    await nic1.attachLink({
+      kind: "tcp",
+      host: HOST,
+      port: fake.server.port,
+      timeoutMs: 2000,
+      key: LINK_KEY,
+    });
+    const target = Owner.open(ctl1, "target", 0x600d);
+    const c0 = nic1.counters().global;
+    const GUESSES = 40;
+    const ask = (cookie: number, requester: number, key: number) =>
+      fake.send(FrameType.ConnectRequest, 1, {
+        [F_SRC_ENDPOINT]: requester,
+        [F_SRC_SESSION]: 5,
+        [F_DEST_ENDPOINT]: target.id,
+        [F_COOKIE]: cookie,
+        [F_CONNECT_KEY]: key,
+      });
+    for (let i = 0; i < GUESSES; i++) ask(100 + i, 1000 + i * 7919, 0xbad000 + i);
+    // The right key from yet another such id: no answer may tell it apart from a wrong one.
+    ask(500, 0xfffffff0, 0x600d);
+    // An endpoint id a NIC can have, with the right key: answered as before.
+    ask(600, 3, 0x600d);
+    const replies = () => fake.framesOf(FrameType.ConnectReply);
+    await until(() => replies().length === GUESSES + 2, "every CONNECT answered");
+    const byCookie = new Map(replies().map((f) => [getWord(f, F_COOKIE), getWord(f, F_STATUS)]));
+    for (let i = 0; i <= GUESSES; i++) {
+      const cookie = i < GUESSES ? 100 + i : 500;
+      const st = byCookie.get(cookie);
+      assert.ok(
+        st !== MxStatus.BAD_KEY && st !== MxStatus.SUCCESS,
+        `guess ${cookie}: answered ${mxStatusName(st ?? -1)}, which says whether the key was right`,
+      );
+    }
+    assert.equal(byCookie.get(600), MxStatus.SUCCESS, "an endpoint id a NIC can have is served");
+    const c1 = nic1.counters().global;
+    assert.equal(c1.connect_bad_keys, c0.connect_bad_keys, "no key of theirs was looked at");
+    assert.equal(c1.frames_bad - c0.frames_bad, GUESSES + 1, "counted");
+    assert.equal(c1.internal_errors, 0);
+    target.close();
+  } finally {
+    await nic1.detachLink(13).catch(() => {});
+    await fake.server.close();
   }
 });
 

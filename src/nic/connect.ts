@@ -11,7 +11,7 @@
 import type { NicClock } from "./clock.js";
 import { CONNECT_LOCKOUT_MAX_MS, ConnectThrottle } from "./connect-throttle.js";
 import { NicCounter } from "./counters.js";
-import type { EndpointContext, EndpointTable } from "./endpoints.js";
+import { type EndpointContext, type EndpointTable, MAX_ENDPOINTS_LIMIT } from "./endpoints.js";
 import type { Events } from "./events.js";
 import {
   beginFrame,
@@ -165,15 +165,20 @@ export class Connector {
   rxConnectRequest(ls: LinkState, frame: Uint8Array): void {
     this.c[NicCounter.connects_served]++;
     const ep = getWord(frame, F_DEST_ENDPOINT);
+    const requester = getWord(frame, F_SRC_ENDPOINT);
     const lockout = this.lockout;
-    // The requester is the peer NIC (its link says which) and the endpoint it names.
-    const status = this.check(
-      ls.peerNic,
-      getWord(frame, F_SRC_ENDPOINT),
-      ep,
-      getWord(frame, F_CONNECT_KEY),
-      lockout,
-    );
+    let status: number;
+    if (requester >= MAX_ENDPOINTS_LIMIT) {
+      // No NIC has such an endpoint: refused, the key unexamined. The throttle keys on the
+      // requester a frame names, so a peer NIC naming a new one per guess had
+      // CONNECT_FREE_FAILS prompt answers per guess (an oracle at wire speed).
+      this.c[NicCounter.frames_bad]++;
+      lockout.retryAfterMs = 0;
+      status = MxStatus.BAD_ENDPOINT;
+    } else {
+      // The requester is the peer NIC (its link says which) and the endpoint it names.
+      status = this.check(ls.peerNic, requester, ep, getWord(frame, F_CONNECT_KEY), lockout);
+    }
     const f = this.hdr;
     beginFrame(f, FrameType.ConnectReply, 0, getWord(frame, F_COOKIE));
     setFrameSource(f, this.nicId, ep, status === MxStatus.SUCCESS ? this.eps.ctxs[ep].session : 0);
