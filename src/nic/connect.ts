@@ -4,14 +4,15 @@
  * presenting its key. The NIC that owns the endpoint asked for checks the key, throttling a
  * requester's wrong keys (connect-throttle.ts); for another NIC's endpoint a CONNECT_REQUEST
  * frame asks it and its CONNECT_REPLY answers (frame.ts). The CONNECTs waiting for a reply sit
- * in the ConnectTable, CONNECT_SLOTS across links; a full table answers NO_RESOURCES, a lost
- * link or WIRE_TIMEOUT_MS without a reply ENDPOINT_UNREACHABLE. Every outcome is a
- * CONNECT_DONE event (events.ts).
+ * in the ConnectTable, across links, at most CONNECT_CREDITS per requesting endpoint (a further
+ * one waits at the head of that endpoint's own queue), and the table has room for every
+ * endpoint's share at once; a lost link or WIRE_TIMEOUT_MS without a reply completes one
+ * ENDPOINT_UNREACHABLE. Every outcome is a CONNECT_DONE event (events.ts).
  */
 import type { NicClock } from "./clock.js";
 import { CONNECT_LOCKOUT_MAX_MS, ConnectThrottle } from "./connect-throttle.js";
 import { NicCounter } from "./counters.js";
-import { type EndpointContext, type EndpointTable, MAX_ENDPOINTS_LIMIT } from "./endpoints.js";
+import { type EndpointContext, type EndpointTable, MAX_ENDPOINTS_LIMIT, STALLED } from "./endpoints.js";
 import type { Events } from "./events.js";
 import {
   beginFrame,
@@ -35,8 +36,20 @@ import { SlotTable } from "./slot-table.js";
 import { MxStatus } from "./status.js";
 import { D_COOKIE, D_DEST_ENDPOINT, D_DEST_NIC, D_SRC_KEY, WIRE_TIMEOUT_MS } from "./window.js";
 
-/** CONNECTs waiting for their CONNECT_REPLY, across links. */
-export const CONNECT_SLOTS = 256;
+/**
+ * CONNECTs one endpoint may have waiting for their CONNECT_REPLY, across links; a further one
+ * waits at the head of that endpoint's send queue until one of them ends (counted as
+ * connect_ep_full). The table holds maxEndpoints × CONNECT_CREDITS (512 with the default 32
+ * endpoints, 4096 at MAX_ENDPOINTS_LIMIT), so every endpoint can be at its share at once and
+ * none can take another's: before, 256 slots were shared by all, and one endpoint that asked a
+ * peer which never answers kept them full (WIRE_TIMEOUT_MS at a time, again and again), so
+ * every other endpoint's connect across hosts failed NO_RESOURCES. The MX library has one
+ * connect outstanding per endpoint (mx_connect blocks for its answer); 16 leaves room for a
+ * library that asks many peers at once, at 37 bytes a slot.
+ */
+export const CONNECT_CREDITS = 16;
+/** Slot bits of the table's ids: room for MAX_ENDPOINTS_LIMIT × CONNECT_CREDITS slots. */
+const CONNECT_SLOT_BITS = 12;
 
 /**
  * The CONNECTs this NIC asked other NICs for, by slot (slot-table.ts: nothing is allocated
@@ -45,18 +58,48 @@ export const CONNECT_SLOTS = 256;
  */
 export class ConnectTable extends SlotTable {
   /** The requesting endpoint and its session. */
-  readonly ep = new Uint32Array(CONNECT_SLOTS);
-  readonly session = new Uint32Array(CONNECT_SLOTS);
+  readonly ep: Uint32Array;
+  readonly session: Uint32Array;
   /** The descriptor's cookie, for the CONNECT_DONE. */
-  readonly cookie = new Int32Array(CONNECT_SLOTS);
+  readonly cookie: Int32Array;
   /** The endpoint asked for: its NIC (the link the reply must come on) and its id. */
-  readonly nic = new Uint32Array(CONNECT_SLOTS);
-  readonly destEp = new Uint32Array(CONNECT_SLOTS);
+  readonly nic: Uint32Array;
+  readonly destEp: Uint32Array;
   /** When it completes ENDPOINT_UNREACHABLE without a reply. */
-  readonly deadline = new Float64Array(CONNECT_SLOTS);
+  readonly deadline: Float64Array;
+  /** Per requesting endpoint: its slots taken (at most CONNECT_CREDITS). */
+  readonly perEp: Uint8Array;
 
-  constructor() {
-    super(CONNECT_SLOTS, 8);
+  constructor(maxEndpoints: number) {
+    const slots = maxEndpoints * CONNECT_CREDITS;
+    super(slots, CONNECT_SLOT_BITS);
+    this.ep = new Uint32Array(slots);
+    this.session = new Uint32Array(slots);
+    this.cookie = new Int32Array(slots);
+    this.nic = new Uint32Array(slots);
+    this.destEp = new Uint32Array(slots);
+    this.deadline = new Float64Array(slots);
+    this.perEp = new Uint8Array(maxEndpoints);
+  }
+
+  /** Whether endpoint `ep` may take a slot: its share has room. */
+  canTake(ep: number): boolean {
+    return this.perEp[ep] < CONNECT_CREDITS && !this.full;
+  }
+
+  /** Takes a slot for endpoint `ep` (canTake said yes). Returns the slot. */
+  takeFor(ep: number): number {
+    const s = this.take();
+    this.ep[s] = ep;
+    this.perEp[ep]++;
+    return s;
+  }
+
+  /** Frees slot `s` and gives its endpoint's share back. Returns false if it was not taken. */
+  releaseSlot(s: number): boolean {
+    if (!this.release(s)) return false;
+    this.perEp[this.ep[s]]--;
+    return true;
   }
 }
 
@@ -67,7 +110,7 @@ export class ConnectLockout {
 }
 
 export class Connector {
-  readonly table = new ConnectTable();
+  readonly table: ConnectTable;
   /** Wrong endpoint keys, per requesting endpoint (connect-throttle.ts). */
   private readonly throttle = new ConnectThrottle();
   private readonly lockout = new ConnectLockout();
@@ -81,7 +124,9 @@ export class Connector {
     private readonly links: LinkTable,
     private readonly clock: NicClock,
     private readonly c: Float64Array,
-  ) {}
+  ) {
+    this.table = new ConnectTable(eps.maxEndpoints);
+  }
 
   /**
    * The answer to requester (nic, ep)'s connect to endpoint `target` of this NIC with `key`:
@@ -125,15 +170,22 @@ export class Connector {
     }
     const ls = this.links.usable(destNic);
     const t = this.table;
-    if (ls === undefined || t.full) {
+    if (ls === undefined) {
       this.c[NicCounter.connects]++;
-      const status = ls === undefined ? MxStatus.ENDPOINT_UNREACHABLE : MxStatus.NO_RESOURCES;
-      this.events.postConnectDone(ctx, cookie, destNic, destEp, 0, status);
+      this.events.postConnectDone(ctx, cookie, destNic, destEp, 0, MxStatus.ENDPOINT_UNREACHABLE);
       return 0;
     }
+    if (!t.canTake(ctx.id)) {
+      // This endpoint's share is taken (the table itself has room for every share): this one
+      // waits at the head of its own queue until one of its connects ends (a reply, the link's
+      // loss or WIRE_TIMEOUT_MS; the wire timer runs meanwhile), and the backstop retries it.
+      // Not a stall on the link: the link's silence is not judged by it.
+      this.c[NicCounter.connect_ep_full]++;
+      ctx.linkStalled = true;
+      return STALLED;
+    }
     if (ls.ctrlCount === CTRL_QUEUE) return this.links.stall(ctx, destNic);
-    const s = t.take();
-    t.ep[s] = ctx.id;
+    const s = t.takeFor(ctx.id);
     t.session[s] = ctx.session;
     t.cookie[s] = cookie;
     t.nic[s] = destNic;
@@ -153,7 +205,7 @@ export class Connector {
   /** Ends the CONNECT in slot `s`: a CONNECT_DONE if its endpoint is still the one that asked. */
   private finish(s: number, status: number, session: number, retryAfterMs = 0): void {
     const t = this.table;
-    t.release(s);
+    t.releaseSlot(s);
     const ctx = this.eps.ctxs[t.ep[s]];
     if (ctx.open && ctx.session === t.session[s])
       this.events.postConnectDone(ctx, t.cookie[s], t.nic[s], t.destEp[s], session, status, retryAfterMs);
@@ -220,23 +272,24 @@ export class Connector {
   /** Endpoint `ep` closed: its CONNECTs end without events. */
   dropEndpoint(ep: number): void {
     const t = this.table;
-    for (let s = 0; s < CONNECT_SLOTS; s++)
+    for (let s = 0; s < t.capacity; s++)
       if (t.used[s] === 1 && t.ep[s] === ep) this.finish(s, MxStatus.ENDPOINT_CLOSED, 0);
   }
 
   /** The link to `peerNic` is gone or silent: its CONNECTs complete ENDPOINT_UNREACHABLE. */
   failLink(peerNic: number): void {
     const t = this.table;
-    for (let s = 0; s < CONNECT_SLOTS; s++)
+    for (let s = 0; s < t.capacity; s++)
       if (t.used[s] === 1 && t.nic[s] === peerNic) this.finish(s, MxStatus.ENDPOINT_UNREACHABLE, 0);
   }
 
   /** The wire timer: CONNECTs past their deadline complete ENDPOINT_UNREACHABLE. Returns WIRE_* flags. */
   tick(): number {
     const t = this.table;
+    if (t.count === 0) return 0;
     const now = this.clock.now;
     let flags = 0;
-    for (let s = 0; s < CONNECT_SLOTS; s++) {
+    for (let s = 0; s < t.capacity; s++) {
       if (t.used[s] !== 1) continue;
       if (now >= t.deadline[s]) {
         flags |= WIRE_ACTED;

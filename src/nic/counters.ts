@@ -90,6 +90,8 @@ export const NIC_COUNTER_NAMES = [
   "qos_deferred",
   // A peer NIC that kept saying it holds our SEND (PENDING SEND_ACKs) past HOLD_MS (send.ts).
   "send_holds_overdue",
+  // A CONNECT that waited in its endpoint's queue for that endpoint's share of the connect table (connect.ts CONNECT_CREDITS).
+  "connect_ep_full",
 ] as const;
 
 export const NIC_EP_COUNTER_NAMES = [

@@ -259,6 +259,8 @@ export const Opcode = {
    * Completes with a CONNECT_DONE event: status SUCCESS and E_SRC_NIC/E_SRC_ENDPOINT/
    * E_SRC_SESSION = the peer and its session; BAD_KEY; ENDPOINT_UNKNOWN (no such endpoint
    * open); ENDPOINT_UNREACHABLE (no link, link lost, or no reply within WIRE_TIMEOUT_MS).
+   * An endpoint has at most 16 waiting on other NICs (nic/connect.ts CONNECT_CREDITS); the
+   * next waits at the head of its queue until one of them ends.
    */
   Connect: 3,
 } as const;
