@@ -47,7 +47,7 @@ import {
   setWord,
 } from "../src/nic/frame.js";
 import type { Link } from "../src/nic/link.js";
-import { DEST_CREDITS } from "../src/nic/link-state.js";
+import { DEST_CREDITS, SEND_WINDOW, SRC_CREDITS } from "../src/nic/link-state.js";
 import { Nic } from "../src/nic/nic.js";
 import { MxStatus, mxStatusName } from "../src/nic/status.js";
 import type { TcpLink } from "../src/nic/tcp-link.js";
@@ -1146,6 +1146,63 @@ test("a hostile peer that says PENDING for ever: its SENDs fail HoldExpired afte
   } finally {
     clearInterval(keepalives);
     await nic1.detachLink(12).catch(() => {});
+    await fake.server.close();
+  }
+});
+
+test("one endpoint's SENDs hold at most its share of a link's window: another endpoint's SEND to that host goes out at once", async () => {
+  // The attacker posts SENDs to many endpoints of a peer that never acknowledges one (as
+  // accomplices there that never consume would): more destinations than the window has
+  // shares for, so only its own share can stop it. Before, it held all SEND_WINDOW slots and
+  // the bystander's SEND waited until the link was found silent, then failed without going out.
+  const fake = await FakePeer.start(13);
+  try {
+    await nic1.attachLink({
+      kind: "tcp",
+      host: HOST,
+      port: fake.server.port,
+      timeoutMs: 2000,
+      key: LINK_KEY,
+    });
+    const a = Owner.open(ctl1, "attacker");
+    const b = Owner.open(ctl1, "bystander");
+    const areg = a.register(new SharedArrayBuffer(4096), Access.LocalRead);
+    const breg = b.register(new SharedArrayBuffer(4096), Access.LocalRead);
+    const c0 = nic1.counters().global;
+    const dests = Math.ceil((SEND_WINDOW + 100) / DEST_CREDITS);
+    // As many as its queue takes while the NIC drains it (all of them went out, before).
+    let posted = 0;
+    for (let i = 0; i < SEND_WINDOW + 100; i++) {
+      let waited = 0;
+      while (a.prod - Atomics.load(a.w, W_SQ_CONS) >= SQ_ENTRIES && waited < 300) {
+        await sleep(5);
+        waited += 5;
+      }
+      if (waited >= 300) break;
+      a.post(sendDesc(i, areg, 10, 13, { id: 1 + (i % dests), session: 0 }));
+      posted++;
+    }
+    await until(
+      () => fake.framesOf(FrameType.Send).length >= SRC_CREDITS,
+      "the attacker's share on the wire",
+    );
+    b.post(sendDesc(7, breg, 10, 13, { id: 200, session: 0 }));
+    const fromB = (f: Uint8Array) => getWord(f, F_SRC_ENDPOINT) === b.id;
+    // Either the bystander's SEND reaches the peer, or it ends without having gone out.
+    await until(
+      () => fake.framesOf(FrameType.Send).some(fromB) || b.tryEvent() !== null,
+      "the bystander's SEND on the wire, or its end",
+      3 * WIRE_TIMEOUT_MS,
+    );
+    const sends = fake.framesOf(FrameType.Send);
+    const at = sends.findIndex(fromB);
+    assert.ok(at >= 0, `the bystander's SEND went out (the attacker had posted ${posted})`);
+    assert.ok(at <= SRC_CREDITS, `${at} of the attacker's SENDs went before it`);
+    assert.ok(nic1.counters().global.send_src_full > c0.send_src_full, "the share pushed back");
+    a.close();
+    b.close();
+  } finally {
+    await nic1.detachLink(13).catch(() => {});
     await fake.server.close();
   }
 });

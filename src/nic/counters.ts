@@ -92,6 +92,8 @@ export const NIC_COUNTER_NAMES = [
   "send_holds_overdue",
   // A CONNECT that waited in its endpoint's queue for that endpoint's share of the connect table (connect.ts CONNECT_CREDITS).
   "connect_ep_full",
+  // A SEND that waited because its endpoint had SRC_CREDITS on the link already (link-state.ts).
+  "send_src_full",
 ] as const;
 
 export const NIC_EP_COUNTER_NAMES = [

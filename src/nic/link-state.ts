@@ -10,7 +10,7 @@
  */
 import type { NicClock } from "./clock.js";
 import { NicCounter } from "./counters.js";
-import { type EndpointContext, STALLED } from "./endpoints.js";
+import { type EndpointContext, MAX_ENDPOINTS_LIMIT, STALLED } from "./endpoints.js";
 import { FRAME_HEADER_BYTES } from "./frame.js";
 import type { Link } from "./link.js";
 import { SlotTable } from "./slot-table.js";
@@ -39,6 +39,16 @@ export const SEND_WINDOW = 1024;
  * is bounded by its sender's staging (32 slots, mx/wire.ts) anyway.
  */
 export const DEST_CREDITS = 32;
+/**
+ * SENDs from one endpoint of this NIC awaiting their SEND_ACK on one link, at most (the rest
+ * wait in its own queue). The destination share alone left the window to whoever filled it:
+ * one endpoint posting SENDs to 32 or more endpoints on the far side that do not consume (its
+ * own accomplices there) held all 1024 slots, and every other endpoint's SENDs to that host
+ * waited behind them (5 s held, then again). With this share the default 32 endpoints per NIC
+ * can all be at their limit at once, as with DEST_CREDITS. An honest sender never reaches it:
+ * its library has 32 staging slots (mx/nic-records.ts DEFAULT_STAGING_SLOTS).
+ */
+export const SRC_CREDITS = 32;
 /** Destination endpoint ids above MX's (256) share one last bucket: they are refused anyway. */
 const DEST_BUCKETS = 257;
 /** PULL jobs this NIC serves concurrently per link; the requesting side keeps at most as many outstanding. */
@@ -79,6 +89,8 @@ export class LinkState {
   readonly sHoldEnd = new Float64Array(SEND_WINDOW);
   /** Per destination endpoint (bucket): SENDs to it awaiting their ACK. */
   private readonly destOut = new Uint16Array(DEST_BUCKETS);
+  /** Per sending endpoint of this NIC (ids < MAX_ENDPOINTS_LIMIT): its SENDs awaiting their ACK. */
+  private readonly srcOut = new Uint16Array(MAX_ENDPOINTS_LIMIT);
 
   // PULL jobs served for the peer (responder side), by slot.
   readonly jobs = new SlotTable(PULL_JOBS_PER_LINK);
@@ -122,9 +134,18 @@ export class LinkState {
     return destEp >>> 0 < DEST_BUCKETS - 1 ? destEp >>> 0 : DEST_BUCKETS - 1;
   }
 
-  /** Whether a SEND to endpoint `destEp` may go now: the window and that endpoint's share have room. */
-  canSend(destEp: number): boolean {
-    return !this.sends.full && this.destOut[LinkState.bucket(destEp)] < DEST_CREDITS;
+  /** Whether endpoint `srcEp`'s SEND to endpoint `destEp` may go now: the window and both endpoints' shares have room. */
+  canSend(srcEp: number, destEp: number): boolean {
+    return (
+      !this.sends.full &&
+      this.destOut[LinkState.bucket(destEp)] < DEST_CREDITS &&
+      this.srcOut[srcEp] < SRC_CREDITS
+    );
+  }
+
+  /** Whether endpoint `destEp`'s share of the window is taken (after canSend said no: which counter). */
+  destFull(destEp: number): boolean {
+    return this.destOut[LinkState.bucket(destEp)] >= DEST_CREDITS;
   }
 
   /** The tag the next pushSend will return (the frame carries it before the slot is taken). */
@@ -151,6 +172,7 @@ export class LinkState {
     this.sDeadline[i] = deadline;
     this.sHoldEnd[i] = deadline + HOLD_MS;
     this.destOut[dest]++;
+    this.srcOut[ep]++;
     return this.sends.id[i];
   }
 
@@ -163,7 +185,10 @@ export class LinkState {
 
   /** Frees slot i: its SEND completed (acknowledged, timed out, or its link is gone). */
   completeSend(i: number): void {
-    if (this.sends.release(i)) this.destOut[this.sDest[i]]--;
+    if (this.sends.release(i)) {
+      this.destOut[this.sDest[i]]--;
+      this.srcOut[this.sEp[i]]--;
+    }
   }
 }
 

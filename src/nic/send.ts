@@ -160,10 +160,16 @@ export class SendEngine {
       else this.links.armWireTimer();
       return len;
     }
-    if (!ls.canSend(d[D_DEST_ENDPOINT])) {
-      // The window, or the destination endpoint's share of it, is full: this one waits in the
-      // queue. Other destinations' SENDs (other endpoints' queues) go on.
-      this.c[ls.sends.full ? NicCounter.send_window_full : NicCounter.send_dest_full]++;
+    if (!ls.canSend(ctx.id, d[D_DEST_ENDPOINT])) {
+      // The window, the destination endpoint's share of it or this endpoint's own is full: this
+      // one waits in the queue. Other endpoints' SENDs (their own queues) go on.
+      this.c[
+        ls.sends.full
+          ? NicCounter.send_window_full
+          : ls.destFull(d[D_DEST_ENDPOINT])
+            ? NicCounter.send_dest_full
+            : NicCounter.send_src_full
+      ]++;
       return this.links.stall(ctx, destNic);
     }
     // A large payload is built where the link will write it from, when it lends a buffer.
