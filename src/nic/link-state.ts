@@ -45,8 +45,9 @@ export const DEST_CREDITS = 32;
  * one endpoint posting SENDs to 32 or more endpoints on the far side that do not consume (its
  * own accomplices there) held all 1024 slots, and every other endpoint's SENDs to that host
  * waited behind them (5 s held, then again). With this share the default 32 endpoints per NIC
- * can all be at their limit at once, as with DEST_CREDITS. An honest sender never reaches it:
- * its library has 32 staging slots (mx/nic-records.ts DEFAULT_STAGING_SLOTS).
+ * can all be at their limit at once, as with DEST_CREDITS. An honest sender seldom reaches it:
+ * its library stages 32 messages at most (mx/nic-records.ts DEFAULT_STAGING_SLOTS), and a
+ * NOTIFY (no staging) past the share waits in its queue for an ACK, microseconds on a live link.
  */
 export const SRC_CREDITS = 32;
 /** Destination endpoint ids above MX's (256) share one last bucket: they are refused anyway. */
