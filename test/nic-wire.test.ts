@@ -35,6 +35,8 @@ import {
   F_DEST_NIC,
   F_DEST_SESSION,
   F_LENGTH,
+  F_PULL_LENGTH,
+  F_PULL_OFFSET,
   F_SRC_ENDPOINT,
   F_SRC_NIC,
   F_SRC_SESSION,
@@ -47,7 +49,7 @@ import {
   setWord,
 } from "../src/nic/frame.js";
 import type { Link } from "../src/nic/link.js";
-import { DEST_CREDITS } from "../src/nic/link-state.js";
+import { DEST_CREDITS, PULL_JOBS_PER_LINK } from "../src/nic/link-state.js";
 import { Nic } from "../src/nic/nic.js";
 import { MxStatus, mxStatusName } from "../src/nic/status.js";
 import type { TcpLink } from "../src/nic/tcp-link.js";
@@ -91,6 +93,7 @@ import {
   ExposureState,
   HOLD_MS,
   Opcode,
+  pullDeadlineMs,
   SEND_MAX,
   SQ_ENTRIES,
   SQ_OFFSET,
@@ -1146,6 +1149,111 @@ test("a hostile peer that says PENDING for ever: its SENDs fail HoldExpired afte
   } finally {
     clearInterval(keepalives);
     await nic1.detachLink(12).catch(() => {});
+    await fake.server.close();
+  }
+});
+
+test("a hostile peer that trickles its pull replies: the pulls end TIMEOUT by their deadline, the puller's queue goes on", async () => {
+  // A peer NIC serving our pulls a byte at a time, often enough that none ever waits
+  // WIRE_TIMEOUT_MS for progress: it holds every pull this NIC may have out on its link
+  // (PULL_JOBS_PER_LINK), then one more pull to it waits at the head of the endpoint's
+  // queue, and behind that a SEND to an endpoint of this very NIC.
+  const LEN = 32 * 1024;
+  const fake = await FakePeer.start(14);
+  let trickle: NodeJS.Timeout | undefined;
+  try {
+    await nic1.attachLink({
+      kind: "tcp",
+      host: HOST,
+      port: fake.server.port,
+      timeoutMs: 2000,
+      key: LINK_KEY,
+    });
+    const a = Owner.open(ctl1, "a");
+    const local = Owner.open(ctl1, "local");
+    const mem = a.register(new SharedArrayBuffer(LEN + 4096), Access.LocalWrite | Access.LocalRead);
+    const c0 = nic1.counters().global;
+    const served = new Map<number, number>();
+    const cancelled = new Set<number>();
+    const dribble = () => {
+      for (const r of fake.framesOf(FrameType.PullRequest)) {
+        const id = getWord(r, F_COOKIE);
+        if (getWord(r, F_STATUS) !== 0) cancelled.add(id);
+        if (cancelled.has(id)) continue;
+        const off = served.get(id) ?? 0;
+        fake.send(
+          FrameType.PullReply,
+          1,
+          {
+            [F_SRC_ENDPOINT]: getWord(r, F_DEST_ENDPOINT),
+            [F_SRC_SESSION]: getWord(r, F_DEST_SESSION),
+            [F_DEST_ENDPOINT]: getWord(r, F_SRC_ENDPOINT),
+            [F_DEST_SESSION]: getWord(r, F_SRC_SESSION),
+            [F_COOKIE]: id,
+            [F_PULL_OFFSET]: off,
+            [F_PULL_LENGTH]: LEN,
+          },
+          new Uint8Array([off & 0xff]),
+        );
+        served.set(id, off + 1);
+      }
+    };
+    trickle = setInterval(dribble, WIRE_TIMEOUT_MS / 6);
+    const pull = (cookie: number) =>
+      pullDesc({
+        cookie,
+        nic: 14,
+        src: { id: 0, session: 0 },
+        region: { regionId: 1, key: 2 },
+        dst: mem,
+        length: LEN,
+      });
+    const t0 = performance.now();
+    for (let i = 0; i < PULL_JOBS_PER_LINK; i++) a.post(pull(i));
+    a.post(pull(1000));
+    a.post(sendDesc(2000, mem, 10, 1, local));
+    await until(
+      () => fake.framesOf(FrameType.PullRequest).length === PULL_JOBS_PER_LINK,
+      "every pull the link allows on the wire",
+    );
+
+    const bound = pullDeadlineMs(LEN) + 3 * WIRE_TIMEOUT_MS;
+    const overdue = new Set<number>();
+    let sent = false;
+    while (overdue.size < PULL_JOBS_PER_LINK || !sent) {
+      const e = await a.nextEvent(
+        bound - (performance.now() - t0),
+        "a trickled pull's end, or the SEND behind it",
+      );
+      if (e.cookie === 2000) {
+        expectEvent(e, EventType.SendDone, MxStatus.SUCCESS, "the SEND behind the held pulls");
+        sent = true;
+        continue;
+      }
+      expectEvent(e, EventType.PullDone, MxStatus.TIMEOUT, `trickled pull ${e.cookie}`);
+      assert.ok(e.cookie < PULL_JOBS_PER_LINK, `pull ${e.cookie} was one of the first`);
+      assert.ok(e.length > 0 && e.length < LEN, `pull ${e.cookie} made progress (${e.length} B)`);
+      overdue.add(e.cookie);
+    }
+    const took = performance.now() - t0;
+    assert.ok(took >= pullDeadlineMs(LEN) - 100, `not before the deadline (${took.toFixed(0)} ms)`);
+    expectEvent(await local.nextEvent(), EventType.Recv, MxStatus.SUCCESS, "the local endpoint got its SEND");
+    // The pull that waited went out, and ends the same way.
+    const last = await a.nextEvent(pullDeadlineMs(LEN) + 2 * WIRE_TIMEOUT_MS, "the last pull's end");
+    expectEvent(last, EventType.PullDone, MxStatus.TIMEOUT, "the pull that waited");
+    assert.equal(last.cookie, 1000);
+    const c1 = nic1.counters().global;
+    assert.equal(c1.pulls_overdue - c0.pulls_overdue, PULL_JOBS_PER_LINK + 1, "counted");
+    assert.equal(c1.pull_timeouts, c0.pull_timeouts, "not timeouts: the peer made progress all along");
+    assert.equal(c1.links_silent, c0.links_silent);
+    assert.equal(c1.internal_errors, 0);
+    // Each was cancelled at the peer.
+    await until(() => cancelled.size === PULL_JOBS_PER_LINK + 1, "a cancel for every overdue pull");
+    a.close();
+    local.close();
+  } finally {
+    clearInterval(trickle);
+    await nic1.detachLink(14).catch(() => {});
     await fake.server.close();
   }
 });

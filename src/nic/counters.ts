@@ -90,6 +90,8 @@ export const NIC_COUNTER_NAMES = [
   "qos_deferred",
   // A peer NIC that kept saying it holds our SEND (PENDING SEND_ACKs) past HOLD_MS (send.ts).
   "send_holds_overdue",
+  // A remote pull not done by its deadline however its replies trickle (remote-pull.ts, window.ts pullDeadlineMs).
+  "pulls_overdue",
 ] as const;
 
 export const NIC_EP_COUNTER_NAMES = [

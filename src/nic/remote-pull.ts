@@ -4,8 +4,9 @@
  * Requester: a PULL descriptor with DFLAG_REMOTE names a pull right another NIC's endpoint
  * armed (window.ts). This NIC checks the destination region, takes a RemotePullTable slot
  * and sends a PULL_REQUEST (frame.ts); PULL_REPLY frames bring the bytes in order and are
- * written into the destination; the last one, an error reply, a lost link or WIRE_TIMEOUT_MS
- * without progress ends it with PULL_DONE. A requester that gives up (its endpoint closed, its
+ * written into the destination; the last one, an error reply, a lost link, WIRE_TIMEOUT_MS
+ * without progress or its deadline (window.ts pullDeadlineMs: however the replies trickle)
+ * ends it with PULL_DONE. A requester that gives up (its endpoint closed, its
  * destination region went away) tells the peer to stop with a cancelling PULL_REQUEST. With no
  * link to the source's NIC and that NIC being this one, the pull is checked as a peer would
  * check it and copied here by the DMA engine. Remote PULLs do not hold the endpoint's queue:
@@ -78,6 +79,7 @@ import {
   D_TRACE_SEQ,
   DFLAG_TRACE,
   ErrorReason,
+  pullDeadlineMs,
   SEND_MAX,
   WIRE_TIMEOUT_MS,
 } from "./window.js";
@@ -110,6 +112,8 @@ export class RemotePullTable extends SlotTable {
   readonly got = new Uint32Array(REMOTE_PULL_SLOTS);
   /** When the pull last made progress (or started). */
   readonly last = new Float64Array(REMOTE_PULL_SLOTS);
+  /** When it ends TIMEOUT whatever its progress (window.ts pullDeadlineMs). */
+  readonly deadline = new Float64Array(REMOTE_PULL_SLOTS);
   /** Trace-clock time the NIC took a traced descriptor (0: untraced). */
   readonly seenAt = new Float64Array(REMOTE_PULL_SLOTS);
   /** A traced pull's message: its trace sequence (D_TRACE_SEQ), for this NIC's trace ring. */
@@ -213,6 +217,7 @@ export class RemotePull {
     rp.len[s] = len;
     rp.got[s] = 0;
     rp.last[s] = this.clock.now;
+    rp.deadline[s] = this.clock.now + pullDeadlineMs(len);
     rp.seenAt[s] = seenAt;
     rp.traceSeq[s] = seenAt !== 0 ? d[D_TRACE_SEQ] : 0;
     ls.pullsOut++;
@@ -318,7 +323,10 @@ export class RemotePull {
     this.dropJobs(ls);
   }
 
-  /** The wire timer: pulls without progress for WIRE_TIMEOUT_MS complete ENDPOINT_UNREACHABLE. Returns WIRE_* flags. */
+  /**
+   * The wire timer: pulls without progress for WIRE_TIMEOUT_MS complete ENDPOINT_UNREACHABLE,
+   * those past their deadline TIMEOUT (the peer is told to stop). Returns WIRE_* flags.
+   */
   tick(): number {
     const rp = this.table;
     const now = this.clock.now;
@@ -331,6 +339,13 @@ export class RemotePull {
         const ls = this.links.get(rp.nic[s]);
         this.links.checkSilence(ls);
         this.finish(s, MxStatus.ENDPOINT_UNREACHABLE, ls ?? null);
+      } else if (now >= rp.deadline[s]) {
+        // Progress resets the wait above, so a peer sending a byte now and then kept the pull,
+        // its slot of the link's PULL_JOBS_PER_LINK and (with them full) the head of the
+        // requester's queue for ever. It talked all along: not a silent peer.
+        flags |= WIRE_ACTED;
+        this.c[NicCounter.pulls_overdue]++;
+        this.finish(s, MxStatus.TIMEOUT, this.links.get(rp.nic[s]) ?? null);
       } else flags |= WIRE_WAITING;
     }
     return flags;
