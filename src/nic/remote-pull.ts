@@ -12,7 +12,8 @@
  * check it and copied here by the DMA engine. Remote PULLs do not hold the endpoint's queue:
  * their PULL_DONE may come after later descriptors' completions.
  *
- * Responder: a PULL_REQUEST takes the right it names (exposure.ts) into a job of the link it
+ * Responder: a PULL_REQUEST takes the right it names (exposure.ts; a requester whose pulls were
+ * refused too often is refused unexamined for a while, pull-throttle.ts) into a job of the link it
  * came on (link-state.ts, PULL_JOBS_PER_LINK per link: a request beyond them is refused
  * NO_RESOURCES without spending its right); the jobs of a link take turns sending PULL_REPLY
  * frames, JOB_ROUND bytes a visit and PULL_CHUNK a round, stopping when the link pushes back;
@@ -25,7 +26,7 @@
 import { type NicClock, traceNow } from "./clock.js";
 import { EndpointCounter, NicCounter } from "./counters.js";
 import { type DmaEngine, PULL_CHUNK } from "./dma.js";
-import type { EndpointContext, EndpointTable } from "./endpoints.js";
+import { type EndpointContext, type EndpointTable, MAX_ENDPOINTS_LIMIT } from "./endpoints.js";
 import type { Events } from "./events.js";
 import { ExposureGrant, exposureLive, type PullRights } from "./exposure.js";
 import {
@@ -183,7 +184,7 @@ export class RemotePull {
         // The source is on this NIC and there is no loopback link: check it as a peer would, copy here.
         const index = d[D_SRC_REGION] >>> 0;
         const g = this.grant;
-        status = this.rights.take(srcEp, srcSession, index, d[D_SRC_KEY], srcOff, len, g);
+        status = this.rights.take(this.nicId, ctx.id, srcEp, srcSession, index, d[D_SRC_KEY], srcOff, len, g);
         if (status === MxStatus.SUCCESS) {
           this.c[NicCounter.remote_pull_bytes] += len;
           return this.dma.startCopy(
@@ -380,12 +381,21 @@ export class RemotePull {
     const srcEp = getWord(frame, F_DEST_ENDPOINT);
     const srcSession = getWord(frame, F_DEST_SESSION);
     const len = getWord(frame, F_PULL_LENGTH);
+    if (reqEp >= MAX_ENDPOINTS_LIMIT) {
+      // No NIC has such an endpoint: refused, the right unexamined. Refused pulls are throttled
+      // per requester the frame names; a peer NIC naming a new one per guess would guess freely.
+      this.c[NicCounter.frames_bad]++;
+      this.replyPullError(ls, id, reqEp, reqSession, srcEp, srcSession, len, MxStatus.BAD_ENDPOINT);
+      return;
+    }
     // A job slot first: a request refused for want of one must not spend its right.
     const index = getWord(frame, F_PULL_RIGHT);
     const g = this.grant;
     const status = ls.jobs.full
       ? MxStatus.NO_RESOURCES
       : this.rights.take(
+          ls.peerNic,
+          reqEp,
           srcEp,
           srcSession,
           index,

@@ -201,7 +201,8 @@ export const D_TRACE_SEQ = D_DST_KEY;
  * the source or the destination region is deregistered, or the pull right revoked, mid-transfer
  * (ENDPOINT_CLOSED when the source endpoint closes); ENDPOINT_UNREACHABLE when there is no link to D_DEST_NIC, the link
  * goes away, or no reply makes progress for WIRE_TIMEOUT_MS; TIMEOUT when it is not done by its
- * deadline, however its replies trickle (pullDeadlineMs). Never a hang. The destination is
+ * deadline, however its replies trickle (pullDeadlineMs); REJECTED while the peer refuses this
+ * endpoint's pulls for its refused ones (nic/pull-throttle.ts). Never a hang. The destination is
  * checked before anything is sent: a bad one is an ERROR event, as for a local PULL. Unlike a
  * local PULL, a remote one does not hold the endpoint's later descriptors: its PULL_DONE may
  * come after theirs. D_DEST_NIC = this NIC works too (as frames over a loopback link if one is
@@ -420,6 +421,8 @@ export const ErrorReason = {
   NoRight: 12,
   /** SEND_DONE: the receiving endpoint did not free receive space within HOLD_MS. */
   HoldExpired: 13,
+  /** PULL: the requester is locked out for its refused pulls (nic/pull-throttle.ts); the right was not looked at. */
+  Throttled: 14,
 } as const;
 
 /** TPT access bits of a registered region. */
