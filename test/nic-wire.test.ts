@@ -35,6 +35,10 @@ import {
   F_DEST_NIC,
   F_DEST_SESSION,
   F_LENGTH,
+  F_PULL_KEY,
+  F_PULL_LENGTH,
+  F_PULL_OFFSET,
+  F_PULL_RIGHT,
   F_SRC_ENDPOINT,
   F_SRC_NIC,
   F_SRC_SESSION,
@@ -47,8 +51,9 @@ import {
   setWord,
 } from "../src/nic/frame.js";
 import type { Link } from "../src/nic/link.js";
-import { DEST_CREDITS, SEND_WINDOW, SRC_CREDITS } from "../src/nic/link-state.js";
+import { DEST_CREDITS, PULL_JOBS_PER_LINK, SEND_WINDOW, SRC_CREDITS } from "../src/nic/link-state.js";
 import { Nic } from "../src/nic/nic.js";
+import { PULL_FREE_REFUSALS } from "../src/nic/pull-throttle.js";
 import { MxStatus, mxStatusName } from "../src/nic/status.js";
 import type { TcpLink } from "../src/nic/tcp-link.js";
 import { connectTcpLink, listenTcpLinks, type TcpLinkServer } from "../src/nic/tcp-link-setup.js";
@@ -67,6 +72,7 @@ import {
   D_SRC_OFFSET,
   D_SRC_REGION,
   DESC_WORDS,
+  DFLAG_EXPOSURE,
   DFLAG_REMOTE,
   DFLAG_TRACE,
   E_AUX0,
@@ -91,6 +97,7 @@ import {
   ExposureState,
   HOLD_MS,
   Opcode,
+  pullDeadlineMs,
   SEND_MAX,
   SQ_ENTRIES,
   SQ_OFFSET,
@@ -1205,6 +1212,219 @@ test("one endpoint's SENDs hold at most its share of a link's window: another en
     await nic1.detachLink(13).catch(() => {});
     await fake.server.close();
   }
+});
+
+test("a hostile peer that trickles its pull replies: the pulls end TIMEOUT by their deadline, the puller's queue goes on", async () => {
+  // A peer NIC serving our pulls a byte at a time, often enough that none ever waits
+  // WIRE_TIMEOUT_MS for progress: it holds every pull this NIC may have out on its link
+  // (PULL_JOBS_PER_LINK), then one more pull to it waits at the head of the endpoint's
+  // queue, and behind that a SEND to an endpoint of this very NIC.
+  const LEN = 32 * 1024;
+  const fake = await FakePeer.start(14);
+  let trickle: NodeJS.Timeout | undefined;
+  try {
+    await nic1.attachLink({
+      kind: "tcp",
+      host: HOST,
+      port: fake.server.port,
+      timeoutMs: 2000,
+      key: LINK_KEY,
+    });
+    const a = Owner.open(ctl1, "a");
+    const local = Owner.open(ctl1, "local");
+    const mem = a.register(new SharedArrayBuffer(LEN + 4096), Access.LocalWrite | Access.LocalRead);
+    const c0 = nic1.counters().global;
+    const served = new Map<number, number>();
+    const cancelled = new Set<number>();
+    const dribble = () => {
+      for (const r of fake.framesOf(FrameType.PullRequest)) {
+        const id = getWord(r, F_COOKIE);
+        if (getWord(r, F_STATUS) !== 0) cancelled.add(id);
+        if (cancelled.has(id)) continue;
+        const off = served.get(id) ?? 0;
+        fake.send(
+          FrameType.PullReply,
+          1,
+          {
+            [F_SRC_ENDPOINT]: getWord(r, F_DEST_ENDPOINT),
+            [F_SRC_SESSION]: getWord(r, F_DEST_SESSION),
+            [F_DEST_ENDPOINT]: getWord(r, F_SRC_ENDPOINT),
+            [F_DEST_SESSION]: getWord(r, F_SRC_SESSION),
+            [F_COOKIE]: id,
+            [F_PULL_OFFSET]: off,
+            [F_PULL_LENGTH]: LEN,
+          },
+          new Uint8Array([off & 0xff]),
+        );
+        served.set(id, off + 1);
+      }
+    };
+    trickle = setInterval(dribble, WIRE_TIMEOUT_MS / 6);
+    const pull = (cookie: number) =>
+      pullDesc({
+        cookie,
+        nic: 14,
+        src: { id: 0, session: 0 },
+        region: { regionId: 1, key: 2 },
+        dst: mem,
+        length: LEN,
+      });
+    const t0 = performance.now();
+    for (let i = 0; i < PULL_JOBS_PER_LINK; i++) a.post(pull(i));
+    a.post(pull(1000));
+    a.post(sendDesc(2000, mem, 10, 1, local));
+    await until(
+      () => fake.framesOf(FrameType.PullRequest).length === PULL_JOBS_PER_LINK,
+      "every pull the link allows on the wire",
+    );
+
+    const bound = pullDeadlineMs(LEN) + 3 * WIRE_TIMEOUT_MS;
+    const overdue = new Set<number>();
+    let sent = false;
+    while (overdue.size < PULL_JOBS_PER_LINK || !sent) {
+      const e = await a.nextEvent(
+        bound - (performance.now() - t0),
+        "a trickled pull's end, or the SEND behind it",
+      );
+      if (e.cookie === 2000) {
+        expectEvent(e, EventType.SendDone, MxStatus.SUCCESS, "the SEND behind the held pulls");
+        sent = true;
+        continue;
+      }
+      expectEvent(e, EventType.PullDone, MxStatus.TIMEOUT, `trickled pull ${e.cookie}`);
+      assert.ok(e.cookie < PULL_JOBS_PER_LINK, `pull ${e.cookie} was one of the first`);
+      assert.ok(e.length > 0 && e.length < LEN, `pull ${e.cookie} made progress (${e.length} B)`);
+      overdue.add(e.cookie);
+    }
+    const took = performance.now() - t0;
+    assert.ok(took >= pullDeadlineMs(LEN) - 100, `not before the deadline (${took.toFixed(0)} ms)`);
+    expectEvent(await local.nextEvent(), EventType.Recv, MxStatus.SUCCESS, "the local endpoint got its SEND");
+    // The pull that waited went out, and ends the same way.
+    const last = await a.nextEvent(pullDeadlineMs(LEN) + 2 * WIRE_TIMEOUT_MS, "the last pull's end");
+    expectEvent(last, EventType.PullDone, MxStatus.TIMEOUT, "the pull that waited");
+    assert.equal(last.cookie, 1000);
+    const c1 = nic1.counters().global;
+    assert.equal(c1.pulls_overdue - c0.pulls_overdue, PULL_JOBS_PER_LINK + 1, "counted");
+    assert.equal(c1.pull_timeouts, c0.pull_timeouts, "not timeouts: the peer made progress all along");
+    assert.equal(c1.links_silent, c0.links_silent);
+    assert.equal(c1.internal_errors, 0);
+    // Each was cancelled at the peer.
+    await until(() => cancelled.size === PULL_JOBS_PER_LINK + 1, "a cancel for every overdue pull");
+    a.close();
+    local.close();
+  } finally {
+    clearInterval(trickle);
+    await nic1.detachLink(14).catch(() => {});
+    await fake.server.close();
+  }
+});
+
+test("pull-right guessing is throttled per requester: after PULL_FREE_REFUSALS refusals its pulls are refused unexamined, from a peer NIC or a local endpoint; others are served", async () => {
+  const owner = Owner.open(ctl1, "owner");
+  const src = owner.register(new SharedArrayBuffer(4096), Access.RemoteRead);
+  const EXTRA = 8;
+  // A peer NIC (it holds the cluster key) asking at wire speed, as endpoint 3 of its NIC.
+  const fake = await FakePeer.start(15);
+  try {
+    await nic1.attachLink({
+      kind: "tcp",
+      host: HOST,
+      port: fake.server.port,
+      timeoutMs: 2000,
+      key: LINK_KEY,
+    });
+    await until(() => fake.links.length === 1, "the fake's link");
+    const right = owner.right(src);
+    const c0 = nic1.counters().global;
+    const ask = (cookie: number, requester: number, key: number) =>
+      fake.send(FrameType.PullRequest, 1, {
+        [F_SRC_ENDPOINT]: requester,
+        [F_SRC_SESSION]: 5,
+        [F_DEST_ENDPOINT]: owner.id,
+        [F_DEST_SESSION]: owner.session,
+        [F_COOKIE]: cookie,
+        [F_PULL_RIGHT]: right.regionId,
+        [F_PULL_KEY]: key,
+        [F_PULL_OFFSET]: 0,
+        [F_PULL_LENGTH]: 100,
+      });
+    const GUESSES = PULL_FREE_REFUSALS + EXTRA;
+    for (let i = 0; i < GUESSES; i++) ask(i, 3, (right.key ^ (i + 1)) >>> 0 || 1);
+    // The right key, from the guesser: no answer may tell it apart from a wrong one.
+    ask(5000, 3, right.key);
+    // An endpoint id no NIC can have: refused, unexamined.
+    ask(6000, 1000, right.key);
+    // Another requester of that NIC, with the right key: served (the right is still armed).
+    ask(7000, 4, right.key);
+    const replies = () => fake.framesOf(FrameType.PullReply);
+    await until(() => replies().length === GUESSES + 3, "every PULL_REQUEST answered");
+    const byCookie = new Map(replies().map((f) => [getWord(f, F_COOKIE), f]));
+    for (let i = 0; i < GUESSES; i++) {
+      const st = getWord(byCookie.get(i)!, F_STATUS);
+      const want = i < PULL_FREE_REFUSALS ? MxStatus.BAD_KEY : MxStatus.REJECTED;
+      assert.equal(st, want, `guess ${i}: ${mxStatusName(st)}, expected ${mxStatusName(want)}`);
+    }
+    assert.equal(getWord(byCookie.get(5000)!, F_STATUS), MxStatus.REJECTED, "the guesser's right key");
+    assert.equal(getWord(byCookie.get(6000)!, F_STATUS), MxStatus.BAD_ENDPOINT, "an impossible requester");
+    const served = byCookie.get(7000)!;
+    assert.deepEqual([getWord(served, F_STATUS), getWord(served, F_LENGTH)], [MxStatus.SUCCESS, 100]);
+    const c1 = nic1.counters().global;
+    assert.equal(c1.pull_rights_refused - c0.pull_rights_refused, PULL_FREE_REFUSALS, "examined");
+    assert.equal(c1.pulls_throttled - c0.pulls_throttled, EXTRA + 1, "counted");
+    assert.equal(c1.frames_bad - c0.frames_bad, 1);
+    assert.equal(c1.internal_errors, 0);
+  } finally {
+    await nic1.detachLink(15).catch(() => {});
+    await fake.server.close();
+  }
+
+  // A local endpoint guessing through its own PULL descriptors (a high id of its own: a lockout
+  // outlives its owner, and later tests open endpoints from the lowest id up).
+  const guesser = new Owner(
+    ctl1,
+    ctl1.call<OpenEndpointReply>({ op: "open_endpoint", owner: "guesser", endpointId: 29, key: 0 }),
+  );
+  const honest = Owner.open(ctl1, "honest");
+  const gDst = guesser.register(new SharedArrayBuffer(4096), Access.LocalWrite);
+  const hDst = honest.register(new SharedArrayBuffer(4096), Access.LocalWrite);
+  const right = owner.right(src);
+  const local = (cookie: number, dst: RegisterRegionReply, key: number) => ({
+    [D_OPCODE]: Opcode.Pull | (DFLAG_EXPOSURE << 16),
+    [D_COOKIE]: cookie,
+    [D_SRC_REGION]: right.regionId,
+    [D_SRC_KEY]: key,
+    [D_DST_REGION]: dst.regionId,
+    [D_LENGTH]: 100,
+    [D_DEST_ENDPOINT]: owner.id,
+    [D_DEST_SESSION]: owner.session,
+  });
+  const c2 = nic1.counters().global;
+  const events = async (n: number): Promise<Ev[]> => {
+    const out: Ev[] = [];
+    while (out.length < n) out.push(await guesser.nextEvent(3000, "a guess's answer"));
+    return out;
+  };
+  const FIRST = PULL_FREE_REFUSALS - 16;
+  for (let i = 0; i < FIRST; i++) guesser.post(local(i, gDst, (right.key ^ (i + 1)) >>> 0 || 1));
+  const answers = await events(FIRST);
+  for (let i = FIRST; i < PULL_FREE_REFUSALS + EXTRA; i++)
+    guesser.post(local(i, gDst, (right.key ^ (i + 1)) >>> 0 || 1));
+  guesser.post(local(5000, gDst, right.key));
+  answers.push(...(await events(PULL_FREE_REFUSALS + EXTRA - FIRST + 1)));
+  for (const [i, e] of answers.entries()) {
+    const throttled = i >= PULL_FREE_REFUSALS;
+    assert.equal(e.type, EventType.Error, `local guess ${i}`);
+    assert.equal(e.cookie, i < PULL_FREE_REFUSALS + EXTRA ? i : 5000);
+    assert.equal(e.status, throttled ? MxStatus.REJECTED : MxStatus.BAD_KEY, `local guess ${i}`);
+    assert.equal(e.reason, throttled ? ErrorReason.Throttled : ErrorReason.BadKey, `local guess ${i}`);
+  }
+  // Another endpoint of this NIC is served under the very right the guesser held the key of.
+  honest.post(local(1, hDst, right.key));
+  expectEvent(await honest.nextEvent(), EventType.PullDone, MxStatus.SUCCESS, "the honest local puller");
+  const c3 = nic1.counters().global;
+  assert.equal(c3.pull_rights_refused - c2.pull_rights_refused, PULL_FREE_REFUSALS);
+  assert.equal(c3.pulls_throttled - c2.pulls_throttled, EXTRA + 1);
+  for (const o of [owner, guesser, honest]) o.close();
 });
 
 test("garbage from a peer (unknown ids, bad offsets, wrong lengths, bad Ethernet frames) is counted; a well-formed peer is served", async () => {

@@ -45,6 +45,7 @@ import {
   EventType,
   NIC_SLEEPING_HOLDING,
   Opcode,
+  PULL_MIN_BYTES_PER_S,
   SQ_ENTRIES,
   SQ_OFFSET,
   W_EQ_CONS,
@@ -314,6 +315,8 @@ export class NicQueues implements Puller, PeerLossListener {
       tb.record(p.recv.traceId, TraceStage.EventSeen, now);
     }
     const xfer = ok ? p.xfer : 0;
+    if (!ok && status === MxStatus.TIMEOUT)
+      p.recv.reason ??= `the sender's NIC served it slower than ${PULL_MIN_BYTES_PER_S / 1024} KiB/s`;
     const code = !ok
       ? status || MxStatus.ABORTED
       : xfer < p.recv.msgLength

@@ -94,6 +94,10 @@ export const NIC_COUNTER_NAMES = [
   "connect_ep_full",
   // A SEND that waited because its endpoint had SRC_CREDITS on the link already (link-state.ts).
   "send_src_full",
+  // A remote pull not done by its deadline however its replies trickle (remote-pull.ts, window.ts pullDeadlineMs).
+  "pulls_overdue",
+  // Pulls refused unexamined: their requester is locked out for its refused ones (pull-throttle.ts).
+  "pulls_throttled",
 ] as const;
 
 export const NIC_EP_COUNTER_NAMES = [
@@ -163,6 +167,7 @@ export const ERROR_REASON_SLOT: readonly number[] = [
   NicCounter.error_unreachable,
   NicCounter.error_no_right,
   NicCounter.error_no_resources, // HoldExpired travels in SEND_DONE only
+  NicCounter.error_no_right, // Throttled: a pull refused its right unexamined
 ];
 
 export function allocNicCounters(maxEndpoints: number): SharedArrayBuffer {

@@ -71,7 +71,17 @@ export class DmaEngine {
       const srcSession = d[D_DEST_SESSION] >>> 0;
       const index = d[D_SRC_REGION] >>> 0;
       const g = this.grant;
-      const status = this.rights.take(srcEp, srcSession, index, d[D_SRC_KEY], srcOff, len, g);
+      const status = this.rights.take(
+        this.rights.nicId,
+        ctx.id,
+        srcEp,
+        srcSession,
+        index,
+        d[D_SRC_KEY],
+        srcOff,
+        len,
+        g,
+      );
       if (status !== MxStatus.SUCCESS) {
         this.events.postError(ctx, d, g.refusal, status);
         return 0;

@@ -3,11 +3,14 @@
  * it before each chunk of the copy, and ending it. The table lives in the owner's window, so
  * every word is read once with Atomics and checked here; the transitions follow the order
  * window.ts documents. PullRights puts the owner endpoint's checks (open, session) in front,
- * for the local DMA engine (dma.ts) and the serving side of remote pulls (remote-pull.ts).
+ * for the local DMA engine (dma.ts) and the serving side of remote pulls (remote-pull.ts), and
+ * the requester's refused pulls (pull-throttle.ts) before those.
  * Numbers only: the per-pull paths allocate nothing.
  */
+import type { NicClock } from "./clock.js";
 import { NicCounter } from "./counters.js";
 import type { EndpointTable } from "./endpoints.js";
+import { PullThrottle } from "./pull-throttle.js";
 import { MxStatus, REASON_STATUS } from "./status.js";
 import type { Tpt } from "./tpt.js";
 import {
@@ -102,20 +105,32 @@ export function endExposure(w: Int32Array, index: number): void {
 
 /** Pull rights of this NIC's endpoints, by (owner endpoint, session, entry). */
 export class PullRights {
+  /** Refused pulls, per requesting endpoint (pull-throttle.ts). */
+  private readonly throttle = new PullThrottle();
+
   constructor(
     private readonly eps: EndpointTable,
     private readonly tpt: Tpt,
+    private readonly clock: NicClock,
     private readonly c: Float64Array,
   ) {}
+
+  /** This NIC's id: the requester NIC of its own endpoints' pulls. */
+  get nicId(): number {
+    return this.eps.nicId;
+  }
 
   /**
    * Takes the pull right `index` (presenting `key`) that endpoint `ep` with session `session`
    * armed, for [off, off + len) of what it exposes: SUCCESS (`out` says where to copy from; the
    * right is Busy until end()) or the MX status of the refusal, with its ErrorReason in
    * out.refusal. The region's own key plays no part: a peer reaches another endpoint's memory
-   * only through a right armed for that one message.
+   * only through a right armed for that one message. The requester is endpoint `reqEp` of NIC
+   * `reqNic`: while it is locked out for its refused pulls, REJECTED (Throttled), unexamined.
    */
   take(
+    reqNic: number,
+    reqEp: number,
     ep: number,
     session: number,
     index: number,
@@ -124,6 +139,12 @@ export class PullRights {
     len: number,
     out: ExposureGrant,
   ): number {
+    const now = this.clock.now;
+    if (this.throttle.lockedFor(reqNic, reqEp, now) > 0) {
+      this.c[NicCounter.pulls_throttled]++;
+      out.refusal = ErrorReason.Throttled;
+      return MxStatus.REJECTED;
+    }
     out.refusal = ErrorReason.UnknownEndpoint;
     if (ep >= this.eps.maxEndpoints) return MxStatus.ENDPOINT_UNKNOWN;
     const owner = this.eps.ctxs[ep];
@@ -137,6 +158,9 @@ export class PullRights {
       return MxStatus.SUCCESS;
     }
     this.c[NicCounter.pull_rights_refused]++;
+    // Every refusal is answered at once, so nothing slowed a guesser of 32-bit keys down: past
+    // PULL_FREE_REFUSALS, its pulls are refused unexamined for a while (pull-throttle.ts).
+    this.throttle.refused(reqNic, reqEp, now);
     // The region went with its endpoint: the puller hears that the peer closed, as MX would say.
     return reason === ErrorReason.UnknownEndpoint ? MxStatus.ENDPOINT_CLOSED : REASON_STATUS[reason];
   }

@@ -87,7 +87,7 @@
  *
  * ---- PULL_REQUEST (puller's NIC → the NIC of the source's owner; header only) ---------------
  *    2  F_SRC_NIC        [NIC]      the puller's NIC
- *    3  F_SRC_ENDPOINT   [NIC]      the pulling endpoint
+ *    3  F_SRC_ENDPOINT   [NIC]      the pulling endpoint (its refused pulls are throttled)
  *    4  F_SRC_SESSION    [NIC]      its session
  *    5  F_DEST_NIC       [OWNER]    D_DEST_NIC
  *    6  F_DEST_ENDPOINT  [OWNER]    D_DEST_ENDPOINT: the endpoint that armed the pull right
@@ -113,6 +113,8 @@
  *   12  F_COOKIE         [PEER NIC] the request id
  *   13  F_STATUS         [NIC]      SUCCESS, or the error that ends the pull: BAD_KEY, BAD_RDMAWIN,
  *                                   ENDPOINT_UNKNOWN, ENDPOINT_CLOSED, BAD_SESSION, NO_RESOURCES,
+ *                                   REJECTED (the requester is locked out for its refused pulls:
+ *                                   pull-throttle.ts), BAD_ENDPOINT (a requester no NIC can have),
  *                                   ABORTED (PENDING or anything above NO_RESOURCES reads as ABORTED)
  *   10  F_PULL_OFFSET    [NIC]      SUCCESS: where this payload sits in the transfer (0 in an error)
  *   11  F_PULL_LENGTH    [PEER NIC] the request's F_PULL_LENGTH: the whole transfer

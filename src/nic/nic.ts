@@ -204,7 +204,7 @@ export class Nic {
     const clock = this.clock;
     const eps = (this.eps = new EndpointTable(nicId, maxEndpoints, this.tpt, c));
     const events = (this.events = new Events(eps, c));
-    const rights = new PullRights(eps, this.tpt, c);
+    const rights = new PullRights(eps, this.tpt, clock, c);
     const table = (this.linkTable = new LinkTable(c, clock));
     this.dma = new DmaEngine(this.tpt, rights, events, c);
     this.delivery = new Delivery(nicId, eps, this.tpt, events, table, clock, c);

@@ -4,14 +4,16 @@
  * Requester: a PULL descriptor with DFLAG_REMOTE names a pull right another NIC's endpoint
  * armed (window.ts). This NIC checks the destination region, takes a RemotePullTable slot
  * and sends a PULL_REQUEST (frame.ts); PULL_REPLY frames bring the bytes in order and are
- * written into the destination; the last one, an error reply, a lost link or WIRE_TIMEOUT_MS
- * without progress ends it with PULL_DONE. A requester that gives up (its endpoint closed, its
+ * written into the destination; the last one, an error reply, a lost link, WIRE_TIMEOUT_MS
+ * without progress or its deadline (window.ts pullDeadlineMs: however the replies trickle)
+ * ends it with PULL_DONE. A requester that gives up (its endpoint closed, its
  * destination region went away) tells the peer to stop with a cancelling PULL_REQUEST. With no
  * link to the source's NIC and that NIC being this one, the pull is checked as a peer would
  * check it and copied here by the DMA engine. Remote PULLs do not hold the endpoint's queue:
  * their PULL_DONE may come after later descriptors' completions.
  *
- * Responder: a PULL_REQUEST takes the right it names (exposure.ts) into a job of the link it
+ * Responder: a PULL_REQUEST takes the right it names (exposure.ts; a requester whose pulls were
+ * refused too often is refused unexamined for a while, pull-throttle.ts) into a job of the link it
  * came on (link-state.ts, PULL_JOBS_PER_LINK per link: a request beyond them is refused
  * NO_RESOURCES without spending its right); the jobs of a link take turns sending PULL_REPLY
  * frames, JOB_ROUND bytes a visit and PULL_CHUNK a round, stopping when the link pushes back;
@@ -24,7 +26,7 @@
 import { type NicClock, traceNow } from "./clock.js";
 import { EndpointCounter, NicCounter } from "./counters.js";
 import { type DmaEngine, PULL_CHUNK } from "./dma.js";
-import type { EndpointContext, EndpointTable } from "./endpoints.js";
+import { type EndpointContext, type EndpointTable, MAX_ENDPOINTS_LIMIT } from "./endpoints.js";
 import type { Events } from "./events.js";
 import { ExposureGrant, exposureLive, type PullRights } from "./exposure.js";
 import {
@@ -78,6 +80,7 @@ import {
   D_TRACE_SEQ,
   DFLAG_TRACE,
   ErrorReason,
+  pullDeadlineMs,
   SEND_MAX,
   WIRE_TIMEOUT_MS,
 } from "./window.js";
@@ -110,6 +113,8 @@ export class RemotePullTable extends SlotTable {
   readonly got = new Uint32Array(REMOTE_PULL_SLOTS);
   /** When the pull last made progress (or started). */
   readonly last = new Float64Array(REMOTE_PULL_SLOTS);
+  /** When it ends TIMEOUT whatever its progress (window.ts pullDeadlineMs). */
+  readonly deadline = new Float64Array(REMOTE_PULL_SLOTS);
   /** Trace-clock time the NIC took a traced descriptor (0: untraced). */
   readonly seenAt = new Float64Array(REMOTE_PULL_SLOTS);
   /** A traced pull's message: its trace sequence (D_TRACE_SEQ), for this NIC's trace ring. */
@@ -179,7 +184,7 @@ export class RemotePull {
         // The source is on this NIC and there is no loopback link: check it as a peer would, copy here.
         const index = d[D_SRC_REGION] >>> 0;
         const g = this.grant;
-        status = this.rights.take(srcEp, srcSession, index, d[D_SRC_KEY], srcOff, len, g);
+        status = this.rights.take(this.nicId, ctx.id, srcEp, srcSession, index, d[D_SRC_KEY], srcOff, len, g);
         if (status === MxStatus.SUCCESS) {
           this.c[NicCounter.remote_pull_bytes] += len;
           return this.dma.startCopy(
@@ -213,6 +218,7 @@ export class RemotePull {
     rp.len[s] = len;
     rp.got[s] = 0;
     rp.last[s] = this.clock.now;
+    rp.deadline[s] = this.clock.now + pullDeadlineMs(len);
     rp.seenAt[s] = seenAt;
     rp.traceSeq[s] = seenAt !== 0 ? d[D_TRACE_SEQ] : 0;
     ls.pullsOut++;
@@ -318,7 +324,10 @@ export class RemotePull {
     this.dropJobs(ls);
   }
 
-  /** The wire timer: pulls without progress for WIRE_TIMEOUT_MS complete ENDPOINT_UNREACHABLE. Returns WIRE_* flags. */
+  /**
+   * The wire timer: pulls without progress for WIRE_TIMEOUT_MS complete ENDPOINT_UNREACHABLE,
+   * those past their deadline TIMEOUT (the peer is told to stop). Returns WIRE_* flags.
+   */
   tick(): number {
     const rp = this.table;
     const now = this.clock.now;
@@ -331,6 +340,13 @@ export class RemotePull {
         const ls = this.links.get(rp.nic[s]);
         this.links.checkSilence(ls);
         this.finish(s, MxStatus.ENDPOINT_UNREACHABLE, ls ?? null);
+      } else if (now >= rp.deadline[s]) {
+        // Progress resets the wait above, so a peer sending a byte now and then kept the pull,
+        // its slot of the link's PULL_JOBS_PER_LINK and (with them full) the head of the
+        // requester's queue for ever. It talked all along: not a silent peer.
+        flags |= WIRE_ACTED;
+        this.c[NicCounter.pulls_overdue]++;
+        this.finish(s, MxStatus.TIMEOUT, this.links.get(rp.nic[s]) ?? null);
       } else flags |= WIRE_WAITING;
     }
     return flags;
@@ -365,12 +381,21 @@ export class RemotePull {
     const srcEp = getWord(frame, F_DEST_ENDPOINT);
     const srcSession = getWord(frame, F_DEST_SESSION);
     const len = getWord(frame, F_PULL_LENGTH);
+    if (reqEp >= MAX_ENDPOINTS_LIMIT) {
+      // No NIC has such an endpoint: refused, the right unexamined. Refused pulls are throttled
+      // per requester the frame names; a peer NIC naming a new one per guess would guess freely.
+      this.c[NicCounter.frames_bad]++;
+      this.replyPullError(ls, id, reqEp, reqSession, srcEp, srcSession, len, MxStatus.BAD_ENDPOINT);
+      return;
+    }
     // A job slot first: a request refused for want of one must not spend its right.
     const index = getWord(frame, F_PULL_RIGHT);
     const g = this.grant;
     const status = ls.jobs.full
       ? MxStatus.NO_RESOURCES
       : this.rights.take(
+          ls.peerNic,
+          reqEp,
           srcEp,
           srcSession,
           index,

@@ -54,6 +54,7 @@ export const REASON_STATUS: readonly number[] = [
   MxStatus.ENDPOINT_UNREACHABLE, // Unreachable
   MxStatus.BAD_RDMAWIN, // NoRight
   MxStatus.NO_RESOURCES, // HoldExpired
+  MxStatus.REJECTED, // Throttled
 ];
 
 /** The largest ErrorReason a peer NIC's SEND_ACK may carry (frame.ts); anything else is replaced by reasonOfStatus. */

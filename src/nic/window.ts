@@ -200,7 +200,9 @@ export const D_TRACE_SEQ = D_DST_KEY;
  * endpoint id the peer does not have; NO_RESOURCES if it serves too many pulls); ABORTED when
  * the source or the destination region is deregistered, or the pull right revoked, mid-transfer
  * (ENDPOINT_CLOSED when the source endpoint closes); ENDPOINT_UNREACHABLE when there is no link to D_DEST_NIC, the link
- * goes away, or no reply makes progress for WIRE_TIMEOUT_MS. Never a hang. The destination is
+ * goes away, or no reply makes progress for WIRE_TIMEOUT_MS; TIMEOUT when it is not done by its
+ * deadline, however its replies trickle (pullDeadlineMs); REJECTED while the peer refuses this
+ * endpoint's pulls for its refused ones (nic/pull-throttle.ts). Never a hang. The destination is
  * checked before anything is sent: a bad one is an ERROR event, as for a local PULL. Unlike a
  * local PULL, a remote one does not hold the endpoint's later descriptors: its PULL_DONE may
  * come after theirs. D_DEST_NIC = this NIC works too (as frames over a loopback link if one is
@@ -234,6 +236,23 @@ export const WIRE_TIMEOUT_MS = 1500;
  * that does not consume costs its senders an error, never a hang, and never holds its link.
  */
 export const HOLD_MS = 5000;
+
+/**
+ * The slowest a remote PULL may be served (bytes per second): whatever its progress, it ends
+ * TIMEOUT at pullDeadlineMs(length) after it was asked for. A peer that kept a pull alive with
+ * a byte every WIRE_TIMEOUT_MS held it, and its share of the requester's pulls on that link
+ * (PULL_JOBS_PER_LINK), for ever; with them full, the requester's next pull to it waited at the
+ * head of its endpoint's queue, and every descriptor behind it, to any destination, with it.
+ * 32 KiB/s is far below any honest link (1 Gb/s is 3,800 times it) and below the slowest
+ * serving WIRE_TIMEOUT_MS lets live: an honest NIC sends full SEND_MAX frames, so one frame per
+ * WIRE_TIMEOUT_MS is already 43 KB/s, and a pull served that slowly still ends in time.
+ */
+export const PULL_MIN_BYTES_PER_S = 32 * 1024;
+
+/** A remote PULL of `length` bytes ends by this long after it was asked for (ms; see PULL_MIN_BYTES_PER_S). */
+export function pullDeadlineMs(length: number): number {
+  return WIRE_TIMEOUT_MS + (length * 1000) / PULL_MIN_BYTES_PER_S;
+}
 
 export const Opcode = {
   Nop: 0,
@@ -404,6 +423,8 @@ export const ErrorReason = {
   NoRight: 12,
   /** SEND_DONE: the receiving endpoint did not free receive space within HOLD_MS. */
   HoldExpired: 13,
+  /** PULL: the requester is locked out for its refused pulls (nic/pull-throttle.ts); the right was not looked at. */
+  Throttled: 14,
 } as const;
 
 /** TPT access bits of a registered region. */
