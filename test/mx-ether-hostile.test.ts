@@ -104,8 +104,9 @@ test("a split-only peer saying it is not on the split path leaves Ethernet its w
   const [queued] = await nextMessage(victim);
   assert.equal(queued, "queued");
   attacker.send("path");
-  const v = await result<{ done: number; dead?: string }>(victim);
   const a = await result<{ got: number }>(attacker);
+  victim.send("bye");
+  const v = await result<{ done: number; dead?: string }>(victim);
   assert.equal(v.dead, undefined);
   assert.equal(v.done, PATH_MESSAGES, `${PATH_MESSAGES - v.done} sends never went`);
   assert.equal(a.got, PATH_MESSAGES);
