@@ -51,7 +51,13 @@ import {
   setWord,
 } from "../src/nic/frame.js";
 import type { Link } from "../src/nic/link.js";
-import { DEST_CREDITS, PULL_JOBS_PER_LINK, SEND_WINDOW, SRC_CREDITS } from "../src/nic/link-state.js";
+import {
+  DEST_CREDITS,
+  PULL_JOBS_PER_LINK,
+  SEND_WINDOW,
+  SRC_CREDITS,
+  UNREAD_MS,
+} from "../src/nic/link-state.js";
 import { Nic } from "../src/nic/nic.js";
 import { PULL_FREE_REFUSALS } from "../src/nic/pull-throttle.js";
 import { MxStatus, mxStatusName } from "../src/nic/status.js";
@@ -1153,6 +1159,114 @@ test("a hostile peer that says PENDING for ever: its SENDs fail HoldExpired afte
   } finally {
     clearInterval(keepalives);
     await nic1.detachLink(12).catch(() => {});
+    await fake.server.close();
+  }
+});
+
+test("a hostile peer that talks but reads nothing: the SEND stuck on its link fails ENDPOINT_UNREACHABLE after UNREAD_MS, the local SEND behind it is delivered", async () => {
+  // A fake peer NIC on a real TCP link (real handshake) stops reading its sockets and sends a
+  // frame every 150 ms, so it is never silent. Endpoints of NIC 1 fill the link until TCP
+  // pushes back; then an endpoint posts a SEND to the fake (it waits at the head of its queue
+  // for the link) and, behind it, a SEND to an endpoint of NIC 1 itself.
+  const fake = await FakePeer.start(13);
+  let chatter: NodeJS.Timeout | undefined;
+  const owners: Owner[] = [];
+  try {
+    await nic1.attachLink({
+      kind: "tcp",
+      host: HOST,
+      port: fake.server.port,
+      timeoutMs: 2000,
+      key: LINK_KEY,
+    });
+    await until(() => fake.links.length === 1, "the fake has its link");
+    // After the link's own resume (a turn after it is made): the fake reads nothing more.
+    await sleep(50);
+    const sockets = fake.link as unknown as { socket: net.Socket; bulk: net.Socket };
+    sockets.socket.pause();
+    sockets.bulk.pause();
+    // It keeps talking: SEND_ACKs for nothing (NIC 1 drops them), never a frame NIC 1 answers.
+    let said = 0;
+    chatter = setInterval(() => {
+      said++;
+      fake.send(FrameType.SendAck, 1, { [F_TAG]: 0xfffff000 + said, [F_STATUS]: MxStatus.SUCCESS });
+    }, 150);
+    const c0 = nic1.counters().global;
+
+    // 8 endpoints × SRC_CREDITS full SENDs = 16 MiB: more than the link's write buffer (2 MiB)
+    // and the kernel's on both ends take from a peer that reads nothing.
+    const FILLERS = 8;
+    for (let k = 0; k < FILLERS; k++) {
+      const o = Owner.open(ctl1, `filler${k}`);
+      owners.push(o);
+      const reg = o.register(new SharedArrayBuffer(SEND_MAX), Access.LocalRead);
+      for (let i = 0; i < SRC_CREDITS; i++) o.post(sendDesc(i, reg, SEND_MAX, 13, { id: k, session: 0 }));
+    }
+    await until(
+      () => nic1.counters().global.link_backpressure > c0.link_backpressure,
+      "the link pushes back",
+      10_000,
+    );
+
+    const a = Owner.open(ctl1, "a");
+    const local = Owner.open(ctl1, "local");
+    owners.push(a, local);
+    const sreg = a.register(new SharedArrayBuffer(4096), Access.LocalRead);
+    const t0 = performance.now();
+    a.post(sendDesc(1, sreg, 100, 13, { id: 0, session: 0 }));
+    a.post(sendDesc(2, sreg, 10, 1, local));
+    const bound = UNREAD_MS + 4000;
+    const evs = [
+      await a.nextEvent(bound, "the stuck SEND's end"),
+      await a.nextEvent(bound, "the local SEND"),
+    ];
+    const took = performance.now() - t0;
+    evs.sort((x, y) => x.cookie - y.cookie);
+    expectEvent(
+      evs[0],
+      EventType.SendDone,
+      MxStatus.ENDPOINT_UNREACHABLE,
+      "the SEND to the peer that reads nothing",
+    );
+    assert.equal(evs[0].reason, ErrorReason.Unreachable, "it says why");
+    expectEvent(evs[1], EventType.SendDone, MxStatus.SUCCESS, "the local SEND behind it");
+    expectEvent(await local.nextEvent(), EventType.Recv, MxStatus.SUCCESS, "the local endpoint got its SEND");
+    // Only once the link had pushed back UNREAD_MS: a slow reader is given that long.
+    assert.ok(took >= UNREAD_MS - 50 && took < bound, `the queue moved after ${took.toFixed(0)} ms`);
+
+    // Every filler's SENDs ended too: on the wire (timed out), or refused by the link (failed with it).
+    for (const o of owners.slice(0, FILLERS)) {
+      for (let i = 0; i < SRC_CREDITS; i++) {
+        const e = await o.nextEvent(bound, `filler ${o.id}'s SEND ${i}`);
+        expectEvent(
+          e,
+          EventType.SendDone,
+          MxStatus.ENDPOINT_UNREACHABLE,
+          `filler ${o.id}'s SEND ${e.cookie}`,
+        );
+      }
+    }
+    const c1 = nic1.counters().global;
+    assert.equal(c1.links_unread - c0.links_unread, 1, "the link was found unread, once");
+    assert.equal(c1.links_silent, c0.links_silent, "not silent: the peer talked all along");
+    assert.ok(c1.acks_dropped > c0.acks_dropped, "its chatter arrived");
+
+    // Its frames do not end that: a while later, requests to it still fail at once.
+    await sleep(WIRE_TIMEOUT_MS);
+    const t1 = performance.now();
+    a.post(sendDesc(3, sreg, 100, 13, { id: 0, session: 0 }));
+    expectEvent(
+      await a.nextEvent(UNREAD_MS, "a failure"),
+      EventType.SendDone,
+      MxStatus.ENDPOINT_UNREACHABLE,
+      "a SEND to the unread peer",
+    );
+    assert.ok(performance.now() - t1 < UNREAD_MS - 500, "at once, not after another UNREAD_MS");
+    assert.equal(nic1.counters().global.internal_errors, 0);
+  } finally {
+    clearInterval(chatter);
+    for (const o of owners) o.close();
+    await nic1.detachLink(13).catch(() => {});
     await fake.server.close();
   }
 });

@@ -98,6 +98,8 @@ export const NIC_COUNTER_NAMES = [
   "pulls_overdue",
   // Pulls refused unexamined: their requester is locked out for its refused ones (pull-throttle.ts).
   "pulls_throttled",
+  // A peer that talks but reads nothing while we wait on it (links.ts: its link pushed back UNREAD_MS).
+  "links_unread",
 ] as const;
 
 export const NIC_EP_COUNTER_NAMES = [

@@ -123,6 +123,8 @@ export class EndpointContext {
   /** Since when the head descriptor has waited on the link to stallNic (0: it does not). */
   stallSince = 0;
   stallNic = 0;
+  /** Its latest wait was for the link to take frames (back-pressure, a full control queue). */
+  stallPushback = false;
   needRaise = false;
   waiterPending = false;
   waiterGen = 0;

@@ -19,6 +19,14 @@ import { HOLD_MS, WIRE_TIMEOUT_MS } from "./window.js";
 /** Header-only frames (SEND_ACK, CONNECT_*, PULL_REQUEST, error PULL_REPLY) held per link while it pushes back. */
 export const CTRL_QUEUE = 1024;
 /**
+ * A descriptor that has waited this long on a link that pushed back all along (its main
+ * connection took no frame of ours in that time: the peer reads nothing) fails the link as
+ * unread (links.ts), even while the peer talks. Twice WIRE_TIMEOUT_MS: a peer that reads at
+ * all drains a TCP link's write buffer (TCP_LINK_HIGH_WATER, 2 MiB, plus what the kernel
+ * holds) far sooner, even on a loaded machine; one that reads nothing never does.
+ */
+export const UNREAD_MS = 2 * WIRE_TIMEOUT_MS;
+/**
  * Successful SEND_ACKs a link holds back at most (holdAck), so that they ride with the next
  * frame the NIC sends that way, usually the reply, instead of costing the peer's NIC (and its
  * sender) a wake-up of their own. They go out with the next SEND on the link, when the NIC is
@@ -119,17 +127,38 @@ export class LinkState {
   pullsOut = 0;
 
   // Liveness (links.ts wireTick): when the peer last said anything, when the link last took a
-  // frame of ours, and until when it counts as silent (requests to it fail at once).
+  // frame of ours, since when its main connection has refused every frame offered (0: it took
+  // the last one), and until when it counts as silent (requests to it fail at once).
   lastRx = 0;
   lastTx = 0;
+  refusedSince = 0;
   silentUntil = 0;
+  /**
+   * Found unread (links.ts): requests to it fail at once until it takes a frame of ours again
+   * or says it can (onWritable). Frames from the peer do not end it: this peer talks.
+   */
+  unread = false;
   /** wireTick found it silent this round. */
   silenceDue = false;
+  /** wireTick found it unread this round. */
+  unreadDue = false;
 
   constructor(
     readonly link: Link,
     readonly peerNic: number,
   ) {}
+
+  /** The link's main connection took a frame of ours (not pull data: that has a connection of its own). */
+  took(now: number): void {
+    this.lastTx = now;
+    this.refusedSince = 0;
+    this.unread = false;
+  }
+
+  /** The link's main connection refused a frame (back-pressure). */
+  refused(now: number): void {
+    if (this.refusedSince === 0) this.refusedSince = now;
+  }
 
   private static bucket(destEp: number): number {
     return destEp >>> 0 < DEST_BUCKETS - 1 ? destEp >>> 0 : DEST_BUCKETS - 1;
@@ -267,10 +296,10 @@ export class LinkTable {
     this.list.length = 0;
   }
 
-  /** The link to `nic` if requests may go on it: attached, and not found silent a moment ago. */
+  /** The link to `nic` if requests may go on it: attached, not found silent a moment ago, not found unread. */
   usable(nic: number): LinkState | undefined {
     const ls = this.byPeer.get(nic);
-    return ls !== undefined && this.clock.now >= ls.silentUntil ? ls : undefined;
+    return ls !== undefined && !ls.unread && this.clock.now >= ls.silentUntil ? ls : undefined;
   }
 
   /**
@@ -281,9 +310,10 @@ export class LinkTable {
     if (ls.ctrlCount === 0) {
       if (ls.link.send(hdr)) {
         this.c[NicCounter.frames_tx]++;
-        ls.lastTx = this.clock.now;
+        ls.took(this.clock.now);
         return true;
       }
+      ls.refused(this.clock.now);
       this.c[NicCounter.link_backpressure]++;
     }
     if (ls.ctrlCount === CTRL_QUEUE) return false;
@@ -330,10 +360,11 @@ export class LinkTable {
       const base = ls.ctrlHead * FRAME_HEADER_BYTES;
       for (let i = 0; i < FRAME_HEADER_BYTES; i++) out[i] = ls.ctrl[base + i];
       if (!ls.link.send(out)) {
+        ls.refused(this.clock.now);
         this.c[NicCounter.link_backpressure]++;
         break;
       }
-      ls.lastTx = this.clock.now;
+      ls.took(this.clock.now);
       this.c[NicCounter.frames_tx]++;
       ls.ctrlHead = (ls.ctrlHead + 1) % CTRL_QUEUE;
       ls.ctrlCount--;
@@ -344,15 +375,18 @@ export class LinkTable {
 
   /**
    * ctx's head descriptor waits on the link to `nic` (window, share, queue or back-pressure):
-   * returns STALLED for the descriptor's engine to return.
+   * returns STALLED for the descriptor's engine to return. `pushback`: it waits because the
+   * link refused a frame or its control queue is full (the wire timer's unread rule).
    */
-  stall(ctx: EndpointContext, nic: number): number {
+  stall(ctx: EndpointContext, nic: number, pushback = false): number {
     ctx.linkStalled = true;
+    ctx.stallPushback = pushback;
     if (ctx.stallSince === 0 || ctx.stallNic !== nic) {
       ctx.stallSince = this.clock.now;
       ctx.stallNic = nic;
     }
-    // The wire timer watches it: a link that neither talks nor takes frames is a silent peer.
+    // The wire timer watches it: a link that neither talks nor takes frames is a silent peer,
+    // one that talks but has taken nothing for UNREAD_MS an unread one.
     this.armWireTimer();
     return STALLED;
   }

@@ -10,6 +10,10 @@
  * for WIRE_TIMEOUT_MS while a request of ours on the link is overdue, or a descriptor has
  * waited that long on a link that takes no frames. A silent link fails like a lost one, and
  * for another WIRE_TIMEOUT_MS requests to it fail at once; any frame from the peer ends that.
+ * A peer that talks but reads nothing is never silent: a descriptor that has waited UNREAD_MS
+ * for a link that pushed back all along (it took no frame of ours in that time) finds it
+ * unread, which fails like silence, and requests to it fail at once until the link takes a
+ * frame again or says it can (its frames do not end that).
  */
 import type { NicClock } from "./clock.js";
 import type { Connector } from "./connect.js";
@@ -21,7 +25,7 @@ import type { EtherService } from "./ether-service.js";
 import type { Events } from "./events.js";
 import { checkFrame, F_DEST_NIC, F_SRC_NIC, FrameType, getWord } from "./frame.js";
 import type { Link } from "./link.js";
-import { ACK_HOLD_MS, LinkState, type LinkTable, WIRE_ACTED, WIRE_WAITING } from "./link-state.js";
+import { ACK_HOLD_MS, LinkState, type LinkTable, UNREAD_MS, WIRE_ACTED, WIRE_WAITING } from "./link-state.js";
 import type { RemotePull } from "./remote-pull.js";
 import type { SendEngine } from "./send.js";
 import { NicError } from "./status.js";
@@ -82,7 +86,11 @@ export class Links {
       info.state = "up";
     }
     link.onFrame((frame) => this.onFrame(ls, frame));
-    link.onWritable?.(this.kick);
+    link.onWritable?.(() => {
+      // It can take frames again: an unread link is tried again.
+      ls.unread = false;
+      this.kick();
+    });
     this.kick();
   }
 
@@ -302,20 +310,30 @@ export class Links {
       flags |= WIRE_ACTED;
     }
     // A descriptor that has waited WIRE_TIMEOUT_MS on a link that neither said anything nor
-    // took a frame in that time waits on a silent peer.
+    // took a frame in that time waits on a silent peer; one that has waited UNREAD_MS for a link
+    // that refused every frame in that time, on an unread one (whether or not the peer talks).
     for (let i = 0; i < this.eps.openCount; i++) {
       const ctx = ctxs[openIds[i]];
       if (ctx.stallSince === 0) continue;
       flags |= WIRE_WAITING;
       const ls = this.table.get(ctx.stallNic);
-      if (ls !== undefined && now - ctx.stallSince >= WIRE_TIMEOUT_MS && now - ls.lastTx >= WIRE_TIMEOUT_MS)
-        this.table.checkSilence(ls);
+      if (ls === undefined) continue;
+      const waited = now - ctx.stallSince;
+      if (waited >= WIRE_TIMEOUT_MS && now - ls.lastTx >= WIRE_TIMEOUT_MS) this.table.checkSilence(ls);
+      if (
+        ctx.stallPushback &&
+        waited >= UNREAD_MS &&
+        ls.refusedSince !== 0 &&
+        now - ls.refusedSince >= UNREAD_MS
+      )
+        ls.unreadDue = true;
     }
     for (let k = list.length - 1; k >= 0; k--) {
       const ls = list[k];
-      if (!ls.silenceDue) continue;
-      ls.silenceDue = false;
-      this.silence(ls);
+      if (ls.silenceDue) this.silence(ls);
+      else if (ls.unreadDue) this.unreadLink(ls);
+      else continue;
+      ls.silenceDue = ls.unreadDue = false;
       flags |= WIRE_ACTED;
     }
     return held ? flags | WIRE_WAITING : flags;
@@ -332,6 +350,20 @@ export class Links {
   private silence(ls: LinkState): void {
     this.c[NicCounter.links_silent]++;
     ls.silentUntil = this.clock.now + WIRE_TIMEOUT_MS;
+    this.fail(ls);
+  }
+
+  /**
+   * The peer on `ls` talks but has read nothing of ours for UNREAD_MS (TCP pushed back all
+   * along) while a descriptor waited for the link: the silence check never fires for it, and
+   * the descriptor held everything queued behind it in its endpoint's queue, to any
+   * destination. Everything waiting on the link fails ENDPOINT_UNREACHABLE now, as for a silent
+   * peer, and requests to it fail at once until the link takes a frame again or says it can
+   * (onWritable): the peer's own frames do not end it.
+   */
+  private unreadLink(ls: LinkState): void {
+    this.c[NicCounter.links_unread]++;
+    ls.unread = true;
     this.fail(ls);
   }
 }

@@ -173,7 +173,7 @@ export class RemotePull {
     const rp = this.table;
     if (ls !== undefined && (rp.full || ls.pullsOut >= PULL_JOBS_PER_LINK || ls.ctrlCount === CTRL_QUEUE)) {
       // Back-pressure: the descriptor waits at the head of the queue.
-      return this.links.stall(ctx, destNic);
+      return this.links.stall(ctx, destNic, ls.ctrlCount === CTRL_QUEUE);
     }
     const seenAt = (d[D_OPCODE] >>> 16) & DFLAG_TRACE ? traceNow() : 0;
     this.c[NicCounter.remote_pulls]++;
@@ -554,7 +554,9 @@ export class RemotePull {
         this.c[NicCounter.link_backpressure]++;
         return ~sent;
       }
-      ls.lastTx = this.clock.now;
+      // Pull data has a connection of its own (tcp-link.ts): it says nothing of the main one.
+      if (n === 0) ls.took(this.clock.now);
+      else ls.lastTx = this.clock.now;
       ls.jSent[j] = off + n;
       sent += n;
       this.c[NicCounter.frames_tx]++;

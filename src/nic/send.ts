@@ -191,11 +191,12 @@ export class SendEngine {
     if (ls.ackCount > 0) this.links.flushAcks(ls);
     if (!ls.link.send(f.subarray(0, FRAME_HEADER_BYTES + len))) {
       // The wire pushes back: this descriptor stays at the head of the queue and is retried.
+      ls.refused(this.clock.now);
       this.c[NicCounter.link_backpressure]++;
-      return this.links.stall(ctx, destNic);
+      return this.links.stall(ctx, destNic, true);
     }
     const now = this.clock.now;
-    ls.lastTx = now;
+    ls.took(now);
     ls.pushSend(ctx.id, ctx.session, cookie, len, d[D_DEST_ENDPOINT], now + WIRE_TIMEOUT_MS);
     this.links.armWireTimer();
     this.c[NicCounter.frames_tx]++;
