@@ -6,12 +6,12 @@
  * closing with requests pending.
  */
 import assert from "node:assert/strict";
-import { createServer } from "node:net";
 import { after, before, describe, test } from "node:test";
 import { Host } from "../src/host/host.js";
 import type { Domain } from "../src/xen/hypervisor.js";
 import { LINK_KEY } from "./helpers/link-key.js";
 import { nextMessage } from "./helpers/messages.js";
+import { freePort } from "./helpers/nic-harness.js";
 
 const CONFORMANCE = new URL("./fixtures/guests/mx-conformance.js", import.meta.url);
 const PAGES = 24_000; // 64 MiB messages on both sides, plus everything else the scenarios allocate
@@ -30,14 +30,6 @@ after(async () => {
   await host.stop();
   await remote.stop();
 });
-
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, "127.0.0.1", r));
-  const port = (s.address() as { port: number }).port;
-  await new Promise((r) => s.close(r));
-  return port;
-}
 
 type Obs = Record<string, unknown>;
 

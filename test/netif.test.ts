@@ -5,7 +5,6 @@
  * counters netback and the bridge keep in shared memory (Host.netStats) show how it went.
  */
 import assert from "node:assert/strict";
-import { createServer } from "node:net";
 import { after, before, test } from "node:test";
 import { Host } from "../src/host/host.js";
 import { Bridge, type BridgeFrame, type BridgePort } from "../src/netback/bridge.js";
@@ -45,6 +44,7 @@ import {
 import { ringSlotSize } from "../src/xen/ring.js";
 import type { FrameSummary, NetCommand, NetReply } from "./fixtures/net-agent.js";
 import { LINK_KEY } from "./helpers/link-key.js";
+import { freePort } from "./helpers/nic-harness.js";
 
 const AGENT = new URL("./fixtures/net-agent.js", import.meta.url);
 const HOSTILE = new URL("./fixtures/net-hostile.js", import.meta.url);
@@ -565,14 +565,6 @@ test("a guest that dies: its vif is torn down and leaves the bridge", async () =
   assert.equal(after.totals.vifsConnected, before.totals.vifsConnected - 1);
   assert.equal(after.bridge.ports, before.bridge.ports - 1);
 });
-
-async function freePort(): Promise<number> {
-  const srv = createServer();
-  await new Promise<void>((r) => srv.listen(0, "127.0.0.1", r));
-  const port = (srv.address() as { port: number }).port;
-  await new Promise((r) => srv.close(r));
-  return port;
-}
 
 test("across two hosts: frames leave through one bridge's uplink and arrive through the other's", async () => {
   const remote = await Host.start({ nicId: 10 });

@@ -7,7 +7,6 @@
  * alive but answers no CONNECT_REQUEST, as a colluding or broken host would.
  */
 import assert from "node:assert/strict";
-import net from "node:net";
 import { after, before, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { CONNECT_CREDITS } from "../src/nic/connect.js";
@@ -51,26 +50,13 @@ import {
   W_SQ_PROD,
   WIRE_TIMEOUT_MS,
 } from "../src/nic/window.js";
-import { SyncCallClient } from "../src/xen/sync-call.js";
+import type { SyncCallClient } from "../src/xen/sync-call.js";
 import { LINK_KEY } from "./helpers/link-key.js";
+import { control, freePort, HOST } from "./helpers/nic-harness.js";
 import { until } from "./helpers/until.js";
 
-const HOST = "127.0.0.1";
 const FAKE_NIC = 9;
 const quiet = () => {};
-
-async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((r) => s.listen(0, HOST, r));
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
-}
-
-function control(nic: NicDevice): SyncCallClient<NicControlRequest> {
-  const ep = nic.driverEndpoint();
-  return new SyncCallClient<NicControlRequest>(ep.port, ep.replyWord);
-}
 
 /** This thread as an endpoint's owner: posts descriptors into its window, reads its events. */
 class Owner {

@@ -7,7 +7,7 @@
  */
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import net from "node:net";
+import type net from "node:net";
 import { after, before, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import type {
@@ -120,25 +120,12 @@ import {
   X_REGION,
   X_STATE,
 } from "../src/nic/window.js";
-import { SyncCallClient } from "../src/xen/sync-call.js";
+import type { SyncCallClient } from "../src/xen/sync-call.js";
 import { LINK_KEY } from "./helpers/link-key.js";
+import { control, freePort, HOST } from "./helpers/nic-harness.js";
 import { until } from "./helpers/until.js";
 
-const HOST = "127.0.0.1";
 const quiet = () => {};
-
-async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((r) => s.listen(0, HOST, r));
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
-}
-
-function control(nic: NicDevice): SyncCallClient<NicControlRequest> {
-  const ep = nic.driverEndpoint();
-  return new SyncCallClient<NicControlRequest>(ep.port, ep.replyWord);
-}
 
 function info(ctl: SyncCallClient<NicControlRequest>): NicInfo {
   return ctl.call<NicInfo>({ op: "info" });

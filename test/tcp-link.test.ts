@@ -65,11 +65,11 @@ import {
   W_RQ_CONS,
   W_SQ_PROD,
 } from "../src/nic/window.js";
-import { SyncCallClient } from "../src/xen/sync-call.js";
+import type { SyncCallClient } from "../src/xen/sync-call.js";
 import { LINK_KEY } from "./helpers/link-key.js";
+import { control, freePort, HOST } from "./helpers/nic-harness.js";
 import { until } from "./helpers/until.js";
 
-const HOST = "127.0.0.1";
 const logs: string[] = [];
 const log = (m: string) => logs.push(m);
 
@@ -417,19 +417,6 @@ before(async () => {
 after(async () => {
   await Promise.all([nic1?.stop(), nic2?.stop()]);
 });
-
-function control(nic: NicDevice): SyncCallClient<NicControlRequest> {
-  const ep = nic.driverEndpoint();
-  return new SyncCallClient<NicControlRequest>(ep.port, ep.replyWord);
-}
-
-async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((r) => s.listen(0, HOST, r));
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
-}
 
 test("two NICs over a TCP link: SEND and ACK cross it, a garbage client is dropped, a closed link makes SENDs UNREACHABLE", async () => {
   const ctl1 = control(nic1);
