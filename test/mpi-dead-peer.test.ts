@@ -11,8 +11,8 @@
  */
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
-import { Job } from "../src/cluster/job.js";
 import { Host } from "../src/host/host.js";
+import { runGuarded } from "./helpers/guarded-job.js";
 
 let host: Host;
 before(async () => {
@@ -20,31 +20,15 @@ before(async () => {
 });
 after(() => host.stop());
 
-/** Far past what the job needs (a few seconds); only a hang reaches it. */
-const HANG_GUARD_MS = 60_000;
-
-async function run(mode: "p2p" | "coll"): Promise<Record<string, string>[]> {
-  const lines: string[] = [];
-  const job = new Job(host, {
+function run(mode: "p2p" | "coll"): Promise<Record<string, string>[]> {
+  return runGuarded(host, {
     n: 3,
     path: "bypass",
     program: new URL("./fixtures/mpi-dead-peer.js", import.meta.url),
     argv: [mode],
     pages: 4096,
     maxHeapMb: 256,
-    output: (rank, stream, line) => lines.push(`[${rank} ${stream}] ${line}`),
   });
-  let hung: string | undefined;
-  const guard = setTimeout(async () => {
-    const states = await job.rankStates();
-    hung = states.map((s) => `rank ${s.rank}: ${s.state}`).join("; ");
-    await job.stop();
-  }, HANG_GUARD_MS);
-  const res = await job.run().finally(() => clearTimeout(guard));
-  assert.equal(hung, undefined, `the job hung: ${hung}\n${lines.join("\n")}`);
-  const bad = res.failed;
-  assert.equal(res.exitCode, 0, `rank ${bad?.rank} failed: ${bad?.error?.stack}\n${lines.join("\n")}`);
-  return res.ranks.map((r) => r.result as Record<string, string>);
 }
 
 /** An MpiError that names `rank` as gone, with MX's reason. */
