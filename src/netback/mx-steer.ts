@@ -171,7 +171,7 @@ export class MxSteering {
     )
       return;
     const status = frameWord(f, MxoeWord.msgSeq);
-    if (status === MxStatus.SUCCESS) this.throttle.succeeded(0, asker);
+    if (status === MxStatus.SUCCESS) this.throttle.forgive(0, asker);
     else if ((status === MxStatus.BAD_KEY || status === MxStatus.BAD_SESSION) && !q.counted) {
       q.counted = true;
       this.throttle.failed(0, asker, this.now());

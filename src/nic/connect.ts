@@ -145,7 +145,7 @@ export class Connector {
       return MxStatus.REJECTED;
     }
     if (ctxs[target].key === key) {
-      this.throttle.succeeded(nic, ep);
+      this.throttle.forgive(nic, ep);
       return MxStatus.SUCCESS;
     }
     this.c[NicCounter.connect_bad_keys]++;

@@ -160,7 +160,7 @@ export class PullRights {
     this.c[NicCounter.pull_rights_refused]++;
     // Every refusal is answered at once, so nothing slowed a guesser of 32-bit keys down: past
     // PULL_FREE_REFUSALS, its pulls are refused unexamined for a while (pull-throttle.ts).
-    this.throttle.refused(reqNic, reqEp, now);
+    this.throttle.failed(reqNic, reqEp, now);
     // The region went with its endpoint: the puller hears that the peer closed, as MX would say.
     return reason === ErrorReason.UnknownEndpoint ? MxStatus.ENDPOINT_CLOSED : REASON_STATUS[reason];
   }

@@ -24,71 +24,24 @@
  * if it keeps on guessing), about 6,600 a minute for all 256 ids of a hostile NIC: 2^32
  * guesses take it over a year, against about an hour at a million PULL_REQUESTs a second.
  *
- * The table is set-associative and fixed (PULL_SETS × PULL_WAYS records, typed arrays): it
- * never grows, and a full set gives up the record that matters least (empty, then forgotten,
- * then the one whose lockout ends first).
+ * The rule and its table are refusal-throttle.ts's, with these numbers.
  */
+
+import { RefusalThrottle } from "./refusal-throttle.js";
 
 export const PULL_FREE_REFUSALS = 256;
 export const PULL_LOCKOUT_MS = 1000;
 export const PULL_LOCKOUT_MAX_MS = 60_000;
 export const PULL_FORGET_MS = 10 * 60_000;
-const PULL_SETS = 256;
-const PULL_WAYS = 4;
 
-export class PullThrottle {
-  private readonly nic = new Uint32Array(PULL_SETS * PULL_WAYS);
-  private readonly ep = new Uint32Array(PULL_SETS * PULL_WAYS);
-  private readonly refusals = new Uint32Array(PULL_SETS * PULL_WAYS);
-  /** When the lockout ends (ms, the NIC's clock). */
-  private readonly until = new Float64Array(PULL_SETS * PULL_WAYS);
-  /** When the last refusal came; 0: the record is empty. */
-  private readonly last = new Float64Array(PULL_SETS * PULL_WAYS);
-
-  private static set(nic: number, ep: number): number {
-    return ((Math.imul(nic ^ Math.imul(ep, 0x9e3779b1), 0x85ebca6b) >>> 24) % PULL_SETS) * PULL_WAYS;
-  }
-
-  private find(nic: number, ep: number): number {
-    const base = PullThrottle.set(nic, ep);
-    for (let w = base; w < base + PULL_WAYS; w++)
-      if (this.last[w] !== 0 && this.nic[w] === nic && this.ep[w] === ep) return w;
-    return -1;
-  }
-
-  /** How long requester (nic, ep) must still wait, in whole ms (0: its pulls may be looked at). */
-  lockedFor(nic: number, ep: number, now: number): number {
-    const w = this.find(nic >>> 0, ep >>> 0);
-    return w >= 0 && this.until[w] > now ? Math.ceil(this.until[w] - now) : 0;
-  }
-
-  /** Requester (nic, ep) had a pull refused: returns the lockout it now has (ms, 0 = none). */
-  refused(nic: number, ep: number, now: number): number {
-    nic >>>= 0;
-    ep >>>= 0;
-    let w = this.find(nic, ep);
-    if (w >= 0 && now - this.last[w] >= PULL_FORGET_MS) this.refusals[w] = 0;
-    if (w < 0) {
-      const base = PullThrottle.set(nic, ep);
-      w = base;
-      for (let v = base; v < base + PULL_WAYS; v++) if (this.worth(v, now) < this.worth(w, now)) w = v;
-      this.nic[w] = nic;
-      this.ep[w] = ep;
-      this.refusals[w] = 0;
-      this.until[w] = 0;
-    }
-    // Never 0 (the empty mark), even on a clock that starts at 0.
-    this.last[w] = now || Number.MIN_VALUE;
-    const n = ++this.refusals[w];
-    if (n < PULL_FREE_REFUSALS) return 0;
-    const ms = Math.min(PULL_LOCKOUT_MS * 2 ** Math.min(n - PULL_FREE_REFUSALS, 16), PULL_LOCKOUT_MAX_MS);
-    this.until[w] = now + ms;
-    return ms;
-  }
-
-  /** How much a record is worth keeping: an empty or forgotten one nothing, else its lockout's end. */
-  private worth(w: number, now: number): number {
-    if (this.last[w] === 0 || now - this.last[w] >= PULL_FORGET_MS) return -1;
-    return Math.max(this.until[w], this.last[w]);
+/** Refused pulls, per requesting endpoint (exposure.ts PullRights.take). */
+export class PullThrottle extends RefusalThrottle {
+  constructor() {
+    super({
+      freeFails: PULL_FREE_REFUSALS,
+      lockoutMs: PULL_LOCKOUT_MS,
+      lockoutMaxMs: PULL_LOCKOUT_MAX_MS,
+      forgetMs: PULL_FORGET_MS,
+    });
   }
 }
