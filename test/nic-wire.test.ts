@@ -355,6 +355,15 @@ class FakePeer {
   get link(): TcpLink {
     return this.links[this.links.length - 1];
   }
+  /** `nic` links to this fake (it dials, with the real key handshake). */
+  async attach(nic: NicDevice): Promise<void> {
+    await nic.attachLink({ kind: "tcp", host: HOST, port: this.server.port, timeoutMs: 2000, key: LINK_KEY });
+  }
+  /** `nic` drops its link to this fake (if it still has one), and the fake stops listening. */
+  async detach(nic: NicDevice): Promise<void> {
+    await nic.detachLink(this.nicId).catch(() => {});
+    await this.server.close();
+  }
   framesOf(type: number): Buffer[] {
     return this.frames.filter((f) => (getWord(f, 0) & 0xff) === type);
   }
@@ -875,13 +884,7 @@ test("a peer NIC naming a new requesting endpoint for every guess gets no more g
   // with CONNECT_FREE_FAILS prompt answers of its own: an oracle at wire speed.
   const fake = await FakePeer.start(13);
   try {
-    await nic1.attachLink({
-      kind: "tcp",
-      host: HOST,
-      port: fake.server.port,
-      timeoutMs: 2000,
-      key: LINK_KEY,
-    });
+    await fake.attach(nic1);
     const target = Owner.open(ctl1, "target", 0x600d);
     const c0 = nic1.counters().global;
     const GUESSES = 40;
@@ -916,8 +919,7 @@ test("a peer NIC naming a new requesting endpoint for every guess gets no more g
     assert.equal(c1.internal_errors, 0);
     target.close();
   } finally {
-    await nic1.detachLink(13).catch(() => {});
-    await fake.server.close();
+    await fake.detach(nic1);
   }
 });
 
@@ -989,13 +991,7 @@ test("a frozen peer: SENDs waiting for their ACK, SENDs the link will not take, 
 test("a silent peer: CONNECT, remote PULL and SEND complete ENDPOINT_UNREACHABLE after WIRE_TIMEOUT_MS", async () => {
   const fake = await FakePeer.start(9);
   try {
-    await nic1.attachLink({
-      kind: "tcp",
-      host: HOST,
-      port: fake.server.port,
-      timeoutMs: 2000,
-      key: LINK_KEY,
-    });
+    await fake.attach(nic1);
     const a = Owner.open(ctl1, "a");
     const dst = a.register(new SharedArrayBuffer(4096), Access.LocalWrite | Access.LocalRead);
     const c0 = nic1.counters().global;
@@ -1074,8 +1070,7 @@ test("a silent peer: CONNECT, remote PULL and SEND complete ENDPOINT_UNREACHABLE
     assert.equal(c3.links_silent - c2.links_silent, 1);
     a.close();
   } finally {
-    await nic1.detachLink(9).catch(() => {});
-    await fake.server.close();
+    await fake.detach(nic1);
   }
 });
 
@@ -1087,13 +1082,7 @@ test("a hostile peer that says PENDING for ever: its SENDs fail HoldExpired afte
   const fake = await FakePeer.start(12);
   let keepalives: NodeJS.Timeout | undefined;
   try {
-    await nic1.attachLink({
-      kind: "tcp",
-      host: HOST,
-      port: fake.server.port,
-      timeoutMs: 2000,
-      key: LINK_KEY,
-    });
+    await fake.attach(nic1);
     const a = Owner.open(ctl1, "a");
     const local = Owner.open(ctl1, "local");
     const sreg = a.register(new SharedArrayBuffer(4096), Access.LocalRead);
@@ -1145,8 +1134,7 @@ test("a hostile peer that says PENDING for ever: its SENDs fail HoldExpired afte
     local.close();
   } finally {
     clearInterval(keepalives);
-    await nic1.detachLink(12).catch(() => {});
-    await fake.server.close();
+    await fake.detach(nic1);
   }
 });
 
@@ -1159,13 +1147,7 @@ test("a hostile peer that talks but reads nothing: the SEND stuck on its link fa
   let chatter: NodeJS.Timeout | undefined;
   const owners: Owner[] = [];
   try {
-    await nic1.attachLink({
-      kind: "tcp",
-      host: HOST,
-      port: fake.server.port,
-      timeoutMs: 2000,
-      key: LINK_KEY,
-    });
+    await fake.attach(nic1);
     await until(() => fake.links.length === 1, "the fake has its link");
     // After the link's own resume (a turn after it is made): the fake reads nothing more.
     await sleep(50);
@@ -1253,8 +1235,7 @@ test("a hostile peer that talks but reads nothing: the SEND stuck on its link fa
   } finally {
     clearInterval(chatter);
     for (const o of owners) o.close();
-    await nic1.detachLink(13).catch(() => {});
-    await fake.server.close();
+    await fake.detach(nic1);
   }
 });
 
@@ -1265,13 +1246,7 @@ test("one endpoint's SENDs hold at most its share of a link's window: another en
   // the bystander's SEND waited until the link was found silent, then failed without going out.
   const fake = await FakePeer.start(13);
   try {
-    await nic1.attachLink({
-      kind: "tcp",
-      host: HOST,
-      port: fake.server.port,
-      timeoutMs: 2000,
-      key: LINK_KEY,
-    });
+    await fake.attach(nic1);
     const a = Owner.open(ctl1, "attacker");
     const b = Owner.open(ctl1, "bystander");
     const areg = a.register(new SharedArrayBuffer(4096), Access.LocalRead);
@@ -1310,8 +1285,7 @@ test("one endpoint's SENDs hold at most its share of a link's window: another en
     a.close();
     b.close();
   } finally {
-    await nic1.detachLink(13).catch(() => {});
-    await fake.server.close();
+    await fake.detach(nic1);
   }
 });
 
@@ -1324,13 +1298,7 @@ test("a hostile peer that trickles its pull replies: the pulls end TIMEOUT by th
   const fake = await FakePeer.start(14);
   let trickle: NodeJS.Timeout | undefined;
   try {
-    await nic1.attachLink({
-      kind: "tcp",
-      host: HOST,
-      port: fake.server.port,
-      timeoutMs: 2000,
-      key: LINK_KEY,
-    });
+    await fake.attach(nic1);
     const a = Owner.open(ctl1, "a");
     const local = Owner.open(ctl1, "local");
     const mem = a.register(new SharedArrayBuffer(LEN + 4096), Access.LocalWrite | Access.LocalRead);
@@ -1415,8 +1383,7 @@ test("a hostile peer that trickles its pull replies: the pulls end TIMEOUT by th
     local.close();
   } finally {
     clearInterval(trickle);
-    await nic1.detachLink(14).catch(() => {});
-    await fake.server.close();
+    await fake.detach(nic1);
   }
 });
 
@@ -1427,13 +1394,7 @@ test("pull-right guessing is throttled per requester: after PULL_FREE_REFUSALS r
   // A peer NIC (it holds the cluster key) asking at wire speed, as endpoint 3 of its NIC.
   const fake = await FakePeer.start(15);
   try {
-    await nic1.attachLink({
-      kind: "tcp",
-      host: HOST,
-      port: fake.server.port,
-      timeoutMs: 2000,
-      key: LINK_KEY,
-    });
+    await fake.attach(nic1);
     await until(() => fake.links.length === 1, "the fake's link");
     const right = owner.right(src);
     const c0 = nic1.counters().global;
@@ -1475,8 +1436,7 @@ test("pull-right guessing is throttled per requester: after PULL_FREE_REFUSALS r
     assert.equal(c1.frames_bad - c0.frames_bad, 1);
     assert.equal(c1.internal_errors, 0);
   } finally {
-    await nic1.detachLink(15).catch(() => {});
-    await fake.server.close();
+    await fake.detach(nic1);
   }
 
   // A local endpoint guessing through its own PULL descriptors (a high id of its own: a lockout
@@ -1533,13 +1493,7 @@ test("garbage from a peer (unknown ids, bad offsets, wrong lengths, bad Ethernet
   const PULL_LEN = 2 * SEND_MAX + 4464;
   const fake = await FakePeer.start(10);
   try {
-    await nic1.attachLink({
-      kind: "tcp",
-      host: HOST,
-      port: fake.server.port,
-      timeoutMs: 2000,
-      key: LINK_KEY,
-    });
+    await fake.attach(nic1);
     await until(() => fake.links.length === 1, "the fake's link");
     const a = Owner.open(ctl1, "a", 7);
     const mem = new SharedArrayBuffer(1 << 20);
@@ -1712,8 +1666,7 @@ test("garbage from a peer (unknown ids, bad offsets, wrong lengths, bad Ethernet
     assert.equal(nic1.counters().global.frames_unknown, 0);
     a.close();
   } finally {
-    await nic1.detachLink(10).catch(() => {});
-    await fake.server.close();
+    await fake.detach(nic1);
   }
 });
 
