@@ -100,6 +100,8 @@ export const NIC_COUNTER_NAMES = [
   "pulls_throttled",
   // A peer that talks but reads nothing while we wait on it (links.ts: its link pushed back UNREAD_MS).
   "links_unread",
+  // A remote PULL that waited in its endpoint's queue for that endpoint's share of the remote-pull table (remote-pull.ts PULL_CREDITS).
+  "pull_ep_full",
 ] as const;
 
 export const NIC_EP_COUNTER_NAMES = [

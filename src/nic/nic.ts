@@ -37,7 +37,7 @@
  * Wire state is bounded: SEND_WINDOW unacknowledged SENDs per link, DEST_CREDITS of them per
  * destination endpoint, and PULL_JOBS_PER_LINK pulls per link (a full one holds the
  * descriptor in its queue), CONNECT_CREDITS connects per endpoint (the next waits in its queue),
- * REMOTE_PULL_SLOTS pulls in all; a delivery is held for receive space HOLD_MS at most. What
+ * PULL_CREDITS remote pulls per endpoint (the next waits in its queue); a delivery is held for receive space HOLD_MS at most. What
  * a lost or silent link costs, and the wire timer, are in links.ts.
  *
  * Idle: after work the NIC polls its endpoints for its poll budget (poll-budget.ts: up to

@@ -6,7 +6,9 @@
  * and sends a PULL_REQUEST (frame.ts); PULL_REPLY frames bring the bytes in order and are
  * written into the destination; the last one, an error reply, a lost link, WIRE_TIMEOUT_MS
  * without progress or its deadline (window.ts pullDeadlineMs: however the replies trickle)
- * ends it with PULL_DONE. A requester that gives up (its endpoint closed, its
+ * ends it with PULL_DONE. An endpoint has at most PULL_CREDITS pulls out across links (a
+ * further one waits at the head of its own queue, as one does for a full link), and the table
+ * has room for every endpoint's share at once. A requester that gives up (its endpoint closed, its
  * destination region went away) tells the peer to stop with a cancelling PULL_REQUEST. With no
  * link to the source's NIC and that NIC being this one, the pull is checked as a peer would
  * check it and copied here by the DMA engine. Remote PULLs do not hold the endpoint's queue:
@@ -26,7 +28,7 @@
 import { type NicClock, traceNow } from "./clock.js";
 import { EndpointCounter, NicCounter } from "./counters.js";
 import { type DmaEngine, PULL_CHUNK } from "./dma.js";
-import { type EndpointContext, type EndpointTable, MAX_ENDPOINTS_LIMIT } from "./endpoints.js";
+import { type EndpointContext, type EndpointTable, MAX_ENDPOINTS_LIMIT, STALLED } from "./endpoints.js";
 import type { Events } from "./events.js";
 import { ExposureGrant, exposureLive, type PullRights } from "./exposure.js";
 import {
@@ -88,8 +90,23 @@ import {
 /** Link rounds one serveJobs call may begin at most (PULL_CHUNK bounds it first with real jobs). */
 const LINK_DRR_PASSES = 8;
 
-/** Remote PULLs outstanding, across links (the slot is the low 8 bits of a request id). */
-export const REMOTE_PULL_SLOTS = 256;
+/**
+ * Remote PULLs one endpoint may have out, across links; a further one waits at the head of that
+ * endpoint's send queue until one of them ends (counted as pull_ep_full). The table holds
+ * maxEndpoints × PULL_CREDITS (2048 with the default 32 endpoints, 16384 at
+ * MAX_ENDPOINTS_LIMIT), so every endpoint can be at its share at once and none can take
+ * another's: before, 256 slots were shared by all, and one endpoint pulling from four slow or
+ * hostile hosts (PULL_JOBS_PER_LINK on each link) kept them full, until their deadlines with
+ * a byte now and then, so every other endpoint's remote pull, to any host, waited at the head
+ * of its queue. The MX library sets no number of its own (mx/nic-queues.ts startPull posts
+ * one PULL per matched rendezvous receive, and remote pulls do not hold the queue): a window
+ * of rendezvous receives (osu_bw's and osu_bibw's is 64) is pulled at once. 64, one link's
+ * PULL_JOBS_PER_LINK, lets an endpoint keep such a window out to one peer, or spread over
+ * several, as before; at 77 bytes a slot.
+ */
+export const PULL_CREDITS = 64;
+/** Slot bits of the table's ids: room for MAX_ENDPOINTS_LIMIT × PULL_CREDITS slots. */
+const PULL_SLOT_BITS = 14;
 
 /**
  * The remote PULLs this NIC asked for (requester side), by slot (slot-table.ts: nothing
@@ -98,35 +115,72 @@ export const REMOTE_PULL_SLOTS = 256;
  */
 export class RemotePullTable extends SlotTable {
   /** The pulling endpoint and its session. */
-  readonly ep = new Uint32Array(REMOTE_PULL_SLOTS);
-  readonly session = new Uint32Array(REMOTE_PULL_SLOTS);
+  readonly ep: Uint32Array;
+  readonly session: Uint32Array;
   /** The descriptor's cookie, for the PULL_DONE. */
-  readonly cookie = new Int32Array(REMOTE_PULL_SLOTS);
+  readonly cookie: Int32Array;
   /** The source's NIC (the link replies must come on) and the endpoint that armed the right. */
-  readonly nic = new Uint32Array(REMOTE_PULL_SLOTS);
-  readonly srcEp = new Uint32Array(REMOTE_PULL_SLOTS);
+  readonly nic: Uint32Array;
+  readonly srcEp: Uint32Array;
   /** The destination region's id and where the transfer goes in it. */
-  readonly dst = new Uint32Array(REMOTE_PULL_SLOTS);
-  readonly dstOff = new Uint32Array(REMOTE_PULL_SLOTS);
+  readonly dst: Uint32Array;
+  readonly dstOff: Uint32Array;
   /** The transfer's length, and the bytes written so far. */
-  readonly len = new Uint32Array(REMOTE_PULL_SLOTS);
-  readonly got = new Uint32Array(REMOTE_PULL_SLOTS);
+  readonly len: Uint32Array;
+  readonly got: Uint32Array;
   /** When the pull last made progress (or started). */
-  readonly last = new Float64Array(REMOTE_PULL_SLOTS);
+  readonly last: Float64Array;
   /** When it ends TIMEOUT whatever its progress (window.ts pullDeadlineMs). */
-  readonly deadline = new Float64Array(REMOTE_PULL_SLOTS);
+  readonly deadline: Float64Array;
   /** Trace-clock time the NIC took a traced descriptor (0: untraced). */
-  readonly seenAt = new Float64Array(REMOTE_PULL_SLOTS);
+  readonly seenAt: Float64Array;
   /** A traced pull's message: its trace sequence (D_TRACE_SEQ), for this NIC's trace ring. */
-  readonly traceSeq = new Uint32Array(REMOTE_PULL_SLOTS);
+  readonly traceSeq: Uint32Array;
+  /** Per pulling endpoint: its slots taken (at most PULL_CREDITS). */
+  readonly perEp: Uint8Array;
 
-  constructor() {
-    super(REMOTE_PULL_SLOTS, 8);
+  constructor(maxEndpoints: number) {
+    const slots = maxEndpoints * PULL_CREDITS;
+    super(slots, PULL_SLOT_BITS);
+    this.ep = new Uint32Array(slots);
+    this.session = new Uint32Array(slots);
+    this.cookie = new Int32Array(slots);
+    this.nic = new Uint32Array(slots);
+    this.srcEp = new Uint32Array(slots);
+    this.dst = new Uint32Array(slots);
+    this.dstOff = new Uint32Array(slots);
+    this.len = new Uint32Array(slots);
+    this.got = new Uint32Array(slots);
+    this.last = new Float64Array(slots);
+    this.deadline = new Float64Array(slots);
+    this.seenAt = new Float64Array(slots);
+    this.traceSeq = new Uint32Array(slots);
+    this.perEp = new Uint8Array(maxEndpoints);
+  }
+
+  /** Whether endpoint `ep` may take a slot: its share has room. */
+  canTake(ep: number): boolean {
+    return this.perEp[ep] < PULL_CREDITS && !this.full;
+  }
+
+  /** Takes a slot for endpoint `ep` (canTake said yes). Returns the slot. */
+  takeFor(ep: number): number {
+    const s = this.take();
+    this.ep[s] = ep;
+    this.perEp[ep]++;
+    return s;
+  }
+
+  /** Frees slot `s` and gives its endpoint's share back. Returns false if it was not taken. */
+  releaseSlot(s: number): boolean {
+    if (!this.release(s)) return false;
+    this.perEp[this.ep[s]]--;
+    return true;
   }
 }
 
 export class RemotePull {
-  readonly table = new RemotePullTable();
+  readonly table: RemotePullTable;
   /** Where a pull right this engine took points. */
   private readonly grant = new ExposureGrant();
   /** The header-only frame being built. */
@@ -145,7 +199,9 @@ export class RemotePull {
     private readonly clock: NicClock,
     private readonly c: Float64Array,
     private readonly qos: QosScheduler,
-  ) {}
+  ) {
+    this.table = new RemotePullTable(eps.maxEndpoints);
+  }
 
   // ---- requester side ---------------------------------------------------------------------------
 
@@ -171,7 +227,17 @@ export class RemotePull {
     const cookie = d[D_COOKIE];
     const ls = this.links.usable(destNic);
     const rp = this.table;
-    if (ls !== undefined && (rp.full || ls.pullsOut >= PULL_JOBS_PER_LINK || ls.ctrlCount === CTRL_QUEUE)) {
+    if (ls !== undefined && !rp.canTake(ctx.id)) {
+      // This endpoint's share is taken (the table itself has room for every share): this one
+      // waits at the head of its own queue until one of its pulls ends (its replies, the
+      // link's loss, WIRE_TIMEOUT_MS without progress or its deadline; the wire timer runs
+      // meanwhile), and the backstop retries it. Not a stall on the link: the link's silence
+      // is not judged by it.
+      this.c[NicCounter.pull_ep_full]++;
+      ctx.linkStalled = true;
+      return STALLED;
+    }
+    if (ls !== undefined && (ls.pullsOut >= PULL_JOBS_PER_LINK || ls.ctrlCount === CTRL_QUEUE)) {
       // Back-pressure: the descriptor waits at the head of the queue.
       return this.links.stall(ctx, destNic, ls.ctrlCount === CTRL_QUEUE);
     }
@@ -207,8 +273,7 @@ export class RemotePull {
       this.events.postPullDone(ctx, cookie, 0, status, seenAt);
       return 0;
     }
-    const s = rp.take();
-    rp.ep[s] = ctx.id;
+    const s = rp.takeFor(ctx.id);
     rp.session[s] = ctx.session;
     rp.cookie[s] = cookie;
     rp.nic[s] = destNic;
@@ -291,7 +356,7 @@ export class RemotePull {
   /** Ends remote pull `s` with PULL_DONE(status); `cancel`: tell the peer on that link to stop serving it. */
   private finish(s: number, status: number, cancel: LinkState | null): void {
     const rp = this.table;
-    rp.release(s);
+    rp.releaseSlot(s);
     const ls = this.links.get(rp.nic[s]);
     if (ls !== undefined && ls.pullsOut > 0) ls.pullsOut--;
     if (cancel?.attached) {
@@ -311,7 +376,7 @@ export class RemotePull {
   /** Endpoint `ep` closed: its pulls end without events, and the peers stop serving them. */
   dropEndpoint(ep: number): void {
     const rp = this.table;
-    for (let s = 0; s < REMOTE_PULL_SLOTS; s++)
+    for (let s = 0; s < rp.capacity; s++)
       if (rp.used[s] === 1 && rp.ep[s] === ep)
         this.finish(s, MxStatus.ENDPOINT_CLOSED, this.links.get(rp.nic[s]) ?? null);
   }
@@ -319,7 +384,7 @@ export class RemotePull {
   /** The link to `ls`'s peer is gone or silent: our pulls on it complete ENDPOINT_UNREACHABLE, its jobs end. */
   failLink(ls: LinkState): void {
     const rp = this.table;
-    for (let s = 0; s < REMOTE_PULL_SLOTS; s++)
+    for (let s = 0; s < rp.capacity; s++)
       if (rp.used[s] === 1 && rp.nic[s] === ls.peerNic) this.finish(s, MxStatus.ENDPOINT_UNREACHABLE, null);
     this.dropJobs(ls);
   }
@@ -330,9 +395,10 @@ export class RemotePull {
    */
   tick(): number {
     const rp = this.table;
+    if (rp.count === 0) return 0;
     const now = this.clock.now;
     let flags = 0;
-    for (let s = 0; s < REMOTE_PULL_SLOTS; s++) {
+    for (let s = 0; s < rp.capacity; s++) {
       if (rp.used[s] !== 1) continue;
       if (now - rp.last[s] >= WIRE_TIMEOUT_MS) {
         flags |= WIRE_ACTED;

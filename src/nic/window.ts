@@ -205,7 +205,8 @@ export const D_TRACE_SEQ = D_DST_KEY;
  * endpoint's pulls for its refused ones (nic/pull-throttle.ts). Never a hang. The destination is
  * checked before anything is sent: a bad one is an ERROR event, as for a local PULL. Unlike a
  * local PULL, a remote one does not hold the endpoint's later descriptors: its PULL_DONE may
- * come after theirs. D_DEST_NIC = this NIC works too (as frames over a loopback link if one is
+ * come after theirs; but an endpoint has at most 64 out (nic/remote-pull.ts PULL_CREDITS),
+ * and the next waits at the head of its queue until one of them ends. D_DEST_NIC = this NIC works too (as frames over a loopback link if one is
  * attached, else copied directly after the same checks).
  */
 export const DFLAG_REMOTE = 2;
