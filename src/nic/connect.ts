@@ -32,7 +32,7 @@ import {
   setWord,
 } from "./frame.js";
 import { CTRL_QUEUE, type LinkState, type LinkTable, WIRE_ACTED, WIRE_WAITING } from "./link-state.js";
-import { SlotTable } from "./slot-table.js";
+import { SharedSlotTable } from "./slot-table.js";
 import { MxStatus } from "./status.js";
 import { D_COOKIE, D_DEST_ENDPOINT, D_DEST_NIC, D_SRC_KEY, WIRE_TIMEOUT_MS } from "./window.js";
 
@@ -56,9 +56,8 @@ const CONNECT_SLOT_BITS = 12;
  * per request). The request id in the CONNECT_REQUEST's F_COOKIE is the slot's id, so a
  * reply finds its slot at once and a late reply for a reused slot does not match.
  */
-export class ConnectTable extends SlotTable {
-  /** The requesting endpoint and its session. */
-  readonly ep: Uint32Array;
+export class ConnectTable extends SharedSlotTable {
+  /** The requesting endpoint's session (SharedSlotTable.ep: the endpoint). */
   readonly session: Uint32Array;
   /** The descriptor's cookie, for the CONNECT_DONE. */
   readonly cookie: Int32Array;
@@ -67,39 +66,15 @@ export class ConnectTable extends SlotTable {
   readonly destEp: Uint32Array;
   /** When it completes ENDPOINT_UNREACHABLE without a reply. */
   readonly deadline: Float64Array;
-  /** Per requesting endpoint: its slots taken (at most CONNECT_CREDITS). */
-  readonly perEp: Uint8Array;
 
   constructor(maxEndpoints: number) {
-    const slots = maxEndpoints * CONNECT_CREDITS;
-    super(slots, CONNECT_SLOT_BITS);
-    this.ep = new Uint32Array(slots);
+    super(maxEndpoints, CONNECT_CREDITS, CONNECT_SLOT_BITS);
+    const slots = this.capacity;
     this.session = new Uint32Array(slots);
     this.cookie = new Int32Array(slots);
     this.nic = new Uint32Array(slots);
     this.destEp = new Uint32Array(slots);
     this.deadline = new Float64Array(slots);
-    this.perEp = new Uint8Array(maxEndpoints);
-  }
-
-  /** Whether endpoint `ep` may take a slot: its share has room. */
-  canTake(ep: number): boolean {
-    return this.perEp[ep] < CONNECT_CREDITS && !this.full;
-  }
-
-  /** Takes a slot for endpoint `ep` (canTake said yes). Returns the slot. */
-  takeFor(ep: number): number {
-    const s = this.take();
-    this.ep[s] = ep;
-    this.perEp[ep]++;
-    return s;
-  }
-
-  /** Frees slot `s` and gives its endpoint's share back. Returns false if it was not taken. */
-  releaseSlot(s: number): boolean {
-    if (!this.release(s)) return false;
-    this.perEp[this.ep[s]]--;
-    return true;
   }
 }
 

@@ -62,7 +62,7 @@ import {
   WIRE_WAITING,
 } from "./link-state.js";
 import type { QosScheduler } from "./qos.js";
-import { SlotTable } from "./slot-table.js";
+import { SharedSlotTable } from "./slot-table.js";
 import { MxStatus } from "./status.js";
 import type { Tpt } from "./tpt.js";
 import { NicTraceStage, nicStamp } from "./trace-ring.js";
@@ -113,9 +113,8 @@ const PULL_SLOT_BITS = 14;
  * allocated per pull). The request id in the PULL_REQUEST's F_COOKIE, echoed by every reply,
  * is the slot's id.
  */
-export class RemotePullTable extends SlotTable {
-  /** The pulling endpoint and its session. */
-  readonly ep: Uint32Array;
+export class RemotePullTable extends SharedSlotTable {
+  /** The pulling endpoint's session (SharedSlotTable.ep: the endpoint). */
   readonly session: Uint32Array;
   /** The descriptor's cookie, for the PULL_DONE. */
   readonly cookie: Int32Array;
@@ -136,13 +135,10 @@ export class RemotePullTable extends SlotTable {
   readonly seenAt: Float64Array;
   /** A traced pull's message: its trace sequence (D_TRACE_SEQ), for this NIC's trace ring. */
   readonly traceSeq: Uint32Array;
-  /** Per pulling endpoint: its slots taken (at most PULL_CREDITS). */
-  readonly perEp: Uint8Array;
 
   constructor(maxEndpoints: number) {
-    const slots = maxEndpoints * PULL_CREDITS;
-    super(slots, PULL_SLOT_BITS);
-    this.ep = new Uint32Array(slots);
+    super(maxEndpoints, PULL_CREDITS, PULL_SLOT_BITS);
+    const slots = this.capacity;
     this.session = new Uint32Array(slots);
     this.cookie = new Int32Array(slots);
     this.nic = new Uint32Array(slots);
@@ -155,27 +151,6 @@ export class RemotePullTable extends SlotTable {
     this.deadline = new Float64Array(slots);
     this.seenAt = new Float64Array(slots);
     this.traceSeq = new Uint32Array(slots);
-    this.perEp = new Uint8Array(maxEndpoints);
-  }
-
-  /** Whether endpoint `ep` may take a slot: its share has room. */
-  canTake(ep: number): boolean {
-    return this.perEp[ep] < PULL_CREDITS && !this.full;
-  }
-
-  /** Takes a slot for endpoint `ep` (canTake said yes). Returns the slot. */
-  takeFor(ep: number): number {
-    const s = this.take();
-    this.ep[s] = ep;
-    this.perEp[ep]++;
-    return s;
-  }
-
-  /** Frees slot `s` and gives its endpoint's share back. Returns false if it was not taken. */
-  releaseSlot(s: number): boolean {
-    if (!this.release(s)) return false;
-    this.perEp[this.ep[s]]--;
-    return true;
   }
 }
 

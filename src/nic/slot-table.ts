@@ -82,3 +82,46 @@ export class SlotTable {
     return (gen * 2 ** this.slotBits + s) >>> 0;
   }
 }
+
+/**
+ * A SlotTable shared by a NIC's endpoints, each holding at most `credits` slots (connect.ts
+ * CONNECT_CREDITS, remote-pull.ts PULL_CREDITS), sized so every endpoint can be at its share
+ * at once: none can take the slots another needs. An endpoint over its share waits in its own
+ * queue (its engine's choice), never failing for it.
+ */
+export class SharedSlotTable extends SlotTable {
+  /** The endpoint holding each slot. */
+  readonly ep: Uint32Array;
+  /** Per endpoint: its slots taken (at most `credits`). */
+  private readonly perEp: Uint8Array;
+
+  constructor(
+    maxEndpoints: number,
+    private readonly credits: number,
+    slotBits: number,
+  ) {
+    super(maxEndpoints * credits, slotBits);
+    this.ep = new Uint32Array(this.capacity);
+    this.perEp = new Uint8Array(maxEndpoints);
+  }
+
+  /** Whether endpoint `ep` may take a slot: its share has room. */
+  canTake(ep: number): boolean {
+    return this.perEp[ep] < this.credits && !this.full;
+  }
+
+  /** Takes a slot for endpoint `ep` (canTake said yes). Returns the slot. */
+  takeFor(ep: number): number {
+    const s = this.take();
+    this.ep[s] = ep;
+    this.perEp[ep]++;
+    return s;
+  }
+
+  /** Frees slot `s` and gives its endpoint's share back. Returns false if it was not taken. */
+  releaseSlot(s: number): boolean {
+    if (!this.release(s)) return false;
+    this.perEp[this.ep[s]]--;
+    return true;
+  }
+}
