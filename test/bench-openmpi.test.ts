@@ -146,12 +146,16 @@ test("the C bench is compiled once into the cache and reused while its source is
 }, async () => {
   if ("missing" in found) return;
   const dir = mkdtempSync(join(tmpdir(), "myrixen-openmpi-"));
-  const first = await buildOpenMpiBench(found.tools, dir);
-  const built = statSync(first).mtimeMs;
-  const again = await buildOpenMpiBench(found.tools, dir);
-  assert.equal(again, first);
-  assert.equal(statSync(again).mtimeMs, built, "not rebuilt");
-  assert.match(first, /openmpi-bench-[0-9a-f]{16}$/);
+  try {
+    const first = await buildOpenMpiBench(found.tools, dir);
+    const built = statSync(first).mtimeMs;
+    const again = await buildOpenMpiBench(found.tools, dir);
+    assert.equal(again, first);
+    assert.equal(statSync(again).mtimeMs, built, "not rebuilt");
+    assert.match(first, /openmpi-bench-[0-9a-f]{16}$/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 test("an Open MPI pair answers a bad batch with an error and keeps measuring", { skip }, async () => {

@@ -143,38 +143,42 @@ test("the demo exchanges requests between two domains and verifies them", async 
 
 test("bench --quick --out DIR runs every suite and writes the JSON rows and the HTML report", async () => {
   const dir = mkdtempSync(join(tmpdir(), "myrixen-report-"));
-  // Every suite and both scopes, at the two sizes the comparisons name (the sweeps are the
-  // suites' own tests' business; this one is about the whole run and its report).
-  const r = await run(
-    "bench",
-    "--quick",
-    "--out",
-    dir,
-    "--sizes",
-    "8,1M",
-    "--transports",
-    "native,bypass,raw-tcp,raw-sab,evtchn,ring",
-  );
-  assert.equal(r.code, 0, r.stderr);
-  const report = validateReport(JSON.parse(readFileSync(join(dir, "bench.json"), "utf8")));
-  const benches = new Set(report.rows.map((row) => row.bench));
-  for (const b of ["evtchn-pingpong", "ring-throughput", "pingpong", "stream", "breakdown"])
-    assert.ok(benches.has(b), b);
-  // The full report has both scopes of pingpong and stream, and the targets in words.
-  for (const b of ["pingpong", "stream"])
-    for (const t of ["native", "bypass", "raw-tcp"])
-      assert.ok(
-        report.rows.some((row) => row.bench === b && row.transport === t && row.scope === "cross-host"),
-        `${b} ${t} cross-host`,
-      );
-  assert.ok(report.rows.some((row) => row.bench === "pingpong" && row.scope === "intra-host"));
-  assert.match(r.stdout, /across hosts, bypass \/ raw-tcp, 8 B latency: \d/);
-  assert.match(r.stdout, /across hosts, bypass \/ raw-tcp, 1 MiB bandwidth: \d/);
-  assert.doesNotMatch(r.stdout, /NOT met|target/, "no internal targets in what a user reads");
-  const html = readFileSync(join(dir, "bench.html"), "utf8");
-  assert.match(html, /<svg/);
-  assert.match(html, /latency breakdown/i);
-  assert.match(r.stdout, /latency breakdown/);
+  try {
+    // Every suite and both scopes, at the two sizes the comparisons name (the sweeps are the
+    // suites' own tests' business; this one is about the whole run and its report).
+    const r = await run(
+      "bench",
+      "--quick",
+      "--out",
+      dir,
+      "--sizes",
+      "8,1M",
+      "--transports",
+      "native,bypass,raw-tcp,raw-sab,evtchn,ring",
+    );
+    assert.equal(r.code, 0, r.stderr);
+    const report = validateReport(JSON.parse(readFileSync(join(dir, "bench.json"), "utf8")));
+    const benches = new Set(report.rows.map((row) => row.bench));
+    for (const b of ["evtchn-pingpong", "ring-throughput", "pingpong", "stream", "breakdown"])
+      assert.ok(benches.has(b), b);
+    // The full report has both scopes of pingpong and stream, and the targets in words.
+    for (const b of ["pingpong", "stream"])
+      for (const t of ["native", "bypass", "raw-tcp"])
+        assert.ok(
+          report.rows.some((row) => row.bench === b && row.transport === t && row.scope === "cross-host"),
+          `${b} ${t} cross-host`,
+        );
+    assert.ok(report.rows.some((row) => row.bench === "pingpong" && row.scope === "intra-host"));
+    assert.match(r.stdout, /across hosts, bypass \/ raw-tcp, 8 B latency: \d/);
+    assert.match(r.stdout, /across hosts, bypass \/ raw-tcp, 1 MiB bandwidth: \d/);
+    assert.doesNotMatch(r.stdout, /NOT met|target/, "no internal targets in what a user reads");
+    const html = readFileSync(join(dir, "bench.html"), "utf8");
+    assert.match(html, /<svg/);
+    assert.match(html, /latency breakdown/i);
+    assert.match(r.stdout, /latency breakdown/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 test("bench pingpong --transports bypass,split: the split column, split/bypass, and the split path's cost per message", async () => {
@@ -216,69 +220,84 @@ test("bench pingpong --transports bypass,split: the split column, split/bypass, 
 
 test("bench substrate --quick --json writes rows in the project's format", async () => {
   const dir = mkdtempSync(join(tmpdir(), "myrixen-cli-"));
-  const file = join(dir, "nested", "substrate.json");
-  const r = await run("bench", "substrate", "--quick", "--json", file);
-  assert.equal(r.code, 0, r.stderr);
-  assert.match(r.stdout, /evtchn\/raw-sab/);
-  const report = validateReport(JSON.parse(readFileSync(file, "utf8")));
-  const transports = report.rows.map((row) => `${row.bench}/${row.transport}`).sort();
-  assert.deepEqual(transports, ["evtchn-pingpong/evtchn", "evtchn-pingpong/raw-sab", "ring-throughput/ring"]);
-  for (const row of report.rows) {
-    assert.equal(row.scope, "intra-host");
-    assert.ok(row.min <= row.median && row.median <= row.max);
-    assert.ok(row.runs >= 3);
+  try {
+    const file = join(dir, "nested", "substrate.json");
+    const r = await run("bench", "substrate", "--quick", "--json", file);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /evtchn\/raw-sab/);
+    const report = validateReport(JSON.parse(readFileSync(file, "utf8")));
+    const transports = report.rows.map((row) => `${row.bench}/${row.transport}`).sort();
+    assert.deepEqual(transports, [
+      "evtchn-pingpong/evtchn",
+      "evtchn-pingpong/raw-sab",
+      "ring-throughput/ring",
+    ]);
+    for (const row of report.rows) {
+      assert.equal(row.scope, "intra-host");
+      assert.ok(row.min <= row.median && row.median <= row.max);
+      assert.ok(row.runs >= 3);
+    }
+    assert.equal(report.machine.cpus.count > 0, true);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
   }
-  assert.equal(report.machine.cpus.count > 0, true);
 });
 
 test("bench pingpong --scope cross-host: rows between two linked hosts, raw-tcp, bypass / raw-tcp in words", async () => {
   const dir = mkdtempSync(join(tmpdir(), "myrixen-cross-"));
-  const cases = [
-    // (stream across hosts, with every suite: "bench --quick --out DIR" above)
-    { suite: "pingpong", sizes: "8", metric: "latency_us", target: /8 B latency/ },
-  ];
-  for (const c of cases) {
-    const file = join(dir, `${c.suite}.json`);
-    const r = await run(
-      "bench",
-      c.suite,
-      "--scope",
-      "cross-host",
-      "--quick",
-      "--sizes",
-      c.sizes,
-      "--json",
-      file,
-    );
-    assert.equal(r.code, 0, r.stderr);
-    const report = validateReport(JSON.parse(readFileSync(file, "utf8")));
-    // openmpi joins where Open MPI is installed (its rows: test/bench-openmpi.test.ts); either
-    // way the report keeps the line saying how it ran or why it did not.
-    assert.ok(
-      report.notes?.some((n) =>
-        /^openmpi(, cross-host: Open MPI \d|: .*(not found|not Open MPI's|failed))/.test(n),
-      ),
-      `the report's notes say how Open MPI ran: ${JSON.stringify(report.notes)}`,
-    );
-    const mine = report.rows.filter((row) => row.transport !== "openmpi");
-    assert.deepEqual(mine.map((row) => row.transport).sort(), [
-      "bypass",
-      "native",
-      "raw-chain",
-      "raw-tcp",
-      "split",
-    ]);
-    for (const row of report.rows) {
-      assert.equal(row.bench, c.suite);
-      assert.equal(row.scope, "cross-host");
-      assert.equal(row.metric, c.metric);
-      assert.ok(row.median > 0 && row.min <= row.median && row.median <= row.max);
-      assert.ok(row.runs >= 3);
+  try {
+    const cases = [
+      // (stream across hosts, with every suite: "bench --quick --out DIR" above)
+      { suite: "pingpong", sizes: "8", metric: "latency_us", target: /8 B latency/ },
+    ];
+    for (const c of cases) {
+      const file = join(dir, `${c.suite}.json`);
+      const r = await run(
+        "bench",
+        c.suite,
+        "--scope",
+        "cross-host",
+        "--quick",
+        "--sizes",
+        c.sizes,
+        "--json",
+        file,
+      );
+      assert.equal(r.code, 0, r.stderr);
+      const report = validateReport(JSON.parse(readFileSync(file, "utf8")));
+      // openmpi joins where Open MPI is installed (its rows: test/bench-openmpi.test.ts); either
+      // way the report keeps the line saying how it ran or why it did not.
+      assert.ok(
+        report.notes?.some((n) =>
+          /^openmpi(, cross-host: Open MPI \d|: .*(not found|not Open MPI's|failed))/.test(n),
+        ),
+        `the report's notes say how Open MPI ran: ${JSON.stringify(report.notes)}`,
+      );
+      const mine = report.rows.filter((row) => row.transport !== "openmpi");
+      assert.deepEqual(mine.map((row) => row.transport).sort(), [
+        "bypass",
+        "native",
+        "raw-chain",
+        "raw-tcp",
+        "split",
+      ]);
+      for (const row of report.rows) {
+        assert.equal(row.bench, c.suite);
+        assert.equal(row.scope, "cross-host");
+        assert.equal(row.metric, c.metric);
+        assert.ok(row.median > 0 && row.min <= row.median && row.median <= row.max);
+        assert.ok(row.runs >= 3);
+      }
+      assert.match(r.stdout, new RegExp(`${c.suite}, cross-host \\(quick\\)`));
+      assert.match(r.stdout, /bypass\/raw-tcp/);
+      // The ratio is whatever the medians say, in words.
+      assert.match(
+        r.stdout,
+        new RegExp(`across hosts, bypass / raw-tcp, ${c.target.source}: \\d+\\.\\d\\d× `),
+      );
     }
-    assert.match(r.stdout, new RegExp(`${c.suite}, cross-host \\(quick\\)`));
-    assert.match(r.stdout, /bypass\/raw-tcp/);
-    // The ratio is whatever the medians say, in words.
-    assert.match(r.stdout, new RegExp(`across hosts, bypass / raw-tcp, ${c.target.source}: \\d+\\.\\d\\d× `));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
   }
 });
 
