@@ -34,7 +34,7 @@ import {
   initFrame,
   setWord,
 } from "../src/nic/frame.js";
-import { PULL_JOBS_PER_LINK } from "../src/nic/link-state.js";
+import { PULL_JOBS_PER_LINK, PULL_LINK_SHARE } from "../src/nic/link-state.js";
 import { PULL_CREDITS } from "../src/nic/remote-pull.js";
 import { MxStatus, mxStatusName } from "../src/nic/status.js";
 import type { TcpLink } from "../src/nic/tcp-link.js";
@@ -412,5 +412,62 @@ test("a guest flooding remote PULLs at slow peers holds its own share of the rem
   await until(() => slow.every((p) => p.held.size === 0), "the slow peers told to stop every hostile pull");
   await honestPull("the honest pull after the flood");
   a.close();
+  b.close();
+});
+
+test("guests holding every pull a link allows hold no other guest's queue: its pull from that host waits parked, its pull from another host completes", async () => {
+  const slowNic = SLOW_NICS[0];
+  const peer = slow[0];
+  // Endpoint ids come back: count this test's requests only.
+  peer.requests.clear();
+  const b = Owner.open(ctl2, "domain 7 (the honest peer)");
+  const srcMem = new SharedArrayBuffer(4096);
+  new Uint8Array(srcMem).fill(0x42);
+  const src = b.register(srcMem, Access.RemoteRead);
+  const a = Owner.open(ctl1, "domain 5 (honest)");
+  const aMem = new SharedArrayBuffer(4096);
+  const aDst = a.register(aMem, Access.LocalWrite);
+  const aSlow = a.register(new SharedArrayBuffer(HOSTILE_LEN), Access.LocalWrite);
+  const c0 = nic1.counters().global;
+
+  // Two hostile endpoints flood one slow host: each gets its share of the link's jobs, together
+  // all of them; their further pulls are parked.
+  const hostile = [Owner.open(ctl1, "domain 6 (hostile)"), Owner.open(ctl1, "domain 6 (hostile)")];
+  for (const h of hostile) {
+    const dst = h.register(new SharedArrayBuffer(HOSTILE_LEN), Access.LocalWrite);
+    for (let i = 0; i < PULL_LINK_SHARE + 8; i++)
+      h.pull(30_000 + i, slowNic, { id: 0, session: 0 }, 0, 1, dst, HOSTILE_LEN);
+  }
+  await until(
+    () => peer.seen(hostile[0].id) + peer.seen(hostile[1].id) === PULL_JOBS_PER_LINK,
+    "every job of the link taken at the slow host",
+  );
+  await sleep(100);
+
+  // The honest guest pulls from the slow host too (parked: the link's jobs are taken), then
+  // from the real peer: that pull must not wait behind the parked one.
+  a.pull(1, slowNic, { id: 0, session: 0 }, 0, 1, aSlow, HOSTILE_LEN);
+  b.arm(src, 0x777);
+  a.pull(2, 2, b, 0, 0x777, aDst, 4096);
+  const st = await a.answer(2, "the honest pull from the real peer");
+  assert.equal(st, MxStatus.SUCCESS, `${st < 0 ? "an ERROR event" : mxStatusName(st)}, expected SUCCESS`);
+  assert.ok(
+    new Uint8Array(aMem).every((x) => x === 0x42),
+    "the bytes arrived",
+  );
+  assert.equal(peer.seen(a.id), 0, "the honest pull from the slow host waits parked");
+  assert.equal(a.byCookie.has(1), false, "and does not fail");
+  for (const h of hostile)
+    assert.equal(peer.seen(h.id), PULL_LINK_SHARE, `endpoint ${h.id} holds its share, no more`);
+  assert.ok(nic1.counters().global.pulls_parked - c0.pulls_parked >= 17, "counted pulls_parked");
+
+  // One hostile endpoint goes: its pulls end, and the jobs they free go to the parked pulls in
+  // turn: the honest one is asked for; the other hostile endpoint stays at its share.
+  hostile[0].close();
+  await until(() => peer.seen(a.id) === 1, "the honest pull asked for once jobs freed");
+  assert.equal(peer.seen(hostile[1].id), PULL_LINK_SHARE, "the other hostile endpoint still at its share");
+  hostile[1].close();
+  a.close();
+  await until(() => peer.held.size === 0, "the slow host told to stop every pull");
   b.close();
 });

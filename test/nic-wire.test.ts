@@ -54,6 +54,7 @@ import type { Link } from "../src/nic/link.js";
 import {
   DEST_CREDITS,
   PULL_JOBS_PER_LINK,
+  PULL_LINK_SHARE,
   SEND_WINDOW,
   SRC_CREDITS,
   UNREAD_MS,
@@ -1289,19 +1290,21 @@ test("one endpoint's SENDs hold at most its share of a link's window: another en
   }
 });
 
-test("a hostile peer that trickles its pull replies: the pulls end TIMEOUT by their deadline, the puller's queue goes on", async () => {
+test("a hostile peer that trickles its pull replies: the pulls end TIMEOUT by their deadline; a pull parked behind them holds no queue", async () => {
   // A peer NIC serving our pulls a byte at a time, often enough that none ever waits
-  // WIRE_TIMEOUT_MS for progress: it holds every pull this NIC may have out on its link
-  // (PULL_JOBS_PER_LINK), then one more pull to it waits at the head of the endpoint's
-  // queue, and behind that a SEND to an endpoint of this very NIC.
+  // WIRE_TIMEOUT_MS for progress: two endpoints hold every pull this NIC may have out on its
+  // link (PULL_JOBS_PER_LINK, PULL_LINK_SHARE each), then one more pull to it is parked, and
+  // behind that in the same queue a SEND to an endpoint of this very NIC.
   const LEN = 32 * 1024;
   const fake = await FakePeer.start(14);
   let trickle: NodeJS.Timeout | undefined;
   try {
     await fake.attach(nic1);
     const a = Owner.open(ctl1, "a");
+    const b = Owner.open(ctl1, "b");
     const local = Owner.open(ctl1, "local");
     const mem = a.register(new SharedArrayBuffer(LEN + 4096), Access.LocalWrite | Access.LocalRead);
+    const memB = b.register(new SharedArrayBuffer(LEN), Access.LocalWrite);
     const c0 = nic1.counters().global;
     const served = new Map<number, number>();
     const cancelled = new Set<number>();
@@ -1329,57 +1332,66 @@ test("a hostile peer that trickles its pull replies: the pulls end TIMEOUT by th
       }
     };
     trickle = setInterval(dribble, WIRE_TIMEOUT_MS / 6);
-    const pull = (cookie: number) =>
+    const pull = (cookie: number, dst: RegisterRegionReply) =>
       pullDesc({
         cookie,
         nic: 14,
         src: { id: 0, session: 0 },
         region: { regionId: 1, key: 2 },
-        dst: mem,
+        dst,
         length: LEN,
       });
     const t0 = performance.now();
-    for (let i = 0; i < PULL_JOBS_PER_LINK; i++) a.post(pull(i));
-    a.post(pull(1000));
-    a.post(sendDesc(2000, mem, 10, 1, local));
+    for (let i = 0; i < PULL_LINK_SHARE; i++) b.post(pull(100 + i, memB));
+    for (let i = 0; i < PULL_LINK_SHARE; i++) a.post(pull(i, mem));
     await until(
       () => fake.framesOf(FrameType.PullRequest).length === PULL_JOBS_PER_LINK,
       "every pull the link allows on the wire",
     );
+    a.post(pull(1000, mem));
+    a.post(sendDesc(2000, mem, 10, 1, local));
+
+    // The SEND goes before any held pull ends: the pull ahead of it waits parked, not at the
+    // head of the queue (where it held the SEND until the first pulls' deadlines).
+    const first = await a.nextEvent(5000, "the SEND behind the parked pull");
+    expectEvent(first, EventType.SendDone, MxStatus.SUCCESS, "the SEND behind the parked pull");
+    assert.equal(first.cookie, 2000);
+    expectEvent(await local.nextEvent(), EventType.Recv, MxStatus.SUCCESS, "the local endpoint got its SEND");
+    assert.equal(fake.framesOf(FrameType.PullRequest).length, PULL_JOBS_PER_LINK, "the parked pull waits");
 
     const bound = pullDeadlineMs(LEN) + 3 * WIRE_TIMEOUT_MS;
-    const overdue = new Set<number>();
-    let sent = false;
-    while (overdue.size < PULL_JOBS_PER_LINK || !sent) {
-      const e = await a.nextEvent(
-        bound - (performance.now() - t0),
-        "a trickled pull's end, or the SEND behind it",
-      );
-      if (e.cookie === 2000) {
-        expectEvent(e, EventType.SendDone, MxStatus.SUCCESS, "the SEND behind the held pulls");
-        sent = true;
-        continue;
+    for (const [owner, base] of [
+      [a, 0],
+      [b, 100],
+    ] as const) {
+      const overdue = new Set<number>();
+      while (overdue.size < PULL_LINK_SHARE) {
+        const e = await owner.nextEvent(bound - (performance.now() - t0), "a trickled pull's end");
+        expectEvent(e, EventType.PullDone, MxStatus.TIMEOUT, `trickled pull ${e.cookie}`);
+        assert.ok(
+          e.cookie >= base && e.cookie < base + PULL_LINK_SHARE,
+          `pull ${e.cookie} was one of the first`,
+        );
+        assert.ok(e.length > 0 && e.length < LEN, `pull ${e.cookie} made progress (${e.length} B)`);
+        overdue.add(e.cookie);
       }
-      expectEvent(e, EventType.PullDone, MxStatus.TIMEOUT, `trickled pull ${e.cookie}`);
-      assert.ok(e.cookie < PULL_JOBS_PER_LINK, `pull ${e.cookie} was one of the first`);
-      assert.ok(e.length > 0 && e.length < LEN, `pull ${e.cookie} made progress (${e.length} B)`);
-      overdue.add(e.cookie);
     }
     const took = performance.now() - t0;
     assert.ok(took >= pullDeadlineMs(LEN) - 100, `not before the deadline (${took.toFixed(0)} ms)`);
-    expectEvent(await local.nextEvent(), EventType.Recv, MxStatus.SUCCESS, "the local endpoint got its SEND");
-    // The pull that waited went out, and ends the same way.
+    // The parked pull went out once jobs freed, and ends the same way.
     const last = await a.nextEvent(pullDeadlineMs(LEN) + 2 * WIRE_TIMEOUT_MS, "the last pull's end");
     expectEvent(last, EventType.PullDone, MxStatus.TIMEOUT, "the pull that waited");
     assert.equal(last.cookie, 1000);
     const c1 = nic1.counters().global;
     assert.equal(c1.pulls_overdue - c0.pulls_overdue, PULL_JOBS_PER_LINK + 1, "counted");
+    assert.equal(c1.pulls_parked - c0.pulls_parked, 1, "one parked");
     assert.equal(c1.pull_timeouts, c0.pull_timeouts, "not timeouts: the peer made progress all along");
     assert.equal(c1.links_silent, c0.links_silent);
     assert.equal(c1.internal_errors, 0);
     // Each was cancelled at the peer.
     await until(() => cancelled.size === PULL_JOBS_PER_LINK + 1, "a cancel for every overdue pull");
     a.close();
+    b.close();
     local.close();
   } finally {
     clearInterval(trickle);

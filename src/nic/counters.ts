@@ -102,6 +102,8 @@ export const NIC_COUNTER_NAMES = [
   "links_unread",
   // A remote PULL that waited in its endpoint's queue for that endpoint's share of the remote-pull table (remote-pull.ts PULL_CREDITS).
   "pull_ep_full",
+  // A remote PULL parked until a job of its link freed (the link's PULL_JOBS_PER_LINK taken, or its endpoint's PULL_LINK_SHARE): it held no queue (remote-pull.ts).
+  "pulls_parked",
 ] as const;
 
 export const NIC_EP_COUNTER_NAMES = [

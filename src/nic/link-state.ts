@@ -13,6 +13,7 @@ import { NicCounter } from "./counters.js";
 import { type EndpointContext, MAX_ENDPOINTS_LIMIT, STALLED } from "./endpoints.js";
 import { FRAME_HEADER_BYTES } from "./frame.js";
 import type { Link } from "./link.js";
+import type { PullPark } from "./pull-park.js";
 import { SlotTable } from "./slot-table.js";
 import { HOLD_MS, WIRE_TIMEOUT_MS } from "./window.js";
 
@@ -62,6 +63,13 @@ export const SRC_CREDITS = 32;
 const DEST_BUCKETS = 257;
 /** PULL jobs this NIC serves concurrently per link; the requesting side keeps at most as many outstanding. */
 export const PULL_JOBS_PER_LINK = 64;
+/**
+ * A link's PULL jobs one requesting endpoint may hold at once: half, so one endpoint pulling a
+ * window of large messages from a host (osu_bw's 64) leaves the others of its NIC room on that
+ * link; its further pulls wait parked (remote-pull.ts), in turn with everyone else's. 32 pulls
+ * out keep a link busy: 32 of 64 KiB are 2 MiB, eight times its bulk window (tcp-link.ts).
+ */
+export const PULL_LINK_SHARE = PULL_JOBS_PER_LINK / 2;
 /** Bytes one job may send per visit (jobs of a link take turns; a visit ends early on back-pressure). */
 export const JOB_ROUND = 256 * 1024;
 
@@ -125,6 +133,10 @@ export class LinkState {
 
   /** Remote PULLs this NIC has outstanding on this link (requester side). */
   pullsOut = 0;
+  /** Per endpoint of this NIC: its remote PULLs outstanding on this link (at most PULL_LINK_SHARE). */
+  readonly pullsOutByEp = new Uint8Array(MAX_ENDPOINTS_LIMIT);
+  /** Remote PULLs waiting for one of this link's jobs (remote-pull.ts); made on first use. */
+  parked: PullPark | null = null;
 
   // Liveness (links.ts wireTick): when the peer last said anything, when the link last took a
   // frame of ours, since when its main connection has refused every frame offered (0: it took

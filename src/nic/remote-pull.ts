@@ -7,8 +7,10 @@
  * written into the destination; the last one, an error reply, a lost link, WIRE_TIMEOUT_MS
  * without progress or its deadline (window.ts pullDeadlineMs: however the replies trickle)
  * ends it with PULL_DONE. An endpoint has at most PULL_CREDITS pulls out across links (a
- * further one waits at the head of its own queue, as one does for a full link), and the table
- * has room for every endpoint's share at once. A requester that gives up (its endpoint closed, its
+ * further one waits at the head of its own queue), and the table has room for every
+ * endpoint's share at once. A pull that finds its link's PULL_JOBS_PER_LINK jobs taken, or its
+ * endpoint holding PULL_LINK_SHARE of them, is parked (pull-park.ts) in its slot and asked for
+ * when a job frees, endpoints in turn: it holds no queue, its own endpoint's included. A requester that gives up (its endpoint closed, its
  * destination region went away) tells the peer to stop with a cancelling PULL_REQUEST. With no
  * link to the source's NIC and that NIC being this one, the pull is checked as a peer would
  * check it and copied here by the DMA engine. Remote PULLs do not hold the endpoint's queue:
@@ -58,9 +60,11 @@ import {
   type LinkState,
   type LinkTable,
   PULL_JOBS_PER_LINK,
+  PULL_LINK_SHARE,
   WIRE_ACTED,
   WIRE_WAITING,
 } from "./link-state.js";
+import { PullPark } from "./pull-park.js";
 import type { QosScheduler } from "./qos.js";
 import { SharedSlotTable } from "./slot-table.js";
 import { MxStatus } from "./status.js";
@@ -135,6 +139,16 @@ export class RemotePullTable extends SharedSlotTable {
   readonly seenAt: Float64Array;
   /** A traced pull's message: its trace sequence (D_TRACE_SEQ), for this NIC's trace ring. */
   readonly traceSeq: Uint32Array;
+  /** 1 while the pull waits parked for a job of its link (pull-park.ts): not asked for yet. */
+  readonly parked: Uint8Array;
+  /** What the PULL_REQUEST names, kept for a parked pull: the right, its key, where in it, and the source's session. */
+  readonly right: Uint32Array;
+  readonly key: Uint32Array;
+  readonly srcOff: Uint32Array;
+  readonly srcSession: Uint32Array;
+  /** The parks' lists, threaded through the slots (pull-park.ts). */
+  readonly parkNext: Int32Array;
+  readonly parkPrev: Int32Array;
 
   constructor(maxEndpoints: number) {
     super(maxEndpoints, PULL_CREDITS, PULL_SLOT_BITS);
@@ -151,6 +165,13 @@ export class RemotePullTable extends SharedSlotTable {
     this.deadline = new Float64Array(slots);
     this.seenAt = new Float64Array(slots);
     this.traceSeq = new Uint32Array(slots);
+    this.parked = new Uint8Array(slots);
+    this.right = new Uint32Array(slots);
+    this.key = new Uint32Array(slots);
+    this.srcOff = new Uint32Array(slots);
+    this.srcSession = new Uint32Array(slots);
+    this.parkNext = new Int32Array(slots);
+    this.parkPrev = new Int32Array(slots);
   }
 }
 
@@ -212,9 +233,9 @@ export class RemotePull {
       ctx.linkStalled = true;
       return STALLED;
     }
-    if (ls !== undefined && (ls.pullsOut >= PULL_JOBS_PER_LINK || ls.ctrlCount === CTRL_QUEUE)) {
+    if (ls !== undefined && ls.ctrlCount === CTRL_QUEUE) {
       // Back-pressure: the descriptor waits at the head of the queue.
-      return this.links.stall(ctx, destNic, ls.ctrlCount === CTRL_QUEUE);
+      return this.links.stall(ctx, destNic, true);
     }
     const seenAt = (d[D_OPCODE] >>> 16) & DFLAG_TRACE ? traceNow() : 0;
     this.c[NicCounter.remote_pulls]++;
@@ -253,27 +274,67 @@ export class RemotePull {
     rp.cookie[s] = cookie;
     rp.nic[s] = destNic;
     rp.srcEp[s] = srcEp;
+    rp.srcSession[s] = srcSession;
+    rp.right[s] = d[D_SRC_REGION];
+    rp.key[s] = d[D_SRC_KEY];
+    rp.srcOff[s] = srcOff;
     rp.dst[s] = d[D_DST_REGION];
     rp.dstOff[s] = dstOff;
     rp.len[s] = len;
     rp.got[s] = 0;
-    rp.last[s] = this.clock.now;
-    rp.deadline[s] = this.clock.now + pullDeadlineMs(len);
     rp.seenAt[s] = seenAt;
     rp.traceSeq[s] = seenAt !== 0 ? d[D_TRACE_SEQ] : 0;
+    if (
+      ls.pullsOut >= PULL_JOBS_PER_LINK ||
+      ls.pullsOutByEp[ctx.id] >= PULL_LINK_SHARE ||
+      ls.parked?.has(ctx.id)
+    ) {
+      // The link's jobs are taken, or this endpoint holds its share of them: the pull waits
+      // parked, not at the head of the queue, where it held every descriptor behind it (to any
+      // host) until some pull on this link ended, however long the others took.
+      rp.parked[s] = 1;
+      ls.parked ??= new PullPark(rp.parkNext, rp.parkPrev);
+      ls.parked.push(ctx.id, s);
+      this.c[NicCounter.pulls_parked]++;
+      return 0;
+    }
+    this.request(ls, s);
+    return 0;
+  }
+
+  /** Asks the peer on `ls` for pull `s` (taken, filled in, not parked): its job starts. */
+  private request(ls: LinkState, s: number): void {
+    const rp = this.table;
+    const ep = rp.ep[s];
+    const now = this.clock.now;
+    rp.last[s] = now;
+    rp.deadline[s] = now + pullDeadlineMs(rp.len[s]);
     ls.pullsOut++;
+    ls.pullsOutByEp[ep]++;
     const f = this.hdr;
     beginFrame(f, FrameType.PullRequest, 0, rp.id[s]);
-    setFrameSource(f, this.nicId, ctx.id, ctx.session);
-    setFrameDest(f, destNic, srcEp, srcSession);
-    setWord(f, F_PULL_RIGHT, d[D_SRC_REGION]);
-    setWord(f, F_PULL_KEY, d[D_SRC_KEY]);
-    setWord(f, F_PULL_OFFSET, srcOff);
-    setWord(f, F_PULL_LENGTH, len);
+    setFrameSource(f, this.nicId, ep, rp.session[s]);
+    setFrameDest(f, ls.peerNic, rp.srcEp[s], rp.srcSession[s]);
+    setWord(f, F_PULL_RIGHT, rp.right[s]);
+    setWord(f, F_PULL_KEY, rp.key[s]);
+    setWord(f, F_PULL_OFFSET, rp.srcOff[s]);
+    setWord(f, F_PULL_LENGTH, rp.len[s]);
     this.links.sendHeader(ls, f);
-    if (seenAt !== 0) nicStamp(destNic, srcEp, rp.traceSeq[s], NicTraceStage.PullRequested);
+    if (rp.seenAt[s] !== 0) nicStamp(ls.peerNic, rp.srcEp[s], rp.traceSeq[s], NicTraceStage.PullRequested);
     this.links.armWireTimer();
-    return 0;
+  }
+
+  /** Jobs of `ls` freed: its parked pulls go, endpoints in turn, while jobs and their shares allow. */
+  private unpark(ls: LinkState): void {
+    const park = ls.parked;
+    if (park === null || !ls.attached) return;
+    const rp = this.table;
+    while (park.count > 0 && ls.pullsOut < PULL_JOBS_PER_LINK && ls.ctrlCount < CTRL_QUEUE) {
+      const s = park.takeNext(ls.pullsOutByEp, PULL_LINK_SHARE);
+      if (s < 0) return;
+      rp.parked[s] = 0;
+      this.request(ls, s);
+    }
   }
 
   /** A PULL_REPLY for one of our pulls: its bytes, in order, or the error that ends it. */
@@ -300,6 +361,7 @@ export class RemotePull {
         return;
       }
       this.finish(s, st > MxStatus.NO_RESOURCES || st === MxStatus.PENDING ? MxStatus.ABORTED : st, null);
+      this.unpark(ls);
       return;
     }
     const got = rp.got[s];
@@ -317,6 +379,7 @@ export class RemotePull {
       const dst = t.lookup(rp.dst[s]);
       if (dst < 0 || t.owner[dst] !== rp.ep[s]) {
         this.finish(s, MxStatus.ABORTED, ls);
+        this.unpark(ls);
         return;
       }
       t.copyIn(frame, FRAME_HEADER_BYTES, n, dst, rp.dstOff[s] + got);
@@ -325,7 +388,10 @@ export class RemotePull {
       this.c[this.eps.ctxs[rp.ep[s]].base + EndpointCounter.pull_bytes] += n;
     }
     rp.last[s] = this.clock.now;
-    if (rp.got[s] === len) this.finish(s, MxStatus.SUCCESS, null);
+    if (rp.got[s] === len) {
+      this.finish(s, MxStatus.SUCCESS, null);
+      this.unpark(ls);
+    }
   }
 
   /** Ends remote pull `s` with PULL_DONE(status); `cancel`: tell the peer on that link to stop serving it. */
@@ -333,7 +399,16 @@ export class RemotePull {
     const rp = this.table;
     rp.releaseSlot(s);
     const ls = this.links.get(rp.nic[s]);
-    if (ls !== undefined && ls.pullsOut > 0) ls.pullsOut--;
+    const ep = rp.ep[s];
+    if (rp.parked[s] === 1) {
+      // Never asked for: the peer has nothing to stop.
+      rp.parked[s] = 0;
+      ls?.parked?.remove(ep, s);
+      cancel = null;
+    } else if (ls !== undefined) {
+      if (ls.pullsOut > 0) ls.pullsOut--;
+      if (ls.pullsOutByEp[ep] > 0) ls.pullsOutByEp[ep]--;
+    }
     if (cancel?.attached) {
       const f = this.hdr;
       beginFrame(f, FrameType.PullRequest, 0, rp.id[s]);
@@ -354,6 +429,7 @@ export class RemotePull {
     for (let s = 0; s < rp.capacity; s++)
       if (rp.used[s] === 1 && rp.ep[s] === ep)
         this.finish(s, MxStatus.ENDPOINT_CLOSED, this.links.get(rp.nic[s]) ?? null);
+    this.unparkAll();
   }
 
   /** The link to `ls`'s peer is gone or silent: our pulls on it complete ENDPOINT_UNREACHABLE, its jobs end. */
@@ -375,6 +451,11 @@ export class RemotePull {
     let flags = 0;
     for (let s = 0; s < rp.capacity; s++) {
       if (rp.used[s] !== 1) continue;
+      if (rp.parked[s] === 1) {
+        // Not on the wire yet: nothing to time. It goes when a job of its link frees.
+        flags |= WIRE_WAITING;
+        continue;
+      }
       if (now - rp.last[s] >= WIRE_TIMEOUT_MS) {
         flags |= WIRE_ACTED;
         this.c[NicCounter.pull_timeouts]++;
@@ -390,7 +471,14 @@ export class RemotePull {
         this.finish(s, MxStatus.TIMEOUT, this.links.get(rp.nic[s]) ?? null);
       } else flags |= WIRE_WAITING;
     }
+    this.unparkAll();
     return flags;
+  }
+
+  /** Every link with parked pulls lets them go as far as its jobs allow (pulls ended, or its control queue drained). */
+  private unparkAll(): void {
+    const list = this.links.list;
+    for (let i = 0; i < list.length; i++) if (list[i].parked !== null) this.unpark(list[i]);
   }
 
   // ---- responder side ---------------------------------------------------------------------------
