@@ -3,12 +3,14 @@
  * guest that tries key after key against a co-resident endpoint gets a prompt
  * MX_BAD_CONNECTION_KEY for the first few, then nothing but MX_BUSY — even for the right key
  * — so 2^32 guesses are out of reach; nor can a guest slip past that with several endpoints
- * taking turns.
+ * taking turns, nor by guessing the session the key would have told it instead.
  */
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { Host } from "../src/host/host.js";
 import { CONNECT_FREE_FAILS } from "../src/nic/connect-throttle.js";
+import { SESSION_FREE_REFUSALS } from "../src/nic/session-throttle.js";
+import { MxStatus } from "../src/nic/status.js";
 import { nextMessage } from "./helpers/messages.js";
 
 const GUESSER = new URL("./fixtures/guests/key-guesser.js", import.meta.url);
@@ -67,4 +69,28 @@ test("a guest guessing from five endpoints in turn is locked out on each: none l
   } finally {
     await own.stop();
   }
+});
+
+test("a guest guessing an endpoint's session instead of its key is refused unexamined after a few hundred: the right one too", async () => {
+  // The session is what a right key tells a connector, and every SEND names it; wrong ones were
+  // answered BAD_SESSION at once, so 2^32 raw SENDs found it and the guest sent into the
+  // endpoint of another job as a peer, without its key.
+  const key = 0x5e5510;
+  const victim = await host.startGuest({ module: GUESSER, args: { role: "victim", key } });
+  const [addr] = await nextMessage(victim);
+  const guesses = SESSION_FREE_REFUSALS + 100;
+  const guesser = await host.startGuest({ module: GUESSER, args: { role: "session-guesser", key, guesses } });
+  guesser.send(addr);
+  const e = await guesser.exited;
+  victim.send("done");
+  await victim.exited;
+  assert.equal(e.state, "shutdown", e.error?.stack);
+  const { statuses } = e.result as { statuses: number[] };
+  assert.equal(statuses.length, guesses + 1);
+  const count = (s: number) => statuses.filter((x) => x === s).length;
+  assert.equal(count(MxStatus.BAD_SESSION), SESSION_FREE_REFUSALS, `statuses ${statuses.join(",")}`);
+  assert.equal(count(MxStatus.REJECTED), guesses + 1 - SESSION_FREE_REFUSALS);
+  assert.equal(statuses.at(-1), MxStatus.REJECTED, "the right session, in the lockout, is not delivered");
+  const nic = host.nic.counters().global;
+  assert.ok(nic.send_bad_sessions >= SESSION_FREE_REFUSALS && nic.sends_throttled > 0, "counted");
 });

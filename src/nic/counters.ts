@@ -102,6 +102,9 @@ export const NIC_COUNTER_NAMES = [
   "links_unread",
   // A remote PULL that waited in its endpoint's queue for that endpoint's share of the remote-pull table (remote-pull.ts PULL_CREDITS).
   "pull_ep_full",
+  // SENDs naming a wrong session (BAD_SESSION), and SENDs refused unexamined while their requester is locked out for them (session-throttle.ts).
+  "send_bad_sessions",
+  "sends_throttled",
 ] as const;
 
 export const NIC_EP_COUNTER_NAMES = [
