@@ -2,12 +2,15 @@
  * Endpoint keys as a guesser sees them, end to end through myrifront, myrback and the NIC: a
  * guest that tries key after key against a co-resident endpoint gets a prompt
  * MX_BAD_CONNECTION_KEY for the first few, then nothing but MX_BUSY — even for the right key
- * — so 2^32 guesses are out of reach.
+ * — so 2^32 guesses are out of reach; nor can a guest slip past that with several endpoints
+ * taking turns, nor by guessing the session the key would have told it instead.
  */
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { Host } from "../src/host/host.js";
 import { CONNECT_FREE_FAILS } from "../src/nic/connect-throttle.js";
+import { SESSION_FREE_REFUSALS } from "../src/nic/session-throttle.js";
+import { MxStatus } from "../src/nic/status.js";
 import { nextMessage } from "./helpers/messages.js";
 
 const GUESSER = new URL("./fixtures/guests/key-guesser.js", import.meta.url);
@@ -35,4 +38,59 @@ test("a guest guessing a co-resident endpoint's key is locked out after a few", 
   assert.equal(bad + busy, 40, codes.join(","));
   assert.equal(right, "MX_BUSY", "the right key, guessed in the cool-down, does not connect either");
   assert.ok(host.backendStats().badKeys >= bad);
+});
+
+test("a guest guessing from five endpoints in turn is locked out on each: none loses its record to another", async () => {
+  // Endpoints 3, 11, 12, 27 and 29 of NIC 1203 fell in one set of the throttle's old table
+  // (256 sets of 4 records): each wrong key of one took the record of the one before it, so
+  // every guess was answered BAD_KEY at once and the right key connected at the end.
+  const endpointIds = [3, 11, 12, 27, 29];
+  const own = await Host.start({ nicId: 1203 });
+  try {
+    const key = 0x7e11a;
+    const victim = await own.startGuest({ module: GUESSER, args: { role: "victim", key } });
+    const [addr] = await nextMessage(victim);
+    const guesses = 40;
+    const guesser = await own.startGuest({
+      module: GUESSER,
+      args: { role: "guesser", key, guesses, endpointIds },
+    });
+    guesser.send(addr);
+    const e = await guesser.exited;
+    victim.send("done");
+    await victim.exited;
+    assert.equal(e.state, "shutdown", e.error?.stack);
+    const { codes, right } = e.result as { codes: string[]; right: string };
+    const bad = codes.filter((c) => c === "MX_BAD_CONNECTION_KEY").length;
+    const busy = codes.filter((c) => c === "MX_BUSY").length;
+    assert.equal(bad, endpointIds.length * CONNECT_FREE_FAILS, codes.join(","));
+    assert.equal(bad + busy, guesses, codes.join(","));
+    assert.equal(right, "MX_BUSY", "the right key, guessed in the lockout, does not connect");
+  } finally {
+    await own.stop();
+  }
+});
+
+test("a guest guessing an endpoint's session instead of its key is refused unexamined after a few hundred: the right one too", async () => {
+  // The session is what a right key tells a connector, and every SEND names it; wrong ones were
+  // answered BAD_SESSION at once, so 2^32 raw SENDs found it and the guest sent into the
+  // endpoint of another job as a peer, without its key.
+  const key = 0x5e5510;
+  const victim = await host.startGuest({ module: GUESSER, args: { role: "victim", key } });
+  const [addr] = await nextMessage(victim);
+  const guesses = SESSION_FREE_REFUSALS + 100;
+  const guesser = await host.startGuest({ module: GUESSER, args: { role: "session-guesser", key, guesses } });
+  guesser.send(addr);
+  const e = await guesser.exited;
+  victim.send("done");
+  await victim.exited;
+  assert.equal(e.state, "shutdown", e.error?.stack);
+  const { statuses } = e.result as { statuses: number[] };
+  assert.equal(statuses.length, guesses + 1);
+  const count = (s: number) => statuses.filter((x) => x === s).length;
+  assert.equal(count(MxStatus.BAD_SESSION), SESSION_FREE_REFUSALS, `statuses ${statuses.join(",")}`);
+  assert.equal(count(MxStatus.REJECTED), guesses + 1 - SESSION_FREE_REFUSALS);
+  assert.equal(statuses.at(-1), MxStatus.REJECTED, "the right session, in the lockout, is not delivered");
+  const nic = host.nic.counters().global;
+  assert.ok(nic.send_bad_sessions >= SESSION_FREE_REFUSALS && nic.sends_throttled > 0, "counted");
 });

@@ -104,6 +104,9 @@ export const NIC_COUNTER_NAMES = [
   "pull_ep_full",
   // A remote PULL parked until a job of its link freed (the link's PULL_JOBS_PER_LINK taken, or its endpoint's PULL_LINK_SHARE): it held no queue (remote-pull.ts).
   "pulls_parked",
+  // SENDs naming a wrong session (BAD_SESSION), and SENDs refused unexamined while their requester is locked out for them (session-throttle.ts).
+  "send_bad_sessions",
+  "sends_throttled",
 ] as const;
 
 export const NIC_EP_COUNTER_NAMES = [

@@ -29,6 +29,7 @@ import {
   M_TAG,
   M_TRACE,
   M_VIA_LINK,
+  MAX_ENDPOINTS_LIMIT,
   META_WORDS,
 } from "./endpoints.js";
 import type { Events } from "./events.js";
@@ -45,6 +46,7 @@ import {
   setWord,
 } from "./frame.js";
 import type { LinkTable } from "./link-state.js";
+import { SessionThrottle } from "./session-throttle.js";
 import { MxStatus, reasonOfStatus } from "./status.js";
 import type { Tpt } from "./tpt.js";
 import { NicTraceStage, nicStamp } from "./trace-ring.js";
@@ -67,6 +69,8 @@ export class Delivery {
   private readonly queued = new Int32Array(META_WORDS);
   /** The SEND_ACK being built. */
   private readonly hdr = new Uint8Array(FRAME_HEADER_BYTES);
+  /** SENDs naming a wrong session, per requesting endpoint (session-throttle.ts). */
+  private readonly sessions = new SessionThrottle();
 
   constructor(
     private readonly nicId: number,
@@ -95,7 +99,24 @@ export class Delivery {
     if (destEp >= this.eps.maxEndpoints) return MxStatus.ENDPOINT_UNKNOWN;
     const ctx = this.eps.ctxs[destEp];
     if (!ctx.open) return MxStatus.ENDPOINT_CLOSED;
-    if (m[M_DEST_SESSION] >>> 0 !== ctx.session) return MxStatus.BAD_SESSION;
+    // The session stands in for the key: wrong ones are throttled per requester (session-throttle.ts).
+    const reqNic = m[M_SRC_NIC] >>> 0;
+    const reqEp = m[M_SRC_EP] >>> 0;
+    if (reqEp >= MAX_ENDPOINTS_LIMIT) {
+      // No NIC has such an endpoint (a hostile peer NIC's frame): one requester per guess otherwise.
+      this.c[NicCounter.frames_bad]++;
+      return MxStatus.BAD_ENDPOINT;
+    }
+    const now = this.clock.now;
+    if (this.sessions.lockedFor(reqNic, reqEp, now) > 0) {
+      this.c[NicCounter.sends_throttled]++;
+      return MxStatus.REJECTED;
+    }
+    if (m[M_DEST_SESSION] >>> 0 !== ctx.session) {
+      this.c[NicCounter.send_bad_sessions]++;
+      this.sessions.failed(reqNic, reqEp, now);
+      return MxStatus.BAD_SESSION;
+    }
     if (ctx.dqCount === 0 && this.place(ctx, m, srcSlot, srcOff, srcBytes, srcBytesOff))
       return MxStatus.SUCCESS;
     if (ctx.dqCount >= DELIVERY_QUEUE) {

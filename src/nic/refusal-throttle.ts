@@ -8,9 +8,15 @@
  * — the right key included, or the answer would still be an oracle. A record with no refusal
  * for `forgetMs` starts over; `forgive` clears one (a right key, where that proves anything).
  *
- * The table is set-associative and fixed (SETS × WAYS records, typed arrays): it never grows,
- * and a full set gives up the record that matters least (empty, then forgotten, then the one
- * whose lockout ends first).
+ * Every requester has a record of its own, never given up for another's: the records come in
+ * blocks of 256 requesters (one per NIC and high bits of the endpoint id), made on a first
+ * refusal and dropped once none of theirs was refused for `forgetMs`. Requesters are few by
+ * construction: a NIC's are its own endpoints and those of the peers on its authenticated
+ * links (ids below 256, or the frame is refused unexamined), netback's are domain ids. The
+ * table was set-associative (256 sets of 4 records), and a full set gave up a record for the
+ * newcomer: five requesters of one guest in one set (endpoint ids 3, 11, 12, 27 and 29 of NIC
+ * 1203, say) took turns and each found its record gone, so none ever reached a lockout and
+ * keys were answered at full speed.
  */
 
 /** How a throttle counts: see the module comment. */
@@ -21,71 +27,84 @@ export interface RefusalRule {
   forgetMs: number;
 }
 
-const SETS = 256;
-const WAYS = 4;
+/** Requesters per block: one NIC's endpoint ids, or 256 domain ids. */
+const BLOCK = 256;
+/**
+ * Endpoint ids the blocks tell apart (every caller's are below it: a NIC's below 256, domain
+ * ids below 2^15); higher ones share their record with the id 2^16 below (stricter, never looser).
+ */
+const EP_SPACE = 1 << 16;
+/** Blocks kept before stale ones are looked for. */
+const SWEEP_AT = 64;
+
+/** The records of 256 requesters: 256 endpoint ids of one NIC, the low 8 bits indexing them. */
+class Block {
+  readonly fails = new Uint32Array(BLOCK);
+  /** When the lockout ends (ms, the owner's clock). */
+  readonly until = new Float64Array(BLOCK);
+  /** When the last refusal came; 0: the record is empty. */
+  readonly last = new Float64Array(BLOCK);
+  /** The latest refusal of any of them (the block is dropped `forgetMs` after it). */
+  lastRefusal = 0;
+}
 
 export class RefusalThrottle {
-  private readonly nic = new Uint32Array(SETS * WAYS);
-  private readonly ep = new Uint32Array(SETS * WAYS);
-  private readonly fails = new Uint32Array(SETS * WAYS);
-  /** When the lockout ends (ms, the owner's clock). */
-  private readonly until = new Float64Array(SETS * WAYS);
-  /** When the last refusal came; 0: the record is empty. */
-  private readonly last = new Float64Array(SETS * WAYS);
+  private readonly blocks = new Map<number, Block>();
 
   constructor(private readonly rule: RefusalRule) {}
 
-  private static set(nic: number, ep: number): number {
-    return ((Math.imul(nic ^ Math.imul(ep, 0x9e3779b1), 0x85ebca6b) >>> 24) % SETS) * WAYS;
-  }
-
-  private find(nic: number, ep: number): number {
-    const base = RefusalThrottle.set(nic, ep);
-    for (let w = base; w < base + WAYS; w++)
-      if (this.last[w] !== 0 && this.nic[w] === nic && this.ep[w] === ep) return w;
-    return -1;
+  private static blockKey(nic: number, ep: number): number {
+    return (nic >>> 0) * (EP_SPACE / BLOCK) + (((ep >>> 0) % EP_SPACE) >>> 8);
   }
 
   /** How long requester (nic, ep) must still wait, in whole ms (0: what it presents may be looked at). */
   lockedFor(nic: number, ep: number, now: number): number {
-    const w = this.find(nic >>> 0, ep >>> 0);
-    return w >= 0 && this.until[w] > now ? Math.ceil(this.until[w] - now) : 0;
+    if (this.blocks.size === 0) return 0;
+    const b = this.blocks.get(RefusalThrottle.blockKey(nic, ep));
+    if (b === undefined) return 0;
+    const until = b.until[ep & (BLOCK - 1)];
+    return until > now ? Math.ceil(until - now) : 0;
   }
 
   /** Requester (nic, ep) was refused: returns the lockout it now has (ms, 0 = none). */
   failed(nic: number, ep: number, now: number): number {
     const r = this.rule;
-    nic >>>= 0;
-    ep >>>= 0;
-    let w = this.find(nic, ep);
-    if (w >= 0 && now - this.last[w] >= r.forgetMs) this.fails[w] = 0;
-    if (w < 0) {
-      const base = RefusalThrottle.set(nic, ep);
-      w = base;
-      for (let v = base; v < base + WAYS; v++) if (this.worth(v, now) < this.worth(w, now)) w = v;
-      this.nic[w] = nic;
-      this.ep[w] = ep;
-      this.fails[w] = 0;
-      this.until[w] = 0;
+    const key = RefusalThrottle.blockKey(nic, ep);
+    let b = this.blocks.get(key);
+    if (b === undefined) {
+      if (this.blocks.size >= SWEEP_AT) this.sweep(now);
+      b = new Block();
+      this.blocks.set(key, b);
+    }
+    const i = ep & (BLOCK - 1);
+    if (b.last[i] !== 0 && now - b.last[i] >= r.forgetMs) b.fails[i] = 0;
+    if (b.last[i] === 0) {
+      b.fails[i] = 0;
+      b.until[i] = 0;
     }
     // Never 0 (the empty mark), even on a clock that starts at 0.
-    this.last[w] = now || Number.MIN_VALUE;
-    const n = ++this.fails[w];
+    b.last[i] = now || Number.MIN_VALUE;
+    b.lastRefusal = b.last[i];
+    const n = ++b.fails[i];
     if (n < r.freeFails) return 0;
     const ms = Math.min(r.lockoutMs * 2 ** Math.min(n - r.freeFails, 16), r.lockoutMaxMs);
-    this.until[w] = now + ms;
+    b.until[i] = now + ms;
     return ms;
   }
 
   /** Requester (nic, ep)'s refusals are forgiven. */
   forgive(nic: number, ep: number): void {
-    const w = this.find(nic >>> 0, ep >>> 0);
-    if (w >= 0) this.last[w] = 0;
+    const b = this.blocks.get(RefusalThrottle.blockKey(nic, ep));
+    if (b === undefined) return;
+    const i = ep & (BLOCK - 1);
+    b.last[i] = 0;
+    b.fails[i] = 0;
+    b.until[i] = 0;
   }
 
-  /** How much a record is worth keeping: an empty or forgotten one nothing, else its lockout's end. */
-  private worth(w: number, now: number): number {
-    if (this.last[w] === 0 || now - this.last[w] >= this.rule.forgetMs) return -1;
-    return Math.max(this.until[w], this.last[w]);
+  /** Drops the blocks none of whose requesters was refused for forgetMs (their lockouts are over). */
+  private sweep(now: number): void {
+    for (const [key, b] of this.blocks)
+      if (now - b.lastRefusal >= this.rule.forgetMs) this.blocks.delete(key);
   }
 }

@@ -72,6 +72,8 @@ export function reasonOfStatus(status: number): number {
       return ErrorReason.Unreachable;
     case MxStatus.NO_RESOURCES:
       return ErrorReason.NoResources;
+    case MxStatus.REJECTED:
+      return ErrorReason.Throttled;
     default:
       return 0;
   }
