@@ -1500,6 +1500,54 @@ test("pull-right guessing is throttled per requester: after PULL_FREE_REFUSALS r
   for (const o of [owner, guesser, honest]) o.close();
 });
 
+test("guessing an endpoint's session with raw PULLs is throttled like guessing a key: the right session is then refused too", async () => {
+  const owner = Owner.open(ctl1, "owner");
+  const src = owner.register(new SharedArrayBuffer(4096), Access.RemoteRead);
+  const EXTRA = 8;
+  const fake = await FakePeer.start(16);
+  try {
+    await fake.attach(nic1);
+    await until(() => fake.links.length === 1, "the fake's link");
+    const right = owner.right(src);
+    const c0 = nic1.counters().global;
+    const ask = (cookie: number, requester: number, session: number) =>
+      fake.send(FrameType.PullRequest, 1, {
+        [F_SRC_ENDPOINT]: requester,
+        [F_SRC_SESSION]: 5,
+        [F_DEST_ENDPOINT]: owner.id,
+        [F_DEST_SESSION]: session,
+        [F_COOKIE]: cookie,
+        [F_PULL_RIGHT]: right.regionId,
+        [F_PULL_KEY]: right.key,
+        [F_PULL_OFFSET]: 0,
+        [F_PULL_LENGTH]: 100,
+      });
+    const GUESSES = PULL_FREE_REFUSALS + EXTRA;
+    for (let i = 0; i < GUESSES; i++) ask(i, 3, (owner.session ^ (i + 1)) >>> 0 || 1);
+    // The right session (and the right key), from the guesser: refused like a wrong one.
+    ask(5000, 3, owner.session);
+    // Another requester of that NIC naming it: served.
+    ask(7000, 4, owner.session);
+    const replies = () => fake.framesOf(FrameType.PullReply);
+    await until(() => replies().length === GUESSES + 2, "every PULL_REQUEST answered");
+    const byCookie = new Map(replies().map((f) => [getWord(f, F_COOKIE), f]));
+    for (let i = 0; i < GUESSES; i++) {
+      const st = getWord(byCookie.get(i)!, F_STATUS);
+      const want = i < PULL_FREE_REFUSALS ? MxStatus.BAD_SESSION : MxStatus.REJECTED;
+      assert.equal(st, want, `guess ${i}: ${mxStatusName(st)}, expected ${mxStatusName(want)}`);
+    }
+    assert.equal(getWord(byCookie.get(5000)!, F_STATUS), MxStatus.REJECTED, "the guesser's right session");
+    const served = byCookie.get(7000)!;
+    assert.deepEqual([getWord(served, F_STATUS), getWord(served, F_LENGTH)], [MxStatus.SUCCESS, 100]);
+    const c1 = nic1.counters().global;
+    assert.equal(c1.pulls_throttled - c0.pulls_throttled, EXTRA + 1, "counted");
+    assert.equal(c1.internal_errors, 0);
+  } finally {
+    await fake.detach(nic1);
+    owner.close();
+  }
+});
+
 test("garbage from a peer (unknown ids, bad offsets, wrong lengths, bad Ethernet frames) is counted; a well-formed peer is served", async () => {
   // Served in three replies: two full ones and a rest.
   const PULL_LEN = 2 * SEND_MAX + 4464;

@@ -150,7 +150,13 @@ export class PullRights {
     const owner = this.eps.ctxs[ep];
     if (!owner.open) return MxStatus.ENDPOINT_CLOSED;
     out.refusal = ErrorReason.BadSession;
-    if (owner.session !== session >>> 0) return MxStatus.BAD_SESSION;
+    if (owner.session !== session >>> 0) {
+      // A refusal like a wrong key: the session stands in for the endpoint's key on every SEND
+      // (session-throttle.ts), so answering wrong ones at once made raw PULLs a session oracle.
+      this.c[NicCounter.pull_rights_refused]++;
+      this.throttle.failed(reqNic, reqEp, now);
+      return MxStatus.BAD_SESSION;
+    }
     const reason = takeExposure(owner.w, ep, index >>> 0, key >>> 0, off >>> 0, len >>> 0, this.tpt, out);
     out.refusal = reason;
     if (reason === 0) {
