@@ -310,6 +310,37 @@ test("quotas: endpoints per domain and registered bytes per domain", async () =>
   await g.dom.destroy();
 });
 
+test("extra endpoints cannot take the NIC's last contexts: every domain with a device still opens its first", async () => {
+  // Two guests whose devices are up but who have not opened an endpoint yet, then four that
+  // open their whole quota each (4 × 8 = the NIC's 32 contexts).
+  const late = [await guest("myri-late-1", 64), await guest("myri-late-2", 64)];
+  const greedy: Agent[] = [];
+  for (let i = 0; i < 4; i++) greedy.push(await guest(`myri-greedy-${i}`, 64));
+  const opened: { a: Agent; id: number }[] = [];
+  const refused: string[] = [];
+  for (const g of greedy)
+    for (let i = 0; i < 8; i++) {
+      const r = await g.call<Opened>({ op: "open", endpointId: ANY_ENDPOINT, key: 1 }).catch((e: Error) => e);
+      if (r instanceof Error) refused.push(r.message);
+      else opened.push({ a: g, id: r.endpointId });
+    }
+  // The late guests still get theirs: the fast path for everyone.
+  for (const g of late) {
+    const ep = await open(g, 2);
+    await g.call({ op: "close", endpointId: ep.endpointId });
+  }
+  assert.ok(refused.length > 0, "some extra endpoints were refused");
+  for (const m of refused) assert.match(m, /kept for the first endpoint of the \d+ other domains/);
+  // Each greedy guest got its first endpoint.
+  for (const g of greedy)
+    assert.ok(
+      opened.some((o) => o.a === g),
+      `${g.dom.domid} has an endpoint`,
+    );
+  for (const o of opened) await o.a.call({ op: "close", endpointId: o.id });
+  for (const g of [...late, ...greedy]) await g.dom.destroy();
+});
+
 test("a guest that dies: its peer sees the channel closed and a DISCONNECT, its endpoints are released", async () => {
   const [d, e] = await Promise.all([guest("myri-dies"), guest("myri-lives")]);
   const epD = await open(d, 1);

@@ -139,6 +139,7 @@ export class MyriBack {
     const xb = new XenbusBackend(this.guest.xenstore, MYRI_DEVICE_TYPE, domid, devid);
     const f: Frontend = { key, domid, devid, xb, state: "advertised" };
     this.fronts.set(key, f);
+    this.core.deviceAdded(domid);
     try {
       const target = await this.guest.xenstore.tryRead(`/local/domain/${domid}/${MEMORY_TARGET_KEY}`);
       const quota =
@@ -192,6 +193,7 @@ export class MyriBack {
   /** Stops following a frontend whose session is over. */
   private async forget(f: Frontend): Promise<void> {
     if (this.fronts.get(f.key) === f) this.fronts.delete(f.key);
+    if (![...this.fronts.values()].some((o) => o.domid === f.domid)) this.core.deviceRemoved(f.domid);
     const unwatch = f.unwatch;
     f.unwatch = undefined;
     await f.unwatchQos?.().catch(() => undefined);

@@ -73,6 +73,11 @@ export class MyriCore {
   readonly memory: SharedMemory;
   private readonly clients = new Map<DomId, Client>();
   private readonly endpoints = new Map<number, EndpointRec>();
+  /**
+   * Domains with a myri device (advertised, connected or not): the NIC's contexts are kept for
+   * the first endpoint of each, so extra endpoints of others cannot take them (checkOpen).
+   */
+  private readonly devices = new Set<DomId>();
   private readonly channels = new Map<number, ChannelRec>();
   private readonly pairs = new Map<string, ChannelRec>();
   private nextChannelId = 1;
@@ -192,6 +197,39 @@ export class MyriCore {
         "MX_NO_RESOURCES",
         `${client.label} already has ${client.endpoints.size} endpoints open, its quota (${XsKey.maxEndpoints}=${this.cfg.endpointsPerDomain}); close one first`,
       );
+    if (client.endpoints.size > 0) {
+      // An extra endpoint may not take the NIC's last contexts while other domains with a
+      // device have none: four guests opening their quota of 8 took all 32, and every later
+      // guest on the host lost the fast path.
+      const free = this.maxEndpoints - this.endpoints.size;
+      const waiting = this.domainsWithoutEndpoint(client.domid);
+      if (free <= waiting)
+        throw new MyriError(
+          "MX_NO_RESOURCES",
+          `${client.label} has ${client.endpoints.size} endpoints open and may not open another: the NIC's last ${free} endpoint contexts are kept for the first endpoint of the ${waiting} other domains with a myri device and none open`,
+        );
+    }
+  }
+
+  /** A domain got a myri device: the NIC keeps a context for its first endpoint. */
+  deviceAdded(domid: DomId): void {
+    this.devices.add(domid);
+  }
+
+  /** Its device went away: nothing is kept for it any more. */
+  deviceRemoved(domid: DomId): void {
+    this.devices.delete(domid);
+  }
+
+  /** Domains other than `except` with a myri device and no endpoint open. */
+  private domainsWithoutEndpoint(except: DomId): number {
+    let n = 0;
+    for (const d of this.devices) {
+      if (d === except) continue;
+      const c = this.clients.get(d);
+      if (c === undefined || c.dead || c.endpoints.size === 0) n++;
+    }
+    return n;
   }
 
   openEndpointWith(
@@ -601,6 +639,7 @@ export class MyriCore {
    * frontend that merely reconnects keeps its slots and channels, which are its own.
    */
   forgetDomain(domid: DomId): void {
+    this.devices.delete(domid);
     this.memory.forgetDomain(domid);
     this.qos.forget(domid);
   }
