@@ -235,6 +235,50 @@ test("bridge: learning, flooding, never back out of the ingress port, ageing wit
   assert.throws(() => new Bridge({ ageingMs: 0 }), /ageingMs must be a positive number/);
 });
 
+test("bridge storm control: one port flooding at full speed gets its burst, then its rate; the other ports' floods and unicast still go", () => {
+  let now = 1000;
+  const bridge = new Bridge({ now: () => now, floodRate: 1000, floodBurst: 256 });
+  const got = [0, 0, 0];
+  const ids = [0, 1, 2].map((i) =>
+    bridge.addPort({
+      name: `p${i}`,
+      transmit: () => {
+        got[i]++;
+        return true;
+      },
+    }),
+  );
+  const frame = (dst: number[], src: number): BridgeFrame => {
+    const data = new Uint8Array(64);
+    data.set(dst, 0);
+    data.set([2, 0, 0, 0, 0, src], 6);
+    return { data, len: 64, view: () => data.subarray(0, 64) };
+  };
+  const BCAST = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
+  // The attacker on port 0 floods 10,000 broadcasts at once: every other guest's rx ring got
+  // all of them.
+  for (let i = 0; i < 10_000; i++) bridge.forward(ids[0], frame(BCAST, 0xa));
+  assert.deepEqual(got, [0, 256, 256], "the burst, no more");
+  assert.equal(bridge.counters.floodsLimited, 10_000 - 256);
+  // Unknown unicast floods too, and counts against the same bucket.
+  assert.equal(
+    bridge.forward(ids[0], frame([2, 0, 0, 0, 0, 0x77], 0xa)),
+    0,
+    "unknown unicast from the flooder",
+  );
+  // Another port's floods go: each port has its own bucket.
+  assert.equal(bridge.forward(ids[1], frame(BCAST, 0xb)), 2, "port 1's broadcast");
+  // Unicast to a learned station is not metered.
+  assert.equal(bridge.forward(ids[0], frame([2, 0, 0, 0, 0, 0xb], 0xa)), 1, "unicast from the flooder");
+  // 200 ms later: 200 more (the rate; the burst caps what a quiet port saves up).
+  now += 200;
+  got.fill(0);
+  for (let i = 0; i < 10_000; i++) bridge.forward(ids[0], frame(BCAST, 0xa));
+  assert.deepEqual(got, [0, 200, 200], "the rate");
+  assert.throws(() => new Bridge({ floodRate: 0 }), /floodRate must be a positive number/);
+  assert.throws(() => new Bridge({ floodBurst: 0.5 }), /floodBurst must be a positive integer/);
+});
+
 test("bridge: a full table keeps working (deletion keeps probe runs intact)", () => {
   let now = 0;
   const bridge = new Bridge({ maxEntries: 64, ageingMs: 1000, now: () => now });

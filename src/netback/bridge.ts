@@ -7,6 +7,12 @@
  * goes back out of its ingress port. netback may steer a frame to one port itself (sendTo:
  * MX over Ethernet goes to the owner of the endpoint it names, mx-steer.ts).
  *
+ * Storm control (as a switch's per-port broadcast limit): what one port floods is metered by
+ * a token bucket of its own (floodRate frames a second, floodBurst at once); beyond it the
+ * flood is dropped and counted. Every copy of a flood lands in every other guest's rx ring, so
+ * one guest flooding at full speed filled them all; MX over Ethernet is steered, not flooded,
+ * and nothing else a guest here says needs more.
+ *
  * The MAC table is an open-addressing hash table over typed arrays (MAC = 16 + 32 bits), so
  * forwarding a frame allocates nothing. The clock is injectable so ageing can be tested.
  */
@@ -39,6 +45,8 @@ export interface BridgeCounters {
   aged: number;
   /** Frames (or copies of a flood) not delivered: back to the ingress port, or refused by a port. */
   drops: number;
+  /** Floods dropped whole because their ingress port was over its flood rate (storm control). */
+  floodsLimited: number;
 }
 
 export interface BridgeOptions {
@@ -46,11 +54,17 @@ export interface BridgeOptions {
   ageingMs?: number;
   /** Most MAC entries kept; new MACs beyond it are not learned (their frames flood). Default 4096. */
   maxEntries?: number;
+  /** Frames a second one port may flood (broadcast, multicast, unknown unicast). Default 1000. */
+  floodRate?: number;
+  /** Frames one port may flood at once, before its rate applies. Default 256. */
+  floodBurst?: number;
   /** Milliseconds now; injectable for tests. Default performance.now. */
   now?: () => number;
 }
 
 export const DEFAULT_AGEING_MS = 300_000;
+export const DEFAULT_FLOOD_RATE = 1000;
+export const DEFAULT_FLOOD_BURST = 256;
 const EMPTY = -1;
 
 function hash(hi: number, lo: number): number {
@@ -62,9 +76,22 @@ function hash(hi: number, lo: number): number {
 export class Bridge {
   readonly ageingMs: number;
   readonly maxEntries: number;
-  readonly counters: BridgeCounters = { lookups: 0, hits: 0, floods: 0, learned: 0, aged: 0, drops: 0 };
+  readonly floodRate: number;
+  readonly floodBurst: number;
+  readonly counters: BridgeCounters = {
+    lookups: 0,
+    hits: 0,
+    floods: 0,
+    learned: 0,
+    aged: 0,
+    drops: 0,
+    floodsLimited: 0,
+  };
   private readonly now: () => number;
   private readonly ports: (BridgePort | undefined)[] = [];
+  /** Per port: the floods it may still send now, and when that was last worked out. */
+  private readonly floodTokens: number[] = [];
+  private readonly floodAt: number[] = [];
   private portCount = 0;
   // The MAC table: parallel arrays, linear probing, backward-shift deletion (no tombstones).
   private readonly mask: number;
@@ -84,8 +111,18 @@ export class Bridge {
     const max = opts.maxEntries ?? 4096;
     if (!Number.isInteger(max) || max < 1 || max > 1 << 20)
       throw new RangeError(`bridge maxEntries must be an integer in 1..${1 << 20}, got ${String(max)}`);
+    const rate = opts.floodRate ?? DEFAULT_FLOOD_RATE;
+    const burst = opts.floodBurst ?? DEFAULT_FLOOD_BURST;
+    if (!(typeof rate === "number" && rate > 0 && Number.isFinite(rate)))
+      throw new RangeError(
+        `bridge floodRate must be a positive number of frames a second, got ${String(rate)}`,
+      );
+    if (!Number.isInteger(burst) || burst < 1)
+      throw new RangeError(`bridge floodBurst must be a positive integer, got ${String(burst)}`);
     this.ageingMs = ageing;
     this.maxEntries = max;
+    this.floodRate = rate;
+    this.floodBurst = burst;
     this.now = opts.now ?? (() => performance.now());
     // Load factor ≤ 1/2 keeps probe sequences short.
     let cap = 16;
@@ -104,6 +141,8 @@ export class Bridge {
     if (id < 0) id = this.ports.push(undefined) - 1;
     this.ports[id] = port;
     this.portCount++;
+    this.floodTokens[id] = this.floodBurst;
+    this.floodAt[id] = this.now();
     return id;
   }
 
@@ -207,6 +246,10 @@ export class Bridge {
   }
 
   private flood(ingress: number, frame: BridgeFrame): number {
+    if (!this.mayFlood(ingress)) {
+      this.counters.floodsLimited++;
+      return 0;
+    }
     this.counters.floods++;
     let sent = 0;
     const ports = this.ports;
@@ -218,6 +261,23 @@ export class Bridge {
       else this.counters.drops++;
     }
     return sent;
+  }
+
+  /** Takes a token of port `ingress`'s flood bucket, refilled at floodRate; false: none left. */
+  private mayFlood(ingress: number): boolean {
+    const now = this.now();
+    const tokens = Math.min(
+      this.floodBurst,
+      (this.floodTokens[ingress] ?? this.floodBurst) +
+        ((now - (this.floodAt[ingress] ?? now)) * this.floodRate) / 1000,
+    );
+    this.floodAt[ingress] = now;
+    if (tokens < 1) {
+      this.floodTokens[ingress] = tokens;
+      return false;
+    }
+    this.floodTokens[ingress] = tokens - 1;
+    return true;
   }
 
   private lo(d: Uint8Array, o: number): number {

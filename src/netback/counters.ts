@@ -67,6 +67,7 @@ export class NetbackCounters {
     s[BridgeCounter.lookups] = c.lookups;
     s[BridgeCounter.hits] = c.hits;
     s[BridgeCounter.floods] = c.floods;
+    s[BridgeCounter.floodsLimited] = c.floodsLimited;
     s[BridgeCounter.learned] = c.learned;
     s[BridgeCounter.aged] = c.aged;
     s[BridgeCounter.bridgeDrops] = c.drops;

@@ -58,6 +58,8 @@ export const BridgeCounter = {
   mxSpoofed: 34,
   /** CONNECTs refused while their domain is locked out for wrong keys. */
   mxThrottled: 35,
+  /** Floods dropped whole: their ingress port was over its flood rate (bridge.ts storm control). */
+  floodsLimited: 36,
 } as const;
 
 /** Word indexes in a vif block; 4..19 are also the totals' indexes. */
@@ -115,6 +117,8 @@ export interface BridgeStats {
   lookups: number;
   hits: number;
   floods: number;
+  /** Floods dropped whole by storm control (a port over its flood rate). */
+  floodsLimited: number;
   learned: number;
   aged: number;
   drops: number;
@@ -188,6 +192,7 @@ export function readNetStats(buffer: SharedArrayBuffer): NetStats {
       lookups: w[BridgeCounter.lookups],
       hits: w[BridgeCounter.hits],
       floods: w[BridgeCounter.floods],
+      floodsLimited: w[BridgeCounter.floodsLimited],
       learned: w[BridgeCounter.learned],
       aged: w[BridgeCounter.aged],
       drops: w[BridgeCounter.bridgeDrops],
