@@ -1,19 +1,22 @@
 /**
  * Parts of `myrixen host` on their own: listening (listen.ts), the inspection answers on a
- * real Host (host-inspection.ts), and a client's jobs refusing a bad start request before any
- * rank is made (client-jobs.ts). The whole daemon is tested end to end in cluster-auth and
- * multihost.
+ * real Host (host-inspection.ts), and a client's jobs (client-jobs.ts): refusing a bad start
+ * request before any rank is made, and stopping the ranks of a launcher that went away while
+ * they started. The whole daemon is tested end to end in cluster-auth and multihost.
  */
 import assert from "node:assert/strict";
 import net from "node:net";
 import { after, before, test } from "node:test";
+import { fileURLToPath } from "node:url";
 import { ClientJobs, type JobClient } from "../src/cluster/client-jobs.js";
 import { HostInspection } from "../src/cluster/host-inspection.js";
+import { newJobKey } from "../src/cluster/job.js";
 import { freePort, isWildcard, listen, plainAddress } from "../src/cluster/listen.js";
 import { createLogger } from "../src/cluster/log.js";
 import type { HostMessage, StartMessage } from "../src/cluster/wire.js";
 import { Host } from "../src/host/host.js";
 import { Inspector } from "../src/host/inspect.js";
+import { until } from "./helpers/until.js";
 
 let host: Host;
 before(async () => {
@@ -98,4 +101,38 @@ test("a client's jobs: a start whose ranks do not fit the job is refused with a 
   jobs.peers("j1", []);
   assert.ok(lines.some((l) => l.includes("peers for a job this client has not started here")));
   assert.deepEqual(jobs.status(), []);
+});
+
+test("a client's jobs: a launcher gone while its ranks start leaves none of them running", async () => {
+  const sent: HostMessage[] = [];
+  const client: JobClient = {
+    who: "launcher test (127.0.0.1:2)",
+    isClosed: false,
+    send: (m) => {
+      sent.push(m);
+      return true;
+    },
+  };
+  const jobs = new ClientJobs(host, client, createLogger({ level: "error", write: () => {} }));
+  const guests = () => host.hypervisor.domains().filter((d) => !d.privileged && d.state !== "destroyed");
+  // Ranks that wait in MPI.init for a peer list: without a launcher, for ever.
+  const started = jobs.start({
+    type: "start",
+    id: 1,
+    job: "gone-while-starting",
+    size: 3,
+    path: "bypass",
+    program: fileURLToPath(new URL("./fixtures/mh-mpi.js", import.meta.url)),
+    argv: [],
+    ranks: [0, 1, 2],
+    key: newJobKey(),
+    pages: 256,
+  });
+  // The connection closes while the first rank is still being made (no rank is live yet).
+  jobs.launcherGone();
+  await started;
+  const reply = sent.find((m) => m.type === "reply");
+  assert.ok(reply?.type === "reply" && !reply.ok, `the start was stopped: ${JSON.stringify(reply)}`);
+  await until(() => guests().length === 0, "the job's ranks to go", 15_000);
+  await until(() => jobs.all().length === 0, "the job to be forgotten", 15_000);
 });

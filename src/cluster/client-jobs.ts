@@ -47,7 +47,9 @@ export class ClientJobs {
   /** The launcher went away: its jobs' ranks here go too. */
   launcherGone(): void {
     for (const [job, set] of this.sets) {
-      if (set.live === 0) continue;
+      // Also a set still starting: its ranks would come up after this and wait for ever for
+      // a peer list no one sends (and hold their memory, endpoints and threads).
+      if (!set.active) continue;
       this.log.info("the job's launcher is gone: stopping its ranks here", { job, ranks: set.spec.ranks });
       void set.stop();
     }

@@ -176,6 +176,8 @@ export class RankSet {
   private lastPeers: LauncherToRank | undefined;
   private program: URL | undefined;
   private keyHeld = false;
+  /** Inside start(): ranks may be on their way without one live yet. */
+  private starting = false;
 
   /** Nothing runs until start(); peers() and stop() may come before start() is done. */
   constructor(
@@ -190,6 +192,20 @@ export class RankSet {
    * started are destroyed (their exits are still reported).
    */
   async start(): Promise<void> {
+    this.starting = true;
+    try {
+      await this.launch();
+    } finally {
+      this.starting = false;
+    }
+  }
+
+  /** Whether ranks run here or are still to start (stop() ends both). */
+  get active(): boolean {
+    return this.starting || this.live > 0;
+  }
+
+  private async launch(): Promise<void> {
     const { spec } = this;
     if (!isJobKey(spec.key))
       throw new RankRefusal("the job has no valid endpoint key (a random u32 other than 0 and 0x4d504921)");
