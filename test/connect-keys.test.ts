@@ -21,19 +21,27 @@ before(async () => {
 });
 after(() => host.stop());
 
-test("a guest guessing a co-resident endpoint's key is locked out after a few", async () => {
-  const key = 0x5ec2e7;
-  const victim = await host.startGuest({ module: GUESSER, args: { role: "victim", key } });
+/** A victim guest opened with `key`, and a guesser guest connecting to it as `args` say: what the guesser got. */
+async function guess(on: Host, key: number, args: { guesses: number; endpointIds?: number[] }) {
+  const victim = await on.startGuest({ module: GUESSER, args: { role: "victim", key } });
   const [addr] = await nextMessage(victim);
-  const guesser = await host.startGuest({ module: GUESSER, args: { role: "guesser", key, guesses: 40 } });
+  const guesser = await on.startGuest({ module: GUESSER, args: { role: "guesser", key, ...args } });
   guesser.send(addr);
   const e = await guesser.exited;
   victim.send("done");
   await victim.exited;
   assert.equal(e.state, "shutdown", e.error?.stack);
   const { codes, right } = e.result as { codes: string[]; right: string };
-  const bad = codes.filter((c) => c === "MX_BAD_CONNECTION_KEY").length;
-  const busy = codes.filter((c) => c === "MX_BUSY").length;
+  return {
+    codes,
+    right,
+    bad: codes.filter((c) => c === "MX_BAD_CONNECTION_KEY").length,
+    busy: codes.filter((c) => c === "MX_BUSY").length,
+  };
+}
+
+test("a guest guessing a co-resident endpoint's key is locked out after a few", async () => {
+  const { codes, bad, busy, right } = await guess(host, 0x5ec2e7, { guesses: 40 });
   assert.equal(bad, CONNECT_FREE_FAILS, `${bad} prompt refusals`);
   assert.equal(bad + busy, 40, codes.join(","));
   assert.equal(right, "MX_BUSY", "the right key, guessed in the cool-down, does not connect either");
@@ -47,22 +55,8 @@ test("a guest guessing from five endpoints in turn is locked out on each: none l
   const endpointIds = [3, 11, 12, 27, 29];
   const own = await Host.start({ nicId: 1203 });
   try {
-    const key = 0x7e11a;
-    const victim = await own.startGuest({ module: GUESSER, args: { role: "victim", key } });
-    const [addr] = await nextMessage(victim);
     const guesses = 40;
-    const guesser = await own.startGuest({
-      module: GUESSER,
-      args: { role: "guesser", key, guesses, endpointIds },
-    });
-    guesser.send(addr);
-    const e = await guesser.exited;
-    victim.send("done");
-    await victim.exited;
-    assert.equal(e.state, "shutdown", e.error?.stack);
-    const { codes, right } = e.result as { codes: string[]; right: string };
-    const bad = codes.filter((c) => c === "MX_BAD_CONNECTION_KEY").length;
-    const busy = codes.filter((c) => c === "MX_BUSY").length;
+    const { codes, bad, busy, right } = await guess(own, 0x7e11a, { guesses, endpointIds });
     assert.equal(bad, endpointIds.length * CONNECT_FREE_FAILS, codes.join(","));
     assert.equal(bad + busy, guesses, codes.join(","));
     assert.equal(right, "MX_BUSY", "the right key, guessed in the lockout, does not connect");

@@ -332,8 +332,11 @@ function outstanding(h: Owner): number {
   return seen(h) - h.byCookie.size;
 }
 
-test("a guest flooding remote PULLs at slow peers holds its own share of the remote-pull table; another guest's pull completes", async () => {
-  assert.ok(SLOW_NICS.length * PULL_JOBS_PER_LINK > 256, "the slow links can hold more than the old table");
+/**
+ * An honest pair: endpoint b on the real peer NIC exposing 4 KiB of 0x42, and endpoint a here
+ * with 4 KiB to pull them into.
+ */
+function honestPair() {
   const b = Owner.open(ctl2, "domain 7 (the honest peer)");
   const srcMem = new SharedArrayBuffer(4096);
   new Uint8Array(srcMem).fill(0x42);
@@ -341,6 +344,12 @@ test("a guest flooding remote PULLs at slow peers holds its own share of the rem
   const a = Owner.open(ctl1, "domain 5 (honest)");
   const aMem = new SharedArrayBuffer(4096);
   const aDst = a.register(aMem, Access.LocalWrite);
+  return { a, aMem, aDst, b, src };
+}
+
+test("a guest flooding remote PULLs at slow peers holds its own share of the remote-pull table; another guest's pull completes", async () => {
+  assert.ok(SLOW_NICS.length * PULL_JOBS_PER_LINK > 256, "the slow links can hold more than the old table");
+  const { a, aMem, aDst, b, src } = honestPair();
   const h = Owner.open(ctl1, "domain 6 (hostile)");
   const hDst = h.register(new SharedArrayBuffer(HOSTILE_LEN), Access.LocalWrite);
   const c0 = nic1.counters().global;
@@ -420,13 +429,7 @@ test("guests holding every pull a link allows hold no other guest's queue: its p
   const peer = slow[0];
   // Endpoint ids come back: count this test's requests only.
   peer.requests.clear();
-  const b = Owner.open(ctl2, "domain 7 (the honest peer)");
-  const srcMem = new SharedArrayBuffer(4096);
-  new Uint8Array(srcMem).fill(0x42);
-  const src = b.register(srcMem, Access.RemoteRead);
-  const a = Owner.open(ctl1, "domain 5 (honest)");
-  const aMem = new SharedArrayBuffer(4096);
-  const aDst = a.register(aMem, Access.LocalWrite);
+  const { a, aMem, aDst, b, src } = honestPair();
   const aSlow = a.register(new SharedArrayBuffer(HOSTILE_LEN), Access.LocalWrite);
   const c0 = nic1.counters().global;
 
