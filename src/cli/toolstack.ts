@@ -176,7 +176,7 @@ export async function infoCommand(o: CommonOptions): Promise<number> {
       ],
       [
         "bridge",
-        `${n.bridge.lookups} lookups, ${n.bridge.entries} MAC entries, ${n.bridge.ports} ports; MX frames: ${n.bridge.mxSteered} to their endpoint's owner, ${n.bridge.mxRefused} refused`,
+        `${n.bridge.lookups} lookups, ${n.bridge.entries} MAC entries, ${n.bridge.ports} ports, ${n.bridge.floods} floods (${n.bridge.floodsLimited} over a port's flood rate, dropped); MX frames: ${n.bridge.mxSteered} to their endpoint's owner, ${n.bridge.mxRefused} refused`,
       ],
       [
         "nic counters",
