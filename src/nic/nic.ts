@@ -35,10 +35,11 @@
  * the TPT. Garbage gets an ERROR event and a counter.
  *
  * Wire state is bounded: SEND_WINDOW unacknowledged SENDs per link, DEST_CREDITS of them per
- * destination endpoint, and PULL_JOBS_PER_LINK pulls per link (a full one holds the
- * descriptor in its queue), CONNECT_CREDITS connects per endpoint (the next waits in its queue),
- * PULL_CREDITS remote pulls per endpoint (the next waits in its queue); a delivery is held for receive space HOLD_MS at most. What
- * a lost or silent link costs, and the wire timer, are in links.ts.
+ * destination endpoint and SRC_CREDITS per sending endpoint, PULL_JOBS_PER_LINK pulls per link
+ * and PULL_LINK_SHARE of them per endpoint (a pull beyond waits parked, holding no queue),
+ * CONNECT_CREDITS connects per endpoint and PULL_CREDITS remote pulls per endpoint (the next
+ * waits in its queue); a delivery is held for receive space HOLD_MS at most. What a lost or
+ * silent link costs, and the wire timer, are in links.ts.
  *
  * Idle: after work the NIC polls its endpoints for its poll budget (poll-budget.ts: up to
  * POLL_AFTER_EVENTS_MS after it gave an owner events, POLL_AFTER_FRAMES_MS after it only moved
