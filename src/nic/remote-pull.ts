@@ -284,6 +284,8 @@ export class RemotePull {
     rp.got[s] = 0;
     rp.seenAt[s] = seenAt;
     rp.traceSeq[s] = seenAt !== 0 ? d[D_TRACE_SEQ] : 0;
+    // Older parked pulls go first where they now can (a control queue that was full drained).
+    if (ls.parked !== null && ls.parked.count > 0) this.unpark(ls);
     if (
       ls.pullsOut >= PULL_JOBS_PER_LINK ||
       ls.pullsOutByEp[ctx.id] >= PULL_LINK_SHARE ||
