@@ -305,7 +305,6 @@ export class VifDevices {
     const host = this.host;
     const wasConnected = v.state === "connected";
     v.state = "closed";
-    host.log(`vif ${v.domid}/${v.devid} disconnected: ${reason}`);
     if (v.bridgeId >= 0) {
       host.bridge.removePort(v.bridgeId);
       this.domainByPort.delete(v.bridgeId);
@@ -317,6 +316,8 @@ export class VifDevices {
       host.counters.add(v, VifCounter.disconnects);
       host.counters.setConnected(v, false);
     }
+    // Logged once the counters say so: a reader woken by the line reads them at once.
+    host.log(`vif ${v.domid}/${v.devid} disconnected: ${reason}`);
     const grants = host.guest.grants;
     if (v.txMap) grants.unmap(v.txMap);
     if (v.rxMap) grants.unmap(v.rxMap);
