@@ -10,7 +10,7 @@ import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { CONNECT_CREDITS } from "../src/nic/connect.js";
-import type { NicControlRequest, NicInfo, OpenEndpointReply } from "../src/nic/control.js";
+import type { NicControlRequest, NicInfo } from "../src/nic/control.js";
 import { NicDevice } from "../src/nic/device.js";
 import {
   F_COOKIE,
@@ -27,122 +27,53 @@ import { MxStatus, mxStatusName } from "../src/nic/status.js";
 import type { TcpLink } from "../src/nic/tcp-link.js";
 import { listenTcpLinks, type TcpLinkServer } from "../src/nic/tcp-link-setup.js";
 import {
-  ANY_ENDPOINT,
   D_COOKIE,
   D_DEST_ENDPOINT,
   D_DEST_NIC,
   D_OPCODE,
   D_SRC_KEY,
-  DESC_WORDS,
   E_COOKIE,
-  E_TYPE,
-  EQ_ENTRIES,
-  EQ_OFFSET,
-  EVENT_WORDS,
   EventType,
   Opcode,
   SQ_ENTRIES,
-  SQ_OFFSET,
-  W_EQ_CONS,
-  W_EQ_PROD,
-  W_NIC_SLEEPING,
-  W_SQ_CONS,
-  W_SQ_PROD,
   WIRE_TIMEOUT_MS,
 } from "../src/nic/window.js";
 import type { SyncCallClient } from "../src/xen/sync-call.js";
 import { LINK_KEY } from "./helpers/link-key.js";
-import { control, freePort, HOST } from "./helpers/nic-harness.js";
+import { control, freePort, HOST, openEndpoint, WindowOwner } from "./helpers/nic-harness.js";
 import { until } from "./helpers/until.js";
 
 const FAKE_NIC = 9;
 const quiet = () => {};
 
-/** This thread as an endpoint's owner: posts descriptors into its window, reads its events. */
-class Owner {
-  readonly w: Int32Array;
-  prod = 0;
-  eqCons = 0;
+/** An endpoint's owner that posts CONNECTs and counts their CONNECT_DONEs. */
+class Owner extends WindowOwner {
   /** CONNECT_DONEs seen, by status. */
   readonly done = new Map<number, number>();
-  /** CONNECT_DONEs seen, by cookie: their status. */
-  readonly byCookie = new Map<number, number>();
-  constructor(
-    readonly ctl: SyncCallClient<NicControlRequest>,
-    readonly ep: OpenEndpointReply,
-  ) {
-    this.w = new Int32Array(ep.window);
-  }
   static open(ctl: SyncCallClient<NicControlRequest>, owner: string, key = 0): Owner {
-    return new Owner(
-      ctl,
-      ctl.call<OpenEndpointReply>({ op: "open_endpoint", owner, endpointId: ANY_ENDPOINT, key }),
-    );
-  }
-  get id(): number {
-    return this.ep.endpointId;
-  }
-  get session(): number {
-    return this.ep.session;
-  }
-  close(): void {
-    this.ctl.call({ op: "close_endpoint", endpointId: this.id });
+    return new Owner(ctl, openEndpoint(ctl, owner, key));
   }
   /** Posts a CONNECT to (nic, ep) with `key`. */
   connect(cookie: number, nic: number, ep: number, key: number): void {
-    assert.ok(this.prod - Atomics.load(this.w, W_SQ_CONS) < SQ_ENTRIES, "send-queue room");
-    const base = SQ_OFFSET / 4 + (this.prod % SQ_ENTRIES) * DESC_WORDS;
-    for (let i = 0; i < DESC_WORDS; i++) this.w[base + i] = 0;
-    this.w[base + D_OPCODE] = Opcode.Connect;
-    this.w[base + D_COOKIE] = cookie;
-    this.w[base + D_DEST_NIC] = nic;
-    this.w[base + D_DEST_ENDPOINT] = ep;
-    this.w[base + D_SRC_KEY] = key;
-    this.prod++;
-    Atomics.store(this.w, W_SQ_PROD, this.prod);
-    this.poke();
+    this.postDesc({
+      [D_OPCODE]: Opcode.Connect,
+      [D_COOKIE]: cookie,
+      [D_DEST_NIC]: nic,
+      [D_DEST_ENDPOINT]: ep,
+      [D_SRC_KEY]: key,
+    });
   }
-  poke(): void {
-    if (Atomics.load(this.w, W_NIC_SLEEPING) === 1) Atomics.notify(this.w, W_SQ_PROD);
-  }
-  /** Descriptors the NIC has not taken yet. */
-  get queued(): number {
-    return this.prod - Atomics.load(this.w, W_SQ_CONS);
-  }
-  /** Reads every event there is; returns the count of CONNECT_DONEs read. */
-  drain(): number {
-    let n = 0;
-    while (Atomics.load(this.w, W_EQ_PROD) !== this.eqCons) {
-      const base = EQ_OFFSET / 4 + (this.eqCons % EQ_ENTRIES) * EVENT_WORDS;
-      const type = this.w[base + E_TYPE] >>> 0;
-      if ((type & 0xffff) === EventType.ConnectDone) {
-        const status = type >>> 16;
-        this.done.set(status, (this.done.get(status) ?? 0) + 1);
-        this.byCookie.set(this.w[base + E_COOKIE], status);
-        n++;
-      }
-      this.eqCons++;
-      Atomics.store(this.w, W_EQ_CONS, this.eqCons);
-      this.poke();
-    }
-    return n;
+  protected onEvent(type: number, base: number): boolean {
+    if ((type & 0xffff) !== EventType.ConnectDone) return false;
+    const status = type >>> 16;
+    this.done.set(status, (this.done.get(status) ?? 0) + 1);
+    this.byCookie.set(this.w[base + E_COOKIE], status);
+    return true;
   }
   get connectsDone(): number {
     let n = 0;
     for (const v of this.done.values()) n += v;
     return n;
-  }
-  /** Waits for the CONNECT_DONE of `cookie`; returns its status. */
-  async answer(cookie: number, what: string, timeoutMs = 5000): Promise<number> {
-    await until(
-      () => {
-        this.drain();
-        return this.byCookie.has(cookie);
-      },
-      what,
-      timeoutMs,
-    );
-    return this.byCookie.get(cookie)!;
   }
 }
 

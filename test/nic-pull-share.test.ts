@@ -10,12 +10,7 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
-import type {
-  NicControlRequest,
-  NicInfo,
-  OpenEndpointReply,
-  RegisterRegionReply,
-} from "../src/nic/control.js";
+import type { NicControlRequest, NicInfo, RegisterRegionReply } from "../src/nic/control.js";
 import { NicDevice } from "../src/nic/device.js";
 import {
   F_COOKIE,
@@ -41,36 +36,22 @@ import type { TcpLink } from "../src/nic/tcp-link.js";
 import { listenTcpLinks, type TcpLinkServer } from "../src/nic/tcp-link-setup.js";
 import {
   Access,
-  ANY_ENDPOINT,
   D_COOKIE,
   D_DEST_ENDPOINT,
   D_DEST_NIC,
   D_DEST_SESSION,
-  D_DST_OFFSET,
   D_DST_REGION,
   D_LENGTH,
   D_OPCODE,
   D_SRC_KEY,
-  D_SRC_OFFSET,
   D_SRC_REGION,
-  DESC_WORDS,
   DFLAG_REMOTE,
   E_COOKIE,
-  E_TYPE,
-  EQ_ENTRIES,
-  EQ_OFFSET,
-  EVENT_WORDS,
   EventType,
   EXPOSURE_OFFSET,
   ExposureState,
   Opcode,
   SQ_ENTRIES,
-  SQ_OFFSET,
-  W_EQ_CONS,
-  W_EQ_PROD,
-  W_NIC_SLEEPING,
-  W_SQ_CONS,
-  W_SQ_PROD,
   X_KEY,
   X_LENGTH,
   X_OFFSET,
@@ -79,7 +60,7 @@ import {
 } from "../src/nic/window.js";
 import type { SyncCallClient } from "../src/xen/sync-call.js";
 import { LINK_KEY } from "./helpers/link-key.js";
-import { control, freePort, HOST } from "./helpers/nic-harness.js";
+import { control, freePort, HOST, openEndpoint, WindowOwner } from "./helpers/nic-harness.js";
 import { until } from "./helpers/until.js";
 
 /** The slow peers' NIC ids: eight links, room for 8 × PULL_JOBS_PER_LINK pulls (the old table had 256). */
@@ -88,33 +69,10 @@ const SLOW_NICS = [9, 10, 11, 12, 13, 14, 15, 16];
 const HOSTILE_LEN = 1 << 20;
 const quiet = () => {};
 
-/** This thread as an endpoint's owner: posts PULL descriptors into its window, reads its events. */
-class Owner {
-  readonly w: Int32Array;
-  prod = 0;
-  eqCons = 0;
-  /** PULL_DONEs (and ERRORs) seen, by cookie: their status. */
-  readonly byCookie = new Map<number, number>();
-  constructor(
-    readonly ctl: SyncCallClient<NicControlRequest>,
-    readonly ep: OpenEndpointReply,
-  ) {
-    this.w = new Int32Array(ep.window);
-  }
+/** An endpoint's owner that posts PULLs and reads their PULL_DONEs (and ERRORs). */
+class Owner extends WindowOwner {
   static open(ctl: SyncCallClient<NicControlRequest>, owner: string): Owner {
-    return new Owner(
-      ctl,
-      ctl.call<OpenEndpointReply>({ op: "open_endpoint", owner, endpointId: ANY_ENDPOINT, key: 0 }),
-    );
-  }
-  get id(): number {
-    return this.ep.endpointId;
-  }
-  get session(): number {
-    return this.ep.session;
-  }
-  close(): void {
-    this.ctl.call({ op: "close_endpoint", endpointId: this.id });
+    return new Owner(ctl, openEndpoint(ctl, owner));
   }
   register(memory: SharedArrayBuffer, access: number): RegisterRegionReply {
     return this.ctl.call<RegisterRegionReply>({
@@ -145,54 +103,24 @@ class Owner {
     dst: RegisterRegionReply,
     len: number,
   ): void {
-    assert.ok(this.prod - Atomics.load(this.w, W_SQ_CONS) < SQ_ENTRIES, "send-queue room");
-    const base = SQ_OFFSET / 4 + (this.prod % SQ_ENTRIES) * DESC_WORDS;
-    for (let i = 0; i < DESC_WORDS; i++) this.w[base + i] = 0;
-    this.w[base + D_OPCODE] = Opcode.Pull | (DFLAG_REMOTE << 16);
-    this.w[base + D_COOKIE] = cookie;
-    this.w[base + D_SRC_REGION] = index;
-    this.w[base + D_SRC_KEY] = key;
-    this.w[base + D_SRC_OFFSET] = 0;
-    this.w[base + D_DST_REGION] = dst.regionId;
-    this.w[base + D_DST_OFFSET] = 0;
-    this.w[base + D_LENGTH] = len;
-    this.w[base + D_DEST_NIC] = nic;
-    this.w[base + D_DEST_ENDPOINT] = src.id;
-    this.w[base + D_DEST_SESSION] = src.session;
-    this.prod++;
-    Atomics.store(this.w, W_SQ_PROD, this.prod);
-    this.poke();
+    this.postDesc({
+      [D_OPCODE]: Opcode.Pull | (DFLAG_REMOTE << 16),
+      [D_COOKIE]: cookie,
+      [D_SRC_REGION]: index,
+      [D_SRC_KEY]: key,
+      [D_DST_REGION]: dst.regionId,
+      [D_LENGTH]: len,
+      [D_DEST_NIC]: nic,
+      [D_DEST_ENDPOINT]: src.id,
+      [D_DEST_SESSION]: src.session,
+    });
   }
-  poke(): void {
-    if (Atomics.load(this.w, W_NIC_SLEEPING) === 1) Atomics.notify(this.w, W_SQ_PROD);
-  }
-  /** Descriptors the NIC has not taken yet. */
-  get queued(): number {
-    return this.prod - Atomics.load(this.w, W_SQ_CONS);
-  }
-  /** Reads every event there is. */
-  drain(): void {
-    while (Atomics.load(this.w, W_EQ_PROD) !== this.eqCons) {
-      const base = EQ_OFFSET / 4 + (this.eqCons % EQ_ENTRIES) * EVENT_WORDS;
-      const type = this.w[base + E_TYPE] >>> 0;
-      if ((type & 0xffff) === EventType.PullDone || (type & 0xffff) === EventType.Error)
-        this.byCookie.set(this.w[base + E_COOKIE], (type & 0xffff) === EventType.Error ? -1 : type >>> 16);
-      this.eqCons++;
-      Atomics.store(this.w, W_EQ_CONS, this.eqCons);
-      this.poke();
-    }
-  }
-  /** Waits for the PULL_DONE of `cookie`; returns its status (-1: an ERROR event). */
-  async answer(cookie: number, what: string, timeoutMs = 5000): Promise<number> {
-    await until(
-      () => {
-        this.drain();
-        return this.byCookie.has(cookie);
-      },
-      what,
-      timeoutMs,
-    );
-    return this.byCookie.get(cookie)!;
+  /** PULL_DONE: its status; ERROR: -1. */
+  protected onEvent(type: number, base: number): boolean {
+    const t = type & 0xffff;
+    if (t !== EventType.PullDone && t !== EventType.Error) return false;
+    this.byCookie.set(this.w[base + E_COOKIE], t === EventType.Error ? -1 : type >>> 16);
+    return true;
   }
 }
 
