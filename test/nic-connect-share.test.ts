@@ -25,7 +25,7 @@ import {
 } from "../src/nic/frame.js";
 import { MxStatus, mxStatusName } from "../src/nic/status.js";
 import type { TcpLink } from "../src/nic/tcp-link.js";
-import { listenTcpLinks, type TcpLinkServer } from "../src/nic/tcp-link-setup.js";
+import type { TcpLinkServer } from "../src/nic/tcp-link-setup.js";
 import {
   D_COOKIE,
   D_DEST_ENDPOINT,
@@ -40,11 +40,11 @@ import {
 } from "../src/nic/window.js";
 import type { SyncCallClient } from "../src/xen/sync-call.js";
 import { LINK_KEY } from "./helpers/link-key.js";
-import { control, freePort, HOST, openEndpoint, WindowOwner } from "./helpers/nic-harness.js";
+import { control, freePort, HOST, listenAsPeer, openEndpoint, WindowOwner } from "./helpers/nic-harness.js";
 import { until } from "./helpers/until.js";
 
 const FAKE_NIC = 9;
-const quiet = () => {};
+const _quiet = () => {};
 
 /** An endpoint's owner that posts CONNECTs and counts their CONNECT_DONEs. */
 class Owner extends WindowOwner {
@@ -90,22 +90,13 @@ class MutePeer {
   private constructor(readonly server: TcpLinkServer) {}
   static async start(): Promise<MutePeer> {
     let self: MutePeer | null = null;
-    const server = await listenTcpLinks({
-      nicId: FAKE_NIC,
-      key: LINK_KEY,
-      port: 0,
-      host: HOST,
-      log: quiet,
-      onLink: (l) => {
-        self!.links.push(l);
-        l.onFrame((f) => {
-          if ((getWord(f, 0) & 0xff) !== FrameType.ConnectRequest) return;
-          const ep = getWord(f, F_SRC_ENDPOINT);
-          self!.requests.set(ep, (self!.requests.get(ep) ?? 0) + 1);
-        });
-      },
+    const { server, links } = await listenAsPeer(FAKE_NIC, (f) => {
+      if ((getWord(f, 0) & 0xff) !== FrameType.ConnectRequest) return;
+      const ep = getWord(f, F_SRC_ENDPOINT);
+      self!.requests.set(ep, (self!.requests.get(ep) ?? 0) + 1);
     });
     self = new MutePeer(server);
+    self.links = links;
     self.chatter = setInterval(() => self!.babble(), 100);
     return self;
   }

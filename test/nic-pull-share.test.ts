@@ -33,7 +33,7 @@ import { PULL_JOBS_PER_LINK, PULL_LINK_SHARE } from "../src/nic/link-state.js";
 import { PULL_CREDITS } from "../src/nic/remote-pull.js";
 import { MxStatus, mxStatusName } from "../src/nic/status.js";
 import type { TcpLink } from "../src/nic/tcp-link.js";
-import { listenTcpLinks, type TcpLinkServer } from "../src/nic/tcp-link-setup.js";
+import type { TcpLinkServer } from "../src/nic/tcp-link-setup.js";
 import {
   Access,
   D_COOKIE,
@@ -60,14 +60,14 @@ import {
 } from "../src/nic/window.js";
 import type { SyncCallClient } from "../src/xen/sync-call.js";
 import { LINK_KEY } from "./helpers/link-key.js";
-import { control, freePort, HOST, openEndpoint, WindowOwner } from "./helpers/nic-harness.js";
+import { control, freePort, HOST, listenAsPeer, openEndpoint, WindowOwner } from "./helpers/nic-harness.js";
 import { until } from "./helpers/until.js";
 
 /** The slow peers' NIC ids: eight links, room for 8 × PULL_JOBS_PER_LINK pulls (the old table had 256). */
 const SLOW_NICS = [9, 10, 11, 12, 13, 14, 15, 16];
 /** What the hostile pulls ask for: its deadline is half a minute away however it trickles. */
 const HOSTILE_LEN = 1 << 20;
-const quiet = () => {};
+const _quiet = () => {};
 
 /** An endpoint's owner that posts PULLs and reads their PULL_DONEs (and ERRORs). */
 class Owner extends WindowOwner {
@@ -152,36 +152,27 @@ class SlowPeer {
   ) {}
   static async start(nicId: number): Promise<SlowPeer> {
     let self: SlowPeer | null = null;
-    const server = await listenTcpLinks({
-      nicId,
-      key: LINK_KEY,
-      port: 0,
-      host: HOST,
-      log: quiet,
-      onLink: (l) => {
-        self!.links.push(l);
-        l.onFrame((f) => {
-          if ((getWord(f, 0) & 0xff) !== FrameType.PullRequest) return;
-          const id = getWord(f, F_COOKIE);
-          if (getWord(f, F_STATUS) !== 0) {
-            self!.held.delete(id);
-            return;
-          }
-          const reqEp = getWord(f, F_SRC_ENDPOINT);
-          self!.requests.set(reqEp, (self!.requests.get(reqEp) ?? 0) + 1);
-          self!.held.set(id, {
-            id,
-            reqEp,
-            reqSession: getWord(f, F_SRC_SESSION),
-            srcEp: getWord(f, F_DEST_ENDPOINT),
-            srcSession: getWord(f, F_DEST_SESSION),
-            len: getWord(f, F_PULL_LENGTH),
-            sent: 0,
-          });
-        });
-      },
+    const { server, links } = await listenAsPeer(nicId, (f) => {
+      if ((getWord(f, 0) & 0xff) !== FrameType.PullRequest) return;
+      const id = getWord(f, F_COOKIE);
+      if (getWord(f, F_STATUS) !== 0) {
+        self!.held.delete(id);
+        return;
+      }
+      const reqEp = getWord(f, F_SRC_ENDPOINT);
+      self!.requests.set(reqEp, (self!.requests.get(reqEp) ?? 0) + 1);
+      self!.held.set(id, {
+        id,
+        reqEp,
+        reqSession: getWord(f, F_SRC_SESSION),
+        srcEp: getWord(f, F_DEST_ENDPOINT),
+        srcSession: getWord(f, F_DEST_SESSION),
+        len: getWord(f, F_PULL_LENGTH),
+        sent: 0,
+      });
     });
     self = new SlowPeer(nicId, server);
+    self.links = links;
     self.trickle = setInterval(() => self!.serveAByte(), 400);
     return self;
   }

@@ -63,7 +63,7 @@ import { Nic } from "../src/nic/nic.js";
 import { PULL_FREE_REFUSALS } from "../src/nic/pull-throttle.js";
 import { MxStatus, mxStatusName } from "../src/nic/status.js";
 import type { TcpLink } from "../src/nic/tcp-link.js";
-import { connectTcpLink, listenTcpLinks, type TcpLinkServer } from "../src/nic/tcp-link-setup.js";
+import { connectTcpLink, type TcpLinkServer } from "../src/nic/tcp-link-setup.js";
 import {
   Access,
   ANY_ENDPOINT,
@@ -123,7 +123,7 @@ import {
 } from "../src/nic/window.js";
 import type { SyncCallClient } from "../src/xen/sync-call.js";
 import { LINK_KEY } from "./helpers/link-key.js";
-import { control, freePort, HOST } from "./helpers/nic-harness.js";
+import { control, freePort, HOST, listenAsPeer } from "./helpers/nic-harness.js";
 import { until } from "./helpers/until.js";
 
 const quiet = () => {};
@@ -339,18 +339,9 @@ class FakePeer {
   ) {}
   static async start(nicId: number): Promise<FakePeer> {
     let self: FakePeer | null = null;
-    const server = await listenTcpLinks({
-      nicId,
-      key: LINK_KEY,
-      port: 0,
-      host: HOST,
-      log: quiet,
-      onLink: (l) => {
-        self!.links.push(l);
-        l.onFrame((f) => self!.frames.push(Buffer.from(f)));
-      },
-    });
+    const { server, links } = await listenAsPeer(nicId, (f) => self!.frames.push(Buffer.from(f)));
     self = new FakePeer(nicId, server);
+    self.links = links;
     return self;
   }
   get link(): TcpLink {

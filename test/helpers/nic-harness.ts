@@ -1,12 +1,14 @@
 /**
  * What tests that drive a NIC directly share: a free loopback port to listen on, the control
  * channel a NIC device's driver endpoint answers on (as myrback holds it), and an endpoint's
- * owner that posts descriptors and reads events through its window.
+ * owner that posts descriptors and reads events through its window, and a fake peer NIC.
  */
 import assert from "node:assert/strict";
 import net from "node:net";
 import type { NicControlRequest, OpenEndpointReply } from "../../src/nic/control.js";
 import type { NicDevice } from "../../src/nic/device.js";
+import type { TcpLink } from "../../src/nic/tcp-link.js";
+import { listenTcpLinks, type TcpLinkServer } from "../../src/nic/tcp-link-setup.js";
 import {
   ANY_ENDPOINT,
   DESC_WORDS,
@@ -23,6 +25,7 @@ import {
   W_SQ_PROD,
 } from "../../src/nic/window.js";
 import { SyncCallClient } from "../../src/xen/sync-call.js";
+import { LINK_KEY } from "./link-key.js";
 import { until } from "./until.js";
 
 /** The loopback address the tests' links and listeners use. */
@@ -121,4 +124,27 @@ export abstract class WindowOwner {
     );
     return this.byCookie.get(cookie)!;
   }
+}
+
+/**
+ * A fake peer NIC `nicId` in this thread: a TCP link listener holding the cluster key. Every
+ * frame of every link it accepts goes to `onFrame`; `links` lists them in the order they came.
+ */
+export async function listenAsPeer(
+  nicId: number,
+  onFrame: (frame: Uint8Array, link: TcpLink) => void,
+): Promise<{ server: TcpLinkServer; links: TcpLink[] }> {
+  const links: TcpLink[] = [];
+  const server = await listenTcpLinks({
+    nicId,
+    key: LINK_KEY,
+    port: 0,
+    host: HOST,
+    log: () => {},
+    onLink: (l) => {
+      links.push(l);
+      l.onFrame((f) => onFrame(f, l));
+    },
+  });
+  return { server, links };
 }
