@@ -10,8 +10,9 @@
  * further one waits at the head of its own queue), and the table has room for every
  * endpoint's share at once. A pull that finds its link's PULL_JOBS_PER_LINK jobs taken, or its
  * endpoint holding PULL_LINK_SHARE of them, is parked (pull-park.ts) in its slot and asked for
- * when a job frees, endpoints in turn: it holds no queue, its own endpoint's included. A requester that gives up (its endpoint closed, its
- * destination region went away) tells the peer to stop with a cancelling PULL_REQUEST. With no
+ * when a job frees, endpoints in turn: it holds no queue, its own endpoint's included. A
+ * requester that gives up (its endpoint closed, its destination region went away) tells the
+ * peer to stop with a cancelling PULL_REQUEST. With no
  * link to the source's NIC and that NIC being this one, the pull is checked as a peer would
  * check it and copied here by the DMA engine. Remote PULLs do not hold the endpoint's queue:
  * their PULL_DONE may come after later descriptors' completions.
