@@ -330,6 +330,40 @@ test("a launcher killed outright: the hosts stop its ranks; two launchers share 
   assert.match(y.stdout, helloLine(1, 2, A.nicId, "bypass", JSON.stringify(["y"])));
 });
 
+test("a launcher that runs job after job on one connection keeps nothing of the finished ones", async () => {
+  // A library user's launcher lives as long as its application: each job it ran used to leave
+  // its event handlers (and through them the job's outcomes) in the connection's job table.
+  const [a, b] = await Promise.all([
+    RemoteHost.connect({ host: "127.0.0.1", port: A.port }, { key: KEY }),
+    RemoteHost.connect({ host: "127.0.0.1", port: B.port }, { key: KEY }),
+  ]);
+  const tables = () => [a, b].map((h) => (h as unknown as { jobs: Map<string, unknown> }).jobs.size);
+  try {
+    // Two that end well, one whose rank 1 fails (the launcher stops the other rank).
+    for (const [i, [program, arg]] of [
+      ["mh-hello", "x"],
+      ["mh-hello", "y"],
+      ["mh-fail", "1"],
+    ].entries()) {
+      const lines: string[] = [];
+      const res = await new Job([a, b], {
+        n: 2,
+        path: "bypass",
+        program: fixture(program),
+        argv: [arg],
+        output: (_rank, _stream, line) => lines.push(line),
+      }).run();
+      assert.equal(res.ranks.length, 2, lines.join("\n"));
+      assert.equal(res.exitCode, program === "mh-fail" ? 7 : 0, lines.join("\n"));
+      assert.deepEqual(tables(), [0, 0], `after job ${i} (${program}) the connections still hold jobs`);
+    }
+  } finally {
+    a.close();
+    b.close();
+  }
+  await Promise.all([drained(A), drained(B)]);
+});
+
 test("a host killed mid-job: the launcher names it and exits non-zero within seconds; the other host serves on", async () => {
   const [D, E] = await Promise.all([startHost(), startHost()]);
   let up = 0;

@@ -37,6 +37,11 @@ export interface TargetJob {
   stop(): Promise<void>;
   /** Where the host's ranks are: the call each blocks in (rank-state.ts), or how it ended. */
   states?(): Promise<{ rank: number; state: string }[]>;
+  /**
+   * The job is over for its launcher (every rank's end recorded): the target forgets its
+   * events. A connection that runs job after job must not keep every finished one.
+   */
+  release?(): void;
 }
 
 /** A host a job can run ranks on. */
@@ -281,6 +286,7 @@ export class Job {
       await finished;
     } finally {
       for (const u of unsubscribe) u();
+      for (const hd of this.handles) hd?.release?.();
       clearTimeout(this.stopTimer);
       clearTimeout(this.graceTimer);
     }

@@ -264,6 +264,9 @@ export class RemoteHost implements JobTarget {
         const m = await this.request({ type: "states", id: 0, job });
         return m.type === "states" ? m.ranks : [];
       },
+      release: () => {
+        if (this.jobs.get(job) === events) this.jobs.delete(job);
+      },
     };
   }
 
