@@ -88,3 +88,42 @@ test("a guest guessing an endpoint's session instead of its key is refused unexa
   const nic = host.nic.counters().global;
   assert.ok(nic.send_bad_sessions >= SESSION_FREE_REFUSALS && nic.sends_throttled > 0, "counted");
 });
+
+test("a locked-out guesser's endpoint id goes back to it, not to the next guest: the newcomer's right key connects", async () => {
+  // A lockout is keyed on the requester's NIC and endpoint id, all the answering NIC sees of
+  // it. The NIC gave a new endpoint the lowest free id — the guesser's, once it closed — and
+  // the lockout with it: the next guest's connects were refused (MX_BUSY) for up to a minute,
+  // and a guest that kept getting itself locked out could keep the host's next jobs from starting.
+  const key = 0x1d1e;
+  const own = await Host.start({});
+  try {
+    const victim = await own.startGuest({ module: GUESSER, args: { role: "victim", key } });
+    const [addr] = await nextMessage(victim);
+    type Result = {
+      right: string;
+      rightMessage: string;
+      endpointId: number;
+      afterReopen?: string;
+      reopenedId?: number;
+    };
+    const run = async (args: Record<string, unknown>): Promise<Result> => {
+      const g = await own.startGuest({ module: GUESSER, args: { role: "guesser", key, ...args } });
+      g.send(addr);
+      const e = await g.exited;
+      assert.equal(e.state, "shutdown", e.error?.stack);
+      return e.result as Result;
+    };
+    const guesser = await run({ guesses: 12, reopen: true });
+    assert.equal(guesser.right, "MX_BUSY", "locked out");
+    // Nor does reopening shed the lockout: the guesser's own id comes back to it.
+    assert.equal(guesser.reopenedId, guesser.endpointId);
+    assert.equal(guesser.afterReopen, "MX_BUSY");
+    const newcomer = await run({ guesses: 0 });
+    assert.notEqual(newcomer.endpointId, guesser.endpointId, "the newcomer got the guesser's endpoint id");
+    assert.equal(newcomer.right, "connected", `endpoint ${newcomer.endpointId}: ${newcomer.rightMessage}`);
+    victim.send("done");
+    await victim.exited;
+  } finally {
+    await own.stop();
+  }
+});

@@ -866,7 +866,20 @@ test("bad-key CONNECTs are throttled per requesting endpoint: prompt BAD_KEY fir
     expectEvent(await honest.nextEvent(), EventType.ConnectDone, MxStatus.SUCCESS, `${where}: honest`);
     const c1 = nic.counters().global as Record<string, number>;
     assert.equal(c1.connects_throttled - c0.connects_throttled, 51, `${where}: counted`);
-    for (const o of [target, attacker, honest]) o.close();
+    // The lockout is the requester's NIC and endpoint id's: once the guesser closed, a newcomer
+    // that asks for any id does not get id 30 (and connects); the guesser asking again does.
+    attacker.close();
+    // Ids below 30 taken, so that the lowest free one is the guesser's.
+    const fillers: Owner[] = [];
+    const taken = info(ctl1).openEndpoints;
+    for (let i = 0; i < 30; i++) if (!taken.includes(i)) fillers.push(Owner.open(ctl1, "filler"));
+    const newcomer = Owner.open(ctl1, "newcomer");
+    assert.notEqual(newcomer.id, 30, `${where}: the newcomer got the locked-out id`);
+    newcomer.post(connectDesc(400, targetNic, target.id, 0x600d));
+    expectEvent(await newcomer.nextEvent(), EventType.ConnectDone, MxStatus.SUCCESS, `${where}: newcomer`);
+    const again = Owner.open(ctl1, "guesser");
+    assert.equal(again.id, 30, `${where}: the guesser gets its own id back`);
+    for (const o of [target, honest, newcomer, again, ...fillers]) o.close();
   }
 });
 

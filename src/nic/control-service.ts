@@ -21,7 +21,7 @@ import type { Delivery } from "./delivery.js";
 import type { DmaEngine } from "./dma.js";
 import type { EndpointContext, EndpointTable } from "./endpoints.js";
 import type { EtherService } from "./ether-service.js";
-import type { Events } from "./events.js";
+import { type Events, noteRefusal } from "./events.js";
 import type { LinkTable } from "./link-state.js";
 import type { Links } from "./links.js";
 import { isDefaultQos, type QosScheduler, type QosSettings, qosSettingsError } from "./qos.js";
@@ -170,6 +170,7 @@ export class ControlService {
       const from = this.eps.checkId(r.requester, "lookup_endpoint requester");
       this.clock.tick();
       const status = this.connector.check(this.nicId, from, id, r.key, this.lockout);
+      noteRefusal(this.eps.ctxs[from], status, this.lockout.retryAfterMs);
       if (status === MxStatus.REJECTED)
         return { status: "throttled", retryAfterMs: this.lockout.retryAfterMs };
       if (status === MxStatus.ENDPOINT_UNKNOWN) return { status: "unknown" };

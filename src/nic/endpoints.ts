@@ -84,6 +84,14 @@ export class EndpointContext {
   session = 0;
   key = 0;
   owner = "";
+  /**
+   * Until when (performance.now() ms) a NIC may be locking this endpoint id out for what it sent
+   * (wrong keys, sessions, refused pulls), as the answers it got said, and the owner it had
+   * then: a lockout is keyed on the requester's NIC and endpoint id, all a peer NIC sees of it,
+   * so it outlives the endpoint (EndpointTable.pickFree).
+   */
+  lockedUntil = 0;
+  lockedOwner = "";
   intrBuffer: SharedArrayBuffer | null = null;
   w: Int32Array = new Int32Array(0);
   intr: Int32Array = new Int32Array(0);
@@ -134,7 +142,23 @@ export class EndpointContext {
   constructor(readonly id: number) {
     this.base = endpointCounterBase(id);
   }
+
+  /** An answer said (or may have meant) that some NIC locks this endpoint out for `ms` from now. */
+  noteLockout(ms: number): void {
+    const until = performance.now() + ms;
+    if (until > this.lockedUntil) this.lockedUntil = until;
+    this.lockedOwner = this.owner;
+  }
 }
+
+/**
+ * The lockout an answer implies when it does not say how long: REJECTED without a time (a
+ * session or pull lockout) may last the longest any throttle gives (connect-, session- and
+ * pull-throttle.ts: a minute); a plain refusal (BAD_KEY, BAD_SESSION, BAD_RDMAWIN) may be the
+ * last free one, which starts the shortest (a second).
+ */
+export const LOCKOUT_UNSAID_MS = 60_000;
+export const LOCKOUT_FIRST_MS = 1000;
 
 /** Every endpoint context of the NIC, and the compact list of the open ones. */
 export class EndpointTable {
@@ -188,7 +212,7 @@ export class EndpointTable {
       throw new NicError("EINVAL", `open_endpoint: key must be a u32, got ${String(r.key)}`);
     let ctx: EndpointContext | undefined;
     if (r.endpointId === ANY_ENDPOINT) {
-      ctx = this.ctxs.find((c) => !c.open);
+      ctx = this.pickFree(r.owner);
       if (!ctx)
         throw new NicError(
           "ENOSPC",
@@ -243,6 +267,27 @@ export class EndpointTable {
     this.openIds[this.openCount++] = ctx.id;
     this.c[ctx.base + EndpointCounter.opens]++;
     return { endpointId: ctx.id, session, window, intr: intrBuffer };
+  }
+
+  /**
+   * A free context for an open that names no id. An id that a NIC may still lock out for what
+   * its last owner sent goes back to that owner first, and to another only when no other id is
+   * free (then the one whose lockout ends first): a guest that got itself locked out can
+   * neither hand its lockout to the next job that opens an endpoint here (its connects refused
+   * for up to a minute, a job after a job failing at start) nor shed it by reopening. Otherwise
+   * the lowest free id, as before.
+   */
+  private pickFree(owner: string): EndpointContext | undefined {
+    const now = performance.now();
+    let clean: EndpointContext | undefined;
+    let locked: EndpointContext | undefined;
+    for (const c of this.ctxs) {
+      if (c.open) continue;
+      if (c.lockedUntil <= now) clean ??= c;
+      else if (c.lockedOwner === owner) return c;
+      else if (locked === undefined || c.lockedUntil < locked.lockedUntil) locked = c;
+    }
+    return clean ?? locked;
   }
 
   /**

@@ -18,6 +18,8 @@ import {
   type EndpointContext,
   type EndpointTable,
   EVENT_BACKLOG,
+  LOCKOUT_FIRST_MS,
+  LOCKOUT_UNSAID_MS,
   M_AUX0,
   M_AUX1,
   M_MATCH_HI,
@@ -87,6 +89,7 @@ export class Events {
 
   /** PULL_DONE. `seenAt` ≠ 0: a traced pull; its stamps go into the event (E_TRACE_*). */
   postPullDone(ctx: EndpointContext, cookie: number, len: number, status: number, seenAt = 0): void {
+    if (status !== MxStatus.SUCCESS) noteRefusal(ctx, status);
     const ev = this.ev;
     ev.fill(0);
     ev[E_TYPE] = EventType.PullDone | (status << 16);
@@ -107,7 +110,10 @@ export class Events {
     status: number,
     reason = reasonOfStatus(status),
   ): void {
-    if (status !== MxStatus.SUCCESS) this.c[NicCounter.send_failures]++;
+    if (status !== MxStatus.SUCCESS) {
+      this.c[NicCounter.send_failures]++;
+      noteRefusal(ctx, status);
+    }
     const ev = this.ev;
     ev.fill(0);
     ev[E_TYPE] = EventType.SendDone | (status << 16);
@@ -148,6 +154,7 @@ export class Events {
   ): void {
     this.c[NicCounter.errors]++;
     this.c[ERROR_REASON_SLOT[reason]]++;
+    noteRefusal(ctx, status);
     this.c[ctx.base + EndpointCounter.errors]++;
     const ev = this.ev;
     ev.fill(0);
@@ -184,7 +191,10 @@ export class Events {
     status: number,
     retryAfterMs = 0,
   ): void {
-    if (status !== MxStatus.SUCCESS) this.c[NicCounter.connect_failures]++;
+    if (status !== MxStatus.SUCCESS) {
+      this.c[NicCounter.connect_failures]++;
+      noteRefusal(ctx, status, retryAfterMs);
+    }
     const ev = this.ev;
     ev.fill(0);
     ev[E_TYPE] = EventType.ConnectDone | (status << 16);
@@ -286,4 +296,15 @@ export class Events {
       if (raiseInterrupt(this.portIntr)) this.c[NicCounter.interrupt_kicks]++;
     }
   }
+}
+
+/**
+ * What a refusal says of the lockouts ctx's endpoint id may carry at the NIC that refused
+ * (EndpointContext.lockedUntil): REJECTED is one, for `retryMs` when the answer says; a plain
+ * BAD_KEY, BAD_SESSION or BAD_RDMAWIN may have been the last free refusal, which starts one.
+ */
+export function noteRefusal(ctx: EndpointContext, status: number, retryMs = 0): void {
+  if (status === MxStatus.REJECTED) ctx.noteLockout(retryMs > 0 ? retryMs : LOCKOUT_UNSAID_MS);
+  else if (status === MxStatus.BAD_KEY || status === MxStatus.BAD_SESSION || status === MxStatus.BAD_RDMAWIN)
+    ctx.noteLockout(LOCKOUT_FIRST_MS);
 }
