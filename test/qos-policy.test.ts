@@ -77,12 +77,12 @@ async function nicQos(
   }
 }
 
-test("the policy reaches the NIC at open time and on change; the guest cannot write its own node", async () => {
+test("the policy reaches the NIC at open time and on change, one share for all the domain's endpoints; the guest cannot write its own node", async () => {
   const dom = await host.startGuest({
     module: QOS_GUEST,
     name: "qos-guest",
     pages: 512,
-    args: { waitForWeights: [5, 6] },
+    args: { waitForWeights: [5, 6], extraEndpoints: 2 },
     qos: { weight: 2, tx: { bytesPerSec: 1e9 } },
   });
   const first = await nicQos(
@@ -96,6 +96,16 @@ test("the policy reaches the NIC at open time and on change; the guest cannot wr
     rxBytesPerSec: 0,
     rxMsgsPerSec: 0,
   });
+  // Its three endpoints are one payer at the NIC: one weight, one set of caps (not three).
+  const shares = async () => {
+    const until = Date.now() + 20_000;
+    for (;;) {
+      const s = (await host.nicInfo()).qosShares ?? [];
+      if (s.some((g) => g.length === 3) || Date.now() > until) return s;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  };
+  assert.equal((await shares()).filter((g) => g.length === 3).length, 1, "one share of three endpoints");
   await host.setQos(dom.domid, { weight: 5, rx: { msgsPerSec: 2000 } });
   const changed = await nicQos(
     () => undefined,

@@ -49,7 +49,7 @@ function drr(weights: number[], size: number, rounds: number): number[] {
   const q = new QosScheduler(weights.length);
   const ids = Int32Array.from(weights.keys());
   weights.forEach((w, id) => {
-    q.reset(id, 0);
+    q.opened(id, undefined, 0);
     q.set(id, { weight: w, txBytesPerSec: 0, txMsgsPerSec: 0, rxBytesPerSec: 0, rxMsgsPerSec: 0 }, 0);
   });
   const d = new Int32Array(DESC_WORDS);
@@ -83,8 +83,8 @@ test("DRR: backlogged endpoints' bytes served follow their weights", () => {
 
 test("DRR: deficits — an idle endpoint banks at most one quantum, an overdraft is repaid", () => {
   const q = new QosScheduler(2);
-  q.reset(0, 0);
-  q.reset(1, 0);
+  q.opened(0, undefined, 0);
+  q.opened(1, undefined, 0);
   const ids = Int32Array.of(0, 1);
   for (let r = 0; r < 10; r++) q.beginRound(ids, 2, 0);
   assert.equal(q.deficit[0], QOS_QUANTUM, "ten idle rounds are worth one");
@@ -111,6 +111,51 @@ test("DRR: deficits — an idle endpoint banks at most one quantum, an overdraft
   assert.ok(q.admit(1, big));
   q.charge(1, true);
   assert.equal(q.deficit[1], before - 2 * DESCRIPTOR_COST);
+});
+
+test("a share group is one payer: four endpoints of one domain get one weight's bytes and one cap", () => {
+  const q = new QosScheduler(5);
+  for (let id = 0; id < 4; id++) q.opened(id, 7, 0);
+  q.opened(4, 8, 0);
+  const ids = Int32Array.of(0, 1, 2, 3, 4);
+  const d = new Int32Array(DESC_WORDS);
+  d[D_OPCODE] = Opcode.Send;
+  d[D_LENGTH] = 65536;
+  const served = [0, 0, 0, 0, 0];
+  const run = (rounds: number, clock: (r: number) => number, who: number[]) => {
+    for (let r = 0; r < rounds; r++) {
+      q.beginRound(ids, ids.length, clock(r));
+      for (const id of who)
+        while (q.admit(id, d)) {
+          q.charge(id);
+          served[id] += 65536;
+        }
+    }
+  };
+  run(1000, () => 0, [0, 1, 2, 3, 4]);
+  const group = served[0] + served[1] + served[2] + served[3];
+  assert.ok(Math.abs(group / served[4] - 1) < 0.01, `four endpoints ${group} : one ${served[4]}`);
+  // The domain's cap, set through one endpoint, is the four endpoints' together: 10^6 B/s.
+  q.set(2, { weight: 1, txBytesPerSec: 1e6, txMsgsPerSec: 0, rxBytesPerSec: 0, rxMsgsPerSec: 0 }, 0);
+  assert.equal(q.settings(0).txBytesPerSec, 1e6);
+  assert.deepEqual(q.shares([0, 1, 2, 3, 4]), [[0, 1, 2, 3]]);
+  served.fill(0);
+  run(2000, (r) => r + 1, [0, 1, 2, 3]);
+  const capped = served[0] + served[1] + served[2] + served[3];
+  // Two seconds of 1 MB/s (the bucket starts empty), give or take one 64 KiB message.
+  assert.ok(capped >= 2e6 - 65536 && capped <= 2e6 + 65536, `capped ${capped} B in 2 s`);
+  // The group outlives any one endpoint; its last close frees the slot for a newcomer.
+  for (let id = 0; id < 3; id++) q.closed(id);
+  assert.equal(q.settings(3).txBytesPerSec, 1e6);
+  q.closed(3);
+  q.opened(0, 9, 0);
+  assert.deepEqual(q.settings(0), {
+    weight: 1,
+    txBytesPerSec: 0,
+    txMsgsPerSec: 0,
+    rxBytesPerSec: 0,
+    rxMsgsPerSec: 0,
+  });
 });
 
 // ---- the NIC in-thread ------------------------------------------------------------------------
@@ -239,6 +284,45 @@ test("a hostile owner that keeps its queue full gets its share and no more", () 
   const c2 = readNicCounters(nic.countersBuffer).endpoints;
   const ratio = (c2[bystander.id].qos_bytes - b0) / (c2[hostile.id].qos_bytes - h0);
   assert.ok(Math.abs(ratio / 3 - 1) < 0.02, `3:1 measured ${ratio}`);
+});
+
+test("a hostile domain that opens four endpoints gets one share of the NIC, not four", () => {
+  // The NIC gave every endpoint its own weight: a guest that opened four (myrback allows
+  // eight) and kept them all full took four shares to its one-endpoint neighbour's one.
+  const nic = new Nic({ nicId: NIC_ID, maxEndpoints: 8 });
+  const open = (owner: string, group: number) =>
+    new Owner(
+      nic,
+      nic.control({
+        op: "open_endpoint",
+        owner,
+        endpointId: ANY_ENDPOINT,
+        key: 1,
+        group,
+      }) as OpenEndpointReply,
+    );
+  const hostile = [0, 1, 2, 3].map(() => open("domain 5", 5));
+  const bystander = open("domain 6", 6);
+  const regs = new Map([...hostile, bystander].map((o) => [o, o.register(SEND_MAX).regionId]));
+  const UNREACHABLE = 999;
+  let cookie = 0;
+  for (let r = 0; r < 400; r++) {
+    for (const [o, region] of regs) {
+      while (o.room() > 0) o.post(send(region, SEND_MAX, UNREACHABLE, null, cookie++));
+    }
+    nic.poll();
+    for (const o of regs.keys()) o.events();
+  }
+  const c = readNicCounters(nic.countersBuffer).endpoints;
+  const h = hostile.reduce((sum, o) => sum + c[o.id].qos_bytes, 0);
+  const b = c[bystander.id].qos_bytes;
+  assert.ok(Math.abs(h - b) <= QOS_QUANTUM + SEND_MAX, `the four endpoints ${h}, the bystander ${b}`);
+  const info = nic.info();
+  assert.deepEqual(info.qosShares, [hostile.map((o) => o.id)]);
+  assert.throws(
+    () => nic.control({ op: "open_endpoint", owner: "x", endpointId: ANY_ENDPOINT, key: 1, group: -1 }),
+    /group must be a u32/,
+  );
 });
 
 test("a capped endpoint's messages are slowed, never lost: all arrive, in order, intact", () => {

@@ -93,7 +93,7 @@ export class ControlService {
     switch (r.op) {
       case "open_endpoint": {
         const reply = this.eps.open(r);
-        this.qos.reset(reply.endpointId, this.clock.tick());
+        this.qos.opened(reply.endpointId, r.group, this.clock.tick());
         return reply;
       }
       case "set_qos":
@@ -209,6 +209,7 @@ export class ControlService {
         .openList()
         .map((endpointId) => ({ endpointId, settings: this.qos.settings(endpointId) }))
         .filter(({ settings }) => !isDefaultQos(settings)),
+      qosShares: this.qos.shares(this.eps.openList()),
     };
   }
 }

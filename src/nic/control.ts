@@ -27,6 +27,11 @@ export type NicControlRequest =
       owner: string;
       endpointId: number;
       key: number;
+      /**
+       * Its QoS share group (a u32; qos.ts): endpoints opened with the same group share one
+       * weight, deficit and set of caps. myrback passes the owner domain's id; absent: a share of its own.
+       */
+      group?: number;
       window?: SharedArrayBuffer;
       intr?: SharedArrayBuffer;
     }
@@ -103,6 +108,8 @@ export interface NicInfo {
   etherPort?: boolean;
   /** Open endpoints whose weight or caps are not the default (set_qos), ascending. */
   qos?: { endpointId: number; settings: QosSettings }[];
+  /** Open endpoints that share one QoS slot (one weight, deficit and set of caps: one domain's), two or more each. */
+  qosShares?: number[][];
 }
 
 export interface LinkStateInfo {

@@ -210,6 +210,8 @@ export class EndpointTable {
       );
     if (!isInt(r.key) || r.key < 0 || r.key > 0xffffffff)
       throw new NicError("EINVAL", `open_endpoint: key must be a u32, got ${String(r.key)}`);
+    if (r.group !== undefined && (!isInt(r.group) || r.group < 0 || r.group > 0xffffffff))
+      throw new NicError("EINVAL", `open_endpoint: group must be a u32 or absent, got ${String(r.group)}`);
     let ctx: EndpointContext | undefined;
     if (r.endpointId === ANY_ENDPOINT) {
       ctx = this.pickFree(r.owner);

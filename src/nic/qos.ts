@@ -23,7 +23,15 @@
  * while its payer's deficit is positive, and may overdraw by one descriptor, which later
  * rounds repay — so backlogged endpoints' bytes served converge to their weights' ratio.
  *
- * Caps: a bucket per endpoint and direction for bytes and for messages, refilled at its
+ * Share groups: a weight, a deficit and caps belong to a *share slot*, not to an endpoint. An
+ * endpoint opened with a `group` (open_endpoint; myrback passes the owner domain's id) shares
+ * the slot of that group's other open endpoints; one opened without has a slot of its own. A
+ * domain's policy is the domain's: with a slot per endpoint, a guest that opened four endpoints
+ * had four weights and four caps (a domain capped at 100 MB/s streamed 400 from four), and its
+ * backlogged endpoints took four shares of a contended NIC to a one-endpoint neighbour's one.
+ * The counters (qos_bytes, qos_deferred) stay per endpoint.
+ *
+ * Caps: a bucket per share slot and direction for bytes and for messages, refilled at its
  * rate up to BURST_MS of it; a descriptor may start while its buckets are not in debt and
  * then takes its whole size (a 1 MiB pull under a 100 MB/s cap leaves ~10 ms of debt).
  * Bucket times are the NIC's round clock (ms); the unit tests pass their own.
@@ -97,13 +105,24 @@ export function qosSettingsError(s: unknown): string | null {
 }
 
 export class QosScheduler {
+  /** Per share slot (maxEndpoints + 1: the last is CLOSED's): its weight and deficit. */
   readonly weight: Float64Array;
   readonly deficit: Float64Array;
-  /** Per endpoint × BUCKETS: rate per ms (0: no cap), tokens, capacity. */
+  /** Endpoint → its share slot; CLOSED for a context not open. */
+  readonly slotOf: Int32Array;
+  /** Per slot: its group (−1: none, a slot of one endpoint), and how many open endpoints share it. */
+  private readonly slotGroup: Float64Array;
+  private readonly slotRefs: Int32Array;
+  /** Per slot: the round it last earned its quantum (beginRound pays a shared slot once). */
+  private readonly earnedIn: Float64Array;
+  private round = 0;
+  /** The slot of closed contexts: pays nothing, never capped (engines refuse what names them). */
+  private readonly CLOSED: number;
+  /** Per slot × BUCKETS: rate per ms (0: no cap), tokens, capacity. */
   private readonly rate: Float64Array;
   private readonly tokens: Float64Array;
   private readonly burst: Float64Array;
-  /** Whether the endpoint has any cap (its buckets are refilled only then). */
+  /** Whether the slot has any cap (its buckets are refilled only then). */
   private readonly capped: Uint8Array;
   private readonly lastRefill: Float64Array;
   /**
@@ -112,7 +131,7 @@ export class QosScheduler {
    * is never idled by its weight). nic.ts reads and clears it each round.
    */
   deficitHeld = false;
-  /** Set by admit(): who pays for the descriptor in hand, and its size. */
+  /** Set by admit(): who pays for the descriptor in hand (endpoints), and its size. */
   private payTx = 0;
   private payRx = -1;
   private payBytes = 0;
@@ -122,24 +141,70 @@ export class QosScheduler {
     readonly maxEndpoints: number,
     private readonly c: Float64Array = new Float64Array(endpointCounterBase(maxEndpoints)),
   ) {
-    this.weight = new Float64Array(maxEndpoints).fill(1);
+    const slots = maxEndpoints + 1;
+    this.CLOSED = maxEndpoints;
+    this.weight = new Float64Array(slots).fill(1);
     // A context never opened (or closed) pays nothing: its engines refuse what names it.
-    this.deficit = new Float64Array(maxEndpoints).fill(Number.POSITIVE_INFINITY);
-    this.rate = new Float64Array(maxEndpoints * BUCKETS);
-    this.tokens = new Float64Array(maxEndpoints * BUCKETS);
-    this.burst = new Float64Array(maxEndpoints * BUCKETS);
-    this.capped = new Uint8Array(maxEndpoints);
-    this.lastRefill = new Float64Array(maxEndpoints);
+    this.deficit = new Float64Array(slots).fill(Number.POSITIVE_INFINITY);
+    this.slotOf = new Int32Array(maxEndpoints).fill(this.CLOSED);
+    this.slotGroup = new Float64Array(slots).fill(-1);
+    this.slotRefs = new Int32Array(slots);
+    this.earnedIn = new Float64Array(slots).fill(-1);
+    this.rate = new Float64Array(slots * BUCKETS);
+    this.tokens = new Float64Array(slots * BUCKETS);
+    this.burst = new Float64Array(slots * BUCKETS);
+    this.capped = new Uint8Array(slots);
+    this.lastRefill = new Float64Array(slots);
   }
 
-  /** Endpoint `id` gets policy `s` (checked by the caller with qosSettingsError). */
+  /**
+   * A newly opened endpoint: it joins the slot of `group`'s open endpoints, policy and all, or
+   * (no group, or the group's first) takes a free slot with the default policy until its
+   * driver says otherwise.
+   */
+  opened(id: number, group: number | undefined, now: number): void {
+    this.closed(id);
+    if (group !== undefined) {
+      for (let slot = 0; slot < this.CLOSED; slot++) {
+        if (this.slotRefs[slot] > 0 && this.slotGroup[slot] === group) {
+          this.slotOf[id] = slot;
+          this.slotRefs[slot]++;
+          return;
+        }
+      }
+    }
+    // A free slot exists: every open endpoint holds at most one, and `id` holds none now.
+    let slot = 0;
+    while (this.slotRefs[slot] > 0) slot++;
+    this.slotOf[id] = slot;
+    this.slotRefs[slot] = 1;
+    this.slotGroup[slot] = group ?? -1;
+    this.deficit[slot] = 0;
+    this.earnedIn[slot] = -1;
+    this.tokens.fill(0, slot * BUCKETS, (slot + 1) * BUCKETS);
+    this.set(id, DEFAULT_QOS, now);
+  }
+
+  /** Endpoint `id` closed (or is about to reopen): it leaves its slot, freed with its last endpoint. */
+  closed(id: number): void {
+    const slot = this.slotOf[id];
+    this.slotOf[id] = this.CLOSED;
+    if (slot === this.CLOSED || --this.slotRefs[slot] > 0) return;
+    this.slotGroup[slot] = -1;
+    this.capped[slot] = 0;
+    this.deficit[slot] = Number.POSITIVE_INFINITY;
+  }
+
+  /** Endpoint `id` gets policy `s` (checked by the caller with qosSettingsError): its whole share group does. */
   set(id: number, s: QosSettings, now: number): void {
-    this.weight[id] = s.weight;
+    const slot = this.slotOf[id];
+    if (slot === this.CLOSED) return;
+    this.weight[slot] = s.weight;
     const rates = [s.txBytesPerSec, s.txMsgsPerSec, s.rxBytesPerSec, s.rxMsgsPerSec];
     let capped = 0;
     for (let b = 0; b < BUCKETS; b++) {
       const perMs = rates[b] / 1000;
-      const i = id * BUCKETS + b;
+      const i = slot * BUCKETS + b;
       this.rate[i] = perMs;
       // Messages: at least one (a cap below 200/s still gets its message when due).
       const isMsgs = b === TX_MSGS || b === RX_MSGS;
@@ -149,27 +214,15 @@ export class QosScheduler {
       if (perMs > 0) capped = 1;
       else this.tokens[i] = 0;
     }
-    this.capped[id] = capped;
-    this.lastRefill[id] = now;
-  }
-
-  /** A newly opened endpoint starts with the default policy until its driver says otherwise. */
-  reset(id: number, now: number): void {
-    this.deficit[id] = 0;
-    this.tokens.fill(0, id * BUCKETS, (id + 1) * BUCKETS);
-    this.set(id, DEFAULT_QOS, now);
-  }
-
-  /** A closed endpoint: pulls that name it are refused by their engine, never held here. */
-  closed(id: number): void {
-    this.capped[id] = 0;
-    this.deficit[id] = Number.POSITIVE_INFINITY;
+    this.capped[slot] = capped;
+    this.lastRefill[slot] = now;
   }
 
   settings(id: number): QosSettings {
-    const r = (b: number) => this.rate[id * BUCKETS + b] * 1000;
+    const slot = this.slotOf[id];
+    const r = (b: number) => this.rate[slot * BUCKETS + b] * 1000;
     return {
-      weight: this.weight[id],
+      weight: this.weight[slot],
       txBytesPerSec: r(TX_BYTES),
       txMsgsPerSec: r(TX_MSGS),
       rxBytesPerSec: r(RX_BYTES),
@@ -177,22 +230,41 @@ export class QosScheduler {
     };
   }
 
-  /** A new round: each of the `count` endpoints in `ids` earns its quantum; buckets refill to `now` (ms). */
+  /** The endpoints of `ids` that share a slot with another, grouped (groups of one left out). */
+  shares(ids: readonly number[]): number[][] {
+    const bySlot = new Map<number, number[]>();
+    for (const id of ids) {
+      const slot = this.slotOf[id];
+      if (slot === this.CLOSED) continue;
+      const g = bySlot.get(slot);
+      if (g) g.push(id);
+      else bySlot.set(slot, [id]);
+    }
+    return [...bySlot.values()].filter((g) => g.length > 1);
+  }
+
+  /**
+   * A new round: the slots of the `count` endpoints in `ids` earn their quantum (once each,
+   * however many of their endpoints are open); buckets refill to `now` (ms).
+   */
   beginRound(ids: Int32Array, count: number, now: number): void {
+    const round = ++this.round;
     for (let k = 0; k < count; k++) {
-      const id = ids[k];
-      const full = QOS_QUANTUM * this.weight[id];
-      const d = this.deficit[id] + full;
-      this.deficit[id] = d > full ? full : d;
-      if (this.capped[id] === 1) this.refill(id, now);
+      const slot = this.slotOf[ids[k]];
+      if (this.earnedIn[slot] === round) continue;
+      this.earnedIn[slot] = round;
+      const full = QOS_QUANTUM * this.weight[slot];
+      const d = this.deficit[slot] + full;
+      this.deficit[slot] = d > full ? full : d;
+      if (this.capped[slot] === 1) this.refill(slot, now);
     }
   }
 
-  private refill(id: number, now: number): void {
-    const dt = now - this.lastRefill[id];
+  private refill(slot: number, now: number): void {
+    const dt = now - this.lastRefill[slot];
     if (dt <= 0) return;
-    this.lastRefill[id] = now;
-    for (let i = id * BUCKETS; i < (id + 1) * BUCKETS; i++) {
+    this.lastRefill[slot] = now;
+    for (let i = slot * BUCKETS; i < (slot + 1) * BUCKETS; i++) {
       if (this.rate[i] === 0) continue;
       const t = this.tokens[i] + this.rate[i] * dt;
       this.tokens[i] = t > this.burst[i] ? this.burst[i] : t;
@@ -200,8 +272,10 @@ export class QosScheduler {
   }
 
   private inDebt(id: number, first: number, second: number): boolean {
-    if (id < 0 || this.capped[id] === 0) return false;
-    const base = id * BUCKETS;
+    if (id < 0) return false;
+    const slot = this.slotOf[id];
+    if (this.capped[slot] === 0) return false;
+    const base = slot * BUCKETS;
     return this.tokens[base + first] < 0 || this.tokens[base + second] < 0;
   }
 
@@ -234,7 +308,7 @@ export class QosScheduler {
       this.c[endpointCounterBase(ep) + EndpointCounter.qos_deferred]++;
       return false;
     }
-    if (this.deficit[tx < 0 ? ep : tx] > 0) return true;
+    if (this.deficit[this.slotOf[tx < 0 ? ep : tx]] > 0) return true;
     this.deficitHeld = true;
     this.c[endpointCounterBase(ep) + EndpointCounter.qos_deferred]++;
     return false;
@@ -245,23 +319,25 @@ export class QosScheduler {
     const bytes = refused ? DESCRIPTOR_COST : this.payBytes;
     const tx = this.payTx;
     const payer = tx < 0 ? ep : tx;
-    this.deficit[payer] -= bytes;
+    this.deficit[this.slotOf[payer]] -= bytes;
     this.c[endpointCounterBase(payer) + EndpointCounter.qos_bytes] += bytes;
-    if (tx >= 0 && this.capped[tx] === 1) {
-      this.tokens[tx * BUCKETS + TX_BYTES] -= this.rate[tx * BUCKETS + TX_BYTES] > 0 ? bytes : 0;
-      this.tokens[tx * BUCKETS + TX_MSGS] -= this.rate[tx * BUCKETS + TX_MSGS] > 0 ? 1 : 0;
-    }
+    if (tx >= 0) this.take(this.slotOf[tx], TX_BYTES, TX_MSGS, bytes);
     const rx = this.payRx;
-    if (rx >= 0 && this.capped[rx] === 1) {
-      this.tokens[rx * BUCKETS + RX_BYTES] -= this.rate[rx * BUCKETS + RX_BYTES] > 0 ? bytes : 0;
-      this.tokens[rx * BUCKETS + RX_MSGS] -= this.rate[rx * BUCKETS + RX_MSGS] > 0 ? 1 : 0;
-    }
+    if (rx >= 0) this.take(this.slotOf[rx], RX_BYTES, RX_MSGS, bytes);
+  }
+
+  /** A capped slot's byte and message buckets (of one direction) pay for one message of `bytes`. */
+  private take(slot: number, bytesBucket: number, msgsBucket: number, bytes: number): void {
+    if (this.capped[slot] !== 1) return;
+    const base = slot * BUCKETS;
+    if (this.rate[base + bytesBucket] > 0) this.tokens[base + bytesBucket] -= bytes;
+    if (this.rate[base + msgsBucket] > 0) this.tokens[base + msgsBucket] -= 1;
   }
 
   /** May the serving side of a remote pull send more of endpoint `src`'s memory now? */
   mayServe(src: number): boolean {
     const capped = this.inDebt(src, TX_BYTES, TX_BYTES);
-    if (this.deficit[src] > 0 && !capped) return true;
+    if (this.deficit[this.slotOf[src]] > 0 && !capped) return true;
     if (!capped) this.deficitHeld = true;
     this.c[endpointCounterBase(src) + EndpointCounter.qos_deferred]++;
     return false;
@@ -269,10 +345,11 @@ export class QosScheduler {
 
   /** `bytes` of endpoint `src`'s memory went out in pull replies. */
   chargeServed(src: number, bytes: number): void {
-    this.deficit[src] -= bytes;
+    const slot = this.slotOf[src];
+    this.deficit[slot] -= bytes;
     this.c[endpointCounterBase(src) + EndpointCounter.qos_bytes] += bytes;
-    if (this.capped[src] === 1 && this.rate[src * BUCKETS + TX_BYTES] > 0)
-      this.tokens[src * BUCKETS + TX_BYTES] -= bytes;
+    if (this.capped[slot] === 1 && this.rate[slot * BUCKETS + TX_BYTES] > 0)
+      this.tokens[slot * BUCKETS + TX_BYTES] -= bytes;
   }
 
   /**
@@ -282,9 +359,9 @@ export class QosScheduler {
   waitMs(ids: Int32Array, count: number): number {
     let wait = -1;
     for (let k = 0; k < count; k++) {
-      const id = ids[k];
-      if (this.capped[id] === 0) continue;
-      for (let i = id * BUCKETS; i < (id + 1) * BUCKETS; i++) {
+      const slot = this.slotOf[ids[k]];
+      if (this.capped[slot] === 0) continue;
+      for (let i = slot * BUCKETS; i < (slot + 1) * BUCKETS; i++) {
         if (this.tokens[i] >= 0 || this.rate[i] === 0) continue;
         const ms = -this.tokens[i] / this.rate[i];
         if (wait < 0 || ms < wait) wait = ms;

@@ -586,8 +586,10 @@ export class RemotePull {
    * (mayServe) still hold a job back as well.
    */
   serveJobs(ls: LinkState): boolean {
-    const def = (ls.srcDeficit ??= new Float64Array(this.eps.maxEndpoints));
+    // Per share slot (qos.ts): a domain's endpoints share one weight here too.
+    const def = (ls.srcDeficit ??= new Float64Array(this.qos.weight.length));
     const weight = this.qos.weight;
+    const slotOf = this.qos.slotOf;
     let budget = PULL_CHUNK;
     let did = false;
     let j = ls.jNext;
@@ -599,19 +601,20 @@ export class RemotePull {
           const src = ls.jSrcEp[j];
           // A closed owner's job is served: it ends with an error reply.
           const closed = !this.eps.ctxs[src]?.open;
+          const share = slotOf[src];
           let go = closed;
           if (!closed) {
-            if (def[src] <= 0) spent = true;
+            if (def[share] <= 0) spent = true;
             // Its NIC-wide share of the poll round is spent or its tx cap holds it: the next job.
             else go = this.qos.mayServe(src);
           }
           if (go) {
             const had = ls.jobs.count;
-            const r = this.serveJob(ls, j, Math.min(JOB_ROUND, budget, closed ? JOB_ROUND : def[src]));
+            const r = this.serveJob(ls, j, Math.min(JOB_ROUND, budget, closed ? JOB_ROUND : def[share]));
             const sent = r < 0 ? ~r : r;
             if (sent > 0) {
               this.qos.chargeServed(src, sent);
-              def[src] -= sent;
+              def[share] -= sent;
             }
             if (sent > 0 || ls.jobs.count !== had) did = true;
             if (r < 0) {
@@ -621,7 +624,7 @@ export class RemotePull {
             }
             budget -= sent;
             // Its share lasts and the job goes on: it stays first (a visit is JOB_ROUND at most).
-            if (sent > 0 && budget > 0 && ls.jobs.used[j] === 1 && !closed && def[src] > 0) continue;
+            if (sent > 0 && budget > 0 && ls.jobs.used[j] === 1 && !closed && def[share] > 0) continue;
           }
         }
         j = (j + 1) % PULL_JOBS_PER_LINK;

@@ -245,6 +245,8 @@ export class MyriCore {
         owner: client.label,
         endpointId: endpointId as number,
         key: key as number,
+        // The domain's policy is the domain's: its endpoints share one weight and one set of caps.
+        group: client.domid,
         window: slot?.window.bytes.buffer as SharedArrayBuffer | undefined,
         intr: slot?.intr.bytes.buffer as SharedArrayBuffer | undefined,
       },
