@@ -71,8 +71,8 @@ const _quiet = () => {};
 
 /** An endpoint's owner that posts PULLs and reads their PULL_DONEs (and ERRORs). */
 class Owner extends WindowOwner {
-  static open(ctl: SyncCallClient<NicControlRequest>, owner: string): Owner {
-    return new Owner(ctl, openEndpoint(ctl, owner));
+  static open(ctl: SyncCallClient<NicControlRequest>, owner: string, group?: number): Owner {
+    return new Owner(ctl, openEndpoint(ctl, owner, 0, group));
   }
   register(memory: SharedArrayBuffer, access: number): RegisterRegionReply {
     return this.ctl.call<RegisterRegionReply>({
@@ -392,4 +392,34 @@ test("guests holding every pull a link allows hold no other guest's queue: its p
   a.close();
   await until(() => peer.held.size === 0, "the slow host told to stop every pull");
   b.close();
+});
+
+test("a domain's endpoints hold half a link's pulls together: a second endpoint buys no more, and another domain's pull is asked for at once", async () => {
+  // The share was per endpoint: a guest that opened two endpoints held all of a link's jobs,
+  // and every other guest's pull from that host waited parked until one of its pulls ended.
+  const slowNic = SLOW_NICS[1];
+  const peer = slow[1];
+  peer.requests.clear();
+  const hostile = [Owner.open(ctl1, "domain 7", 7), Owner.open(ctl1, "domain 7", 7)];
+  for (const h of hostile) {
+    const dst = h.register(new SharedArrayBuffer(HOSTILE_LEN), Access.LocalWrite);
+    for (let i = 0; i < PULL_LINK_SHARE + 8; i++)
+      h.pull(40_000 + i, slowNic, { id: 0, session: 0 }, 0, 1, dst, HOSTILE_LEN);
+  }
+  await until(
+    () => peer.seen(hostile[0].id) + peer.seen(hostile[1].id) === PULL_LINK_SHARE,
+    "the domain's share of the link taken at the slow host",
+  );
+  await sleep(100);
+  assert.equal(
+    peer.seen(hostile[0].id) + peer.seen(hostile[1].id),
+    PULL_LINK_SHARE,
+    "no more than its share",
+  );
+  const honest = Owner.open(ctl1, "domain 8", 8);
+  const dst = honest.register(new SharedArrayBuffer(HOSTILE_LEN), Access.LocalWrite);
+  honest.pull(1, slowNic, { id: 0, session: 0 }, 0, 1, dst, HOSTILE_LEN);
+  await until(() => peer.seen(honest.id) === 1, "the other domain's pull asked for at once");
+  for (const o of [...hostile, honest]) o.close();
+  await until(() => peer.held.size === 0, "the slow host told to stop every pull");
 });

@@ -64,9 +64,9 @@ const DEST_BUCKETS = 257;
 /** PULL jobs this NIC serves concurrently per link; the requesting side keeps at most as many outstanding. */
 export const PULL_JOBS_PER_LINK = 64;
 /**
- * A link's PULL jobs one requesting endpoint may hold at once: half, so one endpoint pulling a
- * window of large messages from a host (osu_bw's 64) leaves the others of its NIC room on that
- * link; its further pulls wait parked (remote-pull.ts), in turn with everyone else's. 32 pulls
+ * A link's PULL jobs one requesting domain (its endpoints' QoS share slot, qos.ts) may hold at
+ * once: half, so one endpoint pulling a window of large messages from a host (osu_bw's 64)
+ * leaves the others of its NIC room on that link; its further pulls wait parked (remote-pull.ts), in turn with everyone else's. 32 pulls
  * out keep a link busy: 32 of 64 KiB are 2 MiB, eight times its bulk window (tcp-link.ts).
  */
 export const PULL_LINK_SHARE = PULL_JOBS_PER_LINK / 2;
@@ -133,8 +133,12 @@ export class LinkState {
 
   /** Remote PULLs this NIC has outstanding on this link (requester side). */
   pullsOut = 0;
-  /** Per endpoint of this NIC: its remote PULLs outstanding on this link (at most PULL_LINK_SHARE). */
-  readonly pullsOutByEp = new Uint8Array(MAX_ENDPOINTS_LIMIT);
+  /**
+   * Per QoS share slot of this NIC (qos.ts: one per domain): its endpoints' remote PULLs
+   * outstanding on this link, at most PULL_LINK_SHARE together (a domain that opened two
+   * endpoints held every job of the link when the share was per endpoint).
+   */
+  readonly pullsOutByShare = new Uint8Array(MAX_ENDPOINTS_LIMIT + 1);
   /** Remote PULLs waiting for one of this link's jobs (remote-pull.ts); made on first use. */
   parked: PullPark | null = null;
 

@@ -55,14 +55,15 @@ export class PullPark {
   }
 
   /**
-   * The oldest pull of the next endpoint in turn whose pulls out on this link (`outByEp`) are
-   * under `share`, taken out of the park; −1 if every parked endpoint is at its share.
+   * The oldest pull of the next endpoint in turn whose share group's pulls out on this link
+   * (`outByShare[shareOf[ep]]`) are under `share`, taken out of the park; −1 if every parked
+   * endpoint's group is at its share.
    */
-  takeNext(outByEp: Uint8Array, share: number): number {
+  takeNext(outByShare: Uint8Array, shareOf: Int32Array, share: number): number {
     for (let k = 0; k < MAX_ENDPOINTS_LIMIT; k++) {
       const ep = (this.turn + k) % MAX_ENDPOINTS_LIMIT;
       const s = this.head[ep];
-      if (s < 0 || outByEp[ep] >= share) continue;
+      if (s < 0 || outByShare[shareOf[ep]] >= share) continue;
       this.remove(ep, s);
       this.turn = (ep + 1) % MAX_ENDPOINTS_LIMIT;
       return s;

@@ -9,7 +9,7 @@
  * ends it with PULL_DONE. An endpoint has at most PULL_CREDITS pulls out across links (a
  * further one waits at the head of its own queue), and the table has room for every
  * endpoint's share at once. A pull that finds its link's PULL_JOBS_PER_LINK jobs taken, or its
- * endpoint holding PULL_LINK_SHARE of them, is parked (pull-park.ts) in its slot and asked for
+ * endpoint's domain (its QoS share slot) holding PULL_LINK_SHARE of them, is parked (pull-park.ts) in its slot and asked for
  * when a job frees, endpoints in turn: it holds no queue, its own endpoint's included. A
  * requester that gives up (its endpoint closed, its destination region went away) tells the
  * peer to stop with a cancelling PULL_REQUEST. With no
@@ -142,6 +142,8 @@ export class RemotePullTable extends SharedSlotTable {
   readonly traceSeq: Uint32Array;
   /** 1 while the pull waits parked for a job of its link (pull-park.ts): not asked for yet. */
   readonly parked: Uint8Array;
+  /** The pulling endpoint's QoS share slot when the pull was asked for (LinkState.pullsOutByShare). */
+  readonly share: Int32Array;
   /** What the PULL_REQUEST names, kept for a parked pull: the right, its key, where in it, and the source's session. */
   readonly right: Uint32Array;
   readonly key: Uint32Array;
@@ -167,6 +169,7 @@ export class RemotePullTable extends SharedSlotTable {
     this.seenAt = new Float64Array(slots);
     this.traceSeq = new Uint32Array(slots);
     this.parked = new Uint8Array(slots);
+    this.share = new Int32Array(slots);
     this.right = new Uint32Array(slots);
     this.key = new Uint32Array(slots);
     this.srcOff = new Uint32Array(slots);
@@ -289,7 +292,7 @@ export class RemotePull {
     if (ls.parked !== null && ls.parked.count > 0) this.unpark(ls);
     if (
       ls.pullsOut >= PULL_JOBS_PER_LINK ||
-      ls.pullsOutByEp[ctx.id] >= PULL_LINK_SHARE ||
+      ls.pullsOutByShare[this.qos.slotOf[ctx.id]] >= PULL_LINK_SHARE ||
       ls.parked?.has(ctx.id)
     ) {
       // The link's jobs are taken, or this endpoint holds its share of them: the pull waits
@@ -313,7 +316,8 @@ export class RemotePull {
     rp.last[s] = now;
     rp.deadline[s] = now + pullDeadlineMs(rp.len[s]);
     ls.pullsOut++;
-    ls.pullsOutByEp[ep]++;
+    const share = (rp.share[s] = this.qos.slotOf[ep]);
+    ls.pullsOutByShare[share]++;
     const f = this.hdr;
     beginFrame(f, FrameType.PullRequest, 0, rp.id[s]);
     setFrameSource(f, this.nicId, ep, rp.session[s]);
@@ -333,7 +337,7 @@ export class RemotePull {
     if (park === null || !ls.attached) return;
     const rp = this.table;
     while (park.count > 0 && ls.pullsOut < PULL_JOBS_PER_LINK && ls.ctrlCount < CTRL_QUEUE) {
-      const s = park.takeNext(ls.pullsOutByEp, PULL_LINK_SHARE);
+      const s = park.takeNext(ls.pullsOutByShare, this.qos.slotOf, PULL_LINK_SHARE);
       if (s < 0) return;
       rp.parked[s] = 0;
       this.request(ls, s);
@@ -410,7 +414,7 @@ export class RemotePull {
       cancel = null;
     } else if (ls !== undefined) {
       if (ls.pullsOut > 0) ls.pullsOut--;
-      if (ls.pullsOutByEp[ep] > 0) ls.pullsOutByEp[ep]--;
+      if (ls.pullsOutByShare[rp.share[s]] > 0) ls.pullsOutByShare[rp.share[s]]--;
     }
     if (cancel?.attached) {
       const f = this.hdr;

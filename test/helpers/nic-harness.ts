@@ -51,8 +51,10 @@ export function openEndpoint(
   ctl: SyncCallClient<NicControlRequest>,
   owner: string,
   key = 0,
+  /** Its QoS share group (myrback passes the domain's id): absent, a share of its own. */
+  group?: number,
 ): OpenEndpointReply {
-  return ctl.call<OpenEndpointReply>({ op: "open_endpoint", owner, endpointId: ANY_ENDPOINT, key });
+  return ctl.call<OpenEndpointReply>({ op: "open_endpoint", owner, endpointId: ANY_ENDPOINT, key, group });
 }
 
 /**
