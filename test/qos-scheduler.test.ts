@@ -148,6 +148,28 @@ test("a share group is one payer: four endpoints of one domain get one weight's 
   for (let id = 0; id < 3; id++) q.closed(id);
   assert.equal(q.settings(3).txBytesPerSec, 1e6);
   q.closed(3);
+  // A host that runs for weeks: endpoints come and go in and out of groups; no slot leaks.
+  let seed = 1;
+  const rnd = (n: number) => {
+    seed = (seed * 1103515245 + 12345) >>> 0;
+    return seed % n;
+  };
+  const open = new Set<number>();
+  for (let i = 0; i < 20_000; i++) {
+    const id = rnd(5);
+    if (open.has(id)) {
+      q.closed(id);
+      open.delete(id);
+    } else {
+      q.opened(id, rnd(3) === 0 ? undefined : rnd(4), i);
+      open.add(id);
+    }
+  }
+  for (const id of open) q.closed(id);
+  // Five endpoints of five domains need all five slots: a leaked one would make two share.
+  for (let id = 0; id < 5; id++) q.opened(id, 100 + id, 0);
+  assert.deepEqual(q.shares([0, 1, 2, 3, 4]), [], "every slot came back");
+  for (let id = 0; id < 5; id++) q.closed(id);
   q.opened(0, 9, 0);
   assert.deepEqual(q.settings(0), {
     weight: 1,

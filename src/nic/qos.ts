@@ -175,7 +175,7 @@ export class QosScheduler {
     }
     // A free slot exists: every open endpoint holds at most one, and `id` holds none now.
     let slot = 0;
-    while (this.slotRefs[slot] > 0) slot++;
+    while (slot < this.CLOSED - 1 && this.slotRefs[slot] > 0) slot++;
     this.slotOf[id] = slot;
     this.slotRefs[slot] = 1;
     this.slotGroup[slot] = group ?? -1;
