@@ -27,6 +27,7 @@ import {
   readLaneCounters,
   writeLanePolicy,
 } from "../src/myrixen/channel-abi.js";
+import { nextMessage } from "./helpers/messages.js";
 import { channelEnd } from "./helpers/mx-parts.js";
 
 const MSG = 32 * 1024;
@@ -34,10 +35,10 @@ const MSG = 32 * 1024;
 const end = channelEnd;
 
 /** A streaming pair: its sender keeps the lane stocked, its receiver keeps receives posted. */
-function streamingPair(clock: { t: number }, weight: number) {
+function streamingPair(clock: { t: number }, weight: number, bytesPerSec = 0) {
   const channel = new SharedArrayBuffer(CHANNEL_BYTES);
   const page = new SharedArrayBuffer(LANE_POLICY_BYTES);
-  writeLanePolicy(page, { bytesPerSec: 0, msgsPerSec: 0, weight });
+  writeLanePolicy(page, { bytesPerSec, msgsPerSec: 0, weight });
   const tx = end(channel, 0, clock);
   const rx = end(channel, 1, clock, page);
   let recvs: MxRequest[] = [];
@@ -313,5 +314,98 @@ test("real guests: default QoS runs no share loop; weights 3:1 start it, it limi
     assert.equal(host.backendStats().shareTicks, ticks, "stopped: no more ticks");
   } finally {
     await Promise.all([ad.stop(), ef.stop()]);
+  }
+});
+
+test("a capped domain's lanes to two peers share its cap: it streams at its cap, not twice it; one lane alone is held by its own", () => {
+  // Each lane is held to its writer's tx cap by its reader; a domain capped at 200 MB/s that
+  // streamed to two co-resident peers moved 400.
+  const CAP = 200e6;
+  const run = (withLoop: boolean, both = true) => {
+    const clock = { t: 1000 };
+    const wd = streamingPair(clock, 1, CAP);
+    const wf = streamingPair(clock, 1, CAP);
+    if (!both) wf.stop();
+    const lanes: ShareLane[] = [
+      { key: "w-d", page: wd.page, weight: 1, writer: 1, reader: 2, writerTx: CAP },
+      { key: "w-f", page: wf.page, weight: 1, writer: 1, reader: 4, writerTx: CAP },
+    ];
+    const loop = new ShareLoop({
+      lanes: () => lanes,
+      now: () => clock.t,
+      setTimer: () => 1,
+      clearTimer: () => {},
+    });
+    if (withLoop) loop.start();
+    const cpu = fairCpu([wd, wf]);
+    const step = (ms: number) => {
+      for (let i = 0; i < ms; i++) {
+        clock.t += 1;
+        cpu(2 << 20);
+        if (withLoop && i % TICK_MS === TICK_MS - 1) loop.tick();
+      }
+    };
+    step(100);
+    const t0 = wd.taken() + wf.taken();
+    step(500);
+    return { rate: ((wd.taken() + wf.taken() - t0) / 500) * 1000, loop };
+  };
+  const without = run(false);
+  assert.ok(
+    Math.abs(without.rate / (2 * CAP) - 1) < 0.1,
+    `without the loop: ${(without.rate / 1e6).toFixed(0)} MB/s`,
+  );
+  const withLoop = run(true);
+  assert.ok(
+    Math.abs(withLoop.rate / CAP - 1) < 0.1,
+    `with it: ${(withLoop.rate / 1e6).toFixed(0)} MB/s, cap 200`,
+  );
+  assert.ok(
+    withLoop.loop.info().every((l) => l.limitBytesPerSec > 0),
+    "both lanes split the cap",
+  );
+  // A lone lane is not limited by the loop: its own lane cap holds it, and it gets the whole cap.
+  const alone = run(true, false);
+  assert.ok(Math.abs(alone.rate / CAP - 1) < 0.1, `alone: ${(alone.rate / 1e6).toFixed(0)} MB/s`);
+  assert.ok(
+    alone.loop.info().every((l) => l.limitBytesPerSec === 0),
+    "a lone lane, no split",
+  );
+});
+
+test("real guests: a capped guest streaming to two peers starts the loop, which splits its cap between the two lanes; nothing is lost", async () => {
+  const FAN_OUT = new URL("./fixtures/guests/fan-out.js", import.meta.url);
+  const CAP = 50e6;
+  const count = 600;
+  const bytes = 32 * 1024; // eager: through the lanes, held by their readers
+  const start = async (role: string, qos?: { tx: { bytesPerSec: number } }) => {
+    const d = await host.startGuest({ module: FAN_OUT, pages: 4096, args: { role, count, bytes }, qos });
+    const [addr] = await nextMessage(d);
+    return { d, addr };
+  };
+  const readers = [await start("receiver"), await start("receiver")];
+  const w = await start("sender", { tx: { bytesPerSec: CAP } });
+  w.d.send(readers.map((r) => r.addr));
+  await nextMessage(w.d); // connected: two channels, the writer capped
+  await until("the loop starts", async () => (host.backendStats().shareLoopRunning === 1 ? true : undefined));
+  w.d.send("go");
+  const inOf = async () => {
+    const eps = await host.backendEndpoints();
+    return readers.map((r) => eps.find((e) => e.domid === r.d.domid)?.channels[0]?.shareIn);
+  };
+  const split = await until("both lanes hold a part of the writer's cap", async () => {
+    const lanes = await inOf();
+    if (!lanes.every((l) => l !== undefined && l.limitBytesPerSec > 0)) return undefined;
+    return lanes.map((l) => l!.limitBytesPerSec);
+  });
+  // Parts in proportion to the lanes' rates: together the cap (each ≥ 1 B/s; rewritten past 1%).
+  assert.ok(split[0] + split[1] <= CAP * 1.03, `parts ${split.join(" + ")} B/s for a cap of ${CAP}`);
+  const sent = (await w.d.exited).result as { sent: number };
+  assert.equal(sent.sent, 2 * count);
+  for (const r of readers) r.d.send("done");
+  for (const r of readers) {
+    const e = await r.d.exited;
+    assert.equal(e.state, "shutdown", e.error?.stack);
+    assert.equal((e.result as { whole: number }).whole, count, "every message arrived whole");
   }
 });

@@ -16,8 +16,9 @@
  * traffic never reaches the NIC: myrback writes each channel member's lane policy page
  * (channel-abi.ts; `lanePolicy` below) when the channel is made and whenever either member's
  * policy changes, and the receiving library holds its lane to it (mx/lane-policer.ts).
- * Weights between pairs with different receivers are held by myrback's share loop
- * (back/share-loop.ts), which runs only while some weight is not 1.
+ * Weights between pairs with different receivers, and a domain's byte caps across its several
+ * lanes, are held by myrback's share loop (back/share-loop.ts), which runs only while some
+ * weight is not 1 or a capped domain has two lanes or more.
  */
 import { z } from "zod";
 import { DEFAULT_QOS, MAX_WEIGHT, type QosSettings } from "../nic/qos.js";

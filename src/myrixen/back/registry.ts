@@ -557,26 +557,41 @@ export class MyriCore {
         const writer = ch.members[1 - side].owner.domid;
         const page = ch.mem.policy.get(reader);
         if (!page) continue;
+        const w = this.qos.settingsFor(writer);
         out.push({
           key: `${ch.id}:${side}`, // the reader's side (inspect.ts looks it up so)
           page: page.bytes.buffer as SharedArrayBuffer,
-          weight: this.qos.settingsFor(writer).weight,
+          weight: w.weight,
           writer,
           reader,
+          writerTx: w.txBytesPerSec,
+          readerRx: this.qos.settingsFor(reader).rxBytesPerSec,
         });
       }
     }
     return out;
   }
 
-  /** Starts the share loop while a weight other than 1 meets a co-resident channel; else stops it. */
+  /**
+   * Starts the share loop while a weight other than 1 meets a co-resident channel, or a
+   * domain with a byte cap writes (tx) or reads (rx) two lanes or more; else stops it.
+   */
   private refreshShares(): void {
     let weighted = false;
-    for (const lane of this.shareLanes())
-      if (lane.weight !== 1) {
-        weighted = true;
-        break;
-      }
+    const cappedLanes = new Map<string, number>();
+    for (const lane of this.shareLanes()) {
+      if (lane.weight !== 1) weighted = true;
+      for (const [key, cap] of [
+        [`tx ${lane.writer}`, lane.writerTx],
+        [`rx ${lane.reader}`, lane.readerRx],
+      ] as const)
+        if ((cap ?? 0) > 0) {
+          const n = (cappedLanes.get(key) ?? 0) + 1;
+          cappedLanes.set(key, n);
+          if (n >= 2) weighted = true;
+        }
+      if (weighted) break;
+    }
     if (weighted) this.shares.start();
     else this.shares.stop();
     Atomics.store(this.cfg.stats, Stat.shareLoopRunning, this.shares.running ? 1 : 0);

@@ -19,10 +19,18 @@
  *   for GRACE_TICKS in a row: every limit is lifted (a sender alone on the host is not
  *   limited; a pair the scheduler left waiting for a few ms does not lift them).
  *
+ * A domain's byte caps are the domain's, not each lane's: every lane it writes is held to its
+ * tx cap and every lane it reads to its rx cap (lane policy), so a capped domain with lanes to
+ * four peers streamed at four times its cap. While two or more of a capped domain's lanes (in
+ * one direction) move bytes, the loop splits the cap among them in proportion to their rates
+ * (a lane that slows leaves its part to the others: the domain may use its whole cap, no more),
+ * and lifts that split once one lane or none moves (its lane cap holds a lone lane).
+ *
  * The limits go into the share word of the reader's page (never the caps, which stay a
  * ceiling); dom0 writes it, the lane's sender cannot reach it. The loop only runs while some
- * domain with a co-resident channel has a weight other than 1 (MyriCore.refreshShares): with
- * default QoS no timer exists and nothing is read.
+ * domain with a co-resident channel has a weight other than 1, or a byte cap and two lanes or
+ * more in its direction (MyriCore.refreshShares): with default QoS no timer exists and nothing
+ * is read.
  *
  * Trust: the counters are the reading library's. A receiver that under-reports makes its
  * lane look slow and so lowers the others' limits; FLOOR bounds that: a lane is never
@@ -70,9 +78,12 @@ export interface ShareLane {
   page: SharedArrayBuffer;
   /** The lane's writer's weight. */
   weight: number;
-  /** The writing and the reading domain (for the inspection). */
+  /** The writing and the reading domain (for the inspection, and whose caps are shared). */
   writer: DomId;
   reader: DomId;
+  /** The writer's tx byte cap and the reader's rx byte cap, bytes/s (0 or absent: none). */
+  writerTx?: number;
+  readerRx?: number;
 }
 
 /** What the loop needs from myrback: the lanes now and a clock and timer (tests give theirs). */
@@ -94,8 +105,10 @@ interface LaneState {
   rate: number;
   /** The average rate when the lane was last free (the floor's reference). */
   freeRate: number;
-  /** The share limit written (bytes/s; 0 none). */
+  /** The weight's share limit (bytes/s; 0 none). */
   limit: number;
+  /** The limit written to the page: the weight's and the domain caps' split, the smaller (0 none). */
+  written: number;
   /** Ticks in a row in which the share limit did not hold the lane. */
   unheld: number;
   /** Ticks in a row with nothing moved, and their seconds. */
@@ -141,7 +154,7 @@ export class ShareLoop {
     if (this.timer === undefined) return;
     this.host.clearTimer(this.timer);
     this.timer = undefined;
-    for (const s of this.state.values()) if (s.limit !== 0) writeLaneShare(s.page, 0);
+    for (const s of this.state.values()) if (s.written !== 0) writeLaneShare(s.page, 0);
     this.state.clear();
     this.view = [];
   }
@@ -174,6 +187,8 @@ export class ShareLoop {
     const lanes = this.host.lanes();
     const seen = new Set<string>();
     const contending: { lane: ShareLane; s: LaneState; norm: number }[] = [];
+    /** Per capped domain and direction: its cap and its lanes that move bytes. */
+    const capped = new Map<string, { cap: number; lanes: LaneState[] }>();
     const view: LaneShareInfo[] = [];
     for (const lane of lanes) {
       seen.add(lane.key);
@@ -186,6 +201,7 @@ export class ShareLoop {
           rate: -1,
           freeRate: 0,
           limit: 0,
+          written: 0,
           page: lane.page,
           quiet: 0,
           span: 0,
@@ -213,6 +229,17 @@ export class ShareLoop {
       }
       const busy = (s.rate >= CONTEND_BYTES_PER_SEC && s.quiet < QUIET_TICKS) || (s.limit !== 0 && held);
       if (busy) contending.push({ lane, s, norm: s.rate / lane.weight });
+      if (s.rate > 0 && s.quiet < QUIET_TICKS) {
+        for (const [key, cap] of [
+          [`tx ${lane.writer}`, lane.writerTx ?? 0],
+          [`rx ${lane.reader}`, lane.readerRx ?? 0],
+        ] as const) {
+          if (cap <= 0) continue;
+          const g = capped.get(key);
+          if (g) g.lanes.push(s);
+          else capped.set(key, { cap, lanes: [s] });
+        }
+      }
       view.push({
         key: lane.key,
         writer: lane.writer,
@@ -255,17 +282,36 @@ export class ShareLoop {
       // Contention may only have paused (a pair the scheduler left waiting): limits stay a little.
       for (const s of this.state.values()) if (s.limit !== 0) limits.set(s, s.limit);
     }
+    // A capped domain's moving lanes split its cap by their rates (the smaller split, when a
+    // lane is both its writer's and its reader's).
+    const splits = new Map<LaneState, number>();
+    for (const { cap, lanes: members } of capped.values()) {
+      if (members.length < 2) continue;
+      let total = 0;
+      for (const m of members) total += m.rate;
+      for (const m of members) {
+        const part = Math.max((cap * m.rate) / total, 1);
+        const had = splits.get(m);
+        splits.set(m, had === undefined ? part : Math.min(had, part));
+      }
+    }
     for (const s of this.state.values()) {
-      const want = limits.get(s) ?? 0;
+      const byWeight = limits.get(s) ?? 0;
+      const byCap = splits.get(s) ?? 0;
+      s.limit = byWeight;
+      const want = byWeight === 0 ? byCap : byCap === 0 ? byWeight : Math.min(byWeight, byCap);
       // Rewritten when it moves by more than 1% (or appears, or goes): fewer seqlock rounds.
-      if (want === s.limit || (want !== 0 && s.limit !== 0 && Math.abs(want - s.limit) < 0.01 * s.limit))
+      if (
+        want === s.written ||
+        (want !== 0 && s.written !== 0 && Math.abs(want - s.written) < 0.01 * s.written)
+      )
         continue;
       writeLaneShare(s.page, want);
-      s.limit = want;
+      s.written = want;
       if (want !== 0) this.host.counted?.("limit");
     }
-    for (const v of view) v.limitBytesPerSec = this.state.get(v.key)?.limit ?? 0;
+    for (const v of view) v.limitBytesPerSec = this.state.get(v.key)?.written ?? 0;
     this.view = view;
-    return sharing || this.calm <= GRACE_TICKS;
+    return sharing || this.calm <= GRACE_TICKS || splits.size > 0;
   }
 }
