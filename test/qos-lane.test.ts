@@ -13,18 +13,20 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { Host } from "../src/host/host.js";
-import { LANE_QUANTUM } from "../src/mx/lane-policer.js";
+import { ChannelPath } from "../src/mx/channel-path.js";
+import { LANE_QUANTUM, LaneGroups } from "../src/mx/lane-policer.js";
 import { MxRequest, RequestState } from "../src/mx/types.js";
 import {
   CHANNEL_BYTES,
   LANE_POLICY_BYTES,
   type LanePolicy,
+  readLaneCounters,
   writeLanePolicy,
 } from "../src/myrixen/channel-abi.js";
 import { lanePolicy, qosSettings } from "../src/myrixen/qos-policy.js";
 import type { Domain } from "../src/xen/hypervisor.js";
 import { nextMessage } from "./helpers/messages.js";
-import { channelEnd, postRecv } from "./helpers/mx-parts.js";
+import { channelEnd, parts, postRecv } from "./helpers/mx-parts.js";
 
 const end = channelEnd;
 
@@ -127,10 +129,62 @@ test("weights share one receiver's reading: a lane is read for weight × 64 KiB 
   }
 });
 
+test("one domain's lanes into one receiver share its weight: two endpoints of a domain are read for one quantum a round, not two", () => {
+  // Each lane was read for weight × 64 KiB per round: a guest that connected two endpoints to
+  // a receiver got twice its weight of that receiver's reading.
+  const rp = { ...parts(), laneGroups: new LaneGroups() };
+  const lanes = [5, 5, 6].map((group, i) => {
+    const channel = new SharedArrayBuffer(CHANNEL_BYTES);
+    const page = new SharedArrayBuffer(LANE_POLICY_BYTES);
+    writeLanePolicy(page, { bytesPerSec: 0, msgsPerSec: 0, weight: 1, group });
+    const sender = end(channel, 0);
+    const partner = rp.partners.add(0, 10 + i, 200 + i);
+    const path = new ChannelPath(
+      partner,
+      { channelId: i + 1, channel, side: 1, peerIntr: new SharedArrayBuffer(4096), policy: page },
+      rp,
+    );
+    partner.channel = path;
+    partner.fast = path;
+    rp.partners.route(partner);
+    for (let k = 0; k < 30; k++) isend(sender, 8192, k); // 240 KiB waiting in each lane
+    return { page, path };
+  });
+  for (let k = 0; k < 90; k++)
+    postRecv({ p: rp } as unknown as ReturnType<typeof end>, new Uint8Array(8192), 7);
+  const taken = () => lanes.map((l) => readLaneCounters(l.page).taken);
+  // One progress round: the endpoint counts it, then reads each lane once.
+  const round = () => {
+    rp.ctx.counters.progress++;
+    for (const l of lanes) l.path.receive();
+  };
+  round();
+  const [a, b, c] = taken();
+  assert.equal(a + b, LANE_QUANTUM, `domain 5's two lanes together: ${a} + ${b}`);
+  assert.equal(c, LANE_QUANTUM, "domain 6's one lane");
+  round();
+  const [a2, b2, c2] = taken();
+  assert.equal(a2 + b2, 2 * LANE_QUANTUM);
+  assert.equal(c2, 2 * LANE_QUANTUM);
+  // One of domain 5's lanes goes: the other is read for the whole quantum again.
+  lanes[1].path.release();
+  round();
+  const [a3, , c3] = taken();
+  assert.equal(a3 - a2, LANE_QUANTUM);
+  assert.equal(c3 - c2, LANE_QUANTUM);
+  assert.equal(rp.laneGroups.size, 2);
+});
+
 test("the lane policy myrback writes: the sender's tx caps with the receiver's rx caps, the smaller of each, the sender's weight", () => {
   const writer = qosSettings({ weight: 3, tx: { msgsPerSec: 5000, bytesPerSec: 1e9 } });
   const reader = qosSettings({ rx: { bytesPerSec: 1e8 } });
   assert.deepEqual(lanePolicy(writer, reader), { bytesPerSec: 1e8, msgsPerSec: 5000, weight: 3 });
+  assert.deepEqual(lanePolicy(writer, reader, 7), {
+    bytesPerSec: 1e8,
+    msgsPerSec: 5000,
+    weight: 3,
+    group: 7,
+  });
   assert.deepEqual(lanePolicy(qosSettings(undefined), qosSettings(undefined)), {
     bytesPerSec: 0,
     msgsPerSec: 0,

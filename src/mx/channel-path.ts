@@ -29,7 +29,7 @@ import { copyBytes } from "../xen/copy.js";
 import { LaneReader, LaneWriter } from "./channel.js";
 import { PieceReader, writePieces } from "./channel-pieces.js";
 import type { Completion } from "./completion.js";
-import { CONTROL_RECORD_COST, LanePolicer } from "./lane-policer.js";
+import { CONTROL_RECORD_COST, type LaneGroups, LanePolicer } from "./lane-policer.js";
 import type { Matching } from "./matching.js";
 import type { DriverEventSink, NicQueues } from "./nic-queues.js";
 import type { PartnerTable } from "./partner.js";
@@ -107,6 +107,8 @@ export interface ChannelPathParts {
   readonly rights: PullRights;
   /** The clock the lane's caps run on (ms; default performance.now: tests give their own). */
   readonly now?: () => number;
+  /** The endpoint's writer groups: its incoming lanes from one domain share one weight. */
+  readonly laneGroups?: LaneGroups;
 }
 
 /** One co-resident peer's channel: our lane out (its path) and its lane in. */
@@ -162,7 +164,9 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
       garbage: (what) => this.garbage(what),
     });
     this.policer =
-      ch.policy === undefined ? undefined : new LanePolicer(ch.policy, parts.ctx.counters, parts.now);
+      ch.policy === undefined
+        ? undefined
+        : new LanePolicer(ch.policy, parts.ctx.counters, parts.now, parts.laneGroups);
   }
 
   /** PeerPath.pushes: yes while fewer than CHANNEL_PUSHES_IN_FLIGHT pushed rendezvous are under way. */
@@ -395,6 +399,7 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
   release(code: number = MxStatus.ENDPOINT_CLOSED): void {
     if (this.released) return;
     this.released = true;
+    this.policer?.dispose();
     // Receives being pushed to us end with the peer; our pushes' sends end with it (PendingSends).
     const why = this.peer.dead ?? "the peer endpoint went away";
     for (const t of this.receiving.splice(0)) this.failTransfer(t, why, code);

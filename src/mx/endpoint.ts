@@ -51,6 +51,7 @@ import {
 } from "./endpoint-options.js";
 import { EtherConnector } from "./ether-connect.js";
 import { EtherEngine } from "./ether-path.js";
+import { LaneGroups } from "./lane-policer.js";
 import { Matching } from "./matching.js";
 import { NicRecords } from "./nic-path.js";
 import { NicQueues } from "./nic-queues.js";
@@ -171,7 +172,7 @@ export class MxEndpoint {
       const nic = (this.nic = new NicQueues(ep.window, ctx, completion, regions));
       const parts = { ctx, driver, nic, partners, sends, completion, matching, rights, regions };
       const nicRecords = (this.nicRecords = new NicRecords(parts));
-      const channels = new Channels(parts);
+      const channels = new Channels({ ...parts, laneGroups: new LaneGroups() });
       nic.attach(nicRecords, channels);
       // Told of a failed peer in this order: its waiting sends, NIC pulls, unexpected rendezvous, Ethernet state.
       partners.onPeerLost(sends);

@@ -17,7 +17,11 @@
  * may be read while its buckets are not in debt, then takes its whole cost. Between the
  * lanes one receiver reads, weights share its reading: per progress round a lane is read for
  * at most weight × LANE_QUANTUM bytes (a weighted round robin; a record may overdraw, no
- * deficit is carried). Cost when unlimited: one load per round; capped: a clock read per record.
+ * deficit is carried). The lanes one receiver reads from one domain (the page's writer group,
+ * which myrback writes) share that round: weight × LANE_QUANTUM for all of them together, or
+ * a guest with four endpoints connected to one receiver was read four times its weight (the
+ * NIC shares a domain's endpoints' weight too, nic/qos.ts). Cost when unlimited: one load per
+ * round; capped: a clock read per record.
  *
  * A share limit (the page's ShareBytesPerSec) is the host's weighted share between lanes of
  * different receivers, which the weights above cannot reach: myrback's share loop
@@ -37,6 +41,39 @@ export const LANE_QUANTUM = 64 * 1024;
 export const CONTROL_RECORD_COST = 64;
 /** Depth of the share bucket: this many ms of the share rate (at least one 1 MiB message's worth). */
 export const SHARE_BURST_MS = 10;
+
+/** One round's reading, shared by the lanes of one writer group (or a lane's own). */
+export class RoundShare {
+  /** Lanes that share it (a lone lane's budget starts again at every begin). */
+  lanes = 0;
+  /** The progress round it was last filled for, and the bytes left of it. */
+  epoch = -1;
+  left = 0;
+  constructor(readonly group: number) {}
+}
+
+/**
+ * One receiving endpoint's writer groups: the RoundShare each group's lanes hold, made by the
+ * first and dropped with the last.
+ */
+export class LaneGroups {
+  private readonly byGroup = new Map<number, RoundShare>();
+
+  take(group: number): RoundShare {
+    let g = this.byGroup.get(group);
+    if (g === undefined) this.byGroup.set(group, (g = new RoundShare(group)));
+    g.lanes++;
+    return g;
+  }
+
+  give(g: RoundShare): void {
+    if (--g.lanes <= 0 && this.byGroup.get(g.group) === g) this.byGroup.delete(g.group);
+  }
+
+  get size(): number {
+    return this.byGroup.size;
+  }
+}
 
 export class LanePolicer {
   private readonly seq: Int32Array;
@@ -60,18 +97,20 @@ export class LanePolicer {
   private bytesDepth = 0;
   private msgsDepth = 0;
   private last = 0;
-  /** Bytes left of this round's quantum. */
-  private round = 0;
+  /** This round's reading: the lane's own, or its writer group's (RoundShare.left). */
+  private rs = new RoundShare(-1);
   /** While the caps hold the lane: the time (ms, `now`'s clock) the debt is paid; else 0. */
   heldUntil = 0;
 
   constructor(
     page: SharedArrayBuffer,
-    private readonly counters: Pick<EndpointCounters, "laneHolds">,
+    private readonly counters: Pick<EndpointCounters, "laneHolds" | "progress">,
     private readonly now: () => number = () => performance.now(),
+    /** The receiving endpoint's writer groups (absent: every lane counts alone). */
+    private readonly groups?: LaneGroups,
   ) {
     this.seq = new Int32Array(page, 0, POLICY_SHARE_HOLDS_WORD + 1);
-    this.words = new Float64Array(page, 8, 4); // BytesPerSec, MsgsPerSec, Weight, ShareBytesPerSec
+    this.words = new Float64Array(page, 8, 5); // BytesPerSec, MsgsPerSec, Weight, ShareBytesPerSec, WriterGroup
     this.taken = Atomics.load(this.seq, POLICY_TAKEN_WORD) >>> 0;
     this.shareHolds = Atomics.load(this.seq, POLICY_SHARE_HOLDS_WORD) >>> 0;
   }
@@ -81,7 +120,13 @@ export class LanePolicer {
     // A plain load on every round: only a hint that the page changed (reload reads it as a
     // seqlock, atomically); an atomic load here was a builtin call on every poll of the lane.
     if (this.seq[0] !== this.seen) this.reload();
-    this.round = this.weight * LANE_QUANTUM;
+    // A group's round is filled once per progress round (progress counts them), a lone lane's
+    // at every look, as before.
+    const rs = this.rs;
+    if (rs.lanes < 2 || rs.epoch !== this.counters.progress) {
+      rs.epoch = this.counters.progress;
+      rs.left = this.weight * LANE_QUANTUM;
+    }
     if (!this.limited || this.heldUntil === 0) return true;
     this.refill(this.now());
     // The caps hold every record; a share debt only message records (admit, charge).
@@ -95,7 +140,7 @@ export class LanePolicer {
    * be read now? If so it is charged.
    */
   admit(bytes: number, msgs: number, roundBytes: number): boolean {
-    if (this.round <= 0) return false;
+    if (this.rs.left <= 0) return false;
     if (this.limited) {
       const shared = msgs > 0 && this.shareBytesPerSec > 0;
       if (this.bytes < 0 || this.msgs < 0 || (shared && this.shareBucket < 0)) {
@@ -112,7 +157,7 @@ export class LanePolicer {
       if (shared) this.shareBucket -= bytes;
     }
     if (msgs > 0) this.count(bytes);
-    this.round -= roundBytes;
+    this.rs.left -= roundBytes;
     return true;
   }
 
@@ -122,7 +167,7 @@ export class LanePolicer {
    * holds it.
    */
   charge(bytes: number, msgs: number): boolean {
-    if (this.round <= 0) return false;
+    if (this.rs.left <= 0) return false;
     if (this.limited) {
       if (this.shareBytesPerSec > 0) {
         if (this.shareBucket < 0) {
@@ -166,9 +211,15 @@ export class LanePolicer {
 
   /** A record already paid for (a piece of a charged rendezvous): only this round's share. */
   share(roundBytes: number): boolean {
-    if (this.round <= 0) return false;
-    this.round -= roundBytes;
+    if (this.rs.left <= 0) return false;
+    this.rs.left -= roundBytes;
     return true;
+  }
+
+  /** The lane is gone: it leaves its writer group. */
+  dispose(): void {
+    if (this.groups !== undefined && this.rs.group >= 0) this.groups.give(this.rs);
+    this.rs = new RoundShare(-1);
   }
 
   private refill(t: number): void {
@@ -190,6 +241,7 @@ export class LanePolicer {
     const msgsPerSec = w[1];
     const weight = w[2];
     const shareBytes = w[3];
+    const group = w[4];
     if (Atomics.load(this.seq, 0) !== s) return;
     this.seen = s;
     // The page is this member's own: nonsense in it (it wrote there itself) means no cap.
@@ -216,5 +268,11 @@ export class LanePolicer {
     this.limited = this.capped || newShare > 0;
     this.last = t;
     if (!this.limited) this.heldUntil = 0;
+    // The writer group (a domain id; anything else: none).
+    const g = Number.isInteger(group) && group >= 0 && group <= 0xffffffff ? group : -1;
+    if (g !== this.rs.group && this.groups !== undefined) {
+      this.dispose();
+      if (g >= 0) this.rs = this.groups.take(g);
+    }
   }
 }

@@ -115,6 +115,11 @@ export interface LanePolicy {
   bytesPerSec: number;
   msgsPerSec: number;
   weight: number;
+  /**
+   * The writer's domain: the lanes one reader reads from one domain share that domain's weight
+   * of its reading (lane-policer.ts LaneGroups). Absent or negative: the lane counts alone.
+   */
+  group?: number;
 }
 
 /** Int32 index of TakenBytes in the lane policy page (the reader's counters follow the policy). */
@@ -130,12 +135,13 @@ export const POLICY_SHARE_FLOAT = 4;
  */
 export function writeLanePolicy(page: SharedArrayBuffer, p: LanePolicy, shareBytesPerSec?: number): void {
   const seq = new Int32Array(page, 0, 2);
-  const f = new Float64Array(page, 8, 4);
+  const f = new Float64Array(page, 8, 5);
   Atomics.add(seq, 0, 1);
   f[0] = p.bytesPerSec;
   f[1] = p.msgsPerSec;
   f[2] = p.weight;
   if (shareBytesPerSec !== undefined) f[3] = shareBytesPerSec;
+  f[4] = p.group ?? -1;
   Atomics.add(seq, 0, 1);
 }
 

@@ -134,15 +134,17 @@ export interface QosTarget {
 /**
  * The limits a member's library holds its incoming co-resident lane to (channel-abi.ts lane
  * policy page): the writer's tx caps and the reader's rx caps, the smaller of each (0 = no
- * cap), and the writer's weight.
+ * cap), the writer's weight, and the writer's domain (its lanes into one reader share that weight).
  */
-export function lanePolicy(writer: QosSettings, reader: QosSettings): LanePolicy {
+export function lanePolicy(writer: QosSettings, reader: QosSettings, writerDomain?: DomId): LanePolicy {
   const min = (a: number, b: number) => (a === 0 ? b : b === 0 ? a : Math.min(a, b));
-  return {
+  const p: LanePolicy = {
     bytesPerSec: min(writer.txBytesPerSec, reader.rxBytesPerSec),
     msgsPerSec: min(writer.txMsgsPerSec, reader.rxMsgsPerSec),
     weight: writer.weight,
   };
+  if (writerDomain !== undefined) p.group = writerDomain;
+  return p;
 }
 
 /** myrback's policies: one per domain with a myri device, from its XenStore node. */

@@ -519,7 +519,7 @@ export class MyriCore {
       if (!page) continue;
       writeLanePolicy(
         page.bytes.buffer as SharedArrayBuffer,
-        lanePolicy(this.qos.settingsFor(writer), this.qos.settingsFor(reader)),
+        lanePolicy(this.qos.settingsFor(writer), this.qos.settingsFor(reader), writer),
       );
     }
   }
