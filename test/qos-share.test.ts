@@ -317,6 +317,44 @@ test("real guests: default QoS runs no share loop; weights 3:1 start it, it limi
   }
 });
 
+test("a domain's weight is the domain's: a weight-1 domain streaming to two receivers gets half of a weight-2 neighbour's bytes, not as much", () => {
+  // The loop weighed lanes: a weight-1 domain with lanes to two receivers counted twice in
+  // the level, and took as many bytes as a weight-2 domain with one lane (2 × 1 : 2).
+  const clock = { t: 1000 };
+  const wd = streamingPair(clock, 1);
+  const wf = streamingPair(clock, 1);
+  const vg = streamingPair(clock, 2);
+  const lanes: ShareLane[] = [
+    { key: "w-d", page: wd.page, weight: 1, writer: 1, reader: 2 },
+    { key: "w-f", page: wf.page, weight: 1, writer: 1, reader: 4 },
+    { key: "v-g", page: vg.page, weight: 2, writer: 3, reader: 5 },
+  ];
+  const loop = new ShareLoop({
+    lanes: () => lanes,
+    now: () => clock.t,
+    setTimer: () => 1,
+    clearTimer: () => {},
+  });
+  loop.start();
+  const cpu = fairCpu([wd, wf, vg]);
+  const run = (ms: number) => {
+    for (let i = 0; i < ms; i++) {
+      clock.t += 1;
+      cpu(2 << 20);
+      if (i % TICK_MS === TICK_MS - 1) loop.tick();
+    }
+  };
+  run(60);
+  const w0 = wd.taken() + wf.taken();
+  const v0 = vg.taken();
+  run(250);
+  const ratio = (vg.taken() - v0) / (wd.taken() + wf.taken() - w0);
+  assert.ok(
+    Math.abs(ratio / 2 - 1) <= 0.1,
+    `V (weight 2) : W (weight 1, two lanes) took ${ratio.toFixed(3)} : 1`,
+  );
+});
+
 test("a capped domain's lanes to two peers share its cap: it streams at its cap, not twice it; one lane alone is held by its own", () => {
   // Each lane is held to its writer's tx cap by its reader; a domain capped at 100 MB/s that
   // streamed to two co-resident peers moved 200.

@@ -117,6 +117,18 @@ interface LaneState {
   page: SharedArrayBuffer;
 }
 
+/** A writer domain's contending lanes, weighed as one. */
+interface Flow {
+  weight: number;
+  /** The lanes' rates and free rates, summed. */
+  rate: number;
+  freeRate: number;
+  /** Some lane of it has a weight limit; the fewest ticks any of its limits went unheld. */
+  limited: boolean;
+  unheld: number;
+  lanes: LaneState[];
+}
+
 /** The loop's view of one lane, for the inspection and tests. */
 export interface LaneShareInfo {
   key: string;
@@ -186,7 +198,7 @@ export class ShareLoop {
     this.host.counted?.("tick");
     const lanes = this.host.lanes();
     const seen = new Set<string>();
-    const contending: { lane: ShareLane; s: LaneState; norm: number }[] = [];
+    const contending: { lane: ShareLane; s: LaneState }[] = [];
     /** Per capped domain and direction: its cap and its lanes that move bytes. */
     const capped = new Map<string, { cap: number; lanes: LaneState[] }>();
     const view: LaneShareInfo[] = [];
@@ -228,7 +240,7 @@ export class ShareLoop {
         if (s.limit === 0) s.freeRate = s.rate;
       }
       const busy = (s.rate >= CONTEND_BYTES_PER_SEC && s.quiet < QUIET_TICKS) || (s.limit !== 0 && held);
-      if (busy) contending.push({ lane, s, norm: s.rate / lane.weight });
+      if (busy) contending.push({ lane, s });
       if (s.rate > 0 && s.quiet < QUIET_TICKS) {
         for (const [key, cap] of [
           [`tx ${lane.writer}`, lane.writerTx ?? 0],
@@ -254,29 +266,55 @@ export class ShareLoop {
     for (const key of [...this.state.keys()]) if (!seen.has(key)) this.state.delete(key);
 
     const limits = new Map<LaneState, number>();
-    const weights = new Set(contending.map((c) => c.lane.weight));
-    const sharing = contending.length >= 2 && weights.size >= 2;
+    // Lanes contend as their writer's flow: a domain's weight is the domain's, however many
+    // receivers it streams to (a weight-1 domain with lanes to four receivers counted four
+    // times in the level); a limited flow's lanes share its limit by their rates.
+    const flows = new Map<DomId, Flow>();
+    for (const c of contending) {
+      let f = flows.get(c.lane.writer);
+      if (f === undefined) {
+        f = {
+          weight: c.lane.weight,
+          rate: 0,
+          freeRate: 0,
+          limited: false,
+          unheld: Number.POSITIVE_INFINITY,
+          lanes: [],
+        };
+        flows.set(c.lane.writer, f);
+      }
+      f.rate += c.s.rate;
+      f.freeRate += c.s.freeRate;
+      if (c.s.limit !== 0) f.limited = true;
+      f.unheld = Math.min(f.unheld, c.s.unheld);
+      f.lanes.push(c.s);
+    }
+    const weights = new Set([...flows.values()].map((f) => f.weight));
+    const sharing = flows.size >= 2 && weights.size >= 2;
     this.calm = sharing ? 0 : this.calm + 1;
     if (sharing) {
-      // The level: the slowest free lane's rate per unit of weight (the limited ones follow it).
+      // The level: the slowest free flow's rate per unit of weight (the limited ones follow it).
       let level = Number.POSITIVE_INFINITY;
       let total = 0;
-      for (const c of contending) {
-        total += c.lane.weight;
-        if (c.s.limit === 0) level = Math.min(level, c.norm);
+      for (const f of flows.values()) {
+        total += f.weight;
+        if (!f.limited) level = Math.min(level, f.rate / f.weight);
       }
-      if (level === Number.POSITIVE_INFINITY) for (const c of contending) level = Math.min(level, c.norm);
-      for (const c of contending) {
-        // Hysteresis: a free lane is limited once clearly ahead of the level; a limited one is
-        // freed only once clearly behind it with its limit not binding for FREE_TICKS (it
+      if (level === Number.POSITIVE_INFINITY)
+        for (const f of flows.values()) level = Math.min(level, f.rate / f.weight);
+      for (const f of flows.values()) {
+        // Hysteresis: a free flow is limited once clearly ahead of the level; a limited one is
+        // freed only once clearly behind it with its limits not binding for FREE_TICKS (it
         // wants no more than it gets), so one noisy tick does not swap the roles.
-        const ahead =
-          c.s.limit !== 0
-            ? c.s.unheld < FREE_TICKS || c.norm * (1 + SWITCH) >= level
-            : c.norm > level * (1 + SWITCH);
+        const norm = f.rate / f.weight;
+        const ahead = f.limited
+          ? f.unheld < FREE_TICKS || norm * (1 + SWITCH) >= level
+          : norm > level * (1 + SWITCH);
         if (!ahead) continue;
-        const floor = (FLOOR * c.s.freeRate * c.lane.weight) / total;
-        limits.set(c.s, Math.max(c.lane.weight * level * (1 + HEADROOM), floor, 1));
+        const floor = (FLOOR * f.freeRate * f.weight) / total;
+        const limit = Math.max(f.weight * level * (1 + HEADROOM), floor, 1);
+        for (const l of f.lanes)
+          limits.set(l, Math.max(f.rate > 0 ? (limit * l.rate) / f.rate : limit / f.lanes.length, 1));
       }
     } else if (this.calm <= GRACE_TICKS) {
       // Contention may only have paused (a pair the scheduler left waiting): limits stay a little.
