@@ -8,11 +8,12 @@
  *   every TICK_MS while two or more lanes move bytes (IDLE_TICK_MS while none or one does),
  *   it reads each lane's counters from the reader's lane policy page (message bytes taken,
  *   share holds: channel-abi.ts), keeps a moving average of each lane's rate, and takes the
- *   lanes that contend: moving at least CONTEND_BYTES_PER_SEC, or held by their share.
- *   Normalised by weight, the slowest free contending lane sets the level L (bytes/s per
- *   unit of weight); a lane more than SWITCH ahead of L is limited to weight × L × (1 +
- *   HEADROOM), and stays limited until it falls more than SWITCH behind L with its limit not
- *   binding for FREE_TICKS (hysteresis: one noisy tick does not swap the roles). The limited lane's receiver sleeps on its share
+ *   lanes that contend: moving at least CONTEND_BYTES_PER_SEC, or held by their share, each
+ *   as part of its writer domain's flow (a domain's weight is the domain's, however many
+ *   receivers it streams to). Normalised by weight, the slowest free flow sets the level L
+ *   (bytes/s per unit of weight); a flow more than SWITCH ahead of L is limited to weight × L
+ *   × (1 + HEADROOM), split among its lanes by their rates, and stays limited until it falls
+ *   more than SWITCH behind L with its limits not binding for FREE_TICKS (hysteresis: one noisy tick does not swap the roles). The limited lane's receiver sleeps on its share
  *   bucket, its sender waits on the lane, and the core they leave goes to the lanes behind:
  *   they speed up, L rises, the limits follow. At the fixed point the rates stand in the
  *   weights' ratio (within HEADROOM). Fewer than two lanes contending, or all of one weight,
