@@ -105,6 +105,22 @@ function fairCpu(pairs: Pair[]) {
   };
 }
 
+/** `ms` of the test clock: each ms the fair CPU hands out `budget` bytes; the loop (if any) ticks every TICK_MS. */
+function runClock(
+  clock: { t: number },
+  cpu: (budget: number) => void,
+  loop: ShareLoop | null,
+  budget: number,
+) {
+  return (ms: number) => {
+    for (let i = 0; i < ms; i++) {
+      clock.t += 1;
+      cpu(budget);
+      if (loop !== null && i % TICK_MS === TICK_MS - 1) loop.tick();
+    }
+  };
+}
+
 function scenario(withLoop: boolean) {
   const clock = { t: 1000 };
   const ad = streamingPair(clock, 3);
@@ -120,14 +136,8 @@ function scenario(withLoop: boolean) {
     clearTimer: () => {},
   });
   if (withLoop) loop.start();
-  const cpu = fairCpu([ad, ef]);
-  const run = (ms: number) => {
-    for (let i = 0; i < ms; i++) {
-      clock.t += 1;
-      cpu(2 << 20); // 2 MiB of work per ms between the two pairs
-      if (withLoop && i % TICK_MS === TICK_MS - 1) loop.tick();
-    }
-  };
+  // 2 MiB of work per ms between the two pairs.
+  const run = runClock(clock, fairCpu([ad, ef]), withLoop ? loop : null, 2 << 20);
   return { clock, ad, ef, loop, lanes, run };
 }
 
@@ -336,14 +346,7 @@ test("a domain's weight is the domain's: a weight-1 domain streaming to two rece
     clearTimer: () => {},
   });
   loop.start();
-  const cpu = fairCpu([wd, wf, vg]);
-  const run = (ms: number) => {
-    for (let i = 0; i < ms; i++) {
-      clock.t += 1;
-      cpu(2 << 20);
-      if (i % TICK_MS === TICK_MS - 1) loop.tick();
-    }
-  };
+  const run = runClock(clock, fairCpu([wd, wf, vg]), loop, 2 << 20);
   run(60);
   const w0 = wd.taken() + wf.taken();
   const v0 = vg.taken();
@@ -375,14 +378,8 @@ test("a capped domain's lanes to two peers share its cap: it streams at its cap,
       clearTimer: () => {},
     });
     if (withLoop) loop.start();
-    const cpu = fairCpu([wd, wf]);
-    const step = (ms: number) => {
-      for (let i = 0; i < ms; i++) {
-        clock.t += 1;
-        cpu(512 << 10); // more than the two capped lanes can take
-        if (withLoop && i % TICK_MS === TICK_MS - 1) loop.tick();
-      }
-    };
+    // More work per ms than the two capped lanes can take.
+    const step = runClock(clock, fairCpu([wd, wf]), withLoop ? loop : null, 512 << 10);
     step(100);
     const t0 = wd.taken() + wf.taken();
     step(300);
