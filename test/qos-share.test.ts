@@ -346,7 +346,7 @@ test("a domain's weight is the domain's: a weight-1 domain streaming to two rece
     clearTimer: () => {},
   });
   loop.start();
-  const run = runClock(clock, fairCpu([wd, wf, vg]), loop, 2 << 20);
+  const run = runClock(clock, fairCpu([wd, wf, vg]), loop, 512 << 10);
   run(60);
   const w0 = wd.taken() + wf.taken();
   const v0 = vg.taken();
