@@ -55,7 +55,9 @@
  *                 (back/share-loop.ts) only while lanes of different weights contend on the
  *                 host: a weighted share of the host's co-resident traffic, held on every
  *                 message record (a rendezvous the NIC pulls too), apart from the caps,
- *                 which stay a ceiling.
+ *                 which stay a ceiling; also while a capped domain's lanes split its cap.
+ *   Float64 at 40 WriterGroup  the lane writer's domain (−1: none): the member's lanes from one
+ *                 domain share that domain's weight of its reading (mx/lane-policer.ts)
  * [the reading member writes, myrback reads: what the share loop measures; as true as the
  *  reader's library, and its peer (the lane's writer) cannot reach them]
  *   Int32 word 16 (byte 64) TakenBytes  message bytes taken from the lane (u32, wraps):

@@ -151,15 +151,6 @@ export class EndpointContext {
   }
 }
 
-/**
- * The lockout an answer implies when it does not say how long: REJECTED without a time (a
- * session or pull lockout) may last the longest any throttle gives (connect-, session- and
- * pull-throttle.ts: a minute); a plain refusal (BAD_KEY, BAD_SESSION, BAD_RDMAWIN) may be the
- * last free one, which starts the shortest (a second).
- */
-export const LOCKOUT_UNSAID_MS = 60_000;
-export const LOCKOUT_FIRST_MS = 1000;
-
 /** Every endpoint context of the NIC, and the compact list of the open ones. */
 export class EndpointTable {
   readonly ctxs: EndpointContext[] = [];

@@ -13,13 +13,12 @@
  * event.
  */
 import { traceNow } from "./clock.js";
+import { CONNECT_LOCKOUT_MAX_MS, CONNECT_LOCKOUT_MS } from "./connect-throttle.js";
 import { EndpointCounter, ERROR_REASON_SLOT, NicCounter } from "./counters.js";
 import {
   type EndpointContext,
   type EndpointTable,
   EVENT_BACKLOG,
-  LOCKOUT_FIRST_MS,
-  LOCKOUT_UNSAID_MS,
   M_AUX0,
   M_AUX1,
   M_MATCH_HI,
@@ -29,6 +28,8 @@ import {
   M_SRC_SESSION,
   M_TRACE,
 } from "./endpoints.js";
+import { PULL_LOCKOUT_MAX_MS, PULL_LOCKOUT_MS } from "./pull-throttle.js";
+import { SESSION_LOCKOUT_MAX_MS, SESSION_LOCKOUT_MS } from "./session-throttle.js";
 import { MxStatus, REASON_STATUS, reasonOfStatus } from "./status.js";
 import {
   D_COOKIE,
@@ -297,6 +298,14 @@ export class Events {
     }
   }
 }
+
+/**
+ * The lockout an answer implies when it does not say how long: REJECTED without a time (a
+ * session or pull lockout) may last the longest any throttle gives; a plain refusal (BAD_KEY,
+ * BAD_SESSION, BAD_RDMAWIN) may be the last free one, which starts the shortest.
+ */
+const LOCKOUT_UNSAID_MS = Math.max(CONNECT_LOCKOUT_MAX_MS, SESSION_LOCKOUT_MAX_MS, PULL_LOCKOUT_MAX_MS);
+const LOCKOUT_FIRST_MS = Math.min(CONNECT_LOCKOUT_MS, SESSION_LOCKOUT_MS, PULL_LOCKOUT_MS);
 
 /**
  * What a refusal says of the lockouts ctx's endpoint id may carry at the NIC that refused

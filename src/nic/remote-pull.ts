@@ -9,12 +9,12 @@
  * ends it with PULL_DONE. An endpoint has at most PULL_CREDITS pulls out across links (a
  * further one waits at the head of its own queue), and the table has room for every
  * endpoint's share at once. A pull that finds its link's PULL_JOBS_PER_LINK jobs taken, or its
- * endpoint's domain (its QoS share slot) holding PULL_LINK_SHARE of them, is parked (pull-park.ts) in its slot and asked for
- * when a job frees, endpoints in turn: it holds no queue, its own endpoint's included. A
- * requester that gives up (its endpoint closed, its destination region went away) tells the
- * peer to stop with a cancelling PULL_REQUEST. With no
- * link to the source's NIC and that NIC being this one, the pull is checked as a peer would
- * check it and copied here by the DMA engine. Remote PULLs do not hold the endpoint's queue:
+ * endpoint's domain (its QoS share slot) holding PULL_LINK_SHARE of them, is parked
+ * (pull-park.ts) in its slot and asked for when a job frees, endpoints in turn: it holds no
+ * queue, its own endpoint's included. A requester that gives up (its endpoint closed, its
+ * destination region went away) tells the peer to stop with a cancelling PULL_REQUEST. With
+ * no link to the source's NIC and that NIC being this one, the pull is checked as a peer
+ * would check it and copied here by the DMA engine. Remote PULLs do not hold the endpoint's queue:
  * their PULL_DONE may come after later descriptors' completions.
  *
  * Responder: a PULL_REQUEST takes the right it names (exposure.ts; a requester whose pulls were
@@ -295,7 +295,7 @@ export class RemotePull {
       ls.pullsOutByShare[this.qos.slotOf[ctx.id]] >= PULL_LINK_SHARE ||
       ls.parked?.has(ctx.id)
     ) {
-      // The link's jobs are taken, or this endpoint holds its share of them: the pull waits
+      // The link's jobs are taken, or this endpoint's domain holds its share of them: the pull waits
       // parked, not at the head of the queue, where it held every descriptor behind it (to any
       // host) until some pull on this link ended, however long the others took.
       rp.parked[s] = 1;

@@ -26,7 +26,7 @@ import { lanePolicy, QosPolicies } from "../qos-policy.js";
 import { GrantKeeper } from "./grant-keeper.js";
 import { type BackendEndpointInfo, describeEndpoints } from "./inspect.js";
 import { type ChannelRec, Client, type ClientKind, type EndpointRec } from "./records.js";
-import { type ShareLane, ShareLoop } from "./share-loop.js";
+import { capsOf, type ShareLane, ShareLoop } from "./share-loop.js";
 import { type ChannelMem, SharedMemory, type WindowSlot } from "./shared-memory.js";
 import { Stat } from "./stats.js";
 
@@ -581,15 +581,11 @@ export class MyriCore {
     const cappedLanes = new Map<string, number>();
     for (const lane of this.shareLanes()) {
       if (lane.weight !== 1) weighted = true;
-      for (const [key, cap] of [
-        [`tx ${lane.writer}`, lane.writerTx],
-        [`rx ${lane.reader}`, lane.readerRx],
-      ] as const)
-        if ((cap ?? 0) > 0) {
-          const n = (cappedLanes.get(key) ?? 0) + 1;
-          cappedLanes.set(key, n);
-          if (n >= 2) weighted = true;
-        }
+      for (const [key] of capsOf(lane)) {
+        const n = (cappedLanes.get(key) ?? 0) + 1;
+        cappedLanes.set(key, n);
+        if (n >= 2) weighted = true;
+      }
       if (weighted) break;
     }
     if (weighted) this.shares.start();

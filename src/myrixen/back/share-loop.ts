@@ -87,6 +87,17 @@ export interface ShareLane {
   readerRx?: number;
 }
 
+/**
+ * The capped domains a lane counts against: its writer's tx cap ("tx <domid>") and its
+ * reader's rx cap ("rx <domid>"), bytes/s, those that are set. Lanes of one key share its cap.
+ */
+export function capsOf(lane: ShareLane): [key: string, cap: number][] {
+  const out: [string, number][] = [];
+  if (lane.writerTx !== undefined && lane.writerTx > 0) out.push([`tx ${lane.writer}`, lane.writerTx]);
+  if (lane.readerRx !== undefined && lane.readerRx > 0) out.push([`rx ${lane.reader}`, lane.readerRx]);
+  return out;
+}
+
 /** What the loop needs from myrback: the lanes now and a clock and timer (tests give theirs). */
 export interface ShareLoopHost {
   lanes(): ShareLane[];
@@ -243,11 +254,7 @@ export class ShareLoop {
       const busy = (s.rate >= CONTEND_BYTES_PER_SEC && s.quiet < QUIET_TICKS) || (s.limit !== 0 && held);
       if (busy) contending.push({ lane, s });
       if (s.rate > 0 && s.quiet < QUIET_TICKS) {
-        for (const [key, cap] of [
-          [`tx ${lane.writer}`, lane.writerTx ?? 0],
-          [`rx ${lane.reader}`, lane.readerRx ?? 0],
-        ] as const) {
-          if (cap <= 0) continue;
+        for (const [key, cap] of capsOf(lane)) {
           const g = capped.get(key);
           if (g) g.lanes.push(s);
           else capped.set(key, { cap, lanes: [s] });
