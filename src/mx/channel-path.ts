@@ -56,6 +56,7 @@ import {
   type EndpointContext,
   InboundRecord,
   type MxRequest,
+  nextSendSeq,
   type Partner,
   type PeerPath,
   type Puller,
@@ -205,7 +206,7 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
     words[i + RecordWord.MatchLo] = req.matchLo;
     words[i + RecordWord.Length] = req.buffer.length;
     words[aux + MsgAux.SyncId] = req.syncId;
-    words[aux + MsgAux.Seq] = this.peer.sendSeq++;
+    words[aux + MsgAux.Seq] = nextSendSeq(this.peer);
     if (rndv) {
       // Pushed once the receiver clears it (CTS): no pull right is armed. Else the NIC pulls it.
       words[aux + MsgAux.XpIndex] = pushed ? 0 : req.xp;
@@ -253,7 +254,7 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
   private trySendPieces(req: MxRequest): boolean {
     if (!this.writer.hasRoomFor(req.buffer.length, CHANNEL_EAGER_PIECE)) return false;
     if (req.sync) this.sends.add(req);
-    writePieces(this.writer, req, this.peer.sendSeq++, this.ctx, () => {
+    writePieces(this.writer, req, nextSendSeq(this.peer), this.ctx, () => {
       if (kickPeer(this.peerIntr)) this.ctx.counters.kicks++;
     });
     this.ctx.counters.eager++;
@@ -646,7 +647,7 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
     r.matchLo = rd.matchLo;
     r.length = rd.length;
     r.syncId = a[MsgAux.SyncId];
-    r.seq = a[MsgAux.Seq];
+    r.seq = a[MsgAux.Seq] | 0;
     r.region = a[MsgAux.XpIndex];
     r.key = a[MsgAux.XpKey];
     r.offset = a[MsgAux.XpOffset];

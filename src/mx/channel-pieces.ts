@@ -141,7 +141,7 @@ export class PieceReader {
     r.matchLo = rd.matchLo;
     r.length = total;
     r.syncId = a[MsgAux.SyncId];
-    r.seq = a[MsgAux.Seq];
+    r.seq = a[MsgAux.Seq] | 0;
     r.region = 0;
     r.key = 0;
     r.offset = 0;

@@ -34,6 +34,15 @@ import {
 
 const align8 = (n: number) => (n + 7) & ~7;
 
+/** A position's offset in the lane (LANE_BYTES is a power of two; positions may be negative int32s). */
+const LANE_MASK = LANE_BYTES - 1;
+
+// Positions (Tail, Head) are kept as int32s, `| 0`: the same 32 bits as the ABI's wrapping u32
+// counters, but always a V8 small integer. As u32s (`>>> 0`) they left the small-integer range
+// after 2 GiB through a lane: every function touching them deoptimised, the lane objects'
+// fields turned into boxed doubles, and a long job ran the rest of its life on slower code
+// (a 1 MiB ping-pong crosses 2 GiB within its first warm-up run).
+
 /** The free slot the writer keeps past the lane's content: the zero Size the reader polls. */
 const RECORD_SLOT_BYTES = 8;
 
@@ -57,8 +66,8 @@ export class LaneWriter {
     this.ctl = new Int32Array(channel, off, LANE_HEADER_BYTES / 4);
     this.bytes = new Uint8Array(channel, off + LANE_HEADER_BYTES, LANE_BYTES);
     this.words = new Uint32Array(channel, off + LANE_HEADER_BYTES, LANE_BYTES / 4);
-    this.tail = Atomics.load(this.ctl, LaneWord.Tail) >>> 0;
-    this.headSeen = Atomics.load(this.ctl, LaneWord.Head) >>> 0;
+    this.tail = Atomics.load(this.ctl, LaneWord.Tail);
+    this.headSeen = Atomics.load(this.ctl, LaneWord.Head);
   }
 
   /**
@@ -69,16 +78,16 @@ export class LaneWriter {
   reserve(payload: number): number {
     const need = align8(RECORD_HEADER_BYTES + payload);
     if (need > LANE_BYTES / 2) return -1;
-    let pos = this.tail % LANE_BYTES;
+    let pos = this.tail & LANE_MASK;
     const tillEnd = LANE_BYTES - pos;
     // The record, the PAD before it if it wraps, and the free slot after it.
     const total = (need > tillEnd ? tillEnd + need : need) + RECORD_SLOT_BYTES;
     if (LANE_BYTES - ((this.tail - this.headSeen) >>> 0) < total) {
-      this.headSeen = Atomics.load(this.ctl, LaneWord.Head) >>> 0;
+      this.headSeen = Atomics.load(this.ctl, LaneWord.Head);
       if (LANE_BYTES - ((this.tail - this.headSeen) >>> 0) < total) {
         Atomics.store(this.ctl, LaneWord.SpaceWanted, 1);
         // The reader may have freed space between our look and the flag: look once more.
-        this.headSeen = Atomics.load(this.ctl, LaneWord.Head) >>> 0;
+        this.headSeen = Atomics.load(this.ctl, LaneWord.Head);
         if (LANE_BYTES - ((this.tail - this.headSeen) >>> 0) < total) return -1;
       }
     }
@@ -87,7 +96,7 @@ export class LaneWriter {
       // Published by commit(), after the record at 0 it leads to.
       this.words[(pos >>> 2) + RecordWord.Type] = RECORD_PAD;
       this.padAt = pos;
-      this.tail = (this.tail + tillEnd) >>> 0;
+      this.tail = (this.tail + tillEnd) | 0;
       pos = 0;
     }
     this.pendingStart = pos;
@@ -101,7 +110,7 @@ export class LaneWriter {
    * in turn cannot fail. If not, the reader is asked to wake us once it frees space.
    */
   hasRoomFor(payloadBytes: number, pieceBytes: number): boolean {
-    let pos = this.tail % LANE_BYTES;
+    let pos = this.tail & LANE_MASK;
     let need = RECORD_SLOT_BYTES;
     for (let left = payloadBytes; left > 0; left -= pieceBytes) {
       const size = align8(RECORD_HEADER_BYTES + Math.min(left, pieceBytes));
@@ -114,11 +123,11 @@ export class LaneWriter {
       pos += size;
     }
     if (LANE_BYTES - ((this.tail - this.headSeen) >>> 0) >= need) return true;
-    this.headSeen = Atomics.load(this.ctl, LaneWord.Head) >>> 0;
+    this.headSeen = Atomics.load(this.ctl, LaneWord.Head);
     if (LANE_BYTES - ((this.tail - this.headSeen) >>> 0) >= need) return true;
     // As reserve() does: ask the reader to wake us when it frees space, then look once more.
     Atomics.store(this.ctl, LaneWord.SpaceWanted, 1);
-    this.headSeen = Atomics.load(this.ctl, LaneWord.Head) >>> 0;
+    this.headSeen = Atomics.load(this.ctl, LaneWord.Head);
     return LANE_BYTES - ((this.tail - this.headSeen) >>> 0) >= need;
   }
 
@@ -136,15 +145,15 @@ export class LaneWriter {
       Atomics.store(this.words, (this.padAt >>> 2) + RecordWord.Size, LANE_BYTES - this.padAt);
       this.padAt = -1;
     }
-    this.tail = (this.tail + size) >>> 0;
+    this.tail = (this.tail + size) | 0;
     this.pending = 0;
     // For the host's inspection only (the reader polls Size): a plain store, not a second fence.
-    this.ctl[LaneWord.Tail] = this.tail | 0;
+    this.ctl[LaneWord.Tail] = this.tail;
   }
 
   /** Bytes the reader has not consumed yet (0 = the peer has seen everything). */
   backlog(): number {
-    return (this.tail - (Atomics.load(this.ctl, LaneWord.Head) >>> 0)) >>> 0;
+    return (this.tail - Atomics.load(this.ctl, LaneWord.Head)) >>> 0;
   }
 
   get lastReserved(): number {
@@ -197,9 +206,9 @@ export class LaneReader {
     this.ctl = new Int32Array(channel, off, LANE_HEADER_BYTES / 4);
     this.bytes = new Uint8Array(channel, off + LANE_HEADER_BYTES, LANE_BYTES);
     this.words = new Uint32Array(channel, off + LANE_HEADER_BYTES, LANE_BYTES / 4);
-    this.head = Atomics.load(this.ctl, LaneWord.Head) >>> 0;
+    this.head = Atomics.load(this.ctl, LaneWord.Head);
     this.published = this.head;
-    this.messages = Atomics.load(this.ctl, LaneWord.Messages) >>> 0;
+    this.messages = Atomics.load(this.ctl, LaneWord.Messages);
   }
 
   /** True if a record is ready (its fields are loaded); false if the lane is empty or broken. */
@@ -208,7 +217,7 @@ export class LaneReader {
     const words = this.words;
     let padded = false;
     for (;;) {
-      const pos = this.head % LANE_BYTES;
+      const pos = this.head & LANE_MASK;
       const w = pos >>> 2;
       // A plain look first (an empty lane is polled all the time; an atomic load is a builtin
       // call in this V8), then the atomic one that orders the record's words after it.
@@ -226,7 +235,7 @@ export class LaneReader {
         if (padded || size !== LANE_BYTES - pos)
           return this.fail(`record at ${pos}: a PAD of ${size} bytes that does not end the lane`);
         words[w + RecordWord.Size] = 0;
-        this.head = (this.head + size) >>> 0;
+        this.head = (this.head + size) | 0;
         padded = true;
         continue;
       }
@@ -271,13 +280,13 @@ export class LaneReader {
   publishHead(): void {
     if (this.head === this.published) return;
     this.published = this.head;
-    Atomics.store(this.ctl, LaneWord.Head, this.head | 0);
+    Atomics.store(this.ctl, LaneWord.Head, this.head);
   }
 
   /** Counts one message taken from the lane, for the host's inspection (LaneWord.Messages). */
   countMessage(): void {
     // Read only by the host's inspection: a plain store (an atomic one is a fence per message).
-    this.ctl[LaneWord.Messages] = ++this.messages | 0;
+    this.ctl[LaneWord.Messages] = this.messages = (this.messages + 1) | 0;
   }
 
   /**
@@ -287,8 +296,8 @@ export class LaneReader {
    * looks at Head only when its lane seems full).
    */
   release(): void {
-    this.words[(this.head % LANE_BYTES) >>> 2] = 0;
-    this.head = (this.head + this.size) >>> 0;
+    this.words[(this.head & LANE_MASK) >>> 2] = 0;
+    this.head = (this.head + this.size) | 0;
     this.size = 0;
     if ((this.head - this.published) >>> 0 >= HEAD_PUBLISH_BYTES) this.publishHead();
   }

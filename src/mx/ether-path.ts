@@ -29,6 +29,7 @@ import {
   type EndpointContext,
   InboundRecord,
   type MxRequest,
+  nextSendSeq,
   type Partner,
   type PeerLossListener,
   type PeerPath,
@@ -176,8 +177,7 @@ export class EtherEngine implements Puller, PeerLossListener {
     const frames = req.rndv ? 1 : Math.max(1, Math.ceil(n / max));
     if (link.room < frames || path.controlQueued) return false;
     if (req.sync || req.rndv) this.parts.sends.add(req);
-    const seq = dest.sendSeq;
-    dest.sendSeq = (dest.sendSeq + 1) >>> 0;
+    const seq = nextSendSeq(dest);
     if (req.rndv) {
       const f = link.reserve(MxoeType.Rndv, 0, trailer);
       stampMessage(f, req, seq);
@@ -419,7 +419,7 @@ export class EtherEngine implements Puller, PeerLossListener {
     r.matchHi = frameWord(f, MxoeWord.matchHi);
     r.matchLo = frameWord(f, MxoeWord.matchLo);
     r.syncId = frameWord(f, MxoeWord.id);
-    r.seq = frameWord(f, MxoeWord.msgSeq);
+    r.seq = frameWord(f, MxoeWord.msgSeq) | 0;
     r.region = 0;
     r.key = 0;
     r.offset = 0;

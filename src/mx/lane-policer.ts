@@ -111,8 +111,9 @@ export class LanePolicer {
   ) {
     this.seq = new Int32Array(page, 0, POLICY_SHARE_HOLDS_WORD + 1);
     this.words = new Float64Array(page, 8, 5); // BytesPerSec, MsgsPerSec, Weight, ShareBytesPerSec, WriterGroup
-    this.taken = Atomics.load(this.seq, POLICY_TAKEN_WORD) >>> 0;
-    this.shareHolds = Atomics.load(this.seq, POLICY_SHARE_HOLDS_WORD) >>> 0;
+    // int32s, the words' own bits: as u32s they would leave V8's small integers past 2^31 (channel.ts).
+    this.taken = Atomics.load(this.seq, POLICY_TAKEN_WORD);
+    this.shareHolds = Atomics.load(this.seq, POLICY_SHARE_HOLDS_WORD);
   }
 
   /** Starts a progress round: takes up a changed policy; false while the caps hold the lane. */
@@ -193,7 +194,7 @@ export class LanePolicer {
     if (this.heldUntil === 0) {
       this.counters.laneHolds++;
       if (shared && this.shareBucket < 0)
-        Atomics.store(this.seq, POLICY_SHARE_HOLDS_WORD, (this.shareHolds = (this.shareHolds + 1) >>> 0) | 0);
+        Atomics.store(this.seq, POLICY_SHARE_HOLDS_WORD, (this.shareHolds = (this.shareHolds + 1) | 0));
     }
     const waitBytes = this.bytesPerSec > 0 && this.bytes < 0 ? -this.bytes / this.bytesPerSec : 0;
     const waitMsgs = this.msgsPerSec > 0 && this.msgs < 0 ? -this.msgs / this.msgsPerSec : 0;
@@ -203,10 +204,10 @@ export class LanePolicer {
 
   /** Message bytes taken, for the share loop (the page's TakenBytes). */
   private count(bytes: number): void {
-    this.taken = (this.taken + bytes) >>> 0;
+    this.taken = (this.taken + bytes) | 0;
     // myrback's share loop reads it every few ms: a plain store (a 32-bit word is never torn),
     // not a fence per message.
-    this.seq[POLICY_TAKEN_WORD] = this.taken | 0;
+    this.seq[POLICY_TAKEN_WORD] = this.taken;
   }
 
   /** A record already paid for (a piece of a charged rendezvous): only this round's share. */

@@ -110,7 +110,7 @@ export class Matching implements PeerLossListener {
       this.hold(peer, rec);
       return;
     }
-    peer.recvSeq = (rec.seq + 1) >>> 0;
+    peer.recvSeq = (rec.seq + 1) | 0;
     this.match(peer, rec);
     if (peer.held !== undefined && peer.held.length > 0) this.releaseHeld(peer);
   }
@@ -125,7 +125,7 @@ export class Matching implements PeerLossListener {
     const r = this.takePosted(peer, rec);
     if (r === undefined) return undefined;
     r.traceId = this.seen(peer, rec);
-    peer.recvSeq = (rec.seq + 1) >>> 0;
+    peer.recvSeq = (rec.seq + 1) | 0;
     return r;
   }
 
@@ -194,7 +194,7 @@ export class Matching implements PeerLossListener {
       const h = held[0];
       held.shift();
       this.count(h, -1);
-      peer.recvSeq = (h.seq + 1) >>> 0;
+      peer.recvSeq = (h.seq + 1) | 0;
       this.match(peer, h);
     }
   }

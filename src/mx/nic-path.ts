@@ -74,6 +74,7 @@ import {
   type EndpointContext,
   InboundRecord,
   MxRequest,
+  nextSendSeq,
   Partner,
   type PeerPath,
   RequestState,
@@ -232,8 +233,7 @@ export class NicRecords implements NicRecordSink {
       this.ctx.counters.eager++;
     }
     if (req.sync || req.rndv) this.sends.add(req);
-    const seq = dest.sendSeq;
-    dest.sendSeq = (dest.sendSeq + 1) >>> 0;
+    const seq = nextSendSeq(dest);
     const w = this.nic.window;
     const b = this.sendTo(dest, COOKIE_SEND | slot, false);
     w[b + D_SRC_REGION] = st.regionId;
@@ -335,7 +335,7 @@ export class NicRecords implements NicRecordSink {
       r.matchHi = w[base + E_MATCH_HI] >>> 0;
       r.matchLo = w[base + E_MATCH_LO] >>> 0;
       r.syncId = id;
-      r.seq = aux1;
+      r.seq = aux1 | 0;
       r.traceSeq = tseq;
       if (type === RecordType.Eager) {
         r.rndv = false;

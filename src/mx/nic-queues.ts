@@ -134,7 +134,8 @@ export class NicQueues implements Puller, PeerLossListener {
     this.windowF64 = new Float64Array(window);
     this.sqProd = Atomics.load(this.window, W_SQ_PROD) >>> 0;
     this.eqCons = Atomics.load(this.window, W_EQ_CONS) >>> 0;
-    this.rqCons = Atomics.load(this.window, W_RQ_CONS) >>> 0;
+    // An int32, the word's own bits (a u32 leaves V8's small integers past 2 GiB: channel.ts).
+    this.rqCons = Atomics.load(this.window, W_RQ_CONS);
   }
 
   /** Who takes the events that are not the queues' own. */
@@ -222,8 +223,8 @@ export class NicQueues implements Puller, PeerLossListener {
         );
       } else if (type === EventType.Recv) {
         this.records.onRecv(base);
-        this.rqCons = (this.rqCons + (w[base + E_RECV_SPAN] >>> 0)) >>> 0;
-        Atomics.store(w, W_RQ_CONS, this.rqCons | 0);
+        this.rqCons = (this.rqCons + w[base + E_RECV_SPAN]) | 0;
+        Atomics.store(w, W_RQ_CONS, this.rqCons);
       } else if (type === EventType.SendDone || (type === EventType.Error && (cookie & COOKIE_SEND) !== 0)) {
         this.records.onSendDone(
           cookie,

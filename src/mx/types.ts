@@ -276,9 +276,13 @@ export class Partner {
   peerSplit = false;
   /** Sends waiting, in order, for room on the path. */
   readonly backlog: MxRequest[] = [];
-  /** The sequence number of our next message to the peer. */
+  /**
+   * The sequence number of our next message to the peer. Sequence numbers are u32s on every
+   * path, kept here as int32s (`| 0`, the same bits): as u32s they left V8's small integers
+   * after 2^31 messages, and every Partner's fields turned into boxed doubles (mx/channel.ts).
+   */
   sendSeq = 0;
-  /** The sequence number the next message from the peer must carry (MX keeps a pair's order). */
+  /** The sequence number the next message from the peer must carry (MX keeps a pair's order); an int32. */
   recvSeq = 0;
   /** Messages that arrived ahead of an earlier one (only when the peer's path changed), by sequence. */
   held: KeptRecord[] | undefined = undefined;
@@ -313,6 +317,13 @@ export class Partner {
   notify(syncId: number, xfer: number, status: number): void {
     if (this.dead === undefined) this.path?.notify(syncId, xfer, status);
   }
+}
+
+/** Takes `peer`'s next send sequence number (an int32 that wraps as the u32 it stands for). */
+export function nextSendSeq(peer: Partner): number {
+  const seq = peer.sendSeq;
+  peer.sendSeq = (seq + 1) | 0;
+  return seq;
 }
 
 /**

@@ -150,7 +150,7 @@ export class Delivery {
     const w = ctx.w;
     const len = m[M_LENGTH] >>> 0;
     if (ctx.blCount >= EVENT_BACKLOG - BACKLOG_RESERVE) return false;
-    const used = (ctx.rqProd - (Atomics.load(w, W_RQ_CONS) >>> 0)) >>> 0;
+    const used = (ctx.rqProd - Atomics.load(w, W_RQ_CONS)) >>> 0;
     // A consumer index ahead of ours is the owner's garbage: nothing fits until it is sane.
     if (used > RECV_BYTES) return false;
     const record = (len + RECV_ALIGN - 1) & ~(RECV_ALIGN - 1);
@@ -169,9 +169,10 @@ export class Delivery {
     }
     // Traced: stamped before the event is published (its owner may see it at once).
     if (m[M_TRACE] !== 0) nicStamp(m[M_SRC_NIC], m[M_SRC_EP], m[M_TRACE], NicTraceStage.Delivered);
-    ctx.rqProd = (ctx.rqProd + span) >>> 0;
+    // An int32, the word's own bits: a u32 would leave V8's small integers past 2 GiB (mx/channel.ts).
+    ctx.rqProd = (ctx.rqProd + span) | 0;
     // The payload is in place before the producer index says so, and both before the event.
-    Atomics.store(w, W_RQ_PROD, ctx.rqProd | 0);
+    Atomics.store(w, W_RQ_PROD, ctx.rqProd);
     this.events.postRecv(ctx, m, len, offset, span);
     this.c[NicCounter.recvs]++;
     this.c[NicCounter.recv_bytes] += len;

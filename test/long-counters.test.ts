@@ -1,0 +1,123 @@
+/**
+ * A host that runs for weeks: a lane that has carried 2^31 bytes and a pair that has sent
+ * 2^31 messages go on as on the first day. Their positions and sequence numbers are u32s in
+ * shared memory and on the wire; the library keeps them as int32s, the same bits, because a
+ * JavaScript number past 2^31 is no longer a V8 small integer: the code that touched it was
+ * deoptimised and the objects holding it switched to boxed doubles, so a 1 MiB ping-pong
+ * (2 GiB within its first warm-up) ran at half speed for the rest of its life. The records
+ * must also still arrive, in order, through the sign bit and the 2^32 wrap.
+ */
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { LaneReader, LaneWriter } from "../src/mx/channel.js";
+import { MxRequest, nextSendSeq, RequestState } from "../src/mx/types.js";
+import { laneProgress } from "../src/myrixen/back/inspect.js";
+import {
+  CHANNEL_BYTES,
+  LANE_HEADER_BYTES,
+  LaneWord,
+  laneOffset,
+  RECORD_HEADER_BYTES,
+} from "../src/myrixen/channel-abi.js";
+import { MxStatus } from "../src/nic/status.js";
+import { channelEnd, postRecv } from "./helpers/mx-parts.js";
+
+const isInt32 = (x: number) => x === (x | 0);
+
+/** A fresh channel whose side-0 lane says it has carried `carried` bytes (Tail = Head). */
+function laneThatCarried(carried: number): SharedArrayBuffer {
+  const ch = new SharedArrayBuffer(CHANNEL_BYTES);
+  const ctl = new Int32Array(ch, laneOffset(0), LANE_HEADER_BYTES / 4);
+  ctl[LaneWord.Tail] = carried | 0;
+  ctl[LaneWord.Head] = carried | 0;
+  return ch;
+}
+
+for (const [name, start] of [
+  ["the sign bit (2^31)", 0x8000_0000 - 300_000],
+  ["the u32 wrap (2^32)", 0x1_0000_0000 - 300_000],
+] as const) {
+  test(`a lane's positions pass ${name} as int32s; every record arrives whole and in order`, () => {
+    const ch = laneThatCarried(start);
+    const w = new LaneWriter(ch, 0);
+    const r = new LaneReader(ch, 0, 3);
+    const pos = () => [(w as unknown as { tail: number }).tail, (r as unknown as { head: number }).head];
+    let written = 0;
+    let sent = 0;
+    let got = 0;
+    const sizes = [0, 13, 4096, 30_000, 65_536];
+    const take = () => {
+      assert.ok(r.next(), `record ${got} is there`);
+      const n = sizes[got % sizes.length];
+      assert.equal(r.aux[0], got);
+      assert.equal(r.length, n);
+      if (n > 0) assert.equal(r.bytes[r.payload + n - 1], got & 0xff);
+      got++;
+      r.release();
+    };
+    // 600 KB: more than twice the distance to the boundary, round a 256 KiB lane a few times.
+    while (written < 600_000) {
+      const n = sizes[sent % sizes.length];
+      const at = w.reserve(n);
+      if (at < 0) {
+        take();
+        continue;
+      }
+      w.words[(at >>> 2) + 1] = 1;
+      w.words[(at >>> 2) + 4] = n;
+      w.words[(at >>> 2) + 5] = sent;
+      w.bytes.fill(sent & 0xff, at + RECORD_HEADER_BYTES, at + RECORD_HEADER_BYTES + n);
+      w.commit();
+      written += (RECORD_HEADER_BYTES + n + 7) & ~7;
+      sent++;
+      for (const p of pos()) assert.ok(isInt32(p), `a position left the int32s: ${p}`);
+    }
+    while (r.next()) {
+      r.release();
+      got++;
+    }
+    assert.equal(got, sent);
+    assert.equal(r.broken, undefined);
+    r.publishHead();
+    for (const p of pos()) assert.ok(isInt32(p), `a position left the int32s: ${p}`);
+    // The words keep the ABI's meaning: u32 bytes ever published (records and the PADs that
+    // skip a lane's end: fewer than one largest record per time round), wrapping.
+    const progress = laneProgress(ch, 0);
+    assert.equal(progress.backlog, 0);
+    assert.equal(progress.written, pos()[0] >>> 0);
+    const advanced = (progress.written - start) >>> 0;
+    assert.ok(advanced >= written && advanced < written + 4 * (RECORD_HEADER_BYTES + 65_536), `${advanced}`);
+  });
+}
+
+test("a pair's sequence numbers pass 2^31 and 2^32 as int32s; messages match in order across both", () => {
+  for (const start of [0x7fff_fffe, 0xffff_fffe]) {
+    const channel = new SharedArrayBuffer(CHANNEL_BYTES);
+    const a = channelEnd(channel, 0);
+    const b = channelEnd(channel, 1);
+    a.partner.sendSeq = start | 0;
+    b.partner.recvSeq = start | 0;
+    const recvs = [0, 1, 2, 3, 4].map((i) => postRecv(b, new Uint8Array(4), 10 + i));
+    for (let i = 0; i < 5; i++) {
+      const req = new MxRequest("send", new Uint8Array([i, i, i, i]), undefined);
+      req.peer = a.partner;
+      req.matchLo = 10 + i;
+      req.msgLength = 4;
+      assert.ok(a.path.trySend(req));
+      assert.ok(isInt32(a.partner.sendSeq), `sendSeq left the int32s: ${a.partner.sendSeq}`);
+    }
+    b.path.receive(true);
+    for (const [i, r] of recvs.entries()) {
+      assert.equal(r.state, RequestState.Done, `message ${i} matched`);
+      assert.equal(r.code, MxStatus.SUCCESS);
+      assert.deepEqual([...r.buffer], [i, i, i, i]);
+    }
+    assert.equal(b.partner.recvSeq, (start + 5) | 0);
+    assert.ok(isInt32(b.partner.recvSeq));
+    assert.equal(b.p.ctx.counters.channelErrors, 0);
+  }
+  const p = channelEnd(new SharedArrayBuffer(CHANNEL_BYTES), 0).partner;
+  p.sendSeq = -1;
+  assert.equal(nextSendSeq(p), -1);
+  assert.equal(p.sendSeq, 0, "0xffffffff is followed by 0");
+});
