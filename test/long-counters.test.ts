@@ -1,6 +1,6 @@
 /**
- * A host that runs for weeks: a lane that has carried 2^31 bytes and a pair that has sent
- * 2^31 messages go on as on the first day. Their positions and sequence numbers are u32s in
+ * A host that runs for weeks: a lane that has carried 2^31 bytes, a pair that has sent 2^31
+ * messages and an endpoint whose NIC queues have turned 2^31 times go on as on the first day. Their positions and sequence numbers are u32s in
  * shared memory and on the wire; the library keeps them as int32s, the same bits, because a
  * JavaScript number past 2^31 is no longer a V8 small integer: the code that touched it was
  * deoptimised and the objects holding it switched to boxed doubles, so a 1 MiB ping-pong
@@ -10,6 +10,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { LaneReader, LaneWriter } from "../src/mx/channel.js";
+import { NicQueues } from "../src/mx/nic-queues.js";
 import { MxRequest, nextSendSeq, RequestState } from "../src/mx/types.js";
 import { laneProgress } from "../src/myrixen/back/inspect.js";
 import {
@@ -20,7 +21,23 @@ import {
   RECORD_HEADER_BYTES,
 } from "../src/myrixen/channel-abi.js";
 import { MxStatus } from "../src/nic/status.js";
-import { channelEnd, postRecv } from "./helpers/mx-parts.js";
+import {
+  DESC_WORDS,
+  E_COOKIE,
+  E_TYPE,
+  EQ_ENTRIES,
+  EQ_OFFSET,
+  EVENT_WORDS,
+  EventType,
+  SQ_ENTRIES,
+  SQ_OFFSET,
+  W_EQ_CONS,
+  W_EQ_PROD,
+  W_SQ_CONS,
+  W_SQ_PROD,
+  WINDOW_BYTES,
+} from "../src/nic/window.js";
+import { channelEnd, parts, postRecv } from "./helpers/mx-parts.js";
 
 const isInt32 = (x: number) => x === (x | 0);
 
@@ -120,4 +137,37 @@ test("a pair's sequence numbers pass 2^31 and 2^32 as int32s; messages match in 
   p.sendSeq = -1;
   assert.equal(nextSendSeq(p), -1);
   assert.equal(p.sendSeq, 0, "0xffffffff is followed by 0");
+});
+
+test("an endpoint's send and event queue indices pass 2^31 and 2^32 as int32s; every descriptor and event is taken in turn", () => {
+  for (const start of [0x7fff_fff0, 0xffff_fff0]) {
+    const p = parts();
+    const window = new SharedArrayBuffer(WINDOW_BYTES);
+    const w = new Int32Array(window);
+    for (const word of [W_SQ_PROD, W_SQ_CONS, W_EQ_PROD, W_EQ_CONS]) w[word] = start | 0;
+    const q = new NicQueues(window, p.ctx, p.completion, p.regions);
+    const inner = q as unknown as { sqProd: number; eqCons: number };
+    // 40 descriptors, taken by "the NIC" as they come: each in the slot its index names.
+    for (let i = 0; i < 40; i++) {
+      const base = q.slot(false);
+      assert.equal(base, SQ_OFFSET / 4 + ((start + i) % SQ_ENTRIES) * DESC_WORDS);
+      w[base] = i + 1;
+      q.post();
+      assert.ok(isInt32(inner.sqProd), `the send queue's index left the int32s: ${inner.sqProd}`);
+      assert.equal(q.sqPending(), 1);
+      Atomics.store(w, W_SQ_CONS, Atomics.load(w, W_SQ_PROD));
+    }
+    assert.equal(Atomics.load(w, W_SQ_PROD) >>> 0, (start + 40) % 2 ** 32);
+    // 40 events (errors for no request: each is counted), written by "the NIC" past both bounds.
+    for (let i = 0; i < 40; i++) {
+      const base = EQ_OFFSET / 4 + ((start + i) % EQ_ENTRIES) * EVENT_WORDS;
+      w[base + E_TYPE] = EventType.Error | (MxStatus.ABORTED << 16);
+      w[base + E_COOKIE] = 0;
+    }
+    Atomics.store(w, W_EQ_PROD, (start + 40) | 0);
+    q.poll();
+    assert.equal(p.ctx.counters.nicErrors, 40);
+    assert.ok(isInt32(inner.eqCons), `the event queue's index left the int32s: ${inner.eqCons}`);
+    assert.equal(Atomics.load(w, W_EQ_CONS), (start + 40) | 0);
+  }
 });

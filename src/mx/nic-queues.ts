@@ -132,8 +132,9 @@ export class NicQueues implements Puller, PeerLossListener {
     this.window = new Int32Array(window);
     this.windowBytes = new Uint8Array(window);
     this.windowF64 = new Float64Array(window);
-    this.sqProd = Atomics.load(this.window, W_SQ_PROD) >>> 0;
-    this.eqCons = Atomics.load(this.window, W_EQ_CONS) >>> 0;
+    // int32s, the words' own bits: u32s leave V8's small integers past 2^31 (channel.ts).
+    this.sqProd = Atomics.load(this.window, W_SQ_PROD);
+    this.eqCons = Atomics.load(this.window, W_EQ_CONS);
     // An int32, the word's own bits (a u32 leaves V8's small integers past 2 GiB: channel.ts).
     this.rqCons = Atomics.load(this.window, W_RQ_CONS);
   }
@@ -153,12 +154,12 @@ export class NicQueues implements Puller, PeerLossListener {
 
   /** Descriptors the send queue has room for now. */
   sqFree(): number {
-    return SQ_ENTRIES - ((this.sqProd - (Atomics.load(this.window, W_SQ_CONS) >>> 0)) >>> 0);
+    return SQ_ENTRIES - ((this.sqProd - Atomics.load(this.window, W_SQ_CONS)) >>> 0);
   }
 
   /** Descriptors posted that the NIC has not taken yet. */
   sqPending(): number {
-    return Math.min(SQ_ENTRIES, (this.sqProd - (Atomics.load(this.window, W_SQ_CONS) >>> 0)) >>> 0);
+    return Math.min(SQ_ENTRIES, (this.sqProd - Atomics.load(this.window, W_SQ_CONS)) >>> 0);
   }
 
   /**
@@ -170,7 +171,7 @@ export class NicQueues implements Puller, PeerLossListener {
   slot(wait: boolean): number {
     const w = this.window;
     if (wait) while (this.sqFree() === 0) this.poll();
-    const base = (SQ_OFFSET >> 2) + (this.sqProd % SQ_ENTRIES) * DESC_WORDS;
+    const base = (SQ_OFFSET >> 2) + (this.sqProd & (SQ_ENTRIES - 1)) * DESC_WORDS;
     for (let i = 0; i < DESC_WORDS; i++) w[base + i] = 0;
     return base;
   }
@@ -178,8 +179,8 @@ export class NicQueues implements Puller, PeerLossListener {
   /** Publishes the descriptor `slot` gave (the doorbell), waking the NIC if it sleeps. */
   post(): void {
     const w = this.window;
-    this.sqProd = (this.sqProd + 1) >>> 0;
-    Atomics.store(w, W_SQ_PROD, this.sqProd | 0);
+    this.sqProd = (this.sqProd + 1) | 0;
+    Atomics.store(w, W_SQ_PROD, this.sqProd);
     if (Atomics.load(w, W_NIC_SLEEPING) !== 0) Atomics.notify(w, W_SQ_PROD);
   }
 
@@ -188,7 +189,7 @@ export class NicQueues implements Puller, PeerLossListener {
   /** Takes every event the NIC has written, each to its owner. */
   poll(): void {
     const w = this.window;
-    const prod = Atomics.load(w, W_EQ_PROD) >>> 0;
+    const prod = Atomics.load(w, W_EQ_PROD);
     if (prod === this.eqCons || this.polling) return;
     // Not re-entrant: a handler that polled again would take the events after the one being
     // handled, and this loop, its bound passed, would then run through stale slots for 2^32
@@ -199,14 +200,14 @@ export class NicQueues implements Puller, PeerLossListener {
     } finally {
       this.polling = false;
     }
-    Atomics.store(w, W_EQ_CONS, this.eqCons | 0);
+    Atomics.store(w, W_EQ_CONS, this.eqCons);
     // A sleeping NIC that holds deliveries for us waits for the receive space just released.
     if (Atomics.load(w, W_NIC_SLEEPING) === NIC_SLEEPING_HOLDING) Atomics.notify(w, W_SQ_PROD);
   }
 
   private takeEvents(w: Int32Array, prod: number): void {
     while (this.eqCons !== prod) {
-      const base = (EQ_OFFSET >> 2) + (this.eqCons % EQ_ENTRIES) * EVENT_WORDS;
+      const base = (EQ_OFFSET >> 2) + (this.eqCons & (EQ_ENTRIES - 1)) * EVENT_WORDS;
       const tw = w[base + E_TYPE];
       const type = tw & 0xffff;
       const status = tw >>> 16;
@@ -245,7 +246,7 @@ export class NicQueues implements Puller, PeerLossListener {
       } else if (type === EventType.Error) {
         this.ctx.counters.nicErrors++;
       }
-      this.eqCons = (this.eqCons + 1) >>> 0;
+      this.eqCons = (this.eqCons + 1) | 0;
     }
   }
 

@@ -221,16 +221,17 @@ export class Events {
 
   private eqHasRoom(ctx: EndpointContext): boolean {
     // A consumer index that is ahead of ours (garbage) reads as a full queue.
-    return (ctx.eqProd - (Atomics.load(ctx.w, W_EQ_CONS) >>> 0)) >>> 0 < EQ_ENTRIES;
+    return (ctx.eqProd - Atomics.load(ctx.w, W_EQ_CONS)) >>> 0 < EQ_ENTRIES;
   }
 
   private writeEvent(ctx: EndpointContext, src: Int32Array, srcBase: number): void {
     const w = ctx.w;
     const base = EQ_W + (ctx.eqProd & (EQ_ENTRIES - 1)) * EVENT_WORDS;
     for (let i = 0; i < EVENT_WORDS; i++) w[base + i] = src[srcBase + i];
-    ctx.eqProd = (ctx.eqProd + 1) >>> 0;
+    // An int32, the word's own bits (a u32 leaves V8's small integers past 2^31: mx/channel.ts).
+    ctx.eqProd = (ctx.eqProd + 1) | 0;
     // The owner reads an event only after it sees W_EQ_PROD pass it: the words are stored first.
-    Atomics.store(w, W_EQ_PROD, ctx.eqProd | 0);
+    Atomics.store(w, W_EQ_PROD, ctx.eqProd);
     this.c[NicCounter.events]++;
     this.c[ctx.base + EndpointCounter.events]++;
     this.raise(ctx);

@@ -524,7 +524,8 @@ export class Nic {
    */
   private serviceSq(ctx: EndpointContext): boolean {
     const w = ctx.w;
-    const prod = Atomics.load(w, W_SQ_PROD) >>> 0;
+    // int32s, the words' own bits: u32s leave V8's small integers past 2^31 (mx/channel.ts).
+    const prod = Atomics.load(w, W_SQ_PROD);
     ctx.prodSeen = prod;
     // Set again below if the head descriptor still has to wait (for a link, a window, a slot).
     ctx.linkStalled = false;
@@ -534,7 +535,7 @@ export class Nic {
       // Ahead by more than the queue holds, or backwards: garbage. Report once, resynchronise.
       this.events.postBadIndex(ctx, prod, cons);
       ctx.sqCons = prod;
-      Atomics.store(w, W_SQ_CONS, prod | 0);
+      Atomics.store(w, W_SQ_CONS, prod);
       return true;
     }
     let n = 0;
@@ -556,13 +557,13 @@ export class Nic {
       ctx.stallSince = 0;
       this.c[NicCounter.descriptors]++;
       this.c[ctx.base + EndpointCounter.descriptors]++;
-      cons = (cons + 1) >>> 0;
+      cons = (cons + 1) | 0;
       n++;
     }
     if (n === 0) return false;
     ctx.sqCons = cons;
     // The NIC is done with the slots before the owner may reuse them.
-    Atomics.store(w, W_SQ_CONS, cons | 0);
+    Atomics.store(w, W_SQ_CONS, cons);
     return true;
   }
 
