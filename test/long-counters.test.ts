@@ -1,6 +1,7 @@
 /**
  * A host that runs for weeks: a lane that has carried 2^31 bytes, a pair that has sent 2^31
- * messages and an endpoint whose NIC queues have turned 2^31 times go on as on the first day. Their positions and sequence numbers are u32s in
+ * messages, an endpoint whose NIC queues have turned 2^31 times and an Ethernet port that has
+ * carried 2^31 bytes go on as on the first day (the Xen rings: test/ring.test.ts). Their positions and sequence numbers are u32s in
  * shared memory and on the wire; the library keeps them as int32s, the same bits, because a
  * JavaScript number past 2^31 is no longer a V8 small integer: the code that touched it was
  * deoptimised and the objects holding it switched to boxed doubles, so a 1 MiB ping-pong
@@ -20,6 +21,17 @@ import {
   laneOffset,
   RECORD_HEADER_BYTES,
 } from "../src/myrixen/channel-abi.js";
+import {
+  allocEtherPort,
+  ETHER_MAX_FRAME,
+  EtherPortClient,
+  P_RX_HEAD,
+  P_RX_TAIL,
+  P_TX_HEAD,
+  P_TX_TAIL,
+  PORT_RX_OFFSET,
+  ringPut,
+} from "../src/nic/ether-port.js";
 import { MxStatus } from "../src/nic/status.js";
 import {
   DESC_WORDS,
@@ -169,5 +181,51 @@ test("an endpoint's send and event queue indices pass 2^31 and 2^32 as int32s; e
     assert.equal(p.ctx.counters.nicErrors, 40);
     assert.ok(isInt32(inner.eqCons), `the event queue's index left the int32s: ${inner.eqCons}`);
     assert.equal(Atomics.load(w, W_EQ_CONS), (start + 40) | 0);
+  }
+});
+
+test("an Ethernet port's rings pass 2^31 and 2^32 bytes as int32s; every frame goes out and comes in, in order", () => {
+  for (const start of [0x8000_0000 - 3 * 9000, 0x1_0000_0000 - 3 * 9000]) {
+    const port = allocEtherPort();
+    const w = new Int32Array(port);
+    for (const word of [P_TX_HEAD, P_TX_TAIL, P_RX_HEAD, P_RX_TAIL]) w[word] = start | 0;
+    const client = new EtherPortClient(port);
+    const inner = client as unknown as { txHead: number; rxTail: number };
+    const u32 = new Uint32Array(port);
+    const bytes = new Uint8Array(port);
+    let rxHead = start | 0;
+    const got: number[] = [];
+    for (let i = 0; i < 600; i++) {
+      // TX: the driver queues a frame; "the NIC" takes it at once.
+      const frame = new Uint8Array(ETHER_MAX_FRAME - (i % 7)).fill(i & 0xff);
+      assert.ok(client.send(frame), `frame ${i} queued`);
+      Atomics.store(w, P_TX_TAIL, Atomics.load(w, P_TX_HEAD));
+      assert.ok(isInt32(inner.txHead), `the TX head left the int32s: ${inner.txHead}`);
+      // RX: "the NIC" puts a frame into the receive ring; the driver takes it.
+      const moved = ringPut(
+        bytes,
+        u32,
+        PORT_RX_OFFSET,
+        rxHead,
+        Atomics.load(w, P_RX_TAIL),
+        frame,
+        0,
+        frame.length,
+      );
+      assert.ok(moved > 0, `room for frame ${i}`);
+      rxHead = (rxHead + moved) | 0;
+      Atomics.store(w, P_RX_HEAD, rxHead);
+      assert.equal(
+        client.poll((f) => got.push(f[0] === f[f.length - 1] ? f[0] : -1)),
+        1,
+      );
+      assert.ok(isInt32(inner.rxTail), `the RX tail left the int32s: ${inner.rxTail}`);
+    }
+    assert.deepEqual(
+      got,
+      Array.from({ length: 600 }, (_, i) => i & 0xff),
+    );
+    // 600 frames of ~9 KB: more than 5 MB, past the bound and round the 1 MiB rings a few times.
+    assert.ok((Atomics.load(w, P_TX_HEAD) - start) >>> 0 > 5_000_000);
   }
 });

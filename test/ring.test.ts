@@ -225,38 +225,49 @@ test("full ring: free count, RangeError on overfill, slots come back with respon
   assert.throws(() => back.copyRequest(new Uint8Array(111)), RangeError);
 });
 
-test("free-running indices wrap across 2^32", () => {
-  const start = 2 ** 32 - 5;
-  const page = makePage(start);
-  const front = new FrontRing(page, 8, 8);
-  const back = new BackRing(page, 8, 8);
-  let sent = 0;
-  let received = 0;
-  for (let batch = 1; received < 100; batch = (batch % 9) + 1) {
-    const n = Math.min(batch, 100 - sent, front.freeRequests());
-    produce(front, sent, n);
-    sent += n;
-    assert.equal(front.freeRequests(), front.size - (sent - received));
-    assert.equal(serve(back), n);
-    back.pushResponses();
-    const avail = front.unconsumedResponses();
-    assert.equal(avail, n);
-    for (let i = 0; i < avail; i++) {
-      const off = front.nextResponse();
-      assert.equal(front.view.getUint32(off, true), received);
-      assert.equal(front.view.getUint32(off + 4, true), received * 3 + 1);
-      received++;
+for (const [bound, start] of [
+  ["2^32", 2 ** 32 - 5],
+  ["2^31", 2 ** 31 - 5],
+] as const)
+  test(`free-running indices wrap across ${bound}, kept as int32s (the same bits: a u32 past 2^31 is no V8 small integer, and the code holding it is deoptimised)`, () => {
+    const page = makePage(start);
+    const front = new FrontRing(page, 8, 8);
+    const back = new BackRing(page, 8, 8);
+    let sent = 0;
+    let received = 0;
+    for (let batch = 1; received < 100; batch = (batch % 9) + 1) {
+      const n = Math.min(batch, 100 - sent, front.freeRequests());
+      produce(front, sent, n);
+      sent += n;
+      assert.equal(front.freeRequests(), front.size - (sent - received));
+      assert.equal(serve(back), n);
+      back.pushResponses();
+      const avail = front.unconsumedResponses();
+      assert.equal(avail, n);
+      for (let i = 0; i < avail; i++) {
+        const off = front.nextResponse();
+        assert.equal(front.view.getUint32(off, true), received);
+        assert.equal(front.view.getUint32(off + 4, true), received * 3 + 1);
+        received++;
+      }
+      assert.equal(front.finalCheckForResponses(), false);
+      assert.equal(back.finalCheckForRequests(), false);
+      for (const [ring, names] of [
+        [front, ["reqProdPvt", "reqPushed", "rspCons", "rspSeen"]],
+        [back, ["rspProdPvt", "rspPushed", "reqCons"]],
+      ] as const)
+        for (const name of names) {
+          const v = (ring as unknown as Record<string, number>)[name];
+          assert.equal(v, v | 0, `${name} left the int32s: ${v}`);
+        }
     }
-    assert.equal(front.finalCheckForResponses(), false);
-    assert.equal(back.finalCheckForRequests(), false);
-  }
-  assert.equal(u32(page, RingOffsets.reqProd), 95, "req_prod wrapped: (2^32 - 5 + 100) mod 2^32");
-  assert.equal(u32(page, RingOffsets.rspProd), 95);
-  assert.equal(front.broken, undefined);
-  assert.equal(back.broken, undefined);
-  // The first request sat in slot (2^32 - 5) mod 256 = 251.
-  assert.equal(front.slotOffset(start), 64 + 251 * 8);
-});
+    assert.equal(u32(page, RingOffsets.reqProd), (start + 100) % 2 ** 32, "req_prod wrapped");
+    assert.equal(u32(page, RingOffsets.rspProd), (start + 100) % 2 ** 32);
+    assert.equal(front.broken, undefined);
+    assert.equal(back.broken, undefined);
+    // The first request sat in slot (start) mod 256 = 251.
+    assert.equal(front.slotOffset(start), 64 + 251 * 8);
+  });
 
 test("copy before validate: rewriting the shared slot after copyRequest does not touch the copy", () => {
   const page = makePage();

@@ -88,7 +88,9 @@ export function allocEtherPort(): SharedArrayBuffer {
 /**
  * Writes one record into a ring (TX for the driver, RX for the NIC): `len` bytes of `src`
  * from `srcOff`. `head` is the producer's own index, `tail` the consumer's as just loaded.
- * Returns the new head (to publish with Atomics.store), or -1 when the record does not fit.
+ * Returns how far the head moves (publish `(head + n) | 0` with Atomics.store), or 0 when the
+ * record does not fit. Indexes are int32s, the words' own bits: as u32s they would leave V8's
+ * small integers past 2^31 bytes (mx/channel.ts).
  */
 export function ringPut(
   bytes: Uint8Array,
@@ -102,12 +104,12 @@ export function ringPut(
 ): number {
   const used = (head - tail) >>> 0;
   // A consumer index ahead of ours is garbage: nothing fits until it is sane.
-  if (used > PORT_RING_BYTES) return -1;
+  if (used > PORT_RING_BYTES) return 0;
   const rec = recordBytes(len);
   const pos = head & (PORT_RING_BYTES - 1);
   const room = PORT_RING_BYTES - pos;
   const need = rec > room ? room + rec : rec;
-  if (need > PORT_RING_BYTES - used) return -1;
+  if (need > PORT_RING_BYTES - used) return 0;
   let at = pos;
   if (rec > room) {
     words[(area + pos) >> 2] = RECORD_SKIP;
@@ -116,7 +118,7 @@ export function ringPut(
   words[(area + at) >> 2] = len;
   const o = area + at + 4;
   copyBytes(bytes, o, src, srcOff, len);
-  return (head + need) >>> 0;
+  return need;
 }
 
 export interface EtherPortCounters {
@@ -172,8 +174,8 @@ export class EtherPortClient {
       throw new RangeError(
         "EtherPortClient: not an Ethernet port of this NIC version (bad magic or version)",
       );
-    this.txHead = Atomics.load(this.w, P_TX_HEAD) >>> 0;
-    this.rxTail = Atomics.load(this.w, P_RX_TAIL) >>> 0;
+    this.txHead = Atomics.load(this.w, P_TX_HEAD);
+    this.rxTail = Atomics.load(this.w, P_RX_TAIL);
   }
 
   /**
@@ -187,9 +189,9 @@ export class EtherPortClient {
       this.counters.txBad++;
       return true;
     }
-    const tail = Atomics.load(this.w, P_TX_TAIL) >>> 0;
-    const head = ringPut(this.bytes, this.u32, PORT_TX_OFFSET, this.txHead, tail, frame, 0, len);
-    if (head < 0) {
+    const tail = Atomics.load(this.w, P_TX_TAIL);
+    const moved = ringPut(this.bytes, this.u32, PORT_TX_OFFSET, this.txHead, tail, frame, 0, len);
+    if (moved === 0) {
       this.counters.txFull++;
       Atomics.store(this.w, P_TX_WAITING, 1);
       // The NIC may have freed room between our look and the flag: look once more.
@@ -198,20 +200,20 @@ export class EtherPortClient {
         this.u32,
         PORT_TX_OFFSET,
         this.txHead,
-        Atomics.load(this.w, P_TX_TAIL) >>> 0,
+        Atomics.load(this.w, P_TX_TAIL),
         frame,
         0,
         len,
       );
-      if (again < 0) return false;
-      return this.publish(again, len);
+      if (again === 0) return false;
+      return this.publish((this.txHead + again) | 0, len);
     }
-    return this.publish(head, len);
+    return this.publish((this.txHead + moved) | 0, len);
   }
 
   private publish(head: number, len: number): boolean {
     this.txHead = head;
-    Atomics.store(this.w, P_TX_HEAD, head | 0);
+    Atomics.store(this.w, P_TX_HEAD, head);
     this.counters.txFrames++;
     this.counters.txBytes += len;
     if (Atomics.load(this.w, P_NIC_SLEEPING) === 1) {
@@ -223,7 +225,7 @@ export class EtherPortClient {
 
   /** Whether frames wait in the RX ring. */
   get rxPending(): boolean {
-    return Atomics.load(this.w, P_RX_HEAD) >>> 0 !== this.rxTail;
+    return Atomics.load(this.w, P_RX_HEAD) !== this.rxTail;
   }
 
   /**
@@ -231,18 +233,18 @@ export class EtherPortClient {
    * the ring, valid only during the callback (copy what you keep).
    */
   poll(cb: (frame: Uint8Array) => void, max = Number.POSITIVE_INFINITY): number {
-    const head = Atomics.load(this.w, P_RX_HEAD) >>> 0;
+    const head = Atomics.load(this.w, P_RX_HEAD);
     let tail = this.rxTail;
     let n = 0;
     while (tail !== head && n < max) {
       const pos = tail & (PORT_RING_BYTES - 1);
       const len = this.u32[(PORT_RX_OFFSET + pos) >> 2];
       if (len === RECORD_SKIP) {
-        tail = (tail + PORT_RING_BYTES - pos) >>> 0;
+        tail = (tail + PORT_RING_BYTES - pos) | 0;
         continue;
       }
       const o = PORT_RX_OFFSET + pos + 4;
-      tail = (tail + recordBytes(len)) >>> 0;
+      tail = (tail + recordBytes(len)) | 0;
       n++;
       this.counters.rxFrames++;
       this.counters.rxBytes += len;
@@ -251,7 +253,7 @@ export class EtherPortClient {
       } finally {
         // Released even if the callback throws: the frame was handed over.
         this.rxTail = tail;
-        Atomics.store(this.w, P_RX_TAIL, tail | 0);
+        Atomics.store(this.w, P_RX_TAIL, tail);
       }
     }
     // No kick: the NIC never waits for RX room (it drops frames while the ring is full).
@@ -280,7 +282,7 @@ export class EtherPortClient {
 
   /** Whether a largest frame would fit in the TX ring now. */
   private txRoom(): boolean {
-    const used = (this.txHead - (Atomics.load(this.w, P_TX_TAIL) >>> 0)) >>> 0;
+    const used = (this.txHead - Atomics.load(this.w, P_TX_TAIL)) >>> 0;
     return PORT_RING_BYTES - used >= 2 * recordBytes(ETHER_MAX_FRAME);
   }
 

@@ -107,8 +107,8 @@ export class EtherService {
     } catch {
       // A bug, never the driver's garbage: count it, resynchronise.
       this.c[NicCounter.internal_errors]++;
-      this.txTail = Atomics.load(this.portW, P_TX_HEAD) >>> 0;
-      Atomics.store(this.portW, P_TX_TAIL, this.txTail | 0);
+      this.txTail = Atomics.load(this.portW, P_TX_HEAD);
+      Atomics.store(this.portW, P_TX_TAIL, this.txTail);
       return false;
     }
   }
@@ -116,7 +116,8 @@ export class EtherService {
   /** Takes frames the driver queued and puts them on the wire. Returns whether it took any. */
   private serviceTx(): boolean {
     const w = this.portW;
-    const head = Atomics.load(w, P_TX_HEAD) >>> 0;
+    // int32s, the words' own bits (u32s leave V8's small integers past 2^31: mx/channel.ts).
+    const head = Atomics.load(w, P_TX_HEAD);
     this.txSeen = head;
     let tail = this.txTail;
     if (head === tail) return false;
@@ -136,7 +137,7 @@ export class EtherService {
           bad = true;
           break;
         }
-        tail = (tail + PORT_RING_BYTES - pos) >>> 0;
+        tail = (tail + PORT_RING_BYTES - pos) | 0;
         continue;
       }
       const rec = len <= PORT_RING_BYTES ? recordBytes(len) : 0;
@@ -152,7 +153,7 @@ export class EtherService {
         this.txStalled = true;
         break;
       }
-      tail = (tail + rec) >>> 0;
+      tail = (tail + rec) | 0;
       n++;
     }
     if (bad) {
@@ -163,7 +164,7 @@ export class EtherService {
     }
     if (tail === this.txTail) return false;
     this.txTail = tail;
-    Atomics.store(w, P_TX_TAIL, tail | 0);
+    Atomics.store(w, P_TX_TAIL, tail);
     if (Atomics.load(w, P_TX_WAITING) !== 0) {
       // The driver found the ring full: it may be waiting for room.
       Atomics.store(w, P_TX_WAITING, 0);
@@ -246,25 +247,25 @@ export class EtherService {
       return;
     }
     const w = this.portW;
-    const head = ringPut(
+    const moved = ringPut(
       this.portBytes,
       this.portU32,
       PORT_RX_OFFSET,
       this.rxHead,
-      Atomics.load(w, P_RX_TAIL) >>> 0,
+      Atomics.load(w, P_RX_TAIL),
       frame,
       FRAME_HEADER_BYTES,
       len,
     );
-    if (head < 0) {
+    if (moved === 0) {
       // The driver does not keep up: drop, as a NIC whose receive ring is full does.
       this.c[NicCounter.ether_dropped]++;
       Atomics.add(w, P_STAT_RX_DROPPED, 1);
       return;
     }
-    this.rxHead = head;
+    this.rxHead = (this.rxHead + moved) | 0;
     // The record is in the ring before the head says so.
-    Atomics.store(w, P_RX_HEAD, head | 0);
+    Atomics.store(w, P_RX_HEAD, this.rxHead);
     this.c[NicCounter.ether_rx]++;
     this.events.raisePort();
   }

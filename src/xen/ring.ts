@@ -162,11 +162,11 @@ export class FrontRing extends RingBase {
    */
   constructor(page: Uint8Array, requestSize: number, responseSize: number) {
     super(page, requestSize, responseSize);
-    const reqProd = Atomics.load(this.header, REQ_PROD) >>> 0;
-    const rspProd = Atomics.load(this.header, RSP_PROD) >>> 0;
+    const reqProd = Atomics.load(this.header, REQ_PROD);
+    const rspProd = Atomics.load(this.header, RSP_PROD);
     if ((reqProd - rspProd) >>> 0 > this.size) {
       throw new RangeError(
-        `ring page is not initialised (req_prod ${reqProd}, rsp_prod ${rspProd}, size ${this.size}): ` +
+        `ring page is not initialised (req_prod ${reqProd >>> 0}, rsp_prod ${rspProd >>> 0}, size ${this.size}): ` +
           "call initSharedRing on it first",
       );
     }
@@ -198,7 +198,7 @@ export class FrontRing extends RingBase {
       );
     }
     const off = this.slotOffset(this.reqProdPvt);
-    this.reqProdPvt = (this.reqProdPvt + 1) >>> 0;
+    this.reqProdPvt = (this.reqProdPvt + 1) | 0;
     return off;
   }
 
@@ -213,7 +213,7 @@ export class FrontRing extends RingBase {
     // Atomics.store is the write barrier (slots before index); the seq-cst store→load order
     // is the full barrier that makes the backend's req_event update and our publish race-free.
     Atomics.store(this.header, REQ_PROD, newProd);
-    return mustNotify(newProd, oldProd, Atomics.load(this.header, REQ_EVENT) >>> 0);
+    return mustNotify(newProd, oldProd, Atomics.load(this.header, REQ_EVENT));
   }
 
   /**
@@ -222,13 +222,13 @@ export class FrontRing extends RingBase {
    */
   unconsumedResponses(): number {
     if (this.broken !== undefined) return 0;
-    const rspProd = Atomics.load(this.header, RSP_PROD) >>> 0;
+    const rspProd = Atomics.load(this.header, RSP_PROD);
     const avail = (rspProd - this.rspCons) >>> 0;
     const outstanding = (this.reqPushed - this.rspCons) >>> 0;
     if (avail > outstanding) {
       this.broken =
-        `backend rsp_prod ${rspProd} is ${avail} past rsp_cons ${this.rspCons}, ` +
-        `but only ${outstanding} requests are outstanding (req_prod ${this.reqPushed}, ring size ${this.size})`;
+        `backend rsp_prod ${rspProd >>> 0} is ${avail} past rsp_cons ${this.rspCons >>> 0}, ` +
+        `but only ${outstanding} requests are outstanding (req_prod ${this.reqPushed >>> 0}, ring size ${this.size})`;
       return 0;
     }
     this.rspSeen = rspProd;
@@ -246,7 +246,7 @@ export class FrontRing extends RingBase {
       throw new RangeError("no unconsumed response: check unconsumedResponses() before nextResponse()");
     }
     const off = this.slotOffset(this.rspCons);
-    this.rspCons = (this.rspCons + 1) >>> 0;
+    this.rspCons = (this.rspCons + 1) | 0;
     return off;
   }
 
@@ -259,7 +259,7 @@ export class FrontRing extends RingBase {
   finalCheckForResponses(): boolean {
     if (this.unconsumedResponses() > 0) return true;
     if (this.broken !== undefined) return false;
-    Atomics.store(this.header, RSP_EVENT, this.rspCons + 1);
+    Atomics.store(this.header, RSP_EVENT, (this.rspCons + 1) | 0);
     return this.unconsumedResponses() > 0;
   }
 
@@ -272,7 +272,7 @@ export class FrontRing extends RingBase {
     if (!Number.isInteger(ahead) || ahead < 1 || ahead > this.size) {
       throw new RangeError(`response event must be 1..${this.size} ahead, got ${ahead}`);
     }
-    Atomics.store(this.header, RSP_EVENT, this.rspCons + ahead);
+    Atomics.store(this.header, RSP_EVENT, (this.rspCons + ahead) | 0);
   }
 }
 
@@ -292,7 +292,7 @@ export class BackRing extends RingBase {
    */
   constructor(page: Uint8Array, requestSize: number, responseSize: number) {
     super(page, requestSize, responseSize);
-    const rspProd = Atomics.load(this.header, RSP_PROD) >>> 0;
+    const rspProd = Atomics.load(this.header, RSP_PROD);
     this.rspProdPvt = rspProd;
     this.rspPushed = rspProd;
     this.reqCons = rspProd;
@@ -311,15 +311,15 @@ export class BackRing extends RingBase {
    */
   unconsumedRequests(): number {
     if (this.broken !== undefined) return 0;
-    const reqProd = Atomics.load(this.header, REQ_PROD) >>> 0;
+    const reqProd = Atomics.load(this.header, REQ_PROD);
     const ahead = (reqProd - this.rspProdPvt) >>> 0;
     const avail = (reqProd - this.reqCons) >>> 0;
     // With rsp_prod_pvt ≤ req_cons ≤ req_prod (mod 2^32), avail ≤ ahead; a req_prod that
     // went backwards past req_cons shows up as a huge `avail` instead.
     if (ahead > this.size || avail > this.size) {
       this.broken =
-        `frontend req_prod ${reqProd} is ${ahead} past rsp_prod_pvt ${this.rspProdPvt} ` +
-        `(req_cons ${this.reqCons}), more than the ring size ${this.size}`;
+        `frontend req_prod ${reqProd >>> 0} is ${ahead} past rsp_prod_pvt ${this.rspProdPvt >>> 0} ` +
+        `(req_cons ${this.reqCons >>> 0}), more than the ring size ${this.size}`;
       return 0;
     }
     const space = this.size - ((this.reqCons - this.rspProdPvt) >>> 0);
@@ -337,7 +337,7 @@ export class BackRing extends RingBase {
     }
     if (this.unconsumedRequests() === 0) return false;
     into.set(this.requestViews[this.reqCons & this.mask]);
-    this.reqCons = (this.reqCons + 1) >>> 0;
+    this.reqCons = (this.reqCons + 1) | 0;
     return true;
   }
 
@@ -351,7 +351,7 @@ export class BackRing extends RingBase {
       throw new RangeError("no consumed request awaits a response: copyRequest() before nextResponse()");
     }
     const off = this.slotOffset(this.rspProdPvt);
-    this.rspProdPvt = (this.rspProdPvt + 1) >>> 0;
+    this.rspProdPvt = (this.rspProdPvt + 1) | 0;
     return off;
   }
 
@@ -364,7 +364,7 @@ export class BackRing extends RingBase {
     const newProd = this.rspProdPvt;
     this.rspPushed = newProd;
     Atomics.store(this.header, RSP_PROD, newProd);
-    return mustNotify(newProd, oldProd, Atomics.load(this.header, RSP_EVENT) >>> 0);
+    return mustNotify(newProd, oldProd, Atomics.load(this.header, RSP_EVENT));
   }
 
   /**
@@ -376,7 +376,7 @@ export class BackRing extends RingBase {
   finalCheckForRequests(): boolean {
     if (this.unconsumedRequests() > 0) return true;
     if (this.broken !== undefined) return false;
-    Atomics.store(this.header, REQ_EVENT, this.reqCons + 1);
+    Atomics.store(this.header, REQ_EVENT, (this.reqCons + 1) | 0);
     return this.unconsumedRequests() > 0;
   }
 
@@ -388,6 +388,6 @@ export class BackRing extends RingBase {
     if (!Number.isInteger(ahead) || ahead < 1 || ahead > this.size) {
       throw new RangeError(`request event must be 1..${this.size} ahead, got ${ahead}`);
     }
-    Atomics.store(this.header, REQ_EVENT, this.reqCons + ahead);
+    Atomics.store(this.header, REQ_EVENT, (this.reqCons + ahead) | 0);
   }
 }
