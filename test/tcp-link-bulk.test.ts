@@ -181,3 +181,36 @@ test("lent frames: written where they lie, never lent again before the socket wr
     await server.close();
   }
 });
+
+for (const [bound, start] of [
+  ["2^31", 2 ** 31 - 100_000],
+  ["2^32", 2 ** 32 - 100_000],
+] as const)
+  test(`a link that has carried ${bound} bulk bytes goes on: credits pass the bound as int32s, the window frees, every frame arrives`, async () => {
+    const { server, c, s } = await linked(128 * 1024, 2 << 20);
+    try {
+      // As if both ends had moved `start` bytes of bulk already: the sender credited up to it,
+      // the receiver counted and credited it.
+      const sender = c as unknown as { bulkCredited: number };
+      const receiver = s as unknown as { rxBulk: number; rxCredited: number };
+      sender.bulkCredited = start | 0;
+      receiver.rxBulk = receiver.rxCredited = start | 0;
+      let got = 0;
+      s.onFrame(() => got++);
+      const n = 64; // 4 MiB through a 128 KiB window: ~30 credits, past the bound
+      let sent = 0;
+      while (sent < n) {
+        if (c.send(frame(FrameType.PullReply, SEND_MAX, sent * SEND_MAX))) sent++;
+        else await until(() => got >= sent - 1, "room in the bulk queue");
+      }
+      await until(() => got === n, "every bulk frame");
+      await until(() => (c as unknown as { bulkInFlight: number }).bulkInFlight < 128 * 1024, "credits");
+      for (const v of [sender.bulkCredited, receiver.rxBulk, receiver.rxCredited])
+        assert.equal(v, v | 0, `a credit count left the int32s: ${v}`);
+      assert.ok((receiver.rxBulk - start) >>> 0 >= n * SEND_MAX, "the count moved past the bound");
+      assert.ok(!s.isClosed && !c.isClosed, "no credit was taken for garbage");
+    } finally {
+      c.close();
+      await server.close();
+    }
+  });

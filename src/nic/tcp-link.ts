@@ -171,11 +171,15 @@ export class TcpLink implements Link {
   private readonly bulkQStore: (Buffer | null)[] = [];
   private bulkQHead = 0;
   private bulkQueued = 0;
-  /** Bulk bytes written and not yet credited by the peer; the peer's last credit (u32). */
+  /**
+   * Bulk bytes written and not yet credited by the peer; the peer's last credit. Credits count
+   * u32 bytes on the wire, kept as int32s (the same bits): past 2^31 a u32 is no V8 small
+   * integer, and the code holding it is deoptimised (mx/channel.ts).
+   */
   private bulkInFlight = 0;
   private bulkCredited = 0;
   private refusedBulk = false;
-  /** Bulk bytes received and handed to the NIC (u32), and as of the last credit sent. */
+  /** Bulk bytes received and handed to the NIC (an int32 that wraps as the u32 it stands for), and as of the last credit sent. */
   private rxBulk = 0;
   private rxCredited = 0;
   private readonly creditBuf = Buffer.alloc(8);
@@ -350,7 +354,7 @@ export class TcpLink implements Link {
     }
   }
 
-  /** The peer's link credited bulk bytes up to `total` (u32). */
+  /** The peer's link credited bulk bytes up to `total` (the u32 on the wire, read as an int32). */
   private onCredit(total: number): void {
     const acked = (total - this.bulkCredited) >>> 0;
     if (acked > this.bulkInFlight) {
@@ -508,7 +512,7 @@ export class TcpLink implements Link {
       r.frameLen = -1;
       if (r.credit) {
         r.credit = false;
-        this.onCredit(frame.readUInt32LE(0));
+        this.onCredit(frame.readInt32LE(0));
         continue;
       }
       const type = checkFrame(frame);
@@ -529,7 +533,7 @@ export class TcpLink implements Link {
         );
         return;
       }
-      if (isBulk) this.rxBulk = (this.rxBulk + 4 + frame.length) >>> 0;
+      if (isBulk) this.rxBulk = (this.rxBulk + 4 + frame.length) | 0;
       const cb = this.frameCb;
       if (!cb) {
         this.framesUnclaimed++;
@@ -548,7 +552,7 @@ export class TcpLink implements Link {
     if (!this.closed && (this.rxBulk - this.rxCredited) >>> 0 >= CREDIT_EVERY) {
       this.rxCredited = this.rxBulk;
       this.creditBuf.writeUInt32LE(CREDIT_PREFIX, 0);
-      this.creditBuf.writeUInt32LE(this.rxBulk, 4);
+      this.creditBuf.writeInt32LE(this.rxBulk, 4);
       this.socket.write(Buffer.from(this.creditBuf));
     }
   }
