@@ -67,11 +67,12 @@ function osuArgs(path: Path, scope: Scope, bench: "osu-latency" | "osu-bw", oneR
   const slow = path === "split" || scope === "cross-host";
   // On the fast paths OSU's own counts: V8 needs ~10,000 round trips before the MX code is
   // optimised, and a run that stops short measures the interpreter, not the path. Across
-  // hosts a round trip is ~100 µs of wire: one run per cell (--quick, a smoke test) takes half.
+  // hosts a round trip is ~100 µs of wire: one run per cell (--quick, a smoke test) takes a
+  // quarter (each size's loop still runs ~60 ms).
   if (bench === "osu-latency") {
     if (path === "split") return ["-m", "0:65536", "-i", "200", "-x", "20"];
     if (scope === "cross-host")
-      return ["-m", "0:65536", ...(oneRun ? ["-i", "1000", "-x", "250"] : ["-i", "2000", "-x", "500"])];
+      return ["-m", "0:65536", ...(oneRun ? ["-i", "500", "-x", "100"] : ["-i", "2000", "-x", "500"])];
     return ["-m", "0:65536"];
   }
   return ["-m", "65536:1048576", ...(slow ? ["-i", "8", "-x", "2"] : ["-i", "20", "-x", "4"])];
