@@ -314,3 +314,36 @@ test("a lost peer with no rendezvous waiting costs no walk of the unexpected que
     "the index still finds the kept ones",
   );
 });
+
+test("masks with the top bit set match as the u32 masks they are, kept as int32s (posted first, or the message first)", () => {
+  // A receive keeps its mask as an int32 (0xffffffff is no V8 small integer: types.ts), so
+  // every mask with bit 31 set is negative here; matching must read it as the u32 it was.
+  const cases: [mask: number, value: number, message: number, matches: boolean][] = [
+    [0xffffffff, 0x80000001, 0x80000001, true],
+    [0xffffffff, 0x80000001, 0x00000001, false],
+    [0xffff0000, 0x80010000, 0x8001abcd, true],
+    [0xffff0000, 0x80010000, 0x0001abcd, false],
+    [0x80000000, 0x80000000, 0xfffffffe, true],
+    [0x80000000, 0x80000000, 0x7fffffff, false],
+  ];
+  for (const [mask, value, message, matches] of cases)
+    for (const postedFirst of [true, false]) {
+      const p = parts();
+      const { partner } = peer(p);
+      const r = recv(1, value, mask | 0);
+      r.matchMaskHi = -1;
+      assert.ok(r.matchMaskLo < 0, "the mask's top bit makes the int32 negative");
+      const rec = eager(new RecordingPuller(), message, new Uint8Array([7]), 0);
+      if (postedFirst) {
+        p.matching.post(r);
+        p.matching.deliver(partner, rec);
+      } else {
+        p.matching.deliver(partner, rec);
+        p.matching.post(r);
+      }
+      const what = `mask ${mask.toString(16)}, receive ${value.toString(16)}, message ${message.toString(16)}, ${postedFirst ? "posted first" : "unexpected first"}`;
+      assert.equal(r.state === RequestState.Done, matches, what);
+      if (matches)
+        assert.equal(r.matchLo, message, `the status carries the message's u32 match value: ${what}`);
+    }
+});

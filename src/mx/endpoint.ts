@@ -420,8 +420,8 @@ export class MxEndpoint {
     const req = new MxRequest("recv", view, context);
     req.matchHi = matchHi;
     req.matchLo = matchLo;
-    req.matchMaskHi = maskHi;
-    req.matchMaskLo = maskLo;
+    req.matchMaskHi = maskHi | 0;
+    req.matchMaskLo = maskLo | 0;
     MxRequest.claim(req, this.ctx);
     this.counters.recvs++;
     this.matching.post(req);

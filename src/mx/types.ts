@@ -91,8 +91,12 @@ export class MxRequest implements MxStatusInfo {
   /** @internal A send's partner. */
   peer: Partner | undefined = undefined;
   /** @internal */ buffer: Uint8Array;
-  /** @internal */ matchMaskHi = 0xffffffff;
-  /** @internal */ matchMaskLo = 0xffffffff;
+  /**
+   * @internal A receive's mask, as an int32 (the same 32 bits; −1 = every bit): 0xffffffff is
+   * no V8 small integer, and a double field boxes a number in every request made.
+   */
+  matchMaskHi = -1;
+  /** @internal As matchMaskHi. */ matchMaskLo = -1;
   /** @internal An issend: completes once the receiver matched. */ sync = false;
   /** @internal The id the receiver's NOTIFY names (pending-sends.ts), or 0. */ syncId = 0;
   /** @internal */ rndv = false;

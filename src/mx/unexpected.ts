@@ -15,8 +15,6 @@
  */
 import type { EndpointCounters, KeptRecord } from "./types.js";
 
-const ALL = 0xffffffff;
-
 /** The kept records of one match value, oldest first (linked through `sameNext`). */
 class SameMatch {
   head: KeptRecord | null = null;
@@ -56,7 +54,8 @@ export class UnexpectedQueue {
   find(mh: number, ml: number, mmh: number, mml: number, take: boolean): KeptRecord | undefined {
     if (this.size === 0) return undefined;
     let k: KeptRecord | null;
-    if (mmh === ALL && mml === ALL) {
+    // Masks come as u32s or as int32s (a request keeps them so: types.ts); all ones either way.
+    if ((mmh | 0) === -1 && (mml | 0) === -1) {
       k = this.sameMatch(mh, ml, false)?.head ?? null;
       if (k !== null) this.counters.unexpectedScanned++;
     } else {
