@@ -222,51 +222,55 @@ test("a peer that stops taking our frames cannot make us queue control frames wi
   epB.close();
 });
 
-test("a pair's frame sequence crosses 2^32 (a day of streaming) and every message still arrives", () => {
-  // The frames carry 32-bit sequence and ack words; the links counted on past 2^32, so after
-  // the wrap every frame looked like a resend, nothing was acknowledged, and after 10 s the
-  // sender failed its healthy peer while the receiver waited forever.
-  const { epA, epB, toB, toA } = linkedPair();
-  const ab = toB[kPartner].ether as EtherPath;
-  const ba = toA[kPartner].ether as EtherPath;
-  for (let i = 0; i < 20; i++) {
-    epA.progress(true);
-    epB.progress(true);
-  }
-  type Seqs = { acked: number; sent: number; next: number; rxExpect: number };
-  const [lab, lba] = [ab.link as unknown as Seqs, ba.link as unknown as Seqs];
-  assert.equal(lab.next, lab.acked, "nothing in flight before the jump");
-  // As if 2^32 − 20 frames had gone each way already.
-  const start = 2 ** 32 - 20;
-  for (const l of [lab, lba]) {
-    l.acked = start;
-    l.sent = start;
-    l.next = start;
-  }
-  lab.rxExpect = start;
-  lba.rxExpect = start;
-  for (let i = 0; i < 100; i++) {
-    const got = new Uint8Array(4);
-    const r = epB.irecv(got, 0, i, ALL, ALL);
-    epA.isend(new Uint8Array([i, 1, 2, 3]), toB, 0, i);
-    const st = epB.wait(r, 5000);
-    assert.equal(st?.code, MxStatus.SUCCESS, `message ${i} (frame ${start + i}) did not arrive`);
-    assert.equal(got[0], i);
-  }
-  // Delayed acks: B acknowledges the last frames within its ack delay.
-  for (const until = performance.now() + 2000; lab.acked !== lab.next && performance.now() < until; ) {
-    epA.progress(true);
-    epB.progress(true);
-  }
-  assert.equal(toB[kPartner].dead, undefined);
-  assert.equal(toA[kPartner].dead, undefined);
-  assert.ok(
-    lab.next < 1000 && lab.acked === lab.next,
-    `A's window to B emptied past the wrap (${lab.acked}..${lab.next})`,
-  );
-  epA.close();
-  epB.close();
-});
+for (const [bound, start] of [
+  ["2^32 (a day of streaming)", 2 ** 32 - 20],
+  ["2^31", 2 ** 31 - 20],
+] as const)
+  test(`a pair's frame sequence crosses ${bound} and every message still arrives; the links keep it as an int32`, () => {
+    // The frames carry 32-bit sequence and ack words; the links counted on past 2^32, so after
+    // the wrap every frame looked like a resend, nothing was acknowledged, and after 10 s the
+    // sender failed its healthy peer while the receiver waited forever.
+    const { epA, epB, toB, toA } = linkedPair();
+    const ab = toB[kPartner].ether as EtherPath;
+    const ba = toA[kPartner].ether as EtherPath;
+    for (let i = 0; i < 20; i++) {
+      epA.progress(true);
+      epB.progress(true);
+    }
+    type Seqs = { acked: number; sent: number; next: number; rxExpect: number };
+    const [lab, lba] = [ab.link as unknown as Seqs, ba.link as unknown as Seqs];
+    assert.equal(lab.next, lab.acked, "nothing in flight before the jump");
+    // As if `start` frames had gone each way already (the links hold the words as int32s).
+    for (const l of [lab, lba]) {
+      l.acked = start | 0;
+      l.sent = start | 0;
+      l.next = start | 0;
+    }
+    lab.rxExpect = start | 0;
+    lba.rxExpect = start | 0;
+    for (let i = 0; i < 100; i++) {
+      const got = new Uint8Array(4);
+      const r = epB.irecv(got, 0, i, ALL, ALL);
+      epA.isend(new Uint8Array([i, 1, 2, 3]), toB, 0, i);
+      const st = epB.wait(r, 5000);
+      assert.equal(st?.code, MxStatus.SUCCESS, `message ${i} (frame ${start + i}) did not arrive`);
+      assert.equal(got[0], i);
+    }
+    // Delayed acks: B acknowledges the last frames within its ack delay.
+    for (const until = performance.now() + 2000; lab.acked !== lab.next && performance.now() < until; ) {
+      epA.progress(true);
+      epB.progress(true);
+    }
+    assert.equal(toB[kPartner].dead, undefined);
+    assert.equal(toA[kPartner].dead, undefined);
+    assert.equal(lab.acked, lab.next, `A's window to B emptied past the bound (${lab.acked}..${lab.next})`);
+    assert.ok((lab.next - start) >>> 0 >= 100, "the sequence moved past the bound");
+    for (const l of [lab, lba])
+      for (const v of [l.acked, l.sent, l.next, l.rxExpect])
+        assert.equal(v, v | 0, `a sequence left the int32s: ${v}`);
+    epA.close();
+    epB.close();
+  });
 
 test("request ids wrap after 2^24 without handing out one still waiting: a rendezvous received late still completes", () => {
   // Sync ids are 24 bits, about a minute of synchronous sends. A rendezvous whose receiver

@@ -328,8 +328,9 @@ export class EtherEngine implements Puller, PeerLossListener {
       return;
     }
     const now = performance.now();
-    link.onAck(frameWord(f, MxoeWord.ack), now);
-    if (type === MxoeType.Ack || !link.accept(frameWord(f, MxoeWord.seq))) return;
+    // Sequence numbers are u32s on the wire, int32s in the link (the same bits: ether.ts).
+    link.onAck(frameWord(f, MxoeWord.ack) | 0, now);
+    if (type === MxoeType.Ack || !link.accept(frameWord(f, MxoeWord.seq) | 0)) return;
     peer.lastNews = now;
     const n = frameWord(f, MxoeWord.payload);
     switch (type) {

@@ -350,7 +350,8 @@ export class EtherLink {
   private readonly lengths = new Int32Array(TX_WINDOW);
   /**
    * Frame sequences: [acked, sent) on the wire, [sent, next) waiting for the device. All four
-   * are the frame's 32-bit words and compared modulo 2^32: a pair that streams for a day
+   * are the frame's 32-bit words, kept as int32s (the same bits: a u32 past 2^31 is no V8
+   * small integer, mx/channel.ts) and compared modulo 2^32: a pair that streams for a day
    * crosses 2^32 frames (TX_WINDOW divides 2^32, so ring slots run on across the wrap).
    */
   private acked = 1;
@@ -397,7 +398,7 @@ export class EtherLink {
    * payload that the header does not count (a trace trailer: nic/trace-ring.ts).
    */
   reserve(type: number, payload: number, trailer = 0): Uint8Array {
-    const i = this.next % TX_WINDOW;
+    const i = this.next & (TX_WINDOW - 1);
     let f = this.ring[i];
     const size = PAYLOAD_AT + payload + trailer;
     if (f === undefined || f.length < size) {
@@ -412,7 +413,7 @@ export class EtherLink {
   }
 
   commit(): void {
-    this.next = (this.next + 1) >>> 0;
+    this.next = (this.next + 1) | 0;
   }
 
   private stamp(f: Uint8Array, type: number): void {
@@ -428,11 +429,11 @@ export class EtherLink {
   /** Puts committed frames on the device (acks piggybacked), as far as it takes them. */
   pump(now: number): void {
     while (this.sent !== this.next) {
-      const i = this.sent % TX_WINDOW;
+      const i = this.sent & (TX_WINDOW - 1);
       const f = this.ring[i];
       setFrameWord(f, MxoeWord.ack, this.rxExpect);
       if (!this.hub.send(f.subarray(0, this.lengths[i]))) return;
-      this.sent = (this.sent + 1) >>> 0;
+      this.sent = (this.sent + 1) | 0;
       this.ackOwed = false;
       this.rxSinceAck = 0;
       this.lastSend = now;
@@ -447,7 +448,7 @@ export class EtherLink {
     if (!this.ackOwed) this.ackOwedSince = performance.now();
     this.ackOwed = true;
     if (seq === this.rxExpect) {
-      this.rxExpect = (this.rxExpect + 1) >>> 0;
+      this.rxExpect = (this.rxExpect + 1) | 0;
       this.rxSinceAck++;
       return true;
     }
