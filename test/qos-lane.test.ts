@@ -155,7 +155,7 @@ test("one domain's lanes into one receiver share its weight: two endpoints of a 
   const taken = () => lanes.map((l) => readLaneCounters(l.page).taken);
   // One progress round: the endpoint counts it, then reads each lane once.
   const round = () => {
-    rp.ctx.counters.progress++;
+    rp.ctx.rounds++;
     for (const l of lanes) l.path.receive();
   };
   round();

@@ -167,7 +167,7 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
     this.policer =
       ch.policy === undefined
         ? undefined
-        : new LanePolicer(ch.policy, parts.ctx.counters, parts.now, parts.laneGroups);
+        : new LanePolicer(ch.policy, parts.ctx, parts.now, parts.laneGroups);
   }
 
   /** PeerPath.pushes: yes while fewer than CHANNEL_PUSHES_IN_FLIGHT pushed rendezvous are under way. */

@@ -608,7 +608,9 @@ export class MxEndpoint {
     let movedAny = false;
     // Rare conditions (a peer gone, a NIC event with nothing pulling) are looked at on every
     // 32nd idle poll only: a spinning wait then touches one cache line per peer.
-    const sweep = full || (++this.counters.progress & 31) === 0 || this.nic.pulling;
+    const ctx = this.ctx;
+    const round = (ctx.rounds = (ctx.rounds + 1) | 0);
+    const sweep = full || (round & 31) === 0 || this.nic.pulling;
     const partners = this.partners;
     partners.compact();
     this.ctx.laneHeldUntil = 0;
@@ -639,11 +641,7 @@ export class MxEndpoint {
     // Ethernet: every time while it carries traffic; else now and then (every 256th poll, and
     // before sleeping), to answer connects and path changes without taxing the fast path.
     const ether = this.ether;
-    if (
-      ether !== undefined &&
-      (partners.split || ether.active || full || (this.counters.progress & 255) === 0)
-    )
-      ether.poll();
+    if (ether !== undefined && (partners.split || ether.active || full || (round & 255) === 0)) ether.poll();
     return movedAny;
   }
 

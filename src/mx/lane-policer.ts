@@ -104,7 +104,8 @@ export class LanePolicer {
 
   constructor(
     page: SharedArrayBuffer,
-    private readonly counters: Pick<EndpointCounters, "laneHolds" | "progress">,
+    /** The receiving endpoint's counters and its progress rounds (EndpointContext: `rounds` counts them). */
+    private readonly ctx: { readonly counters: Pick<EndpointCounters, "laneHolds">; readonly rounds: number },
     private readonly now: () => number = () => performance.now(),
     /** The receiving endpoint's writer groups (absent: every lane counts alone). */
     private readonly groups?: LaneGroups,
@@ -121,11 +122,12 @@ export class LanePolicer {
     // A plain load on every round: only a hint that the page changed (reload reads it as a
     // seqlock, atomically); an atomic load here was a builtin call on every poll of the lane.
     if (this.seq[0] !== this.seen) this.reload();
-    // A group's round is filled once per progress round (progress counts them), a lone lane's
+    // A group's round is filled once per progress round (EndpointContext.rounds counts them), a lone lane's
     // at every look, as before.
     const rs = this.rs;
-    if (rs.lanes < 2 || rs.epoch !== this.counters.progress) {
-      rs.epoch = this.counters.progress;
+    const round = this.ctx.rounds;
+    if (rs.lanes < 2 || rs.epoch !== round) {
+      rs.epoch = round;
       rs.left = this.weight * LANE_QUANTUM;
     }
     if (!this.limited || this.heldUntil === 0) return true;
@@ -192,7 +194,7 @@ export class LanePolicer {
   /** The lane is held at `t`: until when, counted once per hold. */
   private hold(t: number, shared: boolean): void {
     if (this.heldUntil === 0) {
-      this.counters.laneHolds++;
+      this.ctx.counters.laneHolds++;
       if (shared && this.shareBucket < 0)
         Atomics.store(this.seq, POLICY_SHARE_HOLDS_WORD, (this.shareHolds = (this.shareHolds + 1) | 0));
     }

@@ -443,34 +443,14 @@ export interface EndpointCounters extends RegCounters {
  * tracing, and the ids that name its waiting sends, pulls and connects.
  */
 export class EndpointContext {
-  readonly counters: EndpointCounters = {
-    sends: 0,
-    recvs: 0,
-    eager: 0,
-    rndv: 0,
-    pulls: 0,
-    unexpected: 0,
-    unexpectedOverflows: 0,
-    unexpectedScanned: 0,
-    kicks: 0,
-    sleeps: 0,
-    progress: 0,
-    channelErrors: 0,
-    nicErrors: 0,
-    bounces: 0,
-    registrations: 0,
-    deregistrations: 0,
-    regCacheHits: 0,
-    regCacheEvictions: 0,
-    regionsCached: 0,
-    bytesCached: 0,
-    bouncePooledBytes: 0,
-    wireSends: 0,
-    wireRecvs: 0,
-    held: 0,
-    probes: 0,
-    laneHolds: 0,
-  };
+  /**
+   * Progress rounds, as an int32 that wraps (`counters.progress` reads it as a u32): a spinning
+   * wait runs ~10^7 rounds a second, so a number counted on would leave V8's small integers
+   * within minutes, and the counters object's new shape would deoptimise every function
+   * reading it in the middle of a job (mx/channel.ts says why).
+   */
+  rounds = 0;
+  readonly counters: EndpointCounters = countersOf(this);
   /**
    * Set by a progress round: the earliest time (performance.now()) a lane held by its caps
    * may be read again, so a blocking wait sleeps no longer than that; 0 when none is held.
@@ -502,4 +482,38 @@ export class EndpointContext {
     }
     throw new MxError("MX_NO_RESOURCES", `all ${NR_ID_MASK} request ids of this endpoint are waiting`);
   }
+}
+
+/** An endpoint's counters; `progress` reads `ctx.rounds` (an int32 that wraps) as a u32. */
+function countersOf(ctx: EndpointContext): EndpointCounters {
+  return {
+    sends: 0,
+    recvs: 0,
+    eager: 0,
+    rndv: 0,
+    pulls: 0,
+    unexpected: 0,
+    unexpectedOverflows: 0,
+    unexpectedScanned: 0,
+    kicks: 0,
+    sleeps: 0,
+    get progress() {
+      return ctx.rounds >>> 0;
+    },
+    channelErrors: 0,
+    nicErrors: 0,
+    bounces: 0,
+    registrations: 0,
+    deregistrations: 0,
+    regCacheHits: 0,
+    regCacheEvictions: 0,
+    regionsCached: 0,
+    bytesCached: 0,
+    bouncePooledBytes: 0,
+    wireSends: 0,
+    wireRecvs: 0,
+    held: 0,
+    probes: 0,
+    laneHolds: 0,
+  };
 }
