@@ -102,7 +102,7 @@ export class MxEndpoint {
   readonly session: number;
   readonly nicId: number;
   readonly key: number;
-  readonly counters: EndpointCounters;
+  private readonly ctxCounters: EndpointCounters;
   /** Why this endpoint is on the split path although the library wanted the fast one, if it is. */
   fallbackReason: string | undefined;
   closed = false;
@@ -162,7 +162,7 @@ export class MxEndpoint {
       this.intr = new Int32Array(ep.intr);
       // The parts, bottom up (the header's table).
       const ctx = (this.ctx = new EndpointContext(this.nicId, this.endpointId, this.session, this.key));
-      this.counters = ctx.counters;
+      this.ctxCounters = ctx.counters;
       const regions = (this.regions = new Regions(driver, this.endpointId, opts.memory, ctx.counters));
       const rights = (this.rights = new PullRights(ep.window));
       const completion = (this.completion = new Completion(ctx, regions, rights));
@@ -218,6 +218,13 @@ export class MxEndpoint {
   }
 
   /** The path the endpoint's own traffic takes now: "native", "bypass" or "split". */
+  /** What this endpoint counted (MX's statistics): progress rounds as of this read. */
+  get counters(): EndpointCounters {
+    const c = this.ctxCounters;
+    c.progress = this.ctx.rounds >>> 0;
+    return c;
+  }
+
   get path(): string {
     return this.partners.split ? "split" : this.driver.path;
   }
@@ -362,7 +369,7 @@ export class MxEndpoint {
     // The path's own eager limit applies unless the owner chose a threshold.
     const limit = this.thresholdSet ? this.rndvThreshold : (peer.path?.eagerLimit ?? this.rndvThreshold);
     req.rndv = view.length > limit;
-    this.counters.sends++;
+    this.ctxCounters.sends++;
     const tb = this.ctx.trace;
     if (tb !== undefined) {
       this.traceSeq = (this.traceSeq + 1) >>> 0 || 1;
@@ -423,7 +430,7 @@ export class MxEndpoint {
     req.matchMaskHi = maskHi | 0;
     req.matchMaskLo = maskLo | 0;
     MxRequest.claim(req, this.ctx);
-    this.counters.recvs++;
+    this.ctxCounters.recvs++;
     this.matching.post(req);
     return req;
   }
@@ -584,7 +591,7 @@ export class MxEndpoint {
       if (left <= 0) return undefined;
       const seq = Atomics.load(this.intr, I_SEQ);
       Atomics.store(this.intr, I_SLEEPING, 1);
-      this.counters.sleeps++;
+      this.ctxCounters.sleeps++;
       this.progress(true);
       if (req.done) {
         Atomics.store(this.intr, I_SLEEPING, 0);
@@ -727,7 +734,7 @@ export class MxEndpoint {
       if (now >= deadline) return false;
       const seq = Atomics.load(intr, I_SEQ);
       Atomics.store(intr, I_SLEEPING, 1);
-      this.counters.sleeps++;
+      this.ctxCounters.sleeps++;
       this.progress(true);
       if (ready() || this.wakeupPending) {
         Atomics.store(intr, I_SLEEPING, 0);

