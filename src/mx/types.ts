@@ -485,40 +485,42 @@ export class EndpointContext {
 }
 
 /**
- * An endpoint's counters. `progress` is refreshed from EndpointContext.rounds (as a u32) when the owner
- * reads them (MxEndpoint.counters), never on the polling path; it starts as a double (0.5, then
- * 0), so that a count past 2^31 never changes the object's shape (a getter instead measured 4–7%
- * slower per 8 B message).
+ * An endpoint's counters, every one a double from the start (0.5, then 0): a count that
+ * passed 2^31 as a V8 small integer would change the object's shape mid-job (per message,
+ * after ~25 minutes of 8 B ping-pong) and deoptimise every function that counts. `progress`
+ * is refreshed from EndpointContext.rounds (as a u32) when the owner reads them
+ * (MxEndpoint.counters), never on the polling path (a getter instead measured 4–7% slower per
+ * 8 B message).
  */
 function newCounters(): EndpointCounters {
   const c: EndpointCounters = {
-    sends: 0,
-    recvs: 0,
-    eager: 0,
-    rndv: 0,
-    pulls: 0,
-    unexpected: 0,
-    unexpectedOverflows: 0,
-    unexpectedScanned: 0,
-    kicks: 0,
-    sleeps: 0,
+    sends: 0.5,
+    recvs: 0.5,
+    eager: 0.5,
+    rndv: 0.5,
+    pulls: 0.5,
+    unexpected: 0.5,
+    unexpectedOverflows: 0.5,
+    unexpectedScanned: 0.5,
+    kicks: 0.5,
+    sleeps: 0.5,
     progress: 0.5,
-    channelErrors: 0,
-    nicErrors: 0,
-    bounces: 0,
-    registrations: 0,
-    deregistrations: 0,
-    regCacheHits: 0,
-    regCacheEvictions: 0,
-    regionsCached: 0,
-    bytesCached: 0,
-    bouncePooledBytes: 0,
-    wireSends: 0,
-    wireRecvs: 0,
-    held: 0,
-    probes: 0,
-    laneHolds: 0,
+    channelErrors: 0.5,
+    nicErrors: 0.5,
+    bounces: 0.5,
+    registrations: 0.5,
+    deregistrations: 0.5,
+    regCacheHits: 0.5,
+    regCacheEvictions: 0.5,
+    regionsCached: 0.5,
+    bytesCached: 0.5,
+    bouncePooledBytes: 0.5,
+    wireSends: 0.5,
+    wireRecvs: 0.5,
+    held: 0.5,
+    probes: 0.5,
+    laneHolds: 0.5,
   };
-  c.progress = 0;
+  for (const k of Object.keys(c) as (keyof EndpointCounters)[]) c[k] = 0;
   return c;
 }
