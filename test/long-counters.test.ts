@@ -9,6 +9,7 @@
  * must also still arrive, in order, through the sign bit and the 2^32 wrap.
  */
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
 import { test } from "node:test";
 import { LaneReader, LaneWriter } from "../src/mx/channel.js";
 import { NicQueues } from "../src/mx/nic-queues.js";
@@ -228,4 +229,31 @@ test("an Ethernet port's rings pass 2^31 and 2^32 bytes as int32s; every frame g
     // 600 frames of ~9 KB: more than 5 MB, past the bound and round the 1 MiB rings a few times.
     assert.ok((Atomics.load(w, P_TX_HEAD) - start) >>> 0 > 5_000_000);
   }
+});
+
+test("counters objects keep their shape when a count passes 2^31 (V8's own map check, in a child node)", () => {
+  // An endpoint's counters and an Ethernet port's: a per-message or per-byte count that passed
+  // 2^31 as a small integer gave its object a new map (V8 reshapes it), deoptimising every
+  // function that counted — once per counter, mid-job. %HaveSameMap is V8's own test of that.
+  const dist = (p: string) => new URL(`../src/${p}`, import.meta.url).href;
+  const script = `
+    import { EndpointContext } from ${JSON.stringify(dist("mx/types.js"))};
+    import { allocEtherPort, EtherPortClient } from ${JSON.stringify(dist("nic/ether-port.js"))};
+    const a = new EndpointContext(0, 1, 1, 0).counters;
+    const b = new EndpointContext(0, 2, 1, 0).counters;
+    b.sends = 2 ** 31 + 5;
+    b.bytesCached += 2 ** 32;
+    const p = new EtherPortClient(allocEtherPort()).counters;
+    const q = new EtherPortClient(allocEtherPort()).counters;
+    q.txBytes += 2 ** 32;
+    console.log(JSON.stringify({ endpoint: %HaveSameMap(a, b), port: %HaveSameMap(p, q), zero: a.sends + p.txBytes }));
+  `;
+  const out = execFileSync(
+    process.execPath,
+    ["--allow-natives-syntax", "--input-type=module", "-e", script],
+    {
+      encoding: "utf8",
+    },
+  );
+  assert.deepEqual(JSON.parse(out), { endpoint: true, port: true, zero: 0 });
 });

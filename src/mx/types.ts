@@ -19,6 +19,7 @@
  */
 
 import { MxStatus, mxStatusName } from "../nic/status.js";
+import { zeroed } from "../xen/double-counts.js";
 import { MxError } from "./codes.js";
 import { NR_ID_MASK } from "./nic-records.js";
 import type { RegCounters, RegEntry } from "./regcache.js";
@@ -485,9 +486,8 @@ export class EndpointContext {
 }
 
 /**
- * An endpoint's counters, every one a double from the start (0.5, then 0): a count that
- * passed 2^31 as a V8 small integer would change the object's shape mid-job (per message,
- * after ~25 minutes of 8 B ping-pong) and deoptimise every function that counts. `progress`
+ * An endpoint's counters, every one a double from the start (xen/double-counts.ts: a
+ * per-message count passes 2^31 after ~25 minutes of 8 B ping-pong). `progress`
  * is refreshed from EndpointContext.rounds (as a u32) when the owner reads them
  * (MxEndpoint.counters), never on the polling path (a getter instead measured 4–7% slower per
  * 8 B message).
@@ -521,6 +521,5 @@ function newCounters(): EndpointCounters {
     probes: 0.5,
     laneHolds: 0.5,
   };
-  for (const k of Object.keys(c) as (keyof EndpointCounters)[]) c[k] = 0;
-  return c;
+  return zeroed(c);
 }

@@ -20,6 +20,7 @@
  */
 
 import { PAGE_SIZE } from "../xen/abi.js";
+import { zeroed } from "../xen/double-counts.js";
 import type { EventChannelPort } from "../xen/event-channel.js";
 import type { Guest } from "../xen/guest/guest.js";
 import {
@@ -92,20 +93,21 @@ export class Netfront {
   readonly nicId: number;
   /** What the backend advertised. */
   readonly features: Readonly<Record<string, string>>;
-  readonly counters: NetfrontCounters = {
-    txFrames: 0,
-    txBytes: 0,
-    rxFrames: 0,
-    rxBytes: 0,
-    txFull: 0,
-    txErrors: 0,
-    rxErrors: 0,
-    notificationsSent: 0,
-    eventsReceived: 0,
-    rxRefills: 0,
-    rxBuffersPosted: 0,
-    waits: 0,
-  };
+  /** Doubles from the start: a byte count past 2^31 changes no shape (xen/double-counts.ts). */
+  readonly counters: NetfrontCounters = zeroed({
+    txFrames: 0.5,
+    txBytes: 0.5,
+    rxFrames: 0.5,
+    rxBytes: 0.5,
+    txFull: 0.5,
+    txErrors: 0.5,
+    rxErrors: 0.5,
+    notificationsSent: 0.5,
+    eventsReceived: 0.5,
+    rxRefills: 0.5,
+    rxBuffersPosted: 0.5,
+    waits: 0.5,
+  });
 
   private readonly maxFrame: number;
   private readonly tx: FrontRing;

@@ -33,6 +33,7 @@
  * garbage indices resynchronise. The client trusts the NIC (it is the NIC's own memory).
  */
 import { copyBytes } from "../xen/copy.js";
+import { zeroed } from "../xen/double-counts.js";
 import { I_SEQ, I_SLEEPING } from "./window.js";
 
 export const PORT_MAGIC = 0x45544850; // "PHTE": a NIC Ethernet port
@@ -149,16 +150,17 @@ export class EtherPortClient {
   private readonly intr: Int32Array;
   private txHead: number;
   private rxTail: number;
-  readonly counters: EtherPortCounters = {
-    txFrames: 0,
-    txBytes: 0,
-    txFull: 0,
-    txBad: 0,
-    rxFrames: 0,
-    rxBytes: 0,
-    doorbells: 0,
-    sleeps: 0,
-  };
+  /** Doubles from the start: a byte count past 2^31 changes no shape (xen/double-counts.ts). */
+  readonly counters: EtherPortCounters = zeroed({
+    txFrames: 0.5,
+    txBytes: 0.5,
+    txFull: 0.5,
+    txBad: 0.5,
+    rxFrames: 0.5,
+    rxBytes: 0.5,
+    doorbells: 0.5,
+    sleeps: 0.5,
+  });
 
   constructor(port: SharedArrayBuffer) {
     if (!(port instanceof SharedArrayBuffer) || port.byteLength !== PORT_BYTES)
