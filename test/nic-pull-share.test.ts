@@ -124,6 +124,15 @@ class Owner extends WindowOwner {
   }
 }
 
+/** Each of `owners` asks `slowNic` for PULL_LINK_SHARE + 8 pulls of HOSTILE_LEN (cookies from `base`): more than a share. */
+function flood(owners: Owner[], slowNic: number, base: number): void {
+  for (const h of owners) {
+    const dst = h.register(new SharedArrayBuffer(HOSTILE_LEN), Access.LocalWrite);
+    for (let i = 0; i < PULL_LINK_SHARE + 8; i++)
+      h.pull(base + i, slowNic, { id: 0, session: 0 }, 0, 1, dst, HOSTILE_LEN);
+  }
+}
+
 interface Held {
   id: number;
   reqEp: number;
@@ -355,11 +364,7 @@ test("guests holding every pull a link allows hold no other guest's queue: its p
   // Two hostile endpoints flood one slow host: each gets its share of the link's jobs, together
   // all of them; their further pulls are parked.
   const hostile = [Owner.open(ctl1, "domain 6 (hostile)"), Owner.open(ctl1, "domain 6 (hostile)")];
-  for (const h of hostile) {
-    const dst = h.register(new SharedArrayBuffer(HOSTILE_LEN), Access.LocalWrite);
-    for (let i = 0; i < PULL_LINK_SHARE + 8; i++)
-      h.pull(30_000 + i, slowNic, { id: 0, session: 0 }, 0, 1, dst, HOSTILE_LEN);
-  }
+  flood(hostile, slowNic, 30_000);
   await until(
     () => peer.seen(hostile[0].id) + peer.seen(hostile[1].id) === PULL_JOBS_PER_LINK,
     "every job of the link taken at the slow host",
@@ -401,11 +406,7 @@ test("a domain's endpoints hold half a link's pulls together: a second endpoint 
   const peer = slow[1];
   peer.requests.clear();
   const hostile = [Owner.open(ctl1, "domain 7", 7), Owner.open(ctl1, "domain 7", 7)];
-  for (const h of hostile) {
-    const dst = h.register(new SharedArrayBuffer(HOSTILE_LEN), Access.LocalWrite);
-    for (let i = 0; i < PULL_LINK_SHARE + 8; i++)
-      h.pull(40_000 + i, slowNic, { id: 0, session: 0 }, 0, 1, dst, HOSTILE_LEN);
-  }
+  flood(hostile, slowNic, 40_000);
   await until(
     () => peer.seen(hostile[0].id) + peer.seen(hostile[1].id) === PULL_LINK_SHARE,
     "the domain's share of the link taken at the slow host",

@@ -135,7 +135,6 @@ export class NicQueues implements Puller, PeerLossListener {
     // int32s, the words' own bits: u32s leave V8's small integers past 2^31 (channel.ts).
     this.sqProd = Atomics.load(this.window, W_SQ_PROD);
     this.eqCons = Atomics.load(this.window, W_EQ_CONS);
-    // An int32, the word's own bits (a u32 leaves V8's small integers past 2 GiB: channel.ts).
     this.rqCons = Atomics.load(this.window, W_RQ_CONS);
   }
 
