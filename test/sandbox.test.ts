@@ -7,12 +7,14 @@
  */
 import assert from "node:assert/strict";
 import { once } from "node:events";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join, relative, resolve } from "node:path";
 import { after, before, test } from "node:test";
 import { fileURLToPath } from "node:url";
+import ts from "typescript";
 import { Host } from "../src/host/host.js";
+import { resolveGuestImport } from "../src/xen/guest/loader.js";
 import type { Domain } from "../src/xen/hypervisor.js";
 import { nextMessage } from "./helpers/messages.js";
 
@@ -172,6 +174,55 @@ test('a user\'s TypeScript program outside the repository imports "myrixen": one
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+/** The library modules (paths under src/, no extension) and packages the built module `url` loads, itself included. */
+function moduleGraph(url: string): { modules: Set<string>; packages: Set<string> } {
+  const root = fileURLToPath(new URL("../src/", import.meta.url));
+  const modules = new Set<string>();
+  const packages = new Set<string>();
+  const walk = (file: string): void => {
+    const name = relative(root, file).replace(/\.js$/, "");
+    if (modules.has(name)) return;
+    modules.add(name);
+    for (const { fileName } of ts.preProcessFile(readFileSync(file, "utf8"), true, true).importedFiles)
+      if (fileName.startsWith(".")) walk(resolve(dirname(file), fileName));
+      else packages.add(fileName);
+  };
+  walk(fileURLToPath(url));
+  return { modules, packages };
+}
+
+test('a guest\'s "myrixen" loads none of the host side: no hypervisor, NIC, driver domain, launcher, compiler or config checks', () => {
+  const dep = resolveGuestImport("myrixen", fileURLToPath(import.meta.url));
+  assert.equal(dep.kind, "library");
+  // Asked for by path, the package's index is the same guest-side module.
+  const byPath = resolveGuestImport("../../src/index.js", fileURLToPath(import.meta.url));
+  assert.deepEqual(byPath, dep);
+  const { modules, packages } = moduleGraph((dep as { url: string }).url);
+  assert.ok(modules.has("mpi/mpi") && modules.has("mx/mx"), "the guest's libraries are there");
+  const host = [
+    "xen/hypervisor",
+    "xen/guest/loader",
+    "host/host",
+    "cluster/job",
+    "nic/nic",
+    "nic/device",
+    "myrixen/back",
+  ];
+  assert.deepEqual(
+    host.filter((m) => modules.has(m)),
+    [],
+    "host-side modules in a guest's import of myrixen",
+  );
+  // Node's built-ins only: no compiler (esbuild), no config validation (zod).
+  assert.deepEqual(
+    [...packages].filter((p) => !p.startsWith("node:")),
+    [],
+  );
+  // The host's own import of the package still has everything (one API on both sides).
+  const whole = moduleGraph(new URL("../src/index.js", import.meta.url).href);
+  assert.ok(whole.modules.has("host/host") && whole.modules.has("guest-api"));
 });
 
 test("a native process (the native path's rank) is sandboxed too: every way out refused, its service link out of reach", async () => {

@@ -77,10 +77,14 @@ function findProgramFile(path: string): string | undefined {
   return candidates.find((p) => existsSync(p) && statSync(p).isFile());
 }
 
+/** The package's index as a guest gets it: guest-api.ts, host-side names refused by name (sandbox.ts guestView). */
+function guestApi(): GuestImport {
+  return { kind: "library", url: pathToFileURL(`${DIST_SRC}guest-api.js`).href, index: true };
+}
+
 /** What `spec`, imported by the module at `fromPath`, is for a guest. */
 export function resolveGuestImport(spec: string, fromPath: string): GuestImport {
-  if (spec === "myrixen")
-    return { kind: "library", url: pathToFileURL(`${DIST_SRC}index.js`).href, index: true };
+  if (spec === "myrixen") return guestApi();
   const builtin = builtinName(spec);
   if (builtin) return { kind: "refused", message: `${builtin} ${NOT_IN_GUEST}` };
   let path: string;
@@ -99,7 +103,8 @@ export function resolveGuestImport(spec: string, fromPath: string): GuestImport 
         kind: "refused",
         message: `"${spec}" (src/${lib}.ts) is host-side code of MyriXen and ${NOT_IN_GUEST}`,
       };
-    return { kind: "library", url: pathToFileURL(`${DIST_SRC}${lib}.js`).href, index: lib === "index" };
+    if (lib === "index") return guestApi();
+    return { kind: "library", url: pathToFileURL(`${DIST_SRC}${lib}.js`).href, index: false };
   }
   const file = findProgramFile(path);
   if (!file)

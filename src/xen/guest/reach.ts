@@ -16,6 +16,7 @@ export const NOT_IN_GUEST =
  */
 const GUEST_LIBRARY = new Set([
   "index",
+  "guest-api",
   "xen/abi",
   "xen/counters",
   "xen/event-channel",

@@ -515,15 +515,14 @@ export async function loadSandboxedProgram(
 /** The package's index as a guest sees it: host-side classes name themselves as unavailable when used. */
 function guestView(ns: Record<string, unknown>): Record<string, unknown> {
   const view: Record<string, unknown> = {};
-  for (const key of Object.keys(ns)) {
-    if (HOST_SIDE_EXPORTS.includes(key))
-      Object.defineProperty(view, key, {
-        enumerable: true,
-        get() {
-          throw unavailable(`${key} (host-side API of myrixen)`);
-        },
-      });
-    else Object.defineProperty(view, key, { enumerable: true, value: ns[key] });
-  }
+  for (const key of Object.keys(ns)) Object.defineProperty(view, key, { enumerable: true, value: ns[key] });
+  // guest-api.ts does not export them; a program that names one learns why it is not there.
+  for (const key of HOST_SIDE_EXPORTS)
+    Object.defineProperty(view, key, {
+      enumerable: true,
+      get() {
+        throw unavailable(`${key} (host-side API of myrixen)`);
+      },
+    });
   return Object.freeze(view);
 }
