@@ -110,6 +110,27 @@ test("bulk back-pressure: send() refuses once the queue holds its mark, onWritab
   }
 });
 
+test("a sender whose window is below twice the receiver's credit threshold still streams: the rest is credited a moment later", async () => {
+  // The smallest window there is (one frame) against a peer with the default one, which
+  // credits every 128 KiB: without the delayed credit the second frame would wait for ever.
+  const { server, c, s } = await linked(0);
+  try {
+    let frames = 0;
+    s.onFrame(() => frames++);
+    c.onWritable(() => {
+      while (sent < n && c.send(frame(FrameType.PullReply, SEND_MAX, sent * SEND_MAX))) sent++;
+    });
+    const n = 32; // 2 MiB, one 64 KiB frame on the way at a time
+    let sent = 0;
+    while (sent < n && c.send(frame(FrameType.PullReply, SEND_MAX, sent * SEND_MAX))) sent++;
+    await until(() => frames === n, "every frame");
+    assert.equal(sent, n);
+  } finally {
+    c.close();
+    await server.close();
+  }
+});
+
 test("a credit for more bulk than was sent drops the connection and is counted", async () => {
   const { server, c, s } = await linked(64 * 1024);
   try {
