@@ -91,10 +91,12 @@ const CREDIT_PREFIX = 1;
 /**
  * Bulk bytes received between two credits, at most: half the link's own window (so a peer with
  * the same window always has the other half to send while the credit travels). Each credit is a
- * small write, and on loopback TCP a write that wakes the peer's thread costs both sides ~50 µs
- * of CPU on a 2-core VM: crediting every 32 KiB (16 credits a MiB) held a cross-host stream of
- * 1 MiB messages to 1.06–1.31 GB/s, every 128 KiB it moved 1.48–1.55 (three rounds each, five
- * runs, warmed pairs), and a bystander's 8 B ping-pong beside it slowed no more (`myrixen bench
+ * small write, and on loopback TCP a write that wakes the peer's thread costs both sides tens of
+ * µs of CPU on a 2-core VM, where a cross-host stream keeps both NIC threads 80–90% busy:
+ * crediting every 32 KiB (16 credits a MiB) spent about half of the receiving NIC's busy time on
+ * them. Every 128 KiB a warmed stream of 1 MiB messages took 1.65–2.12 s of CPU per GiB against
+ * 1.79–2.20 (rounds alternating the two builds; its rate moved within this VM's noise, 0.8–1.3
+ * GB/s either way), and a bystander's 8 B ping-pong beside it slowed no more (`myrixen bench
  * isolation --quick --scope cross-host`: latency_slowdown 1.22–1.26 against 1.31–1.64).
  */
 const CREDIT_EVERY = 128 * 1024;
