@@ -67,17 +67,19 @@ function osuArgs(path: Path, scope: Scope, bench: "osu-latency" | "osu-bw", oneR
   const slow = path === "split" || scope === "cross-host";
   // On the fast paths OSU's own counts: V8 needs ~10,000 round trips before the MX code is
   // optimised, and a run that stops short measures the interpreter, not the path. Across
-  // hosts a round trip is ~100 µs of wire: one run per cell (--quick, a smoke test) takes a
-  // quarter (each size's loop still runs ~60 ms).
+  // hosts a round trip is ~100 µs of wire: one run per cell (--quick, a smoke test that shows
+  // every cell works, not figures to quote) takes a tenth (each size's loop still runs
+  // ~25 ms), and on the split path half.
   if (bench === "osu-latency") {
-    if (path === "split") return ["-m", "0:65536", "-i", "200", "-x", "20"];
+    if (path === "split")
+      return ["-m", "0:65536", ...(oneRun ? ["-i", "100", "-x", "10"] : ["-i", "200", "-x", "20"])];
     if (scope === "cross-host")
-      return ["-m", "0:65536", ...(oneRun ? ["-i", "500", "-x", "100"] : ["-i", "2000", "-x", "500"])];
+      return ["-m", "0:65536", ...(oneRun ? ["-i", "200", "-x", "50"] : ["-i", "2000", "-x", "500"])];
     return ["-m", "0:65536"];
   }
-  // Windows of 64 messages: on the slow paths eight windows a size (four, and one warm-up,
-  // in --quick's smoke run: the split path across hosts moves ~190 MB/s).
-  if (slow) return ["-m", "65536:1048576", ...(oneRun ? ["-i", "4", "-x", "1"] : ["-i", "8", "-x", "2"])];
+  // Windows of 64 messages: on the slow paths eight windows a size (two, and one warm-up, in
+  // --quick's smoke run: the split path across hosts moves ~190 MB/s).
+  if (slow) return ["-m", "65536:1048576", ...(oneRun ? ["-i", "2", "-x", "1"] : ["-i", "8", "-x", "2"])];
   return ["-m", "65536:1048576", "-i", "20", "-x", "4"];
 }
 
