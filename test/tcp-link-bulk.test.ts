@@ -117,12 +117,13 @@ test("a sender whose window is below twice the receiver's credit threshold still
   try {
     let frames = 0;
     s.onFrame(() => frames++);
-    c.onWritable(() => {
-      while (sent < n && c.send(frame(FrameType.PullReply, SEND_MAX, sent * SEND_MAX))) sent++;
-    });
     const n = 32; // 2 MiB, one 64 KiB frame on the way at a time
     let sent = 0;
-    while (sent < n && c.send(frame(FrameType.PullReply, SEND_MAX, sent * SEND_MAX))) sent++;
+    const pump = () => {
+      while (sent < n && c.send(frame(FrameType.PullReply, SEND_MAX, sent * SEND_MAX))) sent++;
+    };
+    c.onWritable(pump);
+    pump();
     await until(() => frames === n, "every frame");
     assert.equal(sent, n);
   } finally {
