@@ -6,7 +6,8 @@
  * arrays below.
  *
  * Who pays for what (the bytes a descriptor names are counted when it is executed, a
- * refused one costs DESCRIPTOR_COST; nic.ts asks admit() before and charge() after):
+ * refused one costs its own endpoint DESCRIPTOR_COST; nic.ts asks admit() before and charge()
+ * after):
  *   SEND           its endpoint: deficit, tx bytes, tx messages
  *   local PULL     the endpoint whose memory it reads (the pull right's owner, or the puller
  *                  itself): deficit and tx bytes; the puller: rx bytes and rx messages
@@ -317,7 +318,9 @@ export class QosScheduler {
   /** The descriptor admit() last passed was executed (not stalled): its payers pay. */
   charge(ep: number, refused = false): void {
     const bytes = refused ? DESCRIPTOR_COST : this.payBytes;
-    const tx = this.payTx;
+    // A refused descriptor read no one's memory: its own endpoint pays, never the pull right's
+    // owner it named (garbage exposure PULLs naming a neighbour spent that neighbour's caps).
+    const tx = refused && this.payTx >= 0 ? ep : this.payTx;
     const payer = tx < 0 ? ep : tx;
     this.deficit[this.slotOf[payer]] -= bytes;
     this.c[endpointCounterBase(payer) + EndpointCounter.qos_bytes] += bytes;
