@@ -173,6 +173,9 @@ export class ControlConnection implements JobClient {
     clearTimeout(this.handshakeTimer);
     this.authenticated = true;
     this.channel.maxLineBytes = MAX_LINE_BYTES;
+    // The idle limit starts now, not at the first request: a client that proves the key and
+    // then says nothing (its machine gone) must not hold a maxConnections slot for ever.
+    this.touch();
     this.log.info("client connected", { client: this.who });
     this.send(this.daemon.helloFor(this.socket, controlProof(this.opts.key, "host", hello.nonce, nonce)));
   }

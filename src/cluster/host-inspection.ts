@@ -61,8 +61,10 @@ export class HostInspection {
       } catch (e) {
         return { ok: false, error: (e as Error).message };
       }
-      // A line carries at most MAX_LINE_BYTES: cut a listing of long values further.
-      if (limit <= 16 || JSON.stringify(t.root).length < MAX_LINE_BYTES - 4096)
+      // A line carries at most MAX_LINE_BYTES: cut a listing of long values further. Bytes, not
+      // characters: a guest's values may be multi-byte text (3 bytes a character), and a line
+      // over the client's limit loses it the host instead of giving it a cut tree.
+      if (limit <= 16 || Buffer.byteLength(JSON.stringify(t.root)) < MAX_LINE_BYTES - 4096)
         return { ok: true, tree: t.root, nodes: t.nodes, truncated: t.truncated };
       limit = Math.floor(limit / 2);
     }

@@ -15,12 +15,14 @@
  * WebSocket require. A WebSocket from another origin is refused (a web page the user visits
  * cannot read the dashboard), and so is a Host header that is not the dashboard's own when
  * it binds the loopback (DNS rebinding). Clients are bounded (maxClients WebSockets, 64
- * pending challenges, 64 sessions); a client that sends garbage is dropped with a logged
- * reason; one that reads too slowly misses updates and, after 30 s behind, is dropped.
+ * pending challenges, 64 sessions, MAX_HTTP_CONNECTIONS other connections, the oldest going);
+ * a client that sends garbage is dropped with a logged reason; one that reads too slowly
+ * misses updates and, after 30 s behind, is dropped.
  */
 import { createHmac, randomBytes, timingSafeEqual } from "node:crypto";
 import { existsSync, readFileSync } from "node:fs";
 import { createRequire } from "node:module";
+import type net from "node:net";
 import { fileURLToPath } from "node:url";
 import websocket from "@fastify/websocket";
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
@@ -41,6 +43,12 @@ const LATENCY_WINDOW = 240;
 /** A client this far behind (bytes queued) misses updates; behind for longer than SLOW_MS, it is dropped. */
 const MAX_BUFFERED = 2 << 20;
 const SLOW_MS = 30_000;
+/**
+ * HTTP connections at once, WebSockets aside (maxClients bounds those). Anyone who reaches the
+ * port can open them (Node sets no bound), so beyond this the OLDEST is closed, as the control
+ * and link ports drop their oldest unauthenticated connection: a browser's few come back.
+ */
+export const MAX_HTTP_CONNECTIONS = 128;
 
 /** Where snapshots of one host come from: the Host in this process, or a host's control port. */
 export interface DashboardSource {
@@ -136,6 +144,8 @@ export class Dashboard {
     readonly host: string,
     readonly port: number,
     private readonly opts: DashboardOptions,
+    /** The HTTP connections bounded by MAX_HTTP_CONNECTIONS. */
+    private readonly httpConns: Set<net.Socket> = new Set(),
   ) {
     this.authRequired = !isLoopbackBind(host);
     this.warn = rateLimitedWarn(opts.log, "more dashboard clients refused (not logged one by one)");
@@ -153,6 +163,20 @@ export class Dashboard {
     const app = Fastify({ logger: false, bodyLimit: 4096, connectionTimeout: 30_000 });
     // Set once the server listens (routes close over it).
     const holder: { d?: Dashboard } = {};
+    // Every HTTP connection but the WebSockets (onSocket takes those out), oldest first.
+    const conns = new Set<net.Socket>();
+    app.server.on("connection", (s: net.Socket) => {
+      conns.add(s);
+      s.once("close", () => conns.delete(s));
+      if (conns.size > MAX_HTTP_CONNECTIONS) {
+        const oldest = conns.values().next().value as net.Socket;
+        conns.delete(oldest);
+        oldest.destroy();
+        holder.d?.warn("dashboard connection dropped", {
+          reason: `more than ${MAX_HTTP_CONNECTIONS} HTTP connections at once: the oldest goes`,
+        });
+      }
+    });
     await app.register(websocket, { options: { maxPayload: 1024 } });
     const dir = staticDir();
     const files = new Map<string, { body: Buffer; type: string }>();
@@ -225,7 +249,7 @@ export class Dashboard {
             }
           },
         },
-        (socket) => holder.d!.onSocket(socket),
+        (socket, req) => holder.d!.onSocket(socket, req.raw.socket),
       );
     });
     app.setNotFoundHandler((req, reply) =>
@@ -251,7 +275,7 @@ export class Dashboard {
     }
     const addr = app.server.address();
     const port = typeof addr === "object" && addr ? addr.port : (opts.port ?? DEFAULT_DASHBOARD_PORT);
-    const d = new Dashboard(app, host, port, opts);
+    const d = new Dashboard(app, host, port, opts, conns);
     holder.d = d;
     // Clients that vanish without a close (a browser killed mid-stream) are found by pings.
     d.timer = setInterval(() => d.sweep(), 10_000);
@@ -346,7 +370,9 @@ export class Dashboard {
       .send({ ok: true });
   }
 
-  private onSocket(socket: WebSocket): void {
+  private onSocket(socket: WebSocket, raw: net.Socket): void {
+    // An authorised WebSocket counts against maxClients, not the HTTP bound.
+    this.httpConns.delete(raw);
     this.clients.set(socket, {});
     socket.on("message", (data, isBinary) => {
       let ok = false;
