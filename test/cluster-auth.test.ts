@@ -8,6 +8,7 @@
  * logger; where the key comes from (--key-file, keyFile, MYRIXEN_KEY_FILE, the default file).
  */
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
 import net from "node:net";
@@ -541,6 +542,9 @@ test("the cluster key: keyFile in the config, MYRIXEN_KEY_FILE, the default file
   // Unusable key files: one line each, exit code 2, before anything starts.
   const open = keyFile("open.key", undefined, 0o644);
   const short = keyFile("short.key", "0123456789\n");
+  // A named pipe where the key should be: opening it for reading waited for a writer for ever.
+  const fifo = join(TMP, "fifo.key");
+  execFileSync("mkfifo", ["-m", "600", fifo]);
   for (const [args, reason] of [
     [
       ["host", "--key-file", open],
@@ -550,12 +554,13 @@ test("the cluster key: keyFile in the config, MYRIXEN_KEY_FILE, the default file
     ],
     [["host", "--key-file", short], /holds 10 bytes; a cluster key needs at least 32/],
     [["host", "--key-file", join(TMP, "missing.key")], /does not exist: copy the cluster's key file there/],
+    [["list", "--key-file", fifo, "--host", "127.0.0.1:1"], /fifo\.key \(--key-file\) is not a regular file/],
     [
       ["run", "-n", "1", "--key-file", join(TMP, "missing.key"), "--hosts", "127.0.0.1:1", "x"],
       /does not exist/,
     ],
   ] as const) {
-    const r = await myrixen([...args]);
+    const r = await myrixen([...args], { killAfterMs: 30_000 });
     assert.equal(r.code, 2, `${args.join(" ")}: ${r.stderr}`);
     assert.match(r.stderr, reason);
     assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);

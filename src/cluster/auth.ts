@@ -113,7 +113,9 @@ export function readKeyFile(file: string, from = "--key-file"): ClusterKey {
   const where = `the key file ${file} (${from})`;
   let fd: number;
   try {
-    fd = fs.openSync(file, "r");
+    // Non-blocking: a FIFO (or a device) opened read-only would wait for a writer for ever; so
+    // it opens at once and is refused below as not a regular file.
+    fd = fs.openSync(file, fs.constants.O_RDONLY | (fs.constants.O_NONBLOCK ?? 0));
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     if (code === "ENOENT")
