@@ -98,6 +98,9 @@ function unlock(shadow: Int32Array): void {
   Atomics.store(shadow, SHADOW_LOCK, 0);
 }
 
+/** The in-use bits the hypervisor sets and clears under the lock; the rest of a word is the granter's. */
+const PIN_BITS = GTF_reading | GTF_writing;
+
 export function isAlive(d: GrantingDomain): boolean {
   return Atomics.load(d.shadow, SHADOW_ALIVE) === 1;
 }
@@ -120,43 +123,50 @@ export function acquireGrant(
       `grant ref ${ref} is outside domain ${granter.domid}'s table (0..${nr - 1})`,
     );
   const e = granter.entries;
-  lock(granter.shadow);
-  try {
-    for (let tries = 0; ; tries++) {
-      // The granter may rewrite its entry at any moment; one that keeps doing so between our
-      // load and our compare-exchange is refused, not waited for (Xen: "unstable" entry).
-      if (tries > GRANT_ENTRY_RETRIES)
-        return fail(
-          GNTST.general_error,
-          `grant ref ${ref} of domain ${granter.domid} changed under every try: domain ${granter.domid} keeps rewriting it`,
-        );
-      const word = Atomics.load(e, 2 * ref);
-      const flags = word & 0xffff;
-      const dom = word >>> 16;
-      if ((flags & GTF_type_mask) !== GTF_permit_access)
-        return fail(GNTST.bad_gntref, `grant ref ${ref} of domain ${granter.domid} is not in use`);
-      if (dom !== user)
-        return fail(
-          GNTST.permission_denied,
-          `grant ref ${ref} of domain ${granter.domid} is granted to domain ${dom}, not ${user}`,
-        );
-      if (write && flags & GTF_readonly)
-        return fail(GNTST.permission_denied, `grant ref ${ref} of domain ${granter.domid} is read-only`);
-      const pfn = Atomics.load(e, 2 * ref + 1);
-      const frame = granter.frame(pfn);
-      if (!frame)
-        return fail(
-          GNTST.bad_page,
-          `grant ref ${ref} names frame ${pfn}, which domain ${granter.domid} does not own`,
-        );
-      const want = flags | GTF_reading | (write ? GTF_writing : 0);
-      if (want !== flags && Atomics.compareExchange(e, 2 * ref, word, (want | (dom << 16)) >>> 0) !== word)
-        continue;
+  for (let tries = 0; ; tries++) {
+    // The granter may rewrite its entry at any moment; one that keeps doing so between our
+    // load and our compare-exchange is refused, not waited for (Xen: "unstable" entry).
+    if (tries > GRANT_ENTRY_RETRIES)
+      return fail(
+        GNTST.general_error,
+        `grant ref ${ref} of domain ${granter.domid} changed under every try: domain ${granter.domid} keeps rewriting it`,
+      );
+    const word = Atomics.load(e, 2 * ref);
+    const flags = word & 0xffff;
+    const dom = word >>> 16;
+    if ((flags & GTF_type_mask) !== GTF_permit_access)
+      return fail(GNTST.bad_gntref, `grant ref ${ref} of domain ${granter.domid} is not in use`);
+    if (dom !== user)
+      return fail(
+        GNTST.permission_denied,
+        `grant ref ${ref} of domain ${granter.domid} is granted to domain ${dom}, not ${user}`,
+      );
+    if (write && flags & GTF_readonly)
+      return fail(GNTST.permission_denied, `grant ref ${ref} of domain ${granter.domid} is read-only`);
+    const pfn = Atomics.load(e, 2 * ref + 1);
+    // Looked up before the lock, never under it: in the privileged domain a frame above the
+    // segments it knows is a hypercall (guest.ts ForeignDomains), and the hypervisor thread,
+    // serving a hypercall on the same granter's grants, would spin on the lock dom0 holds
+    // while dom0 waits for its answer: a guest granting a bogus frame hung the whole host.
+    const frame = granter.frame(pfn);
+    if (!frame)
+      return fail(
+        GNTST.bad_page,
+        `grant ref ${ref} names frame ${pfn}, which domain ${granter.domid} does not own`,
+      );
+    lock(granter.shadow);
+    try {
+      // Pinned only as checked: another pin or release may have moved the in-use bits since
+      // (fine), the granter may have rewritten the grant itself (try again).
+      const now = Atomics.load(e, 2 * ref);
+      if ((now | PIN_BITS) !== (word | PIN_BITS) || Atomics.load(e, 2 * ref + 1) !== pfn) continue;
+      const want = now | GTF_reading | (write ? GTF_writing : 0);
+      if (want !== now && Atomics.compareExchange(e, 2 * ref, now, want >>> 0) !== now) continue;
       Atomics.add(granter.shadow, SHADOW_HEADER + 2 * ref + (write ? 1 : 0), 1);
       return { status: GNTST.okay, frame };
+    } finally {
+      unlock(granter.shadow);
     }
-  } finally {
-    unlock(granter.shadow);
   }
 }
 

@@ -351,6 +351,7 @@ export class Hypervisor {
     for (const m of rec.mappings.values())
       if (m.write) for (const r of m.refs) releaseGrant(m.granter, r, true);
     rec.mappings.clear();
+    rec.mappedPages = 0;
     // Its segments go with it: no frame of theirs resolves again (holders keep what they mapped).
     for (const sg of rec.segments) sg.released = true;
     rec.segments.length = 0;

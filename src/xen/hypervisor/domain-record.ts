@@ -55,6 +55,13 @@ export interface Mapping {
 export const MAX_SEGMENT_PAGES = 4096;
 /** At most this many mappings per domain at once (each costs the hypervisor a record). */
 export const MAX_MAPPINGS_PER_DOMAIN = 16384;
+/**
+ * At most this many pages in all of a domain's mappings at once (4 GiB of others' memory).
+ * The mapping count alone let one guest keep 16384 × 4096 refs, half a GiB of the host's heap,
+ * and a few such guests took the host down; a real domain maps far fewer (a window is 165
+ * pages, a channel 130).
+ */
+export const MAX_MAPPED_PAGES_PER_DOMAIN = 1 << 20;
 
 /** Everything the hypervisor keeps for one domain. */
 export class DomainRecord implements GrantingDomain {
@@ -74,6 +81,8 @@ export class DomainRecord implements GrantingDomain {
    */
   readonly freeFrames: { first: number; pages: number }[] = [];
   readonly mappings = new Map<number, Mapping>();
+  /** Pages of all its mappings (refs held), against MAX_MAPPED_PAGES_PER_DOMAIN. */
+  mappedPages = 0;
   nextHandle = 1;
   readonly hyp: CounterWriter;
   /** Its XenStore watch events on their way (set when its worker starts). */

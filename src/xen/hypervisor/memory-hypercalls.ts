@@ -12,7 +12,13 @@ import { copyBytes } from "../copy.js";
 import type { CounterName } from "../counters.js";
 import { HypercallError } from "../event-channel.js";
 import { acquireGrant, type FrameLocation, releaseGrant } from "../grant-table.js";
-import { type DomainRecord, MAX_MAPPINGS_PER_DOMAIN, MAX_SEGMENT_PAGES, Segment } from "./domain-record.js";
+import {
+  type DomainRecord,
+  MAX_MAPPED_PAGES_PER_DOMAIN,
+  MAX_MAPPINGS_PER_DOMAIN,
+  MAX_SEGMENT_PAGES,
+  Segment,
+} from "./domain-record.js";
 
 export class MemoryHypercalls {
   constructor(
@@ -51,6 +57,12 @@ export class MemoryHypercalls {
         GNTST.no_device_space,
         `domain ${rec.domid} already holds ${rec.mappings.size} mappings (the limit); unmap some first`,
       );
+    if (rec.mappedPages + refs.length > MAX_MAPPED_PAGES_PER_DOMAIN)
+      return this.mapFail(
+        rec,
+        GNTST.no_device_space,
+        `domain ${rec.domid} already maps ${rec.mappedPages} pages; ${refs.length} more would pass the limit of ${MAX_MAPPED_PAGES_PER_DOMAIN}; unmap some first`,
+      );
     const granter = this.records.get(granterId);
     if (!granter) return this.mapFail(rec, GNTST.bad_domain, `domain ${String(granterId)} does not exist`);
     if (readonly) {
@@ -65,6 +77,7 @@ export class MemoryHypercalls {
       }
       const handle = rec.nextHandle++;
       rec.mappings.set(handle, { granter, refs: refs.slice() as number[], write: false });
+      rec.mappedPages += refs.length;
       this.count(rec, "grant_map");
       return { status: GNTST.okay, handle };
     }
@@ -89,6 +102,7 @@ export class MemoryHypercalls {
     }
     const handle = rec.nextHandle++;
     rec.mappings.set(handle, { granter, refs: refs.slice() as number[], write: true });
+    rec.mappedPages += refs.length;
     this.count(rec, "grant_map");
     return { status: GNTST.okay, handle, buffer: shape.buffer, offset: shape.offset };
   }
@@ -146,6 +160,7 @@ export class MemoryHypercalls {
     if (!m)
       return this.mapFail(rec, GNTST.bad_handle, `domain ${rec.domid} has no mapping ${String(handle)}`);
     rec.mappings.delete(handle);
+    rec.mappedPages -= m.refs.length;
     if (m.write) for (const r of m.refs) releaseGrant(m.granter, r, true);
     this.count(rec, "grant_unmap");
     return { status: GNTST.okay };
