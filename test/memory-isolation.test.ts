@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { after, test } from "node:test";
 import { DOMID_MAX, GNTST } from "../src/xen/abi.js";
-import { Hypervisor } from "../src/xen/hypervisor.js";
+import { Hypervisor, MAX_HELD_RELEASED_IDS } from "../src/xen/hypervisor.js";
 import { startAgent } from "./helpers/agent.js";
 
 const hv = new Hypervisor();
@@ -224,6 +224,33 @@ test("a guest that grants pages to ids no domain has had holds none of them back
     assert.equal(after.dom.domid, next + 1, "the released id the namer still names is skipped");
     await after.dom.destroy();
     assert.equal(await namer.rpc({ op: "endAccess", ref }), true);
+  } finally {
+    await local.shutdown();
+  }
+});
+
+test("a guest that names every released id holds back at most MAX_HELD_RELEASED_IDS of them: the host never runs out of ids", async () => {
+  // The attack: a grant table larger than the id space names every id, so every domain that
+  // dies while the guest lives keeps its id, and after ~32K lifetimes createDomain fails.
+  const local = new Hypervisor();
+  try {
+    const hoarder = await startAgent(local);
+    const first = 20_000;
+    const count = MAX_HELD_RELEASED_IDS + 8;
+    // A host that ran for weeks: these ids belonged to domains that died since.
+    const released = (local as unknown as { releasedIds: Set<number> }).releasedIds;
+    for (let d = first; d < first + count; d++) released.add(d);
+    const ram = await hoarder.rpc<{ pfn: number }>({ op: "alloc", pages: 1 });
+    for (let d = first; d < first + count; d++)
+      await hoarder.rpc({ op: "grant", peer: d, pfn: ram.pfn, readonly: true });
+    (local as unknown as { nextDomid: number }).nextDomid = first;
+    const next = await startAgent(local);
+    assert.equal(
+      next.dom.domid,
+      first + MAX_HELD_RELEASED_IDS,
+      "the first MAX_HELD_RELEASED_IDS stay held, the rest come back",
+    );
+    await next.dom.destroy();
   } finally {
     await local.shutdown();
   }

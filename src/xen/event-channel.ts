@@ -86,10 +86,17 @@ export class EventChannelTable {
     this.domains.set(d, new Map());
   }
 
-  /** Adds to `into` each of `ids` that some domain's port names (unbound and waiting for it, or bound to it). */
-  collectNamed(ids: ReadonlySet<DomId>, into: Set<DomId>): void {
-    for (const ports of this.domains.values())
-      for (const e of ports.values()) if (ids.has(e.remoteDom)) into.add(e.remoteDom);
+  /**
+   * Adds to `into` each of `ids` that a port of domain `d` names (unbound and waiting for it,
+   * or bound to it), until `into` holds `max`.
+   */
+  collectNamed(d: DomId, ids: ReadonlySet<DomId>, into: Set<DomId>, max = Number.POSITIVE_INFINITY): void {
+    const ports = this.domains.get(d);
+    if (!ports) return;
+    for (const e of ports.values()) {
+      if (into.size >= max) return;
+      if (ids.has(e.remoteDom)) into.add(e.remoteDom);
+    }
   }
 
   private portsOf(d: DomId): Map<EvtchnPort, PortEntry> {

@@ -70,6 +70,11 @@ const MIB = 2 ** 20;
 
 /** Stopped domains the hypervisor still answers lookups for (domain(), counters()). */
 export const KEEP_STOPPED_DOMAINS = 256;
+/**
+ * Released domain ids one unprivileged domain's grants and ports may keep from reuse: an honest
+ * domain names a few dead peers at a time (namedReleasedIds says why there is a bound).
+ */
+export const MAX_HELD_RELEASED_IDS = 32;
 
 const runtimeUrl = new URL("./guest/runtime.js", import.meta.url);
 
@@ -447,8 +452,8 @@ export class Hypervisor {
    * in force or event channel still names it, so a new domain never inherits what was meant
    * for an old one. (XenStore need not be asked: a release revokes the id from every node's
    * perms.) An id never handed out is never held back: what a guest grants to a domain that
-   * does not exist yet is its own offer to whoever gets that id, as in Xen, and naming ids
-   * cannot use them up.
+   * does not exist yet is its own offer to whoever gets that id, as in Xen; and one domain
+   * holds back at most MAX_HELD_RELEASED_IDS released ids, so naming ids cannot use them up.
    */
   private allocDomid(): DomId {
     let named: Set<DomId> | undefined;
@@ -469,11 +474,23 @@ export class Hypervisor {
     );
   }
 
-  /** The released ids that some live domain's grant in force or event channel names. */
+  /**
+   * The released ids that some live domain's grant in force or event channel names: at most
+   * MAX_HELD_RELEASED_IDS per unprivileged domain (the first its table and ports name). A stale
+   * grant protects an honest granter's memory from a newcomer given the dead peer's id; a guest
+   * that names every id (its grant table can be larger than the id space) would otherwise keep
+   * every domain that dies in its lifetime from giving its id back, until the host can create
+   * no domain at all.
+   */
   private namedReleasedIds(): Set<DomId> {
     const named = new Set<DomId>();
-    for (const r of this.records.values()) r.collectNamed(this.releasedIds, named);
-    this.evtchn.collectNamed(this.releasedIds, named);
+    for (const r of this.records.values()) {
+      const max = r.privileged ? Number.POSITIVE_INFINITY : MAX_HELD_RELEASED_IDS;
+      const own = new Set<DomId>();
+      r.collectNamed(this.releasedIds, own, max);
+      this.evtchn.collectNamed(r.domid, this.releasedIds, own, max);
+      for (const d of own) named.add(d);
+    }
     return named;
   }
 

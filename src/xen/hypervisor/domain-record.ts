@@ -148,10 +148,13 @@ export class DomainRecord implements GrantingDomain {
     return false;
   }
 
-  /** Adds to `into` each of `ids` that an entry in force in this domain's grant table names. */
-  collectNamed(ids: ReadonlySet<DomId>, into: Set<DomId>): void {
+  /**
+   * Adds to `into` each of `ids` that an entry in force in this domain's grant table names, in
+   * table order, until `into` holds `max`.
+   */
+  collectNamed(ids: ReadonlySet<DomId>, into: Set<DomId>, max = Number.POSITIVE_INFINITY): void {
     const e = this.entries;
-    for (let i = 2 * GNTTAB_NR_RESERVED_ENTRIES; i < e.length; i += 2) {
+    for (let i = 2 * GNTTAB_NR_RESERVED_ENTRIES; i < e.length && into.size < max; i += 2) {
       const w = Atomics.load(e, i);
       if ((w & GTF_type_mask) === GTF_permit_access && ids.has(w >>> 16)) into.add(w >>> 16);
     }
