@@ -72,6 +72,13 @@ export class SharedMemory {
   private readonly slots = new Map<DomId, WindowSlot[]>();
   /** Per domain pair: free channel buffers, and how many exist. */
   private readonly channels = new Map<string, { free: ChannelMem[]; count: number }>();
+  /**
+   * Per co-resident peer domain, the slots (free or in use) whose interrupt page is granted to
+   * it. Those grants end when the peer goes: kept until the slot's owner went, one grant per
+   * peer that ever connected piled up in dom0's table, and each held the dead peer's domain id
+   * back from reuse (allocDomid) — a long-lived guest many peers connect to used both up.
+   */
+  private readonly peerSlots = new Map<DomId, Set<WindowSlot>>();
   /** Response pages whose grant has ended. */
   private readonly rspFree: PageRun[] = [];
   private nextSlotId = 1;
@@ -148,6 +155,9 @@ export class SharedMemory {
       this.guest.shareWith(slot.intr, peer);
       refs = this.keeper.grantRun(peer, slot.intr.pfn, slot.intr.count, false);
       slot.peerRefs.set(peer, refs);
+      let held = this.peerSlots.get(peer);
+      if (!held) this.peerSlots.set(peer, (held = new Set()));
+      held.add(slot);
     }
     return refs;
   }
@@ -224,10 +234,18 @@ export class SharedMemory {
   forgetDomain(domid: DomId): void {
     for (const slot of this.slots.get(domid) ?? []) {
       this.keeper.end([...slot.refs, ...[...slot.peerRefs.values()].flat()]);
+      for (const peer of slot.peerRefs.keys()) this.unindexPeer(peer, slot);
       this.release(slot.window);
       this.release(slot.intr);
     }
     this.slots.delete(domid);
+    // The interrupt pages of others' slots granted to it (the grants wait if still mapped).
+    for (const slot of this.peerSlots.get(domid) ?? []) {
+      const refs = slot.peerRefs.get(domid);
+      slot.peerRefs.delete(domid);
+      if (refs) this.keeper.end(refs);
+    }
+    this.peerSlots.delete(domid);
     for (const [pair, p] of this.channels) {
       const [a, b] = pair.split(":").map(Number);
       if (a !== domid && b !== domid) continue;
@@ -235,6 +253,13 @@ export class SharedMemory {
       for (const mem of p.free) this.dropChannel(mem);
     }
     this.publish();
+  }
+
+  private unindexPeer(peer: DomId, slot: WindowSlot): void {
+    const held = this.peerSlots.get(peer);
+    if (!held) return;
+    held.delete(slot);
+    if (held.size === 0) this.peerSlots.delete(peer);
   }
 
   takeResponsePage(): PageRun {
