@@ -310,7 +310,12 @@ export class Host {
         await tx.write(`${backPath}/${NetifKey.mac}`, mac);
       });
     } catch (e) {
-      if (dom.state === "running" || dom.state === "booting") throw e;
+      // The caller gets no handle to a domain whose devices could not be made: it goes now,
+      // not with the host (a host runs for weeks).
+      if (dom.state === "running" || dom.state === "booting") {
+        await dom.destroy().catch(() => undefined);
+        throw e;
+      }
     }
     // The toolstack removes the devices when the domain goes; the backends see them vanish.
     void dom.exited.then(async () => {
