@@ -26,6 +26,7 @@ import {
   setWord,
 } from "../src/nic/frame.js";
 import { MxStatus, mxStatusName } from "../src/nic/status.js";
+import { logEvery, RECONNECT_MAX_MS } from "../src/nic/tcp-attach.js";
 import { TCP_HELLO_BYTES, TCP_LINK_MAGIC, TCP_LINK_VERSION } from "../src/nic/tcp-handshake.js";
 import { type TcpLink, tcpLinkStats } from "../src/nic/tcp-link.js";
 import { connectTcpLink, listenTcpLinks } from "../src/nic/tcp-link-setup.js";
@@ -508,4 +509,19 @@ test("two NICs over a TCP link: SEND and ACK cross it, a garbage client is dropp
   await roundTrip(5, 64, 1);
   await nic1.detachLink(2);
   await until(() => links(ctl2).length === 0, "NIC 2 notices the local close");
+});
+
+test("a peer gone for good costs the log a few lines an hour, not one every ten seconds", () => {
+  // Reconnection is retried once a second (RECONNECT_MAX_MS) for as long as the host runs.
+  const logged = (from: number, to: number) => {
+    let n = 0;
+    for (let a = from; a <= to; a++) if (a <= 3 || a % logEvery(a) === 0) n++;
+    return n;
+  };
+  const perSecond = 1000 / RECONNECT_MAX_MS;
+  assert.equal(logged(1, 10), 4, "the first attempts, then the tenth");
+  const day = logged(1, 86_400 * perSecond);
+  assert.ok(day <= 110, `${day} lines in a day`);
+  const laterDay = logged(86_400 * perSecond + 1, 2 * 86_400 * perSecond);
+  assert.ok(laterDay <= 90, `${laterDay} lines in the second day`);
 });

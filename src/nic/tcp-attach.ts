@@ -13,6 +13,11 @@ import { connectTcpLink, listenTcpLinks, type TcpLinkServer } from "./tcp-link-s
 
 export const RECONNECT_MIN_MS = 50;
 export const RECONNECT_MAX_MS = 1000;
+
+/** Failed reconnection attempts per log line around attempt `n`: 10 below 100, 100 below 1000, then 1000. */
+export function logEvery(n: number): number {
+  return n < 100 ? 10 : n < 1000 ? 100 : 1000;
+}
 /** Connect plus handshake time allowed to one reconnection attempt (unless the spec says). */
 export const RECONNECT_ATTEMPT_MS = 1000;
 
@@ -125,8 +130,9 @@ class Reconnector {
       });
     } catch (e) {
       if (this.cancelled) return;
-      // Every attempt at first, then once in 10: a long outage should not flood the log.
-      if (this.attempts <= 3 || this.attempts % 10 === 0)
+      // Every attempt at first, then ever more rarely (once in 10, in 100, then in 1000: every
+      // ~17 min): a peer that crashed for good is retried for as long as the host runs.
+      if (this.attempts <= 3 || this.attempts % logEvery(this.attempts) === 0)
         this.log(
           `${this.where}: reconnection attempt ${this.attempts} failed (${(e as Error).message}); next in ${this.backoffMs} ms`,
           { peerNic: this.peerNic, reason: (e as Error).message },
