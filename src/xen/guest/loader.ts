@@ -68,13 +68,19 @@ function libraryModule(path: string): string | undefined {
   return name;
 }
 
-/** A program file for `path` as Node and tsx find it: as written, or `.js` standing for `.ts`, or an index. */
-function findProgramFile(path: string): string | undefined {
+/** Whether `path` names a TypeScript or JavaScript file (what the loader compiles). */
+const isModuleFile = (path: string): boolean => Object.hasOwn(LOADERS, extname(path));
+
+/**
+ * A program file for `path` as Node and tsx find it: as written, or `.js` standing for `.ts`,
+ * or an index. With `modulesOnly` (a program's imports), only TypeScript or JavaScript files.
+ */
+function findProgramFile(path: string, modulesOnly = false): string | undefined {
   const candidates = [path];
   const ext = extname(path);
   if (/^\.(m|c)?js$/.test(ext)) candidates.push(path.slice(0, -ext.length) + ext.replace("js", "ts"));
   if (!ext) candidates.push(`${path}.ts`, `${path}.js`, `${path}/index.ts`, `${path}/index.js`);
-  return candidates.find((p) => existsSync(p) && statSync(p).isFile());
+  return candidates.find((p) => (!modulesOnly || isModuleFile(p)) && existsSync(p) && statSync(p).isFile());
 }
 
 /** The package's index as a guest gets it: guest-api.ts, host-side names refused by name (sandbox.ts guestView). */
@@ -106,7 +112,16 @@ export function resolveGuestImport(spec: string, fromPath: string): GuestImport 
     if (lib === "index") return guestApi();
     return { kind: "library", url: pathToFileURL(`${DIST_SRC}${lib}.js`).href, index: false };
   }
-  const file = findProgramFile(path);
+  // A program imports modules, nothing else: any other file (a key, an .env, /etc/passwd,
+  // /proc/self/environ) compiled as JavaScript would show the guest pieces of itself in
+  // esbuild's errors (the token where parsing stopped), a read of the host's files. Refused
+  // by name, found or not, so the answer does not say whether the file exists either.
+  if (extname(path) && !isModuleFile(path))
+    return {
+      kind: "refused",
+      message: `cannot import "${spec}": a guest program imports only TypeScript or JavaScript modules (${Object.keys(LOADERS).join(", ")}) and "myrixen"`,
+    };
+  const file = findProgramFile(path, true);
   if (!file)
     return {
       kind: "refused",
@@ -118,12 +133,27 @@ export function resolveGuestImport(spec: string, fromPath: string): GuestImport 
 /** `require("...")` calls in esbuild's CommonJS output: a program's static and dynamic imports. */
 const REQUIRE = /\brequire\((?:"((?:[^"\\]|\\.)*)"|'((?:[^'\\]|\\.)*)')\)/g;
 
+/** A source map larger than this is left out (the stacks then name the compiled file). */
+const SOURCE_MAP_MAX_BYTES = 64 << 20;
+
 /** A compiled JavaScript file's own source map (tsc's `.js.map`), inlined so esbuild chains it. */
 function inlineSourceMap(code: string, path: string): string {
   const m = /\n\/\/# sourceMappingURL=([^\s]+)\s*$/.exec(code);
   if (!m || m[1].startsWith("data:")) return code;
   const mapPath = resolve(dirname(path), decodeURIComponent(m[1]));
-  if (!existsSync(mapPath)) return code;
+  // The comment is the program's to write, and the host reads what it names: only a regular
+  // `.map` file of a source map's size. A FIFO or /dev/stdin would block the host's thread in
+  // open/read, /dev/zero would fill its memory until it died.
+  if (!mapPath.endsWith(".map")) return code;
+  let size: number;
+  try {
+    const st = statSync(mapPath);
+    if (!st.isFile()) return code;
+    size = st.size;
+  } catch {
+    return code;
+  }
+  if (size > SOURCE_MAP_MAX_BYTES) return code;
   const data = Buffer.from(readFileSync(mapPath)).toString("base64");
   return `${code.slice(0, m.index)}\n//# sourceMappingURL=data:application/json;base64,${data}\n`;
 }
