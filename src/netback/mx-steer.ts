@@ -20,12 +20,21 @@
  *   - dst nic is another: from a vif, out of the uplink only; from the uplink, refused.
  *   - Too short to name a source and a destination: refused.
  *   - Wrong keys: a CONNECT_REPLY that says BAD_KEY or BAD_SESSION, on its way to a guest of
- *     this host, counts against that guest's domain (once per connect: retries of one connect
- *     share its id) — only if it answers the CONNECT that guest sent last (same id, from the
- *     endpoint it asked), so no third guest can lock a guest out, or forgive one, with forged
- *     answers; after CONNECT_FREE_FAILS of them its CONNECTs are refused for a lockout
- *     that doubles with each further one (nic/connect-throttle.ts, the NIC's own rule), and a
- *     SUCCESS forgives. Keyed by domain, so opening more endpoints buys no more guesses.
+ *     this host, counts against that guest's domain — only if it answers a CONNECT that guest
+ *     sent (same id, from the endpoint it asked) and not yet answered, so no third guest can
+ *     lock a guest out with forged answers; after CONNECT_FREE_FAILS of them its CONNECTs are
+ *     refused for a lockout that doubles with each further one (nic/connect-throttle.ts, the
+ *     NIC's numbers). Keyed by domain, so opening more endpoints buys no more guesses.
+ *     Every CONNECT a guest sends is remembered until answered (a retry — the same frame
+ *     again — is the same CONNECT): when only the last one was, a guest that sent each guess
+ *     under one connect id with another key (only the first answer counted), or followed each
+ *     guess with a decoy CONNECT (its answer no longer matched), guessed at full speed. A
+ *     domain has at most MAX_ASKS_PER_DOMAIN unanswered CONNECTs younger than ASK_TTL_MS;
+ *     beyond them its new ones are refused (throttled) until one is answered or ages out.
+ *     A SUCCESS forgives nothing: it proved only that the guest knew *that* endpoint's key,
+ *     and a guest that answered its own other domain's CONNECTs with SUCCESS between guesses
+ *     was forgiven its wrong keys as fast as it made them (a record with no wrong key for
+ *     CONNECT_FORGET_MS still starts over).
  *     A CONNECT refused in a lockout is answered by the bridge itself: its frame turned into
  *     a CONNECT_REPLY with status REJECTED and the time left (rejectInPlace), so the asker
  *     hears why (MX_BUSY, as from the NIC on the bypass path) instead of timing out.
@@ -79,18 +88,30 @@ export interface MxSteerHost {
 /** The source MAC of what the bridge answers itself (locally administered, never a vif's). */
 const BRIDGE_MAC = new Uint8Array([0x02, 0x00, 0x5e, 0x4d, 0x58, 0x00]);
 
-/** Domains whose last CONNECT is remembered, at most (then the record starts over). */
+/** Domains whose CONNECTs are remembered, at most (then the record starts over). */
 const MAX_ASKED = 4096;
+/** CONNECTs of one domain remembered at once (answered ones make room for new ones). */
+export const MAX_ASKS_PER_DOMAIN = 16;
+/** An unanswered CONNECT is forgotten after this long (ms): its endpoint never answered. */
+export const ASK_TTL_MS = 10_000;
+
+/** A CONNECT a domain sent: what it asked (a retry repeats every word), when, and whether answered. */
+interface Ask {
+  id: number;
+  nic: number;
+  ep: number;
+  session: number;
+  key: number;
+  at: number;
+  answered: boolean;
+}
 
 export class MxSteering {
   readonly counters: MxSteerCounters = { steered: 0, refused: 0, spoofed: 0, throttled: 0 };
   /** Wrong keys per domain (as requester (0, domid)). */
   private readonly throttle = new ConnectThrottle();
-  /**
-   * Per domain, the CONNECT it sent last: its id, the (nic, endpoint) it asked, and whether
-   * its wrong key was counted yet (a connect's retries share its id: counted once).
-   */
-  private readonly asked = new Map<DomId, { id: number; nic: number; ep: number; counted: boolean }>();
+  /** Per domain, the CONNECTs it sent that were steered somewhere (oldest first). */
+  private readonly asked = new Map<DomId, Ask[]>();
   /** The lockout left (ms) when route last answered STEER_REJECT. */
   private lockLeft = 0;
 
@@ -115,8 +136,8 @@ export class MxSteering {
     if (len < ETH_HEADER_BYTES + MXOE_HEADER_BYTES) return this.refuse();
     const type = frameWord(f, MxoeWord.magic) & 0xff;
     const fromUplink = ingress === h.uplinkPort;
+    const from = fromUplink ? undefined : h.domainOfPort(ingress);
     if (!fromUplink) {
-      const from = h.domainOfPort(ingress);
       const srcOwner = this.ownerOf(frameWord(f, MxoeWord.srcEp));
       const ownSource =
         from !== undefined &&
@@ -133,49 +154,81 @@ export class MxSteering {
           this.lockLeft = left;
           return STEER_REJECT;
         }
-        // The answer that may count against (or for) this guest is the one to this CONNECT.
-        const id = frameWord(f, MxoeWord.id);
-        if (this.asked.get(from)?.id !== id) {
-          if (this.asked.size >= MAX_ASKED) this.asked.clear();
-          this.asked.set(from, {
-            id,
-            nic: frameWord(f, MxoeWord.dstNic),
-            ep: frameWord(f, MxoeWord.dstEp),
-            counted: false,
-          });
-        }
       }
     }
     const dstNic = frameWord(f, MxoeWord.dstNic);
+    let port: number;
+    let owner: DomId | undefined;
     if (dstNic !== h.nicId) {
       if (fromUplink || h.uplinkPort < 0) return this.refuse();
-      c.steered++;
-      return h.uplinkPort;
+      port = h.uplinkPort;
+    } else {
+      owner = this.ownerOf(frameWord(f, MxoeWord.dstEp));
+      port = owner === undefined ? -1 : h.portOfDomain(owner);
+      if (port < 0) return this.refuse();
     }
-    const owner = this.ownerOf(frameWord(f, MxoeWord.dstEp));
-    const port = owner === undefined ? -1 : h.portOfDomain(owner);
-    if (port < 0) return this.refuse();
-    if (type === MxoeType.ConnectReply) this.answered(owner!, f);
+    // The answers that may count against this guest are those to the CONNECTs it sent.
+    if (from !== undefined && type === MxoeType.Connect && !this.remember(from, f)) {
+      c.throttled++;
+      return STEER_REFUSE;
+    }
+    if (owner !== undefined && type === MxoeType.ConnectReply) this.answered(owner, f);
     c.steered++;
     return port;
   }
 
-  /** An owner's answer to a CONNECT from `asker`, on its way to it: wrong keys count. */
-  private answered(asker: DomId, f: Uint8Array): void {
-    const q = this.asked.get(asker);
-    if (
-      q === undefined ||
-      q.id !== frameWord(f, MxoeWord.id) ||
-      q.nic !== frameWord(f, MxoeWord.srcNic) ||
-      q.ep !== frameWord(f, MxoeWord.srcEp)
-    )
-      return;
-    const status = frameWord(f, MxoeWord.msgSeq);
-    if (status === MxStatus.SUCCESS) this.throttle.forgive(0, asker);
-    else if ((status === MxStatus.BAD_KEY || status === MxStatus.BAD_SESSION) && !q.counted) {
-      q.counted = true;
-      this.throttle.failed(0, asker, this.now());
+  /**
+   * Remembers `from`'s CONNECT `f` (a retry is the CONNECT it repeats). false: `from` has
+   * MAX_ASKS_PER_DOMAIN unanswered CONNECTs younger than ASK_TTL_MS already.
+   */
+  private remember(from: DomId, f: Uint8Array): boolean {
+    const now = this.now();
+    const id = frameWord(f, MxoeWord.id);
+    const nic = frameWord(f, MxoeWord.dstNic);
+    const ep = frameWord(f, MxoeWord.dstEp);
+    const session = frameWord(f, MxoeWord.dstSession);
+    const key = frameWord(f, MxoeWord.offset);
+    let list = this.asked.get(from);
+    if (list === undefined) {
+      if (this.asked.size >= MAX_ASKED) this.asked.clear();
+      list = [];
+      this.asked.set(from, list);
     }
+    let oldestAnswered = -1;
+    for (let i = 0; i < list.length; i++) {
+      const a = list[i];
+      if (now - a.at >= ASK_TTL_MS) {
+        list.splice(i--, 1);
+        continue;
+      }
+      if (a.id === id && a.nic === nic && a.ep === ep && a.session === session && a.key === key) return true;
+      if (a.answered && oldestAnswered < 0) oldestAnswered = i;
+    }
+    if (list.length >= MAX_ASKS_PER_DOMAIN) {
+      if (oldestAnswered < 0) return false;
+      list.splice(oldestAnswered, 1);
+    }
+    list.push({ id, nic, ep, session, key, at: now, answered: false });
+    return true;
+  }
+
+  /**
+   * An owner's answer to a CONNECT from `asker`, on its way to it: it answers the oldest
+   * unanswered CONNECT of `asker` with its id to that endpoint (none: forged, or an answer to
+   * a retry already answered — counted once), and a wrong key or session counts.
+   */
+  private answered(asker: DomId, f: Uint8Array): void {
+    const list = this.asked.get(asker);
+    if (list === undefined) return;
+    const id = frameWord(f, MxoeWord.id);
+    const nic = frameWord(f, MxoeWord.srcNic);
+    const ep = frameWord(f, MxoeWord.srcEp);
+    const q = list.find((a) => !a.answered && a.id === id && a.nic === nic && a.ep === ep);
+    if (q === undefined) return;
+    q.answered = true;
+    const status = frameWord(f, MxoeWord.msgSeq);
+    if (status === MxStatus.BAD_KEY || status === MxStatus.BAD_SESSION)
+      this.throttle.failed(0, asker, this.now());
   }
 
   /**
