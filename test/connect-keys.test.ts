@@ -22,7 +22,11 @@ before(async () => {
 after(() => host.stop());
 
 /** A victim guest opened with `key`, and a guesser guest connecting to it as `args` say: what the guesser got. */
-async function guess(on: Host, key: number, args: { guesses: number; endpointIds?: number[] }) {
+async function guess(
+  on: Host,
+  key: number,
+  args: { guesses: number; endpointIds?: number[]; alibiEvery?: number },
+) {
   const victim = await on.startGuest({ module: GUESSER, args: { role: "victim", key } });
   const [addr] = await nextMessage(victim);
   const guesser = await on.startGuest({ module: GUESSER, args: { role: "guesser", key, ...args } });
@@ -46,6 +50,17 @@ test("a guest guessing a co-resident endpoint's key is locked out after a few", 
   assert.equal(bad + busy, 40, codes.join(","));
   assert.equal(right, "MX_BUSY", "the right key, guessed in the cool-down, does not connect either");
   assert.ok(host.backendStats().badKeys >= bad);
+});
+
+test("a right key to an endpoint of its own between guesses forgives a guesser nothing", async () => {
+  // The right key used to clear the requester's record: three wrong keys, then a connect to
+  // its own second endpoint, and again — guessing at three keys in four, never locked out.
+  const { codes, bad, busy } = await guess(host, 0x5ec2e8, {
+    guesses: 12,
+    alibiEvery: CONNECT_FREE_FAILS - 1,
+  });
+  assert.equal(bad, CONNECT_FREE_FAILS, codes.join(","));
+  assert.equal(busy, 12 - CONNECT_FREE_FAILS, codes.join(","));
 });
 
 test("a guest guessing from five endpoints in turn is locked out on each: none loses its record to another", async () => {

@@ -6,8 +6,9 @@
  * once (an honest mistake, or two, is told so plainly); the last of them starts a lockout of
  * CONNECT_LOCKOUT_MS, doubling with every wrong key after it up to CONNECT_LOCKOUT_MAX_MS.
  * During a lockout the NIC answers REJECTED with the time left and does not look at the key —
- * the right one included, or the answer would still be an oracle. The right key clears the
- * requester's record; a record with no failure for CONNECT_FORGET_MS starts over.
+ * the right one included, or the answer would still be an oracle. A right key forgives
+ * nothing (a requester that knew another endpoint's key, its own, proves nothing about this
+ * one's); a record with no failure for CONNECT_FORGET_MS starts over.
  *
  * So a requester tries at most a key a minute in the long run: 2^32 keys take one requester
  * about 8,000 years, and all 256 endpoints of a NIC together about 32. A requester is an

@@ -119,10 +119,9 @@ export class Connector {
       out.retryAfterMs = wait;
       return MxStatus.REJECTED;
     }
-    if (ctxs[target].key === key) {
-      this.throttle.forgive(nic, ep);
-      return MxStatus.SUCCESS;
-    }
+    // The right key forgives nothing (connect-throttle.ts): a guesser connecting to its own
+    // endpoint between guesses had its record cleared, and was never locked out.
+    if (ctxs[target].key === key) return MxStatus.SUCCESS;
     this.c[NicCounter.connect_bad_keys]++;
     this.throttle.failed(nic, ep, now);
     return MxStatus.BAD_KEY;

@@ -8,7 +8,7 @@
  * every refusal after it up to PULL_LOCKOUT_MAX_MS (the rule of connect-throttle.ts). During a
  * lockout the NIC refuses the requester's pulls REJECTED without looking at the right — the
  * right key included, or the answer would still be an oracle. A record with no refusal for
- * PULL_FORGET_MS starts over. Unlike a CONNECT's right key, a pull taken forgives nothing: a
+ * PULL_FORGET_MS starts over. As with a CONNECT's right key, a pull taken forgives nothing: a
  * requester can always arm a right of its own (or a colluding guest's) and take it.
  *
  * A requester is an endpoint id on its NIC: one of this NIC's, or one a peer NIC names in its

@@ -6,7 +6,9 @@
  * the last of them starts a lockout of `lockoutMs`, doubling with every refusal after it up
  * to `lockoutMaxMs`. During a lockout the owner answers without looking at what was presented
  * — the right key included, or the answer would still be an oracle. A record with no refusal
- * for `forgetMs` starts over; `forgive` clears one (a right key, where that proves anything).
+ * for `forgetMs` starts over. Nothing else clears one: a right key proves only that the
+ * requester knew that endpoint's key (its own endpoint's, say), and a guesser that cleared its
+ * record so between guesses was never locked out.
  *
  * Every requester has a record of its own, never given up for another's: the records come in
  * blocks of 256 requesters (one per NIC and high bits of the endpoint id), made on a first
@@ -90,16 +92,6 @@ export class RefusalThrottle {
     const ms = Math.min(r.lockoutMs * 2 ** Math.min(n - r.freeFails, 16), r.lockoutMaxMs);
     b.until[i] = now + ms;
     return ms;
-  }
-
-  /** Requester (nic, ep)'s refusals are forgiven. */
-  forgive(nic: number, ep: number): void {
-    const b = this.blocks.get(RefusalThrottle.blockKey(nic, ep));
-    if (b === undefined) return;
-    const i = ep & (BLOCK - 1);
-    b.last[i] = 0;
-    b.fails[i] = 0;
-    b.until[i] = 0;
   }
 
   /** Drops the blocks none of whose requesters was refused for forgetMs (their lockouts are over). */
