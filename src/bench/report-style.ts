@@ -7,9 +7,13 @@
 
 // ---- escaping and numbers -------------------------------------------------------------------
 
-/** Escape text for HTML content and double- or single-quoted attribute values. */
-export function escapeHtml(s: string): string {
-  return s.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+/**
+ * Escape text for HTML content and double- or single-quoted attribute values. Takes any value:
+ * a rows file is written by a guest (rank 0 of `run --out`), and a field the row check does
+ * not look at (a breakdown's stage) may be a number or an object; it shows as its text.
+ */
+export function escapeHtml(s: unknown): string {
+  return String(s).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 }
 
 /** JSON safe inside a `<script>` element: no `<`, `>` or `&` survive literally. */

@@ -358,9 +358,12 @@ export function barPlot(rows: readonly BenchRow[], id: string, aside = ""): stri
 /** The latency breakdown: one stacked bar per (transport, size), one segment per stage. */
 export function breakdownPlot(rows: readonly BreakdownRow[], id: string): string {
   const { scope, metric } = rows[0];
+  // The rows may come from a file a guest wrote (`run --out`): stage, handoffs and wakeups are
+  // not checked there, so they are taken as text here and escaped like every other string.
+  const stageOf = (r: BreakdownRow) => (r.stage === undefined ? "(total)" : String(r.stage));
   const stages: string[] = [];
   for (const r of rows) {
-    const s = r.stage ?? "(total)";
+    const s = stageOf(r);
     if (!stages.includes(s)) stages.push(s);
   }
   const stageColor = (s: string) => STAGE_COLORS[stages.indexOf(s) % STAGE_COLORS.length];
@@ -370,7 +373,7 @@ export function breakdownPlot(rows: readonly BreakdownRow[], id: string): string
   for (const bytes of sizes) {
     for (const t of transports) {
       const segs = rows.filter((r) => r.transport === t && r.bytes === bytes);
-      segs.sort((a, b) => stages.indexOf(a.stage ?? "(total)") - stages.indexOf(b.stage ?? "(total)"));
+      segs.sort((a, b) => stages.indexOf(stageOf(a)) - stages.indexOf(stageOf(b)));
       if (segs.length > 0) bars.push({ transport: t, bytes, segs });
     }
   }
@@ -404,7 +407,7 @@ export function breakdownPlot(rows: readonly BreakdownRow[], id: string): string
     );
     for (const r of b.segs) {
       const v = Math.max(0, r.median);
-      const stage = r.stage ?? "(total)";
+      const stage = stageOf(r);
       const tip = `${b.transport} ${formatBytes(b.bytes)}, ${stage}: ${formatValue(metric, r.median)}`;
       svg.push(
         `<rect class="segment" data-stage="${esc(stage)}" data-value="${r.median}" x="${x}" ` +
@@ -419,7 +422,7 @@ export function breakdownPlot(rows: readonly BreakdownRow[], id: string): string
       `<text class="bar-label" x="${n2(cx)}" y="${f.top + f.ph + 30}" text-anchor="middle">${esc(formatBytes(b.bytes))}</text>`,
       // Thread hand-offs and wake-ups per message (breakdown.ts), when the rows carry them.
       b.segs[0].handoffs !== undefined
-        ? `<text class="bar-counts" x="${n2(cx)}" y="${n2(y(acc) - 18)}" text-anchor="middle"><title>thread hand-offs / wake-ups per message</title>${b.segs[0].handoffs}h ${b.segs[0].wakeups ?? "?"}w</text>`
+        ? `<text class="bar-counts" x="${n2(cx)}" y="${n2(y(acc) - 18)}" text-anchor="middle"><title>thread hand-offs / wake-ups per message</title>${esc(b.segs[0].handoffs)}h ${esc(b.segs[0].wakeups ?? "?")}w</text>`
         : "",
       "</g>",
     );
