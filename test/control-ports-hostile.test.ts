@@ -21,6 +21,7 @@ import { RemoteHost } from "../src/cluster/remote.js";
 import { MAX_LINE_BYTES } from "../src/cluster/wire.js";
 import { Dashboard, MAX_HTTP_CONNECTIONS } from "../src/dashboard/server.js";
 import { Host } from "../src/host/host.js";
+import { DEVICE_TEXT_MAX, MAX_DEVICES } from "../src/host/snapshot.js";
 import { startAgent } from "./helpers/agent.js";
 import { until } from "./helpers/until.js";
 
@@ -65,6 +66,52 @@ test("a guest's multi-byte XenStore values: xenstore-ls gets a tree cut to one l
       // The connection still serves.
       const again = await rh.xenstore(path, 3);
       assert.equal(again.nodes, 3);
+      assert.equal(lost, undefined);
+    } finally {
+      rh.close();
+    }
+  } finally {
+    await g.dom.destroy();
+    await daemon.stop();
+  }
+});
+
+test("a guest's own device directory cannot make remote observers refuse its host's snapshot", async () => {
+  // What a guest writes under /local/domain/<it>/device went into the snapshot as written: a
+  // MAC or device type longer than the wire check allows, or more devices, and every remote
+  // observer (list, top, the dashboard) refused the whole snapshot and dropped the host.
+  const daemon = await HostDaemon.serve(host, {
+    listen: { host: "127.0.0.1", port: 0 },
+    key,
+    log: silentLogger,
+    observeOnly: "audit",
+  });
+  const g = await startAgent(host.hypervisor);
+  try {
+    assert.equal(await g.rpc({ op: "xsWrite", path: "device/vif/0/mac", value: "m".repeat(57) }), true);
+    for (let i = 0; i < MAX_DEVICES + 6; i++)
+      assert.equal(
+        await g.rpc({ op: "xsWrite", path: `device/${"t".repeat(40)}${i}/0/state`, value: "1" }),
+        true,
+      );
+    const rh = await RemoteHost.connect(
+      { host: "127.0.0.1", port: daemon.control.port },
+      { key, role: "observer", name: "audit snapshot" },
+    );
+    let lost: string | undefined;
+    rh.onLost((why) => {
+      lost = why;
+    });
+    try {
+      const snap = await rh.snapshot();
+      const mine = snap.domains.find((d) => d.domid === g.dom.domid);
+      assert.ok(mine, "the guest's domain is in the snapshot");
+      assert.equal(mine.devices.length, MAX_DEVICES);
+      for (const d of mine.devices) {
+        assert.ok(d.type.length <= DEVICE_TEXT_MAX, d.type);
+        assert.ok((d.mac ?? "").length <= DEVICE_TEXT_MAX, d.mac);
+      }
+      await rh.snapshot();
       assert.equal(lost, undefined);
     } finally {
       rh.close();

@@ -22,10 +22,12 @@ import { parseXenbusState } from "../xen/xenbus.js";
 import type { XenStoreTreeNode } from "../xen/xenstore.js";
 import type { Host } from "./host.js";
 import {
+  DEVICE_TEXT_MAX,
   type DeviceSnapshot,
   type DomainSnapshot,
   type EndpointSnapshot,
   type HostSnapshot,
+  MAX_DEVICES,
   MYRIXEN_VERSION,
   SNAPSHOT_VERSION,
 } from "./snapshot.js";
@@ -218,7 +220,12 @@ export class Inspector {
     };
   }
 
-  /** A domain's devices: type, devid, backend, and the xenbus state of both ends as XenStore says now. */
+  /**
+   * A domain's devices: type, devid, backend, and the xenbus state of both ends as XenStore
+   * says now. The guest writes its own device directory: what it wrote is cut to what a
+   * snapshot may hold (MAX_DEVICES, DEVICE_TEXT_MAX), or every remote observer of this host
+   * (list, top, the dashboard) refused the whole snapshot and lost the host.
+   */
   private devices(domid: number): DeviceSnapshot[] {
     const xs = this.host.hypervisor.xenstore;
     let dir: XenStoreTreeNode;
@@ -230,6 +237,7 @@ export class Inspector {
     const out: DeviceSnapshot[] = [];
     for (const type of dir.children)
       for (const dev of type.children) {
+        if (out.length >= MAX_DEVICES) return out;
         const devid = Number(dev.name);
         const backendId = Number(child(dev, "backend-id")?.value ?? 0);
         let backState: string | undefined;
@@ -244,14 +252,19 @@ export class Inspector {
         }
         const mac = child(dev, "mac")?.value;
         out.push({
-          type: type.name,
+          type: cut(type.name),
           devid: Number.isInteger(devid) ? devid : -1,
           backend: Number.isInteger(backendId) ? backendId : -1,
           frontState: xenbusStateName(parseXenbusState(child(dev, "state")?.value)),
           backState: xenbusStateName(parseXenbusState(backState)),
-          ...(mac ? { mac } : {}),
+          ...(mac ? { mac: cut(mac) } : {}),
         });
       }
     return out;
   }
+}
+
+/** Guest-written text cut to DEVICE_TEXT_MAX characters (the last one an ellipsis when cut). */
+function cut(s: string): string {
+  return s.length <= DEVICE_TEXT_MAX ? s : `${s.slice(0, DEVICE_TEXT_MAX - 1)}…`;
 }

@@ -157,6 +157,10 @@ const num = z.number();
 const str = (n = 256) => z.string().max(n);
 const counters = z.record(str(64), num);
 const MAX = 4096;
+/** A domain's devices in a snapshot, at most: what a guest writes in its own device directory is cut to these. */
+export const MAX_DEVICES = 64;
+/** Characters of a device's type or MAC in a snapshot, at most. */
+export const DEVICE_TEXT_MAX = 32;
 
 export const HostSnapshotSchema = z.object({
   version: int,
@@ -203,15 +207,15 @@ export const HostSnapshotSchema = z.object({
         devices: z
           .array(
             z.object({
-              type: str(32),
+              type: str(DEVICE_TEXT_MAX),
               devid: int,
               backend: int,
               frontState: str(32),
               backState: str(32),
-              mac: str(32).optional(),
+              mac: str(DEVICE_TEXT_MAX).optional(),
             }),
           )
-          .max(64),
+          .max(MAX_DEVICES),
         counters,
         vif: z
           .object({
