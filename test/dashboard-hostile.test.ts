@@ -21,6 +21,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
 import { pathToFileURL } from "node:url";
+import { DEVICE_TEXT_MAX } from "../src/host/snapshot.js";
 import { chromiumOrSkip, LAUNCH } from "./helpers/browser.js";
 import { runCli } from "./helpers/cli.js";
 import { killChildren, myrixen, until } from "./helpers/hosts.js";
@@ -40,7 +41,9 @@ after(() => {
 
 const HANDOFFS = `</text></svg><img src=x onerror="window.__pwned='handoffs';document.title='PWNED'">`;
 const WAKEUPS = `<img src=x onerror="window.__pwned='wakeups';document.title='PWNED'">`;
-const MAC = `<img src=x onerror="window.__pwned='mac'">`;
+// Within the 32 characters a snapshot keeps of a MAC (DEVICE_TEXT_MAX), so it shows whole.
+const MAC = `<img src=x onerror=__pwned=1>`;
+assert.ok(MAC.length <= DEVICE_TEXT_MAX);
 
 /** rank 0 of `osu-hostile.mjs`: the rows file it was asked for (--json FILE) carries the payloads. */
 const REPORT_GUEST = `export default async function main(guest) {
