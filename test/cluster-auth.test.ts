@@ -10,7 +10,16 @@
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -18,6 +27,7 @@ import { after, before, test } from "node:test";
 import { controlProof, readKeyFile } from "../src/cluster/auth.js";
 import { Job, LocalTarget } from "../src/cluster/job.js";
 import { RemoteHost } from "../src/cluster/remote.js";
+import { WIRE_VERSION } from "../src/cluster/wire.js";
 import { Host } from "../src/host/host.js";
 import { FRAME_MAX } from "../src/nic/frame.js";
 import { TCP_LINK_MAGIC, TCP_LINK_VERSION } from "../src/nic/tcp-handshake.js";
@@ -126,7 +136,7 @@ function helloV2(nicId: number): Buffer {
 const jsonLine = (o: unknown) => `${JSON.stringify(o)}\n`;
 const clientHello = () => ({
   type: "hello",
-  version: 2,
+  version: WIRE_VERSION,
   role: "launcher",
   name: "raw",
   nonce: randomBytes(32).toString("hex"),
@@ -432,7 +442,7 @@ test("each job gets its own endpoint key: another job's rank cannot connect with
       ranks: [0],
       key: victimKey as number,
     };
-    const events = { output() {}, addr() {}, exit() {} };
+    const events = { output() {}, addr() {}, file() {}, exit() {} };
     await assert.rejects(
       new LocalTarget(host).start(spec, events).started,
       /endpoint key is the key of another job running on this host/,
@@ -462,7 +472,8 @@ test("each job gets its own endpoint key: another job's rank cannot connect with
     const end = Date.now() + 10_000;
     for (;;) {
       try {
-        await new LocalTarget(host).start(spec, { output() {}, addr() {}, exit: () => exited() }).started;
+        await new LocalTarget(host).start(spec, { output() {}, addr() {}, file() {}, exit: () => exited() })
+          .started;
         break;
       } catch (e) {
         if (!/key of another job/.test((e as Error).message) || Date.now() > end) throw e;
@@ -478,6 +489,27 @@ test("each job gets its own endpoint key: another job's rank cannot connect with
 });
 
 // ---- 5. CLI input and the host's logs ------------------------------------------------------------
+
+test("a rank's result file is written by its launcher, where the job was launched: the host writes no file a job names", async () => {
+  // A job's argv comes from its launcher, and a rank may ask for any file named there: when
+  // the host that ran the rank wrote it, any key holder's job could write any file the host's
+  // user may (its home, its configuration), resolved against the host's directory.
+  const hostDir = mkdtempSync(join(TMP, "host-cwd-"));
+  const launchDir = mkdtempSync(join(TMP, "launch-cwd-"));
+  const H = await startHost(["--slots", "1", ...WITH_KEY], {}, { cwd: hostDir });
+  try {
+    const r = await myrixen(
+      ["run", "-n", "1", ...WITH_KEY, "--hosts", H.label, "nas-ep", "--class", "S", "--json", "result.json"],
+      { cwd: launchDir },
+    );
+    assert.equal(r.code, 0, r.stderr);
+    const result = JSON.parse(readFileSync(join(launchDir, "result.json"), "utf8")) as { kernel?: string };
+    assert.equal(result.kernel, "ep", "the launcher has the result file");
+    assert.equal(existsSync(join(hostDir, "result.json")), false, "the host wrote nothing");
+  } finally {
+    H.proc.kill("SIGTERM");
+  }
+});
 
 test("host --peers with a bad entry exits 2 naming it", async () => {
   const bad = await myrixen(["host", "--listen", "127.0.0.1:0", ...WITH_KEY, "--peers", "a,::::"], {

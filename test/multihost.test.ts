@@ -22,7 +22,7 @@ import { fileURLToPath } from "node:url";
 import { controlProof, loadClusterKey } from "../src/cluster/auth.js";
 import { Job } from "../src/cluster/job.js";
 import { RemoteHost } from "../src/cluster/remote.js";
-import { MAX_LINE_BYTES } from "../src/cluster/wire.js";
+import { MAX_LINE_BYTES, WIRE_VERSION } from "../src/cluster/wire.js";
 
 const BIN = fileURLToPath(new URL("../../bin/myrixen.js", import.meta.url));
 const fixture = (name: string) => fileURLToPath(new URL(`./fixtures/${name}.js`, import.meta.url));
@@ -445,7 +445,7 @@ async function fakeHost(mode: "no-nic" | "garbage"): Promise<{ port: number; clo
       } else if (m.type === "auth")
         reply({
           type: "hello",
-          version: 2,
+          version: WIRE_VERSION,
           proof: controlProof(KEY, "host", clientNonce, hostNonce),
           hostname: "fake",
           // The highest id: the real host must connect to it, and finds nothing there.
@@ -651,7 +651,7 @@ function poke(
 }
 
 test("garbage on the control port is logged and dropped; the host keeps serving", async () => {
-  const hello = `${JSON.stringify({ type: "hello", version: 2, role: "launcher", name: "t", nonce: "cd".repeat(32) })}\n`;
+  const hello = `${JSON.stringify({ type: "hello", version: WIRE_VERSION, role: "launcher", name: "t", nonce: "cd".repeat(32) })}\n`;
   const random = Buffer.alloc(70_000);
   for (let i = 0; i < random.length; i++) random[i] = (i * 7919 + 13) & 0xff;
   const cases: [string, (Buffer | string)[], RegExp][] = [
@@ -663,7 +663,7 @@ test("garbage on the control port is logged and dropped; the host keeps serving"
     [
       "a wrong version",
       [`${JSON.stringify({ type: "hello", version: 99, role: "launcher", name: "t" })}\n`],
-      /protocol version mismatch: the peer speaks version 99, this side speaks 2/,
+      new RegExp(`protocol version mismatch: the peer speaks version 99, this side speaks ${WIRE_VERSION}`),
     ],
     [
       "no hello first",
@@ -691,7 +691,7 @@ test("garbage on the control port is logged and dropped; the host keeps serving"
   await poke(A.port, []);
   // The host told the wrong-version client why before closing.
   const v = await poke(A.port, [
-    `${JSON.stringify({ type: "hello", version: 3, role: "launcher", name: "t" })}\n`,
+    `${JSON.stringify({ type: "hello", version: WIRE_VERSION + 1, role: "launcher", name: "t" })}\n`,
   ]);
   assert.match(v.got, /"type":"error".*version mismatch/);
   const s = await status(A);

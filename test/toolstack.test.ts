@@ -129,7 +129,7 @@ test("myrixen info and endpoints: the NIC, quotas, versions; each endpoint's own
   assert.equal(r.code, 0, r.stderr);
   assert.match(r.stdout, new RegExp(`^nic\\s+: NIC ${host.nicId}: \\d+/32 endpoints open`, "m"));
   assert.match(r.stdout, /^quotas\s+: per domain: 8 endpoints, 1024 regions, 256\.0 MiB registered/m);
-  assert.match(r.stdout, /^versions\s+: myrixen \d+\.\d+\.\d+, control protocol 2, snapshot 1, node /m);
+  assert.match(r.stdout, /^versions\s+: myrixen \d+\.\d+\.\d+, control protocol 3, snapshot 1, node /m);
   assert.match(r.stdout, /^jobs\s+: \S+ \(2 ranks\)/m);
   const j = JSON.parse((await myrixen(["info", "--json", ...at()])).stdout) as {
     nic: { maxEndpoints: number; counters: Record<string, number> };

@@ -9,7 +9,7 @@
 import type { Host } from "../host/host.js";
 import type { Logger } from "./log.js";
 import { RankRefusal, RankSet } from "./ranks.js";
-import { type HostMessage, MAX_OUTPUT_LINE, type StartMessage } from "./wire.js";
+import { type HostMessage, MAX_OUTPUT_FILE_BYTES, MAX_OUTPUT_LINE, type StartMessage } from "./wire.js";
 
 /** What the jobs need of the connection they came on. */
 export interface JobClient {
@@ -100,6 +100,23 @@ export class ClientJobs {
           }
         },
         addr: (rank, nic, endpoint) => this.client.send({ type: "addr", job, rank, nic, endpoint }),
+        // The launcher writes it, where the user launched the job: this host writes no file a
+        // job names (its argv could name any path on this host's disk).
+        file: (rank, file, text) => {
+          const big = Buffer.byteLength(text) > MAX_OUTPUT_FILE_BYTES;
+          this.client.send({
+            type: "output-file",
+            job,
+            rank,
+            file: file.slice(0, 4096),
+            text: big ? "" : text,
+            ...(big
+              ? {
+                  error: `its result file ${file} is over ${MAX_OUTPUT_FILE_BYTES} bytes, more than a host sends`,
+                }
+              : {}),
+          });
+        },
         exit: (e) => {
           this.log.info("rank ended", {
             job,

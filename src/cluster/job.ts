@@ -24,7 +24,14 @@ import type { ClusterKey } from "./auth.js";
 import type { HostAddress } from "./hostfile.js";
 import { type MapBy, PlacementError, placeRanks } from "./placement.js";
 import { isJobKey } from "./protocol.js";
-import { type RankEvents, type RankExit, RankRefusal, RankSet, type RankStartSpec } from "./ranks.js";
+import {
+  type RankEvents,
+  type RankExit,
+  RankRefusal,
+  RankSet,
+  type RankStartSpec,
+  writeOutputFile,
+} from "./ranks.js";
 import { type LinkPeer, MAX_RANKS, RANK_PATHS, type RankPath } from "./wire.js";
 
 /** One host's share of a job, as the launcher drives it. */
@@ -408,6 +415,7 @@ export class Job {
     const addrs: ({ nic: number; endpoint: number } | undefined)[] = new Array(n);
     let announced = 0;
     const out = spec.output ?? defaultOutput;
+    const fileFailed = new Set<number>();
     const starts = used.map((h) => {
       const t = this.targets[h];
       const ranks = this.rankHost.flatMap((x, rank) => (x === h ? [rank] : []));
@@ -424,8 +432,19 @@ export class Job {
             for (const hd of this.handles) hd?.peers(peers);
           }
         },
+        file: (rank, file, text, error) => {
+          if (!mine.has(rank)) return;
+          // Written here, where the user launched the job, whichever host ran the rank.
+          const problem = error ?? writeOutputFile(spec.argv ?? [], file, text);
+          if (problem === undefined) return;
+          fileFailed.add(rank);
+          out(rank, "stderr", problem, t.label);
+        },
         exit: (e: RankExit) => {
-          if (mine.has(e.rank)) this.record({ ...e, host: t.label });
+          if (!mine.has(e.rank)) return;
+          // A result file the rank asked for and did not get fails the rank.
+          const failed = e.exitCode === 0 && fileFailed.has(e.rank);
+          this.record({ ...e, exitCode: failed ? 1 : e.exitCode, host: t.label });
         },
       };
       const handle = t.start(

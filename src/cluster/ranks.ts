@@ -34,6 +34,12 @@ export interface RankEvents {
   output(rank: number, stream: "stdout" | "stderr", line: string): void;
   /** A rank's MX address (its mpi-addr message). */
   addr(rank: number, nic: number, endpoint: number): void;
+  /**
+   * A rank asks for a result file (protocol.ts writeRankFile): the launcher writes it, where
+   * the user launched the job (writeOutputFile), not the host that runs the rank. Before the
+   * rank's exit.
+   */
+  file(rank: number, file: string, text: string, error?: string): void;
   /** A rank ended; sent after its last output line. */
   exit(e: RankExit): void;
 }
@@ -141,6 +147,27 @@ function exists(path: string): boolean {
     return true;
   } catch {
     return false;
+  }
+}
+
+/**
+ * Writes a rank's result file (a guest cannot), for its launcher: only a file the user named
+ * in the program's arguments, resolved against the launcher's working directory. Returns what
+ * went wrong, or undefined.
+ */
+export function writeOutputFile(argv: readonly string[], file: string, text: string): string | undefined {
+  if (file === "" || !argv.includes(file))
+    return `refused to write ${JSON.stringify(file)}: a rank writes only files named in its program's arguments`;
+  const path = resolve(file);
+  try {
+    // One level at a time: Node 20's recursive mkdirSync can spin under /proc.
+    const missing: string[] = [];
+    for (let d = dirname(path); !exists(d); d = dirname(d)) missing.unshift(d);
+    for (const d of missing) mkdirSync(d);
+    writeFileSync(path, text);
+    return undefined;
+  } catch (e) {
+    return `cannot write ${file}: ${e instanceof Error ? e.message : String(e)}`;
   }
 }
 
@@ -318,14 +345,15 @@ export class RankSet {
       lines(dom.worker.stderr, (l) => this.events.output(rank, "stderr", l)),
     ]);
     let announced = false;
-    let outputFailed = false;
     dom.on("message", (m: RankToLauncher) => {
       if (m?.type === "output-file" && m.rank === rank) {
-        const problem = this.writeOutputFile(m.file, m.text);
-        if (problem) {
-          outputFailed = true;
-          this.events.output(rank, "stderr", problem);
-        }
+        // Checked by the launcher that writes it (writeOutputFile): a host never writes a file
+        // a rank names (a remote launcher's job could name any path on this host's disk).
+        this.events.file(
+          rank,
+          typeof m.file === "string" ? m.file : "",
+          typeof m.text === "string" ? m.text : "",
+        );
         return;
       }
       if (m?.type !== "mpi-addr" || m.rank !== rank || announced) return;
@@ -346,8 +374,8 @@ export class RankSet {
         this.events.exit({
           rank,
           state: e.state,
-          // A result file the rank asked for and did not get fails the rank.
-          exitCode: code === 0 && (outputFailed || unfinalized) ? 1 : code,
+          // (A result file the rank asked for and did not get fails it too: the launcher's part.)
+          exitCode: code === 0 && unfinalized ? 1 : code,
           error: unfinalized ? notFinalized() : e.error,
           result: e.result,
         });
@@ -355,27 +383,6 @@ export class RankSet {
         await dom.destroy().catch(() => undefined);
       }),
     );
-  }
-
-  /**
-   * Writes a rank's result file (a guest cannot): only a file the user named in the
-   * program's arguments, resolved against this host's working directory. Returns what went
-   * wrong, or undefined.
-   */
-  private writeOutputFile(file: unknown, text: unknown): string | undefined {
-    if (typeof file !== "string" || typeof text !== "string" || !this.spec.argv.includes(file))
-      return `refused to write ${JSON.stringify(file)}: a rank writes only files named in its program's arguments`;
-    const path = resolve(file);
-    try {
-      // One level at a time: Node 20's recursive mkdirSync can spin under /proc.
-      const missing: string[] = [];
-      for (let d = dirname(path); !exists(d); d = dirname(d)) missing.unshift(d);
-      for (const d of missing) mkdirSync(d);
-      writeFileSync(path, text);
-      return undefined;
-    } catch (e) {
-      return `cannot write ${file}: ${e instanceof Error ? e.message : String(e)}`;
-    }
   }
 
   /** The job's MX addresses, one per rank (the mpi-peers relay). */

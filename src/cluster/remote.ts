@@ -331,6 +331,9 @@ export class RemoteHost implements JobTarget {
       case "output":
         this.jobs.get(m.job)?.output(m.rank, m.stream, m.line);
         return;
+      case "output-file":
+        this.jobs.get(m.job)?.file(m.rank, m.file, m.text, m.error);
+        return;
       case "addr":
         this.jobs.get(m.job)?.addr(m.rank, m.nic, m.endpoint);
         return;

@@ -4,7 +4,7 @@
  * most MAX_LINE_BYTES, every message validated with zod on arrival (both ends treat the other
  * as untrusted).
  *
- * Handshake (version 2), before any request: the client's `hello` carries WIRE_VERSION and its
+ * Handshake (version 3), before any request: the client's `hello` carries WIRE_VERSION and its
  * nonce; the host answers `challenge` with its nonce; the client sends `auth` with its proof
  * of the cluster key (auth.ts controlProof); only if it matches does the host send its `hello`,
  * which says who it is (hostname, NIC id, link address, slots) and carries the host's proof,
@@ -17,8 +17,9 @@
  * status, snapshot (the host as src/host/snapshot.ts describes it), xenstore (a subtree),
  * ping.
  * Host → client: challenge, hello, then reply (to link/start), status, snapshot, xenstore,
- * output (a rank's line), addr (a rank's MX address), exit (a rank ended), log, error (why
- * the host drops the connection), pong.
+ * output (a rank's line), output-file (a result file a rank asks its launcher to write),
+ * addr (a rank's MX address), exit (a rank ended), log, error (why the host drops the
+ * connection), pong.
  *
  * Clients say what they are in their hello: a launcher, a peer host, or an observer (the
  * toolstack commands and the dashboard), which may only ask status, snapshot and xenstore.
@@ -32,8 +33,11 @@ import { QosPolicySchema } from "../myrixen/qos-policy.js";
 import type { XenStoreTreeNode } from "../xen/xenstore.js";
 import { isJobKey } from "./protocol.js";
 
-/** 2: the handshake proves the cluster key; start carries the job's key. */
-export const WIRE_VERSION = 2;
+/**
+ * 2: the handshake proves the cluster key; start carries the job's key. 3: a rank's result
+ * file goes to its launcher (output-file), which writes it; no host writes one.
+ */
+export const WIRE_VERSION = 3;
 /** Longest line either side accepts; a longer one is garbage and drops the connection. */
 export const MAX_LINE_BYTES = 1 << 20;
 /** Longest line a host accepts before the client proved the key (handshake lines are short). */
@@ -223,6 +227,17 @@ const Output = z.strictObject({
   stream: z.enum(["stdout", "stderr"]),
   line: z.string().max(MAX_OUTPUT_LINE + 64),
 });
+/** Longest result file a rank may have its launcher write (it travels in one line). */
+export const MAX_OUTPUT_FILE_BYTES = MAX_LINE_BYTES - 8192;
+const OutputFile = z.strictObject({
+  type: z.literal("output-file"),
+  job: jobId,
+  rank,
+  file: z.string().max(4096),
+  text: z.string().max(MAX_OUTPUT_FILE_BYTES),
+  /** Why the host could not send the file (then text is empty and the rank fails). */
+  error: z.string().max(4096).optional(),
+});
 const StatesReply = z.strictObject({
   type: z.literal("states"),
   id: reqId,
@@ -260,6 +275,7 @@ export const HostMessageSchema = z.discriminatedUnion("type", [
   SnapshotReply,
   XenStoreReply,
   Output,
+  OutputFile,
   StatesReply,
   Addr,
   Exit,
@@ -346,6 +362,7 @@ export const HOST_TYPES = [
   "snapshot",
   "xenstore",
   "output",
+  "output-file",
   "states",
   "addr",
   "exit",

@@ -57,10 +57,15 @@ export function lines(stream: NodeJS.ReadableStream | null, each: (line: string)
 }
 
 /** Starts `myrixen host --listen 127.0.0.1:0 ARGS`; resolves once it serves. */
-export async function startHost(args: string[] = [], env: NodeJS.ProcessEnv = {}): Promise<HostProc> {
+export async function startHost(
+  args: string[] = [],
+  env: NodeJS.ProcessEnv = {},
+  opts: { cwd?: string } = {},
+): Promise<HostProc> {
   const proc = spawn(process.execPath, [BIN, "host", "--listen", "127.0.0.1:0", ...args], {
     stdio: ["ignore", "ignore", "pipe"],
     env: { ...process.env, ...env },
+    cwd: opts.cwd,
   });
   const exited = track(proc);
   const logs: Log[] = [];
@@ -116,11 +121,13 @@ export function myrixen(
     onLine?: (line: string, proc: ChildProcess) => void;
     env?: NodeJS.ProcessEnv;
     killAfterMs?: number;
+    cwd?: string;
   } = {},
 ): Promise<RunResult> {
   const proc = spawn(process.execPath, [BIN, ...args], {
     stdio: ["ignore", "pipe", "pipe"],
     env: { ...process.env, NO_COLOR: "1", ...opts.env },
+    cwd: opts.cwd,
   });
   const exited = track(proc);
   const out: string[] = [];
