@@ -19,10 +19,10 @@ import {
   SPLIT_ENDPOINT_BASE,
   SPLIT_ENDPOINTS_PER_DOMAIN,
 } from "../src/xen/io/mxoe.js";
-import type { FrameSummary, NetCommand, NetReply } from "./fixtures/net-agent.js";
+import type { FrameSummary } from "./fixtures/net-agent.js";
 import { nextMessage } from "./helpers/messages.js";
+import { type NetAgent, startNetAgent } from "./helpers/net-agent.js";
 
-const AGENT = new URL("./fixtures/net-agent.js", import.meta.url);
 const GUESSER = new URL("./fixtures/guests/key-guesser.js", import.meta.url);
 const NIC = 41;
 const KEY = 0x5ec7e7;
@@ -52,30 +52,14 @@ after(async () => {
   await host?.stop();
 });
 
-interface Agent {
-  dom: Domain;
-  mac: string;
+interface Agent extends NetAgent {
   /** The split-path endpoint id that names this domain (the only source netback lets it use). */
   ep: number;
-  call<T = unknown>(cmd: NetCommand): Promise<T>;
 }
 
 async function agent(name: string): Promise<Agent> {
-  const dom = await host.startGuest({ module: AGENT, name, pages: 1024, maxHeapMb: 64 });
-  const call = async <T>(cmd: NetCommand): Promise<T> => {
-    const got = Promise.race([
-      nextMessage(dom),
-      dom.exited.then((e) => {
-        throw new Error(`${name} stopped (${e.state}): ${e.error?.message ?? ""}`);
-      }),
-    ]);
-    dom.send(cmd);
-    const [r] = (await got) as [NetReply];
-    if (!r.ok) throw new Error(`${name} ${cmd.op}: ${r.message}`);
-    return r.value as T;
-  };
-  const { mac } = await call<{ mac: string }>({ op: "init", rxBuffers: 256, txBuffers: 64 });
-  return { dom, mac, call, ep: SPLIT_ENDPOINT_BASE + dom.domid * SPLIT_ENDPOINTS_PER_DOMAIN };
+  const a = await startNetAgent(host, name);
+  return { ...a, ep: SPLIT_ENDPOINT_BASE + a.dom.domid * SPLIT_ENDPOINTS_PER_DOMAIN };
 }
 
 /** An MXoE frame of `type` from `from`'s endpoint to (NIC, dstEp), header words as given. */

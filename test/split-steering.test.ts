@@ -26,11 +26,11 @@ import {
   SPLIT_ENDPOINT_BASE,
   SPLIT_ENDPOINTS_PER_DOMAIN,
 } from "../src/xen/io/mxoe.js";
-import type { FrameSummary, NetCommand, NetReply } from "./fixtures/net-agent.js";
+import type { FrameSummary } from "./fixtures/net-agent.js";
 import { LINK_KEY } from "./helpers/link-key.js";
 import { nextMessage } from "./helpers/messages.js";
+import { type NetAgent, startNetAgent } from "./helpers/net-agent.js";
 
-const AGENT = new URL("./fixtures/net-agent.js", import.meta.url);
 const GUESSER = new URL("./fixtures/guests/key-guesser.js", import.meta.url);
 const PAIR = new URL("./fixtures/guests/hoarder.js", import.meta.url);
 /** The connect key the pair's fixture uses (test/fixtures/guests/hoarder.ts). */
@@ -53,30 +53,10 @@ after(async () => {
   await host?.stop();
 });
 
-interface Agent {
-  dom: Domain;
-  mac: string;
-  call<T = unknown>(cmd: NetCommand): Promise<T>;
-}
+type Agent = NetAgent;
 
 /** A guest that drives its netfront itself and keeps every frame it is given. */
-async function agent(name: string, on: Host = host): Promise<Agent> {
-  const dom = await on.startGuest({ module: AGENT, name, pages: 1024, maxHeapMb: 64 });
-  const call = async <T>(cmd: NetCommand): Promise<T> => {
-    const got = Promise.race([
-      nextMessage(dom),
-      dom.exited.then((e) => {
-        throw new Error(`${name} stopped (${e.state}): ${e.error?.message ?? ""}`);
-      }),
-    ]);
-    dom.send(cmd);
-    const [r] = (await got) as [NetReply];
-    if (!r.ok) throw new Error(`${name} ${cmd.op}: ${r.message}`);
-    return r.value as T;
-  };
-  const { mac } = await call<{ mac: string }>({ op: "init", rxBuffers: 256, txBuffers: 64 });
-  return { dom, mac, call };
-}
+const agent = (name: string, on: Host = host): Promise<Agent> => startNetAgent(on, name);
 
 /** Two split-path guests that connect with PAIR_KEY and exchange 300 messages. */
 async function pair(serverOn: Host): Promise<void> {
