@@ -32,17 +32,45 @@ before(async () => {
 });
 after(() => host.stop());
 
-test("a guest's multi-byte XenStore values: xenstore-ls gets a tree cut to one line's bytes, and the host stays connected", async () => {
-  const IDLE_MS = 30_000;
+/**
+ * A guest (an agent the test drives) on a host served on a control port, and an observer
+ * connected to that port: `body` writes through the guest and asks through the observer; the
+ * observer must still be connected at the end.
+ */
+async function observedGuest(
+  name: string,
+  body: (g: Awaited<ReturnType<typeof startAgent>>, observer: RemoteHost) => Promise<void>,
+): Promise<void> {
   const daemon = await HostDaemon.serve(host, {
     listen: { host: "127.0.0.1", port: 0 },
     key,
     log: silentLogger,
     observeOnly: "audit",
-    idleTimeoutMs: IDLE_MS,
   });
   const g = await startAgent(host.hypervisor);
   try {
+    const rh = await RemoteHost.connect(
+      { host: "127.0.0.1", port: daemon.control.port },
+      { key, role: "observer", name },
+    );
+    let lost: string | undefined;
+    rh.onLost((why) => {
+      lost = why;
+    });
+    try {
+      await body(g, rh);
+      assert.equal(lost, undefined, "the observer kept the host");
+    } finally {
+      rh.close();
+    }
+  } finally {
+    await g.dom.destroy();
+    await daemon.stop();
+  }
+}
+
+test("a guest's multi-byte XenStore values: xenstore-ls gets a tree cut to one line's bytes, and the host stays connected", async () => {
+  await observedGuest("audit xenstore-ls", async (g, rh) => {
     // 400 nodes of 4095 bytes each (1365 "€", 3 bytes apiece), within the guest's quota of
     // nodes and XENSTORE_VALUE_MAX: about 0.55 M characters of JSON, 1.6 MB of UTF-8.
     const value = "€".repeat(1365);
@@ -50,76 +78,37 @@ test("a guest's multi-byte XenStore values: xenstore-ls gets a tree cut to one l
     for (let i = 0; i < 400; i++)
       assert.equal(await g.rpc({ op: "xsWrite", path: `data/n${i}`, value }), true);
     const path = `/local/domain/${g.dom.domid}/data`;
-    const rh = await RemoteHost.connect(
-      { host: "127.0.0.1", port: daemon.control.port },
-      { key, role: "observer", name: "audit xenstore-ls" },
-    );
-    let lost: string | undefined;
-    rh.onLost((why) => {
-      lost = why;
-    });
-    try {
-      const t = await rh.xenstore(path);
-      assert.equal(t.truncated, true, "the tree is cut to fit one line");
-      assert.ok(t.nodes > 0 && t.nodes < 401, `nodes ${t.nodes}`);
-      assert.ok(Buffer.byteLength(JSON.stringify(t.tree)) < MAX_LINE_BYTES);
-      // The connection still serves.
-      const again = await rh.xenstore(path, 3);
-      assert.equal(again.nodes, 3);
-      assert.equal(lost, undefined);
-    } finally {
-      rh.close();
-    }
-  } finally {
-    await g.dom.destroy();
-    await daemon.stop();
-  }
+    const t = await rh.xenstore(path);
+    assert.equal(t.truncated, true, "the tree is cut to fit one line");
+    assert.ok(t.nodes > 0 && t.nodes < 401, `nodes ${t.nodes}`);
+    assert.ok(Buffer.byteLength(JSON.stringify(t.tree)) < MAX_LINE_BYTES);
+    // The connection still serves.
+    const again = await rh.xenstore(path, 3);
+    assert.equal(again.nodes, 3);
+  });
 });
 
 test("a guest's own device directory cannot make remote observers refuse its host's snapshot", async () => {
   // What a guest writes under /local/domain/<it>/device went into the snapshot as written: a
   // MAC or device type longer than the wire check allows, or more devices, and every remote
   // observer (list, top, the dashboard) refused the whole snapshot and dropped the host.
-  const daemon = await HostDaemon.serve(host, {
-    listen: { host: "127.0.0.1", port: 0 },
-    key,
-    log: silentLogger,
-    observeOnly: "audit",
-  });
-  const g = await startAgent(host.hypervisor);
-  try {
+  await observedGuest("audit snapshot", async (g, rh) => {
     assert.equal(await g.rpc({ op: "xsWrite", path: "device/vif/0/mac", value: "m".repeat(57) }), true);
     for (let i = 0; i < MAX_DEVICES + 6; i++)
       assert.equal(
         await g.rpc({ op: "xsWrite", path: `device/${"t".repeat(40)}${i}/0/state`, value: "1" }),
         true,
       );
-    const rh = await RemoteHost.connect(
-      { host: "127.0.0.1", port: daemon.control.port },
-      { key, role: "observer", name: "audit snapshot" },
-    );
-    let lost: string | undefined;
-    rh.onLost((why) => {
-      lost = why;
-    });
-    try {
-      const snap = await rh.snapshot();
-      const mine = snap.domains.find((d) => d.domid === g.dom.domid);
-      assert.ok(mine, "the guest's domain is in the snapshot");
-      assert.equal(mine.devices.length, MAX_DEVICES);
-      for (const d of mine.devices) {
-        assert.ok(d.type.length <= DEVICE_TEXT_MAX, d.type);
-        assert.ok((d.mac ?? "").length <= DEVICE_TEXT_MAX, d.mac);
-      }
-      await rh.snapshot();
-      assert.equal(lost, undefined);
-    } finally {
-      rh.close();
+    const snap = await rh.snapshot();
+    const mine = snap.domains.find((d) => d.domid === g.dom.domid);
+    assert.ok(mine, "the guest's domain is in the snapshot");
+    assert.equal(mine.devices.length, MAX_DEVICES);
+    for (const d of mine.devices) {
+      assert.ok(d.type.length <= DEVICE_TEXT_MAX, d.type);
+      assert.ok((d.mac ?? "").length <= DEVICE_TEXT_MAX, d.mac);
     }
-  } finally {
-    await g.dom.destroy();
-    await daemon.stop();
-  }
+    await rh.snapshot();
+  });
 });
 
 test("a client that proves the key and then stays silent is dropped after idleTimeoutMs", async () => {
