@@ -49,6 +49,15 @@ import { type LinkState, type LinkTable, MacTable } from "./link-state.js";
 
 /** Frames taken from the Ethernet port's TX ring per round. */
 const ETHER_BATCH = 64;
+/**
+ * How long one link may refuse every frame before the port stops waiting for it (ms). A unicast
+ * frame whose link pushes back waits at the head of the TX ring (lossless while a busy peer
+ * catches up, which takes milliseconds); a peer that stopped reading (hung host, dead path)
+ * would hold it there for good, and with it this host's Ethernet to every other host. Past
+ * this, that link's frames are dropped and counted until it takes one again, as a switch's
+ * pause watchdog does; MX over Ethernet resends what it needs.
+ */
+export const ETHER_STALL_MS = 500;
 
 /** The low 32 bits of a MAC address whose bytes 2..5 start at b[o]. */
 function macLo(b: Uint8Array, o: number): number {
@@ -70,6 +79,8 @@ export class EtherService {
   private waiterPending = false;
   private waiterGen = 0;
   private readonly macs = new MacTable();
+  /** Links that refused a unicast frame and have taken none since: since when (clock ms). */
+  private readonly refusingSince = new Map<LinkState, number>();
   /** The ETHERNET frame being built. */
   private readonly txFrame = new Uint8Array(FRAME_MAX);
 
@@ -176,7 +187,8 @@ export class EtherService {
   /**
    * Sends the driver's frame at port byte `off` as an ETHERNET link frame: to the link its
    * destination MAC was learned on, else (broadcast, multicast, unknown) to every link.
-   * false: that one link pushes back (the frame stays in the ring).
+   * false: that one link pushes back (the frame stays in the ring), unless it has refused
+   * everything for ETHER_STALL_MS: then the frame is dropped (true).
    */
   private sendOut(off: number, len: number): boolean {
     const b = this.portBytes;
@@ -203,8 +215,9 @@ export class EtherService {
         setWord(f, F_DEST_NIC, ls.peerNic);
         if (!ls.link.send(out)) {
           this.c[NicCounter.link_backpressure]++;
-          return false;
+          return this.stalledFor(ls);
         }
+        if (this.refusingSince.size !== 0) this.refusingSince.delete(ls);
         this.c[NicCounter.frames_tx]++;
         this.c[NicCounter.ether_tx]++;
         return true;
@@ -216,13 +229,34 @@ export class EtherService {
     for (let k = 0; k < list.length; k++) {
       const ls = list[k];
       setWord(f, F_DEST_NIC, ls.peerNic);
-      if (ls.link.send(out)) this.c[NicCounter.frames_tx]++;
-      else {
+      if (ls.link.send(out)) {
+        this.c[NicCounter.frames_tx]++;
+        if (this.refusingSince.size !== 0) this.refusingSince.delete(ls);
+      } else {
         this.c[NicCounter.link_backpressure]++;
         this.c[NicCounter.ether_dropped]++;
         Atomics.add(this.portW, P_STAT_TX_DROPPED, 1);
       }
     }
+    return true;
+  }
+
+  /**
+   * `ls` refused the head frame: true (the frame is dropped and counted) once it has refused
+   * everything for ETHER_STALL_MS, false (the frame waits) before.
+   */
+  private stalledFor(ls: LinkState): boolean {
+    const now = this.clock.now;
+    const since = this.refusingSince.get(ls);
+    if (since === undefined) {
+      // Entries of links detached meanwhile go here, on this rare path.
+      for (const k of this.refusingSince.keys()) if (!k.attached) this.refusingSince.delete(k);
+      this.refusingSince.set(ls, now);
+      return false;
+    }
+    if (now - since < ETHER_STALL_MS) return false;
+    this.c[NicCounter.ether_dropped]++;
+    Atomics.add(this.portW, P_STAT_TX_DROPPED, 1);
     return true;
   }
 
