@@ -132,6 +132,12 @@ export class Mx {
       ep = new MxEndpoint(this.split, o);
       ep.fallbackReason = `the fast path refused the endpoint: ${(e as Error).message}`;
     }
+    // Endpoints the program closed itself are let go of here: mx_finalize has nothing left
+    // to close in them, and kept until then, a guest that opens and closes endpoints for
+    // weeks held every one (its queues, its requests, on the split path its own window).
+    let n = 0;
+    for (const e of this.endpoints) if (!e.closed) this.endpoints[n++] = e;
+    this.endpoints.length = n;
     this.endpoints.push(ep);
     return ep;
   }
