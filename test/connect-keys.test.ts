@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { Host } from "../src/host/host.js";
-import { CONNECT_FREE_FAILS } from "../src/nic/connect-throttle.js";
+import { CONNECT_FREE_FAILS, CONNECT_LOCKOUT_MS } from "../src/nic/connect-throttle.js";
 import { SESSION_FREE_REFUSALS } from "../src/nic/session-throttle.js";
 import { MxStatus } from "../src/nic/status.js";
 import { nextMessage } from "./helpers/messages.js";
@@ -35,10 +35,11 @@ async function guess(
   victim.send("done");
   await victim.exited;
   assert.equal(e.state, "shutdown", e.error?.stack);
-  const { codes, right } = e.result as { codes: string[]; right: string };
+  const { codes, right, endpointId } = e.result as { codes: string[]; right: string; endpointId: number };
   return {
     codes,
     right,
+    endpointId,
     bad: codes.filter((c) => c === "MX_BAD_CONNECTION_KEY").length,
     busy: codes.filter((c) => c === "MX_BUSY").length,
   };
@@ -61,6 +62,27 @@ test("a right key to an endpoint of its own between guesses forgives a guesser n
   });
   assert.equal(bad, CONNECT_FREE_FAILS, codes.join(","));
   assert.equal(busy, 12 - CONNECT_FREE_FAILS, codes.join(","));
+});
+
+test("a newcomer does not inherit the record of a guesser whose lockout ended: its own wrong keys are answered promptly", async () => {
+  // A record of wrong keys outlives its lockout (CONNECT_FORGET_MS) and belongs to the
+  // requester's endpoint id: a newcomer given a guesser's id started one wrong key away from a
+  // lockout. (A right key used to clear it; it forgives nothing now, as it must.)
+  const own = await Host.start({ nicId: 1204 });
+  try {
+    const first = await guess(own, 0x1e7a, { guesses: CONNECT_FREE_FAILS });
+    assert.equal(first.bad, CONNECT_FREE_FAILS, first.codes.join(","));
+    await new Promise((r) => setTimeout(r, CONNECT_LOCKOUT_MS + 200));
+    const next = await guess(own, 0x1e7b, { guesses: CONNECT_FREE_FAILS });
+    assert.equal(next.bad, CONNECT_FREE_FAILS, next.codes.join(","));
+    assert.notEqual(
+      next.endpointId,
+      first.endpointId,
+      "the newcomer got an endpoint id no NIC holds a record of",
+    );
+  } finally {
+    await own.stop();
+  }
 });
 
 test("a guest guessing from five endpoints in turn is locked out on each: none loses its record to another", async () => {

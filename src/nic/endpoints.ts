@@ -92,6 +92,12 @@ export class EndpointContext {
    */
   lockedUntil = 0;
   lockedOwner = "";
+  /**
+   * Until when a NIC may still keep a record of refusals of this endpoint id (a throttle's
+   * forget time after the last one): a newcomer given the id would inherit it, and its first
+   * wrong key (an honest mistake) would lock it out at once (EndpointTable.pickFree).
+   */
+  refusedUntil = 0;
   intrBuffer: SharedArrayBuffer | null = null;
   w: Int32Array = new Int32Array(0);
   intr: Int32Array = new Int32Array(0);
@@ -143,10 +149,14 @@ export class EndpointContext {
     this.base = endpointCounterBase(id);
   }
 
-  /** An answer said (or may have meant) that some NIC locks this endpoint out for `ms` from now. */
-  noteLockout(ms: number): void {
-    const until = performance.now() + ms;
-    if (until > this.lockedUntil) this.lockedUntil = until;
+  /**
+   * An answer said (or may have meant) that some NIC locks this endpoint out for `ms` from now,
+   * and keeps the refusals behind it for `rememberMs`.
+   */
+  noteLockout(ms: number, rememberMs: number): void {
+    const now = performance.now();
+    if (now + ms > this.lockedUntil) this.lockedUntil = now + ms;
+    if (now + rememberMs > this.refusedUntil) this.refusedUntil = now + rememberMs;
     this.lockedOwner = this.owner;
   }
 }
@@ -273,14 +283,21 @@ export class EndpointTable {
   private pickFree(owner: string): EndpointContext | undefined {
     const now = performance.now();
     let clean: EndpointContext | undefined;
+    let refused: EndpointContext | undefined;
     let locked: EndpointContext | undefined;
     for (const c of this.ctxs) {
       if (c.open) continue;
-      if (c.lockedUntil <= now) clean ??= c;
-      else if (c.lockedOwner === owner) return c;
-      else if (locked === undefined || c.lockedUntil < locked.lockedUntil) locked = c;
+      if (c.lockedUntil > now) {
+        if (c.lockedOwner === owner) return c;
+        if (locked === undefined || c.lockedUntil < locked.lockedUntil) locked = c;
+      } else if (c.refusedUntil > now) {
+        // Refused not long ago: a guesser that reopens gets its own record back; a newcomer
+        // gets such an id only when no clean one is left (the oldest record first).
+        if (c.lockedOwner === owner) return c;
+        if (refused === undefined || c.refusedUntil < refused.refusedUntil) refused = c;
+      } else clean ??= c;
     }
-    return clean ?? locked;
+    return clean ?? refused ?? locked;
   }
 
   /**

@@ -13,7 +13,7 @@
  * event.
  */
 import { traceNow } from "./clock.js";
-import { CONNECT_LOCKOUT_MAX_MS, CONNECT_LOCKOUT_MS } from "./connect-throttle.js";
+import { CONNECT_FORGET_MS, CONNECT_LOCKOUT_MAX_MS, CONNECT_LOCKOUT_MS } from "./connect-throttle.js";
 import { EndpointCounter, ERROR_REASON_SLOT, NicCounter } from "./counters.js";
 import {
   type EndpointContext,
@@ -28,8 +28,8 @@ import {
   M_SRC_SESSION,
   M_TRACE,
 } from "./endpoints.js";
-import { PULL_LOCKOUT_MAX_MS, PULL_LOCKOUT_MS } from "./pull-throttle.js";
-import { SESSION_LOCKOUT_MAX_MS, SESSION_LOCKOUT_MS } from "./session-throttle.js";
+import { PULL_FORGET_MS, PULL_LOCKOUT_MAX_MS, PULL_LOCKOUT_MS } from "./pull-throttle.js";
+import { SESSION_FORGET_MS, SESSION_LOCKOUT_MAX_MS, SESSION_LOCKOUT_MS } from "./session-throttle.js";
 import { MxStatus, REASON_STATUS, reasonOfStatus } from "./status.js";
 import {
   D_COOKIE,
@@ -307,6 +307,8 @@ export class Events {
  */
 const LOCKOUT_UNSAID_MS = Math.max(CONNECT_LOCKOUT_MAX_MS, SESSION_LOCKOUT_MAX_MS, PULL_LOCKOUT_MAX_MS);
 const LOCKOUT_FIRST_MS = Math.min(CONNECT_LOCKOUT_MS, SESSION_LOCKOUT_MS, PULL_LOCKOUT_MS);
+/** How long the refusing NIC may keep a refusal on record (the longest forget time of the throttles). */
+const REFUSALS_KEPT_MS = Math.max(CONNECT_FORGET_MS, SESSION_FORGET_MS, PULL_FORGET_MS);
 
 /**
  * What a refusal says of the lockouts ctx's endpoint id may carry at the NIC that refused
@@ -314,7 +316,8 @@ const LOCKOUT_FIRST_MS = Math.min(CONNECT_LOCKOUT_MS, SESSION_LOCKOUT_MS, PULL_L
  * BAD_KEY, BAD_SESSION or BAD_RDMAWIN may have been the last free refusal, which starts one.
  */
 export function noteRefusal(ctx: EndpointContext, status: number, retryMs = 0): void {
-  if (status === MxStatus.REJECTED) ctx.noteLockout(retryMs > 0 ? retryMs : LOCKOUT_UNSAID_MS);
+  if (status === MxStatus.REJECTED)
+    ctx.noteLockout(retryMs > 0 ? retryMs : LOCKOUT_UNSAID_MS, REFUSALS_KEPT_MS);
   else if (status === MxStatus.BAD_KEY || status === MxStatus.BAD_SESSION || status === MxStatus.BAD_RDMAWIN)
-    ctx.noteLockout(LOCKOUT_FIRST_MS);
+    ctx.noteLockout(LOCKOUT_FIRST_MS, REFUSALS_KEPT_MS);
 }
