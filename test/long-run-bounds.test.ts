@@ -22,7 +22,7 @@ async function waitFor(cond: () => boolean, ms = 15_000): Promise<void> {
 }
 
 test("peers that connect to a long-lived guest and go leave dom0 no grant of theirs (nor their domain ids held back)", async () => {
-  const PEERS = 24;
+  const PEERS = 8;
   const survivor = await host.startGuest({ module: CHURN, args: { survivor: true }, name: "survivor" });
   const [addr] = (await nextMessage(survivor)) as [unknown];
   // The survivor's endpoint is open: its window and interrupt page are granted to it.
