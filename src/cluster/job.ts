@@ -240,6 +240,14 @@ export class Job {
   private rankHost: number[] = [];
   private settle: (() => void) | undefined;
   private readonly lostHosts: JobResult["lostHosts"] = [];
+  /**
+   * stop() was called / its stopTimeoutMs ran out. A host that keeps answering pings but never
+   * answers its link or start request must not keep a stopped job (Ctrl-C, --timeout) from ending.
+   */
+  private markStopped: () => void = () => {};
+  private readonly stopRequested = new Promise<void>((r) => (this.markStopped = r));
+  private markStopExpired: () => void = () => {};
+  private readonly stopExpired = new Promise<void>((r) => (this.markStopExpired = r));
   readonly id: string;
   /** The job's MX endpoint key, handed to its ranks only (not logged, not in any status). */
   private readonly key = newJobKey();
@@ -287,7 +295,12 @@ export class Job {
     const finished = new Promise<void>((r) => (this.settle = r));
     const unsubscribe = used.map((h) => targets[h].onLost((why) => this.hostLost(h, why)));
     try {
-      if (used.length > 1) await this.linkHosts(used);
+      if (used.length > 1) {
+        const linking = this.linkHosts(used);
+        linking.catch(() => undefined);
+        // A stop while linking ends the job now: no rank started (a silent host must not hold it).
+        await Promise.race([linking, this.stopRequested]);
+      }
       if (this.stopping) return this.result(placement);
       await this.startRanks(used);
       await finished;
@@ -304,6 +317,7 @@ export class Job {
   async stop(): Promise<void> {
     if (this.stopping) return;
     this.stopping = true;
+    this.markStopped();
     clearTimeout(this.graceTimer);
     const limit = this.spec.stopTimeoutMs ?? 5000;
     // A host that never reports its ranks' ends must not hold the launcher forever.
@@ -316,6 +330,7 @@ export class Job {
           exitCode: 1,
           error: new Error(`rank ${rank} did not report its end within ${limit} ms of the stop`),
         });
+      this.markStopExpired();
     }, limit);
     this.stopTimer.unref();
     await Promise.all(this.handles.map((h) => h?.stop().catch(() => undefined)));
@@ -469,7 +484,12 @@ export class Job {
     });
     // A stop() that came while the starts were being sent reaches every host.
     if (this.stopping) for (const hd of this.handles) void hd?.stop().catch(() => undefined);
-    const results = await Promise.allSettled(starts.map((s) => s.started));
+    const results = await Promise.race([
+      Promise.allSettled(starts.map((s) => s.started)),
+      // Every rank was recorded lost after a stop: a start never answered no longer matters.
+      this.stopExpired.then(() => undefined),
+    ]);
+    if (!results) return;
     const refusals: string[] = [];
     let usage = true;
     results.forEach((r, i) => {

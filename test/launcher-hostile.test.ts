@@ -1,0 +1,142 @@
+/**
+ * The launcher against a hostile or buggy host: a control port that holds the cluster key (so
+ * it passes the handshake) and answers pings, but not what the launcher asks. The real Job and
+ * RemoteHost drive it; the fake host is the attacker.
+ */
+import assert from "node:assert/strict";
+import net from "node:net";
+import { test } from "node:test";
+import { type ClusterKey, controlProof, randomClusterKey } from "../src/cluster/auth.js";
+import { Job, type JobResult } from "../src/cluster/job.js";
+import { RemoteHost } from "../src/cluster/remote.js";
+import { WIRE_VERSION } from "../src/cluster/wire.js";
+
+type Msg = { type: string; id?: number; nonce?: string; job?: string };
+
+/**
+ * A host that proves the key, pongs, and then answers `link` and `start` only if told to
+ * (`silent` lists the request types it swallows). Every message it got is in `got`.
+ */
+async function silentHost(
+  key: ClusterKey,
+  nicId: number,
+  silent: string[],
+): Promise<{ port: number; got: Msg[]; close: () => void }> {
+  const got: Msg[] = [];
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((s) => {
+    sockets.add(s);
+    s.on("error", () => {});
+    let clientNonce = "";
+    const hostNonce = "cd".repeat(32);
+    let buf = "";
+    s.on("data", (b) => {
+      buf += b.toString("utf8");
+      for (let nl = buf.indexOf("\n"); nl >= 0; nl = buf.indexOf("\n")) {
+        const m = JSON.parse(buf.slice(0, nl)) as Msg;
+        buf = buf.slice(nl + 1);
+        got.push(m);
+        const reply = (o: unknown) => s.write(`${JSON.stringify(o)}\n`);
+        if (m.type === "hello") {
+          clientNonce = m.nonce ?? "";
+          reply({ type: "challenge", nonce: hostNonce });
+        } else if (m.type === "auth")
+          reply({
+            type: "hello",
+            version: WIRE_VERSION,
+            proof: controlProof(key, "host", clientNonce, hostNonce),
+            hostname: "hostile",
+            nicId,
+            link: { host: "127.0.0.1", port: 1 },
+            slots: 4,
+            pid: 1,
+            paths: ["native", "bypass", "split"],
+          });
+        else if (m.type === "ping") reply({ type: "pong" });
+        else if (silent.includes(m.type)) continue;
+        else if (m.type === "link" || m.type === "start") reply({ type: "reply", id: m.id, ok: true });
+      }
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
+  return {
+    port: (server.address() as net.AddressInfo).port,
+    got,
+    close: () => {
+      for (const s of sockets) s.destroy();
+      server.close();
+    },
+  };
+}
+
+/** The job's result, or "hung" if it has not ended long after the stop should have ended it. */
+function endsOrHangs(run: Promise<JobResult>, ms: number): Promise<JobResult | "hung"> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([
+    run,
+    new Promise<"hung">((r) => {
+      timer = setTimeout(() => r("hung"), ms);
+    }),
+  ]).finally(() => clearTimeout(timer));
+}
+
+const until = async (cond: () => boolean) => {
+  while (!cond()) await new Promise((r) => setTimeout(r, 5));
+};
+
+test("a host that never answers `start` cannot keep a stopped job (Ctrl-C, --timeout) from ending", async () => {
+  const key = randomClusterKey();
+  const fake = await silentHost(key, 7, ["start"]);
+  const rh = await RemoteHost.connect({ host: "127.0.0.1", port: fake.port }, { key });
+  try {
+    const job = new Job([rh], { n: 2, path: "native", program: "hello", stopTimeoutMs: 200 });
+    const run = job.run();
+    await until(() => fake.got.some((m) => m.type === "start"));
+    await job.stop();
+    const r = await endsOrHangs(run, 15_000);
+    assert.notEqual(r, "hung", "the launcher waited forever for a start reply after the stop");
+    if (r === "hung") return;
+    assert.equal(r.stopped, true);
+    assert.deepEqual(
+      r.ranks.map((x) => x.state),
+      ["lost", "lost"],
+    );
+    assert.ok(
+      fake.got.some((m) => m.type === "stop"),
+      "the stop reached the host",
+    );
+  } finally {
+    rh.close();
+    fake.close();
+  }
+});
+
+test("a host that never answers `link` cannot keep a stopped job from ending", async () => {
+  const key = randomClusterKey();
+  const a = await silentHost(key, 8, []);
+  const b = await silentHost(key, 9, ["link"]);
+  const ra = await RemoteHost.connect({ host: "127.0.0.1", port: a.port }, { key });
+  const rb = await RemoteHost.connect({ host: "127.0.0.1", port: b.port }, { key });
+  try {
+    const job = new Job([ra, rb], {
+      n: 2,
+      path: "native",
+      program: "hello",
+      stopTimeoutMs: 200,
+      linkTimeoutMs: 600_000,
+    });
+    const run = job.run();
+    await until(() => b.got.some((m) => m.type === "link"));
+    await job.stop();
+    const r = await endsOrHangs(run, 15_000);
+    assert.notEqual(r, "hung", "the launcher waited forever for a link reply after the stop");
+    if (r === "hung") return;
+    assert.equal(r.stopped, true);
+    assert.ok(!b.got.some((m) => m.type === "start") && !a.got.some((m) => m.type === "start"));
+  } finally {
+    ra.close();
+    rb.close();
+    a.close();
+    b.close();
+  }
+});
