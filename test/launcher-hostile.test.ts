@@ -140,3 +140,31 @@ test("a host that never answers `link` cannot keep a stopped job from ending", a
     b.close();
   }
 });
+
+test("a host that never answers snapshots: each request fails after its deadline and leaves nothing pending", async () => {
+  // Observers (list, top, the dashboard's polls) asked without a deadline: `myrixen list` waited
+  // for ever, and a long-running dashboard kept one pending entry per poll.
+  const key = randomClusterKey();
+  const fake = await silentHost(key, 10, ["snapshot", "xenstore"]);
+  const rh = await RemoteHost.connect({ host: "127.0.0.1", port: fake.port }, { key, role: "observer" });
+  try {
+    /** What a request came to: its error, or "hung" long after its deadline. */
+    const outcome = (p: Promise<unknown>) =>
+      endsOrHangs(
+        p.then(
+          () => "answered",
+          (e: Error) => e.message,
+        ) as Promise<never>,
+        5000,
+      );
+    for (let i = 0; i < 20; i++)
+      assert.match(String(await outcome(rh.snapshot(50))), /did not answer its snapshot request in 50 ms/);
+    assert.match(String(await outcome(rh.xenstore("/", 10, 50))), /did not answer its xenstore request/);
+    // No public view of the pending requests: the private map the answers are matched in.
+    assert.equal((rh as unknown as { pending: Map<number, unknown> }).pending.size, 0);
+    assert.equal(rh.isLost, false, "a slow answer is not a lost host");
+  } finally {
+    rh.close();
+    fake.close();
+  }
+});

@@ -51,6 +51,9 @@ export class AuthError extends Error {}
 
 type Pending = { resolve: (m: HostMessage) => void; reject: (e: Error) => void };
 
+/** How long an inspection request (snapshot, xenstore) waits for its answer, ms. */
+export const INSPECT_TIMEOUT_MS = 10_000;
+
 export class RemoteHost implements JobTarget {
   readonly label: string;
   private readonly pending = new Map<number, Pending>();
@@ -199,9 +202,12 @@ export class RemoteHost implements JobTarget {
     return this.hello.observeOnly;
   }
 
-  /** What the host is now (src/host/snapshot.ts). Rejects with the host's reason if it cannot say. */
-  async snapshot(): Promise<HostSnapshot> {
-    const m = (await this.request({ type: "snapshot", id: 0 })) as SnapshotMessage;
+  /**
+   * What the host is now (src/host/snapshot.ts). Rejects with the host's reason if it cannot
+   * say, or if it does not answer within `timeoutMs`.
+   */
+  async snapshot(timeoutMs = INSPECT_TIMEOUT_MS): Promise<HostSnapshot> {
+    const m = (await this.request({ type: "snapshot", id: 0 }, timeoutMs)) as SnapshotMessage;
     if (!m.ok || !m.snapshot) throw new Error(`host ${this.label}: ${m.error ?? "no snapshot"}`);
     return m.snapshot as HostSnapshot;
   }
@@ -210,8 +216,9 @@ export class RemoteHost implements JobTarget {
   async xenstore(
     path: string,
     maxNodes?: number,
+    timeoutMs = INSPECT_TIMEOUT_MS,
   ): Promise<{ tree: XenStoreTreeNode; nodes: number; truncated: boolean }> {
-    const m = (await this.request({ type: "xenstore", id: 0, path, maxNodes })) as XenStoreMessage;
+    const m = (await this.request({ type: "xenstore", id: 0, path, maxNodes }, timeoutMs)) as XenStoreMessage;
     if (!m.ok || !m.tree) throw new Error(m.error ?? `host ${this.label} sent no tree`);
     return { tree: m.tree, nodes: m.nodes ?? 0, truncated: m.truncated ?? false };
   }
@@ -288,12 +295,36 @@ export class RemoteHost implements JobTarget {
     this.channel.end();
   }
 
-  private request(msg: ClientMessage & { id: number }): Promise<HostMessage> {
+  /**
+   * Sends a request; its answer resolves the promise. With `timeoutMs`, a host that does not
+   * answer in time rejects it and its entry goes (a host that answers pings but not requests
+   * left one entry per poll of a long-running dashboard, and `myrixen list` waiting for ever).
+   */
+  private request(msg: ClientMessage & { id: number }, timeoutMs?: number): Promise<HostMessage> {
     if (this.lostReason !== undefined)
       return Promise.reject(new Error(`host ${this.label} is gone: ${this.lostReason}`));
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
+      if (timeoutMs === undefined) {
+        this.pending.set(id, { resolve, reject });
+      } else {
+        const timer = setTimeout(() => {
+          if (!this.pending.delete(id)) return;
+          reject(new Error(`host ${this.label} did not answer its ${msg.type} request in ${timeoutMs} ms`));
+        }, timeoutMs);
+        timer.unref();
+        const done = () => clearTimeout(timer);
+        this.pending.set(id, {
+          resolve: (m) => {
+            done();
+            resolve(m);
+          },
+          reject: (e) => {
+            done();
+            reject(e);
+          },
+        });
+      }
       this.channel.send({ ...msg, id });
     });
   }
