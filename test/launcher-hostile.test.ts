@@ -4,12 +4,17 @@
  * RemoteHost drive it; the fake host is the attacker.
  */
 import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import net from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { test } from "node:test";
-import { type ClusterKey, controlProof, randomClusterKey } from "../src/cluster/auth.js";
+import { type ClusterKey, controlProof, randomClusterKey, readKeyFile } from "../src/cluster/auth.js";
 import { Job, type JobResult } from "../src/cluster/job.js";
 import { RemoteHost } from "../src/cluster/remote.js";
 import { WIRE_VERSION } from "../src/cluster/wire.js";
+import { runCli } from "./helpers/cli.js";
 
 type Msg = { type: string; id?: number; nonce?: string; job?: string };
 
@@ -21,6 +26,8 @@ async function silentHost(
   key: ClusterKey,
   nicId: number,
   silent: string[],
+  /** A log line the host sends right after its hello (what a hostile host says to the launcher). */
+  logOnHello?: { level: string; msg: string },
 ): Promise<{ port: number; got: Msg[]; close: () => void }> {
   const got: Msg[] = [];
   const sockets = new Set<net.Socket>();
@@ -52,6 +59,7 @@ async function silentHost(
             pid: 1,
             paths: ["native", "bypass", "split"],
           });
+        if (m.type === "auth" && logOnHello) reply({ type: "log", ...logOnHello });
         else if (m.type === "ping") reply({ type: "pong" });
         else if (silent.includes(m.type)) continue;
         else if (m.type === "link" || m.type === "start") reply({ type: "reply", id: m.id, ok: true });
@@ -166,5 +174,40 @@ test("a host that never answers snapshots: each request fails after its deadline
   } finally {
     rh.close();
     fake.close();
+  }
+});
+
+test("a host's log text cannot move the launcher's cursor or erase its lines: control characters are shown", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "launcher-hostile-"));
+  try {
+    const keyFile = join(dir, "cluster.key");
+    writeFileSync(keyFile, randomBytes(32).toString("hex"), { mode: 0o600 });
+    const key = readKeyFile(keyFile);
+    // Return to the line's start, erase it, and print a line of the launcher's own voice.
+    const forged = "\r\x1b[2Kmyrixen run: all ranks ended normally";
+    const fake = await silentHost(key, 11, [], { level: "warn", msg: forged });
+    try {
+      const r = await runCli([
+        "run",
+        "-n",
+        "1",
+        "--key-file",
+        keyFile,
+        "--hosts",
+        `127.0.0.1:${fake.port}`,
+        "--timeout",
+        "1",
+        "hello",
+      ]);
+      assert.notEqual(r.code, 0, "the fake host runs nothing: the job times out");
+      const line = r.stderr.split("\n").find((l) => l.includes(`host 127.0.0.1:${fake.port}: `));
+      assert.ok(line, r.stderr);
+      assert.ok(!line.includes("\r") && !line.includes("\x1b"), JSON.stringify(line));
+      assert.match(line, /\\x0d\\x1b\[2Kmyrixen run: all ranks ended normally/);
+    } finally {
+      fake.close();
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
   }
 });

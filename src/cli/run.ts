@@ -253,13 +253,30 @@ function chooseHosts(o: RunOptions): { hosts?: HostEntry[]; ntasks?: number; sou
   }
 }
 
+/**
+ * A host's own text, printed inside the launcher's lines: its control characters shown, not
+ * obeyed (a host could otherwise move the cursor or erase lines and forge what the launcher
+ * says; what ranks print passes through byte for byte, as under mpirun).
+ */
+function visible(text: string): string {
+  let out = "";
+  for (const ch of text) {
+    const c = ch.charCodeAt(0);
+    out +=
+      (c < 0x20 && c !== 0x09 && c !== 0x0a) || (c >= 0x7f && c <= 0x9f)
+        ? `\\x${c.toString(16).padStart(2, "0")}`
+        : ch;
+  }
+  return out;
+}
+
 async function connectAll(hosts: HostEntry[], key: ClusterKey): Promise<RemoteHost[]> {
   const results = await Promise.allSettled(
     hosts.map((h) =>
       RemoteHost.connect(h, {
         key,
         onLog: (level, msg) => {
-          if (level === "error" || level === "warn") err(`host ${h.label}: ${msg}`);
+          if (level === "error" || level === "warn") err(`host ${h.label}: ${visible(msg)}`);
         },
       }),
     ),
