@@ -6,75 +6,34 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
-import { type ClusterKey, controlProof, randomClusterKey, readKeyFile } from "../src/cluster/auth.js";
+import { type ClusterKey, randomClusterKey, readKeyFile } from "../src/cluster/auth.js";
 import { Job, type JobResult } from "../src/cluster/job.js";
 import { RemoteHost } from "../src/cluster/remote.js";
-import { WIRE_VERSION } from "../src/cluster/wire.js";
 import { runCli } from "./helpers/cli.js";
-
-type Msg = { type: string; id?: number; nonce?: string; job?: string };
+import { type FakeHost, fakeControlHost } from "./helpers/fake-host.js";
 
 /**
- * A host that proves the key, pongs, and then answers `link` and `start` only if told to
- * (`silent` lists the request types it swallows). Every message it got is in `got`.
+ * A host that proves the key, pongs, and answers `link` and `start` unless `silent` lists
+ * them (every message it got is in `got`); with `logOnHello`, it sends that log line first.
  */
-async function silentHost(
+function silentHost(
   key: ClusterKey,
   nicId: number,
   silent: string[],
-  /** A log line the host sends right after its hello (what a hostile host says to the launcher). */
   logOnHello?: { level: string; msg: string },
-): Promise<{ port: number; got: Msg[]; close: () => void }> {
-  const got: Msg[] = [];
-  const sockets = new Set<net.Socket>();
-  const server = net.createServer((s) => {
-    sockets.add(s);
-    s.on("error", () => {});
-    let clientNonce = "";
-    const hostNonce = "cd".repeat(32);
-    let buf = "";
-    s.on("data", (b) => {
-      buf += b.toString("utf8");
-      for (let nl = buf.indexOf("\n"); nl >= 0; nl = buf.indexOf("\n")) {
-        const m = JSON.parse(buf.slice(0, nl)) as Msg;
-        buf = buf.slice(nl + 1);
-        got.push(m);
-        const reply = (o: unknown) => s.write(`${JSON.stringify(o)}\n`);
-        if (m.type === "hello") {
-          clientNonce = m.nonce ?? "";
-          reply({ type: "challenge", nonce: hostNonce });
-        } else if (m.type === "auth")
-          reply({
-            type: "hello",
-            version: WIRE_VERSION,
-            proof: controlProof(key, "host", clientNonce, hostNonce),
-            hostname: "hostile",
-            nicId,
-            link: { host: "127.0.0.1", port: 1 },
-            slots: 4,
-            pid: 1,
-            paths: ["native", "bypass", "split"],
-          });
-        if (m.type === "auth" && logOnHello) reply({ type: "log", ...logOnHello });
-        else if (m.type === "ping") reply({ type: "pong" });
-        else if (silent.includes(m.type)) continue;
-        else if (m.type === "link" || m.type === "start") reply({ type: "reply", id: m.id, ok: true });
-      }
-    });
-  });
-  await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
-  return {
-    port: (server.address() as net.AddressInfo).port,
-    got,
-    close: () => {
-      for (const s of sockets) s.destroy();
-      server.close();
+): Promise<FakeHost> {
+  return fakeControlHost(key, {
+    nicId,
+    hostname: "hostile",
+    afterHello: logOnHello && ((reply) => reply({ type: "log", ...logOnHello })),
+    onMessage: (m, reply) => {
+      if (silent.includes(m.type)) return;
+      if (m.type === "link" || m.type === "start") reply({ type: "reply", id: m.id, ok: true });
     },
-  };
+  });
 }
 
 /** The job's result, or "hung" if it has not ended long after the stop should have ended it. */

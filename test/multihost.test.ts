@@ -19,10 +19,11 @@ import { availableParallelism, tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
 import { fileURLToPath } from "node:url";
-import { controlProof, loadClusterKey } from "../src/cluster/auth.js";
+import { loadClusterKey } from "../src/cluster/auth.js";
 import { Job } from "../src/cluster/job.js";
 import { RemoteHost } from "../src/cluster/remote.js";
 import { MAX_LINE_BYTES, WIRE_VERSION } from "../src/cluster/wire.js";
+import { fakeControlHost } from "./helpers/fake-host.js";
 
 const BIN = fileURLToPath(new URL("../../bin/myrixen.js", import.meta.url));
 const fixture = (name: string) => fileURLToPath(new URL(`./fixtures/${name}.js`, import.meta.url));
@@ -428,36 +429,19 @@ test("two hosts with the same NIC id are refused with both named; unreachable ho
  * (link port 1), or speaks garbage.
  */
 async function fakeHost(mode: "no-nic" | "garbage"): Promise<{ port: number; close: () => void }> {
+  if (mode === "no-nic")
+    return fakeControlHost(KEY, {
+      // The highest id: the real host must connect to it, and finds nothing there.
+      nicId: 0xfffffffe,
+      slots: 2,
+      paths: ["bypass"],
+      onMessage: (m, reply) => {
+        if (m.type === "link") reply({ type: "reply", id: m.id, ok: true });
+      },
+    });
   const server = net.createServer((s) => {
     s.on("error", () => {});
-    let clientNonce = "";
-    const hostNonce = "ab".repeat(32);
-    lines(s, (l) => {
-      const m = JSON.parse(l) as { type: string; id?: number; nonce?: string };
-      if (mode === "garbage") {
-        s.write("HTTP/1.1 400 Bad Request\r\n\r\n");
-        return;
-      }
-      const reply = (o: unknown) => s.write(`${JSON.stringify(o)}\n`);
-      if (m.type === "hello") {
-        clientNonce = m.nonce ?? "";
-        reply({ type: "challenge", nonce: hostNonce });
-      } else if (m.type === "auth")
-        reply({
-          type: "hello",
-          version: WIRE_VERSION,
-          proof: controlProof(KEY, "host", clientNonce, hostNonce),
-          hostname: "fake",
-          // The highest id: the real host must connect to it, and finds nothing there.
-          nicId: 0xfffffffe,
-          link: { host: "127.0.0.1", port: 1 },
-          slots: 2,
-          pid: 1,
-          paths: ["bypass"],
-        });
-      else if (m.type === "link") reply({ type: "reply", id: m.id, ok: true });
-      else if (m.type === "ping") reply({ type: "pong" });
-    });
+    lines(s, () => s.write("HTTP/1.1 400 Bad Request\r\n\r\n"));
   });
   await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
   return { port: (server.address() as net.AddressInfo).port, close: () => server.close() };
