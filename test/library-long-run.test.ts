@@ -12,6 +12,7 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { Host } from "../src/host/host.js";
+import { nextMessage } from "./helpers/messages.js";
 
 const GUEST = new URL("./fixtures/guests/library-long-run.js", import.meta.url);
 
@@ -60,4 +61,39 @@ test("200 split-path endpoints opened and closed in turn: Mx keeps none of the c
     `Mx holds ${r.heldFirst}, then ${r.heldLast} closed endpoints`,
   );
   assert.equal(r.freeLast, r.freeFirst);
+});
+
+const SWITCH_IDLE = new URL("./fixtures/guests/mx-switch-idle.js", import.meta.url);
+
+test("after a move to the split path and back, an idle endpoint sleeps as before, and still hears a peer that moves again", async () => {
+  // Before: the endpoint kept polling netfront on every progress round and slept in 1 ms
+  // slices for the rest of its life (its partner still had an Ethernet stream): a 600 ms
+  // idle wait counted ~500 sleeps against ~6 before the switch.
+  const idleMs = 600;
+  const start = (role: "a" | "b") =>
+    host.startGuest({ module: SWITCH_IDLE, args: { role, idleMs }, name: `idle-${role}`, pages: 1024 });
+  const a = await start("a");
+  const b = await start("b");
+  const [addrA, addrB] = await Promise.all([nextMessage(a), nextMessage(b)]);
+  a.send(addrB[0]);
+  b.send(addrA[0]);
+  const [ea, eb] = await Promise.all([a.exited, b.exited]);
+  assert.equal(ea.state, "shutdown", ea.error?.stack);
+  assert.equal(eb.state, "shutdown", eb.error?.stack);
+  const ra = ea.result as { sleepsBefore: number; sleepsAfter: number; late: string; paths: string[] };
+  const rb = eb.result as typeof ra;
+  assert.ok(ra.paths.includes("split") && rb.paths.includes("split"), `${ra.paths} / ${rb.paths}`);
+  // 100 ms slices: a handful of sleeps in 600 ms (fewer on a loaded machine, never more).
+  for (const [who, r] of [
+    ["a", ra],
+    ["b", rb],
+  ] as const) {
+    assert.ok(r.sleepsBefore <= 20, `${who} before: ${r.sleepsBefore} sleeps`);
+    assert.ok(
+      r.sleepsAfter <= 20,
+      `${who} after the round trip: ${r.sleepsAfter} sleeps (before it ${r.sleepsBefore})`,
+    );
+  }
+  assert.equal(ra.late, "MX_STATUS_SUCCESS");
+  assert.equal(rb.late, "MX_STATUS_SUCCESS");
 });

@@ -217,7 +217,6 @@ export class MxEndpoint {
     }
   }
 
-  /** The path the endpoint's own traffic takes now: "native", "bypass" or "split". */
   /** What this endpoint counted (MX's statistics): progress rounds as of this read. */
   get counters(): EndpointCounters {
     const c = this.ctxCounters;
@@ -225,6 +224,7 @@ export class MxEndpoint {
     return c;
   }
 
+  /** The path the endpoint's own traffic takes now: "native", "bypass" or "split". */
   get path(): string {
     return this.partners.split ? "split" : this.driver.path;
   }

@@ -96,6 +96,26 @@ export class EtherPath implements PeerPath {
     this.engine.control(this, MxoeType.Notify, syncId, xfer, status, 0);
   }
 
+  /**
+   * Something still goes this way: the pair is routed over Ethernet, or frames, acks, data or
+   * out-of-order messages are owed either way. A partner that only was on the split path once
+   * is not: its Ethernet stream is kept (a later switch needs no new connect), idle.
+   */
+  get busy(): boolean {
+    const peer = this.peer;
+    if (peer.dead !== undefined) return false;
+    const link = this.link;
+    return (
+      peer.path === this ||
+      link.unacked > 0 ||
+      link.ackOwed ||
+      (this.ctlQueue !== undefined && this.ctlQueue.length > 0) ||
+      (this.serving !== undefined && this.serving.length > 0) ||
+      this.rxEager !== undefined ||
+      (peer.held !== undefined && peer.held.length > 0)
+    );
+  }
+
   /** Control frames are waiting for window room (data must not overtake them). */
   get controlQueued(): boolean {
     return this.ctlQueue !== undefined && this.ctlQueue.length > 0;
@@ -112,6 +132,8 @@ export function etherOf(peer: Partner): EtherPath | undefined {
 export class EtherEngine implements Puller, PeerLossListener {
   /** Partners reached over Ethernet (their timers and queues run after every hub poll). */
   private readonly peers: EtherPath[] = [];
+  /** Some partner's Ethernet stream is in use (EtherPath.busy), as of the last hub poll. */
+  private busy = false;
   private readonly pulls = new Map<number, EtherPull>();
   /** Rendezvous sends a PULL was taken for: one each (a receiver pulls once). */
   private readonly served = new WeakSet<MxRequest>();
@@ -132,6 +154,7 @@ export class EtherEngine implements Puller, PeerLossListener {
   add(path: EtherPath): void {
     path.peer.ether = path;
     this.peers.push(path);
+    this.busy = true;
   }
 
   /** Tells the peer which path we are on (a sequenced PATH frame). */
@@ -144,9 +167,15 @@ export class EtherEngine implements Puller, PeerLossListener {
     return macString(this.hub.mac);
   }
 
-  /** Some partner is reached over Ethernet: poll the hub on every progress, sleep in short slices. */
+  /**
+   * Some partner's traffic goes over Ethernet: poll the hub on every progress, sleep in short
+   * slices. Not merely because a partner once did: after a switch to the split path and back,
+   * an endpoint that polled the hub every round and slept 1 ms at a time for the rest of its
+   * life (a peer that moves to the split path later is heard at the endpoint's next sweep or
+   * sleep slice, as a first connect over Ethernet is).
+   */
   get active(): boolean {
-    return this.peers.length > 0;
+    return this.busy || this.pulls.size > 0;
   }
 
   poll(): void {
@@ -467,6 +496,7 @@ export class EtherEngine implements Puller, PeerLossListener {
   afterPoll(): void {
     if (this.peers.length === 0) return;
     const now = performance.now();
+    let busy = false;
     for (let i = this.peers.length - 1; i >= 0; i--) {
       const p = this.peers[i];
       const peer = p.peer;
@@ -482,7 +512,9 @@ export class EtherEngine implements Puller, PeerLossListener {
       if (p.ctlQueue !== undefined && p.ctlQueue.length > 0) this.flushControl(p, p.ctlQueue);
       if (p.serving !== undefined && p.serving.length > 0) this.serve(p, p.serving);
       if (peer.backlog.length > 0 && peer.path === p) this.partners.flush(peer);
+      if (p.busy) busy = true;
     }
+    this.busy = busy;
   }
 
   /** A failed peer's pulls fail, and nothing more is streamed to it. */
