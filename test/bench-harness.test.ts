@@ -27,6 +27,7 @@ import {
   makeRow,
   measure,
   parseSizes,
+  prepareOutputFile,
   profileFor,
   renderTable,
   reportProblems,
@@ -128,6 +129,14 @@ test("writeReport writes valid JSON and fails clearly on an unwritable path", ()
     assert.throws(
       () => writeReport(bad, report),
       (e: Error) => e.message.startsWith(`cannot write benchmark JSON to ${bad}: `),
+    );
+    // Checked before a run: the reason names the user's directory, not the probe file's name.
+    assert.throws(
+      () => prepareOutputFile("/proc/no-such-file.json"),
+      (e: Error) =>
+        /^cannot write benchmark JSON to \/proc\/no-such-file\.json: E[A-Z]+: cannot create a file in \/proc$/.test(
+          e.message,
+        ),
     );
   } finally {
     rmSync(dir, { recursive: true, force: true });

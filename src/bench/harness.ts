@@ -131,7 +131,15 @@ export function prepareOutputFile(file: string, what = "benchmark JSON"): string
     writeFileSync(probe, "");
     unlinkSync(probe);
   } catch (e) {
-    throw new Error(`cannot write ${what} to ${file}: ${e instanceof Error ? e.message : String(e)}`);
+    // The probe's own name is ours, not the user's: say what failed in the directory they named.
+    const err = e as NodeJS.ErrnoException;
+    const reason =
+      typeof err.code === "string" && typeof err.syscall === "string"
+        ? `${err.code}: cannot ${err.syscall === "open" ? "create a file" : err.syscall} in ${dirname(path)}`
+        : e instanceof Error
+          ? e.message
+          : String(e);
+    throw new Error(`cannot write ${what} to ${file}: ${reason}`);
   }
   return path;
 }

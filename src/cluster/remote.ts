@@ -112,7 +112,9 @@ export class RemoteHost implements JobTarget {
         fail(
           e.code === "ECONNREFUSED"
             ? `connection refused (is \`myrixen host\` running there, on port ${address.port}?)`
-            : e.message,
+            : e.code === "ENOTFOUND" || e.code === "EAI_AGAIN"
+              ? `no such host name ${JSON.stringify(address.host)} (${e.code})`
+              : e.message,
         ),
       );
       socket.once("connect", () => {
