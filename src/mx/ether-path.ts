@@ -132,7 +132,7 @@ export function etherOf(peer: Partner): EtherPath | undefined {
 export class EtherEngine implements Puller, PeerLossListener {
   /** Partners reached over Ethernet (their timers and queues run after every hub poll). */
   private readonly peers: EtherPath[] = [];
-  /** Some partner's Ethernet stream is in use (EtherPath.busy), as of the last hub poll. */
+  /** Some partner's Ethernet stream is in use (EtherPath.busy) or a pull over it is, as of the last hub poll. */
   private busy = false;
   private readonly pulls = new Map<number, EtherPull>();
   /** Rendezvous sends a PULL was taken for: one each (a receiver pulls once). */
@@ -175,7 +175,7 @@ export class EtherEngine implements Puller, PeerLossListener {
    * sleep slice, as a first connect over Ethernet is).
    */
   get active(): boolean {
-    return this.busy || this.pulls.size > 0;
+    return this.busy;
   }
 
   poll(): void {
@@ -315,6 +315,7 @@ export class EtherEngine implements Puller, PeerLossListener {
     }
     const pullId = this.ctx.newId(this.pulls);
     this.pulls.set(pullId, { recv: req, source, syncId: rec.syncId, xfer, got: 0 });
+    this.busy = true;
     this.ctx.counters.pulls++;
     const tb = this.ctx.trace;
     if (tb !== undefined && req.traceId !== 0) tb.record(req.traceId, TraceStage.PullPosted, traceNow());
@@ -494,9 +495,12 @@ export class EtherEngine implements Puller, PeerLossListener {
 
   /** After the hub's poll: timers, acks, rendezvous data and backlogs of Ethernet peers. */
   afterPoll(): void {
-    if (this.peers.length === 0) return;
+    let busy = this.pulls.size > 0;
+    if (this.peers.length === 0) {
+      this.busy = busy;
+      return;
+    }
     const now = performance.now();
-    let busy = false;
     for (let i = this.peers.length - 1; i >= 0; i--) {
       const p = this.peers[i];
       const peer = p.peer;
