@@ -40,13 +40,14 @@ export interface RankArgs {
 
 export type RankToLauncher =
   | { type: "mpi-addr"; rank: number; nic: number; endpoint: number }
-  /** A result file for the host running the rank to write (a guest cannot write files). */
+  /** A result file for the job's launcher to write (a guest cannot write files). */
   | { type: "output-file"; rank: number; file: string; text: string };
 
 /**
- * Asks the host that runs this rank to write `text` to `file` (relative to the host's working
- * directory). The host writes only a file the user named in the program's arguments, and
- * reports a failure on the rank's stderr, failing the rank.
+ * Asks the job's launcher to write `text` to `file` (relative to the directory the job was
+ * launched from): the host that runs the rank relays the request and writes nothing itself
+ * (cluster/wire.ts). The launcher writes only a file the user named in the program's
+ * arguments, and a failed write fails the rank, saying why on its stderr.
  */
 export function writeRankFile(
   guest: { send(m: unknown): void },
