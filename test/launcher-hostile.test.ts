@@ -11,7 +11,7 @@ import { join } from "node:path";
 import { test } from "node:test";
 import { type ClusterKey, randomClusterKey, readKeyFile } from "../src/cluster/auth.js";
 import { Job, type JobResult } from "../src/cluster/job.js";
-import { RemoteHost } from "../src/cluster/remote.js";
+import { LINK_ANSWER_GRACE_MS, RemoteHost } from "../src/cluster/remote.js";
 import { runCli } from "./helpers/cli.js";
 import { type FakeHost, fakeControlHost } from "./helpers/fake-host.js";
 
@@ -100,6 +100,38 @@ test("a host that never answers `link` cannot keep a stopped job from ending", a
     if (r === "hung") return;
     assert.equal(r.stopped, true);
     assert.ok(!b.got.some((m) => m.type === "start") && !a.got.some((m) => m.type === "start"));
+  } finally {
+    ra.close();
+    rb.close();
+    a.close();
+    b.close();
+  }
+});
+
+test("a host that never answers `link`: the job fails after the link's deadline, naming the host (no --timeout needed)", async () => {
+  // Before: without a stop (Ctrl-C, --timeout) the launcher waited for the answer for ever.
+  const key = randomClusterKey();
+  const a = await silentHost(key, 11, []);
+  const b = await silentHost(key, 12, ["link"]);
+  const ra = await RemoteHost.connect({ host: "127.0.0.1", port: a.port }, { key });
+  const rb = await RemoteHost.connect({ host: "127.0.0.1", port: b.port }, { key });
+  try {
+    const job = new Job([ra, rb], { n: 2, path: "native", program: "hello", linkTimeoutMs: 100 });
+    const outcome = await endsOrHangs(
+      job.run().then(
+        () => "ran" as never,
+        (e: Error) => e.message as never,
+      ),
+      LINK_ANSWER_GRACE_MS + 10_000,
+    );
+    assert.notEqual(outcome, "hung", "the launcher waited for ever for a link reply");
+    assert.match(String(outcome), /cannot link the hosts' NICs/);
+    assert.match(
+      String(outcome),
+      new RegExp(`host 127\\.0\\.0\\.1:${b.port}.*did not answer its link request`),
+    );
+    assert.ok(!b.got.some((m) => m.type === "start") && !a.got.some((m) => m.type === "start"));
+    assert.equal((rb as unknown as { pending: Map<number, unknown> }).pending.size, 0);
   } finally {
     ra.close();
     rb.close();

@@ -53,6 +53,12 @@ type Pending = { resolve: (m: HostMessage) => void; reject: (e: Error) => void }
 
 /** How long an inspection request (snapshot, xenstore) waits for its answer, ms. */
 export const INSPECT_TIMEOUT_MS = 10_000;
+/**
+ * A link request is answered within its own timeout (the host gives up linking then and says
+ * so) and this much more, or the host is taken for stuck: a host that answered pings and never
+ * the link kept `myrixen run` waiting for ever when no --timeout was given.
+ */
+export const LINK_ANSWER_GRACE_MS = 5_000;
 
 export class RemoteHost implements JobTarget {
   readonly label: string;
@@ -235,7 +241,9 @@ export class RemoteHost implements JobTarget {
   }
 
   link(peers: LinkPeer[], timeoutMs: number): Promise<void> {
-    return this.request({ type: "link", id: 0, peers, timeoutMs }).then(() => undefined);
+    return this.request({ type: "link", id: 0, peers, timeoutMs }, timeoutMs + LINK_ANSWER_GRACE_MS).then(
+      () => undefined,
+    );
   }
 
   status(): Promise<StatusMessage> {
