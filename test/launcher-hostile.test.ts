@@ -11,7 +11,12 @@ import { join } from "node:path";
 import { test } from "node:test";
 import { type ClusterKey, randomClusterKey, readKeyFile } from "../src/cluster/auth.js";
 import { Job, type JobResult } from "../src/cluster/job.js";
-import { LINK_ANSWER_GRACE_MS, RemoteHost } from "../src/cluster/remote.js";
+import {
+  LINK_ANSWER_GRACE_MS,
+  RemoteHost,
+  START_ANSWER_BASE_MS,
+  START_ANSWER_PER_RANK_MS,
+} from "../src/cluster/remote.js";
 import { runCli } from "./helpers/cli.js";
 import { type FakeHost, fakeControlHost } from "./helpers/fake-host.js";
 
@@ -137,6 +142,46 @@ test("a host that never answers `link`: the job fails after the link's deadline,
     rb.close();
     a.close();
     b.close();
+  }
+});
+
+test("a host that never answers `start`: the job fails after the start's deadline, naming the host", async () => {
+  // Before: without a stop (Ctrl-C, --timeout) the launcher waited for the answer for ever (a
+  // host whose hypervisor thread hangs still answers pings).
+  const key = randomClusterKey();
+  const fake = await silentHost(key, 13, ["start"]);
+  const rh = await RemoteHost.connect({ host: "127.0.0.1", port: fake.port }, { key });
+  try {
+    const job = new Job([rh], {
+      n: 2,
+      path: "native",
+      program: "hello",
+      startTimeoutMs: 300,
+      stopTimeoutMs: 200,
+    });
+    const outcome = await endsOrHangs(
+      job.run().then(
+        () => "ran" as never,
+        (e: Error) => e.message as never,
+      ),
+      15_000,
+    );
+    assert.notEqual(outcome, "hung", "the launcher waited for ever for a start reply");
+    assert.match(
+      String(outcome),
+      new RegExp(`host 127\\.0\\.0\\.1:${fake.port}.*did not answer its start request in 300 ms`),
+    );
+    // The ranks it may have started are stopped (the stop is on its way when the job fails).
+    const stopped = await endsOrHangs(
+      until(() => fake.got.some((m) => m.type === "stop")).then(() => "stopped" as never),
+      5000,
+    );
+    assert.equal(stopped, "stopped", `the host got: ${fake.got.map((m) => m.type).join(",")}`);
+    // The default bound grows with the ranks a host is asked for.
+    assert.ok(START_ANSWER_BASE_MS + START_ANSWER_PER_RANK_MS > LINK_ANSWER_GRACE_MS);
+  } finally {
+    rh.close();
+    fake.close();
   }
 });
 

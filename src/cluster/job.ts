@@ -63,7 +63,11 @@ export interface JobTarget {
   readonly linkAddress?: HostAddress;
   /** Makes sure its NIC is linked to these peers' NICs (bounded by timeoutMs). */
   link(peers: LinkPeer[], timeoutMs: number): Promise<void>;
-  start(spec: RankStartSpec, events: RankEvents): TargetJob;
+  /**
+   * Starts the host's ranks. `answerWithinMs`: how long a remote host may take to say they
+   * started (default: its own bound, RemoteHost.start) before `started` rejects.
+   */
+  start(spec: RankStartSpec, events: RankEvents, answerWithinMs?: number): TargetJob;
   /** Called once if the host goes away; returns an unsubscribe function. */
   onLost(cb: (why: string) => void): () => void;
 }
@@ -153,6 +157,8 @@ export interface JobSpec {
   slots?: ({ slots?: number; maxSlots?: number } | undefined)[];
   /** How long linking the hosts' NICs may take (default 10 s). */
   linkTimeoutMs?: number;
+  /** How long a host may take to answer that its ranks started (default: RemoteHost's, by rank count). */
+  startTimeoutMs?: number;
   /** After a host is lost, how long the other ranks run on before they are stopped (default 0). */
   lostHostGraceMs?: number;
   /** How long stopped ranks may take to report their end before they count as lost (default 5 s). */
@@ -478,6 +484,7 @@ export class Job {
           env: spec.env,
         },
         events,
+        spec.startTimeoutMs,
       );
       this.handles[h] = handle;
       return { h, ranks, started: handle.started };

@@ -59,6 +59,14 @@ export const INSPECT_TIMEOUT_MS = 10_000;
  * the link kept `myrixen run` waiting for ever when no --timeout was given.
  */
 export const LINK_ANSWER_GRACE_MS = 5_000;
+/**
+ * A start request is answered once the host has made its ranks' domains (a program compiled,
+ * a guest booted per rank: well under a second each); past this much, and START_ANSWER_PER_RANK_MS
+ * per rank it was asked for, the host is taken for stuck and the job fails naming it, instead
+ * of `myrixen run` waiting for ever (a host whose hypervisor thread hangs still answers pings).
+ */
+export const START_ANSWER_BASE_MS = 60_000;
+export const START_ANSWER_PER_RANK_MS = 2_000;
 
 export class RemoteHost implements JobTarget {
   readonly label: string;
@@ -250,25 +258,29 @@ export class RemoteHost implements JobTarget {
     return this.request({ type: "status", id: 0 }) as Promise<StatusMessage>;
   }
 
-  start(spec: RankStartSpec, events: RankEvents): TargetJob {
+  start(spec: RankStartSpec, events: RankEvents, answerWithinMs?: number): TargetJob {
     const job = spec.job;
     this.jobs.set(job, events);
-    const started = this.request({
-      type: "start",
-      id: 0,
-      job,
-      size: spec.size,
-      path: spec.path,
-      program: programForHosts(spec.program),
-      argv: spec.argv,
-      ranks: spec.ranks,
-      key: spec.key,
-      pages: spec.pages,
-      qos: spec.qos,
-      maxHeapMb: spec.maxHeapMb,
-      maxBufferMb: spec.maxBufferMb,
-      env: spec.env,
-    }).then(() => undefined);
+    const within = answerWithinMs ?? START_ANSWER_BASE_MS + START_ANSWER_PER_RANK_MS * spec.ranks.length;
+    const started = this.request(
+      {
+        type: "start",
+        id: 0,
+        job,
+        size: spec.size,
+        path: spec.path,
+        program: programForHosts(spec.program),
+        argv: spec.argv,
+        ranks: spec.ranks,
+        key: spec.key,
+        pages: spec.pages,
+        qos: spec.qos,
+        maxHeapMb: spec.maxHeapMb,
+        maxBufferMb: spec.maxBufferMb,
+        env: spec.env,
+      },
+      within,
+    ).then(() => undefined);
     return {
       started,
       peers: (peers) => {
