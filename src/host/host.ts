@@ -279,6 +279,8 @@ export class Host {
       transfer: spec.transfer,
       output: spec.output,
       env: spec.env,
+      // Its main runs once its devices exist (below), as xl unpauses a domain after making them.
+      paused: true,
     });
     this.born.set(dom, Date.now());
     const ts = this.hypervisor.toolstack;
@@ -322,6 +324,7 @@ export class Host {
       if (fastPath) await destroyDevice(ts, device).catch(() => undefined);
       await destroyDevice(ts, vif).catch(() => undefined);
     });
+    dom.unpause();
     return dom;
   }
 

@@ -189,6 +189,7 @@ export class Hypervisor {
       image,
       env: envOf(config.env),
       args: c.args,
+      paused: c.paused,
     };
     let worker: Worker;
     try {

@@ -136,8 +136,12 @@ const guest = new Guest(
     native,
   },
 );
+/** A domain created paused runs its main once the hypervisor says so (Domain.unpause). */
+let unpause: () => void = () => {};
+const unpaused = boot.paused ? new Promise<void>((r) => (unpause = r)) : undefined;
 port.on("message", (m: { type: string; data?: unknown; domid?: number }) => {
   if (m?.type === "host") guest.deliverHostMessage(m.data);
+  else if (m?.type === "unpause") unpause();
   // A domain died or gave back a segment: the privileged domain's cached view of it is stale.
   else if ((m?.type === "domain-gone" || m?.type === "foreign-stale") && typeof m.domid === "number")
     guest.dropForeign(m.domid);
@@ -149,6 +153,7 @@ try {
     : await loadTrustedProgram(boot.moduleUrl);
   post({ type: "running" });
   guest.holdEventLoop(true);
+  if (unpaused !== undefined) await unpaused;
   const result = await main(guest);
   await flushOutput();
   guest.holdEventLoop(false);

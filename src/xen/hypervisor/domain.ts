@@ -59,6 +59,12 @@ export interface DomainConfig {
   output?: "inherit" | "pipe";
   /** What the guest program sees as `process.env` (default: nothing; a guest has no host environment). */
   env?: Record<string, string>;
+  /**
+   * Created paused (`xl create -p`): the program is loaded, and its main runs once
+   * `domain.unpause()` is called. The toolstack (Host.startGuest) makes the domain's devices in
+   * between, so no program sees (or writes into) its device directories before they exist.
+   */
+  paused?: boolean;
 }
 
 export interface DomainExit {
@@ -90,6 +96,8 @@ export interface GuestBootData {
   /** The sandboxed program's `process.env` (DomainConfig.env). */
   env?: Record<string, string>;
   args: unknown;
+  /** DomainConfig.paused: main waits for the hypervisor's "unpause". */
+  paused: boolean;
 }
 
 /** Control messages from the guest runtime to the hypervisor, on the worker's parentPort. */
@@ -169,6 +177,11 @@ export class Domain extends EventEmitter {
         this.emit("message", m.data);
       }
     });
+  }
+
+  /** Lets a domain created paused run its main (once; nothing for one that was not paused or has ended). */
+  unpause(): void {
+    if (this.state === "running" || this.state === "booting") this.worker.postMessage({ type: "unpause" });
   }
 
   /** Sends a message to the guest (guest.onMessage). */
@@ -253,6 +266,7 @@ export function checkConfig(c: DomainConfig): Required<
     maxSharedPages: int("maxSharedPages", c.maxSharedPages, Math.max(pages, 1024), 0, 1 << 20),
     transfer: Array.isArray(c.transfer) ? c.transfer : [],
     native: c.native === true,
+    paused: c.paused === true,
     pipe: c.output === "pipe",
   };
 }
