@@ -56,6 +56,30 @@ const until = async (cond: () => boolean) => {
   while (!cond()) await new Promise((r) => setTimeout(r, 5));
 };
 
+/** Two fake hosts (NIC ids `nics`; the second silent on `silentB`) and a launcher's connection to each. */
+async function twoHosts(nics: [number, number], silentB: string[]) {
+  const key = randomClusterKey();
+  const a = await silentHost(key, nics[0], []);
+  const b = await silentHost(key, nics[1], silentB);
+  const ra = await RemoteHost.connect({ host: "127.0.0.1", port: a.port }, { key });
+  const rb = await RemoteHost.connect({ host: "127.0.0.1", port: b.port }, { key });
+  const close = () => {
+    for (const x of [ra, rb, a, b]) x.close();
+  };
+  return { a, b, ra, rb, close };
+}
+
+/** The message a job's run failed with, "ran" if it did not fail, or "hung" after `ms`. */
+function failureOf(job: Job, ms: number): Promise<string> {
+  return endsOrHangs(
+    job.run().then(
+      () => "ran" as never,
+      (e: Error) => e.message as never,
+    ),
+    ms,
+  ) as Promise<string>;
+}
+
 test("a host that never answers `start` cannot keep a stopped job (Ctrl-C, --timeout) from ending", async () => {
   const key = randomClusterKey();
   const fake = await silentHost(key, 7, ["start"]);
@@ -84,11 +108,7 @@ test("a host that never answers `start` cannot keep a stopped job (Ctrl-C, --tim
 });
 
 test("a host that never answers `link` cannot keep a stopped job from ending", async () => {
-  const key = randomClusterKey();
-  const a = await silentHost(key, 8, []);
-  const b = await silentHost(key, 9, ["link"]);
-  const ra = await RemoteHost.connect({ host: "127.0.0.1", port: a.port }, { key });
-  const rb = await RemoteHost.connect({ host: "127.0.0.1", port: b.port }, { key });
+  const { a, b, ra, rb, close } = await twoHosts([8, 9], ["link"]);
   try {
     const job = new Job([ra, rb], {
       n: 2,
@@ -106,29 +126,16 @@ test("a host that never answers `link` cannot keep a stopped job from ending", a
     assert.equal(r.stopped, true);
     assert.ok(!b.got.some((m) => m.type === "start") && !a.got.some((m) => m.type === "start"));
   } finally {
-    ra.close();
-    rb.close();
-    a.close();
-    b.close();
+    close();
   }
 });
 
 test("a host that never answers `link`: the job fails after the link's deadline, naming the host (no --timeout needed)", async () => {
   // Before: without a stop (Ctrl-C, --timeout) the launcher waited for the answer for ever.
-  const key = randomClusterKey();
-  const a = await silentHost(key, 11, []);
-  const b = await silentHost(key, 12, ["link"]);
-  const ra = await RemoteHost.connect({ host: "127.0.0.1", port: a.port }, { key });
-  const rb = await RemoteHost.connect({ host: "127.0.0.1", port: b.port }, { key });
+  const { a, b, ra, rb, close } = await twoHosts([11, 12], ["link"]);
   try {
     const job = new Job([ra, rb], { n: 2, path: "native", program: "hello", linkTimeoutMs: 100 });
-    const outcome = await endsOrHangs(
-      job.run().then(
-        () => "ran" as never,
-        (e: Error) => e.message as never,
-      ),
-      LINK_ANSWER_GRACE_MS + 10_000,
-    );
+    const outcome = await failureOf(job, LINK_ANSWER_GRACE_MS + 10_000);
     assert.notEqual(outcome, "hung", "the launcher waited for ever for a link reply");
     assert.match(String(outcome), /cannot link the hosts' NICs/);
     assert.match(
@@ -138,10 +145,7 @@ test("a host that never answers `link`: the job fails after the link's deadline,
     assert.ok(!b.got.some((m) => m.type === "start") && !a.got.some((m) => m.type === "start"));
     assert.equal((rb as unknown as { pending: Map<number, unknown> }).pending.size, 0);
   } finally {
-    ra.close();
-    rb.close();
-    a.close();
-    b.close();
+    close();
   }
 });
 
@@ -159,13 +163,7 @@ test("a host that never answers `start`: the job fails after the start's deadlin
       startTimeoutMs: 300,
       stopTimeoutMs: 200,
     });
-    const outcome = await endsOrHangs(
-      job.run().then(
-        () => "ran" as never,
-        (e: Error) => e.message as never,
-      ),
-      15_000,
-    );
+    const outcome = await failureOf(job, 15_000);
     assert.notEqual(outcome, "hung", "the launcher waited for ever for a start reply");
     assert.match(
       String(outcome),
