@@ -43,6 +43,7 @@ import { RANK_PATHS, type RankPath } from "../cluster/wire.js";
 import type { Dashboard } from "../dashboard/server.js";
 import { Host } from "../host/host.js";
 import type { QosPolicy } from "../myrixen/qos-policy.js";
+import { builtinArgsProblem } from "../programs/builtin-args.js";
 import { parseNasArgs } from "../programs/nas/common.js";
 import { loadGuestImage } from "../xen/guest/loader.js";
 import { type EmbeddedObservation, observeEmbedded } from "./embedded.js";
@@ -386,6 +387,11 @@ export async function runCommand(program: string, argv: string[], o: RunOptions)
     throw e instanceof RunReportUsageError ? new RunUsageError(e.message) : e;
   }
 
+  // A built-in's own arguments, checked as its ranks will check them, before anything starts.
+  if (Object.hasOwn(BUILTIN_PROGRAMS, program)) {
+    const problem = builtinArgsProblem(program, argv);
+    if (problem !== undefined) throw new RunUsageError(problem);
+  }
   let programRef: string | URL = program;
   let localProgram: URL | undefined;
   try {

@@ -5,7 +5,7 @@
  * minimum and maximum over ranks kept for the JSON row.
  */
 import type { Guest } from "../../xen/guest/guest.js";
-import { COLL_LOOPS, MPI, runOsu, sweepBuffers } from "./common.js";
+import { COLL_LOOPS, MPI, OSU_SIZES, runOsu, sweepBuffers } from "./common.js";
 
 export default function main(guest: Guest): Promise<number> {
   const bufs = sweepBuffers(1, 0);
@@ -15,7 +15,7 @@ export default function main(guest: Guest): Promise<number> {
     column: "Avg Latency(us)",
     metric: "latency_us",
     ranks: "many",
-    defaults: { min: 1, max: 1 << 20 },
+    defaults: OSU_SIZES["osu-allreduce"],
     loops: COLL_LOOPS,
     measure(comm, size, iters, skip) {
       const [s, r] = bufs.views(comm, size);

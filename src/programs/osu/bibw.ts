@@ -4,7 +4,7 @@
  * for all. Bandwidth in MB/s (10^6 bytes) = 2 · bytes · iterations · window / time (rank 0).
  */
 import type { Guest } from "../../xen/guest/guest.js";
-import { BW_LOOPS, MPI, runOsu, sweepBuffers, WINDOW_SIZE } from "./common.js";
+import { BW_LOOPS, MPI, OSU_SIZES, runOsu, sweepBuffers, WINDOW_SIZE } from "./common.js";
 
 export default function main(guest: Guest): Promise<number> {
   const bufs = sweepBuffers(0x61, 0x62);
@@ -14,7 +14,7 @@ export default function main(guest: Guest): Promise<number> {
     column: "Bandwidth (MB/s)",
     metric: "bandwidth_MBps",
     ranks: "pair",
-    defaults: { min: 1, max: 1 << 22 },
+    defaults: OSU_SIZES["osu-bibw"],
     loops: BW_LOOPS,
     measure(comm, size, iters, skip) {
       const [s, r] = bufs.views(comm, size);

@@ -4,7 +4,7 @@
  * (10^6 bytes) = bytes · iterations · window / time, timed at the sender.
  */
 import type { Guest } from "../../xen/guest/guest.js";
-import { BW_LOOPS, buffer, MPI, runOsu, sweepBuffers, WINDOW_SIZE } from "./common.js";
+import { BW_LOOPS, buffer, MPI, OSU_SIZES, runOsu, sweepBuffers, WINDOW_SIZE } from "./common.js";
 
 const TAG_DATA = 100;
 const TAG_ACK = 101;
@@ -18,7 +18,7 @@ export default function main(guest: Guest): Promise<number> {
     column: "Bandwidth (MB/s)",
     metric: "bandwidth_MBps",
     ranks: "pair",
-    defaults: { min: 1, max: 1 << 22 },
+    defaults: OSU_SIZES["osu-bw"],
     loops: BW_LOOPS,
     measure(comm, size, iters, skip) {
       const [s, r] = bufs.views(comm, size);

@@ -28,6 +28,13 @@ export interface Loops {
   large: number;
   skipLarge: number;
 }
+/** Each built-in OSU benchmark's default message sizes (OSU's own), by the name `myrixen run` takes. */
+export const OSU_SIZES = {
+  "osu-latency": { min: 0, max: 1 << 22 },
+  "osu-bw": { min: 1, max: 1 << 22 },
+  "osu-bibw": { min: 1, max: 1 << 22 },
+  "osu-allreduce": { min: 1, max: 1 << 20 },
+} as const;
 export const LAT_LOOPS: Loops = { small: 10000, skipSmall: 100, large: 1000, skipLarge: 10 };
 export const BW_LOOPS: Loops = { small: 100, skipSmall: 10, large: 20, skipLarge: 2 };
 export const COLL_LOOPS: Loops = { small: 1000, skipSmall: 100, large: 100, skipLarge: 10 };

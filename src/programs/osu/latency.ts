@@ -3,7 +3,7 @@
  * (tag 1); one-way latency = total round-trip time / (2 · iterations), in microseconds.
  */
 import type { Guest } from "../../xen/guest/guest.js";
-import { LAT_LOOPS, MPI, runOsu, sweepBuffers } from "./common.js";
+import { LAT_LOOPS, MPI, OSU_SIZES, runOsu, sweepBuffers } from "./common.js";
 
 const TAG = 1;
 
@@ -15,7 +15,7 @@ export default function main(guest: Guest): Promise<number> {
     column: "Latency (us)",
     metric: "latency_us",
     ranks: "pair",
-    defaults: { min: 0, max: 1 << 22 },
+    defaults: OSU_SIZES["osu-latency"],
     loops: LAT_LOOPS,
     measure(comm, size, iters, skip) {
       const [s, r] = bufs.views(comm, size);
