@@ -130,10 +130,15 @@ test("myrixen run --openmpi: Open MPI's IS after the job, its row beside bypass 
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
-  // A job that fails (here: a class the kernel does not know) is not followed by Open MPI.
-  const bad = await runCli(["run", "-n", "2", "--openmpi", "nas-is", "--class", "Z"]);
+  // A job that fails (here: IS on a rank count that is no power of two) is not followed by Open MPI.
+  const bad = await runCli(["run", "-n", "3", "--oversubscribe", "--openmpi", "nas-is"]);
   assert.notEqual(bad.code, 0);
+  assert.match(bad.stderr, /the number of ranks must be a power of two, got 3/);
   assert.match(bad.stderr, /openmpi: not run \(the job failed/);
+  // A class the kernel does not know is refused before anything runs, Open MPI included.
+  const usage = await runCli(["run", "-n", "2", "--openmpi", "nas-is", "--class", "Z"]);
+  assert.equal(usage.code, 2);
+  assert.equal(usage.stderr, 'myrixen run: is: unknown class "Z" (expected one of S, W, A)\n');
   const osu = await runCli(["run", "-n", "2", "--openmpi", "osu-latency"]);
   assert.equal(osu.code, 2);
   assert.match(
