@@ -4,6 +4,7 @@
  * it carries still share it by their weights. The NIC runs in this thread (control() and
  * poll()); its link is a narrow one that takes a fixed number of frames per turn and pushes
  * back after them (counted, never timed); the peer's PULL_REQUESTs are frames fed to the NIC.
+ * And a link that says it would refuse pull data is asked before a payload is copied.
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
@@ -76,6 +77,7 @@ class NarrowLink implements Link {
 class Source {
   readonly w: Int32Array;
   readonly region: RegisterRegionReply;
+  readonly memory = new SharedArrayBuffer(4 * MIB);
   private nextIndex = 0;
   private key = 7;
   constructor(
@@ -86,7 +88,7 @@ class Source {
     this.region = nic.control({
       op: "register_region",
       endpointId: ep.endpointId,
-      memory: new SharedArrayBuffer(4 * MIB),
+      memory: this.memory,
       runs: [{ offset: 0, length: 4 * MIB }],
       access: Access.LocalRead | Access.RemoteRead,
     }) as RegisterRegionReply;
@@ -154,4 +156,59 @@ test("a link that pushes back is shared by the sources' weights, 3:1 and 1:1, no
   // One frame a turn: a share still holds at the finest grain the link allows.
   const [p, q] = share(1, 3, 128, 1);
   assert.ok(Math.abs(q / p / 3 - 1) < 0.1, `1:3 → ${p} : ${q}`);
+});
+
+/** A NarrowLink that says when it would refuse pull data (Link.takesPullData), and checks every payload byte. */
+class AskedLink extends NarrowLink {
+  /** Frames with pull data that send() refused: each cost the NIC a payload copied for nothing. */
+  refusedWithData = 0;
+  asked = 0;
+  /** Payload bytes that differ from the source's pattern. */
+  wrongBytes = 0;
+  private narrowLeft = 0;
+
+  override turn(): void {
+    super.turn();
+    this.narrowLeft = 2;
+  }
+  takesPullData(): boolean {
+    this.asked++;
+    return this.narrowLeft > 0;
+  }
+  override send(frame: Uint8Array): boolean {
+    const data = checkFrame(frame) === FrameType.PullReply && getWord(frame, F_LENGTH) > 0;
+    if (!super.send(frame)) {
+      if (data) this.refusedWithData++;
+      return false;
+    }
+    if (data) {
+      this.narrowLeft--;
+      const off = getWord(frame, F_PULL_OFFSET);
+      for (let i = 0; i < getWord(frame, F_LENGTH); i += 4093)
+        if (frame[FRAME_HEADER_BYTES + i] !== ((off + i) * 7) % 251) this.wrongBytes++;
+    }
+    return true;
+  }
+}
+
+test("a NIC asks a link that pushes back before it copies pull data, and sends the right bytes after", () => {
+  const nic = new Nic({ nicId: NIC_ID, maxEndpoints: 4 });
+  const a = Source.open(nic, "a");
+  const mem = new Uint8Array(a.memory);
+  for (let i = 0; i < mem.length; i++) mem[i] = (i * 7) % 251;
+  const link = new AskedLink(2);
+  nic.attachLink(link);
+  a.request(link, 1);
+  for (let t = 0; t < 40; t++) {
+    link.turn();
+    nic.poll();
+    // Between turns the link takes nothing: the NIC keeps polling and must not build frames.
+    for (let k = 0; k < 3; k++) nic.poll();
+  }
+  assert.equal(link.refusedWithData, 0, "no payload was copied into a frame the link refused");
+  assert.ok(link.asked > 0, "the NIC asked the link");
+  // 4 MiB in 64 KiB frames, two a turn: all of it by the 32nd of the 40 turns.
+  assert.equal(link.bytes.get(a.ep.endpointId), 4 * MIB);
+  assert.equal(link.replies, 64);
+  assert.equal(link.wrongBytes, 0);
 });

@@ -28,6 +28,12 @@ export interface Link {
    */
   lend?(): Uint8Array | null;
   /**
+   * Optional: false while send() would refuse a frame that carries pull data (a PULL_REPLY
+   * with a payload), so a caller looks before it copies a payload out of a region instead of
+   * copying it for nothing. A false answer counts as a refusal: onWritable says when to go on.
+   */
+  takesPullData?(): boolean;
+  /**
    * Frames from the peer. A frame is valid only during the callback (the link reuses its
    * buffer), and may be longer than its header says: the receiver takes the length from it.
    */

@@ -681,6 +681,12 @@ export class RemotePull {
     do {
       const off = ls.jSent[j];
       const n = Math.min(SEND_MAX, len - off);
+      // A link that pushes back would refuse the frame after its payload was copied: a stream
+      // held by the bulk window asks many times a window (link_backpressure), 64 KiB each.
+      if (n > 0 && ls.link.takesPullData?.() === false) {
+        this.c[NicCounter.link_backpressure]++;
+        return ~sent;
+      }
       // Built where the link will write it from, when it lends a buffer (no second copy).
       const f = ls.link.lend?.() ?? this.txFrame;
       beginFrame(f, FrameType.PullReply, n, ls.jId[j]);

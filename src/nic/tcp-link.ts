@@ -329,6 +329,13 @@ export class TcpLink implements Link {
     return true;
   }
 
+  takesPullData(): boolean {
+    if (this.closed) return false;
+    if (this.bulkQueued < this.bulkQueueMark) return true;
+    this.refusedBulk = true;
+    return false;
+  }
+
   lend(): Uint8Array | null {
     if (this.closed) return null;
     if (this.lentFrame === null) {
