@@ -39,7 +39,10 @@ function streamingPair(clock: { t: number }, weight: number, bytesPerSec = 0) {
   const channel = new SharedArrayBuffer(CHANNEL_BYTES);
   const page = new SharedArrayBuffer(LANE_POLICY_BYTES);
   writeLanePolicy(page, { bytesPerSec, msgsPerSec: 0, weight });
-  const tx = end(channel, 0, clock);
+  // The sender's own page in this channel: its library counts there what it gives the lane.
+  const writerPage = new SharedArrayBuffer(LANE_POLICY_BYTES);
+  writeLanePolicy(writerPage, { bytesPerSec: 0, msgsPerSec: 0, weight: 1 });
+  const tx = end(channel, 0, clock, writerPage);
   const rx = end(channel, 1, clock, page);
   let recvs: MxRequest[] = [];
   let sending = true;
@@ -64,6 +67,7 @@ function streamingPair(clock: { t: number }, weight: number, bytesPerSec = 0) {
   };
   return {
     page,
+    writerPage,
     weight,
     taken: () => readLaneCounters(page).taken,
     stop: () => {
@@ -443,4 +447,66 @@ test("real guests: a capped guest streaming to two peers starts the loop, which 
     assert.equal(e.state, "shutdown", e.error?.stack);
     assert.equal((e.result as { whole: number }).whole, count, "every message arrived whole");
   }
+});
+
+test("a receiver that over-reports its lane cannot draw its writer's share or cap away from the writer's other lanes", () => {
+  // W streams to honest D and has a channel to H, which gives H a lane from W and a page of its
+  // own. H turns hostile: its page says its lane from W moves 20 GB/s (W gives it nothing).
+  // The reader's count decides who contends, so W looks far ahead and is limited; its limit
+  // (and its tx cap) used to be split by the readers' counts, so H's claim took nearly all of
+  // it and W→D starved, down to ~1 MB/s. Split by what W counted giving each lane, W→D keeps it.
+  const run = (liar: boolean, opts: { weighted: boolean; cap?: number }) => {
+    const clock = { t: 1000 };
+    const wd = streamingPair(clock, 1, opts.cap ?? 0);
+    const pairs = [wd];
+    const hPage = new SharedArrayBuffer(LANE_POLICY_BYTES);
+    writeLanePolicy(hPage, { bytesPerSec: opts.cap ?? 0, msgsPerSec: 0, weight: 1 });
+    const wPageToH = new SharedArrayBuffer(LANE_POLICY_BYTES); // W's page in its channel with H
+    const tx = opts.cap;
+    const lanes: ShareLane[] = [
+      { key: "w-d", page: wd.page, writerPage: wd.writerPage, weight: 1, writer: 1, reader: 2, writerTx: tx },
+      { key: "w-h", page: hPage, writerPage: wPageToH, weight: 1, writer: 1, reader: 9, writerTx: tx },
+    ];
+    if (opts.weighted) {
+      const xy = streamingPair(clock, 3);
+      pairs.push(xy);
+      lanes.push({ key: "x-y", page: xy.page, writerPage: xy.writerPage, weight: 3, writer: 5, reader: 6 });
+    }
+    const loop = new ShareLoop({
+      lanes: () => lanes,
+      now: () => clock.t,
+      setTimer: () => 1,
+      clearTimer: () => {},
+    });
+    loop.start();
+    const cpu = fairCpu(pairs);
+    const words = new Int32Array(hPage);
+    let fake = 0;
+    const step = (ms: number) => {
+      for (let i = 0; i < ms; i++) {
+        clock.t += 1;
+        cpu(2 << 20);
+        if (i % TICK_MS === TICK_MS - 1) {
+          if (liar) {
+            fake = (fake + 100e6) >>> 0; // 100 MB a tick: "20 GB/s"
+            Atomics.store(words, POLICY_TAKEN_WORD, fake | 0);
+          }
+          loop.tick();
+        }
+      }
+    };
+    step(60);
+    const d0 = wd.taken();
+    step(300);
+    return (((wd.taken() - d0) >>> 0) / 300) * 1000;
+  };
+  const mbs = (r: number) => `${(r / 1e6).toFixed(1)} MB/s`;
+  // Weights W = 1 beside an unrelated pair X→Y of weight 3.
+  const honest = run(false, { weighted: true });
+  const attacked = run(true, { weighted: true });
+  assert.ok(attacked >= 0.8 * honest, `W→D: ${mbs(attacked)} with H lying, ${mbs(honest)} with H honest`);
+  // W capped at 100 MB/s, no weights: its cap is W's, split by what W gives each lane.
+  const CAP = 100e6;
+  const capped = run(true, { weighted: false, cap: CAP });
+  assert.ok(capped >= 0.97 * CAP, `W→D: ${mbs(capped)} of W's 100 MB/s cap with H lying`);
 });

@@ -140,7 +140,7 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
   /** Pushed rendezvous sent and not done yet (`pushes` bounds them). */
   private readonly inFlight: MxRequest[] = [];
   private readonly rights: PullRights;
-  /** Holds the lane we read to the QoS policy myrback wrote for us (absent: no limits). */
+  /** Holds the lane we read to the QoS policy myrback wrote for us (absent: no limits), and counts what we give ours. */
   private readonly policer: LanePolicer | undefined;
 
   constructor(
@@ -225,6 +225,7 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
       tb.record(req.traceId, rndv ? TraceStage.RndvSent : TraceStage.Written, traceNow());
     }
     w.commit();
+    this.policer?.gave(req.buffer.length);
     if (kickPeer(this.peerIntr)) this.ctx.counters.kicks++;
     // An eager send is complete once its data is in the channel (MX may complete eager sends locally).
     if (!req.sync && !rndv) this.completion.complete(req, MxStatus.SUCCESS, req.buffer.length);
@@ -257,6 +258,7 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
     writePieces(this.writer, req, nextSendSeq(this.peer), this.ctx, () => {
       if (kickPeer(this.peerIntr)) this.ctx.counters.kicks++;
     });
+    this.policer?.gave(req.buffer.length);
     this.ctx.counters.eager++;
     if (!req.sync) this.completion.complete(req, MxStatus.SUCCESS, req.buffer.length);
     else req.state = RequestState.Sent;

@@ -30,8 +30,12 @@
  * is a bucket of its own (SHARE_BURST_MS deep), apart from the caps, and holds every message
  * record, a rendezvous the NIC pulls too (the NIC does not know the share), never a control
  * record. Cost: one store per message record (the count), a clock read per message held.
+ *
+ * The same page (the member's own) also keeps the member's count as the writer of the
+ * other lane (GivenBytes, `gave`): the share loop splits a limited writer's share among its
+ * lanes by what the writer says it gave each, not by what each reader says it took.
  */
-import { POLICY_SHARE_HOLDS_WORD, POLICY_TAKEN_WORD } from "../myrixen/channel-abi.js";
+import { POLICY_GIVEN_WORD, POLICY_SHARE_HOLDS_WORD, POLICY_TAKEN_WORD } from "../myrixen/channel-abi.js";
 import { BURST_MAX, BURST_MS } from "../nic/qos.js";
 import type { EndpointCounters } from "./types.js";
 
@@ -92,6 +96,8 @@ export class LanePolicer {
   /** Message bytes taken (the page's TakenBytes, u32) and share holds, as counted here. */
   private taken = 0;
   private shareHolds = 0;
+  /** Message bytes this member put into the lane it writes (the page's GivenBytes, u32). */
+  private given = 0;
   private bytes = 0;
   private msgs = 0;
   private bytesDepth = 0;
@@ -110,11 +116,12 @@ export class LanePolicer {
     /** The receiving endpoint's writer groups (absent: every lane counts alone). */
     private readonly groups?: LaneGroups,
   ) {
-    this.seq = new Int32Array(page, 0, POLICY_SHARE_HOLDS_WORD + 1);
+    this.seq = new Int32Array(page, 0, POLICY_GIVEN_WORD + 1);
     this.words = new Float64Array(page, 8, 5); // BytesPerSec, MsgsPerSec, Weight, ShareBytesPerSec, WriterGroup
     // int32s, the words' own bits: as u32s they would leave V8's small integers past 2^31 (channel.ts).
     this.taken = Atomics.load(this.seq, POLICY_TAKEN_WORD);
     this.shareHolds = Atomics.load(this.seq, POLICY_SHARE_HOLDS_WORD);
+    this.given = Atomics.load(this.seq, POLICY_GIVEN_WORD);
   }
 
   /** Starts a progress round: takes up a changed policy; false while the caps hold the lane. */
@@ -210,6 +217,13 @@ export class LanePolicer {
     // myrback's share loop reads it every few ms: a plain store (a 32-bit word is never torn),
     // not a fence per message.
     this.seq[POLICY_TAKEN_WORD] = this.taken;
+  }
+
+  /** A message of `bytes` this member wrote into its outgoing lane (the page's GivenBytes). */
+  gave(bytes: number): void {
+    this.given = (this.given + bytes) | 0;
+    // Read by the share loop every few ms, as TakenBytes: a plain store.
+    this.seq[POLICY_GIVEN_WORD] = this.given;
   }
 
   /** A record already paid for (a piece of a charged rendezvous): only this round's share. */

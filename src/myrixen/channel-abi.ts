@@ -64,6 +64,13 @@
  *                 an eager message's payload, a rendezvous's length when it is read
  *   Int32 word 17 (byte 68) ShareHolds  times a message record was left in the lane for the
  *                 share limit (u32, wraps): the lane's writer wanted more than its share
+ * [the member writes as its OUTGOING lane's writer, myrback reads]
+ *   Int32 word 18 (byte 72) GivenBytes  message bytes the member put into the lane it writes
+ *                 (u32, wraps), counted as its reader counts TakenBytes: how the share loop
+ *                 splits a limited writer's share among its lanes, so that a reader claiming
+ *                 more than it took cannot draw its writer's share away from the writer's
+ *                 other receivers (the reader's count still decides who contends: a writer
+ *                 that under-counts must not escape its limit)
  */
 import { PAGE_SIZE } from "../xen/abi.js";
 
@@ -128,6 +135,8 @@ export interface LanePolicy {
 export const POLICY_TAKEN_WORD = 16;
 /** Int32 index of ShareHolds in the lane policy page. */
 export const POLICY_SHARE_HOLDS_WORD = 17;
+/** Int32 index of GivenBytes in the lane policy page (the member's count as its outgoing lane's writer). */
+export const POLICY_GIVEN_WORD = 18;
 /** Float64 index of ShareBytesPerSec in the lane policy page. */
 export const POLICY_SHARE_FLOAT = 4;
 
@@ -163,6 +172,11 @@ export function readLaneCounters(page: SharedArrayBuffer): { taken: number; hold
     taken: Atomics.load(w, POLICY_TAKEN_WORD) >>> 0,
     holds: Atomics.load(w, POLICY_SHARE_HOLDS_WORD) >>> 0,
   };
+}
+
+/** What a member counted in its page as the writer of its outgoing lane: message bytes given (u32). */
+export function readLaneGiven(page: SharedArrayBuffer): number {
+  return Atomics.load(new Int32Array(page, 0, POLICY_GIVEN_WORD + 1), POLICY_GIVEN_WORD) >>> 0;
 }
 
 /** Byte offset of lane `side` in the channel. */

@@ -557,10 +557,12 @@ export class MyriCore {
         const writer = ch.members[1 - side].owner.domid;
         const page = ch.mem.policy.get(reader);
         if (!page) continue;
+        const writerPage = ch.mem.policy.get(writer);
         const w = this.qos.settingsFor(writer);
         out.push({
           key: `${ch.id}:${side}`, // the reader's side (inspect.ts looks it up so)
           page: page.bytes.buffer as SharedArrayBuffer,
+          writerPage: writerPage?.bytes.buffer as SharedArrayBuffer | undefined,
           weight: w.weight,
           writer,
           reader,

@@ -33,15 +33,22 @@
  * more in its direction (MyriCore.refreshShares): with default QoS no timer exists and nothing
  * is read.
  *
- * Trust: the counters are the reading library's. A receiver that under-reports makes its
- * lane look slow and so lowers the others' limits; FLOOR bounds that: a lane is never
- * limited below half its weighted share (weight ÷ the contending weights) of the rate it
- * moved at while last free, not far from what the liar could take from them by really
- * using its share. A lane's sender can write neither page nor counter.
+ * Trust: the counters are the members' libraries'. A lane's rate, which decides who
+ * contends, the level and who is limited, is its reader's count (TakenBytes, the reader's own
+ * page): a writer cannot make its lanes look slow to escape its limit. A receiver that
+ * under-reports makes its lane look slow and so lowers the others' limits; FLOOR bounds that:
+ * a lane is never limited below half its weighted share (weight ÷ the contending weights) of
+ * the rate it moved at while last free, not far from what the liar could take from them by
+ * really using its share. A receiver that over-reports makes its writer's flow look fast,
+ * which limits that flow to no less than its weighted share; and it cannot draw that share
+ * away from the writer's other lanes, because a limited flow's limit, and a writer's tx cap,
+ * are split among its lanes by what the writer itself counted giving each (GivenBytes, the
+ * writer's own page): a writer that miscounts only misplaces its own share. A receiver's rx
+ * cap is split by its own counts.
  */
 
 import type { DomId } from "../../xen/abi.js";
-import { readLaneCounters, writeLaneShare } from "../channel-abi.js";
+import { readLaneCounters, readLaneGiven, writeLaneShare } from "../channel-abi.js";
 
 /** The loop's period while lanes contend (ms). */
 export const TICK_MS = 5;
@@ -77,6 +84,8 @@ export interface ShareLane {
   key: string;
   /** The lane's reader's policy page. */
   page: SharedArrayBuffer;
+  /** The lane's writer's policy page in the same channel (its GivenBytes); absent: split by the reader's counts. */
+  writerPage?: SharedArrayBuffer;
   /** The lane's writer's weight. */
   weight: number;
   /** The writing and the reading domain (for the inspection, and whose caps are shared). */
@@ -113,6 +122,9 @@ export interface ShareLoopHost {
 interface LaneState {
   taken: number;
   holds: number;
+  /** The writer's GivenBytes at the last tick, and its moving average rate (−1: no writer page). */
+  given: number;
+  givenRate: number;
   /** Moving average rate (bytes/s); −1 before the first tick. */
   rate: number;
   /** The average rate when the lane was last free (the floor's reference). */
@@ -211,8 +223,8 @@ export class ShareLoop {
     const lanes = this.host.lanes();
     const seen = new Set<string>();
     const contending: { lane: ShareLane; s: LaneState }[] = [];
-    /** Per capped domain and direction: its cap and its lanes that move bytes. */
-    const capped = new Map<string, { cap: number; lanes: LaneState[] }>();
+    /** Per capped domain and direction: its cap and its lanes that move bytes (`tx`: the domain writes them). */
+    const capped = new Map<string, { cap: number; tx: boolean; lanes: LaneState[] }>();
     const view: LaneShareInfo[] = [];
     for (const lane of lanes) {
       seen.add(lane.key);
@@ -222,6 +234,8 @@ export class ShareLoop {
         s = {
           taken: c.taken,
           holds: c.holds,
+          given: lane.writerPage === undefined ? 0 : readLaneGiven(lane.writerPage),
+          givenRate: -1,
           rate: -1,
           freeRate: 0,
           limit: 0,
@@ -240,6 +254,12 @@ export class ShareLoop {
       s.taken = c.taken;
       s.holds = c.holds;
       if (dt <= 0) continue;
+      if (lane.writerPage !== undefined) {
+        const g = readLaneGiven(lane.writerPage);
+        const r = ((g - s.given) >>> 0) / dt;
+        s.given = g;
+        s.givenRate = s.givenRate < 0 ? r : EWMA * r + (1 - EWMA) * s.givenRate;
+      }
       if (moved === 0) {
         s.quiet++;
         s.span += dt;
@@ -257,7 +277,7 @@ export class ShareLoop {
         for (const [key, cap] of capsOf(lane)) {
           const g = capped.get(key);
           if (g) g.lanes.push(s);
-          else capped.set(key, { cap, lanes: [s] });
+          else capped.set(key, { cap, tx: key.startsWith("tx "), lanes: [s] });
         }
       }
       view.push({
@@ -321,8 +341,8 @@ export class ShareLoop {
         if (!ahead) continue;
         const floor = (FLOOR * f.freeRate * f.weight) / total;
         const limit = Math.max(f.weight * level * (1 + HEADROOM), floor, 1);
-        for (const l of f.lanes)
-          limits.set(l, Math.max(f.rate > 0 ? (limit * l.rate) / f.rate : limit / f.lanes.length, 1));
+        const parts = splitParts(f.lanes, true);
+        for (let i = 0; i < f.lanes.length; i++) limits.set(f.lanes[i], Math.max(limit * parts[i], 1));
       }
     } else if (this.calm <= GRACE_TICKS) {
       // Contention may only have paused (a pair the scheduler left waiting): limits stay a little.
@@ -331,12 +351,12 @@ export class ShareLoop {
     // A capped domain's moving lanes split its cap by their rates (the smaller split, when a
     // lane is both its writer's and its reader's).
     const splits = new Map<LaneState, number>();
-    for (const { cap, lanes: members } of capped.values()) {
+    for (const { cap, tx, lanes: members } of capped.values()) {
       if (members.length < 2) continue;
-      let total = 0;
-      for (const m of members) total += m.rate;
-      for (const m of members) {
-        const part = Math.max((cap * m.rate) / total, 1);
+      const parts = splitParts(members, tx);
+      for (let i = 0; i < members.length; i++) {
+        const m = members[i];
+        const part = Math.max(cap * parts[i], 1);
         const had = splits.get(m);
         splits.set(m, had === undefined ? part : Math.min(had, part));
       }
@@ -360,4 +380,17 @@ export class ShareLoop {
     this.view = view;
     return sharing || this.calm <= GRACE_TICKS || splits.size > 0;
   }
+}
+
+/**
+ * How one domain's share (or cap) splits among `lanes`, as fractions summing to 1: by the
+ * writer's counts when `byWriter` and every lane has them (GivenBytes: a reader's claim does
+ * not move the writer's share between its lanes), else by the readers' rates; equal parts
+ * when nothing moved.
+ */
+function splitParts(lanes: readonly LaneState[], byWriter: boolean): number[] {
+  const writer = byWriter && lanes.every((l) => l.givenRate >= 0);
+  let total = 0;
+  for (const l of lanes) total += writer ? l.givenRate : l.rate;
+  return lanes.map((l) => (total > 0 ? (writer ? l.givenRate : l.rate) / total : 1 / lanes.length));
 }
