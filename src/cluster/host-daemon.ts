@@ -11,6 +11,8 @@
  * handshakeTimeoutMs (2 s) from accept to finish the handshake; at most maxPendingHandshakes
  * (64) connections are in the handshake at once, and a new one beyond that drops the OLDEST
  * (a launcher takes a few round trips; a static flood of idle sockets cannot keep it out).
+ * Connections that come while the host is still starting (the port listens first) are held,
+ * as many at most, and a reset among them only closes it (listen.ts EarlyConnections).
  * Refusals of unauthenticated clients are logged with their address and reason, at most 20
  * lines per 10 s (then a count). The NIC's link events come through the same logger.
  *
@@ -32,7 +34,7 @@ import type { ClusterKey } from "./auth.js";
 import { ControlConnection } from "./control-connection.js";
 import { HostInspection } from "./host-inspection.js";
 import { formatAddress, type HostAddress, type HostEntry } from "./hostfile.js";
-import { freePort, isWildcard, listen, plainAddress } from "./listen.js";
+import { EarlyConnections, freePort, isWildcard, listen, plainAddress } from "./listen.js";
 import { type LogFields, type Logger, rateLimitedWarn } from "./log.js";
 import { PeerLinks } from "./peer-links.js";
 import { jobsOn } from "./ranks.js";
@@ -97,6 +99,8 @@ export function deriveNicId(hostname: string, port: number): number {
 }
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms).unref());
+/** Connections in the handshake at once by default (HostDaemonOptions.maxPendingHandshakes). */
+const MAX_PENDING_HANDSHAKES = 64;
 
 export class HostDaemon {
   /** Authenticated control connections. */
@@ -174,10 +178,10 @@ export class HostDaemon {
    */
   static async serve(host: Host, opts: ServeHostOptions): Promise<HostDaemon> {
     let daemon: HostDaemon | undefined;
-    const early: net.Socket[] = [];
+    const early = new EarlyConnections(opts.maxPendingHandshakes ?? MAX_PENDING_HANDSHAKES);
     const server = net.createServer((socket) => {
       if (daemon) daemon.accept(socket);
-      else early.push(socket);
+      else early.hold(socket);
     });
     const port = await listen(server, opts.listen);
     daemon = new HostDaemon(
@@ -199,7 +203,7 @@ export class HostDaemon {
       false,
     );
     server.on("error", (e) => opts.log.error("control listener error", { error: e.message }));
-    for (const s of early) daemon.accept(s);
+    early.release((s) => daemon.accept(s));
     return daemon;
   }
 
@@ -210,10 +214,10 @@ export class HostDaemon {
   static async start(opts: HostDaemonOptions): Promise<HostDaemon> {
     const log = opts.log;
     let daemon: HostDaemon | undefined;
-    const early: net.Socket[] = [];
+    const early = new EarlyConnections(opts.maxPendingHandshakes ?? MAX_PENDING_HANDSHAKES);
     const server = net.createServer((socket) => {
       if (daemon) daemon.accept(socket);
-      else early.push(socket);
+      else early.hold(socket);
     });
     const controlPort = await listen(server, opts.listen);
     const control = { host: opts.listen.host, port: controlPort };
@@ -259,12 +263,12 @@ export class HostDaemon {
       );
     } catch (e) {
       await new Promise<void>((r) => server.close(() => r()));
-      for (const s of early) s.destroy();
+      early.destroyAll();
       await host?.stop().catch(() => undefined);
       throw e;
     }
     server.on("error", (e) => log.error("control listener error", { error: e.message }));
-    for (const s of early) daemon.accept(s);
+    early.release((s) => daemon.accept(s));
     log.info("host ready", {
       hostname: daemon.hostname,
       control: formatAddress(control),
@@ -286,7 +290,7 @@ export class HostDaemon {
       socket.destroy();
       return;
     }
-    const maxPending = this.opts.maxPendingHandshakes ?? 64;
+    const maxPending = this.opts.maxPendingHandshakes ?? MAX_PENDING_HANDSHAKES;
     if (this.pending.size >= maxPending) {
       // The oldest has had the longest to prove itself; a launcher takes a few round trips.
       const oldest = this.pending.values().next().value as ControlConnection;

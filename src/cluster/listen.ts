@@ -46,3 +46,50 @@ export async function freePort(host: string): Promise<number> {
   await new Promise<void>((r) => s.close(() => r()));
   return port;
 }
+
+/** Swallows a held socket's error (it is only closed): an unhandled 'error' would end the process. */
+const IGNORE = (): void => {};
+
+/**
+ * Connections a listener accepted before anything could serve them (a host's control port
+ * listens first, since its NIC id may come from the port, then starts its machinery): held
+ * until `release` hands them over. Anyone may connect then, so nothing here trusts them: an
+ * error on one (a reset) only closes it, one that closes leaves, and at most `max` are held
+ * (beyond, the oldest is dropped, as the handshake's own bound does).
+ */
+export class EarlyConnections {
+  private readonly held = new Set<net.Socket>();
+
+  constructor(private readonly max: number) {}
+
+  get size(): number {
+    return this.held.size;
+  }
+
+  hold(socket: net.Socket): void {
+    socket.on("error", IGNORE);
+    socket.once("close", () => this.held.delete(socket));
+    if (this.held.size >= this.max) {
+      const oldest = this.held.values().next().value as net.Socket;
+      this.held.delete(oldest);
+      oldest.destroy();
+    }
+    this.held.add(socket);
+  }
+
+  /** Hands every connection still open to `accept` (which takes over its errors). */
+  release(accept: (socket: net.Socket) => void): void {
+    const sockets = [...this.held];
+    this.held.clear();
+    for (const s of sockets) {
+      s.off("error", IGNORE);
+      accept(s);
+    }
+  }
+
+  /** Closes every connection held (the listener failed to start). */
+  destroyAll(): void {
+    for (const s of this.held) s.destroy();
+    this.held.clear();
+  }
+}
