@@ -105,7 +105,12 @@ export class LocalTarget implements JobTarget {
     const have = new Set((await this.host.nicInfo()).links);
     for (const p of peers)
       if (!have.has(p.nicId) && this.nicId < p.nicId)
-        await this.host.nic.attachLink({ kind: "tcp", host: p.host, port: p.port, timeoutMs, key });
+        await this.host.nic
+          .attachLink({ kind: "tcp", host: p.host, port: p.port, timeoutMs, key })
+          .catch((e: Error) => {
+            // Another job linked them meanwhile (jobs starting at once): the link is there.
+            if (!e.message.startsWith("EBUSY:")) throw e;
+          });
     for (;;) {
       const links = new Set((await this.host.nicInfo()).links);
       const missing = peers.filter((p) => !links.has(p.nicId));

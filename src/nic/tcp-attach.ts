@@ -5,8 +5,16 @@
  * fault), with backoff (RECONNECT_MIN_MS doubling to RECONNECT_MAX_MS), until the host
  * detaches that peer or the NIC stops; "tcp-listen" accepts peers and attaches each one that
  * proves the key, replacing any link the NIC still has to that peer.
+ *
+ * Because a listener replaces, a second connection to a peer already linked costs the working
+ * one (and fails what is in flight on it) at the peer's end before this end even learns whom it
+ * reached. So an attach to an address this NIC is linked through already is refused (EBUSY)
+ * without dialing, one to an address being dialed waits for that dial first, and a connection
+ * that reaches a peer linked another way (it dialed us, or another of its addresses) replaces
+ * that link here too, as the peer's listener just did: both ends keep the new connection.
  */
 import type { Link } from "./link.js";
+import { NicError } from "./status.js";
 import { checkKey } from "./tcp-handshake.js";
 import { defaultLog, type TcpLink, type TcpLinkLog } from "./tcp-link.js";
 import { connectTcpLink, listenTcpLinks, type TcpLinkServer } from "./tcp-link-setup.js";
@@ -60,8 +68,8 @@ class Reconnector {
   constructor(
     private readonly nic: TcpLinkHost,
     readonly peerNic: number,
-    private readonly host: string,
-    private readonly port: number,
+    readonly host: string,
+    readonly port: number,
     private readonly timeoutMs: number,
     private readonly key: Buffer,
     private readonly log: TcpLinkLog,
@@ -117,17 +125,26 @@ class Reconnector {
 
   private async attempt(): Promise<void> {
     if (this.cancelled) return;
+    const dials = dialsOf(this.nic);
+    const address = `${this.host}:${this.port}`;
+    // An attach is dialing this address (it cancels us once connected): no second connection.
+    if (dials.has(address)) {
+      this.schedule();
+      return;
+    }
     this.attempts++;
     let link: TcpLink;
+    const dial = connectTcpLink({
+      nicId: this.nic.nicId,
+      host: this.host,
+      port: this.port,
+      key: this.key,
+      timeoutMs: this.timeoutMs,
+      log: this.log,
+    });
+    dials.set(address, dial);
     try {
-      link = await connectTcpLink({
-        nicId: this.nic.nicId,
-        host: this.host,
-        port: this.port,
-        key: this.key,
-        timeoutMs: this.timeoutMs,
-        log: this.log,
-      });
+      link = await dial;
     } catch (e) {
       if (this.cancelled) return;
       // Every attempt at first, then ever more rarely (once in 10, in 100, then in 1000: every
@@ -139,6 +156,8 @@ class Reconnector {
         );
       this.schedule();
       return;
+    } finally {
+      if (dials.get(address) === dial) dials.delete(address);
     }
     if (this.cancelled) {
       link.close();
@@ -177,6 +196,14 @@ class Reconnector {
 }
 
 const reconnectors = new WeakMap<TcpLinkHost, Map<number, Reconnector>>();
+/** Connections being dialed now (an attach's or a reconnection's), per NIC, by "host:port". */
+const dialing = new WeakMap<TcpLinkHost, Map<string, Promise<TcpLink>>>();
+
+function dialsOf(nic: TcpLinkHost): Map<string, Promise<TcpLink>> {
+  let map = dialing.get(nic);
+  if (!map) dialing.set(nic, (map = new Map()));
+  return map;
+}
 
 function reconnectorsOf(nic: TcpLinkHost): Map<number, Reconnector> {
   let map = reconnectors.get(nic);
@@ -202,9 +229,45 @@ export function cancelTcpReconnect(nic: TcpLinkHost, peerNic: number): boolean {
   return true;
 }
 
+/** Connects to a peer's listener and attaches the link, reconnecting it from then on. */
+async function dialAndAttach(
+  nic: TcpLinkHost,
+  host: string,
+  port: number,
+  timeoutMs: number | undefined,
+  key: Buffer,
+  log: TcpLinkLog,
+): Promise<TcpLink> {
+  const link = await connectTcpLink({ nicId: nic.nicId, host, port, key, timeoutMs, log });
+  // An explicit attach wins over a reconnection still trying for that peer.
+  cancelTcpReconnect(nic, link.peerNic);
+  // Linked already another way: the peer's listener has replaced that link with this
+  // connection, so this end does too (refusing it left neither end a link).
+  const replacing = nic.hasLink(link.peerNic);
+  try {
+    nic.attachLink(link, true);
+  } catch (e) {
+    link.close();
+    throw e;
+  }
+  if (replacing)
+    log(
+      `tcp-link nic ${nic.nicId} -> nic ${link.peerNic} (${host}:${port}): link up (replaces the previous connection)`,
+      {
+        level: "info",
+        peerNic: link.peerNic,
+      },
+    );
+  const r = new Reconnector(nic, link.peerNic, host, port, timeoutMs ?? RECONNECT_ATTEMPT_MS, key, log);
+  reconnectorsOf(nic).set(link.peerNic, r);
+  r.watch(link);
+  return link;
+}
+
 /**
  * Carries out a TCP link spec on the NIC's thread: "tcp" connects and attaches the link
- * (resolves after the handshake; a first connection that fails rejects) and from then on
+ * (resolves after the handshake; a first connection that fails rejects; EBUSY, without a
+ * connection, if this NIC is linked through that address already) and from then on
  * reconnects it whenever it drops without a goodbye; "tcp-listen" resolves once listening and
  * attaches each peer that connects and proves the key, replacing a link that peer had. Both
  * need the spec's `key`; `log` gets every link event (nic-worker.ts sends them to the host).
@@ -225,34 +288,21 @@ export async function attachTcpSpec(
     throw new RangeError("tcp link: timeoutMs must be a positive integer");
   if (spec.kind === "tcp") {
     const host = spec.host ?? "127.0.0.1";
-    const link = await connectTcpLink({
-      nicId: nic.nicId,
-      host,
-      port: spec.port,
-      key,
-      timeoutMs: spec.timeoutMs,
-      log,
-    });
-    // An explicit attach wins over a reconnection still trying for that peer.
-    cancelTcpReconnect(nic, link.peerNic);
+    const where = `${host}:${spec.port}`;
+    const dials = dialsOf(nic);
+    // Another attach or a reconnection is dialing this address: its outcome first (two
+    // connections would make the peer's listener drop the first for the second).
+    for (let d = dials.get(where); d !== undefined; d = dials.get(where)) await d.catch(() => undefined);
+    for (const r of reconnectorsOf(nic).values())
+      if (r.host === host && r.port === spec.port && r.link !== null && nic.hasLink(r.peerNic))
+        throw new NicError("EBUSY", `a link to NIC ${r.peerNic} through ${where} is already attached`);
+    const run = dialAndAttach(nic, host, spec.port, spec.timeoutMs, key, log);
+    dials.set(where, run);
     try {
-      nic.attachLink(link); // throws EBUSY if a link to that NIC is attached
-    } catch (e) {
-      link.close();
-      throw e;
+      return await run;
+    } finally {
+      if (dials.get(where) === run) dials.delete(where);
     }
-    const r = new Reconnector(
-      nic,
-      link.peerNic,
-      host,
-      spec.port,
-      spec.timeoutMs ?? RECONNECT_ATTEMPT_MS,
-      key,
-      log,
-    );
-    reconnectorsOf(nic).set(link.peerNic, r);
-    r.watch(link);
-    return link;
   }
   return listenTcpLinks({
     nicId: nic.nicId,
