@@ -26,7 +26,9 @@ import { Stat } from "./stats.js";
  *    wake counter and a sleeping flag;
  *  - a channel's buffer belongs to its pair of domains, granted to both once and reused only
  *    for a later channel of the same pair, once neither maps it any more (at most
- *    CHANNELS_PER_PAIR per pair: beyond that the pair talks through the NIC); with it, one
+ *    CHANNELS_PER_PAIR per pair, CHANNELS_PER_DOMAIN per member domain across its pairs, and
+ *    CHANNEL_GRANT_SHARE of dom0's grant table in all: beyond, the pair talks through the
+ *    NIC, and endpoints still open); with it, one
  *    lane policy page per member domain, shared with and granted to that member alone (its
  *    peer can never write the limits it is held to: channel-abi.ts);
  *  - all of it is released (the hypervisor forgets its frames) when a member domain goes.
@@ -48,6 +50,8 @@ export interface ChannelMem {
   run: PageRun;
   /** "a:b", the two member domains (a ≤ b). */
   pair: string;
+  /** The member domains (one when both ends are one domain). */
+  members: DomId[];
   /** Grants of the buffer to each member domain (one entry when both ends are one domain). */
   refs: Map<DomId, number[]>;
   /** Each member domain's lane policy page (channel-abi.ts), shared with that domain only. */
@@ -58,6 +62,19 @@ export interface ChannelMem {
 
 /** Channel buffers one pair of domains may hold at once (in use or waiting to be unmapped). */
 export const CHANNELS_PER_PAIR = 16;
+/**
+ * Channel buffers one domain may be a member of at once, across all its pairs (in use, waiting
+ * to be unmapped, or free for its pair's next channel): a domain that keeps its old channels
+ * mapped and reconnects to many peers held 16 per peer, and a few colluding domains filled
+ * dom0's grant table. An honest domain holds about one per co-resident peer.
+ */
+export const CHANNELS_PER_DOMAIN = 32;
+/**
+ * The part of dom0's grant table channel buffers may take in all (each grants 130 pages to
+ * each member): the rest stays for endpoint windows, so guests still open endpoints however
+ * many channels others hold.
+ */
+export const CHANNEL_GRANT_SHARE = 0.75;
 
 const WINDOW_PAGES = WINDOW_BYTES / PAGE_SIZE;
 const INTR_PAGES = INTR_BYTES / PAGE_SIZE;
@@ -81,6 +98,9 @@ export class SharedMemory {
   private readonly peerSlots = new Map<DomId, Set<WindowSlot>>();
   /** Response pages whose grant has ended. */
   private readonly rspFree: PageRun[] = [];
+  /** Channel buffers dom0 holds, in all and per member domain. */
+  private channelBuffers = 0;
+  private readonly buffersOf = new Map<DomId, number>();
   private nextSlotId = 1;
 
   constructor(
@@ -174,7 +194,17 @@ export class SharedMemory {
       return reused;
     }
     if (p.count >= CHANNELS_PER_PAIR) return undefined;
-    const run = this.alloc(CHANNEL_PAGES, a === b ? [a] : [a, b]);
+    const members = a === b ? [a] : [a, b];
+    // Each member is granted the buffer and its own policy page.
+    const perBuffer = 2 * (CHANNEL_PAGES + LANE_POLICY_BYTES / PAGE_SIZE);
+    if (
+      members.some((d) => (this.buffersOf.get(d) ?? 0) >= CHANNELS_PER_DOMAIN) ||
+      (this.channelBuffers + 1) * perBuffer > this.guest.grants.table.size * CHANNEL_GRANT_SHARE
+    ) {
+      Atomics.add(this.stats, Stat.channelsRefused, 1);
+      return undefined;
+    }
+    const run = this.alloc(CHANNEL_PAGES, members);
     const policy = new Map<DomId, PageRun>();
     try {
       for (const d of a === b ? [a] : [a, b]) policy.set(d, this.alloc(LANE_POLICY_BYTES / PAGE_SIZE, [d]));
@@ -184,8 +214,10 @@ export class SharedMemory {
       throw e;
     }
     p.count++;
+    this.channelBuffers++;
+    for (const d of members) this.buffersOf.set(d, (this.buffersOf.get(d) ?? 0) + 1);
     this.publish();
-    return { run, pair, refs: new Map(), policy, policyRefs: new Map() };
+    return { run, pair, members, refs: new Map(), policy, policyRefs: new Map() };
   }
 
   /** Member `domid`'s lane policy page, granted to it (once); undefined if it is no member. */
@@ -223,6 +255,12 @@ export class SharedMemory {
     this.keeper.end([...mem.refs.values(), ...mem.policyRefs.values()].flat());
     this.release(mem.run);
     for (const page of mem.policy.values()) this.release(page);
+    this.channelBuffers--;
+    for (const d of mem.members) {
+      const n = (this.buffersOf.get(d) ?? 1) - 1;
+      if (n > 0) this.buffersOf.set(d, n);
+      else this.buffersOf.delete(d);
+    }
     this.publish();
   }
 
@@ -278,5 +316,6 @@ export class SharedMemory {
   private publish(): void {
     const c = this.guest.counters();
     Atomics.store(this.stats, Stat.sharedPages, c.mem_shared_alloc - c.mem_shared_release);
+    Atomics.store(this.stats, Stat.channelBuffers, this.channelBuffers);
   }
 }

@@ -32,6 +32,10 @@ export const Stat = {
   shareLoopRunning: 22,
   shareTicks: 23,
   shareLimits: 24,
+  /** Channel buffers dom0 holds (in use, waiting to be unmapped, or free for their pair's next channel). */
+  channelBuffers: 25,
+  /** Channels not made for a quota (shared-memory.ts): the pair talks through the NIC instead. */
+  channelsRefused: 26,
 } as const;
 export const STATS_BYTES = 32 * 4;
 
@@ -59,6 +63,8 @@ export interface BackendStats {
   /** Its looks at the lanes, and the share limits it wrote (not counting lifts). */
   shareTicks: number;
   shareLimits: number;
+  channelBuffers: number;
+  channelsRefused: number;
 }
 
 export function readBackendStats(buffer: SharedArrayBuffer): BackendStats {
@@ -86,5 +92,7 @@ export function readBackendStats(buffer: SharedArrayBuffer): BackendStats {
     shareLoopRunning: get(Stat.shareLoopRunning),
     shareTicks: get(Stat.shareTicks),
     shareLimits: get(Stat.shareLimits),
+    channelBuffers: get(Stat.channelBuffers),
+    channelsRefused: get(Stat.channelsRefused),
   };
 }

@@ -1,0 +1,80 @@
+/**
+ * What the driver domain holds for co-resident channels (src/myrixen/back/shared-memory.ts).
+ * Each channel is a 130-page buffer of dom0's, granted to both members, reused for the pair's
+ * next channel once neither maps it. Members that never unmap (a guest owns its kernel) and
+ * reconnect in a loop made dom0 hold 16 buffers per pair of them: a guest colluding with a
+ * few others held 16 per peer, and six such guests filled dom0's grant table, so that no
+ * guest on the host could open an endpoint. Now a domain is a member of at most
+ * CHANNELS_PER_DOMAIN buffers and channels take at most CHANNEL_GRANT_SHARE of the table;
+ * beyond, the pair talks through the NIC, which loses nothing.
+ */
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+import { Host } from "../src/host/host.js";
+import { CHANNELS_PER_DOMAIN, CHANNELS_PER_PAIR } from "../src/myrixen/back/shared-memory.js";
+import { CHANNEL_BYTES } from "../src/myrixen/channel-abi.js";
+import { PAGE_SIZE } from "../src/xen/abi.js";
+import type { Domain } from "../src/xen/hypervisor.js";
+import { nextMessage } from "./helpers/messages.js";
+
+const HOG = new URL("./fixtures/guests/channel-hog.js", import.meta.url);
+const PEERS = 3;
+
+let host: Host;
+before(async () => {
+  host = await Host.start({});
+});
+after(() => host.stop());
+
+function dom0SharedPages(): number {
+  const c = host.hypervisor.counters(0);
+  return c.mem_shared_alloc - (c.mem_shared_release ?? 0);
+}
+
+async function next<T>(d: Domain): Promise<T> {
+  const [m] = await nextMessage(d);
+  return m as T;
+}
+
+test("guests that keep every channel mapped and reconnect in a loop hold at most their quota of dom0's buffers; their messages still arrive", async () => {
+  // More buffers than a domain's quota if each pair could hold its own 16.
+  assert.ok(PEERS * CHANNELS_PER_PAIR > CHANNELS_PER_DOMAIN);
+  const idle = dom0SharedPages();
+  const start = (role: string, i = 0) =>
+    host.startGuest({
+      module: HOG,
+      args: { role, rounds: CHANNELS_PER_PAIR + 2 },
+      name: `hog-${role}${i}`,
+      pages: 1024,
+    });
+  const peers = await Promise.all(Array.from({ length: PEERS }, (_, i) => start("peer", i)));
+  const addrs = await Promise.all(peers.map((p) => next(p)));
+  const hog = await start("hog");
+  await next(hog);
+  hog.send(addrs);
+  const out = (await hog.exited).result as { intact: number; errors: string[] };
+  for (const p of peers) p.send("stop");
+  await Promise.all(peers.map((p) => p.exited));
+  const rounds = PEERS * (CHANNELS_PER_PAIR + 3);
+  assert.deepEqual(out.errors, [], "every connect worked (through the NIC beyond the quota)");
+  assert.equal(out.intact, rounds, "every echo came back intact");
+  // dom0's memory: the quota's buffers and four endpoints' windows, not 16 buffers a pair.
+  const channelPages = CHANNEL_BYTES / PAGE_SIZE;
+  const more = dom0SharedPages() - idle;
+  assert.ok(
+    more < (CHANNELS_PER_DOMAIN + 8) * channelPages,
+    `dom0 shares ${more} more pages (${channelPages} a buffer)`,
+  );
+  const s = host.backendStats();
+  assert.ok(s.channelsRefused > 0, "channels beyond the quota were refused");
+  assert.ok(
+    s.channelBuffers <= CHANNELS_PER_DOMAIN,
+    `dom0 held ${s.channelBuffers} channel buffers for the hog's pairs (quota ${CHANNELS_PER_DOMAIN})`,
+  );
+  // Honest guests still open endpoints.
+  const honest = await Promise.all([start("peer", 10), start("peer", 11)]);
+  const [a, b] = await Promise.all(honest.map((d) => next<{ nic: number; endpoint: number }>(d)));
+  assert.ok(a.endpoint >= 0 && b.endpoint >= 0);
+  for (const d of honest) d.send("stop");
+  await Promise.all(honest.map((d) => d.exited));
+});
