@@ -109,6 +109,11 @@ function fairCpu(pairs: Pair[]) {
   };
 }
 
+/** The share loop on the test's clock: the test ticks it itself (no timer runs). */
+function loopOn(clock: { t: number }, lanes: ShareLane[]): ShareLoop {
+  return new ShareLoop({ lanes: () => lanes, now: () => clock.t, setTimer: () => 1, clearTimer: () => {} });
+}
+
 /** `ms` of the test clock: each ms the fair CPU hands out `budget` bytes; the loop (if any) ticks every TICK_MS. */
 function runClock(
   clock: { t: number },
@@ -133,12 +138,7 @@ function scenario(withLoop: boolean) {
     { key: "a-d", page: ad.page, weight: 3, writer: 1, reader: 2 },
     { key: "e-f", page: ef.page, weight: 1, writer: 3, reader: 4 },
   ];
-  const loop = new ShareLoop({
-    lanes: () => lanes,
-    now: () => clock.t,
-    setTimer: () => 1, // the test ticks the loop itself, on its clock
-    clearTimer: () => {},
-  });
+  const loop = loopOn(clock, lanes);
   if (withLoop) loop.start();
   // 2 MiB of work per ms between the two pairs.
   const run = runClock(clock, fairCpu([ad, ef]), withLoop ? loop : null, 2 << 20);
@@ -343,12 +343,7 @@ test("a domain's weight is the domain's: a weight-1 domain streaming to two rece
     { key: "w-f", page: wf.page, weight: 1, writer: 1, reader: 4 },
     { key: "v-g", page: vg.page, weight: 2, writer: 3, reader: 5 },
   ];
-  const loop = new ShareLoop({
-    lanes: () => lanes,
-    now: () => clock.t,
-    setTimer: () => 1,
-    clearTimer: () => {},
-  });
+  const loop = loopOn(clock, lanes);
   loop.start();
   const run = runClock(clock, fairCpu([wd, wf, vg]), loop, 512 << 10);
   run(60);
@@ -375,12 +370,7 @@ test("a capped domain's lanes to two peers share its cap: it streams at its cap,
       { key: "w-d", page: wd.page, weight: 1, writer: 1, reader: 2, writerTx: CAP },
       { key: "w-f", page: wf.page, weight: 1, writer: 1, reader: 4, writerTx: CAP },
     ];
-    const loop = new ShareLoop({
-      lanes: () => lanes,
-      now: () => clock.t,
-      setTimer: () => 1,
-      clearTimer: () => {},
-    });
+    const loop = loopOn(clock, lanes);
     if (withLoop) loop.start();
     // More work per ms than the two capped lanes can take.
     const step = runClock(clock, fairCpu([wd, wf]), withLoop ? loop : null, 512 << 10);
@@ -472,12 +462,7 @@ test("a receiver that over-reports its lane cannot draw its writer's share or ca
       pairs.push(xy);
       lanes.push({ key: "x-y", page: xy.page, writerPage: xy.writerPage, weight: 3, writer: 5, reader: 6 });
     }
-    const loop = new ShareLoop({
-      lanes: () => lanes,
-      now: () => clock.t,
-      setTimer: () => 1,
-      clearTimer: () => {},
-    });
+    const loop = loopOn(clock, lanes);
     loop.start();
     const cpu = fairCpu(pairs);
     const words = new Int32Array(hPage);
