@@ -470,7 +470,7 @@ test("a receiver that over-reports its lane cannot draw its writer's share or ca
     const step = (ms: number) => {
       for (let i = 0; i < ms; i++) {
         clock.t += 1;
-        cpu(2 << 20);
+        cpu(1 << 20);
         if (i % TICK_MS === TICK_MS - 1) {
           if (liar) {
             fake = (fake + 100e6) >>> 0; // 100 MB a tick: "20 GB/s"
@@ -480,10 +480,10 @@ test("a receiver that over-reports its lane cannot draw its writer's share or ca
         }
       }
     };
-    step(60);
+    step(40);
     const d0 = wd.taken();
-    step(300);
-    return (((wd.taken() - d0) >>> 0) / 300) * 1000;
+    step(120);
+    return (((wd.taken() - d0) >>> 0) / 120) * 1000;
   };
   const mbs = (r: number) => `${(r / 1e6).toFixed(1)} MB/s`;
   // Weights W = 1 beside an unrelated pair X→Y of weight 3.
