@@ -6,12 +6,18 @@
  * few others held 16 per peer, and six such guests filled dom0's grant table, so that no
  * guest on the host could open an endpoint. Now a domain is a member of at most
  * CHANNELS_PER_DOMAIN buffers and channels take at most CHANNEL_GRANT_SHARE of the table;
- * beyond, the pair talks through the NIC, which loses nothing.
+ * beyond, the pair talks through the NIC, which loses nothing. (The second test gives dom0 a
+ * small grant table, so that a few guests reach the table's share as sixteen would reach it
+ * in the default one.)
  */
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { Host } from "../src/host/host.js";
-import { CHANNELS_PER_DOMAIN, CHANNELS_PER_PAIR } from "../src/myrixen/back/shared-memory.js";
+import {
+  CHANNEL_GRANT_SHARE,
+  CHANNELS_PER_DOMAIN,
+  CHANNELS_PER_PAIR,
+} from "../src/myrixen/back/shared-memory.js";
 import { CHANNEL_BYTES } from "../src/myrixen/channel-abi.js";
 import { PAGE_SIZE } from "../src/xen/abi.js";
 import type { Domain } from "../src/xen/hypervisor.js";
@@ -25,6 +31,40 @@ before(async () => {
   host = await Host.start({});
 });
 after(() => host.stop());
+
+/** Starts a channel-hog guest on `h`. */
+function startHog(h: Host, role: string, i = 0) {
+  return h.startGuest({
+    module: HOG,
+    args: { role, rounds: CHANNELS_PER_PAIR + 2 },
+    name: `hog-${role}${i}`,
+    pages: 1024,
+  });
+}
+
+/** A hog and PEERS peers on `h`: the hog churns through its channels with each; its report. */
+async function hogRun(h: Host): Promise<{ intact: number; errors: string[] }> {
+  const peers = await Promise.all(Array.from({ length: PEERS }, (_, i) => startHog(h, "peer", i)));
+  const addrs = await Promise.all(peers.map((p) => next(p)));
+  const hog = await startHog(h, "hog");
+  await next(hog);
+  hog.send(addrs);
+  const end = await hog.exited;
+  if (end.result === undefined) throw new Error(`the hog ${end.state}: ${end.error?.message}`);
+  const out = end.result as { intact: number; errors: string[] };
+  for (const p of peers) p.send("stop");
+  await Promise.all(peers.map((p) => p.exited));
+  return out;
+}
+
+/** Two honest guests open their endpoints on `h` (and stop): their addresses. */
+async function honestEndpoints(h: Host): Promise<{ nic: number; endpoint: number }[]> {
+  const honest = await Promise.all([startHog(h, "peer", 10), startHog(h, "peer", 11)]);
+  const addrs = await Promise.all(honest.map((d) => next<{ nic: number; endpoint: number }>(d)));
+  for (const d of honest) d.send("stop");
+  await Promise.all(honest.map((d) => d.exited));
+  return addrs;
+}
 
 function dom0SharedPages(): number {
   const c = host.hypervisor.counters(0);
@@ -40,21 +80,7 @@ test("guests that keep every channel mapped and reconnect in a loop hold at most
   // More buffers than a domain's quota if each pair could hold its own 16.
   assert.ok(PEERS * CHANNELS_PER_PAIR > CHANNELS_PER_DOMAIN);
   const idle = dom0SharedPages();
-  const start = (role: string, i = 0) =>
-    host.startGuest({
-      module: HOG,
-      args: { role, rounds: CHANNELS_PER_PAIR + 2 },
-      name: `hog-${role}${i}`,
-      pages: 1024,
-    });
-  const peers = await Promise.all(Array.from({ length: PEERS }, (_, i) => start("peer", i)));
-  const addrs = await Promise.all(peers.map((p) => next(p)));
-  const hog = await start("hog");
-  await next(hog);
-  hog.send(addrs);
-  const out = (await hog.exited).result as { intact: number; errors: string[] };
-  for (const p of peers) p.send("stop");
-  await Promise.all(peers.map((p) => p.exited));
+  const out = await hogRun(host);
   const rounds = PEERS * (CHANNELS_PER_PAIR + 3);
   assert.deepEqual(out.errors, [], "every connect worked (through the NIC beyond the quota)");
   assert.equal(out.intact, rounds, "every echo came back intact");
@@ -72,9 +98,23 @@ test("guests that keep every channel mapped and reconnect in a loop hold at most
     `dom0 held ${s.channelBuffers} channel buffers for the hog's pairs (quota ${CHANNELS_PER_DOMAIN})`,
   );
   // Honest guests still open endpoints.
-  const honest = await Promise.all([start("peer", 10), start("peer", 11)]);
-  const [a, b] = await Promise.all(honest.map((d) => next<{ nic: number; endpoint: number }>(d)));
-  assert.ok(a.endpoint >= 0 && b.endpoint >= 0);
-  for (const d of honest) d.send("stop");
-  await Promise.all(honest.map((d) => d.exited));
+  for (const a of await honestEndpoints(host)) assert.ok(a.endpoint >= 0);
+});
+
+test("channels take at most their share of dom0's grant table: guests still open endpoints when it is reached", async () => {
+  const small = await Host.start({ nicId: 7, dom0GrantEntries: 4096 });
+  try {
+    const out = await hogRun(small);
+    assert.deepEqual(out.errors, [], "every connect worked");
+    assert.equal(out.intact, PEERS * (CHANNELS_PER_PAIR + 3), "every echo came back intact");
+    const s = small.backendStats();
+    const perBuffer = 2 * (CHANNEL_BYTES / PAGE_SIZE + 1);
+    assert.ok(
+      s.channelBuffers * perBuffer <= 4096 * CHANNEL_GRANT_SHARE && s.channelsRefused > 0,
+      `${s.channelBuffers} channel buffers (${s.channelBuffers * perBuffer} grants of 4096), ${s.channelsRefused} refused`,
+    );
+    for (const a of await honestEndpoints(small)) assert.ok(a.endpoint >= 0);
+  } finally {
+    await small.stop();
+  }
 });

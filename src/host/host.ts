@@ -53,6 +53,11 @@ export interface HostOptions {
   bridgeAgeingMs?: number;
   /** The weight and caps of guests started without their own `qos` (default: weight 1, no caps). */
   guestQos?: QosPolicy;
+  /**
+   * Entries in the driver domain's grant table (default 65,536): every endpoint window and
+   * co-resident channel it shares is granted from it, channels three quarters of it at most.
+   */
+  dom0GrantEntries?: number;
 }
 
 export interface DomainSpec {
@@ -140,6 +145,7 @@ export class Host {
   static async start(opts: HostOptions = {}): Promise<Host> {
     const nicId = int("nicId", opts.nicId, 0, 0, 0xfffffffe);
     const maxEndpoints = int("maxEndpoints", opts.maxEndpoints, 32, 1, 256);
+    const dom0GrantEntries = int("dom0GrantEntries", opts.dom0GrantEntries, 1 << 16, 1024, 1 << 20);
     const endpointsPerDomain = int(
       "endpointsPerDomain",
       opts.endpointsPerDomain,
@@ -200,7 +206,7 @@ export class Host {
         pages: 512,
         // Every endpoint window and channel becomes dom0 frames granted to guests.
         maxSharedPages: 1 << 20,
-        grantEntries: 1 << 16,
+        grantEntries: dom0GrantEntries,
         args,
         transfer: [ep.port, port2],
       });
