@@ -232,13 +232,14 @@ test("an Ethernet port's rings pass 2^31 and 2^32 bytes as int32s; every frame g
 });
 
 test("counters objects keep their shape when a count passes 2^31 (V8's own map check, in a child node)", () => {
-  // An endpoint's counters and an Ethernet port's: a per-message or per-byte count that passed
+  // An endpoint's counters, an Ethernet port's and a guest's Ethernet hub's: a per-message or per-byte count that passed
   // 2^31 as a small integer gave its object a new map (V8 reshapes it), deoptimising every
   // function that counted — once per counter, mid-job. %HaveSameMap is V8's own test of that.
   const dist = (p: string) => new URL(`../src/${p}`, import.meta.url).href;
   const script = `
     import { EndpointContext } from ${JSON.stringify(dist("mx/types.js"))};
     import { allocEtherPort, EtherPortClient } from ${JSON.stringify(dist("nic/ether-port.js"))};
+    import { EtherHub } from ${JSON.stringify(dist("mx/ether.js"))};
     const a = new EndpointContext(0, 1, 1, 0).counters;
     const b = new EndpointContext(0, 2, 1, 0).counters;
     b.sends = 2 ** 31 + 5;
@@ -246,7 +247,11 @@ test("counters objects keep their shape when a count passes 2^31 (V8's own map c
     const p = new EtherPortClient(allocEtherPort()).counters;
     const q = new EtherPortClient(allocEtherPort()).counters;
     q.txBytes += 2 ** 32;
-    console.log(JSON.stringify({ endpoint: %HaveSameMap(a, b), port: %HaveSameMap(p, q), zero: a.sends + p.txBytes }));
+    const device = { mtu: 9000, mac: new Uint8Array(6) };
+    const h = new EtherHub(device).counters;
+    const k = new EtherHub(device).counters;
+    k.framesTx = 2 ** 31 + 1;
+    console.log(JSON.stringify({ endpoint: %HaveSameMap(a, b), port: %HaveSameMap(p, q), hub: %HaveSameMap(h, k), zero: a.sends + p.txBytes + h.framesTx }));
   `;
   const out = execFileSync(
     process.execPath,
@@ -255,5 +260,5 @@ test("counters objects keep their shape when a count passes 2^31 (V8's own map c
       encoding: "utf8",
     },
   );
-  assert.deepEqual(JSON.parse(out), { endpoint: true, port: true, zero: 0 });
+  assert.deepEqual(JSON.parse(out), { endpoint: true, port: true, hub: true, zero: 0 });
 });

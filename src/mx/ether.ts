@@ -12,6 +12,7 @@
  * Every field of a received frame is hostile input: a bad frame is counted and dropped.
  */
 
+import { zeroed } from "../xen/double-counts.js";
 import {
   ETH_HEADER_BYTES,
   frameWord,
@@ -147,17 +148,18 @@ export interface EtherEndpointHandler {
  * MX frame, to the owner of the endpoint they name only (src/netback/mx-steer.ts).
  */
 export class EtherHub {
-  readonly counters: EtherHubCounters = {
-    framesTx: 0,
-    framesRx: 0,
-    dropped: 0,
-    deviceFull: 0,
-    retransmits: 0,
-    acksTx: 0,
-    gaps: 0,
-    loopback: 0,
-    spoofed: 0,
-  };
+  /** Doubles from the start: a frame count past 2^31 changes no shape (xen/double-counts.ts). */
+  readonly counters: EtherHubCounters = zeroed({
+    framesTx: 0.5,
+    framesRx: 0.5,
+    dropped: 0.5,
+    deviceFull: 0.5,
+    retransmits: 0.5,
+    acksTx: 0.5,
+    gaps: 0.5,
+    loopback: 0.5,
+    spoofed: 0.5,
+  });
   private readonly handlers = new Map<number, EtherEndpointHandler>();
   /**
    * Frames for this guest's own MAC: a bridge never sends a frame back out of the port it
