@@ -7,6 +7,7 @@
  * where guest code cannot reach it.
  */
 import assert from "node:assert/strict";
+import { once } from "node:events";
 import { after, before, test } from "node:test";
 import type { DomainRecord } from "../src/xen/hypervisor/domain-record.js";
 import { Hypervisor } from "../src/xen/hypervisor.js";
@@ -14,6 +15,7 @@ import { XS_EVENT_BACKLOG, XS_EVENT_WINDOW, XS_REQUESTS_IN_FLIGHT } from "../src
 import { startAgent } from "./helpers/agent.js";
 
 const FLOOD = new URL("./fixtures/guests/xenstore-abuser.js", import.meta.url);
+const TX_FILLER = new URL("./fixtures/guests/xs-tx-filler.js", import.meta.url);
 
 let hv: Hypervisor;
 before(() => {
@@ -152,4 +154,24 @@ test("synchronous requests that gave up still go in the order they were made", a
   // Every write gave up (nothing was answered), and the last one made is the one that stands.
   assert.deepEqual(exit.result, { gaveUp: writes, value: String(writes) });
   await dom.destroy();
+});
+
+test("a guest's open transaction keeps no more than its quota in the host: writes and reads beyond it are refused ENOSPC", async () => {
+  // 20,000 writes of 4 KiB to one node in one transaction it never ends (or reads of 20,000
+  // distinct 2 KiB missing paths): the transaction kept every one, 80 MB of the host's heap a
+  // second, for as long as the guest liked.
+  for (const reads of [false, true]) {
+    const dom = await hv.createDomain({
+      module: TX_FILLER,
+      pages: 64,
+      maxHeapMb: 128,
+      args: { writes: 20_000, valueBytes: reads ? 2048 : 4096, txs: 1, reads },
+    });
+    const [report] = (await once(dom, "message")) as [{ refused: number; errnos: string[] }];
+    dom.send("go");
+    await dom.exited;
+    assert.deepEqual(report.errnos, ["ENOSPC"], reads ? "reads" : "writes");
+    // At most 256 KiB kept: 63 writes of 4 KiB, or 127 paths of 2 KiB (the home counts too).
+    assert.ok(report.refused >= 20_000 - 128, `${reads ? "reads" : "writes"}: ${report.refused} refused`);
+  }
 });

@@ -644,3 +644,54 @@ test("watch events wait within a domain's window, one per path and token, merged
   w.close();
   assert.equal(w.waiting, 0);
 });
+
+test("a transaction keeps at most its quota of paths and changes (xenstored's quota-trans-nodes): ENOSPC beyond, and ending it lets go", () => {
+  // A guest that wrote one node over and over, or read ever new missing paths, inside a
+  // transaction it never ended grew the host's heap without bound: the transaction kept
+  // every change (with its value) and every path it looked at.
+  const s = new XenStore({ maxTransactionNodes: 50, maxTransactionBytes: 64 * 1024 });
+  s.introduceDomain(1);
+  s.write(1, "x", "0");
+  /** Writes of `bytes`-byte values to x in transaction `t` until one fails; how many went. */
+  const fill = (t: number, bytes: number) => {
+    let n = 0;
+    assert.throws(
+      () => {
+        for (; n < 1000; n++) s.write(1, "x", "v".repeat(bytes), t);
+      },
+      errno("ENOSPC", /transaction \d+ of domain 1 keeps .*its quota \(50, 65536 bytes\); end it/),
+    );
+    return n;
+  };
+  const t = s.transactionStart(1);
+  assert.equal(fill(t, 100), 50, "the changes' count");
+  s.transactionEnd(1, t, false);
+  assert.equal(s.read(1, "x"), "0", "an aborted transaction changed nothing");
+  const big = s.transactionStart(1);
+  assert.equal(fill(big, 4000), 16, "the bytes kept (16 × 4,001 ≤ 64 KiB)");
+  s.transactionEnd(1, big, false);
+  // Reads of ever new missing paths: the paths' count.
+  const u = s.transactionStart(1);
+  let reads = 0;
+  assert.throws(() => {
+    for (; reads < 1000; reads++) {
+      try {
+        s.read(1, `missing-${reads}`, u);
+      } catch (e) {
+        if ((e as XenStoreError).errno !== "ENOENT") throw e;
+      }
+    }
+  }, errno("ENOSPC"));
+  assert.equal(reads, 49, "50 paths: 49 missing ones and the home directory their reads looked at");
+  // A path it looked at costs nothing more, and the transaction still commits.
+  assert.throws(() => s.read(1, "missing-3", u), errno("ENOENT"));
+  s.transactionEnd(1, u, true);
+  // Ended: its quota is free again; domain 0 is not bound.
+  const again = s.transactionStart(1);
+  s.write(1, "x", "1", again);
+  s.transactionEnd(1, again, true);
+  const d = s.transactionStart(0);
+  for (let i = 0; i < 200; i++) s.write(0, "/local/domain/1/x", "v".repeat(4000), d);
+  s.transactionEnd(0, d, true);
+  assert.equal(s.read(1, "x").length, 4000);
+});

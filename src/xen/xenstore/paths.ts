@@ -21,12 +21,21 @@ export interface XenStoreQuotas {
   maxTransactionsPerDomain: number;
   /** Entries in the perms list an unprivileged domain sets on a node (xenstored's quota-perms). */
   maxPermsPerNode: number;
+  /**
+   * Paths an unprivileged domain's transaction may look at, and changes it may make
+   * (xenstored's quota-trans-nodes): what a transaction keeps until it ends.
+   */
+  maxTransactionNodes: number;
+  /** Bytes of paths and values one such transaction may keep. */
+  maxTransactionBytes: number;
 }
 export const DEFAULT_XENSTORE_QUOTAS: Readonly<XenStoreQuotas> = {
   maxNodesPerDomain: 1000,
   maxWatchesPerDomain: 128,
   maxTransactionsPerDomain: 16,
   maxPermsPerNode: 5,
+  maxTransactionNodes: 1024,
+  maxTransactionBytes: 256 * 1024,
 };
 
 /** 'n' none, 'r' read, 'w' write, 'b' both — xenstored's letters. */

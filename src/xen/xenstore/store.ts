@@ -14,6 +14,8 @@
  *   EACCES, not ENOENT, so a guest cannot probe other domains' trees.
  * - quotas bind unprivileged domains only: nodes owned → ENOSPC, watches → E2BIG, open
  *   transactions → ENOSPC (not EAGAIN: EAGAIN means "retry the transaction" to every client),
+ *   paths a transaction looks at and changes it makes, and the bytes it keeps for them →
+ *   ENOSPC (xenstored's quota-trans-nodes: a transaction never ended kept them all),
  *   entries of a perms list → ENOSPC. An unprivileged domain's perms may name only domains
  *   that exist (ENOENT), and a released domain's access is revoked from every node (nodes it
  *   owned pass to domain 0, entries naming it go): a later domain given the same id inherits
@@ -89,6 +91,8 @@ export class XenStore {
       maxTransactionsPerDomain:
         opts.maxTransactionsPerDomain ?? DEFAULT_XENSTORE_QUOTAS.maxTransactionsPerDomain,
       maxPermsPerNode: opts.maxPermsPerNode ?? DEFAULT_XENSTORE_QUOTAS.maxPermsPerNode,
+      maxTransactionNodes: opts.maxTransactionNodes ?? DEFAULT_XENSTORE_QUOTAS.maxTransactionNodes,
+      maxTransactionBytes: opts.maxTransactionBytes ?? DEFAULT_XENSTORE_QUOTAS.maxTransactionBytes,
     };
     this.watches = new WatchTable(
       this.live,
@@ -307,7 +311,11 @@ export class XenStore {
       }
     }
     const id = this.nextTx++;
-    this.txs.set(id, new TxView(this.live, id, caller, this.live.generation));
+    const limits =
+      caller === 0
+        ? undefined
+        : { nodes: this.quotas.maxTransactionNodes, bytes: this.quotas.maxTransactionBytes };
+    this.txs.set(id, new TxView(this.live, id, caller, this.live.generation, limits));
     return id;
   }
 
@@ -460,6 +468,7 @@ export class XenStore {
 
   private mutate(caller: DomId, tx: number | undefined, op: TxOp): void {
     const view = this.viewFor(caller, tx);
+    if (view instanceof TxView) view.admit(op);
     this.applyOp(caller, view, op);
     if (view instanceof TxView) view.ops.push(op);
   }

@@ -7,6 +7,7 @@
  */
 
 import type { DomId } from "../abi.js";
+import { XenStoreError } from "./errors.js";
 import { baseName, childPath, parentOf, type XenStorePerm } from "./paths.js";
 
 export interface NodeInfo {
@@ -178,16 +179,45 @@ export class TxView implements View {
   readonly accessed = new Set<string>();
   readonly ops: TxOp[] = [];
   private readonly ownerDelta = new Map<DomId, number>();
+  /** Bytes of the paths and values kept in `accessed` and `ops`. */
+  private kept = 0;
 
   constructor(
     private readonly live: LiveTree,
     readonly id: number,
     readonly owner: DomId,
     readonly startGen: number,
+    /** What it may keep (an unprivileged owner's quota); absent: no bound. */
+    private readonly limits?: { nodes: number; bytes: number },
   ) {}
 
+  /**
+   * Takes `bytes` more of the transaction's quota for one more path looked at or change made
+   * (`count`: how many it has of that kind), or fails ENOSPC as xenstored's quota-trans-nodes
+   * does: the transaction stays open, and ending it lets go of what it kept.
+   */
+  private keep(path: string, count: number, bytes: number): void {
+    const l = this.limits;
+    if (l === undefined) return;
+    if (count >= l.nodes || this.kept + bytes > l.bytes)
+      throw new XenStoreError(
+        "ENOSPC",
+        path,
+        `transaction ${this.id} of domain ${this.owner} keeps ${count} paths or changes (${this.kept} bytes), its quota (${l.nodes}, ${l.bytes} bytes); end it`,
+      );
+    this.kept += bytes;
+  }
+
+  /** A change the store is about to make in this transaction: counted against its quota, then logged by `log`. */
+  admit(op: TxOp): void {
+    this.keep(op.path, this.ops.length, op.path.length + (op.kind === "write" ? op.value.length : 0));
+  }
+
   get(path: string): NodeInfo | undefined {
-    this.accessed.add(path);
+    if (!this.accessed.has(path)) {
+      this.keep(path, this.accessed.size, path.length);
+      this.accessed.add(path);
+    }
     const o = this.overlay.get(path);
     if (o !== undefined) return o ?? undefined;
     return this.live.getNode(path);
