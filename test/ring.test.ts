@@ -284,6 +284,34 @@ test("copy before validate: rewriting the shared slot after copyRequest does not
   assert.equal(back.copyRequest(copy), false);
 });
 
+test("req_prod moved back after the backend counted its requests: what was counted is still consumed, one response each", () => {
+  // netback counts the RX requests a frame needs, then takes them one by one. A frontend that
+  // moved req_prod back in between made copyRequest read it again and fail, and the response
+  // that followed threw in netback's pass ("no consumed request awaits a response"), which
+  // left other guests' vifs unanswered. The backend now consumes up to the req_prod it
+  // validated (netback reads it once per batch); what the frontend published stays published.
+  const page = makePage();
+  const front = new FrontRing(page, 16, 16);
+  const back = new BackRing(page, 16, 16);
+  for (let i = 0; i < 5; i++) {
+    const off = front.nextRequest();
+    front.bytes.fill(i + 1, off, off + 16);
+  }
+  front.pushRequests();
+  assert.equal(back.unconsumedRequests(), 5);
+  const reqProd = u32(page, RingOffsets.reqProd);
+  setU32(page, RingOffsets.reqProd, reqProd - 3); // the hostile frontend takes three back
+  const copy = new Uint8Array(16);
+  for (let i = 0; i < 5; i++) {
+    assert.equal(back.copyRequest(copy), true, `request ${i} of the five counted`);
+    assert.equal(copy[0], i + 1);
+    back.nextResponse();
+  }
+  // Then the shared word is read again: two behind req_cons is a broken frontend.
+  assert.equal(back.copyRequest(copy), false);
+  assert.match(back.broken ?? "", /req_prod/);
+});
+
 test("hostile frontend: 10,000 rounds of garbage never throw from BackRing; overflow sets broken", () => {
   const next = rng(0xc0ffee);
   const page = makePage();

@@ -234,6 +234,13 @@ export class Netback {
       // A netback bug must not take dom0 down: log it and start the next pass clean.
       this.log(`netback pass failed (a bug): ${(e as Error)?.stack ?? String(e)}`);
       for (const v of this.processed) if (v.state === "connected") this.enqueue(v);
+      // The vifs it touched go again: still marked touched, touch() would never list them
+      // again and their responses would never be pushed (the vif cut off for good). Their
+      // claimed responses go out with the next pass, which processes them.
+      for (const v of this.touchedList) {
+        v.touched = false;
+        if (v.state === "connected") this.enqueue(v);
+      }
     }
     this.processed.length = 0;
     this.touchedList.length = 0;

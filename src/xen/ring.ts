@@ -282,6 +282,13 @@ export class BackRing extends RingBase {
   private reqCons: number;
   /** The rsp_prod we last published: the `old` of the notify check, kept privately. */
   private rspPushed: number;
+  /**
+   * The req_prod `unconsumedRequests` last validated: `copyRequest` consumes up to it without
+   * reading the shared word again (netback reads req_prod once per batch, then rmb()). A
+   * frontend that moves req_prod back after the check cannot take away a request the backend
+   * was told it has: what it published stays published.
+   */
+  private reqSeen: number;
   /** One precomputed view per slot so `copyRequest` copies without allocating. */
   private readonly requestViews: Uint8Array[];
 
@@ -296,6 +303,7 @@ export class BackRing extends RingBase {
     this.rspProdPvt = rspProd;
     this.rspPushed = rspProd;
     this.reqCons = rspProd;
+    this.reqSeen = rspProd;
     this.requestViews = [];
     for (let i = 0; i < this.size; i++) {
       const off = this.slotOffset(i);
@@ -322,6 +330,7 @@ export class BackRing extends RingBase {
         `(req_cons ${this.reqCons >>> 0}), more than the ring size ${this.size}`;
       return 0;
     }
+    this.reqSeen = reqProd;
     const space = this.size - ((this.reqCons - this.rspProdPvt) >>> 0);
     return Math.min(avail, space);
   }
@@ -335,7 +344,12 @@ export class BackRing extends RingBase {
     if (into.length < this.requestSize) {
       throw new RangeError(`copyRequest buffer holds ${into.length} bytes, needs ${this.requestSize}`);
     }
-    if (this.unconsumedRequests() === 0) return false;
+    // Within what was validated, and with a slot free for its response: no second look.
+    const validated =
+      this.broken === undefined &&
+      this.reqCons !== this.reqSeen &&
+      (this.reqCons - this.rspProdPvt) >>> 0 < this.size;
+    if (!validated && this.unconsumedRequests() === 0) return false;
     into.set(this.requestViews[this.reqCons & this.mask]);
     this.reqCons = (this.reqCons + 1) | 0;
     return true;
