@@ -123,6 +123,7 @@ export class TxPath {
           v.fatal = ring.broken
             ? `the tx ring is broken: ${ring.broken}`
             : `an extra-info slot is missing: req_prod ends after ${nSlots} slots of a packet`;
+          this.nRsp = rspBase; // the packet stages nothing: its slots (answered ERROR) leave no offsets
           return false;
         }
         off = ring.nextResponse();
@@ -130,6 +131,7 @@ export class TxPath {
         c.add(v, VifCounter.txRequests);
         if (++nSlots > FATAL_SKB_SLOTS) {
           v.fatal = `a packet of more than ${FATAL_SKB_SLOTS} slots (extra-info chain)`;
+          this.nRsp = rspBase; // the packet stages nothing: its slots (answered ERROR) leave no offsets
           return false;
         }
         extra = (this.req[EXTRA_FLAGS] & XEN_NETIF_EXTRA_FLAG_MORE) !== 0;
@@ -142,6 +144,7 @@ export class TxPath {
           v.fatal = ring.broken
             ? `the tx ring is broken: ${ring.broken}`
             : `a more_data chain runs past req_prod (${nSlots} slots and no last one)`;
+          this.nRsp = rspBase; // the packet stages nothing: its slots (answered ERROR) leave no offsets
           return false;
         }
         flags = q.getUint16(TX_REQ_FLAGS, true);
@@ -150,6 +153,7 @@ export class TxPath {
         c.add(v, VifCounter.txRequests);
         if (++nSlots > FATAL_SKB_SLOTS) {
           v.fatal = `a more_data chain longer than ${FATAL_SKB_SLOTS} slots`;
+          this.nRsp = rspBase; // the packet stages nothing: its slots (answered ERROR) leave no offsets
           return false;
         }
         this.rspOff[this.nRsp++] = off;
