@@ -12,27 +12,9 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { Host } from "../src/host/host.js";
-import type { Domain } from "../src/xen/hypervisor.js";
-import type { NetCommand, NetReply } from "./fixtures/net-agent.js";
+import { startNetAgent } from "./helpers/net-agent.js";
 
-const AGENT = new URL("./fixtures/net-agent.js", import.meta.url);
 const RACER = new URL("./fixtures/guests/rx-racer.js", import.meta.url);
-
-function talk(dom: Domain) {
-  return async <T>(cmd: NetCommand): Promise<T> => {
-    const r = await new Promise<NetReply>((resolve, reject) => {
-      const onExit = () => reject(new Error(`domain ${dom.domid} stopped: ${dom.error?.message ?? ""}`));
-      dom.once("message", (m) => {
-        dom.off("exit", onExit);
-        resolve(m as NetReply);
-      });
-      dom.once("exit", onExit);
-      dom.send(cmd);
-    });
-    if (!r.ok) throw new Error(`${cmd.op}: ${r.message}`);
-    return r.value as T;
-  };
-}
 
 let host: Host;
 before(async () => {
@@ -40,18 +22,11 @@ before(async () => {
 });
 after(() => host?.stop());
 
-async function netAgent(name: string) {
-  const dom = await host.startGuest({ module: AGENT, name, pages: 1024, maxHeapMb: 64 });
-  const call = talk(dom);
-  const { mac } = await call<{ mac: string }>({ op: "init", rxBuffers: 256, txBuffers: 64 });
-  return { dom, call, mac };
-}
-
 test("a netfront moving its RX req_prod under netback's feet neither makes netback's pass throw nor cuts off another guest", {
   timeout: 60_000,
 }, async (t) => {
-  const sender = await netAgent("sender");
-  const victim = await netAgent("victim");
+  const sender = await startNetAgent(host, "sender");
+  const victim = await startNetAgent(host, "victim");
   const stop = new SharedArrayBuffer(4);
   const racer = await host.startGuest({
     module: RACER,
