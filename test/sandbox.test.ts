@@ -6,6 +6,7 @@
  * a TypeScript guest's error names its .ts file and line.
  */
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import { once } from "node:events";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -237,4 +238,44 @@ test("a native process (the native path's rank) is sandboxed too: every way out 
   // Its MX worked (the walk opened an endpoint through the native service) and found no port.
   const walk = report.find((r) => r.name.startsWith("a Node object"));
   assert.match(walk?.detail ?? "", /nothing found in \d+ objects/);
+});
+
+test("a guest's TextDecoder and TextEncoder work and keep Node's state out of its reach: poking at a decoder cannot crash the host", () => {
+  // Node's decoder keeps its native converter in a symbol-keyed property of each instance;
+  // a guest that put a plain object there crashed the host process (SIGSEGV). The host runs
+  // in a child process here, so that a crash is a failed assertion, not a lost test run.
+  const run = (mode: string) => {
+    const script = `
+      import { Hypervisor } from ${JSON.stringify(new URL("../src/xen/hypervisor.js", import.meta.url).href)};
+      const hv = new Hypervisor();
+      const d = await hv.createDomain({ module: new URL(${JSON.stringify(fixture("text-codec").href)}), pages: 16, args: { mode: ${JSON.stringify(mode)} } });
+      const exit = await d.exited;
+      console.log(JSON.stringify({ state: exit.state, result: exit.result ?? null }));
+      await hv.shutdown();
+    `;
+    const dir = mkdtempSync(join(tmpdir(), "myrixen-codec-"));
+    try {
+      const file = join(dir, "host.mjs");
+      writeFileSync(file, script);
+      return spawnSync(process.execPath, [file], { encoding: "utf8", timeout: 30_000 });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  };
+  const look = run("look");
+  assert.equal(look.status, 0, look.stderr);
+  assert.deepEqual(JSON.parse(look.stdout).result, {
+    decoderKeys: [],
+    encoderKeys: [],
+    utf8: "héllo €",
+    utf16: "hi",
+    streamed: "€",
+    encoding: "utf-8 utf-8 false false",
+    encodeInto: { read: 3, written: 3 },
+    fatal: "TypeError",
+  });
+  const poke = run("crash");
+  assert.equal(poke.signal, null, `the host process was killed by ${poke.signal}`);
+  assert.equal(poke.status, 0, poke.stderr);
+  assert.deepEqual(JSON.parse(poke.stdout), { state: "shutdown", result: { tried: 0, decoded: "A" } });
 });

@@ -394,6 +394,48 @@ function processStub(exit: (code: number) => never, env: Record<string, string>)
   });
 }
 
+/**
+ * TextEncoder and TextDecoder as a guest gets them. Node keeps an instance's state in
+ * writable symbol-keyed properties of the instance (a decoder's native ICU converter among
+ * them) and hands whatever they hold to C++: a guest that put a plain object in a decoder's
+ * handle slot crashed the whole host process (SIGSEGV). These hold Node's own in a #private
+ * field no guest reaches; everything else is Node's, called with the guest's arguments.
+ */
+type NodeDecoder = InstanceType<typeof host.TextDecoder>;
+type NodeEncoder = InstanceType<typeof host.TextEncoder>;
+
+class TextDecoder {
+  readonly #d: NodeDecoder;
+  constructor(...args: ConstructorParameters<typeof host.TextDecoder>) {
+    this.#d = new host.TextDecoder(...args);
+  }
+  get encoding(): string {
+    return this.#d.encoding;
+  }
+  get fatal(): boolean {
+    return this.#d.fatal;
+  }
+  get ignoreBOM(): boolean {
+    return this.#d.ignoreBOM;
+  }
+  decode(...args: Parameters<NodeDecoder["decode"]>): string {
+    return this.#d.decode(...args);
+  }
+}
+
+class TextEncoder {
+  readonly #e = new host.TextEncoder();
+  get encoding(): string {
+    return this.#e.encoding;
+  }
+  encode(...args: Parameters<NodeEncoder["encode"]>): ReturnType<NodeEncoder["encode"]> {
+    return this.#e.encode(...args);
+  }
+  encodeInto(...args: Parameters<NodeEncoder["encodeInto"]>): ReturnType<NodeEncoder["encodeInto"]> {
+    return this.#e.encodeInto(...args);
+  }
+}
+
 function endowments(
   harden: Ses["harden"],
   exit: (code: number) => never,
@@ -413,8 +455,8 @@ function endowments(
     // SES leaves shared memory out of compartments; a guest's memory is made of it.
     SharedArrayBuffer: host.SharedArrayBuffer,
     Atomics: host.Atomics,
-    TextEncoder: host.TextEncoder,
-    TextDecoder: host.TextDecoder,
+    TextEncoder: harden(TextEncoder),
+    TextDecoder: harden(TextDecoder),
     // A compartment's Date.now() and Math.random() throw; a guest may read the clock and draw numbers.
     Date: host.Date,
     Math: host.Math,
