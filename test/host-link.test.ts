@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import { createInterface } from "node:readline";
 import { after, test } from "node:test";
-import { MESSAGE_BASE_UNITS, OUTPUT_HELD_MAX, WINDOW_UNITS } from "../src/xen/host-link.js";
+import { cloneBytes, MESSAGE_BASE_UNITS, OUTPUT_HELD_MAX, WINDOW_UNITS } from "../src/xen/host-link.js";
 import { Hypervisor } from "../src/xen/hypervisor.js";
 
 const hv = new Hypervisor();
@@ -107,3 +107,59 @@ test("a guest printing one huge line: it reaches the host in pieces within the w
   assert.equal(text.slice(65534, 65538), "y\u{1F600}y", "the surrogate pair at a piece's end survived");
   assert.ok(!text.includes("\uFFFD"), "no piece split a surrogate pair");
 });
+
+test("a message's cost counts what its clone carries: an Error's message and stack, a RegExp's source, a view's whole buffer (once), boxed strings, bigints", () => {
+  const MIB = 1 << 20;
+  const text = "q".repeat(MIB / 2); // 1 MiB of UTF-16
+  const big = new Uint8Array(MIB);
+  const cost = (v: unknown) => cloneBytes(structuredClone(v));
+  for (const [what, v] of [
+    ["an Error", { e: new Error(text) }],
+    ["a RegExp", { re: new RegExp(text) }],
+    ["a 1-byte view of 1 MiB", { view: big.subarray(0, 1) }],
+    ["a DataView", new DataView(big.buffer, 5, 1)],
+    ["a boxed string", new String(text)],
+    ["a bigint of 1 MiB", BigInt(`0x${"f".repeat(2 * MIB)}`)],
+  ] as const)
+    assert.ok(cost(v) >= MIB, `${what}: ${cost(v)} bytes counted`);
+  // Two views of one buffer carry it once.
+  const twice = cost({ a: big.subarray(0, 1), b: big.subarray(1, 2) });
+  assert.ok(twice >= MIB && twice < 1.5 * MIB, `two views of one buffer: ${twice}`);
+  // Shared memory is shared, not copied.
+  assert.ok(cost({ s: new Uint8Array(new SharedArrayBuffer(MIB)) }) < 1024);
+});
+
+const COUNT_UNPRICED = 64;
+const SIZE_UNPRICED = 1 << 20;
+
+for (const mode of ["string", "error", "regexp", "view"] as const)
+  test(`a guest sending payload a shallow count would miss (${mode}), 64 × 1 MiB with nobody listening: the host holds at most the window`, async () => {
+    const dom = await hv.createDomain({
+      module: fixture("unpriced-send"),
+      args: { mode, count: COUNT_UNPRICED, size: SIZE_UNPRICED },
+      pages: 16,
+    });
+    await flooded(dom.domid);
+    await new Promise((r) => setTimeout(r, 100));
+    let held = 0;
+    let bytes = 0;
+    dom.on("message", (m: { text?: string; error?: Error; re?: RegExp; view?: Uint8Array }) => {
+      held++;
+      bytes +=
+        2 * (m.text?.length ?? 0) +
+        2 * (m.error?.message.length ?? 0) +
+        2 * (m.re?.source.length ?? 0) +
+        (m.view?.buffer.byteLength ?? 0);
+    });
+    // What the host already held comes out at once (microtasks); the rest would still be the guest's.
+    for (let k = 0; k < 20; k++) await Promise.resolve();
+    const [heldThen, bytesThen] = [held, bytes];
+    dom.send("bye");
+    const exit = await dom.exited;
+    assert.equal(exit.state, "shutdown", exit.error?.message);
+    assert.equal(held, COUNT_UNPRICED, "every message arrives once read");
+    assert.ok(
+      bytesThen <= WINDOW_UNITS,
+      `the host held ${heldThen} messages carrying ${(bytesThen / 2 ** 20).toFixed(0)} MiB for nobody; the window is ${WINDOW_UNITS / 2 ** 20} MiB`,
+    );
+  });

@@ -32,10 +32,14 @@ export const OUTPUT_HELD_MAX = 1 << 20;
 const OUTPUT_RECHECK_MS = 10;
 
 /**
- * About how many bytes a worker message carrying `data` copies: strings (2 bytes a unit),
- * ArrayBuffers and views in full, a SharedArrayBuffer 0 (it is shared, not copied); each
- * value and object 8 more. Walk a structured clone (plain data), not the guest's object: a
- * getter could answer the count one size and the message another.
+ * About how many bytes a worker message carrying `data` copies: strings (2 bytes a unit) and
+ * bigints, ArrayBuffers in full, a view its whole buffer (the clone carries it, whatever the
+ * view's length; once per buffer), a SharedArrayBuffer 0 (it is shared, not copied), what a
+ * clone keeps of an Error (name, message, stack, cause), a RegExp (source, flags) and a boxed
+ * primitive; each value and object 8 more. A kind counted by its own length alone let a guest
+ * send a 1-byte view of a 1 MiB buffer, or a 1 MiB error message, as 1 KiB past its window.
+ * Walk a structured clone (plain data), not the guest's object: a getter could answer the
+ * count one size and the message another.
  */
 export function cloneBytes(data: unknown): number {
   let total = 0;
@@ -45,14 +49,19 @@ export function cloneBytes(data: unknown): number {
     const v = stack.pop();
     total += 8;
     if (typeof v === "string") total += v.length * 2;
+    else if (typeof v === "bigint") total += (v < 0n ? -v : v).toString(16).length >>> 1;
     else if (typeof v !== "object" || v === null || seen.has(v)) continue;
     else {
       seen.add(v);
       if (v instanceof SharedArrayBuffer) continue;
       if (v instanceof ArrayBuffer) total += v.byteLength;
-      else if (ArrayBuffer.isView(v)) total += v.buffer instanceof SharedArrayBuffer ? 0 : v.byteLength;
+      else if (ArrayBuffer.isView(v)) stack.push(v.buffer);
       else if (v instanceof Map) for (const [k, x] of v) stack.push(k, x);
       else if (v instanceof Set) for (const x of v) stack.push(x);
+      else if (v instanceof Error) stack.push(v.name, v.message, v.stack, (v as { cause?: unknown }).cause);
+      else if (v instanceof RegExp) stack.push(v.source, v.flags);
+      else if (v instanceof String || v instanceof BigInt || v instanceof Number || v instanceof Boolean)
+        stack.push(v.valueOf());
       else for (const k of Object.keys(v)) stack.push(k, (v as Record<string, unknown>)[k]);
     }
   }
