@@ -12,6 +12,7 @@ import { createLogger } from "../cluster/log.js";
 import { publishEmbedded } from "../cluster/runtime.js";
 import type { Dashboard } from "../dashboard/server.js";
 import type { Host } from "../host/host.js";
+import { RuntimeFailure } from "./usage.js";
 
 export interface EmbeddedObservation {
   daemons: HostDaemon[];
@@ -61,12 +62,16 @@ export async function observeEmbedded(
     if (opts.dashboard) {
       const { Dashboard } = await import("../dashboard/server.js");
       const { daemonSource } = await import("../dashboard/sources.js");
+      const at = opts.dashboard;
       dashboard = await Dashboard.start({
-        host: opts.dashboard.host,
-        port: opts.dashboard.port,
+        host: at.host,
+        port: at.port,
         sources: daemons.map((d, i) => daemonSource(hosts[i].name, d)),
         key,
         log,
+      }).catch((e: Error) => {
+        // Its message names the address and what to do ("already in use ...: give another port").
+        throw new RuntimeFailure(e.message, command.replace(/^myrixen /, ""));
       });
       err(`${command}: dashboard at ${dashboard.url}`);
     }

@@ -21,6 +21,7 @@ import { configureToolstack } from "./toolstack-commands.js";
 import {
   BenchUsageError,
   DEFAULT_RUNS,
+  RuntimeFailure,
   RunUsageError,
   StartUsageError,
   TIMEOUT_EXIT_CODE,
@@ -470,6 +471,10 @@ export async function main(argv: string[]): Promise<number> {
     if (e instanceof UsageError) {
       err(`myrixen${e.command ? ` ${e.command}` : ""}: ${e.message}`);
       return 2;
+    }
+    if (e instanceof RuntimeFailure) {
+      err(`myrixen${e.command ? ` ${e.command}` : ""}: ${e.message}`);
+      return 1;
     }
     if (e instanceof ConfigError) {
       for (const p of e.problems) err(`myrixen host: ${p}`);

@@ -13,7 +13,6 @@
  * that refuses it is named with the key file to use (exit code 1), an unusable key file is
  * exit code 2. Usage errors are one line and exit code 2.
  */
-import { readFileSync } from "node:fs";
 import { relative } from "node:path";
 import { fileURLToPath } from "node:url";
 import { OPENMPI_NAS_KERNELS, runOpenMpiNas } from "../bench/openmpi-nas.js";
@@ -39,6 +38,7 @@ import { BUILTIN_PROGRAMS, ProgramError, resolveProgram } from "../cluster/progr
 import { NOT_FINALIZED } from "../cluster/rank-state.js";
 import { DEFAULT_RANK_HEAP_MB } from "../cluster/ranks.js";
 import { AuthError, RemoteHost } from "../cluster/remote.js";
+import { readSmallTextFile } from "../cluster/small-file.js";
 import { RANK_PATHS, type RankPath } from "../cluster/wire.js";
 import type { Dashboard } from "../dashboard/server.js";
 import { Host } from "../host/host.js";
@@ -48,7 +48,7 @@ import { parseNasArgs } from "../programs/nas/common.js";
 import { loadGuestImage } from "../xen/guest/loader.js";
 import { type EmbeddedObservation, observeEmbedded } from "./embedded.js";
 import { type OpenMpiPeerRun, prepareRunReport, type RunReport, RunReportUsageError } from "./run-report.js";
-import { RunUsageError, TIMEOUT_EXIT_CODE } from "./usage.js";
+import { RuntimeFailure, RunUsageError, TIMEOUT_EXIT_CODE } from "./usage.js";
 
 export { BUILTIN_PROGRAMS, RunUsageError, resolveProgram, TIMEOUT_EXIT_CODE };
 
@@ -239,9 +239,12 @@ function chooseHosts(o: RunOptions): { hosts?: HostEntry[]; ntasks?: number; sou
     if (o.hostfile !== undefined) {
       let text: string;
       try {
-        text = readFileSync(o.hostfile, "utf8");
+        text = readSmallTextFile(o.hostfile, "the hostfile");
       } catch (e) {
-        throw new RunUsageError(`cannot read the hostfile ${o.hostfile}: ${(e as Error).message}`);
+        const m = (e as Error).message;
+        throw new RunUsageError(
+          m.startsWith("the hostfile") ? m : `cannot read the hostfile ${o.hostfile}: ${m}`,
+        );
       }
       return { hosts: parseHostfile(text, o.hostfile), source: o.hostfile };
     }
@@ -491,13 +494,19 @@ export async function runCommand(program: string, argv: string[], o: RunOptions)
     if (o.dashboard) {
       const { Dashboard } = await import("../dashboard/server.js");
       const { remoteSource } = await import("../dashboard/sources.js");
-      dashboard = await Dashboard.start({
-        host: o.dashboard.host,
-        port: o.dashboard.port,
-        sources: hosts.map((h) => remoteSource(h, key)),
-        key,
-        log: createLogger({ level: "warn", format: "text" }),
-      });
+      try {
+        dashboard = await Dashboard.start({
+          host: o.dashboard.host,
+          port: o.dashboard.port,
+          sources: hosts.map((h) => remoteSource(h, key)),
+          key,
+          log: createLogger({ level: "warn", format: "text" }),
+        });
+      } catch (e) {
+        // The hosts' connections would keep the launcher alive: closed before it says why.
+        await stopRemotes();
+        throw new RuntimeFailure((e as Error).message, "run");
+      }
       err(`dashboard at ${dashboard.url}`);
     }
     n ??= chosen.ntasks ?? slots.reduce((s, x) => s + (x.slots ?? 0), 0);

@@ -17,6 +17,19 @@ export class StartUsageError extends Error {}
 /** Bad usage of the toolstack commands (list, info, xenstore-ls, endpoints, top, dashboard). */
 export class ToolstackUsageError extends Error {}
 
+/**
+ * A failure of the environment, not of myrixen (a port in use, a name that does not resolve):
+ * main prints its one line, naming `command`, and exits 1 — never "a bug in myrixen".
+ */
+export class RuntimeFailure extends Error {
+  constructor(
+    message: string,
+    readonly command?: string,
+  ) {
+    super(message);
+  }
+}
+
 /** The exit code of a job --timeout ended (as timeout(1) and Slurm's TIMEOUT tell it apart from a crash). */
 export const TIMEOUT_EXIT_CODE = 124;
 

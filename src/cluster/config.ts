@@ -4,7 +4,6 @@
  * line's flags, which override the file. `keyFile` (the cluster key, auth.ts) is a path
  * relative to the config file's directory.
  */
-import { readFileSync } from "node:fs";
 import { availableParallelism } from "node:os";
 import path from "node:path";
 import { z } from "zod";
@@ -18,6 +17,7 @@ import {
   parseHostList,
 } from "./hostfile.js";
 import { LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from "./log.js";
+import { readSmallTextFile } from "./small-file.js";
 import { describeIssues } from "./wire.js";
 
 export { ConfigError, LIMITS };
@@ -78,9 +78,12 @@ function at(value: unknown, path: PropertyKey[]): unknown {
 export function loadHostConfig(file: string): HostConfigFile {
   let text: string;
   try {
-    text = readFileSync(file, "utf8");
+    text = readSmallTextFile(file, "the config file");
   } catch (e) {
-    throw new ConfigError([`cannot read the config file ${file}: ${(e as Error).message}`]);
+    const m = (e as Error).message;
+    throw new ConfigError([
+      m.startsWith("the config file") ? m : `cannot read the config file ${file}: ${m}`,
+    ]);
   }
   let raw: unknown;
   try {

@@ -75,10 +75,14 @@ const STATE_SAMPLE_MS = 100;
 const OUTPUT_DRAIN_MS = 1500;
 
 export function exitCodeOf(e: DomainExit): number {
-  if (e.state === "shutdown")
-    return typeof e.result === "number" && Number.isInteger(e.result) && e.result >= 0 && e.result <= 255
-      ? e.result
-      : 0;
+  if (e.state === "shutdown") {
+    const r = e.result;
+    // A number is an exit status, as process.exit takes one: its low byte (-1 → 255, 300 →
+    // 44), but a nonzero number never reads as success (256 → 1), nor does one that is no
+    // integer (1.5, NaN). Anything else main returns (nothing, an object, a string) is 0.
+    if (typeof r !== "number") return 0;
+    return Number.isInteger(r) ? r & 255 || (r === 0 ? 0 : 1) : 1;
+  }
   const m = /exited with code (\d+)/.exec(e.error?.message ?? "");
   return m ? Number(m[1]) % 256 || 1 : 1;
 }

@@ -1,0 +1,85 @@
+/**
+ * Mistakes of the environment and of a program, as a user meets them (an audit's findings):
+ * a dashboard port in use (`myrixen run -H ... --dashboard` waited for ever with the hosts'
+ * connections open; without hosts it said "this is a bug in myrixen"), a hostfile or config
+ * file that is /dev/zero or a FIFO (read until memory ran out), and a rank whose main returned
+ * -1 or 300 (the job exited 0). Each now ends with one line and the exit code it should.
+ */
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import net from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, test } from "node:test";
+import { loadClusterKey } from "../src/cluster/auth.js";
+import { exitCodeOf } from "../src/cluster/ranks.js";
+import { type HostProc, killChildren, myrixen, startHost } from "./helpers/hosts.js";
+
+const TMP = mkdtempSync(join(tmpdir(), "myrixen-runtime-"));
+const ENV = { XDG_CONFIG_HOME: TMP, MYRIXEN_KEY_FILE: "" };
+const NO_BUG_LINE = /this is a bug in myrixen/;
+let host: HostProc;
+let busy: net.Server;
+let busyPort = 0;
+
+before(async () => {
+  loadClusterKey({ env: { XDG_CONFIG_HOME: TMP } });
+  host = await startHost(["--slots", "2"], ENV);
+  busy = net.createServer();
+  await new Promise<void>((r) => busy.listen(0, "127.0.0.1", r));
+  busyPort = (busy.address() as net.AddressInfo).port;
+});
+after(async () => {
+  killChildren();
+  await new Promise<void>((r) => busy.close(() => r()));
+  rmSync(TMP, { recursive: true, force: true });
+});
+
+test("--dashboard on a port in use: one line and exit 1, with hosts (it waited for ever) and without", async () => {
+  for (const hosts of [["-H", `${host.label}:1`], []]) {
+    const r = await myrixen(
+      ["run", "-n", "1", ...hosts, `--dashboard=127.0.0.1:${busyPort}`, "nas-ep", "--class", "S"],
+      { env: ENV, killAfterMs: 30_000 },
+    );
+    assert.equal(r.code, 1, `${hosts.join(" ") || "no hosts"}: exit ${r.code}\n${r.stderr}`);
+    assert.match(
+      r.stderr,
+      new RegExp(
+        `^myrixen run: the dashboard cannot listen on 127\\.0\\.0\\.1:${busyPort}: already in use`,
+        "m",
+      ),
+    );
+    assert.doesNotMatch(r.stderr, NO_BUG_LINE);
+  }
+});
+
+test("a hostfile or config file that is /dev/zero or a FIFO: one line, exit 2, at once", async () => {
+  const fifo = join(TMP, "fifo");
+  execFileSync("mkfifo", [fifo]);
+  for (const [args, what] of [
+    [["run", "-n", "1", "--hostfile", "/dev/zero", "nas-ep"], "the hostfile /dev/zero"],
+    [["run", "-n", "1", "--hostfile", fifo, "nas-ep"], `the hostfile ${fifo}`],
+    [["host", "--config", "/dev/zero"], "the config file /dev/zero"],
+  ] as const) {
+    const r = await myrixen([...args], { env: ENV, killAfterMs: 15_000 });
+    assert.equal(r.code, 2, `${args.join(" ")}: exit ${r.code}\n${r.stderr}`);
+    assert.match(r.stderr, new RegExp(`${what.replace(/[/.]/g, "\\$&")} is not a regular file`));
+  }
+});
+
+test("what main returns is the rank's exit status as process.exit takes one; a nonzero number is never success", async () => {
+  const code = (result: unknown) =>
+    exitCodeOf({ state: "shutdown", result } as Parameters<typeof exitCodeOf>[0]);
+  assert.deepEqual(
+    [0, 7, 255, -1, 300, 256, 1.5, Number.NaN, Number.POSITIVE_INFINITY].map(code),
+    [0, 7, 255, 255, 44, 1, 1, 1, 1],
+  );
+  // Anything else a program returns (nothing, a report, a word) is success, as before.
+  assert.deepEqual([undefined, null, { ok: 1 }, "done"].map(code), [0, 0, 0, 0]);
+  const prog = join(TMP, "minus-one.ts");
+  writeFileSync(prog, "export default function main() { return -1; }\n");
+  const r = await myrixen(["run", "-n", "1", prog], { env: ENV, killAfterMs: 30_000 });
+  assert.equal(r.code, 255, r.stderr);
+  assert.match(r.stderr, /rank 0 exited with code 255/);
+});
