@@ -3,11 +3,12 @@
  * a dashboard port in use (`myrixen run -H ... --dashboard` waited for ever with the hosts'
  * connections open; without hosts it said "this is a bug in myrixen"), a hostfile or config
  * file that is /dev/zero or a FIFO (read until memory ran out), and a rank whose main returned
- * -1 or 300 (the job exited 0). Each now ends with one line and the exit code it should.
+ * -1 or 300 (the job exited 0), and `run --out` after a failed job (it replaced the last
+ * report with an older run's rows). Each now ends with one line and the exit code it should.
  */
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -82,4 +83,24 @@ test("what main returns is the rank's exit status as process.exit takes one; a n
   const r = await myrixen(["run", "-n", "1", prog], { env: ENV, killAfterMs: 30_000 });
   assert.equal(r.code, 255, r.stderr);
   assert.match(r.stderr, /rank 0 exited with code 255/);
+});
+
+test("run --out after a failed job leaves the previous report as it was (it wrote one from an older run's --json rows)", async () => {
+  const outDir = join(TMP, "report");
+  const rows = join(TMP, "rows.json");
+  const first = await myrixen(
+    ["run", "-n", "2", "--out", outDir, "osu-latency", "-m", "8", "-i", "10", "-x", "1", "--json", rows],
+    { env: ENV, killAfterMs: 60_000 },
+  );
+  assert.equal(first.code, 0, first.stderr);
+  const before = readFileSync(join(outDir, "bench.json"), "utf8");
+  // A 32 MiB message in a rank's 64 MiB: the job fails at once, and rank 0 writes no rows.
+  const second = await myrixen(
+    ["run", "-n", "2", "--out", outDir, "osu-latency", "-m", "32M:32M", "--json", rows],
+    { env: ENV, killAfterMs: 60_000 },
+  );
+  assert.notEqual(second.code, 0);
+  assert.doesNotMatch(second.stderr + second.stdout, /report written to/);
+  assert.match(second.stderr, /--out: no report \(the job failed\); .*bench\.json is left as it was/);
+  assert.equal(readFileSync(join(outDir, "bench.json"), "utf8"), before);
 });

@@ -5,7 +5,7 @@
  * start`) are written, the rows' scope taken from where ranks 0 and 1 ran.
  */
 import { randomUUID } from "node:crypto";
-import { existsSync, rmSync } from "node:fs";
+import { existsSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import {
@@ -54,6 +54,8 @@ export function prepareRunReport(program: string, argv: readonly string[], outDi
     throw new RunReportUsageError((e as Error).message);
   }
   const machine = machineInfo();
+  /** Rows in a --json file older than this are not this job's. */
+  const preparedAt = Date.now();
   const given = argv.indexOf("--json");
   let tmp: string | undefined;
   let file: string;
@@ -68,10 +70,13 @@ export function prepareRunReport(program: string, argv: readonly string[], outDi
   return {
     argv: args,
     finish(result, path, peer) {
-      if (!existsSync(file))
+      // A failed job's rows (if any) are not a measurement; and a --json file the user named
+      // may be an older run's: the report from either would replace a good one with them.
+      if (result.exitCode !== 0)
+        return [`--out: no report (the job failed); ${join(outDir, "bench.json")} is left as it was`];
+      if (!existsSync(file) || statSync(file).mtimeMs < preparedAt - 2000)
         return [
-          `--out: rank 0 wrote no rows to ${file}` +
-            (result.exitCode === 0 ? " (with --hosts, rank 0's host must share this file system)" : ""),
+          `--out: rank 0 wrote no rows to ${file} (with --hosts, rank 0's host must share this file system)`,
         ];
       // Where ranks 0 and 1 ran decides the scope (for NAS: any rank on another host).
       const hosts = new Set(result.ranks.map((r) => r.host));
