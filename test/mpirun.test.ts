@@ -207,6 +207,8 @@ test("every newcomer mistake: one line naming what to fix, exit code 2 for usage
     [["-x", "MPIRUN_UNSET_VAR", "nas-ep"], 2, /-x MPIRUN_UNSET_VAR: MPIRUN_UNSET_VAR is not set here/],
     [["--map-by", "diagonal", "nas-ep"], 2, /--map-by must be node or slot/],
     [["--max-buffers", "8", "nas-ep"], 2, /--max-buffers must be 16\.\.1048576 \(MiB\), got 8/],
+    // Beyond what a host takes in a link request: it failed mid-job as "host lost".
+    [["--link-timeout", "700000", "nas-ep"], 2, /--link-timeout must be at most 600000 \(ms\), got 700000/],
     // A built-in's own arguments, checked before any rank starts (rank 0 used to say it after).
     [["-n", "2", "nas-ep", "--class", "Z"], 2, /ep: unknown class "Z" \(expected one of S, W, A\)/],
     [["-n", "2", "osu-bw", "-m", "0"], 2, /osu-bw: -m: minimum 1 is larger than maximum 0/],

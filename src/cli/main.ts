@@ -9,7 +9,7 @@
  */
 import { Command, CommanderError, InvalidArgumentError } from "commander";
 import { ALL_TRANSPORTS, SUITES } from "../bench/transports.js";
-import { ConfigError } from "../cluster/config-limits.js";
+import { ConfigError, LINK_TIMEOUT_MAX_MS } from "../cluster/config-limits.js";
 import { BUILTIN_PROGRAMS } from "../cluster/programs.js";
 import { MYRIXEN_VERSION } from "../host/version.js";
 import type { QosPolicy } from "../myrixen/qos-policy.js";
@@ -368,8 +368,15 @@ export function buildProgram(): Command {
     )
     .option(
       "--link-timeout <ms>",
-      "how long the hosts may take to link their NICs before the job gives up (default 10000)",
-      positiveInt("--link-timeout"),
+      `how long the hosts may take to link their NICs before the job gives up (default 10000, at most ${LINK_TIMEOUT_MAX_MS})`,
+      (v: string) => {
+        const ms = positiveInt("--link-timeout")(v);
+        if (ms > LINK_TIMEOUT_MAX_MS)
+          throw new InvalidArgumentError(
+            `--link-timeout must be at most ${LINK_TIMEOUT_MAX_MS} (ms), got ${ms}`,
+          );
+        return ms;
+      },
     )
     .option(
       "--key-file <file>",

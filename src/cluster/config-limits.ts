@@ -18,3 +18,6 @@ export const LIMITS = {
   slots: [1, 4096],
   maxEndpoints: [1, 256],
 } as const;
+
+/** The longest link timeout a host takes in a link request (ms; wire.ts), so `run --link-timeout`'s too. */
+export const LINK_TIMEOUT_MAX_MS = 600_000;

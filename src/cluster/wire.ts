@@ -31,6 +31,7 @@ import { z } from "zod";
 import { HostSnapshotSchema } from "../host/snapshot.js";
 import { QosPolicySchema } from "../myrixen/qos-policy.js";
 import type { XenStoreTreeNode } from "../xen/xenstore.js";
+import { LINK_TIMEOUT_MAX_MS } from "./config-limits.js";
 import { isJobKey } from "./protocol.js";
 
 /**
@@ -86,7 +87,7 @@ const Link = z.strictObject({
   type: z.literal("link"),
   id: reqId,
   peers: z.array(LinkPeerSchema).max(1024),
-  timeoutMs: z.int().min(1).max(600_000),
+  timeoutMs: z.int().min(1).max(LINK_TIMEOUT_MAX_MS),
 });
 const Start = z.strictObject({
   type: z.literal("start"),
