@@ -207,7 +207,7 @@ export class SharedMemory {
     const run = this.alloc(CHANNEL_PAGES, members);
     const policy = new Map<DomId, PageRun>();
     try {
-      for (const d of a === b ? [a] : [a, b]) policy.set(d, this.alloc(LANE_POLICY_BYTES / PAGE_SIZE, [d]));
+      for (const d of members) policy.set(d, this.alloc(LANE_POLICY_BYTES / PAGE_SIZE, [d]));
     } catch (e) {
       this.release(run);
       for (const page of policy.values()) this.release(page);

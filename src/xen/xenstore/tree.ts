@@ -208,7 +208,7 @@ export class TxView implements View {
     this.kept += bytes;
   }
 
-  /** A change the store is about to make in this transaction: counted against its quota, then logged by `log`. */
+  /** A change the store is about to make in this transaction, counted against its quota (a change then refused still counts: only this transaction pays). */
   admit(op: TxOp): void {
     this.keep(op.path, this.ops.length, op.path.length + (op.kind === "write" ? op.value.length : 0));
   }
