@@ -576,12 +576,15 @@ async function startPairs(
     // Warm the JIT on every code path before anything is measured (eager, eager in pieces,
     // rendezvous, a window's backlog): V8 compiles on background threads, which take the
     // cores from the pair while it runs (a 64 KiB stream ran at 4–6 GB/s in its first
-    // hundred windows, 10–11 GB/s after).
-    await pair.pingpong(8, 20_000, 0);
-    await pair.pingpong(64 * 1024, 200, 0);
+    // hundred windows, 10–11 GB/s after). The split path takes a tenth: each of its messages
+    // runs the same code ten times and more slower (a round trip of ~175 µs, ~200 MB/s), so a
+    // tenth warms it as well, in seconds rather than half a minute.
+    const n = t === "split" ? 10 : 1;
+    await pair.pingpong(8, 20_000 / n, 0);
+    await pair.pingpong(64 * 1024, 200 / n, 0);
     await pair.stream(4096, 10, 0);
-    await pair.stream(64 * 1024, 200, 0);
-    await pair.stream(1 << 20, 10, 0);
+    await pair.stream(64 * 1024, 200 / n, 0);
+    await pair.stream(1 << 20, 10 / n, 0);
   }
   const openmpi = transports.includes("openmpi") && (await startOpenMpiPeer("intra-host", progress));
   if (openmpi) pairs.set("openmpi", openmpi);
