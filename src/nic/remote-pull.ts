@@ -597,7 +597,13 @@ export class RemotePull {
     let budget = PULL_CHUNK;
     let did = false;
     let j = ls.jNext;
+    // The job served last: a new link round begins after it. Beginning where the scan began
+    // gave the first job of a source every round until it ended, and its siblings nothing
+    // (a window of large messages: the requester fails a pull that makes no progress for
+    // WIRE_TIMEOUT_MS, so those queued behind more than that of their siblings failed).
+    let last = -1;
     for (let pass = 0; pass < LINK_DRR_PASSES && budget > 0 && ls.jobs.count > 0; pass++) {
+      if (last >= 0) j = (last + 1) % PULL_JOBS_PER_LINK;
       // A job waited only because its endpoint spent its share of this link round.
       let spent = false;
       for (let left = PULL_JOBS_PER_LINK; left > 0 && budget > 0 && ls.jobs.count > 0; ) {
@@ -621,6 +627,7 @@ export class RemotePull {
               def[share] -= sent;
             }
             if (sent > 0 || ls.jobs.count !== had) did = true;
+            last = j;
             if (r < 0) {
               // The link pushes back: this job goes first when it can take frames again.
               ls.jNext = j;
