@@ -198,15 +198,17 @@ export class MyriCore {
         `${client.label} already has ${client.endpoints.size} endpoints open, its quota (${XsKey.maxEndpoints}=${this.cfg.endpointsPerDomain}); close one first`,
       );
     if (client.endpoints.size > 0) {
-      // An extra endpoint may not take the NIC's last contexts while other domains with a
-      // device have none: four guests opening their quota of 8 took all 32, and every later
-      // guest on the host lost the fast path.
+      // An extra endpoint may not take the NIC's last contexts: four guests opening their
+      // quota of 8 took all 32, and every later guest on the host lost the fast path (and a
+      // later native process, which has no other path, failed to start). Kept: one for each
+      // domain with a device and none open, and a quarter of the NIC for domains not here yet.
       const free = this.maxEndpoints - this.endpoints.size;
       const waiting = this.domainsWithoutEndpoint(client.domid);
-      if (free <= waiting)
+      const kept = Math.max(waiting, firstEndpointReserve(this.maxEndpoints));
+      if (free <= kept)
         throw new MyriError(
           "MX_NO_RESOURCES",
-          `${client.label} has ${client.endpoints.size} endpoints open and may not open another: the NIC's last ${free} endpoint contexts are kept for the first endpoint of the ${waiting} other domains with a myri device and none open`,
+          `${client.label} has ${client.endpoints.size} endpoints open and may not open another: the NIC's last ${free} endpoint contexts are kept for first endpoints (of the ${waiting} other domains with a myri device and none open, and of domains yet to start)`,
         );
     }
   }
@@ -658,4 +660,12 @@ export class MyriCore {
     this.memory.forgetDomain(domid);
     this.qos.forget(domid);
   }
+}
+
+/**
+ * The NIC contexts extra endpoints (a domain's second and later) leave for first endpoints of
+ * domains yet to start: a quarter of the NIC, 8 of the default 32.
+ */
+export function firstEndpointReserve(maxEndpoints: number): number {
+  return Math.max(1, Math.floor(maxEndpoints / 4));
 }
