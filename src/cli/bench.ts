@@ -8,7 +8,7 @@
  * or both (all).
  * Every argument is checked before any benchmark starts.
  */
-import { join } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import cliProgress from "cli-progress";
 import pc from "picocolors";
 import {
@@ -50,6 +50,13 @@ import {
 import { Host } from "../host/host.js";
 import { Hypervisor } from "../xen/hypervisor.js";
 import { BenchExtras, setHtmlWriter } from "./bench-extras.js";
+import {
+  emptyPathProblem,
+  missingDirs,
+  type ResultFile,
+  removeEmptyDirs,
+  writeResultFiles,
+} from "./report-files.js";
 import { BenchUsageError } from "./usage.js";
 
 setHtmlWriter((file, report) => writeHtmlReport(file, report));
@@ -182,32 +189,27 @@ export async function benchCommand(
   const plan = (suite ? [suite] : [...DEFAULT_SUITES])
     .map((s) => ({ suite: s, scopes: scopesFor(s, scope, suite !== undefined) }))
     .filter((p) => p.scopes.length > 0);
-  let jsonPath: string | undefined;
-  let outDir: string | undefined;
+  // Everything that can be wrong with the arguments is said before any file or directory is
+  // made: a rejected command leaves nothing behind (no empty reports/bench-<time>/).
+  for (const problem of [
+    emptyPathProblem("--json", opts.json, "FILE"),
+    emptyPathProblem("--out", opts.out, "DIR"),
+  ])
+    if (problem) throw new BenchUsageError(problem);
   let sizes: number[] | undefined;
   let transports: string[] | undefined;
-  try {
-    jsonPath = opts.json ? prepareOutputFile(opts.json) : undefined;
-    outDir = opts.out ?? (suite === undefined ? join("reports", `bench-${timestamp()}`) : undefined);
-    if (outDir) {
-      prepareOutputFile(join(outDir, "bench.json"), "the benchmark report");
-    }
-    if (opts.sizes !== undefined) {
+  if (opts.sizes !== undefined) {
+    try {
       sizes = parseSizes(opts.sizes);
-      const big = sizes.find((n) => n > 64 << 20);
-      if (big !== undefined)
-        throw new Error(`--sizes: ${big} bytes is more than the 64 MiB a benchmark rank holds`);
+    } catch (e) {
+      throw new BenchUsageError((e as Error).message);
     }
-  } catch (e) {
-    throw new BenchUsageError((e as Error).message);
+    const big = sizes.find((n) => n > 64 << 20);
+    if (big !== undefined)
+      throw new BenchUsageError(`--sizes: ${big} bytes is more than the 64 MiB a benchmark rank holds`);
   }
   if (opts.transports !== undefined) {
-    transports = opts.transports.split(",").map((t) => t.trim());
-    const bad = transports.filter((t) => !ALL_TRANSPORTS.includes(t));
-    if (bad.length > 0 || transports.length === 0)
-      throw new BenchUsageError(
-        `--transports: unknown "${bad.join(",")}"; known: ${ALL_TRANSPORTS.join(", ")}`,
-      );
+    transports = transportList(opts.transports);
     // A transport this run has no place for is said, not silently skipped: every one of
     // them is an error, some of them a warning (the others are measured).
     const lines = transports.flatMap((t) => {
@@ -217,6 +219,60 @@ export async function benchCommand(
     if (lines.length === transports.length) throw new BenchUsageError(lines.join("\n"));
     for (const line of lines) err(pc.yellow(line));
   }
+  const outDir = opts.out ?? (suite === undefined ? join("reports", `bench-${timestamp()}`) : undefined);
+  const created: string[] = [];
+  let jsonPath: string | undefined;
+  try {
+    if (opts.json !== undefined) {
+      created.push(...missingDirs(dirname(resolve(opts.json))));
+      jsonPath = prepareOutputFile(opts.json);
+    }
+    if (outDir) {
+      created.push(...missingDirs(outDir));
+      prepareOutputFile(join(outDir, "bench.json"), "the benchmark report");
+    }
+  } catch (e) {
+    removeEmptyDirs(created);
+    throw new BenchUsageError((e as Error).message);
+  }
+  try {
+    await runBenches(opts, plan, { sizes, transports, jsonPath, outDir }, out, err);
+  } catch (e) {
+    // Directories this command made and wrote nothing in go again.
+    removeEmptyDirs(created);
+    throw e;
+  }
+}
+
+/** `--transports`' names, each known; a usage error naming what is wrong otherwise. */
+function transportList(text: string): string[] {
+  const items = text.split(",").map((t) => t.trim());
+  if (items.every((t) => t === ""))
+    throw new BenchUsageError(
+      `--transports names no transport (got "${text}"); write some of: ${ALL_TRANSPORTS.join(",")}`,
+    );
+  const empty = items.indexOf("");
+  if (empty >= 0)
+    throw new BenchUsageError(
+      `--transports "${text}": item ${empty + 1} is empty; write names separated by commas, e.g. bypass,native`,
+    );
+  const bad = items.filter((t) => !ALL_TRANSPORTS.includes(t));
+  if (bad.length > 0)
+    throw new BenchUsageError(
+      `--transports: unknown "${bad.join(",")}"; known: ${ALL_TRANSPORTS.join(", ")}`,
+    );
+  return items;
+}
+
+/** Runs the plan's suites with the checked arguments, prints the tables and writes the files. */
+async function runBenches(
+  opts: BenchCliOptions,
+  plan: readonly { suite: string; scopes: Scope[] }[],
+  checked: { sizes?: number[]; transports?: string[]; jsonPath?: string; outDir?: string },
+  out: (line: string) => void,
+  err: (line: string) => void,
+): Promise<void> {
+  const { sizes, transports, jsonPath, outDir } = checked;
   const quick = opts.quick === true;
   const profile = profileFor(quick);
   const machine = machineInfo();
@@ -313,15 +369,23 @@ export async function benchCommand(
   for (const line of notes) out(line);
   for (const line of splitCostLines(rows)) out(line);
   out(describeMachine(report.machine));
-  if (jsonPath) {
-    writeReport(jsonPath, report);
-    out(pc.dim(`rows written to ${opts.json}`));
-  }
-  if (outDir) {
-    writeReport(join(outDir, "bench.json"), report);
-    const html = BenchExtras.writeHtml(join(outDir, "bench.html"), report);
-    out(pc.dim(`report written to ${join(outDir, "bench.json")}${html ? ` and ${html}` : ""}`));
-  }
+  // Each file is written whatever became of the others; one that cannot be (a full disk) is
+  // a runtime failure that says where the rows are.
+  const files: ResultFile[] = [];
+  if (jsonPath)
+    files.push((saved) => {
+      writeReport(jsonPath, report);
+      saved(opts.json!);
+      out(pc.dim(`rows written to ${opts.json}`));
+    });
+  if (outDir)
+    files.push((saved) => {
+      writeReport(join(outDir, "bench.json"), report);
+      saved(join(outDir, "bench.json"));
+      const html = BenchExtras.writeHtml(join(outDir, "bench.html"), report);
+      out(pc.dim(`report written to ${join(outDir, "bench.json")}${html ? ` and ${html}` : ""}`));
+    });
+  writeResultFiles("bench", files, report);
 }
 
 /** What the split path's messages cost the driver domain, per message, from its counters. */

@@ -5,12 +5,21 @@
  * the cluster key file too (auth.ts: --key-file, keyFile, MYRIXEN_KEY_FILE, or the default
  * file, generated on first use).
  */
+import { hostname, networkInterfaces } from "node:os";
 import { type Command, InvalidArgumentError, Option } from "commander";
 import { type ClusterKey, KEY_FILE_ENV, KeyFileError, loadClusterKey } from "../cluster/auth.js";
 import type { HostFlags } from "../cluster/config.js";
 import { ConfigError, LIMITS } from "../cluster/config-limits.js";
 import type { HostDaemon } from "../cluster/host-daemon.js";
-import { DEFAULT_CONTROL_PORT, HostListError, parseAddress, parseHostList } from "../cluster/hostfile.js";
+import {
+  DEFAULT_CONTROL_PORT,
+  formatAddress,
+  type HostAddress,
+  type HostEntry,
+  HostListError,
+  parseAddress,
+  parsePeerList,
+} from "../cluster/hostfile.js";
 import { createLogger, LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from "../cluster/log.js";
 import type { Dashboard } from "../dashboard/server.js";
 
@@ -37,12 +46,40 @@ export function parseDashboardFlag(v: string): { host: string; port: number } {
   return a;
 }
 
+const LOOPBACK = new Set(["localhost", "127.0.0.1", "::1"]);
+
+/**
+ * The peer that is this host itself: its control port at the address it listens on (or
+ * localhost for a loopback listener, or, listening on every address, this machine's name,
+ * localhost or one of its addresses); undefined if none is. A name that only DNS says is this
+ * machine is not found here (its link then says that it has this host's NIC id).
+ */
+function ownAddressAmong(peers: readonly HostEntry[], listen: HostAddress): HostEntry | undefined {
+  if (listen.port === 0) return undefined;
+  const wildcard = listen.host === "0.0.0.0" || listen.host === "::" || listen.host === "";
+  const local = new Set(
+    [
+      hostname(),
+      ...Object.values(networkInterfaces()).flatMap((list) => (list ?? []).map((a) => a.address)),
+    ].map((h) => h.toLowerCase()),
+  );
+  return peers.find((p) => {
+    if (p.port !== listen.port) return false;
+    const h = p.host.toLowerCase();
+    const l = listen.host.toLowerCase();
+    if (h === l) return true;
+    if (LOOPBACK.has(l)) return h === "localhost" || (l === "localhost" && LOOPBACK.has(h));
+    return wildcard && (LOOPBACK.has(h) || local.has(h));
+  });
+}
+
 interface HostCliOptions {
   listen?: HostFlags["listen"];
   linkPort?: number;
   nicId?: number;
   slots?: number;
-  peers?: HostFlags["peers"];
+  /** --peers as given: checked with the config file (hostCommand). */
+  peers?: string;
   maxEndpoints?: number;
   config?: string;
   logLevel?: LogLevel;
@@ -84,15 +121,6 @@ export function configureHostCommand(cmd: Command): Command {
     .option(
       "--peers <list>",
       `other hosts' control addresses, host[:port],... (port default ${DEFAULT_CONTROL_PORT}): link this NIC to theirs on start and keep retrying`,
-      (v: string) => {
-        try {
-          return parseHostList(v);
-        } catch (e) {
-          if (e instanceof HostListError)
-            throw new InvalidArgumentError(`--peers: ${e.message.replaceAll("--hosts", "--peers")}`);
-          throw e;
-        }
-      },
     )
     .option(
       "--max-endpoints <n>",
@@ -141,8 +169,26 @@ export async function hostCommand(o: HostCliOptions): Promise<number> {
   // Loaded here, not at the top: every other command (and a bad flag) starts without them.
   const { loadHostConfig, resolveHostSettings } = await import("../cluster/config.js");
   const { HostDaemon } = await import("../cluster/host-daemon.js");
+  if (o.keyFile !== undefined && o.keyFile.trim() === "")
+    throw new ConfigError([
+      `--key-file needs a file name, got an empty one: write --key-file FILE, or leave it out for the config file's keyFile, $${KEY_FILE_ENV} or ~/.config/myrixen/cluster.key`,
+    ]);
+  let peers: HostEntry[] | undefined;
   const file = o.config !== undefined ? loadHostConfig(o.config) : undefined;
-  const s = resolveHostSettings(file, o, o.config);
+  // --peers, or else the config file's peers: each host once, no slot counts.
+  try {
+    if (o.peers !== undefined) peers = parsePeerList(o.peers);
+    else if (file?.peers?.length) parsePeerList(file.peers.join(","), `${o.config} "peers"`);
+  } catch (e) {
+    if (e instanceof HostListError) throw new ConfigError(e.problems);
+    throw e;
+  }
+  const s = resolveHostSettings(file, { ...o, peers }, o.config);
+  const self = ownAddressAmong(s.peers, s.listen);
+  if (self)
+    throw new ConfigError([
+      `${o.peers !== undefined ? "--peers" : `${o.config} "peers"`} names ${self.label}, this host's own control address (it listens on ${formatAddress(s.listen)}); list only the other hosts`,
+    ]);
   let key: ClusterKey;
   try {
     key = loadClusterKey(s.keyFile ?? {});

@@ -24,6 +24,7 @@ import {
   ToolstackUsageError,
   table,
 } from "./toolstack-client.js";
+import { RuntimeFailure } from "./usage.js";
 
 const TOP_PATHS: readonly TrafficPath[] = ["bypass", "split", "native"];
 
@@ -176,6 +177,9 @@ export async function dashboardCommand(o: {
     key: targets[0].key,
     log,
     intervalMs: o.interval,
+  }).catch((e: Error) => {
+    // Its message names the address and what to do ("already in use ...: give another port").
+    throw new RuntimeFailure(e.message, "dashboard");
   });
   process.stderr.write(`myrixen dashboard: watching ${targets.map((t) => t.label).join(", ")} (${from})\n`);
   for (const m of bad) process.stderr.write(`myrixen dashboard: ${m} (retrying)\n`);

@@ -9,7 +9,7 @@
  */
 import { Command, CommanderError, InvalidArgumentError } from "commander";
 import { ALL_TRANSPORTS, SUITES } from "../bench/transports.js";
-import { ConfigError, LINK_TIMEOUT_MAX_MS } from "../cluster/config-limits.js";
+import { ConfigError, LINK_TIMEOUT_MAX_MS, RANK_PAGES_MAX } from "../cluster/config-limits.js";
 import { BUILTIN_PROGRAMS } from "../cluster/programs.js";
 import { MYRIXEN_VERSION } from "../host/version.js";
 import type { QosPolicy } from "../myrixen/qos-policy.js";
@@ -245,7 +245,7 @@ export function buildProgram(): Command {
           });
           if (!ok) process.exitCode = 1;
         } catch (e) {
-          if (e instanceof StartUsageError) throw new UsageError(e.message);
+          if (e instanceof StartUsageError) throw new UsageError(e.message, "start");
           throw e;
         }
       },
@@ -299,7 +299,7 @@ export function buildProgram(): Command {
         const { benchCommand } = await import("./bench.js");
         await benchCommand(suite, o, out, err);
       } catch (e) {
-        if (e instanceof BenchUsageError) throw new UsageError(e.message);
+        if (e instanceof BenchUsageError) throw new UsageError(e.message, "bench");
         throw e;
       }
     });
@@ -315,7 +315,7 @@ export function buildProgram(): Command {
     .option(
       "-H, --host <list>",
       "run on these myrixen hosts, Open MPI's way: host[:slots],... (a host named again adds a slot; " +
-        "host:port:slots for a port other than 7470)",
+        "host:port:slots for a port other than 7470; IPv6 in brackets: [::1]:2, [::1]:7471:2)",
     )
     .option("--hosts <list>", "run on these myrixen hosts: host[:port][*slots],... (port default 7470)")
     .option(
@@ -349,8 +349,15 @@ export function buildProgram(): Command {
     .option("--path <path>", "native | bypass | split", "bypass")
     .option(
       "--pages <n>",
-      "guest memory per rank in 4 KiB pages (default 16384 = 64 MiB)",
-      positiveInt("--pages"),
+      `guest memory per rank in 4 KiB pages (default 16384 = 64 MiB; at most ${RANK_PAGES_MAX})`,
+      (v: string) => {
+        const n = positiveInt("--pages")(v);
+        if (n > RANK_PAGES_MAX)
+          throw new InvalidArgumentError(
+            `--pages must be at most ${RANK_PAGES_MAX} (4 KiB pages: ${RANK_PAGES_MAX / 262144} GiB per rank), got ${n}`,
+          );
+        return n;
+      },
     )
     .option(
       "--max-heap <MiB>",
@@ -449,7 +456,7 @@ export function buildProgram(): Command {
       try {
         process.exitCode = await f();
       } catch (e) {
-        if (e instanceof ToolstackUsageError) throw new UsageError(e.message);
+        if (e instanceof ToolstackUsageError) throw new UsageError(e.message, e.command);
         throw e;
       }
     },

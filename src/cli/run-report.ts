@@ -19,6 +19,7 @@ import {
 import { type NasResult, nasRow, nasWarmupNote, readNasResult, readOsuRows } from "../bench/program-rows.js";
 import { writeHtmlReport } from "../bench/report.js";
 import type { JobResult } from "../cluster/job.js";
+import { missingDirs, removeEmptyDirs, writeResultFiles } from "./report-files.js";
 
 /** Raised for a --out the program cannot serve or a directory that cannot be written. */
 export class RunReportUsageError extends Error {}
@@ -48,9 +49,12 @@ export function prepareRunReport(program: string, argv: readonly string[], outDi
     throw new RunReportUsageError(
       `--out writes the benchmark report of the osu-* and nas-* programs; ${program} writes no benchmark rows`,
     );
+  // The directories made for it go again if the job ends without a report (cleanup).
+  const created = missingDirs(outDir);
   try {
     prepareOutputFile(join(outDir, "bench.json"), "the benchmark report");
   } catch (e) {
+    removeEmptyDirs(created);
     throw new RunReportUsageError((e as Error).message);
   }
   const machine = machineInfo();
@@ -95,12 +99,25 @@ export function prepareRunReport(program: string, argv: readonly string[], outDi
         rows,
         ...(notes.length > 0 ? { notes } : {}),
       };
-      writeReport(join(outDir, "bench.json"), report);
-      writeHtmlReport(join(outDir, "bench.html"), report, { title: `MyriXen: ${program}` });
-      return [`report written to ${join(outDir, "bench.json")} and ${join(outDir, "bench.html")}`];
+      // A report that cannot be written (a full disk) is a runtime failure saying where the rows are.
+      const lines: string[] = [];
+      writeResultFiles(
+        "run",
+        [
+          (saved) => {
+            writeReport(join(outDir, "bench.json"), report);
+            saved(join(outDir, "bench.json"));
+            writeHtmlReport(join(outDir, "bench.html"), report, { title: `MyriXen: ${program}` });
+            lines.push(`report written to ${join(outDir, "bench.json")} and ${join(outDir, "bench.html")}`);
+          },
+        ],
+        report,
+      );
+      return lines;
     },
     cleanup() {
       if (tmp) rmSync(tmp, { force: true });
+      removeEmptyDirs(created);
     },
   };
 }

@@ -36,7 +36,7 @@ import { createLogger } from "../cluster/log.js";
 import { coreSlots, type MapBy } from "../cluster/placement.js";
 import { BUILTIN_PROGRAMS, ProgramError, resolveProgram } from "../cluster/programs.js";
 import { NOT_FINALIZED } from "../cluster/rank-state.js";
-import { DEFAULT_RANK_HEAP_MB } from "../cluster/ranks.js";
+import { DEFAULT_RANK_HEAP_MB, DEFAULT_RANK_PAGES } from "../cluster/ranks.js";
 import { AuthError, RemoteHost } from "../cluster/remote.js";
 import { readSmallTextFile } from "../cluster/small-file.js";
 import { RANK_PATHS, type RankPath } from "../cluster/wire.js";
@@ -45,6 +45,7 @@ import { Host } from "../host/host.js";
 import type { QosPolicy } from "../myrixen/qos-policy.js";
 import { builtinArgsProblem } from "../programs/builtin-args.js";
 import { parseNasArgs } from "../programs/nas/common.js";
+import { OSU_SIZES, parseOsuArgs } from "../programs/osu/common.js";
 import { loadGuestImage } from "../xen/guest/loader.js";
 import { type EmbeddedObservation, observeEmbedded } from "./embedded.js";
 import { type OpenMpiPeerRun, prepareRunReport, type RunReport, RunReportUsageError } from "./run-report.js";
@@ -99,8 +100,10 @@ const note = (line: string) => process.stderr.write(`${line}\n`);
 
 /**
  * Open MPI's `-H host[:slots],...` as host entries: a host without a count has one slot and a
- * host named again adds its slots; `host:port:slots` (or `[v6]:port*slots`, the --hosts form)
- * names a control port other than 7470.
+ * host named again adds its slots; `host:port:slots` names a control port other than 7470.
+ * An IPv6 address goes in brackets, as in a URL: `[::1]:2` (2 slots), `[::1]:7471:2`. Items in
+ * the --hosts form are read as --hosts reads them: `host*slots`, `[v6]:port*slots`, and a
+ * bracketed address alone or with a port (`[::1]`, `[::1]:7471`: the slots its host reports).
  */
 export function parseOpenMpiHostList(text: string): HostEntry[] {
   const items = text.split(",").map((s) => s.trim());
@@ -108,24 +111,42 @@ export function parseOpenMpiHostList(text: string): HostEntry[] {
     const where = `-H item ${i + 1}`;
     if (item === "")
       throw new RunUsageError(`${where} is empty (write host[:slots],..., e.g. -H node1:2,node2:2)`);
-    if (item.startsWith("[") || item.includes("*")) return item;
-    const parts = item.split(":");
+    if (item.includes("*")) return item;
+    let parts: string[];
+    const v6 = /^(\[[^\]]*\])(.*)$/.exec(item);
+    if (v6) {
+      if (v6[2] !== "" && !v6[2].startsWith(":"))
+        throw new RunUsageError(`${where} "${item}": write [addr], [addr]:slots or [addr]:port:slots`);
+      parts = [v6[1], ...(v6[2] === "" ? [] : v6[2].slice(1).split(":"))];
+    } else {
+      // Colons and no brackets: an IPv6 address the parts below would cut at its colons.
+      if (item.includes("::") || item.split(":").length > 3)
+        throw new RunUsageError(
+          `${where} "${item}": write an IPv6 address in brackets: [addr], [addr]:slots or [addr]:port:slots`,
+        );
+      parts = item.split(":");
+    }
     const count = (v: string) => {
       if (!/^\d+$/.test(v) || Number(v) < 1)
         throw new RunUsageError(`${where} "${item}": the slot count must be a positive integer, got "${v}"`);
       return Number(v);
     };
-    if (parts.length === 1) return `${item}*1`;
+    if (parts.length === 1) return v6 ? item : `${item}*1`;
     if (parts.length === 2) {
       const n = count(parts[1]);
-      if (n >= 1024)
+      if (n >= 1024) {
+        // [v6]:port, the --hosts form, was always read so.
+        if (v6) return item;
         throw new RunUsageError(
           `${where} "${item}": -H host:N gives N slots (Open MPI's meaning), and ${n} looks like a port; write host:port:slots or --hosts host:port*slots`,
         );
+      }
       return `${parts[0]}*${n}`;
     }
     if (parts.length === 3) return `${parts[0]}:${parts[1]}*${count(parts[2])}`;
-    throw new RunUsageError(`${where} "${item}": write host[:slots] or host:port:slots`);
+    throw new RunUsageError(
+      `${where} "${item}": write host[:slots] or host:port:slots (IPv6 in brackets: [addr]:port:slots)`,
+    );
   });
   try {
     return parseHostList(converted.join(","));
@@ -363,7 +384,57 @@ function printMap(placement: string[], path: string, slotsOf: (label: string) =>
   }
 }
 
+/** Guest memory in a page. */
+const PAGE_BYTES = 4096;
+
+/**
+ * What a built-in needs that the job's ranks cannot have, known before anything starts: an OSU
+ * benchmark holds a send and a receive buffer of its largest message in each rank's guest
+ * memory (--pages), so a `-m` whose two buffers alone do not fit could only fail after the
+ * smaller sizes ran. Also a `--json` with no file name (the program would write no rows).
+ */
+export function builtinLimitsProblem(
+  program: string,
+  argv: readonly string[],
+  pages = DEFAULT_RANK_PAGES,
+): string | undefined {
+  if (argv.some((a, i) => a === "--json" && argv[i + 1]?.trim() === ""))
+    return `${program}: --json needs a file name, got an empty one: write --json FILE`;
+  if (!Object.hasOwn(OSU_SIZES, program)) return undefined;
+  const { max } = parseOsuArgs(program, argv, OSU_SIZES[program as keyof typeof OSU_SIZES]);
+  if (max < 2) return undefined;
+  const need = 2 * Math.ceil(max / PAGE_BYTES);
+  if (need <= pages) return undefined;
+  const mib = (p: number) => `${Number(((p * PAGE_BYTES) / (1 << 20)).toFixed(2))} MiB`;
+  return (
+    `${program} -m: the largest message, ${max} bytes, needs a send and a receive buffer of that size in each rank's ` +
+    `guest memory (${need} pages, ${mib(need)}), more than its ${pages} pages (${mib(pages)}, --pages); ` +
+    `give a smaller -m MAX or more --pages`
+  );
+}
+
 export async function runCommand(program: string, argv: string[], o: RunOptions): Promise<number> {
+  // The --out report's directory, once made: removed again if the job ends without writing it.
+  const made: { report?: RunReport } = {};
+  try {
+    return await runJob(program, argv, o, made);
+  } finally {
+    made.report?.cleanup();
+  }
+}
+
+async function runJob(
+  program: string,
+  argv: string[],
+  o: RunOptions,
+  made: { report?: RunReport },
+): Promise<number> {
+  if (o.keyFile !== undefined && o.keyFile.trim() === "")
+    throw new RunUsageError(
+      `--key-file needs a file name, got an empty one: write --key-file FILE, or leave it out for $${KEY_FILE_ENV} or ~/.config/myrixen/cluster.key`,
+    );
+  if (o.out !== undefined && o.out.trim() === "")
+    throw new RunUsageError("--out needs a directory, got an empty one: write --out DIR");
   if (!RANK_PATHS.includes(o.path as RankPath))
     throw new RunUsageError(`--path must be one of ${RANK_PATHS.join(", ")}, got "${o.path}"`);
   const mapped = o.mapBy !== undefined ? parseMapBy(o.mapBy) : { mapBy: "node" as MapBy };
@@ -383,17 +454,18 @@ export async function runCommand(program: string, argv: string[], o: RunOptions)
         "--openmpi runs Open MPI on this host only; leave out the hosts (-H, --hosts, --hostfile)",
       );
   }
+  // A built-in's own arguments, checked as its ranks will check them, before anything starts
+  // (and before --out makes its directory).
+  if (Object.hasOwn(BUILTIN_PROGRAMS, program)) {
+    const problem = builtinArgsProblem(program, argv) ?? builtinLimitsProblem(program, argv, o.pages);
+    if (problem !== undefined) throw new RunUsageError(problem);
+  }
   let report: RunReport | undefined;
   try {
     report = o.out === undefined ? undefined : prepareRunReport(program, argv, o.out);
+    made.report = report;
   } catch (e) {
     throw e instanceof RunReportUsageError ? new RunUsageError(e.message) : e;
-  }
-
-  // A built-in's own arguments, checked as its ranks will check them, before anything starts.
-  if (Object.hasOwn(BUILTIN_PROGRAMS, program)) {
-    const problem = builtinArgsProblem(program, argv);
-    if (problem !== undefined) throw new RunUsageError(problem);
   }
   let programRef: string | URL = program;
   let localProgram: URL | undefined;
@@ -596,7 +668,6 @@ export async function runCommand(program: string, argv: string[], o: RunOptions)
     clearTimeout(timer);
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);
-    report?.cleanup();
     await cleanup();
   }
 }

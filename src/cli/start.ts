@@ -12,7 +12,7 @@
  */
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import Table from "cli-table3";
 import pc from "picocolors";
 import {
@@ -34,6 +34,13 @@ import { Job, type JobTarget } from "../cluster/job.js";
 import { startLocalCluster } from "../cluster/local-cluster.js";
 import type { NetStats } from "../netback/stats.js";
 import { type EmbeddedObservation, observeEmbedded } from "./embedded.js";
+import {
+  emptyPathProblem,
+  missingDirs,
+  type ResultFile,
+  removeEmptyDirs,
+  writeResultFiles,
+} from "./report-files.js";
 import { resolveProgram } from "./run.js";
 import { DEFAULT_RUNS, MAX_RUNS, StartUsageError } from "./usage.js";
 
@@ -84,15 +91,35 @@ function osuArgs(path: Path, scope: Scope, bench: "osu-latency" | "osu-bw", oneR
 }
 
 /** Checks the options before anything starts; throws StartUsageError saying what to fix. */
-function checkOptions(opts: StartOptions): { runs: number; json?: string; out?: string } {
+function checkOptions(opts: StartOptions): {
+  runs: number;
+  json?: string;
+  out?: string;
+  /** The directories made for --json and --out (removed again if the job ends without writing there). */
+  created: string[];
+} {
   const runs = opts.runs ?? DEFAULT_RUNS;
   if (!Number.isSafeInteger(runs) || runs < 1 || runs > MAX_RUNS)
     throw new StartUsageError(`--runs must be an integer from 1 to ${MAX_RUNS}, got ${opts.runs}`);
+  for (const problem of [
+    emptyPathProblem("--json", opts.json, "FILE"),
+    emptyPathProblem("--out", opts.out, "DIR"),
+  ])
+    if (problem) throw new StartUsageError(problem);
+  const created: string[] = [];
   try {
-    const json = opts.json === undefined ? undefined : prepareOutputFile(opts.json);
-    if (opts.out !== undefined) prepareOutputFile(join(opts.out, "bench.json"), "the benchmark report");
-    return { runs, json, out: opts.out };
+    let json: string | undefined;
+    if (opts.json !== undefined) {
+      created.push(...missingDirs(dirname(resolve(opts.json))));
+      json = prepareOutputFile(opts.json);
+    }
+    if (opts.out !== undefined) {
+      created.push(...missingDirs(opts.out));
+      prepareOutputFile(join(opts.out, "bench.json"), "the benchmark report");
+    }
+    return { runs, json, out: opts.out, created };
   } catch (e) {
+    removeEmptyDirs(created);
     throw new StartUsageError((e as Error).message);
   }
 }
@@ -102,7 +129,22 @@ export async function runMainJob(
   err: (line: string) => void,
   opts: StartOptions = {},
 ): Promise<boolean> {
-  const { runs, json, out: outDir } = checkOptions(opts);
+  const checked = checkOptions(opts);
+  try {
+    return await mainJob(out, err, opts, checked);
+  } catch (e) {
+    // Directories made for --json and --out that nothing was written in go again.
+    removeEmptyDirs(checked.created);
+    throw e;
+  }
+}
+
+async function mainJob(
+  out: (line: string) => void,
+  err: (line: string) => void,
+  opts: StartOptions,
+  { runs, json, out: outDir }: ReturnType<typeof checkOptions>,
+): Promise<boolean> {
   const machine = machineInfo();
   const dir = mkdtempSync(join(tmpdir(), "myrixen-start-"));
   const t0 = performance.now();
@@ -224,15 +266,23 @@ export async function runMainJob(
     `  NAS EP class S: Verification = ${ok ? pc.green("SUCCESSFUL") : pc.red("UNSUCCESSFUL")} on ${PATHS.join(", ")}` +
       pc.dim(`   (${runs} run${runs === 1 ? "" : "s"} each; whole job ${seconds.toFixed(0)} s)`),
   );
-  if (json) {
-    writeReport(json, report);
-    out(pc.dim(`  rows written to ${opts.json}`));
-  }
-  if (outDir) {
-    writeReport(join(outDir, "bench.json"), report);
-    writeHtmlReport(join(outDir, "bench.html"), report, { title: "MyriXen: npm start" });
-    out(pc.dim(`  report written to ${join(outDir, "bench.json")} and ${join(outDir, "bench.html")}`));
-  }
+  // Each file is written whatever became of the others; one that cannot be (a full disk) is
+  // a runtime failure that says where the rows are.
+  const files: ResultFile[] = [];
+  if (json)
+    files.push((saved) => {
+      writeReport(json, report);
+      saved(opts.json!);
+      out(pc.dim(`  rows written to ${opts.json}`));
+    });
+  if (outDir)
+    files.push((saved) => {
+      writeReport(join(outDir, "bench.json"), report);
+      saved(join(outDir, "bench.json"));
+      writeHtmlReport(join(outDir, "bench.html"), report, { title: "MyriXen: npm start" });
+      out(pc.dim(`  report written to ${join(outDir, "bench.json")} and ${join(outDir, "bench.html")}`));
+    });
+  writeResultFiles("start", files, report);
   return ok;
 }
 

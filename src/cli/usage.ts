@@ -15,7 +15,15 @@ export class RunUsageError extends Error {}
 export class StartUsageError extends Error {}
 
 /** Bad usage of the toolstack commands (list, info, xenstore-ls, endpoints, top, dashboard). */
-export class ToolstackUsageError extends Error {}
+export class ToolstackUsageError extends Error {
+  constructor(
+    message: string,
+    /** The command ("top"), when named at the start of the line. */
+    readonly command?: string,
+  ) {
+    super(message);
+  }
+}
 
 /**
  * A failure of the environment, not of myrixen (a port in use, a name that does not resolve):

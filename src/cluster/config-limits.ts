@@ -21,3 +21,11 @@ export const LIMITS = {
 
 /** The longest link timeout a host takes in a link request (ms; wire.ts), so `run --link-timeout`'s too. */
 export const LINK_TIMEOUT_MAX_MS = 600_000;
+
+/** The most guest memory a rank may have, in 4 KiB pages (4 GiB: what the hypervisor gives a domain), so `run --pages`' too. */
+export const RANK_PAGES_MAX = 1 << 20;
+
+/** `myrixen top --interval`: seconds between refreshes (a tenth of a second to an hour). */
+export const TOP_INTERVAL_S = [0.1, 3600] as const;
+/** `myrixen dashboard --interval`: milliseconds between updates (100 ms to an hour). */
+export const DASHBOARD_INTERVAL_MS = [100, 3_600_000] as const;

@@ -142,6 +142,50 @@ export function parseHostList(text: string, defaultPort = DEFAULT_CONTROL_PORT):
 }
 
 /**
+ * `myrixen host --peers a,b:7471` (and the config file's "peers"): comma-separated
+ * `host[:port]`, each host once — a peer is linked, not given slots, so a repeat or a slot
+ * count is a mistake, said as one. Throws HostListError naming each bad item.
+ */
+export function parsePeerList(
+  text: string,
+  what = "--peers",
+  defaultPort = DEFAULT_CONTROL_PORT,
+): HostEntry[] {
+  const problems: string[] = [];
+  const out: HostEntry[] = [];
+  const first = new Map<string, number>();
+  text.split(",").forEach((raw, i) => {
+    const item = raw.trim();
+    const where = `${what} item ${i + 1}`;
+    if (item === "") {
+      problems.push(`${where} is empty (write host[:port], separated by commas)`);
+      return;
+    }
+    if (item.includes("*")) {
+      problems.push(`${where} "${item}": a peer takes no slot count (write host[:port])`);
+      return;
+    }
+    const a = parseAddress(item, defaultPort);
+    if (typeof a === "string") {
+      problems.push(`${where}: ${a}`);
+      return;
+    }
+    const e = entry(a);
+    const seen = first.get(e.label);
+    if (seen !== undefined) {
+      problems.push(`${what} names ${e.label} twice (items ${seen} and ${i + 1}); list each peer once`);
+      return;
+    }
+    first.set(e.label, i + 1);
+    out.push(e);
+  });
+  if (problems.length > 0) throw new HostListError(problems);
+  if (out.length > MAX_HOSTS)
+    throw new HostListError([`${what} lists ${out.length} hosts; at most ${MAX_HOSTS}`]);
+  return out;
+}
+
+/**
  * An Open MPI hostfile: one host per line, `hostname[:port] [slots=N] [max_slots=M]`, `#`
  * starts a comment, blank lines are skipped, a host listed again adds its slots. Every bad
  * line is reported with its number.

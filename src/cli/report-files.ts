@@ -1,0 +1,92 @@
+/**
+ * The files a benchmark command writes when it is done (`--json FILE`, `--out DIR`): the flags
+ * checked before anything starts, the directories they made removed again when the command
+ * ends without writing there, and at the end a file that cannot be written (a full disk,
+ * /dev/full, a read-only mount) is an environment failure (RuntimeFailure: one line, exit
+ * code 1) that says where the rows of the run are, so that minutes of measurement are not lost.
+ */
+import { existsSync, rmdirSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { RuntimeFailure } from "./usage.js";
+
+/**
+ * What is wrong with a file or directory flag's value (an empty `--json ""` would name the
+ * working directory or nothing at all), or undefined.
+ */
+export function emptyPathProblem(
+  flag: string,
+  value: string | undefined,
+  what: "FILE" | "DIR",
+): string | undefined {
+  if (value === undefined || value.trim() !== "") return undefined;
+  return `${flag} needs a ${what === "FILE" ? "file name" : "directory"}, got an empty one: write ${flag} ${what}`;
+}
+
+/** The directories (outermost first) that writing into `dir` would create: none if it exists. */
+export function missingDirs(dir: string): string[] {
+  const missing: string[] = [];
+  let d = resolve(dir);
+  while (!existsSync(d)) {
+    missing.unshift(d);
+    const up = dirname(d);
+    if (up === d) break;
+    d = up;
+  }
+  return missing;
+}
+
+/** Removes those of `dirs` (as missingDirs listed them) that are still empty, innermost first. */
+export function removeEmptyDirs(dirs: readonly string[]): void {
+  for (const d of [...dirs].reverse()) {
+    try {
+      rmdirSync(d);
+    } catch {
+      // Not empty (something was written there) or already gone: left as it is.
+    }
+  }
+}
+
+/** A failure to write a result file (its message starts "cannot write ..."), not a bug. */
+function isWriteFailure(e: unknown): e is Error {
+  return e instanceof Error && /^cannot write /.test(e.message);
+}
+
+/**
+ * Writes one file (or a report's files) at a command's end, and says so; calls `saved` with
+ * the file that holds the rows once it is written.
+ */
+export type ResultFile = (saved: (rowsAt: string) => void) => void;
+
+/**
+ * Writes every file in order, each whatever became of the others; throws RuntimeFailure
+ * naming each that could not be written and where the rows are: in a file that was written,
+ * else in a copy saved in the temporary directory.
+ */
+export function writeResultFiles(command: string, files: readonly ResultFile[], report: unknown): void {
+  const failed: string[] = [];
+  let rowsAt: string | undefined;
+  for (const f of files) {
+    try {
+      f((at) => {
+        rowsAt ??= at;
+      });
+    } catch (e) {
+      if (!isWriteFailure(e)) throw e;
+      failed.push(e.message.replace(/\s+/g, " "));
+    }
+  }
+  if (failed.length === 0) return;
+  let where: string;
+  if (rowsAt !== undefined) where = `the rows are in ${rowsAt}`;
+  else {
+    const copy = join(tmpdir(), `myrixen-${command}-rows-${process.pid}-${Date.now()}.json`);
+    try {
+      writeFileSync(copy, `${JSON.stringify(report, null, 2)}\n`);
+      where = `the rows are saved in ${copy} instead`;
+    } catch (e) {
+      where = `the rows could not be saved in ${copy} either (${(e as Error).message})`;
+    }
+  }
+  throw new RuntimeFailure(`${failed.join("; ")}; ${where}`, command);
+}
