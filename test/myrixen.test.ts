@@ -8,6 +8,7 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { Host } from "../src/host/host.js";
+import { Inspector } from "../src/host/inspect.js";
 import { DRIVER_EVENT_CONNECT, DRIVER_EVENT_DISCONNECT } from "../src/myrixen/driver-abi.js";
 import { Access, ANY_ENDPOINT, EndpointState, EventType } from "../src/nic/window.js";
 import type { Domain } from "../src/xen/hypervisor.js";
@@ -339,6 +340,36 @@ test("extra endpoints cannot take the NIC's last contexts: every domain with a d
     );
   for (const o of opened) await o.a.call({ op: "close", endpointId: o.id });
   for (const g of [...late, ...greedy]) await g.dom.destroy();
+});
+
+test("inspection tells an endpoint's openings apart by a serial, never by its session (what a forger needs)", async () => {
+  // A session is what a sender must name: whoever reads inspection (myrixen endpoints, top,
+  // the dashboard: any holder of the cluster key) could otherwise forge another job's messages.
+  const g = await guest("myri-inspected");
+  const first = await open(g, KEY_A);
+  await g.call({ op: "close", endpointId: first.endpointId });
+  const again = await open(g, KEY_A);
+  const listed = (await host.backendEndpoints()).find((e) => e.endpointId === again.endpointId);
+  const shown = (await new Inspector(host).snapshot()).endpoints.find((e) => e.id === again.endpointId);
+  assert.ok(listed && shown, "the endpoint is listed");
+  for (const [what, entry] of [
+    ["backendEndpoints", listed],
+    ["snapshot", shown],
+  ] as const) {
+    assert.ok(!("session" in entry), `${what} has no session field`);
+    const text = JSON.stringify(entry);
+    for (const secret of [again.session, again.session | 0, first.session])
+      assert.ok(!text.includes(String(secret)), `${what} shows no session: ${text}`);
+  }
+  assert.ok(listed.serial > 0);
+  assert.equal(shown.serial, listed.serial);
+  // The reopened id is told apart from the endpoint before it.
+  await g.call({ op: "close", endpointId: again.endpointId });
+  const third = await open(g, KEY_A);
+  const relisted = (await host.backendEndpoints()).find((e) => e.endpointId === third.endpointId);
+  assert.ok(relisted && relisted.serial > listed.serial);
+  await g.call({ op: "close", endpointId: third.endpointId });
+  await g.dom.destroy();
 });
 
 test("a guest that dies: its peer sees the channel closed and a DISCONNECT, its endpoints are released", async () => {

@@ -62,7 +62,7 @@ function endpoint(
 ): EndpointSnapshot {
   return {
     id,
-    session: 7,
+    serial: 7,
     domid,
     owner: `domain ${domid}`,
     path: "bypass",

@@ -152,7 +152,7 @@ export class Inspector {
       const chanPeers = new Set(e.channels.map((c) => c.peerEndpoint));
       return {
         id: e.endpointId,
-        session: e.session,
+        serial: e.serial,
         domid: e.domid,
         owner: e.owner,
         path: e.kind === "native" ? "native" : "bypass",

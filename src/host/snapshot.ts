@@ -87,7 +87,8 @@ export interface ChannelSnapshot {
 
 export interface EndpointSnapshot {
   id: number;
-  session: number;
+  /** Which opening of the driver domain's this endpoint is (never its secret session). */
+  serial: number;
   domid: number;
   owner: string;
   /** bypass: a guest's endpoint (myrifront → myrback → the NIC); native: a process of the driver domain's. */
@@ -242,7 +243,7 @@ export const HostSnapshotSchema = z.object({
     .array(
       z.object({
         id: int,
-        session: int,
+        serial: int,
         domid: int,
         owner: str(),
         path: z.enum(["bypass", "native"]),
@@ -383,7 +384,7 @@ export function rates(prev: HostSnapshot, cur: HostSnapshot): HostRates {
     let chIn = 0;
     let chMsgsOut = 0;
     let chMsgsIn = 0;
-    const prevCh = new Map((p?.session === e.session ? p.channels : []).map((c) => [c.id, c]));
+    const prevCh = new Map((p?.serial === e.serial ? p.channels : []).map((c) => [c.id, c]));
     for (const c of e.channels) {
       const pc = prevCh.get(c.id);
       if (!pc) continue;

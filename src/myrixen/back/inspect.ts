@@ -49,7 +49,12 @@ export interface BackendChannelInfo {
 
 export interface BackendEndpointInfo {
   endpointId: number;
-  session: number;
+  /**
+   * Which opening of the backend this endpoint is (tells a reopened id from the endpoint before
+   * it). Not its session: a session is what a sender must name, and whoever reads this (any
+   * holder of the cluster key) could forge another job's messages with it.
+   */
+  serial: number;
   domid: DomId;
   kind: ClientKind;
   owner: string;
@@ -137,7 +142,7 @@ export function describeEndpoints(
     }
     out.push({
       endpointId: ep.id,
-      session: ep.session,
+      serial: ep.serial,
       domid: ep.owner.domid,
       kind: ep.owner.kind,
       owner: ep.owner.label,

@@ -26,7 +26,10 @@ export class Client {
 
 export interface EndpointRec {
   id: number;
+  /** The NIC's session: a secret between the endpoint and its peers (never in inspection). */
   session: number;
+  /** Which opening of this backend this is (1, 2, ...): what inspection shows instead of the session. */
+  serial: number;
   owner: Client;
   window: SharedArrayBuffer;
   intr: SharedArrayBuffer;

@@ -81,6 +81,8 @@ export class MyriCore {
   private readonly channels = new Map<number, ChannelRec>();
   private readonly pairs = new Map<string, ChannelRec>();
   private nextChannelId = 1;
+  /** Endpoints opened so far (EndpointRec.serial). */
+  private openSerial = 0;
   /** Each domain's weight and caps, from its device's `qos` node (qos-policy.ts). */
   readonly qos = new QosPolicies({
     endpointsOf: (domid) => this.clients.get(domid)?.endpoints.keys() ?? [],
@@ -257,6 +259,7 @@ export class MyriCore {
     const ep: EndpointRec = {
       id: r.endpointId,
       session: r.session,
+      serial: ++this.openSerial,
       owner: client,
       window: r.window,
       intr: r.intr,
