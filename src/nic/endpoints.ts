@@ -78,6 +78,12 @@ export const M_TAG = 12;
 export const M_TRACE = 13;
 export const META_WORDS = 16;
 
+/**
+ * Closed ids an owner may leave locked out (or with refusals on record) and still open another
+ * id by number (EndpointTable.taintedBy).
+ */
+export const TAINTED_IDS_PER_OWNER = 2;
+
 /** One endpoint context: the NIC's own state for it (authoritative; the window is only a mirror). */
 export class EndpointContext {
   open = false;
@@ -233,6 +239,13 @@ export class EndpointTable {
           "EBUSY",
           `open_endpoint: endpoint ${r.endpointId} is already open (by ${JSON.stringify(ctx.owner)})`,
         );
+      const own = this.taintedBy(r.owner, ctx);
+      if (own.length >= TAINTED_IDS_PER_OWNER)
+        throw new NicError(
+          "EBUSY",
+          `open_endpoint: ${r.owner} left endpoint ids ${own.join(", ")} locked out for wrong keys, sessions or pulls; ` +
+            "open one of those (or ANY_ENDPOINT) until their lockouts end",
+        );
     }
     if (
       (r.window !== undefined &&
@@ -270,6 +283,22 @@ export class EndpointTable {
     this.openIds[this.openCount++] = ctx.id;
     this.c[ctx.base + EndpointCounter.opens]++;
     return { endpointId: ctx.id, session, window, intr: intrBuffer };
+  }
+
+  /**
+   * The closed ids other than `except` that `owner` left with a lockout or a refusal record.
+   * An owner that left TAINTED_IDS_PER_OWNER of them opens no other id by number: a guest
+   * holding one endpoint at a time could otherwise open each free id in turn and get it locked
+   * out (wrong keys to its own endpoint are wrong keys too), until every id a later job could
+   * get was one its first connect would be refused on.
+   */
+  private taintedBy(owner: string, except: EndpointContext): number[] {
+    const now = performance.now();
+    const ids: number[] = [];
+    for (const c of this.ctxs)
+      if (c !== except && !c.open && c.lockedOwner === owner && (c.lockedUntil > now || c.refusedUntil > now))
+        ids.push(c.id);
+    return ids;
   }
 
   /**
