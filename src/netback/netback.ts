@@ -260,7 +260,8 @@ export class Netback {
     const s = this.counters.words;
     s[BridgeCounter.passes]++;
     const staging = this.staging;
-    staging.count = 0;
+    // (A pass that threw midway left its slots as they were.)
+    staging.release();
     this.tx.begin();
     this.rx.begin();
 
@@ -341,6 +342,7 @@ export class Netback {
       else if (tx.broken) void this.teardown(v, `the tx ring is broken: ${tx.broken}`);
       else this.arm(v);
     }
+    staging.release();
   }
 
   /** Out of the bridge: MX over Ethernet to its endpoint's owner only (mx-steer.ts), the rest by MAC. */

@@ -108,7 +108,7 @@ export class RxPath {
         c.add(w, VifCounter.grantCopyBytes, this.pool[i].len);
       } else {
         // The guest posted a buffer we may not write: that slot (and so its frame) fails.
-        w.rx!.view.setInt16(this.opRsp[i] + RX_RSP_STATUS, NETIF_RSP_ERROR, true);
+        w.rx?.view.setInt16(this.opRsp[i] + RX_RSP_STATUS, NETIF_RSP_ERROR, true);
         c.add(w, VifCounter.grantCopyErrors);
         c.add(w, VifCounter.rxErrors);
         reportBadPacket(w, `an rx buffer cannot be written: ${res[i].error ?? res[i].status}`, this.log);

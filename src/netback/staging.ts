@@ -49,6 +49,17 @@ export class Staging {
   /** Frames staged in this pass (frames[0..count)). */
   count = 0;
 
+  /**
+   * Ends the pass: no slot keeps the vif its frame came from. A slot that did kept that vif's
+   * rings, and so the whole RAM of its guest long after the guest died (64 slots: up to 64
+   * dead guests' RAM held by the driver domain).
+   */
+  release(): void {
+    const frames = this.frames;
+    for (let i = 0; i < this.count; i++) frames[i].from = undefined;
+    this.count = 0;
+  }
+
   constructor(guest: Guest) {
     const run = guest.memory.allocPages(STAGING_FRAMES * MAX_FRAME_PAGES);
     const slotBytes = MAX_FRAME_PAGES * PAGE_SIZE;

@@ -323,6 +323,9 @@ export class VifDevices {
     if (v.rxMap) grants.unmap(v.rxMap);
     v.txMap = undefined;
     v.rxMap = undefined;
+    // The rings are views of the guest's pages: a vif kept anywhere must not keep its RAM.
+    v.tx = undefined;
+    v.rx = undefined;
     if (v.portNo !== undefined) {
       try {
         host.guest.evtchn.close(v.portNo);
