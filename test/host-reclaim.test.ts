@@ -17,7 +17,7 @@ const HOARDER = new URL("./fixtures/guests/hoarder.js", import.meta.url);
 /** An MPI rank's RAM (cluster/ranks.ts DEFAULT_RANK_PAGES): 64 MiB. */
 const PAGES = 16384;
 const RAM = PAGES * PAGE_SIZE;
-const PAIRS = 6;
+const PAIRS = 4;
 
 let host: Host;
 before(async () => {
