@@ -6,11 +6,11 @@
  * these quiet threads hardly ever run.
  */
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
 import { after, before, test } from "node:test";
 import { Host } from "../src/host/host.js";
 import { PAGE_SIZE } from "../src/xen/abi.js";
 import { RECLAIM_DELAY_MS, RECLAIM_MIN_INTERVAL_MS } from "../src/xen/reclaim.js";
+import { settled, vmSize } from "./helpers/address-space.js";
 import { nextMessage } from "./helpers/messages.js";
 
 const HOARDER = new URL("./fixtures/guests/hoarder.js", import.meta.url);
@@ -24,13 +24,6 @@ before(async () => {
   host = await Host.start({});
 });
 after(() => host.stop());
-
-/** The process's address space, MiB: a domain's RAM stays in it while any thread holds the buffer. */
-function vmSize(): number {
-  const m = /^VmSize:\s+(\d+) kB/m.exec(readFileSync("/proc/self/status", "utf8"));
-  assert.ok(m, "/proc/self/status has VmSize (Linux)");
-  return Number(m[1]) * 1024;
-}
 
 async function start(role: string) {
   const d = await host.startGuest({ module: HOARDER, args: { role }, name: role, pages: PAGES });
@@ -48,15 +41,6 @@ async function pair(): Promise<void> {
   const exits = await Promise.all([client.d.exited, server.d.exited]);
   for (const e of exits) assert.equal(e.state, "shutdown", e.error?.stack);
   assert.deepEqual(exits[0].result, { ok: 300, bad: 0 });
-}
-
-async function settled(cond: () => boolean, ms: number): Promise<boolean> {
-  const deadline = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > deadline) return false;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  return true;
 }
 
 test(`${PAIRS} pairs of 64 MiB domains, one after another: the host's address space comes back to where it was`, async () => {

@@ -6,12 +6,12 @@
  * for as long as no later frame took the slot (up to 64 dead guests per host).
  */
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
 import { after, before, test } from "node:test";
 import { Job } from "../src/cluster/job.js";
 import { Host } from "../src/host/host.js";
 import { PAGE_SIZE } from "../src/xen/abi.js";
 import { RECLAIM_DELAY_MS, RECLAIM_MIN_INTERVAL_MS } from "../src/xen/reclaim.js";
+import { settled, vmSize } from "./helpers/address-space.js";
 
 const NEIGHBOUR = new URL("./fixtures/guests/mpi-neighbour.js", import.meta.url);
 /** 256 MiB per rank: one guest held is well past the bound below. */
@@ -24,12 +24,6 @@ before(async () => {
 });
 after(() => host.stop());
 
-function vmSize(): number {
-  const m = /^VmSize:\s+(\d+) kB/m.exec(readFileSync("/proc/self/status", "utf8"));
-  assert.ok(m, "/proc/self/status has VmSize (Linux)");
-  return Number(m[1]) * 1024;
-}
-
 async function splitJob(): Promise<void> {
   const res = await new Job(host, {
     n: 2,
@@ -39,15 +33,6 @@ async function splitJob(): Promise<void> {
     pages: PAGES,
   }).run();
   assert.equal(res.exitCode, 0, res.failed?.error?.message);
-}
-
-async function settled(cond: () => boolean, ms: number): Promise<boolean> {
-  const deadline = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > deadline) return false;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  return true;
 }
 
 test("split-path jobs one after another: their guests' RAM goes back once they are gone", async () => {

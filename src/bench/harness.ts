@@ -106,6 +106,14 @@ export async function measure(
  * can spin forever under a read-only pseudo-filesystem such as /proc; this fails at once.)
  */
 export function makeDirs(dir: string): void {
+  const missing = missingDirs(dir);
+  const d = missing.length > 0 ? dirname(missing[0]) : resolve(dir);
+  if (existsSync(d) && !statSync(d).isDirectory()) throw new Error(`${d} is not a directory`);
+  for (const m of missing) mkdirSync(m);
+}
+
+/** The directories (outermost first) that making `dir` would create: none if it exists. */
+export function missingDirs(dir: string): string[] {
   const missing: string[] = [];
   let d = resolve(dir);
   while (!existsSync(d)) {
@@ -114,8 +122,7 @@ export function makeDirs(dir: string): void {
     if (up === d) break;
     d = up;
   }
-  if (existsSync(d) && !statSync(d).isDirectory()) throw new Error(`${d} is not a directory`);
-  for (const m of missing) mkdirSync(m);
+  return missing;
 }
 
 /**

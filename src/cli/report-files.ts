@@ -5,10 +5,13 @@
  * /dev/full, a read-only mount) is an environment failure (RuntimeFailure: one line, exit
  * code 1) that says where the rows of the run are, so that minutes of measurement are not lost.
  */
-import { existsSync, rmdirSync, writeFileSync } from "node:fs";
+import { rmdirSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { dirname, join, resolve } from "node:path";
+import { join } from "node:path";
+import { missingDirs } from "../bench/harness.js";
 import { RuntimeFailure } from "./usage.js";
+
+export { missingDirs };
 
 /**
  * What is wrong with a file or directory flag's value (an empty `--json ""` would name the
@@ -21,19 +24,6 @@ export function emptyPathProblem(
 ): string | undefined {
   if (value === undefined || value.trim() !== "") return undefined;
   return `${flag} needs a ${what === "FILE" ? "file name" : "directory"}, got an empty one: write ${flag} ${what}`;
-}
-
-/** The directories (outermost first) that writing into `dir` would create: none if it exists. */
-export function missingDirs(dir: string): string[] {
-  const missing: string[] = [];
-  let d = resolve(dir);
-  while (!existsSync(d)) {
-    missing.unshift(d);
-    const up = dirname(d);
-    if (up === d) break;
-    d = up;
-  }
-  return missing;
 }
 
 /** Removes those of `dirs` (as missingDirs listed them) that are still empty, innermost first. */
