@@ -239,8 +239,9 @@ export class EndpointTable {
           "EBUSY",
           `open_endpoint: endpoint ${r.endpointId} is already open (by ${JSON.stringify(ctx.owner)})`,
         );
-      const own = this.taintedBy(r.owner, ctx);
-      if (own.length >= TAINTED_IDS_PER_OWNER)
+      // Its own locked ids it may always open again (they are what it is told to open).
+      const own = this.taintedBy(r.owner);
+      if (own.length >= TAINTED_IDS_PER_OWNER && !own.includes(ctx.id))
         throw new NicError(
           "EBUSY",
           `open_endpoint: ${r.owner} left endpoint ids ${own.join(", ")} locked out for wrong keys, sessions or pulls; ` +
@@ -286,17 +287,17 @@ export class EndpointTable {
   }
 
   /**
-   * The closed ids other than `except` that `owner` left with a lockout or a refusal record.
+   * The closed ids that `owner` left with a lockout or a refusal record.
    * An owner that left TAINTED_IDS_PER_OWNER of them opens no other id by number: a guest
    * holding one endpoint at a time could otherwise open each free id in turn and get it locked
    * out (wrong keys to its own endpoint are wrong keys too), until every id a later job could
    * get was one its first connect would be refused on.
    */
-  private taintedBy(owner: string, except: EndpointContext): number[] {
+  private taintedBy(owner: string): number[] {
     const now = performance.now();
     const ids: number[] = [];
     for (const c of this.ctxs)
-      if (c !== except && !c.open && c.lockedOwner === owner && (c.lockedUntil > now || c.refusedUntil > now))
+      if (!c.open && c.lockedOwner === owner && (c.lockedUntil > now || c.refusedUntil > now))
         ids.push(c.id);
     return ids;
   }
