@@ -297,8 +297,7 @@ export class EndpointTable {
     const now = performance.now();
     const ids: number[] = [];
     for (const c of this.ctxs)
-      if (!c.open && c.lockedOwner === owner && (c.lockedUntil > now || c.refusedUntil > now))
-        ids.push(c.id);
+      if (!c.open && c.lockedOwner === owner && (c.lockedUntil > now || c.refusedUntil > now)) ids.push(c.id);
     return ids;
   }
 
