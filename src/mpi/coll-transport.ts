@@ -14,7 +14,8 @@
  * rank is not their partner in this step, or their MX has not seen it go). So it tells them:
  * a notice (TAG_FAILED, the error's text) to every other member it can still reach, which a
  * waiting exchange looks for between its slices and fails with, naming that rank and its
- * error. Either way the communicator is then broken (`broken`): the members are out of step,
+ * error; a rank that finds a member gone also fails with a notice already here, the cause,
+ * rather than with "unreachable". Either way the communicator is then broken (`broken`): the members are out of step,
  * and every later collective on it fails at its start with the first error (as ULFM's
  * MPI_Comm_revoke leaves a communicator; there is no MPI_Comm_shrink to go on with).
  * What the collective still had in flight goes on without a waiter (drop: p2p.ts), so MX's
@@ -92,11 +93,22 @@ export class CollectiveTransport extends PointToPoint {
       );
     for (let r = 0; r < this.size; r++) {
       const why = this.peerGone(r);
-      if (why !== undefined)
-        this.cfail(
-          `MPI ${call}: ${this.unreachable(r, why)}; no collective on this communicator can complete`,
-        );
+      if (why === undefined) continue;
+      this.failOnNotice(call);
+      this.cfail(`MPI ${call}: ${this.unreachable(r, why)}; no collective on this communicator can complete`);
     }
+  }
+
+  /**
+   * Fails with a member's notice if one came. A rank that left a collective with an error
+   * told the others before its endpoint closed, so when this rank sees a member gone the
+   * notice is often here too: it names the first error (the cause), "unreachable" only the
+   * member that went after it. Which of the two a rank would see otherwise depends on how
+   * soon it got here.
+   */
+  private failOnNotice(call: string): void {
+    const notice = this.takeNotice(call);
+    if (notice !== undefined) this.cfail(notice, false);
   }
 
   /** @internal */
@@ -143,8 +155,10 @@ export class CollectiveTransport extends PointToPoint {
           }
           if (req.kind === "recv" && !req.done) {
             const why = this.peerGone(peer);
-            if (why !== undefined && this.withdraw(req))
+            if (why !== undefined && this.withdraw(req)) {
+              this.failOnNotice(call);
               this.cfail(`MPI ${call}: exchange with rank ${peer} failed: ${this.unreachable(peer, why)}`);
+            }
           }
           return undefined;
         },
