@@ -155,3 +155,19 @@ test("a message the guest sent just before it stopped is still its next message"
   assert.deepEqual(await nextMessage(d), ["bye"]);
   await assert.rejects(nextMessage(d), /domain leaver stopped \(shutdown\) before its next message/);
 });
+
+test("a stopped domain, kept for lookups, lets go of its listeners once its thread is gone", async () => {
+  // A host keeps its last stopped domains (KEEP_STOPPED_DOMAINS); a listener holds whatever its
+  // caller closed over (a launcher session: its job and rows), so it must not stay with them.
+  const d = await hv.createDomain({ module: fixture("says-bye"), pages: 16, name: "listened" });
+  const held = new Uint8Array(1024);
+  d.on("message", () => held.fill(1));
+  d.on("exit", () => held.fill(2));
+  await d.exited;
+  // The thread ends a moment after the guest returned (the grace for its last output).
+  while (d.worker.threadId !== -1) await new Promise((r) => setTimeout(r, 10));
+  await new Promise((r) => setImmediate(r));
+  assert.equal(hv.domain(d.domid), d, "still there to be looked up");
+  assert.equal(d.listenerCount("message"), 0);
+  assert.equal(d.listenerCount("exit"), 0);
+});

@@ -270,6 +270,7 @@ export class Hypervisor {
         });
       hc.port1.close();
       async.port1.close();
+      dom.threadEnded();
       // Its RAM goes back to the OS once no thread holds it: collect here (dom0 and the NIC do too).
       reclaimSoon();
     });

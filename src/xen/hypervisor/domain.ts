@@ -194,6 +194,16 @@ export class Domain extends EventEmitter {
     await this.hv.destroyDomainObject(this);
   }
 
+  /**
+   * @internal The domain's thread is gone: nothing more can come from it, so the listeners go.
+   * A host keeps its last stopped domains for lookups (hypervisor.ts KEEP_STOPPED_DOMAINS), and
+   * a listener holds what its caller closed over (a launcher session: its job, its rows), ~20 KB
+   * each, for as long as the domain is kept. Messages no listener took yet stay for a late one.
+   */
+  threadEnded(): void {
+    for (const event of ["message", "running", "exit"]) this.removeAllListeners(event);
+  }
+
   /** @internal */
   settle(state: "shutdown" | "crashed" | "destroyed", detail: { result?: unknown; error?: Error }): boolean {
     if (this.state === "shutdown" || this.state === "crashed" || this.state === "destroyed") {
