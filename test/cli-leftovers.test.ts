@@ -6,8 +6,10 @@
  * refused and `-H [::1]:2` read as a port; `--json ""` was ignored; `--key-file ""` named the
  * working directory, `--transports " , "` an unknown ",", `--peers` took a host twice or
  * itself without a word; and an OSU `-m` too large for the ranks' memory, or a `--pages`
- * larger than a domain may have, failed after the job started. Each now ends with one line
- * saying what to fix, exit code 2 for bad usage and 1 for the environment.
+ * larger than a domain may have, failed after the job started; commander's own errors (a bad
+ * `top -n`, an unknown option) took two lines in its words on every command but `run`. Each
+ * now ends with one line saying what to fix, exit code 2 for bad usage and 1 for the
+ * environment.
  */
 import assert from "node:assert/strict";
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
@@ -282,5 +284,20 @@ test("an OSU -m too large for the ranks' guest memory, or a --pages no domain ma
     const r = await myrixen([...args], { env: ENV, killAfterMs: 60_000 });
     usage(r, line, args.join(" "));
     assert.equal(r.stdout, "", `${args.join(" ")}: nothing ran`);
+  }
+});
+
+test("commander's own errors are one line too, on every command, naming the command and where its usage is", async () => {
+  for (const [args, line] of [
+    [["top", "-n", "x"], /^myrixen top: -n must be a positive integer, got "x"$/],
+    [["host", "--slots", "0"], /^myrixen host: --slots must be a whole number in 1\.\.4096, got "0"$/],
+    [["bench", "--bogus"], /^myrixen bench: unknown option --bogus; see myrixen bench --help$/],
+    [["bench", "--sizes"], /^myrixen bench: --sizes needs a value: write --sizes <list>$/],
+    [["endpoints", "extra"], /^myrixen endpoints: too many arguments .*; see myrixen endpoints --help$/],
+    [["frob"], /^myrixen: unknown command frob; see myrixen --help$/],
+    [["run", "-n"], /^myrixen run: -n needs a value: write -n <n> \(the number of ranks, e.g\. -n 4\)$/],
+  ] as const) {
+    const r = await myrixen([...args], { env: ENV, killAfterMs: 15_000 });
+    usage(r, line, args.join(" "));
   }
 });

@@ -105,23 +105,32 @@ function exportedEnv(items: string[]): Record<string, string> | undefined {
   return env;
 }
 
-/** Commander's error text for `run` as one line that says what to fix. */
-function runErrorLine(text: string): string {
+/** Commander's error text for command `path` ("myrixen run") as one line that says what to fix. */
+function usageErrorLine(text: string, path: string): string {
   const t = text.trim().replace(/^error: /, "");
   const missing = /^option '([^']+)' argument missing/.exec(t);
   if (missing) {
     const flag = missing[1].split(/[, ]+/)[0];
     const value = /<([^>]+)>/.exec(missing[1])?.[1] ?? "value";
-    return `${flag} needs a value: write ${flag} <${value}>${flag === "-n" ? " (the number of ranks, e.g. -n 4)" : ""}`;
+    const hint = flag === "-n" && path === "myrixen run" ? " (the number of ranks, e.g. -n 4)" : "";
+    return `${flag} needs a value: write ${flag} <${value}>${hint}`;
   }
-  if (/^missing required argument 'program'/.test(t))
+  if (path === "myrixen run" && /^missing required argument 'program'/.test(t))
     return `no program given: write myrixen run [-n N] PROGRAM [ARGS...], PROGRAM a built-in (${Object.keys(BUILTIN_PROGRAMS).join(", ")}) or a .ts/.js/.mjs file`;
   const invalid = /^option '[^']+' argument '[^']*' is invalid\. (.*)$/s.exec(t);
   if (invalid) return invalid[1].trim();
-  const unknown = /^unknown option '([^']+)'(?:\s*\(Did you mean ([^)?]+)\?\))?/s.exec(t);
+  const unknown = /^unknown (option|command) '([^']+)'(?:\s*\(Did you mean ([^)?]+)\?\))?/s.exec(t);
   if (unknown)
-    return `unknown option ${unknown[1]}${unknown[2] ? ` (did you mean ${unknown[2]}?)` : ""}; see myrixen run --help`;
-  return t.split("\n").join("; ");
+    return `unknown ${unknown[1]} ${unknown[2]}${unknown[3] ? ` (did you mean ${unknown[3]}?)` : ""}; see ${path} --help`;
+  return `${t.split("\n").join("; ").replace(/\.$/, "")}; see ${path} --help`;
+}
+
+/** Every command's mistakes on one line, prefixed with the command (commander's own words, reworded). */
+function oneLineErrors(cmd: Command, path: string): void {
+  cmd.showHelpAfterError(false).configureOutput({
+    outputError: (text, write) => write(`${path}: ${usageErrorLine(text, path)}\n`),
+  });
+  for (const sub of cmd.commands) oneLineErrors(sub, `${path} ${sub.name()}`);
 }
 
 /**
@@ -204,7 +213,6 @@ export function buildProgram(): Command {
         "grant tables, event channels, XenStore and shared rings; MX over bypass and split paths.",
     )
     .version(MYRIXEN_VERSION)
-    .showHelpAfterError("(run with --help for usage)")
     .exitOverride()
     .enablePositionalOptions();
 
@@ -303,7 +311,7 @@ export function buildProgram(): Command {
         throw e;
       }
     });
-  const run = program
+  program
     .command("run")
     .description(
       "run N ranks of a program (built-in or a module) on this machine, or across myrixen hosts (mpirun's options)",
@@ -442,10 +450,6 @@ export function buildProgram(): Command {
         throw e;
       }
     });
-  // Each mistake on one line, named for what to fix (commander's own words, reworded).
-  run.showHelpAfterError(false).configureOutput({
-    outputError: (text, write) => write(`myrixen run: ${runErrorLine(text)}\n`),
-  });
 
   configureHostCommand(program.command("host"));
   configureExecCommand(program.command("exec"));
@@ -466,6 +470,8 @@ export function buildProgram(): Command {
     },
   );
 
+  // Each mistake on one line, named for what to fix.
+  oneLineErrors(program, "myrixen");
   return program;
 }
 
