@@ -7,7 +7,8 @@
  * working directory, `--transports " , "` an unknown ",", `--peers` took a host twice or
  * itself without a word; and an OSU `-m` too large for the ranks' memory, or a `--pages`
  * larger than a domain may have, failed after the job started; commander's own errors (a bad
- * `top -n`, an unknown option) took two lines in its words on every command but `run`. Each
+ * `top -n`, an unknown option) took two lines in its words on every command but `run`; and
+ * Ctrl-C during `bench` or `start` left an empty report directory without a word. Each
  * now ends with one line saying what to fix, exit code 2 for bad usage and 1 for the
  * environment.
  */
@@ -299,5 +300,34 @@ test("commander's own errors are one line too, on every command, naming the comm
   ] as const) {
     const r = await myrixen([...args], { env: ENV, killAfterMs: 15_000 });
     usage(r, line, args.join(" "));
+  }
+});
+
+test("Ctrl-C in the middle of bench or start: one line, exit 130 (143 for SIGTERM), and no empty report directory left", async () => {
+  for (const [args, signal, code] of [
+    [["bench", "--quick"], "SIGINT", 130],
+    [["bench", "--quick", "--json", "rows/r.json"], "SIGTERM", 143],
+    [["start", "--quick", "--out", "report/here"], "SIGINT", 130],
+  ] as const) {
+    const cwd = mkdtempSync(join(TMP, "interrupted-"));
+    let sent = false;
+    const r = await myrixen([...args], {
+      env: ENV,
+      cwd,
+      killAfterMs: 60_000,
+      // Once the first measurement is under way (its directories were made before it).
+      onLine: (line, proc) => {
+        if (!sent && /^\[1\b/.test(line)) {
+          sent = true;
+          proc.kill(signal);
+        }
+      },
+    });
+    const what = `${args.join(" ")} + ${signal}`;
+    assert.ok(sent, `${what}: no progress line came\n${r.stderr}`);
+    assert.equal(r.code, code, `${what}\n${r.stderr}`);
+    assert.match(r.stderr, new RegExp(`myrixen ${args[0]}: interrupted \\(${signal}\\); nothing written`));
+    assert.doesNotMatch(r.stderr, BUG_LINE);
+    assert.deepEqual(readdirSync(cwd), [], `${what}: left ${readdirSync(cwd).join(", ")}`);
   }
 });

@@ -52,6 +52,7 @@ import { Hypervisor } from "../xen/hypervisor.js";
 import { BenchExtras, setHtmlWriter } from "./bench-extras.js";
 import {
   emptyPathProblem,
+  interruptible,
   missingDirs,
   type ResultFile,
   removeEmptyDirs,
@@ -236,7 +237,12 @@ export async function benchCommand(
     throw new BenchUsageError((e as Error).message);
   }
   try {
-    await runBenches(opts, plan, { sizes, transports, jsonPath, outDir }, out, err);
+    await interruptible(
+      "bench",
+      err,
+      () => removeEmptyDirs(created),
+      () => runBenches(opts, plan, { sizes, transports, jsonPath, outDir }, out, err),
+    );
   } catch (e) {
     // Directories this command made and wrote nothing in go again.
     removeEmptyDirs(created);

@@ -37,6 +37,36 @@ export function removeEmptyDirs(dirs: readonly string[]): void {
   }
 }
 
+/**
+ * Runs `work`; if Ctrl-C (SIGINT) or SIGTERM ends the command meanwhile, `cleanup` runs first
+ * (the directories the command made and wrote nothing in go, and its scratch files), one line
+ * says so, and the process ends as a shell expects of a signal (exit 130 or 143). Without
+ * this, an interrupted benchmark left an empty reports/bench-<time>/ behind.
+ */
+export async function interruptible<T>(
+  command: string,
+  err: (line: string) => void,
+  cleanup: () => void,
+  work: () => Promise<T>,
+): Promise<T> {
+  const onSignal = (signal: NodeJS.Signals) => {
+    try {
+      cleanup();
+    } finally {
+      err(`myrixen ${command}: interrupted (${signal}); nothing written`);
+      process.exit(signal === "SIGINT" ? 130 : 143);
+    }
+  };
+  process.once("SIGINT", onSignal);
+  process.once("SIGTERM", onSignal);
+  try {
+    return await work();
+  } finally {
+    process.off("SIGINT", onSignal);
+    process.off("SIGTERM", onSignal);
+  }
+}
+
 /** A failure to write a result file (its message starts "cannot write ..."), not a bug. */
 function isWriteFailure(e: unknown): e is Error {
   return e instanceof Error && /^cannot write /.test(e.message);

@@ -36,6 +36,7 @@ import type { NetStats } from "../netback/stats.js";
 import { type EmbeddedObservation, observeEmbedded } from "./embedded.js";
 import {
   emptyPathProblem,
+  interruptible,
   missingDirs,
   type ResultFile,
   removeEmptyDirs,
@@ -130,12 +131,23 @@ export async function runMainJob(
   opts: StartOptions = {},
 ): Promise<boolean> {
   const checked = checkOptions(opts);
+  const scratch = mkdtempSync(join(tmpdir(), "myrixen-start-"));
   try {
-    return await mainJob(out, err, opts, checked);
+    return await interruptible(
+      "start",
+      err,
+      () => {
+        rmSync(scratch, { recursive: true, force: true });
+        removeEmptyDirs(checked.created);
+      },
+      () => mainJob(out, err, opts, checked, scratch),
+    );
   } catch (e) {
     // Directories made for --json and --out that nothing was written in go again.
     removeEmptyDirs(checked.created);
     throw e;
+  } finally {
+    rmSync(scratch, { recursive: true, force: true });
   }
 }
 
@@ -144,9 +156,10 @@ async function mainJob(
   err: (line: string) => void,
   opts: StartOptions,
   { runs, json, out: outDir }: ReturnType<typeof checkOptions>,
+  /** Where the ranks' rows files go (removed by the caller). */
+  dir: string,
 ): Promise<boolean> {
   const machine = machineInfo();
-  const dir = mkdtempSync(join(tmpdir(), "myrixen-start-"));
   const t0 = performance.now();
   const steps = runs * PATHS.length * 5;
   let step = 0;
@@ -242,7 +255,6 @@ async function mainJob(
   } finally {
     await observed.stop();
     await cluster.stop();
-    rmSync(dir, { recursive: true, force: true });
   }
 
   const rows = sortRows(samples.rows());
