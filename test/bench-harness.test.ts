@@ -259,6 +259,23 @@ test("baseline workers: a worker error rejects with a clear message", async () =
   );
 });
 
+test("MX pairs take turns in an order that rotates every round: none is always measured right after the same other one", async () => {
+  const profile = { ...profileFor(true), runs: 3, warmupRuns: 1, extraWarmupRuns: 0 };
+  const labels: string[] = [];
+  await samplePairs(
+    new Map(["a", "b", "c"].map((t) => [t, t])),
+    profile,
+    "pingpong",
+    "intra-host",
+    8,
+    "latency_us",
+    (l) => labels.push(l),
+    async () => 1,
+  );
+  const runs = labels.filter((l) => / run \d/.test(l)).map((l) => l.split(", ")[1]);
+  assert.deepEqual(runs, ["a", "b", "c", "b", "c", "a", "c", "a", "b"]);
+});
+
 test("MX pairs warm up until two warm-up runs agree (at most the profile's extraWarmupRuns more), then take the profile's runs", async () => {
   assert.equal(profileFor(false).extraWarmupRuns, EXTRA_WARMUP_RUNS);
   assert.equal(profileFor(true).extraWarmupRuns, 1, "a quick look allows one more");
