@@ -186,6 +186,8 @@ test("every newcomer mistake: one line naming what to fix, exit code 2 for usage
   writeFileSync(syntax, "export default function main() {\n  const x = ;\n}\n");
   const notModule = join(TMP, "notes.txt");
   writeFileSync(notModule, "not a program\n");
+  const noMain = join(TMP, "helpers.ts");
+  writeFileSync(noMain, "export function helper(x: number): number {\n  return x + 1;\n}\n");
   const cases: [string[], number, RegExp][] = [
     [["-n", "2", "nas-epp"], 2, /no program "nas-epp" \(did you mean nas-ep\?\): give a built-in name/],
     [["-n", "0", "nas-ep"], 2, /-n must be a positive integer \(the number of ranks\), got "0"/],
@@ -201,6 +203,8 @@ test("every newcomer mistake: one line naming what to fix, exit code 2 for usage
     [[], 2, /no program given: write myrixen run \[-n N\] PROGRAM/],
     [["-n", "1", notModule], 2, /"[^"]*notes\.txt" is not a program/],
     [["-n", "1", "missing.ts"], 2, /no such file missing\.ts/],
+    // A module whose exports hold no main: said before any rank starts (each rank failed with a TypeError).
+    [["-n", "2", noMain], 2, /helpers\.ts exports no main\(guest\): export the function each rank runs/],
     [["-n", "1", "brokn.ts"], 2, /no such file brokn\.ts \(did you mean broken\.ts\?\)/],
     [["--hots", "a", "nas-ep"], 2, /unknown option --hots \(did you mean .*--hosts.*\)/],
     [["-x", "1BAD", "nas-ep"], 2, /-x 1BAD: "1BAD" is not a variable name/],

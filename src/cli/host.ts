@@ -153,7 +153,8 @@ export function configureHostCommand(cmd: Command): Command {
       "\nConfig file (every field optional; an unknown or wrong field is an error naming it):\n" +
         '  { "listen": "0.0.0.0:7470", "linkPort": 7471, "nicId": 12, "slots": 4,\n' +
         '    "peers": ["node2:7470", "node3"], "maxEndpoints": 64, "logLevel": "info", "logFormat": "json",\n' +
-        '    "keyFile": "cluster.key" }   (keyFile: relative to the config file)\n' +
+        '    "keyFile": "cluster.key", "qos": { "weight": 2, "tx": { "bytesPerSec": 500e6 } } }\n' +
+        "  (keyFile: relative to the config file; qos: the default weight and caps of the guests it starts)\n" +
         "\nEvery host of a cluster and every launcher that uses it hold the same key file; connections\n" +
         "and NIC links that cannot prove it are refused and logged.\n" +
         "\nCtrl-C or SIGTERM stops the host cleanly: every job's ranks are destroyed, the NIC stopped,\n" +

@@ -95,7 +95,7 @@ export async function topCommand(
   o: CommonOptions & { interval: number; iterations?: number; path?: string },
 ): Promise<number> {
   if (o.path !== undefined && !TOP_PATHS.includes(o.path as TrafficPath))
-    throw new ToolstackUsageError(`--path must be one of ${TOP_PATHS.join(", ")}, got "${o.path}"`);
+    throw new ToolstackUsageError(`--path must be one of ${TOP_PATHS.join(", ")}, got "${o.path}"`, "top");
   const only = o.path as TrafficPath | undefined;
   const { hosts, failed } = await connectAll("top", o);
   if (hosts.length === 0) return 1;
@@ -156,7 +156,7 @@ export async function dashboardCommand(o: {
   try {
     ({ targets, from } = observeTargets({ host: o.host, keyFile: o.keyFile }));
   } catch (e) {
-    if (e instanceof ObserveUsageError) throw new ToolstackUsageError(e.message);
+    if (e instanceof ObserveUsageError) throw new ToolstackUsageError(e.message, "dashboard");
     throw e;
   }
   // The first connection says at once whether the hosts are there.

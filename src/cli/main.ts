@@ -157,8 +157,16 @@ function openMpiSpellings(argv: string[], run: Command): string[] {
       break;
     }
     if (!a.includes("=") && takesValue(a) && i + 1 < argv.length) out.push(argv[++i]);
+    // `--dashboard PROGRAM`: the flag's value is optional (`--dashboard[=PORT]`) and commander
+    // would take the program for it; "--" ends the options there, so the program stays one.
+    if (a === "--dashboard" && i + 1 < argv.length && looksLikeProgram(argv[i + 1])) out.push("--");
   }
   return [...out, ...argv.slice(i)];
+}
+
+/** A built-in program's name or a module file's: never a dashboard address. */
+function looksLikeProgram(arg: string): boolean {
+  return arg in BUILTIN_PROGRAMS || /\.(ts|mts|cts|js|mjs|cjs)$/.test(arg);
 }
 
 /** `--qos`: a policy, or a usage error naming the bad part. */
@@ -228,10 +236,10 @@ export function buildProgram(): Command {
     )
     .option(
       "--runs <n>",
-      `samples per cell; the table shows their medians (default ${DEFAULT_RUNS}, about a minute each)`,
+      `samples per cell; the table shows their medians (default ${DEFAULT_RUNS}, about half a minute each)`,
       positiveInt("--runs"),
     )
-    .option("--quick", "one run per cell (no medians): a smoke test in about a minute")
+    .option("--quick", "one run per cell (no medians): a smoke test in about half a minute")
     .option("--json <file>", "also write every row as JSON ({ machine, rows }, as myrixen bench --json)")
     .option("--out <dir>", "write bench.json and bench.html (the HTML report with plots) there")
     .action(
@@ -242,7 +250,8 @@ export function buildProgram(): Command {
         json?: string;
         out?: string;
       }) => {
-        if (o.quick && o.runs !== undefined) throw new UsageError("give --quick or --runs, not both");
+        if (o.quick && o.runs !== undefined)
+          throw new UsageError("give --quick or --runs, not both", "start");
         try {
           const { runMainJob } = await import("./start.js");
           const ok = await runMainJob(out, err, {
@@ -275,7 +284,7 @@ export function buildProgram(): Command {
       "benchmarks with baselines measured in the same run; no suite = substrate, pingpong, stream, breakdown",
     )
     .argument("[suite]", `one of: ${SUITES.join(", ")}`)
-    .option("--quick", "fewer runs and iterations (well under a minute)")
+    .option("--quick", "fewer runs and iterations: a suite in under a minute, all of them in a few minutes")
     .option("--json <file>", "also write every row as JSON ({ machine, rows })")
     .option(
       "--out <dir>",

@@ -79,9 +79,7 @@ export function prepareRunReport(program: string, argv: readonly string[], outDi
       if (result.exitCode !== 0)
         return [`--out: no report (the job failed); ${join(outDir, "bench.json")} is left as it was`];
       if (!existsSync(file) || statSync(file).mtimeMs < preparedAt - 2000)
-        return [
-          `--out: rank 0 wrote no rows to ${file} (with --hosts, rank 0's host must share this file system)`,
-        ];
+        return [`--out: no rows came from rank 0 for ${file}: its program wrote no --json file`];
       // Where ranks 0 and 1 ran decides the scope (for NAS: any rank on another host).
       const hosts = new Set(result.ranks.map((r) => r.host));
       const rank0 = result.ranks.find((r) => r.rank === 0)?.host;

@@ -46,7 +46,7 @@ import type { QosPolicy } from "../myrixen/qos-policy.js";
 import { builtinArgsProblem } from "../programs/builtin-args.js";
 import { parseNasArgs } from "../programs/nas/common.js";
 import { OSU_SIZES, parseOsuArgs } from "../programs/osu/common.js";
-import { loadGuestImage } from "../xen/guest/loader.js";
+import { guestProgramExports, loadGuestImage } from "../xen/guest/loader.js";
 import { type EmbeddedObservation, observeEmbedded } from "./embedded.js";
 import { type OpenMpiPeerRun, prepareRunReport, type RunReport, RunReportUsageError } from "./run-report.js";
 import { RuntimeFailure, RunUsageError, TIMEOUT_EXIT_CODE } from "./usage.js";
@@ -243,6 +243,14 @@ async function compileProblem(program: URL): Promise<string | undefined> {
         return `${shortPath(m.url)} imports "${spec}", which does not exist`;
   }
   return undefined;
+}
+
+/** A usage mistake if the program exports no main(guest) (read without running it), else undefined. */
+async function noMainProblem(program: URL): Promise<string | undefined> {
+  if (program.protocol !== "file:") return undefined;
+  const names = await guestProgramExports(fileURLToPath(program));
+  if (names === undefined || names.includes("default") || names.includes("main")) return undefined;
+  return `${shortPath(program.href)} exports no main(guest): export the function each rank runs as the default export or as main (export default async function main(guest) { ... })`;
 }
 
 /** Which hosts the job runs on: -H, --hosts, --hostfile, Slurm's allocation, or none (embedded). */
@@ -482,6 +490,8 @@ async function runJob(
       err(`${problem} (the program does not compile; no rank was started)`);
       return 1;
     }
+    const noMain = await noMainProblem(localProgram);
+    if (noMain) throw new RunUsageError(noMain);
   }
 
   let targets: JobTarget[];

@@ -48,7 +48,7 @@ export async function connectAll(
   try {
     targets = observeTargets({ host: o.host, keyFile: o.keyFile }).targets;
   } catch (e) {
-    if (e instanceof ObserveUsageError) throw new ToolstackUsageError(e.message);
+    if (e instanceof ObserveUsageError) throw new ToolstackUsageError(e.message, cmd);
     throw e;
   }
   const results = await Promise.allSettled(targets.map((t) => connectObserver(t, `myrixen ${cmd}`)));

@@ -202,7 +202,8 @@ export async function xenstoreCommand(
   o: CommonOptions & { perms?: boolean },
 ): Promise<number> {
   const p = path ?? "/";
-  if (!p.startsWith("/")) throw new ToolstackUsageError(`PATH must be absolute (start with /), got "${p}"`);
+  if (!p.startsWith("/"))
+    throw new ToolstackUsageError(`PATH must be absolute (start with /), got "${p}"`, "xenstore-ls");
   const { hosts, failed } = await connectAll("xenstore-ls", o);
   let code = failed ? 1 : 0;
   const json: unknown[] = [];

@@ -241,19 +241,24 @@ export class PointToPoint {
 
   /** Blocking send (returns once `buf` may be reused). */
   send(buf: MpiBuffer, dest: number, tag: number): void {
-    this.waitIn(CALL_SEND, this.isend(buf, dest, tag));
+    this.waitIn(CALL_SEND, this.startSend("send", buf, dest, tag));
   }
 
   /** Blocking receive; source may be MPI.ANY_SOURCE, tag MPI.ANY_TAG. */
   recv(buf: MpiBuffer, source: number, tag: number): MpiStatus {
-    return this.waitIn(CALL_RECV, this.irecv(buf, source, tag));
+    return this.waitIn(CALL_RECV, this.startRecv("recv", buf, source, tag));
   }
 
   isend(buf: MpiBuffer, dest: number, tag: number): MpiRequest {
-    this.live("isend");
-    const b = bufferArg("isend", "buf", buf);
-    const d = rankArg("isend", "dest", dest, this.size);
-    const t = tagArg("isend", tag);
+    return this.startSend("isend", buf, dest, tag);
+  }
+
+  /** isend for the call the program made (`call` names it in errors: a bad dest of send is send's). */
+  private startSend(call: string, buf: MpiBuffer, dest: number, tag: number): MpiRequest {
+    this.live(call);
+    const b = bufferArg(call, "buf", buf);
+    const d = rankArg(call, "dest", dest, this.size);
+    const t = tagArg(call, tag);
     const bytes = bytesOf(b);
     const req = new MpiRequest("send", this, b.BYTES_PER_ELEMENT, d, t, bytes.length);
     if (d === this.rank) {
@@ -267,16 +272,20 @@ export class PointToPoint {
   }
 
   irecv(buf: MpiBuffer, source: number, tag: number): MpiRequest {
-    const req = this.postRecv(buf, source, tag);
+    return this.startRecv("irecv", buf, source, tag);
+  }
+
+  private startRecv(call: string, buf: MpiBuffer, source: number, tag: number): MpiRequest {
+    const req = this.postRecv(call, buf, source, tag);
     this.activeRequests++;
     return req;
   }
 
-  private postRecv(buf: MpiBuffer, source: number, tag: number): MpiRequest {
-    this.live("irecv");
-    const b = bufferArg("irecv", "buf", buf);
-    const s = rankArg("irecv", "source", source, this.size, true);
-    const t = tagArg("irecv", tag, true);
+  private postRecv(call: string, buf: MpiBuffer, source: number, tag: number): MpiRequest {
+    this.live(call);
+    const b = bufferArg(call, "buf", buf);
+    const s = rankArg(call, "source", source, this.size, true);
+    const t = tagArg(call, tag, true);
     const bytes = bytesOf(b);
     const req = new MpiRequest("recv", this, b.BYTES_PER_ELEMENT, s, t, bytes.length);
     if (s === this.rank || s === ANY_SOURCE) {
@@ -482,8 +491,15 @@ export class PointToPoint {
     source: number,
     rtag: number,
   ): MpiStatus {
-    const r = this.irecv(rbuf, source, rtag);
-    const s = this.isend(sbuf, dest, stag);
+    const r = this.startRecv("sendrecv", rbuf, source, rtag);
+    let s: MpiRequest;
+    try {
+      s = this.startSend("sendrecv", sbuf, dest, stag);
+    } catch (e) {
+      // A bad send argument is the caller's error: the receive posted for it goes again.
+      this.abandon(r);
+      throw e;
+    }
     if (s.mx?.done) {
       // Done at once: perhaps failed (its peer is gone). Its error comes first, and the
       // receive is withdrawn rather than left to take a later message.

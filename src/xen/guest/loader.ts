@@ -13,7 +13,7 @@
 import { existsSync, readFileSync, statSync } from "node:fs";
 import { dirname, extname, isAbsolute, relative, resolve, sep } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
-import { stop as stopEsbuild, transform } from "esbuild";
+import { build, stop as stopEsbuild, transform } from "esbuild";
 import { builtinName, guestMayImport, NOT_IN_GUEST } from "./reach.js";
 
 /** What one import of a program module resolves to. */
@@ -218,6 +218,32 @@ export async function loadGuestImage(moduleUrl: string): Promise<GuestImage> {
   loading++;
   try {
     return await loadImage(moduleUrl);
+  } finally {
+    if (--loading === 0) stopCompilerSoon();
+  }
+}
+
+/**
+ * The names the program file at `path` exports, as esbuild reads them without running it (a
+ * CommonJS file exports "default"); undefined when it cannot tell (the file does not parse:
+ * loadGuestImage says why). What a launcher checks before any rank starts.
+ */
+export async function guestProgramExports(path: string): Promise<string[] | undefined> {
+  loading++;
+  try {
+    const r = await build({
+      entryPoints: [path],
+      bundle: false,
+      write: false,
+      metafile: true,
+      format: "esm",
+      platform: "neutral",
+      outdir: "out",
+      logLevel: "silent",
+    });
+    return Object.values(r.metafile.outputs).find((o) => o.entryPoint !== undefined)?.exports;
+  } catch {
+    return undefined;
   } finally {
     if (--loading === 0) stopCompilerSoon();
   }
