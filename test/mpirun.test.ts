@@ -205,6 +205,8 @@ test("every newcomer mistake: one line naming what to fix, exit code 2 for usage
     [["-n", "1", "missing.ts"], 2, /no such file missing\.ts/],
     // A module whose exports hold no main: said before any rank starts (each rank failed with a TypeError).
     [["-n", "2", noMain], 2, /helpers\.ts exports no main\(guest\): export the function each rank runs/],
+    // `--dashboard` takes an optional value: a program after it stays the program.
+    [["-n", "2", "--dashboard", noMain], 2, /helpers\.ts exports no main\(guest\)/],
     [["-n", "1", "brokn.ts"], 2, /no such file brokn\.ts \(did you mean broken\.ts\?\)/],
     [["--hots", "a", "nas-ep"], 2, /unknown option --hots \(did you mean .*--hosts.*\)/],
     [["-x", "1BAD", "nas-ep"], 2, /-x 1BAD: "1BAD" is not a variable name/],
