@@ -122,7 +122,7 @@ test("bad usage fails before anything runs, with a message saying what to fix", 
   );
   const cmd = await run("frobnicate");
   assert.equal(cmd.code, 2);
-  assert.match(cmd.stderr, /unknown command 'frobnicate'/);
+  assert.match(cmd.stderr.trim(), /^myrixen: unknown command frobnicate; see myrixen --help$/);
   // A file that is not a module is named as such, not evaluated ("vm is not defined").
   const notModule = await run("run", "-n", "1", "/etc/hostname");
   assert.equal(notModule.code, 2);
