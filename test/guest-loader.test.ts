@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { pathToFileURL } from "node:url";
-import { loadGuestImage } from "../src/xen/guest/loader.js";
+import { guestProgramExports, loadGuestImage } from "../src/xen/guest/loader.js";
 
 /** This process's children named esbuild, from /proc (Linux). */
 function esbuildChildren(): number[] {
@@ -55,6 +55,39 @@ test("esbuild's service compiles a guest program, then stops once the loader is 
     writeFileSync(file, "export default function main(): number {\n  return 7;\n}\n");
     const again = await loadGuestImage(pathToFileURL(file).href);
     assert.match(again.modules[again.entry].code ?? "", /return 7/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("a program's exports, read without running it: names, default, CommonJS; no answer for export * or a file that does not parse", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "myrixen-exports-"));
+  const file = (name: string, text: string) => {
+    const f = join(dir, name);
+    writeFileSync(f, text);
+    return f;
+  };
+  try {
+    file("impl.ts", "export async function main(): Promise<number> {\n  return 0;\n}\n");
+    assert.deepEqual(await guestProgramExports(file("plain.ts", "export default function main() {}\n")), [
+      "default",
+    ]);
+    assert.deepEqual(
+      (
+        await guestProgramExports(
+          file("named.ts", 'export { main } from "./impl.ts";\nexport const x = 1;\n'),
+        )
+      )?.sort(),
+      ["main", "x"],
+    );
+    assert.deepEqual(await guestProgramExports(file("helpers.ts", "export const helper = 1;\n")), ["helper"]);
+    assert.deepEqual(await guestProgramExports(file("old.cjs", "module.exports = function main() {};\n")), [
+      "default",
+    ]);
+    // Which names `export *` brings only the module it names knows: the launcher must not guess.
+    assert.equal(await guestProgramExports(file("star.ts", 'export * from "./impl.ts";\n')), undefined);
+    assert.equal(await guestProgramExports(file("broken.ts", "export const = ;\n")), undefined);
+    assert.equal(await guestProgramExports(join(dir, "missing.ts")), undefined);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

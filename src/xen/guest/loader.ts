@@ -225,10 +225,17 @@ export async function loadGuestImage(moduleUrl: string): Promise<GuestImage> {
 
 /**
  * The names the program file at `path` exports, as esbuild reads them without running it (a
- * CommonJS file exports "default"); undefined when it cannot tell (the file does not parse:
- * loadGuestImage says why). What a launcher checks before any rank starts.
+ * CommonJS file exports "default"); undefined when it cannot tell (the file does not parse —
+ * loadGuestImage says why — or re-exports another module's names with `export *`). What a
+ * launcher checks before any rank starts.
  */
 export async function guestProgramExports(path: string): Promise<string[] | undefined> {
+  // `export * from` names exports only the module it names knows: no answer then.
+  try {
+    if (/\bexport\s*\*/.test(readFileSync(path, "utf8"))) return undefined;
+  } catch {
+    return undefined;
+  }
   loading++;
   try {
     const r = await build({
