@@ -14,32 +14,15 @@
  */
 import assert from "node:assert/strict";
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
-import net from "node:net";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { after, before, test } from "node:test";
-import { loadClusterKey } from "../src/cluster/auth.js";
-import { type HostProc, killChildren, myrixen, type RunResult, startHost } from "./helpers/hosts.js";
+import { test } from "node:test";
+import { cliHost } from "./helpers/cli-host.js";
+import { type HostProc, myrixen, type RunResult, startHost } from "./helpers/hosts.js";
 
-const TMP = mkdtempSync(join(tmpdir(), "myrixen-leftovers-"));
-const ENV = { XDG_CONFIG_HOME: TMP, MYRIXEN_KEY_FILE: "" };
+const CLI = cliHost("myrixen-leftovers-");
+const TMP = CLI.tmp;
+const ENV = CLI.env;
 const BUG_LINE = /this is a bug in myrixen/;
-let host: HostProc;
-let busy: net.Server;
-let busyPort = 0;
-
-before(async () => {
-  loadClusterKey({ env: { XDG_CONFIG_HOME: TMP } });
-  host = await startHost(["--slots", "2"], ENV);
-  busy = net.createServer();
-  await new Promise<void>((r) => busy.listen(0, "127.0.0.1", r));
-  busyPort = (busy.address() as net.AddressInfo).port;
-});
-after(async () => {
-  killChildren();
-  await new Promise<void>((r) => busy.close(() => r()));
-  rmSync(TMP, { recursive: true, force: true });
-});
 
 /** A usage error: exit 2 and exactly one line on stderr, matching `line`. */
 function usage(r: RunResult, line: RegExp, what: string): void {
@@ -67,16 +50,19 @@ test("bench --json /dev/full and dashboard --listen on a busy port: one runtime-
   rmSync(m[1], { force: true });
   assert.ok(saved.rows.some((r) => r.transport === "bypass" && r.bytes === 8));
 
-  const dash = await myrixen(["dashboard", "--host", host.label, "--listen", `127.0.0.1:${busyPort}`], {
-    env: ENV,
-    killAfterMs: 30_000,
-  });
+  const dash = await myrixen(
+    ["dashboard", "--host", CLI.host.label, "--listen", `127.0.0.1:${CLI.busyPort}`],
+    {
+      env: ENV,
+      killAfterMs: 30_000,
+    },
+  );
   assert.equal(dash.code, 1, dash.stderr);
   assert.doesNotMatch(dash.stderr, BUG_LINE);
   assert.match(
     dash.stderr,
     new RegExp(
-      `^myrixen dashboard: the dashboard cannot listen on 127\\.0\\.0\\.1:${busyPort}: already in use`,
+      `^myrixen dashboard: the dashboard cannot listen on 127\\.0\\.0\\.1:${CLI.busyPort}: already in use`,
       "m",
     ),
   );
@@ -219,9 +205,9 @@ test('an empty --json "" (or --out "") is a usage error naming the flag, for ben
 test('misleading messages: --key-file "", --transports " , ", a peer named twice, a host its own peer', async () => {
   const keyLine = /--key-file needs a file name, got an empty one: write --key-file FILE/;
   for (const [args, cmd] of [
-    [["run", "-n", "1", "-H", `${host.label}:1`, "--key-file", "", "nas-ep"], "run"],
+    [["run", "-n", "1", "-H", `${CLI.host.label}:1`, "--key-file", "", "nas-ep"], "run"],
     [["host", "--listen", "127.0.0.1:0", "--key-file", ""], "host"],
-    [["list", "--host", host.label, "--key-file", ""], "list"],
+    [["list", "--host", CLI.host.label, "--key-file", ""], "list"],
   ] as const) {
     const r = await myrixen([...args], { env: ENV, cwd: TMP, killAfterMs: 30_000 });
     usage(r, new RegExp(`^myrixen ${cmd}: ${keyLine.source}`), args.join(" "));
@@ -237,17 +223,17 @@ test('misleading messages: --key-file "", --transports " , ", a peer named twice
     usage(r, line, `--transports "${v}"`);
   }
   const twice = await myrixen(
-    ["host", "--listen", "127.0.0.1:0", "--peers", `${host.label},127.0.0.1:1,${host.label}`],
+    ["host", "--listen", "127.0.0.1:0", "--peers", `${CLI.host.label},127.0.0.1:1,${CLI.host.label}`],
     { env: ENV, killAfterMs: 15_000 },
   );
   usage(
     twice,
     new RegExp(
-      `^myrixen host: --peers names ${quote(host.label)} twice \\(items 1 and 3\\); list each peer once$`,
+      `^myrixen host: --peers names ${quote(CLI.host.label)} twice \\(items 1 and 3\\); list each peer once$`,
     ),
     "--peers twice",
   );
-  const port = busyPort + 1;
+  const port = CLI.busyPort + 1;
   for (const peer of [`127.0.0.1:${port}`, `localhost:${port}`]) {
     const self = await myrixen(["host", "--listen", `127.0.0.1:${port}`, "--peers", peer], {
       env: ENV,

@@ -8,46 +8,29 @@
  */
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import net from "node:net";
-import { tmpdir } from "node:os";
+import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { after, before, test } from "node:test";
-import { loadClusterKey } from "../src/cluster/auth.js";
+import { test } from "node:test";
 import { exitCodeOf } from "../src/cluster/ranks.js";
-import { type HostProc, killChildren, myrixen, startHost } from "./helpers/hosts.js";
+import { cliHost } from "./helpers/cli-host.js";
+import { myrixen } from "./helpers/hosts.js";
 
-const TMP = mkdtempSync(join(tmpdir(), "myrixen-runtime-"));
-const ENV = { XDG_CONFIG_HOME: TMP, MYRIXEN_KEY_FILE: "" };
+const CLI = cliHost("myrixen-runtime-");
+const TMP = CLI.tmp;
+const ENV = CLI.env;
 const NO_BUG_LINE = /this is a bug in myrixen/;
-let host: HostProc;
-let busy: net.Server;
-let busyPort = 0;
-
-before(async () => {
-  loadClusterKey({ env: { XDG_CONFIG_HOME: TMP } });
-  host = await startHost(["--slots", "2"], ENV);
-  busy = net.createServer();
-  await new Promise<void>((r) => busy.listen(0, "127.0.0.1", r));
-  busyPort = (busy.address() as net.AddressInfo).port;
-});
-after(async () => {
-  killChildren();
-  await new Promise<void>((r) => busy.close(() => r()));
-  rmSync(TMP, { recursive: true, force: true });
-});
 
 test("--dashboard on a port in use: one line and exit 1, with hosts (it waited for ever) and without", async () => {
-  for (const hosts of [["-H", `${host.label}:1`], []]) {
+  for (const hosts of [["-H", `${CLI.host.label}:1`], []]) {
     const r = await myrixen(
-      ["run", "-n", "1", ...hosts, `--dashboard=127.0.0.1:${busyPort}`, "nas-ep", "--class", "S"],
+      ["run", "-n", "1", ...hosts, `--dashboard=127.0.0.1:${CLI.busyPort}`, "nas-ep", "--class", "S"],
       { env: ENV, killAfterMs: 30_000 },
     );
     assert.equal(r.code, 1, `${hosts.join(" ") || "no hosts"}: exit ${r.code}\n${r.stderr}`);
     assert.match(
       r.stderr,
       new RegExp(
-        `^myrixen run: the dashboard cannot listen on 127\\.0\\.0\\.1:${busyPort}: already in use`,
+        `^myrixen run: the dashboard cannot listen on 127\\.0\\.0\\.1:${CLI.busyPort}: already in use`,
         "m",
       ),
     );

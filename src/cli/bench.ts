@@ -23,7 +23,6 @@ import {
   profileFor,
   renderTable,
   type Scope,
-  writeReport,
 } from "../bench/harness.js";
 import { type LinkedHosts, startLinkedHosts } from "../bench/hosts.js";
 import {
@@ -51,10 +50,10 @@ import { Host } from "../host/host.js";
 import { Hypervisor } from "../xen/hypervisor.js";
 import { BenchExtras, setHtmlWriter } from "./bench-extras.js";
 import {
+  benchResultFiles,
   emptyPathProblem,
   interruptible,
   missingDirs,
-  type ResultFile,
   removeEmptyDirs,
   writeResultFiles,
 } from "./report-files.js";
@@ -377,20 +376,13 @@ async function runBenches(
   out(describeMachine(report.machine));
   // Each file is written whatever became of the others; one that cannot be (a full disk) is
   // a runtime failure that says where the rows are.
-  const files: ResultFile[] = [];
-  if (jsonPath)
-    files.push((saved) => {
-      writeReport(jsonPath, report);
-      saved(opts.json!);
-      out(pc.dim(`rows written to ${opts.json}`));
-    });
-  if (outDir)
-    files.push((saved) => {
-      writeReport(join(outDir, "bench.json"), report);
-      saved(join(outDir, "bench.json"));
-      const html = BenchExtras.writeHtml(join(outDir, "bench.html"), report);
-      out(pc.dim(`report written to ${join(outDir, "bench.json")}${html ? ` and ${html}` : ""}`));
-    });
+  const files = benchResultFiles(
+    report,
+    jsonPath === undefined ? undefined : { path: jsonPath, shown: opts.json! },
+    outDir,
+    (file) => BenchExtras.writeHtml(file, report),
+    (line) => out(pc.dim(line)),
+  );
   writeResultFiles("bench", files, report);
 }
 

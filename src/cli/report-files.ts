@@ -8,7 +8,7 @@
 import { rmdirSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { missingDirs } from "../bench/harness.js";
+import { type BenchReport, missingDirs, writeReport } from "../bench/harness.js";
 import { RuntimeFailure } from "./usage.js";
 
 export { missingDirs };
@@ -77,6 +77,36 @@ function isWriteFailure(e: unknown): e is Error {
  * the file that holds the rows once it is written.
  */
 export type ResultFile = (saved: (rowsAt: string) => void) => void;
+
+/**
+ * A benchmark command's result files: `--json FILE` (the rows; `json.shown` is the name as the
+ * user gave it) and `--out DIR` (bench.json, and the HTML report `writeHtml` makes, if it makes
+ * one: it returns the file it wrote). Each says where it went through `say`.
+ */
+export function benchResultFiles(
+  report: BenchReport,
+  json: { path: string; shown: string } | undefined,
+  outDir: string | undefined,
+  writeHtml: (file: string) => string | undefined,
+  say: (line: string) => void,
+): ResultFile[] {
+  const files: ResultFile[] = [];
+  if (json)
+    files.push((saved) => {
+      writeReport(json.path, report);
+      saved(json.shown);
+      say(`rows written to ${json.shown}`);
+    });
+  if (outDir)
+    files.push((saved) => {
+      const rows = join(outDir, "bench.json");
+      writeReport(rows, report);
+      saved(rows);
+      const html = writeHtml(join(outDir, "bench.html"));
+      say(`report written to ${rows}${html ? ` and ${html}` : ""}`);
+    });
+  return files;
+}
 
 /**
  * Writes every file in order, each whatever became of the others; throws RuntimeFailure

@@ -25,7 +25,6 @@ import {
   prepareOutputFile,
   rowSpread,
   type Scope,
-  writeReport,
 } from "../bench/harness.js";
 import { nasBench, nasRow, RunSamples, readNasResult, readOsuRows } from "../bench/program-rows.js";
 import { writeHtmlReport } from "../bench/report.js";
@@ -35,10 +34,10 @@ import { startLocalCluster } from "../cluster/local-cluster.js";
 import type { NetStats } from "../netback/stats.js";
 import { type EmbeddedObservation, observeEmbedded } from "./embedded.js";
 import {
+  benchResultFiles,
   emptyPathProblem,
   interruptible,
   missingDirs,
-  type ResultFile,
   removeEmptyDirs,
   writeResultFiles,
 } from "./report-files.js";
@@ -280,20 +279,16 @@ async function mainJob(
   );
   // Each file is written whatever became of the others; one that cannot be (a full disk) is
   // a runtime failure that says where the rows are.
-  const files: ResultFile[] = [];
-  if (json)
-    files.push((saved) => {
-      writeReport(json, report);
-      saved(opts.json!);
-      out(pc.dim(`  rows written to ${opts.json}`));
-    });
-  if (outDir)
-    files.push((saved) => {
-      writeReport(join(outDir, "bench.json"), report);
-      saved(join(outDir, "bench.json"));
-      writeHtmlReport(join(outDir, "bench.html"), report, { title: "MyriXen: npm start" });
-      out(pc.dim(`  report written to ${join(outDir, "bench.json")} and ${join(outDir, "bench.html")}`));
-    });
+  const files = benchResultFiles(
+    report,
+    json === undefined ? undefined : { path: json, shown: opts.json! },
+    outDir,
+    (file) => {
+      writeHtmlReport(file, report, { title: "MyriXen: npm start" });
+      return file;
+    },
+    (line) => out(pc.dim(`  ${line}`)),
+  );
   writeResultFiles("start", files, report);
   return ok;
 }
