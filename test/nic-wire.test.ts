@@ -834,13 +834,14 @@ test("bad-key CONNECTs are throttled per requesting endpoint: prompt BAD_KEY fir
   ] as const;
   for (const [where, targetNic, nic, ctlT] of cases) {
     const target = Owner.open(ctlT, "target", 0x600d);
-    // A high endpoint id of its own: the throttle follows the requester's id, not its session.
+    // A high endpoint id of its own (its owner's lockouts stay with the id it had).
     const attacker = new Owner(
       ctl1,
       ctl1.call<OpenEndpointReply>({ op: "open_endpoint", owner: "guesser", endpointId: 30, key: 0 }),
     );
     const honest = Owner.open(ctl1, "honest");
     const c0 = nic.counters().global as Record<string, number>;
+    const home0 = nic1.counters().global.own_requests_throttled;
     // An honest mistake (or two) gets its answer at once.
     for (let i = 0; i < 4; i++) {
       attacker.post(connectDesc(10 + i, targetNic, target.id, 0xbad0 + i));
@@ -864,10 +865,12 @@ test("bad-key CONNECTs are throttled per requesting endpoint: prompt BAD_KEY fir
     // Another endpoint is not touched by the guesser's penalty.
     honest.post(connectDesc(300, targetNic, target.id, 0x600d));
     expectEvent(await honest.nextEvent(), EventType.ConnectDone, MxStatus.SUCCESS, `${where}: honest`);
+    // The guesser's own NIC counts its refusals too and refuses the rest before sending them.
     const c1 = nic.counters().global as Record<string, number>;
-    assert.equal(c1.connects_throttled - c0.connects_throttled, 51, `${where}: counted`);
-    // The lockout is the requester's NIC and endpoint id's: once the guesser closed, a newcomer
-    // that asks for any id does not get id 30 (and connects); the guesser asking again does.
+    assert.equal(nic1.counters().global.own_requests_throttled - home0, 51, `${where}: counted`);
+    assert.equal(c1.connects_throttled - c0.connects_throttled, 0, `${where}: none sent`);
+    // Once the guesser closed, a newcomer that asks for any id does not get id 30 (and
+    // connects); the guesser asking again does, and its own NIC's record of it with it.
     attacker.close();
     // Ids below 30 taken, so that the lowest free one is the guesser's.
     const fillers: Owner[] = [];
@@ -1500,7 +1503,8 @@ test("pull-right guessing is throttled per requester: after PULL_FREE_REFUSALS r
   expectEvent(await honest.nextEvent(), EventType.PullDone, MxStatus.SUCCESS, "the honest local puller");
   const c3 = nic1.counters().global;
   assert.equal(c3.pull_rights_refused - c2.pull_rights_refused, PULL_FREE_REFUSALS);
-  assert.equal(c3.pulls_throttled - c2.pulls_throttled, EXTRA + 1);
+  // Stopped by the guesser's own NIC, which counts what it was refused (own-refusals.ts).
+  assert.equal(c3.own_requests_throttled - c2.own_requests_throttled, EXTRA + 1);
   for (const o of [owner, guesser, honest]) o.close();
 });
 

@@ -148,7 +148,7 @@ export class MxSteering {
         return STEER_REFUSE;
       }
       if (type === MxoeType.Connect) {
-        const left = this.throttle.lockedFor(0, from, this.now());
+        const left = this.throttle.lockedFor(0, from, 0, this.now());
         if (left > 0) {
           c.throttled++;
           this.lockLeft = left;
@@ -228,7 +228,7 @@ export class MxSteering {
     q.answered = true;
     const status = frameWord(f, MxoeWord.msgSeq);
     if (status === MxStatus.BAD_KEY || status === MxStatus.BAD_SESSION)
-      this.throttle.failed(0, asker, this.now());
+      this.throttle.failed(0, asker, 0, this.now());
   }
 
   /**

@@ -104,16 +104,17 @@ export class Connector {
   }
 
   /**
-   * The answer to requester (nic, ep)'s connect to endpoint `target` of this NIC with `key`:
+   * The answer to requester (nic, ep)'s connect, from its incarnation `inc` (the session it
+   * has), to endpoint `target` of this NIC with `key`:
    * SUCCESS, ENDPOINT_UNKNOWN (not open), BAD_KEY, or REJECTED while the requester is locked
    * out for wrong keys (out.retryAfterMs = ms left), the key unexamined.
    */
-  check(nic: number, ep: number, target: number, key: number, out: ConnectLockout): number {
+  check(nic: number, ep: number, inc: number, target: number, key: number, out: ConnectLockout): number {
     out.retryAfterMs = 0;
     const ctxs = this.eps.ctxs;
     if (target >= this.eps.maxEndpoints || !ctxs[target].open) return MxStatus.ENDPOINT_UNKNOWN;
     const now = this.clock.now;
-    const wait = this.throttle.lockedFor(nic, ep, now);
+    const wait = this.throttle.lockedFor(nic, ep, inc, now);
     if (wait > 0) {
       this.c[NicCounter.connects_throttled]++;
       out.retryAfterMs = wait;
@@ -123,7 +124,7 @@ export class Connector {
     // endpoint between guesses had its record cleared, and was never locked out.
     if (ctxs[target].key === key) return MxStatus.SUCCESS;
     this.c[NicCounter.connect_bad_keys]++;
-    this.throttle.failed(nic, ep, now);
+    this.throttle.failed(nic, ep, inc, now);
     return MxStatus.BAD_KEY;
   }
 
@@ -134,10 +135,16 @@ export class Connector {
     const destNic = d[D_DEST_NIC] >>> 0;
     const destEp = d[D_DEST_ENDPOINT] >>> 0;
     const cookie = d[D_COOKIE];
+    // Its owner locked out by that NIC, as this one counts (own-refusals.ts): not sent.
+    const wait = this.events.own.connectWait(ctx, destNic);
+    if (wait > 0) {
+      this.events.postConnectDone(ctx, cookie, destNic, destEp, 0, MxStatus.REJECTED, wait);
+      return 0;
+    }
     if (destNic === this.nicId) {
       this.c[NicCounter.connects]++;
       const lockout = this.lockout;
-      const status = this.check(this.nicId, ctx.id, destEp, d[D_SRC_KEY] >>> 0, lockout);
+      const status = this.check(this.nicId, ctx.id, ctx.session, destEp, d[D_SRC_KEY] >>> 0, lockout);
       const session = status === MxStatus.SUCCESS ? this.eps.ctxs[destEp].session : 0;
       this.events.postConnectDone(ctx, cookie, destNic, destEp, session, status, lockout.retryAfterMs);
       return 0;
@@ -203,7 +210,14 @@ export class Connector {
       status = MxStatus.BAD_ENDPOINT;
     } else {
       // The requester is the peer NIC (its link says which) and the endpoint it names.
-      status = this.check(ls.peerNic, requester, ep, getWord(frame, F_CONNECT_KEY), lockout);
+      status = this.check(
+        ls.peerNic,
+        requester,
+        getWord(frame, F_SRC_SESSION),
+        ep,
+        getWord(frame, F_CONNECT_KEY),
+        lockout,
+      );
     }
     const f = this.hdr;
     beginFrame(f, FrameType.ConnectReply, 0, getWord(frame, F_COOKIE));

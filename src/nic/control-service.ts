@@ -168,9 +168,16 @@ export class ControlService {
     } else {
       // The driver connects on behalf of its endpoint `requester`: wrong keys are throttled.
       const from = this.eps.checkId(r.requester, "lookup_endpoint requester");
+      const asker = this.eps.ctxs[from];
       this.clock.tick();
-      const status = this.connector.check(this.nicId, from, id, r.key, this.lockout);
-      noteRefusal(this.eps.ctxs[from], status, this.lockout.retryAfterMs);
+      // Its owner locked out for wrong keys, as this NIC counts its own (own-refusals.ts).
+      const wait = this.events.own.connectWait(asker, this.nicId);
+      if (wait > 0) {
+        return { status: "throttled", retryAfterMs: wait };
+      }
+      const status = this.connector.check(this.nicId, from, asker.session, id, r.key, this.lockout);
+      noteRefusal(asker, status, this.lockout.retryAfterMs);
+      this.events.own.connectAnswered(asker, this.nicId, status);
       if (status === MxStatus.REJECTED)
         return { status: "throttled", retryAfterMs: this.lockout.retryAfterMs };
       if (status === MxStatus.ENDPOINT_UNKNOWN) return { status: "unknown" };

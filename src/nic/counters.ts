@@ -107,6 +107,8 @@ export const NIC_COUNTER_NAMES = [
   // SENDs naming a wrong session (BAD_SESSION), and SENDs refused unexamined while their requester is locked out for them (session-throttle.ts).
   "send_bad_sessions",
   "sends_throttled",
+  // CONNECTs, SENDs and PULLs of this NIC's own endpoints refused before they left: their owner is locked out for what it was refused (own-refusals.ts).
+  "own_requests_throttled",
 ] as const;
 
 export const NIC_EP_COUNTER_NAMES = [

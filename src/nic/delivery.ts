@@ -102,19 +102,20 @@ export class Delivery {
     // The session stands in for the key: wrong ones are throttled per requester (session-throttle.ts).
     const reqNic = m[M_SRC_NIC] >>> 0;
     const reqEp = m[M_SRC_EP] >>> 0;
+    const reqSession = m[M_SRC_SESSION] >>> 0;
     if (reqEp >= MAX_ENDPOINTS_LIMIT) {
       // No NIC has such an endpoint (a hostile peer NIC's frame): one requester per guess otherwise.
       this.c[NicCounter.frames_bad]++;
       return MxStatus.BAD_ENDPOINT;
     }
     const now = this.clock.now;
-    if (this.sessions.lockedFor(reqNic, reqEp, now) > 0) {
+    if (this.sessions.lockedFor(reqNic, reqEp, reqSession, now) > 0) {
       this.c[NicCounter.sends_throttled]++;
       return MxStatus.REJECTED;
     }
     if (m[M_DEST_SESSION] >>> 0 !== ctx.session) {
       this.c[NicCounter.send_bad_sessions]++;
-      this.sessions.failed(reqNic, reqEp, now);
+      this.sessions.failed(reqNic, reqEp, reqSession, now);
       return MxStatus.BAD_SESSION;
     }
     if (ctx.dqCount === 0 && this.place(ctx, m, srcSlot, srcOff, srcBytes, srcBytesOff))

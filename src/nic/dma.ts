@@ -71,9 +71,15 @@ export class DmaEngine {
       const srcSession = d[D_DEST_SESSION] >>> 0;
       const index = d[D_SRC_REGION] >>> 0;
       const g = this.grant;
+      // Its owner locked out here for refused pulls, as own-refusals.ts counts: not looked at.
+      if (this.events.own.pullWait(ctx, this.rights.nicId) > 0) {
+        this.events.postError(ctx, d, ErrorReason.Throttled);
+        return 0;
+      }
       const status = this.rights.take(
         this.rights.nicId,
         ctx.id,
+        ctx.session,
         srcEp,
         srcSession,
         index,
@@ -83,6 +89,7 @@ export class DmaEngine {
         g,
       );
       if (status !== MxStatus.SUCCESS) {
+        this.events.own.pullAnswered(ctx, this.rights.nicId, status);
         this.events.postError(ctx, d, g.refusal, status);
         return 0;
       }

@@ -84,24 +84,37 @@ export const META_WORDS = 16;
  */
 export const TAINTED_IDS_PER_OWNER = 2;
 
+/**
+ * An owner label's 32-bit tag (FNV-1a): the incarnation this NIC keeps an endpoint's refusals
+ * under (own-refusals.ts), the same for every endpoint of one owner.
+ */
+export function ownerTag(owner: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < owner.length; i++) h = Math.imul(h ^ owner.charCodeAt(i), 0x01000193);
+  return h >>> 0;
+}
+
 /** One endpoint context: the NIC's own state for it (authoritative; the window is only a mirror). */
 export class EndpointContext {
   open = false;
   session = 0;
   key = 0;
   owner = "";
+  /** ownerTag(owner): what this NIC keeps the refusals of the id's requests under (own-refusals.ts). */
+  ownerTag = 0;
   /**
    * Until when (performance.now() ms) a NIC may be locking this endpoint id out for what it sent
    * (wrong keys, sessions, refused pulls), as the answers it got said, and the owner it had
-   * then: a lockout is keyed on the requester's NIC and endpoint id, all a peer NIC sees of it,
-   * so it outlives the endpoint (EndpointTable.pickFree).
+   * then. This NIC keeps that owner's record per id (own-refusals.ts), so the id goes back to
+   * that owner first and reopening sheds nothing (EndpointTable.pickFree).
    */
   lockedUntil = 0;
   lockedOwner = "";
   /**
    * Until when a NIC may still keep a record of refusals of this endpoint id (a throttle's
-   * forget time after the last one): a newcomer given the id would inherit it, and its first
-   * wrong key (an honest mistake) would lock it out at once (EndpointTable.pickFree).
+   * forget time after the last one). A newcomer given the id starts a record of its own there,
+   * but the id's record counts every owner (refusal-throttle.ts): such an id goes to a newcomer
+   * only when no clean one is free (EndpointTable.pickFree).
    */
   refusedUntil = 0;
   intrBuffer: SharedArrayBuffer | null = null;
@@ -268,6 +281,7 @@ export class EndpointTable {
     ctx.session = session;
     ctx.key = r.key;
     ctx.owner = r.owner;
+    ctx.ownerTag = ownerTag(r.owner);
     ctx.intrBuffer = intrBuffer;
     ctx.w = new Int32Array(window);
     ctx.intr = new Int32Array(intrBuffer);
@@ -288,10 +302,11 @@ export class EndpointTable {
 
   /**
    * The closed ids that `owner` left with a lockout or a refusal record.
-   * An owner that left TAINTED_IDS_PER_OWNER of them opens no other id by number: a guest
-   * holding one endpoint at a time could otherwise open each free id in turn and get it locked
-   * out (wrong keys to its own endpoint are wrong keys too), until every id a later job could
-   * get was one its first connect would be refused on.
+   * An owner that left TAINTED_IDS_PER_OWNER of them opens no other id by number: this NIC
+   * keeps an owner's refusals per id (own-refusals.ts), so every fresh id would be a fresh
+   * allowance for a guesser holding one endpoint at a time; and a refusing NIC's record of an
+   * id counts all its owners (refusal-throttle.ts), which guesses from every free id in turn
+   * would fill until a later job's first connect were refused.
    */
   private taintedBy(owner: string): number[] {
     const now = performance.now();
@@ -303,11 +318,11 @@ export class EndpointTable {
 
   /**
    * A free context for an open that names no id. An id that a NIC may still lock out for what
-   * its last owner sent goes back to that owner first, and to another only when no other id is
-   * free (then the one whose lockout ends first): a guest that got itself locked out can
-   * neither hand its lockout to the next job that opens an endpoint here (its connects refused
-   * for up to a minute, a job after a job failing at start) nor shed it by reopening. Otherwise
-   * the lowest free id, as before.
+   * its last owner sent goes back to that owner first: this NIC keeps the owner's record per id
+   * (own-refusals.ts), so a guest that got itself locked out cannot shed it by reopening.
+   * Another owner gets such an id only when no other is free (then the one whose lockout ends
+   * first): it starts clean where it asks, but for the id's own record there, which counts
+   * every owner (refusal-throttle.ts). Otherwise the lowest free id, as before.
    */
   private pickFree(owner: string): EndpointContext | undefined {
     const now = performance.now();

@@ -12,7 +12,7 @@
  * Allocation: events are built in one preallocated scratch event; nothing is allocated per
  * event.
  */
-import { traceNow } from "./clock.js";
+import { type NicClock, traceNow } from "./clock.js";
 import { CONNECT_FORGET_MS, CONNECT_LOCKOUT_MAX_MS, CONNECT_LOCKOUT_MS } from "./connect-throttle.js";
 import { EndpointCounter, ERROR_REASON_SLOT, NicCounter } from "./counters.js";
 import {
@@ -28,6 +28,7 @@ import {
   M_SRC_SESSION,
   M_TRACE,
 } from "./endpoints.js";
+import { OwnRefusals } from "./own-refusals.js";
 import { PULL_FORGET_MS, PULL_LOCKOUT_MAX_MS, PULL_LOCKOUT_MS } from "./pull-throttle.js";
 import { SESSION_FORGET_MS, SESSION_LOCKOUT_MAX_MS, SESSION_LOCKOUT_MS } from "./session-throttle.js";
 import { MxStatus, REASON_STATUS, reasonOfStatus } from "./status.js";
@@ -78,19 +79,36 @@ export class Events {
   /** The Ethernet port's interrupt words, once the port is open (ether-service.ts). */
   portIntr: Int32Array = new Int32Array(0);
   private portNeedRaise = false;
+  /** What this NIC's endpoints were refused, per owner: counted from the answers posted here. */
+  readonly own: OwnRefusals;
 
   constructor(
     private readonly eps: EndpointTable,
     private readonly c: Float64Array,
+    clock: NicClock,
   ) {
+    this.own = new OwnRefusals(clock, c);
     this.raiseIds = new Int32Array(eps.maxEndpoints);
   }
 
   // ---- one method per event type (window.ts has their word tables) -------------------------
 
-  /** PULL_DONE. `seenAt` ≠ 0: a traced pull; its stamps go into the event (E_TRACE_*). */
-  postPullDone(ctx: EndpointContext, cookie: number, len: number, status: number, seenAt = 0): void {
-    if (status !== MxStatus.SUCCESS) noteRefusal(ctx, status);
+  /**
+   * PULL_DONE. `seenAt` ≠ 0: a traced pull; its stamps go into the event (E_TRACE_*).
+   * `answeringNic`: the NIC whose right it asked for.
+   */
+  postPullDone(
+    ctx: EndpointContext,
+    cookie: number,
+    len: number,
+    status: number,
+    seenAt = 0,
+    answeringNic = this.eps.nicId,
+  ): void {
+    if (status !== MxStatus.SUCCESS) {
+      noteRefusal(ctx, status);
+      this.own.pullAnswered(ctx, answeringNic, status);
+    }
     const ev = this.ev;
     ev.fill(0);
     ev[E_TYPE] = EventType.PullDone | (status << 16);
@@ -103,17 +121,19 @@ export class Events {
     this.post(ctx);
   }
 
-  /** SEND_DONE: how a SEND of ctx ended; a failure carries its ErrorReason. */
+  /** SEND_DONE: how a SEND of ctx ended (at `answeringNic`, the receiver's); a failure carries its ErrorReason. */
   postSendDone(
     ctx: EndpointContext,
     cookie: number,
     len: number,
     status: number,
     reason = reasonOfStatus(status),
+    answeringNic = this.eps.nicId,
   ): void {
     if (status !== MxStatus.SUCCESS) {
       this.c[NicCounter.send_failures]++;
       noteRefusal(ctx, status);
+      this.own.sendAnswered(ctx, answeringNic, status);
     }
     const ev = this.ev;
     ev.fill(0);
@@ -195,6 +215,7 @@ export class Events {
     if (status !== MxStatus.SUCCESS) {
       this.c[NicCounter.connect_failures]++;
       noteRefusal(ctx, status, retryAfterMs);
+      this.own.connectAnswered(ctx, nic, status);
     }
     const ev = this.ev;
     ev.fill(0);

@@ -126,11 +126,13 @@ export class PullRights {
    * right is Busy until end()) or the MX status of the refusal, with its ErrorReason in
    * out.refusal. The region's own key plays no part: a peer reaches another endpoint's memory
    * only through a right armed for that one message. The requester is endpoint `reqEp` of NIC
-   * `reqNic`: while it is locked out for its refused pulls, REJECTED (Throttled), unexamined.
+   * `reqNic` in its incarnation `reqSession`: while it is locked out for its refused pulls,
+   * REJECTED (Throttled), unexamined.
    */
   take(
     reqNic: number,
     reqEp: number,
+    reqSession: number,
     ep: number,
     session: number,
     index: number,
@@ -140,7 +142,7 @@ export class PullRights {
     out: ExposureGrant,
   ): number {
     const now = this.clock.now;
-    if (this.throttle.lockedFor(reqNic, reqEp, now) > 0) {
+    if (this.throttle.lockedFor(reqNic, reqEp, reqSession, now) > 0) {
       this.c[NicCounter.pulls_throttled]++;
       out.refusal = ErrorReason.Throttled;
       return MxStatus.REJECTED;
@@ -154,7 +156,7 @@ export class PullRights {
       // A refusal like a wrong key: the session stands in for the endpoint's key on every SEND
       // (session-throttle.ts), so answering wrong ones at once made raw PULLs a session oracle.
       this.c[NicCounter.pull_rights_refused]++;
-      this.throttle.failed(reqNic, reqEp, now);
+      this.throttle.failed(reqNic, reqEp, reqSession, now);
       return MxStatus.BAD_SESSION;
     }
     const reason = takeExposure(owner.w, ep, index >>> 0, key >>> 0, off >>> 0, len >>> 0, this.tpt, out);
@@ -166,7 +168,7 @@ export class PullRights {
     this.c[NicCounter.pull_rights_refused]++;
     // Every refusal is answered at once, so nothing slowed a guesser of 32-bit keys down: past
     // PULL_FREE_REFUSALS, its pulls are refused unexamined for a while (pull-throttle.ts).
-    this.throttle.failed(reqNic, reqEp, now);
+    this.throttle.failed(reqNic, reqEp, reqSession, now);
     // The region went with its endpoint: the puller hears that the peer closed, as MX would say.
     return reason === ErrorReason.UnknownEndpoint ? MxStatus.ENDPOINT_CLOSED : REASON_STATUS[reason];
   }

@@ -204,7 +204,7 @@ export class Nic {
       throw new NicError("EINVAL", `the counters buffer is too small for ${maxEndpoints} endpoints`);
     const clock = this.clock;
     const eps = (this.eps = new EndpointTable(nicId, maxEndpoints, this.tpt, c));
-    const events = (this.events = new Events(eps, c));
+    const events = (this.events = new Events(eps, c, clock));
     const rights = new PullRights(eps, this.tpt, clock, c);
     const table = (this.linkTable = new LinkTable(c, clock));
     this.dma = new DmaEngine(this.tpt, rights, events, c);

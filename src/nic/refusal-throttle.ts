@@ -1,29 +1,45 @@
 /**
  * A requester's refusals, counted by the party that refuses them, and past a free allowance
  * answered with a lockout that doubles: the rule for wrong endpoint keys (connect-throttle.ts:
- * the NIC, and netback on the split path) and for refused pulls (pull-throttle.ts). A
- * requester is a (NIC, endpoint id) pair. Its first `freeFails` refusals are answered plainly;
- * the last of them starts a lockout of `lockoutMs`, doubling with every refusal after it up
- * to `lockoutMaxMs`. During a lockout the owner answers without looking at what was presented
- * — the right key included, or the answer would still be an oracle. A record with no refusal
- * for `forgetMs` starts over. Nothing else clears one: a right key proves only that the
- * requester knew that endpoint's key (its own endpoint's, say), and a guesser that cleared its
- * record so between guesses was never locked out.
+ * the NIC, and netback on the split path), wrong sessions (session-throttle.ts) and refused
+ * pulls (pull-throttle.ts). A requester's first `freeFails` refusals are answered plainly; the
+ * last of them starts a lockout of `lockoutMs`, doubling with every refusal after it up to
+ * `lockoutMaxMs`. During a lockout the owner answers without looking at what was presented —
+ * the right key included, or the answer would still be an oracle. A record with no refusal for
+ * `forgetMs` starts over. Nothing else clears one: a right key proves only that the requester
+ * knew that endpoint's key (its own endpoint's, say), and a guesser that cleared its record so
+ * between guesses was never locked out.
  *
- * Every requester has a record of its own, never given up for another's: the records come in
- * blocks of 256 requesters (one per NIC and high bits of the endpoint id), made on a first
- * refusal and dropped once none of theirs was refused for `forgetMs`. Requesters are few by
+ * **A requester is one incarnation of an endpoint id**: (NIC, endpoint id, incarnation), the
+ * incarnation being the session its frames carry (every open of an endpoint draws a new one).
+ * The lockout was the id's alone, so it outlived the guesser's endpoint: the next guest given
+ * that id (another job's rank) had its connects refused for up to a minute, and a guest that
+ * got ids locked one after another could leave a later job none but locked ones. Now a new
+ * incarnation starts with a clean record. Two things keep that from being a way out for a
+ * guesser: its own NIC, which sees every answer, keeps its endpoints' records across a reopen
+ * by the same owner and refuses before sending (own-refusals.ts); and every id also has a
+ * record of all its incarnations together, with `idFreeFails` free refusals, so a hostile peer
+ * NIC that names a new session for every guess meets the same doubling lockout per id, only
+ * after a larger allowance. An honest NIC's guests reach that id record only if several
+ * owners in turn use their whole allowance on one id within `forgetMs`.
+ *
+ * Every requester id has a record of its own, never given up for another's: the records come
+ * in blocks of 256 ids (one per NIC and high bits of the endpoint id), made on a first refusal
+ * and dropped once none of theirs was refused for `forgetMs`. Requesters are few by
  * construction: a NIC's are its own endpoints and those of the peers on its authenticated
- * links (ids below 256, or the frame is refused unexamined), netback's are domain ids. The
- * table was set-associative (256 sets of 4 records), and a full set gave up a record for the
- * newcomer: five requesters of one guest in one set (endpoint ids 3, 11, 12, 27 and 29 of NIC
- * 1203, say) took turns and each found its record gone, so none ever reached a lockout and
- * keys were answered at full speed.
+ * links (ids below 256, or the frame is refused unexamined), netback's are domain ids. (The
+ * table was set-associative once, and a full set gave up a record for the newcomer: five
+ * requesters in one set took turns and none ever reached a lockout.) An id keeps one
+ * incarnation record, its latest: an older incarnation that comes back (a hostile NIC
+ * alternating two sessions) starts over at the incarnation level and meets the id's record.
  */
 
 /** How a throttle counts: see the module comment. */
 export interface RefusalRule {
+  /** Free refusals of one incarnation of a requester id. */
   freeFails: number;
+  /** Free refusals of a requester id, all its incarnations together (≥ freeFails). */
+  idFreeFails: number;
   lockoutMs: number;
   lockoutMaxMs: number;
   forgetMs: number;
@@ -39,13 +55,37 @@ const EP_SPACE = 1 << 16;
 /** Blocks kept before stale ones are looked for. */
 const SWEEP_AT = 64;
 
-/** The records of 256 requesters: 256 endpoint ids of one NIC, the low 8 bits indexing them. */
-class Block {
+/** One count of refusals: 256 requester ids' worth, the low 8 bits of the id indexing them. */
+class Records {
   readonly fails = new Uint32Array(BLOCK);
   /** When the lockout ends (ms, the owner's clock). */
   readonly until = new Float64Array(BLOCK);
   /** When the last refusal came; 0: the record is empty. */
   readonly last = new Float64Array(BLOCK);
+
+  /** Counts a refusal of record i under `freeFails`: returns the lockout it now has (ms, 0 = none). */
+  count(i: number, freeFails: number, rule: RefusalRule, now: number): number {
+    if (this.last[i] !== 0 && now - this.last[i] >= rule.forgetMs) this.last[i] = 0;
+    if (this.last[i] === 0) {
+      this.fails[i] = 0;
+      this.until[i] = 0;
+    }
+    // Never 0 (the empty mark), even on a clock that starts at 0.
+    this.last[i] = now || Number.MIN_VALUE;
+    const n = ++this.fails[i];
+    if (n < freeFails) return 0;
+    const ms = Math.min(rule.lockoutMs * 2 ** Math.min(n - freeFails, 16), rule.lockoutMaxMs);
+    this.until[i] = now + ms;
+    return ms;
+  }
+}
+
+/** The records of 256 requester ids: each id's latest incarnation's, and the id's own. */
+class Block {
+  readonly incarnation = new Records();
+  /** Which incarnation each incarnation record counts. */
+  readonly which = new Uint32Array(BLOCK);
+  readonly id = new Records();
   /** The latest refusal of any of them (the block is dropped `forgetMs` after it). */
   lastRefusal = 0;
 }
@@ -59,17 +99,22 @@ export class RefusalThrottle {
     return (nic >>> 0) * (EP_SPACE / BLOCK) + (((ep >>> 0) % EP_SPACE) >>> 8);
   }
 
-  /** How long requester (nic, ep) must still wait, in whole ms (0: what it presents may be looked at). */
-  lockedFor(nic: number, ep: number, now: number): number {
+  /**
+   * How long incarnation `inc` of requester (nic, ep) must still wait, in whole ms (0: what it
+   * presents may be looked at).
+   */
+  lockedFor(nic: number, ep: number, inc: number, now: number): number {
     if (this.blocks.size === 0) return 0;
     const b = this.blocks.get(RefusalThrottle.blockKey(nic, ep));
     if (b === undefined) return 0;
-    const until = b.until[ep & (BLOCK - 1)];
+    const i = ep & (BLOCK - 1);
+    let until = b.id.until[i];
+    if (b.which[i] === inc >>> 0 && b.incarnation.until[i] > until) until = b.incarnation.until[i];
     return until > now ? Math.ceil(until - now) : 0;
   }
 
-  /** Requester (nic, ep) was refused: returns the lockout it now has (ms, 0 = none). */
-  failed(nic: number, ep: number, now: number): number {
+  /** Incarnation `inc` of requester (nic, ep) was refused: returns the lockout it now has (ms, 0 = none). */
+  failed(nic: number, ep: number, inc: number, now: number): number {
     const r = this.rule;
     const key = RefusalThrottle.blockKey(nic, ep);
     let b = this.blocks.get(key);
@@ -79,19 +124,15 @@ export class RefusalThrottle {
       this.blocks.set(key, b);
     }
     const i = ep & (BLOCK - 1);
-    if (b.last[i] !== 0 && now - b.last[i] >= r.forgetMs) b.fails[i] = 0;
-    if (b.last[i] === 0) {
-      b.fails[i] = 0;
-      b.until[i] = 0;
+    // Another incarnation of the id: the new one starts clean (the id's record still counts it).
+    if (b.which[i] !== inc >>> 0) {
+      b.which[i] = inc >>> 0;
+      b.incarnation.last[i] = 0;
     }
-    // Never 0 (the empty mark), even on a clock that starts at 0.
-    b.last[i] = now || Number.MIN_VALUE;
-    b.lastRefusal = b.last[i];
-    const n = ++b.fails[i];
-    if (n < r.freeFails) return 0;
-    const ms = Math.min(r.lockoutMs * 2 ** Math.min(n - r.freeFails, 16), r.lockoutMaxMs);
-    b.until[i] = now + ms;
-    return ms;
+    const own = b.incarnation.count(i, r.freeFails, r, now);
+    const all = b.id.count(i, r.idFreeFails, r, now);
+    b.lastRefusal = b.id.last[i];
+    return Math.max(own, all);
   }
 
   /** Drops the blocks none of whose requesters was refused for forgetMs (their lockouts are over). */

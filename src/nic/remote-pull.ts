@@ -225,6 +225,11 @@ export class RemotePull {
     const srcSession = d[D_DEST_SESSION] >>> 0;
     const srcOff = d[D_SRC_OFFSET] >>> 0;
     const cookie = d[D_COOKIE];
+    // Its owner locked out by that NIC for refused pulls, as this one counts (own-refusals.ts).
+    if (this.events.own.pullWait(ctx, destNic) > 0) {
+      this.events.postPullDone(ctx, cookie, 0, MxStatus.REJECTED, 0, destNic);
+      return 0;
+    }
     const ls = this.links.usable(destNic);
     const rp = this.table;
     if (ls !== undefined && !rp.canTake(ctx.id)) {
@@ -250,7 +255,18 @@ export class RemotePull {
         // The source is on this NIC and there is no loopback link: check it as a peer would, copy here.
         const index = d[D_SRC_REGION] >>> 0;
         const g = this.grant;
-        status = this.rights.take(this.nicId, ctx.id, srcEp, srcSession, index, d[D_SRC_KEY], srcOff, len, g);
+        status = this.rights.take(
+          this.nicId,
+          ctx.id,
+          ctx.session,
+          srcEp,
+          srcSession,
+          index,
+          d[D_SRC_KEY],
+          srcOff,
+          len,
+          g,
+        );
         if (status === MxStatus.SUCCESS) {
           this.c[NicCounter.remote_pull_bytes] += len;
           return this.dma.startCopy(
@@ -427,7 +443,7 @@ export class RemotePull {
     if (status !== MxStatus.SUCCESS) this.c[NicCounter.remote_pull_failures]++;
     const ctx = this.eps.ctxs[rp.ep[s]];
     if (ctx.open && ctx.session === rp.session[s])
-      this.events.postPullDone(ctx, rp.cookie[s], rp.got[s], status, rp.seenAt[s]);
+      this.events.postPullDone(ctx, rp.cookie[s], rp.got[s], status, rp.seenAt[s], rp.nic[s]);
   }
 
   /** Endpoint `ep` closed: its pulls end without events, and the peers stop serving them. */
@@ -532,6 +548,7 @@ export class RemotePull {
       : this.rights.take(
           ls.peerNic,
           reqEp,
+          reqSession,
           srcEp,
           srcSession,
           index,

@@ -129,6 +129,11 @@ export class SendEngine {
     }
     const destNic = d[D_DEST_NIC] >>> 0;
     const cookie = d[D_COOKIE];
+    // Its owner locked out by that NIC for wrong sessions, as this one counts (own-refusals.ts).
+    if (this.events.own.sendWait(ctx, destNic) > 0) {
+      this.events.postSendDone(ctx, cookie, len, MxStatus.REJECTED);
+      return 0;
+    }
     // A traced message (window.ts DFLAG_TRACE): its sequence travels on; stamped if this thread traces.
     const tseq = (d[D_OPCODE] >>> 16) & DFLAG_TRACE ? d[D_TRACE_SEQ] >>> 0 : 0;
     if (tseq !== 0) nicStamp(this.nicId, ctx.id, tseq, NicTraceStage.NicTaken);
@@ -273,10 +278,11 @@ export class SendEngine {
       len,
       status,
       r > 0 && r <= MAX_PEER_REASON ? r : reasonOfStatus(status),
+      ls.peerNic,
     );
   }
 
-  /** SEND_DONE to endpoint `ep` if it is still the one (same session) that sent. */
+  /** SEND_DONE to endpoint `ep` if it is still the one (same session) that sent (to NIC `answeringNic`). */
   private sendDoneTo(
     ep: number,
     session: number,
@@ -284,10 +290,12 @@ export class SendEngine {
     len: number,
     status: number,
     reason = reasonOfStatus(status),
+    answeringNic = this.nicId,
   ): void {
     if (ep >= this.eps.maxEndpoints) return;
     const ctx = this.eps.ctxs[ep];
-    if (ctx.open && ctx.session === session) this.events.postSendDone(ctx, cookie, len, status, reason);
+    if (ctx.open && ctx.session === session)
+      this.events.postSendDone(ctx, cookie, len, status, reason, answeringNic);
   }
 
   // ---- the send window when the link fails or the wire timer ticks ------------------------------
