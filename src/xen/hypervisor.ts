@@ -31,6 +31,7 @@ import {
   releaseGrant,
 } from "./grant-table.js";
 import { loadGuestImage } from "./guest/loader.js";
+import { sesCodeCache } from "./guest/ses-cache.js";
 import { HOST_LINK_BYTES, HostLinkCredit, OutputCredit, validCost } from "./host-link.js";
 import {
   type AsyncToGuest,
@@ -187,6 +188,7 @@ export class Hypervisor {
       asyncPort: async.port2,
       moduleUrl,
       image,
+      sesCache: image ? sesCodeCache() : undefined,
       env: envOf(config.env),
       args: c.args,
       paused: c.paused,

@@ -148,8 +148,11 @@ port.on("message", (m: { type: string; data?: unknown; domid?: number }) => {
 });
 
 try {
+  // The code cache is read once, at lockdown: no need to keep the guest's copy after it.
+  const sesCache = boot.sesCache;
+  boot.sesCache = undefined;
   const main = boot.image
-    ? await loadSandboxedProgram(boot.image, (code) => process.exit(code), boot.env)
+    ? await loadSandboxedProgram(boot.image, (code) => process.exit(code), boot.env, sesCache)
     : await loadTrustedProgram(boot.moduleUrl);
   post({ type: "running" });
   guest.holdEventLoop(true);

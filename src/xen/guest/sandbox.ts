@@ -20,6 +20,7 @@ import { SourceMap } from "node:module";
 import { formatWithOptions } from "node:util";
 import type { GuestImage, GuestModuleImage } from "./loader.js";
 import { builtinName, HOST_SIDE_EXPORTS, NOT_IN_GUEST } from "./reach.js";
+import { runSesScript, SES_REPAIR_OPTIONS } from "./ses-script.js";
 
 export type GuestMain = (guest: unknown) => unknown;
 
@@ -51,7 +52,7 @@ const host = {
 };
 
 interface Ses {
-  repairIntrinsics(options: Record<string, string>): void;
+  repairIntrinsics(options: typeof SES_REPAIR_OPTIONS): void;
   hardenIntrinsics(): void;
   harden<T>(x: T): T;
   Compartment: new (
@@ -197,27 +198,24 @@ const STANDARD_GLOBALS = [
   "Iterator",
 ];
 
-/** Locks the worker's realm down (once). Library code loaded before or after keeps working. */
-async function lockdownRealm(): Promise<Ses> {
+/**
+ * Locks the worker's realm down (once). Library code loaded before or after keeps working.
+ * `sesCache`: V8's code cache of SES's script, from the host (ses-cache.ts).
+ *
+ * The repairs (ses-script.ts SES_REPAIR_OPTIONS): stacks stay readable (errorTaming "unsafe",
+ * stackFiltering "verbose": the host reports a crashed guest's stack; compartments still cannot
+ * install Error.prepareStackTrace, so frames never reach guest code as objects). Node's own
+ * console and uncaught-error handling stay as they are (a guest's uncaught error crashes its
+ * domain, as before). overrideTaming "min": "moderate" turns every TypedArray.prototype method
+ * (and Array.prototype.push) into an accessor so that code may assign over them; the data path
+ * calls set/subarray per message and nothing here assigns over an intrinsic, so they stay plain
+ * data properties.
+ */
+function lockdownRealm(sesCache?: Uint8Array): Ses {
   if (ses) return ses;
-  await import("ses");
+  runSesScript(sesCache);
   const g = globalThis as unknown as Ses;
-  g.repairIntrinsics({
-    // Stacks stay readable (the host reports a crashed guest's stack); compartments still
-    // cannot install Error.prepareStackTrace, so frames never reach guest code as objects.
-    errorTaming: "unsafe",
-    stackFiltering: "verbose",
-    // Node's own console and uncaught-error handling stay as they are (a guest's uncaught
-    // error crashes its domain, as before).
-    consoleTaming: "unsafe",
-    errorTrapping: "none",
-    unhandledRejectionTrapping: "none",
-    // "moderate" turns every TypedArray.prototype method (and Array.prototype.push) into an
-    // accessor so that code may assign over them; the data path calls set/subarray per message
-    // and nothing here assigns over an intrinsic, so keep them plain data properties.
-    overrideTaming: "min",
-    reporting: "none",
-  });
+  g.repairIntrinsics(SES_REPAIR_OPTIONS);
   // Of these, "min" override taming redefines only Object.prototype.toString, next.
   for (const proto of elementStorePrototypes())
     freezeByProperty(proto, new Set(proto === Object.prototype ? ["toString"] : []));
@@ -488,6 +486,7 @@ export async function loadSandboxedProgram(
   image: GuestImage,
   exit: (code: number) => never,
   env: Record<string, string> = {},
+  sesCache?: Uint8Array,
 ): Promise<GuestMain> {
   // The library first, by Node's own loader: one copy, the one every library module shares.
   const library = new Map<string, unknown>();
@@ -498,7 +497,7 @@ export async function loadSandboxedProgram(
         library.set(dep.url, dep.index ? guestView(ns) : ns);
       }
 
-  const { harden, Compartment } = await lockdownRealm();
+  const { harden, Compartment } = lockdownRealm(sesCache);
   const compartment = new Compartment({ globals: endowments(harden, exit, env), __options__: true });
   const g = compartment.globalThis;
   for (const name of ABSENT)

@@ -93,6 +93,8 @@ export interface GuestBootData {
   moduleUrl: string;
   /** The program compiled for the sandbox (guest/loader.ts); absent for the privileged domain, which runs unsandboxed. */
   image?: GuestImage;
+  /** V8's code cache of SES's script for the sandbox's lockdown (guest/ses-cache.ts): this guest's own copy. */
+  sesCache?: Uint8Array;
   /** The sandboxed program's `process.env` (DomainConfig.env). */
   env?: Record<string, string>;
   args: unknown;
