@@ -374,6 +374,37 @@ test("a breakdown's stages are compared stage with stage, and never with the pap
   );
 });
 
+test("a small-message figure is held only against a small message, a bandwidth figure only against a large one", () => {
+  // A run of `bench pingpong --sizes 64K,1M --transports bypass,openmpi` set its 64 KiB
+  // latency beside Open MPI's 0.135 µs as "small-message latency".
+  const at = (transport: string, bytes: number, metric: "latency_us" | "bandwidth_MBps", median: number) =>
+    ({
+      bench: "pingpong",
+      transport,
+      scope: "intra-host",
+      bytes,
+      metric,
+      median,
+      min: median,
+      max: median,
+      runs: 3,
+    }) as BenchRow;
+  const mid = comparisonLines([
+    at("bypass", 65536, "latency_us", 7.8),
+    at("openmpi", 65536, "latency_us", 7.7),
+  ]);
+  assert.deepEqual(mid, [], mid.join("\n"));
+  const small = comparisonLines([at("bypass", 8, "bandwidth_MBps", 9), at("native", 8, "bandwidth_MBps", 9)]);
+  assert.deepEqual(small, [], small.join("\n"));
+  const both = comparisonLines([
+    at("bypass", 512, "latency_us", 1),
+    at("openmpi", 512, "latency_us", 0.5),
+    at("bypass", 65536, "latency_us", 7.8),
+    at("openmpi", 65536, "latency_us", 7.7),
+  ]);
+  assert.match(both.join("\n"), /small-message latency: 2\.00× \(pingpong, intra-host, 512 B/);
+});
+
 test("the report keeps how its peers ran: notes validated, and shown escaped under the machine", () => {
   const rep = loadFixture();
   const notes = [

@@ -155,7 +155,10 @@ export interface Comparison {
   a: string;
   b: string;
   metric: Metric;
-  /** Which size of this run to compare: the smallest message (≥ 1 B) or the largest. */
+  /**
+   * Which size of this run to compare: its smallest message of 1 B to SMALL_MAX_BYTES (8 B if
+   * there is one), or its largest of LARGE_MIN_BYTES or more; none, no comparison.
+   */
   at: "small" | "large";
   what: string;
   theirs: string;
@@ -212,6 +215,13 @@ export const COMPARISONS: readonly Comparison[] = [
   },
 ];
 
+/**
+ * The sizes a small-message or a bandwidth figure may be held against: a run of `--sizes 64K,1M`
+ * set its 64 KiB latency beside Open MPI's 0.135 µs "small-message latency".
+ */
+export const SMALL_MAX_BYTES = 1024;
+export const LARGE_MIN_BYTES = 64 * 1024;
+
 /** One comparison with this run's ratios for it, one per (bench, scope) that has the pair. */
 interface ComparisonFinding {
   c: Comparison;
@@ -227,14 +237,15 @@ function comparisonFindings(rows: readonly BenchRow[]): ComparisonFinding[] {
   const out: ComparisonFinding[] = [];
   for (const c of COMPARISONS) {
     const mine = ratios.filter((r) => r.pair === `${c.a}/${c.b}` && r.metric === c.metric);
-    const groups = [...new Set(mine.map((r) => `${r.bench}\u0000${r.scope}`))];
+    const fits = mine.filter((r) =>
+      c.at === "small" ? r.bytes > 0 && r.bytes <= SMALL_MAX_BYTES : r.bytes >= LARGE_MIN_BYTES,
+    );
+    const groups = [...new Set(fits.map((r) => `${r.bench}\u0000${r.scope}`))];
     if (groups.length === 0) continue;
     const ours = groups.map((g) => {
-      const inGroup = mine.filter((r) => `${r.bench}\u0000${r.scope}` === g);
+      const inGroup = fits.filter((r) => `${r.bench}\u0000${r.scope}` === g);
       return c.at === "small"
-        ? (inGroup.find((x) => x.bytes === 8) ??
-            inGroup.filter((x) => x.bytes > 0).sort((x, y) => x.bytes - y.bytes)[0] ??
-            inGroup[0])
+        ? (inGroup.find((x) => x.bytes === 8) ?? inGroup.sort((x, y) => x.bytes - y.bytes)[0])
         : inGroup.sort((x, y) => y.bytes - x.bytes)[0];
     });
     out.push({ c, ours });
