@@ -19,7 +19,7 @@
  * it, a few dozen at a time, far below the allowances.
  *
  * Cost on the hot path: one comparison per request while none of this NIC's endpoints is
- * locked out (the latest end of any lockout here, against the round clock).
+ * locked out (refusal-throttle.ts keeps the latest end of any lockout).
  */
 import type { NicClock } from "./clock.js";
 import { CONNECT_RULE } from "./connect-throttle.js";
@@ -43,10 +43,6 @@ export class OwnRefusals {
   private readonly connects = new RefusalThrottle(perOwner(CONNECT_RULE));
   private readonly sessions = new RefusalThrottle(perOwner(SESSION_RULE));
   private readonly pulls = new RefusalThrottle(perOwner(PULL_RULE));
-  /** When the last lockout of each kind ends (ms, the round clock; 0: none yet). */
-  private connectsUntil = 0;
-  private sessionsUntil = 0;
-  private pullsUntil = 0;
 
   constructor(
     /** The NIC's round clock. */
@@ -54,52 +50,41 @@ export class OwnRefusals {
     private readonly c: Float64Array,
   ) {}
 
-  /** A wait of `ms` (> 0: the request is refused unsent, and counted). */
-  private refused(ms: number): number {
-    if (ms > 0) this.c[NicCounter.own_requests_throttled]++;
-    return ms;
-  }
-
   /** ms the owner of `r` must wait before a CONNECT of `r` to NIC `nic` is sent (0: none). */
   connectWait(r: Requester, nic: number): number {
-    const now = this.clock.now;
-    return now >= this.connectsUntil ? 0 : this.refused(this.connects.lockedFor(nic, r.id, r.ownerTag, now));
+    return this.wait(this.connects, r, nic);
   }
 
   /** ms the owner of `r` must wait before a SEND of `r` to NIC `nic` is sent (0: none). */
   sendWait(r: Requester, nic: number): number {
-    const now = this.clock.now;
-    return now >= this.sessionsUntil ? 0 : this.refused(this.sessions.lockedFor(nic, r.id, r.ownerTag, now));
+    return this.wait(this.sessions, r, nic);
   }
 
   /** ms the owner of `r` must wait before a PULL of `r` through a right on NIC `nic` is sent (0: none). */
   pullWait(r: Requester, nic: number): number {
-    const now = this.clock.now;
-    return now >= this.pullsUntil ? 0 : this.refused(this.pulls.lockedFor(nic, r.id, r.ownerTag, now));
+    return this.wait(this.pulls, r, nic);
   }
 
   /** NIC `nic` answered a CONNECT of `r` with `status`. */
   connectAnswered(r: Requester, nic: number, status: number): void {
-    if (status === MxStatus.BAD_KEY)
-      this.connectsUntil = this.count(this.connects, this.connectsUntil, r, nic);
+    if (status === MxStatus.BAD_KEY) this.connects.failed(nic, r.id, r.ownerTag, this.clock.now);
   }
 
   /** NIC `nic` ended a SEND of `r` with `status`. */
   sendAnswered(r: Requester, nic: number, status: number): void {
-    if (status === MxStatus.BAD_SESSION)
-      this.sessionsUntil = this.count(this.sessions, this.sessionsUntil, r, nic);
+    if (status === MxStatus.BAD_SESSION) this.sessions.failed(nic, r.id, r.ownerTag, this.clock.now);
   }
 
   /** NIC `nic` ended a PULL of `r` through a right with `status`. */
   pullAnswered(r: Requester, nic: number, status: number): void {
     if (status === MxStatus.BAD_SESSION || status === MxStatus.BAD_KEY || status === MxStatus.BAD_RDMAWIN)
-      this.pullsUntil = this.count(this.pulls, this.pullsUntil, r, nic);
+      this.pulls.failed(nic, r.id, r.ownerTag, this.clock.now);
   }
 
-  /** Counts a refusal of `r` by `nic` in `records`; returns when the latest lockout of that kind ends. */
-  private count(records: RefusalThrottle, until: number, r: Requester, nic: number): number {
-    const now = this.clock.now;
-    const ms = records.failed(nic, r.id, r.ownerTag, now);
-    return ms > 0 && now + ms > until ? now + ms : until;
+  /** The wait `records` give `r` towards `nic` (> 0: the request is refused unsent, and counted). */
+  private wait(records: RefusalThrottle, r: Requester, nic: number): number {
+    const ms = records.lockedFor(nic, r.id, r.ownerTag, this.clock.now);
+    if (ms > 0) this.c[NicCounter.own_requests_throttled]++;
+    return ms;
   }
 }

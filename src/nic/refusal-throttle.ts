@@ -92,6 +92,13 @@ class Block {
 
 export class RefusalThrottle {
   private readonly blocks = new Map<number, Block>();
+  /**
+   * When the last lockout of any record ends (0: none yet): until then lockedFor looks records
+   * up, after it answers at once. It is asked on every delivery (delivery.ts) and every request
+   * a NIC's own endpoints make (own-refusals.ts), and a table that ever refused anything keeps
+   * blocks for forgetMs.
+   */
+  private latestUntil = 0;
 
   constructor(private readonly rule: RefusalRule) {}
 
@@ -104,7 +111,7 @@ export class RefusalThrottle {
    * presents may be looked at).
    */
   lockedFor(nic: number, ep: number, inc: number, now: number): number {
-    if (this.blocks.size === 0) return 0;
+    if (now >= this.latestUntil) return 0;
     const b = this.blocks.get(RefusalThrottle.blockKey(nic, ep));
     if (b === undefined) return 0;
     const i = ep & (BLOCK - 1);
@@ -132,7 +139,9 @@ export class RefusalThrottle {
     const own = b.incarnation.count(i, r.freeFails, r, now);
     const all = b.id.count(i, r.idFreeFails, r, now);
     b.lastRefusal = b.id.last[i];
-    return Math.max(own, all);
+    const ms = Math.max(own, all);
+    if (ms > 0 && now + ms > this.latestUntil) this.latestUntil = now + ms;
+    return ms;
   }
 
   /** Drops the blocks none of whose requesters was refused for forgetMs (their lockouts are over). */
