@@ -76,18 +76,7 @@ export class DmaEngine {
         this.events.postError(ctx, d, ErrorReason.Throttled);
         return 0;
       }
-      const status = this.rights.take(
-        this.rights.nicId,
-        ctx.id,
-        ctx.session,
-        srcEp,
-        srcSession,
-        index,
-        d[D_SRC_KEY],
-        srcOff,
-        len,
-        g,
-      );
+      const status = this.rights.takeFor(ctx, srcEp, srcSession, index, d[D_SRC_KEY], srcOff, len, g);
       if (status !== MxStatus.SUCCESS) {
         this.events.own.pullAnswered(ctx, this.rights.nicId, status);
         this.events.postError(ctx, d, g.refusal, status);

@@ -9,7 +9,7 @@
  */
 import type { NicClock } from "./clock.js";
 import { NicCounter } from "./counters.js";
-import type { EndpointTable } from "./endpoints.js";
+import type { EndpointContext, EndpointTable } from "./endpoints.js";
 import { PullThrottle } from "./pull-throttle.js";
 import { MxStatus, REASON_STATUS } from "./status.js";
 import type { Tpt } from "./tpt.js";
@@ -118,6 +118,20 @@ export class PullRights {
   /** This NIC's id: the requester NIC of its own endpoints' pulls. */
   get nicId(): number {
     return this.eps.nicId;
+  }
+
+  /** take() for a pull of this NIC's own endpoint `ctx` (the requester is it, as it is now). */
+  takeFor(
+    ctx: EndpointContext,
+    ep: number,
+    session: number,
+    index: number,
+    key: number,
+    off: number,
+    len: number,
+    out: ExposureGrant,
+  ): number {
+    return this.take(this.eps.nicId, ctx.id, ctx.session, ep, session, index, key, off, len, out);
   }
 
   /**

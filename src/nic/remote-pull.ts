@@ -255,18 +255,7 @@ export class RemotePull {
         // The source is on this NIC and there is no loopback link: check it as a peer would, copy here.
         const index = d[D_SRC_REGION] >>> 0;
         const g = this.grant;
-        status = this.rights.take(
-          this.nicId,
-          ctx.id,
-          ctx.session,
-          srcEp,
-          srcSession,
-          index,
-          d[D_SRC_KEY],
-          srcOff,
-          len,
-          g,
-        );
+        status = this.rights.takeFor(ctx, srcEp, srcSession, index, d[D_SRC_KEY], srcOff, len, g);
         if (status === MxStatus.SUCCESS) {
           this.c[NicCounter.remote_pull_bytes] += len;
           return this.dma.startCopy(
