@@ -14,7 +14,7 @@
  * worker that fails leaves guests to compile SES themselves: nothing depends on it.
  */
 import { createHash } from "node:crypto";
-import { mkdirSync, readFileSync, renameSync, statSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, renameSync, type Stats, statSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { homedir } from "node:os";
 import { join } from "node:path";
@@ -59,9 +59,7 @@ function cacheFile(): string | undefined {
     const dir = join(base, "myrixen");
     mkdirSync(dir, { recursive: true, mode: 0o700 });
     const st = statSync(dir);
-    const uid = process.getuid?.();
-    if (!st.isDirectory() || (uid !== undefined && st.uid !== uid) || (st.mode & 0o022) !== 0)
-      return undefined;
+    if (!st.isDirectory() || !onlyMine(st)) return undefined;
     const require = createRequire(import.meta.url);
     const ses = (require("ses/package.json") as { version: string }).version;
     const flags = createHash("sha256").update(process.execArgv.join("\0")).digest("hex").slice(0, 12);
@@ -71,11 +69,16 @@ function cacheFile(): string | undefined {
   }
 }
 
+/** This user's, and nobody else may write it (no group or other write bit). */
+function onlyMine(st: Stats): boolean {
+  const uid = process.getuid?.();
+  return (uid === undefined || st.uid === uid) && (st.mode & 0o022) === 0;
+}
+
 function readCache(path: string): Uint8Array | undefined {
   try {
     const st = statSync(path);
-    const uid = process.getuid?.();
-    if (!st.isFile() || (uid !== undefined && st.uid !== uid) || (st.mode & 0o022) !== 0) return undefined;
+    if (!st.isFile() || !onlyMine(st)) return undefined;
     return readFileSync(path);
   } catch {
     return undefined;
