@@ -1,10 +1,12 @@
 #!/usr/bin/env node
-// The `myrixen` command: runs the compiled CLI (built by `npm ci` via the prepare script).
+// The `myrixen` command: runs the compiled CLI (built by `npm ci` via the prepare script), as
+// one bundle when the build made a fresh one (src/xen/bundles.ts), else module by module.
 import { existsSync } from "node:fs";
 
-const entry = new URL("../dist/src/cli/main.js", import.meta.url);
-if (!existsSync(entry)) {
+const modules = new URL("../dist/src/cli/main.js", import.meta.url);
+if (!existsSync(modules)) {
   process.stderr.write("myrixen: the build is missing (dist/). Run `npm ci` or `npm run build` first.\n");
   process.exit(2);
 }
-await import(entry.href);
+const { bundledScript } = await import(new URL("../dist/src/xen/bundles.js", import.meta.url).href);
+await import(bundledScript("cli", modules).href);

@@ -44,28 +44,46 @@ test("--version, --help and a mistyped flag load no command's code (the hypervis
       register,
       `import { register } from "node:module";\nregister(${JSON.stringify(pathToFileURL(hooks).href)});\n`,
     );
-    for (const args of [
-      ["--version"],
-      ["--help"],
-      ["run", "--np"],
-      ["list", "--bogus"],
-      ["bench", "--help"],
-    ]) {
-      const r = await promisify(execFile)(process.execPath, ["--import", register, BIN, ...args], {
-        env: { ...process.env, NO_COLOR: "1" },
-      }).catch((e: { stdout: string; stderr: string }) => e);
-      const loaded = [...r.stderr.matchAll(/^loaded (.*)$/gm)].map((m) => m[1]);
-      assert.ok(
-        loaded.some((u) => u.endsWith("/cli/main.js")),
-        `${args.join(" ")}: the hook saw main.js`,
-      );
-      const heavy = loaded.filter((u) =>
-        /\/node_modules\/zod\/|\/src\/(nic|mx|mpi|netback|netfront|dashboard)\/|\/src\/xen\/(hypervisor|xenstore)\.js|\/src\/bench\/(mx|harness)\.js|\/src\/cluster\/(job|host-daemon)\.js/.test(
-          u,
-        ),
-      );
-      assert.deepEqual(heavy, [], `myrixen ${args.join(" ")} loaded command code`);
-    }
+    // Module by module (MYRIXEN_BUNDLES=0): the modules the hook sees. From the bundles (the
+    // default): the modules each bundle file it sees holds (esbuild heads each with its path).
+    const modulesIn = (url: string): string[] =>
+      url.includes("/dist/src/bundles/")
+        ? [
+            ...readFileSync(fileURLToPath(url), "utf8").matchAll(
+              /^\/\/ ((?:dist\/src|node_modules)\/\S+)$/gm,
+            ),
+          ].map((m) => `/${m[1]}`)
+        : [url];
+    for (const bundles of ["0", "1"])
+      for (const args of [
+        ["--version"],
+        ["--help"],
+        ["run", "--np"],
+        ["list", "--bogus"],
+        ["bench", "--help"],
+      ]) {
+        const r = await promisify(execFile)(process.execPath, ["--import", register, BIN, ...args], {
+          env: { ...process.env, NO_COLOR: "1", MYRIXEN_BUNDLES: bundles },
+        }).catch((e: { stdout: string; stderr: string }) => e);
+        const files = [...r.stderr.matchAll(/^loaded (.*)$/gm)].map((m) => m[1]);
+        const what = `MYRIXEN_BUNDLES=${bundles} myrixen ${args.join(" ")}`;
+        assert.equal(
+          files.some((u) => u.endsWith("/dist/src/bundles/cli.js")),
+          bundles === "1",
+          `${what}: the CLI's bundle used iff bundles are on`,
+        );
+        const loaded = files.flatMap(modulesIn);
+        assert.ok(
+          loaded.some((u) => u.endsWith("/cli/main.js")),
+          `${what}: main.js, as a module or in the bundle`,
+        );
+        const heavy = loaded.filter((u) =>
+          /\/node_modules\/zod\/|\/src\/(nic|mx|mpi|netback|netfront|dashboard)\/|\/src\/xen\/(hypervisor|xenstore)\.js|\/src\/bench\/(mx|harness)\.js|\/src\/cluster\/(job|host-daemon)\.js/.test(
+            u,
+          ),
+        );
+        assert.deepEqual(heavy, [], `${what} loaded command code`);
+      }
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -20,7 +20,7 @@ import {
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { after, before, test } from "node:test";
-import { fileURLToPath } from "node:url";
+import { fileURLToPath, pathToFileURL } from "node:url";
 import { promisify } from "node:util";
 
 const REPO = fileURLToPath(new URL("../../", import.meta.url));
@@ -174,6 +174,10 @@ test("the tarball holds what a user needs and nothing of the development tree", 
     "package/dist/src/index.d.ts",
     "package/dist/src/cli/main.js",
     "package/dist/src/programs/nas/ep.js",
+    "package/dist/src/bundles/manifest.json",
+    "package/dist/src/bundles/cli.js",
+    "package/dist/src/bundles/nic-worker.js",
+    "package/dist/src/bundles/driver-domain.js",
     "package/src/dashboard/static/index.html",
     "package/src/bench/openmpi/pingpong.c",
     "package/src/bench/openmpi/is.c",
@@ -193,6 +197,18 @@ test("the tarball holds what a user needs and nothing of the development tree", 
         !/^package\/src\/bench\/openmpi\/((pingpong|is|cg)\.c|npb-rand\.h)$/.test(f)),
   );
   assert.deepEqual(stray, []);
+});
+
+test("the installed package starts its CLI and its host's threads from its bundles (fresh as installed)", async () => {
+  const installed = join(APP, "node_modules", "myrixen", "dist", "src");
+  const probe = `import(${JSON.stringify(pathToFileURL(join(installed, "xen", "bundles.js")).href)}).then((b) => {
+    const fresh = b.freshBundles(new URL("bundles/", ${JSON.stringify(pathToFileURL(`${installed}/`).href)}), new URL(${JSON.stringify(pathToFileURL(`${installed}/`).href)}));
+    console.log(fresh ? [...fresh.keys()].sort().join(",") : "stale");
+  })`;
+  assert.equal(
+    ok(await sh(process.execPath, ["-e", probe], APP), "the bundles probe").trim(),
+    "cli,driver-domain,nic-worker",
+  );
 });
 
 test("npx myrixen --version and a built-in job run from node_modules", async () => {

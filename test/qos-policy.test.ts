@@ -10,7 +10,8 @@ import { join } from "node:path";
 import { after, before, test } from "node:test";
 import { ConfigError, loadHostConfig, resolveHostSettings } from "../src/cluster/config.js";
 import { Host } from "../src/host/host.js";
-import { parseQosFlag, parseQosPolicy, QosPolicyError, qosSettings } from "../src/myrixen/qos-policy.js";
+import { QosPolicyError, qosSettings } from "../src/myrixen/qos-policy.js";
+import { parseQosFlag, parseQosPolicy } from "../src/myrixen/qos-schema.js";
 import type { QosSettings } from "../src/nic/qos.js";
 import { myrixen } from "./helpers/hosts.js";
 

@@ -172,7 +172,7 @@ function looksLikeProgram(arg: string): boolean {
 /** `--qos`: a policy, or a usage error naming the bad part. */
 async function qosFlag(v: string | undefined): Promise<QosPolicy | undefined> {
   if (v === undefined) return undefined;
-  const { parseQosFlag } = await import("../myrixen/qos-policy.js");
+  const { parseQosFlag } = await import("../myrixen/qos-schema.js");
   try {
     return parseQosFlag(v);
   } catch (e) {

@@ -7,7 +7,8 @@
 import { availableParallelism } from "node:os";
 import path from "node:path";
 import { z } from "zod";
-import { type QosPolicy, QosPolicySchema } from "../myrixen/qos-policy.js";
+import type { QosPolicy } from "../myrixen/qos-policy.js";
+import { QosPolicySchema } from "../myrixen/qos-schema.js";
 import { ConfigError, LIMITS } from "./config-limits.js";
 import {
   DEFAULT_CONTROL_PORT,

@@ -29,7 +29,7 @@
 import type net from "node:net";
 import { z } from "zod";
 import { HostSnapshotSchema } from "../host/snapshot.js";
-import { QosPolicySchema } from "../myrixen/qos-policy.js";
+import { QosPolicySchema } from "../myrixen/qos-schema.js";
 import type { XenStoreTreeNode } from "../xen/xenstore.js";
 import { LINK_TIMEOUT_MAX_MS } from "./config-limits.js";
 import { isJobKey } from "./protocol.js";

@@ -23,12 +23,14 @@ import {
   MEMORY_TARGET_KEY,
   MYRI_DEVICE_TYPE,
 } from "../myrixen/protocol.js";
-import { encodeQosPolicy, parseQosPolicy, QOS_KEY, type QosPolicy } from "../myrixen/qos-policy.js";
+import { QOS_KEY, type QosPolicy } from "../myrixen/qos-policy.js";
+import { encodeQosPolicy, parseQosPolicy } from "../myrixen/qos-schema.js";
 import { NET_STATS_BYTES, type NetStats, netTraceRing, readNetStats } from "../netback/stats.js";
 import type { NicInfo } from "../nic/control.js";
 import { NicDevice } from "../nic/device.js";
 import type { TraceBuffer } from "../nic/trace-ring.js";
 import type { DomId } from "../xen/abi.js";
+import { bundledScript } from "../xen/bundles.js";
 import type { Domain } from "../xen/hypervisor.js";
 import { Hypervisor } from "../xen/hypervisor.js";
 import { NetifKey, VIF_DEVICE_TYPE, vifMac } from "../xen/io/netif.js";
@@ -36,6 +38,8 @@ import { backendPath, createDevice, destroyDevice } from "../xen/xenbus.js";
 import type { DriverDomainArgs, DriverToHost, HostToDriver } from "./driver-domain.js";
 
 export const DRIVER_DOMAIN_PROGRAM = new URL("./driver-domain.js", import.meta.url);
+/** Its worker script, the program compiled in (a bundle when fresh: xen/bundles.ts). */
+const DRIVER_DOMAIN_THREAD = new URL("./driver-domain-thread.js", import.meta.url);
 
 export interface HostOptions {
   nicId?: number;
@@ -200,6 +204,7 @@ export class Host {
       };
       const dom0 = await hv.createDomain({
         module: DRIVER_DOMAIN_PROGRAM,
+        script: bundledScript("driver-domain", DRIVER_DOMAIN_THREAD),
         name: "Domain-0",
         privileged: true,
         // 256 pages for the driver domain itself, 192 for netback's staging area (64 jumbo frames).

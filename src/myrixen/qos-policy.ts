@@ -20,8 +20,7 @@
  * lanes, are held by myrback's share loop (back/share-loop.ts), which runs only while some
  * weight is not 1 or a capped domain has two lanes or more.
  */
-import { z } from "zod";
-import { DEFAULT_QOS, MAX_WEIGHT, type QosSettings } from "../nic/qos.js";
+import { DEFAULT_QOS, type QosSettings } from "../nic/qos.js";
 import type { DomId } from "../xen/abi.js";
 import type { XenStoreClient } from "../xen/xenstore.js";
 import type { LanePolicy } from "./channel-abi.js";
@@ -29,78 +28,26 @@ import type { LanePolicy } from "./channel-abi.js";
 /** The key under the device's backend directory. */
 export const QOS_KEY = "qos";
 
-const rate = (what: string) =>
-  z
-    .number({ error: `expected a number of ${what} per second` })
-    .positive({ error: `expected a number of ${what} per second > 0 (omit the field for no cap)` })
-    .refine(Number.isFinite, { error: `expected a finite number of ${what} per second` });
+/** Caps in one direction, per second (absent: no cap). */
+export interface QosDirection {
+  bytesPerSec?: number;
+  msgsPerSec?: number;
+}
 
-const DirectionSchema = z.strictObject({
-  bytesPerSec: rate("bytes").optional(),
-  msgsPerSec: rate("messages").optional(),
-});
-
-export const QosPolicySchema = z.strictObject({
-  weight: z
-    .int({ error: `expected a whole number in 1..${MAX_WEIGHT}` })
-    .min(1, { error: `expected a whole number in 1..${MAX_WEIGHT}` })
-    .max(MAX_WEIGHT, { error: `expected a whole number in 1..${MAX_WEIGHT}` })
-    .optional(),
-  tx: DirectionSchema.optional(),
-  rx: DirectionSchema.optional(),
-});
-
-/** A domain's policy: weight (default 1) and caps per direction (absent: none). */
-export type QosPolicy = z.infer<typeof QosPolicySchema>;
+/**
+ * A domain's policy: weight (default 1) and caps per direction (absent: none). Validated by
+ * qos-schema.ts (parseQosPolicy), which myrback loads only when a domain has a policy: zod
+ * is most of the driver domain's code, and most hosts never set one.
+ */
+export interface QosPolicy {
+  weight?: number;
+  tx?: QosDirection;
+  rx?: QosDirection;
+}
 
 /** An invalid policy; the message names the field (`qos.tx.bytesPerSec: expected …`). */
 export class QosPolicyError extends Error {
   override name = "QosPolicyError";
-}
-
-/** Validates a policy from an API, a config file or the XenStore node. Throws QosPolicyError. */
-export function parseQosPolicy(value: unknown, where = "qos"): QosPolicy {
-  const r = QosPolicySchema.safeParse(value);
-  if (r.success) return r.data;
-  const lines = r.error.issues.map((i) => {
-    const field = [where, ...i.path.map(String)].join(".");
-    const got = i.code === "unrecognized_keys" ? `unknown field(s) ${i.keys.join(", ")}` : i.message;
-    return `${field}: ${got}`;
-  });
-  throw new QosPolicyError(lines.join("; "));
-}
-
-const SI: Record<string, number> = { "": 1, k: 1e3, K: 1e3, M: 1e6, G: 1e9 };
-const FLAG_FIELDS: Record<string, [keyof QosPolicy, "bytesPerSec" | "msgsPerSec" | null]> = {
-  weight: ["weight", null],
-  "tx-bytes": ["tx", "bytesPerSec"],
-  "tx-msgs": ["tx", "msgsPerSec"],
-  "rx-bytes": ["rx", "bytesPerSec"],
-  "rx-msgs": ["rx", "msgsPerSec"],
-};
-
-/**
- * The command line's form, `weight=3,tx-bytes=500M,rx-msgs=1e5` (k, M, G: powers of 1000),
- * into a policy. Throws QosPolicyError naming the bad part.
- */
-export function parseQosFlag(text: string, where = "--qos"): QosPolicy {
-  const out: Record<string, unknown> = {};
-  for (const part of text.split(",")) {
-    if (part.trim() === "") continue;
-    const m = /^\s*([a-z-]+)\s*=\s*([0-9.eE+-]+)([kKMG]?)\s*$/.exec(part);
-    const field = m ? FLAG_FIELDS[m[1]] : undefined;
-    if (!m || !field)
-      throw new QosPolicyError(
-        `${where}: ${JSON.stringify(part)} is not one of weight=N, tx-bytes=N, tx-msgs=N, rx-bytes=N, rx-msgs=N (N may end in k, M or G)`,
-      );
-    const n = Number(m[2]) * SI[m[3]];
-    if (Number.isNaN(n))
-      throw new QosPolicyError(`${where}: ${m[1]}: ${JSON.stringify(m[2])} is not a number`);
-    const [key, sub] = field;
-    if (sub === null) out[key] = n;
-    else out[key] = { ...(out[key] as object | undefined), [sub]: n };
-  }
-  return parseQosPolicy(out, where);
 }
 
 /** What the NIC is told for a policy. */
@@ -113,11 +60,6 @@ export function qosSettings(p: QosPolicy | undefined): QosSettings {
     rxBytesPerSec: p.rx?.bytesPerSec ?? 0,
     rxMsgsPerSec: p.rx?.msgsPerSec ?? 0,
   };
-}
-
-/** The node's value for a policy (what the toolstack writes). */
-export function encodeQosPolicy(p: QosPolicy): string {
-  return JSON.stringify(parseQosPolicy(p));
 }
 
 /** What myrback needs to tell the NIC about a domain's endpoints. */
@@ -202,6 +144,7 @@ export class QosPolicies {
         } catch {
           throw new QosPolicyError(`${path}: not JSON: ${JSON.stringify(text.slice(0, 80))}`);
         }
+        const { parseQosPolicy } = await import("./qos-schema.js");
         this.set(domid, parseQosPolicy(value, path));
         this.target.log(`domain ${domid}: qos ${text}`);
       } catch (e) {

@@ -5,6 +5,7 @@
  */
 import type { EventLoopUtilization } from "node:perf_hooks";
 import { MessageChannel, Worker } from "node:worker_threads";
+import { bundledScript } from "../xen/bundles.js";
 import type { NicDriverEndpoint } from "./control.js";
 import { allocNicCounters, type NicCounterSnapshot, readNicCounters } from "./counters.js";
 import type { LinkSpec } from "./link.js";
@@ -20,7 +21,8 @@ export interface NicDeviceOptions {
   maxRegions?: number;
 }
 
-const WORKER_URL = new URL("./nic-worker.js", import.meta.url);
+/** The NIC thread's script: its bundle when fresh (xen/bundles.ts). */
+const WORKER_MODULES = new URL("./nic-worker.js", import.meta.url);
 
 export class NicDevice {
   private nextId = 1;
@@ -59,7 +61,10 @@ export class NicDevice {
     const { nicId, maxEndpoints, maxRegions } = checkNicOptions(options);
     const counters = allocNicCounters(maxEndpoints);
     const workerData: NicWorkerData = { nicId, maxEndpoints, maxRegions, counters };
-    const worker = new Worker(WORKER_URL, { workerData, name: `nic${nicId}` });
+    const worker = new Worker(bundledScript("nic-worker", WORKER_MODULES), {
+      workerData,
+      name: `nic${nicId}`,
+    });
     await new Promise<void>((resolve, reject) => {
       const onError = (e: Error) => reject(new Error(`NIC ${nicId} failed to start: ${e.message}`));
       const onExit = (code: number) => reject(new Error(`NIC ${nicId} exited during start (code ${code})`));

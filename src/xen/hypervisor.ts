@@ -195,7 +195,7 @@ export class Hypervisor {
     };
     let worker: Worker;
     try {
-      worker = new Worker(runtimeUrl, {
+      worker = new Worker(c.script ?? runtimeUrl, {
         workerData: boot,
         transferList: [hc.port2, async.port2, ...c.transfer],
         resourceLimits: { maxOldGenerationSizeMb: c.maxHeapMb },

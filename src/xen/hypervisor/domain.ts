@@ -40,6 +40,12 @@ export interface DomainConfig {
   maxBufferMb?: number;
   /** The privileged driver domain: gets domid 0 and may map and copy any guest's granted frames in place. */
   privileged?: boolean;
+  /**
+   * The privileged domain only: the worker script to start instead of guest/runtime.ts, one
+   * that runs the domain thread with `module`'s program compiled in (runDomainThread(main):
+   * the host's driver domain as one bundle, xen/bundles.ts). `module` still names it.
+   */
+  script?: URL;
   /** Passed to the guest's main as `guest.args` (structured-cloned). */
   args?: unknown;
   grantEntries?: number;
@@ -239,9 +245,10 @@ export function envOf(env: unknown): Record<string, string> | undefined {
 
 /** Validates a createDomain config; throws a TypeError/RangeError naming the bad field. */
 export function checkConfig(c: DomainConfig): Required<
-  Omit<DomainConfig, "args" | "name" | "output" | "env">
+  Omit<DomainConfig, "args" | "name" | "output" | "env" | "script">
 > & {
   name?: string;
+  script?: URL;
   args: unknown;
   pipe: boolean;
 } {
@@ -259,9 +266,14 @@ export function checkConfig(c: DomainConfig): Required<
       `createDomain: \`name\` must be 1-64 characters of [A-Za-z0-9_.-], got ${JSON.stringify(c.name)}`,
     );
   const pages = int("pages", c.pages, 256, 1, 1 << 20);
+  if (c.script !== undefined && (c.privileged !== true || !(c.script instanceof URL)))
+    throw new TypeError(
+      "createDomain: `script` (a worker script with the program compiled in) is for the privileged domain only, as a URL; a guest's program runs from its sandbox image",
+    );
   return {
     module: c.module,
     name: c.name,
+    script: c.script,
     pages,
     maxHeapMb: int("maxHeapMb", c.maxHeapMb, 256, 16, 16384),
     maxBufferMb: int("maxBufferMb", c.maxBufferMb, DEFAULT_MAX_BUFFER_MB, 16, 1 << 20),

@@ -1,0 +1,183 @@
+/**
+ * The life of a domain's worker thread: boots the guest's kernel side (memory, grant table,
+ * event channels, XenStore, hypercall channel), loads the guest program, runs its
+ * `main(guest)` and reports how it ended. `runtime.ts` is the worker script of every domain;
+ * a privileged domain whose program is compiled into its own script (the host's driver
+ * domain: host/driver-domain-thread.ts, bundled by scripts/bundle.mjs) calls
+ * runDomainThread with that program instead.
+ *
+ * A guest's program runs in the sandbox (sandbox.ts) from the image the hypervisor compiled
+ * for it (loader.ts); only the privileged domain (the host's own driver domain, trusted code
+ * that holds the NIC's port) is imported as is. This file is trusted code: the program never
+ * holds `workerData`, the ports or anything else defined here.
+ */
+import { createRequire } from "node:module";
+import { fileURLToPath } from "node:url";
+import { type MessagePort, parentPort, workerData } from "node:worker_threads";
+import { cloneBytes, HostLinkSender, MESSAGE_BASE_UNITS } from "../host-link.js";
+import type { GuestBootData, GuestControlMessage } from "../hypervisor.js";
+import { Guest } from "./guest.js";
+import { type GuestMain, loadSandboxedProgram } from "./sandbox.js";
+
+export type { GuestMain };
+
+const TS_MODULE = /\.(c|m)?tsx?$/;
+
+/** The privileged domain's program: trusted, loaded by Node (TypeScript through tsx's CommonJS hook). */
+async function loadTrustedProgram(url: string): Promise<GuestMain> {
+  let mod: Record<string, unknown>;
+  if (url.startsWith("file:") && TS_MODULE.test(url)) {
+    // Node 20 cannot install ESM loader hooks inside a worker; tsx's CommonJS hook works there.
+    const { register } = await import("tsx/cjs/api");
+    register();
+    const require = createRequire(import.meta.url);
+    mod = require(fileURLToPath(url)) as Record<string, unknown>;
+  } else mod = (await import(url)) as Record<string, unknown>;
+  const main = (mod.default ?? mod.main) as GuestMain | undefined;
+  if (typeof main !== "function")
+    throw new TypeError(
+      `guest program ${url} must export a function \`main(guest)\` (as default export or named \`main\`)`,
+    );
+  return main;
+}
+
+/**
+ * The host stops the worker on "exit": let what the guest printed and sent reach the host
+ * first (within the window, as the host takes it in; what is still queued after a while goes
+ * anyway — a last burst bounded by this domain's heap, not a stream).
+ */
+async function flushOutput(link: HostLinkSender): Promise<void> {
+  await link.drained(FLUSH_MS);
+  link.flushAll();
+}
+const FLUSH_MS = 1000;
+
+function describe(e: unknown): { name: string; message: string; stack?: string } {
+  try {
+    if (e instanceof Error)
+      return { name: String(e.name), message: String(e.message), stack: String(e.stack) };
+    return { name: "Error", message: `guest threw a non-Error value: ${String(e)}` };
+  } catch {
+    return { name: "Error", message: "guest threw a value that cannot be described" };
+  }
+}
+
+/** A native process's link to the driver domain's native service, taken out of its args (the program never sees the port). */
+function takeNativeLink(boot: GuestBootData): {
+  args: unknown;
+  native?: { port: MessagePort; replyWord: SharedArrayBuffer };
+} {
+  const args = boot.args as { myrixen?: { port: MessagePort; replyWord: SharedArrayBuffer } } | undefined;
+  if (!boot.native || !args?.myrixen) return { args };
+  const { myrixen, ...rest } = args;
+  return { args: rest, native: myrixen };
+}
+
+/*BODY*/
+/**
+ * A `guest.send` message as it goes: a structured clone of the guest's data (plain data: a
+ * getter ran once, here, so what is counted is what is sent; what cannot be cloned throws
+ * here, in the guest's send()), and its cost, counted on that clone.
+ */
+function userMessage(data: unknown): { data: unknown; cost: number } {
+  const copy = structuredClone(data);
+  return { data: copy, cost: MESSAGE_BASE_UNITS + cloneBytes(copy) };
+}
+
+/** Characters of printed text per output message at most. */
+const OUTPUT_PIECE_CHARS = 64 * 1024;
+
+const isHighSurrogate = (c: number) => c >= 0xd800 && c <= 0xdbff;
+
+/**
+ * The worker's stdout/stderr as control messages, each posted when written. Node's own worker
+ * stdio posts one chunk and holds the rest until the host acknowledges it on the worker's event
+ * loop, so a guest that prints three lines and then blocks in a synchronous wait would show one
+ * (and lose two if it is then stopped). A posted message is queued at once, and it precedes the
+ * domain's exit or crash message on the same port, so no line is held back or lost.
+ */
+function routeStdio(stream: NodeJS.WriteStream, name: "stdout" | "stderr", link: HostLinkSender): void {
+  const decoder = new TextDecoder();
+  stream.write = ((chunk: unknown, encoding?: unknown, cb?: unknown) => {
+    const done = typeof encoding === "function" ? encoding : cb;
+    const text =
+      typeof chunk === "string"
+        ? chunk
+        : chunk instanceof Uint8Array
+          ? decoder.decode(chunk, { stream: true })
+          : String(chunk);
+    // In pieces, each within the credit window: one huge line (a guest printing a 500 MB
+    // string) then waits here, in the guest's memory, instead of landing in the host at once.
+    for (let at = 0; at < text.length; ) {
+      let end = Math.min(text.length, at + OUTPUT_PIECE_CHARS);
+      // Never between the halves of a surrogate pair: the host encodes each piece as UTF-8.
+      if (end < text.length && end - at > 1 && isHighSurrogate(text.charCodeAt(end - 1))) end--;
+      const piece = at === 0 && end === text.length ? text : text.slice(at, end);
+      const cost = MESSAGE_BASE_UNITS + piece.length;
+      link.send({ type: "output", stream: name, text: piece, cost } satisfies GuestControlMessage, cost);
+      at = end;
+    }
+    if (typeof done === "function") queueMicrotask(() => (done as () => void)());
+    return true;
+  }) as NodeJS.WriteStream["write"];
+}
+/**
+ * Runs this worker as the domain its boot data describes, to the end of its main. `compiledIn`:
+ * the privileged domain's program, already loaded with this script (its `moduleUrl` then only
+ * names it); every other domain's program is loaded from its image or module.
+ */
+export async function runDomainThread(compiledIn?: GuestMain): Promise<void> {
+  const port = parentPort!;
+  const boot = workerData as GuestBootData;
+  const post = (m: GuestControlMessage) => port.postMessage(m);
+  /** What the guest prints and sends goes through the host link's window (host-link.ts). */
+  const link = new HostLinkSender(boot.hostLink, (m) => port.postMessage(m));
+  routeStdio(process.stdout, "stdout", link);
+  routeStdio(process.stderr, "stderr", link);
+  const { args, native } = takeNativeLink(boot);
+  const guest = new Guest(
+    { ...boot, args },
+    {
+      toHost: (m) => {
+        const { data, cost } = userMessage((m as { data?: unknown }).data);
+        link.send({ ...(m as object), data, cost }, cost);
+      },
+      native,
+    },
+  );
+  /** A domain created paused runs its main once the hypervisor says so (Domain.unpause). */
+  let unpause: () => void = () => {};
+  const unpaused = boot.paused ? new Promise<void>((r) => (unpause = r)) : undefined;
+  port.on("message", (m: { type: string; data?: unknown; domid?: number }) => {
+    if (m?.type === "host") guest.deliverHostMessage(m.data);
+    else if (m?.type === "unpause") unpause();
+    // A domain died or gave back a segment: the privileged domain's cached view of it is stale.
+    else if ((m?.type === "domain-gone" || m?.type === "foreign-stale") && typeof m.domid === "number")
+      guest.dropForeign(m.domid);
+  });
+
+  try {
+    // The code cache is read once, at lockdown: no need to keep the guest's copy after it.
+    const sesCache = boot.sesCache;
+    boot.sesCache = undefined;
+    const main = boot.image
+      ? await loadSandboxedProgram(boot.image, (code) => process.exit(code), boot.env, sesCache)
+      : boot.privileged && compiledIn
+        ? compiledIn
+        : await loadTrustedProgram(boot.moduleUrl);
+    post({ type: "running" });
+    guest.holdEventLoop(true);
+    if (unpaused !== undefined) await unpaused;
+    const result = await main(guest);
+    await flushOutput(link);
+    guest.holdEventLoop(false);
+    try {
+      post({ type: "exit", result });
+    } catch (e) {
+      throw new TypeError(`main() returned a value the host cannot receive (${(e as Error).message})`);
+    }
+  } catch (e) {
+    await flushOutput(link);
+    post({ type: "crash", error: describe(e) });
+  }
+}
