@@ -11,18 +11,20 @@ import { join } from "node:path";
 import { after, test } from "node:test";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { promisify } from "node:util";
-import { bundledScript, freshBundles } from "../src/xen/bundles.js";
+import { Host } from "../src/host/host.js";
+import { bundledGuestScript, bundledScript, freshBundles } from "../src/xen/bundles.js";
+import type { GuestImage } from "../src/xen/guest/loader.js";
 import { Hypervisor } from "../src/xen/hypervisor.js";
 
 const DIST_SRC = new URL("../src/", import.meta.url);
 const BUNDLES = new URL("bundles/", DIST_SRC);
 const BIN = fileURLToPath(new URL("../../bin/myrixen.js", import.meta.url));
 
-test("the build's bundles are fresh, and the CLI, the NIC and the driver domain start from them", () => {
+test("the build's bundles are fresh, and the CLI, the NIC, the driver domain and guests start from them", () => {
   const fresh = freshBundles(BUNDLES, DIST_SRC);
   assert.ok(fresh, "npm test bundles right after tsc: the bundles must be fresh");
   const stand = new URL("file:///nowhere/modules.js");
-  for (const name of ["cli", "nic-worker", "driver-domain"])
+  for (const name of ["cli", "nic-worker", "driver-domain", "guest"])
     assert.equal(bundledScript(name, stand).href, new URL(`${name}.js`, BUNDLES).href, name);
   assert.equal(bundledScript("no-such-bundle", stand), stand);
 });
@@ -78,10 +80,12 @@ test("a manifest that is garbage, or names a bundle outside its directory, is no
   assert.equal(freshBundles(t.bundles, t.src), undefined);
   write(JSON.stringify({ version: 2, bundles: {}, inputs: {} }));
   assert.equal(freshBundles(t.bundles, t.src), undefined);
-  write(JSON.stringify({ version: 1, bundles: { cli: "../cli/main.js" }, inputs: {} }));
+  write(JSON.stringify({ version: 1, bundles: { cli: "../cli/main.js" }, inputs: {}, guestLibrary: [] }));
   assert.equal(freshBundles(t.bundles, t.src), undefined, "a bundle outside the bundle directory");
-  write(JSON.stringify({ version: 1, bundles: { cli: "cli.js" }, inputs: t.manifest.inputs }));
-  assert.equal(freshBundles(t.bundles, t.src)?.get("cli")?.href, new URL("cli.js", t.bundles).href);
+  write(
+    JSON.stringify({ version: 1, bundles: { cli: "cli.js" }, inputs: t.manifest.inputs, guestLibrary: [] }),
+  );
+  assert.equal(freshBundles(t.bundles, t.src)?.scripts.get("cli")?.href, new URL("cli.js", t.bundles).href);
 });
 
 test("MYRIXEN_BUNDLES=0: a job runs on the modules themselves, as it does on the bundles", async () => {
@@ -115,5 +119,81 @@ test("only the privileged domain may start from a script of its own: a guest alw
     assert.equal(hv.domains().length, 0, "nothing was started");
   } finally {
     await hv.shutdown();
+  }
+});
+
+/** An image whose entry imports these library modules (relative to dist/src, no `.js`). */
+function imageImporting(...libs: string[]): GuestImage {
+  const imports: GuestImage["modules"][string]["imports"] = {};
+  for (const lib of libs)
+    imports[lib] = { kind: "library", url: new URL(`${lib}.js`, DIST_SRC).href, index: lib === "guest-api" };
+  return { entry: "file:///p.js", modules: { "file:///p.js": { url: "file:///p.js", code: "", imports } } };
+}
+
+test("a guest starts from the guest bundle only if the bundle holds every library module its program imports", () => {
+  const guest = new URL("guest.js", BUNDLES).href;
+  assert.equal(bundledGuestScript(imageImporting())?.href, guest, "no library at all");
+  assert.equal(bundledGuestScript(imageImporting("guest-api", "mpi/mpi", "xen/memory"))?.href, guest);
+  // Host-side code is never in it (the loader refuses such imports; were one to get through,
+  // the guest would not start from the bundle and the sandbox's own checks would stand).
+  assert.equal(bundledGuestScript(imageImporting("guest-api", "xen/hypervisor")), undefined);
+  const elsewhere = imageImporting();
+  elsewhere.modules["file:///p.js"].imports.x = {
+    kind: "library",
+    url: "file:///elsewhere/mpi/mpi.js",
+    index: false,
+  };
+  assert.equal(bundledGuestScript(elsewhere), undefined, "a library module outside this dist/src");
+});
+
+test("from the bundle or module by module, a guest's program and its runtime share one copy of each library class", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "myrixen-bundled-guest-"));
+  dirs.push(dir);
+  const byPath = new URL("xen/memory.js", DIST_SRC).href;
+  writeFileSync(
+    join(dir, "same-class.ts"),
+    `import { GuestMemory } from "myrixen";
+import { GuestMemory as ByPath } from ${JSON.stringify(byPath)};
+export default async function main(guest: { memory: unknown }) {
+  let stack = "";
+  try {
+    (guest.memory as { allocPages(n: number): unknown }).allocPages(-1);
+  } catch (e) {
+    stack = String((e as Error).stack);
+  }
+  return { same: GuestMemory === ByPath, runtimes: guest.memory instanceof ByPath, stack };
+}
+`,
+  );
+  const host = await Host.start({});
+  const saved = process.env.MYRIXEN_BUNDLES;
+  try {
+    for (const bundles of ["1", "0"]) {
+      process.env.MYRIXEN_BUNDLES = bundles;
+      const dom = await host.startGuest({
+        module: join(dir, "same-class.ts"),
+        name: `same-class-${bundles}`,
+      });
+      const e = await dom.exited;
+      assert.equal(e.state, "shutdown", e.error?.message);
+      const r = e.result as { same: boolean; runtimes: boolean; stack: string };
+      assert.equal(
+        r.same,
+        true,
+        `MYRIXEN_BUNDLES=${bundles}: "myrixen" and the module by path are one module`,
+      );
+      assert.equal(
+        r.runtimes,
+        true,
+        `MYRIXEN_BUNDLES=${bundles}: the runtime's GuestMemory is the program's`,
+      );
+      // Where the library code ran from: the bundle's chunks, or dist/src/xen/memory.js.
+      if (bundles === "1") assert.match(r.stack, /\/dist\/src\/bundles\/chunk-\w+\.js/);
+      else assert.match(r.stack, /\/dist\/src\/xen\/memory\.js/);
+    }
+  } finally {
+    if (saved === undefined) delete process.env.MYRIXEN_BUNDLES;
+    else process.env.MYRIXEN_BUNDLES = saved;
+    await host.stop();
   }
 });

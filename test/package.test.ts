@@ -199,15 +199,15 @@ test("the tarball holds what a user needs and nothing of the development tree", 
   assert.deepEqual(stray, []);
 });
 
-test("the installed package starts its CLI and its host's threads from its bundles (fresh as installed)", async () => {
+test("the installed package starts its CLI, its host's threads and its guests from its bundles (fresh as installed)", async () => {
   const installed = join(APP, "node_modules", "myrixen", "dist", "src");
   const probe = `import(${JSON.stringify(pathToFileURL(join(installed, "xen", "bundles.js")).href)}).then((b) => {
     const fresh = b.freshBundles(new URL("bundles/", ${JSON.stringify(pathToFileURL(`${installed}/`).href)}), new URL(${JSON.stringify(pathToFileURL(`${installed}/`).href)}));
-    console.log(fresh ? [...fresh.keys()].sort().join(",") : "stale");
+    console.log(fresh ? [...fresh.scripts.keys()].sort().join(",") : "stale");
   })`;
   assert.equal(
     ok(await sh(process.execPath, ["-e", probe], APP), "the bundles probe").trim(),
-    "cli,driver-domain,nic-worker",
+    "cli,driver-domain,guest,nic-worker",
   );
 });
 

@@ -16,6 +16,7 @@
 import { fileURLToPath } from "node:url";
 import { MessageChannel, type MessagePort, Worker } from "node:worker_threads";
 import { DOMID_MAX, type DomId, GNTST, PAGE_SIZE } from "./abi.js";
+import { bundledGuestScript } from "./bundles.js";
 import {
   allocCounterBuffer,
   allocPrivateCounterBlock,
@@ -195,7 +196,7 @@ export class Hypervisor {
     };
     let worker: Worker;
     try {
-      worker = new Worker(c.script ?? runtimeUrl, {
+      worker = new Worker(c.script ?? (image && bundledGuestScript(image)) ?? runtimeUrl, {
         workerData: boot,
         transferList: [hc.port2, async.port2, ...c.transfer],
         resourceLimits: { maxOldGenerationSizeMb: c.maxHeapMb },

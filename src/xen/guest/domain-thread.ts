@@ -17,7 +17,7 @@ import { type MessagePort, parentPort, workerData } from "node:worker_threads";
 import { cloneBytes, HostLinkSender, MESSAGE_BASE_UNITS } from "../host-link.js";
 import type { GuestBootData, GuestControlMessage } from "../hypervisor.js";
 import { Guest } from "./guest.js";
-import { type GuestMain, loadSandboxedProgram } from "./sandbox.js";
+import { type BundledLibrary, type GuestMain, loadSandboxedProgram } from "./sandbox.js";
 
 export type { GuestMain };
 
@@ -124,9 +124,10 @@ function routeStdio(stream: NodeJS.WriteStream, name: "stdout" | "stderr", link:
 /**
  * Runs this worker as the domain its boot data describes, to the end of its main. `compiledIn`:
  * the privileged domain's program, already loaded with this script (its `moduleUrl` then only
- * names it); every other domain's program is loaded from its image or module.
+ * names it); every other domain's program is loaded from its image or module. `bundled`: the
+ * library modules this script holds (the guest bundle), for a guest's program to import.
  */
-export async function runDomainThread(compiledIn?: GuestMain): Promise<void> {
+export async function runDomainThread(compiledIn?: GuestMain, bundled?: BundledLibrary): Promise<void> {
   const port = parentPort!;
   const boot = workerData as GuestBootData;
   const post = (m: GuestControlMessage) => port.postMessage(m);
@@ -161,7 +162,7 @@ export async function runDomainThread(compiledIn?: GuestMain): Promise<void> {
     const sesCache = boot.sesCache;
     boot.sesCache = undefined;
     const main = boot.image
-      ? await loadSandboxedProgram(boot.image, (code) => process.exit(code), boot.env, sesCache)
+      ? await loadSandboxedProgram(boot.image, (code) => process.exit(code), boot.env, sesCache, bundled)
       : boot.privileged && compiledIn
         ? compiledIn
         : await loadTrustedProgram(boot.moduleUrl);

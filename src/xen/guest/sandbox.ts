@@ -479,21 +479,36 @@ interface ModuleRecord {
 }
 
 /**
+ * The library modules of a bundled guest thread (xen/bundles.ts): the module at `url` as the
+ * bundle holds it, or undefined if it holds no such module.
+ */
+export type BundledLibrary = (url: string) => Promise<Record<string, unknown> | undefined>;
+
+/**
  * Loads the program in `image` in a new compartment and returns its `main`. `exit(code)` ends
- * the domain (the `process.exit` of a guest).
+ * the domain (the `process.exit` of a guest). `bundled`: this thread runs from the guest
+ * bundle, which holds the library; its modules come from there, never also from Node's loader
+ * (two copies of a class would not know each other's objects).
  */
 export async function loadSandboxedProgram(
   image: GuestImage,
   exit: (code: number) => never,
   env: Record<string, string> = {},
   sesCache?: Uint8Array,
+  bundled?: BundledLibrary,
 ): Promise<GuestMain> {
-  // The library first, by Node's own loader: one copy, the one every library module shares.
+  // The library first, by Node's own loader or from the bundle: one copy, the one every
+  // library module shares.
   const library = new Map<string, unknown>();
   for (const m of Object.values(image.modules))
     for (const dep of Object.values(m.imports))
       if (dep.kind === "library" && !library.has(dep.url)) {
-        const ns = (await import(dep.url)) as Record<string, unknown>;
+        let ns: Record<string, unknown> | undefined;
+        if (bundled) {
+          ns = await bundled(dep.url);
+          // The hypervisor starts this bundle only for programs whose library it holds.
+          if (!ns) throw new Error(`${dep.url} is not in the guest bundle (rebuild: npm run build)`);
+        } else ns = (await import(dep.url)) as Record<string, unknown>;
         library.set(dep.url, dep.index ? guestView(ns) : ns);
       }
 
