@@ -8,5 +8,9 @@ if (!existsSync(modules)) {
   process.stderr.write("myrixen: the build is missing (dist/). Run `npm ci` or `npm run build` first.\n");
   process.exit(2);
 }
-const { bundledScript } = await import(new URL("../dist/src/xen/bundles.js", import.meta.url).href);
-await import(bundledScript("cli", modules).href);
+// A build from before the bundles has no bundles.js: its modules run as they are.
+const script = await import(new URL("../dist/src/xen/bundles.js", import.meta.url).href).then(
+  ({ bundledScript }) => bundledScript("cli", modules),
+  () => modules,
+);
+await import(script.href);

@@ -59,7 +59,8 @@ await runDomainThread(undefined, async (url) => {
   if (!url.startsWith(base) || !url.endsWith(".js")) return undefined;
   const { library } = await import("virtual:guest-library");
   const name = url.slice(base.length, -".js".length);
-  return Object.hasOwn(library, name) ? library[name] : undefined;
+  // Non-extensible, as a module namespace is (esbuild's stand-in for one is a plain object).
+  return Object.hasOwn(library, name) ? Object.freeze(library[name]) : undefined;
 });
 `,
   "virtual:guest-library": `${libraryNames.map((n, i) => `import * as m${i} from ${at(n)};`).join("\n")}

@@ -153,7 +153,8 @@ test("from the bundle or module by module, a guest's program and its runtime sha
   writeFileSync(
     join(dir, "same-class.ts"),
     `import { GuestMemory } from "myrixen";
-import { GuestMemory as ByPath } from ${JSON.stringify(byPath)};
+import * as memoryModule from ${JSON.stringify(byPath)};
+const ByPath = memoryModule.GuestMemory;
 export default async function main(guest: { memory: unknown }) {
   let stack = "";
   try {
@@ -161,7 +162,7 @@ export default async function main(guest: { memory: unknown }) {
   } catch (e) {
     stack = String((e as Error).stack);
   }
-  return { same: GuestMemory === ByPath, runtimes: guest.memory instanceof ByPath, stack };
+  return { same: GuestMemory === ByPath, runtimes: guest.memory instanceof ByPath, sealed: !Object.isExtensible((memoryModule as { default?: object }).default), stack };
 }
 `,
   );
@@ -176,7 +177,14 @@ export default async function main(guest: { memory: unknown }) {
       });
       const e = await dom.exited;
       assert.equal(e.state, "shutdown", e.error?.message);
-      const r = e.result as { same: boolean; runtimes: boolean; stack: string };
+      const r = e.result as { same: boolean; runtimes: boolean; sealed: boolean; stack: string };
+      // The namespace the sandbox hands over (the program's `import *` is a copy of it, with it
+      // as `default`): a module namespace, or the bundle's stand-in, frozen like one.
+      assert.equal(
+        r.sealed,
+        true,
+        `MYRIXEN_BUNDLES=${bundles}: a library module's namespace takes no new names`,
+      );
       assert.equal(
         r.same,
         true,
