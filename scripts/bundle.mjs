@@ -3,9 +3,10 @@
 // the CLI (`bin/myrixen.js`), the NIC's thread, the driver domain and the guest thread with
 // the library a guest's program may import, which start at every `myrixen` command, host
 // start and rank and otherwise resolve, read and compile 40 to 230 ES modules each time.
-// Output: dist/src/bundles/, with the manifest src/xen/bundles.ts checks before using a bundle. Run after every `tsc` of the project (npm test, npm start, npm run
-// build, prepare, prepack); bundles older than any module they hold are not used, so a
-// forgotten run costs start time, never correctness.
+// Output: dist/src/bundles/, with the manifest src/xen/bundles.ts checks before using a
+// bundle. Run after every `tsc` of the project (npm test, npm start, npm run build, prepare,
+// prepack); bundles older than any module they hold are not used, so a forgotten run costs
+// start time, never correctness.
 import { readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join, relative, sep } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
@@ -31,19 +32,20 @@ const ENTRIES = {
  */
 const { guestMayImport } = await import(pathToFileURL(join(srcDir, "xen", "guest", "reach.js")).href);
 // The index ("myrixen", or index.js by path) is guest-api.js for a guest (guest/loader.ts).
+// From the sources, not dist/src, which may hold what tsc compiled of a module since removed.
 const guestLibrary = new Set(["guest-api"]);
+const tsDir = join(root, "src");
 const walk = (dir) => {
   for (const e of readdirSync(dir, { withFileTypes: true })) {
     const p = join(dir, e.name);
-    if (e.isDirectory()) {
-      if (p !== outDir && p !== tmpDir) walk(p);
-    } else if (e.name.endsWith(".js")) {
-      const name = relative(srcDir, p).split(sep).join("/").slice(0, -".js".length);
+    if (e.isDirectory()) walk(p);
+    else if (e.name.endsWith(".ts") && !e.name.endsWith(".d.ts")) {
+      const name = relative(tsDir, p).split(sep).join("/").slice(0, -".ts".length);
       if (!name.startsWith("programs/") && name !== "index" && guestMayImport(name)) guestLibrary.add(name);
     }
   }
 };
-walk(srcDir);
+walk(tsDir);
 const libraryNames = [...guestLibrary].sort();
 
 /**
