@@ -357,8 +357,15 @@ export class MyriFront implements MxDriver {
     const reply = this.call(Op.OPEN_ENDPOINT, word(endpointId, "openEndpoint: endpointId"), [
       word(key, "openEndpoint: key"),
     ]);
-    const [id, session, windowPages, intrPages, slotId] = reply.vals;
+    const [id, session, windowPages, intrPages, slotId, replaced] = reply.vals;
     try {
+      // The backend gave that slot a fresh interrupt page under a new id (a former peer still
+      // mapped the old one): the old id's mappings go, unless an open endpoint uses them.
+      const stale = replaced !== 0 ? this.slots.get(replaced) : undefined;
+      if (stale && ![...this.endpoints.values()].some((e) => e.slot === stale)) {
+        this.unmapAll(stale.mappings);
+        this.slots.delete(replaced);
+      }
       let slot = this.slots.get(slotId);
       if (!slot) {
         const refs = reply.refs();

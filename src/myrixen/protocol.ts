@@ -39,11 +39,16 @@
  *
  *   op               args                                   val / refs on page_ref
  *   OPEN_ENDPOINT    endpoint=id|ANY, a0=key                v0 id, v1 session, v2 window pages,
- *                                                           v3 intr pages, v4 slot (nonzero);
+ *                                                           v3 intr pages, v4 slot (nonzero),
+ *                                                           v5 slot id replaced (0: none);
  *                                                           refs: window, intr. A slot is this
  *                                                           domain's own memory: it comes back
  *                                                           with the same refs, so a frontend
- *                                                           may keep its mappings across closes
+ *                                                           may keep its mappings across closes;
+ *                                                           when a former peer still mapped its
+ *                                                           interrupt page, it comes back with a
+ *                                                           fresh one under a new id, v5 naming
+ *                                                           the old id (drop its mappings)
  *   CLOSE_ENDPOINT   endpoint                               -
  *   REGISTER         endpoint, a0=access, a1=offset in the  v0 region id, v1 key, v2 length
  *                    first page, a2=length, a3=nr_pages,

@@ -338,6 +338,7 @@ export class MyriBack {
         vals[2] = slot.window.count;
         vals[3] = slot.intr.count;
         vals[4] = slot.id;
+        vals[5] = slot.replaced;
         return this.putRefs(f, [slot.refs]);
       }
       case Op.CLOSE_ENDPOINT:

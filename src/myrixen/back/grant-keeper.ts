@@ -48,6 +48,11 @@ export class GrantKeeper {
     this.track(refs, true, done);
   }
 
+  /** Whether a peer maps any of `refs` now. */
+  mapped(refs: readonly number[]): boolean {
+    return refs.some((r) => this.guest.grants.isInUse(r));
+  }
+
   /** Runs `done` once no peer maps any of `refs` (now, or later); the grants stay. */
   whenUnused(refs: readonly number[], done: () => void): void {
     this.track(refs, false, done);

@@ -21,9 +21,11 @@ import { Stat } from "./stats.js";
  * thread can never be taken back; see xen/hypervisor/domain-record.ts, Segment). So:
  *  - an endpoint's window and interrupt page are a *slot* of its owner domain, granted to it
  *    once and reused only for that domain's later endpoints (at most its endpoint quota);
- *    a co-resident peer that connects is granted the interrupt page too (to wake the owner),
- *    and keeps that grant while the slot lives — an interrupt page holds no data, only a
- *    wake counter and a sleeping flag;
+ *    a co-resident peer that connects is granted the interrupt page too (to wake the owner).
+ *    When the slot serves the owner's next endpoint, peers that no longer map the page lose
+ *    their grant, and if one still maps it (it never let go), the slot gets a fresh
+ *    interrupt page and a new id: the next peers are never granted a page a former peer
+ *    still reaches (recall);
  *  - a channel's buffer belongs to its pair of domains, granted to both once and reused only
  *    for a later channel of the same pair, once neither maps it any more (at most
  *    CHANNELS_PER_PAIR per pair, CHANNELS_PER_DOMAIN per member domain across its pairs, and
@@ -44,6 +46,11 @@ export interface WindowSlot {
   refs: number[];
   /** Grants of the interrupt page to co-resident peers, by domain. */
   peerRefs: Map<DomId, number[]>;
+  /**
+   * The id this slot had until this take gave it a fresh interrupt page (0: none): the
+   * frontend drops its mappings of that id (protocol.ts, OPEN_ENDPOINT v5).
+   */
+  replaced: number;
 }
 
 export interface ChannelMem {
@@ -132,7 +139,15 @@ export class SharedMemory {
   takeSlot(domid: DomId): WindowSlot {
     const free = this.slots.get(domid);
     const reused = free?.pop();
-    if (reused) return reused;
+    if (reused) {
+      try {
+        this.recall(domid, reused);
+      } catch (e) {
+        free?.push(reused);
+        throw e;
+      }
+      return reused;
+    }
     const window = this.alloc(WINDOW_PAGES, [domid]);
     let intr: PageRun;
     try {
@@ -156,9 +171,52 @@ export class SharedMemory {
       throw e;
     }
     this.publish();
+    return { id: this.newSlotId(), window, intr, refs, peerRefs: new Map(), replaced: 0 };
+  }
+
+  private newSlotId(): number {
     const id = this.nextSlotId;
     this.nextSlotId = (this.nextSlotId % 0x7fffffff) + 1;
-    return { id, window, intr, refs, peerRefs: new Map() };
+    return id;
+  }
+
+  /**
+   * `slot` serves its owner's next endpoint: the grants of its interrupt page to peers that
+   * let go of it end; if a peer still maps it, the page is given up (it stays that peer's,
+   * and no one else's) and the slot gets a fresh one under a new id.
+   */
+  private recall(domid: DomId, slot: WindowSlot): void {
+    slot.replaced = 0;
+    let held = false;
+    for (const [peer, refs] of slot.peerRefs) {
+      if (this.keeper.mapped(refs)) {
+        held = true;
+        continue;
+      }
+      this.keeper.end(refs);
+      slot.peerRefs.delete(peer);
+      this.unindexPeer(peer, slot);
+    }
+    if (!held) return;
+    const intr = this.alloc(INTR_PAGES, [domid]);
+    let refs: number[];
+    try {
+      refs = this.keeper.grantRun(domid, intr.pfn, intr.count, false);
+    } catch (e) {
+      this.release(intr);
+      throw e;
+    }
+    // The owner's grant of the old page ends once its frontend drops that slot id (v5).
+    const old = slot.refs.splice(slot.refs.length - slot.intr.count, slot.intr.count, ...refs);
+    this.keeper.end([...old, ...[...slot.peerRefs.values()].flat()]);
+    for (const peer of slot.peerRefs.keys()) this.unindexPeer(peer, slot);
+    slot.peerRefs.clear();
+    this.release(slot.intr);
+    slot.intr = intr;
+    slot.replaced = slot.id;
+    slot.id = this.newSlotId();
+    Atomics.add(this.stats, Stat.intrPagesReplaced, 1);
+    this.publish();
   }
 
   /** The endpoint closed: the slot waits for the same domain's next endpoint. */

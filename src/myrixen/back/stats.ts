@@ -36,6 +36,8 @@ export const Stat = {
   channelBuffers: 25,
   /** Channels not made for a quota (shared-memory.ts): the pair talks through the NIC instead. */
   channelsRefused: 26,
+  /** Interrupt pages given up at a slot's reuse because a former peer still mapped them (shared-memory.ts recall). */
+  intrPagesReplaced: 27,
 } as const;
 export const STATS_BYTES = 32 * 4;
 
@@ -65,6 +67,7 @@ export interface BackendStats {
   shareLimits: number;
   channelBuffers: number;
   channelsRefused: number;
+  intrPagesReplaced: number;
 }
 
 export function readBackendStats(buffer: SharedArrayBuffer): BackendStats {
@@ -94,5 +97,6 @@ export function readBackendStats(buffer: SharedArrayBuffer): BackendStats {
     shareLimits: get(Stat.shareLimits),
     channelBuffers: get(Stat.channelBuffers),
     channelsRefused: get(Stat.channelsRefused),
+    intrPagesReplaced: get(Stat.intrPagesReplaced),
   };
 }

@@ -1,0 +1,87 @@
+/**
+ * A window slot's interrupt page and the peers it was granted to (src/myrixen/back/
+ * shared-memory.ts, recall). A co-resident peer is granted its peer's interrupt page (to wake
+ * it); a guest owns its kernel, so a hostile one keeps it mapped after the channel is gone.
+ * The slot then served its owner's next endpoint with that same page, granted to the next
+ * peers too: a former peer kept writing the wake counter and the sleeping flag the owner and
+ * its new peers rely on — memory a domain could reach was handed on while it lived. Now the
+ * slot comes back with a fresh interrupt page (and a new id, so the owner's frontend drops the
+ * old mappings) whenever a former peer still maps the old one; peers that let go only lose
+ * their grant.
+ */
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+import { Host } from "../src/host/host.js";
+import type { Domain } from "../src/xen/hypervisor.js";
+import { nextMessage } from "./helpers/messages.js";
+
+const PROGRAM = new URL("./fixtures/guests/intr-keeper.js", import.meta.url);
+
+let host: Host;
+before(async () => {
+  host = await Host.start({});
+});
+after(() => host.stop());
+
+async function next<T>(d: Domain): Promise<T> {
+  const [m] = await nextMessage(d);
+  return m as T;
+}
+
+function start(role: "owner" | "keeper" | "peer", i: number) {
+  return host.startGuest({ module: PROGRAM, args: { role }, name: `intr-${role}-${i}`, pages: 1024 });
+}
+
+async function settled(check: () => boolean, what: string): Promise<void> {
+  const until = Date.now() + 10_000;
+  while (!check()) {
+    if (Date.now() > until) throw new Error(`not within 10 s: ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+test("a former peer that keeps the owner's interrupt page mapped cannot write the page of the owner's next endpoint", async () => {
+  const replacedBefore = host.backendStats().intrPagesReplaced;
+  const owner = await start("owner", 1);
+  const addr = await next(owner);
+  const keeper = await start("keeper", 1);
+  keeper.send(addr);
+  assert.equal(await next(keeper), "connected");
+  // The owner's endpoint closes (its channel with it) and the same id opens again.
+  owner.send("reopen");
+  assert.equal(await next(owner), "reopened");
+  keeper.send("write");
+  assert.equal(await next(keeper), "written");
+  owner.send("check");
+  const { marked } = await next<{ marked: boolean }>(owner);
+  assert.equal(marked, false, "the former peer's write reached the reopened endpoint's interrupt page");
+  assert.equal(host.backendStats().intrPagesReplaced, replacedBefore + 1);
+  // Nothing of the old page is left once the keeper is gone, while the owner still runs: its
+  // frontend dropped the old slot id at the reopen, so the owner's grant of it ended too.
+  keeper.send("stop");
+  await keeper.exited;
+  await settled(() => host.backendStats().deferredGrants === 0, "dom0's deferred grants back to 0");
+  owner.send("stop");
+  await owner.exited;
+});
+
+test("a peer that let go of the page only loses its grant: the owner's slot keeps its interrupt page", async () => {
+  const replacedBefore = host.backendStats().intrPagesReplaced;
+  const grantsBefore = host.backendStats().grantsInUse;
+  const owner = await start("owner", 2);
+  const addr = await next(owner);
+  const peer = await start("peer", 2);
+  peer.send(addr);
+  assert.equal(await next(peer), "connected");
+  peer.send("release");
+  assert.equal(await next(peer), "released");
+  owner.send("reopen");
+  assert.equal(await next(owner), "reopened");
+  assert.equal(host.backendStats().intrPagesReplaced, replacedBefore, "no fresh page for an honest peer");
+  for (const d of [owner, peer]) d.send("stop");
+  await Promise.all([owner.exited, peer.exited]);
+  await settled(
+    () => host.backendStats().grantsInUse <= grantsBefore,
+    "dom0's grants back to where they were",
+  );
+});
