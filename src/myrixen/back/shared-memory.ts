@@ -187,35 +187,29 @@ export class SharedMemory {
    */
   private recall(domid: DomId, slot: WindowSlot): void {
     slot.replaced = 0;
-    let held = false;
-    for (const [peer, refs] of slot.peerRefs) {
-      if (this.keeper.mapped(refs)) {
-        held = true;
-        continue;
+    const peers = [...slot.peerRefs.values()].flat();
+    let ending = peers;
+    if (this.keeper.mapped(peers)) {
+      const intr = this.alloc(INTR_PAGES, [domid]);
+      let refs: number[];
+      try {
+        refs = this.keeper.grantRun(domid, intr.pfn, intr.count, false);
+      } catch (e) {
+        this.release(intr);
+        throw e;
       }
-      this.keeper.end(refs);
-      slot.peerRefs.delete(peer);
-      this.unindexPeer(peer, slot);
+      // The owner's grant of the old page ends once its frontend drops that slot id (v5).
+      ending = [...slot.refs.splice(slot.refs.length - slot.intr.count, slot.intr.count, ...refs), ...peers];
+      this.release(slot.intr);
+      slot.intr = intr;
+      slot.replaced = slot.id;
+      slot.id = this.newSlotId();
+      Atomics.add(this.stats, Stat.intrPagesReplaced, 1);
     }
-    if (!held) return;
-    const intr = this.alloc(INTR_PAGES, [domid]);
-    let refs: number[];
-    try {
-      refs = this.keeper.grantRun(domid, intr.pfn, intr.count, false);
-    } catch (e) {
-      this.release(intr);
-      throw e;
-    }
-    // The owner's grant of the old page ends once its frontend drops that slot id (v5).
-    const old = slot.refs.splice(slot.refs.length - slot.intr.count, slot.intr.count, ...refs);
-    this.keeper.end([...old, ...[...slot.peerRefs.values()].flat()]);
+    // The peers' grants end (now, or once the one that holds on lets go); a new connect grants again.
+    this.keeper.end(ending);
     for (const peer of slot.peerRefs.keys()) this.unindexPeer(peer, slot);
     slot.peerRefs.clear();
-    this.release(slot.intr);
-    slot.intr = intr;
-    slot.replaced = slot.id;
-    slot.id = this.newSlotId();
-    Atomics.add(this.stats, Stat.intrPagesReplaced, 1);
     this.publish();
   }
 
