@@ -381,6 +381,10 @@ export class Hypervisor {
 
   private serveHypercall(rec: DomainRecord, req: HypercallRequest) {
     rec.hyp.add("hypercalls");
+    // A stopped domain's thread runs on for a moment (its last output's grace, stopDomain)
+    // and may still ask: nothing it asks for now would ever be released (its record is gone),
+    // so a map would pin its granters' pages for good. Refused, as Xen refuses a dying domain.
+    if (!this.serves(rec)) return { ok: false as const, errno: "ESRCH", message: gone(rec) };
     try {
       return { ok: true as const, value: this.execute(rec, req) };
     } catch (e) {
@@ -392,6 +396,11 @@ export class Hypervisor {
         message: `EINVAL: ${(e as Error)?.message ?? String(e)}`,
       };
     }
+  }
+
+  /** True while `rec` is its domain's live record: not released, its id not yet reused. */
+  private serves(rec: DomainRecord): boolean {
+    return this.records.get(rec.domid) === rec;
   }
 
   private count(rec: DomainRecord, name: CounterName, n = 1): void {
@@ -522,6 +531,16 @@ export class Hypervisor {
   ): void {
     if (msg?.kind !== "xenstore") return;
     const send = (m: AsyncToGuest) => port.postMessage(m);
+    if (!this.serves(rec)) {
+      // Its subtree and watches went with it (release): nothing of its may come back.
+      send({
+        kind: "xenstore-reply",
+        id: msg.id,
+        ok: false,
+        error: { errno: "ESRCH", message: gone(rec), path: "" },
+      });
+      return;
+    }
     try {
       // Replies go at once (the runtime's request window bounds them); watch events through
       // the domain's event window (xenstore/port-credit.ts).
@@ -538,6 +557,11 @@ export class Hypervisor {
       send({ kind: "xenstore-reply", id: msg.id, ok: false, error: err });
     }
   }
+}
+
+/** What a stopped domain's thread is told when it still asks for something. */
+function gone(rec: DomainRecord): string {
+  return `ESRCH: domain ${rec.domid} has stopped; it can make no more requests`;
 }
 
 export { fileURLToPath };
