@@ -207,6 +207,28 @@ test("an impostor NIC claiming a linked peer's id is refused and logged; the job
       /closed the connection instead of proving the cluster key/,
     );
 
+    // (d) The cluster's own key, claiming the linked peer's id (every key holder can prove
+    // the key, not who it is): the handshake passes, but the real link answers its probe, so
+    // the impostor is refused before it sees a frame. (It used to replace the real link, and
+    // its goodbye kept the real peer from coming back: the job's messages went to the impostor.)
+    const impostor = await connectTcpLink({
+      nicId: claimed,
+      host: "127.0.0.1",
+      port: listener.linkPort,
+      key: KEY.bytes,
+      log: () => {},
+    });
+    let framesToImpostor = 0;
+    impostor.onFrame(() => {
+      framesToImpostor++;
+    });
+    let impostorClosed = false;
+    impostor.onClose(() => {
+      impostorClosed = true;
+    });
+    await until(() => impostorClosed, "the impostor with the cluster key refused", 10_000);
+    assert.equal(framesToImpostor, 0, "the impostor received the job's frames");
+
     // The job keeps exchanging (and checking) messages over the real link afterwards.
     const mark = lastRound;
     await until(() => lastRound >= mark + 30 || failedEarly, "more traffic after the attacks", 30_000);
@@ -239,6 +261,12 @@ test("an impostor NIC claiming a linked peer's id is refused and logged; the job
       show,
     );
     assert.equal(refusals.filter((l) => /authentication failed/.test(String(l.reason))).length, 2, show);
+    assert.ok(
+      refusals.some((l) =>
+        new RegExp(`claims NIC ${claimed}, whose link is attached and answers`).test(String(l.reason)),
+      ),
+      show,
+    );
     assert.ok(!listener.logs.slice(logsBefore).some((l) => /replaces the previous connection/.test(l.msg)));
   } finally {
     await job.stop();

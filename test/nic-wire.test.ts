@@ -775,7 +775,7 @@ test("a peer NIC killed mid-pull: the pull and the SENDs awaiting their ACK comp
   assert.equal(nic1.counters().global.internal_errors, 0);
 });
 
-test("a peer NIC restarted on the same port: the connecting NIC reconnects; a NIC that connects again replaces its link", async () => {
+test("a peer NIC restarted on the same port: the connecting NIC reconnects; a NIC that connects again replaces its link once the old one is dead, never while it answers", async () => {
   const { nic: first, port } = await peerOf1(4);
   const a = Owner.open(ctl1, "a");
   const reconnects0 = nic1.counters().global.link_reconnects;
@@ -805,7 +805,8 @@ test("a peer NIC restarted on the same port: the connecting NIC reconnects; a NI
   await sleep(200);
   assert.ok(!info(ctl1).links.includes(4), "no reconnection after an explicit detach");
 
-  // The listening side: a second connection from the same NIC id replaces the first.
+  // The listening side: a second connection claiming a linked NIC's id is refused while the
+  // first answers (any key holder can claim any id: a live link is never handed over)...
   const { nic: nic5, ctl: ctl5, port: p5 } = await peerOf1(5);
   const x1 = await connectTcpLink({ nicId: 8, host: HOST, port: p5, log: quiet, key: LINK_KEY });
   await until(() => info(ctl5).links.includes(8), "the first connection");
@@ -813,8 +814,20 @@ test("a peer NIC restarted on the same port: the connecting NIC reconnects; a NI
   x1.onClose(() => {
     closed1 = true;
   });
+  const impostor = await connectTcpLink({ nicId: 8, host: HOST, port: p5, log: quiet, key: LINK_KEY });
+  let impostorClosed = false;
+  impostor.onClose(() => {
+    impostorClosed = true;
+  });
+  await until(() => impostorClosed, "the second connection refused", 5000);
+  assert.equal(closed1, false, "the live first connection was replaced");
+  assert.equal(impostor.goodbye, false, "a refused connection gets no goodbye: its dialer may try again");
+  // ...and replaces it once the first stops answering (its NIC died, the connection did not
+  // close): here the first's socket is no longer read, so its probe goes unanswered.
+  (x1 as unknown as { socket: { pause(): void } }).socket.pause();
   const x2 = await connectTcpLink({ nicId: 8, host: HOST, port: p5, log: quiet, key: LINK_KEY });
-  await until(() => closed1, "the first connection replaced");
+  await until(() => closed1, "the dead first connection replaced", 5000);
+  assert.equal(x1.goodbye, false, "a replaced link gets no goodbye");
   const s8 = info(ctl5).linkStates!.find((l) => l.peerNic === 8)!;
   assert.deepEqual([s8.state, s8.reconnects], ["up", 1]);
   x2.close();

@@ -200,7 +200,7 @@ test("bare links: handshake, frames both ways, framing faults drop and count, ve
     );
     await until(() => tcpLinkStats.handshakesRejected - rejected0 >= 2, "two refused handshakes");
     assert.ok(
-      logs.some((m) => /protocol version mismatch: peer speaks version 1, this NIC speaks 3/.test(m)),
+      logs.some((m) => /protocol version mismatch: peer speaks version 1, this NIC speaks 4/.test(m)),
     );
     assert.equal(accepted.length, 5, "no bad peer was handed over");
     for (const l of [c, tiny, badLen, unknownType, truncated]) l.close();

@@ -106,7 +106,7 @@ export class LocalTarget implements JobTarget {
     for (const p of peers)
       if (!have.has(p.nicId) && this.nicId < p.nicId)
         await this.host.nic
-          .attachLink({ kind: "tcp", host: p.host, port: p.port, timeoutMs, key })
+          .attachLink({ kind: "tcp", host: p.host, port: p.port, timeoutMs, key, peerNic: p.nicId })
           .catch((e: Error) => {
             // Another job linked them meanwhile (jobs starting at once): the link is there.
             if (!e.message.startsWith("EBUSY:")) throw e;

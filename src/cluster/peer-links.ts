@@ -76,6 +76,7 @@ export class PeerLinks {
               kind: "tcp",
               host: p.host,
               port: p.port,
+              peerNic: p.nicId,
               timeoutMs: left,
               key: this.opts.key.bytes,
             });

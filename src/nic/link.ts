@@ -46,6 +46,13 @@ export interface Link {
   uncork?(): void;
   /** Called when a link that refused a frame can take frames again. */
   onWritable?(cb: () => void): void;
+  /**
+   * Optional: true if the peer NIC still answers on this link within `timeoutMs` (tcp-link.ts).
+   * A link that can say so is never replaced by a newer one claiming the same peer while it does.
+   */
+  probe?(timeoutMs: number): Promise<boolean>;
+  /** Optional: ends the link without a goodbye (the peer takes it for lost, not detached). */
+  abort?(reason: string): void;
   close(): void;
 }
 
@@ -58,7 +65,7 @@ export interface Link {
  */
 export type LinkSpec =
   | { kind: "loopback"; slots?: number }
-  | { kind: "tcp"; host?: string; port: number; timeoutMs?: number; key: Uint8Array }
+  | { kind: "tcp"; host?: string; port: number; timeoutMs?: number; key: Uint8Array; peerNic?: number }
   | { kind: "tcp-listen"; host?: string; port: number; key: Uint8Array };
 
 export const LOOPBACK_DEFAULT_SLOTS = 64;

@@ -69,7 +69,10 @@ export class Links {
         throw new NicError("EBUSY", `a link to NIC ${link.peerNic} is already attached; detach it first`);
       this.c[NicCounter.link_losses]++;
       this.remove(old);
-      old.link.close();
+      // Replaced because it stopped answering (tcp-attach.ts): no goodbye, which would tell
+      // the peer not to come back, if it still can.
+      if (old.link.abort) old.link.abort("replaced by a new connection from the same NIC");
+      else old.link.close();
       reconnected = true;
     }
     const ls = new LinkState(link, link.peerNic);

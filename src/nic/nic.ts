@@ -300,6 +300,11 @@ export class Nic {
     return this.linkTable.has(peerNic);
   }
 
+  /** The link attached to `peerNic`, if any. */
+  attachedLink(peerNic: number): Link | undefined {
+    return this.linkTable.get(peerNic)?.link;
+  }
+
   /** Runs `cb` when the NIC stops (reconnecting links cancel their retries). */
   onStop(cb: () => void): void {
     this.stopHooks.push(cb);

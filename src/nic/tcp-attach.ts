@@ -6,18 +6,30 @@
  * detaches that peer or the NIC stops; "tcp-listen" accepts peers and attaches each one that
  * proves the key, replacing any link the NIC still has to that peer.
  *
- * Because a listener replaces, a second connection to a peer already linked costs the working
- * one (and fails what is in flight on it) at the peer's end before this end even learns whom it
- * reached. So an attach to an address this NIC is linked through already is refused (EBUSY)
- * without dialing, one to an address being dialed waits for that dial first, and a connection
- * that reaches a peer linked another way (it dialed us, or another of its addresses) replaces
- * that link here too, as the peer's listener just did: both ends keep the new connection.
+ * A live link is never replaced. The cluster key proves that a peer belongs to the cluster, not
+ * which NIC it is: any key holder can claim any NIC id. So a connection claiming the id of a
+ * peer this NIC is linked to is taken only if the old link no longer answers a probe
+ * (LINK_PROBE_MS: the peer restarted, or its old connection died unnoticed); while it answers,
+ * the newcomer is refused and logged with its address, and a link that is replaced gets no
+ * goodbye (which would tell its peer not to come back). Both ends apply the rule to the same old
+ * link, so they agree: a dialer whose peer was linked another way keeps that link if it answers.
+ * An attach that names the NIC it means to reach (`peerNic`, as the cluster's launchers and
+ * hosts do) refuses a listener that turns out to be another. An attach to an address this NIC
+ * is linked through already is refused (EBUSY) without dialing, and one to an address being
+ * dialed waits for that dial first.
  */
 import type { Link } from "./link.js";
 import { NicError } from "./status.js";
 import { checkKey } from "./tcp-handshake.js";
-import { defaultLog, type TcpLink, type TcpLinkLog } from "./tcp-link.js";
+import { defaultLog, type TcpLink, type TcpLinkLog, tcpLinkStats } from "./tcp-link.js";
 import { connectTcpLink, listenTcpLinks, type TcpLinkServer } from "./tcp-link-setup.js";
+
+/**
+ * How long an attached link has to answer a probe before a newer connection claiming its peer
+ * replaces it. A NIC answers from its event loop, so a live one answers in well under this even
+ * while it streams; a dead connection costs a restarted peer this much once.
+ */
+export const LINK_PROBE_MS = 1000;
 
 export const RECONNECT_MIN_MS = 50;
 export const RECONNECT_MAX_MS = 1000;
@@ -40,12 +52,22 @@ export interface TcpLinkHost {
   /** No reconnection will be tried any more for that peer. */
   forgetLink(peerNic: number): void;
   hasLink(peerNic: number): boolean;
+  /** The link attached to `peerNic`, if any. */
+  attachedLink(peerNic: number): Link | undefined;
   onStop(cb: () => void): void;
 }
 
-/** `key`: the cluster key both ends hold (never sent; tcp-handshake.ts). */
+/** True if a link to `peerNic` is attached and its peer still answers on it. */
+async function liveLink(nic: TcpLinkHost, peerNic: number): Promise<boolean> {
+  const old = nic.attachedLink(peerNic);
+  if (old === undefined) return false;
+  if (old.probe === undefined) return true;
+  return (await old.probe(LINK_PROBE_MS)) && nic.attachedLink(peerNic) === old;
+}
+
+/** `key`: the cluster key both ends hold (never sent; tcp-handshake.ts); `peerNic`: the NIC the dialer means to reach. */
 export type TcpLinkSpec =
-  | { kind: "tcp"; host?: string; port: number; timeoutMs?: number; key: Uint8Array }
+  | { kind: "tcp"; host?: string; port: number; timeoutMs?: number; key: Uint8Array; peerNic?: number }
   | { kind: "tcp-listen"; host?: string; port: number; key: Uint8Array };
 
 export function isTcpLinkSpec(spec: unknown): spec is TcpLinkSpec {
@@ -237,13 +259,25 @@ async function dialAndAttach(
   timeoutMs: number | undefined,
   key: Buffer,
   log: TcpLinkLog,
+  expected: number | undefined,
 ): Promise<TcpLink> {
   const link = await connectTcpLink({ nicId: nic.nicId, host, port, key, timeoutMs, log });
+  if (expected !== undefined && link.peerNic !== expected) {
+    link.abort(`reached NIC ${link.peerNic}, not NIC ${expected}`);
+    throw new NicError(
+      "EPROTO",
+      `${host}:${port} answered as NIC ${link.peerNic}, not NIC ${expected}: another host listens there, or one claims to be it`,
+    );
+  }
+  // Linked already another way: the peer's listener refused this connection if that link
+  // answers (and took it if not), so this end decides on the same link the same way.
+  const replacing = nic.hasLink(link.peerNic);
+  if (replacing && (await liveLink(nic, link.peerNic))) {
+    link.abort("a live link to this NIC is attached already");
+    throw new NicError("EBUSY", `a link to NIC ${link.peerNic} is attached already, and it answers`);
+  }
   // An explicit attach wins over a reconnection still trying for that peer.
   cancelTcpReconnect(nic, link.peerNic);
-  // Linked already another way: the peer's listener has replaced that link with this
-  // connection, so this end does too (refusing it left neither end a link).
-  const replacing = nic.hasLink(link.peerNic);
   try {
     nic.attachLink(link, true);
   } catch (e) {
@@ -286,6 +320,12 @@ export async function attachTcpSpec(
     throw new RangeError("tcp link: host must be a string");
   if (s.timeoutMs !== undefined && (!Number.isInteger(s.timeoutMs) || (s.timeoutMs as number) < 1))
     throw new RangeError("tcp link: timeoutMs must be a positive integer");
+  const expected = (spec as { peerNic?: unknown }).peerNic;
+  if (
+    expected !== undefined &&
+    (!Number.isInteger(expected) || (expected as number) < 0 || (expected as number) > 0xffffffff)
+  )
+    throw new RangeError("tcp link: peerNic must be a NIC id (an integer in 0..2^32-1)");
   if (spec.kind === "tcp") {
     const host = spec.host ?? "127.0.0.1";
     const where = `${host}:${spec.port}`;
@@ -296,7 +336,7 @@ export async function attachTcpSpec(
     for (const r of reconnectorsOf(nic).values())
       if (r.host === host && r.port === spec.port && r.link !== null && nic.hasLink(r.peerNic))
         throw new NicError("EBUSY", `a link to NIC ${r.peerNic} through ${where} is already attached`);
-    const run = dialAndAttach(nic, host, spec.port, spec.timeoutMs, key, log);
+    const run = dialAndAttach(nic, host, spec.port, spec.timeoutMs, key, log, expected as number | undefined);
     dials.set(where, run);
     try {
       return await run;
@@ -304,6 +344,22 @@ export async function attachTcpSpec(
       if (dials.get(where) === run) dials.delete(where);
     }
   }
+  /** Attaches a link the listener took; `replacing`: the peer's old link did not answer. */
+  const take = (link: TcpLink, replacing: boolean): void => {
+    nic.attachLink(link, true);
+    log(
+      `tcp-link nic ${nic.nicId} <- nic ${link.peerNic}: link up${replacing ? " (replaces the previous connection)" : ""}`,
+      { level: "info", peerNic: link.peerNic },
+    );
+    link.onClose((reason) => {
+      nic.linkLost(link, false);
+      if (nic.hasLink(link.peerNic)) return;
+      log(`tcp-link nic ${nic.nicId} <- nic ${link.peerNic}: link down (${reason})`, {
+        peerNic: link.peerNic,
+        reason,
+      });
+    });
+  };
   return listenTcpLinks({
     nicId: nic.nicId,
     host: spec.host,
@@ -311,20 +367,33 @@ export async function attachTcpSpec(
     key,
     log,
     onLink: (link) => {
-      // Only a peer that proved the cluster key gets here. A NIC that connects again (it
-      // restarted, or its old connection died unnoticed) replaces its old link.
-      const replacing = nic.hasLink(link.peerNic);
-      nic.attachLink(link, true);
-      log(
-        `tcp-link nic ${nic.nicId} <- nic ${link.peerNic}: link up${replacing ? " (replaces the previous connection)" : ""}`,
-        { level: "info", peerNic: link.peerNic },
-      );
-      link.onClose((reason) => {
-        nic.linkLost(link, false);
-        if (nic.hasLink(link.peerNic)) return;
-        log(`tcp-link nic ${nic.nicId} <- nic ${link.peerNic}: link down (${reason})`, {
+      // Only a peer that proved the cluster key gets here; the id it claims is its word. A
+      // NIC that connects again (it restarted, or its old connection died unnoticed) replaces
+      // its old link once that link fails to answer; while it answers, the newcomer is
+      // refused. The newcomer's frames wait meanwhile.
+      if (!nic.hasLink(link.peerNic)) {
+        take(link, false);
+        return;
+      }
+      link.hold();
+      void liveLink(nic, link.peerNic).then((alive) => {
+        if (link.isClosed) return;
+        if (!alive) {
+          link.release();
+          try {
+            take(link, nic.hasLink(link.peerNic));
+          } catch (e) {
+            link.abort((e as Error).message);
+          }
+          return;
+        }
+        const why = `it claims NIC ${link.peerNic}, whose link is attached and answers`;
+        link.abort(why);
+        tcpLinkStats.handshakesRejected++;
+        log(`tcp-link nic ${nic.nicId}: refused a connection from ${link.remote}: ${why}`, {
+          remote: link.remote,
+          reason: why,
           peerNic: link.peerNic,
-          reason,
         });
       });
     },

@@ -28,10 +28,10 @@ import { FRAME_MAX } from "./frame.js";
 
 export const TCP_LINK_MAGIC = 0x4c54584d; // "MXTL" in little-endian bytes
 /**
- * 3: a link is two connections, main and bulk, each proved (2: one connection; 1 had no
- * authentication).
+ * 4: the main connection carries probes and their answers (tcp-link.ts PING/PONG); 3: a link
+ * is two connections, main and bulk, each proved (2: one connection; 1 had no authentication).
  */
-export const TCP_LINK_VERSION = 3;
+export const TCP_LINK_VERSION = 4;
 export const TCP_NONCE_BYTES = 32;
 export const TCP_HELLO_BYTES = 16 + TCP_NONCE_BYTES;
 export const TCP_PROOF_BYTES = 32;

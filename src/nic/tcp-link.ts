@@ -54,6 +54,7 @@
  * never depended on the position of a PULL_REPLY (MX orders messages by per-pair sequence
  * numbers, mx/matching.ts; a pull ends with its own replies).
  */
+import { randomInt } from "node:crypto";
 import type net from "node:net";
 import { checkFrame, F_LENGTH, FRAME_HEADER_BYTES, FRAME_MAX, FrameType, getWord } from "./frame.js";
 import type { Link } from "./link.js";
@@ -87,6 +88,14 @@ const LEND_POOL = 16;
 const LENT_FRAME_AT = 8;
 /** The length prefix of a credit (link-internal; a frame is never this short). */
 const CREDIT_PREFIX = 1;
+/**
+ * Length prefixes of a probe and its answer (link-internal, on the main connection, each with
+ * a u32 token): whether the NIC at the other end still reads this connection. A NIC that
+ * claims the id of a peer whose link answers is refused (tcp-attach.ts): a live link is never
+ * replaced, so a key holder cannot take over another host's link by claiming its NIC id.
+ */
+const PING_PREFIX = 2;
+const PONG_PREFIX = 3;
 
 /**
  * Bulk bytes received between two credits, at most: half the link's own window (so a peer with
@@ -152,8 +161,8 @@ class FrameReader {
   lenGot = 0;
   frameLen = -1;
   frameGot = 0;
-  /** The frame being read is a credit (main lane). */
-  credit = false;
+  /** The frame being read is link-internal: 0, or its prefix (CREDIT_PREFIX, PING_PREFIX, PONG_PREFIX; main lane). */
+  control = 0;
   /** The connection ended (its 'end' came). */
   ended = false;
 
@@ -221,6 +230,14 @@ export class TcpLink implements Link {
   framesUnclaimed = 0;
   /** The peer closed on purpose (sent a goodbye). */
   goodbye = false;
+  /** The peer's address of the main connection, host:port (for logs). */
+  readonly remote: string;
+  /** Reading waits for release() (hold()); and whether the link's first turn has come. */
+  private held = false;
+  private started = false;
+  private readonly startRest: [Buffer, Buffer];
+  /** Probes waiting for their answer, by token. */
+  private readonly probes = new Map<number, (alive: boolean) => void>();
 
   /** `socket`: the main connection; `bulk`: the bulk connection paired with it; `rest`s: bytes that came with their handshakes. */
   constructor(
@@ -237,6 +254,8 @@ export class TcpLink implements Link {
     this.bulkQueueMark = Math.max(FRAME_MAX + 4, options.bulkQueue ?? TCP_BULK_QUEUE);
     this.creditEvery = Math.min(CREDIT_EVERY, Math.floor(this.bulkWindow / 2));
     this.log = options.log ?? defaultLog;
+    this.remote = `${socket.remoteAddress ?? "?"}:${socket.remotePort ?? "?"}`;
+    this.startRest = [rest, bulkRest];
     socket.setNoDelay(true);
     bulk.setNoDelay(true);
     socket.on("data", (chunk: Buffer) => this.onData(this.mainRx, chunk));
@@ -276,13 +295,66 @@ export class TcpLink implements Link {
     }
     // Bytes that came with the hellos wait a turn, so that whoever gets the link can set onFrame.
     setImmediate(() => {
-      if (this.closed) return;
-      if (rest.length > 0) this.onData(this.mainRx, rest);
-      if (bulkRest.length > 0 && !this.closed) this.onData(this.bulkRx, bulkRest);
-      if (this.closed) return;
-      socket.resume();
-      bulk.resume();
+      this.started = true;
+      if (!this.held) this.start();
     });
+  }
+
+  private start(): void {
+    if (this.closed) return;
+    const [rest, bulkRest] = this.startRest;
+    this.startRest[0] = this.startRest[1] = EMPTY;
+    if (rest.length > 0) this.onData(this.mainRx, rest);
+    if (bulkRest.length > 0 && !this.closed) this.onData(this.bulkRx, bulkRest);
+    if (this.closed) return;
+    this.socket.resume();
+    this.bulk.resume();
+  }
+
+  /** Reads nothing from the peer until release() (called before the link's first turn: a listener deciding whether to take it). */
+  hold(): void {
+    this.held = true;
+  }
+
+  release(): void {
+    if (!this.held) return;
+    this.held = false;
+    if (this.started) this.start();
+  }
+
+  /**
+   * Asks the peer NIC to answer on this connection: true if it does within `timeoutMs`, false
+   * if not (or the link closes). A NIC answers from its event loop, whatever it is doing.
+   */
+  probe(timeoutMs: number): Promise<boolean> {
+    if (this.closed) return Promise.resolve(false);
+    let token: number;
+    do token = randomInt(1, 0x7fffffff);
+    while (this.probes.has(token));
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => answer(false), timeoutMs);
+      timer.unref?.();
+      const answer = (alive: boolean) => {
+        clearTimeout(timer);
+        this.probes.delete(token);
+        resolve(alive);
+      };
+      this.probes.set(token, answer);
+      this.writeControl(PING_PREFIX, token);
+    });
+  }
+
+  /** Ends the link without a goodbye: the peer takes it for lost (and reconnects, if it dialed). */
+  abort(reason: string): void {
+    this.shutdown(reason, false);
+  }
+
+  private writeControl(prefix: number, value: number): void {
+    if (this.closed || this.socket.destroyed) return;
+    const b = Buffer.allocUnsafe(8);
+    b.writeUInt32LE(prefix, 0);
+    b.writeInt32LE(value, 4);
+    this.socket.write(b);
   }
 
   send(frame: Uint8Array): boolean {
@@ -453,6 +525,7 @@ export class TcpLink implements Link {
     this.closeReason = reason;
     this.frameCb = null;
     this.writableCb = null;
+    for (const answer of [...this.probes.values()]) answer(false);
     for (const sock of [this.socket, this.bulk]) {
       if (graceful) {
         sock.end();
@@ -518,8 +591,8 @@ export class TcpLink implements Link {
           else setTimeout(() => this.shutdown("detached by the peer", false), 1000).unref();
           return;
         }
-        if (len === CREDIT_PREFIX) {
-          r.credit = true;
+        if (len === CREDIT_PREFIX || len === PING_PREFIX || len === PONG_PREFIX) {
+          r.control = len;
           r.frameLen = 4;
           r.frameGot = 0;
           continue;
@@ -544,9 +617,13 @@ export class TcpLink implements Link {
         frame = r.rx.subarray(0, r.frameLen);
       }
       r.frameLen = -1;
-      if (r.credit) {
-        r.credit = false;
-        this.onCredit(frame.readInt32LE(0));
+      if (r.control !== 0) {
+        const value = frame.readInt32LE(0);
+        const control = r.control;
+        r.control = 0;
+        if (control === CREDIT_PREFIX) this.onCredit(value);
+        else if (control === PING_PREFIX) this.writeControl(PONG_PREFIX, value);
+        else this.probes.get(value)?.(true);
         continue;
       }
       const type = checkFrame(frame);
