@@ -14,8 +14,9 @@
  * proof gets a random session cookie (HttpOnly, SameSite=Strict) that the API and the
  * WebSocket require. A WebSocket from another origin is refused (a web page the user visits
  * cannot read the dashboard), and so is a Host header that is not the dashboard's own when
- * it binds the loopback (DNS rebinding). Clients are bounded (maxClients WebSockets, 64
- * pending challenges, 64 sessions, MAX_HTTP_CONNECTIONS other connections, the oldest going);
+ * it binds the loopback (DNS rebinding). Challenges are signed, not stored (see Challenges),
+ * so asking for any number of them crowds out nobody's. Clients are bounded (maxClients
+ * WebSockets, 64 sessions, MAX_HTTP_CONNECTIONS other connections, the oldest going);
  * a client that sends garbage is dropped with a logged reason; one that reads too slowly
  * misses updates and, after 30 s behind, is dropped.
  */
@@ -34,9 +35,10 @@ import { type HostRates, type HostSnapshot, rates, type TrafficPath } from "../h
 export const DEFAULT_DASHBOARD_PORT = 7480;
 const AUTH_LABEL = "MyriXen dashboard v1\0";
 const COOKIE = "myrixen_session";
-const MAX_CHALLENGES = 64;
 const MAX_SESSIONS = 64;
 const CHALLENGE_MS = 60_000;
+/** Challenges remembered as used (within their lifetime): see Challenges. */
+export const MAX_USED_CHALLENGES = 1024;
 const SESSION_MS = 12 * 3600_000;
 /** Latency samples kept per path (a window of the last minute or so). */
 const LATENCY_WINDOW = 240;
@@ -66,6 +68,8 @@ export interface DashboardOptions {
   log: Logger;
   intervalMs?: number;
   maxClients?: number;
+  /** How long a sign-in challenge stays good (default 60 s). */
+  challengeMs?: number;
 }
 
 export interface HostState {
@@ -90,6 +94,65 @@ export function dashboardProof(key: Buffer, nonce: string): string {
     .update(AUTH_LABEL, "latin1")
     .update(Buffer.from(nonce, "hex"))
     .digest("hex");
+}
+
+/**
+ * Sign-in challenges, stateless so that nobody can crowd out another's. A nonce (32 bytes, 64
+ * hex as before) is when it was issued (6 bytes, ms of this process's monotonic clock) ‖ 10
+ * random bytes ‖ the first 16 bytes of HMAC-SHA256 of both under a random secret of this
+ * server. The server keeps no pending challenge: it checks a returned nonce's tag and age.
+ * (It used to keep the last 64 given out, the oldest going: anyone who reached the port could
+ * ask for 64 between a user's GET and POST and so refuse every sign-in.) One-time use needs
+ * only the challenges already used within their lifetime, and only a proof of the key adds
+ * one, so strangers cannot grow that set; key holders can, up to MAX_USED_CHALLENGES, past
+ * which the first used is forgotten and every challenge issued no later than it counts as
+ * expired (never replayable).
+ */
+class Challenges {
+  private readonly secret = randomBytes(32);
+  /** nonce → when it was issued, in the order they were used. */
+  private readonly used = new Map<string, number>();
+  /** Challenges issued at or before this are refused (their used entry may be forgotten). */
+  private floor = -1;
+
+  constructor(readonly lifetimeMs: number) {}
+
+  private tag(head: Buffer): Buffer {
+    return createHmac("sha256", this.secret)
+      .update("MyriXen dashboard challenge\0", "latin1")
+      .update(head)
+      .digest()
+      .subarray(0, 16);
+  }
+
+  issue(): string {
+    const head = Buffer.alloc(16);
+    head.writeUIntBE(Math.floor(performance.now()), 0, 6);
+    randomBytes(10).copy(head, 6);
+    return Buffer.concat([head, this.tag(head)]).toString("hex");
+  }
+
+  /** Why `nonce` (64 hex) cannot sign in, or undefined if it can. */
+  refusal(nonce: string): "unknown" | "expired" | "used" | undefined {
+    const b = Buffer.from(nonce, "hex");
+    if (!timingSafeEqual(this.tag(b.subarray(0, 16)), b.subarray(16))) return "unknown";
+    const issued = b.readUIntBE(0, 6);
+    if (performance.now() - issued > this.lifetimeMs || issued <= this.floor) return "expired";
+    if (this.used.has(nonce)) return "used";
+    return undefined;
+  }
+
+  /** Marks a good challenge used (after refusal() said it can sign in and its proof matched). */
+  use(nonce: string): void {
+    const now = performance.now();
+    for (const [n, issued] of this.used) if (now - issued > this.lifetimeMs) this.used.delete(n);
+    while (this.used.size >= MAX_USED_CHALLENGES) {
+      const [n, issued] = this.used.entries().next().value!;
+      this.used.delete(n);
+      this.floor = Math.max(this.floor, issued);
+    }
+    this.used.set(nonce, Buffer.from(nonce, "hex").readUIntBE(0, 6));
+  }
 }
 
 function isLoopbackBind(host: string): boolean {
@@ -128,7 +191,7 @@ function cookieOf(req: FastifyRequest): string | undefined {
 
 export class Dashboard {
   private readonly clients = new Map<WebSocket, { slowSince?: number }>();
-  private readonly challenges = new Map<string, number>();
+  private readonly challenges: Challenges;
   private readonly sessions = new Map<string, number>();
   private readonly prev = new Map<string, HostSnapshot>();
   private readonly latency: Record<TrafficPath, number[]> = { bypass: [], native: [], split: [] };
@@ -148,6 +211,7 @@ export class Dashboard {
     private readonly httpConns: Set<net.Socket> = new Set(),
   ) {
     this.authRequired = !isLoopbackBind(host);
+    this.challenges = new Challenges(opts.challengeMs ?? CHALLENGE_MS);
     this.warn = rateLimitedWarn(opts.log, "more dashboard clients refused (not logged one by one)");
   }
 
@@ -321,13 +385,7 @@ export class Dashboard {
   }
 
   private challenge(reply: FastifyReply) {
-    const now = Date.now();
-    for (const [n, exp] of this.challenges) if (exp < now) this.challenges.delete(n);
-    // Bounded: the oldest challenge makes room for a new one.
-    while (this.challenges.size >= MAX_CHALLENGES)
-      this.challenges.delete(this.challenges.keys().next().value!);
-    const nonce = randomBytes(32).toString("hex");
-    this.challenges.set(nonce, now + CHALLENGE_MS);
+    const nonce = this.challenges.issue();
     return reply.header("cache-control", "no-store").send({ nonce, label: AUTH_LABEL.slice(0, -1) });
   }
 
@@ -341,21 +399,32 @@ export class Dashboard {
       this.warn("dashboard login refused", { from: req.ip, reason: "a body without a nonce and a proof" });
       return reply.code(400).send({ error: 'send {"nonce": <from /auth/challenge>, "proof": <64 hex>}' });
     }
-    const exp = this.challenges.get(nonce);
-    this.challenges.delete(nonce);
     if (!this.authRequired) return reply.send({ ok: true });
+    const bad = this.challenges.refusal(nonce);
+    if (bad) {
+      const what =
+        bad === "unknown"
+          ? "the challenge is not one this dashboard gave out (or it has restarted since)"
+          : bad === "expired"
+            ? `the challenge expired (each lasts ${Math.round(this.challenges.lifetimeMs / 1000)} s)`
+            : "the challenge was used already (each signs in once)";
+      this.warn("dashboard login refused", { from: req.ip, reason: what });
+      return reply.code(403).send({
+        error: `${what}: get a new one and prove the key again (the page does when you sign in again)`,
+      });
+    }
     const want = Buffer.from(dashboardProof(this.opts.key!.bytes, nonce), "hex");
     const got = Buffer.from(proof, "hex");
-    if (exp === undefined || exp < Date.now() || !timingSafeEqual(want, got)) {
+    if (!timingSafeEqual(want, got)) {
       this.warn("dashboard login refused", {
         from: req.ip,
-        reason:
-          exp === undefined ? "an unknown or used challenge" : "a proof that does not match the cluster key",
+        reason: "a proof that does not match the cluster key",
       });
       return reply
         .code(403)
-        .send({ error: "that is not the cluster key (or the challenge expired): try again" });
+        .send({ error: "that is not the cluster key: the proof does not match it (the challenge was good)" });
     }
+    this.challenges.use(nonce);
     const now = Date.now();
     for (const [s, e] of this.sessions) if (e < now) this.sessions.delete(s);
     while (this.sessions.size >= MAX_SESSIONS) this.sessions.delete(this.sessions.keys().next().value!);
