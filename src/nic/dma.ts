@@ -162,11 +162,19 @@ export class DmaEngine {
   copyChunk(ctx: EndpointContext): void {
     const t = this.tpt;
     // Regions are immutable while their id resolves; one that went away ends the pull, and so
-    // does a right its owner revoked (looked at before every chunk).
+    // does a right its owner revoked (looked at before every chunk). Both regions must still be
+    // the owners' the copy began for (the source: the right's owner, or this endpoint), not
+    // only resolve: a 16-bit generation that wrapped must not hand it another's memory.
     const src = t.lookup(ctx.pullSrcId);
     const dst = t.lookup(ctx.pullDstId);
     const revoked = ctx.pullXp >= 0 && !this.rights.live(ctx.pullXpEp, ctx.pullXpSession, ctx.pullXp);
-    if (src < 0 || dst < 0 || t.owner[dst] !== ctx.id || revoked) {
+    if (
+      src < 0 ||
+      dst < 0 ||
+      t.owner[dst] !== ctx.id ||
+      t.owner[src] !== (ctx.pullXp >= 0 ? ctx.pullXpEp : ctx.id) ||
+      revoked
+    ) {
       if (revoked) this.c[NicCounter.pull_rights_revoked]++;
       this.stop(ctx);
       this.events.postPullDone(ctx, ctx.pullCookie, ctx.pullLen - ctx.pullLeft, MxStatus.ABORTED);

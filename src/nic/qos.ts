@@ -13,7 +13,13 @@
  *                  itself): deficit and tx bytes; the puller: rx bytes and rx messages
  *   remote PULL    the puller here: deficit, rx bytes, rx messages; the serving NIC charges
  *                  the source endpoint's deficit and tx bytes as it sends the replies
- *                  (remote-pull.ts serveJobs asks mayServe() and charge())
+ *                  (remote-pull.ts serveJobs asks mayServe() and chargeServed()). One whose
+ *                  source is on this NIC with no loopback link is copied here by the DMA
+ *                  engine, no replies sent: it is held and charged as a local PULL under a
+ *                  pull right (remote-pull.ts execPull asks maySelfServe(), then paidBy()).
+ *                  Charged to the puller only, a source capped at 1 MB/s of tx streamed
+ *                  157 MB in 38 ms to a co-resident receiver that set DFLAG_REMOTE naming its
+ *                  own NIC instead of DFLAG_EXPOSURE.
  *   anything else  its endpoint: DESCRIPTOR_COST of deficit (so a flood of NOPs or empty
  *                  SENDs is counted too)
  * So a message's bytes count against its sender's weight and tx cap whichever NIC path
@@ -335,6 +341,31 @@ export class QosScheduler {
     const base = slot * BUCKETS;
     if (this.rate[base + bytesBucket] > 0) this.tokens[base + bytesBucket] -= bytes;
     if (this.rate[base + msgsBucket] > 0) this.tokens[base + msgsBucket] -= 1;
+  }
+
+  /**
+   * Endpoint `ep`'s remote PULL (admitted: it pays as a remote puller) turns out to read
+   * endpoint `src` of this NIC, copied here (remote-pull.ts, no loopback link): may it, now?
+   * Held as admit() holds a PULL under `src`'s pull right: while `src`'s tx buckets are in
+   * debt or its deficit is spent. An `src` out of range is not looked at (its pull is refused).
+   */
+  maySelfServe(ep: number, src: number): boolean {
+    if (src >= this.maxEndpoints) return true;
+    if (!this.inDebt(src, TX_BYTES, TX_MSGS)) {
+      if (this.deficit[this.slotOf[src]] > 0) return true;
+      this.deficitHeld = true;
+    }
+    this.c[endpointCounterBase(ep) + EndpointCounter.qos_deferred]++;
+    return false;
+  }
+
+  /**
+   * That pull took `src`'s right (maySelfServe passed): charge() makes `src` pay for the
+   * descriptor in hand (deficit, qos_bytes, tx caps) and the puller only its rx caps, as for
+   * a DFLAG_EXPOSURE PULL.
+   */
+  paidBy(src: number): void {
+    this.payTx = src;
   }
 
   /** May the serving side of a remote pull send more of endpoint `src`'s memory now? */
