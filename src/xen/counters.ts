@@ -37,6 +37,8 @@ export const COUNTER_NAMES = [
   "mem_shared_release",
   "grant_read",
   "xenstore_events_merged",
+  /** Another domain's segments handed to the privileged domain for its foreign view (one per foreign_frame that finds one). */
+  "foreign_segments",
 ] as const;
 
 export type CounterName = (typeof COUNTER_NAMES)[number];

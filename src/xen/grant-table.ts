@@ -34,10 +34,14 @@ export const DEFAULT_GRANT_ENTRIES = 1024;
 /** Retries of a pin whose entry changed under it before it is refused (Xen's _set_status tries 4 times). */
 export const GRANT_ENTRY_RETRIES = 4;
 
-/** Shadow table layout (Int32Array): [alive, nrEntries, lock, pad, then per ref: readPins, writePins]. */
+/**
+ * Shadow table layout (Int32Array): [alive, nrEntries, lock, segment generation, then per ref:
+ * readPins, writePins].
+ */
 const SHADOW_ALIVE = 0;
 const SHADOW_NR = 1;
 const SHADOW_LOCK = 2;
+const SHADOW_SEGMENTS = 3;
 const SHADOW_HEADER = 4;
 
 export function allocGrantTable(nrEntries = DEFAULT_GRANT_ENTRIES): {
@@ -53,6 +57,24 @@ export function allocGrantTable(nrEntries = DEFAULT_GRANT_ENTRIES): {
 
 export function markGrantTableDead(shadow: SharedArrayBuffer): void {
   Atomics.store(new Int32Array(shadow), SHADOW_ALIVE, 0);
+}
+
+/**
+ * The granter's segment generation: the hypervisor adds one each time a shared segment of the
+ * domain is made or released, before the hypercall that did it returns. The privileged domain
+ * keeps what it learned of a domain's segments only while this number stays the same
+ * (guest.ts ForeignView), so a released segment never resolves for it again, and a frame it
+ * already looked up costs it no hypercall. In the shadow, which only the hypervisor and the
+ * privileged domain can reach: the domain itself cannot hold it still. An int32 that wraps;
+ * only equality is asked.
+ */
+export function segmentGeneration(shadow: Int32Array): number {
+  return Atomics.load(shadow, SHADOW_SEGMENTS);
+}
+
+/** The hypervisor's side of segmentGeneration: the domain's segments changed. */
+export function bumpSegmentGeneration(shadow: Int32Array): void {
+  Atomics.add(shadow, SHADOW_SEGMENTS, 1);
 }
 
 /**
@@ -144,8 +166,8 @@ export function acquireGrant(
     if (write && flags & GTF_readonly)
       return fail(GNTST.permission_denied, `grant ref ${ref} of domain ${granter.domid} is read-only`);
     const pfn = Atomics.load(e, 2 * ref + 1);
-    // Looked up before the lock, never under it: in the privileged domain a frame above the
-    // segments it knows is a hypercall (guest.ts ForeignDomains), and the hypervisor thread,
+    // Looked up before the lock, never under it: in the privileged domain a frame above RAM
+    // it has not looked up yet is a hypercall (guest.ts ForeignView), and the hypervisor thread,
     // serving a hypercall on the same granter's grants, would spin on the lock dom0 holds
     // while dom0 waits for its answer: a guest granting a bogus frame hung the whole host.
     const frame = granter.frame(pfn);

@@ -43,7 +43,13 @@ export type HypercallRequest =
   | { op: "mem_share"; pfn: number; domid: DomId }
   /** Gives a segment back: its frames stop resolving for anyone (mappings already made stay). */
   | { op: "mem_release_shared"; pfn: number }
-  | { op: "foreign_domain"; domid: DomId };
+  /** Privileged only: a domain's RAM, grant table and shadow, to check and copy grants in place. */
+  | { op: "foreign_domain"; domid: DomId }
+  /**
+   * Privileged only: frame `pfn` (above RAM) of `domid`: the segment holding it, or the run of
+   * frames around it no segment holds, as of segment generation `gen`.
+   */
+  | { op: "foreign_frame"; domid: DomId; pfn: number };
 
 export type { SyncReply as HypercallReply } from "./sync-call.js";
 

@@ -152,9 +152,10 @@ export async function runDomainThread(compiledIn?: GuestMain, bundled?: BundledL
   port.on("message", (m: { type: string; data?: unknown; domid?: number }) => {
     if (m?.type === "host") guest.deliverHostMessage(m.data);
     else if (m?.type === "unpause") unpause();
-    // A domain died or gave back a segment: the privileged domain's cached view of it is stale.
-    else if ((m?.type === "domain-gone" || m?.type === "foreign-stale") && typeof m.domid === "number")
-      guest.dropForeign(m.domid);
+    // A domain died: the privileged domain's view of it goes. It gave back a segment: the view
+    // lets go of the segments' buffers (it already stopped resolving it: guest.ts ForeignView).
+    else if (m?.type === "domain-gone" && typeof m.domid === "number") guest.dropForeign(m.domid);
+    else if (m?.type === "foreign-stale" && typeof m.domid === "number") guest.forgetForeignSegments(m.domid);
   });
 
   try {

@@ -8,7 +8,12 @@
 
 import { type DomId, GTF_permit_access, GTF_type_mask, PAGE_SIZE } from "../abi.js";
 import { CounterBlock, CounterWriter } from "../counters.js";
-import { type FrameLocation, GNTTAB_NR_RESERVED_ENTRIES, type GrantingDomain } from "../grant-table.js";
+import {
+  bumpSegmentGeneration,
+  type FrameLocation,
+  GNTTAB_NR_RESERVED_ENTRIES,
+  type GrantingDomain,
+} from "../grant-table.js";
 import type { WatchEventSender } from "../xenstore/port-credit.js";
 
 /**
@@ -108,6 +113,12 @@ export class DomainRecord implements GrantingDomain {
   }
 
   segmentAt(pfn: number): Segment | undefined {
+    const i = this.segmentIndex(pfn);
+    return i >= 0 ? this.segments[i] : undefined;
+  }
+
+  /** The index of the segment holding `pfn`, or `-1 - i` where `i` is where one would go. */
+  private segmentIndex(pfn: number): number {
     const segs = this.segments;
     let lo = 0;
     let hi = segs.length - 1;
@@ -116,9 +127,26 @@ export class DomainRecord implements GrantingDomain {
       const sg = segs[mid];
       if (pfn < sg.firstPfn) hi = mid - 1;
       else if (pfn >= sg.firstPfn + sg.pages) lo = mid + 1;
-      else return sg;
+      else return mid;
     }
-    return undefined;
+    return -1 - lo;
+  }
+
+  /**
+   * Frame `pfn` (at or above RAM) as the privileged domain's foreign view asks for it: the
+   * segment holding it, or else the run [first, end) of frame numbers around it that no live
+   * segment holds. O(log segments), whatever the domain did.
+   */
+  segmentRun(pfn: number): { first: number; end: number; segment?: Segment } {
+    const i = this.segmentIndex(pfn);
+    const segs = this.segments;
+    if (i >= 0) return { first: segs[i].firstPfn, end: segs[i].firstPfn + segs[i].pages, segment: segs[i] };
+    const at = -1 - i;
+    const before = at > 0 ? segs[at - 1] : undefined;
+    return {
+      first: before ? before.firstPfn + before.pages : this.nrPages,
+      end: at < segs.length ? segs[at].firstPfn : 2 ** 32,
+    };
   }
 
   frame(pfn: number): FrameLocation | undefined {
@@ -135,6 +163,13 @@ export class DomainRecord implements GrantingDomain {
     let i = segs.length;
     while (i > 0 && segs[i - 1].firstPfn > sg.firstPfn) i--;
     segs.splice(i, 0, sg);
+    bumpSegmentGeneration(this.shadow);
+  }
+
+  /** Takes a released segment out: its frames stop resolving, for the privileged domain's view too. */
+  removeSegment(sg: Segment): void {
+    this.segments.splice(this.segments.indexOf(sg), 1);
+    bumpSegmentGeneration(this.shadow);
   }
 
   /** Whether an entry in force in this domain's grant table names a frame in [first, first + pages). */

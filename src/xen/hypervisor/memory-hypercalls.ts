@@ -24,7 +24,7 @@ export class MemoryHypercalls {
   constructor(
     /** The live domains' records, by id (the hypervisor's own map). */
     private readonly records: ReadonlyMap<DomId, DomainRecord>,
-    /** Tells the privileged domain that `domid`'s segments changed (it caches them for in-place copies). */
+    /** Tells the privileged domain that `domid` released a segment (its view may hold the buffer). */
     private readonly foreignStale: (domid: DomId) => void,
   ) {}
 
@@ -262,9 +262,9 @@ export class MemoryHypercalls {
    * to name new memory); else above the shared range's top. Frame numbers are names only:
    * the memory is always new. Only the privileged domain's are used again: it creates and
    * releases a window per guest and a channel per co-resident pair for as long as the host
-   * runs (32-rank jobs every 10 s used up 2^32 in a week), and no one caches its frames by
-   * number; its own cache of guests' segments (guest.ts ForeignDomains) counts on a guest's
-   * frame numbers only growing.
+   * runs (32-rank jobs every 10 s used up 2^32 in a week). Its own view of its frames
+   * (guest.ts ForeignView) keeps what it learned for one segment generation only, so a number
+   * used again resolves to the new segment, never the released one.
    */
   private sharedFrameRun(rec: DomainRecord, n: number): number {
     const free = rec.freeFrames;
@@ -311,12 +311,13 @@ export class MemoryHypercalls {
 
   releaseSegment(rec: DomainRecord, pfn: unknown) {
     const sg = this.ownSegment(rec, pfn, "mem_release_shared");
-    rec.segments.splice(rec.segments.indexOf(sg), 1);
+    rec.removeSegment(sg);
     rec.sharedPages -= sg.pages;
     sg.released = true;
     if (rec.privileged) freeRun(rec.freeFrames, sg.firstPfn, sg.pages);
     this.count(rec, "mem_shared_release", sg.pages);
-    // The privileged domain caches foreign segments for in-place copies: it must look again.
+    // The privileged domain's view already stops resolving it (removeSegment bumped the
+    // generation); told, it also lets go of the buffer now, so the memory can be collected.
     this.foreignStale(rec.domid);
     return null;
   }
