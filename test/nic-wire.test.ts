@@ -1419,7 +1419,7 @@ test("a hostile peer that trickles its pull replies: the pulls end TIMEOUT by th
   }
 });
 
-test("pull-right guessing is throttled per requester: after PULL_FREE_REFUSALS refusals its pulls are refused unexamined, from a peer NIC or a local endpoint; others are served", async () => {
+test("pull-right guessing is throttled per requester and right owner: after PULL_FREE_REFUSALS refusals its pulls of that owner's rights are refused unexamined, from a peer NIC or a local endpoint; others are served", async () => {
   const owner = Owner.open(ctl1, "owner");
   const src = owner.register(new SharedArrayBuffer(4096), Access.RemoteRead);
   const EXTRA = 8;
@@ -1450,8 +1450,23 @@ test("pull-right guessing is throttled per requester: after PULL_FREE_REFUSALS r
     ask(6000, 1000, right.key);
     // Another requester of that NIC, with the right key: served (the right is still armed).
     ask(7000, 4, right.key);
+    // The locked-out requester, for another endpoint's right: served (records are per
+    // requester and right owner, pull-throttle.ts pullRecordId).
+    const other = Owner.open(ctl1, "other");
+    const oRight = other.right(other.register(new SharedArrayBuffer(4096), Access.RemoteRead));
+    fake.send(FrameType.PullRequest, 1, {
+      [F_SRC_ENDPOINT]: 3,
+      [F_SRC_SESSION]: 5,
+      [F_DEST_ENDPOINT]: other.id,
+      [F_DEST_SESSION]: other.session,
+      [F_COOKIE]: 8000,
+      [F_PULL_RIGHT]: oRight.regionId,
+      [F_PULL_KEY]: oRight.key,
+      [F_PULL_OFFSET]: 0,
+      [F_PULL_LENGTH]: 100,
+    });
     const replies = () => fake.framesOf(FrameType.PullReply);
-    await until(() => replies().length === GUESSES + 3, "every PULL_REQUEST answered");
+    await until(() => replies().length === GUESSES + 4, "every PULL_REQUEST answered");
     const byCookie = new Map(replies().map((f) => [getWord(f, F_COOKIE), f]));
     for (let i = 0; i < GUESSES; i++) {
       const st = getWord(byCookie.get(i)!, F_STATUS);
@@ -1462,6 +1477,13 @@ test("pull-right guessing is throttled per requester: after PULL_FREE_REFUSALS r
     assert.equal(getWord(byCookie.get(6000)!, F_STATUS), MxStatus.BAD_ENDPOINT, "an impossible requester");
     const served = byCookie.get(7000)!;
     assert.deepEqual([getWord(served, F_STATUS), getWord(served, F_LENGTH)], [MxStatus.SUCCESS, 100]);
+    const otherServed = byCookie.get(8000)!;
+    assert.deepEqual(
+      [getWord(otherServed, F_STATUS), getWord(otherServed, F_LENGTH)],
+      [MxStatus.SUCCESS, 100],
+      "the locked-out requester, for another owner's right",
+    );
+    other.close();
     const c1 = nic1.counters().global;
     assert.equal(c1.pull_rights_refused - c0.pull_rights_refused, PULL_FREE_REFUSALS, "examined");
     assert.equal(c1.pulls_throttled - c0.pulls_throttled, EXTRA + 1, "counted");
@@ -1518,7 +1540,25 @@ test("pull-right guessing is throttled per requester: after PULL_FREE_REFUSALS r
   assert.equal(c3.pull_rights_refused - c2.pull_rights_refused, PULL_FREE_REFUSALS);
   // Stopped by the guesser's own NIC, which counts what it was refused (own-refusals.ts).
   assert.equal(c3.own_requests_throttled - c2.own_requests_throttled, EXTRA + 1);
-  for (const o of [owner, guesser, honest]) o.close();
+  // Locked out of that owner's rights only. A sender decides which rights its receiver pulls
+  // (its rendezvous names them): with one record per requester, a hostile sender that sent
+  // bogus rights got its receiver locked out of every endpoint's rights on the NIC, honest
+  // senders' included. A third endpoint's right, with its key, is served.
+  const third = Owner.open(ctl1, "third");
+  const tRight = third.right(third.register(new SharedArrayBuffer(4096), Access.RemoteRead));
+  guesser.post({
+    ...local(6000, gDst, tRight.key),
+    [D_SRC_REGION]: tRight.regionId,
+    [D_DEST_ENDPOINT]: third.id,
+    [D_DEST_SESSION]: third.session,
+  });
+  expectEvent(
+    await guesser.nextEvent(3000, "the third endpoint's right"),
+    EventType.PullDone,
+    MxStatus.SUCCESS,
+    "a requester locked out of one owner's rights, pulling another's",
+  );
+  for (const o of [owner, guesser, honest, third]) o.close();
 });
 
 test("guessing an endpoint's session with raw PULLs is throttled like guessing a key: the right session is then refused too", async () => {

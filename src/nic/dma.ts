@@ -72,13 +72,13 @@ export class DmaEngine {
       const index = d[D_SRC_REGION] >>> 0;
       const g = this.grant;
       // Its owner locked out here for refused pulls, as own-refusals.ts counts: not looked at.
-      if (this.events.own.pullWait(ctx, this.rights.nicId) > 0) {
+      if (this.events.own.pullWait(ctx, this.rights.nicId, srcEp) > 0) {
         this.events.postError(ctx, d, ErrorReason.Throttled);
         return 0;
       }
       const status = this.rights.takeFor(ctx, srcEp, srcSession, index, d[D_SRC_KEY], srcOff, len, g);
       if (status !== MxStatus.SUCCESS) {
-        this.events.own.pullAnswered(ctx, this.rights.nicId, status);
+        this.events.own.pullAnswered(ctx, this.rights.nicId, srcEp, status);
         this.events.postError(ctx, d, g.refusal, status);
         return 0;
       }
@@ -139,7 +139,7 @@ export class DmaEngine {
       this.tpt.copy(src, srcOff, dst, dstOff, len);
       this.rights.end(xpEp, xpSession, xp);
       this.countPulled(ctx, len);
-      this.events.postPullDone(ctx, d[D_COOKIE], len, MxStatus.SUCCESS, seenAt);
+      this.events.postPullDone(ctx, d[D_COOKIE], len, MxStatus.SUCCESS, seenAt, this.rights.nicId, ctx.id);
       return len;
     }
     // Large: a chunk per round, this endpoint's later descriptors waiting (completions stay in order).
@@ -177,7 +177,15 @@ export class DmaEngine {
     ) {
       if (revoked) this.c[NicCounter.pull_rights_revoked]++;
       this.stop(ctx);
-      this.events.postPullDone(ctx, ctx.pullCookie, ctx.pullLen - ctx.pullLeft, MxStatus.ABORTED);
+      this.events.postPullDone(
+        ctx,
+        ctx.pullCookie,
+        ctx.pullLen - ctx.pullLeft,
+        MxStatus.ABORTED,
+        0,
+        this.rights.nicId,
+        ctx.pullXpEp,
+      );
       return;
     }
     const n = Math.min(PULL_CHUNK, ctx.pullLeft);
@@ -188,7 +196,15 @@ export class DmaEngine {
     this.countPulled(ctx, n);
     if (ctx.pullLeft === 0) {
       this.stop(ctx);
-      this.events.postPullDone(ctx, ctx.pullCookie, ctx.pullLen, MxStatus.SUCCESS, ctx.pullSeenAt);
+      this.events.postPullDone(
+        ctx,
+        ctx.pullCookie,
+        ctx.pullLen,
+        MxStatus.SUCCESS,
+        ctx.pullSeenAt,
+        this.rights.nicId,
+        ctx.pullXpEp,
+      );
     }
   }
 

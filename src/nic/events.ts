@@ -95,19 +95,20 @@ export class Events {
 
   /**
    * PULL_DONE. `seenAt` ≠ 0: a traced pull; its stamps go into the event (E_TRACE_*).
-   * `answeringNic`: the NIC whose right it asked for.
+   * `answeringNic`, `ownerEp`: the NIC and the endpoint whose right it asked for.
    */
   postPullDone(
     ctx: EndpointContext,
     cookie: number,
     len: number,
     status: number,
-    seenAt = 0,
-    answeringNic = this.eps.nicId,
+    seenAt: number,
+    answeringNic: number,
+    ownerEp: number,
   ): void {
     if (status !== MxStatus.SUCCESS) {
       noteRefusal(ctx, status);
-      this.own.pullAnswered(ctx, answeringNic, status);
+      this.own.pullAnswered(ctx, answeringNic, ownerEp, status);
     }
     const ev = this.ev;
     ev.fill(0);

@@ -10,7 +10,7 @@
 import type { NicClock } from "./clock.js";
 import { NicCounter } from "./counters.js";
 import type { EndpointContext, EndpointTable } from "./endpoints.js";
-import { PullThrottle } from "./pull-throttle.js";
+import { PullThrottle, pullRecordId } from "./pull-throttle.js";
 import { MxStatus, REASON_STATUS } from "./status.js";
 import type { Tpt } from "./tpt.js";
 import {
@@ -156,7 +156,8 @@ export class PullRights {
     out: ExposureGrant,
   ): number {
     const now = this.clock.now;
-    if (this.throttle.lockedFor(reqNic, reqEp, reqSession, now) > 0) {
+    const rec = pullRecordId(reqEp, ep);
+    if (this.throttle.lockedFor(reqNic, rec, reqSession, now) > 0) {
       this.c[NicCounter.pulls_throttled]++;
       out.refusal = ErrorReason.Throttled;
       return MxStatus.REJECTED;
@@ -170,7 +171,7 @@ export class PullRights {
       // A refusal like a wrong key: the session stands in for the endpoint's key on every SEND
       // (session-throttle.ts), so answering wrong ones at once made raw PULLs a session oracle.
       this.c[NicCounter.pull_rights_refused]++;
-      this.throttle.failed(reqNic, reqEp, reqSession, now);
+      this.throttle.failed(reqNic, rec, reqSession, now);
       return MxStatus.BAD_SESSION;
     }
     const reason = takeExposure(owner.w, ep, index >>> 0, key >>> 0, off >>> 0, len >>> 0, this.tpt, out);
@@ -182,7 +183,7 @@ export class PullRights {
     this.c[NicCounter.pull_rights_refused]++;
     // Every refusal is answered at once, so nothing slowed a guesser of 32-bit keys down: past
     // PULL_FREE_REFUSALS, its pulls are refused unexamined for a while (pull-throttle.ts).
-    this.throttle.failed(reqNic, reqEp, reqSession, now);
+    this.throttle.failed(reqNic, rec, reqSession, now);
     // The region went with its endpoint: the puller hears that the peer closed, as MX would say.
     return reason === ErrorReason.UnknownEndpoint ? MxStatus.ENDPOINT_CLOSED : REASON_STATUS[reason];
   }

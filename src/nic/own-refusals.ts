@@ -12,8 +12,8 @@
  * sending them. Another owner given the id starts clean, here and at every NIC it asks.
  *
  * A record is per (answering NIC, endpoint id, owner), as the answering NIC's own is per
- * (requester NIC, endpoint id, incarnation): a lockout here stops what that NIC would refuse,
- * no more. What counts is what a refusing NIC counts and a guesser learns from: wrong keys
+ * (requester NIC, endpoint id, incarnation) — a pull's, per right owner too (pull-throttle.ts
+ * pullRecordId) —: a lockout here stops what that NIC would refuse, no more. What counts is what a refusing NIC counts and a guesser learns from: wrong keys
  * (BAD_KEY to a CONNECT), wrong sessions (BAD_SESSION to a SEND or a PULL) and refused pull
  * rights (BAD_KEY, BAD_RDMAWIN). An honest endpoint meets those only when a peer reopened under
  * it, a few dozen at a time, far below the allowances.
@@ -24,7 +24,7 @@
 import type { NicClock } from "./clock.js";
 import { CONNECT_RULE } from "./connect-throttle.js";
 import { NicCounter } from "./counters.js";
-import { PULL_RULE } from "./pull-throttle.js";
+import { PULL_RULE, pullRecordId } from "./pull-throttle.js";
 import { type RefusalRule, RefusalThrottle } from "./refusal-throttle.js";
 import { SESSION_RULE } from "./session-throttle.js";
 import { MxStatus } from "./status.js";
@@ -60,9 +60,11 @@ export class OwnRefusals {
     return this.wait(this.sessions, r, nic);
   }
 
-  /** ms the owner of `r` must wait before a PULL of `r` through a right on NIC `nic` is sent (0: none). */
-  pullWait(r: Requester, nic: number): number {
-    return this.wait(this.pulls, r, nic);
+  /** ms the owner of `r` must wait before a PULL of `r` through a right of endpoint `ownerEp` on NIC `nic` is sent (0: none). */
+  pullWait(r: Requester, nic: number, ownerEp: number): number {
+    const ms = this.pulls.lockedFor(nic, pullRecordId(r.id, ownerEp), r.ownerTag, this.clock.now);
+    if (ms > 0) this.c[NicCounter.own_requests_throttled]++;
+    return ms;
   }
 
   /** NIC `nic` answered a CONNECT of `r` with `status`. */
@@ -75,10 +77,10 @@ export class OwnRefusals {
     if (status === MxStatus.BAD_SESSION) this.sessions.failed(nic, r.id, r.ownerTag, this.clock.now);
   }
 
-  /** NIC `nic` ended a PULL of `r` through a right with `status`. */
-  pullAnswered(r: Requester, nic: number, status: number): void {
+  /** NIC `nic` ended a PULL of `r` through a right of endpoint `ownerEp` with `status`. */
+  pullAnswered(r: Requester, nic: number, ownerEp: number, status: number): void {
     if (status === MxStatus.BAD_SESSION || status === MxStatus.BAD_KEY || status === MxStatus.BAD_RDMAWIN)
-      this.pulls.failed(nic, r.id, r.ownerTag, this.clock.now);
+      this.pulls.failed(nic, pullRecordId(r.id, ownerEp), r.ownerTag, this.clock.now);
   }
 
   /** The wait `records` give `r` towards `nic` (> 0: the request is refused unsent, and counted). */

@@ -16,7 +16,10 @@
  * is refused unexamined), so a guest that guesses costs the other endpoints of its NIC nothing,
  * and the next owner of its id starts clean (refusal-throttle.ts; its own NIC keeps the
  * guesser's record across a reopen, own-refusals.ts). A hostile peer NIC naming a new session
- * per request meets the records of its 256 ids, PULL_ID_FREE_REFUSALS free each.
+ * per request meets the records of its 256 ids, PULL_ID_FREE_REFUSALS free each. Records are
+ * per requester AND the endpoint whose rights it pulls (pullRecordId): a receiver pulls the
+ * rights its senders name, so a hostile sender could otherwise spend its receiver's allowance
+ * with bogus rights and lock it out of every honest sender's on that NIC.
  *
  * An honest requester pulls each rendezvous once, with the key its record carried: it is
  * refused only for a rendezvous whose send its sender had already failed (sends are not
@@ -50,7 +53,19 @@ export const PULL_RULE: RefusalRule = {
   forgetMs: PULL_FORGET_MS,
 };
 
-/** Refused pulls, per requester (exposure.ts PullRights.take). */
+/**
+ * The record id of requester endpoint `reqEp` (below MAX_ENDPOINTS_LIMIT) pulling rights of
+ * owner endpoint `ownerEp`: one record per pair. A sender decides which rights its receiver
+ * pulls (its rendezvous names them), so with one record per requester a hostile sender that
+ * sent bogus rights got its receiver locked out of every endpoint's rights on that NIC, honest
+ * senders' included. Per pair, it locks the receiver out of its own rights only; a guesser
+ * still meets PULL_FREE_REFUSALS per endpoint whose rights it guesses.
+ */
+export function pullRecordId(reqEp: number, ownerEp: number): number {
+  return (reqEp & 0xff) | ((ownerEp & 0xff) << 8);
+}
+
+/** Refused pulls, per requester and owner (exposure.ts PullRights.take). */
 export class PullThrottle extends RefusalThrottle {
   constructor() {
     super(PULL_RULE);

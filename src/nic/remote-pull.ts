@@ -227,8 +227,8 @@ export class RemotePull {
     const srcOff = d[D_SRC_OFFSET] >>> 0;
     const cookie = d[D_COOKIE];
     // Its owner locked out by that NIC for refused pulls, as this one counts (own-refusals.ts).
-    if (this.events.own.pullWait(ctx, destNic) > 0) {
-      this.events.postPullDone(ctx, cookie, 0, MxStatus.REJECTED, 0, destNic);
+    if (this.events.own.pullWait(ctx, destNic, srcEp) > 0) {
+      this.events.postPullDone(ctx, cookie, 0, MxStatus.REJECTED, 0, destNic, srcEp);
       return 0;
     }
     const ls = this.links.usable(destNic);
@@ -286,7 +286,7 @@ export class RemotePull {
         }
       }
       this.c[NicCounter.remote_pull_failures]++;
-      this.events.postPullDone(ctx, cookie, 0, status, seenAt);
+      this.events.postPullDone(ctx, cookie, 0, status, seenAt, this.nicId, srcEp);
       return 0;
     }
     const s = rp.takeFor(ctx.id);
@@ -443,7 +443,7 @@ export class RemotePull {
     if (status !== MxStatus.SUCCESS) this.c[NicCounter.remote_pull_failures]++;
     const ctx = this.eps.ctxs[rp.ep[s]];
     if (ctx.open && ctx.session === rp.session[s])
-      this.events.postPullDone(ctx, rp.cookie[s], rp.got[s], status, rp.seenAt[s], rp.nic[s]);
+      this.events.postPullDone(ctx, rp.cookie[s], rp.got[s], status, rp.seenAt[s], rp.nic[s], rp.srcEp[s]);
   }
 
   /** Endpoint `ep` closed: its pulls end without events, and the peers stop serving them. */
