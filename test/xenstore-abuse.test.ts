@@ -171,7 +171,7 @@ test("a guest's open transaction keeps no more than its quota in the host: write
     dom.send("go");
     await dom.exited;
     assert.deepEqual(report.errnos, ["ENOSPC"], reads ? "reads" : "writes");
-    // At most 256 KiB kept: 63 writes of 4 KiB, or 127 paths of 2 KiB (the home counts too).
+    // At most 256 KiB kept: 63 writes of 4 KiB, or 126 paths of 2 KiB.
     assert.ok(report.refused >= 20_000 - 128, `${reads ? "reads" : "writes"}: ${report.refused} refused`);
   }
 });

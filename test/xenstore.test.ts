@@ -160,6 +160,7 @@ test("permissions: guests write only their own subtree until the owner grants mo
   assert.throws(() => s.write(1, "/local/domain/2/new", "x"), errno("EACCES", /needs write access to/));
   // A missing node under a tree the guest cannot read is EACCES too: no probing.
   assert.throws(() => s.read(1, "/local/domain/2/nothing"), errno("EACCES", /missing or hidden/));
+  assert.throws(() => s.mkdir(1, "/local/domain/2/data"), errno("EACCES", /may not mkdir/));
   assert.throws(() => s.read(1, "/local/domain/1/nothing"), errno("ENOENT"));
   assert.throws(() => s.directory(1, "/local/domain"), errno("EACCES"));
   assert.throws(
@@ -311,6 +312,110 @@ test("transactions: rm and re-create, perms, ownership and bad ids", () => {
   assert.equal(s.read(2, "/local/domain/1/d/c"), "3");
   assert.throws(() => s.read(1, "d", 999), errno("ESRCH", /not open/));
   assert.throws(() => s.transactionEnd(1, 0, true), errno("EINVAL"));
+});
+
+test("a commit tells a domain nothing of nodes hidden from it; a node it may read still conflicts", () => {
+  // A spy that looked at another domain's private node in a transaction (EACCES), wrote
+  // something of its own and committed learnt from EAGAIN that the node had changed; looking
+  // at a missing path, that something under the hidden ancestor had been created or removed.
+  const home = "/local/domain/2";
+  /** The spy's commit (ok or its errno) after `look` in its transaction, with `change` meanwhile. */
+  const commit = (look: (s: XenStore, tx: number) => void, change?: (s: XenStore) => void) => {
+    const s = storeWith(1, 2);
+    s.write(2, "secret", "a");
+    s.mkdir(2, "pub");
+    s.setPerms(2, "pub", [
+      { dom: 2, access: "n" },
+      { dom: 1, access: "r" },
+    ]);
+    s.write(2, "pub/item", "a");
+    // A drop box domain 1 may write in but not read.
+    s.mkdir(2, "drop");
+    s.setPerms(2, "drop", [
+      { dom: 2, access: "n" },
+      { dom: 1, access: "w" },
+    ]);
+    const tx = s.transactionStart(1);
+    look(s, tx);
+    change?.(s);
+    s.write(1, "x", "1", tx);
+    try {
+      s.transactionEnd(1, tx, true);
+      return "ok";
+    } catch (e) {
+      return (e as XenStoreError).errno;
+    }
+  };
+  const refused = (f: () => unknown) => assert.throws(f, errno("EACCES"));
+  const hidden: Record<string, (s: XenStore, tx: number) => void> = {
+    "every request on a hidden node": (s, tx) => {
+      const p = `${home}/secret`;
+      refused(() => s.read(1, p, tx));
+      refused(() => s.exists(1, p, tx));
+      refused(() => s.directory(1, p, tx));
+      refused(() => s.getPerms(1, p, tx));
+      refused(() => s.write(1, p, "x", tx));
+      refused(() => s.rm(1, p, tx));
+      refused(() => s.setPerms(1, p, [{ dom: 2, access: "n" }], tx));
+      refused(() => s.mkdir(1, p, tx));
+    },
+    "every request on a missing node under a hidden one": (s, tx) => {
+      const p = `${home}/later`;
+      refused(() => s.read(1, p, tx));
+      refused(() => s.exists(1, `${p}/deeper`, tx));
+      refused(() => s.write(1, `${p}/deeper`, "x", tx));
+      refused(() => s.mkdir(1, p, tx));
+      refused(() => s.rm(1, p, tx));
+    },
+    "its own node in a drop box it may not read": (s, tx) => {
+      s.write(1, `${home}/drop/mine`, "m", tx);
+      assert.equal(s.read(1, `${home}/drop/mine`, tx), "m");
+      assert.equal(s.exists(1, `${home}/drop/mine/sub`, tx), false);
+      refused(() => s.read(1, `${home}/drop/theirs`, tx));
+    },
+  };
+  const changes: Record<string, (s: XenStore) => void> = {
+    "changes the hidden node": (s) => s.write(2, "secret", "b"),
+    "removes it": (s) => s.rm(2, "secret"),
+    "changes its perms": (s) =>
+      s.setPerms(2, "secret", [
+        { dom: 2, access: "n" },
+        { dom: 0, access: "r" },
+      ]),
+    "creates a node beside it": (s) => s.write(2, "later", "b"),
+    "writes in the drop box": (s) => s.write(2, "drop/theirs", "b"),
+  };
+  for (const [look, f] of Object.entries(hidden)) {
+    assert.equal(commit(f), "ok", look);
+    for (const [change, g] of Object.entries(changes))
+      assert.equal(commit(f, g), "ok", `${look}, then domain 2 ${change}`);
+  }
+
+  // What the spy may read conflicts as before, and only that.
+  const readsPub = (s: XenStore, tx: number) => assert.equal(s.read(1, `${home}/pub/item`, tx), "a");
+  const missesPub = (s: XenStore, tx: number) => assert.equal(s.exists(1, `${home}/pub/later`, tx), false);
+  const listsPub = (s: XenStore, tx: number) => assert.deepEqual(s.directory(1, `${home}/pub`, tx), ["item"]);
+  assert.equal(
+    commit(readsPub, (s) => s.write(2, "pub/item", "b")),
+    "EAGAIN",
+  );
+  assert.equal(
+    commit(missesPub, (s) => s.write(2, "pub/later", "b")),
+    "EAGAIN",
+  );
+  assert.equal(
+    commit(listsPub, (s) => s.rm(2, "pub/item")),
+    "EAGAIN",
+  );
+  assert.equal(
+    commit(readsPub, (s) => s.rm(2, "pub")),
+    "EAGAIN",
+  );
+  for (const f of [readsPub, missesPub, listsPub]) {
+    assert.equal(commit(f), "ok");
+    assert.equal(commit(f, changes["changes the hidden node"]), "ok");
+    assert.equal(commit(f, changes["creates a node beside it"]), "ok");
+  }
 });
 
 test("client.transaction retries the body on conflict and gives up after maxRetries", async () => {
@@ -682,7 +787,7 @@ test("a transaction keeps at most its quota of paths and changes (xenstored's qu
       }
     }
   }, errno("ENOSPC"));
-  assert.equal(reads, 49, "50 paths: 49 missing ones and the home directory their reads looked at");
+  assert.equal(reads, 50, "50 missing paths; the home directory they are checked at is no entry of its own");
   // A path it looked at costs nothing more, and the transaction still commits.
   assert.throws(() => s.read(1, "missing-3", u), errno("ENOENT"));
   s.transactionEnd(1, u, true);

@@ -11,7 +11,9 @@
  *   owner (so a guest owns what it creates). Creating needs write access to the nearest
  *   existing ancestor.
  * - a missing node whose nearest existing ancestor the caller may not read/write reports
- *   EACCES, not ENOENT, so a guest cannot probe other domains' trees.
+ *   EACCES, not ENOENT, so a guest cannot probe other domains' trees. For the same reason a
+ *   transaction conflicts only on nodes the caller may read (or the nearest existing
+ *   ancestor of a missing one): its commit tells nothing about a hidden node's changes.
  * - quotas bind unprivileged domains only: nodes owned → ENOSPC, watches → E2BIG, open
  *   transactions → ENOSPC (not EAGAIN: EAGAIN means "retry the transaction" to every client),
  *   paths a transaction looks at and changes it makes, and the bytes it keeps for them →
@@ -203,7 +205,7 @@ export class XenStore {
     this.mutate(caller, tx, { kind: "write", path: p, value: validateValue(value, p) });
   }
 
-  /** Creates an empty node (and missing parents); a node that exists is left alone. */
+  /** Creates an empty node (and missing parents); a node that exists is left alone (EACCES if the caller may not write it). */
   mkdir(caller: DomId, path: string, tx?: number): void {
     this.begin(caller, "mkdir");
     this.mutate(caller, tx, { kind: "mkdir", path: canonicalizePath(caller, path) });
@@ -331,12 +333,11 @@ export class XenStore {
     const t = this.viewFor(caller, tx) as TxView;
     this.txs.delete(tx);
     if (!commit) return;
-    for (const p of t.accessed) {
-      // A missing node counts as changed when its nearest existing ancestor changed: that is
-      // where a creation or removal shows.
-      let node = this.live.getNode(p);
-      for (let q = p; !node; ) node = this.live.getNode((q = parentOf(q)));
-      if (node.gen > t.startGen) {
+    for (const [p, at] of t.accessed) {
+      // `at` is p's node, or a missing p's nearest existing ancestor, where a creation or
+      // removal shows; the caller could read it when it looked. Gone means changed.
+      const node = this.live.getNode(at);
+      if (!node || node.gen > t.startGen) {
         throw new XenStoreError("EAGAIN", p, `transaction conflict: ${p} changed; retry`);
       }
     }
@@ -481,6 +482,7 @@ export class XenStore {
       case "write": {
         const node = view.get(p);
         if (node) {
+          this.looked(caller, view, p, p, node.perms);
           this.requireWrite(caller, p, node.perms, "write");
           view.setValue(p, op.value);
         } else {
@@ -490,7 +492,14 @@ export class XenStore {
         return;
       }
       case "mkdir": {
-        if (view.get(p)) return;
+        const node = view.get(p);
+        if (node) {
+          // Left alone, but only for who may write it (xenstored's do_mkdir): else an ok
+          // would tell that a hidden node exists where a missing one gives EACCES.
+          this.looked(caller, view, p, p, node.perms);
+          this.requireWrite(caller, p, node.perms, "mkdir");
+          return;
+        }
         this.createPath(caller, view, p, "");
         if (live) this.watches.fireChange(p);
         return;
@@ -499,6 +508,7 @@ export class XenStore {
         if (p === "/") throw new XenStoreError("EINVAL", p, "the root node cannot be removed");
         const node = view.get(p);
         if (!node) throw this.missing(caller, view, p, "remove");
+        this.looked(caller, view, p, p, node.perms);
         this.requireWrite(caller, p, node.perms, "remove");
         if (live) this.watches.fireRemove(p);
         view.remove(p);
@@ -507,6 +517,7 @@ export class XenStore {
       case "setPerms": {
         const node = view.get(p);
         if (!node) throw this.missing(caller, view, p, "change the permissions of");
+        this.looked(caller, view, p, p, node.perms);
         const owner = node.perms[0].dom;
         if (caller !== 0 && caller !== owner) {
           throw new XenStoreError(
@@ -564,7 +575,17 @@ export class XenStore {
         `domain ${caller} may not ${verb} ${path} (${describePerms(node.perms)})`,
       );
     }
+    view.note(path, path);
     return node;
+  }
+
+  /**
+   * Notes for a transaction's commit what the caller looked at (`perms`: those of the node at
+   * `at`), only if it may read it: a commit that conflicted on a hidden node would tell the
+   * caller that node changed, the probe EACCES is there to prevent.
+   */
+  private looked(caller: DomId, view: View, path: string, at: string, perms: readonly XenStorePerm[]): void {
+    if (canRead(accessFor(caller, perms))) view.note(path, at);
   }
 
   private requireWrite(caller: DomId, path: string, perms: readonly XenStorePerm[], verb: string): void {
@@ -589,6 +610,7 @@ export class XenStore {
         `domain ${caller} may not ${verb} ${path}: it is missing or hidden, and ${anc} is not readable by domain ${caller} (${describePerms(node.perms)})`,
       );
     }
+    view.note(path, anc);
     return new XenStoreError("ENOENT", path, `cannot ${verb} ${path}: no such node`);
   }
 
@@ -600,6 +622,7 @@ export class XenStore {
       toCreate.push(anc);
       ancNode = view.get((anc = parentOf(anc)));
     }
+    this.looked(caller, view, path, anc, ancNode.perms);
     if (!canWrite(accessFor(caller, ancNode.perms))) {
       throw new XenStoreError(
         "EACCES",

@@ -19,6 +19,12 @@ export interface NodeInfo {
 /** What the operations need from a tree: the live store and a transaction both provide it. */
 export interface View {
   get(path: string): NodeInfo | undefined;
+  /**
+   * The caller looked at `path` and may know what it found: the node there, or, when it is
+   * missing, its nearest existing ancestor `at` (the store checks that the caller may read
+   * it). A transaction's commit conflicts if that node changed; the live tree keeps nothing.
+   */
+  note(path: string, at: string): void;
   /** The parent must exist in this view. */
   create(path: string, value: string, perms: XenStorePerm[]): void;
   setValue(path: string, value: string): void;
@@ -65,6 +71,8 @@ export class LiveTree implements View {
   get(path: string): NodeInfo | undefined {
     return this.getNode(path);
   }
+
+  note(): void {}
 
   private mustGet(path: string): Node {
     const n = this.getNode(path);
@@ -156,6 +164,8 @@ export class TxNode implements NodeInfo {
     public value: string,
     public perms: XenStorePerm[],
     readonly children: Set<string>,
+    /** Made by this transaction, not copied from the live tree. */
+    readonly made: boolean,
   ) {}
   names(): string[] {
     return [...this.children].sort();
@@ -169,17 +179,22 @@ export type TxOp =
   | { kind: "setPerms"; path: string; perms: XenStorePerm[] };
 
 /**
- * Copy-on-write view: reads fall through to the live tree, writes land in an overlay. Every
- * path the transaction looks at is remembered; at commit, if any of them changed since the
- * start, the transaction conflicts. The logged operations are then replayed on the live tree,
- * which gives the same result as the view because nothing they depend on has changed.
+ * Copy-on-write view: reads fall through to the live tree, writes land in an overlay. The
+ * store notes each path the transaction looked at whose node the caller may read; at commit,
+ * if a noted node changed since the start, the transaction conflicts. The logged operations
+ * are then replayed on the live tree, which gives the same result as the view because nothing
+ * they depend on has changed. A hidden node is never noted: a conflict on it would tell the
+ * caller that it changed.
  */
 export class TxView implements View {
   readonly overlay = new Map<string, TxNode | null>();
-  readonly accessed = new Set<string>();
+  /** Each path looked at, with the node its commit checks (see View.note). */
+  readonly accessed = new Map<string, string>();
   readonly ops: TxOp[] = [];
   private readonly ownerDelta = new Map<DomId, number>();
-  /** Bytes of the paths and values kept in `accessed` and `ops`. */
+  /** Nodes its removals marked deleted in `overlay`: paths looked at, for the quota. */
+  private dropped = 0;
+  /** Bytes of the paths and values kept in `accessed`, `ops` and for `dropped`. */
   private kept = 0;
 
   constructor(
@@ -214,13 +229,17 @@ export class TxView implements View {
   }
 
   get(path: string): NodeInfo | undefined {
-    if (!this.accessed.has(path)) {
-      this.keep(path, this.accessed.size, path.length);
-      this.accessed.add(path);
-    }
     const o = this.overlay.get(path);
     if (o !== undefined) return o ?? undefined;
     return this.live.getNode(path);
+  }
+
+  note(path: string, at: string): void {
+    // A node this transaction made is checked where it was made: the parent's entry, noted
+    // when the caller could read the parent, and none otherwise.
+    if (this.accessed.has(path) || this.overlay.get(at)?.made) return;
+    this.keep(path, this.accessed.size + this.dropped, path.length);
+    this.accessed.set(path, at);
   }
 
   private materialize(path: string): TxNode {
@@ -232,6 +251,7 @@ export class TxView implements View {
       n.value,
       n.perms.map((p) => ({ ...p })),
       new Set(n.children.keys()),
+      false,
     );
     this.overlay.set(path, copy);
     return copy;
@@ -243,8 +263,7 @@ export class TxView implements View {
 
   create(path: string, value: string, perms: XenStorePerm[]): void {
     this.materialize(parentOf(path)).children.add(baseName(path));
-    this.overlay.set(path, new TxNode(value, perms, new Set()));
-    this.accessed.add(path);
+    this.overlay.set(path, new TxNode(value, perms, new Set(), true));
     this.addDelta(perms[0].dom, 1);
   }
 
@@ -261,10 +280,13 @@ export class TxView implements View {
 
   remove(path: string): void {
     // Mark the whole visible subtree deleted, so a later re-creation of `path` in this
-    // transaction does not resurrect the old children from the live tree.
+    // transaction does not resurrect the old children from the live tree. Each mark is kept,
+    // so it counts against the quota; none is noted, as the caller may not read them all.
     const drop = (p: string) => {
       const n = this.get(p);
       if (!n) return;
+      this.keep(p, this.accessed.size + this.dropped, p.length);
+      this.dropped++;
       for (const c of n.names()) drop(childPath(p, c));
       this.addDelta(n.perms[0].dom, -1);
       this.overlay.set(p, null);
