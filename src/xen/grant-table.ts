@@ -380,6 +380,29 @@ export class GuestGrantTable {
     return (Atomics.load(this.entries, 2 * ref) & (GTF_reading | GTF_writing)) !== 0;
   }
 
+  /**
+   * Revokes a grant unless it is mapped: true if it is revoked now (or was not granted), false
+   * while the hypervisor has it mapped. One compare-exchange decides, so a map racing in either
+   * comes first (false) or finds the grant gone: a caller that looked whether it was mapped and
+   * then ended it would leave a grant mapped in between and think it ended.
+   */
+  tryEndAccess(ref: number): boolean {
+    if (!Number.isInteger(ref) || ref < GNTTAB_NR_RESERVED_ENTRIES || ref >= this.size)
+      throw new GrantError(
+        `tryEndAccess: grant ref ${String(ref)} is not a grantable ref (8..${this.size - 1})`,
+        ref,
+      );
+    for (;;) {
+      const word = Atomics.load(this.entries, 2 * ref);
+      if ((word & GTF_type_mask) !== GTF_permit_access) return true;
+      if (word & (GTF_reading | GTF_writing)) return false;
+      if (Atomics.compareExchange(this.entries, 2 * ref, word, 0) === word) {
+        this.freeRefs.push(ref);
+        return true;
+      }
+    }
+  }
+
   /** Revokes a grant. Throws if it is still mapped (end the mapping first) or not granted. */
   endAccess(ref: number): void {
     if (!Number.isInteger(ref) || ref < GNTTAB_NR_RESERVED_ENTRIES || ref >= this.size)

@@ -48,9 +48,15 @@ export class GrantKeeper {
     this.track(refs, true, done);
   }
 
-  /** Whether a peer maps any of `refs` now. */
-  mapped(refs: readonly number[]): boolean {
-    return refs.some((r) => this.guest.grants.isInUse(r));
+  /**
+   * Ends every grant of `refs` that no peer maps, now; returns those still mapped (the caller
+   * decides what to do about them: end() defers them). Each is decided by one compare-exchange,
+   * so a peer that maps one meanwhile is either refused or among those returned.
+   */
+  endUnmapped(refs: readonly number[]): number[] {
+    const held = refs.filter((r) => !this.guest.grants.tryEndAccess(r));
+    this.publish();
+    return held;
   }
 
   /** Runs `done` once no peer maps any of `refs` (now, or later); the grants stay. */
@@ -90,16 +96,13 @@ export class GrantKeeper {
     this.timer = undefined;
   }
 
-  /** Whether `ref` is free of mappings (and, if `end`, ended now). */
+  /**
+   * Whether `ref` is free of mappings (and, if `end`, ended now). Ending is one step: looking
+   * first and ending after let a peer map in between, and the grant was taken for ended while
+   * it stayed in force, mapped, and was never retried.
+   */
   private settle(ref: number, end: boolean): boolean {
-    if (this.guest.grants.isInUse(ref)) return false;
-    if (!end) return true;
-    try {
-      this.guest.grants.endAccess(ref);
-    } catch {
-      // Not in use any more (already ended): nothing left to revoke.
-    }
-    return true;
+    return end ? this.guest.grants.tryEndAccess(ref) : !this.guest.grants.isInUse(ref);
   }
 
   private publish(): void {

@@ -187,9 +187,12 @@ export class SharedMemory {
    */
   private recall(domid: DomId, slot: WindowSlot): void {
     slot.replaced = 0;
-    const peers = [...slot.peerRefs.values()].flat();
-    let ending = peers;
-    if (this.keeper.mapped(peers)) {
+    // The peers' grants that no one maps end now, each in one step, so a former peer mapping
+    // meanwhile is either refused or keeps the old page to itself (it was looked at first and
+    // ended after, and a map in between kept the page on the slot, mapped).
+    const held = this.keeper.endUnmapped([...slot.peerRefs.values()].flat());
+    let ending = held;
+    if (held.length > 0) {
       const intr = this.alloc(INTR_PAGES, [domid]);
       let refs: number[];
       try {
@@ -199,14 +202,14 @@ export class SharedMemory {
         throw e;
       }
       // The owner's grant of the old page ends once its frontend drops that slot id (v5).
-      ending = [...slot.refs.splice(slot.refs.length - slot.intr.count, slot.intr.count, ...refs), ...peers];
+      ending = [...slot.refs.splice(slot.refs.length - slot.intr.count, slot.intr.count, ...refs), ...held];
       this.release(slot.intr);
       slot.intr = intr;
       slot.replaced = slot.id;
       slot.id = this.newSlotId();
       Atomics.add(this.stats, Stat.intrPagesReplaced, 1);
     }
-    // The peers' grants end (now, or once the one that holds on lets go); a new connect grants again.
+    // The rest end once the peer that holds on lets go; a new connect grants again.
     this.keeper.end(ending);
     for (const peer of slot.peerRefs.keys()) this.unindexPeer(peer, slot);
     slot.peerRefs.clear();

@@ -252,6 +252,11 @@ export class GuestGrants {
     return this.table.isInUse(ref);
   }
 
+  /** Revokes `ref` unless it is mapped (atomically, against a map racing in): true if revoked (or not granted). */
+  tryEndAccess(ref: number): boolean {
+    return this.table.tryEndAccess(ref);
+  }
+
   /**
    * Maps `domid`'s grant `ref` (or, with an array, refs covering every page of one shared
    * segment, in order) into this domain. A failed map returns the GNTST status and changes
