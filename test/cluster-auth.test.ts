@@ -338,12 +338,12 @@ test("a launcher that does not prove the cluster key gets one error line and not
   const h1 = clientHello();
   real.socket.write(jsonLine(h1));
   const ch1 = await nextOf(real, "challenge");
-  real.socket.write(jsonLine({ type: "auth", proof: controlProof(KEY, "client", h1.nonce, ch1.nonce!) }));
+  real.socket.write(jsonLine({ type: "auth", proof: controlProof(KEY, "client", h1, ch1.nonce!) }));
   await nextOf(real, "hello");
   const replay = await raw(A.port);
   replay.socket.write(jsonLine(h1));
   await nextOf(replay, "challenge");
-  replay.socket.write(jsonLine({ type: "auth", proof: controlProof(KEY, "client", h1.nonce, ch1.nonce!) }));
+  replay.socket.write(jsonLine({ type: "auth", proof: controlProof(KEY, "client", h1, ch1.nonce!) }));
   await closedBy(replay, "a replayed proof");
   assert.match(received(replay).find((m) => m.type === "error")?.msg ?? "", /authentication failed/);
   // The authenticated raw client is held to the request schema: a bad start and the old shared key.

@@ -17,7 +17,10 @@
  * (wire.ts): the client's hello carries its nonce, the host answers with its own nonce, the
  * client sends controlProof("client", ...) and only if that matches does the host send its
  * hello with controlProof("host", ...), so a peer that cannot prove the key learns nothing
- * but a nonce. NIC links do the same in binary (src/nic/tcp-link.ts).
+ * but a nonce. Both proofs cover the client's whole hello (version, role, name, nonce), not
+ * only the nonces: the role decides what the session may do, so a proof that an observer made
+ * (one that may only look) cannot be relayed to a host under a hello that says "launcher".
+ * NIC links do the same in binary (src/nic/tcp-link.ts).
  */
 import { createHmac, randomBytes, timingSafeEqual } from "node:crypto";
 import fs from "node:fs";
@@ -29,7 +32,8 @@ export const CLUSTER_KEY_MIN_BYTES = 32;
 export const KEY_FILE_MAX_BYTES = 4096;
 export const KEY_FILE_ENV = "MYRIXEN_KEY_FILE";
 export const NONCE_BYTES = 32;
-const PROOF_LABEL = Buffer.from("MyriXen control proof v2\0", "latin1");
+/** v3: the proof covers the client's hello (wire version 4); v2 covered the nonces only. */
+const PROOF_LABEL = Buffer.from("MyriXen control proof v3\0", "latin1");
 
 export interface ClusterKey {
   readonly bytes: Buffer;
@@ -175,32 +179,59 @@ export function newNonce(): string {
 }
 
 /**
- * The proof that `role` holds the key, for this pair of nonces (hex, NONCE_BYTES each; the
- * wire schema checks their form): HMAC-SHA256 over a label, the role and both nonces.
+ * What a control proof covers besides the host's nonce: the client's hello as the host got it
+ * (wire.ts ClientHello). Its role decides what the session may do (an observer may only look),
+ * so it is proved with the nonces: a man in the middle that rewrites it makes both proofs fail.
+ */
+export interface ControlHello {
+  readonly version: number;
+  readonly role: string;
+  readonly name: string;
+  /** The client's nonce (hex, NONCE_BYTES). */
+  readonly nonce: string;
+}
+
+/** A string field of the proved transcript: its UTF-8 length (u32 BE), then its bytes. */
+function lengthPrefixed(s: string): Buffer {
+  const b = Buffer.from(s, "utf8");
+  const len = Buffer.alloc(4);
+  len.writeUInt32BE(b.length);
+  return Buffer.concat([len, b]);
+}
+
+/**
+ * The proof that `side` holds the key, for this client hello and host nonce (hex, NONCE_BYTES
+ * each; the wire schema checks their form): HMAC-SHA256 over a label, the side ("C"/"H"), the
+ * hello's version (u32 BE), role and name (each length-prefixed), and both nonces.
  */
 export function controlProof(
   key: ClusterKey,
-  role: "client" | "host",
-  clientNonce: string,
+  side: "client" | "host",
+  hello: ControlHello,
   hostNonce: string,
 ): string {
+  const version = Buffer.alloc(4);
+  version.writeUInt32BE(hello.version >>> 0);
   return createHmac("sha256", key.bytes)
     .update(PROOF_LABEL)
-    .update(role === "client" ? "C" : "H")
-    .update(Buffer.from(clientNonce, "hex"))
+    .update(side === "client" ? "C" : "H")
+    .update(version)
+    .update(lengthPrefixed(hello.role))
+    .update(lengthPrefixed(hello.name))
+    .update(Buffer.from(hello.nonce, "hex"))
     .update(Buffer.from(hostNonce, "hex"))
     .digest("hex");
 }
 
-/** Whether `proof` (hex, from the wire) is `role`'s proof for these nonces; constant time. */
+/** Whether `proof` (hex, from the wire) is `side`'s proof for this hello and host nonce; constant time. */
 export function checkControlProof(
   key: ClusterKey,
-  role: "client" | "host",
-  clientNonce: string,
+  side: "client" | "host",
+  hello: ControlHello,
   hostNonce: string,
   proof: string,
 ): boolean {
-  const want = Buffer.from(controlProof(key, role, clientNonce, hostNonce), "hex");
+  const want = Buffer.from(controlProof(key, side, hello, hostNonce), "hex");
   const got = Buffer.from(proof, "hex");
   return got.length === want.length && timingSafeEqual(got, want);
 }

@@ -149,7 +149,11 @@ export class ControlConnection implements JobClient {
     this.daemon.forget(this);
   }
 
-  /** The handshake: hello → challenge, then auth → our hello with our proof. */
+  /**
+   * The handshake: hello → challenge, then auth → our hello with our proof. Both proofs cover
+   * the hello as we got it (auth.ts controlProof): its role is what the session may do, so a
+   * proof made under another hello (an observer's, relayed as a launcher's) fails here.
+   */
   private onHandshake(m: Extract<ClientMessage, { type: "hello" | "auth" }>): void {
     if (m.type === "hello") {
       this.hello = m;
@@ -159,9 +163,9 @@ export class ControlConnection implements JobClient {
     }
     const hello = this.hello!;
     const nonce = this.hostNonce!;
-    if (!checkControlProof(this.opts.key, "client", hello.nonce, nonce, m.proof)) {
+    if (!checkControlProof(this.opts.key, "client", hello, nonce, m.proof)) {
       this.drop(
-        "authentication failed: the client's proof does not match this host's cluster key (it holds another key)",
+        "authentication failed: the client's proof does not match this host's cluster key and the hello it got (the client holds another key, or its hello was altered on the way)",
       );
       return;
     }
@@ -177,7 +181,7 @@ export class ControlConnection implements JobClient {
     // then says nothing (its machine gone) must not hold a maxConnections slot for ever.
     this.touch();
     this.log.info("client connected", { client: this.who });
-    this.send(this.daemon.helloFor(this.socket, controlProof(this.opts.key, "host", hello.nonce, nonce)));
+    this.send(this.daemon.helloFor(this.socket, controlProof(this.opts.key, "host", hello, nonce)));
   }
 
   private onLine(value: unknown): void {

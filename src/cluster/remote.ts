@@ -109,7 +109,14 @@ export class RemoteHost implements JobTarget {
     return new Promise((resolve, reject) => {
       let host: RemoteHost | undefined;
       let settled = false;
-      const clientNonce = newNonce();
+      // Both proofs cover this hello (auth.ts controlProof), so our role cannot be rewritten on the way.
+      const hello = {
+        type: "hello",
+        version: WIRE_VERSION,
+        role: opts.role ?? "launcher",
+        name: opts.name ?? `${osHostname()}:${process.pid}`,
+        nonce: newNonce(),
+      } as const;
       let hostNonce: string | undefined;
       const fail = (why: string, auth = false) => {
         if (settled) return;
@@ -159,12 +166,12 @@ export class RemoteHost implements JobTarget {
               hostNonce = m.nonce;
               channel.send({
                 type: "auth",
-                proof: controlProof(key, "client", clientNonce, m.nonce),
+                proof: controlProof(key, "client", hello, m.nonce),
               } satisfies ClientMessage);
               return;
             }
             if (m.type !== "hello" || hostNonce === undefined) return;
-            if (!checkControlProof(key, "host", clientNonce, hostNonce, m.proof)) {
+            if (!checkControlProof(key, "host", hello, hostNonce, m.proof)) {
               fail(
                 `did not prove the cluster key: it is not a host of this cluster, or it holds another key than ${key.source}`,
                 true,
@@ -185,13 +192,7 @@ export class RemoteHost implements JobTarget {
             else fail(why);
           },
         });
-        channel.send({
-          type: "hello",
-          version: WIRE_VERSION,
-          role: opts.role ?? "launcher",
-          name: opts.name ?? `${osHostname()}:${process.pid}`,
-          nonce: clientNonce,
-        } satisfies ClientMessage);
+        channel.send(hello satisfies ClientMessage);
       });
     });
   }

@@ -4,12 +4,14 @@
  * most MAX_LINE_BYTES, every message validated with zod on arrival (both ends treat the other
  * as untrusted).
  *
- * Handshake (version 3), before any request: the client's `hello` carries WIRE_VERSION and its
- * nonce; the host answers `challenge` with its nonce; the client sends `auth` with its proof
- * of the cluster key (auth.ts controlProof); only if it matches does the host send its `hello`,
- * which says who it is (hostname, NIC id, link address, slots) and carries the host's proof,
- * which the client checks in turn. Anything else first, a wrong proof or no proof in time
- * gets one `error` line and the connection closes.
+ * Handshake (version 4), before any request: the client's `hello` carries WIRE_VERSION, its
+ * role, its name and its nonce; the host answers `challenge` with its nonce; the client sends
+ * `auth` with its proof of the cluster key (auth.ts controlProof), which covers its whole hello
+ * and both nonces; only if it matches does the host send its `hello`, which says who it is
+ * (hostname, NIC id, link address, slots) and carries the host's proof over the same, which
+ * the client checks in turn. So a client's role cannot be changed on the way: an observer's
+ * proof relayed under a launcher's hello fails. Anything else first, a wrong proof or no
+ * proof in time gets one `error` line and the connection closes.
  *
  * Client → host: hello, auth, then link (make sure the NIC is linked to these peers), start
  * (ranks of a job, with the job's endpoint key), peers (the MPI address relay), stop (a job),
@@ -36,9 +38,11 @@ import { isJobKey } from "./protocol.js";
 
 /**
  * 2: the handshake proves the cluster key; start carries the job's key. 3: a rank's result
- * file goes to its launcher (output-file), which writes it; no host writes one.
+ * file goes to its launcher (output-file), which writes it; no host writes one. 4: the proofs
+ * cover the client's hello (role, name, version), not only the nonces, so that an observer's
+ * proof cannot be relayed to open a launcher's session.
  */
-export const WIRE_VERSION = 3;
+export const WIRE_VERSION = 4;
 /** Longest line either side accepts; a longer one is garbage and drops the connection. */
 export const MAX_LINE_BYTES = 1 << 20;
 /** Longest line a host accepts before the client proved the key (handshake lines are short). */

@@ -6,7 +6,15 @@ import net from "node:net";
 import { type ClusterKey, controlProof } from "../../src/cluster/auth.js";
 import { WIRE_VERSION } from "../../src/cluster/wire.js";
 
-export type FakeHostMessage = { type: string; id?: number; nonce?: string; job?: string };
+export type FakeHostMessage = {
+  type: string;
+  id?: number;
+  nonce?: string;
+  job?: string;
+  version?: number;
+  role?: string;
+  name?: string;
+};
 export type Reply = (message: unknown) => void;
 
 export interface FakeHostOptions {
@@ -34,7 +42,7 @@ export async function fakeControlHost(key: ClusterKey, opts: FakeHostOptions): P
     sockets.add(s);
     s.on("error", () => {});
     s.on("close", () => sockets.delete(s));
-    let clientNonce = "";
+    let clientHello = { version: 0, role: "", name: "", nonce: "" };
     const hostNonce = "cd".repeat(32);
     let buf = "";
     const reply: Reply = (o) => s.write(`${JSON.stringify(o)}\n`);
@@ -45,13 +53,18 @@ export async function fakeControlHost(key: ClusterKey, opts: FakeHostOptions): P
         buf = buf.slice(nl + 1);
         got.push(m);
         if (m.type === "hello") {
-          clientNonce = m.nonce ?? "";
+          clientHello = {
+            version: m.version ?? 0,
+            role: m.role ?? "",
+            name: m.name ?? "",
+            nonce: m.nonce ?? "",
+          };
           reply({ type: "challenge", nonce: hostNonce });
         } else if (m.type === "auth") {
           reply({
             type: "hello",
             version: WIRE_VERSION,
-            proof: controlProof(key, "host", clientNonce, hostNonce),
+            proof: controlProof(key, "host", clientHello, hostNonce),
             hostname: opts.hostname ?? "fake",
             nicId: opts.nicId,
             // A NIC that is nowhere: nothing listens on port 1.
