@@ -6,7 +6,8 @@
  * An operator's retry or two jobs starting at once (each sees no link yet, both dial) did it.
  * Now an attach through an address already linked is refused without dialing, one to an
  * address being dialed waits for that dial, and a connection that reaches a peer linked
- * another way is taken at both ends.
+ * another way is refused at both ends while the old link answers (a live link keeps its peer,
+ * tcp-attach.ts), so both keep the old link.
  */
 import assert from "node:assert/strict";
 import { after, test } from "node:test";
@@ -74,16 +75,20 @@ test("two attaches at once to a peer not linked yet: one connection, one link; t
   assert.deepEqual([churn(n3), churn(n4)], [0, 0]);
 });
 
-test("a connection that reaches a peer linked another way is taken at both ends, not refused at one", async () => {
+test("a connection that reaches a peer linked another way is refused at both ends while the old link answers: both keep it", async () => {
   const [n5, n6, port6] = await twoNics(5, 6);
   const port5 = await freePort();
   await n5.attachLink({ kind: "tcp-listen", host: HOST, port: port5, key: LINK_KEY });
   // NIC 5 dials NIC 6; then NIC 6 dials NIC 5's listener (it has a link to 5, not through that address).
   await n5.attachLink({ kind: "tcp", host: HOST, port: port6, timeoutMs: 2000, key: LINK_KEY });
   await until(() => links(n6).includes(5), "NIC 6 attached NIC 5's connection");
-  await n6.attachLink({ kind: "tcp", host: HOST, port: port5, timeoutMs: 2000, key: LINK_KEY });
+  await assert.rejects(
+    n6.attachLink({ kind: "tcp", host: HOST, port: port5, timeoutMs: 2000, key: LINK_KEY }),
+    /^Error: EBUSY: a link to NIC 5 is attached already, and it answers/,
+  );
   await settle();
-  assert.deepEqual([links(n5), links(n6)], [[6], [5]], "both ends keep the new connection");
+  assert.deepEqual([links(n5), links(n6)], [[6], [5]], "both ends keep the link that answers");
+  assert.deepEqual([churn(n5), churn(n6)], [0, 0], "no link was lost or replaced at either end");
 });
 
 test("two jobs started at once on a fresh two-host cluster both link and both run", {
