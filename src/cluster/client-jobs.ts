@@ -135,7 +135,7 @@ export class ClientJobs {
               ? {
                   name: String(e.error.name).slice(0, 256),
                   message: String(e.error.message).slice(0, 65536),
-                  stack: e.error.stack?.slice(0, 65536),
+                  stack: typeof e.error.stack === "string" ? e.error.stack.slice(0, 65536) : undefined,
                 }
               : undefined,
             result: wireResult(e.result),
@@ -155,10 +155,12 @@ export class ClientJobs {
     try {
       await set.start();
       reply(true);
-      void set.done.then(() => {
-        if (this.sets.get(job) === set) this.sets.delete(job);
-        this.log.info("the job's ranks here have ended", { job });
-      });
+      void set.done
+        .then(() => this.log.info("the job's ranks here have ended", { job }))
+        .catch((e: unknown) => this.log.warn("a job's ranks ended with an error", { job, error: String(e) }))
+        .finally(() => {
+          if (this.sets.get(job) === set) this.sets.delete(job);
+        });
     } catch (e) {
       const refused = e instanceof RankRefusal;
       this.log.warn(refused ? "refused a job" : "could not start a job's ranks", {
@@ -166,9 +168,11 @@ export class ClientJobs {
         error: (e as Error).message,
       });
       reply(false, (e as Error).message, refused ? "refused" : "failed");
-      void set.done.then(() => {
-        if (this.sets.get(job) === set) this.sets.delete(job);
-      });
+      void set.done
+        .catch(() => undefined)
+        .finally(() => {
+          if (this.sets.get(job) === set) this.sets.delete(job);
+        });
     }
   }
 

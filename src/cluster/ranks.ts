@@ -292,9 +292,12 @@ export class RankSet {
     this.endStart = r;
   });
 
-  /** Resolves when every started rank has reported its exit. */
+  /**
+   * Resolves when every started rank has reported its exit (or failed to: it never rejects, so
+   * the job's key is released and the daemon never meets an unhandled rejection).
+   */
   get done(): Promise<void> {
-    return Promise.all(this.exits).then(() => undefined);
+    return Promise.allSettled(this.exits).then(() => undefined);
   }
 
   private async startRank(rank: number, program: URL): Promise<void> {
@@ -365,28 +368,29 @@ export class RankSet {
       announced = true;
       this.events.addr(rank, m.nic >>> 0, m.endpoint >>> 0);
     });
-    this.exits.push(
-      dom.exited.then(async (e) => {
-        // The exit goes after the rank's last line, so a launcher never ends before it prints it.
-        let timer: NodeJS.Timeout | undefined;
-        await Promise.race([drained, new Promise((r) => (timer = setTimeout(r, OUTPUT_DRAIN_MS)))]);
-        clearTimeout(timer);
-        const code = exitCodeOf(e);
-        // A rank that called MPI.init (it announced its address) and returned without
-        // MPI_Finalize fails the job, as under mpirun: its peers could wait for it forever.
-        const unfinalized = code === 0 && e.state === "shutdown" && announced && !watch.finalized;
-        this.events.exit({
-          rank,
-          state: e.state,
-          // (A result file the rank asked for and did not get fails it too: the launcher's part.)
-          exitCode: code === 0 && unfinalized ? 1 : code,
-          error: unfinalized ? notFinalized() : e.error,
-          result: e.result,
-        });
-        // A long-lived host must not keep ended domains (their memory) around.
-        await dom.destroy().catch(() => undefined);
-      }),
-    );
+    const exited = dom.exited.then(async (e) => {
+      // The exit goes after the rank's last line, so a launcher never ends before it prints it.
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([drained, new Promise((r) => (timer = setTimeout(r, OUTPUT_DRAIN_MS)))]);
+      clearTimeout(timer);
+      const code = exitCodeOf(e);
+      // A rank that called MPI.init (it announced its address) and returned without
+      // MPI_Finalize fails the job, as under mpirun: its peers could wait for it forever.
+      const unfinalized = code === 0 && e.state === "shutdown" && announced && !watch.finalized;
+      this.events.exit({
+        rank,
+        state: e.state,
+        // (A result file the rank asked for and did not get fails it too: the launcher's part.)
+        exitCode: code === 0 && unfinalized ? 1 : code,
+        error: unfinalized ? notFinalized() : e.error,
+        result: e.result,
+      });
+      // A long-lived host must not keep ended domains (their memory) around.
+      await dom.destroy().catch(() => undefined);
+    });
+    // Seen by `done` (allSettled); a failure here must not end a long-lived host as an unhandled rejection.
+    exited.catch(() => undefined);
+    this.exits.push(exited);
   }
 
   /** The job's MX addresses, one per rank (the mpi-peers relay). */

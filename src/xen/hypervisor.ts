@@ -14,6 +14,7 @@
  * and XenStore have their own files one level up (grant-table.ts, event-channel.ts, xenstore/).
  */
 import { fileURLToPath } from "node:url";
+import { inspect } from "node:util";
 import { MessageChannel, type MessagePort, Worker } from "node:worker_threads";
 import { DOMID_MAX, type DomId, GNTST, PAGE_SIZE } from "./abi.js";
 import { bundledGuestScript } from "./bundles.js";
@@ -265,7 +266,7 @@ export class Hypervisor {
         this.stopDomain(dom, "crashed", { error: err });
       }
     });
-    worker.on("error", (err) => this.stopDomain(dom, "crashed", { error: err }));
+    worker.on("error", (thrown: unknown) => this.stopDomain(dom, "crashed", { error: thrownError(thrown) }));
     worker.on("exit", (code) => {
       output.close();
       if (code === 0) this.stopDomain(dom, "shutdown", {});
@@ -582,6 +583,36 @@ export class Hypervisor {
       send({ kind: "xenstore-reply", id: msg.id, ok: false, error: err });
     }
   }
+}
+
+/**
+ * What a guest's thread threw and nothing caught, as an Error of strings. Node hands the main
+ * thread the thrown value as the guest made it (a clone): any shape, any types — `throw {
+ * message: 42, stack: 7 }` reached the daemon's exit handler as is, whose `stack?.slice` threw,
+ * and the host process ended with every tenant's jobs.
+ */
+export function thrownError(thrown: unknown): Error {
+  const field = (k: string): string | undefined => {
+    try {
+      const v = (thrown as Record<string, unknown> | null)?.[k];
+      return typeof v === "string" ? v : undefined;
+    } catch {
+      return undefined;
+    }
+  };
+  const errorLike = typeof thrown === "object" && thrown !== null && typeof field("message") === "string";
+  let shown: string;
+  try {
+    shown = inspect(thrown, { depth: 2, customInspect: false, maxStringLength: 1000, breakLength: Infinity });
+  } catch {
+    shown = "a value that cannot be shown";
+  }
+  const err = new Error(errorLike ? (field("message") as string) : `the guest threw ${shown.slice(0, 2000)}`);
+  const name = field("name");
+  if (errorLike && name !== undefined) err.name = name.slice(0, 256);
+  const stack = field("stack");
+  err.stack = errorLike && stack !== undefined ? stack : `${err.name}: ${err.message}`;
+  return err;
 }
 
 /** What a stopped domain's thread is told when it still asks for something. */
