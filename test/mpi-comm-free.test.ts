@@ -41,3 +41,22 @@ test("33,000 communicators made and freed in turn; free() refuses the world, a f
   assert.equal(r0.discarded, 3);
   assert.equal(r1.discarded, 1);
 });
+
+test("free() beside a job-mate that keeps sending on the communicator returns, discarding what was there within its budget", async () => {
+  const lines: string[] = [];
+  const res = await new Job(host, {
+    n: 2,
+    path: "bypass",
+    program: new URL("./fixtures/mpi-free-flood.js", import.meta.url),
+    output: (rank, stream, line) => lines.push(`[${rank} ${stream}] ${line}`),
+  }).run();
+  assert.equal(res.exitCode, 0, `${res.failed?.error?.stack}\n${lines.join("\n")}`);
+  const [r0, r1] = res.ranks.map((r) => r.result as Record<string, unknown>);
+  assert.equal(
+    r1.gaveUp,
+    false,
+    "free() returned only once the sender stopped (it kept discarding for as long as messages came)",
+  );
+  assert.equal(r0.freed, true);
+  assert.ok((r0.discarded as number) > 0, "what was there was discarded");
+});
