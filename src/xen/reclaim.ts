@@ -50,7 +50,7 @@ function collector(): (() => void) | null {
   return gc;
 }
 
-/** Fetches this thread's collector now (at thread start, before any guest exists). */
+/** Fetches this thread's collector now (at thread start, before any guest program runs); reclaimSoon does nothing in a thread that did not. */
 export function prepareReclaim(): boolean {
   return collector() !== null;
 }
@@ -65,7 +65,10 @@ export function reclaimSoon(): void {
 
 function runReclaim(): void {
   timer = undefined;
-  const f = collector();
+  // Only a collector fetched at thread start (prepareReclaim, trusted code): fetching one
+  // turns a process-wide V8 flag on and off, which a guest could otherwise set off from its
+  // own thread through code it can reach (a privileged-looking Guest it made itself).
+  const f = gc;
   if (!f) return;
   lastRun = performance.now();
   runs++;

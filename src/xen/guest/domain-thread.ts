@@ -16,6 +16,7 @@ import { fileURLToPath } from "node:url";
 import { type MessagePort, parentPort, workerData } from "node:worker_threads";
 import { cloneBytes, HostLinkSender, MESSAGE_BASE_UNITS } from "../host-link.js";
 import type { GuestBootData, GuestControlMessage } from "../hypervisor.js";
+import { prepareReclaim } from "../reclaim.js";
 import { Guest } from "./guest.js";
 import { type BundledLibrary, type GuestMain, loadSandboxedProgram } from "./sandbox.js";
 
@@ -136,6 +137,9 @@ export async function runDomainThread(compiledIn?: GuestMain, bundled?: BundledL
   routeStdio(process.stdout, "stdout", link);
   routeStdio(process.stderr, "stderr", link);
   const { args, native } = takeNativeLink(boot);
+  // The privileged domain outlives guests and holds their memory: it collects after each
+  // teardown (reclaim.ts). Decided here, from the hypervisor's boot data, before any program.
+  if (boot.privileged) prepareReclaim();
   const guest = new Guest(
     { ...boot, args },
     {

@@ -34,7 +34,7 @@ import {
 } from "../hypercall.js";
 import type { GuestBootData } from "../hypervisor.js";
 import { GuestMemory, type PageRun } from "../memory.js";
-import { prepareReclaim, reclaimSoon } from "../reclaim.js";
+import { reclaimSoon } from "../reclaim.js";
 import { SyncCallClient } from "../sync-call.js";
 import { takeWatchEvent, XS_REQUESTS_IN_FLIGHT } from "../xenstore/port-credit.js";
 import { RequestXenStoreClient, XenStoreError, type XenStoreRequest } from "../xenstore.js";
@@ -496,10 +496,8 @@ export class Guest {
     this.#counterBuffer = boot.counters;
     this.#counters = new CounterWriter(boot.counters, CounterBlock.Domain);
     this.#hc = new HypercallClient(boot.hcPort, boot.replyWord);
-    if (boot.privileged) {
-      this.#foreign = new ForeignDomains(this);
-      prepareReclaim();
-    }
+    // (The privileged domain's thread fetches its collector at its start: domain-thread.ts.)
+    if (boot.privileged) this.#foreign = new ForeignDomains(this);
     this.grants = new GuestGrants(this, boot.grantTable, this.#foreign, this.#counters);
     const evtchnCalls: EvtchnHypercalls = {
       allocUnbound: (remoteDom) => this.hypercall<PortGrant>({ op: "evtchn_alloc_unbound", remoteDom }),
