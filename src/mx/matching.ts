@@ -23,6 +23,7 @@ import {
   type MxRequest,
   MxStatusInfo,
   type Partner,
+  type PeerAccount,
   type PeerLossListener,
   RequestState,
 } from "./types.js";
@@ -33,8 +34,9 @@ export const MAX_HELD = 4096;
 
 /**
  * Bytes an endpoint keeps, at most, by default: copies of messages no receive was posted for,
- * and of records held ahead of their turn (each also costs KEPT_RECORD_COST). Past it the peer that sent the most of
- * them is failed and what it sent dropped, as Cray MPICH aborts past MPICH_UNEX_BUFFER_SIZE:
+ * and of records held ahead of their turn (each also costs KEPT_RECORD_COST). Past it the peer
+ * address that sent the most of them (over all its connections and sessions: PeerAccount) is
+ * failed and what it sent dropped, as Cray MPICH aborts past MPICH_UNEX_BUFFER_SIZE:
  * a peer that floods messages nobody asked for (or numbers them out of order) cannot take
  * the receiver's memory (its typed arrays count against its domain's limit, and the domain
  * would be stopped). EndpointOptions.maxUnexpectedBytes changes it.
@@ -64,9 +66,15 @@ export class Matching implements PeerLossListener {
   private readonly posted: MxRequest[] = [];
   /** Messages that arrived before a receive for them, in arrival order (indexed by match value). */
   private readonly unexpected: UnexpectedQueue;
-  /** Bytes kept (in `unexpected` and in the peers' `held`, KEPT_RECORD_COST each besides the payload), in all and by sender. */
+  /**
+   * Bytes kept (in `unexpected` and in the peers' `held`, KEPT_RECORD_COST each besides the
+   * payload), in all; by sender in each address's PeerAccount, not per Partner: a peer that
+   * reconnected (a new Partner) or reopened its endpoint (a new session) is the same sender,
+   * and what a gone connection left counts for it until it is received or dropped. (Counted
+   * per Partner, a peer flooding in rounds, each on a fresh connection smaller than what an
+   * honest peer had waiting, got the honest peer failed once the rounds passed the limit.)
+   */
   private keptBytes = 0;
-  private readonly keptBytesOf = new Map<Partner, number>();
   /**
    * Rendezvous announcements waiting as unexpected, by sender: a lost peer's are looked for
    * only if it has some (a peer keeping 130,000 eager messages, then reconnecting in a loop,
@@ -261,9 +269,7 @@ export class Matching implements PeerLossListener {
   private count(k: KeptRecord, sign: 1 | -1): void {
     const n = sign * ((k.bytes === null ? 0 : k.length) + KEPT_RECORD_COST);
     this.keptBytes += n;
-    const mine = (this.keptBytesOf.get(k.source) ?? 0) + n;
-    if (mine > 0) this.keptBytesOf.set(k.source, mine);
-    else this.keptBytesOf.delete(k.source);
+    k.source.account.kept += n;
     if (sign > 0 && this.keptBytes > this.maxUnexpectedBytes) this.overflow();
   }
 
@@ -289,29 +295,37 @@ export class Matching implements PeerLossListener {
   }
 
   /**
-   * More kept than the endpoint may keep: the peer that sent the most of it is failed (its
-   * sends and this endpoint's receives from it complete ENDPOINT_UNREACHABLE, saying why) and
-   * what it sent is dropped. Honest peers keep what they sent.
+   * More kept than the endpoint may keep: the peer address that sent the most of it, over all
+   * its connections and sessions, is failed (its live partner's sends and this endpoint's
+   * receives from it complete ENDPOINT_UNREACHABLE, saying why; its newest session is refused
+   * through the NIC) and everything it sent is dropped, what its gone connections left too.
+   * Honest peers keep what they sent. Rare (each frees all the biggest sender kept), so it
+   * may walk every address known here.
    */
   private overflow(): void {
-    let worst: Partner | undefined;
-    let most = -1;
-    for (const [p, n] of this.keptBytesOf)
-      if (n > most) {
-        worst = p;
-        most = n;
+    let worst: PeerAccount | undefined;
+    let most = 0;
+    for (const a of this.partners.accounts())
+      if (a.kept > most) {
+        worst = a;
+        most = a.kept;
       }
     if (worst === undefined) return;
+    const w = worst;
     this.unexpected.removeWhere(
-      (k) => k.source === worst,
+      (k) => k.source.account === w,
       (k) => this.uncount(k),
     );
-    this.dropHeld(worst);
-    worst.refused = true;
+    // The newest partner of the address: the live one, if it has one (a gone one's held records went with it).
+    const newest = this.partners.get(w.nic, w.endpoint);
     this.ctx.counters.unexpectedOverflows++;
+    if (newest === undefined) return;
+    newest.refused = true;
+    if (newest.dead !== undefined) return;
+    this.dropHeld(newest);
     this.partners.fail(
-      worst,
-      `it sent ${formatBytes(most)} of messages this endpoint had to keep (no receive posted for them, or ahead of their turn), over its limit of ${formatBytes(this.maxUnexpectedBytes)} (maxUnexpectedBytes)`,
+      newest,
+      `it sent ${formatBytes(most)} of messages this endpoint had to keep (no receive posted for them, or ahead of their turn; its earlier connections to this endpoint included), over its limit of ${formatBytes(this.maxUnexpectedBytes)} (maxUnexpectedBytes)`,
       MxStatus.ENDPOINT_UNREACHABLE,
     );
   }

@@ -7,12 +7,21 @@
  * continues the pair's sequence numbers (over the NIC or Ethernet the peer may never learn
  * of an mx_disconnect), unless the pair had a channel: its death is seen by both sides, and
  * both start again from 0 (what the old channel still held cannot leave the new connection
- * waiting for it). A reopened endpoint (another session) is a new partner. Everything
+ * waiting for it). A reopened endpoint (another session) is a new partner. Every partner of
+ * an address shares its PeerAccount: what the address made this endpoint keep, whichever of
+ * its connections sent it (matching.ts fails the address, not a connection). Everything
  * waiting on a failed peer completes with an error status and the reason; the parts that
  * hold something of it (PeerLossListener) let go.
  */
 import type { Completion } from "./completion.js";
-import { kPartner, MxAddress, Partner, type PeerLossListener, type PeerPath } from "./types.js";
+import {
+  kPartner,
+  MxAddress,
+  Partner,
+  type PeerAccount,
+  type PeerLossListener,
+  type PeerPath,
+} from "./types.js";
 
 export class PartnerTable {
   /** Live partners first polled in this order; dead ones are swept out by `compact`. */
@@ -45,7 +54,8 @@ export class PartnerTable {
     const k = `${nic}:${endpoint}`;
     const old = this.index.get(k);
     if (old && old.dead === undefined) return old;
-    const p = new Partner(this, nic, endpoint, session);
+    // One account per address, whatever its connections and sessions (matching.ts's limit).
+    const p = new Partner(this, nic, endpoint, session, old?.account);
     if (old && old.session === session && !old.hadChannel) {
       // The same peer endpoint again (after mx_disconnect): its side kept counting.
       p.sendSeq = old.sendSeq;
@@ -55,6 +65,11 @@ export class PartnerTable {
     this.list.push(p);
     this.index.set(k, p);
     return p;
+  }
+
+  /** One account per address ever known here (the newest partner of each holds it). */
+  *accounts(): IterableIterator<PeerAccount> {
+    for (const p of this.index.values()) yield p.account;
   }
 
   /** Live partners. */

@@ -257,6 +257,22 @@ export interface PeerLossListener {
 export type Block = (ready: () => boolean, timeoutMs: number) => boolean;
 
 /**
+ * A peer endpoint's address, (nic, endpoint), as this endpoint's limit on kept messages sees
+ * it (matching.ts): one for every connection and session of the address, gone ones included.
+ * A peer that disconnects and connects again, or reopens its endpoint, gets a new Partner but
+ * keeps its account, so it cannot shed what it made this endpoint keep by coming back.
+ */
+export class PeerAccount {
+  /** Bytes this endpoint keeps of what the address sent (KEPT_RECORD_COST each besides the payload). */
+  kept = 0;
+
+  constructor(
+    readonly nic: number,
+    readonly endpoint: number,
+  ) {}
+}
+
+/**
  * A peer endpoint and everything this endpoint keeps about it (Open-MX's omx__partner):
  * its ways in and out, its pair's sequence numbers, what waits on it, its health.
  */
@@ -314,6 +330,8 @@ export class Partner {
     readonly nic: number,
     readonly endpoint: number,
     readonly session: number,
+    /** What its address holds here, shared with the address's earlier and later partners. */
+    readonly account = new PeerAccount(nic, endpoint),
   ) {
     this.address = new MxAddress(this);
   }
