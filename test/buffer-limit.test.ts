@@ -2,7 +2,8 @@
  * A guest's ArrayBuffers and typed arrays live outside its JavaScript heap limit: the
  * hypervisor meters them (buffer-watch.ts) and stops a guest that holds more than its
  * maxBufferMb, even one that never yields, before it takes the host's memory; a guest within
- * its limit, beside it, runs on.
+ * its limit, beside it, runs on. Buffers that grow, which V8 allocates where that meter does
+ * not see, a guest cannot make or grow (guest/fixed-length-buffers.ts).
  */
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
@@ -12,6 +13,7 @@ import { BUFFER_LIMIT_ERROR } from "../src/xen/hypervisor.js";
 import { nextMessage } from "./helpers/messages.js";
 
 const HOG = new URL("./fixtures/guests/buffer-hog.js", import.meta.url);
+const GROWING = new URL("./fixtures/guests/growing-buffers.js", import.meta.url);
 
 let host: Host;
 before(async () => {
@@ -67,4 +69,64 @@ test("maxBufferMb out of range is refused when the domain is created", async () 
     host.startGuest({ module: HOG, args: { role: "bystander" }, maxBufferMb: 8 }),
     /`maxBufferMb` must be an integer in 16\.\.1048576, got 8/,
   );
+});
+
+/** Twice the limit each attacker sets out to hold, and how long it then holds it (the meter's looks). */
+const GROW_MB = 128;
+const HOLD_MS = 5 * WATCH_INTERVAL_MS;
+
+test("a guest cannot make a resizable ArrayBuffer or growable SharedArrayBuffer to grow past its maxBufferMb unseen, by any way to their constructors", async () => {
+  for (const kind of ["ab", "sab"])
+    for (const route of ["global", "buffer", "subclass", "reflect"]) {
+      const d = await host.startGuest({
+        module: GROWING,
+        name: `grow-${kind}-${route}`,
+        args: { kind, route, mb: GROW_MB, waitMs: HOLD_MS },
+        maxBufferMb: 64,
+      });
+      const exit = await d.exited;
+      const what = `${kind} by ${route}`;
+      // Before the fix: "shutdown", "kept 128 MiB" (Node's count of the guest's buffers never moved).
+      assert.equal(exit.state, "crashed", `${what}: not stopped: ${String(exit.result)}`);
+      assert.equal(exit.error?.name, "TypeError", `${what}: ${exit.error?.stack}`);
+      const ctor = kind === "ab" ? "ArrayBuffer" : "SharedArrayBuffer";
+      assert.match(
+        exit.error?.message ?? "",
+        new RegExp(
+          `^new ${ctor}\\(length, \\{ maxByteLength \\}\\): buffers that can grow are not available to a guest: .*\\(maxBufferMb\\)`,
+        ),
+        what,
+      );
+    }
+});
+
+test("a buffer that grows, handed to a guest by its host, cannot be grown there", async () => {
+  for (const kind of ["ab", "sab"]) {
+    const d = await host.startGuest({
+      module: GROWING,
+      name: `grow-${kind}-from-host`,
+      args: { kind, route: "from-host", mb: GROW_MB, waitMs: HOLD_MS },
+      maxBufferMb: 64,
+    });
+    const Ctor = (kind === "ab" ? ArrayBuffer : SharedArrayBuffer) as unknown as new (
+      n: number,
+      o: { maxByteLength: number },
+    ) => ArrayBufferLike;
+    d.send(new Ctor(16 << 20, { maxByteLength: GROW_MB << 20 }));
+    const exit = await d.exited;
+    assert.equal(exit.state, "crashed", `${kind}: not stopped: ${String(exit.result)}`);
+    assert.equal(exit.error?.name, "TypeError", exit.error?.stack);
+    const method = kind === "ab" ? "ArrayBuffer.prototype.resize" : "SharedArrayBuffer.prototype.grow";
+    assert.ok(
+      exit.error?.message.startsWith(`${method}: buffers that can grow are not available to a guest`),
+      exit.error?.message,
+    );
+  }
+});
+
+test("a guest's fixed-length buffers work as programs use them", async () => {
+  const d = await host.startGuest({ module: GROWING, args: { role: "plain" }, maxBufferMb: 64 });
+  const exit = await d.exited;
+  assert.equal(exit.state, "shutdown", exit.error?.stack);
+  assert.deepEqual(exit.result, [true, 16, 16, true, true, 12, true, false, true]);
 });

@@ -16,7 +16,13 @@ import { channelEnd } from "./helpers/mx-parts.js";
 
 type End = ReturnType<typeof channelEnd>;
 
-/** A resizable ArrayBuffer (ES2024; Node 20 has it, this project's TypeScript lib does not). */
+/**
+ * A resizable ArrayBuffer (ES2024; Node 20 has it, this project's TypeScript lib does not).
+ * A sandboxed guest can neither make one nor resize one its host sent it (the hypervisor could
+ * not meter it: guest/fixed-length-buffers.ts), but the library also runs for trusted callers
+ * that can (a privileged domain, a trusted program), and a guest still detaches buffers; the
+ * library keeps coping with both, so these stay.
+ */
 type Resizable = ArrayBuffer & { resize(byteLength: number): void };
 function resizable(n: number): Resizable {
   const Ctor = ArrayBuffer as unknown as new (n: number, o: { maxByteLength: number }) => Resizable;

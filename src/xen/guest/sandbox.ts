@@ -18,6 +18,7 @@
  */
 import { SourceMap } from "node:module";
 import { formatWithOptions } from "node:util";
+import { fixedLengthBuffersOnly } from "./fixed-length-buffers.js";
 import type { GuestImage, GuestModuleImage } from "./loader.js";
 import { builtinName, HOST_SIDE_EXPORTS, NOT_IN_GUEST } from "./reach.js";
 import { runSesScript, SES_REPAIR_OPTIONS } from "./ses-script.js";
@@ -41,7 +42,6 @@ const host = {
   structuredClone: globalThis.structuredClone,
   performance: globalThis.performance,
   crypto: globalThis.crypto,
-  SharedArrayBuffer: globalThis.SharedArrayBuffer,
   Atomics: globalThis.Atomics,
   TextEncoder: globalThis.TextEncoder,
   TextDecoder: globalThis.TextDecoder,
@@ -64,6 +64,8 @@ interface Ses {
 }
 
 let ses: Ses | undefined;
+/** The realm's SharedArrayBuffer once it makes fixed-length buffers only (fixed-length-buffers.ts). */
+let sharedArrayBuffer: SharedArrayBufferConstructor | undefined;
 
 /**
  * The prototypes that typed-array element stores look through (guest memory, windows,
@@ -213,6 +215,9 @@ const STANDARD_GLOBALS = [
  */
 function lockdownRealm(sesCache?: Uint8Array): Ses {
   if (ses) return ses;
+  // Before SES's script captures the intrinsics: no buffer that can grow, which V8 allocates
+  // where the hypervisor's meter does not see (fixed-length-buffers.ts).
+  sharedArrayBuffer = fixedLengthBuffersOnly().SharedArrayBuffer;
   runSesScript(sesCache);
   const g = globalThis as unknown as Ses;
   g.repairIntrinsics(SES_REPAIR_OPTIONS);
@@ -222,7 +227,7 @@ function lockdownRealm(sesCache?: Uint8Array): Ses {
   g.hardenIntrinsics();
   // SES leaves these to the host: they are shared with the library (it waits and copies with
   // them), so freeze them before a guest can touch them.
-  for (const x of [host.SharedArrayBuffer, host.Atomics, host.TextEncoder, host.TextDecoder]) g.harden(x);
+  for (const x of [sharedArrayBuffer, host.Atomics, host.TextEncoder, host.TextDecoder]) g.harden(x);
   refastIntrinsics();
   installStackMapping();
   ses = g;
@@ -451,7 +456,7 @@ function endowments(
     },
     structuredClone: (v: unknown, o?: Parameters<typeof structuredClone>[1]) => host.structuredClone(v, o),
     // SES leaves shared memory out of compartments; a guest's memory is made of it.
-    SharedArrayBuffer: host.SharedArrayBuffer,
+    SharedArrayBuffer: sharedArrayBuffer,
     Atomics: host.Atomics,
     TextEncoder: harden(TextEncoder),
     TextDecoder: harden(TextDecoder),

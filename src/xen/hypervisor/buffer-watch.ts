@@ -12,6 +12,10 @@
  *
  * The answer comes from the guest's own thread, but from the host's code in its main realm,
  * which the guest's compartment cannot reach or rewrite (guest/sandbox.ts).
+ *
+ * `arrayBuffers` counts what Node's allocator handed out. V8 allocates buffers that can grow
+ * (resizable ArrayBuffers, growable SharedArrayBuffers) itself, where no figure of Node 20's
+ * counts them, so a guest's realm cannot make or grow them (guest/fixed-length-buffers.ts).
  */
 import type { Session } from "node:inspector";
 
