@@ -21,17 +21,27 @@ import { fixture, killChildren, startHost } from "./helpers/hosts.js";
 const PROGRAM = new URL("./fixtures/guests/thrower.js", import.meta.url);
 after(killChildren);
 
-test("whatever a guest throws uncaught, its domain ends crashed with an Error of strings", async () => {
+test("whatever a guest throws uncaught, its domain ends crashed with an Error of strings, and nothing of it runs in Node's error path", async () => {
   const host = await Host.start({});
   try {
-    for (const what of ["fields", "string", "number", "null", "getters"]) {
+    for (const what of ["fields", "string", "number", "null", "getters", "inspect", "rejection"]) {
       const d = await host.startGuest({
         module: PROGRAM,
         args: { what },
         name: `thrower-${what}`,
         pages: 256,
+        output: "pipe",
       });
+      let printed = "";
+      d.worker.stdout.on("data", (b: Buffer) => {
+        printed += b.toString();
+      });
+      d.worker.stderr.resume();
       const e = await d.exited;
+      await new Promise((r) => setImmediate(r));
+      // Node's own uncaught-error path inspected the thrown value with custom hooks on: the
+      // guest got Node's real util.inspect, which the sandbox withholds.
+      assert.doesNotMatch(printed, /inspect hook ran/, `${what}: the guest's inspect hook ran`);
       assert.equal(e.state, "crashed", what);
       assert.ok(e.error instanceof Error, `${what}: an Error`);
       for (const k of ["name", "message", "stack"] as const)

@@ -162,6 +162,20 @@ export async function runDomainThread(compiledIn?: GuestMain, bundled?: BundledL
     else if (m?.type === "foreign-stale" && typeof m.domid === "number") guest.forgetForeignSegments(m.domid);
   });
 
+  // What the program throws where nothing catches it (a timer, a rejection no one handles)
+  // ends the domain here, described by this runtime: left to Node, the value is serialized
+  // with util.inspect and its custom inspect hooks on, which hands a guest Node's real
+  // inspect (withheld by the sandbox), and reaches the hypervisor in whatever shape the guest
+  // gave it.
+  const crashed = (e: unknown) => {
+    void flushOutput(link).finally(() => {
+      post({ type: "crash", error: describe(e) });
+      process.exit(1);
+    });
+  };
+  process.on("uncaughtException", crashed);
+  process.on("unhandledRejection", crashed);
+
   try {
     // The code cache is read once, at lockdown: no need to keep the guest's copy after it.
     const sesCache = boot.sesCache;
