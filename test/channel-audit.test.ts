@@ -294,15 +294,16 @@ test("honest pair on two threads, both sleeping as the library does: no wake-up 
       break;
     }
     if (++idle < 64) continue;
-    // sleepUntil: announce the sleep, sweep, then sleep unless the sweep found something.
+    // sleepUntil: announce the sleep (in the lane), sweep, then sleep unless the sweep found
+    // something or the writer took the flag since.
     idle = 0;
     const seen = Atomics.load(rIntr, 0);
-    Atomics.store(rIntr, 1, 1);
-    if (!round(true) && seq < RECORDS) {
+    r.announceSleep();
+    if (!round(true) && seq < RECORDS && r.sleepAnnounced) {
       sleeps++;
       if (Atomics.wait(rIntr, 0, seen, MISS_MS) === "timed-out") readerMissed++;
     }
-    Atomics.store(rIntr, 1, 0);
+    r.awake();
   }
   // The writer is done once its last record is read (bounded: a missed wake-up costs MISS_MS).
   for (let k = 0; k < 20 && Atomics.load(res, 0) === 0 && bad === "" && workerError === undefined; k++)

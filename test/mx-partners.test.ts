@@ -120,6 +120,9 @@ test("a failed peer: its backlog and waiting sends complete with the reason, its
     release: () => {
       released++;
     },
+    announceSleep: () => {},
+    sleepAnnounced: () => true,
+    awake: () => {},
   };
   p.partners.fail(partner, "the peer endpoint went away", MxStatus.ENDPOINT_CLOSED);
   for (const r of [queued, waiting]) {

@@ -69,7 +69,6 @@ import {
   EXPOSURE_WORDS,
   ExposureState,
   I_SEQ,
-  I_SLEEPING,
   INTR_BYTES,
   Opcode,
   RECV_BYTES,
@@ -82,6 +81,7 @@ import {
   W_EQ_PROD,
   W_NIC_ID,
   W_NIC_SLEEPING,
+  W_OWNER_SLEEPING,
   W_RQ_CONS,
   W_RQ_PROD,
   W_SESSION,
@@ -278,9 +278,9 @@ class Owner {
         if (ev) return ev;
       }
       const seq = Atomics.load(this.intr, I_SEQ);
-      Atomics.store(this.intr, I_SLEEPING, 1);
+      Atomics.store(this.w, W_OWNER_SLEEPING, 1);
       if (Atomics.load(this.w, W_EQ_PROD) === this.eqCons) Atomics.wait(this.intr, I_SEQ, seq, 20);
-      Atomics.store(this.intr, I_SLEEPING, 0);
+      Atomics.store(this.w, W_OWNER_SLEEPING, 0);
       if (performance.now() - start > timeoutMs)
         throw new Error(`endpoint ${this.id}: no event within ${timeoutMs} ms`);
     }
@@ -1020,11 +1020,11 @@ test("a full event queue: completions wait in the backlog, the queue stalls past
 test("deliver_event writes a DRIVER event and raises the owner's interrupt", () => {
   const a = open("driven");
   const before = counters();
-  Atomics.store(a.intr, I_SLEEPING, 1);
   const seq = Atomics.load(a.intr, I_SEQ);
+  Atomics.store(a.w, W_OWNER_SLEEPING, 1);
   call({ op: "deliver_event", endpointId: a.id, cookie: 0xdeadbeef, words: [1, 2, 3, 0xffffffff] });
   assert.ok(Atomics.load(a.intr, I_SEQ) > seq, "the sleeping owner was kicked");
-  Atomics.store(a.intr, I_SLEEPING, 0);
+  assert.equal(Atomics.load(a.w, W_OWNER_SLEEPING), 0, "the NIC took the owner's flag down as it kicked");
   const e = a.nextEvent();
   assertEvent(e, EventType.Driver, 0, "driver");
   assert.equal(e.cookie, 0xdeadbeef);

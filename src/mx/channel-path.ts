@@ -17,6 +17,7 @@
 import {
   channelLanesClosed,
   LANE_BYTES,
+  LaneWord,
   RECORD_HEADER_BYTES,
   RecordFlag,
   RecordWord,
@@ -24,7 +25,7 @@ import {
 import type { DriverChannel, MxDriver } from "../myrixen/driver-abi.js";
 import { DRIVER_EVENT_CONNECT, DRIVER_EVENT_DISCONNECT } from "../myrixen/driver-abi.js";
 import { MxStatus } from "../nic/status.js";
-import { I_SEQ, I_SLEEPING } from "../nic/window.js";
+import { I_SEQ, raiseInterrupt } from "../nic/window.js";
 import { copyBytes } from "../xen/copy.js";
 import { LaneReader, LaneWriter } from "./channel.js";
 import { PieceReader, writePieces } from "./channel-pieces.js";
@@ -67,18 +68,14 @@ import {
 const MAX_DRAIN_RECORDS = LANE_BYTES / 8;
 
 /**
- * Kicks the peer if it said it sleeps, and takes its flag down as it does (the peer sets it
- * again before it next sleeps): the FRAGs a pusher writes while its reader is waking cost one
- * wake-up, not one system call each. No kick is lost: I_SEQ moved, so the reader's wait returns.
+ * Kicks the peer if it said it sleeps — in the header of the lane we write it, the one word of
+ * its sleep that only the two of us reach (channel-abi.ts ReaderSleeping) — and takes its flag
+ * down as it does (the peer sets it again before it next sleeps): the FRAGs a pusher writes
+ * while its reader is waking cost one wake-up, not one system call each. No kick is lost: the
+ * record was published before the look (mx/endpoint.ts sleepUntil says why that suffices).
  */
-function kickPeer(intr: Int32Array): boolean {
-  // A plain load first: while the peer is awake its flag's line stays shared in both caches,
-  // where a compare-exchange on every record would pull it across the cores each time.
-  if (Atomics.load(intr, I_SLEEPING) !== 1 || Atomics.compareExchange(intr, I_SLEEPING, 1, 0) !== 1)
-    return false;
-  Atomics.add(intr, I_SEQ, 1);
-  Atomics.notify(intr, I_SEQ);
-  return true;
+function kickPeer(lane: Int32Array, intr: Int32Array): boolean {
+  return raiseInterrupt(lane, LaneWord.ReaderSleeping, intr);
 }
 
 /** A rendezvous being pushed through the channel: the sender's side, or the receiver's. */
@@ -120,6 +117,10 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
   private readonly writer: LaneWriter;
   private readonly reader: LaneReader;
   private readonly peerIntr: Int32Array;
+  /** Our lane's control words: the peer's ReaderSleeping flag is there (kickPeer). */
+  private readonly laneCtl: Int32Array;
+  /** announceSleep raised our reader's flag and it is not cleared yet (sleepAnnounced). */
+  private announced = false;
   private readonly ctx: EndpointContext;
   private readonly completion: Completion;
   private readonly sends: PendingSends;
@@ -152,6 +153,7 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
     this.writer = new LaneWriter(ch.channel, ch.side);
     this.reader = new LaneReader(ch.channel, (1 - ch.side) as 0 | 1, MAX_CHANNEL_RECORD);
     this.peerIntr = new Int32Array(ch.peerIntr);
+    this.laneCtl = this.writer.control;
     this.ctx = parts.ctx;
     this.completion = parts.completion;
     this.sends = parts.sends;
@@ -226,7 +228,7 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
     }
     w.commit();
     this.policer?.gave(req.buffer.length);
-    if (kickPeer(this.peerIntr)) this.ctx.counters.kicks++;
+    if (kickPeer(this.laneCtl, this.peerIntr)) this.ctx.counters.kicks++;
     // An eager send is complete once its data is in the channel (MX may complete eager sends locally).
     if (!req.sync && !rndv) this.completion.complete(req, MxStatus.SUCCESS, req.buffer.length);
     else req.state = RequestState.Sent;
@@ -256,7 +258,7 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
     if (!this.writer.hasRoomFor(req.buffer.length, CHANNEL_EAGER_PIECE)) return false;
     if (req.sync) this.sends.add(req);
     writePieces(this.writer, req, nextSendSeq(this.peer), this.ctx, () => {
-      if (kickPeer(this.peerIntr)) this.ctx.counters.kicks++;
+      if (kickPeer(this.laneCtl, this.peerIntr)) this.ctx.counters.kicks++;
     });
     this.policer?.gave(req.buffer.length);
     this.ctx.counters.eager++;
@@ -293,7 +295,7 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
     words[aux + NotifyAux.Xfer] = xfer;
     words[aux + NotifyAux.Status] = status;
     w.commit();
-    if (kickPeer(this.peerIntr)) this.ctx.counters.kicks++;
+    if (kickPeer(this.laneCtl, this.peerIntr)) this.ctx.counters.kicks++;
     return true;
   }
 
@@ -395,6 +397,27 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
     this.parts.partners.fail(this.peer, "the peer endpoint went away", MxStatus.ENDPOINT_CLOSED);
   }
 
+  /** ChannelEnd.announceSleep: the peer's next record kicks us (channel-abi.ts ReaderSleeping). */
+  announceSleep(): void {
+    this.announced = true;
+    this.reader.announceSleep();
+  }
+
+  /**
+   * ChannelEnd.sleepAnnounced: our flag is still up — false once the peer took it (it kicked,
+   * or is about to), and for a channel mapped since announceSleep, which the peer does not kick.
+   */
+  sleepAnnounced(): boolean {
+    return this.announced && this.reader.sleepAnnounced;
+  }
+
+  /** ChannelEnd.awake: we are up, the peer's records kick no more. */
+  awake(): void {
+    if (!this.announced) return;
+    this.announced = false;
+    this.reader.awake();
+  }
+
   /**
    * A dead peer's channel is dropped here and unmapped by the driver, so the backend can give
    * the memory back: a survivor keeps nothing of a peer that went away.
@@ -480,7 +503,7 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
       cts.shift();
       wrote = true;
       this.receiving.push(t);
-      if (kickPeer(this.peerIntr)) this.ctx.counters.kicks++;
+      if (kickPeer(this.laneCtl, this.peerIntr)) this.ctx.counters.kicks++;
     }
     const out = this.pushing;
     while (out.length > 0) {
@@ -514,7 +537,7 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
         w.commit();
         wrote = true;
         t.done += n;
-        if (kickPeer(this.peerIntr)) this.ctx.counters.kicks++;
+        if (kickPeer(this.laneCtl, this.peerIntr)) this.ctx.counters.kicks++;
       }
       out.shift();
       // Every byte is in the lane: the send is over (as an eager send is once copied in).

@@ -151,6 +151,14 @@ export class LaneWriter {
     this.ctl[LaneWord.Tail] = this.tail;
   }
 
+  /**
+   * The lane's control words: the reader's ReaderSleeping flag among them, which the writer
+   * takes when it kicks (nic/window.ts raiseInterrupt).
+   */
+  get control(): Int32Array {
+    return this.ctl;
+  }
+
   /** Bytes the reader has not consumed yet (0 = the peer has seen everything). */
   backlog(): number {
     return (this.tail - Atomics.load(this.ctl, LaneWord.Head)) >>> 0;
@@ -281,6 +289,24 @@ export class LaneReader {
     if (this.head === this.published) return;
     this.published = this.head;
     Atomics.store(this.ctl, LaneWord.Head, this.head);
+  }
+
+  /**
+   * The reader is about to sleep (LaneWord.ReaderSleeping): the writer's next record kicks it.
+   * Atomic: the reader's last look at the lane comes after it (mx/endpoint.ts sleepUntil).
+   */
+  announceSleep(): void {
+    Atomics.store(this.ctl, LaneWord.ReaderSleeping, 1);
+  }
+
+  /** False once the writer took the flag announceSleep raised: it kicked, or is about to. */
+  get sleepAnnounced(): boolean {
+    return Atomics.load(this.ctl, LaneWord.ReaderSleeping) === 1;
+  }
+
+  /** Awake: the writer's records kick no more (a store only if the writer left the flag up). */
+  awake(): void {
+    if (this.ctl[LaneWord.ReaderSleeping] !== 0) Atomics.store(this.ctl, LaneWord.ReaderSleeping, 0);
   }
 
   /** Counts one message taken from the lane, for the host's inspection (LaneWord.Messages). */

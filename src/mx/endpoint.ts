@@ -35,7 +35,7 @@
  */
 import type { MxDriver } from "../myrixen/driver-abi.js";
 import { MxStatus } from "../nic/status.js";
-import { I_SEQ, I_SLEEPING, WIRE_TIMEOUT_MS } from "../nic/window.js";
+import { I_SEQ, W_OWNER_SLEEPING, WIRE_TIMEOUT_MS } from "../nic/window.js";
 import { Channels } from "./channel-path.js";
 import { asMxError, BufferCheck, checkMatch, MX_INFINITE, MxError } from "./codes.js";
 import { Completion } from "./completion.js";
@@ -119,6 +119,8 @@ export class MxEndpoint {
   private blockSlept = false;
   private blockPreempted = false;
   private readonly intr: Int32Array;
+  /** The NIC window's control words: W_OWNER_SLEEPING, our "kick me" to the NIC, is there. */
+  private readonly win: Int32Array;
   /** The buffers isend and irecv were last given, and the library's views of them (codes.ts). */
   private readonly sendBuffer = new BufferCheck();
   private readonly recvBuffer = new BufferCheck();
@@ -160,6 +162,7 @@ export class MxEndpoint {
     this.session = ep.session;
     try {
       this.intr = new Int32Array(ep.intr);
+      this.win = new Int32Array(ep.window, 0, W_OWNER_SLEEPING + 1);
       // The parts, bottom up (the header's table).
       const ctx = (this.ctx = new EndpointContext(this.nicId, this.endpointId, this.session, this.key));
       this.ctxCounters = ctx.counters;
@@ -589,17 +592,20 @@ export class MxEndpoint {
       if (req.done) return this.completion.reap(req);
       const left = deadline - performance.now();
       if (left <= 0) return undefined;
+      // As sleepUntil: announce, look again, look at the flags once more, sleep.
       const seq = Atomics.load(this.intr, I_SEQ);
-      Atomics.store(this.intr, I_SLEEPING, 1);
+      this.announceSleep();
       this.ctxCounters.sleeps++;
       this.progress(true);
       if (req.done) {
-        Atomics.store(this.intr, I_SLEEPING, 0);
+        this.endSleep();
         return this.completion.reap(req);
       }
-      const r = Atomics.waitAsync(this.intr, I_SEQ, seq, this.sleepSlice(left, SLEEP_SLICE_MS));
-      if (r.async) await r.value;
-      Atomics.store(this.intr, I_SLEEPING, 0);
+      if (this.sleepAnnounced()) {
+        const r = Atomics.waitAsync(this.intr, I_SEQ, seq, this.sleepSlice(left, SLEEP_SLICE_MS));
+        if ((r.async ? await r.value : r.value) === "timed-out") this.ctxCounters.sleepTimeouts++;
+      }
+      this.endSleep();
     }
   }
 
@@ -732,12 +738,22 @@ export class MxEndpoint {
     for (;;) {
       const now = performance.now();
       if (now >= deadline) return false;
+      // No kick is lost. Each waker (the NIC, a co-resident peer) publishes its event or record
+      // and then looks at its own "kick me" flag; we read I_SEQ, raise every flag, then look
+      // at everything (progress(true)) — all with sequentially consistent atomics. So either
+      // our look finds what it published, or its look finds its flag up: it takes the flag
+      // down and bumps I_SEQ, and our wait on the value read before returns at once (or the
+      // notify after the bump wakes it). Each flag lives where only that waker and we reach
+      // it (announceSleep), so a hostile peer can silence its own kicks, never another's.
+      // I_SEQ is on the interrupt page, which every peer holds: a hostile one could set it
+      // back to `seq` after a kick, so the flags are looked at once more just before the
+      // wait — one taken down since means a kick is on its way, and we look again instead.
       const seq = Atomics.load(intr, I_SEQ);
-      Atomics.store(intr, I_SLEEPING, 1);
+      this.announceSleep();
       this.ctxCounters.sleeps++;
       this.progress(true);
       if (ready() || this.wakeupPending) {
-        Atomics.store(intr, I_SLEEPING, 0);
+        this.endSleep();
         if (this.wakeupPending) {
           this.wakeupPending = false;
           return ready();
@@ -747,14 +763,15 @@ export class MxEndpoint {
       const ether = this.ether;
       if (ether !== undefined && this.partners.split) {
         // Our peers reach us over Ethernet: netback's event channel wakes us. A peer still
-        // writing to an old channel kicks the interrupt page, hence the short slices.
-        Atomics.store(intr, I_SLEEPING, 0);
+        // writing to an old channel kicks no more, hence the short slices.
+        this.endSleep();
         ether.wait(Math.min(deadline - now, MIXED_SLICE_MS));
-      } else {
+      } else if (this.sleepAnnounced()) {
         const slice = ether?.active ? MIXED_SLICE_MS : SLEEP_SLICE_MS;
-        Atomics.wait(intr, I_SEQ, seq, this.sleepSlice(deadline - now, slice));
+        if (Atomics.wait(intr, I_SEQ, seq, this.sleepSlice(deadline - now, slice)) === "timed-out")
+          this.ctxCounters.sleepTimeouts++;
       }
-      Atomics.store(intr, I_SLEEPING, 0);
+      this.endSleep();
       // Woken: spin again briefly (longer while something moves), the sender usually has more for us.
       let again = Math.min(performance.now() + this.spinUs / 1000, deadline);
       let movedSince = false;
@@ -770,6 +787,41 @@ export class MxEndpoint {
         }
       }
     }
+  }
+
+  /**
+   * Says "kick me" to everyone who may wake us, each in memory that only it and we reach: to
+   * the NIC in our window (W_OWNER_SLEEPING), to each co-resident peer in the lane it writes
+   * to us (ChannelEnd.announceSleep). Never on the interrupt page, which all our peers hold:
+   * a flag there, one peer could clear for all of them (window.ts). Atomic stores, each
+   * before the look that follows (sleepUntil).
+   */
+  private announceSleep(): void {
+    Atomics.store(this.win, W_OWNER_SLEEPING, 1);
+    const peers = this.partners.list;
+    for (let p = 0; p < peers.length; p++) peers[p].channel?.announceSleep();
+  }
+
+  /**
+   * Whether every flag announceSleep raised is still up: false once a waker took its own down
+   * (it kicked us, or is about to), or when a channel mapped since has none.
+   */
+  private sleepAnnounced(): boolean {
+    if (Atomics.load(this.win, W_OWNER_SLEEPING) !== 1) return false;
+    const peers = this.partners.list;
+    for (let p = 0; p < peers.length; p++) {
+      const ch = peers[p].channel;
+      if (ch !== undefined && !ch.sleepAnnounced()) return false;
+    }
+    return true;
+  }
+
+  /** Awake: every flag announceSleep raised comes down, so no waker kicks us while we run. */
+  private endSleep(): void {
+    const win = this.win;
+    if (win[W_OWNER_SLEEPING] !== 0) Atomics.store(win, W_OWNER_SLEEPING, 0);
+    const peers = this.partners.list;
+    for (let p = 0; p < peers.length; p++) peers[p].channel?.awake();
   }
 
   /** How long one sleep may last: no longer than `left` or `slice`, nor past the time a lane held by its caps may be read again. */

@@ -240,6 +240,15 @@ export interface ChannelEnd {
   checkClosed(): void;
   /** The peer is gone (`code`): transfers under way fail, the lanes are dropped and the driver unmaps the channel. */
   release(code?: number): void;
+  /**
+   * The endpoint is about to sleep: the peer's next record kicks it. Said in the lane the peer
+   * writes to us (channel-abi.ts ReaderSleeping), which no one else reaches.
+   */
+  announceSleep(): void;
+  /** Whether the flag announceSleep raised is still up (the peer has not kicked since). */
+  sleepAnnounced(): boolean;
+  /** The endpoint is awake: its flag comes down (if the peer left it up). */
+  awake(): void;
 }
 
 /** Who fetches a matched rendezvous: the NIC (a PULL descriptor) or the sender over Ethernet. */
@@ -442,6 +451,11 @@ export interface EndpointCounters extends RegCounters {
   kicks: number;
   /** Times this endpoint announced it would sleep (a peer may kick only after one). */
   sleeps: number;
+  /**
+   * Sleeps that lasted their whole slice (no kick, no other wake-up came): nothing arrived
+   * meanwhile, or something did and its sender (a peer, the NIC) did not kick.
+   */
+  sleepTimeouts: number;
   progress: number;
   channelErrors: number;
   nicErrors: number;
@@ -522,6 +536,7 @@ function newCounters(): EndpointCounters {
     unexpectedScanned: 0.5,
     kicks: 0.5,
     sleeps: 0.5,
+    sleepTimeouts: 0.5,
     progress: 0.5,
     channelErrors: 0.5,
     nicErrors: 0.5,

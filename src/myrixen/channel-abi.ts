@@ -18,6 +18,17 @@
  *     Messages     [reader]  messages taken from the lane (u32, wraps): what the host's
  *                  inspection counts for co-resident traffic (rates, latency samples); the
  *                  reader's own word, so it is as true as that endpoint's library
+ *     ReaderSleeping  [reader sets to 1, writer takes (CAS 1 → 0), reader clears]  the reader
+ *                  is about to sleep on its interrupt page: the writer, having published a
+ *                  record, takes the flag down and kicks it (bumps the page's I_SEQ and
+ *                  notifies, nic/window.ts). It lives here, not on the interrupt page, because
+ *                  the page is granted to every co-resident peer of the reader: a flag there
+ *                  was one any peer could clear, and each honest peer, then the NIC, believed
+ *                  the reader awake and let it sleep out its slice. Only the lane's two
+ *                  members reach this word, so a writer can only silence its own kicks. The
+ *                  reader writes it only when it goes to sleep and when it wakes: while it is
+ *                  awake the writer's look at it per record is a load of a line that stays
+ *                  shared in both caches. Protocol: mx/endpoint.ts sleepUntil.
  *
  *   record (RecordWord: u32 indices from the record's start; 8-byte aligned, never wrapping;
  *   all written by the lane's writer, copied out once by its reader, which treats them as
@@ -85,6 +96,7 @@ export const enum LaneWord {
   Closed = 64,
   SpaceWanted = 96,
   Messages = 128,
+  ReaderSleeping = 160,
 }
 
 export const RECORD_HEADER_BYTES = 48;

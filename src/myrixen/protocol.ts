@@ -70,7 +70,15 @@ import { PAGE_SIZE } from "../xen/abi.js";
 import { ringEntries, ringSlotSize } from "../xen/ring.js";
 
 export const MYRI_DEVICE_TYPE = "myri";
-export const MYRI_PROTOCOL = "myrixen-1";
+/**
+ * The version both ends write in XenStore; a frontend and a backend that differ refuse each
+ * other. It covers what the library's peers must agree on beyond the ring too — the window
+ * (nic/window.ts) and the channel (channel-abi.ts) a backend hands out. myrixen-2: a sleeping
+ * endpoint says "kick me" in its window (W_OWNER_SLEEPING) and in each lane it reads
+ * (ReaderSleeping), no longer on its interrupt page, which its peers hold: a myrixen-1 library
+ * would never see its peer asleep, and let it sleep out every slice.
+ */
+export const MYRI_PROTOCOL = "myrixen-2";
 
 /** XenStore keys of the handshake. */
 export const XsKey = {

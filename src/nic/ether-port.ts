@@ -18,8 +18,11 @@
  *         interrupt once it has consumed frames, and clears it)
  *   448   NIC statistics: frames dropped because the RX ring was full, bad frames from the
  *         driver, frames from the driver that no link took
- *   512   interrupt: I_SEQ and I_SLEEPING (window.ts) at words 0 and 16 of a view here; the
- *         driver sleeps on I_SEQ, the NIC raises it after writing RX records (or freeing TX room)
+ *   512   interrupt: I_SEQ (window.ts) and PORT_I_SLEEPING at words 0 and 16 of a view here;
+ *         the driver sleeps on I_SEQ after setting PORT_I_SLEEPING, the NIC raises it after
+ *         writing RX records (or freeing TX room) as it raises an endpoint (raiseInterrupt).
+ *         The flag may sit next to the futex word here, unlike an endpoint's (window.ts): the
+ *         port is shared by the NIC and the driver domain only, no third party writes it.
  *   4096  TX data area, PORT_RING_BYTES
  *   4096 + PORT_RING_BYTES  RX data area, PORT_RING_BYTES
  *
@@ -34,7 +37,7 @@
  */
 import { copyBytes } from "../xen/copy.js";
 import { zeroed } from "../xen/double-counts.js";
-import { I_SEQ, I_SLEEPING } from "./window.js";
+import { I_SEQ } from "./window.js";
 
 export const PORT_MAGIC = 0x45544850; // "PHTE": a NIC Ethernet port
 export const PORT_VERSION = 1;
@@ -53,9 +56,11 @@ export const P_TX_WAITING = 96;
 export const P_STAT_RX_DROPPED = 112;
 export const P_STAT_TX_BAD = 113;
 export const P_STAT_TX_DROPPED = 114;
-/** Byte offset of the interrupt words (a 32-word Int32Array view here: I_SEQ, I_SLEEPING). */
+/** Byte offset of the interrupt words (a 32-word Int32Array view here: I_SEQ, PORT_I_SLEEPING). */
 export const PORT_INTR_OFFSET = 512;
 export const PORT_INTR_WORDS = 32;
+/** Driver: 1 while it sleeps (or is about to) on the port's I_SEQ; the NIC takes it when it raises. */
+export const PORT_I_SLEEPING = 16;
 
 export const PORT_RING_BYTES = 1 << 20;
 export const PORT_TX_OFFSET = 4096;
@@ -268,7 +273,7 @@ export class EtherPortClient {
    */
   async waitAsync(timeoutMs: number): Promise<void> {
     const seq = Atomics.load(this.intr, I_SEQ);
-    Atomics.store(this.intr, I_SLEEPING, 1);
+    Atomics.store(this.intr, PORT_I_SLEEPING, 1);
     try {
       if (this.rxPending) return;
       if (Atomics.load(this.w, P_TX_WAITING) === 1 && this.txRoom()) return;
@@ -278,7 +283,7 @@ export class EtherPortClient {
         await r.value;
       }
     } finally {
-      Atomics.store(this.intr, I_SLEEPING, 0);
+      Atomics.store(this.intr, PORT_I_SLEEPING, 0);
     }
   }
 

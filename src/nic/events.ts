@@ -7,7 +7,7 @@
  * before it; else into the endpoint's backlog (EVENT_BACKLOG events, kept in order and moved
  * into the queue as the owner consumes); else it is dropped and counted. Interrupts are
  * raised once per endpoint per round however many events it got (flushRaises), and kick only
- * an owner that said it sleeps (window.ts raiseInterrupt).
+ * an owner that said it sleeps, in its window (window.ts W_OWNER_SLEEPING, raiseInterrupt).
  *
  * Allocation: events are built in one preallocated scratch event; nothing is allocated per
  * event.
@@ -28,6 +28,7 @@ import {
   M_SRC_SESSION,
   M_TRACE,
 } from "./endpoints.js";
+import { PORT_I_SLEEPING } from "./ether-port.js";
 import { OwnRefusals } from "./own-refusals.js";
 import { PULL_FORGET_MS, PULL_LOCKOUT_MAX_MS, PULL_LOCKOUT_MS } from "./pull-throttle.js";
 import { SESSION_FORGET_MS, SESSION_LOCKOUT_MAX_MS, SESSION_LOCKOUT_MS } from "./session-throttle.js";
@@ -65,6 +66,7 @@ import {
   raiseInterrupt,
   W_EQ_CONS,
   W_EQ_PROD,
+  W_OWNER_SLEEPING,
 } from "./window.js";
 
 const EQ_W = EQ_OFFSET / 4;
@@ -311,13 +313,13 @@ export class Events {
       ctx.needRaise = false;
       this.c[NicCounter.interrupts]++;
       this.c[ctx.base + EndpointCounter.interrupts]++;
-      if (raiseInterrupt(ctx.intr)) this.c[NicCounter.interrupt_kicks]++;
+      if (raiseInterrupt(ctx.w, W_OWNER_SLEEPING, ctx.intr)) this.c[NicCounter.interrupt_kicks]++;
     }
     this.raiseCount = 0;
     if (this.portNeedRaise) {
       this.portNeedRaise = false;
       this.c[NicCounter.interrupts]++;
-      if (raiseInterrupt(this.portIntr)) this.c[NicCounter.interrupt_kicks]++;
+      if (raiseInterrupt(this.portIntr, PORT_I_SLEEPING, this.portIntr)) this.c[NicCounter.interrupt_kicks]++;
     }
   }
 }

@@ -13,9 +13,14 @@
  * answers garbage with an ERROR event and a counter, never an exception.
  *
  * A second, smaller SharedArrayBuffer per endpoint is its *interrupt page*: the word the
- * owner sleeps on. The NIC raises it after writing an event, and so may a co-resident peer
- * the backend connected to the endpoint (it is the only part of an endpoint a peer gets).
- * A raiser kicks (Atomics.notify) only when the owner has said it sleeps.
+ * owner sleeps on (I_SEQ). The NIC raises it after writing an event, and so may a co-resident
+ * peer the backend connected to the endpoint (it is the only part of an endpoint a peer gets).
+ * A raiser kicks (Atomics.notify) only when the owner has said it sleeps, and the owner says
+ * so to each raiser in memory it shares with that raiser alone: to the NIC in this window
+ * (W_OWNER_SLEEPING), to a co-resident peer in the lane that peer writes to it
+ * (myrixen/channel-abi.ts ReaderSleeping). Never on the interrupt page: every peer of the
+ * owner writes there, and a flag there was one a hostile peer cleared to make the NIC and the
+ * honest peers believe the owner awake, so that none of them woke it.
  */
 import { PAGE_SIZE } from "../xen/abi.js";
 
@@ -37,6 +42,13 @@ export const W_EQ_CONS = 48;
 export const W_NIC_SLEEPING = 64;
 /** W_NIC_SLEEPING's value when the sleeping NIC holds deliveries for the endpoint. */
 export const NIC_SLEEPING_HOLDING = 2;
+/**
+ * Owner: 1 while it sleeps (or is about to) on its interrupt page; the NIC, after writing its
+ * events, takes it (CAS 1 → 0) and kicks (raiseInterrupt); the owner clears it when it wakes.
+ * The owner writes it only around a sleep, so while it is awake the NIC's look at it is a load
+ * of a line that stays shared. The ordering that loses no kick: mx/endpoint.ts sleepUntil.
+ */
+export const W_OWNER_SLEEPING = 128;
 /** NIC: endpoint state, one of EndpointState. */
 export const W_STATE = 80;
 export const W_ENDPOINT_ID = 81;
@@ -441,14 +453,28 @@ export const ANY_ENDPOINT = 0xffffffff;
 
 // ---- interrupt page -------------------------------------------------------------------------
 
+//
+// One word: I_SEQ, the futex word. The rest of the page is unused and no one reads it (word 16
+// was I_SLEEPING, the owner's "kick me" flag, until any peer holding the page could clear it:
+// the flags are now W_OWNER_SLEEPING and each lane's ReaderSleeping, see the header).
+// Everyone the page is granted to can write I_SEQ, so a hostile holder can make its owner
+// wake for nothing (CPU, not latency: the owner re-checks and sleeps again); and, by setting
+// the word back to the value the owner read in a tight loop, it could hide a kick that lands
+// in the instant between the owner's last look at its flags and its Atomics.wait (see
+// mx/endpoint.ts sleepUntil), a rare lost kick that costs the owner one sleep slice.
+
 /** Incremented by every kick; the owner sleeps with Atomics.wait(intr, I_SEQ, seenValue). */
 export const I_SEQ = 0;
-/** Owner: 1 while it sleeps (or is about to); raisers kick only then. */
-export const I_SLEEPING = 16;
 
-/** Raise an endpoint's interrupt: kick only if its owner said it sleeps. Returns whether it kicked. */
-export function raiseInterrupt(intr: Int32Array): boolean {
-  if (Atomics.load(intr, I_SLEEPING) === 0) return false;
+/**
+ * Raise an interrupt: kick the owner of `intr` only if it said it sleeps in `flags[flag]` (a
+ * word only it and this raiser reach), taking the flag down as it does, so that the events
+ * or records that follow while it wakes cost no more kicks. Returns whether it kicked. A
+ * load first: while the owner is awake the flag's line stays shared in both caches, where a
+ * compare-exchange every time would pull it across the cores.
+ */
+export function raiseInterrupt(flags: Int32Array, flag: number, intr: Int32Array): boolean {
+  if (Atomics.load(flags, flag) !== 1 || Atomics.compareExchange(flags, flag, 1, 0) !== 1) return false;
   Atomics.add(intr, I_SEQ, 1);
   Atomics.notify(intr, I_SEQ);
   return true;
