@@ -10,6 +10,7 @@ import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
+import { WIRE_VERSION } from "../src/cluster/wire.js";
 import { LaneReader, LaneWriter } from "../src/mx/channel.js";
 import { laneProgress } from "../src/myrixen/back.js";
 import { CHANNEL_BYTES } from "../src/myrixen/channel-abi.js";
@@ -129,7 +130,13 @@ test("myrixen info and endpoints: the NIC, quotas, versions; each endpoint's own
   assert.equal(r.code, 0, r.stderr);
   assert.match(r.stdout, new RegExp(`^nic\\s+: NIC ${host.nicId}: \\d+/32 endpoints open`, "m"));
   assert.match(r.stdout, /^quotas\s+: per domain: 8 endpoints, 1024 regions, 256\.0 MiB registered/m);
-  assert.match(r.stdout, /^versions\s+: myrixen \d+\.\d+\.\d+, control protocol 3, snapshot 1, node /m);
+  assert.match(
+    r.stdout,
+    new RegExp(
+      `^versions\\s+: myrixen \\d+\\.\\d+\\.\\d+, control protocol ${WIRE_VERSION}, snapshot 1, node `,
+      "m",
+    ),
+  );
   assert.match(r.stdout, /^jobs\s+: \S+ \(2 ranks\)/m);
   const j = JSON.parse((await myrixen(["info", "--json", ...at()])).stdout) as {
     nic: { maxEndpoints: number; counters: Record<string, number> };
