@@ -298,11 +298,24 @@ export class Host {
     const d = dom.domid;
     const device = { type: MYRI_DEVICE_TYPE, frontDom: d, backDom: 0, devid: 0 };
     const vif = { type: VIF_DEVICE_TYPE, frontDom: d, backDom: 0, devid: 0 };
+    // A program that fails while it loads (a top-level throw) stops the domain before any of
+    // this: the hypervisor has released it and removed its XenStore home, which the writes
+    // below would make again, for no one — 6 nodes a failed guest, 12 a failed 2-rank job,
+    // until the id came round again (the store has no quota for dom0's nodes).
+    const alive = () => dom.state === "running" || dom.state === "booting";
+    /** Removes what the writes below left of a domain that stopped meanwhile. */
+    const forgetHome = async () => {
+      if (fastPath) await destroyDevice(ts, device).catch(() => undefined);
+      await destroyDevice(ts, vif).catch(() => undefined);
+      if (!this.hypervisor.xenstore.isIntroduced(d)) await ts.rm(`/local/domain/${d}`).catch(() => undefined);
+    };
+    if (!alive()) return dom;
     try {
       // Like xl's memory/target: the guest may read it, not change it; myrback caps its
       // registrations at it.
       const mem = `/local/domain/${d}/memory`;
       await ts.write(`/local/domain/${d}/${MEMORY_TARGET_KEY}`, String(dom.pages * 4));
+      if (!alive()) throw new Error("stopped while its devices were made");
       for (const p of [mem, `/local/domain/${d}/${MEMORY_TARGET_KEY}`])
         await ts.setPerms(p, [
           { dom: 0, access: "n" },
@@ -315,6 +328,7 @@ export class Host {
         // Before the guest can connect: its first endpoint opens under this policy.
         if (qos) await ts.write(`${backPath}/${QOS_KEY}`, encodeQosPolicy(qos));
       }
+      if (!alive()) throw new Error("stopped while its devices were made");
       const { frontPath, backPath } = await createDevice(ts, vif);
       // Like xl: the MAC goes into both directories; netback serves the vif once it is there.
       const mac = vifMac(this.nicId, d);
@@ -325,16 +339,19 @@ export class Host {
     } catch (e) {
       // The caller gets no handle to a domain whose devices could not be made: it goes now,
       // not with the host (a host runs for weeks).
-      if (dom.state === "running" || dom.state === "booting") {
+      if (alive()) {
         await dom.destroy().catch(() => undefined);
+        await forgetHome();
         throw e;
       }
     }
+    // Stopped meanwhile: nothing of it is left (the caller gets the stopped domain, with why).
+    if (!alive()) {
+      await forgetHome();
+      return dom;
+    }
     // The toolstack removes the devices when the domain goes; the backends see them vanish.
-    void dom.exited.then(async () => {
-      if (fastPath) await destroyDevice(ts, device).catch(() => undefined);
-      await destroyDevice(ts, vif).catch(() => undefined);
-    });
+    void dom.exited.then(forgetHome);
     dom.unpause();
     return dom;
   }
