@@ -317,6 +317,10 @@ export class Hypervisor {
     else dom.settle("destroyed", {});
     await dom.worker.terminate();
     if (this.all.get(dom.domid) === dom) this.all.delete(dom.domid);
+    // Its owner is done with it: not kept for lookups either, with what it returned (a rank's
+    // result of 32 MiB was held for the next 255 domains, in a daemon that never shows it).
+    const kept = this.stopped.indexOf(dom);
+    if (kept >= 0) this.stopped.splice(kept, 1);
   }
 
   /** Destroys every domain (the host shuts down). */
