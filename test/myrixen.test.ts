@@ -16,6 +16,7 @@ import type { AgentCommand, AgentReply } from "./fixtures/myri-agent.js";
 
 const AGENT = new URL("./fixtures/myri-agent.js", import.meta.url);
 const HOSTILE = new URL("./fixtures/myri-hostile.js", import.meta.url);
+const NOMAIN = new URL("./fixtures/guests/nomain.js", import.meta.url);
 
 interface Agent {
   dom: Domain;
@@ -506,6 +507,21 @@ test("a guest and a native process connect through the NIC (no channel); the pro
   assert.deepEqual(ev.words, [0xffffffff, 7, epN.endpointId, epN.session]);
   await g.call({ op: "close", endpointId: epG.endpointId });
   await g.dom.destroy();
+});
+
+test("a native process that fails at load leaves the native service no link of it", async () => {
+  // Its boot fails, and it is released, before the host sends dom0 its link: the release's
+  // sweep ran without it, and no other domain goes here to sweep again.
+  const dom = await host.startNative({ module: NOMAIN, name: "native-nomain", pages: 256 });
+  assert.equal((await dom.exited).state, "crashed");
+  // Asked on the same link, after the attach: dom0 lists it until it has looked for its home.
+  let served = (await host.backendState()).native;
+  for (let tries = 0; served.includes(dom.domid) && tries < 100; tries++) {
+    await new Promise((r) => setTimeout(r, 20));
+    served = (await host.backendState()).native;
+  }
+  assert.ok(!served.includes(dom.domid), `its link was dropped at once (served: ${served})`);
+  assert.equal(host.backendStats().nativeClients, served.length);
 });
 
 test("backend stats count the requests it served, per operation", async () => {

@@ -11,7 +11,15 @@ import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { freePort } from "../src/cluster/listen.js";
 import { Host } from "../src/host/host.js";
-import { type MxSteerHost, MxSteering, STEER_REJECT } from "../src/netback/mx-steer.js";
+import {
+  ASK_TTL_MS,
+  MAX_ASKED,
+  MAX_ASKS_PER_DOMAIN,
+  type MxSteerHost,
+  MxSteering,
+  STEER_REFUSE,
+  STEER_REJECT,
+} from "../src/netback/mx-steer.js";
 import { CONNECT_FREE_FAILS, CONNECT_LOCKOUT_MS } from "../src/nic/connect-throttle.js";
 import { MxStatus } from "../src/nic/status.js";
 import type { Domain } from "../src/xen/hypervisor.js";
@@ -30,6 +38,7 @@ import type { FrameSummary } from "./fixtures/net-agent.js";
 import { LINK_KEY } from "./helpers/link-key.js";
 import { nextMessage } from "./helpers/messages.js";
 import { type NetAgent, startNetAgent } from "./helpers/net-agent.js";
+import { until } from "./helpers/until.js";
 
 const GUESSER = new URL("./fixtures/guests/key-guesser.js", import.meta.url);
 const PAIR = new URL("./fixtures/guests/hoarder.js", import.meta.url);
@@ -74,6 +83,24 @@ async function pair(serverOn: Host): Promise<void> {
 
 /** The tag a test frame carries: in its MX header when it has one. */
 const tagOf = (f: FrameSummary) => f.mxoe?.[MxoeWord.matchLo] ?? f.tag;
+
+/** Domain `domid`'s first split-path endpoint. */
+const splitEp = (domid: number) => SPLIT_ENDPOINT_BASE + domid * SPLIT_ENDPOINTS_PER_DOMAIN;
+
+/** An MXoE frame, headers only, from `from`'s first split-path endpoint to `to`'s on this NIC. */
+function mxoe(type: number, from: number, to: number, id: number, status = 0): Uint8Array {
+  const f = new Uint8Array(ETH_HEADER_BYTES + MXOE_HEADER_BYTES);
+  const v = new DataView(f.buffer, ETH_HEADER_BYTES);
+  const put = (w: number, x: number) => v.setUint32(4 * w, x >>> 0, true);
+  put(MxoeWord.magic, (MXOE_MAGIC << 16) | (MXOE_VERSION << 8) | type);
+  put(MxoeWord.srcNic, NIC);
+  put(MxoeWord.srcEp, splitEp(from));
+  put(MxoeWord.dstNic, NIC);
+  put(MxoeWord.dstEp, splitEp(to));
+  put(MxoeWord.id, id);
+  put(MxoeWord.msgSeq, status);
+  return f;
+}
 
 function heard(frames: FrameSummary[]): string {
   const mx = frames.filter((f) => f.mxoe);
@@ -229,24 +256,10 @@ test("netback believes only the answer to the CONNECT a guest sent: forged answe
   };
   let now = 1_000;
   const steer = new MxSteering(steerHost, () => now);
-  const ep = (domid: number) => SPLIT_ENDPOINT_BASE + domid * SPLIT_ENDPOINTS_PER_DOMAIN;
-  const frame = (type: number, from: number, to: number, id: number, status = 0) => {
-    const f = new Uint8Array(ETH_HEADER_BYTES + MXOE_HEADER_BYTES);
-    const v = new DataView(f.buffer, ETH_HEADER_BYTES);
-    const put = (w: number, x: number) => v.setUint32(4 * w, x >>> 0, true);
-    put(MxoeWord.magic, (MXOE_MAGIC << 16) | (MXOE_VERSION << 8) | type);
-    put(MxoeWord.srcNic, NIC);
-    put(MxoeWord.srcEp, ep(from));
-    put(MxoeWord.dstNic, NIC);
-    put(MxoeWord.dstEp, ep(to));
-    put(MxoeWord.id, id);
-    put(MxoeWord.msgSeq, status);
-    return f;
-  };
   const send = (domid: number, f: Uint8Array) => steer.route(portOf.get(domid)!, f, f.length);
-  const connect = (id: number) => send(1, frame(MxoeType.Connect, 1, 2, id));
+  const connect = (id: number) => send(1, mxoe(MxoeType.Connect, 1, 2, id));
   const answer = (from: number, id: number, status: number) =>
-    send(from, frame(MxoeType.ConnectReply, from, 1, id, status));
+    send(from, mxoe(MxoeType.ConnectReply, from, 1, id, status));
 
   // Guest 3 answers connects guest 1 never sent, all BAD_KEY: delivered, but nothing counts.
   for (let id = 0; id < 10; id++) assert.equal(answer(3, id, MxStatus.BAD_KEY), 11);
@@ -267,4 +280,70 @@ test("netback believes only the answer to the CONNECT a guest sent: forged answe
   now += CONNECT_LOCKOUT_MS + 1;
   assert.equal(connect(202), 12, "the lockout ends");
   assert.equal(steer.counters.throttled, 2);
+});
+
+test("split-path guests that sent CONNECTs and died leave netback no record of them", async () => {
+  const askers = () => host.netStats().bridge.mxAskers;
+  // The earlier tests' guests are gone: so are their records.
+  await until(() => askers() === 0, "no domain's CONNECTs remembered", 10_000);
+  const victim = await agent("asked");
+  const guests = await Promise.all([1, 2, 3, 4].map((i) => agent(`asker-${i}`)));
+  await Promise.all(
+    guests.map((g) => {
+      const v = new DataView(
+        mxoe(MxoeType.Connect, g.dom.domid, victim.dom.domid, 1).buffer,
+        ETH_HEADER_BYTES,
+      );
+      const words = Array.from({ length: MXOE_HEADER_BYTES / 4 }, (_, i) => v.getUint32(4 * i, true));
+      return g.call({
+        op: "send",
+        frames: [{ dst: "ff:ff:ff:ff:ff:ff", len: 128, tag: 1, type: MXOE_ETHERTYPE, words }],
+      });
+    }),
+  );
+  await until(() => askers() === guests.length, "each asker's CONNECT remembered");
+  await Promise.all(guests.map((g) => g.dom.destroy()));
+  // The toolstack removes their vifs; netback forgets their CONNECTs with them.
+  await until(() => askers() === 0, "the dead askers forgotten", 10_000);
+  await victim.dom.destroy();
+});
+
+test("a live guest's limit of unanswered CONNECTs holds while thousands of others come and go; at the bound a newcomer waits", () => {
+  // Every domain has a vif: bridge port 100 + domid.
+  const steerHost: MxSteerHost = {
+    nicId: NIC,
+    uplinkPort: -1,
+    nicEndpointOwner: () => undefined,
+    portOfDomain: (d) => 100 + d,
+    domainOfPort: (p) => (p >= 100 ? p - 100 : undefined),
+  };
+  let now = 1_000;
+  const steer = new MxSteering(steerHost, () => now);
+  const connect = (from: number, id: number) => {
+    const f = mxoe(MxoeType.Connect, from, 2, id);
+    return steer.route(100 + from, f, f.length);
+  };
+  const limited = () => connect(1, MAX_ASKS_PER_DOMAIN) === STEER_REFUSE;
+
+  // Others connect once each (and stay) until MAX_ASKED domains are remembered, guest 1 last.
+  for (let d = 10; d < 10 + MAX_ASKED - 1; d++) assert.equal(connect(d, 0), 102);
+  now += ASK_TTL_MS / 2;
+  for (let id = 0; id < MAX_ASKS_PER_DOMAIN; id++) assert.equal(connect(1, id), 102);
+  assert.ok(limited(), `guest 1 has ${MAX_ASKS_PER_DOMAIN} unanswered CONNECTs`);
+  assert.equal(steer.askers, MAX_ASKED);
+  // Full, and every domain connected in the last ASK_TTL_MS: a newcomer waits; no one is wiped.
+  assert.equal(connect(9000, 0), STEER_REFUSE, "at the bound a newcomer's CONNECT is refused");
+  assert.ok(limited(), "guest 1's CONNECTs were not wiped to make room");
+  // The others' CONNECTs age out (guest 1's do not yet): their records go, the newcomer's comes.
+  now += ASK_TTL_MS / 2;
+  assert.equal(connect(9000, 0), 102);
+  assert.equal(steer.askers, 2, "guest 1 and the newcomer");
+  assert.ok(limited());
+  // Twice the bound of guests that connect and die: each record goes with its domain.
+  for (let d = 10_000; d < 10_000 + 2 * MAX_ASKED; d++) {
+    assert.equal(connect(d, 0), 102);
+    steer.forget(d);
+  }
+  assert.equal(steer.askers, 2);
+  assert.ok(limited(), "guest 1 is still held to its limit");
 });

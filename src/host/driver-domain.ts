@@ -301,10 +301,12 @@ export default async function main(guest: Guest): Promise<{ stopped: true }> {
     await netback.start();
   }
   // Native processes have no xenbus device: their XenStore home vanishing is how we learn they died.
+  const goneIfHomeless = async (d: DomId) => {
+    if (!(await guest.xenstore.exists(`/local/domain/${d}`))) native.gone(d);
+  };
   const unwatchRelease = await guest.xenstore.watch("@releaseDomain", () => {
     void (async () => {
-      for (const d of native.attached())
-        if (!(await guest.xenstore.exists(`/local/domain/${d}`))) native.gone(d);
+      for (const d of native.attached()) await goneIfHomeless(d);
     })();
   });
 
@@ -313,8 +315,13 @@ export default async function main(guest: Guest): Promise<{ stopped: true }> {
     stop = r;
   });
   link.on("message", (m: HostToDriver) => {
-    if (m?.type === "attach-native") native.attach(m.domid, m.endpoint);
-    else if (m?.type === "stop") stop();
+    if (m?.type === "attach-native") {
+      native.attach(m.domid, m.endpoint);
+      // It may have died (failed at load, or returned at once) before its link came: the
+      // release's sweep ran without it, and the next one might be days away. (A look that
+      // fails leaves it to that one.)
+      void goneIfHomeless(m.domid).catch(() => undefined);
+    } else if (m?.type === "stop") stop();
     else if (m?.type === "request") {
       try {
         const value =

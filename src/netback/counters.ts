@@ -7,7 +7,7 @@
 
 import type { DomId } from "../xen/abi.js";
 import type { Bridge } from "./bridge.js";
-import type { MxSteerCounters } from "./mx-steer.js";
+import type { MxSteering } from "./mx-steer.js";
 import { BridgeCounter, MAX_VIF_STATS, STAT_BLOCK_WORDS, VifCounter, vifBlockBase } from "./stats.js";
 import type { UplinkPort } from "./uplink.js";
 
@@ -61,7 +61,8 @@ export class NetbackCounters {
   }
 
   /** Copies the bridge's, the uplink's and MX steering's counters into the page. */
-  publishBridge(bridge: Bridge, uplink: UplinkPort | undefined, mx: MxSteerCounters): void {
+  publishBridge(bridge: Bridge, uplink: UplinkPort | undefined, steering: MxSteering): void {
+    const mx = steering.counters;
     const s = this.words;
     const c = bridge.counters;
     s[BridgeCounter.lookups] = c.lookups;
@@ -77,6 +78,7 @@ export class NetbackCounters {
     s[BridgeCounter.mxRefused] = mx.refused;
     s[BridgeCounter.mxSpoofed] = mx.spoofed;
     s[BridgeCounter.mxThrottled] = mx.throttled;
+    s[BridgeCounter.mxAskers] = steering.askers;
     if (uplink) {
       s[BridgeCounter.uplinkTx] = uplink.txFrames;
       s[BridgeCounter.uplinkDrops] = uplink.txDrops;

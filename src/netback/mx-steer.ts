@@ -35,6 +35,11 @@
  *     and a guest that answered its own other domain's CONNECTs with SUCCESS between guesses
  *     was forgiven its wrong keys as fast as it made them (a record with no wrong key for
  *     CONNECT_FORGET_MS still starts over).
+ *     A domain's CONNECTs are forgotten when netback serves no vif of it any more (the
+ *     toolstack removed them, or the domain is gone), and once every one of them aged out;
+ *     a live domain's are never dropped to make room: with MAX_ASKED domains that each sent
+ *     a CONNECT in the last ASK_TTL_MS, another domain's first CONNECT is refused (throttled)
+ *     until one of theirs ages out.
  *     A CONNECT refused in a lockout is answered by the bridge itself: its frame turned into
  *     a CONNECT_REPLY with status REJECTED and the time left (rejectInPlace), so the asker
  *     hears why (MX_BUSY, as from the NIC on the bypass path) instead of timing out.
@@ -88,8 +93,8 @@ export interface MxSteerHost {
 /** The source MAC of what the bridge answers itself (locally administered, never a vif's). */
 const BRIDGE_MAC = new Uint8Array([0x02, 0x00, 0x5e, 0x4d, 0x58, 0x00]);
 
-/** Domains whose CONNECTs are remembered, at most (then the record starts over). */
-const MAX_ASKED = 4096;
+/** Domains whose CONNECTs are remembered, at most (then a new one's first CONNECT is refused). */
+export const MAX_ASKED = 4096;
 /** CONNECTs of one domain remembered at once (answered ones make room for new ones). */
 export const MAX_ASKS_PER_DOMAIN = 16;
 /** An unanswered CONNECT is forgotten after this long (ms): its endpoint never answered. */
@@ -110,8 +115,10 @@ export class MxSteering {
   readonly counters: MxSteerCounters = { steered: 0, refused: 0, spoofed: 0, throttled: 0 };
   /** Wrong keys per domain (as requester (0, domid)). */
   private readonly throttle = new ConnectThrottle();
-  /** Per domain, the CONNECTs it sent that were steered somewhere (oldest first). */
+  /** Per domain, the CONNECTs it sent that were steered somewhere (oldest first; never empty). */
   private readonly asked = new Map<DomId, Ask[]>();
+  /** No list in `asked` has aged out wholly before this (sweep's lower bound). */
+  private sweepAt = Number.POSITIVE_INFINITY;
   /** The lockout left (ms) when route last answered STEER_REJECT. */
   private lockLeft = 0;
 
@@ -119,6 +126,16 @@ export class MxSteering {
     private readonly host: MxSteerHost,
     private readonly now: () => number = () => performance.now(),
   ) {}
+
+  /** Domains whose CONNECTs are remembered now (netback's stats: mxAskers). */
+  get askers(): number {
+    return this.asked.size;
+  }
+
+  /** netback serves no vif of `domid` any more: its CONNECTs are no one's to limit or answer. */
+  forget(domid: DomId): void {
+    this.asked.delete(domid);
+  }
 
   /** The domain that owns endpoint `ep` of this NIC, if any. */
   private ownerOf(ep: number): DomId | undefined {
@@ -190,9 +207,12 @@ export class MxSteering {
     const key = frameWord(f, MxoeWord.offset);
     let list = this.asked.get(from);
     if (list === undefined) {
-      if (this.asked.size >= MAX_ASKED) this.asked.clear();
+      if (now >= this.sweepAt) this.sweep(now);
+      // Each of them sent a CONNECT in the last ASK_TTL_MS: dropping one would lift its limit.
+      if (this.asked.size >= MAX_ASKED) return false;
       list = [];
       this.asked.set(from, list);
+      this.sweepAt = Math.min(this.sweepAt, now + ASK_TTL_MS);
     }
     let oldestAnswered = -1;
     for (let i = 0; i < list.length; i++) {
@@ -210,6 +230,16 @@ export class MxSteering {
     }
     list.push({ id, nic, ep, session, key, at: now, answered: false });
     return true;
+  }
+
+  /** Forgets the domains whose every CONNECT aged out (a domain that stopped connecting). */
+  private sweep(now: number): void {
+    this.sweepAt = Number.POSITIVE_INFINITY;
+    for (const [domid, list] of this.asked) {
+      const last = list[list.length - 1].at + ASK_TTL_MS;
+      if (now >= last) this.asked.delete(domid);
+      else this.sweepAt = Math.min(this.sweepAt, last);
+    }
   }
 
   /**

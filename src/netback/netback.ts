@@ -117,6 +117,10 @@ export class Netback {
       enqueue: (v) => this.enqueue(v),
       deliver: (v, f) => this.rx.deliver(v, f as StagedFrame),
       publishBridge: () => this.publishBridge(),
+      vifsGone: (domid) => {
+        this.steering.forget(domid);
+        this.publishBridge();
+      },
       log,
     });
     if (cfg.uplink) {
@@ -162,7 +166,7 @@ export class Netback {
   }
 
   private publishBridge(): void {
-    this.counters.publishBridge(this.bridge, this.uplink?.bp, this.steering.counters);
+    this.counters.publishBridge(this.bridge, this.uplink?.bp, this.steering);
   }
 
   // ---- scheduling -------------------------------------------------------------------------------

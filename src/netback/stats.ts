@@ -60,6 +60,8 @@ export const BridgeCounter = {
   mxThrottled: 35,
   /** Floods dropped whole: their ingress port was over its flood rate (bridge.ts storm control). */
   floodsLimited: 36,
+  /** Domains whose MX CONNECTs netback remembers now (mx-steer.ts: the dead ones' go). */
+  mxAskers: 37,
 } as const;
 
 /** Word indexes in a vif block; 4..19 are also the totals' indexes. */
@@ -134,6 +136,8 @@ export interface BridgeStats {
   mxSpoofed: number;
   /** CONNECTs refused while their guest was locked out for wrong keys. */
   mxThrottled: number;
+  /** Domains whose MX CONNECTs netback remembers now (until they age out or the domain's vifs go). */
+  mxAskers: number;
 }
 
 export interface NetStats {
@@ -202,6 +206,7 @@ export function readNetStats(buffer: SharedArrayBuffer): NetStats {
       mxRefused: w[BridgeCounter.mxRefused],
       mxSpoofed: w[BridgeCounter.mxSpoofed],
       mxThrottled: w[BridgeCounter.mxThrottled],
+      mxAskers: w[BridgeCounter.mxAskers],
     },
     uplink: {
       present: w[BridgeCounter.uplinkPresent] === 1,

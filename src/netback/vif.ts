@@ -90,6 +90,12 @@ export interface VifHost {
   deliver(v: Vif, frame: BridgeFrame): boolean;
   /** The bridge's ports changed: copy its counters into the page. */
   publishBridge(): void;
+  /**
+   * netback serves no vif of `domid` any more: the toolstack removed them, or the domain is
+   * gone. (Not when a frontend closes: its domain may open the vif again, and the answers to
+   * what it sent before must still count.)
+   */
+  vifsGone(domid: DomId): void;
   log(message: string): void;
 }
 
@@ -108,8 +114,12 @@ export class VifDevices {
       removed: async (v, why) => {
         await this.teardown(v, why);
         await this.forget(v);
+        if (![...this.vifs.values()].some((o) => o.domid === v.domid)) host.vifsGone(v.domid);
       },
-      domainGone: (v, why) => this.teardown(v, why),
+      domainGone: async (v, why) => {
+        await this.teardown(v, why);
+        host.vifsGone(v.domid);
+      },
       log: (m) => host.log(m),
     });
   }
