@@ -183,6 +183,84 @@ test("a host that never answers `start`: the job fails after the start's deadlin
   }
 });
 
+test("a host whose RemoteHost is closed mid-job: the job ends, failed, naming the host (it waited for ever)", async () => {
+  // An API user's close() (a launcher's shutdown, a dashboard dropping a host) cleared the
+  // job's lost-callback and answered nothing: the job, its ranks still running there, never ended.
+  const key = randomClusterKey();
+  const fake = await silentHost(key, 14, []);
+  const rh = await RemoteHost.connect({ host: "127.0.0.1", port: fake.port }, { key });
+  try {
+    const job = new Job([rh], { n: 2, path: "native", program: "hello", stopTimeoutMs: 200 });
+    let ended = false;
+    const run = job.run().finally(() => {
+      ended = true;
+    });
+    await until(() => fake.got.some((m) => m.type === "start"));
+    // The start's answer is on its way; the ranks "run" there (the fake host never ends them).
+    await new Promise((r) => setTimeout(r, 100));
+    assert.equal(ended, false, "the job is under way");
+    rh.close();
+    const r = await endsOrHangs(run, 15_000);
+    assert.notEqual(r, "hung", "the job never ended after its host's connection was closed");
+    if (r === "hung") return;
+    assert.equal(r.exitCode, 1);
+    assert.deepEqual(
+      r.ranks.map((x) => x.state),
+      ["lost", "lost"],
+    );
+    const host = `127\\.0\\.0\\.1:${fake.port}`;
+    assert.match(
+      String(r.failed?.error?.message),
+      new RegExp(
+        `^host ${host} \\(NIC 14\\) was lost: its connection was closed on this side \\(RemoteHost\\.close\\(\\)\\)$`,
+      ),
+    );
+    assert.deepEqual(
+      r.lostHosts.map((l) => l.label),
+      [`127.0.0.1:${fake.port}`],
+    );
+  } finally {
+    rh.close();
+    fake.close();
+  }
+});
+
+test("RemoteHost.close() rejects every request still waiting, naming the host: a job whose start waits fails at once", async () => {
+  // Before: a request without a deadline (status) waited for ever, one with a deadline (a
+  // rank start: 60 s and more) until then.
+  const key = randomClusterKey();
+  const fake = await silentHost(key, 15, ["start", "status"]);
+  const rh = await RemoteHost.connect({ host: "127.0.0.1", port: fake.port }, { key });
+  try {
+    const status = endsOrHangs(
+      rh.status().then(
+        () => "answered" as never,
+        (e: Error) => e.message as never,
+      ),
+      15_000,
+    );
+    const job = new Job([rh], { n: 2, path: "native", program: "hello", stopTimeoutMs: 200 });
+    const outcome = failureOf(job, 15_000);
+    await until(() => fake.got.some((m) => m.type === "start") && fake.got.some((m) => m.type === "status"));
+    rh.close();
+    const host = `127\\.0\\.0\\.1:${fake.port}`;
+    assert.match(
+      String(await status),
+      new RegExp(
+        `^host ${host}: its connection was closed on this side \\(RemoteHost\\.close\\(\\)\\) before it answered the status request$`,
+      ),
+    );
+    const failure = String(await outcome);
+    assert.notEqual(failure, "hung", "the job waited for its start's answer after the close");
+    assert.match(failure, new RegExp(`host ${host}.*closed on this side`));
+    assert.equal((rh as unknown as { pending: Map<number, unknown> }).pending.size, 0);
+    assert.match(String(await rh.status().catch((e: Error) => e.message)), new RegExp(`host ${host}`));
+  } finally {
+    rh.close();
+    fake.close();
+  }
+});
+
 test("a host that never answers snapshots: each request fails after its deadline and leaves nothing pending", async () => {
   // Observers (list, top, the dashboard's polls) asked without a deadline: `myrixen list` waited
   // for ever, and a long-running dashboard kept one pending entry per poll.

@@ -26,7 +26,13 @@ import {
   setWord,
 } from "../src/nic/frame.js";
 import { MxStatus, mxStatusName } from "../src/nic/status.js";
-import { logEvery, RECONNECT_MAX_MS } from "../src/nic/tcp-attach.js";
+import {
+  logEvery,
+  RECONNECT_FAST_FOR_MS,
+  RECONNECT_GIVE_UP_MS,
+  RECONNECT_MAX_MS,
+  RECONNECT_SLOW_MS,
+} from "../src/nic/tcp-attach.js";
 import { TCP_HELLO_BYTES, TCP_LINK_MAGIC, TCP_LINK_VERSION } from "../src/nic/tcp-handshake.js";
 import { type TcpLink, tcpLinkStats } from "../src/nic/tcp-link.js";
 import { connectTcpLink, listenTcpLinks } from "../src/nic/tcp-link-setup.js";
@@ -511,17 +517,23 @@ test("two NICs over a TCP link: SEND and ACK cross it, a garbage client is dropp
   await until(() => links(ctl2).length === 0, "NIC 2 notices the local close");
 });
 
-test("a peer gone for good costs the log a few lines an hour, not one every ten seconds", () => {
-  // Reconnection is retried once a second (RECONNECT_MAX_MS) for as long as the host runs.
+test("a peer gone for good costs a few hundred connections and a few log lines in all, then is given up", () => {
+  // Reconnection is retried once a second (RECONNECT_MAX_MS) for RECONNECT_FAST_FOR_MS, then
+  // once every RECONNECT_SLOW_MS, and given up RECONNECT_GIVE_UP_MS after the drop (before:
+  // once a second for as long as the host ran). test/tcp-reconnect-bound.test.ts runs it.
   const logged = (from: number, to: number) => {
     let n = 0;
     for (let a = from; a <= to; a++) if (a <= 3 || a % logEvery(a) === 0) n++;
     return n;
   };
-  const perSecond = 1000 / RECONNECT_MAX_MS;
   assert.equal(logged(1, 10), 4, "the first attempts, then the tenth");
-  const day = logged(1, 86_400 * perSecond);
-  assert.ok(day <= 110, `${day} lines in a day`);
-  const laterDay = logged(86_400 * perSecond + 1, 2 * 86_400 * perSecond);
-  assert.ok(laterDay <= 90, `${laterDay} lines in the second day`);
+  const attempts =
+    Math.ceil(RECONNECT_FAST_FOR_MS / RECONNECT_MAX_MS) +
+    Math.ceil((RECONNECT_GIVE_UP_MS - RECONNECT_FAST_FOR_MS) / RECONNECT_SLOW_MS);
+  assert.ok(attempts <= 400, `${attempts} connections to a dead peer in all`);
+  // The failures logged, then the line that says it slows down and the one that gives up.
+  const lines = logged(1, attempts) + 2;
+  assert.ok(lines <= 20, `${lines} lines in all`);
+  assert.ok(RECONNECT_FAST_FOR_MS >= 60_000, "a restart or a blip is retried fast for minutes");
+  assert.ok(RECONNECT_GIVE_UP_MS <= 2 * 3_600_000, "a dead peer is forgotten within hours, not weeks");
 });

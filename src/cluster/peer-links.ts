@@ -2,7 +2,10 @@
  * This host's NIC links to other hosts' NICs: links a job's hosts on a launcher's request
  * (only the lower NIC id of a pair connects, so two hosts asked at once never make two
  * links), and keeps a link to each `--peers` host, retrying until it works and relinking
- * when it drops. Both sides prove the cluster key (tcp-link.ts on the NIC, auth.ts here).
+ * when it drops, however long that takes (the NIC itself gives a dropped link up an hour
+ * after the drop, tcp-attach.ts RECONNECT_GIVE_UP_MS: a peer that is not kept here is linked
+ * again by the next job that needs it). Both sides prove the cluster key (tcp-link.ts on the
+ * NIC, auth.ts here).
  */
 
 import type { Host } from "../host/host.js";

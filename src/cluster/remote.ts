@@ -49,7 +49,11 @@ export interface ConnectOptions {
 /** The host refused this side's proof of the cluster key, or could not prove its own. */
 export class AuthError extends Error {}
 
-type Pending = { resolve: (m: HostMessage) => void; reject: (e: Error) => void };
+/** A request waiting for its answer; `type`: what it asked (for the error if it never comes). */
+type Pending = { type: string; resolve: (m: HostMessage) => void; reject: (e: Error) => void };
+
+/** Why a RemoteHost that this side closed is gone (its jobs' failure and its requests' errors say so). */
+const CLOSED_HERE = "its connection was closed on this side (RemoteHost.close())";
 
 /** How long an inspection request (snapshot, xenstore) waits for its answer, ms. */
 export const INSPECT_TIMEOUT_MS = 10_000;
@@ -310,12 +314,14 @@ export class RemoteHost implements JobTarget {
     return () => this.lostCbs.delete(cb);
   }
 
-  /** Ends the connection (a host stops the jobs this connection started). */
+  /**
+   * Ends the connection (a host stops the jobs this connection started). Whatever still waits
+   * on it hears so now, as when the host is lost: every request waiting for its answer rejects
+   * naming the host, and every job on it (onLost) learns the host is gone — a Job.run whose
+   * host is closed mid-job ends, failed, instead of waiting for ever.
+   */
   close(): void {
-    clearInterval(this.pinger);
-    this.lostReason ??= "closed by the launcher";
-    this.lostCbs.clear();
-    this.channel.end();
+    this.lose(CLOSED_HERE, true);
   }
 
   /**
@@ -329,7 +335,7 @@ export class RemoteHost implements JobTarget {
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       if (timeoutMs === undefined) {
-        this.pending.set(id, { resolve, reject });
+        this.pending.set(id, { type: msg.type, resolve, reject });
       } else {
         const timer = setTimeout(() => {
           if (!this.pending.delete(id)) return;
@@ -338,6 +344,7 @@ export class RemoteHost implements JobTarget {
         timer.unref();
         const done = () => clearTimeout(timer);
         this.pending.set(id, {
+          type: msg.type,
           resolve: (m) => {
             done();
             resolve(m);
@@ -414,13 +421,24 @@ export class RemoteHost implements JobTarget {
     }
   }
 
-  private lose(why: string): void {
+  /**
+   * The connection is down (`closing`: this side closed it, and what it sent still leaves):
+   * every request still waiting rejects, every job on this host hears why, once.
+   */
+  private lose(why: string, closing = false): void {
     if (this.lostReason !== undefined) return;
     this.lostReason = why;
     clearInterval(this.pinger);
-    this.channel.destroy(why);
-    const e = new Error(`host ${this.label} is gone: ${why}`);
-    for (const p of this.pending.values()) p.reject(e);
+    if (closing) this.channel.end();
+    else this.channel.destroy(why);
+    for (const p of this.pending.values())
+      p.reject(
+        new Error(
+          closing
+            ? `host ${this.label}: ${why} before it answered the ${p.type} request`
+            : `host ${this.label} is gone: ${why}`,
+        ),
+      );
     this.pending.clear();
     for (const cb of [...this.lostCbs]) cb(why);
     this.lostCbs.clear();

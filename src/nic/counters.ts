@@ -109,6 +109,8 @@ export const NIC_COUNTER_NAMES = [
   "sends_throttled",
   // CONNECTs, SENDs and PULLs of this NIC's own endpoints refused before they left: their owner is locked out for what it was refused (own-refusals.ts).
   "own_requests_throttled",
+  // Peers whose dropped TCP link was redialled until the bound, then given up and forgotten (tcp-attach.ts RECONNECT_GIVE_UP_MS).
+  "links_given_up",
 ] as const;
 
 export const NIC_EP_COUNTER_NAMES = [

@@ -111,7 +111,8 @@ export class NicDevice {
   /**
    * Attaches a link (see link.ts). A loopback link makes this NIC's own SENDs travel as frames.
    * A "tcp" link resolves once connected and from then on reconnects by itself whenever its
-   * connection drops, until detachLink(peerNic).
+   * connection drops, until detachLink(peerNic) or, a while without a link, it gives the peer
+   * up (tcp-attach.ts RECONNECT_GIVE_UP_MS, the spec's `reconnect`).
    */
   attachLink(spec: LinkSpec): Promise<void> {
     return this.request({ type: "attach_link", id: this.nextId++, spec });

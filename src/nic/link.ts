@@ -7,6 +7,7 @@
  * attached link is in link-state.ts; attaching, detaching and losing links in links.ts.
  */
 import { FRAME_MAX } from "./frame.js";
+import type { TcpLinkSpec } from "./tcp-attach.js";
 
 export interface Link {
   /** The NIC at the other end. */
@@ -60,13 +61,12 @@ export interface Link {
  * What the host may ask the NIC to attach (device.attachLink). The TCP kinds (tcp-link.ts) are
  * carried out asynchronously on the NIC's thread by nic-worker.ts, not by createLink: "tcp"
  * connects to a peer NIC's listener (and reconnects, with backoff, whenever the connection
- * drops until the host detaches that peer), "tcp-listen" accepts peers and attaches each one.
- * Both prove the cluster `key` (at least 32 bytes) to the peer, which never sees it.
+ * drops, until the host detaches that peer or, after an hour without a link by default,
+ * gives it up: `reconnect`, tcp-attach.ts ReconnectPolicy), "tcp-listen" accepts peers and
+ * attaches each one. Both prove the cluster `key` (at least 32 bytes) to the peer, which
+ * never sees it.
  */
-export type LinkSpec =
-  | { kind: "loopback"; slots?: number }
-  | { kind: "tcp"; host?: string; port: number; timeoutMs?: number; key: Uint8Array; peerNic?: number }
-  | { kind: "tcp-listen"; host?: string; port: number; key: Uint8Array };
+export type LinkSpec = { kind: "loopback"; slots?: number } | TcpLinkSpec;
 
 export const LOOPBACK_DEFAULT_SLOTS = 64;
 

@@ -123,8 +123,12 @@ export class Links {
     else this.known.delete(link.peerNic);
   }
 
-  /** A reconnecting link gave up or was cancelled: forget the peer unless a link to it is attached. */
-  forget(peerNic: number): void {
+  /**
+   * A reconnecting link was cancelled, or gave up (`gaveUp`: counted): forget the peer unless
+   * a link to it is attached.
+   */
+  forget(peerNic: number, gaveUp = false): void {
+    if (gaveUp) this.c[NicCounter.links_given_up]++;
     if (!this.table.has(peerNic)) this.known.delete(peerNic);
   }
 

@@ -291,9 +291,9 @@ export class Nic {
     this.links.lost(link, retrying);
   }
 
-  /** A reconnecting link gave up or was cancelled. */
-  forgetLink(peerNic: number): void {
-    this.links.forget(peerNic);
+  /** A reconnecting link was cancelled, or gave up (`gaveUp`). */
+  forgetLink(peerNic: number, gaveUp = false): void {
+    this.links.forget(peerNic, gaveUp);
   }
 
   hasLink(peerNic: number): boolean {

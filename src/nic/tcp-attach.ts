@@ -2,9 +2,12 @@
  * Attaching TCP links from the NIC's thread (nic-worker.ts): "tcp" connects to a peer NIC's
  * listener and attaches the link, and from then on reconnects it whenever its connection
  * drops without a goodbye (the peer NIC was stopped or crashed, the network failed, a stream
- * fault), with backoff (RECONNECT_MIN_MS doubling to RECONNECT_MAX_MS), until the host
- * detaches that peer or the NIC stops; "tcp-listen" accepts peers and attaches each one that
- * proves the key, replacing any link the NIC still has to that peer.
+ * fault): with backoff (RECONNECT_MIN_MS doubling to RECONNECT_MAX_MS) for
+ * RECONNECT_FAST_FOR_MS, then once every RECONNECT_SLOW_MS, until the link is back, the host
+ * detaches that peer, the NIC stops, or RECONNECT_GIVE_UP_MS pass: then the peer is given up
+ * and forgotten (counted `links_given_up`, logged once), and only a new attach links it again.
+ * "tcp-listen" accepts peers and attaches each one that proves the key, replacing any link the
+ * NIC still has to that peer.
  *
  * A live link is never replaced. The cluster key proves that a peer belongs to the cluster, not
  * which NIC it is: any key holder can claim any NIC id. So a connection claiming the id of a
@@ -33,6 +36,63 @@ export const LINK_PROBE_MS = 1000;
 
 export const RECONNECT_MIN_MS = 50;
 export const RECONNECT_MAX_MS = 1000;
+/**
+ * How long a dropped link is redialled fast (every RECONNECT_MAX_MS once the backoff is up):
+ * a host restarted, a NIC respawned or a network blip is back within seconds to a few
+ * minutes, and its jobs should see the link again within a second of that.
+ */
+export const RECONNECT_FAST_FOR_MS = 5 * 60_000;
+/**
+ * Then one attempt a minute: a node that reboots (firmware, a kernel update) is relinked
+ * within a minute of coming back, at 1/60 of the fast retries' cost in connections.
+ */
+export const RECONNECT_SLOW_MS = 60_000;
+/**
+ * Then the peer is given up and forgotten: its link-table entry, its timer and its dials go.
+ * A peer silent for an hour was removed, replaced or restarted under another NIC id, and
+ * without a bound every such peer cost a connection a second for as long as the host ran
+ * (weeks of churn: one more dead peer each time). What needs it later links it again:
+ * a job's hosts link through the launcher (job.ts, peer-links.ts ensureLinks), a host keeps
+ * its `--peers` linked by itself (peer-links.ts peerLoop, through the peer's control port).
+ */
+export const RECONNECT_GIVE_UP_MS = 60 * 60_000;
+
+/** How a connecting link's reconnection runs (the spec's `reconnect`; tests shorten it). */
+export interface ReconnectPolicy {
+  /** Fast retries for this long after the drop (default RECONNECT_FAST_FOR_MS). */
+  fastForMs?: number;
+  /** Then one attempt this often (default RECONNECT_SLOW_MS). */
+  slowEveryMs?: number;
+  /** Given up this long after the drop (default RECONNECT_GIVE_UP_MS). */
+  giveUpAfterMs?: number;
+}
+
+function checkReconnectPolicy(v: unknown): Required<ReconnectPolicy> {
+  if (v !== undefined && (typeof v !== "object" || v === null))
+    throw new RangeError("tcp link: reconnect must be an object");
+  const r = (v ?? {}) as Record<string, unknown>;
+  const ms = (name: keyof ReconnectPolicy, dflt: number): number => {
+    const x = r[name];
+    if (x === undefined) return dflt;
+    if (!Number.isInteger(x) || (x as number) < 1 || (x as number) > 2 ** 31 - 1)
+      throw new RangeError(`tcp link: reconnect.${name} must be a positive integer (ms, below 2^31)`);
+    return x as number;
+  };
+  return {
+    fastForMs: ms("fastForMs", RECONNECT_FAST_FOR_MS),
+    slowEveryMs: ms("slowEveryMs", RECONNECT_SLOW_MS),
+    giveUpAfterMs: ms("giveUpAfterMs", RECONNECT_GIVE_UP_MS),
+  };
+}
+
+/** "60 min", "90 s" or "2500 ms", for log lines. */
+function duration(ms: number): string {
+  return ms >= 60_000 && ms % 60_000 === 0
+    ? `${ms / 60_000} min`
+    : ms >= 1000 && ms % 1000 === 0
+      ? `${ms / 1000} s`
+      : `${ms} ms`;
+}
 
 /** Failed reconnection attempts per log line around attempt `n`: 10 below 100, 100 below 1000, then 1000. */
 export function logEvery(n: number): number {
@@ -49,8 +109,8 @@ export interface TcpLinkHost {
   detachLink(peerNic: number): void;
   /** The link went down by itself; `retrying`: a reconnection will be tried. */
   linkLost(link: Link, retrying: boolean): void;
-  /** No reconnection will be tried any more for that peer. */
-  forgetLink(peerNic: number): void;
+  /** No reconnection will be tried any more for that peer; `gaveUp`: it was given up (counted). */
+  forgetLink(peerNic: number, gaveUp?: boolean): void;
   hasLink(peerNic: number): boolean;
   /** The link attached to `peerNic`, if any. */
   attachedLink(peerNic: number): Link | undefined;
@@ -67,7 +127,15 @@ async function liveLink(nic: TcpLinkHost, peerNic: number): Promise<boolean> {
 
 /** `key`: the cluster key both ends hold (never sent; tcp-handshake.ts); `peerNic`: the NIC the dialer means to reach. */
 export type TcpLinkSpec =
-  | { kind: "tcp"; host?: string; port: number; timeoutMs?: number; key: Uint8Array; peerNic?: number }
+  | {
+      kind: "tcp";
+      host?: string;
+      port: number;
+      timeoutMs?: number;
+      key: Uint8Array;
+      peerNic?: number;
+      reconnect?: ReconnectPolicy;
+    }
   | { kind: "tcp-listen"; host?: string; port: number; key: Uint8Array };
 
 export function isTcpLinkSpec(spec: unknown): spec is TcpLinkSpec {
@@ -77,7 +145,8 @@ export function isTcpLinkSpec(spec: unknown): spec is TcpLinkSpec {
 
 /**
  * A connecting link's life after its first connection: while its connection is up it waits;
- * when it drops without a goodbye it reconnects with backoff, until cancelled.
+ * when it drops without a goodbye it reconnects, fast then slowly (ReconnectPolicy), until
+ * cancelled or given up.
  */
 class Reconnector {
   cancelled = false;
@@ -85,6 +154,10 @@ class Reconnector {
   private timer: ReturnType<typeof setTimeout> | null = null;
   private backoffMs = RECONNECT_MIN_MS;
   private attempts = 0;
+  /** When the link dropped (performance.now()): the phases and the bound count from there. */
+  private downSince = 0;
+  private slow = false;
+  private lastError = "";
   readonly where: string;
 
   constructor(
@@ -95,6 +168,7 @@ class Reconnector {
     private readonly timeoutMs: number,
     private readonly key: Buffer,
     private readonly log: TcpLinkLog,
+    private readonly policy: Required<ReconnectPolicy>,
   ) {
     this.where = `tcp-link nic ${nic.nicId} -> nic ${peerNic} (${host}:${port})`;
   }
@@ -119,6 +193,9 @@ class Reconnector {
       this.log(`${this.where}: link down (${reason}); reconnecting`, { peerNic: this.peerNic, reason });
       this.backoffMs = RECONNECT_MIN_MS;
       this.attempts = 0;
+      this.downSince = performance.now();
+      this.slow = false;
+      this.lastError = reason;
       this.schedule();
     });
   }
@@ -130,23 +207,77 @@ class Reconnector {
     this.forget();
   }
 
-  private forget(): void {
+  private forget(gaveUp = false): void {
     this.cancelled = true;
     const map = reconnectors.get(this.nic);
     if (map?.get(this.peerNic) === this) map.delete(this.peerNic);
-    this.nic.forgetLink(this.peerNic);
+    this.nic.forgetLink(this.peerNic, gaveUp);
   }
 
-  private schedule(): void {
+  /**
+   * Sets the timer for the next attempt: the backoff while fast, then slowEveryMs; the last
+   * attempt falls on the bound. Past it, gives the peer up. Returns the delay (undefined: gave up).
+   */
+  private schedule(): number | undefined {
+    const { fastForMs, slowEveryMs, giveUpAfterMs } = this.policy;
+    const down = performance.now() - this.downSince;
+    if (down >= giveUpAfterMs) {
+      this.log(
+        `${this.where}: no link for ${duration(giveUpAfterMs)} (${this.attempts} attempts); giving up and forgetting NIC ${this.peerNic} (the last attempt: ${this.lastError}); only a new attach links it again`,
+        { peerNic: this.peerNic, reason: this.lastError },
+      );
+      this.forget(true);
+      return undefined;
+    }
+    let delay: number;
+    if (down < fastForMs) {
+      delay = this.backoffMs;
+      this.backoffMs = Math.min(this.backoffMs * 2, RECONNECT_MAX_MS);
+    } else {
+      if (!this.slow) {
+        this.slow = true;
+        this.log(
+          `${this.where}: no link for ${duration(fastForMs)} (${this.attempts} attempts); trying every ${duration(slowEveryMs)}, giving up ${duration(giveUpAfterMs)} after the drop`,
+          { peerNic: this.peerNic, reason: this.lastError },
+        );
+      }
+      delay = slowEveryMs;
+    }
+    delay = Math.max(0, Math.min(delay, giveUpAfterMs - down));
     this.timer = setTimeout(() => {
       this.timer = null;
       void this.attempt();
-    }, this.backoffMs);
-    this.backoffMs = Math.min(this.backoffMs * 2, RECONNECT_MAX_MS);
+    }, delay);
+    return delay;
+  }
+
+  /** An attempt failed: the next one is scheduled (or the peer given up), and said so now and then. */
+  private failed(why: string): void {
+    this.lastError = why;
+    const next = this.schedule();
+    // Every attempt at first, then ever more rarely (once in 10, then in 100): a peer that
+    // crashed for good costs a few lines before it is given up.
+    if (next !== undefined && (this.attempts <= 3 || this.attempts % logEvery(this.attempts) === 0))
+      this.log(
+        `${this.where}: reconnection attempt ${this.attempts} failed (${why}); next in ${Math.round(next)} ms`,
+        {
+          peerNic: this.peerNic,
+          reason: why,
+        },
+      );
   }
 
   private async attempt(): Promise<void> {
     if (this.cancelled) return;
+    if (this.nic.hasLink(this.peerNic)) {
+      // The peer reached us another way meanwhile (it connected to our listener): keep that one.
+      this.log(`${this.where}: a link to NIC ${this.peerNic} is attached already; not reconnecting`, {
+        level: "info",
+        peerNic: this.peerNic,
+      });
+      this.forget();
+      return;
+    }
     const dials = dialsOf(this.nic);
     const address = `${this.host}:${this.port}`;
     // An attach is dialing this address (it cancels us once connected): no second connection.
@@ -168,15 +299,7 @@ class Reconnector {
     try {
       link = await dial;
     } catch (e) {
-      if (this.cancelled) return;
-      // Every attempt at first, then ever more rarely (once in 10, in 100, then in 1000: every
-      // ~17 min): a peer that crashed for good is retried for as long as the host runs.
-      if (this.attempts <= 3 || this.attempts % logEvery(this.attempts) === 0)
-        this.log(
-          `${this.where}: reconnection attempt ${this.attempts} failed (${(e as Error).message}); next in ${this.backoffMs} ms`,
-          { peerNic: this.peerNic, reason: (e as Error).message },
-        );
-      this.schedule();
+      if (!this.cancelled) this.failed((e as Error).message);
       return;
     } finally {
       if (dials.get(address) === dial) dials.delete(address);
@@ -186,9 +309,9 @@ class Reconnector {
       return;
     }
     if (link.peerNic !== this.peerNic) {
-      this.log(`${this.where}: the listener is now NIC ${link.peerNic}; retrying`);
+      // Another NIC took the address (the host restarted under another id): it may go again.
       link.close();
-      this.schedule();
+      this.failed(`the listener is now NIC ${link.peerNic}`);
       return;
     }
     if (this.nic.hasLink(this.peerNic)) {
@@ -260,6 +383,7 @@ async function dialAndAttach(
   key: Buffer,
   log: TcpLinkLog,
   expected: number | undefined,
+  policy: Required<ReconnectPolicy>,
 ): Promise<TcpLink> {
   const link = await connectTcpLink({ nicId: nic.nicId, host, port, key, timeoutMs, log });
   if (expected !== undefined && link.peerNic !== expected) {
@@ -292,7 +416,16 @@ async function dialAndAttach(
         peerNic: link.peerNic,
       },
     );
-  const r = new Reconnector(nic, link.peerNic, host, port, timeoutMs ?? RECONNECT_ATTEMPT_MS, key, log);
+  const r = new Reconnector(
+    nic,
+    link.peerNic,
+    host,
+    port,
+    timeoutMs ?? RECONNECT_ATTEMPT_MS,
+    key,
+    log,
+    policy,
+  );
   reconnectorsOf(nic).set(link.peerNic, r);
   r.watch(link);
   return link;
@@ -302,7 +435,8 @@ async function dialAndAttach(
  * Carries out a TCP link spec on the NIC's thread: "tcp" connects and attaches the link
  * (resolves after the handshake; a first connection that fails rejects; EBUSY, without a
  * connection, if this NIC is linked through that address already) and from then on
- * reconnects it whenever it drops without a goodbye; "tcp-listen" resolves once listening and
+ * reconnects it whenever it drops without a goodbye, within the spec's `reconnect` bounds
+ * (ReconnectPolicy; the RECONNECT_* defaults); "tcp-listen" resolves once listening and
  * attaches each peer that connects and proves the key, replacing a link that peer had. Both
  * need the spec's `key`; `log` gets every link event (nic-worker.ts sends them to the host).
  */
@@ -327,6 +461,7 @@ export async function attachTcpSpec(
   )
     throw new RangeError("tcp link: peerNic must be a NIC id (an integer in 0..2^32-1)");
   if (spec.kind === "tcp") {
+    const policy = checkReconnectPolicy((spec as { reconnect?: unknown }).reconnect);
     const host = spec.host ?? "127.0.0.1";
     const where = `${host}:${spec.port}`;
     const dials = dialsOf(nic);
@@ -336,7 +471,16 @@ export async function attachTcpSpec(
     for (const r of reconnectorsOf(nic).values())
       if (r.host === host && r.port === spec.port && r.link !== null && nic.hasLink(r.peerNic))
         throw new NicError("EBUSY", `a link to NIC ${r.peerNic} through ${where} is already attached`);
-    const run = dialAndAttach(nic, host, spec.port, spec.timeoutMs, key, log, expected as number | undefined);
+    const run = dialAndAttach(
+      nic,
+      host,
+      spec.port,
+      spec.timeoutMs,
+      key,
+      log,
+      expected as number | undefined,
+      policy,
+    );
     dials.set(where, run);
     try {
       return await run;
