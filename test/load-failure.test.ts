@@ -8,6 +8,7 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { Host } from "../src/host/host.js";
+import { settled } from "./helpers/address-space.js";
 
 const PROGRAM = new URL("./fixtures/guests/load-throw.js", import.meta.url);
 
@@ -16,15 +17,6 @@ before(async () => {
   host = await Host.start({});
 });
 after(() => host.stop());
-
-async function settled(check: () => boolean, ms: number): Promise<boolean> {
-  const until = Date.now() + ms;
-  while (!check()) {
-    if (Date.now() > until) return false;
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  return true;
-}
 
 test("guests that fail while they load leave no XenStore node behind", async () => {
   const xs = host.hypervisor.xenstore;

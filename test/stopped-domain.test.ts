@@ -9,6 +9,7 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { Host } from "../src/host/host.js";
+import { settled } from "./helpers/address-space.js";
 
 const PROGRAM = new URL("./fixtures/guests/zombie.js", import.meta.url);
 
@@ -17,15 +18,6 @@ before(async () => {
   host = await Host.start({});
 });
 after(() => host.stop());
-
-async function settled(check: () => boolean, ms: number): Promise<boolean> {
-  const until = Date.now() + ms;
-  while (!check()) {
-    if (Date.now() > until) return false;
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  return true;
-}
 
 test("a guest that keeps mapping dom0's grants and writing XenStore after it returned leaves nothing behind", async () => {
   const before = host.backendStats().grantsInUse;
