@@ -76,11 +76,11 @@ export class Matching implements PeerLossListener {
    */
   private keptBytes = 0;
   /**
-   * Rendezvous announcements waiting as unexpected, by sender: a lost peer's are looked for
-   * only if it has some (a peer keeping 130,000 eager messages, then reconnecting in a loop,
-   * made every loss walk them all).
+   * Rendezvous announcements waiting as unexpected, by sender: a lost peer's are removed one
+   * by one (UnexpectedQueue.remove), never by walking the queue (a peer keeping 130,000 eager
+   * messages and one rendezvous, then reconnecting in a loop, made every loss walk them all).
    */
-  private readonly rndvKept = new Map<Partner, number>();
+  private readonly rndvKept = new Map<Partner, Set<KeptRecord>>();
 
   constructor(
     private readonly ctx: EndpointContext,
@@ -168,11 +168,12 @@ export class Matching implements PeerLossListener {
 
   /** A failed peer's rendezvous announcements go: their data cannot be pulled any more. */
   peerLost(peer: Partner): void {
-    if (this.rndvKept.has(peer))
-      this.unexpected.removeWhere(
-        (k) => k.source === peer && k.rndv,
-        (k) => this.uncount(k),
-      );
+    const rndvs = this.rndvKept.get(peer);
+    if (rndvs !== undefined)
+      for (const k of [...rndvs]) {
+        this.unexpected.remove(k);
+        this.uncount(k);
+      }
     // Records ahead of one that will never come now: they can never be matched.
     this.dropHeld(peer);
   }
@@ -276,9 +277,11 @@ export class Matching implements PeerLossListener {
   /** A rendezvous announcement came into (1) or left (-1) the unexpected queue. */
   private countRndv(k: KeptRecord, sign: 1 | -1): void {
     if (!k.rndv) return;
-    const n = (this.rndvKept.get(k.source) ?? 0) + sign;
-    if (n > 0) this.rndvKept.set(k.source, n);
-    else this.rndvKept.delete(k.source);
+    let kept = this.rndvKept.get(k.source);
+    if (sign > 0) {
+      if (kept === undefined) this.rndvKept.set(k.source, (kept = new Set()));
+      kept.add(k);
+    } else if (kept !== undefined && kept.delete(k) && kept.size === 0) this.rndvKept.delete(k.source);
   }
 
   /** An unexpected record taken or dropped: it counts no longer. */

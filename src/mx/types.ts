@@ -388,10 +388,11 @@ export class InboundRecord {
   traceId = 0;
   /** `bytes` is this record's own copy of the whole message (assembled from pieces): kept as is. */
   owned = false;
-  /** Kept unexpected: its neighbours in arrival order, and the next kept record of its match value (unexpected.ts). */
+  /** Kept unexpected: its neighbours in arrival order, and in its match value's queue (unexpected.ts). */
   older: KeptRecord | null = null;
   newer: KeptRecord | null = null;
   sameNext: KeptRecord | null = null;
+  samePrev: KeptRecord | null = null;
 
   constructor(
     /** RNDV: who fetches the data, by the way the record came. */

@@ -15,7 +15,7 @@
  */
 import type { EndpointCounters, KeptRecord } from "./types.js";
 
-/** The kept records of one match value, oldest first (linked through `sameNext`). */
+/** The kept records of one match value, oldest first (linked through `sameNext` and `samePrev`). */
 class SameMatch {
   head: KeptRecord | null = null;
   tail: KeptRecord | null = null;
@@ -79,6 +79,8 @@ export class UnexpectedQueue {
     while (k !== null) {
       const next = k.newer;
       if (drop(k)) {
+        k.sameNext = null;
+        k.samePrev = null;
         this.unlink(k);
         removed(k);
         any = true;
@@ -99,6 +101,7 @@ export class UnexpectedQueue {
       q.head = k;
       this.empties--;
     } else q.tail!.sameNext = k;
+    k.samePrev = q.tail;
     q.tail = k;
     k.sameNext = null;
   }
@@ -109,15 +112,28 @@ export class UnexpectedQueue {
   }
 
   private takeHead(k: KeptRecord): void {
+    this.remove(k);
+  }
+
+  /**
+   * Removes kept record `k`, wherever it is: its value's queue is doubly linked, so a failed
+   * peer's rendezvous go one by one (Matching keeps them per peer) without walking the queue —
+   * a peer that left one unmatched rendezvous per connection and reconnected made every loss
+   * walk and re-index the whole queue (53 ms at 120,000 kept records, per reconnect).
+   */
+  remove(k: KeptRecord): void {
     const q = this.sameMatch(k.matchHi, k.matchLo, false)!;
-    q.head = k.sameNext;
+    if (k.samePrev === null) q.head = k.sameNext;
+    else k.samePrev.sameNext = k.sameNext;
+    if (k.sameNext === null) q.tail = k.samePrev;
+    else k.sameNext.samePrev = k.samePrev;
+    k.sameNext = null;
+    k.samePrev = null;
+    this.unlink(k);
     if (q.head === null) {
-      q.tail = null;
       this.empties++;
       if (this.empties > 64 && this.empties > this.values - this.empties) this.pruneEmpties();
     }
-    k.sameNext = null;
-    this.unlink(k);
   }
 
   private unlink(k: KeptRecord): void {
