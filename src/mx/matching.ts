@@ -281,7 +281,7 @@ export class Matching implements PeerLossListener {
     if (sign > 0) {
       if (kept === undefined) this.rndvKept.set(k.source, (kept = new Set()));
       kept.add(k);
-    } else if (kept !== undefined && kept.delete(k) && kept.size === 0) this.rndvKept.delete(k.source);
+    } else if (kept?.delete(k) && kept.size === 0) this.rndvKept.delete(k.source);
   }
 
   /** An unexpected record taken or dropped: it counts no longer. */
