@@ -68,7 +68,7 @@ export class UnexpectedQueue {
     }
     if (k === null) return undefined;
     // The oldest match is the head of its value's queue: an older record of the same value would match too.
-    if (take) this.takeHead(k);
+    if (take) this.remove(k);
     return k;
   }
 
@@ -109,10 +109,6 @@ export class UnexpectedQueue {
   /** Every kept record, oldest first. */
   *[Symbol.iterator](): IterableIterator<KeptRecord> {
     for (let k = this.oldest; k !== null; k = k.newer) yield k;
-  }
-
-  private takeHead(k: KeptRecord): void {
-    this.remove(k);
   }
 
   /**

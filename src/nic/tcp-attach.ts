@@ -267,17 +267,20 @@ class Reconnector {
       );
   }
 
+  /** The peer reached us another way meanwhile (it connected to our listener): that link stays, and this reconnection ends. */
+  private linkedElsewhere(): boolean {
+    if (!this.nic.hasLink(this.peerNic)) return false;
+    this.log(`${this.where}: a link to NIC ${this.peerNic} is attached already; not reconnecting`, {
+      level: "info",
+      peerNic: this.peerNic,
+    });
+    this.forget();
+    return true;
+  }
+
   private async attempt(): Promise<void> {
     if (this.cancelled) return;
-    if (this.nic.hasLink(this.peerNic)) {
-      // The peer reached us another way meanwhile (it connected to our listener): keep that one.
-      this.log(`${this.where}: a link to NIC ${this.peerNic} is attached already; not reconnecting`, {
-        level: "info",
-        peerNic: this.peerNic,
-      });
-      this.forget();
-      return;
-    }
+    if (this.linkedElsewhere()) return;
     const dials = dialsOf(this.nic);
     const address = `${this.host}:${this.port}`;
     // An attach is dialing this address (it cancels us once connected): no second connection.
@@ -314,14 +317,8 @@ class Reconnector {
       this.failed(`the listener is now NIC ${link.peerNic}`);
       return;
     }
-    if (this.nic.hasLink(this.peerNic)) {
-      // The peer reached us another way meanwhile (it connected to our listener): keep that one.
-      this.log(`${this.where}: a link to NIC ${this.peerNic} is attached already; not reconnecting`, {
-        level: "info",
-        peerNic: this.peerNic,
-      });
+    if (this.linkedElsewhere()) {
       link.close();
-      this.forget();
       return;
     }
     try {
