@@ -282,6 +282,34 @@ test("netback believes only the answer to the CONNECT a guest sent: forged answe
   assert.equal(steer.counters.throttled, 2);
 });
 
+test("a guesser's lockout goes with its domain: the next domain given its id connects at once", () => {
+  const portOf = new Map([
+    [1, 11],
+    [2, 12],
+  ]);
+  const steerHost: MxSteerHost = {
+    nicId: NIC,
+    uplinkPort: -1,
+    nicEndpointOwner: () => undefined,
+    portOfDomain: (d) => portOf.get(d) ?? -1,
+    domainOfPort: (p) => [...portOf].find(([, q]) => q === p)?.[0],
+  };
+  const now = 1_000;
+  const steer = new MxSteering(steerHost, () => now);
+  const send = (domid: number, f: Uint8Array) => steer.route(portOf.get(domid)!, f, f.length);
+  const connect = (id: number) => send(1, mxoe(MxoeType.Connect, 1, 2, id));
+  // Domain 1 guesses guest 2's key until it is locked out (for a minute, with more guesses).
+  for (let id = 0; id < 3 * CONNECT_FREE_FAILS; id++) {
+    if (connect(id) !== 12) break;
+    send(2, mxoe(MxoeType.ConnectReply, 2, 1, id, MxStatus.BAD_KEY));
+  }
+  assert.equal(connect(100), STEER_REJECT, "the guesser is locked out");
+  // Its domain is destroyed (the toolstack removes its vif) and, as domain ids come round, a
+  // later guest of another job is given id 1 within the lockout.
+  steer.forget(1);
+  assert.equal(connect(101), 12, "the newcomer with the guesser's id connects at once");
+});
+
 test("split-path guests that sent CONNECTs and died leave netback no record of them", async () => {
   const askers = () => host.netStats().bridge.mxAskers;
   // The earlier tests' guests are gone: so are their records.

@@ -132,9 +132,15 @@ export class MxSteering {
     return this.asked.size;
   }
 
-  /** netback serves no vif of `domid` any more: its CONNECTs are no one's to limit or answer. */
+  /**
+   * netback serves no vif of `domid` any more (the toolstack removed them: the domain is
+   * gone): its CONNECTs are no one's to limit or answer, and its wrong keys are not held
+   * against the next domain given its id (a guest cannot get here and start over: re-opening
+   * its vif keeps the device).
+   */
   forget(domid: DomId): void {
     this.asked.delete(domid);
+    this.throttle.forgetRequester(0, domid);
   }
 
   /** The domain that owns endpoint `ep` of this NIC, if any. */

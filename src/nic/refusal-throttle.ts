@@ -144,6 +144,23 @@ export class RefusalThrottle {
     return ms;
   }
 
+  /**
+   * Requester id (nic, ep) is no one's any more, and whoever gets it next is not its last
+   * holder: both its records start over. Only for ids the owner hands out itself and never
+   * to the same requester twice (netback: a domain id, once its domain is gone); a NIC's
+   * requesters name their own sessions, so their ids keep their records.
+   */
+  forgetRequester(nic: number, ep: number): void {
+    const b = this.blocks.get(RefusalThrottle.blockKey(nic, ep));
+    if (b === undefined) return;
+    const i = ep & (BLOCK - 1);
+    for (const r of [b.incarnation, b.id]) {
+      r.fails[i] = 0;
+      r.until[i] = 0;
+      r.last[i] = 0;
+    }
+  }
+
   /** Drops the blocks none of whose requesters was refused for forgetMs (their lockouts are over). */
   private sweep(now: number): void {
     for (const [key, b] of this.blocks)
