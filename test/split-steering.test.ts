@@ -241,6 +241,29 @@ test("a guest guessing a split-path endpoint's key is told BAD_KEY a few times, 
   assert.ok(t1.mxThrottled > t0.mxThrottled, "the CONNECTs in the lockout were counted");
 });
 
+test("a wrong key's answer carries no session: a guest of another job cannot resolve its way in after one guess", async () => {
+  const key = 0x5e55;
+  const start = (role: string) =>
+    host.startGuest({
+      module: GUESSER,
+      args: { role, key, path: "split" },
+      name: `split-${role}`,
+      pages: 2048,
+      fastPath: false,
+    });
+  const victim = await start("victim");
+  const [addr] = await nextMessage(victim);
+  const resolver = await start("session-resolver");
+  resolver.send(addr);
+  const e = await resolver.exited;
+  victim.send("done");
+  await victim.exited;
+  assert.equal(e.state, "shutdown", e.error?.stack);
+  const { wrong, leaked, resolved } = e.result as { wrong: string; leaked: number; resolved: string };
+  assert.equal(wrong, "MX_BAD_CONNECTION_KEY");
+  assert.equal(leaked, 0, `the BAD_KEY answer told the victim's session (then: ${resolved})`);
+});
+
 test("netback believes only the answer to the CONNECT a guest sent: forged answers neither lock a guest out nor forgive it", () => {
   const portOf = new Map([
     [1, 11],

@@ -258,7 +258,10 @@ export class EtherConnector implements EtherEndpointHandler {
     setFrameWord(r, MxoeWord.dstSession, srcSession);
     setFrameWord(r, MxoeWord.srcNic, ctx.nicId);
     setFrameWord(r, MxoeWord.srcEp, ctx.endpointId);
-    setFrameWord(r, MxoeWord.srcSession, ctx.session);
+    // The session only to an asker that proved the key (or knew the session already): a
+    // session resolves this endpoint with no key (above), so a BAD_KEY that carried it let a
+    // guest of another job connect after one wrong guess (as the NIC answers: nic/connect.ts).
+    setFrameWord(r, MxoeWord.srcSession, status === MxStatus.SUCCESS ? ctx.session : 0);
     setFrameWord(r, MxoeWord.id, id);
     setFrameWord(r, MxoeWord.msgSeq, status);
     setFrameWord(r, MxoeWord.matchHi, this.parts.partners.split ? 1 : 0);
