@@ -6,8 +6,8 @@
  * peers too: a former peer kept writing the wake counter and the sleeping flag the owner and
  * its new peers rely on — memory a domain could reach was handed on while it lived. Now the
  * slot comes back with a fresh interrupt page (and a new id, so the owner's frontend drops the
- * old mappings) whenever a former peer still maps the old one; peers that let go only lose
- * their grant.
+ * old mappings) whenever a live peer was granted the old one: one that unmapped it as a
+ * frontend does still holds the buffer it was handed (a SharedArrayBuffer is never taken back).
  */
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
@@ -65,7 +65,7 @@ test("a former peer that keeps the owner's interrupt page mapped cannot write th
   await owner.exited;
 });
 
-test("a peer that let go of the page only loses its grant: the owner's slot keeps its interrupt page", async () => {
+test("a former peer that unmapped the page as a frontend does, keeping its view, cannot write the page of the owner's next endpoint", async () => {
   const replacedBefore = host.backendStats().intrPagesReplaced;
   const grantsBefore = host.backendStats().grantsInUse;
   const owner = await start("owner", 2);
@@ -77,7 +77,13 @@ test("a peer that let go of the page only loses its grant: the owner's slot keep
   assert.equal(await next(peer), "released");
   owner.send("reopen");
   assert.equal(await next(owner), "reopened");
-  assert.equal(host.backendStats().intrPagesReplaced, replacedBefore, "no fresh page for an honest peer");
+  // Its grant unmapped, the peer still holds the buffer it was handed.
+  peer.send("write");
+  assert.equal(await next(peer), "written");
+  owner.send("check");
+  const { marked } = await next<{ marked: boolean }>(owner);
+  assert.equal(marked, false, "the former peer's write reached the reopened endpoint's interrupt page");
+  assert.equal(host.backendStats().intrPagesReplaced, replacedBefore + 1);
   for (const d of [owner, peer]) d.send("stop");
   await Promise.all([owner.exited, peer.exited]);
   await settled(

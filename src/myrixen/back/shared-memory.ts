@@ -181,18 +181,22 @@ export class SharedMemory {
   }
 
   /**
-   * `slot` serves its owner's next endpoint: the grants of its interrupt page to peers that
-   * let go of it end; if a peer still maps it, the page is given up (it stays that peer's,
-   * and no one else's) and the slot gets a fresh one under a new id.
+   * `slot` serves its owner's next endpoint: if its interrupt page was granted to a peer (one
+   * still alive), the page is given up (it stays that peer's, and no one else's) and the slot
+   * gets a fresh one under a new id; the grants to peers end as each lets go.
    */
   private recall(domid: DomId, slot: WindowSlot): void {
     slot.replaced = 0;
-    // The peers' grants that no one maps end now, each in one step, so a former peer mapping
-    // meanwhile is either refused or keeps the old page to itself (it was looked at first and
-    // ended after, and a map in between kept the page on the slot, mapped).
+    // The peers' grants that no one maps end now, each in one step (a former peer mapping
+    // meanwhile is refused, or its grant is ended once it lets go).
     const held = this.keeper.endUnmapped([...slot.peerRefs.values()].flat());
     let ending = held;
-    if (held.length > 0) {
+    // Unmapped is not let go: a peer that mapped the page holds its buffer for life (a
+    // SharedArrayBuffer is never taken back), and the grant's pin bits say only whether it
+    // still calls it mapped. Kept on the slot, the page reached the owner's next endpoint and
+    // its next peers, written and read by a former peer that had unmapped it as a frontend
+    // does. So any peer's grant means a fresh page (one page per reopen that had peers).
+    if (slot.peerRefs.size > 0) {
       const intr = this.alloc(INTR_PAGES, [domid]);
       let refs: number[];
       try {
