@@ -5,9 +5,12 @@
  * `myrixen run` (events go straight to the launcher) and `myrixen host` (events go over the
  * control connection), so a job behaves the same on one machine and across many.
  *
- * Each job's ranks open their endpoints with the job's key (protocol.ts). A host refuses a
- * job whose key is the key of a job still running on it (keysInUse below, per Host): two jobs
- * sharing a key could connect to each other's endpoints.
+ * Each job's ranks open their endpoints with the job's key (protocol.ts). A host does not
+ * look at whether another job holds the same key: it refused such a job once, and that
+ * refusal told any launcher, at thousands of start requests a second, which key a running
+ * job held — the wrong-key lockout of the NIC bypassed. Two honest jobs draw the same 32-bit
+ * key about once in 2^32 / n, and even then neither connects to the other: ranks connect
+ * only to the addresses their own launcher gives them.
  */
 
 import { mkdirSync, statSync, writeFileSync } from "node:fs";
@@ -183,9 +186,6 @@ function notFinalized(): Error {
   return e;
 }
 
-/** Per Host: the keys of the jobs that have ranks on it now. */
-const keysInUse = new WeakMap<Host, Set<number>>();
-
 /** Per Host: the rank sets started on it whose ranks have not all ended (for inspection). */
 const setsOn = new WeakMap<Host, Set<RankSet>>();
 
@@ -206,7 +206,6 @@ export class RankSet {
   private stopping = false;
   private lastPeers: LauncherToRank | undefined;
   private program: URL | undefined;
-  private keyHeld = false;
   /** Inside start(): ranks may be on their way without one live yet. */
   private starting = false;
 
@@ -246,15 +245,6 @@ export class RankSet {
       if (e instanceof ProgramError) throw new RankRefusal(e.message);
       throw e;
     }
-    let keys = keysInUse.get(this.host);
-    if (!keys) keysInUse.set(this.host, (keys = new Set()));
-    if (keys.has(spec.key))
-      // Not a refusal of the request as such: the launcher drew a key that is taken (or lied).
-      throw new Error(
-        "the job's endpoint key is the key of another job running on this host; run the job again (its launcher draws a new key)",
-      );
-    keys.add(spec.key);
-    this.keyHeld = true;
     let sets = setsOn.get(this.host);
     if (!sets) setsOn.set(this.host, (sets = new Set()));
     sets.add(this);
@@ -267,18 +257,9 @@ export class RankSet {
     } catch (e) {
       await this.stop();
       this.endStart();
-      void this.done.then(() => this.releaseKey());
       throw e;
     }
     this.endStart();
-    void this.done.then(() => this.releaseKey());
-  }
-
-  /** The job's key is free again on this host once all its ranks here have ended. */
-  private releaseKey(): void {
-    if (!this.keyHeld) return;
-    this.keyHeld = false;
-    keysInUse.get(this.host)?.delete(this.spec.key);
   }
 
   /** Resolves once start() has finished (or failed) and every rank it started has ended. */
@@ -294,7 +275,7 @@ export class RankSet {
 
   /**
    * Resolves when every started rank has reported its exit (or failed to: it never rejects, so
-   * the job's key is released and the daemon never meets an unhandled rejection).
+   * the set leaves the host's list and the daemon never meets an unhandled rejection).
    */
   get done(): Promise<void> {
     return Promise.allSettled(this.exits).then(() => undefined);

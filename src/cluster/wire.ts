@@ -108,7 +108,7 @@ const Start = z.strictObject({
     .min(1)
     .max(1 << 20)
     .optional(),
-  maxHeapMb: z.int().min(16).max(65536).optional(),
+  maxHeapMb: z.int().min(16).max(16384).optional(),
   maxBufferMb: z
     .int()
     .min(16)
