@@ -94,11 +94,14 @@ async function reply(a: Agent): Promise<string> {
   return mxStatusName(r.mxoe![MxoeWord.msgSeq]);
 }
 
-/** The victim answered the first CONNECT_FREE_FAILS guesses, then netback refused to pass more. */
-function assertCaught(statuses: string[]): void {
+/**
+ * The victim answered the first CONNECT_FREE_FAILS guesses (`told`, if fewer), then netback
+ * refused to pass more.
+ */
+function assertCaught(statuses: string[], told = CONNECT_FREE_FAILS): void {
   assert.deepEqual(
-    statuses.slice(0, CONNECT_FREE_FAILS),
-    new Array(CONNECT_FREE_FAILS).fill("BAD_KEY"),
+    statuses.slice(0, told),
+    new Array(told).fill("BAD_KEY"),
     "the first wrong keys are told BAD_KEY",
   );
   // (Each lockout doubles from a second; the later guesses go within one.)
@@ -134,7 +137,11 @@ test("a guest that follows each guess with a decoy CONNECT elsewhere is still co
     });
     statuses.push(await reply(a));
   }
-  assertCaught(statuses);
+  // Each unanswered decoy is a guess it has out: with wrong keys on record a guest may have
+  // only as many out as it has free ones left, so fewer guesses reach the victim.
+  const told = statuses.indexOf("REJECTED");
+  assert.ok(told >= 1 && told <= CONNECT_FREE_FAILS, statuses.join(" "));
+  assertCaught(statuses, told);
   await Promise.all([a.dom.destroy(), bystander.dom.destroy()]);
 });
 

@@ -20,7 +20,11 @@ import {
   STEER_REFUSE,
   STEER_REJECT,
 } from "../src/netback/mx-steer.js";
-import { CONNECT_FREE_FAILS, CONNECT_LOCKOUT_MS } from "../src/nic/connect-throttle.js";
+import {
+  CONNECT_FREE_FAILS,
+  CONNECT_LOCKOUT_MAX_MS,
+  CONNECT_LOCKOUT_MS,
+} from "../src/nic/connect-throttle.js";
 import { MxStatus } from "../src/nic/status.js";
 import type { Domain } from "../src/xen/hypervisor.js";
 import {
@@ -284,11 +288,11 @@ test("netback believes only the answer to the CONNECT a guest sent: forged answe
   const answer = (from: number, id: number, status: number) =>
     send(from, mxoe(MxoeType.ConnectReply, from, 1, id, status));
 
-  // Guest 3 answers connects guest 1 never sent, all BAD_KEY: delivered, but nothing counts.
-  for (let id = 0; id < 10; id++) assert.equal(answer(3, id, MxStatus.BAD_KEY), 11);
+  // Guest 3 answers connects guest 1 never sent, all BAD_KEY: not delivered, nothing counts.
+  for (let id = 0; id < 10; id++) assert.equal(answer(3, id, MxStatus.BAD_KEY), STEER_REFUSE);
   assert.equal(connect(100), 12, "guest 1 may still connect");
   // Guest 3 answers the very connect guest 1 sent (its id guessed): not the endpoint asked.
-  assert.equal(answer(3, 100, MxStatus.BAD_KEY), 11);
+  assert.equal(answer(3, 100, MxStatus.BAD_KEY), STEER_REFUSE);
   // The endpoint asked answers: wrong keys count, a retry's answer once.
   for (let n = 0; n < CONNECT_FREE_FAILS; n++) {
     const id = 100 + n;
@@ -303,6 +307,50 @@ test("netback believes only the answer to the CONNECT a guest sent: forged answe
   now += CONNECT_LOCKOUT_MS + 1;
   assert.equal(connect(202), 12, "the lockout ends");
   assert.equal(steer.counters.throttled, 2);
+});
+
+test("a guesser's answers count: its next CONNECTs wait for them, and an answer netback no longer expects does not reach it", () => {
+  const portOf = new Map([
+    [1, 11],
+    [2, 12],
+  ]);
+  const steerHost: MxSteerHost = {
+    nicId: NIC,
+    uplinkPort: -1,
+    nicEndpointOwner: () => undefined,
+    portOfDomain: (d) => portOf.get(d) ?? -1,
+    domainOfPort: (p) => [...portOf].find(([, q]) => q === p)?.[0],
+  };
+  let now = 1_000;
+  const steer = new MxSteering(steerHost, () => now);
+  const send = (domid: number, f: Uint8Array) => steer.route(portOf.get(domid)!, f, f.length);
+  const connect = (id: number) => send(1, mxoe(MxoeType.Connect, 1, 2, id));
+  const badKey = (id: number) => send(2, mxoe(MxoeType.ConnectReply, 2, 1, id, MxStatus.BAD_KEY));
+
+  // A burst of guesses, all out before any answer: answered, counted, and a lockout.
+  const burst = (first: number) => {
+    const out: number[] = [];
+    for (let id = first; id < first + MAX_ASKS_PER_DOMAIN; id++) if (connect(id) === 12) out.push(id);
+    for (const id of out) assert.equal(badKey(id), 11, "the owner's answer reaches the asker");
+    return out.length;
+  };
+  assert.equal(
+    burst(0),
+    MAX_ASKS_PER_DOMAIN,
+    "a domain with no wrong key on record has its CONNECTs out at once",
+  );
+  assert.equal(connect(100), STEER_REJECT, "locked out");
+  // After the lockout: one guess out at a time, not another burst.
+  now += CONNECT_LOCKOUT_MAX_MS + 1;
+  assert.equal(burst(200), 1, "guesses out at once after a lockout");
+
+  // An answer that comes after netback forgot its CONNECT (the victim computed for a while)
+  // is not passed on: the guesser would learn from it, and it could no longer count.
+  now += CONNECT_LOCKOUT_MAX_MS + 1;
+  assert.equal(connect(300), 12);
+  now += ASK_TTL_MS + 1;
+  assert.equal(connect(301), 12, "a CONNECT elsewhere meanwhile");
+  assert.equal(badKey(300), STEER_REFUSE, "the late answer does not reach the guesser");
 });
 
 test("a guesser's lockout goes with its domain: the next domain given its id connects at once", () => {

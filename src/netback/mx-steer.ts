@@ -31,6 +31,11 @@
  *     guess with a decoy CONNECT (its answer no longer matched), guessed at full speed. A
  *     domain has at most MAX_ASKS_PER_DOMAIN unanswered CONNECTs younger than ASK_TTL_MS;
  *     beyond them its new ones are refused (throttled) until one is answered or ages out.
+ *     Once it has wrong keys on record, only as many as it has free ones left (at least one),
+ *     and beyond them netback answers REJECTED: a lockout starts only when answers come, and
+ *     a guesser that had 16 guesses out after every lockout guessed 16 times a minute. An
+ *     answer reaches a guest only if netback still remembers the CONNECT it answers: one that
+ *     came after its CONNECT aged out counted for nothing, and still told the guesser.
  *     A SUCCESS forgives nothing: it proved only that the guest knew *that* endpoint's key,
  *     and a guest that answered its own other domain's CONNECTs with SUCCESS between guesses
  *     was forgiven its wrong keys as fast as it made them (a record with no wrong key for
@@ -46,7 +51,7 @@
  *
  * The key still crosses the NICs and the links between hosts (trusted, as every frame does).
  */
-import { ConnectThrottle } from "../nic/connect-throttle.js";
+import { CONNECT_FREE_FAILS, ConnectThrottle } from "../nic/connect-throttle.js";
 import { MxStatus } from "../nic/status.js";
 import type { DomId } from "../xen/abi.js";
 import {
@@ -191,20 +196,36 @@ export class MxSteering {
       if (port < 0) return this.refuse();
     }
     // The answers that may count against this guest are those to the CONNECTs it sent.
-    if (from !== undefined && type === MxoeType.Connect && !this.remember(from, f)) {
-      c.throttled++;
-      return STEER_REFUSE;
+    if (from !== undefined && type === MxoeType.Connect) {
+      const wait = this.remember(from, f);
+      if (wait !== 0) {
+        c.throttled++;
+        if (wait < 0) return STEER_REFUSE;
+        // It has wrong keys on record and as many guesses out as it has free ones left.
+        this.lockLeft = wait;
+        return STEER_REJECT;
+      }
     }
-    if (owner !== undefined && type === MxoeType.ConnectReply) this.answered(owner, f);
+    // An answer reaches a guest only if it answers a CONNECT the guest sent and netback still
+    // remembers: an answer that came after its CONNECT was forgotten (ASK_TTL_MS) counted for
+    // nothing, so a guesser whose victim answered late (a rank computing for 12 s) had every
+    // guess's answer and none counted.
+    if (owner !== undefined && type === MxoeType.ConnectReply && !this.answered(owner, f))
+      return this.refuse();
     c.steered++;
     return port;
   }
 
   /**
-   * Remembers `from`'s CONNECT `f` (a retry is the CONNECT it repeats). false: `from` has
-   * MAX_ASKS_PER_DOMAIN unanswered CONNECTs younger than ASK_TTL_MS already.
+   * Remembers `from`'s CONNECT `f` (a retry is the CONNECT it repeats): 0. Not remembered:
+   * -1 when MAX_ASKED other domains are (above) or `from` has MAX_ASKS_PER_DOMAIN unanswered
+   * CONNECTs younger than ASK_TTL_MS; once it has wrong keys on record it may have only as
+   * many out as it has free ones left (at least one), and beyond that the answer is how long
+   * until its oldest ages out (ms). A lockout starts when answers come, so a guest with
+   * MAX_ASKS_PER_DOMAIN guesses out at once had them all answered before the first counted:
+   * 16 guesses for the NIC's 4.
    */
-  private remember(from: DomId, f: Uint8Array): boolean {
+  private remember(from: DomId, f: Uint8Array): number {
     const now = this.now();
     const id = frameWord(f, MxoeWord.id);
     const nic = frameWord(f, MxoeWord.dstNic);
@@ -215,27 +236,32 @@ export class MxSteering {
     if (list === undefined) {
       if (now >= this.sweepAt) this.sweep(now);
       // Each of them sent a CONNECT in the last ASK_TTL_MS: dropping one would lift its limit.
-      if (this.asked.size >= MAX_ASKED) return false;
+      if (this.asked.size >= MAX_ASKED) return -1;
       list = [];
       this.asked.set(from, list);
       this.sweepAt = Math.min(this.sweepAt, now + ASK_TTL_MS);
     }
     let oldestAnswered = -1;
+    let open = 0;
+    let oldestOpen = now;
     for (let i = 0; i < list.length; i++) {
       const a = list[i];
       if (now - a.at >= ASK_TTL_MS) {
         list.splice(i--, 1);
         continue;
       }
-      if (a.id === id && a.nic === nic && a.ep === ep && a.session === session && a.key === key) return true;
-      if (a.answered && oldestAnswered < 0) oldestAnswered = i;
+      if (a.id === id && a.nic === nic && a.ep === ep && a.session === session && a.key === key) return 0;
+      if (a.answered) {
+        if (oldestAnswered < 0) oldestAnswered = i;
+      } else if (open++ === 0) oldestOpen = a.at;
     }
-    if (list.length >= MAX_ASKS_PER_DOMAIN) {
-      if (oldestAnswered < 0) return false;
-      list.splice(oldestAnswered, 1);
-    }
+    const fails = this.throttle.refusals(0, from, 0, now);
+    if (fails === 0 ? open >= MAX_ASKS_PER_DOMAIN : open >= Math.max(1, CONNECT_FREE_FAILS - fails))
+      return fails === 0 ? -1 : Math.max(1, Math.ceil(oldestOpen + ASK_TTL_MS - now));
+    // open < MAX_ASKS_PER_DOMAIN: a full list has an answered CONNECT to make room.
+    if (list.length >= MAX_ASKS_PER_DOMAIN) list.splice(oldestAnswered, 1);
     list.push({ id, nic, ep, session, key, at: now, answered: false });
-    return true;
+    return 0;
   }
 
   /** Forgets the domains whose every CONNECT aged out (a domain that stopped connecting). */
@@ -250,21 +276,24 @@ export class MxSteering {
 
   /**
    * An owner's answer to a CONNECT from `asker`, on its way to it: it answers the oldest
-   * unanswered CONNECT of `asker` with its id to that endpoint (none: forged, or an answer to
-   * a retry already answered — counted once), and a wrong key or session counts.
+   * unanswered CONNECT of `asker` with its id to that endpoint, and a wrong key or session
+   * counts. false: it answers no CONNECT `asker` sent that is remembered (forged, or late);
+   * an answer to a retry already answered goes through, counted once.
    */
-  private answered(asker: DomId, f: Uint8Array): void {
+  private answered(asker: DomId, f: Uint8Array): boolean {
     const list = this.asked.get(asker);
-    if (list === undefined) return;
+    if (list === undefined) return false;
     const id = frameWord(f, MxoeWord.id);
     const nic = frameWord(f, MxoeWord.srcNic);
     const ep = frameWord(f, MxoeWord.srcEp);
-    const q = list.find((a) => !a.answered && a.id === id && a.nic === nic && a.ep === ep);
-    if (q === undefined) return;
+    const asks = (a: Ask) => a.id === id && a.nic === nic && a.ep === ep;
+    const q = list.find((a) => !a.answered && asks(a));
+    if (q === undefined) return list.some(asks);
     q.answered = true;
     const status = frameWord(f, MxoeWord.msgSeq);
     if (status === MxStatus.BAD_KEY || status === MxStatus.BAD_SESSION)
       this.throttle.failed(0, asker, 0, this.now());
+    return true;
   }
 
   /**

@@ -120,6 +120,16 @@ export class RefusalThrottle {
     return until > now ? Math.ceil(until - now) : 0;
   }
 
+  /** Refusals on record for incarnation `inc` of requester (nic, ep) (0 once forgotten). */
+  refusals(nic: number, ep: number, inc: number, now: number): number {
+    const b = this.blocks.get(RefusalThrottle.blockKey(nic, ep));
+    if (b === undefined) return 0;
+    const i = ep & (BLOCK - 1);
+    const r = b.incarnation;
+    if (b.which[i] !== inc >>> 0 || r.last[i] === 0 || now - r.last[i] >= this.rule.forgetMs) return 0;
+    return r.fails[i];
+  }
+
   /** Incarnation `inc` of requester (nic, ep) was refused: returns the lockout it now has (ms, 0 = none). */
   failed(nic: number, ep: number, inc: number, now: number): number {
     const r = this.rule;
