@@ -275,6 +275,16 @@ test("bridge storm control: one port flooding at full speed gets its burst, then
   got.fill(0);
   for (let i = 0; i < 10_000; i++) bridge.forward(ids[0], frame(BCAST, 0xa));
   assert.deepEqual(got, [0, 200, 200], "the rate");
+  // A port made again with the bucket its owner kept (netback: its domain's) gets no fresh burst.
+  const bucket = bridge.floodBucket();
+  const sink: BridgePort = { name: "reopened", transmit: () => true };
+  const first = bridge.addPort(sink, bucket);
+  for (let i = 0; i < 1000; i++) bridge.forward(first, frame(BCAST, 0xc));
+  bridge.removePort(first);
+  const again = bridge.addPort(sink, bucket);
+  assert.equal(bridge.forward(again, frame(BCAST, 0xc)), 0, "the bucket it had, still empty");
+  now += 10;
+  assert.equal(bridge.forward(again, frame(BCAST, 0xc)), 3, "refilled at the rate");
   assert.throws(() => new Bridge({ floodRate: 0 }), /floodRate must be a positive number/);
   assert.throws(() => new Bridge({ floodBurst: 0.5 }), /floodBurst must be a positive integer/);
 });

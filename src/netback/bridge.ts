@@ -8,10 +8,12 @@
  * MX over Ethernet goes to the owner of the endpoint it names, mx-steer.ts).
  *
  * Storm control (as a switch's per-port broadcast limit): what one port floods is metered by
- * a token bucket of its own (floodRate frames a second, floodBurst at once); beyond it the
- * flood is dropped and counted. Every copy of a flood lands in every other guest's rx ring, so
- * one guest flooding at full speed filled them all; MX over Ethernet is steered, not flooded,
- * and nothing else a guest here says needs more.
+ * a token bucket (floodRate frames a second, floodBurst at once); beyond it the flood is
+ * dropped and counted. Every copy of a flood lands in every other guest's rx ring, so one
+ * guest flooding at full speed filled them all; MX over Ethernet is steered, not flooded, and
+ * nothing else a guest here says needs more. A port has a bucket of its own unless its owner
+ * hands addPort one that outlives the port: netback gives all of a domain's vifs one, kept
+ * while the domain has a vif (vif.ts), so a guest re-opening its vif gets no fresh burst.
  *
  * The MAC table is an open-addressing hash table over typed arrays (MAC = 16 + 32 bits), so
  * forwarding a frame allocates nothing. The clock is injectable so ageing can be tested.
@@ -62,6 +64,12 @@ export interface BridgeOptions {
   now?: () => number;
 }
 
+/** A flood token bucket: the floods its port(s) may still send, as worked out at `at` (ms). */
+export interface FloodBucket {
+  tokens: number;
+  at: number;
+}
+
 export const DEFAULT_AGEING_MS = 300_000;
 export const DEFAULT_FLOOD_RATE = 1000;
 export const DEFAULT_FLOOD_BURST = 256;
@@ -89,9 +97,8 @@ export class Bridge {
   };
   private readonly now: () => number;
   private readonly ports: (BridgePort | undefined)[] = [];
-  /** Per port: the floods it may still send now, and when that was last worked out. */
-  private readonly floodTokens: number[] = [];
-  private readonly floodAt: number[] = [];
+  /** Per port: its flood bucket (shared by ports given the same one). */
+  private readonly floodOf: (FloodBucket | undefined)[] = [];
   private portCount = 0;
   // The MAC table: parallel arrays, linear probing, backward-shift deletion (no tombstones).
   private readonly mask: number;
@@ -135,14 +142,21 @@ export class Bridge {
     this.lastSweep = this.now();
   }
 
-  /** Adds a port; returns its number. */
-  addPort(port: BridgePort): number {
+  /** A full flood bucket, for addPort. */
+  floodBucket(): FloodBucket {
+    return { tokens: this.floodBurst, at: this.now() };
+  }
+
+  /**
+   * Adds a port; returns its number. Its floods are metered by `flood` (a full bucket of its
+   * own by default); the caller keeps a bucket it passes for as long as it means to meter.
+   */
+  addPort(port: BridgePort, flood: FloodBucket = this.floodBucket()): number {
     let id = this.ports.indexOf(undefined);
     if (id < 0) id = this.ports.push(undefined) - 1;
     this.ports[id] = port;
     this.portCount++;
-    this.floodTokens[id] = this.floodBurst;
-    this.floodAt[id] = this.now();
+    this.floodOf[id] = flood;
     return id;
   }
 
@@ -150,6 +164,7 @@ export class Bridge {
   removePort(id: number): void {
     if (this.ports[id] === undefined) return;
     this.ports[id] = undefined;
+    this.floodOf[id] = undefined;
     this.portCount--;
     for (let i = 0; i <= this.mask; i++) {
       while (this.keyHi[i] !== EMPTY && this.entryPort[i] === id) this.deleteAt(i);
@@ -263,20 +278,21 @@ export class Bridge {
     return sent;
   }
 
-  /** Takes a token of port `ingress`'s flood bucket, refilled at floodRate; false: none left. */
+  /**
+   * Takes a token of port `ingress`'s flood bucket, refilled at floodRate; false: none left
+   * (or no such port: a port not on the bridge floods nothing).
+   */
   private mayFlood(ingress: number): boolean {
+    const b = this.floodOf[ingress];
+    if (b === undefined) return false;
     const now = this.now();
-    const tokens = Math.min(
-      this.floodBurst,
-      (this.floodTokens[ingress] ?? this.floodBurst) +
-        ((now - (this.floodAt[ingress] ?? now)) * this.floodRate) / 1000,
-    );
-    this.floodAt[ingress] = now;
+    const tokens = Math.min(this.floodBurst, b.tokens + ((now - b.at) * this.floodRate) / 1000);
+    b.at = now;
     if (tokens < 1) {
-      this.floodTokens[ingress] = tokens;
+      b.tokens = tokens;
       return false;
     }
-    this.floodTokens[ingress] = tokens - 1;
+    b.tokens = tokens - 1;
     return true;
   }
 

@@ -4,7 +4,10 @@
  * MyriBack's: advertise features (InitWait) as soon as the toolstack has created the device,
  * so a guest's lazy Netfront.connect finds the backend ready; map the two rings, bind the
  * event channel and join the bridge when the frontend is Initialised; Closing/Closed on
- * teardown; a frontend that closed cleanly may start over. The data path is tx.ts and rx.ts.
+ * teardown; a frontend that closed cleanly may start over. A domain's vifs share one flood
+ * bucket on the bridge (storm control), kept for as long as the domain has a vif here: a
+ * reopen makes a new bridge port, and a fresh bucket with it gave a guest a full burst per
+ * reopen. The data path is tx.ts and rx.ts.
  */
 
 import { type DomId, XenbusState } from "../xen/abi.js";
@@ -22,7 +25,7 @@ import {
 } from "../xen/io/netif.js";
 import { BackRing } from "../xen/ring.js";
 import { BackendDeviceWatcher, XenbusBackend } from "../xen/xenbus.js";
-import type { Bridge, BridgeFrame, BridgePort } from "./bridge.js";
+import type { Bridge, BridgeFrame, BridgePort, FloodBucket } from "./bridge.js";
 import type { NetbackCounters } from "./counters.js";
 import { VifCounter } from "./stats.js";
 
@@ -104,6 +107,8 @@ export class VifDevices {
   private readonly vifs = new Map<string, Vif>();
   private readonly portByDomain = new Map<DomId, number>();
   private readonly domainByPort = new Map<number, DomId>();
+  /** Per domain with a vif here: the flood bucket of its vifs' bridge ports (see above). */
+  private readonly floodOfDomain = new Map<DomId, FloodBucket>();
   private readonly watcher: BackendDeviceWatcher<Vif>;
   private stopped = false;
 
@@ -114,10 +119,14 @@ export class VifDevices {
       removed: async (v, why) => {
         await this.teardown(v, why);
         await this.forget(v);
-        if (![...this.vifs.values()].some((o) => o.domid === v.domid)) host.vifsGone(v.domid);
+        if (!this.hasVif(v.domid)) {
+          this.floodOfDomain.delete(v.domid);
+          host.vifsGone(v.domid);
+        }
       },
       domainGone: async (v, why) => {
         await this.teardown(v, why);
+        this.floodOfDomain.delete(v.domid);
         host.vifsGone(v.domid);
       },
       log: (m) => host.log(m),
@@ -137,6 +146,12 @@ export class VifDevices {
       await this.teardown(v, "the driver domain is stopping");
       await this.forget(v);
     }
+    this.floodOfDomain.clear();
+  }
+
+  private hasVif(domid: DomId): boolean {
+    for (const v of this.vifs.values()) if (v.domid === domid) return true;
+    return false;
   }
 
   /**
@@ -239,6 +254,8 @@ export class VifDevices {
     await this.forget(v);
     this.host.log(`vif ${v.domid}/${v.devid} re-initialises its device`);
     await this.startDevice(v.domid, v.devid, v.key);
+    // Not started again (the toolstack took its mac away, netback stopping): no bucket kept for it.
+    if (!this.hasVif(v.domid)) this.floodOfDomain.delete(v.domid);
   }
 
   private async forget(v: Vif): Promise<void> {
@@ -291,7 +308,12 @@ export class VifDevices {
         name: `vif${v.domid}.${v.devid}`,
         transmit: (f) => host.deliver(v, f),
       };
-      v.bridgeId = host.bridge.addPort(bp);
+      let flood = this.floodOfDomain.get(v.domid);
+      if (flood === undefined) {
+        flood = host.bridge.floodBucket();
+        this.floodOfDomain.set(v.domid, flood);
+      }
+      v.bridgeId = host.bridge.addPort(bp, flood);
       this.domainByPort.set(v.bridgeId, v.domid);
       this.refreshPort(v.domid);
       await v.xb.switchState(XenbusState.Connected);
