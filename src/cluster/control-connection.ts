@@ -61,6 +61,9 @@ let connectionIds = 0;
 
 export class ControlConnection implements JobClient {
   readonly id = ++connectionIds;
+  /** The client's address (an IPv4-mapped IPv6 address as plain IPv4): the host's limits per address. */
+  readonly address: string;
+  /** Address and port, for the log. */
   readonly remote: string;
   private hello: Extract<ClientMessage, { type: "hello" }> | undefined;
   /** Our nonce, once the client said hello. */
@@ -80,7 +83,8 @@ export class ControlConnection implements JobClient {
     private readonly opts: ControlConnectionOptions,
   ) {
     this.jobs = new ClientJobs(daemon.host, this, log);
-    this.remote = `${plainAddress(socket.remoteAddress)}:${socket.remotePort}`;
+    this.address = plainAddress(socket.remoteAddress);
+    this.remote = `${this.address}:${socket.remotePort}`;
     this.channel = new LineChannel(socket, {
       line: (v) => this.onLine(v),
       garbage: (why) => this.drop(`it sent ${why}`),
@@ -102,6 +106,11 @@ export class ControlConnection implements JobClient {
 
   get who(): string {
     return this.hello ? `${this.hello.role} ${this.hello.name} (${this.remote})` : this.remote;
+  }
+
+  /** The role its hello named (known, and covered by its proof, when the host admits it). */
+  get role(): "launcher" | "peer" | "observer" | undefined {
+    return this.hello?.role;
   }
 
   get isClosed(): boolean {

@@ -9,8 +9,12 @@
  * Authentication: a client must prove the cluster key (auth.ts, wire.ts) before any request;
  * its NIC accepts only links from NICs that prove it too (tcp-link.ts). A connection has
  * handshakeTimeoutMs (2 s) from accept to finish the handshake; at most maxPendingHandshakes
- * (64) connections are in the handshake at once, and a new one beyond that drops the OLDEST
- * (a launcher takes a few round trips; a static flood of idle sockets cannot keep it out).
+ * (64) connections are in the handshake at once, and a new one beyond that drops the OLDEST of
+ * the address with the most in the handshake (a launcher takes a few round trips; a static
+ * flood of idle sockets cannot keep it out, nor can one address's stream of new ones).
+ * Authenticated connections: at most maxConnections (256) in all, maxConnectionsPerAddress
+ * (a quarter) from one address, maxObservers (half) observers, so that one key holder's
+ * address, or observers however many, cannot take every slot and refuse launchers their jobs.
  * Connections that come while the host is still starting (the port listens first) are held,
  * as many at most, and a reset among them only closes it (listen.ts EarlyConnections).
  * Refusals of unauthenticated clients are logged with their address and reason, at most 20
@@ -64,6 +68,10 @@ export interface HostDaemonOptions {
   idleTimeoutMs?: number;
   /** At most this many authenticated control connections at once (default 256). */
   maxConnections?: number;
+  /** At most this many of them from one client address (default a quarter of maxConnections). */
+  maxConnectionsPerAddress?: number;
+  /** At most this many of them observers (default half of maxConnections): the rest stay for launchers. */
+  maxObservers?: number;
 }
 
 /** Serving an existing Host (the embedded host of `myrixen start`/`run`): inspection only. */
@@ -81,11 +89,20 @@ export interface ServeHostOptions {
   maxPendingHandshakes?: number;
   idleTimeoutMs?: number;
   maxConnections?: number;
+  maxConnectionsPerAddress?: number;
+  maxObservers?: number;
 }
 
 type DaemonSettings = Pick<
   HostDaemonOptions,
-  "key" | "handshakeTimeoutMs" | "maxPendingHandshakes" | "idleTimeoutMs" | "maxConnections" | "peers"
+  | "key"
+  | "handshakeTimeoutMs"
+  | "maxPendingHandshakes"
+  | "idleTimeoutMs"
+  | "maxConnections"
+  | "maxConnectionsPerAddress"
+  | "maxObservers"
+  | "peers"
 > & { observeOnly?: string; name?: string };
 
 /** FNV-1a of `hostname:port`, in 0..0xfffffffe (the NIC ids a Host accepts). */
@@ -101,6 +118,17 @@ export function deriveNicId(hostname: string, port: number): number {
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms).unref());
 /** Connections in the handshake at once by default (HostDaemonOptions.maxPendingHandshakes). */
 const MAX_PENDING_HANDSHAKES = 64;
+/**
+ * Authenticated control connections by default (HostDaemonOptions). An honest cluster holds
+ * one per running job per host (its launcher's), one per dashboard or `myrixen top` per host,
+ * and short-lived ones (`myrixen list`, a peer host linking): 64 jobs at once on one host from
+ * one machine, or 128 observers of one host, is far past that. The caps are for a key holder
+ * that opens connections to hold them: one address gets a quarter, observers half, so that
+ * launchers from other machines always find a slot.
+ */
+const MAX_CONNECTIONS = 256;
+const perAddressDefault = (max: number) => Math.max(1, Math.floor(max / 4));
+const observersDefault = (max: number) => Math.max(1, Math.floor(max / 2));
 
 export class HostDaemon {
   /** Authenticated control connections. */
@@ -197,6 +225,8 @@ export class HostDaemon {
         maxPendingHandshakes: opts.maxPendingHandshakes,
         idleTimeoutMs: opts.idleTimeoutMs,
         maxConnections: opts.maxConnections,
+        maxConnectionsPerAddress: opts.maxConnectionsPerAddress,
+        maxObservers: opts.maxObservers,
         observeOnly: opts.observeOnly,
         name: opts.name,
       },
@@ -293,7 +323,9 @@ export class HostDaemon {
     const maxPending = this.opts.maxPendingHandshakes ?? MAX_PENDING_HANDSHAKES;
     if (this.pending.size >= maxPending) {
       // The oldest has had the longest to prove itself; a launcher takes a few round trips.
-      const oldest = this.pending.values().next().value as ControlConnection;
+      // It is the oldest of the address with the most in the handshake, so that one address
+      // opening new connections fast drops its own and not another's handshake.
+      const oldest = this.oldestOfBusiestAddress();
       this.pending.delete(oldest);
       oldest.drop(`dropped unauthenticated: more than ${maxPending} connections in the handshake at once`);
     }
@@ -307,11 +339,39 @@ export class HostDaemon {
     );
   }
 
-  /** @internal A client proved the key: it becomes a client, or the reason it cannot. */
+  /** The oldest connection in the handshake among those of the address with the most there. */
+  private oldestOfBusiestAddress(): ControlConnection {
+    const count = new Map<string, number>();
+    let most = 0;
+    for (const p of this.pending) {
+      const n = (count.get(p.address) ?? 0) + 1;
+      count.set(p.address, n);
+      most = Math.max(most, n);
+    }
+    for (const p of this.pending) if (count.get(p.address) === most) return p;
+    throw new Error("no connection in the handshake");
+  }
+
+  /**
+   * @internal A client proved the key: it becomes a client, or the reason it cannot. Its role
+   * is its hello's, which its proof covers (auth.ts controlProof).
+   */
   admit(c: ControlConnection): string | undefined {
     this.pending.delete(c);
-    const max = this.opts.maxConnections ?? 256;
+    const max = this.opts.maxConnections ?? MAX_CONNECTIONS;
+    const perAddress = this.opts.maxConnectionsPerAddress ?? perAddressDefault(max);
+    const observers = this.opts.maxObservers ?? observersDefault(max);
     if (this.conns.size >= max) return `the host serves ${max} clients already; try again later`;
+    let fromAddress = 0;
+    let observing = 0;
+    for (const o of this.conns) {
+      if (o.address === c.address) fromAddress++;
+      if (o.role === "observer") observing++;
+    }
+    if (fromAddress >= perAddress)
+      return `the host serves ${perAddress} clients from ${c.address} already (its limit per address); try again later`;
+    if (c.role === "observer" && observing >= observers)
+      return `the host serves ${observers} observers already (its limit for observers; the other slots are kept for launchers); try again later`;
     this.conns.add(c);
     return undefined;
   }

@@ -17,7 +17,7 @@ export function isWildcard(host: string): boolean {
 
 /** An address as a client can dial it ("::ffff:1.2.3.4" → "1.2.3.4"; undefined → ""). */
 export function plainAddress(a: string | undefined): string {
-  return (a ?? "").replace(/^::ffff:(\d+\.\d+\.\d+\.\d+)$/, "$1");
+  return (a ?? "").replace(/^::ffff:(\d+\.\d+\.\d+\.\d+)$/i, "$1");
 }
 
 /** Listens on `a`; resolves with the bound port, rejects with one line saying what to change. */
