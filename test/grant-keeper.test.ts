@@ -90,17 +90,3 @@ test("a grant the peer maps just as dom0 ends it stays deferred, and ends once t
   assert.notEqual(acquireGrant(granter, ref, PEER, true).status, 0, "nothing maps it again");
   keeper.stop();
 });
-
-test("endUnmapped ends what no one maps and names what a peer maps, even one mapped just before", () => {
-  const { table, keeper, granter } = setup();
-  const refs = keeper.grantRun(PEER, 1, 3, false);
-  assert.equal(acquireGrant(granter, refs[1], PEER, true).status, 0);
-  assert.deepEqual(keeper.endUnmapped(refs), [refs[1]]);
-  assert.equal(table.entries[2 * refs[0]], 0);
-  assert.equal(table.entries[2 * refs[2]], 0);
-  assert.ok(table.isInUse(refs[1]));
-  releaseGrant(granter, refs[1], true);
-  assert.deepEqual(keeper.endUnmapped([refs[1]]), []);
-  assert.equal(table.freeCount, 64 - 8, "every ref back on the free list once");
-  keeper.stop();
-});

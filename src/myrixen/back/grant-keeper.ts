@@ -48,17 +48,6 @@ export class GrantKeeper {
     this.track(refs, true, done);
   }
 
-  /**
-   * Ends every grant of `refs` that no peer maps, now; returns those still mapped (the caller
-   * decides what to do about them: end() defers them). Each is decided by one compare-exchange,
-   * so a peer that maps one meanwhile is either refused or among those returned.
-   */
-  endUnmapped(refs: readonly number[]): number[] {
-    const held = refs.filter((r) => !this.guest.grants.tryEndAccess(r));
-    this.publish();
-    return held;
-  }
-
   /** Runs `done` once no peer maps any of `refs` (now, or later); the grants stay. */
   whenUnused(refs: readonly number[], done: () => void): void {
     this.track(refs, false, done);

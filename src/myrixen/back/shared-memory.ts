@@ -187,33 +187,33 @@ export class SharedMemory {
    */
   private recall(domid: DomId, slot: WindowSlot): void {
     slot.replaced = 0;
-    // The peers' grants that no one maps end now, each in one step (a former peer mapping
-    // meanwhile is refused, or its grant is ended once it lets go).
-    const held = this.keeper.endUnmapped([...slot.peerRefs.values()].flat());
-    let ending = held;
+    if (slot.peerRefs.size === 0) return;
     // Unmapped is not let go: a peer that mapped the page holds its buffer for life (a
     // SharedArrayBuffer is never taken back), and the grant's pin bits say only whether it
     // still calls it mapped. Kept on the slot, the page reached the owner's next endpoint and
     // its next peers, written and read by a former peer that had unmapped it as a frontend
-    // does. So any peer's grant means a fresh page (one page per reopen that had peers).
-    if (slot.peerRefs.size > 0) {
-      const intr = this.alloc(INTR_PAGES, [domid]);
-      let refs: number[];
-      try {
-        refs = this.keeper.grantRun(domid, intr.pfn, intr.count, false);
-      } catch (e) {
-        this.release(intr);
-        throw e;
-      }
-      // The owner's grant of the old page ends once its frontend drops that slot id (v5).
-      ending = [...slot.refs.splice(slot.refs.length - slot.intr.count, slot.intr.count, ...refs), ...held];
-      this.release(slot.intr);
-      slot.intr = intr;
-      slot.replaced = slot.id;
-      slot.id = this.newSlotId();
-      Atomics.add(this.stats, Stat.intrPagesReplaced, 1);
+    // does. So any live peer's grant means a fresh page (one page per reopen that had peers).
+    // The new page first: if dom0 has none to give, the slot is as it was (no grant of it
+    // ended, which a retry would end again after dom0 had given the ref to someone else).
+    const intr = this.alloc(INTR_PAGES, [domid]);
+    let refs: number[];
+    try {
+      refs = this.keeper.grantRun(domid, intr.pfn, intr.count, false);
+    } catch (e) {
+      this.release(intr);
+      throw e;
     }
-    // The rest end once the peer that holds on lets go; a new connect grants again.
+    // The owner's grant of the old page ends once its frontend drops that slot id (v5); the
+    // peers' as each lets go (end() ends each in one step, or once it is unmapped).
+    const ending = [
+      ...slot.refs.splice(slot.refs.length - slot.intr.count, slot.intr.count, ...refs),
+      ...[...slot.peerRefs.values()].flat(),
+    ];
+    this.release(slot.intr);
+    slot.intr = intr;
+    slot.replaced = slot.id;
+    slot.id = this.newSlotId();
+    Atomics.add(this.stats, Stat.intrPagesReplaced, 1);
     this.keeper.end(ending);
     for (const peer of slot.peerRefs.keys()) this.unindexPeer(peer, slot);
     slot.peerRefs.clear();
