@@ -3,15 +3,28 @@
  * kernel image): reads a program and the files it imports, turns each TypeScript or
  * JavaScript module into a CommonJS-style function body with esbuild (with a source map back
  * to the file the user wrote), and says for every import what it is:
- *   - a file of the program (loaded in the guest's sandbox),
+ *   - a file of the program (loaded in the guest's sandbox): a module of the program's own
+ *     project, nothing outside it (see projectRoot),
  *   - the MyriXen library ("myrixen", or a guest-side library module by path): the one copy
  *     the guest runtime loads outside the sandbox,
  *   - or something a guest may not have (Node built-ins, other packages, the library's
  *     host-side code), with the error the guest gets if it asks.
  * The guest runtime (sandbox.ts) evaluates the image; nothing here runs guest code.
  */
-import { existsSync, readFileSync, statSync } from "node:fs";
-import { dirname, extname, isAbsolute, relative, resolve, sep } from "node:path";
+import {
+  closeSync,
+  constants,
+  existsSync,
+  fstatSync,
+  lstatSync,
+  openSync,
+  readFileSync,
+  readlinkSync,
+  realpathSync,
+  type Stats,
+  statSync,
+} from "node:fs";
+import { dirname, extname, isAbsolute, join, relative, resolve, sep } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { build, stop as stopEsbuild, transform } from "esbuild";
 import { builtinName, guestMayImport, NOT_IN_GUEST } from "./reach.js";
@@ -73,14 +86,19 @@ const isModuleFile = (path: string): boolean => Object.hasOwn(LOADERS, extname(p
 
 /**
  * A program file for `path` as Node and tsx find it: as written, or `.js` standing for `.ts`,
- * or an index. With `modulesOnly` (a program's imports), only TypeScript or JavaScript files.
+ * or an index (the entry; a program's imports are found by findProjectFile).
  */
-function findProgramFile(path: string, modulesOnly = false): string | undefined {
+function findProgramFile(path: string): string | undefined {
+  return programCandidates(path).find((p) => existsSync(p) && statSync(p).isFile());
+}
+
+/** The files `path` may stand for, in the order Node and tsx try them. */
+function programCandidates(path: string): string[] {
   const candidates = [path];
   const ext = extname(path);
   if (/^\.(m|c)?js$/.test(ext)) candidates.push(path.slice(0, -ext.length) + ext.replace("js", "ts"));
   if (!ext) candidates.push(`${path}.ts`, `${path}.js`, `${path}/index.ts`, `${path}/index.js`);
-  return candidates.find((p) => (!modulesOnly || isModuleFile(p)) && existsSync(p) && statSync(p).isFile());
+  return candidates;
 }
 
 /** The package's index as a guest gets it: guest-api.ts, host-side names refused by name (sandbox.ts guestView). */
@@ -88,8 +106,92 @@ function guestApi(): GuestImport {
   return { kind: "library", url: pathToFileURL(`${DIST_SRC}guest-api.js`).href, index: true };
 }
 
-/** What `spec`, imported by the module at `fromPath`, is for a guest. */
-export function resolveGuestImport(spec: string, fromPath: string): GuestImport {
+/**
+ * The project of the program whose entry file is at `entry` (a real path): the nearest folder
+ * above it that holds a package.json, as Node finds a program's package, or the entry's own
+ * folder if none does. A program imports the modules of its project and nothing else of the
+ * host's files: the host reads what a program imports with its own rights, and a module of
+ * another user's project (mode 0600, say) would otherwise come back to the guest, exports
+ * and functions' source (fn.toString()) included.
+ */
+export function projectRoot(entry: string): string {
+  for (let dir = dirname(entry); ; dir = dirname(dir)) {
+    try {
+      if (statSync(join(dir, "package.json")).isFile()) return dir;
+    } catch {}
+    if (dirname(dir) === dir) return dirname(entry);
+  }
+}
+
+/** Whether `path` is `root` or under it (both absolute; no symbolic links followed). */
+function inside(path: string, root: string): boolean {
+  return path === root || path.startsWith(root.endsWith(sep) ? root : `${root}${sep}`);
+}
+
+/** As Linux counts them (ELOOP). */
+const MAX_LINKS = 40;
+
+/**
+ * Where `path` (absolute, under `root`, a real path) leads: its real path, "missing", or
+ * "outside" when a symbolic link on the way leads out of `root`. Walked one name at a time
+ * from `root`, following links as the kernel would, and never looking at anything outside
+ * `root`: a link that leads out is refused found or not, so the answer does not say whether
+ * its target exists either.
+ */
+function confine(path: string, root: string): { real: string } | "missing" | "outside" {
+  const parts = relative(root, path).split(sep);
+  let cur = root;
+  let links = 0;
+  while (parts.length > 0) {
+    const part = parts.shift() as string;
+    if (part === "" || part === ".") continue;
+    if (part === "..") {
+      // `cur` holds no link, so its parent is the real one.
+      if (cur === root) return "outside";
+      cur = dirname(cur);
+      continue;
+    }
+    const next = join(cur, part);
+    let st: Stats;
+    try {
+      st = lstatSync(next);
+    } catch {
+      return "missing";
+    }
+    if (!st.isSymbolicLink()) {
+      cur = next;
+      continue;
+    }
+    if (++links > MAX_LINKS) return "missing";
+    let target: string;
+    try {
+      target = readlinkSync(next);
+    } catch {
+      return "missing";
+    }
+    if (isAbsolute(target)) {
+      if (!inside(target, root)) return "outside";
+      parts.unshift(...target.slice(root.length).split(sep));
+      cur = root;
+    } else parts.unshift(...target.split(sep));
+  }
+  return { real: cur };
+}
+
+/** Why an import outside the program's project is refused, and what to do: one line. */
+function outsideProject(spec: string, fromPath: string, root: string, how: string): string {
+  return `cannot import "${spec}" from ${pathToFileURL(fromPath).href}: ${how} outside the program's project (${root}); a guest program imports "myrixen" and the modules of its own project (the folder of its nearest package.json, or its own folder if there is none), not other files of the host: move or copy the module into the project`;
+}
+
+/**
+ * What `spec`, imported by the module at `fromPath` (its real path), is for a guest whose
+ * program's project is `root` (projectRoot of its entry; by default, the importer's own).
+ */
+export function resolveGuestImport(
+  spec: string,
+  fromPath: string,
+  root: string = projectRoot(fromPath),
+): GuestImport {
   if (spec === "myrixen") return guestApi();
   const builtin = builtinName(spec);
   if (builtin) return { kind: "refused", message: `${builtin} ${NOT_IN_GUEST}` };
@@ -121,7 +223,14 @@ export function resolveGuestImport(spec: string, fromPath: string): GuestImport 
       kind: "refused",
       message: `cannot import "${spec}": a guest program imports only TypeScript or JavaScript modules (${Object.keys(LOADERS).join(", ")}) and "myrixen"`,
     };
-  const file = findProgramFile(path, true);
+  // Outside the program's project: refused by name, found or not (as above).
+  if (!inside(path, root)) return { kind: "refused", message: outsideProject(spec, fromPath, root, "it is") };
+  const file = findProjectFile(path, root);
+  if (file === "outside")
+    return {
+      kind: "refused",
+      message: outsideProject(spec, fromPath, root, "a symbolic link leads it"),
+    };
   if (!file)
     return {
       kind: "refused",
@@ -130,53 +239,129 @@ export function resolveGuestImport(spec: string, fromPath: string): GuestImport 
   return { kind: "program", url: pathToFileURL(file).href };
 }
 
+/**
+ * findProgramFile for a program's import, inside its project `root`: the real path of the
+ * first module file found, undefined if none is, or "outside" if a symbolic link leads a
+ * candidate out of the project.
+ */
+function findProjectFile(path: string, root: string): string | "outside" | undefined {
+  for (const candidate of programCandidates(path)) {
+    if (!isModuleFile(candidate)) continue;
+    const found = confine(candidate, root);
+    if (found === "outside") return "outside";
+    if (found === "missing") continue;
+    try {
+      if (statSync(found.real).isFile()) return found.real;
+    } catch {}
+  }
+  return undefined;
+}
+
 /** `require("...")` calls in esbuild's CommonJS output: a program's static and dynamic imports. */
 const REQUIRE = /\brequire\((?:"((?:[^"\\]|\\.)*)"|'((?:[^'\\]|\\.)*)')\)/g;
 
 /** A source map larger than this is left out (the stacks then name the compiled file). */
 const SOURCE_MAP_MAX_BYTES = 64 << 20;
 
-/** A compiled JavaScript file's own source map (tsc's `.js.map`), inlined so esbuild chains it. */
-function inlineSourceMap(code: string, path: string): string {
+/**
+ * A compiled JavaScript file's own source map (tsc's `.js.map`), inlined so esbuild chains it;
+ * `path` is the file's real path, `root` its program's project.
+ */
+function inlineSourceMap(code: string, path: string, root: string): string {
   const m = /\n\/\/# sourceMappingURL=([^\s]+)\s*$/.exec(code);
   if (!m || m[1].startsWith("data:")) return code;
   const mapPath = resolve(dirname(path), decodeURIComponent(m[1]));
   // The comment is the program's to write, and the host reads what it names: only a regular
-  // `.map` file of a source map's size. A FIFO or /dev/stdin would block the host's thread in
-  // open/read, /dev/zero would fill its memory until it died.
-  if (!mapPath.endsWith(".map")) return code;
-  let size: number;
+  // `.map` file of a source map's size, in the program's project (as its imports). A FIFO or
+  // /dev/stdin would block the host's thread in open/read, /dev/zero would fill its memory
+  // until it died.
+  if (!mapPath.endsWith(".map") || !inside(mapPath, root)) return code;
+  const found = confine(mapPath, root);
+  if (typeof found === "string") return code;
+  const file = openInProject(found.real, root);
+  if (typeof file === "string") return code;
   try {
-    const st = statSync(mapPath);
-    if (!st.isFile()) return code;
-    size = st.size;
-  } catch {
-    return code;
+    if (file.st.size > SOURCE_MAP_MAX_BYTES) return code;
+    const data = readFileSync(file.fd).toString("base64");
+    return `${code.slice(0, m.index)}\n//# sourceMappingURL=data:application/json;base64,${data}\n`;
+  } finally {
+    closeSync(file.fd);
   }
-  if (size > SOURCE_MAP_MAX_BYTES) return code;
-  const data = Buffer.from(readFileSync(mapPath)).toString("base64");
-  return `${code.slice(0, m.index)}\n//# sourceMappingURL=data:application/json;base64,${data}\n`;
+}
+
+/**
+ * The regular file at `path`, opened for the loader to read, if its real path (the open
+ * file's, so a symbolic link swapped in after the checks above cannot lead the read
+ * elsewhere) is in the program's project `root`; else why not. The caller closes `fd`.
+ */
+function openInProject(path: string, root: string): { fd: number; st: Stats; real: string } | string {
+  const url = pathToFileURL(path).href;
+  let fd: number;
+  try {
+    // Checked before it is opened: opening a FIFO or a device may block or do something.
+    if (!statSync(path).isFile()) return `cannot load ${url}: not a file`;
+    // Non-blocking: should a FIFO have been swapped in meanwhile, the open does not wait for a writer.
+    fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
+  } catch (e) {
+    return `cannot load ${url}: ${(e as Error).message}`;
+  }
+  let why: string;
+  try {
+    const st = fstatSync(fd);
+    if (!st.isFile()) why = "not a file";
+    else {
+      let real: string;
+      try {
+        real = readlinkSync(`/proc/self/fd/${fd}`);
+      } catch {
+        real = realpathSync(path); // no /proc: as near as the path can tell
+      }
+      if (inside(real, root)) return { fd, st, real };
+      why = `it is outside the program's project (${root}); a guest program imports "myrixen" and the modules of its own project: move or copy the module into the project`;
+    }
+  } catch (e) {
+    why = (e as Error).message;
+  }
+  closeSync(fd);
+  return `cannot load ${url}: ${why}`;
 }
 
 interface Compiled {
   mtimeMs: number;
   size: number;
+  real: string;
   module: GuestModuleImage;
 }
 
-/** Compiled modules by path; a file that changes is compiled again. Bounded: a host runs for weeks. */
+/**
+ * Compiled modules by program project and path (how a module's imports resolve depends on the
+ * project of the program that imports it: a module two programs share is compiled for each);
+ * a file that changes is compiled again. Bounded: a host runs for weeks.
+ */
 const cache = new Map<string, Compiled>();
 const CACHE_MAX = 512;
 
-async function compile(path: string): Promise<GuestModuleImage> {
+/** The module at `path`, compiled for a program whose project is `root`. */
+async function compile(path: string, root: string): Promise<GuestModuleImage> {
   const url = pathToFileURL(path).href;
-  const st = statSync(path);
-  const hit = cache.get(path);
-  if (hit && hit.mtimeMs === st.mtimeMs && hit.size === st.size) return hit.module;
+  const file = openInProject(path, root);
+  // Not cached: it says nothing of the file once it is there.
+  if (typeof file === "string") return { url, error: file, imports: {} };
+  const key = `${root}\0${path}`;
+  const { st, real } = file;
+  let source: string;
+  try {
+    const hit = cache.get(key);
+    if (hit && hit.mtimeMs === st.mtimeMs && hit.size === st.size && hit.real === real) return hit.module;
+    source = readFileSync(file.fd, "utf8");
+  } catch (e) {
+    return { url, error: `cannot load ${url}: ${(e as Error).message}`, imports: {} };
+  } finally {
+    closeSync(file.fd);
+  }
   let module: GuestModuleImage;
   try {
-    const source = readFileSync(path, "utf8");
-    const out = await transform(TS.test(path) ? source : inlineSourceMap(source, path), {
+    const out = await transform(TS.test(path) ? source : inlineSourceMap(source, real, root), {
       loader: LOADERS[extname(path)] ?? "js",
       format: "cjs",
       target: "node20",
@@ -191,7 +376,7 @@ async function compile(path: string): Promise<GuestModuleImage> {
     const imports: Record<string, GuestImport> = {};
     for (const m of out.code.matchAll(REQUIRE)) {
       const spec = JSON.parse(`"${m[1] ?? m[2]}"`) as string;
-      imports[spec] ??= resolveGuestImport(spec, path);
+      imports[spec] ??= resolveGuestImport(spec, real, root);
     }
     module = { url, code: out.code, map: out.map, imports };
   } catch (e) {
@@ -205,7 +390,7 @@ async function compile(path: string): Promise<GuestModuleImage> {
     };
   }
   if (cache.size >= CACHE_MAX) cache.delete(cache.keys().next().value as string);
-  cache.set(path, { mtimeMs: st.mtimeMs, size: st.size, module });
+  cache.set(key, { mtimeMs: st.mtimeMs, size: st.size, real, module });
   return module;
 }
 
@@ -298,13 +483,26 @@ async function loadImage(moduleUrl: string): Promise<GuestImage> {
     modules[moduleUrl] = { url: moduleUrl, error: `no guest program ${entryPath}`, imports: {} };
     return { entry: moduleUrl, modules };
   }
+  // The program's project, where its imports must stay: found from the entry's real path
+  // (the entry may be a symbolic link; its imports are resolved from where it really is).
+  let root: string;
+  try {
+    root = projectRoot(realpathSync(entry));
+  } catch (e) {
+    modules[moduleUrl] = {
+      url: moduleUrl,
+      error: `no guest program ${entryPath}: ${(e as Error).message}`,
+      imports: {},
+    };
+    return { entry: moduleUrl, modules };
+  }
   const queue = [entry];
   const entryUrl = pathToFileURL(entry).href;
   while (queue.length > 0) {
     const path = queue.shift()!;
     const url = pathToFileURL(path).href;
     if (modules[url]) continue;
-    const m = await compile(path);
+    const m = await compile(path, root);
     modules[url] = m;
     for (const dep of Object.values(m.imports))
       if (dep.kind === "program" && !modules[dep.url]) queue.push(fileURLToPath(dep.url));
