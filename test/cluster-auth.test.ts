@@ -473,7 +473,7 @@ test("each job gets its own endpoint key: another job's rank cannot connect with
       key: victimKey as number,
     };
     const events = { output() {}, addr() {}, file() {}, exit() {} };
-    for (const key of [victimKey as number, (victimKey as number) ^ 0x5a5a5a5a || 1]) {
+    for (const key of [victimKey as number, ((victimKey as number) ^ 0x5a5a5a5a) >>> 0 || 1]) {
       let exited!: () => void;
       const ended = new Promise<void>((r) => (exited = r));
       await new LocalTarget(host).start({ ...spec, key }, { ...events, exit: () => exited() }).started;
