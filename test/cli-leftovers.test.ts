@@ -278,6 +278,10 @@ test("commander's own errors are one line too, on every command, naming the comm
   for (const [args, line] of [
     [["top", "-n", "x"], /^myrixen top: -n must be a positive integer, got "x"$/],
     [["host", "--slots", "0"], /^myrixen host: --slots must be a whole number in 1\.\.4096, got "0"$/],
+    [
+      ["host", "--max-guest-mb", "lots"],
+      /^myrixen host: --max-guest-mb must be a whole number in 1\.\.1073741824, got "lots"$/,
+    ],
     [["bench", "--bogus"], /^myrixen bench: unknown option --bogus; see myrixen bench --help$/],
     [["bench", "--sizes"], /^myrixen bench: --sizes needs a value: write --sizes <list>$/],
     [["endpoints", "extra"], /^myrixen endpoints: too many arguments .*; see myrixen endpoints --help$/],

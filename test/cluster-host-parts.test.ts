@@ -8,6 +8,7 @@ import assert from "node:assert/strict";
 import net from "node:net";
 import { after, before, test } from "node:test";
 import { fileURLToPath } from "node:url";
+import { HostCapacity } from "../src/cluster/capacity.js";
 import { ClientJobs, type JobClient } from "../src/cluster/client-jobs.js";
 import { HostInspection } from "../src/cluster/host-inspection.js";
 import { newJobKey } from "../src/cluster/job.js";
@@ -74,7 +75,12 @@ test("a client's jobs: a start whose ranks do not fit the job is refused with a 
       return true;
     },
   };
-  const jobs = new ClientJobs(host, client, createLogger({ level: "debug", write: (l) => lines.push(l) }));
+  const jobs = new ClientJobs(
+    host,
+    client,
+    createLogger({ level: "debug", write: (l) => lines.push(l) }),
+    new HostCapacity(8, 1024),
+  );
   const start = (id: number, ranks: number[]): StartMessage => ({
     type: "start",
     id,
@@ -113,7 +119,8 @@ test("a client's jobs: a launcher gone while its ranks start leaves none of them
       return true;
     },
   };
-  const jobs = new ClientJobs(host, client, createLogger({ level: "error", write: () => {} }));
+  const capacity = new HostCapacity(8, 1024);
+  const jobs = new ClientJobs(host, client, createLogger({ level: "error", write: () => {} }), capacity);
   const guests = () => host.hypervisor.domains().filter((d) => !d.privileged && d.state !== "destroyed");
   // Ranks that wait in MPI.init for a peer list: without a launcher, for ever.
   const started = jobs.start({
@@ -135,4 +142,6 @@ test("a client's jobs: a launcher gone while its ranks start leaves none of them
   assert.ok(reply?.type === "reply" && !reply.ok, `the start was stopped: ${JSON.stringify(reply)}`);
   await until(() => guests().length === 0, "the job's ranks to go", 15_000);
   await until(() => jobs.all().length === 0, "the job to be forgotten", 15_000);
+  // What the stopped start held of the host's capacity came back.
+  assert.deepEqual(capacity.used, { ranks: 0, guestMb: 0 });
 });

@@ -526,6 +526,8 @@ test("host --help documents every option; run --help the multi-host flags", asyn
     "--slots <n>",
     "--peers <list>",
     "--max-endpoints <n>",
+    "--max-ranks <n>",
+    "--max-guest-mb <MiB>",
     "--config <file>",
     "--log-level <level>",
     "--log-format <format>",
@@ -557,6 +559,7 @@ test("config file: every wrong or unknown field is named; flags override the fil
       listen: "nohost:99999",
       peers: ["ok", 5],
       linkPort: -1,
+      maxRanks: 0,
     }),
   );
   const r = await myrixen(["host", "--config", bad]);
@@ -570,6 +573,7 @@ test("config file: every wrong or unknown field is named; flags override the fil
   );
   assert.match(r.stderr, /bad\.json: field "peers\[1\]": expected a string host:port, got 5/);
   assert.match(r.stderr, /bad\.json: field "linkPort": expected a whole number in 0\.\.65535, got -1/);
+  assert.match(r.stderr, /bad\.json: field "maxRanks": expected a whole number in 1\.\.65536, got 0/);
   const notJson = join(TMP, "broken.json");
   writeFileSync(notJson, "{ slots: 2 ");
   const j = await myrixen(["host", "--config", notJson]);
@@ -583,11 +587,31 @@ test("config file: every wrong or unknown field is named; flags override the fil
   assert.match(flag.stderr, /--slots must be a whole number in 1\.\.4096, got "0"/);
 
   const good = join(TMP, "good.json");
-  writeFileSync(good, JSON.stringify({ slots: 3, nicId: 4242, logLevel: "debug", logFormat: "json" }));
-  const h = await startHost(["--config", good, "--slots", "5"]);
+  writeFileSync(
+    good,
+    JSON.stringify({
+      slots: 3,
+      nicId: 4242,
+      logLevel: "debug",
+      logFormat: "json",
+      maxRanks: 6,
+      maxGuestMb: 512,
+    }),
+  );
+  const h = await startHost(["--config", good, "--slots", "5", "--max-ranks", "7"]);
   const ready = h.logs.find((l) => l.msg === "host ready");
   assert.equal(ready?.slots, 5, "the flag wins");
   assert.equal(ready?.nicId, 4242, "the file's value stays where no flag overrides it");
+  assert.equal(ready?.maxRanks, 7, "--max-ranks wins over the file's maxRanks");
+  assert.equal(ready?.maxGuestMb, 512);
+  // The host's own limit, whatever the launcher's --oversubscribe: refused before a rank starts.
+  const over = await myrixen(["run", "-n", "8", "--oversubscribe", "--hosts", h.label, fixture("mh-hello")]);
+  assert.equal(over.code, 2, over.stderr);
+  assert.match(
+    over.stderr,
+    /host 127\.0\.0\.1:\d+: refused by the host's limit on ranks running at once: 7 \(myrixen host --max-ranks N; default 4 per slot\); 0 run here now and this job asks 8 more/,
+  );
+  assert.doesNotMatch(over.stdout, /hello rank/);
   h.proc.kill("SIGINT");
   assert.equal(await h.exited, 0);
   // Text logs: readable lines with key=value fields.

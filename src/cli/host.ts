@@ -81,6 +81,8 @@ interface HostCliOptions {
   /** --peers as given: checked with the config file (hostCommand). */
   peers?: string;
   maxEndpoints?: number;
+  maxRanks?: number;
+  maxGuestMb?: number;
   config?: string;
   logLevel?: LogLevel;
   logFormat?: LogFormat;
@@ -128,6 +130,16 @@ export function configureHostCommand(cmd: Command): Command {
       intFlag("--max-endpoints", LIMITS.maxEndpoints),
     )
     .option(
+      "--max-ranks <n>",
+      "ranks it runs at once, over every job and launcher; a start beyond is refused before any rank starts (default 4 per slot)",
+      intFlag("--max-ranks", LIMITS.maxRanks),
+    )
+    .option(
+      "--max-guest-mb <MiB>",
+      "guest RAM (--pages × 4 KiB per rank) it commits to running ranks; a start beyond is refused (default half of this machine's RAM)",
+      intFlag("--max-guest-mb", LIMITS.maxGuestMb),
+    )
+    .option(
       "--key-file <file>",
       `the cluster key (at least 32 bytes, mode 600) that launchers and other hosts' NICs must prove; ` +
         `default: keyFile in --config, then $${KEY_FILE_ENV}, then ~/.config/myrixen/cluster.key ` +
@@ -152,9 +164,13 @@ export function configureHostCommand(cmd: Command): Command {
       "after",
       "\nConfig file (every field optional; an unknown or wrong field is an error naming it):\n" +
         '  { "listen": "0.0.0.0:7470", "linkPort": 7471, "nicId": 12, "slots": 4,\n' +
-        '    "peers": ["node2:7470", "node3"], "maxEndpoints": 64, "logLevel": "info", "logFormat": "json",\n' +
+        '    "peers": ["node2:7470", "node3"], "maxEndpoints": 64, "maxRanks": 16, "maxGuestMb": 8192,\n' +
+        '    "logLevel": "info", "logFormat": "json",\n' +
         '    "keyFile": "cluster.key", "qos": { "weight": 2, "tx": { "bytesPerSec": 500e6 } } }\n' +
         "  (keyFile: relative to the config file; qos: the default weight and caps of the guests it starts)\n" +
+        "\nA job's start is admitted whole or refused, before any of its ranks starts, when the ranks\n" +
+        "running here (over every launcher) would pass --max-ranks or their guest RAM --max-guest-mb;\n" +
+        "the refusal names the limit. A rank's share is given back when it exits.\n" +
         "\nEvery host of a cluster and every launcher that uses it hold the same key file; connections\n" +
         "and NIC links that cannot prove it are refused and logged.\n" +
         "\nCtrl-C or SIGTERM stops the host cleanly: every job's ranks are destroyed, the NIC stopped,\n" +
@@ -219,6 +235,8 @@ export async function hostCommand(o: HostCliOptions): Promise<number> {
       slots: s.slots,
       peers: s.peers,
       maxEndpoints: s.maxEndpoints,
+      maxRanks: s.maxRanks,
+      maxGuestMb: s.maxGuestMb,
       qos: s.qos,
       log,
       key,

@@ -4,11 +4,14 @@
  * exits back over the client's connection, handing them the job's peer list, answering
  * where they wait, and stopping them — on request, or all at once when the launcher is gone.
  * Everything in a request was validated by wire.ts; what a rank sends back is cut to fit a line.
+ * A start is admitted against the host's capacity (capacity.ts: ranks at once, guest RAM),
+ * shared by every client, before any of its ranks starts.
  */
 
 import type { Host } from "../host/host.js";
+import type { HostCapacity } from "./capacity.js";
 import type { Logger } from "./log.js";
-import { RankRefusal, RankSet } from "./ranks.js";
+import { DEFAULT_RANK_PAGES, RankRefusal, RankSet } from "./ranks.js";
 import { type HostMessage, MAX_OUTPUT_FILE_BYTES, MAX_OUTPUT_LINE, type StartMessage } from "./wire.js";
 
 /** What the jobs need of the connection they came on. */
@@ -28,6 +31,8 @@ export class ClientJobs {
     private readonly host: Host,
     private readonly client: JobClient,
     private readonly log: Logger,
+    /** The host's capacity, shared by every client's jobs. */
+    private readonly capacity: HostCapacity,
   ) {}
 
   get(job: string): RankSet | undefined {
@@ -67,6 +72,20 @@ export class ClientJobs {
     const bad = m.ranks.find((r) => r >= m.size);
     if (bad !== undefined || new Set(m.ranks).size !== m.ranks.length) {
       reply(false, `ranks ${JSON.stringify(m.ranks)} do not fit a job of size ${m.size}`, "refused");
+      return;
+    }
+    // Before anything starts, and synchronously: the host's room is shared by every client.
+    const held = this.capacity.reserve(m.ranks, m.pages ?? DEFAULT_RANK_PAGES);
+    if (typeof held === "string") {
+      this.log.warn("refused a job: the host is at capacity", {
+        job,
+        client: this.client.who,
+        ranks: m.ranks.length,
+        pages: m.pages ?? DEFAULT_RANK_PAGES,
+        running: this.capacity.used.ranks,
+        guestMb: this.capacity.used.guestMb,
+      });
+      reply(false, held, "refused");
       return;
     }
     const set = new RankSet(
@@ -118,6 +137,7 @@ export class ClientJobs {
           });
         },
         exit: (e) => {
+          held.releaseRank(e.rank);
           this.log.info("rank ended", {
             job,
             rank: e.rank,
@@ -159,6 +179,7 @@ export class ClientJobs {
         .then(() => this.log.info("the job's ranks here have ended", { job }))
         .catch((e: unknown) => this.log.warn("a job's ranks ended with an error", { job, error: String(e) }))
         .finally(() => {
+          held.releaseAll();
           if (this.sets.get(job) === set) this.sets.delete(job);
         });
     } catch (e) {
@@ -171,6 +192,7 @@ export class ClientJobs {
       void set.done
         .catch(() => undefined)
         .finally(() => {
+          held.releaseAll();
           if (this.sets.get(job) === set) this.sets.delete(job);
         });
     }

@@ -17,6 +17,10 @@ export const LIMITS = {
   nicId: [0, 0xfffffffe],
   slots: [1, 4096],
   maxEndpoints: [1, 256],
+  /** Ranks a host runs at once (capacity.ts). */
+  maxRanks: [1, 65536],
+  /** Guest RAM a host commits to running ranks, MiB (1 PiB at most). */
+  maxGuestMb: [1, 2 ** 30],
 } as const;
 
 /** The longest link timeout a host takes in a link request (ms; wire.ts), so `run --link-timeout`'s too. */

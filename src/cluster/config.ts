@@ -30,6 +30,10 @@ export interface HostSettings {
   slots: number;
   peers: HostEntry[];
   maxEndpoints?: number;
+  /** Ranks running at once (undefined: the daemon's default, 4 per slot). */
+  maxRanks?: number;
+  /** Guest RAM committed to running ranks, MiB (undefined: half of the machine's RAM). */
+  maxGuestMb?: number;
   logLevel: LogLevel;
   logFormat: LogFormat;
   /** Default policy of the guests it starts (the file's `qos`). */
@@ -56,6 +60,10 @@ export const HostConfigSchema = z.strictObject({
   slots: intIn(...LIMITS.slots).optional(),
   peers: z.array(address(false), { error: 'expected a list of "host[:port]" strings' }).max(1024).optional(),
   maxEndpoints: intIn(...LIMITS.maxEndpoints).optional(),
+  /** Ranks this host runs at once, over every job (default 4 per slot). */
+  maxRanks: intIn(...LIMITS.maxRanks).optional(),
+  /** Guest RAM it commits to running ranks, MiB (default half of the machine's RAM). */
+  maxGuestMb: intIn(...LIMITS.maxGuestMb).optional(),
   logLevel: z.enum(LOG_LEVELS, { error: `expected one of ${LOG_LEVELS.join(", ")}` }).optional(),
   logFormat: z.enum(LOG_FORMATS, { error: `expected one of ${LOG_FORMATS.join(", ")}` }).optional(),
   keyFile: z
@@ -117,6 +125,8 @@ export interface HostFlags {
   slots?: number;
   peers?: HostEntry[];
   maxEndpoints?: number;
+  maxRanks?: number;
+  maxGuestMb?: number;
   logLevel?: LogLevel;
   logFormat?: LogFormat;
   keyFile?: string;
@@ -144,6 +154,8 @@ export function resolveHostSettings(
     slots: flags.slots ?? file?.slots ?? availableParallelism(),
     peers,
     maxEndpoints: flags.maxEndpoints ?? file?.maxEndpoints,
+    maxRanks: flags.maxRanks ?? file?.maxRanks,
+    maxGuestMb: flags.maxGuestMb ?? file?.maxGuestMb,
     logLevel: flags.logLevel ?? file?.logLevel ?? "info",
     logFormat: flags.logFormat ?? file?.logFormat ?? "json",
     qos: file?.qos,

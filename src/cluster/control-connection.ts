@@ -14,6 +14,7 @@ import type { Host } from "../host/host.js";
 import type { HostSnapshot } from "../host/snapshot.js";
 import type { XenStoreTreeNode } from "../xen/xenstore.js";
 import { type ClusterKey, checkControlProof, controlProof, newNonce } from "./auth.js";
+import type { HostCapacity } from "./capacity.js";
 import { ClientJobs, type JobClient } from "./client-jobs.js";
 import { plainAddress } from "./listen.js";
 import type { LogFields, Logger } from "./log.js";
@@ -32,6 +33,8 @@ import {
 /** What a connection asks of the host that accepted it (HostDaemon). */
 export interface ControlService {
   readonly host: Host;
+  /** What all clients' jobs together may take (capacity.ts). */
+  readonly capacity: HostCapacity;
   /** Set when the host serves inspection only: what it is. */
   readonly observeOnly: string | undefined;
   /** The client proved the key: it becomes a client, or the reason it cannot. */
@@ -82,7 +85,7 @@ export class ControlConnection implements JobClient {
     private readonly log: Logger,
     private readonly opts: ControlConnectionOptions,
   ) {
-    this.jobs = new ClientJobs(daemon.host, this, log);
+    this.jobs = new ClientJobs(daemon.host, this, log, daemon.capacity);
     this.address = plainAddress(socket.remoteAddress);
     this.remote = `${this.address}:${socket.remotePort}`;
     this.channel = new LineChannel(socket, {

@@ -17,6 +17,9 @@
  * address, or observers however many, cannot take every slot and refuse launchers their jobs.
  * Connections that come while the host is still starting (the port listens first) are held,
  * as many at most, and a reset among them only closes it (listen.ts EarlyConnections).
+ * Jobs: every start is admitted against the host's capacity (capacity.ts), counted over all
+ * connections, before any rank starts: at most maxRanks ranks at once (default 4 per slot) and
+ * maxGuestMb of guest RAM committed to them (default half of the machine's RAM).
  * Refusals of unauthenticated clients are logged with their address and reason, at most 20
  * lines per 10 s (then a count). The NIC's link events come through the same logger.
  *
@@ -35,6 +38,7 @@ import type { HostSnapshot } from "../host/snapshot.js";
 import type { QosPolicy } from "../myrixen/qos-policy.js";
 import type { XenStoreTreeNode } from "../xen/xenstore.js";
 import type { ClusterKey } from "./auth.js";
+import { defaultMaxGuestMb, defaultMaxRanks, HostCapacity } from "./capacity.js";
 import { ControlConnection } from "./control-connection.js";
 import { HostInspection } from "./host-inspection.js";
 import { formatAddress, type HostAddress, type HostEntry } from "./hostfile.js";
@@ -52,6 +56,10 @@ export interface HostDaemonOptions {
   /** NIC id (default: derived from the hostname and the control port). */
   nicId?: number;
   slots: number;
+  /** Ranks running at once over all jobs and clients (default DEFAULT_RANKS_PER_SLOT per slot); a start beyond is refused. */
+  maxRanks?: number;
+  /** Guest RAM committed to running ranks, MiB (default half of os.totalmem()); a start beyond is refused. */
+  maxGuestMb?: number;
   /** Other hosts' control addresses: link to their NICs on start, and again whenever a link drops. */
   peers?: HostEntry[];
   maxEndpoints?: number;
@@ -103,6 +111,8 @@ type DaemonSettings = Pick<
   | "maxConnectionsPerAddress"
   | "maxObservers"
   | "peers"
+  | "maxRanks"
+  | "maxGuestMb"
 > & { observeOnly?: string; name?: string };
 
 /** FNV-1a of `hostname:port`, in 0..0xfffffffe (the NIC ids a Host accepts). */
@@ -144,6 +154,8 @@ export class HostDaemon {
   private readonly inspection: HostInspection;
   /** This NIC's links to other hosts' NICs. */
   private readonly peerLinks: PeerLinks;
+  /** What all clients' jobs together may take: ranks at once, guest RAM. */
+  readonly capacity: HostCapacity;
 
   private constructor(
     private readonly server: net.Server,
@@ -156,6 +168,10 @@ export class HostDaemon {
     /** Whether stop() stops the host too (false for an embedded host its process owns). */
     private readonly ownsHost = true,
   ) {
+    this.capacity = new HostCapacity(
+      opts.maxRanks ?? defaultMaxRanks(slots),
+      opts.maxGuestMb ?? defaultMaxGuestMb(),
+    );
     this.refuse = rateLimitedWarn(
       log,
       "more unauthenticated control connections dropped (not logged one by one)",
@@ -307,6 +323,8 @@ export class HostDaemon {
       linkPort: daemon.linkAddress!.port,
       nicId: daemon.nicId,
       slots: opts.slots,
+      maxRanks: daemon.capacity.maxRanks,
+      maxGuestMb: daemon.capacity.maxGuestMb,
       pid: process.pid,
       version: WIRE_VERSION,
       clusterKey: opts.key.file ?? "in memory",
