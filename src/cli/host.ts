@@ -81,6 +81,8 @@ interface HostCliOptions {
   /** --peers as given: checked with the config file (hostCommand). */
   peers?: string;
   maxEndpoints?: number;
+  maxLinks?: number;
+  maxLinksPerAddress?: number;
   config?: string;
   logLevel?: LogLevel;
   logFormat?: LogFormat;
@@ -126,6 +128,16 @@ export function configureHostCommand(cmd: Command): Command {
       "--max-endpoints <n>",
       "NIC endpoint contexts (default 32)",
       intFlag("--max-endpoints", LIMITS.maxEndpoints),
+    )
+    .option(
+      "--max-links <n>",
+      "other hosts' NICs this NIC keeps linked, counting those linked in the last 10 min (default 1024)",
+      intFlag("--max-links", LIMITS.maxLinks),
+    )
+    .option(
+      "--max-links-per-address <n>",
+      "the same from one address, that is one machine's hosts (default 32)",
+      intFlag("--max-links-per-address", LIMITS.maxLinksPerAddress),
     )
     .option(
       "--key-file <file>",
@@ -219,6 +231,8 @@ export async function hostCommand(o: HostCliOptions): Promise<number> {
       slots: s.slots,
       peers: s.peers,
       maxEndpoints: s.maxEndpoints,
+      maxLinks: s.maxLinks,
+      maxLinksPerAddress: s.maxLinksPerAddress,
       qos: s.qos,
       log,
       key,

@@ -17,6 +17,9 @@ export const LIMITS = {
   nicId: [0, 0xfffffffe],
   slots: [1, 4096],
   maxEndpoints: [1, 256],
+  /** Peer NIC ids the NIC keeps, in all and per address (src/nic/link-bound.ts; its MAX_LINKS_LIMIT). */
+  maxLinks: [1, 1 << 20],
+  maxLinksPerAddress: [1, 1 << 20],
 } as const;
 
 /** The longest link timeout a host takes in a link request (ms; wire.ts), so `run --link-timeout`'s too. */

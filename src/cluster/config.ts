@@ -30,6 +30,8 @@ export interface HostSettings {
   slots: number;
   peers: HostEntry[];
   maxEndpoints?: number;
+  maxLinks?: number;
+  maxLinksPerAddress?: number;
   logLevel: LogLevel;
   logFormat: LogFormat;
   /** Default policy of the guests it starts (the file's `qos`). */
@@ -56,6 +58,8 @@ export const HostConfigSchema = z.strictObject({
   slots: intIn(...LIMITS.slots).optional(),
   peers: z.array(address(false), { error: 'expected a list of "host[:port]" strings' }).max(1024).optional(),
   maxEndpoints: intIn(...LIMITS.maxEndpoints).optional(),
+  maxLinks: intIn(...LIMITS.maxLinks).optional(),
+  maxLinksPerAddress: intIn(...LIMITS.maxLinksPerAddress).optional(),
   logLevel: z.enum(LOG_LEVELS, { error: `expected one of ${LOG_LEVELS.join(", ")}` }).optional(),
   logFormat: z.enum(LOG_FORMATS, { error: `expected one of ${LOG_FORMATS.join(", ")}` }).optional(),
   keyFile: z
@@ -117,6 +121,8 @@ export interface HostFlags {
   slots?: number;
   peers?: HostEntry[];
   maxEndpoints?: number;
+  maxLinks?: number;
+  maxLinksPerAddress?: number;
   logLevel?: LogLevel;
   logFormat?: LogFormat;
   keyFile?: string;
@@ -144,6 +150,8 @@ export function resolveHostSettings(
     slots: flags.slots ?? file?.slots ?? availableParallelism(),
     peers,
     maxEndpoints: flags.maxEndpoints ?? file?.maxEndpoints,
+    maxLinks: flags.maxLinks ?? file?.maxLinks,
+    maxLinksPerAddress: flags.maxLinksPerAddress ?? file?.maxLinksPerAddress,
     logLevel: flags.logLevel ?? file?.logLevel ?? "info",
     logFormat: flags.logFormat ?? file?.logFormat ?? "json",
     qos: file?.qos,
