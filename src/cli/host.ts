@@ -83,6 +83,8 @@ interface HostCliOptions {
   maxEndpoints?: number;
   maxRanks?: number;
   maxGuestMb?: number;
+  maxLinks?: number;
+  maxLinksPerAddress?: number;
   config?: string;
   logLevel?: LogLevel;
   logFormat?: LogFormat;
@@ -138,6 +140,16 @@ export function configureHostCommand(cmd: Command): Command {
       "--max-guest-mb <MiB>",
       "guest RAM (--pages × 4 KiB per rank) it commits to running ranks; a start beyond is refused (default half of this machine's RAM)",
       intFlag("--max-guest-mb", LIMITS.maxGuestMb),
+    )
+    .option(
+      "--max-links <n>",
+      "other hosts' NICs this NIC keeps linked, counting those linked in the last 10 min (default 1024)",
+      intFlag("--max-links", LIMITS.maxLinks),
+    )
+    .option(
+      "--max-links-per-address <n>",
+      "the same from one address, that is one machine's hosts (default 32)",
+      intFlag("--max-links-per-address", LIMITS.maxLinksPerAddress),
     )
     .option(
       "--key-file <file>",
@@ -237,6 +249,8 @@ export async function hostCommand(o: HostCliOptions): Promise<number> {
       maxEndpoints: s.maxEndpoints,
       maxRanks: s.maxRanks,
       maxGuestMb: s.maxGuestMb,
+      maxLinks: s.maxLinks,
+      maxLinksPerAddress: s.maxLinksPerAddress,
       qos: s.qos,
       log,
       key,

@@ -21,6 +21,9 @@ export const LIMITS = {
   maxRanks: [1, 65536],
   /** Guest RAM a host commits to running ranks, MiB (1 PiB at most). */
   maxGuestMb: [1, 2 ** 30],
+  /** Peer NIC ids the NIC keeps, in all and per address (src/nic/link-bound.ts; its MAX_LINKS_LIMIT). */
+  maxLinks: [1, 1 << 20],
+  maxLinksPerAddress: [1, 1 << 20],
 } as const;
 
 /** The longest link timeout a host takes in a link request (ms; wire.ts), so `run --link-timeout`'s too. */

@@ -34,6 +34,8 @@ export interface HostSettings {
   maxRanks?: number;
   /** Guest RAM committed to running ranks, MiB (undefined: half of the machine's RAM). */
   maxGuestMb?: number;
+  maxLinks?: number;
+  maxLinksPerAddress?: number;
   logLevel: LogLevel;
   logFormat: LogFormat;
   /** Default policy of the guests it starts (the file's `qos`). */
@@ -64,6 +66,8 @@ export const HostConfigSchema = z.strictObject({
   maxRanks: intIn(...LIMITS.maxRanks).optional(),
   /** Guest RAM it commits to running ranks, MiB (default half of the machine's RAM). */
   maxGuestMb: intIn(...LIMITS.maxGuestMb).optional(),
+  maxLinks: intIn(...LIMITS.maxLinks).optional(),
+  maxLinksPerAddress: intIn(...LIMITS.maxLinksPerAddress).optional(),
   logLevel: z.enum(LOG_LEVELS, { error: `expected one of ${LOG_LEVELS.join(", ")}` }).optional(),
   logFormat: z.enum(LOG_FORMATS, { error: `expected one of ${LOG_FORMATS.join(", ")}` }).optional(),
   keyFile: z
@@ -127,6 +131,8 @@ export interface HostFlags {
   maxEndpoints?: number;
   maxRanks?: number;
   maxGuestMb?: number;
+  maxLinks?: number;
+  maxLinksPerAddress?: number;
   logLevel?: LogLevel;
   logFormat?: LogFormat;
   keyFile?: string;
@@ -156,6 +162,8 @@ export function resolveHostSettings(
     maxEndpoints: flags.maxEndpoints ?? file?.maxEndpoints,
     maxRanks: flags.maxRanks ?? file?.maxRanks,
     maxGuestMb: flags.maxGuestMb ?? file?.maxGuestMb,
+    maxLinks: flags.maxLinks ?? file?.maxLinks,
+    maxLinksPerAddress: flags.maxLinksPerAddress ?? file?.maxLinksPerAddress,
     logLevel: flags.logLevel ?? file?.logLevel ?? "info",
     logFormat: flags.logFormat ?? file?.logFormat ?? "json",
     qos: file?.qos,

@@ -63,6 +63,9 @@ export interface HostDaemonOptions {
   /** Other hosts' control addresses: link to their NICs on start, and again whenever a link drops. */
   peers?: HostEntry[];
   maxEndpoints?: number;
+  /** Peer NIC ids its NIC keeps, in all and per address (src/nic/link-bound.ts; defaults 1024 and 32). */
+  maxLinks?: number;
+  maxLinksPerAddress?: number;
   /** The weight and caps of the guests (ranks) it starts when a job names none (config `qos`). */
   qos?: QosPolicy;
   log: Logger;
@@ -276,7 +279,13 @@ export class HostDaemon {
           hostname: osHostname(),
           port: controlPort,
         });
-      host = await Host.start({ nicId, maxEndpoints: opts.maxEndpoints, guestQos: opts.qos });
+      host = await Host.start({
+        nicId,
+        maxEndpoints: opts.maxEndpoints,
+        maxLinks: opts.maxLinks,
+        maxLinksPerAddress: opts.maxLinksPerAddress,
+        guestQos: opts.qos,
+      });
       // The NIC thread's link events (connections refused, links up and down) in our format.
       const nicWarn = rateLimitedWarn(log, "more NIC link events (not logged one by one)", 40);
       host.nic.onLog((message, fields) => {

@@ -45,6 +45,9 @@ export interface HostOptions {
   nicId?: number;
   /** NIC endpoint contexts (default 32). */
   maxEndpoints?: number;
+  /** Peer NIC ids the NIC keeps linked (or kept after their link went), in all and per remote address (src/nic/link-bound.ts; defaults 1024 and 32). */
+  maxLinks?: number;
+  maxLinksPerAddress?: number;
   /** myrback quota: endpoints one domain or process may have open (default 8). */
   endpointsPerDomain?: number;
   /** myrback quota: bytes one domain may have registered (default 256 MiB, and at most its RAM). */
@@ -175,7 +178,12 @@ export class Host {
     const guestQos =
       opts.guestQos === undefined ? undefined : parseQosPolicy(opts.guestQos, "Host.start: guestQos");
     const hv = new Hypervisor();
-    const nic = await NicDevice.start({ nicId, maxEndpoints });
+    const nic = await NicDevice.start({
+      nicId,
+      maxEndpoints,
+      maxLinks: opts.maxLinks,
+      maxLinksPerAddress: opts.maxLinksPerAddress,
+    });
     try {
       const ep = nic.driverEndpoint();
       const { port1: link, port2 } = new MessageChannel();

@@ -11,12 +11,18 @@
  * one's); a record with no failure for CONNECT_FORGET_MS starts over.
  *
  * So a requester tries at most a key a minute in the long run: 2^32 keys take one requester
- * about 8,000 years, and all 256 endpoints of a NIC together about 32. A requester is one
- * incarnation of an endpoint id (the session it has): the next owner of the id starts clean,
- * and the guesser's own NIC keeps its record across a reopen (own-refusals.ts). A peer NIC
- * that names a new session for every guess meets the id's record instead:
- * CONNECT_ID_FREE_FAILS free, then the same lockouts, so at most 8 keys every 11 minutes per
- * id (about 6,400 years for 2^32 keys, 25 for all 256 ids of that NIC).
+ * about 8,000 years, and all 256 endpoints of a NIC together about 32. The cluster key lets
+ * its holder claim any NIC id, so its requesters are the endpoint ids of every id it links
+ * under; a NIC keeps at most 32 peer ids per remote address and 1,024 in all, counting those
+ * linked within CONNECT_FORGET_MS (link-bound.ts; before, any number, so any rate): one
+ * address's 32 × 256 requesters take about a year for 2^32 keys, 1,024 ids (from 32
+ * addresses) about 11 days.
+ *
+ * A requester is one incarnation of an endpoint id (the session it has): the next owner of the
+ * id starts clean, and the guesser's own NIC keeps its record across a reopen
+ * (own-refusals.ts). A peer NIC that names a new session for every guess meets the id's record
+ * instead: CONNECT_ID_FREE_FAILS free, then the same lockouts, so at most 8 keys every 11
+ * minutes per id (about 6,400 years for 2^32 keys, 25 for all 256 ids of that NIC).
  *
  * The rule and its table are refusal-throttle.ts's, with these numbers.
  */

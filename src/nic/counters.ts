@@ -111,6 +111,8 @@ export const NIC_COUNTER_NAMES = [
   "own_requests_throttled",
   // Peers whose dropped TCP link was redialled until the bound, then given up and forgotten (tcp-attach.ts RECONNECT_GIVE_UP_MS).
   "links_given_up",
+  // Links refused for the NIC's bounds: too many peer NIC ids from one address, or in all (link-bound.ts).
+  "links_refused",
 ] as const;
 
 export const NIC_EP_COUNTER_NAMES = [

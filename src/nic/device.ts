@@ -19,6 +19,9 @@ export interface NicDeviceOptions {
   maxEndpoints?: number;
   /** TPT entries (default and at most 65536). */
   maxRegions?: number;
+  /** Peer NIC ids linked or kept, in all and per remote address (link-bound.ts; defaults 1024 and 32). */
+  maxLinks?: number;
+  maxLinksPerAddress?: number;
 }
 
 /** The NIC thread's script: its bundle when fresh (xen/bundles.ts). */
@@ -58,9 +61,16 @@ export class NicDevice {
 
   /** Spawns the NIC thread; resolves when it serves. Rejects with a clear error on bad options. */
   static async start(options: NicDeviceOptions): Promise<NicDevice> {
-    const { nicId, maxEndpoints, maxRegions } = checkNicOptions(options);
+    const { nicId, maxEndpoints, maxRegions, maxLinks, maxLinksPerAddress } = checkNicOptions(options);
     const counters = allocNicCounters(maxEndpoints);
-    const workerData: NicWorkerData = { nicId, maxEndpoints, maxRegions, counters };
+    const workerData: NicWorkerData = {
+      nicId,
+      maxEndpoints,
+      maxRegions,
+      maxLinks,
+      maxLinksPerAddress,
+      counters,
+    };
     const worker = new Worker(bundledScript("nic-worker", WORKER_MODULES), {
       workerData,
       name: `nic${nicId}`,

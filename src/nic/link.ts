@@ -13,6 +13,11 @@ export interface Link {
   /** The NIC at the other end. */
   readonly peerNic: number;
   /**
+   * The peer's network address (a TCP link's: the peer's IP), by which the NIC bounds the
+   * links it keeps (link-bound.ts); absent for a link within this process.
+   */
+  readonly address?: string;
+  /**
    * Queues one frame (header + payload) for the peer. The link is done with the bytes when it
    * returns (it copies or writes them out): the caller reuses its buffer. false = back-pressure:
    * nothing was queued, try again later (onWritable says when).

@@ -25,6 +25,7 @@ import type { EtherService } from "./ether-service.js";
 import type { Events } from "./events.js";
 import { checkFrame, F_DEST_NIC, F_SRC_NIC, FrameType, getWord } from "./frame.js";
 import type { Link } from "./link.js";
+import { type LinkBound, LinkBoundError } from "./link-bound.js";
 import { ACK_HOLD_MS, LinkState, type LinkTable, UNREAD_MS, WIRE_ACTED, WIRE_WAITING } from "./link-state.js";
 import type { RemotePull } from "./remote-pull.js";
 import type { SendEngine } from "./send.js";
@@ -50,6 +51,8 @@ export class Links {
     private readonly c: Float64Array,
     /** Makes sure the NIC's loop runs (nic.ts). */
     private readonly kick: () => void,
+    /** How many links, from where (link-bound.ts). */
+    private readonly bound: LinkBound,
   ) {
     table.onWireTick = this.onWireTick;
   }
@@ -60,15 +63,27 @@ export class Links {
    * Attaches a link to `link.peerNic`. A link whose peer is this NIC itself (loopback) takes
    * over this NIC's own SENDs, which otherwise are placed directly without frames. `replace`:
    * a link already attached to that peer is taken out first, as lost (the peer reconnected).
+   * A link past the NIC's bounds is refused (LinkBoundError, EMLINK; link-bound.ts), and an
+   * old one then stays.
    */
   attach(link: Link, replace: boolean): void {
     const old = this.table.get(link.peerNic);
     let reconnected = false;
+    if (old && !replace)
+      throw new NicError("EBUSY", `a link to NIC ${link.peerNic} is already attached; detach it first`);
+    const address = link.address ?? "";
+    const now = performance.now();
+    try {
+      this.bound.admit(link.peerNic, address, now);
+    } catch (e) {
+      if (e instanceof LinkBoundError) this.c[NicCounter.links_refused]++;
+      throw e;
+    }
     if (old) {
-      if (!replace)
-        throw new NicError("EBUSY", `a link to NIC ${link.peerNic} is already attached; detach it first`);
       this.c[NicCounter.link_losses]++;
       this.remove(old);
+      // The old link's going kept its place: the new one holds it again.
+      this.bound.admit(link.peerNic, address, now);
       // Replaced because it stopped answering (tcp-attach.ts): no goodbye, which would tell
       // the peer not to come back, if it still can.
       if (old.link.abort) old.link.abort("replaced by a new connection from the same NIC");
@@ -148,11 +163,14 @@ export class Links {
     }
     this.table.clear();
     this.known.clear();
+    this.bound.clear();
   }
 
   /** Takes a link out of service; whatever waits on it completes ENDPOINT_UNREACHABLE now. */
   private remove(ls: LinkState): void {
     this.table.remove(ls);
+    // Its peer id keeps its place while its refusals may be on record (link-bound.ts).
+    this.bound.gone(ls.peerNic, ls.link.address ?? "", performance.now());
     try {
       this.fail(ls);
     } catch {

@@ -19,6 +19,8 @@ export interface NicWorkerData {
   nicId: number;
   maxEndpoints: number;
   maxRegions: number;
+  maxLinks: number;
+  maxLinksPerAddress: number;
   counters: SharedArrayBuffer;
 }
 
@@ -50,6 +52,8 @@ const nic = new Nic({
   nicId: data.nicId,
   maxEndpoints: data.maxEndpoints,
   maxRegions: data.maxRegions,
+  maxLinks: data.maxLinks,
+  maxLinksPerAddress: data.maxLinksPerAddress,
   counters: data.counters,
 });
 

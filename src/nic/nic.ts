@@ -81,6 +81,7 @@ import { EtherService } from "./ether-service.js";
 import { Events } from "./events.js";
 import { PullRights } from "./exposure.js";
 import type { Link } from "./link.js";
+import { LinkBound, MAX_LINKS, MAX_LINKS_LIMIT, MAX_LINKS_PER_ADDRESS } from "./link-bound.js";
 import { LinkTable } from "./link-state.js";
 import { Links } from "./links.js";
 import { POLL_AFTER_EVENTS_MS, POLL_AFTER_FRAMES_MS, PollBudget } from "./poll-budget.js";
@@ -123,6 +124,10 @@ export interface NicOptions {
   nicId: number;
   maxEndpoints?: number;
   maxRegions?: number;
+  /** Peer NIC ids linked, or kept after their link went, in all (link-bound.ts; default MAX_LINKS). */
+  maxLinks?: number;
+  /** The same per remote address (default MAX_LINKS_PER_ADDRESS). */
+  maxLinksPerAddress?: number;
   /** The counters' shared memory (allocNicCounters(maxEndpoints)); allocated if absent. */
   counters?: SharedArrayBuffer;
 }
@@ -132,7 +137,13 @@ export function checkNicOptions(o: unknown): Required<Omit<NicOptions, "counters
   const opts = o as Partial<NicOptions> | null;
   if (typeof opts !== "object" || opts === null)
     throw new NicError("EINVAL", "NIC options must be an object");
-  const { nicId, maxEndpoints = DEFAULT_MAX_ENDPOINTS, maxRegions = DEFAULT_MAX_REGIONS } = opts;
+  const {
+    nicId,
+    maxEndpoints = DEFAULT_MAX_ENDPOINTS,
+    maxRegions = DEFAULT_MAX_REGIONS,
+    maxLinks = MAX_LINKS,
+    maxLinksPerAddress = MAX_LINKS_PER_ADDRESS,
+  } = opts;
   // 0xffffffff is MX_ANY_NIC.
   if (!isInt(nicId) || nicId < 0 || nicId > 0xfffffffe)
     throw new NicError("EINVAL", `nicId must be an integer in 0..4294967294, got ${String(nicId)}`);
@@ -143,7 +154,13 @@ export function checkNicOptions(o: unknown): Required<Omit<NicOptions, "counters
     );
   if (!isInt(maxRegions) || maxRegions < 1 || maxRegions > 65536)
     throw new NicError("EINVAL", `maxRegions must be an integer in 1..65536, got ${String(maxRegions)}`);
-  return { nicId, maxEndpoints, maxRegions };
+  for (const [name, v] of [
+    ["maxLinks", maxLinks],
+    ["maxLinksPerAddress", maxLinksPerAddress],
+  ] as const)
+    if (!isInt(v) || v < 1 || v > MAX_LINKS_LIMIT)
+      throw new NicError("EINVAL", `${name} must be an integer in 1..${MAX_LINKS_LIMIT}, got ${String(v)}`);
+  return { nicId, maxEndpoints, maxRegions, maxLinks, maxLinksPerAddress };
 }
 
 export class Nic {
@@ -194,7 +211,7 @@ export class Nic {
   private eventsAtQuiet = 0;
 
   constructor(options: NicOptions) {
-    const { nicId, maxEndpoints, maxRegions } = checkNicOptions(options);
+    const { nicId, maxEndpoints, maxRegions, maxLinks, maxLinksPerAddress } = checkNicOptions(options);
     this.nicId = nicId;
     this.maxEndpoints = maxEndpoints;
     this.tpt = new Tpt(maxRegions);
@@ -227,6 +244,7 @@ export class Nic {
       clock,
       c,
       this.kick,
+      new LinkBound(maxLinks, maxLinksPerAddress),
     );
     this.controlService = new ControlService({
       nicId,

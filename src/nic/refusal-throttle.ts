@@ -27,7 +27,11 @@
  * in blocks of 256 ids (one per NIC and high bits of the endpoint id), made on a first refusal
  * and dropped once none of theirs was refused for `forgetMs`. Requesters are few by
  * construction: a NIC's are its own endpoints and those of the peers on its authenticated
- * links (ids below 256, or the frame is refused unexamined), netback's are domain ids. (The
+ * links (ids below 256, or the frame is refused unexamined), and a NIC keeps at most
+ * MAX_LINKS_PER_ADDRESS (32) peer NIC ids per remote address and MAX_LINKS (1024) in all,
+ * counting every id linked within the throttles' forget time (link-bound.ts): a key holder,
+ * which may claim any NIC id, gets no records beyond those by claiming more, on more links or on
+ * links it closed (nothing bounded them before). netback's are domain ids. (The
  * table was set-associative once, and a full set gave up a record for the newcomer: five
  * requesters in one set took turns and none ever reached a lockout.) An id keeps one
  * incarnation record, its latest: an older incarnation that comes back (a hostile NIC

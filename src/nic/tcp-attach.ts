@@ -20,8 +20,14 @@
  * hosts do) refuses a listener that turns out to be another. An attach to an address this NIC
  * is linked through already is refused (EBUSY) without dialing, and one to an address being
  * dialed waits for that dial first.
+ *
+ * A NIC keeps a bounded number of peer NIC ids, per remote address and in all (link-bound.ts):
+ * a link beyond is refused on either side (EMLINK; the listener aborts it, no goodbye, and says
+ * so once per address), while a peer that comes back under its id from its address keeps its
+ * place (a reconnection is never refused for it).
  */
 import type { Link } from "./link.js";
+import { LinkBoundError } from "./link-bound.js";
 import { NicError } from "./status.js";
 import { checkKey } from "./tcp-handshake.js";
 import { defaultLog, type TcpLink, type TcpLinkLog, tcpLinkStats } from "./tcp-link.js";
@@ -104,7 +110,7 @@ export const RECONNECT_ATTEMPT_MS = 1000;
 /** The part of the Nic engine that attachTcpSpec drives. */
 export interface TcpLinkHost {
   readonly nicId: number;
-  /** Throws (EBUSY) if a link to that peer is attached, unless `replace`. */
+  /** Throws (EBUSY) if a link to that peer is attached, unless `replace`; (EMLINK) past the NIC's bounds (link-bound.ts). */
   attachLink(link: Link, replace?: boolean): void;
   detachLink(peerNic: number): void;
   /** The link went down by itself; `retrying`: a reconnection will be tried. */
@@ -501,6 +507,24 @@ export async function attachTcpSpec(
       });
     });
   };
+  /**
+   * take(), or the link refused without a goodbye (its dialer may try again later). A refusal
+   * for the NIC's bounds is counted by the NIC (links_refused) and said once per address, not
+   * per attempt (link-bound.ts): a key holder dialing in a loop must not flood the log.
+   */
+  const takeOrRefuse = (link: TcpLink, replacing: boolean): void => {
+    try {
+      take(link, replacing);
+    } catch (e) {
+      const why = (e as Error).message;
+      link.abort(why);
+      if (e instanceof LinkBoundError && !e.say) return;
+      log(
+        `tcp-link nic ${nic.nicId}: refused a link from NIC ${link.peerNic} at ${link.remote}: ${why}${e instanceof LinkBoundError ? "; further links refused for this are counted (links_refused), not logged" : ""}`,
+        { remote: link.remote, reason: why, peerNic: link.peerNic },
+      );
+    }
+  };
   return listenTcpLinks({
     nicId: nic.nicId,
     host: spec.host,
@@ -513,7 +537,7 @@ export async function attachTcpSpec(
       // its old link once that link fails to answer; while it answers, the newcomer is
       // refused. The newcomer's frames wait meanwhile.
       if (!nic.hasLink(link.peerNic)) {
-        take(link, false);
+        takeOrRefuse(link, false);
         return;
       }
       link.hold();
@@ -521,11 +545,7 @@ export async function attachTcpSpec(
         if (link.isClosed) return;
         if (!alive) {
           link.release();
-          try {
-            take(link, nic.hasLink(link.peerNic));
-          } catch (e) {
-            link.abort((e as Error).message);
-          }
+          takeOrRefuse(link, nic.hasLink(link.peerNic));
           return;
         }
         const why = `it claims NIC ${link.peerNic}, whose link is attached and answers`;

@@ -232,6 +232,8 @@ export class TcpLink implements Link {
   goodbye = false;
   /** The peer's address of the main connection, host:port (for logs). */
   readonly remote: string;
+  /** The peer's IP (an IPv4-mapped IPv6 address as IPv4): the NIC bounds links per address (link-bound.ts). */
+  readonly address: string;
   /** Reading waits for release() (hold()); and whether the link's first turn has come. */
   private held = false;
   private started = false;
@@ -255,6 +257,7 @@ export class TcpLink implements Link {
     this.creditEvery = Math.min(CREDIT_EVERY, Math.floor(this.bulkWindow / 2));
     this.log = options.log ?? defaultLog;
     this.remote = `${socket.remoteAddress ?? "?"}:${socket.remotePort ?? "?"}`;
+    this.address = (socket.remoteAddress ?? "?").replace(/^::ffff:(\d+\.\d+\.\d+\.\d+)$/, "$1");
     this.startRest = [rest, bulkRest];
     socket.setNoDelay(true);
     bulk.setNoDelay(true);

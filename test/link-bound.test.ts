@@ -1,0 +1,170 @@
+/**
+ * How many links a NIC keeps (src/nic/link-bound.ts), played by the attacker: a key holder of
+ * the cluster. The key proves membership, not identity, so it links under as many NIC ids as it
+ * likes; nothing bounded the links, and every fake id was a requester of its own to the refusal
+ * throttles (free wrong endpoint keys for each of its endpoint ids) and cost the NIC about
+ * 170 KiB (500 links from one process: 84 MiB, and 2,000 looked-at wrong keys for one endpoint
+ * where one requester gets 4). Now a NIC keeps at most MAX_LINKS_PER_ADDRESS peer ids per
+ * remote address and MAX_LINKS in all, counting ids linked within the throttles' forget time;
+ * the excess is refused, counted, and said once. The attacker dials from 127.0.0.2, the
+ * cluster's hosts from 127.0.0.1: real NIC threads, and raw links made with the handshake.
+ */
+import assert from "node:assert/strict";
+import net from "node:net";
+import { after, test } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
+import type { NicInfo } from "../src/nic/control.js";
+import { NicDevice } from "../src/nic/device.js";
+import { MAX_LINKS_PER_ADDRESS } from "../src/nic/link-bound.js";
+import { Handshake, type HandshakeResult, LANE_BULK, LANE_MAIN } from "../src/nic/tcp-handshake.js";
+import { TcpLink } from "../src/nic/tcp-link.js";
+import { LINK_KEY } from "./helpers/link-key.js";
+import { control, freePort, HOST } from "./helpers/nic-harness.js";
+import { until } from "./helpers/until.js";
+
+const nics: NicDevice[] = [];
+const raw: TcpLink[] = [];
+after(async () => {
+  for (const l of raw) l.abort("the test ends");
+  await Promise.all(nics.map((n) => n.stop()));
+});
+
+const quiet = () => {};
+
+/** A link to the listener on `port` as NIC `nicId`, dialed from `local` (both connections, each proving the key). */
+async function dialFrom(local: string, port: number, nicId: number): Promise<TcpLink> {
+  const dial = (lane: number, bind?: Buffer) =>
+    new Promise<{ socket: net.Socket; h: HandshakeResult }>((resolve, reject) => {
+      const socket = net.connect({ host: HOST, port, localAddress: local });
+      socket.once("error", reject);
+      socket.once("connect", () => {
+        const hs = new Handshake(socket, "dial", nicId, Buffer.from(LINK_KEY), 2000, 2000, lane, bind);
+        hs.done.then((h) => resolve({ socket, h }), reject);
+      });
+    });
+  const main = await dial(LANE_MAIN);
+  const bulk = await dial(LANE_BULK, main.h.peerNonce);
+  const link = new TcpLink(
+    main.socket,
+    nicId,
+    main.h.peer,
+    main.h.rest,
+    { log: quiet },
+    bulk.socket,
+    bulk.h.rest,
+  );
+  link.onFrame(() => {});
+  raw.push(link);
+  return link;
+}
+
+/** Links as NICs `ids` from `local`; resolves with the links the listener kept and the ids it refused (each link's nicId is the id it claimed). */
+async function linkAll(
+  local: string,
+  port: number,
+  ids: number[],
+): Promise<{ kept: TcpLink[]; refused: number[] }> {
+  const links: TcpLink[] = [];
+  for (let i = 0; i < ids.length; i += 8)
+    links.push(...(await Promise.all(ids.slice(i, i + 8).map((id) => dialFrom(local, port, id)))));
+  // A refused link is closed at once after its handshake; a kept one stays up.
+  await sleep(300);
+  const refused = links.filter((l) => l.isClosed);
+  for (const l of refused)
+    assert.equal(l.goodbye, false, "a refused link gets no goodbye (its dialer may come back)");
+  return { kept: links.filter((l) => !l.isClosed), refused: refused.map((l) => l.nicId) };
+}
+
+async function listener(nicId: number, opts: { maxLinks?: number; maxLinksPerAddress?: number } = {}) {
+  const nic = await NicDevice.start({ nicId, ...opts });
+  nics.push(nic);
+  const logs: string[] = [];
+  nic.onLog((m) => logs.push(m));
+  const port = await freePort();
+  await nic.attachLink({ kind: "tcp-listen", host: HOST, port, key: LINK_KEY });
+  const ctl = control(nic);
+  const links = () => ctl.call<NicInfo>({ op: "info" }).links;
+  return { nic, logs, port, links };
+}
+
+test("a key holder linking under more NIC ids than its address's share gets the excess refused, counted and said once; the cluster's hosts still link, and ids given up keep their places", async () => {
+  const { nic, logs, port, links } = await listener(1);
+  const SHARE = MAX_LINKS_PER_ADDRESS;
+  const fake = Array.from({ length: SHARE + 8 }, (_, i) => 5000 + i);
+  const { kept, refused } = await linkAll("127.0.0.2", port, fake);
+  assert.equal(
+    links().length,
+    SHARE,
+    `NIC 1 keeps ${links().length} links from one key holder's address, under ${fake.length} NIC ids`,
+  );
+  assert.equal(kept.length, SHARE);
+  assert.equal(refused.length, 8);
+  assert.equal(nic.counters().global.links_refused, 8, "counted");
+  const said = () => logs.filter((m) => /refused a link from NIC \d+ at 127\.0\.0\.2:\d+: EMLINK/.test(m));
+  assert.equal(said().length, 1, `said once, not per attempt:\n${said().join("\n")}`);
+  assert.match(
+    said()[0],
+    /127\.0\.0\.2 has 32 NIC ids linked, or linked within the last 10 min: at most 32 per address/,
+  );
+
+  // The cluster's own host, from another address, links while the attacker holds its share.
+  const honest = await NicDevice.start({ nicId: 2 });
+  nics.push(honest);
+  await honest.attachLink({ kind: "tcp", host: HOST, port, peerNic: 1, timeoutMs: 2000, key: LINK_KEY });
+  await until(() => links().includes(2), "NIC 1 linked to the honest NIC 2");
+  await sleep(200);
+  assert.ok(links().includes(2), "the honest link stays");
+  assert.deepEqual(control(honest).call<NicInfo>({ op: "info" }).links, [1]);
+
+  // Given up, the attacker's ids keep their places while their refusals may be on record: new
+  // ids buy it nothing (it would start over with fresh records), an old one comes back.
+  for (const l of kept) l.close();
+  await until(() => links().length === 1, "the attacker's links gone");
+  const again = await linkAll("127.0.0.2", port, [9999, 9998, 5000]);
+  assert.deepEqual(again.refused, [9999, 9998], "new ids from that address are refused");
+  assert.deepEqual(
+    again.kept.map((l) => l.nicId),
+    [5000],
+    "an id that was linked from there comes back",
+  );
+  assert.deepEqual(links(), [2, 5000]);
+  assert.equal(nic.counters().global.links_refused, 10);
+  assert.equal(said().length, 1, "still said once");
+});
+
+test("the NIC's total bound (an option), over addresses and for the links it dials; the same peer relinks", async () => {
+  const { nic, logs, port, links } = await listener(11, { maxLinks: 4, maxLinksPerAddress: 2 });
+  const a = await linkAll("127.0.0.2", port, [7001, 7002, 7003]);
+  assert.deepEqual(a.refused, [7003], "the address's share (2)");
+  const b = await linkAll("127.0.0.3", port, [7101, 7102]);
+  assert.deepEqual(b.refused, [], "another address has its own share");
+  const c = await linkAll("127.0.0.4", port, [7201]);
+  assert.deepEqual(c.refused, [7201], "the total (4)");
+  assert.equal(links().length, 4);
+  assert.equal(
+    logs.filter((m) =>
+      /EMLINK: this NIC has 4 NIC ids linked, or linked within the last 10 min: at most 4 \(maxLinks\)/.test(
+        m,
+      ),
+    ).length,
+    1,
+    logs.join("\n"),
+  );
+
+  // A link this NIC dials counts too: refused (EMLINK) to the one who asked.
+  const peer = await listener(12);
+  await assert.rejects(
+    nic.attachLink({ kind: "tcp", host: HOST, port: peer.port, peerNic: 12, timeoutMs: 2000, key: LINK_KEY }),
+    /EMLINK: this NIC has 4 NIC ids linked/,
+  );
+  assert.equal(nic.counters().global.links_refused, 3);
+
+  // A peer whose link dropped keeps its place: it relinks though the NIC is full.
+  a.kept[0].abort("a network blip");
+  await until(() => !links().includes(7001), "the link dropped");
+  const back = await linkAll("127.0.0.2", port, [7001]);
+  assert.deepEqual(back.refused, []);
+  assert.equal(links().length, 4);
+
+  await assert.rejects(NicDevice.start({ nicId: 13, maxLinks: 0 }), /maxLinks must be an integer in 1\.\./);
+});
