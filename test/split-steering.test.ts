@@ -268,23 +268,29 @@ test("a wrong key's answer carries no session: a guest of another job cannot res
   assert.equal(leaked, 0, `the BAD_KEY answer told the victim's session (then: ${resolved})`);
 });
 
-test("netback believes only the answer to the CONNECT a guest sent: forged answers neither lock a guest out nor forgive it", () => {
-  const portOf = new Map([
-    [1, 11],
-    [2, 12],
-    [3, 13],
-  ]);
-  const steerHost: MxSteerHost = {
-    nicId: NIC,
-    uplinkPort: 10,
-    nicEndpointOwner: () => undefined,
-    portOfDomain: (d) => portOf.get(d) ?? -1,
-    domainOfPort: (p) => [...portOf].find(([, q]) => q === p)?.[0],
-  };
-  let now = 1_000;
-  const steer = new MxSteering(steerHost, () => now);
-  const send = (domid: number, f: Uint8Array) => steer.route(portOf.get(domid)!, f, f.length);
+/**
+ * netback's steering alone, on a clock the test moves: domain d's vif is bridge port 10 + d
+ * (domains 1..`domains`), guest 1 connects to guest 2's first split-path endpoint.
+ */
+function steering(domains: number, uplinkPort: number) {
+  const clock = { now: 1_000 };
+  const steer = new MxSteering(
+    {
+      nicId: NIC,
+      uplinkPort,
+      nicEndpointOwner: () => undefined,
+      portOfDomain: (d) => (d >= 1 && d <= domains ? 10 + d : -1),
+      domainOfPort: (p) => (p >= 11 && p <= 10 + domains ? p - 10 : undefined),
+    },
+    () => clock.now,
+  );
+  const send = (domid: number, f: Uint8Array) => steer.route(10 + domid, f, f.length);
   const connect = (id: number) => send(1, mxoe(MxoeType.Connect, 1, 2, id));
+  return { clock, steer, send, connect };
+}
+
+test("netback believes only the answer to the CONNECT a guest sent: forged answers neither lock a guest out nor forgive it", () => {
+  const { clock, steer, send, connect } = steering(3, 10);
   const answer = (from: number, id: number, status: number) =>
     send(from, mxoe(MxoeType.ConnectReply, from, 1, id, status));
 
@@ -304,27 +310,13 @@ test("netback believes only the answer to the CONNECT a guest sent: forged answe
   // A forged SUCCESS (from guest 3, for the id guest 1 last sent) forgives nothing.
   answer(3, 103, MxStatus.SUCCESS);
   assert.equal(connect(201), STEER_REJECT);
-  now += CONNECT_LOCKOUT_MS + 1;
+  clock.now += CONNECT_LOCKOUT_MS + 1;
   assert.equal(connect(202), 12, "the lockout ends");
   assert.equal(steer.counters.throttled, 2);
 });
 
 test("a guesser's answers count: its next CONNECTs wait for them, and an answer netback no longer expects does not reach it", () => {
-  const portOf = new Map([
-    [1, 11],
-    [2, 12],
-  ]);
-  const steerHost: MxSteerHost = {
-    nicId: NIC,
-    uplinkPort: -1,
-    nicEndpointOwner: () => undefined,
-    portOfDomain: (d) => portOf.get(d) ?? -1,
-    domainOfPort: (p) => [...portOf].find(([, q]) => q === p)?.[0],
-  };
-  let now = 1_000;
-  const steer = new MxSteering(steerHost, () => now);
-  const send = (domid: number, f: Uint8Array) => steer.route(portOf.get(domid)!, f, f.length);
-  const connect = (id: number) => send(1, mxoe(MxoeType.Connect, 1, 2, id));
+  const { clock, send, connect } = steering(2, -1);
   const badKey = (id: number) => send(2, mxoe(MxoeType.ConnectReply, 2, 1, id, MxStatus.BAD_KEY));
 
   // A burst of guesses, all out before any answer: answered, counted, and a lockout.
@@ -341,34 +333,20 @@ test("a guesser's answers count: its next CONNECTs wait for them, and an answer 
   );
   assert.equal(connect(100), STEER_REJECT, "locked out");
   // After the lockout: one guess out at a time, not another burst.
-  now += CONNECT_LOCKOUT_MAX_MS + 1;
+  clock.now += CONNECT_LOCKOUT_MAX_MS + 1;
   assert.equal(burst(200), 1, "guesses out at once after a lockout");
 
   // An answer that comes after netback forgot its CONNECT (the victim computed for a while)
   // is not passed on: the guesser would learn from it, and it could no longer count.
-  now += CONNECT_LOCKOUT_MAX_MS + 1;
+  clock.now += CONNECT_LOCKOUT_MAX_MS + 1;
   assert.equal(connect(300), 12);
-  now += ASK_TTL_MS + 1;
+  clock.now += ASK_TTL_MS + 1;
   assert.equal(connect(301), 12, "a CONNECT elsewhere meanwhile");
   assert.equal(badKey(300), STEER_REFUSE, "the late answer does not reach the guesser");
 });
 
 test("a guesser's lockout goes with its domain: the next domain given its id connects at once", () => {
-  const portOf = new Map([
-    [1, 11],
-    [2, 12],
-  ]);
-  const steerHost: MxSteerHost = {
-    nicId: NIC,
-    uplinkPort: -1,
-    nicEndpointOwner: () => undefined,
-    portOfDomain: (d) => portOf.get(d) ?? -1,
-    domainOfPort: (p) => [...portOf].find(([, q]) => q === p)?.[0],
-  };
-  const now = 1_000;
-  const steer = new MxSteering(steerHost, () => now);
-  const send = (domid: number, f: Uint8Array) => steer.route(portOf.get(domid)!, f, f.length);
-  const connect = (id: number) => send(1, mxoe(MxoeType.Connect, 1, 2, id));
+  const { steer, send, connect } = steering(2, -1);
   // Domain 1 guesses guest 2's key until it is locked out (for a minute, with more guesses).
   for (let id = 0; id < 3 * CONNECT_FREE_FAILS; id++) {
     if (connect(id) !== 12) break;
