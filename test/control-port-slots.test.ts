@@ -217,3 +217,32 @@ test("one address opening connections faster than they time out does not drop an
     }
   });
 });
+
+test("an IPv6 key holder's /64 is one address: its connections from many addresses of the block share one address's slots", async () => {
+  await withHost({ maxConnections: 16, maxConnectionsPerAddress: 4 }, async (d) => {
+    // What admit() is handed once a client proved the key (its address as the socket says it).
+    type Admitted = Parameters<HostDaemon["admit"]>[0];
+    const admitted: Admitted[] = [];
+    const admit = (address: string): string | undefined => {
+      const c = { address, role: "launcher" } as unknown as Admitted;
+      const why = d.admit(c);
+      if (why === undefined) admitted.push(c);
+      return why;
+    };
+    try {
+      const refusals: string[] = [];
+      for (let i = 1; i <= 8; i++) {
+        const why = admit(`2001:db8:1:2::${i.toString(16)}`);
+        if (why !== undefined) refusals.push(why);
+      }
+      assert.equal(refusals.length, 4, "8 addresses of one /64 hold 4 slots, not 8");
+      assert.match(refusals[0], /clients from 2001:db8:1:2::\/64 already \(its limit per address\)/);
+      // Another block, and IPv4 clients, are counted on their own.
+      assert.equal(admit("2001:db8:1:3::1"), undefined);
+      assert.equal(admit("::ffff:192.0.2.1"), undefined);
+    } finally {
+      // They are no real connections: the daemon must not try to close them.
+      for (const c of admitted) d.forget(c);
+    }
+  });
+});

@@ -36,6 +36,7 @@ import { Host } from "../host/host.js";
 import { Inspector } from "../host/inspect.js";
 import type { HostSnapshot } from "../host/snapshot.js";
 import type { QosPolicy } from "../myrixen/qos-policy.js";
+import { addressBlock } from "../nic/address-block.js";
 import type { XenStoreTreeNode } from "../xen/xenstore.js";
 import type { ClusterKey } from "./auth.js";
 import { defaultMaxGuestMb, defaultMaxRanks, HostCapacity } from "./capacity.js";
@@ -366,16 +367,19 @@ export class HostDaemon {
     );
   }
 
-  /** The oldest connection in the handshake among those of the address with the most there. */
+  /**
+   * The oldest connection in the handshake among those of the address (an IPv6 /64: one
+   * party's block, address-block.ts) with the most there.
+   */
   private oldestOfBusiestAddress(): ControlConnection {
     const count = new Map<string, number>();
     let most = 0;
     for (const p of this.pending) {
-      const n = (count.get(p.address) ?? 0) + 1;
-      count.set(p.address, n);
+      const n = (count.get(addressBlock(p.address)) ?? 0) + 1;
+      count.set(addressBlock(p.address), n);
       most = Math.max(most, n);
     }
-    for (const p of this.pending) if (count.get(p.address) === most) return p;
+    for (const p of this.pending) if (count.get(addressBlock(p.address)) === most) return p;
     throw new Error("no connection in the handshake");
   }
 
@@ -389,14 +393,16 @@ export class HostDaemon {
     const perAddress = this.opts.maxConnectionsPerAddress ?? perAddressDefault(max);
     const observers = this.opts.maxObservers ?? observersDefault(max);
     if (this.conns.size >= max) return `the host serves ${max} clients already; try again later`;
+    // Per address, an IPv6 client's being its /64 (address-block.ts).
+    const block = addressBlock(c.address);
     let fromAddress = 0;
     let observing = 0;
     for (const o of this.conns) {
-      if (o.address === c.address) fromAddress++;
+      if (addressBlock(o.address) === block) fromAddress++;
       if (o.role === "observer") observing++;
     }
     if (fromAddress >= perAddress)
-      return `the host serves ${perAddress} clients from ${c.address} already (its limit per address); try again later`;
+      return `the host serves ${perAddress} clients from ${block} already (its limit per address); try again later`;
     if (c.role === "observer" && observing >= observers)
       return `the host serves ${observers} observers already (its limit for observers; the other slots are kept for launchers); try again later`;
     this.conns.add(c);
