@@ -16,8 +16,15 @@ import { setTimeout as sleep } from "node:timers/promises";
 import type { NicInfo } from "../src/nic/control.js";
 import { NicDevice } from "../src/nic/device.js";
 import { MAX_LINKS_PER_ADDRESS } from "../src/nic/link-bound.js";
-import { Handshake, type HandshakeResult, LANE_BULK, LANE_MAIN } from "../src/nic/tcp-handshake.js";
+import {
+  Handshake,
+  type HandshakeError,
+  type HandshakeResult,
+  LANE_BULK,
+  LANE_MAIN,
+} from "../src/nic/tcp-handshake.js";
 import { TcpLink } from "../src/nic/tcp-link.js";
+import { listenTcpLinks } from "../src/nic/tcp-link-setup.js";
 import { LINK_KEY } from "./helpers/link-key.js";
 import { control, freePort, HOST } from "./helpers/nic-harness.js";
 import { until } from "./helpers/until.js";
@@ -58,21 +65,39 @@ async function dialFrom(local: string, port: number, nicId: number): Promise<Tcp
   return link;
 }
 
-/** Links as NICs `ids` from `local`; resolves with the links the listener kept and the ids it refused (each link's nicId is the id it claimed). */
+/**
+ * Links as NICs `ids` from `local`; resolves with the links the listener kept and the ids it
+ * refused (each link's nicId is the id it claimed). The listener refuses in the handshake (the
+ * dial fails with its EMLINK refusal), or, for a link that got through while others took the
+ * last places, closes it at once after the handshake.
+ */
 async function linkAll(
   local: string,
   port: number,
   ids: number[],
 ): Promise<{ kept: TcpLink[]; refused: number[] }> {
   const links: TcpLink[] = [];
-  for (let i = 0; i < ids.length; i += 8)
-    links.push(...(await Promise.all(ids.slice(i, i + 8).map((id) => dialFrom(local, port, id)))));
+  const refused: number[] = [];
+  const tryDial = (id: number) =>
+    dialFrom(local, port, id).then(
+      (l) => links.push(l),
+      (e: HandshakeError) => {
+        assert.ok(e.refusal, `refused by the listener, not failed: ${e}`);
+        assert.match(e.message, /refused the link: .*at most \d+/);
+        refused.push(id);
+      },
+    );
+  for (let i = 0; i < ids.length; i += 8) await Promise.all(ids.slice(i, i + 8).map(tryDial));
   // A refused link is closed at once after its handshake; a kept one stays up.
   await sleep(300);
-  const refused = links.filter((l) => l.isClosed);
-  for (const l of refused)
+  for (const l of links.filter((l) => l.isClosed)) {
     assert.equal(l.goodbye, false, "a refused link gets no goodbye (its dialer may come back)");
-  return { kept: links.filter((l) => !l.isClosed), refused: refused.map((l) => l.nicId) };
+    refused.push(l.nicId);
+  }
+  return {
+    kept: links.filter((l) => !l.isClosed),
+    refused: refused.sort((a, b) => ids.indexOf(a) - ids.indexOf(b)),
+  };
 }
 
 async function listener(nicId: number, opts: { maxLinks?: number; maxLinksPerAddress?: number } = {}) {
@@ -167,4 +192,128 @@ test("the NIC's total bound (an option), over addresses and for the links it dia
   assert.equal(links().length, 4);
 
   await assert.rejects(NicDevice.start({ nicId: 13, maxLinks: 0 }), /maxLinks must be an integer in 1\.\./);
+});
+
+test("a NIC dialing a listener at its bound is refused in the handshake: its attach rejects with EMLINK naming the listener's bound, and nothing redials", async () => {
+  const { nic, logs, port, links } = await listener(21, { maxLinksPerAddress: 1 });
+  const first = await NicDevice.start({ nicId: 22 });
+  nics.push(first);
+  await first.attachLink({ kind: "tcp", host: HOST, port, peerNic: 21, timeoutMs: 2000, key: LINK_KEY });
+  const late = await NicDevice.start({ nicId: 23 });
+  nics.push(late);
+  const lateLogs: string[] = [];
+  late.onLog((m) => lateLogs.push(m));
+  // Before, the attach resolved ("the link is up"), the listener dropped the link, and the
+  // dialer redialled it as fast as the handshakes went.
+  await assert.rejects(
+    late.attachLink({ kind: "tcp", host: HOST, port, peerNic: 21, timeoutMs: 2000, key: LINK_KEY }),
+    /EMLINK: .*the listener refused the link: 127\.0\.0\.1 has 1 NIC ids linked.*at most 1 per address \(maxLinksPerAddress\); `myrixen host --max-links-per-address` on that host/,
+  );
+  await sleep(1000);
+  assert.equal(nic.counters().global.links_refused, 1, "one refusal, counted; no redial");
+  assert.deepEqual(links(), [22]);
+  assert.deepEqual(control(late).call<NicInfo>({ op: "info" }).links, []);
+  assert.equal(late.counters().global.link_reconnects, 0);
+  assert.equal(lateLogs.length, 0, lateLogs.join("\n"));
+  assert.equal(
+    logs.filter((m) => /refused a link from NIC 23 at 127\.0\.0\.1:\d+: EMLINK/.test(m)).length,
+    1,
+    logs.join("\n"),
+  );
+});
+
+test("a reconnecting dialer refused at relink backs off and gives up, instead of spinning", async () => {
+  // The link's listener (NIC 31) is killed; a new NIC 31 on its port keeps one NIC id per
+  // address and has linked one from 127.0.0.1 already (a link it dialed counts too).
+  const RECONNECT = { fastForMs: 2000, slowEveryMs: 1000, giveUpAfterMs: 4000 };
+  const port = await freePort();
+  const first = await NicDevice.start({ nicId: 31 });
+  nics.push(first);
+  first.onLog(quiet);
+  await first.attachLink({ kind: "tcp-listen", host: HOST, port, key: LINK_KEY });
+  const dialer = await NicDevice.start({ nicId: 33 });
+  nics.push(dialer);
+  const dialerLogs: string[] = [];
+  dialer.onLog((m) => dialerLogs.push(m));
+  await dialer.attachLink({
+    kind: "tcp",
+    host: HOST,
+    port,
+    peerNic: 31,
+    timeoutMs: 2000,
+    key: LINK_KEY,
+    reconnect: RECONNECT,
+  });
+  const other = await listener(34);
+  const second = await NicDevice.start({ nicId: 31, maxLinksPerAddress: 1 });
+  nics.push(second);
+  const secondLogs: string[] = [];
+  second.onLog((m) => secondLogs.push(m));
+  await second.attachLink({
+    kind: "tcp",
+    host: HOST,
+    port: other.port,
+    peerNic: 34,
+    timeoutMs: 2000,
+    key: LINK_KEY,
+  });
+  await first.kill();
+  await second.attachLink({ kind: "tcp-listen", host: HOST, port, key: LINK_KEY });
+  await until(() => second.counters().global.links_refused > 0, "the dialer redials and is refused");
+  await sleep(3000);
+  const refused = second.counters().global.links_refused;
+  // About one attempt a second by then (the old code: about 18 a second, and never gave up).
+  assert.ok(refused <= 8, `${refused} refused relinks in about 3 s:\n${dialerLogs.join("\n")}`);
+  assert.equal(dialer.counters().global.link_reconnects, 0, "never linked again");
+  await until(() => dialer.counters().global.links_given_up === 1, "the dialer gives up", 10_000);
+  assert.ok(
+    dialerLogs.some((m) =>
+      /reconnection attempt \d+ failed \(EMLINK: .*the listener refused the link/.test(m),
+    ),
+    dialerLogs.join("\n"),
+  );
+  assert.ok(dialerLogs.length <= 12, `${dialerLogs.length} log lines:\n${dialerLogs.join("\n")}`);
+  assert.equal(secondLogs.filter((m) => /refused a link from NIC 33/.test(m)).length, 1, "said once");
+});
+
+test("a reconnecting dialer whose peer drops each new link right after the handshake backs off and gives up too", async () => {
+  // A peer (raw links) keeps the first link, then drops it, and drops every later one at once.
+  const RECONNECT = { fastForMs: 2000, slowEveryMs: 1000, giveUpAfterMs: 4000 };
+  const taken: TcpLink[] = [];
+  const server = await listenTcpLinks({
+    nicId: 41,
+    port: 0,
+    host: HOST,
+    key: LINK_KEY,
+    log: quiet,
+    onLink: (link) => {
+      link.onFrame(() => {});
+      taken.push(link);
+      if (taken.length > 1) link.abort("dropped at once");
+    },
+  });
+  try {
+    const dialer = await NicDevice.start({ nicId: 43 });
+    nics.push(dialer);
+    const dialerLogs: string[] = [];
+    dialer.onLog((m) => dialerLogs.push(m));
+    await dialer.attachLink({
+      kind: "tcp",
+      host: HOST,
+      port: server.port,
+      peerNic: 41,
+      timeoutMs: 2000,
+      key: LINK_KEY,
+      reconnect: RECONNECT,
+    });
+    taken[0].abort("a network blip");
+    await sleep(3000);
+    // About one attempt a second by then (the old code: about 18 a second, and never gave up).
+    assert.ok(taken.length <= 9, `${taken.length - 1} relinks in 3 s:\n${dialerLogs.join("\n")}`);
+    await until(() => dialer.counters().global.links_given_up === 1, "the dialer gives up", 10_000);
+    assert.ok(dialerLogs.length <= 20, `${dialerLogs.length} log lines:\n${dialerLogs.join("\n")}`);
+  } finally {
+    for (const l of taken) l.abort("the test ends");
+    await server.close();
+  }
 });

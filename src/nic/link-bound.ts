@@ -47,11 +47,15 @@ export const LINK_ID_KEPT_MS = Math.max(CONNECT_FORGET_MS, SESSION_FORGET_MS, PU
 /** The most either option takes (a u32 id space is no bound). */
 export const MAX_LINKS_LIMIT = 1 << 20;
 
-/** A link refused for a bound; `say`: the first since that address (or the total) last admitted one. */
+/**
+ * A link refused for a bound; `say`: the first since that address (or the total) last admitted
+ * one; `bound`: which (the address's share or the total).
+ */
 export class LinkBoundError extends NicError {
   constructor(
     message: string,
     readonly say: boolean,
+    readonly bound: "address" | "total",
   ) {
     super("EMLINK", message);
   }
@@ -81,13 +85,31 @@ export class LinkBound {
    * LinkBoundError. An id with a place there, linked or kept, keeps it.
    */
   admit(peerNic: number, address: string, now: number): void {
+    if (this.check(peerNic, address, now)) {
+      this.byAddress.get(address)?.ids.set(peerNic, Infinity);
+      return;
+    }
+    let b = this.byAddress.get(address);
+    if (b === undefined) {
+      b = { ids: new Map(), refusing: false };
+      this.byAddress.set(address, b);
+    }
+    b.ids.set(peerNic, Infinity);
+    b.refusing = false;
+    this.refusingTotal = false;
+    this.count++;
+  }
+
+  /**
+   * Throws the LinkBoundError admit() would, without taking a place (a listener asks in the
+   * handshake, so a dialer is refused before its link is up: tcp-handshake.ts). Returns whether
+   * `peerNic` holds a place at `address` (linked or kept).
+   */
+  check(peerNic: number, address: string, now: number): boolean {
     const a = this.byAddress.get(address);
     const until = a?.ids.get(peerNic);
     if (a !== undefined && until !== undefined) {
-      if (until > now) {
-        a.ids.set(peerNic, Infinity);
-        return;
-      }
+      if (until > now) return true;
       a.ids.delete(peerNic);
       this.count--;
     }
@@ -99,6 +121,7 @@ export class LinkBound {
         throw new LinkBoundError(
           `${address} has ${a.ids.size} NIC ids linked, or linked within the last ${minutes(this.keptMs)}: at most ${this.perAddress} per address (maxLinksPerAddress)`,
           say,
+          "address",
         );
       }
     }
@@ -110,18 +133,11 @@ export class LinkBound {
         throw new LinkBoundError(
           `this NIC has ${this.count} NIC ids linked, or linked within the last ${minutes(this.keptMs)}: at most ${this.total} (maxLinks)`,
           say,
+          "total",
         );
       }
     }
-    let b = this.byAddress.get(address);
-    if (b === undefined) {
-      b = { ids: new Map(), refusing: false };
-      this.byAddress.set(address, b);
-    }
-    b.ids.set(peerNic, Infinity);
-    b.refusing = false;
-    this.refusingTotal = false;
-    this.count++;
+    return false;
   }
 
   /** `peerNic`'s link from `address` went: its place is kept for keptMs. */

@@ -66,6 +66,19 @@ export class Links {
    * A link past the NIC's bounds is refused (LinkBoundError, EMLINK; link-bound.ts), and an
    * old one then stays.
    */
+  /**
+   * Throws the LinkBoundError (counted links_refused) attach() would throw for a link from
+   * `peerNic` at `address`, without attaching anything (a listener asks in the handshake).
+   */
+  checkBound(peerNic: number, address: string): void {
+    try {
+      this.bound.check(peerNic, address, performance.now());
+    } catch (e) {
+      if (e instanceof LinkBoundError) this.c[NicCounter.links_refused]++;
+      throw e;
+    }
+  }
+
   attach(link: Link, replace: boolean): void {
     const old = this.table.get(link.peerNic);
     let reconnected = false;

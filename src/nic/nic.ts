@@ -299,6 +299,11 @@ export class Nic {
     this.links.attach(link, replace);
   }
 
+  /** Throws (EMLINK, counted links_refused) if a link from `peerNic` at `address` would be refused for the NIC's bounds. */
+  checkLinkBound(peerNic: number, address: string): void {
+    this.links.checkBound(peerNic, address);
+  }
+
   /** Detaches the link to `peerNic` on request. */
   detachLink(peerNic: number): void {
     this.links.detach(peerNic);

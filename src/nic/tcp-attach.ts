@@ -22,14 +22,18 @@
  * dialed waits for that dial first.
  *
  * A NIC keeps a bounded number of peer NIC ids, per remote address and in all (link-bound.ts):
- * a link beyond is refused on either side (EMLINK; the listener aborts it, no goodbye, and says
- * so once per address), while a peer that comes back under its id from its address keeps its
- * place (a reconnection is never refused for it).
+ * a link beyond is refused on either side (EMLINK), while a peer that comes back under its id
+ * from its address keeps its place (a reconnection is never refused for it). A listener refuses
+ * in the handshake, before the link is up (tcp-handshake.ts step 3; counted links_refused, said
+ * once per address): the dialer's attach rejects with EMLINK naming the listener's bound, and a
+ * reconnecting dialer counts it as a failed attempt (it backs off and gives up as for any
+ * other). A link that drops within RECONNECT_STABLE_MS of coming back up (refused by the peer
+ * just after the handshake, say) counts as a failed attempt too, so no peer makes a dialer spin.
  */
 import type { Link } from "./link.js";
 import { LinkBoundError } from "./link-bound.js";
 import { NicError } from "./status.js";
-import { checkKey } from "./tcp-handshake.js";
+import { checkKey, REFUSED_LINKS, REFUSED_LINKS_PER_ADDRESS } from "./tcp-handshake.js";
 import { defaultLog, type TcpLink, type TcpLinkLog, tcpLinkStats } from "./tcp-link.js";
 import { connectTcpLink, listenTcpLinks, type TcpLinkServer } from "./tcp-link-setup.js";
 
@@ -62,6 +66,13 @@ export const RECONNECT_SLOW_MS = 60_000;
  * its `--peers` linked by itself (peer-links.ts peerLoop, through the peer's control port).
  */
 export const RECONNECT_GIVE_UP_MS = 60 * 60_000;
+/**
+ * How long a reconnected link has to stay up before its drop starts a new reconnection (backoff
+ * and the bound afresh from that drop); one that drops sooner counts as a failed attempt of the
+ * reconnection under way. Else a peer that took each connection and dropped it at once (it
+ * refused the link after the handshake) was redialled as fast as the handshakes went, forever.
+ */
+export const RECONNECT_STABLE_MS = 5000;
 
 /** How a connecting link's reconnection runs (the spec's `reconnect`; tests shorten it). */
 export interface ReconnectPolicy {
@@ -113,6 +124,8 @@ export interface TcpLinkHost {
   /** Throws (EBUSY) if a link to that peer is attached, unless `replace`; (EMLINK) past the NIC's bounds (link-bound.ts). */
   attachLink(link: Link, replace?: boolean): void;
   detachLink(peerNic: number): void;
+  /** Throws (EMLINK, counted links_refused) if a link from `peerNic` at `address` would be refused for the NIC's bounds (link-bound.ts). */
+  checkLinkBound(peerNic: number, address: string): void;
   /** The link went down by itself; `retrying`: a reconnection will be tried. */
   linkLost(link: Link, retrying: boolean): void;
   /** No reconnection will be tried any more for that peer; `gaveUp`: it was given up (counted). */
@@ -182,6 +195,7 @@ class Reconnector {
   /** Watches a connection just attached. */
   watch(link: TcpLink): void {
     this.link = link;
+    const upAt = performance.now();
     link.onClose((reason, goodbye) => {
       if (this.link !== link) return;
       this.link = null;
@@ -194,6 +208,12 @@ class Reconnector {
             reason,
           });
         this.forget();
+        return;
+      }
+      const upFor = performance.now() - upAt;
+      if (this.downSince !== 0 && upFor < RECONNECT_STABLE_MS) {
+        // Back up only briefly: the reconnection goes on, backoff, attempts and bound kept.
+        this.failed(`the link dropped ${Math.round(upFor)} ms after it came up: ${reason}`);
         return;
       }
       this.log(`${this.where}: link down (${reason}); reconnecting`, { peerNic: this.peerNic, reason });
@@ -512,17 +532,20 @@ export async function attachTcpSpec(
    * for the NIC's bounds is counted by the NIC (links_refused) and said once per address, not
    * per attempt (link-bound.ts): a key holder dialing in a loop must not flood the log.
    */
+  const sayRefused = (e: unknown, peerNic: number, remote: string): void => {
+    if (e instanceof LinkBoundError && !e.say) return;
+    const why = (e as Error).message;
+    log(
+      `tcp-link nic ${nic.nicId}: refused a link from NIC ${peerNic} at ${remote}: ${why}${e instanceof LinkBoundError ? "; further links refused for this are counted (links_refused), not logged" : ""}`,
+      { remote, reason: why, peerNic },
+    );
+  };
   const takeOrRefuse = (link: TcpLink, replacing: boolean): void => {
     try {
       take(link, replacing);
     } catch (e) {
-      const why = (e as Error).message;
-      link.abort(why);
-      if (e instanceof LinkBoundError && !e.say) return;
-      log(
-        `tcp-link nic ${nic.nicId}: refused a link from NIC ${link.peerNic} at ${link.remote}: ${why}${e instanceof LinkBoundError ? "; further links refused for this are counted (links_refused), not logged" : ""}`,
-        { remote: link.remote, reason: why, peerNic: link.peerNic },
-      );
+      link.abort((e as Error).message);
+      sayRefused(e, link.peerNic, link.remote);
     }
   };
   return listenTcpLinks({
@@ -531,6 +554,22 @@ export async function attachTcpSpec(
     port: spec.port,
     key,
     log,
+    // The bounds first, in the handshake: the dialer is told (EMLINK) instead of getting a
+    // link that is dropped at once (which it would redial). A link that gets through while
+    // others take the last places is still refused by takeOrRefuse.
+    admit: (peerNic, address, remote) => {
+      try {
+        nic.checkLinkBound(peerNic, address);
+        return null;
+      } catch (e) {
+        if (!(e instanceof LinkBoundError)) throw e;
+        sayRefused(e, peerNic, remote);
+        return {
+          code: e.bound === "address" ? REFUSED_LINKS_PER_ADDRESS : REFUSED_LINKS,
+          reason: e.message.replace(/^EMLINK: /, ""),
+        };
+      }
+    },
     onLink: (link) => {
       // Only a peer that proved the cluster key gets here; the id it claims is its word. A
       // NIC that connects again (it restarted, or its old connection died unnoticed) replaces

@@ -1,6 +1,6 @@
 /**
  * The handshake that opens each of the two TCP connections of a link between two NICs
- * (tcp-link.ts carries the frames once it is done). Protocol version 3; both sides hold the
+ * (tcp-link.ts carries the frames once it is done). Protocol version 5; both sides hold the
  * cluster key, at least 32 bytes, which never crosses the wire:
  *   1. each side sends a 48-byte hello — u32 magic "MXTL", u16 protocol version, u16 lane
  *      (the connecting side's: 0 the main connection, 1 the bulk connection; the accepting
@@ -11,8 +11,12 @@
  *      on the bulk lane the 32-byte bind goes first, in the clear: the accepting side's nonce
  *      of the main connection this bulk connection belongs to (zeros on the main lane);
  *   3. the accepting side checks it (crypto.timingSafeEqual) and only then sends its own proof
- *      (role "accept"), so a peer that cannot prove the key learns nothing but a nonce;
- *   4. the connecting side checks that proof; then frames flow.
+ *      (role "accept"), so a peer that cannot prove the key learns nothing but a nonce; or,
+ *      on the main lane, if it will not take a link from that NIC (its bounds, link-bound.ts),
+ *      a refusal instead: a 32-byte tag (the proof in role "refuse", over the refusal too),
+ *      a u8 code (REFUSED_*), a u8 length and that many bytes of UTF-8 reason; then it closes;
+ *   4. the connecting side checks that proof (or the refusal's tag: a refused dial fails with
+ *      the code and the reason, HandshakeError.refusal); then frames flow.
  * Fresh nonces on both sides stop replays, the role stops a proof being reflected back, the
  * NIC ids bind the proof to the claimed identity, and the lane and bind tie a bulk connection
  * to one main connection (tcp-link.ts pairs them: a bulk connection naming no main connection
@@ -28,10 +32,11 @@ import { FRAME_MAX } from "./frame.js";
 
 export const TCP_LINK_MAGIC = 0x4c54584d; // "MXTL" in little-endian bytes
 /**
- * 4: the main connection carries probes and their answers (tcp-link.ts PING/PONG); 3: a link
+ * 5: the accepting side may answer the dialer's proof with a refusal (step 3); 4: the main
+ * connection carries probes and their answers (tcp-link.ts PING/PONG); 3: a link
  * is two connections, main and bulk, each proved (2: one connection; 1 had no authentication).
  */
-export const TCP_LINK_VERSION = 4;
+export const TCP_LINK_VERSION = 5;
 export const TCP_NONCE_BYTES = 32;
 export const TCP_HELLO_BYTES = 16 + TCP_NONCE_BYTES;
 export const TCP_PROOF_BYTES = 32;
@@ -40,6 +45,18 @@ export const TCP_LINK_MIN_KEY_BYTES = 32;
 const PROOF_LABEL = Buffer.from("MyriXen TCP link proof\0", "latin1");
 const ROLE_DIAL = 1;
 const ROLE_ACCEPT = 2;
+const ROLE_REFUSE = 3;
+/** Refusal codes (step 3): the listener keeps no more NIC ids from the dialer's address, or in all (link-bound.ts). */
+export const REFUSED_LINKS_PER_ADDRESS = 1;
+export const REFUSED_LINKS = 2;
+/** The longest refusal reason sent, in bytes. */
+const REFUSAL_REASON_MAX = 255;
+
+/** Why the accepting side will not take a link: a REFUSED_* code and a reason for the dialer. */
+export interface HandshakeRefusal {
+  code: number;
+  reason: string;
+}
 /** The connections of a link: frames and credits, and bulk pull data (tcp-link.ts). */
 export const LANE_MAIN = 0;
 export const LANE_BULK = 1;
@@ -90,6 +107,7 @@ function proof(
   proverNonce: Buffer,
   verifierNonce: Buffer,
   bind: Buffer,
+  refusal?: Buffer,
 ): Buffer {
   const h = Buffer.alloc(12);
   h.writeUInt16LE(TCP_LINK_VERSION, 0);
@@ -103,7 +121,14 @@ function proof(
     .update(proverNonce)
     .update(verifierNonce)
     .update(bind)
+    .update(refusal ?? Buffer.alloc(0))
     .digest();
+}
+
+/** A refusal's code, length and reason bytes (what its tag covers, after the tag on the wire). */
+function refusalBody(r: HandshakeRefusal): Buffer {
+  const reason = Buffer.from(r.reason, "utf8").subarray(0, REFUSAL_REASON_MAX);
+  return Buffer.concat([Buffer.from([r.code & 0xff, reason.length]), reason]);
 }
 
 export function checkNicId(nicId: unknown, what: string): number {
@@ -129,15 +154,25 @@ export function checkKey(key: unknown, what: string): Buffer {
   return Buffer.from(key);
 }
 
-/** Why a handshake failed; `auth`: the peer's proof did not match the key. */
+/**
+ * Why a handshake failed; `auth`: the peer's proof did not match the key; `refusal`: the
+ * accepting side (it proved the key) refused the link, or (on that side) this side refused it.
+ */
 export class HandshakeError extends Error {
   constructor(
     message: string,
     readonly auth = false,
+    readonly refusal?: HandshakeRefusal,
   ) {
     super(message);
   }
 }
+
+/**
+ * The accepting side's say on a main connection whose dialer proved the key, claiming NIC
+ * `peer`: null takes it, a refusal refuses it (step 3).
+ */
+export type HandshakeAdmit = (peer: number) => HandshakeRefusal | null;
 
 /** What a finished handshake tells: who, on which lane, and the nonces. */
 export interface HandshakeResult {
@@ -172,6 +207,7 @@ export class Handshake {
     statedMs = timeoutMs,
     dialLane = LANE_MAIN,
     dialBind: Buffer = NO_BIND,
+    admit?: HandshakeAdmit,
   ) {
     this.done = new Promise((resolve, reject) => {
       const myNonce = randomBytes(TCP_NONCE_BYTES);
@@ -189,11 +225,11 @@ export class Handshake {
         socket.off("close", onClose);
         socket.off("error", onError);
       };
-      const fail = (why: string, auth = false) => {
+      const fail = (why: string, auth = false, refusal?: HandshakeRefusal) => {
         if (this.settled) return;
         cleanup();
         socket.destroy();
-        reject(new HandshakeError(why, auth));
+        reject(new HandshakeError(why, auth, refusal));
       };
       this.fail = fail;
       const onData = (chunk: Buffer) => {
@@ -225,13 +261,39 @@ export class Handshake {
         if (bindBytes > 0) bind = Buffer.from(buf.subarray(0, bindBytes));
         const peerRole = role === "dial" ? ROLE_ACCEPT : ROLE_DIAL;
         const want = proof(key, peerRole, lane, peer, nicId, peerNonce, myNonce, bind);
-        if (!timingSafeEqual(buf.subarray(bindBytes, bindBytes + TCP_PROOF_BYTES), want))
-          return fail(
-            `authentication failed: NIC ${peer}'s proof does not match this NIC's cluster key (another key, or not a member of this cluster)`,
-            true,
-          );
-        if (role === "accept")
+        const got = buf.subarray(bindBytes, bindBytes + TCP_PROOF_BYTES);
+        if (!timingSafeEqual(got, want)) {
+          const authFailed = () =>
+            fail(
+              `authentication failed: NIC ${peer}'s proof does not match this NIC's cluster key (another key, or not a member of this cluster)`,
+              true,
+            );
+          if (role === "accept") return authFailed();
+          // Not the accepting side's proof: its refusal (code, length, reason), if its tag proves the key.
+          if (buf.length < TCP_PROOF_BYTES + 2) return;
+          const len = TCP_PROOF_BYTES + 2 + buf.readUInt8(TCP_PROOF_BYTES + 1);
+          if (buf.length < len) return;
+          const body = buf.subarray(TCP_PROOF_BYTES, len);
+          const tag = proof(key, ROLE_REFUSE, lane, peer, nicId, peerNonce, myNonce, bind, body);
+          if (!timingSafeEqual(got, tag)) return authFailed();
+          const refusal = { code: body.readUInt8(0), reason: body.subarray(2).toString("utf8") };
+          return fail(`NIC ${peer} refused the link: ${refusal.reason}`, false, refusal);
+        }
+        if (role === "accept") {
+          const refusal = lane === LANE_MAIN && admit !== undefined ? admit(peer) : null;
+          if (refusal !== null) {
+            // Said to the dialer (it proved the key), then closed: no link, no frame.
+            const body = refusalBody(refusal);
+            const tag = proof(key, ROLE_REFUSE, lane, nicId, peer, myNonce, peerNonce, bind, body);
+            cleanup();
+            socket.end(Buffer.concat([tag, body]));
+            // The dialer closes once it has read it; a dialer that does not is dropped.
+            setTimeout(() => socket.destroy(), 2000).unref?.();
+            reject(new HandshakeError(`refused NIC ${peer}: ${refusal.reason}`, false, refusal));
+            return;
+          }
           socket.write(proof(key, ROLE_ACCEPT, lane, nicId, peer, myNonce, peerNonce, bind));
+        }
         const rest = Buffer.from(buf.subarray(bindBytes + TCP_PROOF_BYTES));
         cleanup();
         socket.pause();

@@ -10,17 +10,22 @@
  * REFUSALS_LOGGED_PER_WINDOW per 10 s per listener, then counted in one summary line.
  */
 import net from "node:net";
+import { NicError } from "./status.js";
 import {
   checkKey,
   checkNicId,
   checkPort,
   Handshake,
   type HandshakeError,
+  type HandshakeRefusal,
   type HandshakeResult,
   LANE_BULK,
   LANE_MAIN,
+  REFUSED_LINKS,
+  REFUSED_LINKS_PER_ADDRESS,
 } from "./tcp-handshake.js";
 import {
+  addressOf,
   defaultLog,
   TCP_ACCEPT_DEADLINE_MS,
   TCP_HANDSHAKE_TIMEOUT_MS,
@@ -97,6 +102,13 @@ export interface ListenTcpLinksOptions extends TcpLinkOptions {
   key: Uint8Array;
   /** Each authenticated link. A throw closes that link. */
   onLink: (link: TcpLink) => void;
+  /**
+   * Asked in the handshake of each main connection whose dialer proved the key, claiming NIC
+   * `peerNic` from `address` (its IP; `remote` with the port): a refusal is sent to the dialer
+   * instead of this side's proof (tcp-handshake.ts step 3), and the connection closed. The
+   * caller logs and counts its refusals; onLink may still refuse a link that got through.
+   */
+  admit?: (peerNic: number, address: string, remote: string) => HandshakeRefusal | null;
   /** From accept to the end of the handshake (default TCP_ACCEPT_DEADLINE_MS). */
   handshakeTimeoutMs?: number;
   /** Sockets in the handshake at once (default TCP_MAX_PENDING_HANDSHAKES); beyond, the oldest is dropped. */
@@ -128,7 +140,18 @@ export function listenTcpLinks(options: ListenTcpLinksOptions): Promise<TcpLinkS
       tcpLinkStats.evicted++;
       old.abort(`dropped unauthenticated: more than ${maxPending} connections in the handshake at once`);
     }
-    const hs = new Handshake(socket, "accept", nicId, key, timeoutMs);
+    const admit = options.admit;
+    const hs = new Handshake(
+      socket,
+      "accept",
+      nicId,
+      key,
+      timeoutMs,
+      timeoutMs,
+      LANE_MAIN,
+      undefined,
+      admit && ((peer) => admit(peer, addressOf(socket), from)),
+    );
     pending.set(socket, hs);
     hs.done.then(
       (h) => {
@@ -138,6 +161,8 @@ export function listenTcpLinks(options: ListenTcpLinksOptions): Promise<TcpLinkS
       },
       (e: HandshakeError) => {
         pending.delete(socket);
+        // Refused by admit, which said so.
+        if (e.refusal !== undefined) return;
         tcpLinkStats.handshakesRejected++;
         if (e.auth) tcpLinkStats.authFailures++;
         refusals.refuse(`tcp-link nic ${nicId}: refused a connection from ${from}: ${e.message}`, {
@@ -227,6 +252,23 @@ export function listenTcpLinks(options: ListenTcpLinksOptions): Promise<TcpLinkS
   });
 }
 
+/**
+ * The error a dial refused by the listener (it proved the key) rejects with: EMLINK for its
+ * bounds on links (link-bound.ts), naming the option that sets them on that host.
+ */
+function refused(where: string, r: HandshakeRefusal): NicError {
+  const fix =
+    r.code === REFUSED_LINKS_PER_ADDRESS
+      ? "`myrixen host --max-links-per-address` on that host raises its bound per address"
+      : r.code === REFUSED_LINKS
+        ? "`myrixen host --max-links` on that host raises its bound"
+        : null;
+  return new NicError(
+    fix === null ? "EPROTO" : "EMLINK",
+    `${where}: the listener refused the link: ${r.reason}${fix === null ? ` (refusal code ${r.code})` : `; ${fix}`}`,
+  );
+}
+
 export interface ConnectTcpLinkOptions extends TcpLinkOptions {
   nicId: number;
   host?: string;
@@ -276,7 +318,12 @@ export function connectTcpLink(options: ConnectTcpLinkOptions): Promise<TcpLink>
             socket.on("error", () => {}); // until the link takes over
             resolve({ socket, h });
           },
-          (e: Error) => reject(new Error(`${where}: handshake failed: ${e.message}`)),
+          (e: HandshakeError) =>
+            reject(
+              e.refusal !== undefined
+                ? refused(where, e.refusal)
+                : new Error(`${where}: handshake failed: ${e.message}`),
+            ),
         );
       });
     });

@@ -141,6 +141,11 @@ export interface TcpLinkLogFields {
 export type TcpLinkLog = (message: string, fields?: TcpLinkLogFields) => void;
 export const defaultLog: TcpLinkLog = (m) => console.warn(m);
 
+/** A socket's peer IP, an IPv4-mapped one as IPv4 (what a NIC bounds its links by, link-bound.ts). */
+export function addressOf(socket: net.Socket): string {
+  return (socket.remoteAddress ?? "?").replace(/^::ffff:(\d+\.\d+\.\d+\.\d+)$/, "$1");
+}
+
 const KNOWN_TYPES = new Set<number>(Object.values(FrameType));
 const EMPTY = Buffer.alloc(0);
 
@@ -257,7 +262,7 @@ export class TcpLink implements Link {
     this.creditEvery = Math.min(CREDIT_EVERY, Math.floor(this.bulkWindow / 2));
     this.log = options.log ?? defaultLog;
     this.remote = `${socket.remoteAddress ?? "?"}:${socket.remotePort ?? "?"}`;
-    this.address = (socket.remoteAddress ?? "?").replace(/^::ffff:(\d+\.\d+\.\d+\.\d+)$/, "$1");
+    this.address = addressOf(socket);
     this.startRest = [rest, bulkRest];
     socket.setNoDelay(true);
     bulk.setNoDelay(true);
