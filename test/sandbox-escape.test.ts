@@ -3,16 +3,19 @@
  * names: it must not make the host read a file that is not one of the program's modules (a
  * key, an .env, a note, shown back to the guest in esbuild's errors or run as code), nor open
  * a FIFO or a device that its source-map comment names (the host's thread blocked in open,
- * or its memory filled from /dev/zero), nor make it read a module outside the program's own
- * project (another user's, with the host's rights: its exports and its functions' source
- * back to the guest). test/sandbox.test.ts covers the sandbox itself.
+ * or its memory filled from /dev/zero), nor make it read a module of another user than the
+ * program's (with the host's rights: its exports and its functions' source back to the
+ * guest), while a program's own modules load wherever they lie. test/sandbox.test.ts covers the sandbox itself.
  */
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { once } from "node:events";
 import {
+  chmodSync,
+  chownSync,
   closeSync,
   constants,
+  linkSync,
   mkdirSync,
   mkdtempSync,
   openSync,
@@ -21,7 +24,7 @@ import {
   writeFileSync,
 } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { after, before, test } from "node:test";
 import { pathToFileURL } from "node:url";
 import { Worker } from "node:worker_threads";
@@ -47,8 +50,6 @@ test("a program cannot import a host file that is not a module: not run, not sho
   const prog = join(dir, "prog");
   const lib = join(dir, "lib");
   for (const d of [secrets, prog, lib]) mkdirSync(d);
-  // One project holds them all (its package.json): the program's imports stay in its project.
-  writeFileSync(join(dir, "package.json"), "{}\n");
   writeFileSync(join(secrets, "cluster.key"), `${KEY}\n`, { mode: 0o600 });
   writeFileSync(join(secrets, "note.txt"), "password hunter2\n");
   writeFileSync(join(secrets, ".env"), "TOKEN hunter3\n");
@@ -83,7 +84,7 @@ test("a program cannot import a host file that is not a module: not run, not sho
   const exit = await d.exited;
   assert.equal(exit.state, "shutdown", exit.error?.stack);
   const out = exit.result as Record<string, string>;
-  // Its own modules, inside its folder or beside it in its project, still load.
+  // Its own modules, inside its folder or beside it, still load.
   assert.equal(out.twice, "42");
   for (const name of ["key", "note", "env", "plain", "missing"]) {
     assert.doesNotMatch(out[name], /^loaded/, `${name}: ${out[name]}`);
@@ -96,7 +97,7 @@ test("a program cannot import a host file that is not a module: not run, not sho
   for (const name of ["env", "plain"]) assert.match(out[name], /cannot find module/, `${name}: ${out[name]}`);
 });
 
-/** What bob keeps in his own project (mode 0600): what alice's program must not get back from the host. */
+/** What bob keeps in a module of his (mode 0600): what alice's program must not get back from the host. */
 const BOB_SECRET = [
   'export const LICENSE_TOKEN = "bob-license-7f3a9c";',
   "export function model(x: number): number {",
@@ -105,21 +106,50 @@ const BOB_SECRET = [
   "",
 ].join("\n");
 
-test("a program cannot import another user's module (../, absolute path, file: URL, symbolic link): refused in one line, found or not; its own project's modules load", async () => {
-  // Apart from `dir`, which is a project (its package.json): bob's has none.
-  const tenants = mkdtempSync(join(tmpdir(), "myrixen-tenants-"));
-  after(() => rmSync(tenants, { recursive: true, force: true }));
-  const bob = join(tenants, "bob");
-  const alice = join(tenants, "alice");
-  for (const d of [bob, alice, join(alice, "src"), join(alice, "lib")]) mkdirSync(d);
-  writeFileSync(join(bob, "simulation.ts"), BOB_SECRET, { mode: 0o600 });
-  // Alice's project: a package.json at its top, her program in src/, a module of hers in lib/.
-  writeFileSync(join(alice, "package.json"), '{ "name": "alice-sim" }\n');
+/** Bob's uid in these tests: a user other than the one running them (who owns alice's files). */
+const BOB = 12345;
+
+/** The one-line refusal of a module of bob's to a program of the user running the tests. */
+const NOT_HERS = new RegExp(
+  `it belongs to another user \\(uid ${BOB}, the program's is ${process.getuid?.()}\\); a guest program imports "myrixen" and modules of its own user .*: copy the module into a file of yours$`,
+);
+
+/** A file owned by bob, mode 0600. */
+function bobs(path: string, text: string): void {
+  writeFileSync(path, text, { mode: 0o600 });
+  chownSync(path, BOB, BOB);
+}
+
+test("a program cannot import another user's module (absolute path, ../, file: URL, symbolic or hard link), wherever its entry is: refused in one line, nothing of it shown", async (t) => {
+  // Only root can give a file to another user.
+  if (process.getuid?.() !== 0) return t.skip("needs root, to make a file of another user (chown)");
+  // A world-writable folder (as /tmp or /scratch) where bob keeps a project of his, and alice
+  // her program. She may put files there: her entry beside bob's folder, a package.json above both.
+  const shared = mkdtempSync(join(tmpdir(), "myrixen-tenants-"));
+  after(() => rmSync(shared, { recursive: true, force: true }));
+  chmodSync(shared, 0o1777);
+  const bob = join(shared, "bob", "proj");
+  const alice = join(shared, "alice");
+  for (const d of [bob, join(alice, "src"), join(alice, "lib")]) mkdirSync(d, { recursive: true });
+  bobs(join(bob, "package.json"), "{}\n");
+  bobs(join(bob, "simulation.ts"), BOB_SECRET);
+  chownSync(bob, BOB, BOB);
+  chownSync(join(shared, "bob"), BOB, BOB);
+  writeFileSync(join(shared, "package.json"), "{}\n");
   writeFileSync(join(alice, "lib", "util.ts"), "export const twice = (n: number): number => 2 * n;\n");
-  // Links she made inside her project, to bob's file, his folder, and a file of his that does not exist.
+  // Links she made in her folder: to bob's file, to his folder, and a hard link (the same file, bob's).
   symlinkSync(join(bob, "simulation.ts"), join(alice, "src", "model.ts"));
   symlinkSync(bob, join(alice, "src", "bobs"));
-  symlinkSync(join(bob, "nothing.ts"), join(alice, "src", "gone.ts"));
+  linkSync(join(bob, "simulation.ts"), join(alice, "src", "copy.ts"));
+  const tries: Record<string, string> = {
+    absolute: join(bob, "simulation.ts"),
+    dotdot: "../../bob/proj/simulation.ts",
+    "dotdot-js": "../../bob/proj/simulation.js",
+    "file-url": pathToFileURL(join(bob, "simulation.ts")).href,
+    link: "./model.ts",
+    "link-dir": "./bobs/simulation.ts",
+    "hard-link": "./copy.ts",
+  };
   writeFileSync(
     join(alice, "src", "reader.ts"),
     [
@@ -127,14 +157,9 @@ test("a program cannot import another user's module (../, absolute path, file: U
       "export default async function main() {",
       "  const out: Record<string, string> = { twice: String(twice(21)) };",
       "  const tries: [string, () => Promise<{ model: () => number }>][] = [",
-      `    ["absolute", () => import(${JSON.stringify(join(bob, "simulation.ts"))})],`,
-      '    ["dotdot", () => import("../../bob/simulation.ts")],',
-      '    ["dotdot-js", () => import("../../bob/simulation.js")],',
-      `    ["file-url", () => import(${JSON.stringify(pathToFileURL(join(bob, "simulation.ts")).href)})],`,
-      '    ["link", () => import("./model.ts")],',
-      '    ["link-dir", () => import("./bobs/simulation.ts")],',
-      '    ["missing", () => import("../../bob/nothing.ts")],',
-      '    ["dangling-link", () => import("./gone.ts")],',
+      ...Object.entries(tries).map(
+        ([name, spec]) => `    [${JSON.stringify(name)}, () => import(${JSON.stringify(spec)})],`,
+      ),
       "  ];",
       "  for (const [name, load] of tries) {",
       "    try {",
@@ -152,44 +177,64 @@ test("a program cannot import another user's module (../, absolute path, file: U
   const exit = await d.exited;
   assert.equal(exit.state, "shutdown", exit.error?.stack);
   const out = exit.result as Record<string, string>;
-  // Her own module, a ../ away inside her project, loads.
+  // Her own module, a ../ away, loads.
   assert.equal(out.twice, "42");
-  for (const name of [
-    "absolute",
-    "dotdot",
-    "dotdot-js",
-    "file-url",
-    "link",
-    "link-dir",
-    "missing",
-    "dangling-link",
-  ]) {
+  for (const [name, spec] of Object.entries(tries)) {
     assert.doesNotMatch(out[name], /^loaded|LICENSE_TOKEN|2\.5|bob-license/, `${name}: ${out[name]}`);
-    // One line: why, and what to do. Whether bob's file exists is not said either.
-    assert.match(
-      out[name],
-      /outside the program's project .*move or copy the module into the project$/,
-      `${name}: ${out[name]}`,
-    );
+    // One line: why, and what to do.
+    assert.ok(out[name].startsWith(`cannot import "${spec}" from file:`), `${name}: ${out[name]}`);
+    assert.match(out[name], NOT_HERS, `${name}: ${out[name]}`);
     assert.ok(!out[name].includes("\n"), `${name}: one line`);
   }
 
-  // A static import of bob's module: alice's program fails to load with that line, and the host goes on.
+  // Her entry put in the shared folder itself, importing bob's module statically: the program
+  // fails to load with that line, and the host goes on.
   writeFileSync(
-    join(alice, "src", "static.ts"),
-    `import { model } from ${JSON.stringify(join(bob, "simulation.ts"))};\nexport default function main() {\n  return String(model);\n}\n`,
+    join(shared, "evil.ts"),
+    'import { model } from "./bob/proj/simulation.js";\nexport default function main() {\n  return String(model);\n}\n',
   );
-  const s = await host.startGuest({ module: join(alice, "src", "static.ts"), name: "alice-static" });
+  const s = await host.startGuest({ module: join(shared, "evil.ts"), name: "alice-static" });
   const sexit = await s.exited;
   assert.equal(sexit.state, "crashed", String(sexit.result));
   assert.match(
     sexit.error!.message,
-    /^cannot import ".*simulation\.ts" from .*static\.ts: it is outside the program's project/,
+    /^cannot import "\.\/bob\/proj\/simulation\.js" from .*evil\.ts: it belongs/,
   );
+  assert.match(sexit.error!.message.split("\n")[0], NOT_HERS);
   assert.doesNotMatch(sexit.error!.message, /LICENSE_TOKEN|2\.5|bob-license/);
 
-  // Bob's own program, in his folder (no package.json: the folder is the project), imports his module.
+  // A source map of bob's that her module's comment names is left out (its sources not read).
+  bobs(
+    join(bob, "simulation.js.map"),
+    JSON.stringify({
+      version: 3,
+      sources: ["simulation.ts"],
+      sourcesContent: [BOB_SECRET],
+      names: [],
+      mappings: "AAAA",
+    }),
+  );
   writeFileSync(
+    join(alice, "src", "mapped.js"),
+    "export default function main() { return 1; }\n//# sourceMappingURL=../../bob/proj/simulation.js.map\n",
+  );
+  const mapped = await loadGuestImage(pathToFileURL(join(alice, "src", "mapped.js")).href);
+  const mm = mapped.modules[mapped.entry];
+  assert.equal(mm.error, undefined);
+  assert.doesNotMatch(mm.map ?? "", /bob-license|simulation\.ts/);
+
+  // The check is made on the file the loader opens: her module, resolved and compiled (cached)
+  // as hers, then given to bob unchanged (or a link to his swapped in), is refused when read.
+  const before = await loadGuestImage(pathToFileURL(join(alice, "src", "reader.ts")).href);
+  const util = pathToFileURL(join(alice, "lib", "util.ts")).href;
+  assert.equal(before.modules[util].error, undefined);
+  chownSync(join(alice, "lib", "util.ts"), BOB, BOB);
+  const after_ = await loadGuestImage(pathToFileURL(join(alice, "src", "reader.ts")).href);
+  assert.equal(after_.modules[util].code, undefined);
+  assert.match(after_.modules[util].error!, /^cannot load file:.*util\.ts: it belongs to another user/);
+
+  // Bob's own program imports his module: the program's user is its entry's owner.
+  bobs(
     join(bob, "run.ts"),
     'import { model } from "./simulation.js";\nexport default function main() {\n  return model(1);\n}\n',
   );
@@ -199,30 +244,52 @@ test("a program cannot import another user's module (../, absolute path, file: U
   assert.equal(bexit.result, 2.5 + "bob-license-7f3a9c".length);
 });
 
-test("a module two programs share resolves its imports for each program's project: the compile cache does not carry one's verdict to the other", async () => {
-  // outer/ is one project, outer/inner/ another inside it; inner/shared.ts imports ../secret.ts.
-  const outer = mkdtempSync(join(dir, "outer-"));
-  const inner = join(outer, "inner");
-  mkdirSync(inner);
-  writeFileSync(join(outer, "package.json"), "{}\n");
-  writeFileSync(join(inner, "package.json"), "{}\n");
-  writeFileSync(join(outer, "secret.ts"), "export const secret = 1;\n");
-  writeFileSync(join(inner, "shared.ts"), 'export { secret } from "../secret.js";\n');
-  writeFileSync(join(outer, "big.ts"), 'export { secret as default } from "./inner/shared.js";\n');
-  writeFileSync(join(inner, "small.ts"), 'export { secret as default } from "./shared.js";\n');
-  const shared = pathToFileURL(join(inner, "shared.ts")).href;
-  // First the program of the outer project: shared.ts's import is in its project.
-  const big = await loadGuestImage(pathToFileURL(join(outer, "big.ts")).href);
-  assert.equal(big.modules[shared].imports["../secret.js"].kind, "program");
-  // Then the inner project's program: the same file, unchanged, but ../secret.ts is outside its project.
-  const small = await loadGuestImage(pathToFileURL(join(inner, "small.ts")).href);
-  const dep = small.modules[shared].imports["../secret.js"];
-  assert.equal(dep.kind, "refused");
-  assert.match((dep as { message: string }).message, /outside the program's project/);
-  assert.equal(small.modules[pathToFileURL(join(outer, "secret.ts")).href], undefined, "not in the image");
-  // And the outer program still gets it (the inner verdict is not carried back either).
-  const again = await loadGuestImage(pathToFileURL(join(outer, "big.ts")).href);
-  assert.equal(again.modules[shared].imports["../secret.js"].kind, "program");
+test("a program imports its own user's modules wherever they are: ../lib, a monorepo sibling package, a nested src/package.json, no package.json at all", async () => {
+  const base = mkdtempSync(join(dir, "layouts-"));
+  const files: Record<string, string> = {
+    // Her own ../lib beside her program's folder, under her package.json.
+    "alice/package.json": '{ "name": "alice-sim" }',
+    "alice/lib/util.ts": "export const value = 21;",
+    "alice/src/main.ts": "../lib/util.js",
+    // A monorepo: packages/app imports its sibling package by ../.
+    "mono/package.json": '{ "workspaces": ["packages/*"] }',
+    "mono/packages/app/package.json": '{ "name": "app" }',
+    "mono/packages/lib/package.json": '{ "name": "lib" }',
+    "mono/packages/lib/index.ts": "export const value = 22;",
+    "mono/packages/app/main.ts": "../lib/index.ts",
+    // A src/package.json that only sets the module type, its program importing ../shared.
+    "proj/package.json": '{ "name": "proj" }',
+    "proj/src/package.json": '{ "type": "module" }',
+    "proj/shared/util.ts": "export const value = 23;",
+    "proj/src/main.ts": "../shared/util.ts",
+    // No package.json anywhere: bin/main.ts imports ../lib.
+    "plain/lib/x.ts": "export const value = 24;",
+    "plain/bin/main.ts": "../lib/x.ts",
+  };
+  for (const [name, text] of Object.entries(files)) {
+    mkdirSync(dirname(join(base, name)), { recursive: true });
+    const main = name.endsWith("main.ts")
+      ? `import { value } from ${JSON.stringify(text)};\nexport default function main() {\n  return value;\n}\n`
+      : `${text}\n`;
+    writeFileSync(join(base, name), main);
+  }
+  const results: Record<string, unknown> = {};
+  for (const entry of [
+    "alice/src/main.ts",
+    "mono/packages/app/main.ts",
+    "proj/src/main.ts",
+    "plain/bin/main.ts",
+  ]) {
+    const d = await host.startGuest({ module: join(base, entry), name: entry.split("/")[0] });
+    const exit = await d.exited;
+    results[entry] = exit.state === "shutdown" ? exit.result : exit.error?.message;
+  }
+  assert.deepEqual(results, {
+    "alice/src/main.ts": 21,
+    "mono/packages/app/main.ts": 22,
+    "proj/src/main.ts": 23,
+    "plain/bin/main.ts": 24,
+  });
 });
 
 test("a program's source-map comment cannot make the host open a FIFO (or a device): the host never blocks on it", async () => {

@@ -3,8 +3,8 @@
  * kernel image): reads a program and the files it imports, turns each TypeScript or
  * JavaScript module into a CommonJS-style function body with esbuild (with a source map back
  * to the file the user wrote), and says for every import what it is:
- *   - a file of the program (loaded in the guest's sandbox): a module of the program's own
- *     project, nothing outside it (see projectRoot),
+ *   - a file of the program (loaded in the guest's sandbox): a module owned by the user who
+ *     owns the program's entry file, no other user's (see resolveGuestImport),
  *   - the MyriXen library ("myrixen", or a guest-side library module by path): the one copy
  *     the guest runtime loads outside the sandbox,
  *   - or something a guest may not have (Node built-ins, other packages, the library's
@@ -16,7 +16,6 @@ import {
   constants,
   existsSync,
   fstatSync,
-  lstatSync,
   openSync,
   readFileSync,
   readlinkSync,
@@ -24,7 +23,7 @@ import {
   type Stats,
   statSync,
 } from "node:fs";
-import { dirname, extname, isAbsolute, join, relative, resolve, sep } from "node:path";
+import { dirname, extname, isAbsolute, relative, resolve, sep } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { build, stop as stopEsbuild, transform } from "esbuild";
 import { builtinName, guestMayImport, NOT_IN_GUEST } from "./reach.js";
@@ -81,12 +80,19 @@ function libraryModule(path: string): string | undefined {
   return name;
 }
 
+/**
+ * Whether `path` (a real path) is the host's own code: a file under the package's src/ or
+ * dist/src/ (library modules, built-in programs, their source maps), which any program may
+ * load whoever owns it.
+ */
+const hostCode = (path: string): boolean => LIBRARY_ROOTS.some((r) => path.startsWith(r));
+
 /** Whether `path` names a TypeScript or JavaScript file (what the loader compiles). */
 const isModuleFile = (path: string): boolean => Object.hasOwn(LOADERS, extname(path));
 
 /**
  * A program file for `path` as Node and tsx find it: as written, or `.js` standing for `.ts`,
- * or an index (the entry; a program's imports are found by findProjectFile).
+ * or an index (the entry; a program's imports are found by findModuleFile).
  */
 function findProgramFile(path: string): string | undefined {
   return programCandidates(path).find((p) => existsSync(p) && statSync(p).isFile());
@@ -107,91 +113,23 @@ function guestApi(): GuestImport {
 }
 
 /**
- * The project of the program whose entry file is at `entry` (a real path): the nearest folder
- * above it that holds a package.json, as Node finds a program's package, or the entry's own
- * folder if none does. A program imports the modules of its project and nothing else of the
- * host's files: the host reads what a program imports with its own rights, and a module of
- * another user's project (mode 0600, say) would otherwise come back to the guest, exports
- * and functions' source (fn.toString()) included.
+ * Why a module owned by `owner` is not for a program of user `uid`, and what to do: the end of
+ * a one-line refusal. The host reads what a program imports with its own rights, and another
+ * user's module (mode 0600, say) would otherwise come back to the guest, exports and
+ * functions' source (fn.toString()) included.
  */
-export function projectRoot(entry: string): string {
-  for (let dir = dirname(entry); ; dir = dirname(dir)) {
-    try {
-      if (statSync(join(dir, "package.json")).isFile()) return dir;
-    } catch {}
-    if (dirname(dir) === dir) return dirname(entry);
-  }
-}
-
-/** Whether `path` is `root` or under it (both absolute; no symbolic links followed). */
-function inside(path: string, root: string): boolean {
-  return path === root || path.startsWith(root.endsWith(sep) ? root : `${root}${sep}`);
-}
-
-/** As Linux counts them (ELOOP). */
-const MAX_LINKS = 40;
-
-/**
- * Where `path` (absolute, under `root`, a real path) leads: its real path, "missing", or
- * "outside" when a symbolic link on the way leads out of `root`. Walked one name at a time
- * from `root`, following links as the kernel would, and never looking at anything outside
- * `root`: a link that leads out is refused found or not, so the answer does not say whether
- * its target exists either.
- */
-function confine(path: string, root: string): { real: string } | "missing" | "outside" {
-  const parts = relative(root, path).split(sep);
-  let cur = root;
-  let links = 0;
-  while (parts.length > 0) {
-    const part = parts.shift() as string;
-    if (part === "" || part === ".") continue;
-    if (part === "..") {
-      // `cur` holds no link, so its parent is the real one.
-      if (cur === root) return "outside";
-      cur = dirname(cur);
-      continue;
-    }
-    const next = join(cur, part);
-    let st: Stats;
-    try {
-      st = lstatSync(next);
-    } catch {
-      return "missing";
-    }
-    if (!st.isSymbolicLink()) {
-      cur = next;
-      continue;
-    }
-    if (++links > MAX_LINKS) return "missing";
-    let target: string;
-    try {
-      target = readlinkSync(next);
-    } catch {
-      return "missing";
-    }
-    if (isAbsolute(target)) {
-      if (!inside(target, root)) return "outside";
-      parts.unshift(...target.slice(root.length).split(sep));
-      cur = root;
-    } else parts.unshift(...target.split(sep));
-  }
-  return { real: cur };
-}
-
-/** Why an import outside the program's project is refused, and what to do: one line. */
-function outsideProject(spec: string, fromPath: string, root: string, how: string): string {
-  return `cannot import "${spec}" from ${pathToFileURL(fromPath).href}: ${how} outside the program's project (${root}); a guest program imports "myrixen" and the modules of its own project (the folder of its nearest package.json, or its own folder if there is none), not other files of the host: move or copy the module into the project`;
+function otherUsers(owner: number, uid: number): string {
+  return `it belongs to another user (uid ${owner}, the program's is ${uid}); a guest program imports "myrixen" and modules of its own user (the owner of its entry file): copy the module into a file of yours`;
 }
 
 /**
  * What `spec`, imported by the module at `fromPath` (its real path), is for a guest whose
- * program's project is `root` (projectRoot of its entry; by default, the importer's own).
+ * program's entry file is owned by `uid` (by default, the importer's owner). A program imports
+ * only modules of that user, besides the library and built-in programs (the host's own code):
+ * said here by the file's owner, and checked again on the file the loader opens and reads
+ * (compile), so a symbolic link or a file swapped in meanwhile cannot lead it elsewhere.
  */
-export function resolveGuestImport(
-  spec: string,
-  fromPath: string,
-  root: string = projectRoot(fromPath),
-): GuestImport {
+export function resolveGuestImport(spec: string, fromPath: string, uid?: number): GuestImport {
   if (spec === "myrixen") return guestApi();
   const builtin = builtinName(spec);
   if (builtin) return { kind: "refused", message: `${builtin} ${NOT_IN_GUEST}` };
@@ -223,35 +161,36 @@ export function resolveGuestImport(
       kind: "refused",
       message: `cannot import "${spec}": a guest program imports only TypeScript or JavaScript modules (${Object.keys(LOADERS).join(", ")}) and "myrixen"`,
     };
-  // Outside the program's project: refused by name, found or not (as above).
-  if (!inside(path, root)) return { kind: "refused", message: outsideProject(spec, fromPath, root, "it is") };
-  const file = findProjectFile(path, root);
-  if (file === "outside")
-    return {
-      kind: "refused",
-      message: outsideProject(spec, fromPath, root, "a symbolic link leads it"),
-    };
+  const file = findModuleFile(path);
   if (!file)
     return {
       kind: "refused",
       message: `cannot find module "${spec}" imported from ${pathToFileURL(fromPath).href}`,
     };
-  return { kind: "program", url: pathToFileURL(file).href };
+  let owner: number;
+  try {
+    owner = uid ?? statSync(fromPath).uid;
+  } catch (e) {
+    return { kind: "refused", message: `cannot import "${spec}": ${(e as Error).message}` };
+  }
+  if (file.uid !== owner && !hostCode(file.real))
+    return {
+      kind: "refused",
+      message: `cannot import "${spec}" from ${pathToFileURL(fromPath).href}: ${otherUsers(file.uid, owner)}`,
+    };
+  return { kind: "program", url: pathToFileURL(file.real).href };
 }
 
 /**
- * findProgramFile for a program's import, inside its project `root`: the real path of the
- * first module file found, undefined if none is, or "outside" if a symbolic link leads a
- * candidate out of the project.
+ * findProgramFile for a program's import: the real path and owner of the first module file
+ * found (symbolic links followed), or undefined if none is.
  */
-function findProjectFile(path: string, root: string): string | "outside" | undefined {
+function findModuleFile(path: string): { real: string; uid: number } | undefined {
   for (const candidate of programCandidates(path)) {
     if (!isModuleFile(candidate)) continue;
-    const found = confine(candidate, root);
-    if (found === "outside") return "outside";
-    if (found === "missing") continue;
     try {
-      if (statSync(found.real).isFile()) return found.real;
+      const st = statSync(candidate);
+      if (st.isFile()) return { real: realpathSync(candidate), uid: st.uid };
     } catch {}
   }
   return undefined;
@@ -265,20 +204,18 @@ const SOURCE_MAP_MAX_BYTES = 64 << 20;
 
 /**
  * A compiled JavaScript file's own source map (tsc's `.js.map`), inlined so esbuild chains it;
- * `path` is the file's real path, `root` its program's project.
+ * `path` is the file's real path, `uid` the owner of its program's entry.
  */
-function inlineSourceMap(code: string, path: string, root: string): string {
+function inlineSourceMap(code: string, path: string, uid: number): string {
   const m = /\n\/\/# sourceMappingURL=([^\s]+)\s*$/.exec(code);
   if (!m || m[1].startsWith("data:")) return code;
   const mapPath = resolve(dirname(path), decodeURIComponent(m[1]));
   // The comment is the program's to write, and the host reads what it names: only a regular
-  // `.map` file of a source map's size, in the program's project (as its imports). A FIFO or
+  // `.map` file of a source map's size, of the program's user (as its imports). A FIFO or
   // /dev/stdin would block the host's thread in open/read, /dev/zero would fill its memory
   // until it died.
-  if (!mapPath.endsWith(".map") || !inside(mapPath, root)) return code;
-  const found = confine(mapPath, root);
-  if (typeof found === "string") return code;
-  const file = openInProject(found.real, root);
+  if (!mapPath.endsWith(".map")) return code;
+  const file = openModule(mapPath, uid);
   if (typeof file === "string") return code;
   try {
     if (file.st.size > SOURCE_MAP_MAX_BYTES) return code;
@@ -290,11 +227,15 @@ function inlineSourceMap(code: string, path: string, root: string): string {
 }
 
 /**
- * The regular file at `path`, opened for the loader to read, if its real path (the open
- * file's, so a symbolic link swapped in after the checks above cannot lead the read
- * elsewhere) is in the program's project `root`; else why not. The caller closes `fd`.
+ * The regular file at `path`, opened for the loader to read, if the open file (so a symbolic
+ * link or a file swapped in after resolveGuestImport's checks cannot lead the read elsewhere)
+ * is owned by `uid` or is the host's own code; else why not. With no `uid` (the program's
+ * entry), the file's owner is the program's user: `uid` in the answer. The caller closes `fd`.
  */
-function openInProject(path: string, root: string): { fd: number; st: Stats; real: string } | string {
+function openModule(
+  path: string,
+  uid: number | undefined,
+): { fd: number; st: Stats; real: string; uid: number } | string {
   const url = pathToFileURL(path).href;
   let fd: number;
   try {
@@ -316,8 +257,9 @@ function openInProject(path: string, root: string): { fd: number; st: Stats; rea
       } catch {
         real = realpathSync(path); // no /proc: as near as the path can tell
       }
-      if (inside(real, root)) return { fd, st, real };
-      why = `it is outside the program's project (${root}); a guest program imports "myrixen" and the modules of its own project: move or copy the module into the project`;
+      const owner = uid ?? st.uid;
+      if (st.uid === owner || hostCode(real)) return { fd, st, real, uid: owner };
+      why = otherUsers(st.uid, owner);
     }
   } catch (e) {
     why = (e as Error).message;
@@ -334,34 +276,38 @@ interface Compiled {
 }
 
 /**
- * Compiled modules by program project and path (how a module's imports resolve depends on the
- * project of the program that imports it: a module two programs share is compiled for each);
- * a file that changes is compiled again. Bounded: a host runs for weeks.
+ * Compiled modules by program user (the owner of its entry: which of a module's imports it may
+ * have depends on it, so a module two users' programs share is compiled for each) and path; a
+ * file that changes is compiled again. Bounded: a host runs for weeks.
  */
 const cache = new Map<string, Compiled>();
 const CACHE_MAX = 512;
 
-/** The module at `path`, compiled for a program whose project is `root`. */
-async function compile(path: string, root: string): Promise<GuestModuleImage> {
+/**
+ * The module at `path`, compiled for a program of user `uid`, and that user: with no `uid`,
+ * `path` is the program's entry, and its owner (as opened) is the program's user.
+ */
+async function compile(path: string, uid: number | undefined): Promise<[GuestModuleImage, number?]> {
   const url = pathToFileURL(path).href;
-  const file = openInProject(path, root);
+  const file = openModule(path, uid);
   // Not cached: it says nothing of the file once it is there.
-  if (typeof file === "string") return { url, error: file, imports: {} };
-  const key = `${root}\0${path}`;
+  if (typeof file === "string") return [{ url, error: file, imports: {} }, uid];
+  const key = `${file.uid}\0${path}`;
   const { st, real } = file;
   let source: string;
   try {
     const hit = cache.get(key);
-    if (hit && hit.mtimeMs === st.mtimeMs && hit.size === st.size && hit.real === real) return hit.module;
+    if (hit && hit.mtimeMs === st.mtimeMs && hit.size === st.size && hit.real === real)
+      return [hit.module, file.uid];
     source = readFileSync(file.fd, "utf8");
   } catch (e) {
-    return { url, error: `cannot load ${url}: ${(e as Error).message}`, imports: {} };
+    return [{ url, error: `cannot load ${url}: ${(e as Error).message}`, imports: {} }, file.uid];
   } finally {
     closeSync(file.fd);
   }
   let module: GuestModuleImage;
   try {
-    const out = await transform(TS.test(path) ? source : inlineSourceMap(source, real, root), {
+    const out = await transform(TS.test(path) ? source : inlineSourceMap(source, real, file.uid), {
       loader: LOADERS[extname(path)] ?? "js",
       format: "cjs",
       target: "node20",
@@ -376,7 +322,7 @@ async function compile(path: string, root: string): Promise<GuestModuleImage> {
     const imports: Record<string, GuestImport> = {};
     for (const m of out.code.matchAll(REQUIRE)) {
       const spec = JSON.parse(`"${m[1] ?? m[2]}"`) as string;
-      imports[spec] ??= resolveGuestImport(spec, real, root);
+      imports[spec] ??= resolveGuestImport(spec, real, file.uid);
     }
     module = { url, code: out.code, map: out.map, imports };
   } catch (e) {
@@ -391,7 +337,7 @@ async function compile(path: string, root: string): Promise<GuestModuleImage> {
   }
   if (cache.size >= CACHE_MAX) cache.delete(cache.keys().next().value as string);
   cache.set(key, { mtimeMs: st.mtimeMs, size: st.size, real, module });
-  return module;
+  return [module, file.uid];
 }
 
 /**
@@ -483,26 +429,16 @@ async function loadImage(moduleUrl: string): Promise<GuestImage> {
     modules[moduleUrl] = { url: moduleUrl, error: `no guest program ${entryPath}`, imports: {} };
     return { entry: moduleUrl, modules };
   }
-  // The program's project, where its imports must stay: found from the entry's real path
-  // (the entry may be a symbolic link; its imports are resolved from where it really is).
-  let root: string;
-  try {
-    root = projectRoot(realpathSync(entry));
-  } catch (e) {
-    modules[moduleUrl] = {
-      url: moduleUrl,
-      error: `no guest program ${entryPath}: ${(e as Error).message}`,
-      imports: {},
-    };
-    return { entry: moduleUrl, modules };
-  }
+  let uid: number | undefined;
   const queue = [entry];
   const entryUrl = pathToFileURL(entry).href;
   while (queue.length > 0) {
     const path = queue.shift()!;
     const url = pathToFileURL(path).href;
     if (modules[url]) continue;
-    const m = await compile(path, root);
+    // The entry comes first: its owner, as opened, is the user whose modules the program imports.
+    const [m, owner] = await compile(path, uid);
+    uid = owner;
     modules[url] = m;
     for (const dep of Object.values(m.imports))
       if (dep.kind === "program" && !modules[dep.url]) queue.push(fileURLToPath(dep.url));
