@@ -15,7 +15,7 @@ import { after, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { NicInfo } from "../src/nic/control.js";
 import { NicDevice } from "../src/nic/device.js";
-import { MAX_LINKS_PER_ADDRESS } from "../src/nic/link-bound.js";
+import { LinkBound, LinkBoundError, MAX_LINKS_PER_ADDRESS } from "../src/nic/link-bound.js";
 import {
   Handshake,
   type HandshakeError,
@@ -316,4 +316,22 @@ test("a reconnecting dialer whose peer drops each new link right after the hands
     for (const l of taken) l.abort("the test ends");
     await server.close();
   }
+});
+
+test("an IPv6 key holder's /64 is one address: ids linked from many addresses of the block share one address's share", () => {
+  const bound = new LinkBound(1024, 4);
+  let refused = 0;
+  for (let i = 1; i <= 40; i++)
+    try {
+      bound.admit(5000 + i, `2001:db8:7:7::${i.toString(16)}`, 0);
+    } catch (e) {
+      assert.ok(e instanceof LinkBoundError, String(e));
+      assert.match(e.message, /^EMLINK: 2001:db8:7:7::\/64 has 4 NIC ids linked/);
+      refused++;
+    }
+  assert.equal(refused, 36, "40 addresses of one /64 hold 4 places, not 40");
+  // Another block, an IPv4 peer and its IPv4-mapped form count on their own.
+  bound.admit(6001, "2001:db8:7:8::1", 0);
+  bound.admit(6002, "192.0.2.7", 0);
+  bound.admit(6002, "::ffff:192.0.2.7", 0);
 });

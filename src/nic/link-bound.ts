@@ -10,9 +10,9 @@
  * MiB, and 2,000 looked-at wrong keys for one endpoint where one requester gets 4), and closing
  * its links to come back under new ids did the same with a handful at a time.
  *
- * So a NIC keeps at most `perAddress` peer NIC ids per remote address (the peer's IP), and
- * `total` in all, counting every id that is linked and every one that was within `keptMs` (the
- * throttles' forget time): an id whose link went keeps its place until its refusals can be
+ * So a NIC keeps at most `perAddress` peer NIC ids per remote address (the peer's IP; an IPv6
+ * peer's /64, address-block.ts), and `total` in all, counting every id that is linked and
+ * every one that was within `keptMs` (the throttles' forget time): an id whose link went keeps its place until its refusals can be
  * forgotten, so ids given up buy a key holder nothing; it has at most `perAddress` requester
  * NIC ids on record per address. The same id from the same address may come back at any time (a
  * peer that reconnects, a dropped link redialled). Beyond, a link is refused: counted
@@ -33,6 +33,7 @@
  * that machine's address with its host: NIC ids of that machine linked before keep their places.
  * Links within this process (no address: loopback) count towards the total only.
  */
+import { addressBlock } from "./address-block.js";
 import { CONNECT_FORGET_MS } from "./connect-throttle.js";
 import { PULL_FORGET_MS } from "./pull-throttle.js";
 import { SESSION_FORGET_MS } from "./session-throttle.js";
@@ -40,6 +41,9 @@ import { NicError } from "./status.js";
 
 /** Peer NIC ids a NIC keeps in all, linked or kept (see the module comment; NicOptions maxLinks). */
 export const MAX_LINKS = 1024;
+/** The address a link is counted under: its peer's IP block (an IPv6 /64, address-block.ts), "" within this process. */
+const blockOf = (ip: string): string => (ip === "" ? "" : addressBlock(ip));
+
 /** Peer NIC ids a NIC keeps per remote address, linked or kept (NicOptions maxLinksPerAddress). */
 export const MAX_LINKS_PER_ADDRESS = 32;
 /** How long an id whose link went keeps its place: the longest any throttle keeps a refusal on record. */
@@ -84,7 +88,8 @@ export class LinkBound {
    * Takes a place for `peerNic` from `address` ("": a link within this process), or throws a
    * LinkBoundError. An id with a place there, linked or kept, keeps it.
    */
-  admit(peerNic: number, address: string, now: number): void {
+  admit(peerNic: number, ip: string, now: number): void {
+    const address = blockOf(ip);
     if (this.check(peerNic, address, now)) {
       this.byAddress.get(address)?.ids.set(peerNic, Infinity);
       return;
@@ -105,7 +110,8 @@ export class LinkBound {
    * handshake, so a dialer is refused before its link is up: tcp-handshake.ts). Returns whether
    * `peerNic` holds a place at `address` (linked or kept).
    */
-  check(peerNic: number, address: string, now: number): boolean {
+  check(peerNic: number, ip: string, now: number): boolean {
+    const address = blockOf(ip);
     const a = this.byAddress.get(address);
     const until = a?.ids.get(peerNic);
     if (a !== undefined && until !== undefined) {
@@ -141,8 +147,8 @@ export class LinkBound {
   }
 
   /** `peerNic`'s link from `address` went: its place is kept for keptMs. */
-  gone(peerNic: number, address: string, now: number): void {
-    const a = this.byAddress.get(address);
+  gone(peerNic: number, ip: string, now: number): void {
+    const a = this.byAddress.get(blockOf(ip));
     if (a?.ids.has(peerNic)) a.ids.set(peerNic, now + this.keptMs);
   }
 
