@@ -14,6 +14,7 @@ import { after, before, test } from "node:test";
 import { Host } from "../src/host/host.js";
 import type { Domain } from "../src/xen/hypervisor.js";
 import { nextMessage } from "./helpers/messages.js";
+import { until } from "./helpers/until.js";
 
 const PROGRAM = new URL("./fixtures/guests/intr-keeper.js", import.meta.url);
 
@@ -30,14 +31,6 @@ async function next<T>(d: Domain): Promise<T> {
 
 function start(role: "owner" | "keeper" | "peer", i: number) {
   return host.startGuest({ module: PROGRAM, args: { role }, name: `intr-${role}-${i}`, pages: 1024 });
-}
-
-async function settled(check: () => boolean, what: string): Promise<void> {
-  const until = Date.now() + 10_000;
-  while (!check()) {
-    if (Date.now() > until) throw new Error(`not within 10 s: ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
 }
 
 test("a former peer that keeps the owner's interrupt page mapped cannot write the page of the owner's next endpoint", async () => {
@@ -60,7 +53,7 @@ test("a former peer that keeps the owner's interrupt page mapped cannot write th
   // frontend dropped the old slot id at the reopen, so the owner's grant of it ended too.
   keeper.send("stop");
   await keeper.exited;
-  await settled(() => host.backendStats().deferredGrants === 0, "dom0's deferred grants back to 0");
+  await until(() => host.backendStats().deferredGrants === 0, "dom0's deferred grants back to 0", 10_000);
   owner.send("stop");
   await owner.exited;
 });
@@ -86,8 +79,9 @@ test("a former peer that unmapped the page as a frontend does, keeping its view,
   assert.equal(host.backendStats().intrPagesReplaced, replacedBefore + 1);
   for (const d of [owner, peer]) d.send("stop");
   await Promise.all([owner.exited, peer.exited]);
-  await settled(
+  await until(
     () => host.backendStats().grantsInUse <= grantsBefore,
     "dom0's grants back to where they were",
+    10_000,
   );
 });

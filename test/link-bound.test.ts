@@ -16,6 +16,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import type { NicInfo } from "../src/nic/control.js";
 import { NicDevice } from "../src/nic/device.js";
 import { LinkBound, LinkBoundError, MAX_LINKS_PER_ADDRESS } from "../src/nic/link-bound.js";
+import type { ReconnectPolicy } from "../src/nic/tcp-attach.js";
 import {
   Handshake,
   type HandshakeError,
@@ -100,11 +101,32 @@ async function linkAll(
   };
 }
 
-async function listener(nicId: number, opts: { maxLinks?: number; maxLinksPerAddress?: number } = {}) {
+type Bounds = { maxLinks?: number; maxLinksPerAddress?: number };
+
+/** A NIC (stopped after the tests) and the log lines it says. */
+async function loggedNic(nicId: number, opts: Bounds = {}) {
   const nic = await NicDevice.start({ nicId, ...opts });
   nics.push(nic);
   const logs: string[] = [];
   nic.onLog((m) => logs.push(m));
+  return { nic, logs };
+}
+
+/** `nic` links to the NIC `peerNic` listening on `port` (reconnecting as `reconnect` says, if given). */
+function dial(nic: NicDevice, port: number, peerNic: number, reconnect?: ReconnectPolicy) {
+  return nic.attachLink({
+    kind: "tcp",
+    host: HOST,
+    port,
+    peerNic,
+    timeoutMs: 2000,
+    key: LINK_KEY,
+    reconnect,
+  });
+}
+
+async function listener(nicId: number, opts: Bounds = {}) {
+  const { nic, logs } = await loggedNic(nicId, opts);
   const port = await freePort();
   await nic.attachLink({ kind: "tcp-listen", host: HOST, port, key: LINK_KEY });
   const ctl = control(nic);
@@ -133,9 +155,8 @@ test("a key holder linking under more NIC ids than its address's share gets the 
   );
 
   // The cluster's own host, from another address, links while the attacker holds its share.
-  const honest = await NicDevice.start({ nicId: 2 });
-  nics.push(honest);
-  await honest.attachLink({ kind: "tcp", host: HOST, port, peerNic: 1, timeoutMs: 2000, key: LINK_KEY });
+  const { nic: honest } = await loggedNic(2);
+  await dial(honest, port, 1);
   await until(() => links().includes(2), "NIC 1 linked to the honest NIC 2");
   await sleep(200);
   assert.ok(links().includes(2), "the honest link stays");
@@ -178,10 +199,7 @@ test("the NIC's total bound (an option), over addresses and for the links it dia
 
   // A link this NIC dials counts too: refused (EMLINK) to the one who asked.
   const peer = await listener(12);
-  await assert.rejects(
-    nic.attachLink({ kind: "tcp", host: HOST, port: peer.port, peerNic: 12, timeoutMs: 2000, key: LINK_KEY }),
-    /EMLINK: this NIC has 4 NIC ids linked/,
-  );
+  await assert.rejects(dial(nic, peer.port, 12), /EMLINK: this NIC has 4 NIC ids linked/);
   assert.equal(nic.counters().global.links_refused, 3);
 
   // A peer whose link dropped keeps its place: it relinks though the NIC is full.
@@ -196,17 +214,13 @@ test("the NIC's total bound (an option), over addresses and for the links it dia
 
 test("a NIC dialing a listener at its bound is refused in the handshake: its attach rejects with EMLINK naming the listener's bound, and nothing redials", async () => {
   const { nic, logs, port, links } = await listener(21, { maxLinksPerAddress: 1 });
-  const first = await NicDevice.start({ nicId: 22 });
-  nics.push(first);
-  await first.attachLink({ kind: "tcp", host: HOST, port, peerNic: 21, timeoutMs: 2000, key: LINK_KEY });
-  const late = await NicDevice.start({ nicId: 23 });
-  nics.push(late);
-  const lateLogs: string[] = [];
-  late.onLog((m) => lateLogs.push(m));
+  const { nic: first } = await loggedNic(22);
+  await dial(first, port, 21);
+  const { nic: late, logs: lateLogs } = await loggedNic(23);
   // Before, the attach resolved ("the link is up"), the listener dropped the link, and the
   // dialer redialled it as fast as the handshakes went.
   await assert.rejects(
-    late.attachLink({ kind: "tcp", host: HOST, port, peerNic: 21, timeoutMs: 2000, key: LINK_KEY }),
+    dial(late, port, 21),
     /EMLINK: .*the listener refused the link: 127\.0\.0\.1 has 1 NIC ids linked.*at most 1 per address \(maxLinksPerAddress\); `myrixen host --max-links-per-address` on that host/,
   );
   await sleep(1000);
@@ -227,36 +241,13 @@ test("a reconnecting dialer refused at relink backs off and gives up, instead of
   // address and has linked one from 127.0.0.1 already (a link it dialed counts too).
   const RECONNECT = { fastForMs: 2000, slowEveryMs: 1000, giveUpAfterMs: 4000 };
   const port = await freePort();
-  const first = await NicDevice.start({ nicId: 31 });
-  nics.push(first);
-  first.onLog(quiet);
+  const { nic: first } = await loggedNic(31);
   await first.attachLink({ kind: "tcp-listen", host: HOST, port, key: LINK_KEY });
-  const dialer = await NicDevice.start({ nicId: 33 });
-  nics.push(dialer);
-  const dialerLogs: string[] = [];
-  dialer.onLog((m) => dialerLogs.push(m));
-  await dialer.attachLink({
-    kind: "tcp",
-    host: HOST,
-    port,
-    peerNic: 31,
-    timeoutMs: 2000,
-    key: LINK_KEY,
-    reconnect: RECONNECT,
-  });
+  const { nic: dialer, logs: dialerLogs } = await loggedNic(33);
+  await dial(dialer, port, 31, RECONNECT);
   const other = await listener(34);
-  const second = await NicDevice.start({ nicId: 31, maxLinksPerAddress: 1 });
-  nics.push(second);
-  const secondLogs: string[] = [];
-  second.onLog((m) => secondLogs.push(m));
-  await second.attachLink({
-    kind: "tcp",
-    host: HOST,
-    port: other.port,
-    peerNic: 34,
-    timeoutMs: 2000,
-    key: LINK_KEY,
-  });
+  const { nic: second, logs: secondLogs } = await loggedNic(31, { maxLinksPerAddress: 1 });
+  await dial(second, other.port, 34);
   await first.kill();
   await second.attachLink({ kind: "tcp-listen", host: HOST, port, key: LINK_KEY });
   await until(() => second.counters().global.links_refused > 0, "the dialer redials and is refused");
@@ -293,19 +284,8 @@ test("a reconnecting dialer whose peer drops each new link right after the hands
     },
   });
   try {
-    const dialer = await NicDevice.start({ nicId: 43 });
-    nics.push(dialer);
-    const dialerLogs: string[] = [];
-    dialer.onLog((m) => dialerLogs.push(m));
-    await dialer.attachLink({
-      kind: "tcp",
-      host: HOST,
-      port: server.port,
-      peerNic: 41,
-      timeoutMs: 2000,
-      key: LINK_KEY,
-      reconnect: RECONNECT,
-    });
+    const { nic: dialer, logs: dialerLogs } = await loggedNic(43);
+    await dial(dialer, server.port, 41, RECONNECT);
     taken[0].abort("a network blip");
     await sleep(3000);
     // About one attempt a second by then (the old code: about 18 a second, and never gave up).
