@@ -340,6 +340,26 @@ export class Hypervisor {
     return tid === undefined ? { buffers: 0, heap: 0 } : this.buffers.held(tid);
   }
 
+  /**
+   * The shared-segment memory a live domain is charged for, in pages, against `max` (its
+   * maxSharedPages): its live segments, the released ones it may still hold (`released`),
+   * and other guests' segments it mapped writable (`mapped`). What the host keeps for it is
+   * at most this (memory-hypercalls.ts, allocShared). Undefined for a domain that is gone.
+   */
+  sharedMemory(
+    domid: DomId,
+  ): { live: number; released: number; mapped: number; charged: number; max: number } | undefined {
+    const rec = this.live.has(domid) ? this.records.get(domid) : undefined;
+    if (!rec) return undefined;
+    return {
+      live: rec.sharedPages,
+      released: rec.pooledPages,
+      mapped: rec.foreignPages,
+      charged: rec.chargedPages,
+      max: rec.maxSharedPages,
+    };
+  }
+
   private stopDomain(
     dom: Domain,
     state: "shutdown" | "crashed" | "destroyed",
@@ -373,6 +393,10 @@ export class Hypervisor {
     for (const sg of rec.segments) sg.released = true;
     rec.segments.length = 0;
     rec.sharedPages = 0;
+    // Its charge ends with it: its released segments, and the others' it mapped, are its no more.
+    rec.pool.clear();
+    rec.pooledPages = 0;
+    rec.foreignPages = 0;
     markGrantTableDead(rec.shadowBuffer);
     rec.xsEvents?.close();
     this.evtchn.closeAll(domid);

@@ -31,10 +31,21 @@ import type { WatchEventSender } from "../xenstore/port-credit.js";
  * Whoever was in the audience may keep the buffer; no one else can ever get it. That is
  * what "memory a domain could once reach is never given to another domain" means here; the
  * garbage collector frees the memory once every holder has dropped it.
+ *
+ * And since nothing tells the hypervisor that a holder dropped it, a buffer stays charged,
+ * against maxSharedPages, to every guest that could reach it for as long as that guest lives
+ * (memory-hypercalls.ts, "The charge"): its owner, released or not (a released buffer waits
+ * in the owner's pool and comes back, zeroed, as its next segment of that size once no other
+ * live guest holds it), and each other guest that mapped it writable.
  */
 export class Segment {
   /** Incarnations (DomainRecord.serial) that ever mapped it writable. */
   readonly holders = new Set<number>();
+  /**
+   * The guests other than the owner that mapped it writable (serial → domain id): while one of
+   * them lives, the buffer is not the owner's alone, so it never comes back as a new segment.
+   */
+  readonly mappers = new Map<number, DomId>();
   released = false;
 
   constructor(
@@ -74,8 +85,18 @@ export class DomainRecord implements GrantingDomain {
   readonly shadow: Int32Array;
   /** Live shared segments, in frame order. */
   readonly segments: Segment[] = [];
-  /** Pages of live segments (the quota counts these). */
+  /** Pages of live segments (the quota counts these, and the two below). */
   sharedPages = 0;
+  /**
+   * An unprivileged domain's released segments, by page count: it may still hold their
+   * buffers (a SharedArrayBuffer is never taken back), so they stay charged to it and its next
+   * segment of that size reuses one (zeroed) once no other live guest holds it.
+   */
+  readonly pool = new Map<number, Segment[]>();
+  /** Pages of the segments in `pool`. */
+  pooledPages = 0;
+  /** Pages of other guests' segments this domain mapped writable (each once): it holds them for life. */
+  foreignPages = 0;
   /** Frame numbers above RAM handed out to segments so far (the top of the shared range). */
   sharedFrames = 0;
   /**
@@ -110,6 +131,11 @@ export class DomainRecord implements GrantingDomain {
     this.entries = new Uint32Array(table);
     this.shadow = new Int32Array(shadowBuffer);
     this.hyp = new CounterWriter(hypCounters, CounterBlock.Hypervisor, counters);
+  }
+
+  /** Pages charged against maxSharedPages: its live segments, its released ones, others' it mapped. */
+  get chargedPages(): number {
+    return this.sharedPages + this.pooledPages + this.foreignPages;
   }
 
   segmentAt(pfn: number): Segment | undefined {

@@ -95,10 +95,9 @@ export class MemoryHypercalls {
       frames.push(r.frame!);
     }
     const shape = this.mappable(rec, granter, refs as number[], frames);
-    if (typeof shape === "string") {
+    if ("error" in shape) {
       unpin(refs.length);
-      const status = shape.startsWith("!") ? GNTST.permission_denied : GNTST.bad_page;
-      return this.mapFail(rec, status, shape.replace(/^!/, ""));
+      return this.mapFail(rec, shape.status, shape.error);
     }
     const handle = rec.nextHandle++;
     rec.mappings.set(handle, { granter, refs: refs.slice() as number[], write: true });
@@ -108,48 +107,75 @@ export class MemoryHypercalls {
   }
 
   /**
-   * What a writable mapping of `frames` may hand out, or why not ("!" = permission). A guest
-   * gets a whole segment (every page granted, in order) if it is in the segment's audience;
-   * the privileged domain may also map consecutive RAM frames, as dom0 maps any guest page.
+   * What a writable mapping of `frames` may hand out, or why not. A guest gets a whole
+   * segment (every page granted, in order) if it is in the segment's audience and, the first
+   * time it maps another guest's segment, if its charge has room for it (below); the
+   * privileged domain may also map consecutive RAM frames, as dom0 maps any guest page.
    */
   private mappable(
     rec: DomainRecord,
     granter: DomainRecord,
     refs: number[],
     frames: FrameLocation[],
-  ): { buffer: SharedArrayBuffer; offset: number } | string {
+  ): { buffer: SharedArrayBuffer; offset: number } | { status: number; error: string } {
+    const badPage = (error: string) => ({ status: GNTST.bad_page, error });
     const first = frames[0];
     const sg = first.segment as Segment | undefined;
     if (!sg) {
       if (!rec.privileged)
-        return (
+        return badPage(
           `grant ref ${refs[0]} of domain ${granter.domid} names a RAM frame, which only the privileged ` +
-          "domain may map writable; grant a page from guest.allocShared() to share it with another guest " +
-          "(or map it read-only, which gives copies)"
+            "domain may map writable; grant a page from guest.allocShared() to share it with another guest " +
+            "(or map it read-only, which gives copies)",
         );
       for (let i = 1; i < frames.length; i++)
         if (frames[i].segment || frames[i].offset !== first.offset + i * PAGE_SIZE)
-          return `grant refs ${refs.join(",")} of domain ${granter.domid} are not consecutive RAM frames`;
+          return badPage(
+            `grant refs ${refs.join(",")} of domain ${granter.domid} are not consecutive RAM frames`,
+          );
       return { buffer: first.buffer, offset: first.offset };
     }
     if (frames.length !== sg.pages || first.offset !== 0)
-      return (
+      return badPage(
         `grant refs ${refs.join(",")} of domain ${granter.domid} cover ${frames.length} page(s) from page ` +
-        `${first.offset / PAGE_SIZE} of a ${sg.pages}-page shared segment; a mapping gives the whole segment, ` +
-        "so it takes a grant of every page of it, in order"
+          `${first.offset / PAGE_SIZE} of a ${sg.pages}-page shared segment; a mapping gives the whole segment, ` +
+          "so it takes a grant of every page of it, in order",
       );
     for (let i = 1; i < frames.length; i++)
       if (frames[i].segment !== sg || frames[i].offset !== i * PAGE_SIZE)
-        return `grant ref ${refs[i]} of domain ${granter.domid} is not page ${i} of the segment the others name`;
+        return badPage(
+          `grant ref ${refs[i]} of domain ${granter.domid} is not page ${i} of the segment the others name`,
+        );
     if (!rec.privileged && rec !== sg.owner) {
+      if (!sg.open && !sg.audience.has(rec.serial))
+        return {
+          status: GNTST.permission_denied,
+          error:
+            `the shared segment at frame ${sg.firstPfn} of domain ${granter.domid} is not shared with domain ${rec.domid}; ` +
+            "its owner must add it (guest.shareWith) before granting it",
+        };
+      // The charge (see allocShared): a guest that maps another guest's segment holds its
+      // buffer for life, after its owner released it or died too. So the first mapping of it
+      // is charged to the mapper until the mapper dies, and refused if that passes its quota.
+      // The driver domain's segments (windows, channels) are not: myrback bounds what it shares
+      // with each guest (myrixen/back/shared-memory.ts) and reuses it only for that guest.
+      const charge = !sg.owner.privileged && !sg.holders.has(rec.serial);
+      if (charge && rec.chargedPages + sg.pages > rec.maxSharedPages)
+        return {
+          status: GNTST.no_device_space,
+          error:
+            `domain ${rec.domid} may hold at most ${rec.maxSharedPages} shared pages (holds ${rec.chargedPages}: ` +
+            `${chargeParts(rec)}); mapping the ${sg.pages}-page segment of domain ${granter.domid} would pass it ` +
+            "(a mapped segment counts until the mapping domain ends); raise maxSharedPages in createDomain",
+        };
       if (sg.open) {
         sg.audience.add(rec.serial);
         sg.open = false;
-      } else if (!sg.audience.has(rec.serial))
-        return (
-          `!the shared segment at frame ${sg.firstPfn} of domain ${granter.domid} is not shared with domain ${rec.domid}; ` +
-          "its owner must add it (guest.shareWith) before granting it"
-        );
+      }
+      if (charge) {
+        rec.foreignPages += sg.pages;
+        sg.mappers.set(rec.serial, rec.domid);
+      }
     }
     sg.holders.add(rec.serial);
     return { buffer: sg.buffer, offset: 0 };
@@ -215,6 +241,25 @@ export class MemoryHypercalls {
 
   // ---- shared segments ----------------------------------------------------------------------
 
+  /**
+   * A new segment of `pages` pages for `rec`.
+   *
+   * The charge. A segment's buffer, once handed to a guest's thread, stays reachable by it
+   * until that thread ends, whatever it releases: the hypervisor cannot take a buffer back,
+   * nor learn that a guest dropped one, and the guest's own buffer meter (maxBufferMb) does
+   * not see memory the hypervisor's thread allocated. So a guest's maxSharedPages counts every
+   * segment buffer it could reach, until it ends: its live segments, the ones it released,
+   * and other guests' segments it mapped writable (each once, see mappable). Whatever a guest
+   * does, the segment memory the host keeps for it is at most its quota (plus, while it
+   * lives, the driver domain's windows and channels, which myrback bounds per guest).
+   *
+   * A guest's released segment waits in its pool and comes back, zeroed, as its next segment
+   * of that many pages, once no other live guest mapped it (memory one domain could reach
+   * never goes to another while that one lives): so a guest that allocates and releases in a
+   * loop stays within its quota, and one that releases and keeps the buffers hits it. The
+   * privileged domain's segments are released as before (it is trusted to drop what it
+   * releases, and myrback reuses its own memory per guest).
+   */
   allocShared(rec: DomainRecord, pages: unknown, audience: unknown) {
     if (!Number.isInteger(pages) || (pages as number) < 1 || (pages as number) > MAX_SEGMENT_PAGES)
       throw new HypercallError(
@@ -235,25 +280,57 @@ export class MemoryHypercalls {
         if (peer !== rec) members.add(peer.serial);
       }
     }
-    if (rec.sharedPages + n > rec.maxSharedPages)
+    const reused = rec.privileged ? undefined : this.reusable(rec, n);
+    if (!reused && rec.chargedPages + n > rec.maxSharedPages)
       throw new HypercallError(
         "ENOMEM",
-        `domain ${rec.domid} may have at most ${rec.maxSharedPages} shared pages (has ${rec.sharedPages}, asked ${n}); ` +
-          "release segments it no longer needs, or raise maxSharedPages in createDomain",
+        `domain ${rec.domid} may have at most ${rec.maxSharedPages} shared pages (has ${rec.chargedPages}: ` +
+          `${chargeParts(rec)}; asked ${n}); release segments it no longer needs (a released segment ` +
+          "still counts, and its next segment of that size reuses it), or raise maxSharedPages in createDomain",
       );
     const firstPfn = this.sharedFrameRun(rec, n);
-    const sg = new Segment(
-      rec,
-      firstPfn,
-      n,
-      new SharedArrayBuffer(n * PAGE_SIZE),
-      members,
-      audience === undefined,
-    );
+    let buffer: SharedArrayBuffer;
+    if (reused) {
+      buffer = reused.buffer;
+      new Uint8Array(buffer).fill(0);
+      rec.pooledPages -= n;
+    } else buffer = new SharedArrayBuffer(n * PAGE_SIZE);
+    const sg = new Segment(rec, firstPfn, n, buffer, members, audience === undefined);
     rec.addSegment(sg);
     rec.sharedPages += n;
     this.count(rec, "mem_shared_alloc", n);
     return { pfn: firstPfn, buffer: sg.buffer };
+  }
+
+  /**
+   * A released segment of `n` pages from `rec`'s pool that only `rec` (and the privileged
+   * domain) may still hold, taken out of the pool; or none. Looks at a few entries, so a pool
+   * of segments other guests still hold costs each allocation a bounded walk; the ones looked
+   * at go to the back.
+   */
+  private reusable(rec: DomainRecord, n: number): Segment | undefined {
+    const list = rec.pool.get(n);
+    if (!list) return undefined;
+    const looked = Math.min(list.length, POOL_ENTRIES_LOOKED_AT);
+    for (let k = 0; k < looked; k++) {
+      const sg = list[list.length - 1 - k];
+      if (this.heldByOthers(sg)) continue;
+      list.splice(list.length - 1 - k, 1);
+      if (list.length === 0) rec.pool.delete(n);
+      else if (k > 0) list.unshift(...list.splice(list.length - k, k));
+      return sg;
+    }
+    if (looked < list.length) list.unshift(...list.splice(list.length - looked, looked));
+    return undefined;
+  }
+
+  /** Whether a guest other than its owner that mapped `sg` still lives (dead ones are forgotten). */
+  private heldByOthers(sg: Segment): boolean {
+    for (const [serial, domid] of sg.mappers) {
+      if (this.records.get(domid)?.serial === serial) return true;
+      sg.mappers.delete(serial);
+    }
+    return false;
   }
 
   /**
@@ -315,12 +392,30 @@ export class MemoryHypercalls {
     rec.sharedPages -= sg.pages;
     sg.released = true;
     if (rec.privileged) freeRun(rec.freeFrames, sg.firstPfn, sg.pages);
+    else {
+      // It may keep the buffer: still charged to it, and its next segment of this size (allocShared).
+      const list = rec.pool.get(sg.pages);
+      if (list) list.push(sg);
+      else rec.pool.set(sg.pages, [sg]);
+      rec.pooledPages += sg.pages;
+    }
     this.count(rec, "mem_shared_release", sg.pages);
     // The privileged domain's view already stops resolving it (removeSegment bumped the
     // generation); told, it also lets go of the buffer now, so the memory can be collected.
     this.foreignStale(rec.domid);
     return null;
   }
+}
+
+/** Pooled segments looked at for a new segment before a new buffer is made instead. */
+const POOL_ENTRIES_LOOKED_AT = 8;
+
+/** What a domain's shared-page charge is made of, for error messages. */
+function chargeParts(rec: DomainRecord): string {
+  return (
+    `${rec.sharedPages} in live segments, ${rec.pooledPages} in released ones it may still hold, ` +
+    `${rec.foreignPages} of other guests' segments it mapped`
+  );
 }
 
 /** Released runs looked at for a new segment before the shared range's top grows instead. */
