@@ -977,7 +977,8 @@ test("a full event queue: completions wait in the backlog, the queue stalls past
   const mid = counters();
   assert.equal(mid.endpoints[a.id].event_backlog - before.endpoints[a.id].event_backlog, taken - EQ_ENTRIES);
 
-  // Driver events fill the backlog's reserve, then are refused (and counted as drops).
+  // Driver events find no room past the backlog's line (its reserve is for completions): they
+  // are refused (EAGAIN, counted), and nothing is dropped.
   let driverOk = 0;
   for (;;) {
     try {
@@ -985,12 +986,14 @@ test("a full event queue: completions wait in the backlog, the queue stalls past
       driverOk++;
     } catch (e) {
       assert.equal((e as SyncCallFailed).errno, "EAGAIN");
-      assert.match((e as Error).message, /event queue and backlog are full/);
+      assert.match((e as Error).message, /event queue is full and its backlog has no room/);
       break;
     }
     assert.ok(driverOk < 64, "the backlog is bounded");
   }
-  assert.ok(counters().endpoints[a.id].event_drops > before.endpoints[a.id].event_drops);
+  const refused = counters().endpoints[a.id];
+  assert.ok(refused.driver_refused > before.endpoints[a.id].driver_refused, "the refusal is counted");
+  assert.equal(refused.event_drops, before.endpoints[a.id].event_drops, "no event was dropped");
 
   // The reader wakes up: every completion arrives, in order, the driver events where they were queued.
   const seen: number[] = [];

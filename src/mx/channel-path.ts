@@ -727,13 +727,24 @@ export class Channels implements DriverEventSink {
     const { partners, driver, ctx } = this.parts;
     if (kind === DRIVER_EVENT_CONNECT) {
       const known = partners.get(nic, endpoint);
-      // A live peer keeps the channel it has: this one is it, or an older one myrback closed
-      // since (we connected on our side meanwhile; a channel is replaced only after its
-      // DISCONNECT, which comes first and fails the peer).
-      if (known && known.dead === undefined && known.channel !== undefined) return;
+      // The DISCONNECT that comes before a channel is replaced may be missing: myrback writes
+      // none when our queue has no room for it (driver-abi.ts). So a live peer of this session
+      // keeps the channel it has — this one is it, or an older one myrback closed since (we
+      // connected on our side meanwhile) — only while that channel's lanes are open.
+      if (known && known.dead === undefined && known.session === session) {
+        known.channel?.checkClosed();
+        if (known.dead === undefined && known.channel !== undefined) return;
+      }
       try {
         const ch = driver.acceptChannel(ctx.endpointId, channelId);
         if (this.dropIfClosed(ch)) return;
+        // A live channel: its connector is that endpoint as it is now. A partner of another
+        // session is an incarnation closed since, whose DISCONNECT never came: failed now, as
+        // that event would have. (Given the stale partner, the channel went on from its
+        // sequence numbers, and the new peer's messages waited for their turn for ever.)
+        const stale = partners.get(ch.peerNic, ch.peerEndpoint);
+        if (stale && stale.dead === undefined && stale.session !== ch.peerSession)
+          this.lost(stale, "the peer endpoint was reopened");
         this.attach(partners.add(ch.peerNic, ch.peerEndpoint, ch.peerSession), ch);
       } catch (e) {
         // MX_CONNECTION_FAILED: the channel was closed before we looked (its connector
@@ -741,7 +752,6 @@ export class Channels implements DriverEventSink {
         if ((e as { code?: unknown }).code !== "MX_CONNECTION_FAILED") ctx.counters.channelErrors++;
       }
     } else if (kind === DRIVER_EVENT_DISCONNECT) {
-      void session;
       const peer = partners.get(nic, endpoint);
       const ch = peer?.channel;
       if (peer && (ch?.channelId === channelId || channelId === 0xffffffff)) this.lost(peer);

@@ -24,6 +24,11 @@
  *   DRIVER_EVENT_CONNECT     a co-resident peer connected: map its channel (acceptChannel)
  *   DRIVER_EVENT_DISCONNECT  the peer's endpoint went away (closed, domain died): the channel
  *                            is dead (channelId 0xffffffff: every channel with that peer)
+ * An endpoint that does not consume its events may have no room for one (the NIC keeps its
+ * backlog's room for the completions it owes it, nic/events.ts): then myrback makes no
+ * channel for a CONNECT (the pair talks through the NIC), and a DISCONNECT is not written —
+ * the library learns it later, from the channel's closed lanes or from the NIC's answers
+ * (myrixen/back/registry.ts tellDisconnect).
  */
 
 import type { GuestMemory } from "../xen/memory.js";

@@ -135,7 +135,8 @@ export class ControlService {
     this.dma.stop(ctx);
     ctx.linkStalled = false;
     ctx.stallSince = 0;
-    ctx.blCount = 0;
+    // What was held for it goes with it, and it is owed nothing: its requests ended without events.
+    this.events.reset(ctx);
     // Release our own waiter on the dead window, and wake an owner blocked on it: it reads Closed.
     Atomics.notify(ctx.w, W_SQ_PROD);
     this.events.raise(ctx);
@@ -198,7 +199,7 @@ export class ControlService {
     if (!this.events.postDriver(ctx, r.cookie, words))
       throw new NicError(
         "EAGAIN",
-        `deliver_event: endpoint ${ctx.id}'s event queue and backlog are full; its owner is not consuming events`,
+        `deliver_event: endpoint ${ctx.id}'s event queue is full and its backlog has no room for driver events (the rest is kept for the completions it is owed); its owner is not consuming events`,
       );
   }
 

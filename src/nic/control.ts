@@ -52,7 +52,11 @@ export type NicControlRequest =
    * throttled as a CONNECT descriptor's are (connect-throttle.ts). Without it, no throttle.
    */
   | { op: "lookup_endpoint"; endpointId: number; key: number; requester?: number }
-  /** Writes an event of type Driver with `words` (up to 4, at E_EXTRA) into an endpoint's queue and raises it. */
+  /**
+   * Writes an event of type Driver with `words` (up to 4, at E_EXTRA) into an endpoint's queue
+   * and raises it. EAGAIN: the queue is full and the backlog has no room for it (what is left
+   * is kept for the completions the NIC owes the endpoint; events.ts).
+   */
   | { op: "deliver_event"; endpointId: number; cookie: number; words: number[] }
   /**
    * The NIC's Ethernet port (ether-port.ts), for the driver domain's bridge: one per NIC,

@@ -113,6 +113,8 @@ export const NIC_COUNTER_NAMES = [
   "links_given_up",
   // Links refused for the NIC's bounds: too many peer NIC ids from one address, or in all (link-bound.ts).
   "links_refused",
+  // DRIVER events refused (EAGAIN): the endpoint's queue is full and its backlog's room is kept for its completions, or holds DRIVER_BACKLOG of them (endpoints.ts).
+  "driver_refused",
 ] as const;
 
 export const NIC_EP_COUNTER_NAMES = [
@@ -136,6 +138,10 @@ export const NIC_EP_COUNTER_NAMES = [
   // Bytes charged to this endpoint as payer (qos.ts: its deficit), and its waits for turn or cap.
   "qos_bytes",
   "qos_deferred",
+  // DRIVER events refused for this endpoint (EAGAIN: its queue full, its backlog's room kept for its completions).
+  "driver_refused",
+  // Not a counter: the completions the NIC owes the endpoint now (EndpointContext.owed), 0 when its traffic is quiet.
+  "completions_owed",
 ] as const;
 
 export type NicCounterName = (typeof NIC_COUNTER_NAMES)[number];

@@ -1,7 +1,8 @@
 /**
  * Delivery into receive areas (Open-MX's driver/linux/omx_recv.c): a SEND's payload, from an
  * endpoint of this NIC or from a SEND frame, is placed in the receiving endpoint's receive
- * area with a RECV event; while the area (or the event backlog) has no room it waits in the
+ * area with a RECV event; while the area has no room, or the event backlog none but what is
+ * kept for the completions the endpoint is owed (events.ts roomForUnexpected), it waits in the
  * endpoint's delivery queue (DELIVERY_QUEUE entries, HOLD_MS at most). Every delivery ends by
  * telling its sender: a SEND_DONE for an endpoint of this NIC, a SEND_ACK frame for another
  * NIC's (frame.ts), and while one from a link is held, a PENDING SEND_ACK every KEEPALIVE_MS
@@ -14,11 +15,9 @@ import { copyBytes } from "../xen/copy.js";
 import type { NicClock } from "./clock.js";
 import { EndpointCounter, NicCounter } from "./counters.js";
 import {
-  BACKLOG_RESERVE,
   DELIVERY_QUEUE,
   type EndpointContext,
   type EndpointTable,
-  EVENT_BACKLOG,
   M_COOKIE,
   M_DEST_EP,
   M_DEST_SESSION,
@@ -150,7 +149,8 @@ export class Delivery {
   ): boolean {
     const w = ctx.w;
     const len = m[M_LENGTH] >>> 0;
-    if (ctx.blCount >= EVENT_BACKLOG - BACKLOG_RESERVE) return false;
+    // A RECV is unexpected: the backlog's room for the completions ctx is owed is not its.
+    if (!this.events.roomForUnexpected(ctx)) return false;
     const used = (ctx.rqProd - Atomics.load(w, W_RQ_CONS)) >>> 0;
     // A consumer index ahead of ours is the owner's garbage: nothing fits until it is sane.
     if (used > RECV_BYTES) return false;

@@ -27,10 +27,24 @@ import {
 export const DEFAULT_MAX_ENDPOINTS = 32;
 /** Endpoint ids are context indices; MX endpoint indices stay below 256. */
 export const MAX_ENDPOINTS_LIMIT = 256;
-/** Completions held per endpoint while its event queue is full. */
+/** Events held per endpoint while its event queue is full. */
 export const EVENT_BACKLOG = 512;
-/** An endpoint's descriptors wait while fewer backlog entries than this are free (they would complete into it). */
+/**
+ * The backlog's line, EVENT_BACKLOG − BACKLOG_RESERVE: held events plus the completions the
+ * NIC owes the endpoint (EndpointContext.owed) stay below it. A descriptor is taken only while
+ * its completion fits below the line, and an unexpected event (a RECV, a DRIVER event) goes
+ * into the backlog only while it does too, so a completion the NIC owes always finds room and
+ * is never dropped (Open-MX's rule: the library reserves an event slot for each expected event
+ * before it submits the request). The reserve itself is for completions nothing reserved: a
+ * BadIndex report.
+ */
 export const BACKLOG_RESERVE = 8;
+/**
+ * DRIVER events (myrback's CONNECT and DISCONNECT) held in one endpoint's backlog at most:
+ * a co-resident peer that connects and closes in a loop cannot take the unexpected events'
+ * whole share of it (a further one is refused EAGAIN; myrback then talks through the NIC).
+ */
+export const DRIVER_BACKLOG = 64;
 /**
  * Deliveries queued per endpoint while its receive area (or event queue) is full. Each has a
  * staging buffer of SEND_MAX bytes, allocated on first use and kept: per endpoint, so that
@@ -125,10 +139,19 @@ export class EndpointContext {
   eqProd = 0;
   rqProd = 0;
   prodSeen = 0;
-  /** Held completions: EVENT_BACKLOG events of EVENT_WORDS, allocated on first open. */
+  /** Held events: EVENT_BACKLOG events of EVENT_WORDS, allocated on first open. */
   backlog: Int32Array | null = null;
   blHead = 0;
   blCount = 0;
+  /** Of the held events, DRIVER events (DRIVER_BACKLOG at most). */
+  blDriver = 0;
+  /**
+   * Completions the NIC owes this endpoint: descriptors taken whose completion event
+   * (SEND_DONE, PULL_DONE, CONNECT_DONE, ERROR) is not posted yet. Reserved as a descriptor
+   * is taken, released as its completion is posted (events.ts), zero again when the
+   * endpoint closes; blCount + owed stays below the backlog's line (BACKLOG_RESERVE).
+   */
+  owed = 0;
   /** Queued deliveries, a ring: metadata and staged payload per entry. */
   readonly dqMeta = new Int32Array(DELIVERY_QUEUE * META_WORDS);
   readonly dqBuf: (Uint8Array | null)[] = new Array<Uint8Array | null>(DELIVERY_QUEUE).fill(null);
@@ -288,7 +311,8 @@ export class EndpointTable {
     ctx.recv = new Uint8Array(window, RECV_OFFSET, RECV_BYTES);
     ctx.sqCons = ctx.eqProd = ctx.rqProd = ctx.prodSeen = 0;
     ctx.backlog ??= new Int32Array(EVENT_BACKLOG * EVENT_WORDS);
-    ctx.blHead = ctx.blCount = ctx.dqHead = ctx.dqCount = 0;
+    ctx.blHead = ctx.blCount = ctx.blDriver = ctx.owed = ctx.dqHead = ctx.dqCount = 0;
+    this.c[ctx.base + EndpointCounter.completions_owed] = 0;
     ctx.pulling = ctx.linkStalled = ctx.needRaise = ctx.waiterPending = false;
     ctx.w[W_ENDPOINT_ID] = ctx.id;
     ctx.w[W_NIC_ID] = this.nicId;

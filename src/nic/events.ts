@@ -5,7 +5,16 @@
  *
  * An event goes into the endpoint's event queue if the queue has room and nothing is held
  * before it; else into the endpoint's backlog (EVENT_BACKLOG events, kept in order and moved
- * into the queue as the owner consumes); else it is dropped and counted. Interrupts are
+ * into the queue as the owner consumes). A completion the NIC owes the endpoint always finds
+ * room there: each descriptor reserves one as it is taken (reserve, EndpointContext.owed), and
+ * unexpected events — RECVs, DRIVER events — go into the backlog only while the held events
+ * and the reserved completions stay below the backlog's line (endpoints.ts BACKLOG_RESERVE),
+ * DRIVER events DRIVER_BACKLOG at most; one that finds no room is refused (a delivery waits,
+ * a DRIVER event is EAGAIN), never dropped. Before, a co-resident peer connecting and closing
+ * in a loop filled an endpoint's queue and backlog with myrback's DRIVER events, and the
+ * completion of a send the owner had outstanding was dropped: the request never ended. An
+ * event that finds no room at all is dropped and counted (event_drops), which the accounting
+ * above keeps from happening. Interrupts are
  * raised once per endpoint per round however many events it got (flushRaises), and kick only
  * an owner that said it sleeps, in its window (window.ts W_OWNER_SLEEPING, raiseInterrupt).
  *
@@ -16,6 +25,8 @@ import { type NicClock, traceNow } from "./clock.js";
 import { CONNECT_FORGET_MS, CONNECT_LOCKOUT_MAX_MS, CONNECT_LOCKOUT_MS } from "./connect-throttle.js";
 import { EndpointCounter, ERROR_REASON_SLOT, NicCounter } from "./counters.js";
 import {
+  BACKLOG_RESERVE,
+  DRIVER_BACKLOG,
   type EndpointContext,
   type EndpointTable,
   EVENT_BACKLOG,
@@ -70,6 +81,18 @@ import {
 } from "./window.js";
 
 const EQ_W = EQ_OFFSET / 4;
+/** The backlog's line (endpoints.ts BACKLOG_RESERVE): held events plus owed completions stay below it. */
+const BACKLOG_LINE = EVENT_BACKLOG - BACKLOG_RESERVE;
+
+// What an event is to the backlog's accounting (post).
+/** The completion of a taken descriptor: its reservation is released. */
+const OWED = 0;
+/** A completion nothing reserved (a BadIndex report). */
+const UNOWED = 1;
+/** A RECV: placed only where roomForUnexpected said. */
+const UNEXPECTED = 2;
+/** A DRIVER event: counted against DRIVER_BACKLOG while it is held. */
+const DRIVER = 3;
 
 export class Events {
   /** The event being built. */
@@ -121,7 +144,7 @@ export class Events {
       this.evF64[E_TRACE_NIC_SEEN >> 1] = seenAt;
       this.evF64[E_TRACE_DMA_DONE >> 1] = traceNow();
     }
-    this.post(ctx);
+    this.post(ctx, OWED);
   }
 
   /** SEND_DONE: how a SEND of ctx ended (at `answeringNic`, the receiver's); a failure carries its ErrorReason. */
@@ -144,7 +167,7 @@ export class Events {
     ev[E_COOKIE] = cookie;
     ev[E_LENGTH] = len;
     ev[E_REASON] = reason;
-    this.post(ctx);
+    this.post(ctx, OWED);
   }
 
   /**
@@ -166,7 +189,7 @@ export class Events {
     ev[E_AUX0] = m[M_AUX0];
     ev[E_AUX1] = m[M_AUX1];
     ev[E_TRACE_SEQ] = m[M_TRACE];
-    this.post(ctx);
+    this.post(ctx, UNEXPECTED);
   }
 
   /** ERROR: the descriptor `d` was refused for `reason`. */
@@ -187,7 +210,7 @@ export class Events {
     ev[E_LENGTH] = d[D_LENGTH];
     ev[E_REASON] = reason;
     ev[E_ERROR_OPCODE] = d[D_OPCODE];
-    this.post(ctx);
+    this.post(ctx, OWED);
   }
 
   /** ERROR (BadIndex): the owner's W_SQ_PROD `prod` is no index the NIC's `cons` can reach. */
@@ -202,7 +225,7 @@ export class Events {
     ev[E_REASON] = ErrorReason.BadIndex;
     ev[E_BAD_INDEX_PRODUCER] = prod | 0;
     ev[E_BAD_INDEX_CONSUMER] = cons | 0;
-    this.post(ctx);
+    this.post(ctx, UNOWED);
   }
 
   /** CONNECT_DONE: the CONNECT `cookie` of ctx found endpoint (nic, ep) with `session`, or not. */
@@ -228,17 +251,62 @@ export class Events {
     ev[E_SRC_ENDPOINT] = ep;
     ev[E_SRC_SESSION] = session;
     ev[E_CONNECT_RETRY_MS] = retryAfterMs;
-    this.post(ctx);
+    this.post(ctx, OWED);
   }
 
-  /** DRIVER: `words` (checked: at most EVENT_WORDS − E_DRIVER_WORDS) on the driver's request. false: queue and backlog are full. */
+  /**
+   * DRIVER: `words` (checked: at most EVENT_WORDS − E_DRIVER_WORDS) on the driver's request.
+   * false (counted driver_refused): the queue is full and the backlog has no room for it — its
+   * room is kept for the completions owed, or it holds DRIVER_BACKLOG DRIVER events already.
+   */
   postDriver(ctx: EndpointContext, cookie: number, words: readonly number[]): boolean {
+    if (!this.roomForUnexpected(ctx) || ctx.blDriver >= DRIVER_BACKLOG) {
+      this.c[NicCounter.driver_refused]++;
+      this.c[ctx.base + EndpointCounter.driver_refused]++;
+      return false;
+    }
     const ev = this.ev;
     ev.fill(0);
     ev[E_TYPE] = EventType.Driver;
     ev[E_COOKIE] = cookie;
     for (let i = 0; i < words.length; i++) ev[E_DRIVER_WORDS + i] = words[i];
-    return this.post(ctx);
+    return this.post(ctx, DRIVER);
+  }
+
+  // ---- what the NIC owes an endpoint ----------------------------------------------------------
+
+  /** Whether ctx may have one more completion owed: its queue takes a descriptor only then. */
+  roomForCompletion(ctx: EndpointContext): boolean {
+    return ctx.blCount + ctx.owed < BACKLOG_LINE;
+  }
+
+  /**
+   * Whether an unexpected event (a RECV, a DRIVER event) may be posted to ctx now: straight
+   * into its queue, or into its backlog below the line, leaving room for every completion owed.
+   */
+  roomForUnexpected(ctx: EndpointContext): boolean {
+    // The backlog's room first: no look at the owner's index while it has room anyway.
+    return ctx.blCount + ctx.owed < BACKLOG_LINE || (ctx.blCount === 0 && this.eqHasRoom(ctx));
+  }
+
+  /** ctx's descriptor is taken: its completion is owed (roomForCompletion said it has room). */
+  reserve(ctx: EndpointContext): void {
+    ctx.owed++;
+    this.c[ctx.base + EndpointCounter.completions_owed] = ctx.owed;
+  }
+
+  /** A reservation no event will spend: a NOP, a descriptor that waits (taken again later), one lost to a bug. */
+  unreserve(ctx: EndpointContext): void {
+    if (ctx.owed > 0) ctx.owed--;
+    this.c[ctx.base + EndpointCounter.completions_owed] = ctx.owed;
+  }
+
+  /** ctx closed: nothing is held for it, and nothing owed (its requests ended without events). */
+  reset(ctx: EndpointContext): void {
+    ctx.blCount = 0;
+    ctx.blDriver = 0;
+    ctx.owed = 0;
+    this.c[ctx.base + EndpointCounter.completions_owed] = 0;
   }
 
   // ---- the queue and the backlog --------------------------------------------------------------
@@ -261,8 +329,17 @@ export class Events {
     this.raise(ctx);
   }
 
-  /** Posts the built event to ctx: into its event queue, else its backlog, else it is dropped (counted). */
-  private post(ctx: EndpointContext): boolean {
+  /**
+   * Posts the built event, of `kind` (OWED, UNOWED, UNEXPECTED, DRIVER), to ctx: into its event
+   * queue, else its backlog. The accounting above leaves an owed completion room in the
+   * backlog; were it ever wrong, the event would be dropped and counted (event_drops).
+   */
+  private post(ctx: EndpointContext, kind: number): boolean {
+    if (kind === OWED) {
+      // Its reservation is spent: the room it kept is the room it takes now.
+      if (ctx.owed > 0) ctx.owed--;
+      this.c[ctx.base + EndpointCounter.completions_owed] = ctx.owed;
+    }
     if (ctx.blCount === 0 && this.eqHasRoom(ctx)) {
       this.writeEvent(ctx, this.ev, 0);
       return true;
@@ -270,6 +347,7 @@ export class Events {
     if (ctx.blCount < EVENT_BACKLOG) {
       ctx.backlog!.set(this.ev, ((ctx.blHead + ctx.blCount) % EVENT_BACKLOG) * EVENT_WORDS);
       ctx.blCount++;
+      if (kind === DRIVER) ctx.blDriver++;
       this.c[NicCounter.event_backlog]++;
       this.c[ctx.base + EndpointCounter.event_backlog]++;
       return true;
@@ -282,8 +360,11 @@ export class Events {
   /** Moves held events into ctx's queue while it has room. Returns whether it moved any. */
   drainBacklog(ctx: EndpointContext): boolean {
     let did = false;
+    const bl = ctx.backlog!;
     while (ctx.blCount > 0 && this.eqHasRoom(ctx)) {
-      this.writeEvent(ctx, ctx.backlog!, ctx.blHead * EVENT_WORDS);
+      const at = ctx.blHead * EVENT_WORDS;
+      if ((bl[at + E_TYPE] & 0xffff) === EventType.Driver) ctx.blDriver--;
+      this.writeEvent(ctx, bl, at);
       ctx.blHead = (ctx.blHead + 1) % EVENT_BACKLOG;
       ctx.blCount--;
       did = true;

@@ -69,11 +69,9 @@ import { allocNicCounters, EndpointCounter, endpointCounterBase, NicCounter } fr
 import { Delivery } from "./delivery.js";
 import { DmaEngine } from "./dma.js";
 import {
-  BACKLOG_RESERVE,
   DEFAULT_MAX_ENDPOINTS,
   type EndpointContext,
   EndpointTable,
-  EVENT_BACKLOG,
   MAX_ENDPOINTS_LIMIT,
   STALLED,
 } from "./endpoints.js";
@@ -187,6 +185,13 @@ export class Nic {
   private readonly d = new Int32Array(DESC_WORDS);
   /** What each control request does (control-service.ts). */
   private readonly controlService: ControlService;
+  /**
+   * The endpoint whose descriptor is executing, and what it was owed once the descriptor's
+   * completion was reserved: a descriptor that throws (a bug) before its completion is posted
+   * gives its reservation back (poll).
+   */
+  private inHand: EndpointContext | null = null;
+  private inHandOwed = 0;
 
   private scheduled = false;
   private asleep = false;
@@ -517,6 +522,12 @@ export class Nic {
       } catch {
         // A bug, never an owner's garbage: count it, resynchronise, keep serving the others.
         this.c[NicCounter.internal_errors]++;
+        // What will never complete now owes nothing: the descriptor in hand, if its completion
+        // was not posted, else a chunked pull that stops here.
+        const pulling = ctx.pulling;
+        if (this.inHand === ctx && ctx.owed === this.inHandOwed) this.events.unreserve(ctx);
+        else if (pulling) this.events.unreserve(ctx);
+        this.inHand = null;
         this.dma.stop(ctx);
         ctx.sqCons = ctx.prodSeen;
         Atomics.store(ctx.w, W_SQ_CONS, ctx.sqCons | 0);
@@ -559,6 +570,9 @@ export class Nic {
     ctx.linkStalled = false;
     let cons = ctx.sqCons;
     if (prod === cons) return false;
+    // No room for one more completion: the queue waits until its owner consumes events.
+    const events = this.events;
+    if (!events.roomForCompletion(ctx)) return false;
     if ((prod - cons) >>> 0 > SQ_ENTRIES) {
       // Ahead by more than the queue holds, or backwards: garbage. Report once, resynchronise.
       this.events.postBadIndex(ctx, prod, cons);
@@ -569,7 +583,8 @@ export class Nic {
     let n = 0;
     const d = this.d;
     const qos = this.qos;
-    while (cons !== prod && n < SQ_BATCH && !ctx.pulling && ctx.blCount <= EVENT_BACKLOG - BACKLOG_RESERVE) {
+    // Each descriptor taken reserves its completion's room (events.ts): none is ever dropped.
+    while (cons !== prod && n < SQ_BATCH && !ctx.pulling && events.roomForCompletion(ctx)) {
       // Copy it out first: the owner may rewrite the slot while we look at it.
       const base = SQ_W + (cons & (SQ_ENTRIES - 1)) * DESC_WORDS;
       for (let i = 0; i < DESC_WORDS; i++) d[i] = w[base + i];
@@ -579,7 +594,16 @@ export class Nic {
         break;
       }
       const errors = this.c[ctx.base + EndpointCounter.errors];
-      if (this.execute(ctx, d) === STALLED) break;
+      events.reserve(ctx);
+      this.inHand = ctx;
+      this.inHandOwed = ctx.owed;
+      const moved = this.execute(ctx, d);
+      this.inHand = null;
+      if (moved === STALLED) {
+        // It waits at the head of the queue and is taken again: nothing is owed for it yet.
+        events.unreserve(ctx);
+        break;
+      }
       // A refused descriptor moved nothing: it costs DESCRIPTOR_COST, not the length it claims.
       qos.charge(ctx.id, this.c[ctx.base + EndpointCounter.errors] !== errors);
       ctx.stallSince = 0;
@@ -600,6 +624,8 @@ export class Nic {
     switch (d[D_OPCODE] & 0xffff) {
       case Opcode.Nop:
         this.c[NicCounter.nops]++;
+        // A NOP completes with no event.
+        this.events.unreserve(ctx);
         return 0;
       case Opcode.Pull:
         if ((d[D_OPCODE] >>> 16) & DFLAG_REMOTE) return this.remotePull.execPull(ctx, d);

@@ -450,19 +450,22 @@ export class MyriCore {
       peer.channels.add(ch);
       this.publishCounts();
       this.refreshShares();
+      let told: boolean;
       try {
-        this.nic<void>(
-          {
-            op: "deliver_event",
-            endpointId: peer.id,
-            cookie: DRIVER_EVENT_CONNECT,
-            words: [ch.id, this.nicId, ep.id, ep.session],
-          },
-          "MX_CONNECTION_FAILED",
-        );
+        told = this.deliverEvent(peer, DRIVER_EVENT_CONNECT, [ch.id, this.nicId, ep.id, ep.session]);
       } catch (e) {
         this.closeChannel(ch);
         throw e;
+      }
+      if (!told) {
+        // The peer is not consuming events and its queue has no room for ours (the NIC keeps
+        // the rest for the completions it owes the peer): the channel is undone before anyone
+        // knew of it — no one is told — and the pair talks through the NIC, as an MX user
+        // expects of a connect to a busy peer. Before, this connect failed
+        // MX_CONNECTION_FAILED: a peer that connected and closed in a loop kept every other
+        // domain from connecting to its victim.
+        this.closeChannel(ch, false);
+        return result;
       }
     }
     const side: 0 | 1 = ch.members[0] === ep ? 0 : 1;
@@ -529,8 +532,11 @@ export class MyriCore {
     }
   }
 
-  /** Kills a channel: both lanes closed (readers and writers see it), both members told. */
-  private closeChannel(ch: ChannelRec): void {
+  /**
+   * Kills a channel: both lanes closed (readers and writers see it), both members told
+   * (`tell`; not for a channel neither member was handed yet).
+   */
+  private closeChannel(ch: ChannelRec, tell = true): void {
     if (ch.closed) return;
     ch.closed = true;
     closeChannelLanes(ch.buffer);
@@ -540,7 +546,7 @@ export class MyriCore {
       [b, a],
     ] as const) {
       me.channels.delete(ch);
-      if (!me.closed) this.tellDisconnect(me, other, ch.id);
+      if (tell && !me.closed) this.tellDisconnect(me, other, ch.id);
     }
     const key = a.id < b.id ? `${a.id}:${b.id}` : `${b.id}:${a.id}`;
     if (this.pairs.get(key) === ch) this.pairs.delete(key);
@@ -600,17 +606,41 @@ export class MyriCore {
     Atomics.store(this.cfg.stats, Stat.shareLoopRunning, this.shares.running ? 1 : 0);
   }
 
+  /**
+   * Puts a DRIVER event (driver-abi.ts) in `to`'s event queue. false: it has no room (the
+   * NIC's EAGAIN, counted driverEventsRefused): its owner is not consuming events, and the
+   * NIC keeps the rest of its backlog for the completions it owes it. Throws otherwise.
+   */
+  private deliverEvent(to: EndpointRec, cookie: number, words: number[]): boolean {
+    try {
+      this.cfg.nic.call<void>({ op: "deliver_event", endpointId: to.id, cookie, words });
+      return true;
+    } catch (e) {
+      const errno = (e as { errno?: unknown }).errno;
+      if (errno === "EAGAIN") {
+        Atomics.add(this.cfg.stats, Stat.driverEventsRefused, 1);
+        return false;
+      }
+      throw new MyriError(
+        nicCode(typeof errno === "string" ? errno : "", "MX_CONNECTION_FAILED"),
+        `the NIC refused: ${(e as Error).message ?? String(e)}`,
+      );
+    }
+  }
+
+  /**
+   * Tells `to` that `gone` went away (its channel `channelId`, or 0xffffffff: a peer through
+   * the NIC). Not told when `to`'s event queue has no room (deliverEvent): that costs its
+   * library only how soon it knows, never a wrong answer. A channel's lanes are closed before
+   * this (closeChannel), so a library that accepted the channel finds it dead by itself (its
+   * sweep of closed lanes, or its next send on it), and one that never accepted it is refused
+   * it when it reads the CONNECT event (acceptChannel: closed); a peer through the NIC is
+   * failed at its next use (the NIC answers sends to a closed endpoint ENDPOINT_CLOSED, and the
+   * library probes a silent peer it waits on).
+   */
   private tellDisconnect(to: EndpointRec, gone: EndpointRec, channelId: number): void {
     try {
-      this.nic<void>(
-        {
-          op: "deliver_event",
-          endpointId: to.id,
-          cookie: DRIVER_EVENT_DISCONNECT,
-          words: [channelId >>> 0, this.nicId, gone.id, gone.session],
-        },
-        "MX_FAILURE",
-      );
+      this.deliverEvent(to, DRIVER_EVENT_DISCONNECT, [channelId >>> 0, this.nicId, gone.id, gone.session]);
     } catch (e) {
       this.cfg.log(
         `telling endpoint ${to.id} that endpoint ${gone.id} went away failed: ${(e as Error).message}`,

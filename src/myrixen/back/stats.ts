@@ -38,6 +38,12 @@ export const Stat = {
   channelsRefused: 26,
   /** Interrupt pages given up at a slot's reuse because a former peer still mapped them (shared-memory.ts recall). */
   intrPagesReplaced: 27,
+  /**
+   * DRIVER events (CONNECT, DISCONNECT) an endpoint's event queue had no room for (the NIC's
+   * EAGAIN; registry.ts deliverEvent): a connect then talks through the NIC, a DISCONNECT is
+   * learnt later by the library.
+   */
+  driverEventsRefused: 28,
 } as const;
 export const STATS_BYTES = 32 * 4;
 
@@ -68,6 +74,7 @@ export interface BackendStats {
   channelBuffers: number;
   channelsRefused: number;
   intrPagesReplaced: number;
+  driverEventsRefused: number;
 }
 
 export function readBackendStats(buffer: SharedArrayBuffer): BackendStats {
@@ -98,5 +105,6 @@ export function readBackendStats(buffer: SharedArrayBuffer): BackendStats {
     channelBuffers: get(Stat.channelBuffers),
     channelsRefused: get(Stat.channelsRefused),
     intrPagesReplaced: get(Stat.intrPagesReplaced),
+    driverEventsRefused: get(Stat.driverEventsRefused),
   };
 }
