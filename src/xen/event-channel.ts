@@ -66,8 +66,23 @@ interface PortEntry {
   /** For unbound: the only domain allowed to bind. For interdomain: the peer. */
   remoteDom: DomId;
   remotePort: EvtchnPort;
-  binding: SharedArrayBuffer;
+  binding: Binding;
   end: 0 | 1;
+}
+
+/** A binding's buffer and who has had it. */
+interface Binding {
+  readonly buffer: SharedArrayBuffer;
+  readonly words: Int32Array;
+  /**
+   * Incarnations (`EventChannelTable.incarnation`, never reused, unlike domain ids) of every
+   * domain ever handed this buffer: the allocating domain, and the domain that bound it.
+   * Sorted; one or two (only the port's `remoteDom` may bind, and a close leaves the other
+   * end waiting for the closer, so nobody else ever gets it).
+   */
+  holders: number[];
+  /** Ports (of any domain) that refer to it; at 0 it is free. */
+  refs: number;
 }
 
 export interface PortGrant {
@@ -79,11 +94,45 @@ export interface PortGrant {
 /** The hypervisor's port table for all domains. */
 export class EventChannelTable {
   private readonly domains = new Map<DomId, Map<EvtchnPort, PortEntry>>();
+  /** Each live domain's incarnation: a number never given to another domain, even one that reuses its id. */
+  private readonly incarnation = new Map<DomId, number>();
+  private readonly liveIncarnations = new Set<number>();
+  private nextIncarnation = 1;
+  /**
+   * Free bindings, by holder set (`poolKey`). The rule: a free binding (no port of any domain
+   * refers to it) is handed again only to a channel whose two domains include every domain
+   * that ever held it, so no domain ever gets a buffer another domain could reach — exactly
+   * as with a fresh one. allocUnbound(d, r) takes from pool {d, r}, then pool {d} (when r = d
+   * they are one pool), and makes a new binding only when both are empty. Bound: a binding
+   * joins the holder set {d} only when pool {d} is empty, so pool {d} never holds more than the
+   * most ports d had open at once; a binding joins {d, r} only when it was taken while pool
+   * {d, r} was empty, so pool {d, r} never holds more than the most channels (bound or waiting) d and
+   * r had open with each other at once. Both are ≤ EVTCHN_MAX_PORTS − 1 (4,095); a domain's churn then
+   * pins at most that many bindings per pool it is in (~3 MiB), however long it loops.
+   * A binding one of whose holders has been destroyed is never pooled again (dropped: only
+   * the survivors' references keep it), and the pools naming that domain are dropped with it:
+   * its thread runs on for a moment after destruction (stopDomain) and could still write any
+   * word of them — state and masks, not only pending bits — so giving them to a third domain
+   * could silence that domain's channel. The survivor makes a fresh binding instead.
+   */
+  private readonly pools = new Map<string, Binding[]>();
+  /** Bindings ever made, and free ones handed again (both for the whole table; tests read them). */
+  readonly stats = { made: 0, reused: 0 };
 
   constructor(private readonly domainExists: (d: DomId) => boolean) {}
 
   addDomain(d: DomId): void {
     this.domains.set(d, new Map());
+    const inc = this.nextIncarnation++;
+    this.incarnation.set(d, inc);
+    this.liveIncarnations.add(inc);
+  }
+
+  /** How many free bindings the pools hold (all holder sets together). */
+  pooledBindings(): number {
+    let n = 0;
+    for (const p of this.pools.values()) n += p.length;
+    return n;
   }
 
   /**
@@ -119,15 +168,50 @@ export class EventChannelTable {
     if (!Number.isInteger(remoteDom) || !this.domainExists(remoteDom))
       throw new HypercallError("ESRCH", `alloc_unbound: remote domain ${String(remoteDom)} does not exist`);
     const port = this.freePort(ports);
-    // A new binding each time, never taken back: a guest that closes its ports and keeps the
-    // bindings pins ~0.75 KiB of host memory each (384 bytes and the store's bookkeeping), which
-    // its buffer meter does not see. It is bounded only through its heap limit: each binding
-    // it keeps is an object on its own heap (a guest with maxHeapMb 32 kept ~220,000, +180 MiB
-    // of host RSS, before it was stopped). Reusing a closed binding for later channels of the
-    // same pair of domains would bound it by ports instead; not done yet.
-    const binding = new SharedArrayBuffer(BINDING_WORDS * 4);
+    const binding = this.takeBinding(d, remoteDom);
     ports.set(port, { state: "unbound", remoteDom, remotePort: 0, binding, end: 0 });
-    return { port, binding, end: 0 };
+    return { port, binding: binding.buffer, end: 0 };
+  }
+
+  /** A free binding whose holders are all among {d, r} (see `pools`), reset as a fresh one; or a new one. */
+  private takeBinding(d: DomId, r: DomId): Binding {
+    const di = this.incarnation.get(d)!;
+    const ri = this.incarnation.get(r);
+    if (ri === undefined)
+      throw new HypercallError("ESRCH", `alloc_unbound: remote domain ${r} is being destroyed`);
+    const pairKey = poolKey([di, ri]);
+    const ownKey = poolKey([di]);
+    let key = pairKey;
+    let b = this.pools.get(pairKey)?.pop();
+    if (!b && pairKey !== ownKey) b = this.pools.get((key = ownKey))?.pop();
+    if (!b) {
+      this.stats.made++;
+      const buffer = new SharedArrayBuffer(BINDING_WORDS * 4);
+      return { buffer, words: new Int32Array(buffer), holders: [di], refs: 1 };
+    }
+    if (this.pools.get(key)?.length === 0) this.pools.delete(key);
+    this.stats.reused++;
+    // As a fresh binding: unbound, nothing pending, both ends unmasked. (Its other words were
+    // only ever written by its holders, who are ends of the new channel.)
+    const w = b.words;
+    Atomics.store(w, STATE, UNBOUND);
+    for (const end of [0, 1]) {
+      Atomics.store(w, PEND(end), 0);
+      Atomics.store(w, MASK(end), 0);
+    }
+    b.refs = 1;
+    return b;
+  }
+
+  /** A port let go of `b`: when none refers to it any more it is free, pooled by its holders if they all live. */
+  private releaseBinding(b: Binding): void {
+    if (--b.refs > 0) return;
+    if (!b.holders.every((h) => this.liveIncarnations.has(h))) return;
+    const key = poolKey(b.holders);
+    let pool = this.pools.get(key);
+    if (!pool) this.pools.set(key, (pool = []));
+    // Never reached (see `pools` for the bound); a guard, so the bound holds whatever happens.
+    if (pool.length < EVTCHN_MAX_PORTS) pool.push(b);
   }
 
   bindInterdomain(d: DomId, remoteDom: DomId, remotePort: EvtchnPort): PortGrant {
@@ -153,14 +237,18 @@ export class EventChannelTable {
       );
     const port = this.freePort(ports);
     const end = (1 - remote.end) as 0 | 1;
-    const w = new Int32Array(remote.binding);
+    const b = remote.binding;
+    const w = b.words;
     Atomics.store(w, PEND(end), 0);
     Atomics.store(w, MASK(end), 0);
-    ports.set(port, { state: "interdomain", remoteDom, remotePort, binding: remote.binding, end });
+    ports.set(port, { state: "interdomain", remoteDom, remotePort, binding: b, end });
+    b.refs++;
+    const inc = this.incarnation.get(d)!;
+    if (!b.holders.includes(inc)) b.holders = [...b.holders, inc].sort((x, y) => x - y);
     remote.state = "interdomain";
     remote.remotePort = port;
     Atomics.store(w, STATE, BOUND);
-    return { port, binding: remote.binding, end };
+    return { port, binding: b.buffer, end };
   }
 
   /** Closes a port. The peer's end goes back to unbound (waiting for this domain) and is woken. */
@@ -169,7 +257,7 @@ export class EventChannelTable {
     const entry = ports.get(port);
     if (!entry) throw new HypercallError("EINVAL", `close: domain ${d} has no port ${String(port)}`);
     ports.delete(port);
-    const w = new Int32Array(entry.binding);
+    const w = entry.binding.words;
     if (entry.state === "interdomain") {
       const remote = this.domains.get(entry.remoteDom)?.get(entry.remotePort);
       if (remote) {
@@ -185,12 +273,18 @@ export class EventChannelTable {
       Atomics.compareExchange(w, PEND(end), 0, CLOSE_WAKE);
       Atomics.notify(w, PEND(end));
     }
+    this.releaseBinding(entry.binding);
   }
 
   /** Closes every port of a domain (domain destruction). Returns how many were closed. */
   closeAll(d: DomId): number {
     const ports = this.domains.get(d);
     if (!ports) return 0;
+    // It is no longer live first, so the bindings its ports free are dropped, not pooled.
+    const inc = this.incarnation.get(d)!;
+    this.liveIncarnations.delete(inc);
+    this.incarnation.delete(d);
+    for (const key of [...this.pools.keys()]) if (poolKey.names(key, inc)) this.pools.delete(key);
     const list = [...ports.keys()];
     for (const p of list) this.close(d, p);
     this.domains.delete(d);
@@ -208,6 +302,14 @@ export class EventChannelTable {
     return this.domains.get(d)?.size ?? 0;
   }
 }
+
+/** A pool's key: its holder incarnations, sorted (one, or two different ones). */
+function poolKey(holders: readonly number[]): string {
+  const [a, b] = holders;
+  return b === undefined || a === b ? `${a}` : a < b ? `${a}:${b}` : `${b}:${a}`;
+}
+/** Whether pool `key` names incarnation `inc`. */
+poolKey.names = (key: string, inc: number): boolean => key.split(":").includes(String(inc));
 
 // ---- guest side ---------------------------------------------------------------------------
 
