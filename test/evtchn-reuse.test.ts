@@ -14,8 +14,9 @@ import { startAgent } from "./helpers/agent.js";
 const hv = new Hypervisor();
 after(() => hv.shutdown());
 
-/** Binding words (event-channel.ts): end 0's pending/mask, end 1's, the state. */
-const WORDS = { pend0: 0, mask0: 1, pend1: 32, mask1: 33, state: 64 };
+/** Binding words (event-channel.ts): end 0's pending/mask, end 1's, the state (generation × 2 + bound). */
+const WORDS = { pend0: 0, mask0: 1, pend1: 32, mask1: 33 };
+const STATE = 64;
 
 function table(...doms: number[]): EventChannelTable {
   const live = new Set(doms);
@@ -52,7 +53,7 @@ test("a binding domains A and B held goes back only to A and B; C gets a distinc
   const a = await startAgent(hv);
   const b = await startAgent(hv);
   const c = await startAgent(hv);
-  type Raw = { port: number; binding: { index: number }; end: number };
+  type Raw = { port: number; binding: { index: number }; end: number; gen: number };
   const tag = 4 * 40; // a word of end 1's block that no one else writes
   const pa = await a.rpc<Raw>({ op: "raw", req: { op: "evtchn_alloc_unbound", remoteDom: b.dom.domid } });
   const pb = await b.rpc<Raw>({
@@ -89,6 +90,9 @@ test("a binding domains A and B held goes back only to A and B; C gets a distinc
   assert.equal(words[40], 0xbb, "the A–B channel reuses the buffer A and B held");
   for (const [name, i] of Object.entries(WORDS))
     assert.equal(words[i], 0, `${name} starts as in a fresh binding`);
+  assert.equal(words[STATE] & 1, 0, "it starts unbound");
+  assert.equal(again.gen, 1, "on a new generation");
+  assert.equal(words[STATE] >>> 1, again.gen);
   await Promise.all([a, b, c].map((x) => x.dom.destroy()));
 });
 
@@ -184,6 +188,44 @@ test("honest flows on reused bindings: bind, send, close wakes the peer, rebind"
   }
   const counters = await a.rpc<CounterSnapshot>({ op: "counters" });
   assert.equal(counters.evtchn_reuse, 2, "rounds 2 and 3 ran on the first round's binding");
+  await a.dom.destroy();
+  await b.dom.destroy();
+});
+
+test("a port handle kept after its close never acts on the channel that reuses its binding", async () => {
+  const a = await startAgent(hv);
+  const b = await startAgent(hv);
+  const old = await a.rpc<number>({ op: "allocUnbound", remote: b.dom.domid });
+  const oldB = await b.rpc<number>({ op: "bind", remote: a.dom.domid, port: old });
+  await a.rpc({ op: "keepPort", port: old });
+  await b.rpc({ op: "keepPort", port: oldB });
+  await a.rpc({ op: "closePort", port: old });
+  await b.rpc({ op: "closePort", port: oldB });
+  const before = await a.rpc<CounterSnapshot>({ op: "counters" });
+  const pa = await a.rpc<number>({ op: "allocUnbound", remote: b.dom.domid });
+  const pb = await b.rpc<number>({ op: "bind", remote: a.dom.domid, port: pa });
+  const mid = await a.rpc<CounterSnapshot>({ op: "counters" });
+  assert.equal(mid.evtchn_reuse - before.evtchn_reuse, 1, "the new channel is on the old binding");
+
+  await a.rpc({ op: "kept", port: old, action: "notify" });
+  const dropped = (await a.rpc<CounterSnapshot>({ op: "counters" })).evtchn_dropped - mid.evtchn_dropped;
+  assert.equal(dropped, 1, "a send on a closed port's handle is dropped");
+  assert.equal(
+    await b.rpc({ op: "wait", port: pb, timeoutMs: 20 }),
+    "timeout",
+    "the stale send reached no one",
+  );
+  await b.rpc({ op: "kept", port: oldB, action: "mask" });
+  assert.deepEqual(await b.rpc({ op: "kept", port: oldB }), { bound: false, masked: false });
+  await a.rpc({ op: "notify", port: pa });
+  assert.equal(
+    await b.rpc({ op: "kept", port: oldB, action: "wait", timeoutMs: 1000 }),
+    "unbound",
+    "a stale wait leaves at once, and does not take the new channel's event",
+  );
+  assert.equal(await b.rpc({ op: "wait", port: pb, timeoutMs: 5000 }), "event");
+  const end = await a.rpc<CounterSnapshot>({ op: "counters" });
+  assert.equal(end.evtchn_kick - mid.evtchn_kick, 1, "the stale mask did not mask the new channel");
   await a.dom.destroy();
   await b.dom.destroy();
 });

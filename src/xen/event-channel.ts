@@ -35,8 +35,15 @@ const STATE = 2 * END_STRIDE;
 const BINDING_WORDS = 3 * END_STRIDE;
 const PEND = (end: number) => end * END_STRIDE;
 const MASK = (end: number) => end * END_STRIDE + 1;
+/**
+ * The state word: the binding's generation (bumped each time a free binding is handed to a
+ * new channel) times two, plus 1 while both ends are bound. A port remembers the generation it
+ * was handed, so a port object its domain kept after closing it never acts on the channel
+ * that reuses its binding: its sends are dropped, its waits return "unbound".
+ */
 const BOUND = 1;
 const UNBOUND = 0;
+const GEN_MASK = 0x3fff_ffff;
 /** Pending value a close leaves on an idle end: wakes its waiter without posing as an event. */
 const CLOSE_WAKE = 2;
 
@@ -83,12 +90,16 @@ interface Binding {
   holders: number[];
   /** Ports (of any domain) that refer to it; at 0 it is free. */
   refs: number;
+  /** Its generation: which channel it is on (the state word's upper bits). */
+  gen: number;
 }
 
 export interface PortGrant {
   port: EvtchnPort;
   binding: SharedArrayBuffer;
   end: 0 | 1;
+  /** The binding's generation (see BOUND). */
+  gen: number;
 }
 
 /** The hypervisor's port table for all domains. */
@@ -170,7 +181,7 @@ export class EventChannelTable {
     const port = this.freePort(ports);
     const binding = this.takeBinding(d, remoteDom);
     ports.set(port, { state: "unbound", remoteDom, remotePort: 0, binding, end: 0 });
-    return { port, binding: binding.buffer, end: 0 };
+    return { port, binding: binding.buffer, end: 0, gen: binding.gen };
   }
 
   /** A free binding whose holders are all among {d, r} (see `pools`), reset as a fresh one; or a new one. */
@@ -187,17 +198,20 @@ export class EventChannelTable {
     if (!b) {
       this.stats.made++;
       const buffer = new SharedArrayBuffer(BINDING_WORDS * 4);
-      return { buffer, words: new Int32Array(buffer), holders: [di], refs: 1 };
+      return { buffer, words: new Int32Array(buffer), holders: [di], refs: 1, gen: 0 };
     }
     if (this.pools.get(key)?.length === 0) this.pools.delete(key);
     this.stats.reused++;
-    // As a fresh binding: unbound, nothing pending, both ends unmasked. (Its other words were
-    // only ever written by its holders, who are ends of the new channel.)
+    // As a fresh binding: unbound, nothing pending, both ends unmasked, on a new generation.
+    // (Its other words were only ever written by its holders, who are ends of the new channel.)
+    // A waiter still asleep on a closed port of it is woken: it sees the new generation and leaves.
     const w = b.words;
-    Atomics.store(w, STATE, UNBOUND);
+    b.gen = (b.gen + 1) & GEN_MASK;
+    Atomics.store(w, STATE, (b.gen << 1) | UNBOUND);
     for (const end of [0, 1]) {
       Atomics.store(w, PEND(end), 0);
       Atomics.store(w, MASK(end), 0);
+      Atomics.notify(w, PEND(end));
     }
     b.refs = 1;
     return b;
@@ -247,8 +261,8 @@ export class EventChannelTable {
     if (!b.holders.includes(inc)) b.holders = [...b.holders, inc].sort((x, y) => x - y);
     remote.state = "interdomain";
     remote.remotePort = port;
-    Atomics.store(w, STATE, BOUND);
-    return { port, binding: b.buffer, end };
+    Atomics.store(w, STATE, (b.gen << 1) | BOUND);
+    return { port, binding: b.buffer, end, gen: b.gen };
   }
 
   /** Closes a port. The peer's end goes back to unbound (waiting for this domain) and is woken. */
@@ -266,7 +280,7 @@ export class EventChannelTable {
         remote.remotePort = 0;
       }
     }
-    Atomics.store(w, STATE, UNBOUND);
+    Atomics.store(w, STATE, (entry.binding.gen << 1) | UNBOUND);
     // Wake both ends so nobody sleeps on a channel that no longer connects anywhere.
     for (const end of [0, 1]) {
       // A pending event stays an event (1); an idle end gets the close wake (CLOSE_WAKE).
@@ -323,6 +337,9 @@ export class EventChannelPort {
   private readonly myMask: number;
   private readonly peerPend: number;
   private readonly peerMask: number;
+  /** The binding's generation this port was handed, and the state word while it is bound. */
+  private readonly gen: number;
+  private readonly boundState: number;
   /** The domain's own counter block: #private, so guest code holding a port cannot reach it. */
   readonly #slots: Float64Array;
 
@@ -331,8 +348,11 @@ export class EventChannelPort {
     binding: SharedArrayBuffer,
     end: 0 | 1,
     counters: CounterWriter,
+    gen = 0,
   ) {
     this.#slots = counters.slots;
+    this.gen = gen & GEN_MASK;
+    this.boundState = (this.gen << 1) | BOUND;
     this.words = new Int32Array(binding);
     this.myPend = PEND(end);
     this.myMask = MASK(end);
@@ -350,7 +370,12 @@ export class EventChannelPort {
   private armed = false;
 
   get bound(): boolean {
-    return Atomics.load(this.words, STATE) === BOUND;
+    return Atomics.load(this.words, STATE) === this.boundState;
+  }
+
+  /** Whether the binding has gone to a new channel since this port was closed: nothing here is ours. */
+  private get stale(): boolean {
+    return Atomics.load(this.words, STATE) >>> 1 !== this.gen;
   }
 
   /** evtchn_send: set the peer's pending bit; kick it only on a 0→1 edge of an unmasked port. */
@@ -358,7 +383,7 @@ export class EventChannelPort {
     const w = this.words;
     const c = this.#slots;
     c[SEND]++;
-    if (Atomics.load(w, STATE) !== BOUND) {
+    if (Atomics.load(w, STATE) !== this.boundState) {
       c[DROPPED]++;
       return;
     }
@@ -377,23 +402,40 @@ export class EventChannelPort {
 
   /** Clears this end's pending bit; returns whether it was set. */
   consume(): boolean {
-    return Atomics.exchange(this.words, this.myPend, 0) !== 0;
+    return !this.stale && this.giveBack(Atomics.exchange(this.words, this.myPend, 0)) !== 0;
+  }
+
+  /**
+   * `v`, just taken from this end's pending word, if the port is still on its channel; if the
+   * binding went to a new channel meanwhile, `v` was that channel's: it is put back and its
+   * wake passed on, and 0 is returned.
+   */
+  private giveBack(v: number): number {
+    if (v === 0 || !this.stale) return v;
+    Atomics.compareExchange(this.words, this.myPend, 0, 1);
+    Atomics.notify(this.words, this.myPend, 1);
+    return 0;
   }
 
   /** Consumes and classifies: an event sent before a close is still delivered as an event. */
   private take(): WaitResult | undefined {
-    const v = Atomics.exchange(this.words, this.myPend, 0);
+    if (this.stale) return "unbound";
+    const v = this.giveBack(Atomics.exchange(this.words, this.myPend, 0));
     if (v === 1) return "event";
     if (v !== 0 || !this.bound) return this.bound ? "event" : "unbound";
     return undefined;
   }
 
   mask(): void {
-    Atomics.store(this.words, this.myMask, 1);
+    if (!this.stale) Atomics.store(this.words, this.myMask, 1);
   }
 
-  /** Unmasks; returns whether an event is pending (an edge that came while masked was not kicked). */
+  /**
+   * Unmasks; returns whether an event is pending (an edge that came while masked was not
+   * kicked), or the port is stale (so a waiter looks again and sees it unbound).
+   */
   unmask(): boolean {
+    if (this.stale) return true;
     Atomics.store(this.words, this.myMask, 0);
     return Atomics.load(this.words, this.myPend) !== 0;
   }
@@ -410,7 +452,7 @@ export class EventChannelPort {
   wait(timeoutMs = Number.POSITIVE_INFINITY, spinUs = DEFAULT_SPIN_US): WaitResult {
     const c = this.#slots;
     c[WAIT]++;
-    if (!this.bound && !this.isPending()) return "unbound";
+    if (!this.bound && (this.stale || !this.isPending())) return "unbound";
     const wasMasked = this.masked;
     this.armed = false;
     const outcome = adaptiveWait(this.words, this.myPend, 0, spinUs, timeoutMs, this.armForSleep);
@@ -464,14 +506,14 @@ export class GuestEventChannels {
   /** Allocates a port that `remoteDom` may bind to (advertise it through XenStore). */
   allocUnbound(remoteDom: DomId): EvtchnPort {
     const g = this.hc.allocUnbound(remoteDom);
-    this.ports.set(g.port, new EventChannelPort(g.port, g.binding, g.end, this.#counters));
+    this.ports.set(g.port, new EventChannelPort(g.port, g.binding, g.end, this.#counters, g.gen));
     return g.port;
   }
 
   /** Binds to a port `remoteDom` allocated for us. */
   bindInterdomain(remoteDom: DomId, remotePort: EvtchnPort): EvtchnPort {
     const g = this.hc.bindInterdomain(remoteDom, remotePort);
-    this.ports.set(g.port, new EventChannelPort(g.port, g.binding, g.end, this.#counters));
+    this.ports.set(g.port, new EventChannelPort(g.port, g.binding, g.end, this.#counters, g.gen));
     return g.port;
   }
 
