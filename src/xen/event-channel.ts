@@ -7,7 +7,8 @@
  * pending word; only a 0→1 edge on an unmasked port *kicks* (Atomics.notify), so repeated
  * sends coalesce and a masked port costs the sender one atomic exchange. A waiter spins on
  * its own pending word, then unmasks and sleeps on it. Because the words belong to the pair,
- * a domain can disturb only channels it is an end of, never another domain's channels.
+ * a domain can disturb only channels it is an end of, never another domain's channels. A
+ * closed channel's binding is reused only for channels of the same domains (see `pools`).
  *
  * The hypervisor's port table (`EventChannelTable`) lives in the hypervisor thread; the
  * guest's side (`GuestEventChannels`) executes send and wait in place, as Xen's guests do
@@ -112,19 +113,24 @@ export class EventChannelTable {
   /**
    * Free bindings, by holder set (`poolKey`). The rule: a free binding (no port of any domain
    * refers to it) is handed again only to a channel whose two domains include every domain
-   * that ever held it, so no domain ever gets a buffer another domain could reach — exactly
-   * as with a fresh one. allocUnbound(d, r) takes from pool {d, r}, then pool {d} (when r = d
-   * they are one pool), and makes a new binding only when both are empty. Bound: a binding
-   * joins the holder set {d} only when pool {d} is empty, so pool {d} never holds more than the
-   * most ports d had open at once; a binding joins {d, r} only when it was taken while pool
-   * {d, r} was empty, so pool {d, r} never holds more than the most channels (bound or waiting) d and
-   * r had open with each other at once. Both are ≤ EVTCHN_MAX_PORTS − 1 (4,095); a domain's churn then
-   * pins at most that many bindings per pool it is in (~3 MiB), however long it loops.
-   * A binding one of whose holders has been destroyed is never pooled again (dropped: only
-   * the survivors' references keep it), and the pools naming that domain are dropped with it:
-   * its thread runs on for a moment after destruction (stopDomain) and could still write any
-   * word of them — state and masks, not only pending bits — so giving them to a third domain
-   * could silence that domain's channel. The survivor makes a fresh binding instead.
+   * that ever held it, so no domain ever gets a buffer another domain could reach, exactly as
+   * with a fresh one. allocUnbound(d, r) takes from pool {d, r}, then pool {d} (one pool when
+   * r = d), and makes a new binding only when both are empty.
+   *
+   * Bound: a binding is made with holders {d} only when pool {d} is empty, so pool {d} never
+   * holds more than the most ports d had open at once; a binding gets holders {d, r} only if it
+   * was taken while pool {d, r} was empty, so pool {d, r} never holds more than the most
+   * channels (bound or waiting) d and r had open with each other at once. Both are at most
+   * EVTCHN_MAX_PORTS - 1 (4,095 bindings, ~3 MiB of host memory): however long a domain
+   * loops alloc_unbound + close, it pins at most that many per pool it is in.
+   *
+   * Death: a binding one of whose holders was destroyed is never pooled again, and the pools
+   * naming that domain are dropped with it (only the survivor's references keep them; a
+   * survivor that keeps them pins at most the bound above per partner that died, and partners
+   * are created by the host, not by guests). They are not handed to the survivor's channels
+   * with third domains: the dead domain's thread runs on for a moment after destruction
+   * (stopDomain terminates it ~50 ms later) and can write any word of them, state and masks as
+   * well as pending bits, so it could silence the third domain's channel.
    */
   private readonly pools = new Map<string, Binding[]>();
   /** Bindings ever made, and free ones handed again (both for the whole table; tests read them). */
