@@ -39,6 +39,8 @@ export const COUNTER_NAMES = [
   "xenstore_events_merged",
   /** Another domain's segments handed to the privileged domain for its foreign view (one per foreign_frame that finds one). */
   "foreign_segments",
+  /** alloc_unbound calls served with a free binding of the same domains instead of a new one (event-channel.ts). */
+  "evtchn_reuse",
 ] as const;
 
 export type CounterName = (typeof COUNTER_NAMES)[number];

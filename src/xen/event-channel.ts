@@ -7,7 +7,8 @@
  * pending word; only a 0→1 edge on an unmasked port *kicks* (Atomics.notify), so repeated
  * sends coalesce and a masked port costs the sender one atomic exchange. A waiter spins on
  * its own pending word, then unmasks and sleeps on it. Because the words belong to the pair,
- * a domain can disturb only channels it is an end of, never another domain's channels.
+ * a domain can disturb only channels it is an end of, never another domain's channels. A
+ * closed channel's binding is reused only for channels of the same domains (see `pools`).
  *
  * The hypervisor's port table (`EventChannelTable`) lives in the hypervisor thread; the
  * guest's side (`GuestEventChannels`) executes send and wait in place, as Xen's guests do
@@ -35,8 +36,15 @@ const STATE = 2 * END_STRIDE;
 const BINDING_WORDS = 3 * END_STRIDE;
 const PEND = (end: number) => end * END_STRIDE;
 const MASK = (end: number) => end * END_STRIDE + 1;
+/**
+ * The state word: the binding's generation (bumped each time a free binding is handed to a
+ * new channel) times two, plus 1 while both ends are bound. A port remembers the generation it
+ * was handed, so a port object its domain kept after closing it never acts on the channel
+ * that reuses its binding: its sends are dropped, its waits return "unbound".
+ */
 const BOUND = 1;
 const UNBOUND = 0;
+const GEN_MASK = 0x3fff_ffff;
 /** Pending value a close leaves on an idle end: wakes its waiter without posing as an event. */
 const CLOSE_WAKE = 2;
 
@@ -66,24 +74,82 @@ interface PortEntry {
   /** For unbound: the only domain allowed to bind. For interdomain: the peer. */
   remoteDom: DomId;
   remotePort: EvtchnPort;
-  binding: SharedArrayBuffer;
+  binding: Binding;
   end: 0 | 1;
+}
+
+/** A binding's buffer and who has had it. */
+interface Binding {
+  readonly buffer: SharedArrayBuffer;
+  readonly words: Int32Array;
+  /**
+   * Incarnations (`EventChannelTable.incarnation`, never reused, unlike domain ids) of every
+   * domain ever handed this buffer: the allocating domain, and the domain that bound it.
+   * Sorted; one or two (only the port's `remoteDom` may bind, and a close leaves the other
+   * end waiting for the closer, so nobody else ever gets it).
+   */
+  holders: number[];
+  /** Ports (of any domain) that refer to it; at 0 it is free. */
+  refs: number;
+  /** Its generation: which channel it is on (the state word's upper bits). */
+  gen: number;
 }
 
 export interface PortGrant {
   port: EvtchnPort;
   binding: SharedArrayBuffer;
   end: 0 | 1;
+  /** The binding's generation (see BOUND). */
+  gen: number;
 }
 
 /** The hypervisor's port table for all domains. */
 export class EventChannelTable {
   private readonly domains = new Map<DomId, Map<EvtchnPort, PortEntry>>();
+  /** Each live domain's incarnation: a number never given to another domain, even one that reuses its id. */
+  private readonly incarnation = new Map<DomId, number>();
+  private readonly liveIncarnations = new Set<number>();
+  private nextIncarnation = 1;
+  /**
+   * Free bindings, by holder set (`poolKey`). The rule: a free binding (no port of any domain
+   * refers to it) is handed again only to a channel whose two domains include every domain
+   * that ever held it, so no domain ever gets a buffer another domain could reach, exactly as
+   * with a fresh one. allocUnbound(d, r) takes from pool {d, r}, then pool {d} (one pool when
+   * r = d), and makes a new binding only when both are empty.
+   *
+   * Bound: a binding is made with holders {d} only when pool {d} is empty, so pool {d} never
+   * holds more than the most ports d had open at once; a binding gets holders {d, r} only if it
+   * was taken while pool {d, r} was empty, so pool {d, r} never holds more than the most
+   * channels (bound or waiting) d and r had open with each other at once. Both are at most
+   * EVTCHN_MAX_PORTS - 1 (4,095 bindings, ~3 MiB of host memory): however long a domain
+   * loops alloc_unbound + close, it pins at most that many per pool it is in.
+   *
+   * Death: a binding one of whose holders was destroyed is never pooled again, and the pools
+   * naming that domain are dropped with it (only the survivor's references keep them; a
+   * survivor that keeps them pins at most the bound above per partner that died, and partners
+   * are created by the host, not by guests). They are not handed to the survivor's channels
+   * with third domains: the dead domain's thread runs on for a moment after destruction
+   * (stopDomain terminates it ~50 ms later) and can write any word of them, state and masks as
+   * well as pending bits, so it could silence the third domain's channel.
+   */
+  private readonly pools = new Map<string, Binding[]>();
+  /** Bindings ever made, and free ones handed again (both for the whole table; tests read them). */
+  readonly stats = { made: 0, reused: 0 };
 
   constructor(private readonly domainExists: (d: DomId) => boolean) {}
 
   addDomain(d: DomId): void {
     this.domains.set(d, new Map());
+    const inc = this.nextIncarnation++;
+    this.incarnation.set(d, inc);
+    this.liveIncarnations.add(inc);
+  }
+
+  /** How many free bindings the pools hold (all holder sets together). */
+  pooledBindings(): number {
+    let n = 0;
+    for (const p of this.pools.values()) n += p.length;
+    return n;
   }
 
   /**
@@ -119,15 +185,53 @@ export class EventChannelTable {
     if (!Number.isInteger(remoteDom) || !this.domainExists(remoteDom))
       throw new HypercallError("ESRCH", `alloc_unbound: remote domain ${String(remoteDom)} does not exist`);
     const port = this.freePort(ports);
-    // A new binding each time, never taken back: a guest that closes its ports and keeps the
-    // bindings pins ~0.75 KiB of host memory each (384 bytes and the store's bookkeeping), which
-    // its buffer meter does not see. It is bounded only through its heap limit: each binding
-    // it keeps is an object on its own heap (a guest with maxHeapMb 32 kept ~220,000, +180 MiB
-    // of host RSS, before it was stopped). Reusing a closed binding for later channels of the
-    // same pair of domains would bound it by ports instead; not done yet.
-    const binding = new SharedArrayBuffer(BINDING_WORDS * 4);
+    const binding = this.takeBinding(d, remoteDom);
     ports.set(port, { state: "unbound", remoteDom, remotePort: 0, binding, end: 0 });
-    return { port, binding, end: 0 };
+    return { port, binding: binding.buffer, end: 0, gen: binding.gen };
+  }
+
+  /** A free binding whose holders are all among {d, r} (see `pools`), reset as a fresh one; or a new one. */
+  private takeBinding(d: DomId, r: DomId): Binding {
+    const di = this.incarnation.get(d)!;
+    const ri = this.incarnation.get(r);
+    if (ri === undefined)
+      throw new HypercallError("ESRCH", `alloc_unbound: remote domain ${r} is being destroyed`);
+    const pairKey = poolKey([di, ri]);
+    const ownKey = poolKey([di]);
+    let key = pairKey;
+    let b = this.pools.get(pairKey)?.pop();
+    if (!b && pairKey !== ownKey) b = this.pools.get((key = ownKey))?.pop();
+    if (!b) {
+      this.stats.made++;
+      const buffer = new SharedArrayBuffer(BINDING_WORDS * 4);
+      return { buffer, words: new Int32Array(buffer), holders: [di], refs: 1, gen: 0 };
+    }
+    if (this.pools.get(key)?.length === 0) this.pools.delete(key);
+    this.stats.reused++;
+    // As a fresh binding: unbound, nothing pending, both ends unmasked, on a new generation.
+    // (Its other words were only ever written by its holders, who are ends of the new channel.)
+    // A waiter still asleep on a closed port of it is woken: it sees the new generation and leaves.
+    const w = b.words;
+    b.gen = (b.gen + 1) & GEN_MASK;
+    Atomics.store(w, STATE, (b.gen << 1) | UNBOUND);
+    for (const end of [0, 1]) {
+      Atomics.store(w, PEND(end), 0);
+      Atomics.store(w, MASK(end), 0);
+      Atomics.notify(w, PEND(end));
+    }
+    b.refs = 1;
+    return b;
+  }
+
+  /** A port let go of `b`: when none refers to it any more it is free, pooled by its holders if they all live. */
+  private releaseBinding(b: Binding): void {
+    if (--b.refs > 0) return;
+    if (!b.holders.every((h) => this.liveIncarnations.has(h))) return;
+    const key = poolKey(b.holders);
+    let pool = this.pools.get(key);
+    if (!pool) this.pools.set(key, (pool = []));
+    // Never reached (see `pools` for the bound); a guard, so the bound holds whatever happens.
+    if (pool.length < EVTCHN_MAX_PORTS) pool.push(b);
   }
 
   bindInterdomain(d: DomId, remoteDom: DomId, remotePort: EvtchnPort): PortGrant {
@@ -153,14 +257,18 @@ export class EventChannelTable {
       );
     const port = this.freePort(ports);
     const end = (1 - remote.end) as 0 | 1;
-    const w = new Int32Array(remote.binding);
+    const b = remote.binding;
+    const w = b.words;
     Atomics.store(w, PEND(end), 0);
     Atomics.store(w, MASK(end), 0);
-    ports.set(port, { state: "interdomain", remoteDom, remotePort, binding: remote.binding, end });
+    ports.set(port, { state: "interdomain", remoteDom, remotePort, binding: b, end });
+    b.refs++;
+    const inc = this.incarnation.get(d)!;
+    if (!b.holders.includes(inc)) b.holders = [...b.holders, inc].sort((x, y) => x - y);
     remote.state = "interdomain";
     remote.remotePort = port;
-    Atomics.store(w, STATE, BOUND);
-    return { port, binding: remote.binding, end };
+    Atomics.store(w, STATE, (b.gen << 1) | BOUND);
+    return { port, binding: b.buffer, end, gen: b.gen };
   }
 
   /** Closes a port. The peer's end goes back to unbound (waiting for this domain) and is woken. */
@@ -169,7 +277,7 @@ export class EventChannelTable {
     const entry = ports.get(port);
     if (!entry) throw new HypercallError("EINVAL", `close: domain ${d} has no port ${String(port)}`);
     ports.delete(port);
-    const w = new Int32Array(entry.binding);
+    const w = entry.binding.words;
     if (entry.state === "interdomain") {
       const remote = this.domains.get(entry.remoteDom)?.get(entry.remotePort);
       if (remote) {
@@ -178,19 +286,25 @@ export class EventChannelTable {
         remote.remotePort = 0;
       }
     }
-    Atomics.store(w, STATE, UNBOUND);
+    Atomics.store(w, STATE, (entry.binding.gen << 1) | UNBOUND);
     // Wake both ends so nobody sleeps on a channel that no longer connects anywhere.
     for (const end of [0, 1]) {
       // A pending event stays an event (1); an idle end gets the close wake (CLOSE_WAKE).
       Atomics.compareExchange(w, PEND(end), 0, CLOSE_WAKE);
       Atomics.notify(w, PEND(end));
     }
+    this.releaseBinding(entry.binding);
   }
 
   /** Closes every port of a domain (domain destruction). Returns how many were closed. */
   closeAll(d: DomId): number {
     const ports = this.domains.get(d);
     if (!ports) return 0;
+    // It is no longer live first, so the bindings its ports free are dropped, not pooled.
+    const inc = this.incarnation.get(d)!;
+    this.liveIncarnations.delete(inc);
+    this.incarnation.delete(d);
+    for (const key of [...this.pools.keys()]) if (poolKey.names(key, inc)) this.pools.delete(key);
     const list = [...ports.keys()];
     for (const p of list) this.close(d, p);
     this.domains.delete(d);
@@ -209,6 +323,14 @@ export class EventChannelTable {
   }
 }
 
+/** A pool's key: its holder incarnations, sorted (one, or two different ones). */
+function poolKey(holders: readonly number[]): string {
+  const [a, b] = holders;
+  return b === undefined || a === b ? `${a}` : a < b ? `${a}:${b}` : `${b}:${a}`;
+}
+/** Whether pool `key` names incarnation `inc`. */
+poolKey.names = (key: string, inc: number): boolean => key.split(":").includes(String(inc));
+
 // ---- guest side ---------------------------------------------------------------------------
 
 /**
@@ -221,6 +343,9 @@ export class EventChannelPort {
   private readonly myMask: number;
   private readonly peerPend: number;
   private readonly peerMask: number;
+  /** The binding's generation this port was handed, and the state word while it is bound. */
+  private readonly gen: number;
+  private readonly boundState: number;
   /** The domain's own counter block: #private, so guest code holding a port cannot reach it. */
   readonly #slots: Float64Array;
 
@@ -229,8 +354,11 @@ export class EventChannelPort {
     binding: SharedArrayBuffer,
     end: 0 | 1,
     counters: CounterWriter,
+    gen = 0,
   ) {
     this.#slots = counters.slots;
+    this.gen = gen & GEN_MASK;
+    this.boundState = (this.gen << 1) | BOUND;
     this.words = new Int32Array(binding);
     this.myPend = PEND(end);
     this.myMask = MASK(end);
@@ -248,7 +376,12 @@ export class EventChannelPort {
   private armed = false;
 
   get bound(): boolean {
-    return Atomics.load(this.words, STATE) === BOUND;
+    return Atomics.load(this.words, STATE) === this.boundState;
+  }
+
+  /** Whether the binding has gone to a new channel since this port was closed: nothing here is ours. */
+  private get stale(): boolean {
+    return Atomics.load(this.words, STATE) >>> 1 !== this.gen;
   }
 
   /** evtchn_send: set the peer's pending bit; kick it only on a 0→1 edge of an unmasked port. */
@@ -256,7 +389,7 @@ export class EventChannelPort {
     const w = this.words;
     const c = this.#slots;
     c[SEND]++;
-    if (Atomics.load(w, STATE) !== BOUND) {
+    if (Atomics.load(w, STATE) !== this.boundState) {
       c[DROPPED]++;
       return;
     }
@@ -275,23 +408,40 @@ export class EventChannelPort {
 
   /** Clears this end's pending bit; returns whether it was set. */
   consume(): boolean {
-    return Atomics.exchange(this.words, this.myPend, 0) !== 0;
+    return !this.stale && this.giveBack(Atomics.exchange(this.words, this.myPend, 0)) !== 0;
+  }
+
+  /**
+   * `v`, just taken from this end's pending word, if the port is still on its channel; if the
+   * binding went to a new channel meanwhile, `v` was that channel's: it is put back and its
+   * wake passed on, and 0 is returned.
+   */
+  private giveBack(v: number): number {
+    if (v === 0 || !this.stale) return v;
+    Atomics.compareExchange(this.words, this.myPend, 0, 1);
+    Atomics.notify(this.words, this.myPend, 1);
+    return 0;
   }
 
   /** Consumes and classifies: an event sent before a close is still delivered as an event. */
   private take(): WaitResult | undefined {
-    const v = Atomics.exchange(this.words, this.myPend, 0);
+    if (this.stale) return "unbound";
+    const v = this.giveBack(Atomics.exchange(this.words, this.myPend, 0));
     if (v === 1) return "event";
     if (v !== 0 || !this.bound) return this.bound ? "event" : "unbound";
     return undefined;
   }
 
   mask(): void {
-    Atomics.store(this.words, this.myMask, 1);
+    if (!this.stale) Atomics.store(this.words, this.myMask, 1);
   }
 
-  /** Unmasks; returns whether an event is pending (an edge that came while masked was not kicked). */
+  /**
+   * Unmasks; returns whether an event is pending (an edge that came while masked was not
+   * kicked), or the port is stale (so a waiter looks again and sees it unbound).
+   */
   unmask(): boolean {
+    if (this.stale) return true;
     Atomics.store(this.words, this.myMask, 0);
     return Atomics.load(this.words, this.myPend) !== 0;
   }
@@ -308,7 +458,7 @@ export class EventChannelPort {
   wait(timeoutMs = Number.POSITIVE_INFINITY, spinUs = DEFAULT_SPIN_US): WaitResult {
     const c = this.#slots;
     c[WAIT]++;
-    if (!this.bound && !this.isPending()) return "unbound";
+    if (!this.bound && (this.stale || !this.isPending())) return "unbound";
     const wasMasked = this.masked;
     this.armed = false;
     const outcome = adaptiveWait(this.words, this.myPend, 0, spinUs, timeoutMs, this.armForSleep);
@@ -362,14 +512,14 @@ export class GuestEventChannels {
   /** Allocates a port that `remoteDom` may bind to (advertise it through XenStore). */
   allocUnbound(remoteDom: DomId): EvtchnPort {
     const g = this.hc.allocUnbound(remoteDom);
-    this.ports.set(g.port, new EventChannelPort(g.port, g.binding, g.end, this.#counters));
+    this.ports.set(g.port, new EventChannelPort(g.port, g.binding, g.end, this.#counters, g.gen));
     return g.port;
   }
 
   /** Binds to a port `remoteDom` allocated for us. */
   bindInterdomain(remoteDom: DomId, remotePort: EvtchnPort): EvtchnPort {
     const g = this.hc.bindInterdomain(remoteDom, remotePort);
-    this.ports.set(g.port, new EventChannelPort(g.port, g.binding, g.end, this.#counters));
+    this.ports.set(g.port, new EventChannelPort(g.port, g.binding, g.end, this.#counters, g.gen));
     return g.port;
   }
 

@@ -461,9 +461,13 @@ export class Hypervisor {
           return r;
         });
       }
-      case "evtchn_alloc_unbound":
+      case "evtchn_alloc_unbound": {
         this.count(rec, "evtchn_alloc");
-        return this.evtchn.allocUnbound(rec.domid, req.remoteDom);
+        const reused = this.evtchn.stats.reused;
+        const grant = this.evtchn.allocUnbound(rec.domid, req.remoteDom);
+        if (this.evtchn.stats.reused !== reused) this.count(rec, "evtchn_reuse");
+        return grant;
+      }
       case "evtchn_bind_interdomain":
         this.count(rec, "evtchn_bind");
         return this.evtchn.bindInterdomain(rec.domid, req.remoteDom, req.remotePort);
