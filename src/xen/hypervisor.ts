@@ -98,13 +98,19 @@ export class Hypervisor {
   /** Grant mappings and shared segments: the memory hypercalls and their checks. */
   private readonly memory: MemoryHypercalls;
   /** Meters each guest's ArrayBuffers against its maxBufferMb. */
-  private readonly buffers = new BufferWatch((m) => process.emitWarning(m));
+  private readonly buffers: BufferWatch;
   /** Each watched domain's worker threadId, taken at start (a Worker's threadId reads -1 once it exited). */
   private readonly threadIds = new WeakMap<Domain, number>();
   /** Told when a domain leaves the lists (forget()). */
   private readonly forgetListeners = new Set<(dom: Domain) => void>();
 
-  constructor() {
+  /**
+   * `opts.meterFirstId`, for tests only: the buffer meter's first question id (buffer-watch.ts;
+   * a test starts it near its wrap at 2^31). The host's own code makes the hypervisor; no
+   * guest reaches this.
+   */
+  constructor(opts: { meterFirstId?: number } = {}) {
+    this.buffers = new BufferWatch((m) => process.emitWarning(m), opts.meterFirstId);
     // Before any domain exists: a dead domain's RAM is collected soon after its worker exits.
     prepareReclaim();
     this.memory = new MemoryHypercalls(this.records, (domid) => {
