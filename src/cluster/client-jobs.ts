@@ -145,6 +145,16 @@ export class ClientJobs {
             exitCode: e.exitCode,
             error: e.error?.message,
           });
+          const wired = wireResult(e.result);
+          // Before the exit: the launcher may be gone once it has every rank's.
+          if (wired.dropped) {
+            this.log.warn("a rank's return value not sent", { job, rank: e.rank, reason: wired.dropped });
+            this.client.send({
+              type: "log",
+              level: "warn",
+              msg: `job ${job} rank ${e.rank}: ${wired.dropped}; its launcher gets no result`,
+            });
+          }
           this.client.send({
             type: "exit",
             job,
@@ -158,7 +168,7 @@ export class ClientJobs {
                   stack: typeof e.error.stack === "string" ? e.error.stack.slice(0, 65536) : undefined,
                 }
               : undefined,
-            result: wireResult(e.result),
+            result: wired.result,
           });
         },
       },
@@ -226,13 +236,71 @@ export class ClientJobs {
   }
 }
 
-/** A rank's return value, if it can travel as JSON (and is not huge). */
-function wireResult(v: unknown): unknown {
-  if (v === undefined) return undefined;
+/** Longest JSON text of a rank's return value a host sends its launcher. */
+export const MAX_RESULT_JSON = 256 * 1024;
+
+/**
+ * About the length of `JSON.stringify(v)` (a separator more for every value), walked only
+ * until it passes `limit` (then it is some number over `limit`). Each occurrence is counted,
+ * as JSON writes it, so a value shared by many places, or a cycle, passes the limit within
+ * `limit` steps; a typed array or ArrayBuffer counts its length without a look at its
+ * elements; an array or object whose entries alone pass the limit is not walked. A rank's
+ * result is a structured clone (plain data: no getters, no toJSON but Date's). The real length
+ * is at most 6 times this (a string may escape to 6 times its own), so what passes is cheap to
+ * stringify. Before, the host stringified whatever a rank returned and then looked at the
+ * length, on the thread that serves every guest's hypercalls: 2 s stalled for a 4 MiB
+ * Uint8Array, 12 s and ~900 MiB of memory for 16 MiB.
+ */
+export function jsonLengthPast(v: unknown, limit: number): number {
+  let total = 0;
+  const stack: unknown[] = [v];
+  // Every value still on the stack writes at least 2 characters (itself and a separator).
+  const past = (entries: number, each: number) => total + 2 * stack.length + each * entries > limit;
+  while (stack.length > 0 && total <= limit) {
+    const x = stack.pop();
+    total += 1; // its separator (a comma, or the end of the text)
+    if (x === undefined || x === null || typeof x === "boolean") total += 4;
+    else if (typeof x === "number") total += Number.isFinite(x) ? String(x).length : 4;
+    else if (typeof x === "string") total += x.length + 2;
+    else if (typeof x !== "object") total += 8;
+    else if (ArrayBuffer.isView(x))
+      total += Math.max(x.byteLength, 6 * ((x as { length?: number }).length ?? 0));
+    else if (x instanceof ArrayBuffer || x instanceof SharedArrayBuffer) total += x.byteLength;
+    else if (x instanceof Date) total += 26;
+    else if (x instanceof String || x instanceof Number || x instanceof Boolean) stack.push(x.valueOf());
+    else if (Array.isArray(x)) {
+      total += 2;
+      if (past(x.length, 2)) return limit + 1;
+      for (let i = x.length - 1; i >= 0; i--) stack.push(x[i]);
+    } else {
+      total += 2;
+      const keys = Object.keys(x);
+      if (past(keys.length, 5)) return limit + 1;
+      for (const k of keys) {
+        total += k.length + 3;
+        stack.push((x as Record<string, unknown>)[k]);
+      }
+    }
+  }
+  return total;
+}
+
+/**
+ * A rank's return value as it travels to its launcher: as JSON of at most MAX_RESULT_JSON
+ * characters, with `dropped` saying why it does not travel. Bounded work whatever it is:
+ * jsonLengthPast before JSON.stringify.
+ */
+export function wireResult(v: unknown): { result?: unknown; dropped?: string } {
+  if (v === undefined) return {};
+  if (jsonLengthPast(v, MAX_RESULT_JSON) > MAX_RESULT_JSON)
+    return { dropped: `its return value is over ${MAX_RESULT_JSON} bytes as JSON, more than a host sends` };
   try {
     const s = JSON.stringify(v);
-    return s !== undefined && s.length <= 256 * 1024 ? (JSON.parse(s) as unknown) : undefined;
-  } catch {
-    return undefined;
+    if (s === undefined) return { dropped: "its return value has no JSON form" };
+    if (s.length > MAX_RESULT_JSON)
+      return { dropped: `its return value is over ${MAX_RESULT_JSON} bytes as JSON, more than a host sends` };
+    return { result: JSON.parse(s) as unknown };
+  } catch (e) {
+    return { dropped: `its return value has no JSON form (${String((e as Error).message).slice(0, 200)})` };
   }
 }

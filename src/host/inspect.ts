@@ -56,14 +56,63 @@ function child(n: XenStoreTreeNode | undefined, name: string): XenStoreTreeNode 
 }
 
 export class Inspector {
-  /** Domains seen in an earlier snapshot, by identity, to report the ones that have gone. */
-  private readonly seen = new Map<Domain, DomainSnapshot>();
+  /**
+   * What an earlier snapshot showed of each domain still listed, by the inspector's own serial
+   * for it (a domain id comes round again), to report it once it has gone. Plain data only:
+   * it held each Domain, and so what a rank returned, until the next snapshot, which for a
+   * host observed once was never (`test/host-inspect-bound.test.ts`). An entry goes when its
+   * domain leaves the hypervisor's lists (onForget), and at each snapshot if it is not listed.
+   */
+  private readonly seen = new Map<number, DomainSnapshot>();
+  /** Each domain's serial, without keeping the domain. */
+  private readonly serials = new WeakMap<Domain, number>();
+  private nextSerial = 1;
   private gone: DomainSnapshot[] = [];
 
   constructor(
     readonly host: Host,
     private readonly opts: InspectorOptions = {},
-  ) {}
+  ) {
+    // Held weakly: an inspector made for one look (a test's) does not stay with the host.
+    const me = new WeakRef(this);
+    const off = host.hypervisor.onForget((dom) => {
+      const inspector = me.deref();
+      if (!inspector) return void off();
+      const serial = inspector.serials.get(dom);
+      if (serial !== undefined) inspector.left(serial, dom, Date.now());
+    });
+  }
+
+  /** How many domains this inspector keeps a last view of (the ones listed at its last snapshot, at most). */
+  get seenCount(): number {
+    return this.seen.size;
+  }
+
+  private serialOf(dom: Domain): number {
+    let serial = this.serials.get(dom);
+    if (serial === undefined) {
+      serial = this.nextSerial++;
+      this.serials.set(dom, serial);
+    }
+    return serial;
+  }
+
+  /** A domain shown before has left the hypervisor's lists: shown as gone for a while. */
+  private left(serial: number, dom: Domain | undefined, now: number): void {
+    const last = this.seen.get(serial);
+    if (!last) return;
+    this.seen.delete(serial);
+    const running = last.state === "running" || last.state === "booting";
+    this.gone.push({
+      ...last,
+      // How it ended, if it was still running when last shown: known when the hypervisor says
+      // it is forgetting it; one found gone at a snapshot (never so, today) was destroyed.
+      state: running ? (dom ? (dom.error ? "crashed" : dom.state) : "destroyed") : last.state,
+      endedAt: last.endedAt ?? now,
+      devices: [],
+    });
+    if (this.gone.length > GONE_MAX) this.gone.splice(0, this.gone.length - GONE_MAX);
+  }
 
   /** The subtree at `path` (xenstore-ls). Throws XenStoreError ENOENT for a path that does not exist. */
   xenstore(path: string, maxNodes = 10_000) {
@@ -86,9 +135,10 @@ export class Inspector {
     const vifOf = new Map(net.vifs.filter((v) => v.devid === 0).map((v) => [v.domid, v]));
 
     const domains: DomainSnapshot[] = [];
-    const live = new Set<Domain>();
+    const live = new Set<number>();
     for (const dom of hv.domains()) {
-      live.add(dom);
+      const serial = this.serialOf(dom);
+      live.add(serial);
       const born = host.bornAt(dom);
       const v = vifOf.get(dom.domid);
       // The driver domain is the host's own code: not metered.
@@ -123,26 +173,12 @@ export class Inspector {
         job: rankOf.get(dom.domid),
       };
       if (snap.state !== "running" && snap.state !== "booting")
-        snap.endedAt = this.seen.get(dom)?.endedAt ?? now;
+        snap.endedAt = this.seen.get(serial)?.endedAt ?? now;
       domains.push(snap);
-      this.seen.set(dom, snap);
+      this.seen.set(serial, snap);
     }
     // A domain the hypervisor no longer lists (destroyed) stays visible for a while.
-    for (const [dom, last] of this.seen) {
-      if (live.has(dom)) continue;
-      this.seen.delete(dom);
-      this.gone.push({
-        ...last,
-        state:
-          last.state === "running" || last.state === "booting"
-            ? dom.error
-              ? "crashed"
-              : dom.state
-            : last.state,
-        endedAt: last.endedAt ?? now,
-        devices: [],
-      });
-    }
+    for (const serial of this.seen.keys()) if (!live.has(serial)) this.left(serial, undefined, now);
     this.gone = this.gone.filter((g) => now - (g.endedAt ?? now) < GONE_KEEP_MS).slice(-GONE_MAX);
     const liveIds = new Set(domains.map((x) => x.domid));
     for (const g of this.gone) if (!liveIds.has(g.domid)) domains.push(g);

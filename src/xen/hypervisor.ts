@@ -98,11 +98,19 @@ export class Hypervisor {
   /** Grant mappings and shared segments: the memory hypercalls and their checks. */
   private readonly memory: MemoryHypercalls;
   /** Meters each guest's ArrayBuffers against its maxBufferMb. */
-  private readonly buffers = new BufferWatch((m) => process.emitWarning(m));
+  private readonly buffers: BufferWatch;
   /** Each watched domain's worker threadId, taken at start (a Worker's threadId reads -1 once it exited). */
   private readonly threadIds = new WeakMap<Domain, number>();
+  /** Told when a domain leaves the lists (forget()). */
+  private readonly forgetListeners = new Set<(dom: Domain) => void>();
 
-  constructor() {
+  /**
+   * `opts.meterFirstId`, for tests only: the buffer meter's first question id (buffer-watch.ts;
+   * a test starts it near its wrap at 2^31). The host's own code makes the hypervisor; no
+   * guest reaches this.
+   */
+  constructor(opts: { meterFirstId?: number } = {}) {
+    this.buffers = new BufferWatch((m) => process.emitWarning(m), opts.meterFirstId);
     // Before any domain exists: a dead domain's RAM is collected soon after its worker exits.
     prepareReclaim();
     this.memory = new MemoryHypercalls(this.records, (domid) => {
@@ -225,7 +233,10 @@ export class Hypervisor {
     );
     const output = new OutputCredit(credit);
     this.live.set(domid, dom);
+    const former = this.all.get(domid);
     this.all.set(domid, dom);
+    // A stopped domain kept for lookups whose id came round again is looked up no more.
+    if (former) this.forgot(former);
     if (!c.privileged) {
       const limitMb = c.maxBufferMb;
       this.threadIds.set(dom, worker.threadId);
@@ -296,6 +307,20 @@ export class Hypervisor {
     return [...this.all.values()];
   }
 
+  /**
+   * Calls `cb` with each domain as it leaves domains(): destroyed, the oldest stopped one no
+   * longer kept, or a stopped one whose id a new domain took. So an observer need not hold a
+   * Domain (and what it returned) to learn that it went. Returns the way to stop listening.
+   */
+  onForget(cb: (dom: Domain) => void): () => void {
+    this.forgetListeners.add(cb);
+    return () => this.forgetListeners.delete(cb);
+  }
+
+  private forgot(dom: Domain): void {
+    for (const cb of this.forgetListeners) cb(dom);
+  }
+
   counters(domid: DomId): CounterSnapshot {
     const d = this.all.get(domid);
     if (!d) throw new RangeError(`no domain ${domid}`);
@@ -316,11 +341,14 @@ export class Hypervisor {
     if (wasRunning) this.stopDomain(dom, "destroyed", {});
     else dom.settle("destroyed", {});
     await dom.worker.terminate();
-    if (this.all.get(dom.domid) === dom) this.all.delete(dom.domid);
     // Its owner is done with it: not kept for lookups either, with what it returned (a rank's
     // result of 32 MiB was held for the next 255 domains, in a daemon that never shows it).
     const kept = this.stopped.indexOf(dom);
     if (kept >= 0) this.stopped.splice(kept, 1);
+    if (this.all.get(dom.domid) === dom) {
+      this.all.delete(dom.domid);
+      this.forgot(dom);
+    }
   }
 
   /** Destroys every domain (the host shuts down). */
@@ -373,7 +401,10 @@ export class Hypervisor {
     this.stopped.push(dom);
     while (this.stopped.length > KEEP_STOPPED_DOMAINS) {
       const old = this.stopped.shift()!;
-      if (this.all.get(old.domid) === old) this.all.delete(old.domid);
+      if (this.all.get(old.domid) === old) {
+        this.all.delete(old.domid);
+        this.forgot(old);
+      }
     }
     // A guest that returned or crashed leaves nothing running behind it.
     // (A moment's grace first: output the guest printed last is still on its way to the host.)

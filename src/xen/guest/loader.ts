@@ -278,10 +278,43 @@ interface Compiled {
 /**
  * Compiled modules by program user (the owner of its entry: which of a module's imports it may
  * have depends on it, so a module two users' programs share is compiled for each) and path; a
- * file that changes is compiled again. Bounded: a host runs for weeks.
+ * file that changes is compiled again. Bounded, as a host runs for weeks: at most CACHE_MAX
+ * modules and COMPILE_CACHE_BYTES of code and source maps (their length), least recently used
+ * first out. It was bounded by count alone: 13 large programs (25 MiB of source) kept 81 MiB
+ * of the host's heap. A source map keeps no copy of the source (sourcesContent): a stack is
+ * mapped to a line and column (sandbox.ts), never shown with the source.
  */
 const cache = new Map<string, Compiled>();
 const CACHE_MAX = 512;
+/** What the compile cache holds at most: code and source maps, by length. */
+export const COMPILE_CACHE_BYTES = 64 << 20;
+let cacheBytes = 0;
+
+function entryBytes(m: GuestModuleImage): number {
+  return (m.code?.length ?? 0) + (m.map?.length ?? 0) + (m.error?.length ?? 0);
+}
+
+/** What the compile cache holds now (for tests and inspection). */
+export function compileCacheStats(): { modules: number; bytes: number } {
+  return { modules: cache.size, bytes: cacheBytes };
+}
+
+function forget(key: string): void {
+  const old = cache.get(key);
+  if (!old) return;
+  cache.delete(key);
+  cacheBytes -= entryBytes(old.module);
+}
+
+function remember(key: string, entry: Compiled): void {
+  forget(key);
+  const bytes = entryBytes(entry.module);
+  if (bytes > COMPILE_CACHE_BYTES) return;
+  while (cache.size > 0 && (cache.size >= CACHE_MAX || cacheBytes + bytes > COMPILE_CACHE_BYTES))
+    forget(cache.keys().next().value as string);
+  cache.set(key, entry);
+  cacheBytes += bytes;
+}
 
 /**
  * The module at `path`, compiled for a program of user `uid`, and that user: with no `uid`,
@@ -297,8 +330,12 @@ async function compile(path: string, uid: number | undefined): Promise<[GuestMod
   let source: string;
   try {
     const hit = cache.get(key);
-    if (hit && hit.mtimeMs === st.mtimeMs && hit.size === st.size && hit.real === real)
+    if (hit && hit.mtimeMs === st.mtimeMs && hit.size === st.size && hit.real === real) {
+      // Most recently used: last out.
+      cache.delete(key);
+      cache.set(key, hit);
       return [hit.module, file.uid];
+    }
     source = readFileSync(file.fd, "utf8");
   } catch (e) {
     return [{ url, error: `cannot load ${url}: ${(e as Error).message}`, imports: {} }, file.uid];
@@ -313,6 +350,7 @@ async function compile(path: string, uid: number | undefined): Promise<[GuestMod
       target: "node20",
       platform: "neutral",
       sourcemap: "external",
+      sourcesContent: false,
       sourcefile: path,
       // import() becomes require(), so dynamic imports go through the same checks as static ones.
       supported: { "dynamic-import": false },
@@ -335,8 +373,7 @@ async function compile(path: string, uid: number | undefined): Promise<[GuestMod
       imports: {},
     };
   }
-  if (cache.size >= CACHE_MAX) cache.delete(cache.keys().next().value as string);
-  cache.set(key, { mtimeMs: st.mtimeMs, size: st.size, real, module });
+  remember(key, { mtimeMs: st.mtimeMs, size: st.size, real, module });
   return [module, file.uid];
 }
 

@@ -13,6 +13,14 @@
  * The answer comes from the guest's own thread, but from the host's code in its main realm,
  * which the guest's compartment cannot reach or rewrite (guest/sandbox.ts).
  *
+ * A question's id is what V8's inspector takes: an int32. The ids went on growing, one per
+ * guest every WATCH_INTERVAL_MS, and once past 2^31 - 1 (weeks for a host with a few dozen
+ * guests) every question was refused with an error naming no id: the guest asked stayed
+ * "asking" for good, so no guest was metered again and one over its maxBufferMb kept all it
+ * held. Now ids wrap below 2^31, skipping ones still waiting; an error answer counts as an
+ * answer, and a question not answered within ANSWER_DEADLINE_MS is asked again (an answer to
+ * one of a guest's last MAX_OPEN_QUESTIONS still counts when it comes).
+ *
  * `arrayBuffers` counts what Node's allocator handed out. V8 allocates buffers that can grow
  * (resizable ArrayBuffers, growable SharedArrayBuffers) itself, where no figure of Node 20's
  * counts them, so a guest's realm cannot make or grow them (guest/fixed-length-buffers.ts).
@@ -21,6 +29,12 @@ import type { Session } from "node:inspector";
 
 /** How often each guest's isolate is asked, ms. */
 export const WATCH_INTERVAL_MS = 200;
+/** A question not answered in this long is asked again, ms. */
+export const ANSWER_DEADLINE_MS = 5_000;
+/** Questions one guest may have unanswered; past it, its oldest is given up. */
+const MAX_OPEN_QUESTIONS = 4;
+/** The largest id V8's inspector takes (an int32); ids wrap to 1 after it. */
+export const MAX_QUESTION_ID = 0x7fffffff;
 
 interface Watched {
   limitBytes: number;
@@ -28,6 +42,10 @@ interface Watched {
   /** The worker's inspector session, once NodeWorker reported it. */
   sessionId?: string;
   asking: boolean;
+  /** When the last question went, ms (Date.now()). */
+  askedAt: number;
+  /** Ids of its questions not answered yet, oldest first (at most MAX_OPEN_QUESTIONS). */
+  open: number[];
   /** The last answer, bytes (for inspection and tests). */
   held: number;
   /** The JavaScript heap in use at the last answer, bytes (shown, not metered: V8 keeps its limit). */
@@ -45,10 +63,30 @@ export class BufferWatch {
   /** Sessions NodeWorker announced for workers not (yet) watched: the announcement may come first. */
   private readonly sessions = new Map<string, string>();
   private timer: NodeJS.Timeout | undefined;
-  private nextId = 1;
+  private nextId: number;
   private readonly pending = new Map<number, string>();
 
-  constructor(private readonly warn: (msg: string) => void) {}
+  /** `firstId`: the first question's id (1; a test starts it near the wrap). */
+  constructor(
+    private readonly warn: (msg: string) => void,
+    firstId = 1,
+  ) {
+    this.nextId = Number.isInteger(firstId) && firstId >= 1 && firstId <= MAX_QUESTION_ID ? firstId : 1;
+  }
+
+  /** A question id in 1..MAX_QUESTION_ID that no question waiting has. */
+  private takeId(): number {
+    for (;;) {
+      const id = this.nextId;
+      this.nextId = id >= MAX_QUESTION_ID ? 1 : id + 1;
+      if (!this.pending.has(id)) return id;
+    }
+  }
+
+  /** Questions unanswered now, over every guest (at most MAX_OPEN_QUESTIONS each). */
+  get waiting(): number {
+    return this.pending.size;
+  }
 
   /** Watches the worker with this threadId; `over` is called once if it holds more than `limitBytes`. */
   watch(threadId: number, limitBytes: number, over: (heldBytes: number) => void): void {
@@ -57,6 +95,8 @@ export class BufferWatch {
       limitBytes,
       over,
       asking: false,
+      askedAt: 0,
+      open: [],
       held: 0,
       heap: 0,
       sessionId: this.sessions.get(key),
@@ -137,11 +177,17 @@ export class BufferWatch {
   private poll(): void {
     const s = this.session;
     if (s === undefined || this.unavailable) return;
+    const now = Date.now();
     for (const [key, w] of this.watched) {
-      if (w.sessionId === undefined || w.asking) continue;
+      if (w.sessionId === undefined) continue;
+      if (w.asking && now - w.askedAt < ANSWER_DEADLINE_MS) continue;
+      // (Unanswered past the deadline: asked again; a late answer to its last few still counts.)
+      while (w.open.length >= MAX_OPEN_QUESTIONS) this.pending.delete(w.open.shift()!);
       w.asking = true;
-      const id = this.nextId++;
+      w.askedAt = now;
+      const id = this.takeId();
       this.pending.set(id, key);
+      w.open.push(id);
       const message = JSON.stringify({
         id,
         method: "Runtime.evaluate",
@@ -150,11 +196,18 @@ export class BufferWatch {
       s.post("NodeWorker.sendMessageToWorker", { sessionId: w.sessionId, message }, (e) => {
         // The worker went away meanwhile: nothing to ask any more.
         if (e) {
-          this.pending.delete(id);
+          this.answered(w, id);
           w.asking = false;
         }
       });
     }
+  }
+
+  /** Question `id` of `w` is answered (or given up). */
+  private answered(w: Watched, id: number): void {
+    this.pending.delete(id);
+    const i = w.open.indexOf(id);
+    if (i >= 0) w.open.splice(i, 1);
   }
 
   private onAnswer(p: { message: string }): void {
@@ -167,9 +220,13 @@ export class BufferWatch {
     if (typeof m.id !== "number") return;
     const key = this.pending.get(m.id);
     if (key === undefined) return;
-    this.pending.delete(m.id);
     const w = this.watched.get(key);
-    if (!w) return;
+    if (!w) {
+      this.pending.delete(m.id);
+      return;
+    }
+    this.answered(w, m.id);
+    // An error answer (no result) is an answer too: the guest is asked again at the next look.
     w.asking = false;
     const a = m.result?.result?.value;
     if (!Array.isArray(a) || !Number.isFinite(a[0]) || !Number.isFinite(a[1])) return;
