@@ -175,3 +175,37 @@ test("a guest's open transaction keeps no more than its quota in the host: write
     assert.ok(report.refused >= 20_000 - 128, `${reads ? "reads" : "writes"}: ${report.refused} refused`);
   }
 });
+
+test("short-lived guests writing into a long-lived guest's home leave no node behind when they go", async () => {
+  // The keeper lets each writer write under its home; each writer fills part of its quota
+  // there and is destroyed. Its nodes passed to domain 0 (no quota) and stayed while the
+  // keeper lived: 10 writers with 4 KiB values held 9,905 nodes and 43 MiB of the host's heap.
+  const keeper = await startAgent(hv);
+  const K = keeper.dom.domid;
+  assert.equal(await keeper.rpc({ op: "xsWrite", path: "data/pool", value: "" }), true);
+  const xs = hv.xenstore;
+  const base = xs.nodeCount();
+  for (let i = 0; i < 3; i++) {
+    const writer = await startAgent(hv);
+    const W = writer.dom.domid;
+    const grant = [
+      { dom: K, access: "n" },
+      { dom: W, access: "w" },
+    ];
+    assert.equal(
+      await keeper.rpc({ op: "xsSetPerms", path: `/local/domain/${K}/data/pool`, perms: grant }),
+      true,
+    );
+    for (let n = 0; n < 20; n++) {
+      const path = `/local/domain/${K}/data/pool/w${W}-${n}`;
+      assert.equal(await writer.rpc({ op: "xsWrite", path, value: "x".repeat(4000) }), true);
+    }
+    assert.ok(xs.nodeCount() >= base + 20, "the writer's nodes are there while it lives");
+    await writer.dom.destroy();
+    assert.equal(xs.nodeCount(), base, `writer ${i + 1} is gone and so are its nodes`);
+  }
+  // The keeper's home works as before.
+  assert.equal(await keeper.rpc({ op: "xsWrite", path: "data/pool/mine", value: "1" }), true);
+  assert.equal(await keeper.rpc({ op: "xsRead", path: "data/pool/mine" }), "1");
+  await keeper.dom.destroy();
+});

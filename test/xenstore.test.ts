@@ -705,6 +705,64 @@ test("releasing a domain revokes its name from every node: what it owned passes 
   assert.equal(s.read(2, "/backend/x"), "made for 2", "the default access (read) stays");
 });
 
+test("what a released domain created in another's home goes with it: short-lived writers cannot pile nodes up under a long-lived keeper", async () => {
+  // Xen's XSA-419: passed to domain 0 (no quota), each writer's nodes outlived it, so a keeper
+  // letting one short-lived domain after another fill its quota in the keeper's home held
+  // nodes without bound.
+  const quota = 40;
+  const s = new XenStore({ maxNodesPerDomain: quota });
+  const keeper = 1;
+  s.introduceDomain(keeper);
+  s.write(keeper, "data/pool", "");
+  s.write(0, "/local/domain/1/data/pool/from-dom0", "the toolstack's");
+  const base = s.nodeCount();
+  const removed: string[] = [];
+  s.watch(0, "/local/domain/1/data/pool", "k", (p) => removed.push(p));
+  await settle();
+  removed.length = 0;
+  for (let d = 2; d < 12; d++) {
+    s.introduceDomain(d);
+    s.setPerms(keeper, "data/pool", [
+      { dom: keeper, access: "n" },
+      { dom: d, access: "w" },
+    ]);
+    let n = 0;
+    // One write inside a transaction: a commit creates as its caller too.
+    const t = s.transactionStart(d);
+    s.write(d, `/local/domain/1/data/pool/t${d}/deep/node`, "in a transaction", t);
+    s.transactionEnd(d, t, true);
+    assert.throws(() => {
+      for (;;) s.write(d, `/local/domain/1/data/pool/d${d}-${n++}`, "x".repeat(4000));
+    }, errno("ENOSPC"));
+    assert.equal(s.stats()[d].nodes, quota, "the writer used its whole quota");
+    assert.equal(s.read(0, `/local/domain/1/data/pool/d${d}-0`), "x".repeat(4000));
+    s.releaseDomain(d);
+    assert.equal(s.nodeCount(), base, `after writer ${d} is released, the store is back to ${base} nodes`);
+    assert.equal(s.stats()[0].nodes, 4, "domain 0 holds nothing new: /, /local, /local/domain, its home");
+  }
+  await settle();
+  assert.ok(removed.includes("/local/domain/1/data/pool/d2-0"), "watches on the pool saw the nodes go");
+  // Honest use goes on: domain 0's node stays, the keeper writes in its home as before.
+  assert.equal(s.read(keeper, "data/pool/from-dom0"), "the toolstack's");
+  s.write(keeper, "data/pool/mine", "1");
+  assert.deepEqual(s.directory(keeper, "data/pool"), ["from-dom0", "mine"]);
+
+  // A node the writer made that domain 0 then gave to the keeper is the keeper's (its quota
+  // binds): it stays. One domain 0 made and gave to the writer passes back to domain 0.
+  s.introduceDomain(20);
+  s.setPerms(keeper, "data/pool", [
+    { dom: keeper, access: "n" },
+    { dom: 20, access: "w" },
+  ]);
+  s.write(20, "/local/domain/1/data/pool/given", "made by 20");
+  s.setPerms(0, "/local/domain/1/data/pool/given", [{ dom: keeper, access: "n" }]);
+  s.write(0, "/backend/for-20", "made by dom0");
+  s.setPerms(0, "/backend/for-20", [{ dom: 20, access: "n" }]);
+  s.releaseDomain(20);
+  assert.equal(s.read(keeper, "data/pool/given"), "made by 20");
+  assert.deepEqual(s.getPerms(0, "/backend/for-20"), [{ dom: 0, access: "n" }]);
+});
+
 test("a watch's path and token fit one request payload", () => {
   const s = storeWith(1);
   assert.throws(() => s.watch(1, "data", "t".repeat(5000), () => {}), errno("EINVAL", /must fit in 4096/));

@@ -9,6 +9,7 @@
  * The jobs a client starts are its ClientJobs (client-jobs.ts); they end when it goes.
  */
 
+import { setMaxListeners } from "node:events";
 import type net from "node:net";
 import type { Host } from "../host/host.js";
 import type { HostSnapshot } from "../host/snapshot.js";
@@ -49,7 +50,10 @@ export interface ControlService {
     path: string,
     maxNodes?: number,
   ): { ok: true; tree: XenStoreTreeNode; nodes: number; truncated: boolean } | { ok: false; error: string };
-  ensureLinks(peers: LinkPeer[], timeoutMs: number): Promise<void>;
+  /** Stops waiting for the peers when `signal` aborts (the client went). */
+  ensureLinks(peers: LinkPeer[], timeoutMs: number, signal?: AbortSignal): Promise<void>;
+  /** The most peer NICs one client's open link requests may name together (the NIC's maxLinks). */
+  readonly maxLinkPeers: number;
 }
 
 export interface ControlConnectionOptions {
@@ -78,6 +82,10 @@ export class ControlConnection implements JobClient {
   private handshakeTimer: NodeJS.Timeout;
   private idleTimer: NodeJS.Timeout | undefined;
   private readonly channel: LineChannel;
+  /** Aborted when the connection closes: its link requests stop waiting. */
+  private readonly gone = new AbortController();
+  /** Peer NIC ids its open link requests name, with how many requests name each. */
+  private readonly linkPeers = new Map<number, number>();
 
   constructor(
     private readonly daemon: ControlService,
@@ -86,6 +94,8 @@ export class ControlConnection implements JobClient {
     private readonly opts: ControlConnectionOptions,
   ) {
     this.jobs = new ClientJobs(daemon.host, this, log, daemon.capacity);
+    // One abort listener per open link request (bounded by the peers they name, not by 10).
+    setMaxListeners(0, this.gone.signal);
     this.address = plainAddress(socket.remoteAddress);
     this.remote = `${this.address}:${socket.remotePort}`;
     this.channel = new LineChannel(socket, {
@@ -157,6 +167,7 @@ export class ControlConnection implements JobClient {
     clearTimeout(this.idleTimer);
     if (this.authenticated) this.log.info("client disconnected", { client: this.who, reason: why });
     else this.log.debug("connection closed before it authenticated", { client: this.remote, reason: why });
+    this.gone.abort();
     this.jobs.launcherGone();
     this.daemon.forget(this);
   }
@@ -245,13 +256,7 @@ export class ControlConnection implements JobClient {
         this.send({ type: "xenstore", id: m.id, ...this.daemon.xenstore(m.path, m.maxNodes) });
         return;
       case "link":
-        this.daemon.ensureLinks(m.peers, m.timeoutMs).then(
-          () => this.send({ type: "reply", id: m.id, ok: true }),
-          (e: Error) => {
-            this.log.warn("cannot link to the job's other hosts", { client: this.who, error: e.message });
-            this.send({ type: "reply", id: m.id, ok: false, code: "failed", error: e.message });
-          },
-        );
+        this.link(m);
         return;
       case "start":
         void this.jobs.start(m);
@@ -266,5 +271,45 @@ export class ControlConnection implements JobClient {
         this.jobs.stop(m.job);
         return;
     }
+  }
+
+  /**
+   * Links the NIC to the peers a link request names, waiting at most as long as it asks and
+   * no longer than the client stays. Its open requests together name at most maxLinkPeers
+   * peers (each counted once): beyond, the request is refused.
+   */
+  private link(m: Extract<ClientMessage, { type: "link" }>): void {
+    const ids = [...new Set(m.peers.map((p) => p.nicId))];
+    const added = ids.filter((id) => !this.linkPeers.has(id)).length;
+    const bound = this.daemon.maxLinkPeers;
+    if (this.linkPeers.size + added > bound) {
+      const why =
+        ids.length > bound
+          ? `the link request names ${ids.length} peer NICs; this host's NIC links to at most ${bound} (myrixen host --max-links N)`
+          : `the link request names ${added} peer NICs more than this client's open link requests (${this.linkPeers.size}); one client may have at most ${bound} being linked at once, as many as this host's NIC links to (myrixen host --max-links N)`;
+      this.log.warn("refused a request", { client: this.who, type: m.type, reason: why });
+      this.send({ type: "reply", id: m.id, ok: false, code: "refused", error: why });
+      return;
+    }
+    for (const id of ids) this.linkPeers.set(id, (this.linkPeers.get(id) ?? 0) + 1);
+    const done = () => {
+      for (const id of ids) {
+        const n = (this.linkPeers.get(id) ?? 1) - 1;
+        if (n === 0) this.linkPeers.delete(id);
+        else this.linkPeers.set(id, n);
+      }
+    };
+    this.daemon.ensureLinks(m.peers, m.timeoutMs, this.gone.signal).then(
+      () => {
+        done();
+        this.send({ type: "reply", id: m.id, ok: true });
+      },
+      (e: Error) => {
+        done();
+        if (this.gone.signal.aborted) return;
+        this.log.warn("cannot link to the job's other hosts", { client: this.who, error: e.message });
+        this.send({ type: "reply", id: m.id, ok: false, code: "failed", error: e.message });
+      },
+    );
   }
 }

@@ -37,6 +37,7 @@ import { Inspector } from "../host/inspect.js";
 import type { HostSnapshot } from "../host/snapshot.js";
 import type { QosPolicy } from "../myrixen/qos-policy.js";
 import { addressBlock } from "../nic/address-block.js";
+import { MAX_LINKS } from "../nic/link-bound.js";
 import type { XenStoreTreeNode } from "../xen/xenstore.js";
 import type { ClusterKey } from "./auth.js";
 import { defaultMaxGuestMb, defaultMaxRanks, HostCapacity } from "./capacity.js";
@@ -117,6 +118,7 @@ type DaemonSettings = Pick<
   | "peers"
   | "maxRanks"
   | "maxGuestMb"
+  | "maxLinks"
 > & { observeOnly?: string; name?: string };
 
 /** FNV-1a of `hostname:port`, in 0..0xfffffffe (the NIC ids a Host accepts). */
@@ -197,8 +199,22 @@ export class HostDaemon {
       hostname: this.hostname,
       control,
       linkAddress,
+      maxPeers: this.maxLinkPeers,
       stopped: () => this.stopped,
     });
+  }
+
+  /**
+   * The most peer NICs a link request, or one client's link requests together, may name: as
+   * many as the NIC links to (maxLinks), past which they could never all be linked.
+   */
+  get maxLinkPeers(): number {
+    return this.opts.maxLinks ?? MAX_LINKS;
+  }
+
+  /** Peer NICs being linked now for launchers' requests (each once); none once their clients went. */
+  get activeLinkWaits(): number {
+    return this.peerLinks.activeWaits;
   }
 
   /** Set when this host serves inspection only: what it is. */
@@ -449,10 +465,10 @@ export class HostDaemon {
 
   /**
    * Makes sure this NIC is linked to every peer's NIC (peer-links.ts). Rejects naming every
-   * peer not linked within timeoutMs.
+   * peer not linked within timeoutMs; stops waiting when `signal` aborts (the client went).
    */
-  ensureLinks(peers: LinkPeer[], timeoutMs: number): Promise<void> {
-    return this.peerLinks.ensureLinks(peers, timeoutMs);
+  ensureLinks(peers: LinkPeer[], timeoutMs: number, signal?: AbortSignal): Promise<void> {
+    return this.peerLinks.ensureLinks(peers, timeoutMs, signal);
   }
 
   /** Stops every job's ranks, closes the control port and connections, stops the NIC and the hypervisor. */

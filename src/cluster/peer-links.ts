@@ -18,6 +18,21 @@ import type { LinkPeer } from "./wire.js";
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms).unref());
 
+/** Sleeps `ms`, or less if `signal` aborts first. */
+function pause(ms: number, signal: AbortSignal): Promise<void> {
+  if (signal.aborted) return Promise.resolve();
+  return new Promise<void>((r) => {
+    const t = setTimeout(done, ms);
+    t.unref();
+    signal.addEventListener("abort", done, { once: true });
+    function done() {
+      clearTimeout(t);
+      signal.removeEventListener("abort", done);
+      r();
+    }
+  });
+}
+
 export interface PeerLinksOptions {
   host: Host;
   key: ClusterKey;
@@ -27,12 +42,38 @@ export interface PeerLinksOptions {
   control: HostAddress;
   /** Where this host's NIC accepts links (none: it links nowhere by itself). */
   linkAddress: HostAddress | undefined;
+  /**
+   * The most peer NICs one request may name: the NIC's own bound on the NICs it links to
+   * (maxLinks), past which such a request could never succeed.
+   */
+  maxPeers: number;
   /** True once the host stops: loops end, attempts give up. */
   stopped: () => boolean;
 }
 
+/** One peer NIC being linked, shared by every request that names it. */
+interface LinkWait {
+  run: Promise<void>;
+  /** Ends the wait once no request wants it any more. */
+  abort: AbortController;
+  users: number;
+}
+
+/** How often the one shared look at the NIC's links runs while a request waits for a peer to dial in. */
+const LINK_LOOK_MS = 50;
+/** Between two dials of a peer this NIC connects to. */
+const REDIAL_MS = 200;
+
+/** Thrown to a request whose client went (its AbortSignal): the wait ends with it. */
+export class LinkRequestCancelled extends Error {}
+
+const cancelled = () => Promise.reject(new LinkRequestCancelled("the client went"));
+
 export class PeerLinks {
-  private readonly linking = new Map<number, Promise<void>>();
+  private readonly linking = new Map<number, LinkWait>();
+  /** Peers that dial us, waited for by one shared look at the NIC's links: NIC id → wake. */
+  private readonly awaited = new Map<number, (linked: boolean) => void>();
+  private looking = false;
   /** The NICs linked at the last look (the answer when the NIC cannot be asked). */
   linkedNics: number[] = [];
 
@@ -40,6 +81,11 @@ export class PeerLinks {
 
   private get nicId(): number {
     return this.opts.host.nicId;
+  }
+
+  /** Peer NICs being linked now for some request (each once, however many requests name it). */
+  get activeWaits(): number {
+    return this.linking.size;
   }
 
   /** The NIC ids this NIC is linked to now. */
@@ -52,27 +98,88 @@ export class PeerLinks {
    * Makes sure this NIC is linked to every peer's NIC. Only one side of a pair connects (the
    * lower NIC id, to the higher), so two hosts asked at once never make two links; the other
    * side waits for the link to appear. Rejects naming every peer not linked within timeoutMs.
+   * A request naming more peers than the NIC links to (opts.maxPeers) is refused whole. When
+   * `signal` aborts (the client that asked went), the request rejects with
+   * LinkRequestCancelled and its waits end, unless another request still wants a peer.
    */
-  async ensureLinks(peers: LinkPeer[], timeoutMs: number): Promise<void> {
+  async ensureLinks(peers: LinkPeer[], timeoutMs: number, signal?: AbortSignal): Promise<void> {
+    if (peers.length > this.opts.maxPeers)
+      throw new Error(
+        `the request names ${peers.length} peer NICs, and this host's NIC links to at most ${this.opts.maxPeers} (myrixen host --max-links N, maxLinks in the config)`,
+      );
     const deadline = Date.now() + timeoutMs;
-    const results = await Promise.allSettled(peers.map((p) => this.linkTo(p, deadline, timeoutMs)));
+    // One listener for the request, however many peers it names.
+    const leave: Array<() => void> = [];
+    const onAbort = () => {
+      for (const l of leave) l();
+    };
+    signal?.addEventListener("abort", onAbort, { once: true });
+    let results: PromiseSettledResult<void>[];
+    try {
+      results = await Promise.allSettled(
+        peers.map((p) => (signal?.aborted ? cancelled() : this.join(p, deadline, timeoutMs, leave))),
+      );
+    } finally {
+      signal?.removeEventListener("abort", onAbort);
+    }
+    if (signal?.aborted) throw new LinkRequestCancelled("the client that asked for the links went");
     const problems = results.flatMap((r) => (r.status === "rejected" ? [(r.reason as Error).message] : []));
     if (problems.length > 0) throw new Error(problems.join("; "));
   }
 
-  private linkTo(p: LinkPeer, deadline: number, timeoutMs: number): Promise<void> {
+  /** This request's share of the wait for one peer: it leaves (the call it adds to `leave`) when its client goes. */
+  private join(p: LinkPeer, deadline: number, timeoutMs: number, leave: Array<() => void>): Promise<void> {
     if (p.nicId === this.nicId)
       return Promise.reject(
         new Error(`host ${p.label} has this host's own NIC id ${p.nicId}; give one of them another --nic-id`),
       );
-    const busy = this.linking.get(p.nicId);
-    if (busy) return busy;
-    const run = (async () => {
+    let w = this.linking.get(p.nicId);
+    if (!w) {
+      const abort = new AbortController();
+      const wait: LinkWait = {
+        abort,
+        users: 0,
+        run: this.linkTo(p, deadline, timeoutMs, abort.signal).finally(() => {
+          if (this.linking.get(p.nicId) === wait) this.linking.delete(p.nicId);
+        }),
+      };
+      this.linking.set(p.nicId, wait);
+      w = wait;
+    }
+    const shared = w;
+    shared.users++;
+    return new Promise<void>((resolve, reject) => {
+      let left = false;
+      const quit = () => {
+        if (left) return false;
+        left = true;
+        if (--shared.users === 0) shared.abort.abort();
+        return true;
+      };
+      leave.push(() => {
+        if (quit()) reject(new LinkRequestCancelled("the client went"));
+      });
+      shared.run.then(
+        () => {
+          if (quit()) resolve();
+        },
+        (e: unknown) => {
+          if (quit()) reject(e);
+        },
+      );
+    });
+  }
+
+  private linkTo(p: LinkPeer, deadline: number, timeoutMs: number, signal: AbortSignal): Promise<void> {
+    return (async () => {
       const where = `host ${p.label} (NIC ${p.nicId}, link ${formatAddress(p)})`;
       let last = "";
-      while (Date.now() < deadline && !this.opts.stopped()) {
-        if ((await this.links()).includes(p.nicId)) return;
-        if (this.nicId < p.nicId) {
+      if (this.nicId > p.nicId) {
+        // The peer dials: one look at the NIC's links, shared by every such wait, sees it come.
+        if (await this.dialledIn(p.nicId, deadline, signal)) return;
+      } else {
+        while (Date.now() < deadline && !this.opts.stopped() && !signal.aborted) {
+          if ((await this.links()).includes(p.nicId)) return;
           const left = Math.max(1, Math.min(3000, deadline - Date.now()));
           try {
             await this.opts.host.nic.attachLink({
@@ -89,18 +196,52 @@ export class PeerLinks {
             last = (e as Error).message;
             this.opts.log.debug("NIC link attempt failed", { peer: p.label, error: last });
           }
+          await pause(REDIAL_MS, signal);
         }
-        await sleep(this.nicId < p.nicId ? 200 : 50);
       }
+      if (signal.aborted) throw new LinkRequestCancelled("no request wants this link any more");
       if ((await this.links().catch((): number[] => [])).includes(p.nicId)) return;
       throw new Error(
         this.nicId < p.nicId
           ? `no NIC link to ${where} within ${timeoutMs} ms: ${last || "unreachable"}`
           : `${where} did not link to this host's NIC within ${timeoutMs} ms (the lower NIC id connects)`,
       );
-    })().finally(() => this.linking.delete(p.nicId));
-    this.linking.set(p.nicId, run);
-    return run;
+    })();
+  }
+
+  /** True once the NIC is linked to `peerNic`; false at the deadline, on abort, or when the host stops. */
+  private dialledIn(peerNic: number, deadline: number, signal: AbortSignal): Promise<boolean> {
+    return new Promise<boolean>((resolve) => {
+      const done = (linked: boolean) => {
+        if (this.awaited.get(peerNic) !== done) return;
+        this.awaited.delete(peerNic);
+        clearTimeout(timer);
+        signal.removeEventListener("abort", onAbort);
+        resolve(linked);
+      };
+      const onAbort = () => done(false);
+      const timer = setTimeout(() => done(false), Math.max(0, deadline - Date.now()));
+      timer.unref();
+      signal.addEventListener("abort", onAbort, { once: true });
+      this.awaited.set(peerNic, done);
+      void this.look();
+    });
+  }
+
+  /** The one look at the NIC's links every LINK_LOOK_MS while any peer is awaited. */
+  private async look(): Promise<void> {
+    if (this.looking) return;
+    this.looking = true;
+    try {
+      while (this.awaited.size > 0 && !this.opts.stopped()) {
+        const links = await this.links().catch(() => this.linkedNics);
+        for (const id of links) this.awaited.get(id)?.(true);
+        if (this.awaited.size > 0) await sleep(LINK_LOOK_MS);
+      }
+    } finally {
+      this.looking = false;
+      if (this.opts.stopped()) for (const done of [...this.awaited.values()]) done(false);
+    }
   }
 
   /** Links to one `--peers` host, keeps retrying until it works, and relinks when the link drops. */

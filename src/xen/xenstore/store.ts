@@ -22,6 +22,8 @@
  *   that exist (ENOENT), and a released domain's access is revoked from every node (nodes it
  *   owned pass to domain 0, entries naming it go): a later domain given the same id inherits
  *   nothing, with no need to keep ids out of use (xenstored gets there with node generations).
+ * - a released domain's nodes go with it: its home, and what it created elsewhere and still
+ *   owns (xenstored's XSA-419 fix), so its quota binds beyond its life.
  * - a watch's path and token fit one request payload (XENSTORE_PAYLOAD_MAX), or EINVAL.
  * - domain 0 is introduced when the store is built; other domains must be introduced before
  *   they may issue requests, and lose that right when released.
@@ -34,7 +36,6 @@ import {
   canonicalizePath,
   canRead,
   canWrite,
-  childPath,
   DEFAULT_XENSTORE_QUOTAS,
   describePerms,
   formatPerms,
@@ -144,33 +145,44 @@ export class XenStore {
     for (const [id, t] of this.txs) if (t.owner === domid) this.txs.delete(id);
     const home = getDomainPath(domid);
     if (this.live.getNode(home)) this.applyOp(0, this.live, { kind: "rm", path: home });
+    this.removeCreated(domid);
     this.revokeDomain(domid);
     this.watches.fireSpecial("@releaseDomain");
   }
 
   /**
+   * Removes what a released domain created and still owns outside its home (in another
+   * domain's home, where that domain let it write), with everything below, firing the watches
+   * there, as xenstored does since XSA-419: passed to domain 0, which has no quota, such
+   * nodes outlived their writer, and short-lived domains writing into a long-lived one's home
+   * piled them up without bound. Nodes domain 0 made stay (its own, and those it gave to the
+   * domain pass back to it below). Found through the tree's index, not a walk.
+   */
+  private removeCreated(domid: DomId): void {
+    const doomed = this.live
+      .namedBy(domid)
+      .filter((n) => n.creator === domid && n.perms[0].dom === domid)
+      .sort((a, b) => a.path.length - b.path.length);
+    for (const n of doomed) {
+      // Gone already below an ancestor removed before it.
+      if (this.live.getNode(n.path) === n) this.applyOp(0, this.live, { kind: "rm", path: n.path });
+    }
+  }
+
+  /**
    * Takes a released domain out of every node's perms: nodes it owned pass to domain 0 (with
-   * the same default access), entries naming it go. One walk per release, so the hypervisor
-   * may give the id to a new domain at once. No watch fires: nothing anyone could read changed.
+   * the same default access), entries naming it go. Found through the tree's index, so the
+   * hypervisor may give the id to a new domain at once. No watch fires: nothing anyone could
+   * read changed.
    */
   private revokeDomain(domid: DomId): void {
-    const named: Array<[string, XenStorePerm[]]> = [];
-    const stack: Array<[string, Node]> = [["/", this.live.root]];
-    while (stack.length > 0) {
-      const [path, n] = stack.pop()!;
-      if (n.perms.some((p) => p.dom === domid)) {
-        const [owner, ...rest] = n.perms;
-        named.push([
-          path,
-          [
-            owner.dom === domid ? { dom: 0, access: owner.access } : owner,
-            ...rest.filter((p) => p.dom !== domid),
-          ],
-        ]);
-      }
-      for (const [name, c] of n.children) stack.push([childPath(path, name), c]);
+    for (const n of this.live.namedBy(domid)) {
+      const [owner, ...rest] = n.perms;
+      this.live.setPerms(n.path, [
+        owner.dom === domid ? { dom: 0, access: owner.access } : owner,
+        ...rest.filter((p) => p.dom !== domid),
+      ]);
     }
-    for (const [path, perms] of named) this.live.setPerms(path, perms);
   }
 
   isIntroduced(domid: DomId): boolean {
@@ -642,7 +654,7 @@ export class XenStore {
     }
     const perms = inheritPerms(ancNode.perms, caller);
     for (let i = toCreate.length - 1; i >= 0; i--) {
-      view.create(toCreate[i], i === 0 ? value : "", i === 0 ? perms : perms.map((x) => ({ ...x })));
+      view.create(toCreate[i], i === 0 ? value : "", i === 0 ? perms : perms.map((x) => ({ ...x })), caller);
     }
   }
 }

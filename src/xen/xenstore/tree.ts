@@ -25,8 +25,8 @@ export interface View {
    * it). A transaction's commit conflicts if that node changed; the live tree keeps nothing.
    */
   note(path: string, at: string): void;
-  /** The parent must exist in this view. */
-  create(path: string, value: string, perms: XenStorePerm[]): void;
+  /** The parent must exist in this view; `creator` is the domain whose request makes it. */
+  create(path: string, value: string, perms: XenStorePerm[], creator: DomId): void;
   setValue(path: string, value: string): void;
   setPerms(path: string, perms: XenStorePerm[]): void;
   /** Removes the node and everything below it. */
@@ -41,6 +41,10 @@ export class Node implements NodeInfo {
     public perms: XenStorePerm[],
     /** Store generation of the last change to this node's value, perms or child list. */
     public gen: number,
+    /** Its full path (nodes never move), so a node found in the index can be removed. */
+    readonly path: string,
+    /** The domain whose request created it (0: domain 0, the toolstack or a backend). */
+    readonly creator: DomId,
   ) {}
   names(): string[] {
     return [...this.children.keys()].sort();
@@ -48,11 +52,16 @@ export class Node implements NodeInfo {
 }
 
 export class LiveTree implements View {
-  readonly root = new Node("", [{ dom: 0, access: "n" }], 0);
+  readonly root = new Node("", [{ dom: 0, access: "n" }], 0, "/", 0);
   generation = 0;
   /** Undo steps, recorded while a transaction commit is being applied so it stays atomic. */
   journal: Array<() => void> | null = null;
   private readonly owned = new Map<DomId, number>([[0, 1]]);
+  /**
+   * The nodes whose perms name each domain other than 0 (as owner or in an entry), so a
+   * release finds what it must remove or rewrite without walking the whole tree.
+   */
+  private readonly named = new Map<DomId, Set<Node>>();
 
   getNode(path: string): Node | undefined {
     if (path === "/") return this.root;
@@ -87,18 +96,39 @@ export class LiveTree implements View {
     else this.owned.set(dom, n);
   }
 
-  create(path: string, value: string, perms: XenStorePerm[]): void {
+  private index(node: Node, perms: readonly XenStorePerm[], add: boolean): void {
+    for (const { dom } of perms) {
+      if (dom === 0) continue;
+      let set = this.named.get(dom);
+      if (add) {
+        if (!set) this.named.set(dom, (set = new Set()));
+        set.add(node);
+      } else if (set?.delete(node) && set.size === 0) {
+        this.named.delete(dom);
+      }
+    }
+  }
+
+  /** The nodes whose perms name `dom` (never 0), as they stand; a copy. */
+  namedBy(dom: DomId): Node[] {
+    return [...(this.named.get(dom) ?? [])];
+  }
+
+  create(path: string, value: string, perms: XenStorePerm[], creator: DomId): void {
     const parent = this.mustGet(parentOf(path));
     const name = baseName(path);
     const gen = ++this.generation;
     const prevGen = parent.gen;
-    parent.children.set(name, new Node(value, perms, gen));
+    const node = new Node(value, perms, gen, path, creator);
+    parent.children.set(name, node);
     parent.gen = gen;
     this.addOwned(perms[0].dom, 1);
+    this.index(node, perms, true);
     this.journal?.push(() => {
       parent.children.delete(name);
       parent.gen = prevGen;
       this.addOwned(perms[0].dom, -1);
+      this.index(node, perms, false);
     });
   }
 
@@ -118,11 +148,15 @@ export class LiveTree implements View {
     const prev = { perms: node.perms, gen: node.gen };
     this.addOwned(prev.perms[0].dom, -1);
     this.addOwned(perms[0].dom, 1);
+    this.index(node, prev.perms, false);
+    this.index(node, perms, true);
     node.perms = perms;
     node.gen = ++this.generation;
     this.journal?.push(() => {
       this.addOwned(perms[0].dom, -1);
       this.addOwned(prev.perms[0].dom, 1);
+      this.index(node, perms, false);
+      this.index(node, prev.perms, true);
       node.perms = prev.perms;
       node.gen = prev.gen;
     });
@@ -138,6 +172,7 @@ export class LiveTree implements View {
     parent.gen = ++this.generation;
     const count = (n: Node, sign: number) => {
       this.addOwned(n.perms[0].dom, sign);
+      this.index(n, n.perms, sign > 0);
       for (const c of n.children.values()) count(c, sign);
     };
     count(node, -1);
@@ -261,7 +296,8 @@ export class TxView implements View {
     this.ownerDelta.set(dom, (this.ownerDelta.get(dom) ?? 0) + d);
   }
 
-  create(path: string, value: string, perms: XenStorePerm[]): void {
+  create(path: string, value: string, perms: XenStorePerm[], _creator: DomId): void {
+    // The creator matters only on the live tree: the commit replays the request as its caller.
     this.materialize(parentOf(path)).children.add(baseName(path));
     this.overlay.set(path, new TxNode(value, perms, new Set(), true));
     this.addDelta(perms[0].dom, 1);

@@ -1,0 +1,118 @@
+/**
+ * A launcher's link requests on a real HostDaemon, over TCP: each peer the request names is
+ * waited for (dialled, or watched for if the peer dials) until the link is up or the request's
+ * deadline. Nothing tied those waits to the client: one request naming 1,024 peer NIC ids with
+ * a deadline of 600 s, its client gone at once, kept 1,024 loops asking the NIC for its links
+ * every 50 ms for 10 minutes (7,400 look-ups a second through dom0, the host's main thread
+ * 99% of a core; an honest job took 6.1 s instead of 0.6 s). Now a request's waits end when
+ * its client goes, a client's open requests name at most as many peers as the NIC links to
+ * (maxLinks), and the peers that dial in are watched for by one shared look at the NIC.
+ */
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { randomClusterKey } from "../src/cluster/auth.js";
+import { HostDaemon, type HostDaemonOptions } from "../src/cluster/host-daemon.js";
+import { silentLogger } from "../src/cluster/log.js";
+import { RemoteHost } from "../src/cluster/remote.js";
+import type { LinkPeer } from "../src/cluster/wire.js";
+import { until } from "./helpers/until.js";
+
+const key = randomClusterKey();
+
+function startDaemon(opts: Partial<HostDaemonOptions>): Promise<HostDaemon> {
+  return HostDaemon.start({
+    listen: { host: "127.0.0.1", port: 0 },
+    linkPort: 0,
+    slots: 1,
+    key,
+    log: silentLogger,
+    ...opts,
+  });
+}
+
+/** `n` peers from NIC id `first` on, at a port where nothing listens. */
+const nowhere = (first: number, n: number): LinkPeer[] =>
+  Array.from({ length: n }, (_, i) => ({
+    nicId: first + i,
+    host: "127.0.0.1",
+    port: 9,
+    label: `nowhere ${i}`,
+  }));
+
+const connect = (d: HostDaemon) => RemoteHost.connect({ host: "127.0.0.1", port: d.control.port }, { key });
+
+test("a client that asks for links and goes leaves no wait running, whichever side dials", async () => {
+  // A high NIC id: every peer named dials us, so the host waits for it. A low one: the host dials each.
+  for (const [nicId, first] of [
+    [0xfffffff0, 1],
+    [1, 1000],
+  ]) {
+    const d = await startDaemon({ nicId, maxLinks: 64 });
+    try {
+      const rh = await connect(d);
+      const asked = rh.link(nowhere(first, 64), 600_000).catch((e: Error) => e);
+      await until(() => d.activeLinkWaits === 64, "the host to wait for the 64 peers");
+      rh.close();
+      assert.ok((await asked) instanceof Error);
+      await until(() => d.activeLinkWaits === 0, `every wait to end once the client went (NIC id ${nicId})`);
+      // Another client asking for the same peers later starts afresh, and goes the same way.
+      const again = await connect(d);
+      const asked2 = again.link(nowhere(first, 8), 600_000).catch((e: Error) => e);
+      await until(() => d.activeLinkWaits === 8, "the second client's waits");
+      again.close();
+      await asked2;
+      await until(() => d.activeLinkWaits === 0, "the second client's waits to end");
+    } finally {
+      await d.stop();
+    }
+  }
+});
+
+test("a link request naming more peers than the NIC links to is refused, and so are a client's requests past that together", async () => {
+  const d = await startDaemon({ nicId: 0xfffffff0, maxLinks: 16 });
+  try {
+    const rh = await connect(d);
+    await assert.rejects(
+      rh.link(nowhere(1, 17), 5_000),
+      /names 17 peer NICs; this host's NIC links to at most 16 \(myrixen host --max-links N\)/,
+    );
+    assert.equal(d.activeLinkWaits, 0, "nothing was started for the refused request");
+    const first = rh.link(nowhere(1, 10), 600_000).catch((e: Error) => e);
+    await until(() => d.activeLinkWaits === 10, "the first request's waits");
+    // The same peers again count once; 7 new ones (11 to 17) would make 17.
+    await assert.rejects(
+      rh.link(nowhere(4, 14), 5_000),
+      /one client may have at most 16 being linked at once/,
+    );
+    assert.equal(d.activeLinkWaits, 10);
+    const second = rh.link(nowhere(5, 12), 600_000).catch((e: Error) => e);
+    await until(() => d.activeLinkWaits === 16, "the second request's new waits");
+    rh.close();
+    await Promise.all([first, second]);
+    await until(() => d.activeLinkWaits === 0, "every wait to end once the client went");
+  } finally {
+    await d.stop();
+  }
+});
+
+test("an honest pair of hosts still links through a launcher's requests, and no wait is left after", async () => {
+  const a = await startDaemon({ nicId: 101 });
+  const b = await startDaemon({ nicId: 102 });
+  try {
+    const [ra, rb] = await Promise.all([connect(a), connect(b)]);
+    const peerOf = (d: HostDaemon, label: string): LinkPeer => ({
+      nicId: d.nicId,
+      host: d.linkAddress!.host,
+      port: d.linkAddress!.port,
+      label,
+    });
+    await Promise.all([ra.link([peerOf(b, "b")], 10_000), rb.link([peerOf(a, "a")], 10_000)]);
+    assert.equal(a.activeLinkWaits, 0);
+    assert.equal(b.activeLinkWaits, 0);
+    assert.deepEqual((await ra.status()).links, [102], "A is linked to B");
+    ra.close();
+    rb.close();
+  } finally {
+    await Promise.all([a.stop(), b.stop()]);
+  }
+});
