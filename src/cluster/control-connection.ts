@@ -6,7 +6,8 @@
  * a client silent for idleTimeoutMs is dropped. Garbage, an oversized line, a wrong version or
  * an unknown message is logged and the connection dropped. An observer, or any client of a
  * host that serves inspection only, may ask status, snapshot and xenstore but not run jobs.
- * The jobs a client starts are its ClientJobs (client-jobs.ts); they end when it goes.
+ * The jobs a client starts are its ClientJobs (client-jobs.ts), and the link requests it
+ * makes wait under its abort signal (peer-links.ts): both end when it goes.
  */
 
 import { setMaxListeners } from "node:events";
