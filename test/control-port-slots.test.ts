@@ -16,11 +16,11 @@ import net from "node:net";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { controlProof, randomClusterKey } from "../src/cluster/auth.js";
-import { HostDaemon, type HostDaemonOptions } from "../src/cluster/host-daemon.js";
+import type { HostDaemon, HostDaemonOptions } from "../src/cluster/host-daemon.js";
 import { Job } from "../src/cluster/job.js";
-import { silentLogger } from "../src/cluster/log.js";
 import { RemoteHost } from "../src/cluster/remote.js";
 import { WIRE_VERSION } from "../src/cluster/wire.js";
+import { startLocalDaemon } from "./helpers/daemon.js";
 import { until } from "./helpers/until.js";
 
 const key = randomClusterKey();
@@ -30,14 +30,7 @@ async function withHost(
   opts: Partial<HostDaemonOptions>,
   body: (d: HostDaemon, at: { host: string; port: number }) => Promise<void>,
 ): Promise<void> {
-  const d = await HostDaemon.start({
-    listen: { host: "127.0.0.1", port: 0 },
-    linkPort: 0,
-    slots: 2,
-    key,
-    log: silentLogger,
-    ...opts,
-  });
+  const d = await startLocalDaemon(key, opts);
   try {
     await body(d, { host: "127.0.0.1", port: d.control.port });
   } finally {

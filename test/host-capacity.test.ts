@@ -12,11 +12,10 @@ import { test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { randomClusterKey } from "../src/cluster/auth.js";
 import { DEFAULT_RANKS_PER_SLOT, defaultMaxGuestMb, HostCapacity } from "../src/cluster/capacity.js";
-import { HostDaemon } from "../src/cluster/host-daemon.js";
 import { Job, newJobKey } from "../src/cluster/job.js";
-import { silentLogger } from "../src/cluster/log.js";
 import type { RankEvents } from "../src/cluster/ranks.js";
 import { RemoteHost } from "../src/cluster/remote.js";
+import { startLocalDaemon } from "./helpers/daemon.js";
 import { until } from "./helpers/until.js";
 
 const key = randomClusterKey();
@@ -47,14 +46,7 @@ function ask(rh: RemoteHost, job: string, n: number, pages: number | undefined, 
 
 test("a launcher asking for more than the host's capacity is refused before any domain is made, naming the limit; an honest job still runs", async () => {
   // 1 slot: at most 4 ranks at once (the default, 4 per slot); 256 MiB of guest RAM (4 ranks of the default 64 MiB).
-  const d = await HostDaemon.start({
-    listen: { host: "127.0.0.1", port: 0 },
-    linkPort: 0,
-    slots: 1,
-    maxGuestMb: 256,
-    key,
-    log: silentLogger,
-  });
+  const d = await startLocalDaemon(key, { slots: 1, maxGuestMb: 256 });
   const at = { host: "127.0.0.1", port: d.control.port };
   // Every domain the host makes, refused starts or not.
   const hv = d.host.hypervisor;

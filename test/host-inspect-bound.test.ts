@@ -12,10 +12,9 @@ import { fileURLToPath } from "node:url";
 import { setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
 import { randomClusterKey } from "../src/cluster/auth.js";
-import { HostDaemon } from "../src/cluster/host-daemon.js";
 import { Job } from "../src/cluster/job.js";
-import { silentLogger } from "../src/cluster/log.js";
 import { RemoteHost } from "../src/cluster/remote.js";
+import { startLocalDaemon } from "./helpers/daemon.js";
 import { until } from "./helpers/until.js";
 
 const key = randomClusterKey();
@@ -25,13 +24,7 @@ test("one snapshot while ranks run keeps neither their domains nor what they ret
   setFlagsFromString("--expose-gc");
   const gc = runInNewContext("gc") as () => void;
   setFlagsFromString("--no-expose-gc");
-  const d = await HostDaemon.start({
-    listen: { host: "127.0.0.1", port: 0 },
-    linkPort: 0,
-    slots: 2,
-    key,
-    log: silentLogger,
-  });
+  const d = await startLocalDaemon(key);
   const hv = d.host.hypervisor;
   const guests = () => hv.domains().filter((x) => !x.privileged);
   const rh = await RemoteHost.connect({ host: "127.0.0.1", port: d.control.port }, { key });

@@ -11,23 +11,16 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { randomClusterKey } from "../src/cluster/auth.js";
-import { HostDaemon, type HostDaemonOptions } from "../src/cluster/host-daemon.js";
-import { silentLogger } from "../src/cluster/log.js";
+import type { HostDaemon, HostDaemonOptions } from "../src/cluster/host-daemon.js";
 import { RemoteHost } from "../src/cluster/remote.js";
 import type { LinkPeer } from "../src/cluster/wire.js";
+import { startLocalDaemon } from "./helpers/daemon.js";
 import { until } from "./helpers/until.js";
 
 const key = randomClusterKey();
 
 function startDaemon(opts: Partial<HostDaemonOptions>): Promise<HostDaemon> {
-  return HostDaemon.start({
-    listen: { host: "127.0.0.1", port: 0 },
-    linkPort: 0,
-    slots: 1,
-    key,
-    log: silentLogger,
-    ...opts,
-  });
+  return startLocalDaemon(key, { slots: 1, ...opts });
 }
 
 /** `n` peers from NIC id `first` on, at a port where nothing listens. */

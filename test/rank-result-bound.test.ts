@@ -13,11 +13,10 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { randomClusterKey } from "../src/cluster/auth.js";
-import { HostDaemon } from "../src/cluster/host-daemon.js";
 import { Job } from "../src/cluster/job.js";
-import { silentLogger } from "../src/cluster/log.js";
 import { RemoteHost } from "../src/cluster/remote.js";
 import { MAX_LINE_BYTES } from "../src/cluster/wire.js";
+import { startLocalDaemon } from "./helpers/daemon.js";
 
 const key = randomClusterKey();
 /** The longest JSON text of a result a host sends (client-jobs.ts MAX_RESULT_JSON). */
@@ -25,13 +24,7 @@ const MAX_RESULT_JSON = 256 * 1024;
 const fixture = (name: string) => fileURLToPath(new URL(`./fixtures/${name}.js`, import.meta.url));
 
 test("a rank returning a huge value gets a clear too-large note, and the host never stringifies it; an honest result still travels", async () => {
-  const d = await HostDaemon.start({
-    listen: { host: "127.0.0.1", port: 0 },
-    linkPort: 0,
-    slots: 2,
-    key,
-    log: silentLogger,
-  });
+  const d = await startLocalDaemon(key);
   const at = { host: "127.0.0.1", port: d.control.port };
   // Everything this process (the host) gives JSON.stringify.
   const stringify = JSON.stringify;
