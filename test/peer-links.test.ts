@@ -9,6 +9,7 @@
  * (maxLinks), and the peers that dial in are watched for by one shared look at the NIC.
  */
 import assert from "node:assert/strict";
+import net from "node:net";
 import { test } from "node:test";
 import { randomClusterKey } from "../src/cluster/auth.js";
 import type { HostDaemon, HostDaemonOptions } from "../src/cluster/host-daemon.js";
@@ -85,6 +86,45 @@ test("a link request naming more peers than the NIC links to is refused, and so 
     await until(() => d.activeLinkWaits === 0, "every wait to end once the client went");
   } finally {
     await d.stop();
+  }
+});
+
+test("a request for a peer whose last asker just went gets a wait of its own, not that one's cancellation", async () => {
+  // A peer that accepts TCP and never answers: the host's dial to it stays in progress.
+  const sockets: net.Socket[] = [];
+  const silent = net.createServer((s) => sockets.push(s));
+  await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve));
+  const peer: LinkPeer = {
+    nicId: 1000,
+    host: "127.0.0.1",
+    port: (silent.address() as net.AddressInfo).port,
+    label: "silent",
+  };
+  const d = await startDaemon({ nicId: 1 }); // the lower id: this host dials
+  try {
+    const first = await connect(d);
+    const asked = first.link([peer], 600_000).catch((e: Error) => e);
+    await until(() => sockets.length === 1, "the host to dial the silent peer");
+    first.close();
+    await asked;
+    // At once, while that dial still runs: a second launcher asks for the same peer.
+    const second = await connect(d);
+    try {
+      const e = await second.link([peer], 1_500).then(
+        () => undefined,
+        (err: Error) => err,
+      );
+      assert.ok(e instanceof Error, "the silent peer never links");
+      assert.doesNotMatch(e.message, /no request wants this link/);
+      assert.match(e.message, /no NIC link to host silent .* within 1500 ms/);
+    } finally {
+      second.close();
+    }
+    await until(() => d.activeLinkWaits === 0, "every wait to end");
+  } finally {
+    await d.stop();
+    for (const s of sockets) s.destroy();
+    silent.close();
   }
 });
 

@@ -85,6 +85,22 @@ function run(guest, c, kept) {
       }
       return { rounds: c.n };
     }
+    case "vary": {
+      // Allocate, check, use, release, drop, in the sizes given (an honest guest's sizes change).
+      const out = [];
+      for (const p of c.sizes) {
+        try {
+          const r = guest.allocShared(p);
+          const clean = r.bytes.every((b) => b === 0);
+          r.bytes.fill(9);
+          guest.releaseShared(r);
+          out.push({ pages: p, bytes: r.bytes.length, clean });
+        } catch (e) {
+          out.push({ pages: p, error: String(e.message) });
+        }
+      }
+      return out;
+    }
     case "share": {
       const r = guest.allocShared(c.pages, { audience: [c.peer] });
       const refs = [];
@@ -179,6 +195,31 @@ test("an honest guest allocates and releases far more than its quota, over and o
     for (const pages of [16, 16, 8, 8])
       assert.ok((await rpc<{ pfn?: number }>(g, { op: "alloc", pages })).pfn);
     assert.equal(hv.sharedMemory(g.domid)!.charged, 48);
+    await g.destroy();
+  } finally {
+    await hv.shutdown();
+  }
+});
+
+test("an honest guest whose segment sizes change reuses a larger buffer it released once its quota is full", async () => {
+  const hv = new Hypervisor();
+  try {
+    const g = await start(hv, 64);
+    // 40 pages charged after the first; 30 fits only in that buffer (40 + 30 > 64); 20 gets a
+    // new one (40 + 20 ≤ 64), and the last 40 its own size back.
+    const got = await rpc<{ pages: number; bytes?: number; clean?: boolean; error?: string }[]>(g, {
+      op: "vary",
+      sizes: [40, 30, 20, 40],
+    });
+    assert.deepEqual(
+      got,
+      [40, 30, 20, 40].map((pages) => ({ pages, bytes: pages * 4096, clean: true })),
+      "each size served, its pages alone and zeroed",
+    );
+    assert.equal(hv.sharedMemory(g.domid)!.charged, 60);
+    // Nothing released is large enough and the quota is full: refused, saying why.
+    const [big] = await rpc<{ error?: string }[]>(g, { op: "vary", sizes: [50] });
+    assert.match(big.error ?? "", /may have at most 64 shared pages .*60 in released ones/);
     await g.destroy();
   } finally {
     await hv.shutdown();

@@ -134,7 +134,9 @@ export class PeerLinks {
         new Error(`host ${p.label} has this host's own NIC id ${p.nicId}; give one of them another --nic-id`),
       );
     let w = this.linking.get(p.nicId);
-    if (!w) {
+    // A wait its last client left is ending (a dial in progress runs out first): this request
+    // starts its own rather than share that one's cancellation.
+    if (!w || w.abort.signal.aborted) {
       const abort = new AbortController();
       const wait: LinkWait = {
         abort,

@@ -603,7 +603,8 @@ export class Guest {
       pages,
       audience,
     });
-    const run = { pfn, count: pages, bytes: new Uint8Array(buffer) };
+    // The segment's pages: its buffer may be a larger one of ours released before (the rest zeroed).
+    const run = { pfn, count: pages, bytes: new Uint8Array(buffer, 0, pages * PAGE_SIZE) };
     this.#shared.push(run);
     return run;
   }

@@ -58,6 +58,14 @@ export class Segment {
     /** No audience declared yet: the first domain to map it becomes the audience. */
     public open: boolean,
   ) {}
+
+  /**
+   * The pages its buffer holds, what its holders are charged: `pages`, or more when it reuses
+   * a larger released buffer of its owner's (memory-hypercalls.ts, allocShared).
+   */
+  get bufferPages(): number {
+    return this.buffer.byteLength / PAGE_SIZE;
+  }
 }
 
 /** A mapping a domain holds: writable ones pin their grants; read-only ones are a right to copy. */

@@ -160,12 +160,12 @@ export class MemoryHypercalls {
       // The driver domain's segments (windows, channels) are not: myrback bounds what it shares
       // with each guest (myrixen/back/shared-memory.ts) and reuses it only for that guest.
       const charge = !sg.owner.privileged && !sg.holders.has(rec.serial);
-      if (charge && rec.chargedPages + sg.pages > rec.maxSharedPages)
+      if (charge && rec.chargedPages + sg.bufferPages > rec.maxSharedPages)
         return {
           status: GNTST.no_device_space,
           error:
             `domain ${rec.domid} may hold at most ${rec.maxSharedPages} shared pages (holds ${rec.chargedPages}: ` +
-            `${chargeParts(rec)}); mapping the ${sg.pages}-page segment of domain ${granter.domid} would pass it ` +
+            `${chargeParts(rec)}); mapping the ${sg.bufferPages}-page segment of domain ${granter.domid} would pass it ` +
             "(a mapped segment counts until the mapping domain ends); raise maxSharedPages in createDomain",
         };
       if (sg.open) {
@@ -173,7 +173,7 @@ export class MemoryHypercalls {
         sg.open = false;
       }
       if (charge) {
-        rec.foreignPages += sg.pages;
+        rec.foreignPages += sg.bufferPages;
         sg.mappers.set(rec.serial, rec.domid);
       }
     }
@@ -256,7 +256,10 @@ export class MemoryHypercalls {
    * A guest's released segment waits in its pool and comes back, zeroed, as its next segment
    * of that many pages, once no other live guest mapped it (memory one domain could reach
    * never goes to another while that one lives): so a guest that allocates and releases in a
-   * loop stays within its quota, and one that releases and keeps the buffers hits it. The
+   * loop stays within its quota, and one that releases and keeps the buffers hits it. When
+   * its quota has no room for a new buffer, the smallest larger one of its pool serves (its
+   * pages past the segment zeroed, charged as a whole): a guest whose sizes vary is refused
+   * only when no released buffer is large enough and the quota is full. The
    * privileged domain's segments are released as before (it is trusted to drop what it
    * releases, and myrback reuses its own memory per guest).
    */
@@ -280,24 +283,25 @@ export class MemoryHypercalls {
         if (peer !== rec) members.add(peer.serial);
       }
     }
-    const reused = rec.privileged ? undefined : this.reusable(rec, n);
+    let reused = rec.privileged ? undefined : this.reusable(rec, n);
+    if (!reused && !rec.privileged && rec.chargedPages + n > rec.maxSharedPages) reused = this.reusableLarger(rec, n);
     if (!reused && rec.chargedPages + n > rec.maxSharedPages)
       throw new HypercallError(
         "ENOMEM",
         `domain ${rec.domid} may have at most ${rec.maxSharedPages} shared pages (has ${rec.chargedPages}: ` +
           `${chargeParts(rec)}; asked ${n}); release segments it no longer needs (a released segment ` +
-          "still counts, and its next segment of that size reuses it), or raise maxSharedPages in createDomain",
+          "still counts, until a later segment of its size or smaller reuses it), or raise maxSharedPages in createDomain",
       );
     const firstPfn = this.sharedFrameRun(rec, n);
     let buffer: SharedArrayBuffer;
     if (reused) {
       buffer = reused.buffer;
       new Uint8Array(buffer).fill(0);
-      rec.pooledPages -= n;
+      rec.pooledPages -= reused.bufferPages;
     } else buffer = new SharedArrayBuffer(n * PAGE_SIZE);
     const sg = new Segment(rec, firstPfn, n, buffer, members, audience === undefined);
     rec.addSegment(sg);
-    rec.sharedPages += n;
+    rec.sharedPages += sg.bufferPages;
     this.count(rec, "mem_shared_alloc", n);
     return { pfn: firstPfn, buffer: sg.buffer };
   }
@@ -321,6 +325,16 @@ export class MemoryHypercalls {
       return sg;
     }
     if (looked < list.length) list.unshift(...list.splice(list.length - looked, looked));
+    return undefined;
+  }
+
+  /** The released buffer of the fewest pages above `n` in `rec`'s pool that only `rec` may still hold, taken out; or none. */
+  private reusableLarger(rec: DomainRecord, n: number): Segment | undefined {
+    const sizes = [...rec.pool.keys()].filter((size) => size > n).sort((a, b) => a - b);
+    for (const size of sizes) {
+      const sg = this.reusable(rec, size);
+      if (sg) return sg;
+    }
     return undefined;
   }
 
@@ -389,15 +403,16 @@ export class MemoryHypercalls {
   releaseSegment(rec: DomainRecord, pfn: unknown) {
     const sg = this.ownSegment(rec, pfn, "mem_release_shared");
     rec.removeSegment(sg);
-    rec.sharedPages -= sg.pages;
+    rec.sharedPages -= sg.bufferPages;
     sg.released = true;
     if (rec.privileged) freeRun(rec.freeFrames, sg.firstPfn, sg.pages);
     else {
-      // It may keep the buffer: still charged to it, and its next segment of this size (allocShared).
-      const list = rec.pool.get(sg.pages);
+      // It may keep the buffer: still charged to it, and a later segment of its size (allocShared).
+      const size = sg.bufferPages;
+      const list = rec.pool.get(size);
       if (list) list.push(sg);
-      else rec.pool.set(sg.pages, [sg]);
-      rec.pooledPages += sg.pages;
+      else rec.pool.set(size, [sg]);
+      rec.pooledPages += size;
     }
     this.count(rec, "mem_shared_release", sg.pages);
     // The privileged domain's view already stops resolving it (removeSegment bumped the
