@@ -265,7 +265,8 @@ export function jsonLengthPast(v: unknown, limit: number): number {
     else if (typeof x !== "object") total += 8;
     else if (ArrayBuffer.isView(x))
       total += Math.max(x.byteLength, 6 * ((x as { length?: number }).length ?? 0));
-    else if (x instanceof ArrayBuffer || x instanceof SharedArrayBuffer) total += x.byteLength;
+    else if (x instanceof ArrayBuffer || x instanceof SharedArrayBuffer)
+      total += 2; // JSON writes {}
     else if (x instanceof Date) total += 26;
     else if (x instanceof String || x instanceof Number || x instanceof Boolean) stack.push(x.valueOf());
     else if (Array.isArray(x)) {

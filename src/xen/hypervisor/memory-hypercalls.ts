@@ -284,7 +284,8 @@ export class MemoryHypercalls {
       }
     }
     let reused = rec.privileged ? undefined : this.reusable(rec, n);
-    if (!reused && !rec.privileged && rec.chargedPages + n > rec.maxSharedPages) reused = this.reusableLarger(rec, n);
+    if (!reused && !rec.privileged && rec.chargedPages + n > rec.maxSharedPages)
+      reused = this.reusableLarger(rec, n);
     if (!reused && rec.chargedPages + n > rec.maxSharedPages)
       throw new HypercallError(
         "ENOMEM",
