@@ -12,6 +12,7 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { Host } from "../src/host/host.js";
+import { STALE_INTR_PAGES_PER_DOMAIN } from "../src/myrixen/back/shared-memory.js";
 import type { Domain } from "../src/xen/hypervisor.js";
 import { nextMessage } from "./helpers/messages.js";
 import { until } from "./helpers/until.js";
@@ -84,4 +85,41 @@ test("a former peer that unmapped the page as a frontend does, keeping its view,
     "dom0's grants back to where they were",
     10_000,
   );
+});
+
+test("a peer that keeps every interrupt page while its owner reopens in a loop holds at most its share; then it talks through the NIC", async () => {
+  // It releases each dead channel as a frontend does (so the pair's channel buffers come back)
+  // and keeps its views: one interrupt page more per round, for as long as it lives.
+  const replacedBefore = host.backendStats().intrPagesReplaced;
+  const owner = await start("owner", 3);
+  const addr = await next(owner);
+  const keeper = await start("peer", 3);
+  keeper.send(addr);
+  assert.equal(await next(keeper), "connected");
+  const replaced = () => host.backendStats().intrPagesReplaced - replacedBefore;
+  const round = async () => {
+    owner.send("reopen");
+    assert.equal(await next(owner), "reopened");
+    keeper.send("reconnect");
+    return (await next<{ channel: boolean }>(keeper)).channel;
+  };
+  // Until it holds its share (a round whose channel waits for dom0 to get a buffer back
+  // replaces nothing: how many rounds that takes is the scheduler's business).
+  for (let i = 0; i < 8 * STALE_INTR_PAGES_PER_DOMAIN && replaced() < STALE_INTR_PAGES_PER_DOMAIN; i++)
+    await round();
+  assert.equal(replaced(), STALE_INTR_PAGES_PER_DOMAIN);
+  // Past it: no channel, so no page of the owner's, and dom0 makes no more.
+  const after: boolean[] = [];
+  for (let i = 0; i < 16; i++) after.push(await round());
+  assert.equal(
+    replaced(),
+    STALE_INTR_PAGES_PER_DOMAIN,
+    `dom0 made a fresh interrupt page for every reopen the keeper held the old one through (channels after its share: ${after.map(Number).join("")})`,
+  );
+  assert.deepEqual(after, Array(16).fill(false));
+  keeper.send("stop");
+  await keeper.exited;
+  owner.send("stop");
+  await owner.exited;
+  await until(() => host.backendStats().deferredGrants === 0, "dom0's deferred grants back to 0", 10_000);
 });

@@ -437,6 +437,8 @@ export class MyriCore {
       let mem: ChannelMem | undefined;
       let buffer: SharedArrayBuffer;
       if (client.kind === "guest") {
+        // A member holding its share of replaced interrupt pages gets no other's page: the NIC.
+        if (!this.memory.mayShareIntr(client.domid, peer.owner.domid)) return result;
         mem = this.memory.takeChannel(client.domid, peer.owner.domid);
         // The pair already holds its share of channel buffers: it talks through the NIC.
         if (!mem) return result;

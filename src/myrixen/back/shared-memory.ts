@@ -82,6 +82,14 @@ export const CHANNELS_PER_DOMAIN = 32;
  * many channels others hold.
  */
 export const CHANNEL_GRANT_SHARE = 0.75;
+/**
+ * Interrupt pages a live domain may hold after they were replaced (recall): a peer that keeps
+ * the page it was granted, and whose owner reopens, holds one page more each time, for life —
+ * a colluding pair reopening and reconnecting in a loop grew dom0's memory by a page each
+ * round, without bound. Past this many, the domain's new channels are refused (its connects
+ * talk through the NIC, which needs no page of anyone's) until it goes.
+ */
+export const STALE_INTR_PAGES_PER_DOMAIN = 64;
 
 const WINDOW_PAGES = WINDOW_BYTES / PAGE_SIZE;
 const INTR_PAGES = INTR_BYTES / PAGE_SIZE;
@@ -103,6 +111,8 @@ export class SharedMemory {
    * back from reuse (allocDomid) — a long-lived guest many peers connect to used both up.
    */
   private readonly peerSlots = new Map<DomId, Set<WindowSlot>>();
+  /** Per live domain, the replaced interrupt pages it was granted and may still hold (pages). */
+  private readonly staleIntr = new Map<DomId, number>();
   /** Response pages whose grant has ended. */
   private readonly rspFree: PageRun[] = [];
   /** Channel buffers dom0 holds, in all and per member domain. */
@@ -215,7 +225,10 @@ export class SharedMemory {
     slot.id = this.newSlotId();
     Atomics.add(this.stats, Stat.intrPagesReplaced, 1);
     this.keeper.end(ending);
-    for (const peer of slot.peerRefs.keys()) this.unindexPeer(peer, slot);
+    for (const peer of slot.peerRefs.keys()) {
+      this.unindexPeer(peer, slot);
+      this.staleIntr.set(peer, (this.staleIntr.get(peer) ?? 0) + slot.intr.count);
+    }
     slot.peerRefs.clear();
     this.publish();
   }
@@ -225,6 +238,14 @@ export class SharedMemory {
     let free = this.slots.get(domid);
     if (!free) this.slots.set(domid, (free = []));
     free.push(slot);
+  }
+
+  /**
+   * Whether a new channel between domains a and b may be made: neither holds
+   * STALE_INTR_PAGES_PER_DOMAIN replaced interrupt pages (each member is granted the other's).
+   */
+  mayShareIntr(a: DomId, b: DomId): boolean {
+    return [a, b].every((d) => (this.staleIntr.get(d) ?? 0) < STALE_INTR_PAGES_PER_DOMAIN);
   }
 
   /** The interrupt page of `slot`, granted to co-resident peer `peer` (once per peer). */
@@ -343,6 +364,7 @@ export class SharedMemory {
       if (refs) this.keeper.end(refs);
     }
     this.peerSlots.delete(domid);
+    this.staleIntr.delete(domid);
     for (const [pair, p] of this.channels) {
       const [a, b] = pair.split(":").map(Number);
       if (a !== domid && b !== domid) continue;
