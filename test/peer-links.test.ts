@@ -128,6 +128,36 @@ test("a request for a peer whose last asker just went gets a wait of its own, no
   }
 });
 
+test("a request that joins an earlier, shorter wait for a peer waits its own time", async () => {
+  const sockets: net.Socket[] = [];
+  const silent = net.createServer((s) => sockets.push(s));
+  await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve));
+  const peer: LinkPeer = {
+    nicId: 1000,
+    host: "127.0.0.1",
+    port: (silent.address() as net.AddressInfo).port,
+    label: "silent",
+  };
+  const d = await startDaemon({ nicId: 1 });
+  const [short, long] = [await connect(d), await connect(d)];
+  try {
+    const first = short.link([peer], 1_000).catch((e: Error) => e);
+    await until(() => d.activeLinkWaits === 1, "the first request's wait");
+    const second = long.link([peer], 3_000).catch((e: Error) => e);
+    const [e1, e2] = await Promise.all([first, second]);
+    assert.match(String(e1), /within 1000 ms/);
+    // The shared wait gave up at the first request's deadline; the second waited for its own.
+    assert.match(String(e2), /no NIC link to host silent .* within 3000 ms/);
+    await until(() => d.activeLinkWaits === 0, "every wait to end");
+  } finally {
+    short.close();
+    long.close();
+    await d.stop();
+    for (const s of sockets) s.destroy();
+    silent.close();
+  }
+});
+
 test("an honest pair of hosts still links through a launcher's requests, and no wait is left after", async () => {
   const a = await startDaemon({ nicId: 101 });
   const b = await startDaemon({ nicId: 102 });

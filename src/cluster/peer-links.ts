@@ -57,6 +57,8 @@ interface LinkWait {
   /** Ends the wait once no request wants it any more. */
   abort: AbortController;
   users: number;
+  /** When it gives up: the deadline of the request that started it. */
+  deadline: number;
 }
 
 /** How often the one shared look at the NIC's links runs while a request waits for a peer to dial in. */
@@ -141,6 +143,7 @@ export class PeerLinks {
       const wait: LinkWait = {
         abort,
         users: 0,
+        deadline,
         run: this.linkTo(p, deadline, timeoutMs, abort.signal).finally(() => {
           if (this.linking.get(p.nicId) === wait) this.linking.delete(p.nicId);
         }),
@@ -149,6 +152,9 @@ export class PeerLinks {
       w = wait;
     }
     const shared = w;
+    // A wait an earlier request started gives up at that request's deadline: if it fails
+    // before ours, this request waits on, in a wait of its own.
+    const shorter = shared.deadline < deadline;
     shared.users++;
     return new Promise<void>((resolve, reject) => {
       let left = false;
@@ -166,7 +172,15 @@ export class PeerLinks {
           if (quit()) resolve();
         },
         (e: unknown) => {
-          if (quit()) reject(e);
+          if (!quit()) return;
+          if (
+            shorter &&
+            Date.now() < deadline &&
+            !(e instanceof LinkRequestCancelled) &&
+            !this.opts.stopped()
+          )
+            resolve(this.join(p, deadline, timeoutMs, leave));
+          else reject(e);
         },
       );
     });
