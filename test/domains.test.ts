@@ -192,7 +192,13 @@ test("a destroyed domain is not kept, nor what it returned: 6 domains returning 
     await dom.destroy();
     assert.equal(hv.domain(dom.domid), undefined, "a destroyed domain is no longer looked up");
   }
-  await new Promise((r) => setTimeout(r, 50));
-  const grown = Math.round((held() - before) / 2 ** 20);
+  // The last domain's own timers (its output grace) may still run on a loaded machine: the
+  // host must let go of them all eventually, however the threads were scheduled.
+  let grown = 0;
+  for (let tries = 0; tries < 100; tries++) {
+    grown = Math.round((held() - before) / 2 ** 20);
+    if (grown < 64) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
   assert.ok(grown < 64, `the host still holds ${grown} MiB of what 6 destroyed domains returned`);
 });
