@@ -24,7 +24,8 @@ import { after, test } from "node:test";
 import { GNTST } from "../src/xen/abi.js";
 import { acquireGrant, type GrantingDomain, releaseGrant } from "../src/xen/grant-table.js";
 import { MAX_MAPPED_PAGES_PER_DOMAIN } from "../src/xen/hypervisor/domain-record.js";
-import { type Domain, Hypervisor, MAX_SEGMENT_PAGES } from "../src/xen/hypervisor.js";
+import { Hypervisor, MAX_SEGMENT_PAGES } from "../src/xen/hypervisor.js";
+import { request } from "./helpers/messages.js";
 
 const dir = mkdtempSync(join(tmpdir(), "grant-hostile-"));
 after(() => rmSync(dir, { recursive: true, force: true }));
@@ -148,19 +149,6 @@ writeFileSync(
 
 const SHADOW_LOCK = 2;
 
-function rpc<T>(dom: Domain, cmd: Record<string, unknown>): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
-    const onExit = () =>
-      reject(new Error(`domain ${dom.domid} stopped (${dom.state}): ${dom.error?.message}`));
-    dom.once("message", (m) => {
-      dom.off("exit", onExit);
-      resolve(m as T);
-    });
-    dom.once("exit", onExit);
-    dom.send(cmd);
-  });
-}
-
 test("dom0 never traps into the hypervisor holding a guest's grant-table lock: a bogus or new frame cannot hang the host", async () => {
   const hv = new Hypervisor();
   try {
@@ -172,8 +160,8 @@ test("dom0 never traps into the hypervisor holding a guest's grant-table lock: a
     const rec = (hv as unknown as { records: Map<number, GrantingDomain> }).records.get(g.domid)!;
 
     // dom0 learns the guest's memory once (its first trap for it; no lock is held then).
-    const first = await rpc<number>(g, { op: "segment-grant" });
-    assert.equal((await rpc<{ status: number }>(d0, { domid: g.domid, ref: first })).status, GNTST.okay);
+    const first = await request<number>(g, { op: "segment-grant" });
+    assert.equal((await request<{ status: number }>(d0, { domid: g.domid, ref: first })).status, GNTST.okay);
 
     const cases: [string, Record<string, unknown>, number][] = [
       // The attack: a frame number far above the guest's memory, which dom0 must look up.
@@ -182,9 +170,9 @@ test("dom0 never traps into the hypervisor holding a guest's grant-table lock: a
       ["a new segment's frame", { op: "segment-grant" }, GNTST.okay],
     ];
     for (const [what, cmd, status] of cases) {
-      const ref = await rpc<number>(g, cmd);
+      const ref = await request<number>(g, cmd);
       const before = Atomics.load(traps, 0);
-      const pinned = rpc<{ status: number; error?: string }>(d0, { domid: g.domid, ref });
+      const pinned = request<{ status: number; error?: string }>(d0, { domid: g.domid, ref });
       pinned.catch(() => undefined); // awaited below; the assertions' failures are the news
       // Synchronously, so the hypervisor (this thread) cannot answer: dom0 stays in its trap.
       const woke = Atomics.wait(traps, 0, before, 60_000);
@@ -229,7 +217,7 @@ test("a guest's grants of frames it does not have cost dom0 one bounded lookup, 
       pages: 16,
       args: { trap: new SharedArrayBuffer(4) },
     });
-    const copy = (ref: number, n = 1) => rpc<Copied>(d0, { op: "copy", domid: g.domid, ref, n });
+    const copy = (ref: number, n = 1) => request<Copied>(d0, { op: "copy", domid: g.domid, ref, n });
     const cost = async <T>(what: () => Promise<T>) => {
       const before = d0.counters();
       const value = await what();
@@ -241,8 +229,8 @@ test("a guest's grants of frames it does not have cost dom0 one bounded lookup, 
       };
     };
 
-    assert.equal(await rpc<number>(g, { op: "segments", n: SEGMENTS }), SEGMENTS);
-    const a = await rpc<{ ref: number; pfn: number }>(g, { op: "marked-segment", mark: 0x5a });
+    assert.equal(await request<number>(g, { op: "segments", n: SEGMENTS }), SEGMENTS);
+    const a = await request<{ ref: number; pfn: number }>(g, { op: "marked-segment", mark: 0x5a });
     // dom0 learns the guest (its RAM and table) and that one segment.
     const first = await copy(a.ref);
     assert.deepEqual(first.statuses, [GNTST.okay], first.error);
@@ -251,7 +239,7 @@ test("a guest's grants of frames it does not have cost dom0 one bounded lookup, 
     // The attack: grants to dom0 of frames above everything the guest has, 64 copies of each.
     const bogus = [0xfffffff0, 0x7fffffff, a.pfn + 1];
     const refs: number[] = [];
-    for (const frame of bogus) refs.push(await rpc<number>(g, { op: "raw-grant", frame }));
+    for (const frame of bogus) refs.push(await request<number>(g, { op: "raw-grant", frame }));
     const attack = await cost(async () => {
       const out: Copied[] = [];
       for (const ref of refs) out.push(await copy(ref, 64));
@@ -272,7 +260,7 @@ test("a guest's grants of frames it does not have cost dom0 one bounded lookup, 
     const churn = await cost(async () => {
       const out: Copied[] = [];
       for (let i = 0; i < ROUNDS; i++) {
-        await rpc(g, { op: "churn" });
+        await request(g, { op: "churn" });
         out.push(await copy(refs[0], 16));
       }
       return out;
@@ -285,7 +273,7 @@ test("a guest's grants of frames it does not have cost dom0 one bounded lookup, 
     assert.equal(churn.segments, 0);
 
     // A segment made after dom0 looked resolves, for one segment handed over...
-    const b = await rpc<{ ref: number; pfn: number }>(g, { op: "marked-segment", mark: 0xa5 });
+    const b = await request<{ ref: number; pfn: number }>(g, { op: "marked-segment", mark: 0xa5 });
     const fresh = await cost(() => copy(b.ref, 16));
     assert.deepEqual(fresh.value.statuses, [GNTST.okay], fresh.value.error);
     assert.equal(fresh.value.byte, 0xa5);
@@ -296,7 +284,7 @@ test("a guest's grants of frames it does not have cost dom0 one bounded lookup, 
     // so waits unread (dom0's thread is blocked between its two copies).
     const hold = new SharedArrayBuffer(8);
     const word = new Int32Array(hold);
-    const held = rpc<{ first: Copied; second: Copied }>(d0, {
+    const held = request<{ first: Copied; second: Copied }>(d0, {
       op: "copy-hold",
       domid: g.domid,
       ref: b.ref,
@@ -305,7 +293,7 @@ test("a guest's grants of frames it does not have cost dom0 one bounded lookup, 
     held.catch(() => undefined); // awaited below
     const waited = Atomics.waitAsync(word, 0, 0, 60_000);
     if (waited.async) assert.equal(await waited.value, "ok", "dom0 never made its first copy");
-    assert.equal(await rpc<string>(g, { op: "release", pfn: b.pfn }), "released");
+    assert.equal(await request<string>(g, { op: "release", pfn: b.pfn }), "released");
     Atomics.store(word, 1, 1);
     Atomics.notify(word, 1);
     const { first: before, second: after } = await held;

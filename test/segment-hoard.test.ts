@@ -16,7 +16,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
 import { GNTST } from "../src/xen/abi.js";
-import { type Domain, Hypervisor } from "../src/xen/hypervisor.js";
+import { Hypervisor } from "../src/xen/hypervisor.js";
+import { request } from "./helpers/messages.js";
 
 const dir = mkdtempSync(join(tmpdir(), "segment-hoard-"));
 after(() => rmSync(dir, { recursive: true, force: true }));
@@ -132,19 +133,6 @@ function run(guest, c, kept) {
 `,
 );
 
-function rpc<T>(dom: Domain, cmd: Record<string, unknown>): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
-    const onExit = () =>
-      reject(new Error(`domain ${dom.domid} stopped (${dom.state}): ${dom.error?.message}`));
-    dom.once("message", (m) => {
-      dom.off("exit", onExit);
-      resolve(m as T);
-    });
-    dom.once("exit", onExit);
-    dom.send(cmd);
-  });
-}
-
 const start = (hv: Hypervisor, maxSharedPages: number) =>
   hv.createDomain({ module: GUEST, pages: 16, maxHeapMb: 64, maxSharedPages });
 
@@ -153,7 +141,7 @@ test("a guest that releases its shared segments and keeps the buffers is refused
   try {
     // Different sizes, each released and kept: 1 + 2 + ... + 10 = 55 pages; 11 more would pass 64.
     const g = await start(hv, 64);
-    const r = await rpc<{ kept: number; error?: string }>(g, { op: "hoard-sizes", upTo: 40 });
+    const r = await request<{ kept: number; error?: string }>(g, { op: "hoard-sizes", upTo: 40 });
     assert.equal(r.kept, 10, `released segments whose buffers it kept did not count: ${JSON.stringify(r)}`);
     assert.match(
       r.error ?? "",
@@ -164,7 +152,7 @@ test("a guest that releases its shared segments and keeps the buffers is refused
     // One size, released and kept 200 times (200 × 4 pages under a 64-page quota): each new
     // segment is a released one, zeroed; the guest never reaches more than its quota's worth.
     const h = await start(hv, 64);
-    const same = await rpc<{ rounds: number; dirty: number; distinct: number }>(h, {
+    const same = await request<{ rounds: number; dirty: number; distinct: number }>(h, {
       op: "hoard-same",
       n: 200,
       pages: 4,
@@ -188,12 +176,12 @@ test("an honest guest allocates and releases far more than its quota, over and o
   try {
     const g = await start(hv, 64);
     // 500 rounds of 16 + 8 pages: 12,000 pages through a 64-page quota.
-    assert.deepEqual(await rpc(g, { op: "honest", n: 500, pages: 16 }), { rounds: 500 });
+    assert.deepEqual(await request(g, { op: "honest", n: 500, pages: 16 }), { rounds: 500 });
     const held = hv.sharedMemory(g.domid)!;
     assert.ok(held.charged <= 24, JSON.stringify(held));
     // The quota is all there for live segments still: 2 × 16 + 2 × 8 reuse what it released.
     for (const pages of [16, 16, 8, 8])
-      assert.ok((await rpc<{ pfn?: number }>(g, { op: "alloc", pages })).pfn);
+      assert.ok((await request<{ pfn?: number }>(g, { op: "alloc", pages })).pfn);
     assert.equal(hv.sharedMemory(g.domid)!.charged, 48);
     await g.destroy();
   } finally {
@@ -207,7 +195,7 @@ test("an honest guest whose segment sizes change reuses a larger buffer it relea
     const g = await start(hv, 64);
     // 40 pages charged after the first; 30 fits only in that buffer (40 + 30 > 64); 20 gets a
     // new one (40 + 20 ≤ 64), and the last 40 its own size back.
-    const got = await rpc<{ pages: number; bytes?: number; clean?: boolean; error?: string }[]>(g, {
+    const got = await request<{ pages: number; bytes?: number; clean?: boolean; error?: string }[]>(g, {
       op: "vary",
       sizes: [40, 30, 20, 40],
     });
@@ -218,7 +206,7 @@ test("an honest guest whose segment sizes change reuses a larger buffer it relea
     );
     assert.equal(hv.sharedMemory(g.domid)!.charged, 60);
     // Nothing released is large enough and the quota is full: refused, saying why.
-    const [big] = await rpc<{ error?: string }[]>(g, { op: "vary", sizes: [50] });
+    const [big] = await request<{ error?: string }[]>(g, { op: "vary", sizes: [50] });
     assert.match(big.error ?? "", /may have at most 64 shared pages .*60 in released ones/);
     await g.destroy();
   } finally {
@@ -234,9 +222,9 @@ test("a guest that maps others' segments is charged for each until it ends; its 
     // A shares a 16-page segment with B, B maps it (and keeps it), A releases it: four times.
     const maps: { status: number; error?: string }[] = [];
     for (let i = 0; i < 4; i++) {
-      const s = await rpc<{ pfn: number; refs: number[] }>(a, { op: "share", pages: 16, peer: b.domid });
-      maps.push(await rpc(b, { op: "map", domid: a.domid, refs: s.refs }));
-      assert.equal(await rpc(a, { op: "release", pfn: s.pfn }), true);
+      const s = await request<{ pfn: number; refs: number[] }>(a, { op: "share", pages: 16, peer: b.domid });
+      maps.push(await request(b, { op: "map", domid: a.domid, refs: s.refs }));
+      assert.equal(await request(a, { op: "release", pfn: s.pfn }), true);
     }
     assert.deepEqual(
       maps.map((m) => m.status),
@@ -252,16 +240,25 @@ test("a guest that maps others' segments is charged for each until it ends; its 
 
     // While B lives, A's new segments are never a buffer B holds: the one B never mapped
     // comes back; the next is new memory.
-    const x = await rpc<{ pfn: number }>(a, { op: "alloc", pages: 16 });
-    const y = await rpc<{ pfn: number }>(a, { op: "alloc", pages: 16 });
+    const x = await request<{ pfn: number }>(a, { op: "alloc", pages: 16 });
+    const y = await request<{ pfn: number }>(a, { op: "alloc", pages: 16 });
     assert.deepEqual(hv.sharedMemory(a.domid), { live: 32, released: 48, mapped: 0, charged: 80, max: 128 });
-    assert.equal(await rpc(b, { op: "fill-kept", value: 0x66 }), 3);
-    assert.equal(await rpc(a, { op: "zero", pfn: x.pfn, pages: 16 }), true, "B wrote into A's new segment");
-    assert.equal(await rpc(a, { op: "zero", pfn: y.pfn, pages: 16 }), true, "B wrote into A's new segment");
+    assert.equal(await request(b, { op: "fill-kept", value: 0x66 }), 3);
+    assert.equal(
+      await request(a, { op: "zero", pfn: x.pfn, pages: 16 }),
+      true,
+      "B wrote into A's new segment",
+    );
+    assert.equal(
+      await request(a, { op: "zero", pfn: y.pfn, pages: 16 }),
+      true,
+      "B wrote into A's new segment",
+    );
 
     // B gone: what it held is A's alone again, and comes back as A's next segments.
     await b.destroy();
-    for (let i = 0; i < 3; i++) assert.ok((await rpc<{ pfn?: number }>(a, { op: "alloc", pages: 16 })).pfn);
+    for (let i = 0; i < 3; i++)
+      assert.ok((await request<{ pfn?: number }>(a, { op: "alloc", pages: 16 })).pfn);
     assert.deepEqual(hv.sharedMemory(a.domid), { live: 80, released: 0, mapped: 0, charged: 80, max: 128 });
     await a.destroy();
   } finally {

@@ -29,3 +29,11 @@ export function nextMessage(d: Domain): Promise<unknown[]> {
     );
   });
 }
+
+/** Sends `cmd` to `d` and resolves with its next message (as nextMessage: fails if it stops first). */
+export async function request<T>(d: Domain, cmd: unknown): Promise<T> {
+  const next = nextMessage(d);
+  d.send(cmd);
+  const [m] = await next;
+  return m as T;
+}
