@@ -33,6 +33,8 @@ export type WorkerJob =
       ab: SharedArrayBuffer;
       ba: SharedArrayBuffer;
       spinUs: number;
+      /** A timed loop ends after this long whatever its count (a quick look on a busy machine). */
+      budgetMs?: number;
     })
   | (Common & {
       kind: "sab-relay";
@@ -117,21 +119,37 @@ function checkPayload(got: Uint8Array, want: Uint8Array, what: string): void {
   }
 }
 
-/** Run `runs` timed loops of `iters` after `warmup` steps; one-way µs = round trip / 2. */
+/** Steps between two clock reads of a loop with a time budget. */
+const BUDGET_CHECK_STEPS = 256;
+
+/**
+ * Run `runs` timed loops of `iters` after `warmup` steps; `perIter` turns a loop's elapsed
+ * µs and the steps it ran into the sample. With `budgetMs`, a timed loop also ends once that
+ * long has passed (checked every BUDGET_CHECK_STEPS steps): on a loaded machine each hand-off
+ * of a ping-pong can cost a scheduler wake-up, and a quick look should not take minutes.
+ */
 function timedRuns(
   job: Common,
   step: () => void,
   verify: () => void,
-  perIter: (elapsedUs: number) => number,
+  perIter: (elapsedUs: number, iters: number) => number,
+  budgetMs = Number.POSITIVE_INFINITY,
 ) {
   const samples: number[] = [];
   for (let r = 0; r < job.runs; r++) {
     for (let i = 0; i < job.warmup; i++) step();
     const t0 = performance.now();
-    for (let i = 0; i < job.iters; i++) step();
+    const end = t0 + budgetMs;
+    let done = 0;
+    while (done < job.iters) {
+      const n = Math.min(BUDGET_CHECK_STEPS, job.iters - done);
+      for (let i = 0; i < n; i++) step();
+      done += n;
+      if (performance.now() >= end) break;
+    }
     const elapsedUs = Math.max((performance.now() - t0) * 1000, 1e-3);
     verify();
-    if (r >= job.warmupRuns) samples.push(perIter(elapsedUs));
+    if (r >= job.warmupRuns) samples.push(perIter(elapsedUs, done));
   }
   return samples;
 }
@@ -176,8 +194,12 @@ function sabPingPong(job: Extract<WorkerJob, { kind: "sab-pingpong" }>): void {
       job,
       step,
       () => checkPayload(dst, want, "raw-sab ping"),
-      (us) => us / job.iters / 2,
+      (us, iters) => us / iters / 2,
+      job.budgetMs,
     );
+    // Loops cut short by the budget sent fewer messages than the echo counts on: a sequence
+    // value out of order (-1) tells it to stop.
+    if (seq !== job.runs * (job.warmup + job.iters)) ab.signal(-1);
     report(samples);
   } else {
     const src = pattern(bytes, 2);
@@ -185,7 +207,7 @@ function sabPingPong(job: Extract<WorkerJob, { kind: "sab-pingpong" }>): void {
     const total = job.runs * (job.warmup + job.iters);
     for (let i = 0; i < total; i++) {
       seq++;
-      ab.waitWhile(seq - 1);
+      if (ab.waitWhile(seq - 1) !== seq) break;
       if (bytes > 0) {
         copyInto(dst, shAB);
         copyInto(shBA, src);
@@ -220,7 +242,7 @@ function sabRelay(job: Extract<WorkerJob, { kind: "sab-relay" }>): void {
         job,
         step,
         () => checkPayload(dst, want, "raw-relay A"),
-        (us) => us / job.iters / 2,
+        (us, iters) => us / iters / 2,
       ),
     );
   } else if (job.role === "relay") {
@@ -278,7 +300,7 @@ function sabStream(job: Extract<WorkerJob, { kind: "sab-stream" }>): void {
         job,
         step,
         () => {},
-        (us) => (bytes * window * job.iters) / us,
+        (us, iters) => (bytes * window * iters) / us,
       ),
     );
   } else {
@@ -350,7 +372,7 @@ function memcpy(job: Extract<WorkerJob, { kind: "memcpy" }>): void {
       job,
       () => copyInto(dst, src),
       () => checkPayload(dst, src, "memcpy"),
-      (us) => (job.bytes * job.iters) / us,
+      (us, iters) => (job.bytes * iters) / us,
     ),
   );
 }

@@ -156,15 +156,21 @@ export async function runBaselineWorkers(
   }
 }
 
-/** Two workers ping-ponging through a SharedArrayBuffer, spin-then-block (transport raw-sab). */
-export async function rawSabPingPong(opts: SpinOptions): Promise<BaselineResult> {
+/**
+ * Two workers ping-ponging through a SharedArrayBuffer, spin-then-block (transport raw-sab).
+ * `budgetMs`: each timed run ends after that long even short of `iters` (its sample is the
+ * mean over the round trips it made).
+ */
+export async function rawSabPingPong(opts: SpinOptions & { budgetMs?: number }): Promise<BaselineResult> {
   const label = "raw-sab ping-pong";
   const c = common(label, opts, 0);
   const spinUs = spinOf(label, opts);
+  const budgetMs = opts.budgetMs;
+  if (budgetMs !== undefined && !(budgetMs > 0)) throw new Error(`${label}: budgetMs must be positive`);
   const ctrl = ctrlSab(2);
   const ab = sab(c.bytes);
   const ba = sab(c.bytes);
-  const base = { kind: "sab-pingpong", ctrl, ab, ba, spinUs, ...c } as const;
+  const base = { kind: "sab-pingpong", ctrl, ab, ba, spinUs, budgetMs, ...c } as const;
   const samples = await runBaselineWorkers(
     label,
     [{ job: { ...base, role: "ping" } }, { job: { ...base, role: "echo" } }],

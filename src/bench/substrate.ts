@@ -19,6 +19,9 @@ const PINGPONG = new URL("../programs/evtchn-pingpong.js", import.meta.url);
 
 export type Progress = (label: string) => void;
 
+/** The longest timed batch of the quick profile's ping-pongs (a quiet machine needs 20–80 ms). */
+export const QUICK_BATCH_BUDGET_MS = 150;
+
 /** Two domains set up for event-channel ping-pong; `batch` runs one timed batch and returns µs one-way. */
 export async function startEvtchnPingPong(hv: Hypervisor, spinUs?: number) {
   const pong = await hv.createDomain({ module: PINGPONG, name: "evtchn-pong", pages: 4 });
@@ -37,9 +40,9 @@ export async function startEvtchnPingPong(hv: Hypervisor, spinUs?: number) {
   });
   failed.catch(() => {});
   return {
-    async batch(iters: number, warmup: number): Promise<number> {
+    async batch(iters: number, warmup: number, budgetMs?: number): Promise<number> {
       const answer = once(ping, "message") as Promise<[number]>;
-      ping.send({ iters, warmup });
+      ping.send({ iters, warmup, budgetMs });
       const [us] = await Promise.race([answer, failed]);
       return us;
     },
@@ -53,7 +56,10 @@ export async function startEvtchnPingPong(hv: Hypervisor, spinUs?: number) {
 
 export async function benchSubstrate(hv: Hypervisor, profile: BenchProfile, progress: Progress = () => {}) {
   // A round trip is ~0.2 µs, so batches are long (tens of ms) to ride over scheduler hiccups.
+  // A quick look also bounds each batch in time: on a loaded machine a round trip can cost
+  // two scheduler wake-ups (tens of µs), and 100,000 of them took ~7 s a batch.
   const iters = profile.name === "quick" ? 100_000 : 400_000;
+  const budgetMs = profile.name === "quick" ? QUICK_BATCH_BUDGET_MS : undefined;
   const warmup = profile.warmupIters;
   const total = profile.runs + profile.warmupRuns;
 
@@ -69,11 +75,18 @@ export async function benchSubstrate(hv: Hypervisor, profile: BenchProfile, prog
       if (n === 0) continue;
       progress(`ping-pong round ${round + 1} of 2: evtchn between two domains (${n} runs)`);
       for (let r = 0; r < n + profile.warmupRuns; r++) {
-        const us = await pp.batch(iters, warmup);
+        const us = await pp.batch(iters, warmup, budgetMs);
         if (r >= profile.warmupRuns) evt.push(us);
       }
       progress(`ping-pong round ${round + 1} of 2: raw-sab between two plain workers (${n} runs)`);
-      const b = await rawSabPingPong({ bytes: 0, iters, warmup, runs: n, warmupRuns: profile.warmupRuns });
+      const b = await rawSabPingPong({
+        bytes: 0,
+        iters,
+        warmup,
+        runs: n,
+        warmupRuns: profile.warmupRuns,
+        budgetMs,
+      });
       raw.push(...b.samples);
     }
   } finally {

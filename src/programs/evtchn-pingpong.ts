@@ -6,8 +6,8 @@
  *
  * Protocol with the host: ping gets `{ role: "ping", peer }` at boot, allocates a port and
  * sends it to the host; pong gets `{ role: "pong", peer, port }` by message and binds it.
- * Then each host message `{ iters, warmup }` to ping runs one timed batch and answers with
- * its sample (µs); `"stop"` closes the port, which ends pong too. Keeping the domains up
+ * Then each host message `{ iters, warmup, budgetMs? }` to ping runs one timed batch and
+ * answers with its sample (µs); `"stop"` closes the port, which ends pong too. Keeping the domains up
  * between batches lets the host interleave them with baseline runs.
  */
 import type { Guest } from "../xen/guest/guest.js";
@@ -22,7 +22,12 @@ export interface PingPongArgs {
 export interface PingPongBatch {
   iters: number;
   warmup: number;
+  /** The timed loop ends after this long even short of `iters` (the sample is its mean). */
+  budgetMs?: number;
 }
+
+/** Round trips between two clock reads of a loop with a time budget. */
+const BUDGET_CHECK_ROUNDS = 256;
 
 const TIMEOUT_MS = 30_000;
 
@@ -37,13 +42,21 @@ export default async function main(guest: Guest): Promise<string> {
     for (;;) {
       const batch = (await guest.nextMessage()) as PingPongBatch | "stop";
       if (batch === "stop") break;
-      let t0 = 0;
-      for (let i = 0; i < batch.warmup + batch.iters; i++) {
-        if (i === batch.warmup) t0 = performance.now();
+      const round = (i: number) => {
         port.notify();
         if (port.wait(TIMEOUT_MS, spin) !== "event") throw new Error(`ping: no answer in round ${i}`);
+      };
+      for (let i = 0; i < batch.warmup; i++) round(i);
+      const t0 = performance.now();
+      const end = t0 + (batch.budgetMs ?? Number.POSITIVE_INFINITY);
+      let done = 0;
+      while (done < batch.iters) {
+        const n = Math.min(BUDGET_CHECK_ROUNDS, batch.iters - done);
+        for (let i = 0; i < n; i++) round(batch.warmup + done + i);
+        done += n;
+        if (performance.now() >= end) break;
       }
-      guest.send(((performance.now() - t0) * 1000) / (2 * batch.iters));
+      guest.send(((performance.now() - t0) * 1000) / (2 * done));
     }
     guest.evtchn.close(port.port);
     return "done";
