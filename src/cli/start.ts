@@ -76,13 +76,15 @@ function osuArgs(path: Path, scope: Scope, bench: "osu-latency" | "osu-bw", oneR
   // optimised, and a run that stops short measures the interpreter, not the path. Across
   // hosts a round trip is ~100 µs of wire: one run per cell (--quick, a smoke test that shows
   // every cell works, not figures to quote) takes a tenth (each size's loop still runs
-  // ~25 ms), and on the split path half.
+  // ~25 ms), and on the split path half. On one host --quick runs 2,000 a size (the sizes
+  // before 8 B are the warm-up): OSU's 10,000 cost 0.2 s on a quiet machine but 7–8 s beside
+  // one busy process, where every hand-off of the spinning pair can wait for a core.
   if (bench === "osu-latency") {
     if (path === "split")
       return ["-m", "0:65536", ...(oneRun ? ["-i", "100", "-x", "10"] : ["-i", "200", "-x", "20"])];
     if (scope === "cross-host")
       return ["-m", "0:65536", ...(oneRun ? ["-i", "200", "-x", "50"] : ["-i", "2000", "-x", "500"])];
-    return ["-m", "0:65536"];
+    return ["-m", "0:65536", ...(oneRun ? ["-i", "2000", "-x", "200"] : [])];
   }
   // Windows of 64 messages: on the slow paths eight windows a size (two, and one warm-up, in
   // --quick's smoke run: the split path across hosts moves ~190 MB/s).
