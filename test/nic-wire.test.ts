@@ -2041,3 +2041,50 @@ test("NicInfo keeps its old fields and adds link states", () => {
   assert.equal(nic1.counters().global.internal_errors, 0);
   assert.equal(nic2.counters().global.internal_errors, 0);
 });
+
+test("on a NIC of 64 endpoints, 40 endpoints each at their share of a link's window to accomplices that never acknowledge leave room: another endpoint's SEND goes out at once", async () => {
+  // The window was 1024 SENDs whatever the NIC's size: 32 endpoints at SRC_CREDITS filled it,
+  // and on a host configured with 64 endpoints (the README's example) one job's senders, each
+  // within its share, held every slot of the link to their accomplices on the far host; the
+  // bystander's SEND then waited until the link was found silent and failed without going out.
+  const nic = await NicDevice.start({ nicId: 21, maxEndpoints: 64 });
+  extra.push(nic);
+  const ctl = control(nic);
+  const fake = await FakePeer.start(22);
+  try {
+    await fake.attach(nic);
+    const ATTACKERS = 40;
+    assert.ok(ATTACKERS * SRC_CREDITS > SEND_WINDOW, "the attackers together would fill the old window");
+    const attackers = Array.from({ length: ATTACKERS }, (_, i) => Owner.open(ctl, `attacker-${i}`));
+    const b = Owner.open(ctl, "bystander");
+    const breg = b.register(new SharedArrayBuffer(4096), Access.LocalRead);
+    const c0 = nic.counters().global;
+    // Each attacker sends to an accomplice of its own (at most DEST_CREDITS each way).
+    for (const [i, a] of attackers.entries()) {
+      const reg = a.register(new SharedArrayBuffer(4096), Access.LocalRead);
+      for (let k = 0; k < SRC_CREDITS; k++) a.post(sendDesc(k, reg, 10, 22, { id: 1 + i, session: 0 }));
+    }
+    await until(
+      () => fake.framesOf(FrameType.Send).length >= SEND_WINDOW,
+      "the attackers' SENDs on the wire, as many as the old window held",
+    );
+    b.post(sendDesc(7, breg, 10, 22, { id: 200, session: 0 }));
+    const fromB = (f: Uint8Array) => getWord(f, F_SRC_ENDPOINT) === b.id;
+    await until(
+      () => fake.framesOf(FrameType.Send).some(fromB) || b.tryEvent() !== null,
+      "the bystander's SEND on the wire, or its end",
+      3 * WIRE_TIMEOUT_MS,
+    );
+    const sends = fake.framesOf(FrameType.Send);
+    assert.ok(
+      sends.some(fromB),
+      `the bystander's SEND went out (${sends.length} of the attackers' went before it; window full ` +
+        `${nic.counters().global.send_window_full - c0.send_window_full} times)`,
+    );
+    assert.equal(nic.counters().global.send_window_full, c0.send_window_full, "the window never filled");
+    for (const a of attackers) a.close();
+    b.close();
+  } finally {
+    await fake.detach(nic);
+  }
+});

@@ -37,7 +37,15 @@ export const UNREAD_MS = 2 * WIRE_TIMEOUT_MS;
 export const ACK_HOLD_MAX = 8;
 /** The longest a held SEND_ACK waits for company (ms; within a poll budget). */
 export const ACK_HOLD_MS = 0.05;
-/** SENDs per link awaiting their SEND_ACK; a full window holds the next SEND in its queue. */
+/**
+ * SENDs per link awaiting their SEND_ACK, at least; a full window holds the next SEND in its
+ * queue. A link's window is the larger of this and its NIC's maxEndpoints × SRC_CREDITS
+ * (sendWindowFor): the shares below protect an endpoint only while every other endpoint of the
+ * NIC at its share still leaves room. With a fixed 1024 a host of 64 endpoints (the README's
+ * own config) let one job's 32 sending endpoints, each within its share, hold the whole window
+ * to their accomplices on the far host, who read nothing: another job's 8 B ping-pong across
+ * that link fell from 36,000 round trips in 13 s to 106, some waiting 1.5 s.
+ */
 export const SEND_WINDOW = 1024;
 /**
  * SENDs to one destination endpoint awaiting their SEND_ACK, at most (the rest wait in their
@@ -53,12 +61,17 @@ export const DEST_CREDITS = 32;
  * wait in its own queue). The destination share alone left the window to whoever filled it:
  * one endpoint posting SENDs to 32 or more endpoints on the far side that do not consume (its
  * own accomplices there) held all 1024 slots, and every other endpoint's SENDs to that host
- * waited behind them (5 s held, then again). With this share the default 32 endpoints per NIC
- * can all be at their limit at once, as with DEST_CREDITS. An honest sender seldom reaches it:
+ * waited behind them (5 s held, then again). With this share every endpoint of the NIC can be
+ * at its limit at once (the window is sized for it, sendWindowFor). An honest sender seldom reaches it:
  * its library stages 32 messages at most (mx/nic-records.ts DEFAULT_STAGING_SLOTS), and a
  * NOTIFY (no staging) past the share waits in its queue for an ACK, microseconds on a live link.
  */
 export const SRC_CREDITS = 32;
+
+/** The send window of a link of a NIC with `maxEndpoints` contexts (SEND_WINDOW). */
+export function sendWindowFor(maxEndpoints: number): number {
+  return Math.max(SEND_WINDOW, maxEndpoints * SRC_CREDITS);
+}
 /** Destination endpoint ids above MX's (256) share one last bucket: they are refused anyway. */
 const DEST_BUCKETS = 257;
 /** PULL jobs this NIC serves concurrently per link; the requesting side keeps at most as many outstanding. */
@@ -92,18 +105,18 @@ export class LinkState {
   // delivery that waits for receive space must not hold up the ones behind it (a ring in send
   // order would stay full behind it). Each SEND carries its slot's id (the tag, frame.ts F_TAG:
   // the slot and a generation), which its SEND_ACK echoes.
-  readonly sends = new SlotTable(SEND_WINDOW, 16);
-  readonly sCookie = new Int32Array(SEND_WINDOW);
-  readonly sEp = new Int32Array(SEND_WINDOW);
-  readonly sSession = new Uint32Array(SEND_WINDOW);
-  readonly sLen = new Uint32Array(SEND_WINDOW);
-  readonly sDest = new Uint16Array(SEND_WINDOW);
-  readonly sDeadline = new Float64Array(SEND_WINDOW);
+  readonly sends: SlotTable;
+  readonly sCookie: Int32Array;
+  readonly sEp: Int32Array;
+  readonly sSession: Uint32Array;
+  readonly sLen: Uint32Array;
+  readonly sDest: Uint16Array;
+  readonly sDeadline: Float64Array;
   /**
    * The latest its deadline may move to: the receiver's keepalives (PENDING SEND_ACKs) stop
    * counting once the SEND has been held longer than any receiver may hold it (HOLD_MS).
    */
-  readonly sHoldEnd = new Float64Array(SEND_WINDOW);
+  readonly sHoldEnd: Float64Array;
   /** Per destination endpoint (bucket): SENDs to it awaiting their ACK. */
   private readonly destOut = new Uint16Array(DEST_BUCKETS);
   /** Per sending endpoint of this NIC (ids < MAX_ENDPOINTS_LIMIT): its SENDs awaiting their ACK. */
@@ -159,10 +172,22 @@ export class LinkState {
   /** wireTick found it unread this round. */
   unreadDue = false;
 
+  /** `maxEndpoints`: this NIC's contexts, which size the send window (sendWindowFor). */
   constructor(
     readonly link: Link,
     readonly peerNic: number,
-  ) {}
+    maxEndpoints: number,
+  ) {
+    const w = sendWindowFor(maxEndpoints);
+    this.sends = new SlotTable(w, 16);
+    this.sCookie = new Int32Array(w);
+    this.sEp = new Int32Array(w);
+    this.sSession = new Uint32Array(w);
+    this.sLen = new Uint32Array(w);
+    this.sDest = new Uint16Array(w);
+    this.sDeadline = new Float64Array(w);
+    this.sHoldEnd = new Float64Array(w);
+  }
 
   /** The link's main connection took a frame of ours (not pull data: that has a connection of its own). */
   took(now: number): void {

@@ -103,7 +103,7 @@ export class Links {
       else old.link.close();
       reconnected = true;
     }
-    const ls = new LinkState(link, link.peerNic);
+    const ls = new LinkState(link, link.peerNic, this.eps.maxEndpoints);
     ls.lastRx = ls.lastTx = performance.now();
     this.table.add(ls);
     const info = this.known.get(link.peerNic);

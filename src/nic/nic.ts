@@ -34,8 +34,9 @@
  * copies a descriptor out of the queue before validating it, and reaches memory only through
  * the TPT. Garbage gets an ERROR event and a counter.
  *
- * Wire state is bounded: SEND_WINDOW unacknowledged SENDs per link, DEST_CREDITS of them per
- * destination endpoint and SRC_CREDITS per sending endpoint, PULL_JOBS_PER_LINK pulls per link
+ * Wire state is bounded: SEND_WINDOW unacknowledged SENDs per link (more on a NIC of more than
+ * 32 endpoints: every endpoint's share fits), DEST_CREDITS of them per destination endpoint and
+ * SRC_CREDITS per sending endpoint, PULL_JOBS_PER_LINK pulls per link
  * and PULL_LINK_SHARE of them per domain (a pull beyond waits parked, holding no queue),
  * CONNECT_CREDITS connects per endpoint and PULL_CREDITS remote pulls per endpoint (the next
  * waits in its queue); a delivery is held for receive space HOLD_MS at most. What a lost or

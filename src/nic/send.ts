@@ -57,7 +57,7 @@ import {
   setFrameSource,
   setWord,
 } from "./frame.js";
-import { type LinkState, type LinkTable, SEND_WINDOW, WIRE_ACTED, WIRE_WAITING } from "./link-state.js";
+import { type LinkState, type LinkTable, WIRE_ACTED, WIRE_WAITING } from "./link-state.js";
 import { MAX_PEER_REASON, MxStatus, reasonOfStatus } from "./status.js";
 import type { Tpt } from "./tpt.js";
 import { NicTraceStage, nicStamp } from "./trace-ring.js";
@@ -302,7 +302,7 @@ export class SendEngine {
 
   /** `ls` is gone or silent: every SEND in its window completes ENDPOINT_UNREACHABLE. */
   failWindow(ls: LinkState): void {
-    for (let i = 0; i < SEND_WINDOW && ls.sends.count > 0; i++) {
+    for (let i = 0; i < ls.sends.capacity && ls.sends.count > 0; i++) {
       if (ls.sends.used[i] === 0) continue;
       ls.completeSend(i);
       this.sendDoneTo(ls.sEp[i], ls.sSession[i], ls.sCookie[i], ls.sLen[i], MxStatus.ENDPOINT_UNREACHABLE);
@@ -316,7 +316,7 @@ export class SendEngine {
   tick(ls: LinkState): number {
     const now = this.clock.now;
     let flags = 0;
-    for (let i = 0; i < SEND_WINDOW && ls.sends.count > 0; i++) {
+    for (let i = 0; i < ls.sends.capacity && ls.sends.count > 0; i++) {
       if (ls.sends.used[i] === 0) continue;
       if (now >= ls.sDeadline[i]) {
         flags |= WIRE_ACTED;
