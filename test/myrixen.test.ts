@@ -12,46 +12,10 @@ import { Inspector } from "../src/host/inspect.js";
 import { DRIVER_EVENT_CONNECT, DRIVER_EVENT_DISCONNECT } from "../src/myrixen/driver-abi.js";
 import { Access, ANY_ENDPOINT, EndpointState, EventType } from "../src/nic/window.js";
 import type { Domain } from "../src/xen/hypervisor.js";
-import type { AgentCommand, AgentReply } from "./fixtures/myri-agent.js";
+import { MYRI_AGENT as AGENT, type MyriAgent as Agent, myriAgent as agent } from "./helpers/myri-agent.js";
 
-const AGENT = new URL("./fixtures/myri-agent.js", import.meta.url);
 const HOSTILE = new URL("./fixtures/myri-hostile.js", import.meta.url);
 const NOMAIN = new URL("./fixtures/guests/nomain.js", import.meta.url);
-
-interface Agent {
-  dom: Domain;
-  /** Runs a command; resolves with its value, or rejects with an Error carrying the MX code. */
-  call<T = Record<string, unknown>>(cmd: AgentCommand): Promise<T>;
-  /** Runs a command that must fail; resolves with its code and message. */
-  fails(cmd: AgentCommand): Promise<{ code: string; message: string }>;
-}
-
-function agent(dom: Domain): Agent {
-  const raw = (cmd: AgentCommand) =>
-    new Promise<AgentReply>((resolve, reject) => {
-      const onExit = () =>
-        reject(new Error(`domain ${dom.domid} stopped (${dom.state}): ${dom.error?.message ?? ""}`));
-      dom.once("message", (m) => {
-        dom.off("exit", onExit);
-        resolve(m as AgentReply);
-      });
-      dom.once("exit", onExit);
-      dom.send(cmd);
-    });
-  return {
-    dom,
-    async call<T>(cmd: AgentCommand): Promise<T> {
-      const r = await raw(cmd);
-      if (!r.ok) throw Object.assign(new Error(`${cmd.op}: ${r.message}`), { code: r.code });
-      return r.value as T;
-    },
-    async fails(cmd: AgentCommand) {
-      const r = await raw(cmd);
-      assert.equal(r.ok, false, `${cmd.op} should have failed`);
-      return r as { code: string; message: string };
-    },
-  };
-}
 
 let host: Host;
 const KEY_A = 0x1234;

@@ -28,6 +28,7 @@ import { encodeQosPolicy, parseQosPolicy } from "../myrixen/qos-schema.js";
 import { NET_STATS_BYTES, type NetStats, netTraceRing, readNetStats } from "../netback/stats.js";
 import type { NicInfo } from "../nic/control.js";
 import { NicDevice } from "../nic/device.js";
+import { DEFAULT_MAX_REGIONS } from "../nic/tpt.js";
 import type { TraceBuffer } from "../nic/trace-ring.js";
 import type { DomId } from "../xen/abi.js";
 import { bundledScript } from "../xen/bundles.js";
@@ -52,7 +53,10 @@ export interface HostOptions {
   endpointsPerDomain?: number;
   /** myrback quota: bytes one domain may have registered (default 256 MiB, and at most its RAM). */
   registeredBytesPerDomain?: number;
-  /** myrback quota: regions one domain may have registered (default 1024). */
+  /**
+   * myrback quota: regions one domain may have registered (default 1024, or fewer on a NIC of
+   * more than 64 endpoints: at most 65536 / maxEndpoints, so that the quotas together fit the TPT).
+   */
   regionsPerDomain?: number;
   /** Print the driver domain's log lines to stderr (also when MYRIXEN_LOG=1 is set). */
   verbose?: boolean;
@@ -167,13 +171,24 @@ export class Host {
       4096,
       2 ** 40,
     );
+    // Every domain with an endpoint may fill its region quota, and the NIC's TPT is one table
+    // for them all (DEFAULT_MAX_REGIONS entries): the quotas together must fit in it, or the
+    // guests of one job could take every entry and another job's registrations fail. So the
+    // default shrinks on a NIC of more than 64 endpoints (256 → 256 regions a domain), and a
+    // quota that does not fit is refused.
+    const regionsFit = Math.floor(DEFAULT_MAX_REGIONS / maxEndpoints);
     const regionsPerDomain = int(
       "regionsPerDomain",
       opts.regionsPerDomain,
-      DEFAULT_REGIONS_PER_DOMAIN,
+      Math.min(DEFAULT_REGIONS_PER_DOMAIN, regionsFit),
       1,
       65536,
     );
+    if (regionsPerDomain > regionsFit)
+      throw new RangeError(
+        `Host.start: regionsPerDomain ${regionsPerDomain} × maxEndpoints ${maxEndpoints} is more than the NIC's ` +
+          `${DEFAULT_MAX_REGIONS} TPT entries (the guests of one job could take them all): at most ${regionsFit} here`,
+      );
     const bridgeAgeingMs = int("bridgeAgeingMs", opts.bridgeAgeingMs, 300_000, 1, 2 ** 31);
     const guestQos =
       opts.guestQos === undefined ? undefined : parseQosPolicy(opts.guestQos, "Host.start: guestQos");
