@@ -11,7 +11,6 @@ import { Host } from "../src/host/host.js";
 import { Inspector } from "../src/host/inspect.js";
 import { DRIVER_EVENT_CONNECT, DRIVER_EVENT_DISCONNECT } from "../src/myrixen/driver-abi.js";
 import { Access, ANY_ENDPOINT, EndpointState, EventType } from "../src/nic/window.js";
-import type { Domain } from "../src/xen/hypervisor.js";
 import { MYRI_AGENT as AGENT, type MyriAgent as Agent, myriAgent as agent } from "./helpers/myri-agent.js";
 
 const HOSTILE = new URL("./fixtures/myri-hostile.js", import.meta.url);
