@@ -372,6 +372,21 @@ class FakePeer {
   }
 }
 
+/**
+ * `b` sends one SEND to the fake peer; resolves once it reached the peer or ended without
+ * going out: its place among the SENDs the peer got, or -1.
+ */
+async function bystanderSend(fake: FakePeer, b: Owner, reg: RegisterRegionReply): Promise<number> {
+  b.post(sendDesc(7, reg, 10, fake.nicId, { id: 200, session: 0 }));
+  const fromB = (f: Uint8Array) => getWord(f, F_SRC_ENDPOINT) === b.id;
+  await until(
+    () => fake.framesOf(FrameType.Send).some(fromB) || b.tryEvent() !== null,
+    "the bystander's SEND on the wire, or its end",
+    3 * WIRE_TIMEOUT_MS,
+  );
+  return fake.framesOf(FrameType.Send).findIndex(fromB);
+}
+
 let nic1: NicDevice;
 let nic2: NicDevice;
 let ctl1: SyncCallClient<NicControlRequest>;
@@ -1290,16 +1305,7 @@ test("one endpoint's SENDs hold at most its share of a link's window: another en
       () => fake.framesOf(FrameType.Send).length >= SRC_CREDITS,
       "the attacker's share on the wire",
     );
-    b.post(sendDesc(7, breg, 10, 13, { id: 200, session: 0 }));
-    const fromB = (f: Uint8Array) => getWord(f, F_SRC_ENDPOINT) === b.id;
-    // Either the bystander's SEND reaches the peer, or it ends without having gone out.
-    await until(
-      () => fake.framesOf(FrameType.Send).some(fromB) || b.tryEvent() !== null,
-      "the bystander's SEND on the wire, or its end",
-      3 * WIRE_TIMEOUT_MS,
-    );
-    const sends = fake.framesOf(FrameType.Send);
-    const at = sends.findIndex(fromB);
+    const at = await bystanderSend(fake, b, breg);
     assert.ok(at >= 0, `the bystander's SEND went out (the attacker had posted ${posted})`);
     assert.ok(at <= SRC_CREDITS, `${at} of the attacker's SENDs went before it`);
     assert.ok(nic1.counters().global.send_src_full > c0.send_src_full, "the share pushed back");
@@ -2068,17 +2074,10 @@ test("on a NIC of 64 endpoints, 40 endpoints each at their share of a link's win
       () => fake.framesOf(FrameType.Send).length >= SEND_WINDOW,
       "the attackers' SENDs on the wire, as many as the old window held",
     );
-    b.post(sendDesc(7, breg, 10, 22, { id: 200, session: 0 }));
-    const fromB = (f: Uint8Array) => getWord(f, F_SRC_ENDPOINT) === b.id;
-    await until(
-      () => fake.framesOf(FrameType.Send).some(fromB) || b.tryEvent() !== null,
-      "the bystander's SEND on the wire, or its end",
-      3 * WIRE_TIMEOUT_MS,
-    );
-    const sends = fake.framesOf(FrameType.Send);
+    const at = await bystanderSend(fake, b, breg);
     assert.ok(
-      sends.some(fromB),
-      `the bystander's SEND went out (${sends.length} of the attackers' went before it; window full ` +
+      at >= 0,
+      `the bystander's SEND went out (${fake.framesOf(FrameType.Send).length} of the attackers' went before it; window full ` +
         `${nic.counters().global.send_window_full - c0.send_window_full} times)`,
     );
     assert.equal(nic.counters().global.send_window_full, c0.send_window_full, "the window never filled");
