@@ -44,6 +44,7 @@ import {
 import { ringSlotSize } from "../src/xen/ring.js";
 import type { FrameSummary, NetCommand, NetReply } from "./fixtures/net-agent.js";
 import { LINK_KEY } from "./helpers/link-key.js";
+import { request } from "./helpers/messages.js";
 import { freePort } from "./helpers/nic-harness.js";
 
 const AGENT = new URL("./fixtures/net-agent.js", import.meta.url);
@@ -57,17 +58,7 @@ interface Agent {
 }
 
 function talk(dom: Domain) {
-  return (cmd: NetCommand) =>
-    new Promise<NetReply>((resolve, reject) => {
-      const onExit = () =>
-        reject(new Error(`domain ${dom.domid} stopped (${dom.state}): ${dom.error?.message ?? ""}`));
-      dom.once("message", (m) => {
-        dom.off("exit", onExit);
-        resolve(m as NetReply);
-      });
-      dom.once("exit", onExit);
-      dom.send(cmd);
-    });
+  return (cmd: NetCommand) => request<NetReply>(dom, cmd);
 }
 
 let host: Host;

@@ -1,5 +1,6 @@
 /** Test helper: start agent guests (test/fixtures/guests/agent.ts) and talk to them one command at a time. */
 import type { Domain, DomainConfig, Hypervisor } from "../../src/xen/hypervisor.js";
+import { request } from "./messages.js";
 
 export const AGENT = new URL("../fixtures/guests/agent.js", import.meta.url);
 
@@ -10,16 +11,6 @@ export interface Agent {
 
 export async function startAgent(hv: Hypervisor, config: Partial<DomainConfig> = {}): Promise<Agent> {
   const dom = await hv.createDomain({ module: AGENT, pages: 64, maxHeapMb: 64, ...config });
-  const rpc = <T>(cmd: { op: string; [k: string]: unknown }) =>
-    new Promise<T>((resolve, reject) => {
-      const onExit = () =>
-        reject(new Error(`domain ${dom.domid} stopped (${dom.state}): ${dom.error?.message ?? ""}`));
-      dom.once("message", (m) => {
-        dom.off("exit", onExit);
-        resolve(m as T);
-      });
-      dom.once("exit", onExit);
-      dom.send(cmd);
-    });
+  const rpc = <T>(cmd: { op: string; [k: string]: unknown }) => request<T>(dom, cmd);
   return { dom, rpc };
 }

@@ -2,6 +2,7 @@
 import assert from "node:assert/strict";
 import type { Domain } from "../../src/xen/hypervisor.js";
 import type { AgentCommand, AgentReply } from "../fixtures/myri-agent.js";
+import { request } from "./messages.js";
 
 export const MYRI_AGENT = new URL("../fixtures/myri-agent.js", import.meta.url);
 
@@ -14,17 +15,7 @@ export interface MyriAgent {
 }
 
 export function myriAgent(dom: Domain): MyriAgent {
-  const raw = (cmd: AgentCommand) =>
-    new Promise<AgentReply>((resolve, reject) => {
-      const onExit = () =>
-        reject(new Error(`domain ${dom.domid} stopped (${dom.state}): ${dom.error?.message ?? ""}`));
-      dom.once("message", (m) => {
-        dom.off("exit", onExit);
-        resolve(m as AgentReply);
-      });
-      dom.once("exit", onExit);
-      dom.send(cmd);
-    });
+  const raw = (cmd: AgentCommand) => request<AgentReply>(dom, cmd);
   return {
     dom,
     async call<T>(cmd: AgentCommand): Promise<T> {
