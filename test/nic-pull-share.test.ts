@@ -352,7 +352,7 @@ test("a guest flooding remote PULLs at slow peers holds its own share of the rem
   b.close();
 });
 
-test("guests holding every pull a link allows hold no other guest's queue: its pull from that host waits parked, its pull from another host completes", async () => {
+test("two guests flooding one host leave a third its own share of the link: its pulls beyond it wait parked and hold no queue, its pull from another host completes", async () => {
   const slowNic = SLOW_NICS[0];
   const peer = slow[0];
   // Endpoint ids come back: count this test's requests only.
@@ -361,19 +361,25 @@ test("guests holding every pull a link allows hold no other guest's queue: its p
   const aSlow = a.register(new SharedArrayBuffer(HOSTILE_LEN), Access.LocalWrite);
   const c0 = nic1.counters().global;
 
-  // Two hostile endpoints flood one slow host: each gets its share of the link's jobs, together
-  // all of them; their further pulls are parked.
+  // Two hostile domains flood one slow host, one after the other: the first, alone on the
+  // link, takes its share (PULL_LINK_SHARE); the second as many as leave free what it holds
+  // (half the rest, link-state.ts pullMayGo). Before, each took PULL_LINK_SHARE: all the jobs.
   const hostile = [Owner.open(ctl1, "domain 6 (hostile)"), Owner.open(ctl1, "domain 6 (hostile)")];
-  flood(hostile, slowNic, 30_000);
-  await until(
-    () => peer.seen(hostile[0].id) + peer.seen(hostile[1].id) === PULL_JOBS_PER_LINK,
-    "every job of the link taken at the slow host",
-  );
-  await sleep(100);
+  const first = PULL_LINK_SHARE;
+  const second = (PULL_JOBS_PER_LINK - first) / 2;
+  flood([hostile[0]], slowNic, 30_000);
+  await until(() => peer.seen(hostile[0].id) === first, "the first domain's share at the slow host");
+  flood([hostile[1]], slowNic, 30_000);
+  await until(() => peer.seen(hostile[1].id) === second, "the second domain's share at the slow host");
 
-  // The honest guest pulls from the slow host too (parked: the link's jobs are taken), then
-  // from the real peer: that pull must not wait behind the parked one.
-  a.pull(1, slowNic, { id: 0, session: 0 }, 0, 1, aSlow, HOSTILE_LEN);
+  // The honest guest pulls from the slow host too: it gets a share of what is left, the rest
+  // of its pulls there wait parked; then it pulls from the real peer: that pull must not wait
+  // behind the parked ones.
+  const third = (PULL_JOBS_PER_LINK - first - second) / 2;
+  const PARKED = 4;
+  for (let i = 0; i < third + PARKED; i++)
+    a.pull(100 + i, slowNic, { id: 0, session: 0 }, 0, 1, aSlow, HOSTILE_LEN);
+  await until(() => peer.seen(a.id) === third, "the honest guest's share at the slow host");
   b.arm(src, 0x777);
   a.pull(2, 2, b, 0, 0x777, aDst, 4096);
   const st = await a.answer(2, "the honest pull from the real peer");
@@ -382,17 +388,21 @@ test("guests holding every pull a link allows hold no other guest's queue: its p
     new Uint8Array(aMem).every((x) => x === 0x42),
     "the bytes arrived",
   );
-  assert.equal(peer.seen(a.id), 0, "the honest pull from the slow host waits parked");
-  assert.equal(a.byCookie.has(1), false, "and does not fail");
-  for (const h of hostile)
-    assert.equal(peer.seen(h.id), PULL_LINK_SHARE, `endpoint ${h.id} holds its share, no more`);
-  assert.ok(nic1.counters().global.pulls_parked - c0.pulls_parked >= 17, "counted pulls_parked");
+  await sleep(100);
+  assert.equal(peer.seen(a.id), third, "the honest guest's pulls beyond its share wait parked");
+  for (let i = 0; i < third + PARKED; i++) assert.equal(a.byCookie.has(100 + i), false, "and do not fail");
+  assert.equal(peer.seen(hostile[0].id), first, "the first domain holds its share, no more");
+  assert.equal(peer.seen(hostile[1].id), second, "the second domain holds its share, no more");
+  assert.ok(
+    nic1.counters().global.pulls_parked - c0.pulls_parked >=
+      2 * (PULL_LINK_SHARE + 8) - first - second + PARKED,
+    "counted pulls_parked",
+  );
 
-  // One hostile endpoint goes: its pulls end, and the jobs they free go to the parked pulls in
-  // turn: the honest one is asked for; the other hostile endpoint stays at its share.
+  // One hostile domain goes: its pulls end, and the jobs they free go to the parked pulls in
+  // turn: the honest guest's are asked for.
   hostile[0].close();
-  await until(() => peer.seen(a.id) === 1, "the honest pull asked for once jobs freed");
-  assert.equal(peer.seen(hostile[1].id), PULL_LINK_SHARE, "the other hostile endpoint still at its share");
+  await until(() => peer.seen(a.id) === third + PARKED, "the honest pulls asked for once jobs freed");
   hostile[1].close();
   a.close();
   await until(() => peer.held.size === 0, "the slow host told to stop every pull");

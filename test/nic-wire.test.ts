@@ -17,6 +17,7 @@ import type {
   OpenEtherPortReply,
   RegisterRegionReply,
 } from "../src/nic/control.js";
+import { NicCounter } from "../src/nic/counters.js";
 import { NicDevice } from "../src/nic/device.js";
 import {
   ETHER_MAX_FRAME,
@@ -1318,10 +1319,13 @@ test("one endpoint's SENDs hold at most its share of a link's window: another en
 
 test("a hostile peer that trickles its pull replies: the pulls end TIMEOUT by their deadline; a pull parked behind them holds no queue", async () => {
   // A peer NIC serving our pulls a byte at a time, often enough that none ever waits
-  // WIRE_TIMEOUT_MS for progress: two endpoints hold every pull this NIC may have out on its
-  // link (PULL_JOBS_PER_LINK, PULL_LINK_SHARE each), then one more pull to it is parked, and
-  // behind that in the same queue a SEND to an endpoint of this very NIC.
+  // WIRE_TIMEOUT_MS for progress: endpoint a takes its domain's share of the link's jobs
+  // (alone on it: PULL_LINK_SHARE), then b, another domain, as many as leave free what it
+  // holds (half the rest), then one more pull of a's is parked, and behind that in the same
+  // queue a SEND to an endpoint of this very NIC.
   const LEN = 32 * 1024;
+  const OUT_A = PULL_LINK_SHARE;
+  const OUT_B = (PULL_JOBS_PER_LINK - OUT_A) / 2;
   const fake = await FakePeer.start(14);
   let trickle: NodeJS.Timeout | undefined;
   try {
@@ -1368,12 +1372,10 @@ test("a hostile peer that trickles its pull replies: the pulls end TIMEOUT by th
         length: LEN,
       });
     const t0 = performance.now();
-    for (let i = 0; i < PULL_LINK_SHARE; i++) b.post(pull(100 + i, memB));
-    for (let i = 0; i < PULL_LINK_SHARE; i++) a.post(pull(i, mem));
-    await until(
-      () => fake.framesOf(FrameType.PullRequest).length === PULL_JOBS_PER_LINK,
-      "every pull the link allows on the wire",
-    );
+    for (let i = 0; i < OUT_A; i++) a.post(pull(i, mem));
+    await until(() => fake.framesOf(FrameType.PullRequest).length === OUT_A, "a's share on the wire");
+    for (let i = 0; i < OUT_B; i++) b.post(pull(100 + i, memB));
+    await until(() => fake.framesOf(FrameType.PullRequest).length === OUT_A + OUT_B, "b's share on the wire");
     a.post(pull(1000, mem));
     a.post(sendDesc(2000, mem, 10, 1, local));
 
@@ -1383,21 +1385,18 @@ test("a hostile peer that trickles its pull replies: the pulls end TIMEOUT by th
     expectEvent(first, EventType.SendDone, MxStatus.SUCCESS, "the SEND behind the parked pull");
     assert.equal(first.cookie, 2000);
     expectEvent(await local.nextEvent(), EventType.Recv, MxStatus.SUCCESS, "the local endpoint got its SEND");
-    assert.equal(fake.framesOf(FrameType.PullRequest).length, PULL_JOBS_PER_LINK, "the parked pull waits");
+    assert.equal(fake.framesOf(FrameType.PullRequest).length, OUT_A + OUT_B, "the parked pull waits");
 
     const bound = pullDeadlineMs(LEN) + 3 * WIRE_TIMEOUT_MS;
-    for (const [owner, base] of [
-      [a, 0],
-      [b, 100],
+    for (const [owner, base, out] of [
+      [a, 0, OUT_A],
+      [b, 100, OUT_B],
     ] as const) {
       const overdue = new Set<number>();
-      while (overdue.size < PULL_LINK_SHARE) {
+      while (overdue.size < out) {
         const e = await owner.nextEvent(bound - (performance.now() - t0), "a trickled pull's end");
         expectEvent(e, EventType.PullDone, MxStatus.TIMEOUT, `trickled pull ${e.cookie}`);
-        assert.ok(
-          e.cookie >= base && e.cookie < base + PULL_LINK_SHARE,
-          `pull ${e.cookie} was one of the first`,
-        );
+        assert.ok(e.cookie >= base && e.cookie < base + out, `pull ${e.cookie} was one of the first`);
         assert.ok(e.length > 0 && e.length < LEN, `pull ${e.cookie} made progress (${e.length} B)`);
         overdue.add(e.cookie);
       }
@@ -1409,19 +1408,133 @@ test("a hostile peer that trickles its pull replies: the pulls end TIMEOUT by th
     expectEvent(last, EventType.PullDone, MxStatus.TIMEOUT, "the pull that waited");
     assert.equal(last.cookie, 1000);
     const c1 = nic1.counters().global;
-    assert.equal(c1.pulls_overdue - c0.pulls_overdue, PULL_JOBS_PER_LINK + 1, "counted");
+    assert.equal(c1.pulls_overdue - c0.pulls_overdue, OUT_A + OUT_B + 1, "counted");
     assert.equal(c1.pulls_parked - c0.pulls_parked, 1, "one parked");
     assert.equal(c1.pull_timeouts, c0.pull_timeouts, "not timeouts: the peer made progress all along");
     assert.equal(c1.links_silent, c0.links_silent);
     assert.equal(c1.internal_errors, 0);
     // Each was cancelled at the peer.
-    await until(() => cancelled.size === PULL_JOBS_PER_LINK + 1, "a cancel for every overdue pull");
+    await until(() => cancelled.size === OUT_A + OUT_B + 1, "a cancel for every overdue pull");
     a.close();
     b.close();
     local.close();
   } finally {
     clearInterval(trickle);
     await fake.detach(nic1);
+  }
+});
+
+/** A peer that takes every frame and serves none of our pulls: it keeps who asked (PULL_REQUESTs, not cancels). */
+class HoldingLink implements Link {
+  /** The requesting endpoint of each PULL_REQUEST, in order. */
+  readonly requests: number[] = [];
+  constructor(readonly peerNic: number) {}
+  send(frame: Uint8Array): boolean {
+    if ((getWord(frame, 0) & 0xff) === FrameType.PullRequest && getWord(frame, F_STATUS) === 0)
+      this.requests.push(getWord(frame, F_SRC_ENDPOINT));
+    return true;
+  }
+  asked(o: Owner): number {
+    return this.requests.filter((ep) => ep === o.id).length;
+  }
+  onFrame(): void {}
+  onWritable(): void {}
+  close(): void {}
+}
+
+test("domains flooding one host with remote PULLs leave a job free: another domain's pull from that host is asked for at once, not parked behind theirs", () => {
+  // The share was half a link's PULL_JOBS_PER_LINK per domain whatever the others held: two
+  // domains (two ranks of one job) held them all, and every other domain's pull from that
+  // host waited parked until one of theirs ended (16 MiB messages: a second). The NIC runs in
+  // this thread (control() and poll(): counts, no timing); the peer answers no pull, so none
+  // ends. Each endpoint is a domain of its own (no QoS group).
+  const PEER = 61;
+  const n = new Nic({ nicId: 60, maxEndpoints: 8 });
+  try {
+    const link = new HoldingLink(PEER);
+    n.attachLink(link);
+    const ctl = {
+      call: (req: NicControlRequest) => n.control(req),
+    } as unknown as SyncCallClient<NicControlRequest>;
+    const open = (name: string) =>
+      new Owner(
+        ctl,
+        n.control({
+          op: "open_endpoint",
+          owner: name,
+          endpointId: ANY_ENDPOINT,
+          key: 0,
+        }) as OpenEndpointReply,
+      );
+    // Small pulls (the peer serves none anyway): the NIC's round admits many at once (qos.ts).
+    const LEN = 4096;
+    const far = { id: 0, session: 1 };
+    /** `o` posts `count` pulls of LEN from the peer, and the NIC takes all of them. */
+    const pulls = (o: Owner, count: number, base: number) => {
+      const dst = o.register(new SharedArrayBuffer(LEN), Access.LocalWrite);
+      for (let i = 0; i < count; i++)
+        o.post(
+          pullDesc({
+            cookie: base + i,
+            nic: PEER,
+            src: far,
+            region: { regionId: 0, key: 1 },
+            dst,
+            length: LEN,
+          }),
+        );
+      for (let k = 0; k < 1000 && Atomics.load(o.w, W_SQ_CONS) !== o.prod; k++) n.poll();
+      n.poll();
+      assert.equal(Atomics.load(o.w, W_SQ_CONS), o.prod, `the NIC took endpoint ${o.id}'s pulls`);
+    };
+    const parked = () => new Float64Array(n.countersBuffer)[NicCounter.pulls_parked];
+
+    // Two hostile domains, one after the other, each posting more pulls than the link has jobs.
+    const h1 = open("hostile 1");
+    const h2 = open("hostile 2");
+    pulls(h1, PULL_JOBS_PER_LINK, 1000);
+    assert.equal(link.asked(h1), PULL_LINK_SHARE, "a domain alone on the link holds PULL_LINK_SHARE");
+    pulls(h2, PULL_JOBS_PER_LINK, 2000);
+    assert.ok(link.asked(h2) > 0, "the second domain got jobs too");
+    const held = link.requests.length;
+
+    // Another domain's pull from the same host is asked for at once.
+    const v = open("victim");
+    const p0 = parked();
+    pulls(v, 1, 1);
+    assert.equal(
+      link.asked(v),
+      1,
+      `the victim's pull was asked for (${held} hostile pulls out, ${parked() - p0} parked)`,
+    );
+    assert.equal(parked(), p0, "and not parked");
+    assert.equal(link.requests.length, held + 1);
+    assert.ok(held < PULL_JOBS_PER_LINK, `the two held ${held} of the link's ${PULL_JOBS_PER_LINK} jobs`);
+
+    // Two more flooding domains in turn (a cap of PULL_JOBS_PER_LINK / (domains + 1) counted on
+    // domains let the third fill the link), and yet another domain's pull still goes at once.
+    const h3 = open("hostile 3");
+    const h4 = open("hostile 4");
+    pulls(h3, PULL_JOBS_PER_LINK, 3000);
+    pulls(h4, PULL_JOBS_PER_LINK, 4000);
+    assert.ok(link.asked(h3) > 0 && link.asked(h4) > 0, "the later domains got jobs too");
+    const v2 = open("victim 2");
+    pulls(v2, 1, 1);
+    assert.equal(
+      link.asked(v2),
+      1,
+      `the second victim's pull was asked for (${link.requests.length - 1} others out)`,
+    );
+    assert.ok(link.requests.length <= PULL_JOBS_PER_LINK);
+    for (const o of [h1, h2, h3, h4, v, v2]) assert.equal(o.tryEvent(), null, "no pull ended");
+
+    // A hostile domain goes: its pulls end, and the jobs they free go to the parked pulls.
+    const before2 = link.asked(h2);
+    h1.close();
+    n.poll();
+    assert.ok(link.asked(h2) > before2, "the parked pulls were asked for once jobs freed");
+  } finally {
+    n.stop();
   }
 });
 

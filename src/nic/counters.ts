@@ -102,7 +102,7 @@ export const NIC_COUNTER_NAMES = [
   "links_unread",
   // A remote PULL that waited in its endpoint's queue for that endpoint's share of the remote-pull table (remote-pull.ts PULL_CREDITS).
   "pull_ep_full",
-  // A remote PULL parked until a job of its link freed (the link's PULL_JOBS_PER_LINK taken, or its endpoint's PULL_LINK_SHARE): it held no queue (remote-pull.ts).
+  // A remote PULL parked until a job of its link freed (the link's PULL_JOBS_PER_LINK taken, or its domain's share of them, PULL_LINK_SHARE): it held no queue (remote-pull.ts).
   "pulls_parked",
   // SENDs naming a wrong session (BAD_SESSION), and SENDs refused unexamined while their requester is locked out for them (session-throttle.ts).
   "send_bad_sessions",

@@ -77,12 +77,39 @@ const DEST_BUCKETS = 257;
 /** PULL jobs this NIC serves concurrently per link; the requesting side keeps at most as many outstanding. */
 export const PULL_JOBS_PER_LINK = 64;
 /**
- * A link's PULL jobs one requesting domain (its endpoints' QoS share slot, qos.ts) may hold at
- * once: half, so one endpoint pulling a window of large messages from a host (osu_bw's 64)
- * leaves the others of its NIC room on that link; its further pulls wait parked (remote-pull.ts), in turn with everyone else's. 32 pulls
- * out keep a link busy: 32 of 64 KiB are 2 MiB, eight times its bulk window (tcp-link.ts).
+ * How a link's PULL_JOBS_PER_LINK jobs are shared among the requesting domains (their
+ * endpoints' QoS share slots, qos.ts), requester side: a domain that holds none of them may
+ * take one whenever one is free; a domain that holds `held` may take another only if as many
+ * stay free after it as it then holds (free − 1 ≥ held + 1, pullMayGo). Its further pulls wait
+ * parked (remote-pull.ts), in turn with everyone else's.
+ *
+ * Why: with a fixed share of half the jobs per domain (32), any two domains (two ranks of one
+ * job) held all 64, and every other guest's pull from that host waited parked until one of
+ * theirs ended: with 16 MiB messages all 64 progress and end together, and a 64 KiB receive
+ * beside two guests streaming them took up to 0.7–2 s (73 ms beside one; 43–164 ms with this
+ * rule, 2 busy cores). A domain holding pulls never leaves fewer jobs free than it holds, nor
+ * takes the last two, so those go only to domains holding none. Counted (a simulation of the
+ * rule over 64 jobs):
+ * - one domain alone holds 32: PULL_LINK_SHARE, as the fixed share did. 32 pulls out keep a
+ *   link busy (32 of 64 KiB are 2 MiB, eight times its bulk window, tcp-link.ts): one guest
+ *   keeping 64 rendezvous receives posted from one host moved as much with 32 out as with
+ *   all 64 (8 s runs, 2 busy cores: 16 MiB 4.4–5.6 GB vs 4.3; 256 KiB median 2.4 GB vs 2.1,
+ *   runs 0.7–4.3), while with all 64 another guest's 64 KiB receive waited up to 1.9 s;
+ * - k domains that keep pulls parked settle at about 64 / (k + 1) each, the same again free:
+ *   21 + 21 + 22 free for two, 16 each and 16 free for three (max-min fair, one share kept for
+ *   a newcomer);
+ * - domains arriving one after another on an idle link hold 32, 16, 8, 4, 2, 1, 1: it takes
+ *   seven flooding domains to take every job (a cap of 64 / (active + 1) counted on domains
+ *   gives 32, 21, 11: three), and even then a freed job goes to a domain holding none.
+ * It needs nothing but the link's count and the domain's: two compares a pull.
  */
 export const PULL_LINK_SHARE = PULL_JOBS_PER_LINK / 2;
+
+/** Whether a domain holding `held` of a link's pulls may ask for another while `free` of its jobs are free (PULL_LINK_SHARE). */
+export function pullMayGo(held: number, free: number): boolean {
+  return held === 0 ? free > 0 : free >= held + 2;
+}
+
 /** Bytes one job may send per visit (jobs of a link take turns; a visit ends early on back-pressure). */
 export const JOB_ROUND = 256 * 1024;
 
@@ -148,8 +175,8 @@ export class LinkState {
   pullsOut = 0;
   /**
    * Per QoS share slot of this NIC (qos.ts: one per domain): its endpoints' remote PULLs
-   * outstanding on this link, at most PULL_LINK_SHARE together (a domain that opened two
-   * endpoints held every job of the link when the share was per endpoint).
+   * outstanding on this link, as pullMayGo allows (a domain that opened two endpoints held
+   * every job of the link when the share was per endpoint).
    */
   readonly pullsOutByShare = new Uint8Array(MAX_ENDPOINTS_LIMIT + 1);
   /** Remote PULLs waiting for one of this link's jobs (remote-pull.ts); made on first use. */

@@ -36,8 +36,9 @@
  *
  * Wire state is bounded: SEND_WINDOW unacknowledged SENDs per link (more on a NIC of more than
  * 32 endpoints: every endpoint's share fits), DEST_CREDITS of them per destination endpoint and
- * SRC_CREDITS per sending endpoint, PULL_JOBS_PER_LINK pulls per link
- * and PULL_LINK_SHARE of them per domain (a pull beyond waits parked, holding no queue),
+ * SRC_CREDITS per sending endpoint, PULL_JOBS_PER_LINK pulls per link and a domain's share of
+ * them, as many as it leaves free for domains holding none (PULL_LINK_SHARE; a pull beyond
+ * waits parked, holding no queue),
  * CONNECT_CREDITS connects per endpoint and PULL_CREDITS remote pulls per endpoint (the next
  * waits in its queue); a delivery is held for receive space HOLD_MS at most. What a lost or
  * silent link costs, and the wire timer, are in links.ts.

@@ -1,16 +1,18 @@
 /**
  * The remote PULLs parked on one link (requester side, remote-pull.ts): pulls that found the
- * link's PULL_JOBS_PER_LINK jobs taken, or their endpoint at its share of them, wait here
- * instead of at the head of their endpoint's send queue, so one endpoint's pulls from a busy
- * (or slow, or hostile) host hold none of its other traffic, and nobody else's. A FIFO per
- * endpoint keeps each endpoint's pulls in the order it posted them; a job that frees goes to
- * the endpoints in turn (round robin), each to its oldest pull.
+ * link's PULL_JOBS_PER_LINK jobs taken, or their endpoint's domain at its share of them
+ * (link-state.ts PULL_LINK_SHARE), wait here instead of at the head of their endpoint's send
+ * queue, so one endpoint's pulls from a busy (or slow, or hostile) host hold none of its
+ * other traffic, and nobody else's. A FIFO per endpoint keeps each endpoint's pulls in the
+ * order it posted them; a job that frees goes to the endpoints in turn (round robin), each to
+ * its oldest pull.
  *
  * The lists are threaded through the remote-pull table's own slots (`next`, `prev`: one pair
  * per slot, shared by every link's park), so parking allocates nothing and is bounded by the
  * table: an endpoint parks at most its PULL_CREDITS.
  */
 import { MAX_ENDPOINTS_LIMIT } from "./endpoints.js";
+import { pullMayGo } from "./link-state.js";
 
 export class PullPark {
   /** Pulls parked on this link. */
@@ -55,15 +57,17 @@ export class PullPark {
   }
 
   /**
-   * The oldest pull of the next endpoint in turn whose share group's pulls out on this link
-   * (`outByShare[shareOf[ep]]`) are under `share`, taken out of the park; −1 if every parked
-   * endpoint's group is at its share.
+   * The oldest pull of the next endpoint in turn whose share group (`shareOf[ep]`), holding
+   * `outByShare[group]` of this link's pulls, may take one of its `free` jobs
+   * (link-state.ts pullMayGo), taken out of the park; −1 if no parked endpoint's group may.
+   * A group holding none always may while a job is free: the caller asks again after each
+   * take, so every such group parked here goes before the link fills.
    */
-  takeNext(outByShare: Uint8Array, shareOf: Int32Array, share: number): number {
+  takeNext(outByShare: Uint8Array, shareOf: Int32Array, free: number): number {
     for (let k = 0; k < MAX_ENDPOINTS_LIMIT; k++) {
       const ep = (this.turn + k) % MAX_ENDPOINTS_LIMIT;
       const s = this.head[ep];
-      if (s < 0 || outByShare[shareOf[ep]] >= share) continue;
+      if (s < 0 || !pullMayGo(outByShare[shareOf[ep]], free)) continue;
       this.remove(ep, s);
       this.turn = (ep + 1) % MAX_ENDPOINTS_LIMIT;
       return s;

@@ -9,9 +9,9 @@
  * ends it with PULL_DONE. An endpoint has at most PULL_CREDITS pulls out across links (a
  * further one waits at the head of its own queue), and the table has room for every
  * endpoint's share at once. A pull that finds its link's PULL_JOBS_PER_LINK jobs taken, or its
- * endpoint's domain (its QoS share slot) holding PULL_LINK_SHARE of them, is parked
- * (pull-park.ts) in its slot and asked for when a job frees, endpoints in turn: it holds no
- * queue, its own endpoint's included. A requester that gives up (its endpoint closed, its
+ * endpoint's domain (its QoS share slot) holding its share of them (link-state.ts
+ * PULL_LINK_SHARE: as many as it leaves free), is parked (pull-park.ts) in its slot and
+ * asked for when a job frees, endpoints in turn: it holds no queue, its own endpoint's included. A requester that gives up (its endpoint closed, its
  * destination region went away) tells the peer to stop with a cancelling PULL_REQUEST. With
  * no link to the source's NIC and that NIC being this one, the pull is checked as a peer
  * would check it and copied here by the DMA engine, held and charged to the source as a
@@ -62,7 +62,7 @@ import {
   type LinkState,
   type LinkTable,
   PULL_JOBS_PER_LINK,
-  PULL_LINK_SHARE,
+  pullMayGo,
   WIRE_ACTED,
   WIRE_WAITING,
 } from "./link-state.js";
@@ -307,11 +307,11 @@ export class RemotePull {
     // Older parked pulls go first where they now can (a control queue that was full drained).
     if (ls.parked !== null && ls.parked.count > 0) this.unpark(ls);
     if (
-      ls.pullsOut >= PULL_JOBS_PER_LINK ||
-      ls.pullsOutByShare[this.qos.slotOf[ctx.id]] >= PULL_LINK_SHARE ||
+      !pullMayGo(ls.pullsOutByShare[this.qos.slotOf[ctx.id]], PULL_JOBS_PER_LINK - ls.pullsOut) ||
       ls.parked?.has(ctx.id)
     ) {
-      // The link's jobs are taken, or this endpoint's domain holds its share of them: the pull waits
+      // The link's jobs are taken, or this endpoint's domain holds its share of them (link-state.ts
+      // PULL_LINK_SHARE: it leaves free what it holds, for domains holding none): the pull waits
       // parked, not at the head of the queue, where it held every descriptor behind it (to any
       // host) until some pull on this link ended, however long the others took.
       rp.parked[s] = 1;
@@ -353,7 +353,7 @@ export class RemotePull {
     if (park === null || !ls.attached) return;
     const rp = this.table;
     while (park.count > 0 && ls.pullsOut < PULL_JOBS_PER_LINK && ls.ctrlCount < CTRL_QUEUE) {
-      const s = park.takeNext(ls.pullsOutByShare, this.qos.slotOf, PULL_LINK_SHARE);
+      const s = park.takeNext(ls.pullsOutByShare, this.qos.slotOf, PULL_JOBS_PER_LINK - ls.pullsOut);
       if (s < 0) return;
       rp.parked[s] = 0;
       this.request(ls, s);
