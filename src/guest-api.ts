@@ -7,6 +7,9 @@
  * world: 2.9 → 2.2 CPU-s). index.ts re-exports all of this, so a host-side program sees one API.
  */
 
+// A rank of a job: who it is (rank, size, path, its program's arguments) and the result
+// files its launcher writes for it.
+export { type RankArgs, rankArgs, writeRankFile } from "./cluster/protocol.js";
 // The MPI and MX libraries.
 export { Comm, MPI, MpiError, type MpiStatus } from "./mpi/mpi.js";
 export { MX_ANY_ENDPOINT, MX_INFINITE, MxError, MxReturn, mxStrerror } from "./mx/codes.js";

@@ -47,8 +47,8 @@ const NAMED = [
   "globalThis.process.binding",
   // (process.env holds only what the launcher gave the guest, `myrixen run -x`: the host's PATH is simply absent.)
   "the real global through new Function",
-  "compile code through WebAssembly",
-  "Node's Buffer",
+  // (WebAssembly and Buffer are absent, as in a browser: `typeof Buffer` is "undefined", and
+  // using one fails as on undefined; the report of a guest that crashes on one names it.)
   "import the host-side Hypervisor (src/xen/hypervisor.js)",
   "import the host-side Host (src/host/host.js)",
   "the Hypervisor class from the package's index",

@@ -151,6 +151,20 @@ function openMpiSpellings(argv: string[], run: Command): string[] {
     if (a === "--") break;
     if (/^-[a-z][a-z-]+$/.test(a) && byLong.has(a.slice(1))) a = `-${a}`;
     if (a === "-np") a = "--np";
+    // -np=4, -host=a,b: Open MPI's single dash with `=` (commander would read -np=4 as -n "p=4").
+    const withValue = /^-([a-z][a-z-]*)=/.exec(a);
+    if (withValue && (withValue[1] === "n" || withValue[1] === "np" || byLong.has(withValue[1])))
+      a = `--${withValue[1] === "n" ? "np" : withValue[1]}${a.slice(withValue[0].length - 1)}`;
+    // -x before the program with no VAR: the program would be taken for the variable.
+    if (a === "-x" && i + 1 < argv.length) {
+      const v = argv[i + 1];
+      const name = v.split("=")[0];
+      if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name) && (looksLikeProgram(v) || i + 2 >= argv.length))
+        throw new UsageError(
+          `-x needs a variable before the program: write -x VAR or -x VAR=VALUE, then the program (got -x ${v}, and "${v}" is not a variable name)`,
+          "run",
+        );
+    }
     out.push(a);
     if (!a.startsWith("-")) {
       i++;

@@ -46,7 +46,8 @@ import type { QosPolicy } from "../myrixen/qos-policy.js";
 import { builtinArgsProblem } from "../programs/builtin-args.js";
 import { parseNasArgs } from "../programs/nas/common.js";
 import { OSU_SIZES, parseOsuArgs } from "../programs/osu/common.js";
-import { guestProgramExports, loadGuestImage } from "../xen/guest/loader.js";
+import { guestProgramExports, loadGuestImage, noModuleThere } from "../xen/guest/loader.js";
+import { NO_MAIN } from "../xen/guest/reach.js";
 import { type EmbeddedObservation, observeEmbedded } from "./embedded.js";
 import { type OpenMpiPeerRun, prepareRunReport, type RunReport, RunReportUsageError } from "./run-report.js";
 import { RuntimeFailure, RunUsageError, TIMEOUT_EXIT_CODE } from "./usage.js";
@@ -216,8 +217,13 @@ function withPaths(text: string): string {
   return text.replace(/file:\/\/[^\s):]+/g, (u) => shortPath(u));
 }
 
-/** Frames of MyriXen's own guest runtime say nothing about the user's program. */
-const RUNTIME_FRAME = /[/\\]xen[/\\]guest[/\\](runtime|sandbox)\.(js|ts)/;
+/**
+ * Frames of MyriXen's own guest runtime and bundles and of Node's internals say nothing about
+ * the user's program (a guest's runtime leaves them out already: this is for a host of an
+ * older version).
+ */
+const RUNTIME_FRAME =
+  /[/\\]xen[/\\]guest[/\\](runtime|sandbox|domain-thread)\.(js|ts)|[/\\]bundles[/\\](chunk-\w+|guest)\.js|\(node:|at node:/;
 
 /** A rank's error as the user reads it: its name and message, then the frames of its stack (paths, not URLs). */
 export function describeRankError(e: Error): { head: string; frames: string[] } {
@@ -240,9 +246,23 @@ async function compileProblem(program: URL): Promise<string | undefined> {
     if (m.error !== undefined) return withPaths(m.error);
     for (const [spec, dep] of Object.entries(m.imports))
       if (dep.kind === "refused" && dep.message.startsWith("cannot find module"))
-        return `${shortPath(m.url)} imports "${spec}", which does not exist`;
+        return `${shortPath(m.url)} imports "${spec}": ${noModuleThere(spec)}`;
   }
   return undefined;
+}
+
+/** How a program's exports need to change for it to run: the end of a usage line. */
+const EXPORT_MAIN =
+  "export the function each rank runs as the default export or as main (export default async function main(guest) { ... })";
+
+/**
+ * A usage mistake if the job's ranks failed because the program's main is not a function (what
+ * the names it exports cannot tell: `export default 42`), else undefined.
+ */
+function mainNotAFunction(f: RankOutcome | undefined): string | undefined {
+  if (f?.state !== "crashed" || !f.error) return undefined;
+  const m = NO_MAIN.exec(f.error.message);
+  return m ? `${shortPath(m[1])} exports no function main(guest) (${m[2]}): ${EXPORT_MAIN}` : undefined;
 }
 
 /** A usage mistake if the program exports no main(guest) (read without running it), else undefined. */
@@ -250,7 +270,7 @@ async function noMainProblem(program: URL): Promise<string | undefined> {
   if (program.protocol !== "file:") return undefined;
   const names = await guestProgramExports(fileURLToPath(program));
   if (names === undefined || names.includes("default") || names.includes("main")) return undefined;
-  return `${shortPath(program.href)} exports no main(guest): export the function each rank runs as the default export or as main (export default async function main(guest) { ... })`;
+  return `${shortPath(program.href)} exports no main(guest): ${EXPORT_MAIN}`;
 }
 
 /** Which hosts the job runs on: -H, --hosts, --hostfile, Slurm's allocation, or none (embedded). */
@@ -647,6 +667,8 @@ async function runJob(
   try {
     const r = await job.run();
     if (timedOut) return TIMEOUT_EXIT_CODE;
+    const usage = interrupted ? undefined : mainNotAFunction(r.failed);
+    if (usage !== undefined) throw new RunUsageError(usage);
     if (r.failed)
       for (const line of describeFailure(r.failed, r.lostHosts, o.maxHeapMb ?? DEFAULT_RANK_HEAP_MB)) {
         // With one rank there are no others to stop.

@@ -18,7 +18,8 @@ import { cloneBytes, HostLinkSender, MESSAGE_BASE_UNITS } from "../host-link.js"
 import type { GuestBootData, GuestControlMessage } from "../hypervisor.js";
 import { prepareReclaim } from "../reclaim.js";
 import { Guest } from "./guest.js";
-import { type BundledLibrary, type GuestMain, loadSandboxedProgram } from "./sandbox.js";
+import { programMain } from "./reach.js";
+import { type BundledLibrary, type GuestMain, guestCrash, loadSandboxedProgram } from "./sandbox.js";
 
 export type { GuestMain };
 
@@ -34,12 +35,7 @@ async function loadTrustedProgram(url: string): Promise<GuestMain> {
     const require = createRequire(import.meta.url);
     mod = require(fileURLToPath(url)) as Record<string, unknown>;
   } else mod = (await import(url)) as Record<string, unknown>;
-  const main = (mod.default ?? mod.main) as GuestMain | undefined;
-  if (typeof main !== "function")
-    throw new TypeError(
-      `guest program ${url} must export a function \`main(guest)\` (as default export or named \`main\`)`,
-    );
-  return main;
+  return programMain<GuestMain>(url, mod);
 }
 
 /**
@@ -55,8 +51,11 @@ const FLUSH_MS = 1000;
 
 function describe(e: unknown): { name: string; message: string; stack?: string } {
   try {
-    if (e instanceof Error)
-      return { name: String(e.name), message: String(e.message), stack: String(e.stack) };
+    if (e instanceof Error) {
+      const said = { name: String(e.name), message: String(e.message), stack: String(e.stack) };
+      // A sandboxed guest's crash as its user reads it: the stack through their own files.
+      return guestCrash(e, said) ?? said;
+    }
     return { name: "Error", message: `guest threw a non-Error value: ${String(e)}` };
   } catch {
     return { name: "Error", message: "guest threw a value that cannot be described" };

@@ -467,6 +467,12 @@ export class Guest {
   readonly native: boolean;
   /** What the host passed in createDomain({ args }). */
   readonly args: unknown;
+  /**
+   * The program's own arguments: what follows PROGRAM on `myrixen run -n N PROGRAM [ARGS...]`
+   * (the `argv` of its job's rank arguments, `args.job.argv`, as strings), as process.argv
+   * after its first two; empty for a domain its host started without them.
+   */
+  readonly argv: readonly string[];
   readonly memory: GuestMemory;
   readonly grants: GuestGrants;
   readonly evtchn: GuestEventChannels;
@@ -491,6 +497,8 @@ export class Guest {
     this.privileged = boot.privileged;
     this.native = boot.native;
     this.args = boot.args;
+    const argv = (boot.args as { job?: { argv?: unknown } } | undefined)?.job?.argv;
+    this.argv = Object.freeze(Array.isArray(argv) ? argv.map(String) : []);
     this.#toHost = links.toHost;
     this.memory = new GuestMemory(boot.ram, boot.nrPages);
     this.#counterBuffer = boot.counters;

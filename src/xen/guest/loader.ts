@@ -165,7 +165,7 @@ export function resolveGuestImport(spec: string, fromPath: string, uid?: number)
   if (!file)
     return {
       kind: "refused",
-      message: `cannot find module "${spec}" imported from ${pathToFileURL(fromPath).href}`,
+      message: `cannot find module "${spec}" imported from ${pathToFileURL(fromPath).href}: ${noModuleThere(spec)}`,
     };
   let owner: number;
   try {
@@ -179,6 +179,17 @@ export function resolveGuestImport(spec: string, fromPath: string, uid?: number)
       message: `cannot import "${spec}" from ${pathToFileURL(fromPath).href}: ${otherUsers(file.uid, owner)}`,
     };
   return { kind: "program", url: pathToFileURL(file.real).href };
+}
+
+/**
+ * Why an import `spec` found nothing, in the import's own words: the module files it was
+ * looked for as (what it names is never read as it is unless it is a module file, so the
+ * answer is the same whether a file of another kind is there or not).
+ */
+export function noModuleThere(spec: string): string {
+  const tried = programCandidates(spec).filter(isModuleFile);
+  const list = tried.length > 1 ? `${tried.slice(0, -1).join(", ")} or ${tried.at(-1)}` : tried[0];
+  return `there is no module ${list} (a guest program imports only TypeScript or JavaScript modules, ${Object.keys(LOADERS).join(", ")}: a file of any other kind is refused by its name, whether it exists or not)`;
 }
 
 /**
@@ -369,12 +380,25 @@ async function compile(path: string, uid: number | undefined): Promise<[GuestMod
     const where = first?.location ? `:${first.location.line}:${first.location.column + 1}` : "";
     module = {
       url,
-      error: first ? `${url}${where}: ${first.text}` : `cannot load ${url}: ${(e as Error).message}`,
+      error: first
+        ? `${url}${where}: ${compileError(first.text)}`
+        : `cannot load ${url}: ${(e as Error).message}`,
       imports: {},
     };
   }
   remember(key, { mtimeMs: st.mtimeMs, size: st.size, real, module });
   return [module, file.uid];
+}
+
+/**
+ * esbuild's words for what cannot compile, where they name its own workings: a guest's
+ * modules are CommonJS-style function bodies, evaluated in order as they are imported
+ * (sandbox.ts), so a module cannot wait at its top level.
+ */
+function compileError(text: string): string {
+  if (/^Top-level await is currently not supported/.test(text))
+    return "a guest program cannot use top-level await (its modules load synchronously): move the await into main(guest), which may be async";
+  return text;
 }
 
 /**

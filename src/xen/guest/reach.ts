@@ -67,3 +67,31 @@ export function builtinName(spec: string): string | undefined {
   const bare = spec.startsWith("node:") ? spec.slice(5) : spec;
   return spec.startsWith("node:") || BUILTINS.has(bare) ? `node:${bare}` : undefined;
 }
+
+/**
+ * A program's message when its module exports no function main(guest): `url` names it (the
+ * launcher reads the message, NO_MAIN, as a usage mistake and says it in one line).
+ */
+export const NO_MAIN = /^guest program (\S+) must export a function `main\(guest\)` \([^)]*\); (.*)$/;
+
+/** The program's main(guest): its default export, else its export named main, if a function. */
+export function programMain<F>(url: string, exports: { default?: unknown; main?: unknown }): F {
+  const { default: first, main } = exports;
+  if (typeof first === "function") return first as F;
+  if (typeof main === "function") return main as F;
+  const what =
+    first !== undefined
+      ? `its default export is ${kind(first)}`
+      : main !== undefined
+        ? `its main is ${kind(main)}`
+        : "it exports neither";
+  throw new TypeError(
+    `guest program ${url} must export a function \`main(guest)\` (as default export or named \`main\`); ${what}`,
+  );
+}
+
+function kind(x: unknown): string {
+  if (x === null) return "null";
+  const t = typeof x;
+  return `${/^[aeiou]/.test(t) ? "an" : "a"} ${t}`;
+}

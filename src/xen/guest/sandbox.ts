@@ -20,7 +20,7 @@ import { SourceMap } from "node:module";
 import { formatWithOptions } from "node:util";
 import { fixedLengthBuffersOnly } from "./fixed-length-buffers.js";
 import type { GuestImage, GuestModuleImage } from "./loader.js";
-import { builtinName, HOST_SIDE_EXPORTS, NOT_IN_GUEST } from "./reach.js";
+import { builtinName, HOST_SIDE_EXPORTS, NOT_IN_GUEST, programMain } from "./reach.js";
 import { runSesScript, SES_REPAIR_OPTIONS } from "./ses-script.js";
 
 export type GuestMain = (guest: unknown) => unknown;
@@ -238,6 +238,12 @@ function lockdownRealm(sesCache?: Uint8Array): Ses {
 
 /** Source maps of the sandbox's modules, by the URL their frames carry. */
 const sourceMaps = new Map<string, { json: string; map?: SourceMap }>();
+/**
+ * Where the program's frames are: its modules' URLs and the files their source maps lead back
+ * to (the .ts a compiled .js came from). A frame anywhere else is the library's, the runtime's
+ * or Node's: it is left out of the stack a crashed guest reports (programStack).
+ */
+const programLocations = new Set<string>();
 /** Lines of wrapper before a module's first line (the function head in loadSandboxedProgram). */
 const WRAP_LINES = 1;
 
@@ -263,6 +269,7 @@ function mapFrame(frame: CallSite): string {
   };
   if (!e?.originalSource || e.originalLine === undefined || e.originalColumn === undefined) return text;
   const source = new URL(e.originalSource, url).href;
+  programLocations.add(source);
   return text.replace(`${url}:${line}:${column}`, `${source}:${e.originalLine + 1}:${e.originalColumn + 1}`);
 }
 
@@ -278,9 +285,22 @@ function installStackMapping(): void {
     } catch {
       head = "Error";
     }
+    // Where in the program's compiled code it was thrown, should it crash the guest (guestCrash).
+    const site = frames.find((f) => moduleCode.has(f.getScriptNameOrSourceURL() ?? ""));
+    if (site && ((typeof err === "object" && err !== null) || typeof err === "function"))
+      crashSites.set(err, {
+        url: site.getScriptNameOrSourceURL()!,
+        line: site.getLineNumber() ?? 0,
+        column: site.getColumnNumber() ?? 0,
+      });
     return [head, ...frames.map((f) => `    at ${mapFrame(f)}`)].join("\n");
   };
 }
+
+/** The program's modules' compiled code, by URL: what the guest crashed on (absentGlobal). */
+const moduleCode = new Map<string, string>();
+/** An error's first frame in the program's own code (compiled positions), once its stack is made. */
+const crashSites = new WeakMap<object, { url: string; line: number; column: number }>();
 
 // ---- what a guest's global object holds ---------------------------------------------------
 
@@ -370,6 +390,12 @@ function guestConsole() {
   };
 }
 
+/** What a guest that reaches for `process.KEY` uses instead. */
+function processHint(key: PropertyKey): string {
+  if (key === "argv") return "; a program's arguments (what follows PROGRAM on `myrixen run`) are guest.argv";
+  return "; a program's exit code is what main(guest) returns";
+}
+
 /**
  * `process` for a guest: `exit(code)` ends the guest's own domain (as `process.exit` ends a
  * worker); anything else says it is not there. The exit code of a program is `main`'s return.
@@ -389,10 +415,10 @@ function processStub(exit: (code: number) => never, env: Record<string, string>)
       if (key === "env") return env;
       // Symbols (inspection, coercion) and `then` (an await of it) find nothing.
       if (typeof key === "symbol" || key === "then") return undefined;
-      throw unavailable(`process.${key}`, "; a program's exit code is what main(guest) returns");
+      throw unavailable(`process.${key}`, processHint(key));
     },
     set(_t, key) {
-      throw unavailable(`process.${String(key)}`, "; a program's exit code is what main(guest) returns");
+      throw unavailable(`process.${String(key)}`, processHint(key));
     },
   });
 }
@@ -474,8 +500,78 @@ function endowments(
   };
 }
 
-/** Node globals a guest might look for: using one names what is missing. */
-const ABSENT = ["Buffer", "WebAssembly", "global", "__dirname", "__filename"];
+/**
+ * Node globals a guest might look for, and what to use instead. They are simply absent, as in
+ * a browser: `typeof Buffer` is "undefined", so the feature detection of isomorphic code works;
+ * a program that uses one anyway fails as JavaScript fails on undefined, and the report of its
+ * crash (guestCrash) adds why it is not there.
+ */
+const ABSENT: Record<string, string> = {
+  Buffer: "; use Uint8Array, TextEncoder and TextDecoder",
+  WebAssembly: "",
+  global: "; use globalThis",
+  __dirname: "; use import.meta.url",
+  __filename: "; use import.meta.url",
+};
+
+/**
+ * The frames of the program's own files in `stack`, the lines that are not frames (its
+ * message) as they are: the library's, the runtime's and Node's frames say nothing about the
+ * user's program. Undefined when no frame is the program's (an error of the loader or the
+ * library alone): its message is then all there is to say.
+ */
+function programStack(stack: string): string | undefined {
+  const lines = stack.split("\n");
+  let frames = 0;
+  const kept = lines.filter((line) => {
+    if (!/^\s+at /.test(line)) return true;
+    const where = /(?:\(|at )([^\s()]+):\d+:\d+\)?$/.exec(line.trim())?.[1];
+    const ours = where !== undefined && programLocations.has(where);
+    if (ours) frames++;
+    return ours;
+  });
+  return frames > 0 ? kept.join("\n") : kept.filter((l) => !/^\s+at /.test(l)).join("\n");
+}
+
+/**
+ * The Node global (ABSENT) a guest's error came from, if it did: a compartment reads a global
+ * it lacks as undefined (SES's scope terminator), so `Buffer.from(s)` fails as "Cannot read
+ * properties of undefined (reading 'from')", `new Buffer(n)` as "Buffer is not a constructor".
+ * The name is in the message, or just before where the program's code failed.
+ */
+function absentGlobal(thrown: object, name: string, message: string): string | undefined {
+  const named = /^(\S+) is not (?:defined|a function|a constructor|iterable)$/.exec(message)?.[1];
+  if (named !== undefined) return Object.hasOwn(ABSENT, named) ? named : undefined;
+  if (name !== "TypeError" || !/^Cannot (?:read|set) properties of undefined/.test(message)) return undefined;
+  const site = crashSites.get(thrown);
+  const code = site && moduleCode.get(site.url);
+  if (!site || code === undefined) return undefined;
+  const line = code.split("\n")[site.line - 1 - WRAP_LINES] ?? "";
+  const before = /(?:^|[^.\w$])([A-Za-z_$][\w$]*)\s*(?:\.|\[)\s*$/.exec(line.slice(0, site.column - 1))?.[1];
+  return before !== undefined && Object.hasOwn(ABSENT, before) ? before : undefined;
+}
+
+/**
+ * How a crash of a sandboxed guest is reported, from what it threw (`thrown`, and its name,
+ * message and stack as the runtime read them): the stack through the program's own files
+ * (file:line of what the user wrote, never the library's bundles or Node's internals), and a
+ * Node global that a guest does not have named as such. Undefined when this thread runs no
+ * sandbox.
+ */
+export function guestCrash(
+  thrown: object,
+  e: { name: string; message: string; stack?: string },
+): { name: string; message: string; stack?: string } | undefined {
+  if (!ses) return undefined;
+  let { message, stack } = e;
+  const missing = absentGlobal(thrown, e.name, message);
+  if (missing !== undefined) {
+    const said = message;
+    message = `${said} (${missing} ${NOT_IN_GUEST}${ABSENT[missing]})`;
+    stack = stack?.replace(said, message);
+  }
+  return { name: e.name, message, stack: stack === undefined ? undefined : programStack(stack) };
+}
 
 // ---- modules ------------------------------------------------------------------------------
 
@@ -520,12 +616,6 @@ export async function loadSandboxedProgram(
   const { harden, Compartment } = lockdownRealm(sesCache);
   const compartment = new Compartment({ globals: endowments(harden, exit, env), __options__: true });
   const g = compartment.globalThis;
-  for (const name of ABSENT)
-    Object.defineProperty(g, name, {
-      get() {
-        throw unavailable(name);
-      },
-    });
   harden(g);
 
   const records = new Map<string, ModuleRecord>();
@@ -535,6 +625,8 @@ export async function loadSandboxedProgram(
     if (m.error !== undefined || m.code === undefined)
       throw new SyntaxError(m.error ?? `cannot load ${m.url}`);
     if (m.map) sourceMaps.set(m.url, { json: m.map });
+    programLocations.add(m.url);
+    moduleCode.set(m.url, m.code);
     const record: ModuleRecord = { exports: {} };
     // In the table before it runs: an import cycle gets the exports made so far, as in CommonJS.
     records.set(m.url, record);
@@ -565,12 +657,7 @@ export async function loadSandboxedProgram(
   const entry = image.modules[image.entry];
   if (!entry) throw new Error(`the guest image has no entry module ${image.entry}`);
   const exports = load(entry) as { default?: unknown; main?: unknown };
-  const main = exports.default ?? exports.main;
-  if (typeof main !== "function")
-    throw new TypeError(
-      `guest program ${image.entry} must export a function \`main(guest)\` (as default export or named \`main\`)`,
-    );
-  return main as GuestMain;
+  return programMain<GuestMain>(image.entry, exports);
 }
 
 /** The package's index as a guest sees it: host-side classes name themselves as unavailable when used. */
