@@ -71,3 +71,8 @@ test("mpi-hello.ts: myrixen run -n 2", async () => {
   assert.match(out, /2 ranks, allreduce gave 1$/m);
   assert.match(out, /rank 1 got 42 from 0 \(tag 7\)$/m);
 });
+
+test("sum.ts: the program's arguments reach every rank as guest.argv", async () => {
+  const out = await myrixen("run", "-n", "2", "sum.ts", "1000");
+  assert.match(out, /^1 \+ \.\.\. \+ 1000 = 500500$/m);
+});
