@@ -92,3 +92,23 @@ test("a domain on one of several hosts is found; only a domain on none is an err
     await job;
   }
 });
+
+test("the dashboard's --listen, host's --log-level and --log-format name the flag and the value typed", async () => {
+  for (const [args, line] of [
+    [
+      ["dashboard", "--listen", "127.0.0.1:99999"],
+      'myrixen dashboard: --listen: "127.0.0.1:99999": port 99999 is outside 0..65535',
+    ],
+    [["dashboard", "--listen", ""], "myrixen dashboard: --listen: an empty host address"],
+    [["dashboard", "--listen", "99999"], "myrixen dashboard: --listen: port 99999 is not 0..65535"],
+    [["host", "--dashboard=99999"], "myrixen host: --dashboard: port 99999 is not 0..65535"],
+    [
+      ["host", "--log-level", "loud"],
+      'myrixen host: --log-level: "loud" is not one of error, warn, info, debug',
+    ],
+    [["host", "--log-format", "xml"], 'myrixen host: --log-format: "xml" is not one of json, text'],
+  ] as const) {
+    const r = await myrixen([...args], { env: ENV, killAfterMs: 15_000 });
+    usage(r, line, args.join(" "));
+  }
+});
