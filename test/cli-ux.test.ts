@@ -112,3 +112,10 @@ test("the dashboard's --listen, host's --log-level and --log-format name the fla
     usage(r, line, args.join(" "));
   }
 });
+
+test("the inspection commands' --host hint is host[:port], without run's *slots", async () => {
+  for (const cmd of ["list", "info", "endpoints", "xenstore-ls", "top", "dashboard"]) {
+    const r = await myrixen([cmd, "--host", ""], { env: ENV, killAfterMs: 15_000 });
+    usage(r, `myrixen ${cmd}: --host item 1 is empty (write host[:port], separated by commas)`, cmd);
+  }
+});
