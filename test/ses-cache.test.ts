@@ -1,19 +1,22 @@
 /**
  * SES's code cache (src/xen/guest/ses-cache.ts): made by a worker of its own, kept where only
  * this user can write, never read from where others could have written it, and nothing but an
- * optimisation — a garbage cache changes nothing a guest does. Real host processes, each with
- * its own $XDG_CACHE_HOME.
+ * optimisation — a garbage cache changes nothing a guest does — and bounded: the directory keeps
+ * the newest few. Real host processes, each with its own $XDG_CACHE_HOME.
  */
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import {
   chmodSync,
+  lstatSync,
   mkdirSync,
   mkdtempSync,
   readdirSync,
   readFileSync,
   rmSync,
   statSync,
+  symlinkSync,
+  utimesSync,
   writeFileSync,
 } from "node:fs";
 import { tmpdir } from "node:os";
@@ -34,6 +37,9 @@ async function runHost(xdg: string, guests: number, wait: boolean): Promise<unkn
   });
   return JSON.parse(stdout) as unknown[];
 }
+
+/** The cache files the directory keeps (src/xen/guest/ses-cache.ts KEEP_FILES). */
+const KEEP_FILES = 8;
 
 const cacheFiles = (dir: string) => readdirSync(dir).filter((f) => f.endsWith(".v8cache"));
 
@@ -83,4 +89,52 @@ test("a cache file others may write is replaced, not read; a garbage one changes
   writeFileSync(path, garbage);
   chmodSync(path, 0o600);
   assertGuestsRan(await runHost(xdg, 3, false), 3);
+});
+
+test("the directory keeps the newest few cache files: writing one removes our older ones, nothing else, never through a symlink", async () => {
+  const xdg = join(TMP, "bounded");
+  const dir = join(xdg, "myrixen");
+  mkdirSync(join(dir, "openmpi"), { recursive: true, mode: 0o700 });
+  chmodSync(dir, 0o700);
+  // What older processes with other flags, and an older V8, left: a day old and older.
+  const old = Array.from(
+    { length: 12 },
+    (_, i) =>
+      `ses-2.3.0-v8-${i < 3 ? "10.2.154.26-node.26" : "11.3.244.8-node.38"}-x64-${String(i).padStart(12, "0")}.v8cache`,
+  );
+  const day = Date.now() / 1000 - 86_400;
+  old.forEach((f, i) => {
+    writeFileSync(join(dir, f), "old", { mode: 0o600 });
+    utimesSync(join(dir, f), day - i * 60, day - i * 60);
+  });
+  // A dead writer's temporary file; and what is not ours to remove: other files, a symlink
+  // named like a cache (to a file outside), a directory.
+  const deadTmp = `${old[0]}.4242.tmp`;
+  writeFileSync(join(dir, deadTmp), "half", { mode: 0o600 });
+  utimesSync(join(dir, deadTmp), day, day);
+  writeFileSync(join(dir, "notes.txt"), "mine");
+  utimesSync(join(dir, "notes.txt"), day - 9_999, day - 9_999);
+  const outside = join(TMP, "outside.v8cache");
+  writeFileSync(outside, "outside");
+  const link = "ses-2.3.0-v8-11.3.244.8-node.38-x64-symlinksymli.v8cache";
+  symlinkSync(outside, join(dir, link));
+  writeFileSync(join(dir, "openmpi", "openmpi-bench-abc"), "binary");
+
+  assertGuestsRan(await runHost(xdg, 2, true), 2);
+  const left = cacheFiles(dir).filter((f) => f !== link);
+  assert.equal(left.length, KEEP_FILES, left.join("\n"));
+  const made = left.filter((f) => !old.includes(f));
+  assert.equal(made.length, 1, "the new cache is kept");
+  assert.ok(statSync(join(dir, made[0])).size > 10_000);
+  assert.deepEqual(
+    left.filter((f) => old.includes(f)).sort(),
+    old.slice(0, KEEP_FILES - 1).sort(),
+    "the newest of the older ones are kept",
+  );
+  const all = readdirSync(dir);
+  assert.ok(!all.includes(deadTmp), "a dead writer's temporary file goes");
+  for (const f of ["notes.txt", link, "openmpi"]) assert.ok(all.includes(f), `${f} is left alone`);
+  assert.equal(readFileSync(outside, "utf8"), "outside", "a symlink's target is never touched");
+  assert.ok(lstatSync(join(dir, link)).isSymbolicLink());
+  assert.equal(readFileSync(join(dir, "openmpi", "openmpi-bench-abc"), "utf8"), "binary");
 });

@@ -34,17 +34,25 @@ function intFlag(name: string, [min, max]: readonly [number, number]) {
   };
 }
 
-/** `--dashboard [addr:port]`: a port alone binds 127.0.0.1; port 0 picks a free one. */
-export function parseDashboardFlag(v: string): { host: string; port: number } {
-  if (/^\d+$/.test(v)) {
-    const port = Number(v);
-    if (port > 65535) throw new InvalidArgumentError(`--dashboard: port ${v} is not 0..65535`);
-    return { host: "127.0.0.1", port };
-  }
-  const a = parseAddress(v, 7480, true);
-  if (typeof a === "string") throw new InvalidArgumentError(`--dashboard: ${a}`);
-  return a;
+/**
+ * A dashboard's address flag (`--dashboard [addr:port]`, `dashboard --listen addr:port`): a
+ * port alone binds 127.0.0.1; port 0 picks a free one. Its errors name `flag`, the one typed.
+ */
+export function dashboardAddressFlag(flag: string) {
+  return (v: string): { host: string; port: number } => {
+    if (/^\d+$/.test(v)) {
+      const port = Number(v);
+      if (port > 65535) throw new InvalidArgumentError(`${flag}: port ${v} is not 0..65535`);
+      return { host: "127.0.0.1", port };
+    }
+    const a = parseAddress(v, 7480, true);
+    if (typeof a === "string") throw new InvalidArgumentError(`${flag}: ${a}`);
+    return a;
+  };
 }
+
+/** `--dashboard [addr:port]`. */
+export const parseDashboardFlag = dashboardAddressFlag("--dashboard");
 
 const LOOPBACK = new Set(["localhost", "127.0.0.1", "::1"]);
 

@@ -20,6 +20,7 @@ import {
   type CommonOptions,
   connectAll,
   hostTitle,
+  inspectionHostProblem,
   out,
   ToolstackUsageError,
   table,
@@ -156,7 +157,7 @@ export async function dashboardCommand(o: {
   try {
     ({ targets, from } = observeTargets({ host: o.host, keyFile: o.keyFile }));
   } catch (e) {
-    if (e instanceof ObserveUsageError) throw new ToolstackUsageError(e.message, "dashboard");
+    if (e instanceof ObserveUsageError) throw inspectionHostProblem(e, "dashboard");
     throw e;
   }
   // The first connection says at once whether the hosts are there.

@@ -16,7 +16,7 @@ import type { QosPolicy } from "../myrixen/qos-policy.js";
 import { DEFAULT_MAX_BUFFER_MB } from "../xen/hypervisor/domain.js";
 import type { BenchCliOptions } from "./bench.js";
 import { configureExecCommand } from "./exec.js";
-import { configureHostCommand, parseDashboardFlag } from "./host.js";
+import { configureHostCommand, dashboardAddressFlag, parseDashboardFlag } from "./host.js";
 import { configureToolstack } from "./toolstack-commands.js";
 import {
   BenchUsageError,
@@ -117,8 +117,16 @@ function usageErrorLine(text: string, path: string): string {
   }
   if (path === "myrixen run" && /^missing required argument 'program'/.test(t))
     return `no program given: write myrixen run [-n N] PROGRAM [ARGS...], PROGRAM a built-in (${Object.keys(BUILTIN_PROGRAMS).join(", ")}) or a .ts/.js/.mjs file`;
-  const invalid = /^option '[^']+' argument '[^']*' is invalid\. (.*)$/s.exec(t);
-  if (invalid) return invalid[1].trim();
+  const invalid = /^option '([^']+)' argument '(.*?)' is invalid\. (.*)$/s.exec(t);
+  if (invalid) {
+    // A value outside an option's .choices(): commander names neither the option nor the value.
+    const choices = /^Allowed choices are (.*?)\.?$/s.exec(invalid[3].trim());
+    if (choices) {
+      const flag = invalid[1].split(/[, ]+/).find((f) => f.startsWith("--")) ?? invalid[1].split(/[, ]+/)[0];
+      return `${flag}: ${JSON.stringify(invalid[2])} is not one of ${choices[1]}`;
+    }
+    return invalid[3].trim();
+  }
   const unknown = /^unknown (option|command) '([^']+)'(?:\s*\(Did you mean ([^)?]+)\?\))?/s.exec(t);
   if (unknown)
     return `unknown ${unknown[1]} ${unknown[2]}${unknown[3] ? ` (did you mean ${unknown[3]}?)` : ""}; see ${path} --help`;
@@ -487,10 +495,7 @@ export function buildProgram(): Command {
         throw e;
       }
     },
-    (v) => {
-      const a = parseDashboardFlag(v);
-      return a;
-    },
+    dashboardAddressFlag("--listen"),
   );
 
   // Each mistake on one line, named for what to fix.

@@ -39,6 +39,14 @@ export function table(rows: string[][]): string[] {
   );
 }
 
+/**
+ * An --host mistake of an inspection command: the host list's own words (src/cluster/hostfile.ts,
+ * written for run --hosts) without the slot count, which an inspection command has no use for.
+ */
+export function inspectionHostProblem(e: ObserveUsageError, cmd: string): ToolstackUsageError {
+  return new ToolstackUsageError(e.message.replaceAll("host[:port][*slots]", "host[:port]"), cmd);
+}
+
 /** Connects to every target; reports each failure in one line. Exit code 1 if any failed. */
 export async function connectAll(
   cmd: string,
@@ -48,7 +56,7 @@ export async function connectAll(
   try {
     targets = observeTargets({ host: o.host, keyFile: o.keyFile }).targets;
   } catch (e) {
-    if (e instanceof ObserveUsageError) throw new ToolstackUsageError(e.message, cmd);
+    if (e instanceof ObserveUsageError) throw inspectionHostProblem(e, cmd);
     throw e;
   }
   const results = await Promise.allSettled(targets.map((t) => connectObserver(t, `myrixen ${cmd}`)));

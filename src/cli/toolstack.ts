@@ -47,25 +47,52 @@ function findDomain(s: HostSnapshot, which: string): DomainSnapshot | undefined 
     : (live.find((d) => d.name === which) ?? s.domains.find((d) => d.name === which));
 }
 
-function noDomain(s: HostSnapshot, which: string): string {
-  return `no domain ${JSON.stringify(which)} on host ${s.host.name}; its domains: ${s.domains.map((d) => `${d.domid} (${d.name})`).join(", ")}`;
+/**
+ * Each host as a line names it: its name, with its control address (as given to --host) when
+ * another of the hosts has the same name (every host of one machine has that machine's name).
+ */
+function hostNames(snaps: readonly { label: string; snap: HostSnapshot }[]): Map<HostSnapshot, string> {
+  return new Map(
+    snaps.map(({ label, snap }) => [
+      snap,
+      snaps.filter((x) => x.snap.host.name === snap.host.name).length > 1
+        ? `${snap.host.name} (${label})`
+        : snap.host.name,
+    ]),
+  );
+}
+
+/**
+ * The hosts to show and, with DOMAIN, that domain on each host that has it. With several
+ * hosts a domain is on some of them (a job's ranks are spread): it is found if any has it.
+ * Only if none has it, one line per host says so (and its domains); `missing` is then true.
+ */
+function withDomain(
+  cmd: string,
+  snaps: readonly { label: string; snap: HostSnapshot }[],
+  which: string | undefined,
+): { shown: { s: HostSnapshot; d?: DomainSnapshot }[]; missing: boolean } {
+  if (which === undefined) return { shown: snaps.map(({ snap }) => ({ s: snap })), missing: false };
+  const shown = snaps.flatMap(({ snap }) => {
+    const d = findDomain(snap, which);
+    return d ? [{ s: snap, d }] : [];
+  });
+  if (shown.length > 0 || snaps.length === 0) return { shown, missing: false };
+  const names = hostNames(snaps);
+  for (const { snap: s } of snaps)
+    process.stderr.write(
+      `myrixen ${cmd}: no domain ${JSON.stringify(which)} on host ${names.get(s)}; its domains: ${s.domains.map((d) => `${d.domid} (${d.name})`).join(", ")}\n`,
+    );
+  return { shown, missing: true };
 }
 
 export async function listCommand(domain: string | undefined, o: CommonOptions): Promise<number> {
   const { snaps, failed } = await snapshots("list", o);
-  let code = failed ? 1 : 0;
+  const { shown, missing } = withDomain("list", snaps, domain);
+  const code = failed || missing ? 1 : 0;
   const json: unknown[] = [];
-  for (const { snap: s } of snaps) {
-    let doms = s.domains;
-    if (domain !== undefined) {
-      const d = findDomain(s, domain);
-      if (!d) {
-        process.stderr.write(`myrixen list: ${noDomain(s, domain)}\n`);
-        code = 1;
-        continue;
-      }
-      doms = [d];
-    }
+  for (const { s, d } of shown) {
+    const doms = d ? [d] : s.domains;
     if (o.json) {
       json.push({
         host: s.host,
@@ -235,19 +262,11 @@ export async function xenstoreCommand(
 
 export async function endpointsCommand(o: CommonOptions & { domain?: string }): Promise<number> {
   const { snaps, failed } = await snapshots("endpoints", o);
-  let code = failed ? 1 : 0;
+  const { shown, missing } = withDomain("endpoints", snaps, o.domain);
+  const code = failed || missing ? 1 : 0;
   const json: unknown[] = [];
-  for (const { snap: s } of snaps) {
-    let eps = s.endpoints;
-    if (o.domain !== undefined) {
-      const d = findDomain(s, o.domain);
-      if (!d) {
-        process.stderr.write(`myrixen endpoints: ${noDomain(s, o.domain)}\n`);
-        code = 1;
-        continue;
-      }
-      eps = eps.filter((e) => e.domid === d.domid);
-    }
+  for (const { s, d } of shown) {
+    const eps = d ? s.endpoints.filter((e) => e.domid === d.domid) : s.endpoints;
     if (o.json) {
       json.push({ host: s.host, endpoints: eps });
       continue;

@@ -8,20 +8,42 @@
  * SharedArrayBuffer would let one guest rewrite another's while V8 reads it). It is kept in the
  * user's cache directory (`$XDG_CACHE_HOME/myrixen` or `~/.cache/myrixen`, made 0700, used only
  * if it is this user's and nobody else may write it), one file per SES and V8 version and
- * process flags, so a process after the first has it from its first guest. Where there is no
+ * process flags, so a process after the first has it from its first guest; the directory keeps
+ * the newest KEEP_FILES of them (a process that writes one removes our older ones: a machine
+ * whose processes run with many sets of flags, a test suite's, would otherwise gather dozens,
+ * and an upgrade of Node or SES leaves the old version's). Where there is no
  * such directory, a process makes it for itself once it has started a few guests (a one-shot
  * `myrixen run -n 2` would only pay for it). A cache V8 does not accept is ignored, and a
  * worker that fails leaves guests to compile SES themselves: nothing depends on it.
  */
 import { createHash } from "node:crypto";
-import { mkdirSync, readFileSync, renameSync, type Stats, statSync, writeFileSync } from "node:fs";
+import {
+  lstatSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  type Stats,
+  statSync,
+  unlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { createRequire } from "node:module";
 import { homedir } from "node:os";
-import { join } from "node:path";
+import { basename, dirname, join } from "node:path";
 import { Worker } from "node:worker_threads";
 
 /** Guests a process starts before it makes a cache it cannot keep on disk. */
 const MAKE_AFTER_GUESTS = 4;
+
+/** Cache files (of any SES, V8 and flags) the directory keeps: the newest, by modification time. */
+export const KEEP_FILES = 8;
+
+/** Our cache files' names (cacheFile), and what writeCache leaves of one if it dies before its rename. */
+const CACHE_NAME = /^ses-.+-v8-.+\.v8cache$/;
+const TEMP_NAME = /^ses-.+-v8-.+\.v8cache\.\d+\.tmp$/;
+/** A temporary file this old is a dead writer's, not one being written. */
+const TEMP_STALE_MS = 10 * 60_000;
 
 let asked = 0;
 let started = false;
@@ -93,6 +115,48 @@ function writeCache(path: string, cache: Uint8Array): void {
     renameSync(tmp, path);
   } catch {
     // A cache is an optimisation: a read-only or full disk changes nothing else.
+    return;
+  }
+  prune(dirname(path), basename(path));
+}
+
+/**
+ * Removes our cache files but the newest KEEP_FILES (`written`, just made, among them), and
+ * temporary files of writers that died. Only in a directory that is itself no symlink and
+ * that only this user can write (cacheFile makes it 0700), only regular files of this user
+ * named as ours (a symlink is neither followed nor removed), nothing else that lives there.
+ */
+function prune(dir: string, written: string): void {
+  try {
+    const d = lstatSync(dir);
+    if (!d.isDirectory() || !onlyMine(d)) return;
+    const now = Date.now();
+    const caches: { name: string; mtimeMs: number }[] = [];
+    for (const name of readdirSync(dir)) {
+      const cache = CACHE_NAME.test(name);
+      if (!cache && !TEMP_NAME.test(name)) continue;
+      let st: Stats;
+      try {
+        st = lstatSync(join(dir, name));
+      } catch {
+        continue;
+      }
+      if (!st.isFile() || !onlyMine(st)) continue;
+      if (cache) caches.push({ name, mtimeMs: name === written ? Number.POSITIVE_INFINITY : st.mtimeMs });
+      else if (now - st.mtimeMs > TEMP_STALE_MS) remove(join(dir, name));
+    }
+    caches.sort((a, b) => b.mtimeMs - a.mtimeMs);
+    for (const { name } of caches.slice(KEEP_FILES)) remove(join(dir, name));
+  } catch {
+    // As with writing: nothing depends on it.
+  }
+}
+
+function remove(path: string): void {
+  try {
+    unlinkSync(path);
+  } catch {
+    // Gone already (another process pruned it), or not ours to remove.
   }
 }
 
