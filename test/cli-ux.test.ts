@@ -2,14 +2,13 @@
 // processes): `list DOMAIN` and `endpoints --domain` across several hosts find a domain that
 // is on only one of them, and name hosts that share a name by their control address; the
 // dashboard's --listen, host's --log-level and --log-format, and the inspection commands'
-// --host name the flag and the value typed; what bench prints of its hosts' link is documented.
+// --host name the flag and the value typed (what bench prints of its hosts' link: test/cli.test.ts).
 import assert from "node:assert/strict";
 import type { ChildProcess } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
-import { fileURLToPath } from "node:url";
 import { fixture, killChildren, myrixen, type RunResult, startHost, until } from "./helpers/hosts.js";
 
 const dir = mkdtempSync(join(tmpdir(), "myrixen-cli-ux-"));
@@ -119,21 +118,4 @@ test("the inspection commands' --host hint is host[:port], without run's *slots"
     const r = await myrixen([cmd, "--host", ""], { env: ENV, killAfterMs: 15_000 });
     usage(r, `myrixen ${cmd}: --host item 1 is empty (write host[:port], separated by commas)`, cmd);
   }
-});
-
-test("what bench --scope cross-host prints on stderr besides its progress (the hosts' link coming and going) is in the README", async () => {
-  const readme = readFileSync(fileURLToPath(new URL("../../README.md", import.meta.url)), "utf8");
-  const r = await myrixen(
-    ["bench", "pingpong", "--scope", "cross-host", "--quick", "--sizes", "8", "--transports", "bypass"],
-    { env: ENV, killAfterMs: 240_000, cwd: dir },
-  );
-  assert.equal(r.code, 0, r.stderr);
-  const other = r.stderr.split("\n").filter((l) => l !== "" && !/^\[\d+\] /.test(l));
-  assert.ok(other.includes("tcp-link nic 2 <- nic 1: link up"), r.stderr);
-  assert.ok(other.includes("tcp-link nic 2 <- nic 1: link down (closed locally)"), r.stderr);
-  for (const l of other)
-    assert.ok(
-      readme.includes(l.replace(/127\.0\.0\.1:\d+/g, "127.0.0.1:PORT")),
-      `the README does not explain: ${l}`,
-    );
 });

@@ -280,6 +280,23 @@ test("bench pingpong --scope cross-host: rows between two linked hosts, raw-tcp,
         file,
       );
       assert.equal(r.code, 0, r.stderr);
+      // What it prints on stderr besides its progress (the hosts' link coming and going) is
+      // in the README.
+      const readme = readFileSync(new URL("../../README.md", import.meta.url), "utf8");
+      const other = r.stderr.split("\n").filter((l) => l !== "" && !/^\[\d+\] /.test(l));
+      assert.ok(other.includes("tcp-link nic 2 <- nic 1: link up"), r.stderr);
+      // (which end closes first depends on how the two hosts' threads ran)
+      assert.ok(
+        other.some((l) =>
+          /^tcp-link nic 2 <- nic 1: link down \((closed locally|detached by the peer)\)$/.test(l),
+        ),
+        r.stderr,
+      );
+      for (const l of other)
+        assert.ok(
+          readme.includes(l.replace(/127\.0\.0\.1:\d+/g, "127.0.0.1:PORT")),
+          `the README does not explain: ${l}`,
+        );
       const report = validateReport(JSON.parse(readFileSync(file, "utf8")));
       // (openmpi's cross-host rows and the note on how it ran: test/bench-openmpi.test.ts)
       assert.deepEqual(report.rows.map((row) => row.transport).sort(), ["bypass", "raw-tcp"]);
