@@ -2200,3 +2200,91 @@ test("on a NIC of 64 endpoints, 40 endpoints each at their share of a link's win
     await fake.detach(nic);
   }
 });
+
+/** One direction of a link between two in-thread NICs: frames wait in `queue` until delivered; `blocked` pushes back. */
+class QueuedLink implements Link {
+  readonly queue: Uint8Array[] = [];
+  blocked = false;
+  private deliver: ((f: Uint8Array) => void) | undefined;
+  private writable: (() => void) | undefined;
+  constructor(readonly peerNic: number) {}
+  send(frame: Uint8Array): boolean {
+    if (this.blocked) return false;
+    this.queue.push(Uint8Array.from(frame));
+    return true;
+  }
+  onFrame(cb: (f: Uint8Array) => void): void {
+    this.deliver = cb;
+  }
+  onWritable(cb: () => void): void {
+    this.writable = cb;
+  }
+  close(): void {}
+  /** The other direction's receiver takes what was sent. */
+  flushTo(other: QueuedLink): void {
+    for (const f of this.queue.splice(0)) other.deliver?.(f);
+  }
+  unblock(): void {
+    this.blocked = false;
+    this.writable?.();
+  }
+}
+
+test("a window larger than 1024 SENDs, acknowledged while the link back pushes back: every SEND_ACK waits for the link, none is dropped, every delivered SEND succeeds", async () => {
+  // With 64 endpoints a link's window is 2048 SENDs; the receiver's control queue held 1024
+  // headers and dropped the ACKs beyond while its link back pushed back (bulk the other way),
+  // so the sender failed 1024 delivered SENDs ENDPOINT_UNREACHABLE after WIRE_TIMEOUT_MS.
+  const EPS = 64;
+  const a = new Nic({ nicId: 70, maxEndpoints: EPS });
+  const b = new Nic({ nicId: 71, maxEndpoints: EPS });
+  try {
+    const ab = new QueuedLink(71);
+    const ba = new QueuedLink(70);
+    a.attachLink(ab);
+    b.attachLink(ba);
+    const owner = (n: Nic, name: string) =>
+      new Owner(
+        { call: (req: NicControlRequest) => n.control(req) } as unknown as SyncCallClient<NicControlRequest>,
+        n.control({
+          op: "open_endpoint",
+          owner: name,
+          endpointId: ANY_ENDPOINT,
+          key: 0,
+        }) as OpenEndpointReply,
+      );
+    const senders = Array.from({ length: EPS }, (_, i) => owner(a, `sender ${i}`));
+    const receivers = Array.from({ length: EPS }, (_, i) => owner(b, `receiver ${i}`));
+    ba.blocked = true;
+    for (const [i, s] of senders.entries()) {
+      const reg = s.register(new SharedArrayBuffer(4096), Access.LocalRead);
+      for (let k = 0; k < SRC_CREDITS; k++) s.post(sendDesc(k, reg, 8, 71, receivers[i]));
+    }
+    const total = EPS * SRC_CREDITS;
+    assert.ok(total > SEND_WINDOW, "more SENDs out at once than the old window and control queue held");
+    const step = () => {
+      a.poll();
+      ab.flushTo(ba);
+      b.poll();
+      ba.flushTo(ab);
+      // The receivers consume what they get, as live guests would.
+      for (const r of receivers) while (r.tryEvent() !== null);
+    };
+    for (let round = 0; round < 200; round++) step();
+    assert.equal(new Float64Array(b.countersBuffer)[NicCounter.recvs], total, "every SEND delivered");
+    ba.unblock();
+    const statuses = new Map<number, number>();
+    const deadline = performance.now() + 3 * WIRE_TIMEOUT_MS + 1000;
+    while ([...statuses.values()].reduce((x, y) => x + y, 0) < total && performance.now() < deadline) {
+      step();
+      for (const s of senders)
+        for (let e = s.tryEvent(); e !== null; e = s.tryEvent())
+          statuses.set(e.status, (statuses.get(e.status) ?? 0) + 1);
+      await sleep(1);
+    }
+    assert.deepEqual([...statuses], [[MxStatus.SUCCESS, total]], "every SEND completed SUCCESS");
+    assert.equal(new Float64Array(b.countersBuffer)[NicCounter.acks_dropped], 0, "no SEND_ACK dropped");
+  } finally {
+    a.stop();
+    b.stop();
+  }
+});

@@ -165,7 +165,7 @@ export class Connector {
       ctx.linkStalled = true;
       return STALLED;
     }
-    if (ls.ctrlCount === CTRL_QUEUE) return this.links.stall(ctx, destNic, true);
+    if (ls.ctrlCount >= CTRL_QUEUE) return this.links.stall(ctx, destNic, true);
     const s = t.takeFor(ctx.id);
     t.session[s] = ctx.session;
     t.cookie[s] = cookie;

@@ -17,7 +17,12 @@ import type { PullPark } from "./pull-park.js";
 import { SlotTable } from "./slot-table.js";
 import { HOLD_MS, WIRE_TIMEOUT_MS } from "./window.js";
 
-/** Header-only frames (SEND_ACK, CONNECT_*, PULL_REQUEST, error PULL_REPLY) held per link while it pushes back. */
+/**
+ * Header-only frames (SEND_ACK, CONNECT_*, PULL_REQUEST, error PULL_REPLY) held per link while
+ * it pushes back, before this NIC's own requests (CONNECT, PULL_REQUEST) on it stall. The
+ * answers it owes the peer go on queueing past it, to CTRL_QUEUE_MAX (the queue grows while
+ * the link pushes back, and goes back to this size once it drained).
+ */
 export const CTRL_QUEUE = 1024;
 /**
  * A descriptor that has waited this long on a link that pushed back all along (its main
@@ -72,10 +77,23 @@ export const SRC_CREDITS = 32;
 export function sendWindowFor(maxEndpoints: number): number {
   return Math.max(SEND_WINDOW, maxEndpoints * SRC_CREDITS);
 }
+
 /** Destination endpoint ids above MX's (256) share one last bucket: they are refused anyway. */
 const DEST_BUCKETS = 257;
 /** PULL jobs this NIC serves concurrently per link; the requesting side keeps at most as many outstanding. */
 export const PULL_JOBS_PER_LINK = 64;
+
+/**
+ * A link's control queue at most: this NIC's own requests (CTRL_QUEUE), a SEND_ACK for every
+ * SEND the largest peer's window can have out (sendWindowFor(MAX_ENDPOINTS_LIMIT)), an answer
+ * to each of its connects (16 per endpoint context, connect.ts CONNECT_CREDITS) and to each of its pull jobs.
+ * When a link's window outgrew the queue (a peer of more than 32 endpoints), a receiver whose
+ * link back pushed back dropped the ACKs beyond 1024, and its sender failed SENDs that had
+ * been delivered (ENDPOINT_UNREACHABLE after WIRE_TIMEOUT_MS). Beyond this, PENDING
+ * keepalives (repeated while a delivery is held) are what is dropped: the next one comes.
+ */
+export const CTRL_QUEUE_MAX =
+  CTRL_QUEUE + sendWindowFor(MAX_ENDPOINTS_LIMIT) + MAX_ENDPOINTS_LIMIT * 16 + PULL_JOBS_PER_LINK;
 /**
  * How a link's PULL_JOBS_PER_LINK jobs are shared among the requesting domains (their
  * endpoints' QoS share slots, qos.ts), requester side: a domain that holds none of them may
@@ -119,7 +137,9 @@ export class LinkState {
   /** Index in the NIC's compact list of links. */
   index = -1;
 
-  readonly ctrl = new Uint8Array(CTRL_QUEUE * FRAME_HEADER_BYTES);
+  /** The control queue, a ring of ctrlCap headers (grown by sendHeader, to CTRL_QUEUE_MAX). */
+  ctrl = new Uint8Array(CTRL_QUEUE * FRAME_HEADER_BYTES);
+  ctrlCap = CTRL_QUEUE;
   ctrlHead = 0;
   ctrlCount = 0;
 
@@ -384,9 +404,23 @@ export class LinkTable {
       ls.refused(this.clock.now);
       this.c[NicCounter.link_backpressure]++;
     }
-    if (ls.ctrlCount === CTRL_QUEUE) return false;
-    ls.ctrl.set(hdr, ((ls.ctrlHead + ls.ctrlCount) % CTRL_QUEUE) * FRAME_HEADER_BYTES);
+    if (ls.ctrlCount === ls.ctrlCap && !LinkTable.growControl(ls)) return false;
+    ls.ctrl.set(hdr, ((ls.ctrlHead + ls.ctrlCount) % ls.ctrlCap) * FRAME_HEADER_BYTES);
     ls.ctrlCount++;
+    return true;
+  }
+
+  /** Doubles `ls`'s full control queue (its headers kept in order), up to CTRL_QUEUE_MAX; false at the cap. */
+  private static growControl(ls: LinkState): boolean {
+    if (ls.ctrlCap >= CTRL_QUEUE_MAX) return false;
+    const cap = Math.min(2 * ls.ctrlCap, CTRL_QUEUE_MAX);
+    const ring = new Uint8Array(cap * FRAME_HEADER_BYTES);
+    const firstRun = (ls.ctrlCap - ls.ctrlHead) * FRAME_HEADER_BYTES;
+    ring.set(ls.ctrl.subarray(ls.ctrlHead * FRAME_HEADER_BYTES));
+    ring.set(ls.ctrl.subarray(0, ls.ctrlHead * FRAME_HEADER_BYTES), firstRun);
+    ls.ctrl = ring;
+    ls.ctrlCap = cap;
+    ls.ctrlHead = 0;
     return true;
   }
 
@@ -434,9 +468,15 @@ export class LinkTable {
       }
       ls.took(this.clock.now);
       this.c[NicCounter.frames_tx]++;
-      ls.ctrlHead = (ls.ctrlHead + 1) % CTRL_QUEUE;
+      ls.ctrlHead = (ls.ctrlHead + 1) % ls.ctrlCap;
       ls.ctrlCount--;
       did = true;
+    }
+    // Drained after growing under back-pressure: back to the base size (a host runs for weeks).
+    if (ls.ctrlCount === 0 && ls.ctrlCap > CTRL_QUEUE) {
+      ls.ctrl = new Uint8Array(CTRL_QUEUE * FRAME_HEADER_BYTES);
+      ls.ctrlCap = CTRL_QUEUE;
+      ls.ctrlHead = 0;
     }
     return did;
   }

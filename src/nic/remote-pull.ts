@@ -243,7 +243,7 @@ export class RemotePull {
       ctx.linkStalled = true;
       return STALLED;
     }
-    if (ls !== undefined && ls.ctrlCount === CTRL_QUEUE) {
+    if (ls !== undefined && ls.ctrlCount >= CTRL_QUEUE) {
       // Back-pressure: the descriptor waits at the head of the queue.
       return this.links.stall(ctx, destNic, true);
     }
