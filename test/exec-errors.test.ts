@@ -72,6 +72,16 @@ for (const esm of [false, true]) {
     assert.equal(imported.code, 1);
     assert.match(imported.stderr, /^lib\.ts:1:\d+: [^\n]+\n$/);
   });
+
+  test(`exec, ${kind}: a SyntaxError thrown while it runs (JSON.parse) is not a compile error: its frames are there`, async () => {
+    const cwd = folder(`json-${esm}`, esm, {
+      "hjson.ts": 'function parseConfig(t: string) {\n  return JSON.parse(t);\n}\nparseConfig("{bad");\n',
+    });
+    const r = await runCli(["exec", "hjson.ts"], { cwd });
+    assert.equal(r.code, 1);
+    assertOnlyUserFrames(r.stderr);
+    assert.match(r.stderr, /^SyntaxError: .*JSON.*\n {4}at parseConfig \(hjson\.ts:2:\d+\)\n/);
+  });
 }
 
 test("exec, JavaScript: a throw and a syntax error read the same way", async () => {

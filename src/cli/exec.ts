@@ -155,6 +155,8 @@ async function syntaxErrorLine(e: unknown, path: string): Promise<string | undef
   const marked = /^(.+):(\d+)\n.*\n( *)\^+\n/.exec(e.stack ?? "");
   if (marked)
     return `${readablePath(marked[1].startsWith("file:") ? fileURLToPath(marked[1]) : marked[1])}:${marked[2]}:${marked[3].length + 1}: ${e.message}`;
+  // Thrown while the script ran (JSON.parse of bad text): its frames say where; not a compile error.
+  if ((e.stack ?? "").split("\n").some((l) => /^\s+at /.test(l) && userFrame(l))) return undefined;
   // An ES module V8 would not parse says not where: esbuild finds the place in the script's files.
   try {
     const { build } = await import("esbuild");
@@ -173,8 +175,10 @@ async function syntaxErrorLine(e: unknown, path: string): Promise<string | undef
     ).errors?.[0];
     if (first?.location)
       return `${readablePath(resolve(first.location.file))}:${first.location.line}:${first.location.column + 1}: ${first.text}`;
+    return `${readablePath(path)}: ${e.message}`;
   }
-  return `${readablePath(path)}: ${e.message}`;
+  // The script's files compile: the error came while it ran.
+  return undefined;
 }
 
 /** What a host script's uncaught error prints: its name and message, then the user's frames. */
