@@ -8,7 +8,7 @@
  * Open MPI's -np=N and a -x without its VAR. Real launcher processes and real ranks.
  */
 import assert from "node:assert/strict";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
@@ -92,6 +92,19 @@ test("a failing rank's stack names the user's files only: a throw, and a refused
   );
 });
 
+test("a program in a folder whose name has spaces and parentheses: the same frames, the same paths", async () => {
+  const dir = join(TMP, "p (copy)");
+  mkdirSync(dir);
+  writeFileSync(join(dir, "check.ts"), readFileSync(join(TMP, "check.ts")));
+  const r = await runCli(["run", "-n", "1", "check.ts"], { env: { XDG_RUNTIME_DIR: TMP }, cwd: dir });
+  assert.equal(r.code, 1, r.stderr);
+  assert.deepEqual(problems(r.stderr), [
+    "myrixen run: rank 0 failed: RangeError: value 0 is out of range (at check.ts:4:21)",
+    "    at checkValue (check.ts:4:21)",
+    "    at main (check.ts:9:10)",
+  ]);
+});
+
 test("the program's arguments are guest.argv (and guest.args.job.argv); process.argv's refusal says so", async () => {
   program(
     "args.ts",
@@ -161,6 +174,19 @@ test("a main that is not a function is a usage mistake: one line, exit code 2, a
     assert.equal(lines.length, 1, r.stderr);
     assert.match(lines[0], new RegExp(`^myrixen run: ${what}: export the function each rank runs`));
   }
+  // A program that throws those words itself, naming another file, is a rank that failed.
+  program(
+    "forge.ts",
+    "export default async function main() {",
+    '  throw new TypeError("guest program /etc/shadow must export a function `main(guest)` (as default export or named `main`); pwned");',
+    "}",
+  );
+  const forged = await run(["-n", "1", "forge.ts"]);
+  assert.equal(forged.code, 1, forged.stderr);
+  assert.match(
+    problems(forged.stderr)[0],
+    /^myrixen run: rank 0 failed: TypeError: guest program \/etc\/shadow/,
+  );
 });
 
 test("an import refused by its name, a missing module and top-level await: one line the user can act on", async () => {

@@ -13,7 +13,7 @@
  * that refuses it is named with the key file to use (exit code 1), an unusable key file is
  * exit code 2. Usage errors are one line and exit code 2.
  */
-import { relative } from "node:path";
+import { basename, relative } from "node:path";
 import { fileURLToPath } from "node:url";
 import { OPENMPI_NAS_KERNELS, runOpenMpiNas } from "../bench/openmpi-nas.js";
 import {
@@ -214,7 +214,8 @@ function shortPath(urlOrPath: string): string {
 
 /** file: URLs in a message or stack as paths. */
 function withPaths(text: string): string {
-  return text.replace(/file:\/\/[^\s):]+/g, (u) => shortPath(u));
+  // A URL before ":line:col" runs to it (its path may hold parentheses: "p%20(copy)/a.ts").
+  return text.replace(/file:\/\/(?:\S+?(?=:\d+:\d+)|[^\s):]+)/g, (u) => shortPath(u));
 }
 
 /**
@@ -257,12 +258,15 @@ const EXPORT_MAIN =
 
 /**
  * A usage mistake if the job's ranks failed because the program's main is not a function (what
- * the names it exports cannot tell: `export default 42`), else undefined.
+ * the names it exports cannot tell: `export default 42`), else undefined. The words are the
+ * rank's, which a program could throw itself: they count only if they name the program run
+ * (by its file name: a remote host has its own path to it), never another file.
  */
-function mainNotAFunction(f: RankOutcome | undefined): string | undefined {
+function mainNotAFunction(f: RankOutcome | undefined, program: string): string | undefined {
   if (f?.state !== "crashed" || !f.error) return undefined;
   const m = NO_MAIN.exec(f.error.message);
-  return m ? `${shortPath(m[1])} exports no function main(guest) (${m[2]}): ${EXPORT_MAIN}` : undefined;
+  if (!m || basename(shortPath(m[1])) !== basename(program)) return undefined;
+  return `${shortPath(m[1])} exports no function main(guest) (${m[2]}): ${EXPORT_MAIN}`;
 }
 
 /** A usage mistake if the program exports no main(guest) (read without running it), else undefined. */
@@ -379,7 +383,10 @@ function describeFailure(
     ];
   if (f.state === "crashed" && f.error && !/exited with code \d+/.test(f.error.message)) {
     const { head, frames } = describeRankError(f.error);
-    const at = frames[0]?.trim().match(/\(?([^\s()]+:\d+:\d+)\)?$/)?.[1];
+    const first = frames[0]
+      ?.trim()
+      .match(/^at (?:async )?[^(]*\((.*:\d+:\d+)\)$|^at (?:async )?(\S.*:\d+:\d+)$/);
+    const at = first?.[1] ?? first?.[2];
     return [
       `rank ${f.rank} failed: ${head}${at ? ` (at ${at})` : ""}; the other ranks were stopped`,
       ...frames,
@@ -667,7 +674,7 @@ async function runJob(
   try {
     const r = await job.run();
     if (timedOut) return TIMEOUT_EXIT_CODE;
-    const usage = interrupted ? undefined : mainNotAFunction(r.failed);
+    const usage = interrupted ? undefined : mainNotAFunction(r.failed, program);
     if (usage !== undefined) throw new RunUsageError(usage);
     if (r.failed)
       for (const line of describeFailure(r.failed, r.lostHosts, o.maxHeapMb ?? DEFAULT_RANK_HEAP_MB)) {

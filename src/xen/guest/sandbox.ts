@@ -525,7 +525,10 @@ function programStack(stack: string): string | undefined {
   let frames = 0;
   const kept = lines.filter((line) => {
     if (!/^\s+at /.test(line)) return true;
-    const where = /(?:\(|at )([^\s()]+):\d+:\d+\)?$/.exec(line.trim())?.[1];
+    // "at fn (LOCATION:L:C)" or "at LOCATION:L:C"; a location may hold spaces and parentheses
+    // (a file URL keeps them as they are: "/tmp/p (copy)/lib.ts").
+    const m = /^at (?:async )?[^(]*\((.*):\d+:\d+\)$|^at (?:async )?(\S.*):\d+:\d+$/.exec(line.trim());
+    const where = m?.[1] ?? m?.[2];
     const ours = where !== undefined && programLocations.has(where);
     if (ours) frames++;
     return ours;
