@@ -1424,6 +1424,17 @@ test("a hostile peer that trickles its pull replies: the pulls end TIMEOUT by th
   }
 });
 
+/** An endpoint named `name` opened on NIC `n`, which runs in this thread (control() answers at once). */
+function inThreadOwner(n: Nic, name: string): Owner {
+  const ctl = {
+    call: (req: NicControlRequest) => n.control(req),
+  } as unknown as SyncCallClient<NicControlRequest>;
+  return new Owner(
+    ctl,
+    n.control({ op: "open_endpoint", owner: name, endpointId: ANY_ENDPOINT, key: 0 }) as OpenEndpointReply,
+  );
+}
+
 /** A peer that takes every frame and serves none of our pulls: it keeps who asked (PULL_REQUESTs, not cancels). */
 class HoldingLink implements Link {
   /** The requesting endpoint of each PULL_REQUEST, in order. */
@@ -1453,19 +1464,7 @@ test("domains flooding one host with remote PULLs leave a job free: another doma
   try {
     const link = new HoldingLink(PEER);
     n.attachLink(link);
-    const ctl = {
-      call: (req: NicControlRequest) => n.control(req),
-    } as unknown as SyncCallClient<NicControlRequest>;
-    const open = (name: string) =>
-      new Owner(
-        ctl,
-        n.control({
-          op: "open_endpoint",
-          owner: name,
-          endpointId: ANY_ENDPOINT,
-          key: 0,
-        }) as OpenEndpointReply,
-      );
+    const open = (name: string) => inThreadOwner(n, name);
     // Small pulls (the peer serves none anyway): the NIC's round admits many at once (qos.ts).
     const LEN = 4096;
     const far = { id: 0, session: 1 };
@@ -2242,18 +2241,8 @@ test("a window larger than 1024 SENDs, acknowledged while the link back pushes b
     const ba = new QueuedLink(70);
     a.attachLink(ab);
     b.attachLink(ba);
-    const owner = (n: Nic, name: string) =>
-      new Owner(
-        { call: (req: NicControlRequest) => n.control(req) } as unknown as SyncCallClient<NicControlRequest>,
-        n.control({
-          op: "open_endpoint",
-          owner: name,
-          endpointId: ANY_ENDPOINT,
-          key: 0,
-        }) as OpenEndpointReply,
-      );
-    const senders = Array.from({ length: EPS }, (_, i) => owner(a, `sender ${i}`));
-    const receivers = Array.from({ length: EPS }, (_, i) => owner(b, `receiver ${i}`));
+    const senders = Array.from({ length: EPS }, (_, i) => inThreadOwner(a, `sender ${i}`));
+    const receivers = Array.from({ length: EPS }, (_, i) => inThreadOwner(b, `receiver ${i}`));
     ba.blocked = true;
     for (const [i, s] of senders.entries()) {
       const reg = s.register(new SharedArrayBuffer(4096), Access.LocalRead);
