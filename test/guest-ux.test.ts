@@ -138,6 +138,8 @@ test("Node's globals are absent: typeof says undefined, and a rank that uses one
     "detect.ts",
     "export default async function main(guest: any) {",
     "  console.log(typeof Buffer, typeof process, typeof global, typeof WebAssembly, typeof __dirname);",
+    "  // Isomorphic code's test for Node: false in a guest, and no error.",
+    "  console.log(typeof process !== 'undefined' && !!process.versions?.node, typeof process.platform);",
     '  if (guest.argv[0] === "use") return (Buffer as any).from("x").length;',
     '  if (guest.argv[0] === "new") return new (Buffer as any)(1).length;',
     "  return 0;",
@@ -149,11 +151,11 @@ test("Node's globals are absent: typeof says undefined, and a rank that uses one
     run(["-n", "1", "detect.ts", "new"]),
   ]);
   assert.equal(detect.code, 0, detect.stderr);
-  assert.equal(detect.stdout, "undefined object undefined undefined undefined\n");
+  assert.equal(detect.stdout, "undefined object undefined undefined undefined\nfalse undefined\n");
   assert.equal(use.code, 1);
   assert.match(
     problems(use.stderr)[0],
-    /rank 0 failed: TypeError: Cannot read properties of undefined \(reading 'from'\) \(Buffer is not available in a guest: .*; use Uint8Array, TextEncoder and TextDecoder\) \(at detect\.ts:3:\d+\)$/,
+    /rank 0 failed: TypeError: Cannot read properties of undefined \(reading 'from'\) \(Buffer is not available in a guest: .*; use Uint8Array, TextEncoder and TextDecoder\) \(at detect\.ts:5:\d+\)$/,
   );
   assert.match(
     problems(made.stderr)[0],

@@ -396,6 +396,18 @@ function processHint(key: PropertyKey): string {
   return "; a program's exit code is what main(guest) returns";
 }
 
+/** `process` fields that feature detection reads: a guest's `process` has none of them. */
+const DETECTION_KEYS = new Set([
+  "versions",
+  "version",
+  "release",
+  "platform",
+  "arch",
+  "browser",
+  "type",
+  "title",
+]);
+
 /**
  * `process` for a guest: `exit(code)` ends the guest's own domain (as `process.exit` ends a
  * worker); anything else says it is not there. The exit code of a program is `main`'s return.
@@ -413,8 +425,10 @@ function processStub(exit: (code: number) => never, env: Record<string, string>)
     get(t, key) {
       if (key === "exit") return t.exit;
       if (key === "env") return env;
-      // Symbols (inspection, coercion) and `then` (an await of it) find nothing.
-      if (typeof key === "symbol" || key === "then") return undefined;
+      // Symbols (inspection, coercion) and `then` (an await of it) find nothing, nor do the
+      // fields isomorphic code reads to tell Node from a browser (`process.versions?.node`):
+      // a guest is not Node, and such a check must not end it.
+      if (typeof key === "symbol" || key === "then" || DETECTION_KEYS.has(key)) return undefined;
       throw unavailable(`process.${key}`, processHint(key));
     },
     set(_t, key) {
