@@ -89,17 +89,33 @@ test("a link request naming more peers than the NIC links to is refused, and so 
   }
 });
 
-test("a request for a peer whose last asker just went gets a wait of its own, not that one's cancellation", async () => {
-  // A peer that accepts TCP and never answers: the host's dial to it stays in progress.
+/**
+ * A peer that accepts TCP and never answers (a host's dial to it stays in progress): the
+ * LinkPeer naming it, the sockets it accepted, and close() for both.
+ */
+async function silentPeer(): Promise<{ peer: LinkPeer; sockets: net.Socket[]; close(): void }> {
   const sockets: net.Socket[] = [];
-  const silent = net.createServer((s) => sockets.push(s));
-  await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve));
+  const server = net.createServer((s) => sockets.push(s));
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
   const peer: LinkPeer = {
     nicId: 1000,
     host: "127.0.0.1",
-    port: (silent.address() as net.AddressInfo).port,
+    port: (server.address() as net.AddressInfo).port,
     label: "silent",
   };
+  return {
+    peer,
+    sockets,
+    close() {
+      for (const s of sockets) s.destroy();
+      server.close();
+    },
+  };
+}
+
+test("a request for a peer whose last asker just went gets a wait of its own, not that one's cancellation", async () => {
+  const silent = await silentPeer();
+  const { peer, sockets } = silent;
   const d = await startDaemon({ nicId: 1 }); // the lower id: this host dials
   try {
     const first = await connect(d);
@@ -123,21 +139,13 @@ test("a request for a peer whose last asker just went gets a wait of its own, no
     await until(() => d.activeLinkWaits === 0, "every wait to end");
   } finally {
     await d.stop();
-    for (const s of sockets) s.destroy();
     silent.close();
   }
 });
 
 test("a request that joins an earlier, shorter wait for a peer waits its own time", async () => {
-  const sockets: net.Socket[] = [];
-  const silent = net.createServer((s) => sockets.push(s));
-  await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve));
-  const peer: LinkPeer = {
-    nicId: 1000,
-    host: "127.0.0.1",
-    port: (silent.address() as net.AddressInfo).port,
-    label: "silent",
-  };
+  const silent = await silentPeer();
+  const { peer, sockets } = silent;
   const d = await startDaemon({ nicId: 1 });
   const [short, long] = [await connect(d), await connect(d)];
   try {
@@ -153,7 +161,6 @@ test("a request that joins an earlier, shorter wait for a peer waits its own tim
     short.close();
     long.close();
     await d.stop();
-    for (const s of sockets) s.destroy();
     silent.close();
   }
 });
