@@ -47,7 +47,7 @@ import { builtinArgsProblem } from "../programs/builtin-args.js";
 import { parseNasArgs } from "../programs/nas/common.js";
 import { OSU_SIZES, parseOsuArgs } from "../programs/osu/common.js";
 import { guestProgramExports, loadGuestImage, noModuleThere } from "../xen/guest/loader.js";
-import { NO_MAIN } from "../xen/guest/reach.js";
+import { frameLocation, NO_MAIN } from "../xen/guest/reach.js";
 import { type EmbeddedObservation, observeEmbedded } from "./embedded.js";
 import { type OpenMpiPeerRun, prepareRunReport, type RunReport, RunReportUsageError } from "./run-report.js";
 import { RuntimeFailure, RunUsageError, TIMEOUT_EXIT_CODE } from "./usage.js";
@@ -383,10 +383,7 @@ function describeFailure(
     ];
   if (f.state === "crashed" && f.error && !/exited with code \d+/.test(f.error.message)) {
     const { head, frames } = describeRankError(f.error);
-    const first = frames[0]
-      ?.trim()
-      .match(/^at (?:async )?[^(]*\((.*:\d+:\d+)\)$|^at (?:async )?(\S.*:\d+:\d+)$/);
-    const at = first?.[1] ?? first?.[2];
+    const at = frames[0] === undefined ? undefined : frameLocation(frames[0])?.at;
     return [
       `rank ${f.rank} failed: ${head}${at ? ` (at ${at})` : ""}; the other ranks were stopped`,
       ...frames,

@@ -95,3 +95,14 @@ function kind(x: unknown): string {
   const t = typeof x;
   return `${/^[aeiou]/.test(t) ? "an" : "a"} ${t}`;
 }
+
+/**
+ * Where a stack frame line ("at fn (LOCATION:L:C)" or "at LOCATION:L:C") points: the location
+ * and its ":line:col", or undefined for a frame without one (native, <anonymous>). A location
+ * may hold spaces and parentheses (a file URL keeps them: ".../p%20(copy)/lib.ts").
+ */
+export function frameLocation(frame: string): { where: string; at: string } | undefined {
+  const m = /^at (?:async )?[^(]*\(((.*):\d+:\d+)\)$|^at (?:async )?((\S.*):\d+:\d+)$/.exec(frame.trim());
+  if (!m) return undefined;
+  return m[1] !== undefined ? { where: m[2], at: m[1] } : { where: m[4], at: m[3] };
+}

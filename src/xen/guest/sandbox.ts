@@ -20,7 +20,7 @@ import { SourceMap } from "node:module";
 import { formatWithOptions } from "node:util";
 import { fixedLengthBuffersOnly } from "./fixed-length-buffers.js";
 import type { GuestImage, GuestModuleImage } from "./loader.js";
-import { builtinName, HOST_SIDE_EXPORTS, NOT_IN_GUEST, programMain } from "./reach.js";
+import { builtinName, frameLocation, HOST_SIDE_EXPORTS, NOT_IN_GUEST, programMain } from "./reach.js";
 import { runSesScript, SES_REPAIR_OPTIONS } from "./ses-script.js";
 
 export type GuestMain = (guest: unknown) => unknown;
@@ -539,10 +539,7 @@ function programStack(stack: string): string | undefined {
   let frames = 0;
   const kept = lines.filter((line) => {
     if (!/^\s+at /.test(line)) return true;
-    // "at fn (LOCATION:L:C)" or "at LOCATION:L:C"; a location may hold spaces and parentheses
-    // (a file URL keeps them as they are: "/tmp/p (copy)/lib.ts").
-    const m = /^at (?:async )?[^(]*\((.*):\d+:\d+\)$|^at (?:async )?(\S.*):\d+:\d+$/.exec(line.trim());
-    const where = m?.[1] ?? m?.[2];
+    const where = frameLocation(line)?.where;
     const ours = where !== undefined && programLocations.has(where);
     if (ours) frames++;
     return ours;
