@@ -6,7 +6,7 @@
  */
 import { availableParallelism } from "node:os";
 import path from "node:path";
-import { z } from "zod";
+import * as z from "zod";
 import type { QosPolicy } from "../myrixen/qos-policy.js";
 import { QosPolicySchema } from "../myrixen/qos-schema.js";
 import { ConfigError, LIMITS } from "./config-limits.js";

@@ -29,7 +29,7 @@
  * in its hello (`observeOnly`, no link address) and refuses jobs.
  */
 import type net from "node:net";
-import { z } from "zod";
+import * as z from "zod";
 import { HostSnapshotSchema } from "../host/snapshot.js";
 import { QosPolicySchema } from "../myrixen/qos-schema.js";
 import type { XenStoreTreeNode } from "../xen/xenstore.js";

@@ -12,7 +12,7 @@
  * This file has no Node imports (the dashboard's page reads the same JSON) except zod, which
  * checks a snapshot that arrived over the wire from an untrusted host.
  */
-import { z } from "zod";
+import * as z from "zod";
 
 export const SNAPSHOT_VERSION = 1;
 export { MYRIXEN_VERSION } from "./version.js";

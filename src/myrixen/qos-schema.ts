@@ -4,7 +4,7 @@
  * command line's `--qos` form. Its own module so the driver domain loads zod only once a
  * domain has a policy to check.
  */
-import { z } from "zod";
+import * as z from "zod";
 import { MAX_WEIGHT } from "../nic/qos.js";
 import { type QosPolicy, QosPolicyError } from "./qos-policy.js";
 
