@@ -3,8 +3,8 @@
  * parsers their ranks use: a mistake (`nas-ep --class Z`) is one line before any rank starts,
  * not rank 0's complaint after the job did.
  */
-import { parseNasArgs } from "./nas/common.js";
-import { OSU_SIZES, parseOsuArgs } from "./osu/common.js";
+import { parseNasArgs } from "./nas/args.js";
+import { OSU_SIZES, parseOsuArgs } from "./osu/args.js";
 
 /** What is wrong with `argv` for the built-in `program` (a name BUILTIN_PROGRAMS knows), or undefined. */
 export function builtinArgsProblem(program: string, argv: readonly string[]): string | undefined {

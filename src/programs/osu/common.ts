@@ -13,10 +13,13 @@ import {
   endMachineInfo,
   type Metric,
   makeRow,
-  parseSize,
   startMachineInfo,
   validateReport,
 } from "../rows.js";
+import { type OsuOptions, parseOsuArgs } from "./args.js";
+
+// The arguments live in args.ts (the launcher checks them without loading MPI).
+export { OSU_SIZES, type OsuOptions, parseOsuArgs } from "./args.js";
 
 export const LARGE_MESSAGE_SIZE = 8192;
 export const WINDOW_SIZE = 64;
@@ -28,68 +31,9 @@ export interface Loops {
   large: number;
   skipLarge: number;
 }
-/** Each built-in OSU benchmark's default message sizes (OSU's own), by the name `myrixen run` takes. */
-export const OSU_SIZES = {
-  "osu-latency": { min: 0, max: 1 << 22 },
-  "osu-bw": { min: 1, max: 1 << 22 },
-  "osu-bibw": { min: 1, max: 1 << 22 },
-  "osu-allreduce": { min: 1, max: 1 << 20 },
-} as const;
 export const LAT_LOOPS: Loops = { small: 10000, skipSmall: 100, large: 1000, skipLarge: 10 };
 export const BW_LOOPS: Loops = { small: 100, skipSmall: 10, large: 20, skipLarge: 2 };
 export const COLL_LOOPS: Loops = { small: 1000, skipSmall: 100, large: 100, skipLarge: 10 };
-
-export interface OsuOptions {
-  min: number;
-  max: number;
-  iters?: number;
-  skip?: number;
-  json?: string;
-}
-
-/** Parses the OSU-style arguments; throws a clear Error on anything it does not know. */
-export function parseOsuArgs(
-  bench: string,
-  argv: readonly string[],
-  defaults: { min: number; max: number },
-): OsuOptions {
-  const o: OsuOptions = { ...defaults };
-  const usage = `usage: ${bench} [-m [MIN:]MAX] [-i ITERS] [-x SKIP] [--json FILE]`;
-  const count = (flag: string, v: string, least: number): number => {
-    if (!/^\d+$/.test(v) || Number(v) < least)
-      throw new Error(`${bench}: ${flag} expects an integer >= ${least}, got "${v}"`);
-    return Number(v);
-  };
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    const v = argv[i + 1];
-    if (["-m", "-i", "-x", "--json"].includes(a) && v === undefined)
-      throw new Error(`${bench}: ${a} needs a value (${usage})`);
-    if (a === "-m" || a === "--message-size") {
-      i++;
-      try {
-        const parts = v.split(":");
-        if (parts.length > 2) throw new Error("too many ':'");
-        if (parts.length === 2) {
-          if (parts[0] !== "") o.min = parseSize(parts[0]);
-          if (parts[1] !== "") o.max = parseSize(parts[1]);
-        } else o.max = parseSize(parts[0]);
-      } catch (e) {
-        throw new Error(`${bench}: bad -m "${v}": ${e instanceof Error ? e.message : String(e)}`);
-      }
-      if (o.min > o.max) throw new Error(`${bench}: -m: minimum ${o.min} is larger than maximum ${o.max}`);
-    } else if (a === "-i" || a === "--iterations") {
-      o.iters = count(a, argv[++i], 1);
-    } else if (a === "-x" || a === "--warmup") {
-      o.skip = count(a, argv[++i], 0);
-    } else if (a === "--json") {
-      o.json = argv[++i];
-    } else {
-      throw new Error(`${bench}: unknown argument "${a}" (${usage})`);
-    }
-  }
-  return o;
-}
 
 /** OSU's sweep: `for (size = min; size <= max; size = size ? size * 2 : 1)`. */
 export function osuSizes(min: number, max: number): number[] {
