@@ -25,7 +25,6 @@ import {
 } from "node:fs";
 import { dirname, extname, isAbsolute, relative, resolve, sep } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
-import { build, stop as stopEsbuild, transform } from "esbuild";
 import { builtinName, guestMayImport, NOT_IN_GUEST } from "./reach.js";
 
 /** What one import of a program module resolves to. */
@@ -355,6 +354,7 @@ async function compile(path: string, uid: number | undefined): Promise<[GuestMod
   }
   let module: GuestModuleImage;
   try {
+    const { transform } = await compiler();
     const out = await transform(TS.test(path) ? source : inlineSourceMap(source, real, file.uid), {
       loader: LOADERS[extname(path)] ?? "js",
       format: "cjs",
@@ -430,6 +430,7 @@ export async function guestProgramExports(path: string): Promise<string[] | unde
   }
   loading++;
   try {
+    const { build } = await compiler();
     const r = await build({
       entryPoints: [path],
       bundle: false,
@@ -457,6 +458,9 @@ export async function guestProgramExports(path: string): Promise<string[] | unde
  * away from the two guests went to esbuild). The next image starts it again (~20 ms).
  */
 let loading = 0;
+/** esbuild, loaded with the first image: a host that runs no program never parses it (~30 ms). */
+let esbuild: Promise<typeof import("esbuild")> | undefined;
+const compiler = (): Promise<typeof import("esbuild")> => (esbuild ??= import("esbuild"));
 let idleTimer: NodeJS.Timeout | undefined;
 const COMPILER_IDLE_MS = 500;
 
@@ -467,9 +471,7 @@ function stopCompilerSoon(): void {
     if (loading !== 0) return;
     // Best effort: a service that already died is as good as stopped, and this runs in a
     // timer of the host, which must not fall over for it.
-    try {
-      stopEsbuild().catch(() => {});
-    } catch {}
+    esbuild?.then((e) => e.stop()).catch(() => {});
   }, COMPILER_IDLE_MS);
   idleTimer.unref();
 }
