@@ -8,10 +8,11 @@
 
 import assert from "node:assert/strict";
 import type { ChildProcess } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { after, test } from "node:test";
+import { fileURLToPath } from "node:url";
 import { WebSocket } from "ws";
 import { chromiumOrSkip, LAUNCH } from "./helpers/browser.js";
 import { fixture, killChildren, myrixen, startHost, until } from "./helpers/hosts.js";
@@ -139,8 +140,10 @@ test("the dashboard shows a running job's domains, endpoints and rates live, a c
       { timeout: 30_000 },
     );
 
-    // Kept after the test (the rest of its directory goes): a person can look at it.
-    const shot = join(mkdtempSync(join(tmpdir(), "myrixen-dashboard-shot-")), "dashboard.png");
+    // Kept after the test for a person to look at: one file in the project's reports/
+    // (ignored by git), replaced by the next run, not a directory in /tmp per run.
+    const shot = fileURLToPath(new URL("../../reports/dashboard-test.png", import.meta.url));
+    mkdirSync(dirname(shot), { recursive: true });
     await page.screenshot({ path: shot, fullPage: true, timeout: 30_000 });
     t.diagnostic(`screenshot: ${shot}`);
 

@@ -8,7 +8,7 @@
  */
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
@@ -52,8 +52,9 @@ test("whatever a guest throws uncaught, its domain ends crashed with an Error of
   }
 });
 
-test("a rank that throws { message: 42, stack: 7 } fails its job; the host daemon lives on and runs the next job", async () => {
+test("a rank that throws { message: 42, stack: 7 } fails its job; the host daemon lives on and runs the next job", async (t) => {
   const dir = mkdtempSync(join(tmpdir(), "myrixen-throw-"));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
   const keyFile = join(dir, "cluster.key");
   writeFileSync(keyFile, randomBytes(32).toString("hex"), { mode: 0o600 });
   const h = await startHost(["--slots", "2", "--key-file", keyFile]);
