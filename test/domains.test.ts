@@ -1,5 +1,8 @@
 /** Domains: boot, guest programs in TS and JS, memory, states on every way a guest can end, destruction. */
 import assert from "node:assert/strict";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { after, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { setFlagsFromString } from "node:v8";
@@ -201,4 +204,32 @@ test("a destroyed domain is not kept, nor what it returned: 6 domains returning 
     await new Promise((r) => setTimeout(r, 100));
   }
   assert.ok(grown < 64, `the host still holds ${grown} MiB of what 6 destroyed domains returned`);
+});
+
+test("domains created at once get their ids in the order they were asked for, whichever program compiled first", async () => {
+  // A job starts its ranks at once (cluster/ranks.ts): rank order must stay domain-id order
+  // although the first program here takes esbuild far longer to compile than the second.
+  const dir = mkdtempSync(join(tmpdir(), "myrixen-id-order-"));
+  try {
+    const big = join(dir, "big.js");
+    const small = join(dir, "small.js");
+    const body = Array.from(
+      { length: 40_000 },
+      (_, i) => `function f${i}(x) { return x * ${i} + ${i % 7}; }`,
+    );
+    writeFileSync(big, `${body.join("\n")}\nexport default function main() { return f1(2); }\n`);
+    writeFileSync(small, "export default function main() { return 1; }\n");
+    const doms = await Promise.all(
+      [big, small, small].map((module) => hv.createDomain({ module, pages: 8 })),
+    );
+    const ids = doms.map((d) => d.domid);
+    for (const d of doms) await d.exited;
+    assert.deepEqual(
+      [...ids].sort((a, b) => a - b),
+      ids,
+      `ids ${ids.join(", ")} for the domains asked for first, second and third`,
+    );
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

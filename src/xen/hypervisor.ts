@@ -33,7 +33,7 @@ import {
   releaseGrant,
   segmentGeneration,
 } from "./grant-table.js";
-import { loadGuestImage } from "./guest/loader.js";
+import { type GuestImage, loadGuestImage } from "./guest/loader.js";
 import { sesCodeCache } from "./guest/ses-cache.js";
 import { HOST_LINK_BYTES, HostLinkCredit, OutputCredit, validCost } from "./host-link.js";
 import {
@@ -91,6 +91,8 @@ export class Hypervisor {
   private readonly live = new Map<DomId, Domain>();
   private readonly all = new Map<DomId, Domain>();
   private nextDomid = 1;
+  /** Settles once the latest createDomain call has its id (or failed before it took one). */
+  private idTurn: Promise<void> = Promise.resolve();
   /** Ids of released domains not handed out since (allocDomid skips those still named). */
   private readonly releasedIds = new Set<DomId>();
   private serials = 0;
@@ -138,15 +140,28 @@ export class Hypervisor {
       throw new TypeError(
         "createDomain: `transfer`: a guest runs sandboxed and cannot be handed MessagePorts or other transferables; give it data in `args`",
       );
-    // Compiled before anything is allocated: a bad program fails its guest at boot, not the host.
-    const image = c.privileged ? undefined : await loadGuestImage(moduleUrl);
+    // Ids go out in the order the calls came (a job starts its ranks at once, in rank order),
+    // whichever program compiled first: each call takes its id after the one before it did.
+    const earlier = this.idTurn;
+    let idTaken!: () => void;
+    this.idTurn = new Promise<void>((r) => {
+      idTaken = r;
+    });
+    let image: GuestImage | undefined;
     let domid: DomId;
-    if (c.privileged) {
-      if (this.records.has(0))
-        throw new Error("createDomain: a privileged domain (domain 0) already runs on this host");
-      domid = 0;
-    } else {
-      domid = this.allocDomid();
+    try {
+      // Compiled before anything is allocated: a bad program fails its guest at boot, not the host.
+      image = c.privileged ? undefined : await loadGuestImage(moduleUrl);
+      await earlier;
+      if (c.privileged) {
+        if (this.records.has(0))
+          throw new Error("createDomain: a privileged domain (domain 0) already runs on this host");
+        domid = 0;
+      } else {
+        domid = this.allocDomid();
+      }
+    } finally {
+      idTaken();
     }
     const name = c.name ?? (c.privileged ? "Domain-0" : c.native ? `native-${domid}` : `domU-${domid}`);
     const ram = new SharedArrayBuffer(c.pages * PAGE_SIZE);
