@@ -254,12 +254,13 @@ export class RankSet {
       // Every rank at once, as mpirun starts them: one guest's boot (its worker, its program's
       // load, its devices) overlaps the others' on the host's cores and waits (`run -n 2`: the
       // second guest began ~0.3 s after the first, one after another). Each start is awaited
-      // before a failure stops the set, so none is left half made; a rank whose start ends
-      // after a stop is destroyed by startRank. The hypervisor gives domain ids in the order
-      // the ranks asked (rank order).
+      // before a failure or a stop ends the set, so none is left half made (a rank whose start
+      // ends after a stop is destroyed by startRank). The hypervisor gives domain ids in the
+      // order the ranks asked (rank order).
       const started = await Promise.allSettled(spec.ranks.map((rank) => this.startRank(rank, this.program!)));
       const failed = started.find((r) => r.status === "rejected");
       if (failed) throw failed.reason;
+      if (this.stopping) throw new RankRefusal("the job was stopped while its ranks were starting");
     } catch (e) {
       await this.stop();
       this.endStart();
