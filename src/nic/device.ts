@@ -61,6 +61,18 @@ export class NicDevice {
 
   /** Spawns the NIC thread; resolves when it serves. Rejects with a clear error on bad options. */
   static async start(options: NicDeviceOptions): Promise<NicDevice> {
+    const { nic, ready } = NicDevice.launch(options);
+    await ready;
+    return nic;
+  }
+
+  /**
+   * Spawns the NIC thread and hands back its handle at once, with `ready`: resolves when the
+   * thread serves, rejects (the thread stopped) with a clear error if it could not start. What
+   * is asked of it before then (a driver endpoint, its first control calls) waits in its
+   * queue, so a host boots its driver domain meanwhile. Throws on bad options.
+   */
+  static launch(options: NicDeviceOptions): { nic: NicDevice; ready: Promise<void> } {
     const { nicId, maxEndpoints, maxRegions, maxLinks, maxLinksPerAddress } = checkNicOptions(options);
     const counters = allocNicCounters(maxEndpoints);
     const workerData: NicWorkerData = {
@@ -75,19 +87,27 @@ export class NicDevice {
       workerData,
       name: `nic${nicId}`,
     });
-    await new Promise<void>((resolve, reject) => {
-      const onError = (e: Error) => reject(new Error(`NIC ${nicId} failed to start: ${e.message}`));
-      const onExit = (code: number) => reject(new Error(`NIC ${nicId} exited during start (code ${code})`));
-      worker.once("error", onError);
-      worker.once("exit", onExit);
-      worker.once("message", (m: NicWorkerMessage) => {
+    const ready = new Promise<void>((resolve, reject) => {
+      const done = (e?: Error) => {
         worker.off("error", onError);
         worker.off("exit", onExit);
-        if (m.type === "ready") resolve();
-        else reject(new Error(`NIC ${nicId}: unexpected first message ${m.type}`));
-      });
+        worker.off("message", onMessage);
+        if (e === undefined) return resolve();
+        void worker.terminate();
+        reject(e);
+      };
+      const onError = (e: Error) => done(new Error(`NIC ${nicId} failed to start: ${e.message}`));
+      const onExit = (code: number) => done(new Error(`NIC ${nicId} exited during start (code ${code})`));
+      // Log lines may come first (the handle prints them); the first other message says ready.
+      const onMessage = (m: NicWorkerMessage) => {
+        if (m.type === "log") return;
+        done(m.type === "ready" ? undefined : new Error(`NIC ${nicId}: unexpected first message ${m.type}`));
+      };
+      worker.on("error", onError);
+      worker.on("exit", onExit);
+      worker.on("message", onMessage);
     });
-    return new NicDevice(nicId, maxEndpoints, worker, counters);
+    return { nic: new NicDevice(nicId, maxEndpoints, worker, counters), ready };
   }
 
   /**
