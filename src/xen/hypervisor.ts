@@ -91,8 +91,8 @@ export class Hypervisor {
   private readonly live = new Map<DomId, Domain>();
   private readonly all = new Map<DomId, Domain>();
   private nextDomid = 1;
-  /** Settles once the latest createDomain call has its id (or failed before it took one). */
-  private idTurn: Promise<void> = Promise.resolve();
+  /** Ids taken by createDomain calls whose program is still compiling (no record yet). */
+  private readonly reserved = new Set<DomId>();
   /** Ids of released domains not handed out since (allocDomid skips those still named). */
   private readonly releasedIds = new Set<DomId>();
   private serials = 0;
@@ -140,28 +140,29 @@ export class Hypervisor {
       throw new TypeError(
         "createDomain: `transfer`: a guest runs sandboxed and cannot be handed MessagePorts or other transferables; give it data in `args`",
       );
-    // Ids go out in the order the calls came (a job starts its ranks at once, in rank order),
-    // whichever program compiled first: each call takes its id after the one before it did.
-    const earlier = this.idTurn;
-    let idTaken!: () => void;
-    this.idTurn = new Promise<void>((r) => {
-      idTaken = r;
-    });
-    let image: GuestImage | undefined;
+    // The id is taken before the program compiles: ids go out in the order the calls came (a
+    // job starts its ranks at once, in rank order), and no call waits for another's compile
+    // (another job's program, however slow to compile, holds up no one).
     let domid: DomId;
+    if (c.privileged) {
+      if (this.records.has(0) || this.reserved.has(0))
+        throw new Error("createDomain: a privileged domain (domain 0) already runs on this host");
+      domid = 0;
+    } else {
+      domid = this.allocDomid();
+    }
+    this.reserved.add(domid);
+    let image: GuestImage | undefined;
     try {
-      // Compiled before anything is allocated: a bad program fails its guest at boot, not the host.
+      // Compiled before anything else is allocated: a bad program fails its guest at boot, not the host.
       image = c.privileged ? undefined : await loadGuestImage(moduleUrl);
-      await earlier;
-      if (c.privileged) {
-        if (this.records.has(0))
-          throw new Error("createDomain: a privileged domain (domain 0) already runs on this host");
-        domid = 0;
-      } else {
-        domid = this.allocDomid();
-      }
+    } catch (e) {
+      // Free again, checked as a released id is before its next use (allocDomid).
+      if (domid !== 0) this.releasedIds.add(domid);
+      throw e;
     } finally {
-      idTaken();
+      // From here the record (made below, before any await) holds the id.
+      this.reserved.delete(domid);
     }
     const name = c.name ?? (c.privileged ? "Domain-0" : c.native ? `native-${domid}` : `domU-${domid}`);
     const ram = new SharedArrayBuffer(c.pages * PAGE_SIZE);
@@ -557,7 +558,7 @@ export class Hypervisor {
     for (let tries = 0; tries < DOMID_MAX; tries++) {
       const d = this.nextDomid;
       this.nextDomid = d >= DOMID_MAX ? 1 : d + 1;
-      if (this.records.has(d) || this.all.has(d)) continue;
+      if (this.records.has(d) || this.all.has(d) || this.reserved.has(d)) continue;
       if (this.releasedIds.has(d)) {
         // One pass over every table and port, the first time a candidate needs it.
         named ??= this.namedReleasedIds();
