@@ -7,6 +7,7 @@ import { after, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
+import { compileCacheStats } from "../src/xen/guest/loader.js";
 import { Hypervisor } from "../src/xen/hypervisor.js";
 import { startAgent } from "./helpers/agent.js";
 import { nextMessage } from "./helpers/messages.js";
@@ -228,6 +229,24 @@ test("domains created at once get their ids in the order they were asked for, wh
       [...ids].sort((a, b) => a - b),
       ids,
       `ids ${ids.join(", ")} for the domains asked for first, second and third`,
+    );
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("a program started in several domains at once is compiled once", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "myrixen-one-compile-"));
+  try {
+    const program = join(dir, "rank.js");
+    writeFileSync(program, "export default function main() { return 7; }\n");
+    const before = compileCacheStats().compiles;
+    const doms = await Promise.all([1, 2, 3, 4].map(() => hv.createDomain({ module: program, pages: 8 })));
+    for (const d of doms) assert.equal((await d.exited).result, 7);
+    assert.equal(
+      compileCacheStats().compiles - before,
+      1,
+      "esbuild transforms for four domains of one program",
     );
   } finally {
     rmSync(dir, { recursive: true, force: true });

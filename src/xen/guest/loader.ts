@@ -295,6 +295,8 @@ interface Compiled {
  * mapped to a line and column (sandbox.ts), never shown with the source.
  */
 const cache = new Map<string, Compiled>();
+/** Compiles under way, by file and version: callers that come meanwhile share the result. */
+const compiling = new Map<string, Promise<GuestModuleImage>>();
 const CACHE_MAX = 512;
 /** What the compile cache holds at most: code and source maps, by length. */
 export const COMPILE_CACHE_BYTES = 64 << 20;
@@ -304,9 +306,12 @@ function entryBytes(m: GuestModuleImage): number {
   return (m.code?.length ?? 0) + (m.map?.length ?? 0) + (m.error?.length ?? 0);
 }
 
-/** What the compile cache holds now (for tests and inspection). */
-export function compileCacheStats(): { modules: number; bytes: number } {
-  return { modules: cache.size, bytes: cacheBytes };
+/** Modules compiled (esbuild transforms run) since this process started. */
+let compiles = 0;
+
+/** What the compile cache holds now, and the compiles run so far (for tests and inspection). */
+export function compileCacheStats(): { modules: number; bytes: number; compiles: number } {
+  return { modules: cache.size, bytes: cacheBytes, compiles };
 }
 
 function forget(key: string): void {
@@ -337,6 +342,13 @@ async function compile(path: string, uid: number | undefined): Promise<[GuestMod
   if (typeof file === "string") return [{ url, error: file, imports: {} }, uid];
   const key = `${file.uid}\0${path}`;
   const { st, real } = file;
+  // The same file being compiled for another domain (a job's ranks start at once): one compile.
+  const sig = `${key}\0${real}\0${st.mtimeMs}\0${st.size}`;
+  const flight = compiling.get(sig);
+  if (flight !== undefined) {
+    closeSync(file.fd);
+    return [await flight, file.uid];
+  }
   let source: string;
   try {
     const hit = cache.get(key);
@@ -352,10 +364,30 @@ async function compile(path: string, uid: number | undefined): Promise<[GuestMod
   } finally {
     closeSync(file.fd);
   }
+  const done = transformModule(url, path, real, source, file.uid, key, st);
+  compiling.set(sig, done);
+  try {
+    return [await done, file.uid];
+  } finally {
+    compiling.delete(sig);
+  }
+}
+
+/** Compiles one module's source (esbuild) and remembers it; never throws (an error image instead). */
+async function transformModule(
+  url: string,
+  path: string,
+  real: string,
+  source: string,
+  uid: number,
+  key: string,
+  st: { mtimeMs: number; size: number },
+): Promise<GuestModuleImage> {
   let module: GuestModuleImage;
+  compiles++;
   try {
     const { transform } = await compiler();
-    const out = await transform(TS.test(path) ? source : inlineSourceMap(source, real, file.uid), {
+    const out = await transform(TS.test(path) ? source : inlineSourceMap(source, real, uid), {
       loader: LOADERS[extname(path)] ?? "js",
       format: "cjs",
       target: "node20",
@@ -371,7 +403,7 @@ async function compile(path: string, uid: number | undefined): Promise<[GuestMod
     const imports: Record<string, GuestImport> = {};
     for (const m of out.code.matchAll(REQUIRE)) {
       const spec = JSON.parse(`"${m[1] ?? m[2]}"`) as string;
-      imports[spec] ??= resolveGuestImport(spec, real, file.uid);
+      imports[spec] ??= resolveGuestImport(spec, real, uid);
     }
     module = { url, code: out.code, map: out.map, imports };
   } catch (e) {
@@ -387,7 +419,7 @@ async function compile(path: string, uid: number | undefined): Promise<[GuestMod
     };
   }
   remember(key, { mtimeMs: st.mtimeMs, size: st.size, real, module });
-  return [module, file.uid];
+  return module;
 }
 
 /**
