@@ -158,14 +158,21 @@ export class MxPair implements BenchPair {
     const busy = opts.busyPoll === true && scope === "intra-host" && availableParallelism() >= 2;
     const spinMaxUs = busy ? BUSY_POLL_MAX_US : undefined;
     const args = { rndvThreshold: opts.rndvThreshold, spinMaxUs };
+    // Both ranks at once; each is listened to as soon as it exists (a domain's messages are
+    // events, not queued), and one that started is destroyed if the other could not.
     const start = (host: Host, name: string) =>
-      starter(host, { module: PROGRAM, pages, name, maxHeapMb: 128, args });
+      starter(host, { module: PROGRAM, pages, name, maxHeapMb: 128, args }).then((dom) => ({
+        dom,
+        said: once(dom, "message"),
+      }));
     const tag = scope === "cross-host" ? `${path}-x` : path;
-    // Listen before the next await: a domain's messages are events, not queued.
-    const a = await start(hostA, `${tag}-a`);
-    const gotA = once(a, "message");
-    const b = await start(hostB, `${tag}-b`);
-    const gotB = once(b, "message");
+    const [sa, sb] = await Promise.allSettled([start(hostA, `${tag}-a`), start(hostB, `${tag}-b`)]);
+    if (sa.status === "rejected" || sb.status === "rejected") {
+      await Promise.all([sa, sb].map((r) => (r.status === "fulfilled" ? r.value.dom.destroy() : undefined)));
+      throw sa.status === "rejected" ? sa.reason : (sb as PromiseRejectedResult).reason;
+    }
+    const { dom: a, said: gotA } = sa.value;
+    const { dom: b, said: gotB } = sb.value;
     const failed = Promise.race([a.exited, b.exited]).then((e) => {
       throw new Error(`mx-bench rank ${e.state} while connecting: ${e.error?.message ?? "ended early"}`);
     });
