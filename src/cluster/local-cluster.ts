@@ -37,29 +37,31 @@ export async function startLocalCluster(
   opts: Omit<HostOptions, "nicId"> = {},
 ): Promise<LocalCluster> {
   if (!Number.isInteger(n) || n < 1 || n > 16) throw new RangeError(`hosts must be 1..16, got ${n}`);
-  const hosts: Host[] = [];
-  const targets: LocalTarget[] = [];
+  const hosts: Host[] = new Array(n);
+  const targets: LocalTarget[] = new Array(n);
   const key = randomClusterKey();
-  try {
-    for (let i = 0; i < n; i++) {
-      const host = await Host.start({ ...opts, nicId: i + 1 });
-      hosts.push(host);
-      // A port free a moment ago may be taken in between: try another once.
-      let port = 0;
-      for (let attempt = 0; ; attempt++) {
-        port = await freePort();
-        try {
-          await host.nic.attachLink({ kind: "tcp-listen", host: "127.0.0.1", port, key: key.bytes });
-          break;
-        } catch (e) {
-          if (attempt >= 1) throw e;
-        }
+  const startOne = async (i: number): Promise<void> => {
+    const host = await Host.start({ ...opts, nicId: i + 1 });
+    hosts[i] = host;
+    // A port free a moment ago may be taken in between: try another once.
+    let port = 0;
+    for (let attempt = 0; ; attempt++) {
+      port = await freePort();
+      try {
+        await host.nic.attachLink({ kind: "tcp-listen", host: "127.0.0.1", port, key: key.bytes });
+        break;
+      } catch (e) {
+        if (attempt >= 1) throw e;
       }
-      targets.push(new LocalTarget(host, slotsPerHost, `host${i + 1}`, { host: "127.0.0.1", port }, key));
     }
-  } catch (e) {
-    await Promise.all(hosts.map((h) => h.stop().catch(() => undefined)));
-    throw e;
+    targets[i] = new LocalTarget(host, slotsPerHost, `host${i + 1}`, { host: "127.0.0.1", port }, key);
+  };
+  // The hosts boot at once; if one cannot, the others are stopped once they are up.
+  const started = await Promise.allSettled(Array.from({ length: n }, (_, i) => startOne(i)));
+  const failed = started.find((r) => r.status === "rejected");
+  if (failed) {
+    await Promise.all(hosts.filter((h) => h !== undefined).map((h) => h.stop().catch(() => undefined)));
+    throw failed.reason;
   }
   return {
     hosts,
