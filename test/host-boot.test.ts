@@ -12,7 +12,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
 import { pathToFileURL } from "node:url";
+import type { Worker } from "node:worker_threads";
 import { Host } from "../src/host/host.js";
+import { NicDevice } from "../src/nic/device.js";
 
 const PROGRAM = `export default async function main(guest) {
   const dev = \`/local/domain/\${guest.domid}/device\`;
@@ -47,5 +49,24 @@ test("a guest's main runs once its devices exist: its first look finds both, and
     assert.deepEqual(seen.devices, ["myri", "vif"], `boot ${i}: ${JSON.stringify(seen)}`);
     assert.match(seen.vifMac, /^([0-9a-f]{2}:){5}[0-9a-f]{2}$/, `boot ${i}: the toolstack's MAC`);
     assert.match(seen.myriBackend, /^\/local\/domain\/0\/backend\/myri\//, `boot ${i}`);
+  }
+});
+
+test("a NIC thread that dies once the host takes it for ready fails Host.start, naming it, instead of waiting for ever", {
+  timeout: 30_000,
+}, async () => {
+  const launch = NicDevice.launch;
+  // The thread ends at once, yet the host is told it is ready: the driver domain's first calls
+  // to it are never answered, so the driver domain never says ready either.
+  NicDevice.launch = (o) => {
+    const r = launch.call(NicDevice, o);
+    r.ready.catch(() => undefined);
+    void (r.nic as unknown as { worker: Worker }).worker.terminate();
+    return { nic: r.nic, ready: Promise.resolve() };
+  };
+  try {
+    await assert.rejects(Host.start({}), /the NIC thread of NIC \d+ stopped while the host was starting/);
+  } finally {
+    NicDevice.launch = launch;
   }
 });

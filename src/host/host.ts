@@ -201,6 +201,14 @@ export class Host {
     });
     // Awaited below with the driver domain; handled here too, for a failure before that.
     nicReady.catch(() => undefined);
+    // A NIC thread that dies once it said ready ends the start too, whatever the driver domain
+    // is waiting for (its calls to that NIC would wait for ever).
+    const nicLost = nicReady.then(() =>
+      nic.gone.then(() => {
+        throw new Error(`the NIC thread of NIC ${nicId} stopped while the host was starting`);
+      }),
+    );
+    nicLost.catch(() => undefined);
     let booted: Promise<unknown> | undefined;
     try {
       const ep = nic.driverEndpoint();
@@ -244,11 +252,11 @@ export class Host {
         transfer: [ep.port, port2],
       });
       booted = Promise.all([nicReady, dom0Made]);
-      const [, dom0] = await (booted as Promise<[void, Domain]>);
+      const [, dom0] = (await Promise.race([booted, nicLost])) as [void, Domain];
       const exit = dom0.exited.then((e) => {
         throw new Error(`the driver domain ${e.state} while starting: ${e.error?.message ?? "no error"}`);
       });
-      await Promise.race([ready, exit]);
+      await Promise.race([ready, exit, nicLost]);
       void exit.catch(() => undefined);
       const host = new Host(hv, nic, dom0, link, stats, netStats, nicId);
       host.limits = { maxEndpoints, endpointsPerDomain, registeredBytesPerDomain, regionsPerDomain };

@@ -31,6 +31,11 @@ export class NicDevice {
   private nextId = 1;
   private readonly pending = new Map<number, { resolve: () => void; reject: (e: Error) => void }>();
   private exited = false;
+  private markGone!: () => void;
+  /** Resolves when the NIC thread has ended (stopped, or died). */
+  readonly gone = new Promise<void>((r) => {
+    this.markGone = r;
+  });
   private logCb: ((message: string, fields: TcpLinkLogFields) => void) | undefined;
 
   private constructor(
@@ -56,6 +61,7 @@ export class NicDevice {
       this.exited = true;
       for (const p of this.pending.values()) p.reject(new Error(`NIC ${nicId} stopped`));
       this.pending.clear();
+      this.markGone();
     });
   }
 
