@@ -4,13 +4,28 @@
  * runtime wakes tens of times a second, each time taking a core from a busy-polling guest).
  */
 import assert from "node:assert/strict";
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import {
+  closeSync,
+  ftruncateSync,
+  mkdtempSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { pathToFileURL } from "node:url";
-import { guestProgramExports, loadGuestImage } from "../src/xen/guest/loader.js";
+import {
+  compileCacheStats,
+  guestProgramExports,
+  IMAGE_MODULES_MAX,
+  IMAGE_SOURCE_MAX_BYTES,
+  loadGuestImage,
+} from "../src/xen/guest/loader.js";
 
 /** This process's children named esbuild, from /proc (Linux). */
 function esbuildChildren(): number[] {
@@ -88,6 +103,40 @@ test("a program's exports, read without running it: names, default, CommonJS; no
     assert.equal(await guestProgramExports(file("star.ts", 'export * from "./impl.ts";\n')), undefined);
     assert.equal(await guestProgramExports(file("broken.ts", "export const = ;\n")), undefined);
     assert.equal(await guestProgramExports(join(dir, "missing.ts")), undefined);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("a program's image is bounded: more modules than IMAGE_MODULES_MAX, or more source than IMAGE_SOURCE_MAX_BYTES, is refused before it is compiled", async () => {
+  // Built in the host's memory, before the guest and its meters exist: a tenant's program of a
+  // 1 GiB file, or of 30,000 modules (56 s of compiles), spent what every tenant shares.
+  const dir = mkdtempSync(join(tmpdir(), "myrixen-image-bound-"));
+  try {
+    const many = join(dir, "many.js");
+    const n = IMAGE_MODULES_MAX + 1;
+    for (let i = 0; i < n; i++) writeFileSync(join(dir, `m${i}.js`), `export const x${i} = ${i};\n`);
+    writeFileSync(
+      many,
+      `${Array.from({ length: n }, (_, i) => `import { x${i} } from "./m${i}.js";`).join("\n")}\nexport default () => x0;\n`,
+    );
+    let before = compileCacheStats().compiles;
+    let image = await loadGuestImage(pathToFileURL(many).href);
+    assert.match(
+      image.modules[image.entry]?.error ?? "",
+      new RegExp(`imports more than ${IMAGE_MODULES_MAX} modules \\(IMAGE_MODULES_MAX\\)`),
+    );
+    assert.equal(compileCacheStats().compiles - before, 1, "only the entry was compiled");
+
+    // A file past the bound (sparse: no bytes written) is not even read.
+    const big = join(dir, "big.js");
+    const fd = openSync(big, "w");
+    ftruncateSync(fd, IMAGE_SOURCE_MAX_BYTES + 1);
+    closeSync(fd);
+    before = compileCacheStats().compiles;
+    image = await loadGuestImage(pathToFileURL(big).href);
+    assert.match(image.modules[image.entry]?.error ?? "", /source passes 64 MiB .*IMAGE_SOURCE_MAX_BYTES/);
+    assert.equal(compileCacheStats().compiles - before, 0);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

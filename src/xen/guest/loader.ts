@@ -19,6 +19,7 @@ import {
   openSync,
   readFileSync,
   readlinkSync,
+  readSync,
   realpathSync,
   type Stats,
   statSync,
@@ -213,6 +214,35 @@ const REQUIRE = /\brequire\((?:"((?:[^"\\]|\\.)*)"|'((?:[^'\\]|\\.)*)')\)/g;
 const SOURCE_MAP_MAX_BYTES = 64 << 20;
 
 /**
+ * What one program's image may hold: its modules and their source, all of it. The image is
+ * built in the host's own memory before the guest (and its meters) exist, from files the
+ * program's user chose: a program of a 1 GiB file, or of 30,000 modules (56 s of compiles),
+ * would spend the host's memory or its compiler's time for every tenant. Far beyond a real
+ * program (this project's guest library is 0.5 MiB).
+ */
+export const IMAGE_MODULES_MAX = 4096;
+export const IMAGE_SOURCE_MAX_BYTES = 64 << 20;
+
+function tooLarge(url: string): string {
+  return `${url}: the program's source passes ${IMAGE_SOURCE_MAX_BYTES >> 20} MiB with this module (IMAGE_SOURCE_MAX_BYTES, all its modules together)`;
+}
+
+/** The whole of an open regular file as UTF-8, or undefined when it is longer than `max` bytes (read no further). */
+function readBounded(fd: number, max: number): string | undefined {
+  const chunks: Buffer[] = [];
+  let total = 0;
+  for (;;) {
+    const chunk = Buffer.allocUnsafe(Math.min(1 << 20, max + 1 - total));
+    const n = readSync(fd, chunk, 0, chunk.length, null);
+    if (n === 0) break;
+    chunks.push(chunk.subarray(0, n));
+    total += n;
+    if (total > max) return undefined;
+  }
+  return Buffer.concat(chunks, total).toString("utf8");
+}
+
+/**
  * A compiled JavaScript file's own source map (tsc's `.js.map`), inlined so esbuild chains it;
  * `path` is the file's real path, `uid` the owner of its program's entry.
  */
@@ -335,7 +365,11 @@ function remember(key: string, entry: Compiled): void {
  * The module at `path`, compiled for a program of user `uid`, and that user: with no `uid`,
  * `path` is the program's entry, and its owner (as opened) is the program's user.
  */
-async function compile(path: string, uid: number | undefined): Promise<[GuestModuleImage, number?]> {
+async function compile(
+  path: string,
+  uid: number | undefined,
+  budget: number,
+): Promise<[GuestModuleImage, number?]> {
   const url = pathToFileURL(path).href;
   const file = openModule(path, uid);
   // Not cached: it says nothing of the file once it is there.
@@ -358,7 +392,10 @@ async function compile(path: string, uid: number | undefined): Promise<[GuestMod
       cache.set(key, hit);
       return [hit.module, file.uid];
     }
-    source = readFileSync(file.fd, "utf8");
+    if (budget < 0 || file.st.size > budget) return [{ url, error: tooLarge(url), imports: {} }, file.uid];
+    const read = readBounded(file.fd, budget);
+    if (read === undefined) return [{ url, error: tooLarge(url), imports: {} }, file.uid];
+    source = read;
   } catch (e) {
     return [{ url, error: `cannot load ${url}: ${(e as Error).message}`, imports: {} }, file.uid];
   } finally {
@@ -527,16 +564,32 @@ async function loadImage(moduleUrl: string): Promise<GuestImage> {
   let uid: number | undefined;
   const queue = [entry];
   const entryUrl = pathToFileURL(entry).href;
+  // Every module the program reaches, counted before any is compiled beyond the bound.
+  const reached = new Set([entryUrl]);
+  let bytes = 0;
   while (queue.length > 0) {
     const path = queue.shift()!;
     const url = pathToFileURL(path).href;
     if (modules[url]) continue;
     // The entry comes first: its owner, as opened, is the user whose modules the program imports.
-    const [m, owner] = await compile(path, uid);
+    const [m, owner] = await compile(path, uid, IMAGE_SOURCE_MAX_BYTES - bytes);
     uid = owner;
     modules[url] = m;
+    bytes += m.code?.length ?? 0;
+    if (bytes > IMAGE_SOURCE_MAX_BYTES)
+      return {
+        entry: entryUrl,
+        modules: { [entryUrl]: { url: entryUrl, error: tooLarge(url), imports: {} } },
+      };
     for (const dep of Object.values(m.imports))
-      if (dep.kind === "program" && !modules[dep.url]) queue.push(fileURLToPath(dep.url));
+      if (dep.kind === "program" && !reached.has(dep.url)) {
+        reached.add(dep.url);
+        queue.push(fileURLToPath(dep.url));
+      }
+    if (reached.size > IMAGE_MODULES_MAX) {
+      const error = `${entryUrl}: the program imports more than ${IMAGE_MODULES_MAX} modules (IMAGE_MODULES_MAX); bundle it, or split it into several programs`;
+      return { entry: entryUrl, modules: { [entryUrl]: { url: entryUrl, error, imports: {} } } };
+    }
   }
   return { entry: entryUrl, modules };
 }
