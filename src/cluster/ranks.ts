@@ -390,7 +390,10 @@ export class RankSet {
 
   /** Ranks here and their domains' states. */
   status(): { rank: number; domid: number; state: string }[] {
-    return [...this.domains].map(([rank, d]) => ({ rank, domid: d.domid, state: d.state }));
+    // In rank order (the ranks start at once: the map holds them as they came up).
+    return [...this.domains]
+      .sort((a, b) => a[0] - b[0])
+      .map(([rank, d]) => ({ rank, domid: d.domid, state: d.state }));
   }
 
   /**
