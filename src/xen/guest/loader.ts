@@ -327,7 +327,9 @@ interface Compiled {
 const cache = new Map<string, Compiled>();
 /** Compiles under way, by file and version: callers that come meanwhile share the result. */
 const compiling = new Map<string, Promise<GuestModuleImage>>();
-const CACHE_MAX = 512;
+// As many as one program may have (IMAGE_MODULES_MAX): the largest program allowed is compiled
+// once, not again for every job; the bytes bound below stays what holds memory.
+const CACHE_MAX = IMAGE_MODULES_MAX;
 /** What the compile cache holds at most: code and source maps, by length. */
 export const COMPILE_CACHE_BYTES = 64 << 20;
 let cacheBytes = 0;
