@@ -170,6 +170,13 @@ test("the point-to-point tests need exactly two ranks; bad arguments fail with e
   const three = await runOsu("latency", 3, "native", ["-m", "8"]);
   assert.equal(three.res.exitCode, 2);
   assert.match(three.err, /osu-latency: this test requires exactly two processes, got 3/);
+  // Rank 0 says why and fails the job; the others end quietly, so none can end the job first
+  // (the ranks start at once) and stop rank 0 before its line.
+  assert.equal(three.res.failed?.rank, 0);
+  assert.deepEqual(
+    three.res.ranks.map((r) => r.exitCode),
+    [2, 0, 0],
+  );
   const bad = await runOsu("bw", 2, "native", ["-m", "x:y"]);
   assert.equal(bad.res.exitCode, 2);
   assert.match(bad.err, /osu-bw: bad -m "x:y"/);

@@ -17,6 +17,7 @@ import {
   randlc,
   report,
   type Seed,
+  usageExit,
   warmUp,
   warmupLine,
 } from "./common.js";
@@ -293,7 +294,7 @@ function fortranE0(v: number, d: number): string {
 
 async function run(guest: Guest): Promise<number> {
   const opts = nasOptions(guest, "cg");
-  if (!opts) return 2;
+  if (!opts) return usageExit(guest);
   const p = CG_CLASSES[opts.cls];
   const comm = await MPI.init(guest);
   const { rank, size } = comm;

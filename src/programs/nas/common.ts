@@ -167,7 +167,8 @@ export interface NasOptions {
 
 /**
  * The options of this rank: its place in the job and its parsed arguments. On a bad argument
- * rank 0 prints the message to stderr; every rank returns undefined (the caller exits with 2).
+ * rank 0 prints the message to stderr; every rank returns undefined (the caller returns
+ * usageExit).
  */
 export function nasOptions(guest: Guest, kernel: string): NasOptions | undefined {
   const job = rankArgs(guest.args);
@@ -179,6 +180,15 @@ export function nasOptions(guest: Guest, kernel: string): NasOptions | undefined
     if (rank === 0) console.error(e instanceof Error ? e.message : String(e));
     return undefined;
   }
+}
+
+/**
+ * A rank's exit code after a bad argument: 2 on rank 0, which said why; 0 on the others, so the
+ * job fails with rank 0's exit after its message (ranks start at once: another rank failing
+ * first would end the job before rank 0 had printed it).
+ */
+export function usageExit(guest: Guest): number {
+  return (rankArgs(guest.args)?.rank ?? 0) === 0 ? 2 : 0;
 }
 
 // ---- warm-up ------------------------------------------------------------------------------

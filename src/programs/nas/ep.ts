@@ -15,6 +15,7 @@ import {
   report,
   type Seed,
   skipAhead,
+  usageExit,
   vranlc,
 } from "./common.js";
 
@@ -69,7 +70,7 @@ export function epShare(nn: number, rank: number, size: number): { first: number
 
 async function run(guest: Guest): Promise<number> {
   const opts = nasOptions(guest, "ep");
-  if (!opts) return 2;
+  if (!opts) return usageExit(guest);
   const p = EP_CLASSES[opts.cls];
   const comm = await MPI.init(guest);
   const { rank, size } = comm;

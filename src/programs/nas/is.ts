@@ -17,6 +17,7 @@ import {
   randlc,
   report,
   skipAhead,
+  usageExit,
   warmUp,
   warmupLine,
 } from "./common.js";
@@ -218,7 +219,7 @@ function fullVerify(comm: Comm, st: RankState): number {
 
 async function run(guest: Guest): Promise<number> {
   const opts = nasOptions(guest, "is");
-  if (!opts) return 2;
+  if (!opts) return usageExit(guest);
   const size = opts.size;
   if ((size & (size - 1)) !== 0) {
     if (opts.rank === 0) console.error(`is: the number of ranks must be a power of two, got ${size}`);

@@ -101,7 +101,9 @@ export async function runOsu(guest: Guest, spec: OsuSpec): Promise<number> {
       throw new Error(`${spec.bench}: this test requires at least two processes, got ${size}`);
   } catch (e) {
     if (rank === 0) console.error(e instanceof Error ? e.message : String(e));
-    return 2;
+    // The job fails with rank 0's exit, after its message: ranks start at once, and another
+    // rank's failing first would end the job before rank 0 had said why.
+    return rank === 0 ? 2 : 0;
   }
   // The host's facts, as the launcher handed them (a guest has no node:os).
   const machine = rank === 0 && job?.machine ? startMachineInfo(job.machine) : undefined;
