@@ -240,6 +240,9 @@ function newJobId(): string {
   return `${host}-${process.pid}-${++jobCounter}`;
 }
 
+/** How long the other ranks run on after a rank failed, before they are stopped. */
+export const RANK_FAILURE_GRACE_MS = 250;
+
 export class Job {
   private readonly targets: JobTarget[];
   private readonly handles: (TargetJob | undefined)[] = [];
@@ -539,9 +542,12 @@ export class Job {
     const bad = o.state === "lost" || (o.exitCode !== 0 && o.state !== "not-started");
     if (bad && !this.failed && !this.stopping) {
       this.failed = o.exitCode === 0 ? { ...o, exitCode: 1 } : o;
-      if (o.state === "lost" && (this.spec.lostHostGraceMs ?? 0) > 0) {
-        // The other ranks get a moment to notice the loss themselves (their MX errors).
-        this.graceTimer = setTimeout(() => void this.stop(), this.spec.lostHostGraceMs);
+      // The other ranks get a moment: after a lost host, to notice the loss themselves (their
+      // MX errors); after a rank's failure, to finish what they print (the ranks start at once,
+      // so a rank failing for a reason rank 0 reports may end before rank 0 has printed it).
+      const grace = o.state === "lost" ? (this.spec.lostHostGraceMs ?? 0) : RANK_FAILURE_GRACE_MS;
+      if (grace > 0) {
+        this.graceTimer = setTimeout(() => void this.stop(), grace);
         this.graceTimer.unref();
       } else void this.stop();
     }
