@@ -223,7 +223,7 @@ async function run(guest: Guest): Promise<number> {
   const size = opts.size;
   if ((size & (size - 1)) !== 0) {
     if (opts.rank === 0) console.error(`is: the number of ranks must be a power of two, got ${size}`);
-    return 2;
+    return usageExit(guest);
   }
   const p = IS_CLASSES[opts.cls];
   const comm = await MPI.init(guest);
