@@ -20,7 +20,7 @@ import {
   initFrame,
   setWord,
 } from "../src/nic/frame.js";
-import { type TcpLink, tcpLinkStats } from "../src/nic/tcp-link.js";
+import { TCP_BULK_RX_QUEUE, type TcpLink, tcpLinkStats } from "../src/nic/tcp-link.js";
 import { connectTcpLink, listenTcpLinks } from "../src/nic/tcp-link-setup.js";
 import { SEND_MAX } from "../src/nic/window.js";
 import { linkFrame } from "./helpers/link-frames.js";
@@ -87,6 +87,52 @@ test("a SEND behind a megabyte of PULL_REPLY data does not wait for it; the bulk
   }
 });
 
+test("bulk far beyond the receiver's window waits in the kernel, not in the receiver; a SEND behind it goes first; every frame arrives in order", async () => {
+  // A peer whose window is 64 MiB (another build, other options, or a hostile NIC) against a
+  // receiver that parses slowly: the bulk it has read and not yet parsed (one chunk a turn) stays
+  // under TCP_BULK_RX_QUEUE, and the rest waits in the kernel under TCP's flow control.
+  const { server, c, s } = await linked(64 << 20, 64 << 20);
+  try {
+    const n = 128; // 8 MiB
+    const order: number[] = [];
+    let maxQueued = 0;
+    let sendAfter = -1;
+    s.onFrame((f) => {
+      maxQueued = Math.max(maxQueued, s.bulkRxQueued);
+      if (getWord(f, 0) % 256 === FrameType.Send) {
+        sendAfter = order.length;
+        return;
+      }
+      order.push(getWord(f, F_PULL_OFFSET) / SEND_MAX);
+      // A slow parser (a millisecond a frame): the socket has more for it than it takes.
+      const end = performance.now() + 1;
+      while (performance.now() < end);
+    });
+    for (let i = 0; i < n; i++) assert.ok(c.send(frame(FrameType.PullReply, SEND_MAX, i * SEND_MAX)));
+    await until(
+      () => s.bulkRxQueued >= TCP_BULK_RX_QUEUE - 2 * SEND_MAX,
+      "the receiver's queue near its bound",
+    );
+    assert.ok(c.send(frame(FrameType.Send, 8)));
+    await until(() => order.length === n && sendAfter >= 0, "every frame", 60_000);
+    const chunk = 64 * 1024; // what one socket read gives at most
+    assert.ok(
+      maxQueued <= TCP_BULK_RX_QUEUE + chunk,
+      `${maxQueued} bytes queued, bound ${TCP_BULK_RX_QUEUE}`,
+    );
+    assert.ok(sendAfter < n - 8, `the SEND waited for ${sendAfter} of ${n} bulk frames`);
+    assert.deepEqual(
+      order,
+      Array.from({ length: n }, (_, i) => i),
+      "bulk in order",
+    );
+    assert.equal(s.bulkRxQueued, 0);
+  } finally {
+    c.close();
+    await server.close();
+  }
+});
+
 test("bulk back-pressure: send() refuses once the queue holds its mark, onWritable comes when credits drain it", async () => {
   const { server, c, s } = await linked(64 * 1024, 256 * 1024);
   try {
@@ -112,7 +158,7 @@ test("bulk back-pressure: send() refuses once the queue holds its mark, onWritab
 
 test("a sender whose window is below twice the receiver's credit threshold still streams: the rest is credited a moment later", async () => {
   // The smallest window there is (one frame) against a peer with the default one, which
-  // credits every 128 KiB: without the delayed credit the second frame would wait for ever.
+  // credits every 256 KiB: without the delayed credit the second frame would wait for ever.
   const { server, c, s } = await linked(0);
   try {
     let frames = 0;

@@ -40,8 +40,12 @@
  * bind, inside the proof), and the listener hands a link over only when both are up (a main
  * connection left without its bulk one is dropped at the accept deadline, a bulk one naming
  * no waiting main one is refused; both counted as refused handshakes). The wrong kind of frame
- * on either connection drops the link. The receiver reads one chunk of bulk per turn of its
- * event loop, so main frames that arrived meanwhile are read before the next chunk.
+ * on either connection drops the link. The receiver parses one chunk of bulk per turn of its
+ * event loop, so main frames that arrived meanwhile are parsed before the next chunk; chunks
+ * read in the same turn wait in a queue (TCP_BULK_RX_QUEUE bounds it: beyond, the bulk socket
+ * is paused). While it parses a chunk of either connection, both sockets are corked: the frames
+ * the NIC sends in answer (a pull's next request, acks, the bulk a credit lets go) and the
+ * credit leave in one write per connection.
  *
  * Bulk flow: at most TCP_BULK_WINDOW bulk bytes are on the way at once — written and not yet
  * acknowledged by the peer's link, which sends a credit on the main connection (length prefix
@@ -67,12 +71,19 @@ export const TCP_LINK_HIGH_WATER = 32 * FRAME_MAX;
  * frames travel on the other connection, so the window no longer costs them directly; it bounds
  * what a slow receiver leaves in the kernel, and how much of the receiving NIC's time a stream
  * takes from the small frames of other endpoints. 1 MiB streamed 1 MiB messages across hosts
- * 20–30% faster (1.29–1.41 against 1.02–1.10 GB/s, three rounds alternating) but a bystander's
- * 8 B ping-pong beside that stream slowed 1.60–1.76× beyond its CPU neighbour's cost, against
- * 1.30–1.31× with 256 KiB (`myrixen bench isolation --quick --scope cross-host`, twice each):
- * isolation first, so 256 KiB.
+ * 20–30% faster than 256 KiB (1.29–1.41 against 1.02–1.10 GB/s, three rounds alternating) but a
+ * bystander's 8 B ping-pong beside that stream slowed 1.43–1.66× beyond its CPU neighbour's
+ * cost, against 1.1–1.3× with 256 KiB, and 3:1 weights came out 0.85–0.88 (`myrixen bench
+ * isolation --quick --scope cross-host`). 512 KiB, credited every 256 KiB (CREDIT_EVERY), halves
+ * the credits of 256 KiB — each a wake-up of the sending NIC, a read and a write of its bulk —
+ * and with the receive queue below (one chunk a turn without pausing the socket) a cross-host
+ * stream costs a 2-core VM, which it keeps CPU-bound, 80 system calls a MiB against 133–145 and
+ * 1.0–1.45 ms of CPU a MiB against 1.25–1.75. `myrixen bench isolation --scope cross-host`, three
+ * rounds alternating: the bystander's latency_slowdown 0.85–0.91 (256 KiB with the same receive
+ * path: 0.82–0.85; the previous 256 KiB link: 0.94–1.07) while 3:1 weights streamed 1.2–1.66
+ * GB/s in all (1.17–1.35; 1.0–1.15) at share_ratio 0.92–0.95 (0.95; 0.95).
  */
-export const TCP_BULK_WINDOW = 256 * 1024;
+export const TCP_BULK_WINDOW = 512 * 1024;
 /**
  * Bulk bytes queued beyond the window before send() pushes back: little, so that the NIC's
  * scheduler (remote-pull.ts serveJobs, by weight), not a deep first-come queue here, decides
@@ -80,10 +91,17 @@ export const TCP_BULK_WINDOW = 256 * 1024;
  */
 export const TCP_BULK_QUEUE = 256 * 1024;
 /**
- * Lent frame buffers per link at most: the bulk window and queue (512 KiB, 8 full frames) plus
+ * Received bulk bytes waiting for their turn to be parsed (one chunk a turn of the event loop)
+ * above which the bulk socket is paused until half of them are parsed. A peer keeps to its bulk
+ * window, so an honest one stays below this (twice the default window); bulk beyond it waits
+ * in the kernel, under TCP's flow control, as it would for a peer that ignores its window.
+ */
+export const TCP_BULK_RX_QUEUE = 2 * TCP_BULK_WINDOW;
+/**
+ * Lent frame buffers per link at most: the bulk window and queue (768 KiB, 12 full frames) plus
  * writes the kernel has not taken yet. Beyond, lend() answers null and frames are copied.
  */
-const LEND_POOL = 16;
+const LEND_POOL = 24;
 /** Where a lent frame starts in its buffer: after 4 spare bytes and the length prefix, so its payload is 8-byte aligned. */
 const LENT_FRAME_AT = 8;
 /** The length prefix of a credit (link-internal; a frame is never this short). */
@@ -103,16 +121,15 @@ const PONG_PREFIX = 3;
  * small write, and on loopback TCP a write that wakes the peer's thread costs both sides tens of
  * µs of CPU on a 2-core VM, where a cross-host stream keeps both NIC threads 80–90% busy:
  * crediting every 32 KiB (16 credits a MiB) spent about half of the receiving NIC's busy time on
- * them. Every 128 KiB a warmed stream of 1 MiB messages took 1.65–2.12 s of CPU per GiB against
- * 1.79–2.20 (rounds alternating the two builds; its rate moved within this VM's noise, 0.8–1.3
- * GB/s either way), and a bystander's 8 B ping-pong beside it slowed no more (`myrixen bench
- * isolation --quick --scope cross-host`: latency_slowdown 1.22–1.26 against 1.31–1.64).
+ * them; every 128 KiB, its socket writes (most of them credits) still took 20–31% of its busy
+ * time (CPU profiles). Half of TCP_BULK_WINDOW, which says what 256 KiB measured.
  */
-const CREDIT_EVERY = 128 * 1024;
+const CREDIT_EVERY = 256 * 1024;
 /**
- * Uncredited bulk is credited this long after it came, whatever its count: a peer whose window
- * is smaller than twice our threshold (another build, other options) waits a little, never for
- * ever.
+ * Uncredited bulk is credited this long after the first of it came, whatever its count: a peer
+ * whose window is smaller than twice our threshold (another build, other options) waits a
+ * little, never for ever. The timer is left to run out rather than cleared by every credit (a
+ * timer armed and cleared per credit showed in the receiving NIC's profile).
  */
 const CREDIT_DELAY_MS = 1;
 /** Connect plus handshake allowed to a connecting side (unless its options say). */
@@ -224,10 +241,28 @@ export class TcpLink implements Link {
   private readonly creditBuf = Buffer.alloc(8);
   /** Between cork() and uncork(). */
   private corked = false;
+  /**
+   * Bulk chunks read from the socket and not yet parsed, and their bytes: one chunk is parsed
+   * per turn of the event loop (takeBulkTurn), so the main connection's frames that came in the
+   * same turn go first; the rest wait here rather than in the kernel, where pausing and
+   * resuming the socket for every chunk cost two or three epoll_ctl calls each.
+   */
+  private readonly bulkRxQ: Buffer[] = [];
+  private bulkRxQBytes = 0;
+  /** A bulk chunk was parsed in this turn of the event loop: the next waits for nextBulkTurn. */
+  private bulkTurnTaken = false;
+  /** The bulk socket is paused: its queue reached TCP_BULK_RX_QUEUE (a peer beyond its window). */
   private bulkPaused = false;
-  private readonly resumeBulk = (): void => {
-    this.bulkPaused = false;
-    if (!this.closed) this.bulk.resume();
+  private readonly nextBulkTurn = (): void => {
+    this.bulkTurnTaken = false;
+    if (this.closed || this.bulkRxQ.length === 0) return;
+    const chunk = this.bulkRxQ.shift()!;
+    this.bulkRxQBytes -= chunk.length;
+    if (this.bulkPaused && this.bulkRxQBytes <= TCP_BULK_RX_QUEUE / 2) {
+      this.bulkPaused = false;
+      this.bulk.resume();
+    }
+    this.takeBulkTurn(chunk);
   };
   /** Why the connection went down (null while up). */
   closeReason: string | null = null;
@@ -267,16 +302,7 @@ export class TcpLink implements Link {
     socket.setNoDelay(true);
     bulk.setNoDelay(true);
     socket.on("data", (chunk: Buffer) => this.onData(this.mainRx, chunk));
-    bulk.on("data", (chunk: Buffer) => {
-      this.onData(this.bulkRx, chunk);
-      // One chunk of bulk per turn of the event loop: the main connection's frames, ready in
-      // the same turn, are read before the next one (not after the whole window).
-      if (!this.closed && !this.bulkPaused) {
-        this.bulkPaused = true;
-        bulk.pause();
-        setImmediate(this.resumeBulk);
-      }
-    });
+    bulk.on("data", (chunk: Buffer) => this.onBulkChunk(chunk));
     socket.on("drain", () => {
       if (this.refused && !this.closed) {
         this.refused = false;
@@ -289,6 +315,8 @@ export class TcpLink implements Link {
     ] as const) {
       sock.on("error", (e: Error) => this.shutdown(`socket error (${name} connection): ${e.message}`, false));
       sock.on("end", () => {
+        if (sock === bulk) this.drainBulkRx();
+        if (this.closed) return;
         r.ended = true;
         if (r.midFrame) this.drop(`truncated frame at the close of the ${name} connection`);
         // After a goodbye, the bulk sent before it is read until the bulk connection ends.
@@ -306,6 +334,42 @@ export class TcpLink implements Link {
       this.started = true;
       if (!this.held) this.start();
     });
+  }
+
+  /** A chunk from the bulk socket: parsed now if this turn has had none, else queued for the next. */
+  private onBulkChunk(chunk: Buffer): void {
+    if (this.closed) return;
+    if (!this.bulkTurnTaken && this.bulkRxQ.length === 0) {
+      this.takeBulkTurn(chunk);
+      return;
+    }
+    this.bulkRxQ.push(chunk);
+    this.bulkRxQBytes += chunk.length;
+    // A peer keeps to its window, which is far below the bound; one that does not waits in the kernel.
+    if (this.bulkRxQBytes >= TCP_BULK_RX_QUEUE && !this.bulkPaused) {
+      this.bulkPaused = true;
+      this.bulk.pause();
+    }
+  }
+
+  private takeBulkTurn(chunk: Buffer): void {
+    this.bulkTurnTaken = true;
+    setImmediate(this.nextBulkTurn);
+    this.onData(this.bulkRx, chunk);
+  }
+
+  /** Received bulk bytes waiting for their turn to be parsed (TCP_BULK_RX_QUEUE bounds them). */
+  get bulkRxQueued(): number {
+    return this.bulkRxQBytes;
+  }
+
+  /** Parses every queued bulk chunk now (the bulk connection ended: nothing may be left behind). */
+  private drainBulkRx(): void {
+    while (this.bulkRxQ.length > 0 && !this.closed) {
+      const chunk = this.bulkRxQ.shift()!;
+      this.bulkRxQBytes -= chunk.length;
+      this.onData(this.bulkRx, chunk);
+    }
   }
 
   private start(): void {
@@ -568,6 +632,20 @@ export class TcpLink implements Link {
    * frame that lies whole in the chunk is handed over where it lies (no copy).
    */
   private onData(r: FrameReader, chunk: Buffer): void {
+    if (this.corked || this.closed) {
+      this.parse(r, chunk);
+      return;
+    }
+    // What the NIC sends in answer to these frames, and the credit, leave in one write per connection.
+    this.cork();
+    try {
+      this.parse(r, chunk);
+    } finally {
+      this.uncork();
+    }
+  }
+
+  private parse(r: FrameReader, chunk: Buffer): void {
     const bulkLane = r.lane === LANE_BULK;
     // Nothing counts on the main connection after the goodbye.
     if (this.goodbye && !bulkLane) return;
@@ -675,10 +753,6 @@ export class TcpLink implements Link {
   }
 
   private sendCredit(): void {
-    if (this.creditTimer !== null) {
-      clearTimeout(this.creditTimer);
-      this.creditTimer = null;
-    }
     this.rxCredited = this.rxBulk;
     this.creditBuf.writeUInt32LE(CREDIT_PREFIX, 0);
     this.creditBuf.writeInt32LE(this.rxBulk, 4);
