@@ -131,6 +131,41 @@ test("bulk far beyond the receiver's window waits in the kernel, not in the rece
   }
 });
 
+test("a peer that sends probes and reads nothing gets no answers past the write mark: nothing piles up for it", async () => {
+  const hwm = 64 * 1024;
+  const accepted: TcpLink[] = [];
+  const server = await listenTcpLinks({
+    nicId: 1,
+    key: KEY,
+    port: 0,
+    host: HOST,
+    log,
+    highWaterMark: hwm,
+    onLink: (l) => accepted.push(l),
+  });
+  const c = await connectTcpLink({ nicId: 2, host: HOST, port: server.port, key: KEY, log });
+  try {
+    await until(() => accepted.length === 1, "the accepted link");
+    const s = accepted[0];
+    s.onFrame(() => {});
+    // The peer reads nothing from here on and sends 3 million probes (length prefix 2, a token).
+    sock(c).pause();
+    const probes = 3 << 20;
+    const wire = Buffer.alloc(8 * probes);
+    for (let i = 0; i < probes; i++) wire.writeUInt32LE(2, 8 * i);
+    const read0 = sock(s).bytesRead;
+    sock(c).write(wire);
+    await until(() => sock(s).bytesRead - read0 >= wire.length, "every probe read", 60_000);
+    // What the kernel did not take waits in the link's write buffer: the mark and a little, not 24 MB.
+    const queued = sock(s).writableLength;
+    assert.ok(queued <= 2 * hwm, `${queued} bytes of answers waiting for a peer that reads nothing`);
+    assert.ok(!s.isClosed);
+  } finally {
+    c.close();
+    await server.close();
+  }
+});
+
 test("bulk back-pressure: send() refuses once the queue holds its mark, onWritable comes when credits drain it", async () => {
   const { server, c, s } = await linked(64 * 1024, 256 * 1024);
   try {

@@ -12,6 +12,7 @@ import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import net from "node:net";
 import { test } from "node:test";
+import { Worker } from "node:worker_threads";
 import { FRAME_HEADER_BYTES, FrameType } from "../src/nic/frame.js";
 import { Handshake, LANE_BULK, LANE_MAIN } from "../src/nic/tcp-handshake.js";
 import { type TcpLink, tcpLinkStats } from "../src/nic/tcp-link.js";
@@ -172,6 +173,67 @@ test("a goodbye after bulk: the bulk sent before it is delivered, then the link 
     assert.equal(s.closeReason, "detached by the peer");
     assert.equal(bulk, 8, "every bulk frame sent before the goodbye");
   } finally {
+    await server.close();
+  }
+});
+
+test("a goodbye read after the bulk connection's end still counts: the peer left on purpose", async () => {
+  // The peer (a thread of its own) writes its last 64 KiB of bulk, then the goodbye on the main
+  // connection, then ends the bulk connection and the main one, while this side's thread is
+  // busy: all of it is read in one turn, and a full read of bulk goes on to the bulk's end
+  // before the main connection is looked at. A goodbye taken for a crash makes a dialer
+  // reconnect to a peer that left on purpose.
+  const { server, accepted } = await listenAccepting();
+  const payload = 32 * 1024 - 4 - FRAME_HEADER_BYTES; // two frames, 64 KiB on the wire: one full read
+  const bulk = Buffer.concat([wire(FrameType.PullReply, payload), wire(FrameType.PullReply, payload)]);
+  const peer = new Worker(
+    `const { workerData, parentPort } = require("node:worker_threads");
+    const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+    (async () => {
+      const { connectTcpLink } = await import(workerData.setup);
+      const c = await connectTcpLink({ nicId: 2, host: "127.0.0.1", port: workerData.port, key: Buffer.from(workerData.key), log: () => {} });
+      parentPort.postMessage("ready");
+      parentPort.once("message", async () => {
+        c.bulk.write(Buffer.from(workerData.bulk));
+        await sleep(20);
+        c.socket.write(Buffer.alloc(4));
+        await sleep(20);
+        c.bulk.end();
+        await sleep(20);
+        c.socket.end();
+        await sleep(100);
+        parentPort.postMessage("done");
+      });
+    })();`,
+    {
+      eval: true,
+      workerData: {
+        setup: new URL("../src/nic/tcp-link-setup.js", import.meta.url).href,
+        port: server.port,
+        key: KEY,
+        bulk,
+      },
+    },
+  );
+  try {
+    const next = () => new Promise((r) => peer.once("message", r));
+    await next();
+    await until(() => accepted.length === 1, "the link");
+    const s = accepted[0];
+    let frames = 0;
+    s.onFrame(() => frames++);
+    await new Promise((r) => setTimeout(r, 20));
+    const done = next();
+    peer.postMessage("go");
+    const busyUntil = performance.now() + 150;
+    while (performance.now() < busyUntil);
+    await until(() => s.isClosed, "the link closed", 10_000);
+    assert.equal(frames, 2, "the bulk sent before the goodbye");
+    assert.equal(s.closeReason, "detached by the peer");
+    assert.equal(s.goodbye, true);
+    await done;
+  } finally {
+    await peer.terminate();
     await server.close();
   }
 });

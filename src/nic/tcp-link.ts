@@ -15,7 +15,9 @@
  * purpose (detachLink): the receiving side reads the bulk sent before it (until the bulk
  * connection ends, a second at most) and then does not try to reconnect. A link that ends
  * without one (the peer NIC was stopped or crashed, the network failed, a stream fault) is
- * retried by the side that connected (tcp-attach.ts).
+ * retried by the side that connected (tcp-attach.ts). The goodbye and the bulk connection's
+ * end travel on different connections, so a bulk connection that ends first leaves the link up
+ * for BULK_END_GRACE_MS, for the goodbye to be read.
  *
  * Lent frames (Link.lend): the link owns a few FRAME_MAX buffers with room for the length
  * prefix before the frame; a frame built in one is written where it lies and the buffer comes
@@ -132,6 +134,12 @@ const CREDIT_EVERY = 256 * 1024;
  * timer armed and cleared per credit showed in the receiving NIC's profile).
  */
 const CREDIT_DELAY_MS = 1;
+/**
+ * A bulk connection that ends without a goodbye leaves the link up this long for the goodbye,
+ * which the peer wrote on the main connection before it ended the bulk one (two connections: one
+ * may be read before the other). A peer that crashed ends both, and is taken for lost at once.
+ */
+const BULK_END_GRACE_MS = 250;
 /** Connect plus handshake allowed to a connecting side (unless its options say). */
 export const TCP_HANDSHAKE_TIMEOUT_MS = 5000;
 /** An accepted socket must finish the handshake this soon after accept. */
@@ -232,6 +240,8 @@ export class TcpLink implements Link {
   private rxCredited = 0;
   /** Received bulk bytes that call for a credit (CREDIT_EVERY, or half this link's window). */
   private readonly creditEvery: number;
+  /** Armed while a bulk connection that ended without a goodbye waits for one (BULK_END_GRACE_MS). */
+  private bulkEndTimer: ReturnType<typeof setTimeout> | null = null;
   /** Armed while received bulk waits for its credit (CREDIT_DELAY_MS). */
   private creditTimer: ReturnType<typeof setTimeout> | null = null;
   private readonly flushCredit = (): void => {
@@ -322,10 +332,19 @@ export class TcpLink implements Link {
         // After a goodbye, the bulk sent before it is read until the bulk connection ends.
         else if (this.goodbye) {
           if (this.bulkRx.ended) this.shutdown("detached by the peer", false);
+        } else if (sock === bulk && !this.mainRx.ended && !socket.destroyed) {
+          // A peer that closes on purpose writes its goodbye on the main connection before it
+          // ends the bulk one, but the two race: read in one turn, the bulk's end can come
+          // first. The goodbye gets a moment before the link is taken for lost.
+          this.bulkEndTimer = setTimeout(
+            () => this.shutdown("closed by the peer (bulk connection)", false),
+            BULK_END_GRACE_MS,
+          );
         } else this.shutdown(`closed by the peer (${name} connection)`, false);
       });
       sock.on("close", () => {
         if (this.goodbye && !this.bulkRx.ended && sock === socket) return;
+        if (sock === bulk && this.bulkEndTimer !== null) return;
         this.shutdown("connection closed", false);
       });
     }
@@ -421,8 +440,13 @@ export class TcpLink implements Link {
     this.shutdown(reason, false);
   }
 
+  /**
+   * Writes a probe or its answer. Not while the main connection's write buffer is above the
+   * mark: a peer that sends probes and reads nothing would have its answers pile up here without
+   * bound; it gets none, as a peer that does not read should (a probe of ours then says false).
+   */
   private writeControl(prefix: number, value: number): void {
-    if (this.closed || this.socket.destroyed) return;
+    if (this.closed || this.socket.destroyed || this.socket.writableLength >= this.hwm) return;
     const b = Buffer.allocUnsafe(8);
     b.writeUInt32LE(prefix, 0);
     b.writeInt32LE(value, 4);
@@ -436,6 +460,8 @@ export class TcpLink implements Link {
     const n = type >= 0 ? FRAME_HEADER_BYTES + getWord(frame, F_LENGTH) : frame.length;
     const bulk = type === FrameType.PullReply && n > FRAME_HEADER_BYTES;
     if (bulk) {
+      // The peer ended the bulk connection (and our side of it ends too): nothing more goes there.
+      if (this.bulkRx.ended) return false;
       if (this.bulkQueued >= this.bulkQueueMark) {
         this.refusedBulk = true;
         return false;
@@ -474,7 +500,7 @@ export class TcpLink implements Link {
   }
 
   takesPullData(): boolean {
-    if (this.closed) return false;
+    if (this.closed || this.bulkRx.ended) return false;
     if (this.bulkQueued < this.bulkQueueMark) return true;
     this.refusedBulk = true;
     return false;
@@ -504,6 +530,7 @@ export class TcpLink implements Link {
 
   /** Writes queued bulk while the window allows; tells a refused sender when it may go on. */
   private pumpBulk(): void {
+    if (this.bulkRx.ended) return;
     const q = this.bulkQ;
     const stores = this.bulkQStore;
     while (this.bulkQHead < q.length && this.bulkInFlight < this.bulkWindow) {
@@ -594,6 +621,9 @@ export class TcpLink implements Link {
     if (this.closed) return;
     this.closed = true;
     if (this.creditTimer !== null) clearTimeout(this.creditTimer);
+    if (this.bulkEndTimer !== null) clearTimeout(this.bulkEndTimer);
+    this.bulkRxQ.length = 0;
+    this.bulkRxQBytes = 0;
     this.closeReason = reason;
     this.frameCb = null;
     this.writableCb = null;
