@@ -181,7 +181,9 @@ test("a key holder linking under more NIC ids than its address's share gets the 
 test("the NIC's total bound (an option), over addresses and for the links it dials; the same peer relinks", async () => {
   const { nic, logs, port, links } = await listener(11, { maxLinks: 4, maxLinksPerAddress: 2 });
   const a = await linkAll("127.0.0.2", port, [7001, 7002, 7003]);
-  assert.deepEqual(a.refused, [7003], "the address's share (2)");
+  // Dialled at once: which two get the places is the order their handshakes finish in.
+  assert.equal(a.refused.length, 1, "the address's share (2)");
+  assert.deepEqual([...a.kept.map((l) => l.nicId), ...a.refused].sort(), [7001, 7002, 7003]);
   const b = await linkAll("127.0.0.3", port, [7101, 7102]);
   assert.deepEqual(b.refused, [], "another address has its own share");
   const c = await linkAll("127.0.0.4", port, [7201]);
@@ -203,9 +205,10 @@ test("the NIC's total bound (an option), over addresses and for the links it dia
   assert.equal(nic.counters().global.links_refused, 3);
 
   // A peer whose link dropped keeps its place: it relinks though the NIC is full.
-  a.kept[0].abort("a network blip");
-  await until(() => !links().includes(7001), "the link dropped");
-  const back = await linkAll("127.0.0.2", port, [7001]);
+  const blip = a.kept[0];
+  blip.abort("a network blip");
+  await until(() => !links().includes(blip.nicId), "the link dropped");
+  const back = await linkAll("127.0.0.2", port, [blip.nicId]);
   assert.deepEqual(back.refused, []);
   assert.equal(links().length, 4);
 
