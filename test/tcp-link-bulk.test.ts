@@ -36,7 +36,8 @@ const frame = linkFrame;
 const sock = (l: TcpLink) => (l as unknown as { socket: net.Socket }).socket;
 const bulkSock = (l: TcpLink) => (l as unknown as { bulk: net.Socket }).bulk;
 
-async function linked(bulkWindow: number, bulkQueue?: number) {
+/** A link from NIC 2 (c, with `bulkWindow` and `bulkQueue`) to NIC 1 (s, its write mark `listenerHwm` if given). */
+async function linked(bulkWindow: number, bulkQueue?: number, listenerHwm?: number) {
   const accepted: TcpLink[] = [];
   const server = await listenTcpLinks({
     nicId: 1,
@@ -44,6 +45,7 @@ async function linked(bulkWindow: number, bulkQueue?: number) {
     port: 0,
     host: HOST,
     log,
+    highWaterMark: listenerHwm,
     onLink: (l) => accepted.push(l),
   });
   const c = await connectTcpLink({
@@ -133,20 +135,8 @@ test("bulk far beyond the receiver's window waits in the kernel, not in the rece
 
 test("a peer that sends probes and reads nothing gets no answers past the write mark: nothing piles up for it", async () => {
   const hwm = 64 * 1024;
-  const accepted: TcpLink[] = [];
-  const server = await listenTcpLinks({
-    nicId: 1,
-    key: KEY,
-    port: 0,
-    host: HOST,
-    log,
-    highWaterMark: hwm,
-    onLink: (l) => accepted.push(l),
-  });
-  const c = await connectTcpLink({ nicId: 2, host: HOST, port: server.port, key: KEY, log });
+  const { server, c, s } = await linked(256 * 1024, undefined, hwm);
   try {
-    await until(() => accepted.length === 1, "the accepted link");
-    const s = accepted[0];
     s.onFrame(() => {});
     // The peer reads nothing from here on and sends 3 million probes (length prefix 2, a token).
     sock(c).pause();
