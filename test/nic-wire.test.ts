@@ -2278,3 +2278,115 @@ test("a window larger than 1024 SENDs, acknowledged while the link back pushes b
     b.stop();
   }
 });
+
+test("pull data taken in pieces: each frame is checked and counted once, and once its region is deregistered nothing more lands there", async () => {
+  // A PULL_REPLY longer than a socket read reaches the NIC in pieces (Link.onPullData), each
+  // placed as it comes. The region may go between two of them: what comes after must not
+  // land in memory the owner took back (which it may have handed on).
+  const LEN = 3 * SEND_MAX;
+  const fake = await FakePeer.start(17);
+  const a = Owner.open(ctl1, "a");
+  try {
+    await fake.attach(nic1);
+    await until(() => fake.links.length === 1, "the fake's link");
+    const mem = new SharedArrayBuffer(LEN);
+    const dst = a.register(mem, Access.LocalWrite);
+    const c0 = nic1.counters().global;
+    a.post(
+      pullDesc({
+        cookie: 1,
+        nic: 17,
+        src: { id: 3, session: 33 },
+        region: { regionId: 5, key: 6 },
+        dst,
+        length: LEN,
+      }),
+    );
+    await until(() => fake.framesOf(FrameType.PullRequest).length === 1, "the PULL_REQUEST");
+    const id = getWord(fake.framesOf(FrameType.PullRequest)[0], F_COOKIE);
+    const data = new Uint8Array(LEN);
+    for (let i = 0; i < LEN; i++) data[i] = ((i * 7) % 251) + 1;
+    const words = (over: Record<number, number>) => ({
+      [F_SRC_ENDPOINT]: 3,
+      [F_SRC_SESSION]: 33,
+      [F_DEST_ENDPOINT]: a.id,
+      [F_DEST_SESSION]: a.session,
+      [F_COOKIE]: id,
+      [F_PULL_OFFSET]: 0,
+      [F_PULL_LENGTH]: LEN,
+      ...over,
+    });
+    const reply = (over: Record<number, number>, from: number) =>
+      fake.send(FrameType.PullReply, 1, words(over), data.subarray(from, from + SEND_MAX));
+
+    // Garbage as long as a full reply (so it too comes in pieces): each counted once, none placed.
+    const garbage: Record<number, number>[] = [
+      { [F_COOKIE]: id ^ 0x100 },
+      { [F_DEST_ENDPOINT]: a.id + 1 },
+      { [F_DEST_SESSION]: a.session ^ 1 },
+      { [F_PULL_LENGTH]: LEN + 1 },
+      { [F_PULL_OFFSET]: SEND_MAX },
+      { [F_STATUS]: MxStatus.BAD_KEY },
+    ];
+    for (const g of garbage) reply(g, 0);
+    await until(
+      () => nic1.counters().global.pull_replies_bad - c0.pull_replies_bad === garbage.length,
+      "the garbage counted",
+    );
+    assert.ok(
+      new Uint8Array(mem).every((b) => b === 0),
+      "nothing placed",
+    );
+
+    // The first third, sent whole: placed.
+    reply({}, 0);
+    await until(() => new Uint8Array(mem)[SEND_MAX - 1] !== 0, "the first third placed");
+
+    // The second third written by hand: its header and 1,000 bytes, then the rest later.
+    const f = new Uint8Array(FRAME_HEADER_BYTES + SEND_MAX);
+    initFrame(f, FrameType.PullReply, SEND_MAX);
+    setWord(f, F_SRC_NIC, 17);
+    setWord(f, F_DEST_NIC, 1);
+    for (const [w, v] of Object.entries(words({ [F_PULL_OFFSET]: SEND_MAX }))) setWord(f, Number(w), v);
+    f.set(data.subarray(SEND_MAX, 2 * SEND_MAX), FRAME_HEADER_BYTES);
+    const bytes = Buffer.alloc(4 + f.length);
+    bytes.writeUInt32LE(f.length, 0);
+    bytes.set(f, 4);
+    const link = fake.link as unknown as { bulk: net.Socket; bulkInFlight: number };
+    link.bulkInFlight += bytes.length; // what the fake's link counts on the way, so the credits match
+    const head = 4 + FRAME_HEADER_BYTES + 1000;
+    link.bulk.write(bytes.subarray(0, head));
+    const placed = new Uint8Array(mem, SEND_MAX, 1000);
+    await until(() => placed[999] !== 0, "the first piece placed before its frame is whole");
+    assert.deepEqual(placed, data.subarray(SEND_MAX, SEND_MAX + 1000));
+
+    // The owner takes its memory back; then the rest of the frame comes.
+    a.deregister(dst.regionId);
+    link.bulk.write(bytes.subarray(head));
+    const e = await a.nextEvent(5000, "the pull's end");
+    expectEvent(e, EventType.PullDone, MxStatus.ABORTED, "its region went");
+    await until(
+      () => fake.framesOf(FrameType.PullRequest).some((r) => getWord(r, F_STATUS) !== 0),
+      "the peer told to stop",
+    );
+    // Give the link time to hand over every byte it read, then look.
+    await sleep(50);
+    assert.ok(
+      new Uint8Array(mem, SEND_MAX + 1000).every((b) => b === 0),
+      "nothing placed after the deregistration",
+    );
+    const c1 = nic1.counters().global;
+    assert.equal(
+      c1.pull_replies_rx - c0.pull_replies_rx,
+      garbage.length + 2,
+      "each frame counted once, not per piece",
+    );
+    assert.equal(c1.pull_replies_bad - c0.pull_replies_bad, garbage.length);
+    assert.equal(c1.remote_pull_bytes - c0.remote_pull_bytes, SEND_MAX + 1000);
+    assert.equal(c1.internal_errors, 0);
+    assert.ok(!link.bulk.destroyed, "the link stays up");
+  } finally {
+    await fake.detach(nic1);
+    a.close();
+  }
+});

@@ -23,7 +23,7 @@ import {
 import { TCP_BULK_RX_QUEUE, type TcpLink, tcpLinkStats } from "../src/nic/tcp-link.js";
 import { connectTcpLink, listenTcpLinks } from "../src/nic/tcp-link-setup.js";
 import { SEND_MAX } from "../src/nic/window.js";
-import { linkFrame } from "./helpers/link-frames.js";
+import { linkFrame, onWire } from "./helpers/link-frames.js";
 import { until } from "./helpers/until.js";
 
 const KEY = randomBytes(32);
@@ -305,3 +305,119 @@ for (const [bound, start] of [
       await server.close();
     }
   });
+
+/** Collects a receiver's bulk frames as onFrame and onPullData hand them over, in order. */
+function pullDataSink(s: TcpLink) {
+  const frames: { offset: number; payload: Buffer; pieces: number }[] = [];
+  const faults: string[] = [];
+  let cur: { head: Buffer; parts: Buffer[]; next: number } | null = null;
+  s.onFrame((f) => {
+    if (cur !== null) faults.push("a whole frame between the pieces of another");
+    frames.push({
+      offset: getWord(f, F_PULL_OFFSET),
+      payload: Buffer.from(f.subarray(FRAME_HEADER_BYTES)),
+      pieces: 0,
+    });
+  });
+  s.onPullData((head, piece, at, total) => {
+    if (head.length !== FRAME_HEADER_BYTES) faults.push(`a head of ${head.length} bytes`);
+    if (cur === null) {
+      if (at !== 0) faults.push(`a frame's first piece at ${at}`);
+      cur = { head: Buffer.from(head), parts: [], next: 0 };
+    }
+    if (at !== cur.next) faults.push(`a piece at ${at}, ${cur.next} expected`);
+    if (!cur.head.equals(head)) faults.push("the head changed between pieces");
+    if (piece.length === 0) faults.push("an empty piece");
+    cur.parts.push(Buffer.from(piece));
+    cur.next = at + piece.length;
+    if (cur.next > total) faults.push(`pieces past the frame's ${total} bytes`);
+    if (cur.next >= total) {
+      frames.push({
+        offset: getWord(cur.head, F_PULL_OFFSET),
+        payload: Buffer.concat(cur.parts),
+        pieces: cur.parts.length,
+      });
+      cur = null;
+    }
+  });
+  return { frames, faults, midFrame: () => cur !== null };
+}
+
+test("pull data longer than a read comes to onPullData in pieces where it lies, in order, byte for byte; the credits count it", async () => {
+  // A 256 KiB window: 4 MiB cross only if the frames taken in pieces are credited too.
+  const { server, c, s } = await linked(256 * 1024, 8 << 20);
+  try {
+    const sink = pullDataSink(s);
+    const sizes = [SEND_MAX, 100, SEND_MAX - 7, 65_000, 3, SEND_MAX - FRAME_HEADER_BYTES - 4, 40_000];
+    const sent: Buffer[] = [];
+    for (let i = 0, bytes = 0; bytes < 4 << 20; i++) {
+      const n = sizes[i % sizes.length];
+      const f = frame(FrameType.PullReply, n, i);
+      f.set(randomBytes(n), FRAME_HEADER_BYTES);
+      sent.push(Buffer.from(f.subarray(FRAME_HEADER_BYTES)));
+      assert.ok(c.send(f), `frame ${i} queued`);
+      bytes += n;
+    }
+    await until(() => sink.frames.length === sent.length, "every frame", 30_000);
+    assert.deepEqual(sink.faults, []);
+    assert.deepEqual(
+      sink.frames.map((f) => f.offset),
+      sent.map((_, i) => i),
+      "in order",
+    );
+    for (let i = 0; i < sent.length; i++)
+      assert.ok(sink.frames[i].payload.equals(sent[i]), `frame ${i} byte for byte`);
+    // A read is 64 KiB at most, so a full frame never lies whole in one.
+    for (let i = 0; i < sent.length; i++)
+      if (sent[i].length === SEND_MAX) assert.ok(sink.frames[i].pieces >= 2, `frame ${i} came in pieces`);
+  } finally {
+    c.close();
+    await server.close();
+  }
+});
+
+test("a bulk frame's header split across reads: nothing is handed over until it is whole, then each read's payload as it comes", async () => {
+  const { server, c, s } = await linked(1 << 20);
+  try {
+    const sink = pullDataSink(s);
+    const pieces: [number, number][] = [];
+    const onPiece = (
+      s as unknown as { pullDataCb: (h: Uint8Array, p: Uint8Array, at: number, t: number) => void }
+    ).pullDataCb;
+    s.onPullData((h, p, at, t) => {
+      pieces.push([at, p.length]);
+      onPiece(h, p, at, t);
+    });
+    const f = frame(FrameType.PullReply, 5000, 7);
+    f.set(randomBytes(5000), FRAME_HEADER_BYTES);
+    const bytes = onWire(f);
+    // Written by hand, a slice at a time (the sender's link counts them on the way, so the credits match).
+    (c as unknown as { bulkInFlight: number }).bulkInFlight += bytes.length;
+    const slices = [4 + 30, 4 + FRAME_HEADER_BYTES + 1000, 4 + FRAME_HEADER_BYTES + 3000, bytes.length];
+    let from = 0;
+    for (const [k, to] of slices.entries()) {
+      bulkSock(c).write(bytes.subarray(from, to));
+      from = to;
+      if (k === 0) {
+        // Half a header: nothing to hand over, however long it waits.
+        await new Promise((r) => setTimeout(r, 50));
+        assert.equal(pieces.length, 0);
+      } else {
+        await until(() => pieces.length === k, `the piece of slice ${k}`);
+      }
+    }
+    assert.deepEqual(pieces, [
+      [0, 1000],
+      [1000, 2000],
+      [3000, 2000],
+    ]);
+    assert.deepEqual(sink.faults, []);
+    assert.equal(sink.frames.length, 1);
+    assert.equal(sink.frames[0].offset, 7);
+    assert.ok(sink.frames[0].payload.equals(Buffer.from(f.subarray(FRAME_HEADER_BYTES))));
+    assert.ok(!s.isClosed && !c.isClosed, "the link stays up (the credit matched)");
+  } finally {
+    c.close();
+    await server.close();
+  }
+});

@@ -13,10 +13,11 @@ import { randomBytes } from "node:crypto";
 import net from "node:net";
 import { test } from "node:test";
 import { Worker } from "node:worker_threads";
-import { FRAME_HEADER_BYTES, FrameType } from "../src/nic/frame.js";
+import { F_LENGTH, FRAME_HEADER_BYTES, FrameType } from "../src/nic/frame.js";
 import { Handshake, LANE_BULK, LANE_MAIN } from "../src/nic/tcp-handshake.js";
 import { type TcpLink, tcpLinkStats } from "../src/nic/tcp-link.js";
 import { connectTcpLink, listenTcpLinks } from "../src/nic/tcp-link-setup.js";
+import { SEND_MAX } from "../src/nic/window.js";
 import { linkFrame, onWire } from "./helpers/link-frames.js";
 import { until } from "./helpers/until.js";
 
@@ -132,6 +133,37 @@ test("garbage on either connection after the handshake drops the link and is cou
       (l) => (l as unknown as { bulk: net.Socket }).bulk.end(wire(FrameType.PullReply, 64).subarray(0, 30)),
       /truncated frame at the close of the bulk connection/,
     ],
+    // Frames longer than a read, whose header the link checks before their payload has come
+    // (they would go to onPullData in pieces).
+    [
+      "a SEND longer than a read on the bulk connection",
+      (l) => (l as unknown as { bulk: net.Socket }).bulk.write(wire(FrameType.Send, SEND_MAX)),
+      /a frame of type \d+ on the bulk connection/,
+    ],
+    [
+      "pull data longer than a read whose header claims more than its frame",
+      (l) => {
+        const w = wire(FrameType.PullReply, SEND_MAX - 1);
+        w.writeUInt32LE(SEND_MAX, 4 + 4 * F_LENGTH);
+        (l as unknown as { bulk: net.Socket }).bulk.write(w);
+      },
+      /checkFrame refuses/,
+    ],
+    [
+      "pull data longer than a read with a bad magic",
+      (l) => {
+        const w = wire(FrameType.PullReply, SEND_MAX);
+        w.writeUInt32LE(0xdeadbeef, 4);
+        (l as unknown as { bulk: net.Socket }).bulk.write(w);
+      },
+      /checkFrame refuses/,
+    ],
+    [
+      "a frame cut off in its header by the bulk connection's end",
+      (l) =>
+        (l as unknown as { bulk: net.Socket }).bulk.end(wire(FrameType.PullReply, SEND_MAX).subarray(0, 30)),
+      /truncated frame at the close of the bulk connection/,
+    ],
   ];
   try {
     for (const [what, attack, reason] of cases) {
@@ -142,11 +174,12 @@ test("garbage on either connection after the handshake drops the link and is cou
       const s = accepted[n];
       let frames = 0;
       s.onFrame(() => frames++);
+      s.onPullData(() => frames++);
       attack(c);
       await until(() => s.isClosed, `${what}: the link dropped`);
       assert.equal(tcpLinkStats.connectionsDropped, dropped0 + 1, `${what}: counted`);
       assert.match(s.closeReason ?? "", reason, what);
-      assert.equal(frames, 0, `${what}: nothing was delivered`);
+      assert.equal(frames, 0, `${what}: nothing was delivered, whole or in pieces`);
       await until(() => c.isClosed, `${what}: the other end sees the link go`);
       assert.equal(c.goodbye, false, `${what}: not a goodbye (the dialer reconnects)`);
     }

@@ -237,13 +237,14 @@ export function setFrameDest(frame: Uint8Array, nic: number, endpoint: number, s
 
 /**
  * The frame's type if its header is well formed (magic, version, a payload that fits both
- * SEND_MAX and the bytes present), else -1.
+ * SEND_MAX and the bytes present), else -1. `frameLength`: the whole frame's length where
+ * `frame` holds only its start (a link checking a header before the payload has come).
  */
-export function checkFrame(frame: Uint8Array): number {
+export function checkFrame(frame: Uint8Array, frameLength = frame.length): number {
   if (frame.length < FRAME_HEADER_BYTES) return -1;
   const m = getWord(frame, F_MAGIC);
   if (m >>> 16 !== FRAME_MAGIC || ((m >>> 8) & 0xff) !== FRAME_VERSION) return -1;
   const len = getWord(frame, F_LENGTH);
-  if (len > SEND_MAX || FRAME_HEADER_BYTES + len > frame.length) return -1;
+  if (len > SEND_MAX || FRAME_HEADER_BYTES + len > frameLength) return -1;
   return m & 0xff;
 }

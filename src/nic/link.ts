@@ -45,6 +45,17 @@ export interface Link {
    */
   onFrame(cb: (frame: Uint8Array) => void): void;
   /**
+   * Optional: pull data as it comes off the wire. A link that offers it hands a PULL_REPLY
+   * with a payload that does not lie whole in one read here, piece by piece, instead of to
+   * onFrame, which would have it wait for its last bytes and copy it together first (a
+   * receiving NIC places each piece where it goes). `head`: the frame's header
+   * (FRAME_HEADER_BYTES, checkFrame passed with the frame's length); `piece`: the payload's
+   * next bytes, from offset `at`; `total`: the payload's length as framed (the last piece
+   * ends there; the header's F_LENGTH may be less). Pieces come in order, without another
+   * frame of the same connection between them; both views are valid only during the call.
+   */
+  onPullData?(cb: (head: Uint8Array, piece: Uint8Array, at: number, total: number) => void): void;
+  /**
    * Optional write batching: frames sent between cork() and uncork() may leave in one write
    * (the NIC corks its links for each poll round). Calls come in pairs.
    */

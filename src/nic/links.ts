@@ -23,7 +23,7 @@ import { type Delivery, KEEPALIVE_MS } from "./delivery.js";
 import type { EndpointTable } from "./endpoints.js";
 import type { EtherService } from "./ether-service.js";
 import type { Events } from "./events.js";
-import { checkFrame, F_DEST_NIC, F_SRC_NIC, FrameType, getWord } from "./frame.js";
+import { checkFrame, F_DEST_NIC, F_SRC_NIC, FRAME_HEADER_BYTES, FrameType, getWord } from "./frame.js";
 import type { Link } from "./link.js";
 import { type LinkBound, LinkBoundError } from "./link-bound.js";
 import { ACK_HOLD_MS, LinkState, type LinkTable, UNREAD_MS, WIRE_ACTED, WIRE_WAITING } from "./link-state.js";
@@ -117,6 +117,7 @@ export class Links {
       info.state = "up";
     }
     link.onFrame((frame) => this.onFrame(ls, frame));
+    link.onPullData?.((head, piece, at, total) => this.onPullData(ls, head, piece, at, total));
     link.onWritable?.(() => {
       // It can take frames again: an unread link is tried again.
       ls.unread = false;
@@ -242,6 +243,37 @@ export class Links {
           default:
             this.c[NicCounter.frames_unknown]++;
         }
+      }
+    } catch {
+      this.c[NicCounter.internal_errors]++;
+    }
+    this.events.flushRaises();
+    this.kick();
+  }
+
+  /**
+   * A piece of a PULL_REPLY's payload (Link.onPullData), placed as it comes: the link checked
+   * the header's form, the addressing is checked here with every piece, the pull's own
+   * checks in remotePull. The frame counts once, with its first piece.
+   */
+  private onPullData(ls: LinkState, head: Uint8Array, piece: Uint8Array, at: number, total: number): void {
+    if (!ls.attached) return;
+    const now = this.clock.tick();
+    ls.lastRx = now;
+    ls.silentUntil = 0;
+    try {
+      if (
+        checkFrame(head, FRAME_HEADER_BYTES + total) !== FrameType.PullReply ||
+        getWord(head, F_DEST_NIC) !== this.nicId ||
+        getWord(head, F_SRC_NIC) !== ls.peerNic
+      ) {
+        if (at === 0) {
+          this.c[NicCounter.frames_rx]++;
+          this.c[NicCounter.frames_bad]++;
+        }
+      } else {
+        if (at === 0) this.c[NicCounter.frames_rx]++;
+        this.remotePull.rxPullData(ls, head, piece, at, total);
       }
     } catch {
       this.c[NicCounter.internal_errors]++;

@@ -4,7 +4,8 @@
  * Requester: a PULL descriptor with DFLAG_REMOTE names a pull right another NIC's endpoint
  * armed (window.ts). This NIC checks the destination region, takes a RemotePullTable slot
  * and sends a PULL_REQUEST (frame.ts); PULL_REPLY frames bring the bytes in order and are
- * written into the destination; the last one, an error reply, a lost link, WIRE_TIMEOUT_MS
+ * written into the destination (a long one piece by piece as the link reads it, rxPullData,
+ * the region looked up again for each piece); the last one, an error reply, a lost link, WIRE_TIMEOUT_MS
  * without progress or its deadline (window.ts pullDeadlineMs: however the replies trickle)
  * ends it with PULL_DONE. An endpoint has at most PULL_CREDITS pulls out across links (a
  * further one waits at the head of its own queue), and the table has room for every
@@ -362,7 +363,35 @@ export class RemotePull {
 
   /** A PULL_REPLY for one of our pulls: its bytes, in order, or the error that ends it. */
   rxPullReply(ls: LinkState, frame: Uint8Array): void {
-    this.c[NicCounter.pull_replies_rx]++;
+    const s = this.replyFor(ls, frame, true);
+    if (s < 0) return;
+    const n = getWord(frame, F_LENGTH);
+    if (n > 0 && !this.place(ls, s, frame, FRAME_HEADER_BYTES, n, 0)) return;
+    this.replied(ls, s, n);
+  }
+
+  /**
+   * A piece of a PULL_REPLY's payload as it comes off the link (Link.onPullData): `piece` is
+   * the payload from `at`, of `total` framed bytes. Each piece is checked as a whole frame
+   * would be and placed at once (the region is looked up again for each: it may have gone
+   * between two pieces); the reply counts, and the pull moves on, with the last piece.
+   */
+  rxPullData(ls: LinkState, head: Uint8Array, piece: Uint8Array, at: number, total: number): void {
+    const s = this.replyFor(ls, head, at === 0);
+    if (s < 0) return;
+    const n = getWord(head, F_LENGTH);
+    const end = Math.min(at + piece.length, n);
+    if (end > at && !this.place(ls, s, piece, 0, end - at, at)) return;
+    if (at + piece.length === total) this.replied(ls, s, n);
+  }
+
+  /**
+   * The pull a PULL_REPLY (its header) continues, or -1: not ours, out of order, or an error
+   * reply (which ends the pull here). `first`: the reply's first look (it counts, and ends a
+   * pull on an error); later pieces of the same reply are only matched again.
+   */
+  private replyFor(ls: LinkState, frame: Uint8Array, first: boolean): number {
+    if (first) this.c[NicCounter.pull_replies_rx]++;
     const rp = this.table;
     const s = rp.find(getWord(frame, F_COOKIE));
     if (
@@ -373,45 +402,61 @@ export class RemotePull {
       getWord(frame, F_SRC_ENDPOINT) !== rp.srcEp[s] ||
       getWord(frame, F_PULL_LENGTH) !== rp.len[s]
     ) {
-      this.c[NicCounter.pull_replies_bad]++;
-      return;
+      if (first) this.c[NicCounter.pull_replies_bad]++;
+      return -1;
     }
     const n = getWord(frame, F_LENGTH);
     const st = getWord(frame, F_STATUS);
     if (st !== MxStatus.SUCCESS) {
+      if (!first) return -1;
       if (n !== 0) {
         this.c[NicCounter.pull_replies_bad]++;
-        return;
+        return -1;
       }
       this.finish(s, st > MxStatus.NO_RESOURCES || st === MxStatus.PENDING ? MxStatus.ABORTED : st, null);
       this.unpark(ls);
-      return;
+      return -1;
     }
     const got = rp.got[s];
     const len = rp.len[s];
-    if (got === 0 && rp.seenAt[s] !== 0)
-      nicStamp(rp.nic[s], rp.srcEp[s], rp.traceSeq[s], NicTraceStage.PullData);
     // Replies come in order on a link: each must continue exactly where the last one ended.
     if (getWord(frame, F_PULL_OFFSET) !== got || n > len - got || (n === 0 && len !== 0)) {
-      this.c[NicCounter.pull_replies_bad]++;
-      return;
+      if (first) this.c[NicCounter.pull_replies_bad]++;
+      return -1;
     }
-    if (n > 0) {
-      const t = this.tpt;
-      // The destination may have been deregistered (or its endpoint closed) since the descriptor.
-      const dst = t.lookup(rp.dst[s]);
-      if (dst < 0 || t.owner[dst] !== rp.ep[s]) {
-        this.finish(s, MxStatus.ABORTED, ls);
-        this.unpark(ls);
-        return;
-      }
-      t.copyIn(frame, FRAME_HEADER_BYTES, n, dst, rp.dstOff[s] + got);
-      rp.got[s] = got + n;
-      this.c[NicCounter.remote_pull_bytes] += n;
-      this.c[this.eps.ctxs[rp.ep[s]].base + EndpointCounter.pull_bytes] += n;
+    if (first && got === 0 && rp.seenAt[s] !== 0)
+      nicStamp(rp.nic[s], rp.srcEp[s], rp.traceSeq[s], NicTraceStage.PullData);
+    return s;
+  }
+
+  /**
+   * Copies `n` bytes of pull `s`'s reply (from src at srcOff) to where its offset `at` in the
+   * reply goes, if the destination region is still its endpoint's; else the pull ends
+   * ABORTED (the peer is told to stop) and false.
+   */
+  private place(ls: LinkState, s: number, src: Uint8Array, srcOff: number, n: number, at: number): boolean {
+    const rp = this.table;
+    const t = this.tpt;
+    // The destination may have been deregistered (or its endpoint closed) since the descriptor.
+    const dst = t.lookup(rp.dst[s]);
+    if (dst < 0 || t.owner[dst] !== rp.ep[s]) {
+      this.finish(s, MxStatus.ABORTED, ls);
+      this.unpark(ls);
+      return false;
     }
+    t.copyIn(src, srcOff, n, dst, rp.dstOff[s] + rp.got[s] + at);
+    this.c[NicCounter.remote_pull_bytes] += n;
+    this.c[this.eps.ctxs[rp.ep[s]].base + EndpointCounter.pull_bytes] += n;
     rp.last[s] = this.clock.now;
-    if (rp.got[s] === len) {
+    return true;
+  }
+
+  /** Pull `s`'s reply of `n` bytes is in: the pull moves on, and ends if that was the rest. */
+  private replied(ls: LinkState, s: number, n: number): void {
+    const rp = this.table;
+    rp.got[s] += n;
+    rp.last[s] = this.clock.now;
+    if (rp.got[s] === rp.len[s]) {
       this.finish(s, MxStatus.SUCCESS, null);
       this.unpark(ls);
     }

@@ -31,7 +31,11 @@
  * onWritable fires on 'drain'. So the queued bytes stay below the mark plus one frame.
  * Receiving parses each chunk at once; a frame that lies whole in the chunk is handed over
  * where it lies, others are put together in one FRAME_MAX buffer per connection (TCP's own
- * flow control bounds the rest).
+ * flow control bounds the rest) — except pull data for a receiver that takes it in pieces
+ * (Link.onPullData, as the NIC does): its header is put together and checked, then each
+ * chunk's part of the payload is handed over where it lies. A read is 64 KiB at most, so a
+ * full 64 KiB reply never lies whole in one: putting it together was a second copy of every
+ * byte on the receiving NIC, the busiest thread of a cross-host stream.
  *
  * Two connections (issue 16). One TCP stream would make a small frame wait behind every byte
  * of pull data written before it (B's 8 B ping-pong beside A's 1 MiB stream: 3.8× slower). So
@@ -172,6 +176,22 @@ export function addressOf(socket: net.Socket): string {
 }
 
 const KNOWN_TYPES = new Set<number>(Object.values(FrameType));
+
+/**
+ * Why a frame of `type` (checkFrame's answer), `frameLen` bytes, may not come on the bulk
+ * connection (`bulkLane`) or the main one, or null: pull data (a PULL_REPLY with a payload)
+ * travels on the bulk connection and nothing else does.
+ */
+function laneFault(type: number, frameLen: number, bulkLane: boolean): string | null {
+  if (type < 0) return "a frame header checkFrame refuses (magic, version or length)";
+  if (!KNOWN_TYPES.has(type)) return `unknown frame type ${type}`;
+  const isBulk = type === FrameType.PullReply && frameLen > FRAME_HEADER_BYTES;
+  if (isBulk === bulkLane) return null;
+  return bulkLane
+    ? `a frame of type ${type} on the bulk connection (only pull data travels there)`
+    : "pull data on the main connection (it travels on the bulk connection)";
+}
+
 const EMPTY = Buffer.alloc(0);
 
 export interface TcpLinkOptions {
@@ -187,6 +207,8 @@ export interface TcpLinkOptions {
 /** One connection's receive state: the length prefix and the frame being put together. */
 class FrameReader {
   readonly rx = Buffer.alloc(FRAME_MAX);
+  /** The header of the frame being read in pieces (onPullData): the start of rx. */
+  readonly head = this.rx.subarray(0, FRAME_HEADER_BYTES);
   readonly lenBuf = Buffer.alloc(4);
   lenGot = 0;
   frameLen = -1;
@@ -210,6 +232,9 @@ export class TcpLink implements Link {
   private refused = false;
   private closed = false;
   private frameCb: ((frame: Uint8Array) => void) | null = null;
+  /** Bulk frames that do not lie whole in a read go here in pieces, if set (onPullData). */
+  private pullDataCb: ((head: Uint8Array, piece: Uint8Array, at: number, total: number) => void) | null =
+    null;
   private writableCb: (() => void) | null = null;
   private readonly closeCbs: ((reason: string, goodbye: boolean) => void)[] = [];
   private readonly hwm: number;
@@ -589,6 +614,10 @@ export class TcpLink implements Link {
     this.frameCb = cb;
   }
 
+  onPullData(cb: (head: Uint8Array, piece: Uint8Array, at: number, total: number) => void): void {
+    this.pullDataCb = cb;
+  }
+
   onWritable(cb: () => void): void {
     this.writableCb = cb;
   }
@@ -659,7 +688,8 @@ export class TcpLink implements Link {
   /**
    * Parses a chunk of connection `r`. The main connection carries every frame but pull data,
    * credits and the goodbye; the bulk connection only PULL_REPLY frames with a payload. A
-   * frame that lies whole in the chunk is handed over where it lies (no copy).
+   * frame that lies whole in the chunk is handed over where it lies (no copy), and so is each
+   * piece of pull data that does not, if onPullData takes it (pullDataPiece).
    */
   private onData(r: FrameReader, chunk: Buffer): void {
     if (this.corked || this.closed) {
@@ -720,6 +750,10 @@ export class TcpLink implements Link {
         r.frameLen = len;
         r.frameGot = 0;
       }
+      if (bulkLane && this.pullDataCb !== null && (r.frameGot > 0 || chunk.length - i < r.frameLen)) {
+        i = this.pullDataPiece(r, chunk, i);
+        continue;
+      }
       let frame: Buffer;
       if (r.frameGot === 0 && chunk.length - i >= r.frameLen) {
         frame = chunk.subarray(i, i + r.frameLen);
@@ -742,25 +776,12 @@ export class TcpLink implements Link {
         else this.probes.get(value)?.(true);
         continue;
       }
-      const type = checkFrame(frame);
-      if (type < 0) {
-        this.drop("a frame header checkFrame refuses (magic, version or length)");
+      const fault = laneFault(checkFrame(frame), frame.length, bulkLane);
+      if (fault !== null) {
+        this.drop(fault);
         return;
       }
-      if (!KNOWN_TYPES.has(type)) {
-        this.drop(`unknown frame type ${type}`);
-        return;
-      }
-      const isBulk = type === FrameType.PullReply && frame.length > FRAME_HEADER_BYTES;
-      if (isBulk !== bulkLane) {
-        this.drop(
-          bulkLane
-            ? `a frame of type ${type} on the bulk connection (only pull data travels there)`
-            : "pull data on the main connection (it travels on the bulk connection)",
-        );
-        return;
-      }
-      if (isBulk) this.rxBulk = (this.rxBulk + 4 + frame.length) | 0;
+      if (bulkLane) this.rxBulk = (this.rxBulk + 4 + frame.length) | 0;
       const cb = this.frameCb;
       if (!cb) {
         this.framesUnclaimed++;
@@ -780,6 +801,43 @@ export class TcpLink implements Link {
       if ((this.rxBulk - this.rxCredited) >>> 0 >= this.creditEvery) this.sendCredit();
       else if (this.creditTimer === null) this.creditTimer = setTimeout(this.flushCredit, CREDIT_DELAY_MS);
     }
+  }
+
+  /**
+   * Takes the part of bulk frame `r` that chunk holds from `i`, for onPullData: the header is
+   * gathered (and checked once whole), then the payload there is handed over where it lies.
+   * Returns where parsing goes on.
+   */
+  private pullDataPiece(r: FrameReader, chunk: Buffer, i: number): number {
+    if (r.frameGot < FRAME_HEADER_BYTES) {
+      const take = Math.min(FRAME_HEADER_BYTES - r.frameGot, chunk.length - i);
+      chunk.copy(r.rx, r.frameGot, i, i + take);
+      r.frameGot += take;
+      i += take;
+      if (r.frameGot < FRAME_HEADER_BYTES) return i;
+      const fault = laneFault(checkFrame(r.head, r.frameLen), r.frameLen, true);
+      if (fault !== null) {
+        this.drop(fault);
+        return chunk.length;
+      }
+    }
+    const take = Math.min(r.frameLen - r.frameGot, chunk.length - i);
+    if (take === 0) return i;
+    const at = r.frameGot - FRAME_HEADER_BYTES;
+    const total = r.frameLen - FRAME_HEADER_BYTES;
+    r.frameGot += take;
+    if (r.frameGot === r.frameLen) {
+      this.rxBulk = (this.rxBulk + 4 + r.frameLen) | 0;
+      r.frameLen = -1;
+    }
+    try {
+      this.pullDataCb!(r.head, chunk.subarray(i, i + take), at, total);
+    } catch (e) {
+      this.log(`tcp-link nic ${this.nicId}: pull data callback threw: ${(e as Error).message}`, {
+        peerNic: this.peerNic,
+      });
+    }
+    return i + take;
   }
 
   private sendCredit(): void {
