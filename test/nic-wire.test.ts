@@ -374,6 +374,40 @@ class FakePeer {
 }
 
 /**
+ * `owner` pulls `length` bytes into `dst` from endpoint 3 (session 33, region 5, key 6) behind
+ * the fake, which must have no other PULL_REQUEST yet. Resolves with the request the fake got
+ * and a way to answer it: a PULL_REPLY with those words, `over` replacing some, and `payload`.
+ */
+async function pullFromFake(fake: FakePeer, owner: Owner, dst: RegisterRegionReply, length: number) {
+  owner.post(
+    pullDesc({
+      cookie: 1,
+      nic: fake.nicId,
+      src: { id: 3, session: 33 },
+      region: { regionId: 5, key: 6 },
+      dst,
+      length,
+    }),
+  );
+  await until(() => fake.framesOf(FrameType.PullRequest).length === 1, "the PULL_REQUEST");
+  const req = fake.framesOf(FrameType.PullRequest)[0];
+  const id = getWord(req, F_COOKIE);
+  const reply = (over: Record<number, number>, payload?: Uint8Array) =>
+    fake.send(FrameType.PullReply, 1, replyWords(over), payload);
+  const replyWords = (over: Record<number, number>): Record<number, number> => ({
+    [F_SRC_ENDPOINT]: 3,
+    [F_SRC_SESSION]: 33,
+    [F_DEST_ENDPOINT]: owner.id,
+    [F_DEST_SESSION]: owner.session,
+    [F_COOKIE]: id,
+    [F_PULL_OFFSET]: 0,
+    [F_PULL_LENGTH]: length,
+    ...over,
+  });
+  return { req, id, reply, replyWords };
+}
+
+/**
  * `b` sends one SEND to the fake peer; resolves once it reached the peer or ended without
  * going out: its place among the SENDs the peer got, or -1.
  */
@@ -1740,19 +1774,7 @@ test("garbage from a peer (unknown ids, bad offsets, wrong lengths, bad Ethernet
     const c0 = nic1.counters().global;
 
     // A pull the fake will serve: learn its request id.
-    a.post(
-      pullDesc({
-        cookie: 1,
-        nic: 10,
-        src: { id: 3, session: 33 },
-        region: { regionId: 5, key: 6 },
-        dst,
-        length: 40000,
-      }),
-    );
-    await until(() => fake.framesOf(FrameType.PullRequest).length === 1, "the PULL_REQUEST");
-    const req = fake.framesOf(FrameType.PullRequest)[0];
-    const id = getWord(req, F_COOKIE);
+    const { req, id, reply } = await pullFromFake(fake, a, dst, 40000);
     assert.deepEqual(
       [
         getWord(req, F_SRC_ENDPOINT),
@@ -1766,22 +1788,6 @@ test("garbage from a peer (unknown ids, bad offsets, wrong lengths, bad Ethernet
       [getWord(req, 8), getWord(req, 9), getWord(req, F_AUX0), getWord(req, F_AUX1)],
       [5, 6, 0, 40000],
     );
-    const reply = (over: Record<number, number>, payload?: Uint8Array) =>
-      fake.send(
-        FrameType.PullReply,
-        1,
-        {
-          [F_SRC_ENDPOINT]: 3,
-          [F_SRC_SESSION]: 33,
-          [F_DEST_ENDPOINT]: a.id,
-          [F_DEST_SESSION]: a.session,
-          [F_COOKIE]: id,
-          [F_AUX0]: 0,
-          [F_AUX1]: 40000,
-          ...over,
-        },
-        payload,
-      );
     const data = new Uint8Array(40000);
     for (let i = 0; i < data.length; i++) data[i] = (i * 13) & 0xff;
     const garbage: [string, () => void][] = [
@@ -2292,32 +2298,11 @@ test("pull data taken in pieces: each frame is checked and counted once, and onc
     const mem = new SharedArrayBuffer(LEN);
     const dst = a.register(mem, Access.LocalWrite);
     const c0 = nic1.counters().global;
-    a.post(
-      pullDesc({
-        cookie: 1,
-        nic: 17,
-        src: { id: 3, session: 33 },
-        region: { regionId: 5, key: 6 },
-        dst,
-        length: LEN,
-      }),
-    );
-    await until(() => fake.framesOf(FrameType.PullRequest).length === 1, "the PULL_REQUEST");
-    const id = getWord(fake.framesOf(FrameType.PullRequest)[0], F_COOKIE);
+    const { id, reply: replyWith, replyWords: words } = await pullFromFake(fake, a, dst, LEN);
     const data = new Uint8Array(LEN);
     for (let i = 0; i < LEN; i++) data[i] = ((i * 7) % 251) + 1;
-    const words = (over: Record<number, number>) => ({
-      [F_SRC_ENDPOINT]: 3,
-      [F_SRC_SESSION]: 33,
-      [F_DEST_ENDPOINT]: a.id,
-      [F_DEST_SESSION]: a.session,
-      [F_COOKIE]: id,
-      [F_PULL_OFFSET]: 0,
-      [F_PULL_LENGTH]: LEN,
-      ...over,
-    });
     const reply = (over: Record<number, number>, from: number) =>
-      fake.send(FrameType.PullReply, 1, words(over), data.subarray(from, from + SEND_MAX));
+      replyWith(over, data.subarray(from, from + SEND_MAX));
 
     // Garbage as long as a full reply (so it too comes in pieces): each counted once, none placed.
     const garbage: Record<number, number>[] = [
