@@ -62,6 +62,7 @@ import {
 } from "../src/nic/link-state.js";
 import { Nic } from "../src/nic/nic.js";
 import { PULL_FREE_REFUSALS } from "../src/nic/pull-throttle.js";
+import { PULL_SLOT_BITS } from "../src/nic/remote-pull.js";
 import { MxStatus, mxStatusName } from "../src/nic/status.js";
 import type { TcpLink } from "../src/nic/tcp-link.js";
 import { connectTcpLink, type TcpLinkServer } from "../src/nic/tcp-link-setup.js";
@@ -2373,5 +2374,166 @@ test("pull data taken in pieces: each frame is checked and counted once, and onc
   } finally {
     await fake.detach(nic1);
     a.close();
+  }
+});
+
+/**
+ * The id `fake` sees for `owner`'s next pull once the pull behind `id` has ended: the slot
+ * table is a stack (the slot just freed is taken next) and its generation moves by one. A
+ * peer can predict it as well as this test can.
+ */
+const nextIdOfSlot = (id: number) => (id + (1 << PULL_SLOT_BITS)) >>> 0;
+
+test("a pull reply refused at its first piece stays refused: a pull posted meanwhile under the id it named gets none of it", async () => {
+  // A peer sends a reply's header and first piece for the id the owner's next pull will get,
+  // waits for the pull, then sends the rest: each piece alone would match the new pull.
+  const fake = await FakePeer.start(18);
+  const a = Owner.open(ctl1, "a");
+  try {
+    await fake.attach(nic1);
+    await until(() => fake.links.length === 1, "the fake's link");
+    const mem = new SharedArrayBuffer(SEND_MAX);
+    new Uint8Array(mem).fill(0xaa); // what the owner had there
+    const dst = a.register(mem, Access.LocalWrite);
+    const first = await pullFromFake(fake, a, dst, SEND_MAX);
+    first.reply({ [F_STATUS]: MxStatus.ABORTED });
+    expectEvent(await a.nextEvent(5000, "pull 1 ends"), EventType.PullDone, MxStatus.ABORTED, "pull 1");
+    const predicted = nextIdOfSlot(first.id);
+
+    const f = new Uint8Array(FRAME_HEADER_BYTES + SEND_MAX);
+    initFrame(f, FrameType.PullReply, SEND_MAX);
+    setWord(f, F_SRC_NIC, 18);
+    setWord(f, F_DEST_NIC, 1);
+    for (const [w, v] of Object.entries(first.replyWords({ [F_COOKIE]: predicted })))
+      setWord(f, Number(w), v);
+    f.fill(0x55, FRAME_HEADER_BYTES);
+    const bytes = Buffer.alloc(4 + f.length);
+    bytes.writeUInt32LE(f.length, 0);
+    bytes.set(f, 4);
+    const link = fake.link as unknown as { bulk: net.Socket; bulkInFlight: number };
+    link.bulkInFlight += bytes.length;
+    const c0 = nic1.counters().global;
+    const head = 4 + FRAME_HEADER_BYTES + 1000;
+    link.bulk.write(bytes.subarray(0, head));
+    await until(
+      () => nic1.counters().global.pull_replies_bad === c0.pull_replies_bad + 1,
+      "the first piece refused",
+    );
+
+    a.post(
+      pullDesc({
+        cookie: 2,
+        nic: 18,
+        src: { id: 3, session: 33 },
+        region: { regionId: 5, key: 6 },
+        dst,
+        length: SEND_MAX,
+      }),
+    );
+    await until(() => fake.framesOf(FrameType.PullRequest).length === 2, "pull 2's request");
+    const id2 = getWord(fake.framesOf(FrameType.PullRequest)[1], F_COOKIE);
+    assert.equal(id2, predicted, "the id the peer predicted (the test's premise)");
+    link.bulk.write(bytes.subarray(head));
+    await sleep(100);
+    assert.equal(a.tryEvent(), null, "pull 2 not ended by the rest of the refused reply");
+    assert.ok(
+      new Uint8Array(mem).every((b) => b === 0xaa),
+      "nothing of it placed",
+    );
+    // The real reply still completes pull 2.
+    const data = new Uint8Array(SEND_MAX).fill(0x33);
+    first.reply({ [F_COOKIE]: id2 }, data);
+    expectEvent(await a.nextEvent(5000, "pull 2 ends"), EventType.PullDone, MxStatus.SUCCESS, "pull 2");
+    assert.deepEqual(new Uint8Array(mem), data);
+    const c1 = nic1.counters().global;
+    assert.equal(c1.pull_replies_rx - c0.pull_replies_rx, 2, "the refused reply and the real one");
+    assert.equal(c1.pull_replies_bad - c0.pull_replies_bad, 1);
+    assert.equal(c1.remote_pull_bytes - c0.remote_pull_bytes, SEND_MAX, "only the real reply's bytes");
+  } finally {
+    await fake.detach(nic1);
+    a.close();
+  }
+});
+
+test("a reply for a pull still parked (never asked for) is refused: it places nothing and ends nothing", async () => {
+  const fake = await FakePeer.start(19);
+  const a = Owner.open(ctl1, "a");
+  const b = Owner.open(ctl1, "b");
+  try {
+    await fake.attach(nic1);
+    await until(() => fake.links.length === 1, "the fake's link");
+    const LEN = 100;
+    const mem = new SharedArrayBuffer(LEN * (PULL_LINK_SHARE + 1));
+    const dst = a.register(mem, Access.LocalWrite);
+    const desc = (i: number) =>
+      pullDesc({
+        cookie: i,
+        nic: 19,
+        src: { id: 3, session: 33 },
+        region: { regionId: 5, key: 6 },
+        dst,
+        dstOffset: i * LEN,
+        length: LEN,
+      });
+    for (let i = 0; i < PULL_LINK_SHARE; i++) a.post(desc(i));
+    await until(() => fake.framesOf(FrameType.PullRequest).length === PULL_LINK_SHARE, "a's share asked for");
+    // b's pull frees a slot whose next id is known; a's next pull takes it, parked (a holds its share).
+    const memB = new SharedArrayBuffer(LEN);
+    const bp = await (async () => {
+      b.post(
+        pullDesc({
+          cookie: 1,
+          nic: 19,
+          src: { id: 3, session: 33 },
+          region: { regionId: 5, key: 6 },
+          dst: b.register(memB, Access.LocalWrite),
+          length: LEN,
+        }),
+      );
+      await until(() => fake.framesOf(FrameType.PullRequest).length === PULL_LINK_SHARE + 1, "b's request");
+      return getWord(fake.framesOf(FrameType.PullRequest)[PULL_LINK_SHARE], F_COOKIE);
+    })();
+    fake.send(FrameType.PullReply, 1, {
+      [F_SRC_ENDPOINT]: 3,
+      [F_SRC_SESSION]: 33,
+      [F_DEST_ENDPOINT]: b.id,
+      [F_DEST_SESSION]: b.session,
+      [F_COOKIE]: bp,
+      [F_PULL_LENGTH]: LEN,
+      [F_STATUS]: MxStatus.ABORTED,
+    });
+    expectEvent(await b.nextEvent(5000, "b's pull ends"), EventType.PullDone, MxStatus.ABORTED, "b's pull");
+    const parked0 = nic1.counters().global.pulls_parked;
+    a.post(desc(PULL_LINK_SHARE));
+    await until(() => nic1.counters().global.pulls_parked === parked0 + 1, "a's pull parked");
+    const c0 = nic1.counters().global;
+    fake.send(
+      FrameType.PullReply,
+      1,
+      {
+        [F_SRC_ENDPOINT]: 3,
+        [F_SRC_SESSION]: 33,
+        [F_DEST_ENDPOINT]: a.id,
+        [F_DEST_SESSION]: a.session,
+        [F_COOKIE]: nextIdOfSlot(bp),
+        [F_PULL_LENGTH]: LEN,
+      },
+      new Uint8Array(LEN).fill(0x77),
+    );
+    await until(
+      () => nic1.counters().global.pull_replies_bad === c0.pull_replies_bad + 1,
+      "the reply refused",
+    );
+    await sleep(50);
+    assert.equal(a.tryEvent(), null, "the parked pull did not end");
+    assert.ok(
+      new Uint8Array(mem).every((x) => x === 0),
+      "nothing placed",
+    );
+    assert.equal(nic1.counters().global.remote_pull_bytes, c0.remote_pull_bytes);
+  } finally {
+    await fake.detach(nic1);
+    a.close();
+    b.close();
   }
 });

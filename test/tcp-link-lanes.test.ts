@@ -270,3 +270,48 @@ test("a goodbye read after the bulk connection's end still counts: the peer left
     await server.close();
   }
 });
+
+test("pull data begun before the receiver took pieces is finished whole, and checked whole", async () => {
+  // A link is read before whoever gets it sets its callbacks (a listener that holds a link, as
+  // tcp-attach.ts does, parses what came with the handshake when it lets it go). A frame begun
+  // then must not reach onPullData from its middle: its header was never checked there, and
+  // the receiver would never see its first piece.
+  const { server, accepted } = await listenAccepting();
+  try {
+    for (const bad of [true, false]) {
+      const n = accepted.length;
+      const c = await connectTcpLink({ nicId: 2, host: HOST, port: server.port, key: KEY, log });
+      await until(() => accepted.length === n + 1, "the link");
+      const s = accepted[n];
+      const f = linkFrame(FrameType.PullReply, 5000);
+      if (bad) Buffer.from(f.buffer).writeUInt32LE(0xdeadbeef, 0);
+      const bytes = onWire(f);
+      (c as unknown as { bulkInFlight: number }).bulkInFlight += bytes.length;
+      const bulk = (c as unknown as { bulk: net.Socket }).bulk;
+      const cut = 4 + FRAME_HEADER_BYTES + 100;
+      bulk.write(bytes.subarray(0, cut));
+      await until(
+        () => (s as unknown as { bulkRx: { frameGot: number } }).bulkRx.frameGot === cut - 4,
+        "the start read",
+      );
+      const got: string[] = [];
+      s.onFrame((frame) => got.push(`whole ${frame.length}`));
+      s.onPullData((_h, p, at) => got.push(`piece at ${at} of ${p.length}`));
+      const dropped0 = tcpLinkStats.connectionsDropped;
+      bulk.write(bytes.subarray(cut));
+      if (bad) {
+        await until(() => s.isClosed, "the link dropped");
+        assert.match(s.closeReason ?? "", /checkFrame refuses/);
+        assert.equal(tcpLinkStats.connectionsDropped, dropped0 + 1);
+        assert.deepEqual(got, []);
+      } else {
+        await until(() => got.length === 1, "the frame");
+        assert.deepEqual(got, [`whole ${FRAME_HEADER_BYTES + 5000}`]);
+        assert.ok(!s.isClosed);
+        c.close();
+      }
+    }
+  } finally {
+    await server.close();
+  }
+});

@@ -201,6 +201,13 @@ export class LinkState {
   readonly pullsOutByShare = new Uint8Array(MAX_ENDPOINTS_LIMIT + 1);
   /** Remote PULLs waiting for one of this link's jobs (remote-pull.ts); made on first use. */
   parked: PullPark | null = null;
+  /**
+   * The PULL_REPLY this link is handing over in pieces (Link.onPullData, remote-pull.ts
+   * rxPullData): the slot and id of the pull its first piece was let into, or -1 (refused
+   * there, or none under way). Its later pieces go there or nowhere.
+   */
+  pieceSlot = -1;
+  pieceId = 0;
 
   // Liveness (links.ts wireTick): when the peer last said anything, when the link last took a
   // frame of ours, since when its main connection has refused every frame offered (0: it took

@@ -113,7 +113,7 @@ const LINK_DRR_PASSES = 8;
  */
 export const PULL_CREDITS = 64;
 /** Slot bits of the table's ids: room for MAX_ENDPOINTS_LIMIT × PULL_CREDITS slots. */
-const PULL_SLOT_BITS = 14;
+export const PULL_SLOT_BITS = 14;
 
 /**
  * The remote PULLs this NIC asked for (requester side), by slot (slot-table.ts: nothing
@@ -377,12 +377,29 @@ export class RemotePull {
    * between two pieces); the reply counts, and the pull moves on, with the last piece.
    */
   rxPullData(ls: LinkState, head: Uint8Array, piece: Uint8Array, at: number, total: number): void {
-    const s = this.replyFor(ls, head, at === 0);
+    const last = at + piece.length === total;
+    const s = at === 0 ? this.replyFor(ls, head, true) : this.continued(ls, head);
+    ls.pieceSlot = last ? -1 : s;
+    ls.pieceId = s < 0 ? 0 : this.table.id[s];
     if (s < 0) return;
     const n = getWord(head, F_LENGTH);
     const end = Math.min(at + piece.length, n);
-    if (end > at && !this.place(ls, s, piece, 0, end - at, at)) return;
-    if (at + piece.length === total) this.replied(ls, s, n);
+    if (end > at && !this.place(ls, s, piece, 0, end - at, at)) {
+      ls.pieceSlot = -1;
+      return;
+    }
+    if (last) this.replied(ls, s, n);
+  }
+
+  /**
+   * The pull a reply's later piece continues: the one its first piece was let into, while that
+   * pull lasts (its slot still holds the same id), else -1. A reply refused at its first piece
+   * stays refused: a pull posted meanwhile under the id it named gets nothing of it.
+   */
+  private continued(ls: LinkState, head: Uint8Array): number {
+    const s = ls.pieceSlot;
+    if (s < 0 || this.table.find(ls.pieceId) !== s) return -1;
+    return this.replyFor(ls, head, false) === s ? s : -1;
   }
 
   /**
@@ -396,6 +413,7 @@ export class RemotePull {
     const s = rp.find(getWord(frame, F_COOKIE));
     if (
       s < 0 ||
+      rp.parked[s] === 1 || // never asked for
       rp.nic[s] !== ls.peerNic ||
       getWord(frame, F_DEST_ENDPOINT) !== rp.ep[s] ||
       getWord(frame, F_DEST_SESSION) !== rp.session[s] ||

@@ -583,8 +583,9 @@ export async function attachTcpSpec(
       void liveLink(nic, link.peerNic).then((alive) => {
         if (link.isClosed) return;
         if (!alive) {
-          link.release();
+          // Attached first, so the frames that came with its handshake find the NIC's callbacks.
           takeOrRefuse(link, nic.hasLink(link.peerNic));
+          link.release();
           return;
         }
         const why = `it claims NIC ${link.peerNic}, whose link is attached and answers`;

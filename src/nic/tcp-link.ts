@@ -209,6 +209,8 @@ class FrameReader {
   readonly rx = Buffer.alloc(FRAME_MAX);
   /** The header of the frame being read in pieces (onPullData): the start of rx. */
   readonly head = this.rx.subarray(0, FRAME_HEADER_BYTES);
+  /** The frame being read goes to onPullData in pieces: decided at its first byte, kept to its last. */
+  pieced = false;
   readonly lenBuf = Buffer.alloc(4);
   lenGot = 0;
   frameLen = -1;
@@ -655,6 +657,7 @@ export class TcpLink implements Link {
     this.bulkRxQBytes = 0;
     this.closeReason = reason;
     this.frameCb = null;
+    this.pullDataCb = null;
     this.writableCb = null;
     for (const answer of [...this.probes.values()]) answer(false);
     for (const sock of [this.socket, this.bulk]) {
@@ -750,7 +753,11 @@ export class TcpLink implements Link {
         r.frameLen = len;
         r.frameGot = 0;
       }
-      if (bulkLane && this.pullDataCb !== null && (r.frameGot > 0 || chunk.length - i < r.frameLen)) {
+      if (
+        bulkLane &&
+        (r.pieced || (r.frameGot === 0 && this.pullDataCb !== null && chunk.length - i < r.frameLen))
+      ) {
+        r.pieced = true;
         i = this.pullDataPiece(r, chunk, i);
         continue;
       }
@@ -829,6 +836,7 @@ export class TcpLink implements Link {
     if (r.frameGot === r.frameLen) {
       this.rxBulk = (this.rxBulk + 4 + r.frameLen) | 0;
       r.frameLen = -1;
+      r.pieced = false;
     }
     try {
       this.pullDataCb!(r.head, chunk.subarray(i, i + take), at, total);
