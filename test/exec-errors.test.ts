@@ -114,3 +114,45 @@ test("exec: an error the script leaves uncaught after its top level reads the sa
   assert.equal(own.code, 0, own.stderr);
   assert.equal(own.stdout, "handled: mine\n");
 });
+
+test("exec: an error's cause is printed under it, as Node prints one: its message and the user's frames, indented", async () => {
+  const cwd = folder("cause", true, {
+    "hcause.ts": [
+      "function load(path: string): string {",
+      '  throw new Error("no such file: " + path);',
+      "}",
+      "function start(): void {",
+      "  try {",
+      '    load("cfg.json");',
+      "  } catch (e) {",
+      '    throw new Error("cannot start", { cause: e });',
+      "  }",
+      "}",
+      "start();",
+      "",
+    ].join("\n"),
+    "hvalue.ts": 'throw new Error("bad config", { cause: { code: 42, path: "/etc/x" } });\n',
+    "hself.ts": 'const e = new Error("self");\n(e as { cause?: unknown }).cause = e;\nthrow e;\n',
+  });
+  const r = await runCli(["exec", "hcause.ts"], { cwd });
+  assert.equal(r.code, 1);
+  assertOnlyUserFrames(r.stderr);
+  assert.deepEqual(r.stderr.trimEnd().split("\n"), [
+    "Error: cannot start",
+    "    at start (hcause.ts:8:11)",
+    "    at <anonymous> (hcause.ts:11:1)",
+    "  [cause]: Error: no such file: cfg.json",
+    "      at load (hcause.ts:2:9)",
+    "      at start (hcause.ts:6:5)",
+    "      at <anonymous> (hcause.ts:11:1)",
+  ]);
+  const value = await runCli(["exec", "hvalue.ts"], { cwd });
+  assert.equal(value.code, 1);
+  assert.match(
+    value.stderr,
+    /^Error: bad config\n(?: {4}at .*\n)+ {2}\[cause\]: \{ code: 42, path: '\/etc\/x' \}\n$/,
+  );
+  const self = await runCli(["exec", "hself.ts"], { cwd });
+  assert.equal(self.code, 1);
+  assert.match(self.stderr, /^Error: self\n(?: {4}at .*\n)+ {2}\[cause\]: \[Circular\]\n$/);
+});

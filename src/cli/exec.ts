@@ -17,6 +17,7 @@
 import { existsSync, readFileSync, statSync } from "node:fs";
 import { basename, dirname, isAbsolute, join, relative, resolve, sep } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
+import { inspect } from "node:util";
 import type { Command } from "commander";
 
 const SCRIPT = /\.(ts|mts|cts|js|mjs|cjs)$/;
@@ -181,11 +182,22 @@ async function syntaxErrorLine(e: unknown, path: string): Promise<string | undef
   return undefined;
 }
 
-/** What a host script's uncaught error prints: its name and message, then the user's frames. */
+/**
+ * What a host script's uncaught error prints: its name and message, then the user's frames,
+ * then its `cause` (and the cause's), each indented under `[cause]:` as Node prints them.
+ */
 function scriptErrorText(e: unknown): string {
   if (!(e instanceof Error)) return `Uncaught ${typeof e === "string" ? JSON.stringify(e) : String(e)}`;
+  if (process.env.MYRIXEN_DEBUG) return inspect(e);
+  return errorText(e, new Set());
+}
+
+/** Causes shown at most (a chain longer than this ends in "…"). */
+const MAX_CAUSES = 8;
+
+function errorText(e: Error, seen: Set<unknown>): string {
+  seen.add(e);
   const stack = typeof e.stack === "string" ? e.stack : `${e.name}: ${e.message}`;
-  if (process.env.MYRIXEN_DEBUG) return stack;
   const lines = stack.split("\n");
   const firstFrame = lines.findIndex((l) => /^\s+at /.test(l));
   const head = firstFrame < 0 ? lines : lines.slice(0, firstFrame);
@@ -194,7 +206,19 @@ function scriptErrorText(e: unknown): string {
     .map(readableFrame)
     // tsx's CommonJS wrapper: `at <anonymous> (F:L:C)` then `at Object.<anonymous> (F:L:C')`, one place.
     .filter((l, i, all) => !(/^\s+at Object\.<anonymous> \(/.test(l) && sameLine(all[i - 1], l)));
-  return [...head.map(withPaths), ...frames].join("\n");
+  return [...head.map(withPaths), ...frames].join("\n") + causeText(e, seen);
+}
+
+/** `e`'s cause, indented under `[cause]:` (nothing if it has none). */
+function causeText(e: Error, seen: Set<unknown>): string {
+  if (!("cause" in e) || e.cause === undefined) return "";
+  const c = e.cause;
+  let body: string;
+  if (seen.has(c)) body = "[Circular]";
+  else if (seen.size >= MAX_CAUSES) body = "…";
+  else if (c instanceof Error) body = errorText(c, seen);
+  else body = inspect(c, { depth: 2, breakLength: Number.POSITIVE_INFINITY });
+  return `\n  [cause]: ${body.split("\n").join("\n  ")}`;
 }
 
 /** Registers `myrixen exec` on `cmd` (from main.ts: `configureExecCommand(program.command("exec"))`). */
