@@ -92,6 +92,44 @@ test("a failing rank's stack names the user's files only: a throw, and a refused
   );
 });
 
+test("a failing rank's causes come under its frames, as Node prints them: each cause's message and frames in the user's files, a value as JSON", async () => {
+  program(
+    "cause.ts",
+    "function readConfig(): never {",
+    '  throw new Error("no config", { cause: { code: "ENOENT", path: "/etc/app.json" } }); // line 2',
+    "}",
+    "function load(): void {",
+    "  try {",
+    "    readConfig(); // line 6",
+    "  } catch (e) {",
+    '    throw new RangeError("bad setup", { cause: e }); // line 8',
+    "  }",
+    "}",
+    "export default async function main() {",
+    "  try {",
+    "    load(); // line 13",
+    "  } catch (e) {",
+    '    throw new Error("rank cannot start", { cause: e }); // line 15',
+    "  }",
+    "}",
+  );
+  const r = await run(["-n", "1", "cause.ts"]);
+  assert.equal(r.code, 1, r.stderr);
+  assert.doesNotMatch(r.stderr, INTERNAL, r.stderr);
+  assert.deepEqual(problems(r.stderr), [
+    "myrixen run: rank 0 failed: rank cannot start (at cause.ts:15:11)",
+    "    at main (cause.ts:15:11)",
+    "    [cause]: RangeError: bad setup",
+    "      at load (cause.ts:8:11)",
+    "      at main (cause.ts:13:5)",
+    "      [cause]: Error: no config",
+    "        at readConfig (cause.ts:2:9)",
+    "        at load (cause.ts:6:5)",
+    "        at main (cause.ts:13:5)",
+    '        [cause]: {"code":"ENOENT","path":"/etc/app.json"}',
+  ]);
+});
+
 test("a program in a folder whose name has spaces and parentheses: the same frames, the same paths", async () => {
   const dir = join(TMP, "p (copy)");
   mkdirSync(dir);

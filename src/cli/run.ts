@@ -226,13 +226,21 @@ function withPaths(text: string): string {
 const RUNTIME_FRAME =
   /[/\\]xen[/\\]guest[/\\](runtime|sandbox|domain-thread)\.(js|ts)|[/\\]bundles[/\\](chunk-\w+|guest)\.js|\(node:|at node:/;
 
-/** A rank's error as the user reads it: its name and message, then the frames of its stack (paths, not URLs). */
+/**
+ * A rank's error as the user reads it: its name and message, then the frames of its stack
+ * (paths, not URLs), then its causes (`[cause]: ` lines and their frames, indented as the
+ * rank's runtime wrote them: xen/guest/domain-thread.ts).
+ */
 export function describeRankError(e: Error): { head: string; frames: string[] } {
   const head = withPaths(`${e.name && e.name !== "Error" ? `${e.name}: ` : ""}${e.message}`);
   const frames = (e.stack ?? "")
     .split("\n")
-    .filter((l) => /^\s+at /.test(l) && !RUNTIME_FRAME.test(l))
-    .map((l) => `    ${withPaths(l.trim())}`);
+    .filter((l) => (/^\s+at /.test(l) && !RUNTIME_FRAME.test(l)) || /^\s+\[cause\]: /.test(l))
+    .map((l) => {
+      // Frames at four spaces at least, a cause two deeper than the runtime wrote it (under the frames above).
+      const indent = /^\s*/.exec(l)![0].length;
+      return `${" ".repeat(/^\s+at /.test(l) ? Math.max(indent, 4) : indent + 2)}${withPaths(l.trim())}`;
+    });
   return { head, frames };
 }
 

@@ -52,13 +52,50 @@ const FLUSH_MS = 1000;
 function describe(e: unknown): { name: string; message: string; stack?: string } {
   try {
     if (e instanceof Error) {
-      const said = { name: String(e.name), message: String(e.message), stack: String(e.stack) };
+      const said = {
+        name: String(e.name),
+        message: String(e.message),
+        stack: String(e.stack) + causeLines(e),
+      };
       // A sandboxed guest's crash as its user reads it: the stack through their own files.
       return guestCrash(e, said) ?? said;
     }
     return { name: "Error", message: `guest threw a non-Error value: ${String(e)}` };
   } catch {
     return { name: "Error", message: "guest threw a value that cannot be described" };
+  }
+}
+
+/** Causes shown at most under a crash's stack (a longer chain ends in "…"). */
+const MAX_CAUSES = 8;
+
+/**
+ * `e`'s causes under its stack, as Node prints them: `[cause]: ` and the cause's stack, each
+ * cause indented two spaces more than the error it caused (a value not an Error as JSON).
+ */
+function causeLines(e: Error): string {
+  let out = "";
+  let at: unknown = e;
+  const seen = new Set<unknown>([e]);
+  for (let depth = 1; at instanceof Error && "cause" in at && at.cause !== undefined; depth++) {
+    const pad = "  ".repeat(depth);
+    const c: unknown = at.cause;
+    if (depth > MAX_CAUSES) return `${out}\n${pad}[cause]: …`;
+    if (seen.has(c)) return `${out}\n${pad}[cause]: [Circular]`;
+    seen.add(c);
+    const text = c instanceof Error ? String(c.stack ?? `${c.name}: ${c.message}`) : valueText(c);
+    out += `\n${pad}[cause]: ${text.split("\n").join(`\n${pad}`)}`;
+    at = c;
+  }
+  return out;
+}
+
+/** A thrown value that is not an Error, in a line. */
+function valueText(v: unknown): string {
+  try {
+    return (JSON.stringify(v) ?? String(v)).slice(0, 1024);
+  } catch {
+    return Object.prototype.toString.call(v);
   }
 }
 
