@@ -66,8 +66,9 @@ function describe(e: unknown): { name: string; message: string; stack?: string }
   }
 }
 
-/** Causes shown at most under a crash's stack (a longer chain ends in "…"). */
+/** Causes shown at most under a crash's stack (a longer chain ends in "…"), and characters of each. */
 const MAX_CAUSES = 8;
+const CAUSE_CHARS = 8192;
 
 /**
  * `e`'s causes under its stack, as Node prints them: `[cause]: ` and the cause's stack, each
@@ -84,7 +85,7 @@ function causeLines(e: Error): string {
     if (seen.has(c)) return `${out}\n${pad}[cause]: [Circular]`;
     seen.add(c);
     const text = c instanceof Error ? String(c.stack ?? `${c.name}: ${c.message}`) : valueText(c);
-    out += `\n${pad}[cause]: ${text.split("\n").join(`\n${pad}`)}`;
+    out += `\n${pad}[cause]: ${text.slice(0, CAUSE_CHARS).split("\n").join(`\n${pad}`)}`;
     at = c;
   }
   return out;
