@@ -2537,3 +2537,118 @@ test("a reply for a pull still parked (never asked for) is refused: it places no
     b.close();
   }
 });
+
+/** A peer in this thread: keeps the ids of the PULL_REQUESTs it gets; the test hands the NIC frames and pieces itself. */
+class HandLink implements Link {
+  readonly requests: number[] = [];
+  frameCb: ((frame: Uint8Array) => void) | null = null;
+  pieceCb: ((head: Uint8Array, piece: Uint8Array, at: number, total: number) => void) | null = null;
+  constructor(readonly peerNic: number) {}
+  send(frame: Uint8Array): boolean {
+    if ((getWord(frame, 0) & 0xff) === FrameType.PullRequest && getWord(frame, F_STATUS) === 0)
+      this.requests.push(getWord(frame, F_COOKIE));
+    return true;
+  }
+  onFrame(cb: (frame: Uint8Array) => void): void {
+    this.frameCb = cb;
+  }
+  onPullData(cb: (head: Uint8Array, piece: Uint8Array, at: number, total: number) => void): void {
+    this.pieceCb = cb;
+  }
+  onWritable(): void {}
+  close(): void {}
+}
+
+test("the rest of a reply whose pull ended goes nowhere, even once a pull takes the same id again (its generation wrapped)", () => {
+  // A peer gets a reply's first piece placed, ends the pull with an error reply, and holds
+  // the rest until the slot's 18-bit generation has wrapped (2^18 takes of the slot): the
+  // pull that then has the old id must get none of it. The NIC runs in this thread.
+  const PEER = 73;
+  const n = new Nic({ nicId: 72, maxEndpoints: 4 });
+  try {
+    const link = new HandLink(PEER);
+    n.attachLink(link);
+    const o = inThreadOwner(n, "o");
+    const mem1 = new SharedArrayBuffer(SEND_MAX);
+    const mem2 = new SharedArrayBuffer(SEND_MAX);
+    const dst1 = o.register(mem1, Access.LocalWrite);
+    const dst2 = o.register(mem2, Access.LocalWrite);
+    const words = (id: number) => ({
+      [F_SRC_ENDPOINT]: 3,
+      [F_SRC_SESSION]: 33,
+      [F_DEST_ENDPOINT]: o.id,
+      [F_DEST_SESSION]: o.session,
+      [F_COOKIE]: id,
+      [F_PULL_OFFSET]: 0,
+      [F_PULL_LENGTH]: SEND_MAX,
+    });
+    const frameFor = (id: number, status: number, payload: number) => {
+      const f = new Uint8Array(FRAME_HEADER_BYTES + payload);
+      initFrame(f, FrameType.PullReply, payload);
+      setWord(f, F_SRC_NIC, PEER);
+      setWord(f, F_DEST_NIC, 72);
+      for (const [w, v] of Object.entries(words(id))) setWord(f, Number(w), v);
+      setWord(f, F_STATUS, status);
+      return f;
+    };
+    /** Posts a pull into `dst` and polls until the peer has its request: its id. */
+    const pull = (cookie: number, dst: RegisterRegionReply): number => {
+      const asked = link.requests.length;
+      o.post(
+        pullDesc({
+          cookie,
+          nic: PEER,
+          src: { id: 3, session: 33 },
+          region: { regionId: 0, key: 1 },
+          dst,
+          length: SEND_MAX,
+        }),
+      );
+      for (let k = 0; k < 100 && link.requests.length === asked; k++) n.poll();
+      assert.equal(link.requests.length, asked + 1, `pull ${cookie} asked for`);
+      return link.requests[asked];
+    };
+    const abort = (id: number) => {
+      link.frameCb!(frameFor(id, MxStatus.ABORTED, 0));
+      n.poll();
+      const e = o.tryEvent();
+      assert.ok(
+        e !== null && e.type === EventType.PullDone && e.status === MxStatus.ABORTED,
+        `pull ${id} ended`,
+      );
+    };
+
+    const id1 = pull(1, dst1);
+    const reply = frameFor(id1, MxStatus.SUCCESS, SEND_MAX);
+    reply.fill(0x55, FRAME_HEADER_BYTES);
+    const head = reply.subarray(0, FRAME_HEADER_BYTES);
+    link.pieceCb!(head, reply.subarray(FRAME_HEADER_BYTES, FRAME_HEADER_BYTES + 1000), 0, SEND_MAX);
+    assert.equal(new Uint8Array(mem1)[999], 0x55, "the first piece placed");
+    abort(id1);
+
+    // Pull after pull through the same slot (the table is a stack) until one has id1 again.
+    let victim = -1;
+    for (let i = 0; i <= 1 << (32 - PULL_SLOT_BITS); i++) {
+      const id = pull(100 + i, dst2);
+      if (id === id1) {
+        victim = id;
+        break;
+      }
+      abort(id);
+    }
+    assert.equal(victim, id1, "a pull took the old id again");
+    const c0 = new Float64Array(n.countersBuffer).slice();
+    link.pieceCb!(head, reply.subarray(FRAME_HEADER_BYTES + 1000), 1000, SEND_MAX);
+    n.poll();
+    assert.equal(o.tryEvent(), null, "the pull with the old id did not end");
+    assert.ok(
+      new Uint8Array(mem2).every((b) => b === 0),
+      "nothing placed in its memory",
+    );
+    const c1 = new Float64Array(n.countersBuffer);
+    assert.equal(c1[NicCounter.remote_pull_bytes], c0[NicCounter.remote_pull_bytes]);
+    assert.equal(c1[NicCounter.internal_errors], 0);
+  } finally {
+    n.stop();
+  }
+});

@@ -485,6 +485,9 @@ export class RemotePull {
     const rp = this.table;
     rp.releaseSlot(s);
     const ls = this.links.get(rp.nic[s]);
+    // A reply under way in pieces for it goes nowhere now, even to a pull that takes its id again
+    // (the id's generation wraps after 2^18 takes of the slot).
+    if (ls !== undefined && ls.pieceSlot === s) ls.pieceSlot = -1;
     const ep = rp.ep[s];
     if (rp.parked[s] === 1) {
       // Never asked for: the peer has nothing to stop.
