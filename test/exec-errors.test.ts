@@ -133,6 +133,8 @@ test("exec: an error's cause is printed under it, as Node prints one: its messag
     ].join("\n"),
     "hvalue.ts": 'throw new Error("bad config", { cause: { code: 42, path: "/etc/x" } });\n',
     "hself.ts": 'const e = new Error("self");\n(e as { cause?: unknown }).cause = e;\nthrow e;\n',
+    "hproxy.ts":
+      'const { proxy, revoke } = Proxy.revocable({}, {});\nrevoke();\nthrow new Error("with a revoked cause", { cause: proxy });\n',
   });
   const r = await runCli(["exec", "hcause.ts"], { cwd });
   assert.equal(r.code, 1);
@@ -155,4 +157,11 @@ test("exec: an error's cause is printed under it, as Node prints one: its messag
   const self = await runCli(["exec", "hself.ts"], { cwd });
   assert.equal(self.code, 1);
   assert.match(self.stderr, /^Error: self\n(?: {4}at .*\n)+ {2}\[cause\]: \[Circular\]\n$/);
+  // A cause that throws when looked at (a revoked proxy) leaves the error itself to be read.
+  const proxy = await runCli(["exec", "hproxy.ts"], { cwd });
+  assert.equal(proxy.code, 1);
+  assert.match(
+    proxy.stderr,
+    /^Error: with a revoked cause\n(?: {4}at .*\n)+ {2}\[cause\]: \(cannot be shown\)\n$/,
+  );
 });

@@ -128,6 +128,22 @@ test("a failing rank's causes come under its frames, as Node prints them: each c
     "        at main (cause.ts:13:5)",
     '        [cause]: {"code":"ENOENT","path":"/etc/app.json"}',
   ]);
+  // A cause that throws when looked at (a revoked proxy) leaves the rank's own error to be read.
+  program(
+    "proxycause.ts",
+    "export default async function main() {",
+    "  const { proxy, revoke } = Proxy.revocable({}, {});",
+    "  revoke();",
+    '  throw new Error("with a revoked cause", { cause: proxy }); // line 4',
+    "}",
+  );
+  const p = await run(["-n", "1", "proxycause.ts"]);
+  assert.equal(p.code, 1, p.stderr);
+  assert.deepEqual(problems(p.stderr), [
+    "myrixen run: rank 0 failed: with a revoked cause (at proxycause.ts:4:9)",
+    "    at main (proxycause.ts:4:9)",
+    "    [cause]: (cannot be shown)",
+  ]);
 });
 
 test("a program in a folder whose name has spaces and parentheses: the same frames, the same paths", async () => {

@@ -188,8 +188,13 @@ async function syntaxErrorLine(e: unknown, path: string): Promise<string | undef
  */
 function scriptErrorText(e: unknown): string {
   if (!(e instanceof Error)) return `Uncaught ${typeof e === "string" ? JSON.stringify(e) : String(e)}`;
-  if (process.env.MYRIXEN_DEBUG) return inspect(e);
-  return errorText(e, new Set());
+  try {
+    if (process.env.MYRIXEN_DEBUG) return inspect(e);
+    return errorText(e, new Set());
+  } catch {
+    // Its stack or name a getter that throws, or a proxy: say what can be said.
+    return "Uncaught error (it cannot be shown: a getter or a proxy of it throws)";
+  }
 }
 
 /** Causes shown at most (a chain longer than this ends in "…"). */
@@ -211,13 +216,18 @@ function errorText(e: Error, seen: Set<unknown>): string {
 
 /** `e`'s cause, indented under `[cause]:` (nothing if it has none). */
 function causeText(e: Error, seen: Set<unknown>): string {
-  if (!("cause" in e) || e.cause === undefined) return "";
-  const c = e.cause;
   let body: string;
-  if (seen.has(c)) body = "[Circular]";
-  else if (seen.size >= MAX_CAUSES) body = "…";
-  else if (c instanceof Error) body = errorText(c, seen);
-  else body = inspect(c, { depth: 2, breakLength: Number.POSITIVE_INFINITY });
+  try {
+    if (!("cause" in e) || e.cause === undefined) return "";
+    const c = e.cause;
+    if (seen.has(c)) body = "[Circular]";
+    else if (seen.size >= MAX_CAUSES) body = "…";
+    else if (c instanceof Error) body = errorText(c, seen);
+    else body = inspect(c, { depth: 2, breakLength: Number.POSITIVE_INFINITY, customInspect: false });
+  } catch {
+    // A getter or a proxy that throws: the error above is still what the script threw.
+    body = "(cannot be shown)";
+  }
   return `\n  [cause]: ${body.split("\n").join("\n  ")}`;
 }
 

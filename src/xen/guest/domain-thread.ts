@@ -66,7 +66,7 @@ function describe(e: unknown): { name: string; message: string; stack?: string }
   }
 }
 
-/** Causes shown at most under a crash's stack (a longer chain ends in "…"), and characters of each. */
+/** Causes shown at most under a crash's stack (a longer chain ends in "…"), and characters of each as printed. */
 const MAX_CAUSES = 8;
 const CAUSE_CHARS = 8192;
 
@@ -78,17 +78,25 @@ function causeLines(e: Error): string {
   let out = "";
   let at: unknown = e;
   const seen = new Set<unknown>([e]);
-  for (let depth = 1; at instanceof Error && "cause" in at && at.cause !== undefined; depth++) {
+  for (let depth = 1; ; depth++) {
     const pad = "  ".repeat(depth);
-    const c: unknown = at.cause;
-    if (depth > MAX_CAUSES) return `${out}\n${pad}[cause]: …`;
-    if (seen.has(c)) return `${out}\n${pad}[cause]: [Circular]`;
-    seen.add(c);
-    const text = c instanceof Error ? String(c.stack ?? `${c.name}: ${c.message}`) : valueText(c);
-    out += `\n${pad}[cause]: ${text.slice(0, CAUSE_CHARS).split("\n").join(`\n${pad}`)}`;
-    at = c;
+    try {
+      if (!(at instanceof Error) || !("cause" in at) || at.cause === undefined) return out;
+      const c: unknown = at.cause;
+      if (depth > MAX_CAUSES) return `${out}\n${pad}[cause]: …`;
+      if (seen.has(c)) return `${out}\n${pad}[cause]: [Circular]`;
+      seen.add(c);
+      const text = c instanceof Error ? String(c.stack ?? `${c.name}: ${c.message}`) : valueText(c);
+      out += `\n${pad}[cause]: ${text.slice(0, CAUSE_CHARS).split("\n").join(`\n${pad}`)}`.slice(
+        0,
+        CAUSE_CHARS,
+      );
+      at = c;
+    } catch {
+      // A getter or a proxy that throws: the error itself is still reported.
+      return `${out}\n${pad}[cause]: (cannot be shown)`;
+    }
   }
-  return out;
 }
 
 /** A thrown value that is not an Error, in a line. */
@@ -96,7 +104,7 @@ function valueText(v: unknown): string {
   try {
     return (JSON.stringify(v) ?? String(v)).slice(0, 1024);
   } catch {
-    return Object.prototype.toString.call(v);
+    return "(a value that cannot be shown)";
   }
 }
 
