@@ -374,6 +374,45 @@ class FakePeer {
   }
 }
 
+/** The header words of a PULL_REPLY from endpoint 3 (session 33) for `owner`'s pull `id` of `length` bytes, `over` replacing some. */
+function pullReplyWords(owner: Owner, id: number, length: number, over: Record<number, number> = {}) {
+  return {
+    [F_SRC_ENDPOINT]: 3,
+    [F_SRC_SESSION]: 33,
+    [F_DEST_ENDPOINT]: owner.id,
+    [F_DEST_SESSION]: owner.session,
+    [F_COOKIE]: id,
+    [F_PULL_OFFSET]: 0,
+    [F_PULL_LENGTH]: length,
+    ...over,
+  } as Record<number, number>;
+}
+
+/** A PULL_REPLY frame from NIC `from` to NIC `to`: these header words, `payload` bytes of `fill`. */
+function pullReplyFrame(from: number, to: number, words: Record<number, number>, payload: number, fill = 0) {
+  const f = new Uint8Array(FRAME_HEADER_BYTES + payload);
+  initFrame(f, FrameType.PullReply, payload);
+  setWord(f, F_SRC_NIC, from);
+  setWord(f, F_DEST_NIC, to);
+  for (const [w, v] of Object.entries(words)) setWord(f, Number(w), v);
+  f.fill(fill, FRAME_HEADER_BYTES);
+  return f;
+}
+
+/**
+ * `frame` as the fake's bulk connection carries it (length prefix first), and that connection,
+ * to write it by hand: the bytes are counted on the way as the fake's link counts what it
+ * sends, so the credits the NIC returns for them match.
+ */
+function byHand(fake: FakePeer, frame: Uint8Array): { bytes: Buffer; bulk: net.Socket } {
+  const bytes = Buffer.alloc(4 + frame.length);
+  bytes.writeUInt32LE(frame.length, 0);
+  bytes.set(frame, 4);
+  const link = fake.link as unknown as { bulk: net.Socket; bulkInFlight: number };
+  link.bulkInFlight += bytes.length;
+  return { bytes, bulk: link.bulk };
+}
+
 /**
  * `owner` pulls `length` bytes into `dst` from endpoint 3 (session 33, region 5, key 6) behind
  * the fake, which must have no other PULL_REQUEST yet. Resolves with the request the fake got
@@ -395,16 +434,7 @@ async function pullFromFake(fake: FakePeer, owner: Owner, dst: RegisterRegionRep
   const id = getWord(req, F_COOKIE);
   const reply = (over: Record<number, number>, payload?: Uint8Array) =>
     fake.send(FrameType.PullReply, 1, replyWords(over), payload);
-  const replyWords = (over: Record<number, number>): Record<number, number> => ({
-    [F_SRC_ENDPOINT]: 3,
-    [F_SRC_SESSION]: 33,
-    [F_DEST_ENDPOINT]: owner.id,
-    [F_DEST_SESSION]: owner.session,
-    [F_COOKIE]: id,
-    [F_PULL_OFFSET]: 0,
-    [F_PULL_LENGTH]: length,
-    ...over,
-  });
+  const replyWords = (over: Record<number, number>) => pullReplyWords(owner, id, length, over);
   return { req, id, reply, replyWords };
 }
 
@@ -1470,22 +1500,48 @@ function inThreadOwner(n: Nic, name: string): Owner {
   );
 }
 
-/** A peer that takes every frame and serves none of our pulls: it keeps who asked (PULL_REQUESTs, not cancels). */
+/**
+ * A peer in this thread that takes every frame and serves none of our pulls: it keeps who
+ * asked and each request's id (PULL_REQUESTs, not cancels); a test hands the NIC frames and
+ * pieces of pull data through the callbacks the NIC set.
+ */
 class HoldingLink implements Link {
-  /** The requesting endpoint of each PULL_REQUEST, in order. */
+  /** The requesting endpoint of each PULL_REQUEST, in order, and its id. */
   readonly requests: number[] = [];
+  readonly ids: number[] = [];
+  frameCb: ((frame: Uint8Array) => void) | null = null;
+  pieceCb: ((head: Uint8Array, piece: Uint8Array, at: number, total: number) => void) | null = null;
   constructor(readonly peerNic: number) {}
   send(frame: Uint8Array): boolean {
-    if ((getWord(frame, 0) & 0xff) === FrameType.PullRequest && getWord(frame, F_STATUS) === 0)
+    if ((getWord(frame, 0) & 0xff) === FrameType.PullRequest && getWord(frame, F_STATUS) === 0) {
       this.requests.push(getWord(frame, F_SRC_ENDPOINT));
+      this.ids.push(getWord(frame, F_COOKIE));
+    }
     return true;
   }
   asked(o: Owner): number {
     return this.requests.filter((ep) => ep === o.id).length;
   }
-  onFrame(): void {}
+  onFrame(cb: (frame: Uint8Array) => void): void {
+    this.frameCb = cb;
+  }
+  onPullData(cb: (head: Uint8Array, piece: Uint8Array, at: number, total: number) => void): void {
+    this.pieceCb = cb;
+  }
   onWritable(): void {}
   close(): void {}
+}
+
+/** A NIC in this thread (control() and poll() by hand) whose one link is a HoldingLink to `peer`. */
+function nicBesideHoldingPeer(
+  nicId: number,
+  peer: number,
+  maxEndpoints: number,
+): { n: Nic; link: HoldingLink } {
+  const n = new Nic({ nicId, maxEndpoints });
+  const link = new HoldingLink(peer);
+  n.attachLink(link);
+  return { n, link };
 }
 
 test("domains flooding one host with remote PULLs leave a job free: another domain's pull from that host is asked for at once, not parked behind theirs", () => {
@@ -1495,10 +1551,8 @@ test("domains flooding one host with remote PULLs leave a job free: another doma
   // this thread (control() and poll(): counts, no timing); the peer answers no pull, so none
   // ends. Each endpoint is a domain of its own (no QoS group).
   const PEER = 61;
-  const n = new Nic({ nicId: 60, maxEndpoints: 8 });
+  const { n, link } = nicBesideHoldingPeer(60, PEER, 8);
   try {
-    const link = new HoldingLink(PEER);
-    n.attachLink(link);
     const open = (name: string) => inThreadOwner(n, name);
     // Small pulls (the peer serves none anyway): the NIC's round admits many at once (qos.ts).
     const LEN = 4096;
@@ -2329,26 +2383,18 @@ test("pull data taken in pieces: each frame is checked and counted once, and onc
     await until(() => new Uint8Array(mem)[SEND_MAX - 1] !== 0, "the first third placed");
 
     // The second third written by hand: its header and 1,000 bytes, then the rest later.
-    const f = new Uint8Array(FRAME_HEADER_BYTES + SEND_MAX);
-    initFrame(f, FrameType.PullReply, SEND_MAX);
-    setWord(f, F_SRC_NIC, 17);
-    setWord(f, F_DEST_NIC, 1);
-    for (const [w, v] of Object.entries(words({ [F_PULL_OFFSET]: SEND_MAX }))) setWord(f, Number(w), v);
+    const f = pullReplyFrame(17, 1, words({ [F_PULL_OFFSET]: SEND_MAX }), SEND_MAX);
     f.set(data.subarray(SEND_MAX, 2 * SEND_MAX), FRAME_HEADER_BYTES);
-    const bytes = Buffer.alloc(4 + f.length);
-    bytes.writeUInt32LE(f.length, 0);
-    bytes.set(f, 4);
-    const link = fake.link as unknown as { bulk: net.Socket; bulkInFlight: number };
-    link.bulkInFlight += bytes.length; // what the fake's link counts on the way, so the credits match
+    const { bytes, bulk } = byHand(fake, f);
     const head = 4 + FRAME_HEADER_BYTES + 1000;
-    link.bulk.write(bytes.subarray(0, head));
+    bulk.write(bytes.subarray(0, head));
     const placed = new Uint8Array(mem, SEND_MAX, 1000);
     await until(() => placed[999] !== 0, "the first piece placed before its frame is whole");
     assert.deepEqual(placed, data.subarray(SEND_MAX, SEND_MAX + 1000));
 
     // The owner takes its memory back; then the rest of the frame comes.
     a.deregister(dst.regionId);
-    link.bulk.write(bytes.subarray(head));
+    bulk.write(bytes.subarray(head));
     const e = await a.nextEvent(5000, "the pull's end");
     expectEvent(e, EventType.PullDone, MxStatus.ABORTED, "its region went");
     await until(
@@ -2370,7 +2416,7 @@ test("pull data taken in pieces: each frame is checked and counted once, and onc
     assert.equal(c1.pull_replies_bad - c0.pull_replies_bad, garbage.length);
     assert.equal(c1.remote_pull_bytes - c0.remote_pull_bytes, SEND_MAX + 1000);
     assert.equal(c1.internal_errors, 0);
-    assert.ok(!link.bulk.destroyed, "the link stays up");
+    assert.ok(!bulk.destroyed, "the link stays up");
   } finally {
     await fake.detach(nic1);
     a.close();
@@ -2400,21 +2446,11 @@ test("a pull reply refused at its first piece stays refused: a pull posted meanw
     expectEvent(await a.nextEvent(5000, "pull 1 ends"), EventType.PullDone, MxStatus.ABORTED, "pull 1");
     const predicted = nextIdOfSlot(first.id);
 
-    const f = new Uint8Array(FRAME_HEADER_BYTES + SEND_MAX);
-    initFrame(f, FrameType.PullReply, SEND_MAX);
-    setWord(f, F_SRC_NIC, 18);
-    setWord(f, F_DEST_NIC, 1);
-    for (const [w, v] of Object.entries(first.replyWords({ [F_COOKIE]: predicted })))
-      setWord(f, Number(w), v);
-    f.fill(0x55, FRAME_HEADER_BYTES);
-    const bytes = Buffer.alloc(4 + f.length);
-    bytes.writeUInt32LE(f.length, 0);
-    bytes.set(f, 4);
-    const link = fake.link as unknown as { bulk: net.Socket; bulkInFlight: number };
-    link.bulkInFlight += bytes.length;
+    const f = pullReplyFrame(18, 1, first.replyWords({ [F_COOKIE]: predicted }), SEND_MAX, 0x55);
+    const { bytes, bulk } = byHand(fake, f);
     const c0 = nic1.counters().global;
     const head = 4 + FRAME_HEADER_BYTES + 1000;
-    link.bulk.write(bytes.subarray(0, head));
+    bulk.write(bytes.subarray(0, head));
     await until(
       () => nic1.counters().global.pull_replies_bad === c0.pull_replies_bad + 1,
       "the first piece refused",
@@ -2433,7 +2469,7 @@ test("a pull reply refused at its first piece stays refused: a pull posted meanw
     await until(() => fake.framesOf(FrameType.PullRequest).length === 2, "pull 2's request");
     const id2 = getWord(fake.framesOf(FrameType.PullRequest)[1], F_COOKIE);
     assert.equal(id2, predicted, "the id the peer predicted (the test's premise)");
-    link.bulk.write(bytes.subarray(head));
+    bulk.write(bytes.subarray(head));
     await sleep(100);
     assert.equal(a.tryEvent(), null, "pull 2 not ended by the rest of the refused reply");
     assert.ok(
@@ -2538,62 +2574,23 @@ test("a reply for a pull still parked (never asked for) is refused: it places no
   }
 });
 
-/** A peer in this thread: keeps the ids of the PULL_REQUESTs it gets; the test hands the NIC frames and pieces itself. */
-class HandLink implements Link {
-  readonly requests: number[] = [];
-  frameCb: ((frame: Uint8Array) => void) | null = null;
-  pieceCb: ((head: Uint8Array, piece: Uint8Array, at: number, total: number) => void) | null = null;
-  constructor(readonly peerNic: number) {}
-  send(frame: Uint8Array): boolean {
-    if ((getWord(frame, 0) & 0xff) === FrameType.PullRequest && getWord(frame, F_STATUS) === 0)
-      this.requests.push(getWord(frame, F_COOKIE));
-    return true;
-  }
-  onFrame(cb: (frame: Uint8Array) => void): void {
-    this.frameCb = cb;
-  }
-  onPullData(cb: (head: Uint8Array, piece: Uint8Array, at: number, total: number) => void): void {
-    this.pieceCb = cb;
-  }
-  onWritable(): void {}
-  close(): void {}
-}
-
 test("the rest of a reply whose pull ended goes nowhere, even once a pull takes the same id again (its generation wrapped)", () => {
   // A peer gets a reply's first piece placed, ends the pull with an error reply, and holds
   // the rest until the slot's 18-bit generation has wrapped (2^18 takes of the slot): the
   // pull that then has the old id must get none of it. The NIC runs in this thread.
   const PEER = 73;
-  const n = new Nic({ nicId: 72, maxEndpoints: 4 });
+  const { n, link } = nicBesideHoldingPeer(72, PEER, 4);
   try {
-    const link = new HandLink(PEER);
-    n.attachLink(link);
     const o = inThreadOwner(n, "o");
     const mem1 = new SharedArrayBuffer(SEND_MAX);
     const mem2 = new SharedArrayBuffer(SEND_MAX);
     const dst1 = o.register(mem1, Access.LocalWrite);
     const dst2 = o.register(mem2, Access.LocalWrite);
-    const words = (id: number) => ({
-      [F_SRC_ENDPOINT]: 3,
-      [F_SRC_SESSION]: 33,
-      [F_DEST_ENDPOINT]: o.id,
-      [F_DEST_SESSION]: o.session,
-      [F_COOKIE]: id,
-      [F_PULL_OFFSET]: 0,
-      [F_PULL_LENGTH]: SEND_MAX,
-    });
-    const frameFor = (id: number, status: number, payload: number) => {
-      const f = new Uint8Array(FRAME_HEADER_BYTES + payload);
-      initFrame(f, FrameType.PullReply, payload);
-      setWord(f, F_SRC_NIC, PEER);
-      setWord(f, F_DEST_NIC, 72);
-      for (const [w, v] of Object.entries(words(id))) setWord(f, Number(w), v);
-      setWord(f, F_STATUS, status);
-      return f;
-    };
+    const frameFor = (id: number, status: number, payload: number) =>
+      pullReplyFrame(PEER, 72, pullReplyWords(o, id, SEND_MAX, { [F_STATUS]: status }), payload);
     /** Posts a pull into `dst` and polls until the peer has its request: its id. */
     const pull = (cookie: number, dst: RegisterRegionReply): number => {
-      const asked = link.requests.length;
+      const asked = link.ids.length;
       o.post(
         pullDesc({
           cookie,
@@ -2604,9 +2601,9 @@ test("the rest of a reply whose pull ended goes nowhere, even once a pull takes 
           length: SEND_MAX,
         }),
       );
-      for (let k = 0; k < 100 && link.requests.length === asked; k++) n.poll();
-      assert.equal(link.requests.length, asked + 1, `pull ${cookie} asked for`);
-      return link.requests[asked];
+      for (let k = 0; k < 100 && link.ids.length === asked; k++) n.poll();
+      assert.equal(link.ids.length, asked + 1, `pull ${cookie} asked for`);
+      return link.ids[asked];
     };
     const abort = (id: number) => {
       link.frameCb!(frameFor(id, MxStatus.ABORTED, 0));
