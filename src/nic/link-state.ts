@@ -203,11 +203,10 @@ export class LinkState {
   parked: PullPark | null = null;
   /**
    * The PULL_REPLY this link is handing over in pieces (Link.onPullData, remote-pull.ts
-   * rxPullData): the slot and id of the pull its first piece was let into, or -1 (refused
-   * there, or none under way). Its later pieces go there or nowhere.
+   * rxPullData): the slot of the pull its first piece was let into, or -1 (refused there,
+   * none under way, or that pull ended). Its later pieces go there or nowhere.
    */
   pieceSlot = -1;
-  pieceId = 0;
 
   // Liveness (links.ts wireTick): when the peer last said anything, when the link last took a
   // frame of ours, since when its main connection has refused every frame offered (0: it took

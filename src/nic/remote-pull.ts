@@ -380,26 +380,23 @@ export class RemotePull {
     const last = at + piece.length === total;
     const s = at === 0 ? this.replyFor(ls, head, true) : this.continued(ls, head);
     ls.pieceSlot = last ? -1 : s;
-    ls.pieceId = s < 0 ? 0 : this.table.id[s];
     if (s < 0) return;
     const n = getWord(head, F_LENGTH);
     const end = Math.min(at + piece.length, n);
-    if (end > at && !this.place(ls, s, piece, 0, end - at, at)) {
-      ls.pieceSlot = -1;
-      return;
-    }
+    // A failed place() ended the pull, and finish() forgot this reply.
+    if (end > at && !this.place(ls, s, piece, 0, end - at, at)) return;
     if (last) this.replied(ls, s, n);
   }
 
   /**
    * The pull a reply's later piece continues: the one its first piece was let into, while that
-   * pull lasts (its slot still holds the same id), else -1. A reply refused at its first piece
-   * stays refused: a pull posted meanwhile under the id it named gets nothing of it.
+   * pull lasts (finish() forgets the reply when it ends), else -1. A reply refused at its first
+   * piece stays refused: a pull posted meanwhile under the id it named gets nothing of it.
    */
   private continued(ls: LinkState, head: Uint8Array): number {
     const s = ls.pieceSlot;
-    if (s < 0 || this.table.find(ls.pieceId) !== s) return -1;
-    return this.replyFor(ls, head, false) === s ? s : -1;
+    // replyFor finds the pull by the header's id, the one the first piece was let into.
+    return s >= 0 && this.replyFor(ls, head, false) === s ? s : -1;
   }
 
   /**
