@@ -413,22 +413,25 @@ function byHand(fake: FakePeer, frame: Uint8Array): { bytes: Buffer; bulk: net.S
   return { bytes, bulk: link.bulk };
 }
 
+/** A PULL descriptor: `length` bytes into `dst` (at `dstOffset`) from endpoint 3 (session 33, pull right 5, key 6) on NIC `nic`. */
+const pullFrom3 = (cookie: number, nic: number, dst: RegisterRegionReply, length: number, dstOffset = 0) =>
+  pullDesc({
+    cookie,
+    nic,
+    src: { id: 3, session: 33 },
+    region: { regionId: 5, key: 6 },
+    dst,
+    dstOffset,
+    length,
+  });
+
 /**
  * `owner` pulls `length` bytes into `dst` from endpoint 3 (session 33, region 5, key 6) behind
  * the fake, which must have no other PULL_REQUEST yet. Resolves with the request the fake got
  * and a way to answer it: a PULL_REPLY with those words, `over` replacing some, and `payload`.
  */
 async function pullFromFake(fake: FakePeer, owner: Owner, dst: RegisterRegionReply, length: number) {
-  owner.post(
-    pullDesc({
-      cookie: 1,
-      nic: fake.nicId,
-      src: { id: 3, session: 33 },
-      region: { regionId: 5, key: 6 },
-      dst,
-      length,
-    }),
-  );
+  owner.post(pullFrom3(1, fake.nicId, dst, length));
   await until(() => fake.framesOf(FrameType.PullRequest).length === 1, "the PULL_REQUEST");
   const req = fake.framesOf(FrameType.PullRequest)[0];
   const id = getWord(req, F_COOKIE);
@@ -2456,16 +2459,7 @@ test("a pull reply refused at its first piece stays refused: a pull posted meanw
       "the first piece refused",
     );
 
-    a.post(
-      pullDesc({
-        cookie: 2,
-        nic: 18,
-        src: { id: 3, session: 33 },
-        region: { regionId: 5, key: 6 },
-        dst,
-        length: SEND_MAX,
-      }),
-    );
+    a.post(pullFrom3(2, 18, dst, SEND_MAX));
     await until(() => fake.framesOf(FrameType.PullRequest).length === 2, "pull 2's request");
     const id2 = getWord(fake.framesOf(FrameType.PullRequest)[1], F_COOKIE);
     assert.equal(id2, predicted, "the id the peer predicted (the test's premise)");
@@ -2501,43 +2495,17 @@ test("a reply for a pull still parked (never asked for) is refused: it places no
     const LEN = 100;
     const mem = new SharedArrayBuffer(LEN * (PULL_LINK_SHARE + 1));
     const dst = a.register(mem, Access.LocalWrite);
-    const desc = (i: number) =>
-      pullDesc({
-        cookie: i,
-        nic: 19,
-        src: { id: 3, session: 33 },
-        region: { regionId: 5, key: 6 },
-        dst,
-        dstOffset: i * LEN,
-        length: LEN,
-      });
+    const desc = (i: number) => pullFrom3(i, 19, dst, LEN, i * LEN);
     for (let i = 0; i < PULL_LINK_SHARE; i++) a.post(desc(i));
     await until(() => fake.framesOf(FrameType.PullRequest).length === PULL_LINK_SHARE, "a's share asked for");
     // b's pull frees a slot whose next id is known; a's next pull takes it, parked (a holds its share).
     const memB = new SharedArrayBuffer(LEN);
     const bp = await (async () => {
-      b.post(
-        pullDesc({
-          cookie: 1,
-          nic: 19,
-          src: { id: 3, session: 33 },
-          region: { regionId: 5, key: 6 },
-          dst: b.register(memB, Access.LocalWrite),
-          length: LEN,
-        }),
-      );
+      b.post(pullFrom3(1, 19, b.register(memB, Access.LocalWrite), LEN));
       await until(() => fake.framesOf(FrameType.PullRequest).length === PULL_LINK_SHARE + 1, "b's request");
       return getWord(fake.framesOf(FrameType.PullRequest)[PULL_LINK_SHARE], F_COOKIE);
     })();
-    fake.send(FrameType.PullReply, 1, {
-      [F_SRC_ENDPOINT]: 3,
-      [F_SRC_SESSION]: 33,
-      [F_DEST_ENDPOINT]: b.id,
-      [F_DEST_SESSION]: b.session,
-      [F_COOKIE]: bp,
-      [F_PULL_LENGTH]: LEN,
-      [F_STATUS]: MxStatus.ABORTED,
-    });
+    fake.send(FrameType.PullReply, 1, pullReplyWords(b, bp, LEN, { [F_STATUS]: MxStatus.ABORTED }));
     expectEvent(await b.nextEvent(5000, "b's pull ends"), EventType.PullDone, MxStatus.ABORTED, "b's pull");
     const parked0 = nic1.counters().global.pulls_parked;
     a.post(desc(PULL_LINK_SHARE));
@@ -2546,14 +2514,7 @@ test("a reply for a pull still parked (never asked for) is refused: it places no
     fake.send(
       FrameType.PullReply,
       1,
-      {
-        [F_SRC_ENDPOINT]: 3,
-        [F_SRC_SESSION]: 33,
-        [F_DEST_ENDPOINT]: a.id,
-        [F_DEST_SESSION]: a.session,
-        [F_COOKIE]: nextIdOfSlot(bp),
-        [F_PULL_LENGTH]: LEN,
-      },
+      pullReplyWords(a, nextIdOfSlot(bp), LEN),
       new Uint8Array(LEN).fill(0x77),
     );
     await until(
