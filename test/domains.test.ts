@@ -139,6 +139,62 @@ test("malformed hypercalls and XenStore requests get errors; the hypervisor keep
   await bystander.dom.destroy();
 });
 
+test("requests of any size are refused in the guest's own thread: the hypervisor serves none of them, then the largest honest ones", async () => {
+  // Before, each was posted as built: the hypervisor's thread decoded it whole (seconds for a
+  // 100 MiB value or a million perms, 32 in flight) while every domain's requests waited.
+  const dom = await hv.createDomain({ module: fixture("oversized-requests"), pages: 16, maxHeapMb: 256 });
+  const SERVED = ["hypercalls", "xenstore_ops", "xenstore_errors", "grant_map", "grant_errors"] as const;
+  const served = () => {
+    const c = hv.counters(dom.domid);
+    return SERVED.map((k) => c[k]);
+  };
+  assert.deepEqual(await nextMessage(dom), ["ready"]);
+  const before = served();
+  dom.send("go");
+  const [refused] = (await nextMessage(dom)) as [string[]];
+  assert.deepEqual(served(), before, "the hypervisor served none of the oversized requests");
+  const want: [string, RegExp][] = [
+    [
+      "hypercall port",
+      /^hypercall port: EINVAL: evtchn_status\.port must be a number, a boolean or a short string, not a typed array/,
+    ],
+    [
+      "hypercall refs",
+      /^hypercall refs: EINVAL: grant_map: refs has 1000000 entries; a request carries at most 4096/,
+    ],
+    [
+      "hypercall copy",
+      /^hypercall copy: EINVAL: grant_copy: ops\[0\]\.source must be an object of fields, not a typed array/,
+    ],
+    ["hypercall op", /^hypercall op: EINVAL: hypercall op is a string of 1048576 characters/],
+    [
+      "xenstore value",
+      /^xenstore value: EINVAL: value for data\/v is at least 8388608 bytes; the limit is 4096/,
+    ],
+    [
+      "xenstore typed value",
+      /^xenstore typed value: EINVAL: value for data\/v must be a string, got a typed array/,
+    ],
+    ["xenstore path", /^xenstore path: EINVAL: path is 1048581 characters long; the limit is 3072/],
+    [
+      "xenstore perms",
+      /^xenstore perms: ENOSPC: perms for data has 1000000 entries; a request carries at most 512/,
+    ],
+    ["xenstore token", /^xenstore token: EINVAL: watch token is 1048576 characters long/],
+    ["xenstore tx", /^xenstore tx: EINVAL: tx must be a number, a boolean or a short string, not an array/],
+    ["xenstore sync", /^xenstore sync: EINVAL: value for data\/v is at least 8388608 bytes/],
+  ];
+  assert.equal(refused.length, want.length, refused.join("\n"));
+  for (const [i, [, re]] of want.entries()) assert.match(refused[i], re);
+  dom.send("go");
+  const exit = await dom.exited;
+  assert.equal(exit.state, "shutdown", exit.error?.message);
+  assert.deepEqual(exit.result, { sameValue: true, status: "object" });
+  const after = served();
+  assert.ok(after[1] - before[1] >= 3, "the honest XenStore requests were served");
+  assert.equal(after[0] - before[0], 1, "the honest hypercall was served");
+});
+
 test("a test waiting for a guest's next message fails at once, with the guest's error, when the guest throws instead", async () => {
   const d = await hv.createDomain({
     module: fixture("throws"),

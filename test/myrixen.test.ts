@@ -11,10 +11,12 @@ import { Host } from "../src/host/host.js";
 import { Inspector } from "../src/host/inspect.js";
 import { DRIVER_EVENT_CONNECT, DRIVER_EVENT_DISCONNECT } from "../src/myrixen/driver-abi.js";
 import { Access, ANY_ENDPOINT, EndpointState, EventType } from "../src/nic/window.js";
+import { nextMessage } from "./helpers/messages.js";
 import { MYRI_AGENT as AGENT, type MyriAgent as Agent, myriAgent as agent } from "./helpers/myri-agent.js";
 
 const HOSTILE = new URL("./fixtures/myri-hostile.js", import.meta.url);
 const NOMAIN = new URL("./fixtures/guests/nomain.js", import.meta.url);
+const NATIVE_OVERSIZED = new URL("./fixtures/guests/native-oversized.js", import.meta.url);
 
 let host: Host;
 const KEY_A = 0x1234;
@@ -502,4 +504,31 @@ test("backend stats count the requests it served, per operation", async () => {
     assert.ok(s.byOp[op] > 0, `${op} was counted`);
   assert.equal(s.requests, s.ringRequests + s.nativeRequests);
   assert.ok(s.frontendsConnected >= 6);
+});
+
+test("a native process's calls of any size are refused in its own thread: the driver domain serves none of them", async () => {
+  // Before, each was posted as built and decoded whole by the driver domain's thread, which
+  // serves every guest's set-up (myrback) meanwhile.
+  const dom = await host.startNative({
+    module: NATIVE_OVERSIZED,
+    name: "native-oversized",
+    pages: 256,
+    maxHeapMb: 128,
+  });
+  assert.deepEqual(await nextMessage(dom), ["ready"]);
+  const before = host.backendStats().nativeRequests;
+  dom.send("go");
+  const [refused] = (await nextMessage(dom)) as [string[]];
+  assert.equal(host.backendStats().nativeRequests, before, "the native service served none of them");
+  assert.deepEqual(refused, [
+    "typed array: EINVAL: native request.pad must be a number, a boolean or a short string, not a typed array",
+    "long string: EINVAL: native request.pad is a string of 1048576 characters; a request carries at most 64 there",
+    "many fields: EINVAL: native request has 1001 fields; a request carries at most 16",
+    "a list: EINVAL: native request must be an object of fields, not an array",
+  ]);
+  dom.send("go");
+  const exit = await dom.exited;
+  assert.equal(exit.state, "shutdown", exit.error?.message);
+  assert.equal(exit.result, 7, "an honest attach and info still go");
+  assert.equal(host.backendStats().nativeRequests, before + 1, "info was served (attach is not counted)");
 });

@@ -15,6 +15,7 @@ import type { MessagePort } from "node:worker_threads";
 import type { DomId, EvtchnPort } from "./abi.js";
 import type { GrantCopyOp } from "./grant-table.js";
 import { answerSyncCall, SyncCallClient, SyncCallFailed } from "./sync-call.js";
+import { wireList, wireRecord, wireScalar } from "./wire-values.js";
 import type { XenStoreRequest } from "./xenstore.js";
 
 export type HypercallRequest =
@@ -68,10 +69,79 @@ export class HypercallFailed extends SyncCallFailed {
   }
 }
 
-/** The guest's end: issue a hypercall and block until the hypervisor answers. */
+/**
+ * The most entries a hypercall's list carries on the wire: a segment's pages (grant_map's
+ * refs) and a grant_copy batch. The hypervisor holds each list to its own limit after.
+ */
+export const HYPERCALL_LIST_MAX = 4096;
+
+/** Each op's scalar fields, and its list of scalars if it has one: the whole wire contract. */
+const SCALARS: Readonly<Record<HypercallRequest["op"], readonly string[]>> = {
+  grant_map: ["domid", "ref", "readonly"],
+  grant_unmap: ["handle"],
+  grant_read: ["handle", "offset", "length"],
+  grant_copy: [],
+  evtchn_alloc_unbound: ["remoteDom"],
+  evtchn_bind_interdomain: ["remoteDom", "remotePort"],
+  evtchn_close: ["port"],
+  evtchn_status: ["port"],
+  mem_alloc_shared: ["pages"],
+  mem_share: ["pfn", "domid"],
+  mem_release_shared: ["pfn"],
+  foreign_domain: ["domid"],
+  foreign_frame: ["domid", "pfn"],
+};
+const SCALAR_LISTS: Readonly<Partial<Record<HypercallRequest["op"], string>>> = {
+  grant_map: "refs",
+  mem_alloc_shared: "audience",
+};
+const COPY_SIDE = ["domid", "ref", "gmfn", "offset"] as const;
+
+/**
+ * A hypercall as it goes to the hypervisor's thread (wire-values.ts says why): a fresh object
+ * of its op's fields, each read once, primitives only; refs and audience lists of at most
+ * HYPERCALL_LIST_MAX numbers; grant_copy's ops as many plain copies. An unknown op goes by its
+ * name alone (the hypervisor answers ENOSYS). Throws HypercallFailed EINVAL.
+ */
+export function hypercallOnWire(req: unknown): HypercallRequest {
+  const fail = (why: string) => new HypercallFailed("EINVAL", why);
+  if (typeof req !== "object" || req === null) throw fail("hypercall must be an object");
+  const r = req as Record<string, unknown>;
+  const op = wireScalar(r.op, "hypercall op", fail);
+  if (typeof op !== "string" || !Object.hasOwn(SCALARS, op)) return { op } as unknown as HypercallRequest;
+  const known = op as HypercallRequest["op"];
+  const out = wireRecord(r, known, SCALARS[known], fail) as Record<string, unknown>;
+  out.op = known;
+  const list = SCALAR_LISTS[known];
+  if (list !== undefined && r[list] !== undefined)
+    out[list] = wireList(r[list], `${known}: ${list}`, HYPERCALL_LIST_MAX, fail, (x, i) =>
+      wireScalar(x, `${known}: ${list}[${i}]`, fail),
+    );
+  if (known === "grant_copy")
+    out.ops = wireList(r.ops, "grant_copy: ops", HYPERCALL_LIST_MAX, fail, (x, i) => {
+      const c = wireRecord(x, `grant_copy: ops[${i}]`, ["len"], fail);
+      if (typeof c !== "object" || c === null) return c;
+      const o = x as Record<string, unknown>;
+      return {
+        ...c,
+        source: wireRecord(o.source, `grant_copy: ops[${i}].source`, COPY_SIDE, fail),
+        dest: wireRecord(o.dest, `grant_copy: ops[${i}].dest`, COPY_SIDE, fail),
+      };
+    });
+  return out as unknown as HypercallRequest;
+}
+
+/**
+ * The guest's end: issue a hypercall and block until the hypervisor answers. Every request is
+ * rebuilt by hypercallOnWire first: this class holds the port, so nothing else reaches it.
+ */
 export class HypercallClient extends SyncCallClient<HypercallRequest> {
   constructor(port: MessagePort, replyWord: SharedArrayBuffer) {
     super(port, replyWord, (errno, message) => new HypercallFailed(errno, message));
+  }
+
+  override call<T>(req: HypercallRequest): T {
+    return super.call<T>(hypercallOnWire(req));
   }
 }
 

@@ -42,4 +42,10 @@ export {
   type XenStoreTreeNode,
 } from "./xenstore/store.js";
 export type { XenStoreWatchCallback } from "./xenstore/watches.js";
-export { executeXenStoreRequest, type XenStoreOp, type XenStoreRequest } from "./xenstore/wire.js";
+export {
+  executeXenStoreRequest,
+  XENSTORE_WIRE_PERMS_MAX,
+  type XenStoreOp,
+  type XenStoreRequest,
+  xenStoreRequestOnWire,
+} from "./xenstore/wire.js";

@@ -35,9 +35,15 @@ import {
 import type { GuestBootData } from "../hypervisor.js";
 import { GuestMemory, type PageRun } from "../memory.js";
 import { reclaimSoon } from "../reclaim.js";
-import { SyncCallClient } from "../sync-call.js";
+import { SyncCallClient, SyncCallFailed } from "../sync-call.js";
+import { wireFlat } from "../wire-values.js";
 import { takeWatchEvent, XS_REQUESTS_IN_FLIGHT } from "../xenstore/port-credit.js";
-import { RequestXenStoreClient, XenStoreError, type XenStoreRequest } from "../xenstore.js";
+import {
+  RequestXenStoreClient,
+  XenStoreError,
+  type XenStoreRequest,
+  xenStoreRequestOnWire,
+} from "../xenstore.js";
 
 /**
  * Pages of another domain, mapped through grants. A writable mapping is the granter's whole
@@ -404,11 +410,17 @@ class RemoteXenStoreClient extends RequestXenStoreClient {
   }
 
   protected send(req: XenStoreRequest): Promise<unknown> {
+    let wire: XenStoreRequest;
+    try {
+      wire = xenStoreRequestOnWire(req);
+    } catch (e) {
+      return Promise.reject(e);
+    }
     const id = this.#nextId++;
     return new Promise((resolve, reject) => {
       this.#pending.set(id, { resolve, reject });
-      if (this.#inFlight < XS_REQUESTS_IN_FLIGHT) this.#post(id, req);
-      else this.#queued.push({ id, req });
+      if (this.#inFlight < XS_REQUESTS_IN_FLIGHT) this.#post(id, wire);
+      else this.#queued.push({ id, req: wire });
     });
   }
 
@@ -420,6 +432,11 @@ class RemoteXenStoreClient extends RequestXenStoreClient {
   /** A request whose outcome the caller polls while it pumps the port (Guest.xenstoreSync). */
   #requestSync(req: XenStoreRequest): SyncSlot {
     const slot: SyncSlot = { done: false, ok: false, value: undefined, error: undefined };
+    try {
+      req = xenStoreRequestOnWire(req);
+    } catch (e) {
+      return Object.assign(slot, { done: true, error: e });
+    }
     const id = this.#nextId++;
     this.#pending.set(id, {
       resolve: (v) => Object.assign(slot, { done: true, ok: true, value: v }),
@@ -544,7 +561,10 @@ export class Guest {
       throw new TypeError(
         "nativeCall: this domain has no native service (a native process started with Host.startNative has one)",
       );
-    return this.#nativeService.call<T>(req);
+    // Rebuilt before it is posted (../wire-values.ts): the service's thread is the driver
+    // domain's, which serves every guest's set-up.
+    const fail = (why: string) => new SyncCallFailed("EINVAL", why);
+    return this.#nativeService.call<T>(wireFlat(req, "native request", fail));
   }
 
   #dispatchAsync(m: AsyncToGuest): void {

@@ -248,6 +248,8 @@ export class XenStore {
   setPerms(caller: DomId, path: string, perms: readonly XenStorePerm[], tx?: number): void {
     this.begin(caller, "setPerms");
     const p = canonicalizePath(caller, path);
+    // Counted before a single entry is read: a long list is refused at its length.
+    if (caller !== 0 && Array.isArray(perms)) this.checkPermsCount(caller, p, perms.length);
     this.mutate(caller, tx, { kind: "setPerms", path: p, perms: validatePerms(perms, p) });
   }
 
@@ -559,13 +561,7 @@ export class XenStore {
    * gets that id next).
    */
   private checkNamedByGuest(caller: DomId, path: string, perms: readonly XenStorePerm[]): void {
-    if (perms.length > this.quotas.maxPermsPerNode) {
-      throw new XenStoreError(
-        "ENOSPC",
-        path,
-        `domain ${caller} may list at most ${this.quotas.maxPermsPerNode} entries in a node's perms, not ${perms.length}`,
-      );
-    }
+    this.checkPermsCount(caller, path, perms.length);
     for (const q of perms) {
       if (!this.introduced.has(q.dom)) {
         throw new XenStoreError(
@@ -574,6 +570,16 @@ export class XenStore {
           `perms for ${path} name domain ${q.dom}, which does not exist; a node may name only live domains`,
         );
       }
+    }
+  }
+
+  private checkPermsCount(caller: DomId, path: string, n: number): void {
+    if (n > this.quotas.maxPermsPerNode) {
+      throw new XenStoreError(
+        "ENOSPC",
+        path,
+        `domain ${caller} may list at most ${this.quotas.maxPermsPerNode} entries in a node's perms, not ${n}`,
+      );
     }
   }
 

@@ -7,8 +7,14 @@
  */
 
 import type { DomId } from "../abi.js";
+import { type WireScalar, wireKind, wireList, wireRecord, wireScalar } from "../wire-values.js";
 import { safeJson, XenStoreError } from "./errors.js";
-import type { XenStorePerm } from "./paths.js";
+import {
+  XENSTORE_ABS_PATH_MAX,
+  XENSTORE_PAYLOAD_MAX,
+  XENSTORE_VALUE_MAX,
+  type XenStorePerm,
+} from "./paths.js";
 import type { XenStore } from "./store.js";
 
 export type XenStoreOp =
@@ -48,6 +54,79 @@ const REQUEST_OPS: ReadonlySet<string> = new Set<XenStoreOp>([
   "watch",
   "unwatch",
 ]);
+
+/**
+ * The most entries a perms list carries on the wire: what fits one request's payload in
+ * xs_wire.h (XENSTORE_PAYLOAD_MAX bytes, "r32752" and its NUL each). The store then holds an
+ * unprivileged domain to its quota (5).
+ */
+export const XENSTORE_WIRE_PERMS_MAX = 512;
+
+/**
+ * A request as it goes to xenstored's thread (../wire-values.ts says why): a fresh object of
+ * the request's fields, each read once; path, value and token strings no longer than the
+ * store takes (a value's UTF-8 bytes are at least its characters), perms a list of at most
+ * XENSTORE_WIRE_PERMS_MAX {dom, access}, the rest primitives. What the fields mean is the
+ * store's to check. Throws XenStoreError EINVAL, with the store's words where it has them.
+ */
+export function xenStoreRequestOnWire(req: unknown): XenStoreRequest {
+  if (typeof req !== "object" || req === null)
+    throw new XenStoreError(
+      "EINVAL",
+      "",
+      `unknown XenStore request ${safeJson(req)}; use one of ${[...REQUEST_OPS].join(", ")}`,
+    );
+  const r = req as Record<string, unknown>;
+  const fail = (why: string) => new XenStoreError("EINVAL", "", why);
+  const out: Record<string, WireScalar | WireScalar[] | Record<string, WireScalar>[]> = {
+    op: wireScalar(r.op, "XenStore request op", fail),
+  };
+  const path = r.path;
+  if (typeof path === "string" && path.length > XENSTORE_ABS_PATH_MAX)
+    throw new XenStoreError(
+      "EINVAL",
+      path.slice(0, 64),
+      `path is ${path.length} characters long; the limit is ${XENSTORE_ABS_PATH_MAX}`,
+    );
+  if (path !== undefined) out.path = wireScalar(path, "path", fail, XENSTORE_ABS_PATH_MAX);
+  const named = typeof path === "string" ? path : "the node";
+  const value = r.value;
+  if (typeof value === "string" && value.length > XENSTORE_VALUE_MAX)
+    throw new XenStoreError(
+      "EINVAL",
+      named,
+      `value for ${named} is at least ${value.length} bytes; the limit is ${XENSTORE_VALUE_MAX} (store a grant reference to a page instead)`,
+    );
+  if (typeof value === "object" && value !== null)
+    throw new XenStoreError("EINVAL", named, `value for ${named} must be a string, got ${wireKind(value)}`);
+  if (value !== undefined) out.value = wireScalar(value, "value", fail, XENSTORE_VALUE_MAX);
+  const token = r.token;
+  if (typeof token === "string" && token.length > XENSTORE_PAYLOAD_MAX)
+    throw new XenStoreError(
+      "EINVAL",
+      named,
+      `watch token is ${token.length} characters long; a watch's path and token together must fit in ${XENSTORE_PAYLOAD_MAX} bytes (use a short token)`,
+    );
+  if (token !== undefined) out.token = wireScalar(token, "token", fail, XENSTORE_PAYLOAD_MAX);
+  for (const f of ["tx", "commit"] as const) {
+    const v = r[f];
+    if (v !== undefined) out[f] = wireScalar(v, f, fail);
+  }
+  const perms = r.perms;
+  // A list too long is what the store says of one over a guest's quota: ENOSPC.
+  const tooMany = (why: string) =>
+    new XenStoreError(
+      "ENOSPC",
+      named,
+      `${why} (an unprivileged domain's node lists at most its quota, 5 by default)`,
+    );
+  if (Array.isArray(perms))
+    out.perms = wireList(perms, `perms for ${named}`, XENSTORE_WIRE_PERMS_MAX, tooMany, (p, i) =>
+      wireRecord(p, `perms[${i}] for ${named}`, ["dom", "access"], fail),
+    ) as Record<string, WireScalar>[];
+  else if (perms !== undefined) out.perms = wireScalar(perms, `perms for ${named}`, fail);
+  return out as unknown as XenStoreRequest;
+}
 
 /**
  * Runs one request for `caller` (the domain the channel belongs to, never a field of the
