@@ -21,6 +21,7 @@ import { ClientJobs, type JobClient } from "./client-jobs.js";
 import { plainAddress } from "./listen.js";
 import type { LogFields, Logger } from "./log.js";
 import {
+  ANSWERS_QUEUED_MAX,
   CLIENT_TYPES,
   type ClientMessage,
   ClientMessageSchema,
@@ -67,6 +68,9 @@ export interface ControlConnectionOptions {
 
 let connectionIds = 0;
 
+/** Status and snapshot requests one client may have under way before its next ones wait unread. */
+export const INSPECTIONS_IN_FLIGHT = 16;
+
 export class ControlConnection implements JobClient {
   readonly id = ++connectionIds;
   /** The client's address (an IPv4-mapped IPv6 address as plain IPv4): the host's limits per address. */
@@ -87,6 +91,8 @@ export class ControlConnection implements JobClient {
   private readonly gone = new AbortController();
   /** Peer NIC ids its open link requests name, with how many requests name each. */
   private readonly linkPeers = new Map<number, number>();
+  /** Inspections (status, snapshot) being answered (inspect). */
+  private inspecting = 0;
 
   constructor(
     private readonly daemon: ControlService,
@@ -99,11 +105,15 @@ export class ControlConnection implements JobClient {
     setMaxListeners(0, this.gone.signal);
     this.address = plainAddress(socket.remoteAddress);
     this.remote = `${this.address}:${socket.remotePort}`;
-    this.channel = new LineChannel(socket, {
-      line: (v) => this.onLine(v),
-      garbage: (why) => this.drop(`it sent ${why}`),
-      close: (why) => this.onClose(why),
-    });
+    this.channel = new LineChannel(
+      socket,
+      {
+        line: (v) => this.onLine(v),
+        garbage: (why) => this.drop(`it sent ${why}`),
+        close: (why) => this.onClose(why),
+      },
+      ANSWERS_QUEUED_MAX,
+    );
     // An unauthenticated client cannot make the host buffer more than a handshake line.
     this.channel.maxLineBytes = MAX_HANDSHAKE_LINE_BYTES;
     this.handshakeTimer = setTimeout(
@@ -245,12 +255,14 @@ export class ControlConnection implements JobClient {
         this.send({ type: "pong" });
         return;
       case "status":
-        void this.daemon.status(m.id).then((s) => this.send(s));
+        this.inspect(this.daemon.status(m.id));
         return;
       case "snapshot":
-        this.daemon.snapshot().then(
-          (snapshot) => this.send({ type: "snapshot", id: m.id, ok: true, snapshot }),
-          (e: Error) => this.send({ type: "snapshot", id: m.id, ok: false, error: e.message }),
+        this.inspect(
+          this.daemon.snapshot().then(
+            (snapshot): HostMessage => ({ type: "snapshot", id: m.id, ok: true, snapshot }),
+            (e: Error): HostMessage => ({ type: "snapshot", id: m.id, ok: false, error: e.message }),
+          ),
         );
         return;
       case "xenstore":
@@ -272,6 +284,20 @@ export class ControlConnection implements JobClient {
         this.jobs.stop(m.job);
         return;
     }
+  }
+
+  /**
+   * Answers an inspection (status, snapshot) when it is ready. At most INSPECTIONS_IN_FLIGHT
+   * are under way: then the client's next requests wait unread until one is answered (a
+   * client could start a socket read's worth, ~1,800, and have their answers queued at once).
+   */
+  private inspect(answer: Promise<HostMessage>): void {
+    if (++this.inspecting === INSPECTIONS_IN_FLIGHT) this.channel.holdReading(true);
+    void answer
+      .then((m) => this.send(m))
+      .finally(() => {
+        if (this.inspecting-- === INSPECTIONS_IN_FLIGHT) this.channel.holdReading(false);
+      });
   }
 
   /**

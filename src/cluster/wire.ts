@@ -53,6 +53,14 @@ export const MAX_OUTPUT_LINE = 64 * 1024;
 export const MAX_RANKS = 4096;
 /** Above this many bytes queued towards a slow client, rank output is dropped (and counted). */
 export const MAX_QUEUED_BYTES = 64 << 20;
+/**
+ * A host reads no more of a client's requests while this many bytes of its answers (replies
+ * and events; not rank output, which MAX_QUEUED_BYTES bounds) wait in the host's memory for
+ * the client to read, and reads on once half of them went to the kernel. A client that asks
+ * and never reads once made the host keep 64 MiB of answers per connection, its heap filled
+ * and the host (with every tenant's jobs) ended.
+ */
+export const ANSWERS_QUEUED_MAX = 256 * 1024;
 
 const reqId = z.int().min(0).max(0x7fffffff);
 const u32 = z.int().min(0).max(0xffffffff);
@@ -385,6 +393,8 @@ export interface LineChannelHandlers {
 }
 
 const decoder = new TextDecoder("utf-8", { fatal: true });
+const PAUSED_FOR_ANSWERS = 1;
+const PAUSED_BY_OWNER = 2;
 
 /**
  * Newline-delimited JSON on a socket, with the line length bounded on both directions and a
@@ -397,10 +407,21 @@ export class LineChannel {
   closeReason: string | null = null;
   /** Longest line accepted now (a host lowers it until its client has authenticated). */
   maxLineBytes = MAX_LINE_BYTES;
+  /** Bytes of answers (sends that may not be dropped) written and not yet taken by the kernel. */
+  private answersQueued = 0;
+  /** Why reading is paused: PAUSED_FOR_ANSWERS, PAUSED_BY_OWNER (holdReading), or 0. */
+  private pausedFor = 0;
+  /** What was read and not yet parsed when reading paused (one socket read at most). */
+  private held: Buffer | null = null;
 
   constructor(
     readonly socket: net.Socket,
     private readonly handlers: LineChannelHandlers,
+    /**
+     * Reading pauses while more than this many bytes of answers wait unsent (0: never): a
+     * host's side sets ANSWERS_QUEUED_MAX, a client's none (it reads whatever comes).
+     */
+    private readonly pauseAbove = 0,
   ) {
     socket.setNoDelay(true);
     socket.on("data", (b: Buffer) => this.onData(b));
@@ -419,6 +440,16 @@ export class LineChannel {
     return this.socket.writableLength;
   }
 
+  /** Whether reading is paused: the peer has answers to read (pauseAbove), or the owner holds it. */
+  get readingPaused(): boolean {
+    return this.pausedFor !== 0;
+  }
+
+  /** The owner pauses reading (its own bound, e.g. requests being answered) or lets it go on. */
+  holdReading(hold: boolean): void {
+    this.pause(PAUSED_BY_OWNER, hold);
+  }
+
   /**
    * Writes one message. Returns false (nothing written) when the channel is closed or more
    * than MAX_QUEUED_BYTES wait for a slow reader: a droppable message is dropped, any other
@@ -432,8 +463,32 @@ export class LineChannel {
       this.destroy(`the peer has not read ${MAX_QUEUED_BYTES} bytes sent to it`);
       return false;
     }
-    this.socket.write(`${JSON.stringify(msg)}\n`);
+    const line = `${JSON.stringify(msg)}\n`;
+    if (droppable || this.pauseAbove === 0) {
+      this.socket.write(line);
+      return true;
+    }
+    // Counted in characters (a bound: never more than its bytes) until the kernel has it.
+    const n = line.length;
+    this.answersQueued += n;
+    this.socket.write(line, () => {
+      this.answersQueued -= n;
+      if (this.answersQueued <= this.pauseAbove / 2) this.pause(PAUSED_FOR_ANSWERS, false);
+    });
+    if (this.answersQueued > this.pauseAbove) this.pause(PAUSED_FOR_ANSWERS, true);
     return true;
+  }
+
+  private pause(reason: number, on: boolean): void {
+    const was = this.pausedFor;
+    this.pausedFor = on ? was | reason : was & ~reason;
+    if (was === 0 && this.pausedFor !== 0) this.socket.pause();
+    if (was === 0 || this.pausedFor !== 0 || this.closed) return;
+    // Resumed: what was read before the pause goes first, then the socket again.
+    const held = this.held;
+    this.held = null;
+    this.socket.resume();
+    if (held !== null) this.onData(held);
   }
 
   /** Flushes what is queued, then closes. */
@@ -454,12 +509,22 @@ export class LineChannel {
     this.closed = true;
     this.closeReason = why;
     this.chunks = [];
+    this.held = null;
     this.handlers.close(why);
   }
 
   private onData(b: Buffer): void {
+    if (this.pausedFor !== 0) {
+      // Read before the pause took: kept, in order, for when reading resumes.
+      this.held = this.held === null ? b : Buffer.concat([this.held, b]);
+      return;
+    }
     let start = 0;
     while (!this.closed) {
+      if (this.pausedFor !== 0) {
+        if (start < b.length) this.held = b.subarray(start);
+        return;
+      }
       const nl = b.indexOf(10, start);
       if (nl < 0) {
         const rest = b.length - start;
