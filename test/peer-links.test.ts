@@ -7,6 +7,8 @@
  * 99% of a core; an honest job took 6.1 s instead of 0.6 s). Now a request's waits end when
  * its client goes, a client's open requests name at most as many peers as the NIC links to
  * (maxLinks), and the peers that dial in are watched for by one shared look at the NIC.
+ * Requests for one NIC id share a wait only if they name the same address, and each gives up at
+ * its own deadline.
  */
 import assert from "node:assert/strict";
 import net from "node:net";
@@ -83,6 +85,24 @@ test("a link request naming more peers than the NIC links to is refused, and so 
     await until(() => d.activeLinkWaits === 16, "the second request's new waits");
     rh.close();
     await Promise.all([first, second]);
+    await until(() => d.activeLinkWaits === 0, "every wait to end once the client went");
+  } finally {
+    await d.stop();
+  }
+});
+
+test("one client's link requests name at most as many NIC id and address pairs as the NIC links to", async () => {
+  const d = await startDaemon({ nicId: 1, maxLinks: 16 });
+  try {
+    const rh = await connect(d);
+    // One NIC id at 16 addresses: each pair is a wait of its own, so each counts.
+    const at = (port: number): LinkPeer => ({ nicId: 5000, host: "127.0.0.1", port, label: `port ${port}` });
+    const open = Array.from({ length: 16 }, (_, i) => rh.link([at(i + 1)], 600_000).catch((e: Error) => e));
+    await until(() => d.activeLinkWaits === 16, "a wait per address");
+    await assert.rejects(rh.link([at(17)], 5_000), /one client may have at most 16 being linked at once/);
+    assert.equal(d.activeLinkWaits, 16);
+    rh.close();
+    await Promise.all(open);
     await until(() => d.activeLinkWaits === 0, "every wait to end once the client went");
   } finally {
     await d.stop();
@@ -184,5 +204,87 @@ test("an honest pair of hosts still links through a launcher's requests, and no 
     rb.close();
   } finally {
     await Promise.all([a.stop(), b.stop()]);
+  }
+});
+
+/** Resolves with what `p` settles to, or rejects naming `what` if it is still pending after `ms` (a liveness bound). */
+function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} was still pending after ${ms} ms`)), ms);
+  });
+  return Promise.race([p, late]).finally(() => clearTimeout(timer));
+}
+
+const linkOf = (d: HostDaemon, label: string): LinkPeer => ({
+  nicId: d.nicId,
+  host: d.linkAddress!.host,
+  port: d.linkAddress!.port,
+  label,
+});
+
+test("a key holder's wait for a NIC id at its own address does not capture an honest request for that NIC at the real one", async () => {
+  const silent = await silentPeer();
+  const a = await startDaemon({ nicId: 1 }); // the lower id: A dials
+  const b = await startDaemon({ nicId: 200 });
+  const [attacker, honest] = [await connect(a), await connect(a)];
+  try {
+    // The key holder names NIC 200 at an address that takes the connection and never answers.
+    const bogus = { ...silent.peer, nicId: b.nicId, label: "nowhere" };
+    const hijack = attacker.link([bogus], 600_000).then(
+      () => undefined,
+      (e: Error) => e,
+    );
+    await until(() => silent.sockets.length >= 1, "A to dial the key holder's address");
+    // Before the fix this joined the key holder's wait: it dialled the silent address and failed
+    // only at the key holder's deadline, 600 s on.
+    await within(honest.link([linkOf(b, "b")], 10_000), 30_000, "the honest link request");
+    assert.deepEqual((await honest.status()).links, [200], "A is linked to B, the real NIC 200");
+    // The NIC keeps one link per peer NIC id: the key holder's wait sees NIC 200 linked and ends.
+    assert.equal(await within(hijack, 30_000, "the key holder's request"), undefined);
+    await until(() => a.activeLinkWaits === 0, "every wait to end");
+  } finally {
+    attacker.close();
+    honest.close();
+    await Promise.all([a.stop(), b.stop()]);
+    silent.close();
+  }
+});
+
+test("a request that joins a longer wait for a peer gives up at its own deadline, whichever side dials", async () => {
+  // NIC id 1: this host dials the silent peer (NIC 1000); 0xfffffff0: it waits for NIC 1000 to dial in.
+  for (const nicId of [1, 0xfffffff0]) {
+    const silent = await silentPeer();
+    const d = await startDaemon({ nicId });
+    const [attacker, honest] = [await connect(d), await connect(d)];
+    try {
+      const long = attacker.link([silent.peer], 600_000).catch((e: Error) => e);
+      await until(() => d.activeLinkWaits === 1, "the key holder's wait");
+      // The same peer at the same address: this request shares the wait, not its deadline.
+      const e = await within(
+        honest.link([silent.peer], 1_500).then(
+          () => undefined,
+          (err: Error) => err,
+        ),
+        30_000,
+        `the request with a 1500 ms timeout (NIC id ${nicId})`,
+      );
+      assert.ok(e instanceof Error, "the silent peer never links");
+      assert.match(
+        e.message,
+        nicId < silent.peer.nicId
+          ? /no NIC link to host silent .* within 1500 ms/
+          : /host silent .* did not link to this host's NIC within 1500 ms/,
+      );
+      assert.equal(d.activeLinkWaits, 1, "the key holder's own wait runs on");
+      attacker.close();
+      await long;
+      await until(() => d.activeLinkWaits === 0, "every wait to end once the key holder went");
+    } finally {
+      attacker.close();
+      honest.close();
+      await d.stop();
+      silent.close();
+    }
   }
 });

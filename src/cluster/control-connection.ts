@@ -18,6 +18,7 @@ import type { XenStoreTreeNode } from "../xen/xenstore.js";
 import { type ClusterKey, checkControlProof, controlProof, newNonce } from "./auth.js";
 import type { HostCapacity } from "./capacity.js";
 import { ClientJobs, type JobClient } from "./client-jobs.js";
+import { formatAddress } from "./hostfile.js";
 import { plainAddress } from "./listen.js";
 import type { LogFields, Logger } from "./log.js";
 import {
@@ -89,8 +90,11 @@ export class ControlConnection implements JobClient {
   private readonly channel: LineChannel;
   /** Aborted when the connection closes: its link requests stop waiting. */
   private readonly gone = new AbortController();
-  /** Peer NIC ids its open link requests name, with how many requests name each. */
-  private readonly linkPeers = new Map<number, number>();
+  /**
+   * The peers its open link requests name (NIC id and address: each pair may be a wait of
+   * its own, peer-links.ts), with how many requests name each.
+   */
+  private readonly linkPeers = new Map<string, number>();
   /** Inspections (status, snapshot) being answered (inspect). */
   private inspecting = 0;
 
@@ -303,10 +307,10 @@ export class ControlConnection implements JobClient {
   /**
    * Links the NIC to the peers a link request names, waiting at most as long as it asks and
    * no longer than the client stays. Its open requests together name at most maxLinkPeers
-   * peers (each counted once): beyond, the request is refused.
+   * peers (each NIC id at each address counted once): beyond, the request is refused.
    */
   private link(m: Extract<ClientMessage, { type: "link" }>): void {
-    const ids = [...new Set(m.peers.map((p) => p.nicId))];
+    const ids = [...new Set(m.peers.map((p) => `${p.nicId} at ${formatAddress(p)}`))];
     const added = ids.filter((id) => !this.linkPeers.has(id)).length;
     const bound = this.daemon.maxLinkPeers;
     if (this.linkPeers.size + added > bound) {

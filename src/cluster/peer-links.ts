@@ -5,7 +5,8 @@
  * when it drops, however long that takes (the NIC itself gives a dropped link up an hour
  * after the drop, tcp-attach.ts RECONNECT_GIVE_UP_MS: a peer that is not kept here is linked
  * again by the next job that needs it). Both sides prove the cluster key (tcp-link.ts on the
- * NIC, auth.ts here).
+ * NIC, auth.ts here). Requests for the same peer share one wait only if they name the same
+ * address, and each gives up at its own deadline.
  */
 
 import type { Host } from "../host/host.js";
@@ -51,7 +52,7 @@ export interface PeerLinksOptions {
   stopped: () => boolean;
 }
 
-/** One peer NIC being linked, shared by every request that names it. */
+/** One peer NIC being linked, shared by every request that names it at the same address. */
 interface LinkWait {
   run: Promise<void>;
   /** Ends the wait once no request wants it any more. */
@@ -59,6 +60,8 @@ interface LinkWait {
   users: number;
   /** When it gives up: the deadline of the request that started it. */
   deadline: number;
+  /** Why its last dial failed. */
+  last: string;
 }
 
 /** How often the one shared look at the NIC's links runs while a request waits for a peer to dial in. */
@@ -72,7 +75,8 @@ export class LinkRequestCancelled extends Error {}
 const cancelled = () => Promise.reject(new LinkRequestCancelled("the client went"));
 
 export class PeerLinks {
-  private readonly linking = new Map<number, LinkWait>();
+  /** The waits, by waitKey. */
+  private readonly linking = new Map<string, LinkWait>();
   /** Peers that dial us, waited for by one shared look at the NIC's links: NIC id → wake. */
   private readonly awaited = new Map<number, (linked: boolean) => void>();
   private looking = false;
@@ -85,7 +89,17 @@ export class PeerLinks {
     return this.opts.host.nicId;
   }
 
-  /** Peer NICs being linked now for some request (each once, however many requests name it). */
+  /**
+   * The wait a request for `p` shares. Where this NIC dials, the address is part of it: a
+   * request naming NIC N at one address must never wait on a dial to another (a key holder
+   * could name a dead address, or its own, for the NIC an honest launcher asks for). Where the
+   * peer dials in, nothing is dialed and the NIC id alone says what is awaited.
+   */
+  private waitKey(p: LinkPeer): string {
+    return this.nicId > p.nicId ? `${p.nicId}` : `${p.nicId} at ${formatAddress(p)}`;
+  }
+
+  /** Peer NICs being linked now for some request (each wait once, however many requests share it). */
   get activeWaits(): number {
     return this.linking.size;
   }
@@ -129,26 +143,34 @@ export class PeerLinks {
     if (problems.length > 0) throw new Error(problems.join("; "));
   }
 
-  /** This request's share of the wait for one peer: it leaves (the call it adds to `leave`) when its client goes. */
+  /**
+   * This request's share of the wait for one peer: it leaves (the call it adds to `leave`)
+   * when its client goes, and gives up at its own deadline whatever the wait it shares does.
+   * Two waits for one NIC id at different addresses may both run; the NIC keeps one link per
+   * peer NIC id and never replaces a live one (tcp-attach.ts), so the first link made, through
+   * either address, is the link to that NIC id, and both waits see it and succeed.
+   */
   private join(p: LinkPeer, deadline: number, timeoutMs: number, leave: Array<() => void>): Promise<void> {
     if (p.nicId === this.nicId)
       return Promise.reject(
         new Error(`host ${p.label} has this host's own NIC id ${p.nicId}; give one of them another --nic-id`),
       );
-    let w = this.linking.get(p.nicId);
+    const key = this.waitKey(p);
+    let w = this.linking.get(key);
     // A wait its last client left is ending (a dial in progress runs out first): this request
     // starts its own rather than share that one's cancellation.
     if (!w || w.abort.signal.aborted) {
-      const abort = new AbortController();
       const wait: LinkWait = {
-        abort,
+        abort: new AbortController(),
         users: 0,
         deadline,
-        run: this.linkTo(p, deadline, timeoutMs, abort.signal).finally(() => {
-          if (this.linking.get(p.nicId) === wait) this.linking.delete(p.nicId);
-        }),
+        last: "",
+        run: Promise.resolve(),
       };
-      this.linking.set(p.nicId, wait);
+      wait.run = this.linkTo(p, wait, timeoutMs).finally(() => {
+        if (this.linking.get(key) === wait) this.linking.delete(key);
+      });
+      this.linking.set(key, wait);
       w = wait;
     }
     const shared = w;
@@ -161,9 +183,25 @@ export class PeerLinks {
       const quit = () => {
         if (left) return false;
         left = true;
+        clearTimeout(timer);
         if (--shared.users === 0) shared.abort.abort();
         return true;
       };
+      // This request's own deadline: a wait an earlier request started may run far longer.
+      const timer = setTimeout(
+        () => {
+          if (!quit()) return;
+          void this.links()
+            .catch(() => this.linkedNics)
+            .then((links) =>
+              links.includes(p.nicId)
+                ? resolve()
+                : reject(new Error(this.failure(p, timeoutMs, shared.last))),
+            );
+        },
+        Math.max(0, deadline - Date.now()),
+      );
+      timer.unref();
       leave.push(() => {
         if (quit()) reject(new LinkRequestCancelled("the client went"));
       });
@@ -186,10 +224,19 @@ export class PeerLinks {
     });
   }
 
-  private linkTo(p: LinkPeer, deadline: number, timeoutMs: number, signal: AbortSignal): Promise<void> {
+  /** Why a request for `p` got no link within its `timeoutMs`; `last`: why the last dial failed. */
+  private failure(p: LinkPeer, timeoutMs: number, last: string): string {
+    const where = `host ${p.label} (NIC ${p.nicId}, link ${formatAddress(p)})`;
+    return this.nicId < p.nicId
+      ? `no NIC link to ${where} within ${timeoutMs} ms: ${last || "unreachable"}`
+      : `${where} did not link to this host's NIC within ${timeoutMs} ms (the lower NIC id connects)`;
+  }
+
+  /** Runs `wait` until the NIC is linked to `p`, the wait's deadline, or its abort. */
+  private linkTo(p: LinkPeer, wait: LinkWait, timeoutMs: number): Promise<void> {
+    const { deadline } = wait;
+    const signal = wait.abort.signal;
     return (async () => {
-      const where = `host ${p.label} (NIC ${p.nicId}, link ${formatAddress(p)})`;
-      let last = "";
       if (this.nicId > p.nicId) {
         // The peer dials: one look at the NIC's links, shared by every such wait, sees it come.
         if (await this.dialledIn(p.nicId, deadline, signal)) return;
@@ -209,19 +256,15 @@ export class PeerLinks {
             this.opts.log.info("NIC linked", { peer: p.label, peerNic: p.nicId });
             return;
           } catch (e) {
-            last = (e as Error).message;
-            this.opts.log.debug("NIC link attempt failed", { peer: p.label, error: last });
+            wait.last = (e as Error).message;
+            this.opts.log.debug("NIC link attempt failed", { peer: p.label, error: wait.last });
           }
           await pause(REDIAL_MS, signal);
         }
       }
       if (signal.aborted) throw new LinkRequestCancelled("no request wants this link any more");
       if ((await this.links().catch((): number[] => [])).includes(p.nicId)) return;
-      throw new Error(
-        this.nicId < p.nicId
-          ? `no NIC link to ${where} within ${timeoutMs} ms: ${last || "unreachable"}`
-          : `${where} did not link to this host's NIC within ${timeoutMs} ms (the lower NIC id connects)`,
-      );
+      throw new Error(this.failure(p, timeoutMs, wait.last));
     })();
   }
 
