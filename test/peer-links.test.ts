@@ -7,14 +7,15 @@
  * 99% of a core; an honest job took 6.1 s instead of 0.6 s). Now a request's waits end when
  * its client goes, a client's open requests name at most as many peers as the NIC links to
  * (maxLinks), and the peers that dial in are watched for by one shared look at the NIC.
- * Requests for one NIC id share a wait only if they name the same address, and each gives up at
- * its own deadline.
+ * Requests for one NIC id share a wait only if they name the same address, each gives up at
+ * its own deadline, and a reply never quotes the bytes of a service that is not a MyriXen NIC.
  */
 import assert from "node:assert/strict";
 import net from "node:net";
 import { test } from "node:test";
 import { randomClusterKey } from "../src/cluster/auth.js";
 import type { HostDaemon, HostDaemonOptions } from "../src/cluster/host-daemon.js";
+import { createLogger } from "../src/cluster/log.js";
 import { RemoteHost } from "../src/cluster/remote.js";
 import type { LinkPeer } from "../src/cluster/wire.js";
 import { startLocalDaemon } from "./helpers/daemon.js";
@@ -286,5 +287,48 @@ test("a request that joins a longer wait for a peer gives up at its own deadline
       await d.stop();
       silent.close();
     }
+  }
+});
+
+test("a link request does not read another service's first bytes back to the client: the host's log has them", async () => {
+  const lines: string[] = [];
+  const d = await startDaemon({
+    nicId: 1,
+    log: createLogger({ level: "warn", write: (l) => lines.push(l) }),
+  });
+  // An internal service that greets first (as SSH does), one that sends a few bytes and closes,
+  // and a port where nothing listens.
+  const banner = net.createServer((s) => s.end("SSH-2.0-OpenSSH_9.6\r\n"));
+  const short = net.createServer((s) => s.end("SSH"));
+  await Promise.all([banner, short].map((srv) => new Promise<void>((r) => srv.listen(0, "127.0.0.1", r))));
+  const closed = net.createServer();
+  await new Promise<void>((r) => closed.listen(0, "127.0.0.1", r));
+  const closedPort = (closed.address() as net.AddressInfo).port;
+  await new Promise<void>((r) => closed.close(() => r()));
+  const rh = await connect(d);
+  const at = (port: number, label: string): LinkPeer => ({ nicId: 200, host: "127.0.0.1", port, label });
+  const reason = (peer: LinkPeer) =>
+    rh.link([peer], 1_500).then(
+      () => assert.fail(`${peer.label} linked`),
+      (e: Error) => e.message,
+    );
+  try {
+    for (const srv of [banner, short]) {
+      const port = (srv.address() as net.AddressInfo).port;
+      const why = await reason(at(port, "service"));
+      assert.match(why, /not a MyriXen link: the handshake failed/);
+      // Before the fix: "handshake failed: bad magic 0x2d485353 ...", the banner's first bytes.
+      assert.doesNotMatch(why, /magic|0x|hello bytes|SSH/i);
+    }
+    // The user still learns that nothing listens there.
+    assert.match(await reason(at(closedPort, "closed")), /ECONNREFUSED/);
+    const logged = lines.join("");
+    assert.match(logged, /bad magic 0x2d485353/, "the host's log says what the service sent");
+    assert.match(logged, /connection closed during the handshake \(after 3 of 48 hello bytes\)/);
+  } finally {
+    rh.close();
+    await d.stop();
+    banner.close();
+    short.close();
   }
 });

@@ -6,10 +6,12 @@
  * after the drop, tcp-attach.ts RECONNECT_GIVE_UP_MS: a peer that is not kept here is linked
  * again by the next job that needs it). Both sides prove the cluster key (tcp-link.ts on the
  * NIC, auth.ts here). Requests for the same peer share one wait only if they name the same
- * address, and each gives up at its own deadline.
+ * address, and each gives up at its own deadline; a client's reply never quotes what a peer
+ * that is not a MyriXen NIC sent (the host's log does).
  */
 
 import type { Host } from "../host/host.js";
+import { detailOf } from "../nic/status.js";
 import type { ClusterKey } from "./auth.js";
 import { formatAddress, type HostAddress, type HostEntry } from "./hostfile.js";
 import { isWildcard, plainAddress } from "./listen.js";
@@ -60,7 +62,7 @@ interface LinkWait {
   users: number;
   /** When it gives up: the deadline of the request that started it. */
   deadline: number;
-  /** Why its last dial failed. */
+  /** Why its last dial failed, as a client may read it (no byte the peer sent: status.ts DetailedError). */
   last: string;
 }
 
@@ -237,6 +239,7 @@ export class PeerLinks {
     const { deadline } = wait;
     const signal = wait.abort.signal;
     return (async () => {
+      let told = false;
       if (this.nicId > p.nicId) {
         // The peer dials: one look at the NIC's links, shared by every such wait, sees it come.
         if (await this.dialledIn(p.nicId, deadline, signal)) return;
@@ -257,7 +260,17 @@ export class PeerLinks {
             return;
           } catch (e) {
             wait.last = (e as Error).message;
-            this.opts.log.debug("NIC link attempt failed", { peer: p.label, error: wait.last });
+            const detail = detailOf(e);
+            this.opts.log.debug("NIC link attempt failed", { peer: p.label, error: detail });
+            // What the peer sent is for this log, never the client's reply: once a wait.
+            if (detail !== wait.last && !told) {
+              told = true;
+              this.opts.log.warn("a link address did not answer as a MyriXen NIC", {
+                peer: p.label,
+                peerNic: p.nicId,
+                error: detail,
+              });
+            }
           }
           await pause(REDIAL_MS, signal);
         }

@@ -11,6 +11,7 @@ import { allocNicCounters, type NicCounterSnapshot, readNicCounters } from "./co
 import type { LinkSpec } from "./link.js";
 import { checkNicOptions } from "./nic.js";
 import type { NicHostMessage, NicWorkerData, NicWorkerMessage } from "./nic-worker.js";
+import { DetailedError } from "./status.js";
 import type { TcpLinkLogFields } from "./tcp-link.js";
 
 export interface NicDeviceOptions {
@@ -55,7 +56,7 @@ export class NicDevice {
       if (!p) return;
       this.pending.delete(m.id);
       if (m.ok) p.resolve();
-      else p.reject(new Error(m.message));
+      else p.reject(m.detail === undefined ? new Error(m.message) : new DetailedError(m.message, m.detail));
     });
     worker.on("exit", () => {
       this.exited = true;

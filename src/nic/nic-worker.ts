@@ -9,7 +9,7 @@ import { prepareReclaim } from "../xen/reclaim.js";
 import { createLink } from "./link.js";
 import { raiseMallocTrimThreshold } from "./malloc-trim.js";
 import { Nic } from "./nic.js";
-import { NicError } from "./status.js";
+import { DetailedError, NicError } from "./status.js";
 import { attachTcpSpec, cancelTcpReconnect, isTcpLinkSpec } from "./tcp-attach.js";
 import type { TcpLinkLog, TcpLinkLogFields } from "./tcp-link.js";
 import { nicTrace, TraceBuffer } from "./trace-ring.js";
@@ -40,7 +40,8 @@ export type NicWorkerMessage =
   /** A link event (tcp-link.ts), for the host's logger. */
   | { type: "log"; message: string; fields?: TcpLinkLogFields }
   | { type: "reply"; id: number; ok: true }
-  | { type: "reply"; id: number; ok: false; message: string };
+  /** `detail`: a DetailedError's, for the host's log only (status.ts). */
+  | { type: "reply"; id: number; ok: false; message: string; detail?: string };
 
 raiseMallocTrimThreshold();
 // A closed endpoint's regions view its guest's RAM: collected soon after (control-service.ts).
@@ -76,6 +77,7 @@ port.on("message", (m: NicHostMessage) => {
           id: m.id,
           ok: false,
           message: e.message,
+          detail: e instanceof DetailedError ? e.detail : undefined,
         } satisfies NicWorkerMessage),
     );
     return;

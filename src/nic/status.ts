@@ -3,7 +3,8 @@
  * writes them into completion events (high 16 bits of E_TYPE), the mapping between them and
  * the NIC's ErrorReasons (window.ts), and the errno-carrying error the NIC answers bad control
  * requests with. The MX library imports the codes from here so that both sides of the window
- * read the same numbers; `mxStatusName` is the one place a code becomes its name.
+ * read the same numbers; `mxStatusName` is the one place a code becomes its name. Also the
+ * error whose message may reach a remote client while its detail stays in this host's log.
  */
 import { ErrorReason } from "./window.js";
 
@@ -88,4 +89,23 @@ export class NicError extends Error {
     super(`${errno}: ${message}`);
     this.name = "NicError";
   }
+}
+
+/**
+ * An error whose message may reach a remote client (a launcher's link request is answered
+ * with it) and whose `detail` says more, for this host's log only: what a peer sent, which a
+ * client must not read back through this host (it would make the host a banner reader).
+ */
+export class DetailedError extends Error {
+  constructor(
+    message: string,
+    readonly detail: string,
+  ) {
+    super(message);
+  }
+}
+
+/** What this host logs of `e`: its detail if it has one, else its message. */
+export function detailOf(e: unknown): string {
+  return e instanceof DetailedError ? e.detail : e instanceof Error ? e.message : String(e);
 }

@@ -32,7 +32,7 @@
  */
 import type { Link } from "./link.js";
 import { LinkBoundError } from "./link-bound.js";
-import { NicError } from "./status.js";
+import { detailOf, NicError } from "./status.js";
 import { checkKey, REFUSED_LINKS, REFUSED_LINKS_PER_ADDRESS } from "./tcp-handshake.js";
 import { defaultLog, type TcpLink, type TcpLinkLog, tcpLinkStats } from "./tcp-link.js";
 import { connectTcpLink, listenTcpLinks, type TcpLinkServer } from "./tcp-link-setup.js";
@@ -328,7 +328,8 @@ class Reconnector {
     try {
       link = await dial;
     } catch (e) {
-      if (!this.cancelled) this.failed((e as Error).message);
+      // The host's log: what a listener that is not a MyriXen NIC sent, too.
+      if (!this.cancelled) this.failed(detailOf(e));
       return;
     } finally {
       if (dials.get(address) === dial) dials.delete(address);

@@ -156,13 +156,16 @@ export function checkKey(key: unknown, what: string): Buffer {
 
 /**
  * Why a handshake failed; `auth`: the peer's proof did not match the key; `refusal`: the
- * accepting side (it proved the key) refused the link, or (on that side) this side refused it.
+ * accepting side (it proved the key) refused the link, or (on that side) this side refused it;
+ * `foreign`: the peer sent something other than the MyriXen magic, or closed before it (it is
+ * some other service), so the message may quote what it sent (a dialer keeps that to its log).
  */
 export class HandshakeError extends Error {
   constructor(
     message: string,
     readonly auth = false,
     readonly refusal?: HandshakeRefusal,
+    readonly foreign = false,
   ) {
     super(message);
   }
@@ -217,7 +220,11 @@ export class Handshake {
       // The accepting side learns the lane from the dialer's hello.
       let lane = role === "dial" ? dialLane : -1;
       let bind = role === "dial" ? dialBind : NO_BIND;
-      const timer = setTimeout(() => fail(`no handshake within ${statedMs} ms`), timeoutMs);
+      // A silent peer quotes nothing it sent: the dialer may say it timed out.
+      const timer = setTimeout(
+        () => fail(`no handshake within ${statedMs} ms`, false, undefined, false),
+        timeoutMs,
+      );
       const cleanup = () => {
         this.settled = true;
         clearTimeout(timer);
@@ -225,11 +232,16 @@ export class Handshake {
         socket.off("close", onClose);
         socket.off("error", onError);
       };
-      const fail = (why: string, auth = false, refusal?: HandshakeRefusal) => {
+      const fail = (
+        why: string,
+        auth = false,
+        refusal?: HandshakeRefusal,
+        foreign = peerNonce === null && !(buf.length >= 4 && buf.readUInt32LE(0) === TCP_LINK_MAGIC),
+      ) => {
         if (this.settled) return;
         cleanup();
         socket.destroy();
-        reject(new HandshakeError(why, auth, refusal));
+        reject(new HandshakeError(why, auth, refusal, foreign));
       };
       this.fail = fail;
       const onData = (chunk: Buffer) => {

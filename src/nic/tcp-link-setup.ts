@@ -10,7 +10,7 @@
  * REFUSALS_LOGGED_PER_WINDOW per 10 s per listener, then counted in one summary line.
  */
 import net from "node:net";
-import { NicError } from "./status.js";
+import { DetailedError, NicError } from "./status.js";
 import {
   checkKey,
   checkNicId,
@@ -281,7 +281,8 @@ export interface ConnectTcpLinkOptions extends TcpLinkOptions {
 
 /**
  * Connects to a peer NIC's listener; resolves with the link once both connections (main, then
- * bulk, naming the main one) proved the key.
+ * bulk, naming the main one) proved the key. A listener that never sends the MyriXen magic
+ * rejects it with a DetailedError: the message says only that, the detail what it sent.
  */
 export function connectTcpLink(options: ConnectTcpLinkOptions): Promise<TcpLink> {
   const nicId = checkNicId(options.nicId, "connectTcpLink");
@@ -322,7 +323,13 @@ export function connectTcpLink(options: ConnectTcpLinkOptions): Promise<TcpLink>
             reject(
               e.refusal !== undefined
                 ? refused(where, e.refusal)
-                : new Error(`${where}: handshake failed: ${e.message}`),
+                : e.foreign
+                  ? // Not a MyriXen NIC: whatever it sent stays in the detail (this host's log).
+                    new DetailedError(
+                      `${where}: not a MyriXen link: the handshake failed`,
+                      `${where}: handshake failed: ${e.message}`,
+                    )
+                  : new Error(`${where}: handshake failed: ${e.message}`),
             ),
         );
       });
@@ -342,7 +349,10 @@ export function connectTcpLink(options: ConnectTcpLinkOptions): Promise<TcpLink>
       }
     } catch (e) {
       main.socket.destroy();
-      throw new Error(`${(e as Error).message} (bulk connection)`);
+      const message = `${(e as Error).message} (bulk connection)`;
+      throw e instanceof DetailedError
+        ? new DetailedError(message, `${e.detail} (bulk connection)`)
+        : new Error(message);
     }
     return new TcpLink(main.socket, nicId, main.h.peer, main.h.rest, options, bulk.socket, bulk.h.rest);
   };
