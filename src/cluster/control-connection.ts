@@ -141,6 +141,11 @@ export class ControlConnection implements JobClient {
     return this.hello?.role;
   }
 
+  /** It has sent a well-formed hello (the host drops those in the handshake that have not first). */
+  get saidHello(): boolean {
+    return this.hello !== undefined;
+  }
+
   get isClosed(): boolean {
     return this.channel.isClosed;
   }

@@ -9,9 +9,11 @@
  * Authentication: a client must prove the cluster key (auth.ts, wire.ts) before any request;
  * its NIC accepts only links from NICs that prove it too (tcp-link.ts). A connection has
  * handshakeTimeoutMs (2 s) from accept to finish the handshake; at most maxPendingHandshakes
- * (64) connections are in the handshake at once, and a new one beyond that drops the OLDEST of
- * the address with the most in the handshake (a launcher takes a few round trips; a static
- * flood of idle sockets cannot keep it out, nor can one address's stream of new ones).
+ * (64) connections are in the handshake at once, and a new one beyond that drops one that has
+ * not said hello if there is one, the oldest of the busiest address block
+ * (src/nic/pending-handshakes.ts): a launcher says hello at once and proves the key a round
+ * trip later, so neither a static flood of idle sockets nor a fast stream of them drops it,
+ * nor can one address's or block's stream of connections that say hello.
  * Authenticated connections: at most maxConnections (256) in all, maxConnectionsPerAddress
  * (a quarter) from one address, maxObservers (half) observers, so that one key holder's
  * address, or observers however many, cannot take every slot and refuse launchers their jobs.
@@ -38,6 +40,7 @@ import type { HostSnapshot } from "../host/snapshot.js";
 import type { QosPolicy } from "../myrixen/qos-policy.js";
 import { addressBlock } from "../nic/address-block.js";
 import { MAX_LINKS } from "../nic/link-bound.js";
+import { PendingHandshakes } from "../nic/pending-handshakes.js";
 import type { XenStoreTreeNode } from "../xen/xenstore.js";
 import type { ClusterKey } from "./auth.js";
 import { defaultMaxGuestMb, defaultMaxRanks, HostCapacity } from "./capacity.js";
@@ -75,7 +78,7 @@ export interface HostDaemonOptions {
   key: ClusterKey;
   /** A client must finish the handshake (hello, proof) within this time from accept (default 2 s). */
   handshakeTimeoutMs?: number;
-  /** Connections in the handshake at once (default 64); beyond, the oldest is dropped. */
+  /** Connections in the handshake at once (default 64); beyond, one is dropped (src/nic/pending-handshakes.ts). */
   maxPendingHandshakes?: number;
   /** A client silent for this long after its hello is dropped (default 30 s; launchers ping every second). */
   idleTimeoutMs?: number;
@@ -149,8 +152,8 @@ const observersDefault = (max: number) => Math.max(1, Math.floor(max / 2));
 export class HostDaemon {
   /** Authenticated control connections. */
   private readonly conns = new Set<ControlConnection>();
-  /** Connections still in the handshake, oldest first (a Set keeps insertion order). */
-  private readonly pending = new Set<ControlConnection>();
+  /** Connections still in the handshake. */
+  private readonly pending: PendingHandshakes<ControlConnection>;
   private readonly refuse: (msg: string, fields?: LogFields) => void;
   private stopped = false;
   readonly hostname = osHostname();
@@ -174,6 +177,10 @@ export class HostDaemon {
     /** Whether stop() stops the host too (false for an embedded host its process owns). */
     private readonly ownsHost = true,
   ) {
+    this.pending = new PendingHandshakes(
+      opts.maxPendingHandshakes ?? MAX_PENDING_HANDSHAKES,
+      (c) => c.saidHello,
+    );
     this.capacity = new HostCapacity(
       opts.maxRanks ?? defaultMaxRanks(slots),
       opts.maxGuestMb ?? defaultMaxGuestMb(),
@@ -364,39 +371,16 @@ export class HostDaemon {
       socket.destroy();
       return;
     }
-    const maxPending = this.opts.maxPendingHandshakes ?? MAX_PENDING_HANDSHAKES;
-    if (this.pending.size >= maxPending) {
-      // The oldest has had the longest to prove itself; a launcher takes a few round trips.
-      // It is the oldest of the address with the most in the handshake, so that one address
-      // opening new connections fast drops its own and not another's handshake.
-      const oldest = this.oldestOfBusiestAddress();
-      this.pending.delete(oldest);
-      oldest.drop(`dropped unauthenticated: more than ${maxPending} connections in the handshake at once`);
-    }
-    this.pending.add(
-      new ControlConnection(this, socket, this.log, {
-        handshakeTimeoutMs: this.opts.handshakeTimeoutMs ?? 2000,
-        idleTimeoutMs: this.opts.idleTimeoutMs ?? 30_000,
-        key: this.opts.key,
-        refuse: this.refuse,
-      }),
+    const c = new ControlConnection(this, socket, this.log, {
+      handshakeTimeoutMs: this.opts.handshakeTimeoutMs ?? 2000,
+      idleTimeoutMs: this.opts.idleTimeoutMs ?? 30_000,
+      key: this.opts.key,
+      refuse: this.refuse,
+    });
+    const displaced = this.pending.add(c, c.address);
+    displaced?.drop(
+      `dropped unauthenticated: more than ${this.opts.maxPendingHandshakes ?? MAX_PENDING_HANDSHAKES} connections in the handshake at once`,
     );
-  }
-
-  /**
-   * The oldest connection in the handshake among those of the address (an IPv6 /64: one
-   * party's block, address-block.ts) with the most there.
-   */
-  private oldestOfBusiestAddress(): ControlConnection {
-    const count = new Map<string, number>();
-    let most = 0;
-    for (const p of this.pending) {
-      const n = (count.get(addressBlock(p.address)) ?? 0) + 1;
-      count.set(addressBlock(p.address), n);
-      most = Math.max(most, n);
-    }
-    for (const p of this.pending) if (count.get(addressBlock(p.address)) === most) return p;
-    throw new Error("no connection in the handshake");
   }
 
   /**
@@ -482,7 +466,7 @@ export class HostDaemon {
     const jobs = [...this.conns].flatMap((c) => c.jobs.all());
     await Promise.all(jobs.map((s) => s.stop()));
     for (const c of this.conns) c.close("the host is stopping");
-    for (const c of this.pending) c.close("the host is stopping");
+    for (const c of [...this.pending.values()]) c.close("the host is stopping");
     if (this.ownsHost) await this.host.stop();
     await Promise.race([closed, sleep(1500)]);
     this.log.info("host stopped", { jobsStopped: jobs.length });

@@ -198,6 +198,7 @@ export interface HandshakeResult {
 export class Handshake {
   readonly done: Promise<HandshakeResult>;
   private settled = false;
+  private heardHello = false;
   private fail: (why: string, auth?: boolean) => void = () => {};
 
   /** `timeoutMs`: the time left; `statedMs`: the limit the error names (default timeoutMs). */
@@ -261,6 +262,7 @@ export class Handshake {
           }
           peer = r;
           peerNonce = Buffer.from(buf.subarray(16, TCP_HELLO_BYTES));
+          this.heardHello = true;
           buf = buf.subarray(TCP_HELLO_BYTES);
           if (role === "dial") {
             const p = proof(key, ROLE_DIAL, lane, nicId, peer, myNonce, peerNonce, bind);
@@ -328,6 +330,11 @@ export class Handshake {
       socket.on("error", onError);
       socket.write(hello(nicId, myNonce, role === "dial" ? dialLane : LANE_MAIN));
     });
+  }
+
+  /** The peer has sent a well-formed hello (a listener drops those that have not first). */
+  get saidHello(): boolean {
+    return this.heardHello;
   }
 
   abort(why: string): void {

@@ -5,11 +5,14 @@
  *
  * Accepted sockets get TCP_ACCEPT_DEADLINE_MS (2 s) from accept for the whole handshake, and
  * a listener keeps at most TCP_MAX_PENDING_HANDSHAKES sockets in the handshake: a new one
- * beyond that drops the OLDEST, so a static flood of idle connections cannot keep a real
- * peer (which finishes in a few round trips) out. Refusals are logged at most
+ * beyond that drops one that has not said hello if there is one, the oldest of the busiest
+ * address block (pending-handshakes.ts), so neither a static flood of idle connections nor a
+ * fast stream of them drops a real peer (which says hello at once and finishes in a round
+ * trip). Refusals are logged at most
  * REFUSALS_LOGGED_PER_WINDOW per 10 s per listener, then counted in one summary line.
  */
 import net from "node:net";
+import { PendingHandshakes } from "./pending-handshakes.js";
 import { DetailedError, NicError } from "./status.js";
 import {
   checkKey,
@@ -111,7 +114,7 @@ export interface ListenTcpLinksOptions extends TcpLinkOptions {
   admit?: (peerNic: number, address: string, remote: string) => HandshakeRefusal | null;
   /** From accept to the end of the handshake (default TCP_ACCEPT_DEADLINE_MS). */
   handshakeTimeoutMs?: number;
-  /** Sockets in the handshake at once (default TCP_MAX_PENDING_HANDSHAKES); beyond, the oldest is dropped. */
+  /** Sockets in the handshake at once (default TCP_MAX_PENDING_HANDSHAKES); beyond, one is dropped (pending-handshakes.ts). */
   maxPendingHandshakes?: number;
 }
 
@@ -126,20 +129,13 @@ export function listenTcpLinks(options: ListenTcpLinksOptions): Promise<TcpLinkS
   const maxPending = options.maxPendingHandshakes ?? TCP_MAX_PENDING_HANDSHAKES;
   const refusals = new RefusalLog(log, nicId);
   const sockets = new Set<net.Socket>();
-  /** Sockets still in the handshake, oldest first (a Map keeps insertion order). */
-  const pending = new Map<net.Socket, Handshake>();
+  /** Sockets still in the handshake. */
+  const pending = new PendingHandshakes<Handshake>(maxPending, (h) => h.saidHello);
   const server = net.createServer((socket) => {
     sockets.add(socket);
     socket.on("close", () => sockets.delete(socket));
     socket.on("error", () => {}); // reported through the handshake or the link
     const from = remoteOf(socket);
-    if (pending.size >= maxPending) {
-      // The oldest has had the longest to finish: a real peer takes a few round trips.
-      const [oldSocket, old] = pending.entries().next().value as [net.Socket, Handshake];
-      pending.delete(oldSocket);
-      tcpLinkStats.evicted++;
-      old.abort(`dropped unauthenticated: more than ${maxPending} connections in the handshake at once`);
-    }
     const admit = options.admit;
     const hs = new Handshake(
       socket,
@@ -152,15 +148,21 @@ export function listenTcpLinks(options: ListenTcpLinksOptions): Promise<TcpLinkS
       undefined,
       admit && ((peer) => admit(peer, addressOf(socket), from)),
     );
-    pending.set(socket, hs);
+    const displaced = pending.add(hs, addressOf(socket));
+    if (displaced !== undefined) {
+      tcpLinkStats.evicted++;
+      displaced.abort(
+        `dropped unauthenticated: more than ${maxPending} connections in the handshake at once`,
+      );
+    }
     hs.done.then(
       (h) => {
-        pending.delete(socket);
+        pending.delete(hs);
         if (h.lane === LANE_MAIN) waitForBulk(socket, h, from);
         else pairBulk(socket, h, from);
       },
       (e: HandshakeError) => {
-        pending.delete(socket);
+        pending.delete(hs);
         // Refused by admit, which said so.
         if (e.refusal !== undefined) return;
         tcpLinkStats.handshakesRejected++;

@@ -148,7 +148,7 @@ const BULK_END_GRACE_MS = 250;
 export const TCP_HANDSHAKE_TIMEOUT_MS = 5000;
 /** An accepted socket must finish the handshake this soon after accept. */
 export const TCP_ACCEPT_DEADLINE_MS = 2000;
-/** Sockets a listener keeps in the handshake at once (beyond: the oldest is dropped). */
+/** Sockets a listener keeps in the handshake at once (beyond, one is dropped: pending-handshakes.ts). */
 export const TCP_MAX_PENDING_HANDSHAKES = 64;
 
 /**

@@ -1,0 +1,291 @@
+/**
+ * Connections without the key against honest handshakes (src/nic/pending-handshakes.ts): both
+ * listeners — the NIC's link port and a host's control port — hold a bounded number of
+ * connections in the handshake and drop one when a new one comes. Before, the link port
+ * dropped simply the oldest and the control port the oldest of the busiest /32, so idle
+ * connections opened fast from 127.0.x.y (review finding F3: ~6,000 a second) dropped an
+ * honest peer's handshake between its hello and its proof: with a 10 ms round trip, 76 of 90
+ * links and 25 of 90 control handshakes failed.
+ *
+ * The honest side here goes step by step, and the flood comes while it waits at the proof
+ * step; nothing depends on how fast anything runs. Every client is on loopback: the honest
+ * one from 127.0.0.1, the flood spread over 127.0.x.y as the finding's PoC did.
+ */
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import net from "node:net";
+import { test } from "node:test";
+import { controlProof, randomClusterKey } from "../src/cluster/auth.js";
+import { WIRE_VERSION } from "../src/cluster/wire.js";
+import { addressBlock, handshakeBlock } from "../src/nic/address-block.js";
+import { PendingHandshakes } from "../src/nic/pending-handshakes.js";
+import { TCP_HELLO_BYTES } from "../src/nic/tcp-handshake.js";
+import { type TcpLink, tcpLinkStats } from "../src/nic/tcp-link.js";
+import { connectTcpLink, listenTcpLinks } from "../src/nic/tcp-link-setup.js";
+import { startLocalDaemon } from "./helpers/daemon.js";
+import { LINK_KEY } from "./helpers/link-key.js";
+import { until } from "./helpers/until.js";
+
+const HOST = "127.0.0.1";
+/** Far above any step here: the handshake deadline must not be what a test meets. */
+const SLOW_MS = 60_000;
+
+/** The i-th flood source, spread over 127.0.x.y (each its own /32). */
+const floodAddress = (i: number) => `127.0.${1 + (i % 200)}.${2 + Math.floor(i / 200)}`;
+
+/** An idle connection from `localAddress` that sends nothing; `closed` once the listener drops it. */
+class Idle {
+  closed = false;
+  received = 0;
+  readonly socket: net.Socket;
+  constructor(port: number, localAddress: string) {
+    this.socket = net.connect({ host: HOST, port, localAddress });
+    this.socket.on("data", (d: Buffer) => {
+      this.received += d.length;
+    });
+    this.socket.on("close", () => {
+      this.closed = true;
+    });
+    this.socket.on("error", () => {});
+  }
+}
+
+/**
+ * A relay in front of a listener that passes what its clients send at once but holds what the
+ * listener answers until the test releases that connection: a client's handshake stops at the
+ * step where it waits for the listener, for as long as the test wants.
+ */
+class StepRelay {
+  readonly conns: { sent: number; held: Buffer[]; heldBytes: number; release: () => void }[] = [];
+  private readonly server: net.Server;
+  private readonly sockets = new Set<net.Socket>();
+
+  private constructor(upstreamPort: number) {
+    this.server = net.createServer((client) => {
+      const up = net.connect({ host: HOST, port: upstreamPort, localAddress: HOST });
+      for (const s of [client, up]) {
+        this.sockets.add(s);
+        s.on("error", () => {});
+      }
+      let released = false;
+      let upEnded = false;
+      const conn = {
+        sent: 0,
+        held: [] as Buffer[],
+        heldBytes: 0,
+        release: () => {
+          released = true;
+          for (const b of conn.held) client.write(b);
+          if (upEnded) client.end();
+        },
+      };
+      this.conns.push(conn);
+      client.on("data", (d: Buffer) => {
+        conn.sent += d.length;
+        up.write(d);
+      });
+      up.on("data", (d: Buffer) => {
+        if (released) client.write(d);
+        else {
+          conn.held.push(d);
+          conn.heldBytes += d.length;
+        }
+      });
+      up.on("close", () => {
+        upEnded = true;
+        if (released) client.end();
+      });
+      client.on("close", () => up.destroy());
+    });
+  }
+
+  static async open(upstreamPort: number): Promise<StepRelay & { port: number }> {
+    const r = new StepRelay(upstreamPort);
+    await new Promise<void>((res) => r.server.listen(0, HOST, res));
+    return Object.assign(r, { port: (r.server.address() as net.AddressInfo).port });
+  }
+
+  close(): void {
+    for (const s of this.sockets) s.destroy();
+    this.server.close();
+  }
+}
+
+test("handshake blocks: this machine is one block, IPv4 by /24, IPv6 by /48; the per-address unit is unchanged", () => {
+  for (const ip of ["127.0.0.1", "127.0.5.9", "127.200.1.1", "::ffff:127.0.0.2", "::1"])
+    assert.equal(handshakeBlock(ip), "loopback", ip);
+  assert.equal(handshakeBlock("192.0.2.77"), "192.0.2.0/24");
+  assert.equal(handshakeBlock("::ffff:192.0.2.1"), "192.0.2.0/24");
+  assert.equal(handshakeBlock("2001:db8:1:2::5"), "2001:db8:1::/48");
+  assert.equal(handshakeBlock("2001:db8:1:ffff:1:2:3:4"), "2001:db8:1::/48");
+  assert.equal(handshakeBlock("2001:DB8:0001::1%eth0"), "2001:db8:1::/48");
+  // addressBlock (per-address bounds on key holders) stays one machine / one /64.
+  assert.equal(addressBlock("127.0.5.9"), "127.0.5.9");
+  assert.equal(addressBlock("2001:db8:1:2::5"), "2001:db8:1:2::/64");
+});
+
+test("pending handshakes: a connection that said hello outlives any number of silent ones; a block that says hello drops its own first", () => {
+  type C = { id: string; hello: boolean };
+  const p = new PendingHandshakes<C>(4, (c) => c.hello);
+  const c = (id: string, hello = false): C => ({ id, hello });
+  const honest = c("honest", true);
+  assert.equal(p.add(honest, "198.51.100.7"), undefined);
+  // Silent connections from this machine, many addresses, then any number more: they drop each other.
+  const dropped: string[] = [];
+  for (let i = 0; i < 20; i++) {
+    const d = p.add(c(`idle ${i}`), floodAddress(i));
+    if (d) dropped.push(d.id);
+  }
+  assert.deepEqual(
+    dropped,
+    Array.from({ length: 17 }, (_, i) => `idle ${i}`),
+  );
+  assert.ok([...p.values()].includes(honest));
+
+  // When all said hello: one /24 spread over its addresses drops its own, not another block's.
+  const q = new PendingHandshakes<C>(4, (x) => x.hello);
+  q.add(honest, "198.51.100.7");
+  const gone: string[] = [];
+  for (let i = 0; i < 20; i++) {
+    const d = q.add(c(`flood ${i}`, true), `203.0.113.${i + 1}`);
+    if (d) gone.push(d.id);
+  }
+  assert.deepEqual(
+    gone,
+    Array.from({ length: 17 }, (_, i) => `flood ${i}`),
+  );
+  assert.ok([...q.values()].includes(honest));
+  // An IPv6 party over many /64s of its /48 likewise.
+  const r = new PendingHandshakes<C>(4, (x) => x.hello);
+  r.add(honest, "2001:db8:aaaa::1");
+  for (let i = 0; i < 20; i++) r.add(c(`v6 ${i}`, true), `2001:db8:bbbb:${i.toString(16)}::1`);
+  assert.ok([...r.values()].includes(honest));
+  // Within one block, the busiest address goes first (127.0.0.2 saying hello fast, 127.0.0.1 once).
+  const s = new PendingHandshakes<C>(4, (x) => x.hello);
+  s.add(honest, "127.0.0.1");
+  for (let i = 0; i < 20; i++) s.add(c(`same machine ${i}`, true), "127.0.0.2");
+  assert.ok([...s.values()].includes(honest));
+});
+
+test("NIC link port: idle connections from 127.0.x.y opened while an honest dialer waits at each proof step do not drop it", async () => {
+  const MAX = 8;
+  const links: TcpLink[] = [];
+  const server = await listenTcpLinks({
+    nicId: 1,
+    port: 0,
+    host: HOST,
+    key: LINK_KEY,
+    log: () => {},
+    onLink: (l) => links.push(l),
+    maxPendingHandshakes: MAX,
+    handshakeTimeoutMs: SLOW_MS,
+  });
+  const relay = await StepRelay.open(server.port);
+  const flood: Idle[] = [];
+  /** Opens `n` idle connections one by one, each once the listener has taken it (it sent its hello). */
+  const floodWith = async (n: number) => {
+    for (let i = 0; i < n; i++) {
+      const s = new Idle(server.port, floodAddress(flood.length));
+      flood.push(s);
+      await until(
+        () => s.received >= TCP_HELLO_BYTES || s.closed,
+        "the listener's hello to an idle connection",
+      );
+    }
+  };
+  try {
+    await floodWith(MAX);
+    const evicted0 = tcpLinkStats.evicted;
+    const dialing = connectTcpLink({
+      nicId: 2,
+      host: HOST,
+      port: relay.port,
+      key: LINK_KEY,
+      timeoutMs: SLOW_MS,
+    });
+    let failed: Error | undefined;
+    dialing.catch((e: Error) => {
+      failed = e;
+    });
+    for (const lane of [0, 1]) {
+      // The dialer's hello reached the listener, the listener's hello is held: it waits to prove the key.
+      await until(
+        () =>
+          failed !== undefined ||
+          ((relay.conns[lane]?.heldBytes ?? 0) >= TCP_HELLO_BYTES &&
+            relay.conns[lane].sent >= TCP_HELLO_BYTES),
+        `the honest ${lane === 0 ? "main" : "bulk"} connection at its proof step`,
+      );
+      if (failed) assert.fail(`the honest dialer's handshake was dropped: ${failed.message}`);
+      // Three times the bound of new idle connections: each drops one held in the handshake.
+      const before = tcpLinkStats.evicted;
+      await floodWith(3 * MAX);
+      assert.ok(tcpLinkStats.evicted - before >= 3 * MAX, "the flood went over the bound");
+      relay.conns[lane].release();
+    }
+    const link = await dialing;
+    await until(() => links.length === 1, "the listener's side of the honest link");
+    assert.equal(links[0].peerNic, 2);
+    assert.ok(tcpLinkStats.evicted - evicted0 >= 6 * MAX);
+    link.close();
+  } finally {
+    for (const s of flood) s.socket.destroy();
+    relay.close();
+    await server.close();
+  }
+});
+
+test("control port: idle connections from 127.0.x.y opened while a launcher waits to prove the key do not drop it", async () => {
+  const MAX = 4;
+  const key = randomClusterKey();
+  const d = await startLocalDaemon(key, { maxPendingHandshakes: MAX, handshakeTimeoutMs: SLOW_MS });
+  const flood: Idle[] = [];
+  const honest = net.connect({ host: HOST, port: d.control.port, localAddress: HOST });
+  try {
+    const lines: { type: string; nonce?: string; msg?: string }[] = [];
+    let buf = "";
+    let honestClosed = false;
+    honest.setEncoding("utf8");
+    honest.on("data", (s: string) => {
+      buf += s;
+      for (let i = buf.indexOf("\n"); i >= 0; i = buf.indexOf("\n")) {
+        lines.push(JSON.parse(buf.slice(0, i)));
+        buf = buf.slice(i + 1);
+      }
+    });
+    honest.on("close", () => {
+      honestClosed = true;
+    });
+    honest.on("error", () => {});
+    const why = () => lines.find((l) => l.type === "error")?.msg ?? (honestClosed ? "closed" : "open");
+    // hello → challenge: the host holds the launcher at its proof step.
+    const hello = {
+      type: "hello",
+      version: WIRE_VERSION,
+      role: "launcher",
+      name: "honest",
+      nonce: randomBytes(32).toString("hex"),
+    };
+    honest.write(`${JSON.stringify(hello)}\n`);
+    await until(() => lines.length > 0 || honestClosed, "the host's challenge");
+    const challenge = lines[0];
+    assert.equal(challenge.type, "challenge", why());
+    // Three times the bound of idle connections, each from its own address: all but MAX - 1 of
+    // them are dropped (one slot is the launcher's), whatever order the host takes them in.
+    const N = 3 * MAX;
+    for (let i = 0; i < N; i++) flood.push(new Idle(d.control.port, floodAddress(i)));
+    const dropped = () => flood.filter((s) => s.closed).length + (honestClosed ? 1 : 0);
+    await until(() => dropped() >= N + 1 - MAX, "the host dropping connections over its bound");
+    assert.ok(!honestClosed, `the launcher's handshake was dropped: ${why()}`);
+    // Now the proof: the host answers with its hello, so the launcher is in.
+    honest.write(
+      `${JSON.stringify({ type: "auth", proof: controlProof(key, "client", hello, challenge.nonce!) })}\n`,
+    );
+    await until(() => lines.length > 1 || honestClosed, "the host's answer to the proof");
+    assert.equal(lines[1]?.type, "hello", `the launcher was not admitted: ${why()}`);
+  } finally {
+    honest.destroy();
+    for (const s of flood) s.socket.destroy();
+    await d.stop();
+  }
+});
