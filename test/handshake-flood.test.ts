@@ -15,6 +15,7 @@ import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import net from "node:net";
 import { test } from "node:test";
+import { Worker } from "node:worker_threads";
 import { controlProof, randomClusterKey } from "../src/cluster/auth.js";
 import { WIRE_VERSION } from "../src/cluster/wire.js";
 import { addressBlock, handshakeBlock } from "../src/nic/address-block.js";
@@ -124,47 +125,78 @@ test("handshake blocks: this machine is one block, IPv4 by /24, IPv6 by /48; the
   assert.equal(addressBlock("2001:db8:1:2::5"), "2001:db8:1:2::/64");
 });
 
-test("pending handshakes: a connection that said hello outlives any number of silent ones; a block that says hello drops its own first", () => {
-  type C = { id: string; hello: boolean };
-  const p = new PendingHandshakes<C>(4, (c) => c.hello);
-  const c = (id: string, hello = false): C => ({ id, hello });
-  const honest = c("honest", true);
-  assert.equal(p.add(honest, "198.51.100.7"), undefined);
-  // Silent connections from this machine, many addresses, then any number more: they drop each other.
+/** Lets a listener's pending set judge what came in: one turn of the event loop, then the next. */
+const nextTurns = async () => {
+  for (let i = 0; i < 2; i++) await new Promise((r) => setImmediate(r));
+};
+
+type C = { id: string; hello: boolean };
+const conn = (id: string, hello = false): C => ({ id, hello });
+/** A pending set of `max` over fake connections; `dropped` the ids it drops, in order. */
+function pendingOf(max: number) {
   const dropped: string[] = [];
+  const p = new PendingHandshakes<C>(
+    max,
+    (c) => c.hello,
+    (c) => dropped.push(c.id),
+  );
+  return { p, dropped, holds: (c: C) => [...p.values()].includes(c) };
+}
+
+test("pending handshakes: a connection that said hello outlives any number of silent ones; a block that says hello drops its own first", async () => {
+  const honest = conn("honest", true);
+  // Silent connections from this machine, from many addresses, one a turn: they drop each other.
+  const a = pendingOf(4);
+  a.p.add(honest, "198.51.100.7");
+  await nextTurns();
   for (let i = 0; i < 20; i++) {
-    const d = p.add(c(`idle ${i}`), floodAddress(i));
-    if (d) dropped.push(d.id);
+    a.p.add(conn(`idle ${i}`), floodAddress(i));
+    await nextTurns();
   }
   assert.deepEqual(
-    dropped,
+    a.dropped,
     Array.from({ length: 17 }, (_, i) => `idle ${i}`),
   );
-  assert.ok([...p.values()].includes(honest));
+  assert.ok(a.holds(honest));
 
   // When all said hello: one /24 spread over its addresses drops its own, not another block's.
-  const q = new PendingHandshakes<C>(4, (x) => x.hello);
-  q.add(honest, "198.51.100.7");
-  const gone: string[] = [];
-  for (let i = 0; i < 20; i++) {
-    const d = q.add(c(`flood ${i}`, true), `203.0.113.${i + 1}`);
-    if (d) gone.push(d.id);
-  }
+  const b = pendingOf(4);
+  b.p.add(honest, "198.51.100.7");
+  for (let i = 0; i < 20; i++) b.p.add(conn(`flood ${i}`, true), `203.0.113.${i + 1}`);
+  await nextTurns();
   assert.deepEqual(
-    gone,
+    b.dropped,
     Array.from({ length: 17 }, (_, i) => `flood ${i}`),
   );
-  assert.ok([...q.values()].includes(honest));
+  assert.ok(b.holds(honest));
   // An IPv6 party over many /64s of its /48 likewise.
-  const r = new PendingHandshakes<C>(4, (x) => x.hello);
-  r.add(honest, "2001:db8:aaaa::1");
-  for (let i = 0; i < 20; i++) r.add(c(`v6 ${i}`, true), `2001:db8:bbbb:${i.toString(16)}::1`);
-  assert.ok([...r.values()].includes(honest));
+  const c = pendingOf(4);
+  c.p.add(honest, "2001:db8:aaaa::1");
+  for (let i = 0; i < 20; i++) c.p.add(conn(`v6 ${i}`, true), `2001:db8:bbbb:${i.toString(16)}::1`);
+  await nextTurns();
+  assert.ok(c.holds(honest));
   // Within one block, the busiest address goes first (127.0.0.2 saying hello fast, 127.0.0.1 once).
-  const s = new PendingHandshakes<C>(4, (x) => x.hello);
-  s.add(honest, "127.0.0.1");
-  for (let i = 0; i < 20; i++) s.add(c(`same machine ${i}`, true), "127.0.0.2");
-  assert.ok([...s.values()].includes(honest));
+  const d = pendingOf(4);
+  d.p.add(honest, "127.0.0.1");
+  for (let i = 0; i < 20; i++) d.p.add(conn(`same machine ${i}`, true), "127.0.0.2");
+  await nextTurns();
+  assert.ok(d.holds(honest));
+  assert.equal(d.p.size, 4);
+});
+
+test("pending handshakes: a connection is judged once it could be read from, not in the burst it was accepted in", async () => {
+  // A backlog's burst: the honest peer first, then idle ones, all accepted before any is read.
+  const e = pendingOf(4);
+  const honest = conn("honest");
+  e.p.add(honest, "127.0.0.1");
+  for (let i = 0; i < 12; i++) e.p.add(conn(`idle ${i}`), floodAddress(i));
+  // The next turn reads its hello; then the set is brought down to 4, the idle ones dropped.
+  await new Promise((r) => setImmediate(r));
+  honest.hello = true;
+  await nextTurns();
+  assert.ok(e.holds(honest), `dropped: ${e.dropped.join(", ")}`);
+  assert.equal(e.p.size, 4);
+  assert.equal(e.dropped.length, 9);
 });
 
 test("NIC link port: idle connections from 127.0.x.y opened while an honest dialer waits at each proof step do not drop it", async () => {
@@ -220,7 +252,7 @@ test("NIC link port: idle connections from 127.0.x.y opened while an honest dial
       // Three times the bound of new idle connections: each drops one held in the handshake.
       const before = tcpLinkStats.evicted;
       await floodWith(3 * MAX);
-      assert.ok(tcpLinkStats.evicted - before >= 3 * MAX, "the flood went over the bound");
+      await until(() => tcpLinkStats.evicted - before >= 3 * MAX, "the flood's idle connections dropped");
       relay.conns[lane].release();
     }
     const link = await dialing;
@@ -286,6 +318,98 @@ test("control port: idle connections from 127.0.x.y opened while a launcher wait
   } finally {
     honest.destroy();
     for (const s of flood) s.socket.destroy();
+    await d.stop();
+  }
+});
+
+/**
+ * Run in a worker while the test's thread (the host's) is blocked: opens the launcher's
+ * connection and sends its hello, then `n` idle connections, all completed by the kernel and
+ * waiting in the host's backlog; then wakes the host, relays the launcher's lines both ways
+ * and reports which connections the host closed.
+ */
+const BURST_WORKER = `
+const { workerData, parentPort } = require("node:worker_threads");
+const net = require("node:net");
+const { port, hello, addresses, flag } = workerData;
+const connect = (localAddress) => new Promise((resolve, reject) => {
+  const s = net.connect({ host: "127.0.0.1", port, localAddress });
+  s.once("error", reject);
+  s.once("connect", () => { s.off("error", reject); s.on("error", () => {}); resolve(s); });
+});
+(async () => {
+  const honest = await connect("127.0.0.1");
+  await new Promise((r) => honest.write(hello, r));
+  honest.on("data", (d) => parentPort.postMessage({ data: d.toString("utf8") }));
+  honest.on("close", () => parentPort.postMessage({ closed: "honest" }));
+  parentPort.on("message", (line) => honest.write(line));
+  for (const [i, a] of addresses.entries()) {
+    const s = await connect(a);
+    s.resume();
+    s.on("close", () => parentPort.postMessage({ closed: i }));
+  }
+  Atomics.store(flag, 0, 1);
+  Atomics.notify(flag, 0);
+})().catch((e) => { parentPort.postMessage({ error: e.message }); Atomics.store(flag, 0, 2); Atomics.notify(flag, 0); });
+`;
+
+test("control port: a launcher accepted in one burst with idle connections (a full backlog) is not dropped before its hello is read", async () => {
+  const MAX = 4;
+  const key = randomClusterKey();
+  const d = await startLocalDaemon(key, { maxPendingHandshakes: MAX, handshakeTimeoutMs: SLOW_MS });
+  const hello = {
+    type: "hello",
+    version: WIRE_VERSION,
+    role: "launcher",
+    name: "honest",
+    nonce: randomBytes(32).toString("hex"),
+  };
+  const N = 3 * MAX;
+  const flag = new Int32Array(new SharedArrayBuffer(4));
+  const worker = new Worker(BURST_WORKER, {
+    eval: true,
+    workerData: {
+      port: d.control.port,
+      hello: `${JSON.stringify(hello)}\n`,
+      addresses: Array.from({ length: N }, (_, i) => floodAddress(i)),
+      flag,
+    },
+  });
+  const lines: { type: string; nonce?: string; msg?: string }[] = [];
+  const closed = new Set<number | string>();
+  let buf = "";
+  let error: string | undefined;
+  worker.on("message", (m: { data?: string; closed?: number | string; error?: string }) => {
+    if (m.error) error = m.error;
+    if (m.closed !== undefined) closed.add(m.closed);
+    if (m.data === undefined) return;
+    buf += m.data;
+    for (let i = buf.indexOf("\n"); i >= 0; i = buf.indexOf("\n")) {
+      lines.push(JSON.parse(buf.slice(0, i)));
+      buf = buf.slice(i + 1);
+    }
+  });
+  try {
+    // The host's thread does nothing until every connection waits in its backlog: it then
+    // accepts them all in one go, the launcher's first, before it reads from any.
+    assert.equal(Atomics.wait(flag, 0, 0, SLOW_MS), "ok", "the worker's connections");
+    await until(
+      () => error !== undefined || closed.size >= N + 1 - MAX,
+      "the host dropping connections over its bound",
+    );
+    assert.equal(error, undefined);
+    const why = () =>
+      lines.find((l) => l.type === "error")?.msg ?? (closed.has("honest") ? "closed" : "open");
+    assert.ok(!closed.has("honest"), `the launcher's handshake was dropped: ${why()}`);
+    await until(() => lines.length > 0, "the host's challenge");
+    assert.equal(lines[0].type, "challenge", why());
+    worker.postMessage(
+      `${JSON.stringify({ type: "auth", proof: controlProof(key, "client", hello, lines[0].nonce!) })}\n`,
+    );
+    await until(() => lines.length > 1 || closed.has("honest"), "the host's answer to the proof");
+    assert.equal(lines[1]?.type, "hello", `the launcher was not admitted: ${why()}`);
+  } finally {
+    await worker.terminate();
     await d.stop();
   }
 });

@@ -177,9 +177,11 @@ export class HostDaemon {
     /** Whether stop() stops the host too (false for an embedded host its process owns). */
     private readonly ownsHost = true,
   ) {
+    const maxPending = opts.maxPendingHandshakes ?? MAX_PENDING_HANDSHAKES;
     this.pending = new PendingHandshakes(
-      opts.maxPendingHandshakes ?? MAX_PENDING_HANDSHAKES,
+      maxPending,
       (c) => c.saidHello,
+      (c) => c.drop(`dropped unauthenticated: more than ${maxPending} connections in the handshake at once`),
     );
     this.capacity = new HostCapacity(
       opts.maxRanks ?? defaultMaxRanks(slots),
@@ -377,10 +379,7 @@ export class HostDaemon {
       key: this.opts.key,
       refuse: this.refuse,
     });
-    const displaced = this.pending.add(c, c.address);
-    displaced?.drop(
-      `dropped unauthenticated: more than ${this.opts.maxPendingHandshakes ?? MAX_PENDING_HANDSHAKES} connections in the handshake at once`,
-    );
+    this.pending.add(c, c.address);
   }
 
   /**

@@ -130,7 +130,14 @@ export function listenTcpLinks(options: ListenTcpLinksOptions): Promise<TcpLinkS
   const refusals = new RefusalLog(log, nicId);
   const sockets = new Set<net.Socket>();
   /** Sockets still in the handshake. */
-  const pending = new PendingHandshakes<Handshake>(maxPending, (h) => h.saidHello);
+  const pending = new PendingHandshakes<Handshake>(
+    maxPending,
+    (h) => h.saidHello,
+    (h) => {
+      tcpLinkStats.evicted++;
+      h.abort(`dropped unauthenticated: more than ${maxPending} connections in the handshake at once`);
+    },
+  );
   const server = net.createServer((socket) => {
     sockets.add(socket);
     socket.on("close", () => sockets.delete(socket));
@@ -148,13 +155,7 @@ export function listenTcpLinks(options: ListenTcpLinksOptions): Promise<TcpLinkS
       undefined,
       admit && ((peer) => admit(peer, addressOf(socket), from)),
     );
-    const displaced = pending.add(hs, addressOf(socket));
-    if (displaced !== undefined) {
-      tcpLinkStats.evicted++;
-      displaced.abort(
-        `dropped unauthenticated: more than ${maxPending} connections in the handshake at once`,
-      );
-    }
+    pending.add(hs, addressOf(socket));
     hs.done.then(
       (h) => {
         pending.delete(hs);
