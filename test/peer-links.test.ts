@@ -166,7 +166,7 @@ test("a request for a peer whose last asker just went gets a wait of its own, no
 
 test("a request that joins an earlier, shorter wait for a peer waits its own time", async () => {
   const silent = await silentPeer();
-  const { peer, sockets } = silent;
+  const { peer } = silent;
   const d = await startDaemon({ nicId: 1 });
   const [short, long] = [await connect(d), await connect(d)];
   try {

@@ -252,7 +252,7 @@ export class Host {
         transfer: [ep.port, port2],
       });
       booted = Promise.all([nicReady, dom0Made]);
-      const [, dom0] = (await Promise.race([booted, nicLost])) as [void, Domain];
+      const [, dom0] = (await Promise.race([booted, nicLost])) as [undefined, Domain];
       const exit = dom0.exited.then((e) => {
         throw new Error(`the driver domain ${e.state} while starting: ${e.error?.message ?? "no error"}`);
       });
