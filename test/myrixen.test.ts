@@ -17,6 +17,7 @@ import { MYRI_AGENT as AGENT, type MyriAgent as Agent, myriAgent as agent } from
 const HOSTILE = new URL("./fixtures/myri-hostile.js", import.meta.url);
 const NOMAIN = new URL("./fixtures/guests/nomain.js", import.meta.url);
 const NATIVE_OVERSIZED = new URL("./fixtures/guests/native-oversized.js", import.meta.url);
+const REGISTER_STORM = new URL("./fixtures/myri-register-storm.js", import.meta.url);
 
 let host: Host;
 const KEY_A = 0x1234;
@@ -531,4 +532,39 @@ test("a native process's calls of any size are refused in its own thread: the dr
   assert.equal(exit.state, "shutdown", exit.error?.message);
   assert.equal(exit.result, 7, "an honest attach and info still go");
   assert.equal(host.backendStats().nativeRequests, before + 1, "info was served (attach is not counted)");
+});
+
+test("a guest asking myrback for its costliest work gets one request a turn: another guest's requests are served between", async () => {
+  // 16 REGISTERs of 32,768 pages that fail at their last page (each pins and unpins them all,
+  // and costs the guest nothing): myrback served them in one turn, and every other guest's
+  // set-up waited 230–300 ms a turn for as long as the storm went on.
+  const victim = await guest("storm-victim");
+  const storm = await host.startGuest({
+    module: REGISTER_STORM,
+    name: "register-storm",
+    pages: 32_768,
+    maxHeapMb: 64,
+  });
+  try {
+    assert.deepEqual(await nextMessage(storm), ["ready"]);
+    const before = host.backendStats();
+    storm.send("go");
+    const infos = Array.from({ length: 4 }, () => victim.call({ op: "info" }));
+    const exit = await storm.exited;
+    assert.equal(exit.state, "shutdown", exit.error?.message);
+    const statuses = exit.result as number[];
+    assert.equal(statuses.length, 16);
+    for (const st of statuses) assert.equal(st, 11, "MX_BAD_SEG_MEM: the last page is no grant");
+    await Promise.all(infos);
+    const after = host.backendStats();
+    assert.equal(after.byOp.REGISTER - before.byOp.REGISTER, 16);
+    // Each of those REGISTERs takes longer than a slice (tens of ms of pins), so each ended its
+    // turn: other frontends were served between them.
+    assert.ok(
+      after.ringSlicesCut - before.ringSlicesCut >= 15,
+      `${after.ringSlicesCut - before.ringSlicesCut} turns cut for 16 costly requests`,
+    );
+  } finally {
+    await victim.call({ op: "exit" }).catch(() => {});
+  }
 });

@@ -195,7 +195,7 @@ export async function infoCommand(o: CommonOptions): Promise<number> {
       ],
       [
         "myrback",
-        `${b.requests} requests (${b.errors} errors), ${b.endpoints} endpoints, ${b.channels} channels (${b.channelBuffers} buffers, ${b.channelsRefused} refused for a quota), ${b.regions} regions, ${b.grantsInUse} grants in use, ${b.badKeys} bad keys${b.intrPagesReplaced ? `, ${b.intrPagesReplaced} interrupt pages replaced (a former peer kept one mapped)` : ""}${b.driverEventsRefused ? `, ${b.driverEventsRefused} driver events refused (an endpoint not consuming events)` : ""}`,
+        `${b.requests} requests (${b.errors} errors), ${b.endpoints} endpoints, ${b.channels} channels (${b.channelBuffers} buffers, ${b.channelsRefused} refused for a quota), ${b.regions} regions, ${b.grantsInUse} grants in use, ${b.badKeys} bad keys${b.intrPagesReplaced ? `, ${b.intrPagesReplaced} interrupt pages replaced (a former peer kept one mapped)` : ""}${b.driverEventsRefused ? `, ${b.driverEventsRefused} driver events refused (an endpoint not consuming events)` : ""}${b.ringSlicesCut ? `, ${b.ringSlicesCut} ring turns cut at their time slice (a guest asking for costly work)` : ""}`,
       ],
       [
         "netback",

@@ -44,6 +44,8 @@ export const Stat = {
    * learnt later by the library.
    */
   driverEventsRefused: 28,
+  /** Turns of a frontend's ring service that ended at its time slice (device.ts RING_SLICE_MS). */
+  ringSlicesCut: 29,
 } as const;
 export const STATS_BYTES = 32 * 4;
 
@@ -75,6 +77,7 @@ export interface BackendStats {
   channelsRefused: number;
   intrPagesReplaced: number;
   driverEventsRefused: number;
+  ringSlicesCut: number;
 }
 
 export function readBackendStats(buffer: SharedArrayBuffer): BackendStats {
@@ -106,5 +109,6 @@ export function readBackendStats(buffer: SharedArrayBuffer): BackendStats {
     channelsRefused: get(Stat.channelsRefused),
     intrPagesReplaced: get(Stat.intrPagesReplaced),
     driverEventsRefused: get(Stat.driverEventsRefused),
+    ringSlicesCut: get(Stat.ringSlicesCut),
   };
 }
