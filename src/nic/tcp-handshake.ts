@@ -320,7 +320,7 @@ export class Handshake {
           );
         else if (role === "dial")
           fail(
-            `NIC ${peer} closed the connection instead of proving the cluster key: it refused this NIC's proof (the two hosts have different cluster keys?)`,
+            `NIC ${peer} closed the connection instead of proving the cluster key: it refused this NIC's proof (the two hosts have different cluster keys?), or dropped the connection unproved (more connections in its handshake than it holds; its log says which)`,
           );
         else fail(`connection closed before NIC ${peer} proved the cluster key`);
       };
