@@ -14,6 +14,7 @@ import assert from "node:assert/strict";
 import net from "node:net";
 import { test } from "node:test";
 import { randomClusterKey } from "../src/cluster/auth.js";
+import { LINK_REQUESTS_OPEN } from "../src/cluster/control-connection.js";
 import type { HostDaemon, HostDaemonOptions } from "../src/cluster/host-daemon.js";
 import { createLogger } from "../src/cluster/log.js";
 import { RemoteHost } from "../src/cluster/remote.js";
@@ -330,5 +331,38 @@ test("a link request does not read another service's first bytes back to the cli
     await d.stop();
     banner.close();
     short.close();
+  }
+});
+
+test("a client's open link requests are bounded in number, and a peer named many times in one request is one wait", async () => {
+  // Each peer a request names is a wait with its own promise and timer in the host's memory:
+  // 800 requests naming one dead peer 1,024 times each (counted as one pair) filled a 768 MiB heap.
+  const d = await startDaemon({ nicId: 0xfffffff0, maxLinks: 1024 });
+  try {
+    const rh = await connect(d);
+    const [peer] = nowhere(1, 1);
+    const many = Array.from({ length: 1024 }, () => peer);
+    // Named 1,024 times, waited for once: its failure names it once.
+    const e = await rh.link(many, 300).then(
+      () => undefined,
+      (err: Error) => err,
+    );
+    assert.ok(e instanceof Error, "the peer never dials in");
+    assert.equal(e.message.split("did not link to this host's NIC").length - 1, 1, e.message.slice(0, 300));
+    const open = Array.from({ length: LINK_REQUESTS_OPEN }, () =>
+      rh.link(many, 600_000).catch((err: Error) => err),
+    );
+    await until(() => d.activeLinkWaits === 1, "one wait for all of them");
+    await assert.rejects(
+      rh.link([peer], 5_000),
+      new RegExp(
+        `this client has ${LINK_REQUESTS_OPEN} link requests open; one client may have at most ${LINK_REQUESTS_OPEN}`,
+      ),
+    );
+    rh.close();
+    await Promise.all(open);
+    await until(() => d.activeLinkWaits === 0, "every wait to end once the client went");
+  } finally {
+    await d.stop();
   }
 });

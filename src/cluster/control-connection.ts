@@ -70,7 +70,14 @@ export interface ControlConnectionOptions {
 let connectionIds = 0;
 
 /** Status and snapshot requests one client may have under way before its next ones wait unread. */
-export const INSPECTIONS_IN_FLIGHT = 16;
+export const INSPECTIONS_IN_FLIGHT = 4;
+/**
+ * Link requests one client may have open (each may wait up to 600 s): beyond, refused. Each
+ * request's peers are bounded too (maxLinkPeers, each pair once), and every peer a request
+ * names is a wait with its own timer in the host's memory: unbounded, 800 requests naming one
+ * dead peer 1,024 times each filled a 768 MiB heap.
+ */
+export const LINK_REQUESTS_OPEN = 16;
 
 export class ControlConnection implements JobClient {
   readonly id = ++connectionIds;
@@ -97,6 +104,8 @@ export class ControlConnection implements JobClient {
   private readonly linkPeers = new Map<string, number>();
   /** Inspections (status, snapshot) being answered (inspect). */
   private inspecting = 0;
+  /** Link requests not answered yet (at most LINK_REQUESTS_OPEN). */
+  private linkRequests = 0;
 
   constructor(
     private readonly daemon: ControlService,
@@ -315,7 +324,9 @@ export class ControlConnection implements JobClient {
    * peers (each NIC id at each address counted once): beyond, the request is refused.
    */
   private link(m: Extract<ClientMessage, { type: "link" }>): void {
-    const ids = [...new Set(m.peers.map((p) => `${p.nicId} at ${formatAddress(p)}`))];
+    // Each peer once: a request naming one peer 1,024 times made as many waits.
+    const byPair = new Map(m.peers.map((p) => [`${p.nicId} at ${formatAddress(p)}`, p]));
+    const ids = [...byPair.keys()];
     const added = ids.filter((id) => !this.linkPeers.has(id)).length;
     const bound = this.daemon.maxLinkPeers;
     if (this.linkPeers.size + added > bound) {
@@ -327,15 +338,23 @@ export class ControlConnection implements JobClient {
       this.send({ type: "reply", id: m.id, ok: false, code: "refused", error: why });
       return;
     }
+    if (this.linkRequests >= LINK_REQUESTS_OPEN) {
+      const why = `this client has ${this.linkRequests} link requests open; one client may have at most ${LINK_REQUESTS_OPEN} (wait for one to be answered)`;
+      this.log.warn("refused a request", { client: this.who, type: m.type, reason: why });
+      this.send({ type: "reply", id: m.id, ok: false, code: "refused", error: why });
+      return;
+    }
     for (const id of ids) this.linkPeers.set(id, (this.linkPeers.get(id) ?? 0) + 1);
+    this.linkRequests++;
     const done = () => {
+      this.linkRequests--;
       for (const id of ids) {
         const n = (this.linkPeers.get(id) ?? 1) - 1;
         if (n === 0) this.linkPeers.delete(id);
         else this.linkPeers.set(id, n);
       }
     };
-    this.daemon.ensureLinks(m.peers, m.timeoutMs, this.gone.signal).then(
+    this.daemon.ensureLinks([...byPair.values()], m.timeoutMs, this.gone.signal).then(
       () => {
         done();
         this.send({ type: "reply", id: m.id, ok: true });
