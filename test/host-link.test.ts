@@ -8,7 +8,13 @@
 import assert from "node:assert/strict";
 import { createInterface } from "node:readline";
 import { after, test } from "node:test";
-import { cloneBytes, MESSAGE_BASE_UNITS, OUTPUT_HELD_MAX, WINDOW_UNITS } from "../src/xen/host-link.js";
+import {
+  cloneBytes,
+  MESSAGE_BASE_UNITS,
+  MESSAGE_VALUES_MAX,
+  OUTPUT_HELD_MAX,
+  WINDOW_UNITS,
+} from "../src/xen/host-link.js";
 import { Hypervisor } from "../src/xen/hypervisor.js";
 
 const hv = new Hypervisor();
@@ -163,3 +169,32 @@ for (const mode of ["string", "error", "regexp", "view"] as const)
       `the host held ${heldThen} messages carrying ${(bytesThen / 2 ** 20).toFixed(0)} MiB for nobody; the window is ${WINDOW_UNITS / 2 ** 20} MiB`,
     );
   });
+
+test("a message of too many values is refused in the guest; bulk bytes and small messages go; a crash's text is cut", async () => {
+  // The host's thread decodes a message whole, about a quarter of a µs a value, while every
+  // domain's hypercalls wait: one array of a million small objects held it a second a send;
+  // and a crash's 400 Mi-character stack landed in its heap whole.
+  const dom = await hv.createDomain({ module: fixture("dense-sends"), args: { mode: "send" }, pages: 16 });
+  const got: unknown[] = [];
+  dom.on("message", (m: unknown) => got.push(m));
+  const exit = await dom.exited;
+  assert.equal(exit.state, "shutdown", exit.error?.message);
+  assert.match(
+    String(exit.result),
+    new RegExp(
+      `^RangeError: guest\\.send: this message holds \\d+ values; at most ${MESSAGE_VALUES_MAX} go in one`,
+    ),
+  );
+  await new Promise((r) => setTimeout(r, 50));
+  assert.equal(got.length, 2, "only the honest messages came");
+  assert.deepEqual(got[0], { honest: 1 });
+  assert.equal((got[1] as Float64Array).length, 1 << 20);
+
+  const crash = await hv.createDomain({ module: fixture("dense-sends"), args: { mode: "crash" }, pages: 16 });
+  const end = await crash.exited;
+  assert.equal(end.state, "crashed");
+  assert.ok(
+    (end.error?.message.length ?? 0) <= 64 * 1024 + 2 && (end.error?.stack?.length ?? 0) <= 64 * 1024 + 2,
+    `the host got a crash of ${end.error?.message.length} + ${end.error?.stack?.length} characters`,
+  );
+});

@@ -42,12 +42,28 @@ const OUTPUT_RECHECK_MS = 10;
  * count one size and the message another.
  */
 export function cloneBytes(data: unknown): number {
+  return cloneCost(data).bytes;
+}
+
+/**
+ * The values one `guest.send` message may carry at most (each object, string, number … of its
+ * clone once). The host's thread decodes a message whole before anyone looks at it, about a
+ * quarter of a µs a value, and it serves every domain's hypercalls: a guest sending one array
+ * of a million small objects held it a second each time (the window counts bytes, and small
+ * values are few bytes). Bytes in bulk — a typed array, a long string — decode at memcpy's speed.
+ */
+export const MESSAGE_VALUES_MAX = 64 * 1024;
+
+/** cloneBytes' bytes, and how many values the clone holds (what its decoding costs the host). */
+export function cloneCost(data: unknown): { bytes: number; values: number } {
   let total = 0;
+  let values = 0;
   const seen = new Set<object>();
   const stack: unknown[] = [data];
   while (stack.length > 0) {
     const v = stack.pop();
     total += 8;
+    values++;
     if (typeof v === "string") total += v.length * 2;
     else if (typeof v === "bigint") total += (v < 0n ? -v : v).toString(16).length >>> 1;
     else if (typeof v !== "object" || v === null || seen.has(v)) continue;
@@ -65,7 +81,7 @@ export function cloneBytes(data: unknown): number {
       else for (const k of Object.keys(v)) stack.push(k, (v as Record<string, unknown>)[k]);
     }
   }
-  return total;
+  return { bytes: total, values };
 }
 
 /** A cost as the host accepts it: the runtime's number when it is one, else the base cost. */

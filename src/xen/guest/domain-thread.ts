@@ -14,7 +14,7 @@
 import { createRequire } from "node:module";
 import { fileURLToPath } from "node:url";
 import { type MessagePort, parentPort, workerData } from "node:worker_threads";
-import { cloneBytes, HostLinkSender, MESSAGE_BASE_UNITS } from "../host-link.js";
+import { cloneCost, HostLinkSender, MESSAGE_BASE_UNITS, MESSAGE_VALUES_MAX } from "../host-link.js";
 import type { GuestBootData, GuestControlMessage } from "../hypervisor.js";
 import { prepareReclaim } from "../reclaim.js";
 import { Guest } from "./guest.js";
@@ -58,12 +58,29 @@ function describe(e: unknown): { name: string; message: string; stack?: string }
         stack: String(e.stack) + causeLines(e),
       };
       // A sandboxed guest's crash as its user reads it: the stack through their own files.
-      return guestCrash(e, said) ?? said;
+      return cutCrash(guestCrash(e, said) ?? said);
     }
-    return { name: "Error", message: `guest threw a non-Error value: ${String(e)}` };
+    return cutCrash({ name: "Error", message: `guest threw a non-Error value: ${String(e)}` });
   } catch {
     return { name: "Error", message: "guest threw a value that cannot be described" };
   }
+}
+
+/**
+ * Characters of a crash's name, message and stack that go to the host, at most: its thread
+ * takes them in whole (a guest's 400 Mi-character stack landed there as 400 MB).
+ */
+const CRASH_TEXT_CHARS = 64 * 1024;
+
+function cutCrash(d: { name: string; message: string; stack?: string }): {
+  name: string;
+  message: string;
+  stack?: string;
+} {
+  const cut = (t: string) => (t.length > CRASH_TEXT_CHARS ? `${t.slice(0, CRASH_TEXT_CHARS)} …` : t);
+  return d.stack === undefined
+    ? { name: cut(d.name), message: cut(d.message) }
+    : { name: cut(d.name), message: cut(d.message), stack: cut(d.stack) };
 }
 
 /** Causes shown at most under a crash's stack (a longer chain ends in "…"), and characters of each as printed. */
@@ -127,7 +144,12 @@ function takeNativeLink(boot: GuestBootData): {
  */
 function userMessage(data: unknown): { data: unknown; cost: number } {
   const copy = structuredClone(data);
-  return { data: copy, cost: MESSAGE_BASE_UNITS + cloneBytes(copy) };
+  const { bytes, values } = cloneCost(copy);
+  if (values > MESSAGE_VALUES_MAX)
+    throw new RangeError(
+      `guest.send: this message holds ${values} values; at most ${MESSAGE_VALUES_MAX} go in one (send numbers as a typed array, or the data in parts)`,
+    );
+  return { data: copy, cost: MESSAGE_BASE_UNITS + bytes };
 }
 
 /** Characters of printed text per output message at most. */
