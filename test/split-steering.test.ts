@@ -91,7 +91,13 @@ const tagOf = (f: FrameSummary) => f.mxoe?.[MxoeWord.matchLo] ?? f.tag;
 /** Domain `domid`'s first split-path endpoint. */
 const splitEp = (domid: number) => SPLIT_ENDPOINT_BASE + domid * SPLIT_ENDPOINTS_PER_DOMAIN;
 
-/** An MXoE frame, headers only, from `from`'s first split-path endpoint to `to`'s on this NIC. */
+/** The session of domain `domid`'s first split-path endpoint, in the frames built here. */
+const sessionOf = (domid: number) => 1000 + domid;
+
+/**
+ * An MXoE frame, headers only, from `from`'s first split-path endpoint to `to`'s on this NIC
+ * (naming its session, as netback wants, but for a CONNECT).
+ */
 function mxoe(type: number, from: number, to: number, id: number, status = 0): Uint8Array {
   const f = new Uint8Array(ETH_HEADER_BYTES + MXOE_HEADER_BYTES);
   const v = new DataView(f.buffer, ETH_HEADER_BYTES);
@@ -99,8 +105,10 @@ function mxoe(type: number, from: number, to: number, id: number, status = 0): U
   put(MxoeWord.magic, (MXOE_MAGIC << 16) | (MXOE_VERSION << 8) | type);
   put(MxoeWord.srcNic, NIC);
   put(MxoeWord.srcEp, splitEp(from));
+  put(MxoeWord.srcSession, sessionOf(from));
   put(MxoeWord.dstNic, NIC);
   put(MxoeWord.dstEp, splitEp(to));
+  put(MxoeWord.dstSession, type === MxoeType.Connect ? 0 : sessionOf(to));
   put(MxoeWord.id, id);
   put(MxoeWord.msgSeq, status);
   return f;
@@ -138,25 +146,36 @@ test("an MX frame goes to the owner of the endpoint it names, whatever its MAC; 
     dstEp: number,
     tag: number,
     srcEp = endpointOf(x.dom),
+    dstSession = 0,
   ) => {
     const words = new Array<number>(16).fill(0);
     words[MxoeWord.magic] = ((MXOE_MAGIC << 16) | (MXOE_VERSION << 8) | type) >>> 0;
     words[MxoeWord.dstNic] = dstNic;
     words[MxoeWord.dstEp] = dstEp;
+    words[MxoeWord.dstSession] = dstSession;
     words[MxoeWord.srcNic] = NIC;
     words[MxoeWord.srcEp] = srcEp;
+    words[MxoeWord.srcSession] = 77;
     words[MxoeWord.offset] = PAIR_KEY;
     // (The payload's first byte is the magic's: the tag rides in a header word.)
     words[MxoeWord.matchLo] = tag;
     return { dst, len: 128, tag, type: MXOE_ETHERTYPE, words };
   };
   const nobody = SPLIT_ENDPOINT_BASE + 4000 * SPLIT_ENDPOINTS_PER_DOMAIN;
+  // z's endpoint sends first (a CONNECT no one gets), so netback knows its session (77): only
+  // frames naming it reach z (split-endpoint-reuse.test.ts).
+  const r0 = host.netStats().bridge.mxRefused;
+  await z.call({
+    op: "send",
+    frames: [mxFrame("ff:ff:ff:ff:ff:ff", MxoeType.Connect, NIC, nobody, 0, endpointOf(z.dom))],
+  });
+  await until(() => host.netStats().bridge.mxRefused > r0, "z's CONNECT seen");
   const s0 = host.netStats().bridge;
   await x.call({
     op: "send",
     frames: [
       // Addressed to y's MAC, naming z's endpoint: z gets it.
-      mxFrame(y.mac, MxoeType.Eager, NIC, endpointOf(z.dom), 1),
+      mxFrame(y.mac, MxoeType.Eager, NIC, endpointOf(z.dom), 1, endpointOf(x.dom), 77),
       // A broadcast CONNECT naming z's endpoint: z only.
       mxFrame("ff:ff:ff:ff:ff:ff", MxoeType.Connect, NIC, endpointOf(z.dom), 2),
       // Naming an endpoint no domain here owns: no one.
@@ -278,7 +297,7 @@ function steering(domains: number, uplinkPort: number) {
     {
       nicId: NIC,
       uplinkPort,
-      nicEndpointOwner: () => undefined,
+      nicContext: () => undefined,
       portOfDomain: (d) => (d >= 1 && d <= domains ? 10 + d : -1),
       domainOfPort: (p) => (p >= 11 && p <= 10 + domains ? p - 10 : undefined),
     },
@@ -390,7 +409,7 @@ test("a live guest's limit of unanswered CONNECTs holds while thousands of other
   const steerHost: MxSteerHost = {
     nicId: NIC,
     uplinkPort: -1,
-    nicEndpointOwner: () => undefined,
+    nicContext: () => undefined,
     portOfDomain: (d) => 100 + d,
     domainOfPort: (p) => (p >= 100 ? p - 100 : undefined),
   };

@@ -296,7 +296,7 @@ export default async function main(guest: Guest): Promise<{ stopped: true }> {
       uplink: uplink.port,
       ageingMs: args.bridgeAgeingMs,
       // MX frames go to the owner of the endpoint they name, and to no one else (mx-steer.ts).
-      nicEndpointOwner: (endpoint) => core.endpointOwner(endpoint),
+      nicContext: (endpoint) => core.endpointContext(endpoint),
     });
     await netback.start();
   }

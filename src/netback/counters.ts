@@ -79,6 +79,8 @@ export class NetbackCounters {
     s[BridgeCounter.mxSpoofed] = mx.spoofed;
     s[BridgeCounter.mxThrottled] = mx.throttled;
     s[BridgeCounter.mxAskers] = steering.askers;
+    s[BridgeCounter.mxStale] = mx.stale;
+    s[BridgeCounter.mxBadConnects] = mx.badConnects;
     if (uplink) {
       s[BridgeCounter.uplinkTx] = uplink.txFrames;
       s[BridgeCounter.uplinkDrops] = uplink.txDrops;

@@ -48,6 +48,24 @@
  *     A CONNECT refused in a lockout is answered by the bridge itself: its frame turned into
  *     a CONNECT_REPLY with status REJECTED and the time left (rejectInPlace), so the asker
  *     hears why (MX_BUSY, as from the NIC on the bypass path) instead of timing out.
+ *   - Only the opening of an endpoint that a frame names gets it. An endpoint id outlives its
+ *     endpoint: a NIC context is free again when its domain dies, and any guest (of any job)
+ *     may open it by number; a split-path id comes back with its domain id. Its new owner got
+ *     what the old one's peers still sent it — their sessions in the headers, and in a late
+ *     CONNECT their job's key — and with a session it resolved its way into their endpoints
+ *     without a key (a hostile guest's library checks no dstSession). So a frame for an
+ *     endpoint here must name (dstSession) the session of its current opening: a NIC
+ *     context's is myrback's (nicContext); a split-path endpoint's is the one its domain's
+ *     frames from it last carried (its peers learn it from those frames only: its CONNECTs and
+ *     its answers), forgotten with the domain's vifs. Any other frame is refused (stale), and
+ *     a sequenced one answered with a NACK, ENDPOINT_CLOSED, as from the closed endpoint, so
+ *     its sender fails the dead peer now instead of resending to the newcomer. A CONNECT
+ *     naming no session (0) carries a key: for a NIC context netback checks it against
+ *     myrback's and answers a wrong one BAD_KEY itself (counted as the owner's answer is), so
+ *     the key reaches only the endpoint that already has it; a CONNECT naming another session
+ *     is answered BAD_SESSION. (A split-path endpoint's key is its guest's alone: a CONNECT
+ *     with no session goes to the owner of its id, and a domain id comes back only after
+ *     DOMID_MAX others.)
  *
  * The key still crosses the NICs and the links between hosts (trusted, as every frame does).
  */
@@ -68,8 +86,10 @@ import {
 
 /** An MXoE frame that no port may have. */
 export const STEER_REFUSE = -1;
-/** A CONNECT from a guest locked out for wrong keys: answer it with rejectInPlace. */
+/** A CONNECT from a guest locked out for wrong keys: answer it with answerInPlace (REJECTED). */
 export const STEER_REJECT = -2;
+/** A frame netback answers itself (BAD_KEY, BAD_SESSION, or a NACK): answerInPlace. */
+export const STEER_ANSWER = -3;
 
 export interface MxSteerCounters {
   /** MXoE frames sent to the owner of their destination endpoint (or out of the uplink). */
@@ -80,13 +100,25 @@ export interface MxSteerCounters {
   spoofed: number;
   /** CONNECTs refused because their domain is locked out for wrong keys. */
   throttled: number;
+  /** Refused: naming an opening of their endpoint that is not the current one (or none yet). */
+  stale: number;
+  /** CONNECTs netback answered itself: a NIC context's wrong key, or a session not the opening's. */
+  badConnects: number;
+}
+
+/** An open NIC context (myrback's registry). */
+export interface NicContext {
+  readonly domid: DomId;
+  /** Its session: what a frame for this opening names (dstSession). */
+  readonly session: number;
+  readonly key: number;
 }
 
 export interface MxSteerHost {
   /** This host's NIC id (the dst nic of frames for endpoints here). */
   readonly nicId: number;
-  /** The domain that opened NIC context `endpoint` here, if it is open (myrback knows). */
-  nicEndpointOwner(endpoint: number): DomId | undefined;
+  /** NIC context `endpoint` here, if it is open: who opened it, its session and key (myrback knows). */
+  nicContext(endpoint: number): NicContext | undefined;
   /** The bridge port of `domid`'s vif, or -1. */
   portOfDomain(domid: DomId): number;
   /** The domain whose vif is bridge port `port`, if it is one. */
@@ -117,13 +149,25 @@ interface Ask {
 }
 
 export class MxSteering {
-  readonly counters: MxSteerCounters = { steered: 0, refused: 0, spoofed: 0, throttled: 0 };
+  readonly counters: MxSteerCounters = {
+    steered: 0,
+    refused: 0,
+    spoofed: 0,
+    throttled: 0,
+    stale: 0,
+    badConnects: 0,
+  };
   /** Wrong keys per domain (as requester (0, domid)). */
   private readonly throttle = new ConnectThrottle();
   /** Per domain, the CONNECTs it sent that were steered somewhere (oldest first; never empty). */
   private readonly asked = new Map<DomId, Ask[]>();
   /** No list in `asked` has aged out wholly before this (sweep's lower bound). */
   private sweepAt = Number.POSITIVE_INFINITY;
+  /** Per domain, its split-path endpoints' sessions, as its frames from them last said. */
+  private readonly splitSessions = new Map<DomId, Map<number, number>>();
+  /** What answerInPlace makes of the frame route last answered STEER_REJECT or STEER_ANSWER for. */
+  private answerType: number = MxoeType.ConnectReply;
+  private answerStatus: number = MxStatus.REJECTED;
   /** The lockout left (ms) when route last answered STEER_REJECT. */
   private lockLeft = 0;
 
@@ -145,12 +189,36 @@ export class MxSteering {
    */
   forget(domid: DomId): void {
     this.asked.delete(domid);
+    // Its endpoints' sessions: the next domain given its id has its own.
+    this.splitSessions.delete(domid);
     this.throttle.forgetRequester(0, domid);
   }
 
   /** The domain that owns endpoint `ep` of this NIC, if any. */
   private ownerOf(ep: number): DomId | undefined {
-    return ep >= SPLIT_ENDPOINT_BASE ? splitEndpointDomain(ep) : this.host.nicEndpointOwner(ep);
+    return ep >= SPLIT_ENDPOINT_BASE ? splitEndpointDomain(ep) : this.host.nicContext(ep)?.domid;
+  }
+
+  /** `domid` sent as its split-path endpoint `ep` with `session`: that is its current opening. */
+  private noteSession(domid: DomId, ep: number, session: number): void {
+    let m = this.splitSessions.get(domid);
+    if (m === undefined) {
+      m = new Map();
+      this.splitSessions.set(domid, m);
+    }
+    // At most SPLIT_ENDPOINTS_PER_DOMAIN ids (its own, checked by the caller) per domain with a vif.
+    if (m.get(ep) !== session) m.set(ep, session);
+  }
+
+  /** A frame for the wrong opening: refused, and a NACK for one its sender would resend. */
+  private stale(type: number, f: Uint8Array): number {
+    this.counters.stale++;
+    // Not a CONNECT (answered apart), a CONNECT_REPLY or a NACK (answering it could loop); and
+    // only a frame sent to one station's MAC: the NACK comes from that address, the one the
+    // sender knows the endpoint by (ether-path.ts checks it), as the closed endpoint's would.
+    if (type === MxoeType.ConnectReply || type === MxoeType.Nack || (f[0] & 1) !== 0) return STEER_REFUSE;
+    this.answerType = MxoeType.Nack;
+    return STEER_ANSWER;
   }
 
   /**
@@ -166,7 +234,8 @@ export class MxSteering {
     const fromUplink = ingress === h.uplinkPort;
     const from = fromUplink ? undefined : h.domainOfPort(ingress);
     if (!fromUplink) {
-      const srcOwner = this.ownerOf(frameWord(f, MxoeWord.srcEp));
+      const srcEp = frameWord(f, MxoeWord.srcEp);
+      const srcOwner = this.ownerOf(srcEp);
       const ownSource =
         from !== undefined &&
         frameWord(f, MxoeWord.srcNic) === h.nicId &&
@@ -175,11 +244,18 @@ export class MxSteering {
         c.spoofed++;
         return STEER_REFUSE;
       }
+      // Its peers learn a split-path endpoint's session from these frames only. Not from a NACK
+      // (it names the closed opening it answers for), nor 0 (a refusal hides the session).
+      const srcSession = frameWord(f, MxoeWord.srcSession);
+      if (srcEp >= SPLIT_ENDPOINT_BASE && type !== MxoeType.Nack && srcSession !== 0)
+        this.noteSession(from, srcEp, srcSession);
       if (type === MxoeType.Connect) {
         const left = this.throttle.lockedFor(0, from, 0, this.now());
         if (left > 0) {
           c.throttled++;
           this.lockLeft = left;
+          this.answerType = MxoeType.ConnectReply;
+          this.answerStatus = MxStatus.REJECTED;
           return STEER_REJECT;
         }
       }
@@ -187,13 +263,36 @@ export class MxSteering {
     const dstNic = frameWord(f, MxoeWord.dstNic);
     let port: number;
     let owner: DomId | undefined;
+    /** A CONNECT netback answers itself (BAD_KEY, BAD_SESSION), or 0. */
+    let verdict = 0;
     if (dstNic !== h.nicId) {
       if (fromUplink || h.uplinkPort < 0) return this.refuse();
       port = h.uplinkPort;
     } else {
-      owner = this.ownerOf(frameWord(f, MxoeWord.dstEp));
+      const dstEp = frameWord(f, MxoeWord.dstEp);
+      const named = frameWord(f, MxoeWord.dstSession);
+      let session: number | undefined;
+      let key: number | undefined;
+      if (dstEp >= SPLIT_ENDPOINT_BASE) {
+        owner = splitEndpointDomain(dstEp);
+        session = this.splitSessions.get(owner)?.get(dstEp);
+      } else {
+        const ctx = h.nicContext(dstEp);
+        owner = ctx?.domid;
+        session = ctx?.session;
+        key = ctx?.key;
+      }
       port = owner === undefined ? -1 : h.portOfDomain(owner);
       if (port < 0) return this.refuse();
+      if (type === MxoeType.Connect) {
+        if (named !== 0) {
+          if (named !== session) verdict = MxStatus.BAD_SESSION;
+        } else if (key !== undefined && frameWord(f, MxoeWord.offset) !== key) {
+          verdict = MxStatus.BAD_KEY;
+        }
+      } else if (named !== session) {
+        return this.stale(type, f);
+      }
     }
     // The answers that may count against this guest are those to the CONNECTs it sent.
     if (from !== undefined && type === MxoeType.Connect) {
@@ -203,8 +302,20 @@ export class MxSteering {
         if (wait < 0) return STEER_REFUSE;
         // It has wrong keys on record and as many guesses out as it has free ones left.
         this.lockLeft = wait;
+        this.answerType = MxoeType.ConnectReply;
+        this.answerStatus = MxStatus.REJECTED;
         return STEER_REJECT;
       }
+    }
+    if (verdict !== 0) {
+      // Answered here, so the key (or the guess) never reaches the owner: it counts as the
+      // owner's answer would (a guest's own; another host's netback counts its guest's).
+      c.badConnects++;
+      if (from !== undefined)
+        this.settle(from, frameWord(f, MxoeWord.id), dstNic, frameWord(f, MxoeWord.dstEp), verdict);
+      this.answerType = MxoeType.ConnectReply;
+      this.answerStatus = verdict;
+      return STEER_ANSWER;
     }
     // An answer reaches a guest only if it answers a CONNECT the guest sent and netback still
     // remembers: an answer that came after its CONNECT was forgotten (ASK_TTL_MS) counted for
@@ -281,27 +392,68 @@ export class MxSteering {
    * an answer to a retry already answered goes through, counted once.
    */
   private answered(asker: DomId, f: Uint8Array): boolean {
+    return this.settle(
+      asker,
+      frameWord(f, MxoeWord.id),
+      frameWord(f, MxoeWord.srcNic),
+      frameWord(f, MxoeWord.srcEp),
+      frameWord(f, MxoeWord.msgSeq),
+    );
+  }
+
+  /** `asker`'s CONNECT `id` to (nic, ep) is answered `status` (answered's rules). */
+  private settle(asker: DomId, id: number, nic: number, ep: number, status: number): boolean {
     const list = this.asked.get(asker);
     if (list === undefined) return false;
-    const id = frameWord(f, MxoeWord.id);
-    const nic = frameWord(f, MxoeWord.srcNic);
-    const ep = frameWord(f, MxoeWord.srcEp);
     const asks = (a: Ask) => a.id === id && a.nic === nic && a.ep === ep;
     const q = list.find((a) => !a.answered && asks(a));
     if (q === undefined) return list.some(asks);
     q.answered = true;
-    const status = frameWord(f, MxoeWord.msgSeq);
     if (status === MxStatus.BAD_KEY || status === MxStatus.BAD_SESSION)
       this.throttle.failed(0, asker, 0, this.now());
     return true;
   }
 
   /**
-   * Turns the CONNECT route() answered STEER_REJECT for into its CONNECT_REPLY, in place:
-   * addressed back to the asker, status REJECTED, the lockout's time left in the offset word
-   * (as the NIC tells a bypass asker). Its source MAC is the bridge's own, locally administered.
+   * Turns the frame route() answered STEER_REJECT or STEER_ANSWER for into its answer, in
+   * place: a CONNECT_REPLY (rejectInPlace, with the status route chose), or a NACK.
    */
-  rejectInPlace(f: Uint8Array): void {
+  answerInPlace(f: Uint8Array): void {
+    if (this.answerType === MxoeType.Nack) this.nackInPlace(f);
+    else this.rejectInPlace(f, this.answerStatus);
+  }
+
+  /**
+   * Turns a frame for a closed opening of an endpoint into the NACK its endpoint would send
+   * (ether.ts sendNack): back to its sender, from the opening it named, ENDPOINT_CLOSED. Its
+   * source MAC is the one the frame was sent to: the sender knows the endpoint by it.
+   */
+  private nackInPlace(f: Uint8Array): void {
+    const w = (i: number) => frameWord(f, i);
+    const sender = [w(MxoeWord.srcNic), w(MxoeWord.srcEp), w(MxoeWord.srcSession)];
+    const closed = [w(MxoeWord.dstNic), w(MxoeWord.dstEp), w(MxoeWord.dstSession)];
+    const to = f.slice(6, 12);
+    f.copyWithin(6, 0, 6);
+    f.set(to, 0);
+    f.fill(0, ETH_HEADER_BYTES, ETH_HEADER_BYTES + MXOE_HEADER_BYTES);
+    const v = new DataView(f.buffer, f.byteOffset + ETH_HEADER_BYTES, MXOE_HEADER_BYTES);
+    const set = (i: number, x: number) => v.setUint32(4 * i, x >>> 0, true);
+    set(MxoeWord.magic, (MXOE_MAGIC << 16) | (MXOE_VERSION << 8) | MxoeType.Nack);
+    set(MxoeWord.dstNic, sender[0]);
+    set(MxoeWord.dstEp, sender[1]);
+    set(MxoeWord.dstSession, sender[2]);
+    set(MxoeWord.srcNic, closed[0]);
+    set(MxoeWord.srcEp, closed[1]);
+    set(MxoeWord.srcSession, closed[2]);
+    set(MxoeWord.msgSeq, MxStatus.ENDPOINT_CLOSED);
+  }
+
+  /**
+   * Turns a CONNECT into its CONNECT_REPLY, in place: addressed back to the asker, with
+   * `status` (no session); REJECTED carries the lockout's time left in the offset word (as the
+   * NIC tells a bypass asker). Its source MAC is the bridge's own, locally administered.
+   */
+  private rejectInPlace(f: Uint8Array, status: number): void {
     const w = (i: number) => frameWord(f, i);
     const asker = [w(MxoeWord.srcNic), w(MxoeWord.srcEp), w(MxoeWord.srcSession)];
     const owner = [w(MxoeWord.dstNic), w(MxoeWord.dstEp)];
@@ -318,8 +470,8 @@ export class MxSteering {
     set(MxoeWord.srcNic, owner[0]);
     set(MxoeWord.srcEp, owner[1]);
     set(MxoeWord.id, id);
-    set(MxoeWord.msgSeq, MxStatus.REJECTED);
-    set(MxoeWord.offset, this.lockLeft);
+    set(MxoeWord.msgSeq, status);
+    if (status === MxStatus.REJECTED) set(MxoeWord.offset, this.lockLeft);
   }
 
   private refuse(): number {

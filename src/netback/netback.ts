@@ -41,7 +41,7 @@ import { isMxoe } from "../xen/io/mxoe.js";
 import { ETH_HLEN, MAX_FRAME } from "../xen/io/netif.js";
 import { Bridge, type BridgeFrame } from "./bridge.js";
 import { NetbackCounters } from "./counters.js";
-import { MxSteering, STEER_REFUSE, STEER_REJECT } from "./mx-steer.js";
+import { MxSteering, type NicContext, STEER_ANSWER, STEER_REFUSE, STEER_REJECT } from "./mx-steer.js";
 import { RxPath } from "./rx.js";
 import { STAGING_FRAMES, type StagedFrame, Staging } from "./staging.js";
 import { BridgeCounter, NET_STATS_BYTES, netTraceRing, VifCounter } from "./stats.js";
@@ -61,10 +61,11 @@ export interface NetbackConfig {
   /** Bridge MAC ageing (ms). */
   ageingMs?: number;
   /**
-   * Who opened NIC context `endpoint` here (myrback's registry), so MX frames for it reach its
-   * owner only (mx-steer.ts). Without it only split-path endpoints (their ids name the domain) resolve.
+   * NIC context `endpoint` here while open (myrback's registry): who opened it, its session and
+   * key, so MX frames for it reach that opening only (mx-steer.ts). Without it only split-path
+   * endpoints (their ids name the domain) resolve.
    */
-  nicEndpointOwner?: (endpoint: number) => DomId | undefined;
+  nicContext?: (endpoint: number) => NicContext | undefined;
 }
 
 /** How long the uplink sleeps before re-checking its ring (ms). */
@@ -132,7 +133,7 @@ export class Netback {
     const uplinkPort = this.uplink?.id ?? -1;
     this.steering = new MxSteering({
       nicId: cfg.nicId,
-      nicEndpointOwner: cfg.nicEndpointOwner ?? (() => undefined),
+      nicContext: cfg.nicContext ?? (() => undefined),
       portOfDomain: (domid) => devices.portOfDomain(domid),
       domainOfPort: (port) => devices.domainOfPort(port),
       uplinkPort,
@@ -354,9 +355,10 @@ export class Netback {
     if (!isMxoe(fr.data, fr.len)) return this.bridge.forward(ingress, fr);
     const out = this.steering.route(ingress, fr.data, fr.len);
     if (out === STEER_REFUSE) return 0;
-    if (out !== STEER_REJECT) return this.bridge.sendTo(ingress, out, fr);
-    // A CONNECT in a wrong-key lockout: the asker hears REJECTED from the bridge itself.
-    this.steering.rejectInPlace(fr.data);
+    if (out !== STEER_REJECT && out !== STEER_ANSWER) return this.bridge.sendTo(ingress, out, fr);
+    // The sender hears from the bridge itself: REJECTED (a wrong-key lockout), BAD_KEY or
+    // BAD_SESSION (a CONNECT to a NIC context), or a NACK (the endpoint it names is closed).
+    this.steering.answerInPlace(fr.data);
     this.bridge.answer(ingress, fr);
     return 0;
   }

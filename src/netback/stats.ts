@@ -62,6 +62,10 @@ export const BridgeCounter = {
   floodsLimited: 36,
   /** Domains whose MX CONNECTs netback remembers now (mx-steer.ts: the dead ones' go). */
   mxAskers: 37,
+  /** MX over Ethernet refused for naming an opening of its endpoint that is closed (mx-steer.ts). */
+  mxStale: 38,
+  /** CONNECTs netback answered itself: a NIC context's wrong key, or a session not the opening's. */
+  mxBadConnects: 39,
 } as const;
 
 /** Word indexes in a vif block; 4..19 are also the totals' indexes. */
@@ -138,6 +142,10 @@ export interface BridgeStats {
   mxThrottled: number;
   /** Domains whose MX CONNECTs netback remembers now (until they age out or the domain's vifs go). */
   mxAskers: number;
+  /** MX over Ethernet frames refused for naming a closed opening of their endpoint (the sequenced ones NACKed). */
+  mxStale: number;
+  /** CONNECTs netback answered BAD_KEY (a NIC context's wrong key) or BAD_SESSION itself: the key went no further. */
+  mxBadConnects: number;
 }
 
 export interface NetStats {
@@ -207,6 +215,8 @@ export function readNetStats(buffer: SharedArrayBuffer): NetStats {
       mxSpoofed: w[BridgeCounter.mxSpoofed],
       mxThrottled: w[BridgeCounter.mxThrottled],
       mxAskers: w[BridgeCounter.mxAskers],
+      mxStale: w[BridgeCounter.mxStale],
+      mxBadConnects: w[BridgeCounter.mxBadConnects],
     },
     uplink: {
       present: w[BridgeCounter.uplinkPresent] === 1,

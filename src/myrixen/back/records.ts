@@ -28,6 +28,8 @@ export interface EndpointRec {
   id: number;
   /** The NIC's session: a secret between the endpoint and its peers (never in inspection). */
   session: number;
+  /** Its connect key (never in inspection): netback checks CONNECTs over Ethernet against it. */
+  key: number;
   /** Which opening of this backend this is (1, 2, ...): what inspection shows instead of the session. */
   serial: number;
   owner: Client;

@@ -175,10 +175,15 @@ export class MyriCore {
 
   // -- endpoints --
 
-  /** The domain that opened NIC context `endpointId` here, while it is open (netback steers MX frames by it). */
-  endpointOwner(endpointId: number): DomId | undefined {
+  /**
+   * NIC context `endpointId` while it is open: who opened it, its session and key. netback
+   * steers MX frames by it, and delivers only those naming this opening (netback/mx-steer.ts).
+   */
+  endpointContext(endpointId: number): { domid: DomId; session: number; key: number } | undefined {
     const ep = this.endpoints.get(endpointId);
-    return ep === undefined || ep.closed ? undefined : ep.owner.domid;
+    return ep === undefined || ep.closed
+      ? undefined
+      : { domid: ep.owner.domid, session: ep.session, key: ep.key };
   }
 
   openEndpoint(client: Client, endpointId: unknown, key: unknown): EndpointRec {
@@ -259,6 +264,7 @@ export class MyriCore {
     const ep: EndpointRec = {
       id: r.endpointId,
       session: r.session,
+      key: key as number,
       serial: ++this.openSerial,
       owner: client,
       window: r.window,
