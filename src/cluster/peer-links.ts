@@ -259,7 +259,9 @@ export class PeerLinks {
             this.opts.log.info("NIC linked", { peer: p.label, peerNic: p.nicId });
             return;
           } catch (e) {
-            wait.last = (e as Error).message;
+            // An attempt the deadline cut short says only that time ran out: an earlier one's
+            // reason (refused, not a MyriXen link) says more.
+            if (wait.last === "" || Date.now() < deadline) wait.last = (e as Error).message;
             const detail = detailOf(e);
             this.opts.log.debug("NIC link attempt failed", { peer: p.label, error: detail });
             // What the peer sent is for this log, never the client's reply: once a wait.
