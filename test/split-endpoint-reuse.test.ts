@@ -31,6 +31,7 @@ import {
   SPLIT_ENDPOINT_BASE,
   SPLIT_ENDPOINTS_PER_DOMAIN,
 } from "../src/xen/io/mxoe.js";
+import { parseMac, vifMac } from "../src/xen/io/netif.js";
 import { nextMessage } from "./helpers/messages.js";
 
 const FIXTURE = new URL("./fixtures/guests/endpoint-reuse.js", import.meta.url);
@@ -89,8 +90,10 @@ test("a guest of another job that opens a dead rank's NIC context id hears none 
 });
 
 const NIC = 5;
-/** Domain d's vif is bridge port 10 + d. */
+/** Domain d's vif is bridge port 10 + d, while d is in `live` (steering()). */
 const port = (d: number) => 10 + d;
+/** Domain d's vif MAC on this host (the toolstack's): what its peers address it by. */
+const macOf = (d: number) => [...(parseMac(vifMac(NIC, d)) as Uint8Array)];
 const splitEp = (domid: number) => SPLIT_ENDPOINT_BASE + domid * SPLIT_ENDPOINTS_PER_DOMAIN;
 
 interface Hdr {
@@ -102,7 +105,7 @@ interface Hdr {
   key?: number;
   id?: number;
 }
-function frame(h: Hdr, dstMac = [0x02, 0, 0, 0, 0, 0x99]): Uint8Array {
+function frame(h: Hdr, dstMac = macOf(2)): Uint8Array {
   const f = new Uint8Array(ETH_HEADER_BYTES + MXOE_HEADER_BYTES);
   f.set(dstMac, 0);
   f.set([0x02, 0, 0, 0, 0, 0x11], 6);
@@ -122,20 +125,21 @@ function frame(h: Hdr, dstMac = [0x02, 0, 0, 0, 0, 0x99]): Uint8Array {
 
 function steering() {
   const contexts = new Map<number, NicContext>();
+  const live = new Set([1, 2, 3, 4, 5, 6, 7, 8, 9]);
   const sh: MxSteerHost = {
     nicId: NIC,
     uplinkPort: -1,
     nicContext: (ep) => contexts.get(ep),
-    portOfDomain: (d) => (d >= 1 && d <= 9 ? port(d) : -1),
-    domainOfPort: (p) => (p >= 11 && p <= 19 ? p - 10 : undefined),
+    portOfDomain: (d) => (live.has(d) ? port(d) : -1),
+    domainOfPort: (p) => (live.has(p - 10) ? p - 10 : undefined),
   };
   const steer = new MxSteering(sh, () => 1_000);
   const send = (from: number, f: Uint8Array) => steer.route(port(from), f, f.length);
-  return { contexts, steer, send };
+  return { contexts, steer, send, live };
 }
 
 test("netback gives a NIC context's frames only to the opening they name: the old one's get a NACK, a CONNECT's key is checked before it reaches the owner", () => {
-  const { contexts, steer, send } = steering();
+  const { contexts, steer, send, live } = steering();
   const VICTIM = splitEp(1);
   const CTX = 3;
   // Rank w (domain 2) opened context 3 with the job key; the victim (domain 1) talked to it.
@@ -143,7 +147,8 @@ test("netback gives a NIC context's frames only to the opening they name: the ol
   const data = (to: number) =>
     frame({ type: MxoeType.Eager, dstEp: CTX, dstSession: to, srcEp: VICTIM, srcSession: 0x7001 });
   assert.equal(send(1, data(0x5001)), port(2), "rank w gets what names it");
-  // w dies; domain 3 (another job) opens context 3.
+  // w dies (its vif goes); domain 3 (another job) opens context 3.
+  live.delete(2);
   contexts.set(CTX, { domid: 3, session: 0x6001, key: 0x2222 });
   const stale = data(0x5001);
   assert.equal(send(1, stale), STEER_ANSWER, "what names rank w's opening does not reach the newcomer");
@@ -161,7 +166,29 @@ test("netback gives a NIC context's frames only to the opening they name: the ol
     ],
     [MxoeType.Nack, VICTIM, 0x7001, CTX, 0x5001, MxStatus.ENDPOINT_CLOSED],
   );
-  assert.deepEqual([...stale.subarray(0, 12)], [2, 0, 0, 0, 0, 0x11, 2, 0, 0, 0, 0, 0x99]);
+  assert.deepEqual([...stale.subarray(0, 12)], [2, 0, 0, 0, 0, 0x11, ...macOf(2)]);
+  // Nor answered: a stale frame sent to a live neighbour's MAC (domain 4) or another host's
+  // vif address. A NACK from either taught the bridges on its way that address behind this
+  // host: a guest moved its neighbour's unicast traffic onto the wire.
+  assert.equal(
+    send(
+      1,
+      frame(
+        { type: MxoeType.Eager, dstEp: CTX, dstSession: 0x5001, srcEp: VICTIM, srcSession: 0x7001 },
+        macOf(4),
+      ),
+    ),
+    STEER_REFUSE,
+  );
+  assert.equal(
+    send(
+      1,
+      frame({ type: MxoeType.Eager, dstEp: CTX, dstSession: 0x5001, srcEp: VICTIM, srcSession: 0x7001 }, [
+        ...(parseMac(vifMac(NIC + 1, 2)) as Uint8Array),
+      ]),
+    ),
+    STEER_REFUSE,
+  );
   // Not answered: a broadcast, a NACK, a CONNECT_REPLY naming the old opening (no loops).
   assert.equal(send(1, data(0x5001).fill(0xff, 0, 6)), STEER_REFUSE);
   for (const type of [MxoeType.Nack, MxoeType.ConnectReply])
@@ -170,7 +197,7 @@ test("netback gives a NIC context's frames only to the opening they name: the ol
       STEER_REFUSE,
     );
   assert.equal(send(1, data(0x6001)), port(3), "the newcomer gets what names its own opening");
-  assert.equal(steer.counters.stale, 4);
+  assert.equal(steer.counters.stale, 6);
 
   // A late CONNECT for rank w carries the job key: it is not the newcomer's, so netback answers.
   const connect = (key: number, session = 0, id = 1) =>

@@ -83,6 +83,7 @@ import {
   SPLIT_ENDPOINT_BASE,
   splitEndpointDomain,
 } from "../xen/io/mxoe.js";
+import { vifMacNicBits } from "../xen/io/netif.js";
 
 /** An MXoE frame that no port may have. */
 export const STEER_REFUSE = -1;
@@ -210,13 +211,24 @@ export class MxSteering {
     if (m.get(ep) !== session) m.set(ep, session);
   }
 
-  /** A frame for the wrong opening: refused, and a NACK for one its sender would resend. */
-  private stale(type: number, f: Uint8Array): number {
+  /**
+   * A frame for the wrong opening of an endpoint `owner` now holds: refused, and a NACK for
+   * one its sender would resend.
+   */
+  private stale(type: number, f: Uint8Array, owner: DomId): number {
     this.counters.stale++;
-    // Not a CONNECT (answered apart), a CONNECT_REPLY or a NACK (answering it could loop); and
-    // only a frame sent to one station's MAC: the NACK comes from that address, the one the
-    // sender knows the endpoint by (ether-path.ts checks it), as the closed endpoint's would.
-    if (type === MxoeType.ConnectReply || type === MxoeType.Nack || (f[0] & 1) !== 0) return STEER_REFUSE;
+    // Not a CONNECT (answered apart), a CONNECT_REPLY or a NACK (answering it could loop).
+    if (type === MxoeType.ConnectReply || type === MxoeType.Nack) return STEER_REFUSE;
+    // The NACK comes from the address the frame was sent to, the one its sender knows the
+    // endpoint by (ether-path.ts checks it), as the closed endpoint's would: so only a vif
+    // address of this host (the toolstack's, netif.ts vifMac) of the owner or of a domain with
+    // no vif here (the closed one's). Any other is the sender's choice: a NACK from it taught
+    // the bridges on its way that address behind this host, and a guest addressing a stale
+    // frame to a neighbour's MAC moved the neighbour's unicast traffic onto the wire.
+    const prefix = (vifMacNicBits(this.host.nicId) | 0x02000000) >>> 0;
+    if (((f[0] << 24) | (f[1] << 16) | (f[2] << 8) | f[3]) >>> 0 !== prefix) return STEER_REFUSE;
+    const named = (f[4] << 8) | f[5];
+    if (named !== owner && this.host.portOfDomain(named) >= 0) return STEER_REFUSE;
     this.answerType = MxoeType.Nack;
     return STEER_ANSWER;
   }
@@ -291,7 +303,7 @@ export class MxSteering {
           verdict = MxStatus.BAD_KEY;
         }
       } else if (named !== session) {
-        return this.stale(type, f);
+        return this.stale(type, f, owner as DomId);
       }
     }
     // The answers that may count against this guest are those to the CONNECTs it sent.
