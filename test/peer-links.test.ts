@@ -299,8 +299,14 @@ test("a link request does not read another service's first bytes back to the cli
   });
   // An internal service that greets first (as SSH does), one that sends a few bytes and closes,
   // and a port where nothing listens.
-  const banner = net.createServer((s) => s.end("SSH-2.0-OpenSSH_9.6\r\n"));
-  const short = net.createServer((s) => s.end("SSH"));
+  // (The host may reset a connection it gave up on: the services ignore that.)
+  const serve = (greeting: string) =>
+    net.createServer((s) => {
+      s.on("error", () => {});
+      s.end(greeting);
+    });
+  const banner = serve("SSH-2.0-OpenSSH_9.6\r\n");
+  const short = serve("SSH");
   await Promise.all([banner, short].map((srv) => new Promise<void>((r) => srv.listen(0, "127.0.0.1", r))));
   const closed = net.createServer();
   await new Promise<void>((r) => closed.listen(0, "127.0.0.1", r));
