@@ -35,7 +35,12 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { Host } from "../src/host/host.js";
 import { Channels } from "../src/mx/channel-path.js";
 import { CHANNEL_BYTES, closeChannelLanes } from "../src/myrixen/channel-abi.js";
-import { DRIVER_EVENT_CONNECT, type MxDriver, MxDriverError } from "../src/myrixen/driver-abi.js";
+import {
+  DRIVER_EVENT_CONNECT,
+  DRIVER_EVENT_DISCONNECT,
+  type MxDriver,
+  MxDriverError,
+} from "../src/myrixen/driver-abi.js";
 import type { NicInfo, RegisterRegionReply } from "../src/nic/control.js";
 import { NicDevice } from "../src/nic/device.js";
 // A namespace: the test also runs against the code before the fix (which had no DRIVER_BACKLOG).
@@ -453,4 +458,19 @@ test("a peer that closed and reopened while the rank's queue was full (no DISCON
   channels.onDriverEvent(DRIVER_EVENT_CONNECT, 10, 0, 5, 222);
   assert.equal(rank.partners.get(0, 5), now);
   assert.equal(now.dead, undefined);
+});
+
+test("a DISCONNECT for a peer through the NIC fails only the incarnation it names: one read after a reconnect to the reopened endpoint leaves the new one be", () => {
+  const rank = parts();
+  const channels = new Channels(rank);
+  // The rank talked to (0, 5) in session 111 through the NIC (no channel); it closed, opened
+  // again in session 222, and the rank connected to it anew before reading its queue, where
+  // the DISCONNECT for session 111 waited.
+  const old = rank.partners.add(0, 5, 111);
+  rank.partners.fail(old, "the peer endpoint was reopened", MxStatus.ENDPOINT_CLOSED);
+  const fresh = rank.partners.add(0, 5, 222);
+  channels.onDriverEvent(DRIVER_EVENT_DISCONNECT, 0xffffffff, 0, 5, 111);
+  assert.equal(fresh.dead, undefined, "the stale DISCONNECT fails no live peer");
+  channels.onDriverEvent(DRIVER_EVENT_DISCONNECT, 0xffffffff, 0, 5, 222);
+  assert.notEqual(fresh.dead, undefined, "its own incarnation's DISCONNECT fails it");
 });

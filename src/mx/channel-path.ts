@@ -754,7 +754,10 @@ export class Channels implements DriverEventSink {
     } else if (kind === DRIVER_EVENT_DISCONNECT) {
       const peer = partners.get(nic, endpoint);
       const ch = peer?.channel;
-      if (peer && (ch?.channelId === channelId || channelId === 0xffffffff)) this.lost(peer);
+      // A peer through the NIC (no channel) is named by its session: a DISCONNECT read after
+      // the rank connected to the endpoint's next incarnation is not about that one.
+      if (peer && (ch?.channelId === channelId || (channelId === 0xffffffff && peer.session === session)))
+        this.lost(peer);
     }
   }
 }
