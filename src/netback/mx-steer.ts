@@ -442,22 +442,11 @@ export class MxSteering {
    */
   private nackInPlace(f: Uint8Array): void {
     const w = (i: number) => frameWord(f, i);
-    const sender = [w(MxoeWord.srcNic), w(MxoeWord.srcEp), w(MxoeWord.srcSession)];
     const closed = [w(MxoeWord.dstNic), w(MxoeWord.dstEp), w(MxoeWord.dstSession)];
     const to = f.slice(6, 12);
     f.copyWithin(6, 0, 6);
     f.set(to, 0);
-    f.fill(0, ETH_HEADER_BYTES, ETH_HEADER_BYTES + MXOE_HEADER_BYTES);
-    const v = new DataView(f.buffer, f.byteOffset + ETH_HEADER_BYTES, MXOE_HEADER_BYTES);
-    const set = (i: number, x: number) => v.setUint32(4 * i, x >>> 0, true);
-    set(MxoeWord.magic, (MXOE_MAGIC << 16) | (MXOE_VERSION << 8) | MxoeType.Nack);
-    set(MxoeWord.dstNic, sender[0]);
-    set(MxoeWord.dstEp, sender[1]);
-    set(MxoeWord.dstSession, sender[2]);
-    set(MxoeWord.srcNic, closed[0]);
-    set(MxoeWord.srcEp, closed[1]);
-    set(MxoeWord.srcSession, closed[2]);
-    set(MxoeWord.msgSeq, MxStatus.ENDPOINT_CLOSED);
+    answerHeader(f, MxoeType.Nack, closed, MxStatus.ENDPOINT_CLOSED);
   }
 
   /**
@@ -467,27 +456,42 @@ export class MxSteering {
    */
   private rejectInPlace(f: Uint8Array, status: number): void {
     const w = (i: number) => frameWord(f, i);
-    const asker = [w(MxoeWord.srcNic), w(MxoeWord.srcEp), w(MxoeWord.srcSession)];
-    const owner = [w(MxoeWord.dstNic), w(MxoeWord.dstEp)];
+    const owner = [w(MxoeWord.dstNic), w(MxoeWord.dstEp), 0];
     const id = w(MxoeWord.id);
     f.copyWithin(0, 6, 12);
     f.set(BRIDGE_MAC, 6);
-    f.fill(0, ETH_HEADER_BYTES, ETH_HEADER_BYTES + MXOE_HEADER_BYTES);
-    const v = new DataView(f.buffer, f.byteOffset + ETH_HEADER_BYTES, MXOE_HEADER_BYTES);
-    const set = (i: number, x: number) => v.setUint32(4 * i, x >>> 0, true);
-    set(MxoeWord.magic, (MXOE_MAGIC << 16) | (MXOE_VERSION << 8) | MxoeType.ConnectReply);
-    set(MxoeWord.dstNic, asker[0]);
-    set(MxoeWord.dstEp, asker[1]);
-    set(MxoeWord.dstSession, asker[2]);
-    set(MxoeWord.srcNic, owner[0]);
-    set(MxoeWord.srcEp, owner[1]);
-    set(MxoeWord.id, id);
-    set(MxoeWord.msgSeq, status);
-    if (status === MxStatus.REJECTED) set(MxoeWord.offset, this.lockLeft);
+    const v = answerHeader(f, MxoeType.ConnectReply, owner, status);
+    v.setUint32(4 * MxoeWord.id, id >>> 0, true);
+    if (status === MxStatus.REJECTED) v.setUint32(4 * MxoeWord.offset, this.lockLeft >>> 0, true);
   }
 
   private refuse(): number {
     this.counters.refused++;
     return STEER_REFUSE;
   }
+}
+
+/**
+ * Rewrites the MXoE header of `f` (its Ethernet addresses already turned around) as an answer
+ * of `type` to the frame's sender: addressed to its (nic, endpoint, session), from `from`
+ * (nic, endpoint, session), status `status`, every other word 0. Returns the header's view.
+ */
+function answerHeader(f: Uint8Array, type: number, from: readonly number[], status: number): DataView {
+  const sender = [
+    frameWord(f, MxoeWord.srcNic),
+    frameWord(f, MxoeWord.srcEp),
+    frameWord(f, MxoeWord.srcSession),
+  ];
+  f.fill(0, ETH_HEADER_BYTES, ETH_HEADER_BYTES + MXOE_HEADER_BYTES);
+  const v = new DataView(f.buffer, f.byteOffset + ETH_HEADER_BYTES, MXOE_HEADER_BYTES);
+  const set = (i: number, x: number) => v.setUint32(4 * i, x >>> 0, true);
+  set(MxoeWord.magic, (MXOE_MAGIC << 16) | (MXOE_VERSION << 8) | type);
+  set(MxoeWord.dstNic, sender[0]);
+  set(MxoeWord.dstEp, sender[1]);
+  set(MxoeWord.dstSession, sender[2]);
+  set(MxoeWord.srcNic, from[0]);
+  set(MxoeWord.srcEp, from[1]);
+  set(MxoeWord.srcSession, from[2]);
+  set(MxoeWord.msgSeq, status);
+  return v;
 }

@@ -82,13 +82,7 @@ export function canonicalizePath(caller: DomId, path: unknown, allowSpecial = fa
       `path ${JSON.stringify(path)} contains ${JSON.stringify(bad[0])}; allowed characters are A-Z a-z 0-9 _ @ - . /`,
     );
   }
-  if (abs.length > XENSTORE_ABS_PATH_MAX) {
-    throw new XenStoreError(
-      "EINVAL",
-      abs.slice(0, 64),
-      `path is ${abs.length} characters long; the limit is ${XENSTORE_ABS_PATH_MAX}`,
-    );
-  }
+  if (abs.length > XENSTORE_ABS_PATH_MAX) throw pathTooLong(abs);
   if (abs !== "/") {
     if (abs.endsWith("/")) {
       throw new XenStoreError(
@@ -106,6 +100,15 @@ export function canonicalizePath(caller: DomId, path: unknown, allowSpecial = fa
     }
   }
   return abs;
+}
+
+/** The refusal of a path longer than XENSTORE_ABS_PATH_MAX (by the store, or a guest's runtime before it posts). */
+export function pathTooLong(path: string): XenStoreError {
+  return new XenStoreError(
+    "EINVAL",
+    path.slice(0, 64),
+    `path is ${path.length} characters long; the limit is ${XENSTORE_ABS_PATH_MAX}`,
+  );
 }
 
 export function parentOf(path: string): string {

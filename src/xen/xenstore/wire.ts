@@ -10,6 +10,7 @@ import type { DomId } from "../abi.js";
 import { type WireScalar, wireKind, wireList, wireRecord, wireScalar } from "../wire-values.js";
 import { safeJson, XenStoreError } from "./errors.js";
 import {
+  pathTooLong,
   XENSTORE_ABS_PATH_MAX,
   XENSTORE_PAYLOAD_MAX,
   XENSTORE_VALUE_MAX,
@@ -55,6 +56,14 @@ const REQUEST_OPS: ReadonlySet<string> = new Set<XenStoreOp>([
   "unwatch",
 ]);
 
+function unknownRequest(op: unknown): XenStoreError {
+  return new XenStoreError(
+    "EINVAL",
+    "",
+    `unknown XenStore request ${safeJson(op)}; use one of ${[...REQUEST_OPS].join(", ")}`,
+  );
+}
+
 /**
  * The most entries a perms list carries on the wire: what fits one request's payload in
  * xs_wire.h (XENSTORE_PAYLOAD_MAX bytes, "r32752" and its NUL each). The store then holds an
@@ -70,24 +79,14 @@ export const XENSTORE_WIRE_PERMS_MAX = 512;
  * store's to check. Throws XenStoreError EINVAL, with the store's words where it has them.
  */
 export function xenStoreRequestOnWire(req: unknown): XenStoreRequest {
-  if (typeof req !== "object" || req === null)
-    throw new XenStoreError(
-      "EINVAL",
-      "",
-      `unknown XenStore request ${safeJson(req)}; use one of ${[...REQUEST_OPS].join(", ")}`,
-    );
+  if (typeof req !== "object" || req === null) throw unknownRequest(req);
   const r = req as Record<string, unknown>;
   const fail = (why: string) => new XenStoreError("EINVAL", "", why);
   const out: Record<string, WireScalar | WireScalar[] | Record<string, WireScalar>[]> = {
     op: wireScalar(r.op, "XenStore request op", fail),
   };
   const path = r.path;
-  if (typeof path === "string" && path.length > XENSTORE_ABS_PATH_MAX)
-    throw new XenStoreError(
-      "EINVAL",
-      path.slice(0, 64),
-      `path is ${path.length} characters long; the limit is ${XENSTORE_ABS_PATH_MAX}`,
-    );
+  if (typeof path === "string" && path.length > XENSTORE_ABS_PATH_MAX) throw pathTooLong(path);
   if (path !== undefined) out.path = wireScalar(path, "path", fail, XENSTORE_ABS_PATH_MAX);
   const named = typeof path === "string" ? path : "the node";
   const value = r.value;
@@ -142,12 +141,7 @@ export function executeXenStoreRequest(
   onWatchEvent: (path: string, token: string, watchPath: string) => void,
 ): unknown {
   if (typeof req !== "object" || req === null || typeof req.op !== "string" || !REQUEST_OPS.has(req.op)) {
-    const op = typeof req === "object" && req !== null ? (req as { op?: unknown }).op : req;
-    throw new XenStoreError(
-      "EINVAL",
-      "",
-      `unknown XenStore request ${safeJson(op)}; use one of ${[...REQUEST_OPS].join(", ")}`,
-    );
+    throw unknownRequest(typeof req === "object" && req !== null ? (req as { op?: unknown }).op : req);
   }
   const path = req.path as string; // each store method validates its path and value
   switch (req.op) {
