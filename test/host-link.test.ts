@@ -170,7 +170,7 @@ for (const mode of ["string", "error", "regexp", "view"] as const)
     );
   });
 
-test("a message of too many values is refused in the guest; bulk bytes and small messages go; a crash's text is cut", async () => {
+test("a message or a result of too many values is refused in the guest; bulk bytes and small messages go; a crash's text is cut", async () => {
   // The host's thread decodes a message whole, about a quarter of a µs a value, while every
   // domain's hypercalls wait: one array of a million small objects held it a second a send;
   // and a crash's 400 Mi-character stack landed in its heap whole.
@@ -189,6 +189,20 @@ test("a message of too many values is refused in the guest; bulk bytes and small
   assert.equal(got.length, 2, "only the honest messages came");
   assert.deepEqual(got[0], { honest: 1 });
   assert.equal((got[1] as Float64Array).length, 1 << 20);
+
+  // The same value returned from main: the domain crashes, in its own thread, saying why.
+  const result = await hv.createDomain({
+    module: fixture("dense-sends"),
+    args: { mode: "result" },
+    pages: 16,
+  });
+  const ended = await result.exited;
+  assert.equal(ended.state, "crashed", "a result of 200,001 values reached the host");
+  assert.equal(ended.error?.name, "RangeError");
+  assert.match(
+    ended.error?.message ?? "",
+    /^main\(\) returned a value of \d+ values; at most 65536 go to the host/,
+  );
 
   const crash = await hv.createDomain({ module: fixture("dense-sends"), args: { mode: "crash" }, pages: 16 });
   const end = await crash.exited;

@@ -152,6 +152,27 @@ function userMessage(data: unknown): { data: unknown; cost: number } {
   return { data: copy, cost: MESSAGE_BASE_UNITS + bytes };
 }
 
+/**
+ * What main() returned, as it goes to the host: a structured clone (a getter ran once, here),
+ * held to guest.send's bound on values, since the host's thread decodes it whole as it does a
+ * message (a returned array of a million small objects held it for a second). Bytes in bulk
+ * go as they are: a typed array or a string is one value.
+ */
+function exitResult(result: unknown): unknown {
+  let copy: unknown;
+  try {
+    copy = structuredClone(result);
+  } catch (e) {
+    throw new TypeError(`main() returned a value the host cannot receive (${(e as Error).message})`);
+  }
+  const { values } = cloneCost(copy);
+  if (values > MESSAGE_VALUES_MAX)
+    throw new RangeError(
+      `main() returned a value of ${values} values; at most ${MESSAGE_VALUES_MAX} go to the host (return numbers as a typed array, or send the data in parts with guest.send)`,
+    );
+  return copy;
+}
+
 /** Characters of printed text per output message at most. */
 const OUTPUT_PIECE_CHARS = 64 * 1024;
 
@@ -258,11 +279,7 @@ export async function runDomainThread(compiledIn?: GuestMain, bundled?: BundledL
     const result = await main(guest);
     await flushOutput(link);
     guest.holdEventLoop(false);
-    try {
-      post({ type: "exit", result });
-    } catch (e) {
-      throw new TypeError(`main() returned a value the host cannot receive (${(e as Error).message})`);
-    }
+    post({ type: "exit", result: exitResult(result) });
   } catch (e) {
     await flushOutput(link);
     post({ type: "crash", error: describe(e) });
