@@ -133,15 +133,12 @@ export function hypercallOnWire(req: unknown): HypercallRequest {
 
 /**
  * The guest's end: issue a hypercall and block until the hypervisor answers. Every request is
- * rebuilt by hypercallOnWire first: this class holds the port, so nothing else reaches it.
+ * rebuilt by hypercallOnWire first, inside SyncCallClient.call, the only code that reaches the
+ * port (an override here was a method a guest could step around).
  */
 export class HypercallClient extends SyncCallClient<HypercallRequest> {
   constructor(port: MessagePort, replyWord: SharedArrayBuffer) {
-    super(port, replyWord, (errno, message) => new HypercallFailed(errno, message));
-  }
-
-  override call<T>(req: HypercallRequest): T {
-    return super.call<T>(hypercallOnWire(req));
+    super(port, replyWord, (errno, message) => new HypercallFailed(errno, message), hypercallOnWire);
   }
 }
 

@@ -4,7 +4,7 @@
  * with `receiveMessageOnPort`, so it needs no event loop. Hypercalls use it, and so does
  * every driver's control channel to the NIC. The server answers from its event loop.
  */
-import { type MessagePort, receiveMessageOnPort, type TransferListItem } from "node:worker_threads";
+import { type MessagePort, receiveMessageOnPort } from "node:worker_threads";
 
 export type SyncReply = { ok: true; value: unknown } | { ok: false; errno: string; message: string };
 
@@ -27,30 +27,45 @@ export interface SyncEndpoint {
 }
 
 /**
- * The caller's end. Its port and reply word are #private: guest code may be handed a client
- * (its calls are checked by the server), never the MessagePort behind it.
+ * The caller's end. Its port, reply word and `onWire` are #private: guest code may be handed a
+ * client (its calls are checked by the server), never the MessagePort behind it, and every
+ * request passes `onWire` in this method, the only code that reaches the port. A guest can
+ * replace `call` on the prototype (library classes are not frozen: TypeScript's `private` and
+ * `override` guard nothing at run time), but whatever it puts there can only end here, checked:
+ * a check in a subclass's override was skipped by a guest calling this method directly, and
+ * the hypervisor's thread decoded 100 MiB requests again.
  */
 export class SyncCallClient<Req> {
   readonly #port: MessagePort;
   readonly #word: Int32Array;
   readonly #makeError: (errno: string, message: string) => Error;
+  readonly #onWire: (req: Req) => unknown;
 
+  /**
+   * `onWire`: the request as it may be posted (plain, bounded data, rebuilt in this thread so
+   * that the server's thread never decodes more than a contract allows), or a throw.
+   */
   constructor(
     port: MessagePort,
     replyWord: SharedArrayBuffer,
     makeError: (errno: string, message: string) => Error = (e, m) => new SyncCallFailed(e, m),
+    onWire: (req: Req) => unknown = (req) => req,
   ) {
     this.#port = port;
     this.#word = new Int32Array(replyWord);
     this.#makeError = makeError;
+    this.#onWire = onWire;
     // No listener: replies are taken synchronously, and the port must not keep the thread alive.
     port.unref();
   }
 
-  call<T>(req: Req, transfer?: readonly TransferListItem[]): T {
+  call<T>(req: Req): T {
+    // Rebuilt before anything else: nothing the caller hands over (no transfer list either)
+    // reaches the server but what onWire made.
+    const wire = this.#onWire(req);
     const word = this.#word;
     Atomics.store(word, READY, 0);
-    this.#port.postMessage(req, transfer as TransferListItem[] | undefined);
+    this.#port.postMessage(wire);
     // The server answers in tens of µs; spin briefly, then block.
     for (let i = 0; i < 2000 && Atomics.load(word, READY) === 0; i++) {
       // spin

@@ -540,7 +540,13 @@ export class Guest {
     boot.asyncPort.unref();
     this.#asyncPort = boot.asyncPort;
     this.xenstore = xs;
-    this.#nativeService = links.native && new SyncCallClient(links.native.port, links.native.replyWord);
+    // Requests rebuilt before they are posted (../wire-values.ts), inside the client's call:
+    // the service's thread is the driver domain's, which serves every guest's set-up.
+    this.#nativeService =
+      links.native &&
+      new SyncCallClient(links.native.port, links.native.replyWord, undefined, (req: unknown) =>
+        wireFlat(req, "native request", (why) => new SyncCallFailed("EINVAL", why)),
+      );
   }
 
   /**
@@ -561,10 +567,7 @@ export class Guest {
       throw new TypeError(
         "nativeCall: this domain has no native service (a native process started with Host.startNative has one)",
       );
-    // Rebuilt before it is posted (../wire-values.ts): the service's thread is the driver
-    // domain's, which serves every guest's set-up.
-    const fail = (why: string) => new SyncCallFailed("EINVAL", why);
-    return this.#nativeService.call<T>(wireFlat(req, "native request", fail));
+    return this.#nativeService.call<T>(req);
   }
 
   #dispatchAsync(m: AsyncToGuest): void {
