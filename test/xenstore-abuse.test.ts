@@ -75,6 +75,25 @@ test("a guest cannot make the host keep a megabyte watch token, nor reach past i
   await g.dom.destroy();
 });
 
+test("a guest's directory listing fits one reply payload or is refused E2BIG: long child names cannot make the host hold megabyte replies", async () => {
+  // A reply is posted whole and waits in the guest's port, in the host's memory: 990 children
+  // named with 3,040 characters each made 3 MB replies, 32 in flight a guest (95 MB).
+  const g = await startAgent(hv);
+  const ask = (path: string) => g.rpc({ op: "xsRequest", req: { op: "directory", path } });
+  const name = (i: number) => `${String(i).padStart(4, "0")}${"n".repeat(1_000)}`;
+  for (let i = 0; i < 4; i++) await g.rpc({ op: "xsWrite", path: `data/wide/${name(i)}`, value: "" });
+  const four = (await ask("data/wide")) as string[];
+  assert.deepEqual(four, [0, 1, 2, 3].map(name), "4,020 bytes of names: one reply");
+  await g.rpc({ op: "xsWrite", path: `data/wide/${name(4)}`, value: "" });
+  const five = await ask("data/wide");
+  assert.equal(errnoOf(five), "E2BIG", `five long names came back: ${String(five).slice(0, 80)}`);
+  assert.match((five as Thrown).message ?? "", /take 5025 bytes; one reply carries at most 4096/);
+  // The toolstack (domain 0) still lists it whole, and the guest's small listings are untouched.
+  assert.equal(hv.xenstore.directory(0, `/local/domain/${g.dom.domid}/data/wide`).length, 5);
+  assert.deepEqual(await ask("data"), ["wide"]);
+  await g.dom.destroy();
+});
+
 test("requests and watch events fired faster than a guest takes them in wait within their windows; all arrive when it does", async () => {
   const watches = 64;
   const dom = await hv.createDomain({

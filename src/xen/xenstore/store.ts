@@ -24,7 +24,8 @@
  *   nothing, with no need to keep ids out of use (xenstored gets there with node generations).
  * - a released domain's nodes go with it: its home, and what it created elsewhere and still
  *   owns (xenstored's XSA-419 fix), so its quota binds beyond its life.
- * - a watch's path and token fit one request payload (XENSTORE_PAYLOAD_MAX), or EINVAL.
+ * - a watch's path and token fit one request payload (XENSTORE_PAYLOAD_MAX), or EINVAL; an
+ *   unprivileged domain's directory listing fits one reply payload, or E2BIG.
  * - domain 0 is introduced when the store is built; other domains must be introduced before
  *   they may issue requests, and lose that right when released.
  */
@@ -229,11 +230,29 @@ export class XenStore {
     this.mutate(caller, tx, { kind: "rm", path: canonicalizePath(caller, path) });
   }
 
-  /** Names of the node's children, sorted. */
+  /**
+   * Names of the node's children, sorted. To an unprivileged caller, as xenstored's
+   * XS_DIRECTORY: E2BIG when they do not fit one reply payload (XENSTORE_PAYLOAD_MAX). A reply
+   * is posted whole and waits in the caller's port in the host's memory, outside the guest's
+   * meters: 990 children with names of 3,040 characters made 3 MB replies, 32 in flight, and
+   * four such guests held 380 MB of the host's.
+   */
   directory(caller: DomId, path: string, tx?: number): string[] {
     this.begin(caller, "directory");
     const p = canonicalizePath(caller, path);
-    return this.readable(caller, this.viewFor(caller, tx), p, "list").names();
+    const names = this.readable(caller, this.viewFor(caller, tx), p, "list").names();
+    if (caller !== 0) {
+      // As xs_wire.h lists them: each name and its NUL.
+      let bytes = 0;
+      for (const name of names) bytes += name.length + 1;
+      if (bytes > XENSTORE_PAYLOAD_MAX)
+        throw new XenStoreError(
+          "E2BIG",
+          p,
+          `the names of the ${names.length} children of ${p} take ${bytes} bytes; one reply carries at most ${XENSTORE_PAYLOAD_MAX} (list a node with fewer or shorter children)`,
+        );
+    }
+    return names;
   }
 
   getPerms(caller: DomId, path: string, tx?: number): XenStorePerm[] {
