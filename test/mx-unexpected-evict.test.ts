@@ -6,16 +6,19 @@
  * the rounds passed the limit, and was failed, its messages dropped, while the hostile
  * connected again. Here the hostile plays it with the real parts — channels written by a
  * sender's own library, records through the NIC path's receive — against a victim endpoint.
+ * And a peer whose messages are all received, but which never reads the answers its
+ * synchronous sends ask for.
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { Channels } from "../src/mx/channel-path.js";
+import { LaneWriter } from "../src/mx/channel.js";
+import { Channels, NOTIFY_WAITING_MAX } from "../src/mx/channel-path.js";
 import { KEPT_RECORD_COST } from "../src/mx/matching.js";
 import { NicRecords } from "../src/mx/nic-path.js";
 import { nicRecordAux0 } from "../src/mx/nic-records.js";
-import { RecordType } from "../src/mx/records.js";
-import { MxRequest, type Partner } from "../src/mx/types.js";
-import { CHANNEL_BYTES } from "../src/myrixen/channel-abi.js";
+import { MsgAux, RecordType } from "../src/mx/records.js";
+import { MxRequest, nextSendSeq, type Partner } from "../src/mx/types.js";
+import { CHANNEL_BYTES, RecordWord } from "../src/myrixen/channel-abi.js";
 import { MxStatus } from "../src/nic/status.js";
 import {
   E_AUX0,
@@ -200,4 +203,57 @@ test("a peer flooding through the NIC in rounds, reopening its endpoint (a new s
   assert.equal(victim.ctx.counters.channelErrors, errors + 1);
   assert.equal(hostile.account.kept, 0);
   receiveHonest(victim, honest);
+});
+
+test("a peer that writes synchronous messages and never reads the answers is failed once NOTIFY_WAITING_MAX of them wait: the receiver's queue stays bounded", () => {
+  // A hostile co-resident peer writes raw synchronous EAGERs (it keeps nothing for them) and
+  // never reads its lane: every message the victim matched queued its NOTIFY in the victim's
+  // heap, 4 million of them 122 MiB in 3 s, until its heap limit ended it.
+  const channel = new SharedArrayBuffer(CHANNEL_BYTES);
+  const hostile = channelEnd(channel, 0); // its library is only used for its sequence numbers
+  const victim = channelEnd(channel, 1);
+  const lane = new LaneWriter(channel, 0);
+  const buffer = new Uint8Array(8);
+  const waiting = () => (victim.path as unknown as { notifyWaiting: number[] }).notifyWaiting.length / 3;
+  let sent = 0;
+  let received = 0;
+  let most = 0;
+  while (victim.partner.dead === undefined && sent < 2 * NOTIFY_WAITING_MAX) {
+    let n = 0;
+    for (let at = lane.reserve(8); at >= 0; at = lane.reserve(8), n++) {
+      const i = at >>> 2;
+      lane.words[i + RecordWord.Type] = RecordType.Eager;
+      lane.words[i + RecordWord.MatchHi] = 0;
+      lane.words[i + RecordWord.MatchLo] = 7;
+      lane.words[i + RecordWord.Length] = 8;
+      lane.words[i + RecordWord.Aux + MsgAux.SyncId] = (sent++ % 0xfffffe) + 1;
+      lane.words[i + RecordWord.Aux + MsgAux.Seq] = nextSendSeq(hostile.partner);
+      lane.commit();
+    }
+    // The victim takes every message, as an ANY_SOURCE server loop does.
+    for (let k = 0; k < n; k++) {
+      const r = new MxRequest("recv", buffer, undefined);
+      r.matchLo = 7;
+      r.matchMaskHi = ALL;
+      r.matchMaskLo = ALL;
+      victim.p.matching.post(r);
+    }
+    victim.path.receive(true);
+    for (let r = victim.p.completion.first(); r !== undefined; r = victim.p.completion.first()) {
+      victim.p.completion.reap(r);
+      received++;
+    }
+    most = Math.max(most, waiting());
+  }
+  assert.ok(
+    victim.partner.dead !== undefined,
+    `the peer was not failed: ${waiting()} NOTIFYs wait after ${sent} synchronous messages`,
+  );
+  assert.match(
+    victim.partner.dead,
+    /does not read the channel: 262144 answers to its synchronous sends wait/,
+  );
+  assert.ok(most <= NOTIFY_WAITING_MAX, `${most} NOTIFYs waited at once`);
+  assert.ok(received >= NOTIFY_WAITING_MAX, `only ${received} of its messages were received before`);
+  assert.equal(waiting(), 0, "the failed peer's queue is let go");
 });

@@ -68,6 +68,15 @@ import {
 const MAX_DRAIN_RECORDS = LANE_BYTES / 8;
 
 /**
+ * NOTIFYs that may wait for room in our lane at most. They wait only while the peer does not
+ * read that lane, and an honest peer that does not read it has a synchronous send of its own
+ * pending for each (a request in its memory, far more than our 24 bytes), so it never gets near;
+ * a hostile one writes raw synchronous records for nothing, and 4 million of them grew a
+ * receiver's heap by 122 MiB in 3 s. Beyond, the peer is failed: it does not read its answers.
+ */
+export const NOTIFY_WAITING_MAX = 1 << 18;
+
+/**
  * Kicks the peer if it said it sleeps — in the header of the lane we write it, the one word of
  * its sleep that only the two of us reach (channel-abi.ts ReaderSleeping) — and takes its flag
  * down as it does (the peer sets it again before it next sleeps): the FRAGs a pusher writes
@@ -135,6 +144,8 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
   private readonly receiving: Transfer[] = [];
   /** NOTIFYs the lane had no room for: (sync id, bytes, status) triples, written first by push(). */
   private readonly notifyWaiting: number[] = [];
+  /** NOTIFY_WAITING_MAX NOTIFYs waited and another came: the peer does not read our lane. */
+  private unread = false;
   /** Eager messages in pieces coming in (nothing else may come between a message's pieces). */
   private readonly pieces: PieceReader;
   private lastXferId = 0;
@@ -275,8 +286,11 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
    */
   notify(syncId: number, xfer: number, status: number): void {
     if (this.released || this.peer.dead !== undefined) return;
-    if (this.notifyWaiting.length > 0 || !this.writeNotify(syncId, xfer, status))
-      this.notifyWaiting.push(syncId, xfer, status);
+    const nq = this.notifyWaiting;
+    if (nq.length === 0 && this.writeNotify(syncId, xfer, status)) return;
+    // Failed by the next receive(), outside the record being read (as a broken lane is).
+    if (nq.length >= 3 * NOTIFY_WAITING_MAX) this.unread = true;
+    else nq.push(syncId, xfer, status);
   }
 
   /** Writes one NOTIFY record; false if the lane is full right now. */
@@ -339,6 +353,13 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
       this.parts.partners.fail(
         this.peer,
         `peer wrote garbage into the channel: ${rd.broken}`,
+        MxStatus.ENDPOINT_UNREACHABLE,
+      );
+    } else if (this.unread) {
+      this.ctx.counters.channelErrors++;
+      this.parts.partners.fail(
+        this.peer,
+        `peer does not read the channel: ${NOTIFY_WAITING_MAX} answers to its synchronous sends wait for room`,
         MxStatus.ENDPOINT_UNREACHABLE,
       );
     }
