@@ -47,7 +47,7 @@ function mxError(o: unknown, code: string, message: RegExp, what: string): void 
   assert.match(x.message ?? "", message, what);
 }
 
-type Info = { endpoints: number; nicOpenEndpoints: number };
+type Info = { endpoints: number };
 
 test("openEndpoint: 160 refused opens, before and after the driver opened the endpoint, cost no endpoint; a good open still gets the fast path", async () => {
   const r = await scenario("options");

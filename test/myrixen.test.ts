@@ -238,6 +238,22 @@ test("two guests: endpoints, registration, PULL through the window, connect and 
   await Promise.all([a.dom.destroy(), b.dom.destroy()]);
 });
 
+test("a guest learns nothing of other tenants' endpoints from myrback: a busy id's refusal names no owner, INFO counts only its own", async () => {
+  // The refusal said "already open (by \"domain 13\")" and INFO gave the NIC's open endpoints
+  // of all owners: a guest of another job mapped who held which id, and when jobs came and went.
+  const [a, b] = await Promise.all([guest("tenant-a"), guest("tenant-b")]);
+  const held = await open(a, KEY_A);
+  const busy = await b.fails({ op: "open", endpointId: held.endpointId, key: KEY_B });
+  assert.equal(busy.code, "MX_BUSY", busy.message);
+  assert.match(busy.message, new RegExp(`endpoint ${held.endpointId} is already open$`));
+  assert.doesNotMatch(busy.message, new RegExp(`domain|tenant|\\b${a.dom.domid}\\b`), busy.message);
+  const info = await b.call<Record<string, number>>({ op: "info" });
+  assert.equal(info.endpoints, 0);
+  assert.ok(!("nicOpenEndpoints" in info), `INFO tells the NIC's open endpoints: ${JSON.stringify(info)}`);
+  await a.call({ op: "close", endpointId: held.endpointId });
+  await Promise.all([a.dom.destroy(), b.dom.destroy()]);
+});
+
 test("two native processes do the same through the native service", async () => {
   const before = host.backendStats();
   const [a, b] = await Promise.all([native("native-a"), native("native-b")]);

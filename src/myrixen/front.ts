@@ -571,7 +571,6 @@ export class MyriFront implements MxDriver {
     return {
       nicId: vals[0],
       maxEndpoints: vals[1],
-      nicOpenEndpoints: vals[2],
       endpoints: vals[3],
       endpointQuota: vals[4],
       registeredBytes: vals[5] * PAGE_SIZE,

@@ -62,7 +62,7 @@
  *                                                           pages; refs: channel, peer intr
  *   ACCEPT_CHANNEL   endpoint, a0=channel id                as CONNECT
  *   INFO             -                                      v0 nic id, v1 NIC endpoints,
- *                                                           v2 open on the NIC, v3 mine,
+ *                                                           v2 0 (reserved), v3 mine,
  *                                                           v4 endpoint quota, v5 registered
  *                                                           pages, v6 page quota, v7 regions
  */
@@ -234,8 +234,6 @@ export interface MyriInfo {
   nicId: number;
   /** Endpoint contexts of the NIC. */
   maxEndpoints: number;
-  /** Endpoints open on the NIC, all owners. */
-  nicOpenEndpoints: number;
   /** Endpoints this domain (or process) has open, and its quota. */
   endpoints: number;
   endpointQuota: number;

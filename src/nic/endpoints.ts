@@ -273,7 +273,8 @@ export class EndpointTable {
       if (ctx.open)
         throw new NicError(
           "EBUSY",
-          `open_endpoint: endpoint ${r.endpointId} is already open (by ${JSON.stringify(ctx.owner)})`,
+          // Not by whom: the asker may be another tenant's guest (the host's inspection names owners).
+          `open_endpoint: endpoint ${r.endpointId} is already open`,
         );
       // Its own locked ids it may always open again (they are what it is told to open).
       const own = this.taintedBy(r.owner);

@@ -385,7 +385,7 @@ export class MyriBack {
         vals.set([
           i.nicId,
           i.maxEndpoints,
-          i.nicOpenEndpoints,
+          0, // was the NIC's open endpoints, all owners': other tenants' comings and goings
           i.endpoints,
           i.endpointQuota,
           Math.ceil(i.registeredBytes / PAGE_SIZE),

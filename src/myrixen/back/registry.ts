@@ -671,7 +671,6 @@ export class MyriCore {
     return {
       nicId: nic.nicId,
       maxEndpoints: nic.maxEndpoints,
-      nicOpenEndpoints: nic.openEndpoints.length,
       endpoints: client.endpoints.size,
       endpointQuota: this.cfg.endpointsPerDomain,
       registeredBytes: client.registeredBytes,
