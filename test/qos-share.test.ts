@@ -238,6 +238,49 @@ test("a receiver that under-reports its lane and ignores its limit cannot hold t
   );
 });
 
+test("a receiver that lies in cycles, quiet just long enough for the limits to lift, cannot ratchet a neighbour's floor down", () => {
+  // The floor's reference was the lane's average at its first free tick, still mostly its
+  // limited rate: each cycle of 32 ticks of lies and 8 of quiet took it lower (a weight-3
+  // lane fell to 533 MB/s against its documented floor of 811), moving no bytes at all.
+  const clock = { t: 1000 };
+  const ad = streamingPair(clock, 3);
+  const liar = new SharedArrayBuffer(LANE_POLICY_BYTES);
+  writeLanePolicy(liar, { bytesPerSec: 0, msgsPerSec: 0, weight: 1 });
+  const lanes: ShareLane[] = [
+    { key: "a-d", page: ad.page, writerPage: ad.writerPage, weight: 3, writer: 1, reader: 2 },
+    { key: "e-f", page: liar, weight: 1, writer: 3, reader: 4 },
+  ];
+  const loop = loopOn(clock, lanes);
+  loop.start();
+  // A alone uses the CPU: the liar's pair moves nothing.
+  const run = runClock(clock, fairCpu([ad]), loop, 2 << 20);
+  run(20 * TICK_MS);
+  const a0 = ad.taken();
+  run(20 * TICK_MS);
+  const freeA = (((ad.taken() - a0) >>> 0) / (20 * TICK_MS)) * 1000;
+  const words = new Int32Array(liar);
+  let fake = 0;
+  const rates: number[] = [];
+  for (let cycle = 0; cycle < 10; cycle++) {
+    const before = ad.taken();
+    for (let k = 0; k < 40; k++) {
+      if (k < 32) {
+        fake = (fake + 20e6 * (TICK_MS / 1000)) >>> 0; // "20 MB/s", held every tick
+        Atomics.store(words, POLICY_TAKEN_WORD, fake | 0);
+        Atomics.add(words, POLICY_TAKEN_WORD + 1, 1);
+      }
+      run(TICK_MS);
+    }
+    rates.push((((ad.taken() - before) >>> 0) / (40 * TICK_MS)) * 1000);
+  }
+  const floor = ((FLOOR * 3) / 4) * freeA;
+  const mb = (x: number) => (x / 1e6).toFixed(0);
+  assert.ok(
+    Math.min(...rates.slice(5)) >= 0.9 * floor,
+    `A's rate per cycle ${rates.map(mb).join(", ")} MB/s; its floor is ${mb(floor)} MB/s (free ${mb(freeA)})`,
+  );
+});
+
 let host: Host;
 before(async () => {
   host = await Host.start({ nicId: 12, verbose: !!process.env.MYRI_VERBOSE });

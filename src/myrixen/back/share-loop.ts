@@ -38,7 +38,7 @@
  * page): a writer cannot make its lanes look slow to escape its limit. A receiver that
  * under-reports makes its lane look slow and so lowers the others' limits; FLOOR bounds that:
  * a lane is never limited below half its weighted share (weight ÷ the contending weights) of
- * the rate it moved at while last free, not far from what the liar could take from them by
+ * the rate it moved at while last free (for FREE_SAMPLE_TICKS), not far from what the liar could take from them by
  * really using its share. A receiver that over-reports makes its writer's flow look fast,
  * which limits that flow to no less than its weighted share; and it cannot draw that share
  * away from the writer's other lanes, because a limited flow's limit, and a writer's tx cap,
@@ -77,6 +77,14 @@ export const SWITCH = 0.15;
 export const GRACE_TICKS = 4;
 /** Ticks in a row a limited lane's limit must not bind before it may be freed. */
 export const FREE_TICKS = 4;
+/**
+ * Ticks in a row a lane must move while free before its moving average is taken as its free
+ * rate (the floor's reference): by then the average holds at most 0.75^8 = 10% of what came
+ * before. Taken at the first free tick, the average was still mostly the limited rate: a
+ * receiver that lied for 32 ticks, then kept quiet just long enough for the limits to be lifted
+ * for a tick, lowered a neighbour's floor at every cycle, to 35% below its bound, moving nothing.
+ */
+export const FREE_SAMPLE_TICKS = 8;
 
 /** One lane as the loop sees it: the reader's policy page and the writer's weight. */
 export interface ShareLane {
@@ -129,6 +137,8 @@ interface LaneState {
   rate: number;
   /** The average rate when the lane was last free (the floor's reference). */
   freeRate: number;
+  /** Ticks in a row it moved while free (FREE_SAMPLE_TICKS). */
+  freeTicks: number;
   /** The weight's share limit (bytes/s; 0 none). */
   limit: number;
   /** The limit written to the page: the weight's and the domain caps' split, the smaller (0 none). */
@@ -238,6 +248,7 @@ export class ShareLoop {
           givenRate: -1,
           rate: -1,
           freeRate: 0,
+          freeTicks: 0,
           limit: 0,
           written: 0,
           page: lane.page,
@@ -269,7 +280,8 @@ export class ShareLoop {
         s.rate = s.rate < 0 || s.quiet >= QUIET_TICKS ? r : EWMA * r + (1 - EWMA) * s.rate;
         s.quiet = 0;
         s.span = 0;
-        if (s.limit === 0) s.freeRate = s.rate;
+        s.freeTicks = s.limit === 0 ? s.freeTicks + 1 : 0;
+        if (s.limit === 0 && (s.freeRate === 0 || s.freeTicks >= FREE_SAMPLE_TICKS)) s.freeRate = s.rate;
       }
       const busy = (s.rate >= CONTEND_BYTES_PER_SEC && s.quiet < QUIET_TICKS) || (s.limit !== 0 && held);
       if (busy) contending.push({ lane, s });
