@@ -542,6 +542,7 @@ test("a native process's calls of any size are refused in its own thread: the dr
     "long string: EINVAL: native request.pad is a string of 1048576 characters; a request carries at most 64 there",
     "many fields: EINVAL: native request has 1001 fields; a request carries at most 16",
     "a list: EINVAL: native request must be an object of fields, not an array",
+    "fake buffer: EINVAL: native request.pad must be a number, a boolean or a short string, not an object",
     "patched client: EINVAL: native request.pad must be a number, a boolean or a short string, not a typed array",
   ]);
   dom.send("go");

@@ -501,22 +501,24 @@ export class Hypervisor {
    * its slice runs, as across Xen's continuations.
    */
   private serveCopyInSlices(rec: DomainRecord, ops: unknown[], answer: (reply: SyncReply) => void): void {
-    // Refused whole by serveHypercall, as a short one.
-    if (ops.length > HYPERCALL_LIST_MAX)
-      return answer(this.serveHypercall(rec, { op: "grant_copy", ops: ops as GrantCopyOp[] }));
+    if (ops.length > HYPERCALL_LIST_MAX) {
+      // Refused whole by serveHypercall, as a short one.
+      answer(this.serveHypercall(rec, { op: "grant_copy", ops: ops as GrantCopyOp[] }));
+      return;
+    }
     rec.hyp.add("hypercalls");
     const results: unknown[] = [];
-    const slice = () => {
-      if (!this.serves(rec)) return answer({ ok: false, errno: "ESRCH", message: gone(rec) });
+    const slice = (): void => {
+      if (!this.serves(rec)) {
+        answer({ ok: false, errno: "ESRCH", message: gone(rec) });
+        return;
+      }
       const end = Math.min(ops.length, results.length + GRANT_COPY_SLICE);
       try {
         for (let i = results.length; i < end; i++) results.push(this.copyOne(rec, ops[i] as GrantCopyOp));
       } catch (e) {
-        return answer({
-          ok: false,
-          errno: "EINVAL",
-          message: `EINVAL: ${(e as Error)?.message ?? String(e)}`,
-        });
+        answer({ ok: false, errno: "EINVAL", message: `EINVAL: ${(e as Error)?.message ?? String(e)}` });
+        return;
       }
       if (results.length < ops.length) setImmediate(slice);
       else answer({ ok: true, value: results });

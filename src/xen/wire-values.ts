@@ -12,6 +12,8 @@
  * Xen keeps a request to one ring slot; what the fields mean is still checked by the receiver.
  */
 
+import { isSharedArrayBuffer } from "node:util/types";
+
 /** What a request's field may be on the wire. */
 export type WireScalar = number | boolean | string | null | undefined;
 
@@ -116,7 +118,10 @@ export function wireFlat(v: unknown, what: string, fail: (why: string) => Error)
   for (const k of keys) {
     if (k.length > WIRE_SCALAR_CHARS) throw fail(`${what} has a field name of ${k.length} characters`);
     const x = o[k];
-    out[k] = x instanceof SharedArrayBuffer ? x : wireScalar(x, `${what}.${k}`, fail);
+    // The buffer's own internal slot, not `instanceof`: a plain object given SharedArrayBuffer's
+    // prototype passed that, and was posted with whatever it carried (2 million objects held the
+    // driver domain's thread 2 s a call).
+    out[k] = isSharedArrayBuffer(x) ? x : wireScalar(x, `${what}.${k}`, fail);
   }
   return out;
 }
