@@ -22,9 +22,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
 import { GNTST } from "../src/xen/abi.js";
-import { acquireGrant, type GrantingDomain, releaseGrant } from "../src/xen/grant-table.js";
+import { acquireGrant, GRANT_READ_MAX, type GrantingDomain, releaseGrant } from "../src/xen/grant-table.js";
 import { MAX_MAPPED_PAGES_PER_DOMAIN } from "../src/xen/hypervisor/domain-record.js";
 import { GRANT_COPY_SLICE, Hypervisor, MAX_SEGMENT_PAGES } from "../src/xen/hypervisor.js";
+import { startAgent } from "./helpers/agent.js";
 import { nextMessage, request } from "./helpers/messages.js";
 
 const dir = mkdtempSync(join(tmpdir(), "grant-hostile-"));
@@ -382,6 +383,48 @@ test("a guest's longest grant copy is served in slices: the hypervisor's thread 
       between.every((n) => n % GRANT_COPY_SLICE === 0),
       `slices of ${GRANT_COPY_SLICE}: ${between.join(", ")}`,
     );
+  } finally {
+    await hv.shutdown();
+  }
+});
+
+test("a read through a read-only mapping copies at most GRANT_READ_MAX a hypercall: the runtime reads in parts, a raw read of more is refused", async () => {
+  // The copy runs on the hypervisor's thread: 16 MiB a call, in a loop, held it for tens of ms
+  // at a time while every domain waited.
+  const hv = new Hypervisor();
+  try {
+    const [a, b] = [await startAgent(hv, { pages: 1024 }), await startAgent(hv, { pages: 64 })];
+    const pages = (3 * GRANT_READ_MAX) / 4096 + 1;
+    const { pfn } = await a.rpc<{ pfn: number }>({ op: "alloc", pages });
+    const refs: number[] = [];
+    for (let i = 0; i < pages; i++) {
+      await a.rpc({ op: "fill", pfn: pfn + i, value: (i % 7) + 1 });
+      refs.push(await a.rpc<number>({ op: "grant", peer: b.dom.domid, pfn: pfn + i, readonly: true }));
+    }
+    let want = 0;
+    for (let i = 0; i < pages; i++) want += 4096 * ((i % 7) + 1);
+    const { handle } = await b.rpc<{ handle: number }>({
+      op: "map",
+      domid: a.dom.domid,
+      refs,
+      readonly: true,
+    });
+    const reads = () => hv.counters(b.dom.domid).grant_read;
+    const before = reads();
+    const whole = await b.rpc<{ length: number; sum: number }>({
+      op: "mapReadSum",
+      handle,
+      offset: 0,
+      length: pages * 4096,
+    });
+    assert.deepEqual(whole, { length: pages * 4096, sum: want }, "the whole mapping, read in parts");
+    assert.equal(reads() - before, 4, "four hypercalls for 3 MiB and a page");
+    const raw = await b.rpc<{ status: number; error?: string }>({
+      op: "raw",
+      req: { op: "grant_read", handle, offset: 0, length: 2 * GRANT_READ_MAX },
+    });
+    assert.notEqual(raw.status, 0, "a raw read of 2 MiB was served whole");
+    assert.match(raw.error ?? "", /one read copies at most 1048576/);
   } finally {
     await hv.shutdown();
   }

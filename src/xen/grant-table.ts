@@ -227,6 +227,13 @@ export interface GrantCopySide {
   offset: number;
 }
 
+/**
+ * Bytes one grant_read hypercall copies at most (a read-only mapping's `read` goes in parts of
+ * it): the copy runs on the hypervisor's thread, which serves every domain, and 16 MiB a call
+ * held it for tens of ms in a loop.
+ */
+export const GRANT_READ_MAX = 1 << 20;
+
 export interface GrantCopyOp {
   source: GrantCopySide;
   dest: GrantCopySide;

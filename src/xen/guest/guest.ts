@@ -18,6 +18,7 @@ import {
   acquireGrant,
   executeGrantCopy,
   type FrameLocation,
+  GRANT_READ_MAX,
   type GrantCopyOp,
   GrantError,
   type GrantingDomain,
@@ -285,7 +286,8 @@ export class GuestGrants {
     if (r.status !== GNTST.okay) return { status: r.status, error: r.error ?? "grant map failed" };
     const handle = r.handle!;
     if (readonly) {
-      const read = (offset: number, length: number): Uint8Array => {
+      // In parts of GRANT_READ_MAX, one hypercall each (the hypervisor copies no more at once).
+      const part = (offset: number, length: number): Uint8Array => {
         const got = this.#guest.hypercall<GrantResult & { bytes?: Uint8Array }>({
           op: "grant_read",
           handle,
@@ -294,6 +296,13 @@ export class GuestGrants {
         });
         if (got.status !== GNTST.okay) throw new GrantError(got.error ?? "grant read failed", refs[0]);
         return got.bytes!;
+      };
+      const read = (offset: number, length: number): Uint8Array => {
+        if (!(length > GRANT_READ_MAX)) return part(offset, length);
+        const out = new Uint8Array(length);
+        for (let done = 0; done < length; done += GRANT_READ_MAX)
+          out.set(part(offset + done, Math.min(GRANT_READ_MAX, length - done)), done);
+        return out;
       };
       return { status: 0, mapping: new GrantMapping(domid, refs[0], handle, true, undefined, read, refs) };
     }
@@ -629,11 +638,18 @@ export class Guest {
     if (!Number.isInteger(pages) || pages < 1 || pages > 4096)
       throw new RangeError(`allocShared: pages must be an integer in 1..4096, got ${String(pages)}`);
     const audience = opts.audience === undefined ? undefined : [...opts.audience];
-    const { pfn, buffer } = this.hypercall<{ pfn: number; buffer: SharedArrayBuffer }>({
+    const { pfn, buffer, reused } = this.hypercall<{
+      pfn: number;
+      buffer: SharedArrayBuffer;
+      reused: boolean;
+    }>({
       op: "mem_alloc_shared",
       pages,
       audience,
     });
+    // A buffer of ours released before: zeroed here, in our own thread (the hypervisor's serves
+    // every domain); what it held was ours alone.
+    if (reused) new Uint8Array(buffer).fill(0);
     // The segment's pages: its buffer may be a larger one of ours released before (the rest zeroed).
     const run = { pfn, count: pages, bytes: new Uint8Array(buffer, 0, pages * PAGE_SIZE) };
     this.#shared.push(run);
