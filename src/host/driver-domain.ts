@@ -206,7 +206,7 @@ export class NativeService {
           channelId: a.rec.id,
           channel: a.rec.buffer,
           side: a.side,
-          peerIntr: a.peer.intr,
+          peerIntr: (a.intrOf ?? a.peer).intr,
           peerNic: core.nicId,
           peerEndpoint: a.peer.id,
           peerSession: a.peer.session,

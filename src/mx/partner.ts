@@ -67,6 +67,18 @@ export class PartnerTable {
     return p;
   }
 
+  /**
+   * A partner for a gone incarnation of (nic, endpoint) while another one is live: not
+   * indexed (the live one stays the address's), sharing the address's account. Only to take
+   * what the gone one left in a channel (channel-path.ts Channels.takeClosed), then failed.
+   */
+  passing(nic: number, endpoint: number, session: number): Partner {
+    const p = new Partner(this, nic, endpoint, session, this.index.get(`${nic}:${endpoint}`)?.account);
+    p.lastNews = performance.now();
+    this.list.push(p);
+    return p;
+  }
+
   /** One account per address ever known here (the newest partner of each holds it). */
   *accounts(): IterableIterator<PeerAccount> {
     for (const p of this.index.values()) yield p.account;

@@ -196,6 +196,12 @@ export function laneOffset(side: 0 | 1): number {
   return side * (LANE_HEADER_BYTES + LANE_BYTES);
 }
 
+/** Whether lane `side` holds records its reader has not consumed (its writer's Tail is past its Head). */
+export function laneUnread(channel: SharedArrayBuffer, side: 0 | 1): boolean {
+  const ctl = new Int32Array(channel, laneOffset(side), LANE_HEADER_BYTES / 4);
+  return Atomics.load(ctl, LaneWord.Tail) !== Atomics.load(ctl, LaneWord.Head);
+}
+
 /** Kills a channel: both lanes closed, so each member's reader and writer see it. */
 export function closeChannelLanes(channel: SharedArrayBuffer): void {
   for (const side of [0, 1] as const)

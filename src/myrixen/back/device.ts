@@ -405,10 +405,12 @@ export class MyriBack {
   /** The channel's pages and the peer's interrupt page, granted to this member once. */
   private channelReply(
     f: Frontend,
-    c: { rec: ChannelRec; side: 0 | 1; peer: EndpointRec },
+    c: { rec: ChannelRec; side: 0 | 1; peer: EndpointRec; intrOf?: EndpointRec },
     vals: Uint32Array,
   ): number {
-    const { rec, side, peer } = c;
+    const { rec, side } = c;
+    // The page the member kicks its peer with: the peer's, or (an orphan) its own.
+    const peer = c.intrOf ?? c.peer;
     if (!rec.mem || !peer.shared)
       throw new MyriError("MX_CONNECTION_FAILED", "the peer's endpoint cannot be shared");
     const memory = this.core.memory;

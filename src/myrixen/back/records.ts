@@ -65,4 +65,10 @@ export interface ChannelRec {
    * replaced (registry.ts connect).
    */
   accepted: boolean;
+  /**
+   * Its connector closed its endpoint before the member it named accepted it, leaving records
+   * in its lane: the channel is closed but kept (registry.ts orphan) for that member to accept
+   * and read, since its connector saw those sends complete.
+   */
+  orphan?: boolean;
 }
