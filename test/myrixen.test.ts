@@ -19,6 +19,7 @@ const HOSTILE = new URL("./fixtures/myri-hostile.js", import.meta.url);
 const NOMAIN = new URL("./fixtures/guests/nomain.js", import.meta.url);
 const NATIVE_OVERSIZED = new URL("./fixtures/guests/native-oversized.js", import.meta.url);
 const REGISTER_STORM = new URL("./fixtures/myri-register-storm.js", import.meta.url);
+const REOPEN_PEER = new URL("./fixtures/guests/mx-reopen-peer.js", import.meta.url);
 
 let host: Host;
 const KEY_A = 0x1234;
@@ -324,6 +325,56 @@ async function leftNewest(a: Agent, b: Agent, epB: Opened): Promise<void> {
     "the newest channels wait, each with what was written",
   );
 }
+
+test("a closed connector that opens its kept channel's lanes again cannot make the acceptor fail that endpoint id's next owner", async () => {
+  // The acceptor's library took a channel for an orphan by its lanes' Closed words, which the
+  // closed connector still reaches (a buffer is never taken back): it cleared them, the
+  // acceptor took the orphan for a live channel of a stale incarnation and failed the honest
+  // domain that had opened the endpoint id since ("the peer endpoint was reopened").
+  const v = await host.startGuest({ module: REOPEN_PEER, args: { role: "victim" }, name: "reopen-victim" });
+  const [vAddr] = (await nextMessage(v)) as [{ nic: number; endpoint: number }];
+  const a = await guest("reopen-hostile");
+  const epA = await open(a, KEY_A);
+  const conn = await a.call<{ channelId: number }>({
+    op: "connect",
+    endpointId: epA.endpointId,
+    peerNic: vAddr.nic,
+    peerEndpoint: vAddr.endpoint,
+    key: 0xc1a57,
+  });
+  await a.call({
+    op: "chanWrite",
+    endpointId: epA.endpointId,
+    channelId: conn.channelId,
+    bytes: [1, 2, 3, 4],
+  });
+  await a.call({ op: "close", endpointId: epA.endpointId });
+  await a.call({ op: "chanReopen", channelId: conn.channelId });
+  const b = await host.startGuest({
+    module: REOPEN_PEER,
+    args: { role: "bystander" },
+    name: "reopen-bystander",
+  });
+  const gotB = nextMessage(b);
+  b.send(epA.endpointId);
+  const [bAddr] = (await gotB) as [{ nic: number; endpoint: number }];
+  assert.equal(bAddr.endpoint, epA.endpointId, "the honest domain has the id the hostile one closed");
+  b.send(vAddr);
+  v.send(bAddr);
+  const [ev, eb] = await Promise.all([v.exited, b.exited]);
+  assert.deepEqual(ev.result, [
+    "send1: MX_STATUS_SUCCESS",
+    "recv2: MX_STATUS_SUCCESS",
+    "orphan's: MX_STATUS_SUCCESS",
+    "send3: MX_STATUS_SUCCESS",
+  ]);
+  assert.deepEqual(eb.result, [
+    "recv1: MX_STATUS_SUCCESS",
+    "send2: MX_STATUS_SUCCESS",
+    "recv3: MX_STATUS_SUCCESS",
+  ]);
+  await Promise.all([v.destroy(), b.destroy(), a.dom.destroy()]);
+});
 
 test("two native processes do the same through the native service", async () => {
   const before = host.backendStats();

@@ -207,6 +207,7 @@ export class NativeService {
           channel: a.rec.buffer,
           side: a.side,
           peerIntr: (a.intrOf ?? a.peer).intr,
+          closed: a.rec.orphan === true,
           peerNic: core.nicId,
           peerEndpoint: a.peer.id,
           peerSession: a.peer.session,

@@ -403,6 +403,11 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
    */
   checkClosed(): void {
     if (!this.reader.closed && !this.writer.closed) return;
+    this.end();
+  }
+
+  /** Takes what the peer wrote (a lane's worth at most), then fails it: for garbage if that is what it wrote. */
+  end(): void {
     this.drain();
     const broken = this.reader.broken;
     if (broken) {
@@ -742,6 +747,10 @@ export class Channels implements DriverEventSink {
    * loop lost ~1% of its messages, each MX_STATUS_SUCCESS to it. The connector is not the
    * endpoint as it is now: a live partner of another session (its next incarnation, which we
    * connected to meanwhile) is left alone, and the records come from a partner of their own.
+   * It is myrback's word that the channel is such (DriverChannel.closed), and it is failed
+   * after one lane's worth whatever its lanes say: the closed connector still holds the buffer,
+   * and one that opened the lanes again had the channel taken for a live one, failing the
+   * endpoint id's next owner as a stale incarnation (a reviewer's PoC).
    */
   private takeClosed(ch: ReturnType<MxDriver["acceptChannel"]>): void {
     const { partners } = this.parts;
@@ -751,8 +760,8 @@ export class Channels implements DriverEventSink {
         ? partners.passing(ch.peerNic, ch.peerEndpoint, ch.peerSession)
         : partners.add(ch.peerNic, ch.peerEndpoint, ch.peerSession);
     this.attach(peer, ch);
-    if (peer.channel instanceof ChannelPath) peer.channel.checkClosed();
-    else this.parts.partners.fail(peer, "the peer endpoint went away", MxStatus.ENDPOINT_CLOSED);
+    if (peer.channel instanceof ChannelPath) peer.channel.end();
+    else partners.fail(peer, "the peer endpoint went away", MxStatus.ENDPOINT_CLOSED);
   }
 
   /** `ch` becomes `peer`'s channel and its fast way (unless it already is). */
@@ -779,10 +788,11 @@ export class Channels implements DriverEventSink {
       }
       try {
         const ch = driver.acceptChannel(ctx.endpointId, channelId);
-        if (channelLanesClosed(ch.channel)) {
+        if (ch.closed === true) {
           this.takeClosed(ch);
           return;
         }
+        if (this.dropIfClosed(ch)) return;
         // A live channel: its connector is that endpoint as it is now. A partner of another
         // session is an incarnation closed since, whose DISCONNECT never came: failed now, as
         // that event would have. (Given the stale partner, the channel went on from its

@@ -74,6 +74,12 @@ export interface DriverChannel {
    * reads to. Only this member can reach it. Absent: no limits (a native process's channel).
    */
   policy?: SharedArrayBuffer;
+  /**
+   * acceptChannel only: myrback says its connector closed its endpoint before we took it
+   * (protocol.ts CONNECT_FLAG_CLOSED): what its lane holds is taken, then that incarnation is
+   * failed, whatever the lanes' own words say.
+   */
+  closed?: boolean;
 }
 
 export interface DriverConnection {

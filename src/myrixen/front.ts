@@ -32,6 +32,7 @@ import {
 } from "./driver-abi.js";
 import {
   CONNECT_FLAG_CHANNEL,
+  CONNECT_FLAG_CLOSED,
   CONNECT_FLAG_LANE_POLICY,
   MAX_INDIRECT_PAGES,
   MAX_REGION_PAGES,
@@ -531,6 +532,7 @@ export class MyriFront implements MxDriver {
           side: (vals[5] & 1) as 0 | 1,
           peerIntr,
           policy,
+          closed: (vals[3] & CONNECT_FLAG_CLOSED) !== 0,
           peerNic: vals[0],
           peerEndpoint: vals[1],
           peerSession: vals[2],

@@ -160,6 +160,12 @@ export const DEFAULT_REGIONS_PER_DOMAIN = 1024;
 export const CONNECT_FLAG_CHANNEL = 1;
 /** CONNECT/ACCEPT flag: after the channel's and the peer's interrupt page's refs, one ref of this member's lane policy page (channel-abi.ts). */
 export const CONNECT_FLAG_LANE_POLICY = 2;
+/**
+ * ACCEPT flag: the channel's connector closed its endpoint before this member took it (an
+ * orphan, registry.ts): take what its lane holds, then fail that incarnation. myrback's word,
+ * not the lanes' (the closed connector still holds the buffer and can write them).
+ */
+export const CONNECT_FLAG_CLOSED = 4;
 
 // ---- status ---------------------------------------------------------------------------------
 
@@ -252,6 +258,8 @@ export interface NativeChannelReply {
   channel: SharedArrayBuffer;
   side: 0 | 1;
   peerIntr: SharedArrayBuffer;
+  /** An accept's channel whose connector closed before it was taken (CONNECT_FLAG_CLOSED). */
+  closed?: boolean;
 }
 
 export interface NativeConnectReply {

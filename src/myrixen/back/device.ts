@@ -17,6 +17,7 @@ import { BackRing } from "../../xen/ring.js";
 import { BackendDeviceWatcher, XenbusBackend } from "../../xen/xenbus.js";
 import {
   CONNECT_FLAG_CHANNEL,
+  CONNECT_FLAG_CLOSED,
   CONNECT_FLAG_LANE_POLICY,
   MAX_INDIRECT_PAGES,
   MAX_REGION_PAGES,
@@ -378,7 +379,9 @@ export class MyriBack {
         vals[0] = core.nicId;
         vals[1] = a.peer.id;
         vals[2] = a.peer.session;
-        return this.channelReply(f, a, vals);
+        const n = this.channelReply(f, a, vals);
+        if (a.rec.orphan) vals[3] |= CONNECT_FLAG_CLOSED;
+        return n;
       }
       case Op.INFO: {
         const i = core.info(client);
