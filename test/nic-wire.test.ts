@@ -123,6 +123,7 @@ import {
   X_REGION,
   X_STATE,
 } from "../src/nic/window.js";
+import { ETH_HEADER_BYTES, MXOE_ETHERTYPE, MXOE_HEADER_BYTES, MxoeWord } from "../src/xen/io/mxoe.js";
 import type { SyncCallClient } from "../src/xen/sync-call.js";
 import { LINK_KEY } from "./helpers/link-key.js";
 import { control, freePort, HOST, listenAsPeer } from "./helpers/nic-harness.js";
@@ -2146,6 +2147,38 @@ test("Ethernet ports: frames between two NICs over TCP, flooding to two links, l
   await nic1.detachLink(6);
   await nic7.stop();
   await nic6.stop();
+});
+
+test("MX over Ethernet goes to the link of the NIC its header names, whatever its MAC; never flooded", async () => {
+  // A split-path guest gave frames for one host a broadcast MAC: netback sends such a frame to
+  // the uplink (its header names another NIC) and the NIC flooded it to every linked host,
+  // past the bridge's storm control, ~4.5× a guest's flood budget.
+  const [a, b, c] = await Promise.all([16, 17, 18].map((nicId) => NicDevice.start({ nicId })));
+  extra.push(a, b, c);
+  const [ctlA, ctlB, ctlC] = [a, b, c].map(control);
+  const pa = await freePort();
+  await a.attachLink({ kind: "tcp-listen", host: HOST, port: pa, key: LINK_KEY });
+  await b.attachLink({ kind: "tcp", host: HOST, port: pa, key: LINK_KEY });
+  await c.attachLink({ kind: "tcp", host: HOST, port: pa, key: LINK_KEY });
+  await until(() => info(ctlA).links.length === 2, "NIC 16 has two links");
+  const [ea, eb, ec] = [ctlA, ctlB, ctlC].map(port);
+  const mxFor = (nic: number, tag: number) => {
+    const f = etherFrame(BCAST, mac(16), MXOE_ETHERTYPE, MXOE_HEADER_BYTES + 16, tag);
+    new DataView(f.buffer).setUint32(ETH_HEADER_BYTES + 4 * MxoeWord.dstNic, nic, true);
+    return f;
+  };
+  const a0 = a.counters().global;
+  assert.ok(ea.send(mxFor(17, 1)), "for NIC 17");
+  assert.ok(ea.send(mxFor(99, 2)), "for a NIC it has no link to");
+  // An ordinary broadcast after them: NIC 18 gets it, and with it all it was going to get.
+  assert.ok(ea.send(etherFrame(BCAST, mac(16), 0x0806, 46, 3)));
+  await until(() => eb.rxPending && ec.rxPending, "the broadcast on both links");
+  await until(() => b.counters().global.ether_rx >= 2, "NIC 17's frames");
+  assert.deepEqual(drain(eb), [1, 3]);
+  assert.deepEqual(drain(ec), [3], "NIC 18 got none of the MX frames");
+  const a1 = a.counters().global;
+  assert.equal(a1.ether_flooded - a0.ether_flooded, 1, "only the ordinary broadcast was flooded");
+  assert.equal(a1.ether_dropped - a0.ether_dropped, 1, "the frame for NIC 99 was dropped");
 });
 
 // ---- one NIC -------------------------------------------------------------------------------------

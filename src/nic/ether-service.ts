@@ -8,6 +8,7 @@
  * garbage indices resynchronise. A frame no link takes is dropped, as a switch drops it.
  */
 import { copyBytes } from "../xen/copy.js";
+import { ETH_HEADER_BYTES, MXOE_ETHERTYPE, MXOE_HEADER_BYTES, MxoeWord } from "../xen/io/mxoe.js";
 import type { NicClock } from "./clock.js";
 import type { OpenEtherPortReply } from "./control.js";
 import { NicCounter } from "./counters.js";
@@ -186,7 +187,8 @@ export class EtherService {
 
   /**
    * Sends the driver's frame at port byte `off` as an ETHERNET link frame: to the link its
-   * destination MAC was learned on, else (broadcast, multicast, unknown) to every link.
+   * destination MAC was learned on, else (broadcast, multicast, unknown) to every link; an MX
+   * over Ethernet frame to the link of the NIC its header names, whatever its MAC.
    * false: that one link pushes back (the frame stays in the ring), unless it has refused
    * everything for ETHER_STALL_MS: then the frame is dropped (true).
    */
@@ -204,13 +206,23 @@ export class EtherService {
     setFrameSource(f, this.nicId, 0, 0);
     copyBytes(f, FRAME_HEADER_BYTES, b, off, len);
     const out = f.subarray(0, FRAME_HEADER_BYTES + len);
-    if ((b[off] & 1) === 0) {
-      const peer = this.macs.lookup(
-        (b[off] << 8) | b[off + 1],
-        macLo(b, off + 2),
-        (this.clock.now / 1000) | 0,
-      );
+    const mx =
+      len >= ETH_HEADER_BYTES + MXOE_HEADER_BYTES && ((b[off + 12] << 8) | b[off + 13]) === MXOE_ETHERTYPE;
+    if (mx || (b[off] & 1) === 0) {
+      // MX over Ethernet is for the NIC its header names (netback sends it to the uplink only
+      // for that reason): never flooded. A guest that gave such frames a broadcast MAC had
+      // every linked host carry them, past the bridge's storm control, ~4.5× its flood budget.
+      const at = off + ETH_HEADER_BYTES + 4 * MxoeWord.dstNic;
+      const peer = mx
+        ? (b[at] | (b[at + 1] << 8) | (b[at + 2] << 16) | (b[at + 3] << 24)) >>> 0
+        : this.macs.lookup((b[off] << 8) | b[off + 1], macLo(b, off + 2), (this.clock.now / 1000) | 0);
       const ls = peer >= 0 ? this.links.get(peer) : undefined;
+      if (ls === undefined && mx) {
+        // Not a NIC this one is linked to: no one to give it to.
+        this.c[NicCounter.ether_dropped]++;
+        Atomics.add(this.portW, P_STAT_TX_DROPPED, 1);
+        return true;
+      }
       if (ls !== undefined) {
         setWord(f, F_DEST_NIC, ls.peerNic);
         if (!ls.link.send(out)) {
