@@ -893,42 +893,6 @@ test("SEND back-pressure: a receiver that does not release gets deliveries queue
   a.o.close();
 });
 
-test("a full delivery queue: the sender holding the most of it gives way to another sender, which is held, not refused", () => {
-  // The queue was first come, first served: one peer that kept its 32 places full had every
-  // other sender's SEND refused at once, and a refused SEND fails the receiver as a peer in
-  // the sender's library (a hole in its sequence). Now the heaviest sender's held deliveries
-  // fail, as the library fails the peer that holds the most unexpected bytes.
-  const h = sender("hog");
-  const g = sender("honest");
-  const b = open("b");
-  const Q = DELIVERY_QUEUE;
-  // 8 records of SEND_MAX fill the receive area; Q more are held, all the hog's.
-  for (let i = 0; i < 8 + Q; i++) send(h, b, { cookie: i, length: SEND_MAX, matchLo: 1 });
-  for (const [i, e] of h.o.events(8).entries())
-    assertEvent(e, EventType.SendDone, MxStatus.SUCCESS, `placed ${i}`);
-  waitUntil(() => Atomics.load(h.o.w, W_SQ_CONS) === 8 + Q, "the hog's descriptors taken");
-  for (let i = 0; i < 3; i++) send(g, b, { cookie: 500 + i, length: 100, matchLo: 2 });
-  // The hog's held deliveries fail; the honest sender's are held.
-  h.o.events(Q).forEach((e, i) => {
-    assertEvent(e, EventType.SendDone, MxStatus.NO_RESOURCES, `the hog's held ${i} failed`);
-    assert.equal(e.cookie, 8 + i);
-  });
-  waitUntil(() => Atomics.load(g.o.w, W_SQ_CONS) === 3, "the honest sender's descriptors taken");
-  assert.equal(g.o.tryEvent(), null, "the honest sender's deliveries are held, not refused");
-  // The receiver makes room: the 8 placed, then the honest sender's 3, in order.
-  for (let i = 0; i < 8 + 3; i++) {
-    const r = b.nextEvent();
-    assertEvent(r, EventType.Recv, MxStatus.SUCCESS, `recv ${i}`);
-    assert.equal(r.matchLo, i < 8 ? 1 : 2);
-    b.release(r.recvSpan);
-  }
-  g.o.events(3).forEach((e, i) => {
-    assertEvent(e, EventType.SendDone, MxStatus.SUCCESS, `honest ${i}`);
-    assert.equal(e.cookie, 500 + i);
-  });
-  for (const o of [h.o, g.o, b]) o.close();
-});
-
 test("SEND to a closed, reopened, unknown or unreachable endpoint, and SENDs the NIC refuses", () => {
   const a = sender("a");
   const other = open("other");

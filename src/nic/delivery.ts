@@ -119,7 +119,7 @@ export class Delivery {
     }
     if (ctx.dqCount === 0 && this.place(ctx, m, srcSlot, srcOff, srcBytes, srcBytesOff))
       return MxStatus.SUCCESS;
-    if (ctx.dqCount >= DELIVERY_QUEUE && !this.makeRoom(ctx, m[M_SRC_NIC], m[M_SRC_EP], m[M_SRC_SESSION])) {
+    if (ctx.dqCount >= DELIVERY_QUEUE) {
       this.c[NicCounter.delivery_rejected]++;
       this.c[ctx.base + EndpointCounter.delivery_rejected]++;
       return MxStatus.NO_RESOURCES;
@@ -272,96 +272,32 @@ export class Delivery {
     const meta = ctx.dqMeta;
     while (ctx.dqCount > 0 && this.clock.now - ctx.dqSince[ctx.dqHead] >= HOLD_MS) {
       const h = ctx.dqHead * META_WORDS;
-      const n = this.failSender(
-        ctx,
-        meta[h + M_SRC_NIC],
-        meta[h + M_SRC_EP],
-        meta[h + M_SRC_SESSION],
-        ErrorReason.HoldExpired,
-      );
-      this.c[NicCounter.delivery_expired] += n;
-      this.c[ctx.base + EndpointCounter.delivery_expired] += n;
+      const nic = meta[h + M_SRC_NIC];
+      const ep = meta[h + M_SRC_EP];
+      const session = meta[h + M_SRC_SESSION];
+      let kept = 0;
+      for (let q = 0; q < ctx.dqCount; q++) {
+        const s = (ctx.dqHead + q) % DELIVERY_QUEUE;
+        const b = s * META_WORDS;
+        if (meta[b + M_SRC_NIC] === nic && meta[b + M_SRC_EP] === ep && meta[b + M_SRC_SESSION] === session) {
+          const m = this.load(ctx, s);
+          this.c[NicCounter.delivery_expired]++;
+          this.c[ctx.base + EndpointCounter.delivery_expired]++;
+          this.complete(m, MxStatus.NO_RESOURCES, ErrorReason.HoldExpired);
+          continue;
+        }
+        // Kept, moved up to close the gap (staging buffers are swapped, not reallocated).
+        const t = (ctx.dqHead + kept) % DELIVERY_QUEUE;
+        if (t !== s) {
+          meta.copyWithin(t * META_WORDS, b, b + META_WORDS);
+          const buf = ctx.dqBuf[t];
+          ctx.dqBuf[t] = ctx.dqBuf[s];
+          ctx.dqBuf[s] = buf;
+          ctx.dqSince[t] = ctx.dqSince[s];
+        }
+        kept++;
+      }
+      ctx.dqCount = kept;
     }
-  }
-
-  /**
-   * Every held delivery of one sender (nic, endpoint, session) fails NO_RESOURCES with
-   * `reason`; the others keep their order. Returns how many failed.
-   */
-  private failSender(ctx: EndpointContext, nic: number, ep: number, session: number, reason: number): number {
-    const meta = ctx.dqMeta;
-    let kept = 0;
-    let failed = 0;
-    for (let q = 0; q < ctx.dqCount; q++) {
-      const s = (ctx.dqHead + q) % DELIVERY_QUEUE;
-      const b = s * META_WORDS;
-      if (meta[b + M_SRC_NIC] === nic && meta[b + M_SRC_EP] === ep && meta[b + M_SRC_SESSION] === session) {
-        this.complete(this.load(ctx, s), MxStatus.NO_RESOURCES, reason);
-        failed++;
-        continue;
-      }
-      // Kept, moved up to close the gap (staging buffers are swapped, not reallocated).
-      const t = (ctx.dqHead + kept) % DELIVERY_QUEUE;
-      if (t !== s) {
-        meta.copyWithin(t * META_WORDS, b, b + META_WORDS);
-        const buf = ctx.dqBuf[t];
-        ctx.dqBuf[t] = ctx.dqBuf[s];
-        ctx.dqBuf[s] = buf;
-        ctx.dqSince[t] = ctx.dqSince[s];
-      }
-      kept++;
-    }
-    ctx.dqCount = kept;
-    return failed;
-  }
-
-  /**
-   * The queue is full and a SEND from (nic, ep, session) asks for a place: the sender holding
-   * the most of it gives way, all of its held deliveries failing (true), if it holds more than
-   * the asker would with this one; else the asker is refused (false). As the MX library fails
-   * the peer holding the most unexpected bytes (mx/matching.ts): the queue was first come, first
-   * served, and one peer that kept its 32 places full had every other sender's SEND fail at
-   * once, which fails the receiver as a peer in their libraries (a reviewer's PoC).
-   */
-  private makeRoom(ctx: EndpointContext, nic: number, ep: number, session: number): boolean {
-    const meta = ctx.dqMeta;
-    let mine = 0;
-    let most = 0;
-    let heavy = -1;
-    for (let q = 0; q < ctx.dqCount; q++) {
-      const b = ((ctx.dqHead + q) % DELIVERY_QUEUE) * META_WORDS;
-      const sNic = meta[b + M_SRC_NIC];
-      const sEp = meta[b + M_SRC_EP];
-      const sSession = meta[b + M_SRC_SESSION];
-      if (sNic === nic && sEp === ep && sSession === session) {
-        mine++;
-        continue;
-      }
-      let n = 0;
-      for (let r = 0; r < ctx.dqCount; r++) {
-        const c = ((ctx.dqHead + r) % DELIVERY_QUEUE) * META_WORDS;
-        if (
-          meta[c + M_SRC_NIC] === sNic &&
-          meta[c + M_SRC_EP] === sEp &&
-          meta[c + M_SRC_SESSION] === sSession
-        )
-          n++;
-      }
-      if (n > most) {
-        most = n;
-        heavy = b;
-      }
-    }
-    if (heavy < 0 || most <= mine + 1) return false;
-    const n = this.failSender(
-      ctx,
-      meta[heavy + M_SRC_NIC],
-      meta[heavy + M_SRC_EP],
-      meta[heavy + M_SRC_SESSION],
-      reasonOfStatus(MxStatus.NO_RESOURCES),
-    );
-    this.c[NicCounter.delivery_rejected] += n;
-    this.c[ctx.base + EndpointCounter.delivery_rejected] += n;
-    return true;
   }
 }
