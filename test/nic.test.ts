@@ -1362,6 +1362,45 @@ test("a hostile owner's 100,000 garbage descriptors never hurt the other endpoin
 
 // ---- in-thread -----------------------------------------------------------------------------
 
+test("a closed endpoint's delivery staging buffers go with it", () => {
+  // They were kept for the context's next opener: a host kept 2 MiB for every endpoint
+  // context that had ever held a full queue of deliveries.
+  const n = new Nic({ nicId: 3, maxEndpoints: 4 });
+  const opened = (owner: string) =>
+    new Owner(
+      n.control({ op: "open_endpoint", owner, endpointId: ANY_ENDPOINT, key: 0 }) as OpenEndpointReply,
+    );
+  const a = opened("a");
+  const b = opened("b");
+  const mem = memory(SEND_MAX, 5);
+  const r = n.control({
+    op: "register_region",
+    endpointId: a.id,
+    memory: mem,
+    runs: [{ offset: 0, length: SEND_MAX }],
+    access: Access.LocalRead,
+  }) as RegisterRegionReply;
+  // 8 fill b's receive area; 5 more are held, each in a staging buffer.
+  for (let i = 0; i < 13; i++)
+    a.post({
+      op: Opcode.Send,
+      cookie: i,
+      srcRegion: r.regionId,
+      destNic: 3,
+      destEndpoint: b.id,
+      destSession: b.session,
+      length: SEND_MAX,
+    });
+  while (n.poll());
+  const staged = () =>
+    (n as unknown as { eps: { ctxs: { dqBuf: (Uint8Array | null)[] }[] } }).eps.ctxs[b.id].dqBuf.filter(
+      (x) => x !== null,
+    ).length;
+  assert.equal(staged(), 5, "five deliveries held");
+  n.control({ op: "close_endpoint", endpointId: b.id });
+  assert.equal(staged(), 0, "the closed endpoint keeps no staging buffer");
+});
+
 test("the engine runs in-thread for unit tests: control() and poll() without a worker", () => {
   const n = new Nic({ nicId: 3, maxEndpoints: 4 });
   const ep = n.control({

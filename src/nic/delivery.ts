@@ -205,7 +205,11 @@ export class Delivery {
     return did;
   }
 
-  /** ctx closed: its queued deliveries will never be placed, and their senders learn it now. */
+  /**
+   * ctx closed: its queued deliveries will never be placed, and their senders learn it now.
+   * Its staging buffers go too (the context's next opener allocates its own as it needs them):
+   * kept, a host kept 2 MiB for every context that had ever held a full queue.
+   */
   failQueued(ctx: EndpointContext): void {
     while (ctx.dqCount > 0) {
       const m = this.load(ctx, ctx.dqHead);
@@ -213,6 +217,7 @@ export class Delivery {
       ctx.dqCount--;
       this.complete(m, MxStatus.ENDPOINT_CLOSED);
     }
+    ctx.dqBuf.fill(null);
   }
 
   /** Tells the sender of `m`'s message how its delivery ended: SEND_DONE here, or a SEND_ACK frame. */
