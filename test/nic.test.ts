@@ -737,8 +737,20 @@ test("PULL copies across the runs of both regions under a pull right; every refu
 // ---- SEND ----------------------------------------------------------------------------------
 
 /** A sender with a readable region of pattern bytes. */
-function sender(name: string): { o: Owner; mem: SharedArrayBuffer; region: RegisterRegionReply } {
-  const o = open(name);
+function sender(
+  name: string,
+  group?: number,
+): { o: Owner; mem: SharedArrayBuffer; region: RegisterRegionReply } {
+  const o =
+    group === undefined
+      ? open(name)
+      : new Owner(
+          call<OpenEndpointReply>(
+            { op: "open_endpoint", owner: name, endpointId: ANY_ENDPOINT, key: 0x1234, group },
+            ctl,
+          ),
+          ctl,
+        );
   const mem = memory(2 * SEND_MAX, 5);
   const region = o.register(mem, [{ offset: 0, length: 2 * SEND_MAX }], Access.LocalRead);
   return { o, mem, region };
@@ -848,8 +860,9 @@ test("SEND back-pressure: a receiver that does not release gets deliveries queue
   const a = sender("a");
   const b = open("b");
   const before = counters();
-  // 8 records of SEND_MAX fill the receive area exactly; DELIVERY_QUEUE more are queued; then NO_RESOURCES.
-  const Q = DELIVERY_QUEUE;
+  // 8 records of SEND_MAX fill the receive area exactly; half the delivery queue (one sender's
+  // share, delivery.ts) more are queued; then NO_RESOURCES.
+  const Q = DELIVERY_QUEUE / 2;
   for (let i = 0; i < 8 + Q + 3; i++)
     send(a, b, { cookie: i, length: SEND_MAX, srcOffset: i * 8, matchLo: i });
   const first = a.o.events(11);
@@ -891,6 +904,61 @@ test("SEND back-pressure: a receiver that does not release gets deliveries queue
     assert.equal(e.cookie, 108 + i);
   });
   a.o.close();
+});
+
+test("a busy receiver's held places are shared by domain: one that fills them first (from any number of endpoints) leaves room for another's messages", () => {
+  const victim = open("victim");
+  // The attacker: one domain (QoS group 71), two endpoints; an honest domain (group 72).
+  const a1 = sender("attacker", 71);
+  const a2 = sender("attacker", 71);
+  const honest = sender("honest", 72);
+  const before = counters();
+  // The victim computes: 8 of the attacker's messages fill its receive area, then it writes as
+  // many again as the whole queue holds, from both its endpoints.
+  for (let i = 0; i < 8 + DELIVERY_QUEUE; i++)
+    send(i % 2 ? a2 : a1, victim, { cookie: i, length: SEND_MAX, matchLo: i });
+  waitUntil(
+    () => Atomics.load(a1.o.w, W_SQ_CONS) + Atomics.load(a2.o.w, W_SQ_CONS) === 8 + DELIVERY_QUEUE,
+    "the attacker's SENDs taken",
+  );
+  // Then the honest domain's five.
+  for (let i = 0; i < 5; i++) send(honest, victim, { cookie: 500 + i, length: 1000, matchLo: 500 + i });
+  waitUntil(() => Atomics.load(honest.o.w, W_SQ_CONS) === 5, "the honest SENDs taken");
+  const mid = counters().endpoints[victim.id];
+  assert.equal(
+    mid.delivery_queued - before.endpoints[victim.id].delivery_queued,
+    DELIVERY_QUEUE / 2 + 5,
+    "the attacker's domain holds half the queue, the honest one the rest it needs",
+  );
+  assert.equal(honest.o.tryEvent(), null, "no honest message refused (all held)");
+  // The victim makes room: the honest messages arrive, in order, and their senders hear so.
+  const got: number[] = [];
+  waitUntil(() => {
+    for (let e = victim.tryEvent(); e !== null; e = victim.tryEvent()) {
+      if (e.type !== EventType.Recv) continue;
+      got.push(e.matchLo);
+      victim.release(e.recvSpan);
+    }
+    return got.filter((m) => m >= 500).length === 5;
+  }, "the honest messages delivered");
+  assert.deepEqual(
+    got.filter((m) => m >= 500),
+    [500, 501, 502, 503, 504],
+  );
+  honest.o.events(5).forEach((e, i) => {
+    assertEvent(e, EventType.SendDone, MxStatus.SUCCESS, `honest ${i}`);
+    assert.equal(e.cookie, 500 + i);
+  });
+  // The attacker's refused ones were told NoResources: nothing placed, theirs to send again.
+  const done: Ev[] = [];
+  waitUntil(() => {
+    for (const o of [a1.o, a2.o]) for (let e = o.tryEvent(); e !== null; e = o.tryEvent()) done.push(e);
+    return done.length === 8 + DELIVERY_QUEUE;
+  }, "every attacker SEND done");
+  const refused = done.filter((e) => e.status === MxStatus.NO_RESOURCES);
+  assert.equal(refused.length, DELIVERY_QUEUE / 2);
+  for (const e of refused) assert.equal(e.reason, ErrorReason.NoResources);
+  for (const o of [a1.o, a2.o, honest.o, victim]) o.close();
 });
 
 test("SEND to a closed, reopened, unknown or unreachable endpoint, and SENDs the NIC refuses", () => {

@@ -67,14 +67,14 @@ test("a message cap: one message, then one per 1/rate of the receiver's clock; t
   // No tokens yet, but a record may start while the bucket is not in debt: one.
   assert.equal(done(recvs), 1);
   assert.equal(b.p.ctx.counters.laneHolds, 1);
-  assert.ok(b.p.ctx.laneHeldUntil > clock.t, "the endpoint knows when to look again");
+  assert.ok(b.p.ctx.lookAgainAt > clock.t, "the endpoint knows when to look again");
   b.path.receive();
   assert.equal(done(recvs), 1, "no time passed: nothing more");
   assert.equal(b.p.ctx.counters.laneHolds, 1, "the same hold");
   let steps = 0;
   while (done(recvs) < N) {
     clock.t += 1; // 1 ms: two messages' worth
-    b.p.ctx.laneHeldUntil = 0;
+    b.p.ctx.lookAgainAt = 0;
     b.path.receive();
     steps++;
     // In every stretch of the receiver's clock, at most the bucket plus the rate got through.

@@ -336,7 +336,7 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
     }
     if (pol !== undefined && pol.heldUntil !== 0) {
       const ctx = this.ctx;
-      if (ctx.laneHeldUntil === 0 || pol.heldUntil < ctx.laneHeldUntil) ctx.laneHeldUntil = pol.heldUntil;
+      if (ctx.lookAgainAt === 0 || pol.heldUntil < ctx.lookAgainAt) ctx.lookAgainAt = pol.heldUntil;
     }
     if (
       (this.notifyWaiting.length > 0 || this.ctsWaiting.length > 0 || this.pushing.length > 0) &&

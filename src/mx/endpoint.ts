@@ -626,7 +626,7 @@ export class MxEndpoint {
     const sweep = full || (round & 31) === 0 || this.nic.pulling;
     const partners = this.partners;
     partners.compact();
-    this.ctx.laneHeldUntil = 0;
+    this.ctx.lookAgainAt = 0;
     const peers = partners.list;
     for (let p = 0; p < peers.length; p++) {
       const peer = peers[p];
@@ -650,6 +650,7 @@ export class MxEndpoint {
       this.nic.poll();
       if (sweep && this.sends.size > 0 && partners.usesNic)
         this.nicRecords.probeSilentPeers(performance.now());
+      if (this.nicRecords.retrying) this.nicRecords.retryBusy(performance.now());
     }
     // Ethernet: every time while it carries traffic; else now and then (every 256th poll, and
     // before sleeping), to answer connects and path changes without taxing the fast path.
@@ -826,7 +827,7 @@ export class MxEndpoint {
 
   /** How long one sleep may last: no longer than `left` or `slice`, nor past the time a lane held by its caps may be read again. */
   private sleepSlice(left: number, slice: number): number {
-    const held = this.ctx.laneHeldUntil;
+    const held = this.ctx.lookAgainAt;
     const t = Math.min(left, slice);
     return held === 0 ? t : Math.min(t, Math.max(0, held - performance.now()));
   }

@@ -37,12 +37,14 @@ import {
   E_SRC_NIC,
   E_SRC_SESSION,
   E_TRACE_SEQ,
+  ErrorReason,
   Opcode,
   RECV_BYTES,
   RECV_OFFSET,
   SEND_MAX,
 } from "../nic/window.js";
 import { copyBytes } from "../xen/copy.js";
+import { BusyRetries, type NotifyWords, type PeerRetry } from "./busy-retries.js";
 import { getWord, putWord } from "./bytes.js";
 import { MxError } from "./codes.js";
 import type { Completion } from "./completion.js";
@@ -80,8 +82,12 @@ import {
   RequestState,
 } from "./types.js";
 
-/** A SEND without a completion to report (NOTIFY). */
+/** A SEND without a completion to report (a NOTIFY the ring had no room to keep). */
 const NO_SLOT = 0xffff;
+/** Cookie slots from here name a NOTIFY kept in the notify ring (staging slots are fewer). */
+const NOTIFY_BASE = 0x8000;
+/** NOTIFYs kept until their SEND_DONE (a power of two). */
+const NOTIFY_RING = 1024;
 /** A peer we wait on (a rendezvous or synchronous send) is probed after this long without news. */
 const PROBE_AFTER_MS = 250;
 
@@ -132,6 +138,13 @@ export class NicRecords implements NicRecordSink {
   private lastPeer: Partner | undefined;
   /** The record matching gets (refilled per RECV). */
   private readonly rec: InboundRecord;
+  /** Messages busy receivers refused, per peer, to go again. */
+  private readonly busy = new BusyRetries();
+  /** NOTIFYs in flight: their peer (undefined: a free entry), words, and whether each is a try again. */
+  private readonly notifyPeer: (Partner | undefined)[] = new Array(NOTIFY_RING).fill(undefined);
+  private readonly notifyWords: (NotifyWords | undefined)[] = new Array(NOTIFY_RING).fill(undefined);
+  private readonly notifyRetry = new Uint8Array(NOTIFY_RING);
+  private notifyNext = 0;
 
   constructor(private readonly parts: NicPathParts) {
     this.ctx = parts.ctx;
@@ -233,11 +246,26 @@ export class NicRecords implements NicRecordSink {
       this.ctx.counters.eager++;
     }
     if (req.sync || req.rndv) this.sends.add(req);
-    const seq = nextSendSeq(dest);
+    const seq = (st.seq[slot] = nextSendSeq(dest));
+    req.state = RequestState.Sent;
+    this.postSlot(dest, req, st, slot, len, seq, true);
+    return true;
+  }
+
+  /** A SEND descriptor for the record staged in `slot` (`len` bytes, sequence `seq`), posted (again, unless `first`). */
+  private postSlot(
+    dest: Partner,
+    req: MxRequest,
+    st: SendStaging,
+    slot: number,
+    len: number,
+    seq: number,
+    first: boolean,
+  ): void {
     const w = this.nic.window;
     const b = this.sendTo(dest, COOKIE_SEND | slot, false);
     w[b + D_SRC_REGION] = st.regionId;
-    w[b + D_SRC_OFFSET] = at;
+    w[b + D_SRC_OFFSET] = st.offsetOf(slot);
     w[b + D_LENGTH] = len;
     w[b + D_MATCH_HI] = req.matchHi;
     w[b + D_MATCH_LO] = req.matchLo;
@@ -248,18 +276,32 @@ export class NicRecords implements NicRecordSink {
       // Traced: the NICs carry its sequence to the receiver's RECV event, stamping it on the way.
       w[b + D_OPCODE] |= DFLAG_TRACE << 16;
       w[b + D_TRACE_SEQ] = req.traceId % 0x100000000;
-      tb.record(req.traceId, req.rndv ? TraceStage.RndvSent : TraceStage.Written, traceNow());
+      if (first) tb.record(req.traceId, req.rndv ? TraceStage.RndvSent : TraceStage.Written, traceNow());
     }
-    req.state = RequestState.Sent;
     this.nic.post();
     this.ctx.counters.wireSends++;
-    return true;
   }
 
-  /** A NOTIFY to `peer` (a payload-less SEND; nobody waits for its SEND_DONE). */
-  notify(peer: Partner, syncId: number, xfer: number, status: number): void {
+  /**
+   * A NOTIFY to `peer` (a payload-less SEND), kept in the notify ring until its SEND_DONE says
+   * it was placed: a busy receiver's refusal sends it again (busy-retries.ts). With the ring
+   * full (NOTIFY_RING answers in flight) it goes untracked.
+   */
+  notify(peer: Partner, syncId: number, xfer: number, status: number, retry = false): void {
+    let slot = NO_SLOT;
+    const ring = this.notifyPeer;
+    for (let k = 0; k < NOTIFY_RING; k++) {
+      const i = (this.notifyNext + k) & (NOTIFY_RING - 1);
+      if (ring[i] !== undefined) continue;
+      ring[i] = peer;
+      this.notifyWords[i] = { syncId, xfer, status };
+      this.notifyRetry[i] = retry ? 1 : 0;
+      this.notifyNext = (i + 1) & (NOTIFY_RING - 1);
+      slot = NOTIFY_BASE + i;
+      break;
+    }
     const w = this.nic.window;
-    const b = this.sendTo(peer, COOKIE_SEND | NO_SLOT, true);
+    const b = this.sendTo(peer, COOKIE_SEND | slot, true);
     w[b + D_MATCH_HI] = xfer;
     w[b + D_AUX0] = nicRecordAux0(RecordType.Notify, 0, syncId);
     w[b + D_AUX1] = status;
@@ -307,6 +349,9 @@ export class NicRecords implements NicRecordSink {
    * out of memory, every later send failing MX_NO_RESOURCES.
    */
   close(): void {
+    this.busy.peers.clear();
+    this.notifyPeer.fill(undefined);
+    this.notifyWords.fill(undefined);
     const st = this.staging;
     this.staging = undefined;
     if (st === undefined) return;
@@ -409,8 +454,11 @@ export class NicRecords implements NicRecordSink {
 
   onSendDone(cookie: number, status: number, reason: number): void {
     const slot = cookie & 0xffff;
-    if (slot === NO_SLOT) {
-      if (status !== MxStatus.SUCCESS) this.ctx.counters.nicErrors++;
+    // Refused by a busy receiver (nic/delivery.ts): nothing was placed; it goes again.
+    const busy = status === MxStatus.NO_RESOURCES && reason === ErrorReason.NoResources;
+    if (slot >= NOTIFY_BASE) {
+      if (slot !== NO_SLOT) this.notifyDone(slot - NOTIFY_BASE, status, busy);
+      else if (status !== MxStatus.SUCCESS) this.ctx.counters.nicErrors++;
       return;
     }
     const st = this.staging;
@@ -418,11 +466,28 @@ export class NicRecords implements NicRecordSink {
       this.ctx.counters.nicErrors++;
       return;
     }
+    const held = st.owner[slot];
+    if (st.retrying[slot] !== 0 && held instanceof MxRequest && held.peer !== undefined) {
+      const r = this.busy.peers.get(held.peer);
+      if (r !== undefined) {
+        r.out--;
+        if (status === MxStatus.SUCCESS) r.taken(performance.now());
+      }
+    }
+    if (busy && held instanceof MxRequest && held.peer !== undefined && held.peer.dead === undefined) {
+      const now = performance.now();
+      const r = this.busy.of(held.peer, now);
+      r.addSlot(slot, st.seq[slot]);
+      r.refused(now);
+      st.retrying[slot] = 0;
+      this.ctx.counters.busyRefusals++;
+      return;
+    }
     const owner = st.release(slot);
     if (owner instanceof Partner) {
-      // A probe: the peer answered, or is gone.
+      // A probe: the peer answered (placed, or refused by a busy receiver), or is gone.
       owner.probing = false;
-      if (status === MxStatus.SUCCESS) owner.lastNews = performance.now();
+      if (status === MxStatus.SUCCESS || busy) owner.lastNews = performance.now();
       else
         this.partners.fail(
           owner,
@@ -460,6 +525,108 @@ export class NicRecords implements NicRecordSink {
         : `a message to it failed (${dest.holed})`,
       status,
     );
+  }
+
+  /** NOTIFY `i` of the ring ended with `status`: refused by a busy receiver, it goes again. */
+  private notifyDone(i: number, status: number, busy: boolean): void {
+    const peer = this.notifyPeer[i];
+    const words = this.notifyWords[i];
+    if (peer === undefined || words === undefined) {
+      this.ctx.counters.nicErrors++;
+      return;
+    }
+    this.notifyPeer[i] = undefined;
+    this.notifyWords[i] = undefined;
+    const now = performance.now();
+    const r = this.notifyRetry[i] !== 0 ? this.busy.peers.get(peer) : undefined;
+    if (r !== undefined) {
+      r.out--;
+      if (status === MxStatus.SUCCESS) r.taken(now);
+    }
+    if (busy && peer.dead === undefined) {
+      const q = this.busy.of(peer, now);
+      q.notifies.push(words);
+      q.refused(now);
+      this.ctx.counters.busyRefusals++;
+    } else if (status !== MxStatus.SUCCESS) this.ctx.counters.nicErrors++;
+  }
+
+  /**
+   * Messages busy receivers refused go again when their back-off allows (busy-retries.ts);
+   * a receiver that took none for RETRY_FOR_MS, or a peer that failed meanwhile, fails them.
+   */
+  retryBusy(now: number): void {
+    const st = this.staging;
+    for (const [peer, r] of this.busy.peers) {
+      if (peer.dead === undefined && r.overdue(now) && r.waiting > 0) {
+        this.partners.fail(
+          peer,
+          `a message to it failed (MX_STATUS_NO_RESOURCES: ${sendFailureText(MxStatus.NO_RESOURCES, ErrorReason.NoResources)})`,
+          MxStatus.NO_RESOURCES,
+        );
+        this.dropRetries(peer, r, MxStatus.NO_RESOURCES);
+        continue;
+      }
+      if (peer.dead !== undefined) {
+        this.dropRetries(peer, r, MxStatus.ENDPOINT_UNREACHABLE);
+        continue;
+      }
+      if (!r.ready(now) || st === undefined) {
+        if (r.waiting === 0 && r.out === 0) this.busy.peers.delete(peer);
+        continue;
+      }
+      // One try while the receiver refuses; everything once it took one.
+      const all = r.burst;
+      r.burst = false;
+      while (r.waiting > 0 && this.nic.sqFree() > 0) {
+        r.out++;
+        if (r.notifies.length > 0) {
+          const n = r.notifies.shift()!;
+          this.notify(peer, n.syncId, n.xfer, n.status, true);
+        } else {
+          const slot = r.takeSlot();
+          const req = st.owner[slot] as MxRequest;
+          st.retrying[slot] = 1;
+          this.postSlot(
+            peer,
+            req,
+            st,
+            slot,
+            req.rndv ? NR_RNDV_BYTES : req.buffer.length,
+            st.seq[slot],
+            false,
+          );
+        }
+        if (!all) break;
+      }
+    }
+    // A blocking wait wakes for the next try (endpoint.ts sleepSlice).
+    for (const r of this.busy.peers.values()) {
+      const at = r.out === 0 && r.waiting > 0 ? r.due : 0;
+      if (at !== 0 && (this.ctx.lookAgainAt === 0 || at < this.ctx.lookAgainAt)) this.ctx.lookAgainAt = at;
+    }
+  }
+
+  /** `peer` failed: the messages it refused never go; their requests fail with it. */
+  private dropRetries(peer: Partner, r: PeerRetry, code: number): void {
+    this.busy.peers.delete(peer);
+    const st = this.staging;
+    const why = peer.dead ?? "the peer failed";
+    for (const slot of r.slots) {
+      const req = st?.release(slot);
+      if (!(req instanceof MxRequest)) continue;
+      if (req.syncId !== 0) this.sends.forget(req);
+      req.reason ??= why;
+      this.completion.complete(req, code, 0);
+    }
+    r.slots.length = 0;
+    r.seqs.length = 0;
+    r.notifies.length = 0;
+  }
+
+  /** Whether messages wait to go again (the endpoint's progress then calls retryBusy). */
+  get retrying(): boolean {
+    return this.busy.size > 0;
   }
 
   /**

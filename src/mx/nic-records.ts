@@ -50,7 +50,7 @@ export function sendFailureText(status: number, reason: number): string | undefi
     case ErrorReason.HoldExpired:
       return `the receiving endpoint did not free receive space for ${HOLD_MS / 1000} s (it is not consuming what it is sent)`;
     case ErrorReason.NoResources:
-      return "the receiving endpoint's NIC already holds as many messages for it as it can (it is not consuming what it is sent)";
+      return `the receiving endpoint's NIC held as many of our messages as it may and took none of them for ${HOLD_MS / 1000} s (it is not consuming what it is sent)`;
     case ErrorReason.Unreachable:
       return `no answer from the peer's NIC within ${WIRE_TIMEOUT_MS} ms (its host stopped, or the link between the hosts is gone)`;
     case ErrorReason.UnknownEndpoint:
@@ -79,6 +79,10 @@ export class SendStaging {
   private readonly free: number[] = [];
   /** The request (or other owner) of each slot in flight. */
   readonly owner: unknown[];
+  /** The sequence number each slot's message was sent with (a refused one goes again with it). */
+  readonly seq: Int32Array;
+  /** 1 while a slot's SEND is a try again (busy-retries.ts). */
+  readonly retrying: Uint8Array;
 
   constructor(
     driver: MxDriver,
@@ -94,6 +98,8 @@ export class SendStaging {
       throw e instanceof MxDriverError ? e : new MxDriverError("MX_NO_RESOURCES", (e as Error).message);
     }
     this.owner = new Array(slots).fill(undefined);
+    this.seq = new Int32Array(slots);
+    this.retrying = new Uint8Array(slots);
     for (let i = slots - 1; i >= 0; i--) this.free.push(i);
   }
 
@@ -108,6 +114,7 @@ export class SendStaging {
   release(slot: number): unknown {
     const o = this.owner[slot];
     this.owner[slot] = undefined;
+    this.retrying[slot] = 0;
     this.free.push(slot);
     return o;
   }

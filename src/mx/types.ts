@@ -468,6 +468,8 @@ export interface EndpointCounters extends RegCounters {
   held: number;
   /** Liveness probes sent to peers we were waiting on. */
   probes: number;
+  /** Messages a busy receiver's NIC refused (held as many of ours as it may), sent again later (busy-retries.ts). */
+  busyRefusals: number;
   /** Times a co-resident lane was left unread because its QoS caps were in debt (lane-policer.ts). */
   laneHolds: number;
 }
@@ -487,9 +489,10 @@ export class EndpointContext {
   readonly counters: EndpointCounters = newCounters();
   /**
    * Set by a progress round: the earliest time (performance.now()) a lane held by its caps
-   * may be read again, so a blocking wait sleeps no longer than that; 0 when none is held.
+   * may be read again, or a message a busy receiver refused may go again (busy-retries.ts),
+   * so a blocking wait sleeps no longer than that; 0 when nothing waits so.
    */
-  laneHeldUntil = 0;
+  lookAgainAt = 0;
   /** The trace buffer while tracing, else undefined: with tracing off each stage costs one check. */
   trace: TraceBuffer | undefined = undefined;
   private nextId = 1;
@@ -553,6 +556,7 @@ function newCounters(): EndpointCounters {
     wireRecvs: 0.5,
     held: 0.5,
     probes: 0.5,
+    busyRefusals: 0.5,
     laneHolds: 0.5,
   };
   return zeroed(c);

@@ -8,6 +8,19 @@
  * NIC's (frame.ts), and while one from a link is held, a PENDING SEND_ACK every KEEPALIVE_MS
  * so that its sender keeps waiting.
  *
+ * The queue's places are shared among its senders as a link's pull jobs are among domains
+ * (link-state.ts pullMayGo): a sender holding `held` may take another only while as many stay
+ * free after it as it then holds, so one alone holds half and a newcomer always finds a place.
+ * A sender is what it cannot multiply (senderKey): the sending NIC for a delivery from a link
+ * (links.ts checked it is the link's peer), the sending domain (its QoS share slot, qos.ts)
+ * for one of ours. First come, first served, one connected peer that wrote while the receiver
+ * computed took all 32 places, and every other sender's message failed NO_RESOURCES at once,
+ * which an MX library takes for a hole in its sequence (the pair fails). A sender refused here
+ * is told NO_RESOURCES (ErrorReason.NoResources): nothing was placed, and the MX library sends
+ * the message again after a while (mx/busy-retries.ts). Keyed by (nic, endpoint, session)
+ * instead, a sender multiplied itself for nothing (a reopened endpoint is a new session, a
+ * peer NIC writes any endpoint it likes in its frames).
+ *
  * A delivery is described by its metadata (endpoints.ts M_*), passed in explicitly: the
  * caller's scratch for a new one, this engine's own scratch for a queued one.
  */
@@ -44,7 +57,7 @@ import {
   setFrameSource,
   setWord,
 } from "./frame.js";
-import type { LinkTable } from "./link-state.js";
+import { type LinkTable, pullMayGo } from "./link-state.js";
 import { SessionThrottle } from "./session-throttle.js";
 import { MxStatus, reasonOfStatus } from "./status.js";
 import type { Tpt } from "./tpt.js";
@@ -79,6 +92,8 @@ export class Delivery {
     private readonly links: LinkTable,
     private readonly clock: NicClock,
     private readonly c: Float64Array,
+    /** Endpoint → its QoS share slot (qos.ts): a local sender's domain. */
+    private readonly shareOf: Int32Array,
   ) {}
 
   /**
@@ -119,7 +134,8 @@ export class Delivery {
     }
     if (ctx.dqCount === 0 && this.place(ctx, m, srcSlot, srcOff, srcBytes, srcBytesOff))
       return MxStatus.SUCCESS;
-    if (ctx.dqCount >= DELIVERY_QUEUE) {
+    const key = this.senderKey(m);
+    if (!pullMayGo(this.heldBy(ctx, key), DELIVERY_QUEUE - ctx.dqCount)) {
       this.c[NicCounter.delivery_rejected]++;
       this.c[ctx.base + EndpointCounter.delivery_rejected]++;
       return MxStatus.NO_RESOURCES;
@@ -127,6 +143,7 @@ export class Delivery {
     const s = (ctx.dqHead + ctx.dqCount) % DELIVERY_QUEUE;
     ctx.dqMeta.set(m, s * META_WORDS);
     ctx.dqSince[s] = this.clock.now;
+    ctx.dqKey[s] = key;
     let buf = ctx.dqBuf[s];
     if (buf === null) buf = ctx.dqBuf[s] = new Uint8Array(SEND_MAX);
     const len = m[M_LENGTH] >>> 0;
@@ -136,6 +153,25 @@ export class Delivery {
     this.c[NicCounter.delivery_queued]++;
     this.c[ctx.base + EndpointCounter.delivery_queued]++;
     return MxStatus.PENDING;
+  }
+
+  /**
+   * Who sent `m`, as the queue's places are shared (the header): a sending NIC's id (≥ 0) for
+   * a delivery from another NIC, −1 − its share slot for one from an endpoint of this NIC.
+   */
+  private senderKey(m: Int32Array): number {
+    const nic = m[M_SRC_NIC] >>> 0;
+    if (nic !== this.nicId) return nic;
+    const ep = m[M_SRC_EP] >>> 0;
+    // Ours (directly, or over a loopback link): the sender is executing its SEND, so it is open.
+    return ep < this.eps.maxEndpoints ? -1 - this.shareOf[ep] : -1 - this.shareOf.length;
+  }
+
+  /** How many of ctx's queued deliveries are `key`'s. */
+  private heldBy(ctx: EndpointContext, key: number): number {
+    let held = 0;
+    for (let q = 0; q < ctx.dqCount; q++) if (ctx.dqKey[(ctx.dqHead + q) % DELIVERY_QUEUE] === key) held++;
+    return held;
   }
 
   /** Places `m`'s payload in ctx's receive area and posts the RECV event, if both have room. */
@@ -299,6 +335,7 @@ export class Delivery {
           ctx.dqBuf[t] = ctx.dqBuf[s];
           ctx.dqBuf[s] = buf;
           ctx.dqSince[t] = ctx.dqSince[s];
+          ctx.dqKey[t] = ctx.dqKey[s];
         }
         kept++;
       }

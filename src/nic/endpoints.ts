@@ -48,7 +48,8 @@ export const DRIVER_BACKLOG = 64;
 /**
  * Deliveries queued per endpoint while its receive area (or event queue) is full. Each has a
  * staging buffer of SEND_MAX bytes, allocated on first use and kept while the endpoint is open
- * (let go when it closes): per endpoint, so that one slow receiver never costs the others their queue.
+ * (let go when it closes): per endpoint, so that one slow receiver never costs the others their
+ * queue. Its senders share it (delivery.ts): one sending host or domain holds half at most.
  */
 export const DELIVERY_QUEUE = 32;
 const MAX_OWNER_LABEL = 256;
@@ -157,6 +158,8 @@ export class EndpointContext {
   readonly dqBuf: (Uint8Array | null)[] = new Array<Uint8Array | null>(DELIVERY_QUEUE).fill(null);
   /** When each queued delivery started waiting (HOLD_MS bounds it). */
   readonly dqSince = new Float64Array(DELIVERY_QUEUE);
+  /** Whose each queued delivery is (delivery.ts senderKey): what the held places are shared by. */
+  readonly dqKey = new Float64Array(DELIVERY_QUEUE);
   dqHead = 0;
   dqCount = 0;
   // The local PULL the DMA engine copies a chunk per round (dma.ts), while `pulling`.

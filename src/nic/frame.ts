@@ -59,8 +59,9 @@
  *                                   timeout); else ENDPOINT_UNKNOWN, ENDPOINT_CLOSED, BAD_SESSION,
  *                                   NO_RESOURCES. Anything above NO_RESOURCES reads as ABORTED
  *   10  F_ACK_LENGTH     [PEER NIC] the SEND's F_LENGTH
- *   11  F_ACK_REASON     [NIC]      a failure's ErrorReason (NoResources: the receiver's queue is
- *                                   full; HoldExpired: held HOLD_MS); one above MAX_PEER_REASON
+ *   11  F_ACK_REASON     [NIC]      a failure's ErrorReason (NoResources: the receiver's queue holds
+ *                                   as many of this NIC's as it may, nothing placed, send it again
+ *                                   later; HoldExpired: held HOLD_MS); one above MAX_PEER_REASON
  *                                   (status.ts) is replaced by the status's own
  *
  * ---- CONNECT_REQUEST (requester's NIC → the NIC of the endpoint asked for; header only) ------

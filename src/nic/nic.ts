@@ -232,9 +232,9 @@ export class Nic {
     const rights = new PullRights(eps, this.tpt, clock, c);
     const table = (this.linkTable = new LinkTable(c, clock));
     this.dma = new DmaEngine(this.tpt, rights, events, c);
-    this.delivery = new Delivery(nicId, eps, this.tpt, events, table, clock, c);
-    this.connector = new Connector(nicId, eps, events, table, clock, c);
     const qos = (this.qos = new QosScheduler(maxEndpoints, c));
+    this.delivery = new Delivery(nicId, eps, this.tpt, events, table, clock, c, qos.slotOf);
+    this.connector = new Connector(nicId, eps, events, table, clock, c);
     this.remotePull = new RemotePull(nicId, eps, this.tpt, rights, this.dma, events, table, clock, c, qos);
     this.send = new SendEngine(nicId, eps, this.tpt, events, this.delivery, table, clock, c);
     this.ether = new EtherService(nicId, table, events, clock, c);

@@ -320,7 +320,9 @@ export const Opcode = {
 //     1  E_COOKIE          [NIC] the descriptor's D_COOKIE
 //     2  E_LENGTH          [NIC] the descriptor's D_LENGTH
 //    12  E_REASON          [NIC] a failure's ErrorReason (the receiving NIC's, when it sent one:
-//                          NoResources, HoldExpired), 0 on SUCCESS
+//                          NoResources, HoldExpired), 0 on SUCCESS. NoResources: the receiver's
+//                          NIC holds as many of this sender's messages as it may (nic/delivery.ts);
+//                          nothing was placed, and the same SEND may be posted again later
 //
 //   RECV          a SEND from a peer endpoint was placed in the receive area
 //     0  E_TYPE            [NIC] EventType.Recv (status SUCCESS)
@@ -430,6 +432,7 @@ export const ErrorReason = {
   UnknownEndpoint: 7,
   BadSession: 8,
   BadIndex: 9,
+  /** SEND_DONE: the receiving NIC holds as many of this sender's (host's, domain's) deliveries as it may; nothing placed. */
   NoResources: 10,
   Unreachable: 11,
   /** PULL: the exposure is not armed (spent, revoked or never armed), or was re-armed meanwhile. */
