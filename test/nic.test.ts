@@ -20,6 +20,7 @@ import type {
   RegisterRegionReply,
 } from "../src/nic/control.js";
 import type { NicCounterSnapshot } from "../src/nic/counters.js";
+import { HOLD_RESERVE, mayHold } from "../src/nic/delivery.js";
 import { NicDevice } from "../src/nic/device.js";
 import { DELIVERY_QUEUE, EVENT_BACKLOG } from "../src/nic/endpoints.js";
 import { Nic } from "../src/nic/nic.js";
@@ -860,9 +861,9 @@ test("SEND back-pressure: a receiver that does not release gets deliveries queue
   const a = sender("a");
   const b = open("b");
   const before = counters();
-  // 8 records of SEND_MAX fill the receive area exactly; half the delivery queue (one sender's
-  // share, delivery.ts) more are queued; then NO_RESOURCES.
-  const Q = DELIVERY_QUEUE / 2;
+  // 8 records of SEND_MAX fill the receive area exactly; one sender's share of the delivery
+  // queue (delivery.ts mayHold) more are queued; then NO_RESOURCES.
+  const Q = DELIVERY_QUEUE - HOLD_RESERVE;
   for (let i = 0; i < 8 + Q + 3; i++)
     send(a, b, { cookie: i, length: SEND_MAX, srcOffset: i * 8, matchLo: i });
   const first = a.o.events(11);
@@ -906,6 +907,24 @@ test("SEND back-pressure: a receiver that does not release gets deliveries queue
   a.o.close();
 });
 
+test("mayHold: senders arriving one after another at a full receiver hold 24, 4, 2, 1, 1 of its 32 places; a newcomer always finds one", () => {
+  const held: number[] = [];
+  let free = DELIVERY_QUEUE;
+  for (let s = 0; s < 5; s++) {
+    let h = 0;
+    while (mayHold(h, free)) {
+      h++;
+      free--;
+    }
+    held.push(h);
+  }
+  assert.deepEqual(held, [24, 4, 2, 1, 1]);
+  assert.equal(free, 0);
+  // A place freed goes to a sender holding none before one holding some.
+  assert.ok(mayHold(0, 1));
+  assert.ok(!mayHold(1, 1));
+});
+
 test("a busy receiver's held places are shared by domain: one that fills them first (from any number of endpoints) leaves room for another's messages", () => {
   const victim = open("victim");
   // The attacker: one domain (QoS group 71), two endpoints; an honest domain (group 72).
@@ -921,14 +940,15 @@ test("a busy receiver's held places are shared by domain: one that fills them fi
     () => Atomics.load(a1.o.w, W_SQ_CONS) + Atomics.load(a2.o.w, W_SQ_CONS) === 8 + DELIVERY_QUEUE,
     "the attacker's SENDs taken",
   );
-  // Then the honest domain's five.
-  for (let i = 0; i < 5; i++) send(honest, victim, { cookie: 500 + i, length: 1000, matchLo: 500 + i });
-  waitUntil(() => Atomics.load(honest.o.w, W_SQ_CONS) === 5, "the honest SENDs taken");
+  // Then the honest domain's four (a second sender's share beside a full first one: mayHold).
+  const HONEST = 4;
+  for (let i = 0; i < HONEST; i++) send(honest, victim, { cookie: 500 + i, length: 1000, matchLo: 500 + i });
+  waitUntil(() => Atomics.load(honest.o.w, W_SQ_CONS) === HONEST, "the honest SENDs taken");
   const mid = counters().endpoints[victim.id];
   assert.equal(
     mid.delivery_queued - before.endpoints[victim.id].delivery_queued,
-    DELIVERY_QUEUE / 2 + 5,
-    "the attacker's domain holds half the queue, the honest one the rest it needs",
+    DELIVERY_QUEUE - HOLD_RESERVE + HONEST,
+    "the attacker's domain holds its share of the queue, the honest one the places it needs",
   );
   assert.equal(honest.o.tryEvent(), null, "no honest message refused (all held)");
   // The victim makes room: the honest messages arrive, in order, and their senders hear so.
@@ -939,13 +959,13 @@ test("a busy receiver's held places are shared by domain: one that fills them fi
       got.push(e.matchLo);
       victim.release(e.recvSpan);
     }
-    return got.filter((m) => m >= 500).length === 5;
+    return got.filter((m) => m >= 500).length === HONEST;
   }, "the honest messages delivered");
   assert.deepEqual(
     got.filter((m) => m >= 500),
-    [500, 501, 502, 503, 504],
+    [500, 501, 502, 503],
   );
-  honest.o.events(5).forEach((e, i) => {
+  honest.o.events(HONEST).forEach((e, i) => {
     assertEvent(e, EventType.SendDone, MxStatus.SUCCESS, `honest ${i}`);
     assert.equal(e.cookie, 500 + i);
   });
@@ -956,7 +976,7 @@ test("a busy receiver's held places are shared by domain: one that fills them fi
     return done.length === 8 + DELIVERY_QUEUE;
   }, "every attacker SEND done");
   const refused = done.filter((e) => e.status === MxStatus.NO_RESOURCES);
-  assert.equal(refused.length, DELIVERY_QUEUE / 2);
+  assert.equal(refused.length, HOLD_RESERVE);
   for (const e of refused) assert.equal(e.reason, ErrorReason.NoResources);
   for (const o of [a1.o, a2.o, honest.o, victim]) o.close();
 });

@@ -17,7 +17,7 @@ import { HOLD_MS } from "../nic/window.js";
 import type { Partner } from "./types.js";
 
 /** The first wait before a refused message goes again, ms. */
-export const RETRY_FIRST_MS = 1;
+export const RETRY_FIRST_MS = 0.05;
 /** The longest wait between two tries, ms: a receiver busy for seconds is asked ~16 times a second. */
 export const RETRY_MAX_MS = 64;
 /** A receiver that has taken nothing of ours for this long fails what waits for it. */

@@ -8,18 +8,20 @@
  * NIC's (frame.ts), and while one from a link is held, a PENDING SEND_ACK every KEEPALIVE_MS
  * so that its sender keeps waiting.
  *
- * The queue's places are shared among its senders as a link's pull jobs are among domains
- * (link-state.ts pullMayGo): a sender holding `held` may take another only while as many stay
- * free after it as it then holds, so one alone holds half and a newcomer always finds a place.
- * A sender is what it cannot multiply (senderKey): the sending NIC for a delivery from a link
- * (links.ts checked it is the link's peer), the sending domain (its QoS share slot, qos.ts)
- * for one of ours. First come, first served, one connected peer that wrote while the receiver
- * computed took all 32 places, and every other sender's message failed NO_RESOURCES at once,
- * which an MX library takes for a hole in its sequence (the pair fails). A sender refused here
- * is told NO_RESOURCES (ErrorReason.NoResources): nothing was placed, and the MX library sends
- * the message again after a while (mx/busy-retries.ts). Keyed by (nic, endpoint, session)
- * instead, a sender multiplied itself for nothing (a reopened endpoint is a new session, a
- * peer NIC writes any endpoint it likes in its frames).
+ * The queue's places are shared among its senders (mayHold): a sender holding some may take
+ * another only while as many stay free after it as it then holds, up to HOLD_RESERVE, so one
+ * alone holds 24 of 32, the next 4, 2, 1, and a newcomer always finds a place. A sender is what
+ * it cannot multiply (senderKey): the sending NIC for a delivery from a link (links.ts checked
+ * it is the link's peer), the sending domain (its QoS share slot, qos.ts) for one of ours.
+ * First come, first served, one connected peer that wrote while the receiver computed took all
+ * 32 places, and every other sender's message failed NO_RESOURCES at once, which an MX library
+ * takes for a hole in its sequence (the pair fails). A sender refused here is told
+ * NO_RESOURCES (ErrorReason.NoResources): nothing was placed, and the MX library sends the
+ * message again after a while (mx/busy-retries.ts). Half the queue for one alone (a link's
+ * pull-job rule, link-state.ts pullMayGo) refused an honest stream's messages often enough to
+ * cost it (64 KiB across hosts: ~20% less, its library stages 32 at a time). Keyed by (nic,
+ * endpoint, session) instead, a sender multiplied itself for nothing (a reopened endpoint is a
+ * new session, a peer NIC writes any endpoint it likes in its frames).
  *
  * A delivery is described by its metadata (endpoints.ts M_*), passed in explicitly: the
  * caller's scratch for a new one, this engine's own scratch for a queued one.
@@ -57,7 +59,7 @@ import {
   setFrameSource,
   setWord,
 } from "./frame.js";
-import { type LinkTable, pullMayGo } from "./link-state.js";
+import type { LinkTable } from "./link-state.js";
 import { SessionThrottle } from "./session-throttle.js";
 import { MxStatus, reasonOfStatus } from "./status.js";
 import type { Tpt } from "./tpt.js";
@@ -75,6 +77,18 @@ import {
 
 /** A receiver holding a delivery from a link tells its sender so this often (a PENDING SEND_ACK). */
 export const KEEPALIVE_MS = WIRE_TIMEOUT_MS / 3;
+
+/** Places of a delivery queue a sender that holds some leaves free for others, at most. */
+export const HOLD_RESERVE = 8;
+
+/**
+ * Whether a sender holding `held` of an endpoint's queued deliveries may have another queued
+ * while `free` places are free: one holding none, whenever one is free; one holding some, while
+ * as many stay free after it as it then holds, up to HOLD_RESERVE.
+ */
+export function mayHold(held: number, free: number): boolean {
+  return held === 0 ? free > 0 : free - 1 >= Math.min(held + 1, HOLD_RESERVE);
+}
 
 export class Delivery {
   /** A queued delivery's metadata, in hand. */
@@ -135,7 +149,7 @@ export class Delivery {
     if (ctx.dqCount === 0 && this.place(ctx, m, srcSlot, srcOff, srcBytes, srcBytesOff))
       return MxStatus.SUCCESS;
     const key = this.senderKey(m);
-    if (!pullMayGo(this.heldBy(ctx, key), DELIVERY_QUEUE - ctx.dqCount)) {
+    if (!mayHold(this.heldBy(ctx, key), DELIVERY_QUEUE - ctx.dqCount)) {
       this.c[NicCounter.delivery_rejected]++;
       this.c[ctx.base + EndpointCounter.delivery_rejected]++;
       return MxStatus.NO_RESOURCES;

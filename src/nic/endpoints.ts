@@ -49,7 +49,7 @@ export const DRIVER_BACKLOG = 64;
  * Deliveries queued per endpoint while its receive area (or event queue) is full. Each has a
  * staging buffer of SEND_MAX bytes, allocated on first use and kept while the endpoint is open
  * (let go when it closes): per endpoint, so that one slow receiver never costs the others their
- * queue. Its senders share it (delivery.ts): one sending host or domain holds half at most.
+ * queue. Its senders share it (delivery.ts mayHold): one sending host or domain holds 24 at most.
  */
 export const DELIVERY_QUEUE = 32;
 const MAX_OWNER_LABEL = 256;
