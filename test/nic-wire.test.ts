@@ -185,10 +185,11 @@ class Owner {
     this.w = new Int32Array(ep.window);
     this.f64 = new Float64Array(ep.window);
   }
-  static open(ctl: SyncCallClient<NicControlRequest>, owner: string, key = 0): Owner {
+  /** `group`: the domain (QoS share group) it belongs to; without, a share of its own. */
+  static open(ctl: SyncCallClient<NicControlRequest>, owner: string, key = 0, group?: number): Owner {
     return new Owner(
       ctl,
-      ctl.call<OpenEndpointReply>({ op: "open_endpoint", owner, endpointId: ANY_ENDPOINT, key }),
+      ctl.call<OpenEndpointReply>({ op: "open_endpoint", owner, endpointId: ANY_ENDPOINT, key, group }),
     );
   }
   get id(): number {
@@ -1149,13 +1150,15 @@ test("a silent peer: CONNECT, remote PULL and SEND complete ENDPOINT_UNREACHABLE
     // (nothing is dropped). When the ones on the wire time out, the peer is still silent: the
     // rest fail with them, in one round, instead of going out and timing out share by share.
     const N = DEST_CREDITS + 40;
+    // What one domain alone has out to one destination (LinkState.canSend keeps one credit).
+    const ALONE = DEST_CREDITS - 1;
     for (let i = 0; i < N; i++) {
       await until(() => a.prod - Atomics.load(a.w, W_SQ_CONS) < SQ_ENTRIES, "queue room");
       a.post(sendDesc(1000 + i, dst, 10, 9, { id: 0, session: 0 }));
     }
-    await until(() => fake.framesOf(FrameType.Send).length === 1 + DEST_CREDITS, "a full share on the wire");
+    await until(() => fake.framesOf(FrameType.Send).length === 1 + ALONE, "a full share on the wire");
     await sleep(100);
-    assert.equal(fake.framesOf(FrameType.Send).length, 1 + DEST_CREDITS, "no more than the share");
+    assert.equal(fake.framesOf(FrameType.Send).length, 1 + ALONE, "no more than the share");
     const c2 = nic1.counters().global;
     assert.ok(c2.send_dest_full > c1.send_dest_full, "the share pushed back");
     const cookies = new Set<number>();
@@ -1164,7 +1167,7 @@ test("a silent peer: CONNECT, remote PULL and SEND complete ENDPOINT_UNREACHABLE
       expectEvent(e, EventType.SendDone, MxStatus.ENDPOINT_UNREACHABLE, `send ${e.cookie}`);
       cookies.add(e.cookie);
     }
-    assert.equal(fake.framesOf(FrameType.Send).length, 1 + DEST_CREDITS, "the queued ones never went out");
+    assert.equal(fake.framesOf(FrameType.Send).length, 1 + ALONE, "the queued ones never went out");
     const c3 = nic1.counters().global;
     // The share's deadlines are as far apart as its SENDs went out: the wire tick that finds
     // the first overdue may find the others not yet due, and the silence it notes fails them
@@ -1206,15 +1209,17 @@ test("a hostile peer that says PENDING for ever: its SENDs fail HoldExpired afte
         });
     };
     keepalives = setInterval(pending, WIRE_TIMEOUT_MS / 4);
+    // What one domain alone may have out to one destination (one credit kept for a newcomer).
+    const SHARE = DEST_CREDITS - 1;
     const t0 = performance.now();
-    for (let i = 0; i <= DEST_CREDITS; i++) a.post(sendDesc(i, sreg, 10, 12, { id: 0, session: 0 }));
+    for (let i = 0; i <= SHARE; i++) a.post(sendDesc(i, sreg, 10, 12, { id: 0, session: 0 }));
     a.post(sendDesc(1000, sreg, 10, 1, local));
-    await until(() => fake.framesOf(FrameType.Send).length === DEST_CREDITS, "a full share on the wire");
+    await until(() => fake.framesOf(FrameType.Send).length === SHARE, "a full share on the wire");
 
     // The share fails as an honest receiver would have failed it; then the queue moves on.
     const failed = new Set<number>();
     let delivered = false;
-    while (failed.size < DEST_CREDITS || !delivered) {
+    while (failed.size < SHARE || !delivered) {
       const e = await a.nextEvent(
         HOLD_MS + 2 * WIRE_TIMEOUT_MS + 1000,
         "a held SEND's end, or the local SEND",
@@ -1226,14 +1231,14 @@ test("a hostile peer that says PENDING for ever: its SENDs fail HoldExpired afte
       }
       expectEvent(e, EventType.SendDone, MxStatus.NO_RESOURCES, `held send ${e.cookie}`);
       assert.equal(e.reason, ErrorReason.HoldExpired, `held send ${e.cookie}: reason`);
-      assert.ok(e.cookie < DEST_CREDITS, `send ${e.cookie} was one of the share`);
+      assert.ok(e.cookie < SHARE, `send ${e.cookie} was one of the share`);
       failed.add(e.cookie);
     }
     const took = performance.now() - t0;
     assert.ok(took < HOLD_MS + 2 * WIRE_TIMEOUT_MS + 1000, `the queue moved after ${took.toFixed(0)} ms`);
     expectEvent(await local.nextEvent(), EventType.Recv, MxStatus.SUCCESS, "the local endpoint got its SEND");
     const c1 = nic1.counters().global;
-    assert.ok(c1.send_holds_overdue - c0.send_holds_overdue >= DEST_CREDITS, "counted");
+    assert.ok(c1.send_holds_overdue - c0.send_holds_overdue >= SHARE, "counted");
     assert.equal(c1.send_timeouts, c0.send_timeouts, "not timeouts: the peer talked all along");
     assert.equal(c1.internal_errors, 0);
     a.close();
@@ -1382,6 +1387,64 @@ test("one endpoint's SENDs hold at most its share of a link's window: another en
     a.close();
     b.close();
   } finally {
+    await fake.detach(nic1);
+  }
+});
+
+test("a domain's SENDs to one receiver take at most its share of that receiver's credits on the link: another domain's SEND to it goes out at once, and its traffic behind", async () => {
+  // The receiver (a fake peer NIC) holds every SEND it gets (PENDING, as a busy receiver's NIC
+  // holds a host's 24 for 5 s). The attacker's domain posts more SENDs to it than the
+  // destination has credits, from two endpoints; then the bystander, another domain, posts a
+  // SEND to the same receiver and, behind it in its queue, one to another endpoint there.
+  // Before, the attacker held all 32 credits and the bystander's queue waited behind its first
+  // SEND until the attacker's were given up (HOLD_MS after their deadline).
+  const fake = await FakePeer.start(23);
+  let keepalives: NodeJS.Timeout | undefined;
+  try {
+    await fake.attach(nic1);
+    const a1 = Owner.open(ctl1, "attacker", 0, 91);
+    const a2 = Owner.open(ctl1, "attacker", 0, 91);
+    const b = Owner.open(ctl1, "bystander", 0, 92);
+    const reg1 = a1.register(new SharedArrayBuffer(4096), Access.LocalRead);
+    const reg2 = a2.register(new SharedArrayBuffer(4096), Access.LocalRead);
+    const breg = b.register(new SharedArrayBuffer(4096), Access.LocalRead);
+    keepalives = setInterval(() => {
+      for (const f of fake.framesOf(FrameType.Send)) {
+        fake.send(FrameType.SendAck, 1, {
+          [F_SRC_ENDPOINT]: getWord(f, F_DEST_ENDPOINT),
+          [F_SRC_SESSION]: getWord(f, F_DEST_SESSION),
+          [F_DEST_ENDPOINT]: getWord(f, F_SRC_ENDPOINT),
+          [F_DEST_SESSION]: getWord(f, F_SRC_SESSION),
+          [F_COOKIE]: getWord(f, F_COOKIE),
+          [F_TAG]: getWord(f, F_TAG),
+          [F_STATUS]: MxStatus.PENDING,
+        });
+      }
+    }, WIRE_TIMEOUT_MS / 4);
+    for (let i = 0; i < DEST_CREDITS + 8; i++)
+      i % 2
+        ? a2.post(sendDesc(i, reg2, 10, 23, { id: 5, session: 0 }))
+        : a1.post(sendDesc(i, reg1, 10, 23, { id: 5, session: 0 }));
+    await until(
+      () => fake.framesOf(FrameType.Send).length === DEST_CREDITS - 1,
+      "the attacker's domain has all the destination's credits but one",
+    );
+    b.post(sendDesc(2000, breg, 10, 23, { id: 5, session: 0 }));
+    b.post(sendDesc(2001, breg, 10, 23, { id: 6, session: 0 }));
+    const fromB = (f: Uint8Array) => getWord(f, F_SRC_ENDPOINT) === b.id;
+    await until(
+      () => fake.framesOf(FrameType.Send).filter(fromB).length === 2,
+      "the bystander's two SENDs on the wire",
+      3 * WIRE_TIMEOUT_MS,
+    );
+    // While every one of the attacker's is still held.
+    assert.equal(a1.tryEvent(), null, "no attacker SEND ended");
+    assert.equal(a2.tryEvent(), null, "no attacker SEND ended");
+    const attackers = fake.framesOf(FrameType.Send).filter((f) => !fromB(f)).length;
+    assert.ok(attackers <= DEST_CREDITS - 1, `${attackers} of the attacker's on the wire`);
+    for (const o of [a1, a2, b]) o.close();
+  } finally {
+    clearInterval(keepalives);
     await fake.detach(nic1);
   }
 });
@@ -2341,11 +2404,13 @@ test("a window larger than 1024 SENDs, acknowledged while the link back pushes b
     const senders = Array.from({ length: EPS }, (_, i) => inThreadOwner(a, `sender ${i}`));
     const receivers = Array.from({ length: EPS }, (_, i) => inThreadOwner(b, `receiver ${i}`));
     ba.blocked = true;
+    // As many as one domain alone has out to one destination (LinkState.canSend keeps one for a newcomer).
+    const PER = DEST_CREDITS - 1;
     for (const [i, s] of senders.entries()) {
       const reg = s.register(new SharedArrayBuffer(4096), Access.LocalRead);
-      for (let k = 0; k < SRC_CREDITS; k++) s.post(sendDesc(k, reg, 8, 71, receivers[i]));
+      for (let k = 0; k < PER; k++) s.post(sendDesc(k, reg, 8, 71, receivers[i]));
     }
-    const total = EPS * SRC_CREDITS;
+    const total = EPS * PER;
     assert.ok(total > SEND_WINDOW, "more SENDs out at once than the old window and control queue held");
     const step = () => {
       a.poll();

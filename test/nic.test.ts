@@ -20,9 +20,9 @@ import type {
   RegisterRegionReply,
 } from "../src/nic/control.js";
 import type { NicCounterSnapshot } from "../src/nic/counters.js";
-import { HOLD_RESERVE, mayHold } from "../src/nic/delivery.js";
 import { NicDevice } from "../src/nic/device.js";
 import { DELIVERY_QUEUE, EVENT_BACKLOG } from "../src/nic/endpoints.js";
+import { HOLD_RESERVE, mayHold } from "../src/nic/hold-share.js";
 import { Nic } from "../src/nic/nic.js";
 import { MxStatus, mxStatusName } from "../src/nic/status.js";
 import {

@@ -8,7 +8,7 @@
  * NIC's (frame.ts), and while one from a link is held, a PENDING SEND_ACK every KEEPALIVE_MS
  * so that its sender keeps waiting.
  *
- * The queue's places are shared among its senders (mayHold): a sender holding some may take
+ * The queue's places are shared among its senders (hold-share.ts mayHold): a sender holding some may take
  * another only while as many stay free after it as it then holds, up to HOLD_RESERVE, so one
  * alone holds 24 of 32, the next 4, 2, 1, and a newcomer always finds a place. A sender is what
  * it cannot multiply (senderKey): the sending NIC for a delivery from a link (links.ts checked
@@ -59,6 +59,7 @@ import {
   setFrameSource,
   setWord,
 } from "./frame.js";
+import { mayHold } from "./hold-share.js";
 import type { LinkTable } from "./link-state.js";
 import { SessionThrottle } from "./session-throttle.js";
 import { MxStatus, reasonOfStatus } from "./status.js";
@@ -77,18 +78,6 @@ import {
 
 /** A receiver holding a delivery from a link tells its sender so this often (a PENDING SEND_ACK). */
 export const KEEPALIVE_MS = WIRE_TIMEOUT_MS / 3;
-
-/** Places of a delivery queue a sender that holds some leaves free for others, at most. */
-export const HOLD_RESERVE = 8;
-
-/**
- * Whether a sender holding `held` of an endpoint's queued deliveries may have another queued
- * while `free` places are free: one holding none, whenever one is free; one holding some, while
- * as many stay free after it as it then holds, up to HOLD_RESERVE.
- */
-export function mayHold(held: number, free: number): boolean {
-  return held === 0 ? free > 0 : free - 1 >= Math.min(held + 1, HOLD_RESERVE);
-}
 
 export class Delivery {
   /** A queued delivery's metadata, in hand. */

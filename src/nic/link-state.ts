@@ -12,6 +12,7 @@ import type { NicClock } from "./clock.js";
 import { NicCounter } from "./counters.js";
 import { type EndpointContext, MAX_ENDPOINTS_LIMIT, STALLED } from "./endpoints.js";
 import { FRAME_HEADER_BYTES } from "./frame.js";
+import { HOLD_RESERVE, mayHold } from "./hold-share.js";
 import type { Link } from "./link.js";
 import type { PullPark } from "./pull-park.js";
 import { SlotTable } from "./slot-table.js";
@@ -58,7 +59,8 @@ export const SEND_WINDOW = 1024;
  * (its NIC holds up to DELIVERY_QUEUE = 32 deliveries for it, endpoints.ts), so it cannot take the
  * window from the other endpoints of that link: SEND_WINDOW / DEST_CREDITS = 32 endpoints,
  * the default number per NIC, can all be at their limit at once. Pipelining to one endpoint
- * is bounded by its sender's staging (32 slots, mx/wire.ts) anyway.
+ * is bounded by its sender's staging (32 slots, mx/wire.ts) anyway. The credits are shared
+ * among this NIC's domains (LinkState.canSend): one alone takes 31, then as hold-share.ts says.
  */
 export const DEST_CREDITS = 32;
 /**
@@ -166,6 +168,10 @@ export class LinkState {
   readonly sHoldEnd: Float64Array;
   /** Per destination endpoint (bucket): SENDs to it awaiting their ACK. */
   private readonly destOut = new Uint16Array(DEST_BUCKETS);
+  /** Per destination (bucket): the share slot of the domain that has all of them, while one does. */
+  private readonly destSole = new Int32Array(DEST_BUCKETS);
+  /** Per destination (bucket): 1 once SENDs of more than one domain await their ACK (until none do). */
+  private readonly destMixed = new Uint8Array(DEST_BUCKETS);
   /** Per sending endpoint of this NIC (ids < MAX_ENDPOINTS_LIMIT): its SENDs awaiting their ACK. */
   private readonly srcOut = new Uint16Array(MAX_ENDPOINTS_LIMIT);
 
@@ -258,18 +264,39 @@ export class LinkState {
     return destEp >>> 0 < DEST_BUCKETS - 1 ? destEp >>> 0 : DEST_BUCKETS - 1;
   }
 
-  /** Whether endpoint `srcEp`'s SEND to endpoint `destEp` may go now: the window and both endpoints' shares have room. */
-  canSend(srcEp: number, destEp: number): boolean {
-    return (
-      !this.sends.full &&
-      this.destOut[LinkState.bucket(destEp)] < DEST_CREDITS &&
-      this.srcOut[srcEp] < SRC_CREDITS
-    );
+  /**
+   * Whether endpoint `srcEp`'s SEND to endpoint `destEp` may go now: the window and both
+   * endpoints' shares have room, and the destination's credits are shared by domain
+   * (`share`: srcEp's QoS share slot). A domain alone may take all but one of them (kept for a
+   * newcomer); once two hold some, they are shared as a busy receiver's places are
+   * (hold-share.ts mayHold). Per destination only, a guest whose SENDs to a receiver that held
+   * them (its NIC holds a host's 24 for 5 s) took all 32 credits, and a neighbour's SEND to
+   * that receiver waited at the head of its queue, its traffic to every other host behind it
+   * (6 ms honest, 812 ms under such a flood: a reviewer's measure).
+   */
+  canSend(srcEp: number, destEp: number, share: number, shareOf: Int32Array): boolean {
+    if (this.sends.full || this.srcOut[srcEp] >= SRC_CREDITS) return false;
+    const b = LinkState.bucket(destEp);
+    const out = this.destOut[b];
+    if (out < DEST_CREDITS - HOLD_RESERVE) return true;
+    if (out >= DEST_CREDITS) return false;
+    if (this.destMixed[b] === 0 && this.destSole[b] === share) return out < DEST_CREDITS - 1;
+    return mayHold(this.destHeldBy(b, share, shareOf), DEST_CREDITS - out);
+  }
+
+  /** SENDs of domain `share` to destination bucket `b` awaiting their ACK (a scan: only when its credits run short among several domains). */
+  private destHeldBy(b: number, share: number, shareOf: Int32Array): number {
+    if (this.destMixed[b] === 0) return this.destSole[b] === share ? this.destOut[b] : 0;
+    const t = this.sends;
+    let held = 0;
+    for (let i = 0; i < t.capacity; i++)
+      if (t.used[i] !== 0 && this.sDest[i] === b && shareOf[this.sEp[i]] === share) held++;
+    return held;
   }
 
   /** Whether endpoint `destEp`'s share of the window is taken (after canSend said no: which counter). */
   destFull(destEp: number): boolean {
-    return this.destOut[LinkState.bucket(destEp)] >= DEST_CREDITS;
+    return this.destOut[LinkState.bucket(destEp)] >= DEST_CREDITS - HOLD_RESERVE;
   }
 
   /** The tag the next pushSend will return (the frame carries it before the slot is taken). */
@@ -285,9 +312,14 @@ export class LinkState {
     len: number,
     destEp: number,
     deadline: number,
+    share: number,
   ): number {
     const i = this.sends.take();
     const dest = LinkState.bucket(destEp);
+    if (this.destOut[dest] === 0) {
+      this.destSole[dest] = share;
+      this.destMixed[dest] = 0;
+    } else if (this.destSole[dest] !== share) this.destMixed[dest] = 1;
     this.sEp[i] = ep;
     this.sSession[i] = session;
     this.sCookie[i] = cookie;

@@ -236,7 +236,7 @@ export class Nic {
     this.delivery = new Delivery(nicId, eps, this.tpt, events, table, clock, c, qos.slotOf);
     this.connector = new Connector(nicId, eps, events, table, clock, c);
     this.remotePull = new RemotePull(nicId, eps, this.tpt, rights, this.dma, events, table, clock, c, qos);
-    this.send = new SendEngine(nicId, eps, this.tpt, events, this.delivery, table, clock, c);
+    this.send = new SendEngine(nicId, eps, this.tpt, events, this.delivery, table, clock, c, qos.slotOf);
     this.ether = new EtherService(nicId, table, events, clock, c);
     this.links = new Links(
       nicId,

@@ -100,6 +100,8 @@ export class SendEngine {
     private readonly links: LinkTable,
     private readonly clock: NicClock,
     private readonly c: Float64Array,
+    /** Endpoint → its QoS share slot (qos.ts): its domain, which a link's credits are shared by. */
+    private readonly shareOf: Int32Array,
   ) {}
 
   // ---- SEND descriptors out -----------------------------------------------------------------
@@ -165,9 +167,11 @@ export class SendEngine {
       else this.links.armWireTimer();
       return len;
     }
-    if (!ls.canSend(ctx.id, d[D_DEST_ENDPOINT])) {
-      // The window, the destination endpoint's share of it or this endpoint's own is full: this
-      // one waits in the queue. Other endpoints' SENDs (their own queues) go on.
+    const share = this.shareOf[ctx.id];
+    if (!ls.canSend(ctx.id, d[D_DEST_ENDPOINT], share, this.shareOf)) {
+      // The window, this domain's share of the destination endpoint's credits or this
+      // endpoint's own is full: this one waits in the queue. Other endpoints' SENDs (their own
+      // queues) go on.
       this.c[
         ls.sends.full
           ? NicCounter.send_window_full
@@ -202,7 +206,7 @@ export class SendEngine {
     }
     const now = this.clock.now;
     ls.took(now);
-    ls.pushSend(ctx.id, ctx.session, cookie, len, d[D_DEST_ENDPOINT], now + WIRE_TIMEOUT_MS);
+    ls.pushSend(ctx.id, ctx.session, cookie, len, d[D_DEST_ENDPOINT], now + WIRE_TIMEOUT_MS, share);
     this.links.armWireTimer();
     this.c[NicCounter.frames_tx]++;
     this.countSend(ctx, len);
