@@ -19,6 +19,7 @@ import type {
 } from "../src/nic/control.js";
 import { NicCounter } from "../src/nic/counters.js";
 import { NicDevice } from "../src/nic/device.js";
+import { DELIVERY_QUEUE } from "../src/nic/endpoints.js";
 import {
   ETHER_MAX_FRAME,
   EtherPortClient,
@@ -51,6 +52,7 @@ import {
   initFrame,
   setWord,
 } from "../src/nic/frame.js";
+import { ADDRESS_RESERVE } from "../src/nic/hold-share.js";
 import type { Link } from "../src/nic/link.js";
 import {
   DEST_CREDITS,
@@ -2366,7 +2368,11 @@ class QueuedLink implements Link {
   blocked = false;
   private deliver: ((f: Uint8Array) => void) | undefined;
   private writable: (() => void) | undefined;
-  constructor(readonly peerNic: number) {}
+  /** `address`: the peer's IP, as a TCP link reports it (the NIC bounds and shares by its block). */
+  constructor(
+    readonly peerNic: number,
+    readonly address?: string,
+  ) {}
   send(frame: Uint8Array): boolean {
     if (this.blocked) return false;
     this.queue.push(Uint8Array.from(frame));
@@ -2388,6 +2394,60 @@ class QueuedLink implements Link {
     this.writable?.();
   }
 }
+
+test("the NICs of one machine hold a busy receiver's places together: five NIC ids from one address leave another machine's messages their places", () => {
+  // A key holder claims whatever NIC ids it likes (32 per address, link-bound.ts): five ids of
+  // one machine took 24 + 4 + 2 + 1 + 1, every place, and an honest machine's messages were
+  // refused (and retried while the flood re-posted at once). Now one address holds 28 at most.
+  const r = new Nic({ nicId: 100 });
+  const hostile = [101, 102, 103, 104, 105].map((id) => ({
+    nic: new Nic({ nicId: id }),
+    address: "198.51.100.7",
+  }));
+  const honest = { nic: new Nic({ nicId: 110 }), address: "203.0.113.9" };
+  const pairs: [QueuedLink, QueuedLink][] = [];
+  try {
+    for (const s of [...hostile, honest]) {
+      const toR = new QueuedLink(100);
+      const fromS = new QueuedLink(s.nic.nicId, s.address);
+      s.nic.attachLink(toR);
+      r.attachLink(fromS);
+      pairs.push([toR, fromS]);
+    }
+    const victim = inThreadOwner(r, "victim");
+    const step = () => {
+      for (const s of [...hostile, honest]) s.nic.poll();
+      for (const [toR, fromS] of pairs) toR.flushTo(fromS);
+      r.poll();
+      for (const [toR, fromS] of pairs) fromS.flushTo(toR);
+    };
+    // Each hostile id in turn writes 40 (the victim computes: 8 fill its receive area), each
+    // once the one before holds its share: 24, 4, 2, 1, 1 by id alone.
+    const attackers = hostile.map((s) => inThreadOwner(s.nic, "attacker"));
+    for (const a of attackers) {
+      const reg = a.register(new SharedArrayBuffer(SEND_MAX), Access.LocalRead);
+      for (let i = 0; i < 40; i++) a.post(sendDesc(i, reg, SEND_MAX, 100, victim));
+      for (let round = 0; round < 20; round++) step();
+    }
+    const queued = () => new Float64Array(r.countersBuffer)[NicCounter.delivery_queued];
+    const held = queued();
+    // (Fewer when the ids took turns and each reached its own share first.)
+    assert.ok(
+      held <= DELIVERY_QUEUE - ADDRESS_RESERVE,
+      `one machine holds all but ADDRESS_RESERVE at most: ${held}`,
+    );
+    // The honest machine's two (what a second address holds beside a full first one).
+    const h = inThreadOwner(honest.nic, "honest");
+    const hreg = h.register(new SharedArrayBuffer(4096), Access.LocalRead);
+    for (let i = 0; i < 2; i++) h.post(sendDesc(500 + i, hreg, 100, 100, victim));
+    for (let round = 0; round < 20; round++) step();
+    assert.equal(h.tryEvent(), null, "no honest message refused (held for the victim)");
+    assert.equal(queued() - held, 2);
+  } finally {
+    r.stop();
+    for (const s of [...hostile, honest]) s.nic.stop();
+  }
+});
 
 test("a window larger than 1024 SENDs, acknowledged while the link back pushes back: every SEND_ACK waits for the link, none is dropped, every delivered SEND succeeds", async () => {
   // With 64 endpoints a link's window is 2048 SENDs; the receiver's control queue held 1024

@@ -247,6 +247,7 @@ export class NicRecords implements NicRecordSink {
     }
     if (req.sync || req.rndv) this.sends.add(req);
     const seq = (st.seq[slot] = nextSendSeq(dest));
+    st.len[slot] = len;
     req.state = RequestState.Sent;
     this.postSlot(dest, req, st, slot, len, seq, true);
     return true;
@@ -287,7 +288,7 @@ export class NicRecords implements NicRecordSink {
    * it was placed: a busy receiver's refusal sends it again (busy-retries.ts). With the ring
    * full (NOTIFY_RING answers in flight) it goes untracked.
    */
-  notify(peer: Partner, syncId: number, xfer: number, status: number, retry = false): void {
+  notify(peer: Partner, syncId: number, xfer: number, status: number, retry = false): boolean {
     let slot = NO_SLOT;
     const ring = this.notifyPeer;
     for (let k = 0; k < NOTIFY_RING; k++) {
@@ -307,6 +308,7 @@ export class NicRecords implements NicRecordSink {
     w[b + D_AUX1] = status;
     this.nic.post();
     this.ctx.counters.wireSends++;
+    return slot !== NO_SLOT;
   }
 
   /** A SEND descriptor to `peer` in the next send-queue slot, its other words zero: the caller fills them and posts. */
@@ -349,7 +351,8 @@ export class NicRecords implements NicRecordSink {
    * out of memory, every later send failing MX_NO_RESOURCES.
    */
   close(): void {
-    this.busy.peers.clear();
+    // What waits to go again never will: its sends end as the rest of the endpoint's.
+    for (const [peer, r] of this.busy.peers) this.dropRetries(peer, r, MxStatus.ENDPOINT_CLOSED);
     this.notifyPeer.fill(undefined);
     this.notifyWords.fill(undefined);
     const st = this.staging;
@@ -579,23 +582,16 @@ export class NicRecords implements NicRecordSink {
       const all = r.burst;
       r.burst = false;
       while (r.waiting > 0 && this.nic.sqFree() > 0) {
-        r.out++;
         if (r.notifies.length > 0) {
           const n = r.notifies.shift()!;
-          this.notify(peer, n.syncId, n.xfer, n.status, true);
+          // Untracked (the ring full), nothing will say how it ended: no try to wait for.
+          if (this.notify(peer, n.syncId, n.xfer, n.status, true)) r.out++;
         } else {
+          r.out++;
           const slot = r.takeSlot();
           const req = st.owner[slot] as MxRequest;
           st.retrying[slot] = 1;
-          this.postSlot(
-            peer,
-            req,
-            st,
-            slot,
-            req.rndv ? NR_RNDV_BYTES : req.buffer.length,
-            st.seq[slot],
-            false,
-          );
+          this.postSlot(peer, req, st, slot, st.len[slot], st.seq[slot], false);
         }
         if (!all) break;
       }

@@ -81,6 +81,8 @@ export class SendStaging {
   readonly owner: unknown[];
   /** The sequence number each slot's message was sent with (a refused one goes again with it). */
   readonly seq: Int32Array;
+  /** The bytes staged in each slot (a refused one goes again as it was staged, whatever its buffer became). */
+  readonly len: Int32Array;
   /** 1 while a slot's SEND is a try again (busy-retries.ts). */
   readonly retrying: Uint8Array;
 
@@ -99,6 +101,7 @@ export class SendStaging {
     }
     this.owner = new Array(slots).fill(undefined);
     this.seq = new Int32Array(slots);
+    this.len = new Int32Array(slots);
     this.retrying = new Uint8Array(slots);
     for (let i = slots - 1; i >= 0; i--) this.free.push(i);
   }

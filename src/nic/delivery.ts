@@ -12,7 +12,11 @@
  * another only while as many stay free after it as it then holds, up to HOLD_RESERVE, so one
  * alone holds 24 of 32, the next 4, 2, 1, and a newcomer always finds a place. A sender is what
  * it cannot multiply (senderKey): the sending NIC for a delivery from a link (links.ts checked
- * it is the link's peer), the sending domain (its QoS share slot, qos.ts) for one of ours.
+ * it is the link's peer), the sending domain (its QoS share slot, qos.ts) for one of ours. A
+ * key holder claims whatever NIC ids it likes (32 per address, link-bound.ts), so the NICs of
+ * one address block also hold their places together (senderBlock): 28 at most, ADDRESS_RESERVE
+ * left for other machines; five ids of one machine took all 32 back (a reviewer's PoC: an
+ * honest host's messages then took 10–100 times as long, refused and retried).
  * First come, first served, one connected peer that wrote while the receiver computed took all
  * 32 places, and every other sender's message failed NO_RESOURCES at once, which an MX library
  * takes for a hole in its sequence (the pair fails). A sender refused here is told
@@ -27,6 +31,7 @@
  * caller's scratch for a new one, this engine's own scratch for a queued one.
  */
 import { copyBytes } from "../xen/copy.js";
+import { addressBlock } from "./address-block.js";
 import type { NicClock } from "./clock.js";
 import { EndpointCounter, NicCounter } from "./counters.js";
 import {
@@ -45,6 +50,7 @@ import {
   M_VIA_LINK,
   MAX_ENDPOINTS_LIMIT,
   META_WORDS,
+  ownerTag,
 } from "./endpoints.js";
 import type { Events } from "./events.js";
 import {
@@ -59,7 +65,7 @@ import {
   setFrameSource,
   setWord,
 } from "./frame.js";
-import { mayHold } from "./hold-share.js";
+import { ADDRESS_RESERVE, mayHold } from "./hold-share.js";
 import type { LinkTable } from "./link-state.js";
 import { SessionThrottle } from "./session-throttle.js";
 import { MxStatus, reasonOfStatus } from "./status.js";
@@ -138,7 +144,12 @@ export class Delivery {
     if (ctx.dqCount === 0 && this.place(ctx, m, srcSlot, srcOff, srcBytes, srcBytesOff))
       return MxStatus.SUCCESS;
     const key = this.senderKey(m);
-    if (!mayHold(this.heldBy(ctx, key), DELIVERY_QUEUE - ctx.dqCount)) {
+    const block = this.senderBlock(m);
+    const free = DELIVERY_QUEUE - ctx.dqCount;
+    if (
+      !mayHold(this.heldBy(ctx, key), free) ||
+      (block !== 0 && !mayHold(this.heldFrom(ctx, block), free, ADDRESS_RESERVE))
+    ) {
       this.c[NicCounter.delivery_rejected]++;
       this.c[ctx.base + EndpointCounter.delivery_rejected]++;
       return MxStatus.NO_RESOURCES;
@@ -147,6 +158,7 @@ export class Delivery {
     ctx.dqMeta.set(m, s * META_WORDS);
     ctx.dqSince[s] = this.clock.now;
     ctx.dqKey[s] = key;
+    ctx.dqBlock[s] = block;
     let buf = ctx.dqBuf[s];
     if (buf === null) buf = ctx.dqBuf[s] = new Uint8Array(SEND_MAX);
     const len = m[M_LENGTH] >>> 0;
@@ -168,6 +180,32 @@ export class Delivery {
     const ep = m[M_SRC_EP] >>> 0;
     // Ours (directly, or over a loopback link): the sender is executing its SEND, so it is open.
     return ep < this.eps.maxEndpoints ? -1 - this.shareOf[ep] : -1 - this.shareOf.length;
+  }
+
+  /**
+   * The address block `m` came from, as a number (0: none: one of ours, or a link within this
+   * process): its 32-bit FNV-1a hash, kept on the link (two blocks that collide share their
+   * places, as one machine's NICs do; a table of blocks seen grew with every address ever linked).
+   */
+  private senderBlock(m: Int32Array): number {
+    const nic = m[M_SRC_NIC] >>> 0;
+    if (nic === this.nicId) return 0;
+    const ls = this.links.get(nic);
+    if (ls === undefined) return 0;
+    if (ls.blockId < 0) {
+      const address = ls.link.address ?? "";
+      if (address === "") ls.blockId = 0;
+      else ls.blockId = ownerTag(addressBlock(address)) || 1;
+    }
+    return ls.blockId;
+  }
+
+  /** How many of ctx's queued deliveries came from address block `block`. */
+  private heldFrom(ctx: EndpointContext, block: number): number {
+    let held = 0;
+    for (let q = 0; q < ctx.dqCount; q++)
+      if (ctx.dqBlock[(ctx.dqHead + q) % DELIVERY_QUEUE] === block) held++;
+    return held;
   }
 
   /** How many of ctx's queued deliveries are `key`'s. */
@@ -339,6 +377,7 @@ export class Delivery {
           ctx.dqBuf[s] = buf;
           ctx.dqSince[t] = ctx.dqSince[s];
           ctx.dqKey[t] = ctx.dqKey[s];
+          ctx.dqBlock[t] = ctx.dqBlock[s];
         }
         kept++;
       }

@@ -160,6 +160,8 @@ export class EndpointContext {
   readonly dqSince = new Float64Array(DELIVERY_QUEUE);
   /** Whose each queued delivery is (delivery.ts senderKey): what the held places are shared by. */
   readonly dqKey = new Float64Array(DELIVERY_QUEUE);
+  /** The address block each queued delivery came from (delivery.ts senderBlock; 0: none). */
+  readonly dqBlock = new Float64Array(DELIVERY_QUEUE);
   dqHead = 0;
   dqCount = 0;
   // The local PULL the DMA engine copies a chunk per round (dma.ts), while `pulling`.

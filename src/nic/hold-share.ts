@@ -13,6 +13,13 @@ export const HOLD_RESERVE = 8;
  * then holds, up to HOLD_RESERVE. Of 32, senders arriving one after another hold 24, 4, 2, 1, 1,
  * and a newcomer always finds a place.
  */
-export function mayHold(held: number, free: number): boolean {
-  return held === 0 ? free > 0 : free - 1 >= Math.min(held + 1, HOLD_RESERVE);
+export function mayHold(held: number, free: number, reserve = HOLD_RESERVE): boolean {
+  return held === 0 ? free > 0 : free - 1 >= Math.min(held + 1, reserve);
 }
+
+/**
+ * Places the senders of one remote address block (delivery.ts: the NIC ids linked from one
+ * machine) leave free for other addresses, at most: one machine's NICs hold 28 of 32 together,
+ * whatever ids it claims, and the first of them 24 of those.
+ */
+export const ADDRESS_RESERVE = HOLD_RESERVE / 2;

@@ -199,6 +199,8 @@ export class LinkState {
 
   /** Remote PULLs this NIC has outstanding on this link (requester side). */
   pullsOut = 0;
+  /** The peer's address block as a number (delivery.ts senderBlock; -1: not looked up yet, 0: none, in-process). */
+  blockId = -1;
   /**
    * Per QoS share slot of this NIC (qos.ts: one per domain): its endpoints' remote PULLs
    * outstanding on this link, as pullMayGo allows (a domain that opened two endpoints held
