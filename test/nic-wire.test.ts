@@ -449,6 +449,20 @@ async function pullFromFake(fake: FakePeer, owner: Owner, dst: RegisterRegionRep
  * `b` sends one SEND to the fake peer; resolves once it reached the peer or ended without
  * going out: its place among the SENDs the peer got, or -1.
  */
+/** The fake says PENDING (held for receive space) for every SEND it got: a keepalive round. */
+function holdEverySend(fake: FakePeer): void {
+  for (const f of fake.framesOf(FrameType.Send))
+    fake.send(FrameType.SendAck, 1, {
+      [F_SRC_ENDPOINT]: getWord(f, F_DEST_ENDPOINT),
+      [F_SRC_SESSION]: getWord(f, F_DEST_SESSION),
+      [F_DEST_ENDPOINT]: getWord(f, F_SRC_ENDPOINT),
+      [F_DEST_SESSION]: getWord(f, F_SRC_SESSION),
+      [F_COOKIE]: getWord(f, F_COOKIE),
+      [F_TAG]: getWord(f, F_TAG),
+      [F_STATUS]: MxStatus.PENDING,
+    });
+}
+
 async function bystanderSend(fake: FakePeer, b: Owner, reg: RegisterRegionReply): Promise<number> {
   b.post(sendDesc(7, reg, 10, fake.nicId, { id: 200, session: 0 }));
   const fromB = (f: Uint8Array) => getWord(f, F_SRC_ENDPOINT) === b.id;
@@ -1198,19 +1212,7 @@ test("a hostile peer that says PENDING for ever: its SENDs fail HoldExpired afte
     const local = Owner.open(ctl1, "local");
     const sreg = a.register(new SharedArrayBuffer(4096), Access.LocalRead);
     const c0 = nic1.counters().global;
-    const pending = () => {
-      for (const s of fake.framesOf(FrameType.Send))
-        fake.send(FrameType.SendAck, 1, {
-          [F_SRC_ENDPOINT]: getWord(s, F_DEST_ENDPOINT),
-          [F_SRC_SESSION]: getWord(s, F_DEST_SESSION),
-          [F_DEST_ENDPOINT]: getWord(s, F_SRC_ENDPOINT),
-          [F_DEST_SESSION]: getWord(s, F_SRC_SESSION),
-          [F_COOKIE]: getWord(s, F_COOKIE),
-          [F_TAG]: getWord(s, F_TAG),
-          [F_STATUS]: MxStatus.PENDING,
-        });
-    };
-    keepalives = setInterval(pending, WIRE_TIMEOUT_MS / 4);
+    keepalives = setInterval(() => holdEverySend(fake), WIRE_TIMEOUT_MS / 4);
     // What one domain alone may have out to one destination (one credit kept for a newcomer).
     const SHARE = DEST_CREDITS - 1;
     const t0 = performance.now();
@@ -1410,19 +1412,7 @@ test("a domain's SENDs to one receiver take at most its share of that receiver's
     const reg1 = a1.register(new SharedArrayBuffer(4096), Access.LocalRead);
     const reg2 = a2.register(new SharedArrayBuffer(4096), Access.LocalRead);
     const breg = b.register(new SharedArrayBuffer(4096), Access.LocalRead);
-    keepalives = setInterval(() => {
-      for (const f of fake.framesOf(FrameType.Send)) {
-        fake.send(FrameType.SendAck, 1, {
-          [F_SRC_ENDPOINT]: getWord(f, F_DEST_ENDPOINT),
-          [F_SRC_SESSION]: getWord(f, F_DEST_SESSION),
-          [F_DEST_ENDPOINT]: getWord(f, F_SRC_ENDPOINT),
-          [F_DEST_SESSION]: getWord(f, F_SRC_SESSION),
-          [F_COOKIE]: getWord(f, F_COOKIE),
-          [F_TAG]: getWord(f, F_TAG),
-          [F_STATUS]: MxStatus.PENDING,
-        });
-      }
-    }, WIRE_TIMEOUT_MS / 4);
+    keepalives = setInterval(() => holdEverySend(fake), WIRE_TIMEOUT_MS / 4);
     for (let i = 0; i < DEST_CREDITS + 8; i++)
       i % 2
         ? a2.post(sendDesc(i, reg2, 10, 23, { id: 5, session: 0 }))
