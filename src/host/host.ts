@@ -34,7 +34,7 @@ import type { DomId } from "../xen/abi.js";
 import { bundledScript } from "../xen/bundles.js";
 import type { Domain } from "../xen/hypervisor.js";
 import { Hypervisor } from "../xen/hypervisor.js";
-import { NetifKey, VIF_DEVICE_TYPE, vifMac } from "../xen/io/netif.js";
+import { NetifKey, VIF_DEVICE_TYPE, vifMac, vifRateFor } from "../xen/io/netif.js";
 import { backendPath, createDevice, destroyDevice } from "../xen/xenbus.js";
 import type { DriverDomainArgs, DriverToHost, HostToDriver } from "./driver-domain.js";
 
@@ -372,8 +372,12 @@ export class Host {
       if (!alive()) throw new Error("stopped while its devices were made");
       const { frontPath, backPath } = await createDevice(ts, vif);
       // Like xl: the MAC goes into both directories; netback serves the vif once it is there.
+      // The policy's tx cap is the vif's rate too (xl's `rate=`): the domain's bytes are capped
+      // whichever path carries them, its neighbours' RX rings with them.
       const mac = vifMac(this.nicId, d);
+      const txCap = qos?.tx?.bytesPerSec;
       await ts.transaction(async (tx) => {
+        if (txCap !== undefined) await tx.write(`${backPath}/${NetifKey.rate}`, vifRateFor(txCap));
         await tx.write(`${frontPath}/${NetifKey.mac}`, mac);
         await tx.write(`${backPath}/${NetifKey.mac}`, mac);
       });
@@ -399,7 +403,8 @@ export class Host {
 
   /**
    * Changes a running guest's weight and caps (as `xl` would rewrite netback's rate): the
-   * toolstack rewrites the node, myrback sees it and tells the NIC. Throws QosPolicyError for
+   * toolstack rewrites the node, myrback sees it and tells the NIC; the tx cap becomes its
+   * vif's `rate` too, which netback takes when the vif next connects. Throws QosPolicyError for
    * an invalid policy, and an Error if the guest has no myri device.
    */
   async setQos(domid: DomId, policy: QosPolicy): Promise<void> {
@@ -409,6 +414,11 @@ export class Host {
     if (!(await ts.exists(backendPath(0, MYRI_DEVICE_TYPE, domid, 0))))
       throw new Error(`setQos: domain ${domid} has no myri device (not a running guest with the fast path)`);
     await ts.write(path, encodeQosPolicy(qos));
+    // Its vif's rate, which netback reads when the vif connects (as Linux's does).
+    const ratePath = `${backendPath(0, VIF_DEVICE_TYPE, domid, 0)}/${NetifKey.rate}`;
+    const txCap = qos.tx?.bytesPerSec;
+    if (txCap !== undefined) await ts.write(ratePath, vifRateFor(txCap));
+    else await ts.rm(ratePath).catch(() => undefined);
   }
 
   /** Starts a native process of the driver domain's OS; its runtime takes its service link out of args.myrixen. */

@@ -30,6 +30,12 @@ export class NetbackCounters {
     this.words[idx] += n;
   }
 
+  /** A pass left `v`'s TX for its next credit window (its block's word, and the bridge block's total). */
+  addRateHeld(v: CountedVif): void {
+    if (v.stat >= 0) this.words[v.stat + VifCounter.txRateHeld]++;
+    this.words[BridgeCounter.txRateHeld]++;
+  }
+
   /**
    * The block of vif (domid, devid): the one it had, else a free one, else one of a vif no
    * longer connected (zeroed). -1 when every block belongs to a connected vif.

@@ -185,6 +185,21 @@ export class Netback {
     this.schedule();
   }
 
+  /**
+   * `v` spent its rate's window with requests waiting (tx.ts hasCredit): it runs again when the
+   * next window starts. Its frontend's notifies do not wake it meanwhile (it is not armed),
+   * as Linux's credit timer holds a vif (tx_credit_callback).
+   */
+  private holdForCredit(v: Vif): void {
+    this.counters.addRateHeld(v);
+    if (v.creditTimer !== undefined) return;
+    const wait = Math.max(0, v.creditNext - performance.now());
+    v.creditTimer = setTimeout(() => {
+      v.creditTimer = undefined;
+      if (v.state === "connected") this.enqueue(v);
+    }, wait);
+  }
+
   /** Sleeps on the vif's event channel (in the event loop) until the frontend notifies. */
   private arm(v: Vif): void {
     if (v.waiting || v.state !== "connected" || this.stopped) return;
@@ -343,6 +358,7 @@ export class Netback {
       if (v.state !== "connected") continue;
       const tx = v.tx!;
       if (v.fatal) void this.teardown(v, v.fatal);
+      else if (v.rateHeld) this.holdForCredit(v);
       else if (v.moreWork || tx.finalCheckForRequests()) this.enqueue(v);
       else if (tx.broken) void this.teardown(v, `the tx ring is broken: ${tx.broken}`);
       else this.arm(v);

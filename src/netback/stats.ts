@@ -66,6 +66,8 @@ export const BridgeCounter = {
   mxStale: 38,
   /** CONNECTs netback answered itself: a NIC context's wrong key, or a session not the opening's. */
   mxBadConnects: 39,
+  /** Passes that left a vif's TX requests for its next credit window (the total of VifCounter.txRateHeld). */
+  txRateHeld: 40,
 } as const;
 
 /** Word indexes in a vif block; 4..19 are also the totals' indexes. */
@@ -92,6 +94,8 @@ export const VifCounter = {
   framesBridged: 17,
   disconnects: 18,
   grantCopyErrors: 19,
+  /** Passes that left this vif's TX requests for its next credit window (its `rate`). Vif blocks only: the total is BridgeCounter.txRateHeld. */
+  txRateHeld: 20,
 } as const;
 
 export interface VifCounters {
@@ -111,6 +115,8 @@ export interface VifCounters {
   notificationsReceived: number;
   framesBridged: number;
   disconnects: number;
+  /** Passes that left its TX for the next credit window of its `rate` (Xen's vif rate limit). */
+  txRateHeld: number;
 }
 
 export interface VifStats extends VifCounters {
@@ -156,7 +162,7 @@ export interface NetStats {
   uplink: { present: boolean; txFrames: number; rxFrames: number; drops: number; bad: number };
 }
 
-function vifCounters(w: Float64Array, base: number): VifCounters {
+function vifCounters(w: Float64Array, base: number, rateHeldAt: number): VifCounters {
   return {
     txRequests: w[base + VifCounter.txRequests],
     rxRequests: w[base + VifCounter.rxRequests],
@@ -174,6 +180,7 @@ function vifCounters(w: Float64Array, base: number): VifCounters {
     notificationsReceived: w[base + VifCounter.notificationsReceived],
     framesBridged: w[base + VifCounter.framesBridged],
     disconnects: w[base + VifCounter.disconnects],
+    txRateHeld: w[rateHeldAt],
   };
 }
 
@@ -188,14 +195,14 @@ export function readNetStats(buffer: SharedArrayBuffer): NetStats {
       domid: w[base + VifCounter.domid],
       devid: w[base + VifCounter.devid],
       connected: w[base + VifCounter.connected] === 1,
-      ...vifCounters(w, base),
+      ...vifCounters(w, base, base + VifCounter.txRateHeld),
     });
   }
   vifs.sort((a, b) => a.domid - b.domid || a.devid - b.devid);
   return {
     vifs,
     totals: {
-      ...vifCounters(w, 0),
+      ...vifCounters(w, 0, BridgeCounter.txRateHeld),
       passes: w[BridgeCounter.passes],
       grantCopyCalls: w[BridgeCounter.grantCopyCalls],
       vifsConnected: w[BridgeCounter.vifsConnected],

@@ -52,6 +52,20 @@ import { reportBadPacket, type Vif } from "./vif.js";
 const VIF_FRAME_BUDGET = 32;
 const VIF_SLOT_BUDGET = 256;
 
+/**
+ * Whether `v` may send in this window of its rate, a new window's credit added first (Linux's
+ * tx_credit_exceeded and tx_add_credit): at most one window's bytes, or one frame if a window
+ * holds less, so an idle vif banks nothing; a packet may overdraw it, repaid from the next.
+ */
+export function hasCredit(v: Vif, now = performance.now()): boolean {
+  if (now >= v.creditNext) {
+    const cap = Math.max(v.creditBytes, MAX_FRAME);
+    v.credit = Math.min(cap, v.credit + v.creditBytes);
+    v.creditNext = now + v.creditMs;
+  }
+  return v.credit > 0;
+}
+
 export class TxPath {
   // Scratch, allocated once: the request in hand, the packet's slots, the pass's responses and ops.
   private readonly req = new Uint8Array(TX_REQ_BYTES);
@@ -93,7 +107,13 @@ export class TxPath {
     const staging = this.staging;
     let frames = 0;
     let slots = 0;
+    v.rateHeld = false;
     while (frames < VIF_FRAME_BUDGET && slots < VIF_SLOT_BUDGET && staging.count < STAGING_FRAMES) {
+      // Its rate's window spent (and requests waiting): they wait for the next (netback.ts).
+      if (v.creditBytes > 0 && !hasCredit(v) && ring.unconsumedRequests() > 0) {
+        v.rateHeld = true;
+        return false;
+      }
       if (!ring.copyRequest(this.req)) {
         if (ring.broken) v.fatal = `the tx ring is broken: ${ring.broken}`;
         return false;
@@ -110,6 +130,8 @@ export class TxPath {
       this.rspOff[this.nRsp++] = off;
       let nSlots = 1;
       c.add(v, VifCounter.txRequests);
+      // Charged as taken, whatever becomes of it (a bad packet costs the ring as a good one).
+      v.credit -= total;
       const firstFlags = flags;
       if (flags & ~NETTXF_KNOWN) err = `flags 0x${flags.toString(16)} include bits netif.h does not define`;
       else if (total < ETH_HLEN || total > MAX_FRAME)

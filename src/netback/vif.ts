@@ -17,6 +17,7 @@ import {
   NETIF_MTU,
   NetifKey,
   parseMac,
+  parseVifRate,
   RX_REQ_BYTES,
   RX_RSP_BYTES,
   TX_REQ_BYTES,
@@ -58,6 +59,18 @@ export interface Vif {
   waiting: boolean;
   /** Stopped by the TX budget this pass: run again without sleeping. */
   moreWork: boolean;
+  /**
+   * Its TX rate (the toolstack's `rate` key, read at connect as Linux's xen-netback does): bytes
+   * per window of `creditMs`; 0 for none. `credit` is what is left of the window (it may go
+   * below 0 by one packet, repaid from the next), `creditNext` when the next window starts.
+   */
+  creditBytes: number;
+  creditMs: number;
+  credit: number;
+  creditNext: number;
+  /** Stopped by its rate this pass: run again when the next window starts, not on a notify. */
+  rateHeld: boolean;
+  creditTimer?: NodeJS.Timeout;
   /** Why it must be disconnected at the end of this pass. */
   fatal?: string;
   touched: boolean;
@@ -204,6 +217,11 @@ export class VifDevices {
       queued: false,
       waiting: false,
       moreWork: false,
+      creditBytes: 0,
+      creditMs: 0,
+      credit: 0,
+      creditNext: 0,
+      rateHeld: false,
       touched: false,
       touchedTx: false,
       touchedRx: false,
@@ -278,6 +296,18 @@ export class VifDevices {
         throw new Error(
           `the frontend must set ${NetifKey.requestRxCopy}=1 (got ${JSON.stringify(rxCopy)}): this backend copies, it never flips pages`,
         );
+      // Its TX rate, read once here as Linux's xen-netback does (a new one applies at the next
+      // connect); a value that is not "<bytes>,<usec>" leaves it unlimited, said in the log.
+      const rateText = await xs.tryRead(`${v.xb.path}/${NetifKey.rate}`).catch(() => undefined);
+      const rate = parseVifRate(rateText);
+      if (rateText !== undefined && rate === undefined)
+        host.log(
+          `vif ${v.domid}/${v.devid}: rate ${JSON.stringify(rateText)} is not "<bytes>,<usec>": no limit`,
+        );
+      v.creditBytes = rate?.bytes ?? 0;
+      v.creditMs = (rate?.usec ?? 0) / 1000;
+      v.credit = v.creditBytes;
+      v.creditNext = performance.now() + v.creditMs;
       const txRef = keys[NetifKey.txRingRef];
       const rxRef = keys[NetifKey.rxRingRef];
       const evt = keys[NetifKey.eventChannel];
@@ -336,6 +366,8 @@ export class VifDevices {
     if (v.state === "closed") return v.closing ?? Promise.resolve();
     const host = this.host;
     const wasConnected = v.state === "connected";
+    clearTimeout(v.creditTimer);
+    v.creditTimer = undefined;
     v.state = "closed";
     if (v.bridgeId >= 0) {
       host.bridge.removePort(v.bridgeId);

@@ -118,9 +118,38 @@ export const NetifKey = {
   mtu: "mtu",
   /** The host's NIC id, so the MX library can address endpoints over Ethernet. */
   mxNicId: "mx-nic-id",
+  // written by the toolstack (backend directory only: the guest cannot change it)
+  /** The vif's TX rate: "<bytes>,<usec>", credit_bytes per credit_usec (parseVifRate). */
+  rate: "rate",
 } as const;
 
 // ---- helpers ------------------------------------------------------------------------------------
+
+/** A vif's TX rate: `bytes` may leave every `usec` microseconds (Linux xen-netback's credit). */
+export interface VifRate {
+  bytes: number;
+  usec: number;
+}
+
+/** The credit window xl gives a `rate=` without one (`@50ms`). */
+export const VIF_RATE_WINDOW_USEC = 50_000;
+
+/**
+ * The `rate` key as Linux's xen-netback reads it (xen_net_read_rate: "%lu,%lu"): two positive
+ * integers, credit bytes and credit microseconds; undefined for anything else (no limit).
+ */
+export function parseVifRate(text: string | undefined): VifRate | undefined {
+  const m = typeof text === "string" ? /^(\d{1,15}),(\d{1,12})$/.exec(text) : null;
+  if (!m) return undefined;
+  const bytes = Number(m[1]);
+  const usec = Number(m[2]);
+  return bytes > 0 && usec > 0 ? { bytes, usec } : undefined;
+}
+
+/** The `rate` value for a cap of `bytesPerSec` (xl's `rate=<bytes>/s`, its 50 ms window). */
+export function vifRateFor(bytesPerSec: number): string {
+  return `${Math.max(1, Math.ceil((bytesPerSec * VIF_RATE_WINDOW_USEC) / 1e6))},${VIF_RATE_WINDOW_USEC}`;
+}
 
 /** "00:16:3e:07:00:02" → bytes; undefined if it is not six hex octets. */
 export function parseMac(text: string | undefined): Uint8Array | undefined {
