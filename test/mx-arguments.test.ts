@@ -201,3 +201,15 @@ test("MPI calls after the rank's MX endpoint was closed under it: MpiError namin
     assert.match(out[k].message, new RegExp(`^MPI ${k}: this rank's MX endpoint \\d+ was closed`), k);
   }
 });
+
+test("Mx.init a second time before finalize is MX_ALREADY_INITIALIZED at once (it waited 10 s on XenStore), and the first still works; after finalize it inits again", async () => {
+  const r = await scenario("twice");
+  mxError(
+    r.again,
+    "MX_ALREADY_INITIALIZED",
+    /already initialised in this domain .*MPI\.init/,
+    "the second init",
+  );
+  assert.equal(r.stillWorks, true);
+  assert.equal(r.afterWorks, true);
+});

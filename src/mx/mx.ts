@@ -55,6 +55,20 @@ export class Mx {
    */
   static init(guest: Guest, arg?: MxDriver | MxInitOptions): Mx {
     if (arg !== undefined && "openEndpoint" in arg) return new Mx(guest, arg, undefined, undefined);
+    // mx_init's MX_ALREADY_INITIALIZED, at once: a second connect of the domain's vif and myri
+    // device waited 10 s on XenStore for a device already connected, then failed naming neither.
+    const live = initialised.get(guest);
+    if (live !== undefined && !live.finalized)
+      throw new MxError(
+        "MX_ALREADY_INITIALIZED",
+        "MX is already initialised in this domain (by Mx.init, or by MPI.init, which calls it): use that instance, or finalize() it before calling Mx.init again",
+      );
+    const mx = Mx.open(guest, arg);
+    initialised.set(guest, mx);
+    return mx;
+  }
+
+  private static open(guest: Guest, arg?: MxInitOptions): Mx {
     const opts = (arg ?? {}) as MxInitOptions;
     const want = opts.path ?? "auto";
     if (!["auto", "split", "bypass"].includes(want))
@@ -150,8 +164,12 @@ export class Mx {
     this.split?.finalize();
     (this.ether?.device as Netfront | undefined)?.close();
     this.finalized = true;
+    if (initialised.get(this.guest) === this) initialised.delete(this.guest);
   }
 }
+
+/** Each domain's Mx from Mx.init, until finalize (mx_init once per process, as MX has it). */
+const initialised = new WeakMap<Guest, Mx>();
 
 function hasMyriDevice(guest: Guest): boolean {
   try {
