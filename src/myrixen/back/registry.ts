@@ -55,6 +55,12 @@ export interface CoreConfig {
 
 /** Channels a closed connector may leave one endpoint at most, untaken (registry orphan). */
 export const ORPHANS_PER_ENDPOINT = 16;
+/**
+ * Such channels one client (a domain, a native process) may leave in all, across every
+ * endpoint it wrote to: per endpoint only, a native connector (whose channels are the driver
+ * domain's memory, ~520 KB each, not its own) left 16 at every endpoint of the host.
+ */
+export const ORPHANS_PER_OWNER = 16;
 
 const U32 = (v: unknown): v is number =>
   typeof v === "number" && Number.isInteger(v) && v >= 0 && v <= 0xffffffff;
@@ -595,7 +601,8 @@ export class MyriCore {
    * (DISCONNECT, after the CONNECT it has yet to take), but kept, so that its acceptChannel
    * still gets it and its library reads what is there. Released, the sends its connector saw
    * complete were lost: a rank that opened, connected, sent 8 B and closed in a loop lost ~1%
-   * of them. An endpoint is left ORPHANS_PER_ENDPOINT at most (the oldest goes, unread).
+   * of them. An endpoint is left ORPHANS_PER_ENDPOINT at most, and a client leaves
+   * ORPHANS_PER_OWNER at most in all (the oldest goes, unread).
    */
   private orphan(ch: ChannelRec): void {
     const [connector, member] = ch.members;
@@ -608,6 +615,15 @@ export class MyriCore {
     this.tellDisconnect(member, connector, ch.id);
     const waiting = [...member.channels].filter((c) => c.orphan && !c.accepted);
     if (waiting.length > ORPHANS_PER_ENDPOINT) this.finishOrphan(waiting[0]);
+    // Channels are kept in the order they were made: the oldest of this owner's goes.
+    let left = 0;
+    let oldest: ChannelRec | undefined;
+    for (const c of this.channels.values())
+      if (c.orphan && !c.accepted && c.members[0].owner === connector.owner) {
+        oldest ??= c;
+        left++;
+      }
+    if (left > ORPHANS_PER_OWNER && oldest !== undefined) this.finishOrphan(oldest);
     this.publishCounts();
     this.refreshShares();
   }
