@@ -7,7 +7,9 @@ import {
   WatchEventSender,
   XS_CREDIT_BYTES,
   XS_EVENT_BACKLOG,
+  XS_EVENT_BACKLOG_BYTES,
   XS_EVENT_WINDOW,
+  XS_EVENT_WINDOW_BYTES,
 } from "../src/xen/xenstore/port-credit.js";
 import {
   executeXenStoreRequest,
@@ -806,6 +808,37 @@ test("watch events wait within a domain's window, one per path and token, merged
   assert.equal(w.waiting, 1);
   w.close();
   assert.equal(w.waiting, 0);
+});
+
+test("watch events of long paths wait within the window's and the backlog's characters too (a guest watching 3,000-character paths had ~9 MB of the host's waiting)", async () => {
+  const credit = new SharedArrayBuffer(XS_CREDIT_BYTES);
+  const taken = new Int32Array(credit);
+  const posted: { path: string; token: string }[] = [];
+  let merged = 0;
+  const w = new WatchEventSender(
+    credit,
+    (e) => posted.push(e),
+    () => merged++,
+  );
+  const long = (i: number) => `/d/${String(i).padStart(6, "0")}/${"p".repeat(3000)}`;
+  for (let i = 0; i < 2000; i++) w.send(long(i), "tok", "/d");
+  const postedChars = posted.reduce((n, e) => n + e.path.length + e.token.length, 0);
+  assert.ok(postedChars <= XS_EVENT_WINDOW_BYTES, `${postedChars} characters posted and not taken`);
+  assert.equal(w.inFlightBytes, postedChars);
+  assert.ok(
+    w.waitingBytes <= XS_EVENT_BACKLOG_BYTES + "/d".length + "tok".length,
+    `${w.waitingBytes} characters waiting`,
+  );
+  assert.ok(merged > 0, "past the backlog's characters, one event at the watch's path");
+  // All of it still reaches the guest as it takes what it has, the merged one last.
+  while (w.waiting > 0) {
+    Atomics.store(taken, 0, posted.length);
+    await new Promise((r) => setTimeout(r, 15));
+  }
+  assert.equal(posted.at(-1)?.path, "/d");
+  Atomics.store(taken, 0, posted.length);
+  assert.equal(w.inFlightBytes, 0, "what was taken is forgotten");
+  w.close();
 });
 
 test("a transaction keeps at most its quota of paths and changes (xenstored's quota-trans-nodes): ENOSPC beyond, and ending it lets go", () => {
