@@ -2385,16 +2385,18 @@ class QueuedLink implements Link {
   }
 }
 
-test("the NICs of one machine hold a busy receiver's places together: five NIC ids from one address leave another machine's messages their places", () => {
-  // A key holder claims whatever NIC ids it likes (32 per address, link-bound.ts): five ids of
-  // one machine took 24 + 4 + 2 + 1 + 1, every place, and an honest machine's messages were
-  // refused (and retried while the flood re-posted at once). Now one address holds 28 at most.
+/**
+ * Hostile NICs at `hostile` addresses, one after another, each write 40 SEND_MAX messages to a
+ * receiver that computes (8 fill its receive area); then an honest NIC at `honest` sends two.
+ * What the hostile ones hold, and whether the honest two were held (not refused).
+ */
+function placesAgainst(
+  hostileAt: string[],
+  honestAt: string,
+): { held: number; honestHeld: number; refused: boolean } {
   const r = new Nic({ nicId: 100 });
-  const hostile = [101, 102, 103, 104, 105].map((id) => ({
-    nic: new Nic({ nicId: id }),
-    address: "198.51.100.7",
-  }));
-  const honest = { nic: new Nic({ nicId: 110 }), address: "203.0.113.9" };
+  const hostile = hostileAt.map((address, k) => ({ nic: new Nic({ nicId: 101 + k }), address }));
+  const honest = { nic: new Nic({ nicId: 150 }), address: honestAt };
   const pairs: [QueuedLink, QueuedLink][] = [];
   try {
     for (const s of [...hostile, honest]) {
@@ -2411,31 +2413,98 @@ test("the NICs of one machine hold a busy receiver's places together: five NIC i
       r.poll();
       for (const [toR, fromS] of pairs) fromS.flushTo(toR);
     };
-    // Each hostile id in turn writes 40 (the victim computes: 8 fill its receive area), each
-    // once the one before holds its share: 24, 4, 2, 1, 1 by id alone.
-    const attackers = hostile.map((s) => inThreadOwner(s.nic, "attacker"));
-    for (const a of attackers) {
+    // Each in turn, once the one before holds its share: 24, 4, 2, 1, 1 by NIC id alone.
+    for (const s of hostile) {
+      const a = inThreadOwner(s.nic, "attacker");
       const reg = a.register(new SharedArrayBuffer(SEND_MAX), Access.LocalRead);
       for (let i = 0; i < 40; i++) a.post(sendDesc(i, reg, SEND_MAX, 100, victim));
       for (let round = 0; round < 20; round++) step();
     }
     const queued = () => new Float64Array(r.countersBuffer)[NicCounter.delivery_queued];
     const held = queued();
-    // (Fewer when the ids took turns and each reached its own share first.)
-    assert.ok(
-      held <= DELIVERY_QUEUE - ADDRESS_RESERVE,
-      `one machine holds all but ADDRESS_RESERVE at most: ${held}`,
-    );
-    // The honest machine's two (what a second address holds beside a full first one).
     const h = inThreadOwner(honest.nic, "honest");
     const hreg = h.register(new SharedArrayBuffer(4096), Access.LocalRead);
     for (let i = 0; i < 2; i++) h.post(sendDesc(500 + i, hreg, 100, 100, victim));
     for (let round = 0; round < 20; round++) step();
-    assert.equal(h.tryEvent(), null, "no honest message refused (held for the victim)");
-    assert.equal(queued() - held, 2);
+    return { held, honestHeld: queued() - held, refused: h.tryEvent() !== null };
   } finally {
     r.stop();
     for (const s of [...hostile, honest]) s.nic.stop();
+  }
+}
+
+test("the NICs of one network hold a busy receiver's places together: five NIC ids of one address, or of five /64s of one /48, leave another network's messages their places", () => {
+  // A key holder claims whatever NIC ids it likes (32 per address, link-bound.ts): five ids of
+  // one machine took 24 + 4 + 2 + 1 + 1, every place, and an honest machine's messages were
+  // refused (and retried while the flood re-posted at once); counted per address, five IPv6
+  // /64s of one /48 did the same. One IPv4 /24 or IPv6 /48 holds 28 at most.
+  for (const hostile of [
+    Array(5).fill("198.51.100.7"),
+    ["2001:db8:1:1::7", "2001:db8:1:2::7", "2001:db8:1:3::7", "2001:db8:1:4::7", "2001:db8:1:5::7"],
+  ]) {
+    const got = placesAgainst(hostile, "203.0.113.9");
+    assert.ok(got.held <= DELIVERY_QUEUE - ADDRESS_RESERVE, `${hostile[1]}: the network holds ${got.held}`);
+    assert.equal(got.refused, false, `${hostile[1]}: no honest message refused`);
+    assert.equal(got.honestHeld, 2, `${hostile[1]}: both honest messages held`);
+  }
+});
+
+test("hosts of this machine (loopback) are not one network: a third busy host's messages find places beside two", () => {
+  // Counted as one block, two honest hosts on 127.0.0.1 holding 24 and 4 shut a third out.
+  const got = placesAgainst(["127.0.0.1", "127.0.0.1"], "127.0.0.1");
+  assert.equal(got.refused, false, "no message of the third host refused");
+  assert.equal(got.honestHeld, 2);
+});
+
+test("a closed endpoint's SENDs still out stay charged to its domain, not to the next domain given its id", () => {
+  // The link's credits for one destination were counted by the sending endpoint's share slot as
+  // found at each look: an attacker's endpoint with 25 SENDs held closed, a victim domain opened
+  // and got its id (and slot), and those 25 counted as the victim's: none of its SENDs went,
+  // while the attacker's new endpoint sent as a newcomer.
+  const s = new Nic({ nicId: 300 });
+  const toR = new QueuedLink(301, "192.0.2.1");
+  s.attachLink(toR);
+  const open = (name: string, group: number): Owner => {
+    const ctl = {
+      call: (req: NicControlRequest) => s.control(req),
+    } as unknown as SyncCallClient<NicControlRequest>;
+    return new Owner(
+      ctl,
+      s.control({
+        op: "open_endpoint",
+        owner: name,
+        endpointId: ANY_ENDPOINT,
+        key: 0,
+        group,
+      }) as OpenEndpointReply,
+    );
+  };
+  try {
+    const dest = { id: 5, session: 0 };
+    const sends = () => toR.queue.filter((f) => (getWord(f, 0) & 0xff) === FrameType.Send);
+    const a1 = open("attacker", 91);
+    const r1 = a1.register(new SharedArrayBuffer(4096), Access.LocalRead);
+    for (let k = 0; k < 40; k++) a1.post(sendDesc(k, r1, 10, 301, dest));
+    for (let r = 0; r < 5; r++) s.poll();
+    assert.equal(sends().length, DEST_CREDITS - 1, "the attacker's domain alone: all credits but one");
+    a1.close(); // its SENDs stay out until answered or timed out
+    const v = open("victim", 93);
+    assert.equal(v.id, a1.ep.endpointId, "the victim got the attacker's endpoint id");
+    const vr = v.register(new SharedArrayBuffer(4096), Access.LocalRead);
+    for (let k = 0; k < 4; k++) v.post(sendDesc(1000 + k, vr, 10, 301, dest));
+    const a2 = open("attacker", 91);
+    const r2 = a2.register(new SharedArrayBuffer(4096), Access.LocalRead);
+    for (let k = 0; k < 40; k++) a2.post(sendDesc(2000 + k, r2, 10, 301, dest));
+    for (let r = 0; r < 20; r++) s.poll();
+    const cookies = sends().map((f) => getWord(f, F_COOKIE));
+    assert.equal(
+      cookies.filter((c) => c >= 1000 && c < 2000).length,
+      1,
+      "the victim's SEND took the credit kept for a newcomer",
+    );
+    assert.equal(cookies.filter((c) => c >= 2000).length, 0, "the attacker's domain took no more");
+  } finally {
+    s.stop();
   }
 });
 

@@ -12,11 +12,13 @@
  * another only while as many stay free after it as it then holds, up to HOLD_RESERVE, so one
  * alone holds 24 of 32, the next 4, 2, 1, and a newcomer always finds a place. A sender is what
  * it cannot multiply (senderKey): the sending NIC for a delivery from a link (links.ts checked
- * it is the link's peer), the sending domain (its QoS share slot, qos.ts) for one of ours. A
+ * it is the link's peer), the sending domain (its QoS group, qos.ts chargeOf) for one of ours. A
  * key holder claims whatever NIC ids it likes (32 per address, link-bound.ts), so the NICs of
- * one address block also hold their places together (senderBlock): 28 at most, ADDRESS_RESERVE
- * left for other machines; five ids of one machine took all 32 back (a reviewer's PoC: an
- * honest host's messages then took 10–100 times as long, refused and retried).
+ * one network (an IPv4 /24, an IPv6 /48: senderBlock) also hold their places together: 28 at
+ * most, ADDRESS_RESERVE left for other networks; five ids of one machine took all 32 back (a
+ * reviewer's PoC: an honest host's messages then took 10–100 times as long, refused and
+ * retried). A key holder with five networks still takes them all: shares of 32 places hold
+ * against a few identities, not against many.
  * First come, first served, one connected peer that wrote while the receiver computed took all
  * 32 places, and every other sender's message failed NO_RESOURCES at once, which an MX library
  * takes for a hole in its sequence (the pair fails). A sender refused here is told
@@ -31,7 +33,7 @@
  * caller's scratch for a new one, this engine's own scratch for a queued one.
  */
 import { copyBytes } from "../xen/copy.js";
-import { addressBlock } from "./address-block.js";
+import { handshakeBlock } from "./address-block.js";
 import type { NicClock } from "./clock.js";
 import { EndpointCounter, NicCounter } from "./counters.js";
 import {
@@ -85,6 +87,9 @@ import {
 /** A receiver holding a delivery from a link tells its sender so this often (a PENDING SEND_ACK). */
 export const KEEPALIVE_MS = WIRE_TIMEOUT_MS / 3;
 
+/** Local senders' keys start here (senderKey): below every charge, apart from NIC ids. */
+const LOCAL_KEY = -(2 ** 42);
+
 export class Delivery {
   /** A queued delivery's metadata, in hand. */
   private readonly queued = new Int32Array(META_WORDS);
@@ -101,8 +106,8 @@ export class Delivery {
     private readonly links: LinkTable,
     private readonly clock: NicClock,
     private readonly c: Float64Array,
-    /** Endpoint → its QoS share slot (qos.ts): a local sender's domain. */
-    private readonly shareOf: Int32Array,
+    /** Endpoint → its domain, as what it has out is charged (qos.ts chargeOf): a local sender. */
+    private readonly chargeOf: Float64Array,
   ) {}
 
   /**
@@ -172,20 +177,25 @@ export class Delivery {
 
   /**
    * Who sent `m`, as the queue's places are shared (the header): a sending NIC's id (≥ 0) for
-   * a delivery from another NIC, −1 − its share slot for one from an endpoint of this NIC.
+   * a delivery from another NIC; for one from an endpoint of this NIC, its domain (qos.ts
+   * chargeOf, within ±2^41) moved below −2^42.
    */
   private senderKey(m: Int32Array): number {
     const nic = m[M_SRC_NIC] >>> 0;
     if (nic !== this.nicId) return nic;
     const ep = m[M_SRC_EP] >>> 0;
     // Ours (directly, or over a loopback link): the sender is executing its SEND, so it is open.
-    return ep < this.eps.maxEndpoints ? -1 - this.shareOf[ep] : -1 - this.shareOf.length;
+    return LOCAL_KEY + (ep < this.eps.maxEndpoints ? this.chargeOf[ep] : 0);
   }
 
   /**
-   * The address block `m` came from, as a number (0: none: one of ours, or a link within this
-   * process): its 32-bit FNV-1a hash, kept on the link (two blocks that collide share their
-   * places, as one machine's NICs do; a table of blocks seen grew with every address ever linked).
+   * The address block `m` came from, as a number: its 32-bit FNV-1a hash, kept on the link (two
+   * blocks that collide share their places; a table of blocks seen grew with every address ever
+   * linked). The block is the one a listener shares its handshakes by (address-block.ts
+   * handshakeBlock: an IPv4 /24, an IPv6 /48): per address (an IPv6 /64), four /64s of one /48
+   * took 31 places and five all 32. 0, no block rule: one of ours, a link within this process,
+   * or this machine's own (loopback: its NICs are its host's, whose key holders share it anyway;
+   * counted as one block, three honest hosts of one machine shut the third out).
    */
   private senderBlock(m: Int32Array): number {
     const nic = m[M_SRC_NIC] >>> 0;
@@ -194,8 +204,8 @@ export class Delivery {
     if (ls === undefined) return 0;
     if (ls.blockId < 0) {
       const address = ls.link.address ?? "";
-      if (address === "") ls.blockId = 0;
-      else ls.blockId = ownerTag(addressBlock(address)) || 1;
+      const block = address === "" ? "loopback" : handshakeBlock(address);
+      ls.blockId = block === "loopback" ? 0 : ownerTag(block) || 1;
     }
     return ls.blockId;
   }

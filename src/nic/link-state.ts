@@ -82,6 +82,8 @@ export function sendWindowFor(maxEndpoints: number): number {
 
 /** Destination endpoint ids above MX's (256) share one last bucket: they are refused anyway. */
 const DEST_BUCKETS = 257;
+/** destShareOut's key: charge × CHARGE_KEY + bucket (exact: charges are within ±2^41). */
+const CHARGE_KEY = 512;
 /** PULL jobs this NIC serves concurrently per link; the requesting side keeps at most as many outstanding. */
 export const PULL_JOBS_PER_LINK = 64;
 
@@ -160,6 +162,8 @@ export class LinkState {
   readonly sSession: Uint32Array;
   readonly sLen: Uint32Array;
   readonly sDest: Uint16Array;
+  /** The sending domain (qos.ts chargeOf) each SEND was charged to (destShareOut). */
+  readonly sShare: Float64Array;
   readonly sDeadline: Float64Array;
   /**
    * The latest its deadline may move to: the receiver's keepalives (PENDING SEND_ACKs) stop
@@ -168,10 +172,14 @@ export class LinkState {
   readonly sHoldEnd: Float64Array;
   /** Per destination endpoint (bucket): SENDs to it awaiting their ACK. */
   private readonly destOut = new Uint16Array(DEST_BUCKETS);
-  /** Per destination (bucket): the share slot of the domain that has all of them, while one does. */
-  private readonly destSole = new Int32Array(DEST_BUCKETS);
-  /** Per destination (bucket): 1 once SENDs of more than one domain await their ACK (until none do). */
-  private readonly destMixed = new Uint8Array(DEST_BUCKETS);
+  /**
+   * Per destination (bucket) and sending domain (qos.ts chargeOf): its SENDs awaiting their
+   * ACK, only the nonzero ones (key share × CHARGE_KEY + bucket). Counted as SENDs go and
+   * complete, as each was charged (sShare): a scan of the window per stalled queue head took a
+   * NIC of 256 endpoints 4 ms a round, and a closed endpoint's SENDs were charged to the next
+   * domain given its id.
+   */
+  private readonly destShareOut = new Map<number, number>();
   /** Per sending endpoint of this NIC (ids < MAX_ENDPOINTS_LIMIT): its SENDs awaiting their ACK. */
   private readonly srcOut = new Uint16Array(MAX_ENDPOINTS_LIMIT);
 
@@ -246,6 +254,7 @@ export class LinkState {
     this.sSession = new Uint32Array(w);
     this.sLen = new Uint32Array(w);
     this.sDest = new Uint16Array(w);
+    this.sShare = new Float64Array(w);
     this.sDeadline = new Float64Array(w);
     this.sHoldEnd = new Float64Array(w);
   }
@@ -269,31 +278,23 @@ export class LinkState {
   /**
    * Whether endpoint `srcEp`'s SEND to endpoint `destEp` may go now: the window and both
    * endpoints' shares have room, and the destination's credits are shared by domain
-   * (`share`: srcEp's QoS share slot). A domain alone may take all but one of them (kept for a
+   * (`share`: who srcEp's SENDs are charged to, qos.ts chargeOf). A domain alone may take all but one of them (kept for a
    * newcomer); once two hold some, they are shared as a busy receiver's places are
    * (hold-share.ts mayHold). Per destination only, a guest whose SENDs to a receiver that held
    * them (its NIC holds a host's 24 for 5 s) took all 32 credits, and a neighbour's SEND to
    * that receiver waited at the head of its queue, its traffic to every other host behind it
    * (6 ms honest, 812 ms under such a flood: a reviewer's measure).
    */
-  canSend(srcEp: number, destEp: number, share: number, shareOf: Int32Array): boolean {
+  canSend(srcEp: number, destEp: number, share: number): boolean {
     if (this.sends.full || this.srcOut[srcEp] >= SRC_CREDITS) return false;
     const b = LinkState.bucket(destEp);
     const out = this.destOut[b];
     if (out < DEST_CREDITS - HOLD_RESERVE) return true;
     if (out >= DEST_CREDITS) return false;
-    if (this.destMixed[b] === 0 && this.destSole[b] === share) return out < DEST_CREDITS - 1;
-    return mayHold(this.destHeldBy(b, share, shareOf), DEST_CREDITS - out);
-  }
-
-  /** SENDs of domain `share` to destination bucket `b` awaiting their ACK (a scan: only when its credits run short among several domains). */
-  private destHeldBy(b: number, share: number, shareOf: Int32Array): number {
-    if (this.destMixed[b] === 0) return this.destSole[b] === share ? this.destOut[b] : 0;
-    const t = this.sends;
-    let held = 0;
-    for (let i = 0; i < t.capacity; i++)
-      if (t.used[i] !== 0 && this.sDest[i] === b && shareOf[this.sEp[i]] === share) held++;
-    return held;
+    const held = this.destShareOut.get(share * CHARGE_KEY + b) ?? 0;
+    // Alone: all but one.
+    if (held === out) return out < DEST_CREDITS - 1;
+    return mayHold(held, DEST_CREDITS - out);
   }
 
   /** Whether endpoint `destEp`'s share of the window is taken (after canSend said no: which counter). */
@@ -318,10 +319,9 @@ export class LinkState {
   ): number {
     const i = this.sends.take();
     const dest = LinkState.bucket(destEp);
-    if (this.destOut[dest] === 0) {
-      this.destSole[dest] = share;
-      this.destMixed[dest] = 0;
-    } else if (this.destSole[dest] !== share) this.destMixed[dest] = 1;
+    const key = share * CHARGE_KEY + dest;
+    this.destShareOut.set(key, (this.destShareOut.get(key) ?? 0) + 1);
+    this.sShare[i] = share;
     this.sEp[i] = ep;
     this.sSession[i] = session;
     this.sCookie[i] = cookie;
@@ -344,8 +344,13 @@ export class LinkState {
   /** Frees slot i: its SEND completed (acknowledged, timed out, or its link is gone). */
   completeSend(i: number): void {
     if (this.sends.release(i)) {
-      this.destOut[this.sDest[i]]--;
+      const dest = this.sDest[i];
+      this.destOut[dest]--;
       this.srcOut[this.sEp[i]]--;
+      const key = this.sShare[i] * CHARGE_KEY + dest;
+      const n = (this.destShareOut.get(key) ?? 1) - 1;
+      if (n > 0) this.destShareOut.set(key, n);
+      else this.destShareOut.delete(key);
     }
   }
 }

@@ -233,10 +233,10 @@ export class Nic {
     const table = (this.linkTable = new LinkTable(c, clock));
     this.dma = new DmaEngine(this.tpt, rights, events, c);
     const qos = (this.qos = new QosScheduler(maxEndpoints, c));
-    this.delivery = new Delivery(nicId, eps, this.tpt, events, table, clock, c, qos.slotOf);
+    this.delivery = new Delivery(nicId, eps, this.tpt, events, table, clock, c, qos.chargeOf);
     this.connector = new Connector(nicId, eps, events, table, clock, c);
     this.remotePull = new RemotePull(nicId, eps, this.tpt, rights, this.dma, events, table, clock, c, qos);
-    this.send = new SendEngine(nicId, eps, this.tpt, events, this.delivery, table, clock, c, qos.slotOf);
+    this.send = new SendEngine(nicId, eps, this.tpt, events, this.delivery, table, clock, c, qos.chargeOf);
     this.ether = new EtherService(nicId, table, events, clock, c);
     this.links = new Links(
       nicId,

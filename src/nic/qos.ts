@@ -117,6 +117,14 @@ export class QosScheduler {
   readonly deficit: Float64Array;
   /** Endpoint → its share slot; CLOSED for a context not open. */
   readonly slotOf: Int32Array;
+  /**
+   * Endpoint → who is charged for what it has out (a link's credits, a receiver's held places:
+   * link-state.ts, delivery.ts): its group (the domain) if it has one, else a number of its
+   * own opening (< 0). Not the slot: slots are reused as domains come and go, and a closed
+   * endpoint's SENDs still out were charged to the next domain given its slot.
+   */
+  readonly chargeOf: Float64Array;
+  private openings = 0;
   /** Per slot: its group (−1: none, a slot of one endpoint), and how many open endpoints share it. */
   private readonly slotGroup: Float64Array;
   private readonly slotRefs: Int32Array;
@@ -154,6 +162,7 @@ export class QosScheduler {
     // A context never opened (or closed) pays nothing: its engines refuse what names it.
     this.deficit = new Float64Array(slots).fill(Number.POSITIVE_INFINITY);
     this.slotOf = new Int32Array(maxEndpoints).fill(this.CLOSED);
+    this.chargeOf = new Float64Array(maxEndpoints);
     this.slotGroup = new Float64Array(slots).fill(-1);
     this.slotRefs = new Int32Array(slots);
     this.earnedIn = new Float64Array(slots).fill(-1);
@@ -171,6 +180,7 @@ export class QosScheduler {
    */
   opened(id: number, group: number | undefined, now: number): void {
     this.closed(id);
+    this.chargeOf[id] = group ?? -++this.openings;
     if (group !== undefined) {
       for (let slot = 0; slot < this.CLOSED; slot++) {
         if (this.slotRefs[slot] > 0 && this.slotGroup[slot] === group) {

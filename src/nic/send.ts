@@ -100,8 +100,8 @@ export class SendEngine {
     private readonly links: LinkTable,
     private readonly clock: NicClock,
     private readonly c: Float64Array,
-    /** Endpoint → its QoS share slot (qos.ts): its domain, which a link's credits are shared by. */
-    private readonly shareOf: Int32Array,
+    /** Endpoint → its domain as a link's credits are shared (qos.ts chargeOf). */
+    private readonly chargeOf: Float64Array,
   ) {}
 
   // ---- SEND descriptors out -----------------------------------------------------------------
@@ -167,8 +167,8 @@ export class SendEngine {
       else this.links.armWireTimer();
       return len;
     }
-    const share = this.shareOf[ctx.id];
-    if (!ls.canSend(ctx.id, d[D_DEST_ENDPOINT], share, this.shareOf)) {
+    const share = this.chargeOf[ctx.id];
+    if (!ls.canSend(ctx.id, d[D_DEST_ENDPOINT], share)) {
       // The window, this domain's share of the destination endpoint's credits or this
       // endpoint's own is full: this one waits in the queue. Other endpoints' SENDs (their own
       // queues) go on.
