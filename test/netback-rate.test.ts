@@ -49,6 +49,14 @@ function bound(seconds: number): number {
   return Math.ceil(CAP * seconds + CAP * (VIF_RATE_WINDOW_USEC / 1e6) * 2 + MAX_FRAME);
 }
 
+/** That `moved` bytes in `seconds` kept to the rate (bound). */
+function withinRate(moved: number, seconds: number, what = ""): void {
+  assert.ok(
+    moved <= bound(seconds),
+    `${moved} bytes in ${seconds.toFixed(2)} s${what}, over the rate's ${bound(seconds)}`,
+  );
+}
+
 /** The victim: a guest whose MAC the bridge has learned (else frames to it are floods, under storm control). */
 async function victim() {
   const v = await startNetAgent(host, "victim");
@@ -84,10 +92,7 @@ test("a guest with a tx cap floods a neighbour's vif with unicast no faster than
     const last = vifOf()!;
     const elapsed = (performance.now() - t0) / 1000;
     const moved = last.txBytes - b0;
-    assert.ok(
-      moved <= bound(elapsed),
-      `${moved} bytes in ${elapsed.toFixed(2)} s, over the rate's ${bound(elapsed)}`,
-    );
+    withinRate(moved, elapsed);
     assert.ok(last.txRateHeld > first.txRateHeld, "netback held its TX for the next window");
     assert.ok(host.netStats().totals.txRateHeld >= last.txRateHeld, "counted in the totals too");
   } finally {
@@ -114,10 +119,7 @@ test("a cap set on a running guest (Host.setQos) reaches its connected vif at on
     await new Promise((r) => setTimeout(r, 1000));
     const moved = txOf(flooder.domid) - b0;
     const elapsed = (performance.now() - t0) / 1000;
-    assert.ok(
-      moved <= bound(elapsed),
-      `${moved} bytes in ${elapsed.toFixed(2)} s, over the rate's ${bound(elapsed)}`,
-    );
+    withinRate(moved, elapsed);
   } finally {
     await flooder.destroy();
     await v.dom.destroy();
@@ -143,10 +145,7 @@ test("a capped guest that re-opens its vif after every burst gets no fresh credi
     const { reconnects } = exit.result as { reconnects: number };
     assert.ok(reconnects > 5, `it re-opened its vif (${reconnects} times)`);
     const moved = txOf(g.domid) - b0;
-    assert.ok(
-      moved <= bound(elapsed),
-      `${moved} bytes in ${elapsed.toFixed(2)} s over ${reconnects} reopens, over the rate's ${bound(elapsed)}`,
-    );
+    withinRate(moved, elapsed, ` over ${reconnects} reopens`);
   } finally {
     await g.destroy().catch(() => undefined);
     await v.dom.destroy();

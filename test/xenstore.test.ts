@@ -771,16 +771,21 @@ test("a watch's path and token fit one request payload", () => {
   s.watch(1, "data", "t".repeat(1000), () => {});
 });
 
-test("watch events wait within a domain's window, one per path and token, merged per watch past the backlog; all go out as it takes them", async () => {
+/** A WatchEventSender on a credit word of its own: what it posted, and how many it merged (merged.n). */
+function watchSender() {
   const credit = new SharedArrayBuffer(XS_CREDIT_BYTES);
-  const taken = new Int32Array(credit);
   const posted: { path: string; token: string }[] = [];
-  let merged = 0;
+  const merged = { n: 0 };
   const w = new WatchEventSender(
     credit,
     (e) => posted.push(e),
-    () => merged++,
+    () => merged.n++,
   );
+  return { w, taken: new Int32Array(credit), posted, merged };
+}
+
+test("watch events wait within a domain's window, one per path and token, merged per watch past the backlog; all go out as it takes them", async () => {
+  const { w, taken, posted, merged } = watchSender();
   for (let i = 0; i < XS_EVENT_WINDOW; i++) w.send(`/d/${i}`, "t", "/d");
   assert.equal(posted.length, XS_EVENT_WINDOW);
   assert.equal(w.inFlight, XS_EVENT_WINDOW);
@@ -793,7 +798,7 @@ test("watch events wait within a domain's window, one per path and token, merged
   // Past the backlog, new paths become one event at the watch's own path.
   for (let i = 0; i < 100; i++) w.send(`/d/past/${i}`, "t", "/d");
   assert.equal(w.waiting, XS_EVENT_BACKLOG + 1);
-  assert.equal(merged, 100);
+  assert.equal(merged.n, 100);
   assert.equal(posted.length, XS_EVENT_WINDOW, "nothing more posted while nothing is taken");
   // The guest takes what it has: the rest goes out, a window at a time.
   while (w.waiting > 0) {
@@ -811,15 +816,7 @@ test("watch events wait within a domain's window, one per path and token, merged
 });
 
 test("watch events of long paths wait within the window's and the backlog's characters too (a guest watching 3,000-character paths had ~9 MB of the host's waiting)", async () => {
-  const credit = new SharedArrayBuffer(XS_CREDIT_BYTES);
-  const taken = new Int32Array(credit);
-  const posted: { path: string; token: string }[] = [];
-  let merged = 0;
-  const w = new WatchEventSender(
-    credit,
-    (e) => posted.push(e),
-    () => merged++,
-  );
+  const { w, taken, posted, merged } = watchSender();
   const long = (i: number) => `/d/${String(i).padStart(6, "0")}/${"p".repeat(3000)}`;
   for (let i = 0; i < 2000; i++) w.send(long(i), "tok", "/d");
   const postedChars = posted.reduce((n, e) => n + e.path.length + e.token.length, 0);
@@ -829,7 +826,7 @@ test("watch events of long paths wait within the window's and the backlog's char
     w.waitingBytes <= XS_EVENT_BACKLOG_BYTES + "/d".length + "tok".length,
     `${w.waitingBytes} characters waiting`,
   );
-  assert.ok(merged > 0, "past the backlog's characters, one event at the watch's path");
+  assert.ok(merged.n > 0, "past the backlog's characters, one event at the watch's path");
   // All of it still reaches the guest as it takes what it has, the merged one last.
   while (w.waiting > 0) {
     Atomics.store(taken, 0, posted.length);
