@@ -351,7 +351,12 @@ export class VifDevices {
         );
       // Its TX rate, followed while the vif lives (Linux's xen-netback watches it too:
       // xen_net_rate_changed); a reconnect keeps the window and the debt it had.
-      v.unwatchRate ??= await this.followRate(v);
+      if (v.unwatchRate === undefined) {
+        const unwatch = await this.followRate(v);
+        // Forgotten meanwhile (a reopen, the device removed): forget found no watch to remove.
+        if (this.vifs.get(v.key) !== v || v.unwatchRate !== undefined) await unwatch();
+        else v.unwatchRate = unwatch;
+      }
       const txRef = keys[NetifKey.txRingRef];
       const rxRef = keys[NetifKey.rxRingRef];
       const evt = keys[NetifKey.eventChannel];
