@@ -277,10 +277,10 @@ export class LinkState {
 
   /**
    * Whether endpoint `srcEp`'s SEND to endpoint `destEp` may go now: the window and both
-   * endpoints' shares have room, and the destination's credits are shared by domain
-   * (`share`: who srcEp's SENDs are charged to, qos.ts chargeOf). A domain alone may take all but one of them (kept for a
-   * newcomer); once two hold some, they are shared as a busy receiver's places are
-   * (hold-share.ts mayHold). Per destination only, a guest whose SENDs to a receiver that held
+   * endpoints' shares have room, and the destination's credits are shared by domain (`share`:
+   * who srcEp's SENDs are charged to, qos.ts chargeOf). A domain alone may take all but one of
+   * them (kept for a newcomer); once two hold some, they are shared as a busy receiver's
+   * places are (hold-share.ts mayHold). Per destination only, a guest whose SENDs to a receiver that held
    * them (its NIC holds a host's 24 for 5 s) took all 32 credits, and a neighbour's SEND to
    * that receiver waited at the head of its queue, its traffic to every other host behind it
    * (6 ms honest, 812 ms under such a flood: a reviewer's measure).
