@@ -53,7 +53,7 @@ export class Completion {
     // that lost it while in flight, or a receive whose bounce copy-out would find it gone.
     if (
       req.kind === "send"
-        ? req.buffer.length < req.msgLength
+        ? !req.staged && req.buffer.length < req.msgLength
         : req.bounce !== undefined && xfer > req.buffer.length
     )
       req.lostBuffer = true;

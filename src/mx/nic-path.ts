@@ -243,6 +243,8 @@ export class NicRecords implements NicRecordSink {
     } else {
       len = req.buffer.length;
       if (len > 0) copyBytes(st.bytes, at, req.buffer, 0, len);
+      // What goes (and goes again, busy-retries.ts) is this copy.
+      req.staged = true;
       this.ctx.counters.eager++;
     }
     if (req.sync || req.rndv) this.sends.add(req);

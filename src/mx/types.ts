@@ -113,6 +113,8 @@ export class MxRequest implements MxStatusInfo {
   xp = -1;
   /** @internal Its buffer was resized or detached while in flight (codes.ts checkBuffer): it completes ABORTED. */
   lostBuffer = false;
+  /** @internal A send whose whole payload was copied when it left (a NIC staging slot): its buffer lost after that cost the receiver nothing. */
+  staged = false;
   /** @internal mx_forget: completes as it would, but is never reported (nor kept for test/wait). */
   forgotten = false;
   /** @internal Revoking: the status and length it completes with once the NIC lets go. */
