@@ -152,8 +152,8 @@ export class Delivery {
     const block = this.senderBlock(m);
     const free = DELIVERY_QUEUE - ctx.dqCount;
     if (
-      !mayHold(this.heldBy(ctx, key), free) ||
-      (block !== 0 && !mayHold(this.heldFrom(ctx, block), free, ADDRESS_RESERVE))
+      !mayHold(this.heldAs(ctx, ctx.dqKey, key), free) ||
+      (block !== 0 && !mayHold(this.heldAs(ctx, ctx.dqBlock, block), free, ADDRESS_RESERVE))
     ) {
       this.c[NicCounter.delivery_rejected]++;
       this.c[ctx.base + EndpointCounter.delivery_rejected]++;
@@ -210,18 +210,10 @@ export class Delivery {
     return ls.blockId;
   }
 
-  /** How many of ctx's queued deliveries came from address block `block`. */
-  private heldFrom(ctx: EndpointContext, block: number): number {
+  /** How many of ctx's queued deliveries have `value` in `words` (dqKey: the sender's, dqBlock: its network's). */
+  private heldAs(ctx: EndpointContext, words: Float64Array, value: number): number {
     let held = 0;
-    for (let q = 0; q < ctx.dqCount; q++)
-      if (ctx.dqBlock[(ctx.dqHead + q) % DELIVERY_QUEUE] === block) held++;
-    return held;
-  }
-
-  /** How many of ctx's queued deliveries are `key`'s. */
-  private heldBy(ctx: EndpointContext, key: number): number {
-    let held = 0;
-    for (let q = 0; q < ctx.dqCount; q++) if (ctx.dqKey[(ctx.dqHead + q) % DELIVERY_QUEUE] === key) held++;
+    for (let q = 0; q < ctx.dqCount; q++) if (words[(ctx.dqHead + q) % DELIVERY_QUEUE] === value) held++;
     return held;
   }
 

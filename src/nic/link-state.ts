@@ -129,7 +129,8 @@ export const PULL_LINK_SHARE = PULL_JOBS_PER_LINK / 2;
 
 /** Whether a domain holding `held` of a link's pulls may ask for another while `free` of its jobs are free (PULL_LINK_SHARE). */
 export function pullMayGo(held: number, free: number): boolean {
-  return held === 0 ? free > 0 : free >= held + 2;
+  // hold-share.ts's rule with no cap on what stays free.
+  return mayHold(held, free, Number.POSITIVE_INFINITY);
 }
 
 /** Bytes one job may send per visit (jobs of a link take turns; a visit ends early on back-pressure). */
