@@ -31,6 +31,7 @@ import { createConnection, createServer, type Socket } from "node:net";
 import { parentPort, workerData } from "node:worker_threads";
 import { LINKED_SLICE_MS } from "../nic/nic.js";
 import { POLL_AFTER_EVENTS_MS, POLL_AFTER_FRAMES_MS } from "../nic/poll-budget.js";
+import { adoptPooledReads, ReadPool, SpareReadBuffers } from "../nic/tcp-read-pool.js";
 import { copyBytes } from "../xen/copy.js";
 import { adaptiveWait, DEFAULT_SPIN_US } from "../xen/wait.js";
 
@@ -310,6 +311,9 @@ interface Frame {
   parts: Buffer[];
 }
 
+/** Read buffers a chain NIC keeps for reuse, as many as a MX NIC's links (nic/tcp-link.ts TCP_READ_SPARES). */
+const CHAIN_READ_SPARES = 16;
+
 /** Frames held back (rx ring full) beyond which the socket is paused: bounded memory. */
 const MAX_HELD_BYTES = 16 * 1024 * 1024;
 
@@ -339,6 +343,10 @@ function nic(role: "nic-a" | "nic-b", corrupt: boolean): void {
   let curHave = 0;
   const hdr = Buffer.alloc(4);
   let hdrHave = 0;
+  // Reads go into buffers used again, as the MX NIC's bulk connection reads (nic/tcp-read-pool.ts);
+  // a buffer goes back when no frame part in it waits for the ring any more.
+  const pool = new ReadPool(new SpareReadBuffers(CHAIN_READ_SPARES));
+  const uses = new Map<ArrayBufferLike, number>();
 
   const onData = (chunk: Buffer): void => {
     let i = 0;
@@ -354,7 +362,10 @@ function nic(role: "nic-a" | "nic-b", corrupt: boolean): void {
         curHave = 0;
       }
       const n = Math.min(cur.len - curHave, chunk.length - i);
-      if (n > 0) cur.parts.push(chunk.subarray(i, i + n));
+      if (n > 0) {
+        cur.parts.push(chunk.subarray(i, i + n));
+        uses.set(chunk.buffer, (uses.get(chunk.buffer) ?? 0) + 1);
+      }
       curHave += n;
       i += n;
       if (curHave === cur.len) {
@@ -364,6 +375,8 @@ function nic(role: "nic-a" | "nic-b", corrupt: boolean): void {
       }
     }
     deliver();
+    // A read that left no part waiting (its frames went to the ring, or it held only a prefix) goes back now.
+    if (!uses.has(chunk.buffer)) pool.give(chunk);
     if (heldBytes > MAX_HELD_BYTES) sock?.pause();
     kick();
   };
@@ -379,6 +392,12 @@ function nic(role: "nic-a" | "nic-b", corrupt: boolean): void {
       for (const p of f.parts) {
         copyBytes(rx, off, p, 0, p.length);
         off += p.length;
+        const left = (uses.get(p.buffer) ?? 1) - 1;
+        if (left > 0) uses.set(p.buffer, left);
+        else {
+          uses.delete(p.buffer);
+          pool.give(p);
+        }
       }
       if (corrupt && f.len > 0) rx[slot * stride + (f.len >> 1)] ^= 0xff;
       Atomics.store(ctrl, C_RX_LENS + slot, f.len);
@@ -505,10 +524,16 @@ function nic(role: "nic-a" | "nic-b", corrupt: boolean): void {
     }
   }
 
-  const attach = (s: Socket): void => {
+  const attach = (given: Socket): void => {
+    const pooled = adoptPooledReads(given, pool, onData);
+    const s = pooled?.socket ?? given;
     sock = s;
     s.setNoDelay(true);
-    s.on("data", onData);
+    if (pooled === null) s.on("data", onData);
+    else {
+      if (pooled.buffered.length > 0) onData(pooled.buffered);
+      s.resume();
+    }
     s.on("drain", kick);
     s.on("error", (e) => {
       if (running) throw e;

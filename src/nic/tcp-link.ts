@@ -69,6 +69,7 @@ import type net from "node:net";
 import { checkFrame, F_LENGTH, FRAME_HEADER_BYTES, FRAME_MAX, FrameType, getWord } from "./frame.js";
 import type { Link } from "./link.js";
 import { LANE_BULK, LANE_MAIN } from "./tcp-handshake.js";
+import { adoptPooledReads, ReadPool, SpareReadBuffers } from "./tcp-read-pool.js";
 
 /** Default write-buffer mark above which send() pushes back (32 full frames). */
 export const TCP_LINK_HIGH_WATER = 32 * FRAME_MAX;
@@ -103,6 +104,14 @@ export const TCP_BULK_QUEUE = 256 * 1024;
  * in the kernel, under TCP's flow control, as it would for a peer that ignores its window.
  */
 export const TCP_BULK_RX_QUEUE = 2 * TCP_BULK_WINDOW;
+/**
+ * Parsed bulk read buffers (64 KiB each) kept for the next reads, by all the links of this
+ * thread (a NIC's) together: a cross-host stream has up to 16 chunks read and not yet parsed
+ * at once (with 4 kept, one read in five made a new buffer), and a NIC of many links holds no
+ * more than this for them when they are quiet.
+ */
+const TCP_READ_SPARES = 16;
+const spareReadBuffers = new SpareReadBuffers(TCP_READ_SPARES);
 /**
  * Lent frame buffers per link at most: the bulk window and queue (768 KiB, 12 full frames) plus
  * writes the kernel has not taken yet. Beyond, lend() answers null and frames are copied.
@@ -285,6 +294,12 @@ export class TcpLink implements Link {
    * resuming the socket for every chunk cost two or three epoll_ctl calls each.
    */
   private readonly bulkRxQ: Buffer[] = [];
+  /** The buffers the bulk connection reads into (given back as each chunk is parsed). */
+  private readonly readPool = new ReadPool(spareReadBuffers);
+  /** The bulk connection (the socket given, or the one that took over its handle to read into readPool). */
+  private readonly bulk: net.Socket;
+  /** The bulk connection reads into readPool (false: node:net's 'data' events, tcp-read-pool.ts says when). */
+  readonly readsPooled: boolean;
   private bulkRxQBytes = 0;
   /** A bulk chunk was parsed in this turn of the event loop: the next waits for nextBulkTurn. */
   private bulkTurnTaken = false;
@@ -325,9 +340,17 @@ export class TcpLink implements Link {
     readonly peerNic: number,
     rest: Buffer,
     options: TcpLinkOptions,
-    private readonly bulk: net.Socket,
+    bulk: net.Socket,
     bulkRest: Buffer,
   ) {
+    // The bulk connection's reads go into buffers used again (tcp-read-pool.ts), where node:net lets it.
+    const pooled = adoptPooledReads(bulk, this.readPool, (chunk) => this.onBulkChunk(chunk));
+    this.readsPooled = pooled !== null;
+    if (pooled !== null) {
+      bulk = pooled.socket;
+      if (pooled.buffered.length > 0) bulkRest = Buffer.concat([bulkRest, pooled.buffered]);
+    } else bulk.on("data", (chunk: Buffer) => this.onBulkChunk(chunk));
+    this.bulk = bulk;
     this.hwm = options.highWaterMark ?? TCP_LINK_HIGH_WATER;
     this.bulkWindow = Math.max(FRAME_MAX + 4, options.bulkWindow ?? TCP_BULK_WINDOW);
     this.bulkQueueMark = Math.max(FRAME_MAX + 4, options.bulkQueue ?? TCP_BULK_QUEUE);
@@ -339,7 +362,6 @@ export class TcpLink implements Link {
     socket.setNoDelay(true);
     bulk.setNoDelay(true);
     socket.on("data", (chunk: Buffer) => this.onData(this.mainRx, chunk));
-    bulk.on("data", (chunk: Buffer) => this.onBulkChunk(chunk));
     socket.on("drain", () => {
       if (this.refused && !this.closed) {
         this.refused = false;
@@ -402,6 +424,7 @@ export class TcpLink implements Link {
     this.bulkTurnTaken = true;
     setImmediate(this.nextBulkTurn);
     this.onData(this.bulkRx, chunk);
+    this.readPool.give(chunk);
   }
 
   /** Received bulk bytes waiting for their turn to be parsed (TCP_BULK_RX_QUEUE bounds them). */
@@ -415,6 +438,7 @@ export class TcpLink implements Link {
       const chunk = this.bulkRxQ.shift()!;
       this.bulkRxQBytes -= chunk.length;
       this.onData(this.bulkRx, chunk);
+      this.readPool.give(chunk);
     }
   }
 

@@ -1,0 +1,120 @@
+/**
+ * Reads from a TCP socket into buffers the reader gives back, instead of a new one per read.
+ *
+ * Why: a socket's 'data' event brings each read (64 KiB at most) in a Buffer node:net has just
+ * allocated outside the V8 heap. On a link's bulk connection a cross-host stream makes 16 such
+ * buffers a MiB; the receiving NIC's isolate counted them as external memory and collected
+ * garbage for it — 230 scavenges "for external memory pressure" and 17 full collections in one
+ * `bench stream --scope cross-host --sizes 1M` (2 with pooled reads), their marking on the same
+ * two cores as the four threads of the chain. Read into buffers used again, that stream moved
+ * 21–26% more (and the bare chain, bench/chain-worker.ts, which reads the same way now, 17–35%).
+ *
+ * How: node:net's `onread` option (a buffer, or a function that returns the next one) is a
+ * constructor option only, so a socket node:net made for us — one `net.Server` accepted, or
+ * one that went through the link's handshake — is handed to a new `net.Socket` over the same
+ * handle, as node:net itself wraps an accepted handle. That takes node:net's `_handle`, not a
+ * documented field: where it is missing, or the socket has writes in flight, adoptPooledReads
+ * answers null and the caller keeps the socket as it is ('data' events, as before).
+ *
+ * The two socket objects stay paired: the old one never touches the handle again, and each
+ * one's close destroys the other, so whoever holds the old one (a listener's list of its
+ * sockets, whose destroy() is the listener's close; node:net's count of a server's
+ * connections) sees it close when the connection does, and closing it still closes it.
+ */
+import net from "node:net";
+
+/** Bytes a read takes at most: node:net's own read size (it suggests 64 KiB to libuv). */
+export const READ_BYTES = 64 * 1024;
+
+/**
+ * Read buffers waiting to be used again, shared by the sockets of one thread (a NIC's links):
+ * at most `keep`, so what a thread holds for reads it is not doing is bounded however many
+ * links it has; beyond, a buffer given back is left to the garbage collector.
+ */
+export class SpareReadBuffers {
+  readonly list: ArrayBuffer[] = [];
+  constructor(readonly keep: number) {}
+}
+
+/**
+ * The buffers one socket reads into: taken from the thread's spares (or made), given back
+ * once what was read into them is parsed. A buffer the socket still holds when it closes goes
+ * with this pool, never to another socket.
+ */
+export class ReadPool {
+  /** Every buffer this pool handed out and not yet got back (so a stranger's is never kept). */
+  private readonly out = new Set<ArrayBuffer>();
+
+  constructor(private readonly spares: SpareReadBuffers) {}
+
+  /** The buffer the next read goes into. */
+  take(): Buffer {
+    const ab = this.spares.list.pop() ?? new ArrayBuffer(READ_BYTES);
+    this.out.add(ab);
+    return Buffer.from(ab, 0, READ_BYTES);
+  }
+
+  /** A chunk read into one of this pool's buffers is parsed: the buffer may take a read again. */
+  give(chunk: Uint8Array): void {
+    const ab = chunk.buffer as ArrayBuffer;
+    if (!this.out.delete(ab)) return;
+    if (this.spares.list.length < this.spares.keep) this.spares.list.push(ab);
+  }
+
+  /** Buffers handed out and not given back (for tests). */
+  get outstanding(): number {
+    return this.out.size;
+  }
+}
+
+interface HandleHolder {
+  _handle?: { readStart?: unknown; readStop?: unknown } | null;
+}
+
+/**
+ * `socket` (connected, paused, nothing listening for 'data') as a socket that reads into
+ * `pool`'s buffers and hands each read to `onChunk` — `chunk` lies in a buffer of the pool,
+ * valid until given back with pool.give(chunk). Answers the new socket, paused (resume() to
+ * read), and the bytes the old one had read and not yet handed out (they come first); or null
+ * where the socket cannot be adopted (see the header), `socket` untouched.
+ */
+export function adoptPooledReads(
+  socket: net.Socket,
+  pool: ReadPool,
+  onChunk: (chunk: Buffer) => void,
+): { socket: net.Socket; buffered: Buffer } | null {
+  const holder = socket as unknown as HandleHolder;
+  const handle = holder._handle;
+  if (
+    handle == null ||
+    typeof handle.readStart !== "function" ||
+    typeof handle.readStop !== "function" ||
+    socket.destroyed ||
+    socket.connecting ||
+    socket.writableLength > 0 ||
+    socket.readableFlowing === true
+  )
+    return null;
+  // What node:net read before the handover is in the old socket's buffer: it comes first.
+  const parts: Buffer[] = [];
+  for (let b = socket.read() as Buffer | null; b !== null; b = socket.read() as Buffer | null) parts.push(b);
+  const buffered = parts.length === 1 ? parts[0] : Buffer.concat(parts);
+  const adopted = new net.Socket({
+    handle,
+    // Not reading until the owner resumes it (the handshake's bytes are parsed first).
+    pauseOnCreate: true,
+    onread: {
+      buffer: () => pool.take(),
+      callback: (n: number, buf: Uint8Array) => {
+        onChunk(Buffer.from(buf.buffer, buf.byteOffset, n));
+        return true;
+      },
+    },
+  } as net.SocketConstructorOpts);
+  // The old socket lets go of the handle: its destroy() no longer closes the connection under
+  // the new one (the pairing below closes it instead).
+  holder._handle = null;
+  adopted.once("close", () => socket.destroy());
+  socket.once("close", () => adopted.destroy());
+  return { socket: adopted, buffered };
+}

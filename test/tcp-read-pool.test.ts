@@ -1,0 +1,216 @@
+/**
+ * A link's bulk connection reads into buffers it uses again (src/nic/tcp-read-pool.ts): at
+ * both ends of a real loopback link the socket is adopted; pull data that waits for its turn
+ * in several chunks at once is not overwritten by later reads; the buffers come back; a socket
+ * that cannot be adopted is left as it was; and the two socket objects of an adopted
+ * connection close together, so a server's count of its connections still reaches zero.
+ */
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import { once } from "node:events";
+import net from "node:net";
+import { test } from "node:test";
+import { F_PULL_OFFSET, FRAME_HEADER_BYTES, FrameType, getWord } from "../src/nic/frame.js";
+import { TcpLink } from "../src/nic/tcp-link.js";
+import { connectTcpLink, listenTcpLinks } from "../src/nic/tcp-link-setup.js";
+import { adoptPooledReads, READ_BYTES, ReadPool, SpareReadBuffers } from "../src/nic/tcp-read-pool.js";
+import { SEND_MAX } from "../src/nic/window.js";
+import { linkFrame } from "./helpers/link-frames.js";
+import { until } from "./helpers/until.js";
+
+const KEY = randomBytes(32);
+const HOST = "127.0.0.1";
+const log = () => {};
+
+const internals = (l: TcpLink) =>
+  l as unknown as { bulk: net.Socket; readPool: ReadPool; bulkRxQueued: number; readsPooled: boolean };
+
+test("both ends of a link read bulk into pooled buffers; chunks waiting their turn together stay intact; the buffers come back", async () => {
+  const accepted: TcpLink[] = [];
+  const server = await listenTcpLinks({
+    nicId: 1,
+    key: KEY,
+    port: 0,
+    host: HOST,
+    log,
+    onLink: (l) => accepted.push(l),
+  });
+  const c = await connectTcpLink({
+    nicId: 2,
+    host: HOST,
+    port: server.port,
+    key: KEY,
+    log,
+    bulkWindow: 4 << 20,
+    bulkQueue: 4 << 20,
+  });
+  try {
+    await until(() => accepted.length === 1, "the accepted link");
+    const s = accepted[0];
+    assert.ok(c.readsPooled, "the dialer's bulk connection reads into its pool");
+    assert.ok(s.readsPooled, "the listener's (accepted) bulk connection reads into its pool");
+
+    const got: Buffer[] = [];
+    let parts: Buffer[] = [];
+    let mostWaiting = 0;
+    s.onFrame((f) => got.push(Buffer.from(f.subarray(FRAME_HEADER_BYTES))));
+    s.onPullData((_head, piece, at, total) => {
+      mostWaiting = Math.max(mostWaiting, internals(s).bulkRxQueued);
+      parts.push(Buffer.from(piece));
+      if (at + piece.length === total) {
+        got.push(Buffer.concat(parts));
+        parts = [];
+      }
+    });
+    // The receiver reads nothing while 2 MiB arrive: once it reads again, the kernel holds more
+    // than one read, so several chunks are read in one turn and wait, each in a buffer of the pool.
+    internals(s).bulk.pause();
+    const sent: Buffer[] = [];
+    for (let i = 0; i < 32; i++) {
+      const f = linkFrame(FrameType.PullReply, SEND_MAX, i);
+      f.set(randomBytes(SEND_MAX), FRAME_HEADER_BYTES);
+      sent.push(Buffer.from(f.subarray(FRAME_HEADER_BYTES)));
+      assert.ok(c.send(f), `frame ${i} queued`);
+    }
+    await new Promise((r) => setTimeout(r, 100));
+    internals(s).bulk.resume();
+    await until(() => got.length === sent.length, "every frame", 30_000);
+    assert.ok(
+      mostWaiting > 0,
+      "chunks waited for their turn (the case where a buffer used again too soon would show)",
+    );
+    for (let i = 0; i < sent.length; i++) assert.ok(got[i].equals(sent[i]), `frame ${i} byte for byte`);
+    // Every chunk parsed went back: only the buffer of the next read is out.
+    await until(() => internals(s).bulkRxQueued === 0, "the queue parsed");
+    assert.equal(internals(s).readPool.outstanding, 1, "buffers handed out and not given back");
+  } finally {
+    c.close();
+    await server.close();
+  }
+});
+
+/** A server and a client connected over loopback: the accepted socket, paused. */
+async function pair() {
+  const server = net.createServer({ pauseOnConnect: true });
+  server.listen(0, HOST);
+  await once(server, "listening");
+  const port = (server.address() as net.AddressInfo).port;
+  const client = net.connect({ port, host: HOST });
+  const [accepted] = (await once(server, "connection")) as [net.Socket];
+  await once(client, "connect");
+  return { server, client, accepted };
+}
+
+test("adoptPooledReads: what the old socket had read comes first, the rest into the pool; closing the adopted one closes the old one and the server's count", async () => {
+  const { server, client, accepted } = await pair();
+  // Read by node:net and left in the old socket's buffer before the handover.
+  accepted.resume();
+  accepted.pause();
+  client.write("early bytes");
+  await until(() => accepted.readableLength > 0, "the early bytes in the old socket");
+  const pool = new ReadPool(new SpareReadBuffers(2));
+  const chunks: string[] = [];
+  const adopted = adoptPooledReads(accepted, pool, (chunk) => {
+    assert.equal(chunk.buffer.byteLength, READ_BYTES, "a read lies in a pool buffer");
+    chunks.push(chunk.toString());
+    pool.give(chunk);
+  });
+  assert.ok(adopted !== null);
+  assert.equal(adopted.buffered.toString(), "early bytes");
+  let oldClosed = false;
+  accepted.once("close", () => {
+    oldClosed = true;
+  });
+  client.write("later bytes");
+  await new Promise((r) => setTimeout(r, 50));
+  assert.deepEqual(chunks, [], "paused until resumed");
+  adopted.socket.resume();
+  await until(() => chunks.join("") === "later bytes", "the later bytes");
+  // Written through the adopted socket, read by the client.
+  adopted.socket.write("reply");
+  const [reply] = (await once(client, "data")) as [Buffer];
+  assert.equal(reply.toString(), "reply");
+  // The server's close waits for its connections: it completes only if the old socket closes too.
+  const closed = new Promise<void>((r) => server.close(() => r()));
+  adopted.socket.destroy();
+  await until(() => oldClosed, "the old socket's close");
+  await closed;
+  client.destroy();
+});
+
+test("adoptPooledReads: closing the old socket (as a listener closing all it accepted does) closes the adopted one", async () => {
+  const { server, client, accepted } = await pair();
+  const adopted = adoptPooledReads(accepted, new ReadPool(new SpareReadBuffers(1)), () => {});
+  assert.ok(adopted !== null);
+  adopted.socket.resume();
+  accepted.destroy();
+  await once(adopted.socket, "close");
+  await once(client, "close");
+  await new Promise<void>((r) => server.close(() => r()));
+});
+
+test("adoptPooledReads leaves a socket it cannot take as it was: destroyed, or with writes still queued", async () => {
+  const { server, client, accepted } = await pair();
+  accepted.cork();
+  accepted.write("queued, not written");
+  assert.equal(
+    adoptPooledReads(accepted, new ReadPool(new SpareReadBuffers(1)), () => {}),
+    null,
+  );
+  accepted.uncork();
+  const [got] = (await once(client, "data")) as [Buffer];
+  assert.equal(got.toString(), "queued, not written", "the socket still works");
+  accepted.destroy();
+  assert.equal(
+    adoptPooledReads(accepted, new ReadPool(new SpareReadBuffers(1)), () => {}),
+    null,
+  );
+  client.destroy();
+  await new Promise<void>((r) => server.close(() => r()));
+});
+
+test("a link whose bulk socket could not be adopted reads it as before ('data' events) and still carries bulk", async () => {
+  const main = await pair();
+  const bulk = await pair();
+  // Flowing already: adoptPooledReads will not take it (what it had read would be gone).
+  bulk.accepted.resume();
+  const s = new TcpLink(main.accepted, 1, 2, Buffer.alloc(0), { log }, bulk.accepted, Buffer.alloc(0));
+  const c = new TcpLink(main.client, 2, 1, Buffer.alloc(0), { log }, bulk.client, Buffer.alloc(0));
+  try {
+    assert.equal(s.readsPooled, false);
+    assert.equal(c.readsPooled, true, "a dialed socket is adopted");
+    const offsets: number[] = [];
+    s.onFrame((f) => offsets.push(getWord(f, F_PULL_OFFSET)));
+    assert.ok(c.send(linkFrame(FrameType.PullReply, 1000, 5)));
+    await until(() => offsets.length === 1, "the frame");
+    assert.deepEqual(offsets, [5]);
+  } finally {
+    c.close();
+    s.close();
+    for (const p of [main, bulk]) {
+      p.client.destroy();
+      await new Promise<void>((r) => p.server.close(() => r()));
+    }
+  }
+});
+
+test("read buffers kept for reuse are bounded per thread, however many sockets give them back; a pool keeps no stranger's buffer", () => {
+  const spares = new SpareReadBuffers(2);
+  const pools = [new ReadPool(spares), new ReadPool(spares), new ReadPool(spares)];
+  const taken = pools.map((p) => [p.take(), p.take(), p.take()]);
+  for (const [i, p] of pools.entries()) for (const b of taken[i]) p.give(b.subarray(0, 10));
+  assert.equal(spares.list.length, 2, "kept for reuse");
+  assert.deepEqual(
+    pools.map((p) => p.outstanding),
+    [0, 0, 0],
+  );
+  // A buffer one pool handed out is not another's to give back, nor a buffer from elsewhere.
+  const b = pools[0].take();
+  pools[1].give(b);
+  pools[1].give(Buffer.alloc(READ_BYTES));
+  assert.equal(pools[0].outstanding, 1);
+  assert.equal(spares.list.length, 1, "the kept one went out again; nothing came back");
+  pools[0].give(b);
+  pools[0].give(b);
+  assert.equal(spares.list.length, 2, "given back once");
+});
