@@ -1,6 +1,7 @@
 /**
  * One end of the raw-tcp baseline: a plain Node process (no MyriXen at all) exchanging
- * fixed-size messages with its twin over node:net on loopback, Nagle off. Started by
+ * fixed-size messages with its twin over node:net on loopback, Nagle off, reading into one
+ * buffer used again as the NICs' links read (nic/tcp-read-pool.ts). Started by
  * tcp-baseline.ts with fork() and kept for many batches, like an MX pair, so its runs can
  * interleave with the MX paths' runs.
  *
@@ -17,6 +18,7 @@
  * "stop" ends the process.
  */
 import { createConnection, createServer, type Socket } from "node:net";
+import { adoptPooledReads, ReadPool, SpareReadBuffers } from "../nic/tcp-read-pool.js";
 
 export type TcpSetup = { role: "server" } | { role: "client"; port: number };
 export interface TcpBatch {
@@ -42,14 +44,30 @@ class Counter {
   unit = 1;
   have = 0;
   onUnit: () => void = () => {};
-  attach(sock: Socket): void {
-    sock.on("data", (chunk: Buffer) => {
+  /**
+   * Counts what `sock` reads, into one buffer used again (nic/tcp-read-pool.ts), as the NICs'
+   * links read bulk: the socket to use from now on (node:net's 'data' where it cannot be adopted).
+   */
+  attach(sock: Socket): Socket {
+    const count = (chunk: Buffer) => {
       this.have += chunk.length;
       while (this.have >= this.unit) {
         this.have -= this.unit;
         this.onUnit();
       }
+    };
+    const pool = new ReadPool(new SpareReadBuffers(1));
+    const pooled = adoptPooledReads(sock, pool, (chunk) => {
+      count(chunk);
+      pool.give(chunk);
     });
+    if (pooled === null) {
+      sock.on("data", count);
+      return sock;
+    }
+    if (pooled.buffered.length > 0) count(pooled.buffered);
+    pooled.socket.resume();
+    return pooled.socket;
   }
 }
 
@@ -58,9 +76,8 @@ function server(): void {
   let conn: Socket | undefined;
   const srv = createServer((sock) => {
     sock.setNoDelay(true);
-    conn = sock;
-    counter.attach(sock);
-    sock.on("error", () => process.exit(1));
+    conn = counter.attach(sock);
+    conn.on("error", () => process.exit(1));
   });
   srv.listen(0, "127.0.0.1", () => {
     const addr = srv.address();
@@ -85,15 +102,19 @@ function server(): void {
 
 function client(port: number): void {
   const counter = new Counter();
-  const sock = createConnection({ port, host: "127.0.0.1" }, () => {
-    sock.setNoDelay(true);
-    send("connected");
-  });
-  counter.attach(sock);
-  sock.on("error", (e) => {
+  const failed = (e: Error) => {
     send({ error: e.message });
     process.exit(1);
+  };
+  const dialed = createConnection({ port, host: "127.0.0.1" }, () => {
+    dialed.setNoDelay(true);
+    // Adopted once connected (a connecting socket is not); nothing comes before the first batch.
+    sock = counter.attach(dialed);
+    sock.on("error", failed);
+    send("connected");
   });
+  dialed.on("error", failed);
+  let sock = dialed;
   process.on("message", (cmd: TcpCommand) => {
     if (cmd === "stop") {
       sock.end();
