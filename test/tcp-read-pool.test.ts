@@ -47,8 +47,8 @@ test("both ends of a link read bulk into pooled buffers; chunks waiting their tu
   try {
     await until(() => accepted.length === 1, "the accepted link");
     const s = accepted[0];
-    assert.ok(c.readsPooled, "the dialer's bulk connection reads into its pool");
-    assert.ok(s.readsPooled, "the listener's (accepted) bulk connection reads into its pool");
+    assert.ok(c.readsPooled, "the dialer's connections read into its pool");
+    assert.ok(s.readsPooled, "the listener's (accepted) connections read into its pool");
 
     const got: Buffer[] = [];
     let parts: Buffer[] = [];
@@ -80,9 +80,9 @@ test("both ends of a link read bulk into pooled buffers; chunks waiting their tu
       "chunks waited for their turn (the case where a buffer used again too soon would show)",
     );
     for (let i = 0; i < sent.length; i++) assert.ok(got[i].equals(sent[i]), `frame ${i} byte for byte`);
-    // Every chunk parsed went back: only the buffer of the next read is out.
+    // Every chunk parsed went back: only the buffers of each connection's next read are out.
     await until(() => internals(s).bulkRxQueued === 0, "the queue parsed");
-    assert.equal(internals(s).readPool.outstanding, 1, "buffers handed out and not given back");
+    assert.equal(internals(s).readPool.outstanding, 2, "buffers handed out and not given back");
   } finally {
     c.close();
     await server.close();
@@ -172,7 +172,7 @@ test("adoptPooledReads leaves a socket it cannot take as it was: destroyed, or w
 test("a link whose bulk socket could not be adopted reads it as before ('data' events) and still carries bulk", async () => {
   const main = await pair();
   const bulk = await pair();
-  // Flowing already: adoptPooledReads will not take it (what it had read would be gone).
+  // Flowing already: adoptPooledReads will not take it (what it had read would be gone); main is adopted.
   bulk.accepted.resume();
   const s = new TcpLink(main.accepted, 1, 2, Buffer.alloc(0), { log }, bulk.accepted, Buffer.alloc(0));
   const c = new TcpLink(main.client, 2, 1, Buffer.alloc(0), { log }, bulk.client, Buffer.alloc(0));

@@ -294,11 +294,12 @@ export class TcpLink implements Link {
    * resuming the socket for every chunk cost two or three epoll_ctl calls each.
    */
   private readonly bulkRxQ: Buffer[] = [];
-  /** The buffers the bulk connection reads into (given back as each chunk is parsed). */
+  /** The buffers the connections read into (given back as each chunk is parsed). */
   private readonly readPool = new ReadPool(spareReadBuffers);
-  /** The bulk connection (the socket given, or the one that took over its handle to read into readPool). */
+  /** The main and the bulk connection (the sockets given, or those that took over their handles to read into readPool). */
+  private readonly socket: net.Socket;
   private readonly bulk: net.Socket;
-  /** The bulk connection reads into readPool (false: node:net's 'data' events, tcp-read-pool.ts says when). */
+  /** Both connections read into readPool (false: one or both get node:net's 'data' events, tcp-read-pool.ts says when). */
   readonly readsPooled: boolean;
   private bulkRxQBytes = 0;
   /** A bulk chunk was parsed in this turn of the event loop: the next waits for nextBulkTurn. */
@@ -335,7 +336,7 @@ export class TcpLink implements Link {
 
   /** `socket`: the main connection; `bulk`: the bulk connection paired with it; `rest`s: bytes that came with their handshakes. */
   constructor(
-    private readonly socket: net.Socket,
+    socket: net.Socket,
     readonly nicId: number,
     readonly peerNic: number,
     rest: Buffer,
@@ -343,25 +344,34 @@ export class TcpLink implements Link {
     bulk: net.Socket,
     bulkRest: Buffer,
   ) {
-    // The bulk connection's reads go into buffers used again (tcp-read-pool.ts), where node:net lets it.
+    this.remote = `${socket.remoteAddress ?? "?"}:${socket.remotePort ?? "?"}`;
+    this.address = addressOf(socket);
+    // Both connections read into buffers used again (tcp-read-pool.ts), where node:net lets it:
+    // a frame is the receiver's only during onFrame (link.ts), a bulk chunk until it is parsed.
+    const main = adoptPooledReads(socket, this.readPool, (chunk) => {
+      this.onData(this.mainRx, chunk);
+      this.readPool.give(chunk);
+    });
+    if (main !== null) {
+      socket = main.socket;
+      if (main.buffered.length > 0) rest = Buffer.concat([rest, main.buffered]);
+    } else socket.on("data", (chunk: Buffer) => this.onData(this.mainRx, chunk));
     const pooled = adoptPooledReads(bulk, this.readPool, (chunk) => this.onBulkChunk(chunk));
-    this.readsPooled = pooled !== null;
+    this.readsPooled = main !== null && pooled !== null;
     if (pooled !== null) {
       bulk = pooled.socket;
       if (pooled.buffered.length > 0) bulkRest = Buffer.concat([bulkRest, pooled.buffered]);
     } else bulk.on("data", (chunk: Buffer) => this.onBulkChunk(chunk));
+    this.socket = socket;
     this.bulk = bulk;
     this.hwm = options.highWaterMark ?? TCP_LINK_HIGH_WATER;
     this.bulkWindow = Math.max(FRAME_MAX + 4, options.bulkWindow ?? TCP_BULK_WINDOW);
     this.bulkQueueMark = Math.max(FRAME_MAX + 4, options.bulkQueue ?? TCP_BULK_QUEUE);
     this.creditEvery = Math.min(CREDIT_EVERY, Math.floor(this.bulkWindow / 2));
     this.log = options.log ?? defaultLog;
-    this.remote = `${socket.remoteAddress ?? "?"}:${socket.remotePort ?? "?"}`;
-    this.address = addressOf(socket);
     this.startRest = [rest, bulkRest];
     socket.setNoDelay(true);
     bulk.setNoDelay(true);
-    socket.on("data", (chunk: Buffer) => this.onData(this.mainRx, chunk));
     socket.on("drain", () => {
       if (this.refused && !this.closed) {
         this.refused = false;
