@@ -149,7 +149,7 @@ test("adoptPooledReads: closing the old socket (as a listener closing all it acc
   await new Promise<void>((r) => server.close(() => r()));
 });
 
-test("adoptPooledReads leaves a socket it cannot take as it was: destroyed, or with writes still queued", async () => {
+test("adoptPooledReads leaves a socket it cannot take as it was: destroyed, with writes still queued, or its peer finished", async () => {
   const { server, client, accepted } = await pair();
   accepted.cork();
   accepted.write("queued, not written");
@@ -167,6 +167,29 @@ test("adoptPooledReads leaves a socket it cannot take as it was: destroyed, or w
   );
   client.destroy();
   await new Promise<void>((r) => server.close(() => r()));
+  // A peer that wrote and finished before the handover: the old socket still owes its 'end'.
+  const finished = await pair();
+  finished.accepted.resume();
+  finished.accepted.pause();
+  finished.client.end("last words");
+  await until(
+    () => (finished.accepted as unknown as { _readableState: { ended: boolean } })._readableState.ended,
+    "the peer's FIN read",
+  );
+  assert.equal(
+    adoptPooledReads(finished.accepted, new ReadPool(new SpareReadBuffers(1)), () => {}),
+    null,
+  );
+  let said = "";
+  finished.accepted.on("data", (b: Buffer) => {
+    said += b.toString();
+  });
+  const ended = once(finished.accepted, "end");
+  finished.accepted.resume();
+  await ended;
+  assert.equal(said, "last words");
+  finished.accepted.destroy();
+  await new Promise<void>((r) => finished.server.close(() => r()));
 });
 
 test("a link whose bulk socket could not be adopted reads it as before ('data' events) and still carries bulk", async () => {

@@ -13,7 +13,8 @@
  * constructor option only, so a socket node:net made for us — one `net.Server` accepted, or
  * one that went through the link's handshake — is handed to a new `net.Socket` over the same
  * handle, as node:net itself wraps an accepted handle. That takes node:net's `_handle`, not a
- * documented field: where it is missing, or the socket has writes in flight, adoptPooledReads
+ * documented field (nor is `_readableState`, whose `ended` says the peer's FIN was read): where
+ * they are missing, the socket has writes in flight or its peer has finished, adoptPooledReads
  * answers null and the caller keeps the socket as it is ('data' events, as before).
  *
  * The two socket objects stay paired: the old one never touches the handle again, and each
@@ -69,6 +70,8 @@ export class ReadPool {
 
 interface HandleHolder {
   _handle?: { readStart?: unknown; readStop?: unknown } | null;
+  /** node:net's read state: `ended` once the peer's FIN was read (the handle reads no more). */
+  _readableState?: { ended?: unknown };
 }
 
 /**
@@ -92,7 +95,9 @@ export function adoptPooledReads(
     socket.destroyed ||
     socket.connecting ||
     socket.writableLength > 0 ||
-    socket.readableFlowing === true
+    socket.readableFlowing === true ||
+    // The peer's FIN was read already: the old socket alone still says 'end' after its bytes.
+    holder._readableState?.ended !== false
   )
     return null;
   // What node:net read before the handover is in the old socket's buffer: it comes first.
