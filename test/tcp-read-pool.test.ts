@@ -13,7 +13,13 @@ import { test } from "node:test";
 import { F_PULL_OFFSET, FRAME_HEADER_BYTES, FrameType, getWord } from "../src/nic/frame.js";
 import { TcpLink } from "../src/nic/tcp-link.js";
 import { connectTcpLink, listenTcpLinks } from "../src/nic/tcp-link-setup.js";
-import { adoptPooledReads, READ_BYTES, ReadPool, SpareReadBuffers } from "../src/nic/tcp-read-pool.js";
+import {
+  adoptPooledReads,
+  READ_BYTES,
+  ReadPool,
+  SMALL_READ_BYTES,
+  SpareReadBuffers,
+} from "../src/nic/tcp-read-pool.js";
 import { SEND_MAX } from "../src/nic/window.js";
 import { linkFrame } from "./helpers/link-frames.js";
 import { until } from "./helpers/until.js";
@@ -110,8 +116,10 @@ test("adoptPooledReads: what the old socket had read comes first, the rest into 
   await until(() => accepted.readableLength > 0, "the early bytes in the old socket");
   const pool = new ReadPool(new SpareReadBuffers(2));
   const chunks: string[] = [];
+  /** The size of the pool buffer each read lay in. */
+  const sizes: number[] = [];
   const adopted = adoptPooledReads(accepted, pool, (chunk) => {
-    assert.equal(chunk.buffer.byteLength, READ_BYTES, "a read lies in a pool buffer");
+    sizes.push(chunk.buffer.byteLength);
     chunks.push(chunk.toString());
     pool.give(chunk);
   });
@@ -126,6 +134,22 @@ test("adoptPooledReads: what the old socket had read comes first, the rest into 
   assert.deepEqual(chunks, [], "paused until resumed");
   adopted.socket.resume();
   await until(() => chunks.join("") === "later bytes", "the later bytes");
+  assert.deepEqual(sizes, [SMALL_READ_BYTES], "a quiet socket reads small");
+  // A burst fills its buffers: the reads after the first go in large ones, until a read is small again.
+  const burst = Buffer.alloc(300_000, 7);
+  client.write(burst);
+  await until(() => chunks.join("").length === "later bytes".length + burst.length, "the burst");
+  assert.equal(sizes[1], SMALL_READ_BYTES, "the burst's first read, in the quiet socket's buffer");
+  assert.ok(
+    sizes.slice(2).every((n) => n === READ_BYTES),
+    `then large: ${sizes.join(",")}`,
+  );
+  for (const word of ["a", "b"]) {
+    const had = chunks.length;
+    client.write(word);
+    await until(() => chunks.length === had + 1, word);
+  }
+  assert.equal(sizes.at(-1), SMALL_READ_BYTES, "a small read makes the next one small again");
   // Written through the adopted socket, read by the client.
   adopted.socket.write("reply");
   const [reply] = (await once(client, "data")) as [Buffer];
@@ -222,7 +246,7 @@ test("read buffers kept for reuse are bounded per thread, however many sockets g
   const pools = [new ReadPool(spares), new ReadPool(spares), new ReadPool(spares)];
   const taken = pools.map((p) => [p.take(), p.take(), p.take()]);
   for (const [i, p] of pools.entries()) for (const b of taken[i]) p.give(b.subarray(0, 10));
-  assert.equal(spares.list.length, 2, "kept for reuse");
+  assert.equal(spares.large.length, 2, "kept for reuse");
   assert.deepEqual(
     pools.map((p) => p.outstanding),
     [0, 0, 0],
@@ -232,8 +256,8 @@ test("read buffers kept for reuse are bounded per thread, however many sockets g
   pools[1].give(b);
   pools[1].give(Buffer.alloc(READ_BYTES));
   assert.equal(pools[0].outstanding, 1);
-  assert.equal(spares.list.length, 1, "the kept one went out again; nothing came back");
+  assert.equal(spares.large.length, 1, "the kept one went out again; nothing came back");
   pools[0].give(b);
   pools[0].give(b);
-  assert.equal(spares.list.length, 2, "given back once");
+  assert.equal(spares.large.length, 2, "given back once");
 });

@@ -24,23 +24,30 @@
  */
 import net from "node:net";
 
-/** Bytes a read takes at most: node:net's own read size (it suggests 64 KiB to libuv). */
+/** Bytes a busy socket's read takes at most: node:net's own read size (it suggests 64 KiB to libuv). */
 export const READ_BYTES = 64 * 1024;
+/**
+ * Bytes a quiet socket's read takes: a socket holds its next read's buffer until data comes,
+ * so one whose last read was small (a link's acks and credits, an idle link) holds 4 KiB, not
+ * 64; a read that fills its buffer makes the next one READ_BYTES again.
+ */
+export const SMALL_READ_BYTES = 4 * 1024;
 
 /**
  * Read buffers waiting to be used again, shared by the sockets of one thread (a NIC's links):
- * at most `keep`, so what a thread holds for reads it is not doing is bounded however many
- * links it has; beyond, a buffer given back is left to the garbage collector.
+ * at most `keep` of each size, so what a thread holds for reads it is not doing is bounded
+ * however many links it has; beyond, a buffer given back is left to the garbage collector.
  */
 export class SpareReadBuffers {
-  readonly list: ArrayBuffer[] = [];
+  readonly large: ArrayBuffer[] = [];
+  readonly small: ArrayBuffer[] = [];
   constructor(readonly keep: number) {}
 }
 
 /**
- * The buffers one socket reads into: taken from the thread's spares (or made), given back
- * once what was read into them is parsed. A buffer the socket still holds when it closes goes
- * with this pool, never to another socket.
+ * The buffers one link's sockets read into: taken from the thread's spares (or made), given
+ * back once what was read into them is parsed. A buffer a socket still holds when it closes
+ * goes with this pool, never to another socket.
  */
 export class ReadPool {
   /** Every buffer this pool handed out and not yet got back (so a stranger's is never kept). */
@@ -48,18 +55,21 @@ export class ReadPool {
 
   constructor(private readonly spares: SpareReadBuffers) {}
 
-  /** The buffer the next read goes into. */
-  take(): Buffer {
-    const ab = this.spares.list.pop() ?? new ArrayBuffer(READ_BYTES);
+  /** A buffer of `bytes` (READ_BYTES or SMALL_READ_BYTES) for the next read. */
+  take(bytes: number = READ_BYTES): Buffer {
+    const list = bytes === SMALL_READ_BYTES ? this.spares.small : this.spares.large;
+    const size = bytes === SMALL_READ_BYTES ? SMALL_READ_BYTES : READ_BYTES;
+    const ab = list.pop() ?? new ArrayBuffer(size);
     this.out.add(ab);
-    return Buffer.from(ab, 0, READ_BYTES);
+    return Buffer.from(ab, 0, size);
   }
 
   /** A chunk read into one of this pool's buffers is parsed: the buffer may take a read again. */
   give(chunk: Uint8Array): void {
     const ab = chunk.buffer as ArrayBuffer;
     if (!this.out.delete(ab)) return;
-    if (this.spares.list.length < this.spares.keep) this.spares.list.push(ab);
+    const list = ab.byteLength === SMALL_READ_BYTES ? this.spares.small : this.spares.large;
+    if (list.length < this.spares.keep) list.push(ab);
   }
 
   /** Buffers handed out and not given back (for tests). */
@@ -104,13 +114,17 @@ export function adoptPooledReads(
   const parts: Buffer[] = [];
   for (let b = socket.read() as Buffer | null; b !== null; b = socket.read() as Buffer | null) parts.push(b);
   const buffered = parts.length === 1 ? parts[0] : Buffer.concat(parts);
+  let next = SMALL_READ_BYTES;
   const adopted = new net.Socket({
     handle,
     // Not reading until the owner resumes it (the handshake's bytes are parsed first).
     pauseOnCreate: true,
     onread: {
-      buffer: () => pool.take(),
+      buffer: () => pool.take(next),
       callback: (n: number, buf: Uint8Array) => {
+        // A full buffer: more may be waiting (a stream), so read large; a small read: read small.
+        if (n === buf.length) next = READ_BYTES;
+        else if (n < SMALL_READ_BYTES) next = SMALL_READ_BYTES;
         onChunk(Buffer.from(buf.buffer, buf.byteOffset, n));
         return true;
       },
