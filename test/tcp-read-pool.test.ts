@@ -9,9 +9,9 @@ import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { once } from "node:events";
 import net from "node:net";
-import { test } from "node:test";
-import { F_PULL_OFFSET, FRAME_HEADER_BYTES, FrameType, getWord } from "../src/nic/frame.js";
-import { TcpLink } from "../src/nic/tcp-link.js";
+import { after, test } from "node:test";
+import { F_LENGTH, F_PULL_OFFSET, FRAME_HEADER_BYTES, FrameType, getWord } from "../src/nic/frame.js";
+import { TCP_BULK_RX_QUEUE, TcpLink, tcpLinkStats } from "../src/nic/tcp-link.js";
 import { connectTcpLink, listenTcpLinks } from "../src/nic/tcp-link-setup.js";
 import {
   adoptPooledReads,
@@ -95,6 +95,15 @@ test("both ends of a link read bulk into pooled buffers; chunks waiting their tu
   }
 });
 
+/** What pair() opened, closed after the file's tests whatever became of them (a failed assertion leaves them open). */
+const opened: { server: net.Server; sockets: net.Socket[] }[] = [];
+after(() => {
+  for (const o of opened) {
+    for (const sock of o.sockets) sock.destroy();
+    o.server.close();
+  }
+});
+
 /** A server and a client connected over loopback: the accepted socket, paused. */
 async function pair() {
   const server = net.createServer({ pauseOnConnect: true });
@@ -104,6 +113,7 @@ async function pair() {
   const client = net.connect({ port, host: HOST });
   const [accepted] = (await once(server, "connection")) as [net.Socket];
   await once(client, "connect");
+  opened.push({ server, sockets: [client, accepted] });
   return { server, client, accepted };
 }
 
@@ -260,4 +270,72 @@ test("read buffers kept for reuse are bounded per thread, however many sockets g
   pools[0].give(b);
   pools[0].give(b);
   assert.equal(spares.large.length, 2, "given back once");
+});
+
+test("a peer trickling bulk a few bytes a read cannot queue pooled buffers beyond the bound: the queue counts each chunk's whole buffer", async () => {
+  const main = await pair();
+  const bulk = await pair();
+  const s = new TcpLink(main.accepted, 1, 2, Buffer.alloc(0), { log }, bulk.accepted, Buffer.alloc(0));
+  try {
+    const link = s as unknown as {
+      onBulkChunk(chunk: Buffer): void;
+      readPool: ReadPool;
+      bulkPaused: boolean;
+      bulkRxQueued: number;
+    };
+    let got: Buffer | null = null;
+    const parts: Buffer[] = [];
+    s.onPullData((_h, piece, at, total) => {
+      parts.push(Buffer.from(piece));
+      if (at + piece.length === total) got = Buffer.concat(parts);
+    });
+    await new Promise((r) => setImmediate(r)); // the link's first turn
+    // One full PULL_REPLY on the wire, as reads of 16 bytes, all in one turn: each lies in a
+    // 4 KiB buffer of the link's pool (a small read's), as the socket would hand them over.
+    const f = linkFrame(FrameType.PullReply, SEND_MAX, 0);
+    f.set(randomBytes(SEND_MAX), FRAME_HEADER_BYTES);
+    const wire = Buffer.concat([Buffer.from(new Uint32Array([f.length]).buffer), f]);
+    let fed = 0;
+    let pausedAt = -1;
+    for (let at = 0; at < wire.length; at += 16) {
+      const buf = link.readPool.take(SMALL_READ_BYTES);
+      const n = wire.copy(buf, 0, at, at + 16);
+      link.onBulkChunk(buf.subarray(0, n));
+      fed++;
+      if (link.bulkPaused && pausedAt < 0) pausedAt = fed;
+    }
+    assert.ok(
+      pausedAt > 0,
+      `the bulk socket was paused (${fed} chunks of 16 bytes queued, ${link.bulkRxQueued} bytes)`,
+    );
+    // The first chunk is parsed at once; 256 more hold 1 MiB of buffers (TCP_BULK_RX_QUEUE).
+    assert.equal(pausedAt, 1 + TCP_BULK_RX_QUEUE / SMALL_READ_BYTES);
+    // Parsed a chunk a turn, the frame arrives whole, and every buffer comes back.
+    await until(() => got !== null, "the frame", 30_000);
+    assert.ok(got!.equals(Buffer.from(f.subarray(FRAME_HEADER_BYTES))));
+    assert.equal(link.readPool.outstanding, 2, "only each socket's next read is out");
+  } finally {
+    s.close();
+  }
+});
+
+test("a link whose main socket could not be adopted reads it with 'data' events and still carries frames", async () => {
+  const main = await pair();
+  const bulk = await pair();
+  main.accepted.resume(); // flowing: not adopted
+  const before = tcpLinkStats.unpooledLinks;
+  const s = new TcpLink(main.accepted, 1, 2, Buffer.alloc(0), { log }, bulk.accepted, Buffer.alloc(0));
+  const c = new TcpLink(main.client, 2, 1, Buffer.alloc(0), { log }, bulk.client, Buffer.alloc(0));
+  try {
+    assert.equal(s.readsPooled, false);
+    assert.equal(tcpLinkStats.unpooledLinks, before + 1, "counted");
+    const lengths: number[] = [];
+    s.onFrame((fr) => lengths.push(getWord(fr, F_LENGTH)));
+    for (const n of [8, SEND_MAX, 100]) assert.ok(c.send(linkFrame(FrameType.Send, n)));
+    await until(() => lengths.length === 3, "the frames");
+    assert.deepEqual(lengths, [8, SEND_MAX, 100]);
+  } finally {
+    c.close();
+    s.close();
+  }
 });

@@ -98,17 +98,18 @@ export const TCP_BULK_WINDOW = 512 * 1024;
  */
 export const TCP_BULK_QUEUE = 256 * 1024;
 /**
- * Received bulk bytes waiting for their turn to be parsed (one chunk a turn of the event loop)
- * above which the bulk socket is paused until half of them are parsed. A peer keeps to its bulk
- * window, so an honest one stays below this (twice the default window); bulk beyond it waits
- * in the kernel, under TCP's flow control, as it would for a peer that ignores its window.
+ * Memory of received bulk chunks waiting for their turn to be parsed (one chunk a turn of the
+ * event loop; each counted as its whole read buffer) above which the bulk socket is paused until
+ * half of it is parsed. A peer keeps to its bulk window, whose reads fill their buffers, so an
+ * honest one stays below this (twice the default window); bulk beyond it waits in the kernel,
+ * under TCP's flow control, as it would for a peer that ignores its window.
  */
 export const TCP_BULK_RX_QUEUE = 2 * TCP_BULK_WINDOW;
 /**
- * Parsed bulk read buffers (64 KiB each) kept for the next reads, by all the links of this
- * thread (a NIC's) together: a cross-host stream has up to 16 chunks read and not yet parsed
- * at once (with 4 kept, one read in five made a new buffer), and a NIC of many links holds no
- * more than this for them when they are quiet.
+ * Parsed read buffers kept for the next reads (of each size, tcp-read-pool.ts), by all the
+ * links of this thread (a NIC's) together: a cross-host stream has up to 16 chunks read and not
+ * yet parsed at once (with 4 kept, one read in five made a new buffer). Besides these, each
+ * socket holds the buffer of its next read: 4 KiB on a quiet link.
  */
 const TCP_READ_SPARES = 16;
 const spareReadBuffers = new SpareReadBuffers(TCP_READ_SPARES);
@@ -165,7 +166,16 @@ export const TCP_MAX_PENDING_HANDSHAKES = 64;
  * reason), of which authFailures (a wrong proof) and evicted (over the pending bound), and
  * connections dropped after the handshake for a stream fault.
  */
-export const tcpLinkStats = { handshakesRejected: 0, authFailures: 0, evicted: 0, connectionsDropped: 0 };
+export const tcpLinkStats = {
+  handshakesRejected: 0,
+  authFailures: 0,
+  evicted: 0,
+  connectionsDropped: 0,
+  /** Links one of whose connections reads with 'data' events (tcp-read-pool.ts could not adopt it). */
+  unpooledLinks: 0,
+};
+/** The first unpooled link of this thread was logged. */
+let unpooledSaid = false;
 
 /** Structured detail for a log line; `level` defaults to "warn". */
 export interface TcpLinkLogFields {
@@ -302,6 +312,12 @@ export class TcpLink implements Link {
   /** Both connections read into readPool (false: one or both get node:net's 'data' events, tcp-read-pool.ts says when). */
   readonly readsPooled: boolean;
   private bulkRxQBytes = 0;
+  /**
+   * The memory the queued chunks hold: each its whole read buffer (64 KiB, or 4 KiB after a
+   * small read), however few bytes it carries. What pauses the socket: counted in bytes, a peer
+   * trickling a few bytes a turn queued hundreds of pooled buffers under the bound.
+   */
+  private bulkRxQHeld = 0;
   /** A bulk chunk was parsed in this turn of the event loop: the next waits for nextBulkTurn. */
   private bulkTurnTaken = false;
   /** The bulk socket is paused: its queue reached TCP_BULK_RX_QUEUE (a peer beyond its window). */
@@ -311,7 +327,8 @@ export class TcpLink implements Link {
     if (this.closed || this.bulkRxQ.length === 0) return;
     const chunk = this.bulkRxQ.shift()!;
     this.bulkRxQBytes -= chunk.length;
-    if (this.bulkPaused && this.bulkRxQBytes <= TCP_BULK_RX_QUEUE / 2) {
+    this.bulkRxQHeld -= chunk.buffer.byteLength;
+    if (this.bulkPaused && this.bulkRxQHeld <= TCP_BULK_RX_QUEUE / 2) {
       this.bulkPaused = false;
       this.bulk.resume();
     }
@@ -357,7 +374,18 @@ export class TcpLink implements Link {
       if (main.buffered.length > 0) rest = Buffer.concat([rest, main.buffered]);
     } else socket.on("data", (chunk: Buffer) => this.onData(this.mainRx, chunk));
     const pooled = adoptPooledReads(bulk, this.readPool, (chunk) => this.onBulkChunk(chunk));
-    this.readsPooled = main !== null && pooled !== null;
+    this.readsPooled = main?.pooled === true && pooled?.pooled === true;
+    if (!this.readsPooled) {
+      tcpLinkStats.unpooledLinks++;
+      // Said once a thread: it is how this Node's sockets are, not something a peer did.
+      if (!unpooledSaid) {
+        unpooledSaid = true;
+        (options.log ?? defaultLog)(
+          `tcp-link nic ${nicId}: a link reads with node:net's 'data' events, not into reused buffers (tcp-read-pool.ts: this Node's sockets could not be adopted); it works, with more garbage to collect`,
+          { level: "info", peerNic },
+        );
+      }
+    }
     if (pooled !== null) {
       bulk = pooled.socket;
       if (pooled.buffered.length > 0) bulkRest = Buffer.concat([bulkRest, pooled.buffered]);
@@ -416,15 +444,19 @@ export class TcpLink implements Link {
 
   /** A chunk from the bulk socket: parsed now if this turn has had none, else queued for the next. */
   private onBulkChunk(chunk: Buffer): void {
-    if (this.closed) return;
+    if (this.closed) {
+      this.readPool.give(chunk);
+      return;
+    }
     if (!this.bulkTurnTaken && this.bulkRxQ.length === 0) {
       this.takeBulkTurn(chunk);
       return;
     }
     this.bulkRxQ.push(chunk);
     this.bulkRxQBytes += chunk.length;
+    this.bulkRxQHeld += chunk.buffer.byteLength;
     // A peer keeps to its window, which is far below the bound; one that does not waits in the kernel.
-    if (this.bulkRxQBytes >= TCP_BULK_RX_QUEUE && !this.bulkPaused) {
+    if (this.bulkRxQHeld >= TCP_BULK_RX_QUEUE && !this.bulkPaused) {
       this.bulkPaused = true;
       this.bulk.pause();
     }
@@ -447,6 +479,7 @@ export class TcpLink implements Link {
     while (this.bulkRxQ.length > 0 && !this.closed) {
       const chunk = this.bulkRxQ.shift()!;
       this.bulkRxQBytes -= chunk.length;
+      this.bulkRxQHeld -= chunk.buffer.byteLength;
       this.onData(this.bulkRx, chunk);
       this.readPool.give(chunk);
     }
@@ -689,6 +722,7 @@ export class TcpLink implements Link {
     if (this.bulkEndTimer !== null) clearTimeout(this.bulkEndTimer);
     this.bulkRxQ.length = 0;
     this.bulkRxQBytes = 0;
+    this.bulkRxQHeld = 0;
     this.closeReason = reason;
     this.frameCb = null;
     this.pullDataCb = null;

@@ -88,14 +88,16 @@ interface HandleHolder {
  * `socket` (connected, paused, nothing listening for 'data') as a socket that reads into
  * `pool`'s buffers and hands each read to `onChunk` — `chunk` lies in a buffer of the pool,
  * valid until given back with pool.give(chunk). Answers the new socket, paused (resume() to
- * read), and the bytes the old one had read and not yet handed out (they come first); or null
- * where the socket cannot be adopted (see the header), `socket` untouched.
+ * read), the bytes the old one had read and not yet handed out (they come first), and whether
+ * its reads go into the pool (false: node:net did not take `onread`, and the new socket hands
+ * `onChunk` node:net's own buffers); or null where the socket cannot be adopted (see the header),
+ * `socket` untouched.
  */
 export function adoptPooledReads(
   socket: net.Socket,
   pool: ReadPool,
   onChunk: (chunk: Buffer) => void,
-): { socket: net.Socket; buffered: Buffer } | null {
+): { socket: net.Socket; buffered: Buffer; pooled: boolean } | null {
   const holder = socket as unknown as HandleHolder;
   const handle = holder._handle;
   if (
@@ -106,6 +108,8 @@ export function adoptPooledReads(
     socket.connecting ||
     socket.writableLength > 0 ||
     socket.readableFlowing === true ||
+    // Someone listens for 'data': the drain below would hand it the buffered bytes too.
+    socket.listenerCount("data") > 0 ||
     // The peer's FIN was read already: the old socket alone still says 'end' after its bytes.
     holder._readableState?.ended !== false
   )
@@ -115,8 +119,10 @@ export function adoptPooledReads(
   for (let b = socket.read() as Buffer | null; b !== null; b = socket.read() as Buffer | null) parts.push(b);
   const buffered = parts.length === 1 ? parts[0] : Buffer.concat(parts);
   let next = SMALL_READ_BYTES;
+  const taken = pool.outstanding;
   const adopted = new net.Socket({
     handle,
+    allowHalfOpen: socket.allowHalfOpen,
     // Not reading until the owner resumes it (the handshake's bytes are parsed first).
     pauseOnCreate: true,
     onread: {
@@ -135,5 +141,9 @@ export function adoptPooledReads(
   holder._handle = null;
   adopted.once("close", () => socket.destroy());
   socket.once("close", () => adopted.destroy());
-  return { socket: adopted, buffered };
+  // node:net asks for the first buffer as it wraps the handle; a node:net that did not would
+  // drop every read of a socket that expects its buffers: it gets 'data' events instead.
+  const pooled = pool.outstanding > taken;
+  if (!pooled) adopted.on("data", onChunk);
+  return { socket: adopted, buffered, pooled };
 }
