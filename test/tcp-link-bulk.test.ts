@@ -21,13 +21,12 @@ import {
   setWord,
 } from "../src/nic/frame.js";
 import { TCP_BULK_RX_QUEUE, type TcpLink, tcpLinkStats } from "../src/nic/tcp-link.js";
-import { connectTcpLink, listenTcpLinks } from "../src/nic/tcp-link-setup.js";
 import { SEND_MAX } from "../src/nic/window.js";
 import { linkFrame, onWire } from "./helpers/link-frames.js";
+import { linkedTcp } from "./helpers/linked-tcp.js";
 import { until } from "./helpers/until.js";
 
 const KEY = randomBytes(32);
-const HOST = "127.0.0.1";
 const logs: string[] = [];
 const log = (m: string) => logs.push(m);
 
@@ -37,29 +36,8 @@ const sock = (l: TcpLink) => (l as unknown as { socket: net.Socket }).socket;
 const bulkSock = (l: TcpLink) => (l as unknown as { bulk: net.Socket }).bulk;
 
 /** A link from NIC 2 (c, with `bulkWindow` and `bulkQueue`) to NIC 1 (s, its write mark `listenerHwm` if given). */
-async function linked(bulkWindow: number, bulkQueue?: number, listenerHwm?: number) {
-  const accepted: TcpLink[] = [];
-  const server = await listenTcpLinks({
-    nicId: 1,
-    key: KEY,
-    port: 0,
-    host: HOST,
-    log,
-    highWaterMark: listenerHwm,
-    onLink: (l) => accepted.push(l),
-  });
-  const c = await connectTcpLink({
-    nicId: 2,
-    host: HOST,
-    port: server.port,
-    key: KEY,
-    log,
-    bulkWindow,
-    bulkQueue,
-  });
-  await until(() => accepted.length === 1, "the accepted link");
-  return { server, c, s: accepted[0] };
-}
+const linked = (bulkWindow: number, bulkQueue?: number, listenerHwm?: number) =>
+  linkedTcp(log, { bulkWindow, bulkQueue }, { highWaterMark: listenerHwm }, KEY);
 
 test("a SEND behind a megabyte of PULL_REPLY data does not wait for it; the bulk arrives whole and in order", async () => {
   const { server, c, s } = await linked(128 * 1024, 2 << 20);

@@ -12,7 +12,6 @@ import net from "node:net";
 import { after, test } from "node:test";
 import { F_LENGTH, F_PULL_OFFSET, FRAME_HEADER_BYTES, FrameType, getWord } from "../src/nic/frame.js";
 import { TCP_BULK_RX_QUEUE, TcpLink, tcpLinkStats } from "../src/nic/tcp-link.js";
-import { connectTcpLink, listenTcpLinks } from "../src/nic/tcp-link-setup.js";
 import {
   adoptPooledReads,
   READ_BYTES,
@@ -22,9 +21,9 @@ import {
 } from "../src/nic/tcp-read-pool.js";
 import { SEND_MAX } from "../src/nic/window.js";
 import { linkFrame } from "./helpers/link-frames.js";
+import { linkedTcp } from "./helpers/linked-tcp.js";
 import { until } from "./helpers/until.js";
 
-const KEY = randomBytes(32);
 const HOST = "127.0.0.1";
 const log = () => {};
 
@@ -32,27 +31,8 @@ const internals = (l: TcpLink) =>
   l as unknown as { bulk: net.Socket; readPool: ReadPool; bulkRxQueued: number; readsPooled: boolean };
 
 test("both ends of a link read bulk into pooled buffers; chunks waiting their turn together stay intact; the buffers come back", async () => {
-  const accepted: TcpLink[] = [];
-  const server = await listenTcpLinks({
-    nicId: 1,
-    key: KEY,
-    port: 0,
-    host: HOST,
-    log,
-    onLink: (l) => accepted.push(l),
-  });
-  const c = await connectTcpLink({
-    nicId: 2,
-    host: HOST,
-    port: server.port,
-    key: KEY,
-    log,
-    bulkWindow: 4 << 20,
-    bulkQueue: 4 << 20,
-  });
+  const { server, c, s } = await linkedTcp(log, { bulkWindow: 4 << 20, bulkQueue: 4 << 20 });
   try {
-    await until(() => accepted.length === 1, "the accepted link");
-    const s = accepted[0];
     assert.ok(c.readsPooled, "the dialer's connections read into its pool");
     assert.ok(s.readsPooled, "the listener's (accepted) connections read into its pool");
 
