@@ -69,7 +69,7 @@ import type net from "node:net";
 import { checkFrame, F_LENGTH, FRAME_HEADER_BYTES, FRAME_MAX, FrameType, getWord } from "./frame.js";
 import type { Link } from "./link.js";
 import { LANE_BULK, LANE_MAIN } from "./tcp-handshake.js";
-import { adoptPooledReads, ReadPool, SpareReadBuffers } from "./tcp-read-pool.js";
+import { adoptPooledReads, handleReads, ReadPool, SpareReadBuffers } from "./tcp-read-pool.js";
 
 /** Default write-buffer mark above which send() pushes back (32 full frames). */
 export const TCP_LINK_HIGH_WATER = 32 * FRAME_MAX;
@@ -171,7 +171,10 @@ export const tcpLinkStats = {
   authFailures: 0,
   evicted: 0,
   connectionsDropped: 0,
-  /** Links one of whose connections reads with 'data' events (tcp-read-pool.ts could not adopt it). */
+  /**
+   * Links one of whose connections reads with 'data' events because this Node's sockets could
+   * not be adopted (tcp-read-pool.ts); not those a peer's FIN or reset before the handover left so.
+   */
   unpooledLinks: 0,
 };
 /** The first unpooled link of this thread was logged. */
@@ -365,6 +368,8 @@ export class TcpLink implements Link {
     this.address = addressOf(socket);
     // Both connections read into buffers used again (tcp-read-pool.ts), where node:net lets it:
     // a frame is the receiver's only during onFrame (link.ts), a bulk chunk until it is parsed.
+    // What this Node cannot do is counted and said, not what a peer did (a FIN, a reset before the handover).
+    const nodeCannot = [socket, bulk].some((sock) => !sock.destroyed && !handleReads(sock));
     const main = adoptPooledReads(socket, this.readPool, (chunk) => {
       this.onData(this.mainRx, chunk);
       this.readPool.give(chunk);
@@ -374,10 +379,14 @@ export class TcpLink implements Link {
       if (main.buffered.length > 0) rest = Buffer.concat([rest, main.buffered]);
     } else socket.on("data", (chunk: Buffer) => this.onData(this.mainRx, chunk));
     const pooled = adoptPooledReads(bulk, this.readPool, (chunk) => this.onBulkChunk(chunk));
+    if (pooled !== null) {
+      bulk = pooled.socket;
+      if (pooled.buffered.length > 0) bulkRest = Buffer.concat([bulkRest, pooled.buffered]);
+    } else bulk.on("data", (chunk: Buffer) => this.onBulkChunk(chunk));
     this.readsPooled = main?.pooled === true && pooled?.pooled === true;
-    if (!this.readsPooled) {
+    if (nodeCannot || main?.pooled === false || pooled?.pooled === false) {
       tcpLinkStats.unpooledLinks++;
-      // Said once a thread: it is how this Node's sockets are, not something a peer did.
+      // Said once a thread: it is how this Node's sockets are.
       if (!unpooledSaid) {
         unpooledSaid = true;
         (options.log ?? defaultLog)(
@@ -386,10 +395,6 @@ export class TcpLink implements Link {
         );
       }
     }
-    if (pooled !== null) {
-      bulk = pooled.socket;
-      if (pooled.buffered.length > 0) bulkRest = Buffer.concat([bulkRest, pooled.buffered]);
-    } else bulk.on("data", (chunk: Buffer) => this.onBulkChunk(chunk));
     this.socket = socket;
     this.bulk = bulk;
     this.hwm = options.highWaterMark ?? TCP_LINK_HIGH_WATER;

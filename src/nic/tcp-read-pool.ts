@@ -28,8 +28,9 @@ import net from "node:net";
 export const READ_BYTES = 64 * 1024;
 /**
  * Bytes a quiet socket's read takes: a socket holds its next read's buffer until data comes,
- * so one whose last read was small (a link's acks and credits, an idle link) holds 4 KiB, not
- * 64; a read that fills its buffer makes the next one READ_BYTES again.
+ * so one whose last read did not fill its buffer (the end of a burst, a link's acks and
+ * credits, an idle link) holds 4 KiB, not 64; a read that fills its buffer makes the next one
+ * READ_BYTES again.
  */
 export const SMALL_READ_BYTES = 4 * 1024;
 
@@ -84,6 +85,12 @@ interface HandleHolder {
   _readableState?: { ended?: unknown };
 }
 
+/** `socket` has the node:net handle adoption takes (one that starts and stops reading). */
+export function handleReads(socket: net.Socket): boolean {
+  const handle = (socket as unknown as HandleHolder)._handle;
+  return handle != null && typeof handle.readStart === "function" && typeof handle.readStop === "function";
+}
+
 /**
  * `socket` (connected, paused, nothing listening for 'data') as a socket that reads into
  * `pool`'s buffers and hands each read to `onChunk` — `chunk` lies in a buffer of the pool,
@@ -102,8 +109,7 @@ export function adoptPooledReads(
   const handle = holder._handle;
   if (
     handle == null ||
-    typeof handle.readStart !== "function" ||
-    typeof handle.readStop !== "function" ||
+    !handleReads(socket) ||
     socket.destroyed ||
     socket.connecting ||
     socket.writableLength > 0 ||
@@ -128,9 +134,9 @@ export function adoptPooledReads(
     onread: {
       buffer: () => pool.take(next),
       callback: (n: number, buf: Uint8Array) => {
-        // A full buffer: more may be waiting (a stream), so read large; a small read: read small.
-        if (n === buf.length) next = READ_BYTES;
-        else if (n < SMALL_READ_BYTES) next = SMALL_READ_BYTES;
+        // A full buffer: more may be waiting (a stream), so read large; a read short of its
+        // buffer emptied the kernel's queue, so the socket may now wait long: read small.
+        next = n === buf.length ? READ_BYTES : SMALL_READ_BYTES;
         onChunk(Buffer.from(buf.buffer, buf.byteOffset, n));
         return true;
       },
