@@ -15,6 +15,10 @@ import { LINK_KEY } from "./helpers/link-key.js";
 import { nextMessage } from "./helpers/messages.js";
 import { freePort } from "./helpers/nic-harness.js";
 
+// Every link read buffer given back is poisoned in the NIC threads started below (tcp-read-pool.ts):
+// a frame kept past its turn would show here as garbage.
+process.env.MYRIXEN_POISON_READS = "1";
+
 const BUSY = new URL("./fixtures/guests/mx-busy-receiver.js", import.meta.url);
 
 let receiverHost: Host;

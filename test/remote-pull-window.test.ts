@@ -10,6 +10,10 @@ import { after, before, test } from "node:test";
 import { Job } from "../src/cluster/job.js";
 import { type LocalCluster, startLocalCluster } from "../src/cluster/local-cluster.js";
 
+// Every link read buffer given back is poisoned in the NIC threads started below (tcp-read-pool.ts):
+// a frame kept past its turn would show here as garbage.
+process.env.MYRIXEN_POISON_READS = "1";
+
 const WINDOW = new URL("./fixtures/guests/big-window.js", import.meta.url);
 
 let cluster: LocalCluster;

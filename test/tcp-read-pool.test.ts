@@ -14,6 +14,7 @@ import { F_LENGTH, F_PULL_OFFSET, FRAME_HEADER_BYTES, FrameType, getWord } from 
 import { TCP_BULK_RX_QUEUE, TcpLink, tcpLinkStats } from "../src/nic/tcp-link.js";
 import {
   adoptPooledReads,
+  POISON_BYTE,
   READ_BYTES,
   ReadPool,
   SMALL_READ_BYTES,
@@ -358,4 +359,19 @@ test("a peer that finishes or resets its connection before the handover is not c
   } finally {
     s.close();
   }
+});
+
+test("with poisoning on (MYRIXEN_POISON_READS=1), a view kept past its turn reads the poison, not a later read's bytes", () => {
+  const pool = new ReadPool(new SpareReadBuffers(2, true));
+  const b = pool.take();
+  b.fill(7, 0, 100);
+  const kept = b.subarray(0, 100);
+  pool.give(kept);
+  assert.ok(kept.every((x) => x === POISON_BYTE));
+  // Off (the default here), a buffer comes back as it was.
+  const plain = new ReadPool(new SpareReadBuffers(2, false));
+  const c = plain.take();
+  c.fill(7, 0, 100);
+  plain.give(c);
+  assert.equal(c[0], 7);
 });

@@ -35,6 +35,17 @@ export const READ_BYTES = 64 * 1024;
 export const SMALL_READ_BYTES = 4 * 1024;
 
 /**
+ * MYRIXEN_POISON_READS=1 (read when this module loads, so set before the NIC threads start):
+ * every buffer given back is filled with POISON_BYTE, so code that kept a view of a frame or a
+ * chunk after its turn (link.ts: a frame is the receiver's only during onFrame) reads garbage
+ * at once instead of another read's bytes some time later. The test suite turns it on where
+ * traffic crosses real links.
+ */
+const POISON = process.env.MYRIXEN_POISON_READS === "1";
+/** What a given-back buffer holds under MYRIXEN_POISON_READS. */
+export const POISON_BYTE = 0xdb;
+
+/**
  * Read buffers waiting to be used again, shared by the sockets of one thread (a NIC's links):
  * at most `keep` of each size, so what a thread holds for reads it is not doing is bounded
  * however many links it has; beyond, a buffer given back is left to the garbage collector.
@@ -42,7 +53,11 @@ export const SMALL_READ_BYTES = 4 * 1024;
 export class SpareReadBuffers {
   readonly large: ArrayBuffer[] = [];
   readonly small: ArrayBuffer[] = [];
-  constructor(readonly keep: number) {}
+  /** `poison`: fill each buffer given back with POISON_BYTE (default: MYRIXEN_POISON_READS). */
+  constructor(
+    readonly keep: number,
+    readonly poison = POISON,
+  ) {}
 }
 
 /**
@@ -69,6 +84,7 @@ export class ReadPool {
   give(chunk: Uint8Array): void {
     const ab = chunk.buffer as ArrayBuffer;
     if (!this.out.delete(ab)) return;
+    if (this.spares.poison) new Uint8Array(ab).fill(POISON_BYTE);
     const list = ab.byteLength === SMALL_READ_BYTES ? this.spares.small : this.spares.large;
     if (list.length < this.spares.keep) list.push(ab);
   }
