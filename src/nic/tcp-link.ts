@@ -316,8 +316,8 @@ export class TcpLink implements Link {
   readonly readsPooled: boolean;
   private bulkRxQBytes = 0;
   /**
-   * The memory the queued chunks hold: each its whole read buffer (64 KiB, or 4 KiB after a
-   * small read), however few bytes it carries. What pauses the socket: counted in bytes, a peer
+   * The memory the queued chunks hold: each its whole read buffer (64 KiB, or 4 KiB after a read
+   * short of its buffer), however few bytes it carries. What pauses the socket: counted in bytes, a peer
    * trickling a few bytes a turn queued hundreds of pooled buffers under the bound.
    */
   private bulkRxQHeld = 0;
