@@ -9,7 +9,7 @@ import { EtherHub } from "./ether.js";
 import { DEFAULT_MAX_UNEXPECTED_BYTES } from "./matching.js";
 import { DEFAULT_TRACE_RECORDS } from "./trace.js";
 
-/** How long a blocking call spins on progress before it sleeps, µs (README, Design notes: "Waits"). */
+/** How long a blocking call spins on progress before it sleeps, µs (docs/design-notes.md, "Waits"). */
 export const DEFAULT_SPIN_US = 20;
 
 export interface EndpointOptions {

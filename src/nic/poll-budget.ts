@@ -13,7 +13,7 @@
  * bench/chain-worker.ts, polls those two longest budgets, fixed: faster for it.)
  */
 
-/** The longest idle poll by default (a sleeping thread takes ~30 µs to wake: README, Design notes). */
+/** The longest idle poll by default (a sleeping thread takes ~30 µs to wake: docs/design-notes.md). */
 export const POLL_BUDGET_MS = 0.04;
 /** The shortest: a few rounds over the endpoints and sockets. */
 export const POLL_MIN_MS = 0.005;
@@ -23,7 +23,7 @@ export const POLL_MIN_MS = 0.005;
  * up to 80 µs saves the NIC's own wake-up. After it only moved frames, what comes next comes
  * from the wire, later: polling then only takes a core from the threads the message must
  * still cross, so at most 20 µs. (Across hosts, 8 B one way: 47 µs with 40 and 40, 33–35 with
- * 80 and 20; README, Design notes.)
+ * 80 and 20; docs/design-notes.md.)
  */
 export const POLL_AFTER_EVENTS_MS = 0.08;
 export const POLL_AFTER_FRAMES_MS = 0.02;
