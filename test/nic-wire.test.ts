@@ -2314,7 +2314,7 @@ test("NicInfo keeps its old fields and adds link states", () => {
 
 test("on a NIC of 64 endpoints, 40 endpoints each at their share of a link's window to accomplices that never acknowledge leave room: another endpoint's SEND goes out at once", async () => {
   // The window was 1024 SENDs whatever the NIC's size: 32 endpoints at SRC_CREDITS filled it,
-  // and on a host configured with 64 endpoints (the README's example) one job's senders, each
+  // and on a host configured with 64 endpoints (`myrixen host --max-endpoints 64`) one job's senders, each
   // within its share, held every slot of the link to their accomplices on the far host; the
   // bystander's SEND then waited until the link was found silent and failed without going out.
   const nic = await NicDevice.start({ nicId: 21, maxEndpoints: 64 });

@@ -47,8 +47,8 @@ export const ACK_HOLD_MS = 0.05;
  * SENDs per link awaiting their SEND_ACK, at least; a full window holds the next SEND in its
  * queue. A link's window is the larger of this and its NIC's maxEndpoints × SRC_CREDITS
  * (sendWindowFor): the shares below protect an endpoint only while every other endpoint of the
- * NIC at its share still leaves room. With a fixed 1024 a host of 64 endpoints (the README's
- * own config) let one job's 32 sending endpoints, each within its share, hold the whole window
+ * NIC at its share still leaves room. With a fixed 1024 a host of 64 endpoints (`myrixen host
+ * --max-endpoints 64`) let one job's 32 sending endpoints, each within its share, hold the whole window
  * to their accomplices on the far host, who read nothing: another job's 8 B ping-pong across
  * that link fell from 36,000 round trips in 13 s to 106, some waiting 1.5 s.
  */
