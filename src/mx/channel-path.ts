@@ -68,6 +68,23 @@ import {
 const MAX_DRAIN_RECORDS = LANE_BYTES / 8;
 
 /**
+ * Driver events about a closing peer that wait for it to end (ChannelPath.park). An honest
+ * peer that disconnected makes one or two (its next connect); beyond, the closing peer is
+ * ended at once, its lane taken whole as before.
+ */
+const MAX_PARKED_EVENTS = 64;
+
+/**
+ * A driver event held back while its peer's channel closes: a DISCONNECT as it came, a
+ * CONNECT as the channel it brought, accepted at once (ChannelPath.park says why).
+ */
+type ParkedEvent =
+  | { readonly kind: "event"; readonly e: readonly [number, number, number, number, number] }
+  | { readonly kind: "channel"; readonly ch: AcceptedChannel };
+
+type AcceptedChannel = ReturnType<MxDriver["acceptChannel"]>;
+
+/**
  * NOTIFYs that may wait for room in our lane at most. They wait only while the peer does not
  * read that lane, and an honest peer that does not read it has a synchronous send of its own
  * pending for each (a request in its memory, far more than our 24 bytes), so it never gets near;
@@ -154,11 +171,25 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
   private readonly rights: PullRights;
   /** Holds the lane we read to the QoS policy myrback wrote for us (absent: no limits), and counts what we give ours. */
   private readonly policer: LanePolicer | undefined;
+  /**
+   * The peer closed the channel (or went away) while its lane held records its caps do not
+   * allow yet: they are read on at the policed rate, a lane's worth at most (`closingLeft`),
+   * and the peer is failed once the lane is empty — with `why`, or for garbage if it wrote
+   * that. Taken whole at once, a capped writer's lane was read past its caps: one that filled
+   * its lane and disconnected, again and again, had a lane's worth read each time (a
+   * reviewer's PoC: 4,000 messages in 157 ms under a cap of 200 a second).
+   */
+  private closing: { why: string | undefined; code: number } | undefined;
+  private closingLeft = 0;
+  /** Driver events about this peer that came while it was closing: replayed in order once it ended. */
+  private readonly parked: ParkedEvent[] = [];
 
   constructor(
     private readonly peer: Partner,
     ch: DriverChannel,
     private readonly parts: ChannelPathParts,
+    /** Replays the driver events parked while the peer closed. */
+    private readonly channels?: Channels,
   ) {
     this.channelId = ch.channelId;
     this.writer = new LaneWriter(ch.channel, ch.side);
@@ -322,16 +353,25 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
     const rd = this.reader;
     const pol = this.policer;
     let moved = false;
+    let empty = false;
     if (pol === undefined || pol.begin()) {
       // At most a full lane's worth per call (as drain()), and nothing once a record failed
       // the peer: a writer that refills the lane behind us cannot keep this call from
       // returning, and a peer failed for garbage delivers nothing more.
-      for (let n = 0; n < MAX_DRAIN_RECORDS && !this.released && rd.next(); n++) {
+      for (let n = 0; n < MAX_DRAIN_RECORDS && !this.released; n++) {
+        if (!rd.next()) {
+          empty = true;
+          break;
+        }
         // A record the caps or this round's share do not allow stays in the lane (lane-policer.ts).
         if (pol !== undefined && !this.admit(pol, rd)) break;
         this.onRecord(rd);
         rd.release();
         moved = true;
+        if (this.closing !== undefined && --this.closingLeft <= 0) {
+          empty = true;
+          break;
+        }
       }
     }
     if (pol !== undefined && pol.heldUntil !== 0) {
@@ -363,6 +403,7 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
         MxStatus.ENDPOINT_UNREACHABLE,
       );
     }
+    if (empty && this.closing !== undefined) this.finishClosing();
     return moved;
   }
 
@@ -384,15 +425,27 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
   }
 
   /**
-   * Takes what the peer managed to send before it went away: at most a full lane's worth of
-   * records, so a peer that goes on writing after it said it closed cannot keep us here.
+   * Takes what the peer managed to send before it went away, all at once: at most a full
+   * lane's worth of records, so a peer that goes on writing after it said it closed cannot
+   * keep us here. Each is charged to the lane's caps all the same (LanePolicer.force), so the
+   * writer's next lanes pay for what these took past them.
    */
-  drain(): void {
+  private drain(): void {
     const rd = this.reader;
+    const pol = this.policer;
     for (let n = 0; n < MAX_DRAIN_RECORDS && !this.released && rd.next(); n++) {
+      if (pol !== undefined) this.forceAdmit(pol, rd);
       this.onRecord(rd);
       rd.release();
     }
+  }
+
+  /** What admit() would charge `rd`, charged whatever the caps say. */
+  private forceAdmit(pol: LanePolicer, rd: LaneReader): void {
+    const type = rd.type;
+    if (type === RecordType.Eager) pol.force(rd.flags & FLAG_PIECES ? rd.aux[MsgAux.Total] : rd.length, 1);
+    else if (type === RecordType.Rndv) pol.force(rd.length, 1);
+    else if (type !== RecordType.Frag) pol.force(CONTROL_RECORD_COST, 0);
   }
 
   /**
@@ -400,15 +453,65 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
    * wrote before it did: the peer may have committed its last records and closed since this
    * round's receive() looked (or the lane's policy held them), and a send it saw complete
    * must still arrive (an MPI rank's last barrier message, written just before finalize).
+   * What the lane's caps hold is read at their rate (`closing`) unless `now`.
    */
-  checkClosed(): void {
+  checkClosed(now = false): void {
     if (!this.reader.closed && !this.writer.closed) return;
-    this.end();
+    this.end(undefined, MxStatus.ENDPOINT_CLOSED, now);
   }
 
-  /** Takes what the peer wrote (a lane's worth at most), then fails it: for garbage if that is what it wrote. */
-  end(): void {
+  /** Closing: the peer's lane is still read at its caps' rate before the peer is failed. */
+  get isClosing(): boolean {
+    return this.closing !== undefined;
+  }
+
+  /**
+   * Takes what the peer wrote (a lane's worth at most), then fails it with `why` (undefined:
+   * it went away, or wrote garbage if that is what it wrote). What the lane's caps do not
+   * allow yet is read at their rate first (`closing`), unless `now`: the endpoint's own
+   * connect or disconnect, which a writer cannot repeat at will.
+   */
+  end(why: string | undefined = undefined, code: number = MxStatus.ENDPOINT_CLOSED, now = false): void {
+    if (this.released) return;
+    if (this.policer !== undefined && !now) {
+      if (this.closing === undefined) {
+        this.closing = { why, code };
+        this.closingLeft = MAX_DRAIN_RECORDS;
+        this.receive();
+      }
+      return;
+    }
+    this.closing = undefined;
     this.drain();
+    this.fail(why, code);
+  }
+
+  /** The lane is read to its end while closing: the peer is failed (release replays what was parked). */
+  private finishClosing(): void {
+    const c = this.closing;
+    if (c === undefined) return;
+    this.closing = undefined;
+    this.fail(c.why, c.code);
+  }
+
+  /**
+   * Holds a driver event about this peer while it closes (true); replayed once it ended, so a
+   * reconnect's channel is read after what the old one held. (A CONNECT's channel is accepted
+   * before it is parked: one its connector closes unaccepted is refused by myrback, and the
+   * sends the connector saw complete in it would be lost.) Past MAX_PARKED_EVENTS the peer
+   * ends now, its lane taken whole, and the event is not held (false).
+   */
+  park(event: ParkedEvent): boolean {
+    if (this.closing === undefined || this.released) return false;
+    if (this.parked.length < MAX_PARKED_EVENTS) {
+      this.parked.push(event);
+      return true;
+    }
+    this.end(this.closing.why, this.closing.code, true);
+    return false;
+  }
+
+  private fail(why: string | undefined, code: number): void {
     const broken = this.reader.broken;
     if (broken) {
       // What it wrote before it closed was garbage: that is the reason to give.
@@ -420,7 +523,7 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
       );
       return;
     }
-    this.parts.partners.fail(this.peer, "the peer endpoint went away", MxStatus.ENDPOINT_CLOSED);
+    this.parts.partners.fail(this.peer, why ?? "the peer endpoint went away", code);
   }
 
   /** ChannelEnd.announceSleep: the peer's next record kicks us (channel-abi.ts ReaderSleeping). */
@@ -469,6 +572,9 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
     } catch {
       this.ctx.counters.channelErrors++;
     }
+    // What the peer said while closing (a reconnect, a new incarnation) is heard now, in order.
+    this.closing = undefined;
+    for (const p of this.parked.splice(0)) this.channels?.replay(p);
   }
 
   /**
@@ -730,13 +836,14 @@ export class Channels implements DriverEventSink {
 
   /**
    * `peer` is gone for us (its channel died, or mx_disconnect): what it wrote into the
-   * channel before is taken — its sender saw those sends complete — then it is failed.
+   * channel before is taken — its sender saw those sends complete — then it is failed. What
+   * the lane's caps hold is read at their rate first (ChannelPath.end), unless `now`.
    */
-  lost(peer: Partner, why = "the peer endpoint went away"): void {
+  lost(peer: Partner, why = "the peer endpoint went away", now = false): void {
     if (peer.dead !== undefined) return;
     const ch = peer.channel;
-    if (ch instanceof ChannelPath) ch.drain();
-    this.parts.partners.fail(peer, why, MxStatus.ENDPOINT_CLOSED);
+    if (ch instanceof ChannelPath) ch.end(why, MxStatus.ENDPOINT_CLOSED, now);
+    else this.parts.partners.fail(peer, why, MxStatus.ENDPOINT_CLOSED);
   }
 
   /**
@@ -767,15 +874,24 @@ export class Channels implements DriverEventSink {
   /** `ch` becomes `peer`'s channel and its fast way (unless it already is). */
   attach(peer: Partner, ch: DriverChannel): void {
     if (peer.channel !== undefined && peer.channel.channelId === ch.channelId) return;
-    const path = new ChannelPath(peer, ch, this.parts);
+    const path = new ChannelPath(peer, ch, this.parts, this);
     peer.channel = path;
     peer.hadChannel = true;
     peer.fast = path;
     this.parts.partners.route(peer);
   }
 
+  /** A parked driver event, heard now that the peer it named has ended (ChannelPath.park). */
+  replay(p: ParkedEvent): void {
+    if (p.kind === "channel") this.connected(p.ch);
+    else this.onDriverEvent(p.e[0], p.e[1], p.e[2], p.e[3], p.e[4]);
+  }
+
   onDriverEvent(kind: number, channelId: number, nic: number, endpoint: number, session: number): void {
-    const { partners, driver, ctx } = this.parts;
+    const { partners } = this.parts;
+    // A peer whose lane is still read at its caps' rate after it closed: what it says next
+    // (its reconnect, a new incarnation, their DISCONNECTs) waits until that lane is read.
+    if (this.parked(partners.get(nic, endpoint), kind, channelId, nic, endpoint, session)) return;
     if (kind === DRIVER_EVENT_CONNECT) {
       const known = partners.get(nic, endpoint);
       // The DISCONNECT that comes before a channel is replaced may be missing: myrback writes
@@ -784,28 +900,11 @@ export class Channels implements DriverEventSink {
       // connected on our side meanwhile) — only while that channel's lanes are open.
       if (known && known.dead === undefined && known.session === session) {
         known.channel?.checkClosed();
+        if (this.parked(known, kind, channelId, nic, endpoint, session)) return;
         if (known.dead === undefined && known.channel !== undefined) return;
       }
-      try {
-        const ch = driver.acceptChannel(ctx.endpointId, channelId);
-        if (ch.closed === true) {
-          this.takeClosed(ch);
-          return;
-        }
-        if (this.dropIfClosed(ch)) return;
-        // A live channel: its connector is that endpoint as it is now. A partner of another
-        // session is an incarnation closed since, whose DISCONNECT never came: failed now, as
-        // that event would have. (Given the stale partner, the channel went on from its
-        // sequence numbers, and the new peer's messages waited for their turn for ever.)
-        const stale = partners.get(ch.peerNic, ch.peerEndpoint);
-        if (stale && stale.dead === undefined && stale.session !== ch.peerSession)
-          this.lost(stale, "the peer endpoint was reopened");
-        this.attach(partners.add(ch.peerNic, ch.peerEndpoint, ch.peerSession), ch);
-      } catch (e) {
-        // MX_CONNECTION_FAILED: the channel was closed before we looked (its connector
-        // disconnected, or connected again on a fresh one): a stale event, not an error.
-        if ((e as { code?: unknown }).code !== "MX_CONNECTION_FAILED") ctx.counters.channelErrors++;
-      }
+      const ch = this.accept(channelId);
+      if (ch !== undefined) this.connected(ch);
     } else if (kind === DRIVER_EVENT_DISCONNECT) {
       const peer = partners.get(nic, endpoint);
       const ch = peer?.channel;
@@ -814,5 +913,68 @@ export class Channels implements DriverEventSink {
       if (peer && (ch?.channelId === channelId || (channelId === 0xffffffff && peer.session === session)))
         this.lost(peer);
     }
+  }
+
+  /**
+   * Parks the event on `peer`'s channel if that one is closing (true). A CONNECT's channel is
+   * accepted first (a refused one is a stale event: nothing to park). Past what a closing
+   * channel parks, it ends at once and the event goes on here (false; a CONNECT as accepted).
+   */
+  private parked(
+    peer: Partner | undefined,
+    kind: number,
+    channelId: number,
+    nic: number,
+    endpoint: number,
+    session: number,
+  ): boolean {
+    const closing = peer?.channel;
+    if (!(closing instanceof ChannelPath) || !closing.isClosing) return false;
+    if (kind !== DRIVER_EVENT_CONNECT)
+      return closing.park({ kind: "event", e: [kind, channelId, nic, endpoint, session] });
+    const ch = this.accept(channelId);
+    if (ch === undefined) return true;
+    if (!closing.park({ kind: "channel", ch })) this.connected(ch);
+    return true;
+  }
+
+  /** myrback's channel for a CONNECT event; undefined if it is gone (a stale event) or refused. */
+  private accept(channelId: number): AcceptedChannel | undefined {
+    const { driver, ctx } = this.parts;
+    try {
+      return driver.acceptChannel(ctx.endpointId, channelId);
+    } catch (e) {
+      // MX_CONNECTION_FAILED: the channel was closed before we looked (its connector
+      // disconnected, or connected again on a fresh one): a stale event, not an error.
+      if ((e as { code?: unknown }).code !== "MX_CONNECTION_FAILED") ctx.counters.channelErrors++;
+      return undefined;
+    }
+  }
+
+  /**
+   * A channel accepted for a CONNECT becomes its connector's (an orphan: what it holds is
+   * taken). One its connector closed since myrback handed it over (mx_disconnect right after
+   * its sends) is its all the same: what it wrote is read, as from any peer that went away,
+   * then it is failed. Dropped unread, those sends were lost, each MX_STATUS_SUCCESS to their
+   * sender — and a reconnect parked behind a closing lane (ChannelPath.park) met that often.
+   */
+  private connected(ch: AcceptedChannel): void {
+    const { partners } = this.parts;
+    if (ch.closed === true) {
+      this.takeClosed(ch);
+      return;
+    }
+    const closedSince = channelLanesClosed(ch.channel);
+    // A live channel: its connector is that endpoint as it is now. A partner of another
+    // session is an incarnation closed since, whose DISCONNECT never came: failed now, as
+    // that event would have. (Given the stale partner, the channel went on from its
+    // sequence numbers, and the new peer's messages waited for their turn for ever.) Its
+    // lane is taken whole: only a DISCONNECT lost for want of queue room comes here.
+    const stale = partners.get(ch.peerNic, ch.peerEndpoint);
+    if (stale && stale.dead === undefined && stale.session !== ch.peerSession)
+      this.lost(stale, "the peer endpoint was reopened", true);
+    const peer = partners.add(ch.peerNic, ch.peerEndpoint, ch.peerSession);
+    this.attach(peer, ch);
+    if (closedSince && peer.channel instanceof ChannelPath) peer.channel.end();
   }
 }

@@ -48,7 +48,8 @@ export class Connections {
     const known = this.partners.get(nic, endpoint);
     // Connected already; unless the peer closed our channel (mx_disconnect) and we had not
     // looked yet: then the peer is failed here and this connect gets a fresh channel.
-    known?.channel?.checkClosed();
+    // (Its lane is taken whole: our own connect, which its writer cannot repeat at will.)
+    known?.channel?.checkClosed(true);
     if (known && known.dead === undefined && known.verified) return known;
     // A split-only endpoint (ours or the peer's) is reached over Ethernet, key checked by its owner.
     if (this.driver.path === "split" || endpoint >= SPLIT_ENDPOINT_BASE) {
@@ -76,7 +77,7 @@ export class Connections {
         );
       // myrback made a new channel: the one the peer had is dead (closed before it was replaced).
       if (known?.channel !== undefined && known.channel.channelId !== conn.channel?.channelId)
-        this.channels.lost(known);
+        this.channels.lost(known, undefined, true);
       peer = this.partners.add(conn.peerNic, conn.peerEndpoint, conn.peerSession);
       peer.verified = true;
       if (conn.channel) this.channels.attach(peer, conn.channel);
@@ -93,7 +94,7 @@ export class Connections {
    * myrback gives the pair's next connect a fresh one.
    */
   disconnect(peer: Partner): void {
-    this.channels.lost(peer, "disconnected");
+    this.channels.lost(peer, "disconnected", true);
   }
 
   /**
