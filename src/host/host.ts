@@ -512,8 +512,13 @@ export class Host {
     this.stopped = true;
     for (const p of this.pending.values()) p.reject(new Error("the host stopped"));
     this.pending.clear();
-    await this.hypervisor.shutdown();
-    await this.nic.stop();
-    this.link.close();
+    try {
+      await this.hypervisor.shutdown();
+    } finally {
+      // The NIC's thread goes whatever happened to the domains: left running, it kept the
+      // process alive after a failed shutdown.
+      await this.nic.stop();
+      this.link.close();
+    }
   }
 }
