@@ -7,8 +7,9 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { kPartner, MxAddress, MxRequest, type Partner, RequestState } from "../src/mx/types.js";
+import { CHANNEL_BYTES } from "../src/myrixen/channel-abi.js";
 import { MxStatus } from "../src/nic/status.js";
-import { parts, peer, RecordingPath } from "./helpers/mx-parts.js";
+import { channelEnd, parts, peer, RecordingPath } from "./helpers/mx-parts.js";
 
 function send(to: Partner, size = 8): MxRequest {
   const r = new MxRequest("send", new Uint8Array(size), undefined);
@@ -179,4 +180,17 @@ test("a NOTIFY from a peer the send did not go to is counted and ignored: the se
   assert.equal(p.ctx.counters.channelErrors, 1);
   p.sends.answer(to, s.syncId, 100, MxStatus.SUCCESS);
   assert.deepEqual([s.code, s.xferLength], [MxStatus.SUCCESS, 100]);
+});
+
+test("a failed peer keeps no way to its channel: what still names the partner holds none of the channel's memory", () => {
+  const e = channelEnd(new SharedArrayBuffer(CHANNEL_BYTES), 0);
+  const req = send(e.partner);
+  assert.equal(e.partner.fast, e.path);
+  e.p.partners.fail(e.partner, "the peer endpoint went away", MxStatus.ENDPOINT_CLOSED);
+  // A reaped request waits in the completion queue until its next sweep, and the program may
+  // keep it for ever: its partner must not reach the lanes (half a MiB a peer).
+  assert.equal(req.peer, e.partner);
+  assert.equal(e.partner.channel, undefined);
+  assert.equal(e.partner.fast, undefined);
+  assert.equal(e.partner.path, undefined);
 });
