@@ -387,3 +387,41 @@ test("a capped endpoint's messages are slowed, never lost: all arrive, in order,
   );
   assert.ok(readNicCounters(nic.countersBuffer).endpoints[a.id].qos_deferred > 0, "the cap held some back");
 });
+
+test("a domain whose last endpoint closes in debt finds the debt on its next endpoint: a cap is not reset by reopening", () => {
+  // A guest capped at 1 MB/s sent 4 MB at once (the first message may overdraw), closed its
+  // endpoint and opened another: the fresh slot started with an empty bucket not in debt, so
+  // every reopen bought another free message of any size (a reviewer's lead).
+  const q = new QosScheduler(2);
+  const caps = { weight: 1, txBytesPerSec: 1e6, txMsgsPerSec: 0, rxBytesPerSec: 0, rxMsgsPerSec: 0 };
+  const ids = Int32Array.of(0, 1);
+  const d = new Int32Array(DESC_WORDS);
+  d[D_OPCODE] = Opcode.Send;
+  d[D_LENGTH] = 4_000_000;
+  q.opened(0, 7, 0);
+  q.set(0, caps, 0);
+  q.beginRound(ids, 1, 0);
+  assert.ok(q.admit(0, d), "the first message may overdraw");
+  q.charge(0);
+  q.closed(0);
+  // 1 s later it opens again (as myrback does: the default policy, then the domain's).
+  q.opened(1, 7, 1000);
+  q.set(1, caps, 1000);
+  q.beginRound(ids, 2, 1000);
+  d[D_LENGTH] = 8;
+  assert.equal(q.admit(1, d), false, "3 MB still owed at 1 MB/s");
+  assert.ok(Math.abs(q.waitMs(ids, 2) - 3000) < 1, `owes 3 s more: ${q.waitMs(ids, 2)} ms`);
+  q.beginRound(ids, 2, 4000);
+  assert.ok(q.admit(1, d), "paid by 4 s");
+  // Another domain, and this one once it has paid, start afresh.
+  q.closed(1);
+  q.opened(0, 8, 5000);
+  q.set(0, caps, 5000);
+  q.beginRound(ids, 1, 5000);
+  assert.ok(q.admit(0, d));
+  q.closed(0);
+  q.opened(1, 7, 6000);
+  q.set(1, caps, 6000);
+  q.beginRound(ids, 2, 6000);
+  assert.ok(q.admit(1, d), "a paid debt is forgotten");
+});

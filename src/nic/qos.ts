@@ -111,6 +111,12 @@ export function qosSettingsError(s: unknown): string | null {
   return null;
 }
 
+/** What an owed entry still owes per bucket at `now` (≥ 0: paid), each at the rate it had. */
+function owedAt(o: { tokens: Float64Array; rate: Float64Array; at: number }, now: number): number[] {
+  const dt = Math.max(0, now - o.at);
+  return Array.from(o.tokens, (t, b) => (o.rate[b] > 0 ? Math.min(0, t + o.rate[b] * dt) : 0));
+}
+
 export class QosScheduler {
   /** Per share slot (maxEndpoints + 1: the last is CLOSED's): its weight and deficit. */
   readonly weight: Float64Array;
@@ -146,6 +152,14 @@ export class QosScheduler {
    * is never idled by its weight). nic.ts reads and clears it each round.
    */
   deficitHeld = false;
+  /**
+   * Groups (domains) whose last endpoint closed with its caps in debt: what each bucket owed
+   * and its rate (per ms), as of `at`. The domain's next endpoint takes a fresh slot, and the
+   * debt with it once its caps are set (set). Before, the slot went with its debt: a capped
+   * guest that closed its endpoint after a large message and opened another had the next one
+   * free. Forgotten once paid (looked at when an endpoint opens).
+   */
+  private readonly owed = new Map<number, { tokens: Float64Array; rate: Float64Array; at: number }>();
   /** Set by admit(): who pays for the descriptor in hand (endpoints), and its size. */
   private payTx = 0;
   private payRx = -1;
@@ -180,6 +194,7 @@ export class QosScheduler {
    */
   opened(id: number, group: number | undefined, now: number): void {
     this.closed(id);
+    for (const [g, o] of this.owed) if (owedAt(o, now).every((t) => t >= 0)) this.owed.delete(g);
     this.chargeOf[id] = group ?? -++this.openings;
     if (group !== undefined) {
       for (let slot = 0; slot < this.CLOSED; slot++) {
@@ -207,6 +222,17 @@ export class QosScheduler {
     const slot = this.slotOf[id];
     this.slotOf[id] = this.CLOSED;
     if (slot === this.CLOSED || --this.slotRefs[slot] > 0) return;
+    const group = this.slotGroup[slot];
+    if (group >= 0 && this.capped[slot] === 1) {
+      const base = slot * BUCKETS;
+      const tokens = this.tokens.slice(base, base + BUCKETS);
+      if (tokens.some((t) => t < 0))
+        this.owed.set(group, {
+          tokens,
+          rate: this.rate.slice(base, base + BUCKETS),
+          at: this.lastRefill[slot],
+        });
+    }
     this.slotGroup[slot] = -1;
     this.capped[slot] = 0;
     this.deficit[slot] = Number.POSITIVE_INFINITY;
@@ -233,6 +259,15 @@ export class QosScheduler {
     }
     this.capped[slot] = capped;
     this.lastRefill[slot] = now;
+    // What the domain's endpoint closed before left owing, as of now.
+    const o = this.owed.get(this.slotGroup[slot]);
+    if (o !== undefined) {
+      const left = owedAt(o, now);
+      for (let b = 0; b < BUCKETS; b++) {
+        const i = slot * BUCKETS + b;
+        if (this.rate[i] > 0 && left[b] < this.tokens[i]) this.tokens[i] = left[b];
+      }
+    }
   }
 
   settings(id: number): QosSettings {
