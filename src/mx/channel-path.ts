@@ -16,6 +16,7 @@
 
 import {
   channelLanesClosed,
+  closeChannelLanes,
   LANE_BYTES,
   LaneWord,
   RECORD_HEADER_BYTES,
@@ -69,10 +70,12 @@ const MAX_DRAIN_RECORDS = LANE_BYTES / 8;
 
 /**
  * Driver events about a closing peer that wait for it to end (ChannelPath.park). An honest
- * peer that disconnected makes one or two (its next connect); beyond, the closing peer is
- * ended at once, its lane taken whole as before.
+ * peer that disconnected makes one or two (its next connect); myrback gives a pair 16
+ * channels at most (CHANNELS_PER_PAIR), a CONNECT and a DISCONNECT each. Beyond, an event is
+ * refused, not the closing lane read whole (that let a writer past its caps by reconnecting
+ * 33 times: a reviewer's PoC): a CONNECT's channel is released unread.
  */
-const MAX_PARKED_EVENTS = 64;
+const MAX_PARKED_EVENTS = 256;
 
 /**
  * A driver event held back while its peer's channel closes: a DISCONNECT as it came, a
@@ -498,17 +501,14 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
    * Holds a driver event about this peer while it closes (true); replayed once it ended, so a
    * reconnect's channel is read after what the old one held. (A CONNECT's channel is accepted
    * before it is parked: one its connector closes unaccepted is refused by myrback, and the
-   * sends the connector saw complete in it would be lost.) Past MAX_PARKED_EVENTS the peer
-   * ends now, its lane taken whole, and the event is not held (false).
+   * sends the connector saw complete in it would be lost.) False if the peer is not closing,
+   * or has MAX_PARKED_EVENTS parked already: the caller refuses the event.
    */
   park(event: ParkedEvent): boolean {
     if (this.closing === undefined || this.released) return false;
-    if (this.parked.length < MAX_PARKED_EVENTS) {
-      this.parked.push(event);
-      return true;
-    }
-    this.end(this.closing.why, this.closing.code, true);
-    return false;
+    if (this.parked.length >= MAX_PARKED_EVENTS) return false;
+    this.parked.push(event);
+    return true;
   }
 
   private fail(why: string | undefined, code: number): void {
@@ -867,8 +867,12 @@ export class Channels implements DriverEventSink {
   private takeClosed(ch: ReturnType<MxDriver["acceptChannel"]>): void {
     const { partners } = this.parts;
     const live = partners.get(ch.peerNic, ch.peerEndpoint);
+    // (A live partner of this session with another channel keeps it: this one is read apart.)
     const peer =
-      live !== undefined && live.dead === undefined && live.session !== ch.peerSession
+      live !== undefined &&
+      live.dead === undefined &&
+      (live.session !== ch.peerSession ||
+        (live.channel !== undefined && live.channel.channelId !== ch.channelId))
         ? partners.passing(ch.peerNic, ch.peerEndpoint, ch.peerSession)
         : partners.add(ch.peerNic, ch.peerEndpoint, ch.peerSession);
     this.attach(peer, ch);
@@ -888,7 +892,7 @@ export class Channels implements DriverEventSink {
 
   /** A parked driver event, heard now that the peer it named has ended (ChannelPath.park). */
   replay(p: ParkedEvent): void {
-    if (p.kind === "channel") this.connected(p.ch);
+    if (p.kind === "channel") this.taken(p.ch);
     else this.onDriverEvent(p.e[0], p.e[1], p.e[2], p.e[3], p.e[4]);
   }
 
@@ -909,7 +913,7 @@ export class Channels implements DriverEventSink {
         if (known.dead === undefined && known.channel !== undefined) return;
       }
       const ch = this.accept(channelId);
-      if (ch !== undefined) this.connected(ch);
+      if (ch !== undefined) this.taken(ch);
     } else if (kind === DRIVER_EVENT_DISCONNECT) {
       const peer = partners.get(nic, endpoint);
       const ch = peer?.channel;
@@ -935,12 +939,55 @@ export class Channels implements DriverEventSink {
   ): boolean {
     const closing = peer?.channel;
     if (!(closing instanceof ChannelPath) || !closing.isClosing) return false;
-    if (kind !== DRIVER_EVENT_CONNECT)
-      return closing.park({ kind: "event", e: [kind, channelId, nic, endpoint, session] });
+    if (kind !== DRIVER_EVENT_CONNECT) {
+      if (!closing.park({ kind: "event", e: [kind, channelId, nic, endpoint, session] }))
+        this.parts.ctx.counters.channelErrors++;
+      return true;
+    }
     const ch = this.accept(channelId);
-    if (ch === undefined) return true;
-    if (!closing.park({ kind: "channel", ch })) this.connected(ch);
+    if (ch !== undefined && !closing.park({ kind: "channel", ch })) this.refuse(ch);
     return true;
+  }
+
+  /**
+   * An accepted channel its connector's partner cannot take now: parked behind that partner's
+   * closing lane, or (its partner live on another channel of this session, which myrback
+   * would not make) read by a partner of its own and failed; else it becomes the partner's
+   * (connected). Never attached over a live partner's channel: the one replaced was never read
+   * or released again — its messages lost, its mapping kept (a reviewer's PoC: three reconnects
+   * while a capped lane closed lost the second's).
+   */
+  private taken(ch: AcceptedChannel): void {
+    const known = this.parts.partners.get(ch.peerNic, ch.peerEndpoint);
+    if (known !== undefined && known.dead === undefined && known.session === ch.peerSession) {
+      const cur = known.channel;
+      if (cur !== undefined && cur.channelId !== ch.channelId) {
+        cur.checkClosed();
+        const now = known.channel;
+        if (now instanceof ChannelPath && now.isClosing) {
+          if (!now.park({ kind: "channel", ch })) this.refuse(ch);
+          return;
+        }
+        if (known.dead === undefined && known.channel !== undefined) {
+          const passing = this.parts.partners.passing(ch.peerNic, ch.peerEndpoint, ch.peerSession);
+          this.attach(passing, ch);
+          if (passing.channel instanceof ChannelPath) passing.channel.end();
+          return;
+        }
+      }
+    }
+    this.connected(ch);
+  }
+
+  /** A channel refused (a flood of reconnects while its writer's lane closes): closed and unmapped unread, counted. */
+  private refuse(ch: AcceptedChannel): void {
+    this.parts.ctx.counters.channelErrors++;
+    closeChannelLanes(ch.channel);
+    try {
+      this.parts.driver.releaseChannel?.(this.parts.ctx.endpointId, ch.channelId);
+    } catch {
+      // Unmapped already.
+    }
   }
 
   /** myrback's channel for a CONNECT event; undefined if it is gone (a stale event) or refused. */
