@@ -41,18 +41,19 @@ interface RecvResult {
 }
 
 async function run(
-  mode: "reconnect" | "one",
+  mode: "reconnect" | "eager" | "one",
   tx: { bytesPerSec?: number; msgsPerSec?: number },
   rounds: number,
   perRound: number,
   size: number,
+  timing: { pauseMs?: number; waitMs?: number } = {},
 ): Promise<{ r: RecvResult; sendCodes: string[] }> {
   const start = async (role: string): Promise<[Domain, { nic: number; endpoint: number }]> => {
     const dom = await host.startGuest({
       module: GUEST,
       name: `lane-${role}-${mode}`,
       pages: 8192,
-      args: { role, mode, rounds, perRound, size },
+      args: { role, mode, rounds, perRound, size, ...timing },
     });
     const [addr] = (await nextMessage(dom)) as [{ nic: number; endpoint: number }];
     return [dom, addr];
@@ -123,4 +124,20 @@ test("a capped sender that fills its lane and disconnects, twice, has it read at
     r.elapsedMs >= minMs,
     `the receiver took ${total} messages from a sender capped at ${rate}/s in ${r.elapsedMs.toFixed(0)} ms (the cap allows no less than ${minMs.toFixed(0)} ms)`,
   );
+});
+
+test("an honest capped sender's connect/send/disconnect loop, eager sends only: every message it saw complete arrives, in order", async () => {
+  // Three channels while the first is still read at the cap: the second and third wait their
+  // turn. A replayed channel was once attached over the second while that one closed: its
+  // messages, each MX_STATUS_SUCCESS to the sender, never arrived (a reviewer's PoC).
+  const rounds = 3;
+  const perRound = 40;
+  const { r, sendCodes } = await run("eager", { msgsPerSec: 100 }, rounds, perRound, 8, {
+    pauseMs: 100,
+    waitMs: 10_000,
+  });
+  assert.deepEqual(sendCodes, ["MX_STATUS_SUCCESS"], "every send completed");
+  assert.deepEqual(r.codes, ["MX_STATUS_SUCCESS"], `every message arrived (${JSON.stringify(r)})`);
+  assert.equal(r.bytes, rounds * perRound * 8);
+  assert.equal(r.outOfOrder, 0, "in order");
 });
