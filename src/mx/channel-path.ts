@@ -577,9 +577,10 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
     } catch {
       this.ctx.counters.channelErrors++;
     }
-    // What the peer said while closing (a reconnect, a new incarnation) is heard now, in order.
+    // What the peer said while closing (a reconnect, a new incarnation) is heard now, in order
+    // — once no caller is in the middle of changing the peer table (Channels.later).
     this.closing = undefined;
-    for (const p of this.parked.splice(0)) this.channels?.replay(p);
+    if (this.parked.length > 0) this.channels?.later(this.parked.splice(0));
   }
 
   /**
@@ -822,7 +823,41 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
 
 /** Attaches channels to partners, and takes the driver events that bring and end them. */
 export class Channels implements DriverEventSink {
+  /** Events parked by peers that ended, to be heard in order (later). */
+  private readonly replays: ParkedEvent[] = [];
+  /** Callers in the middle of changing the peer table (batch): replays wait for them. */
+  private depth = 0;
+
   constructor(private readonly parts: ChannelPathParts) {}
+
+  /**
+   * Runs `fn`, which may fail partners, with the replays their release sets off held until it
+   * returns: a replay makes partners, and a caller that looked one up before (a CONNECT being
+   * taken, the endpoint's own connect) attached its channel over the replayed one's, which was
+   * then never read nor released (a reviewer's PoCs).
+   */
+  batch<T>(fn: () => T): T {
+    this.depth++;
+    try {
+      return fn();
+    } finally {
+      this.depth--;
+      if (this.depth === 0) this.flush();
+    }
+  }
+
+  /** A peer that ended parked these: heard now if no one is in a batch, else when the last one ends. */
+  later(events: ParkedEvent[]): void {
+    for (const e of events) this.replays.push(e);
+    if (this.depth === 0) this.flush();
+  }
+
+  private flush(): void {
+    while (this.replays.length > 0) {
+      const p = this.replays.shift() as ParkedEvent;
+      this.batch(() => this.replay(p));
+    }
+  }
 
   /**
    * A channel whose lanes a member closed already (it released it: mx_disconnect) is never
@@ -891,12 +926,16 @@ export class Channels implements DriverEventSink {
   }
 
   /** A parked driver event, heard now that the peer it named has ended (ChannelPath.park). */
-  replay(p: ParkedEvent): void {
+  private replay(p: ParkedEvent): void {
     if (p.kind === "channel") this.taken(p.ch);
-    else this.onDriverEvent(p.e[0], p.e[1], p.e[2], p.e[3], p.e[4]);
+    else this.heard(p.e[0], p.e[1], p.e[2], p.e[3], p.e[4]);
   }
 
   onDriverEvent(kind: number, channelId: number, nic: number, endpoint: number, session: number): void {
+    this.batch(() => this.heard(kind, channelId, nic, endpoint, session));
+  }
+
+  private heard(kind: number, channelId: number, nic: number, endpoint: number, session: number): void {
     const { partners } = this.parts;
     // A peer whose lane is still read at its caps' rate after it closed: what it says next
     // (its reconnect, a new incarnation, their DISCONNECTs) waits until that lane is read.
@@ -959,16 +998,20 @@ export class Channels implements DriverEventSink {
    */
   private taken(ch: AcceptedChannel): void {
     const known = this.parts.partners.get(ch.peerNic, ch.peerEndpoint);
-    if (known !== undefined && known.dead === undefined && known.session === ch.peerSession) {
+    if (known !== undefined && known.dead === undefined) {
+      const same = known.session === ch.peerSession;
       const cur = known.channel;
       if (cur !== undefined && cur.channelId !== ch.channelId) {
-        cur.checkClosed();
+        // A reopened endpoint's channel too waits behind its old incarnation's closing lane
+        // (read whole, that lane let a sender that reopened between rounds past its caps).
+        if (same) cur.checkClosed();
+        else this.lost(known, "the peer endpoint was reopened");
         const now = known.channel;
-        if (now instanceof ChannelPath && now.isClosing) {
+        if (known.dead === undefined && now instanceof ChannelPath && now.isClosing) {
           if (!now.park({ kind: "channel", ch })) this.refuse(ch);
           return;
         }
-        if (known.dead === undefined && known.channel !== undefined) {
+        if (same && known.dead === undefined && known.channel !== undefined) {
           const passing = this.parts.partners.passing(ch.peerNic, ch.peerEndpoint, ch.peerSession);
           this.attach(passing, ch);
           if (passing.channel instanceof ChannelPath) passing.channel.end();
@@ -1020,8 +1063,9 @@ export class Channels implements DriverEventSink {
     // A live channel: its connector is that endpoint as it is now. A partner of another
     // session is an incarnation closed since, whose DISCONNECT never came: failed now, as
     // that event would have. (Given the stale partner, the channel went on from its
-    // sequence numbers, and the new peer's messages waited for their turn for ever.) Its
-    // lane is taken whole: only a DISCONNECT lost for want of queue room comes here.
+    // sequence numbers, and the new peer's messages waited for their turn for ever.) One
+    // with a channel was ended by taken(), or parked this one behind its lane; one reached
+    // through the NIC has no lane to read.
     const stale = partners.get(ch.peerNic, ch.peerEndpoint);
     if (stale && stale.dead === undefined && stale.session !== ch.peerSession)
       this.lost(stale, "the peer endpoint was reopened", true);

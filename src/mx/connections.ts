@@ -45,6 +45,12 @@ export class Connections {
           "MX_BAD_PARAM_VAL",
           `connect: ${what} must be a 32-bit unsigned integer, got ${String(v)}`,
         );
+    // What failing a partner sets off (its parked events replayed) waits until this returns:
+    // `known` stays what the table says (Channels.batch).
+    return this.channels.batch(() => this.connectTo(nic, endpoint, key, timeoutMs));
+  }
+
+  private connectTo(nic: number, endpoint: number, key: number, timeoutMs: number): Partner {
     const known = this.partners.get(nic, endpoint);
     // Connected already; unless the peer closed our channel (mx_disconnect) and we had not
     // looked yet: then the peer is failed here and this connect gets a fresh channel.
@@ -94,7 +100,7 @@ export class Connections {
    * myrback gives the pair's next connect a fresh one.
    */
   disconnect(peer: Partner): void {
-    this.channels.lost(peer, "disconnected", true);
+    this.channels.batch(() => this.channels.lost(peer, "disconnected", true));
   }
 
   /**
