@@ -16,7 +16,6 @@
 
 import {
   channelLanesClosed,
-  closeChannelLanes,
   LANE_BYTES,
   LaneWord,
   RECORD_HEADER_BYTES,
@@ -67,25 +66,6 @@ import {
 
 /** The most records a full lane holds (each takes 8 bytes at least): what drain() and one receive() read at most. */
 const MAX_DRAIN_RECORDS = LANE_BYTES / 8;
-
-/**
- * Driver events about a closing peer that wait for it to end (ChannelPath.park). An honest
- * peer that disconnected makes one or two (its next connect); myrback gives a pair 16
- * channels at most (CHANNELS_PER_PAIR), a CONNECT and a DISCONNECT each. Beyond, an event is
- * refused, not the closing lane read whole (that let a writer past its caps by reconnecting
- * 33 times: a reviewer's PoC): a CONNECT's channel is released unread.
- */
-const MAX_PARKED_EVENTS = 256;
-
-/**
- * A driver event held back while its peer's channel closes: a DISCONNECT as it came, a
- * CONNECT as the channel it brought, accepted at once (ChannelPath.park says why).
- */
-type ParkedEvent =
-  | { readonly kind: "event"; readonly e: readonly [number, number, number, number, number] }
-  | { readonly kind: "channel"; readonly ch: AcceptedChannel };
-
-type AcceptedChannel = ReturnType<MxDriver["acceptChannel"]>;
 
 /**
  * NOTIFYs that may wait for room in our lane at most. They wait only while the peer does not
@@ -174,25 +154,11 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
   private readonly rights: PullRights;
   /** Holds the lane we read to the QoS policy myrback wrote for us (absent: no limits), and counts what we give ours. */
   private readonly policer: LanePolicer | undefined;
-  /**
-   * The peer closed the channel (or went away) while its lane held records its caps do not
-   * allow yet: they are read on at the policed rate, a lane's worth at most (`closingLeft`),
-   * and the peer is failed once the lane is empty — with `why`, or for garbage if it wrote
-   * that. Taken whole at once, a capped writer's lane was read past its caps: one that filled
-   * its lane and disconnected, again and again, had a lane's worth read each time (a
-   * reviewer's PoC: 4,000 messages in 157 ms under a cap of 200 a second).
-   */
-  private closing: { why: string | undefined; code: number } | undefined;
-  private closingLeft = 0;
-  /** Driver events about this peer that came while it was closing: replayed in order once it ended. */
-  private readonly parked: ParkedEvent[] = [];
 
   constructor(
     private readonly peer: Partner,
     ch: DriverChannel,
     private readonly parts: ChannelPathParts,
-    /** Replays the driver events parked while the peer closed. */
-    private readonly channels?: Channels,
   ) {
     this.channelId = ch.channelId;
     this.writer = new LaneWriter(ch.channel, ch.side);
@@ -356,25 +322,16 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
     const rd = this.reader;
     const pol = this.policer;
     let moved = false;
-    let empty = false;
     if (pol === undefined || pol.begin()) {
       // At most a full lane's worth per call (as drain()), and nothing once a record failed
       // the peer: a writer that refills the lane behind us cannot keep this call from
       // returning, and a peer failed for garbage delivers nothing more.
-      for (let n = 0; n < MAX_DRAIN_RECORDS && !this.released; n++) {
-        if (!rd.next()) {
-          empty = true;
-          break;
-        }
+      for (let n = 0; n < MAX_DRAIN_RECORDS && !this.released && rd.next(); n++) {
         // A record the caps or this round's share do not allow stays in the lane (lane-policer.ts).
         if (pol !== undefined && !this.admit(pol, rd)) break;
         this.onRecord(rd);
         rd.release();
         moved = true;
-        if (this.closing !== undefined && --this.closingLeft <= 0) {
-          empty = true;
-          break;
-        }
       }
     }
     if (pol !== undefined && pol.heldUntil !== 0) {
@@ -406,7 +363,6 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
         MxStatus.ENDPOINT_UNREACHABLE,
       );
     }
-    if (empty && this.closing !== undefined) this.finishClosing();
     return moved;
   }
 
@@ -428,12 +384,14 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
   }
 
   /**
-   * Takes what the peer managed to send before it went away, all at once: at most a full
-   * lane's worth of records, so a peer that goes on writing after it said it closed cannot
-   * keep us here. Each is charged to the lane's caps all the same (LanePolicer.force), so the
-   * writer's next lanes pay for what these took past them.
+   * Takes what the peer managed to send before it went away: at most a full lane's worth of
+   * records, so a peer that goes on writing after it said it closed cannot keep us here.
+   * Each is charged to the lane's caps all the same (LanePolicer.force): the writer's next
+   * lanes to this endpoint pay for what these took past them. (They are taken at once, not at
+   * the caps' rate: a writer that fills its lane and disconnects gets a lane's worth past its
+   * caps per connection — see the performance-isolation notes.)
    */
-  private drain(): void {
+  drain(): void {
     const rd = this.reader;
     const pol = this.policer;
     for (let n = 0; n < MAX_DRAIN_RECORDS && !this.released && rd.next(); n++) {
@@ -456,62 +414,15 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
    * wrote before it did: the peer may have committed its last records and closed since this
    * round's receive() looked (or the lane's policy held them), and a send it saw complete
    * must still arrive (an MPI rank's last barrier message, written just before finalize).
-   * What the lane's caps hold is read at their rate (`closing`) unless `now`.
    */
-  checkClosed(now = false): void {
+  checkClosed(): void {
     if (!this.reader.closed && !this.writer.closed) return;
-    this.end(undefined, MxStatus.ENDPOINT_CLOSED, now);
+    this.end();
   }
 
-  /** Closing: the peer's lane is still read at its caps' rate before the peer is failed. */
-  get isClosing(): boolean {
-    return this.closing !== undefined;
-  }
-
-  /**
-   * Takes what the peer wrote (a lane's worth at most), then fails it with `why` (undefined:
-   * it went away, or wrote garbage if that is what it wrote). What the lane's caps do not
-   * allow yet is read at their rate first (`closing`), unless `now`: the endpoint's own
-   * connect or disconnect, which a writer cannot repeat at will.
-   */
-  end(why: string | undefined = undefined, code: number = MxStatus.ENDPOINT_CLOSED, now = false): void {
-    if (this.released) return;
-    if (this.policer !== undefined && !now) {
-      if (this.closing === undefined) {
-        this.closing = { why, code };
-        this.closingLeft = MAX_DRAIN_RECORDS;
-        this.receive();
-      }
-      return;
-    }
-    this.closing = undefined;
+  /** Takes what the peer wrote (a lane's worth at most), then fails it: for garbage if that is what it wrote. */
+  end(): void {
     this.drain();
-    this.fail(why, code);
-  }
-
-  /** The lane is read to its end while closing: the peer is failed (release replays what was parked). */
-  private finishClosing(): void {
-    const c = this.closing;
-    if (c === undefined) return;
-    this.closing = undefined;
-    this.fail(c.why, c.code);
-  }
-
-  /**
-   * Holds a driver event about this peer while it closes (true); replayed once it ended, so a
-   * reconnect's channel is read after what the old one held. (A CONNECT's channel is accepted
-   * before it is parked: one its connector closes unaccepted is refused by myrback, and the
-   * sends the connector saw complete in it would be lost.) False if the peer is not closing,
-   * or has MAX_PARKED_EVENTS parked already: the caller refuses the event.
-   */
-  park(event: ParkedEvent): boolean {
-    if (this.closing === undefined || this.released) return false;
-    if (this.parked.length >= MAX_PARKED_EVENTS) return false;
-    this.parked.push(event);
-    return true;
-  }
-
-  private fail(why: string | undefined, code: number): void {
     const broken = this.reader.broken;
     if (broken) {
       // What it wrote before it closed was garbage: that is the reason to give.
@@ -523,7 +434,7 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
       );
       return;
     }
-    this.parts.partners.fail(this.peer, why ?? "the peer endpoint went away", code);
+    this.parts.partners.fail(this.peer, "the peer endpoint went away", MxStatus.ENDPOINT_CLOSED);
   }
 
   /** ChannelEnd.announceSleep: the peer's next record kicks us (channel-abi.ts ReaderSleeping). */
@@ -577,10 +488,6 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
     } catch {
       this.ctx.counters.channelErrors++;
     }
-    // What the peer said while closing (a reconnect, a new incarnation) is heard now, in order
-    // — once no caller is in the middle of changing the peer table (Channels.later).
-    this.closing = undefined;
-    if (this.parked.length > 0) this.channels?.later(this.parked.splice(0));
   }
 
   /**
@@ -823,41 +730,7 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
 
 /** Attaches channels to partners, and takes the driver events that bring and end them. */
 export class Channels implements DriverEventSink {
-  /** Events parked by peers that ended, to be heard in order (later). */
-  private readonly replays: ParkedEvent[] = [];
-  /** Callers in the middle of changing the peer table (batch): replays wait for them. */
-  private depth = 0;
-
   constructor(private readonly parts: ChannelPathParts) {}
-
-  /**
-   * Runs `fn`, which may fail partners, with the replays their release sets off held until it
-   * returns: a replay makes partners, and a caller that looked one up before (a CONNECT being
-   * taken, the endpoint's own connect) attached its channel over the replayed one's, which was
-   * then never read nor released (a reviewer's PoCs).
-   */
-  batch<T>(fn: () => T): T {
-    this.depth++;
-    try {
-      return fn();
-    } finally {
-      this.depth--;
-      if (this.depth === 0) this.flush();
-    }
-  }
-
-  /** A peer that ended parked these: heard now if no one is in a batch, else when the last one ends. */
-  later(events: ParkedEvent[]): void {
-    for (const e of events) this.replays.push(e);
-    if (this.depth === 0) this.flush();
-  }
-
-  private flush(): void {
-    while (this.replays.length > 0) {
-      const p = this.replays.shift() as ParkedEvent;
-      this.batch(() => this.replay(p));
-    }
-  }
 
   /**
    * A channel whose lanes a member closed already (it released it: mx_disconnect) is never
@@ -876,14 +749,13 @@ export class Channels implements DriverEventSink {
 
   /**
    * `peer` is gone for us (its channel died, or mx_disconnect): what it wrote into the
-   * channel before is taken — its sender saw those sends complete — then it is failed. What
-   * the lane's caps hold is read at their rate first (ChannelPath.end), unless `now`.
+   * channel before is taken — its sender saw those sends complete — then it is failed.
    */
-  lost(peer: Partner, why = "the peer endpoint went away", now = false): void {
+  lost(peer: Partner, why = "the peer endpoint went away"): void {
     if (peer.dead !== undefined) return;
     const ch = peer.channel;
-    if (ch instanceof ChannelPath) ch.end(why, MxStatus.ENDPOINT_CLOSED, now);
-    else this.parts.partners.fail(peer, why, MxStatus.ENDPOINT_CLOSED);
+    if (ch instanceof ChannelPath) ch.drain();
+    this.parts.partners.fail(peer, why, MxStatus.ENDPOINT_CLOSED);
   }
 
   /**
@@ -902,12 +774,8 @@ export class Channels implements DriverEventSink {
   private takeClosed(ch: ReturnType<MxDriver["acceptChannel"]>): void {
     const { partners } = this.parts;
     const live = partners.get(ch.peerNic, ch.peerEndpoint);
-    // (A live partner of this session with another channel keeps it: this one is read apart.)
     const peer =
-      live !== undefined &&
-      live.dead === undefined &&
-      (live.session !== ch.peerSession ||
-        (live.channel !== undefined && live.channel.channelId !== ch.channelId))
+      live !== undefined && live.dead === undefined && live.session !== ch.peerSession
         ? partners.passing(ch.peerNic, ch.peerEndpoint, ch.peerSession)
         : partners.add(ch.peerNic, ch.peerEndpoint, ch.peerSession);
     this.attach(peer, ch);
@@ -918,28 +786,15 @@ export class Channels implements DriverEventSink {
   /** `ch` becomes `peer`'s channel and its fast way (unless it already is). */
   attach(peer: Partner, ch: DriverChannel): void {
     if (peer.channel !== undefined && peer.channel.channelId === ch.channelId) return;
-    const path = new ChannelPath(peer, ch, this.parts, this);
+    const path = new ChannelPath(peer, ch, this.parts);
     peer.channel = path;
     peer.hadChannel = true;
     peer.fast = path;
     this.parts.partners.route(peer);
   }
 
-  /** A parked driver event, heard now that the peer it named has ended (ChannelPath.park). */
-  private replay(p: ParkedEvent): void {
-    if (p.kind === "channel") this.taken(p.ch);
-    else this.heard(p.e[0], p.e[1], p.e[2], p.e[3], p.e[4]);
-  }
-
   onDriverEvent(kind: number, channelId: number, nic: number, endpoint: number, session: number): void {
-    this.batch(() => this.heard(kind, channelId, nic, endpoint, session));
-  }
-
-  private heard(kind: number, channelId: number, nic: number, endpoint: number, session: number): void {
-    const { partners } = this.parts;
-    // A peer whose lane is still read at its caps' rate after it closed: what it says next
-    // (its reconnect, a new incarnation, their DISCONNECTs) waits until that lane is read.
-    if (this.parked(partners.get(nic, endpoint), kind, channelId, nic, endpoint, session)) return;
+    const { partners, driver, ctx } = this.parts;
     if (kind === DRIVER_EVENT_CONNECT) {
       const known = partners.get(nic, endpoint);
       // The DISCONNECT that comes before a channel is replaced may be missing: myrback writes
@@ -948,11 +803,28 @@ export class Channels implements DriverEventSink {
       // connected on our side meanwhile) — only while that channel's lanes are open.
       if (known && known.dead === undefined && known.session === session) {
         known.channel?.checkClosed();
-        if (this.parked(known, kind, channelId, nic, endpoint, session)) return;
         if (known.dead === undefined && known.channel !== undefined) return;
       }
-      const ch = this.accept(channelId);
-      if (ch !== undefined) this.taken(ch);
+      try {
+        const ch = driver.acceptChannel(ctx.endpointId, channelId);
+        if (ch.closed === true) {
+          this.takeClosed(ch);
+          return;
+        }
+        if (this.dropIfClosed(ch)) return;
+        // A live channel: its connector is that endpoint as it is now. A partner of another
+        // session is an incarnation closed since, whose DISCONNECT never came: failed now, as
+        // that event would have. (Given the stale partner, the channel went on from its
+        // sequence numbers, and the new peer's messages waited for their turn for ever.)
+        const stale = partners.get(ch.peerNic, ch.peerEndpoint);
+        if (stale && stale.dead === undefined && stale.session !== ch.peerSession)
+          this.lost(stale, "the peer endpoint was reopened");
+        this.attach(partners.add(ch.peerNic, ch.peerEndpoint, ch.peerSession), ch);
+      } catch (e) {
+        // MX_CONNECTION_FAILED: the channel was closed before we looked (its connector
+        // disconnected, or connected again on a fresh one): a stale event, not an error.
+        if ((e as { code?: unknown }).code !== "MX_CONNECTION_FAILED") ctx.counters.channelErrors++;
+      }
     } else if (kind === DRIVER_EVENT_DISCONNECT) {
       const peer = partners.get(nic, endpoint);
       const ch = peer?.channel;
@@ -961,116 +833,5 @@ export class Channels implements DriverEventSink {
       if (peer && (ch?.channelId === channelId || (channelId === 0xffffffff && peer.session === session)))
         this.lost(peer);
     }
-  }
-
-  /**
-   * Parks the event on `peer`'s channel if that one is closing (true). A CONNECT's channel is
-   * accepted first (a refused one is a stale event: nothing to park). Past what a closing
-   * channel parks, it ends at once and the event goes on here (false; a CONNECT as accepted).
-   */
-  private parked(
-    peer: Partner | undefined,
-    kind: number,
-    channelId: number,
-    nic: number,
-    endpoint: number,
-    session: number,
-  ): boolean {
-    const closing = peer?.channel;
-    if (!(closing instanceof ChannelPath) || !closing.isClosing) return false;
-    if (kind !== DRIVER_EVENT_CONNECT) {
-      if (!closing.park({ kind: "event", e: [kind, channelId, nic, endpoint, session] }))
-        this.parts.ctx.counters.channelErrors++;
-      return true;
-    }
-    const ch = this.accept(channelId);
-    if (ch !== undefined && !closing.park({ kind: "channel", ch })) this.refuse(ch);
-    return true;
-  }
-
-  /**
-   * An accepted channel its connector's partner cannot take now: parked behind that partner's
-   * closing lane, or (its partner live on another channel of this session, which myrback
-   * would not make) read by a partner of its own and failed; else it becomes the partner's
-   * (connected). Never attached over a live partner's channel: the one replaced was never read
-   * or released again — its messages lost, its mapping kept (a reviewer's PoC: three reconnects
-   * while a capped lane closed lost the second's).
-   */
-  private taken(ch: AcceptedChannel): void {
-    const known = this.parts.partners.get(ch.peerNic, ch.peerEndpoint);
-    if (known !== undefined && known.dead === undefined) {
-      const same = known.session === ch.peerSession;
-      const cur = known.channel;
-      if (cur !== undefined && cur.channelId !== ch.channelId) {
-        // A reopened endpoint's channel too waits behind its old incarnation's closing lane
-        // (read whole, that lane let a sender that reopened between rounds past its caps).
-        if (same) cur.checkClosed();
-        else this.lost(known, "the peer endpoint was reopened");
-        const now = known.channel;
-        if (known.dead === undefined && now instanceof ChannelPath && now.isClosing) {
-          if (!now.park({ kind: "channel", ch })) this.refuse(ch);
-          return;
-        }
-        if (same && known.dead === undefined && known.channel !== undefined) {
-          const passing = this.parts.partners.passing(ch.peerNic, ch.peerEndpoint, ch.peerSession);
-          this.attach(passing, ch);
-          if (passing.channel instanceof ChannelPath) passing.channel.end();
-          return;
-        }
-      }
-    }
-    this.connected(ch);
-  }
-
-  /** A channel refused (a flood of reconnects while its writer's lane closes): closed and unmapped unread, counted. */
-  private refuse(ch: AcceptedChannel): void {
-    this.parts.ctx.counters.channelErrors++;
-    closeChannelLanes(ch.channel);
-    try {
-      this.parts.driver.releaseChannel?.(this.parts.ctx.endpointId, ch.channelId);
-    } catch {
-      // Unmapped already.
-    }
-  }
-
-  /** myrback's channel for a CONNECT event; undefined if it is gone (a stale event) or refused. */
-  private accept(channelId: number): AcceptedChannel | undefined {
-    const { driver, ctx } = this.parts;
-    try {
-      return driver.acceptChannel(ctx.endpointId, channelId);
-    } catch (e) {
-      // MX_CONNECTION_FAILED: the channel was closed before we looked (its connector
-      // disconnected, or connected again on a fresh one): a stale event, not an error.
-      if ((e as { code?: unknown }).code !== "MX_CONNECTION_FAILED") ctx.counters.channelErrors++;
-      return undefined;
-    }
-  }
-
-  /**
-   * A channel accepted for a CONNECT becomes its connector's (an orphan: what it holds is
-   * taken). One its connector closed since myrback handed it over (mx_disconnect right after
-   * its sends) is its all the same: what it wrote is read, as from any peer that went away,
-   * then it is failed. Dropped unread, those sends were lost, each MX_STATUS_SUCCESS to their
-   * sender — and a reconnect parked behind a closing lane (ChannelPath.park) met that often.
-   */
-  private connected(ch: AcceptedChannel): void {
-    const { partners } = this.parts;
-    if (ch.closed === true) {
-      this.takeClosed(ch);
-      return;
-    }
-    const closedSince = channelLanesClosed(ch.channel);
-    // A live channel: its connector is that endpoint as it is now. A partner of another
-    // session is an incarnation closed since, whose DISCONNECT never came: failed now, as
-    // that event would have. (Given the stale partner, the channel went on from its
-    // sequence numbers, and the new peer's messages waited for their turn for ever.) One
-    // with a channel was ended by taken(), or parked this one behind its lane; one reached
-    // through the NIC has no lane to read.
-    const stale = partners.get(ch.peerNic, ch.peerEndpoint);
-    if (stale && stale.dead === undefined && stale.session !== ch.peerSession)
-      this.lost(stale, "the peer endpoint was reopened", true);
-    const peer = partners.add(ch.peerNic, ch.peerEndpoint, ch.peerSession);
-    this.attach(peer, ch);
-    if (closedSince && peer.channel instanceof ChannelPath) peer.channel.end();
   }
 }

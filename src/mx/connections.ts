@@ -45,17 +45,10 @@ export class Connections {
           "MX_BAD_PARAM_VAL",
           `connect: ${what} must be a 32-bit unsigned integer, got ${String(v)}`,
         );
-    // What failing a partner sets off (its parked events replayed) waits until this returns:
-    // `known` stays what the table says (Channels.batch).
-    return this.channels.batch(() => this.connectTo(nic, endpoint, key, timeoutMs));
-  }
-
-  private connectTo(nic: number, endpoint: number, key: number, timeoutMs: number): Partner {
     const known = this.partners.get(nic, endpoint);
     // Connected already; unless the peer closed our channel (mx_disconnect) and we had not
     // looked yet: then the peer is failed here and this connect gets a fresh channel.
-    // (Its lane is taken whole: our own connect, which its writer cannot repeat at will.)
-    known?.channel?.checkClosed(true);
+    known?.channel?.checkClosed();
     if (known && known.dead === undefined && known.verified) return known;
     // A split-only endpoint (ours or the peer's) is reached over Ethernet, key checked by its owner.
     if (this.driver.path === "split" || endpoint >= SPLIT_ENDPOINT_BASE) {
@@ -83,7 +76,7 @@ export class Connections {
         );
       // myrback made a new channel: the one the peer had is dead (closed before it was replaced).
       if (known?.channel !== undefined && known.channel.channelId !== conn.channel?.channelId)
-        this.channels.lost(known, undefined, true);
+        this.channels.lost(known);
       peer = this.partners.add(conn.peerNic, conn.peerEndpoint, conn.peerSession);
       peer.verified = true;
       if (conn.channel) this.channels.attach(peer, conn.channel);
@@ -100,7 +93,7 @@ export class Connections {
    * myrback gives the pair's next connect a fresh one.
    */
   disconnect(peer: Partner): void {
-    this.channels.batch(() => this.channels.lost(peer, "disconnected", true));
+    this.channels.lost(peer, "disconnected");
   }
 
   /**

@@ -325,9 +325,9 @@ export class LanePolicer {
   }
 
   /**
-   * Records read past the caps, for what must arrive whatever they say (what a closing peer
-   * left: channel-path.ts takes it all only when it cannot wait): charged all the same, so
-   * the writer's next lanes pay for them.
+   * Records read past the caps, for what must arrive whatever they say (what a peer that went
+   * away left in its lane: channel-path.ts drain): charged all the same, so the writer's next
+   * lanes pay for them.
    */
   force(bytes: number, msgs: number): void {
     if (this.seq[0] !== this.seen) this.reload();

@@ -238,11 +238,8 @@ export interface ChannelEnd {
    * the peer on garbage. `sweep`: the lane's rarer duties too (LaneReader.takeSpaceWanted).
    */
   receive(sweep?: boolean): boolean;
-  /**
-   * On a sweep that read nothing: fails the peer if its channel was closed (after reading what
-   * its lane's caps hold at their rate, unless `now`).
-   */
-  checkClosed(now?: boolean): void;
+  /** On a sweep that read nothing: fails the peer if its channel was closed. */
+  checkClosed(): void;
   /** The peer is gone (`code`): transfers under way fail, the lanes are dropped and the driver unmaps the channel. */
   release(code?: number): void;
   /**
