@@ -811,7 +811,10 @@ export class Channels implements DriverEventSink {
           this.takeClosed(ch);
           return;
         }
-        if (this.dropIfClosed(ch)) return;
+        // Closed by its connector since myrback handed it over (mx_disconnect right after its
+        // sends): what it wrote is read, then it is failed, as any peer that went away. Dropped
+        // unread, those sends were lost, each MX_STATUS_SUCCESS to their sender.
+        const closedSince = channelLanesClosed(ch.channel);
         // A live channel: its connector is that endpoint as it is now. A partner of another
         // session is an incarnation closed since, whose DISCONNECT never came: failed now, as
         // that event would have. (Given the stale partner, the channel went on from its
@@ -819,7 +822,9 @@ export class Channels implements DriverEventSink {
         const stale = partners.get(ch.peerNic, ch.peerEndpoint);
         if (stale && stale.dead === undefined && stale.session !== ch.peerSession)
           this.lost(stale, "the peer endpoint was reopened");
-        this.attach(partners.add(ch.peerNic, ch.peerEndpoint, ch.peerSession), ch);
+        const peer = partners.add(ch.peerNic, ch.peerEndpoint, ch.peerSession);
+        this.attach(peer, ch);
+        if (closedSince && peer.channel instanceof ChannelPath) peer.channel.end();
       } catch (e) {
         // MX_CONNECTION_FAILED: the channel was closed before we looked (its connector
         // disconnected, or connected again on a fresh one): a stale event, not an error.

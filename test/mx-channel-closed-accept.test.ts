@@ -1,0 +1,54 @@
+/**
+ * A channel its connector closed after myrback handed it over, before the receiving library
+ * took the CONNECT event (mx_connect, sends, mx_disconnect, all while the receiver was busy):
+ * what the connector wrote is read, then the connector is failed — each of those sends was
+ * MX_STATUS_SUCCESS to it. Dropped unread (Channels.dropIfClosed), they were lost: seen in a
+ * fast connect/send/disconnect loop while the receiver was held by its caps (2026-12-07).
+ * Real Channels, ChannelPath and PartnerTable; a fake driver hands the channel over.
+ */
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { Channels } from "../src/mx/channel-path.js";
+import { MxRequest, RequestState } from "../src/mx/types.js";
+import { CHANNEL_BYTES, closeChannelLanes } from "../src/myrixen/channel-abi.js";
+import { DRIVER_EVENT_CONNECT, DRIVER_EVENT_DISCONNECT, type MxDriver } from "../src/myrixen/driver-abi.js";
+import { channelEnd, parts, postRecv } from "./helpers/mx-parts.js";
+
+test("a channel its connector closed before the receiver took its CONNECT is read: every message the connector saw complete arrives, in order", () => {
+  const rank = parts();
+  const channels = new Channels(rank);
+  const channel = new SharedArrayBuffer(CHANNEL_BYTES);
+  (rank.driver as unknown as { acceptChannel: MxDriver["acceptChannel"] }).acceptChannel = (_ep, id) => ({
+    channelId: id,
+    channel,
+    side: 1,
+    peerIntr: new SharedArrayBuffer(4096),
+    peerNic: 0,
+    peerEndpoint: 5,
+    peerSession: 555,
+  });
+  const recvs = Array.from({ length: 10 }, () => postRecv({ p: rank } as never, new Uint8Array(8), 7));
+  // The connector: writes 10 eager messages (each complete once in the lane), disconnects.
+  const sender = channelEnd(channel, 0);
+  for (let i = 0; i < 10; i++) {
+    const buf = new Uint8Array(8);
+    new DataView(buf.buffer).setUint32(0, i, true);
+    const req = new MxRequest("send", buf, undefined);
+    req.peer = sender.partner;
+    req.matchLo = 7;
+    req.msgLength = 8;
+    assert.ok(sender.path.trySend(req));
+    assert.equal(req.state, RequestState.Done, "complete for the connector");
+  }
+  closeChannelLanes(channel);
+  // Only now does the receiver look at its events.
+  channels.onDriverEvent(DRIVER_EVENT_CONNECT, 1, 0, 5, 555);
+  channels.onDriverEvent(DRIVER_EVENT_DISCONNECT, 1, 0, 5, 555);
+  const got = recvs
+    .filter((r) => r.state === RequestState.Done)
+    .map((r) => new DataView(r.buffer.buffer, r.buffer.byteOffset).getUint32(0, true));
+  assert.deepEqual(got, [...Array(10).keys()], "all ten, in order");
+  const peer = rank.partners.get(0, 5);
+  assert.ok(peer?.dead !== undefined, "and the connector is failed: it went away");
+  assert.equal(peer?.channel, undefined, "its channel released");
+});
