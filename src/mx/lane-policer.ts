@@ -134,13 +134,6 @@ export class LaneGroups {
     if (!b.inDebt && this.buckets.get(group) === b) this.buckets.delete(group);
   }
 
-  /** Writers kept for their debt (no lane now). */
-  get indebted(): number {
-    let n = 0;
-    for (const b of this.buckets.values()) if (b.lanes <= 0) n++;
-    return n;
-  }
-
   /** Buckets no lane holds whose debt is paid by `now` are forgotten (at most one per domain waits). */
   private forgetPaid(now: number): void {
     for (const [g, b] of this.buckets) {
@@ -155,8 +148,6 @@ export class LanePolicer {
   private readonly seq: Int32Array;
   private readonly words: Float64Array;
   private seen = -1;
-  bytesPerSec = 0;
-  msgsPerSec = 0;
   weight = 1;
   /** The share loop's limit (bytes/s; 0 = none). */
   shareBytesPerSec = 0;
@@ -381,8 +372,6 @@ export class LanePolicer {
     b.msgs = newMsgs === 0 ? 0 : Math.min(b.msgs, b.msgsDepth);
     b.bytesPerSec = newBytes;
     b.msgsPerSec = newMsgs;
-    this.bytesPerSec = newBytes;
-    this.msgsPerSec = newMsgs;
     this.weight = Number.isFinite(weight) && weight >= 1 ? Math.min(1000, Math.floor(weight)) : 1;
     // The share changes every few ms while lanes contend: what the bucket holds carries over
     // (a debt too), so rewriting the rate neither frees a burst nor forgives a debt.
