@@ -98,6 +98,11 @@ export class ControlService {
       }
       case "set_qos":
         return this.setQos(r);
+      case "forget_group":
+        if (!isInt(r.group) || r.group < 0 || r.group > 0xffffffff)
+          throw new NicError("EINVAL", `forget_group: group must be a u32, got ${String(r.group)}`);
+        this.qos.forgetGroup(r.group);
+        return null;
       case "close_endpoint":
         this.closeEndpoint(this.eps.openCtx(r.endpointId, "close_endpoint"));
         return null;
@@ -118,7 +123,7 @@ export class ControlService {
       default:
         throw new NicError(
           "EINVAL",
-          `unknown control op ${JSON.stringify((r as { op: string }).op)}: expected open_endpoint, close_endpoint, register_region, deregister_region, lookup_endpoint, deliver_event, open_ether_port, set_qos or info`,
+          `unknown control op ${JSON.stringify((r as { op: string }).op)}: expected open_endpoint, close_endpoint, register_region, deregister_region, lookup_endpoint, deliver_event, open_ether_port, set_qos, forget_group or info`,
         );
     }
   }
@@ -218,6 +223,7 @@ export class ControlService {
         .map((endpointId) => ({ endpointId, settings: this.qos.settings(endpointId) }))
         .filter(({ settings }) => !isDefaultQos(settings)),
       qosShares: this.qos.shares(this.eps.openList()),
+      qosOwed: this.qos.owedGroups(this.clock.tick()),
     };
   }
 }

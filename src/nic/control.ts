@@ -68,6 +68,11 @@ export type NicControlRequest =
    * Answers the settings now in force.
    */
   | { op: "set_qos"; endpointId: number; settings: QosSettings }
+  /**
+   * The domain `group` stood for is gone: the cap debt it left when its last endpoint closed
+   * (qos.ts) is forgotten, so that a later domain given its id does not start in its debt.
+   */
+  | { op: "forget_group"; group: number }
   | { op: "info" };
 
 export interface OpenEtherPortReply {
@@ -114,6 +119,8 @@ export interface NicInfo {
   qos?: { endpointId: number; settings: QosSettings }[];
   /** Open endpoints that share one QoS slot (one weight, deficit and set of caps: one domain's), two or more each. */
   qosShares?: number[][];
+  /** Share groups (domains) with no endpoint open whose cap debt is kept until paid (qos.ts `owed`), ascending. */
+  qosOwed?: number[];
 }
 
 export interface LinkStateInfo {

@@ -238,6 +238,23 @@ export class QosScheduler {
     this.deficit[slot] = Number.POSITIVE_INFINITY;
   }
 
+  /**
+   * The domain `group` stood for is gone (forget_group): its kept debt goes with it. Kept, a
+   * later domain given the same id (they come back after the round robin wraps) would start
+   * in a stranger's debt, and the map would hold every indebted dead domain until paid.
+   */
+  forgetGroup(group: number): void {
+    this.owed.delete(group);
+  }
+
+  /** The groups whose debt is kept now (no endpoint open, not yet paid at `now`), ascending. */
+  owedGroups(now: number): number[] {
+    return [...this.owed]
+      .filter(([, o]) => owedAt(o, now).some((t) => t < 0))
+      .map(([g]) => g)
+      .sort((a, b) => a - b);
+  }
+
   /** Endpoint `id` gets policy `s` (checked by the caller with qosSettingsError): its whole share group does. */
   set(id: number, s: QosSettings, now: number): void {
     const slot = this.slotOf[id];

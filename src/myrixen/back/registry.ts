@@ -772,6 +772,12 @@ export class MyriCore {
     this.devices.delete(domid);
     this.memory.forgetDomain(domid);
     this.qos.forget(domid);
+    // The NIC keeps a domain's cap debt past its last endpoint (nic/qos.ts); not past the domain.
+    try {
+      this.cfg.nic.call({ op: "forget_group", group: domid });
+    } catch {
+      // A NIC that stopped keeps nothing.
+    }
   }
 }
 
