@@ -759,13 +759,14 @@ export class Channels implements DriverEventSink {
   }
 
   /**
-   * A channel its connector closed before we took its CONNECT (myrback keeps such a channel
-   * for us when it holds records): what the connector wrote is taken — it saw those sends
-   * complete — and then that incarnation is failed, as for a channel that dies later.
-   * Released unread, they were lost: a rank that opened, connected, sent 8 B and closed in a
-   * loop lost ~1% of its messages, each MX_STATUS_SUCCESS to it. The connector is not the
-   * endpoint as it is now: a live partner of another session (its next incarnation, which we
-   * connected to meanwhile) is left alone, and the records come from a partner of their own.
+   * A channel its connector closed (or released: mx_disconnect) before we took its CONNECT
+   * (myrback keeps such a channel for us when it holds records): what the connector wrote is
+   * taken — it saw those sends complete — and then that connection is failed, as for a
+   * channel that dies later. Released unread, they were lost: a rank that opened, connected,
+   * sent 8 B and closed in a loop lost ~1% of its messages, each MX_STATUS_SUCCESS to it. The
+   * connector is not the endpoint as it is now: a live partner (its next incarnation, or the
+   * same one connected again through the NIC, which we reached meanwhile) is left alone, and
+   * the records come from a partner of their own, read before that one's later messages.
    * It is myrback's word that the channel is such (DriverChannel.closed), and it is failed
    * after one lane's worth whatever its lanes say: the closed connector still holds the buffer,
    * and one that opened the lanes again had the channel taken for a live one, failing the

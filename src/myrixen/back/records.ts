@@ -65,10 +65,13 @@ export interface ChannelRec {
    * replaced (registry.ts connect).
    */
   accepted: boolean;
+  /** The member the connect named has it from a connect of its own (its CONNECT event is then stale). */
+  memberConnected?: boolean;
   /**
-   * Its connector closed its endpoint before the member it named accepted it, leaving records
-   * in its lane: the channel is closed but kept (registry.ts orphan) for that member to accept
-   * and read, since its connector saw those sends complete.
+   * Its connector closed its endpoint, or released the channel (mx_disconnect), before the
+   * member it named took it, leaving records in its lane: the channel is closed but kept
+   * (registry.ts orphan, takeReleased) for that member to accept and read, since its
+   * connector saw those sends complete.
    */
   orphan?: boolean;
 }

@@ -182,7 +182,10 @@ export class MyriCore {
   private publishCounts(): void {
     const s = this.cfg.stats;
     Atomics.store(s, Stat.endpoints, this.endpoints.size);
-    Atomics.store(s, Stat.channels, this.channels.size);
+    // Orphans taken are dead: kept only until their member's library has let go of them.
+    let channels = 0;
+    for (const c of this.channels.values()) if (!(c.orphan && c.accepted)) channels++;
+    Atomics.store(s, Stat.channels, channels);
     let regions = 0;
     for (const c of this.clients.values()) regions += c.regions.size;
     Atomics.store(s, Stat.regions, regions);
@@ -312,7 +315,13 @@ export class MyriCore {
     for (const ch of [...ep.channels]) {
       told.add(ch.members[0] === ep ? ch.members[1] : ch.members[0]);
       // What a connector wrote to a member that has not taken the channel yet waits for it.
-      if (ch.members[0] === ep && !ch.accepted && !ch.members[1].closed && laneUnread(ch.buffer, 0))
+      if (
+        ch.members[0] === ep &&
+        !ch.accepted &&
+        !ch.memberConnected &&
+        !ch.members[1].closed &&
+        laneUnread(ch.buffer, 0)
+      )
         this.orphan(ch);
       else this.closeChannel(ch);
     }
@@ -495,6 +504,7 @@ export class MyriCore {
       }
     }
     const side: 0 | 1 = ch.members[0] === ep ? 0 : 1;
+    if (side === 1) ch.memberConnected = true;
     result.channel = { rec: ch, side, peer };
     return result;
   }
@@ -538,7 +548,13 @@ export class MyriCore {
     // members[1] is the one the connect named (members[0] connected, and has it already).
     if (side === 1) ch.accepted = true;
     if (channelLanesClosed(ch.buffer)) {
-      // Its connector released it already (disconnected at once): dead for both, both told.
+      // Its connector released it (mx_disconnect) after writing to it, before this member
+      // took it: the member takes what is there, as from a connector that closed its endpoint
+      // (orphan). Refused, those sends were lost, each MX_STATUS_SUCCESS to their sender. Not
+      // for a member that has it through its own connect: its library read it as its own (this
+      // is a stale CONNECT), and a second reading failed the connection it has made since.
+      if (side === 1 && !ch.memberConnected && laneUnread(ch.buffer, 0)) return this.takeReleased(ch, ep);
+      // Nothing in it: dead for both, both told.
       this.closeChannel(ch);
       throw new MyriError(
         "MX_CONNECTION_FAILED",
@@ -626,6 +642,24 @@ export class MyriCore {
     if (left > ORPHANS_PER_OWNER && oldest !== undefined) this.finishOrphan(oldest);
     this.publishCounts();
     this.refreshShares();
+  }
+
+  /**
+   * A channel its connector released with records in it, taken now by the member it named:
+   * an orphan, handed over closed (its library reads it and fails that connection) and
+   * finished at the member's next accept or close, once its library has let go of it.
+   */
+  private takeReleased(ch: ChannelRec, member: EndpointRec) {
+    const connector = ch.members[0];
+    ch.closed = true;
+    ch.orphan = true;
+    ch.accepted = true;
+    connector.channels.delete(ch);
+    const key = connector.id < member.id ? `${connector.id}:${member.id}` : `${member.id}:${connector.id}`;
+    if (this.pairs.get(key) === ch) this.pairs.delete(key);
+    this.publishCounts();
+    this.refreshShares();
+    return { rec: ch, side: 1 as const, peer: connector, intrOf: member };
   }
 
   /** An orphan is done with (taken and released, or its member closed): its memory serves the pair again once unmapped. */
