@@ -463,6 +463,7 @@ export class Hypervisor {
     this.evtchn.closeAll(domid);
     if (domid !== 0) this.xenstore.releaseDomain(domid);
     this.records.delete(domid);
+    this.memory.forgetSerial(rec.serial);
     this.releasedIds.add(domid);
     for (const other of this.live.values()) {
       if (other.privileged) other.worker.postMessage({ type: "domain-gone", domid });

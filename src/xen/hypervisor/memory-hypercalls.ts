@@ -28,6 +28,24 @@ export class MemoryHypercalls {
     private readonly foreignStale: (domid: DomId) => void,
   ) {}
 
+  /**
+   * Incarnation `serial` is gone: no segment names it any more. Serials are never reused, so
+   * a dead one in an audience or among the holders only took room (~40 B each): a driver
+   * domain's interrupt page that every short-lived peer of a long-lived endpoint mapped held
+   * one per peer for as long as the endpoint lived. One pass over the live segments and pools.
+   */
+  forgetSerial(serial: number): void {
+    const drop = (sg: Segment) => {
+      sg.holders.delete(serial);
+      sg.audience.delete(serial);
+      sg.mappers.delete(serial);
+    };
+    for (const r of this.records.values()) {
+      for (const sg of r.segments) drop(sg);
+      for (const pooled of r.pool.values()) for (const sg of pooled) drop(sg);
+    }
+  }
+
   private count(rec: DomainRecord, name: CounterName, n = 1): void {
     rec.hyp.add(name, n);
   }
