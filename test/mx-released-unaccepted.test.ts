@@ -22,9 +22,9 @@ after(async () => {
   await host?.stop();
 });
 
-async function run(n: number, rounds: number) {
+async function run(n: number, rounds: number, connectBack = false) {
   const start = (role: string) =>
-    host.startGuest({ module: GUEST, name: role, pages: 512, args: { role, n, rounds } });
+    host.startGuest({ module: GUEST, name: role, pages: 512, args: { role, n, rounds, connectBack } });
   const receiver = await start("receiver");
   const connector = await start("connector");
   const [ra] = await nextMessage(receiver);
@@ -36,8 +36,9 @@ async function run(n: number, rounds: number) {
   receiver.send("go");
   const got = await receiver.exited;
   connector.send("done");
-  await connector.exited;
-  return { codes, order: (got.result as { order: number[] }).order };
+  const back = await connector.exited;
+  const r = got.result as { order: number[]; backSent: string[]; backFailed: string | null };
+  return { codes, ...r, backGot: (back.result as { got: number[] }).got };
 }
 
 test("what a connector sent before it disconnected arrives, though the receiver had not taken its CONNECT", async () => {
@@ -51,4 +52,20 @@ test("... and when it connects again at once, every round arrives, in order", as
   const { codes, order } = await run(5, 4);
   assert.deepEqual(codes, ["MX_STATUS_SUCCESS"]);
   assert.deepEqual(order, [...Array(20).keys()], "four rounds of five, in order");
+});
+
+test("... and the receiver's own connection to the connector, made before it looked, is left alone", async () => {
+  // (A reviewer's PoC: the orphan was read into the receiver's live partner for the same
+  // session, which was then failed; a send on it said ENDPOINT_UNREACHABLE, and after a
+  // reconnect a send that said SUCCESS was dropped by the connector as a duplicate.)
+  const r = await run(3, 1, true);
+  assert.deepEqual(r.codes, ["MX_STATUS_SUCCESS"]);
+  assert.deepEqual(r.order, [0, 1, 2], "the orphan's three, in order");
+  assert.deepEqual(
+    r.backSent,
+    ["MX_STATUS_SUCCESS", "MX_STATUS_SUCCESS"],
+    "the receiver's sends on its own connection",
+  );
+  assert.equal(r.backFailed, null, "its connection to the live connector is not failed");
+  assert.deepEqual(r.backGot, [100, 101], "and both arrived");
 });

@@ -776,7 +776,7 @@ export class Channels implements DriverEventSink {
     const { partners } = this.parts;
     const live = partners.get(ch.peerNic, ch.peerEndpoint);
     const peer =
-      live !== undefined && live.dead === undefined && live.session !== ch.peerSession
+      live !== undefined && live.dead === undefined
         ? partners.passing(ch.peerNic, ch.peerEndpoint, ch.peerSession)
         : partners.add(ch.peerNic, ch.peerEndpoint, ch.peerSession);
     this.attach(peer, ch);
