@@ -118,6 +118,7 @@ test("a failed peer: its backlog and waiting sends complete with the reason, its
     channelId: 4,
     receive: () => false,
     checkClosed: () => {},
+    drain: () => {},
     release: () => {
       released++;
     },

@@ -445,6 +445,9 @@ export class NicRecords implements NicRecordSink {
       return last;
     let peer = this.partners.get(nic, ep);
     if (peer && peer.dead === undefined && peer.session !== session) {
+      // Its DISCONNECT never came (myrback writes none to a full queue): what the old
+      // incarnation left in its channel comes first, then it is failed.
+      peer.channel?.drain();
       this.partners.fail(peer, "the peer endpoint was reopened", MxStatus.ENDPOINT_CLOSED);
       peer = undefined;
     }

@@ -240,6 +240,11 @@ export interface ChannelEnd {
   receive(sweep?: boolean): boolean;
   /** On a sweep that read nothing: fails the peer if its channel was closed. */
   checkClosed(): void;
+  /**
+   * Takes what the peer wrote before it went away (its sender saw those eager sends complete),
+   * whatever the caps say (charged to them), up to a lane's worth: call before failing it.
+   */
+  drain(): void;
   /** The peer is gone (`code`): transfers under way fail, the lanes are dropped and the driver unmaps the channel. */
   release(code?: number): void;
   /**
