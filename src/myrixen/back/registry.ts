@@ -461,8 +461,11 @@ export class MyriCore {
       // Not before the peer took the channel it was told of: each replacement costs it a
       // DISCONNECT and a CONNECT event, and a member that disconnected and connected in a
       // loop filled an idle peer's event queue, so that no third domain could connect to it.
-      // Until the peer catches up, the pair talks through the NIC.
-      if (!ch.accepted) return result;
+      // Until the peer catches up, the pair talks through the NIC. A peer that has it from a
+      // connect of its own took it too (its CONNECT is stale, never accepted): counted as
+      // not taken, such a pair talked through the NIC for as long as both lived (a reviewer's
+      // PoC). The replacement is a channel neither took, so a loop still costs it one.
+      if (!ch.accepted && !ch.memberConnected) return result;
       this.closeChannel(ch);
       ch = undefined;
     }
