@@ -71,6 +71,8 @@ test("a peer flooding in rounds, reconnecting its channel after each, is the one
   const connect = (ep: number, session: number) => {
     const channel = new SharedArrayBuffer(CHANNEL_BYTES);
     const sender = channelEnd(channel, 1);
+    // Each connection of the sender's library is a new epoch of its sequence numbers (types.ts).
+    sender.partner.sendSeq = channelId << 16;
     const partner = victim.partners.add(0, ep, session);
     channels.attach(partner, {
       channelId: channelId++,

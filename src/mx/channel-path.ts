@@ -401,6 +401,12 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
     }
   }
 
+  /** Both lanes closed (release() closes them too): the peer writes no more. */
+  closeLanes(): void {
+    this.writer.close();
+    this.reader.close();
+  }
+
   /** What admit() would charge `rd`, charged whatever the caps say. */
   private forceAdmit(pol: LanePolicer, rd: LaneReader): void {
     const type = rd.type;
@@ -733,17 +739,16 @@ export class Channels implements DriverEventSink {
   constructor(private readonly parts: ChannelPathParts) {}
 
   /**
-   * A channel whose lanes a member closed already (it released it: mx_disconnect) is never
-   * used: the driver unmaps it and true is returned. myrback hands out no such channel, but a
-   * peer may close a fresh one between our connect and this look.
+   * A channel our connect got whose lanes a member closed already: the peer released it
+   * (mx_disconnect) between myrback's look and ours. What the peer wrote into it is read (its
+   * sender saw those sends complete), then that connection is failed and the driver unmaps
+   * the channel; true is returned. Dropped unread, those sends were lost: a rank that
+   * connected, sent and disconnected in a loop to a peer that connected back lost a tenth of
+   * them (a reviewer's PoC).
    */
-  dropIfClosed(ch: DriverChannel): boolean {
+  takeIfClosed(ch: DriverChannel, peerNic: number, peerEndpoint: number, peerSession: number): boolean {
     if (!channelLanesClosed(ch.channel)) return false;
-    try {
-      this.parts.driver.releaseChannel?.(this.parts.ctx.endpointId, ch.channelId);
-    } catch {
-      this.parts.ctx.counters.channelErrors++;
-    }
+    this.takeClosed({ ...ch, peerNic, peerEndpoint, peerSession });
     return true;
   }
 
@@ -754,7 +759,14 @@ export class Channels implements DriverEventSink {
   lost(peer: Partner, why = "the peer endpoint went away"): void {
     if (peer.dead !== undefined) return;
     const ch = peer.channel;
-    if (ch instanceof ChannelPath) ch.drain();
+    if (ch instanceof ChannelPath) {
+      // Closed first, then read: a writer that looked at the flag before it was set has
+      // committed by the time the drain ends, nearly always. Read first, the peer's sends in
+      // the time between the drain and the close (failing listeners, transfers) were lost,
+      // each MX_STATUS_SUCCESS to it.
+      ch.closeLanes();
+      ch.drain();
+    }
     this.parts.partners.fail(peer, why, MxStatus.ENDPOINT_CLOSED);
   }
 
@@ -789,7 +801,6 @@ export class Channels implements DriverEventSink {
     if (peer.channel !== undefined && peer.channel.channelId === ch.channelId) return;
     const path = new ChannelPath(peer, ch, this.parts);
     peer.channel = path;
-    peer.hadChannel = true;
     peer.fast = path;
     this.parts.partners.route(peer);
   }

@@ -69,7 +69,10 @@ export class Connections {
       } catch (e) {
         throw asMxError(e, "MX_CONNECTION_FAILED");
       }
-      if (conn.channel && this.channels.dropIfClosed(conn.channel))
+      if (
+        conn.channel &&
+        this.channels.takeIfClosed(conn.channel, conn.peerNic, conn.peerEndpoint, conn.peerSession)
+      )
         throw new MxError(
           "MX_CONNECTION_FAILED",
           `nic ${nic} endpoint ${endpoint} closed the channel of this connect at once (it disconnected us); connect again for a new one`,

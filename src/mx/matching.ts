@@ -26,6 +26,9 @@ import {
   type PeerAccount,
   type PeerLossListener,
   RequestState,
+  seqAfter,
+  seqAhead,
+  seqLaterEpoch,
 } from "./types.js";
 import { UnexpectedQueue } from "./unexpected.js";
 
@@ -118,7 +121,7 @@ export class Matching implements PeerLossListener {
       this.hold(peer, rec);
       return;
     }
-    peer.recvSeq = (rec.seq + 1) | 0;
+    peer.recvSeq = seqAfter(rec.seq);
     this.match(peer, rec);
     if (peer.held !== undefined && peer.held.length > 0) this.releaseHeld(peer);
   }
@@ -133,7 +136,7 @@ export class Matching implements PeerLossListener {
     const r = this.takePosted(peer, rec);
     if (r === undefined) return undefined;
     r.traceId = this.seen(peer, rec);
-    peer.recvSeq = (rec.seq + 1) | 0;
+    peer.recvSeq = seqAfter(rec.seq);
     return r;
   }
 
@@ -174,14 +177,36 @@ export class Matching implements PeerLossListener {
         this.unexpected.remove(k);
         this.uncount(k);
       }
-    // Records ahead of one that will never come now: they can never be matched.
-    this.dropHeld(peer);
+    // Records held for one that will never come now: their senders saw the eager ones sent,
+    // so those are matched, in order; a rendezvous's data can no longer be fetched. Dropped,
+    // a connection that ended after a gap (a message its peer failed, or lost to a close) lost
+    // every eager message it wrote behind it.
+    const held = peer.held;
+    if (held === undefined) return;
+    for (const h of held.splice(0)) {
+      this.count(h, -1);
+      if (!h.rndv) this.match(peer, h);
+    }
   }
 
   private hold(peer: Partner, rec: InboundRecord): void {
+    if (rec.seq >>> 16 !== peer.recvSeq >>> 16) {
+      if (seqLaterEpoch(rec.seq, peer.recvSeq)) {
+        // The peer connected anew: what its last connection left held goes now, in order
+        // (what it waits for will not come), and the new connection starts at n = 0.
+        this.flushHeld(peer);
+        peer.recvSeq = rec.seq & -0x10000;
+        this.deliver(peer, rec);
+      } else {
+        // A message of an earlier connection read after a later one's (it came another way,
+        // or was left in a closed channel): its sender saw it sent, so it is matched now.
+        this.match(peer, rec);
+      }
+      return;
+    }
     const n = peer.held?.length ?? 0;
     // Behind us: a duplicate, which no path of ours produces. A peer that runs far ahead is broken.
-    if (((rec.seq - peer.recvSeq) | 0) < 0 || n >= MAX_HELD) {
+    if (seqAhead(rec.seq, peer.recvSeq) < 0 || n >= MAX_HELD) {
       this.ctx.counters.channelErrors++;
       if (n >= MAX_HELD)
         this.partners.fail(peer, "the peer's sequence numbers ran away", MxStatus.ENDPOINT_UNREACHABLE);
@@ -191,7 +216,7 @@ export class Matching implements PeerLossListener {
     const held = (peer.held ??= []);
     const h = rec.keep(peer, 0);
     let i = held.length;
-    while (i > 0 && ((held[i - 1].seq - h.seq) | 0) > 0) i--;
+    while (i > 0 && seqAhead(held[i - 1].seq, h.seq) > 0) i--;
     held.splice(i, 0, h);
     this.count(h, 1);
   }
@@ -203,7 +228,17 @@ export class Matching implements PeerLossListener {
       const h = held[0];
       held.shift();
       this.count(h, -1);
-      peer.recvSeq = (h.seq + 1) | 0;
+      peer.recvSeq = seqAfter(h.seq);
+      this.match(peer, h);
+    }
+  }
+
+  /** What `peer`'s last connection left held is matched now, in its order (gaps and all). */
+  private flushHeld(peer: Partner): void {
+    const held = peer.held;
+    if (held === undefined) return;
+    for (const h of held.splice(0)) {
+      this.count(h, -1);
       this.match(peer, h);
     }
   }

@@ -21,6 +21,7 @@ import {
   type PeerAccount,
   type PeerLossListener,
   type PeerPath,
+  seqNextEpoch,
 } from "./types.js";
 
 export class PartnerTable {
@@ -49,16 +50,19 @@ export class PartnerTable {
     return p.owner === this ? p : undefined;
   }
 
-  /** The live partner for (nic, endpoint), or a new one (continuing a dead one's sequences if it is the same session and had no channel). */
+  /**
+   * The live partner for (nic, endpoint), or a new one. A dead one of the same session (after
+   * mx_disconnect, ours or the peer's) leaves it where the peer's messages were, and our
+   * messages start the next connection (types.ts seqNextEpoch).
+   */
   add(nic: number, endpoint: number, session: number): Partner {
     const k = `${nic}:${endpoint}`;
     const old = this.index.get(k);
     if (old && old.dead === undefined) return old;
     // One account per address, whatever its connections and sessions (matching.ts's limit).
     const p = new Partner(this, nic, endpoint, session, old?.account);
-    if (old && old.session === session && !old.hadChannel) {
-      // The same peer endpoint again (after mx_disconnect): its side kept counting.
-      p.sendSeq = old.sendSeq;
+    if (old && old.session === session) {
+      p.sendSeq = seqNextEpoch(old.sendSeq);
       p.recvSeq = old.recvSeq;
     }
     p.lastNews = performance.now();

@@ -303,23 +303,17 @@ export class Partner {
   ether: PeerPath | undefined = undefined;
   /** The co-resident channel, read on every progress. */
   channel: ChannelEnd | undefined = undefined;
-  /**
-   * A channel was attached to this partner once. Its death is seen by both sides (the lanes
-   * closed, myrback's DISCONNECT to both), so the pair's next connection starts its sequence
-   * numbers afresh (PartnerTable.add).
-   */
-  hadChannel = false;
   /** The peer said it is on the split path: reach it over Ethernet. */
   peerSplit = false;
   /** Sends waiting, in order, for room on the path. */
   readonly backlog: MxRequest[] = [];
   /**
-   * The sequence number of our next message to the peer. Sequence numbers are u32s on every
-   * path, kept here as int32s (`| 0`, the same bits): as u32s they left V8's small integers
-   * after 2^31 messages, and every Partner's fields turned into boxed doubles (mx/channel.ts).
+   * The sequence number of our next message to the peer (seqAfter: epoch and n). Sequence
+   * numbers are u32s on every path, kept here as int32s (the same bits): as u32s they left
+   * V8's small integers past 2^31, and every Partner's fields turned into boxed doubles.
    */
   sendSeq = 0;
-  /** The sequence number the next message from the peer must carry (MX keeps a pair's order); an int32. */
+  /** The sequence number the next message from the peer must carry (MX keeps a connection's order); an int32. */
   recvSeq = 0;
   /** Messages that arrived ahead of an earlier one (only when the peer's path changed), by sequence. */
   held: KeptRecord[] | undefined = undefined;
@@ -358,10 +352,42 @@ export class Partner {
   }
 }
 
-/** Takes `peer`'s next send sequence number (an int32 that wraps as the u32 it stands for). */
+/**
+ * Sequence numbers, the same u32 on every path (kept as int32s): (epoch << 16) | n. The epoch
+ * counts the sender's connections to the peer (PartnerTable.add gives each new partner of
+ * the same session the next), n its messages on the connection, wrapping within it. The
+ * receiver matches a connection's messages in n's order, and a newer epoch tells it that the
+ * peer connected anew, so that connection starts at n = 0 whatever became of the last one.
+ * Without epochs each side guessed: a pair that had a channel started again from 0, one that
+ * talked through the NIC (where mx_disconnect is seen by its caller only) went on counting,
+ * and when the two sides' histories differed (one had the channel, the other connected
+ * through the NIC meanwhile) a connection's messages were dropped as duplicates or held for
+ * ever: two ranks that connected, sent and disconnected to each other in a loop lost a third
+ * of the messages each was told had been sent (a reviewer's PoC).
+ */
+export function seqAfter(seq: number): number {
+  return (seq & -0x10000) | ((seq + 1) & 0xffff);
+}
+
+/** The first sequence number of the connection after `seq`'s (its epoch's next, n = 0). */
+export function seqNextEpoch(seq: number): number {
+  return ((seq >>> 16) + 1) << 16;
+}
+
+/** How far `a` is past `b` in their connection (n's difference, −32768..32767). */
+export function seqAhead(a: number, b: number): number {
+  return ((a - b) << 16) >> 16;
+}
+
+/** Whether `a` is of a later connection than `b` (epochs compared as 16-bit wrapping counts). */
+export function seqLaterEpoch(a: number, b: number): boolean {
+  return (((a >>> 16) - (b >>> 16)) << 16) >> 16 > 0;
+}
+
+/** Takes `peer`'s next send sequence number. */
 export function nextSendSeq(peer: Partner): number {
   const seq = peer.sendSeq;
-  peer.sendSeq = (seq + 1) | 0;
+  peer.sendSeq = seqAfter(seq);
   return seq;
 }
 
