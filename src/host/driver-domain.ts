@@ -344,6 +344,7 @@ export default async function main(guest: Guest): Promise<{ stopped: true }> {
   await netback?.stop();
   for (const d of native.attached()) native.gone(d);
   core.keeper.stop();
+  core.memory.stop();
   link.close();
   return { stopped: true };
 }

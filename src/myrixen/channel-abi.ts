@@ -82,6 +82,11 @@
  *                 more than it took cannot draw its writer's share away from the writer's
  *                 other receivers (the reader's count still decides who contends: a writer
  *                 that under-counts must not escape its limit)
+ * [the member writes once it has mapped the channel, myrback reads]
+ *   Int32 words 19, 20 (bytes 76, 80) Attached  the id of the channel the member mapped, as
+ *                 side 0 and as side 1 (one domain may be both ends): until each member
+ *                 handed the channel has said so, myrback keeps its memory from the pair's
+ *                 next channel, whatever the grants' mapping state says (back/shared-memory.ts)
  */
 import { PAGE_SIZE } from "../xen/abi.js";
 
@@ -149,6 +154,8 @@ export const POLICY_TAKEN_WORD = 16;
 export const POLICY_SHARE_HOLDS_WORD = 17;
 /** Int32 index of GivenBytes in the lane policy page (the member's count as its outgoing lane's writer). */
 export const POLICY_GIVEN_WORD = 18;
+/** Int32 index of Attached (side 0; side 1 follows) in the lane policy page. */
+export const POLICY_ATTACHED_WORD = 19;
 /** Float64 index of ShareBytesPerSec in the lane policy page. */
 export const POLICY_SHARE_FLOAT = 4;
 
@@ -184,6 +191,16 @@ export function readLaneCounters(page: SharedArrayBuffer): { taken: number; hold
     taken: Atomics.load(w, POLICY_TAKEN_WORD) >>> 0,
     holds: Atomics.load(w, POLICY_SHARE_HOLDS_WORD) >>> 0,
   };
+}
+
+/** The member's library: it has mapped channel `channelId` as `side` (its policy page's Attached). */
+export function markAttached(page: SharedArrayBuffer, side: 0 | 1, channelId: number): void {
+  Atomics.store(new Int32Array(page, 0, POLICY_ATTACHED_WORD + 2), POLICY_ATTACHED_WORD + side, channelId);
+}
+
+/** myrback: the channel id the member said it mapped as `side` (0: none yet). */
+export function readAttached(page: SharedArrayBuffer, side: 0 | 1): number {
+  return Atomics.load(new Int32Array(page, 0, POLICY_ATTACHED_WORD + 2), POLICY_ATTACHED_WORD + side) >>> 0;
 }
 
 /** What a member counted in its page as the writer of its outgoing lane: message bytes given (u32). */

@@ -19,7 +19,7 @@ import type { PageRun } from "../xen/memory.js";
 import { FrontRing, initSharedRing } from "../xen/ring.js";
 import { DEFAULT_XENBUS_TIMEOUT_MS } from "../xen/xenbus.js";
 import { FrontendHandshakeError, SyncXenbusFrontend } from "../xen/xenbus-sync.js";
-import { LANE_POLICY_BYTES } from "./channel-abi.js";
+import { LANE_POLICY_BYTES, markAttached } from "./channel-abi.js";
 import {
   allocGuestBuffer,
   type DriverChannel,
@@ -525,11 +525,15 @@ export class MyriFront implements MxDriver {
         polPages > 0
           ? this.mapBuffer(refs.slice(chPages + intrPages), "lane policy page", mappings)
           : undefined;
+      const side = (vals[5] & 1) as 0 | 1;
+      // Said once every page is mapped: until then myrback keeps the memory from the pair's
+      // next channel (a connect's answer and our mapping are two steps, with a peer between).
+      if (policy) markAttached(policy, side, channelId);
       const lc: LocalChannel = {
         conn: {
           channelId,
           channel,
-          side: (vals[5] & 1) as 0 | 1,
+          side,
           peerIntr,
           policy,
           closed: (vals[3] & CONNECT_FLAG_CLOSED) !== 0,

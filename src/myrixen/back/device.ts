@@ -425,6 +425,9 @@ export class MyriBack {
         : memory.intrFor(peer.shared, f.domid);
     // This member's lane policy page: granted to it alone (its peer cannot lift its caps).
     const pol = memory.policyRefsFor(rec.mem, f.domid);
+    // Its memory serves no next channel before this member said it mapped it (shared-memory.ts).
+    const me = rec.members[side];
+    memory.handTo(rec.mem, f.domid, side, rec.id, () => me.closed);
     vals[3] = CONNECT_FLAG_CHANNEL | (pol ? CONNECT_FLAG_LANE_POLICY : 0);
     vals[4] = rec.id;
     vals[5] = side;

@@ -10,7 +10,7 @@ import { INTR_BYTES, WINDOW_BYTES } from "../../nic/window.js";
 import { type DomId, PAGE_SIZE } from "../../xen/abi.js";
 import type { Guest } from "../../xen/guest/guest.js";
 import type { PageRun } from "../../xen/memory.js";
-import { CHANNEL_BYTES, LANE_POLICY_BYTES } from "../channel-abi.js";
+import { CHANNEL_BYTES, LANE_POLICY_BYTES, readAttached } from "../channel-abi.js";
 import { MyriError } from "../protocol.js";
 import type { GrantKeeper } from "./grant-keeper.js";
 import { Stat } from "./stats.js";
@@ -65,7 +65,18 @@ export interface ChannelMem {
   policy: Map<DomId, PageRun>;
   /** Grants of each member's policy page, to that member. */
   policyRefs: Map<DomId, number[]>;
+  /**
+   * The channel's members it was handed to ("domid:side"): its id, and whether that member's
+   * endpoint is gone. The memory serves no next channel before each has said it mapped it
+   * (channel-abi.ts Attached) or is gone: a member that had the answer but had not mapped yet
+   * held no mapping, so the buffer was reused, zeroed, for the pair's next channel, and the
+   * member read that one as its own (what it was sent was lost, each send SUCCESS).
+   */
+  handed: Map<string, { domid: DomId; side: 0 | 1; channelId: number; gone: () => boolean }>;
 }
+
+/** How often closed channels whose members have yet to map them are looked at again (ms). */
+const AWAIT_MAP_MS = 20;
 
 /** Channel buffers one pair of domains may hold at once (in use or waiting to be unmapped). */
 export const CHANNELS_PER_PAIR = 16;
@@ -104,6 +115,9 @@ export class SharedMemory {
   private readonly slots = new Map<DomId, WindowSlot[]>();
   /** Per domain pair: free channel buffers, and how many exist. */
   private readonly channels = new Map<string, { free: ChannelMem[]; count: number }>();
+  /** Closed channels waiting for a member handed them to map them (putChannel). */
+  private readonly awaitingMap = new Set<ChannelMem>();
+  private mapTimer: NodeJS.Timeout | undefined;
   /**
    * Per co-resident peer domain, the slots (free or in use) whose interrupt page is granted to
    * it. Those grants end when the peer goes: kept until the slot's owner went, one grant per
@@ -271,6 +285,7 @@ export class SharedMemory {
     if (reused) {
       reused.run.bytes.fill(0);
       for (const page of reused.policy.values()) page.bytes.fill(0);
+      reused.handed.clear();
       return reused;
     }
     if (p.count >= CHANNELS_PER_PAIR) return undefined;
@@ -297,7 +312,7 @@ export class SharedMemory {
     this.channelBuffers++;
     for (const d of members) this.buffersOf.set(d, (this.buffersOf.get(d) ?? 0) + 1);
     this.publish();
-    return { run, pair, members, refs: new Map(), policy, policyRefs: new Map() };
+    return { run, pair, members, refs: new Map(), policy, policyRefs: new Map(), handed: new Map() };
   }
 
   /** Member `domid`'s lane policy page, granted to it (once); undefined if it is no member. */
@@ -322,13 +337,60 @@ export class SharedMemory {
     return refs;
   }
 
-  /** The channel closed: once neither member maps the buffer, it serves the pair's next channel. */
+  /** Member `domid` was handed the channel as `side` (a connect's or an accept's answer). */
+  handTo(mem: ChannelMem, domid: DomId, side: 0 | 1, channelId: number, gone: () => boolean): void {
+    mem.handed.set(`${domid}:${side}`, { domid, side, channelId, gone });
+  }
+
+  /**
+   * The channel closed: once every member handed it has mapped it (or is gone) and neither
+   * maps the buffer, it serves the pair's next channel.
+   */
   putChannel(mem: ChannelMem): void {
+    if (this.notYetMapped(mem)) {
+      this.awaitingMap.add(mem);
+      this.mapTimer ??= setInterval(() => this.recheckAwaiting(), AWAIT_MAP_MS);
+      return;
+    }
     this.keeper.whenUnused([...mem.refs.values(), ...mem.policyRefs.values()].flat(), () => {
       const p = this.channels.get(mem.pair);
       if (p) p.free.push(mem);
       else this.dropChannel(mem);
     });
+  }
+
+  /** Whether a member handed `mem` has not said it mapped it yet, and is not gone. */
+  private notYetMapped(mem: ChannelMem): boolean {
+    for (const [k, h] of mem.handed) {
+      const page = mem.policy.get(h.domid);
+      if (
+        h.gone() ||
+        page === undefined ||
+        readAttached(page.bytes.buffer as SharedArrayBuffer, h.side) === h.channelId
+      )
+        mem.handed.delete(k);
+      else return true;
+    }
+    return false;
+  }
+
+  /** The driver domain stops: nothing waits any more. */
+  stop(): void {
+    if (this.mapTimer !== undefined) clearInterval(this.mapTimer);
+    this.mapTimer = undefined;
+    this.awaitingMap.clear();
+  }
+
+  private recheckAwaiting(): void {
+    for (const mem of [...this.awaitingMap]) {
+      if (this.notYetMapped(mem)) continue;
+      this.awaitingMap.delete(mem);
+      this.putChannel(mem);
+    }
+    if (this.awaitingMap.size === 0 && this.mapTimer !== undefined) {
+      clearInterval(this.mapTimer);
+      this.mapTimer = undefined;
+    }
   }
 
   private dropChannel(mem: ChannelMem): void {
