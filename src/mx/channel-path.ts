@@ -268,9 +268,14 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
   private trySendPieces(req: MxRequest): boolean {
     if (!this.writer.hasRoomFor(req.buffer.length, CHANNEL_EAGER_PIECE)) return false;
     if (req.sync) this.sends.add(req);
-    writePieces(this.writer, req, nextSendSeq(this.peer), this.ctx, () => {
+    const whole = writePieces(this.writer, req, nextSendSeq(this.peer), this.ctx, () => {
       if (kickPeer(this.laneCtl, this.peerIntr)) this.ctx.counters.kicks++;
     });
+    if (!whole) {
+      // Closed between its pieces: the peer dropped the part it had (it disconnected from us).
+      if (req.sync) this.sends.forget(req);
+      return this.refuse(req);
+    }
     this.policer?.gave(req.buffer.length);
     this.ctx.counters.eager++;
     if (!req.sync) this.completion.complete(req, MxStatus.SUCCESS, req.buffer.length);

@@ -33,7 +33,8 @@ import type { EndpointContext, InboundRecord, KeptRecord, MxRequest, Partner } f
  * hasRoomFor), `seq` its pair sequence number; `kick` after each piece is published. No
  * reserve here can fail, whatever the reader does meanwhile: hasRoomFor placed every piece
  * against the head position the writer holds (headSeen), and reserve() looks at the shared
- * head again only when that position shows too little room.
+ * head again only when that position shows too little room. False: the reader closed the
+ * channel between two pieces, and the message is not sent (the reader drops a part).
  */
 export function writePieces(
   w: LaneWriter,
@@ -41,7 +42,7 @@ export function writePieces(
   seq: number,
   ctx: EndpointContext,
   kick: () => void,
-): void {
+): boolean {
   const buf = req.buffer;
   const total = buf.length;
   const first = CHANNEL_EAGER_PIECE;
@@ -68,6 +69,9 @@ export function writePieces(
   w.commit();
   kick();
   for (let off = first; off < total; off += CHANNEL_EAGER_PIECE) {
+    // The reader closed the channel meanwhile (it disconnected): it takes what was committed
+    // before its close and drops a message it has only part of, so this one is not sent.
+    if (w.closed) return false;
     const n = Math.min(CHANNEL_EAGER_PIECE, total - off);
     at = w.reserve(n);
     i = at >>> 2;
@@ -82,6 +86,7 @@ export function writePieces(
     w.commit();
     kick();
   }
+  return true;
 }
 
 /** The message the pieces fill: the receive it matched, or (undefined) `kept.bytes`, delivered when whole. */

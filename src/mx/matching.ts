@@ -92,6 +92,7 @@ export class Matching implements PeerLossListener {
     private readonly maxUnexpectedBytes = DEFAULT_MAX_UNEXPECTED_BYTES,
   ) {
     this.unexpected = new UnexpectedQueue(ctx.counters);
+    partners.onReplaced = (old, p) => this.replaced(old, p);
   }
 
   /**
@@ -177,26 +178,48 @@ export class Matching implements PeerLossListener {
         this.unexpected.remove(k);
         this.uncount(k);
       }
-    // Records held for one that will never come now: their senders saw the eager ones sent,
-    // so those are matched, in order; a rendezvous's data can no longer be fetched. Dropped,
-    // a connection that ended after a gap (a message its peer failed, or lost to a close) lost
-    // every eager message it wrote behind it.
-    const held = peer.held;
-    if (held === undefined) return;
-    for (const h of held.splice(0)) {
-      this.count(h, -1);
-      if (!h.rndv) this.match(peer, h);
+    // Held records of the address's own partner wait for its next partner of the same session
+    // (PartnerTable.add hands them over): what they wait for may still come another way (the
+    // NIC's queue is read after the channels), and matched now they came out of order. A held
+    // rendezvous's data cannot be fetched any more: its turn passes with nothing matched.
+    if (this.partners.get(peer.nic, peer.endpoint) === peer) {
+      for (const h of [...(peer.held ?? []), ...(peer.prev?.held ?? [])])
+        if (h.rndv && !h.tomb) {
+          this.count(h, -1);
+          h.tomb = true;
+        }
+      return;
     }
+    // A partner of its own (a gone incarnation's closed channel, read once): nothing more comes.
+    this.flushHeld(peer);
+  }
+
+  /**
+   * `old`, a failed partner, is replaced by `p`: of the same session, its held records (and its
+   * previous connection's) are `p`'s now, as its sequence numbers are; else they are matched
+   * now, in their order (their senders saw them sent).
+   */
+  replaced(old: Partner, p: Partner): void {
+    if (old.session === p.session) {
+      p.held = old.held;
+      p.prev = old.prev;
+      old.held = undefined;
+      old.prev = undefined;
+    } else this.flushHeld(old);
   }
 
   private hold(peer: Partner, rec: InboundRecord): void {
     if (rec.seq >>> 16 !== peer.recvSeq >>> 16) {
       if (seqLaterEpoch(rec.seq, peer.recvSeq)) {
-        // The peer connected anew: what its last connection left held goes now, in order
-        // (what it waits for will not come), and the new connection starts at n = 0.
-        this.flushHeld(peer);
+        // The peer connected anew: this connection becomes the previous one (its late
+        // messages keep their order), one older than that is over, and the new one starts at 0.
+        this.flushPrev(peer);
+        peer.prev = { seq: peer.recvSeq, held: peer.held ?? [] };
+        peer.held = undefined;
         peer.recvSeq = rec.seq & -0x10000;
         this.deliver(peer, rec);
+      } else if (peer.prev !== undefined && rec.seq >>> 16 === peer.prev.seq >>> 16) {
+        this.holdPrev(peer, peer.prev, rec);
       } else {
         // A message of an earlier connection read after a later one's (it came another way,
         // or was left in a closed channel): its sender saw it sent, so it is matched now.
@@ -213,8 +236,27 @@ export class Matching implements PeerLossListener {
       return;
     }
     this.ctx.counters.held++;
-    const held = (peer.held ??= []);
-    const h = rec.keep(peer, 0);
+    this.insertHeld((peer.held ??= []), rec.keep(peer, 0));
+  }
+
+  /** A late message of the peer's previous connection: matched in that connection's order. */
+  private holdPrev(peer: Partner, prev: { seq: number; held: KeptRecord[] }, rec: InboundRecord): void {
+    const ahead = seqAhead(rec.seq, prev.seq);
+    if (ahead < 0 || (ahead > 0 && prev.held.length >= MAX_HELD)) {
+      this.ctx.counters.channelErrors++;
+      return;
+    }
+    if (ahead > 0) {
+      this.ctx.counters.held++;
+      this.insertHeld(prev.held, rec.keep(peer, 0));
+      return;
+    }
+    prev.seq = seqAfter(rec.seq);
+    this.match(peer, rec);
+    this.releaseFrom(peer, prev.held, prev);
+  }
+
+  private insertHeld(held: KeptRecord[], h: KeptRecord): void {
     let i = held.length;
     while (i > 0 && seqAhead(held[i - 1].seq, h.seq) > 0) i--;
     held.splice(i, 0, h);
@@ -224,22 +266,43 @@ export class Matching implements PeerLossListener {
   private releaseHeld(peer: Partner): void {
     const held = peer.held;
     if (held === undefined) return;
-    while (held.length > 0 && held[0].seq === peer.recvSeq) {
+    const at = { seq: peer.recvSeq };
+    this.releaseFrom(peer, held, at);
+    peer.recvSeq = at.seq;
+  }
+
+  /** Matches `held`'s records from `at.seq` on while each is the next (a tomb's turn passes). */
+  private releaseFrom(peer: Partner, held: KeptRecord[], at: { seq: number }): void {
+    while (held.length > 0 && held[0].seq === at.seq) {
       const h = held[0];
       held.shift();
+      at.seq = seqAfter(h.seq);
+      if (h.tomb) continue;
       this.count(h, -1);
-      peer.recvSeq = seqAfter(h.seq);
       this.match(peer, h);
     }
   }
 
-  /** What `peer`'s last connection left held is matched now, in its order (gaps and all). */
+  /** The peer's previous connection is over: what it holds is matched now, in its order (gaps and all). */
+  private flushPrev(peer: Partner): void {
+    const prev = peer.prev;
+    peer.prev = undefined;
+    if (prev !== undefined) this.flushList(peer, prev.held);
+  }
+
+  /** What `peer` holds, of both connections, is matched now, in order; rendezvous are dropped. */
   private flushHeld(peer: Partner): void {
+    this.flushPrev(peer);
     const held = peer.held;
-    if (held === undefined) return;
-    for (const h of held.splice(0)) {
+    peer.held = undefined;
+    if (held !== undefined) this.flushList(peer, held);
+  }
+
+  private flushList(peer: Partner, held: KeptRecord[]): void {
+    for (const h of held) {
+      if (h.tomb) continue;
       this.count(h, -1);
-      this.match(peer, h);
+      if (!h.rndv) this.match(peer, h);
     }
   }
 
@@ -326,10 +389,9 @@ export class Matching implements PeerLossListener {
   }
 
   private dropHeld(peer: Partner): void {
-    const held = peer.held;
-    if (held === undefined) return;
-    for (const h of held) this.count(h, -1);
-    held.length = 0;
+    for (const h of [...(peer.held ?? []), ...(peer.prev?.held ?? [])]) if (!h.tomb) this.count(h, -1);
+    peer.held = undefined;
+    peer.prev = undefined;
   }
 
   /**
@@ -359,8 +421,9 @@ export class Matching implements PeerLossListener {
     this.ctx.counters.unexpectedOverflows++;
     if (newest === undefined) return;
     newest.refused = true;
-    if (newest.dead !== undefined) return;
+    // (A gone one keeps its held records for the address's next partner: they go too.)
     this.dropHeld(newest);
+    if (newest.dead !== undefined) return;
     this.partners.fail(
       newest,
       `it sent ${formatBytes(most)} of messages this endpoint had to keep (no receive posted for them, or ahead of their turn; its earlier connections to this endpoint included), over its limit of ${formatBytes(this.maxUnexpectedBytes)} (maxUnexpectedBytes)`,

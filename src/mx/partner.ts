@@ -31,6 +31,8 @@ export class PartnerTable {
   /** Partners in `list` that died since it was last compacted. */
   private deadCount = 0;
   private readonly listeners: PeerLossListener[] = [];
+  /** Told when a failed partner's address gets a new one (matching.ts replaced: its held records). */
+  onReplaced: ((old: Partner, p: Partner) => void) | undefined = undefined;
   /** The endpoint is on the split path: every peer whose MAC is known is reached over Ethernet. */
   split = false;
   /** Some peer's fast way is the NIC: its records arrive as events, so the queue is polled on every progress. */
@@ -65,6 +67,7 @@ export class PartnerTable {
       p.sendSeq = seqNextEpoch(old.sendSeq);
       p.recvSeq = old.recvSeq;
     }
+    if (old) this.onReplaced?.(old, p);
     p.lastNews = performance.now();
     this.list.push(p);
     this.index.set(k, p);

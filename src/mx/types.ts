@@ -317,6 +317,12 @@ export class Partner {
   recvSeq = 0;
   /** Messages that arrived ahead of an earlier one (only when the peer's path changed), by sequence. */
   held: KeptRecord[] | undefined = undefined;
+  /**
+   * The peer's previous connection, once a newer one's first message came: the sequence number
+   * its next message must carry and what it holds, so that its late messages (still in the
+   * NIC's queue, or another way) keep their order (matching.ts).
+   */
+  prev: { seq: number; held: KeptRecord[] } | undefined = undefined;
   /** Whether a connect checked this peer's key (a peer that only sent to us is not). */
   verified = false;
   /** When we last heard from the peer or last probed it (ms, performance.now()). */
@@ -421,6 +427,8 @@ export class InboundRecord {
   traceId = 0;
   /** `bytes` is this record's own copy of the whole message (assembled from pieces): kept as is. */
   owned = false;
+  /** A held rendezvous of a failed connection: its turn passes with nothing matched (its data cannot be fetched). */
+  tomb = false;
   /** Kept unexpected: its neighbours in arrival order, and in its match value's queue (unexpected.ts). */
   older: KeptRecord | null = null;
   newer: KeptRecord | null = null;
