@@ -240,10 +240,17 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
     w.commit();
     this.policer?.gave(req.buffer.length);
     if (kickPeer(this.laneCtl, this.peerIntr)) this.ctx.counters.kicks++;
-    // An eager send is complete once its data is in the channel (MX may complete eager sends locally).
-    if (!req.sync && !rndv) this.completion.complete(req, MxStatus.SUCCESS, req.buffer.length);
+    // An eager send is complete once its data is in the channel (MX may complete eager sends
+    // locally), unless the peer closed it and let go before reading it.
+    if (!req.sync && !rndv) this.completeEager(req);
     else req.state = RequestState.Sent;
     return true;
+  }
+
+  /** An eager send whose record is committed: SUCCESS, or failed if the peer closed the channel before reading it. */
+  private completeEager(req: MxRequest): void {
+    if (this.writer.readBeforeClose()) this.completion.complete(req, MxStatus.SUCCESS, req.buffer.length);
+    else this.refuse(req);
   }
 
   /**
@@ -278,7 +285,7 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
     }
     this.policer?.gave(req.buffer.length);
     this.ctx.counters.eager++;
-    if (!req.sync) this.completion.complete(req, MxStatus.SUCCESS, req.buffer.length);
+    if (!req.sync) this.completeEager(req);
     else req.state = RequestState.Sent;
     return true;
   }
@@ -488,6 +495,9 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
     // messages) stops writing to a lane nobody reads, instead of waiting on it for ever.
     this.writer.close();
     this.reader.close();
+    // Where we stopped reading: a record the peer committed as we closed was read, or its
+    // sender learns it was not (LaneWriter.readBeforeClose).
+    this.reader.publishFinal();
     // The dead partner keeps no way to this channel: a request reaped but still queued (or the
     // program's own) names its partner, and through `fast` it held the channel's memory — half
     // a MiB for each peer gone, 52 MB on an endpoint that outlived 100 (a reviewer's probe).

@@ -174,11 +174,28 @@ export class LaneWriter {
 
   /**
    * The peer (reader of this lane) declared the channel dead. Looked at on every send: a
-   * plain load (the flag, once set, stays set; a look just before it was set costs one record
-   * no one reads, as a close just after the look would).
+   * plain load (the flag, once set, stays set); a record committed after a look that saw it
+   * open asks readBeforeClose whether it was read.
    */
   get closed(): boolean {
     return this.ctl[LaneWord.Closed] !== 0;
+  }
+
+  /**
+   * Called after a commit: false if the lane was closed and its reader let go of it before
+   * reading the record just committed (its FinalHead short of it). The reader closes, then
+   * drains, then says where it stopped; the commit and the close are both atomic, so either
+   * the reader's drain saw the record or this look sees the close. The reader says it within
+   * its one call; waited for 2 ms at most (a reader stopped for longer, or a close by the
+   * driver domain, which the reader drains later, counts as read).
+   */
+  readBeforeClose(): boolean {
+    // A plain look (every eager send makes it; an atomic load is a builtin call in this V8):
+    // it comes after commit's atomic store, which orders it.
+    if (this.ctl[LaneWord.Closed] === 0) return true;
+    const until = performance.now() + 2;
+    while (Atomics.load(this.ctl, LaneWord.Drained) === 0) if (performance.now() > until) return true;
+    return ((Atomics.load(this.ctl, LaneWord.FinalHead) - this.tail) | 0) >= 0;
   }
 }
 
@@ -282,6 +299,14 @@ export class LaneReader {
   /** Consumed bytes the writer has not been shown yet (release publishes them in steps). */
   get unpublished(): boolean {
     return this.head !== this.published;
+  }
+
+  /** The reader lets go of the lane, closed: where it stopped reading, for the writer (LaneWriter.readBeforeClose). */
+  publishFinal(): void {
+    this.publishHead();
+    if (Atomics.load(this.ctl, LaneWord.Drained) !== 0) return;
+    Atomics.store(this.ctl, LaneWord.FinalHead, this.head);
+    Atomics.store(this.ctl, LaneWord.Drained, 1);
   }
 
   /** Shows the writer every byte consumed so far (LaneWord.Head). */

@@ -102,6 +102,13 @@ export const enum LaneWord {
   SpaceWanted = 96,
   Messages = 128,
   ReaderSleeping = 160,
+  /**
+   * The reader's head when it let go of the lane (after its last drain), then Drained = 1: a
+   * writer that finds the lane closed just after committing a record learns from them whether
+   * the record was read (mx/channel.ts LaneWriter.readBeforeClose).
+   */
+  FinalHead = 192,
+  Drained = 224,
 }
 
 export const RECORD_HEADER_BYTES = 48;
