@@ -33,10 +33,8 @@ import {
 } from "../src/nic/window.js";
 import { channelEnd, parts, postRecv } from "./helpers/mx-parts.js";
 
-test("a channel its connector closed before the receiver took its CONNECT is read: every message the connector saw complete arrives, in order", () => {
-  const rank = parts();
-  const channels = new Channels(rank);
-  const channel = new SharedArrayBuffer(CHANNEL_BYTES);
+/** The driver hands `channel` over (side 1) as endpoint 5 of NIC 0, session 555's, when the rank accepts. */
+function offer(rank: ReturnType<typeof parts>, channel: SharedArrayBuffer): void {
   (rank.driver as unknown as { acceptChannel: MxDriver["acceptChannel"] }).acceptChannel = (_ep, id) => ({
     channelId: id,
     channel,
@@ -46,10 +44,12 @@ test("a channel its connector closed before the receiver took its CONNECT is rea
     peerEndpoint: 5,
     peerSession: 555,
   });
-  const recvs = Array.from({ length: 10 }, () => postRecv({ p: rank } as never, new Uint8Array(8), 7));
-  // The connector: writes 10 eager messages (each complete once in the lane), disconnects.
+}
+
+/** The connector writes `n` numbered 8-byte eager messages (match 7) into side 0's lane. */
+function sendNumbered(channel: SharedArrayBuffer, n: number): MxRequest[] {
   const sender = channelEnd(channel, 0);
-  for (let i = 0; i < 10; i++) {
+  return Array.from({ length: n }, (_, i) => {
     const buf = new Uint8Array(8);
     new DataView(buf.buffer).setUint32(0, i, true);
     const req = new MxRequest("send", buf, undefined);
@@ -57,16 +57,31 @@ test("a channel its connector closed before the receiver took its CONNECT is rea
     req.matchLo = 7;
     req.msgLength = 8;
     assert.ok(sender.path.trySend(req));
+    return req;
+  });
+}
+
+/** The numbers the receives that completed got, in their order. */
+function numbers(recvs: MxRequest[]): number[] {
+  return recvs
+    .filter((r) => r.state === RequestState.Done)
+    .map((r) => new DataView(r.buffer.buffer, r.buffer.byteOffset).getUint32(0, true));
+}
+
+test("a channel its connector closed before the receiver took its CONNECT is read: every message the connector saw complete arrives, in order", () => {
+  const rank = parts();
+  const channels = new Channels(rank);
+  const channel = new SharedArrayBuffer(CHANNEL_BYTES);
+  offer(rank, channel);
+  const recvs = Array.from({ length: 10 }, () => postRecv({ p: rank } as never, new Uint8Array(8), 7));
+  // The connector: writes 10 eager messages (each complete once in the lane), disconnects.
+  for (const req of sendNumbered(channel, 10))
     assert.equal(req.state, RequestState.Done, "complete for the connector");
-  }
   closeChannelLanes(channel);
   // Only now does the receiver look at its events.
   channels.onDriverEvent(DRIVER_EVENT_CONNECT, 1, 0, 5, 555);
   channels.onDriverEvent(DRIVER_EVENT_DISCONNECT, 1, 0, 5, 555);
-  const got = recvs
-    .filter((r) => r.state === RequestState.Done)
-    .map((r) => new DataView(r.buffer.buffer, r.buffer.byteOffset).getUint32(0, true));
-  assert.deepEqual(got, [...Array(10).keys()], "all ten, in order");
+  assert.deepEqual(numbers(recvs), [...Array(10).keys()], "all ten, in order");
   const peer = rank.partners.get(0, 5);
   assert.ok(peer?.dead !== undefined, "and the connector is failed: it went away");
   assert.equal(peer?.channel, undefined, "its channel released");
@@ -80,27 +95,10 @@ test("a record from the peer's next incarnation, its DISCONNECT never delivered,
   const channels = new Channels(rank);
   const records = new NicRecords(rank);
   const channel = new SharedArrayBuffer(CHANNEL_BYTES);
-  (rank.driver as unknown as { acceptChannel: MxDriver["acceptChannel"] }).acceptChannel = (_ep, id) => ({
-    channelId: id,
-    channel,
-    side: 1,
-    peerIntr: new SharedArrayBuffer(4096),
-    peerNic: 0,
-    peerEndpoint: 5,
-    peerSession: 555,
-  });
+  offer(rank, channel);
   channels.onDriverEvent(DRIVER_EVENT_CONNECT, 1, 0, 5, 555);
   const recvs = Array.from({ length: 4 }, () => postRecv({ p: rank } as never, new Uint8Array(8), 7));
-  const sender = channelEnd(channel, 0);
-  for (let i = 0; i < 3; i++) {
-    const buf = new Uint8Array(8);
-    new DataView(buf.buffer).setUint32(0, i, true);
-    const req = new MxRequest("send", buf, undefined);
-    req.peer = sender.partner;
-    req.matchLo = 7;
-    req.msgLength = 8;
-    assert.ok(sender.path.trySend(req));
-  }
+  sendNumbered(channel, 3);
   // The old incarnation closes; its channel's lanes close, and no DISCONNECT comes.
   closeChannelLanes(channel);
   // The new incarnation's first message through the NIC: 8 bytes, number 3.
@@ -118,9 +116,6 @@ test("a record from the peer's next incarnation, its DISCONNECT never delivered,
   w[base + E_TRACE_SEQ] = 0;
   new DataView(rank.nic.windowBytes.buffer, RECV_OFFSET).setUint32(0, 3, true);
   records.onRecv(base);
-  const got = recvs
-    .filter((r) => r.state === RequestState.Done)
-    .map((r) => new DataView(r.buffer.buffer, r.buffer.byteOffset).getUint32(0, true));
-  assert.deepEqual(got, [0, 1, 2, 3], "the old incarnation's three, then the new one's");
+  assert.deepEqual(numbers(recvs), [0, 1, 2, 3], "the old incarnation's three, then the new one's");
   assert.equal(rank.partners.get(0, 5)?.session, 556);
 });
