@@ -425,3 +425,28 @@ test("a failed connection's held messages wait for the address's next partner of
   p.partners.fail(passing, "the peer endpoint went away", MxStatus.ENDPOINT_CLOSED);
   assert.deepEqual([r.state, r.buffer[0]], [RequestState.Done, 7]);
 });
+
+test("a late message of the previous connection that overflows the limit: the peer's held messages go, counted once, none kept", () => {
+  // A reviewer's PoC: the overflow dropped the previous connection's held records (uncounted)
+  // but left them in place, and the release that followed uncounted and matched them again:
+  // each hostile address kept about maxUnexpectedBytes more, uncounted, past the limit.
+  const REC = 1024 + KEPT_RECORD_COST;
+  const LIMIT = 20 * REC;
+  const p = parts(undefined, LIMIT);
+  const puller = new RecordingPuller();
+  const kept = () => (p.matching as unknown as { keptBytes: number }).keptBytes;
+  for (let round = 0; round < 4; round++) {
+    const hostile = peer(p, 8 + round).partner;
+    // Connection 1's first message: connection 0 becomes the previous one.
+    p.matching.deliver(hostile, eager(puller, 9, new Uint8Array(0), 1 << 16));
+    // Connection 0's n = 1…: held, counted, up to the limit; then its n = 0 overflows it.
+    for (let n = 1; kept() + REC <= LIMIT; n++)
+      p.matching.deliver(hostile, eager(puller, 9, new Uint8Array(1024), n));
+    p.matching.deliver(hostile, eager(puller, 9, new Uint8Array(1024), 0));
+    assert.match(hostile.dead ?? "", /over its limit/);
+    assert.equal(kept(), 0, `round ${round}: nothing of the failed peer is kept, or counted`);
+  }
+  const r = recv(4096, 9);
+  p.matching.post(r);
+  assert.equal(r.state, RequestState.Posted, "no message of theirs waits");
+});

@@ -183,11 +183,8 @@ export class Matching implements PeerLossListener {
     // NIC's queue is read after the channels), and matched now they came out of order. A held
     // rendezvous's data cannot be fetched any more: its turn passes with nothing matched.
     if (this.partners.get(peer.nic, peer.endpoint) === peer) {
-      for (const h of [...(peer.held ?? []), ...(peer.prev?.held ?? [])])
-        if (h.rndv && !h.tomb) {
-          this.count(h, -1);
-          h.tomb = true;
-        }
+      // (Still counted, as every held record is, until its turn passes or it is dropped.)
+      for (const h of [...(peer.held ?? []), ...(peer.prev?.held ?? [])]) if (h.rndv) h.tomb = true;
       return;
     }
     // A partner of its own (a gone incarnation's closed channel, read once): nothing more comes.
@@ -253,7 +250,8 @@ export class Matching implements PeerLossListener {
     }
     prev.seq = seqAfter(rec.seq);
     this.match(peer, rec);
-    this.releaseFrom(peer, prev.held, prev);
+    // Matching it may have failed the peer for keeping too much (overflow: its held dropped).
+    if (peer.prev === prev) this.releaseFrom(peer, prev.held, prev);
   }
 
   private insertHeld(held: KeptRecord[], h: KeptRecord): void {
@@ -271,15 +269,17 @@ export class Matching implements PeerLossListener {
     peer.recvSeq = at.seq;
   }
 
-  /** Matches `held`'s records from `at.seq` on while each is the next (a tomb's turn passes). */
+  /**
+   * Matches `held`'s records from `at.seq` on while each is the next (a tomb's turn passes).
+   * A match that overflows drops the peer's held records in place (dropHeld): the loop ends.
+   */
   private releaseFrom(peer: Partner, held: KeptRecord[], at: { seq: number }): void {
     while (held.length > 0 && held[0].seq === at.seq) {
       const h = held[0];
       held.shift();
       at.seq = seqAfter(h.seq);
-      if (h.tomb) continue;
       this.count(h, -1);
-      this.match(peer, h);
+      if (!h.tomb) this.match(peer, h);
     }
   }
 
@@ -300,7 +300,6 @@ export class Matching implements PeerLossListener {
 
   private flushList(peer: Partner, held: KeptRecord[]): void {
     for (const h of held) {
-      if (h.tomb) continue;
       this.count(h, -1);
       if (!h.rndv) this.match(peer, h);
     }
@@ -388,8 +387,13 @@ export class Matching implements PeerLossListener {
     this.countRndv(k, -1);
   }
 
+  /** Drops what `peer` holds, emptying the arrays in place: a release walking one stops. */
   private dropHeld(peer: Partner): void {
-    for (const h of [...(peer.held ?? []), ...(peer.prev?.held ?? [])]) if (!h.tomb) this.count(h, -1);
+    for (const held of [peer.held, peer.prev?.held]) {
+      if (held === undefined) continue;
+      for (const h of held) this.count(h, -1);
+      held.length = 0;
+    }
     peer.held = undefined;
     peer.prev = undefined;
   }
