@@ -11,6 +11,7 @@ import { Host } from "../src/host/host.js";
 import type { NicControlRequest } from "../src/nic/control.js";
 import { NicDevice } from "../src/nic/device.js";
 import { nextMessage } from "./helpers/messages.js";
+import { connectTo, scriptedGuest } from "./helpers/mx-script.js";
 import { control } from "./helpers/nic-harness.js";
 
 const QOS_DEBT = new URL("./fixtures/guests/qos-debt.js", import.meta.url);
@@ -62,5 +63,36 @@ test("forget_group is checked like every control request", async () => {
     assert.equal(call({ op: "forget_group", group: 5 }), null);
   } finally {
     await nic.stop();
+  }
+});
+
+test("a domain given a dead domain's id gets lanes of another writer group: no reader's kept debt of the dead one is its", async () => {
+  // The receiving library keeps a writer's lane buckets while in debt (lane-policer.ts), by the
+  // group myrback writes into the lane's policy page. It was the writer's domain id, which comes
+  // back once the toolstack's round robin wraps; now one per domain incarnation.
+  const reader = await scriptedGuest(host, "reader");
+  const groupAt = async (domid: number) => {
+    const eps = await host.backendEndpoints();
+    const mine = eps.find((e) => e.endpointId === reader.addr.endpoint);
+    return mine?.channels.find((c) => c.peerDomid === domid)?.groupIn;
+  };
+  const first = await scriptedGuest(host, "writer");
+  await connectTo(first, reader, "r");
+  const g1 = await groupAt(first.d.domid);
+  assert.equal(typeof g1, "number", "the lane names a writer group");
+  first.d.send({ op: "exit" });
+  await first.d.exited;
+  await host.hypervisor.destroyDomain(first.d.domid);
+  // The next domain gets the dead one's id, as after the round robin wraps (a test's shortcut).
+  (host.hypervisor as unknown as { nextDomid: number }).nextDomid = first.d.domid;
+  const again = await scriptedGuest(host, "writer-again");
+  assert.equal(again.d.domid, first.d.domid, "the same id");
+  await connectTo(again, reader, "r");
+  const g2 = await groupAt(again.d.domid);
+  assert.equal(typeof g2, "number");
+  assert.notEqual(g2, g1, "another writer group");
+  for (const g of [again, reader]) {
+    g.d.send({ op: "exit" });
+    await g.d.exited;
   }
 });

@@ -182,6 +182,11 @@ export function writeLanePolicy(page: SharedArrayBuffer, p: LanePolicy, shareByt
   Atomics.add(seq, 0, 1);
 }
 
+/** The writer group a member's page names (−1: none), as myrback last wrote it. */
+export function readLaneGroup(page: SharedArrayBuffer): number {
+  return new Float64Array(page, 8, 5)[4];
+}
+
 /** myrback's share loop: rewrites only the share limit of a member's page (Seq as above). */
 export function writeLaneShare(page: SharedArrayBuffer, shareBytesPerSec: number): void {
   const seq = new Int32Array(page, 0, 2);

@@ -18,7 +18,7 @@ import {
   W_SQ_PROD,
 } from "../../nic/window.js";
 import type { DomId } from "../../xen/abi.js";
-import { LANE_BYTES, LANE_HEADER_BYTES, LaneWord } from "../channel-abi.js";
+import { LANE_BYTES, LANE_HEADER_BYTES, LaneWord, readLaneGroup } from "../channel-abi.js";
 import type { ClientKind, EndpointRec } from "./records.js";
 import type { LaneShareInfo } from "./share-loop.js";
 
@@ -45,6 +45,12 @@ export interface BackendChannelInfo {
    * contended.
    */
   shareIn?: { rateBytesPerSec: number; limitBytesPerSec: number; contending: boolean };
+  /**
+   * The writer group of the lane this endpoint reads (its lane policy page): the peer domain's
+   * share of this endpoint's reading, one per domain incarnation (a later domain given the same
+   * id gets another). Absent for channels without a policy page (native processes').
+   */
+  groupIn?: number;
 }
 
 export interface BackendEndpointInfo {
@@ -121,7 +127,9 @@ export function describeEndpoints(
       const mine = laneProgress(ch.buffer, side);
       const theirs = laneProgress(ch.buffer, side === 0 ? 1 : 0);
       const sh = shareByKey.get(`${ch.id}:${side}`);
+      const page = ch.mem?.policy.get(ep.owner.domid);
       channels.push({
+        ...(page && { groupIn: readLaneGroup(page.bytes.buffer as SharedArrayBuffer) }),
         ...(sh && {
           shareIn: {
             rateBytesPerSec: sh.rateBytesPerSec,

@@ -96,6 +96,9 @@ export class MyriCore {
   private readonly channels = new Map<number, ChannelRec>();
   private readonly pairs = new Map<string, ChannelRec>();
   private nextChannelId = 1;
+  /** Each domain's lane writer group (laneGroup), and the next to give. */
+  private readonly laneGroups = new Map<DomId, number>();
+  private nextLaneGroup = 1;
   /** Endpoints opened so far (EndpointRec.serial). */
   private openSerial = 0;
   /** Each domain's weight and caps, from its device's `qos` node (qos-policy.ts). */
@@ -581,9 +584,21 @@ export class MyriCore {
       if (!page) continue;
       writeLanePolicy(
         page.bytes.buffer as SharedArrayBuffer,
-        lanePolicy(this.qos.settingsFor(writer), this.qos.settingsFor(reader), writer),
+        lanePolicy(this.qos.settingsFor(writer), this.qos.settingsFor(reader), this.laneGroup(writer)),
       );
     }
+  }
+
+  /**
+   * The writer group a domain's lanes carry (lane-policer.ts LaneGroups: its buckets at each
+   * reader, kept there while in debt): one per domain incarnation, not its id, so that a later
+   * domain given a dead debtor's id (ids come back once the round robin wraps) does not start in
+   * its debt at every reader it had. Forgotten with the domain (forgetDomain).
+   */
+  private laneGroup(domid: DomId): number {
+    let g = this.laneGroups.get(domid);
+    if (g === undefined) this.laneGroups.set(domid, (g = this.nextLaneGroup++));
+    return g;
   }
 
   /**
@@ -809,6 +824,7 @@ export class MyriCore {
     this.devices.delete(domid);
     this.memory.forgetDomain(domid);
     this.qos.forget(domid);
+    this.laneGroups.delete(domid);
     // The NIC keeps a domain's cap debt past its last endpoint (nic/qos.ts); not past the domain.
     try {
       this.cfg.nic.call({ op: "forget_group", group: domid });
