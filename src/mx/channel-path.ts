@@ -581,6 +581,9 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
         continue;
       }
       while (t.done < t.xfer) {
+        // The reader closed the channel meanwhile (it disconnected): the rest would go into a
+        // lane no one reads. The send fails with the peer (checkClosed, on the next sweep).
+        if (w.closed) return wrote;
         const n = Math.min(channelFragment(t.done), t.xfer - t.done);
         const at = w.reserve(n);
         if (at < 0) return wrote;
@@ -606,7 +609,13 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
         if (kickPeer(this.laneCtl, this.peerIntr)) this.ctx.counters.kicks++;
       }
       out.shift();
-      // Every byte is in the lane: the send is over (as an eager send is once copied in).
+      // Every byte is in the lane: the send is over (as an eager send is once copied in),
+      // unless the reader closed the channel and let go before reading the last FRAG.
+      if (!w.readBeforeClose()) {
+        req.reason ??= `this peer is disconnected: ${this.peer.dead ?? "it closed the channel during the transfer"}`;
+        this.sends.answer(this.peer, t.syncId, 0, MxStatus.ENDPOINT_UNREACHABLE);
+        continue;
+      }
       this.sends.answer(this.peer, t.syncId, t.xfer, MxStatus.SUCCESS);
     }
     return wrote;
