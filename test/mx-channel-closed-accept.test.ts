@@ -2,7 +2,7 @@
  * A channel its connector closed after myrback handed it over, before the receiving library
  * took the CONNECT event (mx_connect, sends, mx_disconnect, all while the receiver was busy):
  * what the connector wrote is read, then the connector is failed — each of those sends was
- * MX_STATUS_SUCCESS to it. Dropped unread (Channels.dropIfClosed), they were lost: seen in a
+ * MX_STATUS_SUCCESS to it. Dropped unread (what was Channels.dropIfClosed), they were lost: seen in a
  * fast connect/send/disconnect loop while the receiver was held by its caps (2026-12-07).
  * Likewise a record through the NIC from the peer's next incarnation, when the DISCONNECT
  * of the old one never came. Real Channels, ChannelPath, NicRecords and PartnerTable; a fake

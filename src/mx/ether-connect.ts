@@ -219,9 +219,7 @@ export class EtherConnector implements EtherEndpointHandler {
       return undefined;
     }
     if (peer && peer.dead === undefined && peer.session !== session) {
-      // What the old incarnation left in its channel comes first (see nic-path.ts learn).
-      peer.channel?.drain();
-      partners.fail(peer, "the peer endpoint was reopened", MxStatus.ENDPOINT_CLOSED);
+      partners.reopened(peer);
       peer = undefined;
     }
     if (!peer || peer.dead !== undefined) peer = partners.add(nic, ep, session);

@@ -180,8 +180,7 @@ export class NicRecords implements NicRecordSink {
     switch (c.done ? c.status : MxStatus.TIMEOUT) {
       case MxStatus.SUCCESS: {
         const old = this.partners.get(nic, endpoint);
-        if (old && old.dead === undefined && old.session !== c.session)
-          this.partners.fail(old, "the peer endpoint was reopened", MxStatus.ENDPOINT_CLOSED);
+        if (old && old.dead === undefined && old.session !== c.session) this.partners.reopened(old);
         const peer = this.partners.add(nic, endpoint, c.session);
         peer.verified = true;
         this.install(peer);
@@ -445,10 +444,7 @@ export class NicRecords implements NicRecordSink {
       return last;
     let peer = this.partners.get(nic, ep);
     if (peer && peer.dead === undefined && peer.session !== session) {
-      // Its DISCONNECT never came (myrback writes none to a full queue): what the old
-      // incarnation left in its channel comes first, then it is failed.
-      peer.channel?.drain();
-      this.partners.fail(peer, "the peer endpoint was reopened", MxStatus.ENDPOINT_CLOSED);
+      this.partners.reopened(peer);
       peer = undefined;
     }
     if (peer?.refused && peer.session === session) return undefined;

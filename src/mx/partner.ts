@@ -13,6 +13,7 @@
  * waiting on a failed peer completes with an error status and the reason; the parts that
  * hold something of it (PeerLossListener) let go.
  */
+import { MxStatus } from "../nic/status.js";
 import type { Completion } from "./completion.js";
 import {
   kPartner,
@@ -135,6 +136,16 @@ export class PartnerTable {
       sent = true;
     }
     return sent;
+  }
+
+  /**
+   * A record or connect of `peer`'s next session came (its endpoint was reopened; its
+   * DISCONNECT may never have come: myrback writes none to a full queue): what the old
+   * incarnation left in its channel is taken first (its sends completed), then it is failed.
+   */
+  reopened(peer: Partner): void {
+    peer.channel?.drain();
+    this.fail(peer, "the peer endpoint was reopened", MxStatus.ENDPOINT_CLOSED);
   }
 
   /** `l` is told of every peer that fails, in the order listeners were added. */

@@ -455,7 +455,7 @@ export class MyriCore {
     // A channel only between two distinct endpoints of the same kind (guests share granted
     // frames, processes share buffers); anything else goes through the NIC's loopback.
     if (peer === ep || peer.owner.kind !== client.kind) return result;
-    const pair = ep.id < peer.id ? `${ep.id}:${peer.id}` : `${peer.id}:${ep.id}`;
+    const pair = pairKey(ep, peer);
     let ch = this.pairs.get(pair);
     // A member released the pair's channel (mx_disconnect, or its library failed the peer) and
     // closed its lanes: it is dead for both (both told), and this connect gets a fresh one.
@@ -621,8 +621,7 @@ export class MyriCore {
       me.channels.delete(ch);
       if (tell && !me.closed) this.tellDisconnect(me, other, ch.id);
     }
-    const key = a.id < b.id ? `${a.id}:${b.id}` : `${b.id}:${a.id}`;
-    if (this.pairs.get(key) === ch) this.pairs.delete(key);
+    this.unpair(ch);
     this.channels.delete(ch.id);
     if (ch.mem) this.memory.putChannel(ch.mem);
     this.publishCounts();
@@ -640,12 +639,8 @@ export class MyriCore {
    */
   private orphan(ch: ChannelRec): void {
     const [connector, member] = ch.members;
-    ch.closed = true;
-    ch.orphan = true;
+    this.detachOrphan(ch);
     closeChannelLanes(ch.buffer);
-    connector.channels.delete(ch);
-    const key = connector.id < member.id ? `${connector.id}:${member.id}` : `${member.id}:${connector.id}`;
-    if (this.pairs.get(key) === ch) this.pairs.delete(key);
     this.tellDisconnect(member, connector, ch.id);
     const waiting = [...member.channels].filter((c) => c.orphan && !c.accepted);
     if (waiting.length > ORPHANS_PER_ENDPOINT) this.finishOrphan(waiting[0]);
@@ -669,15 +664,25 @@ export class MyriCore {
    */
   private takeReleased(ch: ChannelRec, member: EndpointRec) {
     const connector = ch.members[0];
-    ch.closed = true;
-    ch.orphan = true;
+    this.detachOrphan(ch);
     ch.accepted = true;
-    connector.channels.delete(ch);
-    const key = connector.id < member.id ? `${connector.id}:${member.id}` : `${member.id}:${connector.id}`;
-    if (this.pairs.get(key) === ch) this.pairs.delete(key);
     this.publishCounts();
     this.refreshShares();
     return { rec: ch, side: 1 as const, peer: connector, intrOf: member };
+  }
+
+  /** `ch` becomes an orphan: closed, no longer its connector's nor the pair's channel, kept for its member. */
+  private detachOrphan(ch: ChannelRec): void {
+    ch.closed = true;
+    ch.orphan = true;
+    ch.members[0].channels.delete(ch);
+    this.unpair(ch);
+  }
+
+  /** `ch` is no longer its pair's channel (the pair's next connect makes another). */
+  private unpair(ch: ChannelRec): void {
+    const key = pairKey(ch.members[0], ch.members[1]);
+    if (this.pairs.get(key) === ch) this.pairs.delete(key);
   }
 
   /** An orphan is done with (taken and released, or its member closed): its memory serves the pair again once unmapped. */
@@ -832,6 +837,11 @@ export class MyriCore {
       // A NIC that stopped keeps nothing.
     }
   }
+}
+
+/** The key of a pair of endpoints in `pairs` (the lower id first). */
+function pairKey(a: EndpointRec, b: EndpointRec): string {
+  return a.id < b.id ? `${a.id}:${b.id}` : `${b.id}:${a.id}`;
 }
 
 /**
