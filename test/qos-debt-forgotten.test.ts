@@ -84,7 +84,18 @@ test("a domain given a dead domain's id gets lanes of another writer group: no r
   await first.d.exited;
   await host.hypervisor.destroyDomain(first.d.domid);
   // The next domain gets the dead one's id, as after the round robin wraps (a test's shortcut).
-  (host.hypervisor as unknown as { nextDomid: number }).nextDomid = first.d.domid;
+  // The id is held back while a live domain's grant or event channel still names it (the reader's
+  // library and myrback let go of theirs when they see the writer gone, which takes a while on a
+  // loaded machine): wait for that, as allocDomid would.
+  const hv = host.hypervisor as unknown as {
+    nextDomid: number;
+    records: Map<number, unknown>;
+    namedReleasedIds(): Set<number>;
+  };
+  const free = Date.now() + 20_000;
+  while ((hv.records.has(first.d.domid) || hv.namedReleasedIds().has(first.d.domid)) && Date.now() < free)
+    await new Promise((r) => setTimeout(r, 50));
+  hv.nextDomid = first.d.domid;
   const again = await scriptedGuest(host, "writer-again");
   assert.equal(again.d.domid, first.d.domid, "the same id");
   await connectTo(again, reader, "r");
