@@ -317,3 +317,29 @@ test("request ids wrap after 2^24 without handing out one still waiting: a rende
   assert.equal(epA.counters.channelErrors, 0);
   for (const ep of [epA, epB, epC]) ep.close();
 });
+
+test("mx_disconnect: the stream lets go of its frame copies once acknowledged, and the pair's next connection goes on in it", () => {
+  // The peer keeps its side of the stream (it sees no connection close): a new stream from 1
+  // had its frames dropped there as resends. Kept per address, a stream held a full window of
+  // copies (half a MiB) for every peer ever disconnected.
+  const { epA, epB, toB, toA } = linkedPair();
+  const ab = toB[kPartner].ether as EtherPath;
+  const ring = () => (ab.link as unknown as { ring: unknown[] }).ring;
+  const recvs = Array.from({ length: 64 }, () => epB.irecv(new Uint8Array(6000), 0, 1, ALL, ALL));
+  for (let i = 0; i < 64; i++) epA.isend(new Uint8Array(6000), toB, 0, 1);
+  for (const r of recvs) assert.equal(epB.wait(r, 5000)?.code, MxStatus.SUCCESS);
+  assert.equal(ring().length, 64, "a window of frame copies");
+  epA.disconnect(toB);
+  assert.equal(ab.link.unacked, 0, "the disconnect waited for B's acks");
+  assert.equal(ring().length, 0, "and let go of the copies");
+  const again = epA.connect(0, epB.endpointId, KEY, 2000);
+  assert.equal((again[kPartner].ether as EtherPath).link, ab.link, "the same stream goes on");
+  const got = new Uint8Array(4);
+  const r = epB.irecv(got, 0, 2, ALL, ALL);
+  epA.isend(new Uint8Array([9, 8, 7, 6]), again, 0, 2);
+  assert.equal(epB.wait(r, 5000)?.code, MxStatus.SUCCESS, "the next connection's message arrives");
+  assert.deepEqual([...got], [9, 8, 7, 6]);
+  assert.equal(toA[kPartner].dead, undefined, "B never saw a connection close");
+  epA.close();
+  epB.close();
+});

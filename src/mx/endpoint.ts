@@ -282,7 +282,10 @@ export class MxEndpoint {
     // Kept in the index, dead: connecting again continues the pair's sequence numbers (a
     // co-resident pair's channel closes for both sides: its next connection starts afresh).
     const peer = this.partners.of(addr);
-    if (peer !== undefined) this.connections.disconnect(peer);
+    if (peer === undefined) return;
+    // What already went into its Ethernet stream reaches it first (a closing endpoint's linger).
+    this.ether?.lingerFor(peer);
+    this.connections.disconnect(peer);
   }
 
   /** Peers this endpoint knows (connected to, or that connected to it). */
@@ -863,6 +866,7 @@ export class MxEndpoint {
     const ether = this.ether;
     ether?.linger();
     ether?.close();
+    //CLOSING
     for (const peer of this.partners.list)
       this.partners.fail(peer, "endpoint closed", MxStatus.ENDPOINT_CLOSED);
     this.matching.closePosted(MxStatus.ENDPOINT_CLOSED);

@@ -17,12 +17,11 @@ import { MxError } from "./codes.js";
 import {
   BROADCAST_MAC,
   type EtherEndpointHandler,
-  EtherLink,
   initEtherFrame,
   macString,
   setFrameWord,
 } from "./ether.js";
-import { type EtherEngine, EtherPath, type EtherPathParts, etherOf } from "./ether-path.js";
+import { type EtherEngine, type EtherPathParts, etherOf } from "./ether-path.js";
 import type { Block, Partner } from "./types.js";
 
 /** A connect over Ethernet repeats its broadcast this often until answered. */
@@ -204,7 +203,7 @@ export class EtherConnector implements EtherEndpointHandler {
     mac: Uint8Array,
     peerSplit: boolean,
   ): Partner | undefined {
-    const { partners, ctx } = this.parts;
+    const { partners } = this.parts;
     const hub = this.engine.hub;
     let peer = partners.get(nic, ep);
     const known = peer === undefined ? undefined : etherOf(peer);
@@ -223,11 +222,7 @@ export class EtherConnector implements EtherEndpointHandler {
       peer = undefined;
     }
     if (!peer || peer.dead !== undefined) peer = partners.add(nic, ep, session);
-    if (peer.ether === undefined) {
-      const self = { nic: ctx.nicId, ep: ctx.endpointId, session: ctx.session };
-      const link = new EtherLink(hub, mac, self, nic, ep, session);
-      this.engine.add(new EtherPath(peer, link, this.engine));
-    }
+    if (peer.ether === undefined) this.engine.open(peer, mac);
     peer.peerSplit = peerSplit;
     partners.route(peer);
     return peer;

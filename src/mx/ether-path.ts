@@ -20,7 +20,7 @@ import { copyBytes } from "../xen/copy.js";
 import { frameWord, MxoeType, MxoeWord, PAYLOAD_AT } from "../xen/io/mxoe.js";
 import { macAt } from "./bytes.js";
 import type { Completion } from "./completion.js";
-import { type EtherHub, type EtherLink, macString, setFrameWord, TX_WINDOW } from "./ether.js";
+import { type EtherHub, EtherLink, macString, setFrameWord, TX_WINDOW } from "./ether.js";
 import type { Matching } from "./matching.js";
 import type { PartnerTable } from "./partner.js";
 import type { PendingSends } from "./pending-sends.js";
@@ -132,6 +132,8 @@ export function etherOf(peer: Partner): EtherPath | undefined {
 export class EtherEngine implements Puller, PeerLossListener {
   /** Partners reached over Ethernet (their timers and queues run after every hub poll). */
   private readonly peers: EtherPath[] = [];
+  /** Each address's newest stream, kept past its partner (`open`): one per address, as the partner index. */
+  private readonly streams = new Map<string, EtherPath>();
   /** Some partner's Ethernet stream is in use (EtherPath.busy) or a pull over it is, as of the last hub poll. */
   private busy = false;
   private readonly pulls = new Map<number, EtherPull>();
@@ -150,11 +152,39 @@ export class EtherEngine implements Puller, PeerLossListener {
     this.partners = parts.partners;
   }
 
-  /** `path` is a partner's way over Ethernet from now on (ether-connect.ts learned its MAC). */
-  add(path: EtherPath): void {
-    path.peer.ether = path;
+  /**
+   * `peer`'s way over Ethernet from now on, to `mac` (ether-connect.ts learned it): the
+   * address's previous stream if that was to the same incarnation of the peer (its session)
+   * at the same MAC, else a new one. Ethernet has no connection for the peer to see close: it
+   * keeps its side of the stream across our mx_disconnect and connect, so ours goes on where
+   * it stopped, with what it still owes. A new stream from 1 had every frame of the next
+   * connection dropped as a resend by a peer that kept its own (a rank connecting, sending
+   * and disconnecting in a loop over the split path lost 236 of its 240 sends).
+   */
+  open(peer: Partner, mac: Uint8Array): EtherPath {
+    const key = `${peer.nic}:${peer.endpoint}`;
+    const last = this.streams.get(key);
+    let path: EtherPath;
+    if (
+      last !== undefined &&
+      last.peer !== peer &&
+      last.peer.dead !== undefined &&
+      last.link.peerSession === peer.session &&
+      macAt(mac, 0, last.link.mac)
+    ) {
+      path = new EtherPath(peer, last.link, this);
+      path.rxEager = last.rxEager;
+    } else {
+      const ctx = this.ctx;
+      const self = { nic: ctx.nicId, ep: ctx.endpointId, session: ctx.session };
+      const link = new EtherLink(this.hub, mac, self, peer.nic, peer.endpoint, peer.session);
+      path = new EtherPath(peer, link, this);
+    }
+    this.streams.set(key, path);
+    peer.ether = path;
     this.peers.push(path);
     this.busy = true;
+    return path;
   }
 
   /** Tells the peer which path we are on (a sequenced PATH frame). */
@@ -533,6 +563,7 @@ export class EtherEngine implements Puller, PeerLossListener {
     if (path === undefined) return;
     path.serving = undefined;
     path.ctlQueue = undefined;
+    path.link.releaseIdle();
     const i = this.peers.indexOf(path);
     if (i >= 0) this.peers.splice(i, 1);
   }
@@ -545,15 +576,28 @@ export class EtherEngine implements Puller, PeerLossListener {
    * endpoint must not take its last messages with it.
    */
   linger(): void {
-    if (this.peers.length === 0) return;
+    if (this.peers.length > 0) this.lingerWhile(() => this.peers.some(owes));
+  }
+
+  /**
+   * Before mx_disconnect fails `peer`: the same, for its stream alone. Failed at once, its
+   * path left the poll list with frames the bridge had dropped (a receiver out of posted
+   * buffers) never resent, and eager sends that had said SUCCESS were lost (2–11 in 60
+   * connect/send/disconnect rounds). Kept instead, an old stream would run beside the
+   * pair's next one, whose frames carry the same addresses and sequence numbers from 1.
+   */
+  lingerFor(peer: Partner): void {
+    const path = etherOf(peer);
+    // Sends still in its backlog are not waited for: mx_disconnect fails them.
+    if (path !== undefined && this.peers.includes(path))
+      this.lingerWhile(
+        () => peer.dead === undefined && (path.link.unacked > 0 || (path.ctlQueue?.length ?? 0) > 0),
+      );
+  }
+
+  private lingerWhile(owed: () => boolean): void {
     const hub = this.hub;
     const until = performance.now() + LINGER_MS;
-    const owed = () =>
-      this.peers.some(
-        (p) =>
-          p.peer.dead === undefined &&
-          (p.link.unacked > 0 || p.peer.backlog.length > 0 || (p.ctlQueue?.length ?? 0) > 0),
-      );
     while (owed() && performance.now() < until) {
       hub.poll();
       if (owed()) hub.wait(1);
@@ -571,6 +615,14 @@ export class EtherEngine implements Puller, PeerLossListener {
           { nic: ctx.nicId, ep: ctx.endpointId, session: ctx.session },
         );
   }
+}
+
+/** Something of ours still waits to reach a live peer: unacknowledged frames, sends or control frames. */
+function owes(p: EtherPath): boolean {
+  return (
+    p.peer.dead === undefined &&
+    (p.link.unacked > 0 || p.peer.backlog.length > 0 || (p.ctlQueue?.length ?? 0) > 0)
+  );
 }
 
 function writeControl(

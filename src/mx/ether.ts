@@ -418,6 +418,15 @@ export class EtherLink {
     this.next = (this.next + 1) | 0;
   }
 
+  /**
+   * Lets go of the frame copies once nothing is left to resend (its partner failed): a stream
+   * is kept per peer address past its partner (ether-path.ts `open`), and a full window of
+   * copies is half a MiB. A stream taken up again allocates them anew as it sends.
+   */
+  releaseIdle(): void {
+    if (this.acked === this.next) this.ring.length = 0;
+  }
+
   private stamp(f: Uint8Array, type: number): void {
     initEtherFrame(f, this.mac, this.hub.mac, type);
     setFrameWord(f, MxoeWord.dstNic, this.peerNic);
