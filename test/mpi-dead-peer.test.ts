@@ -38,16 +38,17 @@ function gone(got: string | undefined, rank: number, reason: RegExp): void {
   assert.match(got ?? "", reason, got);
 }
 
-const WENT_AWAY = /the peer endpoint went away/;
+/** What rank 0 reads in the channel rank 2 closed (channel-abi.ts LaneClosed). */
+const PEER_DISCONNECTED = /the peer disconnected from us \(mx_disconnect\)/;
 const DISCONNECTED = /this peer is disconnected: disconnected\b/;
 
 test("receives from a failed rank fail with an MpiError naming it (waiting when it failed, or posted after): recv, irecv + wait, sendrecv, probe; then every rank's collectives", async () => {
   const [r0, r1, r2] = await run("p2p");
   // Rank 0's MX saw rank 2's channel close while its receive waited.
-  gone(r0.dyingWhileWaiting, 2, WENT_AWAY);
-  for (const k of ["recv", "irecvWait", "sendrecvDeadSource", "probe"]) gone(r0[k], 2, WENT_AWAY);
+  gone(r0.dyingWhileWaiting, 2, PEER_DISCONNECTED);
+  for (const k of ["recv", "irecvWait", "sendrecvDeadSource", "probe"]) gone(r0[k], 2, PEER_DISCONNECTED);
   // The send to the failed rank fails at once: its error, not a wait on the receive.
-  assert.match(r0.sendrecvSameRank, /^MpiError: MPI: send to rank 2 failed: .*the peer endpoint went away/);
+  assert.match(r0.sendrecvSameRank, /^MpiError: MPI: send to rank 2 failed: .*the peer disconnected from us/);
   // Rank 2 failed the pair itself.
   for (const k of ["recv", "irecvWait", "probe"]) gone(r2[k], 0, DISCONNECTED);
   assert.match(r2.sendrecvSameRank, /^MpiError: MPI: send to rank 0 failed: .*disconnected/);
@@ -59,7 +60,7 @@ test("receives from a failed rank fail with an MpiError naming it (waiting when 
   assert.equal(r0.loopedFailures, "20");
   assert.equal(r0.keptAfterErrors, "nothing");
   // Collectives: ranks 0 and 2 know their pair failed; rank 1 does not, and hears it from them.
-  gone(r0.barrier, 2, WENT_AWAY);
+  gone(r0.barrier, 2, PEER_DISCONNECTED);
   gone(r2.barrier, 0, DISCONNECTED);
   assert.match(
     r1.barrier,
@@ -82,7 +83,7 @@ test("a rank that fails while the others are in an allreduce: both survivors' al
     // Either it saw rank 2 go (before its exchange with it, or in it), or a survivor that did told it.
     assert.match(
       r.allreduce,
-      /rank 2 (is unreachable|failed: MX_STATUS_ENDPOINT_UNREACHABLE) \(this peer is disconnected: the peer endpoint went away\)/,
+      /rank 2 (is unreachable|failed: MX_STATUS_ENDPOINT_UNREACHABLE) \(this peer is disconnected: the peer disconnected from us \(mx_disconnect\)\)/,
     );
     assert.match(r.barrier, /^MpiError: MPI barrier: /);
   }

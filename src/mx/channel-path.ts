@@ -17,6 +17,7 @@
 import {
   channelLanesClosed,
   LANE_BYTES,
+  LaneClosed,
   LaneWord,
   RECORD_HEADER_BYTES,
   RecordFlag,
@@ -118,7 +119,16 @@ export interface ChannelPathParts {
   readonly laneGroups?: LaneGroups;
 }
 
-/** One co-resident peer's channel: our lane out (its path) and its lane in. */
+/**
+ * Why a peer whose channel we found closed is failed, by what its closer wrote (LaneClosed).
+ * "went away" alone sent users looking for a dead rank that had only disconnected.
+ */
+function closedReason(why: number): string {
+  if (why === LaneClosed.Disconnected) return "the peer disconnected from us (mx_disconnect)";
+  if (why === LaneClosed.EndpointClosed) return "the peer endpoint was closed";
+  return "the peer endpoint went away";
+}
+
 export class ChannelPath implements PeerPath, ChannelEnd, Puller {
   readonly channelId: number;
   /** PeerPath.eagerMax: mid-size messages go eager, waiting for lane room in order if need be (records.ts). */
@@ -261,7 +271,7 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
     this.checkClosed();
     this.failRequest(
       req,
-      `this peer is disconnected: ${this.peer.dead ?? "the peer endpoint went away"}`,
+      `this peer is disconnected: ${this.peer.dead ?? this.closedReason()}`,
       MxStatus.ENDPOINT_UNREACHABLE,
     );
     return true;
@@ -414,9 +424,9 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
   }
 
   /** Both lanes closed (release() closes them too): the peer writes no more. */
-  closeLanes(): void {
-    this.writer.close();
-    this.reader.close();
+  closeLanes(why: LaneClosed = LaneClosed.Dead): void {
+    this.writer.close(why);
+    this.reader.close(why);
   }
 
   /** What admit() would charge `rd`, charged whatever the caps say. */
@@ -452,7 +462,12 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
       );
       return;
     }
-    this.parts.partners.fail(this.peer, "the peer endpoint went away", MxStatus.ENDPOINT_CLOSED);
+    this.parts.partners.fail(this.peer, this.closedReason(), MxStatus.ENDPOINT_CLOSED);
+  }
+
+  /** Why the channel was closed, as its closer said (either lane: the closer closes both). */
+  private closedReason(): string {
+    return closedReason(this.reader.closedWhy || this.writer.closedWhy);
   }
 
   /** ChannelEnd.announceSleep: the peer's next record kicks us (channel-abi.ts ReaderSleeping). */
@@ -779,8 +794,9 @@ export class Channels implements DriverEventSink {
   /**
    * `peer` is gone for us (its channel died, or mx_disconnect): what it wrote into the
    * channel before is taken — its sender saw those sends complete — then it is failed.
+   * `closing`: what the closed lanes tell the peer (mx_disconnect: Disconnected).
    */
-  lost(peer: Partner, why = "the peer endpoint went away"): void {
+  lost(peer: Partner, why = "the peer endpoint went away", closing = LaneClosed.Dead): void {
     if (peer.dead !== undefined) return;
     const ch = peer.channel;
     if (ch instanceof ChannelPath) {
@@ -788,10 +804,17 @@ export class Channels implements DriverEventSink {
       // committed by the time the drain ends, nearly always. Read first, the peer's sends in
       // the time between the drain and the close (failing listeners, transfers) were lost,
       // each MX_STATUS_SUCCESS to it.
-      ch.closeLanes();
+      ch.closeLanes(closing);
       ch.drain();
     }
     this.parts.partners.fail(peer, why, MxStatus.ENDPOINT_CLOSED);
+  }
+
+  /** The endpoint closes: each channel tells its peer so (LaneClosed.EndpointClosed) before the peer is failed. */
+  closing(peers: readonly Partner[]): void {
+    for (const p of peers)
+      if (p.dead === undefined && p.channel instanceof ChannelPath)
+        p.channel.closeLanes(LaneClosed.EndpointClosed);
   }
 
   /**

@@ -23,6 +23,7 @@
 import {
   LANE_BYTES,
   LANE_HEADER_BYTES,
+  LaneClosed,
   LaneWord,
   laneOffset,
   RECORD_AUX_WORDS,
@@ -168,8 +169,14 @@ export class LaneWriter {
     return this.pendingStart;
   }
 
-  close(): void {
-    Atomics.store(this.ctl, LaneWord.Closed, 1);
+  /** Declares the channel dead, saying why unless someone already did. */
+  close(why: LaneClosed = LaneClosed.Dead): void {
+    Atomics.compareExchange(this.ctl, LaneWord.Closed, 0, why);
+  }
+
+  /** Why the lane was closed (a LaneClosed, or what a hostile peer wrote); 0 while open. */
+  get closedWhy(): number {
+    return Atomics.load(this.ctl, LaneWord.Closed);
   }
 
   /**
@@ -353,8 +360,14 @@ export class LaneReader {
     if ((this.head - this.published) >>> 0 >= HEAD_PUBLISH_BYTES) this.publishHead();
   }
 
-  close(): void {
-    Atomics.store(this.ctl, LaneWord.Closed, 1);
+  /** Declares the channel dead, saying why unless someone already did. */
+  close(why: LaneClosed = LaneClosed.Dead): void {
+    Atomics.compareExchange(this.ctl, LaneWord.Closed, 0, why);
+  }
+
+  /** Why the lane was closed (a LaneClosed, or what a hostile peer wrote); 0 while open. */
+  get closedWhy(): number {
+    return Atomics.load(this.ctl, LaneWord.Closed);
   }
 
   /** The writer of this lane declared the channel dead. */

@@ -12,6 +12,7 @@
  * While the endpoint is on the split path, every peer it connects is also resolved over
  * Ethernet, so that its sends can go that way.
  */
+import { LaneClosed } from "../myrixen/channel-abi.js";
 import type { MxDriver } from "../myrixen/driver-abi.js";
 import { SPLIT_ENDPOINT_BASE } from "../xen/io/mxoe.js";
 import type { Channels } from "./channel-path.js";
@@ -96,7 +97,12 @@ export class Connections {
    * myrback gives the pair's next connect a fresh one.
    */
   disconnect(peer: Partner): void {
-    this.channels.lost(peer, "disconnected");
+    this.channels.lost(peer, "disconnected", LaneClosed.Disconnected);
+  }
+
+  /** The endpoint closes: its co-resident peers are told so through their channels. */
+  closing(): void {
+    this.channels.closing(this.partners.list);
   }
 
   /**

@@ -866,7 +866,7 @@ export class MxEndpoint {
     const ether = this.ether;
     ether?.linger();
     ether?.close();
-    //CLOSING
+    this.connections.closing();
     for (const peer of this.partners.list)
       this.partners.fail(peer, "endpoint closed", MxStatus.ENDPOINT_CLOSED);
     this.matching.closePosted(MxStatus.ENDPOINT_CLOSED);

@@ -12,7 +12,9 @@
  *     Tail         [writer]  bytes ever published (u32, wraps): for the writer's backlog and
  *                  the host's inspection; the reader polls the next record's Size instead
  *     Head         [reader]  bytes ever consumed (u32, wraps): how far the writer may write
- *     Closed       [either member, or myrback]  nonzero: the channel is dead
+ *     Closed       [either member, or myrback]  nonzero: the channel is dead; the first
+ *                  closer's value (LaneClosed, set from 0 only) says why, to word the other
+ *                  member's failure (advisory: a member can write any value)
  *     SpaceWanted  [writer sets, reader clears]  the writer found the lane full and waits:
  *                  the reader wakes it after freeing space
  *     Messages     [reader]  messages taken from the lane (u32, wraps): what the host's
@@ -109,6 +111,17 @@ export const enum LaneWord {
    */
   FinalHead = 192,
   Drained = 224,
+}
+
+/** Why a lane was closed: its Closed word, set from 0 only (the first closer's word stays). */
+// biome-ignore lint/suspicious/noConstEnum: inlined by tsc (see the header)
+export const enum LaneClosed {
+  /** myrback killed it (an endpoint or domain went), or a member failed its peer. */
+  Dead = 1,
+  /** A member disconnected from the other (mx_disconnect). */
+  Disconnected = 2,
+  /** A member's endpoint closed. */
+  EndpointClosed = 3,
 }
 
 export const RECORD_HEADER_BYTES = 48;
@@ -234,7 +247,12 @@ export function laneUnread(channel: SharedArrayBuffer, side: 0 | 1): boolean {
 /** Kills a channel: both lanes closed, so each member's reader and writer see it. */
 export function closeChannelLanes(channel: SharedArrayBuffer): void {
   for (const side of [0, 1] as const)
-    Atomics.store(new Int32Array(channel, laneOffset(side), LANE_HEADER_BYTES / 4), LaneWord.Closed, 1);
+    Atomics.compareExchange(
+      new Int32Array(channel, laneOffset(side), LANE_HEADER_BYTES / 4),
+      LaneWord.Closed,
+      0,
+      LaneClosed.Dead,
+    );
 }
 
 /**
