@@ -343,3 +343,68 @@ test("mx_disconnect: the stream lets go of its frame copies once acknowledged, a
   epA.close();
   epB.close();
 });
+
+test("a forged CONNECT for a peer we disconnected, from another MAC, does not displace the pair's kept stream", () => {
+  // A reviewer's PoC: the forger's stream replaced the kept one, a NACK from the forger failed
+  // it, and A's next connection to the real B started a new stream that B dropped as resends.
+  const { bridge, a, epA, epB, toB } = linkedPair();
+  const evil = station(bridge, 3);
+  for (let i = 0; i < 10; i++) {
+    const r = epB.irecv(new Uint8Array(8), 0, 1, ALL, ALL);
+    epA.isend(new Uint8Array(8), toB, 0, 1);
+    assert.equal(epB.wait(r, 2000)?.code, MxStatus.SUCCESS);
+  }
+  const kept = (toB[kPartner].ether as EtherPath).link;
+  epA.disconnect(toB);
+  const forged = (type: number) => {
+    const f = new Uint8Array(PAYLOAD_AT);
+    initEtherFrame(f, type === MxoeType.Connect ? BROADCAST_MAC : a.port.mac, evil.port.mac, type);
+    setFrameWord(f, MxoeWord.dstEp, epA.endpointId);
+    setFrameWord(f, MxoeWord.dstSession, type === MxoeType.Connect ? 0 : epA.session);
+    setFrameWord(f, MxoeWord.srcEp, epB.endpointId);
+    setFrameWord(f, MxoeWord.srcSession, epB.session);
+    setFrameWord(f, MxoeWord.id, 77);
+    setFrameWord(f, MxoeWord.offset, KEY);
+    return f;
+  };
+  evil.port.send(forged(MxoeType.Connect));
+  for (let i = 0; i < 5; i++) epA.progress(true);
+  evil.port.send(forged(MxoeType.Nack));
+  for (let i = 0; i < 5; i++) epA.progress(true);
+  const again = epA.connect(0, epB.endpointId, KEY, 2000);
+  assert.equal((again[kPartner].ether as EtherPath).link, kept, "the real B's stream goes on");
+  const recvs = Array.from({ length: 5 }, () => epB.irecv(new Uint8Array(8), 0, 2, ALL, ALL));
+  for (let i = 0; i < 5; i++) epA.isend(new Uint8Array(8), again, 0, 2);
+  for (const r of recvs)
+    assert.equal(epB.wait(r, 2000)?.code, MxStatus.SUCCESS, "A's next connection's messages arrive");
+  epA.close();
+  epB.close();
+});
+
+test("a rendezvous a disconnect failed, matched by the peer afterwards, fails that receive instead of holding it for ever", () => {
+  // B computes (no MX call) while A sends and disconnects: A's linger gives up after 2 s and
+  // fails the rendezvous, whose announcement waits in B's queue all the same. B matched it
+  // later and PULLed a send A no longer had: A dropped the PULL, and B's receive waited for
+  // ever over a working connection (a reviewer's PoC). A answers such a PULL with a refusal.
+  const { bridge, b, epA, epB, toB } = linkedPair();
+  bridge.hubs.splice(bridge.hubs.indexOf(b.hub), 1);
+  const big = new Uint8Array(100_000).fill(0x22);
+  const failed = epA.isend(big, toB, 0, 2);
+  epA.disconnect(toB);
+  assert.equal(epA.wait(failed, 0)?.code, MxStatus.ENDPOINT_CLOSED);
+  bridge.hubs.push(b.hub);
+  const again = epA.connect(0, epB.endpointId, KEY, 2000);
+  const stale = epB.irecv(new Uint8Array(100_000), 0, 2, ALL, ALL);
+  const st = epB.wait(stale, 5000);
+  assert.equal(st?.code, MxStatus.ABORTED, "the receive that matched the failed send ends");
+  assert.match(stale.reason ?? "", /no longer has this rendezvous/);
+  // The program, told its send failed, sends it again: that one arrives whole.
+  const got = new Uint8Array(100_000);
+  const r = epB.irecv(got, 0, 2, ALL, ALL);
+  const s2 = epA.isend(big, again, 0, 2);
+  assert.equal(epB.wait(r, 5000)?.code, MxStatus.SUCCESS);
+  assert.ok(got.every((x) => x === 0x22));
+  assert.equal(epA.wait(s2, 5000)?.code, MxStatus.SUCCESS);
+  epA.close();
+  epB.close();
+});

@@ -68,6 +68,9 @@ interface EtherPull {
   got: number;
 }
 
+/** A DATA frame's offset when the sender has no send for the PULL it answers (no payload). */
+const PULL_REFUSED = 0xffffffff;
+
 /** Control frames (PATH, PULL, NOTIFY) queued for one peer while its window is shut, at most. */
 export const MAX_QUEUED_CONTROL = 4096;
 /** Numbers a queued control frame takes in EtherPath.ctlQueue. */
@@ -180,7 +183,12 @@ export class EtherEngine implements Puller, PeerLossListener {
       const link = new EtherLink(this.hub, mac, self, peer.nic, peer.endpoint, peer.session);
       path = new EtherPath(peer, link, this);
     }
-    this.streams.set(key, path);
+    // A claim at another MAC never displaces the kept stream of the same incarnation: only a
+    // forger makes one (netback anti-spoofs MACs), and a forged CONNECT from its own MAC for a
+    // peer we had disconnected cut the real peer's stream (a reviewer's PoC: all of the next
+    // connection's sends lost, each said SUCCESS).
+    if (last === undefined || last.link.peerSession !== peer.session || macAt(mac, 0, last.link.mac))
+      this.streams.set(key, path);
     peer.ether = path;
     this.peers.push(path);
     this.busy = true;
@@ -414,6 +422,10 @@ export class EtherEngine implements Puller, PeerLossListener {
         // whole buffer again each time, and queued a job per frame while our window was full.
         if (!req?.rndv || req.peer !== peer || len > req.msgLength || this.served.has(req)) {
           this.ctx.counters.channelErrors++;
+          // No such send (any more): it failed — we disconnected from the peer, which had
+          // matched the announcement already — or completed. Its receive would wait for ever.
+          if (req === undefined)
+            this.control(path, MxoeType.Data, frameWord(f, MxoeWord.offset), PULL_REFUSED, 0, 0);
           return;
         }
         this.served.add(req);
@@ -428,6 +440,13 @@ export class EtherEngine implements Puller, PeerLossListener {
         const off = frameWord(f, MxoeWord.offset);
         if (!p || p.source !== peer) {
           this.ctx.counters.channelErrors++;
+          return;
+        }
+        if (off === PULL_REFUSED && n === 0) {
+          this.pulls.delete(id);
+          p.recv.reason ??=
+            "the sender no longer has this rendezvous: its send failed (it disconnected from us) or was cancelled";
+          this.parts.completion.complete(p.recv, MxStatus.ABORTED, 0);
           return;
         }
         // The sender streams a pull in order (the stream is reliable): each frame starts where
@@ -563,6 +582,12 @@ export class EtherEngine implements Puller, PeerLossListener {
     if (path === undefined) return;
     path.serving = undefined;
     path.ctlQueue = undefined;
+    // What its failure completed with an error must not arrive after all when the stream goes
+    // on in a next connection (open): sync and rendezvous sends, our own pulls. Those become
+    // PATH frames; eager sends, which said SUCCESS, still go. A
+    // reviewer's PoC: an issend failed by a disconnect whose linger gave up, then sent again
+    // after the reconnect, arrived twice, and a stale rendezvous took a receive for ever.
+    path.link.voidUnacked(staleAfterFailure, MxoeType.Path, this.partners.split ? 1 : 0);
     path.link.releaseIdle();
     const i = this.peers.indexOf(path);
     if (i >= 0) this.peers.splice(i, 1);
@@ -615,6 +640,14 @@ export class EtherEngine implements Puller, PeerLossListener {
           { nic: ctx.nicId, ep: ctx.endpointId, session: ctx.session },
         );
   }
+}
+
+/** A frame of a request a peer's failure completed with an error (EtherEngine.peerLost). */
+function staleAfterFailure(f: Uint8Array, type: number): boolean {
+  // DATA still goes: the peer's receive completes rather than wait for bytes that never come.
+  if (type === MxoeType.Rndv || type === MxoeType.Pull) return true;
+  // A sync eager send carries its sync id; a plain one (0) completed SUCCESS as it went in.
+  return type === MxoeType.Eager && frameWord(f, MxoeWord.id) !== 0;
 }
 
 /** Something of ours still waits to reach a live peer: unacknowledged frames, sends or control frames. */

@@ -419,6 +419,27 @@ export class EtherLink {
   }
 
   /**
+   * Unacknowledged frames that `stale` picks must not arrive after all: each becomes a
+   * payload-less frame of type `into` with `msgSeq`, keeping its sequence number, so that the
+   * stream stays whole for a next connection that goes on in it. Returns how many.
+   */
+  voidUnacked(stale: (f: Uint8Array, type: number) => boolean, into: number, msgSeq: number): number {
+    let n = 0;
+    for (let s = this.acked; s !== this.next; s = (s + 1) | 0) {
+      const i = s & (TX_WINDOW - 1);
+      const f = this.ring[i];
+      const type = frameType(f);
+      if (!stale(f, type)) continue;
+      setFrameWord(f, MxoeWord.magic, ((MXOE_MAGIC << 16) | (MXOE_VERSION << 8) | into) >>> 0);
+      setFrameWord(f, MxoeWord.payload, 0);
+      setFrameWord(f, MxoeWord.msgSeq, msgSeq);
+      this.lengths[i] = PAYLOAD_AT;
+      n++;
+    }
+    return n;
+  }
+
+  /**
    * Lets go of the frame copies once nothing is left to resend (its partner failed): a stream
    * is kept per peer address past its partner (ether-path.ts `open`), and a full window of
    * copies is half a MiB. A stream taken up again allocates them anew as it sends.
