@@ -131,6 +131,9 @@ export class CollectiveTransport extends PointToPoint {
       this.cfail(
         `MPI ${call}: rank ${peer} sent ${s.msgLength} bytes where ${req.buffer.length} were expected; every rank must pass matching counts and element types`,
       );
+    // A member that left this collective with an error told us so before it went: its notice
+    // names the cause (a send to a member that left after it fails with "endpoint closed").
+    this.failOnNotice(call);
     this.cfail(`MPI ${call}: exchange with rank ${peer} failed: ${s.codeName} (${failureHint(s)})`);
   }
 
