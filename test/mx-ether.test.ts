@@ -408,3 +408,33 @@ test("a rendezvous a disconnect failed, matched by the peer afterwards, fails th
   epA.close();
   epB.close();
 });
+
+test("a sync send a disconnect failed, whose frame the wire lost, is not resent into the pair's next connection", () => {
+  // The next connection goes on in the same stream, which resends what was never
+  // acknowledged: the sync send the program was told had failed arrived after all, then again
+  // when the program sent it anew (a reviewer's PoC). Its frame now goes as a PATH frame.
+  const { bridge, b, epA, epB, toB } = linkedPair();
+  const cut = bridge.ports.indexOf(b.port);
+  bridge.ports.splice(cut, 1);
+  bridge.hubs.splice(bridge.hubs.indexOf(b.hub), 1);
+  const plain = epA.isend(new Uint8Array([7, 7, 7, 7]), toB, 0, 3);
+  const failed = epA.issend(new Uint8Array([1, 1, 1, 1]), toB, 0, 1);
+  epA.disconnect(toB);
+  assert.equal(epA.wait(plain, 0)?.code, MxStatus.SUCCESS, "an eager send completes as it goes in");
+  assert.equal(epA.wait(failed, 0)?.code, MxStatus.ENDPOINT_CLOSED);
+  bridge.ports.push(b.port);
+  bridge.hubs.push(b.hub);
+  const again = epA.connect(0, epB.endpointId, KEY, 2000);
+  const got3 = new Uint8Array(4);
+  const r3 = epB.irecv(got3, 0, 3, ALL, ALL);
+  assert.equal(epB.wait(r3, 5000)?.code, MxStatus.SUCCESS, "the eager send that said SUCCESS arrives");
+  const got = [new Uint8Array(4), new Uint8Array(4)];
+  const r1 = got.map((g) => epB.irecv(g, 0, 1, ALL, ALL));
+  epA.issend(new Uint8Array([2, 2, 2, 2]), again, 0, 1);
+  assert.equal(epB.wait(r1[0], 5000)?.code, MxStatus.SUCCESS);
+  assert.deepEqual([...got[0]], [2, 2, 2, 2], "only the send made again arrives");
+  assert.equal(epB.wait(r1[1], 300), undefined, "once");
+  epB.cancel(r1[1]);
+  epA.close();
+  epB.close();
+});
