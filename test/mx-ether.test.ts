@@ -438,3 +438,41 @@ test("a sync send a disconnect failed, whose frame the wire lost, is not resent 
   epA.close();
   epB.close();
 });
+
+test("mx_disconnect during a rendezvous we pull: the data on its way is waited for; past the linger, the sender hears we dropped it", () => {
+  const big = new Uint8Array(100_000).fill(0x33);
+  {
+    // The sender answers: the pull ends within the disconnect's wait, and both sides complete.
+    const { epA, epB, toB, toA } = linkedPair();
+    const got = new Uint8Array(100_000);
+    const r = epB.irecv(got, 0, 2, ALL, ALL);
+    const s = epA.isend(big, toB, 0, 2);
+    for (let i = 0; i < 20 && epB.counters.pulls === 0; i++) epB.progress(true);
+    assert.equal(epB.counters.pulls, 1, "B pulls A's rendezvous");
+    epB.disconnect(toA);
+    assert.equal(epB.wait(r, 0)?.code, MxStatus.SUCCESS, "the receive under way completed");
+    assert.ok(got.every((x) => x === 0x33));
+    assert.equal(epA.wait(s, 2000)?.code, MxStatus.SUCCESS);
+    epA.close();
+    epB.close();
+  }
+  {
+    // The sender computes through the whole wait: B drops the pull and tells it so. Before, A
+    // streamed data B no longer took and its send failed only when its link timed out (10 s),
+    // or never, had the pair connected again in the same stream.
+    const { bridge, a, epA, epB, toB, toA } = linkedPair();
+    bridge.hubs.splice(bridge.hubs.indexOf(a.hub), 1);
+    const r = epB.irecv(new Uint8Array(100_000), 0, 2, ALL, ALL);
+    const s = epA.isend(big, toB, 0, 2);
+    for (let i = 0; i < 20 && epB.counters.pulls === 0; i++) epB.progress(true);
+    epB.disconnect(toA);
+    assert.equal(epB.wait(r, 0)?.code, MxStatus.ENDPOINT_CLOSED);
+    assert.match(r.reason ?? "", /we disconnected from the sender/);
+    bridge.hubs.push(a.hub);
+    const st = epA.wait(s, 15_000);
+    assert.equal(st?.code, MxStatus.ABORTED, `A's send: ${st?.codeName} (${s.reason})`);
+    assert.match(s.reason ?? "", /the receiver ended the transfer/);
+    epA.close();
+    epB.close();
+  }
+});

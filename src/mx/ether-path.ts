@@ -613,11 +613,31 @@ export class EtherEngine implements Puller, PeerLossListener {
    */
   lingerFor(peer: Partner): void {
     const path = etherOf(peer);
-    // Sends still in its backlog are not waited for: mx_disconnect fails them.
-    if (path !== undefined && this.peers.includes(path))
-      this.lingerWhile(
-        () => peer.dead === undefined && (path.link.unacked > 0 || (path.ctlQueue?.length ?? 0) > 0),
-      );
+    if (path === undefined || !this.peers.includes(path)) return;
+    // Sends still in its backlog are not waited for: mx_disconnect fails them. Rendezvous we
+    // pull from it are: their data is on its way.
+    const pulling = () => {
+      for (const p of this.pulls.values()) if (p.source === peer) return true;
+      return false;
+    };
+    this.lingerWhile(
+      () =>
+        peer.dead === undefined && (path.link.unacked > 0 || (path.ctlQueue?.length ?? 0) > 0 || pulling()),
+    );
+    if (peer.dead !== undefined) return;
+    // A pull the wait did not see end: its sender hears that we dropped it (NOTIFY ABORTED),
+    // instead of streaming data no one takes and waiting for a NOTIFY that never comes (for
+    // ever, if the pair connects again in the same stream before its link times out).
+    for (const [id, p] of this.pulls) {
+      if (p.source !== peer) continue;
+      this.pulls.delete(id);
+      path.notify(p.syncId, 0, MxStatus.ABORTED);
+      p.recv.reason ??= "we disconnected from the sender before its data had all come";
+      this.parts.completion.complete(p.recv, MxStatus.ENDPOINT_CLOSED, 0);
+    }
+    // The NOTIFYs go out now, before the partner is failed (once, unacknowledged: a next
+    // connection in the same stream resends them).
+    this.hub.flush();
   }
 
   private lingerWhile(owed: () => boolean): void {

@@ -50,6 +50,9 @@ export class PendingSends implements PeerLossListener {
       return;
     }
     this.bySyncId.delete(syncId);
+    if (status !== MxStatus.SUCCESS && status !== MxStatus.TRUNCATED)
+      req.reason ??=
+        "the receiver ended the transfer without taking it (it disconnected from us, or its receive failed)";
     this.completion.complete(
       req,
       status === MxStatus.TRUNCATED ? MxStatus.SUCCESS : status,
