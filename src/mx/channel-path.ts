@@ -123,12 +123,13 @@ export interface ChannelPathParts {
  * Why a peer whose channel we found closed is failed, by what its closer wrote (LaneClosed).
  * "went away" alone sent users looking for a dead rank that had only disconnected.
  */
-function closedReason(why: number): string {
+function laneClosedReason(why: number): string {
   if (why === LaneClosed.Disconnected) return "the peer disconnected from us (mx_disconnect)";
   if (why === LaneClosed.EndpointClosed) return "the peer endpoint was closed";
   return "the peer endpoint went away";
 }
 
+/** One co-resident peer's channel: our lane out (its path) and its lane in. */
 export class ChannelPath implements PeerPath, ChannelEnd, Puller {
   readonly channelId: number;
   /** PeerPath.eagerMax: mid-size messages go eager, waiting for lane room in order if need be (records.ts). */
@@ -467,7 +468,7 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
 
   /** Why the channel was closed, as its closer said (either lane: the closer closes both). */
   private closedReason(): string {
-    return closedReason(this.reader.closedWhy || this.writer.closedWhy);
+    return laneClosedReason(this.reader.closedWhy || this.writer.closedWhy);
   }
 
   /** ChannelEnd.announceSleep: the peer's next record kicks us (channel-abi.ts ReaderSleeping). */

@@ -167,14 +167,10 @@ export class EtherEngine implements Puller, PeerLossListener {
   open(peer: Partner, mac: Uint8Array): EtherPath {
     const key = `${peer.nic}:${peer.endpoint}`;
     const last = this.streams.get(key);
+    const sameIncarnation = last !== undefined && last.link.peerSession === peer.session;
+    const atItsMac = sameIncarnation && macAt(mac, 0, last.link.mac);
     let path: EtherPath;
-    if (
-      last !== undefined &&
-      last.peer !== peer &&
-      last.peer.dead !== undefined &&
-      last.link.peerSession === peer.session &&
-      macAt(mac, 0, last.link.mac)
-    ) {
+    if (atItsMac && last.peer.dead !== undefined) {
       path = new EtherPath(peer, last.link, this);
       path.rxEager = last.rxEager;
     } else {
@@ -187,8 +183,7 @@ export class EtherEngine implements Puller, PeerLossListener {
     // forger makes one (netback anti-spoofs MACs), and a forged CONNECT from its own MAC for a
     // peer we had disconnected cut the real peer's stream (a reviewer's PoC: all of the next
     // connection's sends lost, each said SUCCESS).
-    if (last === undefined || last.link.peerSession !== peer.session || macAt(mac, 0, last.link.mac))
-      this.streams.set(key, path);
+    if (!sameIncarnation || atItsMac) this.streams.set(key, path);
     peer.ether = path;
     this.peers.push(path);
     this.busy = true;
@@ -584,9 +579,9 @@ export class EtherEngine implements Puller, PeerLossListener {
     path.ctlQueue = undefined;
     // What its failure completed with an error must not arrive after all when the stream goes
     // on in a next connection (open): sync and rendezvous sends, our own pulls. Those become
-    // PATH frames; eager sends, which said SUCCESS, still go. A
-    // reviewer's PoC: an issend failed by a disconnect whose linger gave up, then sent again
-    // after the reconnect, arrived twice, and a stale rendezvous took a receive for ever.
+    // PATH frames; eager sends, which said SUCCESS, still go. (A reviewer's PoC: an issend
+    // failed by a disconnect whose wait gave up, then sent again after the reconnect, arrived
+    // twice.)
     path.link.voidUnacked(staleAfterFailure, MxoeType.Path, this.partners.split ? 1 : 0);
     path.link.releaseIdle();
     const i = this.peers.indexOf(path);
@@ -608,8 +603,8 @@ export class EtherEngine implements Puller, PeerLossListener {
    * Before mx_disconnect fails `peer`: the same, for its stream alone. Failed at once, its
    * path left the poll list with frames the bridge had dropped (a receiver out of posted
    * buffers) never resent, and eager sends that had said SUCCESS were lost (2–11 in 60
-   * connect/send/disconnect rounds). Kept instead, an old stream would run beside the
-   * pair's next one, whose frames carry the same addresses and sequence numbers from 1.
+   * connect/send/disconnect rounds). Waiting here, not in the background: the stream is the
+   * pair's, and its next connection goes on in it (`open`).
    */
   lingerFor(peer: Partner): void {
     const path = etherOf(peer);

@@ -89,6 +89,11 @@ export function initEtherFrame(f: Uint8Array, dst: Uint8Array, src: Uint8Array, 
   f[12] = MXOE_ETHERTYPE >>> 8;
   f[13] = MXOE_ETHERTYPE & 0xff;
   f.fill(0, ETH_HEADER_BYTES, PAYLOAD_AT);
+  setFrameType(f, type);
+}
+
+/** Sets the frame's MXoE type (with the magic and version it shares a word with). */
+function setFrameType(f: Uint8Array, type: number): void {
   setFrameWord(f, MxoeWord.magic, ((MXOE_MAGIC << 16) | (MXOE_VERSION << 8) | type) >>> 0);
 }
 
@@ -421,22 +426,18 @@ export class EtherLink {
   /**
    * Unacknowledged frames that `stale` picks must not arrive after all: each becomes a
    * payload-less frame of type `into` with `msgSeq`, keeping its sequence number, so that the
-   * stream stays whole for a next connection that goes on in it. Returns how many.
+   * stream stays whole for a next connection that goes on in it.
    */
-  voidUnacked(stale: (f: Uint8Array, type: number) => boolean, into: number, msgSeq: number): number {
-    let n = 0;
+  voidUnacked(stale: (f: Uint8Array, type: number) => boolean, into: number, msgSeq: number): void {
     for (let s = this.acked; s !== this.next; s = (s + 1) | 0) {
       const i = s & (TX_WINDOW - 1);
       const f = this.ring[i];
-      const type = frameType(f);
-      if (!stale(f, type)) continue;
-      setFrameWord(f, MxoeWord.magic, ((MXOE_MAGIC << 16) | (MXOE_VERSION << 8) | into) >>> 0);
+      if (!stale(f, frameType(f))) continue;
+      setFrameType(f, into);
       setFrameWord(f, MxoeWord.payload, 0);
       setFrameWord(f, MxoeWord.msgSeq, msgSeq);
       this.lengths[i] = PAYLOAD_AT;
-      n++;
     }
-    return n;
   }
 
   /**
