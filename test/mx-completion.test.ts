@@ -17,6 +17,7 @@ import {
   D_SRC_REGION,
   DESC_WORDS,
   DFLAG_EXPOSURE,
+  DFLAG_REMOTE,
   E_COOKIE,
   E_TYPE,
   EQ_OFFSET,
@@ -33,7 +34,7 @@ import {
   X_LENGTH,
   X_STATE,
 } from "../src/nic/window.js";
-import { parts, peer, rndv } from "./helpers/mx-parts.js";
+import { parts, peer, RecordingPath, rndv } from "./helpers/mx-parts.js";
 
 const ALL = 0xffffffff;
 
@@ -138,6 +139,7 @@ test("a rendezvous is pulled by the NIC: one PULL descriptor, then PULL_DONE com
   p.matching.deliver(partner, rndv(p.nic, 4, 8192, 0, 55));
   assert.equal(r.state, RequestState.Pulling);
   assert.ok(p.nic.pulling);
+  assert.ok(p.nic.pullingLocally, "a sender on our NIC: the NIC copies it, a sleeper may look for itself");
   // What the library posted: a PULL from the sender's right into the registered receive buffer.
   const w = new Int32Array(p.window);
   assert.equal(w[W_SQ_PROD], 1);
@@ -156,7 +158,28 @@ test("a rendezvous is pulled by the NIC: one PULL descriptor, then PULL_DONE com
   assert.deepEqual([r.state, r.code, r.xferLength], [RequestState.Done, MxStatus.SUCCESS, 8192]);
   assert.deepEqual(path.notified, [[55, 8192, MxStatus.SUCCESS]]);
   assert.equal(p.nic.pulling, false);
+  assert.equal(p.nic.pullingLocally, false);
   assert.ok(EVENT_WORDS > E_COOKIE);
+});
+
+test("a rendezvous from another NIC is pulled across the wire: DFLAG_REMOTE, and no quiet sleeping while it lasts", () => {
+  const memory = new SharedArrayBuffer(4 << 20);
+  const p = parts(memory);
+  const partner = p.partners.add(5, 7, 107);
+  p.partners.setFast(partner, new RecordingPath());
+  const r = req("recv", 8192, 4, memory);
+  p.matching.post(r);
+  p.matching.deliver(partner, rndv(p.nic, 4, 8192, 0, 55));
+  assert.deepEqual([r.state, p.nic.pulling, p.nic.pullingLocally], [RequestState.Pulling, true, false]);
+  const w = new Int32Array(p.window);
+  const d = SQ_OFFSET / 4;
+  assert.equal((w[d + D_OPCODE] >>> 16) & DFLAG_REMOTE, DFLAG_REMOTE);
+  const e = EQ_OFFSET / 4;
+  w[e + E_TYPE] = EventType.PullDone | (MxStatus.SUCCESS << 16);
+  w[e + E_COOKIE] = w[d + D_COOKIE];
+  Atomics.store(w, W_EQ_PROD, 1);
+  p.nic.poll();
+  assert.deepEqual([r.code, p.nic.pulling, p.nic.pullingLocally], [MxStatus.SUCCESS, false, false]);
 });
 
 test("a pull whose source fails meanwhile completes only when the NIC reports it done", () => {

@@ -72,6 +72,8 @@ import {
   I_SEQ,
   INTR_BYTES,
   Opcode,
+  OWNER_SLEEPING,
+  OWNER_SLEEPING_QUIET,
   RECV_BYTES,
   RECV_OFFSET,
   SEND_MAX,
@@ -1105,6 +1107,74 @@ test("a full event queue: completions wait in the backlog, the queue stalls past
     driver,
     Array.from({ length: driverOk }, (_, i) => 5000 + i),
   );
+  a.close();
+});
+
+test("an owner sleeping OWNER_SLEEPING_QUIET is not kicked for a pull done well while more of its work waits; news, and a pull with nothing after it, kick it", () => {
+  const a = open("quiet");
+  const mem = memory(1 << 20, 9);
+  const r = a.register(mem, [{ offset: 0, length: 1 << 20 }], Access.LocalRead | Access.LocalWrite);
+  const copy = (cookie: number): Desc => ({
+    op: Opcode.Pull,
+    cookie,
+    srcRegion: r.regionId,
+    srcKey: r.key,
+    dstRegion: r.regionId,
+    dstOffset: 1 << 19,
+    length: 64 * 1024,
+  });
+  // The second copy waits its turn for a minute: a tx cap of 1 KB/s (the first goes now).
+  const cap = (txBytesPerSec: number) =>
+    call({
+      op: "set_qos",
+      endpointId: a.id,
+      settings: { weight: 1, txBytesPerSec, txMsgsPerSec: 0, rxBytesPerSec: 0, rxMsgsPerSec: 0 },
+    });
+  cap(1000);
+  const before = counters();
+  const seq = Atomics.load(a.intr, I_SEQ);
+  Atomics.store(a.w, W_OWNER_SLEEPING, OWNER_SLEEPING_QUIET);
+  a.post(copy(1), copy(2));
+  waitUntil(
+    () => counters().global.interrupts_quiet > before.global.interrupts_quiet,
+    "the first pull's interrupt, let go",
+  );
+  assert.equal(Atomics.load(a.intr, I_SEQ), seq, "no kick for a pull done well while the next one waits");
+  assert.equal(Atomics.load(a.w, W_OWNER_SLEEPING), OWNER_SLEEPING_QUIET, "the owner's flag is left up");
+  const first = a.tryEvent();
+  assert.ok(first !== null, "the completion is in the queue for the owner to find");
+  assertEvent(first, EventType.PullDone, MxStatus.SUCCESS, "first copy");
+  assert.equal(first.cookie, 1);
+
+  // News kicks at once, quiet or not.
+  call({ op: "deliver_event", endpointId: a.id, cookie: 5, words: [] });
+  assert.equal(Atomics.load(a.intr, I_SEQ), seq + 1, "a DRIVER event kicks the quiet sleeper");
+  assert.equal(Atomics.load(a.w, W_OWNER_SLEEPING), 0);
+  assertEvent(a.nextEvent(), EventType.Driver, 0, "driver");
+
+  // The last pull: nothing of the owner's is at hand after it, so it kicks.
+  Atomics.store(a.w, W_OWNER_SLEEPING, OWNER_SLEEPING_QUIET);
+  cap(0);
+  waitUntil(() => Atomics.load(a.intr, I_SEQ) === seq + 2, "the last pull's kick");
+  assert.equal(Atomics.load(a.w, W_OWNER_SLEEPING), 0, "the NIC took the flag down as it kicked");
+  const last = a.nextEvent();
+  assertEvent(last, EventType.PullDone, MxStatus.SUCCESS, "second copy");
+  assert.equal(last.cookie, 2);
+  assert.deepEqual(
+    new Uint8Array(mem, 1 << 19, 64 * 1024),
+    new Uint8Array(mem, 0, 64 * 1024),
+    "both copies were made",
+  );
+
+  // A plain sleeper is kicked for a pull done well even while more of its work waits.
+  cap(1000);
+  const plain = counters().global.interrupts_quiet;
+  const seq3 = Atomics.load(a.intr, I_SEQ);
+  Atomics.store(a.w, W_OWNER_SLEEPING, OWNER_SLEEPING);
+  a.post(copy(3), copy(4));
+  waitUntil(() => Atomics.load(a.intr, I_SEQ) === seq3 + 1, "the plain sleeper's kick");
+  assertEvent(a.nextEvent(), EventType.PullDone, MxStatus.SUCCESS, "third copy");
+  assert.equal(counters().global.interrupts_quiet, plain);
   a.close();
 });
 

@@ -35,7 +35,14 @@
  */
 import type { MxDriver } from "../myrixen/driver-abi.js";
 import { MxStatus } from "../nic/status.js";
-import { I_SEQ, W_OWNER_SLEEPING, WIRE_TIMEOUT_MS } from "../nic/window.js";
+import {
+  I_SEQ,
+  OWNER_SLEEPING,
+  OWNER_SLEEPING_QUIET,
+  QUIET_SLICE_MS,
+  W_OWNER_SLEEPING,
+  WIRE_TIMEOUT_MS,
+} from "../nic/window.js";
 import { Channels } from "./channel-path.js";
 import { asMxError, BufferCheck, checkMatch, MX_INFINITE, MxError } from "./codes.js";
 import { Completion } from "./completion.js";
@@ -753,7 +760,11 @@ export class MxEndpoint {
       // back to `seq` after a kick, so the flags are looked at once more just before the
       // wait — one taken down since means a kick is on its way, and we look again instead.
       const seq = Atomics.load(intr, I_SEQ);
-      this.announceSleep();
+      // Our NIC copies for us from this host's memory: its pulls done well need not kick us
+      // while it has more of our work (window.ts OWNER_SLEEPING_QUIET); we look every
+      // QUIET_SLICE_MS instead. (A pull across the wire ends at the wire's pace: kicked.)
+      const quiet = this.nic.pullingLocally;
+      this.announceSleep(quiet);
       this.ctxCounters.sleeps++;
       this.progress(true);
       if (ready() || this.wakeupPending) {
@@ -770,8 +781,8 @@ export class MxEndpoint {
         // writing to an old channel kicks no more, hence the short slices.
         this.endSleep();
         ether.wait(Math.min(deadline - now, MIXED_SLICE_MS));
-      } else if (this.sleepAnnounced()) {
-        const slice = ether?.active ? MIXED_SLICE_MS : SLEEP_SLICE_MS;
+      } else if (this.sleepAnnounced(quiet)) {
+        const slice = quiet ? QUIET_SLICE_MS : ether?.active ? MIXED_SLICE_MS : SLEEP_SLICE_MS;
         if (Atomics.wait(intr, I_SEQ, seq, this.sleepSlice(deadline - now, slice)) === "timed-out")
           this.ctxCounters.sleepTimeouts++;
       }
@@ -800,8 +811,8 @@ export class MxEndpoint {
    * a flag there, one peer could clear for all of them (window.ts). Atomic stores, each
    * before the look that follows (sleepUntil).
    */
-  private announceSleep(): void {
-    Atomics.store(this.win, W_OWNER_SLEEPING, 1);
+  private announceSleep(quiet = false): void {
+    Atomics.store(this.win, W_OWNER_SLEEPING, quiet ? OWNER_SLEEPING_QUIET : OWNER_SLEEPING);
     const peers = this.partners.list;
     for (let p = 0; p < peers.length; p++) peers[p].channel?.announceSleep();
   }
@@ -810,8 +821,9 @@ export class MxEndpoint {
    * Whether every flag announceSleep raised is still up: false once a waker took its own down
    * (it kicked us, or is about to), or when a channel mapped since has none.
    */
-  private sleepAnnounced(): boolean {
-    if (Atomics.load(this.win, W_OWNER_SLEEPING) !== 1) return false;
+  private sleepAnnounced(quiet = false): boolean {
+    if (Atomics.load(this.win, W_OWNER_SLEEPING) !== (quiet ? OWNER_SLEEPING_QUIET : OWNER_SLEEPING))
+      return false;
     const peers = this.partners.list;
     for (let p = 0; p < peers.length; p++) {
       const ch = peers[p].channel;

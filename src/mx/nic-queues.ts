@@ -93,6 +93,8 @@ interface NicPull {
    * must not be handed back (to the user or the bounce pool) under a live copy.
    */
   failed: number | undefined;
+  /** From this host's memory: the NIC copies it itself, at memcpy's pace (no wire). */
+  local: boolean;
 }
 
 /** A CONNECT descriptor's answer, once it came. */
@@ -119,6 +121,8 @@ export class NicQueues implements Puller, PeerLossListener {
   private polling = false;
   private rqCons: number;
   private readonly pulls = new Map<number, NicPull>();
+  /** Of `pulls`, those from this host's memory. */
+  private localPulls = 0;
   private readonly connects = new Map<number, NicConnect>();
   private records = NO_RECORDS;
   private driverEvents = NO_DRIVER_EVENTS;
@@ -147,6 +151,15 @@ export class NicQueues implements Puller, PeerLossListener {
   /** The NIC is pulling something for us. */
   get pulling(): boolean {
     return this.pulls.size > 0;
+  }
+
+  /**
+   * The NIC is copying something for us from this host's memory: its pulls end every few tens
+   * of µs, so we may sleep in short slices rather than be kicked at each (window.ts
+   * OWNER_SLEEPING_QUIET). A pull across the wire ends at the wire's pace: kicked, as before.
+   */
+  get pullingLocally(): boolean {
+    return this.localPulls > 0;
   }
 
   // ---- the send queue ---------------------------------------------------------------------------
@@ -269,12 +282,14 @@ export class NicQueues implements Puller, PeerLossListener {
       return;
     }
     const cookie = this.ctx.newId(this.pulls);
-    this.pulls.set(cookie, { recv: req, source, syncId, xfer, failed: undefined });
+    const local = source.nic === this.ctx.nicId;
+    this.pulls.set(cookie, { recv: req, source, syncId, xfer, failed: undefined, local });
+    if (local) this.localPulls++;
     this.ctx.counters.pulls++;
     const tb = this.ctx.trace;
     const tid = tb !== undefined ? req.traceId : 0;
     let dflags = (tid !== 0 ? DFLAG_TRACE : 0) | DFLAG_EXPOSURE;
-    if (source.nic !== this.ctx.nicId) dflags |= DFLAG_REMOTE;
+    if (!local) dflags |= DFLAG_REMOTE;
     const w = this.window;
     const b = this.slot(true);
     w[b + D_OPCODE] = Opcode.Pull | (dflags << 16);
@@ -301,6 +316,7 @@ export class NicQueues implements Puller, PeerLossListener {
       return;
     }
     this.pulls.delete(cookie);
+    if (p.local) this.localPulls--;
     if (p.failed !== undefined) {
       this.completion.complete(p.recv, p.failed, 0);
       return;

@@ -115,6 +115,8 @@ export const NIC_COUNTER_NAMES = [
   "links_refused",
   // DRIVER events refused (EAGAIN): the endpoint's queue is full and its backlog's room is kept for its completions, or holds DRIVER_BACKLOG of them (endpoints.ts).
   "driver_refused",
+  // Interrupts an owner sleeping OWNER_SLEEPING_QUIET let go unkicked: only pulls done well, more of its work in hand (window.ts).
+  "interrupts_quiet",
 ] as const;
 
 export const NIC_EP_COUNTER_NAMES = [

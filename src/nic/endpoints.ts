@@ -187,6 +187,8 @@ export class EndpointContext {
   /** Its latest wait was for the link to take frames (back-pressure, a full control queue). */
   stallPushback = false;
   needRaise = false;
+  /** Among the events of this round's interrupt, one that is news (anything but a pull done well). */
+  raiseUrgent = false;
   waiterPending = false;
   waiterGen = 0;
   /** The first slot of this endpoint's counters. */
@@ -319,7 +321,7 @@ export class EndpointTable {
     ctx.backlog ??= new Int32Array(EVENT_BACKLOG * EVENT_WORDS);
     ctx.blHead = ctx.blCount = ctx.blDriver = ctx.owed = ctx.dqHead = ctx.dqCount = 0;
     this.c[ctx.base + EndpointCounter.completions_owed] = 0;
-    ctx.pulling = ctx.linkStalled = ctx.needRaise = ctx.waiterPending = false;
+    ctx.pulling = ctx.linkStalled = ctx.needRaise = ctx.raiseUrgent = ctx.waiterPending = false;
     ctx.w[W_ENDPOINT_ID] = ctx.id;
     ctx.w[W_NIC_ID] = this.nicId;
     ctx.w[W_SESSION] = session | 0;

@@ -74,6 +74,7 @@ import {
   ErrorReason,
   EVENT_WORDS,
   EventType,
+  OWNER_SLEEPING_QUIET,
   raiseInterrupt,
   W_EQ_CONS,
   W_EQ_PROD,
@@ -93,6 +94,9 @@ const UNOWED = 1;
 const UNEXPECTED = 2;
 /** A DRIVER event: counted against DRIVER_BACKLOG while it is held. */
 const DRIVER = 3;
+
+/** The E_TYPE word of a PULL_DONE that succeeded: the one event an interrupt may leave for later. */
+const PULL_DONE_SUCCESS = EventType.PullDone | (MxStatus.SUCCESS << 16);
 
 export class Events {
   /** The event being built. */
@@ -326,6 +330,7 @@ export class Events {
     Atomics.store(w, W_EQ_PROD, ctx.eqProd);
     this.c[NicCounter.events]++;
     this.c[ctx.base + EndpointCounter.events]++;
+    if (src[srcBase + E_TYPE] !== PULL_DONE_SUCCESS) ctx.raiseUrgent = true;
     this.raise(ctx);
   }
 
@@ -386,15 +391,24 @@ export class Events {
     this.portNeedRaise = true;
   }
 
-  /** One interrupt per endpoint per round, however many events it got. */
+  /**
+   * One interrupt per endpoint per round, however many events it got. Only pulls done well,
+   * and more of the owner's work at hand (a pull being copied, descriptors posted and not yet
+   * taken — not completions owed by the wire, which come at its pace): it may wait for an
+   * owner sleeping OWNER_SLEEPING_QUIET, who looks by itself (window.ts).
+   */
   flushRaises(): void {
     const ctxs = this.eps.ctxs;
     for (let i = 0; i < this.raiseCount; i++) {
       const ctx = ctxs[this.raiseIds[i]];
       ctx.needRaise = false;
+      const quietOk = !ctx.raiseUrgent && (ctx.pulling || ctx.sqCons !== ctx.prodSeen);
+      ctx.raiseUrgent = false;
       this.c[NicCounter.interrupts]++;
       this.c[ctx.base + EndpointCounter.interrupts]++;
-      if (raiseInterrupt(ctx.w, W_OWNER_SLEEPING, ctx.intr)) this.c[NicCounter.interrupt_kicks]++;
+      if (raiseInterrupt(ctx.w, W_OWNER_SLEEPING, ctx.intr, quietOk)) this.c[NicCounter.interrupt_kicks]++;
+      else if (quietOk && ctx.w[W_OWNER_SLEEPING] === OWNER_SLEEPING_QUIET)
+        this.c[NicCounter.interrupts_quiet]++;
     }
     this.raiseCount = 0;
     if (this.portNeedRaise) {
