@@ -140,6 +140,12 @@ test("a rendezvous is pulled by the NIC: one PULL descriptor, then PULL_DONE com
   assert.equal(r.state, RequestState.Pulling);
   assert.ok(p.nic.pulling);
   assert.ok(p.nic.pullingLocally, "a sender on our NIC: the NIC copies it, a sleeper may look for itself");
+  // A pull that has not moved for a while (held behind a stalled descriptor, or for ever under a
+  // closed endpoint) is slept on as anything else: kicked, not looked at every 0.1 ms.
+  const t0 = performance.now();
+  while (performance.now() - t0 < 3);
+  assert.equal(p.nic.pullingLocally, false, "2 ms without a local pull posted or done");
+  assert.ok(p.nic.pulling);
   // What the library posted: a PULL from the sender's right into the registered receive buffer.
   const w = new Int32Array(p.window);
   assert.equal(w[W_SQ_PROD], 1);

@@ -1175,7 +1175,13 @@ test("an owner sleeping OWNER_SLEEPING_QUIET is not kicked for a pull done well 
   waitUntil(() => Atomics.load(a.intr, I_SEQ) === seq3 + 1, "the plain sleeper's kick");
   assertEvent(a.nextEvent(), EventType.PullDone, MxStatus.SUCCESS, "third copy");
   assert.equal(counters().global.interrupts_quiet, plain);
+
+  // The endpoint closed under a quiet sleeper (the fourth copy still held back): kicked.
+  const seq4 = Atomics.load(a.intr, I_SEQ);
+  Atomics.store(a.w, W_OWNER_SLEEPING, OWNER_SLEEPING_QUIET);
   a.close();
+  assert.equal(Atomics.load(a.intr, I_SEQ), seq4 + 1, "closing the endpoint kicks its quiet sleeper");
+  assert.equal(Atomics.load(a.w, W_OWNER_SLEEPING), 0);
 });
 
 test("deliver_event writes a DRIVER event and raises the owner's interrupt", () => {

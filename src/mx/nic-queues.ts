@@ -81,6 +81,12 @@ export interface DriverEventSink {
   onDriverEvent(kind: number, channelId: number, nic: number, endpoint: number, session: number): void;
 }
 
+/**
+ * How recently a local pull must have been posted or done for a sleep to look for itself
+ * rather than wait for a kick (pullingLocally): a stream's pulls end every 30–50 µs.
+ */
+const QUIET_WHILE_MOVING_MS = 2;
+
 /** A rendezvous receive the NIC is pulling. */
 interface NicPull {
   recv: MxRequest;
@@ -123,6 +129,8 @@ export class NicQueues implements Puller, PeerLossListener {
   private readonly pulls = new Map<number, NicPull>();
   /** Of `pulls`, those from this host's memory. */
   private localPulls = 0;
+  /** When one of those was last posted or done (performance.now(), ms). */
+  private localPullMovedAt = 0;
   private readonly connects = new Map<number, NicConnect>();
   private records = NO_RECORDS;
   private driverEvents = NO_DRIVER_EVENTS;
@@ -154,12 +162,15 @@ export class NicQueues implements Puller, PeerLossListener {
   }
 
   /**
-   * The NIC is copying something for us from this host's memory: its pulls end every few tens
-   * of µs, so we may sleep in short slices rather than be kicked at each (window.ts
-   * OWNER_SLEEPING_QUIET). A pull across the wire ends at the wire's pace: kicked, as before.
+   * The NIC is copying for us from this host's memory: its pulls end every few tens of µs, so
+   * we may sleep in short slices rather than be kicked at each (window.ts OWNER_SLEEPING_QUIET).
+   * Only while they move — one posted or done in the last QUIET_WHILE_MOVING_MS: a pull that
+   * waits behind a stalled descriptor, for our caps, or for ever (the endpoint closed under
+   * us) is slept on as anything else, not looked at every 0.1 ms. A pull across the wire
+   * ends at the wire's pace: kicked, as before.
    */
   get pullingLocally(): boolean {
-    return this.localPulls > 0;
+    return this.localPulls > 0 && performance.now() - this.localPullMovedAt < QUIET_WHILE_MOVING_MS;
   }
 
   // ---- the send queue ---------------------------------------------------------------------------
@@ -284,7 +295,10 @@ export class NicQueues implements Puller, PeerLossListener {
     const cookie = this.ctx.newId(this.pulls);
     const local = source.nic === this.ctx.nicId;
     this.pulls.set(cookie, { recv: req, source, syncId, xfer, failed: undefined, local });
-    if (local) this.localPulls++;
+    if (local) {
+      this.localPulls++;
+      this.localPullMovedAt = performance.now();
+    }
     this.ctx.counters.pulls++;
     const tb = this.ctx.trace;
     const tid = tb !== undefined ? req.traceId : 0;
@@ -316,7 +330,10 @@ export class NicQueues implements Puller, PeerLossListener {
       return;
     }
     this.pulls.delete(cookie);
-    if (p.local) this.localPulls--;
+    if (p.local) {
+      this.localPulls--;
+      this.localPullMovedAt = performance.now();
+    }
     if (p.failed !== undefined) {
       this.completion.complete(p.recv, p.failed, 0);
       return;

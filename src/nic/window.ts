@@ -61,10 +61,13 @@ export const OWNER_SLEEPING = 1;
  * host's memory (mx/endpoint.ts sleepUntil): an owner waiting on a window of them was woken at
  * every completion, and on a 2-core host the woken owner took the core of the NIC copying the
  * next one (several thousand preemptions a second), each kick costing the NIC a futex call
- * and the other core an interprocessor interrupt. Any other event, a failed pull, and a pull
- * after which nothing of the owner's is at hand (its last, or one whose successors wait for
- * the wire) still kick at once. A value the owner writes is its own business: whatever it is,
- * the NIC kicks or not, and nothing else.
+ * and the other core an interprocessor interrupt. Any other event, a failed pull, the
+ * endpoint's close, and a pull after which nothing of the owner's is at hand (its last, or one
+ * whose successors wait for the wire) still kick at once; descriptors the NIC holds back (for
+ * the owner's caps, behind a stalled one) count as at hand, and the owner's slice bounds what
+ * that delays. The library sleeps so only while its local pulls move (mx/nic-queues.ts
+ * pullingLocally). A value the owner writes is its own business: whatever it is, the NIC
+ * kicks or not, and nothing else.
  */
 export const OWNER_SLEEPING_QUIET = 2;
 /**
