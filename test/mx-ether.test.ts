@@ -8,7 +8,12 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import { MxEndpoint } from "../src/mx/endpoint.js";
 import { BROADCAST_MAC, type EtherDevice, EtherHub, initEtherFrame, setFrameWord } from "../src/mx/ether.js";
-import { type EtherEngine, type EtherPath, MAX_QUEUED_CONTROL } from "../src/mx/ether-path.js";
+import {
+  type EtherEngine,
+  type EtherPath,
+  FAILED_STREAM_KEEP_MS,
+  MAX_QUEUED_CONTROL,
+} from "../src/mx/ether-path.js";
 import { kPartner, RequestState } from "../src/mx/types.js";
 import type { MxDriver } from "../src/myrixen/driver-abi.js";
 import { MxStatus } from "../src/nic/status.js";
@@ -435,6 +440,80 @@ test("a sync send a disconnect failed, whose frame the wire lost, is not resent 
   assert.deepEqual([...got[0]], [2, 2, 2, 2], "only the send made again arrives");
   assert.equal(epB.wait(r1[1], 300), undefined, "once");
   epB.cancel(r1[1]);
+  epA.close();
+  epB.close();
+});
+
+test("a stream kept past its failed partner gives up what it owed after FAILED_STREAM_KEEP_MS: its copies shrink to headers, and the pair's next connection goes on", () => {
+  // A failed partner's stream is kept per address for the same incarnation to come back; what
+  // it still owed was kept whole, a full window of copies (half a MiB) per address, for ever.
+  const { bridge, b, epA, epB, toB } = linkedPair();
+  const ab = toB[kPartner].ether as EtherPath;
+  const engine = (ab as unknown as { engine: EtherEngine }).engine;
+  const ring = () => (ab.link as unknown as { ring: (Uint8Array | undefined)[] }).ring;
+  bridge.ports.splice(bridge.ports.indexOf(b.port), 1);
+  bridge.hubs.splice(bridge.hubs.indexOf(b.hub), 1);
+  const sent = [
+    epA.isend(new Uint8Array(6000).fill(5), toB, 0, 3),
+    epA.isend(new Uint8Array(6000).fill(6), toB, 0, 3),
+  ];
+  epA.disconnect(toB); // its wait for B's acks gives up (2 s): the partner fails owing both
+  for (const s of sent)
+    assert.equal(epA.wait(s, 0)?.code, MxStatus.SUCCESS, "eager sends complete as they go in");
+  assert.equal(ab.link.unacked, 2);
+  const bytes = () => ring().reduce((n, f) => n + (f?.length ?? 0), 0);
+  assert.ok(bytes() >= 12000, `the copies kept whole (${bytes()} bytes)`);
+  engine.expireOwing(performance.now());
+  assert.ok(bytes() >= 12000, "kept whole within FAILED_STREAM_KEEP_MS");
+  engine.expireOwing(performance.now() + FAILED_STREAM_KEEP_MS + 1);
+  assert.equal(ab.link.unacked, 2, "their sequence numbers stay");
+  assert.ok(bytes() <= 2 * PAYLOAD_AT, `the copies shrank to their headers (${bytes()} bytes)`);
+  // B comes back: the next connection goes on in the stream, without the messages given up.
+  bridge.ports.push(b.port);
+  bridge.hubs.push(b.hub);
+  const again = epA.connect(0, epB.endpointId, KEY, 2000);
+  assert.equal((again[kPartner].ether as EtherPath).link, ab.link, "the same stream goes on");
+  const old = epB.irecv(new Uint8Array(6000), 0, 3, ALL, ALL);
+  const got = new Uint8Array(4);
+  const r = epB.irecv(got, 0, 4, ALL, ALL);
+  epA.isend(new Uint8Array([4, 3, 2, 1]), again, 0, 4);
+  assert.equal(epB.wait(r, 5000)?.code, MxStatus.SUCCESS, "the next connection's message arrives");
+  // (In order: go-back-N delivers it only after the two given-up frames before it.)
+  assert.deepEqual([...got], [4, 3, 2, 1]);
+  assert.equal(epB.wait(old, 300), undefined, "the given-up messages do not arrive");
+  epB.cancel(old);
+  epA.close();
+  epB.close();
+});
+
+test("past FAILED_STREAM_KEEP_MS a rendezvous's data still owed goes as the refusal of the peer's pull: its receive fails rather than waits", () => {
+  const { bridge, b, epA, epB, toB } = linkedPair();
+  const ab = toB[kPartner].ether as EtherPath;
+  const engine = (ab as unknown as { engine: EtherEngine }).engine;
+  const big = 100_000;
+  const r = epB.irecv(new Uint8Array(big), 0, 5, ALL, ALL);
+  const s = epA.isend(new Uint8Array(big).fill(3), toB, 0, 5);
+  epB.progress(true); // B takes the announcement and asks for the data (its PULL is in A's queue)
+  bridge.ports.splice(bridge.ports.indexOf(b.port), 1);
+  bridge.hubs.splice(bridge.hubs.indexOf(b.hub), 1);
+  for (let i = 0; i < 10; i++) epA.progress(true); // A streams the data into the cut wire
+  const owedBefore = ab.link.unacked;
+  assert.ok(owedBefore > 1, `A owes the data frames (${owedBefore})`);
+  epA.disconnect(toB); // gives up after 2 s: the partner fails owing them
+  assert.equal(epA.wait(s, 10)?.code, MxStatus.ENDPOINT_CLOSED);
+  engine.expireOwing(performance.now() + FAILED_STREAM_KEEP_MS + 1);
+  bridge.ports.push(b.port);
+  bridge.hubs.push(b.hub);
+  const again = epA.connect(0, epB.endpointId, KEY, 2000);
+  assert.equal((again[kPartner].ether as EtherPath).link, ab.link, "the same stream goes on");
+  const done = epB.wait(r, 5000);
+  // Kept whole, the data (100 KB of copies, 30 s after the failure) came after the reconnect.
+  assert.equal(
+    done?.code,
+    MxStatus.ABORTED,
+    "B's receive fails: the data was given up, and its pull refused",
+  );
+  assert.match(r.reason ?? "", /no longer has this rendezvous/);
   epA.close();
   epB.close();
 });

@@ -20,7 +20,7 @@ import { copyBytes } from "../xen/copy.js";
 import { frameWord, MxoeType, MxoeWord, PAYLOAD_AT } from "../xen/io/mxoe.js";
 import { macAt } from "./bytes.js";
 import type { Completion } from "./completion.js";
-import { type EtherHub, EtherLink, macString, setFrameWord, TX_WINDOW } from "./ether.js";
+import { type EtherHub, EtherLink, macString, setFrameType, setFrameWord, TX_WINDOW } from "./ether.js";
 import type { Matching } from "./matching.js";
 import type { PartnerTable } from "./partner.js";
 import type { PendingSends } from "./pending-sends.js";
@@ -70,6 +70,14 @@ interface EtherPull {
 
 /** A DATA frame's offset when the sender has no send for the PULL it answers (no payload). */
 const PULL_REFUSED = 0xffffffff;
+
+/**
+ * How long a stream whose partner failed keeps what it still owed (unacknowledged frames)
+ * for the same incarnation of the peer to connect again and get it (EtherEngine.open), ms.
+ * Past it, the frames go as payload-less ones (expireOwing): a full window of copies is half
+ * a MiB, and one was kept per peer address that ever failed owing frames.
+ */
+export const FAILED_STREAM_KEEP_MS = 30_000;
 
 /** Control frames (PATH, PULL, NOTIFY) queued for one peer while its window is shut, at most. */
 export const MAX_QUEUED_CONTROL = 4096;
@@ -140,6 +148,8 @@ export class EtherEngine implements Puller, PeerLossListener {
   /** Some partner's Ethernet stream is in use (EtherPath.busy) or a pull over it is, as of the last hub poll. */
   private busy = false;
   private readonly pulls = new Map<number, EtherPull>();
+  /** Streams whose partner failed while they owed frames, and since when (performance.now()). */
+  private readonly owing: { link: EtherLink; since: number }[] = [];
   /** Rendezvous sends a PULL was taken for: one each (a receiver pulls once). */
   private readonly served = new WeakSet<MxRequest>();
   /** The record matching gets (refilled per frame). */
@@ -540,6 +550,7 @@ export class EtherEngine implements Puller, PeerLossListener {
   /** After the hub's poll: timers, acks, rendezvous data and backlogs of Ethernet peers. */
   afterPoll(): void {
     let busy = this.pulls.size > 0;
+    if (this.owing.length > 0) this.expireOwing(performance.now());
     if (this.peers.length === 0) {
       this.busy = busy;
       return;
@@ -565,6 +576,40 @@ export class EtherEngine implements Puller, PeerLossListener {
     this.busy = busy;
   }
 
+  /**
+   * Streams kept owing frames past their failed partner for FAILED_STREAM_KEEP_MS (`now` the
+   * time to judge by) give them up: an eager message goes as a PATH frame (it said SUCCESS,
+   * but its peer failed and did not come back in time), a rendezvous's data as the refusal
+   * of the peer's pull (its receive fails rather than waits), and the copies shrink to the
+   * headers — the sequence stays whole for the peer's incarnation if it connects later. A
+   * stream taken up again by a live partner meanwhile is left alone.
+   */
+  expireOwing(now: number): void {
+    const split = this.partners.split ? 1 : 0;
+    for (let i = this.owing.length - 1; i >= 0; i--) {
+      const { link, since } = this.owing[i];
+      const live = this.peers.some((p) => p.link === link && p.peer.dead === undefined);
+      if (!live && now - since < FAILED_STREAM_KEEP_MS) continue;
+      this.owing.splice(i, 1);
+      if (live || link.unacked === 0) continue;
+      const refused = new Set<number>();
+      link.stripUnacked((f, type) => {
+        // A pull's first DATA frame still owed becomes its refusal; the rest, and eager messages, PATH frames.
+        if (type === MxoeType.Data && !refused.has(frameWord(f, MxoeWord.id))) {
+          refused.add(frameWord(f, MxoeWord.id));
+          setFrameWord(f, MxoeWord.offset, PULL_REFUSED);
+          return 0;
+        }
+        if (type === MxoeType.Eager || type === MxoeType.Data) {
+          setFrameType(f, MxoeType.Path);
+          setFrameWord(f, MxoeWord.msgSeq, split);
+          return 0;
+        }
+        return frameWord(f, MxoeWord.payload);
+      });
+    }
+  }
+
   /** A failed peer's pulls fail, and nothing more is streamed to it. */
   peerLost(peer: Partner, _why: string, code: number): void {
     for (const [id, p] of this.pulls) {
@@ -584,6 +629,7 @@ export class EtherEngine implements Puller, PeerLossListener {
     // twice.)
     path.link.voidUnacked(staleAfterFailure, MxoeType.Path, this.partners.split ? 1 : 0);
     path.link.releaseIdle();
+    if (path.link.unacked > 0) this.owing.push({ link: path.link, since: performance.now() });
     const i = this.peers.indexOf(path);
     if (i >= 0) this.peers.splice(i, 1);
   }

@@ -93,7 +93,7 @@ export function initEtherFrame(f: Uint8Array, dst: Uint8Array, src: Uint8Array, 
 }
 
 /** Sets the frame's MXoE type (with the magic and version it shares a word with). */
-function setFrameType(f: Uint8Array, type: number): void {
+export function setFrameType(f: Uint8Array, type: number): void {
   setFrameWord(f, MxoeWord.magic, ((MXOE_MAGIC << 16) | (MXOE_VERSION << 8) | type) >>> 0);
 }
 
@@ -447,6 +447,28 @@ export class EtherLink {
    */
   releaseIdle(): void {
     if (this.acked === this.next) this.ring.length = 0;
+  }
+
+  /**
+   * Gives up what the unacknowledged frames carry, keeping their sequence numbers: `strip`
+   * rewrites each frame's header (its type, its words) and says how many payload bytes it
+   * keeps, and the copy shrinks to that; every other slot's copy is let go. A stream owed
+   * frames past its failed partner held a full window of copies (half a MiB) until its
+   * address connected again (ether-path.ts expireOwing).
+   */
+  stripUnacked(strip: (f: Uint8Array, type: number) => number): void {
+    const kept: Uint8Array[] = [];
+    for (let s = this.acked; s !== this.next; s = (s + 1) | 0) {
+      const i = s & (TX_WINDOW - 1);
+      const f = this.ring[i];
+      const payload = strip(f, frameType(f));
+      setFrameWord(f, MxoeWord.payload, payload);
+      this.lengths[i] = PAYLOAD_AT + payload;
+      kept.push(f.slice(0, this.lengths[i]));
+    }
+    this.ring.length = 0;
+    let k = 0;
+    for (let s = this.acked; s !== this.next; s = (s + 1) | 0) this.ring[s & (TX_WINDOW - 1)] = kept[k++];
   }
 
   private stamp(f: Uint8Array, type: number): void {
