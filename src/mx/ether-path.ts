@@ -629,7 +629,12 @@ export class EtherEngine implements Puller, PeerLossListener {
     // twice.)
     path.link.voidUnacked(staleAfterFailure, MxoeType.Path, this.partners.split ? 1 : 0);
     path.link.releaseIdle();
-    if (path.link.unacked > 0) this.owing.push({ link: path.link, since: performance.now() });
+    if (path.link.unacked > 0) {
+      // Failed again after it was taken up: its 30 s start again.
+      const kept = this.owing.find((o) => o.link === path.link);
+      if (kept !== undefined) kept.since = performance.now();
+      else this.owing.push({ link: path.link, since: performance.now() });
+    }
     const i = this.peers.indexOf(path);
     if (i >= 0) this.peers.splice(i, 1);
   }
