@@ -7,7 +7,14 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { MxEndpoint } from "../src/mx/endpoint.js";
-import { BROADCAST_MAC, type EtherDevice, EtherHub, initEtherFrame, setFrameWord } from "../src/mx/ether.js";
+import {
+  BROADCAST_MAC,
+  type EtherDevice,
+  EtherHub,
+  frameType,
+  initEtherFrame,
+  setFrameWord,
+} from "../src/mx/ether.js";
 import {
   type EtherEngine,
   type EtherPath,
@@ -514,6 +521,85 @@ test("past FAILED_STREAM_KEEP_MS a rendezvous's data still owed goes as the refu
     "B's receive fails: the data was given up, and its pull refused",
   );
   assert.match(r.reason ?? "", /no longer has this rendezvous/);
+  epA.close();
+  epB.close();
+});
+
+test("a pull served in part when its puller failed ends refused: the peer taking the stream up again within 30 s does not wait for the rest for ever", () => {
+  const { bridge, b, epA, epB, toB } = linkedPair();
+  const big = 1_000_000; // more DATA frames than the stream's window
+  const r = epB.irecv(new Uint8Array(big), 0, 6, ALL, ALL);
+  const s = epA.isend(new Uint8Array(big).fill(2), toB, 0, 6);
+  epB.progress(true); // B's PULL is in A's queue
+  bridge.ports.splice(bridge.ports.indexOf(b.port), 1);
+  bridge.hubs.splice(bridge.hubs.indexOf(b.hub), 1);
+  for (let i = 0; i < 10; i++) epA.progress(true); // a window of DATA into the cut wire
+  epA.disconnect(toB); // gives up after 2 s: the partner fails, its pull served in part
+  assert.equal(epA.wait(s, 10)?.code, MxStatus.ENDPOINT_CLOSED);
+  bridge.ports.push(b.port);
+  bridge.hubs.push(b.hub);
+  epA.connect(0, epB.endpointId, KEY, 2000); // within 30 s: the stream goes on
+  assert.equal(
+    epB.wait(r, 5000)?.code,
+    MxStatus.ABORTED,
+    "B's receive fails (it waited for ever for the rest)",
+  );
+  epA.close();
+  epB.close();
+});
+
+test("past FAILED_STREAM_KEEP_MS every DATA frame still owed is a refusal: the peer may hold the first ones already, its ack lost", () => {
+  const { bridge, b, epA, epB, toB } = linkedPair();
+  const ab = toB[kPartner].ether as EtherPath;
+  const engine = (ab as unknown as { engine: EtherEngine }).engine;
+  const r = epB.irecv(new Uint8Array(100_000), 0, 7, ALL, ALL);
+  epA.isend(new Uint8Array(100_000).fill(4), toB, 0, 7);
+  epB.progress(true); // B's PULL is in A's queue
+  for (let i = 0; i < 10; i++) epA.progress(true); // A streams the DATA; B has not read it
+  // B gets only the first three DATA frames, and A hears no ack for them.
+  let data = 0;
+  const kept = b.port.rx.filter((f) => frameType(f) !== MxoeType.Data || ++data <= 3);
+  b.port.rx.length = 0;
+  b.port.rx.push(...kept);
+  bridge.ports.splice(bridge.ports.indexOf(b.port), 1);
+  bridge.hubs.splice(bridge.hubs.indexOf(b.hub), 1);
+  epA.disconnect(toB);
+  engine.expireOwing(performance.now() + FAILED_STREAM_KEEP_MS + 1);
+  bridge.ports.push(b.port);
+  bridge.hubs.push(b.hub);
+  epA.connect(0, epB.endpointId, KEY, 2000);
+  // The first owed frame (a refusal, had only it been one) is a resend B drops: the fourth must refuse.
+  assert.equal(epB.wait(r, 5000)?.code, MxStatus.ABORTED);
+  epA.close();
+  epB.close();
+});
+
+test("a stream kept owing for an incarnation of the peer that a newer one replaced is not kept owing any more", () => {
+  // Each incarnation that failed owing frames stayed listed, with its copies, for 30 s: a peer
+  // reopening its endpoint in a loop kept that many half-MiB windows alive (a reviewer's PoC: 50).
+  const { bridge, b, epA, epB: first, toB } = linkedPair();
+  const engine = (toB[kPartner].ether as EtherPath as unknown as { engine: EtherEngine }).engine;
+  const owing = () => (engine as unknown as { owing: unknown[] }).owing.length;
+  let epB = first;
+  let current = toB;
+  for (let k = 0; k < 3; k++) {
+    // A owes the current incarnation a frame it never acknowledges (it is cut off meanwhile).
+    bridge.ports.splice(bridge.ports.indexOf(b.port), 1);
+    bridge.hubs.splice(bridge.hubs.indexOf(b.hub), 1);
+    epA.isend(new Uint8Array(100).fill(k), current, 0, 1);
+    bridge.ports.push(b.port);
+    bridge.hubs.push(b.hub);
+    // A newer incarnation of B (same endpoint id, another session) connects to A: the old one fails.
+    epB.close();
+    const base = driver(2);
+    epB = new MxEndpoint(
+      { ...base, openEndpoint: (id, key) => ({ ...base.openEndpoint(id, key), session: 5000 + k }) },
+      { key: KEY, ether: b.hub },
+    );
+    epB.connect(0, epA.endpointId, KEY, 2000);
+    assert.equal(owing(), 0, `incarnation ${k}: the replaced stream is not kept owing`);
+    current = epA.connect(0, epB.endpointId, KEY, 2000);
+  }
   epA.close();
   epB.close();
 });

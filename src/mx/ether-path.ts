@@ -150,6 +150,8 @@ export class EtherEngine implements Puller, PeerLossListener {
   private readonly pulls = new Map<number, EtherPull>();
   /** Streams whose partner failed while they owed frames, and since when (performance.now()). */
   private readonly owing: { link: EtherLink; since: number }[] = [];
+  /** When the first of `owing` is due to give up what it owes (expireOwing). */
+  private owingDue = Number.POSITIVE_INFINITY;
   /** Rendezvous sends a PULL was taken for: one each (a receiver pulls once). */
   private readonly served = new WeakSet<MxRequest>();
   /** The record matching gets (refilled per frame). */
@@ -183,6 +185,7 @@ export class EtherEngine implements Puller, PeerLossListener {
     if (atItsMac && last.peer.dead !== undefined) {
       path = new EtherPath(peer, last.link, this);
       path.rxEager = last.rxEager;
+      this.dropOwing(last.link);
     } else {
       const ctx = this.ctx;
       const self = { nic: ctx.nicId, ep: ctx.endpointId, session: ctx.session };
@@ -193,7 +196,11 @@ export class EtherEngine implements Puller, PeerLossListener {
     // forger makes one (netback anti-spoofs MACs), and a forged CONNECT from its own MAC for a
     // peer we had disconnected cut the real peer's stream (a reviewer's PoC: all of the next
     // connection's sends lost, each said SUCCESS).
-    if (!sameIncarnation || atItsMac) this.streams.set(key, path);
+    if (!sameIncarnation || atItsMac) {
+      // A new incarnation's stream replaces the kept one, which nothing takes up any more.
+      if (last !== undefined && !sameIncarnation) this.dropOwing(last.link);
+      this.streams.set(key, path);
+    }
     peer.ether = path;
     this.peers.push(path);
     this.busy = true;
@@ -444,7 +451,9 @@ export class EtherEngine implements Puller, PeerLossListener {
         const p = this.pulls.get(id);
         const off = frameWord(f, MxoeWord.offset);
         if (!p || p.source !== peer) {
-          this.ctx.counters.channelErrors++;
+          // A refusal for a pull already ended (a sender refuses with every DATA frame it still
+          // owed: expireOwing) changes nothing; anything else is counted.
+          if (!(off === PULL_REFUSED && n === 0)) this.ctx.counters.channelErrors++;
           return;
         }
         if (off === PULL_REFUSED && n === 0) {
@@ -550,7 +559,10 @@ export class EtherEngine implements Puller, PeerLossListener {
   /** After the hub's poll: timers, acks, rendezvous data and backlogs of Ethernet peers. */
   afterPoll(): void {
     let busy = this.pulls.size > 0;
-    if (this.owing.length > 0) this.expireOwing(performance.now());
+    if (this.owing.length > 0) {
+      const now = performance.now();
+      if (now >= this.owingDue) this.expireOwing(now);
+    }
     if (this.peers.length === 0) {
       this.busy = busy;
       return;
@@ -576,31 +588,45 @@ export class EtherEngine implements Puller, PeerLossListener {
     this.busy = busy;
   }
 
+  /** `link` is kept owing frames past its failed partner from `now` (again: its time starts again). */
+  private keepOwing(link: EtherLink, now: number): void {
+    const kept = this.owing.find((o) => o.link === link);
+    if (kept !== undefined) kept.since = now;
+    else this.owing.push({ link, since: now });
+    this.owingDue = Math.min(this.owingDue, now + FAILED_STREAM_KEEP_MS);
+  }
+
+  /** `link` is no longer kept owing: a partner took it up again, or a new incarnation replaced it. */
+  private dropOwing(link: EtherLink): void {
+    const i = this.owing.findIndex((o) => o.link === link);
+    if (i >= 0) this.owing.splice(i, 1);
+  }
+
   /**
    * Streams kept owing frames past their failed partner for FAILED_STREAM_KEEP_MS (`now` the
    * time to judge by) give them up: an eager message goes as a PATH frame (it said SUCCESS,
    * but its peer failed and did not come back in time), a rendezvous's data as the refusal
-   * of the peer's pull (its receive fails rather than waits), and the copies shrink to the
-   * headers — the sequence stays whole for the peer's incarnation if it connects later. A
-   * stream taken up again by a live partner meanwhile is left alone.
+   * of the peer's pull (its receive fails rather than waits: every DATA frame still owed is
+   * one, as the peer may hold the first ones already), and the copies shrink to the headers —
+   * the sequence stays whole for the peer's incarnation if it connects later. A stream taken up
+   * again, or replaced by a new incarnation's, left the list then (open).
    */
   expireOwing(now: number): void {
     const split = this.partners.split ? 1 : 0;
+    let due = Number.POSITIVE_INFINITY;
     for (let i = this.owing.length - 1; i >= 0; i--) {
       const { link, since } = this.owing[i];
-      const live = this.peers.some((p) => p.link === link && p.peer.dead === undefined);
-      if (!live && now - since < FAILED_STREAM_KEEP_MS) continue;
+      if (now - since < FAILED_STREAM_KEEP_MS) {
+        due = Math.min(due, since + FAILED_STREAM_KEEP_MS);
+        continue;
+      }
       this.owing.splice(i, 1);
-      if (live || link.unacked === 0) continue;
-      const refused = new Set<number>();
       link.stripUnacked((f, type) => {
-        // A pull's first DATA frame still owed becomes its refusal; the rest, and eager messages, PATH frames.
-        if (type === MxoeType.Data && !refused.has(frameWord(f, MxoeWord.id))) {
-          refused.add(frameWord(f, MxoeWord.id));
+        if (type === MxoeType.Data) {
           setFrameWord(f, MxoeWord.offset, PULL_REFUSED);
           return 0;
         }
-        if (type === MxoeType.Eager || type === MxoeType.Data) {
+        if (type === MxoeType.Eager) {
           setFrameType(f, MxoeType.Path);
           setFrameWord(f, MxoeWord.msgSeq, split);
           return 0;
@@ -608,6 +634,28 @@ export class EtherEngine implements Puller, PeerLossListener {
         return frameWord(f, MxoeWord.payload);
       });
     }
+    this.owingDue = due;
+  }
+
+  /**
+   * The pulls of `jobs`, served in part when their puller failed, end refused: their DATA frames
+   * still owed become refusals (payload-less); one with none owed gets a refusal written.
+   */
+  private refusePulls(link: EtherLink, jobs: ServeJob[]): void {
+    const ids = new Set<number>();
+    for (const j of jobs) ids.add(j.pullId);
+    const owed = new Set<number>();
+    if (link.unacked > 0)
+      link.stripUnacked((f, type) => {
+        if (type === MxoeType.Data && ids.has(frameWord(f, MxoeWord.id))) {
+          owed.add(frameWord(f, MxoeWord.id));
+          setFrameWord(f, MxoeWord.offset, PULL_REFUSED);
+          return 0;
+        }
+        return frameWord(f, MxoeWord.payload);
+      });
+    for (const id of ids)
+      if (!owed.has(id) && link.room > 0) writeControl(link, MxoeType.Data, id, PULL_REFUSED, 0, 0);
   }
 
   /** A failed peer's pulls fail, and nothing more is streamed to it. */
@@ -620,6 +668,7 @@ export class EtherEngine implements Puller, PeerLossListener {
     }
     const path = etherOf(peer);
     if (path === undefined) return;
+    const cut = path.serving;
     path.serving = undefined;
     path.ctlQueue = undefined;
     // What its failure completed with an error must not arrive after all when the stream goes
@@ -627,14 +676,14 @@ export class EtherEngine implements Puller, PeerLossListener {
     // PATH frames; eager sends, which said SUCCESS, still go. (A reviewer's PoC: an issend
     // failed by a disconnect whose wait gave up, then sent again after the reconnect, arrived
     // twice.)
-    path.link.voidUnacked(staleAfterFailure, MxoeType.Path, this.partners.split ? 1 : 0);
-    path.link.releaseIdle();
-    if (path.link.unacked > 0) {
-      // Failed again after it was taken up: its 30 s start again.
-      const kept = this.owing.find((o) => o.link === path.link);
-      if (kept !== undefined) kept.since = performance.now();
-      else this.owing.push({ link: path.link, since: performance.now() });
-    }
+    const link = path.link;
+    link.voidUnacked(staleAfterFailure, MxoeType.Path, this.partners.split ? 1 : 0);
+    // A pull of ours served only in part ends refused: its DATA frames still owed become the
+    // refusal, or one is written — else the peer, taking the stream up again, got part of the
+    // data and waited for the rest for ever (a reviewer's PoC: a 1 MB pull).
+    if (cut !== undefined && cut.length > 0) this.refusePulls(link, cut);
+    link.releaseIdle();
+    if (link.unacked > 0) this.keepOwing(link, performance.now());
     const i = this.peers.indexOf(path);
     if (i >= 0) this.peers.splice(i, 1);
   }
