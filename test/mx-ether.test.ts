@@ -39,6 +39,16 @@ function sameMac(f: Uint8Array, mac: Uint8Array): boolean {
 class Bridge {
   readonly ports: Port[] = [];
   readonly hubs: EtherHub[] = [];
+  /** The station's cable is pulled: frames to it are lost, and it is not polled. */
+  unplug(s: { port: Port; hub: EtherHub }): void {
+    this.ports.splice(this.ports.indexOf(s.port), 1);
+    this.hubs.splice(this.hubs.indexOf(s.hub), 1);
+  }
+  /** The station is back on the bridge. */
+  plug(s: { port: Port; hub: EtherHub }): void {
+    this.ports.push(s.port);
+    this.hubs.push(s.hub);
+  }
   /** Lets every station's MX library run (one thread plays all of them). */
   pollAll(except: EtherHub | undefined): void {
     for (const h of this.hubs) if (h !== except) h.poll();
@@ -426,16 +436,13 @@ test("a sync send a disconnect failed, whose frame the wire lost, is not resent 
   // acknowledged: the sync send the program was told had failed arrived after all, then again
   // when the program sent it anew (a reviewer's PoC). Its frame now goes as a PATH frame.
   const { bridge, b, epA, epB, toB } = linkedPair();
-  const cut = bridge.ports.indexOf(b.port);
-  bridge.ports.splice(cut, 1);
-  bridge.hubs.splice(bridge.hubs.indexOf(b.hub), 1);
+  bridge.unplug(b);
   const plain = epA.isend(new Uint8Array([7, 7, 7, 7]), toB, 0, 3);
   const failed = epA.issend(new Uint8Array([1, 1, 1, 1]), toB, 0, 1);
   epA.disconnect(toB);
   assert.equal(epA.wait(plain, 0)?.code, MxStatus.SUCCESS, "an eager send completes as it goes in");
   assert.equal(epA.wait(failed, 0)?.code, MxStatus.ENDPOINT_CLOSED);
-  bridge.ports.push(b.port);
-  bridge.hubs.push(b.hub);
+  bridge.plug(b);
   const again = epA.connect(0, epB.endpointId, KEY, 2000);
   const got3 = new Uint8Array(4);
   const r3 = epB.irecv(got3, 0, 3, ALL, ALL);
@@ -458,8 +465,7 @@ test("a stream kept past its failed partner gives up what it owed after FAILED_S
   const ab = toB[kPartner].ether as EtherPath;
   const engine = (ab as unknown as { engine: EtherEngine }).engine;
   const ring = () => (ab.link as unknown as { ring: (Uint8Array | undefined)[] }).ring;
-  bridge.ports.splice(bridge.ports.indexOf(b.port), 1);
-  bridge.hubs.splice(bridge.hubs.indexOf(b.hub), 1);
+  bridge.unplug(b);
   const sent = [
     epA.isend(new Uint8Array(6000).fill(5), toB, 0, 3),
     epA.isend(new Uint8Array(6000).fill(6), toB, 0, 3),
@@ -476,8 +482,7 @@ test("a stream kept past its failed partner gives up what it owed after FAILED_S
   assert.equal(ab.link.unacked, 2, "their sequence numbers stay");
   assert.ok(bytes() <= 2 * PAYLOAD_AT, `the copies shrank to their headers (${bytes()} bytes)`);
   // B comes back: the next connection goes on in the stream, without the messages given up.
-  bridge.ports.push(b.port);
-  bridge.hubs.push(b.hub);
+  bridge.plug(b);
   const again = epA.connect(0, epB.endpointId, KEY, 2000);
   assert.equal((again[kPartner].ether as EtherPath).link, ab.link, "the same stream goes on");
   const old = epB.irecv(new Uint8Array(6000), 0, 3, ALL, ALL);
@@ -501,16 +506,14 @@ test("past FAILED_STREAM_KEEP_MS a rendezvous's data still owed goes as the refu
   const r = epB.irecv(new Uint8Array(big), 0, 5, ALL, ALL);
   const s = epA.isend(new Uint8Array(big).fill(3), toB, 0, 5);
   epB.progress(true); // B takes the announcement and asks for the data (its PULL is in A's queue)
-  bridge.ports.splice(bridge.ports.indexOf(b.port), 1);
-  bridge.hubs.splice(bridge.hubs.indexOf(b.hub), 1);
+  bridge.unplug(b);
   for (let i = 0; i < 10; i++) epA.progress(true); // A streams the data into the cut wire
   const owedBefore = ab.link.unacked;
   assert.ok(owedBefore > 1, `A owes the data frames (${owedBefore})`);
   epA.disconnect(toB); // gives up after 2 s: the partner fails owing them
   assert.equal(epA.wait(s, 10)?.code, MxStatus.ENDPOINT_CLOSED);
   engine.expireOwing(performance.now() + FAILED_STREAM_KEEP_MS + 1);
-  bridge.ports.push(b.port);
-  bridge.hubs.push(b.hub);
+  bridge.plug(b);
   const again = epA.connect(0, epB.endpointId, KEY, 2000);
   assert.equal((again[kPartner].ether as EtherPath).link, ab.link, "the same stream goes on");
   const done = epB.wait(r, 5000);
@@ -531,13 +534,11 @@ test("a pull served in part when its puller failed ends refused: the peer taking
   const r = epB.irecv(new Uint8Array(big), 0, 6, ALL, ALL);
   const s = epA.isend(new Uint8Array(big).fill(2), toB, 0, 6);
   epB.progress(true); // B's PULL is in A's queue
-  bridge.ports.splice(bridge.ports.indexOf(b.port), 1);
-  bridge.hubs.splice(bridge.hubs.indexOf(b.hub), 1);
+  bridge.unplug(b);
   for (let i = 0; i < 10; i++) epA.progress(true); // a window of DATA into the cut wire
   epA.disconnect(toB); // gives up after 2 s: the partner fails, its pull served in part
   assert.equal(epA.wait(s, 10)?.code, MxStatus.ENDPOINT_CLOSED);
-  bridge.ports.push(b.port);
-  bridge.hubs.push(b.hub);
+  bridge.plug(b);
   epA.connect(0, epB.endpointId, KEY, 2000); // within 30 s: the stream goes on
   assert.equal(
     epB.wait(r, 5000)?.code,
@@ -561,12 +562,10 @@ test("past FAILED_STREAM_KEEP_MS every DATA frame still owed is a refusal: the p
   const kept = b.port.rx.filter((f) => frameType(f) !== MxoeType.Data || ++data <= 3);
   b.port.rx.length = 0;
   b.port.rx.push(...kept);
-  bridge.ports.splice(bridge.ports.indexOf(b.port), 1);
-  bridge.hubs.splice(bridge.hubs.indexOf(b.hub), 1);
+  bridge.unplug(b);
   epA.disconnect(toB);
   engine.expireOwing(performance.now() + FAILED_STREAM_KEEP_MS + 1);
-  bridge.ports.push(b.port);
-  bridge.hubs.push(b.hub);
+  bridge.plug(b);
   epA.connect(0, epB.endpointId, KEY, 2000);
   // The first owed frame (a refusal, had only it been one) is a resend B drops: the fourth must refuse.
   assert.equal(epB.wait(r, 5000)?.code, MxStatus.ABORTED);
@@ -584,11 +583,9 @@ test("a stream kept owing for an incarnation of the peer that a newer one replac
   let current = toB;
   for (let k = 0; k < 3; k++) {
     // A owes the current incarnation a frame it never acknowledges (it is cut off meanwhile).
-    bridge.ports.splice(bridge.ports.indexOf(b.port), 1);
-    bridge.hubs.splice(bridge.hubs.indexOf(b.hub), 1);
+    bridge.unplug(b);
     epA.isend(new Uint8Array(100).fill(k), current, 0, 1);
-    bridge.ports.push(b.port);
-    bridge.hubs.push(b.hub);
+    bridge.plug(b);
     // A newer incarnation of B (same endpoint id, another session) connects to A: the old one fails.
     epB.close();
     const base = driver(2);
