@@ -117,6 +117,11 @@ function station(bridge: Bridge, n: number): { port: Port; hub: EtherHub; ep?: M
   return { port, hub };
 }
 
+/** The endpoint's MX over Ethernet (private to it: the test reaches in). */
+function engineOf(ep: MxEndpoint): EtherEngine {
+  return (ep as unknown as { ether: EtherEngine }).ether;
+}
+
 /** Two split-path endpoints on one in-memory bridge, connected both ways. */
 function linkedPair() {
   const bridge = new Bridge();
@@ -184,7 +189,7 @@ test("a rendezvous is served only to its receiver: another peer's PULL naming it
   const s = epA.isend(secret, toB, 0, 1);
   assert.ok(s.syncId !== 0);
   // C, a connected peer of A, asks for B's rendezvous by its sync id, through its own stream to A.
-  const engineC = (epC as unknown as { ether: EtherEngine }).ether;
+  const engineC = engineOf(epC);
   const pathCA = cToA[kPartner].ether as EtherPath;
   engineC.control(pathCA, MxoeType.Pull, s.syncId, 1234, 0, secret.length);
   for (let i = 0; i < 20; i++) {
@@ -214,7 +219,7 @@ test("a rendezvous is served once: its receiver's repeated PULLs are refused and
   // B matches the announcement and sends its PULL; A has not read it yet.
   for (let i = 0; i < 50 && r.state !== RequestState.Pulling; i++) epB.progress(true);
   assert.equal(r.state, RequestState.Pulling);
-  const engineB = (epB as unknown as { ether: EtherEngine }).ether;
+  const engineB = engineOf(epB);
   const pathBA = toA[kPartner].ether as EtherPath;
   for (let i = 0; i < 5; i++) engineB.control(pathBA, MxoeType.Pull, s.syncId, 4321 + i, 0, data.length);
   const st = epB.wait(r, 2000);
@@ -234,7 +239,7 @@ test("a peer that stops taking our frames cannot make us queue control frames wi
   const pathAB = toB[kPartner].ether as EtherPath;
   for (let i = 0; i < 200 && pathAB.link.room > 0; i++) epA.isend(new Uint8Array(8), toB, 0, 1);
   assert.equal(pathAB.link.room, 0, "A's window to B is shut");
-  const engineA = (epA as unknown as { ether: EtherEngine }).ether;
+  const engineA = engineOf(epA);
   for (let i = 0; i < MAX_QUEUED_CONTROL; i++) engineA.control(pathAB, MxoeType.Notify, i + 1, 0, 0, 0);
   assert.equal(toB[kPartner].dead, undefined, "up to the cap, queued");
   engineA.control(pathAB, MxoeType.Notify, 0, 0, 0, 0);
@@ -463,7 +468,7 @@ test("a stream kept past its failed partner gives up what it owed after FAILED_S
   // it still owed was kept whole, a full window of copies (half a MiB) per address, for ever.
   const { bridge, b, epA, epB, toB } = linkedPair();
   const ab = toB[kPartner].ether as EtherPath;
-  const engine = (ab as unknown as { engine: EtherEngine }).engine;
+  const engine = engineOf(epA);
   const ring = () => (ab.link as unknown as { ring: (Uint8Array | undefined)[] }).ring;
   bridge.unplug(b);
   const sent = [
@@ -501,7 +506,7 @@ test("a stream kept past its failed partner gives up what it owed after FAILED_S
 test("past FAILED_STREAM_KEEP_MS a rendezvous's data still owed goes as the refusal of the peer's pull: its receive fails rather than waits", () => {
   const { bridge, b, epA, epB, toB } = linkedPair();
   const ab = toB[kPartner].ether as EtherPath;
-  const engine = (ab as unknown as { engine: EtherEngine }).engine;
+  const engine = engineOf(epA);
   const big = 100_000;
   const r = epB.irecv(new Uint8Array(big), 0, 5, ALL, ALL);
   const s = epA.isend(new Uint8Array(big).fill(3), toB, 0, 5);
@@ -552,7 +557,7 @@ test("a pull served in part when its puller failed ends refused: the peer taking
 test("past FAILED_STREAM_KEEP_MS every DATA frame still owed is a refusal: the peer may hold the first ones already, its ack lost", () => {
   const { bridge, b, epA, epB, toB } = linkedPair();
   const ab = toB[kPartner].ether as EtherPath;
-  const engine = (ab as unknown as { engine: EtherEngine }).engine;
+  const engine = engineOf(epA);
   const r = epB.irecv(new Uint8Array(100_000), 0, 7, ALL, ALL);
   epA.isend(new Uint8Array(100_000).fill(4), toB, 0, 7);
   epB.progress(true); // B's PULL is in A's queue
@@ -577,7 +582,7 @@ test("a stream kept owing for an incarnation of the peer that a newer one replac
   // Each incarnation that failed owing frames stayed listed, with its copies, for 30 s: a peer
   // reopening its endpoint in a loop kept that many half-MiB windows alive (a reviewer's PoC: 50).
   const { bridge, b, epA, epB: first, toB } = linkedPair();
-  const engine = (toB[kPartner].ether as EtherPath as unknown as { engine: EtherEngine }).engine;
+  const engine = engineOf(epA);
   const owing = () => (engine as unknown as { owing: unknown[] }).owing.length;
   let epB = first;
   let current = toB;

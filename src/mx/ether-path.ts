@@ -621,41 +621,15 @@ export class EtherEngine implements Puller, PeerLossListener {
         continue;
       }
       this.owing.splice(i, 1);
-      link.stripUnacked((f, type) => {
-        if (type === MxoeType.Data) {
-          setFrameWord(f, MxoeWord.offset, PULL_REFUSED);
-          return 0;
-        }
-        if (type === MxoeType.Eager) {
-          setFrameType(f, MxoeType.Path);
-          setFrameWord(f, MxoeWord.msgSeq, split);
-          return 0;
-        }
-        return frameWord(f, MxoeWord.payload);
-      });
+      link.stripUnacked((f, type) =>
+        type === MxoeType.Data
+          ? refusal(f)
+          : type === MxoeType.Eager
+            ? asPath(f, split)
+            : frameWord(f, MxoeWord.payload),
+      );
     }
     this.owingDue = due;
-  }
-
-  /**
-   * The pulls of `jobs`, served in part when their puller failed, end refused: their DATA frames
-   * still owed become refusals (payload-less); one with none owed gets a refusal written.
-   */
-  private refusePulls(link: EtherLink, jobs: ServeJob[]): void {
-    const ids = new Set<number>();
-    for (const j of jobs) ids.add(j.pullId);
-    const owed = new Set<number>();
-    if (link.unacked > 0)
-      link.stripUnacked((f, type) => {
-        if (type === MxoeType.Data && ids.has(frameWord(f, MxoeWord.id))) {
-          owed.add(frameWord(f, MxoeWord.id));
-          setFrameWord(f, MxoeWord.offset, PULL_REFUSED);
-          return 0;
-        }
-        return frameWord(f, MxoeWord.payload);
-      });
-    for (const id of ids)
-      if (!owed.has(id) && link.room > 0) writeControl(link, MxoeType.Data, id, PULL_REFUSED, 0, 0);
   }
 
   /** A failed peer's pulls fail, and nothing more is streamed to it. */
@@ -668,21 +642,31 @@ export class EtherEngine implements Puller, PeerLossListener {
     }
     const path = etherOf(peer);
     if (path === undefined) return;
-    const cut = path.serving;
+    // Pulls of ours served only in part: they end refused.
+    const cut = new Set<number>();
+    for (const j of path.serving ?? []) cut.add(j.pullId);
     path.serving = undefined;
     path.ctlQueue = undefined;
     // What its failure completed with an error must not arrive after all when the stream goes
     // on in a next connection (open): sync and rendezvous sends, our own pulls. Those become
     // PATH frames; eager sends, which said SUCCESS, still go. (A reviewer's PoC: an issend
     // failed by a disconnect whose wait gave up, then sent again after the reconnect, arrived
-    // twice.)
+    // twice.) A pull served in part ends refused: its DATA frames still owed become refusals,
+    // or one is written — else the peer, taking the stream up again, got part of the data and
+    // waited for the rest for ever (a reviewer's PoC: a 1 MB pull). The copies shrink to what
+    // is still owed (none at all once everything was acknowledged: a full window is half a MiB).
     const link = path.link;
-    link.voidUnacked(staleAfterFailure, MxoeType.Path, this.partners.split ? 1 : 0);
-    // A pull of ours served only in part ends refused: its DATA frames still owed become the
-    // refusal, or one is written — else the peer, taking the stream up again, got part of the
-    // data and waited for the rest for ever (a reviewer's PoC: a 1 MB pull).
-    if (cut !== undefined && cut.length > 0) this.refusePulls(link, cut);
-    link.releaseIdle();
+    const split = this.partners.split ? 1 : 0;
+    const refused = new Set<number>();
+    link.stripUnacked((f, type) => {
+      if (type === MxoeType.Data && cut.has(frameWord(f, MxoeWord.id))) {
+        refused.add(frameWord(f, MxoeWord.id));
+        return refusal(f);
+      }
+      return staleAfterFailure(f, type) ? asPath(f, split) : frameWord(f, MxoeWord.payload);
+    });
+    for (const id of cut)
+      if (!refused.has(id) && link.room > 0) writeControl(link, MxoeType.Data, id, PULL_REFUSED, 0, 0);
     if (link.unacked > 0) this.keepOwing(link, performance.now());
     const i = this.peers.indexOf(path);
     if (i >= 0) this.peers.splice(i, 1);
@@ -763,6 +747,19 @@ function staleAfterFailure(f: Uint8Array, type: number): boolean {
   if (type === MxoeType.Rndv || type === MxoeType.Pull) return true;
   // A sync eager send carries its sync id; a plain one (0) completed SUCCESS as it went in.
   return type === MxoeType.Eager && frameWord(f, MxoeWord.id) !== 0;
+}
+
+/** An owed DATA frame becomes the refusal of its pull (EtherLink.stripUnacked: no payload kept). */
+function refusal(f: Uint8Array): number {
+  setFrameWord(f, MxoeWord.offset, PULL_REFUSED);
+  return 0;
+}
+
+/** An owed frame that must not arrive becomes a PATH frame saying our path (`split`), no payload. */
+function asPath(f: Uint8Array, split: number): number {
+  setFrameType(f, MxoeType.Path);
+  setFrameWord(f, MxoeWord.msgSeq, split);
+  return 0;
 }
 
 /** Something of ours still waits to reach a live peer: unacknowledged frames, sends or control frames. */

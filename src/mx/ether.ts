@@ -424,37 +424,12 @@ export class EtherLink {
   }
 
   /**
-   * Unacknowledged frames that `stale` picks must not arrive after all: each becomes a
-   * payload-less frame of type `into` with `msgSeq`, keeping its sequence number, so that the
-   * stream stays whole for a next connection that goes on in it.
-   */
-  voidUnacked(stale: (f: Uint8Array, type: number) => boolean, into: number, msgSeq: number): void {
-    for (let s = this.acked; s !== this.next; s = (s + 1) | 0) {
-      const i = s & (TX_WINDOW - 1);
-      const f = this.ring[i];
-      if (!stale(f, frameType(f))) continue;
-      setFrameType(f, into);
-      setFrameWord(f, MxoeWord.payload, 0);
-      setFrameWord(f, MxoeWord.msgSeq, msgSeq);
-      this.lengths[i] = PAYLOAD_AT;
-    }
-  }
-
-  /**
-   * Lets go of the frame copies once nothing is left to resend (its partner failed): a stream
-   * is kept per peer address past its partner (ether-path.ts `open`), and a full window of
-   * copies is half a MiB. A stream taken up again allocates them anew as it sends.
-   */
-  releaseIdle(): void {
-    if (this.acked === this.next) this.ring.length = 0;
-  }
-
-  /**
    * Gives up what the unacknowledged frames carry, keeping their sequence numbers: `strip`
    * rewrites each frame's header (its type, its words) and says how many payload bytes it
-   * keeps, and the copy shrinks to that; every other slot's copy is let go. A stream owed
-   * frames past its failed partner held a full window of copies (half a MiB) until its
-   * address connected again (ether-path.ts expireOwing).
+   * keeps, and the copy shrinks to that; every other slot's copy is let go (a stream taken up
+   * again allocates them anew as it sends). A stream is kept per peer address past its failed
+   * partner (ether-path.ts `open`, `peerLost`, `expireOwing`), and a full window of copies is
+   * half a MiB.
    */
   stripUnacked(strip: (f: Uint8Array, type: number) => number): void {
     const kept: Uint8Array[] = [];
