@@ -554,6 +554,30 @@ test("a pull served in part when its puller failed ends refused: the peer taking
   epB.close();
 });
 
+test("a pull its puller failed before any of its data went, the window full of another's, still ends refused when the stream is taken up again", () => {
+  // Two rendezvous pulled at once: the second's data waits behind the first's, which fills
+  // the window. At the failure the first's owed DATA frames become refusals, but the second
+  // had none and there was no room to write its refusal: the peer taking the stream up again
+  // waited for its data for ever (a reviewer's reading).
+  const { bridge, b, epA, epB, toB } = linkedPair();
+  const big = 1_000_000;
+  const r1 = epB.irecv(new Uint8Array(big), 0, 6, ALL, ALL);
+  const r2 = epB.irecv(new Uint8Array(big), 0, 8, ALL, ALL);
+  epA.isend(new Uint8Array(big).fill(2), toB, 0, 6);
+  epA.isend(new Uint8Array(big).fill(3), toB, 0, 8);
+  epB.progress(true); // both PULLs are in A's queue
+  bridge.unplug(b);
+  for (let i = 0; i < 10; i++) epA.progress(true); // the first pull's DATA fill the window
+  assert.equal((toB[kPartner].ether as EtherPath).link.room, 0, "the window is full");
+  epA.disconnect(toB); // gives up after 2 s: the partner fails, both pulls cut short
+  bridge.plug(b);
+  epA.connect(0, epB.endpointId, KEY, 2000); // within 30 s: the stream goes on
+  assert.equal(epB.wait(r1, 5000)?.code, MxStatus.ABORTED, "the first pull is refused");
+  assert.equal(epB.wait(r2, 5000)?.code, MxStatus.ABORTED, "the second too (it waited for ever)");
+  epA.close();
+  epB.close();
+});
+
 test("past FAILED_STREAM_KEEP_MS every DATA frame still owed is a refusal: the peer may hold the first ones already, its ack lost", () => {
   const { bridge, b, epA, epB, toB } = linkedPair();
   const ab = toB[kPartner].ether as EtherPath;

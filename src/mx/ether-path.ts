@@ -185,6 +185,8 @@ export class EtherEngine implements Puller, PeerLossListener {
     if (atItsMac && last.peer.dead !== undefined) {
       path = new EtherPath(peer, last.link, this);
       path.rxEager = last.rxEager;
+      // Refusals its failure could not write yet (peerLost) go first.
+      path.ctlQueue = last.ctlQueue;
       this.dropOwing(last.link);
     } else {
       const ctx = this.ctx;
@@ -646,7 +648,6 @@ export class EtherEngine implements Puller, PeerLossListener {
     const cut = new Set<number>();
     for (const j of path.serving ?? []) cut.add(j.pullId);
     path.serving = undefined;
-    path.ctlQueue = undefined;
     // What its failure completed with an error must not arrive after all when the stream goes
     // on in a next connection (open): sync and rendezvous sends, our own pulls. Those become
     // PATH frames; eager sends, which said SUCCESS, still go. (A reviewer's PoC: an issend
@@ -665,8 +666,16 @@ export class EtherEngine implements Puller, PeerLossListener {
       }
       return staleAfterFailure(f, type) ? asPath(f, split) : frameWord(f, MxoeWord.payload);
     });
-    for (const id of cut)
-      if (!refused.has(id) && link.room > 0) writeControl(link, MxoeType.Data, id, PULL_REFUSED, 0, 0);
+    // A pull none of whose data is owed gets its refusal written now, or, the window full (of
+    // another pull's data), queued for the partner taking the stream up again (open): dropped,
+    // that peer's receive waited for the data for ever.
+    let refusals: number[] | undefined;
+    for (const id of cut) {
+      if (refused.has(id)) continue;
+      if (link.room > 0) writeControl(link, MxoeType.Data, id, PULL_REFUSED, 0, 0);
+      else (refusals ??= []).push(MxoeType.Data, id, PULL_REFUSED, 0, 0);
+    }
+    path.ctlQueue = refusals;
     if (link.unacked > 0) this.keepOwing(link, performance.now());
     const i = this.peers.indexOf(path);
     if (i >= 0) this.peers.splice(i, 1);
