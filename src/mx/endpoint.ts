@@ -891,8 +891,8 @@ export class MxEndpoint {
     }
     // The window and every right in it are gone with the endpoint: no copy can be under way.
     this.completion.abandonRevokes();
-    // Closing released the endpoint's registrations; the bounce buffers and the NIC staging
-    // area go back to memory.
+    // Closing released the endpoint's registrations; the bounce buffers, the buffers alloc
+    // handed out that free did not take back, and the NIC staging area go back to memory.
     this.regions.close();
     this.nicRecords.close();
   }

@@ -19,8 +19,12 @@ export class Regions {
   /**
    * The buffers alloc handed out that free has not taken back, each with a view of the same
    * memory made at alloc (what free gives back: not what the caller's object now claims).
+   * The endpoint's close frees what is left: a program that opened, allocated and closed in a
+   * loop without freeing ran out of its domain's memory (a soak: 157 rounds in 1 MiB).
    */
-  private readonly handedOut = new WeakMap<object, Uint8Array>();
+  private readonly handedOut = new Map<object, Uint8Array>();
+  /** Buffers the endpoint's close freed: a free of one afterwards does nothing. */
+  private readonly freedAtClose = new WeakSet<object>();
 
   constructor(
     private readonly driver: MxDriver,
@@ -139,6 +143,10 @@ export class Regions {
   /** Gives back a buffer alloc handed out (once): MX_BAD_SEG_MEM for anything else. */
   free(buffer: Uint8Array): void {
     const own = typeof buffer === "object" && buffer !== null ? this.handedOut.get(buffer) : undefined;
+    if (own === undefined && typeof buffer === "object" && buffer !== null && this.freedAtClose.has(buffer)) {
+      this.freedAtClose.delete(buffer);
+      return;
+    }
     if (own === undefined)
       throw new MxError(
         "MX_BAD_SEG_MEM",
@@ -155,9 +163,22 @@ export class Regions {
     }
   }
 
-  /** The endpoint closed (which released its registrations): the bounce buffers go back to memory. */
+  /**
+   * The endpoint closed (which released its registrations): the bounce buffers, and the
+   * buffers alloc handed out that free did not take back, go back to memory.
+   */
   close(): void {
     this.regs.clear();
     this.bounces.drain(false);
+    for (const [given, own] of this.handedOut) {
+      this.freedAtClose.add(given);
+      if (own.length === 0) continue;
+      try {
+        this.driver.freeBuffer(own);
+      } catch {
+        // Not the driver's any more (its memory went with the domain's teardown): nothing to give back.
+      }
+    }
+    this.handedOut.clear();
   }
 }
