@@ -578,6 +578,38 @@ test("a pull its puller failed before any of its data went, the window full of a
   epB.close();
 });
 
+/** What A keeps of its Ethernet peers: kept streams, and addresses in its peer table. */
+function keptBy(ep: MxEndpoint): { streams: number; indexed: number } {
+  const streams = (engineOf(ep) as unknown as { streams: Map<string, unknown> }).streams.size;
+  const indexed = (ep as unknown as { partners: { index: Map<string, unknown> } }).partners.index.size;
+  return { streams, indexed };
+}
+
+test("a peer whose endpoint closed is forgotten: its kept stream and its peer-table entry go, whoever had disconnected whom", () => {
+  // A long-lived endpoint kept ~3 KB for every peer endpoint it ever had (a soak: a server of
+  // 10,753 short-lived split-path clients, 35 MB): a stream and an index entry each, for good.
+  for (const first of ["none", "a", "b"] as const) {
+    const { epA, epB, toB, toA } = linkedPair();
+    const got = new Uint8Array(4);
+    const r = epB.irecv(got, 0, 1, ALL, ALL);
+    epA.wait(epA.isend(new Uint8Array([1, 2, 3, 4]), toB, 0, 1), 2000);
+    assert.equal(epB.wait(r, 2000)?.code, MxStatus.SUCCESS);
+    for (let i = 0; i < 5; i++) {
+      epA.progress(true);
+      epB.progress(true);
+    }
+    if (first === "a") epA.disconnect(toB); // A keeps the stream for B to take up again
+    if (first === "b") epB.disconnect(toA); // A's partner stays live: B may never say
+    assert.deepEqual(keptBy(epA), { streams: 1, indexed: 1 }, `${first}: before B closes`);
+    epB.close();
+    for (let i = 0; i < 5; i++) epA.progress(true);
+    assert.deepEqual(keptBy(epA), { streams: 0, indexed: 0 }, `${first}: B closed, A forgot it`);
+    const w = epA.isend(new Uint8Array(4), toB, 0, 1);
+    assert.notEqual(epA.wait(w, 100)?.code, MxStatus.SUCCESS, `${first}: the program's address stays dead`);
+    epA.close();
+  }
+});
+
 test("past FAILED_STREAM_KEEP_MS every DATA frame still owed is a refusal: the peer may hold the first ones already, its ack lost", () => {
   const { bridge, b, epA, epB, toB } = linkedPair();
   const ab = toB[kPartner].ether as EtherPath;

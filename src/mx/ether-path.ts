@@ -387,12 +387,13 @@ export class EtherEngine implements Puller, PeerLossListener {
       if (
         peer !== undefined &&
         path !== undefined &&
-        peer.dead === undefined &&
         peer.session === srcSession &&
         frameWord(f, MxoeWord.dstSession) === this.ctx.session &&
         macAt(f, 6, path.link.mac)
-      )
-        this.partners.fail(peer, "the peer endpoint is closed", MxStatus.ENDPOINT_CLOSED);
+      ) {
+        if (peer.dead === undefined) this.partners.fail(peer, "the peer endpoint is closed", MxStatus.ENDPOINT_CLOSED);
+        this.forgetClosed(peer, path);
+      }
       return;
     }
     if (frameWord(f, MxoeWord.dstSession) !== this.ctx.session) {
@@ -737,16 +738,39 @@ export class EtherEngine implements Puller, PeerLossListener {
     }
   }
 
-  /** The endpoint closes: its peers over Ethernet hear of it now (on the fast path the backend tells them). */
+  /**
+   * The endpoint closes: its peers over Ethernet hear of it now (on the fast path the backend
+   * tells them) — every one whose stream is kept, a partner we had disconnected included: it
+   * may have kept the stream for us to take up again, and forgets it once told (forgetClosed).
+   */
   close(): void {
     const ctx = this.ctx;
-    for (const p of this.peers)
-      if (p.peer.dead === undefined)
-        this.hub.sendClosed(
-          p.link.mac,
-          { nic: p.peer.nic, ep: p.peer.endpoint, session: p.peer.session },
-          { nic: ctx.nicId, ep: ctx.endpointId, session: ctx.session },
-        );
+    const told = new Set<EtherPath>(this.streams.values());
+    for (const p of this.peers) if (p.peer.dead === undefined) told.add(p);
+    for (const p of told)
+      this.hub.sendClosed(
+        p.link.mac,
+        { nic: p.peer.nic, ep: p.peer.endpoint, session: p.peer.session },
+        { nic: ctx.nicId, ep: ctx.endpointId, session: ctx.session },
+      );
+  }
+
+  /**
+   * `peer`'s endpoint is closed (its NACK said so, or netback's for it): that incarnation never
+   * comes back, so its stream, kept for it to take up again, goes, and so does its entry in the
+   * peer table unless what it sent is still kept here. A long-lived endpoint kept ~3 KB for
+   * every peer endpoint it ever had (a soak: a server of 10,753 short-lived split-path clients,
+   * 35 MB), live or disconnected.
+   */
+  private forgetClosed(peer: Partner, path: EtherPath): void {
+    const key = `${peer.nic}:${peer.endpoint}`;
+    // Only the kept stream's own peer is believed (its MAC was checked against that stream's):
+    // a forger's claim of the address, from its own MAC, has a path of its own, and its NACK
+    // made us forget the real peer's sequence numbers (its next connection's messages lost).
+    if (this.streams.get(key) !== path) return;
+    this.streams.delete(key);
+    this.dropOwing(path.link);
+    this.partners.forget(peer);
   }
 }
 

@@ -87,6 +87,16 @@ export class PartnerTable {
     return p;
   }
 
+  /**
+   * Forgets failed `peer`, whose endpoint is known closed (its incarnation never connects
+   * again): its address is no longer indexed, unless what it sent is still kept here (its
+   * account). The program's MxAddress still names it, dead.
+   */
+  forget(peer: Partner): void {
+    const k = `${peer.nic}:${peer.endpoint}`;
+    if (peer.dead !== undefined && this.index.get(k) === peer && peer.account.kept === 0) this.index.delete(k);
+  }
+
   /** One account per address ever known here (the newest partner of each holds it). */
   *accounts(): IterableIterator<PeerAccount> {
     for (const p of this.index.values()) yield p.account;
