@@ -391,7 +391,8 @@ export class EtherEngine implements Puller, PeerLossListener {
         frameWord(f, MxoeWord.dstSession) === this.ctx.session &&
         macAt(f, 6, path.link.mac)
       ) {
-        if (peer.dead === undefined) this.partners.fail(peer, "the peer endpoint is closed", MxStatus.ENDPOINT_CLOSED);
+        if (peer.dead === undefined)
+          this.partners.fail(peer, "the peer endpoint is closed", MxStatus.ENDPOINT_CLOSED);
         this.forgetClosed(peer, path);
       }
       return;

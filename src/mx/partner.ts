@@ -94,7 +94,8 @@ export class PartnerTable {
    */
   forget(peer: Partner): void {
     const k = `${peer.nic}:${peer.endpoint}`;
-    if (peer.dead !== undefined && this.index.get(k) === peer && peer.account.kept === 0) this.index.delete(k);
+    if (peer.dead !== undefined && this.index.get(k) === peer && peer.account.kept === 0)
+      this.index.delete(k);
   }
 
   /** One account per address ever known here (the newest partner of each holds it). */
