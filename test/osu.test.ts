@@ -61,6 +61,12 @@ test("sweeps, iteration counts and rows follow OSU", () => {
   assert.throws(() => parseOsuArgs("osu-bw", ["-m", "8:4"], d), /minimum 8 is larger than maximum 4/);
   assert.throws(() => parseOsuArgs("osu-bw", ["-i", "0"], d), /-i expects an integer >= 1/);
   assert.throws(() => parseOsuArgs("osu-bw", ["--nope"], d), /unknown argument "--nope"/);
+  assert.equal(parseOsuArgs("osu-bw", ["--jit-warmup", "0"], d).jitWarmup, 0);
+  assert.throws(
+    () => parseOsuArgs("osu-bw", ["--jit-warmup", "-1"], d),
+    /--jit-warmup expects an integer >= 0/,
+  );
+  assert.throws(() => parseOsuArgs("osu-bw", ["--jit-warmup"], d), /--jit-warmup needs a value/);
 });
 
 const ROW = /^(\d+) +(\d+\.\d\d)$/;
@@ -119,8 +125,14 @@ for (const c of cases) {
     assert.equal(res.exitCode, 0, `exit ${res.exitCode}: ${res.failed?.error?.message ?? ""}\n${err}`);
     assert.equal(lines[0], c.title);
     assert.equal(lines[1], "# Datatype: MPI_CHAR.");
-    assert.equal(lines[2], c.columns);
-    const rows = lines.slice(3);
+    assert.match(
+      lines[2],
+      new RegExp(
+        `^# Warm-up: \\d+ untimed iterations at ${c.sizes[0]} B before the sweep, for V8's JIT \\(--jit-warmup 0: none\\)$`,
+      ),
+    );
+    assert.equal(lines[3], c.columns);
+    const rows = lines.slice(4);
     assert.equal(rows.length, c.sizes.length, lines.join("\n"));
     rows.forEach((line, i) => {
       const m = ROW.exec(line);
@@ -159,11 +171,31 @@ test("osu-bibw with windows of large messages both ways completes on the bypass 
       "1",
     ]);
     assert.equal(res.exitCode, 0, `exit ${res.exitCode}: ${res.failed?.error?.message ?? ""}\n${err}`);
-    const m = ROW.exec(lines[3] ?? "");
+    const m = ROW.exec(lines[4] ?? "");
     assert.ok(m, lines.join("\n"));
     assert.equal(Number(m[1]), Number(size));
     assert.ok(Number(m[2]) > 0);
   }
+});
+
+test("--jit-warmup 0: OSU's own method, no warm-up before the sweep and no line for it", async () => {
+  const { res, lines, err } = await runOsu("latency", 2, "native", [
+    "-m",
+    "0:8",
+    "-i",
+    "50",
+    "-x",
+    "5",
+    "--jit-warmup",
+    "0",
+  ]);
+  assert.equal(res.exitCode, 0, err);
+  assert.deepEqual(lines.slice(0, 3), [
+    "# OSU MPI Latency Test v7.4",
+    "# Datatype: MPI_CHAR.",
+    "# Size          Latency (us)",
+  ]);
+  assert.equal(lines.length, 3 + 5);
 });
 
 test("the point-to-point tests need exactly two ranks; bad arguments fail with exit code 2", async () => {

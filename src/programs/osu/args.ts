@@ -1,5 +1,5 @@
 /**
- * The OSU programs' arguments (`-m [MIN:]MAX`, `-i ITERS`, `-x SKIP`, `--json FILE`) and their
+ * The OSU programs' arguments (`-m [MIN:]MAX`, `-i ITERS`, `-x SKIP`, `--jit-warmup N`, `--json FILE`) and their
  * default sizes: a module without MPI, so the launcher (cli/run.ts) checks a job's arguments
  * with the very parser its ranks use without loading the MX and MPI runtime.
  */
@@ -17,6 +17,8 @@ export interface OsuOptions {
   max: number;
   iters?: number;
   skip?: number;
+  /** Untimed iterations before the sweep, at its first size (V8's JIT warm-up; 0: none). */
+  jitWarmup?: number;
   json?: string;
 }
 
@@ -27,7 +29,7 @@ export function parseOsuArgs(
   defaults: { min: number; max: number },
 ): OsuOptions {
   const o: OsuOptions = { ...defaults };
-  const usage = `usage: ${bench} [-m [MIN:]MAX] [-i ITERS] [-x SKIP] [--json FILE]`;
+  const usage = `usage: ${bench} [-m [MIN:]MAX] [-i ITERS] [-x SKIP] [--jit-warmup N] [--json FILE]`;
   const count = (flag: string, v: string, least: number): number => {
     if (!/^\d+$/.test(v) || Number(v) < least)
       throw new Error(`${bench}: ${flag} expects an integer >= ${least}, got "${v}"`);
@@ -36,7 +38,7 @@ export function parseOsuArgs(
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const v = argv[i + 1];
-    if (["-m", "-i", "-x", "--json"].includes(a) && v === undefined)
+    if (["-m", "-i", "-x", "--jit-warmup", "--json"].includes(a) && v === undefined)
       throw new Error(`${bench}: ${a} needs a value (${usage})`);
     if (a === "-m" || a === "--message-size") {
       i++;
@@ -55,6 +57,8 @@ export function parseOsuArgs(
       o.iters = count(a, argv[++i], 1);
     } else if (a === "-x" || a === "--warmup") {
       o.skip = count(a, argv[++i], 0);
+    } else if (a === "--jit-warmup") {
+      o.jitWarmup = count(a, argv[++i], 0);
     } else if (a === "--json") {
       o.json = argv[++i];
     } else {
