@@ -578,6 +578,32 @@ test("a pull its puller failed before any of its data went, the window full of a
   epB.close();
 });
 
+test("a refusal queued at one failure and taken up survives a second failure before the window opened", () => {
+  // A reviewer's PoC: the second failure's peerLost replaced the queue with its own (none),
+  // and the peer's receive waited for ever.
+  const { bridge, b, epA, epB, toB } = linkedPair();
+  const big = 1_000_000;
+  const r1 = epB.irecv(new Uint8Array(big), 0, 6, ALL, ALL);
+  const r2 = epB.irecv(new Uint8Array(big), 0, 8, ALL, ALL);
+  epA.isend(new Uint8Array(big).fill(2), toB, 0, 6);
+  epA.isend(new Uint8Array(big).fill(3), toB, 0, 8);
+  epB.progress(true);
+  bridge.unplug(b);
+  for (let i = 0; i < 10; i++) epA.progress(true);
+  epA.disconnect(toB); // the first failure: the second pull's refusal is queued (no room)
+  bridge.plug(b);
+  const toB2 = epA.connect(0, epB.endpointId, KEY, 2000); // taken up: the queue rides along
+  assert.equal((toB2[kPartner].ether as EtherPath).ctlQueue?.length, 5, "its refusal is queued");
+  bridge.unplug(b); // B goes quiet again before the window opened
+  epA.disconnect(toB2); // the second failure
+  bridge.plug(b);
+  epA.connect(0, epB.endpointId, KEY, 2000);
+  assert.equal(epB.wait(r1, 5000)?.code, MxStatus.ABORTED, "the first pull is refused");
+  assert.equal(epB.wait(r2, 5000)?.code, MxStatus.ABORTED, "the second too (it waited for ever)");
+  epA.close();
+  epB.close();
+});
+
 /** What A keeps of its Ethernet peers: kept streams, and addresses in its peer table. */
 function keptBy(ep: MxEndpoint): { streams: number; indexed: number } {
   const streams = (engineOf(ep) as unknown as { streams: Map<string, unknown> }).streams.size;

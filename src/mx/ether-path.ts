@@ -672,6 +672,13 @@ export class EtherEngine implements Puller, PeerLossListener {
     // another pull's data), queued for the partner taking the stream up again (open): dropped,
     // that peer's receive waited for the data for ever.
     let refusals: number[] | undefined;
+    // Refusals an earlier failure queued and the take-up has not written yet (the window still
+    // full) stay queued: a second failure dropped them, and that receive waited for ever.
+    const q = path.ctlQueue;
+    if (q !== undefined)
+      for (let k = 0; k < q.length; k += CONTROL_WORDS)
+        if (q[k] === MxoeType.Data && q[k + 2] === PULL_REFUSED)
+          (refusals ??= []).push(...q.slice(k, k + CONTROL_WORDS));
     for (const id of cut) {
       if (refused.has(id)) continue;
       if (link.room > 0) writeControl(link, MxoeType.Data, id, PULL_REFUSED, 0, 0);
