@@ -554,12 +554,14 @@ test("a pull served in part when its puller failed ends refused: the peer taking
   epB.close();
 });
 
-test("a pull its puller failed before any of its data went, the window full of another's, still ends refused when the stream is taken up again", () => {
-  // Two rendezvous pulled at once: the second's data waits behind the first's, which fills
-  // the window. At the failure the first's owed DATA frames become refusals, but the second
-  // had none and there was no room to write its refusal: the peer taking the stream up again
-  // waited for its data for ever (a reviewer's reading).
-  const { bridge, b, epA, epB, toB } = linkedPair();
+/**
+ * B pulls two 1 MB rendezvous from A at once; B's cable is pulled while the first pull's DATA
+ * fill A's window (the second's none yet), and A's disconnect fails the partner (after 2 s):
+ * both pulls cut short, the second's refusal with no room to go.
+ */
+function twoPullsCutShort() {
+  const pair = linkedPair();
+  const { bridge, b, epA, epB, toB } = pair;
   const big = 1_000_000;
   const r1 = epB.irecv(new Uint8Array(big), 0, 6, ALL, ALL);
   const r2 = epB.irecv(new Uint8Array(big), 0, 8, ALL, ALL);
@@ -569,8 +571,16 @@ test("a pull its puller failed before any of its data went, the window full of a
   bridge.unplug(b);
   for (let i = 0; i < 10; i++) epA.progress(true); // the first pull's DATA fill the window
   assert.equal((toB[kPartner].ether as EtherPath).link.room, 0, "the window is full");
-  epA.disconnect(toB); // gives up after 2 s: the partner fails, both pulls cut short
+  epA.disconnect(toB);
   bridge.plug(b);
+  return { ...pair, r1, r2 };
+}
+
+test("a pull its puller failed before any of its data went, the window full of another's, still ends refused when the stream is taken up again", () => {
+  // At the failure the first pull's owed DATA frames become refusals, but the second had none
+  // and there was no room to write its refusal: the peer taking the stream up again waited
+  // for its data for ever (a reviewer's reading).
+  const { epA, epB, r1, r2 } = twoPullsCutShort();
   epA.connect(0, epB.endpointId, KEY, 2000); // within 30 s: the stream goes on
   assert.equal(epB.wait(r1, 5000)?.code, MxStatus.ABORTED, "the first pull is refused");
   assert.equal(epB.wait(r2, 5000)?.code, MxStatus.ABORTED, "the second too (it waited for ever)");
@@ -581,17 +591,7 @@ test("a pull its puller failed before any of its data went, the window full of a
 test("a refusal queued at one failure and taken up survives a second failure before the window opened", () => {
   // A reviewer's PoC: the second failure's peerLost replaced the queue with its own (none),
   // and the peer's receive waited for ever.
-  const { bridge, b, epA, epB, toB } = linkedPair();
-  const big = 1_000_000;
-  const r1 = epB.irecv(new Uint8Array(big), 0, 6, ALL, ALL);
-  const r2 = epB.irecv(new Uint8Array(big), 0, 8, ALL, ALL);
-  epA.isend(new Uint8Array(big).fill(2), toB, 0, 6);
-  epA.isend(new Uint8Array(big).fill(3), toB, 0, 8);
-  epB.progress(true);
-  bridge.unplug(b);
-  for (let i = 0; i < 10; i++) epA.progress(true);
-  epA.disconnect(toB); // the first failure: the second pull's refusal is queued (no room)
-  bridge.plug(b);
+  const { bridge, b, epA, epB, r1, r2 } = twoPullsCutShort(); // the second pull's refusal queued
   const toB2 = epA.connect(0, epB.endpointId, KEY, 2000); // taken up: the queue rides along
   assert.equal((toB2[kPartner].ether as EtherPath).ctlQueue?.length, 5, "its refusal is queued");
   bridge.unplug(b); // B goes quiet again before the window opened
