@@ -128,7 +128,7 @@ for (const c of cases) {
     assert.match(
       lines[2],
       new RegExp(
-        `^# Warm-up: \\d+ untimed iterations at ${c.sizes[0]} B before the sweep, for V8's JIT \\(--jit-warmup 0: none\\)$`,
+        `^# Warm-up: \\d+ untimed iterations at ${c.sizes[0] === 0 ? "0 and 1" : c.sizes[0]} B before the sweep, for V8's JIT \\(--jit-warmup 0: none\\)$`,
       ),
     );
     assert.equal(lines[3], c.columns);
