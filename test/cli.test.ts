@@ -357,6 +357,19 @@ test("run: bad usage is refused before anything starts", async () => {
   assert.match(n.stderr, /-n must be a positive integer/);
 });
 
+test("run PROGRAM --help: a built-in's own arguments, exit 0, nothing started", async () => {
+  const osu = await run("run", "-n", "2", "osu-allreduce", "--help");
+  assert.equal(osu.code, 0, osu.stderr);
+  assert.match(osu.stdout, /^usage: osu-allreduce \[-m \[MIN:\]MAX\] .*--jit-warmup N/);
+  assert.match(osu.stdout, /default 1:1048576/);
+  assert.doesNotMatch(osu.stdout, /# OSU/, "no job ran");
+  const nas = await run("run", "-n", "2", "nas-cg", "-h");
+  assert.equal(nas.code, 0, nas.stderr);
+  assert.match(nas.stdout, /^usage: nas-cg \[--class S\|W\|A\] \[--warmup auto\|N\]/);
+  const ep = await run("run", "-n", "2", "nas-ep", "--help");
+  assert.doesNotMatch(ep.stdout, /--warmup/, "EP has no loop to warm up");
+});
+
 test("run --path split: NAS EP over netfront/netback verifies", async () => {
   const r = await run("run", "-n", "2", "--path", "split", "nas-ep", "--class", "S");
   assert.equal(r.code, 0, r.stderr);

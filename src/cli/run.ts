@@ -43,7 +43,7 @@ import { RANK_PATHS, type RankPath } from "../cluster/wire.js";
 import type { Dashboard } from "../dashboard/server.js";
 import { Host } from "../host/host.js";
 import type { QosPolicy } from "../myrixen/qos-policy.js";
-import { builtinArgsProblem } from "../programs/builtin-args.js";
+import { asksForHelp, builtinArgsProblem, builtinHelp } from "../programs/builtin-args.js";
 import { parseNasArgs } from "../programs/nas/args.js";
 import { OSU_SIZES, parseOsuArgs } from "../programs/osu/args.js";
 import { guestProgramExports, loadGuestImage, noModuleThere } from "../xen/guest/loader.js";
@@ -469,6 +469,11 @@ async function runJob(
   o: RunOptions,
   made: { report?: RunReport },
 ): Promise<number> {
+  // `myrixen run -n 2 osu-latency --help`: what the built-in takes; nothing starts.
+  if (Object.hasOwn(BUILTIN_PROGRAMS, program) && asksForHelp(argv)) {
+    process.stdout.write(builtinHelp(program));
+    return 0;
+  }
   if (o.keyFile !== undefined && o.keyFile.trim() === "")
     throw new RunUsageError(
       `--key-file needs a file name, got an empty one: write --key-file FILE, or leave it out for $${KEY_FILE_ENV} or ~/.config/myrixen/cluster.key`,
