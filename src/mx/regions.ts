@@ -142,16 +142,16 @@ export class Regions {
 
   /** Gives back a buffer alloc handed out (once): MX_BAD_SEG_MEM for anything else. */
   free(buffer: Uint8Array): void {
-    const own = typeof buffer === "object" && buffer !== null ? this.handedOut.get(buffer) : undefined;
-    if (own === undefined && typeof buffer === "object" && buffer !== null && this.freedAtClose.has(buffer)) {
-      this.freedAtClose.delete(buffer);
-      return;
-    }
-    if (own === undefined)
+    const obj = typeof buffer === "object" && buffer !== null ? buffer : undefined;
+    const own = obj === undefined ? undefined : this.handedOut.get(obj);
+    if (own === undefined) {
+      // Freed by the endpoint's close: a free afterwards does nothing (once).
+      if (obj !== undefined && this.freedAtClose.delete(obj)) return;
       throw new MxError(
         "MX_BAD_SEG_MEM",
         "free: not a buffer that alloc on this endpoint handed out, or one already freed; pass the very Uint8Array alloc returned, once",
       );
+    }
     this.handedOut.delete(buffer);
     if (own.length === 0) return;
     // Nothing stays registered in memory that goes back to the allocator.

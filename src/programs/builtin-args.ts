@@ -3,8 +3,8 @@
  * parsers their ranks use: a mistake (`nas-ep --class Z`) is one line before any rank starts,
  * not rank 0's complaint after the job did.
  */
-import { MAX_WARMUP, parseNasArgs } from "./nas/args.js";
-import { OSU_SIZES, parseOsuArgs } from "./osu/args.js";
+import { MAX_WARMUP, nasUsage, nasWarmsUp, parseNasArgs } from "./nas/args.js";
+import { OSU_SIZES, osuUsage, parseOsuArgs } from "./osu/args.js";
 
 /** What is wrong with `argv` for the built-in `program` (a name BUILTIN_PROGRAMS knows), or undefined. */
 export function builtinArgsProblem(program: string, argv: readonly string[]): string | undefined {
@@ -26,9 +26,10 @@ export function asksForHelp(argv: readonly string[]): boolean {
 /** What the built-in `program` takes, for `myrixen run -n N PROGRAM --help`. */
 export function builtinHelp(program: string): string {
   if (program.startsWith("nas-")) {
-    const warms = program === "nas-is" || program === "nas-cg";
+    const kernel = program.slice("nas-".length);
+    const warms = nasWarmsUp(kernel);
     return [
-      `usage: ${program} [--class S|W|A]${warms ? " [--warmup auto|N]" : ""} [--json FILE]`,
+      `usage: nas-${nasUsage(kernel)}`,
       "  --class S|W|A     NPB's problem class (default S); the report checks NPB 3.4's values",
       ...(warms
         ? [
@@ -42,7 +43,7 @@ export function builtinHelp(program: string): string {
   }
   const { min, max } = OSU_SIZES[program as keyof typeof OSU_SIZES];
   return [
-    `usage: ${program} [-m [MIN:]MAX] [-i ITERS] [-x SKIP] [--jit-warmup N] [--json FILE]`,
+    osuUsage(program),
     `  -m [MIN:]MAX      message sizes, doubling from MIN (default ${min}:${max}; K, M suffixes)`,
     "  -i ITERS          timed iterations per size (OSU's defaults: more for small sizes)",
     "  -x SKIP           untimed iterations before each size (--warmup too, as in OSU)",

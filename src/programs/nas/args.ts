@@ -15,6 +15,16 @@ export type Warmup = number | "auto";
 /** The kernels with an iteration loop to warm up (EP times one pass over its pairs). */
 const WARMS_UP: readonly string[] = ["is", "cg"];
 
+/** Whether `kernel` ("is", "cg", "ep") takes `--warmup`. */
+export function nasWarmsUp(kernel: string): boolean {
+  return WARMS_UP.includes(kernel);
+}
+
+/** The NAS kernel's usage (its errors and `myrixen run … --help` say it). */
+export function nasUsage(kernel: string): string {
+  return `${kernel} [--class S|W|A]${nasWarmsUp(kernel) ? " [--warmup auto|N]" : ""} [--json FILE]`;
+}
+
 /**
  * Parses `--class S|W|A` (default S), `--warmup auto|N` (IS and CG; default auto) and
  * `--json FILE`; throws a clear Error on anything else.
@@ -25,9 +35,9 @@ export function parseNasArgs(
 ): { cls: NasClass; json?: string; warmup?: Warmup } {
   let cls: NasClass = "S";
   let json: string | undefined;
-  const warms = WARMS_UP.includes(kernel);
+  const warms = nasWarmsUp(kernel);
   let warmup: Warmup | undefined = warms ? "auto" : undefined;
-  const usage = `${kernel} [--class S|W|A]${warms ? " [--warmup auto|N]" : ""} [--json FILE]`;
+  const usage = nasUsage(kernel);
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const value = (): string => {

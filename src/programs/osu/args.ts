@@ -22,6 +22,11 @@ export interface OsuOptions {
   json?: string;
 }
 
+/** The OSU program `bench`'s usage line (its errors and `myrixen run … --help` say it). */
+export function osuUsage(bench: string): string {
+  return `usage: ${bench} [-m [MIN:]MAX] [-i ITERS] [-x SKIP] [--jit-warmup N] [--json FILE]`;
+}
+
 /** Parses the OSU-style arguments; throws a clear Error on anything it does not know. */
 export function parseOsuArgs(
   bench: string,
@@ -29,7 +34,7 @@ export function parseOsuArgs(
   defaults: { min: number; max: number },
 ): OsuOptions {
   const o: OsuOptions = { ...defaults };
-  const usage = `usage: ${bench} [-m [MIN:]MAX] [-i ITERS] [-x SKIP] [--jit-warmup N] [--json FILE]`;
+  const usage = osuUsage(bench);
   const count = (flag: string, v: string, least: number): number => {
     if (!/^\d+$/.test(v) || Number(v) < least)
       throw new Error(`${bench}: ${flag} expects an integer >= ${least}, got "${v}"`);
