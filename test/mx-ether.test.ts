@@ -638,7 +638,6 @@ test("a peer whose endpoint closed is forgotten: its kept stream and its peer-ta
 
 test("past FAILED_STREAM_KEEP_MS every DATA frame still owed is a refusal: the peer may hold the first ones already, its ack lost", () => {
   const { bridge, b, epA, epB, toB } = linkedPair();
-  const ab = toB[kPartner].ether as EtherPath;
   const engine = engineOf(epA);
   const r = epB.irecv(new Uint8Array(100_000), 0, 7, ALL, ALL);
   epA.isend(new Uint8Array(100_000).fill(4), toB, 0, 7);

@@ -467,7 +467,7 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
   }
 
   /** Why the channel was closed, as its closer said (either lane: the closer closes both). */
-  private closedReason(): string {
+  closedReason(): string {
     return laneClosedReason(this.reader.closedWhy || this.writer.closedWhy);
   }
 
@@ -895,8 +895,10 @@ export class Channels implements DriverEventSink {
       const ch = peer?.channel;
       // A peer through the NIC (no channel) is named by its session: a DISCONNECT read after
       // the rank connected to the endpoint's next incarnation is not about that one.
+      // The closer's own word, when its lanes carry one: the DISCONNECT may come before the
+      // sweep that reads them, and "went away" sent users looking for a rank that had died.
       if (peer && (ch?.channelId === channelId || (channelId === 0xffffffff && peer.session === session)))
-        this.lost(peer);
+        this.lost(peer, ch instanceof ChannelPath ? ch.closedReason() : undefined);
     }
   }
 }

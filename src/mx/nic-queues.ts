@@ -87,6 +87,14 @@ export interface DriverEventSink {
  */
 const QUIET_WHILE_MOVING_MS = 2;
 
+/**
+ * Why a pull the sender's NIC refused its right for (BAD_RDMAWIN, BAD_KEY) failed, in words:
+ * an honest sender revokes a rendezvous's right when its send fails before we pull — most
+ * often it disconnected from us just then — and the bare code sent users hunting a bad window.
+ */
+export const PULL_REFUSED =
+  "the sender no longer offers this message: its send failed before we pulled it (it disconnected from us, or its request ended), or it announced memory it never offered";
+
 /** A rendezvous receive the NIC is pulling. */
 interface NicPull {
   recv: MxRequest;
@@ -351,6 +359,8 @@ export class NicQueues implements Puller, PeerLossListener {
     const xfer = ok ? p.xfer : 0;
     if (!ok && status === MxStatus.TIMEOUT)
       p.recv.reason ??= `the sender's NIC served it slower than ${PULL_MIN_BYTES_PER_S / 1024} KiB/s`;
+    else if (!ok && (status === MxStatus.BAD_RDMAWIN || status === MxStatus.BAD_KEY))
+      p.recv.reason ??= PULL_REFUSED;
     const code = !ok
       ? status || MxStatus.ABORTED
       : xfer < p.recv.msgLength
