@@ -45,7 +45,6 @@ import {
   EventType,
   NIC_SLEEPING_HOLDING,
   Opcode,
-  PULL_MIN_BYTES_PER_S,
   SQ_ENTRIES,
   SQ_OFFSET,
   W_EQ_CONS,
@@ -56,7 +55,7 @@ import {
   W_SQ_PROD,
 } from "../nic/window.js";
 import type { Completion } from "./completion.js";
-import { COOKIE_CONNECT, COOKIE_SEND, NR_ID_MASK } from "./nic-records.js";
+import { COOKIE_CONNECT, COOKIE_SEND, NR_ID_MASK, pullFailureText } from "./nic-records.js";
 import type { Regions } from "./regions.js";
 import { TraceStage, traceNow } from "./trace.js";
 import type {
@@ -86,14 +85,6 @@ export interface DriverEventSink {
  * rather than wait for a kick (pullingLocally): a stream's pulls end every 30–50 µs.
  */
 const QUIET_WHILE_MOVING_MS = 2;
-
-/**
- * Why a pull the sender's NIC refused its right for (BAD_RDMAWIN, BAD_KEY) failed, in words:
- * an honest sender revokes a rendezvous's right when its send fails before we pull — most
- * often it disconnected from us just then — and the bare code sent users hunting a bad window.
- */
-export const PULL_REFUSED =
-  "the sender no longer offers this message: its send failed before we pulled it (it disconnected from us, or its request ended), or it announced memory it never offered";
 
 /** A rendezvous receive the NIC is pulling. */
 interface NicPull {
@@ -357,15 +348,12 @@ export class NicQueues implements Puller, PeerLossListener {
       tb.record(p.recv.traceId, TraceStage.EventSeen, now);
     }
     const xfer = ok ? p.xfer : 0;
-    if (!ok && status === MxStatus.TIMEOUT)
-      p.recv.reason ??= `the sender's NIC served it slower than ${PULL_MIN_BYTES_PER_S / 1024} KiB/s`;
-    else if (!ok && (status === MxStatus.BAD_RDMAWIN || status === MxStatus.BAD_KEY))
-      p.recv.reason ??= PULL_REFUSED;
     const code = !ok
       ? status || MxStatus.ABORTED
       : xfer < p.recv.msgLength
         ? MxStatus.TRUNCATED
         : MxStatus.SUCCESS;
+    if (!ok) p.recv.reason ??= pullFailureText(code);
     if (p.syncId !== 0) p.source.notify(p.syncId, xfer, ok ? MxStatus.SUCCESS : code);
     this.completion.complete(p.recv, code, xfer);
   }

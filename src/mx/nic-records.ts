@@ -18,7 +18,14 @@
  */
 import { type MxDriver, MxDriverError } from "../myrixen/driver-abi.js";
 import { MxStatus } from "../nic/status.js";
-import { Access, ErrorReason, HOLD_MS, SEND_MAX, WIRE_TIMEOUT_MS } from "../nic/window.js";
+import {
+  Access,
+  ErrorReason,
+  HOLD_MS,
+  PULL_MIN_BYTES_PER_S,
+  SEND_MAX,
+  WIRE_TIMEOUT_MS,
+} from "../nic/window.js";
 
 export const NR_TYPE_MASK = 0xf;
 export const NR_ID_SHIFT = 8;
@@ -58,6 +65,43 @@ export function sendFailureText(status: number, reason: number): string | undefi
       return status === MxStatus.BAD_SESSION
         ? "the peer endpoint was closed and reopened since we connected"
         : "the peer endpoint is not open";
+    default:
+      return undefined;
+  }
+}
+
+/**
+ * Why a pull the sender's NIC refused the right for (BAD_RDMAWIN, BAD_KEY) failed: an honest
+ * sender revokes a rendezvous's right when its send fails before we pull — most often it
+ * disconnected from us just then — and the bare code sent users hunting a bad window.
+ */
+export const PULL_REFUSED =
+  "the sender no longer offers this message: its send failed before we pulled it (it disconnected from us, or its request ended), or it announced memory it never offered";
+/** The same when the right was revoked (or the sender's memory deregistered) mid-pull: ABORTED. */
+export const PULL_ABORTED =
+  "the sender stopped offering this message while we pulled it: its send failed meanwhile (it disconnected from us, or its request ended)";
+
+/** What a failed PULL_DONE's status means for the receive, in words (nic/window.ts lists them). */
+export function pullFailureText(status: number): string | undefined {
+  switch (status) {
+    case MxStatus.BAD_RDMAWIN:
+    case MxStatus.BAD_KEY:
+      return PULL_REFUSED;
+    case MxStatus.ABORTED:
+      return PULL_ABORTED;
+    case MxStatus.TIMEOUT:
+      return `the sender's NIC served it slower than ${PULL_MIN_BYTES_PER_S / 1024} KiB/s`;
+    case MxStatus.ENDPOINT_CLOSED:
+    case MxStatus.ENDPOINT_UNKNOWN:
+      return "the sender's endpoint was closed before we pulled this message";
+    case MxStatus.BAD_SESSION:
+      return "the sender's endpoint was closed and reopened before we pulled this message";
+    case MxStatus.ENDPOINT_UNREACHABLE:
+      return `no answer from the sender's NIC within ${WIRE_TIMEOUT_MS} ms (its host stopped, or the link between the hosts is gone)`;
+    case MxStatus.NO_RESOURCES:
+      return "the sender's NIC serves as many pulls as it may; it took none more";
+    case MxStatus.REJECTED:
+      return "the sender's NIC refuses this endpoint's pulls for a while: too many of its pulls were refused";
     default:
       return undefined;
   }
