@@ -40,7 +40,7 @@ function gone(got: string | undefined, rank: number, reason: RegExp): void {
 
 /** What rank 0 reads in the channel rank 2 closed (channel-abi.ts LaneClosed). */
 const PEER_DISCONNECTED = /the peer disconnected from us \(mx_disconnect\)/;
-const DISCONNECTED = /this peer is disconnected: disconnected\b/;
+const DISCONNECTED = /this peer is disconnected: we disconnected from this peer \(mx_disconnect\)/;
 
 test("receives from a failed rank fail with an MpiError naming it (waiting when it failed, or posted after): recv, irecv + wait, sendrecv, probe; then every rank's collectives", async () => {
   const [r0, r1, r2] = await run("p2p");

@@ -10,6 +10,7 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { Host } from "../src/host/host.js";
+import { WE_DISCONNECTED } from "../src/mx/connections.js";
 import { PULL_ABORTED, PULL_REFUSED } from "../src/mx/nic-records.js";
 import { LINK_KEY } from "./helpers/link-key.js";
 import { nextMessage } from "./helpers/messages.js";
@@ -59,7 +60,12 @@ async function race(senderHost: Host, receiverHost: Host, seed: number) {
   await posted;
   sender.send(ra);
   sender.send("go");
-  const { ok } = (await sender.exited).result as { ok: number[] };
+  const { ok, sendFailures } = (await sender.exited).result as { ok: number[]; sendFailures: string[] };
+  assert.deepEqual(
+    sendFailures.filter((f) => f !== `MX_STATUS_ENDPOINT_CLOSED: ${WE_DISCONNECTED}`),
+    [],
+    "a send the disconnect failed says so",
+  );
   receiver.send("sender done");
   const { got, failed, unsent } = (await receiver.exited).result as {
     got: number[];

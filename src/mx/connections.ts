@@ -22,6 +22,9 @@ import type { NicRecords } from "./nic-path.js";
 import type { PartnerTable } from "./partner.js";
 import type { Block, EndpointContext, Partner } from "./types.js";
 
+/** Why our own requests to a peer we disconnected from fail ("disconnected" alone read as the peer's doing). */
+export const WE_DISCONNECTED = "we disconnected from this peer (mx_disconnect)";
+
 export class Connections {
   constructor(
     private readonly ctx: EndpointContext,
@@ -97,7 +100,7 @@ export class Connections {
    * myrback gives the pair's next connect a fresh one.
    */
   disconnect(peer: Partner): void {
-    this.channels.lost(peer, "disconnected", LaneClosed.Disconnected);
+    this.channels.lost(peer, WE_DISCONNECTED, LaneClosed.Disconnected);
   }
 
   /** The endpoint closes: its co-resident peers are told so through their channels. */
