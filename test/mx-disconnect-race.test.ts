@@ -11,7 +11,8 @@ import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { Host } from "../src/host/host.js";
 import { WE_DISCONNECTED } from "../src/mx/connections.js";
-import { PULL_ABORTED, PULL_REFUSED } from "../src/mx/nic-records.js";
+import { PULL_ABORTED, PULL_REFUSED, pullFailureText } from "../src/mx/nic-records.js";
+import { MxStatus } from "../src/nic/status.js";
 import { LINK_KEY } from "./helpers/link-key.js";
 import { nextMessage } from "./helpers/messages.js";
 import { freePort } from "./helpers/nic-harness.js";
@@ -23,6 +24,10 @@ const EXPLAINED = new Set([
   `MX_STATUS_BAD_RDMAWIN: ${PULL_REFUSED}`,
   `MX_STATUS_BAD_KEY: ${PULL_REFUSED}`,
   `MX_STATUS_ABORTED: ${PULL_ABORTED}`,
+  // The sender closes its endpoint after its last round: a pull still under way then fails so.
+  `MX_STATUS_ENDPOINT_CLOSED: ${pullFailureText(MxStatus.ENDPOINT_CLOSED)}`,
+  "MX_STATUS_ENDPOINT_CLOSED: the peer endpoint was closed",
+  "MX_STATUS_ENDPOINT_CLOSED: the peer endpoint is closed",
 ]);
 const N = 4;
 const ROUNDS = 60;
@@ -40,8 +45,8 @@ after(async () => {
   await Promise.all([one?.stop(), other?.stop()]);
 });
 
-async function race(senderHost: Host, receiverHost: Host, seed: number) {
-  const common = { n: N, rounds: ROUNDS, bytes: 100_000, raceMs: 0.5, seed };
+async function race(senderHost: Host, receiverHost: Host, seed: number, split = false) {
+  const common = { n: N, rounds: ROUNDS, bytes: 100_000, raceMs: 0.5, seed, split };
   // The receiver's pulls in flight each hold a bounce buffer of 25 pages (its receives are
   // plain arrays), and across hosts dozens may be under way at once.
   const start = (h: Host, role: string) =>
@@ -93,4 +98,8 @@ test("rendezvous racing the sender's disconnect on one host: each arrives or fai
 
 test("the same across two hosts, where the receiver's NIC pulls over the link", async () => {
   await race(one, other, 13);
+});
+
+test("the same on the split path, where a disconnect waits for the stream's acks", async () => {
+  await race(one, one, 14, true);
 });

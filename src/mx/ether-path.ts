@@ -637,10 +637,11 @@ export class EtherEngine implements Puller, PeerLossListener {
   }
 
   /** A failed peer's pulls fail, and nothing more is streamed to it. */
-  peerLost(peer: Partner, _why: string, code: number): void {
+  peerLost(peer: Partner, why: string, code: number): void {
     for (const [id, p] of this.pulls) {
       if (p.source === peer) {
         this.pulls.delete(id);
+        p.recv.reason ??= why;
         this.parts.completion.complete(p.recv, code, 0);
       }
     }
