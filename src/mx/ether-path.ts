@@ -20,7 +20,15 @@ import { copyBytes } from "../xen/copy.js";
 import { frameWord, MxoeType, MxoeWord, PAYLOAD_AT } from "../xen/io/mxoe.js";
 import { macAt } from "./bytes.js";
 import type { Completion } from "./completion.js";
-import { type EtherHub, EtherLink, macString, setFrameType, setFrameWord, TX_WINDOW } from "./ether.js";
+import {
+  type EtherHub,
+  EtherLink,
+  macString,
+  PEER_TIMEOUT_MS,
+  setFrameType,
+  setFrameWord,
+  TX_WINDOW,
+} from "./ether.js";
 import type { Matching } from "./matching.js";
 import type { PartnerTable } from "./partner.js";
 import type { PendingSends } from "./pending-sends.js";
@@ -579,7 +587,9 @@ export class EtherEngine implements Puller, PeerLossListener {
       if (!p.link.tick(now)) {
         this.partners.fail(
           peer,
-          "the peer stopped acknowledging over Ethernet",
+          // A peer that disconnected from us looks the same from here: over Ethernet it keeps
+          // the pair's stream for its next connection and takes nothing meanwhile.
+          `the peer acknowledged nothing over Ethernet for ${PEER_TIMEOUT_MS / 1000} s (it stopped or its link is gone, or it disconnected from us and did not connect again)`,
           MxStatus.ENDPOINT_UNREACHABLE,
         );
         continue;
