@@ -66,7 +66,8 @@ test("a full lane refuses a record (back-pressure) until the reader releases", (
   assert.ok(n >= 3 && n <= Math.floor(LANE_BYTES / 60000));
   assert.ok(r.next());
   r.release();
-  // Four records filled 240,192 bytes; the fifth wraps (a PAD of 21,952 bytes) into the
+  r.publishHead(); // as the reader does when the writer asks (takeSpaceWanted)
+  // n records filled n × 60,048 bytes; the next wraps (a PAD to the lane's end) into the
   // 60,048 the reader freed, less the 8-byte slot the lane always keeps empty past its content.
   assert.equal(write(w, 1, big), false, "the free slot past the content is never filled");
   assert.ok(write(w, 1, big.subarray(8)), "space freed by the reader is reused");

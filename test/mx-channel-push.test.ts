@@ -42,6 +42,8 @@ function isend(e: End, buffer: Uint8Array, matchLo: number): MxRequest {
   return req;
 }
 
+/** More than a lane holds (LANE_BYTES): a pushed message waits for the reader, and a turn falls mid-message. */
+const BIG = 4 * LANE_BYTES;
 const irecv = postRecv;
 
 /** One progress of an endpoint, as MxEndpoint.progress does it for a channel peer. */
@@ -58,11 +60,11 @@ function pattern(n: number, seed: number): Uint8Array {
   return b;
 }
 
-test("a 1 MiB rendezvous is pushed through the lane to a slow reader: in order, no NIC, nothing registered", () => {
+test("a rendezvous of four lanes' worth is pushed through the lane to a slow reader: in order, no NIC, nothing registered", () => {
   const { a, b } = pair();
-  const data = pattern(1 << 20, 5);
+  const data = pattern(BIG, 5);
   const send = isend(a, data, 9);
-  const recv = irecv(b, new Uint8Array(1 << 20), 9);
+  const recv = irecv(b, new Uint8Array(BIG), 9);
   let turns = 0;
   let readerTurns = 0;
   while (recv.state !== RequestState.Done) {
@@ -76,14 +78,13 @@ test("a 1 MiB rendezvous is pushed through the lane to a slow reader: in order, 
   }
   progress(a);
   assert.equal(recv.code, MxStatus.SUCCESS);
-  assert.equal(recv.xferLength, 1 << 20);
+  assert.equal(recv.xferLength, BIG);
   assert.deepEqual(recv.buffer, data);
   assert.equal(send.state, RequestState.Done);
   assert.equal(send.code, MxStatus.SUCCESS);
-  assert.equal(send.xferLength, 1 << 20);
+  assert.equal(send.xferLength, BIG);
   // More than a lane's worth went through a lane: the writer was held back and resumed.
-  assert.ok(1 << 20 > LANE_BYTES);
-  assert.ok(readerTurns > (1 << 20) / LANE_BYTES);
+  assert.ok(readerTurns > BIG / LANE_BYTES);
   for (const e of [a, b]) {
     assert.equal(e.p.driver.registered, 0, "a pushed rendezvous registers nothing");
     assert.equal(e.p.ctx.counters.bounces, 0);
@@ -134,8 +135,8 @@ test("a receive smaller than the rendezvous gets its first bytes, TRUNCATED; the
 
 test("a reader that dies mid-message: the sender's send fails with a reason, nothing hangs", () => {
   const { a, b, channel } = pair();
-  const send = isend(a, pattern(1 << 20, 9), 3);
-  const recv = irecv(b, new Uint8Array(1 << 20), 3);
+  const send = isend(a, pattern(BIG, 9), 3);
+  const recv = irecv(b, new Uint8Array(BIG), 3);
   for (let i = 0; i < 3; i++) {
     progress(a);
     progress(b);

@@ -18,6 +18,7 @@ import { LANE_QUANTUM, LaneGroups } from "../src/mx/lane-policer.js";
 import { MxRequest, RequestState } from "../src/mx/types.js";
 import {
   CHANNEL_BYTES,
+  LANE_BYTES,
   LANE_POLICY_BYTES,
   type LanePolicy,
   readLaneCounters,
@@ -90,8 +91,8 @@ test("a message cap: one message, then one per 1/rate of the receiver's clock; t
 
 test("a byte cap, a full lane and a sender that waits: slowed, never lost; the cap changed at run time takes hold at once", () => {
   const { clock, page, a, b } = pair({ bytesPerSec: 1e6, msgsPerSec: 0, weight: 1 });
-  // 1 MB/s (a bucket of at most 25,000 bytes); 8 KiB messages, more than the lane holds.
-  const N = 100;
+  // 1 MB/s (a bucket of at most 25,000 bytes); 8 KiB messages, twice what the lane holds.
+  const N = (2 * LANE_BYTES) / 8192;
   const sends = Array.from({ length: N }, (_, i) => isend(a, 8192, i));
   assert.ok(done(sends) < N, "the lane filled: the rest wait in the sender's backlog");
   const recvs = Array.from({ length: N }, () => irecv(b, 8192));
@@ -110,7 +111,7 @@ test("a byte cap, a full lane and a sender that waits: slowed, never lost; the c
   }
   // The toolstack lifts the cap (myrback rewrites the receiver's page): the rest goes at once.
   writeLanePolicy(page, { bytesPerSec: 0, msgsPerSec: 0, weight: 1 });
-  for (let i = 0; i < 20 && done(recvs) < N; i++) progress();
+  for (let i = 0; i < 200 && done(recvs) < N; i++) progress();
   assert.equal(done(recvs), N);
   assert.equal(done(sends), N);
   for (const [i, r] of recvs.entries()) assert.equal(new DataView(r.buffer.buffer).getUint32(0, true), i);

@@ -515,8 +515,9 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
     // sender learns it was not (LaneWriter.readBeforeClose).
     this.reader.publishFinal();
     // The dead partner keeps no way to this channel: a request reaped but still queued (or the
-    // program's own) names its partner, and through `fast` it held the channel's memory — half
-    // a MiB for each peer gone, 52 MB on an endpoint that outlived 100 (a reviewer's probe).
+    // program's own) names its partner, and through `fast` it held the channel's memory — the
+    // whole channel for each peer gone, 52 MB on an endpoint that outlived 100 (a reviewer's
+    // probe, with channels of half a MiB).
     if (this.peer.channel === this) this.peer.channel = undefined;
     if (this.peer.fast === this) this.peer.fast = undefined;
     if (this.peer.path === this) this.peer.path = undefined;
