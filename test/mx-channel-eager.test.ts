@@ -9,12 +9,13 @@ import { after, before, test } from "node:test";
 import { Host } from "../src/host/host.js";
 import { ETHER_EAGER_MAX } from "../src/mx/ether-path.js";
 import { CHANNEL_EAGER_BYTES } from "../src/mx/records.js";
+import { LANE_BYTES } from "../src/myrixen/channel-abi.js";
 import { SEND_MAX } from "../src/nic/window.js";
 import { nextMessage } from "./helpers/messages.js";
 
 const MID = new URL("./fixtures/guests/mx-mid.js", import.meta.url);
 /** The fixture's window of 60,000-byte messages sent at once (mx-mid.ts WINDOW). */
-const WINDOW = 12;
+const WINDOW = 24;
 
 let host: Host;
 before(async () => {
@@ -64,8 +65,12 @@ test("mid-size messages to a co-resident peer go eager; one above CHANNEL_EAGER_
   assert.deepEqual(b.codes, ok);
   assert.deepEqual(b.intact, Array(3 + WINDOW).fill(true));
   assert.equal(b.probedFirst, true, "the first message waited unexpected, then matched");
-  // The lane (256 KiB) holds four of the window's 60,000-byte messages; the rest waited for room.
-  assert.ok((a.queued ?? 0) >= WINDOW - 4, `${a.queued} of the window waited for lane room`);
+  // The lane holds LANE_BYTES / 60,048 of the window's 60,000-byte records; the rest waited for room.
+  const fit = Math.floor(LANE_BYTES / 60_048);
+  assert.ok(
+    WINDOW > fit && (a.queued ?? 0) >= WINDOW - fit,
+    `${a.queued} of the window waited for lane room`,
+  );
   assert.equal(a.counters.rndv, 1, "only the message above the channel's eager limit was a rendezvous");
   assert.equal(
     a.counters.eager,
