@@ -1,6 +1,6 @@
 /**
  * What the driver domain holds for co-resident channels (src/myrixen/back/shared-memory.ts).
- * Each channel is a 130-page buffer of dom0's, granted to both members, reused for the pair's
+ * Each channel is a buffer of dom0's (CHANNEL_BYTES), granted to both members, reused for the pair's
  * next channel once neither maps it. Members that never unmap (a guest owns its kernel) and
  * reconnect in a loop made dom0 hold 16 buffers per pair of them: a guest colluding with a
  * few others held 16 per peer, and six such guests filled dom0's grant table, so that no
@@ -117,4 +117,44 @@ test("channels take at most their share of dom0's grant table: guests still open
   } finally {
     await small.stop();
   }
+});
+
+test("two guests that keep their channels and reconnect leave the host channels for others: an honest pair still gets one", async () => {
+  // With lanes of a MiB and a domain's quota still 32, two such guests (a reviewer's PoC) took
+  // every channel a default host holds, and every other pair talked through the NIC.
+  const peers = await Promise.all(Array.from({ length: 4 }, (_, i) => startHog(host, "peer", 20 + i)));
+  const addrs = await Promise.all(peers.map((p) => next<{ nic: number; endpoint: number }>(p)));
+  const hogs: Domain[] = [];
+  for (const i of [0, 1]) {
+    const hog = await host.startGuest({
+      module: HOG,
+      args: { role: "hog", rounds: CHANNELS_PER_PAIR + 2, stay: true },
+      name: `hog-staying${i}`,
+      pages: 1024,
+    });
+    await next(hog);
+    hog.send(addrs.slice(2 * i, 2 * i + 2));
+    hogs.push(hog);
+  }
+  for (const out of await Promise.all(hogs.map((h) => next<{ intact: number; errors: string[] }>(h))))
+    assert.deepEqual(out.errors, [], "every connect of the hogs worked (through the NIC beyond the quota)");
+  const held = host.backendStats().channelBuffers;
+  // An honest pair connects once and echoes once.
+  const honestPeer = await startHog(host, "peer", 30);
+  const honestAddr = await next<{ nic: number; endpoint: number }>(honestPeer);
+  const honest = await host.startGuest({
+    module: HOG,
+    args: { role: "hog", rounds: 0, stay: true },
+    name: "honest",
+    pages: 1024,
+  });
+  const { endpoint } = await next<{ nic: number; endpoint: number }>(honest);
+  honest.send([honestAddr]);
+  const out = await next<{ intact: number; errors: string[] }>(honest);
+  const mine = (await host.backendEndpoints()).find((e) => e.endpointId === endpoint);
+  for (const d of [...hogs, honest, ...peers, honestPeer]) d.send("stop");
+  await Promise.all([...hogs, honest, ...peers, honestPeer].map((d) => d.exited));
+  assert.ok(held <= 2 * CHANNELS_PER_DOMAIN, `the two hogs' pairs hold ${held} channel buffers`);
+  assert.equal(out.intact, 1, "the honest pair's echo came back");
+  assert.equal(mine?.channels.length, 1, "the honest pair has a channel of its own");
 });

@@ -65,8 +65,9 @@ export interface HostOptions {
   /** The weight and caps of guests started without their own `qos` (default: weight 1, no caps). */
   guestQos?: QosPolicy;
   /**
-   * Entries in the driver domain's grant table (default 65,536): every endpoint window and
-   * co-resident channel it shares is granted from it, channels three quarters of it at most.
+   * Entries in the driver domain's grant table (default 131,072): every endpoint window and
+   * co-resident channel it shares is granted from it, channels three quarters of it at most
+   * (95 channels of 2 MiB by default).
    */
   dom0GrantEntries?: number;
 }
@@ -156,7 +157,7 @@ export class Host {
   static async start(opts: HostOptions = {}): Promise<Host> {
     const nicId = int("nicId", opts.nicId, 0, 0, 0xfffffffe);
     const maxEndpoints = int("maxEndpoints", opts.maxEndpoints, 32, 1, 256);
-    const dom0GrantEntries = int("dom0GrantEntries", opts.dom0GrantEntries, 1 << 16, 1024, 1 << 20);
+    const dom0GrantEntries = int("dom0GrantEntries", opts.dom0GrantEntries, 1 << 17, 1024, 1 << 20);
     const endpointsPerDomain = int(
       "endpointsPerDomain",
       opts.endpointsPerDomain,

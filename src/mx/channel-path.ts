@@ -65,8 +65,11 @@ import {
   RequestState,
 } from "./types.js";
 
-/** The most records a full lane holds (each takes 8 bytes at least): what drain() and one receive() read at most. */
-const MAX_DRAIN_RECORDS = LANE_BYTES / 8;
+/**
+ * The most records a full lane holds (each takes a header at least; a PAD, 8 bytes, only once
+ * a wrap): what one receive() reads at most. drain() also stops after a lane's bytes.
+ */
+const MAX_DRAIN_RECORDS = Math.floor(LANE_BYTES / RECORD_HEADER_BYTES);
 
 /**
  * NOTIFYs that may wait for room in our lane at most. They wait only while the peer does not
@@ -417,7 +420,14 @@ export class ChannelPath implements PeerPath, ChannelEnd, Puller {
   drain(): void {
     const rd = this.reader;
     const pol = this.policer;
-    for (let n = 0; n < MAX_DRAIN_RECORDS && !this.released && rd.next(); n++) {
+    // A lane's worth from where the drain began, not a lane's worth of records: the writer
+    // refills behind us as we read (a reviewer's PoC took 131,072 records in one drain).
+    const from = rd.position;
+    for (
+      let n = 0;
+      n < MAX_DRAIN_RECORDS && ((rd.position - from) | 0) < LANE_BYTES && !this.released && rd.next();
+      n++
+    ) {
       if (pol !== undefined) this.forceAdmit(pol, rd);
       this.onRecord(rd);
       rd.release();

@@ -303,6 +303,11 @@ export class LaneReader {
     );
   }
 
+  /** Where the reader is: bytes consumed since the lane began (an int32 that wraps). */
+  get position(): number {
+    return this.head;
+  }
+
   /** Consumed bytes the writer has not been shown yet (release publishes them in steps). */
   get unpublished(): boolean {
     return this.head !== this.published;

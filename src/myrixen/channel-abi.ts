@@ -99,8 +99,8 @@ export const LANE_HEADER_BYTES = PAGE_SIZE;
  * out still sat modified in the writer's cache and every line the writer copied in was still in
  * the reader's: a 1 MiB one-way took 120–150 µs, where two bare threads with a 1 MiB ring take
  * 47–76 (a 512 KiB one 77–88). The price: a channel is 2 MiB of the driver domain's memory and
- * grants, so a host holds about a quarter as many (CHANNEL_GRANT_SHARE in back/shared-memory.ts);
- * pairs beyond them talk through the NIC.
+ * grants: a default host holds 95 (its driver domain's grant table doubled; CHANNEL_GRANT_SHARE
+ * and CHANNELS_PER_DOMAIN in back/shared-memory.ts); pairs beyond them talk through the NIC.
  */
 export const LANE_BYTES = 1024 * 1024;
 export const CHANNEL_BYTES = 2 * (LANE_HEADER_BYTES + LANE_BYTES);

@@ -83,7 +83,7 @@ export interface BackendEndpointInfo {
 /**
  * A lane's progress, read from its header as channel.ts lays it out (lane s at
  * s × (LANE_HEADER_BYTES + LANE_BYTES); its tail, the bytes written, in word 0; its head, the
- * bytes consumed, in word 32, which the reader publishes every 16 KiB and on its progress
+ * bytes consumed, in word 32, which the reader publishes every sixteenth of the lane and on its progress
  * loop's sweeps: an active reader's backlog reads a few records high for microseconds). test/toolstack.test.ts checks this against LaneWriter/LaneReader.
  */
 export function laneProgress(

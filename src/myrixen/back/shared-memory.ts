@@ -78,19 +78,22 @@ export interface ChannelMem {
 /** How often closed channels whose members have yet to map them are looked at again (ms). */
 const AWAIT_MAP_MS = 20;
 
-/** Channel buffers one pair of domains may hold at once (in use or waiting to be unmapped). */
-export const CHANNELS_PER_PAIR = 16;
+/** Channel buffers one pair of domains may hold at once (in use or waiting to be unmapped): 16 MiB. */
+export const CHANNELS_PER_PAIR = 8;
 /**
  * Channel buffers one domain may be a member of at once, across all its pairs (in use, waiting
  * to be unmapped, or free for its pair's next channel): a domain that keeps its old channels
  * mapped and reconnects to many peers held 16 per peer, and a few colluding domains filled
- * dom0's grant table. An honest domain holds about one per co-resident peer.
+ * dom0's grant table. An honest domain holds about one per co-resident peer. A sixth of what
+ * the default host holds (95 buffers of 2 MiB): since lanes grew to a MiB, 32 let two
+ * colluding guests take every channel on the host (a reviewer's PoC), and every other pair
+ * talked through the NIC while they lived.
  */
-export const CHANNELS_PER_DOMAIN = 32;
+export const CHANNELS_PER_DOMAIN = 16;
 /**
- * The part of dom0's grant table channel buffers may take in all (each grants 130 pages to
- * each member): the rest stays for endpoint windows, so guests still open endpoints however
- * many channels others hold.
+ * The part of dom0's grant table channel buffers may take in all (each grants its
+ * CHANNEL_BYTES / PAGE_SIZE pages, 514, and a policy page to each member): the rest stays for
+ * endpoint windows, so guests still open endpoints however many channels others hold.
  */
 export const CHANNEL_GRANT_SHARE = 0.75;
 /**
